@@ -32,7 +32,14 @@ from core.models import (
     utc_now,
 )
 from core.money import Money
-from core.ports import CatalogRepository, InventoryRepository, OrderRepository, SourcingRulesRepository
+from core.ports import (
+    Backorders,
+    CatalogRepository,
+    InventoryRepository,
+    OrderRepository,
+    SourcingRulesRepository,
+    WaitingOrder,
+)
 from core.sourcing_rules import (
     SourcingRules,
     SourcingRulesHistory,
@@ -45,6 +52,8 @@ from core.workflow_types import SourcingPlan
 
 MAX_SIMULATED_ORDERS = 100
 HISTORY_PAGE = 50
+BACKORDER_PAGE = 25
+BEHIND_PAGES = 8  # at most 200 older orders read per sku before an order is sourced (or simulated)
 
 
 def check_locations(given: SourcingRulesInput, locations: list[Location], prefix: str = "") -> None:
@@ -475,10 +484,12 @@ def _before_cancel(order: Order, history: list[HistoryEntry]) -> Order:
 
 
 class Simulator:
-    """Plans each order as ReserveStock would, from one read of the locations, one batched read
-    of the stock, one of the products (for bodies, or under max_shipments; and for each stored
-    order one of the units it holds, which it counts as its own as ReserveStock does), and stores,
-    reserves and sends nothing.
+    """Plans each order as ReserveStock would (no shipment, every unit unfillable, for one it would
+    cancel out_of_stock), from one read of the locations, one batched read of the stock, one of
+    the products (for bodies, under max_shipments, or once an order is short; and for each stored
+    order one of the units it holds, which it counts as its own as ReserveStock does; and the
+    backorder queues of the skus in stock, whose older orders' units it leaves them as ReserveStock
+    does), and stores, reserves and sends nothing.
     Each order is planned on the same stock: one order's plan does not consume units another's
     could take."""
 
@@ -489,12 +500,14 @@ class Simulator:
         inventory: InventoryRepository,
         rules: SourcingRulesRepository,
         plugins: pluggy.PluginManager,
+        backorders: Backorders,
     ):
         self._orders = orders
         self._catalog = catalog
         self._inventory = inventory
         self._rules = rules
         self._hook = plugins.hook
+        self._backorders = backorders
 
     def simulate(self, request: SimulateSourcing, channel: str | None = None) -> Simulation:
         """`channel`: the caller's, when its key is bound to one; another channel's order is
@@ -510,22 +523,63 @@ class Simulator:
             for index, each in enumerate(request.orders)
         ]
         skus = {line.sku for _, order in orders for line in order.lines}
-        # One read, when asked: bodies' skus are checked, and under max_shipments what may not wait
-        # is held as allocation holds it. Stored orders without that limit need no product.
+        # One read at most: bodies' skus are checked, and which products may wait decides whether an
+        # order short of them waits or is cancelled, and, under max_shipments, what is held first.
+        # Stored orders in stock without that limit need no product.
         needed = rules.max_shipments is not None or any(isinstance(each, PlaceOrder) for each in request.orders)
-        products = self._catalog.get_products(skus) if needed else {}
-        self._check_skus(request, products)
+        products = self._catalog.get_products(skus) if needed else None
+        if products is not None:
+            self._check_skus(request, products)
+
+        def cannot_wait(asked: set[str]) -> set[str]:
+            nonlocal products
+            if products is None:
+                products = self._catalog.get_products(skus)
+            return {sku for sku in asked if sku not in products or not products[sku].allow_backorder}
+
         levels = self._inventory.levels(skus, [loc.location_id for loc in locations])
         stock = rules.for_orders(levels)
-        items = [
-            self._plan(
-                order_id, order, locations,
-                rules.for_orders(_with_own(levels, self._held(order, locations))) if order_id is not None else stock,
-                rules, products,
-            )
-            for order_id, order in orders
-        ]  # fmt: skip
+        owed = self._owed(stock, locations, rules)
+        items = []
+        for order_id, order in orders:
+            own = self._held(order, locations) if order_id is not None else {}
+            on = _behind_older(order, rules.for_orders(_with_own(levels, own)) if own else stock, owed, own)
+            items.append(self._plan(order_id, order, locations, on, rules, cannot_wait))
         return Simulation(rules=rules, items=items, summary=_summary(items))
+
+    def _owed(
+        self, stock: dict[str, list[StockLevel]], locations: list[Location], rules: SourcingRules
+    ) -> dict[str, list[tuple[WaitingOrder, int, set[str]]]]:
+        """For each sku some location has units of for orders (`stock`): the backordered orders
+        waiting in its queue, oldest first, each with the units it lacks and the locations it may
+        take them at (`lacks_at`). Read as ReserveStock reads them (Workflow._behind_older): at most
+        BEHIND_PAGES pages of the queue, each page's orders in one batched read, and no further
+        than those orders' claims cover the units there; held orders are passed over."""
+        owed: dict[str, list[tuple[WaitingOrder, int, set[str]]]] = {}
+        for sku, levels in stock.items():
+            free = {level.location_id: level.available for level in levels if level.available > 0}
+            claims: list[tuple[WaitingOrder, int, set[str]]] = []
+            after = None
+            for _ in range(BEHIND_PAGES):
+                if not free or not (page := self._backorders.waiting(sku, after, BACKORDER_PAGE)):
+                    break
+                waiting = self._orders.get_many([entry.order_id for entry in page])
+                for entry in page:
+                    older = waiting.get(entry.order_id)
+                    if older is None or older.status is not OrderStatus.BACKORDERED:
+                        continue
+                    lacks, where = lacks_at(older, sku, locations, rules)
+                    if not lacks or not where:
+                        continue
+                    claims.append((entry, lacks, where))
+                    for location_id in where & set(free):
+                        free[location_id] -= lacks
+                        if free[location_id] <= 0:
+                            del free[location_id]
+                after = page[-1]
+            if claims:
+                owed[sku] = claims
+        return owed
 
     def _held(self, order: Order, locations: list[Location]) -> dict[tuple[str, str], int]:
         """The units the stored `order` holds reserved, by (sku, location_id): one batched read, as
@@ -600,21 +654,13 @@ class Simulator:
         locations: list[Location],
         stock: dict[str, list[StockLevel]],
         rules: SourcingRules,
-        products: dict[str, Product],
+        cannot_wait: Callable[[set[str]], set[str]],
     ) -> SimulatedOrder:
         eligible = sourceable(order, locations, rules)
         destination = destination_of(order, locations)
-        available = available_of(order, eligible, stock)
-        fillable = reduced(order, available)
-        # Within max_shipments as a backordered order's fill plans: what it can hold now.
-        plan = plan_within(self._hook, fillable, eligible, stock, destination, rules) if fillable.lines else None
-        cannot = {
-            line.sku for line in fillable.lines if line.sku not in products or not products[line.sku].allow_backorder
-        }
-        short = {line.sku for line in fillable.lines if line.line_id in left_short(fillable, plan)} if plan else set()
-        if plan is not None and rules.max_shipments is not None and cannot & short:
-            # As allocation holds it: the products that may not wait first.
-            plan = around_what_cannot_wait(self._hook, fillable, eligible, stock, destination, rules, cannot) or plan
+        # The plan ReserveStock makes: none (it cancels the order out_of_stock) when what the
+        # locations lack, or what max_shipments leaves short, may not wait.
+        plan = allocation_plan(self._hook, order, eligible, stock, destination, rules, cannot_wait)
         sku_of = {line.line_id: line.sku for line in order.lines}
         planned: dict[str, int] = defaultdict(int)
         by_location: dict[str, list[SimulatedLine]] = defaultdict(list)
@@ -626,8 +672,6 @@ class Simulator:
                 by_location[a.location_id].append(
                     SimulatedLine(line_id=a.line_id, sku=sku_of[a.line_id], quantity=a.quantity)
                 )
-        elif fillable.lines:
-            reasons.append("no sourcing plugin could source the units the eligible locations have")
         unfillable = [
             SimulatedLine(line_id=line.line_id, sku=line.sku, quantity=line.quantity - planned[line.line_id])
             for line in order.lines
@@ -635,6 +679,11 @@ class Simulator:
         ]
         if unfillable and not eligible:
             reasons.append("no location may supply this order under these rules")
+        if plan is None and unfillable:
+            reasons.append(
+                "allocation would cancel this order out_of_stock: no plan covers, from the locations "
+                "that may supply it, what may not wait backordered"
+            )
         point = {loc.location_id: loc for loc in locations}
         shipments = [
             SimulatedShipment(
@@ -643,6 +692,37 @@ class Simulator:
             for location_id, lines in sorted(by_location.items())
         ]
         return SimulatedOrder(order_id=order_id, shipments=shipments, unfillable=unfillable, reasons=reasons)
+
+
+def _behind_older(
+    order: Order,
+    stock: dict[str, list[StockLevel]],
+    owed: dict[str, list[tuple[WaitingOrder, int, set[str]]]],
+    own: dict[tuple[str, str], int],
+) -> dict[str, list[StockLevel]]:
+    """`stock` less what the backordered orders older than `order` are `owed` (Simulator._owed)
+    where they may take it, as ReserveStock holds it back (Workflow._behind_older): a fill goes
+    oldest first, so a newer order does not get units an older one waits for. The units `order`
+    holds (`own`, counted in `stock`) stay its own."""
+    behind = WaitingOrder(created_at=order.created_at, order_id=order.id)
+    held: dict[tuple[str, str], int] = defaultdict(int)
+    for sku, claims in owed.items():
+        for entry, lacks, where in claims:
+            if entry >= behind:
+                break
+            for location_id in where:
+                held[(sku, location_id)] += lacks
+    if not held:
+        return stock
+
+    def left_to(level: StockLevel) -> int:
+        place = (level.sku, level.location_id)
+        return level.available - min(held[place], max(0, level.available - own.get(place, 0)))
+
+    return {
+        sku: [level.model_copy(update={"available": left_to(level)}) for level in levels]
+        for sku, levels in stock.items()
+    }
 
 
 def _with_own(levels: dict[str, list[StockLevel]], held: dict[tuple[str, str], int]) -> dict[str, list[StockLevel]]:

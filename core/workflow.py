@@ -61,6 +61,8 @@ from core.ports import (
     WaitingOrder,
 )
 from core.sourcing import (
+    BACKORDER_PAGE,
+    BEHIND_PAGES,
     allocation_plan,
     available_of,
     destination_of,
@@ -120,8 +122,6 @@ CANCEL_RECORDED = "CancelRecorded"
 # is retried by its caller (the stream, the workflow's Retry).
 MAX_TOP_UPS = 99
 FILL_ATTEMPTS = 10
-BACKORDER_PAGE = 25
-BEHIND_PAGES = 8  # at most 200 older orders read per sku by a step before it sources an order
 
 
 def after_failure(error: str) -> str:

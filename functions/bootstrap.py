@@ -444,7 +444,12 @@ class Container:
         from core.sourcing import Simulator
 
         return Simulator(
-            self.order_repository, self.catalog_repository, self.inventory_repository, self.sourcing_rules, self.plugins
+            self.order_repository,
+            self.catalog_repository,
+            self.inventory_repository,
+            self.sourcing_rules,
+            self.plugins,
+            self.backorders,
         )
 
     @cached_property

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
+from datetime import timedelta
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
@@ -384,7 +386,7 @@ class Counting:
 def simulator(world: World, store: InMemorySourcingRules) -> tuple[Simulator, Counting, Counting]:
     catalog, inventory = Counting(world.catalog), Counting(world.inventory)
     plugins = world.workflow._hook  # the same plugins the workflow asks
-    return Simulator(world.orders, catalog, inventory, store, _Relay(plugins)), catalog, inventory
+    return Simulator(world.orders, catalog, inventory, store, _Relay(plugins), world.backorders), catalog, inventory
 
 
 class _Relay:
@@ -435,19 +437,22 @@ def test_two_rule_sets_compare_side_by_side_in_the_summary():
 
 
 def test_what_the_locations_lack_is_unfillable_and_excluded_locations_are_not_used():
-    world, store = a_world([("MUG", "wh-west", 3), ("MUG", "wh-east", 2)])
+    world, store = a_world([("PREORDER", "wh-west", 3), ("PREORDER", "wh-east", 2)])
+    world.catalog.put_product(product("PREORDER", "30.00", allow_backorder=True))
     put(store, safety_stock={"wh-west": 1})
     sim, _, _ = simulator(world, store)
 
     result = sim.simulate(
-        SimulateSourcing.model_validate({"orders": bodies([("MUG", 5)]), "rules": {"excluded_locations": ["wh-east"]}})
+        SimulateSourcing.model_validate(
+            {"orders": bodies([("PREORDER", 5)]), "rules": {"excluded_locations": ["wh-east"]}}
+        )
     )
 
     [item] = result.items
     assert [(s.location_id, [(x.line_id, x.quantity) for x in s.lines]) for s in item.shipments] == [
         ("wh-west", [("L1", 2)])
     ]
-    assert [(x.line_id, x.sku, x.quantity) for x in item.unfillable] == [("L1", "MUG", 3)]
+    assert [(x.line_id, x.sku, x.quantity) for x in item.unfillable] == [("L1", "PREORDER", 3)]
     assert result.rules.version == 1 and result.rules.safety_stock == {"wh-west": 1}  # kept: not given
     assert result.summary.unfillable_units == 3
 
@@ -544,8 +549,8 @@ def test_a_simulation_with_the_current_rules_plans_what_allocation_then_reserves
 
     try:
         world.workflow.reserve_stock(order_id)
-    except OutOfStock:
-        assert planned.unfillable
+    except OutOfStock:  # the what-if says so: nothing ships, every unit unfillable
+        assert planned.shipments == [] and sum(x.quantity for x in planned.unfillable) == sum(q for _, q in lines)
         return
     held = {
         (key.split("#")[1], location_id): quantity
@@ -727,6 +732,7 @@ def test_capture_reservestock_and_the_what_if_agree_on_every_order_under_max_shi
 
     assert accepted == allocated
     if not allocated:
+        assert planned.shipments == planned_body.shipments == []
         return
     held = {
         (key.split("#")[1], location_id): quantity
@@ -827,3 +833,150 @@ def test_a_what_if_of_stored_orders_without_max_shipments_reads_no_product():
 
     assert [len(item.shipments) for item in result.items] == [2, 2] and result.summary.unfillable_units == 0
     assert catalog.calls == {"list_locations": 1}
+
+
+def what_if(sim: Simulator, *orders: str | dict, **rules: object):
+    given = {"rules": rules} if rules else {}
+    return sim.simulate(SimulateSourcing.model_validate({"orders": list(orders), **given}))
+
+
+def planned_lines(planned) -> tuple[list[tuple[str, str, int]], list[tuple[str, int]]]:
+    shipped = sorted((s.location_id, x.line_id, x.quantity) for s in planned.shipments for x in s.lines)
+    return shipped, [(x.line_id, x.quantity) for x in planned.unfillable]
+
+
+def a_world_in_time() -> tuple[World, InMemorySourcingRules]:
+    """A world with no stock whose clock moves on a second at each reading: each order placed is
+    newer than the one before, so older orders are first in the backorder queues."""
+    ticks = (NOW + timedelta(seconds=n) for n in itertools.count())
+    store = InMemorySourcingRules()
+    return build_world([], sourcing_rules=store, clock=lambda: next(ticks)), store
+
+
+def test_the_what_if_leaves_an_older_backordered_order_the_units_it_is_owed_as_reservestock_does():
+    """A fill goes oldest first: units that arrived where an older backordered order may take them
+    are its own, though the stream has not handed them over yet. ReserveStock gave a newer order
+    only what is left over; the what-if planned it the older order's units."""
+    world, store = a_world_in_time()
+    world.catalog.put_product(product("PREORDER", "30.00", allow_backorder=True))
+    older = world.place(("PREORDER", 3))
+    world.workflow.authorize_payment(older, attempt=0)
+    with pytest.raises(Backordered):
+        world.workflow.reserve_stock(older)
+    newer = world.place(("PREORDER", 2))
+    world.workflow.authorize_payment(newer, attempt=0)
+    world.inventory.adjust("PREORDER", "wh-west", 4, reason="receipt")  # not handed to the queue yet
+    sim, _, _ = simulator(world, store)
+
+    [by_id] = what_if(sim, newer).items
+    [as_body] = what_if(sim, *bodies([("PREORDER", 2)])).items
+    with pytest.raises(Backordered):
+        world.workflow.reserve_stock(newer)
+
+    assert reserved_at(world, newer) == {"wh-west": 1}
+    for planned in (by_id, as_body):
+        assert planned_lines(planned) == ([("wh-west", "L1", 1)], [("L1", 1)])
+    # The older order itself is owed by nobody: the what-if of it plans all it lacks.
+    [of_older] = what_if(sim, older).items
+    assert planned_lines(of_older) == ([("wh-west", "L1", 3)], [])
+
+
+@settings(
+    max_examples=100, deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.filter_too_much],
+)  # fmt: skip
+@given(
+    waiting=st.lists(
+        st.lists(st.tuples(st.sampled_from(AGREE_SKUS), st.integers(1, 3)), min_size=1, max_size=2), max_size=3
+    ),
+    arrivals=st.lists(
+        st.tuples(st.sampled_from(AGREE_SKUS), st.sampled_from(AGREE_LOCATIONS[:3]), st.integers(1, 4)), max_size=4
+    ),
+    lines=st.lists(st.tuples(st.sampled_from(AGREE_SKUS), st.integers(1, 4)), min_size=1, max_size=3),
+    max_shipments=st.none() | st.integers(1, 2),
+)
+def test_reservestock_and_the_what_if_agree_behind_older_backordered_orders(waiting, arrivals, lines, max_shipments):
+    world, store = a_world_in_time()
+    world.catalog.put_location(location("wh-north", name="North warehouse", latitude=45.0, longitude=-93.0))
+    for sku in AGREE_SKUS:
+        world.catalog.put_product(product(sku, "5.00", allow_backorder=True))
+    if max_shipments is not None:
+        put(store, max_shipments=max_shipments)
+    for wants in waiting:  # nothing in stock yet: each waits for all it wants
+        older = world.place(*wants)
+        world.workflow.authorize_payment(older, attempt=0)
+        with pytest.raises(Backordered):
+            world.workflow.reserve_stock(older)
+    newer = world.place(*lines)
+    world.workflow.authorize_payment(newer, attempt=0)
+    for sku, location_id, units in arrivals:  # not handed to the queues yet
+        world.inventory.adjust(sku, location_id, units, reason="receipt")
+    sim, _, _ = simulator(world, store)
+    [planned] = what_if(sim, newer).items
+
+    with contextlib.suppress(Backordered):
+        world.workflow.reserve_stock(newer)
+
+    held = {
+        (key.split("#")[1], location_id): quantity for (_, location_id, key), quantity in world.held_for(newer).items()
+    }
+    assert held == {(x.line_id, s.location_id): x.quantity for s in planned.shipments for x in s.lines}
+
+
+def test_the_what_if_reads_each_queue_once_whatever_the_number_of_orders():
+    world, store = a_world_in_time()
+    world.catalog.put_product(product("PREORDER", "30.00", allow_backorder=True))
+    for _ in range(3):
+        older = world.place(("PREORDER", 1))
+        world.workflow.authorize_payment(older, attempt=0)
+        with pytest.raises(Backordered):
+            world.workflow.reserve_stock(older)
+    world.inventory.adjust("PREORDER", "wh-west", 5, reason="receipt")
+    world.inventory.adjust("MUG", "wh-west", 5, reason="receipt")  # nobody waits for it
+    sim, _, _ = simulator(world, store)
+    queues, orders = Counting(world.backorders), Counting(world.orders)
+    sim._backorders, sim._orders = queues, orders
+
+    result = what_if(sim, *bodies(*[[("PREORDER", 3), ("MUG", 1)]] * 100))
+
+    # PREORDER's queue to its end (a page, then an empty one), MUG's empty one; its orders in one read.
+    assert queues.calls == {"waiting": 3} and orders.calls == {"get_many": 1}
+    assert result.summary.unfillable_units == 100  # each body gets the 2 units the older orders are not owed
+
+
+def test_the_what_if_of_an_order_reservestock_cancels_for_a_product_that_may_not_wait_ships_nothing():
+    """MUG may not wait and the locations lack one: ReserveStock cancels the order out_of_stock,
+    the what-if showed a shipment of what is in stock."""
+    world, store = a_world([("MUG", "wh-west", 2), ("TSHIRT", "wh-east", 5)])
+    order_id = world.place(("MUG", 2), ("TSHIRT", 1))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    world.inventory.adjust("MUG", "wh-west", -1, reason="damaged")
+    sim, _, _ = simulator(world, store)
+
+    [by_id] = what_if(sim, order_id).items
+    [as_body] = what_if(sim, *bodies([("MUG", 2), ("TSHIRT", 1)])).items
+    with pytest.raises(OutOfStock):
+        world.workflow.reserve_stock(order_id)
+
+    for planned in (by_id, as_body):
+        assert planned_lines(planned) == ([], [("L1", 2), ("L2", 1)])
+        assert "out_of_stock" in planned.reasons[-1]
+
+
+def test_the_what_if_of_an_order_no_plan_ships_within_max_shipments_ships_nothing():
+    """MUG only at wh-west, TSHIRT only at wh-east, neither may wait, at most one shipment:
+    ReserveStock cancels the order out_of_stock, the what-if showed the MUG shipped."""
+    world, store = a_world([("MUG", "wh-west", 1), ("TSHIRT", "wh-east", 1)])
+    order_id = world.place(("MUG", 1), ("TSHIRT", 1))  # before the rule: capture let it in
+    put(store, max_shipments=1)
+    world.workflow.authorize_payment(order_id, attempt=0)
+    sim, _, _ = simulator(world, store)
+
+    [by_id] = what_if(sim, order_id).items
+    [under_given] = what_if(sim, *bodies([("MUG", 1), ("TSHIRT", 1)]), max_shipments=1).items
+    with pytest.raises(OutOfStock):
+        world.workflow.reserve_stock(order_id)
+
+    for planned in (by_id, under_given):
+        assert planned_lines(planned) == ([], [("L1", 1), ("L2", 1)])
+        assert "out_of_stock" in planned.reasons[-1]
