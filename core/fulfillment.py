@@ -545,16 +545,19 @@ class OrderActions:
         """After an order holding stock was edited (allocated, backordered, or sent back to be
         sourced and not sourced yet): release what the lines edits replaced hold (the new order's
         `replaced_lines`: its old lines whose id and sku it no longer has, and those an earlier edit
-        could not release). The rest stays reserved for the workflow, which sources the order
-        again counting its own reservations as available and releases what its new plan does not
-        keep. Releasing those here instead could free a
+        could not release) of a sku it no longer has. The rest stays reserved for the workflow, which
+        sources the order again counting its own reservations (those of its replaced lines too) as
+        available and releases what its new plan does not keep: a line that only changed its id (a
+        line before it dropped) keeps its units, which released here another order could take
+        before the workflow runs. Releasing those here instead could also free a
         reservation the restarted workflow has just made under the same key. A held order's workflow
-        runs only once it is released: until then what its kept lines hold beyond their new
-        quantities is given back too (core.holds.give_back_surplus), or an order edited down would
+        runs only once it is released: until then what it holds of each sku beyond what its lines
+        now want is given back too (core.holds.give_back_surplus), or an order edited down would
         keep those units from other orders for as long as the hold lasts."""
         locations = holding_locations(old, self._catalog.list_locations())
         keys: dict[tuple[str, str], list[str]] = defaultdict(list)
-        for line in new.replaced_lines:
+        skus = {line.sku for line in new.lines if line.quantity}
+        for line in (line for line in new.replaced_lines if line.sku not in skus):
             for location_id in locations:
                 keys[(line.sku, location_id)].append(reservation_key(new.id, line.line_id))
         if keys:

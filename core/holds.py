@@ -92,25 +92,29 @@ class Holds:
 
 
 def give_back_surplus(inventory: InventoryRepository, order: Order, location_ids: list[str]) -> None:
-    """Bring what each of `order`'s lines holds down to its quantity, and release what the lines
-    edits replaced still hold (Order.replaced_lines: the workflow the hold puts off would have):
-    its units at the locations first in `location_ids` are kept; the order, released, is sourced
-    again around them. Each change is conditional: a shrink on the units read (a reservation
-    changed meanwhile is left as it is), a release on the key being held, so stock never goes
-    below zero."""
+    """Bring what `order` holds of each sku down to what its lines want of it, and release what
+    the lines edits replaced hold beyond that (Order.replaced_lines: the workflow the hold puts
+    off would have; a line that only changed its id, a line before it dropped, keeps its units
+    under its old key, which the workflow counts as the order's own): its units at the locations
+    first in `location_ids` are kept, under its lines' own keys before the replaced ones; the
+    order, released, is sourced again around them. Each change is conditional: a shrink on the
+    units read (a reservation changed meanwhile is left as it is), a release on the key being
+    held, so stock never goes below zero."""
     keys: dict[tuple[str, str], list[str]] = defaultdict(list)
     for line_id, sku in order.reservation_lines():
         for location_id in location_ids:
             keys[(sku, location_id)].append(reservation_key(order.id, line_id))
-    # By sku too: a line an edit gave another sku shares its key with the line it replaced.
-    wanted: dict[tuple[str, str], int] = defaultdict(int)
+    wanted: dict[str, int] = defaultdict(int)
+    own: set[tuple[str, str]] = set()
     for line in order.lines:
-        wanted[(line.sku, reservation_key(order.id, line.line_id))] = line.quantity
+        wanted[line.sku] += line.quantity
+        own.add((line.sku, reservation_key(order.id, line.line_id)))
     rank = {location_id: i for i, location_id in enumerate(location_ids)}
     found = inventory.reservations(dict(keys)) if keys else {}
-    for (sku, location_id, key), units in sorted(found.items(), key=lambda item: rank[item[0][1]]):
-        keep = min(units, wanted[(sku, key)])
-        wanted[(sku, key)] -= keep
+    first = sorted(found.items(), key=lambda item: (rank[item[0][1]], (item[0][0], item[0][2]) not in own))
+    for (sku, location_id, key), units in first:
+        keep = min(units, wanted[sku])
+        wanted[sku] -= keep
         if not keep:
             inventory.release(sku, location_id, key)
         elif keep < units:

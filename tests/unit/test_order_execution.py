@@ -97,6 +97,32 @@ def test_an_edit_that_replaces_a_lines_sku_releases_the_old_units_at_once(world)
     assert world.level("MUG", "wh-west") == (3, 0, 3)
 
 
+@pytest.mark.parametrize("held", [False, True], ids=["sourcing", "on_hold"])
+def test_an_edit_that_drops_a_line_before_another_keeps_the_units_the_line_left_holds(world, held):
+    # The three MUGs in stock are this order's, under its second line. Dropping the PEN makes the
+    # MUGs line L1: the units held under L2 are still the order's own, counted as such by the
+    # edit's stock check. Released at once, another order took them and the edited order, sourced
+    # again, ended cancelled out_of_stock.
+    order = world.allocated(("PEN", 1), ("MUG", 3))
+    if held:
+        Holds(world.orders, clock=lambda: NOW).hold(order.id, HoldRequest(reason="address_review"), actor="key_ops")
+        order = world.order(order.id)
+
+    edited = world.actions.edit(order.id, order.version, OrderEdit(lines=[LineInput(sku="MUG", quantity=3)]),
+                                actor="key_web")  # fmt: skip
+
+    assert [(line.line_id, line.sku) for line in edited.lines] == [("L1", "MUG")]
+    assert world.level("MUG", "wh-west") == (3, 3, 0)
+    assert world.level("PEN", "wh-east") == (20, 0, 20)
+    with pytest.raises(InsufficientStock):
+        world.place(("MUG", 1), external_id="web-other")
+    if held:
+        Holds(world.orders, clock=lambda: NOW).release(order.id, ReleaseRequest(), actor="key_ops")
+    again = resume(world, order.id)
+    assert again.status is S.ALLOCATED
+    assert world.held_for(order.id) == {("MUG", "wh-west", f"{order.id}#L1"): 3}
+
+
 def test_an_edit_whose_view_of_the_network_predates_a_new_location_releases_the_old_units_there(world):
     # As for a cancel: the API's network is cached for seconds, the workflow's is read fresh.
     actions = world.actions_behind_a_new_location("MUG", "wh-west")
@@ -124,7 +150,8 @@ def test_a_backordered_order_edited_is_sourced_again_and_what_its_replaced_lines
     edited = world.actions.edit(order_id, backordered.version, OrderEdit(lines=lines), actor="key_web")
 
     assert (edited.status, edited.allocations) == (S.AUTHORIZED, [])
-    assert world.held_for(order_id) == {}  # L2 is a MUG now: the PEN it held went back at once
+    # L2 is a MUG now: the PEN it held is still the order's, for its sourcing to keep.
+    assert world.held_for(order_id) == {("PEN", "wh-east", f"{order_id}#L2"): 1}
     again = resume(world, order_id)
     assert again.status is S.ALLOCATED
     assert world.held_for(order_id) == {
