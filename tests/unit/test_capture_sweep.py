@@ -12,9 +12,10 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from core import payment_keys
+from core import hookimpl, payment_keys
 from core.cancellation import Cancellation
 from core.capture_sweep import CapturesNotSettled, CapturesSettled, UnrecordedCaptureSweep
+from core.errors import TransientError
 from core.events import OrderEvent
 from core.holds import Holds, ReleaseRequest
 from core.jeopardy import SCAN_ACTOR, JeopardyScan, parse_sla
@@ -23,6 +24,7 @@ from core.money import Money
 from core.order_changes import outage_noted_once
 from core.ports import SettlementCaptures
 from core.status import OrderStatus, PaymentStatus, ShipmentStatus
+from plugins.testing.gateway import RecordingGateway
 from plugins.testing.memory import InMemoryLateOrders
 from tests.unit.test_jeopardy import Clock
 from tests.unit.test_unit_cancellation import PerUnitShipping
@@ -431,3 +433,43 @@ def test_a_settlement_pass_reads_at_most_its_limit_and_leaves_a_request_the_gate
     clock.advance(minutes=16)
     assert sweep(world, clock).run_settlements(requested, "reconciler").settled == [died.id]
     assert world.order(died.id).payment.captured == died.totals.grand_total
+
+
+class CapturesDownForTest:
+    """The `test` method's gateway unavailable for captures; other methods unaffected."""
+
+    def __init__(self) -> None:
+        self.down = False
+        self.asked: list[str] = []
+
+    @hookimpl(tryfirst=True)
+    def oms_payment_capture(self, method: str, order_id: str) -> None:
+        if method == "test" and self.down:
+            self.asked.append(order_id)
+            raise TransientError("the test gateway is down")
+
+
+def test_a_settlement_pass_reads_past_a_gateway_found_down_to_reach_requests_through_another(clock, monkeypatch):
+    # The oldest requests' gateway down took the whole of a pass's `limit`: the request behind
+    # them, through another gateway that was up, waited for the outage to end (for good, with a
+    # payment plugin removed), where the reconciler's other sweeps read past such orders.
+    outage = CapturesDownForTest()
+    world = build_world(STOCK, PerUnitShipping(), RecordingGateway("fake"), outage, clock=clock)
+    down = [a_settlement_that_died(world, monkeypatch) for _ in range(2)]
+    order = world.allocated(("MUG", 1), ("CAP", 3), shipping_method="per_unit",
+                            payment={"method": "fake", "token": "tok_fake"})  # fmt: skip
+    world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
+    dies_before_recording(world, monkeypatch, "payment_captured")
+    with pytest.raises(Died):
+        world.actions.cancel(order.id, "no caps", actor="key_web")
+    monkeypatch.undo()
+    assert world.order(order.id).capture_request(None) is not None
+    clock.advance(minutes=16)
+    outage.down = True
+
+    done = sweep(world, clock).run_settlements(InMemorySettlementCaptures(world), "reconciler", limit=2)
+
+    assert done.settled == [order.id]
+    assert world.order(order.id).payment.captured == world.order(order.id).totals.grand_total
+    assert set(outage.asked) == {down[0].id}  # the gateway found down is asked for one order only
+    assert all(world.order(o.id).capture_request(None) is not None for o in down)  # for the next pass
