@@ -136,8 +136,9 @@ class UnrecordedCaptureSweep:
         self, order_id: str, actor: str, requested_before: datetime, down: set[str], done: CapturesSettled
     ) -> bool | None:
         """Whether the order was left with no capture request; None when the gateway was not
-        asked: none stands, it changed since `requested_before`, its gateway was found down (it is
-        held all the same), or a refund of it was refused since it last changed."""
+        asked: none stands (or none is left once it is held: another pass settled it meanwhile), it
+        changed since `requested_before`, its gateway was found down (it is held all the same), or a
+        refund of it was refused since it last changed."""
         found = self._orders.history(order_id, consistent=True)
         if found is None:
             return None
@@ -157,8 +158,8 @@ class UnrecordedCaptureSweep:
                 unfinished = _unfinished_ships(order)
                 if unfinished:
                     order = self._hold(order, unfinished, actor, done)
-                if order.payment.method in down:
-                    return None
+                if order.payment.method in down or not order.captures_requested:
+                    return None  # down; or, read again to hold it, settled by another pass meanwhile
                 order = self._cancellation.settle_capture_requests(order, actor)
         except PaymentGatewayUnavailable:
             down.add(order.payment.method)
@@ -167,18 +168,23 @@ class UnrecordedCaptureSweep:
 
     def _hold(self, order: Order, shipment_ids: list[str], actor: str, done: CapturesSettled) -> Order:
         """The order on hold for a person to confirm whether the parcels of `shipment_ids` left,
-        when it can be held; reported `unconfirmed` when it cannot (partly shipped)."""
+        when it can be held; reported `unconfirmed` when it cannot (partly shipped). Reported
+        `held` only when this call's write held it: one held meanwhile (by another pass running at
+        the same time, or a person) is that one's to report."""
         if not can_transition(order.status, OrderStatus.ON_HOLD):
             if order.status is not OrderStatus.ON_HOLD and order.id not in done.unconfirmed:
                 done.unconfirmed.append(order.id)
             return order
         at = self._clock()
-        held = modify(
-            self._orders, order.id,
-            lambda current: current.hold_unfinished_ships(shipment_ids, at=at, actor=actor)
-            if can_transition(current.status, OrderStatus.ON_HOLD) and _unfinished_ships(current) else None,
-        )  # fmt: skip
-        if held.status is OrderStatus.ON_HOLD and held.version != order.version:
+        holding = False
+
+        def decide(current: Order):
+            nonlocal holding
+            holding = can_transition(current.status, OrderStatus.ON_HOLD) and bool(_unfinished_ships(current))
+            return current.hold_unfinished_ships(shipment_ids, at=at, actor=actor) if holding else None
+
+        held = modify(self._orders, order.id, decide)
+        if holding:
             done.held.append(order.id)
         return held
 

@@ -473,3 +473,34 @@ def test_a_settlement_pass_reads_past_a_gateway_found_down_to_reach_requests_thr
     assert world.order(order.id).payment.captured == world.order(order.id).totals.grand_total
     assert set(outage.asked) == {down[0].id}  # the gateway found down is asked for one order only
     assert all(world.order(o.id).capture_request(None) is not None for o in down)  # for the next pass
+
+
+def test_two_overlapping_passes_hold_and_settle_a_ship_that_died_once_and_report_it_once(world, clock, monkeypatch):
+    # Two jeopardy passes at once (a schedule's run overlapping the one before) both found the order
+    # late: one held it and gave the capture back, the other lost each write and reported the order
+    # held and settled as well, so ShipsToConfirm counted one parcel to confirm twice.
+    import core.capture_sweep
+
+    order, _ = a_ship_that_died(world, monkeypatch)
+    clock.advance(**LATE)
+    late = JeopardyScan(
+        InMemoryLateOrders(world.orders), world.orders, world.actions.cancel, clock, sla=parse_sla(""),
+        captures_after=timedelta(minutes=15),
+    ).run().captures_left  # fmt: skip
+    assert late == [order.id]
+    twin: list[CapturesSettled | None] = []
+    modify = core.capture_sweep.modify
+
+    def the_twin_first(*args, **kwargs):
+        if not twin:
+            twin.append(None)
+            twin[0] = sweep(world, clock).run(late, ACTOR)  # the other pass, a moment ahead
+        return modify(*args, **kwargs)
+
+    monkeypatch.setattr(core.capture_sweep, "modify", the_twin_first)
+    this = sweep(world, clock).run(late, ACTOR)
+
+    assert twin == [CapturesSettled(settled=[order.id], held=[order.id], unconfirmed=[])]
+    assert this == NOTHING
+    assert len(world.spy.refunded) == 1 and world.order(order.id).status is OrderStatus.ON_HOLD
+    assert [e.type for e in world.history(order.id)].count(OrderEvent.ON_HOLD) == 1
