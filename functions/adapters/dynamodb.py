@@ -880,6 +880,27 @@ class DynamoUnsettledAuthorizations(_RefundIndexPartition, UnsettledAuthorizatio
     def left_since_before(self, before: datetime) -> Iterator[str]:
         return self._ids(UNSETTLED_AUTHORIZATION_KEY, before)
 
+    def set_aside(self, order_id: str, version: int) -> None:
+        # The order's index keys removed, on the version judged and in this partition only; its
+        # next write sets them again from the order (index_attributes). A stream record with the
+        # document unchanged, which the stream's consumers find nothing in.
+        try:
+            self._client.update_item(
+                TableName=self._table,
+                Key={"id": {"S": order_id}},
+                UpdateExpression="REMOVE refund_key, refund_since",
+                ConditionExpression="#version = :version AND refund_key = :key",
+                ExpressionAttributeNames={"#version": "version"},
+                ExpressionAttributeValues={
+                    ":version": {"N": str(version)},
+                    ":key": {"S": UNSETTLED_AUTHORIZATION_KEY},
+                },
+            )
+        except ClientError as error:
+            # Refused: it changed since, or left the partition; the next pass judges it again.
+            if not _is_conditional_failure(error):
+                raise
+
 
 class DynamoSettlementCaptures(_RefundIndexPartition, SettlementCaptures):
     """The reconciler's, for settlement captures never recorded: the SETTLEMENT_CAPTURE_KEY partition."""
