@@ -504,3 +504,28 @@ def test_two_overlapping_passes_hold_and_settle_a_ship_that_died_once_and_report
     assert this == NOTHING
     assert len(world.spy.refunded) == 1 and world.order(order.id).status is OrderStatus.ON_HOLD
     assert [e.type for e in world.history(order.id)].count(OrderEvent.ON_HOLD) == 1
+
+
+def test_a_ship_that_died_on_an_order_marked_late_already_is_settled_by_a_later_pass(world, clock, monkeypatch):
+    # The warehouse ships the late order at last and its ship dies after the gateway captured: the
+    # scan reads only unmarked orders, so it never read this one again, and nobody gave the money
+    # back (or recorded it) while the order sat allocated, in jeopardy, for good.
+    order = world.allocated(("TSHIRT", 2))
+    clock.advance(**LATE)
+    assert a_pass(world, clock) == NOTHING and world.order(order.id).jeopardy is not None  # marked late
+    shipment_id = order.shipments[0].id
+    dies_before_recording(world, monkeypatch, "shipment_shipped")
+    with pytest.raises(Died):
+        world.actions.ship(order.id, shipment_id, None, actor="key_wh")
+    monkeypatch.undo()
+    assert world.order(order.id).capture_request(shipment_id) is not None
+    clock.advance(minutes=5)
+    assert a_pass(world, clock) == NOTHING  # its ship may still be under way
+
+    clock.advance(minutes=11)
+    assert a_pass(world, clock) == CapturesSettled(settled=[order.id], held=[order.id], unconfirmed=[])
+
+    after = world.order(order.id)
+    assert after.captures_requested == [] and after.payment.captured.amount == 0
+    assert [amount for _, amount, _ in world.spy.refunded] == [order.totals.grand_total]
+    assert (after.status, after.hold.resume_to) == (OrderStatus.ON_HOLD, OrderStatus.ALLOCATED)
