@@ -66,7 +66,10 @@ class UnsettledAuthorizationSweep:
 
     A void the gateway refused since the order last changed is not asked again: under its key the
     gateway answers the same, and each pass would only add the refusal to the history. The pass
-    that met the refusal reports it (SettleIncomplete); the order's next change asks again. A
+    that met the refusal reports it (SettleIncomplete); the next pass sets the order aside
+    (UnsettledAuthorizations.set_aside), so such orders, which may never change again, do not
+    gather at the oldest end of the index to be read by every pass; the order's next change lists
+    it again and asks again. A
     gateway found unavailable is not asked again in the same pass: the orders paid through it wait
     for the next pass and are read past, up to `max_reads` orders a pass, `limit` of them asked.
     Given a Cancellation that records failures with core.order_changes.outage_noted_once (as the
@@ -131,12 +134,14 @@ class UnsettledAuthorizationSweep:
         # A refusal since it last changed leaves what an edit left to the order's next change; a
         # cancelled order's own void is asked all the same (a refusal of it ends its being owed).
         refused = _void_refused_since(history, order.last_changed)
-        if (
-            not order.authorizations_left
-            or order.last_changed >= left_before
-            or order.payment.method in down
-            or (refused and not order.own_void_owed)
-        ):
+        if not order.authorizations_left or order.last_changed >= left_before:
+            return None
+        if refused and not order.own_void_owed:
+            # Nothing is asked of it until it changes, which may be never (a shipped order): out of
+            # the index till then, so such orders never fill a pass's reads.
+            self._unsettled.set_aside(order.id, order.version)
+            return None
+        if order.payment.method in down:
             return None
         edits, own = order.edit_authorizations_left, order.own_void_owed or order.renewal_left
         try:

@@ -92,60 +92,74 @@ class UnrecordedCaptureSweep:
         self._clock = clock
         self._after = after
 
-    def run(self, order_ids: Iterable[str], actor: str) -> CapturesSettled:
-        """One pass over `order_ids`. An order whose gateway is unavailable waits, held. One that
-        fails otherwise does not stop the pass: it raises CapturesNotSettled once it is done."""
+    def run(self, order_ids: Iterable[str], actor: str, *, limit: int | None = None) -> CapturesSettled:
+        """One pass over `order_ids` (with `limit`, until that many were asked of the gateway: an
+        order it leaves alone, its gateway found down in this pass among them, is read past). An
+        order whose gateway is unavailable waits, held. One that fails otherwise does not stop the
+        pass: it raises CapturesNotSettled once it is done."""
         requested_before = self._clock() - self._after
         done = CapturesSettled(settled=[], held=[], unconfirmed=[])
         down: set[str] = set()
         failed: dict[str, Exception] = {}
+        asked = 0
         for order_id in order_ids:
+            if limit is not None and asked >= limit:
+                break
             try:
-                if self._settle(order_id, actor, requested_before, down, done):
-                    done.settled.append(order_id)
+                settled = self._settle(order_id, actor, requested_before, down, done)
             except PaymentGatewayUnavailable:
-                pass  # its gateway is down: it waits, held, for the scan to hand it on again
+                asked += 1  # its gateway is down: it waits, held, for the scan to hand it on again
             except Exception as error:  # reported once the pass is done (CapturesNotSettled)
                 failed[order_id] = error
+                asked += 1
+            else:
+                asked += settled is not None
+                if settled:
+                    done.settled.append(order_id)
         if failed:
             raise CapturesNotSettled(done, failed)
         return done
 
-    def run_settlements(self, requested: SettlementCaptures, actor: str, *, limit: int = 100) -> CapturesSettled:
+    def run_settlements(
+        self, requested: SettlementCaptures, actor: str, *, limit: int = 100, max_reads: int = 1000
+    ) -> CapturesSettled:
         """One pass, as `run`, over the orders a settlement capture request (no shipment) stands on
-        that last changed more than `after` ago: at most `limit` of them, oldest first, found
-        through their index (`requested`). An order whose gateway is unavailable keeps its request,
-        and so its index entry, for the next pass."""
+        that last changed more than `after` ago, found through their index (`requested`), oldest
+        first: at most `limit` of them asked of the gateway, among at most `max_reads` read. An
+        order whose gateway is unavailable keeps its request, and so its index entry, for the next
+        pass; the orders paid through it are read past, so a gateway down (or a payment plugin
+        removed) keeps no request through another waiting behind them."""
         before = self._clock() - self._after
-        return self.run(islice(requested.requested_since_before(before), limit), actor)
+        return self.run(islice(requested.requested_since_before(before), max_reads), actor, limit=limit)
 
     def _settle(
         self, order_id: str, actor: str, requested_before: datetime, down: set[str], done: CapturesSettled
-    ) -> bool:
-        """Whether the order was left with no capture request. Not asked when none stands, it
-        changed since `requested_before`, its gateway was found down (it is held all the same), or
-        a refund of it was refused since it last changed."""
+    ) -> bool | None:
+        """Whether the order was left with no capture request; None when the gateway was not
+        asked: none stands (or none is left once it is held: another pass settled it meanwhile), it
+        changed since `requested_before`, its gateway was found down (it is held all the same), or a
+        refund of it was refused since it last changed."""
         found = self._orders.history(order_id, consistent=True)
         if found is None:
-            return False
+            return None
         order, history = found
         if (
             not order.captures_requested
             or order.last_changed >= requested_before
             or _refund_refused_since(history, order.last_changed)
         ):
-            return False
+            return None
         try:
             if order.status is OrderStatus.CANCELLED:
                 if order.payment.method in down:
-                    return False
+                    return None
                 order = self._cancellation.void(order, actor)  # the cancel, finished: refunded, then voided
             else:
                 unfinished = _unfinished_ships(order)
                 if unfinished:
                     order = self._hold(order, unfinished, actor, done)
-                if order.payment.method in down:
-                    return False
+                if order.payment.method in down or not order.captures_requested:
+                    return None  # down; or, read again to hold it, settled by another pass meanwhile
                 order = self._cancellation.settle_capture_requests(order, actor)
         except PaymentGatewayUnavailable:
             down.add(order.payment.method)
@@ -154,18 +168,23 @@ class UnrecordedCaptureSweep:
 
     def _hold(self, order: Order, shipment_ids: list[str], actor: str, done: CapturesSettled) -> Order:
         """The order on hold for a person to confirm whether the parcels of `shipment_ids` left,
-        when it can be held; reported `unconfirmed` when it cannot (partly shipped)."""
+        when it can be held; reported `unconfirmed` when it cannot (partly shipped). Reported
+        `held` only when this call's write held it: one held meanwhile (by another pass running at
+        the same time, or a person) is that one's to report."""
         if not can_transition(order.status, OrderStatus.ON_HOLD):
             if order.status is not OrderStatus.ON_HOLD and order.id not in done.unconfirmed:
                 done.unconfirmed.append(order.id)
             return order
         at = self._clock()
-        held = modify(
-            self._orders, order.id,
-            lambda current: current.hold_unfinished_ships(shipment_ids, at=at, actor=actor)
-            if can_transition(current.status, OrderStatus.ON_HOLD) and _unfinished_ships(current) else None,
-        )  # fmt: skip
-        if held.status is OrderStatus.ON_HOLD and held.version != order.version:
+        holding = False
+
+        def decide(current: Order):
+            nonlocal holding
+            holding = can_transition(current.status, OrderStatus.ON_HOLD) and bool(_unfinished_ships(current))
+            return current.hold_unfinished_ships(shipment_ids, at=at, actor=actor) if holding else None
+
+        held = modify(self._orders, order.id, decide)
+        if holding:
             done.held.append(order.id)
         return held
 

@@ -22,7 +22,9 @@ died and nobody repeated it, since the order sat past its deadline, and the sche
 settles it (core/capture_sweep.py). Left unmarked, the order is found again by the next pass until
 it is settled (a pass that died before settling it, a gateway down for an order that cannot be
 held), then marked like any late order. The scan reads those orders to mark them anyway, so
-finding them costs the typical order nothing: no index entry per shipment. A request younger than
+finding them costs the typical order nothing: no index entry per shipment. An order marked late
+before its ship died is found the same way: while a capture request stands on it, the index
+counts it unmarked (functions/adapters/dynamodb.py), so the scan reads it again and hands it on. A request younger than
 `captures_after` may belong to a ship under way, so such an order is not marked in that pass.
 A partly shipped order is found that way only when OMS_SLA gives `partially_shipped` a deadline
 (the default has none): otherwise the scan reads those partly shipped for longer than the
@@ -225,9 +227,12 @@ class JeopardyScan:
             # Judged again on the order itself: it may have moved on, or been marked by a
             # concurrent scan, since the index was read. One whose capture request is young may
             # have its ship under way: the next pass judges it, that request recorded or over.
+            # One marked already is read again once a ship of it asks its capture (the index leaves
+            # out its mark meanwhile): that ship may have died since, the money taken.
             since = order.deadline_counts_from
             marked = (
-                order.status is status and order.jeopardy is None and since is not None and since + deadline <= at
+                order.status is status and (order.jeopardy is None or bool(order.captures_requested))
+                and since is not None and since + deadline <= at
                 and not (order.captures_requested and order.last_changed > at - self._captures_after)
             )  # fmt: skip
             if not marked or order.captures_requested:

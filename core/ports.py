@@ -385,6 +385,11 @@ class UnsettledAuthorizations(ABC):
         """Ids of the orders that hold one and last changed before `before`, oldest first, read a
         page at a time as the caller takes them: a caller that stops early reads no further page."""
 
+    @abstractmethod
+    def set_aside(self, order_id: str, version: int) -> None:
+        """Leave the order out of left_since_before until its next write (which lists it again),
+        provided it is still at `version`: nothing is to be asked of it until it changes."""
+
 
 class SettlementCaptures(ABC):
     """Orders with a settlement capture asked of the gateway and not recorded (a CaptureRequest with

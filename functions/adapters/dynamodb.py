@@ -233,7 +233,9 @@ INDEXED_STATUSES = frozenset(OrderStatus) - UNINDEXED_STATUSES
 
 # The sparse `by_sla` index keeps an entry only for an order marked late, under JEOPARDY_KEY by
 # when it was placed (GET /orders?jeopardy=true, newest first; the count of orders in jeopardy):
-# written when an order is marked or unmarked, never at an ordinary status change. The jeopardy
+# written when an order is marked or unmarked, never at an ordinary status change, and left out
+# while a capture its ship (or collect) asked for is not recorded (a ship under way: seconds; one
+# that died: until the jeopardy scan's sweep settles it, core.capture_sweep). The jeopardy
 # scan finds its candidates through by_status_key, which projects `status_since` (when the deadline
 # of its status starts counting, Order.deadline_counts_from: when it entered the status, or a ready
 # pickup's collect_by; stored on watched orders only, as every write pays for its bytes, and not on
@@ -292,7 +294,9 @@ def index_attributes(order: Order) -> dict[str, dict[str, str]]:
     since = order.deadline_counts_from
     if (order.status in WATCHED or order.jeopardy is not None) and since is not None:
         attributes["status_since"] = {"S": timestamp(since)}
-    if order.jeopardy is not None:
+    if order.jeopardy is not None and not order.captures_requested:
+        # Marked, but unmarked here while a ship (or collect) asks its capture: the scan reads it
+        # again (core.jeopardy), should that ship die with the money taken and nobody repeat it.
         attributes["sla_key"] = {"S": JEOPARDY_KEY}
         attributes["sla_at"] = {"S": timestamp(order.created_at)}
     pending = [refund.at for refund in order.payment.refunds if refund.status == "pending"]
@@ -879,6 +883,27 @@ class DynamoUnsettledAuthorizations(_RefundIndexPartition, UnsettledAuthorizatio
 
     def left_since_before(self, before: datetime) -> Iterator[str]:
         return self._ids(UNSETTLED_AUTHORIZATION_KEY, before)
+
+    def set_aside(self, order_id: str, version: int) -> None:
+        # The order's index keys removed, on the version judged and in this partition only; its
+        # next write sets them again from the order (index_attributes). A stream record with the
+        # document unchanged, which the stream's consumers find nothing in.
+        try:
+            self._client.update_item(
+                TableName=self._table,
+                Key={"id": {"S": order_id}},
+                UpdateExpression="REMOVE refund_key, refund_since",
+                ConditionExpression="#version = :version AND refund_key = :key",
+                ExpressionAttributeNames={"#version": "version"},
+                ExpressionAttributeValues={
+                    ":version": {"N": str(version)},
+                    ":key": {"S": UNSETTLED_AUTHORIZATION_KEY},
+                },
+            )
+        except ClientError as error:
+            # Refused: it changed since, or left the partition; the next pass judges it again.
+            if not _is_conditional_failure(error):
+                raise
 
 
 class DynamoSettlementCaptures(_RefundIndexPartition, SettlementCaptures):

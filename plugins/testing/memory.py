@@ -137,7 +137,11 @@ class InMemoryLateOrders(LateOrders):
         self._orders = orders
 
     def unmarked_since_before(self, status: OrderStatus, before: datetime, limit: int) -> list[str]:
-        found = [o for o in self._orders.orders.values() if o.status is status and o.jeopardy is None]
+        # As the index: a marked order counts unmarked while a capture its ship asked for stands.
+        found = [
+            o for o in self._orders.orders.values()
+            if o.status is status and (o.jeopardy is None or o.captures_requested)
+        ]  # fmt: skip
         due = [o for o in found if o.deadline_counts_from is not None and o.deadline_counts_from < before]
         return [o.id for o in sorted(due, key=lambda o: o.created_at)][:limit]
 
@@ -146,7 +150,7 @@ class InMemoryLateOrders(LateOrders):
         return [o.id for o in sorted(found, key=lambda o: o.created_at) if o.in_status_since < before][:limit]
 
     def count_in_jeopardy(self) -> int:
-        return sum(1 for o in self._orders.orders.values() if o.jeopardy is not None)
+        return sum(1 for o in self._orders.orders.values() if o.jeopardy is not None and not o.captures_requested)
 
 
 class InMemoryUnreceivedReturns(UnreceivedReturns):

@@ -151,3 +151,29 @@ def test_one_channels_late_orders_page_on_past_the_read_budget_and_no_cursor_nam
         assert market.isdisjoint(value["S"] for value in named.values())
         stopped_short |= "id" not in named
     assert shown == [placed[4].id, placed[0].id] and stopped_short
+
+
+def test_a_marked_order_whose_ship_asked_its_capture_is_a_candidate_again_until_the_request_goes(
+    aws, capture, orders, late
+):
+    # Marked late, then its ship died after the gateway captured: the scan reads only unmarked
+    # orders, so it never read this one again to hand the capture on (core.capture_sweep).
+    from core.models import CaptureRequest
+    from core.money import Money
+
+    order = capture.place(place_order(external_id="a"), actor="k")
+    mark(orders, order.id, NOW + timedelta(minutes=10))
+    assert late.unmarked_since_before(S.PENDING, NOW + timedelta(days=1), 10) == []
+    marked = orders.get(order.id)
+    request = CaptureRequest(shipment_id="shp_1", amount=Money.of("1.00", "USD"))
+    asked, _ = marked._bookkeeping(at=NOW + timedelta(minutes=11), captures_requested=[request])
+    orders.update(asked, marked, [])
+
+    assert late.unmarked_since_before(S.PENDING, NOW + timedelta(days=1), 10) == [order.id]
+    assert late_index_entries(aws) == {} and late.count_in_jeopardy() == 0
+    assert orders.get(order.id).jeopardy == marked.jeopardy  # still marked on the order itself
+
+    settled, _ = asked._bookkeeping(at=NOW + timedelta(minutes=12), captures_requested=[])
+    orders.update(settled, asked, [])
+    assert late.unmarked_since_before(S.PENDING, NOW + timedelta(days=1), 10) == []
+    assert list(late_index_entries(aws)) == [order.id] and late.count_in_jeopardy() == 1

@@ -853,6 +853,33 @@ def test_orders_left_holding_an_authorization_are_read_oldest_first_a_page_at_a_
     assert len(queries) == 2 and {q["IndexName"] for q in queries} == {"by_pending_refund"}
 
 
+def test_an_order_set_aside_leaves_the_partition_until_its_next_write_and_only_at_the_version_judged(aws):
+    # What the sweep does with an order whose void was refused: nothing is asked of it until it
+    # changes, so it must not stay where every pass reads it.
+    from core.events import OrderEvent
+    from functions.adapters.dynamodb import DynamoOrders, DynamoUnsettledAuthorizations
+
+    orders = DynamoOrders(aws.dynamodb, aws.tables["OrdersTable"])
+    unsettled = DynamoUnsettledAuthorizations(aws.dynamodb, aws.tables["OrdersTable"])
+    placed = utc_now() - timedelta(hours=1)
+    left = a_stored_order(("TSHIRT", 1), id=order_id("a"), created_at=placed, updated_at=placed, version=3,
+                          replaced_authorizations=["auth_replaced"])  # fmt: skip
+    created = HistoryEntry(at=placed, type="created", to_status=OrderStatus.PENDING, actor="key_admin")
+    orders.add(left, created, payment_token="tok_approve")
+    assert list(unsettled.left_since_before(utc_now())) == [left.id]
+
+    unsettled.set_aside(left.id, version=2)  # judged on a version since replaced: left as it is
+    assert list(unsettled.left_since_before(utc_now())) == [left.id]
+    unsettled.set_aside(left.id, version=3)
+    assert list(unsettled.left_since_before(utc_now())) == []
+    unsettled.set_aside(left.id, version=3)  # out already: nothing to do
+    assert orders.get(left.id, consistent=True) == left
+
+    noted, entry = left.noted(OrderEvent.PAYMENT_VOID_FAILED, at=utc_now(), actor="key_web", detail={})
+    orders.update(noted, left, [entry])  # its next write lists it again
+    assert list(unsettled.left_since_before(utc_now())) == [left.id]
+
+
 def test_a_pass_that_could_not_settle_an_order_reports_what_it_did_then_fails(
     stack, metrics_on, capsys, caplog, monkeypatch
 ):

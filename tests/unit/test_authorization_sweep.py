@@ -33,10 +33,22 @@ FIVE = OrderEdit(lines=[LineInput(sku="TSHIRT", quantity=5)])
 class InMemoryUnsettledAuthorizations(UnsettledAuthorizations):
     def __init__(self, world: World) -> None:
         self._world = world
+        self._aside: dict[str, tuple[int, int]] = {}  # set aside at (version, entries), until the next write
 
     def left_since_before(self, before: datetime) -> Iterator[str]:
-        left = [o for o in self._world.orders.orders.values() if o.authorizations_left and o.last_changed < before]
+        left = [
+            o for o in self._world.orders.orders.values()
+            if o.authorizations_left and o.last_changed < before and not self._set_aside(o)
+        ]  # fmt: skip
         return iter(o.id for o in sorted(left, key=lambda o: o.last_changed))
+
+    def set_aside(self, order_id: str, version: int) -> None:
+        order = self._world.orders.orders.get(order_id)
+        if order is not None and order.version == version:
+            self._aside[order_id] = (version, len(self._world.history(order_id)))
+
+    def _set_aside(self, order: Order) -> bool:
+        return self._aside.get(order.id) == (order.version, len(self._world.history(order.id)))
 
 
 @pytest.fixture
@@ -49,14 +61,17 @@ def world(clock: Clock) -> World:
     return build_world(STOCK, clock=clock)
 
 
-def sweep(world: World, clock: Clock) -> UnsettledAuthorizationSweep:
+def sweep(
+    world: World, clock: Clock, index: UnsettledAuthorizations | None = None, **limits: int
+) -> UnsettledAuthorizationSweep:
     payments = world.actions._payments
     cancellation = Cancellation(
         world.orders, world.catalog, world.inventory, payments, clock, void_failures=outage_noted_once
     )
     return UnsettledAuthorizationSweep(
-        InMemoryUnsettledAuthorizations(world), world.orders, cancellation, clock, after=timedelta(minutes=15)
-    )
+        index or InMemoryUnsettledAuthorizations(world), world.orders, cancellation, clock,
+        after=timedelta(minutes=15), **limits,
+    )  # fmt: skip
 
 
 def authorized(world: World) -> Order:
@@ -188,6 +203,42 @@ def test_a_refused_void_is_reported_once_then_left_for_the_orders_next_change(wo
     world.gateway.script("void", "approve")
     cancelled = world.actions.cancel(order.id, "changed my mind", actor="key_web")  # the next change asks again
     assert cancelled.replaced_authorizations == [] and cancelled.payment.status is PaymentStatus.VOIDED
+
+
+def test_orders_whose_void_was_refused_are_set_aside_so_they_never_crowd_out_the_orders_behind_them(world, clock):
+    # A refused void is not asked again until its order changes, and a shipped order may never
+    # change again: such orders stayed in the index for good, each pass read them all again (up to
+    # its 1,000 reads) and, once there were that many, never reached an order behind them.
+    world.gateway.script("void", "refuse")
+    refused = []
+    for _ in range(3):
+        order = authorized(world)
+        world.actions.edit(order.id, order.version, FIVE, "key_web")  # its old authorization's void refused
+        refused.append(order.id)
+        clock.advance(minutes=1)
+    behind = authorized(world)
+    world.gateway.script("void", "transient", "transient", "transient", "approve")
+    world.actions.edit(behind.id, behind.version, FIVE, "key_web")  # the gateway down: left for the pass
+    clock.advance(minutes=16)
+    index = InMemoryUnsettledAuthorizations(world)
+    reads: list[str] = []
+    history = world.orders.history
+
+    def read(order_id: str, **kw: bool):
+        reads.append(order_id)
+        return history(order_id, **kw)
+
+    world.orders.history = read  # type: ignore[method-assign]
+
+    assert sweep(world, clock, index, max_reads=2).run(ACTOR).orders == []
+    assert sweep(world, clock, index, max_reads=2).run(ACTOR).orders == [behind.id]
+
+    assert world.spy.voided == [behind.payment.authorization]
+    assert [r for r in reads if r in refused] == refused  # each read once, then out of the index
+    assert list(index.left_since_before(clock())) == []
+    world.gateway.script("void", "approve")
+    world.actions.cancel(refused[0], "changed my mind", actor="key_web")  # its next change asks again
+    assert world.order(refused[0]).replaced_authorizations == []
 
 
 def test_passes_through_a_long_outage_add_nothing_the_history_already_says_then_void(world, clock):

@@ -12,9 +12,10 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from core import payment_keys
+from core import hookimpl, payment_keys
 from core.cancellation import Cancellation
 from core.capture_sweep import CapturesNotSettled, CapturesSettled, UnrecordedCaptureSweep
+from core.errors import TransientError
 from core.events import OrderEvent
 from core.holds import Holds, ReleaseRequest
 from core.jeopardy import SCAN_ACTOR, JeopardyScan, parse_sla
@@ -23,6 +24,7 @@ from core.money import Money
 from core.order_changes import outage_noted_once
 from core.ports import SettlementCaptures
 from core.status import OrderStatus, PaymentStatus, ShipmentStatus
+from plugins.testing.gateway import RecordingGateway
 from plugins.testing.memory import InMemoryLateOrders
 from tests.unit.test_jeopardy import Clock
 from tests.unit.test_unit_cancellation import PerUnitShipping
@@ -431,3 +433,99 @@ def test_a_settlement_pass_reads_at_most_its_limit_and_leaves_a_request_the_gate
     clock.advance(minutes=16)
     assert sweep(world, clock).run_settlements(requested, "reconciler").settled == [died.id]
     assert world.order(died.id).payment.captured == died.totals.grand_total
+
+
+class CapturesDownForTest:
+    """The `test` method's gateway unavailable for captures; other methods unaffected."""
+
+    def __init__(self) -> None:
+        self.down = False
+        self.asked: list[str] = []
+
+    @hookimpl(tryfirst=True)
+    def oms_payment_capture(self, method: str, order_id: str) -> None:
+        if method == "test" and self.down:
+            self.asked.append(order_id)
+            raise TransientError("the test gateway is down")
+
+
+def test_a_settlement_pass_reads_past_a_gateway_found_down_to_reach_requests_through_another(clock, monkeypatch):
+    # The oldest requests' gateway down took the whole of a pass's `limit`: the request behind
+    # them, through another gateway that was up, waited for the outage to end (for good, with a
+    # payment plugin removed), where the reconciler's other sweeps read past such orders.
+    outage = CapturesDownForTest()
+    world = build_world(STOCK, PerUnitShipping(), RecordingGateway("fake"), outage, clock=clock)
+    down = [a_settlement_that_died(world, monkeypatch) for _ in range(2)]
+    order = world.allocated(("MUG", 1), ("CAP", 3), shipping_method="per_unit",
+                            payment={"method": "fake", "token": "tok_fake"})  # fmt: skip
+    world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
+    dies_before_recording(world, monkeypatch, "payment_captured")
+    with pytest.raises(Died):
+        world.actions.cancel(order.id, "no caps", actor="key_web")
+    monkeypatch.undo()
+    assert world.order(order.id).capture_request(None) is not None
+    clock.advance(minutes=16)
+    outage.down = True
+
+    done = sweep(world, clock).run_settlements(InMemorySettlementCaptures(world), "reconciler", limit=2)
+
+    assert done.settled == [order.id]
+    assert world.order(order.id).payment.captured == world.order(order.id).totals.grand_total
+    assert set(outage.asked) == {down[0].id}  # the gateway found down is asked for one order only
+    assert all(world.order(o.id).capture_request(None) is not None for o in down)  # for the next pass
+
+
+def test_two_overlapping_passes_hold_and_settle_a_ship_that_died_once_and_report_it_once(world, clock, monkeypatch):
+    # Two jeopardy passes at once (a schedule's run overlapping the one before) both found the order
+    # late: one held it and gave the capture back, the other lost each write and reported the order
+    # held and settled as well, so ShipsToConfirm counted one parcel to confirm twice.
+    import core.capture_sweep
+
+    order, _ = a_ship_that_died(world, monkeypatch)
+    clock.advance(**LATE)
+    late = JeopardyScan(
+        InMemoryLateOrders(world.orders), world.orders, world.actions.cancel, clock, sla=parse_sla(""),
+        captures_after=timedelta(minutes=15),
+    ).run().captures_left  # fmt: skip
+    assert late == [order.id]
+    twin: list[CapturesSettled | None] = []
+    modify = core.capture_sweep.modify
+
+    def the_twin_first(*args, **kwargs):
+        if not twin:
+            twin.append(None)
+            twin[0] = sweep(world, clock).run(late, ACTOR)  # the other pass, a moment ahead
+        return modify(*args, **kwargs)
+
+    monkeypatch.setattr(core.capture_sweep, "modify", the_twin_first)
+    this = sweep(world, clock).run(late, ACTOR)
+
+    assert twin == [CapturesSettled(settled=[order.id], held=[order.id], unconfirmed=[])]
+    assert this == NOTHING
+    assert len(world.spy.refunded) == 1 and world.order(order.id).status is OrderStatus.ON_HOLD
+    assert [e.type for e in world.history(order.id)].count(OrderEvent.ON_HOLD) == 1
+
+
+def test_a_ship_that_died_on_an_order_marked_late_already_is_settled_by_a_later_pass(world, clock, monkeypatch):
+    # The warehouse ships the late order at last and its ship dies after the gateway captured: the
+    # scan reads only unmarked orders, so it never read this one again, and nobody gave the money
+    # back (or recorded it) while the order sat allocated, in jeopardy, for good.
+    order = world.allocated(("TSHIRT", 2))
+    clock.advance(**LATE)
+    assert a_pass(world, clock) == NOTHING and world.order(order.id).jeopardy is not None  # marked late
+    shipment_id = order.shipments[0].id
+    dies_before_recording(world, monkeypatch, "shipment_shipped")
+    with pytest.raises(Died):
+        world.actions.ship(order.id, shipment_id, None, actor="key_wh")
+    monkeypatch.undo()
+    assert world.order(order.id).capture_request(shipment_id) is not None
+    clock.advance(minutes=5)
+    assert a_pass(world, clock) == NOTHING  # its ship may still be under way
+
+    clock.advance(minutes=11)
+    assert a_pass(world, clock) == CapturesSettled(settled=[order.id], held=[order.id], unconfirmed=[])
+
+    after = world.order(order.id)
+    assert after.captures_requested == [] and after.payment.captured.amount == 0
+    assert [amount for _, amount, _ in world.spy.refunded] == [order.totals.grand_total]
+    assert (after.status, after.hold.resume_to) == (OrderStatus.ON_HOLD, OrderStatus.ALLOCATED)
