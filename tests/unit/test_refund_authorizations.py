@@ -422,3 +422,31 @@ def test_a_return_of_an_exchanges_replacement_whose_draw_on_the_credit_was_refus
     assert moved == tshirt  # the replacement's capture and the credit's share, once
     assert (done.status.value, done.refund) == ("refunded", tshirt)
     assert world.order(second.id).payment.refunded + world.order(replacement_id).payment.refunded == tshirt
+
+
+def test_a_page_after_a_pending_refund_that_is_then_refused_in_part_shows_what_went_back_and_nothing_twice(
+    world, clock
+):
+    # A split appeasement left pending by an outage, two refunds after it; a client read the first
+    # page (the pending one and the next) before the reconciler finished it, refused in part.
+    # Before: the next page started two places on in a list grown by what went back, so it showed
+    # the second refund again and never what went back.
+    _, second = renewed_between_parcels(world, clock)
+    spans_both = second.payment.captured - Money.of("2.00", "USD")
+    world.gateway.script("refund", "transient")
+    with pytest.raises(PaymentGatewayUnavailable):
+        world.refunds.issue_refund(second.id, spans_both, "goodwill", "appease-1", actor="key_cs")
+    world.gateway.script("refund", "approve")
+    world.refunds.issue_refund(second.id, Money.of("1.00", "USD"), "late", "appease-2", actor="key_cs")
+    world.refunds.issue_refund(second.id, Money.of("0.50", "USD"), "later", "appease-3", actor="key_cs")
+    pending, b, c = (refund_id_for(second.id, f"appease-{n}") for n in (1, 2, 3))
+    read, cursor = world.refunds.page(second.id, None, 2, None)
+    assert [(r.id, r.status) for r in read] == [(pending, "pending"), (b, "succeeded")]
+
+    world.gateway.script("refund", "approve", "refuse")
+    world.refunds.finish_pending(second.id, "reconciler")
+
+    rest, more = world.refunds.page(second.id, None, 2, cursor)
+    assert [(r.id, r.status) for r in rest] == [(went_back_id(pending), "succeeded"), (c, "succeeded")]
+    assert more is None
+    assert sorted(r.id for r in read + rest) == sorted(r.id for r in world.refunds.refunds(second.id))
