@@ -5,12 +5,13 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Sequence
-from typing import TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from core.errors import InvalidCursor
 
 T = TypeVar("T")
+U = TypeVar("U")
 
 
 def page(
@@ -24,20 +25,61 @@ def page(
     return list(items[start:end]), _cursor(order_id, list_name, end) if end < len(items) else None
 
 
-def _cursor(order_id: str, list_name: str, position: int) -> str:
-    raw = json.dumps({"o": order_id, "l": list_name, "n": position}, separators=(",", ":"))
+def growing_page(
+    items: Sequence[T], shown: Callable[[T], list[U]], settled: Callable[[T], bool], order_id: str, list_name: str,
+    limit: int, cursor: str | None,
+) -> tuple[list[U], str | None]:  # fmt: skip
+    """`page` of a list each item of which is shown as one or more entries, an item not yet
+    `settled` perhaps as more later (a pending refund the gateway then refused in part: what went
+    back is shown after it). The cursor names the next item and, of those before it, each the
+    caller was shown only some entries of, or that may show more, with how many it was shown: the
+    next page first shows what those show beyond that, so no entry is shown twice or missed, while
+    an item before the cursor grows. InvalidCursor as `page`."""
+    start, seen = _growing_position(cursor, order_id, list_name, len(items)) if cursor is not None else (0, {})
+    entries: list[U] = []
+    owed: dict[int, int] = {}  # the items before the next one not shown whole, or that may grow: how many were shown
+
+    def take(index: int, skip: int) -> None:
+        its = shown(items[index])
+        given = its[skip:][: limit - len(entries)]
+        entries.extend(given)
+        if skip + len(given) < len(its) or not settled(items[index]):
+            owed[index] = skip + len(given)
+
+    for index, skip in sorted(seen.items()):
+        take(index, skip)
+    position = start
+    while position < len(items) and len(entries) < limit:
+        take(position, 0)
+        position += 1
+    more = position < len(items) or any(count < len(shown(items[index])) for index, count in owed.items())
+    return entries, _cursor(order_id, list_name, position, owed) if more else None
+
+
+def _cursor(order_id: str, list_name: str, position: int, owed: dict[int, int] | None = None) -> str:
+    fields: dict[str, Any] = {"o": order_id, "l": list_name, "n": position}
+    if owed:
+        fields["w"] = sorted(owed.items())
+    raw = json.dumps(fields, separators=(",", ":"))
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
 def _position(cursor: str, order_id: str, list_name: str, size: int) -> int:
+    return _growing_position(cursor, order_id, list_name, size)[0]
+
+
+def _growing_position(cursor: str, order_id: str, list_name: str, size: int) -> tuple[int, dict[int, int]]:
+    """The position `cursor` names, and the items before it shown only in part (growing_page)."""
     try:
         decoded = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        position = decoded["n"]
+        position, owed = decoded["n"], decoded.get("w", [])
         valid = (
             decoded["o"] == order_id and decoded["l"] == list_name and type(position) is int and 0 < position <= size
-        )
+            and type(owed) is list
+            and all(type(i) is int and type(k) is int and 0 <= i < position and k >= 0 for i, k in owed)
+        )  # fmt: skip
     except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError):
         valid = False
     if not valid:
         raise InvalidCursor()
-    return position
+    return position, dict(owed)

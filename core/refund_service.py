@@ -388,8 +388,14 @@ class RefundService:
     ) -> tuple[list[Refund], str | None]:
         """Up to `limit` of the order's refunds, oldest first, after the position `cursor` names,
         and the next page's cursor (None: no more). The order holds them whole, append-only, so a
-        position stays where it was; InvalidCursor for one another order's list issued."""
-        return order_lists.page(self.refunds(order_id, channel), order_id, "refunds", limit, cursor)
+        position stays where it was; but a refund pending when a page showed it may be shown as
+        two once refused in part (Refund.shown), so the cursor keeps those for the next page to
+        show what went back (order_lists.growing_page). InvalidCursor for one another order's list issued."""
+        order = visible(self._orders.get(order_id), order_id, channel)
+        return order_lists.growing_page(
+            order.payment.refunds, lambda refund: Refund.shown(order.id, refund),
+            lambda refund: refund.status != "pending", order_id, "refunds", limit, cursor,
+        )  # fmt: skip
 
 
 def show_refunded_in_all(returns: ReturnRepository, order: Order, return_id: str, at: datetime) -> None:

@@ -414,9 +414,8 @@ class Refund(BaseModel, defer_build=True):
         where the gateway said so, and `payment.refunded` is the sum of the refunds shown
         `succeeded`. A split refund the gateway refused after approving a part of it is two: what
         did not go back, `failed` under its own id (Refund.of), then what did, `succeeded` under an
-        id derived from its own (went_back_id). In that order: a page of the list that ended on the
-        refund while it was pending ends before what it becomes, so the next page shows what went
-        back (order_lists.page counts positions)."""
+        id derived from its own (went_back_id). In that order: a page of the list that showed the
+        refund while it was pending shows what went back next (order_lists.growing_page)."""
         went = went_back(refund)
         shown = [cls.of(order_id, refund)]
         if went is None:

@@ -63,6 +63,7 @@ from core.refund_service import Decision, RefundService, show_refunded_in_all
 from core.refunds import (
     Refund,
     given_back_for_units,
+    kept_back_owed,
     refund_due,
     refund_id_for,
     refunded_for_return,
@@ -744,9 +745,15 @@ class Returns:
     def _show_finished(self, order: Order, finished: list[Refund]) -> None:
         """The refunded returns of `order` whose refunds this step of another return has just
         finished (what a return kept back, refunded by a ship the gateway then left pending) show
-        what was refunded for them in all (show_refunded_in_all): nothing else finishes them now."""
+        what was refunded for them in all (show_refunded_in_all): nothing else finishes them now.
+        One naming no return may be of what an exchange's credit kept back (kept_back_owed): the
+        exchanges' returns whose credit kept something back show it then."""
         at = self._clock()
-        for return_id in dict.fromkeys(r.return_id for r in finished if r.return_id and r.status != "pending"):
+        answered = [r for r in finished if r.status != "pending"]
+        shown = [r.return_id for r in answered if r.return_id]
+        if any(r.return_id is None for r in answered):
+            shown += [owed.return_id for owed in kept_back_owed(order) if owed.names is None]
+        for return_id in dict.fromkeys(shown):
             show_refunded_in_all(self._returns, order, return_id, at)
 
     def _shown_in_all(self, item: Return) -> Return:

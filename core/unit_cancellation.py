@@ -296,7 +296,7 @@ class UnitCancellation:
             self._refunds.finish_pending(order.id, actor)
             self._settle_payment(self._current(order.id), actor)
             if self._credits is not None:  # a replacement left with nothing to ship, costing less than its credit
-                self._credits.give_back(self._current(order.id), actor)
+                self._give_back(self._current(order.id), actor)
         except (PaymentRefused, PaymentGatewayUnavailable):
             pass  # each failed attempt is in the history; repeating the cancel tries again
         return self.refund_kept_back(self._current(order.id), actor, refusals=ASKED_BEFORE_THE_RECONCILER)
@@ -476,7 +476,8 @@ class UnitCancellation:
         beyond the captures is released; so is it for an order edited to a smaller total (an edit
         keeps the larger authorization), and an authorization an edit asked for and never recorded,
         or replaced and could not void then, is voided. An exchange's replacement, once it can no
-        longer grow, gives back the credit its total does not use. A refund still pending (the
+        longer grow, gives back the credit its total does not use, once nothing captured beyond
+        its total is left to refund (a settlement refund refused is asked again first). A refund still pending (the
         gateway was down when a cancel asked for it) is asked for again first, as a cancel repeated
         would. A parcel still pending that a cancel of units left due a label is booked first
         (book_labels_due), and the bookings the order gave up are cancelled (cancel_given_up).
@@ -496,8 +497,17 @@ class UnitCancellation:
                 self._settle_payment(order, actor)
                 order = self._current(order.id)
             if self._credits is not None and order.exchange_credit is not None:
-                self._credits.give_back(order, actor)
+                self._give_back(order, actor)
         return self.refund_kept_back(order, actor, refusals=ASKED_BEFORE_THE_RECONCILER)
+
+    def _give_back(self, order: Order, actor: str) -> None:
+        """What of a replacement's credit it does not use, given back (ExchangeCredits.give_back),
+        but not while the settlement's refund of what was captured beyond its total is still owed
+        (the gateway refused it): the credit counts what the replacement's payment holds as paid,
+        and would give that back too before the settlement, asked again, refunds it."""
+        assert self._credits is not None
+        if _over_capture(order) is None:
+            self._credits.give_back(order, actor)
 
     def refund_kept_back(self, order: Order, actor: str, *, refusals: int | None = None) -> Order:
         """Refund what the order's returns' refunds, and its exchanges' credits, kept back of the

@@ -422,3 +422,76 @@ def test_a_return_of_an_exchanges_replacement_whose_draw_on_the_credit_was_refus
     assert moved == tshirt  # the replacement's capture and the credit's share, once
     assert (done.status.value, done.refund) == ("refunded", tshirt)
     assert world.order(second.id).payment.refunded + world.order(replacement_id).payment.refunded == tshirt
+
+
+def test_a_page_after_a_pending_refund_that_is_then_refused_in_part_shows_what_went_back_and_nothing_twice(
+    world, clock
+):
+    # A split appeasement left pending by an outage, two refunds after it; a client read the first
+    # page (the pending one and the next) before the reconciler finished it, refused in part.
+    # Before: the next page started two places on in a list grown by what went back, so it showed
+    # the second refund again and never what went back.
+    _, second = renewed_between_parcels(world, clock)
+    spans_both = second.payment.captured - Money.of("2.00", "USD")
+    world.gateway.script("refund", "transient")
+    with pytest.raises(PaymentGatewayUnavailable):
+        world.refunds.issue_refund(second.id, spans_both, "goodwill", "appease-1", actor="key_cs")
+    world.gateway.script("refund", "approve")
+    world.refunds.issue_refund(second.id, Money.of("1.00", "USD"), "late", "appease-2", actor="key_cs")
+    world.refunds.issue_refund(second.id, Money.of("0.50", "USD"), "later", "appease-3", actor="key_cs")
+    pending, b, c = (refund_id_for(second.id, f"appease-{n}") for n in (1, 2, 3))
+    read, cursor = world.refunds.page(second.id, None, 2, None)
+    assert [(r.id, r.status) for r in read] == [(pending, "pending"), (b, "succeeded")]
+
+    world.gateway.script("refund", "approve", "refuse")
+    world.refunds.finish_pending(second.id, "reconciler")
+
+    rest, more = world.refunds.page(second.id, None, 2, cursor)
+    assert [(r.id, r.status) for r in rest] == [(went_back_id(pending), "succeeded"), (c, "succeeded")]
+    assert more is None
+    assert sorted(r.id for r in read + rest) == sorted(r.id for r in world.refunds.refunds(second.id))
+
+
+def test_a_replacement_whose_settlement_refund_went_back_in_part_before_a_refusal_gives_back_none_of_its_credit(
+    clock,
+):
+    # A t-shirt exchanged for three caps, a mug and two pens, dearer than its credit: the caps'
+    # parcel captured all the shipping (2.00 a unit) on the first authorization, the mug ten days
+    # later on the renewed one; an appeasement took all but 1.00 of the first. Cancelling the pens
+    # made shipping 4.00 cheaper: 1.00 went back on the first authorization, the renewed one refused
+    # 3.00, refunded when the cancel was repeated. Before: the credit counted the 1.00 that went
+    # back as still paid by the replacement, and gave 1.00 of itself back on the original too.
+    world = build_world([*STOCK, ("PEN", "wh-north", 5)], PerUnitShipping(), clock=clock)
+    world.catalog.put_location(location("wh-north", name="North warehouse", latitude=45.0, longitude=-93.0))
+    returns = returns_of(world, clock)
+    order = world.allocated(("TSHIRT", 1), shipping_method="per_unit")
+    world.actions.ship(order.id, order.shipments[0].id, tracking_number=None, actor="key_wh")
+    asked = RequestReturn.model_validate({
+        "lines": [{"line_id": "L1", "quantity": 1, "reason": "size"}],
+        "exchange": {"lines": [{"sku": sku, "quantity": units} for sku, units in (("CAP", 3), ("MUG", 1), ("PEN", 2))]},
+    })  # fmt: skip
+    item = returns.request(order.id, asked, actor="key_cs")
+    received = {"location_id": "wh-east", "lines": [{"line_id": "L1", "quantity": 1, "condition": "resellable"}]}
+    returns.receive(item.id, ReceiveReturn.model_validate(received), "key_wh")
+    replacement = world.run(returns.settle(item.id, actor="key_wh").exchange_order_id or "")
+    east, west = world.shipment_at(replacement, "wh-east"), world.shipment_at(replacement, "wh-west")
+    assert replacement.shipments[0].id == east  # its capture carries all the shipping
+    first = world.actions.ship(replacement.id, east, tracking_number=None, actor="key_wh")
+    clock.days_later(10)
+    second = world.actions.ship(replacement.id, west, tracking_number=None, actor="key_wh")
+    assert second.payment.authorization != first.payment.authorization
+    one = Money.of("1.00", "USD")
+    world.refunds.issue_refund(replacement.id, first.payment.captured - one, "late", "appease-1", actor="key_cs")
+    world.gateway.script("refund", "approve", "refuse", "approve")
+
+    world.actions.cancel(replacement.id, "no pens", actor="key_web", lines={"L3": 2})
+    done = world.actions.cancel(replacement.id, "no pens", actor="key_web")
+
+    cancellations = [r for r in done.payment.refunds if r.kind == "cancellation"]
+    assert [(r.status, [p.status for p in r.parts or []]) for r in cancellations] == [
+        ("failed", ["succeeded", "failed"]), ("succeeded", [])
+    ]  # fmt: skip
+    assert done.exchange_credit is not None and done.totals.grand_total > done.exchange_credit
+    assert world.order(order.id).payment.refunds == []  # the caps and the mug use all the credit
+    appeased = first.payment.captured - one
+    assert done.payment.captured - done.payment.refunded == done.totals.grand_total - done.exchange_credit - appeased

@@ -3169,3 +3169,28 @@ def test_the_workflow_the_receipt_starts_finds_it_received_while_plain_reads_of_
     assert store.get(item.id).status is R.REFUNDED
     assert world.level("TSHIRT", "wh-west") == (before[0] + 2, before[1], before[2] + 2)
     assert world.order(order.id).status is S.RETURNED
+
+
+def test_an_exchange_shows_what_its_credit_kept_back_once_another_returns_step_finishes_the_refund_of_it(world, clock):
+    # The MUGs' credit could take only 25.81 of their 26.81; the CAPs' ship refunds the 1.00, but the
+    # gateway leaves it pending. A CAP's return finishes it before its own refund. Before: that
+    # refund names no return (the credit's), so nothing showed it on the MUGs' return.
+    returns, _ = returns_for(world, clock)
+    order = world.allocated(("MUG", 2), ("CAP", 2))
+    world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
+    world.refunds.issue_refund(order.id, Money.of("1.00", "USD"), "goodwill", "appease-1", actor="key_cs")
+    item = returns.request(order.id, exchange_of("L1", 2, ("CAP", 1)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 2, "resellable")), "key_wh")
+    settled = returns.settle(item.id, actor="key_wh")
+    world.run(settled.exchange_order_id or "")
+    world.gateway.script("refund", "transient")
+    world.actions.ship(order.id, world.shipment_at(order, "wh-east"), None, actor="key_wh")
+    [kept] = [r for r in world.order(order.id).payment.refunds if r.status == "pending"]
+    assert (kept.amount, kept.return_id) == (Money.of("1.00", "USD"), None)
+
+    cap = returns.request(order.id, ask(("L2", 1, None)), actor="key_cs")
+    returns.receive(cap.id, receipt("wh-east", ("L2", 1, "resellable")), "key_wh")
+    returns.settle(cap.id, actor="key_wh")
+
+    assert world.order(order.id).payment.refund_by_id(kept.id).status == "succeeded"
+    assert returns.get(item.id).refund == settled.refund + Money.of("1.00", "USD")

@@ -1439,3 +1439,32 @@ def test_a_cancel_of_units_that_shipped_a_moment_ago_leaves_a_parcels_ship_in_fl
     shipped = world.actions.ship(order.id, east, None, actor="key_wh")
     assert (shipped.status, shipped.payment.captured) == (S.SHIPPED, shipped.totals.grand_total)
     assert world.spy.refunded == []
+
+
+@pytest.mark.parametrize("answers", [("approve",), ("refuse", "approve")], ids=["refunded", "refused_then_refunded"])
+def test_a_replacement_whose_settlement_refund_is_refused_gives_back_none_of_its_credit_for_it(answers):
+    # The t-shirt is exchanged for three caps and a mug, dearer than its credit: the caps' parcel
+    # captured all the shipping (2.00 a unit), and the mug is cancelled. The 2.00 captured for its
+    # shipping is refunded on the replacement; the gateway refused it the first time. Before: the
+    # credit, counting that 2.00 as paid by the replacement, gave 2.00 back on the original at once,
+    # and the cancel repeated refunded the 2.00 again: the customer got it twice.
+    from tests.unit.test_returns import exchange_of
+
+    clock = ReturnsClock(NOW + timedelta(days=3))
+    world = build_world([("MUG", "wh-west", 5), ("CAP", "wh-east", 5), ("TSHIRT", "wh-west", 5)], PerUnitShipping(),
+                        clock=clock)  # fmt: skip
+    returns, _ = returns_for(world, clock)
+    order = world.allocated(("TSHIRT", 1), shipping_method="per_unit")
+    world.actions.ship(order.id, order.shipments[0].id, None, actor="key_wh")
+    item = returns.request(order.id, exchange_of("L1", 1, ("CAP", 3), ("MUG", 1)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    replacement = world.run(returns.settle(item.id, actor="key_wh").exchange_order_id or "")
+    world.actions.ship(replacement.id, world.shipment_at(replacement, "wh-east"), None, actor="key_wh")
+    world.gateway.script("refund", *answers)
+
+    world.actions.cancel(replacement.id, "no mug", actor="key_web", lines={"L2": 1})
+    done = world.actions.cancel(replacement.id, "no mug", actor="key_web")  # repeated: the refusal is tried again
+
+    assert done.exchange_credit is not None and done.totals.grand_total > done.exchange_credit
+    assert world.order(order.id).payment.refunds == []  # the caps use all the credit
+    assert done.payment.captured - done.payment.refunded == done.totals.grand_total - done.exchange_credit
