@@ -72,6 +72,7 @@ from core.sourcing import (
     plan_within,
     reduced,
     sourceable,
+    stranded,
 )
 from core.sourcing_rules import SourcingRules
 from core.status import TERMINAL, OrderStatus, PaymentStatus, can_transition
@@ -532,6 +533,21 @@ class Workflow:
             except StaleVersion:
                 continue  # the order, a reservation or the stock moved since the read
         raise TransientError(f"order {order_id} or its stock kept changing while its backorder was filled")
+
+    def source_again(self, order_id: str, actor: str = WORKFLOW_ACTOR) -> Order:
+        """Send a backordered order the sourcing rules in force leave nowhere to take more units
+        (`stranded`) back to be sourced under them: one write, conditional on its status and version,
+        which starts its workflow again (functions/outbox), as an edit or a reject does. Its
+        reservations stay until that ReserveStock keeps or releases them. Returns the order as it
+        is afterwards (unchanged when it is not backordered or not stranded)."""
+        rules, locations, at = self._rules(), self._catalog.list_locations(), self._clock()
+
+        def decide(order: Order):
+            if order.status is not S.BACKORDERED or not stranded(order, locations, rules):
+                return None
+            return order.source_again(rules_version=rules.version, at=at, actor=actor)
+
+        return modify(self._orders, order_id, decide, consistent=True)
 
     def _top_ups(
         self,
