@@ -316,6 +316,11 @@ class Workflow:
             # reads the order consistently: one sent back to `authorized` by an edit that this
             # plain read does not show yet is sourced below, not taken as filled.
             order = self.fill_backorder(order_id)
+            if order.status is S.BACKORDERED and order.short_of():
+                # Released from a hold the rules changed under (their wake passes a held order over):
+                # left nowhere to take more units, it is sourced again below, under them (the
+                # execution that change starts finds it reserved: its steps skip what is done).
+                order = self.source_again(order_id)
             if order.status is S.BACKORDERED:
                 # Marked anew (the entry written again drops its mark, keeping where it is bought
                 # for), so the reorder points buy what it still lacks: a run that died between

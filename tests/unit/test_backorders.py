@@ -1267,3 +1267,23 @@ def test_a_backordered_pickup_whose_store_the_rules_exclude_ends_out_of_stock():
     order = world.order(order_id)
     assert order.status is S.CANCELLED and order.payment.status.value == "voided"
     assert world.held_for(order_id) == {} and world.level("PREORDER", "store-sf") == (6, 0, 6)
+
+
+def test_an_order_held_while_the_rules_left_it_nowhere_to_fill_is_sourced_again_when_released():
+    """The wake passes a held order over; released, its execution only filled it and it waited again,
+    for units no fill may take under the rules."""
+    world, ruled = ruled_world([("PREORDER", "wh-west", 1)], max_shipments=1)
+    store = ruled._rules
+    order_id = backordered(world, ("PREORDER", 3))  # 1 held at wh-west
+    world.inventory.adjust("PREORDER", "wh-east", 50, reason="receipt")
+    holds = Holds(world.orders, clock=lambda: NOW)
+    holds.hold(order_id, HoldRequest(reason="fraud_review"), actor="key_ops")
+    store.add(SourcingRules(version=2, max_shipments=1, excluded_locations=["wh-west"]))
+    assert waking(world, store).rules_changed(2).sourced_again == []  # held: passed over
+    holds.release(order_id, ReleaseRequest(), actor="key_ops")
+
+    order = world.run(order_id)  # the execution the outbox starts for the release
+
+    assert order.status is S.ALLOCATED and shipped_from(order) == ["wh-east"]
+    assert "sourced_again" in [entry.type for entry in world.history(order_id)]
+    assert world.level("PREORDER", "wh-west") == (1, 0, 1) and world.level("PREORDER", "wh-east") == (50, 3, 47)
