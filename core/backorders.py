@@ -103,7 +103,8 @@ class BackorderAllocator:
         """Fill the orders waiting for `sku` that may take it from `location_id`, oldest first.
         Stops at the first such order still short of `sku` after its fill that the sourcing rules
         let take units there: the location had no more, so no younger order may get units an older
-        one is waiting for. One that `max_shipments` keeps from a new location does not stop them."""
+        one is waiting for. One that `max_shipments` keeps from a new location does not stop them;
+        one the rules leave nowhere to take more units is sent back to be sourced (as their wake sends it)."""
         result = Arrival()
         locations = None
         rules: SourcingRules | None = None
@@ -139,8 +140,14 @@ class BackorderAllocator:
                     self._complete(order.id, order.channel, order.version)
                     result.completed.append(order.id)
                     continue
-                skus_short = {line.sku for line in order.lines if line.line_id in short}
                 rules = rules or (self._rules.current() if self._rules is not None else SourcingRules())
+                if stranded(order, locations, rules):
+                    # Left nowhere to take more units by a change of the rules whose wake missed it
+                    # (sourced under the old ones, it was not backordered yet when the wake read them).
+                    if self._workflow.source_again(order.id, actor=BACKORDER_ACTOR).status is not S.BACKORDERED:
+                        result.sourced_again.append(order.id)
+                    continue
+                skus_short = {line.sku for line in order.lines if line.line_id in short}
                 if sku in skus_short and rules.admits(location_id, {a.location_id for a in order.allocations}):
                     return result
             after = page[-1]

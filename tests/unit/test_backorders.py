@@ -1287,3 +1287,19 @@ def test_an_order_held_while_the_rules_left_it_nowhere_to_fill_is_sourced_again_
     assert order.status is S.ALLOCATED and shipped_from(order) == ["wh-east"]
     assert "sourced_again" in [entry.type for entry in world.history(order_id)]
     assert world.level("PREORDER", "wh-west") == (1, 0, 1) and world.level("PREORDER", "wh-east") == (50, 3, 47)
+
+
+def test_an_arrival_sends_back_an_order_the_rules_wake_missed_that_they_leave_nowhere_to_fill():
+    """Sourced under the old rules while they changed, the order was not yet backordered when their
+    wake read the waiting orders: the arrivals that met it after passed it over, for ever."""
+    world, allocator = ruled_world([("PREORDER", "wh-west", 1)], max_shipments=1)
+    store = allocator._rules
+    order_id = backordered(world, ("PREORDER", 3))  # 1 held at wh-west
+    store.add(SourcingRules(version=2, max_shipments=1, excluded_locations=["wh-west"]))  # no wake for it
+
+    arrived = arrive(world, allocator, "PREORDER", "wh-east", 50)
+
+    assert arrived.sourced_again == [order_id] and world.order(order_id).status is S.AUTHORIZED
+    order = world.run(order_id)  # the workflow the change starts (functions/outbox)
+    assert order.status is S.ALLOCATED and shipped_from(order) == ["wh-east"]
+    assert world.level("PREORDER", "wh-west") == (1, 0, 1) and world.level("PREORDER", "wh-east") == (50, 3, 47)
