@@ -26,7 +26,7 @@ from core.ports import (
     WaitingOrder,
     WorkflowStarter,
 )
-from core.sourcing import bought_at, lacks_at, sourceable
+from core.sourcing import bought_at, lacks_at, sourceable, stranded
 from core.sourcing_rules import SourcingRules
 from core.status import OrderStatus
 from core.workflow import BACKORDER_ACTOR, Workflow, eligible_locations
@@ -70,10 +70,12 @@ class Demand:
 
 @dataclass
 class Arrival:
-    """What one arrival did: orders it reserved units for, and those now fully reserved."""
+    """What one arrival did: orders it reserved units for, and those now fully reserved; and what a
+    change of the sourcing rules sent back to be sourced (left nowhere to take more units)."""
 
     filled: list[str] = field(default_factory=list)
     completed: list[str] = field(default_factory=list)
+    sourced_again: list[str] = field(default_factory=list)
 
 
 class BackorderAllocator:
@@ -101,7 +103,8 @@ class BackorderAllocator:
         """Fill the orders waiting for `sku` that may take it from `location_id`, oldest first.
         Stops at the first such order still short of `sku` after its fill that the sourcing rules
         let take units there: the location had no more, so no younger order may get units an older
-        one is waiting for. One that `max_shipments` keeps from a new location does not stop them."""
+        one is waiting for. One that `max_shipments` keeps from a new location does not stop them;
+        one the rules leave nowhere to take more units is sent back to be sourced (as their wake sends it)."""
         result = Arrival()
         locations = None
         rules: SourcingRules | None = None
@@ -137,8 +140,14 @@ class BackorderAllocator:
                     self._complete(order.id, order.channel, order.version)
                     result.completed.append(order.id)
                     continue
-                skus_short = {line.sku for line in order.lines if line.line_id in short}
                 rules = rules or (self._rules.current() if self._rules is not None else SourcingRules())
+                if stranded(order, locations, rules):
+                    # Left nowhere to take more units by a change of the rules whose wake missed it
+                    # (sourced under the old ones, it was not backordered yet when the wake read them).
+                    if self._workflow.source_again(order.id, actor=BACKORDER_ACTOR).status is not S.BACKORDERED:
+                        result.sourced_again.append(order.id)
+                    continue
+                skus_short = {line.sku for line in order.lines if line.line_id in short}
                 if sku in skus_short and rules.admits(location_id, {a.location_id for a in order.allocations}):
                     return result
             after = page[-1]
@@ -148,12 +157,16 @@ class BackorderAllocator:
         """A new version of the sourcing rules may give waiting orders units no arrival will bring
         them (a location no longer excluded, less safety stock, a higher `max_shipments`): fill one
         page of the backordered orders, oldest first whatever their skus, after `after` (from the
-        oldest when None), as an arrival fills them, and record where the next page starts on the
-        version (its change hands that page on). Bounded per call, so a long backlog is woken in
+        oldest when None), as an arrival fills them, and send back to be sourced those the rules
+        leave nowhere to take more units (`Workflow.source_again`: their workflow sources them under
+        the rules, reusing what they hold where it may still ship). Records where the next page
+        starts on the version (its change hands that page on). Bounded per call, so a long backlog is woken in
         as many calls as it takes, none near a function's time limit."""
         result = Arrival()
         if self._backordered is None:
             return result
+        rules: SourcingRules | None = None
+        locations = None
         page = self._backordered.oldest(after, PAGE)
         for entry in page:
             order = self._orders.get(entry.order_id, consistent=True)
@@ -164,9 +177,20 @@ class BackorderAllocator:
             order = self._workflow.fill_backorder(order.id, actor=BACKORDER_ACTOR, in_queue_order=True)
             if order.allocations != before:
                 result.filled.append(order.id)
-            if order.status is S.BACKORDERED and not order.short_of():
+            if order.status is not S.BACKORDERED:
+                continue
+            if not order.short_of():
                 self._complete(order.id, order.channel, order.version)
                 result.completed.append(order.id)
+                continue
+            # The rules may leave it nowhere to take more units (the one location it holds units at
+            # excluded under max_shipments, its pickup store excluded): no arrival would fill it.
+            rules = rules or (self._rules.current() if self._rules is not None else SourcingRules())
+            locations = locations or self._catalog.list_locations()
+            if stranded(order, locations, rules) and (
+                self._workflow.source_again(order.id, actor=BACKORDER_ACTOR).status is not S.BACKORDERED
+            ):
+                result.sourced_again.append(order.id)
         if len(page) == PAGE and self._rules is not None:
             self._rules.wake_from(version, page[-1])
         return result

@@ -13,6 +13,10 @@ class OrderEvent(StrEnum):
     STOCK_RESERVED = "stock_reserved"
     # Authorized but short of stock for backorderable products: waits for units to arrive.
     BACKORDERED = "backordered"
+    # A backordered order the sourcing rules in force leave nowhere to take more units (the one
+    # location it holds units at excluded under max_shipments, its pickup store excluded) goes back
+    # to `authorized` to be sourced under them.
+    SOURCED_AGAIN = "sourced_again"
     ALLOCATED = "allocated"
     SHIPMENT_SHIPPED = "shipment_shipped"
     SHIPMENT_DELIVERED = "shipment_delivered"

@@ -2562,6 +2562,20 @@ class Order(BaseModel, defer_build=True):
             allocations=allocations, replaced_lines=[],
         )  # fmt: skip
 
+    def source_again(self, *, rules_version: int | None, at: datetime, actor: str) -> Change:
+        """A backordered order the sourcing rules in force leave nowhere to take more units goes back
+        to be sourced under them (authorized, nothing allocated): the workflow the change starts
+        counts what it holds as its own, releases what the rules no longer let it ship, and
+        allocates it, backorders it again or cancels it out_of_stock."""
+        if self.status is not OrderStatus.BACKORDERED:
+            raise InvalidTransition(f"an order that is {self.status} is not waiting for stock")
+        return self._next(
+            at=at, actor=actor, type=OrderEvent.SOURCED_AGAIN,
+            detail={"allocations": [a.model_dump() for a in self.allocations], "short": self.short_of(),
+                    "reasons": ["the sourcing rules leave no location to fill it"], **_rules_named(rules_version)},
+            **self._sourced_again(),
+        )  # fmt: skip
+
     def reserve_backordered(
         self, allocations: list[Allocation], *, at: datetime, actor: str, rules_version: int | None = None
     ) -> Change:

@@ -140,6 +140,17 @@ def lacks_at(order: Order, sku: str, locations: list[Location], rules: SourcingR
     }
 
 
+def stranded(order: Order, locations: list[Location], rules: SourcingRules) -> bool:
+    """Whether a backordered `order` still short of units has nowhere to take them under `rules`: a
+    fill adds only at locations that may supply it and that `max_shipments` admits beside those it
+    holds units at, and none is left (its pickup store excluded; the locations it holds units at
+    excluded with no room for another). No arrival fills it; sourced again, it may be."""
+    if not order.short_of():
+        return False
+    used = {allocation.location_id for allocation in order.allocations}
+    return not any(rules.admits(loc.location_id, used) for loc in sourceable(order, locations, rules))
+
+
 def bought_at(order: Order, sku: str, where: set[str], buying: set[str], locations: list[Location]) -> str | None:
     """The one location whose reorder point buys what a backordered `order` lacks of `sku`, so that
     no unit is bought twice: of the locations `where` it may take them at (`lacks_at`) that have a

@@ -72,6 +72,7 @@ from core.sourcing import (
     plan_within,
     reduced,
     sourceable,
+    stranded,
 )
 from core.sourcing_rules import SourcingRules
 from core.status import TERMINAL, OrderStatus, PaymentStatus, can_transition
@@ -315,6 +316,11 @@ class Workflow:
             # reads the order consistently: one sent back to `authorized` by an edit that this
             # plain read does not show yet is sourced below, not taken as filled.
             order = self.fill_backorder(order_id)
+            if order.status is S.BACKORDERED and order.short_of():
+                # Released from a hold the rules changed under (their wake passes a held order over):
+                # left nowhere to take more units, it is sourced again below, under them (the
+                # execution that change starts finds it reserved: its steps skip what is done).
+                order = self.source_again(order_id)
             if order.status is S.BACKORDERED:
                 # Marked anew (the entry written again drops its mark, keeping where it is bought
                 # for), so the reorder points buy what it still lacks: a run that died between
@@ -532,6 +538,21 @@ class Workflow:
             except StaleVersion:
                 continue  # the order, a reservation or the stock moved since the read
         raise TransientError(f"order {order_id} or its stock kept changing while its backorder was filled")
+
+    def source_again(self, order_id: str, actor: str = WORKFLOW_ACTOR) -> Order:
+        """Send a backordered order the sourcing rules in force leave nowhere to take more units
+        (`stranded`) back to be sourced under them: one write, conditional on its status and version,
+        which starts its workflow again (functions/outbox), as an edit or a reject does. Its
+        reservations stay until that ReserveStock keeps or releases them. Returns the order as it
+        is afterwards (unchanged when it is not backordered or not stranded)."""
+        rules, locations, at = self._rules(), self._catalog.list_locations(), self._clock()
+
+        def decide(order: Order):
+            if order.status is not S.BACKORDERED or not stranded(order, locations, rules):
+                return None
+            return order.source_again(rules_version=rules.version, at=at, actor=actor)
+
+        return modify(self._orders, order_id, decide, consistent=True)
 
     def _top_ups(
         self,

@@ -249,6 +249,36 @@ def test_a_new_version_of_the_sourcing_rules_wakes_backordered_orders_a_page_at_
     assert not matches_filters(patterns, {**handed_on, "eventName": "REMOVE"})
 
 
+def test_a_new_version_that_leaves_an_order_nowhere_to_fill_sends_it_back_to_be_sourced(shop):
+    """max_shipments 1, the order holds a unit at wh-west, then the rules exclude wh-west: no fill
+    may add wh-east nor take more at wh-west. It waited backordered, paid for, beside 50 units."""
+    from core.sourcing_rules import SourcingRulesInput
+    from functions.outbox.app import _sent_back
+
+    service = shop.container.sourcing_rules_service
+    service.replace(SourcingRulesInput(max_shipments=1), by="key_ops")
+    shop.inventory.set_on_hand("PREORDER", "wh-west", 1, reason="count")
+    order_id = shop.backordered(3)  # holds the unit at wh-west
+    shop.inventory.adjust("PREORDER", "wh-east", 50, reason="receipt")
+    consume(shop, record("wh-east", 0, 50))
+    assert shop.held(order_id) == 1
+    before = shop.order(order_id)
+
+    service.replace(SourcingRulesInput(max_shipments=1, excluded_locations=["wh-west"]), by="key_ops")
+    inserted = rules_record(shop, 2)
+    assert consume(shop, inserted) == {"batchItemFailures": []}
+    consume(shop, inserted)  # redelivered: nothing twice
+
+    order = shop.order(order_id)
+    assert order.status is S.AUTHORIZED and order.version == before.version + 1
+    assert _sent_back({"status": before.status.value}, {"status": order.status.value})  # the outbox starts it
+    shop.container.workflow.reserve_stock(order_id)
+    shop.container.workflow.create_shipments(order_id)
+    order = shop.order(order_id)
+    assert order.status is S.ALLOCATED and [s.location_id for s in order.shipments] == ["wh-east"]
+    assert (shop.level("wh-west"), shop.level("wh-east")) == ((1, 0, 1), (50, 3, 47))
+
+
 def test_records_that_bring_no_units_do_nothing(shop):
     order_id = shop.backordered(1)
     shop.inventory.adjust("PREORDER", "wh-east", 1, reason="receipt")

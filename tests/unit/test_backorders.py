@@ -1205,3 +1205,101 @@ def test_an_arrival_fills_the_waiting_order_though_a_plain_read_of_the_stock_doe
     monkeypatch.undo()
     assert arrival.filled == arrival.completed == [order_id]
     assert world.order(order_id).status is S.ALLOCATED
+
+
+def waking(world: World, store: InMemorySourcingRules) -> BackorderAllocator:
+    starter = RecordingStarter()
+    starter.world = world
+    return BackorderAllocator(world.orders, world.catalog, world.backorders, world.workflow, starter, store,
+                              InMemoryBackorderedOrders(world.orders))  # fmt: skip
+
+
+def test_an_order_the_new_rules_leave_nowhere_to_fill_is_sourced_again_under_them():
+    """max_shipments 1 and the order's one location excluded: no fill may take more where it holds
+    units, nor add a location; it waited backordered, paid for, though 50 units lay at wh-east."""
+    world, ruled = ruled_world([("PREORDER", "wh-west", 1)], max_shipments=1)
+    store = ruled._rules
+    order_id = backordered(world, ("PREORDER", 3))  # 1 held at wh-west
+    world.inventory.adjust("PREORDER", "wh-east", 50, reason="receipt")
+    store.add(SourcingRules(version=2, max_shipments=1, excluded_locations=["wh-west"]))
+
+    woken = waking(world, store).rules_changed(2)
+    woken_again = waking(world, store).rules_changed(2)  # a redelivered record sends nothing back twice
+
+    order = world.order(order_id)
+    assert woken.sourced_again == [order_id] and woken_again.sourced_again == []
+    assert order.status is S.AUTHORIZED and order.allocations == []  # its workflow is started by that change
+    [entry] = [e for e in world.history(order_id) if e.type == "sourced_again"]
+    assert entry.detail["sourcing_rules_version"] == 2 and entry.detail["short"] == {"L1": 2}
+    order = world.run(order_id)  # the workflow the change starts (functions/outbox)
+    assert order.status is S.ALLOCATED and shipped_from(order) == ["wh-east"]
+    assert world.held_for(order_id) == {("PREORDER", "wh-east", reservation_key(order_id, "L1")): 3}
+    assert world.level("PREORDER", "wh-west") == (1, 0, 1) and world.level("PREORDER", "wh-east") == (50, 3, 47)
+
+
+def test_an_order_that_may_still_be_filled_where_it_holds_units_keeps_waiting_after_a_change():
+    world, ruled = ruled_world([("PREORDER", "wh-west", 1)], max_shipments=1)
+    store = ruled._rules
+    order_id = backordered(world, ("PREORDER", 3))  # 1 held at wh-west, which still supplies it
+    world.inventory.adjust("PREORDER", "wh-east", 50, reason="receipt")
+    store.add(SourcingRules(version=2, max_shipments=1, safety_stock={"wh-east": 1}))
+
+    assert waking(world, store).rules_changed(2).sourced_again == []
+    assert world.order(order_id).status is S.BACKORDERED
+    assert world.held_for(order_id) == {("PREORDER", "wh-west", reservation_key(order_id, "L1")): 1}
+
+
+def test_a_backordered_pickup_whose_store_the_rules_exclude_ends_out_of_stock():
+    """Excluded locations supply no order, pickups at an excluded store included (capture refuses a
+    new one: it would be cancelled out_of_stock once authorized); one already waiting waited forever."""
+    world, ruled = ruled_world([("PREORDER", "store-sf", 1)])
+    store = ruled._rules
+    order_id = backordered(world, ("PREORDER", 2), fulfillment={"type": "pickup", "location_id": "store-sf"})
+    store.add(SourcingRules(version=2, excluded_locations=["store-sf"]))
+    world.inventory.adjust("PREORDER", "store-sf", 5, reason="receipt")  # no arrival may fill it there now
+
+    assert waking(world, store).rules_changed(2).sourced_again == [order_id]
+    world.workflow.authorize_payment(order_id, attempt=0)
+    with pytest.raises(OutOfStock):
+        world.workflow.reserve_stock(order_id)
+    world.workflow.cancel_after_failure(order_id, "OutOfStock", "{}")
+
+    order = world.order(order_id)
+    assert order.status is S.CANCELLED and order.payment.status.value == "voided"
+    assert world.held_for(order_id) == {} and world.level("PREORDER", "store-sf") == (6, 0, 6)
+
+
+def test_an_order_held_while_the_rules_left_it_nowhere_to_fill_is_sourced_again_when_released():
+    """The wake passes a held order over; released, its execution only filled it and it waited again,
+    for units no fill may take under the rules."""
+    world, ruled = ruled_world([("PREORDER", "wh-west", 1)], max_shipments=1)
+    store = ruled._rules
+    order_id = backordered(world, ("PREORDER", 3))  # 1 held at wh-west
+    world.inventory.adjust("PREORDER", "wh-east", 50, reason="receipt")
+    holds = Holds(world.orders, clock=lambda: NOW)
+    holds.hold(order_id, HoldRequest(reason="fraud_review"), actor="key_ops")
+    store.add(SourcingRules(version=2, max_shipments=1, excluded_locations=["wh-west"]))
+    assert waking(world, store).rules_changed(2).sourced_again == []  # held: passed over
+    holds.release(order_id, ReleaseRequest(), actor="key_ops")
+
+    order = world.run(order_id)  # the execution the outbox starts for the release
+
+    assert order.status is S.ALLOCATED and shipped_from(order) == ["wh-east"]
+    assert "sourced_again" in [entry.type for entry in world.history(order_id)]
+    assert world.level("PREORDER", "wh-west") == (1, 0, 1) and world.level("PREORDER", "wh-east") == (50, 3, 47)
+
+
+def test_an_arrival_sends_back_an_order_the_rules_wake_missed_that_they_leave_nowhere_to_fill():
+    """Sourced under the old rules while they changed, the order was not yet backordered when their
+    wake read the waiting orders: the arrivals that met it after passed it over, for ever."""
+    world, allocator = ruled_world([("PREORDER", "wh-west", 1)], max_shipments=1)
+    store = allocator._rules
+    order_id = backordered(world, ("PREORDER", 3))  # 1 held at wh-west
+    store.add(SourcingRules(version=2, max_shipments=1, excluded_locations=["wh-west"]))  # no wake for it
+
+    arrived = arrive(world, allocator, "PREORDER", "wh-east", 50)
+
+    assert arrived.sourced_again == [order_id] and world.order(order_id).status is S.AUTHORIZED
+    order = world.run(order_id)  # the workflow the change starts (functions/outbox)
+    assert order.status is S.ALLOCATED and shipped_from(order) == ["wh-east"]
+    assert world.level("PREORDER", "wh-west") == (1, 0, 1) and world.level("PREORDER", "wh-east") == (50, 3, 47)
