@@ -868,11 +868,11 @@ def test_an_order_set_aside_leaves_the_partition_until_its_next_write_and_only_a
     orders.add(left, created, payment_token="tok_approve")
     assert list(unsettled.left_since_before(utc_now())) == [left.id]
 
-    unsettled.set_aside(left.id, version=2)  # judged on a version since replaced: left as it is
+    unsettled.set_aside(left.model_copy(update={"version": 2}))  # judged on a version since replaced: left as it is
     assert list(unsettled.left_since_before(utc_now())) == [left.id]
-    unsettled.set_aside(left.id, version=3)
+    unsettled.set_aside(left)
     assert list(unsettled.left_since_before(utc_now())) == []
-    unsettled.set_aside(left.id, version=3)  # out already: nothing to do
+    unsettled.set_aside(left)  # out already: nothing to do
     assert orders.get(left.id, consistent=True) == left
 
     noted, entry = left.noted(OrderEvent.PAYMENT_VOID_FAILED, at=utc_now(), actor="key_web", detail={})
@@ -949,6 +949,52 @@ def test_a_booking_the_carrier_could_not_cancel_with_the_order_is_cancelled_by_a
     assert [entry.type for entry in history][-1] == "carrier_booking_cancelled"
     item = aws.dynamodb.get_item(TableName=aws.tables["OrdersTable"], Key=key)["Item"]
     assert "refund_key" not in item and "refund_since" not in item
+
+
+def test_an_order_set_aside_for_a_refused_void_is_still_found_for_the_carrier_work_it_owes(
+    stack, metrics_on, capsys, monkeypatch
+):
+    # An order holding an authorization whose void the gateway refused sits in the authorization
+    # pass's partition, ahead of the carrier's: set aside from it, it must land in the carrier's,
+    # or no pass would ever cancel its booking (the merchant pays for a label never used).
+    from core import carrier_bookings
+    from core.events import OrderEvent
+    from functions.bootstrap import Config, bootstrap
+    from functions.reconciler import app
+
+    aws = stack["aws"]
+    services = bootstrap(Config.from_env(), label_store=FakeLabels())
+    services.catalog.put_product("TSHIRT", ProductInput.model_validate(product_body()))
+    services.catalog.put_location("wh-east", LocationInput.model_validate(location_body()))
+    services.inventory.count("TSHIRT", "wh-east", 5)
+    order = services.capture.place(place_order(external_id="web-booked"), actor="key_web")
+    services.workflow.authorize_payment(order.id, attempt=0)
+    services.workflow.reserve_stock(order.id)
+    services.workflow.create_shipments(order.id)
+
+    def down(*args: Any, **kwargs: Any) -> None:
+        raise ConnectionError("carrier API unreachable")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(carrier_bookings, "call_hook", down)
+        cancelled = services.actions.cancel(order.id, "changed my mind", actor="key_web")
+    # As an edit leaves it: an authorization it replaced, whose void the gateway refused.
+    left = cancelled.model_copy(update={"replaced_authorizations": ["auth_replaced"], "version": cancelled.version + 1})
+    refusal = {"operation": "void", "kind": "refused", "message": "expired", "authorization": "auth_replaced"}
+    entry = HistoryEntry(at=utc_now(), type=OrderEvent.PAYMENT_VOID_FAILED, actor="key_web", detail=refusal)
+    services.order_repository.update(left, cancelled, [entry])
+    key = {"id": {"S": order.id}}
+    assert aws.dynamodb.get_item(TableName=aws.tables["OrdersTable"], Key=key)["Item"]["refund_key"] == {"S": "void"}
+    capsys.readouterr()
+
+    for minutes in (16, 21):
+        later = utc_now() + timedelta(minutes=minutes)
+        with app.container.override(bootstrap(Config.from_env(), clock=lambda later=later: later)):
+            reconcile()
+
+    assert emitted(capsys.readouterr().out) == {"CarrierBookingsSettled": 1}
+    after = services.order_repository.get(order.id)
+    assert not after.owes_carrier_work() and after.replaced_authorizations == ["auth_replaced"]
 
 
 # --- What returns kept back -------------------------------------------------------------------------
