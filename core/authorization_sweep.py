@@ -139,7 +139,7 @@ class UnsettledAuthorizationSweep:
         if refused and not order.own_void_owed:
             # Nothing is asked of it until it changes, which may be never (a shipped order): out of
             # the index till then, so such orders never fill a pass's reads.
-            self._unsettled.set_aside(order.id, order.version)
+            self._unsettled.set_aside(order)
             return None
         if order.payment.method in down:
             return None

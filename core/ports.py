@@ -386,9 +386,11 @@ class UnsettledAuthorizations(ABC):
         page at a time as the caller takes them: a caller that stops early reads no further page."""
 
     @abstractmethod
-    def set_aside(self, order_id: str, version: int) -> None:
+    def set_aside(self, order: Order) -> None:
         """Leave the order out of left_since_before until its next write (which lists it again),
-        provided it is still at `version`: nothing is to be asked of it until it changes."""
+        provided it is still at its version: nothing is to be asked of it until it changes. What
+        else it owes is found as if it held no authorization (what a return kept back, a carrier's
+        work: KeptBackRefunds, OrdersOwingCarrier), not hidden with it."""
 
 
 class SettlementCaptures(ABC):

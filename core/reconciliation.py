@@ -70,7 +70,9 @@ class Reconciler:
 
     def run(self, done: Reconciled | None = None) -> Reconciled:
         """One pass: each stalled order is restarted once, or parked when it is too old for that.
-        At most `limit` orders per status; the rest are the next pass's, oldest first, and so is
+        A start the service refused as a duplicate of its name (a pass running alongside, in the
+        same second) is that pass's restart, not counted here. At most `limit` orders per status;
+        the rest are the next pass's, oldest first, and so is
         an order whose start Step Functions refused or whose park kept losing races (TransientError):
         one such order does not stop the pass, nor the reconciler's other work; after
         MAX_REFUSED_STARTS refused starts the pass restarts no more (it still parks). `done` is
@@ -96,9 +98,10 @@ class Reconciler:
                         continue  # the next pass finds it again
                 elif refused < MAX_REFUSED_STARTS:
                     try:
-                        self._starter.start(order.id, channel=order.channel, rerun=rerun)
+                        started = self._starter.start(order.id, channel=order.channel, rerun=rerun)
                     except TransientError:
                         refused += 1
                         continue  # the next pass finds it again
-                    done.restarted.append(order.id)
+                    if started:  # False: a pass running alongside started it under this name
+                        done.restarted.append(order.id)
         return done

@@ -285,9 +285,10 @@ CARRIER_WORK_KEY = "carrier"
 INDEX_ATTRIBUTES = ("status_key", "status_since", "sla_key", "sla_at", "refund_key", "refund_since")
 
 
-def index_attributes(order: Order) -> dict[str, dict[str, str]]:
+def index_attributes(order: Order, *, authorizations_set_aside: bool = False) -> dict[str, dict[str, str]]:
     """The sparse indexes' attributes as the order should have them (by_status_key's and
-    by_sla's); one of INDEX_ATTRIBUTES missing from the answer is one the order must not have."""
+    by_sla's); one of INDEX_ATTRIBUTES missing from the answer is one the order must not have.
+    `authorizations_set_aside`: as if it held no authorization left (UnsettledAuthorizations.set_aside)."""
     attributes: dict[str, dict[str, str]] = {}
     if order.status in INDEXED_STATUSES:
         attributes["status_key"] = {"S": order.status.value}
@@ -306,7 +307,7 @@ def index_attributes(order: Order) -> dict[str, dict[str, str]]:
     elif order.capture_request(None) is not None:
         attributes["refund_key"] = {"S": SETTLEMENT_CAPTURE_KEY}
         attributes["refund_since"] = {"S": timestamp(order.last_changed)}
-    elif order.authorizations_left:
+    elif order.authorizations_left and not authorizations_set_aside:
         attributes["refund_key"] = {"S": UNSETTLED_AUTHORIZATION_KEY}
         attributes["refund_since"] = {"S": timestamp(order.last_changed)}
     elif owes_kept_back(order):
@@ -884,21 +885,29 @@ class DynamoUnsettledAuthorizations(_RefundIndexPartition, UnsettledAuthorizatio
     def left_since_before(self, before: datetime) -> Iterator[str]:
         return self._ids(UNSETTLED_AUTHORIZATION_KEY, before)
 
-    def set_aside(self, order_id: str, version: int) -> None:
-        # The order's index keys removed, on the version judged and in this partition only; its
-        # next write sets them again from the order (index_attributes). A stream record with the
+    def set_aside(self, order: Order) -> None:
+        # Moved, on the version judged and from this partition only, to the partition of what else
+        # it owes (a later one: what a return kept back, a carrier's work), or out of the index; its
+        # next write sets its keys again from the order (index_attributes). A stream record with the
         # document unchanged, which the stream's consumers find nothing in.
+        rest = index_attributes(order, authorizations_set_aside=True)
+        values = {
+            ":version": {"N": str(order.version)},
+            ":key": {"S": UNSETTLED_AUTHORIZATION_KEY},
+        }
+        if "refund_key" in rest:
+            update = "SET refund_key = :next, refund_since = :since"
+            values.update({":next": rest["refund_key"], ":since": rest["refund_since"]})
+        else:
+            update = "REMOVE refund_key, refund_since"
         try:
             self._client.update_item(
                 TableName=self._table,
-                Key={"id": {"S": order_id}},
-                UpdateExpression="REMOVE refund_key, refund_since",
+                Key={"id": {"S": order.id}},
+                UpdateExpression=update,
                 ConditionExpression="#version = :version AND refund_key = :key",
                 ExpressionAttributeNames={"#version": "version"},
-                ExpressionAttributeValues={
-                    ":version": {"N": str(version)},
-                    ":key": {"S": UNSETTLED_AUTHORIZATION_KEY},
-                },
+                ExpressionAttributeValues=values,
             )
         except ClientError as error:
             # Refused: it changed since, or left the partition; the next pass judges it again.

@@ -9,12 +9,14 @@ else will (its KeptBackSweep); voids the authorizations edits left on orders nob
 changes again, and the cancelled orders' own the gateway could not void
 (core/authorization_sweep.py); records the settlement captures cancels of units asked for and never
 recorded, which the jeopardy scan never finds on an order shipped since (core/capture_sweep.py's
-run_settlements)."""
+run_settlements). Each run starts with the next pass in turn, and starts none without the time to
+run it, so a backlog in one keeps none of the others from running for good."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any, TypeVar
 
 from aws_lambda_powertools import Logger, Metrics
@@ -36,6 +38,14 @@ metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "OMS"
 container = WarmContainer()
 ACTOR = "reconciler"
 T = TypeVar("T")
+# template.yaml's schedule (rate(5 minutes)): each run starts with the pass after the one the run
+# before started with, so a backlog that fills the function's minute with the passes run first
+# keeps none of the others from its turn for good.
+SCHEDULE_MINUTES = 5
+# A pass is not started with less than this left of the function's timeout: ended by the timeout,
+# the run would log, count and raise nothing of what the passes before it did. The passes left
+# wait for the runs that start with them.
+PASS_RESERVE_MILLIS = 15_000
 
 
 @logger.inject_lambda_context(clear_state=True)
@@ -46,6 +56,14 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     # the passes after it still run: one table's throttling must not stop refunds, voids and pickup
     # expiry everywhere. The first such failure is raised once all have run (ReconcilerErrorsAlarm).
     failures: list[Exception] = []
+    # A pass that went on past orders it could not settle, by pass: raised before those failures.
+    incomplete: dict[str, Exception] = {}
+    answer: dict[str, list[str]] = {
+        name: [] for name in (
+            "restarted", "parked", "expired", "pickups_held", "returns_restarted", "refunds_finished",
+            "kept_back_refunded", "authorizations_settled", "captures_settled", "ships_held", "ships_unconfirmed",
+        )
+    }  # fmt: skip
 
     def isolated(name: str, run: Callable[[], T], nothing: T) -> T:
         try:
@@ -58,128 +76,174 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         logger.exception("reconciler pass failed: the next run does it again", extra={"pass": name})
         failures.append(error)
 
-    # Filled as the pass goes: what it restarted and parked before failing outright is reported too.
-    done = Reconciled()
-    isolated("stalled orders", lambda: container().reconciler.run(done), done)
-    for order_id in done.restarted:
-        logger.warning("order workflow restarted: the order was stuck", extra={"order_id": order_id})
-    for order_id in done.parked:
-        logger.warning("order parked on hold: stuck though its workflow was restarted", extra={"order_id": order_id})
-    if done.restarted:
-        metrics.add_metric(name="OrderWorkflowsRestarted", unit=MetricUnit.Count, value=len(done.restarted))
-    if done.parked:
-        # The same metric the ParkOrder task emits: OrdersParkedAlarm covers both.
-        metrics.add_metric(name="OrdersParked", unit=MetricUnit.Count, value=len(done.parked))
-    broken = container().plugins.broken
-    if broken:
-        # An expiry cancels and voids: while a plugin failed to load no hook runs, so it would cancel
-        # an order whose authorization it cannot void. The pickups wait, ready, for a pass after it loads.
-        logger.error("pickup expiry skipped: a plugin failed to load", extra={"plugins": [p.name for p in broken]})
-        pickups = PickupsExpired()
-    else:
-        pickups = isolated("pickup expiry", lambda: container().pickup_expiry.run(), PickupsExpired())
-    expired = pickups.expired
-    for order_id in expired:
-        logger.info("pickup expired: cancelled, its units back on hand", extra={"order_id": order_id})
-    for order_id in pickups.held:
-        logger.info("pickup past its deadline left alone: the order is on hold", extra={"order_id": order_id})
-    if expired:
-        metrics.add_metric(name="PickupsExpired", unit=MetricUnit.Count, value=len(expired))
-    returns_restarted = isolated("returns", lambda: container().return_reconciler.run(), [])
-    for return_id in returns_restarted:
-        logger.warning("returns workflow restarted: the return was received and never settled",
-                       extra={"return_id": return_id})  # fmt: skip
-    if returns_restarted:
-        metrics.add_metric(name="ReturnWorkflowsRestarted", unit=MetricUnit.Count, value=len(returns_restarted))
-    carriers = isolated("carrier work", lambda: container().carrier_work_sweep.run(ACTOR), {})
-    for order_id, work in carriers.items():
-        for shipment_id in work.relabelled:
-            logger.warning("parcel booked again for what it now holds: a cancel of units left it due a label",
-                           extra={"order_id": order_id, "shipment_id": shipment_id})  # fmt: skip
-        for booking in work.settled:
-            logger.info("given-up carrier booking settled with its carrier",
-                        extra={"order_id": order_id, "shipment_id": booking.shipment_id})  # fmt: skip
-        for failure in work.failed:
-            logger.warning("carrier work still owed: the carrier failed again, the next pass retries",
-                           extra={"order_id": order_id, "failure": escape_for_log(failure)})  # fmt: skip
-    for name, count in (
-        ("ParcelsRelabelled", sum(len(work.relabelled) for work in carriers.values())),
-        ("CarrierBookingsSettled", sum(len(work.settled) for work in carriers.values())),
-        ("CarrierWorkFailed", sum(len(work.failed) for work in carriers.values())),
-    ):
-        if count:
-            metrics.add_metric(name=name, unit=MetricUnit.Count, value=count)
-    incomplete = None
-    answered: list[str] = []  # the orders it finished a refund of: what their returns kept back is refunded now
+    def stalled_orders() -> None:
+        # Filled as the pass goes: what it restarted and parked before failing outright is reported too.
+        done = Reconciled()
+        isolated("stalled orders", lambda: container().reconciler.run(done), done)
+        for order_id in done.restarted:
+            logger.warning("order workflow restarted: the order was stuck", extra={"order_id": order_id})
+        for order_id in done.parked:
+            logger.warning(
+                "order parked on hold: stuck though its workflow was restarted", extra={"order_id": order_id}
+            )
+        if done.restarted:
+            metrics.add_metric(name="OrderWorkflowsRestarted", unit=MetricUnit.Count, value=len(done.restarted))
+        if done.parked:
+            # The same metric the ParkOrder task emits: OrdersParkedAlarm covers both.
+            metrics.add_metric(name="OrdersParked", unit=MetricUnit.Count, value=len(done.parked))
+        answer.update(restarted=done.restarted, parked=done.parked)
+
+    def pickup_expiry() -> None:
+        broken = container().plugins.broken
+        if broken:
+            # An expiry cancels and voids: while a plugin failed to load no hook runs, so it would cancel
+            # an order whose authorization it cannot void. The pickups wait, ready, for a pass after it loads.
+            logger.error("pickup expiry skipped: a plugin failed to load", extra={"plugins": [p.name for p in broken]})
+            pickups = PickupsExpired()
+        else:
+            pickups = isolated("pickup expiry", lambda: container().pickup_expiry.run(), PickupsExpired())
+        expired = pickups.expired
+        for order_id in expired:
+            logger.info("pickup expired: cancelled, its units back on hand", extra={"order_id": order_id})
+        for order_id in pickups.held:
+            logger.info("pickup past its deadline left alone: the order is on hold", extra={"order_id": order_id})
+        if expired:
+            metrics.add_metric(name="PickupsExpired", unit=MetricUnit.Count, value=len(expired))
+        answer.update(expired=expired, pickups_held=pickups.held)
+
+    def returns() -> None:
+        returns_restarted = isolated("returns", lambda: container().return_reconciler.run(), [])
+        for return_id in returns_restarted:
+            logger.warning("returns workflow restarted: the return was received and never settled",
+                           extra={"return_id": return_id})  # fmt: skip
+        if returns_restarted:
+            metrics.add_metric(name="ReturnWorkflowsRestarted", unit=MetricUnit.Count, value=len(returns_restarted))
+        answer.update(returns_restarted=returns_restarted)
+
+    def carrier_work() -> None:
+        carriers = isolated("carrier work", lambda: container().carrier_work_sweep.run(ACTOR), {})
+        for order_id, work in carriers.items():
+            for shipment_id in work.relabelled:
+                logger.warning("parcel booked again for what it now holds: a cancel of units left it due a label",
+                               extra={"order_id": order_id, "shipment_id": shipment_id})  # fmt: skip
+            for booking in work.settled:
+                logger.info("given-up carrier booking settled with its carrier",
+                            extra={"order_id": order_id, "shipment_id": booking.shipment_id})  # fmt: skip
+            for failure in work.failed:
+                logger.warning("carrier work still owed: the carrier failed again, the next pass retries",
+                               extra={"order_id": order_id, "failure": escape_for_log(failure)})  # fmt: skip
+        for name, count in (
+            ("ParcelsRelabelled", sum(len(work.relabelled) for work in carriers.values())),
+            ("CarrierBookingsSettled", sum(len(work.settled) for work in carriers.values())),
+            ("CarrierWorkFailed", sum(len(work.failed) for work in carriers.values())),
+        ):
+            if count:
+                metrics.add_metric(name=name, unit=MetricUnit.Count, value=count)
+
+    def refunds() -> None:
+        # The pending refunds, then what returns kept back: one turn, as the second takes the
+        # orders the first just finished a refund of.
+        answered: list[str] = []  # the orders it finished a refund of: what their returns kept back is refunded now
+        try:
+            refunds_finished = container().pending_refund_sweep.run(ACTOR, orders=answered)
+        except SweepIncomplete as error:
+            refunds_finished, incomplete["pending refunds"] = error.finished, error
+            for order_id, failure in error.failed.items():
+                logger.error("pending refund not finished", extra={"order_id": order_id}, exc_info=failure)
+        except Exception as error:  # any: the other passes must still run
+            refunds_finished = []
+            failed_outright("pending refunds", error)
+        for refund_id in refunds_finished:
+            logger.warning("refund left pending by its request finished", extra={"refund_id": refund_id})
+        if refunds_finished:
+            metrics.add_metric(name="PendingRefundsFinished", unit=MetricUnit.Count, value=len(refunds_finished))
+        kept_back = isolated(
+            "kept back", lambda: container().kept_back_sweep.run(ACTOR, finished=answered), KeptBackRefunded()
+        )
+        for refund_id in kept_back.refunded:
+            logger.warning("what a return kept back refunded", extra={"refund_id": refund_id})
+        for order_id in kept_back.refused:
+            logger.warning("refund of what a return kept back refused", extra={"order_id": order_id})
+        for order_id in kept_back.given_up:
+            logger.error(
+                "refund of what a return kept back refused again: left to a person", extra={"order_id": order_id}
+            )
+        for order_id, failure in kept_back.failed.items():
+            logger.error("refund of what a return kept back not made", extra={"order_id": order_id}, exc_info=failure)
+        for name, count in (("KeptBackRefunded", len(kept_back.refunded)), ("KeptBackRefused", len(kept_back.refused))):
+            if count:
+                metrics.add_metric(name=name, unit=MetricUnit.Count, value=count)
+        if kept_back.given_up or kept_back.failed:
+            incomplete["kept back"] = KeptBackNotRefunded(kept_back)
+        answer.update(refunds_finished=refunds_finished, kept_back_refunded=kept_back.refunded)
+
+    def authorizations() -> None:
+        unsettled = None
+        try:
+            settled = container().authorization_sweep.run(ACTOR)
+        except SettleIncomplete as error:
+            settled, unsettled = error.settled, error
+        except Exception as error:  # any: the other passes must still run
+            settled = Settled()
+            failed_outright("authorizations", error)
+        for order_id in settled.edits:
+            logger.warning("authorization left by an edit settled", extra={"order_id": order_id})
+        for order_id in settled.own:
+            logger.warning("closed order's own authorization settled", extra={"order_id": order_id})
+        for name, orders in (("EditAuthorizationsSettled", settled.edits), ("OwnAuthorizationsSettled", settled.own)):
+            if orders:
+                metrics.add_metric(name=name, unit=MetricUnit.Count, value=len(orders))
+        if unsettled is not None:
+            incomplete["authorizations"] = unsettled
+            for order_id, failure in unsettled.failed.items():
+                logger.error(
+                    "authorization left by an edit not settled", extra={"order_id": order_id}, exc_info=failure
+                )
+        answer.update(authorizations_settled=settled.orders)
+
+    def settlement_captures() -> None:
+        failed = None
+        try:
+            captures = container().capture_sweep.run_settlements(container().settlement_captures, ACTOR)
+        except CapturesNotSettled as error:
+            captures, failed = error.done, error
+            incomplete["settlement captures"] = error
+        except Exception as error:  # any: the report below runs on what was done
+            captures = CapturesSettled(settled=[], held=[], unconfirmed=[])
+            failed_outright("settlement captures", error)
+        report_captures(captures, failed, logger, metrics)
+        answer.update(
+            captures_settled=captures.settled, ships_held=captures.held, ships_unconfirmed=captures.unconfirmed
+        )
+
+    passes = [
+        ("stalled orders", stalled_orders), ("pickup expiry", pickup_expiry), ("returns", returns),
+        ("carrier work", carrier_work), ("refunds", refunds), ("authorizations", authorizations),
+        ("settlement captures", settlement_captures),
+    ]  # fmt: skip
+    first = _first_pass(event, len(passes))
+    left = []
+    for name, run_pass in passes[first:] + passes[:first]:
+        if context.get_remaining_time_in_millis() < PASS_RESERVE_MILLIS:
+            left.append(name)
+        else:
+            run_pass()
+    if left:
+        logger.warning("reconciler passes left to the next runs: too little time left", extra={"passes": left})
+    raised = [
+        incomplete.get(name) for name in ("pending refunds", "authorizations", "settlement captures", "kept back")
+    ]
+    for error in (*raised, *failures):
+        if error is not None:
+            raise error  # the passes did the rest; the errors alarm calls a person
+    return answer
+
+
+def _first_pass(event: dict[str, Any], count: int) -> int:
+    """Which of the `count` passes this run starts with: the next each scheduled run, by the
+    schedule's time (so a cold start keeps the turn); the first when the event has none (a run by hand)."""
     try:
-        refunds_finished = container().pending_refund_sweep.run(ACTOR, orders=answered)
-    except SweepIncomplete as error:
-        refunds_finished, incomplete = error.finished, error
-    except Exception as error:  # any: the other passes must still run
-        refunds_finished = []
-        failed_outright("pending refunds", error)
-    for refund_id in refunds_finished:
-        logger.warning("refund left pending by its request finished", extra={"refund_id": refund_id})
-    if refunds_finished:
-        metrics.add_metric(name="PendingRefundsFinished", unit=MetricUnit.Count, value=len(refunds_finished))
-    if incomplete is not None:
-        for order_id, failure in incomplete.failed.items():
-            logger.error("pending refund not finished", extra={"order_id": order_id}, exc_info=failure)
-    kept_back = isolated(
-        "kept back", lambda: container().kept_back_sweep.run(ACTOR, finished=answered), KeptBackRefunded()
-    )
-    for refund_id in kept_back.refunded:
-        logger.warning("what a return kept back refunded", extra={"refund_id": refund_id})
-    for order_id in kept_back.refused:
-        logger.warning("refund of what a return kept back refused", extra={"order_id": order_id})
-    for order_id in kept_back.given_up:
-        logger.error("refund of what a return kept back refused again: left to a person", extra={"order_id": order_id})
-    for order_id, failure in kept_back.failed.items():
-        logger.error("refund of what a return kept back not made", extra={"order_id": order_id}, exc_info=failure)
-    for name, count in (("KeptBackRefunded", len(kept_back.refunded)), ("KeptBackRefused", len(kept_back.refused))):
-        if count:
-            metrics.add_metric(name=name, unit=MetricUnit.Count, value=count)
-    unsettled = None
-    try:
-        settled = container().authorization_sweep.run(ACTOR)
-    except SettleIncomplete as error:
-        settled, unsettled = error.settled, error
-    except Exception as error:  # any: the other passes must still run
-        settled = Settled()
-        failed_outright("authorizations", error)
-    for order_id in settled.edits:
-        logger.warning("authorization left by an edit settled", extra={"order_id": order_id})
-    for order_id in settled.own:
-        logger.warning("closed order's own authorization settled", extra={"order_id": order_id})
-    for name, orders in (("EditAuthorizationsSettled", settled.edits), ("OwnAuthorizationsSettled", settled.own)):
-        if orders:
-            metrics.add_metric(name=name, unit=MetricUnit.Count, value=len(orders))
-    if unsettled is not None:
-        for order_id, failure in unsettled.failed.items():
-            logger.error("authorization left by an edit not settled", extra={"order_id": order_id}, exc_info=failure)
-    failed = None
-    try:
-        captures = container().capture_sweep.run_settlements(container().settlement_captures, ACTOR)
-    except CapturesNotSettled as error:
-        captures, failed = error.done, error
-    except Exception as error:  # any: the report below runs on what was done
-        captures = CapturesSettled(settled=[], held=[], unconfirmed=[])
-        failed_outright("settlement captures", error)
-    report_captures(captures, failed, logger, metrics)
-    not_refunded = KeptBackNotRefunded(kept_back) if kept_back.given_up or kept_back.failed else None
-    if incomplete is not None or unsettled is not None or failed is not None or not_refunded is not None or failures:
-        # the passes did the rest; the errors alarm calls a person
-        raise incomplete or unsettled or failed or not_refunded or failures[0]
-    return {
-        "restarted": done.restarted,
-        "parked": done.parked,
-        "expired": expired,
-        "pickups_held": pickups.held,
-        "returns_restarted": returns_restarted,
-        "refunds_finished": refunds_finished,
-        "kept_back_refunded": kept_back.refunded,
-        "authorizations_settled": settled.orders,
-        "captures_settled": captures.settled,
-        "ships_held": captures.held,
-        "ships_unconfirmed": captures.unconfirmed,
-    }
+        at = datetime.fromisoformat(event["time"])
+    except (KeyError, TypeError, ValueError):
+        return 0
+    return int(at.timestamp() // (SCHEDULE_MINUTES * 60)) % count

@@ -868,11 +868,11 @@ def test_an_order_set_aside_leaves_the_partition_until_its_next_write_and_only_a
     orders.add(left, created, payment_token="tok_approve")
     assert list(unsettled.left_since_before(utc_now())) == [left.id]
 
-    unsettled.set_aside(left.id, version=2)  # judged on a version since replaced: left as it is
+    unsettled.set_aside(left.model_copy(update={"version": 2}))  # judged on a version since replaced: left as it is
     assert list(unsettled.left_since_before(utc_now())) == [left.id]
-    unsettled.set_aside(left.id, version=3)
+    unsettled.set_aside(left)
     assert list(unsettled.left_since_before(utc_now())) == []
-    unsettled.set_aside(left.id, version=3)  # out already: nothing to do
+    unsettled.set_aside(left)  # out already: nothing to do
     assert orders.get(left.id, consistent=True) == left
 
     noted, entry = left.noted(OrderEvent.PAYMENT_VOID_FAILED, at=utc_now(), actor="key_web", detail={})
@@ -949,6 +949,52 @@ def test_a_booking_the_carrier_could_not_cancel_with_the_order_is_cancelled_by_a
     assert [entry.type for entry in history][-1] == "carrier_booking_cancelled"
     item = aws.dynamodb.get_item(TableName=aws.tables["OrdersTable"], Key=key)["Item"]
     assert "refund_key" not in item and "refund_since" not in item
+
+
+def test_an_order_set_aside_for_a_refused_void_is_still_found_for_the_carrier_work_it_owes(
+    stack, metrics_on, capsys, monkeypatch
+):
+    # An order holding an authorization whose void the gateway refused sits in the authorization
+    # pass's partition, ahead of the carrier's: set aside from it, it must land in the carrier's,
+    # or no pass would ever cancel its booking (the merchant pays for a label never used).
+    from core import carrier_bookings
+    from core.events import OrderEvent
+    from functions.bootstrap import Config, bootstrap
+    from functions.reconciler import app
+
+    aws = stack["aws"]
+    services = bootstrap(Config.from_env(), label_store=FakeLabels())
+    services.catalog.put_product("TSHIRT", ProductInput.model_validate(product_body()))
+    services.catalog.put_location("wh-east", LocationInput.model_validate(location_body()))
+    services.inventory.count("TSHIRT", "wh-east", 5)
+    order = services.capture.place(place_order(external_id="web-booked"), actor="key_web")
+    services.workflow.authorize_payment(order.id, attempt=0)
+    services.workflow.reserve_stock(order.id)
+    services.workflow.create_shipments(order.id)
+
+    def down(*args: Any, **kwargs: Any) -> None:
+        raise ConnectionError("carrier API unreachable")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(carrier_bookings, "call_hook", down)
+        cancelled = services.actions.cancel(order.id, "changed my mind", actor="key_web")
+    # As an edit leaves it: an authorization it replaced, whose void the gateway refused.
+    left = cancelled.model_copy(update={"replaced_authorizations": ["auth_replaced"], "version": cancelled.version + 1})
+    refusal = {"operation": "void", "kind": "refused", "message": "expired", "authorization": "auth_replaced"}
+    entry = HistoryEntry(at=utc_now(), type=OrderEvent.PAYMENT_VOID_FAILED, actor="key_web", detail=refusal)
+    services.order_repository.update(left, cancelled, [entry])
+    key = {"id": {"S": order.id}}
+    assert aws.dynamodb.get_item(TableName=aws.tables["OrdersTable"], Key=key)["Item"]["refund_key"] == {"S": "void"}
+    capsys.readouterr()
+
+    for minutes in (16, 21):
+        later = utc_now() + timedelta(minutes=minutes)
+        with app.container.override(bootstrap(Config.from_env(), clock=lambda later=later: later)):
+            reconcile()
+
+    assert emitted(capsys.readouterr().out) == {"CarrierBookingsSettled": 1}
+    after = services.order_repository.get(order.id)
+    assert not after.owes_carrier_work() and after.replaced_authorizations == ["auth_replaced"]
 
 
 # --- What returns kept back -------------------------------------------------------------------------
@@ -1078,3 +1124,92 @@ def test_what_a_return_kept_back_is_refunded_in_the_pass_that_finishes_its_own_r
     paid = after.payment
     goodwill = Money.of("1.00", "USD")
     assert paid.captured - paid.refunded == order.totals.grand_total - order.lines[0].total - goodwill
+
+
+# --- The passes share the function's minute ---------------------------------------------------
+
+PASSES = [
+    "stalled orders", "pickup expiry", "returns", "carrier work", "refunds", "authorizations", "settlement captures"
+]  # fmt: skip
+
+
+@pytest.fixture
+def passes_run(stack, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The passes the reconciler starts, in order (each does nothing)."""
+    from core.authorization_sweep import Settled, UnsettledAuthorizationSweep
+    from core.capture_sweep import CapturesSettled, UnrecordedCaptureSweep
+    from core.carrier_bookings import CarrierWorkSweep
+    from core.pickups import PickupExpiry, PickupsExpired
+    from core.reconciliation import Reconciled, Reconciler
+    from core.refund_service import KeptBackRefunded, KeptBackSweep, PendingRefundSweep
+    from core.return_reconciliation import ReturnReconciler
+
+    ran: list[str] = []
+
+    def recorded(name: str, answer: Any) -> Any:
+        def run(self: Any, *args: Any, **kwargs: Any) -> Any:
+            ran.append(name)
+            return answer
+
+        return run
+
+    for owner, method, name, answer in (
+        (Reconciler, "run", "stalled orders", Reconciled()),
+        (PickupExpiry, "run", "pickup expiry", PickupsExpired()),
+        (ReturnReconciler, "run", "returns", []),
+        (CarrierWorkSweep, "run", "carrier work", {}),
+        (PendingRefundSweep, "run", "refunds", []),
+        (KeptBackSweep, "run", "kept back", KeptBackRefunded()),
+        (UnsettledAuthorizationSweep, "run", "authorizations", Settled()),
+        (UnrecordedCaptureSweep, "run_settlements", "settlement captures", CapturesSettled([], [], [])),
+    ):
+        monkeypatch.setattr(owner, method, recorded(name, answer))
+    return ran
+
+
+def scheduled(at: str) -> dict[str, Any]:
+    return {"source": "aws.events", "detail-type": "Scheduled Event", "time": at, "detail": {}}
+
+
+def test_each_scheduled_run_starts_with_the_next_pass_so_a_backlog_in_one_holds_no_other_back(passes_run):
+    # Every pass comes first once in seven runs: a backlog that fills the minute with the passes
+    # run first never keeps the refunds, voids and settlements from their turn.
+    from functions.reconciler.app import lambda_handler
+
+    firsts = []
+    for n in range(len(PASSES)):
+        passes_run.clear()
+        lambda_handler(scheduled(f"2026-12-03T12:{5 * n:02d}:00Z"), Context())
+        first = PASSES.index(passes_run[0])
+        assert [name for name in passes_run if name != "kept back"] == [*PASSES[first:], *PASSES[:first]]
+        assert passes_run[passes_run.index("refunds") + 1] == "kept back"  # it takes the refunds just finished
+        firsts.append(first)
+    assert [(first - firsts[0]) % len(PASSES) for first in firsts] == list(range(len(PASSES)))
+
+
+def test_no_pass_is_started_without_the_time_to_run_it_and_the_next_run_starts_with_the_first_left(passes_run, caplog):
+    from functions.reconciler.app import lambda_handler
+
+    class RunningOut(Context):
+        """A minute the first pass uses nearly all of."""
+
+        def get_remaining_time_in_millis(self) -> int:
+            return 60_000 if not passes_run else 5_000
+
+    lambda_handler(scheduled("2026-12-03T12:00:00Z"), RunningOut())
+    first = PASSES.index(passes_run[0])
+    assert [name for name in passes_run if name != "kept back"] == [PASSES[first]]
+    [logged] = [r for r in caplog.records if r.getMessage().startswith("reconciler passes left to the next runs")]
+    assert logged.passes == [*PASSES[first + 1 :], *PASSES[:first]]
+
+    passes_run.clear()
+    lambda_handler(scheduled("2026-12-03T12:05:00Z"), RunningOut())
+    assert [name for name in passes_run if name != "kept back"] == [PASSES[(first + 1) % len(PASSES)]]
+
+
+def test_the_passes_turn_with_the_schedule_the_template_gives_the_reconciler():
+    from functions.reconciler.app import SCHEDULE_MINUTES
+    from infra.local.template import load_template
+
+    events = load_template()["Resources"]["ReconcilerFunction"]["Properties"]["Events"]
+    assert events["EveryFiveMinutes"]["Properties"]["Schedule"] == f"rate({SCHEDULE_MINUTES} minutes)"

@@ -42,10 +42,10 @@ class InMemoryUnsettledAuthorizations(UnsettledAuthorizations):
         ]  # fmt: skip
         return iter(o.id for o in sorted(left, key=lambda o: o.last_changed))
 
-    def set_aside(self, order_id: str, version: int) -> None:
-        order = self._world.orders.orders.get(order_id)
-        if order is not None and order.version == version:
-            self._aside[order_id] = (version, len(self._world.history(order_id)))
+    def set_aside(self, order: Order) -> None:
+        stored = self._world.orders.orders.get(order.id)
+        if stored is not None and stored.version == order.version:
+            self._aside[order.id] = (order.version, len(self._world.history(order.id)))
 
     def _set_aside(self, order: Order) -> bool:
         return self._aside.get(order.id) == (order.version, len(self._world.history(order.id)))

@@ -440,3 +440,21 @@ def test_a_pass_stops_asking_step_functions_once_it_keeps_refusing_and_still_par
 
     assert run.run() == Reconciled(parked=[old])
     assert len(asked) == MAX_REFUSED_STARTS < len(stalled)
+
+
+def test_a_restart_the_service_refused_as_a_duplicate_is_not_counted_as_restarted(world):
+    # Two passes in the same second (an overlapping run) name their restart alike: a Standard
+    # workflow refuses the second (ExecutionAlreadyExists). The other pass restarted the order;
+    # counting it here too would log and count one restart twice.
+    started, duplicate = world.place(("TSHIRT", 1)), world.place(("MUG", 1))
+    run, _, starter = reconciler(world, minutes_later=20)
+    real = starter.start
+
+    def already_named(order_id, channel="", correlation_id="", rerun=None):
+        real(order_id, channel, correlation_id, rerun)
+        return order_id != duplicate
+
+    starter.start = already_named  # type: ignore[method-assign]
+
+    assert run.run() == Reconciled(restarted=[started])
+    assert [order_id for order_id, _ in starter.started] == [started, duplicate]
