@@ -238,7 +238,9 @@ class PurchaseOrder(BaseModel, defer_build=True):
         refused (422 `over_receipt`), each problem naming the receipt's line as the contract's error
         shape does: `lines[i].sku` for a sku the PO lacks, `lines[i].quantity` for the line at which
         a sku's units pass what is outstanding."""
-        if self.status not in INCOMING:
+        # A received PO has nothing outstanding: a receipt on it is an over-receipt, as one that
+        # passes the last units of a partly received PO is. A draft or a cancelled PO is a conflict.
+        if self.status not in INCOMING and self.status is not PO.RECEIVED:
             check_purchase_order_step(self.status, PO.RECEIVED)  # raises: only an open PO is received
         by_sku = {line.sku: line for line in self.lines}
         units = receipt.units()

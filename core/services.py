@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
@@ -15,6 +18,7 @@ from core.errors import (
     Conflict,
     DuplicateOrder,
     InsufficientStock,
+    InvalidCursor,
     InvalidRequest,
     NotFound,
     PickupNotOffered,
@@ -83,8 +87,29 @@ class CatalogService:
         location = Location(location_id=location_id, updated_at=self._clock(), **data.model_dump())
         return location, self._catalog.put_location(location)
 
-    def list_locations(self) -> list[Location]:
-        return self._catalog.list_locations()
+    def locations(self, limit: int, cursor: str | None) -> tuple[list[Location], str | None]:
+        """A page of the network in location_id order. The network is one item read whole, so the
+        cursor is the last id shown: a location added meanwhile is shown when it sorts after it."""
+        after = "" if cursor is None else _location_after(cursor)
+        later = [loc for loc in self._catalog.list_locations() if loc.location_id > after]
+        page = later[:limit]
+        if len(later) <= limit:
+            return page, None
+        raw = json.dumps({"l": "locations", "after": page[-1].location_id}, separators=(",", ":"))
+        return page, base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def _location_after(cursor: str) -> str:
+    """The location id a GET /locations cursor names, or InvalidCursor unless that list issued it."""
+    try:
+        decoded = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        after = decoded["after"]
+        valid = decoded["l"] == "locations" and isinstance(after, str) and after != ""
+    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError):
+        valid = False
+    if not valid:
+        raise InvalidCursor()
+    return after
 
 
 class InventoryService:

@@ -22,6 +22,7 @@ import pytest
 from infra.local.template import Template
 from tests.e2e.client import Catalog, assert_error, location_body, money, order_body, set_path, unique
 from tests.integration.in_process import Answer, InProcessApi, in_process_api
+from tests.integration.test_catalog_inventory import every_location
 
 CACHE_OFF = {"AuthorizerCacheSeconds": 0}
 LONG_CACHE = {"AuthorizerCacheSeconds": 300}  # the longest the template allows
@@ -313,7 +314,7 @@ def test_a_read_only_key_cannot_create_a_location(api: InProcessApi, reader: dic
     response = api.put(f"/locations/{location_id}", json=location_body(), key=reader["key"])
 
     assert_error(response, 403, "forbidden")
-    assert location_id not in {loc["location_id"] for loc in api.get("/locations").json()["items"]}
+    assert location_id not in {loc["location_id"] for loc in every_location(api)}
 
 
 def test_a_read_only_key_cannot_count_or_adjust_stock(api: InProcessApi, catalog: Catalog, reader: dict[str, Any]):
@@ -543,7 +544,7 @@ class Scene:
         api = self.api
         assert api.orders_of(self.customer) == [], "an order was stored"
         assert api.get(f"/products/{self.sku}").json() == self.product, "the product changed"
-        locations = {loc["location_id"]: loc for loc in api.get("/locations").json()["items"]}
+        locations = {loc["location_id"]: loc for loc in every_location(self.api)}
         assert locations[self.location] == self.location_record, "the location changed"
         stock = api.get(f"/inventory/{self.sku}").json()
         assert [(s["location_id"], s["on_hand"], s["reserved"]) for s in stock["locations"]] == [
@@ -558,7 +559,7 @@ def build_scene(api: InProcessApi) -> Scene:
     sku = catalog.product("19.99")
     catalog.stock(sku, location, 10)
     product = api.get(f"/products/{sku}").json()
-    record = next(loc for loc in api.get("/locations").json()["items"] if loc["location_id"] == location)
+    record = next(loc for loc in every_location(api) if loc["location_id"] == location)
     return Scene(api, sku, location, unique("cus"), product, record)
 
 

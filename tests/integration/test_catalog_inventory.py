@@ -92,20 +92,30 @@ def test_put_product_with_an_invalid_field_is_422_naming_it_and_stores_nothing(
 # --- Locations ---------------------------------------------------------------------------------
 
 
+def every_location(api: InProcessApi) -> list[dict]:
+    """GET /locations, page after page."""
+    items: list[dict] = []
+    cursor = None
+    while True:
+        page = api.get("/locations", params={"limit": 100, **({"cursor": cursor} if cursor else {})})
+        assert page.status_code == 200, page.text
+        items.extend(page.json()["items"])
+        cursor = page.json()["next_cursor"]
+        if cursor is None:
+            return items
+
+
 def test_put_location_creates_with_201_replaces_with_200_and_get_locations_lists_it(api: InProcessApi):
     location_id = unique("loc")
 
     created = api.put(f"/locations/{location_id}", json=location_body(name="North"))
     replaced = api.put(f"/locations/{location_id}", json=location_body(name="North (renamed)", pickup=True))
-    listed = api.get("/locations")
+    listed = every_location(api)
 
     assert created.status_code == 201, created.text
     assert created.json()["location_id"] == location_id
     assert replaced.status_code == 200, replaced.text
-    assert listed.status_code == 200, listed.text
-    page = listed.json()
-    assert page["next_cursor"] is None
-    mine = [item for item in page["items"] if item["location_id"] == location_id]
+    mine = [item for item in listed if item["location_id"] == location_id]
     assert len(mine) == 1
     assert (mine[0]["name"], mine[0]["type"], mine[0]["pickup"], mine[0]["ships"]) == (
         "North (renamed)",
@@ -133,8 +143,35 @@ def test_put_location_with_an_invalid_field_is_422_and_lists_nothing(api: InProc
 
     error = assert_error(response, 422, "validation_error")
     assert any(detail["field"].startswith(field) for detail in error["details"]), error
-    listed = api.get("/locations").json()["items"]
-    assert location_id not in [item["location_id"] for item in listed]
+    assert location_id not in [item["location_id"] for item in every_location(api)]
+
+
+def test_get_locations_pages_by_limit_default_25_in_location_id_order(api: InProcessApi):
+    for _ in range(26):
+        assert api.put(f"/locations/{unique('loc')}", json=location_body()).status_code == 201
+
+    first = api.get("/locations")
+    small = [api.get("/locations", params={"limit": 2})]
+    while small[-1].json()["next_cursor"] is not None:
+        small.append(api.get("/locations", params={"limit": 2, "cursor": small[-1].json()["next_cursor"]}))
+
+    assert first.status_code == 200, first.text
+    assert len(first.json()["items"]) == 25
+    assert first.json()["next_cursor"] is not None
+    assert all(page.status_code == 200 and len(page.json()["items"]) <= 2 for page in small)
+    walked = [item["location_id"] for page in small for item in page.json()["items"]]
+    assert walked == sorted(set(walked))
+    assert walked == [item["location_id"] for item in every_location(api)]
+    assert walked[:25] == [item["location_id"] for item in first.json()["items"]]
+
+
+@pytest.mark.parametrize("query", [{"limit": 0}, {"limit": 101}, {"limit": "ten"}], ids=["zero", "over-100", "word"])
+def test_get_locations_with_a_limit_outside_1_to_100_is_422(api: InProcessApi, query: dict):
+    assert_error(api.get("/locations", params=query), 422, "validation_error", "limit")
+
+
+def test_get_locations_with_a_forged_cursor_is_422_invalid_cursor(api: InProcessApi):
+    assert_error(api.get("/locations", params={"cursor": "not-a-cursor"}), 422, "invalid_cursor", "cursor")
 
 
 # --- Inventory ---------------------------------------------------------------------------------

@@ -280,6 +280,29 @@ def test_the_routes_create_and_receive_once_per_idempotency_key(api: InProcessAp
     assert_error(api.post("/purchase-orders", json=unknown), 422, "unknown_vendor")
 
 
+def test_a_receipt_on_a_fully_received_po_is_422_over_receipt_as_on_one_with_units_left(api: InProcessApi):
+    # Whether an earlier receipt left one unit outstanding or none, more than that is the same
+    # mistake (ordered minus received exceeded): 422 over_receipt, not a status conflict.
+    network = put_network(api)
+    sku = Catalog(api).product("9.00")
+    vendor = unique("vendor")
+    assert api.put(f"/vendors/{vendor}", json={"name": "Acme", "lead_time_days": 3}).status_code == 201
+    body = {"vendor_id": vendor, "location_id": network["east"], "lines": [{"sku": sku, "quantity": 2,
+                                                                            "unit_cost": COST}]}  # fmt: skip
+    po = api.post("/purchase-orders", json=body).json()
+    received = api.post(f"/purchase-orders/{po['id']}/receive", json={"lines": [{"sku": sku, "quantity": 2}]})
+    assert received.status_code == 200 and received.json()["status"] == "received", received.text
+
+    again = api.post(f"/purchase-orders/{po['id']}/receive", json={"lines": [{"sku": sku, "quantity": 1}]})
+
+    assert_error(again, 422, "over_receipt", "lines[0].quantity")
+    assert again.json()["error"]["details"] == [
+        {"field": "lines[0].quantity", "message": f"1 {sku} received, 0 outstanding"}
+    ]
+    assert api.get(f"/purchase-orders/{po['id']}").json() == received.json()
+    assert api.get(f"/inventory/{sku}").json()["locations"][0]["on_hand"] == 2
+
+
 def test_purchasing_needs_its_scope(api: InProcessApi):
     response = api.post("/api-keys", json={"name": unique("key"), "scopes": ["inventory:write"]})
     key = response.json()["key"]

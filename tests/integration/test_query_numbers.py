@@ -33,6 +33,7 @@ LISTS: dict[str, tuple[str, dict[str, str]]] = {
     "top products": ("/reports/top-products", {"currency": "USD"}),
     "top customers": ("/reports/top-customers", {"currency": "USD"}),
     "top regions": ("/reports/top-regions", {"currency": "USD"}),
+    "locations": ("/locations", {}),
     "vendors": ("/vendors", {}),
     "purchase orders": ("/purchase-orders", {}),
     "sourcing rules": ("/sourcing/rules/history", {}),

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from aws_lambda_powertools.event_handler import Response, content_types
 from aws_lambda_powertools.event_handler.api_gateway import Router
-from aws_lambda_powertools.event_handler.openapi.params import Path
+from aws_lambda_powertools.event_handler.openapi.params import Path, Query
 from pydantic import BaseModel
 
 from core.access import Scope
@@ -14,6 +14,7 @@ from core.models import Location, LocationInput, Product, ProductInput
 from functions.api.access import ANY_KEY, requires
 from functions.api.dependencies import container
 from functions.api.paths import existing
+from functions.api.queries import Limit
 from functions.api.schemas import errors, ok
 
 router = Router()
@@ -71,10 +72,10 @@ def put_location(location_id: LocationPath, location: LocationInput) -> Response
 
 @router.get(
     "/locations",
-    summary="List locations",
-    responses={**ok(200, LocationList, "All locations"), **errors(403)},
+    summary="List locations, in location_id order",
+    responses={**ok(200, LocationList, "A page of locations"), **errors(403)},
 )
 @requires(ANY_KEY)
-def list_locations() -> LocationList:
-    # The network is small and read whole (one item), so this list is never paginated.
-    return LocationList(items=container().catalog.list_locations())
+def list_locations(limit: Limit = 25, cursor: Annotated[str | None, Query(max_length=2048)] = None) -> LocationList:
+    items, next_cursor = container().catalog.locations(limit, cursor)
+    return LocationList(items=items, next_cursor=next_cursor)
