@@ -359,7 +359,17 @@ class Workflow:
             (line_sku[a.line_id], a.location_id, reservation_key(order.id, a.line_id)): a.quantity
             for a in plan.allocations
         }
+        # Where a key of the order must hold more than it does (a line grown, or one whose id an
+        # edit changed or that it split: its units held under another of the order's keys), what
+        # the order holds there is rearranged in one write: given back first, then reserved again,
+        # those units could go to another order in between.
+        rearranged = _rearranged(mine, wanted)
+        # What the order held before this run, where it rearranged to too: those units were its own.
+        held_before = {*mine, *((sku, location_id, key) for (sku, location_id), (_, keys) in rearranged.items()
+                                for key in keys)}  # fmt: skip
         for item, quantity in mine.items():
+            if item[:2] in rearranged:
+                continue
             keep = wanted.get(item, 0)
             if 0 < keep < quantity:
                 # Given back in the same write that keeps the rest: released whole, then reserved
@@ -369,7 +379,12 @@ class Workflow:
                 self._inventory.release(*item)
         done: list[tuple[str, str, str]] = []
         try:
+            for (sku, location_id), (held, keys) in rearranged.items():
+                self._inventory.rearrange(sku, location_id, held, keys, keep=rules.kept_back(location_id))
+                done.extend((sku, location_id, key) for key in keys)
             for (sku, location_id, key), quantity in wanted.items():
+                if (sku, location_id) in rearranged:
+                    continue
                 # The write itself keeps the safety stock back, so concurrent orders cannot take it.
                 keep = rules.kept_back(location_id)
                 self._inventory.reserve(sku, location_id, key, quantity, **({"keep": keep} if keep else {}))
@@ -378,7 +393,7 @@ class Workflow:
             # What the order held before this run (kept whole or shrunk above) stays held for the
             # retry, which counts it as the order's own again: released, another order could take
             # it in between.
-            self._release_unrecorded(order_id, done, held_before=set(mine))
+            self._release_unrecorded(order_id, done, held_before=held_before)
             # The plan lost a race for some units. Another location may still have them: the
             # retry plans again on fresh stock, and ends OutOfStock only if nothing is left.
             raise TransientError(f"stock for order {order_id} changed while it was being reserved") from None
@@ -394,7 +409,7 @@ class Workflow:
             # Lost to a hold, say: the order keeps what it held before for its release (the hold
             # gave back what it no longer needs, core.holds.give_back_surplus).
             raise self._closed_or_retry(
-                order_id, lambda: self._release_unrecorded(order_id, done, held_before=set(mine))
+                order_id, lambda: self._release_unrecorded(order_id, done, held_before=held_before)
             ) from None
 
     def _plan(
@@ -830,6 +845,25 @@ def _check_authorized_visible(order: Order) -> None:
 
 def _by_place(allocation: Allocation) -> tuple[str, str]:
     return allocation.line_id, allocation.location_id
+
+
+def _rearranged(
+    mine: dict[tuple[str, str, str], int], wanted: dict[tuple[str, str, str], int]
+) -> dict[tuple[str, str], tuple[dict[str, int], dict[str, int]]]:
+    """By (sku, location_id) where the order holds units (`mine`) and its plan (`wanted`) wants one
+    of its keys to hold more than it does: what its keys hold there, and what the plan wants them
+    to hold (InventoryRepository.rearrange)."""
+    held: dict[tuple[str, str], dict[str, int]] = defaultdict(dict)
+    for (sku, location_id, key), quantity in mine.items():
+        held[(sku, location_id)][key] = quantity
+    keys: dict[tuple[str, str], dict[str, int]] = defaultdict(dict)
+    for (sku, location_id, key), quantity in wanted.items():
+        keys[(sku, location_id)][key] = quantity
+    return {
+        item: (held[item], keys[item])
+        for item in held
+        if any(quantity > held[item].get(key, 0) for key, quantity in keys[item].items())
+    }
 
 
 def _allocations(order: Order, held: dict[tuple[str, str, str], int]) -> list[Allocation]:

@@ -123,6 +123,49 @@ def test_an_edit_that_drops_a_line_before_another_keeps_the_units_the_line_left_
     assert world.held_for(order.id) == {("MUG", "wh-west", f"{order.id}#L1"): 3}
 
 
+@pytest.mark.parametrize(
+    ("before", "after", "held"),
+    [
+        ([("PEN", 1), ("MUG", 3)], [("MUG", 3)], {"L1": 3}),  # the MUG line's id changed: L2 -> L1
+        ([("MUG", 2)], [("MUG", 3)], {"L1": 3}),  # grown under its own key
+        ([("MUG", 3)], [("MUG", 2), ("MUG", 1)], {"L1": 2, "L2": 1}),  # split over two lines
+    ],
+    ids=["line_id_changed", "grown", "split"],
+)
+def test_no_other_order_takes_the_units_an_edited_order_holds_while_it_is_sourced_again(
+    world, monkeypatch, before, after, held
+):
+    # Every MUG in stock is this order's and its edit's stock check counted them as its own.
+    # ReserveStock gave them back (a release, a shrink) and then reserved them again under the
+    # lines' keys: another order's reservation landing in between took them, and the edited
+    # order, sourced again on what was left, ended cancelled out_of_stock.
+    order = world.allocated(*before)
+    world.inventory.adjust("MUG", "wh-west", sum(q for sku, q in after if sku == "MUG") - 3, "counted")
+    edited = world.actions.edit(
+        order.id, order.version, OrderEdit(lines=[LineInput(sku=sku, quantity=q) for sku, q in after]),
+        actor="key_web",
+    )  # fmt: skip
+    took: list[bool] = []
+
+    def another_order_reserves(give_back):
+        def given_back(*args, **kwargs):
+            give_back(*args, **kwargs)
+            if args[0] == "MUG" and not took:
+                took.append(True)
+                world.inventory.reserve("MUG", "wh-west", "ord_other#L1", world.level("MUG", "wh-west")[2])
+
+        return given_back
+
+    monkeypatch.setattr(world.inventory, "release", another_order_reserves(world.inventory.release))
+    monkeypatch.setattr(world.inventory, "shrink", another_order_reserves(world.inventory.shrink))
+
+    again = resume(world, edited.id)
+
+    assert again.status is S.ALLOCATED
+    assert world.held_for(order.id) == {("MUG", "wh-west", f"{order.id}#{line}"): q for line, q in held.items()}
+    assert world.level("MUG", "wh-west")[1:] == (sum(held.values()), 0)
+
+
 def test_an_edit_whose_view_of_the_network_predates_a_new_location_releases_the_old_units_there(world):
     # As for a cancel: the API's network is cached for seconds, the workflow's is read fresh.
     actions = world.actions_behind_a_new_location("MUG", "wh-west")
