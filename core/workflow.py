@@ -398,7 +398,7 @@ class Workflow:
             # retry plans again on fresh stock, and ends OutOfStock only if nothing is left.
             raise TransientError(f"stock for order {order_id} changed while it was being reserved") from None
         if backorder:
-            self._wait_for_stock(order, plan, done, backorder, rules)
+            self._wait_for_stock(order, plan, done, backorder, rules, held_before=held_before)
             return
         new, entry = order.reserve(
             plan.allocations, plan.reasons, at=self._clock(), actor=WORKFLOW_ACTOR, rules_version=rules.version
@@ -474,12 +474,15 @@ class Workflow:
         return {sku for sku in skus if sku not in products or not products[sku].allow_backorder}
 
     def _wait_for_stock(
-        self, order: Order, plan: SourcingPlan, done: list[tuple[str, str, str]], short: set[str], rules: SourcingRules
-    ) -> None:
+        self, order: Order, plan: SourcingPlan, done: list[tuple[str, str, str]], short: set[str], rules: SourcingRules,
+        held_before: set[tuple[str, str, str]],
+    ) -> None:  # fmt: skip
         """Record the part reserved and wait `backordered`: queue entries first, so an arrival
         from now on finds the order; then the status; then the entries marked, so the reorder
         points buy what it lacks; then one look at stock that arrived between sourcing and the
-        queue entry. Raises Backordered unless that completed it."""
+        queue entry. Raises Backordered unless that completed it. A write lost (to a hold, say)
+        undoes this run's reservations but what the order held before it (`held_before`), as
+        ReserveStock's own lost write does."""
         assert self._backorders is not None
         entry = WaitingOrder(created_at=order.created_at, order_id=order.id)
         for sku in sorted(short):
@@ -490,7 +493,9 @@ class Workflow:
         try:
             self._orders.update(new, order, [history])
         except StaleVersion:
-            raise self._closed_or_retry(order.id, lambda: self._release_unrecorded(order.id, done)) from None
+            raise self._closed_or_retry(
+                order.id, lambda: self._release_unrecorded(order.id, done, held_before=held_before)
+            ) from None
         for sku in sorted(short):
             self._backorders.recorded(sku, entry)  # its reorder points buy what it lacks
         filled = self.fill_backorder(order.id)
