@@ -447,15 +447,18 @@ class Workflow:
         concurrent run of the same step reserved under the same order#line keys and won, and
         releasing its reservations would leave the recorded units held by nothing; and except
         `held_before`, what an open order that records no units held before this run for a line it
-        still has (its retry, or its release from a hold, counts it as its own; a line an edit
-        removed meanwhile holds nothing, and what a twin run recorded is all it holds). Read
+        still has, or under a line an edit meanwhile replaced by another of the same sku (its
+        retry, or its release from a hold, counts it as its own: Order.reservation_lines; a sku an
+        edit removed meanwhile holds nothing, and what a twin run recorded is all it holds). Read
         consistently: no write guards this decision, and an eventually consistent read may not show
         the write that won yet."""
         current = self._load(order_id, consistent=True)
         recorded: set[tuple[str, str, str]] = set()
         if current.status not in TERMINAL:  # a closed order holds nothing, whatever it records
             sku_of = {line.line_id: line.sku for line in current.lines}
-            lines = {(line.sku, reservation_key(order_id, line.line_id)) for line in current.lines}
+            skus = {line.sku for line in current.lines if line.quantity}
+            lines = {(sku, reservation_key(order_id, line_id)) for line_id, sku in current.reservation_lines()
+                     if sku in skus}  # fmt: skip
             recorded = {
                 (sku_of[a.line_id], a.location_id, reservation_key(order_id, a.line_id)) for a in current.allocations
             } or {(sku, location_id, key) for sku, location_id, key in held_before or () if (sku, key) in lines}

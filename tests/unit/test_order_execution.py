@@ -8,7 +8,15 @@ from datetime import timedelta
 
 import pytest
 
-from core.errors import Conflict, InsufficientStock, InvalidTransition, NotFound, OrderHeld, OutOfStock
+from core.errors import (
+    Conflict,
+    InsufficientStock,
+    InvalidTransition,
+    NotFound,
+    OrderHeld,
+    OutOfStock,
+    TransientError,
+)
 from core.holds import HoldRequest, Holds, ReleaseRequest
 from core.models import Address, Allocation, LineInput, OrderEdit
 from core.money import Money
@@ -164,6 +172,35 @@ def test_no_other_order_takes_the_units_an_edited_order_holds_while_it_is_source
     assert again.status is S.ALLOCATED
     assert world.held_for(order.id) == {("MUG", "wh-west", f"{order.id}#{line}"): q for line, q in held.items()}
     assert world.level("MUG", "wh-west")[1:] == (sum(held.values()), 0)
+
+
+def test_an_edit_landing_while_the_order_is_sourced_again_leaves_it_the_units_its_lines_held(world, monkeypatch):
+    # Edited to add a PEN before its MUGs, the order is sourced again: its 3 MUGs move from L1 to
+    # L2. A second edit (the PEN dropped again) lands before that step's write: the MUGs' line is
+    # L1 again, their units under L2 still the order's (an edit keeps a sku's units under the old
+    # key for the sourcing). The step that lost its write released them as its own reservation,
+    # and the order, sourced again, had to win the last MUGs back from other orders.
+    order = world.allocated(("MUG", 3))
+    first = world.actions.edit(
+        order.id, order.version, OrderEdit(lines=[LineInput(sku="PEN", quantity=1), LineInput(sku="MUG", quantity=3)]),
+        actor="key_web",
+    )  # fmt: skip
+    back = OrderEdit(lines=[LineInput(sku="MUG", quantity=3)])
+    before_the_next_write(
+        world, monkeypatch, lambda: world.actions.edit(order.id, first.version, back, actor="key_web")
+    )
+
+    with pytest.raises(TransientError):
+        world.workflow.reserve_stock(order.id)
+
+    assert world.held_for(order.id) == {("MUG", "wh-west", f"{order.id}#L2"): 3}
+    assert world.level("PEN", "wh-east") == (20, 0, 20)
+    monkeypatch.undo()
+    with pytest.raises(InsufficientStock):
+        world.place(("MUG", 1), external_id="web-other")
+    again = resume(world, order.id)
+    assert again.status is S.ALLOCATED
+    assert world.held_for(order.id) == {("MUG", "wh-west", f"{order.id}#L1"): 3}
 
 
 def test_an_edit_whose_view_of_the_network_predates_a_new_location_releases_the_old_units_there(world):
