@@ -1595,6 +1595,8 @@ class DynamoInventory(InventoryRepository):
         self, sku: str, location_id: str, held: dict[str, int], wanted: dict[str, int], keep: int = 0
     ) -> None:
         keys = sorted(held.keys() | wanted.keys())
+        if not keys:
+            return
         more = sum(wanted.values()) - sum(held.values())
         names = {f"#k{i}": key for i, key in enumerate(keys)}
         values: dict[str, Any] = {":more": more}
