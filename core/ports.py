@@ -170,6 +170,19 @@ class InventoryRepository(ABC):
         or a reservation that changed meanwhile, changes nothing."""
 
     @abstractmethod
+    def rearrange(
+        self, sku: str, location_id: str, held: dict[str, int], wanted: dict[str, int], keep: int = 0
+    ) -> None:
+        """Make the keys (order#line) of `held` and `wanted` hold what `wanted` says (a key it does
+        not name: nothing), the difference reserved from available (with `keep` units, the
+        location's safety stock, left over) or given back, in one write conditional on the keys of
+        `held` holding those units and `wanted`'s other keys none: units an order moves from one of
+        its keys to another (an edited order's line whose id changed, a line split in two) are
+        never free for another order in between. Idempotent: a repeat (the keys hold what `wanted`
+        says) is a no-op. Raises InsufficientStock when not enough is available, or when the keys
+        of `held` no longer hold those units."""
+
+    @abstractmethod
     def ship(self, sku: str, location_id: str, key: str) -> None:
         """The units reserved under `key` leave: on_hand and reserved both drop. Idempotent."""
 

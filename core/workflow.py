@@ -365,7 +365,17 @@ class Workflow:
             (line_sku[a.line_id], a.location_id, reservation_key(order.id, a.line_id)): a.quantity
             for a in plan.allocations
         }
+        # Where a key of the order must hold more than it does (a line grown, or one whose id an
+        # edit changed or that it split: its units held under another of the order's keys), what
+        # the order holds there is rearranged in one write: given back first, then reserved again,
+        # those units could go to another order in between.
+        rearranged = _rearranged(mine, wanted)
+        # What the order held before this run, where it rearranged to too: those units were its own.
+        held_before = {*mine, *((sku, location_id, key) for (sku, location_id), (_, keys) in rearranged.items()
+                                for key in keys)}  # fmt: skip
         for item, quantity in mine.items():
+            if item[:2] in rearranged:
+                continue
             keep = wanted.get(item, 0)
             if 0 < keep < quantity:
                 # Given back in the same write that keeps the rest: released whole, then reserved
@@ -375,7 +385,12 @@ class Workflow:
                 self._inventory.release(*item)
         done: list[tuple[str, str, str]] = []
         try:
+            for (sku, location_id), (held, keys) in rearranged.items():
+                self._inventory.rearrange(sku, location_id, held, keys, keep=rules.kept_back(location_id))
+                done.extend((sku, location_id, key) for key in keys)
             for (sku, location_id, key), quantity in wanted.items():
+                if (sku, location_id) in rearranged:
+                    continue
                 # The write itself keeps the safety stock back, so concurrent orders cannot take it.
                 keep = rules.kept_back(location_id)
                 self._inventory.reserve(sku, location_id, key, quantity, **({"keep": keep} if keep else {}))
@@ -384,12 +399,12 @@ class Workflow:
             # What the order held before this run (kept whole or shrunk above) stays held for the
             # retry, which counts it as the order's own again: released, another order could take
             # it in between.
-            self._release_unrecorded(order_id, done, held_before=set(mine))
+            self._release_unrecorded(order_id, done, held_before=held_before)
             # The plan lost a race for some units. Another location may still have them: the
             # retry plans again on fresh stock, and ends OutOfStock only if nothing is left.
             raise TransientError(f"stock for order {order_id} changed while it was being reserved") from None
         if backorder:
-            self._wait_for_stock(order, plan, done, backorder, rules)
+            self._wait_for_stock(order, plan, done, backorder, rules, held_before=held_before)
             return
         new, entry = order.reserve(
             plan.allocations, plan.reasons, at=self._clock(), actor=WORKFLOW_ACTOR, rules_version=rules.version
@@ -400,7 +415,7 @@ class Workflow:
             # Lost to a hold, say: the order keeps what it held before for its release (the hold
             # gave back what it no longer needs, core.holds.give_back_surplus).
             raise self._closed_or_retry(
-                order_id, lambda: self._release_unrecorded(order_id, done, held_before=set(mine))
+                order_id, lambda: self._release_unrecorded(order_id, done, held_before=held_before)
             ) from None
 
     def _plan(
@@ -438,15 +453,18 @@ class Workflow:
         concurrent run of the same step reserved under the same order#line keys and won, and
         releasing its reservations would leave the recorded units held by nothing; and except
         `held_before`, what an open order that records no units held before this run for a line it
-        still has (its retry, or its release from a hold, counts it as its own; a line an edit
-        removed meanwhile holds nothing, and what a twin run recorded is all it holds). Read
+        still has, or under a line an edit meanwhile replaced by another of the same sku (its
+        retry, or its release from a hold, counts it as its own: Order.reservation_lines; a sku an
+        edit removed meanwhile holds nothing, and what a twin run recorded is all it holds). Read
         consistently: no write guards this decision, and an eventually consistent read may not show
         the write that won yet."""
         current = self._load(order_id, consistent=True)
         recorded: set[tuple[str, str, str]] = set()
         if current.status not in TERMINAL:  # a closed order holds nothing, whatever it records
             sku_of = {line.line_id: line.sku for line in current.lines}
-            lines = {(line.sku, reservation_key(order_id, line.line_id)) for line in current.lines}
+            skus = {line.sku for line in current.lines if line.quantity}
+            lines = {(sku, reservation_key(order_id, line_id)) for line_id, sku in current.reservation_lines()
+                     if sku in skus}  # fmt: skip
             recorded = {
                 (sku_of[a.line_id], a.location_id, reservation_key(order_id, a.line_id)) for a in current.allocations
             } or {(sku, location_id, key) for sku, location_id, key in held_before or () if (sku, key) in lines}
@@ -465,12 +483,15 @@ class Workflow:
         return {sku for sku in skus if sku not in products or not products[sku].allow_backorder}
 
     def _wait_for_stock(
-        self, order: Order, plan: SourcingPlan, done: list[tuple[str, str, str]], short: set[str], rules: SourcingRules
-    ) -> None:
+        self, order: Order, plan: SourcingPlan, done: list[tuple[str, str, str]], short: set[str], rules: SourcingRules,
+        held_before: set[tuple[str, str, str]],
+    ) -> None:  # fmt: skip
         """Record the part reserved and wait `backordered`: queue entries first, so an arrival
         from now on finds the order; then the status; then the entries marked, so the reorder
         points buy what it lacks; then one look at stock that arrived between sourcing and the
-        queue entry. Raises Backordered unless that completed it."""
+        queue entry. Raises Backordered unless that completed it. A write lost (to a hold, say)
+        undoes this run's reservations but what the order held before it (`held_before`), as
+        ReserveStock's own lost write does."""
         assert self._backorders is not None
         entry = WaitingOrder(created_at=order.created_at, order_id=order.id)
         for sku in sorted(short):
@@ -481,7 +502,9 @@ class Workflow:
         try:
             self._orders.update(new, order, [history])
         except StaleVersion:
-            raise self._closed_or_retry(order.id, lambda: self._release_unrecorded(order.id, done)) from None
+            raise self._closed_or_retry(
+                order.id, lambda: self._release_unrecorded(order.id, done, held_before=held_before)
+            ) from None
         for sku in sorted(short):
             self._backorders.recorded(sku, entry)  # its reorder points buy what it lacks
         filled = self.fill_backorder(order.id)
@@ -851,6 +874,25 @@ def _check_authorized_visible(order: Order) -> None:
 
 def _by_place(allocation: Allocation) -> tuple[str, str]:
     return allocation.line_id, allocation.location_id
+
+
+def _rearranged(
+    mine: dict[tuple[str, str, str], int], wanted: dict[tuple[str, str, str], int]
+) -> dict[tuple[str, str], tuple[dict[str, int], dict[str, int]]]:
+    """By (sku, location_id) where the order holds units (`mine`) and its plan (`wanted`) wants one
+    of its keys to hold more than it does: what its keys hold there, and what the plan wants them
+    to hold (InventoryRepository.rearrange)."""
+    held: dict[tuple[str, str], dict[str, int]] = defaultdict(dict)
+    for (sku, location_id, key), quantity in mine.items():
+        held[(sku, location_id)][key] = quantity
+    keys: dict[tuple[str, str], dict[str, int]] = defaultdict(dict)
+    for (sku, location_id, key), quantity in wanted.items():
+        keys[(sku, location_id)][key] = quantity
+    return {
+        item: (held[item], keys[item])
+        for item in held
+        if any(quantity > held[item].get(key, 0) for key, quantity in keys[item].items())
+    }
 
 
 def _allocations(order: Order, held: dict[tuple[str, str, str], int]) -> list[Allocation]:

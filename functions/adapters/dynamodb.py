@@ -1625,6 +1625,58 @@ class DynamoInventory(InventoryRepository):
             {":gone": held - keep, ":keep": keep, ":held": held, ":arrived": True},
         )  # fmt: skip
 
+    def rearrange(
+        self, sku: str, location_id: str, held: dict[str, int], wanted: dict[str, int], keep: int = 0
+    ) -> None:
+        keys = sorted(held.keys() | wanted.keys())
+        if not keys:
+            return
+        more = sum(wanted.values()) - sum(held.values())
+        names = {f"#k{i}": key for i, key in enumerate(keys)}
+        values: dict[str, Any] = {":more": more}
+        conditions: list[str] = []
+        sets = ["reserved = reserved + :more", "available = available - :more"]
+        removes: list[str] = []
+        for i, key in enumerate(keys):
+            if key in held:
+                conditions.append(f"reservations.#k{i} = :h{i}")
+                values[f":h{i}"] = held[key]
+            else:
+                conditions.append(f"attribute_not_exists(reservations.#k{i})")
+            if wanted.get(key):
+                sets.append(f"reservations.#k{i} = :w{i}")
+                values[f":w{i}"] = wanted[key]
+            else:
+                removes.append(f"reservations.#k{i}")
+        if more > 0:
+            conditions.append("available >= :need")
+            values[":need"] = more + keep
+        if more < 0:
+            sets.append(f"{ARRIVED} = :arrived")
+            values[":arrived"] = True
+        else:
+            removes += [ARRIVED, WITHDRAWN]
+        try:
+            self._client.update_item(
+                TableName=self._table,
+                Key={"sku": {"S": sku}, "location_id": {"S": location_id}},
+                UpdateExpression=f"SET {', '.join(sets)}" + (f" REMOVE {', '.join(removes)}" if removes else ""),
+                ConditionExpression=" AND ".join(conditions),
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=to_item(values),
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
+            )
+        except ClientError as error:
+            if not _is_conditional_failure(error):
+                raise
+            old = from_item(error.response.get("Item") or {})
+            reservations = old.get("reservations") or {}
+            if all(reservations.get(key) == (wanted.get(key) or None) for key in keys):
+                return  # rearranged by an earlier run of the same step
+            raise InsufficientStock(
+                f"{old.get('available', 0)} of {sku} available at {location_id}, or its reservations changed"
+            ) from None
+
     def ship(self, sku: str, location_id: str, key: str) -> None:
         self._reservation_update(
             sku, location_id, key,

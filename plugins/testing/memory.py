@@ -270,6 +270,24 @@ class InMemoryInventory(InventoryRepository):
         self._put(level.model_copy(update={"reserved": level.reserved - (held - keep),
                                            "available": level.available + (held - keep)}))  # fmt: skip
 
+    def rearrange(
+        self, sku: str, location_id: str, held: dict[str, int], wanted: dict[str, int], keep: int = 0
+    ) -> None:
+        reservations = self._held(sku, location_id)
+        keys = held.keys() | wanted.keys()
+        if all(reservations.get(key) == (wanted.get(key) or None) for key in keys):
+            return
+        level = self._get(sku, location_id)
+        more = sum(wanted.values()) - sum(held.values())
+        if any(reservations.get(key) != held.get(key) for key in keys) or (more > 0 and level.available < more + keep):
+            raise InsufficientStock(f"{level.available} of {sku} available, or its reservations changed")
+        for key in keys:
+            if wanted.get(key):
+                reservations[key] = wanted[key]
+            else:
+                reservations.pop(key, None)
+        self._put(level.model_copy(update={"reserved": level.reserved + more, "available": level.available - more}))
+
     def ship(self, sku: str, location_id: str, key: str) -> None:
         quantity = self._held(sku, location_id).pop(key, None)
         if quantity is not None:

@@ -89,6 +89,10 @@ def test_every_write_that_raises_available_passes_the_filter(shop: Shop, stream:
     assert stream.passed() == [True]
     inventory.release(SKU, EAST, "ord_x#l1")  # a cancel, a store's reject, an expired pickup, an edit
     assert stream.passed() == [True]
+    inventory.reserve(SKU, EAST, "ord_x#l2", 3)
+    stream.new()
+    inventory.rearrange(SKU, EAST, {"ord_x#l2": 3}, {"ord_x#l1": 2})  # an edited order sourced again, smaller
+    assert stream.passed() == [True]
 
     purchasing = shop.container.purchasing
     purchasing.put_vendor("acme", VendorRequest(name="Acme", lead_time_days=5))
@@ -121,7 +125,8 @@ def test_reservations_shipments_fills_and_removals_do_not(shop: Shop, stream: St
     inventory.reserve(SKU, EAST, "ord_b#l1", 2)
     inventory.ship(SKU, EAST, "ord_a#l1")
     inventory.adjust(SKU, EAST, -1, reason="damaged")
-    assert stream.passed() == [False, False, False, False]
+    inventory.rearrange(SKU, EAST, {"ord_b#l1": 2}, {"ord_b#l2": 2})  # an edited order's line id changed
+    assert stream.passed() == [False, False, False, False, False]
 
     # A backorder fill reserves what arrived: its own write must not invoke the filler again.
     waiting = shop.backordered(8)  # takes the 5 left, waits for 3

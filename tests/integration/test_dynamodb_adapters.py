@@ -32,6 +32,7 @@ from functions.adapters.dynamodb import (
     DynamoReturns,
     from_item,
 )
+from plugins.testing.memory import InMemoryInventory
 from tests.builders import NOW, address_body, location, place_order, product
 from tests.unit.conftest import usd
 
@@ -181,6 +182,42 @@ def test_reservations_are_read_consistently(aws, inventory):
 
     assert found == {("TSHIRT", "wh-east", "ord_1#L1"): 2}
     assert [spec["ConsistentRead"] for params in asked for spec in params["RequestItems"].values()] == [True]
+
+
+@pytest.mark.parametrize("store", ["dynamodb", "memory"])
+def test_an_orders_reservations_are_rearranged_in_one_conditional_write(inventory, store):
+    # A line whose id an edit changed, grown, split: the units move between the order's keys, the
+    # difference taken from or given back to available, with no moment when another order's
+    # reservation could take them.
+    inventory = inventory if store == "dynamodb" else InMemoryInventory()
+    inventory.set_on_hand("MUG", "wh-west", 5, "count")
+    inventory.reserve("MUG", "wh-west", "ord_1#L2", 3)
+    inventory.reserve("MUG", "wh-west", "ord_2#L1", 1)
+
+    inventory.rearrange("MUG", "wh-west", {"ord_1#L2": 3}, {"ord_1#L1": 2, "ord_1#L3": 2})
+    inventory.rearrange("MUG", "wh-west", {"ord_1#L2": 3}, {"ord_1#L1": 2, "ord_1#L3": 2})  # a retried step
+
+    assert inventory.reservations({("MUG", "wh-west"): ["ord_1#L1", "ord_1#L2", "ord_1#L3", "ord_2#L1"]}) == {
+        ("MUG", "wh-west", "ord_1#L1"): 2, ("MUG", "wh-west", "ord_1#L3"): 2, ("MUG", "wh-west", "ord_2#L1"): 1,
+    }  # fmt: skip
+    level = inventory.levels({"MUG"}, ["wh-west"])["MUG"][0]
+    assert (level.on_hand, level.reserved, level.available) == (5, 5, 0)
+    with pytest.raises(InsufficientStock):  # nothing left to grow by
+        inventory.rearrange("MUG", "wh-west", {"ord_1#L1": 2}, {"ord_1#L1": 3})
+    with pytest.raises(InsufficientStock):  # the key no longer holds what was read
+        inventory.rearrange("MUG", "wh-west", {"ord_1#L2": 3}, {"ord_1#L1": 3})
+    inventory.rearrange("MUG", "wh-west", {"ord_1#L1": 2, "ord_1#L3": 2}, {"ord_1#L1": 1})  # given back
+    level = inventory.levels({"MUG"}, ["wh-west"])["MUG"][0]
+    assert (level.on_hand, level.reserved, level.available) == (5, 2, 3)
+    with pytest.raises(InsufficientStock):  # the safety stock stays
+        inventory.rearrange("MUG", "wh-west", {"ord_1#L1": 1}, {"ord_1#L2": 3}, keep=2)
+    inventory.reserve("MUG", "wh-west", "ord_1#L2", 3)
+    inventory.rearrange("MUG", "wh-west", {"ord_1#L1": 1, "ord_1#L2": 3}, {"ord_1#L1": 2, "ord_1#L2": 1})
+    assert inventory.reservations({("MUG", "wh-west"): ["ord_1#L1", "ord_1#L2", "ord_1#L3"]}) == {
+        ("MUG", "wh-west", "ord_1#L1"): 2, ("MUG", "wh-west", "ord_1#L2"): 1,
+    }  # fmt: skip
+    level = inventory.levels({"MUG"}, ["wh-west"])["MUG"][0]
+    assert (level.on_hand, level.reserved, level.available) == (5, 4, 1)
 
 
 @contextlib.contextmanager

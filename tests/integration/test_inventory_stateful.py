@@ -1,6 +1,6 @@
 """The real DynamoInventory under moto, driven by a hypothesis state machine against a model in Python.
 
-Stock takes, adjustments, reservations, releases and shipments run in random order (each of the
+Stock takes, adjustments, reservations, rearrangements, releases and shipments run in random order (each of the
 keyed ones possibly twice, as a retried step would) on a few items, and after every step the
 table must agree with the model: 0 <= reserved <= on_hand, available == on_hand - reserved,
 reserved == the sum of the reservations held on the item, and no unit created or lost
@@ -149,6 +149,34 @@ class InventoryMachine(RuleBasedStateMachine):
         for _ in range(times):
             self.inventory.release(sku, location_id, key)
             item.held.pop(key, None)
+
+    @rule(
+        sku=skus, location_id=locations, wanted=st.dictionaries(st.sampled_from(KEYS[:2]), st.integers(0, 6)),
+        keep=st.integers(0, 2), stale=st.booleans(), times=times,
+    )  # fmt: skip
+    def rearrange(self, sku: str, location_id: str, wanted: dict[str, int], keep: int, stale: bool, times: int) -> None:
+        # ord_a's reservations on the item moved between its lines' keys, grown or shrunk, as
+        # ReserveStock read them (or `stale`: as they were before something changed them).
+        item = self.model[(sku, location_id)]
+        held = {key: q for key, q in item.held.items() if key in KEYS[:2]}
+        if stale:
+            held[KEYS[0]] = held.get(KEYS[0], 0) + 1
+        want = {key: q for key, q in wanted.items() if q}
+        more = sum(want.values()) - sum(held.values())
+        for _ in range(times):
+            names = held.keys() | want.keys()
+            if all(item.held.get(key) == want.get(key) for key in names):  # done already: a no-op
+                self.inventory.rearrange(sku, location_id, held, want, keep=keep)
+            elif any(item.held.get(key) != held.get(key) for key in names) or (
+                more > 0 and item.available < more + keep
+            ):
+                with pytest.raises(InsufficientStock):
+                    self.inventory.rearrange(sku, location_id, held, want, keep=keep)
+            else:
+                self.inventory.rearrange(sku, location_id, held, want, keep=keep)
+                for key in names:
+                    item.held.pop(key, None)
+                item.held.update(want)
 
     @rule(sku=skus, location_id=locations, key=keys, times=times)
     def ship(self, sku: str, location_id: str, key: str, times: int) -> None:

@@ -455,6 +455,29 @@ def test_a_hold_placed_as_the_order_goes_backordered_ends_the_execution_on_hold(
     assert world.order(order_id).status is S.ON_HOLD
 
 
+def test_an_edited_order_going_backordered_as_a_hold_lands_keeps_the_units_it_held_for_its_release(monkeypatch):
+    """An allocated order edited to add a PREORDER is sourced again: it keeps its 2 TSHIRTs and,
+    short of PREORDERs, writes itself backordered; a hold landed first. Undoing its run released
+    every reservation it had touched, the TSHIRTs it held since its allocation too, so another
+    order could take them before the release sourced the order again."""
+    world, _, _ = make_world([("PREORDER", "wh-west", 1), ("TSHIRT", "wh-east", 2)])
+    order = world.allocated(("TSHIRT", 2))
+    lines = [LineInput(sku="TSHIRT", quantity=2), LineInput(sku="PREORDER", quantity=2)]
+    world.actions.edit(order.id, order.version, OrderEdit(lines=lines), "key_web")
+    hold = Holds(world.orders, clock=lambda: NOW)
+    before_the_next_write(
+        world, monkeypatch, lambda: hold.hold(order.id, HoldRequest(reason="fraud_review"), actor="key_ops")
+    )
+
+    with pytest.raises(OrderHeld):
+        world.workflow.reserve_stock(order.id)
+
+    assert world.order(order.id).status is S.ON_HOLD
+    # This run's own PREORDER is undone; the TSHIRTs the order held before it are still its own.
+    assert world.held_for(order.id) == {("TSHIRT", "wh-east", reservation_key(order.id, "L1")): 2}
+    assert world.level("TSHIRT", "wh-east") == (2, 2, 0)
+
+
 def test_a_filled_order_whose_shipments_cannot_be_created_is_parked_for_a_person(monkeypatch):
     world, allocator, starter = make_world([])
     starter.world = None  # the execution the fill starts is run below, failing

@@ -8,7 +8,15 @@ from datetime import timedelta
 
 import pytest
 
-from core.errors import Conflict, InsufficientStock, InvalidTransition, NotFound, OrderHeld, OutOfStock
+from core.errors import (
+    Conflict,
+    InsufficientStock,
+    InvalidTransition,
+    NotFound,
+    OrderHeld,
+    OutOfStock,
+    TransientError,
+)
 from core.holds import HoldRequest, Holds, ReleaseRequest
 from core.models import Address, Allocation, LineInput, OrderEdit
 from core.money import Money
@@ -118,6 +126,78 @@ def test_an_edit_that_drops_a_line_before_another_keeps_the_units_the_line_left_
         world.place(("MUG", 1), external_id="web-other")
     if held:
         Holds(world.orders, clock=lambda: NOW).release(order.id, ReleaseRequest(), actor="key_ops")
+    again = resume(world, order.id)
+    assert again.status is S.ALLOCATED
+    assert world.held_for(order.id) == {("MUG", "wh-west", f"{order.id}#L1"): 3}
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "held"),
+    [
+        ([("PEN", 1), ("MUG", 3)], [("MUG", 3)], {"L1": 3}),  # the MUG line's id changed: L2 -> L1
+        ([("MUG", 2)], [("MUG", 3)], {"L1": 3}),  # grown under its own key
+        ([("MUG", 3)], [("MUG", 2), ("MUG", 1)], {"L1": 2, "L2": 1}),  # split over two lines
+    ],
+    ids=["line_id_changed", "grown", "split"],
+)
+def test_no_other_order_takes_the_units_an_edited_order_holds_while_it_is_sourced_again(
+    world, monkeypatch, before, after, held
+):
+    # Every MUG in stock is this order's and its edit's stock check counted them as its own.
+    # ReserveStock gave them back (a release, a shrink) and then reserved them again under the
+    # lines' keys: another order's reservation landing in between took them, and the edited
+    # order, sourced again on what was left, ended cancelled out_of_stock.
+    order = world.allocated(*before)
+    world.inventory.adjust("MUG", "wh-west", sum(q for sku, q in after if sku == "MUG") - 3, "counted")
+    edited = world.actions.edit(
+        order.id, order.version, OrderEdit(lines=[LineInput(sku=sku, quantity=q) for sku, q in after]),
+        actor="key_web",
+    )  # fmt: skip
+    took: list[bool] = []
+
+    def another_order_reserves(give_back):
+        def given_back(*args, **kwargs):
+            give_back(*args, **kwargs)
+            if args[0] == "MUG" and not took:
+                took.append(True)
+                world.inventory.reserve("MUG", "wh-west", "ord_other#L1", world.level("MUG", "wh-west")[2])
+
+        return given_back
+
+    monkeypatch.setattr(world.inventory, "release", another_order_reserves(world.inventory.release))
+    monkeypatch.setattr(world.inventory, "shrink", another_order_reserves(world.inventory.shrink))
+
+    again = resume(world, edited.id)
+
+    assert again.status is S.ALLOCATED
+    assert world.held_for(order.id) == {("MUG", "wh-west", f"{order.id}#{line}"): q for line, q in held.items()}
+    assert world.level("MUG", "wh-west")[1:] == (sum(held.values()), 0)
+
+
+def test_an_edit_landing_while_the_order_is_sourced_again_leaves_it_the_units_its_lines_held(world, monkeypatch):
+    # Edited to add a PEN before its MUGs, the order is sourced again: its 3 MUGs move from L1 to
+    # L2. A second edit (the PEN dropped again) lands before that step's write: the MUGs' line is
+    # L1 again, their units under L2 still the order's (an edit keeps a sku's units under the old
+    # key for the sourcing). The step that lost its write released them as its own reservation,
+    # and the order, sourced again, had to win the last MUGs back from other orders.
+    order = world.allocated(("MUG", 3))
+    first = world.actions.edit(
+        order.id, order.version, OrderEdit(lines=[LineInput(sku="PEN", quantity=1), LineInput(sku="MUG", quantity=3)]),
+        actor="key_web",
+    )  # fmt: skip
+    back = OrderEdit(lines=[LineInput(sku="MUG", quantity=3)])
+    before_the_next_write(
+        world, monkeypatch, lambda: world.actions.edit(order.id, first.version, back, actor="key_web")
+    )
+
+    with pytest.raises(TransientError):
+        world.workflow.reserve_stock(order.id)
+
+    assert world.held_for(order.id) == {("MUG", "wh-west", f"{order.id}#L2"): 3}
+    assert world.level("PEN", "wh-east") == (20, 0, 20)
+    monkeypatch.undo()
+    with pytest.raises(InsufficientStock):
+        world.place(("MUG", 1), external_id="web-other")
     again = resume(world, order.id)
     assert again.status is S.ALLOCATED
     assert world.held_for(order.id) == {("MUG", "wh-west", f"{order.id}#L1"): 3}
