@@ -517,9 +517,11 @@ class Workflow:
             rules = self._rules()
             locations = self._catalog.list_locations()
             # What it holds is read at every location it may hold stock at (the rules may have
-            # excluded one since: its units stay the order's); new units come from the allowed ones.
-            held = self._reservations_of(order, [loc.location_id for loc in eligible_locations(
-                order.fulfillment.type, order.fulfillment.location_id, locations)])  # fmt: skip
+            # excluded one since, or it stopped shipping: its units stay the order's); new units
+            # come from the allowed ones.
+            eligible = eligible_locations(order.fulfillment.type, order.fulfillment.location_id, locations)
+            recorded = [a.location_id for a in order.allocations]
+            held = self._reservations_of(order, list(dict.fromkeys([loc.location_id for loc in eligible] + recorded)))
             allowed = sourceable(order, locations, rules)
             top_ups = self._top_ups(
                 order, allowed, held, rules, destination_of(order, locations), None if in_queue_order else locations,
