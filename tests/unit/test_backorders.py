@@ -1323,3 +1323,20 @@ def test_a_fill_keeps_the_units_an_order_holds_at_a_location_that_stopped_shippi
     assert sum(a.quantity for a in order.allocations) == sum(held.values()) == 3
     assert {(a.location_id, a.quantity) for a in order.allocations} == {(loc, q) for (_, loc, _), q in held.items()}
     assert world.level("PREORDER", "wh-west") == (1, 1, 0) and world.level("PREORDER", "wh-east") == (50, 2, 48)
+
+
+def test_an_order_sourced_again_gives_back_what_it_holds_at_a_location_that_stopped_shipping():
+    """max_shipments 1 and its one location no longer ships: sent back to be sourced, it is allocated
+    at wh-east, but ReserveStock looked for its reservations only where orders may be sourced: the
+    unit at wh-west stayed reserved for no one."""
+    world, allocator = ruled_world([("PREORDER", "wh-west", 1)], max_shipments=1)
+    order_id = backordered(world, ("PREORDER", 3))  # 1 held at wh-west
+    stops_shipping(world, "wh-west")
+
+    arrived = arrive(world, allocator, "PREORDER", "wh-east", 50)
+
+    assert arrived.sourced_again == [order_id]
+    order = world.run(order_id)  # the workflow the change starts (functions/outbox)
+    assert order.status is S.ALLOCATED and shipped_from(order) == ["wh-east"]
+    assert world.held_for(order_id) == {("PREORDER", "wh-east", reservation_key(order_id, "L1")): 3}
+    assert world.level("PREORDER", "wh-west") == (1, 0, 1) and world.level("PREORDER", "wh-east") == (50, 3, 47)
