@@ -1418,6 +1418,11 @@ class Order(BaseModel, defer_build=True):
     # sourcing (ReserveStock, whose write clears them) or its cancel releases, or they would stay
     # reserved for good under a line the order no longer has. The system's own: stored, never shown.
     replaced_lines: list[ReplacedLine] = Field(default_factory=list, exclude=True)
+    # The locations an order sent back to be sourced (an edit, a reject, the sourcing rules) held
+    # units at: its sourcing (ReserveStock, whose write clears them) looks for its reservations there
+    # too, though one may no longer supply it (it stopped shipping), or they would stay reserved for
+    # no one. The system's own: stored, never shown.
+    held_before: list[str] = Field(default_factory=list, exclude=True)
     # Captures asked of the gateway for a shipment or the settlement and not recorded yet
     # (CaptureRequest): while one stands, its shipment keeps its lines and the authorization is not
     # voided; on an order nobody ships or cancels again the jeopardy scan finds it once the order is
@@ -1580,6 +1585,8 @@ class Order(BaseModel, defer_build=True):
             system["unrecorded_bookings"] = [b.model_dump(mode="json") for b in self.unrecorded_bookings]
         if self.replaced_lines:
             system["replaced_lines"] = [line.model_dump(mode="json") for line in self.replaced_lines]
+        if self.held_before:
+            system["held_before"] = list(self.held_before)
         if self.captures_requested:
             system["captures_requested"] = [r.model_dump(mode="json") for r in self.captures_requested]
         if self.authorization_requested is not None:
@@ -2187,15 +2194,18 @@ class Order(BaseModel, defer_build=True):
 
     def _sourced_again(self) -> dict[str, Any]:
         """The fields that send an allocated or backordered order back to be sourced: authorized,
-        nothing allocated, its pending shipments gone (the workflow books new ones). A held one
-        stays on hold and is released to `authorized`, which starts its workflow again."""
+        nothing allocated, its pending shipments gone (the workflow books new ones), where it held
+        units kept (`held_before`). A held one stays on hold and is released to `authorized`, which
+        starts its workflow again."""
+        held_before = sorted({*self.held_before, *(a.location_id for a in self.allocations)})
         if self._held_with_stock():
             assert self.hold is not None
-            return {"allocations": [], "shipments": [], "labels_due": [],
+            return {"allocations": [], "shipments": [], "labels_due": [], "held_before": held_before,
                     "hold": _replaced(self.hold, resume_to=OrderStatus.AUTHORIZED)}  # fmt: skip
         if self.status not in RESOURCEABLE:
             return {}
-        return {"to": OrderStatus.AUTHORIZED, "allocations": [], "shipments": [], "labels_due": []}
+        return {"to": OrderStatus.AUTHORIZED, "allocations": [], "shipments": [], "labels_due": [],
+                "held_before": held_before}  # fmt: skip
 
     def refundable(self, *, besides_return: str | None = None) -> Money:
         """What a refund may still give back: captured, less what is refunded or being refunded
@@ -2529,7 +2539,7 @@ class Order(BaseModel, defer_build=True):
             at=at, actor=actor, type=OrderEvent.STOCK_RESERVED,
             detail={"allocations": [a.model_dump() for a in allocations], "reasons": reasons,
                     **_rules_named(rules_version)},
-            allocations=allocations, replaced_lines=[],
+            allocations=allocations, replaced_lines=[], held_before=[],
         )  # fmt: skip
 
     def short_of(self, allocations: list[Allocation] | None = None) -> dict[str, int]:
@@ -2559,7 +2569,7 @@ class Order(BaseModel, defer_build=True):
             at=at, actor=actor, type=OrderEvent.BACKORDERED, to=OrderStatus.BACKORDERED,
             detail={"allocations": [a.model_dump() for a in allocations], "short": short, "reasons": reasons,
                     **_rules_named(rules_version)},
-            allocations=allocations, replaced_lines=[],
+            allocations=allocations, replaced_lines=[], held_before=[],
         )  # fmt: skip
 
     def source_again(self, *, rules_version: int | None, at: datetime, actor: str) -> Change:

@@ -349,8 +349,12 @@ class Workflow:
         # Looked for wherever the order may have reserved, so a location the rules excluded since
         # gives its units back below rather than keeping them, and so does one that rejected a
         # shipment of it whose release never ran (this order is never sourced there again).
+        # And where it held units before it was sent back to be sourced, though that location may
+        # have stopped shipping since (Order.held_before).
         anywhere = eligible_locations(order.fulfillment.type, order.fulfillment.location_id, locations)
-        mine = self._reservations_of(order, [loc.location_id for loc in anywhere])
+        mine = self._reservations_of(
+            order, list(dict.fromkeys([loc.location_id for loc in anywhere] + order.held_before))
+        )
         plan = self._plan(order, eligible, locations, rules, mine)
         if plan is None:
             # Out of stock cancels the order and voids its authorization, and is not retried: said
@@ -540,9 +544,11 @@ class Workflow:
             rules = self._rules()
             locations = self._catalog.list_locations()
             # What it holds is read at every location it may hold stock at (the rules may have
-            # excluded one since: its units stay the order's); new units come from the allowed ones.
-            held = self._reservations_of(order, [loc.location_id for loc in eligible_locations(
-                order.fulfillment.type, order.fulfillment.location_id, locations)])  # fmt: skip
+            # excluded one since, or it stopped shipping: its units stay the order's); new units
+            # come from the allowed ones.
+            eligible = eligible_locations(order.fulfillment.type, order.fulfillment.location_id, locations)
+            recorded = [a.location_id for a in order.allocations]
+            held = self._reservations_of(order, list(dict.fromkeys([loc.location_id for loc in eligible] + recorded)))
             allowed = sourceable(order, locations, rules)
             top_ups = self._top_ups(
                 order, allowed, held, rules, destination_of(order, locations), None if in_queue_order else locations,

@@ -368,3 +368,25 @@ def test_k_units_arriving_on_threads_fill_exactly_min_k_demand_oldest_first(shop
             ("PREORDER", loc, key): q for (loc, key), q in keys.items()
         }
     assert set(shop.executions()) == {order_id for order_id, h in zip(ids, held, strict=True) if h == each}
+
+
+def test_an_order_sent_back_gives_back_what_it_holds_where_shipping_stopped(shop):
+    """max_shipments 1 and the one location it holds a unit at stops shipping: the next arrival sends
+    it back to be sourced, and the workflow gives the unit there back as it allocates it elsewhere."""
+    from core.sourcing_rules import SourcingRulesInput
+
+    shop.container.sourcing_rules_service.replace(SourcingRulesInput(max_shipments=1), by="key_ops")
+    shop.inventory.set_on_hand("PREORDER", "wh-west", 1, reason="count")
+    order_id = shop.backordered(3)  # holds the unit at wh-west
+    catalog = shop.container.catalog_repository
+    catalog.put_location(catalog.get_location("wh-west").model_copy(update={"ships": False}))
+    shop.inventory.adjust("PREORDER", "wh-east", 50, reason="receipt")
+
+    assert consume(shop, record("wh-east", 0, 50)) == {"batchItemFailures": []}
+
+    assert shop.order(order_id).status is S.AUTHORIZED
+    shop.container.workflow.reserve_stock(order_id)  # the workflow the outbox starts
+    shop.container.workflow.create_shipments(order_id)
+    order = shop.order(order_id)
+    assert order.status is S.ALLOCATED and [s.location_id for s in order.shipments] == ["wh-east"]
+    assert (shop.level("wh-west"), shop.level("wh-east")) == ((1, 0, 1), (50, 3, 47))

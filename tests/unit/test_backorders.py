@@ -1326,3 +1326,40 @@ def test_an_arrival_sends_back_an_order_the_rules_wake_missed_that_they_leave_no
     order = world.run(order_id)  # the workflow the change starts (functions/outbox)
     assert order.status is S.ALLOCATED and shipped_from(order) == ["wh-east"]
     assert world.level("PREORDER", "wh-west") == (1, 0, 1) and world.level("PREORDER", "wh-east") == (50, 3, 47)
+
+
+def stops_shipping(world: World, location_id: str) -> None:
+    world.catalog.put_location(world.catalog.get_location(location_id).model_copy(update={"ships": False}))
+
+
+def test_a_fill_keeps_the_units_an_order_holds_at_a_location_that_stopped_shipping():
+    """The fill looked for what the order holds only where it may take more: the unit at wh-west
+    dropped out of its allocations, still reserved for it, and it took one unit too many at wh-east."""
+    world, allocator, _ = make_world([("PREORDER", "wh-west", 1)])
+    order_id = backordered(world, ("PREORDER", 3))  # 1 held at wh-west
+    stops_shipping(world, "wh-west")
+
+    arrive(world, allocator, "PREORDER", "wh-east", 50)
+
+    order = world.order(order_id)
+    held = world.held_for(order_id)
+    assert sum(a.quantity for a in order.allocations) == sum(held.values()) == 3
+    assert {(a.location_id, a.quantity) for a in order.allocations} == {(loc, q) for (_, loc, _), q in held.items()}
+    assert world.level("PREORDER", "wh-west") == (1, 1, 0) and world.level("PREORDER", "wh-east") == (50, 2, 48)
+
+
+def test_an_order_sourced_again_gives_back_what_it_holds_at_a_location_that_stopped_shipping():
+    """max_shipments 1 and its one location no longer ships: sent back to be sourced, it is allocated
+    at wh-east, but ReserveStock looked for its reservations only where orders may be sourced: the
+    unit at wh-west stayed reserved for no one."""
+    world, allocator = ruled_world([("PREORDER", "wh-west", 1)], max_shipments=1)
+    order_id = backordered(world, ("PREORDER", 3))  # 1 held at wh-west
+    stops_shipping(world, "wh-west")
+
+    arrived = arrive(world, allocator, "PREORDER", "wh-east", 50)
+
+    assert arrived.sourced_again == [order_id]
+    order = world.run(order_id)  # the workflow the change starts (functions/outbox)
+    assert order.status is S.ALLOCATED and shipped_from(order) == ["wh-east"]
+    assert world.held_for(order_id) == {("PREORDER", "wh-east", reservation_key(order_id, "L1")): 3}
+    assert world.level("PREORDER", "wh-west") == (1, 0, 1) and world.level("PREORDER", "wh-east") == (50, 3, 47)
