@@ -48,6 +48,17 @@ def _paid_itself(replacement: Order) -> Money:
     )  # fmt: skip
 
 
+def beyond_credit(replacement: Order) -> Money:
+    """What of a replacement's total neither its own payment (_paid_itself) nor its whole credit
+    pays: the most a settlement of its own payment may capture (core.unit_cancellation). The credit
+    pays the rest (give_back counts it used), so the card is never asked for it: refused, with
+    nothing left authorized, it would stop the credit's unused rest from being given back; made,
+    it would be paid twice."""
+    credit = replacement.exchange_credit or Money.zero(replacement.currency)
+    left = replacement.totals.grand_total - _paid_itself(replacement) - credit
+    return left if left.amount > 0 else Money.zero(replacement.currency)
+
+
 class ExchangeCredits:
     """An exchange's credit is the returned units' refund, kept as captured on the original order to
     pay for the replacement (Returns.exchange). What of it the replacement does not use is

@@ -22,6 +22,7 @@ from core.errors import (
     StaleVersion,
 )
 from core.events import OrderEvent
+from core.exchange_credit import beyond_credit
 from core.ids import booking_key, reservation_key
 from core.models import (
     GivenUpBooking,
@@ -449,6 +450,8 @@ class UnitCancellation:
             except PaymentRefused:
                 order = self._orders.get(order.id, consistent=True) or order
         due = order.payable() - _settled(order)
+        if order.exchange_credit is not None:
+            due = min(due, beyond_credit(order))  # what the credit pays is not asked of the card
         # A pickup waiting at its store is still to be collected, and paid for then.
         nothing_to_ship = not any(shipment.status in NOT_LEFT for shipment in order.shipments)
         if due.is_negative():

@@ -1111,6 +1111,56 @@ def test_a_replacement_unit_refunded_from_its_captures_is_not_given_back_twice_o
     assert kept == paid[0].totals.shipping + paid[1].totals.shipping
 
 
+@pytest.mark.parametrize("return_first", [True, False], ids=["returned_then_cancelled", "cancelled_then_returned"])
+def test_a_replacement_unit_refunded_partly_from_the_credit_gets_the_credit_back_once_a_fixed_discount_made_it_cheaper(
+    return_first,
+):  # fmt: skip
+    # Two TSHIRTs are exchanged for three MUGs, 5.00 off: the credit pays for most of them and the
+    # replacement authorizes the rest (2.34), which the MUG shipped from the west captures. It comes
+    # back, refunded 2.34 from that capture and the rest of its share from the credit, and the two
+    # waiting in the east are cancelled. The cancel's settlement asked the replacement's card for
+    # what the credit had refunded beyond the line: refused (nothing left authorized), the credit's
+    # unused 23.24 was never given back, and the customer paid 33.24 for both orders' shipping.
+    from datetime import timedelta
+
+    from tests.unit.test_returns import exchange_of
+
+    clock = ReturnsClock(NOW + timedelta(days=3))
+    stock = [("MUG", "wh-west", 1), ("MUG", "wh-east", 2), ("TSHIRT", "wh-west", 2)]
+    world = build_world(stock, FiveOffEveryOrder(), clock=clock)
+    returns, _ = returns_for(world, clock)
+    order = world.allocated(("TSHIRT", 2))
+    for shipment in order.shipments:
+        world.actions.ship(order.id, shipment.id, None, actor="key_wh")
+    item = returns.request(order.id, exchange_of("L1", 2, ("MUG", 3)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 2, "resellable")), "key_wh")
+    replacement = world.run(returns.settle(item.id, actor="key_wh").exchange_order_id or "")
+    west = world.shipment_at(replacement, "wh-west")
+    world.actions.ship(replacement.id, west, None, actor="key_wh")
+    world.actions.deliver(replacement.id, west, actor="key_wh")
+    assert world.order(replacement.id).payment.captured == Money.of("2.34", "USD")
+
+    def return_the_mug() -> None:
+        mug = returns.request(replacement.id, ask(("L1", 1, None)), actor="key_cs")
+        returns.receive(mug.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+        returns.settle(mug.id, actor="key_wh")
+
+    def cancel_the_rest() -> None:
+        world.actions.cancel(replacement.id, "no more mugs", actor="key_cs", lines={"L1": 2})
+
+    for step in (return_the_mug, cancel_the_rest) if return_first else (cancel_the_rest, return_the_mug):
+        step()
+
+    paid = [world.order(order.id), world.order(replacement.id)]
+    assert paid[1].status is S.RETURNED
+    kept = sum((o.payment.captured - o.payment.refunded for o in paid), Money.zero("USD"))
+    assert kept == paid[0].totals.shipping + paid[1].totals.shipping
+    # A cancel repeated settles again and asks the card for nothing the credit paid.
+    world.actions.cancel(replacement.id, "no more mugs", actor="key_cs")
+    assert world.order(replacement.id).payment == paid[1].payment
+    assert world.order(order.id).payment == paid[0].payment
+
+
 def test_a_cancellation_refund_left_pending_is_finished_when_the_last_parcel_ships():
     # The cancel's refund of the shipping its unit no longer costs found the gateway down and stayed
     # pending; nothing would ask for it again unless someone repeated the cancel.
