@@ -139,9 +139,12 @@ class ExchangeCredits:
             return None
         return max(self.unused(found[0], found[1], credit), Money.zero(credit.currency))
 
-    def give_back(self, replacement: Order, actor: str) -> Refund | None:
+    def give_back(self, replacement: Order, actor: str, *, owed_back: Money | None = None) -> Refund | None:
         """Refund what of `replacement`'s credit it does not use (a no-op for any other order, or
-        one that may still change: its total is final once nothing is left to ship).
+        one that may still change: its total is final once nothing is left to ship). `owed_back`:
+        what the settlement of its own payment still owes its card back (a refund of what its
+        captures hold beyond its total that the gateway refused: asked again later, or left to a
+        person), which its captures do not pay for it.
         PaymentGatewayUnavailable while the gateway stays down (the refund stays pending; the
         next call asks again); the Refund, `succeeded` or `failed`, otherwise."""
         credit = replacement.exchange_credit
@@ -150,7 +153,8 @@ class ExchangeCredits:
         if replacement.status in _NOT_GONE_AHEAD:
             used = Money.zero(credit.currency)
         elif replacement.shipments and all(s.status not in NOT_LEFT for s in replacement.shipments):
-            used = min(credit, replacement.totals.grand_total - _paid_itself(replacement))
+            paid = _paid_itself(replacement) - (owed_back or Money.zero(credit.currency))
+            used = min(credit, replacement.totals.grand_total - paid)
         else:
             return None  # an edit may still make it dearer, and its payment counts on the whole credit
         # Units of it returned before the rest was settled (a parcel back while another waited) were

@@ -80,7 +80,7 @@ from core.return_models import (
 )
 from core.services import CaptureService
 from core.status import UNRECEIVED_RETURNS, ReturnStatus, ShipmentStatus
-from core.unit_cancellation import KEY_HONOURED_FOR
+from core.unit_cancellation import KEY_HONOURED_FOR, held_beyond_total
 from core.workflow_types import stored_label
 
 R = ReturnStatus
@@ -568,12 +568,23 @@ class Returns:
         if order is None:
             raise NotFound(f"no order {item.order_id}")
         return self._pay_back(
-            item, order, lambda current: self._due(item, current), actor,
+            item, order, lambda current: self._own_due(item, current), actor,
             beyond=(lambda own: self._from_credit(item, order.id, own, actor)) if order.exchange_of else None,
             shares=lambda current: self._shares(item, current),
             shipping=lambda current: self._shipping_back(item, current, self._returns.for_order(item.order_id)),
             reason=reason, uncapped=lambda current: self._due(item, current, capped=False),
         )  # fmt: skip
+
+    def _own_due(self, item: Return, order: Order) -> Money:
+        """What of the return its order's own payment refunds (_due). A replacement's leaves what its
+        captures hold beyond its total (a settlement refund the gateway refused, asked again:
+        core.unit_cancellation.held_beyond_total) to its settlement: its credit was given back
+        without it, so the credit refunds the return what the rest does not cover (_from_credit)."""
+        due = self._due(item, order)
+        if order.exchange_credit is None:
+            return due
+        left = order.refundable(besides_return=item.id) - held_beyond_total(order)
+        return min(due, max(left, Money.zero(order.currency)))
 
     def _from_credit(self, item: Return, replacement_id: str, own: Money, actor: str) -> Money:
         """What of a replacement's return its own captures did not cover (they paid only the

@@ -293,7 +293,8 @@ class UnitCancellation:
             self._refunds.finish_pending(order.id, actor)
             self._settle_payment(self._current(order.id), actor)
             if self._credits is not None:  # a replacement left with nothing to ship, costing less than its credit
-                self._credits.give_back(self._current(order.id), actor)
+                current = self._current(order.id)
+                self._credits.give_back(current, actor, owed_back=held_beyond_total(current))
         except (PaymentRefused, PaymentGatewayUnavailable):
             pass  # each failed attempt is in the history; repeating the cancel tries again
         return self.refund_kept_back(self._current(order.id), actor, refusals=ASKED_BEFORE_THE_RECONCILER)
@@ -495,7 +496,7 @@ class UnitCancellation:
                 self._settle_payment(order, actor)
                 order = self._current(order.id)
             if self._credits is not None and order.exchange_credit is not None:
-                self._credits.give_back(order, actor)
+                self._credits.give_back(order, actor, owed_back=held_beyond_total(order))
         return self.refund_kept_back(order, actor, refusals=ASKED_BEFORE_THE_RECONCILER)
 
     def refund_kept_back(self, order: Order, actor: str, *, refusals: int | None = None) -> Order:
@@ -579,12 +580,19 @@ def _settled(order: Order) -> Money:
     return held
 
 
+def held_beyond_total(order: Order) -> Money:
+    """What the payment holds beyond what the order now costs, as far as it can still be refunded
+    (zero when nothing is over): what the settlement refunds, or, refused, still owes (a return of
+    an exchange's replacement leaves it to it: core.returns)."""
+    over = min(_settled(order) - order.payable(), max(order.refundable(), Money.zero(order.currency)))
+    return over if over.amount > 0 else Money.zero(order.currency)
+
+
 def _over_capture(order: Order) -> tuple[str, Money] | None:
     """The next cancellation refund's key and amount: what the payment holds beyond what the order
     now costs, as far as it can still be refunded; None when nothing is over, or when the gateway
     refused the refund of that very amount OVER_CAPTURE_REFUSALS times in a row (left to a person)."""
-    over = _settled(order) - order.payable()
-    over = min(over, max(order.refundable(), Money.zero(order.currency)))
+    over = held_beyond_total(order)
     if over.amount <= 0:
         return None
     if refused_in_a_row(order, over) >= OVER_CAPTURE_REFUSALS:

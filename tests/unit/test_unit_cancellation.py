@@ -1161,6 +1161,58 @@ def test_a_replacement_unit_refunded_partly_from_the_credit_gets_the_credit_back
     assert world.order(order.id).payment == paid[0].payment
 
 
+@pytest.mark.parametrize(
+    ("west", "return_first"), [(2, True), (2, False), (1, False)],
+    ids=["returned_then_cancelled", "cancelled_then_returned", "cancelled_then_the_only_one_returned"],
+)  # fmt: skip
+def test_a_replacements_credit_is_not_given_back_for_what_its_card_is_still_owed_back(west, return_first):
+    # A TSHIRT is exchanged for three MUGs: the credit pays for most of them and the MUGs shipped from
+    # the west capture the rest. One comes back and the rest, waiting in the east, is cancelled: the
+    # card holds what the replacement no longer costs past its credit (10.37 with two MUGs shipped),
+    # and the gateway refuses that refund. The credit given back counted it as paid by the card;
+    # refunded by the next settlement, the customer got it back twice. And a MUG returned after that
+    # refusal must not be refunded from what the card holds for it, or nothing refunds the card.
+    from datetime import timedelta
+
+    from tests.unit.test_returns import exchange_of
+
+    clock = ReturnsClock(NOW + timedelta(days=3))
+    stock = [("MUG", "wh-west", west), ("MUG", "wh-east", 3 - west), ("TSHIRT", "wh-west", 1)]
+    world = build_world(stock, clock=clock)
+    returns, _ = returns_for(world, clock)
+    order = world.allocated(("TSHIRT", 1))
+    for shipment in order.shipments:
+        world.actions.ship(order.id, shipment.id, None, actor="key_wh")
+    item = returns.request(order.id, exchange_of("L1", 1, ("MUG", 3)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    replacement = world.run(returns.settle(item.id, actor="key_wh").exchange_order_id or "")
+    west_parcel = world.shipment_at(replacement, "wh-west")
+    world.actions.ship(replacement.id, west_parcel, None, actor="key_wh")
+    world.actions.deliver(replacement.id, west_parcel, actor="key_wh")
+    mug = returns.request(replacement.id, ask(("L1", 1, None)), actor="key_cs")
+    returns.receive(mug.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+
+    def return_the_mug() -> None:
+        returns.settle(mug.id, actor="key_wh")
+
+    def cancel_the_rest() -> None:
+        world.gateway.script("refund", "refuse", "approve")
+        world.actions.cancel(replacement.id, "no more mugs", actor="key_cs", lines={"L1": 3 - west})
+        refunds = world.order(replacement.id).payment.refunds
+        assert [r.status for r in refunds if r.kind == "cancellation"] == ["failed"]
+
+    for step in (return_the_mug, cancel_the_rest) if return_first else (cancel_the_rest, return_the_mug):
+        step()
+    world.actions.cancel(replacement.id, "no more mugs", actor="key_cs")  # the settlement asked again
+
+    paid = [world.order(order.id), world.order(replacement.id)]
+    assert [r.status for r in paid[1].payment.refunds if r.kind == "cancellation"] == ["failed", "succeeded"]
+    kept = sum((o.payment.captured - o.payment.refunded for o in paid), Money.zero("USD"))
+    line = paid[1].lines[0]
+    mug_kept = line.total - world.returns.get(mug.id).refund if west == 2 else Money.zero("USD")
+    assert kept == paid[0].totals.shipping + paid[1].totals.shipping + mug_kept
+
+
 def test_a_cancellation_refund_left_pending_is_finished_when_the_last_parcel_ships():
     # The cancel's refund of the shipping its unit no longer costs found the gateway down and stayed
     # pending; nothing would ask for it again unless someone repeated the cancel.
