@@ -590,7 +590,7 @@ class Returns:
         """What of a replacement's return its own captures did not cover (they paid only the
         difference), refunded from its exchange's credit on the original order (ExchangeCredits.draw)."""
         replacement = visible(self._orders.get(replacement_id), replacement_id, None)
-        uncovered = self._due(item, replacement, capped=False) - own
+        uncovered = self._due(item, replacement, capped=False) + self._repriced_since(item, replacement) - own
         if uncovered.amount <= 0:
             return Money.zero(replacement.currency)
         refund = self._credits.draw(replacement, item.id, uncovered, actor)
@@ -599,6 +599,18 @@ class Returns:
         if refund.status != "succeeded":
             raise RefundNotDone(f"the refund of return {item.id} from its credit is {refund.status}; it is tried again")
         return refund.amount
+
+    def _repriced_since(self, item: Return, order: Order) -> Money:
+        """What the return's units were recorded as given back (its refund's lines, or what its
+        credit refunds: core.refunds.given_back_for_units) beyond what they are worth now (_shares):
+        a draw on the credit refused, then units of the line cancelled and it priced again, is asked
+        again for what was recorded, which the credit given back since counted as drawn."""
+        recorded = given_back_for_units(order).get(item.id)
+        if not recorded:
+            return Money.zero(order.currency)
+        now = self._shares(item, order)
+        zero = Money.zero(order.currency)
+        return sum((share.amount for share in recorded), zero) - sum((share.amount for share in now), zero)
 
     def _due(self, item: Return, order: Order, *, capped: bool = True) -> Money:
         returns = self._returns.for_order(item.order_id)

@@ -17,7 +17,7 @@ from core.ids import booking_key
 from core.models import CancelRequest, Order
 from core.money import Money
 from core.pricing_types import Discount, PricingDraft, ShippingQuote
-from core.status import OrderStatus, PaymentStatus, ShipmentStatus
+from core.status import OrderStatus, PaymentStatus, ReturnStatus, ShipmentStatus
 from plugins.tax_table import TAX_RATES_FILE_ENV
 from tests.builders import NOW, location, place_order, product
 from tests.unit.test_payment_truth import Removed
@@ -1059,6 +1059,45 @@ def test_a_replacement_unit_refunded_from_the_credit_alone_gets_the_credit_back_
 
     for step in (return_the_cap, cancel_the_rest) if return_first else (cancel_the_rest, return_the_cap):
         step()
+
+    paid = [world.order(order.id), world.order(replacement.id)]
+    assert paid[1].status is S.RETURNED
+    kept = sum((o.payment.captured - o.payment.refunded for o in paid), Money.zero("USD"))
+    assert kept == paid[0].totals.shipping + paid[1].totals.shipping
+
+
+def test_a_replacement_unit_whose_draw_on_the_credit_was_refused_is_refunded_what_the_credit_given_back_left_it():
+    # Two TSHIRTs are exchanged for three CAPs, 5.00 off: the credit pays for all of them. The CAP
+    # shipped from the west comes back; its refund from the credit alone (6.55, its share of the
+    # three) is refused, and the two waiting in the east are cancelled: the credit's unused rest is
+    # given back, counting the 6.55 as the CAP's. The refund asked again drew only what the CAP is
+    # worth now (2.97, one CAP 5.00 off): the customer never got the other 3.58 back.
+    from datetime import timedelta
+
+    from tests.fakes import ScriptedGateway
+    from tests.unit.test_returns import exchange_of
+
+    clock = ReturnsClock(NOW + timedelta(days=3))
+    stock = [("CAP", "wh-west", 1), ("CAP", "wh-east", 2), ("TSHIRT", "wh-west", 2)]
+    world = build_world(stock, FiveOffEveryOrder(), clock=clock)
+    gateway = ScriptedGateway()
+    returns, _ = returns_for(world, clock, gateway)
+    order = world.allocated(("TSHIRT", 2))
+    for shipment in order.shipments:
+        world.actions.ship(order.id, shipment.id, None, actor="key_wh")
+    item = returns.request(order.id, exchange_of("L1", 2, ("CAP", 3)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 2, "resellable")), "key_wh")
+    replacement = world.run(returns.settle(item.id, actor="key_wh").exchange_order_id or "")
+    west = world.shipment_at(replacement, "wh-west")
+    world.actions.ship(replacement.id, west, None, actor="key_wh")
+    world.actions.deliver(replacement.id, west, actor="key_wh")
+    cap = returns.request(replacement.id, ask(("L1", 1, None)), actor="key_cs")
+    returns.receive(cap.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    gateway.script("refund", "refuse", "approve")
+    assert returns.settle(cap.id, actor="key_wh").status is ReturnStatus.RECEIVED
+    world.actions.cancel(replacement.id, "no more caps", actor="key_cs", lines={"L1": 2})
+
+    assert returns.settle(cap.id, actor="key_wh").status is ReturnStatus.REFUNDED
 
     paid = [world.order(order.id), world.order(replacement.id)]
     assert paid[1].status is S.RETURNED
