@@ -131,6 +131,20 @@ class ExchangeCredits:
             earlier = self._original_of(order)
         return total(drawn, original.currency)
 
+    def drawn_for_return(self, replacement: Order, return_id: str) -> Money:
+        """What the credit refunded for return `return_id` of `replacement`'s units (`draw`, and what
+        it carried up the chain), on the orders up the chain: what that return shows beside the
+        replacement's own refunds of it."""
+        mark = f"return {return_id} of exchange {replacement.id}"
+        drawn: list[Money] = []
+        seen, earlier = {replacement.id}, self._original_of(replacement)
+        while earlier is not None and earlier[0].id not in seen:
+            order = earlier[0]
+            seen.add(order.id)
+            drawn += [r.amount for r in order.payment.refunds if r.status == "succeeded" and r.reason.startswith(mark)]
+            earlier = self._original_of(order)
+        return total(drawn, replacement.currency)
+
     def left(self, replacement: Order) -> Money | None:
         """What of `replacement`'s credit is unused (None: it is no replacement): what an exchange
         of its units carries over to the next replacement beyond its own captures."""

@@ -588,17 +588,23 @@ class Returns:
 
     def _from_credit(self, item: Return, replacement_id: str, own: Money, actor: str) -> Money:
         """What of a replacement's return its own captures did not cover (they paid only the
-        difference), refunded from its exchange's credit on the original order (ExchangeCredits.draw)."""
+        difference), refunded from its exchange's credit on the original order (ExchangeCredits.draw).
+        What the credit left cannot refund either (a settlement capture of the replacement still to
+        make, refused) is kept back on the replacement (Order.keep_back), refunded once a capture
+        makes it refundable (core.unit_cancellation.UnitCancellation.refund_kept_back)."""
         replacement = visible(self._orders.get(replacement_id), replacement_id, None)
         uncovered = self._due(item, replacement, capped=False) + self._repriced_since(item, replacement) - own
         if uncovered.amount <= 0:
             return Money.zero(replacement.currency)
         refund = self._credits.draw(replacement, item.id, uncovered, actor)
-        if refund is None:
-            return Money.zero(replacement.currency)
-        if refund.status != "succeeded":
+        if refund is not None and refund.status != "succeeded":
             raise RefundNotDone(f"the refund of return {item.id} from its credit is {refund.status}; it is tried again")
-        return refund.amount
+        drawn = refund.amount if refund is not None else Money.zero(replacement.currency)
+        short = uncovered - drawn
+        if short.amount > 0:
+            at = self._clock()
+            modify(self._orders, replacement_id, lambda current: current.keep_back(item.id, short, at=at))
+        return drawn
 
     def _repriced_since(self, item: Return, order: Order) -> Money:
         """What the return's units were recorded as given back (its refund's lines, or what its

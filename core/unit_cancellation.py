@@ -535,9 +535,16 @@ class UnitCancellation:
 
     def _show_refunded(self, order: Order, return_id: str) -> None:
         """The refunded return `return_id` shows what was refunded for it in all
-        (core.refund_service.show_refunded_in_all). Nothing without the returns."""
-        if self._returns is not None:
-            show_refunded_in_all(self._returns, order, return_id, self._clock())
+        (core.refund_service.show_refunded_in_all), a plain return of a replacement's units what its
+        exchange's credit refunded for it too. Nothing without the returns."""
+        if self._returns is None:
+            return
+        elsewhere = (
+            self._credits.drawn_for_return(order, return_id)
+            if self._credits is not None and order.exchange_credit is not None and return_id not in order.exchanges
+            else None
+        )
+        show_refunded_in_all(self._returns, order, return_id, self._clock(), elsewhere=elsewhere)
 
     def _release_authorization(self, order: Order, actor: str) -> None:
         payment = order.payment

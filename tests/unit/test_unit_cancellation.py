@@ -1252,6 +1252,44 @@ def test_a_replacements_credit_is_not_given_back_for_what_its_card_is_still_owed
     assert kept == paid[0].totals.shipping + paid[1].totals.shipping + mug_kept
 
 
+def test_a_replacement_return_neither_its_captures_nor_its_credit_could_refund_is_refunded_after_the_capture():
+    # A PEN is exchanged for three MUGs at the volume price: its credit pays for little, and the two
+    # MUGs shipped from the west capture 21.45. The MUG waiting in the east is cancelled: the line
+    # loses its volume price, and the settlement's capture of 6.79 is refused. Both MUGs come back,
+    # worth 26.81: the captures refund 21.45 and the credit its 3.57, 1.79 short. The cancel asked
+    # again captured the 6.79, and nothing refunded the 1.79 the return was still owed.
+    from datetime import timedelta
+
+    from tests.unit.test_returns import exchange_of
+
+    clock = ReturnsClock(NOW + timedelta(days=3))
+    stock = [("MUG", "wh-west", 2), ("MUG", "wh-east", 1), ("PEN", "wh-west", 1)]
+    world = build_world(stock, VolumePrice(), clock=clock)
+    returns, _ = returns_for(world, clock)
+    order = world.allocated(("PEN", 1))
+    for shipment in order.shipments:
+        world.actions.ship(order.id, shipment.id, None, actor="key_wh")
+    item = returns.request(order.id, exchange_of("L1", 1, ("MUG", 3)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    replacement = world.run(returns.settle(item.id, actor="key_wh").exchange_order_id or "")
+    west = world.shipment_at(replacement, "wh-west")
+    world.actions.ship(replacement.id, west, None, actor="key_wh")
+    world.actions.deliver(replacement.id, west, actor="key_wh")
+    world.gateway.script("capture", "refuse", "approve")
+    world.actions.cancel(replacement.id, "no more mugs", actor="key_cs", lines={"L1": 1})
+    mugs = returns.request(replacement.id, ask(("L1", 2, None)), actor="key_cs")
+    returns.receive(mugs.id, receipt("wh-west", ("L1", 2, "resellable")), "key_wh")
+    returns.settle(mugs.id, actor="key_wh")
+
+    world.actions.cancel(replacement.id, "no more mugs", actor="key_cs")  # the settlement asked again
+
+    paid = [world.order(order.id), world.order(replacement.id)]
+    assert paid[1].status is S.RETURNED
+    kept = sum((o.payment.captured - o.payment.refunded for o in paid), Money.zero("USD"))
+    assert kept == paid[0].totals.shipping + paid[1].totals.shipping
+    assert world.returns.get(mugs.id).refund == paid[1].lines[0].total
+
+
 def test_a_cancellation_refund_left_pending_is_finished_when_the_last_parcel_ships():
     # The cancel's refund of the shipping its unit no longer costs found the gateway down and stayed
     # pending; nothing would ask for it again unless someone repeated the cancel.
