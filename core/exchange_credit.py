@@ -53,6 +53,17 @@ def _paid_itself(replacement: Order) -> Money:
     )  # fmt: skip
 
 
+def beyond_credit(replacement: Order) -> Money:
+    """What of a replacement's total neither its own payment (_paid_itself) nor its whole credit
+    pays: the most a settlement of its own payment may capture (core.unit_cancellation). The credit
+    pays the rest (give_back counts it used), so the card is never asked for it: refused, with
+    nothing left authorized, it would stop the credit's unused rest from being given back; made,
+    it would be paid twice."""
+    credit = replacement.exchange_credit or Money.zero(replacement.currency)
+    left = replacement.totals.grand_total - _paid_itself(replacement) - credit
+    return left if left.amount > 0 else Money.zero(replacement.currency)
+
+
 class ExchangeCredits:
     """An exchange's credit is the returned units' refund, kept as captured on the original order to
     pay for the replacement (Returns.exchange). What of it the replacement does not use is
@@ -125,6 +136,20 @@ class ExchangeCredits:
             earlier = self._original_of(order)
         return total(drawn, original.currency)
 
+    def drawn_for_return(self, replacement: Order, return_id: str) -> Money:
+        """What the credit refunded for return `return_id` of `replacement`'s units (`draw`, and what
+        it carried up the chain), on the orders up the chain: what that return shows beside the
+        replacement's own refunds of it."""
+        mark = f"return {return_id} of exchange {replacement.id}"
+        drawn: list[Money] = []
+        seen, earlier = {replacement.id}, self._original_of(replacement)
+        while earlier is not None and earlier[0].id not in seen:
+            order = earlier[0]
+            seen.add(order.id)
+            drawn += [r.amount for r in order.payment.refunds if r.status == "succeeded" and r.reason.startswith(mark)]
+            earlier = self._original_of(order)
+        return total(drawn, replacement.currency)
+
     def left(self, replacement: Order) -> Money | None:
         """What of `replacement`'s credit is unused (None: it is no replacement): what an exchange
         of its units carries over to the next replacement beyond its own captures."""
@@ -133,9 +158,12 @@ class ExchangeCredits:
             return None
         return max(self.unused(found[0], found[1], credit), Money.zero(credit.currency))
 
-    def give_back(self, replacement: Order, actor: str) -> Refund | None:
+    def give_back(self, replacement: Order, actor: str, *, owed_back: Money | None = None) -> Refund | None:
         """Refund what of `replacement`'s credit it does not use (a no-op for any other order, or
-        one that may still change: its total is final once nothing is left to ship).
+        one that may still change: its total is final once nothing is left to ship). `owed_back`:
+        what the settlement of its own payment still owes its card back (a refund of what its
+        captures hold beyond its total that the gateway refused: asked again later, or left to a
+        person), which its captures do not pay for it.
         PaymentGatewayUnavailable while the gateway stays down (the refund stays pending; the
         next call asks again); the Refund, `succeeded` or `failed`, otherwise."""
         credit = replacement.exchange_credit
@@ -144,7 +172,8 @@ class ExchangeCredits:
         if replacement.status in _NOT_GONE_AHEAD:
             used = Money.zero(credit.currency)
         elif replacement.shipments and all(s.status not in NOT_LEFT for s in replacement.shipments):
-            used = min(credit, replacement.totals.grand_total - _paid_itself(replacement))
+            paid = _paid_itself(replacement) - (owed_back or Money.zero(credit.currency))
+            used = min(credit, replacement.totals.grand_total - paid)
         else:
             return None  # an edit may still make it dearer, and its payment counts on the whole credit
         # Units of it returned before the rest was settled (a parcel back while another waited) were

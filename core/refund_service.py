@@ -398,12 +398,15 @@ class RefundService:
         )  # fmt: skip
 
 
-def show_refunded_in_all(returns: ReturnRepository, order: Order, return_id: str, at: datetime) -> None:
+def show_refunded_in_all(
+    returns: ReturnRepository, order: Order, return_id: str, at: datetime, *, elsewhere: Money | None = None
+) -> None:
     """The refunded return `return_id` of `order` shows what was refunded for it in all
     (core.refunds.refunded_for_return), what it or its exchange's credit kept back, and what that
     credit gave back, refunded since it was marked included (Return.refunded_in_all); never less
-    than it shows."""
-    given = refunded_for_return(order, return_id)
+    than it shows. `elsewhere`: what was refunded for it on other orders (a return of a
+    replacement's units: its exchange's credit, ExchangeCredits.drawn_for_return)."""
+    given = refunded_for_return(order, return_id) + (elsewhere or Money.zero(order.currency))
     for _ in range(ATTEMPTS):
         # Read consistently: a plain read just after the return's refund was marked (or after a
         # lost race) may show it received still, and what it shows would stay short for good.

@@ -328,7 +328,9 @@ def _credit_kept_back_reason(return_id: str) -> str:
 
 def _refund_kept_back(return_id: str) -> Callable[[Order], Money]:
     """What return `return_id`'s refund kept back: the one that succeeded (PaymentRefund.kept_back),
-    or, when none did, what the order kept back for it (Order.returns_kept_back: it gave nothing)."""
+    or, when none did, what the order kept back for it (Order.returns_kept_back: it gave nothing).
+    An exchange's replacement keeps back there too what neither its refund nor its credit could
+    refund (core.returns.Returns._from_credit)."""
 
     def kept(order: Order) -> Money:
         zero = Money.zero(order.currency)
@@ -336,7 +338,8 @@ def _refund_kept_back(return_id: str) -> Callable[[Order], Money]:
         own = [r for r in order.payment.refunds if r.return_id == return_id and r.status == "succeeded"
                and r.id not in top_ups]  # fmt: skip
         if own:
-            return sum((r.kept_back for r in own if r.kept_back), zero)
+            beside = order.returns_kept_back.get(return_id, zero) if order.exchange_credit is not None else zero
+            return sum((r.kept_back for r in own if r.kept_back), beside)
         return order.returns_kept_back.get(return_id, zero)
 
     return kept

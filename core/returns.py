@@ -82,7 +82,7 @@ from core.return_models import (
 )
 from core.services import CaptureService
 from core.status import UNRECEIVED_RETURNS, ReturnStatus, ShipmentStatus
-from core.unit_cancellation import KEY_HONOURED_FOR
+from core.unit_cancellation import KEY_HONOURED_FOR, held_beyond_total
 from core.workflow_types import stored_label
 
 R = ReturnStatus
@@ -570,26 +570,55 @@ class Returns:
         if order is None:
             raise NotFound(f"no order {item.order_id}")
         return self._pay_back(
-            item, order, lambda current: self._due(item, current), actor,
+            item, order, lambda current: self._own_due(item, current), actor,
             beyond=(lambda own: self._from_credit(item, order.id, own, actor)) if order.exchange_of else None,
             shares=lambda current: self._shares(item, current),
             shipping=lambda current: self._shipping_back(item, current, self._returns.for_order(item.order_id)),
             reason=reason, uncapped=lambda current: self._due(item, current, capped=False),
         )  # fmt: skip
 
+    def _own_due(self, item: Return, order: Order) -> Money:
+        """What of the return its order's own payment refunds (_due). A replacement's leaves what its
+        captures hold beyond its total (a settlement refund the gateway refused, asked again:
+        core.unit_cancellation.held_beyond_total) to its settlement: its credit was given back
+        without it, so the credit refunds the return what the rest does not cover (_from_credit)."""
+        due = self._due(item, order)
+        if order.exchange_credit is None:
+            return due
+        left = order.refundable(besides_return=item.id) - held_beyond_total(order)
+        return min(due, max(left, Money.zero(order.currency)))
+
     def _from_credit(self, item: Return, replacement_id: str, own: Money, actor: str) -> Money:
         """What of a replacement's return its own captures did not cover (they paid only the
-        difference), refunded from its exchange's credit on the original order (ExchangeCredits.draw)."""
+        difference), refunded from its exchange's credit on the original order (ExchangeCredits.draw).
+        What the credit left cannot refund either (a settlement capture of the replacement still to
+        make, refused) is kept back on the replacement (Order.keep_back), refunded once a capture
+        makes it refundable (core.unit_cancellation.UnitCancellation.refund_kept_back)."""
         replacement = visible(self._orders.get(replacement_id), replacement_id, None)
-        uncovered = self._due(item, replacement, capped=False) - own
+        uncovered = self._due(item, replacement, capped=False) + self._repriced_since(item, replacement) - own
         if uncovered.amount <= 0:
             return Money.zero(replacement.currency)
         refund = self._credits.draw(replacement, item.id, uncovered, actor)
-        if refund is None:
-            return Money.zero(replacement.currency)
-        if refund.status != "succeeded":
+        if refund is not None and refund.status != "succeeded":
             raise RefundNotDone(f"the refund of return {item.id} from its credit is {refund.status}; it is tried again")
-        return refund.amount
+        drawn = refund.amount if refund is not None else Money.zero(replacement.currency)
+        short = uncovered - drawn
+        if short.amount > 0:
+            at = self._clock()
+            modify(self._orders, replacement_id, lambda current: current.keep_back(item.id, short, at=at))
+        return drawn
+
+    def _repriced_since(self, item: Return, order: Order) -> Money:
+        """What the return's units were recorded as given back (its refund's lines, or what its
+        credit refunds: core.refunds.given_back_for_units) beyond what they are worth now (_shares):
+        a draw on the credit refused, then units of the line cancelled and it priced again, is asked
+        again for what was recorded, which the credit given back since counted as drawn."""
+        recorded = given_back_for_units(order).get(item.id)
+        if not recorded:
+            return Money.zero(order.currency)
+        now = self._shares(item, order)
+        zero = Money.zero(order.currency)
+        return sum((share.amount for share in recorded), zero) - sum((share.amount for share in now), zero)
 
     def _due(self, item: Return, order: Order, *, capped: bool = True) -> Money:
         returns = self._returns.for_order(item.order_id)

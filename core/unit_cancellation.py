@@ -22,6 +22,7 @@ from core.errors import (
     StaleVersion,
 )
 from core.events import OrderEvent
+from core.exchange_credit import beyond_credit
 from core.ids import booking_key, reservation_key
 from core.models import (
     GivenUpBooking,
@@ -453,6 +454,8 @@ class UnitCancellation:
             except PaymentRefused:
                 order = self._orders.get(order.id, consistent=True) or order
         due = order.payable() - _settled(order)
+        if order.exchange_credit is not None:
+            due = min(due, beyond_credit(order))  # what the credit pays is not asked of the card
         # A pickup waiting at its store is still to be collected, and paid for then.
         nothing_to_ship = not any(shipment.status in NOT_LEFT for shipment in order.shipments)
         if due.is_negative():
@@ -507,7 +510,7 @@ class UnitCancellation:
         and would give that back too before the settlement, asked again, refunds it."""
         assert self._credits is not None
         if _over_capture(order) is None:
-            self._credits.give_back(order, actor)
+            self._credits.give_back(order, actor, owed_back=held_beyond_total(order))
 
     def refund_kept_back(self, order: Order, actor: str, *, refusals: int | None = None) -> Order:
         """Refund what the order's returns' refunds, and its exchanges' credits, kept back of the
@@ -545,9 +548,16 @@ class UnitCancellation:
 
     def _show_refunded(self, order: Order, return_id: str) -> None:
         """The refunded return `return_id` shows what was refunded for it in all
-        (core.refund_service.show_refunded_in_all). Nothing without the returns."""
-        if self._returns is not None:
-            show_refunded_in_all(self._returns, order, return_id, self._clock())
+        (core.refund_service.show_refunded_in_all), a plain return of a replacement's units what its
+        exchange's credit refunded for it too. Nothing without the returns."""
+        if self._returns is None:
+            return
+        elsewhere = (
+            self._credits.drawn_for_return(order, return_id)
+            if self._credits is not None and order.exchange_credit is not None and return_id not in order.exchanges
+            else None
+        )
+        show_refunded_in_all(self._returns, order, return_id, self._clock(), elsewhere=elsewhere)
 
     def _release_authorization(self, order: Order, actor: str) -> None:
         payment = order.payment
@@ -590,12 +600,19 @@ def _settled(order: Order) -> Money:
     return held
 
 
+def held_beyond_total(order: Order) -> Money:
+    """What the payment holds beyond what the order now costs, as far as it can still be refunded
+    (zero when nothing is over): what the settlement refunds, or, refused, still owes (a return of
+    an exchange's replacement leaves it to it: core.returns)."""
+    over = min(_settled(order) - order.payable(), max(order.refundable(), Money.zero(order.currency)))
+    return over if over.amount > 0 else Money.zero(order.currency)
+
+
 def _over_capture(order: Order) -> tuple[str, Money] | None:
     """The next cancellation refund's key and amount: what the payment holds beyond what the order
     now costs, as far as it can still be refunded; None when nothing is over, or when the gateway
     refused the refund of that very amount OVER_CAPTURE_REFUSALS times in a row (left to a person)."""
-    over = _settled(order) - order.payable()
-    over = min(over, max(order.refundable(), Money.zero(order.currency)))
+    over = held_beyond_total(order)
     if over.amount <= 0:
         return None
     if refused_in_a_row(order, over) >= OVER_CAPTURE_REFUSALS:

@@ -17,7 +17,7 @@ from core.ids import booking_key
 from core.models import CancelRequest, Order
 from core.money import Money
 from core.pricing_types import Discount, PricingDraft, ShippingQuote
-from core.status import OrderStatus, PaymentStatus, ShipmentStatus
+from core.status import OrderStatus, PaymentStatus, ReturnStatus, ShipmentStatus
 from plugins.tax_table import TAX_RATES_FILE_ENV
 from tests.builders import NOW, location, place_order, product
 from tests.unit.test_payment_truth import Removed
@@ -1086,6 +1086,45 @@ def test_a_replacement_unit_refunded_from_the_credit_alone_gets_the_credit_back_
     assert kept == paid[0].totals.shipping + paid[1].totals.shipping
 
 
+def test_a_replacement_unit_whose_draw_on_the_credit_was_refused_is_refunded_what_the_credit_given_back_left_it():
+    # Two TSHIRTs are exchanged for three CAPs, 5.00 off: the credit pays for all of them. The CAP
+    # shipped from the west comes back; its refund from the credit alone (6.55, its share of the
+    # three) is refused, and the two waiting in the east are cancelled: the credit's unused rest is
+    # given back, counting the 6.55 as the CAP's. The refund asked again drew only what the CAP is
+    # worth now (2.97, one CAP 5.00 off): the customer never got the other 3.58 back.
+    from datetime import timedelta
+
+    from tests.fakes import ScriptedGateway
+    from tests.unit.test_returns import exchange_of
+
+    clock = ReturnsClock(NOW + timedelta(days=3))
+    stock = [("CAP", "wh-west", 1), ("CAP", "wh-east", 2), ("TSHIRT", "wh-west", 2)]
+    world = build_world(stock, FiveOffEveryOrder(), clock=clock)
+    gateway = ScriptedGateway()
+    returns, _ = returns_for(world, clock, gateway)
+    order = world.allocated(("TSHIRT", 2))
+    for shipment in order.shipments:
+        world.actions.ship(order.id, shipment.id, None, actor="key_wh")
+    item = returns.request(order.id, exchange_of("L1", 2, ("CAP", 3)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 2, "resellable")), "key_wh")
+    replacement = world.run(returns.settle(item.id, actor="key_wh").exchange_order_id or "")
+    west = world.shipment_at(replacement, "wh-west")
+    world.actions.ship(replacement.id, west, None, actor="key_wh")
+    world.actions.deliver(replacement.id, west, actor="key_wh")
+    cap = returns.request(replacement.id, ask(("L1", 1, None)), actor="key_cs")
+    returns.receive(cap.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    gateway.script("refund", "refuse", "approve")
+    assert returns.settle(cap.id, actor="key_wh").status is ReturnStatus.RECEIVED
+    world.actions.cancel(replacement.id, "no more caps", actor="key_cs", lines={"L1": 2})
+
+    assert returns.settle(cap.id, actor="key_wh").status is ReturnStatus.REFUNDED
+
+    paid = [world.order(order.id), world.order(replacement.id)]
+    assert paid[1].status is S.RETURNED
+    kept = sum((o.payment.captured - o.payment.refunded for o in paid), Money.zero("USD"))
+    assert kept == paid[0].totals.shipping + paid[1].totals.shipping
+
+
 @pytest.mark.parametrize("return_first", [True, False], ids=["returned_then_cancelled", "cancelled_then_returned"])
 def test_a_replacement_unit_refunded_from_its_captures_is_not_given_back_twice_once_a_fixed_discount_made_it_cheaper(
     return_first,
@@ -1129,6 +1168,146 @@ def test_a_replacement_unit_refunded_from_its_captures_is_not_given_back_twice_o
     assert paid[1].status is S.RETURNED
     kept = sum((o.payment.captured - o.payment.refunded for o in paid), Money.zero("USD"))
     assert kept == paid[0].totals.shipping + paid[1].totals.shipping
+
+
+@pytest.mark.parametrize("return_first", [True, False], ids=["returned_then_cancelled", "cancelled_then_returned"])
+def test_a_replacement_unit_refunded_partly_from_the_credit_gets_the_credit_back_once_a_fixed_discount_made_it_cheaper(
+    return_first,
+):  # fmt: skip
+    # Two TSHIRTs are exchanged for three MUGs, 5.00 off: the credit pays for most of them and the
+    # replacement authorizes the rest (2.34), which the MUG shipped from the west captures. It comes
+    # back, refunded 2.34 from that capture and the rest of its share from the credit, and the two
+    # waiting in the east are cancelled. The cancel's settlement asked the replacement's card for
+    # what the credit had refunded beyond the line: refused (nothing left authorized), the credit's
+    # unused 23.24 was never given back, and the customer paid 33.24 for both orders' shipping.
+    from datetime import timedelta
+
+    from tests.unit.test_returns import exchange_of
+
+    clock = ReturnsClock(NOW + timedelta(days=3))
+    stock = [("MUG", "wh-west", 1), ("MUG", "wh-east", 2), ("TSHIRT", "wh-west", 2)]
+    world = build_world(stock, FiveOffEveryOrder(), clock=clock)
+    returns, _ = returns_for(world, clock)
+    order = world.allocated(("TSHIRT", 2))
+    for shipment in order.shipments:
+        world.actions.ship(order.id, shipment.id, None, actor="key_wh")
+    item = returns.request(order.id, exchange_of("L1", 2, ("MUG", 3)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 2, "resellable")), "key_wh")
+    replacement = world.run(returns.settle(item.id, actor="key_wh").exchange_order_id or "")
+    west = world.shipment_at(replacement, "wh-west")
+    world.actions.ship(replacement.id, west, None, actor="key_wh")
+    world.actions.deliver(replacement.id, west, actor="key_wh")
+    assert world.order(replacement.id).payment.captured == Money.of("2.34", "USD")
+
+    def return_the_mug() -> None:
+        mug = returns.request(replacement.id, ask(("L1", 1, None)), actor="key_cs")
+        returns.receive(mug.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+        returns.settle(mug.id, actor="key_wh")
+
+    def cancel_the_rest() -> None:
+        world.actions.cancel(replacement.id, "no more mugs", actor="key_cs", lines={"L1": 2})
+
+    for step in (return_the_mug, cancel_the_rest) if return_first else (cancel_the_rest, return_the_mug):
+        step()
+
+    paid = [world.order(order.id), world.order(replacement.id)]
+    assert paid[1].status is S.RETURNED
+    kept = sum((o.payment.captured - o.payment.refunded for o in paid), Money.zero("USD"))
+    assert kept == paid[0].totals.shipping + paid[1].totals.shipping
+    # A cancel repeated settles again and asks the card for nothing the credit paid.
+    world.actions.cancel(replacement.id, "no more mugs", actor="key_cs")
+    assert world.order(replacement.id).payment == paid[1].payment
+    assert world.order(order.id).payment == paid[0].payment
+
+
+@pytest.mark.parametrize(
+    ("west", "return_first"), [(2, True), (2, False), (1, False)],
+    ids=["returned_then_cancelled", "cancelled_then_returned", "cancelled_then_the_only_one_returned"],
+)  # fmt: skip
+def test_a_replacements_credit_is_not_given_back_for_what_its_card_is_still_owed_back(west, return_first):
+    # A TSHIRT is exchanged for three MUGs: the credit pays for most of them and the MUGs shipped from
+    # the west capture the rest. One comes back and the rest, waiting in the east, is cancelled: the
+    # card holds what the replacement no longer costs past its credit (10.37 with two MUGs shipped),
+    # and the gateway refuses that refund. The credit given back counted it as paid by the card;
+    # refunded by the next settlement, the customer got it back twice. And a MUG returned after that
+    # refusal must not be refunded from what the card holds for it, or nothing refunds the card.
+    from datetime import timedelta
+
+    from tests.unit.test_returns import exchange_of
+
+    clock = ReturnsClock(NOW + timedelta(days=3))
+    stock = [("MUG", "wh-west", west), ("MUG", "wh-east", 3 - west), ("TSHIRT", "wh-west", 1)]
+    world = build_world(stock, clock=clock)
+    returns, _ = returns_for(world, clock)
+    order = world.allocated(("TSHIRT", 1))
+    for shipment in order.shipments:
+        world.actions.ship(order.id, shipment.id, None, actor="key_wh")
+    item = returns.request(order.id, exchange_of("L1", 1, ("MUG", 3)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    replacement = world.run(returns.settle(item.id, actor="key_wh").exchange_order_id or "")
+    west_parcel = world.shipment_at(replacement, "wh-west")
+    world.actions.ship(replacement.id, west_parcel, None, actor="key_wh")
+    world.actions.deliver(replacement.id, west_parcel, actor="key_wh")
+    mug = returns.request(replacement.id, ask(("L1", 1, None)), actor="key_cs")
+    returns.receive(mug.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+
+    def return_the_mug() -> None:
+        returns.settle(mug.id, actor="key_wh")
+
+    def cancel_the_rest() -> None:
+        world.gateway.script("refund", "refuse", "approve")
+        world.actions.cancel(replacement.id, "no more mugs", actor="key_cs", lines={"L1": 3 - west})
+        refunds = world.order(replacement.id).payment.refunds
+        assert [r.status for r in refunds if r.kind == "cancellation"] == ["failed"]
+
+    for step in (return_the_mug, cancel_the_rest) if return_first else (cancel_the_rest, return_the_mug):
+        step()
+    world.actions.cancel(replacement.id, "no more mugs", actor="key_cs")  # the settlement asked again
+
+    paid = [world.order(order.id), world.order(replacement.id)]
+    assert [r.status for r in paid[1].payment.refunds if r.kind == "cancellation"] == ["failed", "succeeded"]
+    kept = sum((o.payment.captured - o.payment.refunded for o in paid), Money.zero("USD"))
+    line = paid[1].lines[0]
+    mug_kept = line.total - world.returns.get(mug.id).refund if west == 2 else Money.zero("USD")
+    assert kept == paid[0].totals.shipping + paid[1].totals.shipping + mug_kept
+
+
+def test_a_replacement_return_neither_its_captures_nor_its_credit_could_refund_is_refunded_after_the_capture():
+    # A PEN is exchanged for three MUGs at the volume price: its credit pays for little, and the two
+    # MUGs shipped from the west capture 21.45. The MUG waiting in the east is cancelled: the line
+    # loses its volume price, and the settlement's capture of 6.79 is refused. Both MUGs come back,
+    # worth 26.81: the captures refund 21.45 and the credit its 3.57, 1.79 short. The cancel asked
+    # again captured the 6.79, and nothing refunded the 1.79 the return was still owed.
+    from datetime import timedelta
+
+    from tests.unit.test_returns import exchange_of
+
+    clock = ReturnsClock(NOW + timedelta(days=3))
+    stock = [("MUG", "wh-west", 2), ("MUG", "wh-east", 1), ("PEN", "wh-west", 1)]
+    world = build_world(stock, VolumePrice(), clock=clock)
+    returns, _ = returns_for(world, clock)
+    order = world.allocated(("PEN", 1))
+    for shipment in order.shipments:
+        world.actions.ship(order.id, shipment.id, None, actor="key_wh")
+    item = returns.request(order.id, exchange_of("L1", 1, ("MUG", 3)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    replacement = world.run(returns.settle(item.id, actor="key_wh").exchange_order_id or "")
+    west = world.shipment_at(replacement, "wh-west")
+    world.actions.ship(replacement.id, west, None, actor="key_wh")
+    world.actions.deliver(replacement.id, west, actor="key_wh")
+    world.gateway.script("capture", "refuse", "approve")
+    world.actions.cancel(replacement.id, "no more mugs", actor="key_cs", lines={"L1": 1})
+    mugs = returns.request(replacement.id, ask(("L1", 2, None)), actor="key_cs")
+    returns.receive(mugs.id, receipt("wh-west", ("L1", 2, "resellable")), "key_wh")
+    returns.settle(mugs.id, actor="key_wh")
+
+    world.actions.cancel(replacement.id, "no more mugs", actor="key_cs")  # the settlement asked again
+
+    paid = [world.order(order.id), world.order(replacement.id)]
+    assert paid[1].status is S.RETURNED
+    kept = sum((o.payment.captured - o.payment.refunded for o in paid), Money.zero("USD"))
+    assert kept == paid[0].totals.shipping + paid[1].totals.shipping
+    assert world.returns.get(mugs.id).refund == paid[1].lines[0].total
 
 
 def test_a_cancellation_refund_left_pending_is_finished_when_the_last_parcel_ships():
