@@ -342,6 +342,27 @@ def test_discounts_that_would_swell_the_order_past_what_it_stores_are_a_plugin_e
     assert orders_stored(aws) == 0
 
 
+@pytest.mark.parametrize(
+    ("rate", "shown"), [("1E-7", "0.0000001"), ("0E-9", "0.000000000"), ("0.0725", "0.0725"), ("-0", "0")]
+)
+def test_a_tax_rate_is_shown_as_the_plain_decimal_string_the_contract_describes(seeded, aws, rate, shown):
+    # A tax service's rate computed as a product or a quotient can be a Decimal that str() writes
+    # in exponent form ("1E-7", "0E-9"): the order line showed it so, against its published pattern.
+    from functions.api.dependencies import container
+
+    plugins = container().plugins
+    plugins.register(answering("oms_tax_rate", TaxRate(rate=Decimal(rate), name="service")), name="taxes")
+    try:
+        status, body = api(event("api_place_order.json") | {"headers": {}})
+    finally:
+        plugins.unregister(name="taxes")
+
+    assert status == 201, body
+    assert body["lines"][0]["tax_rate"] == {"rate": shown, "name": "service"}
+    _, stored = api(request("GET", "/orders/{order_id}", order_id=body["id"]))
+    assert stored["lines"][0]["tax_rate"] == {"rate": shown, "name": "service"}
+
+
 def test_the_template_leaves_the_test_gateway_off_and_feeds_the_plugin_settings_to_every_function():
     template = Template.load()
     refs = {"OrdersTable": "o", "InventoryTable": "i", "CatalogTable": "c", "IdempotencyTable": "d"}
