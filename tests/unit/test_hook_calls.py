@@ -346,3 +346,30 @@ def test_a_sourcing_plan_the_core_refuses_names_the_plugin_that_made_it(allocati
 
     assert "plugin sloppy" in refused.value.message
     assert refused.value.details == [{"plugin": "sloppy", "hook": "oms_source_order"}]
+
+
+class LaxPrice(Money):
+    """A plugin's own Money whose validator lets a third decimal of a USD amount through."""
+
+    @model_validator(mode="after")
+    def _exact_minor_units(self):
+        return self
+
+    def shown(self) -> str:
+        return f"{self.amount} {self.currency}"
+
+
+def test_an_answer_of_a_plugins_own_subclass_is_checked_as_the_oms_class_and_comes_back_as_it():
+    # A subclass's validators replaced the OMS's: its 9.999 USD passed call_hook, and the order's
+    # own model refused it later, an internal error naming no plugin.
+    with pytest.raises(PluginError, match=r"plugin sloppy returned a malformed Money: .*2 decimal places") as refused:
+        call("oms_unit_price", answering("oms_unit_price", LaxPrice(amount=Decimal("9.999"), currency="USD")))
+    assert refused.value.details == [{"plugin": "sloppy", "hook": "oms_unit_price"}]
+
+    answer = call("oms_unit_price", answering("oms_unit_price", LaxPrice(amount=Decimal("9.99"), currency="USD")))
+    assert (type(answer), answer) == (Money, usd("9.99"))
+
+    (discount,) = call(
+        "oms_discounts", answering("oms_discounts", [Discount(code="R", amount=LaxPrice(amount="1.5", currency="USD"))])
+    )
+    assert (type(discount.amount), discount.amount) == (Money, usd("1.50"))
