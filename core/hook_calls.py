@@ -5,7 +5,9 @@ What a hook must answer comes from its spec's return annotation in core/hookspec
 build a model without validation (`Money.model_construct(amount=0.1, ...)`): a float anywhere in
 it, a field its type refuses, or a field of another type than validation makes of it (an amount
 held as a str) is the plugin's error, never an internal one. The core then works on the freshly
-validated copy, so a plugin's object is never stored either.
+validated copy, so a plugin's object is never stored either. An answer of a plugin's own subclass
+of a model is validated by it, then as the OMS's class, whose copy the core gets: the subclass's
+validators may have replaced the OMS's (a Money's minor units).
 
 Which plugin answered is recorded by the manager (`recording`), because pluggy returns only the
 result: a firstresult hook's answer or a collect-all hook's list is matched, by identity, to the
@@ -214,14 +216,27 @@ def _revalidated(value: Any) -> Any:
     # Nested models first: pydantic accepts an instance of the right class without looking inside.
     if isinstance(value, BaseModel):
         fields = value.__dict__.items()
-        return type(value).model_validate(
+        cls = type(value)
+        fresh = cls.model_validate(
             {name: item if type(item) in _PLAIN else _revalidated(item) for name, item in fields}
         )
+        own = _oms_class(cls)
+        if own is cls:
+            return fresh
+        # A plugin's subclass: its own validators ran, and may have replaced the OMS's (a Money's
+        # minor units). Validated again as the OMS's class, which the core then works on.
+        return own.model_validate({name: getattr(fresh, name) for name in own.model_fields})
     if isinstance(value, list | tuple):
         return type(value)(item if type(item) in _PLAIN else _revalidated(item) for item in value)
     if isinstance(value, dict):
         return {key: item if type(item) in _PLAIN else _revalidated(item) for key, item in value.items()}
     return value
+
+
+@functools.cache
+def _oms_class(cls: type[BaseModel]) -> type[BaseModel]:
+    """The OMS's own model that `cls` is (or, a plugin's subclass, extends)."""
+    return next((base for base in cls.__mro__ if base.__module__.startswith("core.")), cls)
 
 
 def _type_changed(given: Any, fresh: Any, path: str) -> str | None:

@@ -20,6 +20,7 @@ from pydantic import (
     TypeAdapter,
     ValidationError,
     WrapValidator,
+    field_serializer,
     field_validator,
     model_validator,
 )
@@ -774,6 +775,12 @@ class LineTaxRate(BaseModel, defer_build=True):
 
     rate: Decimal = Field(ge=0, le=1, description='A decimal string from "0" to "1", e.g. "0.0725"')
     name: str = Field(min_length=1, max_length=100, description='What an invoice prints, e.g. "US-CA standard"')
+
+    @field_serializer("rate", when_used="json")
+    def _plain_rate(self, rate: Decimal):
+        # Written out in full: str() of a plugin's Decimal can be "1E-7", "0E-9" or "-0". No return
+        # annotation, so the published schema stays the field's (a string with a decimal pattern).
+        return format(rate.copy_abs(), "f")
 
 
 class PromotionGrant(BaseModel, defer_build=True):

@@ -42,10 +42,22 @@ def _money_in(currency: str) -> Callable[[Money], Money]:
     return accept
 
 
+# The order keeps one grant per discount (Order.promotion_grants): 1000 of them, with codes of up
+# to 100 characters, keep its item well within DynamoDB's 400 KB (an edit keeps them beside today's).
+MAX_DISCOUNTS = 1000
+
+
 def _discount_in(currency: str, lines: dict[str, Money]) -> Callable[[Discount], Discount]:
+    """Accepts a plugin's Discount in the order's currency, never negative, on one of `lines`, and
+    at most MAX_DISCOUNTS of them from all plugins in one call."""
     money = _money_in(currency)
+    count = 0
 
     def accept(discount: Discount) -> Discount:
+        nonlocal count
+        count += 1
+        if count > MAX_DISCOUNTS:
+            raise PluginError(f"returned discount number {count}: an order takes at most {MAX_DISCOUNTS}")
         if discount.amount is not None:
             money(discount.amount)
         if discount.line_id is not None and discount.line_id not in lines:

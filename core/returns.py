@@ -339,17 +339,21 @@ class Returns:
     def _decide(
         self, order: Order, cmd: RequestReturn, returned_before: dict[str, int], now: datetime
     ) -> ReturnPolicyDecision:
+        def accept(decision: ReturnPolicyDecision) -> ReturnPolicyDecision:
+            # Checked here, so the PluginError names the policy plugin that answered (a refusal's fee
+            # is never charged).
+            fee = decision.fee
+            if decision.allowed and fee is not None and (fee.currency != order.currency or fee.is_negative()):
+                raise PluginError(f"returned a fee of {fee.amount} {fee.currency}, not a fee in {order.currency}")
+            return decision
+
         decision = call_hook(
-            self._hook.oms_return_policy, order=order, lines=cmd.lines, returned_before=returned_before, now=now
+            self._hook.oms_return_policy, accept, order=order, lines=cmd.lines, returned_before=returned_before, now=now
         )
         if decision is None:
             raise InvalidRequest("no return policy allows this return", code="return_not_allowed")
         if not decision.allowed:
             raise InvalidRequest(decision.message or "the return policy refuses this return", code=decision.code)
-        fee = decision.fee
-        if fee is not None and (fee.currency != order.currency or fee.is_negative()):
-            raise PluginError(f"oms_return_policy returned a fee of {fee.amount} {fee.currency}, not a fee in "
-                              f"{order.currency}")  # fmt: skip
         return decision
 
     # --- Approve, reject --------------------------------------------------------------------

@@ -212,23 +212,28 @@ def ask_plugins(
     """The sourcing plugins' plan, checked: every unit of every line exactly once, eligible
     locations only, its reasons bounded (MAX_REASONS, MAX_REASON_CHARS). None when no plugin can
     source it."""
+    allowed = {loc.location_id for loc in eligible}
+
+    def accept(plan: SourcingPlan) -> SourcingPlan:
+        # Checked here, so a refused plan's PluginError names the plugin that made it.
+        covered: dict[str, int] = defaultdict(int)
+        for allocation in plan.allocations:
+            if allocation.location_id not in allowed or allocation.quantity <= 0:
+                raise PluginError(f"allocated {allocation} outside the eligible locations")
+            covered[allocation.line_id] += allocation.quantity
+        # A line whose every unit was cancelled stays on the order with none: nothing of it to cover.
+        if covered != {line.line_id: line.quantity for line in order.lines if line.quantity}:
+            raise PluginError("did not cover every unit of every line exactly once")
+        return _reasons_kept(plan)
+
     plan = call_hook(
-        hook.oms_source_order, _reasons_kept,
+        hook.oms_source_order, accept,
         order=order, locations=eligible, stock=stock, destination=destination, rules=rules,
     )  # fmt: skip
     if plan is None:
         return None
     if not isinstance(plan, SourcingPlan):
         raise PluginError(f"oms_source_order returned {type(plan).__name__}, expected SourcingPlan")
-    allowed = {loc.location_id for loc in eligible}
-    covered: dict[str, int] = defaultdict(int)
-    for allocation in plan.allocations:
-        if allocation.location_id not in allowed or allocation.quantity <= 0:
-            raise PluginError(f"oms_source_order allocated {allocation} outside the eligible locations")
-        covered[allocation.line_id] += allocation.quantity
-    # A line whose every unit was cancelled stays on the order with none: nothing of it to cover.
-    if covered != {line.line_id: line.quantity for line in order.lines if line.quantity}:
-        raise PluginError("oms_source_order did not cover every unit of every line exactly once")
     # One allocation per line and location: a line's units at a location are one reservation
     # (order#line), so parts named apart would be reserved as the last part alone while the
     # order recorded them all.

@@ -315,6 +315,54 @@ def test_an_answer_built_without_validation_is_a_plugin_error_naming_the_plugin(
     assert orders_stored(aws) == 0
 
 
+@pytest.mark.parametrize(
+    "discounts",
+    [
+        [Discount.model_construct(code="R" * 101, amount=Money.of(Decimal("1.00"), "USD"))],
+        [Discount(code=f"RULE{i}", amount=Money.zero("USD"), line_id="L1") for i in range(1001)],
+    ],
+    ids=["a code of 101 characters", "1001 discounts"],
+)
+def test_discounts_that_would_swell_the_order_past_what_it_stores_are_a_plugin_error(seeded, aws, discounts):
+    # The order keeps what each discount granted (its promotion_grants): one of them per discount,
+    # with its code. Unbounded, a rule's answer took the order's item past DynamoDB's 400 KB, and
+    # POST /orders failed with an internal error that named no plugin.
+    from functions.api.dependencies import container
+
+    plugins = container().plugins
+    plugins.register(answering("oms_discounts", discounts), name="sloppy")
+    try:
+        status, body = api(event("api_place_order.json") | {"headers": {}})
+    finally:
+        plugins.unregister(name="sloppy")
+
+    assert (status, body["error"]["code"]) == (500, "plugin_error")
+    assert "plugin sloppy" in body["error"]["message"]
+    assert body["error"]["details"] == [{"plugin": "sloppy", "hook": "oms_discounts"}]
+    assert orders_stored(aws) == 0
+
+
+@pytest.mark.parametrize(
+    ("rate", "shown"), [("1E-7", "0.0000001"), ("0E-9", "0.000000000"), ("0.0725", "0.0725"), ("-0", "0")]
+)
+def test_a_tax_rate_is_shown_as_the_plain_decimal_string_the_contract_describes(seeded, aws, rate, shown):
+    # A tax service's rate computed as a product or a quotient can be a Decimal that str() writes
+    # in exponent form ("1E-7", "0E-9"): the order line showed it so, against its published pattern.
+    from functions.api.dependencies import container
+
+    plugins = container().plugins
+    plugins.register(answering("oms_tax_rate", TaxRate(rate=Decimal(rate), name="service")), name="taxes")
+    try:
+        status, body = api(event("api_place_order.json") | {"headers": {}})
+    finally:
+        plugins.unregister(name="taxes")
+
+    assert status == 201, body
+    assert body["lines"][0]["tax_rate"] == {"rate": shown, "name": "service"}
+    _, stored = api(request("GET", "/orders/{order_id}", order_id=body["id"]))
+    assert stored["lines"][0]["tax_rate"] == {"rate": shown, "name": "service"}
+
+
 def test_the_template_leaves_the_test_gateway_off_and_feeds_the_plugin_settings_to_every_function():
     template = Template.load()
     refs = {"OrdersTable": "o", "InventoryTable": "i", "CatalogTable": "c", "IdempotencyTable": "d"}

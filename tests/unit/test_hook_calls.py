@@ -320,3 +320,56 @@ def test_a_remote_service_that_does_not_answer_is_transient_and_named(error):
     expected = f"plugin remote_prices got no answer in oms_unit_price: {type(error).__name__}"
     with pytest.raises(TransientError, match=expected):
         call_hook(plugins.hook.oms_unit_price, **HOOK_ARGUMENTS["oms_unit_price"])
+
+
+@pytest.mark.parametrize(
+    ("allocations", "problem"),
+    [
+        ([Allocation(line_id="L1", location_id="wh-east", quantity=1)], "did not cover every unit"),
+        ([Allocation(line_id="L1", location_id="wh-elsewhere", quantity=2)], "outside the eligible locations"),
+    ],
+)
+def test_a_sourcing_plan_the_core_refuses_names_the_plugin_that_made_it(allocations, problem):
+    # The AuthorizePayment/ReserveStock runbook reads the failing plugin from a PluginError: a plan
+    # that missed units or took them elsewhere failed the step naming no plugin.
+    from core.sourcing import ask_plugins
+    from tests.unit.test_plugins_nearest_sourcing import a_location
+
+    plugins = build_plugin_manager(load_entry_points=False)
+    plugins.register(answering("oms_source_order", SourcingPlan(allocations=allocations)), name="sloppy")
+
+    with pytest.raises(PluginError, match=problem) as refused:
+        ask_plugins(
+            plugins.hook, a_stored_order(("MUG-1", 2)), [a_location("wh-east", (40.7, -74.0))], {}, an_address(),
+            SourcingRules(),
+        )  # fmt: skip
+
+    assert "plugin sloppy" in refused.value.message
+    assert refused.value.details == [{"plugin": "sloppy", "hook": "oms_source_order"}]
+
+
+class LaxPrice(Money):
+    """A plugin's own Money whose validator lets a third decimal of a USD amount through."""
+
+    @model_validator(mode="after")
+    def _exact_minor_units(self):
+        return self
+
+    def shown(self) -> str:
+        return f"{self.amount} {self.currency}"
+
+
+def test_an_answer_of_a_plugins_own_subclass_is_checked_as_the_oms_class_and_comes_back_as_it():
+    # A subclass's validators replaced the OMS's: its 9.999 USD passed call_hook, and the order's
+    # own model refused it later, an internal error naming no plugin.
+    with pytest.raises(PluginError, match=r"plugin sloppy returned a malformed Money: .*2 decimal places") as refused:
+        call("oms_unit_price", answering("oms_unit_price", LaxPrice(amount=Decimal("9.999"), currency="USD")))
+    assert refused.value.details == [{"plugin": "sloppy", "hook": "oms_unit_price"}]
+
+    answer = call("oms_unit_price", answering("oms_unit_price", LaxPrice(amount=Decimal("9.99"), currency="USD")))
+    assert (type(answer), answer) == (Money, usd("9.99"))
+
+    (discount,) = call(
+        "oms_discounts", answering("oms_discounts", [Discount(code="R", amount=LaxPrice(amount="1.5", currency="USD"))])
+    )
+    assert (type(discount.amount), discount.amount) == (Money, usd("1.50"))

@@ -210,6 +210,27 @@ def test_a_policys_refusal_reaches_the_client_with_controls_and_bidi_overrides_m
     assert store.returns == {}
 
 
+class ForeignFee:
+    """A policy that charges its restocking fee in another currency than the order's."""
+
+    @hookimpl(tryfirst=True)
+    def oms_return_policy(self) -> ReturnPolicyDecision:
+        return ReturnPolicyDecision(fee=Money(amount="1.50", currency="EUR"))
+
+
+def test_a_fee_in_another_currency_is_a_plugin_error_naming_the_policy(world, clock):
+    # The runbook reads the failing plugin from a plugin_error: this one named none.
+    policy = ForeignFee()  # registered in code, so named by its id
+    returns, store = returns_for(world, clock, policy)
+    order = shipped(world, ("TSHIRT", 1))
+
+    with pytest.raises(PluginError, match=f"plugin {id(policy)} returned a fee of 1.50 EUR") as refused:
+        returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
+
+    assert refused.value.details == [{"plugin": str(id(policy)), "hook": "oms_return_policy"}]
+    assert store.returns == {}
+
+
 def test_the_window_runs_from_shipment_when_not_yet_delivered(world, clock, monkeypatch):
     monkeypatch.setenv("OMS_RETURN_WINDOW_DAYS", "3")
     returns, _ = returns_for(world, clock)
