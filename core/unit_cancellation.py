@@ -603,19 +603,36 @@ def _settled(order: Order) -> Money:
 def held_beyond_total(order: Order) -> Money:
     """What the payment holds beyond what the order now costs, as far as it can still be refunded
     (zero when nothing is over): what the settlement refunds, or, refused, still owes (a return of
-    an exchange's replacement leaves it to it: core.returns)."""
-    over = min(_settled(order) - order.payable(), max(order.refundable(), Money.zero(order.currency)))
+    an exchange's replacement leaves it to it: core.returns). No more than what was left to a person
+    (_left_to_a_person) is not capped so: the appeasement that gives it back takes from what can be
+    refunded, and counted here only as far as it leaves refundable, the rest would be refunded again
+    (and an exchange's credit would count it as paid by the card)."""
+    over = _settled(order) - order.payable()
+    left = _left_to_a_person(order)
+    if left is None or over > left:
+        over = min(over, max(order.refundable(), Money.zero(order.currency)))
     return over if over.amount > 0 else Money.zero(order.currency)
+
+
+def _left_to_a_person(order: Order) -> Money | None:
+    """What the refund of what the captures held beyond the total was for, when the gateway refused
+    the last ones OVER_CAPTURE_REFUSALS times in a row for it (None otherwise): nothing asks it
+    again; a person gives it back (an appeasement, which _settled does not count)."""
+    last = next((r for r in reversed(order.payment.refunds) if r.kind == "cancellation"), None)
+    if last is None or last.status != "failed" or refused_in_a_row(order, last.amount) < OVER_CAPTURE_REFUSALS:
+        return None
+    return last.amount
 
 
 def _over_capture(order: Order) -> tuple[str, Money] | None:
     """The next cancellation refund's key and amount: what the payment holds beyond what the order
-    now costs, as far as it can still be refunded; None when nothing is over, or when the gateway
-    refused the refund of that very amount OVER_CAPTURE_REFUSALS times in a row (left to a person)."""
+    now costs, as far as it can still be refunded; None when nothing is over, or when it is no more
+    than what the gateway refused OVER_CAPTURE_REFUSALS times in a row (left to a person)."""
     over = held_beyond_total(order)
     if over.amount <= 0:
         return None
-    if refused_in_a_row(order, over) >= OVER_CAPTURE_REFUSALS:
+    left = _left_to_a_person(order)
+    if left is not None and over <= left:
         return None
     settlements = [refund for refund in order.payment.refunds if refund.kind == "cancellation"]
     return f"{order.id}:cancellation:{len(settlements) + 1}", over

@@ -474,6 +474,55 @@ def test_the_runbooks_appeasement_of_an_over_capture_left_to_a_person_is_not_ref
     assert (done.status, done.payment.status) == (S.RETURNED, P.REFUNDED)
 
 
+def test_the_runbooks_appeasement_of_a_replacements_over_capture_left_to_a_person_is_not_refunded_again():
+    # A TSHIRT is exchanged for three MUGs: the credit pays for most, the two shipped from the west
+    # capture 23.78, and the third is cancelled: the card holds 13.41 beyond what the credit leaves
+    # to pay, and the gateway refuses that refund three times. The person gives it back as an
+    # appeasement, which leaves 10.37 refundable. Before: the next delivery reported asked the
+    # refund again for those 10.37 (a new amount, capped by what was refundable) and the credit gave
+    # 3.04 back for them: the customer got 13.41 twice. A MUG returned afterwards is refunded whole.
+    from core.refunds import cumulative_share
+    from tests.unit.test_returns import exchange_of
+
+    clock = ReturnsClock(NOW + timedelta(days=3))
+    world = build_world([("MUG", "wh-west", 2), ("MUG", "wh-east", 1), ("TSHIRT", "wh-west", 1)], clock=clock)
+    returns, _ = returns_for(world, clock)
+    order = world.allocated(("TSHIRT", 1))
+    world.actions.ship(order.id, order.shipments[0].id, None, actor="key_wh")
+    item = returns.request(order.id, exchange_of("L1", 1, ("MUG", 3)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    replacement = world.run(returns.settle(item.id, actor="key_wh").exchange_order_id or "")
+    west = world.shipment_at(replacement, "wh-west")
+    world.actions.ship(replacement.id, west, None, actor="key_wh")
+    world.gateway.script("refund", "refuse")
+    world.actions.cancel(replacement.id, "no more mugs", actor="key_cs", lines={"L1": 1})
+    for _ in range(2):
+        world.actions.deliver(replacement.id, west, actor="key_carrier")
+    left = world.order(replacement.id)
+    over = Money.of("13.41", "USD")
+    assert [(r.status, r.amount) for r in left.payment.refunds] == [("failed", over)] * 3
+    world.gateway.script("refund", "approve")
+    world.refunds.issue_refund(replacement.id, over, "the cancelled mug", "cs-1", "key_cs")
+
+    world.actions.deliver(replacement.id, west, actor="key_carrier")
+    world.actions.cancel(replacement.id, "no more mugs", actor="key_cs")
+
+    paid = [world.order(order.id), world.order(replacement.id)]
+    assert [r.kind for r in paid[1].payment.refunds] == ["cancellation"] * 3 + ["appeasement"]
+    assert paid[0].payment.refunds == []  # the credit pays for the MUGs kept, nothing of it is left
+    kept = sum((o.payment.captured - o.payment.refunded for o in paid), Money.zero("USD"))
+    assert kept == paid[0].totals.shipping + paid[1].totals.shipping + paid[1].lines[0].total
+    mug = returns.request(replacement.id, ask(("L1", 1, None)), actor="key_cs")
+    returns.receive(mug.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    returns.settle(mug.id, actor="key_wh")
+    world.actions.deliver(replacement.id, west, actor="key_carrier")
+    paid = [world.order(order.id), world.order(replacement.id)]
+    back = world.returns.get(mug.id).refund
+    assert back == cumulative_share(paid[1].lines[0], 1)
+    kept = sum((o.payment.captured - o.payment.refunded for o in paid), Money.zero("USD"))
+    assert kept == paid[0].totals.shipping + paid[1].totals.shipping + paid[1].lines[0].total - back
+
+
 def test_an_over_capture_refund_whose_third_refusal_a_repeat_hears_after_an_outage_still_calls_a_person():
     # Before: the third ask met an outage and stayed pending; the next delivery reported asked it
     # again (finish_pending) and the gateway refused it, but only the call that began a refund told
