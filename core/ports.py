@@ -156,8 +156,9 @@ class InventoryRepository(ABC):
     def reserve(self, sku: str, location_id: str, key: str, quantity: int, keep: int = 0) -> None:
         """Move `quantity` from available to reserved under `key` (order#line), in one write
         conditional on enough being available with `keep` units (the location's safety stock)
-        left over. Idempotent: the same key again is a no-op.
-        Raises InsufficientStock when not enough is available."""
+        left over. Idempotent: the same key holding `quantity` again is a no-op.
+        Raises InsufficientStock when not enough is available, or when the key holds another
+        quantity (a twin run of the same step reserved under it on another plan)."""
 
     @abstractmethod
     def release(self, sku: str, location_id: str, key: str) -> None:

@@ -1601,7 +1601,7 @@ class DynamoInventory(InventoryRepository):
             "available >= :need AND attribute_not_exists(reservations.#key)",
             {":q": quantity, ":need": quantity + keep},
         )  # fmt: skip
-        if old is None or key in (old.get("reservations") or {}):
+        if old is None or (old.get("reservations") or {}).get(key) == quantity:
             return  # reserved now, or by an earlier run of the same step
         raise InsufficientStock(f"{old.get('available', 0)} of {sku} available at {location_id}, {quantity} wanted")
 

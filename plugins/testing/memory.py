@@ -243,9 +243,11 @@ class InMemoryInventory(InventoryRepository):
 
     def reserve(self, sku: str, location_id: str, key: str, quantity: int, keep: int = 0) -> None:
         held = self._held(sku, location_id)
-        if key in held:
+        if held.get(key) == quantity:
             return
         level = self._get(sku, location_id)
+        if key in held:
+            raise InsufficientStock(f"{held[key]} of {sku} reserved under {key}, {quantity} wanted")
         if level.available < quantity + keep:
             raise InsufficientStock(f"{level.available} of {sku} available")
         held[key] = quantity

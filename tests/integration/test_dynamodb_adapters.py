@@ -185,6 +185,23 @@ def test_reservations_are_read_consistently(aws, inventory):
 
 
 @pytest.mark.parametrize("store", ["dynamodb", "memory"])
+def test_a_reservation_repeated_is_a_no_op_only_for_the_units_it_holds(inventory, store):
+    # A twin run of ReserveStock that planned another quantity under the same key does not take
+    # the key as its own: it would record units the key does not hold.
+    inventory = inventory if store == "dynamodb" else InMemoryInventory()
+    inventory.set_on_hand("MUG", "wh-west", 5, "count")
+    inventory.reserve("MUG", "wh-west", "ord_1#L1", 3)
+
+    inventory.reserve("MUG", "wh-west", "ord_1#L1", 3)  # a retried step
+    with pytest.raises(InsufficientStock):
+        inventory.reserve("MUG", "wh-west", "ord_1#L1", 2)
+
+    assert inventory.reservations({("MUG", "wh-west"): ["ord_1#L1"]}) == {("MUG", "wh-west", "ord_1#L1"): 3}
+    level = inventory.levels({"MUG"}, ["wh-west"])["MUG"][0]
+    assert (level.on_hand, level.reserved, level.available) == (5, 3, 2)
+
+
+@pytest.mark.parametrize("store", ["dynamodb", "memory"])
 def test_an_orders_reservations_are_rearranged_in_one_conditional_write(inventory, store):
     # A line whose id an edit changed, grown, split: the units move between the order's keys, the
     # difference taken from or given back to available, with no moment when another order's

@@ -134,9 +134,9 @@ class InventoryMachine(RuleBasedStateMachine):
     def reserve(self, sku: str, location_id: str, key: str, quantity: int, times: int) -> None:
         item = self.model[(sku, location_id)]
         for _ in range(times):
-            if key in item.held:  # reserved before: a no-op, whatever is available now
+            if item.held.get(key) == quantity:  # reserved before: a no-op, whatever is available now
                 self.inventory.reserve(sku, location_id, key, quantity)
-            elif item.available < quantity:
+            elif key in item.held or item.available < quantity:  # held as another quantity: not taken as its own
                 with pytest.raises(InsufficientStock):
                     self.inventory.reserve(sku, location_id, key, quantity)
             else:

@@ -692,3 +692,36 @@ def test_a_line_an_edit_puts_back_keeps_the_units_an_earlier_edit_could_not_rele
     assert again.status is S.ALLOCATED  # the 2 MUGs it held all along, none of which was left free
     assert world.held_for(order.id) == {("MUG", "wh-west", f"{order.id}#L1"): 2}
     assert world.level("TSHIRT", "wh-west") == (3, 0, 3)
+
+
+def test_a_twin_run_that_reserved_more_under_the_same_key_first_does_not_leave_the_order_holding_more(monkeypatch):
+    """The outbox's double start ran ReserveStock twice: one run planned 2 MUGs at the west (one
+    held there by another order then) and 1 at the east; its twin, after that unit was given
+    back, reserved all 3 at the west under the same key first. The first run took that key as
+    its own reservation of 2 and recorded 2 at the west: the order held 3 there for good, and
+    shipping its 2 took 3 out of on_hand."""
+    world = build_world([("MUG", "wh-west", 3), ("MUG", "wh-east", 1)])
+    world.inventory.reserve("MUG", "wh-west", "ord_other#L1", 1)
+    order_id = world.place(("MUG", 3))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    key = f"{order_id}#L1"
+    real = world.inventory.reserve
+
+    def the_twin_reserves_first(sku, location_id, reserved_key, quantity, **kwargs):
+        if (sku, location_id, reserved_key) == ("MUG", "wh-west", key) and not world.held_for(order_id):
+            world.inventory.release("MUG", "wh-west", "ord_other#L1")
+            real("MUG", "wh-west", key, 3)  # the twin's plan, on the stock it read
+        return real(sku, location_id, reserved_key, quantity, **kwargs)
+
+    monkeypatch.setattr(world.inventory, "reserve", the_twin_reserves_first)
+    with pytest.raises(TransientError):
+        world.workflow.reserve_stock(order_id)
+    monkeypatch.undo()
+    world.workflow.reserve_stock(order_id)  # the retry
+    world.workflow.create_shipments(order_id)
+
+    order = world.order(order_id)
+    assert order.status is S.ALLOCATED
+    recorded = {("MUG", a.location_id, key): a.quantity for a in order.allocations}
+    assert world.held_for(order_id) == recorded == {("MUG", "wh-west", key): 3}
+    assert world.level("MUG", "wh-east") == (1, 0, 1)
