@@ -241,10 +241,13 @@ def _oms_class(cls: type[BaseModel]) -> type[BaseModel]:
 
 def _type_changed(given: Any, fresh: Any, path: str) -> str | None:
     """Where validation had to change a value's type: a model whose amount is the str "1.00"
-    validates, but it was not a Money when the plugin returned it."""
+    validates, but it was not a Money when the plugin returned it. A field of a plugin's own
+    subclass that the OMS's class (`fresh`, _revalidated) lacks is left out, as the core's copy is."""
     if isinstance(given, BaseModel) and isinstance(fresh, BaseModel):
         for name, item in given.__dict__.items():
-            fresh_item = fresh.__dict__.get(name)
+            if name not in fresh.__dict__:
+                continue
+            fresh_item = fresh.__dict__[name]
             if type(item) in _PLAIN and type(item) is type(fresh_item):
                 continue
             found = _type_changed(item, fresh_item, f"{path}.{name}")

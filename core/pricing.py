@@ -45,11 +45,14 @@ def _money_in(currency: str) -> Callable[[Money], Money]:
 # The order keeps one grant per discount (Order.promotion_grants): 1000 of them, with codes of up
 # to 100 characters, keep its item well within DynamoDB's 400 KB (an edit keeps them beside today's).
 MAX_DISCOUNTS = 1000
+MAX_CODE_CHARS = 100
 
 
 def _discount_in(currency: str, lines: dict[str, Money]) -> Callable[[Discount], Discount]:
-    """Accepts a plugin's Discount in the order's currency, never negative, on one of `lines`, and
-    at most MAX_DISCOUNTS of them from all plugins in one call."""
+    """Accepts a plugin's Discount in the order's currency, never negative, on one of `lines`, with
+    a code of 1 to MAX_CODE_CHARS characters, and at most MAX_DISCOUNTS of them from all plugins in
+    one call. Checked here, on what a plugin answers now, not on Discount: an order stored before
+    the limit keeps a grant's longer code (_kept_terms)."""
     money = _money_in(currency)
     count = 0
 
@@ -58,6 +61,8 @@ def _discount_in(currency: str, lines: dict[str, Money]) -> Callable[[Discount],
         count += 1
         if count > MAX_DISCOUNTS:
             raise PluginError(f"returned discount number {count}: an order takes at most {MAX_DISCOUNTS}")
+        if not 1 <= len(discount.code) <= MAX_CODE_CHARS:
+            raise PluginError(f"returned a discount code of {len(discount.code)} characters, not 1 to {MAX_CODE_CHARS}")
         if discount.amount is not None:
             money(discount.amount)
         if discount.line_id is not None and discount.line_id not in lines:

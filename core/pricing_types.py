@@ -60,14 +60,15 @@ class Discount(BaseModel):
     `exclusive`: the code does not stack: at most one code per order may be granted an exclusive
     discount (a second is 422 `promo_codes_do_not_stack`). The promotions plugin marks its
     percent-off codes so unless the promotion says `stacks: true`.
-    The order keeps what each discount granted it, with its `code` (Order.promotion_grants): a
-    code of 1 to 100 characters, and at most core.pricing.MAX_DISCOUNTS of them an order, keep its
-    item within DynamoDB's 400 KB.
+    The order keeps what each discount granted it, with its `code` (Order.promotion_grants): the
+    core accepts from a plugin a code of 1 to 100 characters, and at most
+    core.pricing.MAX_DISCOUNTS of them an order (core.pricing._discount_in), to keep its item
+    within DynamoDB's 400 KB.
     """
 
     model_config = ConfigDict(frozen=True, defer_build=True)
 
-    code: str = Field(min_length=1, max_length=100)
+    code: str
     amount: Money | None = None
     line_id: str | None = None
     free_shipping: bool = False

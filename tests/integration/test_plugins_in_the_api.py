@@ -318,10 +318,11 @@ def test_an_answer_built_without_validation_is_a_plugin_error_naming_the_plugin(
 @pytest.mark.parametrize(
     "discounts",
     [
-        [Discount.model_construct(code="R" * 101, amount=Money.of(Decimal("1.00"), "USD"))],
+        [Discount(code="R" * 101, amount=Money.of(Decimal("1.00"), "USD"))],
+        [Discount(code="", amount=Money.of(Decimal("1.00"), "USD"))],
         [Discount(code=f"RULE{i}", amount=Money.zero("USD"), line_id="L1") for i in range(1001)],
     ],
-    ids=["a code of 101 characters", "1001 discounts"],
+    ids=["a code of 101 characters", "an empty code", "1001 discounts"],
 )
 def test_discounts_that_would_swell_the_order_past_what_it_stores_are_a_plugin_error(seeded, aws, discounts):
     # The order keeps what each discount granted (its promotion_grants): one of them per discount,

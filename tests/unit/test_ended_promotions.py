@@ -9,7 +9,7 @@ from decimal import Decimal
 import pytest
 
 from core.errors import InvalidRequest
-from core.models import Order, OrderEdit
+from core.models import Order, OrderEdit, PromotionGrant
 from core.money import Money
 from core.status import OrderStatus
 from plugins.promotions import PROMOTIONS_FILE_ENV
@@ -248,3 +248,20 @@ def test_units_a_cancel_took_are_not_discounted_when_added_back_after_the_promot
     done = world.actions.edit(order.id, fewer.version, edit, actor="key_web")
 
     assert done.lines[0].discount == Money.of("2.50", "USD")  # the two kept, as sold; not the two added back
+
+
+def test_an_order_kept_a_rules_grant_under_a_code_of_over_100_characters_is_still_cancelled_and_edited(world):
+    # Before a plugin's code was limited to 100 characters, a rule's grant kept any code: the order
+    # keeps its terms (_kept_terms), which must not refuse what the limit refuses only in an answer.
+    order = world.allocated(("MUG", 4), ("CAP", 2))
+    rule = PromotionGrant(code="LOYALTY-" + "X" * 120, sku="MUG", quantity=4, amount=Money.zero("USD"))
+    old = order.model_copy(update={"promotion_grants": [*order.promotion_grants, rule]})
+    world.orders.put(old)
+
+    cancelled = world.actions.cancel(old.id, "two are enough", actor="key_web", lines={"L1": 2})
+    edit = OrderEdit.model_validate({"shipping_address": {**order.shipping_address.model_dump(), "line2": "Apt 4"}})
+    edited = world.actions.edit(old.id, cancelled.version, edit, actor="key_web")
+
+    assert [line.quantity for line in cancelled.lines] == [2, 2]
+    assert edited.totals == cancelled.totals
+    assert rule.code in {grant.code for grant in edited.promotion_grants}

@@ -373,3 +373,17 @@ def test_an_answer_of_a_plugins_own_subclass_is_checked_as_the_oms_class_and_com
         "oms_discounts", answering("oms_discounts", [Discount(code="R", amount=LaxPrice(amount="1.5", currency="USD"))])
     )
     assert (type(discount.amount), discount.amount) == (Money, usd("1.50"))
+
+
+class NotedPrice(Money):
+    """A plugin's own Money that carries a field of its own beside the OMS's."""
+
+    source: str = "price-list"
+
+
+def test_an_answer_of_a_plugins_own_subclass_with_a_field_of_its_own_comes_back_as_the_oms_class():
+    # Checked as the OMS's class, the copy lacks the plugin's own field: that is no type the
+    # plugin got wrong (it was "source is str, expected NoneType", a plugin_error for a good price).
+    answer = call("oms_unit_price", answering("oms_unit_price", NotedPrice(amount=Decimal("9.99"), currency="USD")))
+
+    assert (type(answer), answer) == (Money, usd("9.99"))
