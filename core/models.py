@@ -3042,16 +3042,25 @@ class Order(BaseModel, defer_build=True):
             self.status is OrderStatus.ON_HOLD and held_allocated
         )
 
+    def not_sourced(self) -> bool:
+        """Pending or authorized (or held from either) with nothing allocated: every unit waits to
+        be sourced, in no shipment yet."""
+        held_from = self.hold.resume_to if self.status is OrderStatus.ON_HOLD and self.hold is not None else None
+        waits = self.status in (OrderStatus.PENDING, OrderStatus.AUTHORIZED) or held_from in (
+            OrderStatus.PENDING, OrderStatus.AUTHORIZED,
+        )  # fmt: skip
+        return waits and not self.allocations
+
     def units_to_cancel(self, lines: dict[str, int] | None) -> dict[str, int]:
         """The units a cancel takes ({line_id: units}): `lines`, or for None every unit not yet
-        shipped. Only an allocated (held or not), partly shipped or (with `lines`) backordered
-        order cancels units (InvalidTransition otherwise); a line the order lacks, or more units
-        than a line has, is InvalidRequest; units that have shipped are InvalidTransition (409:
-        they are returned instead)."""
-        waiting = self.status is OrderStatus.BACKORDERED and lines is not None
+        shipped. Only an allocated (held or not), partly shipped or (with `lines`) backordered or
+        not yet sourced (not_sourced) order cancels units (InvalidTransition otherwise); a line the
+        order lacks, or more units than a line has, is InvalidRequest; units that have shipped are
+        InvalidTransition (409: they are returned instead)."""
+        waiting = (self.status is OrderStatus.BACKORDERED or self.not_sourced()) and lines is not None
         if not (self.ships_units_left() or waiting):
             raise InvalidTransition(f"units of an order that is {self.status} cannot be cancelled")
-        # A backordered order has no shipment yet: every unit of it is unshipped.
+        # A backordered or not yet sourced order has no shipment yet: every unit of it is unshipped.
         unshipped = {line.line_id: line.quantity for line in self.lines} if waiting else self.unshipped_units()
         if lines is None:
             return {line_id: units for line_id, units in unshipped.items() if units}
@@ -3080,10 +3089,11 @@ class Order(BaseModel, defer_build=True):
         ship: each line's quantity drops and its cancelled_quantity grows by them, the lines left
         take their `priced` values (the lines with units left, priced again) and the order
         `totals`, and `grants` (what its codes and the plugins' rules grant the units left) are its
-        `promotion_grants` from now on (None: as they were), as an edit's are; the shipments that
-        have not left (pending, or a pickup waiting at its store) lose those units (the last ones
-        first) and an emptied one is `cancelled` (kept, as a whole cancel keeps its parcels; its
-        booking given up) and its allocations go; a pending one left with fewer units
+        `promotion_grants` from now on (None: as they were), as an edit's are. An order not yet
+        sourced (not_sourced) or backordered has no shipment to shrink (see the branches below);
+        otherwise the shipments that have not left (pending, or a pickup waiting at its store)
+        lose those units (the last ones first) and an emptied one is `cancelled` (kept, as a whole
+        cancel keeps its parcels; its booking given up) and its allocations go; a pending one left with fewer units
         is due a label for what it now holds (`labels_due`, booked under a new booking key:
         `rebookings` grows). With nothing left to ship the order is `shipped`, or `delivered` when
         every shipment not cancelled is. `request_key` (a client's Idempotency-Key, scoped to its API key) is kept
@@ -3106,6 +3116,20 @@ class Order(BaseModel, defer_build=True):
                                  cancelled_quantity=line.cancelled_quantity + gone)  # fmt: skip
             lines.append(line)
         kept_grants = self.promotion_grants if grants is None else grants
+        if self.not_sourced():
+            # Nothing is reserved for it yet (or, sent back to be sourced, its workflow counts what
+            # it holds as its own and gives back what it no longer needs): it keeps its status. One
+            # not authorized yet is authorized for the new total under a new key, as an edited one
+            # is (`priced_version`); an authorization made covers it, and its shipments capture
+            # only the new total, the rest released once the last has shipped.
+            repriced = {"priced_version": self.version + 1} if self.payment.status is PaymentStatus.PENDING else {}
+            return self._next(
+                at=at, actor=actor, type=OrderEvent.UNITS_CANCELLED,
+                detail={"reason": reason, "lines": cancelled,
+                        "grand_total": {"from": self.totals.grand_total.model_dump(mode="json"),
+                                        "to": totals.grand_total.model_dump(mode="json")}, **keyed},
+                lines=lines, totals=totals, promotion_grants=kept_grants, **repriced,
+            )  # fmt: skip
         if self.status is OrderStatus.BACKORDERED:
             # Nothing is in a shipment yet: like an edit, the order is sourced again for what is left
             # (its workflow counts its reservations as its own and gives back what it no longer needs).

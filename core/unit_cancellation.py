@@ -23,6 +23,7 @@ from core.errors import (
 )
 from core.events import OrderEvent
 from core.exchange_credit import beyond_credit
+from core.holds import give_back_or_note, give_back_surplus
 from core.ids import booking_key, reservation_key
 from core.models import (
     GivenUpBooking,
@@ -183,9 +184,29 @@ class UnitCancellation:
                 # Sent back to be sourced: its restarted workflow reconciles the reservations, and
                 # nothing was captured to settle.
                 return new
+            if order.not_sourced():
+                return self._not_sourced_cancelled(new, actor)
             self.cancel_given_up(self.book_labels_due(new, actor), actor)
             return self._settle(new, actor)
         raise StaleVersion(f"order {order_id} kept changing; retry")
+
+    def _not_sourced_cancelled(self, order: Order, actor: str) -> Order:
+        """After units of an order not yet sourced were cancelled: nothing was captured to settle,
+        and its workflow sources what is left (a ReserveStock that read it before loses its write
+        and plans again). A held one that holds stock (sent back to be sourced) gives back what its
+        lines no longer want (give_back_surplus: its workflow waits for the release); an
+        authorization an edit asked for and never recorded is voided, as after a cancel of
+        allocated units (a failure is in the history, for the next change or the reconciler)."""
+        if order.status is S.ON_HOLD and order.hold is not None and order.hold.resume_to is S.AUTHORIZED:
+            inventory, catalog = self._inventory, self._catalog
+            give_back_or_note(
+                self._orders, order,
+                lambda: give_back_surplus(inventory, order, holding_locations(order, catalog.list_locations())),
+                at=self._clock(), actor=actor,
+            )  # fmt: skip
+        with contextlib.suppress(PaymentRefused, PaymentGatewayUnavailable):
+            return self._cancellation.void_requested_authorization(order, actor)
+        return self._current(order.id)
 
     def _record_settlement(self, order: Order, actor: str) -> None:
         """Record the settlement capture a cancel asked for and never recorded (it died after the
@@ -226,7 +247,7 @@ class UnitCancellation:
             )
         if made.type is OrderEvent.CANCELLED:
             return self.cancel_given_up(self._cancellation.cancel(order_id, reason, actor, channel=channel), actor)
-        if order.status in (S.PENDING, S.AUTHORIZED, S.BACKORDERED):
+        if order.status in (S.PENDING, S.AUTHORIZED, S.BACKORDERED) or order.not_sourced():
             return order
         self.cancel_given_up(self.book_labels_due(order, actor), actor)
         return self._settle(self._current(order_id), actor)
@@ -238,7 +259,7 @@ class UnitCancellation:
         units_to_cancel refuses them (InvalidRequest, 422), never taken for every unit."""
         if lines is None or order.status is S.PARTIALLY_SHIPPED:
             return False
-        if not (order.ships_units_left() or order.status is S.BACKORDERED):
+        if not (order.ships_units_left() or order.status is S.BACKORDERED or order.not_sourced()):
             return False
         cancelled = order.units_to_cancel(lines)
         return all(cancelled.get(line.line_id, 0) == line.quantity for line in order.lines)

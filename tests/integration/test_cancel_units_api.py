@@ -100,6 +100,29 @@ def test_a_line_cancel_shrinks_the_order_and_its_reservation(api):
     ]  # fmt: skip
 
 
+def test_a_line_cancel_before_the_order_is_sourced_is_200_and_only_what_is_left_is_authorized_and_reserved(api):
+    # API.md: a cancel with `lines` cancels those quantities; on a pending order it answered 409.
+    from functions.bootstrap import Config, bootstrap
+
+    body = order_body(external_id=f"web-c{next(_orders)}", lines=[{"sku": "MUG", "quantity": 2}])
+    placed = api.post("/orders", json=body).json()
+    before = stock(api, "MUG", "wh-west")
+
+    answer = cancel(api, placed["id"], [("L1", 1)])
+
+    assert answer.status_code == 200, answer.text
+    done = answer.json()
+    assert (done["status"], done["lines"][0]["quantity"], done["lines"][0]["cancelled_quantity"]) == ("pending", 1, 1)
+    assert money(done["totals"]["grand_total"]) < money(placed["totals"]["grand_total"])
+    workflow = bootstrap(Config.from_env()).workflow
+    workflow.authorize_payment(placed["id"], attempt=0)
+    workflow.reserve_stock(placed["id"])
+    workflow.create_shipments(placed["id"])
+    sourced = api.get(f"/orders/{placed['id']}").json()
+    assert (sourced["status"], sourced["payment"]["authorized"]) == ("allocated", done["totals"]["grand_total"])
+    assert stock(api, "MUG", "wh-west") == (before[0], before[1] + 1, before[2] - 1)
+
+
 def test_a_pickup_ready_at_its_store_loses_units_over_http(api):
     # Waiting ready_for_pickup is not shipped: its units are cancelled (it was 409 "have shipped").
     order = allocated(api, ("MUG", 3), fulfillment={"type": "pickup", "location_id": "store-sf"})

@@ -659,12 +659,20 @@ def test_every_unit_of_a_held_allocated_order_cancels_it(world):
     assert (line.quantity, line.cancelled_quantity, line.total.amount, done.totals.grand_total.amount) == (0, 2, 0, 0)
 
 
-def test_units_of_an_order_held_before_allocation_are_still_refused(world):
+def test_units_of_an_order_held_before_authorization_are_cancelled_and_the_release_authorizes_what_is_left(world):
+    # API.md: a cancel with `lines` cancels those quantities whatever the status; held while pending
+    # it answered 409 invalid_transition.
     order_id = world.place(("MUG", 2))
     hold(world, order_id)
 
-    with pytest.raises(InvalidTransition):
-        world.actions.cancel(order_id, "one is enough", actor="key_ops", lines={"L1": 1})
+    done = world.actions.cancel(order_id, "one is enough", actor="key_ops", lines={"L1": 1})
+
+    assert (done.status, done.hold.resume_to, done.lines[0].quantity) == (S.ON_HOLD, S.PENDING, 1)
+    release(world, order_id)
+    run_from(world, order_id)
+    sourced = world.order(order_id)
+    assert (sourced.status, sourced.payment.authorized) == (S.ALLOCATED, done.totals.grand_total)
+    assert world.held_for(order_id) == {("MUG", "wh-west", f"{order_id}#L1"): 1}
 
 
 def test_a_hold_that_lands_while_an_edited_order_is_sourced_again_leaves_it_holding_no_more_than_it_needs(

@@ -11,10 +11,11 @@ from decimal import Decimal
 import pytest
 
 from core import hookimpl
-from core.errors import InvalidRequest, InvalidTransition, PaymentGatewayUnavailable
+from core.errors import InvalidRequest, InvalidTransition, PaymentGatewayUnavailable, TransientError
 from core.events import OrderEvent
+from core.holds import HoldRequest, Holds
 from core.ids import booking_key
-from core.models import CancelRequest, Order
+from core.models import CancelRequest, LineInput, Order, OrderEdit
 from core.money import Money
 from core.pricing_types import Discount, PricingDraft, ShippingQuote
 from core.status import OrderStatus, PaymentStatus, ReturnStatus, ShipmentStatus
@@ -279,10 +280,122 @@ def test_units_that_shipped_are_409_and_a_line_the_order_lacks_422_both_changing
     assert world.held() == held
 
 
-def test_units_of_an_order_not_yet_allocated_cannot_be_cancelled(world):
+def test_units_of_an_order_not_yet_authorized_are_cancelled_and_the_new_total_is_authorized(world):
+    # API.md: a cancel with `lines` cancels only those quantities, whatever the order's status; a
+    # pending order answered 409 invalid_transition.
+    order_id = world.place(("MUG", 2), ("CAP", 3))
+
+    done = world.actions.cancel(order_id, "one mug", actor="key_web", lines={"L1": 1})
+
+    expected = priced_as_new(world, world.order(order_id), ("MUG", 1), ("CAP", 3)).totals
+    assert (done.status, [line.quantity for line in done.lines]) == (S.PENDING, [1, 3])
+    assert ([line.cancelled_quantity for line in done.lines], done.totals) == ([1, 0], expected)
+    world.workflow.authorize_payment(order_id, attempt=0)
+    world.workflow.reserve_stock(order_id)
+    authorized = world.order(order_id)
+    assert (authorized.payment.status, authorized.payment.authorized) == (P.AUTHORIZED, expected.grand_total)
+    assert world.held_for(order_id) == {
+        ("MUG", "wh-west", f"{order_id}#L1"): 1,
+        ("CAP", "wh-east", f"{order_id}#L2"): 3,
+    }
+
+
+def test_units_cancelled_while_authorized_are_neither_reserved_nor_captured(world):
+    order_id = world.place(("MUG", 2), ("CAP", 3))
+    world.workflow.authorize_payment(order_id, attempt=0)
+
+    done = world.actions.cancel(order_id, "two caps", actor="key_web", lines={"L2": 2})
+
+    assert (done.status, [line.quantity for line in done.lines]) == (S.AUTHORIZED, [2, 1])
+    world.workflow.reserve_stock(order_id)
+    world.workflow.create_shipments(order_id)
+    allocated = world.order(order_id)
+    assert world.held_for(order_id) == {
+        ("MUG", "wh-west", f"{order_id}#L1"): 2,
+        ("CAP", "wh-east", f"{order_id}#L2"): 1,
+    }
+    for shipment in allocated.shipments:
+        world.actions.ship(order_id, shipment.id, None, actor="key_wh")
+    shipped = world.order(order_id)
+    assert shipped.status is S.SHIPPED and settled(shipped) == done.totals.grand_total
+    assert shipped.payment.captured == done.totals.grand_total < allocated.payment.authorized
+
+
+def test_a_cancel_landing_while_the_order_is_being_authorized_has_the_new_total_authorized(world, monkeypatch):
     order_id = world.place(("MUG", 2))
-    with pytest.raises(InvalidTransition):
-        world.actions.cancel(order_id, "early", actor="key_web", lines={"L1": 1})
+    cancelled: list[Order] = []
+    before_the_next_write(world, monkeypatch, lambda: cancelled.append(
+        world.actions.cancel(order_id, "one mug", actor="key_web", lines={"L1": 1})))  # fmt: skip
+
+    with pytest.raises(TransientError):  # its write lost: Step Functions runs it again
+        world.workflow.authorize_payment(order_id, attempt=0)
+    world.workflow.authorize_payment(order_id, attempt=1)
+
+    done = world.order(order_id)
+    assert (done.payment.status, done.payment.authorized) == (P.AUTHORIZED, cancelled[0].totals.grand_total)
+    # Asked under a new key: the old key's authorization, for the old total, was voided.
+    assert len(set(world.spy.authorized)) == 2 and world.spy.voided == world.spy.authorized[:1]
+    assert done.payment.authorization == world.spy.authorized[1]
+
+
+def test_a_cancel_landing_while_the_order_is_being_reserved_leaves_only_what_is_left_reserved(world, monkeypatch):
+    order_id = world.place(("MUG", 2), ("CAP", 3))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    before_the_next_write(world, monkeypatch, lambda: world.actions.cancel(
+        order_id, "one cap", actor="key_web", lines={"L2": 1}))  # fmt: skip
+
+    with pytest.raises(TransientError):  # its write lost: Step Functions runs it again
+        world.workflow.reserve_stock(order_id)
+    world.workflow.reserve_stock(order_id)
+
+    assert world.held_for(order_id) == {
+        ("MUG", "wh-west", f"{order_id}#L1"): 2,
+        ("CAP", "wh-east", f"{order_id}#L2"): 2,
+    }
+    assert [a.quantity for a in world.order(order_id).allocations if a.line_id == "L2"] == [2]
+
+
+def test_units_cancelled_on_hold_after_an_edit_give_back_the_stock_they_held(world):
+    # Edited, the order went back to `authorized` keeping its units for the workflow, which the
+    # hold puts off: the units cancelled would stay reserved for as long as the hold lasts.
+    order = world.allocated(("MUG", 2))
+    edited = world.actions.edit(order.id, order.version, OrderEdit(lines=[LineInput(sku="MUG", quantity=2)]), "key_cs")
+    holds = Holds(world.orders, clock=lambda: NOW, inventory=world.inventory, catalog=world.catalog)
+    held = holds.hold(order.id, HoldRequest(reason="customer_request"), actor="key_ops")
+    assert (edited.status, held.status, world.held_for(order.id)) == (S.AUTHORIZED, S.ON_HOLD, {
+        ("MUG", "wh-west", f"{order.id}#L1"): 2})  # fmt: skip
+
+    done = world.actions.cancel(order.id, "one mug", actor="key_web", lines={"L1": 1})
+
+    assert (done.status, [line.quantity for line in done.lines]) == (S.ON_HOLD, [1])
+    assert world.held_for(order.id) == {("MUG", "wh-west", f"{order.id}#L1"): 1}
+    assert world.level("MUG", "wh-west") == (5, 1, 4)
+
+
+def test_an_authorization_an_edit_died_recording_is_voided_by_a_cancel_of_units_before_sourcing(world, monkeypatch):
+    # The PATCH died after the gateway authorized the grown total: the hold on the customer's card
+    # is the order's to void, as a cancel of allocated units voids it.
+    order_id = world.place(("MUG", 2))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    authorized = world.order(order_id)
+    dies_before_recording(world, monkeypatch, "edited")
+    with pytest.raises(Died):
+        world.actions.edit(order_id, authorized.version, OrderEdit(lines=[LineInput(sku="MUG", quantity=3)]), "key_cs")
+    assert world.order(order_id).authorization_requested is not None and len(world.spy.authorized) == 2
+
+    done = world.actions.cancel(order_id, "one mug", actor="key_web", lines={"L1": 1})
+
+    assert (done.status, done.lines[0].quantity, done.authorization_requested) == (S.AUTHORIZED, 1, None)
+    assert done.payment.authorization == authorized.payment.authorization
+    assert world.spy.voided == [world.spy.authorized[1]]  # the edit's, asked for again under its key to void it
+
+
+def test_every_unit_of_a_pending_order_named_cancels_the_order(world):
+    order_id = world.place(("MUG", 2))
+
+    done = world.actions.cancel(order_id, "all of it", actor="key_web", lines={"L1": 2})
+
+    assert done.status is S.CANCELLED
 
 
 def test_a_shipped_order_without_cancelled_units_still_refuses_a_cancel(world):
@@ -857,7 +970,8 @@ def test_two_settlements_that_read_the_order_at_different_times_refund_the_whole
 
 def test_a_line_cancel_sent_right_after_allocation_is_decided_on_the_order_as_written(world, monkeypatch):
     # GetItem is eventually consistent: just after the order was allocated, a plain read may still
-    # show it authorized, whose units cannot be cancelled one by one.
+    # show it authorized, with none of its units in a shipment yet: the write decided on it loses
+    # (it is conditional on the version read), and the cancel is decided again on the order as written.
     order_id = world.place(("MUG", 2), ("CAP", 3))
     world.workflow.authorize_payment(order_id, attempt=0)
     authorized = world.order(order_id)
