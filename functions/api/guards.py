@@ -126,8 +126,8 @@ def check_request(event: dict[str, Any], scopes: ScopeTable) -> None:
         refuse_card_numbers(document)
         refuse_unread_fields(event, document, scopes)
     # Paths and query strings can carry card numbers too (/products/4111..., ?customer_id=4111...),
-    # in a parameter's name as well as in any of its values.
-    fields = _card_number_parameters(event)
+    # in a parameter's name as well as in any of its values; so can the one header the OMS keeps.
+    fields = _card_number_parameters(event) + _card_number_headers(event)
     if fields:
         raise ApiError(
             422,
@@ -135,6 +135,20 @@ def check_request(event: dict[str, Any], scopes: ScopeTable) -> None:
             "payment card numbers are never accepted",
             [{"field": field, "message": "looks like a payment card number"} for field in dict.fromkeys(fields)],
         )
+
+
+# The header whose value the OMS keeps: an Idempotency-Key is stored with what it made (a return's
+# request_key, a cancel's history entry).
+KEPT_HEADER = "idempotency-key"
+
+
+def _card_number_headers(event: dict[str, Any]) -> list[str]:
+    """["Idempotency-Key"] when that header carries a card number, in any of its values."""
+    values = [v for k, v in (event.get("headers") or {}).items() if k.lower() == KEPT_HEADER]
+    for name, many in (event.get("multiValueHeaders") or {}).items():
+        if name.lower() == KEPT_HEADER:
+            values += many or []
+    return ["Idempotency-Key"] if any(isinstance(v, str) and contains_card_number(v) for v in values) else []
 
 
 # A server id (core/ids.py): a short prefix and 24 characters of lower-case base32. Its digits are

@@ -294,3 +294,20 @@ def test_an_orders_returns_are_paged_by_limit_and_cursor_oldest_first(api: InPro
     assert_error(foreign, 422, "invalid_cursor", "cursor")
     forged = api.get(f"/orders/{order['id']}/returns", params={"cursor": "bm90LWEtY3Vyc29y"})
     assert_error(forged, 422, "invalid_cursor")
+
+
+@pytest.mark.parametrize("written", ["4111111111111111", "rtn-4111-1111-1111-1111"])
+def test_a_card_number_sent_as_an_idempotency_key_is_refused_and_kept_on_no_return(api: InProcessApi, written: str):
+    # A return keeps the key it was made under (its request_key), so a card number there would be stored.
+    order, _, _ = an_order(api, 2)
+    refund = {"amount": {"amount": "1.00", "currency": "USD"}, "reason": "late delivery"}
+
+    for path, body in ((f"/orders/{order['id']}/returns", return_body(1)), (f"/orders/{order['id']}/refunds", refund)):
+        response = api.post(path, json=body, headers={"Idempotency-Key": written})
+
+        assert_error(response, 422, "card_data_rejected", "Idempotency-Key")
+        assert "1111" not in response.text
+    assert api.get(f"/orders/{order['id']}/returns").json()["items"] == []
+    assert api.get(f"/orders/{order['id']}/refunds").json()["items"] == []
+    stored = boto3.client("dynamodb", region_name="us-east-1").scan(TableName="test-ReturnsTable")["Items"]
+    assert not [item for item in stored if written in str(item)]
