@@ -162,6 +162,20 @@ class BackorderAllocator:
         the rules, reusing what they hold where it may still ship). Records where the next page
         starts on the version (its change hands that page on). Bounded per call, so a long backlog is woken in
         as many calls as it takes, none near a function's time limit."""
+        if self._rules is None:
+            return self._wake(after, None)
+        rules = self._rules
+        return self._wake(after, lambda last: rules.wake_from(version, last))
+
+    def network_changed(self, after: WaitingOrder | None = None) -> Arrival:
+        """A location that stopped shipping may leave waiting orders nowhere to take more units (the
+        one location they hold units at, under `max_shipments`): the same wake as a new version of
+        the rules (`rules_changed`), its next page recorded on the network (`CatalogRepository.wake_from`)."""
+        return self._wake(after, self._catalog.wake_from)
+
+    def _wake(self, after: WaitingOrder | None, hand_on: Callable[[WaitingOrder], None] | None) -> Arrival:
+        """One page of the wake of `rules_changed` and `network_changed`; a full one is handed on
+        (`hand_on`, None: not)."""
         result = Arrival()
         if self._backordered is None:
             return result
@@ -184,15 +198,16 @@ class BackorderAllocator:
                 result.completed.append(order.id)
                 continue
             # The rules may leave it nowhere to take more units (the one location it holds units at
-            # excluded under max_shipments, its pickup store excluded): no arrival would fill it.
+            # excluded, or no longer shipping, under max_shipments; its pickup store excluded): no
+            # arrival would fill it.
             rules = rules or (self._rules.current() if self._rules is not None else SourcingRules())
             locations = locations or self._catalog.list_locations()
             if stranded(order, locations, rules) and (
                 self._workflow.source_again(order.id, actor=BACKORDER_ACTOR).status is not S.BACKORDERED
             ):
                 result.sourced_again.append(order.id)
-        if len(page) == PAGE and self._rules is not None:
-            self._rules.wake_from(version, page[-1])
+        if len(page) == PAGE and hand_on is not None:
+            hand_on(page[-1])
         return result
 
     def demand(self, sku: str, buying: set[str], coming: Callable[[str], int]) -> Demand:

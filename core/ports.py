@@ -137,6 +137,12 @@ class CatalogRepository(ABC):
     @abstractmethod
     def list_locations(self) -> list[Location]: ...
 
+    @abstractmethod
+    def wake_from(self, after: WaitingOrder) -> None:
+        """Record on the location network the backordered order after which waking them for its
+        change (a location that stopped shipping) goes on: the change this makes hands the next
+        page to the backorder filler (the Catalog stream), as `SourcingRulesRepository.wake_from`."""
+
 
 class InventoryRepository(ABC):
     """Stock per (sku, location). Every change is one conditional write: never read-then-write."""

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 
 from core.models import Location, Product
-from core.ports import CatalogRepository, SourcingRulesRepository
+from core.ports import CatalogRepository, SourcingRulesRepository, WaitingOrder
 from core.sourcing_rules import SourcingRules
 
 _FIRST_PURGE = 1024  # products cached before stale ones are first looked for
@@ -82,6 +82,9 @@ class CachedCatalog(CatalogRepository):
         created = self._inner.put_location(location)
         self._network = None
         return created
+
+    def wake_from(self, after: WaitingOrder) -> None:
+        self._inner.wake_from(after)
 
 
 def _named(locations: list[Location], location_id: str) -> Location | None:

@@ -1219,12 +1219,22 @@ class DynamoCatalog(CatalogRepository):
         network = self._network()
         return [Location.model_validate_json(network[k]) for k in sorted(network)]
 
+    def wake_from(self, after: WaitingOrder) -> None:
+        # Beside `locations`: the network's readers read nothing else of the item.
+        self._client.update_item(
+            TableName=self._table,
+            Key=NETWORK_KEY,
+            UpdateExpression=f"SET {WAKE_AFTER} = :after",
+            ExpressionAttributeValues={":after": {"S": f"{timestamp(after.created_at)}#{after.order_id}"}},
+        )
+
 
 # --- Sourcing rules ----------------------------------------------------------------------------
 
 SOURCING_RULES_PK = "SOURCING_RULES"
-# On a version's item: the backordered order after which waking them for that version goes on
-# (functions/backorders/app.py reads it from the Catalog stream).
+# On a version's item (and on the network's): the backordered order after which waking them for
+# that version (for that change of the network) goes on (functions/backorders/app.py reads it from
+# the Catalog stream).
 WAKE_AFTER = "wake_after"
 
 

@@ -2,7 +2,8 @@
 when it falls below a reorder point, emit `inventory.low`, and grow the draft purchase order unless units on
 open purchase orders cover the point; when an order is written backordered, or a point is set where there was
 none, grow the draft by what the orders lack beyond what is there and on order. Catalog stream consumer for
-the sourcing rules: a new version wakes the backordered orders it may let take units, a page at a time."""
+the sourcing rules: a new version wakes the backordered orders it may let take units, a page at a time;
+and for the location network: a location that stops shipping wakes them the same way."""
 
 from __future__ import annotations
 
@@ -16,10 +17,10 @@ from aws_lambda_powertools.utilities.batch import process_partial_response
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
 
 from core.backorders import Arrival, Demand
-from core.models import ReorderSettings, StockLevel
+from core.models import Location, ReorderSettings, StockLevel
 from core.reorder import crossing, lacking, low_stock_event
 from core.sourcing_rules import SourcingRules
-from functions.adapters.dynamodb import BACKORDER_PREFIX, SOURCING_RULES_PK, WAKE_AFTER, wake_after
+from functions.adapters.dynamodb import BACKORDER_PREFIX, NETWORK_KEY, SOURCING_RULES_PK, WAKE_AFTER, wake_after
 from functions.backorders.low_stock import backorder_marked, crossing_of, point_set, stock_change
 from functions.bootstrap import WarmContainer
 from functions.business_metrics import emits_business_metrics
@@ -254,11 +255,43 @@ def rules_changed(record: DynamoDBRecord) -> None:
         _report(container().backorder_allocator.rules_changed(version, after))
 
 
+def _stopped_shipping(old: dict[str, str], new: dict[str, str]) -> bool:
+    """Whether a location of the network's item `old` (JSON documents by location id) that shipped
+    ships no more in `new` (changed to not ship, or gone)."""
+    return any(
+        Location.model_validate_json(document).ships
+        and (location_id not in new or not Location.model_validate_json(new[location_id]).ships)
+        for location_id, document in old.items()
+        if new.get(location_id) != document
+    )
+
+
+def network_changed(record: DynamoDBRecord) -> None:
+    """A change of the location network that stops a location shipping wakes the backordered
+    orders from the oldest (it may leave some nowhere to take more units), as a new version of the
+    rules does; the page after is handed on by the `wake_after` that page wrote on the network's
+    item. Other changes of the network wake no one."""
+    stream = record.dynamodb
+    if stream is None or (stream.keys or {}).get("pk") != NETWORK_KEY["pk"]["S"]:
+        return
+    new, old = stream.new_image or {}, stream.old_image or {}
+    if _stopped_shipping(old.get("locations") or {}, new.get("locations") or {}):
+        after = None
+    elif new.get(WAKE_AFTER) and new.get(WAKE_AFTER) != old.get(WAKE_AFTER):
+        after = wake_after(str(new[WAKE_AFTER]))
+    else:
+        return  # a location added, or changed and still shipping (a store that stops taking pickups
+        # still supplies its pickup orders: `eligible_locations`): nobody is left without one
+    with logger.append_context_keys(network_changed=True):
+        _report(container().backorder_allocator.network_changed(after))
+
+
 def stock_changed(record: DynamoDBRecord) -> None:
     # The Inventory stream: a record is an arrival, a crossing, or neither. The Catalog stream
-    # (keys pk and sk) brings sourcing rules only, through its filter.
+    # (keys pk and sk) brings sourcing rules and the location network only, through its filter.
     if record.dynamodb is not None and "pk" in (record.dynamodb.keys or {}):
         rules_changed(record)
+        network_changed(record)
         return
     if backorder_marked(record):
         backorder_recorded(record)

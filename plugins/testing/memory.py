@@ -168,6 +168,7 @@ class InMemoryCatalog(CatalogRepository):
     def __init__(self) -> None:
         self.products: dict[str, Product] = {}
         self.locations: dict[str, Location] = {}
+        self.woken_from: WaitingOrder | None = None
 
     def put_product(self, product: Product) -> bool:
         created = product.sku not in self.products
@@ -190,6 +191,9 @@ class InMemoryCatalog(CatalogRepository):
 
     def list_locations(self) -> list[Location]:
         return [self.locations[k] for k in sorted(self.locations)]
+
+    def wake_from(self, after: WaitingOrder) -> None:
+        self.woken_from = after
 
 
 class InMemoryInventory(InventoryRepository):

@@ -390,3 +390,54 @@ def test_an_order_sent_back_gives_back_what_it_holds_where_shipping_stopped(shop
     order = shop.order(order_id)
     assert order.status is S.ALLOCATED and [s.location_id for s in order.shipments] == ["wh-east"]
     assert (shop.level("wh-west"), shop.level("wh-east")) == ((1, 0, 1), (50, 3, 47))
+
+
+def network_record(shop: Shop, old: dict[str, Any]) -> dict[str, Any]:
+    """The Catalog stream's record of the location network's item changed from `old` to as stored now."""
+    key = {"pk": {"S": "NETWORK"}, "sk": {"S": "LOCATIONS"}}
+    item = shop.container.dynamodb.get_item(TableName=shop.container.config.catalog_table, Key=key)["Item"]
+    return {
+        "eventID": f"network-{len(json.dumps(item))}",
+        "eventName": "MODIFY",
+        "eventSource": "aws:dynamodb",
+        "dynamodb": {"Keys": key, "SequenceNumber": "3", "OldImage": old, "NewImage": item},
+    }
+
+
+def test_a_location_that_stops_shipping_sends_back_the_orders_it_leaves_nowhere_to_go(shop, monkeypatch):
+    """max_shipments 1, the older order holds a unit at wh-west: when wh-west stops shipping, the
+    change of the network wakes the backordered orders as a change of the rules does, a page at a
+    time, without waiting for an arrival of their sku (or the backordered jeopardy mark)."""
+    from core.sourcing_rules import SourcingRulesInput
+
+    shop.container.sourcing_rules_service.replace(SourcingRulesInput(max_shipments=1), by="key_ops")
+    shop.inventory.set_on_hand("PREORDER", "wh-west", 1, reason="count")
+    first, second = shop.backordered(3), shop.backordered(1)  # the first holds the unit at wh-west
+    shop.inventory.adjust("PREORDER", "wh-east", 50, reason="receipt")  # its record not consumed
+    catalog, table = shop.container.catalog_repository, shop.container.config.catalog_table
+    key = {"pk": {"S": "NETWORK"}, "sk": {"S": "LOCATIONS"}}
+    before = shop.container.dynamodb.get_item(TableName=table, Key=key)["Item"]
+    catalog.put_location(catalog.get_location("wh-east").model_copy(update={"name": "East"}))
+    renamed = network_record(shop, before)
+    assert consume(shop, renamed) == {"batchItemFailures": []}  # still ships: nobody woken
+    assert (shop.held(first), shop.held(second)) == (1, 0) and shop.order(first).status is S.BACKORDERED
+    monkeypatch.setattr("core.backorders.PAGE", 1)
+
+    catalog.put_location(catalog.get_location("wh-west").model_copy(update={"ships": False}))
+    stopped = network_record(shop, renamed["dynamodb"]["NewImage"])
+    assert consume(shop, stopped) == {"batchItemFailures": []}
+    assert shop.order(first).status is S.AUTHORIZED and shop.held(second) == 0
+    handed_on = network_record(shop, stopped["dynamodb"]["NewImage"])
+    consume(shop, handed_on)  # the page handed on
+    consume(shop, handed_on)  # redelivered: nothing twice
+
+    assert (shop.held(second), shop.executions()) == (1, [second])
+    assert shop.level("wh-east") == (50, 1, 49)
+    # Both records pass the template's own filter; a removal of the item does not.
+    events = Template.load().functions()["BackorderFunction"]["Events"]
+    patterns = compile_filters(events["SourcingRulesStream"]["Properties"]["FilterCriteria"], "test")
+    assert matches_filters(patterns, stopped) and matches_filters(patterns, handed_on)
+    assert not matches_filters(patterns, {**stopped, "eventName": "REMOVE"})
+    shop.container.workflow.reserve_stock(first)  # the workflow the outbox starts
+    shop.container.workflow.create_shipments(first)
+    assert [s.location_id for s in shop.order(first).shipments] == ["wh-east"]
