@@ -223,8 +223,8 @@ class UnitCancellation:
     ) -> Order | None:
         """The order, when a cancel under `request_key` made within the key's KEY_HONOURED_FOR is
         in its history (None: none is), with what that cancel does after its write done again, as
-        a repeated cancel does it, unless the order is being sourced again (the workflow settles
-        its stock then). One that named every
+        a repeated cancel does it, unless the order has no shipment yet (pending, authorized or
+        backordered, held or not: the workflow settles its stock then). One that named every
         unit cancelled the order: its clean-up (stock, the void) is run again as a repeated cancel
         of a cancelled order runs it."""
         found = self._orders.history(order_id, consistent=True)
@@ -247,7 +247,11 @@ class UnitCancellation:
             )
         if made.type is OrderEvent.CANCELLED:
             return self.cancel_given_up(self._cancellation.cancel(order_id, reason, actor, channel=channel), actor)
-        if order.status in (S.PENDING, S.AUTHORIZED, S.BACKORDERED) or order.not_sourced():
+        # No shipment yet (held from such a status too: between ReserveStock and CreateShipments, or
+        # waiting for stock): its workflow settles its stock, which a release down to what its
+        # shipments need would free whole while the order still records it allocated.
+        resumes_to = order.hold.resume_to if order.status is S.ON_HOLD and order.hold is not None else order.status
+        if resumes_to in (S.PENDING, S.AUTHORIZED, S.BACKORDERED):
             return order
         self.cancel_given_up(self.book_labels_due(order, actor), actor)
         return self._settle(self._current(order_id), actor)

@@ -11,7 +11,7 @@ from decimal import Decimal
 import pytest
 
 from core import hookimpl
-from core.errors import InvalidRequest, InvalidTransition, PaymentGatewayUnavailable, TransientError
+from core.errors import Backordered, InvalidRequest, InvalidTransition, PaymentGatewayUnavailable, TransientError
 from core.events import OrderEvent
 from core.holds import HoldRequest, Holds
 from core.ids import booking_key
@@ -1729,6 +1729,36 @@ def test_a_keyed_cancel_of_units_sent_again_after_the_keys_24_hours_cancels_them
 
     assert (later.lines[0].quantity, later.lines[0].cancelled_quantity) == (1, 2)
     assert [entry.type for entry in world.history(order.id)].count(OrderEvent.UNITS_CANCELLED) == 2
+
+
+@pytest.mark.parametrize("held_while", ["reserved_not_allocated", "backordered"])
+def test_a_keyed_cancel_of_units_sent_again_while_the_order_is_held_before_its_shipments_keeps_its_stock(held_while):
+    # The first answer was lost; the order was sourced since and held before it had shipments
+    # (between ReserveStock and CreateShipments, or waiting for stock). The retry brought the
+    # reservations down to what its shipments need, none: every unit it held was released while
+    # it still recorded them allocated, and shipping it after the release took them from on_hand
+    # that other orders had reserved since.
+    from tests.unit.test_holds import hold
+
+    world = build_world([("MUG", "wh-west", 2 if held_while == "backordered" else 5)])
+    world.catalog.put_product(product("MUG", "12.50", weight_grams=350, allow_backorder=True))
+    order_id = world.place(("MUG", 4))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    key = f"api:key_cs:cancel-{order_id}-L1"
+    world.actions.cancel(order_id, "one less", actor="key_cs", lines={"L1": 1}, request_key=key)
+    if held_while == "backordered":
+        with pytest.raises(Backordered):
+            world.workflow.reserve_stock(order_id)
+    else:
+        world.workflow.reserve_stock(order_id)
+    hold(world, order_id)
+    before = world.held_for(order_id)
+    assert sum(before.values()) == (2 if held_while == "backordered" else 3)
+
+    again = world.actions.cancel(order_id, "one less", actor="key_cs", lines={"L1": 1}, request_key=key)
+
+    assert (again.status, again.lines[0].quantity) == (S.ON_HOLD, 3)
+    assert world.held_for(order_id) == before
 
 
 @pytest.mark.parametrize(
