@@ -1213,3 +1213,22 @@ def test_the_passes_turn_with_the_schedule_the_template_gives_the_reconciler():
 
     events = load_template()["Resources"]["ReconcilerFunction"]["Properties"]["Events"]
     assert events["EveryFiveMinutes"]["Properties"]["Schedule"] == f"rate({SCHEDULE_MINUTES} minutes)"
+
+
+def test_the_passes_a_run_left_for_want_of_time_are_counted(passes_run, metrics_on, capsys):
+    # Left passes are no error (the alarm stays quiet), so the warning alone would show a backlog
+    # that keeps them from running only to someone reading the logs: a metric graphs and alarms it.
+    from functions.reconciler.app import lambda_handler, metrics
+
+    own = ("service",) if metrics.service else ()  # none when a test without the stack imported it first
+
+    class RunningOut(Context):
+        def get_remaining_time_in_millis(self) -> int:
+            return 60_000 if not passes_run else 5_000
+
+    capsys.readouterr()
+    lambda_handler(scheduled("2026-12-03T12:00:00Z"), RunningOut())
+    assert emitted(capsys.readouterr().out, own) == {"ReconcilerPassesLeft": len(PASSES) - 1}
+
+    lambda_handler(scheduled("2026-12-03T12:05:00Z"), Context())  # time for all: none left, none counted
+    assert emitted(capsys.readouterr().out, own) == {}
