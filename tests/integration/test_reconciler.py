@@ -1213,3 +1213,56 @@ def test_the_passes_turn_with_the_schedule_the_template_gives_the_reconciler():
 
     events = load_template()["Resources"]["ReconcilerFunction"]["Properties"]["Events"]
     assert events["EveryFiveMinutes"]["Properties"]["Schedule"] == f"rate({SCHEDULE_MINUTES} minutes)"
+
+
+def test_the_passes_a_run_left_for_want_of_time_are_counted(passes_run, metrics_on, capsys):
+    # Left passes are no error (the alarm stays quiet), so the warning alone would show a backlog
+    # that keeps them from running only to someone reading the logs: a metric graphs and alarms it.
+    from functions.reconciler.app import lambda_handler, metrics
+
+    own = ("service",) if metrics.service else ()  # none when a test without the stack imported it first
+
+    class RunningOut(Context):
+        def get_remaining_time_in_millis(self) -> int:
+            return 60_000 if not passes_run else 5_000
+
+    capsys.readouterr()
+    lambda_handler(scheduled("2026-12-03T12:00:00Z"), RunningOut())
+    assert emitted(capsys.readouterr().out, own) == {"ReconcilerPassesLeft": len(PASSES) - 1}
+
+    lambda_handler(scheduled("2026-12-03T12:05:00Z"), Context())  # time for all: none left, none counted
+    assert emitted(capsys.readouterr().out, own) == {}
+
+
+def test_what_a_pass_counted_is_printed_before_the_next_pass_starts(stack, metrics_on, capsys, monkeypatch):
+    # A pass started with 15 s left can still run past the timeout, and Lambda then ends the run
+    # before the handler prints anything: the orders the passes before it parked would never reach
+    # OrdersParkedAlarm, nor a void they saw refused VoidsNotMadeAlarm. Each pass's count is out first.
+    from core.pickups import PickupExpiry
+    from core.reconciliation import Reconciled, Reconciler
+    from functions import business_metrics
+    from functions.reconciler.app import lambda_handler, metrics
+
+    own = ("service",) if metrics.service else ()  # none when a test without the stack imported it first
+
+    def parks(self: Any, done: Reconciled | None = None) -> Reconciled:
+        done = done if done is not None else Reconciled()
+        done.parked.append(order_id("z"))
+        business_metrics.record("PaymentFailures", operation="void", kind="refused")
+        return done
+
+    printed_before_the_next_pass: list[str] = []
+
+    def runs_past_the_timeout(self: Any) -> Any:
+        printed_before_the_next_pass.append(capsys.readouterr().out)
+        raise SystemExit("the timeout ends the run")  # nothing after this is printed on Lambda
+
+    monkeypatch.setattr(Reconciler, "run", parks)
+    monkeypatch.setattr(PickupExpiry, "run", runs_past_the_timeout)
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        lambda_handler({}, Context())  # by hand: stalled orders first, pickup expiry next
+
+    [out] = printed_before_the_next_pass
+    assert emitted(out, own) == {"OrdersParked": 1}
+    assert emitted(out, ("kind", "operation")) == {"PaymentFailures": 1}
