@@ -50,7 +50,7 @@ from core.refunds import (
     refused_in_a_row,
 )
 from core.services import CaptureService
-from core.status import NOT_LEFT, OrderStatus, ShipmentStatus
+from core.status import NOT_LEFT, OrderStatus, PaymentStatus, ShipmentStatus
 from core.workflow_types import CarrierShipment, book_parcel, stored_label
 
 if TYPE_CHECKING:
@@ -82,8 +82,10 @@ class UnitCancellation:
     reservations brought down to what those shipments still need, and the payment settled: what was captured beyond
     the new total is refunded (a refund of kind `cancellation`); once nothing is left to ship, a
     total left higher than the captures (a volume discount lost with the units) is captured and
-    the rest of the authorization released. Each part is idempotent, and repeating a cancel of
-    the rest finishes whatever an interrupted one left (a pending refund, a failed settlement)."""
+    the rest of the authorization released. A cancel of `lines` that raises the total beyond what
+    the authorization can still capture is refused (_beyond_authorization). Each part is
+    idempotent, and repeating a cancel of the rest finishes whatever an interrupted one left (a
+    pending refund, a failed settlement)."""
 
     def __init__(
         self,
@@ -175,6 +177,13 @@ class UnitCancellation:
             priced, totals, grants = self._priced(order, cancelled)
             new, entry = order.cancel_units(cancelled, priced, totals, reason=reason, at=self._clock(), actor=actor,
                                             grants=grants, request_key=request_key if lines else None)  # fmt: skip
+            beyond = _beyond_authorization(order, new) if lines is not None else None
+            if beyond is not None:
+                if not consistent:
+                    consistent = True
+                    continue
+                self._record_settlement(order, actor)
+                raise beyond
             try:
                 self._orders.update(new, order, [entry])
             except StaleVersion:
@@ -603,6 +612,34 @@ class UnitCancellation:
             if current.payment.authorization == authorization and current.payment.captured < current.payment.authorized
             else None,
         )  # fmt: skip
+
+
+def _beyond_authorization(order: Order, new: Order) -> InvalidTransition | None:
+    """The refusal (409 invalid_transition) of a cancel of units that raises what the order costs
+    (a volume price or a free-shipping minimum lost with the units) beyond what its authorization
+    can still capture (None: it does not). Such a cancel is not authorized again as an edit is:
+    stored, the capture of the order's last parcel would be refused and it would never ship. An
+    order not yet authorized is authorized for its new total by its workflow; a cancel of the
+    rest of a partly shipped order (no `lines`) is not asked: nothing is left to ship, and a
+    settlement capture refused is in the history."""
+    payment = new.payment
+    if payment.status is PaymentStatus.PENDING or not payment.authorization:
+        return None
+    if new.payable().amount <= order.payable().amount:
+        return None
+    due = new.payable() - _settled(new)
+    if new.exchange_credit is not None:
+        due = min(due, beyond_credit(new))
+    left = new.authorization_covers() - payment.captured
+    if due.amount <= left.amount:
+        return None
+    return InvalidTransition(
+        f"cancelling these units raises the order's total to {new.payable().amount} {new.currency}, more than its"
+        f" payment authorization has left to capture ({left.amount} {new.currency}): cancel the whole order"
+        f" (without lines: everything not shipped) or edit it before anything ships (PATCH /orders/{new.id}),"
+        " which authorizes the new total",
+        details=[{"field": "lines", "message": f"the order would cost {new.payable().amount} {new.currency}"}],
+    )
 
 
 def _settled(order: Order) -> Money:

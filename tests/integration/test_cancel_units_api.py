@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from core import hookimpl
+from core.money import Money
 from tests.builders import location_body, order_body, product_body
 from tests.e2e.client import assert_error, unsigned
 from tests.integration.in_process import InProcessApi, in_process_api_with_labels
@@ -485,3 +487,41 @@ def test_a_parcel_a_cancel_of_units_empties_stays_on_the_order_cancelled_and_is_
     delivered = api.post(f"/orders/{order['id']}/shipments/{west['id']}/deliver", json={})
     assert delivered.status_code == 200, delivered.text
     assert delivered.json()["status"] == "delivered"
+
+
+class CheapFromThree:
+    """Mugs cost 2.00 each from three units on."""
+
+    @hookimpl(tryfirst=True)
+    def oms_unit_price(self, product, quantity: int, currency: str) -> Money | None:
+        return Money.of("2.00", currency) if product.sku == "MUG" and quantity >= 3 else None
+
+
+@pytest.fixture
+def cheap_from_three(api: InProcessApi) -> Iterator[None]:
+    from functions.api.dependencies import container
+
+    plugin = CheapFromThree()
+    container().plugins.register(plugin)
+    yield
+    container().plugins.unregister(plugin)
+
+
+def test_a_cancel_of_units_raising_the_total_beyond_the_authorization_is_409_and_changes_nothing(
+    api, cheap_from_three
+):  # fmt: skip
+    """Three mugs at 2.00 authorized for 11.44: one cancelled would cost 31.81, which the
+    authorization could never capture (the order would stay allocated, never shipping)."""
+    order = allocated(api, ("MUG", 3))
+    assert money(order["totals"]["grand_total"]) == "11.44"
+    held = stock(api, "MUG", "wh-west")
+
+    answer = cancel(api, order["id"], [("L1", 1)])
+
+    error = assert_error(answer, 409, "invalid_transition", "lines")
+    assert "cancel the whole order" in error["message"]
+    after = api.get(f"/orders/{order['id']}").json()
+    assert (after["version"], after["lines"], after["totals"]) == (order["version"], order["lines"], order["totals"])
+    assert stock(api, "MUG", "wh-west") == held
+    shipped = ship(api, after, "wh-west")
+    assert (shipped["status"], money(shipped["payment"]["captured"])) == ("shipped", "11.44")

@@ -1840,3 +1840,56 @@ def test_a_replacement_whose_settlement_refund_is_refused_gives_back_none_of_its
     assert done.exchange_credit is not None and done.totals.grand_total > done.exchange_credit
     assert world.order(order.id).payment.refunds == []  # the caps use all the credit
     assert done.payment.captured - done.payment.refunded == done.totals.grand_total - done.exchange_credit
+
+
+class CheapFromThree:
+    """Mugs cost 2.00 each from three units on: a cancel of one of three raises the total."""
+
+    @hookimpl(tryfirst=True)
+    def oms_unit_price(self, product, quantity: int, currency: str) -> Money | None:
+        return Money.of("2.00", currency) if product.sku == "MUG" and quantity >= 3 else None
+
+
+@pytest.mark.parametrize("sourced", [False, True], ids=["authorized", "allocated"])
+def test_a_cancel_of_units_raising_the_total_beyond_the_authorization_is_refused_and_the_order_still_ships(sourced):
+    # Three mugs at 2.00 authorized for 11.44; one cancelled would leave two at 12.50 (31.81), which
+    # the authorization cannot capture: the order would stay allocated, unshippable, nobody told.
+    world = build_world(STOCK, CheapFromThree())
+    order_id = world.place(("MUG", 3))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    if sourced:
+        world.workflow.reserve_stock(order_id)
+        world.workflow.create_shipments(order_id)
+    before = world.order(order_id)
+    assert before.payment.authorized == before.totals.grand_total == Money.of("11.44", "USD")
+
+    with pytest.raises(InvalidTransition, match="cancel the whole order") as refused:
+        world.actions.cancel(order_id, "two are enough", actor="key_web", lines={"L1": 1})
+
+    assert refused.value.code == "invalid_transition"
+    after = world.order(order_id)
+    assert (after.version, after.lines, after.totals) == (before.version, before.lines, before.totals)
+    if not sourced:
+        world.workflow.reserve_stock(order_id)
+        world.workflow.create_shipments(order_id)
+    allocated = world.order(order_id)
+    assert world.held_for(order_id) == {("MUG", "wh-west", f"{order_id}#L1"): 3}
+    shipped = world.actions.ship(order_id, allocated.shipments[0].id, None, actor="key_wh")
+    assert shipped.status is S.SHIPPED and shipped.payment.captured == Money.of("11.44", "USD")
+
+
+def test_a_partly_shipped_orders_cancel_of_units_beyond_the_authorization_is_refused_the_rest_cancels():
+    # One mug of three (at 2.00 from three) shipped from the west, two waiting in the east: one of
+    # them cancelled would leave the last parcel's capture refused, so it is refused; the rest
+    # cancelled leaves nothing to ship, and the settlement's refusal is in the history.
+    world = build_world([("MUG", "wh-west", 1), ("MUG", "wh-east", 2)], CheapFromThree())
+    order = world.allocated(("MUG", 3))
+    world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
+    before = world.order(order.id)
+
+    with pytest.raises(InvalidTransition, match="cancel the whole order"):
+        world.actions.cancel(order.id, "one more is enough", actor="key_web", lines={"L1": 1})
+
+    assert world.order(order.id).version == before.version
+    done = world.actions.cancel(order.id, "the rest is not needed", actor="key_web")
+    assert done.status is S.SHIPPED and done.lines[0].quantity == 1

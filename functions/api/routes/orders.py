@@ -233,7 +233,9 @@ def edit_order(order_id: OrderIdPath, edit: OrderEdit, if_match: IfMatch) -> Ord
     "yet left (pending, or a pickup `ready_for_pickup` at its store) and their reservations shrink (one emptied "
     "stays on the order `cancelled`, with no `label_url`, as a whole cancel leaves it), and the payment is "
     "settled (a capture beyond the new total is refunded; once nothing is left to ship or collect the rest is "
-    "captured or the authorization released). Units that shipped are 409. "
+    "captured or the authorization released). Units that shipped are 409, and so are `lines` that would raise the "
+    "total (a volume price lost with the units) beyond what the authorization has left to capture: cancel the "
+    "whole order or edit it instead. "
     "Idempotency-Key is honoured (cancelling units twice would cancel twice as many).",
     responses={
         **changed("The order, cancelled (payment `voided`, or still `authorized` if the void failed)"),
