@@ -7,7 +7,8 @@ person stopping the automation, so nothing expires a held order's pickup: releas
 back in the index with its deadline as it was, and a pickup overdue by then expires on the next
 pass (the person who releases it may still hand it over first). Nor one a collect asked a capture
 for and never recorded (the customer was at the counter): the collect repeated records it, or the
-jeopardy scan holds the order for a person (core/capture_sweep.py). Storing the deadline on the shipment
+jeopardy scan holds the order for a person (core/capture_sweep.py); until then a pass reads past
+it, as past a held one, to the pickups behind it. Storing the deadline on the shipment
 when it is readied (rather than computing ready_at + days at expiry) fixes the customer's
 promise at that moment: changing OMS_PICKUP_EXPIRY_DAYS later moves no deadline already given.
 """
@@ -18,6 +19,7 @@ import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import islice
 
 from core.errors import InvalidTransition, StaleVersion
 from core.fulfillment import OrderActions
@@ -44,33 +46,47 @@ class PickupExpiry:
         clock: Callable[[], datetime],
         *,
         limit: int = 100,
+        max_reads: int = 1000,
     ):
         self._due = due
         self._orders = orders
         self._actions = actions
         self._clock = clock
         self._limit = limit
+        self._max_reads = max_reads
 
     def run(self) -> PickupsExpired:
         """One pass: the orders whose waiting pickups this pass cancelled, and apart those due but
         found on hold (held after the index was read, or stored before a hold took an order out of
-        it), left as they are. At most `limit`; the rest are the next pass's, earliest deadline
-        first. An order collected or changed since the index was read is left as it is, and not
-        counted."""
+        it), left as they are. At most `limit` orders it tried to expire, among at most `max_reads`
+        read, earliest deadline first; the rest are the next pass's. An order it cannot expire (on
+        hold, a capture a collect asked for standing) is read past, so those, which stay earliest
+        until a person or the jeopardy scan takes them, keep no pickup behind them waiting. An
+        order collected or changed since the index was read is left as it is, and not counted."""
         now = self._clock()
         done = PickupsExpired()
-        for order_id in self._due.due(now, self._limit):
+        tried = 0
+        for order_id in islice(self._due.due(now), self._max_reads):
             order = self._orders.get(order_id)
             if order is None:
                 continue
             if order.status is OrderStatus.ON_HOLD:
                 done.held.append(order_id)
                 continue
-            for shipment in order.shipments:
-                if shipment.status is not ShipmentStatus.READY_FOR_PICKUP or (shipment.collect_by or now) > now:
-                    continue
-                if self._expire(order_id, shipment.id):
+            due = [
+                shipment.id
+                for shipment in order.shipments
+                if shipment.status is ShipmentStatus.READY_FOR_PICKUP
+                and shipment.collect_by is not None
+                and shipment.collect_by <= now
+                and order.capture_request(shipment.id) is None  # being collected: read past
+            ]
+            for shipment_id in due:
+                if self._expire(order_id, shipment_id):
                     done.expired.append(order_id)
+            tried += bool(due)
+            if tried == self._limit:
+                break
         return done
 
     def _expire(self, order_id: str, shipment_id: str) -> bool:

@@ -381,9 +381,10 @@ class DuePickups(ABC):
     """Orders with a pickup waiting at its store past its `collect_by`, found through an index."""
 
     @abstractmethod
-    def due(self, before: datetime, limit: int) -> list[str]:
-        """Up to `limit` ids of orders whose earliest waiting pickup was to be collected before
-        `before`, earliest first."""
+    def due(self, before: datetime) -> Iterator[str]:
+        """Ids of the orders whose earliest waiting pickup was to be collected before `before`,
+        earliest first, read a page at a time as the caller takes them: a caller that stops early
+        reads no further page."""
 
 
 class PendingRefunds(ABC):

@@ -762,23 +762,27 @@ def _pickup_index_update(order: Order, values: dict[str, Any]) -> tuple[list[str
 
 
 class DynamoDuePickups(DuePickups):
-    """Pickups past their deadline: the sparse by_pickup_deadline index (keys only), one Query on
-    its one partition, earliest deadline first; never a Scan."""
+    """Pickups past their deadline: the sparse by_pickup_deadline index (keys only), a Query on
+    its one partition, earliest deadline first, a page of `page_size` at a time as the expiry
+    takes the ids; never a Scan."""
 
-    def __init__(self, client: Any, table: str):
+    def __init__(self, client: Any, table: str, *, page_size: int = 100):
         self._client = client
         self._table = table
+        self._page_size = page_size
 
-    def due(self, before: datetime, limit: int) -> list[str]:
-        response = self._client.query(
-            TableName=self._table,
-            IndexName="by_pickup_deadline",
-            KeyConditionExpression="pickup_pk = :pk AND collect_by < :before",
-            ExpressionAttributeValues={":pk": {"S": PICKUP_PK}, ":before": {"S": timestamp(before)}},
-            ScanIndexForward=True,
-            Limit=limit,
-        )
-        return [item["id"]["S"] for item in response.get("Items", [])]
+    def due(self, before: datetime) -> Iterator[str]:
+        query: dict[str, Any] = {
+            "TableName": self._table,
+            "IndexName": "by_pickup_deadline",
+            "KeyConditionExpression": "pickup_pk = :pk AND collect_by < :before",
+            "ExpressionAttributeValues": {":pk": {"S": PICKUP_PK}, ":before": {"S": timestamp(before)}},
+            "ScanIndexForward": True,
+            "Limit": self._page_size,
+        }
+        # A pickup the caller expired meanwhile has left the index: DynamoDB starts the next page
+        # after its key all the same.
+        return _paged_ids(self._client, query)
 
 
 class DynamoStalledOrders(StalledOrders):

@@ -334,6 +334,28 @@ def test_a_pickup_past_its_deadline_is_found_through_its_index_cancelled_and_its
     assert reconcile()["expired"] == []  # nothing more is due
 
 
+def test_the_pickup_index_is_read_a_page_at_a_time_as_the_expiry_takes_the_ids(aws, monkeypatch):
+    # One Query of the first `limit` entries was all a pass read: orders it cannot expire (a collect
+    # died with its capture standing) kept every pickup behind them waiting. The expiry now reads
+    # on past them, and a page is read only when it takes the ids before it.
+    from functions.adapters.dynamodb import PICKUP_PK, DynamoDuePickups, timestamp
+
+    now = utc_now()
+    table = aws.tables["OrdersTable"]
+    for minutes, order_id in ((3, "ord_first"), (2, "ord_second"), (1, "ord_third"), (-1, "ord_waiting")):
+        deadline = timestamp(now - timedelta(minutes=minutes))
+        item = {"id": {"S": order_id}, "pickup_pk": {"S": PICKUP_PK}, "collect_by": {"S": deadline}}
+        aws.dynamodb.put_item(TableName=table, Item=item)
+    queries: list[dict[str, Any]] = []
+    real = aws.dynamodb.query
+    monkeypatch.setattr(aws.dynamodb, "query", lambda **kwargs: queries.append(kwargs) or real(**kwargs))
+    due = DynamoDuePickups(aws.dynamodb, table, page_size=2)
+
+    assert next(iter(due.due(now))) == "ord_first" and len(queries) == 1
+    assert list(due.due(now)) == ["ord_first", "ord_second", "ord_third"]  # earliest first, none waiting
+    assert len(queries) == 3 and {q["IndexName"] for q in queries} == {"by_pickup_deadline"}
+
+
 def test_a_pass_that_fails_outright_leaves_the_others_to_run_then_fails_the_invocation(stack, monkeypatch):
     # A throttle outlasting botocore's retries on the first pass's reads stopped every pass after it
     # (pickup expiry, refunds, voids) for as long as it lasted: each now runs, and the invocation

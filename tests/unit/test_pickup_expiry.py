@@ -3,6 +3,7 @@ counts as expired, on the in-memory fakes with a clock past the pickups' deadlin
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 
 import pytest
@@ -21,13 +22,17 @@ LATER = NOW + timedelta(days=7, seconds=1)  # past the default 7 days' wait
 
 
 class ListedDue(DuePickups):
-    """The index as one pass read it: these orders' pickups were due then."""
+    """The index as one pass read it: these orders' pickups were due then. `read` counts the ids
+    the pass took from it."""
 
     def __init__(self, *order_ids: str):
         self.order_ids = list(order_ids)
+        self.read = 0
 
-    def due(self, before: datetime, limit: int) -> list[str]:
-        return self.order_ids[:limit]
+    def due(self, before: datetime) -> Iterator[str]:
+        for order_id in self.order_ids:
+            self.read += 1
+            yield order_id
 
 
 @pytest.fixture
@@ -204,3 +209,76 @@ def test_a_pickup_whose_collect_died_is_held_for_a_person_by_the_jeopardy_scan_o
 
     held = world.order(order.id)
     assert (held.status, held.captures_requested, held.shipments[0].status) == (S.ON_HOLD, [], H.READY_FOR_PICKUP)
+
+
+def past_their_deadline(world: World, monkeypatch: pytest.MonkeyPatch, count: int) -> list[str]:
+    """`count` pickups readied at NOW, and the clock moved past their deadline."""
+    world.inventory.set_on_hand("TSHIRT", "store-sf", count, reason="count")
+    orders = [world.allocated(("TSHIRT", 1), **PICKUP) for _ in range(count)]
+    for order in orders:
+        world.actions.ready(order.id, order.shipments[0].id, actor="key_store")
+    monkeypatch.setattr(world.actions, "_clock", lambda: LATER)
+    return [order.id for order in orders]
+
+
+def collect_died(world: World, monkeypatch: pytest.MonkeyPatch, order_id: str) -> None:
+    """Its collect asked for the capture and died before recording it: the expiry must leave the
+    order, which stays earliest in the index until the jeopardy scan holds it."""
+    from tests.unit.world import Died, dies_before_recording
+
+    with monkeypatch.context() as patched:
+        dies_before_recording(world, patched, "shipment_delivered")
+        with pytest.raises(Died):
+            world.actions.collect(order_id, world.order(order_id).shipments[0].id, actor="key_store")
+
+
+def counted_reads(world: World, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The ids of the orders read from the repository from now on, one per read."""
+    reads: list[str] = []
+    real = world.orders.get
+
+    def get(order_id: str, *args, **kwargs):
+        reads.append(order_id)
+        return real(order_id, *args, **kwargs)
+
+    monkeypatch.setattr(world.orders, "get", get)
+    return reads
+
+
+def test_a_pass_reads_past_the_pickups_being_collected_to_the_ones_behind_them(world, monkeypatch):
+    # Every pass took the first `limit` orders of the index: as many collects died with their
+    # capture standing (left alone until the jeopardy scan holds them, 48 h later) kept every
+    # pickup behind them from expiring, its units reserved and its authorization held.
+    *stuck, behind = past_their_deadline(world, monkeypatch, 3)
+    for order_id in stuck:
+        collect_died(world, monkeypatch, order_id)
+    due = ListedDue(*stuck, behind)
+    reads = counted_reads(world, monkeypatch)
+
+    done = PickupExpiry(due, world.orders, world.actions, lambda: LATER, limit=2).run()
+
+    assert (done.expired, world.order(behind).status) == ([behind], S.CANCELLED)
+    assert [world.order(order_id).status for order_id in stuck] == [S.ALLOCATED] * 2
+    assert due.read == 3 and reads[:3] == [*stuck, behind]  # one read each for the orders read past
+
+
+def test_a_pass_reads_no_further_than_its_read_budget(world, monkeypatch):
+    *stuck, behind = past_their_deadline(world, monkeypatch, 4)
+    for order_id in stuck:
+        collect_died(world, monkeypatch, order_id)
+    due = ListedDue(*stuck, behind)
+    reads = counted_reads(world, monkeypatch)
+
+    done = PickupExpiry(due, world.orders, world.actions, lambda: LATER, max_reads=3).run()
+
+    assert (done.expired, due.read, reads) == ([], 3, stuck)
+    assert world.order(behind).status is S.ALLOCATED  # the next pass's, once those are held
+
+
+def test_a_pass_expires_at_most_limit_orders_and_reads_no_further(world, monkeypatch):
+    first, second = past_their_deadline(world, monkeypatch, 2)
+    due = ListedDue(first, second)
+
+    done = PickupExpiry(due, world.orders, world.actions, lambda: LATER, limit=1).run()
+
+    assert (done.expired, due.read, world.order(second).status) == ([first], 1, S.ALLOCATED)
