@@ -728,12 +728,21 @@ def _behind_older(
                 break
             for location_id in where:
                 held[(sku, location_id)] += lacks
+    return held_back(stock, held, own)
+
+
+def held_back(
+    stock: dict[str, list[StockLevel]], held: dict[tuple[str, str], int], own: dict[tuple[str, str], int]
+) -> dict[str, list[StockLevel]]:
+    """`stock` less the units older backordered orders claim (`held`, by (sku, location_id)), taken
+    out of the units beyond the order's own (`own`, counted in `stock`): ReserveStock's and the
+    what-if's one rule (Workflow._behind_older, _behind_older)."""
     if not held:
         return stock
 
     def left_to(level: StockLevel) -> int:
         place = (level.sku, level.location_id)
-        return level.available - min(held[place], max(0, level.available - own.get(place, 0)))
+        return level.available - min(held.get(place, 0), max(0, level.available - own.get(place, 0)))
 
     return {
         sku: [level.model_copy(update={"available": left_to(level)}) for level in levels]

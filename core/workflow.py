@@ -67,6 +67,7 @@ from core.sourcing import (
     available_of,
     destination_of,
     eligible_locations,
+    held_back,
     lacks_at,
     left_short,
     plan_within,
@@ -694,18 +695,7 @@ class Workflow:
                         if held[(sku, location_id)] >= free[location_id]:
                             del free[location_id]
                 after = page[-1]
-        if not held:
-            return stock
-
-        def left_to(level: StockLevel) -> int:
-            # Older orders' claims come out of the units beyond the order's own.
-            place = (level.sku, level.location_id)
-            return level.available - min(held[place], max(0, level.available - own.get(place, 0)))
-
-        return {
-            sku: [level.model_copy(update={"available": left_to(level)}) for level in levels]
-            for sku, levels in stock.items()
-        }
+        return held_back(stock, held, own)
 
     def _reservations_of(self, order: Order, location_ids: list[str]) -> dict[tuple[str, str, str], int]:
         """What the order holds at `location_ids`, under its lines and under those an edit replaced
