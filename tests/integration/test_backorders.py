@@ -495,3 +495,22 @@ def test_a_second_location_that_stops_shipping_wakes_every_page_though_the_first
 
     assert shop.order(newest).status is S.AUTHORIZED
     assert [shop.order(o).status for o in waiting] == [S.BACKORDERED, S.BACKORDERED]
+
+
+def test_a_location_that_starts_shipping_again_fills_the_orders_waiting_for_the_stock_it_has(shop):
+    """wh-west, not shipping, holds units the waiting order lacks: when it ships again, its stock
+    (no arrival: it was there all along) goes to the waiting order as a new version of the rules
+    that stops excluding a location would give it, not at the next arrival of the sku."""
+    catalog = shop.container.catalog_repository
+    catalog.put_location(catalog.get_location("wh-west").model_copy(update={"ships": False}))
+    shop.inventory.set_on_hand("PREORDER", "wh-west", 5, reason="count")
+    waiting = shop.backordered(2)
+    assert shop.held(waiting) == 0
+    key = {"pk": {"S": "NETWORK"}, "sk": {"S": "LOCATIONS"}}
+    before = shop.container.dynamodb.get_item(TableName=shop.container.config.catalog_table, Key=key)["Item"]
+
+    catalog.put_location(catalog.get_location("wh-west").model_copy(update={"ships": True}))
+    assert consume(shop, network_record(shop, before)) == {"batchItemFailures": []}
+
+    assert (shop.held(waiting), shop.executions()) == (2, [waiting])  # its workflow goes on
+    assert shop.level("wh-west") == (5, 2, 3)
