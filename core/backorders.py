@@ -169,8 +169,9 @@ class BackorderAllocator:
 
     def network_changed(self, after: WaitingOrder | None = None) -> Arrival:
         """A location that stopped shipping may leave waiting orders nowhere to take more units (the
-        one location they hold units at, under `max_shipments`): the same wake as a new version of
-        the rules (`rules_changed`), its next page recorded on the network (`CatalogRepository.wake_from`)."""
+        one location they hold units at, under `max_shipments`), and one that ships again may give
+        them the units it kept: the same wake as a new version of the rules (`rules_changed`), its
+        next page recorded on the network (`CatalogRepository.wake_from`)."""
         return self._wake(after, self._catalog.wake_from)
 
     def _wake(self, after: WaitingOrder | None, hand_on: Callable[[WaitingOrder], None] | None) -> Arrival:

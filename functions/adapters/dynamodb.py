@@ -1224,13 +1224,23 @@ class DynamoCatalog(CatalogRepository):
         return [Location.model_validate_json(network[k]) for k in sorted(network)]
 
     def wake_from(self, after: WaitingOrder) -> None:
-        # Beside `locations`: the network's readers read nothing else of the item.
-        self._client.update_item(
-            TableName=self._table,
-            Key=NETWORK_KEY,
-            UpdateExpression=f"SET {WAKE_AFTER} = :after",
-            ExpressionAttributeValues={":after": {"S": f"{timestamp(after.created_at)}#{after.order_id}"}},
-        )
+        # Beside `locations`: the network's readers read nothing else of the item. It stays there
+        # once a wake is done, so a later wake's page may end at the order it names: a write of the
+        # same value changes nothing, and DynamoDB writes no stream record for it (the page would not
+        # be handed on). That value is removed first, so the write that sets it again is a change.
+        value = {"S": f"{timestamp(after.created_at)}#{after.order_id}"}
+        update = {"TableName": self._table, "Key": NETWORK_KEY, "UpdateExpression": f"SET {WAKE_AFTER} = :after"}
+        try:
+            self._client.update_item(
+                **update,
+                ConditionExpression=f"attribute_not_exists({WAKE_AFTER}) OR {WAKE_AFTER} <> :after",
+                ExpressionAttributeValues={":after": value},
+            )
+        except ClientError as error:
+            if not _is_conditional_failure(error):
+                raise
+            self._client.update_item(TableName=self._table, Key=NETWORK_KEY, UpdateExpression=f"REMOVE {WAKE_AFTER}")
+            self._client.update_item(**update, ExpressionAttributeValues={":after": value})
 
 
 # --- Sourcing rules ----------------------------------------------------------------------------

@@ -3,7 +3,7 @@ when it falls below a reorder point, emit `inventory.low`, and grow the draft pu
 open purchase orders cover the point; when an order is written backordered, or a point is set where there was
 none, grow the draft by what the orders lack beyond what is there and on order. Catalog stream consumer for
 the sourcing rules: a new version wakes the backordered orders it may let take units, a page at a time;
-and for the location network: a location that stops shipping wakes them the same way."""
+and for the location network: a location that stops shipping, or ships again, wakes them the same way."""
 
 from __future__ import annotations
 
@@ -255,32 +255,34 @@ def rules_changed(record: DynamoDBRecord) -> None:
         _report(container().backorder_allocator.rules_changed(version, after))
 
 
-def _stopped_shipping(old: dict[str, str], new: dict[str, str]) -> bool:
+def _shipping_changed(old: dict[str, str], new: dict[str, str]) -> bool:
     """Whether a location of the network's item `old` (JSON documents by location id) that shipped
-    ships no more in `new` (changed to not ship, or gone)."""
+    ships no more in `new` (changed to not ship, or gone), or one that did not ship ships again (the
+    stock it kept meanwhile, which no arrival brings, may fill waiting orders)."""
     return any(
         Location.model_validate_json(document).ships
-        and (location_id not in new or not Location.model_validate_json(new[location_id]).ships)
+        != (location_id in new and Location.model_validate_json(new[location_id]).ships)
         for location_id, document in old.items()
         if new.get(location_id) != document
     )
 
 
 def network_changed(record: DynamoDBRecord) -> None:
-    """A change of the location network that stops a location shipping wakes the backordered
-    orders from the oldest (it may leave some nowhere to take more units), as a new version of the
-    rules does; the page after is handed on by the `wake_after` that page wrote on the network's
-    item. Other changes of the network wake no one."""
+    """A change of the location network that stops a location shipping, or has one ship again,
+    wakes the backordered orders from the oldest (it may leave some nowhere to take more units, or
+    give them the units it kept), as a new version of the rules does; the page after is handed on
+    by the `wake_after` that page wrote on the network's item. Other changes of the network wake
+    no one."""
     stream = record.dynamodb
     if stream is None or (stream.keys or {}).get("pk") != NETWORK_KEY["pk"]["S"]:
         return
     new, old = stream.new_image or {}, stream.old_image or {}
-    if _stopped_shipping(old.get("locations") or {}, new.get("locations") or {}):
+    if _shipping_changed(old.get("locations") or {}, new.get("locations") or {}):
         after = None
     elif new.get(WAKE_AFTER) and new.get(WAKE_AFTER) != old.get(WAKE_AFTER):
         after = wake_after(str(new[WAKE_AFTER]))
     else:
-        return  # a location added, or changed and still shipping (a store that stops taking pickups
+        return  # a location added, or changed and shipping as before (a store that stops taking pickups
         # still supplies its pickup orders: `eligible_locations`): nobody is left without one
     with logger.append_context_keys(network_changed=True):
         _report(container().backorder_allocator.network_changed(after))

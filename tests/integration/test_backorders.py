@@ -441,3 +441,76 @@ def test_a_location_that_stops_shipping_sends_back_the_orders_it_leaves_nowhere_
     shop.container.workflow.reserve_stock(first)  # the workflow the outbox starts
     shop.container.workflow.create_shipments(first)
     assert [s.location_id for s in shop.order(first).shipments] == ["wh-east"]
+
+
+def test_a_second_location_that_stops_shipping_wakes_every_page_though_the_first_wake_left_its_mark(shop, monkeypatch):
+    """The first wake leaves `wake_after` on the network's item at its last full page; the second
+    one's first page may end at the same order (the backlog unchanged): that page is handed on all
+    the same, so the newest order, stranded by the second location, is sent back to be sourced."""
+    from core.sourcing_rules import SourcingRulesInput
+
+    shop.container.sourcing_rules_service.replace(SourcingRulesInput(max_shipments=1), by="key_ops")
+    catalog, table = shop.container.catalog_repository, shop.container.config.catalog_table
+    catalog.put_location(location("wh-north", name="North warehouse"))
+    waiting = [shop.backordered(2), shop.backordered(2)]
+    catalog.put_product(product("LATER", "30.00", allow_backorder=True))  # another sku: nobody older waits for it
+    shop.inventory.set_on_hand("LATER", "wh-west", 1, reason="count")
+    body = {"external_id": "later", "lines": [{"sku": "LATER", "quantity": 3}]}
+    newest = shop.container.capture.place(place_order(**body), actor="key_web").id
+    shop.container.workflow.authorize_payment(newest, attempt=0)
+    with pytest.raises(Backordered):
+        shop.container.workflow.reserve_stock(newest)  # holds the unit at wh-west
+    assert [shop.held(o) for o in [*waiting, newest]] == [0, 0, 1]
+    monkeypatch.setattr("core.backorders.PAGE", 2)
+    client = boto3.client("dynamodb", region_name="us-east-1")
+    arn = client.describe_table(TableName=table)["Table"]["LatestStreamArn"]
+    streams = boto3.client("dynamodbstreams", region_name="us-east-1")
+    shard = streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"][0]["ShardId"]
+    iterator = streams.get_shard_iterator(StreamArn=arn, ShardId=shard, ShardIteratorType="LATEST")["ShardIterator"]
+    events = Template.load().functions()["BackorderFunction"]["Events"]
+    patterns = compile_filters(events["SourcingRulesStream"]["Properties"]["FilterCriteria"], "test")
+
+    def delivered() -> None:
+        """The network's records the filter passes, consumed as Lambda delivers them, until none is left."""
+        nonlocal iterator
+        for _ in range(10):
+            answer = streams.get_records(ShardIterator=iterator)
+            iterator = answer["NextShardIterator"]
+            records = [
+                {"eventName": r["eventName"], "eventSource": "aws:dynamodb", "eventID": r["eventID"],
+                 "dynamodb": r["dynamodb"]}
+                for r in answer["Records"]
+            ]  # fmt: skip
+            passed = [r for r in records if matches_filters(patterns, r)]
+            if not passed:
+                return
+            assert consume(shop, *passed) == {"batchItemFailures": []}
+
+    catalog.put_location(catalog.get_location("wh-north").model_copy(update={"ships": False}))
+    delivered()  # the first wake: nobody stranded, `wake_after` left at its full page's end
+    assert shop.order(newest).status is S.BACKORDERED
+
+    catalog.put_location(catalog.get_location("wh-west").model_copy(update={"ships": False}))
+    delivered()
+
+    assert shop.order(newest).status is S.AUTHORIZED
+    assert [shop.order(o).status for o in waiting] == [S.BACKORDERED, S.BACKORDERED]
+
+
+def test_a_location_that_starts_shipping_again_fills_the_orders_waiting_for_the_stock_it_has(shop):
+    """wh-west, not shipping, holds units the waiting order lacks: when it ships again, its stock
+    (no arrival: it was there all along) goes to the waiting order as a new version of the rules
+    that stops excluding a location would give it, not at the next arrival of the sku."""
+    catalog = shop.container.catalog_repository
+    catalog.put_location(catalog.get_location("wh-west").model_copy(update={"ships": False}))
+    shop.inventory.set_on_hand("PREORDER", "wh-west", 5, reason="count")
+    waiting = shop.backordered(2)
+    assert shop.held(waiting) == 0
+    key = {"pk": {"S": "NETWORK"}, "sk": {"S": "LOCATIONS"}}
+    before = shop.container.dynamodb.get_item(TableName=shop.container.config.catalog_table, Key=key)["Item"]
+
+    catalog.put_location(catalog.get_location("wh-west").model_copy(update={"ships": True}))
+    assert consume(shop, network_record(shop, before)) == {"batchItemFailures": []}
+
+    assert (shop.held(waiting), shop.executions()) == (2, [waiting])  # its workflow goes on
+    assert shop.level("wh-west") == (5, 2, 3)
