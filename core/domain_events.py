@@ -13,7 +13,7 @@ from pydantic import BaseModel, ValidationError
 from core.ids import short_hash
 from core.models import Order
 from core.money import Money
-from core.refunds import went_back_id
+from core.refunds import went_back_id, with_refunds_shown
 from core.status import ShipmentStatus
 
 
@@ -100,13 +100,14 @@ _RECEIVED_RETURN = frozenset({"received", "refunded"})
 
 
 def api_order(document: dict[str, Any]) -> dict[str, Any]:
-    """The order as the API shows it. A shipment's label is stored as a key in the label store
+    """The order as the API shows it (its refunds as GET /orders/{id}/refunds lists them:
+    core.refunds.with_refunds_shown). A shipment's label is stored as a key in the label store
     and the API signs a short-lived link to it at each read; an event outlives such a link, so
     its `label_url` is null (GET /orders/{id} gives a fresh one). A document this version's model
     cannot read (a status or field added since) is shown as stored, which is the API's JSON plus
     what only the system reads (the status a hold resumes to), left out here."""
     try:
-        order = Order.model_validate(document).model_dump(mode="json")
+        order = with_refunds_shown(Order.model_validate(document)).model_dump(mode="json")
     except ValidationError:
         order = json.loads(json.dumps(document))
         if isinstance(order.get("hold"), dict):

@@ -18,7 +18,7 @@ __all__ = [
     "KEPT_BACK_REFUSALS", "KeptBackOwed", "Refund", "RefundRequest", "cumulative_share", "given_back_for_units",
     "kept_back_owed", "kept_back_refusals", "owes_kept_back", "refund_due", "refund_id_for", "refunded_beyond_lines",
     "refunded_for_return", "refunded_short_of_lines", "shipping_refunded", "units_refunded", "units_share",
-    "went_back", "went_back_id",
+    "went_back", "went_back_id", "with_refunds_shown",
 ]  # fmt: skip
 
 
@@ -442,6 +442,32 @@ def went_back_id(refund_id: str) -> str:
     (Refund.shown): the same for every read and every redelivered change, so its event
     (`refund.succeeded`) keeps its id."""
     return "ref_" + short_hash(f"{refund_id}\x1fwent back")
+
+
+def with_refunds_shown(order: Order) -> Order:
+    """`order` as the API answers it and the events carry it (`data.order`): `payment.refunds` the
+    refunds GET /orders/{id}/refunds lists, in its order (Refund.shown), so that the `succeeded`
+    ones sum to `payment.refunded`. A split refund the gateway refused after approving a part of it
+    is two: what did not go back, `failed` under its own id with the parts that did not, then what
+    did, `succeeded` under went_back_id with the parts the gateway approved (their references, as
+    a split refund that succeeded keeps them). What is stored is untouched; an order with no such
+    refund is `order` itself."""
+    if all(went_back(refund) is None for refund in order.payment.refunds):
+        return order
+    shown: list[PaymentRefund] = []
+    for refund in order.payment.refunds:
+        went = went_back(refund)
+        if went is None:
+            shown.append(refund)
+            continue
+        parts = refund.parts or []
+        approved = [part for part in parts if part.status == "succeeded"]
+        rest = [part for part in parts if part.status != "succeeded"]
+        reference = ",".join(part.reference or "" for part in approved)
+        succeeded = {"id": went_back_id(refund.id), "amount": went, "status": "succeeded", "message": None}
+        shown.append(refund.model_copy(update={"amount": refund.amount - went, "parts": rest}))
+        shown.append(refund.model_copy(update={**succeeded, "reference": reference, "parts": approved}))
+    return order.model_copy(update={"payment": order.payment.model_copy(update={"refunds": shown})})
 
 
 class RefundPage(BaseModel, defer_build=True):

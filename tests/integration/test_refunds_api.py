@@ -335,3 +335,34 @@ def test_an_appeasement_whose_second_authorization_refuses_shows_what_went_back_
     ]  # fmt: skip
     assert rest["next_cursor"] is None
     assert api.get(f"/orders/{oid}").json()["payment"]["refunded"]["amount"] == "20.00"
+
+
+def test_the_order_shows_a_split_refund_refused_in_part_as_the_refunds_list_does(api):
+    # GET /orders/{id} showed the refund once, `failed` for 25.00 with its parts: its `succeeded`
+    # refunds summed to 0.00 while `payment.refunded` said 20.00, and the list's ids were not there.
+    import json
+
+    from core.domain_events import api_order
+    from core.models import EarlierCaptures
+    from functions.bootstrap import Config, bootstrap
+
+    oid = order_id(153)
+    order = a_captured_order(oid, authorization=REFUSES)
+    stored = order.model_copy(update={
+        "earlier_captures": [EarlierCaptures(authorization=APPROVES, captured=usd("20.00"))],
+        "version": order.version + 1,
+    })  # fmt: skip
+    repository = bootstrap(Config.from_env()).order_repository
+    repository.update(stored, order, [])
+    assert refund(api, oid, "25.00", headers={"Idempotency-Key": "appease-153"}).status_code == 201
+
+    listed = [(r["id"], r["status"], r["amount"]["amount"]) for r in api.get(f"/orders/{oid}/refunds").json()["items"]]
+    kept = repository.get(oid)
+    for payment in (api.get(f"/orders/{oid}").json()["payment"], api_order(json.loads(kept.stored_json()))["payment"]):
+        shown = [(r["id"], r["status"], r["amount"]["amount"]) for r in payment["refunds"]]
+        assert shown == listed
+        assert sum(float(amount) for _, status, amount in shown if status == "succeeded") == 20.00
+        assert payment["refunded"]["amount"] == "20.00"
+        assert [[part["status"] for part in r["parts"]] for r in payment["refunds"]] == [["failed"], ["succeeded"]]
+    # What is stored is the refund as the gateway answered it, once.
+    assert [(r.id, r.status, str(r.amount.amount)) for r in kept.payment.refunds] == [(listed[0][0], "failed", "25.00")]
