@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 
 from core.domain_events import WITH_CHANNEL, DomainEvent, EventType
-from core.errors import InvalidRequest, NotFound, StaleVersion
+from core.errors import Conflict, InvalidRequest, NotFound, StaleVersion
 from core.ids import new_id, short_hash
 from core.models import Channel, VisibleText
 from core.status import DeliveryStatus, check_delivery_step
@@ -28,6 +28,11 @@ MAX_QUEUE_DELAY = 900  # seconds: SQS's longest DelaySeconds; longer waits are s
 # queued first): far longer than the API function may run, so a write still coming is waited for.
 RETRY_WRITE_SECONDS = 60
 SIGNATURE_HEADER = "OMS-Signature"
+# Live subscriptions a channel may hold, and the unbound ones together: every event's dispatch reads
+# them all, so one key must not be able to make it slow for everyone. Stripe caps an account at 16
+# endpoints (one endpoint takes any set of types); 25 per channel is as generous, and keeps the
+# fan-out of a platform with a few channels to a few dozen subscriptions.
+MAX_WEBHOOKS = 25
 _MAX_ERROR_CHARS = 300
 
 
@@ -101,6 +106,20 @@ class IssuedWebhook(Webhook):
     """The answer to POST /webhooks: the only time the signing `secret` is shown."""
 
     secret: str
+
+
+class TooManyWebhooks(Conflict):
+    """The subscription's channel (or, for an unbound one, the unbound subscriptions) holds
+    MAX_WEBHOOKS live subscriptions already (409)."""
+
+    code = "too_many_webhooks"
+
+    def __init__(self, channel: str | None):
+        held = f"channel {channel}" if channel is not None else "the unbound subscriptions"
+        super().__init__(
+            f"{held} hold {MAX_WEBHOOKS} webhook subscriptions, the most there may be: delete one first "
+            "(one subscription may take several event types, or all of them)"
+        )
 
 
 # --- Deliveries -----------------------------------------------------------------------------------
@@ -316,7 +335,10 @@ class WebhookStore(ABC):
     """Subscriptions (with their secrets) and their deliveries."""
 
     @abstractmethod
-    def add(self, webhook: IssuedWebhook) -> None: ...
+    def add(self, webhook: IssuedWebhook, cap: int) -> None:
+        """Store a new subscription unless its channel (for an unbound one, the unbound ones) holds
+        `cap` already: then TooManyWebhooks, and nothing stored. Two adds racing for the last place
+        never both take it."""
 
     @abstractmethod
     def get(self, webhook_id: str) -> IssuedWebhook | None: ...
@@ -331,7 +353,8 @@ class WebhookStore(ABC):
         """Every subscription: what the fan-out matches events against."""
 
     @abstractmethod
-    def delete(self, webhook_id: str) -> bool: ...
+    def delete(self, webhook_id: str) -> bool:
+        """Remove a subscription, freeing its place under the cap; False when there was none."""
 
     @abstractmethod
     def add_delivery(self, record: DeliveryRecord) -> bool:
@@ -396,7 +419,7 @@ class Webhooks:
     def subscribe(self, request: NewWebhook) -> IssuedWebhook:
         """Store a new subscription. InvalidRequest when it is bound to a channel and names a type
         not known to carry one (it would never get a delivery); WebhookUrlRefused for a URL not to
-        call."""
+        call; TooManyWebhooks when its channel (or the unbound ones) holds MAX_WEBHOOKS already."""
         if request.channel is not None:
             for index, name in enumerate(request.events):
                 if name != ALL_EVENTS and name not in WITH_CHANNEL:
@@ -411,7 +434,7 @@ class Webhooks:
             created_at=self._clock(),
             secret=new_webhook_secret(),
         )
-        self._store.add(webhook)
+        self._store.add(webhook, MAX_WEBHOOKS)
         return webhook
 
     def get(self, webhook_id: str, channel: str | None) -> Webhook:

@@ -24,6 +24,7 @@ from core.webhooks import (
     IssuedWebhook,
     SendResult,
     Target,
+    TooManyWebhooks,
     Webhook,
     WebhookSender,
     WebhookStore,
@@ -31,6 +32,7 @@ from core.webhooks import (
 from functions.adapters.dynamodb import decode_cursor, encode_cursor, from_item, to_item
 
 WEBHOOKS_PK = "WEBHOOKS"
+WEBHOOK_COUNTS_PK = "WEBHOOK_COUNTS"  # sk `channel#<channel>` or `unbound`: `live` subscriptions there
 DELIVERY_RETENTION = timedelta(days=30)  # a delivery's record expires (TTL) this long after it was made
 EVENT_SOURCE = "oms"
 _PUT_EVENTS_BATCH = 10  # PutEvents takes at most 10 entries
@@ -45,16 +47,32 @@ class DynamoWebhooks(WebhookStore):
     readable to sign, so it is protected like the API key records beside it (the table is encrypted
     at rest, only the API and the delivery function may read it, no response shows it after the
     create). A delivery is one item under its subscription (pk WEBHOOK#<id>, sk its id, which sorts
-    by time), expiring after DELIVERY_RETENTION."""
+    by time), expiring after DELIVERY_RETENTION. The cap is a counter per channel (and one for the
+    unbound subscriptions) that the subscription's put and delete move in one transaction with it;
+    a subscription it counted carries `counted`, so deleting one made before the cap frees nothing."""
 
     def __init__(self, client: Any, table: str):
         self._client = client
         self._table = table
 
     # --- Subscriptions ---------------------------------------------------------------------------
-    def add(self, webhook: IssuedWebhook) -> None:
-        item = {"pk": WEBHOOKS_PK, "sk": webhook.id, **webhook.model_dump(mode="python")}
-        self._client.put_item(TableName=self._table, Item=to_item(item), ConditionExpression="attribute_not_exists(pk)")
+    def add(self, webhook: IssuedWebhook, cap: int) -> None:
+        item = {"pk": WEBHOOKS_PK, "sk": webhook.id, **webhook.model_dump(mode="python"), "counted": True}
+        count = {
+            "TableName": self._table,
+            "Key": _count_key(webhook.channel),
+            "UpdateExpression": "SET live = if_not_exists(live, :zero) + :one",
+            "ConditionExpression": "attribute_not_exists(live) OR live < :cap",
+            "ExpressionAttributeValues": {":zero": {"N": "0"}, ":one": {"N": "1"}, ":cap": {"N": str(cap)}},
+        }
+        put = {"TableName": self._table, "Item": to_item(item), "ConditionExpression": "attribute_not_exists(pk)"}
+        try:
+            self._client.transact_write_items(TransactItems=[{"Update": count}, {"Put": put}])
+        except ClientError as error:
+            reasons = error.response.get("CancellationReasons") or []
+            if reasons and reasons[0].get("Code") == "ConditionalCheckFailed":
+                raise TooManyWebhooks(webhook.channel) from None
+            raise
 
     def get(self, webhook_id: str) -> IssuedWebhook | None:
         item = self._client.get_item(
@@ -102,12 +120,29 @@ class DynamoWebhooks(WebhookStore):
         return found
 
     def delete(self, webhook_id: str) -> bool:
-        response = self._client.delete_item(
-            TableName=self._table,
-            Key={"pk": {"S": WEBHOOKS_PK}, "sk": {"S": webhook_id}},
-            ReturnValues="ALL_OLD",
-        )
-        return "Attributes" in response
+        key = {"pk": {"S": WEBHOOKS_PK}, "sk": {"S": webhook_id}}
+        item = self._client.get_item(TableName=self._table, Key=key, ConsistentRead=True).get("Item")
+        if item is None:
+            return False
+        if "counted" not in item:
+            return "Attributes" in self._client.delete_item(TableName=self._table, Key=key, ReturnValues="ALL_OLD")
+        # The delete is conditional on the subscription being there, so two deletes free one place.
+        remove = {"TableName": self._table, "Key": key, "ConditionExpression": "attribute_exists(pk)"}
+        count = {
+            "TableName": self._table,
+            "Key": _count_key(_webhook(item).channel),
+            "UpdateExpression": "SET live = live - :one",
+            "ConditionExpression": "live > :zero",
+            "ExpressionAttributeValues": {":zero": {"N": "0"}, ":one": {"N": "1"}},
+        }
+        try:
+            self._client.transact_write_items(TransactItems=[{"Delete": remove}, {"Update": count}])
+        except ClientError as error:
+            reasons = error.response.get("CancellationReasons") or []
+            if reasons and reasons[0].get("Code") == "ConditionalCheckFailed":
+                return False
+            raise
+        return True
 
     # --- Deliveries ------------------------------------------------------------------------------
     def add_delivery(self, record: DeliveryRecord) -> bool:
@@ -164,7 +199,11 @@ class DynamoWebhooks(WebhookStore):
 
 def _webhook(item: dict[str, Any]) -> IssuedWebhook:
     values = from_item(item)
-    return IssuedWebhook.model_validate({k: v for k, v in values.items() if k not in ("pk", "sk")})
+    return IssuedWebhook.model_validate({k: v for k, v in values.items() if k not in ("pk", "sk", "counted")})
+
+
+def _count_key(channel: str | None) -> dict[str, Any]:
+    return {"pk": {"S": WEBHOOK_COUNTS_PK}, "sk": {"S": f"channel#{channel}" if channel is not None else "unbound"}}
 
 
 def _delivery_item(record: DeliveryRecord) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import pytest
 
 from core.models import HistoryEntry
 from core.status import OrderStatus
-from core.webhooks import DeliveryMessage, IssuedWebhook, verify_signature
+from core.webhooks import MAX_WEBHOOKS, DeliveryMessage, IssuedWebhook, verify_signature
 from functions.adapters.webhooks import SqsDeliveryQueue
 from tests.fakes import refusing_once
 from tests.unit.conftest import a_stored_order
@@ -126,7 +126,7 @@ def subscribe(url: str, events: list[str], channel: str | None = None) -> Issued
         created_at=datetime(2026, 12, 1, tzinfo=UTC),
         secret="whsec_test",
     )
-    container().webhook_store.add(webhook)
+    container().webhook_store.add(webhook, MAX_WEBHOOKS)
     return webhook
 
 
@@ -599,7 +599,8 @@ def test_subscriptions_list_by_channel_and_page(aws, wired):
                 channel="shop" if index else None,
                 created_at=datetime(2026, 12, 1, tzinfo=UTC),
                 secret="whsec_x",
-            )
+            ),
+            MAX_WEBHOOKS,
         )
     first, cursor = store.list(None, 2, None)
     second, end = store.list(None, 2, cursor)

@@ -21,7 +21,7 @@ from core.models import ReorderSettings
 from core.money import Money
 from core.purchasing import NewPurchaseOrder, PurchaseOrderFilter, Receipt, Submission, VendorRequest
 from core.status import PurchaseOrderStatus
-from core.webhooks import IssuedWebhook
+from core.webhooks import MAX_WEBHOOKS, IssuedWebhook
 from functions.bootstrap import Config, Container, bootstrap
 from infra.local.event_sources import compile_filters, matches_filters
 from infra.local.template import Template
@@ -133,7 +133,8 @@ def buyer(aws, monkeypatch: pytest.MonkeyPatch) -> Iterator[Buyer]:
             channel=None,
             created_at=datetime(2026, 12, 1, tzinfo=UTC),
             secret="whsec_test",
-        )
+        ),
+        MAX_WEBHOOKS,
     )
     stream = InventoryStream(aws)
     yield Buyer(container, stream, sqs, tap, deliveries)

@@ -16,6 +16,7 @@ from core.domain_events import DomainEvent, EventType, event_id
 from core.errors import InvalidRequest, InvalidTransition, NotFound, StaleVersion
 from core.status import DeliveryStatus
 from core.webhooks import (
+    MAX_WEBHOOKS,
     RETRY_WRITE_SECONDS,
     DeliveryMessage,
     DeliveryQueue,
@@ -28,6 +29,7 @@ from core.webhooks import (
     RetrySchedule,
     SendResult,
     Target,
+    TooManyWebhooks,
     Webhook,
     Webhooks,
     WebhookSender,
@@ -241,7 +243,9 @@ class FakeStore(WebhookStore):
         self.webhooks: dict[str, IssuedWebhook] = {}
         self.records: dict[tuple[str, str], DeliveryRecord] = {}
 
-    def add(self, webhook: IssuedWebhook) -> None:
+    def add(self, webhook: IssuedWebhook, cap: int = MAX_WEBHOOKS) -> None:
+        if sum(held.channel == webhook.channel for held in self.webhooks.values()) >= cap:
+            raise TooManyWebhooks(webhook.channel)
         self.webhooks[webhook.id] = webhook
 
     def get(self, webhook_id: str) -> IssuedWebhook | None:

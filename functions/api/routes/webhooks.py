@@ -10,7 +10,7 @@ from aws_lambda_powertools.event_handler.openapi.params import Query
 from pydantic import BaseModel
 
 from core.access import Scope
-from core.webhooks import Delivery, IssuedWebhook, NewWebhook, Webhook
+from core.webhooks import MAX_WEBHOOKS, Delivery, IssuedWebhook, NewWebhook, Webhook
 from functions.api.access import caller, requires
 from functions.api.dependencies import container
 from functions.api.errors import ApiError
@@ -38,7 +38,11 @@ class DeliveryPage(BaseModel):
 @router.post(
     "/webhooks",
     summary="Subscribe a URL to events (the signing secret is shown only in this response)",
-    responses={**ok(201, IssuedWebhook, "The subscription, with its secret"), **errors(400, 403, 413)},
+    description=(
+        f"A channel holds at most {MAX_WEBHOOKS} live subscriptions, and the unbound ones together as many (one "
+        "subscription takes any set of types): past that it is 409 `too_many_webhooks`; delete one first."
+    ),
+    responses={**ok(201, IssuedWebhook, "The subscription, with its secret"), **errors(400, 403, 409, 413)},
 )
 @requires(Scope.WEBHOOKS_WRITE)
 def subscribe(request: NewWebhook) -> Response[IssuedWebhook]:
