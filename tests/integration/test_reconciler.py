@@ -1233,8 +1233,23 @@ def test_the_passes_turn_with_the_schedule_the_template_gives_the_reconciler():
     from functions.reconciler.app import SCHEDULE_MINUTES
     from infra.local.template import load_template
 
-    events = load_template()["Resources"]["ReconcilerFunction"]["Properties"]["Events"]
-    assert events["EveryFiveMinutes"]["Properties"]["Schedule"] == f"rate({SCHEDULE_MINUTES} minutes)"
+    properties = load_template()["Resources"]["ReconcilerFunction"]["Properties"]
+    schedule = properties["Events"]["EveryFiveMinutes"]
+    assert schedule["Properties"]["Schedule"] == f"rate({SCHEDULE_MINUTES} minutes)"
+    # An EventBridge rule (SAM's Schedule) puts the run's `time` in its event, which the turn is
+    # taken from; EventBridge Scheduler (ScheduleV2) sends none unless told, and every run would
+    # start with the same pass.
+    assert schedule["Type"] == "Schedule"
+
+
+def test_the_reconcilers_timeout_leaves_its_passes_time_beyond_the_reserve():
+    # No pass starts with less than PASS_RESERVE_MILLIS left: a timeout at or under it would run
+    # none, and one barely over it would start one pass a run.
+    from functions.reconciler.app import PASS_RESERVE_MILLIS
+    from infra.local.template import load_template
+
+    timeout = load_template()["Resources"]["ReconcilerFunction"]["Properties"]["Timeout"]
+    assert timeout * 1000 >= 3 * PASS_RESERVE_MILLIS
 
 
 def test_the_passes_a_run_left_for_want_of_time_are_counted(passes_run, metrics_on, capsys):
