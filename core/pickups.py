@@ -55,16 +55,18 @@ class PickupExpiry:
         self._limit = limit
         self._max_reads = max_reads
 
-    def run(self) -> PickupsExpired:
+    def run(self, done: PickupsExpired | None = None) -> PickupsExpired:
         """One pass: the orders whose waiting pickups this pass cancelled, and apart those due but
         found on hold (held after the index was read, or stored before a hold took an order out of
         it), left as they are. At most `limit` orders it tried to expire, among at most `max_reads`
         read, earliest deadline first; the rest are the next pass's. An order it cannot expire (on
         hold, a capture a collect asked for standing) is read past, so those, which stay earliest
         until a person or the jeopardy scan takes them, keep no pickup behind them waiting. An
-        order collected or changed since the index was read is left as it is, and not counted."""
+        order collected or changed since the index was read is left as it is, and not counted.
+        `done` is filled as the pass goes (a new one without it): a caller whose pass then fails
+        outright (a later page's Query, a read) still reports what it expired (no later pass's)."""
         now = self._clock()
-        done = PickupsExpired()
+        done = done if done is not None else PickupsExpired()
         tried = 0
         for order_id in islice(self._due.due(now), self._max_reads):
             order = self._orders.get(order_id)

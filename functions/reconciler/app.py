@@ -96,13 +96,14 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
 
     def pickup_expiry() -> None:
         broken = container().plugins.broken
+        # Filled as the pass goes: what it expired before failing outright is reported too.
+        pickups = PickupsExpired()
         if broken:
             # An expiry cancels and voids: while a plugin failed to load no hook runs, so it would cancel
             # an order whose authorization it cannot void. The pickups wait, ready, for a pass after it loads.
             logger.error("pickup expiry skipped: a plugin failed to load", extra={"plugins": [p.name for p in broken]})
-            pickups = PickupsExpired()
         else:
-            pickups = isolated("pickup expiry", lambda: container().pickup_expiry.run(), PickupsExpired())
+            isolated("pickup expiry", lambda: container().pickup_expiry.run(pickups), pickups)
         expired = pickups.expired
         for order_id in expired:
             logger.info("pickup expired: cancelled, its units back on hand", extra={"order_id": order_id})

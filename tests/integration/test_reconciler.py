@@ -495,6 +495,39 @@ def test_the_reconciler_counts_the_pickups_it_expired(stack, metrics_on, capsys)
     assert emitted(printed, dimensions=("reason",)) == {"OrdersCancelled": 1}
 
 
+def test_pickups_a_pass_expired_before_a_later_page_failed_are_still_logged_and_counted(
+    stack, metrics_on, capsys, caplog, monkeypatch
+):
+    # The due pickups are read a page at a time: a later page's Query throttled past botocore's
+    # retries failed the pass, and the run reported an empty result. The order it had cancelled
+    # stayed cancelled, with no log line and no PickupsExpired for it, and no later pass finds it.
+    from botocore.exceptions import ClientError
+
+    from functions.reconciler.app import container
+
+    due = ready_pickup(stack["aws"], days=DUE_AT_ONCE, external_id="web-due")
+    forget_business_metrics()  # the placing and readying, done here without a handler
+    throttled = ClientError({"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "slow"}}, "Query")
+    index = container().pickup_expiry._due
+    real = index.due
+
+    def throttled_after_the_first_page(before: Any) -> Iterator[str]:
+        yield from real(before)
+        raise throttled
+
+    monkeypatch.setattr(index, "due", throttled_after_the_first_page)
+    capsys.readouterr()
+
+    with pytest.raises(ClientError) as raised:
+        reconcile()
+
+    assert raised.value is throttled  # the errors alarm still calls a person
+    assert container().order_repository.get(due.id).status is OrderStatus.CANCELLED
+    assert emitted(capsys.readouterr().out) == {"PickupsExpired": 1}
+    [logged] = [r for r in caplog.records if r.getMessage() == "pickup expired: cancelled, its units back on hand"]
+    assert logged.order_id == due.id
+
+
 # --- Received returns whose workflow never started ------------------------------------------------
 
 
@@ -1290,7 +1323,7 @@ def test_what_a_pass_counted_is_printed_before_the_next_pass_starts(stack, metri
 
     printed_before_the_next_pass: list[str] = []
 
-    def runs_past_the_timeout(self: Any) -> Any:
+    def runs_past_the_timeout(self: Any, *args: Any) -> Any:
         printed_before_the_next_pass.append(capsys.readouterr().out)
         raise SystemExit("the timeout ends the run")  # nothing after this is printed on Lambda
 

@@ -10,7 +10,7 @@ import pytest
 
 from core.errors import InvalidTransition, StaleVersion
 from core.holds import HoldRequest, Holds, ReleaseRequest
-from core.pickups import PickupExpiry
+from core.pickups import PickupExpiry, PickupsExpired
 from core.ports import DuePickups
 from core.status import OrderStatus, ShipmentStatus
 from tests.builders import NOW
@@ -282,3 +282,30 @@ def test_a_pass_expires_at_most_limit_orders_and_reads_no_further(world, monkeyp
     done = PickupExpiry(due, world.orders, world.actions, lambda: LATER, limit=1).run()
 
     assert (done.expired, due.read, world.order(second).status) == ([first], 1, S.ALLOCATED)
+
+
+class FailsAfter(ListedDue):
+    """The index as a pass read it, whose next page's Query then failed outright (a throttle
+    outlasting botocore's retries)."""
+
+    def __init__(self, error: Exception, *order_ids: str):
+        super().__init__(*order_ids)
+        self.error = error
+
+    def due(self, before: datetime) -> Iterator[str]:
+        yield from super().due(before)
+        raise self.error
+
+
+def test_the_pickups_a_pass_expired_before_a_later_page_failed_are_in_the_result_it_was_given(world, monkeypatch):
+    # The ids come a page at a time: a later page's Query failing raised out of the pass, and the
+    # reconciler reported nothing of the orders it had already cancelled (no log, no PickupsExpired).
+    order_id, _ = ready_pickup(world, monkeypatch)
+    throttled = RuntimeError("the next page's Query was throttled")
+    done = PickupsExpired()
+
+    with pytest.raises(RuntimeError) as raised:
+        PickupExpiry(FailsAfter(throttled, order_id), world.orders, world.actions, lambda: LATER).run(done)
+
+    assert raised.value is throttled
+    assert (done.expired, world.order(order_id).status) == ([order_id], S.CANCELLED)
