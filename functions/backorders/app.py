@@ -39,12 +39,17 @@ def _available(image: dict[str, Any] | None) -> int:
 
 
 def _report(result: Arrival) -> None:
-    """What a fill did: its log line (with the caller's context keys) and its metrics."""
+    """What a fill did: its log lines (with the caller's context keys), one per order sent back to be
+    sourced, and its metrics."""
     if result.filled:
         logger.info("backorders filled", extra={"filled": result.filled, "completed": result.completed})
         metrics.add_metric(name="BackordersFilled", unit=MetricUnit.Count, value=len(result.filled))
     if result.completed:
         metrics.add_metric(name="BackordersCompleted", unit=MetricUnit.Count, value=len(result.completed))
+    for order_id in result.sourced_again:
+        logger.info("order sourced again", extra={"order_id": order_id})
+    if result.sourced_again:
+        metrics.add_metric(name="OrdersSourcedAgain", unit=MetricUnit.Count, value=len(result.sourced_again))
 
 
 def arrival(record: DynamoDBRecord) -> None:

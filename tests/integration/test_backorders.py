@@ -279,6 +279,39 @@ def test_a_new_version_that_leaves_an_order_nowhere_to_fill_sends_it_back_to_be_
     assert (shop.level("wh-west"), shop.level("wh-east")) == ((1, 0, 1), (50, 3, 47))
 
 
+@pytest.fixture
+def metrics_on(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """EMF on stdout, starting and leaving empty (powertools keeps one metric set for every instance)."""
+    from functions.backorders.app import metrics
+
+    monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "false")
+    metrics.clear_metrics()
+    yield
+    metrics.clear_metrics()
+
+
+def test_an_order_a_wake_sends_back_to_be_sourced_is_logged_and_counted(shop, metrics_on, capsys, caplog):
+    """An operator sees each order a wake sends back (one line with its id) and how many: not only
+    in each order's history. Counted once: a redelivered record sends nothing back again."""
+    from core.sourcing_rules import SourcingRulesInput
+    from tests.integration.test_reconciler import emitted
+
+    service = shop.container.sourcing_rules_service
+    service.replace(SourcingRulesInput(max_shipments=1), by="key_ops")
+    shop.inventory.set_on_hand("PREORDER", "wh-west", 1, reason="count")
+    order_id = shop.backordered(3)  # holds the unit at wh-west
+    service.replace(SourcingRulesInput(max_shipments=1, excluded_locations=["wh-west"]), by="key_ops")
+    inserted = rules_record(shop, 2)
+    capsys.readouterr()
+
+    assert consume(shop, inserted, inserted) == {"batchItemFailures": []}  # the second: redelivered
+
+    assert shop.order(order_id).status is S.AUTHORIZED
+    assert emitted(capsys.readouterr().out) == {"OrdersSourcedAgain": 1}
+    logged = [(r.getMessage(), r.order_id) for r in caplog.records if r.getMessage() == "order sourced again"]
+    assert logged == [("order sourced again", order_id)]
+
+
 def test_records_that_bring_no_units_do_nothing(shop):
     order_id = shop.backordered(1)
     shop.inventory.adjust("PREORDER", "wh-east", 1, reason="receipt")
