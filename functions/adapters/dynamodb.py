@@ -119,6 +119,19 @@ UNPROCESSED_PAUSE_SECONDS = 0.05
 UNPROCESSED_ROUNDS = 6
 
 
+def read_options(projection: str | None, names: dict[str, str] | None, consistent: bool = False) -> dict[str, Any]:
+    """The optional parts of a read (BatchGetItem's page, a Query): the projection, its attribute
+    names, a consistent read; none of them when not asked for."""
+    options: dict[str, Any] = {}
+    if projection:
+        options["ProjectionExpression"] = projection
+    if names:
+        options["ExpressionAttributeNames"] = names
+    if consistent:
+        options["ConsistentRead"] = True
+    return options
+
+
 def batch_get(
     client: Any,
     table: str,
@@ -134,14 +147,9 @@ def batch_get(
     the function times out. UNPROCESSED_ROUNDS rounds in a row that read nothing raise the throttle
     a busy table would (ProvisionedThroughputExceededException: the API answers 503, a step retries)."""
     found: list[dict[str, Any]] = []
+    options = read_options(attributes, names, consistent)
     for start in range(0, len(keys), 100):
-        page: dict[str, Any] = {"Keys": keys[start : start + 100]}
-        if attributes:
-            page["ProjectionExpression"] = attributes
-        if names:
-            page["ExpressionAttributeNames"] = names
-        if consistent:
-            page["ConsistentRead"] = True
+        page: dict[str, Any] = {"Keys": keys[start : start + 100], **options}
         request: dict[str, Any] = {table: page}
         idle = 0  # rounds in a row that read nothing
         while request:
@@ -1780,13 +1788,8 @@ class DynamoInventory(InventoryRepository):
                 "ExpressionAttributeValues": {
                     ":sku": {"S": sku}, ":first": {"S": min(location_ids)}, ":last": {"S": max(location_ids)},
                 },
+                **read_options(projection, names, consistent),
             }  # fmt: skip
-            if projection:
-                query["ProjectionExpression"] = projection
-            if names:
-                query["ExpressionAttributeNames"] = names
-            if consistent:
-                query["ConsistentRead"] = True
             for page in self._client.get_paginator("query").paginate(**query):
                 yield from (item for item in page.get("Items", []) if item["location_id"]["S"] in location_ids)
         yield from batch_get(self._client, self._table, keys, projection, names, consistent=consistent)
