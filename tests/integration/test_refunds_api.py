@@ -393,13 +393,13 @@ def test_a_gateways_references_are_shown_escaped_and_sent_back_to_it_exactly(api
     from functions.api.dependencies import container
     from functions.bootstrap import Config, bootstrap
 
-    oid = order_id(153)
+    oid = order_id(161)
     authorization = "auth_\u202e" + "0" * 20 + "\\x"
     a_captured_order(oid, authorization=authorization)
     plugins, gateway = container().plugins, BidiReferences()
     plugins.register(gateway)
     try:
-        made = refund(api, oid, "5.00", headers={"Idempotency-Key": "appease-153"})
+        made = refund(api, oid, "5.00", headers={"Idempotency-Key": "appease-161"})
     finally:
         plugins.unregister(gateway)
 
