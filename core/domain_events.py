@@ -14,6 +14,7 @@ from core.ids import short_hash
 from core.models import Order
 from core.money import Money
 from core.refunds import went_back_id, with_refunds_shown
+from core.shown_references import references_shown_in, with_references_shown
 from core.status import ShipmentStatus
 
 
@@ -101,17 +102,20 @@ _RECEIVED_RETURN = frozenset({"received", "refunded"})
 
 def api_order(document: dict[str, Any]) -> dict[str, Any]:
     """The order as the API shows it (its refunds as GET /orders/{id}/refunds lists them:
-    core.refunds.with_refunds_shown). A shipment's label is stored as a key in the label store
+    core.refunds.with_refunds_shown; the gateway's references escaped:
+    core.shown_references.with_references_shown). A shipment's label is stored as a key in the label store
     and the API signs a short-lived link to it at each read; an event outlives such a link, so
     its `label_url` is null (GET /orders/{id} gives a fresh one). A document this version's model
     cannot read (a status or field added since) is shown as stored, which is the API's JSON plus
     what only the system reads (the status a hold resumes to), left out here."""
     try:
-        order = with_refunds_shown(Order.model_validate(document)).model_dump(mode="json")
+        order = with_references_shown(with_refunds_shown(Order.model_validate(document))).model_dump(mode="json")
     except ValidationError:
         order = json.loads(json.dumps(document))
         if isinstance(order.get("hold"), dict):
             order["hold"].pop("resume_to", None)
+        if isinstance(order.get("payment"), dict):
+            order["payment"] = references_shown_in(order["payment"])
     for shipment in order.get("shipments") or []:
         shipment["label_url"] = None
     return order

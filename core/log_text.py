@@ -10,7 +10,8 @@ _UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}
 
 
-def _escaped(match: re.Match[str]) -> str:
+def escaped_char(match: re.Match[str]) -> str:
+    """The visible escape of one matched character (`\\n`, `\\x1b`, `\\u202e`; a backslash doubled)."""
     char = match.group()
     named = _NAMED.get(char)
     if named is not None:
@@ -22,4 +23,4 @@ def _escaped(match: re.Match[str]) -> str:
 def escape_for_log(value: object) -> str:
     """`value` as text with every control character written as a visible escape (`\\n`, `\\x1b`,
     `\\u202e`); a backslash is doubled, so an escape in the output is never the client's own."""
-    return _UNSAFE.sub(_escaped, str(value))
+    return _UNSAFE.sub(escaped_char, str(value))

@@ -25,6 +25,7 @@ from core.refunds import (
     refunded_for_return,
     refused_in_a_row,
 )
+from core.return_models import Return
 from core.status import ReturnStatus
 
 # What a decided refund is (RefundService.issue_decided_refund): its idempotency key and amount,
@@ -418,6 +419,35 @@ def show_refunded_in_all(
         except StaleVersion:
             continue
         return
+
+
+def show_owed(
+    returns: ReturnRepository, orders: OrderRepository, item: Return, at: datetime, *, order: Order | None = None
+) -> Return:
+    """`item` once the returns its step finished the pending refunds of (Return.shows_owed) show
+    what was refunded for them in all (show_refunded_in_all, on `order` or the order read
+    consistently), and its record of them cleared; `item` as it is when it owes nothing. Run again
+    after a death anywhere in it, it shows nothing twice (a return never shows less than it does)."""
+    for _ in range(ATTEMPTS):
+        if not item.shows_owed:
+            return item
+        order = order or orders.get(item.order_id, consistent=True)
+        if order is None:
+            return item
+        for return_id in item.shows_owed:
+            show_refunded_in_all(returns, order, return_id, at)
+        new = item.owed_shown()
+        try:
+            returns.update(new, item)
+        except StaleVersion:
+            # Read consistently: a plain read may predate the record of a moment ago.
+            found = returns.get(item.id, consistent=True)
+            if found is None:
+                return item
+            item, order = found, None
+            continue
+        return new
+    return item
 
 
 class SweepIncomplete(Exception):

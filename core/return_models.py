@@ -191,6 +191,11 @@ class Return(BaseModel):
     # When it became `authorized` (at its request, or when a person approved it): its expiry counts
     # from then (expiry_start). The system's own: stored, never shown.
     authorized_at: datetime | None = Field(default=None, exclude=True)
+    # The other returns of the order this return's step is finishing the pending refunds of
+    # (Returns._finish_pending), written before it asks the gateway and cleared once they show
+    # what went back for them (core.refund_service.show_owed): a step that dies between lets its
+    # retry, or the reconciler's returns pass, show it. The system's own: stored, never shown.
+    shows_owed: list[str] = Field(default_factory=list, exclude=True)
     created_at: datetime
     updated_at: datetime
     version: int
@@ -209,6 +214,8 @@ class Return(BaseModel):
             system["exchange_placing"] = True
         if self.exchange_refused is not None:
             system["exchange_refused"] = self.exchange_refused
+        if self.shows_owed:
+            system["shows_owed"] = self.shows_owed
         if not system:
             return api_json
         return api_json[:-1] + "," + json.dumps(system, separators=(",", ":"))[1:]
@@ -324,6 +331,20 @@ class Return(BaseModel):
         if self.exchange_not_placed is not None:
             raise InvalidTransition(f"the exchange of return {self.id} was given up ({self.exchange_not_placed})")
         return self._next(None, at, exchange_order_id=order_id)
+
+    def owing_shown(self, return_ids: list[str]) -> Return:
+        """This return's step is about to finish the pending refunds of the returns `return_ids`,
+        which then owe showing what went back for them (shows_owed)."""
+        return self._kept(shows_owed=list(dict.fromkeys([*self.shows_owed, *return_ids])))
+
+    def owed_shown(self) -> Return:
+        """The returns this one's step finished the refunds of show them now (shows_owed)."""
+        return self._kept(shows_owed=[])
+
+    def _kept(self, **fields: Any) -> Return:
+        """A new version changing only what the system keeps for itself: its `updated_at` is still
+        its last change shown (the reconciler's returns pass judges a received return by it)."""
+        return Return.model_validate({**dict(self), **fields, "version": self.version + 1})
 
     def placing_exchange(self, *, at: datetime) -> Return:
         """The replacement of this return's exchange is to be placed (it passed capture's checks):

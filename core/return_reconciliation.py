@@ -9,7 +9,9 @@ ends within five minutes: one that finished refunded the return, one that failed
 `return_stuck` on the order's history for a person) and starts their workflow again. That is safe
 however often it happens: every step reads what is stored and skips what is done (a restock is
 keyed by return and line, a refund by return and attempt), so an execution that finds its work
-done does nothing. A return whose workflow recorded it stuck after its receipt is left to the
+done does nothing. A return whose step died between finishing the pending refunds of the order's
+other returns and showing them what went back (Return.shows_owed) has them show it first, stuck
+or not. A return whose workflow recorded it stuck after its receipt is left to the
 person the alarm called (receiving it again resumes it): restarting it every pass would ask a
 refused refund again and again. But for one stuck for want of its payment plugin (the last failed
 attempt at its refund before it was stuck was `no_plugin`), which no person can settle through the
@@ -32,6 +34,7 @@ from core.errors import TransientError
 from core.events import OrderEvent
 from core.ports import OrderRepository, ReturnRepository, ReturnWorkflowStarter, UnreceivedReturns
 from core.reconciliation import MAX_REFUSED_STARTS
+from core.refund_service import show_owed
 from core.return_models import Return
 from core.status import ReturnStatus
 
@@ -79,6 +82,10 @@ class ReturnReconciler:
             item = self._returns.get(return_id)
             if item is None or item.status is not ReturnStatus.RECEIVED or item.updated_at > received_before:
                 continue  # moved on since the index was read, or received recently enough to be running
+            if item.shows_owed:
+                # Its step died between finishing other returns' pending refunds and showing them,
+                # and may never run again (left to a person): they show what went back now.
+                show_owed(self._returns, self._orders, item, self._clock())
             if self._stuck(item):
                 continue
             try:

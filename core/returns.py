@@ -59,9 +59,8 @@ from core.ports import (
     ReturnFilter,
     ReturnRepository,
 )
-from core.refund_service import Decision, RefundService, show_refunded_in_all
+from core.refund_service import Decision, RefundService, show_owed
 from core.refunds import (
-    Refund,
     given_back_for_units,
     kept_back_owed,
     refund_due,
@@ -560,7 +559,7 @@ class Returns:
         Retry). A gateway still unavailable raises PaymentGatewayUnavailable (retried the same way),
         and a refund a run left pending that no payment plugin takes now raises NoPaymentPlugin,
         still pending (that run may have refunded it through the removed plugin)."""
-        item = self._received(return_id)
+        item = self._show_owed(return_id) if (item := self._received(return_id)).shows_owed else item
         if item.status is R.REFUNDED:
             return item
         if item.exchange is not None:
@@ -706,15 +705,10 @@ class Returns:
             # What a ship refunded of what this return kept back (a run that died before marking it
             # refunded), still pending: finished first, it is the return's refund, or refused frees
             # what it holds; left out, a refund decided beside it would give the units back twice.
-            self._refunds.finish_pending(order.id, actor)
-            # Read consistently: a plain read may predate the refund's record of a moment ago, and
-            # the refund made would be made again.
-            order = visible(self._orders.get(order.id, consistent=True), order.id, None)
+            order = self._finish_pending(item, order, actor)
             done = next((r for r in order.payment.refunds if r.return_id == item.id and r.status == "succeeded"), None)
         if done is None and any(r.status == "pending" and r.return_id != item.id for r in order.payment.refunds):
-            finished = self._refunds.finish_pending(order.id, actor, besides_return=item.id)
-            order = visible(self._orders.get(order.id, consistent=True), order.id, None)
-            self._show_finished(order, finished)
+            order = self._finish_pending(item, order, actor, besides_return=item.id)
         if done is None:
 
             def decide(current: Order) -> Decision | None:
@@ -775,19 +769,35 @@ class Returns:
         # An exchange's credit may have been given back too (its replacement cancelled at once).
         return self._shown_in_all(marked) if any(kept) or item.exchange is not None else marked
 
-    def _show_finished(self, order: Order, finished: list[Refund]) -> None:
-        """The refunded returns of `order` whose refunds this step of another return has just
-        finished (what a return kept back, refunded by a ship the gateway then left pending) show
-        what was refunded for them in all (show_refunded_in_all): nothing else finishes them now.
-        One naming no return may be of what an exchange's credit kept back (kept_back_owed): the
-        exchanges' returns whose credit kept something back show it then."""
-        at = self._clock()
-        answered = [r for r in finished if r.status != "pending"]
-        shown = [r.return_id for r in answered if r.return_id]
-        if any(r.return_id is None for r in answered):
-            shown += [owed.return_id for owed in kept_back_owed(order) if owed.names is None]
-        for return_id in dict.fromkeys(shown):
-            show_refunded_in_all(self._returns, order, return_id, at)
+    def _finish_pending(self, item: Return, order: Order, actor: str, *, besides_return: str | None = None) -> Order:
+        """`order`, read consistently (a plain read may predate the refunds' records of a moment
+        ago, and a refund made would be made again), once this step of `item` has finished its
+        pending refunds (RefundService.finish_pending) but those of `besides_return`. The refunded
+        returns whose refunds it finishes (what a return kept back, refunded by a ship the gateway
+        then left pending) show what was refunded for them in all (show_refunded_in_all): nothing
+        else finishes them now. One naming no return may be of what an exchange's credit kept back
+        (kept_back_owed): the exchanges' returns whose credit kept something back show it then.
+        Those returns are recorded on `item` before the gateway is asked (Return.shows_owed), and
+        the record cleared once they show it (show_owed): a step that dies between leaves the
+        record for its retry (refund, exchange) or the reconciler's returns pass, as nothing
+        pending is left to tell them. Nothing is written on `item` when no other return's refund is
+        pending."""
+        owed = _shown_when_finished(order, item.id)
+        if owed:
+            self._change(item.id, None, lambda r: r if set(owed) <= set(r.shows_owed) else r.owing_shown(owed))
+        try:
+            self._refunds.finish_pending(order.id, actor, besides_return=besides_return)
+        finally:
+            # Refused, or the gateway down for one of them, those finished before still show it.
+            order = visible(self._orders.get(order.id, consistent=True), order.id, None)
+            if owed:
+                self._show_owed(item.id, order)
+        return order
+
+    def _show_owed(self, return_id: str, order: Order | None = None) -> Return:
+        """The return, once the returns its step finished the refunds of show it (show_owed)."""
+        item = visible_return(self._returns.get(return_id, consistent=True), return_id, None)
+        return show_owed(self._returns, self._orders, item, self._clock(), order=order)
 
     def _shown_in_all(self, item: Return) -> Return:
         """`item`, marked refunded, showing what was refunded for it in all (refunded_for_return):
@@ -848,7 +858,7 @@ class Returns:
         ordinal, so a retried step finds the order it placed (and the credit stored on it); the
         original's history names the exchange once (Order.exchanged); the rest is refunded under
         the refund step's keys. A return without an exchange is left as the Refund step left it."""
-        item = self._received(return_id)
+        item = self._show_owed(return_id) if (item := self._received(return_id)).shows_owed else item
         if item.exchange is None or item.status is R.REFUNDED:
             return item
         if item.exchange_not_placed is not None:
@@ -1060,9 +1070,7 @@ class Returns:
         assert self._capture is not None  # _replacement_command refused an OMS without it
         if any(r.status == "pending" and r.return_id != item.id for r in original.payment.refunds):
             # The credit is capped by what is refundable: a pending refund holds what, refused, it frees.
-            finished = self._refunds.finish_pending(original.id, actor, besides_return=item.id)
-            original = visible(self._orders.get(original.id, consistent=True), original.id, None)
-            self._show_finished(original, finished)
+            original = self._finish_pending(item, original, actor, besides_return=item.id)
         original = self._claim_shipping(item, original)
         original = self._hold_credit(item, original)
         credit = original.credit_holds[item.id]
@@ -1225,6 +1233,18 @@ def _kept_back(
         return None
     kept = uncapped(order) - went - amount
     return kept if kept.amount > 0 else None
+
+
+def _shown_when_finished(order: Order, besides: str) -> list[str]:
+    """The returns of `order` but `besides` that would show what went back for them once its
+    pending refunds are finished (Returns._finish_pending): those the refunds name, and, for one
+    naming no return (what an exchange's credit kept back, or an appeasement), the exchanges'
+    returns whose credit kept something back (kept_back_owed)."""
+    pending = [r for r in order.payment.refunds if r.status == "pending" and r.return_id != besides]
+    shown = [r.return_id for r in pending if r.return_id]
+    if any(r.return_id is None for r in pending):
+        shown += [owed.return_id for owed in kept_back_owed(order) if owed.names is None and owed.return_id != besides]
+    return list(dict.fromkeys(shown))
 
 
 def _went_back_before(order: Order, return_id: str) -> Money:

@@ -5,18 +5,20 @@ from __future__ import annotations
 from core.models import Order
 from core.refunds import with_refunds_shown
 from core.return_models import Return
+from core.shown_references import with_references_shown
 from core.status import ShipmentStatus
 from functions.api.dependencies import container
 
 
 def with_label_links(order: Order) -> Order:
-    """`order` with a fresh, short-lived link in each `label_url`, and its `payment.refunds` as
-    GET /orders/{id}/refunds lists them (core.refunds.with_refunds_shown); the stored order is
+    """`order` with a fresh, short-lived link in each `label_url`, its `payment.refunds` as
+    GET /orders/{id}/refunds lists them (core.refunds.with_refunds_shown) and the gateway's
+    references escaped (core.shown_references.with_references_shown); the stored order is
     untouched. Every route that answers with an Order passes it through here, after anything that
     keeps the answer (idempotency), so no signature is ever stored. A cancelled shipment shows
     none: its parcel will never go, and the carrier booking of one that was pending is cancelled,
     so a label printed from it would be void."""
-    order = with_refunds_shown(order)
+    order = with_references_shown(with_refunds_shown(order))
     if not any(shipment.label_url for shipment in order.shipments):
         return order
     labels = container().label_store

@@ -3,6 +3,7 @@ Idempotency-Key, the cap, a refused refund, scopes and channels."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,6 +13,7 @@ from core import hookimpl
 from core.models import HistoryEntry, Order, Payment, PaymentRefund, Totals
 from core.refunds import refund_id_for
 from core.status import OrderStatus, PaymentStatus
+from core.workflow_types import PaymentResult
 from tests.e2e.client import assert_error
 from tests.integration.in_process import InProcessApi, in_process_api
 from tests.unit.conftest import a_stored_order, usd
@@ -366,3 +368,53 @@ def test_the_order_shows_a_split_refund_refused_in_part_as_the_refunds_list_does
         assert [[part["status"] for part in r["parts"]] for r in payment["refunds"]] == [["failed"], ["succeeded"]]
     # What is stored is the refund as the gateway answered it, once.
     assert [(r.id, r.status, str(r.amount.amount)) for r in kept.payment.refunds] == [(listed[0][0], "failed", "25.00")]
+
+
+class BidiReferences:
+    """A gateway that approves every refund under a reference holding a right-to-left override, an
+    invisible character and a terminal escape; records the authorization each refund names (what
+    the OMS sends back to the gateway)."""
+
+    REFERENCE = "re_\u202egnp.exe\u200b\x1b[2J"
+
+    def __init__(self) -> None:
+        self.named: list[str] = []
+
+    @hookimpl(wrapper=True)
+    def oms_payment_refund(self, authorization):
+        self.named.append(authorization)
+        yield  # the test gateway knows no such authorization: this one approves it
+        return PaymentResult(outcome="approved", reference=self.REFERENCE)
+
+
+def test_a_gateways_references_are_shown_escaped_and_sent_back_to_it_exactly(api):
+    # Before: GET /orders/{id}, its history and the events showed an authorization or a refund's
+    # reference as the gateway gave it, so a U+202E in it reordered what an operator read.
+    from functions.api.dependencies import container
+    from functions.bootstrap import Config, bootstrap
+
+    oid = order_id(161)
+    authorization = "auth_\u202e" + "0" * 20 + "\\x"
+    a_captured_order(oid, authorization=authorization)
+    plugins, gateway = container().plugins, BidiReferences()
+    plugins.register(gateway)
+    try:
+        made = refund(api, oid, "5.00", headers={"Idempotency-Key": "appease-161"})
+    finally:
+        plugins.unregister(gateway)
+
+    assert made.status_code == 201, made.text
+    assert gateway.named == [authorization]  # named back to the gateway exactly
+    stored = bootstrap(Config.from_env()).order_repository.get(oid)
+    assert stored.payment.authorization == authorization
+    assert stored.payment.refunds[0].reference == BidiReferences.REFERENCE
+    shown_authorization = "auth_\\u202e" + "0" * 20 + "\\\\x"
+    shown_reference = "re_\\u202egnp.exe\\u200b\\x1b[2J"
+    payment = api.get(f"/orders/{oid}").json()["payment"]
+    assert (payment["authorization"], payment["refunds"][0]["reference"]) == (shown_authorization, shown_reference)
+    listed = api.get("/orders", params={"limit": 100}).json()["items"]
+    assert [o["payment"]["authorization"] for o in listed if o["id"] == oid] == [shown_authorization]
+    history = api.get(f"/orders/{oid}/history").json()["items"]
+    refunded = [h["detail"] for h in history if h["type"] == "payment_refunded"]
+    assert [detail["reference"] for detail in refunded] == [shown_reference]
+    assert "\u202e" not in json.dumps(history, ensure_ascii=False)

@@ -10,17 +10,23 @@ from datetime import datetime, timedelta
 
 import pytest
 
+import core.refund_service as refund_service
+import core.returns as returns_module
 from core.errors import TransientError
 from core.models import Order
 from core.money import Money
 from core.ports import KeptBackRefunds
 from core.refund_service import KeptBackSweep, PendingRefundSweep
 from core.refunds import KEPT_BACK_REFUSALS, owes_kept_back, refund_id_for
+from core.return_models import Return
+from core.return_reconciliation import ReturnReconciler
+from core.returns import Returns
 from core.status import ReturnStatus
 from core.workflow_types import PaymentResult
 from functions.adapters.dynamodb import KEPT_BACK_KEY, index_attributes
+from plugins.testing.memory import InMemoryUnreceivedReturns
 from tests.builders import NOW
-from tests.fakes import ScriptedGateway
+from tests.fakes import InlineReturnWorkflow, ScriptedGateway
 from tests.unit.test_pending_refund_sweep import InMemoryPendingRefunds
 from tests.unit.test_returns import STOCK, Clock, ask, mugs_back_after_goodwill, receipt, returns_for
 from tests.unit.world import World, build_world
@@ -295,3 +301,97 @@ def test_a_return_shows_what_it_kept_back_once_the_reconciler_finishes_the_refun
     assert after.payment.refunds[-1].status == "succeeded"
     assert paid_in_full(order, after, Money.of("1.00", "USD"))
     assert returns.get(return_id).refund == order.lines[0].total
+
+
+def caps_return_finishing_the_kept_back_refund(world: World, clock: Clock) -> tuple[Returns, Order, str, str]:
+    """The MUGs' return settled (keeping 1.00 back), the CAPs shipped and delivered while the gateway
+    was down (the refund of what the MUGs kept back left pending), then a CAP back and received: its
+    refund step finishes that pending refund first. The returns, the order, the MUGs' return and the CAP's."""
+    returns, _ = returns_for(world, clock)
+    order, caps, mugs_return = mugs_back_after_goodwill(world, returns)
+    returns.settle(mugs_return, actor="key_wh")
+    world.gateway.script("refund", "transient")
+    world.actions.ship(order.id, caps, None, actor="key_wh")
+    assert world.actions.deliver(order.id, caps, actor="key_wh").payment.refunds[-1].status == "pending"
+    world.gateway.script("refund", "approve")
+    cap = returns.request(order.id, ask(("L2", 1, None)), actor="key_cs")
+    returns.receive(cap.id, receipt("wh-east", ("L2", 1, "resellable")), "key_wh")
+    return returns, order, mugs_return, cap.id
+
+
+def died_showing(monkeypatch: pytest.MonkeyPatch, returns: Returns, return_id: str) -> None:
+    """The refund step of `return_id` dies just after it finished the other pending refund, before
+    any other return shows it."""
+
+    def dies(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("the function died")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(refund_service, "show_refunded_in_all", dies)
+        patched.setattr(returns_module, "show_refunded_in_all", dies, raising=False)
+        with pytest.raises(RuntimeError):
+            returns.settle(return_id, actor="key_wh")
+
+
+def test_a_return_shows_what_it_kept_back_when_the_step_that_finished_its_refund_died_before_showing_it(
+    world, clock, monkeypatch
+):  # fmt: skip
+    # Before: the CAP's step made the pending refund of what the MUGs kept back, then died; run
+    # again it found nothing pending (so nothing to show), and no pass looked again: the MUGs'
+    # return showed 25.81 of the 26.81 that went back for it, for good.
+    returns, order, mugs_return, cap_return = caps_return_finishing_the_kept_back_refund(world, clock)
+    died_showing(monkeypatch, returns, cap_return)
+    assert world.order(order.id).payment.refunds[-1].status == "succeeded"
+    assert returns.get(mugs_return).refund == order.lines[0].total - Money.of("1.00", "USD")
+
+    assert returns.settle(cap_return, actor="key_wh").status is ReturnStatus.REFUNDED  # the step, retried
+    assert returns.get(mugs_return).refund == order.lines[0].total
+    after = world.order(order.id)
+    cap_refund = returns.get(cap_return).refund
+    assert cap_refund.amount > 0
+    assert paid_in_full(order, after, Money.of("1.00", "USD") + cap_refund)  # the CAP's refund beside the goodwill
+    assert after.payment.refunded == Money.of("1.00", "USD") + order.lines[0].total + cap_refund
+    shown = returns.get(mugs_return)
+    assert returns.settle(cap_return, actor="key_wh").refund == returns.get(cap_return).refund  # again: nothing more
+    assert returns.get(mugs_return) == shown
+    assert world.order(order.id).payment == after.payment
+
+
+def test_the_returns_pass_shows_what_went_back_when_the_step_that_finished_the_refund_died_and_was_left_stuck(
+    world, clock, monkeypatch
+):  # fmt: skip
+    # The CAP's step died after making the refund of what the MUGs kept back, and its execution then
+    # recorded it stuck for a person, so no retry runs it. Before: the returns pass left it to that
+    # person and nothing else looked: the MUGs' return showed 25.81 of the 26.81 that went back.
+    returns, order, mugs_return, cap_return = caps_return_finishing_the_kept_back_refund(world, clock)
+    died_showing(monkeypatch, returns, cap_return)
+    returns.stuck(cap_return, "States.Timeout", "the function died", actor="returns-workflow", execution="x1")
+    workflow = InlineReturnWorkflow()
+    workflow.returns = returns
+    clock.now = clock.now + timedelta(hours=1)
+    passes = ReturnReconciler(
+        InMemoryUnreceivedReturns(world.returns), world.returns, world.orders, workflow, clock,
+        restart_after=timedelta(minutes=15),
+    )  # fmt: skip
+
+    assert passes.run() == []  # the CAP's return is still left to the person its stuck entry called
+    assert returns.get(mugs_return).refund == order.lines[0].total
+    shown = returns.get(mugs_return)
+    after = world.order(order.id)
+    clock.now = clock.now + timedelta(hours=1)
+    assert passes.run() == []  # nothing more, and still left to that person
+    assert workflow.started == []
+    assert returns.get(mugs_return) == shown and world.order(order.id) == after
+    assert returns.get(cap_return).status is ReturnStatus.RECEIVED
+
+
+def test_the_returns_a_step_owes_showing_are_stored_never_shown_and_leave_its_last_change_as_it_was(world, clock):
+    returns, _, mugs_return, cap_return = caps_return_finishing_the_kept_back_refund(world, clock)
+    item = returns.get(cap_return)
+    owing = item.owing_shown([mugs_return])
+    assert Return.model_validate_json(owing.stored_json()).shows_owed == [mugs_return]
+    assert "shows_owed" not in owing.model_dump(mode="json")
+    assert owing.updated_at == item.updated_at and owing.version == item.version + 1
+    assert owing.owing_shown([mugs_return]).shows_owed == [mugs_return]
+    cleared = owing.owed_shown()
+    assert cleared.shows_owed == [] and "shows_owed" not in cleared.stored_json()

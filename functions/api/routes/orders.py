@@ -15,6 +15,7 @@ from core.errors import DuplicateOrder
 from core.ids import order_id_for_request
 from core.models import CancelRequest, HistoryPage, Order, OrderEdit, PlaceOrder, ShipRequest
 from core.ports import OrderFilter
+from core.shown_references import history_shown
 from core.status import OrderStatus
 from functions.api.access import caller, requires
 from functions.api.app import logger
@@ -182,7 +183,7 @@ def list_orders(
 )
 @requires(Scope.ORDERS_READ)
 def get_history(order_id: OrderIdPath) -> HistoryPage:
-    return HistoryPage(items=container().orders.history(order_id, caller(router).channel))
+    return HistoryPage(items=history_shown(container().orders.history(order_id, caller(router).channel)))
 
 
 ShipmentIdPath = existing("shipment", r"^shp_[a-z2-7]{24}$", "Shipment id")

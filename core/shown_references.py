@@ -1,0 +1,94 @@
+"""A payment gateway's references as the OMS shows them: an escaped copy.
+
+A reference (an authorization's, a capture's, a void's, a refund's) is the gateway's own id for an
+operation: captures, voids and refunds name it back to the gateway, so it is stored exactly as the
+gateway gave it, whatever it holds. What the API answers, the events and webhooks carry, and the
+order's history shows is a copy with every control character, bidi control, invisible character
+and line or paragraph separator written as a visible escape (`\\u202e`, `\\x1b`, `\\n`), and a
+backslash doubled, as core.log_text writes a client's text into a log line: a reference holding a
+right-to-left override cannot reorder what an operator reads, and two references that differ only
+in such a character still show as different (replacing them with U+FFFD, as a plugin's free text
+is, would show them alike). A reference with none of them is shown as it is."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from core.log_text import escaped_char
+from core.models import HistoryEntry, Order, PaymentRefund, RefundPart
+
+# What core.log_text escapes, and the characters that show nothing (the zero-width space, the word
+# joiner, the byte order mark: core.models refuses them in names).
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b\u200e\u200f\u2028\u2029\u202a-\u202e\u2060\u2066-\u2069\ufeff\\]")
+# The keys of a history entry's detail, at any depth, whose values are a gateway's references.
+REFERENCE_KEYS = frozenset({"authorization", "reference", "capture_reference", "refund_reference", "replaces"})
+
+
+def shown_reference(reference: str) -> str:
+    """`reference` as it is shown (see the module's docstring)."""
+    return _UNSAFE.sub(escaped_char, reference)
+
+
+def _shown(reference: str | None) -> str | None:
+    return None if reference is None else shown_reference(reference)
+
+
+def _unsafe(reference: Any) -> bool:
+    return isinstance(reference, str) and _UNSAFE.search(reference) is not None
+
+
+def _part_shown(part: RefundPart) -> RefundPart:
+    if not (_unsafe(part.reference) or _unsafe(part.authorization)):
+        return part
+    return part.model_copy(update={"reference": _shown(part.reference), "authorization": _shown(part.authorization)})
+
+
+def _refund_shown(refund: PaymentRefund) -> PaymentRefund:
+    parts = [_part_shown(part) for part in refund.parts] if refund.parts else refund.parts
+    if not (_unsafe(refund.reference) or _unsafe(refund.authorization)) and parts == refund.parts:
+        return refund
+    return refund.model_copy(
+        update={"reference": _shown(refund.reference), "authorization": _shown(refund.authorization), "parts": parts}
+    )
+
+
+def with_references_shown(order: Order) -> Order:
+    """`order` as it is shown: `payment.authorization`, and each refund's (and refund part's)
+    `reference` and `authorization`, escaped (shown_reference). What is stored, and what is named
+    back to the gateway, is untouched; an order whose references need nothing is `order` itself."""
+    payment = order.payment
+    refunds = [_refund_shown(refund) for refund in payment.refunds]
+    if not _unsafe(payment.authorization) and all(a is b for a, b in zip(refunds, payment.refunds, strict=True)):
+        return order
+    shown = payment.model_copy(update={"authorization": _shown(payment.authorization), "refunds": refunds})
+    return order.model_copy(update={"payment": shown})
+
+
+def references_shown_in(value: Any, key: Any = None) -> Any:
+    """`value` (a history entry's detail, a stored document's part) with the strings under
+    REFERENCE_KEYS, at any depth, escaped (shown_reference); nothing else touched."""
+    if isinstance(value, dict):
+        return {k: references_shown_in(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [references_shown_in(v, key) for v in value]
+    return shown_reference(value) if key in REFERENCE_KEYS and isinstance(value, str) else value
+
+
+def _has_unsafe(value: Any, key: Any = None) -> bool:
+    if isinstance(value, dict):
+        return any(_has_unsafe(v, k) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_unsafe(v, key) for v in value)
+    return key in REFERENCE_KEYS and _unsafe(value)
+
+
+def history_shown(entries: list[HistoryEntry]) -> list[HistoryEntry]:
+    """The order's history as GET /orders/{id}/history shows it: the gateway's references in each
+    entry's detail (REFERENCE_KEYS, at any depth) escaped (shown_reference). The entries the system
+    reads (a void finds the authorization it names there) are untouched; one that needs nothing is
+    shown as it is."""
+    return [
+        entry.model_copy(update={"detail": references_shown_in(entry.detail)}) if _has_unsafe(entry.detail) else entry
+        for entry in entries
+    ]
