@@ -586,7 +586,7 @@ def _same_request(po: PurchaseOrder, request: NewPurchaseOrder) -> PurchaseOrder
     it again, however late; 409 when the key was used for another PO."""
     asked = (request.vendor_id, request.location_id, [(li.sku, li.quantity, li.unit_cost) for li in request.lines])
     made = (po.vendor_id, po.location_id, [(li.sku, li.quantity, li.unit_cost) for li in po.lines])
-    if asked != made:
+    if asked != made or not _due_as_asked(po, request.expected_at):
         raise Conflict(
             "this Idempotency-Key was used with a different request body",
             code="idempotency_key_reused",
@@ -594,3 +594,12 @@ def _same_request(po: PurchaseOrder, request: NewPurchaseOrder) -> PurchaseOrder
         )
     made = [line.model_copy(update={"received_quantity": 0}) for line in po.lines]
     return po.model_copy(update={"status": PO.OPEN, "lines": made, "version": 1})
+
+
+def _due_as_asked(po: PurchaseOrder, expected_at: datetime | None) -> bool:
+    """Whether `po`'s due date is what a create asking for `expected_at` made: that date, or with
+    none, the vendor's lead time in whole days after `created_at` (whatever it is now: it may have
+    changed since). A date a client gives is not that to the microsecond."""
+    if expected_at is not None:
+        return po.expected_at == expected_at
+    return (po.expected_at - po.created_at) % timedelta(days=1) == timedelta(0)

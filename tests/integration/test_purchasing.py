@@ -160,6 +160,31 @@ def test_a_create_whose_first_attempt_was_written_opens_no_second_po(buyer: Shop
     assert at(buyer)["incoming"] == 5
 
 
+def test_a_create_retried_under_its_key_with_another_expected_at_is_409(buyer: Shop):
+    # The key's record is gone (the first attempt died before saving it, or it expired): the PO
+    # the key names is all there is to compare with. A retry asking for other goods' due date, or
+    # for the vendor's lead time where the first gave a date (or the reverse), is another request:
+    # it was answered 201 with the first PO, the buyer told its date was taken while it was not.
+    from core.errors import Conflict
+    from core.ids import purchase_order_id_for
+
+    purchasing = buyer.container.purchasing
+    due = NOW + timedelta(days=20, hours=3)
+    dated = purchasing.create(new_po(expected_at=due), purchase_order_id_for("key_buyer", "dated"))
+    undated = purchasing.create(new_po(), purchase_order_id_for("key_buyer", "undated"))
+
+    for key, retry in (("dated", new_po(expected_at=due + timedelta(days=1))), ("dated", new_po()),
+                       ("undated", new_po(expected_at=due))):  # fmt: skip
+        with pytest.raises(Conflict) as reused:
+            purchasing.create(retry, purchase_order_id_for("key_buyer", key))
+        assert reused.value.code == "idempotency_key_reused"
+    assert purchasing.create(new_po(expected_at=due), dated.id) == dated
+    assert purchasing.create(new_po(), undated.id) == undated
+    buyer.container.purchasing.put_vendor("acme", VendorRequest(name="Acme", lead_time_days=30))
+    assert purchasing.create(new_po(), undated.id) == undated  # the vendor's lead time changed since
+    assert at(buyer)["incoming"] == 10
+
+
 def test_a_stale_write_changes_neither_the_po_nor_the_stock(buyer: Shop):
     purchasing = buyer.container.purchasing
     po = purchasing.create(new_po())
