@@ -34,9 +34,10 @@ LIST_READS: dict[tuple[str, str], str] = {
     ("GET", "/returns"): "returns",
 }
 
-# The API's changes of an order that answer with the order (or its new return or refund): the
-# action each is recorded as when it wrote no history entry (a cancel of a cancelled order, an
-# Idempotency-Key replayed), for it answered with what a read shows all the same: a read of it.
+# The API's changes of an order that answer with the order (or its new return or refund, or the
+# return received): the action each is recorded as when it wrote no history entry nor return (a
+# cancel of a cancelled order, an Idempotency-Key replayed, a receipt received again), for it
+# answered with what a read shows all the same: a read of it.
 CHANGES: dict[tuple[str, str], str] = {
     ("POST", "/orders"): "place",  # the order is the answer's, not the path's
     ("PATCH", "/orders/{order_id}"): "edit",
@@ -49,6 +50,7 @@ CHANGES: dict[tuple[str, str], str] = {
     ("POST", "/orders/{order_id}/shipments/{shipment_id}/reject"): "reject",
     ("POST", "/orders/{order_id}/returns"): "return",
     ("POST", "/orders/{order_id}/refunds"): "refund",
+    ("POST", "/returns/{return_id}/receive"): "receive",  # the order is the return's
 }
 
 

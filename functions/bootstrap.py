@@ -236,7 +236,11 @@ class Container:
 
     @cached_property
     def return_repository(self) -> ReturnRepository:
-        return DynamoReturns(self.dynamodb, _required(self.config.returns_table, "RETURNS_TABLE"))
+        # Its writes are noted as changes of their order, as the order repository's are (the API's
+        # access log: a receipt received again, which writes nothing, is a read).
+        from functions.business_metrics import NotedReturns
+
+        return NotedReturns(DynamoReturns(self.dynamodb, _required(self.config.returns_table, "RETURNS_TABLE")))
 
     @cached_property
     def catalog_repository(self) -> DynamoCatalog:

@@ -37,7 +37,8 @@ class AccessLogPage(BaseModel):
     "`action` the change, `detail` `{change: true, from_status, to_status}`); a change that wrote nothing but "
     "answered the order (a cancel of a cancelled order, a replayed Idempotency-Key) is a read named after it "
     "(`cancel`, `edit`, `hold`, `release`, `ship`, `deliver`, `ready`, `reject`; `return`, `refund` for a replayed "
-    "return or refund; `place` for an order placed again under its Idempotency-Key). "
+    "return or refund; `receive` for one of its returns received again with the same receipt, with "
+    "`detail.return_id`; `place` for an order placed again under its Idempotency-Key). "
     "Each with `actor` the API key id (or "
     "`workflow` and the other system actors for changes). Reads are queued as they answer and stored within seconds; "
     "they are kept 400 days. Paginated as every list is: a much-read order's log is read a page at a time.",
