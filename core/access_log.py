@@ -29,9 +29,11 @@ READS: dict[tuple[str, str], str] = {
 
 # The API's lists that answer orders (or returns) whole: each one listed is a read of its order,
 # recorded as a read by its id would be (a listed order as `list`, with the label links it handed out).
+# So is each stored order a sourcing what-if names (its lines, skus and the distances to where it goes).
 LIST_READS: dict[tuple[str, str], str] = {
     ("GET", "/orders"): "list",
     ("GET", "/returns"): "returns",
+    ("POST", "/sourcing/simulate"): "simulate",
 }
 
 # The API's changes of an order that answer with the order (or its new return or refund, or the

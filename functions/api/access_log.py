@@ -64,9 +64,13 @@ def _listed_reads(
 ) -> list[tuple[str, str, dict[str, Any] | None]]:
     """(order id, action, detail) of each order a list answered: an order (with its label links, as a
     read by its id), or the order of returns (naming them: a page may hold several of one order,
-    and a request reads an order once)."""
+    and a request reads an order once), or a stored order a what-if planned (once, however often
+    it was named; a body simulated is no order's)."""
     items = _answer(response).get("items")
     items = [item for item in items if isinstance(item, dict)] if isinstance(items, list) else []
+    if event.get("resource") == "/sourcing/simulate":
+        planned = dict.fromkeys(item["order_id"] for item in items if isinstance(item.get("order_id"), str))
+        return [(order_id, action, None) for order_id in planned]
     if event.get("resource") != "/returns":
         return [(item["id"], action, _labels_handed_out(item)) for item in items if isinstance(item.get("id"), str)]
     returns: dict[str, list[Any]] = {}

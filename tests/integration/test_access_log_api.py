@@ -349,3 +349,27 @@ def test_a_return_received_again_is_logged_as_a_read_of_its_order_and_its_first_
     assert [(q["order_id"], q["actor"], q["action"], q["detail"]) for q in consume_queued_reads()] == [
         (oid, clerk_id, "receive", {"return_id": rid})
     ]
+
+
+def test_simulating_the_sourcing_of_stored_orders_is_a_read_of_each_of_them(api):
+    # POST /sourcing/simulate with order ids (scope orders:read, another channel's order refused
+    # as unknown) answers each order's lines, skus, quantities and distances to where it goes:
+    # the key read those orders, and their logs said nothing.
+    first, second = "ord_" + "y" * 24, "ord_" + "z" * 24
+    stored(first)
+    stored(second)
+    planner_id, planner = key(api, "orders:read")
+    consume_queued_reads()
+    body = {"orders": [first, second, first]}
+
+    answer = api.post("/sourcing/simulate", json=body, key=planner)
+
+    assert answer.status_code == 200, answer.text
+    assert [item["order_id"] for item in answer.json()["items"]] == [first, second, first]
+    elsewhere = key(api, "orders:read", channel="shop")[1]
+    assert_error(api.post("/sourcing/simulate", json={"orders": [first]}, key=elsewhere), 422, None, "orders[0]")
+    reads = consume_queued_reads()  # once per order and request
+    assert sorted((q["order_id"], q["actor"], q["action"]) for q in reads) == [
+        (first, planner_id, "simulate"),
+        (second, planner_id, "simulate"),
+    ]
