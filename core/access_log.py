@@ -29,14 +29,17 @@ READS: dict[tuple[str, str], str] = {
 
 # The API's lists that answer orders (or returns) whole: each one listed is a read of its order,
 # recorded as a read by its id would be (a listed order as `list`, with the label links it handed out).
+# So is each stored order a sourcing what-if names (its lines, skus and the distances to where it goes).
 LIST_READS: dict[tuple[str, str], str] = {
     ("GET", "/orders"): "list",
     ("GET", "/returns"): "returns",
+    ("POST", "/sourcing/simulate"): "simulate",
 }
 
-# The API's changes of an order that answer with the order (or its new return or refund): the
-# action each is recorded as when it wrote no history entry (a cancel of a cancelled order, an
-# Idempotency-Key replayed), for it answered with what a read shows all the same: a read of it.
+# The API's changes of an order that answer with the order (or its new return or refund, or the
+# return received): the action each is recorded as when it wrote no history entry nor return (a
+# cancel of a cancelled order, an Idempotency-Key replayed, a receipt received again), for it
+# answered with what a read shows all the same: a read of it.
 CHANGES: dict[tuple[str, str], str] = {
     ("POST", "/orders"): "place",  # the order is the answer's, not the path's
     ("PATCH", "/orders/{order_id}"): "edit",
@@ -49,6 +52,7 @@ CHANGES: dict[tuple[str, str], str] = {
     ("POST", "/orders/{order_id}/shipments/{shipment_id}/reject"): "reject",
     ("POST", "/orders/{order_id}/returns"): "return",
     ("POST", "/orders/{order_id}/refunds"): "refund",
+    ("POST", "/returns/{return_id}/receive"): "receive",  # the order is the return's
 }
 
 

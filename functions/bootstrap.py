@@ -168,6 +168,18 @@ class Config:
         )
 
 
+def _expiry(days: float, name: str) -> timedelta | None:
+    """An OMS_*_EXPIRY_DAYS setting as a wait (None for 0: never), or ValueError naming it. At most
+    100 years (core.jeopardy.LONGEST, as OMS_SLA's deadlines): more, meant as "practically never",
+    put a ready pickup's collect_by, or a pass's cut-off for holds and returns, off the calendar, so
+    every POST .../ready, or every jeopardy pass, failed; NaN and inf likewise."""
+    from core.jeopardy import LONGEST
+
+    if not 0 <= days <= LONGEST.days:  # False for NaN too
+        raise ValueError(f"{name} must be 0 (never) or a positive number of days, at most {LONGEST.days} (100 years)")
+    return timedelta(days=days) if days else None
+
+
 def _required(value: str, name: str) -> str:
     if not value:
         raise RuntimeError(f"{name} is not set for this function (see template.yaml)")
@@ -236,7 +248,11 @@ class Container:
 
     @cached_property
     def return_repository(self) -> ReturnRepository:
-        return DynamoReturns(self.dynamodb, _required(self.config.returns_table, "RETURNS_TABLE"))
+        # Its writes are noted as changes of their order, as the order repository's are (the API's
+        # access log: a receipt received again, which writes nothing, is a read).
+        from functions.business_metrics import NotedReturns
+
+        return NotedReturns(DynamoReturns(self.dynamodb, _required(self.config.returns_table, "RETURNS_TABLE")))
 
     @cached_property
     def catalog_repository(self) -> DynamoCatalog:
@@ -348,8 +364,7 @@ class Container:
     def actions(self) -> OrderActions:
         from core.fulfillment import OrderActions
 
-        if self.config.pickup_expiry_days < 0:
-            raise ValueError("OMS_PICKUP_EXPIRY_DAYS must be 0 (never) or a positive number of days")
+        pickup_expiry = _expiry(self.config.pickup_expiry_days, "OMS_PICKUP_EXPIRY_DAYS")
         if self.config.authorization_valid_days <= 0:
             raise ValueError("OMS_AUTHORIZATION_VALID_DAYS must be a positive number of days")
 
@@ -361,7 +376,7 @@ class Container:
             self.capture,
             clock=self.clock,
             refunds=self.refunds,
-            pickup_expiry=timedelta(days=self.config.pickup_expiry_days) if self.config.pickup_expiry_days else None,
+            pickup_expiry=pickup_expiry,
             authorization_valid_for=timedelta(days=self.config.authorization_valid_days),
             credits=self.exchange_credits,
             hook=self.plugins.hook,
@@ -601,25 +616,23 @@ class Container:
         from core.jeopardy import JeopardyScan, parse_sla
 
         config = self.config
-        if config.hold_expiry_days < 0:
-            raise ValueError("OMS_HOLD_EXPIRY_DAYS must be 0 (never) or a positive number of days")
-        if config.return_expiry_days < 0:
-            raise ValueError("OMS_RETURN_EXPIRY_DAYS must be 0 (never) or a positive number of days")
-        expires_returns = bool(config.return_expiry_days)
+        hold_expiry = _expiry(config.hold_expiry_days, "OMS_HOLD_EXPIRY_DAYS")
+        return_expiry = _expiry(config.return_expiry_days, "OMS_RETURN_EXPIRY_DAYS")
+        expires_returns = return_expiry is not None
         return JeopardyScan(
             DynamoLateOrders(self.dynamodb, config.orders_table),
             self.order_repository,
             self.actions.cancel,
             self.clock,
             sla=parse_sla(config.sla),
-            hold_expiry=timedelta(days=config.hold_expiry_days) if config.hold_expiry_days else None,
+            hold_expiry=hold_expiry,
             unreceived=(
                 DynamoUnreceivedReturns(self.dynamodb, _required(config.returns_table, "RETURNS_TABLE"))
                 if expires_returns
                 else None
             ),
             expire_return=self.returns.expire if expires_returns else None,
-            return_expiry=timedelta(days=config.return_expiry_days) if expires_returns else None,
+            return_expiry=return_expiry,
             captures_after=timedelta(minutes=config.reconcile_after_minutes),
         )
 

@@ -7,7 +7,8 @@ request records nothing, so nothing is counted twice; core stays free of metrics
 themselves in `emits_business_metrics`, which prints the points once per invocation, one EMF
 record per dimension set, even when the handler raises (a failed payment attempt is recorded
 before the step that made it fails). It also notes which orders the invocation wrote a history
-entry on (`orders_changed`): the API's access log counts a change that wrote none as a read.
+entry on, or a return of (`orders_changed`, `NotedReturns`): the API's access log counts a change
+that wrote neither as a read.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def _changed() -> set[str]:
 
 
 def orders_changed() -> frozenset[str]:
-    """The ids of the orders this invocation has written a history entry on so far."""
+    """The ids of the orders this invocation has written a history entry on, or a return of, so far."""
     return frozenset(_changed())
 
 
@@ -168,6 +169,26 @@ class MeteredOrders:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._orders, name)
+
+
+class NotedReturns:
+    """The return repository, noting the order of each return a write stored (orders_changed): a
+    receipt writes the return alone, and its order's entry (`return_received`, naming the key) is
+    the returns workflow's, written after the request. Delegates the rest, as MeteredOrders does."""
+
+    def __init__(self, returns: Any):
+        self._returns = returns
+
+    def add(self, item: Any) -> None:
+        self._returns.add(item)
+        _changed().add(item.order_id)
+
+    def update(self, item: Any, expected: Any) -> None:
+        self._returns.update(item, expected)
+        _changed().add(item.order_id)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._returns, name)
 
 
 F = TypeVar("F", bound=Callable[..., Any])

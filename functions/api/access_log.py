@@ -23,7 +23,8 @@ logger = Logger(child=True)
 
 def recorded_read(event: dict[str, Any], response: dict[str, Any], metrics: Metrics) -> None:
     """Queue the read `event` made if it read an order (a 2xx of a route in READS, or of one in
-    CHANGES that wrote no history entry on the order: its entries are the change's record), or the
+    CHANGES that wrote no history entry on the order nor a return of it: its entries, or the return
+    workflow's, are the change's record), or the
     reads of a list in LIST_READS (one per order or return it answered). Should the
     queue refuse one, the whole record goes to the log at ERROR (`read not queued`, metric
     AccessLogReadsNotQueued, alarm AccessLogReadsNotQueuedAlarm): the read still answers, and
@@ -45,7 +46,7 @@ def recorded_read(event: dict[str, Any], response: dict[str, Any], metrics: Metr
         # Placed again under its Idempotency-Key, the order placed the first time is the answer.
         order_id = _answer(response).get("id")
     elif order_id is None:
-        # A return read by its own id: the return names its order.
+        # A return read (or received again) by its own id: the return names its order.
         order_id = _answer(response).get("order_id")
         detail = {"return_id": parameters.get("return_id")}
     if not isinstance(order_id, str):
@@ -53,7 +54,9 @@ def recorded_read(event: dict[str, Any], response: dict[str, Any], metrics: Metr
     if route in CHANGES and order_id in orders_changed():
         return  # a change: the history entries it wrote name its key
     answer = _answer(response) if action == "get" or route in CHANGES else None
-    _record(event, [(order_id, action, _labels_handed_out(answer) if answer is not None else detail)], metrics)
+    # An order's answer names the label links it handed out; a return's keeps its id.
+    labels = _labels_handed_out(answer) if answer is not None else None
+    _record(event, [(order_id, action, labels or detail)], metrics)
 
 
 def _listed_reads(
@@ -61,9 +64,13 @@ def _listed_reads(
 ) -> list[tuple[str, str, dict[str, Any] | None]]:
     """(order id, action, detail) of each order a list answered: an order (with its label links, as a
     read by its id), or the order of returns (naming them: a page may hold several of one order,
-    and a request reads an order once)."""
+    and a request reads an order once), or a stored order a what-if planned (once, however often
+    it was named; a body simulated is no order's)."""
     items = _answer(response).get("items")
     items = [item for item in items if isinstance(item, dict)] if isinstance(items, list) else []
+    if event.get("resource") == "/sourcing/simulate":
+        planned = dict.fromkeys(item["order_id"] for item in items if isinstance(item.get("order_id"), str))
+        return [(order_id, action, None) for order_id in planned]
     if event.get("resource") != "/returns":
         return [(item["id"], action, _labels_handed_out(item)) for item in items if isinstance(item.get("id"), str)]
     returns: dict[str, list[Any]] = {}

@@ -301,3 +301,75 @@ def test_listing_orders_or_returns_is_a_read_of_each_order_listed(api):
     assert [(i["actor"], i["action"]) for i in items] == [("key_shop", "created"), (reader_id, "list"),
                                                           (reader_id, "returns")]  # fmt: skip
     consume_queued_reads()
+
+
+def test_a_return_received_again_is_logged_as_a_read_of_its_order_and_its_first_receipt_is_not(api, monkeypatch):
+    # Receiving a received return again with the same receipt answers the return as it is (its
+    # lines, refund and a freshly signed label link) and writes nothing: the key read it, which a
+    # GET /returns/{id} records, and the log said nothing. The first receipt writes the return
+    # (the workflow then writes the order's `return_received` entry, naming the key): a change,
+    # not a read.
+    from core.return_models import Return, ReturnLine
+    from functions.api.dependencies import container
+    from functions.bootstrap import Config, bootstrap
+    from tests.e2e.client import Catalog
+    from tests.unit.conftest import usd
+
+    class Started:
+        def __init__(self) -> None:
+            self.started: list[str] = []
+
+        def start(self, return_id: str, channel: str = "", correlation_id: str = "") -> None:
+            self.started.append(return_id)
+
+    oid, rid = "ord_" + "x" * 24, "rma_" + "x" * 24
+    stored(oid)
+    created = a_stored_order(("TSHIRT", 1)).created_at
+    bootstrap(Config.from_env()).return_repository.add(
+        Return(
+            id=rid, order_id=oid, channel="web", ordinal=1, status="authorized",
+            lines=[ReturnLine(line_id="L1", quantity=1, reason="too small")], refund=usd("0.00"), fee=usd("0.00"),
+            created_at=created, updated_at=created, version=1,
+        )
+    )  # fmt: skip
+    warehouse = Catalog(api).location()
+    monkeypatch.setitem(vars(container()), "return_workflow", workflow := Started())
+    clerk_id, clerk = key(api, "returns:write")
+    consume_queued_reads()
+    receipt = {"location_id": warehouse, "lines": [{"line_id": "L1", "quantity": 1, "condition": "resellable"}]}
+
+    first = api.post(f"/returns/{rid}/receive", json=receipt, key=clerk)
+    assert (first.status_code, first.json()["status"], workflow.started) == (202, "received", [rid]), first.text
+    assert consume_queued_reads() == []  # a change: the workflow's entry names the key
+    again = api.post(f"/returns/{rid}/receive", json=receipt, key=clerk)
+    assert (again.status_code, again.json()["status"]) == (202, "received"), again.text
+    recount = {**receipt, "lines": [{"line_id": "L1", "quantity": 1, "condition": "damaged"}]}
+    assert_error(api.post(f"/returns/{rid}/receive", json=recount, key=clerk), 409)  # refused: not a read
+
+    assert [(q["order_id"], q["actor"], q["action"], q["detail"]) for q in consume_queued_reads()] == [
+        (oid, clerk_id, "receive", {"return_id": rid})
+    ]
+
+
+def test_simulating_the_sourcing_of_stored_orders_is_a_read_of_each_of_them(api):
+    # POST /sourcing/simulate with order ids (scope orders:read, another channel's order refused
+    # as unknown) answers each order's lines, skus, quantities and distances to where it goes:
+    # the key read those orders, and their logs said nothing.
+    first, second = "ord_" + "y" * 24, "ord_" + "z" * 24
+    stored(first)
+    stored(second)
+    planner_id, planner = key(api, "orders:read")
+    consume_queued_reads()
+    body = {"orders": [first, second, first]}
+
+    answer = api.post("/sourcing/simulate", json=body, key=planner)
+
+    assert answer.status_code == 200, answer.text
+    assert [item["order_id"] for item in answer.json()["items"]] == [first, second, first]
+    elsewhere = key(api, "orders:read", channel="shop")[1]
+    assert_error(api.post("/sourcing/simulate", json={"orders": [first]}, key=elsewhere), 422, None, "orders[0]")
+    reads = consume_queued_reads()  # once per order and request
+    assert sorted((q["order_id"], q["actor"], q["action"]) for q in reads) == [
+        (first, planner_id, "simulate"),
+        (second, planner_id, "simulate"),
+    ]

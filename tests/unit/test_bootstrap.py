@@ -91,6 +91,21 @@ def test_a_negative_expiry_is_refused_as_0_means_never(setting: str, part: str):
         getattr(container, part)
 
 
+@pytest.mark.parametrize(
+    ("setting", "part"),
+    [("pickup_expiry_days", "actions"), ("hold_expiry_days", "jeopardy_scan"), ("return_expiry_days", "jeopardy_scan")],
+)
+@pytest.mark.parametrize("days", [36501.0, 1e7, float("inf"), float("nan")])
+def test_an_expiry_past_100_years_or_not_a_number_is_refused_where_it_is_read(setting: str, part: str, days: float):
+    # Meant as "practically never" (0 is never), 1e7 days put a ready pickup's collect_by past the
+    # calendar (every POST .../ready a 500) and a hold's or a return's cut-off before it (every
+    # jeopardy pass crashed, marking nothing), as OMS_SLA's 999999d did; NaN and inf the same.
+    container = bootstrap(replace(CONFIG, **{setting: days}), order_repository=FakeOrders())
+
+    with pytest.raises(ValueError, match="days, at most 36500"):
+        getattr(container, part)
+
+
 def test_a_warm_container_is_built_once_overridden_for_a_block_and_forgotten_on_request():
     built: list[Container] = []
 
