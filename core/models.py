@@ -2485,6 +2485,19 @@ class Order(BaseModel, defer_build=True):
             return None
         return self._bookkeeping(at=at, own_void_owed=True)
 
+    def parked_from(self, history: list[HistoryEntry], *, at: datetime) -> Bookkeeping | None:
+        """The one-off upgrade of an order parked before a park stored that it is one
+        (`hold.parked`), which the hold expiry would cancel like a person's hold: marked when the
+        `on_hold` entry its hold began with in `history` is a park's (`detail.parked`, Order.park).
+        None when it is not on hold, is marked already, or its hold is a person's. Bookkeeping,
+        for infra.backfill_orders."""
+        if self.status is not OrderStatus.ON_HOLD or self.hold is None or self.hold.parked:
+            return None
+        began = next((entry for entry in reversed(history) if entry.type == OrderEvent.ON_HOLD), None)
+        if began is None or not (began.detail or {}).get("parked"):
+            return None
+        return self._bookkeeping(at=at, hold=_replaced(self.hold, parked=True))
+
     def record_own_void_settled(self, *, at: datetime) -> Bookkeeping | None:
         """Nothing of the closed order's own payment is left to settle (`own_void_owed`): what its
         unpaid payment's keys may hold was released. Bookkeeping; None when nothing was owed."""

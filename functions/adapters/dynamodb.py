@@ -1110,6 +1110,18 @@ def backfill_own_voids_owed(client: Any, table: str, page_size: int = 500, attem
     )  # fmt: skip
 
 
+def backfill_parks(client: Any, table: str, page_size: int = 500, attempts: int = 5) -> tuple[int, int]:
+    """The one-off upgrade of orders parked before a park stored that it is one (Hold.parked):
+    each order on hold is read again with its history and marked when its hold is a park's
+    (Order.parked_from), which takes it out of the hold expiry's index (_upgraded_from_history);
+    returns (orders marked, orders already right)."""
+    return _upgraded_from_history(
+        client, table, page_size, attempts,
+        needs=lambda order: order.status is OrderStatus.ON_HOLD and order.hold is not None and not order.hold.parked,
+        change=lambda order, history: order.parked_from(history, at=utc_now()),
+    )  # fmt: skip
+
+
 def _upgraded_from_history(
     client: Any, table: str, page_size: int, attempts: int,
     needs: Callable[[Order], bool], change: Callable[[Order, list[HistoryEntry]], Bookkeeping | None],

@@ -195,6 +195,26 @@ def test_a_hold_stored_with_the_order_enters_the_expiry_index_and_a_release_take
     assert expiry_index_entries(aws) == {}  # an order never held writes no entry
 
 
+def test_the_backfill_marks_a_park_stored_before_parks_were_marked_and_the_expiry_leaves_it(aws, capture, orders, late):
+    from functions.adapters.dynamodb import backfill_parks
+
+    old_park, merchant = (capture.place(place_order(external_id=e), actor="k") for e in ("p", "m"))
+    current = orders.get(old_park.id)
+    parked, entry = current.park(error="States.Timeout", message="", at=NOW, actor="workflow")
+    unmarked = parked.model_copy(update={"hold": parked.hold.model_copy(update={"parked": False})})
+    orders.update(unmarked, current, [entry])  # as an earlier version stored a park
+    current = orders.get(merchant.id)
+    held, entry = current.hold_for("other", parked.hold.note, at=NOW, actor="k")
+    orders.update(held, current, [entry])
+    assert sorted(late.held_since_before(NOW + timedelta(days=2), 10)) == sorted([old_park.id, merchant.id])
+
+    assert backfill_parks(aws.dynamodb, aws.tables["OrdersTable"]) == (1, 1)
+
+    assert orders.get(old_park.id).hold.parked and not orders.get(merchant.id).hold.parked
+    assert late.held_since_before(NOW + timedelta(days=2), 10) == [merchant.id]
+    assert backfill_parks(aws.dynamodb, aws.tables["OrdersTable"]) == (0, 2)  # a second run writes nothing
+
+
 def test_one_channels_late_orders_page_on_past_the_read_budget_and_no_cursor_names_an_order(
     aws, capture, orders, monkeypatch
 ):
