@@ -772,7 +772,7 @@ class DynamoUnreceivedReturns(UnreceivedReturns):
 
 class DynamoDuePickups(DuePickups):
     """Pickups past their deadline: the sparse by_pickup_deadline index (keys only), a Query on
-    its one partition, earliest deadline first, a page of `page_size` at a time as the expiry
+    its PICKUP_PK partition, earliest deadline first, a page of `page_size` at a time as the expiry
     takes the ids; never a Scan."""
 
     def __init__(self, client: Any, table: str, *, page_size: int = 100):
