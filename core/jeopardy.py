@@ -1,7 +1,8 @@
 """Jeopardy: a deadline per order status (OMS_SLA); the scheduled scan marks orders past theirs,
-cancels orders held longer than allowed (reason hold_expired) and returns never received within
-OMS_RETURN_EXPIRY_DAYS of their approval, or of their request while not approved (reason
-return_expired, core/returns.py's Returns.expire).
+cancels orders held longer than allowed (reason hold_expired; never a park, which an
+infrastructure failure put on and only a person ends: Order.hold_expiry_counts_from) and returns
+never received within OMS_RETURN_EXPIRY_DAYS of their approval, or of their request while not
+approved (reason return_expired, core/returns.py's Returns.expire).
 
 The scan never reads the Orders table whole: the LateOrders port answers, through an index, which
 unmarked orders entered a status before a moment (functions/adapters/dynamodb.py: the status
@@ -9,8 +10,11 @@ index, judged on when the deadline of the order's status starts counting: when i
 status, or, for a pickup waiting for its customer, its `collect_by`, or never when it has none:
 Order.deadline_counts_from).
 Each candidate is read and judged again before one conditional write, so an order that moved on
-meanwhile is left alone, and a repeated scan marks nothing twice. Expired returns are found the
-same way, through the Returns table's status index (UnreceivedReturns): those created before the
+meanwhile is left alone, and a repeated scan marks nothing twice. Holds to expire come from an
+index keyed on when each hold began, parks left out (LateOrders.held_since_before): the held
+longest come first, so no order placed long ago and held recently, nor any park, stands before
+them, and `limit` of them are read a pass. Expired returns are found much as late orders are,
+through the Returns table's status index (UnreceivedReturns): those created before the
 moment are a superset of those approved before it, and each is judged again (on its approval) on
 its own conditional write. Returns requested long ago but approved recently stay at the oldest end
 of that range, so a pass reads on past them (up to `max_reads` per status, its read budget) to
@@ -161,10 +165,10 @@ class JeopardyScan:
         self._max_reads = max_reads  # returns judged per status and pass, each one read
 
     def run(self, *, expire_holds: bool = True) -> Scanned:
-        """One pass: at most `limit` orders marked per status, `limit` holds expired and `limit`
-        returns expired per status (of at most `max_reads` judged), oldest first; the rest are the
-        next pass's. Without `expire_holds` (a plugin failed to load: an expiry's cancel could not
-        void the authorization) the holds wait for a later pass."""
+        """One pass: at most `limit` orders marked per status, `limit` holds expired (held longest
+        first) and `limit` returns expired per status (of at most `max_reads` judged), oldest
+        first; the rest are the next pass's. Without `expire_holds` (a plugin failed to load: an
+        expiry's cancel could not void the authorization) the holds wait for a later pass."""
         now = self._clock()
         done = Scanned()
         if self._hold_expiry is not None and expire_holds:
@@ -255,8 +259,11 @@ class JeopardyScan:
         def decide(order: Order):
             # Conditional on the order read: a release that lands first wins, and this re-reads
             # and leaves the released order alone.
+            # A park (the workflow's, for an infrastructure failure) never expires: it waits for
+            # a person, and only a business outcome cancels a paid order.
             nonlocal expired
-            expired = order.status is S.ON_HOLD and order.in_status_since <= held_before
+            since = order.hold_expiry_counts_from
+            expired = since is not None and since <= held_before
             if not expired:
                 return None
             return order.cancel(

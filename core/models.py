@@ -1144,6 +1144,11 @@ class Hold(BaseModel, defer_build=True):
     # Always stored; None only in an Order read back from a response (POST /orders re-validates
     # its own answer, an Idempotency-Key replays it), which is never written or released.
     resume_to: OrderStatus | None = Field(default=None, exclude=True)
+    # A park (Order.park): the workflow's failure path put it on for a person, for an
+    # infrastructure reason, so no hold expiry cancels it (Order.hold_expiry_counts_from). The
+    # system's own like `resume_to`; stored on parks only (a merchant's hold of reason `other`
+    # may carry any note, so nothing else tells the two apart).
+    parked: bool = Field(default=False, exclude=True)
 
 
 class Jeopardy(BaseModel, defer_build=True):
@@ -1648,6 +1653,8 @@ class Order(BaseModel, defer_build=True):
             # Inside the API's `hold`: through a dict (held orders only).
             doc = self.model_dump(mode="json", exclude_none=True, exclude=_NOT_STORED)
             doc["hold"]["resume_to"] = self.hold.resume_to.value
+            if self.hold.parked:
+                doc["hold"]["parked"] = True
             return json.dumps({**doc, **system}, separators=(",", ":"))
         api_json = self.model_dump_json(exclude_none=True, exclude=_NOT_STORED)
         if not system:
@@ -1779,6 +1786,15 @@ class Order(BaseModel, defer_build=True):
         """Whether the carrier is still to be asked something for this order: a pending parcel
         booked again (`labels_due`) or a booking cancelled (`bookings_to_cancel`)."""
         return bool(self.labels_due or self.bookings_to_cancel)
+
+    @property
+    def hold_expiry_counts_from(self) -> datetime | None:
+        """When the hold expiry (OMS_HOLD_EXPIRY_DAYS) starts counting for this order: when it was
+        put on hold. None when it is not on hold, or when its hold is a park (Order.park): an
+        infrastructure failure parked it for a person, and only a business outcome cancels it."""
+        if self.status is not OrderStatus.ON_HOLD or (self.hold is not None and self.hold.parked):
+            return None
+        return self.in_status_since
 
     def pickup_deadline(self) -> datetime | None:
         """The earliest `collect_by` of a pickup waiting at its store; None while none waits, or
@@ -2469,6 +2485,19 @@ class Order(BaseModel, defer_build=True):
             return None
         return self._bookkeeping(at=at, own_void_owed=True)
 
+    def parked_from(self, history: list[HistoryEntry], *, at: datetime) -> Bookkeeping | None:
+        """The one-off upgrade of an order parked before a park stored that it is one
+        (`hold.parked`), which the hold expiry would cancel like a person's hold: marked when the
+        `on_hold` entry its hold began with in `history` is a park's (`detail.parked`, Order.park).
+        None when it is not on hold, is marked already, or its hold is a person's. Bookkeeping,
+        for infra.backfill_orders."""
+        if self.status is not OrderStatus.ON_HOLD or self.hold is None or self.hold.parked:
+            return None
+        began = next((entry for entry in reversed(history) if entry.type == OrderEvent.ON_HOLD), None)
+        if began is None or not (began.detail or {}).get("parked"):
+            return None
+        return self._bookkeeping(at=at, hold=_replaced(self.hold, parked=True))
+
     def record_own_void_settled(self, *, at: datetime) -> Bookkeeping | None:
         """Nothing of the closed order's own payment is left to settle (`own_void_owed`): what its
         unpaid payment's keys may hold was released. Bookkeeping; None when nothing was owed."""
@@ -2848,14 +2877,15 @@ class Order(BaseModel, defer_build=True):
         return [_replaced(s, status=cancelled) if s.status in NOT_LEFT else s for s in self.shipments]
 
     def hold_for(self, reason: HoldReason, note: str | None, *, at: datetime, actor: str,
-                 detail: dict[str, Any] | None = None, **fields: Any) -> Change:  # fmt: skip
-        """On hold from where it is now, remembering that status for the release."""
+                 detail: dict[str, Any] | None = None, parked: bool = False, **fields: Any) -> Change:  # fmt: skip
+        """On hold from where it is now, remembering that status for the release (`parked`: a
+        park's, Order.park)."""
         if not can_transition(self.status, OrderStatus.ON_HOLD):
             raise InvalidTransition(f"an order that is {self.status} cannot be put on hold")
         return self._next(
             at=at, actor=actor, type=OrderEvent.ON_HOLD, to=OrderStatus.ON_HOLD,
             detail={"reason": reason, **({"note": note} if note else {}), **(detail or {})},
-            hold=Hold(reason=reason, note=note, since=at, resume_to=self.status), **fields,
+            hold=Hold(reason=reason, note=note, since=at, resume_to=self.status, parked=parked), **fields,
         )  # fmt: skip
 
     def park(self, *, error: str, message: str, at: datetime, actor: str) -> Change:
@@ -2868,7 +2898,7 @@ class Order(BaseModel, defer_build=True):
         note = f"order workflow failed after retries: {error}" + (f": {message}" if message else "")
         return self.hold_for(
             "other", note[:500], at=at, actor=actor, detail={"error": error, "message": message, "parked": True},
-            unrecorded_bookings=[*self.unrecorded_bookings, *self._bookings_maybe_made()],
+            parked=True, unrecorded_bookings=[*self.unrecorded_bookings, *self._bookings_maybe_made()],
         )  # fmt: skip
 
     def _bookings_maybe_made(self) -> list[GivenUpBooking]:

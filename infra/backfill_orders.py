@@ -9,8 +9,9 @@ by_status_key"), once after deploying a version that holds exchange credits (REA
 credits held on the original"), and once after deploying a version that marks a cancelled order's
 own void owed (README, "Cancelled orders whose void failed before it was owed"), and once after
 deploying a version whose reconciler refunds what returns kept back (README, "What returns kept
-back before the reconciler refunded it": the index attributes' step gives those orders their keys);
-a second run writes nothing.
+back before the reconciler refunded it": the index attributes' step gives those orders their keys),
+and once after deploying a version whose hold expiry reads holds by when they began and never
+expires a park (README, "Holds by when they began, and parks"); a second run writes nothing.
 """
 
 from __future__ import annotations
@@ -23,9 +24,18 @@ def main() -> None:
     parser.add_argument("--table", required=True, help="the stack's OrdersTableName output")
     args = parser.parse_args()
     from functions.adapters.aws_clients import aws_client
-    from functions.adapters.dynamodb import backfill_credit_holds, backfill_index_attributes, backfill_own_voids_owed
+    from functions.adapters.dynamodb import (
+        backfill_credit_holds,
+        backfill_index_attributes,
+        backfill_own_voids_owed,
+        backfill_parks,
+    )
 
     client = aws_client("dynamodb")
+    # Parks first: the index step gives every order on hold the hold expiry's keys, and a park
+    # still unmarked then would be the expiry's until this step took it out again.
+    written, already = backfill_parks(client, args.table)
+    print(f"{written} parked orders marked as parks, {already} already right")
     written, already = backfill_index_attributes(client, args.table)
     print(f"{written} orders written, {already} already right")
     written, already = backfill_credit_holds(client, args.table)

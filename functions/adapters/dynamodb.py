@@ -290,12 +290,25 @@ KEPT_BACK_KEY = "kept_back"
 # order nothing cancelled or booked again: the typical order writes no entry. An order with a
 # refund pending too stays in the refunds' partition until its refund is done, then moves here.
 CARRIER_WORK_KEY = "carrier"
-INDEX_ATTRIBUTES = ("status_key", "status_since", "sla_key", "sla_at", "refund_key", "refund_since")
+# The sparse `by_pickup_deadline` index holds the orders a scheduled expiry may cancel, each
+# partition by the moment its expiry counts from, so each expiry's query reads exactly the orders
+# it may expire and none twice: PICKUP_PK, an order with a pickup waiting at its store, by its
+# earliest `collect_by` (the pickup expiry, core/pickups.py); HELD_PK, an order on hold, by when
+# its hold began, in the same `collect_by` (the jeopardy scan's hold expiry: Order.
+# hold_expiry_counts_from). A park (Order.park) is never expired and has no entry. The two never
+# meet: a held order's pickup waits (Order.pickup_deadline). Only held orders and waiting pickups
+# are in it: the typical order writes no entry.
+PICKUP_PK = "ready_for_pickup"
+HELD_PK = "on_hold"
+INDEX_ATTRIBUTES = (
+    "status_key", "status_since", "sla_key", "sla_at", "refund_key", "refund_since", "pickup_pk", "collect_by"
+)  # fmt: skip
 
 
 def index_attributes(order: Order, *, authorizations_set_aside: bool = False) -> dict[str, dict[str, str]]:
-    """The sparse indexes' attributes as the order should have them (by_status_key's and
-    by_sla's); one of INDEX_ATTRIBUTES missing from the answer is one the order must not have.
+    """The sparse indexes' attributes as the order should have them (by_status_key's, by_sla's,
+    by_pending_refund's and by_pickup_deadline's); one of INDEX_ATTRIBUTES missing from the answer
+    is one the order must not have.
     `authorizations_set_aside`: as if it held no authorization left (UnsettledAuthorizations.set_aside)."""
     attributes: dict[str, dict[str, str]] = {}
     if order.status in INDEXED_STATUSES:
@@ -324,6 +337,14 @@ def index_attributes(order: Order, *, authorizations_set_aside: bool = False) ->
     elif order.owes_carrier_work():
         attributes["refund_key"] = {"S": CARRIER_WORK_KEY}
         attributes["refund_since"] = {"S": timestamp(order.updated_at)}
+    collect_by = order.pickup_deadline()
+    held_since = order.hold_expiry_counts_from
+    if collect_by is not None:
+        attributes["pickup_pk"] = {"S": PICKUP_PK}
+        attributes["collect_by"] = {"S": timestamp(collect_by)}
+    elif held_since is not None:
+        attributes["pickup_pk"] = {"S": HELD_PK}
+        attributes["collect_by"] = {"S": timestamp(held_since)}
     return attributes
 
 
@@ -356,8 +377,7 @@ def _history(item: dict[str, Any]) -> list[HistoryEntry]:
 def order_update(table: str, order: Order, expected: Order, entries: list[HistoryEntry]) -> dict[str, Any]:
     """The UpdateItem that stores `order` over `expected` (its status and version unchanged since
     read) and appends `entries`: on its own, or as one item of a transaction (DynamoBackorders).
-    It keeps the sparse indexes' attributes in step with the order: the status and jeopardy
-    indexes' (index_attributes) and the pickup expiry's (_pickup_index_update)."""
+    It keeps the sparse indexes' attributes in step with the order (index_attributes)."""
     values: dict[str, Any] = {
         ":doc": _document(order),
         ":status": {"S": order.status.value},
@@ -372,9 +392,6 @@ def order_update(table: str, order: Order, expected: Order, entries: list[Histor
         sets.append(f"{name} = :{name}")
         values[f":{name}"] = value
     removed = [name for name in INDEX_ATTRIBUTES if name not in indexed]
-    sets_more, removed_more = _pickup_index_update(order, values)
-    sets += sets_more
-    removed += removed_more
     return {
         "TableName": table,
         "Key": {"id": {"S": order.id}},
@@ -753,25 +770,9 @@ class DynamoUnreceivedReturns(UnreceivedReturns):
         return _paged_ids(self._client, query)
 
 
-# The by_pickup_deadline index is sparse: only an order with a pickup waiting at its store carries
-# its keys (PICKUP_PK, collect_by), so the expiry query reads exactly the orders it may expire.
-PICKUP_PK = "ready_for_pickup"
-
-
-def _pickup_index_update(order: Order, values: dict[str, Any]) -> tuple[list[str], list[str]]:
-    """What keeps the order's by_pickup_deadline keys true: SET clauses (filling `values`) and
-    attributes to REMOVE (one UpdateExpression has one REMOVE list)."""
-    deadline = order.pickup_deadline()
-    if deadline is None:
-        return [], ["pickup_pk", "collect_by"]
-    values[":pickup_pk"] = {"S": PICKUP_PK}
-    values[":collect_by"] = {"S": timestamp(deadline)}
-    return ["pickup_pk = :pickup_pk", "collect_by = :collect_by"], []
-
-
 class DynamoDuePickups(DuePickups):
     """Pickups past their deadline: the sparse by_pickup_deadline index (keys only), a Query on
-    its one partition, earliest deadline first, a page of `page_size` at a time as the expiry
+    its PICKUP_PK partition, earliest deadline first, a page of `page_size` at a time as the expiry
     takes the ids; never a Scan."""
 
     def __init__(self, client: Any, table: str, *, page_size: int = 100):
@@ -949,10 +950,12 @@ class DynamoKeptBackRefunds(_RefundIndexPartition, KeptBackRefunds):
 
 
 class DynamoLateOrders(LateOrders):
-    """The jeopardy scan's queries. Candidates come from the by_status_key index: an order entered
-    its status after it was placed, so those placed before the moment are a superset of those in
-    the status since before it, narrowed by `status_since` (and, to mark, by not being marked:
-    `sla_key`), both projected. The marked orders are the sparse by_sla index's one partition.
+    """The jeopardy scan's queries. Candidates to mark come from the by_status_key index: an order
+    entered its status after it was placed, so those placed before the moment are a superset of
+    those in the status since before it, narrowed by `status_since` and by not being marked
+    (`sla_key`), both projected. The marked orders are the sparse by_sla index's one partition.
+    Holds to expire come from by_pickup_deadline's HELD_PK partition, by when each hold began and
+    without its parks: every entry its range holds is due, so that query reads past nothing.
 
     Marked or not-yet-due orders stay at the oldest end of a status's range, so a query pages on
     inside one pass until it has `limit` candidates, the range ends, or it has read `max_reads`
@@ -965,28 +968,29 @@ class DynamoLateOrders(LateOrders):
         self._page_size = page_size
         self._max_reads = max_reads
 
-    def _candidates(self, status: OrderStatus, before: datetime, limit: int, *, unmarked: bool) -> list[str]:
-        condition = "status_since < :before"
-        values = {":status": {"S": status.value}, ":before": {"S": timestamp(before)}}
-        if unmarked:
-            # An order written before by_sla became sparse may still hold its status as sla_key.
-            condition += " AND (attribute_not_exists(sla_key) OR sla_key <> :late)"
-            values[":late"] = {"S": JEOPARDY_KEY}
+    def unmarked_since_before(self, status: OrderStatus, before: datetime, limit: int) -> list[str]:
         query: dict[str, Any] = {
             "TableName": self._table,
             "IndexName": "by_status_key",
             "KeyConditionExpression": "status_key = :status AND created_at < :before",
-            "FilterExpression": condition,
-            "ExpressionAttributeValues": values,
+            # An order written before by_sla became sparse may still hold its status as sla_key.
+            "FilterExpression": "status_since < :before AND (attribute_not_exists(sla_key) OR sla_key <> :late)",
+            "ExpressionAttributeValues": {
+                ":status": {"S": status.value}, ":before": {"S": timestamp(before)}, ":late": {"S": JEOPARDY_KEY}
+            },
+            "ScanIndexForward": True,
+        }  # fmt: skip
+        return _query_ids(self._client, query, limit, self._page_size, max_reads=self._max_reads)
+
+    def held_since_before(self, before: datetime, limit: int) -> list[str]:
+        query: dict[str, Any] = {
+            "TableName": self._table,
+            "IndexName": "by_pickup_deadline",
+            "KeyConditionExpression": "pickup_pk = :held AND collect_by < :before",
+            "ExpressionAttributeValues": {":held": {"S": HELD_PK}, ":before": {"S": timestamp(before)}},
             "ScanIndexForward": True,
         }
         return _query_ids(self._client, query, limit, self._page_size, max_reads=self._max_reads)
-
-    def unmarked_since_before(self, status: OrderStatus, before: datetime, limit: int) -> list[str]:
-        return self._candidates(status, before, limit, unmarked=True)
-
-    def held_since_before(self, before: datetime, limit: int) -> list[str]:
-        return self._candidates(OrderStatus.ON_HOLD, before, limit, unmarked=False)
 
     def count_in_jeopardy(self) -> int:
         count, start = 0, None
@@ -1103,6 +1107,18 @@ def backfill_own_voids_owed(client: Any, table: str, page_size: int = 500, attem
         client, table, page_size, attempts,
         needs=lambda order: order.status is OrderStatus.CANCELLED and order.payment.status is PaymentStatus.AUTHORIZED,
         change=lambda order, history: order.owe_own_void_from(history, at=utc_now()),
+    )  # fmt: skip
+
+
+def backfill_parks(client: Any, table: str, page_size: int = 500, attempts: int = 5) -> tuple[int, int]:
+    """The one-off upgrade of orders parked before a park stored that it is one (Hold.parked):
+    each order on hold is read again with its history and marked when its hold is a park's
+    (Order.parked_from), which takes it out of the hold expiry's index (_upgraded_from_history);
+    returns (orders marked, orders already right)."""
+    return _upgraded_from_history(
+        client, table, page_size, attempts,
+        needs=lambda order: order.status is OrderStatus.ON_HOLD and order.hold is not None and not order.hold.parked,
+        change=lambda order, history: order.parked_from(history, at=utc_now()),
     )  # fmt: skip
 
 

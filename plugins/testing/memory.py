@@ -146,8 +146,10 @@ class InMemoryLateOrders(LateOrders):
         return [o.id for o in sorted(due, key=lambda o: o.created_at)][:limit]
 
     def held_since_before(self, before: datetime, limit: int) -> list[str]:
-        found = [o for o in self._orders.orders.values() if o.status is OrderStatus.ON_HOLD]
-        return [o.id for o in sorted(found, key=lambda o: o.created_at) if o.in_status_since < before][:limit]
+        # As the index: parks are left out, and the longest held come first.
+        found = [o for o in self._orders.orders.values() if o.hold_expiry_counts_from is not None]
+        due = sorted((o.hold_expiry_counts_from, o.id) for o in found if o.hold_expiry_counts_from < before)
+        return [order_id for _, order_id in due][:limit]
 
     def count_in_jeopardy(self) -> int:
         return sum(1 for o in self._orders.orders.values() if o.jeopardy is not None and not o.captures_requested)

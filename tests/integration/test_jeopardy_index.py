@@ -131,6 +131,90 @@ def test_held_orders_are_found_for_expiry_marked_or_not(aws, capture, orders, la
     assert late.count_in_jeopardy() == 1
 
 
+def expiry_index_entries(aws) -> dict[str, tuple[str, str]]:
+    """{order id: (pickup_pk, collect_by)} of every item the sparse by_pickup_deadline index holds."""
+    items = aws.dynamodb.scan(TableName=aws.tables["OrdersTable"])["Items"]  # the test reads all; the code never
+    return {i["id"]["S"]: (i["pickup_pk"]["S"], i["collect_by"]["S"]) for i in items if "pickup_pk" in i}
+
+
+def test_the_hold_expiry_reaches_a_due_hold_behind_more_parks_and_recent_holds_than_a_page(
+    aws, capture, orders, monkeypatch
+):
+    """Placed first: two orders parked long ago (never expired) and two held only lately (not due);
+    placed last, a merchant's hold as old as the parks. Read by when the orders were placed, all
+    four stand before it, more than a page and the read budget: the expiry reads past them on every
+    pass and never reaches it. Read by when each hold began, parks left out, it comes first."""
+    placed = [capture.place(place_order(external_id=f"o{i}"), actor="k") for i in range(5)]
+    parks, recent, due = placed[:2], placed[2:4], placed[4]
+    for order in parks:
+        current = orders.get(order.id)
+        parked, entry = current.park(error="States.Timeout", message="", at=NOW, actor="workflow")
+        orders.update(parked, current, [entry])
+    for order, at in [(recent[0], NOW + timedelta(days=3)), (recent[1], NOW + timedelta(days=3, hours=1)), (due, NOW)]:
+        current = orders.get(order.id)
+        held, entry = current.hold_for("other", None, at=at, actor="k")
+        orders.update(held, current, [entry])
+    reads = []
+    real = aws.dynamodb.query
+
+    def counted(**kwargs):
+        page = real(**kwargs)
+        reads.append(page["ScannedCount"])
+        return page
+
+    monkeypatch.setattr(aws.dynamodb, "query", counted)
+    late = DynamoLateOrders(aws.dynamodb, aws.tables["OrdersTable"], page_size=2, max_reads=3)
+
+    assert late.held_since_before(NOW + timedelta(days=2), 10) == [due.id]
+    assert sum(reads) == 1  # the one due hold, nothing read past
+    assert set(expiry_index_entries(aws)) == {due.id, *(o.id for o in recent)}  # a park has no entry
+    assert late.held_since_before(NOW + timedelta(days=4), 10) == [due.id, recent[0].id, recent[1].id]
+    scan = JeopardyScan(late, orders, lambda *a: None, lambda: NOW + timedelta(days=2), sla=parse_sla(""),
+                        hold_expiry=timedelta(days=1), limit=1)  # fmt: skip
+    assert scan.run().expired == [due.id]
+    assert [orders.get(o.id).status for o in placed] == [S.ON_HOLD] * 4 + [S.CANCELLED]
+    assert due.id not in expiry_index_entries(aws)  # the cancel took it out
+
+
+def test_a_hold_stored_with_the_order_enters_the_expiry_index_and_a_release_takes_it_out(aws, capture, orders, late):
+    from tests.unit.conftest import a_stored_order
+
+    # As a review rule holds a new order in the write that places it (CaptureService._reviewed).
+    held = a_stored_order(("TSHIRT", 1), id="ord_" + "h" * 24, created_at=NOW, updated_at=NOW)
+    held, entry = held.hold_for("fraud_review", None, at=NOW, actor="review")
+    orders.add(held, entry, payment_token="tok_approve")
+    assert expiry_index_entries(aws) == {held.id: ("on_hold", dynamodb.timestamp(NOW))}
+    assert late.held_since_before(NOW + timedelta(seconds=1), 10) == [held.id]
+
+    current = orders.get(held.id)
+    released, entry = current.release(note=None, at=NOW + timedelta(hours=1), actor="k")
+    orders.update(released, current, [entry])
+
+    assert expiry_index_entries(aws) == {} and late.held_since_before(NOW + timedelta(days=9), 10) == []
+    capture.place(place_order(external_id="typical"), actor="k")
+    assert expiry_index_entries(aws) == {}  # an order never held writes no entry
+
+
+def test_the_backfill_marks_a_park_stored_before_parks_were_marked_and_the_expiry_leaves_it(aws, capture, orders, late):
+    from functions.adapters.dynamodb import backfill_parks
+
+    old_park, merchant = (capture.place(place_order(external_id=e), actor="k") for e in ("p", "m"))
+    current = orders.get(old_park.id)
+    parked, entry = current.park(error="States.Timeout", message="", at=NOW, actor="workflow")
+    unmarked = parked.model_copy(update={"hold": parked.hold.model_copy(update={"parked": False})})
+    orders.update(unmarked, current, [entry])  # as an earlier version stored a park
+    current = orders.get(merchant.id)
+    held, entry = current.hold_for("other", parked.hold.note, at=NOW, actor="k")
+    orders.update(held, current, [entry])
+    assert sorted(late.held_since_before(NOW + timedelta(days=2), 10)) == sorted([old_park.id, merchant.id])
+
+    assert backfill_parks(aws.dynamodb, aws.tables["OrdersTable"]) == (1, 1)
+
+    assert orders.get(old_park.id).hold.parked and not orders.get(merchant.id).hold.parked
+    assert late.held_since_before(NOW + timedelta(days=2), 10) == [merchant.id]
+    assert backfill_parks(aws.dynamodb, aws.tables["OrdersTable"]) == (0, 2)  # a second run writes nothing
+
+
 def test_one_channels_late_orders_page_on_past_the_read_budget_and_no_cursor_names_an_order(
     aws, capture, orders, monkeypatch
 ):

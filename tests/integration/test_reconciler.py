@@ -432,7 +432,8 @@ def test_a_held_pickup_past_its_deadline_leaves_the_index_and_expires_once_relea
     holds = bootstrap(Config.from_env()).holds
     holds.hold(due.id, HoldRequest(reason="fraud_review"), actor="key_ops")
 
-    assert index_keys(aws, due.id) == {}  # a person stopped it: nothing for the expiry to find
+    # A person stopped it: nothing for the pickup expiry to find, only the hold expiry's entry.
+    assert index_keys(aws, due.id)["pickup_pk"] == "on_hold"
     assert reconcile() == did()
     assert bootstrap(Config.from_env()).order_repository.get(due.id).status is OrderStatus.ON_HOLD
 

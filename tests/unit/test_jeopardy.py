@@ -447,6 +447,71 @@ def test_a_release_that_lands_before_the_expiry_wins(world):
     assert done.expired == [] and world.order(order_id).status is S.PENDING
 
 
+class EveryHold(InMemoryLateOrders):
+    """Every order on hold since before the moment, parks included: what the index answered before
+    parks were left out of it (an entry a stack wrote then, read before its next write)."""
+
+    def held_since_before(self, before, limit):
+        held = [o for o in self._orders.orders.values() if o.status is S.ON_HOLD and o.in_status_since < before]
+        return [o.id for o in sorted(held, key=lambda o: o.created_at)][:limit]
+
+
+def parked_holding_stock(world: World) -> str:
+    """An order of 2 MUGs authorized and reserved, then parked by the workflow's failure path."""
+    order_id = world.place(("MUG", 2))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    world.workflow.reserve_stock(order_id)
+    assert world.workflow.park_after_failure(order_id, "States.Timeout", "")
+    return order_id
+
+
+@pytest.mark.parametrize("late", [InMemoryLateOrders, EveryHold])
+def test_a_park_past_the_expiry_survives_while_a_merchant_hold_is_cancelled(world, late):
+    """Issue 10: an infrastructure failure parks a paid order for a person, and never cancels it.
+    A merchant's hold of reason `other` with the very note a park carries still expires: the park
+    is told by what the park stored, not by its words."""
+    clock = Clock()
+    parked = parked_holding_stock(world)
+    merchant = world.place(("MUG", 1))
+    request = HoldRequest(reason="other", note="order workflow failed after retries: States.Timeout")
+    Holds(world.orders, clock=clock).hold(merchant, request, actor="k")
+    clock.advance(days=30)
+
+    done = JeopardyScan(
+        late(world.orders), world.orders, world.actions.cancel, clock, sla=parse_sla(""), hold_expiry=timedelta(days=1)
+    ).run()
+
+    assert done.expired == [merchant] and world.order(merchant).status is S.CANCELLED
+    order = world.order(parked)
+    assert (order.status, order.payment.status, order.hold.reason) == (S.ON_HOLD, "authorized", "other")
+    assert sum(world.held_for(parked).values()) == 2 and world.spy.voided == []
+    assert "cancelled" not in [e.type for e in world.history(parked)]
+    # Released by a person, it carries on; held again by one, that hold expires like any other.
+    Holds(world.orders, clock=clock).release(parked, ReleaseRequest(), actor="k")
+    hold_at(world, clock, parked)
+    clock.advance(days=2)
+    assert scan(world, clock, hold_expiry=timedelta(days=1)).run().expired == [parked]
+
+
+def test_the_hold_expiry_takes_the_longest_held_first_and_no_park_uses_up_its_limit(world):
+    clock = Clock()
+    parks = [parked_holding_stock(world) for _ in range(3)]
+    recent = world.place(("MUG", 1))  # placed first of the holds, held last
+    due = [world.place(("MUG", 1)) for _ in range(2)]
+    for order_id in due:
+        hold_at(world, clock, order_id)
+    clock.advance(days=3)
+    hold_at(world, clock, recent)
+    clock.advance(hours=1)
+    expiring = JeopardyScan(
+        InMemoryLateOrders(world.orders), world.orders, world.actions.cancel, clock,
+        sla=parse_sla(""), hold_expiry=timedelta(days=1), limit=1,
+    )  # fmt: skip
+
+    assert [expiring.run().expired for _ in range(3)] == [[due[0]], [due[1]], []]
+    assert all(world.order(order_id).status is S.ON_HOLD for order_id in [*parks, recent])
+
+
 def test_marking_an_order_stored_before_status_since_late_does_not_restart_its_status_clock(world):
     """An order stored before `status_since` existed is judged by `updated_at`, which the late mark
     moves: its hold would then expire a day late, and a mark for the status it is still in could

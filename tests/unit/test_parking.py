@@ -198,10 +198,17 @@ def test_the_response_shows_the_contract_hold_and_the_store_keeps_the_status_to_
     assert set(shown) == {"reason", "note", "since"}
     stored = Order.model_validate_json(order.stored_json())
     assert stored == order and stored.hold.resume_to is S.PENDING
+    # What tells a park from a person's hold (no hold expiry cancels it) is the store's alone.
+    assert stored.hold.parked and "parked" not in order.model_dump_json()
+    assert order.hold_expiry_counts_from is None
     unheld = world.order(world.place(("MUG", 1)))
     # The version its authorization covers is the store's too, never the response's.
     assert "priced_version" not in unheld.model_dump(mode="json")
     assert Order.model_validate_json(unheld.stored_json()) == unheld and unheld.priced_version == 1
+    # A person's hold stores no marker (and an order never held none either).
+    held, _ = unheld.hold_for("other", order.hold.note, at=NOW, actor="key_ops")
+    assert "parked" not in held.stored_json() and "parked" not in unheld.stored_json()
+    assert held.hold_expiry_counts_from == NOW and unheld.hold_expiry_counts_from is None
 
 
 # --- The reconciler's decision (core.reconciliation) ------------------------------------------
