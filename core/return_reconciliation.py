@@ -28,6 +28,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from itertools import islice
 
+from core.deadline import TimeUp, never
 from core.errors import TransientError
 from core.events import OrderEvent
 from core.ports import OrderRepository, ReturnRepository, ReturnWorkflowStarter, UnreceivedReturns
@@ -65,17 +66,19 @@ class ReturnReconciler:
         self._payment_methods = payment_methods
         self._taken: set[str] | None = None
 
-    def run(self) -> list[str]:
+    def run(self, *, time_up: TimeUp = never) -> list[str]:
         """One pass: the ids of the received returns whose workflow was started again, at most
         `limit` of at most `max_reads` candidates judged, oldest first; the rest, and any whose
         start failed, are the next pass's (a failed start does not stop the reconciler's other
-        work; MAX_REFUSED_STARTS of them end the pass)."""
+        work; MAX_REFUSED_STARTS of them end the pass, and so does `time_up`)."""
         received_before = self._clock() - self._restart_after
         restarted: list[str] = []
         refused = 0
         self._taken = None  # the payment methods taken, asked once a pass
         candidates = self._candidates.created_before(ReturnStatus.RECEIVED, received_before)
         for return_id in islice(candidates, self._max_reads):
+            if time_up():
+                break
             item = self._returns.get(return_id)
             if item is None or item.status is not ReturnStatus.RECEIVED or item.updated_at > received_before:
                 continue  # moved on since the index was read, or received recently enough to be running

@@ -369,7 +369,7 @@ def test_a_pass_that_fails_outright_leaves_the_others_to_run_then_fails_the_invo
     busy = {"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "slow down"}}
     throttled = ClientError(busy, "Query")
 
-    def refused(*_: Any) -> None:
+    def refused(*_: Any, **__: Any) -> None:
         raise throttled
 
     monkeypatch.setattr(container().reconciler, "run", refused)
@@ -660,7 +660,7 @@ def test_a_sweep_that_could_not_finish_an_order_reports_what_it_did_then_fails(
     # counts them, logs the order at ERROR and fails (the function's errors alarm calls a person).
     from core.refund_service import PendingRefundSweep, SweepIncomplete
 
-    def incomplete(self: PendingRefundSweep, actor: str, *, orders: list[str] | None = None) -> list[str]:
+    def incomplete(self: PendingRefundSweep, actor: str, *, orders: list[str] | None = None, **_: Any) -> list[str]:
         raise SweepIncomplete(["ref_finished"], {order_id("z"): KeyError("no merchant account")})
 
     monkeypatch.setattr(PendingRefundSweep, "run", incomplete)
@@ -941,7 +941,7 @@ def test_a_pass_that_could_not_settle_an_order_reports_what_it_did_then_fails(
     from core.authorization_sweep import Settled, SettleIncomplete, UnsettledAuthorizationSweep
     from core.errors import PaymentRefused
 
-    def incomplete(self: UnsettledAuthorizationSweep, actor: str) -> Settled:
+    def incomplete(self: UnsettledAuthorizationSweep, actor: str, **_: Any) -> Settled:
         settled = Settled([order_id("y")], edits=[order_id("y")])
         raise SettleIncomplete(settled, {order_id("z"): PaymentRefused("void", "expired")})
 
@@ -1315,7 +1315,7 @@ def test_what_a_pass_counted_is_printed_before_the_next_pass_starts(stack, metri
 
     own = ("service",) if metrics.service else ()  # none when a test without the stack imported it first
 
-    def parks(self: Any, done: Reconciled | None = None) -> Reconciled:
+    def parks(self: Any, done: Reconciled | None = None, **_: Any) -> Reconciled:
         done = done if done is not None else Reconciled()
         done.parked.append(order_id("z"))
         business_metrics.record("PaymentFailures", operation="void", kind="refused")
@@ -1323,7 +1323,7 @@ def test_what_a_pass_counted_is_printed_before_the_next_pass_starts(stack, metri
 
     printed_before_the_next_pass: list[str] = []
 
-    def runs_past_the_timeout(self: Any, *args: Any) -> Any:
+    def runs_past_the_timeout(self: Any, *args: Any, **_: Any) -> Any:
         printed_before_the_next_pass.append(capsys.readouterr().out)
         raise SystemExit("the timeout ends the run")  # nothing after this is printed on Lambda
 
@@ -1336,3 +1336,55 @@ def test_what_a_pass_counted_is_printed_before_the_next_pass_starts(stack, metri
     [out] = printed_before_the_next_pass
     assert emitted(out, own) == {"OrdersParked": 1}
     assert emitted(out, ("kind", "operation")) == {"PaymentFailures": 1}
+
+
+class Ticking(Context):
+    """An invocation with time for `checks` more looks at the clock, then 5 s left: a backlog that
+    fills the minute, without timing anything."""
+
+    def __init__(self, checks: int):
+        self.checks = checks
+
+    def get_remaining_time_in_millis(self) -> int:
+        self.checks -= 1
+        return 60_000 if self.checks >= 0 else 5_000
+
+
+def test_a_pass_with_a_backlog_stops_within_its_time_reports_what_it_did_and_the_next_run_resumes(
+    stack, metrics_on, capsys, caplog
+):
+    # Each order the pass parks costs seconds on AWS (reads, a write, the hold's hooks): a backlog
+    # ran the pass into the timeout, which ended the run before it logged or counted anything,
+    # and the next run met the same backlog. It now stops starting orders as it stops starting
+    # passes, reports what it did and that it was cut short, and the next run takes the rest.
+    from functions.adapters.dynamodb import DynamoOrders
+    from functions.reconciler.app import lambda_handler, metrics
+
+    own = ("service",) if metrics.service else ()
+    stuck = [order_id(letter) for letter in "pqr"]
+    for minutes, stuck_id in zip((120, 110, 100), stuck, strict=True):
+        store(stack["aws"], stuck_id, OrderStatus.AUTHORIZED, minutes_ago=minutes)
+    capsys.readouterr()
+
+    # By hand (stalled orders first): time to start the pass, and its first order, then no more.
+    answer = lambda_handler({}, Ticking(checks=2))
+
+    assert answer == did(parked=stuck[:1])
+    assert emitted(capsys.readouterr().out, own) == {
+        "OrdersParked": 1, "ReconcilerPassesCutShort": 1, "ReconcilerPassesLeft": len(PASSES) - 1
+    }  # fmt: skip
+    [cut] = [r for r in caplog.records if r.getMessage().startswith("reconciler pass cut short")]
+    assert cut.levelname == "WARNING" and getattr(cut, "pass") == "stalled orders"
+    orders = DynamoOrders(stack["aws"].dynamodb, stack["aws"].tables["OrdersTable"])
+    assert [orders.get(o).status for o in stuck] == [
+        OrderStatus.ON_HOLD,
+        OrderStatus.AUTHORIZED,
+        OrderStatus.AUTHORIZED,
+    ]
+
+    # The next run, with its time: the rest, none twice (the one parked left the index).
+    caplog.clear()
+    assert lambda_handler({}, Context()) == did(parked=stuck[1:])
+    assert emitted(capsys.readouterr().out, own) == {"OrdersParked": 2}
+    assert not [r for r in caplog.records if r.getMessage().startswith("reconciler pass cut short")]
+    assert [len(orders.history(o)[1]) for o in stuck] == [2, 2, 2]  # created, then on_hold once
