@@ -10,7 +10,9 @@ credits held on the original"), and once after deploying a version that marks a 
 own void owed (README, "Cancelled orders whose void failed before it was owed"), and once after
 deploying a version whose reconciler refunds what returns kept back (README, "What returns kept
 back before the reconciler refunded it": the index attributes' step gives those orders their keys);
-a second run writes nothing.
+a second run writes nothing. With `--returns-table <the ReturnsTable's name>`, also once after deploying a
+version whose reconciler finds received returns through the sparse by_receipt index (README,
+"Returns received before the by_receipt index").
 """
 
 from __future__ import annotations
@@ -21,9 +23,17 @@ import argparse
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--table", required=True, help="the stack's OrdersTableName output")
+    parser.add_argument(
+        "--returns-table", help="the stack's ReturnsTable (its physical name): received returns' receipt keys"
+    )
     args = parser.parse_args()
     from functions.adapters.aws_clients import aws_client
-    from functions.adapters.dynamodb import backfill_credit_holds, backfill_index_attributes, backfill_own_voids_owed
+    from functions.adapters.dynamodb import (
+        backfill_credit_holds,
+        backfill_index_attributes,
+        backfill_own_voids_owed,
+        backfill_receipt_keys,
+    )
 
     client = aws_client("dynamodb")
     written, already = backfill_index_attributes(client, args.table)
@@ -32,6 +42,9 @@ def main() -> None:
     print(f"{written} orders given their exchanges' credit holds, {already} already right")
     written, already = backfill_own_voids_owed(client, args.table)
     print(f"{written} cancelled orders marked as owing their own void, {already} already right")
+    if args.returns_table:
+        written, already = backfill_receipt_keys(client, args.returns_table)
+        print(f"{written} received returns given their receipt key, {already} already right")
 
 
 if __name__ == "__main__":

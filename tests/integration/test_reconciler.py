@@ -56,13 +56,15 @@ def stack(aws, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
     app.container.forget()
 
 
-def store(aws, order_id: str, status: OrderStatus, minutes_ago: float) -> Order:
+def store(aws, order_id: str, status: OrderStatus, minutes_ago: float, later: tuple[HistoryEntry, ...] = ()) -> Order:
     from functions.adapters.dynamodb import DynamoOrders
 
     placed = utc_now() - timedelta(minutes=minutes_ago)
     order = a_stored_order(("TSHIRT", 1), id=order_id, status=status, created_at=placed, updated_at=placed)
     created = HistoryEntry(at=placed, type="created", to_status=OrderStatus.PENDING, actor="key_admin")
-    DynamoOrders(aws.dynamodb, aws.tables["OrdersTable"]).add(order, created, payment_token="tok_approve")
+    DynamoOrders(aws.dynamodb, aws.tables["OrdersTable"]).add(
+        order, created, payment_token="tok_approve", later_entries=later
+    )
     return order
 
 
@@ -183,7 +185,7 @@ def test_the_reconciler_queries_the_status_index_and_never_scans(stack, monkeypa
     # index's five partitions).
     assert [operation for operation, _ in calls] == ["query"] * 9
     assert [kwargs["IndexName"] for _, kwargs in calls] == [
-        "by_status_key", "by_status_key", "by_pickup_deadline", "by_status", *["by_pending_refund"] * 5
+        "by_status_key", "by_status_key", "by_pickup_deadline", "by_receipt", *["by_pending_refund"] * 5
     ]  # fmt: skip
     keys = [kwargs["ExpressionAttributeValues"][":key"]["S"] for _, kwargs in calls[4:]]
     assert keys == ["carrier", "pending", "kept_back", "void", "settlement"]
@@ -531,17 +533,23 @@ def test_pickups_a_pass_expired_before_a_later_page_failed_are_still_logged_and_
 # --- Received returns whose workflow never started ------------------------------------------------
 
 
-def received_return(aws, order_letter: str, minutes_ago: float) -> str:
+def received_return(aws, order_letter: str, minutes_ago: float, *, stuck: bool = False) -> str:
     """A delivered order with one return received `minutes_ago` and no returns workflow since (the
-    receipt's function died before starting it)."""
+    receipt's function died before starting it); or, `stuck`, one its workflow left to a person
+    (`return_stuck` on the order's history after the receipt)."""
     from core.money import Money
     from core.return_models import Return, ReturnLine
     from core.returns import return_id_for
     from core.status import ReturnStatus
     from functions.adapters.dynamodb import DynamoReturns
 
-    order = store(aws, order_id(order_letter), OrderStatus.DELIVERED, minutes_ago=minutes_ago + 60)
     at = utc_now() - timedelta(minutes=minutes_ago)
+    left = HistoryEntry(
+        at=at + timedelta(minutes=1), type="return_stuck", actor="returns-workflow",
+        detail={"return_id": return_id_for(order_id(order_letter), 1), "error": "RefundNotDone"},
+    )  # fmt: skip
+    later = (left,) if stuck else ()
+    order = store(aws, order_id(order_letter), OrderStatus.DELIVERED, minutes_ago=minutes_ago + 60, later=later)
     line = ReturnLine(line_id="L1", quantity=1, reason="too small", received_quantity=1, resellable_quantity=1,
                       condition="resellable")  # fmt: skip
     item = Return(
@@ -564,6 +572,24 @@ def test_a_received_return_whose_workflow_never_started_is_started_once_the_rece
     inputs = [json.loads(stack["sfn"].describe_execution(executionArn=e["executionArn"])["input"]) for e in executions]
     assert [(i["return_id"], i["channel"]) for i in inputs] == [(lost, "web")]
     assert fresh not in answer["returns_restarted"]
+
+
+def test_a_return_left_to_a_person_is_set_aside_from_the_receipt_index_and_read_by_no_later_pass(stack):
+    # Such returns stay received for as long as the person takes: each pass read them all again,
+    # and past a pass's 1,000 reads they kept every receipt lost behind them from being restarted.
+    from functions.adapters.dynamodb import DynamoReceivedReturns
+
+    aws = stack["aws"]
+    left = received_return(aws, "t", minutes_ago=40, stuck=True)
+    lost = received_return(aws, "u", minutes_ago=20)
+    index = DynamoReceivedReturns(aws.dynamodb, aws.tables["ReturnsTable"])
+    assert list(index.received_before(utc_now())) == [left, lost]
+
+    assert reconcile()["returns_restarted"] == [lost]
+
+    assert list(index.received_before(utc_now())) == [lost]  # the workflow (a Pass here) settles it
+    item = aws.dynamodb.get_item(TableName=aws.tables["ReturnsTable"], Key={"id": {"S": left}})["Item"]
+    assert item["status"] == {"S": "received"} and item["version"] == {"N": "2"}  # still the person's
 
 
 # --- Refunds left pending by a function that died -------------------------------------------------
