@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from itertools import islice
 
 from core.cancellation import Cancellation
+from core.deadline import TimeUp, never
 from core.errors import PaymentGatewayUnavailable
 from core.events import OrderEvent
 from core.models import HistoryEntry
@@ -87,17 +88,20 @@ class UnsettledAuthorizationSweep:
         self._limit = limit
         self._max_reads = max_reads
 
-    def run(self, actor: str) -> Settled:
+    def run(self, actor: str, *, time_up: TimeUp = never) -> Settled:
         """One pass: the orders it left with nothing to settle (of at most `limit` asked, oldest
         first, among at most `max_reads` read), and what of each it settled. An order whose gateway
         is unavailable waits for the next pass. One that fails otherwise does not stop the pass: it
-        raises SettleIncomplete once it is done."""
+        raises SettleIncomplete once it is done. Once `time_up` says so, no other order is read: the
+        rest are the next pass's."""
         left_before = self._clock() - self._after
         settled = Settled()
         down: set[str] = set()
         failed: dict[str, Exception] = {}
         asked = 0
         for order_id in islice(self._unsettled.left_since_before(left_before), self._max_reads):
+            if time_up():
+                break
             try:
                 done = self._settle(order_id, actor, left_before, down)
             except PaymentGatewayUnavailable:

@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 from itertools import islice
 
 from core.cancellation import Cancellation
+from core.deadline import TimeUp, never
 from core.errors import PaymentGatewayUnavailable
 from core.events import OrderEvent
 from core.models import HistoryEntry, Order
@@ -92,18 +93,21 @@ class UnrecordedCaptureSweep:
         self._clock = clock
         self._after = after
 
-    def run(self, order_ids: Iterable[str], actor: str, *, limit: int | None = None) -> CapturesSettled:
+    def run(
+        self, order_ids: Iterable[str], actor: str, *, limit: int | None = None, time_up: TimeUp = never
+    ) -> CapturesSettled:
         """One pass over `order_ids` (with `limit`, until that many were asked of the gateway: an
         order it leaves alone, its gateway found down in this pass among them, is read past). An
         order whose gateway is unavailable waits, held. One that fails otherwise does not stop the
-        pass: it raises CapturesNotSettled once it is done."""
+        pass: it raises CapturesNotSettled once it is done. Once `time_up` says so, no other order
+        is read: the rest are the next pass's."""
         requested_before = self._clock() - self._after
         done = CapturesSettled(settled=[], held=[], unconfirmed=[])
         down: set[str] = set()
         failed: dict[str, Exception] = {}
         asked = 0
         for order_id in order_ids:
-            if limit is not None and asked >= limit:
+            if (limit is not None and asked >= limit) or time_up():
                 break
             try:
                 settled = self._settle(order_id, actor, requested_before, down, done)
@@ -121,8 +125,9 @@ class UnrecordedCaptureSweep:
         return done
 
     def run_settlements(
-        self, requested: SettlementCaptures, actor: str, *, limit: int = 100, max_reads: int = 1000
-    ) -> CapturesSettled:
+        self, requested: SettlementCaptures, actor: str, *, limit: int = 100, max_reads: int = 1000,
+        time_up: TimeUp = never,
+    ) -> CapturesSettled:  # fmt: skip
         """One pass, as `run`, over the orders a settlement capture request (no shipment) stands on
         that last changed more than `after` ago, found through their index (`requested`), oldest
         first: at most `limit` of them asked of the gateway, among at most `max_reads` read. An
@@ -130,7 +135,8 @@ class UnrecordedCaptureSweep:
         pass; the orders paid through it are read past, so a gateway down (or a payment plugin
         removed) keeps no request through another waiting behind them."""
         before = self._clock() - self._after
-        return self.run(islice(requested.requested_since_before(before), max_reads), actor, limit=limit)
+        candidates = islice(requested.requested_since_before(before), max_reads)
+        return self.run(candidates, actor, limit=limit, time_up=time_up)
 
     def _settle(
         self, order_id: str, actor: str, requested_before: datetime, down: set[str], done: CapturesSettled

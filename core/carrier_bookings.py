@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from itertools import islice
 from typing import TYPE_CHECKING, Any
 
+from core.deadline import TimeUp, never
 from core.errors import InvalidTransition, NotFound, StaleVersion
 from core.hook_calls import call_hook
 from core.models import GivenUpBooking, Order
@@ -124,12 +125,15 @@ class CarrierWorkSweep:
         self._limit = limit
         self._max_reads = max_reads
 
-    def run(self, actor: str) -> dict[str, CarrierWork]:
-        """One pass: what it did, by order id (an order it found owing nothing is left out)."""
+    def run(self, actor: str, *, time_up: TimeUp = never) -> dict[str, CarrierWork]:
+        """One pass: what it did, by order id (an order it found owing nothing is left out). Once
+        `time_up` says so, no other order is read: the rest are the next pass's."""
         unchanged_since = self._clock() - self._after
         done: dict[str, CarrierWork] = {}
         down: set[str] = set()
         for order_id in islice(self._owing.owing_since_before(unchanged_since), self._max_reads):
+            if time_up():
+                break
             order = self._orders.get(order_id, consistent=True)
             if order is None or not order.owes_carrier_work():
                 continue

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import islice
 
+from core.deadline import TimeUp, never
 from core.errors import InvalidTransition, StaleVersion
 from core.fulfillment import OrderActions
 from core.models import Order
@@ -55,7 +56,7 @@ class PickupExpiry:
         self._limit = limit
         self._max_reads = max_reads
 
-    def run(self, done: PickupsExpired | None = None) -> PickupsExpired:
+    def run(self, done: PickupsExpired | None = None, *, time_up: TimeUp = never) -> PickupsExpired:
         """One pass: the orders whose waiting pickups this pass cancelled, and apart those due but
         found on hold (held after the index was read, or stored before a hold took an order out of
         it), left as they are. At most `limit` orders it tried to expire, among at most `max_reads`
@@ -64,11 +65,14 @@ class PickupExpiry:
         until a person or the jeopardy scan takes them, keep no pickup behind them waiting. An
         order collected or changed since the index was read is left as it is, and not counted.
         `done` is filled as the pass goes (a new one without it): a caller whose pass then fails
-        outright (a later page's Query, a read) still reports what it expired (no later pass's)."""
+        outright (a later page's Query, a read) still reports what it expired (no later pass's).
+        Once `time_up` says so, no other order is read: the rest are the next pass's."""
         now = self._clock()
         done = done if done is not None else PickupsExpired()
         tried = 0
         for order_id in islice(self._due.due(now), self._max_reads):
+            if time_up():
+                break
             order = self._orders.get(order_id)
             if order is None:
                 continue

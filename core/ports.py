@@ -105,13 +105,31 @@ class ReturnRepository(ABC):
 
 
 class UnreceivedReturns(ABC):
-    """The return expiry's and the returns reconciler's question, answered through the Returns
-    table's status index (never a scan of the table)."""
+    """The return expiry's question, answered through the Returns table's status index (never a
+    scan of the table)."""
 
     @abstractmethod
     def created_before(self, status: ReturnStatus, before: datetime) -> Iterator[str]:
         """Ids of the returns in `status` created before `before`, oldest first, read a page at a
         time as the caller takes them: a caller that stops early reads no further page."""
+
+
+class ReceivedReturns(ABC):
+    """The returns reconciler's question: the returns `received` and not set aside, through an
+    index of those only (never a scan of the table), so returns left to a person, which stay
+    `received` for as long as the person takes, crowd no lost receipt behind them out of a pass."""
+
+    @abstractmethod
+    def received_before(self, before: datetime) -> Iterator[str]:
+        """Ids of the returns `received`, not set aside, created before `before`, oldest first,
+        read a page at a time as the caller takes them: a caller that stops early reads no further
+        page."""
+
+    @abstractmethod
+    def set_aside(self, item: Return) -> None:
+        """Leave the return out of received_before until its next write (which lists it again),
+        provided it is still at its version and `received`: it is left to a person, and nothing is
+        to be started for it until it changes."""
 
 
 class CatalogRepository(ABC):

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from core.deadline import TimeUp, never
 from core.errors import TransientError
 from core.ports import OrderRepository, StalledOrders, WorkflowStarter
 from core.status import OrderStatus
@@ -68,7 +69,7 @@ class Reconciler:
         self._park_after = park_after
         self._limit = limit
 
-    def run(self, done: Reconciled | None = None) -> Reconciled:
+    def run(self, done: Reconciled | None = None, *, time_up: TimeUp = never) -> Reconciled:
         """One pass: each stalled order is restarted once, or parked when it is too old for that.
         A start the service refused as a duplicate of its name (a pass running alongside, in the
         same second) is that pass's restart, not counted here. At most `limit` orders per status;
@@ -77,13 +78,16 @@ class Reconciler:
         one such order does not stop the pass, nor the reconciler's other work; after
         MAX_REFUSED_STARTS refused starts the pass restarts no more (it still parks). `done` is
         filled as the pass goes (a new one without it): a caller whose pass then fails outright
-        still reports what it restarted and parked (a parked order is no later pass's)."""
+        still reports what it restarted and parked (a parked order is no later pass's). Once
+        `time_up` says so, no other order is read: the rest are the next pass's."""
         now = self._clock()
         rerun = "restart-" + now.strftime("%Y%m%dT%H%M%S")  # one name per pass, well within 80 characters
         done = done if done is not None else Reconciled()
         refused = 0
         for status in WORKFLOW_STATUSES:
             for candidate in self._stalled.stalled(status, now - self._restart_after, self._limit):
+                if time_up():
+                    return done
                 order = self._orders.get(candidate.order_id)
                 if order is None or order.status is not status or order.last_changed > now - self._restart_after:
                     continue  # moved on since the index was read, or recently enough to be running

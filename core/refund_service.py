@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from itertools import chain, islice
 
 from core import order_lists, payment_keys
+from core.deadline import TimeUp, never
 from core.errors import Conflict, NoPaymentPlugin, PaymentGatewayUnavailable, PaymentRefused, StaleVersion
 from core.events import OrderEvent
 from core.models import Change, Order, PaymentRefund, RefundedUnits, RefundKind, RefundPart
@@ -487,19 +488,22 @@ class PendingRefundSweep:
         self._limit = limit
         self._max_reads = max_reads
 
-    def run(self, actor: str, *, orders: list[str] | None = None) -> list[str]:
+    def run(self, actor: str, *, orders: list[str] | None = None, time_up: TimeUp = never) -> list[str]:
         """One pass: the ids of the refunds it finished (of at most `limit` orders asked, oldest
         first, among at most `max_reads` read). An order whose gateway is unavailable keeps its
         refund pending for the next pass. One that fails otherwise does not stop the pass, so the
         orders behind it are not kept pending by it every pass: the pass raises SweepIncomplete
         once it is done. `orders`: the ids of the orders a refund of which the gateway answered
-        are added to it (the kept-back pass after it takes them: KeptBackSweep.run)."""
+        are added to it (the kept-back pass after it takes them: KeptBackSweep.run). Once `time_up`
+        says so, no other order is asked: their refunds stay pending for the next pass."""
         begun_before = self._clock() - self._after
         finished: list[str] = []
         down: set[str] = set()
         failed: dict[str, Exception] = {}
         asked = 0
         for order_id in islice(self._pending.pending_since_before(begun_before), self._max_reads):
+            if time_up():
+                break
             try:
                 done = self._refunds.finish_pending(order_id, actor, begun_before=begun_before, down=down)
             except PaymentGatewayUnavailable:
@@ -570,22 +574,27 @@ class KeptBackSweep:
         self._limit = limit
         self._max_reads = max_reads
 
-    def run(self, actor: str, *, finished: Iterable[str] = ()) -> KeptBackRefunded:
+    def run(self, actor: str, *, finished: Iterable[str] = (), time_up: TimeUp = never) -> KeptBackRefunded:
         """One pass. An order that fails does not stop it: the caller reports `failed`. `finished`:
         the orders whose refunds the pending-refund pass before it finished (PendingRefundSweep.run's
         `orders`), taken first, however recently they changed; one of them that owes nothing more
         but kept something back is handed to `top_up` all the same, which asks nothing then but
         shows its returns what went back for them: the refund that pass finished may have been of
-        what a return kept back, and nothing else would show it."""
+        what a return kept back, and nothing else would show it. Once `time_up` says so, the pass
+        asks the gateway no more: of `finished` it only shows those (no ask), and reads no other
+        order; those owing still are in the index for the next pass."""
         done = KeptBackRefunded()
         down: set[str] = set()
         asked = 0
         owed = islice(self._owed.owed_since_before(self._clock() - self._after), self._max_reads)
         finished = list(finished)
+        just_finished = set(finished)
         seen: set[str] = set()
         for order_id in chain(finished, owed):  # read lazily: the index is paged only as far as asked
             if order_id in seen:
                 continue
+            if order_id not in just_finished and time_up():
+                break
             seen.add(order_id)
             order = self._orders.get(order_id, consistent=True)
             if order is None or order.payment.method in down:
@@ -597,6 +606,8 @@ class KeptBackSweep:
                     except Exception as error:  # reported once the pass is done
                         done.failed[order_id] = error
                 continue
+            if time_up():
+                continue  # one of `finished`: it owes, so it is in the index, for the next pass to ask
             asked += 1
             try:
                 after = self._top_up(order, actor)

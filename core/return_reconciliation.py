@@ -3,7 +3,7 @@
 POST /returns/{id}/receive records the receipt, then starts the returns workflow. A function that
 dies between the two (or a start Step Functions refused) leaves the return `received` with no
 execution: its units are back, but nothing restocks, counts or refunds them unless the client
-repeats the receipt. Every few minutes the reconciler looks (through the Returns table's by_status
+repeats the receipt. Every few minutes the reconciler looks (through the Returns table's by_receipt
 index, never a scan) for returns still `received` well after their receipt (an Express execution
 ends within five minutes: one that finished refunded the return, one that failed recorded
 `return_stuck` on the order's history for a person) and starts their workflow again. That is safe
@@ -18,10 +18,13 @@ attempt at its refund before it was stuck was `no_plugin`), which no person can 
 API: it is started again once a payment plugin takes the order's method again, and not before (a
 pass without the plugin would only record another failed refund).
 
-The index finds candidates by when they were requested (a superset of those received before the
-moment); each is then judged on its last change (`updated_at`: the receipt) and its order's history.
-Returns left to a person stay at the oldest end of that range, so a pass reads on past them (up to
-`max_reads`, its read budget) to reach a receipt lost after them.
+The index (ReceivedReturns: the received returns only) finds candidates by when they were
+requested (a superset of those received before the moment); each is then judged on its last change
+(`updated_at`: the receipt) and its order's history. A return left to a person stays `received`,
+at the oldest end of that range, for as long as the person takes: the pass that finds it so sets it
+aside (out of the index until the return's next write, which lists it again), so such returns,
+however many, never spend a pass's reads (`max_reads`) before a receipt lost after them. One
+waiting for its payment plugin stays in the index, read past, to be started once the plugin is back.
 """
 
 from __future__ import annotations
@@ -30,19 +33,24 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from itertools import islice
 
+from core.deadline import TimeUp, never
 from core.errors import TransientError
 from core.events import OrderEvent
-from core.ports import OrderRepository, ReturnRepository, ReturnWorkflowStarter, UnreceivedReturns
+from core.ports import OrderRepository, ReceivedReturns, ReturnRepository, ReturnWorkflowStarter
 from core.reconciliation import MAX_REFUSED_STARTS
 from core.refund_service import show_owed
 from core.return_models import Return
 from core.status import ReturnStatus
 
+# Why a received return's workflow is not started again (ReturnReconciler._stuck).
+LEFT_TO_A_PERSON = "left_to_a_person"  # set aside: only its next write lists it again
+WAITS_FOR_PLUGIN = "waits_for_plugin"  # kept: started once a payment plugin takes its method
+
 
 class ReturnReconciler:
     def __init__(
         self,
-        candidates: UnreceivedReturns,
+        candidates: ReceivedReturns,
         returns: ReturnRepository,
         orders: OrderRepository,
         starter: ReturnWorkflowStarter,
@@ -68,25 +76,32 @@ class ReturnReconciler:
         self._payment_methods = payment_methods
         self._taken: set[str] | None = None
 
-    def run(self) -> list[str]:
+    def run(self, *, time_up: TimeUp = never) -> list[str]:
         """One pass: the ids of the received returns whose workflow was started again, at most
         `limit` of at most `max_reads` candidates judged, oldest first; the rest, and any whose
         start failed, are the next pass's (a failed start does not stop the reconciler's other
-        work; MAX_REFUSED_STARTS of them end the pass)."""
+        work; MAX_REFUSED_STARTS of them end the pass, and so does `time_up`)."""
         received_before = self._clock() - self._restart_after
         restarted: list[str] = []
         refused = 0
         self._taken = None  # the payment methods taken, asked once a pass
-        candidates = self._candidates.created_before(ReturnStatus.RECEIVED, received_before)
+        candidates = self._candidates.received_before(received_before)
         for return_id in islice(candidates, self._max_reads):
+            if time_up():
+                break
             item = self._returns.get(return_id)
             if item is None or item.status is not ReturnStatus.RECEIVED or item.updated_at > received_before:
                 continue  # moved on since the index was read, or received recently enough to be running
             if item.shows_owed:
                 # Its step died between finishing other returns' pending refunds and showing them,
                 # and may never run again (left to a person): they show what went back now.
-                show_owed(self._returns, self._orders, item, self._clock())
-            if self._stuck(item):
+                item = show_owed(self._returns, self._orders, item, self._clock())
+            stuck = self._stuck(item)
+            if stuck is not None:
+                if stuck == LEFT_TO_A_PERSON and not item.shows_owed:
+                    # No later pass reads it again until it changes; one still owing other returns
+                    # their refresh stays, for the next pass to finish that.
+                    self._candidates.set_aside(item)
                 continue
             try:
                 self._starter.start(item.id, channel=item.channel)
@@ -100,12 +115,13 @@ class ReturnReconciler:
                 break
         return restarted
 
-    def _stuck(self, item: Return) -> bool:
+    def _stuck(self, item: Return) -> str | None:
         """Whether a workflow of `item` recorded it stuck, after its receipt, on the order's
-        history, for a person: not when its refund waits for a payment plugin that is back now."""
+        history: LEFT_TO_A_PERSON, or WAITS_FOR_PLUGIN when its refund waits for a payment plugin
+        that is not back yet; None when it is not stuck, or waited for a plugin that is back now."""
         found = self._orders.history(item.order_id)
         if found is None:
-            return False
+            return None
         order, history = found
         stuck = [
             index for index, entry in enumerate(history)
@@ -114,14 +130,15 @@ class ReturnReconciler:
             and entry.at >= item.updated_at
         ]  # fmt: skip
         if not stuck:
-            return False
+            return None
         refunds = {refund.id for refund in order.payment.refunds if refund.return_id == item.id}
         failures = [
             entry for entry in history[: stuck[-1]]
             if entry.type is OrderEvent.PAYMENT_REFUND_FAILED and (entry.detail or {}).get("refund_id") in refunds
         ]  # fmt: skip
-        waits_for_plugin = bool(failures) and (failures[-1].detail or {}).get("kind") == "no_plugin"
-        return not (waits_for_plugin and order.payment.method in self._methods_taken())
+        if not (failures and (failures[-1].detail or {}).get("kind") == "no_plugin"):
+            return LEFT_TO_A_PERSON
+        return None if order.payment.method in self._methods_taken() else WAITS_FOR_PLUGIN
 
     def _methods_taken(self) -> set[str]:
         if self._payment_methods is None:

@@ -40,6 +40,7 @@ from functions.adapters.dynamodb import (
     DynamoInventory,
     DynamoLateOrders,
     DynamoOrders,
+    DynamoReceivedReturns,
     DynamoReturns,
     DynamoSourcingRules,
     DynamoStalledOrders,
@@ -602,7 +603,7 @@ class Container:
         from core.return_reconciliation import ReturnReconciler
 
         return ReturnReconciler(
-            DynamoUnreceivedReturns(self.dynamodb, _required(self.config.returns_table, "RETURNS_TABLE")),
+            DynamoReceivedReturns(self.dynamodb, _required(self.config.returns_table, "RETURNS_TABLE")),
             self.return_repository,
             self.order_repository,
             self.return_workflow,

@@ -11,7 +11,10 @@ own void owed (README, "Cancelled orders whose void failed before it was owed"),
 deploying a version whose reconciler refunds what returns kept back (README, "What returns kept
 back before the reconciler refunded it": the index attributes' step gives those orders their keys),
 and once after deploying a version whose hold expiry reads holds by when they began and never
-expires a park (README, "Holds by when they began, and parks"); a second run writes nothing.
+expires a park (README, "Holds by when they began, and parks"); a second run writes nothing. With
+`--returns-table <the ReturnsTable's name>`, also once after deploying a version whose reconciler
+finds received returns through the sparse by_receipt index (README, "Returns received before the
+by_receipt index").
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ import argparse
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--table", required=True, help="the stack's OrdersTableName output")
+    parser.add_argument(
+        "--returns-table", help="the stack's ReturnsTable (its physical name): received returns' receipt keys"
+    )
     args = parser.parse_args()
     from functions.adapters.aws_clients import aws_client
     from functions.adapters.dynamodb import (
@@ -29,6 +35,7 @@ def main() -> None:
         backfill_index_attributes,
         backfill_own_voids_owed,
         backfill_parks,
+        backfill_receipt_keys,
     )
 
     client = aws_client("dynamodb")
@@ -42,6 +49,9 @@ def main() -> None:
     print(f"{written} orders given their exchanges' credit holds, {already} already right")
     written, already = backfill_own_voids_owed(client, args.table)
     print(f"{written} cancelled orders marked as owing their own void, {already} already right")
+    if args.returns_table:
+        written, already = backfill_receipt_keys(client, args.returns_table)
+        print(f"{written} received returns given their receipt key, {already} already right")
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from core.ports import (
     OrderRepository,
     OrdersOwingCarrier,
     PendingRefunds,
+    ReceivedReturns,
     ReturnFilter,
     ReturnRepository,
     SettlementCaptures,
@@ -621,6 +622,11 @@ class DynamoOrders(OrderRepository):
 
 _RETURN_INDEXES = {"by_channel": "channel", "by_status": "status", "by_created": "list_pk"}
 RETURN_LIST_PK = "return"
+# The by_receipt index is sparse: only a `received` return carries its key (RECEIPT_KEY, with its
+# created_at), from each write of it, and the returns reconciler removes it from one left to a
+# person (DynamoReceivedReturns.set_aside) until the return's next write: the reconciler's query
+# reads received returns a workflow may still be owed for, not every one waiting for a person.
+RECEIPT_KEY = "received"
 
 
 def _return(item: dict[str, Any]) -> Return:
@@ -648,6 +654,8 @@ class DynamoReturns(ReturnRepository):
             "list_pk": {"S": RETURN_LIST_PK},
             "doc": {"S": item.stored_json()},
         }
+        if item.status is ReturnStatus.RECEIVED:
+            record["receipt_key"] = {"S": RECEIPT_KEY}
         try:
             self._client.put_item(TableName=self._table, Item=record, ConditionExpression="attribute_not_exists(id)")
         except ClientError as error:
@@ -665,20 +673,28 @@ class DynamoReturns(ReturnRepository):
     def update(self, item: Return, expected: Return) -> None:
         if item.id != expected.id or item.version != expected.version + 1:
             raise InvalidTransition(f"return {item.id} cannot go from version {expected.version} to {item.version}")
+        values = {
+            ":doc": {"S": item.stored_json()},
+            ":status": {"S": item.status.value},
+            ":version": {"N": str(item.version)},
+            ":expected_status": {"S": expected.status.value},
+            ":expected_version": {"N": str(expected.version)},
+        }
+        update = "SET #doc = :doc, #status = :status, #version = :version"
+        # by_receipt's key, true again on every write: one set aside is listed again by its next.
+        if item.status is ReturnStatus.RECEIVED:
+            update += ", receipt_key = :receipt_key"
+            values[":receipt_key"] = {"S": RECEIPT_KEY}
+        else:
+            update += " REMOVE receipt_key"
         try:
             self._client.update_item(
                 TableName=self._table,
                 Key={"id": {"S": item.id}},
-                UpdateExpression="SET #doc = :doc, #status = :status, #version = :version",
+                UpdateExpression=update,
                 ConditionExpression="#status = :expected_status AND #version = :expected_version",
                 ExpressionAttributeNames={"#doc": "doc", "#status": "status", "#version": "version"},
-                ExpressionAttributeValues={
-                    ":doc": {"S": item.stored_json()},
-                    ":status": {"S": item.status.value},
-                    ":version": {"N": str(item.version)},
-                    ":expected_status": {"S": expected.status.value},
-                    ":expected_version": {"N": str(expected.version)},
-                },
+                ExpressionAttributeValues=values,
             )
         except ClientError as error:
             if _is_conditional_failure(error):
@@ -744,7 +760,7 @@ class DynamoReturns(ReturnRepository):
 
 
 class DynamoUnreceivedReturns(UnreceivedReturns):
-    """The return expiry's and the returns reconciler's query: the by_status index (keys only: id,
+    """The return expiry's query: the by_status index (keys only: id,
     status, created_at), one status, oldest first, created before a moment, a page of `page_size`
     at a time as the caller takes the ids. Keys only, so the callers judge each return on its own
     read (a return that has left the status since, the index being eventually consistent, is left
@@ -768,6 +784,48 @@ class DynamoUnreceivedReturns(UnreceivedReturns):
         # A return the caller expired meanwhile has left the range: DynamoDB starts the next page
         # after its key all the same.
         return _paged_ids(self._client, query)
+
+
+class DynamoReceivedReturns(ReceivedReturns):
+    """The returns reconciler's query: the sparse by_receipt index (keys only: id, receipt_key,
+    created_at), oldest first, created before a moment, a page of `page_size` at a time as the
+    caller takes the ids; and its setting aside of a return left to a person. A Query, never a Scan."""
+
+    def __init__(self, client: Any, table: str, *, page_size: int = 100):
+        self._client = client
+        self._table = table
+        self._page_size = page_size
+
+    def received_before(self, before: datetime) -> Iterator[str]:
+        query: dict[str, Any] = {
+            "TableName": self._table,
+            "IndexName": "by_receipt",
+            "KeyConditionExpression": "receipt_key = :key AND created_at < :before",
+            "ExpressionAttributeValues": {":key": {"S": RECEIPT_KEY}, ":before": {"S": timestamp(before)}},
+            "ScanIndexForward": True,
+            "Limit": self._page_size,
+        }
+        return _paged_ids(self._client, query)
+
+    def set_aside(self, item: Return) -> None:
+        # On the version judged only: its document, version and status unchanged (a stream record
+        # the events function's filter passes nothing of: no status change).
+        try:
+            self._client.update_item(
+                TableName=self._table,
+                Key={"id": {"S": item.id}},
+                UpdateExpression="REMOVE receipt_key",
+                ConditionExpression="#version = :version AND #status = :received",
+                ExpressionAttributeNames={"#version": "version", "#status": "status"},
+                ExpressionAttributeValues={
+                    ":version": {"N": str(item.version)},
+                    ":received": {"S": ReturnStatus.RECEIVED.value},
+                },
+            )
+        except ClientError as error:
+            # Refused: it changed since; the next pass judges it again.
+            if not _is_conditional_failure(error):
+                raise
 
 
 class DynamoDuePickups(DuePickups):
@@ -1082,6 +1140,39 @@ def backfill_index_attributes(client: Any, table: str, page_size: int = 500) -> 
         if "LastEvaluatedKey" not in page:
             return written, already
         scan["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def backfill_receipt_keys(client: Any, table: str, page_size: int = 500) -> tuple[int, int]:
+    """The one-off upgrade of returns received before the sparse by_receipt index: each return
+    still `received` (found through by_status, never a Scan) gets its `receipt_key`, in a write
+    conditional on it being received and keyless, so the reconciler finds a receipt whose workflow
+    was lost before the upgrade. One left to a person is set aside again by the next pass; a
+    second run writes only those set aside since. Returns (returns written, already right)."""
+    written = already = 0
+    query = {
+        "TableName": table,
+        "IndexName": "by_status",
+        "KeyConditionExpression": "#status = :received",
+        "ExpressionAttributeNames": {"#status": "status"},
+        "ExpressionAttributeValues": {":received": {"S": ReturnStatus.RECEIVED.value}},
+        "Limit": page_size,
+    }
+    for return_id in _paged_ids(client, query):
+        try:
+            client.update_item(
+                TableName=table,
+                Key={"id": {"S": return_id}},
+                UpdateExpression="SET receipt_key = :key",
+                ConditionExpression="#status = :received AND attribute_not_exists(receipt_key)",
+                ExpressionAttributeNames={"#status": "status"},
+                ExpressionAttributeValues={":key": {"S": RECEIPT_KEY}, ":received": {"S": ReturnStatus.RECEIVED.value}},
+            )
+            written += 1
+        except ClientError as error:
+            if not _is_conditional_failure(error):
+                raise
+            already += 1  # keyed already, or no longer received (the index lags)
+    return written, already
 
 
 def backfill_credit_holds(client: Any, table: str, page_size: int = 500, attempts: int = 5) -> tuple[int, int]:

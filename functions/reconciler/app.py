@@ -10,7 +10,9 @@ changes again, and the cancelled orders' own the gateway could not void
 (core/authorization_sweep.py); records the settlement captures cancels of units asked for and never
 recorded, which the jeopardy scan never finds on an order shipped since (core/capture_sweep.py's
 run_settlements). Each run starts with the next pass in turn, and starts none without the time to
-run it, so a backlog in one keeps none of the others from running for good."""
+run it, so a backlog in one keeps none of the others from running for good; within a pass, no order
+or return is started without that time either (core/deadline.py): a pass with a backlog stops, is
+reported, and leaves the rest to the next runs."""
 
 from __future__ import annotations
 
@@ -43,10 +45,24 @@ T = TypeVar("T")
 # before started with, so a backlog that fills the function's minute with the passes run first
 # keeps none of the others from its turn for good.
 SCHEDULE_MINUTES = 5
-# A pass is not started with less than this left of the function's timeout: ended by the timeout,
-# the run would log, count and raise nothing of what the passes before it did. The passes left
-# wait for the runs that start with them.
+# A pass, and each order or return within one, is not started with less than this left of the
+# function's timeout: ended by the timeout, the run would log, count and raise nothing of what the
+# pass and the passes before it did, and the next run would find the same backlog. The passes left
+# wait for the runs that start with them; what a pass cut short did not start, for its next run.
 PASS_RESERVE_MILLIS = 15_000
+
+
+class _Deadline:
+    """A pass's TimeUp (core/deadline.py): true once less than PASS_RESERVE_MILLIS is left of the
+    invocation, and from then on; `reached` says the pass was told so (it had work left)."""
+
+    def __init__(self, context: Any):
+        self._context = context
+        self.reached = False
+
+    def __call__(self) -> bool:
+        self.reached = self.reached or self._context.get_remaining_time_in_millis() < PASS_RESERVE_MILLIS
+        return self.reached
 
 
 @logger.inject_lambda_context(clear_state=True)
@@ -77,10 +93,10 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         logger.exception("reconciler pass failed: the next run does it again", extra={"pass": name})
         failures.append(error)
 
-    def stalled_orders() -> None:
+    def stalled_orders(time_up: _Deadline) -> None:
         # Filled as the pass goes: what it restarted and parked before failing outright is reported too.
         done = Reconciled()
-        isolated("stalled orders", lambda: container().reconciler.run(done), done)
+        isolated("stalled orders", lambda: container().reconciler.run(done, time_up=time_up), done)
         for order_id in done.restarted:
             logger.warning("order workflow restarted: the order was stuck", extra={"order_id": order_id})
         for order_id in done.parked:
@@ -94,7 +110,7 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
             metrics.add_metric(name="OrdersParked", unit=MetricUnit.Count, value=len(done.parked))
         answer.update(restarted=done.restarted, parked=done.parked)
 
-    def pickup_expiry() -> None:
+    def pickup_expiry(time_up: _Deadline) -> None:
         broken = container().plugins.broken
         # Filled as the pass goes: what it expired before failing outright is reported too.
         pickups = PickupsExpired()
@@ -103,7 +119,7 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
             # an order whose authorization it cannot void. The pickups wait, ready, for a pass after it loads.
             logger.error("pickup expiry skipped: a plugin failed to load", extra={"plugins": [p.name for p in broken]})
         else:
-            isolated("pickup expiry", lambda: container().pickup_expiry.run(pickups), pickups)
+            isolated("pickup expiry", lambda: container().pickup_expiry.run(pickups, time_up=time_up), pickups)
         expired = pickups.expired
         for order_id in expired:
             logger.info("pickup expired: cancelled, its units back on hand", extra={"order_id": order_id})
@@ -113,8 +129,8 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
             metrics.add_metric(name="PickupsExpired", unit=MetricUnit.Count, value=len(expired))
         answer.update(expired=expired, pickups_held=pickups.held)
 
-    def returns() -> None:
-        returns_restarted = isolated("returns", lambda: container().return_reconciler.run(), [])
+    def returns(time_up: _Deadline) -> None:
+        returns_restarted = isolated("returns", lambda: container().return_reconciler.run(time_up=time_up), [])
         for return_id in returns_restarted:
             logger.warning("returns workflow restarted: the return was received and never settled",
                            extra={"return_id": return_id})  # fmt: skip
@@ -122,8 +138,8 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
             metrics.add_metric(name="ReturnWorkflowsRestarted", unit=MetricUnit.Count, value=len(returns_restarted))
         answer.update(returns_restarted=returns_restarted)
 
-    def carrier_work() -> None:
-        carriers = isolated("carrier work", lambda: container().carrier_work_sweep.run(ACTOR), {})
+    def carrier_work(time_up: _Deadline) -> None:
+        carriers = isolated("carrier work", lambda: container().carrier_work_sweep.run(ACTOR, time_up=time_up), {})
         for order_id, work in carriers.items():
             for shipment_id in work.relabelled:
                 logger.warning("parcel booked again for what it now holds: a cancel of units left it due a label",
@@ -142,12 +158,12 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
             if count:
                 metrics.add_metric(name=name, unit=MetricUnit.Count, value=count)
 
-    def refunds() -> None:
+    def refunds(time_up: _Deadline) -> None:
         # The pending refunds, then what returns kept back: one turn, as the second takes the
         # orders the first just finished a refund of.
         answered: list[str] = []  # the orders it finished a refund of: what their returns kept back is refunded now
         try:
-            refunds_finished = container().pending_refund_sweep.run(ACTOR, orders=answered)
+            refunds_finished = container().pending_refund_sweep.run(ACTOR, orders=answered, time_up=time_up)
         except SweepIncomplete as error:
             refunds_finished, incomplete["pending refunds"] = error.finished, error
             for order_id, failure in error.failed.items():
@@ -160,7 +176,9 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         if refunds_finished:
             metrics.add_metric(name="PendingRefundsFinished", unit=MetricUnit.Count, value=len(refunds_finished))
         kept_back = isolated(
-            "kept back", lambda: container().kept_back_sweep.run(ACTOR, finished=answered), KeptBackRefunded()
+            "kept back",
+            lambda: container().kept_back_sweep.run(ACTOR, finished=answered, time_up=time_up),
+            KeptBackRefunded(),
         )
         for refund_id in kept_back.refunded:
             logger.warning("what a return kept back refunded", extra={"refund_id": refund_id})
@@ -179,10 +197,10 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
             incomplete["kept back"] = KeptBackNotRefunded(kept_back)
         answer.update(refunds_finished=refunds_finished, kept_back_refunded=kept_back.refunded)
 
-    def authorizations() -> None:
+    def authorizations(time_up: _Deadline) -> None:
         unsettled = None
         try:
-            settled = container().authorization_sweep.run(ACTOR)
+            settled = container().authorization_sweep.run(ACTOR, time_up=time_up)
         except SettleIncomplete as error:
             settled, unsettled = error.settled, error
         except Exception as error:  # any: the other passes must still run
@@ -203,10 +221,11 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
                 )
         answer.update(authorizations_settled=settled.orders)
 
-    def settlement_captures() -> None:
+    def settlement_captures(time_up: _Deadline) -> None:
         failed = None
         try:
-            captures = container().capture_sweep.run_settlements(container().settlement_captures, ACTOR)
+            sweep = container().capture_sweep
+            captures = sweep.run_settlements(container().settlement_captures, ACTOR, time_up=time_up)
         except CapturesNotSettled as error:
             captures, failed = error.done, error
             incomplete["settlement captures"] = error
@@ -228,9 +247,16 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     for name, run_pass in passes[first:] + passes[:first]:
         if context.get_remaining_time_in_millis() < PASS_RESERVE_MILLIS:
             left.append(name)
-        else:
-            run_pass()
-            _print_metrics()
+            continue
+        deadline = _Deadline(context)
+        run_pass(deadline)
+        if deadline.reached:
+            # No error either: what it did is reported above as ever, and what it did not start
+            # stays in its index, where the next runs take it (each starts with the next pass).
+            logger.warning("reconciler pass cut short: too little time left, the rest to the next runs",
+                           extra={"pass": name})  # fmt: skip
+            metrics.add_metric(name="ReconcilerPassesCutShort", unit=MetricUnit.Count, value=1)
+        _print_metrics()
     if left:
         # No error (the alarm stays quiet): counted, so a backlog that keeps passes from running shows on a graph.
         logger.warning("reconciler passes left to the next runs: too little time left", extra={"passes": left})

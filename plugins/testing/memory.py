@@ -18,6 +18,7 @@ from core.ports import (
     LateOrders,
     OrderFilter,
     OrderRepository,
+    ReceivedReturns,
     ReturnFilter,
     ReturnRepository,
     SourcingRulesRepository,
@@ -94,6 +95,9 @@ class InMemoryOrders(OrderRepository):
 class InMemoryReturns(ReturnRepository):
     def __init__(self) -> None:
         self.returns: dict[str, Return] = {}
+        # The received returns set aside from the reconciler's index, at the version they had
+        # then (InMemoryReceivedReturns): a later version is listed again, as its write would.
+        self.set_aside_at: dict[str, int] = {}
 
     def add(self, item: Return) -> None:
         if item.id in self.returns:
@@ -164,6 +168,28 @@ class InMemoryUnreceivedReturns(UnreceivedReturns):
     def created_before(self, status: ReturnStatus, before: datetime) -> Iterator[str]:
         found = [r for r in self._returns.returns.values() if r.status is status and r.created_at < before]
         return iter([r.id for r in sorted(found, key=lambda r: r.created_at)])
+
+
+class InMemoryReceivedReturns(ReceivedReturns):
+    """The returns reconciler's index question, answered from the in-memory returns: those
+    received, less those set aside at the version they still have (the adapter's next write lists
+    a return again)."""
+
+    def __init__(self, returns: InMemoryReturns) -> None:
+        self._returns = returns
+
+    def received_before(self, before: datetime) -> Iterator[str]:
+        aside = self._returns.set_aside_at
+        found = [
+            r for r in self._returns.returns.values()
+            if r.status is ReturnStatus.RECEIVED and r.created_at < before and aside.get(r.id) != r.version
+        ]  # fmt: skip
+        return iter([r.id for r in sorted(found, key=lambda r: r.created_at)])
+
+    def set_aside(self, item: Return) -> None:
+        stored = self._returns.returns.get(item.id)
+        if stored is not None and stored.version == item.version and stored.status is ReturnStatus.RECEIVED:
+            self._returns.set_aside_at[item.id] = item.version
 
 
 class InMemoryCatalog(CatalogRepository):

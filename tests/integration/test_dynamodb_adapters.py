@@ -800,6 +800,63 @@ def test_a_return_status_list_shows_only_returns_in_that_status_while_the_index_
     assert [r.id for r in listed] == [made[0].id]
 
 
+def test_the_reconcilers_receipt_index_lists_received_returns_until_set_aside_and_again_after_their_next_write(aws):
+    from core.return_models import ReceiveReturn
+    from functions.adapters.dynamodb import DynamoReceivedReturns
+
+    returns, table = DynamoReturns(aws.dynamodb, aws.tables["ReturnsTable"]), aws.tables["ReturnsTable"]
+    received = DynamoReceivedReturns(aws.dynamodb, table)
+    later = NOW + timedelta(days=1)
+    receipt = ReceiveReturn.model_validate(
+        {"location_id": "wh-west", "lines": [{"line_id": "L1", "quantity": 1, "condition": "resellable"}]}
+    )
+    made = requested_returns(3)
+    for item in made:
+        returns.add(item)
+    assert list(received.received_before(later)) == []  # requested: not in the index
+    for item in made:
+        authorized = item.approve(None, at=NOW)
+        returns.update(authorized, item)
+        returns.update(authorized.receive(receipt, at=NOW, by="key_wh"), authorized)
+    assert list(received.received_before(later)) == [item.id for item in made]
+
+    first, second = returns.get(made[0].id), returns.get(made[1].id)
+    received.set_aside(first)
+    received.set_aside(made[1])  # judged at a version it no longer has: left listed
+    doc = aws.dynamodb.get_item(TableName=table, Key={"id": {"S": first.id}})["Item"]
+
+    assert list(received.received_before(later)) == [made[1].id, made[2].id]
+    assert returns.get(first.id) == first and doc["status"] == {"S": "received"}  # nothing else changed
+    returns.update(first.with_label("ups", "1Z", "labels/x", at=later), first)  # its next write lists it again
+    returns.update(second.refunded(usd("10.00"), at=later), second)  # refunded: out of the index
+    assert list(received.received_before(later)) == [first.id, made[2].id]
+
+
+def test_returns_received_before_the_receipt_index_are_given_its_key_once(aws):
+    from core.return_models import ReceiveReturn
+    from functions.adapters.dynamodb import DynamoReceivedReturns, backfill_receipt_keys
+
+    returns, table = DynamoReturns(aws.dynamodb, aws.tables["ReturnsTable"]), aws.tables["ReturnsTable"]
+    receipt = ReceiveReturn.model_validate(
+        {"location_id": "wh-west", "lines": [{"line_id": "L1", "quantity": 1, "condition": "resellable"}]}
+    )
+    old, waiting = requested_returns(2)
+    for item in (old, waiting):
+        returns.add(item)
+    authorized = old.approve(None, at=NOW)
+    returns.update(authorized, old)
+    returns.update(authorized.receive(receipt, at=NOW, by="key_wh"), authorized)
+    # As an earlier version stored it: received, with no receipt key.
+    aws.dynamodb.update_item(TableName=table, Key={"id": {"S": old.id}}, UpdateExpression="REMOVE receipt_key")
+    received = DynamoReceivedReturns(aws.dynamodb, table)
+    assert list(received.received_before(NOW + timedelta(days=1))) == []
+
+    assert backfill_receipt_keys(aws.dynamodb, table) == (1, 0)  # the requested one is not touched
+
+    assert list(received.received_before(NOW + timedelta(days=1))) == [old.id]
+    assert backfill_receipt_keys(aws.dynamodb, table) == (0, 1)
+
+
 def test_a_returns_decision_to_place_its_exchange_is_stored_and_never_shown(aws):
     # The decision a concurrent Exchange run reads before giving the exchange up: lost on the way
     # through the table, a run whose stock check disagrees would give up a replacement being placed.

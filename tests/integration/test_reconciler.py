@@ -56,13 +56,15 @@ def stack(aws, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
     app.container.forget()
 
 
-def store(aws, order_id: str, status: OrderStatus, minutes_ago: float) -> Order:
+def store(aws, order_id: str, status: OrderStatus, minutes_ago: float, later: tuple[HistoryEntry, ...] = ()) -> Order:
     from functions.adapters.dynamodb import DynamoOrders
 
     placed = utc_now() - timedelta(minutes=minutes_ago)
     order = a_stored_order(("TSHIRT", 1), id=order_id, status=status, created_at=placed, updated_at=placed)
     created = HistoryEntry(at=placed, type="created", to_status=OrderStatus.PENDING, actor="key_admin")
-    DynamoOrders(aws.dynamodb, aws.tables["OrdersTable"]).add(order, created, payment_token="tok_approve")
+    DynamoOrders(aws.dynamodb, aws.tables["OrdersTable"]).add(
+        order, created, payment_token="tok_approve", later_entries=later
+    )
     return order
 
 
@@ -183,7 +185,7 @@ def test_the_reconciler_queries_the_status_index_and_never_scans(stack, monkeypa
     # index's five partitions).
     assert [operation for operation, _ in calls] == ["query"] * 9
     assert [kwargs["IndexName"] for _, kwargs in calls] == [
-        "by_status_key", "by_status_key", "by_pickup_deadline", "by_status", *["by_pending_refund"] * 5
+        "by_status_key", "by_status_key", "by_pickup_deadline", "by_receipt", *["by_pending_refund"] * 5
     ]  # fmt: skip
     keys = [kwargs["ExpressionAttributeValues"][":key"]["S"] for _, kwargs in calls[4:]]
     assert keys == ["carrier", "pending", "kept_back", "void", "settlement"]
@@ -369,7 +371,7 @@ def test_a_pass_that_fails_outright_leaves_the_others_to_run_then_fails_the_invo
     busy = {"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "slow down"}}
     throttled = ClientError(busy, "Query")
 
-    def refused(*_: Any) -> None:
+    def refused(*_: Any, **__: Any) -> None:
         raise throttled
 
     monkeypatch.setattr(container().reconciler, "run", refused)
@@ -532,17 +534,23 @@ def test_pickups_a_pass_expired_before_a_later_page_failed_are_still_logged_and_
 # --- Received returns whose workflow never started ------------------------------------------------
 
 
-def received_return(aws, order_letter: str, minutes_ago: float) -> str:
+def received_return(aws, order_letter: str, minutes_ago: float, *, stuck: bool = False) -> str:
     """A delivered order with one return received `minutes_ago` and no returns workflow since (the
-    receipt's function died before starting it)."""
+    receipt's function died before starting it); or, `stuck`, one its workflow left to a person
+    (`return_stuck` on the order's history after the receipt)."""
     from core.money import Money
     from core.return_models import Return, ReturnLine
     from core.returns import return_id_for
     from core.status import ReturnStatus
     from functions.adapters.dynamodb import DynamoReturns
 
-    order = store(aws, order_id(order_letter), OrderStatus.DELIVERED, minutes_ago=minutes_ago + 60)
     at = utc_now() - timedelta(minutes=minutes_ago)
+    left = HistoryEntry(
+        at=at + timedelta(minutes=1), type="return_stuck", actor="returns-workflow",
+        detail={"return_id": return_id_for(order_id(order_letter), 1), "error": "RefundNotDone"},
+    )  # fmt: skip
+    later = (left,) if stuck else ()
+    order = store(aws, order_id(order_letter), OrderStatus.DELIVERED, minutes_ago=minutes_ago + 60, later=later)
     line = ReturnLine(line_id="L1", quantity=1, reason="too small", received_quantity=1, resellable_quantity=1,
                       condition="resellable")  # fmt: skip
     item = Return(
@@ -565,6 +573,24 @@ def test_a_received_return_whose_workflow_never_started_is_started_once_the_rece
     inputs = [json.loads(stack["sfn"].describe_execution(executionArn=e["executionArn"])["input"]) for e in executions]
     assert [(i["return_id"], i["channel"]) for i in inputs] == [(lost, "web")]
     assert fresh not in answer["returns_restarted"]
+
+
+def test_a_return_left_to_a_person_is_set_aside_from_the_receipt_index_and_read_by_no_later_pass(stack):
+    # Such returns stay received for as long as the person takes: each pass read them all again,
+    # and past a pass's 1,000 reads they kept every receipt lost behind them from being restarted.
+    from functions.adapters.dynamodb import DynamoReceivedReturns
+
+    aws = stack["aws"]
+    left = received_return(aws, "t", minutes_ago=40, stuck=True)
+    lost = received_return(aws, "u", minutes_ago=20)
+    index = DynamoReceivedReturns(aws.dynamodb, aws.tables["ReturnsTable"])
+    assert list(index.received_before(utc_now())) == [left, lost]
+
+    assert reconcile()["returns_restarted"] == [lost]
+
+    assert list(index.received_before(utc_now())) == [lost]  # the workflow (a Pass here) settles it
+    item = aws.dynamodb.get_item(TableName=aws.tables["ReturnsTable"], Key={"id": {"S": left}})["Item"]
+    assert item["status"] == {"S": "received"} and item["version"] == {"N": "2"}  # still the person's
 
 
 # --- Refunds left pending by a function that died -------------------------------------------------
@@ -661,7 +687,7 @@ def test_a_sweep_that_could_not_finish_an_order_reports_what_it_did_then_fails(
     # counts them, logs the order at ERROR and fails (the function's errors alarm calls a person).
     from core.refund_service import PendingRefundSweep, SweepIncomplete
 
-    def incomplete(self: PendingRefundSweep, actor: str, *, orders: list[str] | None = None) -> list[str]:
+    def incomplete(self: PendingRefundSweep, actor: str, *, orders: list[str] | None = None, **_: Any) -> list[str]:
         raise SweepIncomplete(["ref_finished"], {order_id("z"): KeyError("no merchant account")})
 
     monkeypatch.setattr(PendingRefundSweep, "run", incomplete)
@@ -942,7 +968,7 @@ def test_a_pass_that_could_not_settle_an_order_reports_what_it_did_then_fails(
     from core.authorization_sweep import Settled, SettleIncomplete, UnsettledAuthorizationSweep
     from core.errors import PaymentRefused
 
-    def incomplete(self: UnsettledAuthorizationSweep, actor: str) -> Settled:
+    def incomplete(self: UnsettledAuthorizationSweep, actor: str, **_: Any) -> Settled:
         settled = Settled([order_id("y")], edits=[order_id("y")])
         raise SettleIncomplete(settled, {order_id("z"): PaymentRefused("void", "expired")})
 
@@ -1316,7 +1342,7 @@ def test_what_a_pass_counted_is_printed_before_the_next_pass_starts(stack, metri
 
     own = ("service",) if metrics.service else ()  # none when a test without the stack imported it first
 
-    def parks(self: Any, done: Reconciled | None = None) -> Reconciled:
+    def parks(self: Any, done: Reconciled | None = None, **_: Any) -> Reconciled:
         done = done if done is not None else Reconciled()
         done.parked.append(order_id("z"))
         business_metrics.record("PaymentFailures", operation="void", kind="refused")
@@ -1324,7 +1350,7 @@ def test_what_a_pass_counted_is_printed_before_the_next_pass_starts(stack, metri
 
     printed_before_the_next_pass: list[str] = []
 
-    def runs_past_the_timeout(self: Any, *args: Any) -> Any:
+    def runs_past_the_timeout(self: Any, *args: Any, **_: Any) -> Any:
         printed_before_the_next_pass.append(capsys.readouterr().out)
         raise SystemExit("the timeout ends the run")  # nothing after this is printed on Lambda
 
@@ -1337,3 +1363,55 @@ def test_what_a_pass_counted_is_printed_before_the_next_pass_starts(stack, metri
     [out] = printed_before_the_next_pass
     assert emitted(out, own) == {"OrdersParked": 1}
     assert emitted(out, ("kind", "operation")) == {"PaymentFailures": 1}
+
+
+class Ticking(Context):
+    """An invocation with time for `checks` more looks at the clock, then 5 s left: a backlog that
+    fills the minute, without timing anything."""
+
+    def __init__(self, checks: int):
+        self.checks = checks
+
+    def get_remaining_time_in_millis(self) -> int:
+        self.checks -= 1
+        return 60_000 if self.checks >= 0 else 5_000
+
+
+def test_a_pass_with_a_backlog_stops_within_its_time_reports_what_it_did_and_the_next_run_resumes(
+    stack, metrics_on, capsys, caplog
+):
+    # Each order the pass parks costs seconds on AWS (reads, a write, the hold's hooks): a backlog
+    # ran the pass into the timeout, which ended the run before it logged or counted anything,
+    # and the next run met the same backlog. It now stops starting orders as it stops starting
+    # passes, reports what it did and that it was cut short, and the next run takes the rest.
+    from functions.adapters.dynamodb import DynamoOrders
+    from functions.reconciler.app import lambda_handler, metrics
+
+    own = ("service",) if metrics.service else ()
+    stuck = [order_id(letter) for letter in "pqr"]
+    for minutes, stuck_id in zip((120, 110, 100), stuck, strict=True):
+        store(stack["aws"], stuck_id, OrderStatus.AUTHORIZED, minutes_ago=minutes)
+    capsys.readouterr()
+
+    # By hand (stalled orders first): time to start the pass, and its first order, then no more.
+    answer = lambda_handler({}, Ticking(checks=2))
+
+    assert answer == did(parked=stuck[:1])
+    assert emitted(capsys.readouterr().out, own) == {
+        "OrdersParked": 1, "ReconcilerPassesCutShort": 1, "ReconcilerPassesLeft": len(PASSES) - 1
+    }  # fmt: skip
+    [cut] = [r for r in caplog.records if r.getMessage().startswith("reconciler pass cut short")]
+    assert cut.levelname == "WARNING" and getattr(cut, "pass") == "stalled orders"
+    orders = DynamoOrders(stack["aws"].dynamodb, stack["aws"].tables["OrdersTable"])
+    assert [orders.get(o).status for o in stuck] == [
+        OrderStatus.ON_HOLD,
+        OrderStatus.AUTHORIZED,
+        OrderStatus.AUTHORIZED,
+    ]
+
+    # The next run, with its time: the rest, none twice (the one parked left the index).
+    caplog.clear()
+    assert lambda_handler({}, Context()) == did(parked=stuck[1:])
+    assert emitted(capsys.readouterr().out, own) == {"OrdersParked": 2}
+    assert not [r for r in caplog.records if r.getMessage().startswith("reconciler pass cut short")]
+    assert [len(orders.history(o)[1]) for o in stuck] == [2, 2, 2]  # created, then on_hold once

@@ -24,7 +24,7 @@ from core.returns import Returns
 from core.status import ReturnStatus
 from core.workflow_types import PaymentResult
 from functions.adapters.dynamodb import KEPT_BACK_KEY, index_attributes
-from plugins.testing.memory import InMemoryUnreceivedReturns
+from plugins.testing.memory import InMemoryReceivedReturns
 from tests.builders import NOW
 from tests.fakes import InlineReturnWorkflow, ScriptedGateway
 from tests.unit.test_pending_refund_sweep import InMemoryPendingRefunds
@@ -370,7 +370,7 @@ def test_the_returns_pass_shows_what_went_back_when_the_step_that_finished_the_r
     workflow.returns = returns
     clock.now = clock.now + timedelta(hours=1)
     passes = ReturnReconciler(
-        InMemoryUnreceivedReturns(world.returns), world.returns, world.orders, workflow, clock,
+        InMemoryReceivedReturns(world.returns), world.returns, world.orders, workflow, clock,
         restart_after=timedelta(minutes=15),
     )  # fmt: skip
 
@@ -395,3 +395,50 @@ def test_the_returns_a_step_owes_showing_are_stored_never_shown_and_leave_its_la
     assert owing.owing_shown([mugs_return]).shows_owed == [mugs_return]
     cleared = owing.owed_shown()
     assert cleared.shows_owed == [] and "shows_owed" not in cleared.stored_json()
+
+
+def test_a_pass_out_of_time_still_shows_a_return_what_went_back_for_it_and_asks_the_gateway_nothing(world, clock):
+    # Past its deadline a kept-back pass asks nothing more of the gateway, but the orders the
+    # pending-refund pass just finished, that owe nothing more, cost no call: nothing else would
+    # show their returns what went back for them, so they are still shown.
+    returns, _ = returns_for(world, clock)
+    order, caps, return_id = mugs_back_after_goodwill(world, returns)
+    returns.settle(return_id, actor="key_wh")
+    world.gateway.script("refund", "transient")
+    world.actions.ship(order.id, caps, None, actor="key_wh")
+    world.actions.deliver(order.id, caps, actor="key_wh")
+    world.gateway.script("refund", "approve")
+    later(clock)
+    finished: list[str] = []
+    PendingRefundSweep(InMemoryPendingRefunds(world), world.refunds, clock, after=AFTER).run(ACTOR, orders=finished)
+    asked = len(world.gateway.calls)
+
+    assert sweep(world, clock).run(ACTOR, finished=finished, time_up=lambda: True).refunded == []
+
+    assert len(world.gateway.calls) == asked
+    assert returns.get(return_id).refund == order.lines[0].total
+
+
+def test_a_pass_out_of_time_leaves_what_a_return_kept_back_owed_for_the_next_pass(world, clock):
+    down = ScriptedGateway()
+    returns, _ = returns_for(world, clock, down)
+    order, caps, return_id = mugs_back_after_goodwill(world, returns)
+    down.script("refund", "transient")
+    world.gateway.script("refund", "transient")
+    returns.settle(return_id, actor="key_wh")
+    world.actions.ship(order.id, caps, None, actor="key_wh")
+    world.actions.deliver(order.id, caps, actor="key_wh")
+    world.gateway.script("refund", "approve")
+    later(clock)
+    finished: list[str] = []
+    PendingRefundSweep(InMemoryPendingRefunds(world), world.refunds, clock, after=AFTER).run(ACTOR, orders=finished)
+    assert finished == [order.id]
+
+    assert sweep(world, clock).run(ACTOR, finished=finished, time_up=lambda: True).refunded == []
+    assert owes_kept_back(world.order(order.id))  # still in the index: not lost
+
+    later(clock)
+    done = sweep(world, clock).run(ACTOR)
+    after = world.order(order.id)
+    assert done.refunded == [after.payment.refunds[-1].id]
+    assert paid_in_full(order, after, Money.of("1.00", "USD"))

@@ -18,7 +18,7 @@ from core.return_reconciliation import ReturnReconciler
 from core.returns import RefundNotDone
 from core.status import ReturnStatus
 from core.workflow_types import PaymentResult
-from plugins.testing.memory import InMemoryUnreceivedReturns
+from plugins.testing.memory import InMemoryReceivedReturns
 from tests.fakes import InlineReturnWorkflow
 from tests.unit.test_jeopardy import STOCK, Clock, one_mug_returned, returns_service
 from tests.unit.world import World, build_world
@@ -39,7 +39,7 @@ def reconciler(
     payment_methods: Callable[[], set[str]] | None = None,
 ) -> ReturnReconciler:  # fmt: skip
     return ReturnReconciler(
-        InMemoryUnreceivedReturns(world.returns), world.returns, world.orders, workflow, clock,
+        InMemoryReceivedReturns(world.returns), world.returns, world.orders, workflow, clock,
         restart_after=timedelta(minutes=15), limit=limit, max_reads=max_reads, payment_methods=payment_methods,
     )  # fmt: skip
 
@@ -86,7 +86,7 @@ def test_a_return_its_workflow_recorded_stuck_is_left_to_a_person(world):
 def test_the_threshold_leaves_the_receipts_own_execution_its_five_minutes(world):
     with pytest.raises(ValueError):
         ReturnReconciler(
-            InMemoryUnreceivedReturns(world.returns), world.returns, world.orders, InlineReturnWorkflow(), Clock(),
+            InMemoryReceivedReturns(world.returns), world.returns, world.orders, InlineReturnWorkflow(), Clock(),
             restart_after=timedelta(minutes=5),
         )  # fmt: skip
 
@@ -134,21 +134,50 @@ def test_returns_left_to_a_person_cannot_hide_a_lost_receipt_received_after_them
     assert {world.returns.get(item.id).status for item in stuck} == {R.RECEIVED}
 
 
-def test_a_pass_judges_at_most_its_read_budget_of_received_returns(world):
+def test_returns_left_to_a_person_beyond_a_passs_read_budget_keep_no_lost_receipt_waiting(world):
+    # Left to a person, a return stays `received`, at the oldest end of the index, for as long as
+    # the person takes: once more of them than a pass reads (its 1,000), every pass spent its reads
+    # on them and never reached a receipt lost behind them. The pass that finds one so sets it
+    # aside: the next pass reads on to the lost receipt, and reads them no more.
     clock = Clock()
     returns = returns_service(world, clock)
     workflow = InlineReturnWorkflow()
     workflow.returns = returns
-    stuck = [one_mug_returned(world, returns) for _ in range(3)]
+    stuck = [one_mug_returned(world, returns) for _ in range(4)]
     lost = one_mug_returned(world, returns)
     for item in stuck:
         returns.receive(item.id, RECEIPT, "key_wh")
         returns.stuck(item.id, "RefundNotDone", "the gateway refused the refund", actor="returns-workflow")
     returns.receive(lost.id, RECEIPT, "key_wh")
     clock.advance(minutes=16)
+    index = InMemoryReceivedReturns(world.returns)
 
-    assert reconciler(world, clock, workflow, max_reads=3).run() == []  # spent on the returns left to a person
-    assert reconciler(world, clock, workflow, max_reads=4).run() == [lost.id]
+    assert reconciler(world, clock, workflow, max_reads=3).run() == []  # spent on three left to a person
+    assert list(index.received_before(clock())) == [stuck[-1].id, lost.id]  # the three set aside
+    assert reconciler(world, clock, workflow, max_reads=3).run() == [lost.id]  # the fourth, then the lost one
+
+    assert workflow.started == [lost.id] and world.returns.get(lost.id).status is R.REFUNDED
+    assert {world.returns.get(item.id).status for item in stuck} == {R.RECEIVED}  # still the person's
+    assert list(index.received_before(clock())) == []  # no later pass reads them
+
+
+def test_a_return_set_aside_is_listed_again_by_its_next_write(world):
+    clock = Clock()
+    returns = returns_service(world, clock)
+    workflow = InlineReturnWorkflow()
+    workflow.returns = returns
+    item = one_mug_returned(world, returns)
+    returns.receive(item.id, RECEIPT, "key_wh")
+    returns.stuck(item.id, "RefundNotDone", "the gateway refused the refund", actor="returns-workflow")
+    clock.advance(minutes=16)
+    index = InMemoryReceivedReturns(world.returns)
+    reconciler(world, clock, workflow).run()
+    assert list(index.received_before(clock())) == []
+
+    stored = world.returns.get(item.id)
+    world.returns.update(stored.with_label("ups", "1Z", "labels/x", at=clock()), stored)  # any change of it
+
+    assert list(index.received_before(clock())) == [item.id]
 
 
 class Uninstalled:

@@ -1,0 +1,16 @@
+"""A scheduled pass's deadline: whether it may start one more piece of work in its invocation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+# Asked by a pass before each piece of work it starts (an order, a return): once it answers True,
+# the pass starts no more and returns what it did as at the end of its candidates. What it did not
+# start stays where the pass found it (its index, unchanged) for the next run; what it started it
+# finishes, so nothing is left half done and nothing is done twice (each piece is idempotent).
+TimeUp = Callable[[], bool]
+
+
+def never() -> bool:
+    """No deadline: a pass run by hand, by a test, or by a caller with no time limit."""
+    return False
