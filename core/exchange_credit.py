@@ -10,7 +10,14 @@ from core.models import CREDIT_NOT_USED, Order, drawn_on_credit, draws_on_credit
 from core.money import Money, total
 from core.ports import OrderRepository, ReturnRepository
 from core.refund_service import RefundService, show_refunded_in_all
-from core.refunds import Refund, refund_id_for, refunded_beyond_lines, refunded_short_of_lines, went_back
+from core.refunds import (
+    Refund,
+    appeased_over_capture,
+    refund_id_for,
+    refunded_beyond_lines,
+    refunded_short_of_lines,
+    went_back,
+)
 from core.status import NOT_LEFT, OrderStatus
 
 # Statuses a replacement ends in without having shipped a unit: its credit paid for nothing.
@@ -40,15 +47,17 @@ def _paid_itself(replacement: Order) -> Money:
     which the returned units are not charged, less what they gave back (from its captures or from
     the credit) beyond a line priced again for less since (a fixed discount spread over fewer units:
     refunded_beyond_lines), which the returned units are no longer worth. What the settlement of its
-    own payment took back or gave of either (core.unit_cancellation._settled) is in its captures and
+    own payment took back or gave of either (core.refunds.payment_holds) is in its captures,
     cancellations' refunds (of one the gateway refused after approving a part of it, that part: it
-    went back): counted here, the credit given back makes up only the rest."""
+    went back) and what its appeasements gave back of what it held beyond its total (a person's,
+    the settlement refused: appeased_over_capture): counted here, the credit given back makes up
+    only the rest."""
     settled = [
         r.amount if r.status != "failed" else went_back(r) or Money.zero(replacement.currency)
         for r in replacement.payment.refunds if r.kind == "cancellation"
     ]  # fmt: skip
     return (
-        replacement.payment.captured - total(settled, replacement.currency)
+        replacement.payment.captured - total(settled, replacement.currency) - appeased_over_capture(replacement)
         + refunded_short_of_lines(replacement) - refunded_beyond_lines(replacement)
     )  # fmt: skip
 

@@ -903,6 +903,12 @@ class PaymentRefund(BaseModel, defer_build=True):
         description="A refund of captures made under more than one authorization: one gateway refund "
         "per authorization (null for any other refund)",
     )
+    over_capture: Money | None = Field(
+        default=None,
+        description="An appeasement made while the payment held more than the order costs (units "
+        "cancelled after their share was captured, the refund of it refused): what of it gives that "
+        "back, which the settlement counts as given back (null: none of it, or any other refund)",
+    )
 
 
 # What the reason of the refund of the credit an exchange's replacement did not use
@@ -3339,14 +3345,16 @@ class Order(BaseModel, defer_build=True):
     def begin_refund(
         self, refund_id: str, amount: Money, *, reason: str, kind: RefundKind = "appeasement",
         return_id: str | None = None, lines: list[RefundedUnits] | None = None, shipping: Money | None = None,
-        kept_back: Money | None = None, at: datetime, actor: str,
+        kept_back: Money | None = None, over_capture: Money | None = None, at: datetime, actor: str,
     ) -> Change:  # fmt: skip
         """A refund about to be asked of the gateway, written first as `pending` so that what it
         takes is held: never more than captured minus refunded and pending, nor what an exchange's
         credit holds but the refunds of its own return (refundable). `lines`: what a
         return's refund gives back for each line's units; `shipping`: what of it is the order's
         shipping (core.refunds.shipping_refunded counts it, so shipping goes back once);
-        `kept_back`: what of the return's worth it cannot give back (PaymentRefund.kept_back)."""
+        `kept_back`: what of the return's worth it cannot give back (PaymentRefund.kept_back);
+        `over_capture`: what of an appeasement gives back what the payment holds beyond the
+        order's total (PaymentRefund.over_capture), also in the history's entry."""
         if self.payment.refund_by_id(refund_id) is not None:
             raise InvalidTransition(f"refund {refund_id} exists already")
         self.check_refund(amount, return_id)
@@ -3355,11 +3363,12 @@ class Order(BaseModel, defer_build=True):
         parts = [RefundPart(authorization=a, amount=part) for a, part in sources] if len(sources) > 1 else None
         refund = PaymentRefund(id=refund_id, amount=amount, reason=reason, status="pending", kind=kind,
                                return_id=return_id, at=at, lines=lines, shipping=shipping, kept_back=kept_back,
-                               authorization=authorization, parts=parts)  # fmt: skip
+                               authorization=authorization, parts=parts, over_capture=over_capture)  # fmt: skip
         return self._next(
             at=at, actor=actor, type=OrderEvent.REFUND_REQUESTED,
             detail={"refund_id": refund_id, "amount": amount.model_dump(mode="json"), "reason": reason, "kind": kind,
-                    **({"return_id": return_id} if return_id else {})},
+                    **({"return_id": return_id} if return_id else {}),
+                    **({"over_capture": over_capture.model_dump(mode="json")} if over_capture else {})},
             payment=self.payment.with_pending_refund(refund),
         )  # fmt: skip
 

@@ -21,6 +21,7 @@ from core.refunds import (
     OVER_CAPTURE_REFUSALS,
     Refund,
     kept_back_owed,
+    over_capture_owed,
     owes_kept_back,
     refund_id_for,
     refunded_for_return,
@@ -146,10 +147,15 @@ class RefundService:
             if order.payment.refund_by_id(refund_id) is not None:
                 return None
             written.append(True)
+            # An appeasement gives back first what the payment holds beyond the order's total (its
+            # settlement refund refused, perhaps left to a person): decided here, on the order as
+            # it is written, and kept on the refund, so that no settlement refunds that part again.
+            owed = over_capture_owed(order) if kind == "appeasement" else None
             return order.begin_refund(
                 refund_id, amount, reason=reason, kind=kind, return_id=return_id,
                 lines=returned[0] if returned else None, shipping=returned[1] if len(returned) > 1 else None,
                 kept_back=returned[2] if len(returned) > 2 else None, at=at, actor=actor,
+                over_capture=min(owed, amount, key=lambda money: money.amount) if owed and owed.amount > 0 else None,
             )  # fmt: skip
 
         # Read consistently: what makes the refund due (a capture, a cancel) is often this request's

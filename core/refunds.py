@@ -15,10 +15,11 @@ from core.models import CREDIT_NOT_USED, CleanText, Order, OrderLine, PaymentRef
 from core.money import Money
 
 __all__ = [
-    "KEPT_BACK_REFUSALS", "KeptBackOwed", "Refund", "RefundRequest", "cumulative_share", "given_back_for_units",
-    "kept_back_owed", "kept_back_refusals", "owes_kept_back", "refund_due", "refund_id_for", "refunded_beyond_lines",
-    "refunded_for_return", "refunded_short_of_lines", "shipping_refunded", "units_refunded", "units_share",
-    "went_back", "went_back_id", "with_refunds_shown",
+    "KEPT_BACK_REFUSALS", "KeptBackOwed", "Refund", "RefundRequest", "appeased_over_capture", "cumulative_share",
+    "given_back_for_units", "kept_back_owed", "kept_back_refusals", "over_capture_owed", "owes_kept_back",
+    "payment_holds", "refund_due", "refund_id_for", "refunded_beyond_lines", "refunded_for_return",
+    "refunded_short_of_lines", "shipping_refunded", "units_refunded", "units_share", "went_back", "went_back_id",
+    "with_refunds_shown",
 ]  # fmt: skip
 
 
@@ -217,6 +218,49 @@ def refund_id_for(order_id: str, idempotency_key: str) -> str:
 # (RefundService: a sweep or a repeat may be the one that hears it); the refusals stay the last
 # word on that amount, so no later ship or delivery refunds it again.
 OVER_CAPTURE_REFUSALS = 3
+
+
+def payment_holds(order: Order) -> Money:
+    """What the order's payment holds: captured, less its cancellations' refunds (a pending one
+    counts: it is on its way; of a failed one split over authorizations, the parts the gateway
+    approved before it refused one: Payment.with_failed_refund) and what its appeasements gave back
+    of what it held beyond the total (appeased_over_capture), less what its returns' refunds gave
+    back for a line beyond the total its cancelled units left it (refunded_beyond_lines), plus what
+    they gave back short of the returned units' share of it (refunded_short_of_lines). Only its
+    own payment's: what a replacement's exchange credit refunded whole is settled on the credit
+    (core.exchange_credit._paid_itself), which this payment may have nothing to capture for. What
+    a settlement of the payment to the order's total (core.unit_cancellation) starts from."""
+    held = order.payment.captured - refunded_beyond_lines(order, own=True) + refunded_short_of_lines(order, own=True)
+    zero = Money.zero(order.currency)
+    for refund in order.payment.refunds:
+        if refund.kind == "cancellation":
+            held = held - (refund.amount if refund.status != "failed" else went_back(refund) or zero)
+    return held - appeased_over_capture(order)
+
+
+def over_capture_owed(order: Order) -> Money:
+    """What the payment holds beyond what the order now costs (payment_holds) that no settlement
+    refund is on its way for (zero when nothing is): what an appeasement gives back first
+    (PaymentRefund.over_capture, decided as it is written: RefundService.issue_refund)."""
+    over = payment_holds(order) - order.payable()
+    return over if over.amount > 0 else Money.zero(order.currency)
+
+
+def appeased_over_capture(order: Order, refunds: list[PaymentRefund] | None = None) -> Money:
+    """What the order's appeasements (or `refunds` of them) gave back, or are giving back, of what
+    the payment held beyond the order's total (PaymentRefund.over_capture): the settlement counts it
+    as given back, as its own refund (payment_holds). One the gateway refused moved nothing (of one
+    split, what its approved parts gave back counts, as far as it goes)."""
+    zero = Money.zero(order.currency)
+    counted = zero
+    for refund in order.payment.refunds if refunds is None else refunds:
+        if refund.over_capture is None:
+            continue
+        if refund.status != "failed":
+            counted = counted + refund.over_capture
+        else:
+            counted = counted + min(refund.over_capture, went_back(refund) or zero, key=_amount)
+    return counted
 
 
 def refused_in_a_row(order: Order, amount: Money) -> int:

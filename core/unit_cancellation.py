@@ -43,10 +43,10 @@ from core.refund_service import RefundService, show_refunded_in_all
 from core.refunds import (
     KEPT_BACK_REFUSALS,
     OVER_CAPTURE_REFUSALS,
+    appeased_over_capture,
     kept_back_owed,
     kept_back_refusals,
-    refunded_beyond_lines,
-    refunded_short_of_lines,
+    payment_holds,
     refused_in_a_row,
 )
 from core.services import CaptureService
@@ -487,7 +487,7 @@ class UnitCancellation:
                 raise  # nothing else can be settled without the plugin either
             except PaymentRefused:
                 order = self._orders.get(order.id, consistent=True) or order
-        due = order.payable() - _settled(order)
+        due = order.payable() - payment_holds(order)
         if order.exchange_credit is not None:
             due = min(due, beyond_credit(order))  # what the credit pays is not asked of the card
         # A pickup waiting at its store is still to be collected, and paid for then.
@@ -627,7 +627,7 @@ def _beyond_authorization(order: Order, new: Order) -> InvalidTransition | None:
         return None
     if new.payable().amount <= order.payable().amount:
         return None
-    due = new.payable() - _settled(new)
+    due = new.payable() - payment_holds(new)
     if new.exchange_credit is not None:
         due = min(due, beyond_credit(new))
     left = new.authorization_covers() - payment.captured
@@ -642,34 +642,16 @@ def _beyond_authorization(order: Order, new: Order) -> InvalidTransition | None:
     )
 
 
-def _settled(order: Order) -> Money:
-    """What the order's payment holds: captured, less its cancellations' refunds (a pending one
-    counts: it is on its way; of a failed one split over authorizations, the parts the gateway
-    approved before it refused one: Payment.with_failed_refund) and what its returns' refunds gave
-    back for a line beyond the total its cancelled units left it (core.refunds.refunded_beyond_lines),
-    plus what they gave back short of the returned units' share of it (refunded_short_of_lines).
-    Only its own payment's: what a replacement's exchange credit refunded whole is settled on the
-    credit (core.exchange_credit._paid_itself), which this payment may have nothing to capture for."""
-    held = order.payment.captured - refunded_beyond_lines(order, own=True) + refunded_short_of_lines(order, own=True)
-    for refund in order.payment.refunds:
-        if refund.kind != "cancellation":
-            continue
-        if refund.status != "failed":
-            held = held - refund.amount
-        else:
-            went = [part.amount for part in refund.parts or [] if part.status == "succeeded"]
-            held = held - sum(went, Money.zero(order.currency))
-    return held
-
-
 def held_beyond_total(order: Order) -> Money:
     """What the payment holds beyond what the order now costs, as far as it can still be refunded
     (zero when nothing is over): what the settlement refunds, or, refused, still owes (a return of
-    an exchange's replacement leaves it to it: core.returns). No more than what was left to a person
-    (_left_to_a_person) is not capped so: the appeasement that gives it back takes from what can be
-    refunded, and counted here only as far as it leaves refundable, the rest would be refunded again
-    (and an exchange's credit would count it as paid by the card)."""
-    over = _settled(order) - order.payable()
+    an exchange's replacement leaves it to it: core.returns). No more than what is left to a person
+    (_left_to_a_person) is not capped so: it is owed whatever else took from what can be refunded
+    (an exchange's credit would count the rest as paid by the card). The appeasement that gives it
+    back lowers both what can be refunded and, as far as it gives back what the payment holds
+    beyond the total (PaymentRefund.over_capture), what it holds (payment_holds): that part is
+    never refunded again, however a later cancel raises what is held beyond the total."""
+    over = payment_holds(order) - order.payable()
     left = _left_to_a_person(order)
     if left is None or over > left:
         over = min(over, max(order.refundable(), Money.zero(order.currency)))
@@ -677,13 +659,19 @@ def held_beyond_total(order: Order) -> Money:
 
 
 def _left_to_a_person(order: Order) -> Money | None:
-    """What the refund of what the captures held beyond the total was for, when the gateway refused
-    the last ones OVER_CAPTURE_REFUSALS times in a row for it (None otherwise): nothing asks it
-    again; a person gives it back (an appeasement, which _settled does not count)."""
-    last = next((r for r in reversed(order.payment.refunds) if r.kind == "cancellation"), None)
-    if last is None or last.status != "failed" or refused_in_a_row(order, last.amount) < OVER_CAPTURE_REFUSALS:
+    """What is left to a person of the refund of what the captures held beyond the total, when the
+    gateway refused the last ones OVER_CAPTURE_REFUSALS times in a row for it (None otherwise, or
+    when nothing is left): nothing asks it again; a person gives it back with an appeasement, and
+    what the appeasements since gave back of it (core.refunds.appeased_over_capture, which
+    payment_holds counts too) is no longer left to them."""
+    settlements = [i for i, r in enumerate(order.payment.refunds) if r.kind == "cancellation"]
+    if not settlements:
         return None
-    return last.amount
+    last = order.payment.refunds[settlements[-1]]
+    if last.status != "failed" or refused_in_a_row(order, last.amount) < OVER_CAPTURE_REFUSALS:
+        return None
+    left = last.amount - appeased_over_capture(order, order.payment.refunds[settlements[-1] + 1 :])
+    return left if left.amount > 0 else None
 
 
 def _over_capture(order: Order) -> tuple[str, Money] | None:

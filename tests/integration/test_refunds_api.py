@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from core import hookimpl
-from core.models import HistoryEntry, Order, Payment, PaymentRefund, Totals
+from core.models import HistoryEntry, Order, OrderLine, Payment, PaymentRefund, Totals
 from core.refunds import refund_id_for
 from core.status import OrderStatus, PaymentStatus
 from core.workflow_types import PaymentResult
@@ -418,3 +418,53 @@ def test_a_gateways_references_are_shown_escaped_and_sent_back_to_it_exactly(api
     refunded = [h["detail"] for h in history if h["type"] == "payment_refunded"]
     assert [detail["reference"] for detail in refunded] == [shown_reference]
     assert "\u202e" not in json.dumps(history, ensure_ascii=False)
+
+
+def test_an_appeased_over_capture_is_kept_on_the_refund_and_a_cancel_that_raises_it_refunds_only_the_rest(api):
+    # 90.00 captured of an order that a cancel of units left costing 77.14: the gateway refused the
+    # refund of the 12.86 three times (left to a person), who appeases it as the runbook says. A
+    # cancel of the rest then leaves the order costing 30.00, and its repeat settles the payment.
+    # Before: the repeat asked the gateway for all 60.00 held beyond the total, the 12.86 appeased
+    # with it (the customer paid back twice). Now the appeasement keeps what of it gave that back.
+    from functions.bootstrap import Config, bootstrap
+
+    oid = order_id(154)
+    order = a_captured_order(oid)
+    failed = [
+        PaymentRefund(id=refund_id_for(oid, f"{oid}:cancellation:{n}"), amount=usd("12.86"), reason="units cancelled",
+                      status="failed", kind="cancellation", at=order.created_at, message="refused")
+        for n in (1, 2, 3)
+    ]  # fmt: skip
+    total = usd("77.14")
+    left = order.model_copy(update={
+        "totals": order.totals.model_copy(update={"subtotal": total, "grand_total": total}),
+        "payment": order.payment.model_copy(update={
+            "authorized": usd("90.00"), "captured": usd("90.00"), "status": PaymentStatus.CAPTURED, "refunds": failed,
+        }),
+        "version": order.version + 1,
+    })  # fmt: skip
+    repository = bootstrap(Config.from_env()).order_repository
+    repository.update(left, order, [])
+
+    for _ in range(2):  # the appeasement's retry is the same refund
+        given = refund(api, oid, "12.86", headers={"Idempotency-Key": "appease-154"})
+        assert (given.status_code, given.json()["status"]) == (201, "succeeded")
+    kept = repository.get(oid, consistent=True)
+    assert kept.payment.refunds[-1].over_capture == usd("12.86")
+    requested = [h for h in api.get(f"/orders/{oid}/history").json()["items"] if h["type"] == "refund_requested"]
+    assert requested[-1]["detail"]["over_capture"] == {"amount": "12.86", "currency": "USD"}
+    # The cancel of the rest (a PEN not shipped) wrote its lines and died before settling the payment.
+    shipped = kept.lines[0].model_copy(update={"shipped_quantity": 3})
+    cancelled = OrderLine(line_id="L2", sku="PEN", quantity=0, unit_price=usd("47.14"), discount=usd("0.00"),
+                          tax=usd("0.00"), total=usd("0.00"), cancelled_quantity=1)  # fmt: skip
+    update = {"lines": [shipped, cancelled], "totals": order.totals, "version": kept.version + 1}
+    raised = kept.model_copy(update=update)
+    repository.update(raised, kept, [])
+
+    answer = api.post(f"/orders/{oid}/cancel", json={"reason": "the rest is not needed"})
+
+    assert answer.status_code == 200, answer.text
+    refunds = [(r["status"], r["amount"]["amount"]) for r in api.get(f"/orders/{oid}/refunds").json()["items"]]
+    assert refunds == [("failed", "12.86")] * 3 + [("succeeded", "12.86"), ("succeeded", "47.14")]
+    payment = answer.json()["payment"]
+    assert (payment["captured"]["amount"], payment["refunded"]["amount"]) == ("90.00", "60.00")

@@ -636,6 +636,153 @@ def test_the_runbooks_appeasement_of_a_replacements_over_capture_left_to_a_perso
     assert kept == paid[0].totals.shipping + paid[1].totals.shipping + paid[1].lines[0].total - back
 
 
+class ShippingPerUnitOf20:
+    """Shipping that costs 20.00 a unit: a PEN cancelled takes more off the shipping than it cost."""
+
+    @hookimpl
+    def oms_shipping_quotes(self, draft: PricingDraft, address: object) -> list[ShippingQuote]:
+        units = sum(line.quantity for line in draft.lines)
+        return [ShippingQuote(method="per_unit", amount=Money.of(20 * units, draft.currency))]
+
+
+def over_capture_left_to_a_person_with_pens_to_ship() -> tuple[World, Order, str]:
+    """A CAP shipped from the east with all the shipping (80.00 for four units), two PENs still to
+    ship from the west after a third was cancelled: the payment holds 12.86 beyond the total, and
+    the gateway refused that refund three times (the cancel's Idempotency-Key retried twice): it
+    is left to a person. The order (88.33 captured, 75.47 its total) and the east parcel."""
+    world = build_world([("PEN", "wh-west", 5), ("CAP", "wh-east", 8)], ShippingPerUnitOf20())
+    order = world.allocated(("CAP", 1), ("PEN", 3), shipping_method="per_unit")
+    east = world.shipment_at(order, "wh-east")
+    world.actions.ship(order.id, east, None, actor="key_wh")
+    world.gateway.script("refund", "refuse")
+    for _ in range(3):
+        world.actions.cancel(order.id, "one pen", actor="key_web", lines={"L2": 1}, request_key="k-1")
+    left = world.order(order.id)
+    assert [(r.kind, r.status, r.amount) for r in left.payment.refunds] == [
+        ("cancellation", "failed", Money.of("12.86", "USD"))
+    ] * 3
+    assert (left.status, left.payment.captured, left.totals.grand_total) == (
+        S.PARTIALLY_SHIPPED, Money.of("88.33", "USD"), Money.of("75.47", "USD"),
+    )  # fmt: skip
+    world.gateway.script("refund", "approve")
+    return world, left, east
+
+
+def test_an_appeased_over_capture_is_not_refunded_again_when_a_later_cancel_raises_it():
+    # The runbook's appeasement of the 12.86 left to a person, then the last two PENs cancelled: the
+    # payment holds 60.00 beyond the new total (28.33) in all. Before: the cancel asked the gateway for
+    # all 60.00, the appeased 12.86 with it: the customer was paid it back twice (keeping 15.47 of
+    # an order that costs 28.33). Now it asks the 47.14 not given back yet, and nothing more after.
+    world, left, east = over_capture_left_to_a_person_with_pens_to_ship()
+    over = Money.of("12.86", "USD")
+    given = world.refunds.issue_refund(left.id, over, "the cancelled pen's shipping", "cs-1", "key_cs")
+    assert given.status == "succeeded"
+    assert world.order(left.id).payment.refunds[-1].over_capture == over
+
+    done = world.actions.cancel(left.id, "no more pens", actor="key_web")
+
+    assert done.status is S.SHIPPED and done.totals.grand_total == Money.of("28.33", "USD")
+    assert [amount for _, amount, _ in world.spy.refunded] == [over, Money.of("47.14", "USD")]
+    assert settled(done) == done.totals.grand_total
+    world.actions.cancel(left.id, "no more pens", actor="key_web")
+    world.actions.deliver(left.id, east, actor="key_carrier")
+    again = world.refunds.issue_refund(left.id, over, "the cancelled pen's shipping", "cs-1", "key_cs")
+    assert again == given  # the appeasement's retry is the same refund, counted once
+    assert world.order(left.id).payment.refunds == done.payment.refunds
+    assert len(world.spy.refunded) == 2
+
+
+def test_two_appeasements_of_an_over_capture_count_only_what_it_held_and_the_rest_is_goodwill():
+    # 5.00, then 10.00: the second gives back the 7.86 still left to the person and 2.14 of goodwill.
+    # The cancel of the last PENs refunds what is held beyond the total less the 12.86 appeased: the
+    # customer keeps the order's total less the goodwill, and nothing is refunded twice.
+    world, left, _ = over_capture_left_to_a_person_with_pens_to_ship()
+    world.refunds.issue_refund(left.id, Money.of("5.00", "USD"), "part of the shipping", "cs-1", "key_cs")
+    world.refunds.issue_refund(left.id, Money.of("10.00", "USD"), "the rest, and sorry", "cs-2", "key_cs")
+    appeased = world.order(left.id).payment.refunds[3:]
+    assert [(r.kind, r.amount, r.over_capture) for r in appeased] == [
+        ("appeasement", Money.of("5.00", "USD"), Money.of("5.00", "USD")),
+        ("appeasement", Money.of("10.00", "USD"), Money.of("7.86", "USD")),
+    ]
+
+    done = world.actions.cancel(left.id, "no more pens", actor="key_web")
+
+    assert [r.amount for r in done.payment.refunds[5:]] == [Money.of("47.14", "USD")]
+    assert settled(done) == done.totals.grand_total - Money.of("2.14", "USD")
+
+
+def test_a_partly_appeased_over_capture_leaves_the_rest_to_the_person_and_a_later_cancel_asks_it():
+    # 5.00 appeased of the 12.86: the 7.86 left is not asked again (a repeat of the cancel's request),
+    # and the cancel of the last PENs asks everything held beyond the total but those 5.00.
+    world, left, _ = over_capture_left_to_a_person_with_pens_to_ship()
+    world.refunds.issue_refund(left.id, Money.of("5.00", "USD"), "part of the shipping", "cs-1", "key_cs")
+    world.actions.cancel(left.id, "one pen", actor="key_web", lines={"L2": 1}, request_key="k-1")
+    assert len(world.order(left.id).payment.refunds) == 4
+
+    done = world.actions.cancel(left.id, "no more pens", actor="key_web")
+
+    assert [r.amount for r in done.payment.refunds[4:]] == [Money.of("55.00", "USD")]
+    assert settled(done) == done.totals.grand_total
+
+
+def test_an_appeasement_the_gateway_refused_gives_back_nothing_of_an_over_capture():
+    # Refused, the appeasement moved no money: the 12.86 stays left to the person, and the cancel of
+    # the last PENs asks all 60.00 held beyond the new total.
+    world, left, _ = over_capture_left_to_a_person_with_pens_to_ship()
+    world.gateway.script("refund", "refuse")
+    refused = world.refunds.issue_refund(left.id, Money.of("12.86", "USD"), "the pen's shipping", "cs-1", "key_cs")
+    assert refused.status == "failed"
+    world.actions.cancel(left.id, "one pen", actor="key_web", lines={"L2": 1}, request_key="k-1")
+    assert len(world.order(left.id).payment.refunds) == 4  # still left to the person: not asked
+    world.gateway.script("refund", "approve")
+
+    done = world.actions.cancel(left.id, "no more pens", actor="key_web")
+
+    assert [(r.status, r.amount) for r in done.payment.refunds[4:]] == [("succeeded", Money.of("60.00", "USD"))]
+    assert settled(done) == done.totals.grand_total
+
+
+def test_an_appeasement_left_pending_by_an_outage_counts_once_whichever_finishes_it():
+    # The gateway down while the appeasement is asked: it holds its amount, pending, and the cancel
+    # of the last PENs asks only what it does not give back; the cancel's repeat then finishes it.
+    world, left, _ = over_capture_left_to_a_person_with_pens_to_ship()
+    world.gateway.script("refund", "transient", "transient", "transient", "approve")
+    with pytest.raises(PaymentGatewayUnavailable):
+        world.refunds.issue_refund(left.id, Money.of("12.86", "USD"), "the pen's shipping", "cs-1", "key_cs")
+    assert world.order(left.id).payment.refunds[-1].status == "pending"
+
+    done = world.actions.cancel(left.id, "no more pens", actor="key_web")
+    done = world.actions.cancel(left.id, "no more pens", actor="key_web")
+
+    assert [(r.kind, r.status, r.amount) for r in done.payment.refunds[3:]] == [
+        ("appeasement", "succeeded", Money.of("12.86", "USD")),
+        ("cancellation", "succeeded", Money.of("47.14", "USD")),
+    ]
+    assert settled(done) == done.totals.grand_total
+
+
+def test_a_return_after_an_appeased_over_capture_and_a_cancel_that_raised_it_gives_back_the_rest_once():
+    world, left, east = over_capture_left_to_a_person_with_pens_to_ship()
+    world.refunds.issue_refund(left.id, Money.of("12.86", "USD"), "the pen's shipping", "cs-1", "key_cs")
+    world.actions.cancel(left.id, "no more pens", actor="key_web")
+    world.actions.deliver(left.id, east, actor="key_carrier")
+    returns, _ = returns_for(world, ReturnsClock(NOW + timedelta(days=3)))
+    item = returns.request(left.id, ask(("L1", 1, "damaged")), actor="key_cs")
+    returns.receive(item.id, receipt("wh-east", ("L1", 1, "resellable")), "key_wh")
+    returns.settle(item.id, "returns-workflow")
+    world.actions.deliver(left.id, east, actor="key_carrier")
+    world.actions.cancel(left.id, "no more pens", actor="key_web")
+
+    done = world.order(left.id)
+    assert [(r.kind, r.status, r.amount) for r in done.payment.refunds][3:] == [
+        ("appeasement", "succeeded", Money.of("12.86", "USD")),
+        ("cancellation", "succeeded", Money.of("47.14", "USD")),
+        ("return", "succeeded", Money.of("28.33", "USD")),
+    ]
+    assert done.payment.refunded == done.payment.captured  # everything back once, nothing beyond
+    assert (done.status, done.payment.status) == (S.RETURNED, P.REFUNDED)
+
+
 def test_an_over_capture_refund_whose_third_refusal_a_repeat_hears_after_an_outage_still_calls_a_person():
     # Before: the third ask met an outage and stayed pending; the next delivery reported asked it
     # again (finish_pending) and the gateway refused it, but only the call that began a refund told
