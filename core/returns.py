@@ -817,12 +817,13 @@ class Returns:
         """`item`, marked refunded with other returns recorded as owed (Return.shows_owed), once
         their refunds still pending are finished (but its own) and they show what went back."""
         order = visible(self._orders.get(item.order_id, consistent=True), item.order_id, None)
+        finished: list[Refund] = []
         if owed_when_finished(order, item.id):
             # Refused, or the gateway down: the pending-refund pass asks again (and shows it).
             with contextlib.suppress(PaymentRefused, PaymentGatewayUnavailable):
-                self._refunds.finish_pending(order.id, actor, besides_return=item.id)
+                finished = self._refunds.finish_pending(order.id, actor, besides_return=item.id)
             order = visible(self._orders.get(order.id, consistent=True), order.id, None)
-        return self._show_owed(item.id, order)
+        return self._show_owed(item.id, order, _answered_returns(order, finished))
 
     def _show_owed(self, return_id: str, order: Order | None = None, finished: list[str] | None = None) -> Return:
         """The return, once the returns its step finished the refunds of, and `finished`, show it (show_owed)."""
