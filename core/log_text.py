@@ -24,3 +24,16 @@ def escape_for_log(value: object) -> str:
     """`value` as text with every control character written as a visible escape (`\\n`, `\\x1b`,
     `\\u202e`); a backslash is doubled, so an escape in the output is never the client's own."""
     return _UNSAFE.sub(escaped_char, str(value))
+
+
+# What escape_for_log escapes, and the characters that show nothing (the zero-width space, the word
+# joiner, the byte order mark: core.models refuses them in names).
+UNSAFE_IN_REFERENCE = re.compile(
+    r"[\x00-\x1f\x7f-\x9f\u200b\u200e\u200f\u2028\u2029\u202a-\u202e\u2060\u2066-\u2069\ufeff\\]"
+)
+
+
+def shown_reference(reference: str) -> str:
+    """A payment gateway's `reference` as the OMS shows it (core.shown_references): every control,
+    bidi or invisible character written as a visible escape (`\\u202e`), a backslash doubled."""
+    return UNSAFE_IN_REFERENCE.sub(escaped_char, reference)

@@ -28,6 +28,7 @@ from pydantic import (
 from core.errors import InvalidRequest, InvalidTransition, NotFound, RefundExceedsCaptured
 from core.events import OrderEvent
 from core.ids import booking_key, shipment_id_for
+from core.log_text import shown_reference
 from core.money import Currency, Money
 from core.status import (
     EDITABLE,
@@ -2108,7 +2109,9 @@ class Order(BaseModel, defer_build=True):
         A renewal of one a capture was refused on or given back is kept as `refusal_renewal`."""
         old = self.renewing_authorization
         if old is None or self.payment.authorization != old:
-            raise InvalidTransition(f"order {self.id} is not renewing its authorization {self.payment.authorization}")
+            raise InvalidTransition(
+                f"order {self.id} is not renewing its authorization {_shown_reference(self.payment.authorization)}"
+            )
         requests = [r if r.authorization else _replaced(r, authorization=old) for r in self.captures_requested]
         spent = old in self.spent_authorizations
         return self._next(
@@ -3015,7 +3018,9 @@ class Order(BaseModel, defer_build=True):
         """The gateway voided `authorization`, which an edit or a renewal (renew_authorization)
         replaced (`replaced_authorizations`)."""
         if authorization not in self.replaced_authorizations:
-            raise InvalidTransition(f"order {self.id} has no replaced authorization {authorization} to void")
+            raise InvalidTransition(
+                f"order {self.id} has no replaced authorization {_shown_reference(authorization)} to void"
+            )
         return self._next(
             at=at, actor=actor, type=OrderEvent.PAYMENT_VOIDED,
             detail={"authorization": authorization, "reference": reference,
@@ -3053,7 +3058,9 @@ class Order(BaseModel, defer_build=True):
         if self.status is not OrderStatus.CANCELLED:
             raise InvalidTransition(f"only a cancelled order's authorization is voided, not a {self.status} one's")
         if payment.status is not PaymentStatus.AUTHORIZED or payment.authorization != authorization:
-            raise InvalidTransition(f"the payment is {payment.status} under {payment.authorization}; nothing to void")
+            raise InvalidTransition(
+                f"the payment is {payment.status} under {_shown_reference(payment.authorization)}; nothing to void"
+            )
         return self._next(
             at=at, actor=actor, type=OrderEvent.PAYMENT_VOIDED,
             detail={"authorization": authorization, "reference": reference}, payment=payment.voided(),
@@ -3643,3 +3650,9 @@ class RejectRequest(Strict):
     """The body of POST .../shipments/{id}/reject: why the location cannot fulfil it."""
 
     reason: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), CleanText]
+
+
+def _shown_reference(reference: str | None) -> str | None:
+    """A gateway's reference as an error's text shows it (core.log_text.shown_reference): an error
+    reaches a client's 409 and the logs, where a bidi override in it would reorder what is read."""
+    return None if reference is None else shown_reference(reference)

@@ -428,22 +428,46 @@ def show_refunded_in_all(
         return
 
 
+def owed_when_finished(order: Order, besides: str) -> list[str]:
+    """The returns of `order` but `besides` that would show what went back for them once its
+    pending refunds are finished (Returns._finish_pending): those the refunds name, and, for one
+    naming no return (what an exchange's credit kept back, or an appeasement), the exchanges'
+    returns whose credit kept something back (kept_back_owed). Empty once none is pending."""
+    pending = [r for r in order.payment.refunds if r.status == "pending" and r.return_id != besides]
+    shown = [r.return_id for r in pending if r.return_id]
+    if any(r.return_id is None for r in pending):
+        shown += [owed.return_id for owed in kept_back_owed(order) if owed.names is None and owed.return_id != besides]
+    return list(dict.fromkeys(shown))
+
+
 def show_owed(
-    returns: ReturnRepository, orders: OrderRepository, item: Return, at: datetime, *, order: Order | None = None
-) -> Return:
-    """`item` once the returns its step finished the pending refunds of (Return.shows_owed) show
-    what was refunded for them in all (show_refunded_in_all, on `order` or the order read
-    consistently), and its record of them cleared; `item` as it is when it owes nothing. Run again
-    after a death anywhere in it, it shows nothing twice (a return never shows less than it does)."""
+    returns: ReturnRepository, orders: OrderRepository, item: Return, at: datetime, *,
+    order: Order | None = None, finished: Iterable[str] = (),
+) -> Return:  # fmt: skip
+    """`item` once the returns its step finished the pending refunds of (Return.shows_owed), and
+    `finished` (those the caller's own step has just finished: another reader may have cleared the
+    record meanwhile), show what was refunded for them in all (show_refunded_in_all, on `order` or
+    the order read consistently). The record is cleared of each, but of one whose refund is still
+    pending on that order (owed_when_finished): a reader that shows it before the step finishing
+    its refund has (the reconciler's returns pass, a concurrent run) leaves it for a show made once
+    the gateway answered, so a step that dies after finishing it still leaves its record. `item`
+    as it is when it owes nothing. Run again after a death anywhere in it, it shows nothing twice
+    (a return never shows less than it does)."""
+    finished = [return_id for return_id in finished if return_id != item.id]
     for _ in range(ATTEMPTS):
-        if not item.shows_owed:
+        if not item.shows_owed and not finished:
             return item
         order = order or orders.get(item.order_id, consistent=True)
         if order is None:
             return item
-        for return_id in item.shows_owed:
-            show_refunded_in_all(returns, order, return_id, at)
-        new = item.owed_shown()
+        pending = set(owed_when_finished(order, item.id))
+        for return_id in dict.fromkeys([*item.shows_owed, *finished]):
+            if return_id not in pending:
+                show_refunded_in_all(returns, order, return_id, at)
+        kept = [return_id for return_id in item.shows_owed if return_id in pending]
+        if kept == item.shows_owed:
+            return item
+        new = item.owed_shown(kept)
         try:
             returns.update(new, item)
         except StaleVersion:

@@ -337,9 +337,10 @@ class Return(BaseModel):
         which then owe showing what went back for them (shows_owed)."""
         return self._kept(shows_owed=list(dict.fromkeys([*self.shows_owed, *return_ids])))
 
-    def owed_shown(self) -> Return:
-        """The returns this one's step finished the refunds of show them now (shows_owed)."""
-        return self._kept(shows_owed=[])
+    def owed_shown(self, still_owed: list[str] | None = None) -> Return:
+        """The returns this one's step finished the refunds of show them now (shows_owed), but
+        `still_owed`, whose refunds are still pending (core.refund_service.show_owed)."""
+        return self._kept(shows_owed=list(still_owed or []))
 
     def _kept(self, **fields: Any) -> Return:
         """A new version changing only what the system keeps for itself: its `updated_at` is still

@@ -27,6 +27,7 @@ from core.errors import (
     NoShippingMethod,
     NotFound,
     PaymentGatewayUnavailable,
+    PaymentRefused,
     PickupNotOffered,
     PluginError,
     StaleVersion,
@@ -59,8 +60,9 @@ from core.ports import (
     ReturnFilter,
     ReturnRepository,
 )
-from core.refund_service import Decision, RefundService, show_owed
+from core.refund_service import Decision, RefundService, owed_when_finished, show_owed
 from core.refunds import (
+    Refund,
     given_back_for_units,
     kept_back_owed,
     refund_due,
@@ -766,6 +768,11 @@ class Returns:
             amount = amount + beyond(amount)
         at = self._clock()
         marked = self._change(return_id, None, lambda r: r if r.status is R.REFUNDED else r.refunded(amount, at=at))
+        if marked.shows_owed:
+            # A concurrent run of this step recorded finishing other returns' pending refunds and
+            # may die after: marked refunded, the return is read by no pass again, so this run
+            # finishes them (each under its own key, once) and has them show it.
+            marked = self._finish_owed(marked, actor)
         # An exchange's credit may have been given back too (its replacement cancelled at once).
         return self._shown_in_all(marked) if any(kept) or item.exchange is not None else marked
 
@@ -782,22 +789,46 @@ class Returns:
         record for its retry (refund, exchange) or the reconciler's returns pass, as nothing
         pending is left to tell them. Nothing is written on `item` when no other return's refund is
         pending."""
-        owed = _shown_when_finished(order, item.id)
+        owed = owed_when_finished(order, item.id)
         if owed:
-            self._change(item.id, None, lambda r: r if set(owed) <= set(r.shows_owed) else r.owing_shown(owed))
+            recorded = self._change(
+                item.id, None,
+                lambda r: r if r.status is R.REFUNDED or set(owed) <= set(r.shows_owed) else r.owing_shown(owed),
+            )  # fmt: skip
+            if recorded.status is R.REFUNDED:
+                # A concurrent run marked it refunded: a record on it would be read by nothing (the
+                # returns pass reads received returns), so nothing is finished here. Still pending,
+                # the refunds are the reconciler's pending-refund pass's, which shows what went back.
+                return visible(self._orders.get(order.id, consistent=True), order.id, None)
+        finished: list[Refund] = []
         try:
-            self._refunds.finish_pending(order.id, actor, besides_return=besides_return)
+            finished = self._refunds.finish_pending(order.id, actor, besides_return=besides_return)
         finally:
             # Refused, or the gateway down for one of them, those finished before still show it.
             order = visible(self._orders.get(order.id, consistent=True), order.id, None)
-            if owed:
-                self._show_owed(item.id, order)
+            # Shown by this step whatever the record says now (another reader may have cleared it),
+            # with those the finish found pending that the order read before did not show.
+            shown = [*owed, *_answered_returns(order, finished)]
+            if shown:
+                self._show_owed(item.id, order, shown)
         return order
 
-    def _show_owed(self, return_id: str, order: Order | None = None) -> Return:
-        """The return, once the returns its step finished the refunds of show it (show_owed)."""
+    def _finish_owed(self, item: Return, actor: str) -> Return:
+        """`item`, marked refunded with other returns recorded as owed (Return.shows_owed), once
+        their refunds still pending are finished (but its own) and they show what went back."""
+        order = visible(self._orders.get(item.order_id, consistent=True), item.order_id, None)
+        finished: list[Refund] = []
+        if owed_when_finished(order, item.id):
+            # Refused, or the gateway down: the pending-refund pass asks again (and shows it).
+            with contextlib.suppress(PaymentRefused, PaymentGatewayUnavailable):
+                finished = self._refunds.finish_pending(order.id, actor, besides_return=item.id)
+            order = visible(self._orders.get(order.id, consistent=True), order.id, None)
+        return self._show_owed(item.id, order, _answered_returns(order, finished))
+
+    def _show_owed(self, return_id: str, order: Order | None = None, finished: list[str] | None = None) -> Return:
+        """The return, once the returns its step finished the refunds of, and `finished`, show it (show_owed)."""
         item = visible_return(self._returns.get(return_id, consistent=True), return_id, None)
-        return show_owed(self._returns, self._orders, item, self._clock(), order=order)
+        return show_owed(self._returns, self._orders, item, self._clock(), order=order, finished=finished or ())
 
     def _shown_in_all(self, item: Return) -> Return:
         """`item`, marked refunded, showing what was refunded for it in all (refunded_for_return):
@@ -1235,15 +1266,14 @@ def _kept_back(
     return kept if kept.amount > 0 else None
 
 
-def _shown_when_finished(order: Order, besides: str) -> list[str]:
-    """The returns of `order` but `besides` that would show what went back for them once its
-    pending refunds are finished (Returns._finish_pending): those the refunds name, and, for one
-    naming no return (what an exchange's credit kept back, or an appeasement), the exchanges'
-    returns whose credit kept something back (kept_back_owed)."""
-    pending = [r for r in order.payment.refunds if r.status == "pending" and r.return_id != besides]
-    shown = [r.return_id for r in pending if r.return_id]
-    if any(r.return_id is None for r in pending):
-        shown += [owed.return_id for owed in kept_back_owed(order) if owed.names is None and owed.return_id != besides]
+def _answered_returns(order: Order, finished: list[Refund]) -> list[str]:
+    """The returns that show what went back for them once `finished` (refunds a step finished) were
+    answered: those they name, and, for one naming no return (what an exchange's credit kept back),
+    the exchanges' returns whose credit kept something back (kept_back_owed)."""
+    answered = [r for r in finished if r.status != "pending"]
+    shown = [r.return_id for r in answered if r.return_id]
+    if any(r.return_id is None for r in answered):
+        shown += [owed.return_id for owed in kept_back_owed(order) if owed.names is None]
     return list(dict.fromkeys(shown))
 
 

@@ -12,22 +12,16 @@ is, would show them alike). A reference with none of them is shown as it is."""
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
-from core.log_text import escaped_char
+from core.log_text import UNSAFE_IN_REFERENCE as _UNSAFE
+from core.log_text import shown_reference
 from core.models import HistoryEntry, Order, PaymentRefund, RefundPart
 
-# What core.log_text escapes, and the characters that show nothing (the zero-width space, the word
-# joiner, the byte order mark: core.models refuses them in names).
-_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b\u200e\u200f\u2028\u2029\u202a-\u202e\u2060\u2066-\u2069\ufeff\\]")
+__all__ = ["REFERENCE_KEYS", "history_shown", "references_shown_in", "shown_reference", "with_references_shown"]
+
 # The keys of a history entry's detail, at any depth, whose values are a gateway's references.
 REFERENCE_KEYS = frozenset({"authorization", "reference", "capture_reference", "refund_reference", "replaces"})
-
-
-def shown_reference(reference: str) -> str:
-    """`reference` as it is shown (see the module's docstring)."""
-    return _UNSAFE.sub(escaped_char, reference)
 
 
 def _shown(reference: str | None) -> str | None:

@@ -54,7 +54,9 @@ class CarrierShipment(BaseModel):
     tracking_number: TrackingNumber
     label: bytes | None = Field(default=None, min_length=1, max_length=5_000_000)
     label_content_type: Literal["application/pdf", "image/png"] = "application/pdf"
-    label_url: str | None = Field(default=None, max_length=2048, pattern=r"^https://[^\s/?#]+[^\s]*$")
+    # An https URL is visible ASCII (RFC 3986 percent-encodes the rest): a control, bidi or invisible
+    # character in the carrier's link is refused, as in a tracking number, not shown as it is.
+    label_url: str | None = Field(default=None, max_length=2048, pattern=r"^https://[!-\x22$-.0->@-~]+[!-~]*$")
 
     @model_validator(mode="after")
     def _one_label(self) -> CarrierShipment:

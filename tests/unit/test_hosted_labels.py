@@ -58,6 +58,11 @@ def test_a_label_document_is_still_stored_and_kept_by_its_key():
         {"label_url": "http://carrier.example/label.pdf"},  # not over TLS
         {"label_url": "https:///label.pdf"},  # no host
         {"label_url": "https://carrier.example/label 1.pdf"},  # white space
+        # Before: a bidi override, an invisible character or a terminal escape in the carrier's link
+        # was kept and shown as it is (the order's label_url, the customer's notification).
+        {"label_url": "https://carrier.example/\u202efdp.exe"},
+        {"label_url": "https://carrier.example/label\u200b.pdf"},
+        {"label_url": "https://carrier.example/label.pdf\x1b[2J"},
     ],
 )
 def test_a_booking_gives_the_document_or_an_https_link_to_it_one_of_them(label):

@@ -442,3 +442,83 @@ def test_a_pass_out_of_time_leaves_what_a_return_kept_back_owed_for_the_next_pas
     after = world.order(order.id)
     assert done.refunded == [after.payment.refunds[-1].id]
     assert paid_in_full(order, after, Money.of("1.00", "USD"))
+
+
+def test_a_record_read_while_its_step_is_still_finishing_the_refund_is_kept_for_the_steps_retry(
+    world, clock, monkeypatch
+):  # fmt: skip
+    # The returns pass (or a concurrent run of the step) reads the CAP's record while its step is
+    # still asking the gateway for the MUGs' pending refund; the step then finishes it and dies.
+    # Before: that read cleared the record (the refund still pending showed nothing new), so the
+    # retry found neither a record nor a pending refund: the MUGs' return showed 25.81 of the
+    # 26.81 that went back, for good.
+    returns, order, mugs_return, cap_return = caps_return_finishing_the_kept_back_refund(world, clock)
+    finish, show = returns._refunds.finish_pending, refund_service.show_refunded_in_all
+    dead: list[bool] = []
+
+    def read_meanwhile_then_die(order_id: str, actor: str, **kwargs: object) -> object:
+        refund_service.show_owed(world.returns, world.orders, world.returns.get(cap_return), clock())
+        assert world.returns.get(cap_return).shows_owed == [mugs_return]  # still pending: kept
+        finished = finish(order_id, actor, **kwargs)
+        dead.append(True)
+        return finished
+
+    def shows_unless_dead(*args: object, **kwargs: object) -> None:
+        if dead:
+            raise RuntimeError("the function died")
+        show(*args, **kwargs)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(returns._refunds, "finish_pending", read_meanwhile_then_die)
+        patched.setattr(refund_service, "show_refunded_in_all", shows_unless_dead)
+        with pytest.raises(RuntimeError):
+            returns.settle(cap_return, actor="key_wh")
+    assert world.order(order.id).payment.refunds[-1].status == "succeeded"
+    assert returns.get(mugs_return).refund == order.lines[0].total - Money.of("1.00", "USD")
+
+    assert returns.settle(cap_return, actor="key_wh").status is ReturnStatus.REFUNDED  # the step, retried
+    assert returns.get(mugs_return).refund == order.lines[0].total
+    assert returns.get(cap_return).shows_owed == []
+
+
+def test_a_run_that_marks_the_return_refunded_shows_what_a_concurrent_run_that_died_finished(
+    world, clock, monkeypatch
+):  # fmt: skip
+    # Two runs of the CAP's refund step: one records the MUGs' return as owed, finishes its pending
+    # refund and dies; the other read the return before that record and marks it refunded. Before:
+    # the refunded return kept the record, which no pass reads (the returns pass reads received
+    # returns): the MUGs' return showed 25.81 of the 26.81 that went back, for good.
+    returns, order, mugs_return, cap_return = caps_return_finishing_the_kept_back_refund(world, clock)
+    before = returns.get(cap_return)
+    died_showing(monkeypatch, returns, cap_return)
+    assert returns.get(cap_return).shows_owed == [mugs_return]
+    with monkeypatch.context() as patched:
+        patched.setattr(returns, "_received", lambda return_id: before)  # read before the record
+        assert returns.refund(cap_return, actor="key_wh").status is ReturnStatus.REFUNDED
+
+    assert returns.get(mugs_return).refund == order.lines[0].total
+    assert returns.get(cap_return).shows_owed == []
+
+
+def test_a_run_finding_its_return_refunded_by_a_concurrent_one_leaves_other_returns_pending_refunds_alone(
+    world, clock
+):  # fmt: skip
+    # A run that read the order with the MUGs' refund pending finds the CAP's return marked refunded
+    # by a concurrent run. Before: it recorded the MUGs' return on the refunded one (read by no pass)
+    # and finished the refund: dying then, nothing showed it. Now the refund is left pending, to the
+    # pending-refund pass, which shows what went back.
+    returns, order, mugs_return, cap_return = caps_return_finishing_the_kept_back_refund(world, clock)
+    stale = world.order(order.id)
+    item = returns.get(cap_return)
+    world.returns.update(item.refunded(Money.of("1.00", "USD"), at=clock()), item)
+
+    after = returns._finish_pending(item, stale, "key_wh", besides_return=cap_return)
+
+    assert after.payment.refunds[-1].status == "pending"
+    assert returns.get(cap_return).shows_owed == []
+    later(clock)
+    finished: list[str] = []
+    PendingRefundSweep(InMemoryPendingRefunds(world), world.refunds, clock, after=AFTER).run(ACTOR, orders=finished)
+    sweep(world, clock).run(ACTOR, finished=finished)
+    assert world.order(order.id).payment.refunds[-1].status == "succeeded"
+    assert returns.get(mugs_return).refund == order.lines[0].total

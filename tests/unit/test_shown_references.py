@@ -7,10 +7,14 @@ from __future__ import annotations
 import json
 from datetime import timedelta
 
+import pytest
+
 from core.domain_events import EventType, order_events
+from core.errors import InvalidTransition
 from core.events import OrderEvent
 from core.models import HistoryEntry, Payment, PaymentRefund, RefundPart
 from core.shown_references import history_shown, shown_reference, with_references_shown
+from core.status import OrderStatus
 from tests.builders import NOW
 from tests.unit.conftest import a_stored_order, usd
 
@@ -85,3 +89,21 @@ def test_a_history_shows_its_references_escaped_and_the_entries_the_system_reads
     }  # fmt: skip
     assert shown[1] is plain
     assert renewed.detail is not None and renewed.detail["reference"] == RLO
+
+
+def test_an_error_naming_an_authorization_shows_it_escaped():
+    # Before: the InvalidTransition of a renewal or a void that found the order moved on put the
+    # authorization in its text as the gateway gave it: a client's 409 and the log line read reordered.
+    payment = Payment(method="test", status="authorized", authorized=usd("10.00"), captured=usd("0.00"),
+                      refunded=usd("0.00"), authorization=RLO)  # fmt: skip
+    authorized = a_stored_order(("MUG", 1), payment=payment)
+    cancelled = a_stored_order(("MUG", 1), payment=payment, status=OrderStatus.CANCELLED)
+    refusals = [
+        lambda: authorized.renew_authorization(usd("10.00"), "auth_2", at=NOW, actor="system"),
+        lambda: authorized.record_replaced_voided(RLO, "void_1", at=NOW, actor="system"),
+        lambda: cancelled.record_void("auth_other", "void_1", at=NOW, actor="system"),
+    ]
+    for refused in refusals:
+        with pytest.raises(InvalidTransition) as error:
+            refused()
+        assert SHOWN in str(error.value) and "\u202e" not in str(error.value)
