@@ -141,7 +141,7 @@ class Config:
             catalog_table=os.environ["CATALOG_TABLE"],
             idempotency_table=os.environ["IDEMPOTENCY_TABLE"],
             returns_table=os.environ.get("RETURNS_TABLE", ""),
-            catalog_cache_seconds=float(os.environ.get("OMS_CATALOG_CACHE_SECONDS") or 10),
+            catalog_cache_seconds=_number("OMS_CATALOG_CACHE_SECONDS", 10),
             labels_bucket=os.environ.get("LABELS_BUCKET", ""),
             import_queue_url=os.environ.get("IMPORT_QUEUE_URL", ""),
             order_workflow_arn=os.environ.get("ORDER_WORKFLOW_ARN", ""),
@@ -152,21 +152,30 @@ class Config:
                 name.strip() for name in os.environ.get("OMS_DISABLED_PLUGINS", "").split(",") if name.strip()
             ),
             enable_test_payments=os.environ.get("OMS_ENABLE_TEST_PAYMENTS", "").strip().lower() == "true",
-            reconcile_after_minutes=float(os.environ.get("RECONCILE_AFTER_MINUTES") or 15),
-            reconcile_park_after_minutes=float(os.environ.get("RECONCILE_PARK_AFTER_MINUTES") or 60),
+            reconcile_after_minutes=_number("RECONCILE_AFTER_MINUTES", 15),
+            reconcile_park_after_minutes=_number("RECONCILE_PARK_AFTER_MINUTES", 60),
             sla=os.environ.get("OMS_SLA", ""),
-            hold_expiry_days=float(os.environ.get("OMS_HOLD_EXPIRY_DAYS") or 0),
-            return_expiry_days=float(os.environ.get("OMS_RETURN_EXPIRY_DAYS") or 30),
+            hold_expiry_days=_number("OMS_HOLD_EXPIRY_DAYS", 0),
+            return_expiry_days=_number("OMS_RETURN_EXPIRY_DAYS", 30),
             event_bus_name=os.environ.get("EVENT_BUS_NAME", ""),
             webhook_queue_url=os.environ.get("WEBHOOK_QUEUE_URL", ""),
-            webhook_retry_base_seconds=float(os.environ.get("WEBHOOK_RETRY_BASE_SECONDS") or 30),
-            webhook_retry_max_delay_seconds=float(os.environ.get("WEBHOOK_RETRY_MAX_DELAY_SECONDS") or 3600),
-            webhook_retry_window_seconds=float(os.environ.get("WEBHOOK_RETRY_WINDOW_SECONDS") or 86400),
+            webhook_retry_base_seconds=_number("WEBHOOK_RETRY_BASE_SECONDS", 30),
+            webhook_retry_max_delay_seconds=_number("WEBHOOK_RETRY_MAX_DELAY_SECONDS", 3600),
+            webhook_retry_window_seconds=_number("WEBHOOK_RETRY_WINDOW_SECONDS", 86400),
             webhook_allow_local_http=os.environ.get("WEBHOOK_ALLOW_LOCAL_HTTP", "").strip().lower() == "true",
-            pickup_expiry_days=float(os.environ.get("OMS_PICKUP_EXPIRY_DAYS") or 7),
-            authorization_valid_days=float(os.environ.get("OMS_AUTHORIZATION_VALID_DAYS") or 7),
+            pickup_expiry_days=_number("OMS_PICKUP_EXPIRY_DAYS", 7),
+            authorization_valid_days=_number("OMS_AUTHORIZATION_VALID_DAYS", 7),
             access_log_queue_url=os.environ.get("ACCESS_LOG_QUEUE_URL", ""),
         )
+
+
+def _number(name: str, default: float) -> float:
+    """A numeric setting from the environment (`default` when unset or empty), or ValueError naming it."""
+    raw = os.environ.get(name) or ""
+    try:
+        return float(raw) if raw.strip() else float(default)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, not {raw!r}") from None
 
 
 def _expiry(days: float, name: str) -> timedelta | None:
@@ -174,11 +183,24 @@ def _expiry(days: float, name: str) -> timedelta | None:
     100 years (core.jeopardy.LONGEST, as OMS_SLA's deadlines): more, meant as "practically never",
     put a ready pickup's collect_by, or a pass's cut-off for holds and returns, off the calendar, so
     every POST .../ready, or every jeopardy pass, failed; NaN and inf likewise."""
+    days = _within(days, name, "days", zero="0 (never) or ")
+    return timedelta(days=days) if days else None
+
+
+def _within(value: float, name: str, unit: str, zero: str = "") -> float:
+    """A numeric setting (a duration in `unit`: days, minutes or seconds), or ValueError naming it
+    when it is negative, NaN, inf or over 100 years (core.jeopardy.LONGEST): such a value fails
+    every request or pass that reads it (a wait off the calendar, or timedelta refusing it), so it
+    is refused where it is read, with the setting's name in the error the function logs (and its
+    errors alarm counts) instead of an OverflowError naming nothing. `zero` (e.g. "0 (never) or ")
+    says 0 is allowed; without it the setting must be positive."""
     from core.jeopardy import LONGEST
 
-    if not 0 <= days <= LONGEST.days:  # False for NaN too
-        raise ValueError(f"{name} must be 0 (never) or a positive number of days, at most {LONGEST.days} (100 years)")
-    return timedelta(days=days) if days else None
+    most = LONGEST / timedelta(**{unit: 1})
+    least_ok = value >= 0 if zero else value > 0
+    if not least_ok or not value <= most:  # both False for NaN
+        raise ValueError(f"{name} must be {zero}a positive number of {unit}, at most {most:.0f} (100 years)")
+    return value
 
 
 def _required(value: str, name: str) -> str:
@@ -261,9 +283,14 @@ class Container:
         return DynamoCatalog(self.dynamodb, self.config.catalog_table)
 
     @cached_property
+    def _catalog_cache_seconds(self) -> float:
+        # inf would keep a warm container's first read of the catalog and the rules for ever.
+        return _within(self.config.catalog_cache_seconds, "OMS_CATALOG_CACHE_SECONDS", "seconds", zero="0 or ")
+
+    @cached_property
     def cached_catalog(self) -> CachedCatalog:
         # Capture reads every ordered product and the network per order: see CachedCatalog.
-        return CachedCatalog(self.catalog_repository, self.config.catalog_cache_seconds)
+        return CachedCatalog(self.catalog_repository, self._catalog_cache_seconds)
 
     @cached_property
     def inventory_repository(self) -> DynamoInventory:
@@ -332,7 +359,7 @@ class Container:
             clock=self.clock,
             payment_methods=self.payments.methods,
             review_rules=self.plugins,
-            sourcing_rules=CachedSourcingRules(self.sourcing_rules, self.config.catalog_cache_seconds).current,
+            sourcing_rules=CachedSourcingRules(self.sourcing_rules, self._catalog_cache_seconds).current,
             sourcing=self.plugins,
         )
 
@@ -366,8 +393,7 @@ class Container:
         from core.fulfillment import OrderActions
 
         pickup_expiry = _expiry(self.config.pickup_expiry_days, "OMS_PICKUP_EXPIRY_DAYS")
-        if self.config.authorization_valid_days <= 0:
-            raise ValueError("OMS_AUTHORIZATION_VALID_DAYS must be a positive number of days")
+        valid_days = _within(self.config.authorization_valid_days, "OMS_AUTHORIZATION_VALID_DAYS", "days")
 
         return OrderActions(
             self.order_repository,
@@ -378,7 +404,7 @@ class Container:
             clock=self.clock,
             refunds=self.refunds,
             pickup_expiry=pickup_expiry,
-            authorization_valid_for=timedelta(days=self.config.authorization_valid_days),
+            authorization_valid_for=timedelta(days=valid_days),
             credits=self.exchange_credits,
             hook=self.plugins.hook,
             labels=self.label_store,
@@ -486,6 +512,11 @@ class Container:
         return ExpectedArrivals(self.inventory_repository, self.cached_catalog, self.sourcing_rules)
 
     @cached_property
+    def _reconcile_after(self) -> timedelta:
+        """ReconcileAfterMinutes, which the reconciler's jobs and the jeopardy scan wait."""
+        return timedelta(minutes=_within(self.config.reconcile_after_minutes, "RECONCILE_AFTER_MINUTES", "minutes"))
+
+    @cached_property
     def reconciler(self) -> Reconciler:
         from core.reconciliation import Reconciler
 
@@ -496,8 +527,10 @@ class Container:
             self.workflow_starter,
             self.workflow,
             self.clock,
-            restart_after=timedelta(minutes=config.reconcile_after_minutes),
-            park_after=timedelta(minutes=config.reconcile_park_after_minutes),
+            restart_after=self._reconcile_after,
+            park_after=timedelta(
+                minutes=_within(config.reconcile_park_after_minutes, "RECONCILE_PARK_AFTER_MINUTES", "minutes")
+            ),
         )
 
     @cached_property
@@ -510,7 +543,7 @@ class Container:
             DynamoPendingRefunds(self.dynamodb, self.config.orders_table),
             self.refunds,
             self.clock,
-            after=timedelta(minutes=self.config.reconcile_after_minutes),
+            after=self._reconcile_after,
         )
 
     @cached_property
@@ -541,7 +574,7 @@ class Container:
             self.order_repository,
             self._sweep_cancellation,
             self.clock,
-            after=timedelta(minutes=self.config.reconcile_after_minutes),
+            after=self._reconcile_after,
         )
 
     @cached_property
@@ -557,7 +590,7 @@ class Container:
             self.order_repository,
             self._sweep_cancellation,
             self.clock,
-            after=timedelta(minutes=self.config.reconcile_after_minutes),
+            after=self._reconcile_after,
         )
 
     @cached_property
@@ -579,7 +612,7 @@ class Container:
             self.order_repository,
             self.actions,
             self.clock,
-            after=timedelta(minutes=self.config.reconcile_after_minutes),
+            after=self._reconcile_after,
         )
 
     @cached_property
@@ -594,7 +627,7 @@ class Container:
             self.order_repository,
             self.actions.refund_kept_back,
             self.clock,
-            after=timedelta(minutes=self.config.reconcile_after_minutes),
+            after=self._reconcile_after,
         )
 
     @cached_property
@@ -608,7 +641,7 @@ class Container:
             self.order_repository,
             self.return_workflow,
             self.clock,
-            restart_after=timedelta(minutes=self.config.reconcile_after_minutes),
+            restart_after=self._reconcile_after,
             payment_methods=self.payments.methods,
         )
 
@@ -634,7 +667,7 @@ class Container:
             ),
             expire_return=self.returns.expire if expires_returns else None,
             return_expiry=return_expiry,
-            captures_after=timedelta(minutes=config.reconcile_after_minutes),
+            captures_after=self._reconcile_after,
         )
 
     @cached_property
@@ -714,9 +747,13 @@ class Container:
 
         config = self.config
         return RetrySchedule(
-            base_seconds=config.webhook_retry_base_seconds,
-            max_delay_seconds=config.webhook_retry_max_delay_seconds,
-            window_seconds=config.webhook_retry_window_seconds,
+            base_seconds=_within(config.webhook_retry_base_seconds, "WEBHOOK_RETRY_BASE_SECONDS", "seconds"),
+            max_delay_seconds=_within(
+                config.webhook_retry_max_delay_seconds, "WEBHOOK_RETRY_MAX_DELAY_SECONDS", "seconds"
+            ),
+            window_seconds=_within(
+                config.webhook_retry_window_seconds, "WEBHOOK_RETRY_WINDOW_SECONDS", "seconds", zero="0 or "
+            ),
         )
 
     # --- Customer notifications (issue 14) -------------------------------------------------------

@@ -31,10 +31,21 @@ SHOP_FAULTS = frozenset({"damaged", "defective", "wrong_item"})
 
 
 def window() -> timedelta:
+    """`OMS_RETURN_WINDOW_DAYS`: a number of days, fractions allowed (the template parameter
+    `ReturnWindowDays` is a Number: 30.5 deploys, and was read with int(), so every return request
+    failed), from 0 to 100 years (core.jeopardy.LONGEST: more, or NaN or inf, cannot be a timedelta
+    or leaves the calendar); anything else is refused naming the setting."""
+    from core.jeopardy import LONGEST
+
     raw = os.environ.get("OMS_RETURN_WINDOW_DAYS", "").strip()
-    days = int(raw) if raw else DEFAULT_WINDOW_DAYS
-    if days < 0:
-        raise ValueError(f"OMS_RETURN_WINDOW_DAYS must not be negative, not {days}")
+    try:
+        days = float(raw) if raw else DEFAULT_WINDOW_DAYS
+    except ValueError:
+        days = float("nan")
+    if not 0 <= days <= LONGEST.days:  # False for NaN too
+        raise ValueError(
+            f"OMS_RETURN_WINDOW_DAYS must be a number of days from 0 to {LONGEST.days} (100 years), not {raw!r}"
+        )
     return timedelta(days=days)
 
 

@@ -513,7 +513,7 @@ def _local_period(function_logical_id: str, period: float) -> float:
                 period = float(override)
             except ValueError:
                 period = 0
-            if period <= 0:
+            if not 0 < period < float("inf"):  # False for NaN too: its run was never due, silently
                 raise EventSourceError(f"{variable} must be a positive number of seconds, got {override!r}")
     return period
 

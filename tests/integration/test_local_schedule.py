@@ -56,6 +56,18 @@ def test_a_malformed_or_cron_schedule_fails_clearly_rather_than_run_at_the_wrong
         schedule_period(expression, "here")
 
 
+@pytest.mark.parametrize("value", ["0", "-5", "soon", "nan", "inf"])
+def test_a_local_schedule_period_that_is_not_a_positive_finite_number_fails_at_start(monkeypatch, value: str):
+    # NaN and inf passed the "<= 0" check: the next run was due at now + nan (never reached) or
+    # + inf (OMS_JEOPARDY_SCAN_SECONDS=inf: no jeopardy pass ever ran locally, and nothing said so).
+    from infra.local.event_sources import _local_period
+
+    monkeypatch.setenv(SCHEDULE_PERIOD_ENV, value)
+
+    with pytest.raises(EventSourceError, match=f"^{SCHEDULE_PERIOD_ENV} must be a positive number of seconds"):
+        _local_period("Job", 300.0)
+
+
 def test_the_reconciler_schedule_is_in_the_template():
     [event] = Template.load().functions()["ReconcilerFunction"]["Events"].values()
     assert event["Type"] == "Schedule" and schedule_period(event["Properties"]["Schedule"], "template") == 300

@@ -546,3 +546,27 @@ def test_a_create_replayed_after_its_idempotency_record_expired_answers_the_po_a
 
     assert again.status_code == 201 and again.json() == first.json()
     assert api.get(f"/inventory/{sku}").json()["locations"][0]["on_hand"] == 4
+
+
+def test_a_create_retried_with_its_due_date_in_another_offset_or_precision_is_the_same_request(api: InProcessApi):
+    # The same instant written otherwise (another offset, fractional zeros) is the same body,
+    # whether the key's record still answers or is gone and the PO itself is compared (h245).
+    network = put_network(api)
+    sku = Catalog(api).product("9.00")
+    vendor = unique("vendor")
+    assert api.put(f"/vendors/{vendor}", json={"name": "Acme", "lead_time_days": 3}).status_code == 201
+    body = {"vendor_id": vendor, "location_id": network["east"], "expected_at": "2031-05-01T12:00:00+02:00",
+            "lines": [{"sku": sku, "quantity": 4, "unit_cost": COST}]}  # fmt: skip
+    headers = {"Idempotency-Key": unique("po")}
+    first = api.post("/purchase-orders", json=body, headers=headers)
+    assert first.status_code == 201 and first.json()["expected_at"] == "2031-05-01T10:00:00Z", first.text
+
+    for written in ("2031-05-01T10:00:00.000000Z", "2031-05-01T05:00:00-05:00", "2031-05-01T10:00:00+00:00"):
+        assert (
+            api.post("/purchase-orders", json={**body, "expected_at": written}, headers=headers).json() == first.json()
+        )
+        forget_idempotency_records()
+        again = api.post("/purchase-orders", json={**body, "expected_at": written}, headers=headers)
+        assert again.status_code == 201 and again.json() == first.json(), (written, again.text)
+    later = api.post("/purchase-orders", json={**body, "expected_at": "2031-05-01T10:00:00.001Z"}, headers=headers)
+    assert later.status_code == 409 and later.json()["error"]["code"] == "idempotency_key_reused"

@@ -106,6 +106,61 @@ def test_an_expiry_past_100_years_or_not_a_number_is_refused_where_it_is_read(se
         getattr(container, part)
 
 
+@pytest.mark.parametrize(
+    ("setting", "name", "part"),
+    [
+        ("authorization_valid_days", "OMS_AUTHORIZATION_VALID_DAYS", "actions"),
+        ("reconcile_after_minutes", "RECONCILE_AFTER_MINUTES", "reconciler"),
+        ("reconcile_after_minutes", "RECONCILE_AFTER_MINUTES", "jeopardy_scan"),
+        ("reconcile_after_minutes", "RECONCILE_AFTER_MINUTES", "pending_refund_sweep"),
+        ("reconcile_park_after_minutes", "RECONCILE_PARK_AFTER_MINUTES", "reconciler"),
+        ("webhook_retry_base_seconds", "WEBHOOK_RETRY_BASE_SECONDS", "retry_schedule"),
+        ("webhook_retry_max_delay_seconds", "WEBHOOK_RETRY_MAX_DELAY_SECONDS", "retry_schedule"),
+        ("webhook_retry_window_seconds", "WEBHOOK_RETRY_WINDOW_SECONDS", "retry_schedule"),
+        ("catalog_cache_seconds", "OMS_CATALOG_CACHE_SECONDS", "cached_catalog"),
+    ],
+)
+@pytest.mark.parametrize("value", [-1.0, 1e10, float("inf"), float("nan")])
+def test_a_duration_setting_that_would_fail_every_request_or_pass_is_refused_by_name(
+    setting: str, name: str, part: str, value: float
+):
+    # Each of these, read from the environment as a float, was taken as it came: NaN or inf made
+    # timedelta raise (ValueError, OverflowError) naming no setting, 1e10 minutes put a pass's
+    # cut-off before year 1 (every reconciler and jeopardy pass an OverflowError), 1e10 days of
+    # authorization made every capture's "lapsed?" sum leave the calendar, a NaN or negative
+    # webhook delay every retry's, and an infinite catalog cache kept a warm container's first read
+    # of the products and rules for ever. Refused where read, by name: the function's log line says
+    # which setting, and its errors alarm fires.
+    config = replace(CONFIG, order_workflow_arn="arn:workflow", returns_table="returns", **{setting: value})
+    container = bootstrap(config, order_repository=FakeOrders(), stepfunctions=object(), dynamodb=object())
+
+    with pytest.raises(ValueError, match=f"^{name} must be .*at most"):
+        getattr(container, part)
+
+
+def test_a_numeric_setting_that_is_not_a_number_is_refused_by_name(monkeypatch: pytest.MonkeyPatch):
+    # float() alone said "could not convert string to float: '15m'", naming no setting.
+    for name in ("ORDERS_TABLE", "INVENTORY_TABLE", "CATALOG_TABLE", "IDEMPOTENCY_TABLE"):
+        monkeypatch.setenv(name, "t")
+    monkeypatch.setenv("RECONCILE_AFTER_MINUTES", "15m")
+
+    with pytest.raises(ValueError, match=r"^RECONCILE_AFTER_MINUTES must be a number, not '15m'"):
+        Config.from_env()
+
+
+def test_duration_settings_up_to_100_years_are_taken():
+    settings = {
+        "authorization_valid_days": 36500.0,
+        "reconcile_after_minutes": 0.05,
+        "webhook_retry_window_seconds": 0.0,
+    }
+    container = bootstrap(replace(CONFIG, **settings), order_repository=FakeOrders(), dynamodb=object())
+
+    assert container.retry_schedule.window_seconds == 0.0
+    assert container.pending_refund_sweep is not None
+    assert container.actions is not None
+
+
 def test_a_warm_container_is_built_once_overridden_for_a_block_and_forgotten_on_request():
     built: list[Container] = []
 

@@ -190,6 +190,27 @@ def test_after_the_window_the_built_in_policy_refuses_with_return_window_closed(
     assert store.returns == {}
 
 
+def test_the_return_window_takes_fractions_of_days_as_its_number_parameter_allows(monkeypatch):
+    # ReturnWindowDays is a template Number (30.5 deploys): read with int(), every return request failed.
+    from plugins.return_policy import window
+
+    monkeypatch.setenv("OMS_RETURN_WINDOW_DAYS", "2.5")
+
+    assert window() == timedelta(days=2.5)
+
+
+@pytest.mark.parametrize("raw", ["-1", "36501", "99999999999", "1e10", "inf", "nan", "thirty"])
+def test_a_return_window_that_cannot_be_a_wait_is_refused_by_name(monkeypatch, raw: str):
+    # 99999999999 days overflowed timedelta, and nan or 1e10 failed int(), each with an error
+    # naming no setting, on every return request.
+    from plugins.return_policy import window
+
+    monkeypatch.setenv("OMS_RETURN_WINDOW_DAYS", raw)
+
+    with pytest.raises(ValueError, match=r"^OMS_RETURN_WINDOW_DAYS must be a number of days from 0 to 36500"):
+        window()
+
+
 class EscapingRefusal:
     """A policy whose refusal quotes what the shop's service said, terminal escapes and a bidi override included."""
 
