@@ -2354,7 +2354,10 @@ class Order(BaseModel, defer_build=True):
     # --- Deciding ----------------------------------------------------------------------------
     def _bookkeeping(self, *, at: datetime, **changes: Any) -> Bookkeeping:
         """The next version with `changes` to the system's own fields and no history entry
-        (Bookkeeping): written, as every change, on the condition of this version."""
+        (Bookkeeping): written, as every change, on the condition of this version. Stored before
+        `status_since` existed, its clock is pinned where `updated_at` had it, as _next pins it."""
+        if self.status_since is None:
+            changes = {"status_since": self.updated_at, **changes}
         new = _replaced(self, **changes, version=self.version + 1, updated_at=at, changed_before_mark=None)
         check_successor(self, new)
         return new, None
