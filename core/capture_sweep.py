@@ -81,7 +81,7 @@ class UnrecordedCaptureSweep:
     gateway answers the same. The pass that met the refusal reports it (CapturesNotSettled); the
     person holding the order settles it. A gateway found unavailable is not asked again in the same
     pass. Either way the order is held first (when it can be), so the scan finds it again, late for
-    its hold, and hands it on again; the hold's expiry cancels it, which settles it too. Given a
+    its hold, and hands it on again (the hold's expiry never cancels it: Hold.parked). Given a
     Cancellation that records failures with core.order_changes.outage_noted_once (as the handler's
     is), an outage is in an order's history once, not once per attempt."""
 

@@ -107,13 +107,14 @@ def api_order(document: dict[str, Any]) -> dict[str, Any]:
     and the API signs a short-lived link to it at each read; an event outlives such a link, so
     its `label_url` is null (GET /orders/{id} gives a fresh one). A document this version's model
     cannot read (a status or field added since) is shown as stored, which is the API's JSON plus
-    what only the system reads (the status a hold resumes to), left out here."""
+    what only the system reads (the status a hold resumes to, whether it is a park), left out here."""
     try:
         order = with_references_shown(with_refunds_shown(Order.model_validate(document))).model_dump(mode="json")
     except ValidationError:
         order = json.loads(json.dumps(document))
         if isinstance(order.get("hold"), dict):
             order["hold"].pop("resume_to", None)
+            order["hold"].pop("parked", None)
         if isinstance(order.get("payment"), dict):
             order["payment"] = references_shown_in(order["payment"])
     for shipment in order.get("shipments") or []:

@@ -1,6 +1,7 @@
 """Jeopardy: a deadline per order status (OMS_SLA); the scheduled scan marks orders past theirs,
-cancels orders held longer than allowed (reason hold_expired; never a park, which an
-infrastructure failure put on and only a person ends: Order.hold_expiry_counts_from) and returns
+cancels orders held longer than allowed (reason hold_expired; never a park or an order held to
+confirm whether its parcel left, which an infrastructure failure put on and only a person ends:
+Order.hold_expiry_counts_from) and returns
 never received within OMS_RETURN_EXPIRY_DAYS of their approval, or of their request while not
 approved (reason return_expired, core/returns.py's Returns.expire).
 
@@ -259,8 +260,8 @@ class JeopardyScan:
         def decide(order: Order):
             # Conditional on the order read: a release that lands first wins, and this re-reads
             # and leaves the released order alone.
-            # A park (the workflow's, for an infrastructure failure) never expires: it waits for
-            # a person, and only a business outcome cancels a paid order.
+            # The system's hold for an infrastructure failure (a park, a parcel to confirm) never
+            # expires: it waits for a person, and only a business outcome cancels a paid order.
             nonlocal expired
             since = order.hold_expiry_counts_from
             expired = since is not None and since <= held_before

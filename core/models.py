@@ -1151,10 +1151,12 @@ class Hold(BaseModel, defer_build=True):
     # Always stored; None only in an Order read back from a response (POST /orders re-validates
     # its own answer, an Idempotency-Key replays it), which is never written or released.
     resume_to: OrderStatus | None = Field(default=None, exclude=True)
-    # A park (Order.park): the workflow's failure path put it on for a person, for an
-    # infrastructure reason, so no hold expiry cancels it (Order.hold_expiry_counts_from). The
-    # system's own like `resume_to`; stored on parks only (a merchant's hold of reason `other`
-    # may carry any note, so nothing else tells the two apart).
+    # A hold the system put on for a person after an infrastructure failure, so no hold expiry
+    # cancels it (Order.hold_expiry_counts_from): a park (Order.park, the workflow's failure path),
+    # or an order whose ship died after its capture, held to confirm whether the parcel left
+    # (Order.hold_unfinished_ships: a cancel would put units that may have left back on sale). The
+    # system's own like `resume_to`; stored on those only (a merchant's hold of reason `other`
+    # may carry any note, so nothing else tells them apart).
     parked: bool = Field(default=False, exclude=True)
 
 
@@ -1797,8 +1799,10 @@ class Order(BaseModel, defer_build=True):
     @property
     def hold_expiry_counts_from(self) -> datetime | None:
         """When the hold expiry (OMS_HOLD_EXPIRY_DAYS) starts counting for this order: when it was
-        put on hold. None when it is not on hold, or when its hold is a park (Order.park): an
-        infrastructure failure parked it for a person, and only a business outcome cancels it."""
+        put on hold. None when it is not on hold, or when its hold is the system's for an
+        infrastructure failure (`hold.parked`: a park, Order.park, or a ship that died after its
+        capture, Order.hold_unfinished_ships): it waits for a person, and only a business outcome
+        cancels it."""
         if self.status is not OrderStatus.ON_HOLD or (self.hold is not None and self.hold.parked):
             return None
         return self.in_status_since
@@ -2359,7 +2363,10 @@ class Order(BaseModel, defer_build=True):
     # --- Deciding ----------------------------------------------------------------------------
     def _bookkeeping(self, *, at: datetime, **changes: Any) -> Bookkeeping:
         """The next version with `changes` to the system's own fields and no history entry
-        (Bookkeeping): written, as every change, on the condition of this version."""
+        (Bookkeeping): written, as every change, on the condition of this version. Stored before
+        `status_since` existed, its clock is pinned where `updated_at` had it, as _next pins it."""
+        if self.status_since is None:
+            changes = {"status_since": self.updated_at, **changes}
         new = _replaced(self, **changes, version=self.version + 1, updated_at=at, changed_before_mark=None)
         check_successor(self, new)
         return new, None
@@ -2495,15 +2502,17 @@ class Order(BaseModel, defer_build=True):
         return self._bookkeeping(at=at, own_void_owed=True)
 
     def parked_from(self, history: list[HistoryEntry], *, at: datetime) -> Bookkeeping | None:
-        """The one-off upgrade of an order parked before a park stored that it is one
-        (`hold.parked`), which the hold expiry would cancel like a person's hold: marked when the
-        `on_hold` entry its hold began with in `history` is a park's (`detail.parked`, Order.park).
-        None when it is not on hold, is marked already, or its hold is a person's. Bookkeeping,
-        for infra.backfill_orders."""
+        """The one-off upgrade of an order held by the system for an infrastructure failure before
+        such a hold stored that it is one (`hold.parked`), which the hold expiry would cancel like
+        a person's hold: marked when the `on_hold` entry its hold began with in `history` is a
+        park's (`detail.parked`, Order.park) or a ship's that died after its capture
+        (`detail.shipment_ids`, Order.hold_unfinished_ships). None when it is not on hold, is
+        marked already, or its hold is a person's. Bookkeeping, for infra.backfill_orders."""
         if self.status is not OrderStatus.ON_HOLD or self.hold is None or self.hold.parked:
             return None
         began = next((entry for entry in reversed(history) if entry.type == OrderEvent.ON_HOLD), None)
-        if began is None or not (began.detail or {}).get("parked"):
+        detail = (began.detail or {}) if began is not None else {}
+        if not (detail.get("parked") or detail.get("shipment_ids")):
             return None
         return self._bookkeeping(at=at, hold=_replaced(self.hold, parked=True))
 
@@ -2931,13 +2940,17 @@ class Order(BaseModel, defer_build=True):
         """The ships of `shipment_ids` asked for their captures and never finished (their requests
         died, and nobody shipped again): on hold for a person to confirm whether each parcel left,
         which nothing the order holds can say. The jeopardy scan's handler gives those captures back
-        (core/capture_sweep.py), so a parcel that left is shipped again after the release."""
+        (core/capture_sweep.py), so a parcel that left is shipped again after the release. Only a
+        person ends it: no hold expiry cancels it (Hold.parked)."""
         shipments = ", ".join(shipment_ids)
         note = (
             f"a ship (or collect) of {shipments} died after asking for its capture, which is refunded: confirm "
             "whether the parcel left; if it did, release the order and ship (or collect) it again"
         )
-        return self.hold_for("other", note[:500], at=at, actor=actor, detail={"shipment_ids": list(shipment_ids)})
+        # The system's hold for a person, as a park is: no hold expiry cancels it (Hold.parked).
+        return self.hold_for(
+            "other", note[:500], at=at, actor=actor, detail={"shipment_ids": list(shipment_ids)}, parked=True
+        )
 
     def mark_jeopardy(self, reason: str, since: datetime, *, at: datetime, actor: str) -> Change:
         """Late for its current status (the scan found it past its deadline `since`)."""

@@ -296,7 +296,8 @@ CARRIER_WORK_KEY = "carrier"
 # it may expire and none twice: PICKUP_PK, an order with a pickup waiting at its store, by its
 # earliest `collect_by` (the pickup expiry, core/pickups.py); HELD_PK, an order on hold, by when
 # its hold began, in the same `collect_by` (the jeopardy scan's hold expiry: Order.
-# hold_expiry_counts_from). A park (Order.park) is never expired and has no entry. The two never
+# hold_expiry_counts_from). A park (Order.park), as an order held to confirm whether its parcel
+# left (Order.hold_unfinished_ships), is never expired and has no entry (Hold.parked). The two never
 # meet: a held order's pickup waits (Order.pickup_deadline). Only held orders and waiting pickups
 # are in it: the typical order writes no entry.
 PICKUP_PK = "ready_for_pickup"
@@ -1202,10 +1203,11 @@ def backfill_own_voids_owed(client: Any, table: str, page_size: int = 500, attem
 
 
 def backfill_parks(client: Any, table: str, page_size: int = 500, attempts: int = 5) -> tuple[int, int]:
-    """The one-off upgrade of orders parked before a park stored that it is one (Hold.parked):
-    each order on hold is read again with its history and marked when its hold is a park's
-    (Order.parked_from), which takes it out of the hold expiry's index (_upgraded_from_history);
-    returns (orders marked, orders already right)."""
+    """The one-off upgrade of orders parked (or held to confirm whether a parcel left) before such
+    a hold stored that it is one (Hold.parked): each order on hold is read again with its history
+    and marked when its hold is a park's or a parcel to confirm's (Order.parked_from), which takes
+    it out of the hold expiry's index (_upgraded_from_history); returns (orders marked, orders
+    already right)."""
     return _upgraded_from_history(
         client, table, page_size, attempts,
         needs=lambda order: order.status is OrderStatus.ON_HOLD and order.hold is not None and not order.hold.parked,

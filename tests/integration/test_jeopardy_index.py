@@ -215,6 +215,25 @@ def test_the_backfill_marks_a_park_stored_before_parks_were_marked_and_the_expir
     assert backfill_parks(aws.dynamodb, aws.tables["OrdersTable"]) == (0, 2)  # a second run writes nothing
 
 
+def test_the_backfill_marks_a_hold_to_confirm_a_parcel_stored_before_it_was_marked(aws, capture, orders, late):
+    """The jeopardy handler's hold of an order whose ship died after its capture (ShipsToConfirm),
+    stored before such a hold was marked: the expiry would cancel it, parcel gone or not."""
+    from functions.adapters.dynamodb import backfill_parks
+
+    order = capture.place(place_order(external_id="s"), actor="k")
+    current = orders.get(order.id)
+    held, entry = current.hold_unfinished_ships(["shp_1"], at=NOW, actor="jeopardy_scan")
+    assert held.hold.parked
+    unmarked = held.model_copy(update={"hold": held.hold.model_copy(update={"parked": False})})
+    orders.update(unmarked, current, [entry])  # as an earlier version stored it
+    assert late.held_since_before(NOW + timedelta(days=2), 10) == [order.id]
+
+    assert backfill_parks(aws.dynamodb, aws.tables["OrdersTable"]) == (1, 0)
+
+    assert orders.get(order.id).hold.parked and late.held_since_before(NOW + timedelta(days=2), 10) == []
+    assert expiry_index_entries(aws) == {}
+
+
 def test_one_channels_late_orders_page_on_past_the_read_budget_and_no_cursor_names_an_order(
     aws, capture, orders, monkeypatch
 ):

@@ -17,7 +17,7 @@ from core.cancellation import Cancellation
 from core.capture_sweep import CapturesNotSettled, CapturesSettled, UnrecordedCaptureSweep
 from core.errors import TransientError
 from core.events import OrderEvent
-from core.holds import Holds, ReleaseRequest
+from core.holds import HoldRequest, Holds, ReleaseRequest
 from core.jeopardy import SCAN_ACTOR, JeopardyScan, parse_sla
 from core.models import Order
 from core.money import Money
@@ -529,3 +529,31 @@ def test_a_ship_that_died_on_an_order_marked_late_already_is_settled_by_a_later_
     assert after.captures_requested == [] and after.payment.captured.amount == 0
     assert [amount for _, amount, _ in world.spy.refunded] == [order.totals.grand_total]
     assert (after.status, after.hold.resume_to) == (OrderStatus.ON_HOLD, OrderStatus.ALLOCATED)
+
+
+def test_the_hold_expiry_never_cancels_an_order_held_to_confirm_whether_its_parcel_left(world, clock, monkeypatch):
+    """Issue 10: only a business outcome ends a paid order. Its ship died (an infrastructure
+    failure) and nobody knows whether the parcel left: a cancel would put units that may have left
+    back on sale and void the authorization a ship again needs. It waits for a person, like a park;
+    released and held again by a person, that hold expires like any other."""
+    order, _ = a_ship_that_died(world, monkeypatch)
+    clock.advance(**LATE)
+    assert a_pass(world, clock).held == [order.id]
+    held = world.order(order.id)
+    assert held.hold_expiry_counts_from is None and held.hold.parked
+    assert "parked" not in held.model_dump_json()
+    clock.advance(days=30)
+
+    expiring = JeopardyScan(
+        InMemoryLateOrders(world.orders), world.orders, world.actions.cancel, clock,
+        sla=parse_sla(""), hold_expiry=timedelta(days=1), captures_after=timedelta(minutes=15),
+    )  # fmt: skip
+    assert expiring.run().expired == []
+
+    after = world.order(order.id)
+    assert (after.status, after.payment.status) == (OrderStatus.ON_HOLD, PaymentStatus.AUTHORIZED)
+    assert world.level("TSHIRT", "wh-west") == (10, 2, 8) and world.spy.voided == []
+    Holds(world.orders, clock).release(order.id, ReleaseRequest(note="it never left"), "key_ops")
+    Holds(world.orders, clock).hold(order.id, HoldRequest(reason="other"), "key_ops")
+    clock.advance(days=2)
+    assert expiring.run().expired == [order.id]

@@ -142,6 +142,19 @@ def test_a_hold_and_its_release_are_on_hold_and_released_not_the_status_resumed(
     assert types(held, cancelled) == ["order.cancelled"]
 
 
+@pytest.mark.parametrize("status", ["authorized", "a_status_added_later"])
+def test_a_parks_event_never_shows_what_tells_it_from_a_persons_hold(status: str):
+    """`hold.parked` and `resume_to` are the store's own, also in an order this version's model
+    cannot read (a status added since), which the event shows as stored, less them."""
+    old = order_doc(status="authorized")
+    hold = {"reason": "other", "note": "order workflow failed", "since": "2026-12-01T10:05:00Z"}
+    parked = next_version(old, status="on_hold", hold={**hold, "resume_to": status, "parked": True})
+
+    (event,) = order_events(old, parked)
+
+    assert event.type is EventType.ORDER_ON_HOLD and event.data["order"]["hold"] == hold
+
+
 def test_an_authorization_recorded_on_an_order_held_meanwhile_is_order_authorized():
     # A hold placed while the payment was being authorized: the authorization is recorded on the held
     # order (Order.authorize), whose release resumes to `authorized`, a status it never reaches anew.

@@ -529,6 +529,26 @@ def test_marking_an_order_stored_before_status_since_late_does_not_restart_its_s
     assert done.expired == [order_id] and world.order(order_id).status is S.CANCELLED
 
 
+def test_bookkeeping_on_an_order_stored_before_status_since_does_not_put_off_its_hold_expiry(world):
+    """A write with no history entry (Bookkeeping: here an authorization key given up, as a lost
+    race's void the gateway could not make) moves `updated_at` too: on an order stored before
+    `status_since` existed it would restart the clock the hold expiry (and its index entry's
+    `collect_by`) counts from. It is pinned there as a change's is."""
+    clock = Clock()
+    order_id = held_holding_stock(world, clock)
+    world.orders.orders[order_id] = world.order(order_id).model_copy(update={"status_since": None})
+    clock.advance(days=1)
+    current = world.order(order_id)
+    kept, _ = current.give_up_key("key-lost", at=clock.now)
+    world.orders.update(kept, current, [])
+    assert world.order(order_id).hold_expiry_counts_from == NOW
+
+    clock.advance(days=1, seconds=1)
+    done = scan(world, clock, hold_expiry=timedelta(days=2)).run()
+
+    assert done.expired == [order_id] and world.order(order_id).status is S.CANCELLED
+
+
 # --- Expired returns (OMS_RETURN_EXPIRY_DAYS) ---------------------------------------------------
 
 
