@@ -907,8 +907,9 @@ class PaymentRefund(BaseModel, defer_build=True):
     over_capture: Money | None = Field(
         default=None,
         description="An appeasement made while the payment held more than the order costs (units "
-        "cancelled after their share was captured, the refund of it refused): what of it gives that "
-        "back, which the settlement counts as given back (null: none of it, or any other refund)",
+        "cancelled after their share was captured, the refund of it refused until left to a person: "
+        "core.refunds.left_to_a_person): what of it gives that back, which the settlement counts as "
+        "given back (null: none of it, or any other refund)",
     )
 
 

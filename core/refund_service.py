@@ -147,9 +147,9 @@ class RefundService:
             if order.payment.refund_by_id(refund_id) is not None:
                 return None
             written.append(True)
-            # An appeasement gives back first what the payment holds beyond the order's total (its
-            # settlement refund refused, perhaps left to a person): decided here, on the order as
-            # it is written, and kept on the refund, so that no settlement refunds that part again.
+            # An appeasement gives back first what the payment holds beyond the order's total that the
+            # gateway's refusals left to a person (core.refunds.over_capture_owed): decided here, on
+            # the order as it is written, and kept on the refund, so no settlement refunds it again.
             owed = over_capture_owed(order) if kind == "appeasement" else None
             return order.begin_refund(
                 refund_id, amount, reason=reason, kind=kind, return_id=return_id,

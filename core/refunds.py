@@ -16,8 +16,8 @@ from core.money import Money
 
 __all__ = [
     "KEPT_BACK_REFUSALS", "KeptBackOwed", "Refund", "RefundRequest", "appeased_over_capture", "cumulative_share",
-    "given_back_for_units", "kept_back_owed", "kept_back_refusals", "over_capture_owed", "owes_kept_back",
-    "payment_holds", "refund_due", "refund_id_for", "refunded_beyond_lines", "refunded_for_return",
+    "given_back_for_units", "kept_back_owed", "kept_back_refusals", "left_to_a_person", "over_capture_owed",
+    "owes_kept_back", "payment_holds", "refund_due", "refund_id_for", "refunded_beyond_lines", "refunded_for_return",
     "refunded_short_of_lines", "shipping_refunded", "units_refunded", "units_share", "went_back", "went_back_id",
     "with_refunds_shown",
 ]  # fmt: skip
@@ -239,11 +239,34 @@ def payment_holds(order: Order) -> Money:
 
 
 def over_capture_owed(order: Order) -> Money:
-    """What the payment holds beyond what the order now costs (payment_holds) that no settlement
-    refund is on its way for (zero when nothing is): what an appeasement gives back first
-    (PaymentRefund.over_capture, decided as it is written: RefundService.issue_refund)."""
-    over = payment_holds(order) - order.payable()
-    return over if over.amount > 0 else Money.zero(order.currency)
+    """What the payment holds beyond what the order now costs (payment_holds) that the gateway's
+    refusals left to a person (left_to_a_person; zero when nothing is): what an appeasement gives
+    back first (PaymentRefund.over_capture, decided as it is written: RefundService.issue_refund).
+    While the OMS still asks the settlement's refund itself (pending, or refused fewer than
+    OVER_CAPTURE_REFUSALS times: a cancel, ship or delivery repeated asks it again), an appeasement
+    is goodwill on top of it: taken as giving it back, the customer would lose the goodwill."""
+    zero = Money.zero(order.currency)
+    left = left_to_a_person(order)
+    if left is None:
+        return zero
+    over = min(payment_holds(order) - order.payable(), left, key=_amount)
+    return over if over.amount > 0 else zero
+
+
+def left_to_a_person(order: Order) -> Money | None:
+    """What is left to a person of the refund of what the captures held beyond the total, when the
+    gateway refused the last ones OVER_CAPTURE_REFUSALS times in a row for it (None otherwise, or
+    when nothing is left): nothing asks it again; a person gives it back with an appeasement, and
+    what the appeasements since gave back of it (appeased_over_capture, which payment_holds counts
+    too) is no longer left to them."""
+    settlements = [i for i, r in enumerate(order.payment.refunds) if r.kind == "cancellation"]
+    if not settlements:
+        return None
+    last = order.payment.refunds[settlements[-1]]
+    if last.status != "failed" or refused_in_a_row(order, last.amount) < OVER_CAPTURE_REFUSALS:
+        return None
+    left = last.amount - appeased_over_capture(order, order.payment.refunds[settlements[-1] + 1 :])
+    return left if left.amount > 0 else None
 
 
 def appeased_over_capture(order: Order, refunds: list[PaymentRefund] | None = None) -> Money:

@@ -42,12 +42,10 @@ from core.ports import CatalogRepository, InventoryRepository, LabelStore, Order
 from core.refund_service import RefundService, show_refunded_in_all
 from core.refunds import (
     KEPT_BACK_REFUSALS,
-    OVER_CAPTURE_REFUSALS,
-    appeased_over_capture,
     kept_back_owed,
     kept_back_refusals,
+    left_to_a_person,
     payment_holds,
-    refused_in_a_row,
 )
 from core.services import CaptureService
 from core.status import NOT_LEFT, OrderStatus, PaymentStatus, ShipmentStatus
@@ -646,32 +644,16 @@ def held_beyond_total(order: Order) -> Money:
     """What the payment holds beyond what the order now costs, as far as it can still be refunded
     (zero when nothing is over): what the settlement refunds, or, refused, still owes (a return of
     an exchange's replacement leaves it to it: core.returns). No more than what is left to a person
-    (_left_to_a_person) is not capped so: it is owed whatever else took from what can be refunded
+    (core.refunds.left_to_a_person) is not capped so: it is owed whatever else took from what can be refunded
     (an exchange's credit would count the rest as paid by the card). The appeasement that gives it
     back lowers both what can be refunded and, as far as it gives back what the payment holds
     beyond the total (PaymentRefund.over_capture), what it holds (payment_holds): that part is
     never refunded again, however a later cancel raises what is held beyond the total."""
     over = payment_holds(order) - order.payable()
-    left = _left_to_a_person(order)
+    left = left_to_a_person(order)
     if left is None or over > left:
         over = min(over, max(order.refundable(), Money.zero(order.currency)))
     return over if over.amount > 0 else Money.zero(order.currency)
-
-
-def _left_to_a_person(order: Order) -> Money | None:
-    """What is left to a person of the refund of what the captures held beyond the total, when the
-    gateway refused the last ones OVER_CAPTURE_REFUSALS times in a row for it (None otherwise, or
-    when nothing is left): nothing asks it again; a person gives it back with an appeasement, and
-    what the appeasements since gave back of it (core.refunds.appeased_over_capture, which
-    payment_holds counts too) is no longer left to them."""
-    settlements = [i for i, r in enumerate(order.payment.refunds) if r.kind == "cancellation"]
-    if not settlements:
-        return None
-    last = order.payment.refunds[settlements[-1]]
-    if last.status != "failed" or refused_in_a_row(order, last.amount) < OVER_CAPTURE_REFUSALS:
-        return None
-    left = last.amount - appeased_over_capture(order, order.payment.refunds[settlements[-1] + 1 :])
-    return left if left.amount > 0 else None
 
 
 def _over_capture(order: Order) -> tuple[str, Money] | None:
@@ -681,7 +663,7 @@ def _over_capture(order: Order) -> tuple[str, Money] | None:
     over = held_beyond_total(order)
     if over.amount <= 0:
         return None
-    left = _left_to_a_person(order)
+    left = left_to_a_person(order)
     if left is not None and over <= left:
         return None
     settlements = [refund for refund in order.payment.refunds if refund.kind == "cancellation"]

@@ -761,6 +761,32 @@ def test_an_appeasement_left_pending_by_an_outage_counts_once_whichever_finishes
     assert settled(done) == done.totals.grand_total
 
 
+def test_goodwill_given_while_the_settlement_is_still_asked_is_not_taken_as_the_over_capture():
+    # The gateway refused the settlement's refund of the 12.86 once: the OMS asks it again (a cancel,
+    # ship or delivery repeated), nothing is left to a person. A 5.00 appeasement for a late parcel
+    # is then goodwill. Before: it was counted as giving back 5.00 of the 12.86, the repeat asked
+    # only 7.86, and the customer ended with 12.86 back instead of 17.86 (the goodwill never paid).
+    world = build_world([("PEN", "wh-west", 5), ("CAP", "wh-east", 8)], ShippingPerUnitOf20())
+    order = world.allocated(("CAP", 1), ("PEN", 3), shipping_method="per_unit")
+    world.actions.ship(order.id, world.shipment_at(order, "wh-east"), None, actor="key_wh")
+    world.gateway.script("refund", "refuse")
+    world.actions.cancel(order.id, "one pen", actor="key_web", lines={"L2": 1}, request_key="k-1")
+    world.gateway.script("refund", "approve")
+    goodwill = Money.of("5.00", "USD")
+    given = world.refunds.issue_refund(order.id, goodwill, "the parcel came late", "cs-1", "key_cs")
+    assert given.status == "succeeded"
+    assert world.order(order.id).payment.refunds[-1].over_capture is None
+
+    done = world.actions.cancel(order.id, "one pen", actor="key_web", lines={"L2": 1}, request_key="k-1")
+
+    assert [(r.kind, r.status, r.amount) for r in done.payment.refunds] == [
+        ("cancellation", "failed", Money.of("12.86", "USD")),
+        ("appeasement", "succeeded", goodwill),
+        ("cancellation", "succeeded", Money.of("12.86", "USD")),
+    ]
+    assert settled(done) == done.totals.grand_total - goodwill
+
+
 def test_a_return_after_an_appeased_over_capture_and_a_cancel_that_raised_it_gives_back_the_rest_once():
     world, left, east = over_capture_left_to_a_person_with_pens_to_ship()
     world.refunds.issue_refund(left.id, Money.of("12.86", "USD"), "the pen's shipping", "cs-1", "key_cs")
