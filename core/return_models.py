@@ -341,6 +341,11 @@ class Return(BaseModel):
         """The returns this one's step finished the refunds of show them now (shows_owed)."""
         return self._kept(shows_owed=[])
 
+    def listed_again(self) -> Return:
+        """A new version changing nothing shown: written, a received return is listed again for the
+        reconciler's returns pass (ReceivedReturns), which may have set it aside."""
+        return self._kept()
+
     def _kept(self, **fields: Any) -> Return:
         """A new version changing only what the system keeps for itself: its `updated_at` is still
         its last change shown (the reconciler's returns pass judges a received return by it)."""

@@ -311,3 +311,40 @@ def test_a_pass_stops_asking_step_functions_once_it_keeps_refusing(world):
 
     assert reconciler(world, clock, workflow).run() == []
     assert len(workflow.started) == MAX_REFUSED_STARTS
+
+
+def test_a_return_set_aside_whose_next_workflow_waits_for_its_plugin_is_resumed_once_the_plugin_is_back(world):
+    """Set aside as left to a person, the return is received again by the person (a receipt of a
+    received return writes nothing) and its new workflow gets stuck for want of its payment plugin,
+    removed meanwhile: that workflow's record of it stuck lists the return again, so the pass that
+    finds the plugin back resumes it, as any return waiting for its plugin."""
+    clock = Clock()
+    plugin = Uninstalled()
+    returns = returns_service(world, clock, plugin, world.gateway)
+    workflow = InlineReturnWorkflow()
+    workflow.returns = returns
+    item = one_mug_returned(world, returns)
+    returns.receive(item.id, RECEIPT, "key_wh")
+    world.gateway.script("refund", "refuse")
+    with pytest.raises(RefundNotDone):
+        returns.refund(item.id, "returns-workflow")
+    returns.stuck(item.id, "RefundNotDone", "the gateway refused the refund", actor="returns-workflow")
+    world.gateway.script("refund", "approve")
+    clock.advance(hours=1)
+    methods = Payments(build_plugin_manager(plugin, enable_test_payments=True)).methods
+    index = InMemoryReceivedReturns(world.returns)
+    assert reconciler(world, clock, workflow, payment_methods=methods).run() == []
+    assert list(index.received_before(clock())) == []  # set aside: left to a person
+
+    # The person receives it again; its new workflow finds the payment plugin removed.
+    assert returns.receive(item.id, RECEIPT, "key_wh").version == world.returns.get(item.id).version
+    plugin.gone = True
+    with pytest.raises(RefundNotDone):
+        returns.refund(item.id, "returns-workflow")
+    returns.stuck(item.id, "RefundNotDone", "the refund is failed; it is tried again", actor="returns-workflow")
+    clock.advance(hours=1)
+    assert reconciler(world, clock, workflow, payment_methods=methods).run() == []  # the plugin is not back
+    plugin.gone = False
+
+    assert reconciler(world, clock, workflow, payment_methods=methods).run() == [item.id]
+    assert world.returns.get(item.id).status is R.REFUNDED
