@@ -14,3 +14,18 @@ TimeUp = Callable[[], bool]
 def never() -> bool:
     """No deadline: a pass run by hand, by a test, or by a caller with no time limit."""
     return False
+
+
+class Deadline:
+    """An invocation's TimeUp: true once less than `reserve_millis` is left of it (as
+    `remaining_millis` answers: a Lambda context's get_remaining_time_in_millis), and from then on;
+    `reached` says a pass was told so (it had work left)."""
+
+    def __init__(self, remaining_millis: Callable[[], int], reserve_millis: int):
+        self._remaining_millis = remaining_millis
+        self._reserve_millis = reserve_millis
+        self.reached = False
+
+    def __call__(self) -> bool:
+        self.reached = self.reached or self._remaining_millis() < self._reserve_millis
+        return self.reached

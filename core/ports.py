@@ -126,10 +126,17 @@ class ReceivedReturns(ABC):
         page."""
 
     @abstractmethod
-    def set_aside(self, item: Return) -> None:
+    def waiting_for_plugin(self, method: str, before: datetime) -> Iterator[str]:
+        """Ids of the returns set aside as waiting for a payment plugin that takes `method`
+        (set_aside's `waiting_for`), created before `before`, oldest first, read a page at a time
+        as the caller takes them."""
+
+    @abstractmethod
+    def set_aside(self, item: Return, *, waiting_for: str | None = None) -> None:
         """Leave the return out of received_before until its next write (which lists it again),
         provided it is still at its version and `received`: it is left to a person, and nothing is
-        to be started for it until it changes."""
+        to be started for it until it changes; with `waiting_for` (a payment method), its refund
+        waits for a plugin that takes that method, and waiting_for_plugin lists it meanwhile."""
 
 
 class CatalogRepository(ABC):

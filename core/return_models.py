@@ -342,6 +342,11 @@ class Return(BaseModel):
         `still_owed`, whose refunds are still pending (core.refund_service.show_owed)."""
         return self._kept(shows_owed=list(still_owed or []))
 
+    def listed_again(self) -> Return:
+        """A new version changing nothing shown: written, a received return is listed again for the
+        reconciler's returns pass (ReceivedReturns), which may have set it aside."""
+        return self._kept()
+
     def _kept(self, **fields: Any) -> Return:
         """A new version changing only what the system keeps for itself: its `updated_at` is still
         its last change shown (the reconciler's returns pass judges a received return by it)."""

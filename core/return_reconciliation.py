@@ -24,17 +24,19 @@ requested (a superset of those received before the moment); each is then judged 
 at the oldest end of that range, for as long as the person takes: the pass that finds it so sets it
 aside (out of the index until the return's next write, which lists it again), so such returns,
 however many, never spend a pass's reads (`max_reads`) before a receipt lost after them. One
-waiting for its payment plugin stays in the index, read past, to be started once the plugin is back.
+waiting for its payment plugin is set aside under its payment method (as many may wait as a
+removed plugin's method took returns): a pass reads those, after the received returns, only for the
+methods a plugin takes now, and starts them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
-from itertools import islice
+from itertools import chain, islice
 
 from core.deadline import TimeUp, never
-from core.errors import TransientError
+from core.errors import PluginUnavailable, TransientError
 from core.events import OrderEvent
 from core.ports import OrderRepository, ReceivedReturns, ReturnRepository, ReturnWorkflowStarter
 from core.reconciliation import MAX_REFUSED_STARTS
@@ -44,7 +46,7 @@ from core.status import ReturnStatus
 
 # Why a received return's workflow is not started again (ReturnReconciler._stuck).
 LEFT_TO_A_PERSON = "left_to_a_person"  # set aside: only its next write lists it again
-WAITS_FOR_PLUGIN = "waits_for_plugin"  # kept: started once a payment plugin takes its method
+WAITS_FOR_PLUGIN = "waits_for_plugin"  # set aside by method: started once a plugin takes it
 
 
 class ReturnReconciler:
@@ -85,7 +87,7 @@ class ReturnReconciler:
         restarted: list[str] = []
         refused = 0
         self._taken = None  # the payment methods taken, asked once a pass
-        candidates = self._candidates.received_before(received_before)
+        candidates = chain(self._candidates.received_before(received_before), self._waited(received_before))
         for return_id in islice(candidates, self._max_reads):
             if time_up():
                 break
@@ -98,10 +100,12 @@ class ReturnReconciler:
                 item = show_owed(self._returns, self._orders, item, self._clock())
             stuck = self._stuck(item)
             if stuck is not None:
-                if stuck == LEFT_TO_A_PERSON and not item.shows_owed:
-                    # No later pass reads it again until it changes; one still owing other returns
-                    # their refresh stays, for the next pass to finish that.
-                    self._candidates.set_aside(item)
+                reason, method = stuck
+                if not item.shows_owed:
+                    # No later pass reads it again until it changes (or, waiting for its plugin,
+                    # until a plugin takes its method); one still owing other returns their
+                    # refresh stays, for the next pass to finish that.
+                    self._candidates.set_aside(item, waiting_for=method if reason == WAITS_FOR_PLUGIN else None)
                 continue
             try:
                 self._starter.start(item.id, channel=item.channel)
@@ -115,10 +119,22 @@ class ReturnReconciler:
                 break
         return restarted
 
-    def _stuck(self, item: Return) -> str | None:
+    def _waited(self, received_before: datetime) -> Iterator[str]:
+        """The returns set aside as waiting for a payment plugin, of the methods a plugin takes
+        now (asked only once the received returns are read); none while a plugin failed to load
+        (no plugin is called then: they wait, set aside, for a pass after it loads)."""
+        try:
+            taken = self._methods_taken()
+        except PluginUnavailable:
+            return
+        for method in sorted(taken):
+            yield from self._candidates.waiting_for_plugin(method, received_before)
+
+    def _stuck(self, item: Return) -> tuple[str, str] | None:
         """Whether a workflow of `item` recorded it stuck, after its receipt, on the order's
-        history: LEFT_TO_A_PERSON, or WAITS_FOR_PLUGIN when its refund waits for a payment plugin
-        that is not back yet; None when it is not stuck, or waited for a plugin that is back now."""
+        history, and the order's payment method: LEFT_TO_A_PERSON, or WAITS_FOR_PLUGIN when its
+        refund waits for a payment plugin that is not back yet; None when it is not stuck, or
+        waited for a plugin that is back now."""
         found = self._orders.history(item.order_id)
         if found is None:
             return None
@@ -136,9 +152,10 @@ class ReturnReconciler:
             entry for entry in history[: stuck[-1]]
             if entry.type is OrderEvent.PAYMENT_REFUND_FAILED and (entry.detail or {}).get("refund_id") in refunds
         ]  # fmt: skip
+        method = order.payment.method
         if not (failures and (failures[-1].detail or {}).get("kind") == "no_plugin"):
-            return LEFT_TO_A_PERSON
-        return None if order.payment.method in self._methods_taken() else WAITS_FOR_PLUGIN
+            return LEFT_TO_A_PERSON, method
+        return None if method in self._methods_taken() else (WAITS_FOR_PLUGIN, method)
 
     def _methods_taken(self) -> set[str]:
         if self._payment_methods is None:

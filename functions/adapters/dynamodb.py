@@ -628,6 +628,9 @@ RETURN_LIST_PK = "return"
 # person (DynamoReceivedReturns.set_aside) until the return's next write: the reconciler's query
 # reads received returns a workflow may still be owed for, not every one waiting for a person.
 RECEIPT_KEY = "received"
+# The partition of by_receipt a return waiting for a payment plugin is set aside to, by its method
+# (DynamoReceivedReturns.set_aside's `waiting_for`): read only while a plugin takes that method.
+WAITING_KEY_PREFIX = "waits_for_plugin#"
 
 
 def _return(item: dict[str, Any]) -> Return:
@@ -798,30 +801,39 @@ class DynamoReceivedReturns(ReceivedReturns):
         self._page_size = page_size
 
     def received_before(self, before: datetime) -> Iterator[str]:
+        return self._partition(RECEIPT_KEY, before)
+
+    def waiting_for_plugin(self, method: str, before: datetime) -> Iterator[str]:
+        return self._partition(WAITING_KEY_PREFIX + method, before)
+
+    def _partition(self, key: str, before: datetime) -> Iterator[str]:
         query: dict[str, Any] = {
             "TableName": self._table,
             "IndexName": "by_receipt",
             "KeyConditionExpression": "receipt_key = :key AND created_at < :before",
-            "ExpressionAttributeValues": {":key": {"S": RECEIPT_KEY}, ":before": {"S": timestamp(before)}},
+            "ExpressionAttributeValues": {":key": {"S": key}, ":before": {"S": timestamp(before)}},
             "ScanIndexForward": True,
             "Limit": self._page_size,
         }
         return _paged_ids(self._client, query)
 
-    def set_aside(self, item: Return) -> None:
+    def set_aside(self, item: Return, *, waiting_for: str | None = None) -> None:
         # On the version judged only: its document, version and status unchanged (a stream record
         # the events function's filter passes nothing of: no status change).
+        values = {":version": {"N": str(item.version)}, ":received": {"S": ReturnStatus.RECEIVED.value}}
+        if waiting_for is None:
+            update = "REMOVE receipt_key"
+        else:
+            update = "SET receipt_key = :waiting"
+            values[":waiting"] = {"S": WAITING_KEY_PREFIX + waiting_for}
         try:
             self._client.update_item(
                 TableName=self._table,
                 Key={"id": {"S": item.id}},
-                UpdateExpression="REMOVE receipt_key",
+                UpdateExpression=update,
                 ConditionExpression="#version = :version AND #status = :received",
                 ExpressionAttributeNames={"#version": "version", "#status": "status"},
-                ExpressionAttributeValues={
-                    ":version": {"N": str(item.version)},
-                    ":received": {"S": ReturnStatus.RECEIVED.value},
-                },
+                ExpressionAttributeValues=values,
             )
         except ClientError as error:
             # Refused: it changed since; the next pass judges it again.

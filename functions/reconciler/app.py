@@ -26,6 +26,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 
 from core.authorization_sweep import Settled, SettleIncomplete
 from core.capture_sweep import CapturesNotSettled, CapturesSettled
+from core.deadline import Deadline
 from core.log_text import escape_for_log
 from core.pickups import PickupsExpired
 from core.reconciliation import Reconciled
@@ -50,19 +51,6 @@ SCHEDULE_MINUTES = 5
 # pass and the passes before it did, and the next run would find the same backlog. The passes left
 # wait for the runs that start with them; what a pass cut short did not start, for its next run.
 PASS_RESERVE_MILLIS = 15_000
-
-
-class _Deadline:
-    """A pass's TimeUp (core/deadline.py): true once less than PASS_RESERVE_MILLIS is left of the
-    invocation, and from then on; `reached` says the pass was told so (it had work left)."""
-
-    def __init__(self, context: Any):
-        self._context = context
-        self.reached = False
-
-    def __call__(self) -> bool:
-        self.reached = self.reached or self._context.get_remaining_time_in_millis() < PASS_RESERVE_MILLIS
-        return self.reached
 
 
 @logger.inject_lambda_context(clear_state=True)
@@ -93,7 +81,7 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         logger.exception("reconciler pass failed: the next run does it again", extra={"pass": name})
         failures.append(error)
 
-    def stalled_orders(time_up: _Deadline) -> None:
+    def stalled_orders(time_up: Deadline) -> None:
         # Filled as the pass goes: what it restarted and parked before failing outright is reported too.
         done = Reconciled()
         isolated("stalled orders", lambda: container().reconciler.run(done, time_up=time_up), done)
@@ -110,7 +98,7 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
             metrics.add_metric(name="OrdersParked", unit=MetricUnit.Count, value=len(done.parked))
         answer.update(restarted=done.restarted, parked=done.parked)
 
-    def pickup_expiry(time_up: _Deadline) -> None:
+    def pickup_expiry(time_up: Deadline) -> None:
         broken = container().plugins.broken
         # Filled as the pass goes: what it expired before failing outright is reported too.
         pickups = PickupsExpired()
@@ -129,7 +117,7 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
             metrics.add_metric(name="PickupsExpired", unit=MetricUnit.Count, value=len(expired))
         answer.update(expired=expired, pickups_held=pickups.held)
 
-    def returns(time_up: _Deadline) -> None:
+    def returns(time_up: Deadline) -> None:
         returns_restarted = isolated("returns", lambda: container().return_reconciler.run(time_up=time_up), [])
         for return_id in returns_restarted:
             logger.warning("returns workflow restarted: the return was received and never settled",
@@ -138,7 +126,7 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
             metrics.add_metric(name="ReturnWorkflowsRestarted", unit=MetricUnit.Count, value=len(returns_restarted))
         answer.update(returns_restarted=returns_restarted)
 
-    def carrier_work(time_up: _Deadline) -> None:
+    def carrier_work(time_up: Deadline) -> None:
         carriers = isolated("carrier work", lambda: container().carrier_work_sweep.run(ACTOR, time_up=time_up), {})
         for order_id, work in carriers.items():
             for shipment_id in work.relabelled:
@@ -158,7 +146,7 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
             if count:
                 metrics.add_metric(name=name, unit=MetricUnit.Count, value=count)
 
-    def refunds(time_up: _Deadline) -> None:
+    def refunds(time_up: Deadline) -> None:
         # The pending refunds, then what returns kept back: one turn, as the second takes the
         # orders the first just finished a refund of.
         answered: list[str] = []  # the orders it finished a refund of: what their returns kept back is refunded now
@@ -197,7 +185,7 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
             incomplete["kept back"] = KeptBackNotRefunded(kept_back)
         answer.update(refunds_finished=refunds_finished, kept_back_refunded=kept_back.refunded)
 
-    def authorizations(time_up: _Deadline) -> None:
+    def authorizations(time_up: Deadline) -> None:
         unsettled = None
         try:
             settled = container().authorization_sweep.run(ACTOR, time_up=time_up)
@@ -221,7 +209,7 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
                 )
         answer.update(authorizations_settled=settled.orders)
 
-    def settlement_captures(time_up: _Deadline) -> None:
+    def settlement_captures(time_up: Deadline) -> None:
         failed = None
         try:
             sweep = container().capture_sweep
@@ -248,7 +236,7 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         if context.get_remaining_time_in_millis() < PASS_RESERVE_MILLIS:
             left.append(name)
             continue
-        deadline = _Deadline(context)
+        deadline = Deadline(context.get_remaining_time_in_millis, PASS_RESERVE_MILLIS)
         run_pass(deadline)
         if deadline.reached:
             # No error either: what it did is reported above as ever, and what it did not start

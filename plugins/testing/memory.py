@@ -3,7 +3,7 @@ DynamoDB and S3. Each class subclasses the port it implements, so it cannot drif
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import replace
 from datetime import datetime
 
@@ -97,7 +97,8 @@ class InMemoryReturns(ReturnRepository):
         self.returns: dict[str, Return] = {}
         # The received returns set aside from the reconciler's index, at the version they had
         # then (InMemoryReceivedReturns): a later version is listed again, as its write would.
-        self.set_aside_at: dict[str, int] = {}
+        # (the version, and the payment method it waits for a plugin of, None when left to a person)
+        self.set_aside_at: dict[str, tuple[int, str | None]] = {}
 
     def add(self, item: Return) -> None:
         if item.id in self.returns:
@@ -179,17 +180,24 @@ class InMemoryReceivedReturns(ReceivedReturns):
         self._returns = returns
 
     def received_before(self, before: datetime) -> Iterator[str]:
+        return self._listed(before, lambda aside: aside is None)
+
+    def waiting_for_plugin(self, method: str, before: datetime) -> Iterator[str]:
+        return self._listed(before, lambda aside: aside is not None and aside[1] == method)
+
+    def _listed(self, before: datetime, under: Callable[[tuple[int, str | None] | None], bool]) -> Iterator[str]:
         aside = self._returns.set_aside_at
         found = [
             r for r in self._returns.returns.values()
-            if r.status is ReturnStatus.RECEIVED and r.created_at < before and aside.get(r.id) != r.version
+            if r.status is ReturnStatus.RECEIVED and r.created_at < before
+            and under(aside[r.id] if aside.get(r.id, (None,))[0] == r.version else None)
         ]  # fmt: skip
         return iter([r.id for r in sorted(found, key=lambda r: r.created_at)])
 
-    def set_aside(self, item: Return) -> None:
+    def set_aside(self, item: Return, *, waiting_for: str | None = None) -> None:
         stored = self._returns.returns.get(item.id)
         if stored is not None and stored.version == item.version and stored.status is ReturnStatus.RECEIVED:
-            self._returns.set_aside_at[item.id] = item.version
+            self._returns.set_aside_at[item.id] = (item.version, waiting_for)
 
 
 class InMemoryCatalog(CatalogRepository):

@@ -832,6 +832,36 @@ def test_the_reconcilers_receipt_index_lists_received_returns_until_set_aside_an
     assert list(received.received_before(later)) == [first.id, made[2].id]
 
 
+def test_a_return_set_aside_waiting_for_its_plugin_is_listed_under_its_method_until_its_next_write(aws):
+    from core.return_models import ReceiveReturn
+    from functions.adapters.dynamodb import DynamoReceivedReturns
+
+    returns, table = DynamoReturns(aws.dynamodb, aws.tables["ReturnsTable"]), aws.tables["ReturnsTable"]
+    received = DynamoReceivedReturns(aws.dynamodb, table)
+    later = NOW + timedelta(days=1)
+    receipt = ReceiveReturn.model_validate(
+        {"location_id": "wh-west", "lines": [{"line_id": "L1", "quantity": 1, "condition": "resellable"}]}
+    )
+    made = requested_returns(2)
+    for item in made:
+        returns.add(item)
+        authorized = item.approve(None, at=NOW)
+        returns.update(authorized, item)
+        returns.update(authorized.receive(receipt, at=NOW, by="key_wh"), authorized)
+    waiting, other = returns.get(made[0].id), returns.get(made[1].id)
+
+    received.set_aside(waiting, waiting_for="card")
+    received.set_aside(other.model_copy(update={"version": 1}), waiting_for="card")  # judged on an old version
+
+    assert list(received.received_before(later)) == [other.id]
+    assert list(received.waiting_for_plugin("card", later)) == [waiting.id]
+    assert list(received.waiting_for_plugin("paypal", later)) == []
+    assert returns.get(waiting.id) == waiting  # nothing else changed
+    returns.update(waiting.listed_again(), waiting)  # its next write (its workflow stuck again)
+    assert list(received.waiting_for_plugin("card", later)) == []
+    assert list(received.received_before(later)) == [waiting.id, other.id]
+
+
 def test_returns_received_before_the_receipt_index_are_given_its_key_once(aws):
     from core.return_models import ReceiveReturn
     from functions.adapters.dynamodb import DynamoReceivedReturns, backfill_receipt_keys

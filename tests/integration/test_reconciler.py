@@ -179,16 +179,20 @@ def test_the_reconciler_queries_the_status_index_and_never_scans(stack, monkeypa
 
     reconcile()
 
-    # Pending, then authorized; then the pickups past their deadline; then the received returns;
-    # then the orders owing a carrier work, the refunds left pending, what returns kept back, the
-    # authorizations edits left and the settlement captures cancels left (the by_pending_refund
-    # index's five partitions).
-    assert [operation for operation, _ in calls] == ["query"] * 9
+    # Pending, then authorized; then the pickups past their deadline; then the received returns,
+    # and those set aside waiting for a plugin of each method one takes (the test stack's `acme_pay`
+    # and `test`); then the orders owing a carrier work, the refunds left pending, what returns
+    # kept back, the authorizations edits left and the settlement captures cancels left (the
+    # by_pending_refund index's five partitions).
+    assert [operation for operation, _ in calls] == ["query"] * 11
     assert [kwargs["IndexName"] for _, kwargs in calls] == [
-        "by_status_key", "by_status_key", "by_pickup_deadline", "by_receipt", *["by_pending_refund"] * 5
+        "by_status_key", "by_status_key", "by_pickup_deadline", *["by_receipt"] * 3, *["by_pending_refund"] * 5
     ]  # fmt: skip
-    keys = [kwargs["ExpressionAttributeValues"][":key"]["S"] for _, kwargs in calls[4:]]
-    assert keys == ["carrier", "pending", "kept_back", "void", "settlement"]
+    keys = [kwargs["ExpressionAttributeValues"][":key"]["S"] for _, kwargs in calls[3:]]
+    assert keys == [
+        "received", "waits_for_plugin#acme_pay", "waits_for_plugin#test",
+        "carrier", "pending", "kept_back", "void", "settlement",
+    ]  # fmt: skip
 
 
 # --- The metrics the alarm watches ------------------------------------------------------------------

@@ -178,7 +178,7 @@ def test_a_pass_that_could_not_settle_a_capture_reports_what_it_did_then_fails(a
 
     order = a_ship_that_died(aws, monkeypatch)
 
-    def incomplete(self: UnrecordedCaptureSweep, order_ids: list[str], actor: str) -> CapturesSettled:
+    def incomplete(self: UnrecordedCaptureSweep, order_ids: list[str], actor: str, **_: Any) -> CapturesSettled:
         assert list(order_ids) == [order.id]
         done = CapturesSettled(settled=["ord_y"], held=[], unconfirmed=["ord_x"])
         raise CapturesNotSettled(done, {order.id: PaymentRefused("refund", "closed account")})

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 import functions.jeopardy.app as jeopardy
+from core.capture_sweep import CapturesSettled
 from core.jeopardy import Scanned
 from tests.integration.import_support import context
 
@@ -52,3 +53,40 @@ def test_a_quiet_pass_still_reports_zero_late_orders(monkeypatch, capsys):
 def test_a_pass_that_expires_returns_counts_them(monkeypatch, capsys):
     metrics = run(monkeypatch, capsys, Scanned(returns_expired=["rma_a", "rma_b", "rma_c"]))
     assert metrics == {"OrdersInJeopardy": [0.0], "ReturnsExpired": [3.0]}
+
+
+def test_the_capture_settlements_start_no_order_once_the_invocation_is_nearly_over(monkeypatch, caplog, capsys):
+    """The scan may take most of the function's minute: the capture settlements after it ask the
+    gateway of no more orders once less than the reserve is left (ended by the timeout, the run
+    would log and count nothing of what it did). Those left were not marked: the next scan hands
+    them on again."""
+    monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "false")
+    done = Scanned(captures_left=["ord_a", "ord_b", "ord_c"])
+    asked: list[str] = []
+
+    class Sweep:
+        def run(self, order_ids, actor, *, time_up):
+            for order_id in order_ids:
+                if time_up():
+                    break
+                asked.append(order_id)
+                left["millis"] = 5_000  # the first order's gateway took the time
+            return CapturesSettled(settled=list(asked), held=[], unconfirmed=[])
+
+    left = {"millis": 40_000}
+    invocation = context("JeopardyScanFunction")
+    monkeypatch.setattr(type(invocation), "get_remaining_time_in_millis", lambda self: left["millis"])
+    services = SimpleNamespace(
+        plugins=SimpleNamespace(broken=[]), jeopardy_scan=SimpleNamespace(run=lambda **_: done), capture_sweep=Sweep()
+    )
+    monkeypatch.setattr(jeopardy, "container", lambda: services)
+    jeopardy.metrics.clear_metrics()
+    capsys.readouterr()
+
+    answer = jeopardy.lambda_handler({"detail-type": "Scheduled Event"}, invocation)
+
+    assert asked == ["ord_a"] and answer["captures_settled"] == ["ord_a"]
+    [warned] = [r for r in caplog.records if r.getMessage().startswith("capture settlements cut short")]
+    assert warned.levelname == "WARNING"
+    printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [record["JeopardyScansCutShort"] for record in printed if "JeopardyScansCutShort" in record] == [[1.0]]

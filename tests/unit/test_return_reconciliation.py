@@ -311,3 +311,76 @@ def test_a_pass_stops_asking_step_functions_once_it_keeps_refusing(world):
 
     assert reconciler(world, clock, workflow).run() == []
     assert len(workflow.started) == MAX_REFUSED_STARTS
+
+
+def test_a_return_set_aside_whose_next_workflow_waits_for_its_plugin_is_resumed_once_the_plugin_is_back(world):
+    """Set aside as left to a person, the return is received again by the person (a receipt of a
+    received return writes nothing) and its new workflow gets stuck for want of its payment plugin,
+    removed meanwhile: that workflow's record of it stuck lists the return again, so the pass that
+    finds the plugin back resumes it, as any return waiting for its plugin."""
+    clock = Clock()
+    plugin = Uninstalled()
+    returns = returns_service(world, clock, plugin, world.gateway)
+    workflow = InlineReturnWorkflow()
+    workflow.returns = returns
+    item = one_mug_returned(world, returns)
+    returns.receive(item.id, RECEIPT, "key_wh")
+    world.gateway.script("refund", "refuse")
+    with pytest.raises(RefundNotDone):
+        returns.refund(item.id, "returns-workflow")
+    returns.stuck(item.id, "RefundNotDone", "the gateway refused the refund", actor="returns-workflow")
+    world.gateway.script("refund", "approve")
+    clock.advance(hours=1)
+    methods = Payments(build_plugin_manager(plugin, enable_test_payments=True)).methods
+    index = InMemoryReceivedReturns(world.returns)
+    assert reconciler(world, clock, workflow, payment_methods=methods).run() == []
+    assert list(index.received_before(clock())) == []  # set aside: left to a person
+
+    # The person receives it again; its new workflow finds the payment plugin removed.
+    assert returns.receive(item.id, RECEIPT, "key_wh").version == world.returns.get(item.id).version
+    plugin.gone = True
+    with pytest.raises(RefundNotDone):
+        returns.refund(item.id, "returns-workflow")
+    returns.stuck(item.id, "RefundNotDone", "the refund is failed; it is tried again", actor="returns-workflow")
+    clock.advance(hours=1)
+    assert reconciler(world, clock, workflow, payment_methods=methods).run() == []  # the plugin is not back
+    plugin.gone = False
+
+    assert reconciler(world, clock, workflow, payment_methods=methods).run() == [item.id]
+    assert world.returns.get(item.id).status is R.REFUNDED
+
+
+def test_returns_waiting_for_their_plugin_beyond_a_passs_read_budget_keep_no_lost_receipt_waiting(world):
+    """A payment plugin removed leaves every return paid through it waiting, `received`, at the
+    oldest end of the index, for as long as the plugin stays out: more of them than a pass reads
+    would keep a receipt lost behind them from every pass. The pass that finds one waiting sets it
+    aside under its method, which a pass reads only while a plugin takes that method again."""
+    clock = Clock()
+    plugin = Uninstalled()
+    returns = returns_service(world, clock, plugin)
+    workflow = InlineReturnWorkflow()
+    workflow.returns = returns
+    waiting = [one_mug_returned(world, returns) for _ in range(4)]
+    lost = one_mug_returned(world, returns)
+    plugin.gone = True
+    for item in waiting:
+        returns.receive(item.id, RECEIPT, "key_wh")
+        with pytest.raises(RefundNotDone):
+            returns.refund(item.id, "returns-workflow")
+        returns.stuck(item.id, "RefundNotDone", "the refund is failed; it is tried again", actor="returns-workflow")
+    returns.receive(lost.id, RECEIPT, "key_wh")  # ...and the function died before starting the workflow
+    clock.advance(hours=1)
+    methods = Payments(build_plugin_manager(plugin, enable_test_payments=True)).methods
+    index = InMemoryReceivedReturns(world.returns)
+
+    assert reconciler(world, clock, workflow, max_reads=3, payment_methods=methods).run() == []  # three waiting
+    assert list(index.received_before(clock())) == [waiting[-1].id, lost.id]  # the three set aside
+    assert reconciler(world, clock, workflow, max_reads=3, payment_methods=methods).run() == [lost.id]
+    assert workflow.started == [lost.id]
+
+    plugin.gone = False  # the operator puts the plugin back: the next passes resume them all
+    clock.advance(minutes=1)
+    restarted = reconciler(world, clock, workflow, max_reads=3, payment_methods=methods).run()
+    restarted += reconciler(world, clock, workflow, max_reads=3, payment_methods=methods).run()
+    assert set(restarted) == {item.id for item in [*waiting, lost]}
+    assert {world.returns.get(item.id).status for item in [*waiting, lost]} == {R.REFUNDED}
