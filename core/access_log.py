@@ -34,6 +34,10 @@ LIST_READS: dict[tuple[str, str], str] = {
     ("GET", "/orders"): "list",
     ("GET", "/returns"): "returns",
     ("POST", "/sourcing/simulate"): "simulate",
+    # A batch of confirmations answers each order it confirmed (its status and version, the shipment's
+    # status): each one it wrote no history entry on (a shipment confirmed already, the batch replayed
+    # under its Idempotency-Key) is read, as the single routes' changes that change nothing are (CHANGES).
+    ("POST", "/shipments/confirmations"): "confirm",
 }
 
 # The API's changes of an order that answer with the order (or its new return or refund, or the

@@ -97,6 +97,13 @@ class InsufficientStock(Conflict):
     code = "insufficient_stock"
 
 
+class StockLimitReached(Conflict):
+    """Units that would take on_hand past MAX_ON_HAND (what a stock take may record): the units
+    already on hand refuse them (409), where the same change at a lower count would do."""
+
+    code = "stock_limit_reached"
+
+
 class StaleVersion(Conflict):
     code = "version_conflict"
 

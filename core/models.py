@@ -624,8 +624,13 @@ class Location(LocationInput):
 # --- Inventory -----------------------------------------------------------------------------
 
 
+# The most units one (sku, location) holds: what a stock take may count, and what an adjustment or
+# a purchase-order receipt may take on_hand to (refused past it, in the same conditional write).
+MAX_ON_HAND = 1_000_000_000
+
+
 class StockCount(Strict):
-    on_hand: Annotated[int, Field(ge=0, le=1_000_000_000, strict=True)]
+    on_hand: Annotated[int, Field(ge=0, le=MAX_ON_HAND, strict=True)]
 
 
 class StockAdjustment(Strict):

@@ -178,7 +178,8 @@ class InventoryRepository(ABC):
 
     @abstractmethod
     def adjust(self, sku: str, location_id: str, delta: int, reason: str, key: str | None = None) -> StockLevel:
-        """Add `delta` to on_hand. Raises InsufficientStock when on_hand would drop below reserved.
+        """Add `delta` to on_hand. Raises InsufficientStock when on_hand would drop below reserved,
+        StockLimitReached when it would pass MAX_ON_HAND (each refused by the write's condition).
         With `key` (from a client's Idempotency-Key) the change is counted once per key for a day,
         in the same atomic write: the same key again changes nothing, and returns the level when it
         comes with the same delta and reason, or raises Conflict (idempotency_key_reused) when not."""

@@ -11,9 +11,17 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, Field, ValidationError, field_validator
 
-from core.errors import Conflict, InvalidRequest, InvalidTransition, NotFound, StaleVersion, UnknownSku
+from core.errors import (
+    Conflict,
+    InvalidRequest,
+    InvalidTransition,
+    NotFound,
+    StaleVersion,
+    StockLimitReached,
+    UnknownSku,
+)
 from core.ids import new_id, short_hash
-from core.models import Email, Identifier, ReorderSettings, Strict, Text, VisibleName
+from core.models import MAX_ON_HAND, Email, Identifier, ReorderSettings, Strict, Text, VisibleName
 from core.money import Money
 from core.ports import CatalogRepository
 from core.status import PurchaseOrderStatus, check_purchase_order_step
@@ -576,8 +584,22 @@ class Purchasing:
                 self._repository.update(new, po, (key, record_of(receipt, new, key, receipts)))
             except StaleVersion:
                 continue
+            except StockLimitReached as full:
+                raise _naming_lines(full, receipt) from None
             return new
         raise StaleVersion(f"purchase order {po_id} keeps changing; try again")
+
+
+def _naming_lines(full: StockLimitReached, receipt: Receipt) -> StockLimitReached:
+    """`full` (the location holds too many of a sku to receive its units: 409, the units on hand
+    refuse them) naming the receipt's lines of each such sku, as the contract's error shape does."""
+    skus = {detail.get("sku") for detail in full.details}
+    details = [
+        {"field": f"lines[{i}].quantity", "message": f"{line.sku}: at most {MAX_ON_HAND:,} units may be on hand"}
+        for i, line in enumerate(receipt.lines)
+        if line.sku in skus
+    ]
+    return StockLimitReached(full.message, details=details or full.details)
 
 
 def _same_request(po: PurchaseOrder, request: NewPurchaseOrder) -> PurchaseOrder:

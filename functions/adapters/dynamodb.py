@@ -18,9 +18,17 @@ from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
 from core.access import ApiKey
-from core.errors import Conflict, DuplicateOrder, InsufficientStock, InvalidCursor, InvalidTransition, StaleVersion
+from core.errors import (
+    Conflict,
+    DuplicateOrder,
+    InsufficientStock,
+    InvalidCursor,
+    InvalidTransition,
+    StaleVersion,
+    StockLimitReached,
+)
 from core.jeopardy import WATCHED
-from core.models import Bookkeeping, HistoryEntry, Location, Order, Product, StockLevel, utc_now
+from core.models import MAX_ON_HAND, Bookkeeping, HistoryEntry, Location, Order, Product, StockLevel, utc_now
 from core.ports import (
     ApiKeyRepository,
     BackorderedOrders,
@@ -1620,11 +1628,13 @@ class DynamoInventory(InventoryRepository):
             values[":arrived"] = True
         else:
             expression += f" REMOVE {ARRIVED}, {WITHDRAWN}"
-        # on_hand + delta >= reserved  <=>  available >= -delta
-        condition = None
+        # on_hand + delta >= reserved  <=>  available >= -delta; on_hand + delta <= MAX_ON_HAND.
         if delta < 0:
             condition = "available >= :needed"
             values[":needed"] = -delta
+        else:
+            condition = "attribute_not_exists(on_hand) OR on_hand <= :room"
+            values[":room"] = MAX_ON_HAND - delta
         if key is not None:
             return self._adjust_once(sku, location_id, delta, reason, key, expression, condition, values)
         try:
@@ -1632,21 +1642,26 @@ class DynamoInventory(InventoryRepository):
         except ClientError as error:
             if not _is_conditional_failure(error):
                 raise
-            raise self._below_reserved(sku, location_id, delta, from_item(error.response.get("Item", {}))) from None
+            raise self._refused(sku, location_id, delta, from_item(error.response.get("Item", {}))) from None
         return _level(from_item(response["Attributes"]))
 
     @staticmethod
-    def _below_reserved(sku: str, location_id: str, delta: int, old: dict[str, Any]) -> InsufficientStock:
+    def _refused(sku: str, location_id: str, delta: int, old: dict[str, Any]) -> Conflict:
+        """What refused the adjustment: the reserved units (a removal), or the units on hand (an addition)."""
+        on_hand = f"on_hand {old.get('on_hand', 0)}"
+        if delta > 0:
+            return StockLimitReached(
+                f"adding {delta} would take on_hand of {sku} at {location_id} past {MAX_ON_HAND:,} units",
+                details=[{"field": "delta", "message": f"{on_hand}: at most {MAX_ON_HAND:,} units may be on hand"}],
+            )
         return InsufficientStock(
             f"removing {-delta} would take on_hand of {sku} at {location_id} below the reserved units",
-            details=[
-                {"field": "delta", "message": f"on_hand {old.get('on_hand', 0)}, reserved {old.get('reserved', 0)}"}
-            ],
+            details=[{"field": "delta", "message": f"{on_hand}, reserved {old.get('reserved', 0)}"}],
         )
 
     def _adjust_once(
         self, sku: str, location_id: str, delta: int, reason: str, key: str,
-        expression: str, condition: str | None, values: dict[str, Any],
+        expression: str, condition: str, values: dict[str, Any],
     ) -> StockLevel:  # fmt: skip
         """The adjustment and its ledger item in one transaction: a key already counted (and not
         yet a day old) changes nothing, so a retry whose first answer was lost counts once. A key
@@ -1664,9 +1679,8 @@ class DynamoInventory(InventoryRepository):
             "Key": {"sku": {"S": sku}, "location_id": {"S": location_id}},
             "UpdateExpression": expression,
             "ExpressionAttributeValues": to_item(values),
+            "ConditionExpression": condition,
         }
-        if condition is not None:
-            update["ConditionExpression"] = condition
         try:
             self._client.transact_write_items(
                 TransactItems=[
@@ -1691,7 +1705,7 @@ class DynamoInventory(InventoryRepository):
                 return self._read(sku, location_id)  # counted by an earlier attempt with this key
             if reasons[1:2] == ["ConditionalCheckFailed"]:
                 current = self._read(sku, location_id)
-                raise self._below_reserved(sku, location_id, delta, current.model_dump()) from None
+                raise self._refused(sku, location_id, delta, current.model_dump()) from None
             raise
         return self._read(sku, location_id)
 

@@ -7,8 +7,8 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from core.errors import StaleVersion
-from core.models import ReorderSettings, utc_now
+from core.errors import StaleVersion, StockLimitReached
+from core.models import MAX_ON_HAND, ReorderSettings, utc_now
 from core.purchasing import (
     INCOMING,
     PurchaseOrder,
@@ -157,6 +157,7 @@ class DynamoPurchasing(PurchasingRepository):
         `withdrawn` (a draft cancelled), one stock update: one transaction."""
         items = [po_write]
         withdrawn = withdrawn or set()
+        skus: list[str] = []  # the sku of each stock update, in the transaction's order after the PO's
         for sku in sorted(set(incoming) | set(incoming_before) | set(received) | withdrawn):
             change = incoming.get(sku, 0) - incoming_before.get(sku, 0)
             units = received.get(sku, 0)
@@ -165,6 +166,7 @@ class DynamoPurchasing(PurchasingRepository):
                 continue
             update = self._stock_update(po, sku, change, units, incoming.get(sku, 0) > 0, sku in withdrawn)
             items.append({"Update": update})
+            skus.append(sku)
         try:
             self._client.transact_write_items(TransactItems=items)
         except ClientError as error:
@@ -175,6 +177,14 @@ class DynamoPurchasing(PurchasingRepository):
                 and reasons[0].get("Code") == "ConditionalCheckFailed"
             ) or _is_conditional_failure(error):
                 raise StaleVersion(f"purchase order {po.id} changed meanwhile") from None
+            # The PO as expected, a stock item refused the units received: it holds too many.
+            full = [sku for sku, reason in zip(skus, reasons[1:], strict=False)
+                    if reason.get("Code") == "ConditionalCheckFailed"]  # fmt: skip
+            if error.response["Error"]["Code"] == "TransactionCanceledException" and full:
+                raise StockLimitReached(
+                    f"receiving would take on_hand at {po.location_id} past {MAX_ON_HAND:,} units",
+                    details=[{"sku": sku, "message": f"at most {MAX_ON_HAND:,} units may be on hand"} for sku in full],
+                ) from None
             raise
 
     def _stock_update(
@@ -191,11 +201,15 @@ class DynamoPurchasing(PurchasingRepository):
             ":units": units, ":zero": 0, ":none": {}, ":change": change, ":now": utc_now(),
         }  # fmt: skip
         removed = []
+        condition = None
         if units:
             # A receipt raises available: the backorder filler's stream filter passes it (ARRIVED).
             expression += f", last_reason = :reason, {ARRIVED} = :arrived"
             values[":reason"] = f"purchase order {po.id}"
             values[":arrived"] = True
+            # Never past what a stock take may count: the units on hand refuse the receipt.
+            condition = "attribute_not_exists(on_hand) OR on_hand <= :room"
+            values[":room"] = MAX_ON_HAND - units
         else:
             removed.append(ARRIVED)  # only incoming moves: nothing arrived
         names = {"#expected": f"{EXPECTED_PREFIX}{po.id}"}
@@ -216,13 +230,16 @@ class DynamoPurchasing(PurchasingRepository):
             removed.append("#expected")
         if removed:
             expression += " REMOVE " + ", ".join(removed)
-        return {
+        update = {
             "TableName": self._inventory,
             "Key": {"sku": {"S": sku}, "location_id": {"S": po.location_id}},
             "UpdateExpression": expression,
             "ExpressionAttributeNames": names,
             "ExpressionAttributeValues": to_item(values),
         }
+        if condition is not None:
+            update["ConditionExpression"] = condition
+        return update
 
     def list(
         self, where: PurchaseOrderFilter, limit: int, cursor: str | None

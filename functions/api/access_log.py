@@ -65,9 +65,22 @@ def _listed_reads(
     """(order id, action, detail) of each order a list answered: an order (with its label links, as a
     read by its id), or the order of returns (naming them: a page may hold several of one order,
     and a request reads an order once), or a stored order a what-if planned (once, however often
-    it was named; a body simulated is no order's)."""
+    it was named; a body simulated is no order's), or an order a batch of confirmations answered
+    without changing it (once, naming its shipments)."""
     items = _answer(response).get("items")
     items = [item for item in items if isinstance(item, dict)] if isinstance(items, list) else []
+    if event.get("resource") == "/shipments/confirmations":
+        # Each order once, naming the shipments answered; not a refused item's (nothing was read),
+        # nor an order the batch changed (its history entries name the key).
+        changed = orders_changed()
+        confirmed: dict[str, list[Any]] = {}
+        for item in items:
+            order_id = item.get("order_id")
+            if isinstance(order_id, str) and item.get("error") is None and order_id not in changed:
+                shipments = confirmed.setdefault(order_id, [])
+                if item.get("shipment_id") not in shipments:
+                    shipments.append(item.get("shipment_id"))
+        return [(order_id, action, {"shipment_ids": ids}) for order_id, ids in confirmed.items()]
     if event.get("resource") == "/sourcing/simulate":
         planned = dict.fromkeys(item["order_id"] for item in items if isinstance(item.get("order_id"), str))
         return [(order_id, action, None) for order_id in planned]

@@ -7,8 +7,16 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import replace
 from datetime import datetime
 
-from core.errors import Conflict, DuplicateOrder, InsufficientStock, InvalidCursor, InvalidTransition, StaleVersion
-from core.models import HistoryEntry, Location, Order, Product, StockLevel
+from core.errors import (
+    Conflict,
+    DuplicateOrder,
+    InsufficientStock,
+    InvalidCursor,
+    InvalidTransition,
+    StaleVersion,
+    StockLimitReached,
+)
+from core.models import MAX_ON_HAND, HistoryEntry, Location, Order, Product, StockLevel
 from core.ports import (
     BackorderedOrders,
     Backorders,
@@ -271,6 +279,8 @@ class InMemoryInventory(InventoryRepository):
             return level
         if level.on_hand + delta < level.reserved:
             raise InsufficientStock("below reserved")
+        if level.on_hand + delta > MAX_ON_HAND:
+            raise StockLimitReached(f"past {MAX_ON_HAND} on hand", details=[{"field": "delta", "message": "too many"}])
         if key is not None:
             self.adjusted[(sku, location_id, key)] = (delta, reason)
         return self._put(

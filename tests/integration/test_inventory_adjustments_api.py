@@ -42,3 +42,25 @@ def test_an_adjustment_retried_with_its_idempotency_key_counts_once(api: InProce
     assert on_hand(api, sku) == 9
     assert api.post(path, json={"delta": 3, "reason": "no key"}).status_code == 200
     assert on_hand(api, sku) == 12
+
+
+def test_an_adjustment_never_takes_on_hand_past_what_a_stock_take_may_count(api: InProcessApi):
+    # A stock take counts at most 1,000,000,000 units; two adjustments of +1,000,000,000 took
+    # on_hand to twice that, after which no true count could be recorded. The units on hand refuse
+    # the second (409, as one below reserved is), in the write's own condition, with or without a key.
+    location_id = put_network(api)["east"]
+    sku = Catalog(api).product("9.00")
+    path = f"/inventory/{sku}/{location_id}/adjustments"
+
+    assert api.post(path, json={"delta": 1_000_000_000, "reason": "delivery"}).status_code == 200
+    too_many = api.post(path, json={"delta": 1, "reason": "delivery"})
+    assert_error(too_many, 409, "stock_limit_reached", "delta")
+    keyed = api.post(
+        path, json={"delta": 1_000_000_000, "reason": "delivery"}, headers={"Idempotency-Key": unique("a")}
+    )
+    assert_error(keyed, 409, "stock_limit_reached", "delta")
+    assert on_hand(api, sku) == 1_000_000_000
+
+    assert api.post(path, json={"delta": -5, "reason": "damaged"}).status_code == 200
+    assert api.post(path, json={"delta": 5, "reason": "found"}).json()["on_hand"] == 1_000_000_000  # up to it
+    assert api.put(f"/inventory/{sku}/{location_id}", json={"on_hand": 1_000_000_000}).status_code == 200

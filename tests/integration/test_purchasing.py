@@ -328,6 +328,34 @@ def test_a_receipt_on_a_fully_received_po_is_422_over_receipt_as_on_one_with_uni
     assert api.get(f"/inventory/{sku}").json()["locations"][0]["on_hand"] == 2
 
 
+def test_a_receipt_never_takes_on_hand_past_what_a_stock_take_may_count(api: InProcessApi):
+    # Two purchase orders of 1,000,000,000 units each received at one location took on_hand past
+    # what a stock take may count. The units on hand refuse the second receipt (409, naming its
+    # line), in the same transaction as the PO's write: neither the PO nor the stock moves.
+    network = put_network(api)
+    sku, other = Catalog(api).product("9.00"), Catalog(api).product("9.00")
+    vendor = unique("vendor")
+    assert api.put(f"/vendors/{vendor}", json={"name": "Acme", "lead_time_days": 3}).status_code == 201
+    lines = [
+        {"sku": sku, "quantity": 1_000_000_000, "unit_cost": COST},
+        {"sku": other, "quantity": 1, "unit_cost": COST},
+    ]
+    first, second = (api.post("/purchase-orders", json={"vendor_id": vendor, "location_id": network["east"],
+                                                        "lines": lines}).json() for _ in range(2))  # fmt: skip
+    full = {"lines": [{"sku": other, "quantity": 1}, {"sku": sku, "quantity": 1_000_000_000}]}
+    assert api.post(f"/purchase-orders/{first['id']}/receive", json=full).status_code == 200
+
+    refused = api.post(f"/purchase-orders/{second['id']}/receive", json=full, headers={"Idempotency-Key": unique("r")})
+
+    assert_error(refused, 409, "stock_limit_reached", "lines[1].quantity")
+    assert [d["field"] for d in refused.json()["error"]["details"]] == ["lines[1].quantity"]
+    assert api.get(f"/purchase-orders/{second['id']}").json() == second
+    assert api.get(f"/inventory/{sku}").json()["locations"][0]["on_hand"] == 1_000_000_000
+    assert api.get(f"/inventory/{other}").json()["locations"][0]["on_hand"] == 1
+    fits = api.post(f"/purchase-orders/{second['id']}/receive", json={"lines": [{"sku": other, "quantity": 1}]})
+    assert fits.status_code == 200 and fits.json()["status"] == "partially_received", fits.text
+
+
 def test_purchasing_needs_its_scope(api: InProcessApi):
     response = api.post("/api-keys", json={"name": unique("key"), "scopes": ["inventory:write"]})
     key = response.json()["key"]

@@ -212,3 +212,39 @@ def test_refused_items_are_logged_once_with_the_callers_ids_escaped(api, caplog)
     assert response.json()["items"][0]["error"]["code"] == "not_found"
     (refused,) = [r for r in caplog.records if r.getMessage() == "shipment confirmations refused"]
     assert refused.refused_items == ["ord_x\\r\\nINFO forged\\x1b[0m/shp_y deliver: not_found"]
+
+
+def test_a_batch_replayed_or_confirming_again_is_logged_as_a_read_of_each_order_it_answers(api, sku):
+    # A batch sent again under its Idempotency-Key answers each order's status and version again and
+    # writes nothing: the key read them, as a replayed ship on the single route is logged, and the log
+    # said nothing. The first batch wrote the orders' history entries (naming the key): not a read too.
+    from tests.integration.test_access_log_api import consume_queued_reads, key
+
+    wms_id, wms = key(api, "fulfillment:write")
+    (first, one), (second, two) = allocated(api, sku), allocated(api, sku)
+    body = {"items": [item(first, one, "ship"), item(second, two, "ship"), item(first, one, "deliver"),
+                      item("ord_" + "z" * 24, two, "ship")]}  # fmt: skip
+    headers = {"Idempotency-Key": unique("batch")}
+    consume_queued_reads()
+
+    answer = api.post(PATH, json=body, key=wms, headers=headers)
+    assert answer.status_code == 200, answer.text
+    assert [r["error"] is None for r in answer.json()["items"]] == [True, True, True, False]
+    assert consume_queued_reads() == []  # changes: their history entries name the key
+    again = api.post(PATH, json=body, key=wms, headers=headers)
+    assert again.json() == answer.json()
+    reads = consume_queued_reads()
+    assert [(q["order_id"], q["actor"], q["action"], q["detail"]) for q in reads] == [
+        (first, wms_id, "confirm", {"shipment_ids": [one]}),  # once, though two of its items answered
+        (second, wms_id, "confirm", {"shipment_ids": [two]}),
+    ]  # the unknown order's refusal read nothing
+
+    # Without the key, a shipment delivered already is confirmed again without a write: a read too.
+    unkeyed = api.post(PATH, json={"items": [item(first, one, "deliver")]}, key=wms)
+    assert unkeyed.json()["items"][0]["status"] == "delivered", unkeyed.text
+    assert [(q["order_id"], q["action"]) for q in consume_queued_reads()] == [(first, "confirm")]
+    items = api.get(f"/orders/{first}/access-log", key=key(api, "audit:read")[1]).json()["items"]
+    by_key = [i for i in items if i["actor"] == wms_id]
+    assert [i["action"] for i in by_key][-2:] == ["confirm", "confirm"]
+    assert [(i["detail"] or {}).get("change") for i in by_key[:-2]] == [True] * (len(by_key) - 2) != []
+    consume_queued_reads()

@@ -31,7 +31,8 @@ def set_stock(sku: KnownSkuPath, location_id: KnownLocationPath, count: StockCou
     "/inventory/<sku>/<location_id>/adjustments",
     summary="Adjust units on hand (receipt, damage, correction)",
     description="An adjustment retried with the same Idempotency-Key is counted once (another body with that key "
-    "is 409).",
+    "is 409). One that would take on_hand below the reserved units is 409 `insufficient_stock`, past "
+    "1,000,000,000 (the most a stock take counts) 409 `stock_limit_reached`.",
     responses={**ok(200, StockLevel, "The stock record"), **errors(400, 403, 404, 409, 413)},
 )
 @requires(Scope.INVENTORY_WRITE)

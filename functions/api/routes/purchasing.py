@@ -141,7 +141,9 @@ def cancel_purchase_order(po_id: PurchaseOrderIdPath) -> PurchaseOrder:
     summary="Receive units of an open purchase order into stock at its location",
     description="One transaction adds the units to on hand (and available) at the PO's location, lowers its "
     "incoming, and records the received quantities; the rise of available then allocates waiting backorders. "
-    "More than ordered minus received is 422 `over_receipt`, and nothing is counted. A receipt sent again with "
+    "More than ordered minus received is 422 `over_receipt`, and nothing is counted; units that would take on hand "
+    "past 1,000,000,000 (the most a stock take counts) are 409 `stock_limit_reached`, naming the receipt's lines of "
+    "that sku, and nothing is counted. A receipt sent again with "
     "the same Idempotency-Key, however late, is counted once: the same body answers the purchase order as that "
     "receipt left it, another body is 409 `idempotency_key_reused`. A purchase order keeps a few thousand "
     "receipts (256 KiB of them): past that a receipt is 409 `too_many_receipts`.",
