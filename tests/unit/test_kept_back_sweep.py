@@ -12,7 +12,7 @@ import pytest
 
 import core.refund_service as refund_service
 import core.returns as returns_module
-from core.errors import TransientError
+from core.errors import PaymentGatewayUnavailable, TransientError
 from core.models import Order
 from core.money import Money
 from core.ports import KeptBackRefunds
@@ -522,3 +522,29 @@ def test_a_run_finding_its_return_refunded_by_a_concurrent_one_leaves_other_retu
     sweep(world, clock).run(ACTOR, finished=finished)
     assert world.order(order.id).payment.refunds[-1].status == "succeeded"
     assert returns.get(mugs_return).refund == order.lines[0].total
+
+
+def test_a_show_failing_after_the_gateway_stayed_down_does_not_hide_that_it_was_down(world, clock, monkeypatch):
+    # The CAP's step finds the gateway still down for the MUGs' pending refund, and the show it makes
+    # all the same (of what was finished before) fails too. Before: the show's error replaced the
+    # gateway's, so the workflow saw a plain error, not PaymentGatewayUnavailable (its Retry).
+    returns, order, mugs_return, cap_return = caps_return_finishing_the_kept_back_refund(world, clock)
+
+    def down(*args: object, **kwargs: object) -> None:
+        raise PaymentGatewayUnavailable("the gateway is unavailable")
+
+    def show_fails(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("the Returns table failed")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(returns._refunds, "finish_pending", down)
+        patched.setattr(returns_module, "show_owed", show_fails)
+        with pytest.raises(PaymentGatewayUnavailable) as raised:
+            returns.refund(cap_return, actor="key_wh")  # the workflow's step (settle takes it as not done)
+    assert any("the Returns table failed" in note for note in getattr(raised.value, "__notes__", []))
+    assert world.order(order.id).payment.refunds[-1].status == "pending"
+    assert returns.get(cap_return).shows_owed == [mugs_return]  # the record stays for the retry
+
+    assert returns.settle(cap_return, actor="key_wh").status is ReturnStatus.REFUNDED  # the step, retried
+    assert returns.get(mugs_return).refund == order.lines[0].total
+    assert returns.get(cap_return).shows_owed == []
