@@ -548,3 +548,72 @@ def test_a_show_failing_after_the_gateway_stayed_down_does_not_hide_that_it_was_
     assert returns.settle(cap_return, actor="key_wh").status is ReturnStatus.REFUNDED  # the step, retried
     assert returns.get(mugs_return).refund == order.lines[0].total
     assert returns.get(cap_return).shows_owed == []
+
+
+class Died(Exception):
+    """The function running the step died here."""
+
+
+@pytest.mark.parametrize("then", ["retry", "passes"])
+@pytest.mark.parametrize("when", ["before", "after"])
+@pytest.mark.parametrize("at_write", range(1, 8))  # the step makes 7 writes
+def test_a_refund_step_dying_at_any_write_shows_every_return_what_went_back_once(
+    world, clock, monkeypatch, at_write, when, then
+):  # fmt: skip
+    # The CAP's refund step (finishing the pending refund of what the MUGs kept back first) dies
+    # just before or just after its `at_write`-th write of an order or a return (before one: the
+    # gateway may have answered, unrecorded); then the step is run again to its end, or, recorded
+    # stuck for a person, only the reconciler's passes run. Whatever the death point, the MUGs'
+    # return shows all that went back for it, the money moved once, and no record is left.
+    returns, order, mugs_return, cap_return = caps_return_finishing_the_kept_back_refund(world, clock)
+    returns.restock(cap_return)
+    returns.record_on_order(cap_return, "key_wh")
+    writes = [0]
+
+    def dying(write):
+        def write_or_die(*args: object, **kwargs: object) -> None:
+            writes[0] += 1
+            if writes[0] == at_write and when == "before":
+                raise Died
+            write(*args, **kwargs)
+            if writes[0] == at_write:
+                raise Died
+
+        return write_or_die
+
+    with monkeypatch.context() as patched:
+        patched.setattr(world.orders, "update", dying(world.orders.update))
+        patched.setattr(world.returns, "update", dying(world.returns.update))
+        with pytest.raises(Died):
+            returns.refund(cap_return, actor="key_wh")
+
+    if then == "passes":
+        returns.stuck(cap_return, "States.Timeout", "the function died", actor="returns-workflow", execution="x1")
+        workflow = InlineReturnWorkflow()
+        workflow.returns = returns
+        passes = ReturnReconciler(
+            InMemoryReceivedReturns(world.returns), world.returns, world.orders, workflow, clock,
+            restart_after=timedelta(minutes=15),
+        )  # fmt: skip
+        for _ in range(2):
+            later(clock)
+            passes.run()
+            finished: list[str] = []
+            PendingRefundSweep(InMemoryPendingRefunds(world), world.refunds, clock, after=AFTER).run(
+                ACTOR, orders=finished
+            )
+            sweep(world, clock).run(ACTOR, finished=finished)
+        assert workflow.started == []  # left to the person its stuck entry called
+        assert returns.get(mugs_return).refund == order.lines[0].total
+        assert returns.get(cap_return).shows_owed == []
+        after = world.order(order.id)
+        assert [r.status for r in after.payment.refunds if r.status != "succeeded"] == []
+        return
+    assert returns.settle(cap_return, actor="key_wh").status is ReturnStatus.REFUNDED  # the step, retried
+    after = world.order(order.id)
+    cap_refund = returns.get(cap_return).refund
+    assert returns.get(mugs_return).refund == order.lines[0].total
+    assert returns.get(cap_return).shows_owed == []
+    assert [r.status for r in after.payment.refunds if r.status != "succeeded"] == []
+    assert after.payment.refunded == Money.of("1.00", "USD") + order.lines[0].total + cap_refund
+    assert paid_in_full(order, after, Money.of("1.00", "USD") + cap_refund)
