@@ -238,7 +238,8 @@ def _refund_changes(before: dict[str, Any], new: dict[str, Any]) -> Iterator[tup
     approved)."""
     if "refunds" in new:
         for type_, refund in _changed(before.get("refunds"), new.get("refunds"), _REFUND_EVENTS):
-            yield type_, {**refund, "order_id": new["id"]}
+            # As stored, its references are the gateway's exactly: shown escaped, as everywhere.
+            yield type_, references_shown_in({**refund, "order_id": new["id"]})
         return
 
     def answered(payment: dict[str, Any] | None) -> list[dict[str, Any]]:

@@ -800,17 +800,27 @@ class Returns:
                 # returns pass reads received returns), so nothing is finished here. Still pending,
                 # the refunds are the reconciler's pending-refund pass's, which shows what went back.
                 return visible(self._orders.get(order.id, consistent=True), order.id, None)
-        finished: list[Refund] = []
         try:
             finished = self._refunds.finish_pending(order.id, actor, besides_return=besides_return)
-        finally:
-            # Refused, or the gateway down for one of them, those finished before still show it.
-            order = visible(self._orders.get(order.id, consistent=True), order.id, None)
-            # Shown by this step whatever the record says now (another reader may have cleared it),
-            # with those the finish found pending that the order read before did not show.
-            shown = [*owed, *_answered_returns(order, finished)]
-            if shown:
-                self._show_owed(item.id, order, shown)
+        except BaseException as error:
+            # Refused, or the gateway down for one of them, those finished before still show it;
+            # a show failing then does not hide why the step stopped (a gateway down is a Retry).
+            try:
+                self._show_finished(item, order.id, owed, [])
+            except Exception as failed:
+                error.add_note(f"showing the returns owed what went back failed too: {failed!r}")
+            raise
+        return self._show_finished(item, order.id, owed, finished)
+
+    def _show_finished(self, item: Return, order_id: str, owed: list[str], finished: list[Refund]) -> Order:
+        """The order, read consistently, once the returns `owed` (recorded on `item`) and those the
+        refunds `finished` were answered for show what went back for them (show_owed): shown by
+        this step whatever the record says now (another reader may have cleared it), with those the
+        finish found pending that the order read before did not show."""
+        order = visible(self._orders.get(order_id, consistent=True), order_id, None)
+        shown = [*owed, *_answered_returns(order, finished)]
+        if shown:
+            self._show_owed(item.id, order, shown)
         return order
 
     def _finish_owed(self, item: Return, actor: str) -> Return:

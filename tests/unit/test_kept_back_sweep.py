@@ -12,7 +12,7 @@ import pytest
 
 import core.refund_service as refund_service
 import core.returns as returns_module
-from core.errors import TransientError
+from core.errors import PaymentGatewayUnavailable, TransientError
 from core.models import Order
 from core.money import Money
 from core.ports import KeptBackRefunds
@@ -522,3 +522,98 @@ def test_a_run_finding_its_return_refunded_by_a_concurrent_one_leaves_other_retu
     sweep(world, clock).run(ACTOR, finished=finished)
     assert world.order(order.id).payment.refunds[-1].status == "succeeded"
     assert returns.get(mugs_return).refund == order.lines[0].total
+
+
+def test_a_show_failing_after_the_gateway_stayed_down_does_not_hide_that_it_was_down(world, clock, monkeypatch):
+    # The CAP's step finds the gateway still down for the MUGs' pending refund, and the show it makes
+    # all the same (of what was finished before) fails too. Before: the show's error replaced the
+    # gateway's, so the workflow saw a plain error, not PaymentGatewayUnavailable (its Retry).
+    returns, order, mugs_return, cap_return = caps_return_finishing_the_kept_back_refund(world, clock)
+
+    def down(*args: object, **kwargs: object) -> None:
+        raise PaymentGatewayUnavailable("the gateway is unavailable")
+
+    def show_fails(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("the Returns table failed")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(returns._refunds, "finish_pending", down)
+        patched.setattr(returns_module, "show_owed", show_fails)
+        with pytest.raises(PaymentGatewayUnavailable) as raised:
+            returns.refund(cap_return, actor="key_wh")  # the workflow's step (settle takes it as not done)
+    assert any("the Returns table failed" in note for note in getattr(raised.value, "__notes__", []))
+    assert world.order(order.id).payment.refunds[-1].status == "pending"
+    assert returns.get(cap_return).shows_owed == [mugs_return]  # the record stays for the retry
+
+    assert returns.settle(cap_return, actor="key_wh").status is ReturnStatus.REFUNDED  # the step, retried
+    assert returns.get(mugs_return).refund == order.lines[0].total
+    assert returns.get(cap_return).shows_owed == []
+
+
+class Died(Exception):
+    """The function running the step died here."""
+
+
+@pytest.mark.parametrize("then", ["retry", "passes"])
+@pytest.mark.parametrize("when", ["before", "after"])
+@pytest.mark.parametrize("at_write", range(1, 8))  # the step makes 7 writes
+def test_a_refund_step_dying_at_any_write_shows_every_return_what_went_back_once(
+    world, clock, monkeypatch, at_write, when, then
+):  # fmt: skip
+    # The CAP's refund step (finishing the pending refund of what the MUGs kept back first) dies
+    # just before or just after its `at_write`-th write of an order or a return (before one: the
+    # gateway may have answered, unrecorded); then the step is run again to its end, or, recorded
+    # stuck for a person, only the reconciler's passes run. Whatever the death point, the MUGs'
+    # return shows all that went back for it, the money moved once, and no record is left.
+    returns, order, mugs_return, cap_return = caps_return_finishing_the_kept_back_refund(world, clock)
+    returns.restock(cap_return)
+    returns.record_on_order(cap_return, "key_wh")
+    writes = [0]
+
+    def dying(write):
+        def write_or_die(*args: object, **kwargs: object) -> None:
+            writes[0] += 1
+            if writes[0] == at_write and when == "before":
+                raise Died
+            write(*args, **kwargs)
+            if writes[0] == at_write:
+                raise Died
+
+        return write_or_die
+
+    with monkeypatch.context() as patched:
+        patched.setattr(world.orders, "update", dying(world.orders.update))
+        patched.setattr(world.returns, "update", dying(world.returns.update))
+        with pytest.raises(Died):
+            returns.refund(cap_return, actor="key_wh")
+
+    if then == "passes":
+        returns.stuck(cap_return, "States.Timeout", "the function died", actor="returns-workflow", execution="x1")
+        workflow = InlineReturnWorkflow()
+        workflow.returns = returns
+        passes = ReturnReconciler(
+            InMemoryReceivedReturns(world.returns), world.returns, world.orders, workflow, clock,
+            restart_after=timedelta(minutes=15),
+        )  # fmt: skip
+        for _ in range(2):
+            later(clock)
+            passes.run()
+            finished: list[str] = []
+            PendingRefundSweep(InMemoryPendingRefunds(world), world.refunds, clock, after=AFTER).run(
+                ACTOR, orders=finished
+            )
+            sweep(world, clock).run(ACTOR, finished=finished)
+        assert workflow.started == []  # left to the person its stuck entry called
+        assert returns.get(mugs_return).refund == order.lines[0].total
+        assert returns.get(cap_return).shows_owed == []
+        after = world.order(order.id)
+        assert [r.status for r in after.payment.refunds if r.status != "succeeded"] == []
+        return
+    assert returns.settle(cap_return, actor="key_wh").status is ReturnStatus.REFUNDED  # the step, retried
+    after = world.order(order.id)
+    cap_refund = returns.get(cap_return).refund
+    assert returns.get(mugs_return).refund == order.lines[0].total
+    assert returns.get(cap_return).shows_owed == []
+    assert [r.status for r in after.payment.refunds if r.status != "succeeded"] == []
+    assert after.payment.refunded == Money.of("1.00", "USD") + order.lines[0].total + cap_refund
+    assert paid_in_full(order, after, Money.of("1.00", "USD") + cap_refund)

@@ -72,6 +72,26 @@ def test_an_orders_events_carry_its_references_escaped():
         assert "\u202e" not in json.dumps(event.data, ensure_ascii=False)
 
 
+def test_a_refund_event_of_a_document_listing_refunds_with_a_status_carries_its_reference_escaped():
+    # Before: the branch for a document carrying a `refunds` list of its own put the refund in the
+    # event as stored, its reference (and a part's authorization) exactly as the gateway gave it.
+    order = json.loads(an_order_paid_under_bidi_references().stored_json())
+    refund = {"id": "ref_9", "amount": {"amount": "1.00", "currency": "USD"}, "status": "pending",
+              "reference": None, "parts": [{"authorization": RLO, "status": "pending"}]}  # fmt: skip
+    answered = {**refund, "status": "succeeded", "reference": "re_\u202ex",
+                "parts": [{"authorization": RLO, "status": "succeeded", "reference": "p\x1b"}]}  # fmt: skip
+    old = {**order, "refunds": [refund]}
+    new = {**order, "version": order["version"] + 1, "refunds": [answered]}
+
+    [event] = [event for event in order_events(old, new) if event.type is EventType.REFUND_SUCCEEDED]
+
+    assert event.data["refund"]["reference"] == "re_\\u202ex"
+    assert event.data["refund"]["parts"][0] == {"authorization": SHOWN, "status": "succeeded", "reference": "p\\x1b"}
+    assert event.data["refund"]["order_id"] == order["id"]
+    assert "\u202e" not in json.dumps(event.data, ensure_ascii=False)
+    assert new["refunds"][0]["reference"] == "re_\u202ex"  # the stored document is untouched
+
+
 def test_a_history_shows_its_references_escaped_and_the_entries_the_system_reads_stay_exact():
     renewed = HistoryEntry(at=NOW, type=OrderEvent.PAYMENT_AUTHORIZED, actor="system",
                            detail={"amount": {"amount": "1.00", "currency": "USD"}, "reference": RLO, "replaces": RLO,
