@@ -18,12 +18,13 @@ from core.ids import booking_key
 from core.models import CancelRequest, LineInput, Order, OrderEdit
 from core.money import Money
 from core.pricing_types import Discount, PricingDraft, ShippingQuote
+from core.returns import Returns
 from core.status import OrderStatus, PaymentStatus, ReturnStatus, ShipmentStatus
 from plugins.tax_table import TAX_RATES_FILE_ENV
 from tests.builders import NOW, location, place_order, product
 from tests.unit.test_payment_truth import Removed
 from tests.unit.test_returns import Clock as ReturnsClock
-from tests.unit.test_returns import ask, receipt, returns_for
+from tests.unit.test_returns import ask, exchange_of, receipt, returns_for
 from tests.unit.world import (
     Died,
     RecordsBookings,
@@ -1284,6 +1285,21 @@ def test_a_unit_kept_of_a_line_whose_volume_price_a_cancel_lost_costs_its_own_pr
     assert after.payment.captured - after.payment.refunded == after.totals.shipping
 
 
+def exchanged_for_three_mugs(world: World, returns: Returns, sku: str) -> tuple[Order, Order]:
+    """One `sku` ordered and shipped, exchanged (received at wh-west) for three MUGs; the
+    replacement's parcel from wh-west shipped and delivered. The original and the replacement."""
+    order = world.allocated((sku, 1))
+    for shipment in order.shipments:
+        world.actions.ship(order.id, shipment.id, None, actor="key_wh")
+    item = returns.request(order.id, exchange_of("L1", 1, ("MUG", 3)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    replacement = world.run(returns.settle(item.id, actor="key_wh").exchange_order_id or "")
+    west = world.shipment_at(replacement, "wh-west")
+    world.actions.ship(replacement.id, west, None, actor="key_wh")
+    world.actions.deliver(replacement.id, west, actor="key_wh")
+    return order, replacement
+
+
 def test_a_replacement_unit_returned_before_its_line_lost_its_volume_price_costs_nothing():
     # A TSHIRT is exchanged for three MUGs at the volume price: its credit pays for them but for the
     # difference the replacement's own payment pays. The MUG shipped from the west comes back
@@ -1293,21 +1309,13 @@ def test_a_replacement_unit_returned_before_its_line_lost_its_volume_price_costs
     from datetime import timedelta
 
     from tests.builders import NOW
-    from tests.unit.test_returns import Clock, ask, exchange_of, receipt, returns_for
+    from tests.unit.test_returns import Clock, ask, receipt, returns_for
 
     clock = Clock(NOW + timedelta(days=3))
     stock = [("MUG", "wh-west", 1), ("MUG", "wh-east", 2), ("TSHIRT", "wh-west", 1)]
     world = build_world(stock, VolumePrice(), clock=clock)
     returns, _ = returns_for(world, clock)
-    order = world.allocated(("TSHIRT", 1))
-    for shipment in order.shipments:
-        world.actions.ship(order.id, shipment.id, None, actor="key_wh")
-    item = returns.request(order.id, exchange_of("L1", 1, ("MUG", 3)), actor="key_cs")
-    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
-    replacement = world.run(returns.settle(item.id, actor="key_wh").exchange_order_id or "")
-    west = world.shipment_at(replacement, "wh-west")
-    world.actions.ship(replacement.id, west, None, actor="key_wh")
-    world.actions.deliver(replacement.id, west, actor="key_wh")
+    order, replacement = exchanged_for_three_mugs(world, returns, "TSHIRT")
     mug = returns.request(replacement.id, ask(("L1", 1, None)), actor="key_cs")
     returns.receive(mug.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
     returns.settle(mug.id, actor="key_wh")
@@ -1472,21 +1480,11 @@ def test_a_replacement_unit_refunded_from_its_captures_is_not_given_back_twice_o
     # and the credit, counting that as paid by the replacement itself, gave the 3.58 back again.
     from datetime import timedelta
 
-    from tests.unit.test_returns import exchange_of
-
     clock = ReturnsClock(NOW + timedelta(days=3))
     stock = [("MUG", "wh-west", 1), ("MUG", "wh-east", 2), ("CAP", "wh-west", 1)]
     world = build_world(stock, FiveOffEveryOrder(), clock=clock)
     returns, _ = returns_for(world, clock)
-    order = world.allocated(("CAP", 1))
-    for shipment in order.shipments:
-        world.actions.ship(order.id, shipment.id, None, actor="key_wh")
-    item = returns.request(order.id, exchange_of("L1", 1, ("MUG", 3)), actor="key_cs")
-    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
-    replacement = world.run(returns.settle(item.id, actor="key_wh").exchange_order_id or "")
-    west = world.shipment_at(replacement, "wh-west")
-    world.actions.ship(replacement.id, west, None, actor="key_wh")
-    world.actions.deliver(replacement.id, west, actor="key_wh")
+    order, replacement = exchanged_for_three_mugs(world, returns, "CAP")
     assert world.order(replacement.id).payment.captured == Money.of("11.62", "USD")
 
     def return_the_mug() -> None:
@@ -1569,21 +1567,11 @@ def test_a_replacements_credit_is_not_given_back_for_what_its_card_is_still_owed
     # refusal must not be refunded from what the card holds for it, or nothing refunds the card.
     from datetime import timedelta
 
-    from tests.unit.test_returns import exchange_of
-
     clock = ReturnsClock(NOW + timedelta(days=3))
     stock = [("MUG", "wh-west", west), ("MUG", "wh-east", 3 - west), ("TSHIRT", "wh-west", 1)]
     world = build_world(stock, clock=clock)
     returns, _ = returns_for(world, clock)
-    order = world.allocated(("TSHIRT", 1))
-    for shipment in order.shipments:
-        world.actions.ship(order.id, shipment.id, None, actor="key_wh")
-    item = returns.request(order.id, exchange_of("L1", 1, ("MUG", 3)), actor="key_cs")
-    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
-    replacement = world.run(returns.settle(item.id, actor="key_wh").exchange_order_id or "")
-    west_parcel = world.shipment_at(replacement, "wh-west")
-    world.actions.ship(replacement.id, west_parcel, None, actor="key_wh")
-    world.actions.deliver(replacement.id, west_parcel, actor="key_wh")
+    order, replacement = exchanged_for_three_mugs(world, returns, "TSHIRT")
     mug = returns.request(replacement.id, ask(("L1", 1, None)), actor="key_cs")
     returns.receive(mug.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
 
@@ -1616,21 +1604,11 @@ def test_a_replacement_return_neither_its_captures_nor_its_credit_could_refund_i
     # again captured the 6.79, and nothing refunded the 1.79 the return was still owed.
     from datetime import timedelta
 
-    from tests.unit.test_returns import exchange_of
-
     clock = ReturnsClock(NOW + timedelta(days=3))
     stock = [("MUG", "wh-west", 2), ("MUG", "wh-east", 1), ("PEN", "wh-west", 1)]
     world = build_world(stock, VolumePrice(), clock=clock)
     returns, _ = returns_for(world, clock)
-    order = world.allocated(("PEN", 1))
-    for shipment in order.shipments:
-        world.actions.ship(order.id, shipment.id, None, actor="key_wh")
-    item = returns.request(order.id, exchange_of("L1", 1, ("MUG", 3)), actor="key_cs")
-    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
-    replacement = world.run(returns.settle(item.id, actor="key_wh").exchange_order_id or "")
-    west = world.shipment_at(replacement, "wh-west")
-    world.actions.ship(replacement.id, west, None, actor="key_wh")
-    world.actions.deliver(replacement.id, west, actor="key_wh")
+    order, replacement = exchanged_for_three_mugs(world, returns, "PEN")
     world.gateway.script("capture", "refuse", "approve")
     world.actions.cancel(replacement.id, "no more mugs", actor="key_cs", lines={"L1": 1})
     mugs = returns.request(replacement.id, ask(("L1", 2, None)), actor="key_cs")
