@@ -155,6 +155,12 @@ class EmbeddedStack:
             self.template.parameter_overrides.update(overrides)
         else:
             self.template = Template.load(template, parameter_overrides=overrides)
+        # What a deploy refuses (ReturnExpiryDays=-1, HoldExpiryDays=nan) is refused here, by the
+        # variable that set it, not by the jeopardy scan at every pass.
+        given = parameter_overrides or {}
+        self.template.check_parameters(
+            {param: var for var, param in PARAMETER_ENV.items() if os.environ.get(var) and param not in given}
+        )
         self.host = "127.0.0.1"
         self._api_port_asked = _env("OMS_PORT", 8080, int) if api_port is None else api_port
         self._aws_port_asked = _env("OMS_AWS_PORT", 4566, int) if aws_port is None else aws_port
