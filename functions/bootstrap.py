@@ -187,19 +187,20 @@ def _expiry(days: float, name: str) -> timedelta | None:
     return timedelta(days=days) if days else None
 
 
-def _within(value: float, name: str, unit: str, zero: str = "") -> float:
+def _within(value: float, name: str, unit: str, zero: str = "", over: float = 0.0) -> float:
     """A numeric setting (a duration in `unit`: days, minutes or seconds), or ValueError naming it
     when it is negative, NaN, inf or over 100 years (core.jeopardy.LONGEST): such a value fails
     every request or pass that reads it (a wait off the calendar, or timedelta refusing it), so it
     is refused where it is read, with the setting's name in the error the function logs (and its
     errors alarm counts) instead of an OverflowError naming nothing. `zero` (e.g. "0 (never) or ")
-    says 0 is allowed; without it the setting must be positive."""
+    says 0 is allowed; without it the setting must be more than `over` (positive by default)."""
     from core.jeopardy import LONGEST
 
     most = LONGEST / timedelta(**{unit: 1})
-    least_ok = value >= 0 if zero else value > 0
+    least_ok = value >= 0 if zero else value > over
     if not least_ok or not value <= most:  # both False for NaN
-        raise ValueError(f"{name} must be {zero}a positive number of {unit}, at most {most:.0f} (100 years)")
+        least = f"more than {over:g} {unit}" if over and not zero else f"a positive number of {unit}"
+        raise ValueError(f"{name} must be {zero}{least}, at most {most:.0f} (100 years), not {value:g}")
     return value
 
 
@@ -513,8 +514,13 @@ class Container:
 
     @cached_property
     def _reconcile_after(self) -> timedelta:
-        """ReconcileAfterMinutes, which the reconciler's jobs and the jeopardy scan wait."""
-        return timedelta(minutes=_within(self.config.reconcile_after_minutes, "RECONCILE_AFTER_MINUTES", "minutes"))
+        """ReconcileAfterMinutes, which the reconciler's jobs and the jeopardy scan wait: more than
+        5 minutes (the template's MinValue is 6), as the reconciler's restart requires. Younger, an
+        order's Express execution, or the API request that wrote what a pass settles, may still be
+        running: every other pass (pending refunds, unsettled authorizations, captures, carrier
+        work) would act on it meanwhile while only the restart pass failed."""
+        minutes = _within(self.config.reconcile_after_minutes, "RECONCILE_AFTER_MINUTES", "minutes", over=5)
+        return timedelta(minutes=minutes)
 
     @cached_property
     def reconciler(self) -> Reconciler:
@@ -528,10 +534,20 @@ class Container:
             self.workflow,
             self.clock,
             restart_after=self._reconcile_after,
-            park_after=timedelta(
-                minutes=_within(config.reconcile_park_after_minutes, "RECONCILE_PARK_AFTER_MINUTES", "minutes")
-            ),
+            park_after=self._park_after,
         )
+
+    @cached_property
+    def _park_after(self) -> timedelta:
+        """ParkStalledAfterMinutes: more than ReconcileAfterMinutes (a stalled order is restarted
+        before it is parked), or ValueError naming both settings."""
+        minutes = _within(self.config.reconcile_park_after_minutes, "RECONCILE_PARK_AFTER_MINUTES", "minutes")
+        restart = self._reconcile_after / timedelta(minutes=1)
+        if minutes <= restart:
+            raise ValueError(
+                f"RECONCILE_PARK_AFTER_MINUTES must be more than RECONCILE_AFTER_MINUTES ({restart:g}), not {minutes:g}"
+            )
+        return timedelta(minutes=minutes)
 
     @cached_property
     def pending_refund_sweep(self) -> PendingRefundSweep:

@@ -71,7 +71,7 @@ def oms_return_policy(order: Order, lines: list[ReturnLineInput], now: datetime)
             return ReturnPolicyDecision(
                 allowed=False,
                 code="return_window_closed",
-                message=f"line {line.line_id} left more than {allowed_for.days} days ago "
+                message=f"line {line.line_id} left more than {allowed_for / timedelta(days=1):g} days ago "
                 f"({started.date().isoformat()}); the return window is closed",
             )
     shop_fault = all(line.reason_code in SHOP_FAULTS for line in lines)

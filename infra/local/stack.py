@@ -54,6 +54,21 @@ def _env(name: str, default: Any, parse: Callable[[str], Any] = float) -> Any:
     return parse(value) if value else default
 
 
+def _retry_delay_scale(given: float | None) -> float:
+    """OMS_RETRY_DELAY_SCALE (or the value given): a finite number, 0 or more, or ValueError naming
+    it at construction, as the local schedule's periods are (event_sources._local_period). NaN, inf
+    or a negative scale passed here and failed only inside the ASL interpreter, at the first Retry
+    sleep of some execution (time.sleep refuses them), naming no setting."""
+    raw = os.environ.get("OMS_RETRY_DELAY_SCALE", "").strip() if given is None else str(given)
+    try:
+        scale = float(raw) if raw else 1.0
+    except ValueError:
+        scale = float("nan")
+    if not 0 <= scale < float("inf"):  # False for NaN too
+        raise ValueError(f"OMS_RETRY_DELAY_SCALE must be a number of 0 or more (1: AWS's timing), got {raw!r}")
+    return scale
+
+
 def _flag(value: str) -> bool:
     return value.lower() not in ("0", "false", "no", "off")
 
@@ -128,6 +143,7 @@ class EmbeddedStack:
         retry_delay_scale: float | None = None,
         mapping_retry_delay: float | None = None,
     ):
+        self.retry_delay_scale = _retry_delay_scale(retry_delay_scale)  # refused before anything is built
         # Template parameters a local user may want to change without editing the template.
         overrides = {
             **LOCAL_PARAMETERS,
@@ -139,6 +155,12 @@ class EmbeddedStack:
             self.template.parameter_overrides.update(overrides)
         else:
             self.template = Template.load(template, parameter_overrides=overrides)
+        # What a deploy refuses (ReturnExpiryDays=-1, HoldExpiryDays=nan) is refused here, by the
+        # variable that set it, not by the jeopardy scan at every pass.
+        given = parameter_overrides or {}
+        self.template.check_parameters(
+            {param: var for var, param in PARAMETER_ENV.items() if os.environ.get(var) and param not in given}
+        )
         self.host = "127.0.0.1"
         self._api_port_asked = _env("OMS_PORT", 8080, int) if api_port is None else api_port
         self._aws_port_asked = _env("OMS_AWS_PORT", 4566, int) if aws_port is None else aws_port
@@ -147,7 +169,6 @@ class EmbeddedStack:
         self.seed = _env("OMS_SEED", True, _flag) if seed is None else seed
         self._admin_key_bootstrap = admin_key_bootstrap or _default_admin_key_bootstrap
         self.event_sources = _env("OMS_EVENT_SOURCES", True, _flag) if event_sources is None else event_sources
-        self.retry_delay_scale = _env("OMS_RETRY_DELAY_SCALE", 1.0) if retry_delay_scale is None else retry_delay_scale
 
         self.process = ProcessEnvironment()
         self.resources = Resources(self.template, handlers)

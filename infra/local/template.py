@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import KW_ONLY, dataclass, field
@@ -52,6 +53,27 @@ def load_template(path: str | Path | None = None) -> dict[str, Any]:
     if not isinstance(document, dict) or "Resources" not in document:
         raise ValueError(f"{path or DEFAULT_TEMPLATE}: not a CloudFormation template")
     return document
+
+
+def number_refused(declared: Mapping[str, Any], value: Any) -> str | None:
+    """Why CloudFormation refuses `value` for the declared parameter when it is a Number (not a
+    finite number, under MinValue, over MaxValue, not one of AllowedValues); None when it takes it."""
+    if declared.get("Type") != "Number":
+        return None
+    try:
+        number = float(str(value).strip())
+    except ValueError:
+        number = math.nan
+    if not math.isfinite(number):
+        return "must be a number"
+    if "MinValue" in declared and number < float(declared["MinValue"]):
+        return f"must be at least {declared['MinValue']}"
+    if "MaxValue" in declared and number > float(declared["MaxValue"]):
+        return f"must be at most {declared['MaxValue']}"
+    allowed = declared.get("AllowedValues")
+    if allowed and number not in {float(v) for v in allowed}:
+        return f"must be one of {', '.join(str(v) for v in allowed)}"
+    return None
 
 
 def create_table_request(props: Mapping[str, Any], physical_name: str) -> dict[str, Any]:
@@ -130,11 +152,27 @@ class Template:
     # --- Parameters and intrinsics ---------------------------------------------------------------
     def parameter(self, name: str) -> Any:
         if name in self.parameter_overrides:
-            return self.parameter_overrides[name]
+            value = self.parameter_overrides[name]
+            refused = number_refused(self.document.get("Parameters", {}).get(name) or {}, value)
+            if refused:
+                raise ValueError(f"parameter {name} {refused}, got {value!r} (CloudFormation refuses it at deploy)")
+            return value
         declared = self.document["Parameters"][name]
         if "Default" not in declared:
             raise KeyError(f"parameter {name} has no Default: pass it in parameter_overrides")
         return declared["Default"]
+
+    def check_parameters(self, variables: Mapping[str, str] | None = None) -> None:
+        """Every override of a Number parameter as CloudFormation checks it at deploy (a number,
+        within MinValue and MaxValue, one of AllowedValues): the stack's start refuses what a deploy
+        would, naming the parameter and the variable that set it (`variables`: parameter -> name),
+        instead of a function refusing it at each request or pass (or taking it)."""
+        for name in self.parameter_overrides:
+            try:
+                self.parameter(name)
+            except ValueError as refused:
+                variable = (variables or {}).get(name)
+                raise ValueError(f"{variable}: {refused}" if variable else str(refused)) from None
 
     def resolve(self, value: Any, refs: Mapping[str, str] | None = None, atts: Mapping[str, str] | None = None) -> Any:
         """Evaluates Ref, Fn::GetAtt and Fn::Sub of a string, the intrinsics the emulated properties

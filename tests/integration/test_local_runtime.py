@@ -250,6 +250,46 @@ def test_parameter_overrides_win_over_defaults():
     assert ApiGateway.from_template(template, functions).authorizers["ApiKeyAuthorizer"].cache_seconds == 0
 
 
+@pytest.mark.parametrize(
+    ("parameter", "value", "refused"),
+    [
+        ("HoldExpiryDays", "-1", "must be at least 0"),
+        ("ReturnExpiryDays", "nan", "must be a number"),
+        ("PickupExpiryDays", "inf", "must be a number"),
+        ("ReturnWindowDays", "36501", "must be at most 36500"),
+        ("AuthorizerCacheSeconds", 301, "must be at most 300"),
+        ("WebhookRetryBaseSeconds", "0", "must be at least 1"),
+        ("LogRetentionDays", "31", "must be one of 1, 3, 5"),
+        ("ApiRateLimit", "many", "must be a number"),
+    ],
+)
+def test_an_override_a_deploy_would_refuse_is_refused_by_name(parameter: str, value: Any, refused: str):
+    # The template's MinValue, MaxValue and AllowedValues held at deploy only: `make run` took
+    # OMS_HOLD_EXPIRY_DAYS=-1 and every jeopardy pass then failed on it, as nan or inf did.
+    template = Template.load(parameter_overrides={parameter: value})
+
+    with pytest.raises(ValueError, match=f"^parameter {parameter} {refused}"):
+        template.parameter(parameter)
+    with pytest.raises(ValueError, match=f"^parameter {parameter} {refused}"):
+        template.check_parameters()
+
+
+def test_the_local_stack_refuses_such_an_override_at_once_naming_its_variable(monkeypatch: pytest.MonkeyPatch):
+    from infra.local.stack import EmbeddedStack
+
+    monkeypatch.setenv("OMS_HOLD_EXPIRY_DAYS", "-1")
+    with pytest.raises(ValueError, match=r"^OMS_HOLD_EXPIRY_DAYS: parameter HoldExpiryDays must be at least 0"):
+        EmbeddedStack(api_port=0, aws_port=0, seed=False)
+    # Given by the caller, the override wins over the variable, and is named as a parameter.
+    with pytest.raises(ValueError, match=r"^parameter HoldExpiryDays must be a number, got 'nan'"):
+        EmbeddedStack(api_port=0, aws_port=0, seed=False, parameter_overrides={"HoldExpiryDays": "nan"})
+
+    monkeypatch.setenv("OMS_HOLD_EXPIRY_DAYS", "0.5")
+    monkeypatch.setenv("OMS_PICKUP_EXPIRY_DAYS", "0.01")
+    stack = EmbeddedStack(api_port=0, aws_port=0, seed=False)
+    assert (stack.template.parameter("HoldExpiryDays"), stack.template.parameter("PickupExpiryDays")) == ("0.5", "0.01")
+
+
 # --- Routing and events -----------------------------------------------------------------------------
 
 

@@ -151,7 +151,7 @@ def test_a_numeric_setting_that_is_not_a_number_is_refused_by_name(monkeypatch: 
 def test_duration_settings_up_to_100_years_are_taken():
     settings = {
         "authorization_valid_days": 36500.0,
-        "reconcile_after_minutes": 0.05,
+        "reconcile_after_minutes": 5.5,
         "webhook_retry_window_seconds": 0.0,
     }
     container = bootstrap(replace(CONFIG, **settings), order_repository=FakeOrders(), dynamodb=object())
@@ -159,6 +159,32 @@ def test_duration_settings_up_to_100_years_are_taken():
     assert container.retry_schedule.window_seconds == 0.0
     assert container.pending_refund_sweep is not None
     assert container.actions is not None
+
+
+@pytest.mark.parametrize("part", ["pending_refund_sweep", "authorization_sweep", "capture_sweep", "jeopardy_scan"])
+@pytest.mark.parametrize("minutes", [0.05, 3.0, 5.0])
+def test_a_reconcile_wait_of_5_minutes_or_less_is_refused_by_every_pass_that_waits_it(part: str, minutes: float):
+    # Only the stalled-orders pass (Reconciler) refused it, naming no setting; the reconciler's
+    # other passes and the jeopardy scan took it, each isolated from the failing one, and settled
+    # refunds, authorizations and captures of orders whose execution or request may still be running.
+    config = replace(
+        CONFIG, order_workflow_arn="arn:workflow", returns_table="returns", reconcile_after_minutes=minutes
+    )
+    container = bootstrap(config, order_repository=FakeOrders(), stepfunctions=object(), dynamodb=object())
+
+    with pytest.raises(ValueError, match=r"^RECONCILE_AFTER_MINUTES must be more than 5 minutes, at most 52560000"):
+        getattr(container, part)
+
+
+@pytest.mark.parametrize("park", [15.0, 10.0])
+def test_a_park_wait_not_longer_than_the_restart_wait_is_refused_naming_both(park: float):
+    config = replace(CONFIG, order_workflow_arn="arn:workflow", reconcile_park_after_minutes=park)
+    container = bootstrap(config, order_repository=FakeOrders(), stepfunctions=object(), dynamodb=object())
+
+    with pytest.raises(
+        ValueError, match=r"^RECONCILE_PARK_AFTER_MINUTES must be more than RECONCILE_AFTER_MINUTES \(15\)"
+    ):
+        _ = container.reconciler
 
 
 def test_a_warm_container_is_built_once_overridden_for_a_block_and_forgotten_on_request():

@@ -199,6 +199,19 @@ def test_the_return_window_takes_fractions_of_days_as_its_number_parameter_allow
     assert window() == timedelta(days=2.5)
 
 
+def test_a_refusal_names_the_window_as_set_fractions_included(world, clock, monkeypatch):
+    # A window of 2.5 days was named by its whole days: "left more than 2 days ago" (0.5: "0 days").
+    monkeypatch.setenv("OMS_RETURN_WINDOW_DAYS", "2.5")
+    returns, _ = returns_for(world, clock)  # three days after delivery
+    order = shipped(world, ("TSHIRT", 1))
+
+    with pytest.raises(InvalidRequest) as refused:
+        returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
+
+    assert refused.value.code == "return_window_closed"
+    assert "left more than 2.5 days ago" in refused.value.message, refused.value.message
+
+
 @pytest.mark.parametrize("raw", ["-1", "36501", "99999999999", "1e10", "inf", "nan", "thirty"])
 def test_a_return_window_that_cannot_be_a_wait_is_refused_by_name(monkeypatch, raw: str):
     # 99999999999 days overflowed timedelta, and nan or 1e10 failed int(), each with an error
