@@ -377,6 +377,30 @@ def test_every_call_the_import_functions_make_is_granted_by_the_template(stack: 
         assert needed <= granted(function), f"{function} calls what it is not granted: {needed - granted(function)}"
 
 
+def test_a_file_imported_again_calls_only_what_the_worker_is_granted(stack: EmbeddedStack, api: Api):
+    """Each order of a file imported again is a duplicate: the worker reads its history to tell
+    its own earlier put (a twin delivery of the message) from another import's. That read went
+    through the API's history read, which also writes what the order's returns owe its history
+    (a Query of the Returns table, and perhaps an UpdateItem of the order): neither is granted to
+    the worker, so on AWS every duplicate was AccessDenied, ended in the DLQ, and its import
+    never ended."""
+    from tests.template_iam import calls_by_function, granted
+
+    channel = unique("again")
+    data = ("\n".join([",".join(COLUMNS), csv_row(channel, "A-1"), csv_row(channel, "A-2")]) + "\n").encode()
+    first = finished(api, put_file(stack, "incoming/again-1.csv", data))
+    assert stack.wait_until_idle(10)
+
+    with calls_by_function(stack) as calls:
+        again = finished(api, put_file(stack, "incoming/again-2.csv", data))
+        assert stack.wait_until_idle(10)
+
+    assert (first["status"], first["imported"]) == ("completed", 2)
+    assert (again["status"], again["imported"], again["duplicates"]) == ("completed", 0, 2)
+    needed = calls["ImportWorkerFunction"]
+    assert needed <= granted("ImportWorkerFunction"), f"not granted: {needed - granted('ImportWorkerFunction')}"
+
+
 def test_a_split_resumed_after_an_interruption_calls_only_what_the_splitter_is_granted(
     stack: EmbeddedStack, api: Api, monkeypatch: pytest.MonkeyPatch
 ):
