@@ -699,8 +699,12 @@ class Container:
         from functions.import_splitter.readers import field_in_file
 
         senders = QueueSenders.parse(self.config.import_splitter_role_id, self.config.import_queue_sender_channels)
+        # The stored history only (who created a duplicate's order): the API's read (`orders`) also
+        # writes what the order's returns owe its history, which reads the Returns table and may
+        # update the order, neither of them the worker's to do (nor granted to it).
+        stored = OrderQueries(self.order_repository)
         return OrderImporter(
-            self.capture, self.import_ledger, self.orders, clock=self.clock, field_names=field_in_file, senders=senders
+            self.capture, self.import_ledger, stored, clock=self.clock, field_names=field_in_file, senders=senders
         )
 
     # --- Events and webhooks (issue 14) ----------------------------------------------------------

@@ -375,3 +375,66 @@ def test_every_call_the_import_functions_make_is_granted_by_the_template(stack: 
     assert {"ImportSplitterFunction", "ImportWorkerFunction"} <= set(calls), sorted(calls)
     for function, needed in calls.items():
         assert needed <= granted(function), f"{function} calls what it is not granted: {needed - granted(function)}"
+
+
+def test_a_file_imported_again_calls_only_what_the_worker_is_granted(stack: EmbeddedStack, api: Api):
+    """Each order of a file imported again is a duplicate: the worker reads its history to tell
+    its own earlier put (a twin delivery of the message) from another import's. That read went
+    through the API's history read, which also writes what the order's returns owe its history
+    (a Query of the Returns table, and perhaps an UpdateItem of the order): neither is granted to
+    the worker, so on AWS every duplicate was AccessDenied, ended in the DLQ, and its import
+    never ended."""
+    from tests.template_iam import calls_by_function, granted
+
+    channel = unique("again")
+    data = ("\n".join([",".join(COLUMNS), csv_row(channel, "A-1"), csv_row(channel, "A-2")]) + "\n").encode()
+    first = finished(api, put_file(stack, "incoming/again-1.csv", data))
+    assert stack.wait_until_idle(10)
+
+    with calls_by_function(stack) as calls:
+        again = finished(api, put_file(stack, "incoming/again-2.csv", data))
+        assert stack.wait_until_idle(10)
+
+    assert (first["status"], first["imported"]) == ("completed", 2)
+    assert (again["status"], again["imported"], again["duplicates"]) == ("completed", 0, 2)
+    needed = calls["ImportWorkerFunction"]
+    assert needed <= granted("ImportWorkerFunction"), f"not granted: {needed - granted('ImportWorkerFunction')}"
+
+
+def test_a_split_resumed_after_an_interruption_calls_only_what_the_splitter_is_granted(
+    stack: EmbeddedStack, api: Api, monkeypatch: pytest.MonkeyPatch
+):
+    """Lambda's retry of an interrupted split reads the file again and finds its bad rows recorded:
+    it reads their markers (to keep an error a refused write left there). The splitter was granted
+    only PutItem on the markers' table, so on AWS every retry of a file with a bad row before the
+    interruption was AccessDenied, and the import never ended."""
+    from functions.adapters.imports import SqsOrderQueue
+    from tests.template_iam import calls_by_function, granted
+
+    channel = unique("resume")
+    rows = [csv_row(channel, "R-1", quantity="x"), csv_row(channel, "R-2")]
+    data = ("\n".join([",".join(COLUMNS), *rows]) + "\n").encode()
+    send = SqsOrderQueue.flush
+    interrupted: list[int] = []
+
+    def flush_once_interrupted(queue: SqsOrderQueue) -> None:
+        if queue._batch and not interrupted:  # the first split's batch: the bad row is recorded by now
+            interrupted.append(len(queue._batch))
+            raise ConnectionError("network down")
+        send(queue)
+
+    monkeypatch.setattr(SqsOrderQueue, "flush", flush_once_interrupted)
+    with calls_by_function(stack) as calls:
+        import_id = put_file(stack, "incoming/resumed.csv", data)
+        deadline = time.monotonic() + 30
+        # Failed as interrupted is no end: Lambda's retry of the event resumes the import.
+        while (report := finished(api, import_id))["status"] == "failed" and time.monotonic() < deadline:
+            assert report["errors"][0]["code"] == "split_interrupted", report
+            time.sleep(0.1)
+        assert stack.wait_until_idle(10)
+
+    assert interrupted == [1]
+    assert (report["status"], report["imported"], report["failed"]) == ("completed_with_errors", 1, 1)
+    assert [(error["line"], error["code"]) for error in report["errors"]] == [(2, "invalid_number")]
+    needed = calls["ImportSplitterFunction"]
+    assert needed <= granted("ImportSplitterFunction"), f"not granted: {needed - granted('ImportSplitterFunction')}"

@@ -250,6 +250,8 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
         ("ImportsBucket", "s3:ListBucket"): "S3's answer to a GetObject of an object version that is gone",
         ("ImportQueue", "sqs:SendMessage"): [SqsOrderQueue],
         **{(CATALOG, f"dynamodb:{a}"): [DynamoImportLedger] for a in ("GetItem", "PutItem", "UpdateItem")},
+        # A resumed split reads the marker of a rejected line it finds recorded.
+        (IDEMPOTENCY, "dynamodb:GetItem"): [DynamoImportLedger],
         (IDEMPOTENCY, "dynamodb:PutItem"): [DynamoImportLedger],
     },
     "ImportWorkerFunction": {
