@@ -223,7 +223,14 @@ class InventoryRepository(ABC):
     def restock(self, sku: str, location_id: str, key: str, quantity: int) -> None:
         """Put `quantity` returned units back on hand (and available) under `key` (return#line), in
         one atomic change that records the key: the same key again is a no-op, so a retried step
-        restocks once."""
+        restocks once. Units that would take on_hand past MAX_ON_HAND (what a stock take may count)
+        are refused as a whole by the stock write's own condition: nothing is added, and the key is
+        recorded as refused (not_restocked), so the step run again changes nothing either."""
+
+    @abstractmethod
+    def not_restocked(self, location_id: str, keys: list[str]) -> dict[str, int]:
+        """The units each of `keys` (restocks at `location_id`) was refused for on_hand's cap
+        (restock): {key: quantity}, only the refused keys. A strongly consistent read."""
 
     @abstractmethod
     def reservations(self, keys_by_item: dict[tuple[str, str], list[str]]) -> dict[tuple[str, str, str], int]:

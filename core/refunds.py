@@ -244,7 +244,8 @@ def over_capture_owed(order: Order) -> Money:
     back first (PaymentRefund.over_capture, decided as it is written: RefundService.issue_refund).
     While the OMS still asks the settlement's refund itself (pending, or refused fewer than
     OVER_CAPTURE_REFUSALS times: a cancel, ship or delivery repeated asks it again), an appeasement
-    is goodwill on top of it: taken as giving it back, the customer would lose the goodwill."""
+    is goodwill on top of it: taken as giving it back, the customer would lose the goodwill; but for
+    what an earlier ask refused so often left to a person, which that ask, refused, holds too."""
     zero = Money.zero(order.currency)
     left = left_to_a_person(order)
     if left is None:
@@ -255,18 +256,30 @@ def over_capture_owed(order: Order) -> Money:
 
 def left_to_a_person(order: Order) -> Money | None:
     """What is left to a person of the refund of what the captures held beyond the total, when the
-    gateway refused the last ones OVER_CAPTURE_REFUSALS times in a row for it (None otherwise, or
-    when nothing is left): nothing asks it again; a person gives it back with an appeasement, and
-    what the appeasements since gave back of it (appeased_over_capture, which payment_holds counts
-    too) is no longer left to them."""
-    settlements = [i for i, r in enumerate(order.payment.refunds) if r.kind == "cancellation"]
-    if not settlements:
-        return None
-    last = order.payment.refunds[settlements[-1]]
-    if last.status != "failed" or refused_in_a_row(order, last.amount) < OVER_CAPTURE_REFUSALS:
-        return None
-    left = last.amount - appeased_over_capture(order, order.payment.refunds[settlements[-1] + 1 :])
-    return left if left.amount > 0 else None
+    gateway refused it OVER_CAPTURE_REFUSALS times in a row for one amount (the person was told of
+    it: OverCapturesNotRefundedAlarm) and no settlement refund since went through or is on its way:
+    only refused asks since, for more (a later cancel raised what is held beyond the total, and the
+    ask of it, which holds the amount told, was refused fewer times). None otherwise, or when
+    nothing is left: nothing asks it again; a person gives it back with an appeasement, and what
+    the appeasements since gave back of it (appeased_over_capture, which payment_holds counts too)
+    is no longer left to them (so the person's appeasement of the amount told gives it back even
+    after a later ask was refused, and that ask, repeated, asks only the rest)."""
+    refunds = order.payment.refunds
+    amount, run = None, 0
+    for i in reversed(range(len(refunds))):
+        refund = refunds[i]
+        if refund.kind != "cancellation":
+            continue
+        if refund.status != "failed":
+            return None  # given back, or being asked: nothing is left to a person
+        if refund.amount == amount:
+            run += 1
+        else:
+            amount, run, newest = refund.amount, 1, i
+        if run == OVER_CAPTURE_REFUSALS:
+            left = refund.amount - appeased_over_capture(order, refunds[newest + 1 :])
+            return left if left.amount > 0 else None
+    return None
 
 
 def appeased_over_capture(order: Order, refunds: list[PaymentRefund] | None = None) -> Money:

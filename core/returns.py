@@ -31,6 +31,7 @@ from core.errors import (
     PickupNotOffered,
     PluginError,
     StaleVersion,
+    StockLimitReached,
     UnknownPaymentMethod,
     UnknownShippingMethod,
     UnknownSku,
@@ -512,7 +513,10 @@ class Returns:
         return self._change(return_id, channel, lambda r: r.receive(receipt, at=at, by=actor))
 
     def restock(self, return_id: str) -> Return:
-        """Resellable units back on hand at the receiving location, once per return and line."""
+        """Resellable units back on hand at the receiving location, once per return and line; a
+        line's units that would take on_hand past MAX_ON_HAND (what a stock take may count) are
+        refused as a whole and recorded so (InventoryRepository.restock): the return goes on (it is
+        counted and refunded), and the order's entry of it names them (record_on_order)."""
         item = self._received(return_id)
         if item.received_at_location is None:
             raise ReturnNotReceived(f"return {return_id} is {item.status}, not received")
@@ -535,11 +539,20 @@ class Returns:
         item = self._received(return_id)
         self._note(item)  # its request and approval come before its receipt, whoever died before them
         at = self._clock()
-        detail = {
+        back = [line for line in item.lines if line.resellable_quantity]
+        refused = {}  # the lines whose units would have taken on_hand past its cap: not restocked (restock)
+        if back and item.received_at_location is not None:
+            keys = {restock_key(item.id, line.line_id): line.line_id for line in back}
+            refused = {keys[key]: units for key, units in
+                       self._inventory.not_restocked(item.received_at_location, list(keys)).items()}  # fmt: skip
+        detail: dict[str, Any] = {
             "location_id": item.received_at_location,
             "restocked": [{"line_id": line.line_id, "quantity": line.resellable_quantity}
-                          for line in item.lines if line.resellable_quantity],
+                          for line in back if line.line_id not in refused],
         }  # fmt: skip
+        if refused:
+            detail["not_restocked"] = [{"line_id": line_id, "quantity": units, "reason": StockLimitReached.code}
+                                       for line_id, units in sorted(refused.items())]  # fmt: skip
         return modify(
             self._orders, item.order_id,
             lambda order: order.record_return(

@@ -1857,15 +1857,18 @@ class DynamoInventory(InventoryRepository):
         """A ledger item (sku `restocked#<key>`, which no real sku can be: `#` is not allowed in
         one) put on attribute_not_exists in the same transaction as the count: returns are rare
         next to orders, so the transaction's double write is cheap, and the stock item never
-        collects a key per return the way a map on it would."""
+        collects a key per return the way a map on it would. The count is conditional on on_hand
+        staying within MAX_ON_HAND; refused so, the ledger item alone records the key as refused
+        (`refused`), so no run of the step adds the units after all."""
+        ledger = {"sku": f"{RESTOCK_LEDGER}{key}", "location_id": location_id, "quantity": quantity,
+                  "restocked_at": utc_now()}  # fmt: skip
         try:
             self._client.transact_write_items(
                 TransactItems=[
                     {
                         "Put": {
                             "TableName": self._table,
-                            "Item": to_item({"sku": f"{RESTOCK_LEDGER}{key}", "location_id": location_id,
-                                             "quantity": quantity, "restocked_at": utc_now()}),
+                            "Item": to_item(ledger),
                             "ConditionExpression": "attribute_not_exists(sku)",
                         }
                     },
@@ -1879,21 +1882,40 @@ class DynamoInventory(InventoryRepository):
                                 "reserved = if_not_exists(reserved, :zero), updated_at = :now, last_reason = :reason, "
                                 f"reservations = if_not_exists(reservations, :none), {ARRIVED} = :arrived"
                             ),
+                            "ConditionExpression": "attribute_not_exists(on_hand) OR on_hand <= :room",
                             "ExpressionAttributeValues": to_item(
                                 {":q": quantity, ":zero": 0, ":now": utc_now(), ":reason": f"return {key}",
-                                 ":none": {}, ":arrived": True}
+                                 ":none": {}, ":arrived": True, ":room": MAX_ON_HAND - quantity}
                             ),
                         }
                     },
                 ]
             )  # fmt: skip
         except ClientError as error:
-            reasons = error.response.get("CancellationReasons") or []
-            if error.response["Error"]["Code"] == "TransactionCanceledException" and any(
-                reason.get("Code") == "ConditionalCheckFailed" for reason in reasons
-            ):
-                return  # restocked by an earlier run of the same step
-            raise
+            reasons = [reason.get("Code") for reason in error.response.get("CancellationReasons") or []]
+            if error.response["Error"]["Code"] != "TransactionCanceledException":
+                raise
+            if reasons[:1] == ["ConditionalCheckFailed"]:
+                return  # restocked (or refused) by an earlier run of the same step
+            if reasons[1:2] != ["ConditionalCheckFailed"]:
+                raise
+            try:  # on_hand would pass the cap: the key is recorded as refused, the units stay off it
+                self._client.put_item(
+                    TableName=self._table,
+                    Item=to_item(ledger | {"refused": StockLimitReached.code}),
+                    ConditionExpression="attribute_not_exists(sku)",
+                )
+            except ClientError as refused:
+                if not _is_conditional_failure(refused):
+                    raise
+                # else recorded (restocked or refused) by a run of the same step meanwhile
+
+    def not_restocked(self, location_id: str, keys: list[str]) -> dict[str, int]:
+        wanted = [{"sku": {"S": f"{RESTOCK_LEDGER}{key}"}, "location_id": {"S": location_id}} for key in keys]
+        found = (from_item(item) for item in batch_get(self._client, self._table, wanted, consistent=True))
+        return {
+            item["sku"].removeprefix(RESTOCK_LEDGER): int(item["quantity"]) for item in found if item.get("refused")
+        }
 
     def _stock_items(
         self, items: Iterable[tuple[str, str]], projection: str | None = None, names: dict[str, str] | None = None,

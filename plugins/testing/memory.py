@@ -245,6 +245,7 @@ class InMemoryInventory(InventoryRepository):
         self.stock: dict[tuple[str, str], StockLevel] = {}
         self.held: dict[tuple[str, str], dict[str, int]] = {}
         self.restocked: set[str] = set()
+        self.refused_restocks: dict[tuple[str, str], int] = {}  # (location, key): units past MAX_ON_HAND
         self.adjusted: dict[tuple[str, str, str], tuple[int, str]] = {}  # what each key counted
 
     def _get(self, sku: str, location_id: str) -> StockLevel:
@@ -352,8 +353,18 @@ class InMemoryInventory(InventoryRepository):
             return
         self.restocked.add(key)
         level = self._get(sku, location_id)
+        if level.on_hand + quantity > MAX_ON_HAND:
+            self.refused_restocks[(location_id, key)] = quantity
+            return
         self._put(level.model_copy(update={"on_hand": level.on_hand + quantity,
                                            "available": level.available + quantity}))  # fmt: skip
+
+    def not_restocked(self, location_id: str, keys: list[str]) -> dict[str, int]:
+        return {
+            key: self.refused_restocks[(location_id, key)]
+            for key in keys
+            if (location_id, key) in self.refused_restocks
+        }
 
     def reservations(self, keys_by_item: dict[tuple[str, str], list[str]]) -> dict[tuple[str, str, str], int]:
         return {

@@ -144,6 +144,23 @@ def test_a_key_counted_for_another_adjustment_is_a_conflict_not_a_silent_no_op(i
     assert inventory.adjust("TSHIRT", "wh-east", 4, "delivery 4711", key="api:k1:a").on_hand == 9
 
 
+def test_a_restock_past_the_cap_is_refused_by_its_condition_recorded_and_never_added_later(inventory):
+    # At 999,999,999 on hand, a return's 2 units would pass the most a stock take may count: the
+    # stock write is refused, the ledger item records the key as refused. Run again, even with room
+    # by then (units shipped), the step adds nothing: the order's entry already named them refused.
+    inventory.set_on_hand("TSHIRT", "wh-east", 999_999_999, "count")
+    inventory.restock("TSHIRT", "wh-east", "rma_1#L1", 2)
+    inventory.restock("TSHIRT", "wh-east", "rma_1#L2", 1)  # fits exactly
+    inventory.set_on_hand("TSHIRT", "wh-east", 10, "count")
+    inventory.restock("TSHIRT", "wh-east", "rma_1#L1", 2)
+
+    [level] = inventory.levels({"TSHIRT"})["TSHIRT"]
+    assert (level.on_hand, level.available) == (10, 10)
+    keys = ["rma_1#L1", "rma_1#L2", "rma_2#L1"]
+    assert inventory.not_restocked("wh-east", keys) == {"rma_1#L1": 2}
+    assert inventory.not_restocked("wh-west", keys) == {}
+
+
 def test_a_negative_adjustment_on_no_stock_is_refused(inventory):
     with pytest.raises(InsufficientStock):
         inventory.adjust("TSHIRT", "wh-east", -1, "damage")

@@ -132,6 +132,32 @@ def test_a_return_received_in_mixed_condition_restocks_the_resellable_units(api:
     assert on_hand(api, sku, warehouse) == before + 1
 
 
+def test_units_back_where_on_hand_is_at_the_cap_are_refunded_not_restocked_and_the_history_names_them(
+    api: InProcessApi,
+):
+    # The warehouse counted 1,000,000,000 units since (the most a stock take may record). Before, the
+    # restock transaction added the returned units past it. Now its stock write is refused by its own
+    # condition, its ledger item records the refusal (a receipt repeated restocks nothing), and the
+    # return is still counted on the order and refunded.
+    order, sku, warehouse = an_order(api, 2)
+    Catalog(api).stock(sku, warehouse, 1_000_000_000)
+    rma = api.post(f"/orders/{order['id']}/returns", json=return_body(2)).json()
+    receipt = {"location_id": warehouse, "lines": [{"line_id": "L1", "quantity": 2, "condition": "resellable"}]}
+
+    received = api.post(f"/returns/{rma['id']}/receive", json=receipt)
+    again = api.post(f"/returns/{rma['id']}/receive", json=receipt)
+
+    assert (received.status_code, received.json()["status"], again.status_code) == (200, "refunded", 200)
+    assert on_hand(api, sku, warehouse) == 1_000_000_000
+    after = api.get(f"/orders/{order['id']}").json()
+    assert (after["status"], after["lines"][0]["returned_quantity"]) == ("returned", 2)
+    history = api.get(f"/orders/{order['id']}/history").json()["items"]
+    [entry] = [e for e in history if e["type"] == "return_received"]
+    assert (entry["detail"]["restocked"], entry["detail"]["not_restocked"]) == (
+        [], [{"line_id": "L1", "quantity": 2, "reason": "stock_limit_reached"}]
+    )  # fmt: skip
+
+
 def test_the_last_units_back_make_the_order_returned(api: InProcessApi):
     order, _, warehouse = an_order(api, 1)
     rma = api.post(f"/orders/{order['id']}/returns", json=return_body(1, "defective")).json()

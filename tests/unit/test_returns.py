@@ -24,7 +24,7 @@ from core.errors import (
 )
 from core.events import OrderEvent
 from core.exchange_credit import ExchangeCredits
-from core.models import LineInput, Order, OrderEdit
+from core.models import MAX_ON_HAND, LineInput, Order, OrderEdit
 from core.money import Money
 from core.payments import Payments
 from core.plugin_manager import build_plugin_manager
@@ -496,7 +496,34 @@ def test_receiving_restocks_resellable_units_only_and_the_order_is_partially_ret
     assert (after.status, after.lines[0].returned_quantity) == (S.PARTIALLY_RETURNED, 2)
     entry = world.history(order.id)[-1]
     assert (entry.type, entry.actor, entry.to_status) == (OrderEvent.RETURN_RECEIVED, "key_wh", S.PARTIALLY_RETURNED)
-    assert entry.detail["restocked"] == [{"line_id": "L1", "quantity": 1}]
+    assert entry.detail["restocked"] == [{"line_id": "L1", "quantity": 1}] and "not_restocked" not in entry.detail
+
+
+def test_units_back_at_a_location_holding_the_most_it_may_are_not_restocked_and_the_order_says_so(world, clock):
+    # The location counts 1,000,000,000 T-shirts (what a stock take may record at most): before, the
+    # restock added the returned unit anyway and on_hand passed the cap that adjustments and
+    # purchase-order receipts are refused at. Now the restock is refused as a whole (nothing added),
+    # the return goes on (counted on the order, refunded), and the order's entry names the units
+    # that did not go back on hand; the step run again changes nothing.
+    returns, _ = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 2))
+    world.inventory.set_on_hand("TSHIRT", "wh-west", MAX_ON_HAND, "count")
+    before = world.level("TSHIRT", "wh-west")
+    item = returns.request(order.id, ask(("L1", 2, None)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable"), ("L1", 1, "damaged")), "key_wh")
+
+    returns.restock(item.id)
+    returns.restock(item.id)
+    after = returns.record_on_order(item.id, actor="key_wh")
+    refunded = returns.refund(item.id, actor="key_wh")
+
+    assert world.level("TSHIRT", "wh-west") == before == (MAX_ON_HAND, 0, MAX_ON_HAND)
+    assert (after.status, after.lines[0].returned_quantity) == (S.RETURNED, 2)
+    entry = next(e for e in world.history(order.id) if e.type is OrderEvent.RETURN_RECEIVED)
+    assert (entry.detail["restocked"], entry.detail["not_restocked"]) == (
+        [], [{"line_id": "L1", "quantity": 1, "reason": "stock_limit_reached"}]
+    )  # fmt: skip
+    assert (refunded.status, refunded.refund) == (R.REFUNDED, after.lines[0].total)
 
 
 def test_the_order_names_the_key_that_received_the_return_not_the_workflow_that_counted_it(world, clock):

@@ -788,6 +788,50 @@ def test_goodwill_given_while_the_settlement_is_still_asked_is_not_taken_as_the_
     assert settled(done) == done.totals.grand_total - goodwill
 
 
+def test_the_runbooks_appeasement_after_a_later_cancel_was_refused_still_gives_back_what_the_person_was_told():
+    # The 12.86 was left to a person (OverCapturesNotRefundedAlarm). Before they act, the last PENs
+    # are cancelled: the settlement asks all 60.00 now held beyond the total, and the gateway refuses
+    # it once. The person then follows the runbook: an appeasement of the 12.86 they were told of.
+    # Before: with a settlement asked again since, it was taken as goodwill (over_capture null), the
+    # cancel's repeat asked the whole 60.00 and the customer had the 12.86 twice (kept 15.47 of an
+    # order costing 28.33). Now it gives back those 12.86, and the repeat asks the 47.14 left.
+    world, left, east = over_capture_left_to_a_person_with_pens_to_ship()
+    world.gateway.script("refund", "refuse")
+    world.actions.cancel(left.id, "no more pens", actor="key_web", request_key="k-2")
+    world.gateway.script("refund", "approve")
+    over = Money.of("12.86", "USD")
+
+    given = world.refunds.issue_refund(left.id, over, "the cancelled pen's shipping", "cs-1", "key_cs")
+    done = world.actions.cancel(left.id, "no more pens", actor="key_web", request_key="k-2")
+    world.actions.deliver(left.id, east, actor="key_carrier")
+
+    assert given.status == "succeeded"
+    assert [(r.kind, r.status, r.amount, r.over_capture) for r in done.payment.refunds[3:]] == [
+        ("cancellation", "failed", Money.of("60.00", "USD"), None),
+        ("appeasement", "succeeded", over, over),
+        ("cancellation", "succeeded", Money.of("47.14", "USD"), None),
+    ]
+    assert settled(done) == done.totals.grand_total == Money.of("28.33", "USD")
+    assert world.order(left.id).payment.refunds == done.payment.refunds
+
+
+def test_goodwill_after_a_later_cancel_was_refused_beyond_what_the_person_was_told_is_goodwill():
+    # As above, but the person gives 20.00: 12.86 give back what they were told of, 7.14 are goodwill.
+    world, left, _ = over_capture_left_to_a_person_with_pens_to_ship()
+    world.gateway.script("refund", "refuse")
+    world.actions.cancel(left.id, "no more pens", actor="key_web", request_key="k-2")
+    world.gateway.script("refund", "approve")
+
+    world.refunds.issue_refund(left.id, Money.of("20.00", "USD"), "the pen's shipping, and sorry", "cs-1", "key_cs")
+    done = world.actions.cancel(left.id, "no more pens", actor="key_web", request_key="k-2")
+
+    assert [(r.amount, r.over_capture) for r in done.payment.refunds[4:]] == [
+        (Money.of("20.00", "USD"), Money.of("12.86", "USD")),
+        (Money.of("47.14", "USD"), None),
+    ]
+    assert settled(done) == done.totals.grand_total - Money.of("7.14", "USD")
+
+
 def test_a_return_after_an_appeased_over_capture_and_a_cancel_that_raised_it_gives_back_the_rest_once():
     world, left, east = over_capture_left_to_a_person_with_pens_to_ship()
     world.refunds.issue_refund(left.id, Money.of("12.86", "USD"), "the pen's shipping", "cs-1", "key_cs")
