@@ -42,18 +42,21 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from itertools import islice
+from typing import TypeVar
 
+from core.deadline import TimeUp, never
 from core.errors import StaleVersion
 from core.models import Order
 from core.order_changes import modify
 from core.ports import LateOrders, OrderRepository, UnreceivedReturns
-from core.status import UNRECEIVED_RETURNS, OrderStatus
+from core.status import UNRECEIVED_RETURNS, OrderStatus, ReturnStatus
 
 S = OrderStatus
+T = TypeVar("T")
 SCAN_ACTOR = "jeopardy_scan"
 HOLD_EXPIRED = "hold_expired"
 
@@ -165,49 +168,88 @@ class JeopardyScan:
         self._limit = limit
         self._max_reads = max_reads  # returns judged per status and pass, each one read
 
-    def run(self, *, expire_holds: bool = True) -> Scanned:
+    def run(self, *, expire_holds: bool = True, time_up: TimeUp = never, turn: int = 0) -> Scanned:
         """One pass: at most `limit` orders marked per status, `limit` holds expired (held longest
         first) and `limit` returns expired per status (of at most `max_reads` judged), oldest
         first; the rest are the next pass's. Without `expire_holds` (a plugin failed to load: an
-        expiry's cancel could not void the authorization) the holds wait for a later pass."""
+        expiry's cancel could not void the authorization) the holds wait for a later pass.
+
+        Once `time_up` says so, the pass reads no other page of candidates and starts no other
+        order or return (what it started it finishes); it still counts the late orders. What it
+        did not reach stays in its index, as it was, for the next pass. The pass's parts (the
+        holds, the returns of each status, the orders of each status, the partly shipped) are
+        taken in turn from the `turn`-th (the caller's run number): each run starts with the next
+        part, so a backlog that fills a run in one part keeps none of the others from its turn."""
         now = self._clock()
         done = Scanned()
-        if self._hold_expiry is not None and expire_holds:
-            for order_id in self._late.held_since_before(now - self._hold_expiry, self._limit):
-                if self._expire(order_id, now - self._hold_expiry):
-                    done.expired.append(order_id)
-        if self._return_expiry is not None and self._unreceived is not None and self._expire_return is not None:
-            started_before = now - self._return_expiry
-            for status in sorted(UNRECEIVED_RETURNS):
-                expired: list[str] = []
-                candidates = self._unreceived.created_before(status, started_before)
-                for return_id in islice(candidates, self._max_reads):
-                    if self._expire_return(return_id, started_before, SCAN_ACTOR):
-                        expired.append(return_id)
-                        if len(expired) == self._limit:
-                            break
-                done.returns_expired += expired
-        for status in sorted(self._sla):
-            deadline = self._sla[status]
-            for order_id in self._late.unmarked_since_before(status, now - deadline, self._limit):
-                marked = self._mark(order_id, status, deadline)
-                if marked is None:
-                    continue
-                if marked.captures_requested:
-                    done.captures_left.append(order_id)
-                else:
-                    done.marked.append(order_id)
-        if S.PARTIALLY_SHIPPED not in self._sla and S.ALLOCATED in self._sla:
-            done.captures_left += self._partly_shipped_with_captures_left(now - self._sla[S.ALLOCATED], now)
+        parts = self._parts(now, done, expire_holds, time_up)
+        first = turn % len(parts) if parts else 0
+        for part in parts[first:] + parts[:first]:
+            if time_up():
+                break
+            part()
         done.in_jeopardy = self._late.count_in_jeopardy()
         return done
 
-    def _partly_shipped_with_captures_left(self, since_before: datetime, now: datetime) -> list[str]:
+    def _parts(self, now: datetime, done: Scanned, expire_holds: bool, time_up: TimeUp) -> list[Callable[[], None]]:
+        """The pass's parts, each filling `done` with what it did and starting no order or return
+        once `time_up` says so."""
+        parts: list[Callable[[], None]] = []
+        if self._hold_expiry is not None and expire_holds:
+            held_before = now - self._hold_expiry
+
+            def holds() -> None:
+                for order_id in _while(self._late.held_since_before(held_before, self._limit), time_up):
+                    if self._expire(order_id, held_before):
+                        done.expired.append(order_id)
+
+            parts.append(holds)
+        if self._return_expiry is not None and self._unreceived is not None and self._expire_return is not None:
+            started_before = now - self._return_expiry
+            for status in sorted(UNRECEIVED_RETURNS):
+
+                def returns(status: ReturnStatus = status) -> None:
+                    assert self._unreceived is not None and self._expire_return is not None
+                    expired = 0
+                    candidates = islice(self._unreceived.created_before(status, started_before), self._max_reads)
+                    for return_id in _while(candidates, time_up):
+                        if self._expire_return(return_id, started_before, SCAN_ACTOR):
+                            done.returns_expired.append(return_id)
+                            expired += 1
+                            if expired == self._limit:
+                                break
+
+                parts.append(returns)
+        for status in sorted(self._sla):
+
+            def marks(status: OrderStatus = status) -> None:
+                deadline = self._sla[status]
+                for order_id in _while(self._late.unmarked_since_before(status, now - deadline, self._limit), time_up):
+                    marked = self._mark(order_id, status, deadline)
+                    if marked is None:
+                        continue
+                    if marked.captures_requested:
+                        done.captures_left.append(order_id)
+                    else:
+                        done.marked.append(order_id)
+
+            parts.append(marks)
+        if S.PARTIALLY_SHIPPED not in self._sla and S.ALLOCATED in self._sla:
+            since_before = now - self._sla[S.ALLOCATED]
+
+            def partly_shipped() -> None:
+                done.captures_left.extend(self._partly_shipped_with_captures_left(since_before, now, time_up))
+
+            parts.append(partly_shipped)
+        return parts
+
+    def _partly_shipped_with_captures_left(self, since_before: datetime, now: datetime, time_up: TimeUp) -> list[str]:
         """Orders partly shipped since before `since_before` that hold a capture request older than
         `captures_after` (a ship of theirs died after asking for it): at most `limit` of them, of
         at most `max_reads` read, oldest first. Nothing is marked: their status has no deadline."""
         found: list[str] = []
-        for order_id in self._late.unmarked_since_before(S.PARTIALLY_SHIPPED, since_before, self._max_reads):
+        for order_id in _while(self._late.unmarked_since_before(S.PARTIALLY_SHIPPED, since_before, self._max_reads),
+                               time_up):  # fmt: skip
             order = self._orders.get(order_id)
             if (
                 order is not None and order.status is S.PARTIALLY_SHIPPED and order.captures_requested
@@ -285,3 +327,15 @@ class JeopardyScan:
             with contextlib.suppress(StaleVersion):
                 self._cancel(order_id, HOLD_EXPIRED, SCAN_ACTOR)
         return expired
+
+
+def _while(candidates: Iterable[T], time_up: TimeUp) -> Iterator[T]:
+    """The candidates, each taken only while `time_up` says there is time: a lazy index (read a
+    page at a time as they are taken) reads no other page once it says not."""
+    taken = iter(candidates)
+    while not time_up():
+        try:
+            candidate = next(taken)
+        except StopIteration:
+            return
+        yield candidate

@@ -27,6 +27,15 @@ however many, never spend a pass's reads (`max_reads`) before a receipt lost aft
 waiting for its payment plugin is set aside under its payment method (as many may wait as a
 removed plugin's method took returns): a pass reads those, after the received returns, only for the
 methods a plugin takes now, and starts them.
+
+One return's work is its own: a return whose refresh, read or start keeps failing (a write that
+keeps raising for it, a record that no longer reads) does not stop the pass; it is reported
+(ReturnsNotReconciled, once the pass is done: each return named with its error) and judged again
+by the next pass, and the returns behind it are reconciled all the same. An error that says a
+dependency is down (`outage`: by default a TransientError or PluginUnavailable; the reconciler's
+also a table throttled past botocore's retries or out of reach, functions/adapters/aws_errors.py)
+is no return's own: every return after it would fail alike, so the pass stops there and fails
+whole (ReturnsNotReconciled with `outage`), reporting what it did before.
 """
 
 from __future__ import annotations
@@ -49,6 +58,26 @@ LEFT_TO_A_PERSON = "left_to_a_person"  # set aside: only its next write lists it
 WAITS_FOR_PLUGIN = "waits_for_plugin"  # set aside by method: started once a plugin takes it
 
 
+def dependency_down(error: Exception) -> bool:
+    """The errors core itself knows say a dependency is down rather than a return is bad: a
+    gateway, carrier or Step Functions briefly unavailable, the payment plugins not loaded."""
+    return isinstance(error, (TransientError, PluginUnavailable))
+
+
+class ReturnsNotReconciled(Exception):
+    """A returns pass did not do all it was to: the returns whose own work failed (`failed`, by
+    return id: read past, judged again by the next pass), and, when it stopped on a dependency's
+    outage (`outage`), that error; what it restarted all the same (`restarted`). The caller reports
+    them, then fails, so the errors alarm calls a person."""
+
+    def __init__(self, restarted: list[str], failed: dict[str, Exception], outage: Exception | None = None):
+        said = f"{len(failed)} return(s) not reconciled: {sorted(failed)}"
+        super().__init__(said if outage is None else f"{said}; the pass stopped: {type(outage).__name__}: {outage}")
+        self.restarted = restarted
+        self.failed = failed
+        self.outage = outage
+
+
 class ReturnReconciler:
     def __init__(
         self,
@@ -62,6 +91,7 @@ class ReturnReconciler:
         limit: int = 100,
         max_reads: int = 1000,
         payment_methods: Callable[[], set[str]] | None = None,
+        outage: Callable[[Exception], bool] = dependency_down,
     ):
         if restart_after <= timedelta(minutes=5):
             # Younger than five minutes, the receipt's own execution may still be running.
@@ -77,47 +107,68 @@ class ReturnReconciler:
         # The methods the payment plugins take now (Payments.methods): None, none judged back.
         self._payment_methods = payment_methods
         self._taken: set[str] | None = None
+        self._outage = outage  # whether an error says a dependency is down (not the return's own)
 
     def run(self, *, time_up: TimeUp = never) -> list[str]:
         """One pass: the ids of the received returns whose workflow was started again, at most
         `limit` of at most `max_reads` candidates judged, oldest first; the rest, and any whose
         start failed, are the next pass's (a failed start does not stop the reconciler's other
-        work; MAX_REFUSED_STARTS of them end the pass, and so does `time_up`)."""
+        work; MAX_REFUSED_STARTS of them end the pass, and so does `time_up`). A return whose own
+        work fails is read past; a dependency found down ends the pass: either way it raises
+        ReturnsNotReconciled once it is done."""
         received_before = self._clock() - self._restart_after
         restarted: list[str] = []
+        failed: dict[str, Exception] = {}
         refused = 0
         self._taken = None  # the payment methods taken, asked once a pass
         candidates = chain(self._candidates.received_before(received_before), self._waited(received_before))
-        for return_id in islice(candidates, self._max_reads):
+        for return_id in _read(islice(candidates, self._max_reads), restarted, failed):
             if time_up():
                 break
-            item = self._returns.get(return_id)
-            if item is None or item.status is not ReturnStatus.RECEIVED or item.updated_at > received_before:
-                continue  # moved on since the index was read, or received recently enough to be running
-            if item.shows_owed:
-                # Its step died between finishing other returns' pending refunds and showing them,
-                # and may never run again (left to a person): they show what went back now.
-                item = show_owed(self._returns, self._orders, item, self._clock())
-            stuck = self._stuck(item)
-            if stuck is not None:
-                reason, method = stuck
-                if not item.shows_owed:
-                    # No later pass reads it again until it changes (or, waiting for its plugin,
-                    # until a plugin takes its method); one still owing other returns their
-                    # refresh stays, for the next pass to finish that.
-                    self._candidates.set_aside(item, waiting_for=method if reason == WAITS_FOR_PLUGIN else None)
-                continue
             try:
-                self._starter.start(item.id, channel=item.channel)
-            except TransientError:
+                started = self._reconcile(return_id, received_before)
+            except _Refused:
                 refused += 1
                 if refused == MAX_REFUSED_STARTS:
                     break  # throttling or down: each refusal costs seconds, the rest are the next pass's
                 continue  # Step Functions refused it now: the next pass finds it again
-            restarted.append(item.id)
-            if len(restarted) == self._limit:
-                break
+            except Exception as error:  # any: the return's own, unless it says a dependency is down
+                if self._outage(error):
+                    raise ReturnsNotReconciled(restarted, failed, error) from error
+                failed[return_id] = error  # its own: the returns behind it are reconciled all the same
+                continue
+            if started:
+                restarted.append(return_id)
+                if len(restarted) == self._limit:
+                    break
+        if failed:
+            raise ReturnsNotReconciled(restarted, failed)
         return restarted
+
+    def _reconcile(self, return_id: str, received_before: datetime) -> bool:
+        """Judge one candidate: whether its workflow was started again. _Refused when Step
+        Functions refused the start (the next pass finds it again)."""
+        item = self._returns.get(return_id)
+        if item is None or item.status is not ReturnStatus.RECEIVED or item.updated_at > received_before:
+            return False  # moved on since the index was read, or received recently enough to be running
+        if item.shows_owed:
+            # Its step died between finishing other returns' pending refunds and showing them,
+            # and may never run again (left to a person): they show what went back now.
+            item = show_owed(self._returns, self._orders, item, self._clock())
+        stuck = self._stuck(item)
+        if stuck is not None:
+            reason, method = stuck
+            if not item.shows_owed:
+                # No later pass reads it again until it changes (or, waiting for its plugin,
+                # until a plugin takes its method); one still owing other returns their
+                # refresh stays, for the next pass to finish that.
+                self._candidates.set_aside(item, waiting_for=method if reason == WAITS_FOR_PLUGIN else None)
+            return False
+        try:
+            self._starter.start(item.id, channel=item.channel)
+        except TransientError as error:
+            raise _Refused(str(error)) from error
+        return True
 
     def _waited(self, received_before: datetime) -> Iterator[str]:
         """The returns set aside as waiting for a payment plugin, of the methods a plugin takes
@@ -163,3 +214,20 @@ class ReturnReconciler:
         if self._taken is None:
             self._taken = self._payment_methods()
         return self._taken
+
+
+def _read(candidates: Iterator[str], restarted: list[str], failed: dict[str, Exception]) -> Iterator[str]:
+    """The candidates as the index answers them; an index that cannot be read (its table down)
+    ends the pass with what it did (ReturnsNotReconciled with `outage`)."""
+    while True:
+        try:
+            return_id = next(candidates)
+        except StopIteration:
+            return
+        except Exception as error:  # any: the index's, no return's
+            raise ReturnsNotReconciled(restarted, failed, error) from error
+        yield return_id
+
+
+class _Refused(TransientError):
+    """Step Functions refused a start now (ReturnReconciler._reconcile)."""

@@ -649,7 +649,8 @@ class Container:
     @cached_property
     def return_reconciler(self) -> ReturnReconciler:
         """The reconciler's third job: start the workflow of received returns that have none."""
-        from core.return_reconciliation import ReturnReconciler
+        from core.return_reconciliation import ReturnReconciler, dependency_down
+        from functions.adapters import aws_errors
 
         return ReturnReconciler(
             DynamoReceivedReturns(self.dynamodb, _required(self.config.returns_table, "RETURNS_TABLE")),
@@ -659,6 +660,8 @@ class Container:
             self.clock,
             restart_after=self._reconcile_after,
             payment_methods=self.payments.methods,
+            # An AWS service down is no return's own failure: the pass stops on it.
+            outage=lambda error: dependency_down(error) or aws_errors.dependency_down(error),
         )
 
     @cached_property

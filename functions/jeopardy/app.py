@@ -2,11 +2,14 @@
 holds older than OMS_HOLD_EXPIRY_DAYS (not while a plugin failed to load) and returns not received
 within OMS_RETURN_EXPIRY_DAYS (core/jeopardy.py); counts the late orders for the alarm. Of the
 orders it marks, it settles the captures their ships asked for and never recorded, holding those
-orders for a person to confirm whether the parcel left (core/capture_sweep.py)."""
+orders for a person to confirm whether the parcel left (core/capture_sweep.py). The scan and the
+settlements each have a deadline (core/deadline.py), and each run starts the scan with its next
+part, so a backlog is scanned whole over the runs and none of its parts waits for good."""
 
 from __future__ import annotations
 
 import os
+from datetime import datetime
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics
@@ -27,6 +30,15 @@ container = WarmContainer()
 # the function's timeout (60 s): ended by the timeout, the run would log and count nothing of what
 # it did. The orders left were not marked, so the next scan hands them on again.
 RESERVE_MILLIS = 15_000
+# The scan itself starts no order or return, nor reads another page of candidates, with less than
+# this left: the rest of the minute is the count of late orders, the capture settlements of the
+# orders it handed on (down to RESERVE_MILLIS) and the report. What it did not reach stays in its
+# indexes for the next scans.
+SCAN_RESERVE_MILLIS = 30_000
+# template.yaml's schedule (rate(5 minutes)): each scan starts with the part after the one the scan
+# before started with (JeopardyScan.run's `turn`), so a backlog that fills a run in one part (holds
+# whose cancels wait on the gateway) keeps none of the others from its turn for good.
+SCHEDULE_MINUTES = 5
 
 
 @logger.inject_lambda_context(clear_state=True)
@@ -36,7 +48,11 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     broken = container().plugins.broken
     if broken:
         logger.error("hold expiry skipped: a plugin failed to load", extra={"plugins": [p.name for p in broken]})
-    done = container().jeopardy_scan.run(expire_holds=not broken)
+    scan_deadline = Deadline(context.get_remaining_time_in_millis, SCAN_RESERVE_MILLIS)
+    done = container().jeopardy_scan.run(expire_holds=not broken, time_up=scan_deadline, turn=_turn(event))
+    if scan_deadline.reached:
+        # No error: what it did is reported below; what it did not reach, the next scans'.
+        logger.warning("jeopardy scan cut short: too little time left, the rest to the next scans")
     for order_id in done.marked:
         logger.warning("order in jeopardy: past the deadline of its status", extra={"order_id": order_id})
     for order_id in done.expired:
@@ -52,6 +68,7 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     if done.returns_expired:
         metrics.add_metric(name="ReturnsExpired", unit=MetricUnit.Count, value=len(done.returns_expired))
     captures, failed = CapturesSettled(settled=[], held=[], unconfirmed=[]), None
+    deadline = None
     if done.captures_left:
         deadline = Deadline(context.get_remaining_time_in_millis, RESERVE_MILLIS)
         try:
@@ -62,7 +79,8 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
             # No error: what it settled is reported below; the rest are the next scan's.
             logger.warning("capture settlements cut short: too little time left, the rest to the next scan",
                            extra={"handed_on": len(done.captures_left)})  # fmt: skip
-            metrics.add_metric(name="JeopardyScansCutShort", unit=MetricUnit.Count, value=1)
+    if scan_deadline.reached or (deadline is not None and deadline.reached):
+        metrics.add_metric(name="JeopardyScansCutShort", unit=MetricUnit.Count, value=1)  # once a run
     report_captures(captures, failed, logger, metrics)
     if failed is not None:
         raise failed  # the pass did the rest; the errors alarm calls a person for these
@@ -75,3 +93,13 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         "ships_held": captures.held,
         "ships_unconfirmed": captures.unconfirmed,
     }
+
+
+def _turn(event: dict[str, Any]) -> int:
+    """This scan's run number, by the schedule's time (so a cold start keeps the turn): each
+    scheduled scan starts with the next part; 0 when the event has none (a run by hand)."""
+    try:
+        at = datetime.fromisoformat(event["time"])
+    except (KeyError, TypeError, ValueError):
+        return 0
+    return int(at.timestamp() // (SCHEDULE_MINUTES * 60))

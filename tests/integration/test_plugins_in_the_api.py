@@ -232,7 +232,7 @@ def test_the_jeopardy_scan_expires_no_hold_while_a_plugin_is_broken_and_marks_th
         orders.add(order, created, payment_token="tok_approve")
     app.container.forget()
 
-    answer = app.lambda_handler({"detail-type": "Scheduled Event"}, context("JeopardyScanFunction"))
+    answer = app.lambda_handler({"detail-type": "Scheduled Event"}, context("JeopardyScanFunction", 60))
 
     assert (answer["marked"], answer["expired"], answer["in_jeopardy"]) == ([ORDER, late.id], [], 2)
     still = orders.get(ORDER)

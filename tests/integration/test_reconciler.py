@@ -597,6 +597,67 @@ def test_a_return_left_to_a_person_is_set_aside_from_the_receipt_index_and_read_
     assert item["status"] == {"S": "received"} and item["version"] == {"N": "2"}  # still the person's
 
 
+def history_failing(monkeypatch: pytest.MonkeyPatch, code: str, *, of: str | None = None) -> list[str]:
+    """DynamoOrders.history raising a ClientError `code` for the order `of` (every order: None),
+    every time; the orders it was asked for."""
+    from botocore.exceptions import ClientError
+
+    from functions.adapters.dynamodb import DynamoOrders
+
+    real, asked = DynamoOrders.history, []
+
+    def history(self: Any, order: str, **kwargs: Any) -> Any:
+        asked.append(order)
+        if of in (None, order):
+            raise ClientError({"Error": {"Code": code, "Message": "it failed"}}, "GetItem")
+        return real(self, order, **kwargs)
+
+    monkeypatch.setattr(DynamoOrders, "history", history)
+    return asked
+
+
+def test_a_return_whose_own_work_keeps_failing_keeps_no_return_behind_it_waiting(
+    stack, metrics_on, capsys, caplog, monkeypatch
+):  # fmt: skip
+    # Before: the pass raised on the first return every run; the one behind it was never started.
+    from core.return_reconciliation import ReturnsNotReconciled
+
+    poison = received_return(stack["aws"], "v", minutes_ago=40)
+    lost = received_return(stack["aws"], "w", minutes_ago=20)
+    history_failing(monkeypatch, "ValidationException", of=order_id("v"))
+    capsys.readouterr()
+
+    with pytest.raises(ReturnsNotReconciled) as raised:
+        reconcile()  # the errors alarm calls a person
+
+    assert raised.value.restarted == [lost] and list(raised.value.failed) == [poison]
+    assert emitted(capsys.readouterr().out) == {"ReturnWorkflowsRestarted": 1, "ReturnsNotReconciled": 1}
+    [logged] = [r for r in caplog.records if r.getMessage().startswith("return not reconciled")]
+    assert (logged.levelname, logged.return_id) == ("ERROR", poison)
+    assert not [r for r in caplog.records if r.getMessage().startswith("reconciler pass failed")]
+
+
+def test_a_table_down_ends_the_returns_pass_at_the_first_return_and_fails_it(
+    stack, metrics_on, capsys, caplog, monkeypatch
+):  # fmt: skip
+    # A throttle past botocore's retries is no return's own: each return after it would fail alike.
+    from core.return_reconciliation import ReturnsNotReconciled
+
+    received_return(stack["aws"], "x", minutes_ago=40)
+    received_return(stack["aws"], "y", minutes_ago=20)
+    asked = history_failing(monkeypatch, "ProvisionedThroughputExceededException")
+    capsys.readouterr()
+
+    with pytest.raises(ReturnsNotReconciled) as raised:
+        reconcile()
+
+    assert raised.value.failed == {} and raised.value.outage is not None
+    assert asked == [order_id("x")]  # nothing read past it
+    assert "ReturnsNotReconciled" not in emitted(capsys.readouterr().out)
+    [logged] = [r for r in caplog.records if r.getMessage().startswith("reconciler pass failed")]
+    assert logged.__dict__["pass"] == "returns"
+
+
 # --- Refunds left pending by a function that died -------------------------------------------------
 
 

@@ -32,7 +32,7 @@ def scan(aws, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     from functions.jeopardy import app
 
     app.container.forget()
-    yield lambda: app.lambda_handler({"detail-type": "Scheduled Event"}, context("JeopardyScanFunction"))
+    yield lambda: app.lambda_handler({"detail-type": "Scheduled Event"}, context("JeopardyScanFunction", 60))
     app.container.forget()
 
 

@@ -36,9 +36,9 @@ def scan(aws, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
 
     def run(now=None) -> dict[str, Any]:
         if now is None:
-            return app.lambda_handler({"detail-type": "Scheduled Event"}, context("JeopardyScanFunction"))
+            return app.lambda_handler({"detail-type": "Scheduled Event"}, context("JeopardyScanFunction", 60))
         with app.container.override(bootstrap(Config.from_env(), clock=lambda: now)):
-            return app.lambda_handler({"detail-type": "Scheduled Event"}, context("JeopardyScanFunction"))
+            return app.lambda_handler({"detail-type": "Scheduled Event"}, context("JeopardyScanFunction", 60))
 
     yield run
     app.container.forget()

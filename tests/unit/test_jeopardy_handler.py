@@ -90,3 +90,50 @@ def test_the_capture_settlements_start_no_order_once_the_invocation_is_nearly_ov
     assert warned.levelname == "WARNING"
     printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [record["JeopardyScansCutShort"] for record in printed if "JeopardyScansCutShort" in record] == [[1.0]]
+
+
+def test_the_scan_itself_starts_nothing_once_the_invocation_is_nearly_over_and_says_so(monkeypatch, caplog, capsys):
+    """A backlog may take the scan past the function's minute: it is given a deadline that leaves
+    the count, the capture settlements and the report their time, and a run the deadline cut short
+    logs it and counts it once; each scheduled run passes its turn, so the next starts with the
+    next part of the scan."""
+    monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "false")
+    left = {"millis": 40_000}
+    given: dict[str, object] = {}
+
+    def scan(*, expire_holds, time_up, turn):
+        given.update(turn=turn, first=time_up())
+        left["millis"] = jeopardy.SCAN_RESERVE_MILLIS - 1  # the first order took the time
+        given["then"] = time_up()
+        return Scanned(marked=["ord_a"], in_jeopardy=1)
+
+    invocation = context("JeopardyScanFunction")
+    monkeypatch.setattr(type(invocation), "get_remaining_time_in_millis", lambda self: left["millis"])
+    services = SimpleNamespace(plugins=SimpleNamespace(broken=[]), jeopardy_scan=SimpleNamespace(run=scan))
+    monkeypatch.setattr(jeopardy, "container", lambda: services)
+    jeopardy.metrics.clear_metrics()
+    capsys.readouterr()
+
+    answer = jeopardy.lambda_handler({"detail-type": "Scheduled Event", "time": "2026-12-03T12:05:00Z"}, invocation)
+
+    assert answer["marked"] == ["ord_a"] and (given["first"], given["then"]) == (False, True)
+    assert jeopardy.SCAN_RESERVE_MILLIS > jeopardy.RESERVE_MILLIS  # the settlements after it keep their time
+    assert given["turn"] == 1_796_299_500 // (jeopardy.SCHEDULE_MINUTES * 60)  # 2026-12-03T12:05:00Z
+    [warned] = [r for r in caplog.records if r.getMessage().startswith("jeopardy scan cut short")]
+    assert warned.levelname == "WARNING"
+    printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [record["JeopardyScansCutShort"] for record in printed if "JeopardyScansCutShort" in record] == [[1.0]]
+
+
+def test_each_scheduled_scan_takes_the_next_turn_by_the_schedule_the_template_gives_it():
+    from infra.local.template import load_template
+
+    schedule = load_template()["Resources"]["JeopardyScanFunction"]["Properties"]["Events"]["EveryFiveMinutes"]
+    assert schedule["Type"] == "Schedule"  # an EventBridge rule: its event carries the run's `time`
+    assert schedule["Properties"]["Schedule"] == f"rate({jeopardy.SCHEDULE_MINUTES} minutes)"
+    # The scan starts nothing with SCAN_RESERVE_MILLIS left: a timeout barely over it would leave it no time.
+    timeout = load_template()["Resources"]["JeopardyScanFunction"]["Properties"]["Timeout"]
+    assert timeout * 1000 >= 2 * jeopardy.SCAN_RESERVE_MILLIS
+    turns = [jeopardy._turn({"time": f"2026-12-03T12:{5 * n:02d}:00Z"}) for n in range(3)]
+    assert [turn - turns[0] for turn in turns] == [0, 1, 2]
+    assert jeopardy._turn({"detail-type": "Scheduled Event"}) == 0  # by hand: the first part first

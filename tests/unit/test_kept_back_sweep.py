@@ -19,7 +19,7 @@ from core.ports import KeptBackRefunds
 from core.refund_service import KeptBackSweep, PendingRefundSweep
 from core.refunds import KEPT_BACK_REFUSALS, owes_kept_back, refund_id_for
 from core.return_models import Return
-from core.return_reconciliation import ReturnReconciler
+from core.return_reconciliation import ReturnReconciler, ReturnsNotReconciled
 from core.returns import Returns
 from core.status import ReturnStatus
 from core.workflow_types import PaymentResult
@@ -617,3 +617,72 @@ def test_a_refund_step_dying_at_any_write_shows_every_return_what_went_back_once
     assert [r.status for r in after.payment.refunds if r.status != "succeeded"] == []
     assert after.payment.refunded == Money.of("1.00", "USD") + order.lines[0].total + cap_refund
     assert paid_in_full(order, after, Money.of("1.00", "USD") + cap_refund)
+
+
+def test_a_return_whose_owed_refresh_keeps_failing_keeps_no_return_behind_it_from_its_pass(world, clock, monkeypatch):
+    # The CAP's step died before showing the MUGs' return what went back, and was left stuck; then
+    # the other CAP came back and the function died before starting its workflow. Every write of
+    # the CAP's return now raises (as one too large for its table would). Before: the returns pass
+    # raised on the CAP every run, and the other CAP, behind it in the index, was never started.
+    returns, order, mugs_return, cap_return = caps_return_finishing_the_kept_back_refund(world, clock)
+    died_showing(monkeypatch, returns, cap_return)
+    returns.stuck(cap_return, "States.Timeout", "the function died", actor="returns-workflow", execution="x1")
+    lost = returns.request(order.id, ask(("L2", 1, None)), actor="key_cs")
+    returns.receive(lost.id, receipt("wh-east", ("L2", 1, "resellable")), "key_wh")
+    write = world.returns.update
+
+    def fails_for_the_cap(new: Return, *args: object, **kwargs: object) -> object:
+        if new.id == cap_return:
+            raise RuntimeError("ValidationException: Item size has exceeded the maximum allowed size")
+        return write(new, *args, **kwargs)
+
+    monkeypatch.setattr(world.returns, "update", fails_for_the_cap)
+    workflow = InlineReturnWorkflow()
+    workflow.returns = returns
+    passes = ReturnReconciler(
+        InMemoryReceivedReturns(world.returns), world.returns, world.orders, workflow, clock,
+        restart_after=timedelta(minutes=15),
+    )  # fmt: skip
+    clock.now = clock.now + timedelta(hours=1)
+
+    with pytest.raises(ReturnsNotReconciled) as raised:
+        passes.run()
+
+    assert raised.value.restarted == [lost.id] and workflow.started == [lost.id]
+    assert list(raised.value.failed) == [cap_return] and raised.value.outage is None
+    assert "Item size" in str(raised.value.failed[cap_return])
+    assert returns.get(lost.id).status is ReturnStatus.REFUNDED
+    assert returns.get(cap_return).shows_owed == [mugs_return]  # still owed: the next pass tries again
+    with pytest.raises(ReturnsNotReconciled) as again:
+        passes.run()
+    assert again.value.restarted == [] and list(again.value.failed) == [cap_return]
+
+
+def test_a_dependency_down_ends_the_returns_pass_with_what_it_did(world, clock, monkeypatch):
+    # Not a return's own failure: every return after it would fail alike, so the pass stops.
+    returns, order, _, cap_return = caps_return_finishing_the_kept_back_refund(world, clock)
+    other = returns.request(order.id, ask(("L2", 1, None)), actor="key_cs")
+    returns.receive(other.id, receipt("wh-east", ("L2", 1, "resellable")), "key_wh")
+    history = world.orders.history
+    reads: list[str] = []
+
+    def down(order_id: str, *args: object, **kwargs: object) -> object:
+        reads.append(order_id)
+        raise TransientError("the orders table is throttled")
+
+    monkeypatch.setattr(world.orders, "history", down)
+    workflow = InlineReturnWorkflow()
+    workflow.returns = returns
+    passes = ReturnReconciler(
+        InMemoryReceivedReturns(world.returns), world.returns, world.orders, workflow, clock,
+        restart_after=timedelta(minutes=15),
+    )  # fmt: skip
+    clock.now = clock.now + timedelta(hours=1)
+
+    with pytest.raises(ReturnsNotReconciled) as raised:
+        passes.run()
+
+    assert isinstance(raised.value.outage, TransientError) and raised.value.failed == {}
+    assert reads == [order.id] and workflow.started == []  # stopped at the first: nothing read past it
+    monkeypatch.setattr(world.orders, "history", history)
+    assert passes.run() == [cap_return, other.id]  # back: both started
