@@ -446,6 +446,21 @@ def show_refunded_in_all(
         return
 
 
+def returns_shown(orders: OrderRepository, order: Order, return_ids: Iterable[str], at: datetime) -> Order:
+    """`order` once the returns `return_ids`, shown what went back for them on it, are no longer
+    recorded as owing that show (Order.returns_to_show): nothing is written for an order that
+    records none of them. Not cleared when a refund was answered since `order` was read (what they
+    were shown may be short of it): the record stays, for the kept-back pass to show it again."""
+    shown = [return_id for return_id in return_ids if return_id in order.returns_to_show]
+    if not shown:
+        return order
+    return modify(
+        orders, order.id,
+        lambda current: current.returns_shown(shown, at=at)
+        if current.payment.refunds == order.payment.refunds else None,
+    )  # fmt: skip
+
+
 def owed_when_finished(order: Order, besides: str) -> list[str]:
     """The returns of `order` but `besides` that would show what went back for them once its
     pending refunds are finished (Returns._finish_pending): those the refunds name, and, for one
@@ -631,8 +646,8 @@ class KeptBackSweep:
         what a return kept back, and nothing else would show it. So is any order whose returns owe
         that show (Order.returns_to_show: in the index until shown, should the run that finished
         their refund have died before this pass, or a ship before it showed its own). Once
-        `time_up` says so, the pass asks the gateway no more: of `finished` it only shows those (no ask), and reads no other
-        order; those owing still are in the index for the next pass."""
+        `time_up` says so, the pass asks the gateway no more: of `finished` it only shows those (no
+        ask), and reads no other order; those owing still are in the index for the next pass."""
         done = KeptBackRefunded()
         down: set[str] = set()
         asked = 0

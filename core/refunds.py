@@ -356,12 +356,14 @@ def returns_showing(order: Order, refund: PaymentRefund, *, finished: bool) -> l
     gave back (Order.returns_to_show), when nothing else the function recording it does is sure to
     show it: a refund `finished` by the reconciler's pending-refund pass (its kept-back pass shows
     it, in the same run or, should that run die first, a later one), or one of what a return or
-    its exchange's credit kept back (refund_kept_back shows it). Those are the return it names, or
-    for one naming none, the exchanges' returns whose credit kept something back (kept_back_owed);
-    none for any other refund (the request or step that made it shows what it means), so the
-    typical order computes nothing here: it has no refund."""
+    its exchange's credit kept back (refund_kept_back shows it), or one giving back what an
+    exchange's replacement did not use of its credit (ExchangeCredits.give_back shows it). Those
+    are the return it names, or for one naming none, the exchanges' returns whose credit kept
+    something back (kept_back_owed); none for any other refund (the request or step that made it
+    shows what it means), so the typical order computes nothing here: it has no refund."""
+    given_back = refund.return_id is not None and refund.reason.endswith(CREDIT_NOT_USED)
     owed = kept_back_owed(order)
-    if not finished and not any(refund.id in _top_up_ids(order, entry.key) for entry in owed):
+    if not (finished or given_back) and not any(refund.id in _top_up_ids(order, entry.key) for entry in owed):
         return []
     if refund.return_id is not None:
         return [refund.return_id]

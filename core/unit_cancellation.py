@@ -39,7 +39,7 @@ from core.money import Money
 from core.order_changes import ATTEMPTS, modify, refusal_noted_once, visible
 from core.payments import Payments
 from core.ports import CatalogRepository, InventoryRepository, LabelStore, OrderRepository, ReturnRepository
-from core.refund_service import RefundService, show_refunded_in_all
+from core.refund_service import RefundService, returns_shown, show_refunded_in_all
 from core.refunds import (
     KEPT_BACK_REFUSALS,
     kept_back_owed,
@@ -579,18 +579,7 @@ class UnitCancellation:
         shown = list(dict.fromkeys([*(entry.return_id for entry in owed), *order.returns_to_show]))
         for return_id in shown:
             self._show_refunded(order, return_id)
-        return self._shown(order, shown) if order.returns_to_show else order
-
-    def _shown(self, order: Order, shown: list[str]) -> Order:
-        """`order` once the returns `shown` on it are no longer owed a show (Order.returns_to_show),
-        unless a refund was answered since it was read (what they show may be short of it: the
-        record stays, for the kept-back pass to show it again)."""
-        at = self._clock()
-        return modify(
-            self._orders, order.id,
-            lambda current: current.returns_shown(shown, at=at)
-            if current.payment.refunds == order.payment.refunds else None,
-        )  # fmt: skip
+        return returns_shown(self._orders, order, shown, self._clock())
 
     def _show_refunded(self, order: Order, return_id: str) -> None:
         """The refunded return `return_id` shows what was refunded for it in all
