@@ -9,7 +9,7 @@ from datetime import datetime
 from core.models import CREDIT_NOT_USED, Order, drawn_on_credit, draws_on_credit, utc_now
 from core.money import Money, total
 from core.ports import OrderRepository, ReturnRepository
-from core.refund_service import RefundService, show_refunded_in_all
+from core.refund_service import RefundService, returns_shown, show_refunded_in_all
 from core.refunds import (
     Refund,
     appeased_over_capture,
@@ -199,11 +199,14 @@ class ExchangeCredits:
 
     def _show_given_back(self, replacement: Order) -> None:
         """The exchange's return shows what its credit gave back beside what it refunded at once
-        (core.refund_service.show_refunded_in_all)."""
+        (core.refund_service.show_refunded_in_all), and the original no longer records it as owing
+        that show (Order.returns_to_show: written with the give-back's record, for the reconciler's
+        kept-back pass to show it should this call die first)."""
         item = self._returns.get(replacement.exchange_of) if replacement.exchange_of else None
         original = self._orders.get(item.order_id, consistent=True) if item is not None else None
         if item is not None and original is not None:
             show_refunded_in_all(self._returns, original, item.id, self._clock())
+            returns_shown(self._orders, original, [item.id], self._clock())
 
     def draw(
         self, replacement: Order, return_id: str, uncovered: Money, actor: str, *, key: str | None = None,

@@ -1576,6 +1576,15 @@ class Order(BaseModel, defer_build=True):
     # refundable (UnitCancellation.refund_kept_back), as a return's refund that gave part keeps it
     # (PaymentRefund.kept_back). The system's own: stored, never shown.
     returns_kept_back: dict[str, Money] = Field(default_factory=dict, exclude=True)
+    # The returns that owe showing what went back for them (core.refund_service.show_refunded_in_all)
+    # since the gateway answered a refund of theirs that nothing shows yet: one the reconciler's
+    # pending-refund pass finished, or one of what a return (or its exchange's credit) kept back.
+    # Written with the refund's record, so a function that dies before showing it leaves the order
+    # in the kept-back pass's index (functions.adapters.dynamodb.index_attributes), which shows it
+    # and clears this (UnitCancellation.refund_kept_back); without it the order would be in no
+    # index and the return would show less than went back, for good. Empty on the typical order.
+    # The system's own: stored, never shown.
+    returns_to_show: list[str] = Field(default_factory=list, exclude=True)
     created_at: datetime
     updated_at: datetime
     version: int
@@ -1664,6 +1673,8 @@ class Order(BaseModel, defer_build=True):
             system["returns_kept_back"] = {
                 return_id: amount.model_dump(mode="json") for return_id, amount in self.returns_kept_back.items()
             }
+        if self.returns_to_show:
+            system["returns_to_show"] = list(self.returns_to_show)
         if self.hold is not None and self.hold.resume_to is not None:
             # Inside the API's `hold`: through a dict (held orders only).
             doc = self.model_dump(mode="json", exclude_none=True, exclude=_NOT_STORED)
@@ -3399,10 +3410,12 @@ class Order(BaseModel, defer_build=True):
         )  # fmt: skip
 
     def record_refund(
-        self, refund_id: str, reference: str, *, at: datetime, actor: str, parts: list[RefundPart] | None = None
-    ) -> Change:
+        self, refund_id: str, reference: str, *, at: datetime, actor: str, parts: list[RefundPart] | None = None,
+        to_show: list[str] | None = None,
+    ) -> Change:  # fmt: skip
         """The gateway refunded the pending refund `refund_id` (split, each of its `parts`, as
-        answered): `payment.refunded` grows by it."""
+        answered): `payment.refunded` grows by it. `to_show`: the returns that then owe showing
+        what went back for them (returns_to_show)."""
         refund = self.payment._pending(refund_id)
         everything_captured = self.payable() <= self.payment.captured
         return self._next(
@@ -3411,22 +3424,35 @@ class Order(BaseModel, defer_build=True):
                     "reason": refund.reason, "kind": refund.kind,
                     **({"return_id": refund.return_id} if refund.return_id else {}), **_sources(refund, parts)},
             payment=self.payment.with_refund(refund_id, reference, everything_captured, parts),
+            **self._showing(to_show),
         )  # fmt: skip
+
+    def _showing(self, to_show: list[str] | None) -> dict[str, Any]:
+        """The fields of a write that records returns `to_show` as owing a show (returns_to_show)."""
+        added = list(dict.fromkeys([*self.returns_to_show, *(to_show or [])]))
+        return {"returns_to_show": added} if added != self.returns_to_show else {}
+
+    def returns_shown(self, return_ids: list[str], *, at: datetime) -> Bookkeeping | None:
+        """The returns `return_ids` show what went back for them: no longer owed a show
+        (returns_to_show). None when none of them was."""
+        left = [return_id for return_id in self.returns_to_show if return_id not in return_ids]
+        return None if left == self.returns_to_show else self._bookkeeping(at=at, returns_to_show=left)
 
     def record_failed_refund(
         self, refund_id: str, reference: str | None, message: str, *, at: datetime, actor: str,
-        parts: list[RefundPart] | None = None,
+        parts: list[RefundPart] | None = None, to_show: list[str] | None = None,
     ) -> Change:  # fmt: skip
         """The gateway refused the pending refund `refund_id`: it stays on the order as failed,
         never counted, and what it held can be refunded again under a new id. Split, its `parts`
         (as answered) that the gateway approved before one was refused count all the same
-        (Payment.with_failed_refund)."""
+        (Payment.with_failed_refund). `to_show`: as record_refund's."""
         refund = self.payment._pending(refund_id)
         return self._next(
             at=at, actor=actor, type=OrderEvent.REFUND_FAILED,
             detail={"refund_id": refund_id, "amount": refund.amount.model_dump(mode="json"), "message": message[:500],
                     **({"reference": reference} if reference else {}), **_sources(refund, parts)},
             payment=self.payment.with_failed_refund(refund_id, reference, message, parts),
+            **self._showing(to_show),
         )  # fmt: skip
 
     def record_return(

@@ -26,6 +26,7 @@ from core.refunds import (
     refund_id_for,
     refunded_for_return,
     refused_in_a_row,
+    returns_showing,
 )
 from core.return_models import Return
 from core.status import ReturnStatus
@@ -169,7 +170,7 @@ class RefundService:
 
     def finish_pending(
         self, order_id: str, actor: str, *, besides_return: str | None = None, begun_before: datetime | None = None,
-        down: set[str] | None = None,
+        down: set[str] | None = None, unshown: bool = False,
     ) -> list[Refund]:  # fmt: skip
         """Ask the gateway again for every refund of the order still `pending` (under its own
         key), whatever key it was issued with, but those of return `besides_return` (its own step
@@ -179,7 +180,10 @@ class RefundService:
         not once per failed attempt of every pass (_outage_noted_once). `down`: the payment
         methods whose gateway the caller found unavailable; an order paid by one is not asked
         (nothing is done: []), and a method found unavailable here is added to it. NoPaymentPlugin
-        when no payment plugin takes the order's method: the refunds stay pending (_ask_gateway)."""
+        when no payment plugin takes the order's method: the refunds stay pending (_ask_gateway).
+        `unshown`: the caller shows no return what went back (the reconciler's pending-refund pass):
+        each answer is recorded with the returns that owe showing it (core.refunds.returns_showing),
+        for the kept-back pass to show them however the caller ends."""
         order = visible(self._orders.get(order_id), order_id, None)
         if down is not None and order.payment.method in down:
             return []
@@ -189,15 +193,19 @@ class RefundService:
             and (begun_before is None or refund.at < begun_before)
         ]  # fmt: skip
         try:
-            return [Refund.of(order_id, self._ask_gateway(order, refund, actor, again=True)) for refund in pending]
+            return [
+                Refund.of(order_id, self._ask_gateway(order, refund, actor, again=True, unshown=unshown))
+                for refund in pending
+            ]
         except PaymentGatewayUnavailable:
             if down is not None:
                 down.add(order.payment.method)
             raise
 
     def _ask_gateway(
-        self, order: Order, refund: PaymentRefund, actor: str, *, again: bool = False, fresh: bool = False
-    ) -> PaymentRefund:
+        self, order: Order, refund: PaymentRefund, actor: str, *, again: bool = False, fresh: bool = False,
+        unshown: bool = False,
+    ) -> PaymentRefund:  # fmt: skip
         """Ask the gateway for the pending `refund` under its key and record its answer: the refund
         `succeeded`, or `failed` when refused. `again`: asked by a pass that asks every few minutes
         (_outage_noted_once). `fresh`: the caller has just written the refund, so nothing asked the
@@ -207,9 +215,11 @@ class RefundService:
         removed plugin, and recorded `failed` it would free its amount to be refunded again.
         PaymentGatewayUnavailable (the refund pending) while the gateway stays down. A refund
         against another authorization than the payment's own names it (PaymentRefund.authorization);
-        one split over several is asked part by part (_ask_parts)."""
+        one split over several is asked part by part (_ask_parts). What went back is recorded with
+        the returns that owe showing it (core.refunds.returns_showing; `unshown`: the caller shows
+        none), in the same write: a function that dies before showing it leaves them on the order."""
         if refund.parts:
-            return self._ask_parts(order, refund, actor, again=again, fresh=fresh)
+            return self._ask_parts(order, refund, actor, again=again, fresh=fresh, unshown=unshown)
         payment = order.payment
         authorization = refund.authorization or payment.authorization or ""
         key = payment_keys.refund(order.id, refund.id)
@@ -233,13 +243,17 @@ class RefundService:
         # and the gateway's answer would go unrecorded (the refund left pending).
         done = modify(
             self._orders, order.id,
-            lambda current: current.record_refund(refund.id, result.reference, at=at, actor=actor)
-            if self._still_pending(current, refund.id) else None,
+            lambda current: current.record_refund(
+                refund.id, result.reference, at=at, actor=actor,
+                to_show=returns_showing(current, refund, finished=unshown),
+            ) if self._still_pending(current, refund.id) else None,
             consistent=True,
         )  # fmt: skip
         return self._final(done, refund.id)
 
-    def _ask_parts(self, order: Order, refund: PaymentRefund, actor: str, *, again: bool, fresh: bool) -> PaymentRefund:
+    def _ask_parts(
+        self, order: Order, refund: PaymentRefund, actor: str, *, again: bool, fresh: bool, unshown: bool
+    ) -> PaymentRefund:
         """Ask the gateway for each part of the split pending `refund` (PaymentRefund.parts), in
         order, against its own authorization under its own key, then record every answer in one
         write: `succeeded` once each part was approved; `failed` once one is refused (the parts
@@ -274,17 +288,21 @@ class RefundService:
             answered.append(part.approved(result.reference))
         at = self._clock()
         if refusal is not None:
+            went = any(part.status == "succeeded" for part in answered)  # what it gave back all the same
             return self._record_refusal(
                 order.id, refund, actor,
-                lambda current: current.record_failed_refund(refund.id, None, refusal, at=at, actor=actor,
-                                                             parts=answered),
+                lambda current: current.record_failed_refund(
+                    refund.id, None, refusal, at=at, actor=actor, parts=answered,
+                    to_show=returns_showing(current, refund, finished=unshown) if went else None,
+                ),
             )  # fmt: skip
 
         def record(current: Order):
             if not self._still_pending(current, refund.id):
                 return None
             reference = ",".join(part.reference or "" for part in answered)
-            return current.record_refund(refund.id, reference, at=at, actor=actor, parts=answered)
+            shown = returns_showing(current, refund, finished=unshown)
+            return current.record_refund(refund.id, reference, at=at, actor=actor, parts=answered, to_show=shown)
 
         return self._final(modify(self._orders, order.id, record, consistent=True), refund.id)
 
@@ -428,6 +446,21 @@ def show_refunded_in_all(
         return
 
 
+def returns_shown(orders: OrderRepository, order: Order, return_ids: Iterable[str], at: datetime) -> Order:
+    """`order` once the returns `return_ids`, shown what went back for them on it, are no longer
+    recorded as owing that show (Order.returns_to_show): nothing is written for an order that
+    records none of them. Not cleared when a refund was answered since `order` was read (what they
+    were shown may be short of it): the record stays, for the kept-back pass to show it again."""
+    shown = [return_id for return_id in return_ids if return_id in order.returns_to_show]
+    if not shown:
+        return order
+    return modify(
+        orders, order.id,
+        lambda current: current.returns_shown(shown, at=at)
+        if current.payment.refunds == order.payment.refunds else None,
+    )  # fmt: skip
+
+
 def owed_when_finished(order: Order, besides: str) -> list[str]:
     """The returns of `order` but `besides` that would show what went back for them once its
     pending refunds are finished (Returns._finish_pending): those the refunds name, and, for one
@@ -535,7 +568,7 @@ class PendingRefundSweep:
             if time_up():
                 break
             try:
-                done = self._refunds.finish_pending(order_id, actor, begun_before=begun_before, down=down)
+                done = self._refunds.finish_pending(order_id, actor, begun_before=begun_before, down=down, unshown=True)
             except PaymentGatewayUnavailable:
                 asked += 1  # its gateway is down: its refunds, and its method's, wait for the next pass
             except Exception as error:  # reported once the pass is done (SweepIncomplete)
@@ -610,9 +643,11 @@ class KeptBackSweep:
         `orders`), taken first, however recently they changed; one of them that owes nothing more
         but kept something back is handed to `top_up` all the same, which asks nothing then but
         shows its returns what went back for them: the refund that pass finished may have been of
-        what a return kept back, and nothing else would show it. Once `time_up` says so, the pass
-        asks the gateway no more: of `finished` it only shows those (no ask), and reads no other
-        order; those owing still are in the index for the next pass."""
+        what a return kept back, and nothing else would show it. So is any order whose returns owe
+        that show (Order.returns_to_show: in the index until shown, should the run that finished
+        their refund have died before this pass, or a ship before it showed its own). Once
+        `time_up` says so, the pass asks the gateway no more: of `finished` it only shows those (no
+        ask), and reads no other order; those owing still are in the index for the next pass."""
         done = KeptBackRefunded()
         down: set[str] = set()
         asked = 0
@@ -630,7 +665,7 @@ class KeptBackSweep:
             if order is None or order.payment.method in down:
                 continue
             if not owes_kept_back(order):
-                if order_id in finished and kept_back_owed(order):
+                if (order_id in finished and kept_back_owed(order)) or order.returns_to_show:
                     try:
                         self._top_up(order, actor)
                     except Exception as error:  # reported once the pass is done

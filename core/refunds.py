@@ -18,8 +18,8 @@ __all__ = [
     "KEPT_BACK_REFUSALS", "KeptBackOwed", "Refund", "RefundRequest", "appeased_over_capture", "cumulative_share",
     "given_back_for_units", "kept_back_owed", "kept_back_refusals", "left_to_a_person", "over_capture_owed",
     "owes_kept_back", "payment_holds", "refund_due", "refund_id_for", "refunded_beyond_lines", "refunded_for_return",
-    "refunded_short_of_lines", "shipping_refunded", "units_refunded", "units_share", "went_back", "went_back_id",
-    "with_refunds_shown",
+    "refunded_short_of_lines", "returns_showing", "shipping_refunded", "units_refunded", "units_share", "went_back",
+    "went_back_id", "with_refunds_shown",
 ]  # fmt: skip
 
 
@@ -362,6 +362,25 @@ def owes_kept_back(order: Order, *, refusals: int | None = KEPT_BACK_REFUSALS) -
         if refusals is None or kept_back_refusals(order, owed.key) < refusals:
             return True
     return False
+
+
+def returns_showing(order: Order, refund: PaymentRefund, *, finished: bool) -> list[str]:
+    """The returns that owe showing what the gateway's answer to the pending `refund` of `order`
+    gave back (Order.returns_to_show), when nothing else the function recording it does is sure to
+    show it: a refund `finished` by the reconciler's pending-refund pass (its kept-back pass shows
+    it, in the same run or, should that run die first, a later one), or one of what a return or
+    its exchange's credit kept back (refund_kept_back shows it), or one giving back what an
+    exchange's replacement did not use of its credit (ExchangeCredits.give_back shows it). Those
+    are the return it names, or for one naming none, the exchanges' returns whose credit kept
+    something back (kept_back_owed); none for any other refund (the request or step that made it
+    shows what it means), so the typical order computes nothing here: it has no refund."""
+    given_back = refund.return_id is not None and refund.reason.endswith(CREDIT_NOT_USED)
+    owed = kept_back_owed(order)
+    if not (finished or given_back) and not any(refund.id in _top_up_ids(order, entry.key) for entry in owed):
+        return []
+    if refund.return_id is not None:
+        return [refund.return_id]
+    return [entry.return_id for entry in owed if entry.names is None]
 
 
 def kept_back_refusals(order: Order, key: str) -> int:

@@ -39,7 +39,7 @@ from core.money import Money
 from core.order_changes import ATTEMPTS, modify, refusal_noted_once, visible
 from core.payments import Payments
 from core.ports import CatalogRepository, InventoryRepository, LabelStore, OrderRepository, ReturnRepository
-from core.refund_service import RefundService, show_refunded_in_all
+from core.refund_service import RefundService, returns_shown, show_refunded_in_all
 from core.refunds import (
     KEPT_BACK_REFUSALS,
     kept_back_owed,
@@ -558,15 +558,17 @@ class UnitCancellation:
         (core.refund_service.KeptBackSweep). An exchange's is refunded once
         its replacement is placed (never given up for a refund that decides it again), and names no
         return (the exchange's credit counts that return's refunds as drawn on it), but the return
-        shows it. Nothing is read
-        or written for an order that kept nothing back. `refusals`: what the gateway refused that
+        shows it. The returns the order records as owing a show (Order.returns_to_show: a refund
+        the gateway answered that the function recording it died before showing) show it too, and
+        the record is cleared. Nothing is read or written for an order that kept nothing back and
+        owes no show. `refusals`: what the gateway refused that
         many times already is not asked again (the reconciler's pass left it to a person). Returns
         the order as it then is."""
         owed = [
             entry for entry in kept_back_owed(order)
             if refusals is None or kept_back_refusals(order, entry.key) < refusals
         ]  # fmt: skip
-        if not owed:
+        if not owed and not order.returns_to_show:
             return order
         with contextlib.suppress(PaymentRefused, PaymentGatewayUnavailable):  # in the history; asked again later
             for entry in owed:
@@ -574,9 +576,10 @@ class UnitCancellation:
                     order.id, entry.decide, entry.reason, actor, kind="return", return_id=entry.names
                 )
         order = self._current(order.id)
-        for return_id in dict.fromkeys(entry.return_id for entry in owed):
+        shown = list(dict.fromkeys([*(entry.return_id for entry in owed), *order.returns_to_show]))
+        for return_id in shown:
             self._show_refunded(order, return_id)
-        return order
+        return returns_shown(self._orders, order, shown, self._clock())
 
     def _show_refunded(self, order: Order, return_id: str) -> None:
         """The refunded return `return_id` shows what was refunded for it in all

@@ -1273,6 +1273,53 @@ def test_what_a_return_kept_back_is_refunded_in_the_pass_that_finishes_its_own_r
     assert paid.captured - paid.refunded == order.totals.grand_total - order.lines[0].total - goodwill
 
 
+def test_a_return_shows_what_it_kept_back_though_the_run_that_finished_its_refund_died_before_showing_it(
+    stack, monkeypatch
+):
+    # The gateway was down when the CAPs' ship and delivery refunded the 1.00 the MUGs' return kept
+    # back: left pending, a reconciler run's pending-refund pass made it, and that run died before its
+    # kept-back pass showed it. Before: the order was in no partition of by_pending_refund (nothing
+    # pending, nothing owed), so no run read it again, and the return showed 1.00 less, for good.
+    from core.errors import PaymentGatewayUnavailable
+    from core.refund_service import RefundService
+    from functions.bootstrap import Config, bootstrap
+    from functions.reconciler import app
+
+    aws = stack["aws"]
+    services = bootstrap(Config.from_env(), label_store=FakeLabels())
+    order, caps, return_id = mugs_back_after_goodwill(services)
+    shown = services.returns.settle(return_id, actor="key_wh").refund
+
+    def down(*args: Any, **kwargs: Any) -> None:
+        raise PaymentGatewayUnavailable("the gateway is down")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(RefundService, "_ask_gateway", down)
+        services.actions.ship(order.id, caps, None, actor="key_wh")
+        services.actions.deliver(order.id, caps, actor="key_wh")
+    with app.container.override(bootstrap(Config.from_env(), clock=lambda: utc_now() + timedelta(minutes=16))):
+        app.container().pending_refund_sweep.run("reconciler", orders=[])  # and the run dies here
+    finished = services.order_repository.get(order.id)
+    assert finished.payment.refunds[-1].status == "succeeded"
+    assert services.returns.get(return_id).refund == shown
+    key = {"id": {"S": order.id}}
+    assert aws.dynamodb.get_item(TableName=aws.tables["OrdersTable"], Key=key)["Item"]["refund_key"] == {
+        "S": "kept_back"
+    }
+
+    later = utc_now() + timedelta(minutes=32)
+    with app.container.override(bootstrap(Config.from_env(), clock=lambda: later)):
+        answer = reconcile()
+        reconcile()
+
+    assert answer["refunds_finished"] == [] and answer["kept_back_refunded"] == []  # nothing asked again
+    after = services.order_repository.get(order.id)
+    assert after.payment.refunds == finished.payment.refunds and not after.returns_to_show
+    assert services.returns.get(return_id).refund == order.lines[0].total
+    item = aws.dynamodb.get_item(TableName=aws.tables["OrdersTable"], Key=key)["Item"]
+    assert "refund_key" not in item and "refund_since" not in item
+
+
 # --- The passes share the function's minute ---------------------------------------------------
 
 PASSES = [

@@ -5,6 +5,7 @@ and a pass after that refunds nothing more."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 
@@ -28,7 +29,7 @@ from plugins.testing.memory import InMemoryReceivedReturns
 from tests.builders import NOW
 from tests.fakes import InlineReturnWorkflow, ScriptedGateway
 from tests.unit.test_pending_refund_sweep import InMemoryPendingRefunds
-from tests.unit.test_returns import STOCK, Clock, ask, mugs_back_after_goodwill, receipt, returns_for
+from tests.unit.test_returns import STOCK, Clock, ask, exchange_of, mugs_back_after_goodwill, receipt, returns_for
 from tests.unit.world import World, build_world
 
 ACTOR = "reconciler"
@@ -686,3 +687,114 @@ def test_a_dependency_down_ends_the_returns_pass_with_what_it_did(world, clock, 
     assert reads == [order.id] and workflow.started == []  # stopped at the first: nothing read past it
     monkeypatch.setattr(world.orders, "history", history)
     assert passes.run() == [cap_return, other.id]  # back: both started
+
+
+def test_a_return_shows_what_it_kept_back_when_the_reconciler_died_between_finishing_the_refund_and_showing_it(
+    world, clock
+):  # fmt: skip
+    # As above, but the reconciler died after the pending-refund pass recorded the gateway's yes and
+    # before the kept-back pass showed it. Before: the order was then in neither pass's index (no
+    # refund pending, nothing kept back owed), so no pass ever read it again and the MUGs' return
+    # showed 1.00 less than went back for it, for good.
+    returns, _ = returns_for(world, clock)
+    order, caps, return_id = mugs_back_after_goodwill(world, returns)
+    returns.settle(return_id, actor="key_wh")
+    shown = returns.get(return_id).refund
+    world.gateway.script("refund", "transient")
+    world.actions.ship(order.id, caps, None, actor="key_wh")
+    world.actions.deliver(order.id, caps, actor="key_wh")
+    world.gateway.script("refund", "approve")
+    later(clock)
+    PendingRefundSweep(InMemoryPendingRefunds(world), world.refunds, clock, after=AFTER).run(ACTOR, orders=[])
+    finished = world.order(order.id)
+    assert finished.payment.refunds[-1].status == "succeeded"
+    assert returns.get(return_id).refund == shown  # the reconciler died here
+    asked = len(world.gateway.calls)
+
+    for _ in range(2):  # every pass, run as the reconciler runs them, twice
+        later(clock)
+        passed: list[str] = []
+        PendingRefundSweep(InMemoryPendingRefunds(world), world.refunds, clock, after=AFTER).run(ACTOR, orders=passed)
+        sweep(world, clock).run(ACTOR, finished=passed)
+
+    after = world.order(order.id)
+    assert returns.get(return_id).refund == order.lines[0].total == shown + Money.of("1.00", "USD")
+    assert paid_in_full(order, after, Money.of("1.00", "USD"))
+    assert after.payment.refunds == finished.payment.refunds  # nothing refunded twice
+    assert len(world.gateway.calls) == asked  # nor asked again
+    assert "refund_key" not in index_attributes(after)  # read by no pass again
+
+
+@pytest.mark.parametrize("dies", [False, True], ids=["same_run", "died_before_the_kept_back_pass"])
+def test_an_exchange_shows_its_credit_given_back_once_the_reconciler_finishes_the_give_back_left_pending(
+    world, clock, dies
+):  # fmt: skip
+    # The MUGs are exchanged for a CAP (13.48 refunded at once, the rest pays for the CAP). The CAP is
+    # cancelled while the gateway is down: the give-back of its credit, naming the return, stays
+    # pending, and the reconciler's pending-refund pass makes it. Before: nothing showed it on the
+    # return (nothing was kept back, so the kept-back pass did not read the order), which kept
+    # showing 13.48 of the 26.81 that went back for it, for good.
+    returns, _ = returns_for(world, clock)
+    order = world.allocated(("MUG", 2), ("CAP", 2))
+    world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
+    item = returns.request(order.id, exchange_of("L1", 2, ("CAP", 1)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 2, "resellable")), "key_wh")
+    settled = returns.settle(item.id, actor="key_wh")
+    replacement = world.run(settled.exchange_order_id or "")
+    world.gateway.script("refund", "transient")
+    with contextlib.suppress(PaymentGatewayUnavailable):
+        world.actions.cancel(replacement.id, "changed my mind", actor="key_cs")
+    assert world.order(order.id).payment.refunds[-1].status == "pending"
+    world.gateway.script("refund", "approve")
+
+    later(clock)
+    finished: list[str] = []
+    PendingRefundSweep(InMemoryPendingRefunds(world), world.refunds, clock, after=AFTER).run(ACTOR, orders=finished)
+    assert world.order(order.id).payment.refunds[-1].status == "succeeded"
+    if dies:
+        assert returns.get(item.id).refund == settled.refund  # the reconciler died here
+        later(clock)
+        finished = []
+    sweep(world, clock).run(ACTOR, finished=finished)
+
+    after = world.order(order.id)
+    assert after.payment.refunded == order.lines[0].total
+    assert returns.get(item.id).refund == order.lines[0].total
+    assert "refund_key" not in index_attributes(after)
+
+
+def test_an_exchange_shows_its_credit_given_back_though_the_cancel_that_gave_it_back_died_before_showing_it(
+    world, clock, monkeypatch
+):  # fmt: skip
+    # The CAP replacement is cancelled and its credit given back at once, and the cancel dies before
+    # showing it on the exchange's return. Before: nothing pending, nothing kept back, so no pass read
+    # the order again and the return showed 13.48 of the 26.81 that went back for it, for good.
+    import core.exchange_credit as exchange_credit
+
+    returns, _ = returns_for(world, clock)
+    order = world.allocated(("MUG", 2), ("CAP", 2))
+    world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
+    item = returns.request(order.id, exchange_of("L1", 2, ("CAP", 1)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 2, "resellable")), "key_wh")
+    settled = returns.settle(item.id, actor="key_wh")
+    replacement = world.run(settled.exchange_order_id or "")
+
+    def dies(*args: object, **kwargs: object) -> None:
+        raise TimeoutError("the cancel's function timed out here")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(exchange_credit, "show_refunded_in_all", dies)
+        with pytest.raises(TimeoutError):
+            world.actions.cancel(replacement.id, "changed my mind", actor="key_cs")
+    given = world.order(order.id)
+    assert given.payment.refunded == order.lines[0].total
+    assert returns.get(item.id).refund == settled.refund
+    asked = len(world.gateway.calls)
+
+    later(clock)
+    sweep(world, clock).run(ACTOR)
+
+    after = world.order(order.id)
+    assert returns.get(item.id).refund == order.lines[0].total
+    assert after.payment.refunds == given.payment.refunds and len(world.gateway.calls) == asked
+    assert "refund_key" not in index_attributes(after)
