@@ -22,6 +22,7 @@ from aws_lambda_powertools.logging.utils import copy_config_to_registered_logger
 
 from core.access_log import AccessLog, AccessLogStore, ReadRecorder
 from core.backorders import BackorderAllocator, ExpectedArrivals
+from core.deadline import LONGEST
 from core.models import utc_now
 from core.payments import Payments
 from core.plugin_manager import OmsPluginManager, build_plugin_manager
@@ -189,13 +190,11 @@ def _expiry(days: float, name: str) -> timedelta | None:
 
 def _within(value: float, name: str, unit: str, zero: str = "") -> float:
     """A numeric setting (a duration in `unit`: days, minutes or seconds), or ValueError naming it
-    when it is negative, NaN, inf or over 100 years (core.jeopardy.LONGEST): such a value fails
+    when it is negative, NaN, inf or over 100 years (core.deadline.LONGEST): such a value fails
     every request or pass that reads it (a wait off the calendar, or timedelta refusing it), so it
     is refused where it is read, with the setting's name in the error the function logs (and its
     errors alarm counts) instead of an OverflowError naming nothing. `zero` (e.g. "0 (never) or ")
     says 0 is allowed; without it the setting must be positive."""
-    from core.jeopardy import LONGEST
-
     most = LONGEST / timedelta(**{unit: 1})
     least_ok = value >= 0 if zero else value > 0
     if not least_ok or not value <= most:  # both False for NaN

@@ -57,6 +57,8 @@ OTHER_SERVICES = [
     "core.fulfillment",
     "core.holds",
     "core.import_service",
+    # The jeopardy scan's: its rules the API reads (WATCHED, LONGEST, SCAN_ACTOR) live in lighter modules.
+    "core.jeopardy",
     "core.pickups",
     "core.purchasing",
     "core.reconciliation",
