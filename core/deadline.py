@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import timedelta
 
 # Asked by a pass before each piece of work it starts (an order, a return): once it answers True,
 # the pass starts no more and returns what it did as at the end of its candidates. What it did not
 # start stays where the pass found it (its index, unchanged) for the next run; what it started it
 # finishes, so nothing is left half done and nothing is done twice (each piece is idempotent).
 TimeUp = Callable[[], bool]
+
+# The longest a setting may make a wait or deadline (OMS_SLA's, a cache's, the return window): a
+# pass subtracts it from now, and one of millennia (meant as "never") would leave the calendar and
+# crash every pass, so it is refused where it is read.
+LONGEST = timedelta(days=36500)
 
 
 def never() -> bool:

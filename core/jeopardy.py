@@ -48,28 +48,22 @@ from datetime import datetime, timedelta
 from itertools import islice
 from typing import TypeVar
 
-from core.deadline import TimeUp, never
+from core.deadline import LONGEST, TimeUp, never
 from core.errors import StaleVersion
 from core.models import Order
 from core.order_changes import modify
 from core.ports import LateOrders, OrderRepository, UnreceivedReturns
-from core.status import UNRECEIVED_RETURNS, OrderStatus, ReturnStatus
+from core.status import UNRECEIVED_RETURNS, WATCHED, OrderStatus, ReturnStatus
+from core.workflow import SCAN_ACTOR
 
+# WATCHED (core/status.py), LONGEST (core/deadline.py) and SCAN_ACTOR (core/workflow.py) are this
+# scan's rules, kept where the API's cold start reads them without importing this module.
 S = OrderStatus
 T = TypeVar("T")
-SCAN_ACTOR = "jeopardy_scan"
 HOLD_EXPIRED = "hold_expired"
-
-# The statuses an order waits in for someone or something, each of which may have a deadline.
-WATCHED: frozenset[OrderStatus] = frozenset(
-    {S.PENDING, S.AUTHORIZED, S.ALLOCATED, S.PARTIALLY_SHIPPED, S.BACKORDERED, S.ON_HOLD}
-)
 DEFAULT_SLA = "pending=5m,authorized=15m,allocated=48h,backordered=14d,on_hold=24h"
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 _DURATION = re.compile(r"([0-9]{1,9})([smhd])")
-# The scan subtracts a deadline from now: one of millennia (a status meant never to be late)
-# would leave the calendar and crash every pass, so it is refused where it is read.
-LONGEST = timedelta(days=36500)
 
 
 def parse_duration(text: str) -> timedelta:

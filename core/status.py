@@ -126,6 +126,12 @@ RETURN_TRANSITIONS: dict[ReturnStatus, frozenset[ReturnStatus]] = {
     R.CANCELLED: frozenset(),
 }
 
+# The statuses an order waits in for someone or something, each of which may have a deadline
+# (OMS_SLA: core/jeopardy.py's scan; the Orders table's status index keeps these orders' entries).
+WATCHED: frozenset[OrderStatus] = frozenset(
+    {S.PENDING, S.AUTHORIZED, S.ALLOCATED, S.PARTIALLY_SHIPPED, S.BACKORDERED, S.ON_HOLD}
+)
+
 # Returns nothing of which has arrived yet: what the return expiry cancels (OMS_RETURN_EXPIRY_DAYS).
 UNRECEIVED_RETURNS: frozenset[ReturnStatus] = frozenset({R.REQUESTED, R.AUTHORIZED})
 

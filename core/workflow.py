@@ -85,6 +85,7 @@ if TYPE_CHECKING:
 S = OrderStatus
 WORKFLOW_ACTOR = "workflow"
 BACKORDER_ACTOR = "backorders"
+SCAN_ACTOR = "jeopardy_scan"  # core/jeopardy.py's scan
 Clock = Callable[[], datetime]
 
 # Which status each task of infra/order_workflow.asl.json writes (None: it records without

@@ -22,6 +22,7 @@ from aws_lambda_powertools.logging.utils import copy_config_to_registered_logger
 
 from core.access_log import AccessLog, AccessLogStore, ReadRecorder
 from core.backorders import BackorderAllocator, ExpectedArrivals
+from core.deadline import LONGEST
 from core.models import utc_now
 from core.payments import Payments
 from core.plugin_manager import OmsPluginManager, build_plugin_manager
@@ -180,7 +181,7 @@ def _number(name: str, default: float) -> float:
 
 def _expiry(days: float, name: str) -> timedelta | None:
     """An OMS_*_EXPIRY_DAYS setting as a wait (None for 0: never), or ValueError naming it. At most
-    100 years (core.jeopardy.LONGEST, as OMS_SLA's deadlines): more, meant as "practically never",
+    100 years (core.deadline.LONGEST, as OMS_SLA's deadlines): more, meant as "practically never",
     put a ready pickup's collect_by, or a pass's cut-off for holds and returns, off the calendar, so
     every POST .../ready, or every jeopardy pass, failed; NaN and inf likewise."""
     days = _within(days, name, "days", zero="0 (never) or ")
@@ -189,13 +190,11 @@ def _expiry(days: float, name: str) -> timedelta | None:
 
 def _within(value: float, name: str, unit: str, zero: str = "", over: float = 0.0) -> float:
     """A numeric setting (a duration in `unit`: days, minutes or seconds), or ValueError naming it
-    when it is negative, NaN, inf or over 100 years (core.jeopardy.LONGEST): such a value fails
+    when it is negative, NaN, inf or over 100 years (core.deadline.LONGEST): such a value fails
     every request or pass that reads it (a wait off the calendar, or timedelta refusing it), so it
     is refused where it is read, with the setting's name in the error the function logs (and its
     errors alarm counts) instead of an OverflowError naming nothing. `zero` (e.g. "0 (never) or ")
     says 0 is allowed; without it the setting must be more than `over` (positive by default)."""
-    from core.jeopardy import LONGEST
-
     most = LONGEST / timedelta(**{unit: 1})
     least_ok = value >= 0 if zero else value > over
     if not least_ok or not value <= most:  # both False for NaN

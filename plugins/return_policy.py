@@ -33,9 +33,9 @@ SHOP_FAULTS = frozenset({"damaged", "defective", "wrong_item"})
 def window() -> timedelta:
     """`OMS_RETURN_WINDOW_DAYS`: a number of days, fractions allowed (the template parameter
     `ReturnWindowDays` is a Number: 30.5 deploys, and was read with int(), so every return request
-    failed), from 0 to 100 years (core.jeopardy.LONGEST: more, or NaN or inf, cannot be a timedelta
+    failed), from 0 to 100 years (core.deadline.LONGEST: more, or NaN or inf, cannot be a timedelta
     or leaves the calendar); anything else is refused naming the setting."""
-    from core.jeopardy import LONGEST
+    from core.deadline import LONGEST
 
     raw = os.environ.get("OMS_RETURN_WINDOW_DAYS", "").strip()
     try:

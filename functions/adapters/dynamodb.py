@@ -27,7 +27,6 @@ from core.errors import (
     StaleVersion,
     StockLimitReached,
 )
-from core.jeopardy import WATCHED
 from core.models import MAX_ON_HAND, Bookkeeping, HistoryEntry, Location, Order, Product, StockLevel, utc_now
 from core.ports import (
     ApiKeyRepository,
@@ -57,7 +56,7 @@ from core.ports import (
 from core.refunds import owes_kept_back
 from core.return_models import Return
 from core.sourcing_rules import SourcingRules
-from core.status import OrderStatus, PaymentStatus, ReturnStatus, check_successor
+from core.status import WATCHED, OrderStatus, PaymentStatus, ReturnStatus, check_successor
 from functions.adapters import order_codec
 from functions.adapters.api_key_lookup import lookup_key
 from functions.adapters.labels import with_booking_keys_from_labels

@@ -8,8 +8,13 @@ import ast
 import json
 from pathlib import Path
 
+import boto3
+import botocore.session
+import pytest
 import yaml
 from botocore.config import Config
+from botocore.exceptions import UnknownServiceError
+from botocore.loaders import Loader
 
 from core.returns import PUT_WINDOW
 from functions.adapters import aws_clients
@@ -80,6 +85,26 @@ def test_a_clients_own_config_is_merged_over_the_defaults(monkeypatch):
     assert (config.connect_timeout, config.read_timeout) == (1.0, 2.0)
     assert config.retries["mode"] == "standard"
     assert client.meta.endpoint_url == "http://localhost:1"
+
+
+def test_a_new_containers_first_client_loads_its_model_without_listing_every_service(monkeypatch):
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)  # a new container's
+    listed: list[str] = []
+    listing = Loader.list_available_services
+    monkeypatch.setattr(
+        Loader, "list_available_services", lambda self, type_name: listed.append(type_name) or listing(self, type_name)
+    )
+
+    client = aws_client("dynamodb")
+
+    assert listed == []  # botocore's loader lists ~450 directories for the model and again for its endpoint rules
+    own = botocore.session.Session()
+    assert client.meta.service_model._service_description == own.get_service_data("dynamodb")
+    assert client.meta.config.retries["mode"] == "standard"
+    # A name botocore does not know is still refused by botocore's own check, naming the known ones.
+    with pytest.raises(UnknownServiceError, match=r"Valid service names are: .*dynamodb"):
+        aws_client("no-such-service")
 
 
 def _function_timeouts() -> dict[str, int]:
