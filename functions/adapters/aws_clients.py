@@ -36,18 +36,22 @@ class ServiceLoader(Loader):
     listing reads about 450 directories and stats a file in each, once for the service model and
     once for its endpoint rules, some 20 ms of CPU (a third of it system time) in every new
     container's first client. A name with no directory is left to botocore's own check, which
-    raises its UnknownServiceError; what is loaded (the model, its extras) is the same."""
+    raises its UnknownServiceError; what is loaded (the model, its extras) is the same. It reads
+    two of botocore's own members (its extras processor and finder): boto3 is not pinned, so a
+    botocore without them gets botocore's own path, slower but the same, rather than a container
+    that cannot make a client."""
 
     @instance_cache
     def load_service_model(self, service_name: str, type_name: str, api_version: str | None = None) -> Any:
-        if api_version is not None:
+        processor, extras = getattr(self, "_extras_processor", None), getattr(self, "_find_extras", None)
+        if api_version is not None or processor is None or extras is None:
             return super().load_service_model(service_name, type_name, api_version)
         try:
             api_version = self.determine_latest_version(service_name, type_name)
         except DataNotFoundError:
             return super().load_service_model(service_name, type_name)
         model = self.load_data(os.path.join(service_name, api_version, type_name))
-        self._extras_processor.process(model, self._find_extras(service_name, type_name, api_version))
+        processor.process(model, extras(service_name, type_name, api_version))
         return model
 
 

@@ -107,6 +107,18 @@ def test_a_new_containers_first_client_loads_its_model_without_listing_every_ser
         aws_client("no-such-service")
 
 
+def test_a_botocore_without_the_members_the_loader_reads_leaves_the_loading_to_botocore(monkeypatch):
+    # boto3 is not pinned: a botocore whose loader no longer has the extras processor and finder the
+    # ServiceLoader reads gets its own loading (a stand-in here, since today's botocore needs them).
+    loaded = object()
+    monkeypatch.setattr(Loader, "load_service_model", lambda self, service, type_name, api_version=None: loaded)
+    assert aws_clients.ServiceLoader().load_service_model("dynamodb", "service-2") is not loaded  # its own path
+
+    monkeypatch.delattr(Loader, "_find_extras")
+
+    assert aws_clients.ServiceLoader().load_service_model("dynamodb", "service-2") is loaded
+
+
 def _function_timeouts() -> dict[str, int]:
     class Loader(yaml.SafeLoader):
         pass
