@@ -460,6 +460,8 @@ def test_a_persons_hold_placed_before_the_sweep_met_a_ship_that_died_is_made_a_p
     (shipment,) = order.shipments
     services = bootstrap(Config.from_env())
     services.holds.hold(order.id, HoldRequest(reason="fraud_review", note="call the customer"), "key_ops")
+    key = {"id": {"S": order.id}}
+    assert aws.dynamodb.get_item(TableName=aws.tables["OrdersTable"], Key=key)["Item"]["pickup_pk"] == {"S": "on_hold"}
 
     late = utc_now() + timedelta(hours=24, minutes=20)  # past on_hold=24h, the request long over
     answer = scan(late)
@@ -472,6 +474,8 @@ def test_a_persons_hold_placed_before_the_sweep_met_a_ship_that_died_is_made_a_p
         OrderStatus.ON_HOLD, "fraud_review", "call the customer", OrderStatus.ALLOCATED,
     )  # fmt: skip
     assert settled.hold.parked and settled.hold_expiry_counts_from is None
+    item = aws.dynamodb.get_item(TableName=aws.tables["OrdersTable"], Key=key)["Item"]
+    assert "pickup_pk" not in item and "collect_by" not in item  # out of the hold expiry's index
     confirm = next(entry for entry in reversed(history) if entry.type == "on_hold")
     assert (confirm.actor, confirm.from_status, confirm.to_status, confirm.detail["shipment_ids"]) == (
         "jeopardy_scan", None, None, [shipment.id],
