@@ -210,9 +210,7 @@ def _persons_hold(order: Order) -> bool:
 
 
 def _unfinished_ships(order: Order) -> list[str]:
-    """The shipments whose ship (or collect) asked for a capture that still waits for it: not
-    recorded, and not taken back by a change the ship would have lost to (that ship answered 409)."""
-    return [r.shipment_id for r in order.captures_requested if r.shipment_id is not None and not r.withdrawn]
+    return order.unfinished_ships()
 
 
 def _refund_refused_since(history: list[HistoryEntry], since: datetime) -> bool:

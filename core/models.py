@@ -1808,10 +1808,21 @@ class Order(BaseModel, defer_build=True):
         put on hold. None when it is not on hold, or when its hold is the system's for an
         infrastructure failure (`hold.parked`: a park, Order.park, or a ship that died after its
         capture, Order.hold_unfinished_ships): it waits for a person, and only a business outcome
-        cancels it."""
+        cancels it. None too while a ship's capture request stands on it (unfinished_ships): a held
+        order never ships, so that ship died, and its parcel may have left; the capture sweep makes
+        the hold a park (Order.park_for_unfinished_ships), which an expiry that ran first would
+        have cancelled, putting the parcel's units back on sale."""
         if self.status is not OrderStatus.ON_HOLD or (self.hold is not None and self.hold.parked):
             return None
+        if self.unfinished_ships():
+            return None
         return self.in_status_since
+
+    def unfinished_ships(self) -> list[str]:
+        """The shipments whose ship (or collect) asked for a capture that still waits for it: not
+        recorded, and not taken back by a change the ship would have lost to (that ship answered
+        409)."""
+        return [r.shipment_id for r in self.captures_requested if r.shipment_id is not None and not r.withdrawn]
 
     def pickup_deadline(self) -> datetime | None:
         """The earliest `collect_by` of a pickup waiting at its store; None while none waits, or
