@@ -255,8 +255,8 @@ def customer_view(customer_id: str, item: Mapping[str, Any]) -> CustomerView | N
     totals = [
         CustomerTotal(
             currency=currency,
-            ordered=Money.of(Decimal(item.get(f"ordered_{currency}") or 0), currency),
-            refunded=Money.of(Decimal(item.get(f"refunded_{currency}") or 0), currency),
+            ordered=Money.summed(Decimal(item.get(f"ordered_{currency}") or 0), currency),
+            refunded=Money.summed(Decimal(item.get(f"refunded_{currency}") or 0), currency),
         )
         for currency in currencies
     ]
@@ -307,7 +307,7 @@ def top_rows(
     kept.sort(key=lambda pair: (-pair[1]["revenue"], pair[0]))
 
     def money(amount: Decimal) -> Money:
-        return Money.of(amount, currency)
+        return Money.summed(amount, currency)  # over many orders: beyond one order's limit, maybe
 
     top = kept[:limit]
     if kind is ReportKind.PRODUCTS:

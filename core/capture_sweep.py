@@ -23,9 +23,9 @@ from core.status import OrderStatus, can_transition
 class CapturesSettled:
     """What one pass did, by order id: the orders it left with no capture request (`settled`);
     those it put on hold because a ship of theirs died after asking for its capture (`held`: a
-    person confirms whether the parcel left); and those where such a ship died on an order that
-    cannot be held (`unconfirmed`: a parcel shipped already, so it is partly shipped), which the
-    caller reports for a person."""
+    person confirms whether the parcel left; a person's hold placed first, made a park, too); and
+    those where such a ship died on an order that cannot be held (`unconfirmed`: a parcel shipped
+    already, so it is partly shipped), which the caller reports for a person."""
 
     settled: list[str]
     held: list[str]
@@ -65,7 +65,8 @@ class UnrecordedCaptureSweep:
     cancel, reject and refund to count. So the order and the gateway agree again (nothing kept),
     and the order is first put on hold (Order.hold_unfinished_ships, by the pass's actor) for a
     person to confirm whether the parcel left: released, a parcel that left is shipped again, under
-    a new capture key. An order that cannot be held (partly shipped already) is only settled and
+    a new capture key. One a person held first keeps their hold, made a park that no hold expiry
+    cancels (Order.park_for_unfinished_ships). An order that cannot be held (partly shipped already) is only settled and
     reported (`unconfirmed`). A cancelled order's cancel is finished (refunded, then voided).
 
     Given the orders to look at: those the jeopardy scan found late with such a request standing
@@ -174,10 +175,13 @@ class UnrecordedCaptureSweep:
 
     def _hold(self, order: Order, shipment_ids: list[str], actor: str, done: CapturesSettled) -> Order:
         """The order on hold for a person to confirm whether the parcels of `shipment_ids` left,
-        when it can be held; reported `unconfirmed` when it cannot (partly shipped). Reported
-        `held` only when this call's write held it: one held meanwhile (by another pass running at
-        the same time, or a person) is that one's to report."""
-        if not can_transition(order.status, OrderStatus.ON_HOLD):
+        when it can be held; reported `unconfirmed` when it cannot (partly shipped). One a person
+        held first keeps their hold, made a park (Order.park_for_unfinished_ships): the capture is
+        refunded all the same, and a hold the expiry could cancel would put units that may have
+        left back on sale. Reported `held` only when this call's write held it (or made a person's
+        hold a park): one held meanwhile by another pass running at the same time is that one's to
+        report."""
+        if not can_transition(order.status, OrderStatus.ON_HOLD) and not _persons_hold(order):
             if order.status is not OrderStatus.ON_HOLD and order.id not in done.unconfirmed:
                 done.unconfirmed.append(order.id)
             return order
@@ -186,7 +190,11 @@ class UnrecordedCaptureSweep:
 
         def decide(current: Order):
             nonlocal holding
-            holding = can_transition(current.status, OrderStatus.ON_HOLD) and bool(_unfinished_ships(current))
+            unfinished = bool(_unfinished_ships(current))
+            if unfinished and _persons_hold(current):
+                holding = True
+                return current.park_for_unfinished_ships(shipment_ids, at=at, actor=actor)
+            holding = can_transition(current.status, OrderStatus.ON_HOLD) and unfinished
             return current.hold_unfinished_ships(shipment_ids, at=at, actor=actor) if holding else None
 
         held = modify(self._orders, order.id, decide)
@@ -195,10 +203,14 @@ class UnrecordedCaptureSweep:
         return held
 
 
+def _persons_hold(order: Order) -> bool:
+    """Whether the order is on a hold the expiry may cancel (a person's, a review rule's), not the
+    system's for a person (Hold.parked)."""
+    return order.status is OrderStatus.ON_HOLD and order.hold is not None and not order.hold.parked
+
+
 def _unfinished_ships(order: Order) -> list[str]:
-    """The shipments whose ship (or collect) asked for a capture that still waits for it: not
-    recorded, and not taken back by a change the ship would have lost to (that ship answered 409)."""
-    return [r.shipment_id for r in order.captures_requested if r.shipment_id is not None and not r.withdrawn]
+    return order.unfinished_ships()
 
 
 def _refund_refused_since(history: list[HistoryEntry], since: datetime) -> bool:

@@ -1819,10 +1819,21 @@ class Order(BaseModel, defer_build=True):
         put on hold. None when it is not on hold, or when its hold is the system's for an
         infrastructure failure (`hold.parked`: a park, Order.park, or a ship that died after its
         capture, Order.hold_unfinished_ships): it waits for a person, and only a business outcome
-        cancels it."""
+        cancels it. None too while a ship's capture request stands on it (unfinished_ships): a held
+        order never ships, so that ship died, and its parcel may have left; the capture sweep makes
+        the hold a park (Order.park_for_unfinished_ships), which an expiry that ran first would
+        have cancelled, putting the parcel's units back on sale."""
         if self.status is not OrderStatus.ON_HOLD or (self.hold is not None and self.hold.parked):
             return None
+        if self.unfinished_ships():
+            return None
         return self.in_status_since
+
+    def unfinished_ships(self) -> list[str]:
+        """The shipments whose ship (or collect) asked for a capture that still waits for it: not
+        recorded, and not taken back by a change the ship would have lost to (that ship answered
+        409)."""
+        return [r.shipment_id for r in self.captures_requested if r.shipment_id is not None and not r.withdrawn]
 
     def pickup_deadline(self) -> datetime | None:
         """The earliest `collect_by` of a pickup waiting at its store; None while none waits, or
@@ -2959,15 +2970,28 @@ class Order(BaseModel, defer_build=True):
         which nothing the order holds can say. The jeopardy scan's handler gives those captures back
         (core/capture_sweep.py), so a parcel that left is shipped again after the release. Only a
         person ends it: no hold expiry cancels it (Hold.parked)."""
-        shipments = ", ".join(shipment_ids)
-        note = (
-            f"a ship (or collect) of {shipments} died after asking for its capture, which is refunded: confirm "
-            "whether the parcel left; if it did, release the order and ship (or collect) it again"
-        )
         # The system's hold for a person, as a park is: no hold expiry cancels it (Hold.parked).
         return self.hold_for(
-            "other", note[:500], at=at, actor=actor, detail={"shipment_ids": list(shipment_ids)}, parked=True
-        )
+            "other", _unfinished_ships_note(shipment_ids), at=at, actor=actor,
+            detail={"shipment_ids": list(shipment_ids)}, parked=True,
+        )  # fmt: skip
+
+    def park_for_unfinished_ships(self, shipment_ids: list[str], *, at: datetime, actor: str) -> Change:
+        """The ships of `shipment_ids` asked for their captures and never finished, on an order a
+        person held first (hold_unfinished_ships cannot hold it again): the person's hold stays the
+        order's (its reason, note, since and the status a release resumes to are theirs), made a
+        park, so no hold expiry cancels an order whose parcel may have left (Hold.parked); the
+        system's hold is recorded beside it, an `on_hold` entry that changes no status, with the
+        parcels to confirm (`shipment_ids`, which Order.parked_from reads as hold_unfinished_ships's).
+        InvalidTransition when the order is not on a person's hold (a park is one already)."""
+        if self.status is not OrderStatus.ON_HOLD or self.hold is None or self.hold.parked:
+            raise InvalidTransition(f"order {self.id} is not on a person's hold")
+        return self._next(
+            at=at, actor=actor, type=OrderEvent.ON_HOLD,
+            detail={"reason": "other", "note": _unfinished_ships_note(shipment_ids),
+                    "shipment_ids": list(shipment_ids)},
+            hold=_replaced(self.hold, parked=True),
+        )  # fmt: skip
 
     def mark_jeopardy(self, reason: str, since: datetime, *, at: datetime, actor: str) -> Change:
         """Late for its current status (the scan found it past its deadline `since`)."""
@@ -3701,3 +3725,14 @@ def _shown_reference(reference: str | None) -> str | None:
     """A gateway's reference as an error's text shows it (core.log_text.shown_reference): an error
     reaches a client's 409 and the logs, where a bidi override in it would reorder what is read."""
     return None if reference is None else shown_reference(reference)
+
+
+def _unfinished_ships_note(shipment_ids: list[str]) -> str:
+    """What a person holding an order whose ships of `shipment_ids` died after asking for their
+    captures is to do (Order.hold_unfinished_ships, Order.park_for_unfinished_ships)."""
+    shipments = ", ".join(shipment_ids)
+    note = (
+        f"a ship (or collect) of {shipments} died after asking for its capture, which is refunded: confirm "
+        "whether the parcel left; if it did, release the order and ship (or collect) it again"
+    )
+    return note[:500]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from decimal import ROUND_HALF_EVEN, Decimal
+from decimal import ROUND_HALF_EVEN, Decimal, localcontext
 from typing import Annotated, Any
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer, WithJsonSchema, model_validator
@@ -190,6 +190,24 @@ class Money(BaseModel):
             object.__setattr__(money, "__pydantic_private__", None)
             return money
         return cls(amount=rounded, currency=currency)
+
+    @classmethod
+    def summed(cls, amount: Decimal, currency: str) -> Money:
+        """A sum over many orders (a customer's totals, a report's revenue) as the API shows it:
+        rounded half-even to the currency's minor units, however large. The 10^15 limit is one
+        order's (AmountTooLarge refuses the order that reaches it); orders below it may add up to
+        more, and a read of what they add up to must not fail on it."""
+        if not amount.is_finite():
+            raise ValueError(f"a sum of {currency} amounts is not a finite number: {amount}")
+        with localcontext() as context:
+            context.prec = max(context.prec, amount.adjusted() + minor_units(currency) + 2)
+            rounded = round_money(amount, currency)
+        money = cls.__new__(cls)  # built as Money.of builds one: the amount checked and made above
+        object.__setattr__(money, "__dict__", {"amount": rounded, "currency": currency})
+        object.__setattr__(money, "__pydantic_fields_set__", {"amount", "currency"})
+        object.__setattr__(money, "__pydantic_extra__", None)
+        object.__setattr__(money, "__pydantic_private__", None)
+        return money
 
     @classmethod
     def zero(cls, currency: str) -> Money:

@@ -334,8 +334,9 @@ class LateOrders(ABC):
     def held_since_before(self, before: datetime, limit: int) -> list[str]:
         """Ids of up to `limit` orders whose hold expiry counts from before `before`
         (Order.hold_expiry_counts_from: on hold since then, marked late or not, never a park or a
-        parcel to confirm: Hold.parked), held longest first: an index keyed on when the hold began,
-        so no order held recently or parked is read on the way to them."""
+        parcel to confirm: Hold.parked, nor one whose ship died), held longest first: an index
+        keyed on when the hold began, so no order held recently or parked is read on the way to
+        them."""
 
     @abstractmethod
     def count_in_jeopardy(self) -> int:

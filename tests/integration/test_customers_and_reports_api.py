@@ -44,3 +44,40 @@ def test_customers_found_by_email_take_limit_and_cursor(api: InProcessApi):
     elsewhere = api.get("/customers", params={"email": "other@acme.example", "cursor": cursor})
     assert_error(elsewhere, 422, "invalid_cursor", "cursor")
     assert_error(api.get("/customers", params={"email": "buyers@acme.example", "limit": 101}), 422)
+
+
+def test_a_customer_and_a_report_summing_past_what_one_order_may_reach_are_shown_whole(api: InProcessApi):
+    """One order's amounts stay below 10^15 (Money refuses more, AmountTooLarge); a customer's
+    orders, or a report's, may add up to more: two orders of 600 trillion USD answered 422
+    amount_too_large ("an amount of the order...") to GET /customers/{id} and every report of their
+    days. The sums are shown whole, in the currency's minor units."""
+    from core.aggregates import aggregate_change
+    from functions.api.dependencies import container
+
+    store = container().aggregate_store
+    big = {"amount": "600000000000000.00", "currency": "USD"}
+    zero = {"amount": "0.00", "currency": "USD"}
+    for n in range(2):
+        store.apply(aggregate_change(None, {
+            "id": f"ord_big{n}", "status": "allocated", "channel": "web", "currency": "USD",
+            "customer": {"id": "cus_big", "email": "big@acme.example"},
+            "lines": [{"line_id": "L1", "sku": "YACHT", "quantity": 1, "unit_price": big, "discount": zero}],
+            "shipping_address": {"country": "US", "region": "CA"}, "totals": {"grand_total": big},
+            "payment": {"refunded": zero}, "created_at": "2026-11-30T10:00:00Z", "version": 1,
+        }))  # fmt: skip
+
+    customer = api.get("/customers/cus_big")
+    assert customer.status_code == 200, customer.text
+    assert customer.json()["totals"] == [
+        {"currency": "USD", "ordered": {"amount": "1200000000000000.00", "currency": "USD"}, "refunded": zero}
+    ]
+    days = {"currency": "USD", "from": "2026-11-30", "to": "2026-11-30"}
+    products = api.get("/reports/top-products", params=days)
+    assert products.status_code == 200, products.text
+    assert products.json()["items"] == [
+        {"sku": "YACHT", "units": 2, "revenue": {"amount": "1200000000000000.00", "currency": "USD"}}
+    ]
+    for report in ("top-customers", "top-regions"):
+        answer = api.get(f"/reports/{report}", params=days)
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["items"][0]["revenue"]["amount"] == "1200000000000000.00"

@@ -442,3 +442,75 @@ def test_orders_with_a_settlement_request_are_read_oldest_first_a_page_at_a_time
     queries.clear()
     assert list(islice(requested.requested_since_before(utc_now()), 2)) == ids[:2]
     assert len(queries) == 1 and {q["IndexName"] for q in queries} == {"by_pending_refund"}
+
+
+def test_a_persons_hold_placed_before_the_sweep_met_a_ship_that_died_is_made_a_park_the_hold_expiry_never_cancels(
+    aws, scan, monkeypatch
+):
+    """A person holds the order after its ship died, before any pass settled that ship's capture:
+    the pass refunds the capture and cannot hold the order again. The person's hold stays the
+    order's (their reason, note and the status it resumes to), now a park, with the parcel to
+    confirm recorded beside it in the history: the hold expiry never cancels it, since the parcel
+    may have left (a cancel would put its units back on sale). Only a person ends it."""
+    from core.holds import HoldRequest, ReleaseRequest
+    from functions.bootstrap import Config, bootstrap
+
+    monkeypatch.setenv("OMS_HOLD_EXPIRY_DAYS", "2")
+    order = a_ship_that_died(aws, monkeypatch, "web-held-first")
+    (shipment,) = order.shipments
+    services = bootstrap(Config.from_env())
+    services.holds.hold(order.id, HoldRequest(reason="fraud_review", note="call the customer"), "key_ops")
+    key = {"id": {"S": order.id}}
+    # Its ship's capture request standing, the hold waits for the sweep: not in the expiry's index.
+    assert "pickup_pk" not in aws.dynamodb.get_item(TableName=aws.tables["OrdersTable"], Key=key)["Item"]
+
+    late = utc_now() + timedelta(hours=24, minutes=20)  # past on_hold=24h, the request long over
+    answer = scan(late)
+    assert (answer["captures_settled"], answer["ships_held"], answer["ships_unconfirmed"]) == (
+        [order.id], [order.id], [],
+    )  # fmt: skip
+    settled, history = services.order_repository.history(order.id)
+    assert settled.captures_requested == [] and settled.payment == order.payment  # refunded: nothing kept
+    assert (settled.status, settled.hold.reason, settled.hold.note, settled.hold.resume_to) == (
+        OrderStatus.ON_HOLD, "fraud_review", "call the customer", OrderStatus.ALLOCATED,
+    )  # fmt: skip
+    assert settled.hold.parked and settled.hold_expiry_counts_from is None
+    item = aws.dynamodb.get_item(TableName=aws.tables["OrdersTable"], Key=key)["Item"]
+    assert "pickup_pk" not in item and "collect_by" not in item  # a park: never in the hold expiry's index
+    confirm = next(entry for entry in reversed(history) if entry.type == "on_hold")
+    assert (confirm.actor, confirm.from_status, confirm.to_status, confirm.detail["shipment_ids"]) == (
+        "jeopardy_scan", None, None, [shipment.id],
+    )  # fmt: skip
+    assert "confirm whether the parcel left" in confirm.detail["note"]
+
+    assert scan(late + timedelta(days=30))["expired"] == []
+    assert services.order_repository.get(order.id).status is OrderStatus.ON_HOLD
+    assert scan(late + timedelta(days=30, minutes=5))["ships_held"] == []  # made a park once
+
+    # Released by a person, a hold placed again is an ordinary one, which expires.
+    services.holds.release(order.id, ReleaseRequest(note="the parcel never left"), "key_ops")
+    services.holds.hold(order.id, HoldRequest(reason="other"), "key_ops")
+    assert scan(utc_now() + timedelta(days=3))["expired"] == [order.id]
+
+
+def test_the_hold_expiry_leaves_a_persons_hold_on_an_order_whose_ship_died_to_the_sweep(aws, scan, monkeypatch):
+    """The same, with a hold expiry no longer than the hold's deadline (OMS_HOLD_EXPIRY_DAYS=1,
+    on_hold=24h): the pass that first finds the order late runs the expiry before it hands the
+    order to the sweep, and cancelled it, its capture refunded and its units put back on sale
+    while its parcel may have left. A capture request standing on a held order is a ship that
+    died (a held order never ships): the expiry leaves it, the sweep makes the hold a park."""
+    from core.holds import HoldRequest
+    from functions.bootstrap import Config, bootstrap
+
+    monkeypatch.setenv("OMS_HOLD_EXPIRY_DAYS", "1")
+    order = a_ship_that_died(aws, monkeypatch, "web-expired-first")
+    services = bootstrap(Config.from_env())
+    services.holds.hold(order.id, HoldRequest(reason="customer_request"), "key_ops")
+
+    answer = scan(utc_now() + timedelta(days=1, minutes=20))
+
+    assert (answer["expired"], answer["captures_settled"], answer["ships_held"]) == ([], [order.id], [order.id])
+    held = services.order_repository.get(order.id)
+    assert (held.status, held.hold.reason, held.hold.parked) == (OrderStatus.ON_HOLD, "customer_request", True)
+    assert held.shipments[0].status is ShipmentStatus.PENDING
+    assert scan(utc_now() + timedelta(days=9))["expired"] == []

@@ -557,3 +557,28 @@ def test_the_hold_expiry_never_cancels_an_order_held_to_confirm_whether_its_parc
     Holds(world.orders, clock).hold(order.id, HoldRequest(reason="other"), "key_ops")
     clock.advance(days=2)
     assert expiring.run().expired == [order.id]
+
+
+def test_a_persons_hold_met_with_the_gateway_down_is_made_a_park_once_and_settled_by_a_later_pass(
+    world, clock, monkeypatch
+):
+    """A person held the order after its ship died: the pass that finds the gateway down still
+    makes their hold a park (the expiry must not cancel it while it waits), once; the pass that
+    finds the gateway up settles the capture and reports nothing held again."""
+    order, shipment_id = a_ship_that_died(world, monkeypatch)
+    Holds(world.orders, clock).hold(order.id, HoldRequest(reason="address_review", note="odd address"), "key_ops")
+    world.gateway.script("capture", "transient")
+    clock.advance(hours=24, minutes=16)  # late on hold (on_hold=24h)
+
+    assert a_pass(world, clock) == CapturesSettled(settled=[], held=[order.id], unconfirmed=[])
+    waiting = world.order(order.id)
+    assert (waiting.hold.reason, waiting.hold.note, waiting.hold.parked) == ("address_review", "odd address", True)
+    assert waiting.capture_request(shipment_id) is not None
+    world.gateway.script("capture", "approve")
+    clock.advance(hours=24)
+
+    assert a_pass(world, clock) == CapturesSettled(settled=[order.id], held=[], unconfirmed=[])
+    after, history = world.order(order.id), world.history(order.id)
+    assert after.captures_requested == [] and len(world.spy.refunded) == 1 and after.hold.parked
+    parks = [h for h in history if h.type is OrderEvent.ON_HOLD and h.to_status is None]
+    assert [(h.actor, h.detail["shipment_ids"]) for h in parks] == [(ACTOR, [shipment_id])]
