@@ -40,10 +40,11 @@ test: lint check-template
 	$(BIN)/python -m pytest -n 3 --dist loadfile
 	$(BIN)/python -m pytest $(EXAMPLE)/tests
 
-# Schemathesis at length (every phase, SCHEMATHESIS_MAX_EXAMPLES per operation, default 100):
-# minutes, not part of `make test`.
+# Schemathesis at length (every phase, SCHEMATHESIS_MAX_EXAMPLES per operation, default 100), and
+# the sourcing properties at length (tests/properties.py): minutes, not part of `make test`.
 fuzz: $(STAMP)
-	$(BIN)/python -m pytest -m fuzz tests/e2e/test_schemathesis.py
+	$(BIN)/python -m pytest -m fuzz tests/e2e/test_schemathesis.py tests/unit/test_sourcing_rules.py \
+		tests/unit/test_plugins_nearest_sourcing.py
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

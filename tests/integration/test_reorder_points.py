@@ -24,6 +24,7 @@ from core.status import PurchaseOrderStatus
 from core.webhooks import MAX_WEBHOOKS, IssuedWebhook
 from functions.bootstrap import Config, Container, bootstrap
 from infra.local.event_sources import compile_filters, matches_filters
+from infra.local.moto_patches import transactions as moto_transactions
 from infra.local.template import Template
 from tests.builders import location, product
 from tests.e2e.client import Catalog, assert_error, put_network, unique
@@ -137,7 +138,14 @@ def buyer(aws, monkeypatch: pytest.MonkeyPatch) -> Iterator[Buyer]:
         MAX_WEBHOOKS,
     )
     stream = InventoryStream(aws)
-    yield Buyer(container, stream, sqs, tap, deliveries)
+    # moto deep-copies every table a transaction names (every item and stream record) before it
+    # starts: a draft's 100 lines cost ~0.6 s a buy. The local runtime's patch saves only the items
+    # named and undoes a cancelled transaction as moto does (tests/integration/test_moto_patches.py).
+    moto_transactions.PATCH.apply()
+    try:
+        yield Buyer(container, stream, sqs, tap, deliveries)
+    finally:
+        moto_transactions.PATCH.undo()
 
 
 def test_a_fall_below_the_point_makes_a_draft_and_inventory_low_once_even_when_redelivered(buyer: Buyer):
@@ -480,12 +488,13 @@ def test_an_order_backordered_for_a_sku_no_point_buys_reads_none_of_the_waiting_
 
 
 def test_a_burst_of_backorders_reads_each_page_of_waiting_orders_at_once(buyer: Buyer):
-    """30 orders backordered at once for a sku with a point: each one's record read every waiting
-    order with a GetItem of its own, 900 reads in one batch (a batch of 25 records under a queue of
-    200 passed the function's time limit). A page of the queue (100) is read with one BatchGetItem."""
+    """Orders backordered at once for a sku with a point: each one's record read every waiting order
+    with a GetItem of its own, n² reads in one batch (a batch of 25 records under a queue of 200
+    passed the function's time limit). A page of the queue (100) is read with one BatchGetItem. Ten
+    orders show it as 30 did: any GetItem of an order, or more than one read a record, fails."""
     buyer.container.catalog_repository.put_product(product("MUG", "9.00", allow_backorder=True))
     buyer.point()
-    for n in range(30):
+    for n in range(10):
         backordered(buyer, 1, f"burst-{n}")
     records = buyer.stream.records()
     orders_table = buyer.container.config.orders_table
@@ -502,7 +511,7 @@ def test_a_burst_of_backorders_reads_each_page_of_waiting_orders_at_once(buyer: 
     finally:
         client.meta.events.unregister("provide-client-params.dynamodb", count)
 
-    assert drafted(buyer) == {"wh-east": 30}
+    assert drafted(buyer) == {"wh-east": 10}
     assert ("GetItem", orders_table) not in reads
     assert reads.count(("BatchGetItem", orders_table)) == len(records)  # one page of the queue each
 

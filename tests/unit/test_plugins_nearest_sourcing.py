@@ -21,6 +21,7 @@ from core.workflow_types import SourcingPlan
 from plugins import nearest_sourcing
 from plugins.data_files import DataFileError
 from plugins.nearest_sourcing import GEO_CENTROIDS_FILE_ENV, haversine_km, load_geo_centroids, oms_source_order
+from tests.properties import at_length
 from tests.unit.conftest import UPDATED_AT, a_stored_order
 
 SAN_FRANCISCO = (37.7749, -122.4194)
@@ -587,8 +588,11 @@ networks = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=300, deadline=None)
-@given(networks)
+NETWORKS_PLANNED = given(networks)
+
+
+@settings(max_examples=100, derandomize=True, deadline=None)
+@NETWORKS_PLANNED
 def test_the_plans_are_the_ones_the_search_and_split_made_before_they_were_sped_up(scenario):
     ids = NETWORK[: scenario["size"]]
     # Units held at a location that is not eligible (excluded, another pickup store) stay unused.
@@ -618,8 +622,20 @@ def test_the_plans_are_the_ones_the_search_and_split_made_before_they_were_sped_
                 assert any(sum(max(0, available[at][sku]) for at in group) < q for sku, q in wanted.items()), group
 
 
-@settings(max_examples=200, deadline=None)
-@given(networks, st.integers(2, 5))
+# At length (1000 random examples; it ran 300 in `make test` before the run was derandomized): `make fuzz`.
+test_the_plans_are_the_ones_the_search_and_split_made_before_they_were_sped_up_at_length = at_length(
+    test_the_plans_are_the_ones_the_search_and_split_made_before_they_were_sped_up,
+    NETWORKS_PLANNED,
+    1000,
+    deadline=None,
+)
+
+
+NETWORKS_AT_MOST = given(networks, st.integers(2, 5))
+
+
+@settings(max_examples=60, derandomize=True, deadline=None)
+@NETWORKS_AT_MOST
 def test_the_search_within_max_shipments_picks_the_group_the_exact_search_picks_when_it_fits(scenario, most):
     # Fewest, then nearest in total, then by ids, as the exact search: only which groups are
     # looked at differs (those of at most `most` locations, beyond EXACT_SEARCH_LIMIT locations).
@@ -643,6 +659,15 @@ def test_the_search_within_max_shipments_picks_the_group_the_exact_search_picks_
         assert within == exact
     else:
         assert within is None
+
+
+# At length (1000 random examples; it ran 200 in `make test` before the run was derandomized): `make fuzz`.
+test_the_search_within_max_shipments_picks_the_group_the_exact_search_picks_when_it_fits_at_length = at_length(
+    test_the_search_within_max_shipments_picks_the_group_the_exact_search_picks_when_it_fits,
+    NETWORKS_AT_MOST,
+    1000,
+    deadline=None,
+)
 
 
 def test_among_equally_near_smallest_groups_the_first_by_ids_supplies_the_order():

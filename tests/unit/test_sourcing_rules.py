@@ -24,6 +24,7 @@ from core.status import OrderStatus
 from plugins.testing.memory import InMemorySourcingRules
 from tests.builders import NOW, location, order_body, place_order, product
 from tests.fakes import FakeCatalog
+from tests.properties import at_length
 from tests.unit.world import World, build_world
 
 S = OrderStatus
@@ -520,13 +521,7 @@ def test_ids_and_bodies_are_not_mixed_and_at_most_100_orders_are_simulated():
 LOCATIONS = ["wh-west", "wh-east"]
 
 
-@settings(
-    max_examples=40,
-    deadline=None,
-    # assume() keeps the cases that an allocation can fill; most random stock cannot.
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.filter_too_much],
-)
-@given(
+SIMULATED = given(
     stock=st.lists(st.tuples(st.sampled_from(["MUG", "TSHIRT", "CAP"]), st.sampled_from(LOCATIONS), st.integers(0, 6))),
     lines=st.lists(st.tuples(st.sampled_from(["MUG", "TSHIRT", "CAP"]), st.integers(1, 5)), min_size=1, max_size=4),
     safety=st.dictionaries(st.sampled_from(LOCATIONS), st.integers(0, 3)),
@@ -534,6 +529,16 @@ LOCATIONS = ["wh-west", "wh-east"]
     prefer=st.sampled_from(list(Prefer)),
     max_shipments=st.none() | st.integers(1, 2),
 )
+
+
+@settings(
+    max_examples=15,
+    derandomize=True,
+    deadline=None,
+    # assume() keeps the cases that an allocation can fill; most random stock cannot.
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.filter_too_much],
+)
+@SIMULATED
 def test_a_simulation_with_the_current_rules_plans_what_allocation_then_reserves(
     stock, lines, safety, excluded, prefer, max_shipments
 ):
@@ -558,6 +563,16 @@ def test_a_simulation_with_the_current_rules_plans_what_allocation_then_reserves
     }
     assert not planned.unfillable
     assert held == {(x.line_id, s.location_id): x.quantity for s in planned.shipments for x in s.lines}
+
+
+# At length (400 random examples; it ran 40 in `make test` before the run was derandomized): `make fuzz`.
+test_a_simulation_with_the_current_rules_plans_what_allocation_then_reserves_at_length = at_length(
+    test_a_simulation_with_the_current_rules_plans_what_allocation_then_reserves,
+    SIMULATED,
+    400,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.filter_too_much],
+)
 
 
 def test_a_simulation_plans_what_a_backorder_holds_when_its_stock_lies_beyond_max_shipments():
@@ -682,11 +697,7 @@ AGREE_LOCATIONS = ["wh-west", "wh-east", "wh-north", "store-sf"]
 AGREE_SKUS = ["MUG", "TSHIRT", "PREORDER", "CAP"]
 
 
-@settings(
-    max_examples=150, deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.filter_too_much],
-)  # fmt: skip
-@given(
+AGREEING = given(
     stock=st.lists(st.tuples(st.sampled_from(AGREE_SKUS), st.sampled_from(AGREE_LOCATIONS), st.integers(0, 4))),
     lines=st.lists(st.tuples(st.sampled_from(AGREE_SKUS), st.integers(1, 4)), min_size=1, max_size=4),
     waits=st.sets(st.sampled_from(AGREE_SKUS)),
@@ -695,6 +706,13 @@ AGREE_SKUS = ["MUG", "TSHIRT", "PREORDER", "CAP"]
     max_shipments=st.integers(1, 3),
     pickup=st.booleans(),
 )
+
+
+@settings(
+    max_examples=50, derandomize=True, deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.filter_too_much],
+)  # fmt: skip
+@AGREEING
 def test_capture_reservestock_and_the_what_if_agree_on_every_order_under_max_shipments(
     stock, lines, waits, safety, excluded, max_shipments, pickup
 ):
@@ -743,11 +761,17 @@ def test_capture_reservestock_and_the_what_if_agree_on_every_order_under_max_shi
     assert len({location_id for _, location_id in held}) <= max_shipments
 
 
-@settings(
-    max_examples=100, deadline=None,
+# At length (1000 random examples; it ran 150 in `make test` before the run was derandomized): `make fuzz`.
+test_capture_reservestock_and_the_what_if_agree_on_every_order_under_max_shipments_at_length = at_length(
+    test_capture_reservestock_and_the_what_if_agree_on_every_order_under_max_shipments,
+    AGREEING,
+    1000,
+    deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.filter_too_much],
-)  # fmt: skip
-@given(
+)
+
+
+FILLING = given(
     stock=st.lists(st.tuples(st.sampled_from(AGREE_SKUS), st.sampled_from(AGREE_LOCATIONS[:3]), st.integers(0, 4))),
     lines=st.lists(st.tuples(st.sampled_from(AGREE_SKUS), st.integers(1, 4)), min_size=1, max_size=4),
     waits=st.sets(st.sampled_from(AGREE_SKUS), min_size=1),
@@ -757,6 +781,13 @@ def test_capture_reservestock_and_the_what_if_agree_on_every_order_under_max_shi
         st.tuples(st.sampled_from(AGREE_SKUS), st.sampled_from(AGREE_LOCATIONS[:3]), st.integers(1, 4)), max_size=4
     ),
 )
+
+
+@settings(
+    max_examples=40, derandomize=True, deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.filter_too_much],
+)  # fmt: skip
+@FILLING
 def test_a_backorder_fill_under_max_shipments_tops_up_where_it_holds_first_and_ships_from_no_more(
     stock, lines, waits, safety, max_shipments, arrivals
 ):
@@ -796,6 +827,16 @@ def test_a_backorder_fill_under_max_shipments_tops_up_where_it_holds_first_and_s
                 level = world.inventory.stock.get((line.sku, location_id))
                 assert level is None or level.available <= safety.get(location_id, 0), (line, location_id)
     assert all(q >= 0 for q in short.values())
+
+
+# At length (1000 random examples; it ran 100 in `make test` before the run was derandomized): `make fuzz`.
+test_a_backorder_fill_under_max_shipments_tops_up_where_it_holds_first_and_ships_from_no_more_at_length = at_length(
+    test_a_backorder_fill_under_max_shipments_tops_up_where_it_holds_first_and_ships_from_no_more,
+    FILLING,
+    1000,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.filter_too_much],
+)
 
 
 @pytest.mark.parametrize("max_shipments", [None, 1])
@@ -881,11 +922,7 @@ def test_the_what_if_leaves_an_older_backordered_order_the_units_it_is_owed_as_r
     assert planned_lines(of_older) == ([("wh-west", "L1", 3)], [])
 
 
-@settings(
-    max_examples=100, deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.filter_too_much],
-)  # fmt: skip
-@given(
+BEHIND_OLDER = given(
     waiting=st.lists(
         st.lists(st.tuples(st.sampled_from(AGREE_SKUS), st.integers(1, 3)), min_size=1, max_size=2), max_size=3
     ),
@@ -895,6 +932,13 @@ def test_the_what_if_leaves_an_older_backordered_order_the_units_it_is_owed_as_r
     lines=st.lists(st.tuples(st.sampled_from(AGREE_SKUS), st.integers(1, 4)), min_size=1, max_size=3),
     max_shipments=st.none() | st.integers(1, 2),
 )
+
+
+@settings(
+    max_examples=40, derandomize=True, deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.filter_too_much],
+)  # fmt: skip
+@BEHIND_OLDER
 def test_reservestock_and_the_what_if_agree_behind_older_backordered_orders(waiting, arrivals, lines, max_shipments):
     world, store = a_world_in_time()
     world.catalog.put_location(location("wh-north", name="North warehouse", latitude=45.0, longitude=-93.0))
@@ -921,6 +965,16 @@ def test_reservestock_and_the_what_if_agree_behind_older_backordered_orders(wait
         (key.split("#")[1], location_id): quantity for (_, location_id, key), quantity in world.held_for(newer).items()
     }
     assert held == {(x.line_id, s.location_id): x.quantity for s in planned.shipments for x in s.lines}
+
+
+# At length (1000 random examples; it ran 100 in `make test` before the run was derandomized): `make fuzz`.
+test_reservestock_and_the_what_if_agree_behind_older_backordered_orders_at_length = at_length(
+    test_reservestock_and_the_what_if_agree_behind_older_backordered_orders,
+    BEHIND_OLDER,
+    1000,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.filter_too_much],
+)
 
 
 def test_the_what_if_reads_each_queue_once_whatever_the_number_of_orders():
