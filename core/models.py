@@ -3456,6 +3456,13 @@ class Order(BaseModel, defer_build=True):
         added = list(dict.fromkeys([*self.returns_to_show, *(to_show or [])]))
         return {"returns_to_show": added} if added != self.returns_to_show else {}
 
+    def owe_returns_shown(self, return_ids: list[str], *, at: datetime) -> Bookkeeping | None:
+        """The returns `return_ids` owe showing what went back for them (returns_to_show), as the
+        one-off upgrade finds them for an order an earlier version wrote without the record
+        (core.refund_service.returns_shown_short). None when each is recorded so already."""
+        fields = self._showing(return_ids)
+        return self._bookkeeping(at=at, **fields) if fields else None
+
     def returns_shown(self, return_ids: list[str], *, at: datetime) -> Bookkeeping | None:
         """The returns `return_ids` show what went back for them: no longer owed a show
         (returns_to_show). None when none of them was."""

@@ -461,6 +461,28 @@ def returns_shown(orders: OrderRepository, order: Order, return_ids: Iterable[st
     )  # fmt: skip
 
 
+def returns_shown_short(order: Order, returns: ReturnRepository) -> list[str]:
+    """The refunded returns of `order` that may show less than went back for them on it, for an
+    order an earlier version wrote before a gateway's answer recorded the returns owing that show
+    (Order.returns_to_show): one whose function died between the answer and the show left the
+    return short for good. Those whose refunds `order` records (named, or an exchange's: what its
+    credit kept back and gave back) and which show less than refunded_for_return; of a replacement,
+    every refunded return of its units, whose show counts what its exchange's credit refunded on
+    the orders up the chain too (not read here): the kept-back pass shows each exactly, and a
+    return already right is written nothing then. Each is read consistently: an operator's
+    one-off command (infra/backfill_orders.py), never a request's path."""
+    named = dict.fromkeys([*(r.return_id for r in order.payment.refunds if r.return_id), *order.exchanges])
+    short = []
+    for return_id in named:
+        item = returns.get(return_id, consistent=True)
+        if item is None or item.status is not ReturnStatus.REFUNDED:
+            continue  # not refunded yet: its own refund step shows it all when it marks it
+        chained = order.exchange_credit is not None and return_id not in order.exchanges
+        if chained or item.refund < refunded_for_return(order, return_id):
+            short.append(return_id)
+    return short
+
+
 def owed_when_finished(order: Order, besides: str) -> list[str]:
     """The returns of `order` but `besides` that would show what went back for them once its
     pending refunds are finished (Returns._finish_pending): those the refunds name, and, for one

@@ -14,7 +14,8 @@ and once after deploying a version whose hold expiry reads holds by when they be
 expires a park (README, "Holds by when they began, and parks"); a second run writes nothing. With
 `--returns-table <the ReturnsTable's name>`, also once after deploying a version whose reconciler
 finds received returns through the sparse by_receipt index (README, "Returns received before the
-by_receipt index").
+by_receipt index"), and once after deploying a version whose gateway answers record the returns
+owing a show of what went back (README, "Returns left showing less than went back for them").
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ def main() -> None:
         backfill_own_voids_owed,
         backfill_parks,
         backfill_receipt_keys,
+        backfill_returns_to_show,
     )
 
     client = aws_client("dynamodb")
@@ -52,6 +54,8 @@ def main() -> None:
     if args.returns_table:
         written, already = backfill_receipt_keys(client, args.returns_table)
         print(f"{written} received returns given their receipt key, {already} already right")
+        written, already = backfill_returns_to_show(client, args.table, args.returns_table)
+        print(f"{written} orders marked as owing their returns a show of what went back, {already} already right")
 
 
 if __name__ == "__main__":

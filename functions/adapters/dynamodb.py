@@ -1237,6 +1237,50 @@ def backfill_parks(client: Any, table: str, page_size: int = 500, attempts: int 
     )  # fmt: skip
 
 
+def backfill_returns_to_show(
+    client: Any, table: str, returns_table: str, page_size: int = 500, attempts: int = 5
+) -> tuple[int, int]:
+    """The one-off upgrade of orders written before a gateway's answer recorded the returns owing a
+    show of what went back for them (Order.returns_to_show): a function that died between the
+    answer and the show left the return showing less than went back, and the order in no index.
+    Each order whose refunds name a return, or that placed an exchange, is read again
+    consistently with those returns, and marked owing the show of those that may show short
+    (core.refund_service.returns_shown_short), which puts it in the reconciler's kept-back pass
+    (index_attributes): it shows them and clears the mark. Conditional on the version read, read
+    and decided again when the running code wrote it meanwhile, so a second run writes nothing but
+    what the pass has not shown yet. An operator's command over the whole table, so a Scan;
+    returns (orders marked, orders already right)."""
+    from core.refund_service import returns_shown_short  # an operator's command: not the functions' cold path
+
+    orders, returns = DynamoOrders(client, table), DynamoReturns(client, returns_table)
+    written = already = 0
+    scan: dict[str, Any] = {"TableName": table, "ProjectionExpression": "id, doc", "Limit": page_size}
+    while True:
+        page = client.scan(**scan)
+        for item in page.get("Items", []):
+            scanned = _order(item)
+            if not scanned.exchanges and not any(refund.return_id for refund in scanned.payment.refunds):
+                already += 1
+                continue
+            for _ in range(attempts):
+                order = orders.get(scanned.id, consistent=True)
+                changed = order.owe_returns_shown(returns_shown_short(order, returns), at=utc_now()) if order else None
+                if order is None or changed is None:
+                    already += 1
+                    break
+                try:
+                    orders.update(changed[0], order, [])
+                except StaleVersion:
+                    continue
+                written += 1
+                break
+            else:
+                raise StaleVersion(f"order {scanned.id} kept changing; run the backfill again")
+        if "LastEvaluatedKey" not in page:
+            return written, already
+        scan["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
 def _upgraded_from_history(
     client: Any, table: str, page_size: int, attempts: int,
     needs: Callable[[Order], bool], change: Callable[[Order, list[HistoryEntry]], Bookkeeping | None],

@@ -1527,3 +1527,61 @@ def test_a_pass_with_a_backlog_stops_within_its_time_reports_what_it_did_and_the
     assert emitted(capsys.readouterr().out, own) == {"OrdersParked": 2}
     assert not [r for r in caplog.records if r.getMessage().startswith("reconciler pass cut short")]
     assert [len(orders.history(o)[1]) for o in stuck] == [2, 2, 2]  # created, then on_hold once
+
+
+def test_the_upgrade_marks_a_return_left_short_by_an_earlier_version_and_the_reconciler_shows_it(stack, monkeypatch):
+    # As above, but the run that finished the refund was an earlier version's, which recorded the
+    # gateway's yes without the returns owing its show. Before: nothing after the deploy read the
+    # order again (no pass's index held it) and the return showed 1.00 less than went back, for
+    # good. Now `infra.backfill_orders --returns-table` marks it (reading its returns), the next
+    # pass shows it and clears the mark, and a second run of the backfill writes nothing.
+    from core.errors import PaymentGatewayUnavailable
+    from core.money import Money
+    from core.refund_service import RefundService
+    from functions.adapters.dynamodb import backfill_returns_to_show
+    from functions.bootstrap import Config, bootstrap
+    from functions.reconciler import app
+
+    aws = stack["aws"]
+    orders_table, returns_table = aws.tables["OrdersTable"], aws.tables["ReturnsTable"]
+    services = bootstrap(Config.from_env(), label_store=FakeLabels())
+    order, caps, return_id = mugs_back_after_goodwill(services)
+    shown = services.returns.settle(return_id, actor="key_wh").refund
+    one_mug = [{"sku": "MUG", "quantity": 1}]
+    typical = services.capture.place(place_order(external_id="typical", lines=one_mug), actor="k")
+
+    def down(*args: Any, **kwargs: Any) -> None:
+        raise PaymentGatewayUnavailable("the gateway is down")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(RefundService, "_ask_gateway", down)
+        services.actions.ship(order.id, caps, None, actor="key_wh")
+        services.actions.deliver(order.id, caps, actor="key_wh")
+    with app.container.override(bootstrap(Config.from_env(), clock=lambda: utc_now() + timedelta(minutes=16))):
+        app.container().pending_refund_sweep.run("reconciler", orders=[])  # and the run dies here
+    marked = services.order_repository.get(order.id)
+    unmarked = marked.returns_shown([return_id], at=utc_now())  # as the earlier version stored it
+    assert unmarked is not None
+    services.order_repository.update(unmarked[0], marked, [])
+    earlier = services.order_repository.get(order.id)
+    key = {"id": {"S": order.id}}
+    assert "refund_key" not in aws.dynamodb.get_item(TableName=orders_table, Key=key)["Item"]
+
+    later = utc_now() + timedelta(minutes=32)
+    with app.container.override(bootstrap(Config.from_env(), clock=lambda: later)):
+        reconcile()
+    assert services.returns.get(return_id).refund == shown  # short, and nothing reads the order again
+
+    assert backfill_returns_to_show(aws.dynamodb, orders_table, returns_table, page_size=1) == (1, 1)
+    assert services.order_repository.get(order.id).returns_to_show == [return_id]
+    assert services.order_repository.get(typical.id) == typical
+    with app.container.override(bootstrap(Config.from_env(), clock=lambda: later + timedelta(minutes=16))):
+        answer = reconcile()
+
+    assert answer["refunds_finished"] == [] and answer["kept_back_refunded"] == []  # nothing asked again
+    after = services.order_repository.get(order.id)
+    assert after.payment.refunds == earlier.payment.refunds and not after.returns_to_show
+    assert services.returns.get(return_id).refund == order.lines[0].total == shown + Money.of("1.00", "USD")
+    item = aws.dynamodb.get_item(TableName=orders_table, Key=key)["Item"]
+    assert "refund_key" not in item and "refund_since" not in item
+    assert backfill_returns_to_show(aws.dynamodb, orders_table, returns_table) == (0, 2)  # a second run writes nothing

@@ -798,3 +798,78 @@ def test_an_exchange_shows_its_credit_given_back_though_the_cancel_that_gave_it_
     assert returns.get(item.id).refund == order.lines[0].total
     assert after.payment.refunds == given.payment.refunds and len(world.gateway.calls) == asked
     assert "refund_key" not in index_attributes(after)
+
+
+def test_the_upgrade_finds_an_exchange_an_earlier_version_left_short_and_the_pass_shows_it(world, clock, monkeypatch):
+    # As above, but the cancel ran under an earlier version, which recorded the give-back without the
+    # returns owing its show: the order was in no index and the exchange's return showed 13.48 of the
+    # 26.81 that went back for it, for good. The upgrade (infra.backfill_orders) finds the return
+    # showing less than the order refunded for it and marks the order; the pass shows it.
+    import core.exchange_credit as exchange_credit
+    from core.refund_service import returns_shown_short
+
+    returns, store = returns_for(world, clock)
+    order = world.allocated(("MUG", 2), ("CAP", 2))
+    world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
+    item = returns.request(order.id, exchange_of("L1", 2, ("CAP", 1)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 2, "resellable")), "key_wh")
+    settled = returns.settle(item.id, actor="key_wh")
+    replacement = world.run(settled.exchange_order_id or "")
+    other = world.allocated(("MUG", 1))  # no return: nothing to read
+
+    def dies(*args: object, **kwargs: object) -> None:
+        raise TimeoutError("the cancel's function timed out here")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(exchange_credit, "show_refunded_in_all", dies)
+        with pytest.raises(TimeoutError):
+            world.actions.cancel(replacement.id, "changed my mind", actor="key_cs")
+    marked = world.order(order.id)
+    unmarked = marked.returns_shown([item.id], at=clock())  # as the earlier version stored it
+    assert unmarked is not None
+    world.orders.update(unmarked[0], marked, [])
+    earlier = world.order(order.id)
+    assert "refund_key" not in index_attributes(earlier)
+
+    assert returns_shown_short(earlier, store) == [item.id]
+    assert returns_shown_short(world.order(replacement.id), store) == returns_shown_short(other, store) == []
+    upgraded = earlier.owe_returns_shown([item.id], at=clock())
+    assert upgraded is not None and earlier.owe_returns_shown([], at=clock()) is None
+    world.orders.update(upgraded[0], earlier, [])
+    later(clock)
+    sweep(world, clock).run(ACTOR)
+
+    after = world.order(order.id)
+    assert returns.get(item.id).refund == order.lines[0].total
+    assert after.payment.refunds == earlier.payment.refunds and not after.returns_to_show
+    assert "refund_key" not in index_attributes(after)
+    assert returns_shown_short(after, store) == []  # a second run marks nothing
+
+
+def test_a_show_computed_before_another_refund_was_answered_does_not_clear_the_record(world, clock):
+    # The pending-refund pass finished the refund of what the MUGs' return kept back (the order
+    # records the return owing its show). A show decided on the order as read then, with another
+    # refund answered since (a goodwill refund), clears nothing: what it showed may be short of it.
+    # The kept-back pass, reading the order again, shows it and clears the record.
+    from core.refund_service import returns_shown
+
+    returns, _ = returns_for(world, clock)
+    order, caps, return_id = mugs_back_after_goodwill(world, returns)
+    returns.settle(return_id, actor="key_wh")
+    world.gateway.script("refund", "transient")
+    world.actions.ship(order.id, caps, None, actor="key_wh")
+    world.actions.deliver(order.id, caps, actor="key_wh")
+    world.gateway.script("refund", "approve")
+    later(clock)
+    PendingRefundSweep(InMemoryPendingRefunds(world), world.refunds, clock, after=AFTER).run(ACTOR, orders=[])
+    seen = world.order(order.id)
+    assert seen.returns_to_show == [return_id]
+    world.refunds.issue_refund(order.id, Money.of("0.50", "USD"), "sorry again", "appease-2", "key_cs")
+
+    kept = returns_shown(world.orders, seen, [return_id], clock())
+    assert kept.returns_to_show == [return_id] and len(kept.payment.refunds) == len(seen.payment.refunds) + 1
+    later(clock)
+    sweep(world, clock).run(ACTOR)
+    after = world.order(order.id)
+    assert not after.returns_to_show and "refund_key" not in index_attributes(after)
+    assert returns.get(return_id).refund == order.lines[0].total
