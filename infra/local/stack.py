@@ -93,6 +93,7 @@ PARAMETER_ENV = {
     "OMS_BURST_LIMIT": "ApiBurstLimit",
     "OMS_AUTHORIZER_CACHE_SECONDS": "AuthorizerCacheSeconds",
     "OMS_PICKUP_EXPIRY_DAYS": "PickupExpiryDays",
+    "OMS_RETURN_WINDOW_DAYS": "ReturnWindowDays",
     # The plugin variables a developer may export: the stack sets every Globals variable, so the
     # shell's value must reach the functions as the template parameter that feeds it.
     "OMS_DISABLED_PLUGINS": "DisabledPlugins",

@@ -290,6 +290,34 @@ def test_the_local_stack_refuses_such_an_override_at_once_naming_its_variable(mo
     assert (stack.template.parameter("HoldExpiryDays"), stack.template.parameter("PickupExpiryDays")) == ("0.5", "0.01")
 
 
+def test_every_oms_variable_a_parameter_sets_for_a_function_is_taken_from_the_shell_by_make_run():
+    # The stack exports every function's variables as the template resolves them, over the shell's:
+    # a variable fed by a parameter reaches the functions only as that parameter (PARAMETER_ENV).
+    # OMS_RETURN_WINDOW_DAYS (ReturnWindowDays) was missing: `make run` silently kept 30 days.
+    from infra.local.stack import PARAMETER_ENV
+
+    fed = {
+        name: value["Ref"]
+        for props in Template.load().functions().values()
+        for name, value in props["Environment"]["Variables"].items()
+        if name.startswith("OMS_") and isinstance(value, dict) and "Ref" in value
+    }
+
+    assert fed, "no function variable is set from a parameter"
+    assert {name: PARAMETER_ENV.get(name) for name in fed} == fed
+
+
+def test_the_return_window_is_taken_from_the_shell_and_refused_by_its_variable(monkeypatch: pytest.MonkeyPatch):
+    from infra.local.stack import EmbeddedStack
+
+    monkeypatch.setenv("OMS_RETURN_WINDOW_DAYS", "2.5")
+    assert EmbeddedStack(api_port=0, aws_port=0, seed=False).template.parameter("ReturnWindowDays") == "2.5"
+
+    monkeypatch.setenv("OMS_RETURN_WINDOW_DAYS", "-1")
+    with pytest.raises(ValueError, match=r"^OMS_RETURN_WINDOW_DAYS: parameter ReturnWindowDays must be at least 0"):
+        EmbeddedStack(api_port=0, aws_port=0, seed=False)
+
+
 # --- Routing and events -----------------------------------------------------------------------------
 
 
