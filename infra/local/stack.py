@@ -158,9 +158,15 @@ class EmbeddedStack:
             self.template = Template.load(template, parameter_overrides=overrides)
         # What a deploy refuses (ReturnExpiryDays=-1, HoldExpiryDays=nan) is refused here, by the
         # variable that set it, not by the jeopardy scan at every pass.
-        given = parameter_overrides or {}
+        # A caller's override is named by the variable when it is the variable's value (make run
+        # passes OMS_ENABLE_TEST_PAYMENTS on so), by the parameter otherwise.
+        set_by = self.template.parameter_overrides
         self.template.check_parameters(
-            {param: var for var, param in PARAMETER_ENV.items() if os.environ.get(var) and param not in given}
+            {
+                param: var
+                for var, param in PARAMETER_ENV.items()
+                if os.environ.get(var) and str(set_by.get(param)) == os.environ[var]
+            }
         )
         self.host = "127.0.0.1"
         self._api_port_asked = _env("OMS_PORT", 8080, int) if api_port is None else api_port

@@ -261,6 +261,12 @@ def test_parameter_overrides_win_over_defaults():
         ("WebhookRetryBaseSeconds", "0", "must be at least 1"),
         ("LogRetentionDays", "31", "must be one of 1, 3, 5"),
         ("ApiRateLimit", "many", "must be a number"),
+        # A String parameter's AllowedValues (exact, as CloudFormation compares) and AllowedPattern.
+        ("EnableTestPayments", "yes", "must be one of true, false"),
+        ("EnableTestPayments", "TRUE", "must be one of true, false"),
+        ("LogLevel", "debug", "must be one of DEBUG, INFO, WARNING, ERROR"),
+        ("Sla", "pending=5x", "must match"),
+        ("ReviewThreshold", "USD 1000", "must match"),
     ],
 )
 def test_an_override_a_deploy_would_refuse_is_refused_by_name(parameter: str, value: Any, refused: str):
@@ -283,6 +289,17 @@ def test_the_local_stack_refuses_such_an_override_at_once_naming_its_variable(mo
     # Given by the caller, the override wins over the variable, and is named as a parameter.
     with pytest.raises(ValueError, match=r"^parameter HoldExpiryDays must be a number, got 'nan'"):
         EmbeddedStack(api_port=0, aws_port=0, seed=False, parameter_overrides={"HoldExpiryDays": "nan"})
+
+    # make run passes OMS_ENABLE_TEST_PAYMENTS on as an override of its own: still named by the variable.
+    monkeypatch.setenv("OMS_HOLD_EXPIRY_DAYS", "1")
+    monkeypatch.setenv("OMS_ENABLE_TEST_PAYMENTS", "yes")
+    with pytest.raises(ValueError, match=r"^OMS_ENABLE_TEST_PAYMENTS: parameter EnableTestPayments must be one of"):
+        EmbeddedStack(api_port=0, aws_port=0, seed=False, parameter_overrides={"EnableTestPayments": "yes"})
+    monkeypatch.setenv("OMS_SLA", "pending=5x")
+    monkeypatch.delenv("OMS_ENABLE_TEST_PAYMENTS")
+    with pytest.raises(ValueError, match=r"^OMS_SLA: parameter Sla must match"):
+        EmbeddedStack(api_port=0, aws_port=0, seed=False)
+    monkeypatch.delenv("OMS_SLA")
 
     monkeypatch.setenv("OMS_HOLD_EXPIRY_DAYS", "0.5")
     monkeypatch.setenv("OMS_PICKUP_EXPIRY_DAYS", "0.01")
