@@ -280,6 +280,15 @@ def test_an_override_a_deploy_would_refuse_is_refused_by_name(parameter: str, va
         template.check_parameters()
 
 
+def test_every_parameter_s_default_is_what_a_deploy_takes():
+    from infra.local.template import parameter_refused
+
+    parameters = load_template()["Parameters"]
+    refused = {name: parameter_refused(p, p["Default"]) for name, p in parameters.items() if "Default" in p}
+
+    assert {name: why for name, why in refused.items() if why} == {}
+
+
 def test_the_local_stack_refuses_such_an_override_at_once_naming_its_variable(monkeypatch: pytest.MonkeyPatch):
     from infra.local.stack import EmbeddedStack
 
