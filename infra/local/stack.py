@@ -105,6 +105,7 @@ PARAMETER_ENV = {
     "OMS_PLUGIN_TAX_TABLE_RATES_FILE": "PluginTaxTableRatesFile",
     "OMS_PLUGIN_PROMOTIONS_FILE": "PluginPromotionsFile",
     "OMS_PLUGIN_NEAREST_SOURCING_CENTROIDS_FILE": "PluginNearestSourcingCentroidsFile",
+    "POWERTOOLS_LOG_LEVEL": "LogLevel",
 }
 
 # Template parameters the local stack sets unless the caller does: webhook retries compressed

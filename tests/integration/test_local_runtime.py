@@ -316,17 +316,24 @@ def test_the_local_stack_refuses_such_an_override_at_once_naming_its_variable(mo
     assert (stack.template.parameter("HoldExpiryDays"), stack.template.parameter("PickupExpiryDays")) == ("0.5", "0.01")
 
 
-def test_every_oms_variable_a_parameter_sets_for_a_function_is_taken_from_the_shell_by_make_run():
+def test_every_variable_a_parameter_sets_for_a_function_is_taken_from_the_shell_by_make_run():
     # The stack exports every function's variables as the template resolves them, over the shell's:
     # a variable fed by a parameter reaches the functions only as that parameter (PARAMETER_ENV).
-    # OMS_RETURN_WINDOW_DAYS (ReturnWindowDays) was missing: `make run` silently kept 30 days.
-    from infra.local.stack import PARAMETER_ENV
+    # OMS_RETURN_WINDOW_DAYS (ReturnWindowDays) was missing: `make run` silently kept 30 days, as
+    # it kept INFO under POWERTOOLS_LOG_LEVEL=DEBUG (LogLevel).
+    from infra.local.stack import LOCAL_PARAMETERS, PARAMETER_ENV
 
+    # The README's "set by the template": not a developer's to set locally.
+    by_the_template = {"RECONCILE_AFTER_MINUTES", "RECONCILE_PARK_AFTER_MINUTES", "IMPORT_QUEUE_SENDER_CHANNELS"}
+    template = Template.load()
     fed = {
         name: value["Ref"]
-        for props in Template.load().functions().values()
+        for props in template.functions().values()
         for name, value in props["Environment"]["Variables"].items()
-        if name.startswith("OMS_") and isinstance(value, dict) and "Ref" in value
+        if isinstance(value, dict)
+        and value.get("Ref") in template.document["Parameters"]
+        and value["Ref"] not in LOCAL_PARAMETERS
+        and name not in by_the_template
     }
 
     assert fed, "no function variable is set from a parameter"
