@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import re
 import threading
 from collections.abc import Iterator
@@ -52,6 +53,40 @@ def granted(function: str) -> set[Grant]:
     return grants
 
 
+def key_limits(function: str) -> dict[Grant, list[str]]:
+    """The grants of `function` limited to items whose partition key matches one of some patterns
+    (a `ForAllValues:StringLike` condition on `dynamodb:LeadingKeys`, as AWS evaluates it: every key
+    the request touches must match). A grant also given without a condition is not limited."""
+    limited: dict[Grant, list[str]] = {}
+    free: set[Grant] = set()
+    for statement in statements(function):
+        pairs = {(logical_id(r), a) for a in listed(statement["Action"]) for r in listed(statement["Resource"])}
+        condition = statement.get("Condition")
+        if condition is None:
+            free |= pairs
+            continue
+        assert list(condition) == ["ForAllValues:StringLike"], f"{function}: a condition this tool cannot read"
+        assert list(condition["ForAllValues:StringLike"]) == ["dynamodb:LeadingKeys"], function
+        for pair in pairs:
+            limited.setdefault(pair, []).extend(listed(condition["ForAllValues:StringLike"]["dynamodb:LeadingKeys"]))
+    return {pair: patterns for pair, patterns in limited.items() if pair not in free}
+
+
+def _hash_key(table: str) -> str:
+    (name,) = (k["AttributeName"] for k in RESOURCES[table]["Properties"]["KeySchema"] if k["KeyType"] == "HASH")
+    return name
+
+
+def _leading_keys(params: dict[str, Any], table: str) -> list[str] | None:
+    """The partition keys a DynamoDB call on `table` (a logical id) touches; None when they cannot
+    be read from its parameters (a Query's condition, a Scan: no key, which a ForAllValues
+    condition would let through unchecked)."""
+    name = _hash_key(table)
+    if "Key" in params or "Item" in params:
+        return [(params.get("Key") or params.get("Item"))[name]["S"]]
+    return None
+
+
 # --- What the code calls ------------------------------------------------------------------------
 # The IAM action an API call is authorized as, where it is not the operation's own name.
 _AUTHORIZED_AS = {
@@ -80,6 +115,7 @@ def calls_by_function(stack: Any) -> Iterator[dict[str, set[Grant]]]:
         **({stack.gateway.api_id: "OmsApi"} if stack.gateway is not None else {}),
     }
     seen: dict[str, set[Grant]] = {}
+    limits = {logical: key_limits(logical) for logical in stack.functions if logical in RESOURCES}
     lock = threading.Lock()
     original = BaseClient._make_api_call
 
@@ -110,6 +146,21 @@ def calls_by_function(stack: Any) -> Iterator[dict[str, set[Grant]]]:
                     for item in params["TransactItems"]
                     for kind, spec in item.items()
                 }
+            for grant in list(grants):
+                patterns = limits.get(function, {}).get(grant)
+                if patterns is None:
+                    continue
+                # Granted only for some keys: a call outside them is AccessDenied on AWS (moto
+                # does not check), so it is recorded as a grant the template does not give.
+                keys = _leading_keys(params, grant[0])
+                outside = (
+                    ["(keys not read)"]
+                    if keys is None
+                    else [key for key in keys if not any(fnmatch.fnmatchcase(key, p) for p in patterns)]
+                )
+                if outside:
+                    grants.discard(grant)
+                    grants |= {(grant[0], f"{grant[1]} of key {key}") for key in outside}
             with lock:
                 seen.setdefault(function, set()).update(grants)
         return original(client, operation, params)

@@ -93,6 +93,7 @@ PARAMETER_ENV = {
     "OMS_BURST_LIMIT": "ApiBurstLimit",
     "OMS_AUTHORIZER_CACHE_SECONDS": "AuthorizerCacheSeconds",
     "OMS_PICKUP_EXPIRY_DAYS": "PickupExpiryDays",
+    "OMS_RETURN_WINDOW_DAYS": "ReturnWindowDays",
     # The plugin variables a developer may export: the stack sets every Globals variable, so the
     # shell's value must reach the functions as the template parameter that feeds it.
     "OMS_DISABLED_PLUGINS": "DisabledPlugins",
@@ -104,6 +105,7 @@ PARAMETER_ENV = {
     "OMS_PLUGIN_TAX_TABLE_RATES_FILE": "PluginTaxTableRatesFile",
     "OMS_PLUGIN_PROMOTIONS_FILE": "PluginPromotionsFile",
     "OMS_PLUGIN_NEAREST_SOURCING_CENTROIDS_FILE": "PluginNearestSourcingCentroidsFile",
+    "POWERTOOLS_LOG_LEVEL": "LogLevel",
 }
 
 # Template parameters the local stack sets unless the caller does: webhook retries compressed
@@ -157,9 +159,15 @@ class EmbeddedStack:
             self.template = Template.load(template, parameter_overrides=overrides)
         # What a deploy refuses (ReturnExpiryDays=-1, HoldExpiryDays=nan) is refused here, by the
         # variable that set it, not by the jeopardy scan at every pass.
-        given = parameter_overrides or {}
+        # A caller's override is named by the variable when it is the variable's value (make run
+        # passes OMS_ENABLE_TEST_PAYMENTS on so), by the parameter otherwise.
+        set_by = self.template.parameter_overrides
         self.template.check_parameters(
-            {param: var for var, param in PARAMETER_ENV.items() if os.environ.get(var) and param not in given}
+            {
+                param: var
+                for var, param in PARAMETER_ENV.items()
+                if os.environ.get(var) and str(set_by.get(param)) == os.environ[var]
+            }
         )
         self.host = "127.0.0.1"
         self._api_port_asked = _env("OMS_PORT", 8080, int) if api_port is None else api_port

@@ -55,9 +55,20 @@ def load_template(path: str | Path | None = None) -> dict[str, Any]:
     return document
 
 
-def number_refused(declared: Mapping[str, Any], value: Any) -> str | None:
-    """Why CloudFormation refuses `value` for the declared parameter when it is a Number (not a
-    finite number, under MinValue, over MaxValue, not one of AllowedValues); None when it takes it."""
+def parameter_refused(declared: Mapping[str, Any], value: Any) -> str | None:
+    """Why CloudFormation refuses `value` for the declared parameter at deploy; None when it takes
+    it. A Number: not a finite number, under MinValue, over MaxValue, not one of AllowedValues. A
+    String: not one of AllowedValues (compared exactly: "TRUE" is not "true"), or not matching
+    AllowedPattern as a whole."""
+    if declared.get("Type") == "String":
+        text = env_string(value)
+        allowed = declared.get("AllowedValues")
+        if allowed and text not in {str(v) for v in allowed}:
+            return f"must be one of {', '.join(str(v) for v in allowed)}"
+        pattern = declared.get("AllowedPattern")
+        if pattern is not None and re.fullmatch(pattern, text) is None:
+            return f"must match {declared.get('ConstraintDescription') or pattern}"
+        return None
     if declared.get("Type") != "Number":
         return None
     try:
@@ -153,7 +164,7 @@ class Template:
     def parameter(self, name: str) -> Any:
         if name in self.parameter_overrides:
             value = self.parameter_overrides[name]
-            refused = number_refused(self.document.get("Parameters", {}).get(name) or {}, value)
+            refused = parameter_refused(self.document.get("Parameters", {}).get(name) or {}, value)
             if refused:
                 raise ValueError(f"parameter {name} {refused}, got {value!r} (CloudFormation refuses it at deploy)")
             return value
@@ -163,10 +174,11 @@ class Template:
         return declared["Default"]
 
     def check_parameters(self, variables: Mapping[str, str] | None = None) -> None:
-        """Every override of a Number parameter as CloudFormation checks it at deploy (a number,
-        within MinValue and MaxValue, one of AllowedValues): the stack's start refuses what a deploy
-        would, naming the parameter and the variable that set it (`variables`: parameter -> name),
-        instead of a function refusing it at each request or pass (or taking it)."""
+        """Every override as CloudFormation checks it at deploy (parameter_refused: a Number within
+        MinValue and MaxValue, a String matching AllowedPattern, either one of AllowedValues): the
+        stack's start refuses what a deploy would, naming the parameter and the variable that set
+        it (`variables`: parameter -> name), instead of a function refusing it at each request or
+        pass (or taking it)."""
         for name in self.parameter_overrides:
             try:
                 self.parameter(name)

@@ -261,6 +261,12 @@ def test_parameter_overrides_win_over_defaults():
         ("WebhookRetryBaseSeconds", "0", "must be at least 1"),
         ("LogRetentionDays", "31", "must be one of 1, 3, 5"),
         ("ApiRateLimit", "many", "must be a number"),
+        # A String parameter's AllowedValues (exact, as CloudFormation compares) and AllowedPattern.
+        ("EnableTestPayments", "yes", "must be one of true, false"),
+        ("EnableTestPayments", "TRUE", "must be one of true, false"),
+        ("LogLevel", "debug", "must be one of DEBUG, INFO, WARNING, ERROR"),
+        ("Sla", "pending=5x", "must match"),
+        ("ReviewThreshold", "USD 1000", "must match"),
     ],
 )
 def test_an_override_a_deploy_would_refuse_is_refused_by_name(parameter: str, value: Any, refused: str):
@@ -274,6 +280,15 @@ def test_an_override_a_deploy_would_refuse_is_refused_by_name(parameter: str, va
         template.check_parameters()
 
 
+def test_every_parameter_s_default_is_what_a_deploy_takes():
+    from infra.local.template import parameter_refused
+
+    parameters = load_template()["Parameters"]
+    refused = {name: parameter_refused(p, p["Default"]) for name, p in parameters.items() if "Default" in p}
+
+    assert {name: why for name, why in refused.items() if why} == {}
+
+
 def test_the_local_stack_refuses_such_an_override_at_once_naming_its_variable(monkeypatch: pytest.MonkeyPatch):
     from infra.local.stack import EmbeddedStack
 
@@ -284,10 +299,56 @@ def test_the_local_stack_refuses_such_an_override_at_once_naming_its_variable(mo
     with pytest.raises(ValueError, match=r"^parameter HoldExpiryDays must be a number, got 'nan'"):
         EmbeddedStack(api_port=0, aws_port=0, seed=False, parameter_overrides={"HoldExpiryDays": "nan"})
 
+    # make run passes OMS_ENABLE_TEST_PAYMENTS on as an override of its own: still named by the variable.
+    monkeypatch.setenv("OMS_HOLD_EXPIRY_DAYS", "1")
+    monkeypatch.setenv("OMS_ENABLE_TEST_PAYMENTS", "yes")
+    with pytest.raises(ValueError, match=r"^OMS_ENABLE_TEST_PAYMENTS: parameter EnableTestPayments must be one of"):
+        EmbeddedStack(api_port=0, aws_port=0, seed=False, parameter_overrides={"EnableTestPayments": "yes"})
+    monkeypatch.setenv("OMS_SLA", "pending=5x")
+    monkeypatch.delenv("OMS_ENABLE_TEST_PAYMENTS")
+    with pytest.raises(ValueError, match=r"^OMS_SLA: parameter Sla must match"):
+        EmbeddedStack(api_port=0, aws_port=0, seed=False)
+    monkeypatch.delenv("OMS_SLA")
+
     monkeypatch.setenv("OMS_HOLD_EXPIRY_DAYS", "0.5")
     monkeypatch.setenv("OMS_PICKUP_EXPIRY_DAYS", "0.01")
     stack = EmbeddedStack(api_port=0, aws_port=0, seed=False)
     assert (stack.template.parameter("HoldExpiryDays"), stack.template.parameter("PickupExpiryDays")) == ("0.5", "0.01")
+
+
+def test_every_variable_a_parameter_sets_for_a_function_is_taken_from_the_shell_by_make_run():
+    # The stack exports every function's variables as the template resolves them, over the shell's:
+    # a variable fed by a parameter reaches the functions only as that parameter (PARAMETER_ENV).
+    # OMS_RETURN_WINDOW_DAYS (ReturnWindowDays) was missing: `make run` silently kept 30 days, as
+    # it kept INFO under POWERTOOLS_LOG_LEVEL=DEBUG (LogLevel).
+    from infra.local.stack import LOCAL_PARAMETERS, PARAMETER_ENV
+
+    # The README's "set by the template": not a developer's to set locally.
+    by_the_template = {"RECONCILE_AFTER_MINUTES", "RECONCILE_PARK_AFTER_MINUTES", "IMPORT_QUEUE_SENDER_CHANNELS"}
+    template = Template.load()
+    fed = {
+        name: value["Ref"]
+        for props in template.functions().values()
+        for name, value in props["Environment"]["Variables"].items()
+        if isinstance(value, dict)
+        and value.get("Ref") in template.document["Parameters"]
+        and value["Ref"] not in LOCAL_PARAMETERS
+        and name not in by_the_template
+    }
+
+    assert fed, "no function variable is set from a parameter"
+    assert {name: PARAMETER_ENV.get(name) for name in fed} == fed
+
+
+def test_the_return_window_is_taken_from_the_shell_and_refused_by_its_variable(monkeypatch: pytest.MonkeyPatch):
+    from infra.local.stack import EmbeddedStack
+
+    monkeypatch.setenv("OMS_RETURN_WINDOW_DAYS", "2.5")
+    assert EmbeddedStack(api_port=0, aws_port=0, seed=False).template.parameter("ReturnWindowDays") == "2.5"
+
+    monkeypatch.setenv("OMS_RETURN_WINDOW_DAYS", "-1")
+    with pytest.raises(ValueError, match=r"^OMS_RETURN_WINDOW_DAYS: parameter ReturnWindowDays must be at least 0"):
+        EmbeddedStack(api_port=0, aws_port=0, seed=False)
 
 
 # --- Routing and events -----------------------------------------------------------------------------
