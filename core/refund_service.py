@@ -622,7 +622,10 @@ class KeptBackSweep:
     pending-refund pass has just finished (a return's refund pending when the last parcel left, its
     kept_back known only now), which would otherwise wait `after` more for the change that pass made.
     A gateway that leaves a refund pending is asked no more in the pass (the pending refund pass
-    finishes it); at most `limit` orders are asked, of at most `max_reads` read."""
+    finishes it); at most `limit` orders are asked, of at most `max_reads` read. An order a cancel
+    of units left owing money back (Order.settlement_owed: its function died before giving it, or
+    the gateway refused or was down) is in the same index and handed to `top_up` as one owing,
+    which gives it first (UnitCancellation.settle_owed); a refusal of it is counted in `refused`."""
 
     def __init__(
         self, owed: KeptBackRefunds, orders: OrderRepository, top_up: Callable[[Order, str], Order],
@@ -663,7 +666,7 @@ class KeptBackSweep:
             order = self._orders.get(order_id, consistent=True)
             if order is None or order.payment.method in down:
                 continue
-            if not owes_kept_back(order):
+            if not owes_kept_back(order) and not order.settlement_owed:
                 if (order_id in finished and kept_back_owed(order)) or order.returns_to_show:
                     try:
                         self._top_up(order, actor)
