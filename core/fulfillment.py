@@ -398,7 +398,11 @@ class OrderActions:
     def refund_kept_back(self, order: Order, actor: str) -> Order:
         """Refund what the order's returns kept back, as far as its captures make it refundable
         (the reconciler's kept-back pass: UnitCancellation.refund_kept_back), but what the gateway
-        refused KEPT_BACK_REFUSALS times already: left to a person, it is not asked again."""
+        refused KEPT_BACK_REFUSALS times already: left to a person, it is not asked again. First,
+        what a cancel of units owed back and its function died before giving (Order.settlement_owed:
+        UnitCancellation.settle_owed)."""
+        if order.settlement_owed:
+            order = self._units.settle_owed(order, actor)
         return self._units.refund_kept_back(order, actor, refusals=KEPT_BACK_REFUSALS)
 
     # --- Edit ---------------------------------------------------------------------------------

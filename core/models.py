@@ -1585,6 +1585,15 @@ class Order(BaseModel, defer_build=True):
     # index and the return would show less than went back, for good. Empty on the typical order.
     # The system's own: stored, never shown.
     returns_to_show: list[str] = Field(default_factory=list, exclude=True)
+    # What a cancel of units owes back that its function does after its write: the refund of what
+    # the captures hold beyond the new total (a settlement), and for an exchange's replacement left
+    # nothing to ship, the give-back of the credit it does not use (on its original order). Written
+    # with the cancel, so a function that dies before those leaves the order in the kept-back pass's
+    # index (functions.adapters.dynamodb.index_attributes), which finishes them and clears this
+    # (UnitCancellation.settle_owed); without it only a client repeating the cancel would, and the
+    # money would stay with the shop for good. Never set on the typical order (no cancel of units).
+    # The system's own: stored, never shown.
+    settlement_owed: bool = Field(default=False, exclude=True)
     created_at: datetime
     updated_at: datetime
     version: int
@@ -1675,6 +1684,8 @@ class Order(BaseModel, defer_build=True):
             }
         if self.returns_to_show:
             system["returns_to_show"] = list(self.returns_to_show)
+        if self.settlement_owed:
+            system["settlement_owed"] = True
         if self.hold is not None and self.hold.resume_to is not None:
             # Inside the API's `hold`: through a dict (held orders only).
             doc = self.model_dump(mode="json", exclude_none=True, exclude=_NOT_STORED)
@@ -3462,6 +3473,16 @@ class Order(BaseModel, defer_build=True):
         (core.refund_service.returns_shown_short). None when each is recorded so already."""
         fields = self._showing(return_ids)
         return self._bookkeeping(at=at, **fields) if fields else None
+
+    def owing_settlement(self) -> Order:
+        """This version (one a cancel of units has just decided) recording that what the cancel
+        owes back is still to be done (settlement_owed): written with it, not a version of its own."""
+        return _replaced(self, settlement_owed=True)
+
+    def settlement_done(self, *, at: datetime) -> Bookkeeping | None:
+        """What a cancel of units owed back is done, or left to a person: no longer owed
+        (settlement_owed). None when it was not."""
+        return self._bookkeeping(at=at, settlement_owed=False) if self.settlement_owed else None
 
     def returns_shown(self, return_ids: list[str], *, at: datetime) -> Bookkeeping | None:
         """The returns `return_ids` show what went back for them: no longer owed a show

@@ -8,13 +8,16 @@ from datetime import datetime
 from typing import Any
 
 from core.errors import Conflict, InvalidRequest, NotFound, StaleVersion
-from core.models import PAYMENT_FAILURE_EVENTS, Bookkeeping, Change, Order
+from core.models import PAYMENT_FAILURE_EVENTS, Bookkeeping, Change, HistoryEntry, Order
 from core.payments import Failure, OnFailure
 from core.ports import OrderRepository
 
 ATTEMPTS = 5  # re-reads after losing a write race to the workflow or another request
 
-Decide = Callable[[Order], Change | Bookkeeping | None]
+# A change that records two facts in the one conditional write: the next version and its entries
+# (a refusal and the call to a person it makes due: RefundService._record_refusal).
+Changes = tuple[Order, list[HistoryEntry]]
+Decide = Callable[[Order], Change | Changes | Bookkeeping | None]
 # failure_recorder's signature: (orders, order_id, actor, clock, **detail) -> OnFailure.
 Recorder = Callable[..., OnFailure]
 
@@ -32,8 +35,8 @@ def modify(
     consistent: bool = False,
 ) -> Order:  # fmt: skip
     """Read the order, ask `decide` for its next version and history entry (an Order method's
-    answer: the entry None for the system's bookkeeping; None when there is nothing to write) and
-    write that, conditional on the version read.
+    answer: the entry None for the system's bookkeeping, a list for several facts written at once
+    (Changes); None when there is nothing to write) and write that, conditional on the version read.
     A lost race reads and decides again, so `decide` must only decide: side effects belong before
     (what the write records) or after it. Returns the order as stored (as read when `decide` said
     None). Another channel's order is NotFound; StaleVersion after `attempts` lost races.
@@ -64,8 +67,9 @@ def modify(
                 continue
             return order
         new, entry = change
+        entries = entry if isinstance(entry, list) else [entry] if entry is not None else []
         try:
-            orders.update(new, order, [entry] if entry is not None else [])
+            orders.update(new, order, entries)
         except StaleVersion:
             consistent = True
             continue

@@ -12,9 +12,9 @@ from core import order_lists, payment_keys
 from core.deadline import TimeUp, never
 from core.errors import Conflict, NoPaymentPlugin, PaymentGatewayUnavailable, PaymentRefused, StaleVersion
 from core.events import OrderEvent
-from core.models import Change, Order, PaymentRefund, RefundedUnits, RefundKind, RefundPart
+from core.models import Change, HistoryEntry, Order, PaymentRefund, RefundedUnits, RefundKind, RefundPart
 from core.money import Money
-from core.order_changes import ATTEMPTS, failure_recorder, modify, noted_once, visible
+from core.order_changes import ATTEMPTS, Changes, failure_recorder, modify, noted_once, visible
 from core.payments import Failure, OnFailure, Payments
 from core.ports import KeptBackRefunds, OrderRepository, PendingRefunds, ReturnRepository
 from core.refunds import (
@@ -310,41 +310,40 @@ class RefundService:
         self, order_id: str, refund: PaymentRefund, actor: str, failed: Callable[[Order], Change]
     ) -> PaymentRefund:
         """Record the gateway's refusal of the pending `refund` (`failed`), unless another call
-        recorded its answer first. The call that records the refusal of a cancellation refund that
-        leaves what the captures hold beyond the order's total refused OVER_CAPTURE_REFUSALS times
-        in a row tells a person, once (_note_over_capture_left): whether it was the cancel or ship
-        that asked it, a repeat or a sweep that found it pending and heard the refusal."""
-        wrote: list[bool] = []
+        recorded its answer first. The refusal of a cancellation refund that leaves what the
+        captures hold beyond the order's total refused OVER_CAPTURE_REFUSALS times in a row tells a
+        person, once (_over_capture_left): in the same write, so a function that dies after it
+        cannot leave the refusals with nobody told (nothing asks that refund again); whether it was
+        the cancel or ship that asked it, a repeat or a sweep that found it pending and heard it."""
+        told: list[bool] = []
 
-        def record(current: Order):
-            wrote.clear()
+        def record(current: Order) -> Change | Changes | None:
+            told.clear()
             if not self._still_pending(current, refund.id):
                 return None
-            wrote.append(True)
-            return failed(current)
+            new, entry = failed(current)
+            if refund.kind != "cancellation" or refused_in_a_row(new, refund.amount) != OVER_CAPTURE_REFUSALS:
+                return new, entry
+            told.append(True)
+            return new, [entry, self._over_capture_left(new, refund.amount, actor)]
 
         done = modify(self._orders, order_id, record, consistent=True)
-        if wrote and refund.kind == "cancellation" and refused_in_a_row(done, refund.amount) == OVER_CAPTURE_REFUSALS:
-            self._note_over_capture_left(order_id, refund.amount, actor)
+        if told:
+            logger.error(
+                "refund of what was captured beyond the order's total refused %d times: left to a person",
+                OVER_CAPTURE_REFUSALS, extra={"order_id": order_id, "amount": str(refund.amount.amount)},
+            )  # fmt: skip
         return self._final(done, refund.id)
 
-    def _note_over_capture_left(self, order_id: str, amount: Money, actor: str) -> None:
-        """After the refusal of the refund of what was captured beyond the order's total that makes
-        OVER_CAPTURE_REFUSALS in a row for `amount`: nothing asks it again (core.unit_cancellation),
-        so a person must be told: an ERROR line and an `over_capture_not_refunded` entry, which the
-        business metrics count for OverCapturesNotRefundedAlarm."""
-        at = self._clock()
-        modify(
-            self._orders, order_id,
-            lambda current: current.noted(
-                OrderEvent.OVER_CAPTURE_NOT_REFUNDED, at=at, actor=actor,
-                detail={"amount": amount.model_dump(mode="json"), "refusals": OVER_CAPTURE_REFUSALS},
-            ),
-        )  # fmt: skip
-        logger.error(
-            "refund of what was captured beyond the order's total refused %d times: left to a person",
-            OVER_CAPTURE_REFUSALS, extra={"order_id": order_id, "amount": str(amount.amount)},
-        )  # fmt: skip
+    def _over_capture_left(self, order: Order, amount: Money, actor: str) -> HistoryEntry:
+        """The entry for the refusal of the refund of what was captured beyond the order's total
+        that makes OVER_CAPTURE_REFUSALS in a row for `amount`: nothing asks it again
+        (core.unit_cancellation), so a person must be told: an `over_capture_not_refunded` entry,
+        which the business metrics count for OverCapturesNotRefundedAlarm (and an ERROR line)."""
+        return order.noted(
+            OrderEvent.OVER_CAPTURE_NOT_REFUNDED, at=self._clock(), actor=actor,
+            detail={"amount": amount.model_dump(mode="json"), "refusals": OVER_CAPTURE_REFUSALS},
+        )[1]  # fmt: skip
 
     def _recorder(
         self, order_id: str, refund: PaymentRefund, actor: str, *, again: bool, fresh: bool,
@@ -645,7 +644,10 @@ class KeptBackSweep:
     pending-refund pass has just finished (a return's refund pending when the last parcel left, its
     kept_back known only now), which would otherwise wait `after` more for the change that pass made.
     A gateway that leaves a refund pending is asked no more in the pass (the pending refund pass
-    finishes it); at most `limit` orders are asked, of at most `max_reads` read."""
+    finishes it); at most `limit` orders are asked, of at most `max_reads` read. An order a cancel
+    of units left owing money back (Order.settlement_owed: its function died before giving it, or
+    the gateway refused or was down) is in the same index and handed to `top_up` as one owing,
+    which gives it first (UnitCancellation.settle_owed); a refusal of it is counted in `refused`."""
 
     def __init__(
         self, owed: KeptBackRefunds, orders: OrderRepository, top_up: Callable[[Order, str], Order],
@@ -686,7 +688,7 @@ class KeptBackSweep:
             order = self._orders.get(order_id, consistent=True)
             if order is None or order.payment.method in down:
                 continue
-            if not owes_kept_back(order):
+            if not owes_kept_back(order) and not order.settlement_owed:
                 if (order_id in finished and kept_back_owed(order)) or order.returns_to_show:
                     try:
                         self._top_up(order, actor)

@@ -64,6 +64,8 @@ ASKED_BEFORE_THE_RECONCILER = KEPT_BACK_REFUSALS - 1
 # clean-up unfinished (stock, payment): repeating it finishes that. Units back on returns before
 # the rest was cancelled leave the order partially_returned or returned instead.
 _FINISHED = frozenset({S.SHIPPED, S.DELIVERED, S.PARTIALLY_RETURNED, S.RETURNED})
+# The reason of a cancellation refund: what was captured beyond the total a cancel of units left.
+SETTLEMENT_REASON = "units cancelled after their share was captured"
 # How long a client's Idempotency-Key names one request (API.md; the API's idempotency records are
 # kept as long: functions.api.idempotency.TTL_SECONDS): a cancel under the key after it is a new one.
 KEY_HONOURED_FOR = timedelta(hours=24)
@@ -175,6 +177,8 @@ class UnitCancellation:
             priced, totals, grants = self._priced(order, cancelled)
             new, entry = order.cancel_units(cancelled, priced, totals, reason=reason, at=self._clock(), actor=actor,
                                             grants=grants, request_key=request_key if lines else None)  # fmt: skip
+            if _owes_back(new):
+                new = new.owing_settlement()  # with the cancel: should this function die before giving it
             beyond = _beyond_authorization(order, new) if lines is not None else None
             if beyond is not None:
                 if not consistent:
@@ -323,13 +327,16 @@ class UnitCancellation:
     def _settle(self, order: Order, actor: str) -> Order:
         """After a cancel of units: the stock released and the payment settled, and what returns
         kept back refunded as far as a settlement capture made it refundable (refund_kept_back:
-        nothing ships after a cancel of the rest to do it)."""
+        nothing ships after a cancel of the rest to do it). What the cancel owed back once given
+        (or left to a person), the order no longer records it owed (Order.settlement_owed)."""
         self._release_stock(order)
         try:
             self._refunds.finish_pending(order.id, actor)
             self._settle_payment(self._current(order.id), actor)
             if self._credits is not None:  # a replacement left with nothing to ship, costing less than its credit
                 self._give_back(self._current(order.id), actor)
+            if order.settlement_owed:
+                self._owed_back_given(order.id)
         except (PaymentRefused, PaymentGatewayUnavailable):
             pass  # each failed attempt is in the history; repeating the cancel tries again
         return self.refund_kept_back(self._current(order.id), actor, refusals=ASKED_BEFORE_THE_RECONCILER)
@@ -491,9 +498,7 @@ class UnitCancellation:
         # A pickup waiting at its store is still to be collected, and paid for then.
         nothing_to_ship = not any(shipment.status in NOT_LEFT for shipment in order.shipments)
         if due.is_negative():
-            self._refunds.issue_decided_refund(
-                order.id, _over_capture, "units cancelled after their share was captured", actor, kind="cancellation"
-            )
+            self._refunds.issue_decided_refund(order.id, _over_capture, SETTLEMENT_REASON, actor, kind="cancellation")
         elif due.amount > 0 and nothing_to_ship:
             if order.capture_request(None) is None:  # one standing is asked again as it was
                 order = self._cancellation.renewed_if_lapsed(order, actor)
@@ -533,7 +538,39 @@ class UnitCancellation:
                 order = self._current(order.id)
             if self._credits is not None and order.exchange_credit is not None:
                 self._give_back(order, actor)
+            if order.settlement_owed:  # never on the typical order: only a cancel of units sets it
+                self._owed_back_given(order.id)
+                order = self._current(order.id)
         return self.refund_kept_back(order, actor, refusals=ASKED_BEFORE_THE_RECONCILER)
+
+    def settle_owed(self, order: Order, actor: str) -> Order:
+        """What a cancel of units owed back and its function died before giving (or the gateway
+        refused, or was down for): the reconciler's kept-back pass, for an order recording it
+        (Order.settlement_owed), does what a repeat of the cancel would for the money: a refund
+        left pending is asked again, what the captures hold beyond the total refunded (under the
+        settlement's keys, decided on the order as written: never twice), and a replacement left
+        nothing to ship gives back the credit it does not use (under the give-back's keys). Once
+        that is done, or left to a person (OVER_CAPTURE_REFUSALS refusals), the record is cleared;
+        until then the order stays in the pass's index, asked again a pass later. Returns the
+        order as it then is."""
+        with contextlib.suppress(PaymentRefused, PaymentGatewayUnavailable):  # in the history; asked again later
+            self._refunds.finish_pending(order.id, actor)
+            self._refunds.issue_decided_refund(order.id, _over_capture, SETTLEMENT_REASON, actor, kind="cancellation")
+            if self._credits is not None:
+                self._give_back(self._current(order.id), actor)
+            self._owed_back_given(order.id)
+        return self._current(order.id)
+
+    def _owed_back_given(self, order_id: str) -> None:
+        """The order no longer records a cancel of units owing money back (Order.settlement_owed)
+        once nothing captured beyond its total is left to refund (_over_capture: refunded, or left
+        to a person); called once a replacement's credit was given back (the gateway answered it)."""
+        at = self._clock()
+        modify(
+            self._orders, order_id,
+            lambda current: current.settlement_done(at=at) if _over_capture(current) is None else None,
+            consistent=True,
+        )  # fmt: skip
 
     def _give_back(self, order: Order, actor: str) -> None:
         """What of a replacement's credit it does not use, given back (ExchangeCredits.give_back),
@@ -657,6 +694,16 @@ def held_beyond_total(order: Order) -> Money:
     if left is None or over > left:
         over = min(over, max(order.refundable(), Money.zero(order.currency)))
     return over if over.amount > 0 else Money.zero(order.currency)
+
+
+def _owes_back(order: Order) -> bool:
+    """Whether the order a cancel of units has just decided owes money back that only the
+    function after its write gives (Order.settlement_owed): a refund of what the captures hold
+    beyond its new total, or, a replacement left nothing to ship, its credit's give-back."""
+    if _over_capture(order) is not None:
+        return True
+    shipments = order.shipments
+    return order.exchange_credit is not None and bool(shipments) and all(s.status not in NOT_LEFT for s in shipments)
 
 
 def _over_capture(order: Order) -> tuple[str, Money] | None:

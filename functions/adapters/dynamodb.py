@@ -291,8 +291,10 @@ SETTLEMENT_CAPTURE_KEY = "settlement"
 # while a parcel was still to be captured gets there, and the check reads the order in memory: the
 # typical order writes no entry. So is an order whose returns owe showing what a refund the gateway
 # answered gave back (Order.returns_to_show: the function that recorded it died before showing it),
-# for the same pass to show it. An order with a refund pending (this one's too), a settlement
-# capture requested or an authorization left is in their partition first, then moves here.
+# for the same pass to show it, and one a cancel of units left owing money back that its function
+# died before giving (Order.settlement_owed), for the same pass to give it. An order with a refund
+# pending (this one's too), a settlement capture requested or an authorization left is in their
+# partition first, then moves here.
 KEPT_BACK_KEY = "kept_back"
 # Its last partition, CARRIER_WORK_KEY, holds the orders that owe a carrier something (a parcel due
 # a new label, a given-up booking to cancel: Order.owes_carrier_work) by when they last changed: the
@@ -343,7 +345,7 @@ def index_attributes(order: Order, *, authorizations_set_aside: bool = False) ->
     elif order.authorizations_left and not authorizations_set_aside:
         attributes["refund_key"] = {"S": UNSETTLED_AUTHORIZATION_KEY}
         attributes["refund_since"] = {"S": timestamp(order.last_changed)}
-    elif owes_kept_back(order) or order.returns_to_show:
+    elif owes_kept_back(order) or order.returns_to_show or order.settlement_owed:
         attributes["refund_key"] = {"S": KEPT_BACK_KEY}
         attributes["refund_since"] = {"S": timestamp(order.last_changed)}
     elif order.owes_carrier_work():

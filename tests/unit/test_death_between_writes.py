@@ -1,0 +1,201 @@
+"""A function that dies right after the gateway's answer is recorded, before a second write that
+records what it means: every retry, redelivery and reconciler pass there is must still leave the
+money, or the call to a person, where it belongs."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from core.events import OrderEvent
+from core.models import HistoryEntry, Order
+from core.status import OrderStatus
+from core.unit_cancellation import SETTLEMENT_REASON
+from functions.adapters.dynamodb import KEPT_BACK_KEY, index_attributes
+from tests.builders import NOW
+from tests.unit.test_authorization_sweep import sweep as authorization_sweep
+from tests.unit.test_jeopardy import Clock
+from tests.unit.test_kept_back_sweep import sweep as kept_back_sweep
+from tests.unit.test_pending_refund_sweep import sweep as pending_refund_sweep
+from tests.unit.test_returns import Clock as ReturnsClock
+from tests.unit.test_returns import returns_for
+from tests.unit.test_unit_cancellation import STOCK as CANCEL_STOCK
+from tests.unit.test_unit_cancellation import PerUnitShipping, exchanged_for_three_mugs
+from tests.unit.world import Died, World, build_world
+
+ACTOR = "reconciler"
+
+
+def dies_after_recording(world: World, monkeypatch: pytest.MonkeyPatch, event: str, *, nth: int = 1) -> list[bool]:
+    """The `nth` write with an entry `event` lands, and the process dies right after it, once:
+    nothing the function meant to write next is written."""
+    real = world.orders.update
+    seen: list[bool] = []
+    died: list[bool] = []
+
+    def update(order: Order, expected: Order, entries: list[HistoryEntry]) -> None:
+        real(order, expected, entries)
+        if not died and any(entry.type == event for entry in entries):
+            seen.append(True)
+            if len(seen) == nth:
+                died.append(True)
+                raise Died(event)
+
+    monkeypatch.setattr(world.orders, "update", update)
+    return died
+
+
+def passes(world: World, clock: Clock | ReturnsClock) -> None:
+    """The reconciler's passes that touch payments, each as a later run finds the order."""
+    for _ in range(3):
+        clock.now += timedelta(minutes=20)
+        pending_refund_sweep(world, clock).run(ACTOR)
+        authorization_sweep(world, clock).run(ACTOR)
+        kept_back_sweep(world, clock).run(ACTOR)
+
+
+def every_pass(world: World, clock: Clock, order_id: str, shipment_id: str) -> None:
+    """Every retry and pass there is for the order: deliveries and ships reported again, the
+    reconciler's passes."""
+    for _ in range(2):
+        world.actions.deliver(order_id, shipment_id, actor="key_carrier")
+        world.actions.ship(order_id, shipment_id, None, actor="key_wh")
+        passes(world, clock)
+
+
+def test_a_function_that_dies_after_the_third_over_capture_refusal_still_calls_a_person(monkeypatch):
+    # Before: the third refusal was recorded in one write and the person told in the next; a
+    # function that died between them left three refusals in a row, which nothing asks again
+    # (left to a person), and no entry, no alarm, no log line: the customer's money was lost for good.
+    clock = Clock()
+    world = build_world(CANCEL_STOCK, PerUnitShipping(), clock=clock)
+    order = world.allocated(("MUG", 1), ("CAP", 3), shipping_method="per_unit")
+    east = world.shipment_at(order, "wh-east")
+    world.actions.ship(order.id, east, None, actor="key_wh")
+    world.gateway.script("refund", "refuse")
+    world.actions.cancel(order.id, "no mug", actor="key_web", lines={"L1": 1})
+    world.actions.deliver(order.id, east, actor="key_carrier")
+    died = dies_after_recording(world, monkeypatch, OrderEvent.REFUND_FAILED, nth=1)
+    with pytest.raises(Died):
+        world.actions.deliver(order.id, east, actor="key_carrier")  # hears the third refusal
+    monkeypatch.undo()
+    assert died and [r.status for r in world.order(order.id).payment.refunds] == ["failed"] * 3
+
+    every_pass(world, clock, order.id, east)
+
+    after = world.order(order.id)
+    assert [r.status for r in after.payment.refunds] == ["failed"] * 3  # nothing asks it again
+    told = [e for e in world.history(order.id) if e.type is OrderEvent.OVER_CAPTURE_NOT_REFUNDED]
+    assert [(e.actor, e.detail["refusals"], e.detail["amount"]) for e in told] == [
+        ("key_carrier", 3, after.payment.refunds[-1].amount.model_dump(mode="json"))
+    ]
+
+
+def replacement_whose_rest_is_cancelled(monkeypatch: pytest.MonkeyPatch, died_after: str):
+    """A TSHIRT exchanged for three MUGs: the credit pays for most of them and the MUG shipped
+    (and delivered) from the west captures the rest; the two waiting in the east are cancelled,
+    which refunds what the replacement's captures hold beyond its new total (the settlement) and
+    gives back, on the original, the credit it no longer uses. The function dies right after its
+    write recording `died_after`: (world, clock, original, replacement)."""
+    clock = ReturnsClock(NOW + timedelta(days=3))
+    stock = [("MUG", "wh-west", 1), ("MUG", "wh-east", 2), ("TSHIRT", "wh-west", 1)]
+    world = build_world(stock, clock=clock)
+    returns, _ = returns_for(world, clock)
+    order, replacement = exchanged_for_three_mugs(world, returns, "TSHIRT")
+    died = dies_after_recording(world, monkeypatch, died_after)
+    with pytest.raises(Died):
+        world.actions.cancel(replacement.id, "no more mugs", actor="key_cs", lines={"L1": 2})
+    monkeypatch.undo()
+    assert died
+    return world, clock, order, world.order(replacement.id)
+
+
+@pytest.mark.parametrize("died_after", [OrderEvent.UNITS_CANCELLED, OrderEvent.PAYMENT_REFUNDED])
+def test_a_replacements_credit_a_cancel_died_before_giving_back_is_given_back_by_the_reconciler(
+    monkeypatch, died_after
+):
+    # Before: the cancel wrote the order, refunded what its captures held beyond the new total,
+    # then gave back the credit the replacement no longer used, on the original. A function that
+    # died after the first write or the refund left nothing asking for the give-back (nor, after
+    # the first, the settlement): nothing is left to ship or deliver, and no pass looked; the
+    # customer's money stayed captured for good.
+    world, clock, order, replacement = replacement_whose_rest_is_cancelled(monkeypatch, died_after)
+    assert world.order(order.id).payment.refunds == []
+
+    passes(world, clock)
+    passes(world, clock)
+
+    original, own = world.order(order.id).payment, world.order(replacement.id).payment
+    given_back = [r for r in original.refunds if "did not use its credit" in r.reason]
+    assert [r.status for r in given_back] == ["succeeded"]  # once, however many passes
+    assert [r.status for r in own.refunds] == ["succeeded"]  # the settlement, once
+    # The customer keeps one MUG: they pay its price and both orders' shipping, no more.
+    kept = original.captured - original.refunded + own.captured - own.refunded
+    mug = world.order(replacement.id).lines[0]
+    assert kept == order.totals.shipping + world.order(replacement.id).totals.shipping + mug.total
+    assert not world.order(replacement.id).settlement_owed  # out of the pass's index
+
+
+def test_what_a_cancel_died_before_refunding_of_a_delivered_order_is_refunded_by_the_reconciler(monkeypatch):
+    # Before: the cancel of the last parcel's units wrote the order (delivered: nothing left to ship
+    # or deliver) and died before refunding what the first parcel's capture held beyond the new
+    # total; nothing but a client repeating the cancel would have refunded it.
+    clock = Clock()
+    world = build_world(CANCEL_STOCK, PerUnitShipping(), clock=clock)
+    order = world.allocated(("MUG", 1), ("CAP", 3), shipping_method="per_unit")
+    east = world.shipment_at(order, "wh-east")
+    world.actions.ship(order.id, east, None, actor="key_wh")
+    world.actions.deliver(order.id, east, actor="key_carrier")
+    died = dies_after_recording(world, monkeypatch, OrderEvent.UNITS_CANCELLED)
+    with pytest.raises(Died):
+        world.actions.cancel(order.id, "no mug", actor="key_web", lines={"L1": 1})
+    monkeypatch.undo()
+    assert died and world.order(order.id).payment.refunds == []
+
+    passes(world, clock)
+    passes(world, clock)
+
+    after = world.order(order.id)
+    assert after.status is OrderStatus.DELIVERED
+    assert [(r.kind, r.status, r.reason) for r in after.payment.refunds] == [
+        ("cancellation", "succeeded", SETTLEMENT_REASON)
+    ]
+    assert after.payment.captured - after.payment.refunded == after.totals.grand_total
+    assert not after.settlement_owed
+
+
+def test_a_settlement_refund_the_gateway_refuses_is_asked_by_the_reconciler_until_it_is_left_to_a_person():
+    # The cancel's own ask was refused and nothing is left to ship or deliver: the pass asks it
+    # again (a pass later each time) until OVER_CAPTURE_REFUSALS refusals call a person, then
+    # stops: the order leaves its index.
+    clock = Clock()
+    world = build_world(CANCEL_STOCK, PerUnitShipping(), clock=clock)
+    order = world.allocated(("MUG", 1), ("CAP", 3), shipping_method="per_unit")
+    east = world.shipment_at(order, "wh-east")
+    world.actions.ship(order.id, east, None, actor="key_wh")
+    world.actions.deliver(order.id, east, actor="key_carrier")
+    world.gateway.script("refund", "refuse")
+    world.actions.cancel(order.id, "no mug", actor="key_web", lines={"L1": 1})
+    assert world.order(order.id).settlement_owed
+
+    for _ in range(3):
+        passes(world, clock)
+
+    after = world.order(order.id)
+    assert [r.status for r in after.payment.refunds] == ["failed"] * 3
+    told = [e for e in world.history(order.id) if e.type is OrderEvent.OVER_CAPTURE_NOT_REFUNDED]
+    assert [e.actor for e in told] == [ACTOR]
+    assert not after.settlement_owed and index_attributes(after).get("refund_key") is None
+
+
+def test_what_a_cancel_owes_back_is_stored_never_shown_and_never_on_the_typical_order():
+    world = build_world(CANCEL_STOCK, PerUnitShipping())
+    order = world.allocated(("MUG", 1), ("CAP", 3), shipping_method="per_unit")
+    assert "settlement_owed" not in order.stored_json()
+    owing = order.owing_settlement()
+
+    assert Order.model_validate_json(owing.stored_json()).settlement_owed
+    assert "settlement_owed" not in owing.model_dump_json()
+    assert index_attributes(owing)["refund_key"] == {"S": KEPT_BACK_KEY}
+    assert owing.version == order.version  # written with the cancel, not a version of its own
