@@ -33,7 +33,8 @@ keeps raising for it, a record that no longer reads) does not stop the pass; it 
 (ReturnsNotReconciled, once the pass is done: each return named with its error) and judged again
 by the next pass, and the returns behind it are reconciled all the same. An error that says a
 dependency is down (`outage`: by default a TransientError or PluginUnavailable; the reconciler's
-also a table throttled past botocore's retries or out of reach, functions/adapters/aws_errors.py)
+also a table throttled past botocore's retries, out of reach, answering 5xx or denying the
+function's role, functions/adapters/aws_errors.py)
 is no return's own: every return after it would fail alike, so the pass stops there and fails
 whole (ReturnsNotReconciled with `outage`), reporting what it did before.
 """
