@@ -384,3 +384,43 @@ def test_returns_waiting_for_their_plugin_beyond_a_passs_read_budget_keep_no_los
     restarted += reconciler(world, clock, workflow, max_reads=3, payment_methods=methods).run()
     assert set(restarted) == {item.id for item in [*waiting, lost]}
     assert {world.returns.get(item.id).status for item in [*waiting, lost]} == {R.REFUNDED}
+
+
+def test_a_return_waiting_for_its_plugin_while_a_plugin_failed_to_load_waits_and_keeps_no_lost_receipt_waiting(world):
+    """While any plugin failed to load no hook is called (PluginUnavailable), so the pass cannot ask
+    which methods a payment plugin takes: the return stuck for want of its plugin waits, set aside
+    under its method, as the ones set aside before it do (the pass reads those only once the
+    plugins load). Before: the pass stopped at it as at an outage, every run, so a receipt lost
+    behind it was never started, and the errors alarm fired, until someone fixed the plugin."""
+    from core.errors import PluginUnavailable
+
+    clock = Clock()
+    plugin = Uninstalled()
+    returns = returns_service(world, clock, plugin)
+    workflow = InlineReturnWorkflow()
+    workflow.returns = returns
+    waiting, lost = one_mug_returned(world, returns), one_mug_returned(world, returns)
+    plugin.gone = True
+    returns.receive(waiting.id, RECEIPT, "key_wh")
+    for _ in range(3):
+        with pytest.raises(RefundNotDone):
+            returns.refund(waiting.id, "returns-workflow")
+    returns.stuck(waiting.id, "RefundNotDone", "the refund is failed; it is tried again", actor="returns-workflow")
+    returns.receive(lost.id, RECEIPT, "key_wh")  # ...and the function died before starting the workflow
+    plugin.gone = False  # the payment plugin is back, but another plugin failed to load
+    clock.advance(hours=1)
+    loaded = Payments(build_plugin_manager(plugin, enable_test_payments=True)).methods
+    broken = {"now": True}
+
+    def methods() -> set[str]:
+        if broken["now"]:
+            raise PluginUnavailable("plugins failed to load: tax")
+        return loaded()
+
+    assert reconciler(world, clock, workflow, payment_methods=methods).run() == [lost.id]
+    assert workflow.started == [lost.id]
+    assert list(InMemoryReceivedReturns(world.returns).received_before(clock())) == []  # set aside, waiting
+
+    broken["now"] = False  # the plugin loads: the next pass resumes it
+    assert reconciler(world, clock, workflow, payment_methods=methods).run() == [waiting.id]
+    assert world.returns.get(waiting.id).status is R.REFUNDED
