@@ -29,8 +29,11 @@ def busy(error: ClientError) -> bool:
 # the service may name one these do not (InternalFailure). Moto answers neither.
 _DOWN_CODES = frozenset({"InternalServerError", "ServiceUnavailable", "ServiceUnavailableException"})
 # The function may not make the call at all (a grant missing from its role, its credentials
-# refused): no one item's fault, every request after it fails alike.
-_DENIED_CODES = frozenset({"AccessDeniedException", "UnrecognizedClientException", "ExpiredTokenException"})
+# refused, the state machine it is configured with missing): no one item's fault, every request
+# after it fails alike.
+_DENIED_CODES = frozenset(
+    {"AccessDeniedException", "UnrecognizedClientException", "ExpiredTokenException", "StateMachineDoesNotExist"}
+)
 
 
 def dependency_down(error: Exception) -> bool:

@@ -66,7 +66,8 @@ def test_a_server_error_is_the_service_down_whatever_code_botocore_gives_it(stat
 
 
 @pytest.mark.parametrize(
-    "code", ["AccessDeniedException", "UnrecognizedClientException", "ExpiredTokenException"]
+    "code",
+    ["AccessDeniedException", "UnrecognizedClientException", "ExpiredTokenException", "StateMachineDoesNotExist"],
 )  # fmt: skip
 def test_a_call_the_function_may_not_make_is_no_single_requests_own(code):
     # A role missing a grant, or credentials refused: every return after it fails alike.

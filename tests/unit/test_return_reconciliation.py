@@ -424,3 +424,46 @@ def test_a_return_waiting_for_its_plugin_while_a_plugin_failed_to_load_waits_and
     broken["now"] = False  # the plugin loads: the next pass resumes it
     assert reconciler(world, clock, workflow, payment_methods=methods).run() == [waiting.id]
     assert world.returns.get(waiting.id).status is R.REFUNDED
+
+
+def test_a_start_step_functions_denies_for_good_is_no_refusal_for_now_and_fails_the_pass(world):
+    """The function's role lacks states:StartExecution on the returns workflow (or its credentials
+    are refused): every start fails alike, for good. Before: the starter made every ClientError a
+    TransientError, so the pass took it for a refusal for now, stopped quietly after three and
+    returned nothing: no error, no alarm, and every lost receipt waited for good. Now the pass stops
+    on it as on an outage and fails (ReconcilerErrorsAlarm); a throttle is still a refusal for now."""
+    from botocore.exceptions import ClientError
+
+    from core.return_reconciliation import ReturnsNotReconciled, dependency_down
+    from functions.adapters import aws_errors
+    from functions.adapters.workflow_starter import StepFunctionsReturnStarter
+
+    clock = Clock()
+    returns = returns_service(world, clock)
+    lost = [one_mug_returned(world, returns) for _ in range(4)]
+    for item in lost:
+        returns.receive(item.id, RECEIPT, "key_wh")  # ...and the function died before starting the workflow
+    clock.advance(hours=1)
+    code = {"now": "AccessDeniedException"}
+    asked: list[str] = []
+
+    class StepFunctions:
+        def start_execution(self, **request: str) -> None:
+            asked.append(request["name"])
+            raise ClientError({"Error": {"Code": code["now"], "Message": "no"}}, "StartExecution")
+
+    def passes() -> ReturnReconciler:
+        return ReturnReconciler(
+            InMemoryReceivedReturns(world.returns), world.returns, world.orders,
+            StepFunctionsReturnStarter(StepFunctions(), "arn:aws:states:us-east-1:1:stateMachine:r"), clock,
+            restart_after=timedelta(minutes=15),
+            outage=lambda error: dependency_down(error) or aws_errors.dependency_down(error),
+        )  # fmt: skip
+
+    with pytest.raises(ReturnsNotReconciled) as raised:
+        passes().run()
+    assert isinstance(raised.value.outage, ClientError) and len(asked) == 1
+
+    code["now"] = "ThrottlingException"  # for now: refused, the pass stops quietly after three
+    asked.clear()
+    assert passes().run() == [] and len(asked) == MAX_REFUSED_STARTS
