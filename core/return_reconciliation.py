@@ -33,9 +33,12 @@ keeps raising for it, a record that no longer reads) does not stop the pass; it 
 (ReturnsNotReconciled, once the pass is done: each return named with its error) and judged again
 by the next pass, and the returns behind it are reconciled all the same. An error that says a
 dependency is down (`outage`: by default a TransientError or PluginUnavailable; the reconciler's
-also a table throttled past botocore's retries or out of reach, functions/adapters/aws_errors.py)
+also a table throttled past botocore's retries, out of reach, answering 5xx or denying the
+function's role, functions/adapters/aws_errors.py)
 is no return's own: every return after it would fail alike, so the pass stops there and fails
-whole (ReturnsNotReconciled with `outage`), reporting what it did before.
+whole (ReturnsNotReconciled with `outage`), reporting what it did before. But a plugin that
+failed to load stops no pass: the one return that would ask a plugin (which methods the payment
+plugins take, for a return waiting for its own) is set aside as waiting, and the pass goes on.
 """
 
 from __future__ import annotations
@@ -206,7 +209,14 @@ class ReturnReconciler:
         method = order.payment.method
         if not (failures and (failures[-1].detail or {}).get("kind") == "no_plugin"):
             return LEFT_TO_A_PERSON, method
-        return None if method in self._methods_taken() else (WAITS_FOR_PLUGIN, method)
+        try:
+            taken = self._methods_taken()
+        except PluginUnavailable:
+            # A plugin failed to load, so no hook is called: it waits, set aside under its method,
+            # as those set aside before it do (_waited), for a pass after the plugins load. No
+            # other return asks a plugin: the pass goes on.
+            taken = set()
+        return None if method in taken else (WAITS_FOR_PLUGIN, method)
 
     def _methods_taken(self) -> set[str]:
         if self._payment_methods is None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from botocore.exceptions import ClientError, HTTPClientError
+from botocore.exceptions import ClientError, HTTPClientError, NoCredentialsError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 # AWS errors that say "not now" rather than "never": throttling that outlasted botocore's retries
@@ -25,14 +25,24 @@ def busy(error: ClientError) -> bool:
 
 
 # Server-side errors botocore retries and that outlasted its retries: the service, not the request.
+# By the HTTP status too: botocore names a 5xx whose body names no error by its status ("503"), and
+# the service may name one these do not (InternalFailure). Moto answers neither.
 _DOWN_CODES = frozenset({"InternalServerError", "ServiceUnavailable", "ServiceUnavailableException"})
+# The function may not make the call at all (a grant missing from its role, its credentials
+# refused, the state machine it is configured with missing): no one item's fault, every request
+# after it fails alike.
+_DENIED_CODES = frozenset(
+    {"AccessDeniedException", "UnrecognizedClientException", "ExpiredTokenException", "StateMachineDoesNotExist"}
+)
 
 
 def dependency_down(error: Exception) -> bool:
     """Whether `error` says an AWS service is down or out of reach rather than that the request
-    (one item) is bad: throttling or a conflict (`busy`), a server-side error, a connection or a
-    response that failed. A ValidationException (an item too large), a refused condition or a bug
-    is the request's own."""
+    (one item) is bad: throttling or a conflict (`busy`), a server-side error (any 5xx), a call
+    the function may not make, a connection, a response or credentials that failed. A
+    ValidationException (an item too large), a refused condition or a bug is the request's own."""
     if isinstance(error, ClientError):
-        return busy(error) or error.response.get("Error", {}).get("Code") in _DOWN_CODES
-    return isinstance(error, (BotoConnectionError, HTTPClientError))
+        code = error.response.get("Error", {}).get("Code")
+        status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        return busy(error) or code in _DOWN_CODES or code in _DENIED_CODES or status >= 500
+    return isinstance(error, (BotoConnectionError, HTTPClientError, NoCredentialsError))

@@ -61,11 +61,20 @@ class StepFunctionsReturnStarter(ReturnWorkflowStarter):
 
     def start(self, return_id: str, channel: str = "", correlation_id: str = "") -> None:
         """A new execution named `{return_id}-{random}`: receiving a return again must be able to
-        resume it, so no name may be refused."""
+        resume it, so no name may be refused. TransientError when Step Functions refuses for now or
+        cannot be reached (throttled, a server or network error): the receipt is recorded, and
+        receiving again (503: worth retrying) or the reconciler's next pass starts it. Refused for
+        good (a denied role, a missing state machine), the ClientError itself: an error to alarm
+        on, which no retry mends."""
         name = f"{return_id}-{secrets.token_hex(4)}"
         execution_input = {"return_id": return_id, "channel": channel, "correlation_id": correlation_id}
         try:
             self._client.start_execution(stateMachineArn=self._arn, name=name, input=json.dumps(execution_input))
-        except (ClientError, BotoCoreError) as error:
-            # The receipt is recorded; receiving again starts the workflow (503: worth retrying).
+        except ClientError as error:
+            if busy(error) or error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) >= 500:
+                raise TransientError(
+                    f"the returns workflow could not be started: {error.response['Error']['Code']}"
+                ) from error
+            raise
+        except BotoCoreError as error:
             raise TransientError(f"the returns workflow could not be started: {type(error).__name__}") from error

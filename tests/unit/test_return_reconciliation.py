@@ -384,3 +384,86 @@ def test_returns_waiting_for_their_plugin_beyond_a_passs_read_budget_keep_no_los
     restarted += reconciler(world, clock, workflow, max_reads=3, payment_methods=methods).run()
     assert set(restarted) == {item.id for item in [*waiting, lost]}
     assert {world.returns.get(item.id).status for item in [*waiting, lost]} == {R.REFUNDED}
+
+
+def test_a_return_waiting_for_its_plugin_while_a_plugin_failed_to_load_waits_and_keeps_no_lost_receipt_waiting(world):
+    """While any plugin failed to load no hook is called (PluginUnavailable), so the pass cannot ask
+    which methods a payment plugin takes: the return stuck for want of its plugin waits, set aside
+    under its method, as the ones set aside before it do (the pass reads those only once the
+    plugins load). Before: the pass stopped at it as at an outage, every run, so a receipt lost
+    behind it was never started, and the errors alarm fired, until someone fixed the plugin."""
+    from core.errors import PluginUnavailable
+
+    clock = Clock()
+    plugin = Uninstalled()
+    returns = returns_service(world, clock, plugin)
+    workflow = InlineReturnWorkflow()
+    workflow.returns = returns
+    waiting, lost = one_mug_returned(world, returns), one_mug_returned(world, returns)
+    plugin.gone = True
+    returns.receive(waiting.id, RECEIPT, "key_wh")
+    for _ in range(3):
+        with pytest.raises(RefundNotDone):
+            returns.refund(waiting.id, "returns-workflow")
+    returns.stuck(waiting.id, "RefundNotDone", "the refund is failed; it is tried again", actor="returns-workflow")
+    returns.receive(lost.id, RECEIPT, "key_wh")  # ...and the function died before starting the workflow
+    plugin.gone = False  # the payment plugin is back, but another plugin failed to load
+    clock.advance(hours=1)
+    loaded = Payments(build_plugin_manager(plugin, enable_test_payments=True)).methods
+    broken = {"now": True}
+
+    def methods() -> set[str]:
+        if broken["now"]:
+            raise PluginUnavailable("plugins failed to load: tax")
+        return loaded()
+
+    assert reconciler(world, clock, workflow, payment_methods=methods).run() == [lost.id]
+    assert workflow.started == [lost.id]
+    assert list(InMemoryReceivedReturns(world.returns).received_before(clock())) == []  # set aside, waiting
+
+    broken["now"] = False  # the plugin loads: the next pass resumes it
+    assert reconciler(world, clock, workflow, payment_methods=methods).run() == [waiting.id]
+    assert world.returns.get(waiting.id).status is R.REFUNDED
+
+
+def test_a_start_step_functions_denies_for_good_is_no_refusal_for_now_and_fails_the_pass(world):
+    """The function's role lacks states:StartExecution on the returns workflow (or its credentials
+    are refused): every start fails alike, for good. Before: the starter made every ClientError a
+    TransientError, so the pass took it for a refusal for now, stopped quietly after three and
+    returned nothing: no error, no alarm, and every lost receipt waited for good. Now the pass stops
+    on it as on an outage and fails (ReconcilerErrorsAlarm); a throttle is still a refusal for now."""
+    from botocore.exceptions import ClientError
+
+    from core.return_reconciliation import ReturnsNotReconciled, dependency_down
+    from functions.adapters import aws_errors
+    from functions.adapters.workflow_starter import StepFunctionsReturnStarter
+
+    clock = Clock()
+    returns = returns_service(world, clock)
+    lost = [one_mug_returned(world, returns) for _ in range(4)]
+    for item in lost:
+        returns.receive(item.id, RECEIPT, "key_wh")  # ...and the function died before starting the workflow
+    clock.advance(hours=1)
+    code = {"now": "AccessDeniedException"}
+    asked: list[str] = []
+
+    class StepFunctions:
+        def start_execution(self, **request: str) -> None:
+            asked.append(request["name"])
+            raise ClientError({"Error": {"Code": code["now"], "Message": "no"}}, "StartExecution")
+
+    def passes() -> ReturnReconciler:
+        return ReturnReconciler(
+            InMemoryReceivedReturns(world.returns), world.returns, world.orders,
+            StepFunctionsReturnStarter(StepFunctions(), "arn:aws:states:us-east-1:1:stateMachine:r"), clock,
+            restart_after=timedelta(minutes=15),
+            outage=lambda error: dependency_down(error) or aws_errors.dependency_down(error),
+        )  # fmt: skip
+
+    with pytest.raises(ReturnsNotReconciled) as raised:
+        passes().run()
+    assert isinstance(raised.value.outage, ClientError) and len(asked) == 1
+
+    code["now"] = "ThrottlingException"  # for now: refused, the pass stops quietly after three
+    asked.clear()
+    assert passes().run() == [] and len(asked) == MAX_REFUSED_STARTS
