@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from core.ids import short_hash
-from core.models import Order
+from core.models import Hold, Order
 from core.money import Money
 from core.refunds import went_back_id, with_refunds_shown
 from core.shown_references import references_shown_in, with_references_shown
@@ -100,6 +100,11 @@ _REFUND_EVENTS: dict[str, EventType] = {
 _RECEIVED_RETURN = frozenset({"received", "refunded"})
 
 
+# What a stored hold keeps for the system alone (Hold's fields no response shows: the status its
+# release resumes to, whether it is a park, the parcels behind a person's hold made one).
+_HOLDS_OWN = tuple(name for name, field in Hold.model_fields.items() if field.exclude)
+
+
 def api_order(document: dict[str, Any]) -> dict[str, Any]:
     """The order as the API shows it (its refunds as GET /orders/{id}/refunds lists them:
     core.refunds.with_refunds_shown; the gateway's references escaped:
@@ -107,14 +112,15 @@ def api_order(document: dict[str, Any]) -> dict[str, Any]:
     and the API signs a short-lived link to it at each read; an event outlives such a link, so
     its `label_url` is null (GET /orders/{id} gives a fresh one). A document this version's model
     cannot read (a status or field added since) is shown as stored, which is the API's JSON plus
-    what only the system reads (the status a hold resumes to, whether it is a park), left out here."""
+    what only the system reads (the status a hold resumes to, whether it is a park: _HOLDS_OWN), left
+    out here."""
     try:
         order = with_references_shown(with_refunds_shown(Order.model_validate(document))).model_dump(mode="json")
     except ValidationError:
         order = json.loads(json.dumps(document))
         if isinstance(order.get("hold"), dict):
-            order["hold"].pop("resume_to", None)
-            order["hold"].pop("parked", None)
+            for name in _HOLDS_OWN:
+                order["hold"].pop(name, None)
         if isinstance(order.get("payment"), dict):
             order["payment"] = references_shown_in(order["payment"])
     for shipment in order.get("shipments") or []:

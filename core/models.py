@@ -1164,6 +1164,11 @@ class Hold(BaseModel, defer_build=True):
     # system's own like `resume_to`; stored on those only (a merchant's hold of reason `other`
     # may carry any note, so nothing else tells them apart).
     parked: bool = Field(default=False, exclude=True)
+    # A person's hold made a park because ships of these shipments died after asking for their
+    # captures (Order.park_for_unfinished_ships): the system's hold for those parcels stands behind
+    # it, shown by the history alone, so the person's release ends their hold only and the order
+    # stays held for a person to confirm the parcels (Order.release). Stored on those holds only.
+    ships_to_confirm: list[str] = Field(default_factory=list, exclude=True)
 
 
 class Jeopardy(BaseModel, defer_build=True):
@@ -1692,6 +1697,8 @@ class Order(BaseModel, defer_build=True):
             doc["hold"]["resume_to"] = self.hold.resume_to.value
             if self.hold.parked:
                 doc["hold"]["parked"] = True
+            if self.hold.ships_to_confirm:
+                doc["hold"]["ships_to_confirm"] = list(self.hold.ships_to_confirm)
             return json.dumps({**doc, **system}, separators=(",", ":"))
         api_json = self.model_dump_json(exclude_none=True, exclude=_NOT_STORED)
         if not system:
@@ -2993,7 +3000,8 @@ class Order(BaseModel, defer_build=True):
         order's (its reason, note, since and the status a release resumes to are theirs), made a
         park, so no hold expiry cancels an order whose parcel may have left (Hold.parked); the
         system's hold is recorded beside it, an `on_hold` entry that changes no status, with the
-        parcels to confirm (`shipment_ids`, which Order.parked_from reads as hold_unfinished_ships's).
+        parcels to confirm (`shipment_ids`, which Order.parked_from reads as hold_unfinished_ships's),
+        which the person's release leaves standing (Hold.ships_to_confirm, Order.release).
         InvalidTransition when the order is not on a person's hold (a park is one already)."""
         if self.status is not OrderStatus.ON_HOLD or self.hold is None or self.hold.parked:
             raise InvalidTransition(f"order {self.id} is not on a person's hold")
@@ -3001,7 +3009,7 @@ class Order(BaseModel, defer_build=True):
             at=at, actor=actor, type=OrderEvent.ON_HOLD,
             detail={"reason": "other", "note": _unfinished_ships_note(shipment_ids),
                     "shipment_ids": list(shipment_ids)},
-            hold=_replaced(self.hold, parked=True),
+            hold=_replaced(self.hold, parked=True, ships_to_confirm=list(shipment_ids)),
         )  # fmt: skip
 
     def mark_jeopardy(self, reason: str, since: datetime, *, at: datetime, actor: str) -> Change:
@@ -3015,11 +3023,26 @@ class Order(BaseModel, defer_build=True):
         )  # fmt: skip
 
     def release(self, *, note: str | None, at: datetime, actor: str) -> Change:
-        """Off hold, back to the status it was held from."""
+        """Off hold, back to the status it was held from. A person's hold made a park for parcels
+        to confirm (Hold.ships_to_confirm, Order.park_for_unfinished_ships) ends alone: the order
+        stays on the system's hold for those parcels, as hold_unfinished_ships would have held it
+        (reason `other`, its note naming them, a park no hold expiry cancels, resuming where the
+        person's hold stopped), recorded as a `released` entry that changes no status. What the
+        order showed was the person's hold only, so a release of it must not also confirm parcels
+        it never named; the next release does."""
         if self.status is not OrderStatus.ON_HOLD or self.hold is None:
             raise InvalidTransition(f"an order that is {self.status} is not on hold")
         if self.hold.resume_to is None:
             raise InvalidTransition(f"order {self.id} was read without the status its hold resumes to")
+        if self.hold.ships_to_confirm:
+            shipment_ids = list(self.hold.ships_to_confirm)
+            to_confirm = Hold(reason="other", note=_unfinished_ships_note(shipment_ids), since=at,
+                              resume_to=self.hold.resume_to, parked=True)  # fmt: skip
+            return self._next(
+                at=at, actor=actor, type=OrderEvent.RELEASED,
+                detail={"reason": self.hold.reason, **({"note": note} if note else {}), "shipment_ids": shipment_ids},
+                hold=to_confirm,
+            )  # fmt: skip
         return self._next(
             at=at, actor=actor, type=OrderEvent.RELEASED, to=self.hold.resume_to,
             detail={"reason": self.hold.reason, **({"note": note} if note else {})}, hold=None,

@@ -487,8 +487,19 @@ def test_a_persons_hold_placed_before_the_sweep_met_a_ship_that_died_is_made_a_p
     assert services.order_repository.get(order.id).status is OrderStatus.ON_HOLD
     assert scan(late + timedelta(days=30, minutes=5))["ships_held"] == []  # made a park once
 
+    # Their release ends their hold alone: the parcel is still to confirm, on the system's hold
+    # (read back from the table), which the next release confirms.
+    released = services.holds.release(order.id, ReleaseRequest(note="the customer is who they say"), "key_ops")
+    stored = services.order_repository.get(order.id)
+    assert stored == released
+    assert (stored.status, stored.hold.reason, stored.hold.parked, stored.hold.resume_to) == (
+        OrderStatus.ON_HOLD, "other", True, OrderStatus.ALLOCATED,
+    )  # fmt: skip
+    assert shipment.id in stored.hold.note and stored.hold_expiry_counts_from is None
+    assert "pickup_pk" not in aws.dynamodb.get_item(TableName=aws.tables["OrdersTable"], Key=key)["Item"]
+    assert scan(late + timedelta(days=31))["expired"] == []
     # Released by a person, a hold placed again is an ordinary one, which expires.
-    services.holds.release(order.id, ReleaseRequest(note="the parcel never left"), "key_ops")
+    assert services.holds.release(order.id, ReleaseRequest(note="the parcel never left"), "key_ops").hold is None
     services.holds.hold(order.id, HoldRequest(reason="other"), "key_ops")
     assert scan(utc_now() + timedelta(days=3))["expired"] == [order.id]
 

@@ -582,3 +582,39 @@ def test_a_persons_hold_met_with_the_gateway_down_is_made_a_park_once_and_settle
     assert after.captures_requested == [] and len(world.spy.refunded) == 1 and after.hold.parked
     parks = [h for h in history if h.type is OrderEvent.ON_HOLD and h.to_status is None]
     assert [(h.actor, h.detail["shipment_ids"]) for h in parks] == [(ACTOR, [shipment_id])]
+
+
+def test_a_persons_release_of_their_hold_made_a_park_leaves_the_parcel_to_confirm_standing(world, clock, monkeypatch):
+    """A person held the order after its ship died; the pass made their hold a park, the parcel to
+    confirm recorded only in the history (the order shows their reason and note). Their release
+    (their review done) ended the park with it: the order went back to `allocated`, its shipment
+    pending, and nothing the order shows said any longer that a parcel which may have left is to
+    be confirmed. Their release now ends their hold only: the order stays on the system's hold for
+    the parcel (as the pass would have held it), which no hold expiry cancels; the next release is
+    the parcel's confirmation and resumes the order where the person's hold stopped it."""
+    order, shipment_id = a_ship_that_died(world, monkeypatch)
+    holds = Holds(world.orders, clock)
+    holds.hold(order.id, HoldRequest(reason="fraud_review", note="call the customer"), "key_fraud")
+    clock.advance(hours=24, minutes=16)
+    assert a_pass(world, clock).held == [order.id]
+
+    clock.advance(minutes=5)
+    released = holds.release(order.id, ReleaseRequest(note="customer confirmed"), "key_fraud")
+
+    assert (released.status, released.hold.reason, released.hold.parked, released.hold.resume_to) == (
+        OrderStatus.ON_HOLD, "other", True, OrderStatus.ALLOCATED,
+    )  # fmt: skip
+    assert shipment_id in released.hold.note and "confirm whether the parcel left" in released.hold.note
+    assert released.hold.since == clock() and released.hold_expiry_counts_from is None
+    entry = world.history(order.id)[-1]
+    assert (entry.type, entry.actor, entry.from_status, entry.to_status) == (
+        OrderEvent.RELEASED, "key_fraud", None, None,
+    )  # fmt: skip
+    assert (entry.detail["reason"], entry.detail["note"], entry.detail["shipment_ids"]) == (
+        "fraud_review", "customer confirmed", [shipment_id],
+    )  # fmt: skip
+    assert a_pass(world, clock).held == []  # nothing to hold again: the capture was settled
+
+    confirmed = holds.release(order.id, ReleaseRequest(note="the parcel never left"), "key_ops")
+    assert (confirmed.status, confirmed.hold) == (OrderStatus.ALLOCATED, None)
+    assert confirmed.shipments[0].status is ShipmentStatus.PENDING

@@ -144,11 +144,13 @@ def test_a_hold_and_its_release_are_on_hold_and_released_not_the_status_resumed(
 
 @pytest.mark.parametrize("status", ["authorized", "a_status_added_later"])
 def test_a_parks_event_never_shows_what_tells_it_from_a_persons_hold(status: str):
-    """`hold.parked` and `resume_to` are the store's own, also in an order this version's model
-    cannot read (a status added since), which the event shows as stored, less them."""
+    """`hold.parked`, `resume_to` and `ships_to_confirm` (the parcels a person's hold made a park
+    stands for) are the store's own, also in an order this version's model cannot read (a status
+    added since), which the event shows as stored, less them."""
     old = order_doc(status="authorized")
     hold = {"reason": "other", "note": "order workflow failed", "since": "2026-12-01T10:05:00Z"}
-    parked = next_version(old, status="on_hold", hold={**hold, "resume_to": status, "parked": True})
+    own = {"resume_to": status, "parked": True, "ships_to_confirm": ["shp_1"]}
+    parked = next_version(old, status="on_hold", hold={**hold, **own})
 
     (event,) = order_events(old, parked)
 
