@@ -60,6 +60,18 @@ def world(clock: Clock) -> World:
     return build_world(STOCK, clock=clock)
 
 
+def mugs_exchanged_for_a_cap(world: World, returns: Returns) -> tuple[Order, Return, Return, Order]:
+    """An order of 2 MUGs and 2 CAPs, its MUGs shipped from wh-west, returned resellable and
+    exchanged for 1 CAP (13.48 refunded at once, the rest pays for the CAP): the order, the return
+    as requested, as settled, and the replacement order placed for it."""
+    order = world.allocated(("MUG", 2), ("CAP", 2))
+    world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
+    item = returns.request(order.id, exchange_of("L1", 2, ("CAP", 1)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 2, "resellable")), "key_wh")
+    settled = returns.settle(item.id, actor="key_wh")
+    return order, item, settled, world.run(settled.exchange_order_id or "")
+
+
 def sweep(world: World, clock: Clock) -> KeptBackSweep:
     return KeptBackSweep(
         InMemoryKeptBackRefunds(world), world.orders, world.actions.refund_kept_back, clock, after=AFTER
@@ -735,12 +747,7 @@ def test_an_exchange_shows_its_credit_given_back_once_the_reconciler_finishes_th
     # return (nothing was kept back, so the kept-back pass did not read the order), which kept
     # showing 13.48 of the 26.81 that went back for it, for good.
     returns, _ = returns_for(world, clock)
-    order = world.allocated(("MUG", 2), ("CAP", 2))
-    world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
-    item = returns.request(order.id, exchange_of("L1", 2, ("CAP", 1)), actor="key_cs")
-    returns.receive(item.id, receipt("wh-west", ("L1", 2, "resellable")), "key_wh")
-    settled = returns.settle(item.id, actor="key_wh")
-    replacement = world.run(settled.exchange_order_id or "")
+    order, item, settled, replacement = mugs_exchanged_for_a_cap(world, returns)
     world.gateway.script("refund", "transient")
     with contextlib.suppress(PaymentGatewayUnavailable):
         world.actions.cancel(replacement.id, "changed my mind", actor="key_cs")
@@ -772,12 +779,7 @@ def test_an_exchange_shows_its_credit_given_back_though_the_cancel_that_gave_it_
     import core.exchange_credit as exchange_credit
 
     returns, _ = returns_for(world, clock)
-    order = world.allocated(("MUG", 2), ("CAP", 2))
-    world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
-    item = returns.request(order.id, exchange_of("L1", 2, ("CAP", 1)), actor="key_cs")
-    returns.receive(item.id, receipt("wh-west", ("L1", 2, "resellable")), "key_wh")
-    settled = returns.settle(item.id, actor="key_wh")
-    replacement = world.run(settled.exchange_order_id or "")
+    order, item, settled, replacement = mugs_exchanged_for_a_cap(world, returns)
 
     def dies(*args: object, **kwargs: object) -> None:
         raise TimeoutError("the cancel's function timed out here")
@@ -809,12 +811,7 @@ def test_the_upgrade_finds_an_exchange_an_earlier_version_left_short_and_the_pas
     from core.refund_service import returns_shown_short
 
     returns, store = returns_for(world, clock)
-    order = world.allocated(("MUG", 2), ("CAP", 2))
-    world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
-    item = returns.request(order.id, exchange_of("L1", 2, ("CAP", 1)), actor="key_cs")
-    returns.receive(item.id, receipt("wh-west", ("L1", 2, "resellable")), "key_wh")
-    settled = returns.settle(item.id, actor="key_wh")
-    replacement = world.run(settled.exchange_order_id or "")
+    order, item, _settled, replacement = mugs_exchanged_for_a_cap(world, returns)
     other = world.allocated(("MUG", 1))  # no return: nothing to read
 
     def dies(*args: object, **kwargs: object) -> None:
