@@ -1273,22 +1273,16 @@ def test_what_a_return_kept_back_is_refunded_in_the_pass_that_finishes_its_own_r
     assert paid.captured - paid.refunded == order.totals.grand_total - order.lines[0].total - goodwill
 
 
-def test_a_return_shows_what_it_kept_back_though_the_run_that_finished_its_refund_died_before_showing_it(
-    stack, monkeypatch
-):
-    # The gateway was down when the CAPs' ship and delivery refunded the 1.00 the MUGs' return kept
-    # back: left pending, a reconciler run's pending-refund pass made it, and that run died before its
-    # kept-back pass showed it. Before: the order was in no partition of by_pending_refund (nothing
-    # pending, nothing owed), so no run read it again, and the return showed 1.00 less, for good.
+def caps_delivered_then_refunded_by_a_pass_that_dies(
+    services: Any, order: Order, caps: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The order's CAPs shipped and delivered while the gateway is down (the refund of what its
+    return kept back stays pending), then the reconciler's pending-refund pass, 16 minutes on, makes
+    that refund, and the run dies before its kept-back pass."""
     from core.errors import PaymentGatewayUnavailable
     from core.refund_service import RefundService
     from functions.bootstrap import Config, bootstrap
     from functions.reconciler import app
-
-    aws = stack["aws"]
-    services = bootstrap(Config.from_env(), label_store=FakeLabels())
-    order, caps, return_id = mugs_back_after_goodwill(services)
-    shown = services.returns.settle(return_id, actor="key_wh").refund
 
     def down(*args: Any, **kwargs: Any) -> None:
         raise PaymentGatewayUnavailable("the gateway is down")
@@ -1299,6 +1293,24 @@ def test_a_return_shows_what_it_kept_back_though_the_run_that_finished_its_refun
         services.actions.deliver(order.id, caps, actor="key_wh")
     with app.container.override(bootstrap(Config.from_env(), clock=lambda: utc_now() + timedelta(minutes=16))):
         app.container().pending_refund_sweep.run("reconciler", orders=[])  # and the run dies here
+
+
+def test_a_return_shows_what_it_kept_back_though_the_run_that_finished_its_refund_died_before_showing_it(
+    stack, monkeypatch
+):
+    # The gateway was down when the CAPs' ship and delivery refunded the 1.00 the MUGs' return kept
+    # back: left pending, a reconciler run's pending-refund pass made it, and that run died before its
+    # kept-back pass showed it. Before: the order was in no partition of by_pending_refund (nothing
+    # pending, nothing owed), so no run read it again, and the return showed 1.00 less, for good.
+    from functions.bootstrap import Config, bootstrap
+    from functions.reconciler import app
+
+    aws = stack["aws"]
+    services = bootstrap(Config.from_env(), label_store=FakeLabels())
+    order, caps, return_id = mugs_back_after_goodwill(services)
+    shown = services.returns.settle(return_id, actor="key_wh").refund
+
+    caps_delivered_then_refunded_by_a_pass_that_dies(services, order, caps, monkeypatch)
     finished = services.order_repository.get(order.id)
     assert finished.payment.refunds[-1].status == "succeeded"
     assert services.returns.get(return_id).refund == shown
@@ -1535,9 +1547,7 @@ def test_the_upgrade_marks_a_return_left_short_by_an_earlier_version_and_the_rec
     # order again (no pass's index held it) and the return showed 1.00 less than went back, for
     # good. Now `infra.backfill_orders --returns-table` marks it (reading its returns), the next
     # pass shows it and clears the mark, and a second run of the backfill writes nothing.
-    from core.errors import PaymentGatewayUnavailable
     from core.money import Money
-    from core.refund_service import RefundService
     from functions.adapters.dynamodb import backfill_returns_to_show
     from functions.bootstrap import Config, bootstrap
     from functions.reconciler import app
@@ -1550,15 +1560,7 @@ def test_the_upgrade_marks_a_return_left_short_by_an_earlier_version_and_the_rec
     one_mug = [{"sku": "MUG", "quantity": 1}]
     typical = services.capture.place(place_order(external_id="typical", lines=one_mug), actor="k")
 
-    def down(*args: Any, **kwargs: Any) -> None:
-        raise PaymentGatewayUnavailable("the gateway is down")
-
-    with monkeypatch.context() as patched:
-        patched.setattr(RefundService, "_ask_gateway", down)
-        services.actions.ship(order.id, caps, None, actor="key_wh")
-        services.actions.deliver(order.id, caps, actor="key_wh")
-    with app.container.override(bootstrap(Config.from_env(), clock=lambda: utc_now() + timedelta(minutes=16))):
-        app.container().pending_refund_sweep.run("reconciler", orders=[])  # and the run dies here
+    caps_delivered_then_refunded_by_a_pass_that_dies(services, order, caps, monkeypatch)
     marked = services.order_repository.get(order.id)
     unmarked = marked.returns_shown([return_id], at=utc_now())  # as the earlier version stored it
     assert unmarked is not None
