@@ -460,24 +460,32 @@ def returns_shown(orders: OrderRepository, order: Order, return_ids: Iterable[st
     )  # fmt: skip
 
 
-def returns_shown_short(order: Order, returns: ReturnRepository) -> list[str]:
+def returns_shown_short(
+    order: Order, returns: ReturnRepository, drawn_for_return: Callable[[Order, str], Money] | None = None
+) -> list[str]:
     """The refunded returns of `order` that may show less than went back for them on it, for an
     order an earlier version wrote before a gateway's answer recorded the returns owing that show
     (Order.returns_to_show): one whose function died between the answer and the show left the
     return short for good. Those whose refunds `order` records (named, or an exchange's: what its
     credit kept back and gave back) and which show less than refunded_for_return; of a replacement,
-    every refunded return of its units, whose show counts what its exchange's credit refunded on
-    the orders up the chain too (not read here): the kept-back pass shows each exactly, and a
-    return already right is written nothing then. Each is read consistently: an operator's
-    one-off command (infra/backfill_orders.py), never a request's path."""
+    each refunded return of its units that shows less than its own refunds and what its exchange's
+    credit refunded for it on the orders up the chain (`drawn_for_return`:
+    ExchangeCredits.drawn_for_return; without it, every one, the kept-back pass showing each
+    exactly, so a second run would mark them all again). Each is read consistently: an
+    operator's one-off command (infra/backfill_orders.py), never a request's path."""
     named = dict.fromkeys([*(r.return_id for r in order.payment.refunds if r.return_id), *order.exchanges])
     short = []
     for return_id in named:
         item = returns.get(return_id, consistent=True)
         if item is None or item.status is not ReturnStatus.REFUNDED:
             continue  # not refunded yet: its own refund step shows it all when it marks it
-        chained = order.exchange_credit is not None and return_id not in order.exchanges
-        if chained or item.refund < refunded_for_return(order, return_id):
+        given = refunded_for_return(order, return_id)
+        if order.exchange_credit is not None and return_id not in order.exchanges:
+            if drawn_for_return is None:
+                short.append(return_id)
+                continue
+            given += drawn_for_return(order, return_id)
+        if item.refund < given:
             short.append(return_id)
     return short
 

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from enum import Enum
-from typing import Any
+from typing import Any, cast
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
@@ -1252,9 +1252,12 @@ def backfill_returns_to_show(
     and decided again when the running code wrote it meanwhile, so a second run writes nothing but
     what the pass has not shown yet. An operator's command over the whole table, so a Scan;
     returns (orders marked, orders already right)."""
-    from core.refund_service import returns_shown_short  # an operator's command: not the functions' cold path
+    from core.exchange_credit import ExchangeCredits  # an operator's command: not the functions' cold path
+    from core.refund_service import returns_shown_short
 
     orders, returns = DynamoOrders(client, table), DynamoReturns(client, returns_table)
+    # Only read up the chain (drawn_for_return asks no gateway), so no refund service.
+    drawn_for_return = ExchangeCredits(returns, cast(Any, None), orders).drawn_for_return
     written = already = 0
     scan: dict[str, Any] = {"TableName": table, "ProjectionExpression": "id, doc", "Limit": page_size}
     while True:
@@ -1266,7 +1269,8 @@ def backfill_returns_to_show(
                 continue
             for _ in range(attempts):
                 order = orders.get(scanned.id, consistent=True)
-                changed = order.owe_returns_shown(returns_shown_short(order, returns), at=utc_now()) if order else None
+                short = returns_shown_short(order, returns, drawn_for_return) if order else []
+                changed = order.owe_returns_shown(short, at=utc_now()) if order else None
                 if order is None or changed is None:
                     already += 1
                     break

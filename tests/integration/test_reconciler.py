@@ -1587,3 +1587,48 @@ def test_the_upgrade_marks_a_return_left_short_by_an_earlier_version_and_the_rec
     item = aws.dynamodb.get_item(TableName=orders_table, Key=key)["Item"]
     assert "refund_key" not in item and "refund_since" not in item
     assert backfill_returns_to_show(aws.dynamodb, orders_table, returns_table) == (0, 2)  # a second run writes nothing
+
+
+def test_the_upgrade_marks_no_replacement_whose_returns_show_what_went_back_for_them(stack):
+    # A MUG exchanged for a MUG and a CAP; both come back from the replacement and are refunded, from
+    # its captures and from the credit on the original, and the return shows both. Before: the
+    # backfill marked every refunded return of a replacement's units, right or not, and marked the
+    # order again at each run after the reconciler had shown and cleared it. Now it reads what the
+    # credit refunded up the chain and marks nothing here, run after run.
+    from functions.adapters.dynamodb import backfill_returns_to_show
+    from functions.bootstrap import Config, bootstrap
+    from tests.unit.test_returns import ask, exchange_of, receipt
+
+    aws = stack["aws"]
+    services = bootstrap(Config.from_env(), label_store=FakeLabels())
+    services.catalog.put_product("MUG", ProductInput.model_validate(product_body("12.50")))
+    services.catalog.put_product("CAP", ProductInput.model_validate(product_body("7.77")))
+    services.catalog.put_location("wh-west", LocationInput.model_validate(location_body(name="West warehouse")))
+    services.inventory.count("MUG", "wh-west", 5)
+    services.inventory.count("CAP", "wh-west", 5)
+
+    def delivered(order_id: str) -> Order:
+        services.workflow.authorize_payment(order_id, attempt=0)
+        services.workflow.reserve_stock(order_id)
+        services.workflow.create_shipments(order_id)
+        for shipment in services.order_repository.get(order_id).shipments:
+            services.actions.ship(order_id, shipment.id, None, actor="key_wh")
+            services.actions.deliver(order_id, shipment.id, actor="key_wh")
+        return services.order_repository.get(order_id)
+
+    lines = [{"sku": "MUG", "quantity": 1}]
+    order = delivered(services.capture.place(place_order(external_id="web-x", lines=lines), actor="key_web").id)
+    item = services.returns.request(order.id, exchange_of("L1", 1, ("MUG", 1), ("CAP", 1)), actor="key_cs")
+    services.returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    replacement = delivered(services.returns.settle(item.id, actor="key_wh").exchange_order_id or "")
+    wrong = ask(("L1", 1, "wrong_item"), ("L2", 1, "wrong_item"))  # its shipping goes back too
+    back = services.returns.request(replacement.id, wrong, actor="key_cs")
+    services.returns.receive(back.id, receipt("wh-west", ("L1", 1, "resellable"), ("L2", 1, "resellable")), "key_wh")
+    done = services.returns.settle(back.id, actor="key_wh")
+    replacement = services.order_repository.get(replacement.id)
+    assert done.refund == replacement.totals.grand_total > replacement.payment.refunded  # the credit paid the rest
+
+    orders_table, returns_table = aws.tables["OrdersTable"], aws.tables["ReturnsTable"]
+    assert backfill_returns_to_show(aws.dynamodb, orders_table, returns_table) == (0, 2)
+    assert backfill_returns_to_show(aws.dynamodb, orders_table, returns_table) == (0, 2)
+    assert services.order_repository.get(replacement.id) == replacement

@@ -870,3 +870,33 @@ def test_a_show_computed_before_another_refund_was_answered_does_not_clear_the_r
     after = world.order(order.id)
     assert not after.returns_to_show and "refund_key" not in index_attributes(after)
     assert returns.get(return_id).refund == order.lines[0].total
+
+
+def test_the_upgrade_leaves_a_replacements_return_that_shows_what_went_back_unmarked_run_after_run(world, clock):
+    # A return of a replacement's units refunded from its captures and from the credit on the
+    # original, shown whole (the replacement's own refund and the credit's). Before: the upgrade
+    # (infra.backfill_orders) marked every refunded return of a replacement's units, right or not,
+    # so each run of it marked the order again after the pass had shown and cleared it. Now it
+    # counts what the credit refunded up the chain, and marks only a return showing less than both.
+    from core.exchange_credit import ExchangeCredits
+    from core.refund_service import returns_shown_short
+    from tests.unit.test_returns import delivered, exchanged
+
+    returns, _, settled = exchanged(world, clock, ("TSHIRT", 1), ("TSHIRT", 1), ("CAP", 1))
+    replacement = delivered(world, world.run(settled.exchange_order_id or ""))
+    back = returns.request(replacement.id, ask(("L1", 1, "wrong_item"), ("L2", 1, "wrong_item")), actor="key_cs")
+    returns.receive(back.id, receipt("wh-west", ("L1", 1, "resellable"), ("L2", 1, "resellable")), "key_wh")
+    done = returns.settle(back.id, actor="key_wh")
+    replacement = world.order(replacement.id)
+    assert done.status is ReturnStatus.REFUNDED and done.refund == replacement.totals.grand_total
+    assert replacement.payment.refunded < done.refund  # the rest came from the credit, on the original
+    drawn = ExchangeCredits(world.returns, world.refunds, world.orders).drawn_for_return
+
+    assert returns_shown_short(replacement, world.returns, drawn) == []
+
+    # An earlier version showed only the replacement's own refund of it: that one is marked.
+    item = world.returns.get(back.id)
+    assert item is not None
+    short = item.model_copy(update={"refund": replacement.payment.refunded, "version": item.version + 1})
+    world.returns.update(short, item)
+    assert returns_shown_short(replacement, world.returns, drawn) == [back.id]
