@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import contextlib
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from itertools import islice
@@ -325,7 +325,15 @@ class JeopardyScan:
 
 def _while(candidates: Iterable[T], time_up: TimeUp) -> Iterator[T]:
     """The candidates, each taken only while `time_up` says there is time: a lazy index (read a
-    page at a time as they are taken) reads no other page once it says not."""
+    page at a time as they are taken) reads no other page once it says not. Candidates already
+    read (a list) are asked about only while one is left, so a part that ended with its last is
+    not told its time is up (the run would say it was cut short with nothing left undone)."""
+    if isinstance(candidates, Sequence):
+        for candidate in candidates:
+            if time_up():
+                return
+            yield candidate
+        return
     taken = iter(candidates)
     while not time_up():
         try:

@@ -9,7 +9,6 @@ part, so a backlog is scanned whole over the runs and none of its parts waits fo
 from __future__ import annotations
 
 import os
-from datetime import datetime
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics
@@ -21,6 +20,7 @@ from core.jeopardy import SCAN_ACTOR
 from functions.bootstrap import WarmContainer
 from functions.business_metrics import emits_business_metrics
 from functions.captures_report import report as report_captures
+from functions.schedule import run_number
 
 logger = Logger()
 # The template sets the namespace; the default keeps a stray import (a test) from breaking flushes.
@@ -35,7 +35,8 @@ RESERVE_MILLIS = 15_000
 # orders it handed on (down to RESERVE_MILLIS) and the report. What it did not reach stays in its
 # indexes for the next scans.
 SCAN_RESERVE_MILLIS = 30_000
-# template.yaml's schedule (rate(5 minutes)): each scan starts with the part after the one the scan
+# template.yaml's schedule (rate(5 minutes); locally the period make run gives it: functions/schedule.py):
+# each scan starts with the part after the one the scan
 # before started with (JeopardyScan.run's `turn`), so a backlog that fills a run in one part (holds
 # whose cancels wait on the gateway) keeps none of the others from its turn for good.
 SCHEDULE_MINUTES = 5
@@ -96,10 +97,7 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
 
 
 def _turn(event: dict[str, Any]) -> int:
-    """This scan's run number, by the schedule's time (so a cold start keeps the turn): each
-    scheduled scan starts with the next part; 0 when the event has none (a run by hand)."""
-    try:
-        at = datetime.fromisoformat(event["time"])
-    except (KeyError, TypeError, ValueError):
-        return 0
-    return int(at.timestamp() // (SCHEDULE_MINUTES * 60))
+    """This scan's run number, by the schedule's time and the period the scan runs on (so a cold
+    start keeps the turn): each scheduled scan starts with the next part; 0 when the event has none
+    (a run by hand)."""
+    return run_number(event, "JeopardyScanFunction", SCHEDULE_MINUTES)

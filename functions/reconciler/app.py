@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from datetime import datetime
 from typing import Any, TypeVar
 
 from aws_lambda_powertools import Logger, Metrics
@@ -36,6 +35,7 @@ from functions.bootstrap import WarmContainer
 from functions.business_metrics import emits_business_metrics
 from functions.business_metrics import flush as print_business_metrics
 from functions.captures_report import report as report_captures
+from functions.schedule import run_number
 
 logger = Logger()
 # The template sets the namespace; the default keeps a stray import (a test) from breaking flushes.
@@ -43,7 +43,8 @@ metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "OMS"
 container = WarmContainer()
 ACTOR = "reconciler"
 T = TypeVar("T")
-# template.yaml's schedule (rate(5 minutes)): each run starts with the pass after the one the run
+# template.yaml's schedule (rate(5 minutes); locally the period make run gives it: functions/schedule.py):
+# each run starts with the pass after the one the run
 # before started with, so a backlog that fills the function's minute with the passes run first
 # keeps none of the others from its turn for good.
 SCHEDULE_MINUTES = 5
@@ -288,9 +289,6 @@ def _print_metrics() -> None:
 
 def _first_pass(event: dict[str, Any], count: int) -> int:
     """Which of the `count` passes this run starts with: the next each scheduled run, by the
-    schedule's time (so a cold start keeps the turn); the first when the event has none (a run by hand)."""
-    try:
-        at = datetime.fromisoformat(event["time"])
-    except (KeyError, TypeError, ValueError):
-        return 0
-    return int(at.timestamp() // (SCHEDULE_MINUTES * 60)) % count
+    schedule's time and the period the reconciler runs on (so a cold start keeps the turn); the
+    first when the event has none (a run by hand)."""
+    return run_number(event, "ReconcilerFunction", SCHEDULE_MINUTES) % count

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from infra.local.activity import Activity
+from infra.local.event_sources import ScheduleMapping
 from infra.local.gateway import ApiGateway
 from infra.local.lambdas import Handler, LambdaService
 from infra.local.moto_patches import (
@@ -77,6 +78,20 @@ def _default_admin_key_bootstrap(secret: str) -> Any:
     from functions.bootstrap import Config, bootstrap  # the handlers' code, imported only now
 
     return bootstrap(Config.from_env()).api_keys.ensure_admin(secret)
+
+
+def _schedule_periods(mappings: Any) -> dict[str, str]:
+    """Each scheduled function's period variable (functions/schedule.py), set to the period its
+    schedule runs on here (faster than the template's): the function's turn follows its runs. A
+    function with several schedules takes the shortest period (it runs at least that often)."""
+    from functions.schedule import period_variable  # the handlers' code, imported only now
+
+    periods: dict[str, float] = {}
+    for mapping in mappings:
+        if isinstance(mapping, ScheduleMapping):
+            name = period_variable(mapping.function_logical_id)
+            periods[name] = min(mapping.period, periods.get(name, mapping.period))
+    return {name: repr(period) for name, period in periods.items()}
 
 
 def forget_warm_containers() -> None:
@@ -230,6 +245,7 @@ class EmbeddedStack:
             self.environment = self.resources.environment()
             self.process.set_env(self.environment)
             s3_mappings = self.activity.build()
+            self.process.set_env(_schedule_periods(self.mappings.values()))
             if s3_mappings:
                 self.process.enter(s3_notifications.routing(s3_mappings))
             self._admin_key_bootstrap(self.admin_key)

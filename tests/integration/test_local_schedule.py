@@ -3,6 +3,7 @@ EventBridge's scheduled-event shape, OMS_LOCAL_SCHEDULE_SECONDS to run them ofte
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -135,3 +136,51 @@ def test_a_failed_scheduled_run_is_retried_with_its_event_as_lambda_retries_an_a
         mapping.stop()
     # The first run and its two retries carry one event; the next period brings a new one.
     assert seen[0] == seen[1] == seen[2] != seen[3]
+
+
+def test_make_run_tells_each_scheduled_function_the_period_it_runs_it_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    # The turn of a scheduled function (which part of its work a run starts with) is counted in
+    # its schedule's periods: make run runs the jeopardy scan every 30 s, and counted in the
+    # template's 5 minutes ten runs in a row started with the same part.
+    from functions.schedule import period_variable
+    from infra.local.stack import running_stack
+
+    monkeypatch.setenv(SCHEDULE_PERIOD_ENV, "30")
+    monkeypatch.delenv(period_variable("Job"), raising=False)
+    path = tmp_path / "template.yaml"
+    path.write_text(TEMPLATE)
+
+    with running_stack(
+        template=path,
+        stack_name="sched",
+        handlers={"ApiFunction": lambda event, context: {"statusCode": 200, "body": "{}"}, "Job": lambda e, c: None},
+        admin_key_bootstrap=lambda secret: None,
+    ):
+        assert float(os.environ[period_variable("Job")]) == 30
+    assert period_variable("Job") not in os.environ  # the stack stopped: as it was
+
+
+@pytest.mark.parametrize("period", [None, "30", "0.5"])
+def test_each_run_of_the_jeopardy_scan_and_the_reconciler_starts_with_the_next_part_at_any_period(
+    monkeypatch: pytest.MonkeyPatch, period: str | None
+):
+    from datetime import UTC, datetime, timedelta
+
+    from functions.jeopardy import app as jeopardy
+    from functions.reconciler import app as reconciler
+    from functions.schedule import period_variable
+
+    seconds = float(period) if period else 300.0
+    for function in ("JeopardyScanFunction", "ReconcilerFunction"):
+        if period is None:  # on AWS: the template's rate(5 minutes)
+            monkeypatch.delenv(period_variable(function), raising=False)
+        else:
+            monkeypatch.setenv(period_variable(function), period)
+    start = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
+    runs = [{"time": (start + timedelta(seconds=seconds * n)).isoformat()} for n in range(4)]
+    turns = [jeopardy._turn(run) for run in runs]
+    assert [turn - turns[0] for turn in turns] == [0, 1, 2, 3]
+    firsts = [reconciler._first_pass(run, 100) for run in runs]
+    assert [(first - firsts[0]) % 100 for first in firsts] == [0, 1, 2, 3]

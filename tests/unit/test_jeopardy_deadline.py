@@ -9,6 +9,7 @@ from datetime import timedelta
 
 import pytest
 
+from core.deadline import Deadline
 from core.jeopardy import JeopardyScan, Scanned, parse_sla
 from core.status import OrderStatus, ReturnStatus
 from plugins.testing.memory import InMemoryLateOrders, InMemoryUnreceivedReturns
@@ -143,3 +144,21 @@ def test_a_backlog_of_holds_that_fills_every_run_keeps_no_late_order_from_its_tu
     assert marked_in is not None, "the late order waited behind the holds for good"
     assert marked_in > 0  # the holds came first and took the run's time; its part came first later...
     assert S.ON_HOLD in {order.status for order in world.orders.orders.values()}  # ...behind a backlog still there
+
+
+@pytest.mark.parametrize(("holds", "cut_short"), [(1, False), (2, True)])
+def test_a_run_is_cut_short_only_when_its_deadline_left_something_undone(world, holds: int, cut_short: bool):
+    # The holds are the run's last part (turn 1); the time is up once the first hold is expired.
+    # With nothing after it the run did all it had: its handler logged "jeopardy scan cut short"
+    # and counted JeopardyScansCutShort all the same.
+    clock = Clock()
+    orders = held(world, clock, holds)
+    clock.advance(days=3)
+    budget = Budget(world, 1)
+    deadline = Deadline(lambda: 0 if budget() else 60_000, 30_000)
+
+    done = scanner(world, clock).run(time_up=deadline, turn=1)
+
+    assert done.expired == orders[:1]
+    assert deadline.reached is cut_short
+    assert [world.order(order_id).status for order_id in orders[1:]] == [S.ON_HOLD] * (holds - 1)
