@@ -60,6 +60,16 @@ def world(clock: Clock) -> World:
     return build_world(STOCK, clock=clock)
 
 
+def caps_delivered_while_the_gateway_was_down(world: World, clock: Clock, order: Order, caps: str) -> None:
+    """The order's CAPs shipped and delivered while the gateway was down (the refund of what its
+    return kept back left pending), the gateway back, and the reconciler's wait past."""
+    world.gateway.script("refund", "transient")
+    world.actions.ship(order.id, caps, None, actor="key_wh")
+    world.actions.deliver(order.id, caps, actor="key_wh")
+    world.gateway.script("refund", "approve")
+    later(clock)
+
+
 def mugs_exchanged_for_a_cap(world: World, returns: Returns) -> tuple[Order, Return, Return, Order]:
     """An order of 2 MUGs and 2 CAPs, its MUGs shipped from wh-west, returned resellable and
     exchanged for 1 CAP (13.48 refunded at once, the rest pays for the CAP): the order, the return
@@ -417,11 +427,7 @@ def test_a_pass_out_of_time_still_shows_a_return_what_went_back_for_it_and_asks_
     returns, _ = returns_for(world, clock)
     order, caps, return_id = mugs_back_after_goodwill(world, returns)
     returns.settle(return_id, actor="key_wh")
-    world.gateway.script("refund", "transient")
-    world.actions.ship(order.id, caps, None, actor="key_wh")
-    world.actions.deliver(order.id, caps, actor="key_wh")
-    world.gateway.script("refund", "approve")
-    later(clock)
+    caps_delivered_while_the_gateway_was_down(world, clock, order, caps)
     finished: list[str] = []
     PendingRefundSweep(InMemoryPendingRefunds(world), world.refunds, clock, after=AFTER).run(ACTOR, orders=finished)
     asked = len(world.gateway.calls)
@@ -712,11 +718,7 @@ def test_a_return_shows_what_it_kept_back_when_the_reconciler_died_between_finis
     order, caps, return_id = mugs_back_after_goodwill(world, returns)
     returns.settle(return_id, actor="key_wh")
     shown = returns.get(return_id).refund
-    world.gateway.script("refund", "transient")
-    world.actions.ship(order.id, caps, None, actor="key_wh")
-    world.actions.deliver(order.id, caps, actor="key_wh")
-    world.gateway.script("refund", "approve")
-    later(clock)
+    caps_delivered_while_the_gateway_was_down(world, clock, order, caps)
     PendingRefundSweep(InMemoryPendingRefunds(world), world.refunds, clock, after=AFTER).run(ACTOR, orders=[])
     finished = world.order(order.id)
     assert finished.payment.refunds[-1].status == "succeeded"
@@ -853,11 +855,7 @@ def test_a_show_computed_before_another_refund_was_answered_does_not_clear_the_r
     returns, _ = returns_for(world, clock)
     order, caps, return_id = mugs_back_after_goodwill(world, returns)
     returns.settle(return_id, actor="key_wh")
-    world.gateway.script("refund", "transient")
-    world.actions.ship(order.id, caps, None, actor="key_wh")
-    world.actions.deliver(order.id, caps, actor="key_wh")
-    world.gateway.script("refund", "approve")
-    later(clock)
+    caps_delivered_while_the_gateway_was_down(world, clock, order, caps)
     PendingRefundSweep(InMemoryPendingRefunds(world), world.refunds, clock, after=AFTER).run(ACTOR, orders=[])
     seen = world.order(order.id)
     assert seen.returns_to_show == [return_id]
