@@ -66,7 +66,8 @@ def parameter_refused(declared: Mapping[str, Any], value: Any) -> str | None:
         if allowed and text not in {str(v) for v in allowed}:
             return f"must be one of {', '.join(str(v) for v in allowed)}"
         pattern = declared.get("AllowedPattern")
-        if pattern is not None and re.fullmatch(pattern, text) is None:
+        # Java's regex (CloudFormation's), whole value; its \s, \d and \w are ASCII only.
+        if pattern is not None and re.fullmatch(pattern, text, re.ASCII) is None:
             return f"must match {declared.get('ConstraintDescription') or pattern}"
         return None
     if declared.get("Type") != "Number":

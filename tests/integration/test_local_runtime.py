@@ -280,6 +280,16 @@ def test_an_override_a_deploy_would_refuse_is_refused_by_name(parameter: str, va
         template.check_parameters()
 
 
+def test_an_allowed_pattern_s_classes_are_java_s_ascii_ones():
+    # CloudFormation matches AllowedPattern with Java's regex, whose `\s` and `\d` are ASCII: a no-break
+    # space in AlarmEmail is not whitespace there (a deploy takes it), Arabic-Indic digits are not
+    # digits. Python's unicode classes refused the first and took the second.
+    from infra.local.template import parameter_refused
+
+    assert parameter_refused(load_template()["Parameters"]["AlarmEmail"], "ops\u00a0desk@example.com") is None
+    assert parameter_refused({"Type": "String", "AllowedPattern": r"\d+"}, "\u0661\u0662") == "must match \\d+"
+
+
 def test_every_parameter_s_default_is_what_a_deploy_takes():
     from infra.local.template import parameter_refused
 
