@@ -73,35 +73,16 @@ def beyond_credit(replacement: Order) -> Money:
     return left if left.amount > 0 else Money.zero(replacement.currency)
 
 
-class ExchangeCredits:
-    """An exchange's credit is the returned units' refund, kept as captured on the original order to
-    pay for the replacement (Returns.exchange). What of it the replacement does not use is
-    refunded on the original, as the refund of the return it stood for (kind `return`, that
-    return's id), so that those refunds never add up past the credit:
-    - `give_back`: a replacement cancelled, or whose payment of the difference failed, uses none of
-      it; one with nothing left to ship uses what of its total its own payment did not pay, at most
-      the credit (units cancelled, or an edit, may have taken it below the credit);
-    - `draw`: a return of the replacement's units is refunded from its own captures first, and
-      from the credit for what they did not cover.
+class CreditChain:
+    """What the credits of an exchange chain drew, read up the chain (plain reads, never a write
+    nor a gateway's call): an exchange's credit lives on its original order, and a replacement's
+    units exchanged again make that original itself a replacement. ExchangeCredits refunds and
+    draws on credits with these; an operator's one-off command (the returns backfill) only reads
+    them."""
 
-    An exchange of an exchange (a replacement's units exchanged again) has an original that is
-    itself a replacement, whose own captures paid only the difference: its credit is the units'
-    whole value, and what the original's captures cannot refund of it is drawn from the original's
-    own credit, on its original, and so on up the chain (`carry`; `unused` counts those draws).
-
-    Each call is idempotent: a refund's key names what it is for and the attempt (refunds of it
-    the gateway refused), so a repeat finds it, finishes it while pending and asks again under a
-    new key once refused; but a give-back the gateway refused is left to a person (draws_on_credit:
-    the credit holds it no more, so an appeasement can refund it, and no repeat asks it again)."""
-
-    def __init__(
-        self, returns: ReturnRepository, refunds: RefundService, orders: OrderRepository,
-        clock: Callable[[], datetime] = utc_now,
-    ):  # fmt: skip
+    def __init__(self, returns: ReturnRepository, orders: OrderRepository):
         self._returns = returns
-        self._refunds = refunds
         self._orders = orders
-        self._clock = clock
 
     def _original_of(self, replacement: Order) -> tuple[Order, str] | None:
         item = self._returns.get(replacement.exchange_of) if replacement.exchange_of else None
@@ -158,6 +139,36 @@ class ExchangeCredits:
             drawn += [r.amount for r in order.payment.refunds if r.status == "succeeded" and r.reason.startswith(mark)]
             earlier = self._original_of(order)
         return total(drawn, replacement.currency)
+
+
+class ExchangeCredits(CreditChain):
+    """An exchange's credit is the returned units' refund, kept as captured on the original order to
+    pay for the replacement (Returns.exchange). What of it the replacement does not use is
+    refunded on the original, as the refund of the return it stood for (kind `return`, that
+    return's id), so that those refunds never add up past the credit:
+    - `give_back`: a replacement cancelled, or whose payment of the difference failed, uses none of
+      it; one with nothing left to ship uses what of its total its own payment did not pay, at most
+      the credit (units cancelled, or an edit, may have taken it below the credit);
+    - `draw`: a return of the replacement's units is refunded from its own captures first, and
+      from the credit for what they did not cover.
+
+    An exchange of an exchange (a replacement's units exchanged again) has an original that is
+    itself a replacement, whose own captures paid only the difference: its credit is the units'
+    whole value, and what the original's captures cannot refund of it is drawn from the original's
+    own credit, on its original, and so on up the chain (`carry`; `unused` counts those draws).
+
+    Each call is idempotent: a refund's key names what it is for and the attempt (refunds of it
+    the gateway refused), so a repeat finds it, finishes it while pending and asks again under a
+    new key once refused; but a give-back the gateway refused is left to a person (draws_on_credit:
+    the credit holds it no more, so an appeasement can refund it, and no repeat asks it again)."""
+
+    def __init__(
+        self, returns: ReturnRepository, refunds: RefundService, orders: OrderRepository,
+        clock: Callable[[], datetime] = utc_now,
+    ):  # fmt: skip
+        super().__init__(returns, orders)
+        self._refunds = refunds
+        self._clock = clock
 
     def left(self, replacement: Order) -> Money | None:
         """What of `replacement`'s credit is unused (None: it is no replacement): what an exchange

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fnmatch
 import re
 import threading
 from collections.abc import Iterator
@@ -45,11 +44,42 @@ def statements(function: str) -> Iterator[dict[str, Any]]:
             yield from resource["Properties"]["PolicyDocument"]["Statement"]
 
 
+def allowed_statements(function: str) -> Iterator[dict[str, Any]]:
+    """statements(function), each checked to be one this tool reads whole: an Allow, with no
+    Condition or a `ForAllValues:StringLike` on `dynamodb:LeadingKeys` alone, of plain patterns.
+    Anything else fails here, loudly: a grant read without its condition (or a Deny read as a
+    grant) would pass a call AWS refuses."""
+    for statement in statements(function):
+        assert statement["Effect"] == "Allow", f"{function}: a statement this tool cannot read: {statement}"
+        key_patterns(function, statement)
+        yield statement
+
+
+def key_patterns(function: str, statement: dict[str, Any]) -> list[str] | None:
+    """The patterns a statement's `ForAllValues:StringLike` condition on `dynamodb:LeadingKeys`
+    limits it to (every key a request touches must match one); None without a Condition. Any other
+    condition (another operator, another key, an intrinsic or a policy variable in a pattern) is
+    an AssertionError: this tool cannot tell what it allows."""
+    condition = statement.get("Condition")
+    if condition is None:
+        return None
+    cannot = f"{function}: a condition this tool cannot read: {condition}"
+    assert isinstance(condition, dict) and list(condition) == ["ForAllValues:StringLike"], cannot
+    operator = condition["ForAllValues:StringLike"]
+    assert isinstance(operator, dict) and list(operator) == ["dynamodb:LeadingKeys"], cannot
+    patterns = listed(operator["dynamodb:LeadingKeys"])
+    assert patterns and all(isinstance(p, str) and "${" not in p for p in patterns), cannot
+    return patterns
+
+
+def _pairs(statement: dict[str, Any]) -> set[Grant]:
+    return {(logical_id(r), a) for a in listed(statement["Action"]) for r in listed(statement["Resource"])}
+
+
 def granted(function: str) -> set[Grant]:
     grants = set()
-    for statement in statements(function):
-        assert statement["Effect"] == "Allow"
-        grants |= {(logical_id(r), a) for a in listed(statement["Action"]) for r in listed(statement["Resource"])}
+    for statement in allowed_statements(function):
+        grants |= _pairs(statement)
     return grants
 
 
@@ -59,17 +89,36 @@ def key_limits(function: str) -> dict[Grant, list[str]]:
     the request touches must match). A grant also given without a condition is not limited."""
     limited: dict[Grant, list[str]] = {}
     free: set[Grant] = set()
-    for statement in statements(function):
-        pairs = {(logical_id(r), a) for a in listed(statement["Action"]) for r in listed(statement["Resource"])}
-        condition = statement.get("Condition")
-        if condition is None:
-            free |= pairs
+    for statement in allowed_statements(function):
+        patterns = key_patterns(function, statement)
+        if patterns is None:
+            free |= _pairs(statement)
             continue
-        assert list(condition) == ["ForAllValues:StringLike"], f"{function}: a condition this tool cannot read"
-        assert list(condition["ForAllValues:StringLike"]) == ["dynamodb:LeadingKeys"], function
-        for pair in pairs:
-            limited.setdefault(pair, []).extend(listed(condition["ForAllValues:StringLike"]["dynamodb:LeadingKeys"]))
+        for pair in _pairs(statement):
+            limited.setdefault(pair, []).extend(patterns)
     return {pair: patterns for pair, patterns in limited.items() if pair not in free}
+
+
+def scope(resource: Any) -> str:
+    """What of its resource a statement's Resource names: "" the resource itself (a table, a
+    bucket, a queue), or the path after its ARN: `index/by_sla` or `index/*` (a table's indexes,
+    which the table's ARN does not cover, nor they the table), `labels/*` (a bucket's objects)."""
+    if not isinstance(resource, dict) or "Fn::Sub" not in resource or "::/restapis/" in resource["Fn::Sub"]:
+        return ""  # an API Gateway resource is the API's path: the tool names it by its API
+    text = resource["Fn::Sub"]
+    if "-imports-${AWS::AccountId}" in text:
+        path = text.split("-${AWS::Region}", 1)[1]
+    else:
+        path = re.search(r"\$\{\w+\.Arn\}(.*)", text).group(1)
+    assert "${" not in path, f"a Resource path this tool cannot read: {text}"
+    return path.removeprefix("/")
+
+
+def like(value: str, pattern: str) -> bool:
+    """IAM's StringLike (and a Resource's wildcards): `*` any run, `?` any one character, nothing
+    else special (fnmatch would read `[...]` as a set)."""
+    regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
+    return re.fullmatch(regex, value, re.DOTALL) is not None
 
 
 def _hash_key(table: str) -> str:
@@ -77,14 +126,59 @@ def _hash_key(table: str) -> str:
     return name
 
 
-def _leading_keys(params: dict[str, Any], table: str) -> list[str] | None:
-    """The partition keys a DynamoDB call on `table` (a logical id) touches; None when they cannot
-    be read from its parameters (a Query's condition, a Scan: no key, which a ForAllValues
-    condition would let through unchecked)."""
-    name = _hash_key(table)
+def _key_value(key: dict[str, Any], table: str) -> str:
+    (value,) = key[_hash_key(table)].values()  # {"S": ...} or {"N": ...}
+    return str(value)
+
+
+def _leading_keys(params: dict[str, Any], table: str, physical: str) -> list[str] | None:
+    """The partition keys a DynamoDB call on `table` (a logical id, `physical` its name) touches,
+    a batch's or a transaction's items on it included; None when they cannot be read from its
+    parameters (a Query's condition, a Scan: no key, which a ForAllValues condition would let
+    through unchecked)."""
     if "Key" in params or "Item" in params:
-        return [(params.get("Key") or params.get("Item"))[name]["S"]]
+        return [_key_value(params.get("Key") or params["Item"], table)]
+    if "TransactItems" in params:
+        specs = [spec for item in params["TransactItems"] for spec in item.values() if spec["TableName"] == physical]
+        return [_key_value(spec.get("Key") or spec["Item"], table) for spec in specs]
+    if physical in params.get("RequestItems", {}):
+        request = params["RequestItems"][physical]
+        if isinstance(request, dict):  # BatchGetItem
+            return [_key_value(key, table) for key in request["Keys"]]
+        writes = [next(iter(write.values())) for write in request]  # BatchWriteItem: PutRequest or DeleteRequest
+        return [_key_value(w.get("Key") or w["Item"], table) for w in writes]
     return None
+
+
+def not_granted_as(
+    policy: list[dict[str, Any]], function: str, grant: Grant, within: str, keys: list[str] | None
+) -> set[Grant]:
+    """How a call that needs `grant` (one the template gives `function`, whose statements are
+    `policy`, perhaps on some part of the resource only, or for some keys) is recorded: as itself
+    when a statement allows it on the part it names (`within`, in scope()'s form) for the keys it
+    touches; otherwise as what no statement grants (`<action> on <part>`, `<action> of key <key>`),
+    which AWS refuses and moto lets through."""
+    covering = [
+        statement
+        for statement in policy
+        if any(
+            (logical_id(r), a) == grant and like(within, scope(r))
+            for a in listed(statement["Action"])
+            for r in listed(statement["Resource"])
+        )
+    ]
+    if not covering:
+        return {(grant[0], f"{grant[1]} on {within or 'itself'}")}
+    limits = [key_patterns(function, statement) for statement in covering]
+    if any(patterns is None for patterns in limits):
+        return {grant}
+    if keys is None:
+        return {(grant[0], f"{grant[1]} of key (keys not read)")}
+    if any(all(any(like(key, p) for p in patterns) for key in keys) for patterns in limits):
+        return {grant}
+    every = [p for patterns in limits for p in patterns]
+    outside = [key for key in keys if not any(like(key, p) for p in every)] or keys
+    return {(grant[0], f"{grant[1]} of key {key}") for key in outside}
 
 
 # --- What the code calls ------------------------------------------------------------------------
@@ -115,7 +209,9 @@ def calls_by_function(stack: Any) -> Iterator[dict[str, set[Grant]]]:
         **({stack.gateway.api_id: "OmsApi"} if stack.gateway is not None else {}),
     }
     seen: dict[str, set[Grant]] = {}
-    limits = {logical: key_limits(logical) for logical in stack.functions if logical in RESOURCES}
+    # Read once (and checked: a statement this tool cannot read fails here, before any call).
+    policies = {logical: list(allowed_statements(logical)) for logical in stack.functions if logical in RESOURCES}
+    given = {logical: granted(logical) for logical in policies}
     lock = threading.Lock()
     original = BaseClient._make_api_call
 
@@ -137,30 +233,38 @@ def calls_by_function(stack: Any) -> Iterator[dict[str, set[Grant]]]:
             if (service, operation) == ("s3", "GetObject") and "VersionId" in params:
                 action = "GetObjectVersion"
             grants = {
-                (resources.get(name, name), f"{_PREFIX.get(service, service)}:{action}") for name in named(params)
+                (resources.get(name, name), f"{_PREFIX.get(service, service)}:{action}"): name for name in named(params)
             }
             if (service, operation) == ("dynamodb", "TransactWriteItems"):
                 # IAM authorizes each item of a transaction as its own action on its table.
                 grants = {
-                    (resources.get(spec["TableName"], spec["TableName"]), f"dynamodb:{kind}Item")
+                    (resources.get(spec["TableName"], spec["TableName"]), f"dynamodb:{kind}Item"): spec["TableName"]
                     for item in params["TransactItems"]
                     for kind, spec in item.items()
                 }
-            for grant in list(grants):
-                patterns = limits.get(function, {}).get(grant)
-                if patterns is None:
-                    continue
-                # Granted only for some keys: a call outside them is AccessDenied on AWS (moto
-                # does not check), so it is recorded as a grant the template does not give.
-                keys = _leading_keys(params, grant[0])
-                outside = (
-                    ["(keys not read)"]
-                    if keys is None
-                    else [key for key in keys if not any(fnmatch.fnmatchcase(key, p) for p in patterns)]
+
+            def leading(grant: Grant, physical: str) -> list[str] | None:
+                if service != "dynamodb" or grant[0] not in RESOURCES:
+                    return None
+                return _leading_keys(params, grant[0], physical)
+
+            # A grant on part of a resource (an index, a prefix of objects) or for some keys only:
+            # a call outside it is AccessDenied on AWS (moto does not check), so it is recorded as
+            # a grant the template does not give.
+            within = ""  # what of the resource the call names: an index, an object
+            if service == "dynamodb" and "IndexName" in params:
+                within = f"index/{params['IndexName']}"
+            elif service == "s3":
+                within = params.get("Key", "")
+            grants = {
+                shown
+                for grant, physical in grants.items()
+                for shown in (
+                    not_granted_as(policies[function], function, grant, within, leading(grant, physical))
+                    if grant in given.get(function, set())
+                    else {grant}
                 )
-                if outside:
-                    grants.discard(grant)
-                    grants |= {(grant[0], f"{grant[1]} of key {key}") for key in outside}
+            }
             with lock:
                 seen.setdefault(function, set()).update(grants)
         return original(client, operation, params)

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from enum import Enum
-from typing import Any, cast
+from typing import Any
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
@@ -1250,41 +1250,26 @@ def backfill_returns_to_show(
     (core.refund_service.returns_shown_short), which puts it in the reconciler's kept-back pass
     (index_attributes): it shows them and clears the mark. Conditional on the version read, read
     and decided again when the running code wrote it meanwhile, so a second run writes nothing but
-    what the pass has not shown yet. An operator's command over the whole table, so a Scan;
-    returns (orders marked, orders already right)."""
-    from core.exchange_credit import ExchangeCredits  # an operator's command: not the functions' cold path
+    what the pass has not shown yet (_upgraded); returns (orders marked, orders already right)."""
+    from core.exchange_credit import CreditChain  # an operator's command: not the functions' cold path
     from core.refund_service import returns_shown_short
 
-    orders, returns = DynamoOrders(client, table), DynamoReturns(client, returns_table)
-    # Only read up the chain (drawn_for_return asks no gateway), so no refund service.
-    drawn_for_return = ExchangeCredits(returns, cast(Any, None), orders).drawn_for_return
-    written = already = 0
-    scan: dict[str, Any] = {"TableName": table, "ProjectionExpression": "id, doc", "Limit": page_size}
-    while True:
-        page = client.scan(**scan)
-        for item in page.get("Items", []):
-            scanned = _order(item)
-            if not scanned.exchanges and not any(refund.return_id for refund in scanned.payment.refunds):
-                already += 1
-                continue
-            for _ in range(attempts):
-                order = orders.get(scanned.id, consistent=True)
-                short = returns_shown_short(order, returns, drawn_for_return) if order else []
-                changed = order.owe_returns_shown(short, at=utc_now()) if order else None
-                if order is None or changed is None:
-                    already += 1
-                    break
-                try:
-                    orders.update(changed[0], order, [])
-                except StaleVersion:
-                    continue
-                written += 1
-                break
-            else:
-                raise StaleVersion(f"order {scanned.id} kept changing; run the backfill again")
-        if "LastEvaluatedKey" not in page:
-            return written, already
-        scan["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+    returns = DynamoReturns(client, returns_table)
+
+    def decided(orders: DynamoOrders, order_id: str) -> tuple[Order, Bookkeeping | None] | None:
+        order = orders.get(order_id, consistent=True)
+        if order is None:
+            return None
+        # What an exchange's credit refunded up the chain for a return of a replacement's units:
+        # read only (CreditChain asks no gateway and writes nothing).
+        short = returns_shown_short(order, returns, CreditChain(returns, orders).drawn_for_return)
+        return order, order.owe_returns_shown(short, at=utc_now())
+
+    return _upgraded(
+        client, table, page_size, attempts,
+        needs=lambda order: bool(order.exchanges) or any(refund.return_id for refund in order.payment.refunds),
+        decided=decided,
+    )  # fmt: skip
 
 
 def _upgraded_from_history(
@@ -1292,9 +1277,24 @@ def _upgraded_from_history(
     needs: Callable[[Order], bool], change: Callable[[Order, list[HistoryEntry]], Bookkeeping | None],
 ) -> tuple[int, int]:  # fmt: skip
     """Each order the Scan finds that `needs` it, read again with its history and written as `change`
-    says (None: nothing to write), conditional on the version read, read and decided again when the
-    running code wrote it meanwhile, so a second run writes nothing. An operator's command over
-    the whole table, so a Scan; returns (orders written, orders already right)."""
+    says (None: nothing to write), as _upgraded does."""
+
+    def decided(orders: DynamoOrders, order_id: str) -> tuple[Order, Bookkeeping | None] | None:
+        found = orders.history(order_id, consistent=True)
+        return (found[0], change(*found)) if found is not None else None
+
+    return _upgraded(client, table, page_size, attempts, needs, decided)
+
+
+def _upgraded(
+    client: Any, table: str, page_size: int, attempts: int,
+    needs: Callable[[Order], bool], decided: Callable[[DynamoOrders, str], tuple[Order, Bookkeeping | None] | None],
+) -> tuple[int, int]:  # fmt: skip
+    """Each order the Scan finds that `needs` it, read again (`decided`: the order as read and what
+    to write, None when nothing; None when it is gone) and written so, conditional on the version
+    read, read and decided again when the running code wrote it meanwhile, so a second run writes
+    nothing. An operator's command over the whole table, so a Scan; returns (orders written,
+    orders already right)."""
     orders = DynamoOrders(client, table)
     written = already = 0
     scan: dict[str, Any] = {"TableName": table, "ProjectionExpression": "id, doc", "Limit": page_size}
@@ -1306,9 +1306,9 @@ def _upgraded_from_history(
                 already += 1
                 continue
             for _ in range(attempts):
-                found = orders.history(order.id, consistent=True)
-                changed = change(*found) if found is not None else None
-                if changed is None or found is None:
+                found = decided(orders, order.id)
+                changed = found[1] if found is not None else None
+                if found is None or changed is None:
                     already += 1
                     break
                 try:

@@ -55,18 +55,36 @@ def load_template(path: str | Path | None = None) -> dict[str, Any]:
     return document
 
 
+# Per parameter type, the properties parameter_refused reads (or, as Description, has nothing to
+# check): a constraint outside them would be a deploy's refusal `make run` silently takes.
+CHECKED = {
+    "Number": {"Type", "Default", "Description", "ConstraintDescription", "MinValue", "MaxValue", "AllowedValues"},
+    "String": {
+        "Type", "Default", "Description", "ConstraintDescription", "MinLength", "MaxLength", "AllowedValues",
+        "AllowedPattern",
+    },
+    "CommaDelimitedList": {"Type", "Default", "Description"},
+}  # fmt: skip
+
+
 def parameter_refused(declared: Mapping[str, Any], value: Any) -> str | None:
     """Why CloudFormation refuses `value` for the declared parameter at deploy; None when it takes
     it. A Number: not a finite number, under MinValue, over MaxValue, not one of AllowedValues. A
-    String: not one of AllowedValues (compared exactly: "TRUE" is not "true"), or not matching
-    AllowedPattern as a whole."""
+    String: shorter than MinLength, longer than MaxLength, not one of AllowedValues (compared
+    exactly: "TRUE" is not "true"), or not matching AllowedPattern as a whole. CHECKED names every
+    property this reads or ignores knowingly; a test holds the template to it."""
     if declared.get("Type") == "String":
         text = env_string(value)
+        if "MinLength" in declared and len(text) < int(declared["MinLength"]):
+            return f"must be at least {declared['MinLength']} characters"
+        if "MaxLength" in declared and len(text) > int(declared["MaxLength"]):
+            return f"must be at most {declared['MaxLength']} characters"
         allowed = declared.get("AllowedValues")
         if allowed and text not in {str(v) for v in allowed}:
             return f"must be one of {', '.join(str(v) for v in allowed)}"
         pattern = declared.get("AllowedPattern")
-        if pattern is not None and re.fullmatch(pattern, text) is None:
+        # Java's regex (CloudFormation's), whole value; its \s, \d and \w are ASCII only.
+        if pattern is not None and re.fullmatch(pattern, text, re.ASCII) is None:
             return f"must match {declared.get('ConstraintDescription') or pattern}"
         return None
     if declared.get("Type") != "Number":

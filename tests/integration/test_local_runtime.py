@@ -280,6 +280,40 @@ def test_an_override_a_deploy_would_refuse_is_refused_by_name(parameter: str, va
         template.check_parameters()
 
 
+def test_an_allowed_pattern_s_classes_are_java_s_ascii_ones():
+    # CloudFormation matches AllowedPattern with Java's regex, whose `\s` and `\d` are ASCII: a no-break
+    # space in AlarmEmail is not whitespace there (a deploy takes it), Arabic-Indic digits are not
+    # digits. Python's unicode classes refused the first and took the second.
+    from infra.local.template import parameter_refused
+
+    assert parameter_refused(load_template()["Parameters"]["AlarmEmail"], "ops\u00a0desk@example.com") is None
+    assert parameter_refused({"Type": "String", "AllowedPattern": r"\d+"}, "\u0661\u0662") == "must match \\d+"
+
+
+def test_every_constraint_a_parameter_declares_is_one_make_run_checks():
+    # parameter_refused checks a Number's and a String's constraints and nothing else: a MaxLength,
+    # or an AllowedPattern on a CommaDelimitedList, added to the template would be refused by a
+    # deploy and taken by `make run` without a word.
+    from infra.local.template import CHECKED
+
+    unchecked = {
+        name: sorted(set(p) - CHECKED.get(p["Type"], set())) for name, p in load_template()["Parameters"].items()
+    }
+    assert {name: keys for name, keys in unchecked.items() if keys} == {}
+
+
+def test_a_string_s_length_is_checked_as_a_deploy_does():
+    from infra.local.template import parameter_refused
+
+    declared = {"Type": "String", "MinLength": 2, "MaxLength": 3}
+    assert [parameter_refused(declared, v) for v in ("a", "ab", "abc", "abcd")] == [
+        "must be at least 2 characters",
+        None,
+        None,
+        "must be at most 3 characters",
+    ]
+
+
 def test_every_parameter_s_default_is_what_a_deploy_takes():
     from infra.local.template import parameter_refused
 

@@ -1632,3 +1632,65 @@ def test_the_upgrade_marks_no_replacement_whose_returns_show_what_went_back_for_
     assert backfill_returns_to_show(aws.dynamodb, orders_table, returns_table) == (0, 2)
     assert backfill_returns_to_show(aws.dynamodb, orders_table, returns_table) == (0, 2)
     assert services.order_repository.get(replacement.id) == replacement
+
+
+def test_the_upgrade_marks_a_return_of_a_replacement_s_replacement_left_short_once(stack):
+    # A MUG exchanged for a MUG, that MUG exchanged again, and the second replacement's MUG and its
+    # shipping returned: refunded from its captures and from the credits up the chain. Left showing
+    # less than that (as an earlier version dying before the show left it), the backfill marks the
+    # second replacement only, the kept-back pass shows the return all that went back for it, and
+    # runs of the backfill before and after write nothing else.
+    from core.money import Money
+    from functions.adapters.dynamodb import backfill_returns_to_show
+    from functions.bootstrap import Config, bootstrap
+    from functions.reconciler import app
+    from tests.unit.test_returns import ask, exchange_of, receipt
+
+    aws = stack["aws"]
+    services = bootstrap(Config.from_env(), label_store=FakeLabels())
+    services.catalog.put_product("MUG", ProductInput.model_validate(product_body("12.50")))
+    services.catalog.put_location("wh-west", LocationInput.model_validate(location_body(name="West warehouse")))
+    services.inventory.count("MUG", "wh-west", 9)
+
+    def delivered(order_id: str) -> Order:
+        services.workflow.authorize_payment(order_id, attempt=0)
+        services.workflow.reserve_stock(order_id)
+        services.workflow.create_shipments(order_id)
+        for shipment in services.order_repository.get(order_id).shipments:
+            services.actions.ship(order_id, shipment.id, None, actor="key_wh")
+            services.actions.deliver(order_id, shipment.id, actor="key_wh")
+        return services.order_repository.get(order_id)
+
+    def exchanged(order: Order) -> Order:
+        item = services.returns.request(order.id, exchange_of("L1", 1, ("MUG", 1)), actor="key_cs")
+        services.returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+        return delivered(services.returns.settle(item.id, actor="key_wh").exchange_order_id or "")
+
+    lines = [{"sku": "MUG", "quantity": 1}]
+    order = delivered(services.capture.place(place_order(external_id="web-y", lines=lines), actor="key_web").id)
+    second = exchanged(exchanged(order))
+    back = services.returns.request(second.id, ask(("L1", 1, "wrong_item")), actor="key_cs")
+    services.returns.receive(back.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    done = services.returns.settle(back.id, actor="key_wh")
+    first = services.returns.get(second.exchange_of or "").order_id
+    up_the_chain = [
+        r.reason for o in (first, order.id) for r in services.order_repository.get(o).payment.refunds
+        if r.status == "succeeded" and r.reason.startswith(f"return {back.id} of exchange {second.id}")
+    ]  # fmt: skip
+    assert len(up_the_chain) == 2 and "carried" in up_the_chain[1]  # the first's credit, then the original's
+    orders_table, returns_table = aws.tables["OrdersTable"], aws.tables["ReturnsTable"]
+    assert backfill_returns_to_show(aws.dynamodb, orders_table, returns_table) == (0, 3)
+
+    returns = services.return_repository
+    item = returns.get(back.id)
+    returns.update(item.refunded_in_all(done.refund - Money.of("1.00", "USD"), at=utc_now()), item)
+
+    assert backfill_returns_to_show(aws.dynamodb, orders_table, returns_table) == (1, 2)
+    assert services.order_repository.get(second.id).returns_to_show == [back.id]
+    assert backfill_returns_to_show(aws.dynamodb, orders_table, returns_table) == (0, 3)
+    later = utc_now() + timedelta(minutes=16)
+    with app.container.override(bootstrap(Config.from_env(), clock=lambda: later)):
+        reconcile()
+    assert returns.get(back.id).refund == done.refund
+    assert not services.order_repository.get(second.id).returns_to_show
+    assert backfill_returns_to_show(aws.dynamodb, orders_table, returns_table) == (0, 3)

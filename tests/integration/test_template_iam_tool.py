@@ -61,3 +61,126 @@ def test_a_call_outside_a_grant_s_leading_keys_is_recorded_as_not_granted(aws: A
     assert calls["ImportWorkerFunction"] - granted("ImportWorkerFunction") == {
         ("IdempotencyTable", "dynamodb:GetItem of key oms-test#abc")
     }
+
+
+def stack_as(aws: Any, function: str, **more: Any) -> Any:
+    """What calls_by_function reads of a stack running only `function` (as local-<function>)."""
+    return SimpleNamespace(
+        **{**vars(stack_of(aws)), "functions": {function: SimpleNamespace(name=f"local-{function}")}, **more}
+    )
+
+
+@pytest.fixture
+def running_as() -> Any:
+    def run_as(function: str) -> None:
+        RUNNING.function = f"local-{function}"
+
+    yield run_as
+    RUNNING.function = None
+
+
+def test_a_query_on_an_index_or_the_table_the_grant_does_not_name_is_recorded_as_not_granted(aws: Any, running_as: Any):
+    # The reconciler may Query three of the orders table's indexes, not the table nor by_sla. The
+    # tool read every index ARN as the table: a Query of by_sla, or of the table, passed every e2e
+    # check, and would be AccessDenied on AWS (an index's ARN and the table's cover nothing of the other).
+    table = aws.tables["OrdersTable"]
+    running_as("ReconcilerFunction")
+    with calls_by_function(stack_as(aws, "ReconcilerFunction")) as calls:
+        for index, key in (("by_status_key", "status_key"), ("by_sla", "sla_key")):
+            aws.dynamodb.query(
+                TableName=table, IndexName=index, KeyConditionExpression=f"{key} = :k",
+                ExpressionAttributeValues={":k": {"S": "x"}},
+            )  # fmt: skip
+        aws.dynamodb.query(
+            TableName=table, KeyConditionExpression="id = :k", ExpressionAttributeValues={":k": {"S": "x"}}
+        )
+
+    assert calls["ReconcilerFunction"] - granted("ReconcilerFunction") == {
+        ("OrdersTable", "dynamodb:Query on index/by_sla"),
+        ("OrdersTable", "dynamodb:Query on itself"),
+    }
+    assert ("OrdersTable", "dynamodb:Query") in calls["ReconcilerFunction"]  # by_status_key: granted
+
+
+def test_an_object_outside_the_prefix_a_grant_names_is_recorded_as_not_granted(aws: Any, running_as: Any):
+    import boto3
+
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket="labels")
+    running_as("ReconcilerFunction")
+    with calls_by_function(stack_as(aws, "ReconcilerFunction", bucket_names={"LabelsBucket": "labels"})) as calls:
+        s3.put_object(Bucket="labels", Key="labels/o1/p1.pdf", Body=b"%PDF")
+        s3.put_object(Bucket="labels", Key="returns/o1/p1.pdf", Body=b"%PDF")
+
+    assert calls["ReconcilerFunction"] == {
+        ("LabelsBucket", "s3:PutObject"),
+        ("LabelsBucket", "s3:PutObject on returns/o1/p1.pdf"),
+    }
+
+
+FAKE = "FakeFunction"
+
+
+def fake_function(monkeypatch: pytest.MonkeyPatch, **statement: Any) -> None:
+    """A function whose one statement is `statement` on the idempotency table."""
+    from tests import template_iam
+
+    statement = {
+        "Effect": "Allow",
+        "Action": ["dynamodb:GetItem", "dynamodb:PutItem"],
+        "Resource": {"Fn::GetAtt": ["IdempotencyTable", "Arn"]},
+        **statement,
+    }
+    resource = {"Type": "AWS::Serverless::Function", "Properties": {"Policies": [{"Statement": [statement]}]}}
+    monkeypatch.setitem(template_iam.RESOURCES, FAKE, resource)
+
+
+LIKE = "ForAllValues:StringLike"
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        {"Condition": {"StringLike": {"dynamodb:LeadingKeys": ["import#*"]}}},  # no set operator
+        {"Condition": {"ForAnyValue:StringLike": {"dynamodb:LeadingKeys": ["import#*"]}}},
+        {"Condition": {"StringEquals": {"aws:SourceVpc": "vpc-1"}}},
+        {"Condition": {LIKE: {"dynamodb:LeadingKeys": ["import#*"]}, "Bool": {"aws:SecureTransport": "true"}}},
+        {"Condition": {LIKE: {"dynamodb:LeadingKeys": ["import#*"], "dynamodb:Attributes": ["id"]}}},
+        {"Condition": {LIKE: {"dynamodb:LeadingKeys": [{"Fn::Sub": "${AWS::StackName}#*"}]}}},
+        {"Condition": {LIKE: {"dynamodb:LeadingKeys": ["${aws:userid}#*"]}}},  # a policy variable
+        {"Condition": {LIKE: {"dynamodb:LeadingKeys": []}}},
+        {"Effect": "Deny"},
+    ],
+)
+def test_a_statement_the_tool_cannot_read_fails_every_reader_loudly(monkeypatch: pytest.MonkeyPatch, statement: Any):
+    # granted() read the actions and resources and never the Condition: a grant under a condition
+    # it did not understand counted as given in full in the unit "granted exactly what the code
+    # calls" test, and a Deny as a grant.
+    fake_function(monkeypatch, **statement)
+
+    with pytest.raises(AssertionError, match="cannot read"):
+        granted(FAKE)
+    with pytest.raises(AssertionError, match="cannot read"):
+        key_limits(FAKE)
+
+
+def test_leading_keys_are_matched_as_iam_does_and_read_in_a_transaction(
+    aws: Any, monkeypatch: pytest.MonkeyPatch, running_as: Any
+):
+    # IAM's StringLike knows `*` and `?` only: `[1]` is two brackets and a 1 (fnmatch read a set).
+    # A transaction's item names its key: it is read, not recorded as "(keys not read)".
+    fake_function(monkeypatch, Condition={LIKE: {"dynamodb:LeadingKeys": ["import#[1]*"]}})
+    table = aws.tables["IdempotencyTable"]
+    running_as(FAKE)
+    with calls_by_function(stack_as(aws, FAKE)) as calls:
+        aws.dynamodb.get_item(TableName=table, Key={"id": {"S": "import#[1]x"}})
+        aws.dynamodb.get_item(TableName=table, Key={"id": {"S": "import#1x"}})
+        aws.dynamodb.transact_write_items(
+            TransactItems=[{"Put": {"TableName": table, "Item": {"id": {"S": "import#[1]y"}}}}]
+        )
+
+    assert calls[FAKE] == {
+        ("IdempotencyTable", "dynamodb:GetItem"),
+        ("IdempotencyTable", "dynamodb:GetItem of key import#1x"),
+        ("IdempotencyTable", "dynamodb:PutItem"),
+    }
