@@ -35,11 +35,6 @@ RESERVE_MILLIS = 15_000
 # orders it handed on (down to RESERVE_MILLIS) and the report. What it did not reach stays in its
 # indexes for the next scans.
 SCAN_RESERVE_MILLIS = 30_000
-# template.yaml's schedule (rate(5 minutes); locally the period make run gives it: functions/schedule.py):
-# each scan starts with the part after the one the scan
-# before started with (JeopardyScan.run's `turn`), so a backlog that fills a run in one part (holds
-# whose cancels wait on the gateway) keeps none of the others from its turn for good.
-SCHEDULE_MINUTES = 5
 
 
 @logger.inject_lambda_context(clear_state=True)
@@ -97,7 +92,9 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
 
 
 def _turn(event: dict[str, Any]) -> int:
-    """This scan's run number, by the schedule's time and the period the scan runs on (so a cold
-    start keeps the turn): each scheduled scan starts with the next part; 0 when the event has none
-    (a run by hand)."""
-    return run_number(event, "JeopardyScanFunction", SCHEDULE_MINUTES)
+    """This scan's run number, by the schedule's time and the period the scan runs on (template.yaml's
+    rate, or make run's: functions/schedule.py), so a cold start keeps the turn: each scheduled scan
+    starts with the part after the one the scan before started with (JeopardyScan.run's `turn`), and
+    a backlog that fills a run in one part (holds whose cancels wait on the gateway) keeps none of the
+    others from its turn for good; 0 when the event has no time (a run by hand)."""
+    return run_number(event, "JeopardyScanFunction")

@@ -65,11 +65,15 @@ def test_an_alarm_calls_a_person_for_each_void_the_gateway_refused_or_no_plugin_
 def test_the_reconciler_runs_every_five_minutes_with_the_thresholds_as_parameters():
     reconciler = _properties("ReconcilerFunction")
     assert reconciler["Handler"] == "functions.reconciler.app.lambda_handler"
+    variables = reconciler["Environment"]["Variables"]
+    # The rate and the period the reconciler counts its turn in (functions/schedule.py): one entry.
+    minutes = {"Fn::FindInMap": ["ScheduleMinutes", "ReconcilerFunction", "Minutes"]}
     assert reconciler["Events"]["EveryFiveMinutes"] == {
         "Type": "Schedule",
-        "Properties": {"Schedule": "rate(5 minutes)"},
+        "Properties": {"Schedule": {"Fn::Sub": ["rate(${Minutes} minutes)", {"Minutes": minutes}]}},
     }
-    variables = reconciler["Environment"]["Variables"]
+    assert TEMPLATE["Mappings"]["ScheduleMinutes"]["ReconcilerFunction"] == {"Minutes": 5}
+    assert variables["OMS_SCHEDULE_MINUTES_RECONCILERFUNCTION"] == minutes
     assert variables["RECONCILE_AFTER_MINUTES"] == {"Ref": "ReconcileAfterMinutes"}
     assert variables["RECONCILE_PARK_AFTER_MINUTES"] == {"Ref": "ParkStalledAfterMinutes"}
     parameters = TEMPLATE["Parameters"]

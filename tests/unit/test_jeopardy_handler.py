@@ -11,6 +11,7 @@ import pytest
 import functions.jeopardy.app as jeopardy
 from core.capture_sweep import CapturesSettled
 from core.jeopardy import Scanned
+from tests.builders import template_schedule
 from tests.integration.import_support import context
 
 
@@ -114,23 +115,29 @@ def test_the_scan_itself_starts_nothing_once_the_invocation_is_nearly_over_and_s
     jeopardy.metrics.clear_metrics()
     capsys.readouterr()
 
+    monkeypatch.setenv(*template_schedule("JeopardyScanFunction"))
     answer = jeopardy.lambda_handler({"detail-type": "Scheduled Event", "time": "2026-12-03T12:05:00Z"}, invocation)
 
     assert answer["marked"] == ["ord_a"] and (given["first"], given["then"]) == (False, True)
     assert jeopardy.SCAN_RESERVE_MILLIS > jeopardy.RESERVE_MILLIS  # the settlements after it keep their time
-    assert given["turn"] == 1_796_299_500 // (jeopardy.SCHEDULE_MINUTES * 60)  # 2026-12-03T12:05:00Z
+    assert given["turn"] == 1_796_299_500 // 300  # 2026-12-03T12:05:00Z, in the template's 5 minutes
     [warned] = [r for r in caplog.records if r.getMessage().startswith("jeopardy scan cut short")]
     assert warned.levelname == "WARNING"
     printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [record["JeopardyScansCutShort"] for record in printed if "JeopardyScansCutShort" in record] == [[1.0]]
 
 
-def test_each_scheduled_scan_takes_the_next_turn_by_the_schedule_the_template_gives_it():
-    from infra.local.template import load_template
+def test_each_scheduled_scan_takes_the_next_turn_by_the_schedule_the_template_gives_it(monkeypatch):
+    from infra.local.event_sources import schedule_period
+    from infra.local.template import Template, load_template
 
     schedule = load_template()["Resources"]["JeopardyScanFunction"]["Properties"]["Events"]["EveryFiveMinutes"]
     assert schedule["Type"] == "Schedule"  # an EventBridge rule: its event carries the run's `time`
-    assert schedule["Properties"]["Schedule"] == f"rate({jeopardy.SCHEDULE_MINUTES} minutes)"
+    # The period the scan counts its turn in is the rate it runs on: one Mappings entry, read by both.
+    name, minutes = template_schedule("JeopardyScanFunction")
+    assert schedule_period(Template.load().resolve(schedule["Properties"]["Schedule"]), "template") == 300
+    assert float(minutes) == 5
+    monkeypatch.setenv(name, minutes)
     # The scan starts nothing with SCAN_RESERVE_MILLIS left: a timeout barely over it would leave it no time.
     timeout = load_template()["Resources"]["JeopardyScanFunction"]["Properties"]["Timeout"]
     assert timeout * 1000 >= 2 * jeopardy.SCAN_RESERVE_MILLIS
