@@ -16,7 +16,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 
 from core.capture_sweep import CapturesNotSettled, CapturesSettled
 from core.deadline import Deadline
-from core.jeopardy import SCAN_ACTOR
+from core.jeopardy import SCAN_ACTOR, ScanIncomplete
 from functions.bootstrap import WarmContainer
 from functions.business_metrics import emits_business_metrics
 from functions.captures_report import report as report_captures
@@ -45,7 +45,15 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     if broken:
         logger.error("hold expiry skipped: a plugin failed to load", extra={"plugins": [p.name for p in broken]})
     scan_deadline = Deadline(context.get_remaining_time_in_millis, SCAN_RESERVE_MILLIS)
-    done = container().jeopardy_scan.run(expire_holds=not broken, time_up=scan_deadline, turn=_turn(event))
+    scan_failed = None
+    try:
+        done = container().jeopardy_scan.run(expire_holds=not broken, time_up=scan_deadline, turn=_turn(event))
+    except ScanIncomplete as error:
+        # Parts failed outright; the others ran: what they did is reported below as ever.
+        done, scan_failed = error.done, error
+        for name, failure in error.failed:
+            logger.error("jeopardy scan part failed: the next run does it again", extra={"part": name},
+                         exc_info=failure)  # fmt: skip
     if scan_deadline.reached:
         # No error: what it did is reported below; what it did not reach, the next scans'.
         logger.warning("jeopardy scan cut short: too little time left, the rest to the next scans")
@@ -55,8 +63,10 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         logger.warning("order cancelled: its hold expired", extra={"order_id": order_id})
     for return_id in done.returns_expired:
         logger.info("return cancelled: nothing received in time", extra={"return_id": return_id})
-    # Every pass, zero included: OrdersInJeopardyAlarm fires while any late order is open.
-    metrics.add_metric(name="OrdersInJeopardy", unit=MetricUnit.Count, value=done.in_jeopardy)
+    # Every pass, zero included: OrdersInJeopardyAlarm fires while any late order is open (none
+    # when the count failed: a zero would clear it).
+    if done.in_jeopardy is not None:
+        metrics.add_metric(name="OrdersInJeopardy", unit=MetricUnit.Count, value=done.in_jeopardy)
     if done.marked:
         metrics.add_metric(name="OrdersMarkedInJeopardy", unit=MetricUnit.Count, value=len(done.marked))
     if done.expired:
@@ -78,8 +88,9 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     if scan_deadline.reached or (deadline is not None and deadline.reached):
         metrics.add_metric(name="JeopardyScansCutShort", unit=MetricUnit.Count, value=1)  # once a run
     report_captures(captures, failed, logger, metrics)
-    if failed is not None:
-        raise failed  # the pass did the rest; the errors alarm calls a person for these
+    for error in (scan_failed, failed):
+        if error is not None:
+            raise error  # the pass did the rest; the errors alarm calls a person for these
     return {
         "marked": done.marked,
         "expired": done.expired,
