@@ -128,7 +128,20 @@ class Scanned:
     # Late orders left unmarked, and partly shipped orders read unmarked (a status with no
     # deadline): a capture asked of the gateway and never recorded, by a request over.
     captures_left: list[str] = field(default_factory=list)
-    in_jeopardy: int = 0  # orders marked late now open, after this pass
+    in_jeopardy: int | None = 0  # orders marked late now open, after this pass (None: the count failed)
+
+
+class ScanIncomplete(Exception):
+    """Parts of a pass failed outright (a table throttled past its retries, a bug), each named with
+    its error (`failed`: the holds, returns <status>, late <status>, partly shipped or the count);
+    the other parts ran, and what all of them did is `done` (in_jeopardy None when the count
+    failed). The caller reports `done` as ever, then fails, so the errors alarm calls a person."""
+
+    def __init__(self, done: Scanned, failed: list[tuple[str, Exception]]):
+        names = ", ".join(f"{name} ({type(error).__name__}: {error})" for name, error in failed)
+        super().__init__(f"jeopardy scan parts failed: {names}")
+        self.done = done
+        self.failed = failed
 
 
 class JeopardyScan:
@@ -173,22 +186,38 @@ class JeopardyScan:
         did not reach stays in its index, as it was, for the next pass. The pass's parts (the
         holds, the returns of each status, the orders of each status, the partly shipped) are
         taken in turn from the `turn`-th (the caller's run number): each run starts with the next
-        part, so a backlog that fills a run in one part keeps none of the others from its turn."""
+        part, so a backlog that fills a run in one part keeps none of the others from its turn.
+
+        A part that fails outright does not end the pass: the others run and the late orders are
+        counted, then ScanIncomplete carries what was done and each failed part's error (a part that
+        raised lost what the parts before it did from the run's report, and the count)."""
         now = self._clock()
         done = Scanned()
+        failed: list[tuple[str, Exception]] = []
         parts = self._parts(now, done, expire_holds, time_up)
         first = turn % len(parts) if parts else 0
-        for part in parts[first:] + parts[:first]:
+        for name, part in parts[first:] + parts[:first]:
             if time_up():
                 break
-            part()
-        done.in_jeopardy = self._late.count_in_jeopardy()
+            try:
+                part()
+            except Exception as error:  # any: the other parts must still run, and what they did be reported
+                failed.append((name, error))
+        try:
+            done.in_jeopardy = self._late.count_in_jeopardy()
+        except Exception as error:  # any: what the parts did is still reported
+            done.in_jeopardy = None
+            failed.append(("count", error))
+        if failed:
+            raise ScanIncomplete(done, failed)
         return done
 
-    def _parts(self, now: datetime, done: Scanned, expire_holds: bool, time_up: TimeUp) -> list[Callable[[], None]]:
-        """The pass's parts, each filling `done` with what it did and starting no order or return
-        once `time_up` says so."""
-        parts: list[Callable[[], None]] = []
+    def _parts(
+        self, now: datetime, done: Scanned, expire_holds: bool, time_up: TimeUp
+    ) -> list[tuple[str, Callable[[], None]]]:
+        """The pass's parts by name, each filling `done` with what it did and starting no order or
+        return once `time_up` says so."""
+        parts: list[tuple[str, Callable[[], None]]] = []
         if self._hold_expiry is not None and expire_holds:
             held_before = now - self._hold_expiry
 
@@ -197,7 +226,7 @@ class JeopardyScan:
                     if self._expire(order_id, held_before):
                         done.expired.append(order_id)
 
-            parts.append(holds)
+            parts.append(("holds", holds))
         if self._return_expiry is not None and self._unreceived is not None and self._expire_return is not None:
             started_before = now - self._return_expiry
             for status in sorted(UNRECEIVED_RETURNS):
@@ -213,7 +242,7 @@ class JeopardyScan:
                             if expired == self._limit:
                                 break
 
-                parts.append(returns)
+                parts.append((f"returns {status.value}", returns))
         for status in sorted(self._sla):
 
             def marks(status: OrderStatus = status) -> None:
@@ -227,14 +256,14 @@ class JeopardyScan:
                     else:
                         done.marked.append(order_id)
 
-            parts.append(marks)
+            parts.append((f"late {status.value}", marks))
         if S.PARTIALLY_SHIPPED not in self._sla and S.ALLOCATED in self._sla:
             since_before = now - self._sla[S.ALLOCATED]
 
             def partly_shipped() -> None:
                 done.captures_left.extend(self._partly_shipped_with_captures_left(since_before, now, time_up))
 
-            parts.append(partly_shipped)
+            parts.append(("partly shipped", partly_shipped))
         return parts
 
     def _partly_shipped_with_captures_left(self, since_before: datetime, now: datetime, time_up: TimeUp) -> list[str]:

@@ -102,3 +102,14 @@ def csv_file(*rows: str, newline: str = "\n") -> bytes:
     from functions.import_splitter.readers import COLUMNS
 
     return (newline.join([",".join(COLUMNS), *rows]) + newline).encode()
+
+
+def template_schedule(function_logical_id: str) -> tuple[str, str]:
+    """The scheduled function's period variable and its value as template.yaml sets it (the same
+    Mappings entry as its Schedule's rate): what the function reads on AWS."""
+    from functions.schedule import period_variable
+    from infra.local.template import Template, env_string
+
+    template, name = Template.load(), period_variable(function_logical_id)
+    declared = template.functions()[function_logical_id]["Environment"]["Variables"][name]
+    return name, env_string(template.resolve(declared))

@@ -6,12 +6,16 @@ from botocore.exceptions import ClientError, HTTPClientError, NoCredentialsError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 # AWS errors that say "not now" rather than "never": throttling that outlasted botocore's retries
-# (DynamoDB's, or another service's), and a DynamoDB write that met another transaction on one of
-# its items (TransactionConflict, which botocore does not retry). The call did nothing; the same
-# request later can succeed.
+# (DynamoDB's, or another service's: every name botocore's standard retry mode takes for one, and
+# KMS's behind Step Functions), and a DynamoDB write that met another transaction on one of its
+# items (TransactionConflict, which botocore does not retry). The call did nothing; the same
+# request later can succeed. A 429 too, whatever its code: a throttle answered with no body is
+# named by its status ("429"), as botocore's own throttle check reads it.
 _BUSY_CODES = frozenset(
     {"TransactionConflictException", "ProvisionedThroughputExceededException", "ThrottlingException",
-     "RequestLimitExceeded", "TransactionInProgressException"}
+     "RequestLimitExceeded", "TransactionInProgressException", "Throttling", "ThrottledException",
+     "RequestThrottledException", "TooManyRequestsException", "RequestThrottled", "SlowDown",
+     "BandwidthLimitExceeded", "PriorRequestNotComplete", "KmsThrottlingException"}
 )  # fmt: skip
 _BUSY_REASONS = frozenset({"TransactionConflict", "ThrottlingError", "ProvisionedThroughputExceeded"})
 
@@ -21,7 +25,7 @@ def busy(error: ClientError) -> bool:
     if code == "TransactionCanceledException":
         reasons = {reason.get("Code") for reason in error.response.get("CancellationReasons") or []}
         return bool(reasons & _BUSY_REASONS)
-    return code in _BUSY_CODES
+    return code in _BUSY_CODES or error.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 429
 
 
 # Server-side errors botocore retries and that outlasted its retries: the service, not the request.

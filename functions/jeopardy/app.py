@@ -16,7 +16,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 
 from core.capture_sweep import CapturesNotSettled, CapturesSettled
 from core.deadline import Deadline
-from core.jeopardy import SCAN_ACTOR
+from core.jeopardy import SCAN_ACTOR, ScanIncomplete
 from functions.bootstrap import WarmContainer
 from functions.business_metrics import emits_business_metrics
 from functions.captures_report import report as report_captures
@@ -35,11 +35,6 @@ RESERVE_MILLIS = 15_000
 # orders it handed on (down to RESERVE_MILLIS) and the report. What it did not reach stays in its
 # indexes for the next scans.
 SCAN_RESERVE_MILLIS = 30_000
-# template.yaml's schedule (rate(5 minutes); locally the period make run gives it: functions/schedule.py):
-# each scan starts with the part after the one the scan
-# before started with (JeopardyScan.run's `turn`), so a backlog that fills a run in one part (holds
-# whose cancels wait on the gateway) keeps none of the others from its turn for good.
-SCHEDULE_MINUTES = 5
 
 
 @logger.inject_lambda_context(clear_state=True)
@@ -50,7 +45,15 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     if broken:
         logger.error("hold expiry skipped: a plugin failed to load", extra={"plugins": [p.name for p in broken]})
     scan_deadline = Deadline(context.get_remaining_time_in_millis, SCAN_RESERVE_MILLIS)
-    done = container().jeopardy_scan.run(expire_holds=not broken, time_up=scan_deadline, turn=_turn(event))
+    scan_failed = None
+    try:
+        done = container().jeopardy_scan.run(expire_holds=not broken, time_up=scan_deadline, turn=_turn(event))
+    except ScanIncomplete as error:
+        # Parts failed outright; the others ran: what they did is reported below as ever.
+        done, scan_failed = error.done, error
+        for name, failure in error.failed:
+            logger.error("jeopardy scan part failed: the next run does it again", extra={"part": name},
+                         exc_info=failure)  # fmt: skip
     if scan_deadline.reached:
         # No error: what it did is reported below; what it did not reach, the next scans'.
         logger.warning("jeopardy scan cut short: too little time left, the rest to the next scans")
@@ -60,8 +63,10 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         logger.warning("order cancelled: its hold expired", extra={"order_id": order_id})
     for return_id in done.returns_expired:
         logger.info("return cancelled: nothing received in time", extra={"return_id": return_id})
-    # Every pass, zero included: OrdersInJeopardyAlarm fires while any late order is open.
-    metrics.add_metric(name="OrdersInJeopardy", unit=MetricUnit.Count, value=done.in_jeopardy)
+    # Every pass, zero included: OrdersInJeopardyAlarm fires while any late order is open (none
+    # when the count failed: a zero would clear it).
+    if done.in_jeopardy is not None:
+        metrics.add_metric(name="OrdersInJeopardy", unit=MetricUnit.Count, value=done.in_jeopardy)
     if done.marked:
         metrics.add_metric(name="OrdersMarkedInJeopardy", unit=MetricUnit.Count, value=len(done.marked))
     if done.expired:
@@ -83,8 +88,9 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     if scan_deadline.reached or (deadline is not None and deadline.reached):
         metrics.add_metric(name="JeopardyScansCutShort", unit=MetricUnit.Count, value=1)  # once a run
     report_captures(captures, failed, logger, metrics)
-    if failed is not None:
-        raise failed  # the pass did the rest; the errors alarm calls a person for these
+    for error in (scan_failed, failed):
+        if error is not None:
+            raise error  # the pass did the rest; the errors alarm calls a person for these
     return {
         "marked": done.marked,
         "expired": done.expired,
@@ -97,7 +103,9 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
 
 
 def _turn(event: dict[str, Any]) -> int:
-    """This scan's run number, by the schedule's time and the period the scan runs on (so a cold
-    start keeps the turn): each scheduled scan starts with the next part; 0 when the event has none
-    (a run by hand)."""
-    return run_number(event, "JeopardyScanFunction", SCHEDULE_MINUTES)
+    """This scan's run number, by the schedule's time and the period the scan runs on (template.yaml's
+    rate, or make run's: functions/schedule.py), so a cold start keeps the turn: each scheduled scan
+    starts with the part after the one the scan before started with (JeopardyScan.run's `turn`), and
+    a backlog that fills a run in one part (holds whose cancels wait on the gateway) keeps none of the
+    others from its turn for good; 0 when the event has no time (a run by hand)."""
+    return run_number(event, "JeopardyScanFunction")

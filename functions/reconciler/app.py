@@ -43,11 +43,6 @@ metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "OMS"
 container = WarmContainer()
 ACTOR = "reconciler"
 T = TypeVar("T")
-# template.yaml's schedule (rate(5 minutes); locally the period make run gives it: functions/schedule.py):
-# each run starts with the pass after the one the run
-# before started with, so a backlog that fills the function's minute with the passes run first
-# keeps none of the others from its turn for good.
-SCHEDULE_MINUTES = 5
 # A pass, and each order or return within one, is not started with less than this left of the
 # function's timeout: ended by the timeout, the run would log, count and raise nothing of what the
 # pass and the passes before it did, and the next run would find the same backlog. The passes left
@@ -288,7 +283,9 @@ def _print_metrics() -> None:
 
 
 def _first_pass(event: dict[str, Any], count: int) -> int:
-    """Which of the `count` passes this run starts with: the next each scheduled run, by the
-    schedule's time and the period the reconciler runs on (so a cold start keeps the turn); the
-    first when the event has none (a run by hand)."""
-    return run_number(event, "ReconcilerFunction", SCHEDULE_MINUTES) % count
+    """Which of the `count` passes this run starts with: the one after the pass the run before
+    started with, by the schedule's time and the period the reconciler runs on (template.yaml's
+    rate, or make run's: functions/schedule.py), so a cold start keeps the turn and a backlog that
+    fills the function's minute with the passes run first keeps none of the others from its turn
+    for good; the first when the event has no time (a run by hand)."""
+    return run_number(event, "ReconcilerFunction") % count

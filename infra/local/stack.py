@@ -80,18 +80,20 @@ def _default_admin_key_bootstrap(secret: str) -> Any:
     return bootstrap(Config.from_env()).api_keys.ensure_admin(secret)
 
 
-def _schedule_periods(mappings: Any) -> dict[str, str]:
-    """Each scheduled function's period variable (functions/schedule.py), set to the period its
-    schedule runs on here (faster than the template's): the function's turn follows its runs. A
-    function with several schedules takes the shortest period (it runs at least that often)."""
+def _schedule_periods(mappings: Any, declared: Mapping[str, Mapping[str, str]]) -> dict[str, str]:
+    """The period variable (functions/schedule.py) each scheduled function's template environment
+    declares (`declared`: each function's own), overridden with the period its schedule runs on here
+    (faster than the template's rate), in minutes: the function's turn follows its runs. A function
+    with several schedules takes the shortest period (it runs at least that often). A variable the
+    template does not declare is not made up here: the function fails, naming it, as on AWS."""
     from functions.schedule import period_variable  # the handlers' code, imported only now
 
     periods: dict[str, float] = {}
     for mapping in mappings:
-        if isinstance(mapping, ScheduleMapping):
-            name = period_variable(mapping.function_logical_id)
+        name = period_variable(mapping.function_logical_id) if isinstance(mapping, ScheduleMapping) else ""
+        if name in declared.get(mapping.function_logical_id, {}):
             periods[name] = min(mapping.period, periods.get(name, mapping.period))
-    return {name: repr(period) for name, period in periods.items()}
+    return {name: repr(seconds / 60) for name, seconds in periods.items()}
 
 
 def forget_warm_containers() -> None:
@@ -245,7 +247,9 @@ class EmbeddedStack:
             self.environment = self.resources.environment()
             self.process.set_env(self.environment)
             s3_mappings = self.activity.build()
-            self.process.set_env(_schedule_periods(self.mappings.values()))
+            periods = _schedule_periods(self.mappings.values(), self.function_environments)
+            self.environment.update(periods)  # what the functions see: the template's value, overridden
+            self.process.set_env(periods)
             if s3_mappings:
                 self.process.enter(s3_notifications.routing(s3_mappings))
             self._admin_key_bootstrap(self.admin_key)

@@ -192,6 +192,7 @@ SECTIONS: dict[str, Any] = {
     "Transform": frozenset({"AWS::Serverless-2016-10-31"}),
     "Description": ignored("documentation"),
     "Parameters": EMULATED,  # defaults, overridden by the stack's parameter_overrides
+    "Mappings": EMULATED,  # Fn::FindInMap (infra/local/template.py resolves it)
     "Conditions": ignored("only ignored resources may name one (a Condition on an emulated one fails)"),
     "Globals": {"Function": _FUNCTION_COMMON},
     "Resources": EMULATED,  # walked resource by resource

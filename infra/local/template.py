@@ -205,10 +205,11 @@ class Template:
                 raise ValueError(f"{variable}: {refused}" if variable else str(refused)) from None
 
     def resolve(self, value: Any, refs: Mapping[str, str] | None = None, atts: Mapping[str, str] | None = None) -> Any:
-        """Evaluates Ref, Fn::GetAtt and Fn::Sub of a string, the intrinsics the emulated properties
-        use (another Fn:: raises KeyError). `refs` maps logical ids to what Ref returns for them (a
-        table's name, a queue's URL); `atts` maps "Logical.Attr" to what GetAtt returns. A name
-        neither maps, nor a parameter or pseudo parameter, raises KeyError."""
+        """Evaluates Ref, Fn::GetAtt, Fn::FindInMap and Fn::Sub (of a string, or of a string and its
+        own variables), the intrinsics the emulated properties use (another Fn:: raises KeyError).
+        `refs` maps logical ids to what Ref returns for them (a table's name, a queue's URL); `atts`
+        maps "Logical.Attr" to what GetAtt returns. A name neither maps, nor a parameter or pseudo
+        parameter, nor a Mappings entry, raises KeyError."""
         refs, atts = refs or {}, atts or {}
         if isinstance(value, list):
             return [self.resolve(item, refs, atts) for item in value]
@@ -231,15 +232,24 @@ class Template:
             if name not in atts:
                 raise KeyError(f"cannot resolve !GetAtt {name} locally")
             return atts[name]
-        if key == "Fn::Sub" and isinstance(arg, str):
+        if key == "Fn::FindInMap" and isinstance(arg, list) and len(arg) == 3:
+            names = [self.resolve(item, refs, atts) for item in arg]
+            try:
+                return self.document["Mappings"][names[0]][names[1]][names[2]]
+            except (KeyError, TypeError):
+                raise KeyError(f"cannot resolve !FindInMap {names}: not in the template's Mappings") from None
+        if key == "Fn::Sub" and (isinstance(arg, str) or (isinstance(arg, list) and len(arg) == 2)):
+            text, given = (arg, {}) if isinstance(arg, str) else (arg[0], self.resolve(arg[1], refs, atts))
 
             def substitute(match: re.Match[str]) -> str:
                 if match[1].startswith("!"):  # ${!Literal} writes ${Literal}
                     return "${" + match[1][1:] + "}"
+                if match[1] in given:  # the list form's own variables come first
+                    return str(given[match[1]])
                 return str(self.resolve({"Fn::GetAtt" if "." in match[1] else "Ref": match[1]}, refs, atts))
 
-            return re.sub(r"\$\{([^}]+)\}", substitute, arg)
-        raise KeyError(f"{key} is not evaluated locally (only Ref, Fn::GetAtt and Fn::Sub of a string)")
+            return re.sub(r"\$\{([^}]+)\}", substitute, text)
+        raise KeyError(f"{key} is not evaluated locally (only Ref, Fn::GetAtt, Fn::FindInMap and Fn::Sub)")
 
     # --- The API -----------------------------------------------------------------------------------
     def rest_api_id(self) -> str:

@@ -35,9 +35,21 @@ Resources:
     Type: AWS::Serverless::Function
     Properties:
       Handler: fake.job
+      Environment: { Variables: { OMS_SCHEDULE_MINUTES_JOB: !FindInMap [Periods, Job, Minutes] } }
       Events:
-        Often: { Type: Schedule, Properties: { Schedule: rate(5 minutes) } }
+        Often:
+          Type: Schedule
+          Properties: { Schedule: !Sub ["rate(${M} minutes)", { M: !FindInMap [Periods, Job, Minutes] }] }
         Hourly: { Type: Schedule, Properties: { Schedule: rate(1 hour) } }
+  Undeclared:
+    Type: AWS::Serverless::Function
+    Properties:
+      Handler: fake.undeclared
+      Events:
+        Daily: { Type: Schedule, Properties: { Schedule: rate(1 day) } }
+Mappings:
+  Periods:
+    Job: { Minutes: 5 }
 """
 
 
@@ -70,8 +82,10 @@ def test_a_local_schedule_period_that_is_not_a_positive_finite_number_fails_at_s
 
 
 def test_the_reconciler_schedule_is_in_the_template():
-    [event] = Template.load().functions()["ReconcilerFunction"]["Events"].values()
-    assert event["Type"] == "Schedule" and schedule_period(event["Properties"]["Schedule"], "template") == 300
+    template = Template.load()
+    [event] = template.functions()["ReconcilerFunction"]["Events"].values()
+    assert event["Type"] == "Schedule"
+    assert schedule_period(template.resolve(event["Properties"]["Schedule"]), "template") == 300
 
 
 def test_a_schedule_invokes_its_function_every_period_with_a_scheduled_event(
@@ -94,10 +108,14 @@ def test_a_schedule_invokes_its_function_every_period_with_a_scheduled_event(
     with running_stack(
         template=path,
         stack_name="sched",
-        handlers={"ApiFunction": lambda event, context: {"statusCode": 200, "body": "{}"}, "Job": job},
+        handlers={
+            "ApiFunction": lambda event, context: {"statusCode": 200, "body": "{}"},
+            "Job": job,
+            "Undeclared": job,
+        },
         admin_key_bootstrap=lambda secret: None,
     ) as running:
-        assert set(running.mappings) == {"Job.Often", "Job.Hourly"}
+        assert set(running.mappings) == {"Job.Often", "Job.Hourly", "Undeclared.Daily"}
         often = running.mappings["Job.Often"]
         assert (often.kind, often.expression, often.period) == ("Schedule", "rate(5 minutes)", 0.05)
         assert twice.wait(30), events
@@ -143,44 +161,71 @@ def test_make_run_tells_each_scheduled_function_the_period_it_runs_it_on(
 ):
     # The turn of a scheduled function (which part of its work a run starts with) is counted in
     # its schedule's periods: make run runs the jeopardy scan every 30 s, and counted in the
-    # template's 5 minutes ten runs in a row started with the same part.
+    # template's 5 minutes ten runs in a row started with the same part. The stack overrides the
+    # variable the template declares (from the Schedule's own Mappings entry), and makes up none.
     from functions.schedule import period_variable
     from infra.local.stack import running_stack
 
     monkeypatch.setenv(SCHEDULE_PERIOD_ENV, "30")
-    monkeypatch.delenv(period_variable("Job"), raising=False)
+    for function in ("Job", "Undeclared"):
+        monkeypatch.delenv(period_variable(function), raising=False)
     path = tmp_path / "template.yaml"
     path.write_text(TEMPLATE)
 
     with running_stack(
         template=path,
         stack_name="sched",
-        handlers={"ApiFunction": lambda event, context: {"statusCode": 200, "body": "{}"}, "Job": lambda e, c: None},
+        handlers={
+            "ApiFunction": lambda event, context: {"statusCode": 200, "body": "{}"},
+            "Job": lambda e, c: None,
+            "Undeclared": lambda e, c: None,
+        },
         admin_key_bootstrap=lambda secret: None,
-    ):
-        assert float(os.environ[period_variable("Job")]) == 30
+    ) as running:
+        assert running.mappings["Job.Often"].expression == "rate(5 minutes)"  # the Mappings entry, resolved
+        assert float(os.environ[period_variable("Job")]) == 0.5  # minutes: 30 s
+        assert running.environment[period_variable("Job")] == os.environ[period_variable("Job")]
+        assert running.function_environments["Job"][period_variable("Job")] == "5"  # what AWS would say
+        assert period_variable("Undeclared") not in os.environ
     assert period_variable("Job") not in os.environ  # the stack stopped: as it was
 
 
-@pytest.mark.parametrize("period", [None, "30", "0.5"])
+@pytest.mark.parametrize("minutes", [None, "0.5", "0.25"])
 def test_each_run_of_the_jeopardy_scan_and_the_reconciler_starts_with_the_next_part_at_any_period(
-    monkeypatch: pytest.MonkeyPatch, period: str | None
+    monkeypatch: pytest.MonkeyPatch, minutes: str | None
 ):
     from datetime import UTC, datetime, timedelta
 
     from functions.jeopardy import app as jeopardy
     from functions.reconciler import app as reconciler
-    from functions.schedule import period_variable
+    from tests.builders import template_schedule
 
-    seconds = float(period) if period else 300.0
     for function in ("JeopardyScanFunction", "ReconcilerFunction"):
-        if period is None:  # on AWS: the template's rate(5 minutes)
-            monkeypatch.delenv(period_variable(function), raising=False)
-        else:
-            monkeypatch.setenv(period_variable(function), period)
+        name, declared = template_schedule(function)  # on AWS: the template's 5 minutes
+        monkeypatch.setenv(name, minutes or declared)
+    seconds = float(minutes or declared) * 60
     start = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
     runs = [{"time": (start + timedelta(seconds=seconds * n)).isoformat()} for n in range(4)]
     turns = [jeopardy._turn(run) for run in runs]
     assert [turn - turns[0] for turn in turns] == [0, 1, 2, 3]
     firsts = [reconciler._first_pass(run, 100) for run in runs]
     assert [(first - firsts[0]) % 100 for first in firsts] == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize("value", [None, "", "0", "-5", "soon", "nan", "inf"])
+def test_a_scheduled_run_whose_period_is_unset_or_not_a_positive_number_of_minutes_fails_naming_it(
+    monkeypatch: pytest.MonkeyPatch, value: str | None
+):
+    # No constant in the code stands in for the template's rate: a function deployed without the
+    # variable would count its turn in a period nobody runs it on.
+    from functions.reconciler import app as reconciler
+    from functions.schedule import period_variable
+
+    name = period_variable("ReconcilerFunction")
+    if value is None:
+        monkeypatch.delenv(name, raising=False)
+    else:
+        monkeypatch.setenv(name, value)
+    with pytest.raises((ValueError, RuntimeError), match=f"^{name} "):
+        reconciler._first_pass({"time": "2026-12-03T12:00:00Z"}, 7)
+    assert reconciler._first_pass({"detail-type": "Scheduled Event"}, 7) == 0  # by hand: no period needed

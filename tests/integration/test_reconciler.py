@@ -15,7 +15,7 @@ import pytest
 
 from core.models import HistoryEntry, LocationInput, Order, ProductInput, utc_now
 from core.status import OrderStatus, PaymentStatus, ShipmentStatus
-from tests.builders import location_body, place_order, product_body
+from tests.builders import location_body, place_order, product_body, template_schedule
 from tests.conftest import forget_business_metrics
 from tests.fakes import FakeLabels
 from tests.installed import FAILS_TO_IMPORT, Installer, installing
@@ -49,6 +49,7 @@ def stack(aws, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
     monkeypatch.setenv("RETURN_WORKFLOW_ARN", return_arn)
     monkeypatch.setenv("RECONCILE_AFTER_MINUTES", "15")
     monkeypatch.setenv("RECONCILE_PARK_AFTER_MINUTES", "60")
+    monkeypatch.setenv(*template_schedule("ReconcilerFunction"))
     from functions.reconciler import app
 
     app.container.forget()
@@ -1414,12 +1415,16 @@ def test_no_pass_is_started_without_the_time_to_run_it_and_the_next_run_starts_w
 
 
 def test_the_passes_turn_with_the_schedule_the_template_gives_the_reconciler():
-    from functions.reconciler.app import SCHEDULE_MINUTES
-    from infra.local.template import load_template
+    from infra.local.event_sources import schedule_period
+    from infra.local.template import Template, load_template
 
+    template = Template.load()
     properties = load_template()["Resources"]["ReconcilerFunction"]["Properties"]
     schedule = properties["Events"]["EveryFiveMinutes"]
-    assert schedule["Properties"]["Schedule"] == f"rate({SCHEDULE_MINUTES} minutes)"
+    # The period the function counts its turn in is the rate it runs on: one Mappings entry, read by both.
+    _, minutes = template_schedule("ReconcilerFunction")
+    assert schedule_period(template.resolve(schedule["Properties"]["Schedule"]), "template") == float(minutes) * 60
+    assert template.document["Mappings"]["ScheduleMinutes"]["ReconcilerFunction"]["Minutes"] == 5  # its name says so
     # An EventBridge rule (SAM's Schedule) puts the run's `time` in its event, which the turn is
     # taken from; EventBridge Scheduler (ScheduleV2) sends none unless told, and every run would
     # start with the same pass.

@@ -4,6 +4,7 @@ is found by the scheduled reconciler and allocated by the workflow it starts aga
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -42,6 +43,16 @@ def age(stack: EmbeddedStack, order_id: str, minutes: float) -> None:
         ExpressionAttributeNames={"#doc": "doc"},
         ExpressionAttributeValues={":at": {"S": timestamp(then)}, ":doc": document_attribute(doc)},
     )
+
+
+def test_each_scheduled_function_counts_its_turn_in_the_period_the_stack_runs_it_on(stack):
+    # The template declares the period (the Schedule's own Mappings entry); the stack overrides it.
+    from functions.schedule import period_variable
+
+    for function in ("ReconcilerFunction", "JeopardyScanFunction"):
+        name = period_variable(function)
+        assert float(stack.function_environments[function][name]) == 5  # what AWS sees: rate(5 minutes)
+        assert float(os.environ[name]) * 60 == pytest.approx(stack.mappings[f"{function}.EveryFiveMinutes"].period)
 
 
 def test_a_stuck_order_the_outbox_never_started_is_restarted_by_the_schedule_and_allocated(stack):

@@ -14,6 +14,7 @@ import pytest
 from botocore.client import BaseClient
 
 from core.events import OrderEvent
+from core.jeopardy import ScanIncomplete
 from core.models import HistoryEntry, utc_now
 from core.money import Money
 from core.return_models import Return, ReturnLine
@@ -148,7 +149,7 @@ def test_an_entry_the_scan_died_before_writing_is_on_the_history_the_api_reads_o
 
     with monkeypatch.context() as patched:
         patched.setattr(DynamoOrders, "update", dies)
-        with pytest.raises(TimeoutError):
+        with pytest.raises(ScanIncomplete, match="TimeoutError"):
             scan()
     assert DynamoReturns(aws.dynamodb, aws.tables["ReturnsTable"]).get(item.id).status is R.CANCELLED
     assert [e.type for e in orders.history("ord_d")[1]] == [OrderEvent.CREATED]

@@ -84,3 +84,22 @@ def test_a_refused_item_found_by_botocore_is_still_the_requests_own():
     error = parsed(400, b'{"__type":"com.amazonaws.dynamodb.v20120810#ValidationException",'
                         b'"message":"Item size has exceeded the maximum allowed size"}')  # fmt: skip
     assert not dependency_down(error)
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [
+        (429, b""),  # a throttle a front end answers with no body: botocore's Code "429"
+        (400, b'{"__type":"TooManyRequestsException","message":"Rate exceeded"}'),
+        (400, b'{"__type":"Throttling","message":"Rate exceeded"}'),  # the query protocol's name
+        (400, b'{"__type":"KmsThrottlingException","message":"KMS throttled the request"}'),
+    ],
+)
+def test_a_throttle_by_any_name_botocore_retries_as_one_is_busy_and_the_service_down(status, body):
+    # Before: only DynamoDB's and Step Functions' own names were: a 429, or a service that names its
+    # throttle otherwise, was each return's own (the pass read on into the throttle, every return
+    # spending botocore's retries) and answered 500 rather than 503 by the API.
+    from functions.adapters.aws_errors import busy
+
+    error = parsed(status, body)
+    assert busy(error) and dependency_down(error)

@@ -65,11 +65,15 @@ def test_an_alarm_calls_a_person_for_each_void_the_gateway_refused_or_no_plugin_
 def test_the_reconciler_runs_every_five_minutes_with_the_thresholds_as_parameters():
     reconciler = _properties("ReconcilerFunction")
     assert reconciler["Handler"] == "functions.reconciler.app.lambda_handler"
+    variables = reconciler["Environment"]["Variables"]
+    # The rate and the period the reconciler counts its turn in (functions/schedule.py): one entry.
+    minutes = {"Fn::FindInMap": ["ScheduleMinutes", "ReconcilerFunction", "Minutes"]}
     assert reconciler["Events"]["EveryFiveMinutes"] == {
         "Type": "Schedule",
-        "Properties": {"Schedule": "rate(5 minutes)"},
+        "Properties": {"Schedule": {"Fn::Sub": ["rate(${Minutes} minutes)", {"Minutes": minutes}]}},
     }
-    variables = reconciler["Environment"]["Variables"]
+    assert TEMPLATE["Mappings"]["ScheduleMinutes"]["ReconcilerFunction"] == {"Minutes": 5}
+    assert variables["OMS_SCHEDULE_MINUTES_RECONCILERFUNCTION"] == minutes
     assert variables["RECONCILE_AFTER_MINUTES"] == {"Ref": "ReconcileAfterMinutes"}
     assert variables["RECONCILE_PARK_AFTER_MINUTES"] == {"Ref": "ParkStalledAfterMinutes"}
     parameters = TEMPLATE["Parameters"]
@@ -81,3 +85,25 @@ def test_the_reconciler_runs_every_five_minutes_with_the_thresholds_as_parameter
 def test_the_outbox_runs_several_batches_of_a_shard_at_once():
     stream = _properties("OutboxFunction")["Events"]["OrdersStream"]["Properties"]
     assert stream["ParallelizationFactor"] == 10  # AWS's maximum
+
+
+def test_a_failed_scheduled_run_is_not_run_again_and_its_errors_alarm_holds_until_a_run_succeeds():
+    # A scheduled run is invoked asynchronously: by default Lambda runs a failed one twice more with
+    # the same event, so one return that keeps failing (the reconciler fails by design, to page)
+    # ran every pass three times a period, and the jeopardy scan redid the same part (its turn is
+    # the event's time). The next scheduled run is the retry.
+    for function, alarm in (
+        ("ReconcilerFunction", "ReconcilerErrorsAlarm"),
+        ("JeopardyScanFunction", "JeopardyScanErrorsAlarm"),
+    ):
+        assert _properties(function)["EventInvokeConfig"] == {"MaximumRetryAttempts": 0}, function
+        # One failed run a period (no retries in the minutes after it) still fires the alarm, and
+        # keeps it firing until a period passes with none: not ALARM, OK and ALARM again each period.
+        errors = _properties(alarm)
+        assert (errors["Namespace"], errors["MetricName"], errors["Statistic"]) == ("AWS/Lambda", "Errors", "Sum")
+        assert errors["Dimensions"] == [{"Name": "FunctionName", "Value": {"Ref": function}}]
+        assert (errors["Threshold"], errors["ComparisonOperator"]) == (1, "GreaterThanOrEqualToThreshold")
+        minutes = TEMPLATE["Mappings"]["ScheduleMinutes"][function]["Minutes"]
+        assert errors["Period"] == 60 and errors["DatapointsToAlarm"] == 1
+        assert errors["EvaluationPeriods"] * errors["Period"] >= minutes * 60, alarm
+        assert errors["TreatMissingData"] == "notBreaching"

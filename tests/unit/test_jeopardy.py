@@ -10,7 +10,7 @@ from core import hookimpl
 from core.errors import InvalidTransition, StaleVersion
 from core.events import OrderEvent
 from core.holds import HoldRequest, Holds, ReleaseRequest
-from core.jeopardy import DEFAULT_SLA, HOLD_EXPIRED, SCAN_ACTOR, JeopardyScan, parse_duration, parse_sla
+from core.jeopardy import DEFAULT_SLA, HOLD_EXPIRED, SCAN_ACTOR, JeopardyScan, ScanIncomplete, parse_duration, parse_sla
 from core.models import Order, OrderEdit
 from core.payments import Payments
 from core.plugin_manager import build_plugin_manager
@@ -352,7 +352,7 @@ def test_a_scan_that_dies_after_writing_the_expiry_leaves_a_cancel_the_workflow_
     expiring = JeopardyScan(
         InMemoryLateOrders(world.orders), world.orders, dies, clock, sla=parse_sla(""), hold_expiry=timedelta(days=1)
     )
-    with pytest.raises(TimeoutError):
+    with pytest.raises(ScanIncomplete, match="TimeoutError"):
         expiring.run()
     order = world.order(order_id)
     assert (order.status, order.payment.status) == (S.CANCELLED, "authorized")
@@ -629,7 +629,7 @@ def test_an_expiry_that_died_before_the_orders_entry_has_it_written_once_by_the_
         raise RuntimeError("the scan's Lambda timed out here")
 
     monkeypatch.setattr(world.orders, "update", dies)
-    with pytest.raises(RuntimeError):
+    with pytest.raises(ScanIncomplete, match="RuntimeError"):
         return_scan(world, clock, returns).run()
     monkeypatch.setattr(world.orders, "update", real)
     assert world.returns.get(item.id).status is ReturnStatus.CANCELLED

@@ -10,8 +10,8 @@ from datetime import timedelta
 import pytest
 
 from core.deadline import Deadline
-from core.jeopardy import JeopardyScan, Scanned, parse_sla
-from core.status import OrderStatus, ReturnStatus
+from core.jeopardy import JeopardyScan, ScanIncomplete, Scanned, parse_sla
+from core.status import UNRECEIVED_RETURNS, OrderStatus, ReturnStatus
 from plugins.testing.memory import InMemoryLateOrders, InMemoryUnreceivedReturns
 from tests.unit.test_jeopardy import Clock, hold_at, one_mug_returned, returns_service
 from tests.unit.world import World, build_world
@@ -162,3 +162,36 @@ def test_a_run_is_cut_short_only_when_its_deadline_left_something_undone(world, 
     assert done.expired == orders[:1]
     assert deadline.reached is cut_short
     assert [world.order(order_id).status for order_id in orders[1:]] == [S.ON_HOLD] * (holds - 1)
+
+
+class ReturnsDown(InMemoryUnreceivedReturns):
+    """The Returns table's index, throttled past botocore's retries."""
+
+    def created_before(self, *args: object) -> list[str]:
+        raise RuntimeError("the Returns table is throttled")
+
+
+def test_a_part_that_fails_outright_keeps_what_the_others_did_and_the_count_and_names_itself(world):
+    # A part that raised ended the run: what the parts before it did (holds cancelled, orders
+    # marked) was stored but never logged nor counted, the parts after it did not run, and the
+    # late orders were not counted (OrdersInJeopardyAlarm went without its point).
+    clock = Clock()
+    holds = held(world, clock, 2)
+    late = world.allocated(("MUG", 1)).id
+    one_mug_returned(world, returns_service(world, clock))
+    clock.advance(days=31)
+    scan = JeopardyScan(
+        InMemoryLateOrders(world.orders), world.orders, world.actions.cancel, clock,
+        sla=parse_sla("on_hold=60d"), hold_expiry=timedelta(days=2),
+        unreceived=ReturnsDown(world.returns), expire_return=returns_service(world, clock).expire,
+        return_expiry=timedelta(days=30),
+    )  # fmt: skip
+
+    with pytest.raises(ScanIncomplete) as raised:
+        scan.run(turn=0)  # the holds first, then the returns, then the late orders
+
+    done = raised.value.done
+    assert sorted(done.expired) == sorted(holds) and done.marked == [late] and done.in_jeopardy == 1
+    assert [name for name, _ in raised.value.failed] == [f"returns {s.value}" for s in sorted(UNRECEIVED_RETURNS)]
+    assert all(str(error) == "the Returns table is throttled" for _, error in raised.value.failed)
+    assert {world.order(order_id).status for order_id in holds} == {S.CANCELLED}

@@ -10,7 +10,8 @@ import pytest
 
 import functions.jeopardy.app as jeopardy
 from core.capture_sweep import CapturesSettled
-from core.jeopardy import Scanned
+from core.jeopardy import ScanIncomplete, Scanned
+from tests.builders import template_schedule
 from tests.integration.import_support import context
 
 
@@ -114,26 +115,83 @@ def test_the_scan_itself_starts_nothing_once_the_invocation_is_nearly_over_and_s
     jeopardy.metrics.clear_metrics()
     capsys.readouterr()
 
+    monkeypatch.setenv(*template_schedule("JeopardyScanFunction"))
     answer = jeopardy.lambda_handler({"detail-type": "Scheduled Event", "time": "2026-12-03T12:05:00Z"}, invocation)
 
     assert answer["marked"] == ["ord_a"] and (given["first"], given["then"]) == (False, True)
     assert jeopardy.SCAN_RESERVE_MILLIS > jeopardy.RESERVE_MILLIS  # the settlements after it keep their time
-    assert given["turn"] == 1_796_299_500 // (jeopardy.SCHEDULE_MINUTES * 60)  # 2026-12-03T12:05:00Z
+    assert given["turn"] == 1_796_299_500 // 300  # 2026-12-03T12:05:00Z, in the template's 5 minutes
     [warned] = [r for r in caplog.records if r.getMessage().startswith("jeopardy scan cut short")]
     assert warned.levelname == "WARNING"
     printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [record["JeopardyScansCutShort"] for record in printed if "JeopardyScansCutShort" in record] == [[1.0]]
 
 
-def test_each_scheduled_scan_takes_the_next_turn_by_the_schedule_the_template_gives_it():
-    from infra.local.template import load_template
+def test_each_scheduled_scan_takes_the_next_turn_by_the_schedule_the_template_gives_it(monkeypatch):
+    from infra.local.event_sources import schedule_period
+    from infra.local.template import Template, load_template
 
     schedule = load_template()["Resources"]["JeopardyScanFunction"]["Properties"]["Events"]["EveryFiveMinutes"]
     assert schedule["Type"] == "Schedule"  # an EventBridge rule: its event carries the run's `time`
-    assert schedule["Properties"]["Schedule"] == f"rate({jeopardy.SCHEDULE_MINUTES} minutes)"
+    # The period the scan counts its turn in is the rate it runs on: one Mappings entry, read by both.
+    name, minutes = template_schedule("JeopardyScanFunction")
+    assert schedule_period(Template.load().resolve(schedule["Properties"]["Schedule"]), "template") == 300
+    assert float(minutes) == 5
+    monkeypatch.setenv(name, minutes)
     # The scan starts nothing with SCAN_RESERVE_MILLIS left: a timeout barely over it would leave it no time.
     timeout = load_template()["Resources"]["JeopardyScanFunction"]["Properties"]["Timeout"]
     assert timeout * 1000 >= 2 * jeopardy.SCAN_RESERVE_MILLIS
     turns = [jeopardy._turn({"time": f"2026-12-03T12:{5 * n:02d}:00Z"}) for n in range(3)]
     assert [turn - turns[0] for turn in turns] == [0, 1, 2]
     assert jeopardy._turn({"detail-type": "Scheduled Event"}) == 0  # by hand: the first part first
+
+
+def test_a_scan_part_that_failed_outright_still_reports_what_the_others_did_then_fails(monkeypatch, caplog, capsys):
+    # A part that raised (the Returns table throttled) ended the handler before its report: the
+    # orders the parts before it marked and the holds they cancelled were never logged nor counted,
+    # and OrdersInJeopardy went without its point.
+    monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "false")
+    down = RuntimeError("the Returns table is throttled")
+    done = Scanned(marked=["ord_a"], expired=["ord_b"], in_jeopardy=3)
+
+    def scan(**_):
+        raise ScanIncomplete(done, [("returns requested", down)])
+
+    services = SimpleNamespace(plugins=SimpleNamespace(broken=[]), jeopardy_scan=SimpleNamespace(run=scan))
+    monkeypatch.setattr(jeopardy, "container", lambda: services)
+    jeopardy.metrics.clear_metrics()
+    capsys.readouterr()
+
+    with pytest.raises(ScanIncomplete):  # the errors alarm calls a person
+        jeopardy.lambda_handler({"detail-type": "Scheduled Event"}, context("JeopardyScanFunction"))
+
+    metrics: dict[str, list] = {}
+    for line in capsys.readouterr().out.splitlines():
+        record = json.loads(line)
+        for metric in record.get("_aws", {}).get("CloudWatchMetrics", [{}])[0].get("Metrics", []):
+            metrics[metric["Name"]] = record[metric["Name"]]
+    assert metrics == {"OrdersInJeopardy": [3.0], "OrdersMarkedInJeopardy": [1.0], "HoldsExpired": [1.0]}
+    logged = {r.getMessage(): r for r in caplog.records}
+    assert {"order in jeopardy: past the deadline of its status", "order cancelled: its hold expired"} <= set(logged)
+    failed = logged["jeopardy scan part failed: the next run does it again"]
+    assert (failed.levelname, failed.part, failed.exc_info[1]) == ("ERROR", "returns requested", down)
+
+
+def test_a_scan_whose_count_failed_reports_no_count_rather_than_zero(monkeypatch, capsys):
+    # Zero would clear OrdersInJeopardyAlarm while late orders are open.
+    monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "false")
+    done = Scanned(marked=["ord_a"], in_jeopardy=None)
+
+    def scan(**_):
+        raise ScanIncomplete(done, [("count", RuntimeError("the by_sla index is throttled"))])
+
+    services = SimpleNamespace(plugins=SimpleNamespace(broken=[]), jeopardy_scan=SimpleNamespace(run=scan))
+    monkeypatch.setattr(jeopardy, "container", lambda: services)
+    jeopardy.metrics.clear_metrics()
+    capsys.readouterr()
+
+    with pytest.raises(ScanIncomplete):
+        jeopardy.lambda_handler({"detail-type": "Scheduled Event"}, context("JeopardyScanFunction"))
+
+    printed = capsys.readouterr().out
+    assert "OrdersMarkedInJeopardy" in printed and 'OrdersInJeopardy"' not in printed
