@@ -147,6 +147,8 @@ class RefundService:
             decided.append(refund_id)
             if order.payment.refund_by_id(refund_id) is not None:
                 return None
+            if kind == "appeasement":
+                _refuse_while_settling(order)
             written.append(True)
             # An appeasement gives back first what the payment holds beyond the order's total that the
             # gateway's refusals left to a person (core.refunds.over_capture_owed): decided here, on
@@ -421,6 +423,31 @@ class RefundService:
             order.payment.refunds, lambda refund: Refund.shown(order.id, refund),
             lambda refund: refund.status != "pending", order_id, "refunds", limit, cursor,
         )  # fmt: skip
+
+
+def _refuse_while_settling(order: Order) -> None:
+    """A new appeasement is refused (409 `settlement_refund_pending`, naming it) while a
+    cancellation refund of what the captures hold beyond the order's total is `pending`: the
+    gateway's answer to it is not known, so the appeasement could be taken neither as giving that
+    back (it may have gone back already) nor as goodwill on top (the customer would have the amount
+    twice once it succeeds, as when a person gives back what they were told was left to them,
+    OverCapturesNotRefundedAlarm, while a later cancel's refund of it waits for the gateway). The
+    pending-refund pass, a repeat of the cancel or a ship or delivery answers it; then the
+    appeasement is taken as ever. A rare path: the typical order has no cancellation refund."""
+    pending = next((r for r in order.payment.refunds if r.kind == "cancellation" and r.status == "pending"), None)
+    if pending is None:
+        return
+    amount = f"{pending.amount.amount} {pending.amount.currency}"
+    raise Conflict(
+        f"the refund {pending.id} of {amount} captured beyond the order's total after units were cancelled is still"
+        " waiting for the payment gateway's answer: an appeasement now could give the customer that money twice;"
+        f" retry once GET /orders/{order.id}/refunds shows it succeeded or failed (the reconciler asks it again"
+        " every few minutes)",
+        code="settlement_refund_pending",
+        details=[
+            {"field": "amount", "message": f"refund {pending.id} of {amount} is pending", "refund_id": pending.id}
+        ],
+    )
 
 
 def show_refunded_in_all(
