@@ -71,3 +71,33 @@ def test_a_settlement_the_gateway_refuses_to_the_kept_back_pass_is_reported_as_o
 
     assert [r.status for r in world.order(order.id).payment.refunds] == ["failed"]
     assert (done.owed_back_refused, done.refused, done.given_up) == ([order.id], [], [])
+
+
+def test_two_cancels_that_die_before_refunding_owe_the_sum_and_the_pass_refunds_it_once(monkeypatch):
+    # A CAP shipped with all the shipping captured (20.00 a unit), three PENs still to ship: two
+    # cancels of a PEN each die right after their write. The second's write keeps the record the
+    # first made, and what the captures hold beyond the total then holds both PENs' shipping: the
+    # pass refunds it in one refund, once, and the order is settled to its total.
+    from tests.unit.test_unit_cancellation import ShippingPerUnitOf20, settled
+
+    clock = Clock()
+    world = build_world([("PEN", "wh-west", 5), ("CAP", "wh-east", 8)], ShippingPerUnitOf20(), clock=clock)
+    order = world.allocated(("CAP", 1), ("PEN", 3), shipping_method="per_unit")
+    world.actions.ship(order.id, world.shipment_at(order, "wh-east"), None, actor="key_wh")
+    for key in ("k-1", "k-2"):
+        dies_after_recording(world, monkeypatch, OrderEvent.UNITS_CANCELLED)
+        with pytest.raises(Died):
+            world.actions.cancel(order.id, "one pen", actor="key_web", lines={"L2": 1}, request_key=key)
+        monkeypatch.undo()
+    owing = world.order(order.id)
+    assert owing.settlement_owed and owing.payment.refunds == []
+
+    done = [pass_later(world, clock) for _ in range(2)]
+
+    after = world.order(order.id)
+    assert [(r.kind, r.status, r.amount) for r in after.payment.refunds] == [
+        ("cancellation", "succeeded", owing.payment.captured - owing.totals.grand_total)
+    ]
+    assert settled(after) == after.totals.grand_total
+    assert [d.owed_back_refunded for d in done] == [[after.payment.refunds[0].id], []]
+    assert not after.settlement_owed
