@@ -147,6 +147,8 @@ class RefundService:
             decided.append(refund_id)
             if order.payment.refund_by_id(refund_id) is not None:
                 return None
+            if kind == "appeasement":
+                _refuse_while_settling(order)
             written.append(True)
             # An appeasement gives back first what the payment holds beyond the order's total that the
             # gateway's refusals left to a person (core.refunds.over_capture_owed): decided here, on
@@ -423,6 +425,31 @@ class RefundService:
         )  # fmt: skip
 
 
+def _refuse_while_settling(order: Order) -> None:
+    """A new appeasement is refused (409 `settlement_refund_pending`, naming it) while a
+    cancellation refund of what the captures hold beyond the order's total is `pending`: the
+    gateway's answer to it is not known, so the appeasement could be taken neither as giving that
+    back (it may have gone back already) nor as goodwill on top (the customer would have the amount
+    twice once it succeeds, as when a person gives back what they were told was left to them,
+    OverCapturesNotRefundedAlarm, while a later cancel's refund of it waits for the gateway). The
+    pending-refund pass, a repeat of the cancel or a ship or delivery answers it; then the
+    appeasement is taken as ever. A rare path: the typical order has no cancellation refund."""
+    pending = next((r for r in order.payment.refunds if r.kind == "cancellation" and r.status == "pending"), None)
+    if pending is None:
+        return
+    amount = f"{pending.amount.amount} {pending.amount.currency}"
+    raise Conflict(
+        f"the refund {pending.id} of {amount} captured beyond the order's total after units were cancelled is still"
+        " waiting for the payment gateway's answer: an appeasement now could give the customer that money twice;"
+        f" retry once GET /orders/{order.id}/refunds shows it succeeded or failed (the reconciler asks it again"
+        " every few minutes)",
+        code="settlement_refund_pending",
+        details=[
+            {"field": "amount", "message": f"refund {pending.id} of {amount} is pending", "refund_id": pending.id}
+        ],
+    )
+
+
 def show_refunded_in_all(
     returns: ReturnRepository, order: Order, return_id: str, at: datetime, *, elsewhere: Money | None = None
 ) -> None:
@@ -618,14 +645,20 @@ class PendingRefundSweep:
 
 @dataclass
 class KeptBackRefunded:
-    """What a kept-back pass did: the refunds the gateway approved (`refunded`, ids), the orders
-    whose refund it refused (`refused`), those of them it has now refused KEPT_BACK_REFUSALS times,
-    left to a person (`given_up`), and the orders that failed otherwise (`failed`, by order id)."""
+    """What a kept-back pass did: the refunds of what returns kept back the gateway approved
+    (`refunded`, ids), the orders whose such refund it refused (`refused`), those of them it has
+    now refused KEPT_BACK_REFUSALS times, left to a person (`given_up`), and the orders that failed
+    otherwise (`failed`, by order id). Apart, what cancels of units owed back
+    (Order.settlement_owed): the settlement refunds approved (`owed_back_refunded`, ids) and the
+    orders whose settlement refund was refused (`owed_back_refused`; one refused
+    OVER_CAPTURE_REFUSALS times has its own call to a person: OverCapturesNotRefundedAlarm)."""
 
     refunded: list[str] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)
     given_up: list[str] = field(default_factory=list)
     failed: dict[str, Exception] = field(default_factory=dict)
+    owed_back_refunded: list[str] = field(default_factory=list)
+    owed_back_refused: list[str] = field(default_factory=list)
 
 
 class KeptBackNotRefunded(Exception):
@@ -655,7 +688,8 @@ class KeptBackSweep:
     finishes it); at most `limit` orders are asked, of at most `max_reads` read. An order a cancel
     of units left owing money back (Order.settlement_owed: its function died before giving it, or
     the gateway refused or was down) is in the same index and handed to `top_up` as one owing,
-    which gives it first (UnitCancellation.settle_owed); a refusal of it is counted in `refused`."""
+    which gives it first (UnitCancellation.settle_owed); what it refunds or the gateway refuses of
+    that is counted apart (KeptBackRefunded.owed_back_*), not as what a return kept back."""
 
     def __init__(
         self, owed: KeptBackRefunds, orders: OrderRepository, top_up: Callable[[Order, str], Order],
@@ -710,16 +744,21 @@ class KeptBackSweep:
                 after = self._top_up(order, actor)
             except Exception as error:  # reported once the pass is done
                 done.failed[order_id] = error
-            else:
-                before = {refund.id: refund.status for refund in order.payment.refunds}
-                new = [refund for refund in after.payment.refunds if before.get(refund.id) != refund.status]
-                done.refunded += [refund.id for refund in new if refund.status == "succeeded"]
-                if any(refund.status == "pending" for refund in new):
-                    down.add(order.payment.method)
-                if any(refund.status == "failed" for refund in new):
-                    done.refused.append(order_id)
-                    if owes_kept_back(after, refusals=None) and not owes_kept_back(after):
-                        done.given_up.append(order_id)
+                after = order
+            before = {refund.id: refund.status for refund in order.payment.refunds}
+            new = [refund for refund in after.payment.refunds if before.get(refund.id) != refund.status]
+            owed_back = [refund for refund in new if refund.kind == "cancellation"]
+            kept_back = [refund for refund in new if refund.kind != "cancellation"]
+            done.owed_back_refunded += [refund.id for refund in owed_back if refund.status == "succeeded"]
+            done.refunded += [refund.id for refund in kept_back if refund.status == "succeeded"]
+            if any(refund.status == "pending" for refund in new):
+                down.add(order.payment.method)
+            if any(refund.status == "failed" for refund in owed_back):
+                done.owed_back_refused.append(order_id)
+            if any(refund.status == "failed" for refund in kept_back):
+                done.refused.append(order_id)
+                if owes_kept_back(after, refusals=None) and not owes_kept_back(after):
+                    done.given_up.append(order_id)
             if asked == self._limit:
                 break
         return done

@@ -190,7 +190,17 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
             )
         for order_id, failure in kept_back.failed.items():
             logger.error("refund of what a return kept back not made", extra={"order_id": order_id}, exc_info=failure)
-        for name, count in (("KeptBackRefunded", len(kept_back.refunded)), ("KeptBackRefused", len(kept_back.refused))):
+        # What cancels of units owed back (Order.settlement_owed), which the same pass gives: named apart.
+        for refund_id in kept_back.owed_back_refunded:
+            logger.warning("what a cancel of units owed back refunded", extra={"refund_id": refund_id})
+        for order_id in kept_back.owed_back_refused:
+            logger.warning("refund of what a cancel of units owed back refused", extra={"order_id": order_id})
+        for name, count in (
+            ("KeptBackRefunded", len(kept_back.refunded)),
+            ("KeptBackRefused", len(kept_back.refused)),
+            ("OwedBackRefunded", len(kept_back.owed_back_refunded)),
+            ("OwedBackRefused", len(kept_back.owed_back_refused)),
+        ):
             if count:
                 metrics.add_metric(name=name, unit=MetricUnit.Count, value=count)
         if kept_back.given_up or kept_back.failed:

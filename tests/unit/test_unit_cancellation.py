@@ -11,7 +11,14 @@ from decimal import Decimal
 import pytest
 
 from core import hookimpl
-from core.errors import Backordered, InvalidRequest, InvalidTransition, PaymentGatewayUnavailable, TransientError
+from core.errors import (
+    Backordered,
+    Conflict,
+    InvalidRequest,
+    InvalidTransition,
+    PaymentGatewayUnavailable,
+    TransientError,
+)
 from core.events import OrderEvent
 from core.holds import HoldRequest, Holds
 from core.ids import booking_key
@@ -760,6 +767,50 @@ def test_an_appeasement_left_pending_by_an_outage_counts_once_whichever_finishes
         ("cancellation", "succeeded", Money.of("47.14", "USD")),
     ]
     assert settled(done) == done.totals.grand_total
+
+
+def test_an_appeasement_while_a_settlement_refund_is_pending_is_refused_naming_it():
+    # The 12.86 was left to a person; before they act the last PENs are cancelled while the gateway
+    # is down: the settlement's refund of all 60.00 now held beyond the total is pending. Before:
+    # the person's appeasement of the 12.86 was taken as goodwill (nothing is left to a person while
+    # a settlement is on its way), and once the gateway came back the 60.00 went through too: the
+    # customer had the 12.86 twice. Now it is 409 naming the pending refund, and nothing is written.
+    world, left, _ = over_capture_left_to_a_person_with_pens_to_ship()
+    world.gateway.script("refund", "transient")
+    world.actions.cancel(left.id, "no more pens", actor="key_web")
+    pending = world.order(left.id).payment.refunds[-1]
+    assert (pending.kind, pending.status, pending.amount) == ("cancellation", "pending", Money.of("60.00", "USD"))
+    before = world.order(left.id)
+
+    with pytest.raises(Conflict) as refused:
+        world.refunds.issue_refund(left.id, Money.of("12.86", "USD"), "the cancelled pen's shipping", "cs-1", "key_cs")
+
+    assert refused.value.code == "settlement_refund_pending"
+    assert [d.get("refund_id") for d in refused.value.details] == [pending.id]
+    assert pending.id in refused.value.message and "60.00" in refused.value.message
+    assert world.order(left.id) == before  # nothing written
+    world.gateway.script("refund", "approve")
+    done = world.actions.cancel(left.id, "no more pens", actor="key_web")  # finishes it
+    assert [(r.kind, r.status) for r in done.payment.refunds[3:]] == [("cancellation", "succeeded")]
+    assert settled(done) == done.totals.grand_total == Money.of("28.33", "USD")
+    # Answered, an appeasement is taken again: goodwill now, as nothing is owed.
+    given = world.refunds.issue_refund(left.id, Money.of("5.00", "USD"), "the parcel came late", "cs-2", "key_cs")
+    assert (given.status, world.order(left.id).payment.refunds[-1].over_capture) == ("succeeded", None)
+
+
+def test_an_appeasement_made_before_a_settlement_refund_went_pending_is_answered_again_under_its_key():
+    # A client retrying the appeasement it made before the cancel (its answer lost) gets that
+    # refund, not 409: only a new appeasement waits for the settlement's answer.
+    world, left, _ = over_capture_left_to_a_person_with_pens_to_ship()
+    over = Money.of("12.86", "USD")
+    first = world.refunds.issue_refund(left.id, over, "the pen's shipping", "cs-1", "key_cs", same_request=True)
+    world.gateway.script("refund", "transient")
+    world.actions.cancel(left.id, "no more pens", actor="key_web")
+    assert world.order(left.id).payment.refunds[-1].status == "pending"
+
+    again = world.refunds.issue_refund(left.id, over, "the pen's shipping", "cs-1", "key_cs", same_request=True)
+
+    assert again == first and first.status == "succeeded"
 
 
 def test_goodwill_given_while_the_settlement_is_still_asked_is_not_taken_as_the_over_capture():
