@@ -333,7 +333,7 @@ class UnitCancellation:
         (or left to a person), the order no longer records it owed (Order.settlement_owed)."""
         self._release_stock(order)
         if order.stock_owed:
-            self._stock_released(order.id)
+            self._stock_released(order)
         try:
             self._refunds.finish_pending(order.id, actor)
             self._settle_payment(self._current(order.id), actor)
@@ -364,13 +364,20 @@ class UnitCancellation:
         resumes_to = order.hold.resume_to if order.status is S.ON_HOLD and order.hold is not None else order.status
         if resumes_to not in (S.PENDING, S.AUTHORIZED, S.BACKORDERED):
             self._release_stock(order)
-        self._stock_released(order.id)
+        self._stock_released(order)
         return self._current(order.id)
 
-    def _stock_released(self, order_id: str) -> None:
-        """The order no longer records units a cancel freed as still to be released (Order.stock_owed)."""
-        at = self._clock()
-        modify(self._orders, order_id, lambda current: current.stock_released(at=at), consistent=True)
+    def _stock_released(self, released: Order) -> None:
+        """The order no longer records units a cancel freed as still to be released
+        (Order.stock_owed), now that its reservations were brought down to what `released`'s
+        shipments need; unless those changed since (another cancel of units, whose own release,
+        should its function die, the record is left for)."""
+        at, held = self._clock(), _held_by_shipments(released)
+        modify(
+            self._orders, released.id,
+            lambda current: current.stock_released(at=at) if _held_by_shipments(current) == held else None,
+            consistent=True,
+        )  # fmt: skip
 
     def _release_stock(self, order: Order) -> None:
         """Bring every reservation of the order down to what its shipments that have not left
@@ -676,6 +683,17 @@ class UnitCancellation:
             if current.payment.authorization == authorization and current.payment.captured < current.payment.authorized
             else None,
         )  # fmt: skip
+
+
+def _held_by_shipments(order: Order) -> frozenset[tuple[str, str, str, int]]:
+    """What the order's shipments that have not left hold, unit by unit of each line and location:
+    what _release_stock brings its reservations down to."""
+    return frozenset(
+        (shipment.id, shipment.location_id, item.line_id, item.quantity)
+        for shipment in order.shipments
+        if shipment.status in NOT_LEFT
+        for item in shipment.lines
+    )
 
 
 def _beyond_authorization(order: Order, new: Order) -> InvalidTransition | None:

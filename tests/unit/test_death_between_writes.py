@@ -273,3 +273,41 @@ def test_a_keyed_retry_before_the_reconciler_releases_the_units_and_the_pass_not
     passes(world, clock)
 
     assert world.level("MUG", "wh-west") == (5, 3, 2)
+
+
+def test_units_owed_a_release_are_stored_never_shown_and_never_on_the_typical_order():
+    world = build_world(CANCEL_STOCK)
+    order = world.allocated(("MUG", 4))
+    assert "stock_owed" not in order.stored_json()
+    owing = order.owing_stock()
+
+    assert Order.model_validate_json(owing.stored_json()).stock_owed
+    assert "stock_owed" not in owing.model_dump_json()
+    assert index_attributes(owing)["refund_key"] == {"S": KEPT_BACK_KEY}
+    assert owing.version == order.version  # written with the cancel, not a version of its own
+
+
+def test_a_release_owed_leaves_the_record_while_another_cancel_changed_what_the_parcels_hold(monkeypatch):
+    # The request's release brought the reservation down to the 3 its parcel held when it read
+    # the order; a second cancel (of one more unit) landed meanwhile and owes its own release. The
+    # record stays for it, should its function die too.
+    world, clock, order = units_cancelled_by_a_function_that_dies(monkeypatch)
+    units = world.actions._units
+    real = units._release_stock
+
+    def release_then_another_cancel(read: Order) -> None:
+        real(read)
+        monkeypatch.setattr(units, "_release_stock", real)
+        monkeypatch.setattr(units, "_stock_released", lambda released: None)  # the second one dies there
+        world.actions.cancel(order.id, "two fewer", actor="key_web", lines={"L1": 1})
+        monkeypatch.undo()
+
+    monkeypatch.setattr(units, "_release_stock", release_then_another_cancel)
+    units.release_owed(world.order(order.id))
+    monkeypatch.undo()
+
+    assert world.order(order.id).stock_owed
+    assert world.level("MUG", "wh-west") == (5, 2, 3)
+    passes(world, clock)
+    assert not world.order(order.id).stock_owed
+    assert world.level("MUG", "wh-west") == (5, 2, 3)
