@@ -253,6 +253,24 @@ def test_parameter_overrides_win_over_defaults():
 @pytest.mark.parametrize(
     ("parameter", "value", "refused"),
     [
+        ("ApiBurstLimit", "400.5", "ThrottlingBurstLimit"),
+        ("AuthorizerCacheSeconds", "2.5", "ReauthorizeEvery"),
+    ],
+)
+def test_a_number_an_integer_property_cannot_take_is_refused_naming_its_parameter(parameter, value, refused):
+    # A Number parameter takes 400.5, but API Gateway's ThrottlingBurstLimit and an authorizer's
+    # ReauthorizeEvery are integers: the deploy fails on the stage or the authorizer. `make run`
+    # failed too, with int()'s "invalid literal for int() with base 10: '400.5'", naming nothing.
+    template = Template.load(parameter_overrides={parameter: value})
+    functions = {name: LocalFunction(name, ok) for name in template.functions()}
+
+    with pytest.raises(ValueError, match=f"^parameter {parameter} must be a whole number .*{refused}.*got '{value}'"):
+        ApiGateway.from_template(template, functions)
+
+
+@pytest.mark.parametrize(
+    ("parameter", "value", "refused"),
+    [
         ("HoldExpiryDays", "-1", "must be at least 0"),
         ("ReturnExpiryDays", "nan", "must be a number"),
         ("PickupExpiryDays", "inf", "must be a number"),
