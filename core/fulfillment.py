@@ -400,7 +400,10 @@ class OrderActions:
         (the reconciler's kept-back pass: UnitCancellation.refund_kept_back), but what the gateway
         refused KEPT_BACK_REFUSALS times already: left to a person, it is not asked again. First,
         what a cancel of units owed back and its function died before giving (Order.settlement_owed:
-        UnitCancellation.settle_owed)."""
+        UnitCancellation.settle_owed), and the units it freed and died before releasing
+        (Order.stock_owed: UnitCancellation.release_owed)."""
+        if order.stock_owed:
+            order = self._units.release_owed(order)
         if order.settlement_owed:
             order = self._units.settle_owed(order, actor)
         return self._units.refund_kept_back(order, actor, refusals=KEPT_BACK_REFUSALS)

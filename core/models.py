@@ -1599,6 +1599,13 @@ class Order(BaseModel, defer_build=True):
     # money would stay with the shop for good. Never set on the typical order (no cancel of units).
     # The system's own: stored, never shown.
     settlement_owed: bool = Field(default=False, exclude=True)
+    # A cancel of units (of an order whose stock its workflow no longer settles) brought the order's
+    # reservations down after its write (UnitCancellation._release_stock): written with the cancel,
+    # so a function that dies before that leaves the order in the kept-back pass's index, which
+    # releases them and clears this (UnitCancellation.release_owed); without it only a client
+    # repeating the cancel would, and the units would stay reserved for no one (and leave on_hand
+    # with the last parcel's ship). Never set on the typical order. The system's own: stored, never shown.
+    stock_owed: bool = Field(default=False, exclude=True)
     created_at: datetime
     updated_at: datetime
     version: int
@@ -1691,6 +1698,8 @@ class Order(BaseModel, defer_build=True):
             system["returns_to_show"] = list(self.returns_to_show)
         if self.settlement_owed:
             system["settlement_owed"] = True
+        if self.stock_owed:
+            system["stock_owed"] = True
         if self.hold is not None and self.hold.resume_to is not None:
             # Inside the API's `hold`: through a dict (held orders only).
             doc = self.model_dump(mode="json", exclude_none=True, exclude=_NOT_STORED)
@@ -3501,6 +3510,15 @@ class Order(BaseModel, defer_build=True):
         """This version (one a cancel of units has just decided) recording that what the cancel
         owes back is still to be done (settlement_owed): written with it, not a version of its own."""
         return _replaced(self, settlement_owed=True)
+
+    def owing_stock(self) -> Order:
+        """This version (one a cancel of units has just decided) recording that the reservations
+        it frees are still to be brought down (stock_owed): written with it, not a version of its own."""
+        return _replaced(self, stock_owed=True)
+
+    def stock_released(self, *, at: datetime) -> Bookkeeping | None:
+        """What a cancel of units freed is released: no longer owed (stock_owed). None when it was not."""
+        return self._bookkeeping(at=at, stock_owed=False) if self.stock_owed else None
 
     def settlement_done(self, *, at: datetime) -> Bookkeeping | None:
         """What a cancel of units owed back is done, or left to a person: no longer owed

@@ -730,7 +730,7 @@ class KeptBackSweep:
             order = self._orders.get(order_id, consistent=True)
             if order is None or order.payment.method in down:
                 continue
-            if not owes_kept_back(order) and not order.settlement_owed:
+            if not owes_kept_back(order) and not order.settlement_owed and not order.stock_owed:
                 if (order_id in finished and kept_back_owed(order)) or order.returns_to_show:
                     try:
                         self._top_up(order, actor)

@@ -179,6 +179,8 @@ class UnitCancellation:
                                             grants=grants, request_key=request_key if lines else None)  # fmt: skip
             if _owes_back(new):
                 new = new.owing_settlement()  # with the cancel: should this function die before giving it
+            if order.status is not S.BACKORDERED and not order.not_sourced():
+                new = new.owing_stock()  # with the cancel: should this function die before releasing it
             beyond = _beyond_authorization(order, new) if lines is not None else None
             if beyond is not None:
                 if not consistent:
@@ -330,6 +332,8 @@ class UnitCancellation:
         nothing ships after a cancel of the rest to do it). What the cancel owed back once given
         (or left to a person), the order no longer records it owed (Order.settlement_owed)."""
         self._release_stock(order)
+        if order.stock_owed:
+            self._stock_released(order)
         try:
             self._refunds.finish_pending(order.id, actor)
             self._settle_payment(self._current(order.id), actor)
@@ -345,6 +349,35 @@ class UnitCancellation:
         """The order as this request's own writes left it: read consistently, since a plain read
         just after them may show it as it was (and what is decided or answered on it with it)."""
         return visible(self._orders.get(order_id, consistent=True), order_id, None)
+
+    def release_owed(self, order: Order) -> Order:
+        """The units a cancel of units freed and its function died before releasing
+        (Order.stock_owed): the reconciler's kept-back pass brings the order's reservations down to
+        what its shipments still need, as a repeat of the cancel would (each shrink or release
+        conditional on what the reservation holds: never twice), then clears the record. An order
+        back before its shipments since (pending, authorized or backordered, held or not) is left to
+        its workflow, which settles its stock, as a keyed retry leaves it (_replayed). Returns the
+        order as it then is."""
+        order = self._current(order.id)
+        if not order.stock_owed:
+            return order
+        resumes_to = order.hold.resume_to if order.status is S.ON_HOLD and order.hold is not None else order.status
+        if resumes_to not in (S.PENDING, S.AUTHORIZED, S.BACKORDERED):
+            self._release_stock(order)
+        self._stock_released(order)
+        return self._current(order.id)
+
+    def _stock_released(self, released: Order) -> None:
+        """The order no longer records units a cancel freed as still to be released
+        (Order.stock_owed), now that its reservations were brought down to what `released`'s
+        shipments need; unless those changed since (another cancel of units, whose own release,
+        should its function die, the record is left for)."""
+        at, held = self._clock(), _held_by_shipments(released)
+        modify(
+            self._orders, released.id,
+            lambda current: current.stock_released(at=at) if _held_by_shipments(current) == held else None,
+            consistent=True,
+        )  # fmt: skip
 
     def _release_stock(self, order: Order) -> None:
         """Bring every reservation of the order down to what its shipments that have not left
@@ -650,6 +683,17 @@ class UnitCancellation:
             if current.payment.authorization == authorization and current.payment.captured < current.payment.authorized
             else None,
         )  # fmt: skip
+
+
+def _held_by_shipments(order: Order) -> frozenset[tuple[str, str, str, int]]:
+    """What the order's shipments that have not left hold, unit by unit of each line and location:
+    what _release_stock brings its reservations down to."""
+    return frozenset(
+        (shipment.id, shipment.location_id, item.line_id, item.quantity)
+        for shipment in order.shipments
+        if shipment.status in NOT_LEFT
+        for item in shipment.lines
+    )
 
 
 def _beyond_authorization(order: Order, new: Order) -> InvalidTransition | None:

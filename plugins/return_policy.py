@@ -1,7 +1,7 @@
 """Built-in return policy: returns within a window of delivery, no approval, no fee; shipping back
 only when the whole order comes back for a fault of the shop.
 
-- The window: `OMS_RETURN_WINDOW_DAYS` (default 30) from the delivery of the shipment(s) that
+- The window: `OMS_RETURN_WINDOW_DAYS` (default 30; 0 takes no return) from the delivery of the shipment(s) that
   carried the returned lines, or from their shipment when not delivered yet (the latest such
   time: a line split over two parcels is returnable until the later one's window closes). A line
   outside it refuses the whole return with 422 `return_window_closed`.
@@ -33,20 +33,23 @@ SHOP_FAULTS = frozenset({"damaged", "defective", "wrong_item"})
 def window() -> timedelta:
     """`OMS_RETURN_WINDOW_DAYS`: a number of days, fractions allowed (the template parameter
     `ReturnWindowDays` is a Number: 30.5 deploys, and was read with int(), so every return request
-    failed), from 0 to 100 years (core.deadline.LONGEST: more, or NaN or inf, cannot be a timedelta
-    or leaves the calendar); anything else is refused naming the setting."""
+    failed), from 0 (returns are not taken) to 100 years (core.deadline.LONGEST: more, or NaN or
+    inf, cannot be a timedelta or leaves the calendar), written as a deploy takes it
+    (core.settings.number: not `1_000` or ` 30 `); anything else is refused naming the setting,
+    when the plugin loads (below) and, should the variable change since, at each request."""
     from core.deadline import LONGEST
+    from core.settings import number
 
-    raw = os.environ.get("OMS_RETURN_WINDOW_DAYS", "").strip()
-    try:
-        days = float(raw) if raw else DEFAULT_WINDOW_DAYS
-    except ValueError:
-        days = float("nan")
-    if not 0 <= days <= LONGEST.days:  # False for NaN too
+    raw = os.environ.get("OMS_RETURN_WINDOW_DAYS", "")
+    days = number(raw) if raw else DEFAULT_WINDOW_DAYS
+    if days is None or not 0 <= days <= LONGEST.days:
         raise ValueError(
             f"OMS_RETURN_WINDOW_DAYS must be a number of days from 0 to {LONGEST.days} (100 years), not {raw!r}"
         )
     return timedelta(days=days)
+
+
+window()  # a malformed value fails the plugin's load, where /health names it, not each return request
 
 
 def since(order: Order, line_id: str) -> datetime | None:
@@ -67,6 +70,12 @@ def oms_return_policy(order: Order, lines: list[ReturnLineInput], now: datetime)
     allowed_for = window()
     for line in lines:
         started = since(order, line.line_id)
+        if started is not None and not allowed_for:
+            return ReturnPolicyDecision(
+                allowed=False,
+                code="return_window_closed",
+                message="returns are not taken: the return window is 0 days (OMS_RETURN_WINDOW_DAYS)",
+            )
         if started is not None and now - started > allowed_for:
             return ReturnPolicyDecision(
                 allowed=False,

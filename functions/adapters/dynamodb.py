@@ -292,7 +292,8 @@ SETTLEMENT_CAPTURE_KEY = "settlement"
 # typical order writes no entry. So is an order whose returns owe showing what a refund the gateway
 # answered gave back (Order.returns_to_show: the function that recorded it died before showing it),
 # for the same pass to show it, and one a cancel of units left owing money back that its function
-# died before giving (Order.settlement_owed), for the same pass to give it. An order with a refund
+# died before giving (Order.settlement_owed), for the same pass to give it, or before releasing
+# the units it freed (Order.stock_owed), for the same pass to release them. An order with a refund
 # pending (this one's too), a settlement capture requested or an authorization left is in their
 # partition first, then moves here.
 KEPT_BACK_KEY = "kept_back"
@@ -345,7 +346,7 @@ def index_attributes(order: Order, *, authorizations_set_aside: bool = False) ->
     elif order.authorizations_left and not authorizations_set_aside:
         attributes["refund_key"] = {"S": UNSETTLED_AUTHORIZATION_KEY}
         attributes["refund_since"] = {"S": timestamp(order.last_changed)}
-    elif owes_kept_back(order) or order.returns_to_show or order.settlement_owed:
+    elif owes_kept_back(order) or order.returns_to_show or order.settlement_owed or order.stock_owed:
         attributes["refund_key"] = {"S": KEPT_BACK_KEY}
         attributes["refund_since"] = {"S": timestamp(order.last_changed)}
     elif order.owes_carrier_work():

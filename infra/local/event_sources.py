@@ -28,6 +28,7 @@ from itertools import count
 from typing import Any
 from urllib.parse import quote_plus, unquote_plus
 
+from core import settings
 from infra.local.lambdas import LocalFunction
 from infra.local.moto_patches import lock
 from infra.local.template import ACCOUNT_ID, REGION
@@ -508,12 +509,10 @@ def _local_period(function_logical_id: str, period: float) -> float:
     then LOCAL_SCHEDULE_PERIODS' default, then the template's."""
     own_env, period = LOCAL_SCHEDULE_PERIODS.get(function_logical_id, ("", period))
     for variable in filter(None, (SCHEDULE_PERIOD_ENV, own_env)):
-        if override := os.environ.get(variable, "").strip():
-            try:
-                period = float(override)
-            except ValueError:
-                period = 0
-            if not 0 < period < float("inf"):  # False for NaN too: its run was never due, silently
+        if (override := os.environ.get(variable, "")).strip():
+            # As every numeric setting is written (core.settings.number): not `1_0`, ` 30 `, nan or inf.
+            period = settings.number(override) or 0.0
+            if not period > 0:  # NaN and inf are refused by number(): their run was never due, silently
                 raise EventSourceError(f"{variable} must be a positive number of seconds, got {override!r}")
     return period
 

@@ -21,6 +21,7 @@ from werkzeug.datastructures import Headers
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.wrappers import Request, Response
 
+from core import settings
 from core.card_numbers import MASK, contains_card_number, mask_card_numbers
 from core.log_text import escape_for_log
 from infra.local.lambdas import LocalFunction
@@ -313,6 +314,18 @@ class TokenBuckets:
             return (1 - tokens) / self.rate
 
 
+def _whole(template: Template, declared: Any, prop: str) -> int:
+    """The template's value of an integer property of the API (`declared`, unresolved), or
+    ValueError naming the parameter that set it: a Number parameter takes 400.5, which the
+    property (and so the deploy) refuses."""
+    value = template.resolve(declared)
+    number = settings.number(str(value))
+    if number is None or number != int(number):
+        source = f"parameter {declared['Ref']}" if isinstance(declared, dict) and "Ref" in declared else prop
+        raise ValueError(f"{source} must be a whole number ({prop} is an integer on API Gateway), got {value!r}")
+    return int(number)
+
+
 def _static_headers(kind: str, declared: Mapping[str, Any]) -> dict[str, str]:
     """A gateway response's declared headers: static values ('text'), sent as they are; a mapping
     from the request (method.request...) is not emulated and fails startup."""
@@ -355,11 +368,13 @@ class ApiGateway:
             identity = config.get("Identity") or {}
             headers, cache_seconds = tuple(identity.get("Headers") or ()), identity.get("ReauthorizeEvery", 300)
             function = functions[template.authorizer_function(name)]
-            authorizers[name] = Authorizer(name, function, headers, int(template.resolve(cache_seconds)))
+            authorizers[name] = Authorizer(name, function, headers, _whole(template, cache_seconds, "ReauthorizeEvery"))
         if "throttle" not in kwargs:  # from the first MethodSettings entry that sets both limits
-            for setting in template.resolve(template.api("MethodSettings", [])):
+            for declared in template.api("MethodSettings", []):
+                setting = template.resolve(declared)
                 if "ThrottlingRateLimit" in setting and "ThrottlingBurstLimit" in setting:
-                    rate, burst = float(setting["ThrottlingRateLimit"]), int(setting["ThrottlingBurstLimit"])
+                    rate = float(setting["ThrottlingRateLimit"])
+                    burst = _whole(template, declared["ThrottlingBurstLimit"], "ThrottlingBurstLimit")
                     kwargs["throttle"] = TokenBuckets(rate, burst)
                     break
         stage = str(template.resolve(template.api("StageName", "Prod")))

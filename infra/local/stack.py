@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from core import settings
 from infra.local.activity import Activity
 from infra.local.event_sources import ScheduleMapping
 from infra.local.gateway import ApiGateway
@@ -60,12 +61,10 @@ def _retry_delay_scale(given: float | None) -> float:
     it at construction, as the local schedule's periods are (event_sources._local_period). NaN, inf
     or a negative scale passed here and failed only inside the ASL interpreter, at the first Retry
     sleep of some execution (time.sleep refuses them), naming no setting."""
-    raw = os.environ.get("OMS_RETRY_DELAY_SCALE", "").strip() if given is None else str(given)
-    try:
-        scale = float(raw) if raw else 1.0
-    except ValueError:
-        scale = float("nan")
-    if not 0 <= scale < float("inf"):  # False for NaN too
+    raw = os.environ.get("OMS_RETRY_DELAY_SCALE", "") if given is None else str(given)
+    # Written as every numeric setting is (core.settings.number: not `1_0`, ` 2 `).
+    scale = settings.number(raw) if raw.strip() else 1.0
+    if scale is None or not scale >= 0:
         raise ValueError(f"OMS_RETRY_DELAY_SCALE must be a number of 0 or more (1: AWS's timing), got {raw!r}")
     return scale
 

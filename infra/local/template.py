@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import KW_ONLY, dataclass, field
@@ -12,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from core import settings
 from infra import asl
 from infra.local import supported
 
@@ -89,11 +89,9 @@ def parameter_refused(declared: Mapping[str, Any], value: Any) -> str | None:
         return None
     if declared.get("Type") != "Number":
         return None
-    try:
-        number = float(str(value).strip())
-    except ValueError:
-        number = math.nan
-    if not math.isfinite(number):
+    # As a deploy reads it: not float()'s `1_000`, ` 5 `, `nan` or `inf` (core.settings).
+    number = settings.number(str(value))
+    if number is None:
         return "must be a number"
     if "MinValue" in declared and number < float(declared["MinValue"]):
         return f"must be at least {declared['MinValue']}"

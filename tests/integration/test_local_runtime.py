@@ -253,6 +253,24 @@ def test_parameter_overrides_win_over_defaults():
 @pytest.mark.parametrize(
     ("parameter", "value", "refused"),
     [
+        ("ApiBurstLimit", "400.5", "ThrottlingBurstLimit"),
+        ("AuthorizerCacheSeconds", "2.5", "ReauthorizeEvery"),
+    ],
+)
+def test_a_number_an_integer_property_cannot_take_is_refused_naming_its_parameter(parameter, value, refused):
+    # A Number parameter takes 400.5, but API Gateway's ThrottlingBurstLimit and an authorizer's
+    # ReauthorizeEvery are integers: the deploy fails on the stage or the authorizer. `make run`
+    # failed too, with int()'s "invalid literal for int() with base 10: '400.5'", naming nothing.
+    template = Template.load(parameter_overrides={parameter: value})
+    functions = {name: LocalFunction(name, ok) for name in template.functions()}
+
+    with pytest.raises(ValueError, match=f"^parameter {parameter} must be a whole number .*{refused}.*got '{value}'"):
+        ApiGateway.from_template(template, functions)
+
+
+@pytest.mark.parametrize(
+    ("parameter", "value", "refused"),
+    [
         ("HoldExpiryDays", "-1", "must be at least 0"),
         ("ReturnExpiryDays", "nan", "must be a number"),
         ("PickupExpiryDays", "inf", "must be a number"),
@@ -261,6 +279,10 @@ def test_parameter_overrides_win_over_defaults():
         ("WebhookRetryBaseSeconds", "0", "must be at least 1"),
         ("LogRetentionDays", "31", "must be one of 1, 3, 5"),
         ("ApiRateLimit", "many", "must be a number"),
+        # What Python's float() takes and a deploy's Number does not: `make run` took OMS_RATE_LIMIT=1_000.
+        ("ApiRateLimit", "1_000", "must be a number"),
+        ("ApiBurstLimit", " 400 ", "must be a number"),
+        ("ReturnWindowDays", "\u0663\u0660", "must be a number"),
         # A String parameter's AllowedValues (exact, as CloudFormation compares) and AllowedPattern.
         ("EnableTestPayments", "yes", "must be one of true, false"),
         ("EnableTestPayments", "TRUE", "must be one of true, false"),
@@ -329,6 +351,12 @@ def test_the_local_stack_refuses_such_an_override_at_once_naming_its_variable(mo
     monkeypatch.setenv("OMS_HOLD_EXPIRY_DAYS", "-1")
     with pytest.raises(ValueError, match=r"^OMS_HOLD_EXPIRY_DAYS: parameter HoldExpiryDays must be at least 0"):
         EmbeddedStack(api_port=0, aws_port=0, seed=False)
+    monkeypatch.setenv("OMS_HOLD_EXPIRY_DAYS", "1")
+    monkeypatch.setenv("OMS_RATE_LIMIT", "1_000")
+    with pytest.raises(ValueError, match=r"^OMS_RATE_LIMIT: parameter ApiRateLimit must be a number, got '1_000'"):
+        EmbeddedStack(api_port=0, aws_port=0, seed=False)
+    monkeypatch.delenv("OMS_RATE_LIMIT")
+    monkeypatch.setenv("OMS_HOLD_EXPIRY_DAYS", "-1")
     # Given by the caller, the override wins over the variable, and is named as a parameter.
     with pytest.raises(ValueError, match=r"^parameter HoldExpiryDays must be a number, got 'nan'"):
         EmbeddedStack(api_port=0, aws_port=0, seed=False, parameter_overrides={"HoldExpiryDays": "nan"})

@@ -69,7 +69,7 @@ def test_a_malformed_or_cron_schedule_fails_clearly_rather_than_run_at_the_wrong
         schedule_period(expression, "here")
 
 
-@pytest.mark.parametrize("value", ["0", "-5", "soon", "nan", "inf"])
+@pytest.mark.parametrize("value", ["0", "-5", "soon", "nan", "inf", "3_0", " 30 "])
 def test_a_local_schedule_period_that_is_not_a_positive_finite_number_fails_at_start(monkeypatch, value: str):
     # NaN and inf passed the "<= 0" check: the next run was due at now + nan (never reached) or
     # + inf (OMS_JEOPARDY_SCAN_SECONDS=inf: no jeopardy pass ever ran locally, and nothing said so).

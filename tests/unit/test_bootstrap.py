@@ -148,6 +148,27 @@ def test_a_numeric_setting_that_is_not_a_number_is_refused_by_name(monkeypatch: 
         Config.from_env()
 
 
+@pytest.mark.parametrize("raw", ["1_000", " 5 ", "5 ", "\u0665", "nan", "inf", "-inf", "0x10"])
+def test_a_numeric_setting_a_deploy_would_refuse_is_refused_by_name(monkeypatch: pytest.MonkeyPatch, raw: str):
+    # float() takes underscores, surrounding spaces, other scripts' digits, nan and inf: a function
+    # ran on OMS_PICKUP_EXPIRY_DAYS=1_000 while the deploy of PickupExpiryDays (a Number) refuses it.
+    for name in ("ORDERS_TABLE", "INVENTORY_TABLE", "CATALOG_TABLE", "IDEMPOTENCY_TABLE"):
+        monkeypatch.setenv(name, "t")
+    monkeypatch.setenv("OMS_PICKUP_EXPIRY_DAYS", raw)
+
+    with pytest.raises(ValueError, match=r"^OMS_PICKUP_EXPIRY_DAYS must be a number"):
+        Config.from_env()
+
+
+@pytest.mark.parametrize(("raw", "taken"), [("30", 30.0), ("2.5", 2.5), (".5", 0.5), ("1e2", 100.0), ("", 7.0)])
+def test_a_numeric_setting_is_taken_as_a_deploy_takes_it(monkeypatch: pytest.MonkeyPatch, raw: str, taken: float):
+    for name in ("ORDERS_TABLE", "INVENTORY_TABLE", "CATALOG_TABLE", "IDEMPOTENCY_TABLE"):
+        monkeypatch.setenv(name, "t")
+    monkeypatch.setenv("OMS_PICKUP_EXPIRY_DAYS", raw)
+
+    assert Config.from_env().pickup_expiry_days == taken
+
+
 def test_duration_settings_up_to_100_years_are_taken():
     settings = {
         "authorization_valid_days": 36500.0,

@@ -199,3 +199,115 @@ def test_what_a_cancel_owes_back_is_stored_never_shown_and_never_on_the_typical_
     assert "settlement_owed" not in owing.model_dump_json()
     assert index_attributes(owing)["refund_key"] == {"S": KEPT_BACK_KEY}
     assert owing.version == order.version  # written with the cancel, not a version of its own
+
+
+# --- Stock a cancel of units died before releasing ------------------------------------------------
+
+
+def units_cancelled_by_a_function_that_dies(monkeypatch: pytest.MonkeyPatch) -> tuple[World, Clock, Order]:
+    """Four MUGs allocated at the west; a cancel of one of them is written, and its function dies
+    right after that write, before bringing the reservation down to the three left to ship."""
+    clock = Clock()
+    world = build_world(CANCEL_STOCK, clock=clock)
+    order = world.allocated(("MUG", 4))
+    assert world.level("MUG", "wh-west") == (5, 4, 1)
+    died = dies_after_recording(world, monkeypatch, OrderEvent.UNITS_CANCELLED)
+    with pytest.raises(Died):
+        world.actions.cancel(order.id, "one fewer", actor="key_web", lines={"L1": 1}, request_key="key-1")
+    monkeypatch.undo()
+    assert died and world.order(order.id).lines[0].quantity == 3
+    assert world.level("MUG", "wh-west") == (5, 4, 1)  # the unit cancelled is still reserved
+    return world, clock, order
+
+
+def test_units_a_cancel_died_before_releasing_are_released_by_the_reconciler_once(monkeypatch):
+    # Before: nothing but the client repeating the cancel under its Idempotency-Key released the
+    # unit: it stayed reserved (sold to no one) until a person looked, and the last parcel's ship
+    # took all four units off on_hand for the three that left.
+    world, clock, order = units_cancelled_by_a_function_that_dies(monkeypatch)
+    assert index_attributes(world.order(order.id))["refund_key"] == {"S": KEPT_BACK_KEY}
+
+    passes(world, clock)
+
+    assert world.level("MUG", "wh-west") == (5, 3, 2)
+    assert world.held_for(order.id) == {("MUG", "wh-west", f"{order.id}#L1"): 3}
+    after = world.order(order.id)
+    # Out of the pass's index (still in the carrier work's: the parcel's new label died with it too).
+    assert not after.stock_owed and index_attributes(after).get("refund_key") != {"S": KEPT_BACK_KEY}
+    passes(world, clock)  # never twice
+    assert world.level("MUG", "wh-west") == (5, 3, 2)
+    shipment = after.shipments[0]
+    world.actions.ship(order.id, shipment.id, None, actor="key_wh")
+    assert world.level("MUG", "wh-west") == (2, 0, 2)
+
+
+def test_a_cancel_that_releases_its_units_leaves_nothing_owed(monkeypatch):
+    # The record is written with the cancel and cleared once its units are released: the order
+    # leaves the pass's index with the request that wrote it.
+    clock = Clock()
+    world = build_world(CANCEL_STOCK, clock=clock)
+    order = world.allocated(("MUG", 4))
+    world.actions.cancel(order.id, "one fewer", actor="key_web", lines={"L1": 1})
+
+    after = world.order(order.id)
+    assert world.level("MUG", "wh-west") == (5, 3, 2)
+    assert not after.stock_owed and "refund_key" not in index_attributes(after)
+
+
+def test_a_keyed_retry_after_the_reconciler_released_the_units_releases_nothing_more(monkeypatch):
+    world, clock, order = units_cancelled_by_a_function_that_dies(monkeypatch)
+    passes(world, clock)
+
+    world.actions.cancel(order.id, "one fewer", actor="key_web", lines={"L1": 1}, request_key="key-1")
+
+    assert world.order(order.id).lines[0].quantity == 3
+    assert world.level("MUG", "wh-west") == (5, 3, 2)
+
+
+def test_a_keyed_retry_before_the_reconciler_releases_the_units_and_the_pass_nothing_more(monkeypatch):
+    world, clock, order = units_cancelled_by_a_function_that_dies(monkeypatch)
+
+    world.actions.cancel(order.id, "one fewer", actor="key_web", lines={"L1": 1}, request_key="key-1")
+    assert world.level("MUG", "wh-west") == (5, 3, 2)
+    assert not world.order(order.id).stock_owed
+    passes(world, clock)
+
+    assert world.level("MUG", "wh-west") == (5, 3, 2)
+
+
+def test_units_owed_a_release_are_stored_never_shown_and_never_on_the_typical_order():
+    world = build_world(CANCEL_STOCK)
+    order = world.allocated(("MUG", 4))
+    assert "stock_owed" not in order.stored_json()
+    owing = order.owing_stock()
+
+    assert Order.model_validate_json(owing.stored_json()).stock_owed
+    assert "stock_owed" not in owing.model_dump_json()
+    assert index_attributes(owing)["refund_key"] == {"S": KEPT_BACK_KEY}
+    assert owing.version == order.version  # written with the cancel, not a version of its own
+
+
+def test_a_release_owed_leaves_the_record_while_another_cancel_changed_what_the_parcels_hold(monkeypatch):
+    # The request's release brought the reservation down to the 3 its parcel held when it read
+    # the order; a second cancel (of one more unit) landed meanwhile and owes its own release. The
+    # record stays for it, should its function die too.
+    world, clock, order = units_cancelled_by_a_function_that_dies(monkeypatch)
+    units = world.actions._units
+    real = units._release_stock
+
+    def release_then_another_cancel(read: Order) -> None:
+        real(read)
+        monkeypatch.setattr(units, "_release_stock", real)
+        monkeypatch.setattr(units, "_stock_released", lambda released: None)  # the second one dies there
+        world.actions.cancel(order.id, "two fewer", actor="key_web", lines={"L1": 1})
+        monkeypatch.undo()
+
+    monkeypatch.setattr(units, "_release_stock", release_then_another_cancel)
+    units.release_owed(world.order(order.id))
+    monkeypatch.undo()
+
+    assert world.order(order.id).stock_owed
+    assert world.level("MUG", "wh-west") == (5, 2, 3)
+    passes(world, clock)
+    assert not world.order(order.id).stock_owed
+    assert world.level("MUG", "wh-west") == (5, 2, 3)

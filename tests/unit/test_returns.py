@@ -224,6 +224,61 @@ def test_a_return_window_that_cannot_be_a_wait_is_refused_by_name(monkeypatch, r
         window()
 
 
+@pytest.mark.parametrize("raw", ["1_000", " 30 ", "\u0663\u0660"])
+def test_a_return_window_a_deploy_would_refuse_is_refused_by_name(monkeypatch, raw: str):
+    # float() took them (ReturnWindowDays, a Number, refuses them at deploy): the window ran on
+    # 1000 days under `make run`'s check and the plugin's alike.
+    from plugins.return_policy import window
+
+    monkeypatch.setenv("OMS_RETURN_WINDOW_DAYS", raw)
+
+    with pytest.raises(ValueError, match=r"^OMS_RETURN_WINDOW_DAYS must be a number of days from 0 to 36500"):
+        window()
+
+
+LOAD_WITH_WINDOW = """
+import json, sys
+from core.plugin_manager import build_plugin_manager
+manager = build_plugin_manager()
+print(json.dumps({info.name: info.reason for info in manager.broken}))
+"""
+
+
+@pytest.mark.parametrize("raw", ["abc", "-1", "nan"])
+def test_a_malformed_return_window_fails_the_plugin_s_load_naming_the_setting(raw: str):
+    # It was read at each return request only: every one answered 500 plugin_error, and /health
+    # said nothing. A fresh interpreter, as a new container is (the module is imported once).
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "OMS_RETURN_WINDOW_DAYS": raw}
+    out = subprocess.run([sys.executable, "-c", LOAD_WITH_WINDOW], cwd=Path(__file__).resolve().parents[2],
+                         env=env, capture_output=True, text=True, check=True)  # fmt: skip
+    broken = json.loads(out.stdout)
+
+    assert list(broken) == ["return_policy"]
+    assert "OMS_RETURN_WINDOW_DAYS must be a number of days from 0 to 36500" in broken["return_policy"]
+
+
+def test_a_return_window_of_0_days_refuses_every_return(world, monkeypatch):
+    # ReturnWindowDays=0 turns returns off: a return asked the moment its parcel was delivered was
+    # still taken (the window closed only once time had passed since).
+    monkeypatch.setenv("OMS_RETURN_WINDOW_DAYS", "0")
+    returns, store = returns_for(world, Clock(NOW))
+    order = shipped(world, ("TSHIRT", 1))
+    assert order.shipments[0].delivered_at == NOW
+
+    with pytest.raises(InvalidRequest) as refused:
+        returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
+
+    assert refused.value.code == "return_window_closed"
+    assert "returns are not taken" in refused.value.message, refused.value.message
+    assert store.returns == {}
+
+
 class EscapingRefusal:
     """A policy whose refusal quotes what the shop's service said, terminal escapes and a bidi override included."""
 
