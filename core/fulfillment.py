@@ -20,6 +20,7 @@ from core.errors import (
     PaymentRefused,
     StaleVersion,
 )
+from core.exchange_credit import owes_credit_back
 from core.holds import give_back_or_note, give_back_surplus
 from core.ids import reservation_key, shipment_id_for
 from core.models import Change, LineInput, Order, OrderEdit, OrderLine, PaymentInput, PlaceOrder, utc_now
@@ -138,7 +139,7 @@ class OrderActions:
 
     def _hand_over(
         self, order: Order, shipment_id: str, actor: str, channel: str | None,
-        done: tuple[ShipmentStatus, ...], record: Callable[[Order, Money, str | None, datetime], object],
+        done: tuple[ShipmentStatus, ...], record: Callable[[Order, Money, str | None, datetime], Change],
     ) -> Order:  # fmt: skip
         """Ship or collect `shipment_id`: request its capture, capture it, `record` it, then its
         units leave and the payment is settled (after_shipping). A shipment `done` already only
@@ -178,7 +179,10 @@ class OrderActions:
             )
             if request is not None and taken_back:
                 raise InvalidTransition(f"the capture for shipment {shipment_id} was withdrawn: the order changed")
-            return record(current, amount, capture.reference if capture else None, at)
+            new, entry = record(current, amount, capture.reference if capture else None, at)
+            # A replacement's last parcel: what of its credit it does not use is given back after
+            # this write (after_shipping), and recorded owed with it, should this function die first.
+            return (new.owing_settlement() if owes_credit_back(new) else new), entry
 
         try:
             handed = modify(self._orders, order.id, decide, channel=channel)

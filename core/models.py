@@ -1592,11 +1592,14 @@ class Order(BaseModel, defer_build=True):
     returns_to_show: list[str] = Field(default_factory=list, exclude=True)
     # What a cancel of units owes back that its function does after its write: the refund of what
     # the captures hold beyond the new total (a settlement), and for an exchange's replacement left
-    # nothing to ship, the give-back of the credit it does not use (on its original order). Written
-    # with the cancel, so a function that dies before those leaves the order in the kept-back pass's
-    # index (functions.adapters.dynamodb.index_attributes), which finishes them and clears this
-    # (UnitCancellation.settle_owed); without it only a client repeating the cancel would, and the
-    # money would stay with the shop for good. Never set on the typical order (no cancel of units).
+    # nothing to ship, the give-back of the credit it does not use (on its original order); so does
+    # a replacement's last parcel shipped or collected below its credit owe that give-back
+    # (core.exchange_credit.owes_credit_back). Written with the cancel (or that ship or collect), so
+    # a function that dies before those leaves the order in the kept-back pass's index
+    # (functions.adapters.dynamodb.index_attributes), which finishes them and clears this
+    # (UnitCancellation.settle_owed); without it only a client repeating the cancel (or the ship or
+    # collect: a carrier that never reports delivery, a pickup collected) would, and the money
+    # would stay with the shop for good. Never set on the typical order (no cancel of units, no credit).
     # The system's own: stored, never shown.
     settlement_owed: bool = Field(default=False, exclude=True)
     # A cancel of units (of an order whose stock its workflow no longer settles) brought the order's
@@ -3507,8 +3510,9 @@ class Order(BaseModel, defer_build=True):
         return self._bookkeeping(at=at, **fields) if fields else None
 
     def owing_settlement(self) -> Order:
-        """This version (one a cancel of units has just decided) recording that what the cancel
-        owes back is still to be done (settlement_owed): written with it, not a version of its own."""
+        """This version (one a cancel of units, or a replacement's last ship or collect, has just
+        decided) recording that what it owes back is still to be done (settlement_owed): written
+        with it, not a version of its own."""
         return _replaced(self, settlement_owed=True)
 
     def owing_stock(self) -> Order:

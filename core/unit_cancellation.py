@@ -22,7 +22,7 @@ from core.errors import (
     StaleVersion,
 )
 from core.events import OrderEvent
-from core.exchange_credit import beyond_credit
+from core.exchange_credit import beyond_credit, owes_credit_back
 from core.holds import give_back_or_note, give_back_surplus
 from core.ids import booking_key, reservation_key
 from core.models import (
@@ -571,15 +571,16 @@ class UnitCancellation:
                 order = self._current(order.id)
             if self._credits is not None and order.exchange_credit is not None:
                 self._give_back(order, actor)
-            if order.settlement_owed:  # never on the typical order: only a cancel of units sets it
+            if order.settlement_owed:  # never on the typical order: a cancel of units, or a credit, sets it
                 self._owed_back_given(order.id)
                 order = self._current(order.id)
         return self.refund_kept_back(order, actor, refusals=ASKED_BEFORE_THE_RECONCILER)
 
     def settle_owed(self, order: Order, actor: str) -> Order:
-        """What a cancel of units owed back and its function died before giving (or the gateway
-        refused, or was down for): the reconciler's kept-back pass, for an order recording it
-        (Order.settlement_owed), does what a repeat of the cancel would for the money: a refund
+        """What a cancel of units (or a replacement's last ship or collect) owed back and its
+        function died before giving (or the gateway refused, or was down for): the reconciler's
+        kept-back pass, for an order recording it (Order.settlement_owed), does what a repeat of
+        the cancel (or of that ship or collect) would for the money: a refund
         left pending is asked again, what the captures hold beyond the total refunded (under the
         settlement's keys, decided on the order as written: never twice), and a replacement left
         nothing to ship gives back the credit it does not use (under the give-back's keys). Once
@@ -744,10 +745,7 @@ def _owes_back(order: Order) -> bool:
     """Whether the order a cancel of units has just decided owes money back that only the
     function after its write gives (Order.settlement_owed): a refund of what the captures hold
     beyond its new total, or, a replacement left nothing to ship, its credit's give-back."""
-    if _over_capture(order) is not None:
-        return True
-    shipments = order.shipments
-    return order.exchange_credit is not None and bool(shipments) and all(s.status not in NOT_LEFT for s in shipments)
+    return _over_capture(order) is not None or owes_credit_back(order)
 
 
 def _over_capture(order: Order) -> tuple[str, Money] | None:

@@ -4,22 +4,26 @@ money, or the call to a person, where it belongs."""
 
 from __future__ import annotations
 
+import json
 from datetime import timedelta
 
 import pytest
 
+from core.domain_events import order_events
 from core.events import OrderEvent
-from core.models import HistoryEntry, Order
-from core.status import OrderStatus
+from core.models import CREDIT_NOT_USED, HistoryEntry, Order
+from core.status import NOT_LEFT, OrderStatus
 from core.unit_cancellation import SETTLEMENT_REASON
+from core.workflow import CANCEL_RECORDED
 from functions.adapters.dynamodb import KEPT_BACK_KEY, index_attributes
 from tests.builders import NOW
 from tests.unit.test_authorization_sweep import sweep as authorization_sweep
 from tests.unit.test_jeopardy import Clock
 from tests.unit.test_kept_back_sweep import sweep as kept_back_sweep
 from tests.unit.test_pending_refund_sweep import sweep as pending_refund_sweep
+from tests.unit.test_returns import STOCK as RETURNS_STOCK
 from tests.unit.test_returns import Clock as ReturnsClock
-from tests.unit.test_returns import returns_for
+from tests.unit.test_returns import exchange_of, receipt, returns_for
 from tests.unit.test_unit_cancellation import STOCK as CANCEL_STOCK
 from tests.unit.test_unit_cancellation import PerUnitShipping, exchanged_for_three_mugs
 from tests.unit.world import Died, World, build_world
@@ -311,3 +315,166 @@ def test_a_release_owed_leaves_the_record_while_another_cancel_changed_what_the_
     passes(world, clock)
     assert not world.order(order.id).stock_owed
     assert world.level("MUG", "wh-west") == (5, 2, 3)
+
+
+def recording_writes(world: World, monkeypatch: pytest.MonkeyPatch) -> list[tuple[Order, Order]]:
+    """Every order write from now on, as (before, after): what the stream sees."""
+    real = world.orders.update
+    writes: list[tuple[Order, Order]] = []
+
+    def update(order: Order, expected: Order, entries: list[HistoryEntry]) -> None:
+        real(order, expected, entries)
+        writes.append((expected, order))
+
+    monkeypatch.setattr(world.orders, "update", update)
+    return writes
+
+
+def refund_events(writes: list[tuple[Order, Order]], order_id: str) -> list[tuple[str, str]]:
+    """The refund events (type, refund id) the stream derives from the writes of `order_id`."""
+    return [
+        (event.type.value, event.data["refund"]["id"])
+        for before, after in writes if after.id == order_id
+        for event in order_events(json.loads(before.stored_json()), json.loads(after.stored_json()))
+        if "refund" in event.data
+    ]  # fmt: skip
+
+
+def replacement_left_below_its_credit(
+    pickup: bool, *, below: bool = True
+) -> tuple[World, ReturnsClock, Order, Order, str]:
+    """A TSHIRT exchanged for a TSHIRT and a CAP (shipped from the west and east), or for three
+    TSHIRTs to collect at the SF store (`pickup`); units of the replacement are cancelled while its
+    last parcel waits (pending, or ready at the store), leaving its total below the credit: the
+    credit's rest is given back once that parcel has left. (world, clock, original, replacement,
+    that parcel's id). Not `below`: nothing is cancelled, and it uses its whole credit."""
+    clock = ReturnsClock(NOW + timedelta(days=3))
+    world = build_world([*RETURNS_STOCK, ("TSHIRT", "store-sf", 10)], clock=clock)
+    returns, _ = returns_for(world, clock)
+    if pickup:
+        original = world.allocated(("TSHIRT", 3), fulfillment={"type": "pickup", "location_id": "store-sf"})
+        world.actions.ready(original.id, original.shipments[0].id, actor="key_store")
+        world.actions.collect(original.id, original.shipments[0].id, actor="key_store")
+        item = returns.request(original.id, exchange_of("L1", 3, ("TSHIRT", 3)), actor="key_cs")
+        returns.receive(item.id, receipt("store-sf", ("L1", 3, "resellable")), "key_store")
+    else:
+        original = world.allocated(("TSHIRT", 1))
+        for shipment in original.shipments:
+            world.actions.ship(original.id, shipment.id, None, actor="key_wh")
+        item = returns.request(original.id, exchange_of("L1", 1, ("TSHIRT", 1), ("CAP", 1)), actor="key_cs")
+        returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    replacement = world.run(returns.settle(item.id, actor="key_wh").exchange_order_id or "")
+    if pickup:
+        world.actions.ready(replacement.id, replacement.shipments[0].id, actor="key_store")
+        if below:
+            world.actions.cancel(replacement.id, "two fewer", actor="key_cs", lines={"L1": 2})
+    elif below:
+        world.actions.cancel(replacement.id, "just the cap", actor="key_cs", lines={"L1": 1})
+    else:
+        world.actions.ship(replacement.id, world.shipment_at(replacement, "wh-west"), None, actor="key_wh")
+    left = world.order(replacement.id)
+    (last,) = [s.id for s in left.shipments if s.status in NOT_LEFT]
+    assert (left.totals.grand_total < (left.exchange_credit or left.totals.grand_total)) is below
+    assert world.order(original.id).payment.refunds == []  # its total is not final until that parcel leaves
+    return world, clock, world.order(original.id), left, last
+
+
+@pytest.mark.parametrize("how", ["shipped untracked", "shipped then delivered", "collected"])
+def test_a_replacements_credit_its_last_parcel_died_before_giving_back_is_given_back_by_the_reconciler(
+    monkeypatch, how
+):
+    # Before: the last parcel's ship (or collect) wrote the order, then gave back on the original
+    # the credit the replacement no longer used. A function that died between the two left
+    # nothing asking for it but a repeat of that very ship or collect: a carrier that never reports
+    # delivery, or a pickup (collected is delivered), and the customer's money stayed captured for good.
+    world, clock, original, replacement, last = replacement_left_below_its_credit(pickup=how == "collected")
+    if how == "collected":
+        died = dies_after_recording(world, monkeypatch, OrderEvent.SHIPMENT_DELIVERED)
+        with pytest.raises(Died):
+            world.actions.collect(replacement.id, last, actor="key_store")
+    else:
+        died = dies_after_recording(world, monkeypatch, OrderEvent.SHIPMENT_SHIPPED)
+        with pytest.raises(Died):
+            world.actions.ship(replacement.id, last, None, actor="key_wh")
+        if how == "shipped then delivered":  # the delivery's function dies after its write too
+            monkeypatch.undo()
+            died = dies_after_recording(world, monkeypatch, OrderEvent.SHIPMENT_DELIVERED)
+            with pytest.raises(Died):
+                world.actions.deliver(replacement.id, last, actor="key_carrier")
+    monkeypatch.undo()
+    assert died and world.order(original.id).payment.refunds == []
+    writes = recording_writes(world, monkeypatch)
+
+    passes(world, clock)
+    passes(world, clock)
+
+    credit, total = replacement.exchange_credit, world.order(replacement.id).totals.grand_total
+    assert credit is not None
+    given_back = [(credit - total, "succeeded", f"exchange {replacement.id} {CREDIT_NOT_USED}")]
+    refunds = world.order(original.id).payment.refunds
+    assert [(r.amount, r.status, r.reason) for r in refunds] == given_back  # once, however many passes
+    if how == "collected":
+        world.actions.collect(replacement.id, last, actor="key_store")  # a repeat gives nothing more
+    else:
+        world.actions.ship(replacement.id, last, None, actor="key_wh")
+    passes(world, clock)
+    refunds = world.order(original.id).payment.refunds
+    assert [(r.amount, r.status, r.reason) for r in refunds] == given_back
+    refunded = [e for e in world.history(original.id) if e.type is OrderEvent.PAYMENT_REFUNDED]
+    assert len(refunded) == 1
+    assert refund_events(writes, original.id) == [("refund.succeeded", refunds[0].id)]
+    assert refund_events(writes, replacement.id) == []
+    item = world.returns.get(replacement.exchange_of or "")
+    assert item is not None and item.refund == credit - total  # the exchange's return shows it
+    after = world.order(replacement.id)
+    assert not after.settlement_owed and index_attributes(after).get("refund_key") is None
+
+
+@pytest.mark.parametrize("pickup", [False, True])
+@pytest.mark.parametrize("below", [True, False])
+def test_a_replacements_last_parcel_records_its_give_back_owed_only_when_it_gives_some_back(monkeypatch, pickup, below):
+    # With the write that ends it, cleared once given. A replacement that uses its whole credit,
+    # and the typical order, write nothing more.
+    def hand_over(order: Order, shipment_id: str) -> None:
+        if pickup:
+            world.actions.collect(order.id, shipment_id, actor="key_store")
+        else:
+            world.actions.ship(order.id, shipment_id, None, actor="key_wh")
+
+    world, _, original, replacement, last = replacement_left_below_its_credit(pickup, below=below)
+    writes = recording_writes(world, monkeypatch)
+    hand_over(replacement, last)
+    owed = [after.settlement_owed for _, after in writes if after.id == replacement.id]
+    if below:
+        assert (owed[0], owed[-1]) == (True, False)  # with the parcel, then cleared once given
+        assert [r.status for r in world.order(original.id).payment.refunds] == ["succeeded"]
+        return
+    assert owed and not any(owed)
+    assert world.order(original.id).payment.refunds == []
+    typical = world.allocated(("TSHIRT", 1), **({"fulfillment": {"type": "pickup", "location_id": "store-sf"}}
+                                                 if pickup else {}))  # fmt: skip
+    for shipment in typical.shipments:
+        if pickup:
+            world.actions.ready(typical.id, shipment.id, actor="key_store")
+        hand_over(typical, shipment.id)
+    assert typical.id in {after.id for _, after in writes}
+    assert not any(after.settlement_owed for _, after in writes)
+
+
+def test_a_cancelled_replacements_credit_its_cancel_died_before_giving_back_is_given_back_by_the_outbox(monkeypatch):
+    # The cancel of a whole replacement is written first, then its credit is given back: a
+    # function that dies between them leaves the cancel's stream record, whose execution finishes
+    # the clean-up (functions/outbox: CancelRecorded), the give-back with it, once.
+    world, _, original, replacement, _ = replacement_left_below_its_credit(pickup=False)
+    died = dies_after_recording(world, monkeypatch, OrderEvent.CANCELLED)
+    with pytest.raises(Died):
+        world.actions.cancel(replacement.id, "not wanted", actor="key_cs")
+    monkeypatch.undo()
+    assert died and world.order(original.id).payment.refunds == []
+
+    for _ in range(2):
+        world.workflow.cancel_after_failure(replacement.id, CANCEL_RECORDED, "")
+
+    credit = replacement.exchange_credit
+    refunds = world.order(original.id).payment.refunds
+    assert [(r.amount, r.status) for r in refunds] == [(credit, "succeeded")]
