@@ -1169,6 +1169,23 @@ class Hold(BaseModel, defer_build=True):
     # it, shown by the history alone, so the person's release ends their hold only and the order
     # stays held for a person to confirm the parcels (Order.release). Stored on those holds only.
     ships_to_confirm: list[str] = Field(default_factory=list, exclude=True)
+    # The system's hold for those parcels that a person's release of their hold made a park left
+    # standing (Order.release): who released and with what note, so the same release sent again (a
+    # client's blind retry, whatever its Idempotency-Key) is known for a repeat and confirms no
+    # parcel nobody looked at (Order.repeats_release). Stored on those holds only.
+    left_by_release: ReleaseSent | None = Field(default=None, exclude=True)
+
+
+class ReleaseSent(BaseModel, defer_build=True):
+    """A person's release as sent: by whom (their API key's id) and with what note."""
+
+    actor: str
+    note: str | None = None
+
+
+# How long the same release sent again is taken for a retry of the one before (Order.repeats_release):
+# as long as an Idempotency-Key is honoured (API.md).
+RELEASE_RETRY_WINDOW = timedelta(hours=24)
 
 
 class Jeopardy(BaseModel, defer_build=True):
@@ -1699,6 +1716,8 @@ class Order(BaseModel, defer_build=True):
                 doc["hold"]["parked"] = True
             if self.hold.ships_to_confirm:
                 doc["hold"]["ships_to_confirm"] = list(self.hold.ships_to_confirm)
+            if self.hold.left_by_release is not None:
+                doc["hold"]["left_by_release"] = self.hold.left_by_release.model_dump(mode="json", exclude_none=True)
             return json.dumps({**doc, **system}, separators=(",", ":"))
         api_json = self.model_dump_json(exclude_none=True, exclude=_NOT_STORED)
         if not system:
@@ -3022,6 +3041,17 @@ class Order(BaseModel, defer_build=True):
             changed_before_mark=self.last_changed,
         )  # fmt: skip
 
+    def repeats_release(self, *, note: str | None, at: datetime, actor: str) -> bool:
+        """Whether a release by `actor` with `note` at `at` is the person's release that left the
+        order on the system's hold for parcels to confirm sent again (Hold.left_by_release): the
+        same caller and note, within RELEASE_RETRY_WINDOW of it. Such a retry (its answer lost, it
+        carries a new Idempotency-Key or none) means the hold its sender saw, which is released
+        already: answered with the order as it stands, it confirms no parcel (Holds.release)."""
+        if self.status is not OrderStatus.ON_HOLD or self.hold is None or self.hold.left_by_release is None:
+            return False
+        sent = self.hold.left_by_release
+        return (sent.actor, sent.note) == (actor, note) and at - self.hold.since < RELEASE_RETRY_WINDOW
+
     def release(self, *, note: str | None, at: datetime, actor: str) -> Change:
         """Off hold, back to the status it was held from. A person's hold made a park for parcels
         to confirm (Hold.ships_to_confirm, Order.park_for_unfinished_ships) ends alone: the order
@@ -3037,7 +3067,8 @@ class Order(BaseModel, defer_build=True):
         if self.hold.ships_to_confirm:
             shipment_ids = list(self.hold.ships_to_confirm)
             to_confirm = Hold(reason="other", note=_unfinished_ships_note(shipment_ids), since=at,
-                              resume_to=self.hold.resume_to, parked=True)  # fmt: skip
+                              resume_to=self.hold.resume_to, parked=True,
+                              left_by_release=ReleaseSent(actor=actor, note=note))  # fmt: skip
             return self._next(
                 at=at, actor=actor, type=OrderEvent.RELEASED,
                 detail={"reason": self.hold.reason, **({"note": note} if note else {}), "shipment_ids": shipment_ids},

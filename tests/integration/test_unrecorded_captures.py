@@ -492,6 +492,9 @@ def test_a_persons_hold_placed_before_the_sweep_met_a_ship_that_died_is_made_a_p
     released = services.holds.release(order.id, ReleaseRequest(note="the customer is who they say"), "key_ops")
     stored = services.order_repository.get(order.id)
     assert stored == released
+    # Their client's blind retry of it (its answer lost) is known for one: the parcel stays to confirm.
+    assert services.holds.release(order.id, ReleaseRequest(note="the customer is who they say"), "key_ops") == stored
+    assert services.order_repository.get(order.id) == stored
     assert (stored.status, stored.hold.reason, stored.hold.parked, stored.hold.resume_to) == (
         OrderStatus.ON_HOLD, "other", True, OrderStatus.ALLOCATED,
     )  # fmt: skip

@@ -618,3 +618,54 @@ def test_a_persons_release_of_their_hold_made_a_park_leaves_the_parcel_to_confir
     confirmed = holds.release(order.id, ReleaseRequest(note="the parcel never left"), "key_ops")
     assert (confirmed.status, confirmed.hold) == (OrderStatus.ALLOCATED, None)
     assert confirmed.shipments[0].status is ShipmentStatus.PENDING
+
+
+def test_a_blind_retry_of_a_persons_release_of_their_hold_made_a_park_does_not_confirm_the_parcel(
+    world, clock, monkeypatch
+):
+    """The person's release of their hold made a park leaves the order on the system's hold for the
+    parcel. Their client, whose first answer was lost (a timeout), sent the same release again, with
+    a new Idempotency-Key or none: that retry released the system's hold too, confirming a parcel
+    nobody looked at (the order back to `allocated`, its shipment pending, as if checked). The
+    retry (same caller, same note, the parcel's hold still the one their release left) now answers
+    the order as it stands and changes nothing; another caller's release, or theirs with another
+    note, confirms the parcel, and so does the same release a day on."""
+    order, _ = a_ship_that_died(world, monkeypatch)
+    holds = Holds(world.orders, clock)
+    holds.hold(order.id, HoldRequest(reason="fraud_review", note="call the customer"), "key_fraud")
+    clock.advance(hours=24, minutes=16)
+    assert a_pass(world, clock).held == [order.id]
+    clock.advance(minutes=5)
+    first = holds.release(order.id, ReleaseRequest(note="customer confirmed"), "key_fraud")
+    entries = len(world.history(order.id))
+
+    clock.advance(seconds=30)
+    again = holds.release(order.id, ReleaseRequest(note="customer confirmed"), "key_fraud")
+
+    assert again == first == world.order(order.id)
+    assert (again.status, again.hold.reason, again.hold.parked) == (OrderStatus.ON_HOLD, "other", True)
+    assert len(world.history(order.id)) == entries
+    # Their release with another note is no retry: it confirms the parcel.
+    other = holds.release(order.id, ReleaseRequest(note="the parcel never left"), "key_fraud")
+    assert (other.status, other.hold) == (OrderStatus.ALLOCATED, None)
+
+
+@pytest.mark.parametrize("by, note, after", [
+    ("key_ops", "customer confirmed", timedelta(minutes=1)),  # another caller
+    ("key_fraud", None, timedelta(minutes=1)),  # another note
+    ("key_fraud", "customer confirmed", timedelta(hours=24, seconds=1)),  # past a retry's window
+])  # fmt: skip
+def test_a_release_of_the_parcels_hold_that_is_no_retry_confirms_the_parcel(world, clock, monkeypatch, by, note, after):
+    order, _ = a_ship_that_died(world, monkeypatch)
+    holds = Holds(world.orders, clock)
+    holds.hold(order.id, HoldRequest(reason="fraud_review"), "key_fraud")
+    clock.advance(hours=24, minutes=16)
+    assert a_pass(world, clock).held == [order.id]
+    holds.release(order.id, ReleaseRequest(note="customer confirmed"), "key_fraud")
+    clock.advance(**{"seconds": after.total_seconds()})
+
+    confirmed = holds.release(order.id, ReleaseRequest(note=note), by)
+
+    assert (confirmed.status, confirmed.hold) == (OrderStatus.ALLOCATED, None)
+    entry = world.history(order.id)[-1]
+    assert (entry.type, entry.actor, entry.to_status) == (OrderEvent.RELEASED, by, OrderStatus.ALLOCATED)
