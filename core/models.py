@@ -1174,6 +1174,12 @@ class Hold(BaseModel, defer_build=True):
     # client's blind retry, whatever its Idempotency-Key) is known for a repeat and confirms no
     # parcel nobody looked at (Order.repeats_release). Stored on those holds only.
     left_by_release: ReleaseSent | None = Field(default=None, exclude=True)
+    # The system's own hold for a person to confirm whether the parcels of these shipments left
+    # (Order.hold_unfinished_ships, and the one a person's release of their hold made a park leaves:
+    # Order.release), so the jeopardy scan counts the parcels waiting for a person (Order.
+    # ships_to_confirm_since) until a person releases it or the order is cancelled. Stored on those
+    # holds only.
+    confirms_ships: list[str] = Field(default_factory=list, exclude=True)
 
 
 class ReleaseSent(BaseModel, defer_build=True):
@@ -1716,6 +1722,8 @@ class Order(BaseModel, defer_build=True):
                 doc["hold"]["parked"] = True
             if self.hold.ships_to_confirm:
                 doc["hold"]["ships_to_confirm"] = list(self.hold.ships_to_confirm)
+            if self.hold.confirms_ships:
+                doc["hold"]["confirms_ships"] = list(self.hold.confirms_ships)
             if self.hold.left_by_release is not None:
                 doc["hold"]["left_by_release"] = self.hold.left_by_release.model_dump(mode="json", exclude_none=True)
             return json.dumps({**doc, **system}, separators=(",", ":"))
@@ -1865,6 +1873,21 @@ class Order(BaseModel, defer_build=True):
         if self.unfinished_ships():
             return None
         return self.in_status_since
+
+    @property
+    def ships_to_confirm_since(self) -> datetime | None:
+        """When the hold began of an order held while a person is to confirm whether a parcel left
+        after its ship died: the system's hold for that (Hold.confirms_ships), a person's hold made
+        a park for it (Hold.ships_to_confirm), or a hold on which a ship's capture request still
+        stands, which the capture sweep makes one of those only once the order is past its on_hold
+        deadline (a held order never ships: that ship died). None otherwise: the jeopardy scan
+        counts these for ShipsToConfirmAlarm, which stays on while any waits (a sparse index
+        partition: the typical order has no entry)."""
+        if self.status is not OrderStatus.ON_HOLD or self.hold is None:
+            return None
+        if self.hold.parked and (self.hold.confirms_ships or self.hold.ships_to_confirm):
+            return self.hold.since
+        return self.hold.since if self.unfinished_ships() else None
 
     def unfinished_ships(self) -> list[str]:
         """The shipments whose ship (or collect) asked for a capture that still waits for it: not
@@ -2960,15 +2983,17 @@ class Order(BaseModel, defer_build=True):
         return [_replaced(s, status=cancelled) if s.status in NOT_LEFT else s for s in self.shipments]
 
     def hold_for(self, reason: HoldReason, note: str | None, *, at: datetime, actor: str,
-                 detail: dict[str, Any] | None = None, parked: bool = False, **fields: Any) -> Change:  # fmt: skip
+                 detail: dict[str, Any] | None = None, parked: bool = False, confirms_ships: list[str] | None = None,
+                 **fields: Any) -> Change:  # fmt: skip
         """On hold from where it is now, remembering that status for the release (`parked`: a
-        park's, Order.park)."""
+        park's, Order.park; `confirms_ships`: Order.hold_unfinished_ships's)."""
         if not can_transition(self.status, OrderStatus.ON_HOLD):
             raise InvalidTransition(f"an order that is {self.status} cannot be put on hold")
         return self._next(
             at=at, actor=actor, type=OrderEvent.ON_HOLD, to=OrderStatus.ON_HOLD,
             detail={"reason": reason, **({"note": note} if note else {}), **(detail or {})},
-            hold=Hold(reason=reason, note=note, since=at, resume_to=self.status, parked=parked), **fields,
+            hold=Hold(reason=reason, note=note, since=at, resume_to=self.status, parked=parked,
+                      confirms_ships=list(confirms_ships or [])), **fields,
         )  # fmt: skip
 
     def park(self, *, error: str, message: str, at: datetime, actor: str) -> Change:
@@ -3010,7 +3035,7 @@ class Order(BaseModel, defer_build=True):
         # The system's hold for a person, as a park is: no hold expiry cancels it (Hold.parked).
         return self.hold_for(
             "other", _unfinished_ships_note(shipment_ids), at=at, actor=actor,
-            detail={"shipment_ids": list(shipment_ids)}, parked=True,
+            detail={"shipment_ids": list(shipment_ids)}, parked=True, confirms_ships=list(shipment_ids),
         )  # fmt: skip
 
     def park_for_unfinished_ships(self, shipment_ids: list[str], *, at: datetime, actor: str) -> Change:
@@ -3067,7 +3092,7 @@ class Order(BaseModel, defer_build=True):
         if self.hold.ships_to_confirm:
             shipment_ids = list(self.hold.ships_to_confirm)
             to_confirm = Hold(reason="other", note=_unfinished_ships_note(shipment_ids), since=at,
-                              resume_to=self.hold.resume_to, parked=True,
+                              resume_to=self.hold.resume_to, parked=True, confirms_ships=shipment_ids,
                               left_by_release=ReleaseSent(actor=actor, note=note))  # fmt: skip
             return self._next(
                 at=at, actor=actor, type=OrderEvent.RELEASED,

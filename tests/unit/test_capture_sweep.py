@@ -669,3 +669,33 @@ def test_a_release_of_the_parcels_hold_that_is_no_retry_confirms_the_parcel(worl
     assert (confirmed.status, confirmed.hold) == (OrderStatus.ALLOCATED, None)
     entry = world.history(order.id)[-1]
     assert (entry.type, entry.actor, entry.to_status) == (OrderEvent.RELEASED, by, OrderStatus.ALLOCATED)
+
+
+def test_the_scan_counts_each_order_whose_parcel_waits_for_a_person_until_a_person_ends_that_wait(
+    world, clock, monkeypatch
+):
+    """ShipsToConfirmAlarm watches this count, which the jeopardy scan publishes every run: an
+    order held while a ship's capture request stands on it (its ship died: a held order never
+    ships), however long its on_hold deadline; the same order once the sweep made the person's hold
+    a park; the system's hold their release left, a blind retry of it too; an order the sweep held
+    itself. Not one whose hold a person released for good, nor a cancelled one."""
+    late = InMemoryLateOrders(world.orders)
+    order, _ = a_ship_that_died(world, monkeypatch)
+    other, _ = a_ship_that_died(world, monkeypatch, ("MUG", 1))
+    holds = Holds(world.orders, clock)
+    assert late.count_ships_to_confirm() == 0  # its ship may still be repeated: not held
+    holds.hold(order.id, HoldRequest(reason="fraud_review"), "key_fraud")
+    assert late.count_ships_to_confirm() == 1
+    clock.advance(hours=48, minutes=16)
+    assert a_pass(world, clock, sla="on_hold=30d").held == [other.id]  # the held one is not late yet
+    assert late.count_ships_to_confirm() == 2
+    clock.advance(days=30)
+    assert a_pass(world, clock, sla="on_hold=30d").held == [order.id]  # the person's hold made a park
+    assert late.count_ships_to_confirm() == 2
+    holds.release(order.id, ReleaseRequest(), "key_fraud")
+    holds.release(order.id, ReleaseRequest(), "key_fraud")  # a blind retry
+    assert late.count_ships_to_confirm() == 2
+    assert holds.release(order.id, ReleaseRequest(note="it never left"), "key_ops").status is OrderStatus.ALLOCATED
+    assert late.count_ships_to_confirm() == 1
+    world.actions.cancel(other.id, "the parcel never left", actor="key_ops")
+    assert late.count_ships_to_confirm() == 0
