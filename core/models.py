@@ -2594,15 +2594,23 @@ class Order(BaseModel, defer_build=True):
         such a hold stored that it is one (`hold.parked`), which the hold expiry would cancel like
         a person's hold: marked when the `on_hold` entry its hold began with in `history` is a
         park's (`detail.parked`, Order.park) or a ship's that died after its capture
-        (`detail.shipment_ids`, Order.hold_unfinished_ships). None when it is not on hold, is
-        marked already, or its hold is a person's. Bookkeeping, for infra.backfill_orders."""
-        if self.status is not OrderStatus.ON_HOLD or self.hold is None or self.hold.parked:
+        (`detail.shipment_ids`, Order.hold_unfinished_ships). The latter, or a person's hold made
+        one (Order.park_for_unfinished_ships) or the hold a person's release of it leaves, stored
+        before such a hold named its parcels, is given them (Hold.confirms_ships), which puts it in
+        the count ShipsToConfirmAlarm watches (Order.ships_to_confirm_since). None when it is not on
+        hold, is marked already, or its hold is a person's. Bookkeeping, for infra.backfill_orders."""
+        if self.status is not OrderStatus.ON_HOLD or self.hold is None:
             return None
         began = next((entry for entry in reversed(history) if entry.type == OrderEvent.ON_HOLD), None)
         detail = (began.detail or {}) if began is not None else {}
-        if not (detail.get("parked") or detail.get("shipment_ids")):
+        shipment_ids = [str(shipment_id) for shipment_id in detail.get("shipment_ids") or []]
+        if self.hold.parked:
+            if not shipment_ids or self.hold.confirms_ships or self.hold.ships_to_confirm:
+                return None
+            return self._bookkeeping(at=at, hold=_replaced(self.hold, confirms_ships=shipment_ids))
+        if not (detail.get("parked") or shipment_ids):
             return None
-        return self._bookkeeping(at=at, hold=_replaced(self.hold, parked=True))
+        return self._bookkeeping(at=at, hold=_replaced(self.hold, parked=True, confirms_ships=shipment_ids))
 
     def record_own_void_settled(self, *, at: datetime) -> Bookkeeping | None:
         """Nothing of the closed order's own payment is left to settle (`own_void_owed`): what its

@@ -1243,13 +1243,15 @@ def backfill_own_voids_owed(client: Any, table: str, page_size: int = 500, attem
 
 def backfill_parks(client: Any, table: str, page_size: int = 500, attempts: int = 5) -> tuple[int, int]:
     """The one-off upgrade of orders parked (or held to confirm whether a parcel left) before such
-    a hold stored that it is one (Hold.parked): each order on hold is read again with its history
-    and marked when its hold is a park's or a parcel to confirm's (Order.parked_from), which takes
-    it out of the hold expiry's index (_upgraded_from_history); returns (orders marked, orders
-    already right)."""
+    a hold stored that it is one (Hold.parked), or that it waits for parcels (Hold.confirms_ships):
+    each order on hold whose hold names no parcels is read again with its history and marked when
+    its hold is a park's or a parcel to confirm's (Order.parked_from), which takes it out of the
+    hold expiry's index and puts a parcel to confirm in the count ShipsToConfirmAlarm watches
+    (_upgraded_from_history); returns (orders marked, orders already right)."""
     return _upgraded_from_history(
         client, table, page_size, attempts,
-        needs=lambda order: order.status is OrderStatus.ON_HOLD and order.hold is not None and not order.hold.parked,
+        needs=lambda order: order.status is OrderStatus.ON_HOLD and order.hold is not None
+        and not (order.hold.confirms_ships or order.hold.ships_to_confirm),
         change=lambda order, history: order.parked_from(history, at=utc_now()),
     )  # fmt: skip
 
