@@ -82,13 +82,18 @@ class Holds:
         return held
 
     def release(self, order_id: str, request: ReleaseRequest, actor: str, channel: str | None = None) -> Order:
-        """Back to the status it was held from (InvalidTransition, 409, when it is not on hold)."""
+        """Back to the status it was held from (InvalidTransition, 409, when it is not on hold). The
+        same release sent again after one that ended a person's hold and left the order held for
+        parcels to confirm (Order.repeats_release: a blind retry) changes nothing and answers the
+        order as it stands."""
         at = self._clock()
-        return modify(
-            self._orders, order_id,
-            lambda order: order.release(note=request.note, at=at, actor=actor),
-            channel=channel,
-        )  # fmt: skip
+
+        def decide(order: Order):
+            if order.repeats_release(note=request.note, at=at, actor=actor):
+                return None
+            return order.release(note=request.note, at=at, actor=actor)
+
+        return modify(self._orders, order_id, decide, channel=channel)
 
 
 def give_back_surplus(inventory: InventoryRepository, order: Order, location_ids: list[str]) -> None:

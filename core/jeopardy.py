@@ -212,6 +212,12 @@ class JeopardyScan:
             raise ScanIncomplete(done, failed)
         return done
 
+    def count_ships_to_confirm(self) -> int:
+        """How many orders are held now while a person is to confirm whether a parcel left after
+        its ship died (LateOrders.count_ships_to_confirm): asked after the capture sweep the caller
+        runs, so the orders it held this run count."""
+        return self._late.count_ships_to_confirm()
+
     def _parts(
         self, now: datetime, done: Scanned, expire_holds: bool, time_up: TimeUp
     ) -> list[tuple[str, Callable[[], None]]]:

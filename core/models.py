@@ -1169,6 +1169,29 @@ class Hold(BaseModel, defer_build=True):
     # it, shown by the history alone, so the person's release ends their hold only and the order
     # stays held for a person to confirm the parcels (Order.release). Stored on those holds only.
     ships_to_confirm: list[str] = Field(default_factory=list, exclude=True)
+    # The system's hold for those parcels that a person's release of their hold made a park left
+    # standing (Order.release): who released and with what note, so the same release sent again (a
+    # client's blind retry, whatever its Idempotency-Key) is known for a repeat and confirms no
+    # parcel nobody looked at (Order.repeats_release). Stored on those holds only.
+    left_by_release: ReleaseSent | None = Field(default=None, exclude=True)
+    # The system's own hold for a person to confirm whether the parcels of these shipments left
+    # (Order.hold_unfinished_ships, and the one a person's release of their hold made a park leaves:
+    # Order.release), so the jeopardy scan counts the parcels waiting for a person (Order.
+    # ships_to_confirm_since) until a person releases it or the order is cancelled. Stored on those
+    # holds only.
+    confirms_ships: list[str] = Field(default_factory=list, exclude=True)
+
+
+class ReleaseSent(BaseModel, defer_build=True):
+    """A person's release as sent: by whom (their API key's id) and with what note."""
+
+    actor: str
+    note: str | None = None
+
+
+# How long the same release sent again is taken for a retry of the one before (Order.repeats_release):
+# as long as an Idempotency-Key is honoured (API.md).
+RELEASE_RETRY_WINDOW = timedelta(hours=24)
 
 
 class Jeopardy(BaseModel, defer_build=True):
@@ -1711,6 +1734,10 @@ class Order(BaseModel, defer_build=True):
                 doc["hold"]["parked"] = True
             if self.hold.ships_to_confirm:
                 doc["hold"]["ships_to_confirm"] = list(self.hold.ships_to_confirm)
+            if self.hold.confirms_ships:
+                doc["hold"]["confirms_ships"] = list(self.hold.confirms_ships)
+            if self.hold.left_by_release is not None:
+                doc["hold"]["left_by_release"] = self.hold.left_by_release.model_dump(mode="json", exclude_none=True)
             return json.dumps({**doc, **system}, separators=(",", ":"))
         api_json = self.model_dump_json(exclude_none=True, exclude=_NOT_STORED)
         if not system:
@@ -1858,6 +1885,21 @@ class Order(BaseModel, defer_build=True):
         if self.unfinished_ships():
             return None
         return self.in_status_since
+
+    @property
+    def ships_to_confirm_since(self) -> datetime | None:
+        """When the hold began of an order held while a person is to confirm whether a parcel left
+        after its ship died: the system's hold for that (Hold.confirms_ships), a person's hold made
+        a park for it (Hold.ships_to_confirm), or a hold on which a ship's capture request still
+        stands, which the capture sweep makes one of those only once the order is past its on_hold
+        deadline (a held order never ships: that ship died). None otherwise: the jeopardy scan
+        counts these for ShipsToConfirmAlarm, which stays on while any waits (a sparse index
+        partition: the typical order has no entry)."""
+        if self.status is not OrderStatus.ON_HOLD or self.hold is None:
+            return None
+        if self.hold.parked and (self.hold.confirms_ships or self.hold.ships_to_confirm):
+            return self.hold.since
+        return self.hold.since if self.unfinished_ships() else None
 
     def unfinished_ships(self) -> list[str]:
         """The shipments whose ship (or collect) asked for a capture that still waits for it: not
@@ -2564,15 +2606,23 @@ class Order(BaseModel, defer_build=True):
         such a hold stored that it is one (`hold.parked`), which the hold expiry would cancel like
         a person's hold: marked when the `on_hold` entry its hold began with in `history` is a
         park's (`detail.parked`, Order.park) or a ship's that died after its capture
-        (`detail.shipment_ids`, Order.hold_unfinished_ships). None when it is not on hold, is
-        marked already, or its hold is a person's. Bookkeeping, for infra.backfill_orders."""
-        if self.status is not OrderStatus.ON_HOLD or self.hold is None or self.hold.parked:
+        (`detail.shipment_ids`, Order.hold_unfinished_ships). The latter, or a person's hold made
+        one (Order.park_for_unfinished_ships) or the hold a person's release of it leaves, stored
+        before such a hold named its parcels, is given them (Hold.confirms_ships), which puts it in
+        the count ShipsToConfirmAlarm watches (Order.ships_to_confirm_since). None when it is not on
+        hold, is marked already, or its hold is a person's. Bookkeeping, for infra.backfill_orders."""
+        if self.status is not OrderStatus.ON_HOLD or self.hold is None:
             return None
         began = next((entry for entry in reversed(history) if entry.type == OrderEvent.ON_HOLD), None)
         detail = (began.detail or {}) if began is not None else {}
-        if not (detail.get("parked") or detail.get("shipment_ids")):
+        shipment_ids = [str(shipment_id) for shipment_id in detail.get("shipment_ids") or []]
+        if self.hold.parked:
+            if not shipment_ids or self.hold.confirms_ships or self.hold.ships_to_confirm:
+                return None
+            return self._bookkeeping(at=at, hold=_replaced(self.hold, confirms_ships=shipment_ids))
+        if not (detail.get("parked") or shipment_ids):
             return None
-        return self._bookkeeping(at=at, hold=_replaced(self.hold, parked=True))
+        return self._bookkeeping(at=at, hold=_replaced(self.hold, parked=True, confirms_ships=shipment_ids))
 
     def record_own_void_settled(self, *, at: datetime) -> Bookkeeping | None:
         """Nothing of the closed order's own payment is left to settle (`own_void_owed`): what its
@@ -2953,15 +3003,17 @@ class Order(BaseModel, defer_build=True):
         return [_replaced(s, status=cancelled) if s.status in NOT_LEFT else s for s in self.shipments]
 
     def hold_for(self, reason: HoldReason, note: str | None, *, at: datetime, actor: str,
-                 detail: dict[str, Any] | None = None, parked: bool = False, **fields: Any) -> Change:  # fmt: skip
+                 detail: dict[str, Any] | None = None, parked: bool = False, confirms_ships: list[str] | None = None,
+                 **fields: Any) -> Change:  # fmt: skip
         """On hold from where it is now, remembering that status for the release (`parked`: a
-        park's, Order.park)."""
+        park's, Order.park; `confirms_ships`: Order.hold_unfinished_ships's)."""
         if not can_transition(self.status, OrderStatus.ON_HOLD):
             raise InvalidTransition(f"an order that is {self.status} cannot be put on hold")
         return self._next(
             at=at, actor=actor, type=OrderEvent.ON_HOLD, to=OrderStatus.ON_HOLD,
             detail={"reason": reason, **({"note": note} if note else {}), **(detail or {})},
-            hold=Hold(reason=reason, note=note, since=at, resume_to=self.status, parked=parked), **fields,
+            hold=Hold(reason=reason, note=note, since=at, resume_to=self.status, parked=parked,
+                      confirms_ships=list(confirms_ships or [])), **fields,
         )  # fmt: skip
 
     def park(self, *, error: str, message: str, at: datetime, actor: str) -> Change:
@@ -3003,7 +3055,7 @@ class Order(BaseModel, defer_build=True):
         # The system's hold for a person, as a park is: no hold expiry cancels it (Hold.parked).
         return self.hold_for(
             "other", _unfinished_ships_note(shipment_ids), at=at, actor=actor,
-            detail={"shipment_ids": list(shipment_ids)}, parked=True,
+            detail={"shipment_ids": list(shipment_ids)}, parked=True, confirms_ships=list(shipment_ids),
         )  # fmt: skip
 
     def park_for_unfinished_ships(self, shipment_ids: list[str], *, at: datetime, actor: str) -> Change:
@@ -3034,6 +3086,17 @@ class Order(BaseModel, defer_build=True):
             changed_before_mark=self.last_changed,
         )  # fmt: skip
 
+    def repeats_release(self, *, note: str | None, at: datetime, actor: str) -> bool:
+        """Whether a release by `actor` with `note` at `at` is the person's release that left the
+        order on the system's hold for parcels to confirm sent again (Hold.left_by_release): the
+        same caller and note, within RELEASE_RETRY_WINDOW of it. Such a retry (its answer lost, it
+        carries a new Idempotency-Key or none) means the hold its sender saw, which is released
+        already: answered with the order as it stands, it confirms no parcel (Holds.release)."""
+        if self.status is not OrderStatus.ON_HOLD or self.hold is None or self.hold.left_by_release is None:
+            return False
+        sent = self.hold.left_by_release
+        return (sent.actor, sent.note) == (actor, note) and at - self.hold.since < RELEASE_RETRY_WINDOW
+
     def release(self, *, note: str | None, at: datetime, actor: str) -> Change:
         """Off hold, back to the status it was held from. A person's hold made a park for parcels
         to confirm (Hold.ships_to_confirm, Order.park_for_unfinished_ships) ends alone: the order
@@ -3049,7 +3112,8 @@ class Order(BaseModel, defer_build=True):
         if self.hold.ships_to_confirm:
             shipment_ids = list(self.hold.ships_to_confirm)
             to_confirm = Hold(reason="other", note=_unfinished_ships_note(shipment_ids), since=at,
-                              resume_to=self.hold.resume_to, parked=True)  # fmt: skip
+                              resume_to=self.hold.resume_to, parked=True, confirms_ships=shipment_ids,
+                              left_by_release=ReleaseSent(actor=actor, note=note))  # fmt: skip
             return self._next(
                 at=at, actor=actor, type=OrderEvent.RELEASED,
                 detail={"reason": self.hold.reason, **({"note": note} if note else {}), "shipment_ids": shipment_ids},

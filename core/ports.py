@@ -342,6 +342,11 @@ class LateOrders(ABC):
     def count_in_jeopardy(self) -> int:
         """How many orders are marked late now."""
 
+    @abstractmethod
+    def count_ships_to_confirm(self) -> int:
+        """How many orders are held now while a person is to confirm whether a parcel left after
+        its ship died (Order.ships_to_confirm_since)."""
+
 
 @dataclass(frozen=True, order=True)
 class WaitingOrder:

@@ -315,6 +315,12 @@ CARRIER_WORK_KEY = "carrier"
 # are in it: the typical order writes no entry.
 PICKUP_PK = "ready_for_pickup"
 HELD_PK = "on_hold"
+# Its third partition, SHIPS_TO_CONFIRM_PK: an order held while a person is to confirm whether a
+# parcel left after its ship died (Order.ships_to_confirm_since), by when its hold began, which
+# the jeopardy scan counts each run for ShipsToConfirmAlarm (DynamoLateOrders.count_ships_to_confirm).
+# Such an order is never in HELD_PK (its hold is a park, or waits for the sweep): only those rare
+# holds have an entry.
+SHIPS_TO_CONFIRM_PK = "ships_to_confirm"
 INDEX_ATTRIBUTES = (
     "status_key", "status_since", "sla_key", "sla_at", "refund_key", "refund_since", "pickup_pk", "collect_by"
 )  # fmt: skip
@@ -360,6 +366,9 @@ def index_attributes(order: Order, *, authorizations_set_aside: bool = False) ->
     elif held_since is not None:
         attributes["pickup_pk"] = {"S": HELD_PK}
         attributes["collect_by"] = {"S": timestamp(held_since)}
+    elif (confirm_since := order.ships_to_confirm_since) is not None:
+        attributes["pickup_pk"] = {"S": SHIPS_TO_CONFIRM_PK}
+        attributes["collect_by"] = {"S": timestamp(confirm_since)}
     return attributes
 
 
@@ -1077,13 +1086,19 @@ class DynamoLateOrders(LateOrders):
         return _query_ids(self._client, query, limit, self._page_size, max_reads=self._max_reads)
 
     def count_in_jeopardy(self) -> int:
+        return self._count(IndexName="by_sla", KeyConditionExpression="sla_key = :late",
+                           ExpressionAttributeValues={":late": {"S": JEOPARDY_KEY}})  # fmt: skip
+
+    def count_ships_to_confirm(self) -> int:
+        return self._count(IndexName="by_pickup_deadline", KeyConditionExpression="pickup_pk = :confirm",
+                           ExpressionAttributeValues={":confirm": {"S": SHIPS_TO_CONFIRM_PK}})  # fmt: skip
+
+    def _count(self, **query: Any) -> int:
         count, start = 0, None
         while True:
             page = self._client.query(
-                TableName=self._table, IndexName="by_sla", Select="COUNT",
-                KeyConditionExpression="sla_key = :late", ExpressionAttributeValues={":late": {"S": JEOPARDY_KEY}},
-                **({"ExclusiveStartKey": start} if start else {}),
-            )  # fmt: skip
+                TableName=self._table, Select="COUNT", **query, **({"ExclusiveStartKey": start} if start else {})
+            )
             count += page.get("Count", 0)
             start = page.get("LastEvaluatedKey")
             if not start:
@@ -1229,13 +1244,15 @@ def backfill_own_voids_owed(client: Any, table: str, page_size: int = 500, attem
 
 def backfill_parks(client: Any, table: str, page_size: int = 500, attempts: int = 5) -> tuple[int, int]:
     """The one-off upgrade of orders parked (or held to confirm whether a parcel left) before such
-    a hold stored that it is one (Hold.parked): each order on hold is read again with its history
-    and marked when its hold is a park's or a parcel to confirm's (Order.parked_from), which takes
-    it out of the hold expiry's index (_upgraded_from_history); returns (orders marked, orders
-    already right)."""
+    a hold stored that it is one (Hold.parked), or that it waits for parcels (Hold.confirms_ships):
+    each order on hold whose hold names no parcels is read again with its history and marked when
+    its hold is a park's or a parcel to confirm's (Order.parked_from), which takes it out of the
+    hold expiry's index and puts a parcel to confirm in the count ShipsToConfirmAlarm watches
+    (_upgraded_from_history); returns (orders marked, orders already right)."""
     return _upgraded_from_history(
         client, table, page_size, attempts,
-        needs=lambda order: order.status is OrderStatus.ON_HOLD and order.hold is not None and not order.hold.parked,
+        needs=lambda order: order.status is OrderStatus.ON_HOLD and order.hold is not None
+        and not (order.hold.confirms_ships or order.hold.ships_to_confirm),
         change=lambda order, history: order.parked_from(history, at=utc_now()),
     )  # fmt: skip
 

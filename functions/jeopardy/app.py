@@ -88,6 +88,12 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     if scan_deadline.reached or (deadline is not None and deadline.reached):
         metrics.add_metric(name="JeopardyScansCutShort", unit=MetricUnit.Count, value=1)  # once a run
     report_captures(captures, failed, logger, metrics)
+    # Every run, zero included, after the sweep (the orders it held count): ShipsToConfirmAlarm
+    # stays on while any order waits for a person to confirm whether a parcel left, not only in
+    # the 5 minutes after the run that held it. (A count that fails fails the run: what the scan
+    # and the sweep did is logged above.)
+    ships_to_confirm = container().jeopardy_scan.count_ships_to_confirm()
+    metrics.add_metric(name="ShipsWaitingToConfirm", unit=MetricUnit.Count, value=ships_to_confirm)
     for error in (scan_failed, failed):
         if error is not None:
             raise error  # the pass did the rest; the errors alarm calls a person for these
@@ -99,6 +105,7 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         "captures_settled": captures.settled,
         "ships_held": captures.held,
         "ships_unconfirmed": captures.unconfirmed,
+        "ships_to_confirm": ships_to_confirm,
     }
 
 

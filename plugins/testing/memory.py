@@ -167,6 +167,9 @@ class InMemoryLateOrders(LateOrders):
     def count_in_jeopardy(self) -> int:
         return sum(1 for o in self._orders.orders.values() if o.jeopardy is not None and not o.captures_requested)
 
+    def count_ships_to_confirm(self) -> int:
+        return sum(1 for o in self._orders.orders.values() if o.ships_to_confirm_since is not None)
+
 
 class InMemoryUnreceivedReturns(UnreceivedReturns):
     """The return expiry's index question, answered from the in-memory returns."""

@@ -223,15 +223,37 @@ def test_the_backfill_marks_a_hold_to_confirm_a_parcel_stored_before_it_was_mark
     order = capture.place(place_order(external_id="s"), actor="k")
     current = orders.get(order.id)
     held, entry = current.hold_unfinished_ships(["shp_1"], at=NOW, actor="jeopardy_scan")
-    assert held.hold.parked
-    unmarked = held.model_copy(update={"hold": held.hold.model_copy(update={"parked": False})})
+    assert held.hold.parked and held.hold.confirms_ships == ["shp_1"]
+    unmarked = held.model_copy(update={"hold": held.hold.model_copy(update={"parked": False, "confirms_ships": []})})
     orders.update(unmarked, current, [entry])  # as an earlier version stored it
     assert late.held_since_before(NOW + timedelta(days=2), 10) == [order.id]
+    assert late.count_ships_to_confirm() == 0
 
     assert backfill_parks(aws.dynamodb, aws.tables["OrdersTable"]) == (1, 0)
 
-    assert orders.get(order.id).hold.parked and late.held_since_before(NOW + timedelta(days=2), 10) == []
-    assert expiry_index_entries(aws) == {}
+    backfilled = orders.get(order.id)
+    assert backfilled.hold.parked and late.held_since_before(NOW + timedelta(days=2), 10) == []
+    assert backfilled.hold.confirms_ships == ["shp_1"] and late.count_ships_to_confirm() == 1
+    assert [pk for pk, _ in expiry_index_entries(aws).values()] == ["ships_to_confirm"]  # never the expiry's
+    assert backfill_parks(aws.dynamodb, aws.tables["OrdersTable"]) == (0, 1)  # a second run writes nothing
+
+
+def test_the_backfill_names_the_parcels_of_a_hold_to_confirm_parked_before_it_named_them(aws, capture, orders, late):
+    """Marked a park already (Hold.parked) but stored before such a hold named its parcels
+    (Hold.confirms_ships): not counted for ShipsToConfirmAlarm until the backfill names them."""
+    from functions.adapters.dynamodb import backfill_parks
+
+    order = capture.place(place_order(external_id="s"), actor="k")
+    current = orders.get(order.id)
+    held, entry = current.hold_unfinished_ships(["shp_1"], at=NOW, actor="jeopardy_scan")
+    unmarked = held.model_copy(update={"hold": held.hold.model_copy(update={"confirms_ships": []})})
+    orders.update(unmarked, current, [entry])  # as the last version stored it
+    assert late.count_ships_to_confirm() == 0
+
+    assert backfill_parks(aws.dynamodb, aws.tables["OrdersTable"]) == (1, 0)
+
+    assert orders.get(order.id).hold.confirms_ships == ["shp_1"] and late.count_ships_to_confirm() == 1
+    assert [pk for pk, _ in expiry_index_entries(aws).values()] == ["ships_to_confirm"]  # never the expiry's
 
 
 def test_one_channels_late_orders_page_on_past_the_read_budget_and_no_cursor_names_an_order(

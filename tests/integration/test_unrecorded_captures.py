@@ -164,12 +164,22 @@ def test_a_capture_whose_ship_died_is_refunded_once_its_order_is_past_its_deadli
     assert refund_index(aws, order.id) == {}
     metrics = emitted(capsys.readouterr().out)
     assert (metrics["UnrecordedCapturesSettled"], metrics["ShipsToConfirm"]) == (1, 1)
+    assert metrics["ShipsWaitingToConfirm"] == 1  # counted in the run that held it
     logged = {r.getMessage(): (r.levelname, r.order_id) for r in caplog.records if getattr(r, "order_id", None)}
     assert logged["capture left by a ship or a settlement settled"] == ("WARNING", order.id)
     assert logged["order held: a ship died after asking for its capture; confirm whether the parcel left"] == (
         "WARNING", order.id,
     )  # fmt: skip
     assert scan(late + timedelta(minutes=5))["captures_settled"] == []  # settled once
+    # The gauge ShipsToConfirmAlarm watches stays up every run while the parcel waits for a person
+    # (a count of the runs that held one cleared by itself 5 minutes on), until the order leaves
+    # that hold: cancelled here.
+    capsys.readouterr()
+    assert scan(late + timedelta(days=3))["ships_to_confirm"] == 1
+    assert emitted(capsys.readouterr().out)["ShipsWaitingToConfirm"] == 1
+    bootstrap(Config.from_env()).actions.cancel(order.id, "the parcel never left", "key_ops")
+    assert scan(late + timedelta(days=3, minutes=5))["ships_to_confirm"] == 0
+    assert emitted(capsys.readouterr().out)["ShipsWaitingToConfirm"] == 0
 
 
 def test_a_pass_that_could_not_settle_a_capture_reports_what_it_did_then_fails(aws, scan, monkeypatch, capsys, caplog):
@@ -461,8 +471,12 @@ def test_a_persons_hold_placed_before_the_sweep_met_a_ship_that_died_is_made_a_p
     services = bootstrap(Config.from_env())
     services.holds.hold(order.id, HoldRequest(reason="fraud_review", note="call the customer"), "key_ops")
     key = {"id": {"S": order.id}}
-    # Its ship's capture request standing, the hold waits for the sweep: not in the expiry's index.
-    assert "pickup_pk" not in aws.dynamodb.get_item(TableName=aws.tables["OrdersTable"], Key=key)["Item"]
+    # Its ship's capture request standing, the hold waits for the sweep: not in the expiry's index,
+    # but counted for ShipsToConfirmAlarm already, however long its on_hold deadline.
+    assert aws.dynamodb.get_item(TableName=aws.tables["OrdersTable"], Key=key)["Item"]["pickup_pk"] == {
+        "S": "ships_to_confirm"
+    }
+    assert scan()["ships_to_confirm"] == 1
 
     late = utc_now() + timedelta(hours=24, minutes=20)  # past on_hold=24h, the request long over
     answer = scan(late)
@@ -476,7 +490,7 @@ def test_a_persons_hold_placed_before_the_sweep_met_a_ship_that_died_is_made_a_p
     )  # fmt: skip
     assert settled.hold.parked and settled.hold_expiry_counts_from is None
     item = aws.dynamodb.get_item(TableName=aws.tables["OrdersTable"], Key=key)["Item"]
-    assert "pickup_pk" not in item and "collect_by" not in item  # a park: never in the hold expiry's index
+    assert item["pickup_pk"] == {"S": "ships_to_confirm"}  # a park: never in the hold expiry's index
     confirm = next(entry for entry in reversed(history) if entry.type == "on_hold")
     assert (confirm.actor, confirm.from_status, confirm.to_status, confirm.detail["shipment_ids"]) == (
         "jeopardy_scan", None, None, [shipment.id],
@@ -492,14 +506,20 @@ def test_a_persons_hold_placed_before_the_sweep_met_a_ship_that_died_is_made_a_p
     released = services.holds.release(order.id, ReleaseRequest(note="the customer is who they say"), "key_ops")
     stored = services.order_repository.get(order.id)
     assert stored == released
+    # Their client's blind retry of it (its answer lost) is known for one: the parcel stays to confirm.
+    assert services.holds.release(order.id, ReleaseRequest(note="the customer is who they say"), "key_ops") == stored
+    assert services.order_repository.get(order.id) == stored
     assert (stored.status, stored.hold.reason, stored.hold.parked, stored.hold.resume_to) == (
         OrderStatus.ON_HOLD, "other", True, OrderStatus.ALLOCATED,
     )  # fmt: skip
     assert shipment.id in stored.hold.note and stored.hold_expiry_counts_from is None
-    assert "pickup_pk" not in aws.dynamodb.get_item(TableName=aws.tables["OrdersTable"], Key=key)["Item"]
-    assert scan(late + timedelta(days=31))["expired"] == []
+    item = aws.dynamodb.get_item(TableName=aws.tables["OrdersTable"], Key=key)["Item"]
+    assert item["pickup_pk"] == {"S": "ships_to_confirm"}
+    answer = scan(late + timedelta(days=31))
+    assert (answer["expired"], answer["ships_to_confirm"]) == ([], 1)
     # Released by a person, a hold placed again is an ordinary one, which expires.
     assert services.holds.release(order.id, ReleaseRequest(note="the parcel never left"), "key_ops").hold is None
+    assert scan(late + timedelta(days=31, minutes=5))["ships_to_confirm"] == 0
     services.holds.hold(order.id, HoldRequest(reason="other"), "key_ops")
     assert scan(utc_now() + timedelta(days=3))["expired"] == [order.id]
 

@@ -618,3 +618,84 @@ def test_a_persons_release_of_their_hold_made_a_park_leaves_the_parcel_to_confir
     confirmed = holds.release(order.id, ReleaseRequest(note="the parcel never left"), "key_ops")
     assert (confirmed.status, confirmed.hold) == (OrderStatus.ALLOCATED, None)
     assert confirmed.shipments[0].status is ShipmentStatus.PENDING
+
+
+def test_a_blind_retry_of_a_persons_release_of_their_hold_made_a_park_does_not_confirm_the_parcel(
+    world, clock, monkeypatch
+):
+    """The person's release of their hold made a park leaves the order on the system's hold for the
+    parcel. Their client, whose first answer was lost (a timeout), sent the same release again, with
+    a new Idempotency-Key or none: that retry released the system's hold too, confirming a parcel
+    nobody looked at (the order back to `allocated`, its shipment pending, as if checked). The
+    retry (same caller, same note, the parcel's hold still the one their release left) now answers
+    the order as it stands and changes nothing; another caller's release, or theirs with another
+    note, confirms the parcel, and so does the same release a day on."""
+    order, _ = a_ship_that_died(world, monkeypatch)
+    holds = Holds(world.orders, clock)
+    holds.hold(order.id, HoldRequest(reason="fraud_review", note="call the customer"), "key_fraud")
+    clock.advance(hours=24, minutes=16)
+    assert a_pass(world, clock).held == [order.id]
+    clock.advance(minutes=5)
+    first = holds.release(order.id, ReleaseRequest(note="customer confirmed"), "key_fraud")
+    entries = len(world.history(order.id))
+
+    clock.advance(seconds=30)
+    again = holds.release(order.id, ReleaseRequest(note="customer confirmed"), "key_fraud")
+
+    assert again == first == world.order(order.id)
+    assert (again.status, again.hold.reason, again.hold.parked) == (OrderStatus.ON_HOLD, "other", True)
+    assert len(world.history(order.id)) == entries
+    # Their release with another note is no retry: it confirms the parcel.
+    other = holds.release(order.id, ReleaseRequest(note="the parcel never left"), "key_fraud")
+    assert (other.status, other.hold) == (OrderStatus.ALLOCATED, None)
+
+
+@pytest.mark.parametrize("by, note, after", [
+    ("key_ops", "customer confirmed", timedelta(minutes=1)),  # another caller
+    ("key_fraud", None, timedelta(minutes=1)),  # another note
+    ("key_fraud", "customer confirmed", timedelta(hours=24, seconds=1)),  # past a retry's window
+])  # fmt: skip
+def test_a_release_of_the_parcels_hold_that_is_no_retry_confirms_the_parcel(world, clock, monkeypatch, by, note, after):
+    order, _ = a_ship_that_died(world, monkeypatch)
+    holds = Holds(world.orders, clock)
+    holds.hold(order.id, HoldRequest(reason="fraud_review"), "key_fraud")
+    clock.advance(hours=24, minutes=16)
+    assert a_pass(world, clock).held == [order.id]
+    holds.release(order.id, ReleaseRequest(note="customer confirmed"), "key_fraud")
+    clock.advance(**{"seconds": after.total_seconds()})
+
+    confirmed = holds.release(order.id, ReleaseRequest(note=note), by)
+
+    assert (confirmed.status, confirmed.hold) == (OrderStatus.ALLOCATED, None)
+    entry = world.history(order.id)[-1]
+    assert (entry.type, entry.actor, entry.to_status) == (OrderEvent.RELEASED, by, OrderStatus.ALLOCATED)
+
+
+def test_the_scan_counts_each_order_whose_parcel_waits_for_a_person_until_a_person_ends_that_wait(
+    world, clock, monkeypatch
+):
+    """ShipsToConfirmAlarm watches this count, which the jeopardy scan publishes every run: an
+    order held while a ship's capture request stands on it (its ship died: a held order never
+    ships), however long its on_hold deadline; the same order once the sweep made the person's hold
+    a park; the system's hold their release left, a blind retry of it too; an order the sweep held
+    itself. Not one whose hold a person released for good, nor a cancelled one."""
+    late = InMemoryLateOrders(world.orders)
+    order, _ = a_ship_that_died(world, monkeypatch)
+    other, _ = a_ship_that_died(world, monkeypatch, ("MUG", 1))
+    holds = Holds(world.orders, clock)
+    assert late.count_ships_to_confirm() == 0  # its ship may still be repeated: not held
+    holds.hold(order.id, HoldRequest(reason="fraud_review"), "key_fraud")
+    assert late.count_ships_to_confirm() == 1
+    clock.advance(hours=48, minutes=16)
+    assert a_pass(world, clock, sla="on_hold=30d").held == [other.id]  # the held one is not late yet
+    assert late.count_ships_to_confirm() == 2
+    clock.advance(days=30)
+    assert a_pass(world, clock, sla="on_hold=30d").held == [order.id]  # the person's hold made a park
+    assert late.count_ships_to_confirm() == 2
+    holds.release(order.id, ReleaseRequest(), "key_fraud")
+    holds.release(order.id, ReleaseRequest(), "key_fraud")  # a blind retry
+    assert late.count_ships_to_confirm() == 2
+    assert holds.release(order.id, ReleaseRequest(note="it never left"), "key_ops").status is OrderStatus.ALLOCATED
+    assert late.count_ships_to_confirm() == 1
+    world.actions.cancel(other.id, "the parcel never left", actor="key_ops")
+    assert late.count_ships_to_confirm() == 0

@@ -29,14 +29,34 @@ def test_the_parked_alarm_watches_the_metric_as_powertools_emits_it():
     assert (alarm["Statistic"], alarm["Threshold"], alarm["TreatMissingData"]) == ("Sum", 1, "notBreaching")
 
 
-def test_an_alarm_calls_a_person_for_each_ship_the_reconciler_found_dead_after_its_capture():
-    # A partly shipped order cannot be held: without the alarm only a log line would say a person
-    # must confirm whether its parcel left.
+def test_an_alarm_calls_a_person_while_any_parcel_waits_to_be_confirmed_and_for_each_ship_found_dead():
+    # A person must confirm whether each parcel left: the alarm stays on while the jeopardy scan's
+    # gauge (every run, zero included: functions/jeopardy/app.py) counts a held order waiting for
+    # that, not only in the 5 minutes a count of the run that held it lasts; a partly shipped order
+    # cannot be held, and without the count of the run that found it only a log line would say so.
     alarm = _properties("ShipsToConfirmAlarm")
     variables = TEMPLATE["Globals"]["Function"]["Environment"]["Variables"]
-    assert (alarm["Namespace"], alarm["MetricName"]) == (variables["POWERTOOLS_METRICS_NAMESPACE"], "ShipsToConfirm")
-    assert alarm["Dimensions"] == [{"Name": "service", "Value": variables["POWERTOOLS_SERVICE_NAME"]}]
-    assert (alarm["Statistic"], alarm["Threshold"], alarm["TreatMissingData"]) == ("Sum", 1, "notBreaching")
+    read = {query["Id"]: query["MetricStat"] for query in alarm["Metrics"] if "MetricStat" in query}
+    service = [{"Name": "service", "Value": variables["POWERTOOLS_SERVICE_NAME"]}]
+    watched = (("waiting", "ShipsWaitingToConfirm", "Maximum"), ("found", "ShipsToConfirm", "Sum"))
+    assert {
+        query_id: (metric["Namespace"], metric["MetricName"], metric["Dimensions"], stat["Stat"])
+        for query_id, stat in read.items() for metric in [stat["Metric"]]
+    } == {
+        query_id: (variables["POWERTOOLS_METRICS_NAMESPACE"], name, service, stat) for query_id, name, stat in watched
+    }  # fmt: skip
+    # The scan runs every 5 minutes: each period holds a point of the gauge.
+    assert {stat["Period"] for stat in read.values()} == {300}
+    assert _properties("JeopardyScanFunction")["Events"]["EveryFiveMinutes"]["Properties"]["Schedule"] == (
+        "rate(5 minutes)"
+    )
+    (expression,) = [query for query in alarm["Metrics"] if "Expression" in query]
+    assert expression["Expression"] == "MAX([FILL(waiting, 0), FILL(found, 0)])"
+    assert (alarm["Threshold"], alarm["ComparisonOperator"], alarm["EvaluationPeriods"]) == (
+        1, "GreaterThanOrEqualToThreshold", 1,
+    )  # fmt: skip
+    # A period without a run keeps the state: a late scan must not clear it while parcels wait.
+    assert alarm["TreatMissingData"] == "ignore"
 
 
 def test_an_alarm_calls_a_person_for_each_void_the_gateway_refused_or_no_plugin_took():

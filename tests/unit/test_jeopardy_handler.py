@@ -17,7 +17,10 @@ from tests.integration.import_support import context
 
 def run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], done: Scanned) -> dict[str, list]:
     monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "false")
-    services = SimpleNamespace(plugins=SimpleNamespace(broken=[]), jeopardy_scan=SimpleNamespace(run=lambda **_: done))
+    services = SimpleNamespace(
+        plugins=SimpleNamespace(broken=[]),
+        jeopardy_scan=SimpleNamespace(run=lambda **_: done, count_ships_to_confirm=lambda: 0),
+    )
     monkeypatch.setattr(jeopardy, "container", lambda: services)
     # Powertools' metric set is shared by every Metrics of a namespace: what another test's
     # handler added and never flushed on this worker would otherwise be flushed here.
@@ -32,6 +35,7 @@ def run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], don
         "captures_settled": [],
         "ships_held": [],
         "ships_unconfirmed": [],
+        "ships_to_confirm": 0,
     }
     metrics: dict[str, list] = {}
     for line in capsys.readouterr().out.splitlines():
@@ -44,16 +48,20 @@ def run(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], don
 
 def test_a_pass_that_marks_orders_counts_them_and_every_open_one(monkeypatch, capsys):
     metrics = run(monkeypatch, capsys, Scanned(marked=["ord_a", "ord_b"], expired=["ord_c"], in_jeopardy=5))
-    assert metrics == {"OrdersInJeopardy": [5.0], "OrdersMarkedInJeopardy": [2.0], "HoldsExpired": [1.0]}
+    assert metrics == {
+        "OrdersInJeopardy": [5.0], "OrdersMarkedInJeopardy": [2.0], "HoldsExpired": [1.0],
+        "ShipsWaitingToConfirm": [0.0],
+    }  # fmt: skip
 
 
 def test_a_quiet_pass_still_reports_zero_late_orders(monkeypatch, capsys):
-    assert run(monkeypatch, capsys, Scanned()) == {"OrdersInJeopardy": [0.0]}
+    # ShipsToConfirmAlarm's gauge too, zero included: the alarm clears only on a zero.
+    assert run(monkeypatch, capsys, Scanned()) == {"OrdersInJeopardy": [0.0], "ShipsWaitingToConfirm": [0.0]}
 
 
 def test_a_pass_that_expires_returns_counts_them(monkeypatch, capsys):
     metrics = run(monkeypatch, capsys, Scanned(returns_expired=["rma_a", "rma_b", "rma_c"]))
-    assert metrics == {"OrdersInJeopardy": [0.0], "ReturnsExpired": [3.0]}
+    assert metrics == {"OrdersInJeopardy": [0.0], "ReturnsExpired": [3.0], "ShipsWaitingToConfirm": [0.0]}
 
 
 def test_the_capture_settlements_start_no_order_once_the_invocation_is_nearly_over(monkeypatch, caplog, capsys):
@@ -78,7 +86,9 @@ def test_the_capture_settlements_start_no_order_once_the_invocation_is_nearly_ov
     invocation = context("JeopardyScanFunction")
     monkeypatch.setattr(type(invocation), "get_remaining_time_in_millis", lambda self: left["millis"])
     services = SimpleNamespace(
-        plugins=SimpleNamespace(broken=[]), jeopardy_scan=SimpleNamespace(run=lambda **_: done), capture_sweep=Sweep()
+        plugins=SimpleNamespace(broken=[]),
+        jeopardy_scan=SimpleNamespace(run=lambda **_: done, count_ships_to_confirm=lambda: 0),
+        capture_sweep=Sweep(),
     )
     monkeypatch.setattr(jeopardy, "container", lambda: services)
     jeopardy.metrics.clear_metrics()
@@ -110,7 +120,9 @@ def test_the_scan_itself_starts_nothing_once_the_invocation_is_nearly_over_and_s
 
     invocation = context("JeopardyScanFunction")
     monkeypatch.setattr(type(invocation), "get_remaining_time_in_millis", lambda self: left["millis"])
-    services = SimpleNamespace(plugins=SimpleNamespace(broken=[]), jeopardy_scan=SimpleNamespace(run=scan))
+    services = SimpleNamespace(
+        plugins=SimpleNamespace(broken=[]), jeopardy_scan=SimpleNamespace(run=scan, count_ships_to_confirm=lambda: 0)
+    )
     monkeypatch.setattr(jeopardy, "container", lambda: services)
     jeopardy.metrics.clear_metrics()
     capsys.readouterr()

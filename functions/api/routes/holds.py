@@ -35,7 +35,10 @@ def hold_order(order_id: OrderIdPath, request: HoldRequest) -> Order | OrderRece
     summary="Release an order from its hold",
     description="The order goes back to the status it was held from and carries on where it stopped: a `pending` "
     "or `authorized` order's workflow starts again within seconds (it skips what is done, and a payment authorized "
-    "before the hold is not authorized again). An order that is not on hold is 409.",
+    "before the hold is not authorized again). An order that is not on hold is 409. A person's hold on an order "
+    "whose ship died after asking for its capture ends alone: the order stays `on_hold` (reason `other`, the note "
+    "naming the shipments) until a person confirms whether the parcel left with a release of that hold; the same "
+    "release sent again (same caller, same note, within 24 h: a blind retry) answers the order as it stands.",
     responses={**changed("The order, released"), **errors(400, 403, 404, 409, 413)},
 )
 @requires(Scope.ORDERS_APPROVE)
