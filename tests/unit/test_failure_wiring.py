@@ -45,11 +45,16 @@ def test_an_alarm_calls_a_person_while_any_parcel_waits_to_be_confirmed_and_for_
     } == {
         query_id: (variables["POWERTOOLS_METRICS_NAMESPACE"], name, service, stat) for query_id, name, stat in watched
     }  # fmt: skip
-    # The scan runs every 5 minutes: each period holds a point of the gauge.
+    # The scan runs every 5 minutes (template.yaml's ScheduleMinutes feeds its rate): each period
+    # holds a point of the gauge.
     assert {stat["Period"] for stat in read.values()} == {300}
-    assert _properties("JeopardyScanFunction")["Events"]["EveryFiveMinutes"]["Properties"]["Schedule"] == (
-        "rate(5 minutes)"
-    )
+    assert TEMPLATE["Mappings"]["ScheduleMinutes"]["JeopardyScanFunction"] == {"Minutes": 5}
+    assert _properties("JeopardyScanFunction")["Events"]["EveryFiveMinutes"]["Properties"]["Schedule"] == {
+        "Fn::Sub": [
+            "rate(${Minutes} minutes)",
+            {"Minutes": {"Fn::FindInMap": ["ScheduleMinutes", "JeopardyScanFunction", "Minutes"]}},
+        ]
+    }
     (expression,) = [query for query in alarm["Metrics"] if "Expression" in query]
     assert expression["Expression"] == "MAX([FILL(waiting, 0), FILL(found, 0)])"
     assert (alarm["Threshold"], alarm["ComparisonOperator"], alarm["EvaluationPeriods"]) == (

@@ -169,7 +169,9 @@ def test_a_scan_part_that_failed_outright_still_reports_what_the_others_did_then
     def scan(**_):
         raise ScanIncomplete(done, [("returns requested", down)])
 
-    services = SimpleNamespace(plugins=SimpleNamespace(broken=[]), jeopardy_scan=SimpleNamespace(run=scan))
+    services = SimpleNamespace(
+        plugins=SimpleNamespace(broken=[]), jeopardy_scan=SimpleNamespace(run=scan, count_ships_to_confirm=lambda: 0)
+    )
     monkeypatch.setattr(jeopardy, "container", lambda: services)
     jeopardy.metrics.clear_metrics()
     capsys.readouterr()
@@ -182,7 +184,12 @@ def test_a_scan_part_that_failed_outright_still_reports_what_the_others_did_then
         record = json.loads(line)
         for metric in record.get("_aws", {}).get("CloudWatchMetrics", [{}])[0].get("Metrics", []):
             metrics[metric["Name"]] = record[metric["Name"]]
-    assert metrics == {"OrdersInJeopardy": [3.0], "OrdersMarkedInJeopardy": [1.0], "HoldsExpired": [1.0]}
+    assert metrics == {
+        "OrdersInJeopardy": [3.0],
+        "OrdersMarkedInJeopardy": [1.0],
+        "HoldsExpired": [1.0],
+        "ShipsWaitingToConfirm": [0.0],  # the parts that ran are reported, and the parcels' gauge
+    }
     logged = {r.getMessage(): r for r in caplog.records}
     assert {"order in jeopardy: past the deadline of its status", "order cancelled: its hold expired"} <= set(logged)
     failed = logged["jeopardy scan part failed: the next run does it again"]
@@ -197,7 +204,9 @@ def test_a_scan_whose_count_failed_reports_no_count_rather_than_zero(monkeypatch
     def scan(**_):
         raise ScanIncomplete(done, [("count", RuntimeError("the by_sla index is throttled"))])
 
-    services = SimpleNamespace(plugins=SimpleNamespace(broken=[]), jeopardy_scan=SimpleNamespace(run=scan))
+    services = SimpleNamespace(
+        plugins=SimpleNamespace(broken=[]), jeopardy_scan=SimpleNamespace(run=scan, count_ships_to_confirm=lambda: 0)
+    )
     monkeypatch.setattr(jeopardy, "container", lambda: services)
     jeopardy.metrics.clear_metrics()
     capsys.readouterr()
