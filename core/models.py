@@ -27,6 +27,7 @@ from pydantic import (
 
 from core.errors import InvalidRequest, InvalidTransition, NotFound, RefundExceedsCaptured
 from core.events import OrderEvent
+from core.fields import empty_list
 from core.ids import booking_key, shipment_id_for
 from core.log_text import shown_reference
 from core.money import Currency, Money
@@ -768,7 +769,7 @@ class PlaceOrder(Strict):
             description="At most one percent-off code applies to an order unless its promotion says it "
             "stacks; two that do not stack and both apply are 422 promo_codes_do_not_stack.",
         ),
-    ] = Field(default_factory=list)
+    ] = Field(default_factory=empty_list)
     payment: PaymentInput
 
 
@@ -955,7 +956,7 @@ class Payment(BaseModel):
     refunded: Money
     # The gateway's reference for the authorization: what captures, voids and refunds name.
     authorization: str | None = None
-    refunds: list[PaymentRefund] = Field(default_factory=list)
+    refunds: list[PaymentRefund] = Field(default_factory=empty_list)
 
     def refundable(self) -> Money:
         """Captured, less what is refunded or being refunded (a pending refund holds its amount)."""
@@ -1126,7 +1127,7 @@ class EarlierCaptures(BaseModel, defer_build=True):
     authorization: str
     captured: Money
     # The shipments whose captures it holds (the rest of `captured`: settlement captures).
-    shipments: list[str] = Field(default_factory=list)
+    shipments: list[str] = Field(default_factory=empty_list)
 
 
 class GivenUpBooking(BaseModel, defer_build=True):
@@ -1168,7 +1169,7 @@ class Hold(BaseModel, defer_build=True):
     # captures (Order.park_for_unfinished_ships): the system's hold for those parcels stands behind
     # it, shown by the history alone, so the person's release ends their hold only and the order
     # stays held for a person to confirm the parcels (Order.release). Stored on those holds only.
-    ships_to_confirm: list[str] = Field(default_factory=list, exclude=True)
+    ships_to_confirm: list[str] = Field(default_factory=empty_list, exclude=True)
 
 
 class Jeopardy(BaseModel, defer_build=True):
@@ -1374,7 +1375,7 @@ class Order(BaseModel, defer_build=True):
     shipping_address: Address
     fulfillment: Fulfillment
     shipping_method: str | None = None
-    promo_codes: list[str] = Field(default_factory=list)
+    promo_codes: list[str] = Field(default_factory=empty_list)
     hold: Hold | None = None
     jeopardy: Jeopardy | None = None
     # Shown on a read of a backordered order (core.backorders.ExpectedArrivals); never stored.
@@ -1394,7 +1395,7 @@ class Order(BaseModel, defer_build=True):
     # for its codes today (for a rule: unless they apply it otherwise to the units left).
     # The system's own: stored, never shown. Empty: no code granted anything, or stored before it
     # existed.
-    promotion_grants: list[PromotionGrant] = Field(default_factory=list, exclude=True)
+    promotion_grants: list[PromotionGrant] = Field(default_factory=empty_list, exclude=True)
     # When the order entered its current status: the jeopardy scan's clock (core/jeopardy.py).
     # Stored, never shown. None: stored before it existed (`updated_at` stands in).
     status_since: datetime | None = Field(default=None, exclude=True)
@@ -1405,22 +1406,22 @@ class Order(BaseModel, defer_build=True):
     changed_before_mark: datetime | None = Field(default=None, exclude=True)
     totals: Totals
     payment: Payment
-    allocations: list[Allocation] = Field(default_factory=list)
-    shipments: list[Shipment] = Field(default_factory=list)
+    allocations: list[Allocation] = Field(default_factory=empty_list)
+    shipments: list[Shipment] = Field(default_factory=empty_list)
     # The returns whose receipt this order has recorded (in `returned_quantity`), so recording
     # one again changes nothing.
-    received_returns: list[str] = Field(default_factory=list)
+    received_returns: list[str] = Field(default_factory=empty_list)
     # The entries of its returns' requests, approvals, rejections and expiries that the history
     # has ("<return id>:<entry type>", Order.return_noted), so writing one again changes nothing.
     # The system's own: stored, never shown.
-    return_entries: list[str] = Field(default_factory=list, exclude=True)
+    return_entries: list[str] = Field(default_factory=empty_list, exclude=True)
     # Locations that rejected a shipment of this order: sourcing never uses them for it again.
     # The system's own, like Hold.resume_to: stored (stored_json), never in a response.
-    excluded_locations: list[str] = Field(default_factory=list, exclude=True)
+    excluded_locations: list[str] = Field(default_factory=empty_list, exclude=True)
     # A shipment id per capture given back because the order changed while it shipped (the id
     # comes back when the order is sourced from that location again): its next capture takes a new
     # gateway key (core/payment_keys.py). The system's own: stored, never shown.
-    reversed_captures: list[str] = Field(default_factory=list, exclude=True)
+    reversed_captures: list[str] = Field(default_factory=empty_list, exclude=True)
     # How many changes (an edit, a location's reject, units cancelled while backordered or from a
     # pending parcel) may have altered what the order's parcels hold, whose shipments keep their
     # ids: a parcel booked after one is asked of the carrier under a new key (core.ids.booking_key),
@@ -1431,35 +1432,35 @@ class Order(BaseModel, defer_build=True):
     # label still show the old contents and weight until they are booked again under the order's
     # current booking key (Order.relabel); a parcel that leaves or is readied for pickup, or an order
     # cancelled, is no longer due one (`_next`). The system's own: stored, never shown.
-    labels_due: list[str] = Field(default_factory=list, exclude=True)
+    labels_due: list[str] = Field(default_factory=empty_list, exclude=True)
     # The booking key of each shipment booked under another key than its id (one booked after a
     # change, core.ids.booking_key): what a cancel of that booking names (`booking_key_of`). Empty
     # on an order nothing changed. The system's own: stored, never shown.
     booking_keys: dict[str, str] = Field(default_factory=dict, exclude=True)
     # Carrier bookings no parcel will use, owed a cancel with their carrier (GivenUpBooking; each
     # new version adds those it gives up, `_next`). The system's own: stored, never shown.
-    bookings_to_cancel: list[GivenUpBooking] = Field(default_factory=list, exclude=True)
+    bookings_to_cancel: list[GivenUpBooking] = Field(default_factory=empty_list, exclude=True)
     # Carrier bookings made for its parcels that no shipment records, which a retry will ask for
     # again under the same key and use (a CreateShipments that failed after booking some parcels,
     # then parked, say): owed a cancel from the change after which nothing will (the order closed,
     # booked under new keys, the parcel no longer waiting for one: `_next`), else that booking is
     # recorded nowhere. The system's own: stored, never shown.
-    unrecorded_bookings: list[GivenUpBooking] = Field(default_factory=list, exclude=True)
+    unrecorded_bookings: list[GivenUpBooking] = Field(default_factory=empty_list, exclude=True)
     # Lines edits replaced whose reservations are owed a release (Order.reservation_lines): the edit
     # releases them after its write; what it could not (the inventory unavailable) the order's
     # sourcing (ReserveStock, whose write clears them) or its cancel releases, or they would stay
     # reserved for good under a line the order no longer has. The system's own: stored, never shown.
-    replaced_lines: list[ReplacedLine] = Field(default_factory=list, exclude=True)
+    replaced_lines: list[ReplacedLine] = Field(default_factory=empty_list, exclude=True)
     # The locations an order sent back to be sourced (an edit, a reject, the sourcing rules) held
     # units at: its sourcing (ReserveStock, whose write clears them) looks for its reservations there
     # too, though one may no longer supply it (it stopped shipping), or they would stay reserved for
     # no one. The system's own: stored, never shown.
-    held_before: list[str] = Field(default_factory=list, exclude=True)
+    held_before: list[str] = Field(default_factory=empty_list, exclude=True)
     # Captures asked of the gateway for a shipment or the settlement and not recorded yet
     # (CaptureRequest): while one stands, its shipment keeps its lines and the authorization is not
     # voided; on an order nobody ships or cancels again the jeopardy scan finds it once the order is
     # late, and it is settled (core.capture_sweep). The system's own: stored, never shown.
-    captures_requested: list[CaptureRequest] = Field(default_factory=list, exclude=True)
+    captures_requested: list[CaptureRequest] = Field(default_factory=empty_list, exclude=True)
     # An edit's authorization asked of the gateway and not recorded yet (AuthorizationRequest). The
     # system's own: stored, never shown.
     authorization_requested: AuthorizationRequest | None = Field(default=None, exclude=True)
@@ -1470,7 +1471,7 @@ class Order(BaseModel, defer_build=True):
     # core.authorization_sweep). One a standing capture request is asked under (capturing_under: a
     # renewal for another parcel replaced it meanwhile) waits for that capture to be recorded or
     # given back first. The system's own: stored, never shown.
-    replaced_authorizations: list[str] = Field(default_factory=list, exclude=True)
+    replaced_authorizations: list[str] = Field(default_factory=empty_list, exclude=True)
     # When the gateway approved the order's current authorization (`payment.authorization`): a
     # gateway lets an authorization lapse after some days, so a ship or collect of an order whose
     # authorization is older than OMS_AUTHORIZATION_VALID_DAYS authorizes again first
@@ -1486,7 +1487,7 @@ class Order(BaseModel, defer_build=True):
     # order, with one authorization; on an order stored before it existed, its captures count as
     # made under its current authorization, which is where its refunds went. The system's own:
     # stored, never shown.
-    earlier_captures: list[EarlierCaptures] = Field(default_factory=list, exclude=True)
+    earlier_captures: list[EarlierCaptures] = Field(default_factory=empty_list, exclude=True)
     # The lapsed authorization a ship or collect asks the gateway to authorize again, written before
     # it asks (request_renewal) and cleared by the write that records the new one, or its decline:
     # the ship repeated asks again under the same key (core/payment_keys.py) and records it, and a
@@ -1510,7 +1511,7 @@ class Order(BaseModel, defer_build=True):
     # lapse early by the issuer) is asked afresh, not answered with that refusal again. Kept while
     # a key may still name it (_later_kept): the current one, and one a standing capture request is
     # asked under. Empty on the typical order, whose keys stay as they were. Stored, never shown.
-    later_authorizations: list[str] = Field(default_factory=list, exclude=True)
+    later_authorizations: list[str] = Field(default_factory=empty_list, exclude=True)
     # The order's current authorization, when a capture given back (record_capture_reversal) was
     # made under it, or the gateway refused a capture on it (record_capture_not_made; not on the
     # `refusal_renewal`): a gateway does not let what a refunded capture took be captured again,
@@ -1519,7 +1520,7 @@ class Order(BaseModel, defer_build=True):
     # renewal (or an edit's authorization) that replaces it drops it. One a renewal replaced
     # already is not renewed again, so it is not kept. Empty on the typical order. Stored, never
     # shown.
-    spent_authorizations: list[str] = Field(default_factory=list, exclude=True)
+    spent_authorizations: list[str] = Field(default_factory=empty_list, exclude=True)
     # The authorization a renewal made because a capture on the one it replaced was refused or
     # given back (spent_authorizations), written by the renewal that records it (and cleared by the
     # next): a capture the gateway refuses on it as well is no lapse a new authorization cures (the
@@ -1537,7 +1538,7 @@ class Order(BaseModel, defer_build=True):
     # earlier key of an authorized order. So are the keys of authorizations it asked for once
     # authorized and could not record nor void, the gateway down (give_up_key). Empty on the typical
     # order. The system's own: stored, never shown.
-    authorization_keys_given_up: list[str] = Field(default_factory=list, exclude=True)
+    authorization_keys_given_up: list[str] = Field(default_factory=empty_list, exclude=True)
     # Whether the cancelled order's own authorization is still to void because the gateway could
     # not (unavailable through every attempt), or could not get to it: a capture the order asked
     # for and never recorded is given back first (Cancellation.void); or, its payment never
@@ -1554,7 +1555,7 @@ class Order(BaseModel, defer_build=True):
     exchange_of: str | None = None
     exchange_credit: Money | None = None
     # The returns of this order whose replacement was placed (the history names each once).
-    exchanges: list[str] = Field(default_factory=list)
+    exchanges: list[str] = Field(default_factory=empty_list)
     # What each of those returns' units were worth when their value became the replacement's credit
     # (by return id): what a refund records for returned units (PaymentRefund.lines), for units
     # paid back as a credit. The system's own: stored, never shown.
@@ -1589,7 +1590,7 @@ class Order(BaseModel, defer_build=True):
     # and clears this (UnitCancellation.refund_kept_back); without it the order would be in no
     # index and the return would show less than went back, for good. Empty on the typical order.
     # The system's own: stored, never shown.
-    returns_to_show: list[str] = Field(default_factory=list, exclude=True)
+    returns_to_show: list[str] = Field(default_factory=empty_list, exclude=True)
     # What a cancel of units owes back that its function does after its write: the refund of what
     # the captures hold beyond the new total (a settlement), and for an exchange's replacement left
     # nothing to ship, the give-back of the credit it does not use (on its original order). Written

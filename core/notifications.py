@@ -11,6 +11,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, Field, TypeAdapter
 
 from core.domain_events import EventType, order_events
+from core.fields import empty_list
 from core.hook_calls import call_hook
 from core.ids import short_hash
 from core.models import VisibleText
@@ -46,7 +47,7 @@ class Notification(BaseModel, defer_build=True):
     created_at: datetime
     # What the plugins (hook oms_notify) sent it through ("email", "sms"), the first MAX_WAYS they
     # named; empty: only recorded.
-    sent_via: list[str] = Field(default_factory=list)
+    sent_via: list[str] = Field(default_factory=empty_list)
     sent_at: datetime | None = None
 
 

@@ -20,6 +20,7 @@ from core.errors import (
     StockLimitReached,
     UnknownSku,
 )
+from core.fields import empty_list
 from core.ids import new_id, short_hash
 from core.models import MAX_ON_HAND, Email, Identifier, ReorderSettings, Strict, Text, VisibleName
 from core.money import Money
@@ -295,7 +296,7 @@ class LinePrice(Strict):
 class Submission(Strict):
     """The optional body of a submit: unit costs for a draft's lines (required for those without one)."""
 
-    lines: Annotated[list[LinePrice], Field(default_factory=list, max_length=MAX_LINES)]
+    lines: Annotated[list[LinePrice], Field(default_factory=empty_list, max_length=MAX_LINES)]
 
     @field_validator("lines")
     @classmethod

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 
 from core.errors import InvalidRequest, InvalidTransition
 from core.events import OrderEvent
+from core.fields import empty_list
 from core.models import Identifier, LineInput, Note, Strict, Text, VisibleText
 from core.money import Money
 from core.status import UNRECEIVED_RETURNS, ReturnStatus, can_transition
@@ -183,7 +184,7 @@ class Return(BaseModel):
     note: Annotated[str, VisibleText] | None = None
     # What the order's history owes this return's changes (OrderEntry). The system's own: stored
     # (stored_json), never shown.
-    order_entries: list[OrderEntry] = Field(default_factory=list, exclude=True)
+    order_entries: list[OrderEntry] = Field(default_factory=empty_list, exclude=True)
     # The key of the request that made it (a client's Idempotency-Key, scoped to its API key): a
     # retry the first run's stored answer never reached finds this return (Returns.request).
     # The system's own: stored, never shown.
@@ -195,7 +196,7 @@ class Return(BaseModel):
     # (Returns._finish_pending), written before it asks the gateway and cleared once they show
     # what went back for them (core.refund_service.show_owed): a step that dies between lets its
     # retry, or the reconciler's returns pass, show it. The system's own: stored, never shown.
-    shows_owed: list[str] = Field(default_factory=list, exclude=True)
+    shows_owed: list[str] = Field(default_factory=empty_list, exclude=True)
     created_at: datetime
     updated_at: datetime
     version: int

@@ -8,6 +8,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from core.fields import empty_list
 from core.models import Identifier, Location, StockLevel, Strict
 
 MAX_RULE_LOCATIONS = 500  # a network's worth; keeps one rules item well under DynamoDB's 400 KB
@@ -29,7 +30,7 @@ class SourcingRulesInput(Strict):
     max_shipments: Annotated[int, Field(ge=1, le=100, strict=True)] | None = None
     excluded_locations: Annotated[
         list[Identifier], Field(max_length=MAX_RULE_LOCATIONS, json_schema_extra={"uniqueItems": True})
-    ] = Field(default_factory=list)
+    ] = Field(default_factory=empty_list)
     safety_stock: Annotated[dict[Identifier, Units], Field(max_length=MAX_RULE_LOCATIONS)] = Field(default_factory=dict)
     prefer: Prefer = Prefer.NEAREST
 
@@ -54,7 +55,7 @@ class SourcingRules(BaseModel):
 
     version: int = 0
     max_shipments: int | None = None
-    excluded_locations: list[str] = Field(default_factory=list)
+    excluded_locations: list[str] = Field(default_factory=empty_list)
     safety_stock: dict[str, int] = Field(default_factory=dict)
     prefer: Prefer = Prefer.NEAREST
     updated_at: datetime | None = None

@@ -7,6 +7,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from core.errors import PluginError
+from core.fields import empty_list
 from core.hook_calls import call_hook
 from core.models import Allocation, CleanText, Location, Order, ShipmentLine, TrackingNumber, VisibleText
 from core.ports import LabelStore
@@ -34,7 +35,7 @@ class SourcingPlan(BaseModel):
     model_config = ConfigDict(frozen=True, defer_build=True)
 
     allocations: list[Allocation]
-    reasons: list[Annotated[str, VisibleText]] = Field(default_factory=list)
+    reasons: list[Annotated[str, VisibleText]] = Field(default_factory=empty_list)
 
 
 class CarrierShipment(BaseModel):
