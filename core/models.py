@@ -1,6 +1,9 @@
 """Domain models: catalog, network, inventory and orders, as the HTTP contract names them."""
 
-from __future__ import annotations
+# Unlike the rest of core/, no `from __future__ import annotations`: pydantic evaluates a model's
+# string annotations when its class is made (typing.ForwardRef compiles each one), and this
+# module's ~260 cost every new container's import some 3 ms. The few names used before they are
+# defined are quoted.
 
 import json
 import re
@@ -527,7 +530,7 @@ class AddressInput(Address):
         return data.model_dump() if isinstance(data, Address) and not isinstance(data, cls) else data
 
     @model_validator(mode="after")
-    def _us_state_is_certain(self) -> AddressInput:
+    def _us_state_is_certain(self) -> "AddressInput":
         if self.country != "US":
             return self
         zip_state = code_of_zip(self.postal_code)
@@ -863,10 +866,10 @@ class RefundPart(BaseModel, defer_build=True):
     reference: str | None = None  # the gateway's, once it approved
     message: str | None = None  # why it was not made, once it was refused
 
-    def approved(self, reference: str) -> RefundPart:
+    def approved(self, reference: str) -> "RefundPart":
         return _replaced(self, status="succeeded", reference=reference)
 
-    def refused(self, message: str) -> RefundPart:
+    def refused(self, message: str) -> "RefundPart":
         return _replaced(self, status="failed", message=message[:500])
 
 
@@ -969,10 +972,10 @@ class Payment(BaseModel):
     def refund_by_id(self, refund_id: str) -> PaymentRefund | None:
         return next((r for r in self.refunds if r.id == refund_id), None)
 
-    def authorized_for(self, amount: Money, reference: str) -> Payment:
+    def authorized_for(self, amount: Money, reference: str) -> "Payment":
         return _replaced(self, status=PaymentStatus.AUTHORIZED, authorized=amount, authorization=reference)
 
-    def with_capture(self, amount: Money, grand_total: Money) -> Payment:
+    def with_capture(self, amount: Money, grand_total: Money) -> "Payment":
         if amount.amount == 0 and self.status is PaymentStatus.REFUNDED:
             # A parcel with nothing left to capture (an exchange's credit paid for it) leaving after
             # what was captured went back on a return: all it took is given back still.
@@ -988,18 +991,18 @@ class Payment(BaseModel):
             status = self.status
         return _replaced(self, captured=captured, status=status)
 
-    def voided(self) -> Payment:
+    def voided(self) -> "Payment":
         return _replaced(self, status=PaymentStatus.VOIDED)
 
-    def declined(self) -> Payment:
+    def declined(self) -> "Payment":
         return _replaced(self, status=PaymentStatus.DECLINED)
 
-    def with_pending_refund(self, refund: PaymentRefund) -> Payment:
+    def with_pending_refund(self, refund: PaymentRefund) -> "Payment":
         return _replaced(self, refunds=[*self.refunds, refund])
 
     def with_refund(
         self, refund_id: str, reference: str, everything_captured: bool, parts: list[RefundPart] | None = None
-    ) -> Payment:
+    ) -> "Payment":
         """The pending refund `refund_id` succeeded (split, every one of its `parts`, as answered):
         it counts in `refunded` from now on."""
         refund = self._pending(refund_id)
@@ -1008,7 +1011,7 @@ class Payment(BaseModel):
 
     def with_failed_refund(
         self, refund_id: str, reference: str | None, message: str, parts: list[RefundPart] | None = None
-    ) -> Payment:
+    ) -> "Payment":
         """The pending refund `refund_id` was refused: kept, failed, never counted; but split, its
         `parts` (as answered) that the gateway approved before one was refused count, as the money
         they gave back did go back."""
@@ -1022,7 +1025,7 @@ class Payment(BaseModel):
             return _replaced(self, refunds=[_replaced(r, **changes) if r.id == refund_id else r for r in self.refunds])
         return self._refunded_by(went, False, refund_id, **changes, parts=parts)
 
-    def _refunded_by(self, amount: Money, everything_captured: bool, refund_id: str, **changes: Any) -> Payment:
+    def _refunded_by(self, amount: Money, everything_captured: bool, refund_id: str, **changes: Any) -> "Payment":
         refunded = self.refunded + amount
         fully = everything_captured and refunded == self.captured
         return _replaced(
@@ -1261,7 +1264,7 @@ def _later_kept(later: list[str], requests: list[CaptureRequest], new: str) -> l
     return [*(a for a in later if a in asked and a != new), new]
 
 
-def _bookings_given_up(old: Order, new: Order) -> list[GivenUpBooking]:
+def _bookings_given_up(old: "Order", new: "Order") -> list[GivenUpBooking]:
     """The carrier bookings of `old`'s pending parcels that `new` no longer uses: the order
     cancelled, the shipment gone or cancelled, or booked again (another tracking number or booking
     key). A parcel that left (or was readied for pickup) used its booking."""
@@ -1289,7 +1292,7 @@ def _bookings_given_up(old: Order, new: Order) -> list[GivenUpBooking]:
     return given_up
 
 
-def _labels_given_up(old: Order, new: Order) -> list[GivenUpBooking]:
+def _labels_given_up(old: "Order", new: "Order") -> list[GivenUpBooking]:
     """The new labels of `old`'s parcels due one (`labels_due`) that may have been booked and that
     `new` will never ask for again under their key: the request that made a parcel due books it at
     once, and may never have heard the carrier's answer (lost, or the request killed), so a
@@ -3119,7 +3122,7 @@ class Order(BaseModel, defer_build=True):
 
     def held_for_review(
         self, edited: Change, requests: list[ReviewRequest], *, at: datetime, actor: str
-    ) -> tuple[Order, list[HistoryEntry]]:
+    ) -> "tuple[Order, list[HistoryEntry]]":
         """`edited` (this order's edit) on hold in the same version, as a new order is when a review
         rule asks (the first request's reason and note; the requests in the entry, review_detail):
         one write, so nothing is authorized or sourced for the edited order before a person has looked."""
@@ -3498,7 +3501,7 @@ class Order(BaseModel, defer_build=True):
         fields = self._showing(return_ids)
         return self._bookkeeping(at=at, **fields) if fields else None
 
-    def owing_settlement(self) -> Order:
+    def owing_settlement(self) -> "Order":
         """This version (one a cancel of units has just decided) recording that what the cancel
         owes back is still to be done (settlement_owed): written with it, not a version of its own."""
         return _replaced(self, settlement_owed=True)
@@ -3717,7 +3720,7 @@ class OrderEdit(Strict):
     shipping_method: ShippingMethod | None = None
 
     @model_validator(mode="after")
-    def _something(self) -> OrderEdit:
+    def _something(self) -> "OrderEdit":
         if self.lines is None and self.shipping_address is None and self.shipping_method is None:
             raise ValueError("send at least one of lines, shipping_address, shipping_method")
         return self
