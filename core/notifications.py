@@ -1,7 +1,5 @@
 """Customer notifications: what an order change tells its customer, recorded once per event and sent by plugins."""
 
-from __future__ import annotations
-
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from datetime import datetime

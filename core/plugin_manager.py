@@ -1,8 +1,6 @@
 """Builds the pluggy plugin manager: the hookspecs, the `oms` entry points one at a time, copies of
 the arguments for every hook call that other people's code answers."""
 
-from __future__ import annotations
-
 import copy
 import datetime
 import enum

@@ -1,7 +1,5 @@
 """Sourcing rules as data: their model, their versions, and how they narrow what sourcing may use."""
 
-from __future__ import annotations
-
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated
@@ -61,7 +59,7 @@ class SourcingRules(BaseModel):
     updated_at: datetime | None = None
     updated_by: str | None = None
 
-    def with_changes(self, given: SourcingRulesInput) -> SourcingRules:
+    def with_changes(self, given: SourcingRulesInput) -> "SourcingRules":
         """These rules with the ones `given` explicitly (a what-if): the rest keep their value."""
         changes = {name: getattr(given, name) for name in given.model_fields_set}
         return self.model_copy(update=changes)

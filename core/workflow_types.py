@@ -1,7 +1,5 @@
 """What payment, sourcing and carrier plugins receive and return."""
 
-from __future__ import annotations
-
 from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
@@ -60,7 +58,7 @@ class CarrierShipment(BaseModel):
     label_url: str | None = Field(default=None, max_length=2048, pattern=r"^https://[!-\x22$-.0->@-~]+[!-~]*$")
 
     @model_validator(mode="after")
-    def _one_label(self) -> CarrierShipment:
+    def _one_label(self) -> "CarrierShipment":
         if (self.label is None) == (self.label_url is None):
             raise ValueError("give the label document (label) or the carrier's link to it (label_url), one of them")
         return self
