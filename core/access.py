@@ -1,7 +1,5 @@
 """API keys and scopes: who may call what. Secrets are random and kept only as hashes."""
 
-from __future__ import annotations
-
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated

@@ -1,7 +1,5 @@
 """The access log of an order: who read it (recorded per request, asynchronously) and who changed it (its history)."""
 
-from __future__ import annotations
-
 import base64
 import binascii
 import json

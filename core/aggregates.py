@@ -8,8 +8,6 @@ always yields the same deltas (a redelivered record is recognised by its (order,
 kept by the adapter in the same transaction as the counters).
 """
 
-from __future__ import annotations
-
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field

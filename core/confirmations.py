@@ -10,8 +10,6 @@ refused or could not make now) is reported beside the others and stops nothing; 
 safe to send again.
 """
 
-from __future__ import annotations
-
 import re
 from collections.abc import Callable
 from dataclasses import dataclass

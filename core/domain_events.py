@@ -1,7 +1,5 @@
 """Domain events out: what an order change means to other systems, derived from its two versions."""
 
-from __future__ import annotations
-
 import json
 from collections.abc import Callable, Iterator
 from datetime import datetime

@@ -1,7 +1,5 @@
 """Holds for review: a person puts an order that has not shipped on hold, and releases it."""
 
-from __future__ import annotations
-
 import contextlib
 import logging
 from collections import defaultdict

@@ -8,8 +8,6 @@ line is recorded at most once (ImportLedger.record), so a redelivered message or
 never counts twice, and an import completes when its counts reach its total.
 """
 
-from __future__ import annotations
-
 import hashlib
 import hmac
 import json
@@ -96,7 +94,7 @@ class ImportSummary(BaseModel, defer_build=True):
     _masked_source = field_validator("source")(mask_card_numbers)
 
     @model_validator(mode="after")
-    def _found_at_least_what_is_recorded(self) -> ImportSummary:
+    def _found_at_least_what_is_recorded(self) -> "ImportSummary":
         # While the file is read, the stored total is written every PROGRESS_EVERY orders (and a
         # resumed split counts again from its start) as the workers record outcomes: every order
         # recorded was found, so the total shown is never below them.
@@ -336,7 +334,7 @@ class QueueSenders:
     channels: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
     @classmethod
-    def parse(cls, splitter: str | None, channels: str) -> QueueSenders:
+    def parse(cls, splitter: str | None, channels: str) -> "QueueSenders":
         """From "AROAID1=web+pos,AIDAID2=marketplace" (the ImportQueueSenderChannels parameter)."""
         allowed: dict[str, frozenset[str]] = {}
         for pair in filter(None, (part.strip() for part in channels.split(","))):

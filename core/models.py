@@ -1,6 +1,9 @@
 """Domain models: catalog, network, inventory and orders, as the HTTP contract names them."""
 
-from __future__ import annotations
+# No `from __future__ import annotations` in a module of models: pydantic evaluates a model's
+# string annotations when its class is made (typing.ForwardRef compiles each one), and this
+# module's ~260 cost every new container's import some 3 ms (tests/unit/test_models_deferred.py).
+# The few names used before they are defined are quoted.
 
 import json
 import re
@@ -27,6 +30,7 @@ from pydantic import (
 
 from core.errors import InvalidRequest, InvalidTransition, NotFound, RefundExceedsCaptured
 from core.events import OrderEvent
+from core.fields import empty_list
 from core.ids import booking_key, shipment_id_for
 from core.log_text import shown_reference
 from core.money import Currency, Money
@@ -526,7 +530,7 @@ class AddressInput(Address):
         return data.model_dump() if isinstance(data, Address) and not isinstance(data, cls) else data
 
     @model_validator(mode="after")
-    def _us_state_is_certain(self) -> AddressInput:
+    def _us_state_is_certain(self) -> "AddressInput":
         if self.country != "US":
             return self
         zip_state = code_of_zip(self.postal_code)
@@ -768,7 +772,7 @@ class PlaceOrder(Strict):
             description="At most one percent-off code applies to an order unless its promotion says it "
             "stacks; two that do not stack and both apply are 422 promo_codes_do_not_stack.",
         ),
-    ] = Field(default_factory=list)
+    ] = Field(default_factory=empty_list)
     payment: PaymentInput
 
 
@@ -862,10 +866,10 @@ class RefundPart(BaseModel, defer_build=True):
     reference: str | None = None  # the gateway's, once it approved
     message: str | None = None  # why it was not made, once it was refused
 
-    def approved(self, reference: str) -> RefundPart:
+    def approved(self, reference: str) -> "RefundPart":
         return _replaced(self, status="succeeded", reference=reference)
 
-    def refused(self, message: str) -> RefundPart:
+    def refused(self, message: str) -> "RefundPart":
         return _replaced(self, status="failed", message=message[:500])
 
 
@@ -955,7 +959,7 @@ class Payment(BaseModel):
     refunded: Money
     # The gateway's reference for the authorization: what captures, voids and refunds name.
     authorization: str | None = None
-    refunds: list[PaymentRefund] = Field(default_factory=list)
+    refunds: list[PaymentRefund] = Field(default_factory=empty_list)
 
     def refundable(self) -> Money:
         """Captured, less what is refunded or being refunded (a pending refund holds its amount)."""
@@ -968,10 +972,10 @@ class Payment(BaseModel):
     def refund_by_id(self, refund_id: str) -> PaymentRefund | None:
         return next((r for r in self.refunds if r.id == refund_id), None)
 
-    def authorized_for(self, amount: Money, reference: str) -> Payment:
+    def authorized_for(self, amount: Money, reference: str) -> "Payment":
         return _replaced(self, status=PaymentStatus.AUTHORIZED, authorized=amount, authorization=reference)
 
-    def with_capture(self, amount: Money, grand_total: Money) -> Payment:
+    def with_capture(self, amount: Money, grand_total: Money) -> "Payment":
         if amount.amount == 0 and self.status is PaymentStatus.REFUNDED:
             # A parcel with nothing left to capture (an exchange's credit paid for it) leaving after
             # what was captured went back on a return: all it took is given back still.
@@ -987,18 +991,18 @@ class Payment(BaseModel):
             status = self.status
         return _replaced(self, captured=captured, status=status)
 
-    def voided(self) -> Payment:
+    def voided(self) -> "Payment":
         return _replaced(self, status=PaymentStatus.VOIDED)
 
-    def declined(self) -> Payment:
+    def declined(self) -> "Payment":
         return _replaced(self, status=PaymentStatus.DECLINED)
 
-    def with_pending_refund(self, refund: PaymentRefund) -> Payment:
+    def with_pending_refund(self, refund: PaymentRefund) -> "Payment":
         return _replaced(self, refunds=[*self.refunds, refund])
 
     def with_refund(
         self, refund_id: str, reference: str, everything_captured: bool, parts: list[RefundPart] | None = None
-    ) -> Payment:
+    ) -> "Payment":
         """The pending refund `refund_id` succeeded (split, every one of its `parts`, as answered):
         it counts in `refunded` from now on."""
         refund = self._pending(refund_id)
@@ -1007,7 +1011,7 @@ class Payment(BaseModel):
 
     def with_failed_refund(
         self, refund_id: str, reference: str | None, message: str, parts: list[RefundPart] | None = None
-    ) -> Payment:
+    ) -> "Payment":
         """The pending refund `refund_id` was refused: kept, failed, never counted; but split, its
         `parts` (as answered) that the gateway approved before one was refused count, as the money
         they gave back did go back."""
@@ -1021,7 +1025,7 @@ class Payment(BaseModel):
             return _replaced(self, refunds=[_replaced(r, **changes) if r.id == refund_id else r for r in self.refunds])
         return self._refunded_by(went, False, refund_id, **changes, parts=parts)
 
-    def _refunded_by(self, amount: Money, everything_captured: bool, refund_id: str, **changes: Any) -> Payment:
+    def _refunded_by(self, amount: Money, everything_captured: bool, refund_id: str, **changes: Any) -> "Payment":
         refunded = self.refunded + amount
         fully = everything_captured and refunded == self.captured
         return _replaced(
@@ -1126,7 +1130,7 @@ class EarlierCaptures(BaseModel, defer_build=True):
     authorization: str
     captured: Money
     # The shipments whose captures it holds (the rest of `captured`: settlement captures).
-    shipments: list[str] = Field(default_factory=list)
+    shipments: list[str] = Field(default_factory=empty_list)
 
 
 class GivenUpBooking(BaseModel, defer_build=True):
@@ -1168,18 +1172,18 @@ class Hold(BaseModel, defer_build=True):
     # captures (Order.park_for_unfinished_ships): the system's hold for those parcels stands behind
     # it, shown by the history alone, so the person's release ends their hold only and the order
     # stays held for a person to confirm the parcels (Order.release). Stored on those holds only.
-    ships_to_confirm: list[str] = Field(default_factory=list, exclude=True)
+    ships_to_confirm: list[str] = Field(default_factory=empty_list, exclude=True)
     # The system's hold for those parcels that a person's release of their hold made a park left
     # standing (Order.release): who released and with what note, so the same release sent again (a
     # client's blind retry, whatever its Idempotency-Key) is known for a repeat and confirms no
     # parcel nobody looked at (Order.repeats_release). Stored on those holds only.
-    left_by_release: ReleaseSent | None = Field(default=None, exclude=True)
+    left_by_release: "ReleaseSent | None" = Field(default=None, exclude=True)
     # The system's own hold for a person to confirm whether the parcels of these shipments left
     # (Order.hold_unfinished_ships, and the one a person's release of their hold made a park leaves:
     # Order.release), so the jeopardy scan counts the parcels waiting for a person (Order.
     # ships_to_confirm_since) until a person releases it or the order is cancelled. Stored on those
     # holds only.
-    confirms_ships: list[str] = Field(default_factory=list, exclude=True)
+    confirms_ships: list[str] = Field(default_factory=empty_list, exclude=True)
 
 
 class ReleaseSent(BaseModel, defer_build=True):
@@ -1283,7 +1287,7 @@ def _later_kept(later: list[str], requests: list[CaptureRequest], new: str) -> l
     return [*(a for a in later if a in asked and a != new), new]
 
 
-def _bookings_given_up(old: Order, new: Order) -> list[GivenUpBooking]:
+def _bookings_given_up(old: "Order", new: "Order") -> list[GivenUpBooking]:
     """The carrier bookings of `old`'s pending parcels that `new` no longer uses: the order
     cancelled, the shipment gone or cancelled, or booked again (another tracking number or booking
     key). A parcel that left (or was readied for pickup) used its booking."""
@@ -1311,7 +1315,7 @@ def _bookings_given_up(old: Order, new: Order) -> list[GivenUpBooking]:
     return given_up
 
 
-def _labels_given_up(old: Order, new: Order) -> list[GivenUpBooking]:
+def _labels_given_up(old: "Order", new: "Order") -> list[GivenUpBooking]:
     """The new labels of `old`'s parcels due one (`labels_due`) that may have been booked and that
     `new` will never ask for again under their key: the request that made a parcel due books it at
     once, and may never have heard the carrier's answer (lost, or the request killed), so a
@@ -1397,7 +1401,7 @@ class Order(BaseModel, defer_build=True):
     shipping_address: Address
     fulfillment: Fulfillment
     shipping_method: str | None = None
-    promo_codes: list[str] = Field(default_factory=list)
+    promo_codes: list[str] = Field(default_factory=empty_list)
     hold: Hold | None = None
     jeopardy: Jeopardy | None = None
     # Shown on a read of a backordered order (core.backorders.ExpectedArrivals); never stored.
@@ -1417,7 +1421,7 @@ class Order(BaseModel, defer_build=True):
     # for its codes today (for a rule: unless they apply it otherwise to the units left).
     # The system's own: stored, never shown. Empty: no code granted anything, or stored before it
     # existed.
-    promotion_grants: list[PromotionGrant] = Field(default_factory=list, exclude=True)
+    promotion_grants: list[PromotionGrant] = Field(default_factory=empty_list, exclude=True)
     # When the order entered its current status: the jeopardy scan's clock (core/jeopardy.py).
     # Stored, never shown. None: stored before it existed (`updated_at` stands in).
     status_since: datetime | None = Field(default=None, exclude=True)
@@ -1428,22 +1432,22 @@ class Order(BaseModel, defer_build=True):
     changed_before_mark: datetime | None = Field(default=None, exclude=True)
     totals: Totals
     payment: Payment
-    allocations: list[Allocation] = Field(default_factory=list)
-    shipments: list[Shipment] = Field(default_factory=list)
+    allocations: list[Allocation] = Field(default_factory=empty_list)
+    shipments: list[Shipment] = Field(default_factory=empty_list)
     # The returns whose receipt this order has recorded (in `returned_quantity`), so recording
     # one again changes nothing.
-    received_returns: list[str] = Field(default_factory=list)
+    received_returns: list[str] = Field(default_factory=empty_list)
     # The entries of its returns' requests, approvals, rejections and expiries that the history
     # has ("<return id>:<entry type>", Order.return_noted), so writing one again changes nothing.
     # The system's own: stored, never shown.
-    return_entries: list[str] = Field(default_factory=list, exclude=True)
+    return_entries: list[str] = Field(default_factory=empty_list, exclude=True)
     # Locations that rejected a shipment of this order: sourcing never uses them for it again.
     # The system's own, like Hold.resume_to: stored (stored_json), never in a response.
-    excluded_locations: list[str] = Field(default_factory=list, exclude=True)
+    excluded_locations: list[str] = Field(default_factory=empty_list, exclude=True)
     # A shipment id per capture given back because the order changed while it shipped (the id
     # comes back when the order is sourced from that location again): its next capture takes a new
     # gateway key (core/payment_keys.py). The system's own: stored, never shown.
-    reversed_captures: list[str] = Field(default_factory=list, exclude=True)
+    reversed_captures: list[str] = Field(default_factory=empty_list, exclude=True)
     # How many changes (an edit, a location's reject, units cancelled while backordered or from a
     # pending parcel) may have altered what the order's parcels hold, whose shipments keep their
     # ids: a parcel booked after one is asked of the carrier under a new key (core.ids.booking_key),
@@ -1454,35 +1458,35 @@ class Order(BaseModel, defer_build=True):
     # label still show the old contents and weight until they are booked again under the order's
     # current booking key (Order.relabel); a parcel that leaves or is readied for pickup, or an order
     # cancelled, is no longer due one (`_next`). The system's own: stored, never shown.
-    labels_due: list[str] = Field(default_factory=list, exclude=True)
+    labels_due: list[str] = Field(default_factory=empty_list, exclude=True)
     # The booking key of each shipment booked under another key than its id (one booked after a
     # change, core.ids.booking_key): what a cancel of that booking names (`booking_key_of`). Empty
     # on an order nothing changed. The system's own: stored, never shown.
     booking_keys: dict[str, str] = Field(default_factory=dict, exclude=True)
     # Carrier bookings no parcel will use, owed a cancel with their carrier (GivenUpBooking; each
     # new version adds those it gives up, `_next`). The system's own: stored, never shown.
-    bookings_to_cancel: list[GivenUpBooking] = Field(default_factory=list, exclude=True)
+    bookings_to_cancel: list[GivenUpBooking] = Field(default_factory=empty_list, exclude=True)
     # Carrier bookings made for its parcels that no shipment records, which a retry will ask for
     # again under the same key and use (a CreateShipments that failed after booking some parcels,
     # then parked, say): owed a cancel from the change after which nothing will (the order closed,
     # booked under new keys, the parcel no longer waiting for one: `_next`), else that booking is
     # recorded nowhere. The system's own: stored, never shown.
-    unrecorded_bookings: list[GivenUpBooking] = Field(default_factory=list, exclude=True)
+    unrecorded_bookings: list[GivenUpBooking] = Field(default_factory=empty_list, exclude=True)
     # Lines edits replaced whose reservations are owed a release (Order.reservation_lines): the edit
     # releases them after its write; what it could not (the inventory unavailable) the order's
     # sourcing (ReserveStock, whose write clears them) or its cancel releases, or they would stay
     # reserved for good under a line the order no longer has. The system's own: stored, never shown.
-    replaced_lines: list[ReplacedLine] = Field(default_factory=list, exclude=True)
+    replaced_lines: list[ReplacedLine] = Field(default_factory=empty_list, exclude=True)
     # The locations an order sent back to be sourced (an edit, a reject, the sourcing rules) held
     # units at: its sourcing (ReserveStock, whose write clears them) looks for its reservations there
     # too, though one may no longer supply it (it stopped shipping), or they would stay reserved for
     # no one. The system's own: stored, never shown.
-    held_before: list[str] = Field(default_factory=list, exclude=True)
+    held_before: list[str] = Field(default_factory=empty_list, exclude=True)
     # Captures asked of the gateway for a shipment or the settlement and not recorded yet
     # (CaptureRequest): while one stands, its shipment keeps its lines and the authorization is not
     # voided; on an order nobody ships or cancels again the jeopardy scan finds it once the order is
     # late, and it is settled (core.capture_sweep). The system's own: stored, never shown.
-    captures_requested: list[CaptureRequest] = Field(default_factory=list, exclude=True)
+    captures_requested: list[CaptureRequest] = Field(default_factory=empty_list, exclude=True)
     # An edit's authorization asked of the gateway and not recorded yet (AuthorizationRequest). The
     # system's own: stored, never shown.
     authorization_requested: AuthorizationRequest | None = Field(default=None, exclude=True)
@@ -1493,7 +1497,7 @@ class Order(BaseModel, defer_build=True):
     # core.authorization_sweep). One a standing capture request is asked under (capturing_under: a
     # renewal for another parcel replaced it meanwhile) waits for that capture to be recorded or
     # given back first. The system's own: stored, never shown.
-    replaced_authorizations: list[str] = Field(default_factory=list, exclude=True)
+    replaced_authorizations: list[str] = Field(default_factory=empty_list, exclude=True)
     # When the gateway approved the order's current authorization (`payment.authorization`): a
     # gateway lets an authorization lapse after some days, so a ship or collect of an order whose
     # authorization is older than OMS_AUTHORIZATION_VALID_DAYS authorizes again first
@@ -1509,7 +1513,7 @@ class Order(BaseModel, defer_build=True):
     # order, with one authorization; on an order stored before it existed, its captures count as
     # made under its current authorization, which is where its refunds went. The system's own:
     # stored, never shown.
-    earlier_captures: list[EarlierCaptures] = Field(default_factory=list, exclude=True)
+    earlier_captures: list[EarlierCaptures] = Field(default_factory=empty_list, exclude=True)
     # The lapsed authorization a ship or collect asks the gateway to authorize again, written before
     # it asks (request_renewal) and cleared by the write that records the new one, or its decline:
     # the ship repeated asks again under the same key (core/payment_keys.py) and records it, and a
@@ -1533,7 +1537,7 @@ class Order(BaseModel, defer_build=True):
     # lapse early by the issuer) is asked afresh, not answered with that refusal again. Kept while
     # a key may still name it (_later_kept): the current one, and one a standing capture request is
     # asked under. Empty on the typical order, whose keys stay as they were. Stored, never shown.
-    later_authorizations: list[str] = Field(default_factory=list, exclude=True)
+    later_authorizations: list[str] = Field(default_factory=empty_list, exclude=True)
     # The order's current authorization, when a capture given back (record_capture_reversal) was
     # made under it, or the gateway refused a capture on it (record_capture_not_made; not on the
     # `refusal_renewal`): a gateway does not let what a refunded capture took be captured again,
@@ -1542,7 +1546,7 @@ class Order(BaseModel, defer_build=True):
     # renewal (or an edit's authorization) that replaces it drops it. One a renewal replaced
     # already is not renewed again, so it is not kept. Empty on the typical order. Stored, never
     # shown.
-    spent_authorizations: list[str] = Field(default_factory=list, exclude=True)
+    spent_authorizations: list[str] = Field(default_factory=empty_list, exclude=True)
     # The authorization a renewal made because a capture on the one it replaced was refused or
     # given back (spent_authorizations), written by the renewal that records it (and cleared by the
     # next): a capture the gateway refuses on it as well is no lapse a new authorization cures (the
@@ -1560,7 +1564,7 @@ class Order(BaseModel, defer_build=True):
     # earlier key of an authorized order. So are the keys of authorizations it asked for once
     # authorized and could not record nor void, the gateway down (give_up_key). Empty on the typical
     # order. The system's own: stored, never shown.
-    authorization_keys_given_up: list[str] = Field(default_factory=list, exclude=True)
+    authorization_keys_given_up: list[str] = Field(default_factory=empty_list, exclude=True)
     # Whether the cancelled order's own authorization is still to void because the gateway could
     # not (unavailable through every attempt), or could not get to it: a capture the order asked
     # for and never recorded is given back first (Cancellation.void); or, its payment never
@@ -1577,7 +1581,7 @@ class Order(BaseModel, defer_build=True):
     exchange_of: str | None = None
     exchange_credit: Money | None = None
     # The returns of this order whose replacement was placed (the history names each once).
-    exchanges: list[str] = Field(default_factory=list)
+    exchanges: list[str] = Field(default_factory=empty_list)
     # What each of those returns' units were worth when their value became the replacement's credit
     # (by return id): what a refund records for returned units (PaymentRefund.lines), for units
     # paid back as a credit. The system's own: stored, never shown.
@@ -1612,7 +1616,7 @@ class Order(BaseModel, defer_build=True):
     # and clears this (UnitCancellation.refund_kept_back); without it the order would be in no
     # index and the return would show less than went back, for good. Empty on the typical order.
     # The system's own: stored, never shown.
-    returns_to_show: list[str] = Field(default_factory=list, exclude=True)
+    returns_to_show: list[str] = Field(default_factory=empty_list, exclude=True)
     # What a cancel of units owes back that its function does after its write: the refund of what
     # the captures hold beyond the new total (a settlement), and for an exchange's replacement left
     # nothing to ship, the give-back of the credit it does not use (on its original order); so does
@@ -3194,7 +3198,7 @@ class Order(BaseModel, defer_build=True):
 
     def held_for_review(
         self, edited: Change, requests: list[ReviewRequest], *, at: datetime, actor: str
-    ) -> tuple[Order, list[HistoryEntry]]:
+    ) -> "tuple[Order, list[HistoryEntry]]":
         """`edited` (this order's edit) on hold in the same version, as a new order is when a review
         rule asks (the first request's reason and note; the requests in the entry, review_detail):
         one write, so nothing is authorized or sourced for the edited order before a person has looked."""
@@ -3573,13 +3577,13 @@ class Order(BaseModel, defer_build=True):
         fields = self._showing(return_ids)
         return self._bookkeeping(at=at, **fields) if fields else None
 
-    def owing_settlement(self) -> Order:
+    def owing_settlement(self) -> "Order":
         """This version (one a cancel of units, or a replacement's last ship or collect, has just
         decided) recording that what it owes back is still to be done (settlement_owed): written
         with it, not a version of its own."""
         return _replaced(self, settlement_owed=True)
 
-    def owing_stock(self) -> Order:
+    def owing_stock(self) -> "Order":
         """This version (one a cancel of units has just decided) recording that the reservations
         it frees are still to be brought down (stock_owed): written with it, not a version of its own."""
         return _replaced(self, stock_owed=True)
@@ -3802,7 +3806,7 @@ class OrderEdit(Strict):
     shipping_method: ShippingMethod | None = None
 
     @model_validator(mode="after")
-    def _something(self) -> OrderEdit:
+    def _something(self) -> "OrderEdit":
         if self.lines is None and self.shipping_address is None and self.shipping_method is None:
             raise ValueError("send at least one of lines, shipping_address, shipping_method")
         return self

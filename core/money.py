@@ -1,7 +1,5 @@
 """Money: a Decimal amount in an ISO 4217 currency, rounded half-even to the currency's minor units."""
 
-from __future__ import annotations
-
 import re
 from decimal import ROUND_HALF_EVEN, Decimal, localcontext
 from typing import Annotated, Any
@@ -146,7 +144,7 @@ class Money(BaseModel):
     currency: Currency
 
     @model_validator(mode="after")
-    def _exact_minor_units(self) -> Money:
+    def _exact_minor_units(self) -> "Money":
         amount = self.amount
         exponent = amount.as_tuple().exponent
         places = -exponent if isinstance(exponent, int) and exponent < 0 else 0
@@ -161,7 +159,7 @@ class Money(BaseModel):
         return self
 
     @classmethod
-    def of(cls, amount: Decimal | int | str, currency: str) -> Money:
+    def of(cls, amount: Decimal | int | str, currency: str) -> "Money":
         """Build from any exact amount, rounding half-even to the currency's minor units. An amount
         computed at or above 10^15 is the order's fault, not a bug: AmountTooLarge."""
         exact = isinstance(amount, Decimal | int) and not isinstance(amount, bool)
@@ -192,7 +190,7 @@ class Money(BaseModel):
         return cls(amount=rounded, currency=currency)
 
     @classmethod
-    def summed(cls, amount: Decimal, currency: str) -> Money:
+    def summed(cls, amount: Decimal, currency: str) -> "Money":
         """A sum over many orders (a customer's totals, a report's revenue) as the API shows it:
         rounded half-even to the currency's minor units, however large. The 10^15 limit is one
         order's (AmountTooLarge refuses the order that reaches it); orders below it may add up to
@@ -210,30 +208,30 @@ class Money(BaseModel):
         return money
 
     @classmethod
-    def zero(cls, currency: str) -> Money:
+    def zero(cls, currency: str) -> "Money":
         return cls.of(0, currency)
 
-    def _same(self, other: Money) -> None:
+    def _same(self, other: "Money") -> None:
         if other.currency != self.currency:
             raise ValueError(f"cannot combine {self.currency} with {other.currency}")
 
-    def __add__(self, other: Money) -> Money:
+    def __add__(self, other: "Money") -> "Money":
         self._same(other)
         return Money.of(self.amount + other.amount, self.currency)
 
-    def __sub__(self, other: Money) -> Money:
+    def __sub__(self, other: "Money") -> "Money":
         self._same(other)
         return Money.of(self.amount - other.amount, self.currency)
 
-    def times(self, factor: int | Decimal) -> Money:
+    def times(self, factor: int | Decimal) -> "Money":
         """Multiply and round half-even (used for quantity x unit price and rate x base)."""
         return Money.of(self.amount * Decimal(factor), self.currency)
 
-    def __lt__(self, other: Money) -> bool:
+    def __lt__(self, other: "Money") -> bool:
         self._same(other)
         return self.amount < other.amount
 
-    def __le__(self, other: Money) -> bool:
+    def __le__(self, other: "Money") -> bool:
         self._same(other)
         return self.amount <= other.amount
 

@@ -1,7 +1,5 @@
 """Customer notifications: what an order change tells its customer, recorded once per event and sent by plugins."""
 
-from __future__ import annotations
-
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from datetime import datetime
@@ -11,6 +9,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, Field, TypeAdapter
 
 from core.domain_events import EventType, order_events
+from core.fields import empty_list
 from core.hook_calls import call_hook
 from core.ids import short_hash
 from core.models import VisibleText
@@ -46,7 +45,7 @@ class Notification(BaseModel, defer_build=True):
     created_at: datetime
     # What the plugins (hook oms_notify) sent it through ("email", "sms"), the first MAX_WAYS they
     # named; empty: only recorded.
-    sent_via: list[str] = Field(default_factory=list)
+    sent_via: list[str] = Field(default_factory=empty_list)
     sent_at: datetime | None = None
 
 

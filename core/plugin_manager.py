@@ -1,8 +1,6 @@
 """Builds the pluggy plugin manager: the hookspecs, the `oms` entry points one at a time, copies of
 the arguments for every hook call that other people's code answers."""
 
-from __future__ import annotations
-
 import copy
 import datetime
 import enum
@@ -18,6 +16,7 @@ from pydantic import BaseModel, Field
 
 from core import PROJECT, hookspecs
 from core.errors import PluginUnavailable
+from core.fields import empty_list
 from core.hook_calls import plugin_words, recording
 from core.money import Money
 
@@ -34,9 +33,9 @@ class PluginInfo(BaseModel, defer_build=True):
     distribution: str | None = Field(default=None, description="The installed package that provides it")
     version: str | None = None
     status: Literal["loaded", "disabled", "broken"]
-    hooks: list[str] = Field(default_factory=list, description="The hooks it implements")
+    hooks: list[str] = Field(default_factory=empty_list, description="The hooks it implements")
     ignored_hooks: list[str] = Field(
-        default_factory=list, description="optionalhook implementations of hooks this OMS does not have"
+        default_factory=empty_list, description="optionalhook implementations of hooks this OMS does not have"
     )
     reason: str | None = Field(default=None, description="Why it is disabled or broken")
 

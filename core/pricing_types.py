@@ -1,7 +1,5 @@
 """What pricing plugins receive and return. Plugins get copies; the core validates their answers."""
 
-from __future__ import annotations
-
 from decimal import Decimal
 from typing import Annotated
 

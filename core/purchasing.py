@@ -1,7 +1,5 @@
 """Vendors and purchase orders: what is bought from whom, submitted, and received into stock (issue 15)."""
 
-from __future__ import annotations
-
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -20,6 +18,7 @@ from core.errors import (
     StockLimitReached,
     UnknownSku,
 )
+from core.fields import empty_list
 from core.ids import new_id, short_hash
 from core.models import MAX_ON_HAND, Email, Identifier, ReorderSettings, Strict, Text, VisibleName
 from core.money import Money
@@ -174,11 +173,11 @@ class PurchaseOrder(BaseModel, defer_build=True):
         """Units of each sku ordered and not yet received: what counts as incoming while the PO is open."""
         return {line.sku: line.outstanding for line in self.lines}
 
-    def _next(self, status: PurchaseOrderStatus, lines: list[PurchaseOrderLine] | None = None) -> PurchaseOrder:
+    def _next(self, status: PurchaseOrderStatus, lines: list[PurchaseOrderLine] | None = None) -> "PurchaseOrder":
         check_purchase_order_step(self.status, status)
         return self.model_copy(update={"status": status, "lines": lines or self.lines, "version": self.version + 1})
 
-    def submit(self, prices: dict[str, Money] | None = None, expected_at: datetime | None = None) -> PurchaseOrder:
+    def submit(self, prices: dict[str, Money] | None = None, expected_at: datetime | None = None) -> "PurchaseOrder":
         """The PO sent to its vendor, open. `prices` sets unit costs by sku (a draft's unpriced
         lines, or a draft's costs corrected), in the order of the submission's lines: a sku the PO
         lacks is 422 naming its line (`lines[i].sku`). A line left without a cost is 422
@@ -217,7 +216,7 @@ class PurchaseOrder(BaseModel, defer_build=True):
         submitted = self._next(PO.OPEN, lines)
         return submitted.model_copy(update={"expected_at": expected_at}) if expected_at else submitted
 
-    def grow(self, sku: str, quantity: int, unit_cost: Money | None) -> PurchaseOrder:
+    def grow(self, sku: str, quantity: int, unit_cost: Money | None) -> "PurchaseOrder":
         """The draft with `quantity` more of `sku`: its line grows, or a new line is added. A line
         without a cost takes `unit_cost`; one with a cost keeps it (a person may have set it)."""
         if self.status is not PO.DRAFT:
@@ -238,10 +237,10 @@ class PurchaseOrder(BaseModel, defer_build=True):
         """Whether a reorder of `sku` may grow this draft (a receipt names at most MAX_LINES lines)."""
         return self.status is PO.DRAFT and (len(self.lines) < MAX_LINES or any(li.sku == sku for li in self.lines))
 
-    def cancel(self) -> PurchaseOrder:
+    def cancel(self) -> "PurchaseOrder":
         return self._next(PO.CANCELLED)
 
-    def receive(self, receipt: Receipt) -> PurchaseOrder:
+    def receive(self, receipt: "Receipt") -> "PurchaseOrder":
         """The PO after `receipt` (its lines of one sku add up). More than ordered minus received is
         refused (422 `over_receipt`), each problem naming the receipt's line as the contract's error
         shape does: `lines[i].sku` for a sku the PO lacks, `lines[i].quantity` for the line at which
@@ -295,7 +294,7 @@ class LinePrice(Strict):
 class Submission(Strict):
     """The optional body of a submit: unit costs for a draft's lines (required for those without one)."""
 
-    lines: Annotated[list[LinePrice], Field(default_factory=list, max_length=MAX_LINES)]
+    lines: Annotated[list[LinePrice], Field(default_factory=empty_list, max_length=MAX_LINES)]
 
     @field_validator("lines")
     @classmethod
@@ -451,7 +450,7 @@ class PurchasingRepository(ABC):
         opened), and its units of `sku` are still bought. None when there is none."""
 
     @abstractmethod
-    def holding_drafts(self, vendor_id: str | None, location_id: str, sku: str) -> list[PurchaseOrder]:
+    def holding_drafts(self, vendor_id: str | None, location_id: str, sku: str) -> "list[PurchaseOrder]":
         """The `holding_draft` of `sku` at this location of `vendor_id` (None: no point here now)
         and of every other vendor `add_reorder` added a line of it to here (a reorder point whose
         vendor changed, or one cleared): each draft's units of `sku` are bought."""

@@ -1,7 +1,5 @@
 """Refund arithmetic: what units, shipping and fees are worth, exact to the currency's minor unit."""
 
-from __future__ import annotations
-
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from decimal import Decimal
@@ -496,7 +494,7 @@ class Refund(BaseModel, defer_build=True):
     created_at: datetime
 
     @classmethod
-    def of(cls, order_id: str, refund: PaymentRefund) -> Refund:
+    def of(cls, order_id: str, refund: PaymentRefund) -> "Refund":
         """`refund` under its own id; of a split one the gateway refused after approving a part of
         it, what did not go back (the rest is shown as its own refund: Refund.shown)."""
         went = went_back(refund)
@@ -511,7 +509,7 @@ class Refund(BaseModel, defer_build=True):
         )
 
     @classmethod
-    def shown(cls, order_id: str, refund: PaymentRefund) -> list[Refund]:
+    def shown(cls, order_id: str, refund: PaymentRefund) -> "list[Refund]":
         """`refund` as GET /orders/{id}/refunds and the events show it: money is shown as moved only
         where the gateway said so, and `payment.refunded` is the sum of the refunds shown
         `succeeded`. A split refund the gateway refused after approving a part of it is two: what

@@ -1,8 +1,6 @@
 """Reorder points: stock falling below one becomes `inventory.low`, and one draft purchase order line
 unless units already on order cover it."""
 
-from __future__ import annotations
-
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta

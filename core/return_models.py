@@ -1,7 +1,5 @@
 """Returns (RMA) as the HTTP contract names them: the request, the receipt and the Return itself."""
 
-from __future__ import annotations
-
 import json
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -10,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 
 from core.errors import InvalidRequest, InvalidTransition
 from core.events import OrderEvent
+from core.fields import empty_list
 from core.models import Identifier, LineInput, Note, Strict, Text, VisibleText
 from core.money import Money
 from core.status import UNRECEIVED_RETURNS, ReturnStatus, can_transition
@@ -183,7 +182,7 @@ class Return(BaseModel):
     note: Annotated[str, VisibleText] | None = None
     # What the order's history owes this return's changes (OrderEntry). The system's own: stored
     # (stored_json), never shown.
-    order_entries: list[OrderEntry] = Field(default_factory=list, exclude=True)
+    order_entries: list[OrderEntry] = Field(default_factory=empty_list, exclude=True)
     # The key of the request that made it (a client's Idempotency-Key, scoped to its API key): a
     # retry the first run's stored answer never reached finds this return (Returns.request).
     # The system's own: stored, never shown.
@@ -195,7 +194,7 @@ class Return(BaseModel):
     # (Returns._finish_pending), written before it asks the gateway and cleared once they show
     # what went back for them (core.refund_service.show_owed): a step that dies between lets its
     # retry, or the reconciler's returns pass, show it. The system's own: stored, never shown.
-    shows_owed: list[str] = Field(default_factory=list, exclude=True)
+    shows_owed: list[str] = Field(default_factory=empty_list, exclude=True)
     created_at: datetime
     updated_at: datetime
     version: int
@@ -227,13 +226,13 @@ class Return(BaseModel):
             self.exchange == cmd.exchange
         )
 
-    def owing(self, type: OrderEvent, *, actor: str, detail: dict[str, Any]) -> Return:
+    def owing(self, type: OrderEvent, *, actor: str, detail: dict[str, Any]) -> "Return":
         """This version of the return, owing its order's history an entry `type` for it (the same
         version: the entry belongs to the change that made it)."""
         entry = OrderEntry(type=type, actor=actor, detail=detail)
         return Return.model_validate({**dict(self), "order_entries": [*self.order_entries, entry]})
 
-    def _next(self, to: ReturnStatus | None, at: datetime, **fields: Any) -> Return:
+    def _next(self, to: ReturnStatus | None, at: datetime, **fields: Any) -> "Return":
         if to is not None and to != self.status and not can_transition(self.status, to):
             raise InvalidTransition(f"a return cannot go from {self.status} to {to}")
         return Return.model_validate(
@@ -248,27 +247,27 @@ class Return(BaseModel):
             return self.authorized_at or self.updated_at
         return self.created_at
 
-    def approve(self, note: str | None, *, at: datetime) -> Return:
+    def approve(self, note: str | None, *, at: datetime) -> "Return":
         if self.status is not ReturnStatus.REQUESTED:
             raise InvalidTransition(f"a return that is {self.status} is not waiting for approval")
         return self._next(ReturnStatus.AUTHORIZED, at, note=note or self.note, authorized_at=at)
 
-    def reject(self, note: str | None, *, at: datetime) -> Return:
+    def reject(self, note: str | None, *, at: datetime) -> "Return":
         if self.status is not ReturnStatus.REQUESTED:
             raise InvalidTransition(f"a return that is {self.status} is not waiting for approval")
         return self._next(ReturnStatus.REJECTED, at, note=note or self.note)
 
-    def cancel(self, *, at: datetime) -> Return:
+    def cancel(self, *, at: datetime) -> "Return":
         """Given up before anything arrived: only a return still `requested` or `authorized` is
         cancelled; one received (or rejected, or cancelled already) is InvalidTransition."""
         if self.status not in UNRECEIVED_RETURNS:
             raise InvalidTransition(f"a return that is {self.status} cannot be cancelled")
         return self._next(ReturnStatus.CANCELLED, at)
 
-    def with_label(self, carrier: str, tracking_number: str, label_key: str, *, at: datetime) -> Return:
+    def with_label(self, carrier: str, tracking_number: str, label_key: str, *, at: datetime) -> "Return":
         return self._next(None, at, carrier=carrier, tracking_number=tracking_number, label_url=label_key)
 
-    def receive(self, receipt: ReceiveReturn, *, at: datetime, by: str) -> Return:
+    def receive(self, receipt: ReceiveReturn, *, at: datetime, by: str) -> "Return":
         """The units of `receipt` arrived at its location, received by the API key `by`. Only an
         authorized return is received, once; more units of a line than it authorized is
         InvalidRequest (422). The same receipt again answers this return as it is (a retried
@@ -324,7 +323,7 @@ class Return(BaseModel):
                     recorded[line.line_id, condition] = quantity
         return receipt.location_id == self.received_at_location and counted == recorded
 
-    def with_exchange_order(self, order_id: str, *, at: datetime) -> Return:
+    def with_exchange_order(self, order_id: str, *, at: datetime) -> "Return":
         """The replacement order of this return's exchange was placed."""
         if self.exchange is None or self.status is not ReturnStatus.RECEIVED:
             raise InvalidTransition(f"a return that is {self.status} cannot place an exchange")
@@ -332,27 +331,27 @@ class Return(BaseModel):
             raise InvalidTransition(f"the exchange of return {self.id} was given up ({self.exchange_not_placed})")
         return self._next(None, at, exchange_order_id=order_id)
 
-    def owing_shown(self, return_ids: list[str]) -> Return:
+    def owing_shown(self, return_ids: list[str]) -> "Return":
         """This return's step is about to finish the pending refunds of the returns `return_ids`,
         which then owe showing what went back for them (shows_owed)."""
         return self._kept(shows_owed=list(dict.fromkeys([*self.shows_owed, *return_ids])))
 
-    def owed_shown(self, still_owed: list[str] | None = None) -> Return:
+    def owed_shown(self, still_owed: list[str] | None = None) -> "Return":
         """The returns this one's step finished the refunds of show them now (shows_owed), but
         `still_owed`, whose refunds are still pending (core.refund_service.show_owed)."""
         return self._kept(shows_owed=list(still_owed or []))
 
-    def listed_again(self) -> Return:
+    def listed_again(self) -> "Return":
         """A new version changing nothing shown: written, a received return is listed again for the
         reconciler's returns pass (ReceivedReturns), which may have set it aside."""
         return self._kept()
 
-    def _kept(self, **fields: Any) -> Return:
+    def _kept(self, **fields: Any) -> "Return":
         """A new version changing only what the system keeps for itself: its `updated_at` is still
         its last change shown (the reconciler's returns pass judges a received return by it)."""
         return Return.model_validate({**dict(self), **fields, "version": self.version + 1})
 
-    def placing_exchange(self, *, at: datetime) -> Return:
+    def placing_exchange(self, *, at: datetime) -> "Return":
         """The replacement of this return's exchange is to be placed (it passed capture's checks):
         decided before it is, once, so that a run whose check disagrees follows this decision."""
         if self.exchange is None or self.status is not ReturnStatus.RECEIVED:
@@ -361,7 +360,7 @@ class Return(BaseModel):
             raise InvalidTransition(f"the exchange of return {self.id} was given up ({self.exchange_not_placed})")
         return self._next(None, at, exchange_placing=True)
 
-    def refused_after_deciding(self, detail: dict[str, Any], *, at: datetime) -> Return:
+    def refused_after_deciding(self, detail: dict[str, Any], *, at: datetime) -> "Return":
         """The replacement this return's exchange was decided to place (placing_exchange) was
         refused since, none of it placed (`detail`: what its `exchange_not_placed` entry will say):
         no run that reads this version puts it, and the exchange is given up once no run that read
@@ -372,7 +371,7 @@ class Return(BaseModel):
             raise InvalidTransition(f"a return that is {self.status} cannot place an exchange")
         return self._next(None, at, exchange_refused={**detail, "at": at.isoformat()})
 
-    def without_exchange(self, code: str, *, at: datetime) -> Return:
+    def without_exchange(self, code: str, *, at: datetime) -> "Return":
         """The replacement of this return's exchange cannot be placed (`code` says why): its units
         are refunded instead. Decided once: a later run refunds it, whatever stock arrived since.
         One decided to be placed (placing_exchange) is given up only when none of its can exist
@@ -381,10 +380,10 @@ class Return(BaseModel):
             raise InvalidTransition(f"a return that is {self.status} cannot give up its exchange")
         return self._next(None, at, exchange_not_placed=code)
 
-    def refunded(self, amount: Money, *, at: datetime) -> Return:
+    def refunded(self, amount: Money, *, at: datetime) -> "Return":
         return self._next(ReturnStatus.REFUNDED, at, refund=amount)
 
-    def refunded_in_all(self, amount: Money, *, at: datetime) -> Return:
+    def refunded_in_all(self, amount: Money, *, at: datetime) -> "Return":
         """A refunded return whose refund kept part of its worth back, refunded since
         (UnitCancellation.refund_kept_back): `amount` is what was refunded for it in all."""
         if self.status is not ReturnStatus.REFUNDED:

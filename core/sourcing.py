@@ -1,7 +1,5 @@
 """Sourcing rules changes, and what-if sourcing: the plan the rules would make, reserving nothing."""
 
-from __future__ import annotations
-
 import math
 from collections import Counter, defaultdict
 from collections.abc import Callable

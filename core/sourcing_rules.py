@@ -1,13 +1,12 @@
 """Sourcing rules as data: their model, their versions, and how they narrow what sourcing may use."""
 
-from __future__ import annotations
-
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from core.fields import empty_list
 from core.models import Identifier, Location, StockLevel, Strict
 
 MAX_RULE_LOCATIONS = 500  # a network's worth; keeps one rules item well under DynamoDB's 400 KB
@@ -29,7 +28,7 @@ class SourcingRulesInput(Strict):
     max_shipments: Annotated[int, Field(ge=1, le=100, strict=True)] | None = None
     excluded_locations: Annotated[
         list[Identifier], Field(max_length=MAX_RULE_LOCATIONS, json_schema_extra={"uniqueItems": True})
-    ] = Field(default_factory=list)
+    ] = Field(default_factory=empty_list)
     safety_stock: Annotated[dict[Identifier, Units], Field(max_length=MAX_RULE_LOCATIONS)] = Field(default_factory=dict)
     prefer: Prefer = Prefer.NEAREST
 
@@ -54,13 +53,13 @@ class SourcingRules(BaseModel):
 
     version: int = 0
     max_shipments: int | None = None
-    excluded_locations: list[str] = Field(default_factory=list)
+    excluded_locations: list[str] = Field(default_factory=empty_list)
     safety_stock: dict[str, int] = Field(default_factory=dict)
     prefer: Prefer = Prefer.NEAREST
     updated_at: datetime | None = None
     updated_by: str | None = None
 
-    def with_changes(self, given: SourcingRulesInput) -> SourcingRules:
+    def with_changes(self, given: SourcingRulesInput) -> "SourcingRules":
         """These rules with the ones `given` explicitly (a what-if): the rest keep their value."""
         changes = {name: getattr(given, name) for name in given.model_fields_set}
         return self.model_copy(update=changes)

@@ -8,8 +8,6 @@ Only deliveries are applied: a shipment has no place for in-transit scans, so th
 reported back to the sender as `not_recorded` and kept nowhere.
 """
 
-from __future__ import annotations
-
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Literal

@@ -1,7 +1,5 @@
 """Webhooks: subscriptions, the fan-out of domain events to them, and signed, retried deliveries."""
 
-from __future__ import annotations
-
 import hashlib
 import hmac
 import ipaddress
@@ -179,7 +177,7 @@ class DeliveryMessage:
         return json.dumps({k: v for k, v in self.__dict__.items() if v is not None}, separators=(",", ":"))
 
     @classmethod
-    def from_json(cls, text: str) -> DeliveryMessage:
+    def from_json(cls, text: str) -> "DeliveryMessage":
         values = json.loads(text)
         sent_at = values.get("retry_sent_at")
         return cls(
@@ -349,7 +347,7 @@ class WebhookStore(ABC):
         a channel only those bound to it. The cursor names only a subscription the page showed."""
 
     @abstractmethod
-    def all(self) -> list[IssuedWebhook]:
+    def all(self) -> "list[IssuedWebhook]":
         """Every subscription: what the fan-out matches events against."""
 
     @abstractmethod
@@ -364,7 +362,7 @@ class WebhookStore(ABC):
     def get_delivery(self, webhook_id: str, delivery_id: str) -> DeliveryRecord | None: ...
 
     @abstractmethod
-    def deliveries(self, webhook_id: str, limit: int, cursor: str | None) -> tuple[list[DeliveryRecord], str | None]:
+    def deliveries(self, webhook_id: str, limit: int, cursor: str | None) -> "tuple[list[DeliveryRecord], str | None]":
         """Newest first."""
 
     @abstractmethod
@@ -452,7 +450,7 @@ class Webhooks:
 
     def deliveries(
         self, webhook_id: str, channel: str | None, limit: int, cursor: str | None
-    ) -> tuple[list[Delivery], str | None]:
+    ) -> "tuple[list[Delivery], str | None]":
         self.get(webhook_id, channel)
         records, next_cursor = self._store.deliveries(webhook_id, limit, cursor)
         return [record.shown() for record in records], next_cursor

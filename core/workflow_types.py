@@ -1,12 +1,11 @@
 """What payment, sourcing and carrier plugins receive and return."""
 
-from __future__ import annotations
-
 from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from core.errors import PluginError
+from core.fields import empty_list
 from core.hook_calls import call_hook
 from core.models import Allocation, CleanText, Location, Order, ShipmentLine, TrackingNumber, VisibleText
 from core.ports import LabelStore
@@ -34,7 +33,7 @@ class SourcingPlan(BaseModel):
     model_config = ConfigDict(frozen=True, defer_build=True)
 
     allocations: list[Allocation]
-    reasons: list[Annotated[str, VisibleText]] = Field(default_factory=list)
+    reasons: list[Annotated[str, VisibleText]] = Field(default_factory=empty_list)
 
 
 class CarrierShipment(BaseModel):
@@ -59,7 +58,7 @@ class CarrierShipment(BaseModel):
     label_url: str | None = Field(default=None, max_length=2048, pattern=r"^https://[!-\x22$-.0->@-~]+[!-~]*$")
 
     @model_validator(mode="after")
-    def _one_label(self) -> CarrierShipment:
+    def _one_label(self) -> "CarrierShipment":
         if (self.label is None) == (self.label_url is None):
             raise ValueError("give the label document (label) or the carrier's link to it (label_url), one of them")
         return self

@@ -33,8 +33,6 @@ shipment, so an event pasted onto the wrong reference is refused (422) rather th
 someone else's parcel.
 """
 
-from __future__ import annotations
-
 import hashlib
 from typing import Annotated, Any, Literal
 

@@ -32,8 +32,6 @@ Only the `locations` given are used (the core already chose the eligible ones: f
 just the store) and only their `stock`. The plan is deterministic for the same inputs.
 """
 
-from __future__ import annotations
-
 import itertools
 import math
 import operator

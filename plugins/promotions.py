@@ -21,8 +21,6 @@ Stacking: at most one percent-off code discounts an order, plus any whose promot
 free-shipping codes combine with anything.
 """
 
-from __future__ import annotations
-
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
@@ -160,7 +158,7 @@ class PromotionsFile(BaseModel):
     promotions: list[Promotion]
 
     @model_validator(mode="after")
-    def _unique_codes(self) -> PromotionsFile:
+    def _unique_codes(self) -> "PromotionsFile":
         seen: set[str] = set()
         for promotion in self.promotions:
             if promotion.code in seen:

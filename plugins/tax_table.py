@@ -12,8 +12,6 @@ A product without a tax code, or with a code the jurisdiction does not list, is 
 tax engine plugin can be installed alongside or instead of this one.
 """
 
-from __future__ import annotations
-
 from decimal import Decimal
 from typing import Annotated, Any
 
@@ -71,7 +69,7 @@ class CountryRates(BaseModel):
         return {"rates": rates, "regions": data.get("regions", {})}
 
     @model_validator(mode="after")
-    def _has_rates(self) -> CountryRates:
+    def _has_rates(self) -> "CountryRates":
         if not self.rates and not self.regions:
             raise ValueError("a country needs rates, regions or both")
         if self.rates:

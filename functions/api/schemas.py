@@ -1,7 +1,5 @@
 """Response shapes that exist only at the HTTP edge: the error body, documented per route."""
 
-from __future__ import annotations
-
 from typing import Any
 
 from pydantic import BaseModel

@@ -76,3 +76,44 @@ def test_importing_core_builds_no_model_and_using_one_builds_it():
     assert built["before"] == []
     assert "PlaceOrder" in built["after"]
     assert "Order" not in built["after"]  # validating an order's body never builds the stored order's model
+
+
+def test_no_model_field_defaults_to_a_factory_whose_signature_pydantic_must_parse():
+    # Building a model reads each default_factory's signature; `list`'s is parsed with ast each
+    # time (~150 µs), so a new container's first order paid some 4 ms for its 26 list fields.
+    from pydantic._internal._fields import takes_validated_data_argument
+
+    from core.fields import empty_list
+
+    fields = [
+        (f"{model.__qualname__}.{name}", field.default_factory)
+        for model in _models([*CORE, "functions.api.schemas", *BUILT_IN_PLUGINS])
+        for name, field in model.model_fields.items()
+        if field.default_factory is not None
+    ]
+
+    assert any(factory is empty_list for _, factory in fields)
+    assert [name for name, factory in fields if factory in (list, set, tuple, frozenset)] == []
+    # The same answer pydantic gets from list: no validated data. And a new list every time.
+    assert takes_validated_data_argument(empty_list) is takes_validated_data_argument(list) is False
+    assert empty_list() == [] and empty_list() is not empty_list()
+
+
+def test_every_model_is_made_from_evaluated_annotations():
+    # pydantic compiles and evaluates each string annotation when a class is made (deferred build
+    # or not): core/models.py's ~260 were ~3 ms of every new container's import, and ~250 more in
+    # the other modules a new API container imports (the rest: other routes). So no module of models says
+    # `from __future__ import annotations`; a name used before it is defined is quoted, and so is
+    # one a class body shadows (a repository's `list` method), in method annotations only.
+    modules = [*CORE, "functions.api.schemas", *BUILT_IN_PLUGINS]
+    models = _models(modules)
+    strings = [
+        f"{model.__module__}.{model.__qualname__}.{name}"
+        for model in models
+        for name, annotation in vars(model).get("__annotations__", {}).items()
+        if isinstance(annotation, str)
+    ]
+
+    assert len(models) > 100
+    assert strings == []
+    assert "core.models" in {model.__module__ for model in models}
