@@ -1150,6 +1150,13 @@ class GivenUpBooking(BaseModel, defer_build=True):
 HoldReason = Literal["fraud_review", "payment_review", "address_review", "customer_request", "other"]
 
 
+class ReleaseSent(BaseModel, defer_build=True):
+    """A person's release as sent: by whom (their API key's id) and with what note."""
+
+    actor: str
+    note: str | None = None
+
+
 class Hold(BaseModel, defer_build=True):
     """Why an order is on hold and since when. `resume_to`, the status a release returns it to,
     is the system's own: stored with the order (Order.stored_json) but not part of the contract's
@@ -1177,20 +1184,13 @@ class Hold(BaseModel, defer_build=True):
     # standing (Order.release): who released and with what note, so the same release sent again (a
     # client's blind retry, whatever its Idempotency-Key) is known for a repeat and confirms no
     # parcel nobody looked at (Order.repeats_release). Stored on those holds only.
-    left_by_release: "ReleaseSent | None" = Field(default=None, exclude=True)
+    left_by_release: ReleaseSent | None = Field(default=None, exclude=True)
     # The system's own hold for a person to confirm whether the parcels of these shipments left
     # (Order.hold_unfinished_ships, and the one a person's release of their hold made a park leaves:
     # Order.release), so the jeopardy scan counts the parcels waiting for a person (Order.
     # ships_to_confirm_since) until a person releases it or the order is cancelled. Stored on those
     # holds only.
     confirms_ships: list[str] = Field(default_factory=empty_list, exclude=True)
-
-
-class ReleaseSent(BaseModel, defer_build=True):
-    """A person's release as sent: by whom (their API key's id) and with what note."""
-
-    actor: str
-    note: str | None = None
 
 
 # How long the same release sent again is taken for a retry of the one before (Order.repeats_release):
