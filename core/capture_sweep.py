@@ -153,7 +153,7 @@ class UnrecordedCaptureSweep:
         if (
             not order.captures_requested
             or order.last_changed >= requested_before
-            or _refund_refused_since(history, order.last_changed)
+            or refund_refused_since(history, order.last_changed)
         ):
             return None
         try:
@@ -213,7 +213,7 @@ def _unfinished_ships(order: Order) -> list[str]:
     return order.unfinished_ships()
 
 
-def _refund_refused_since(history: list[HistoryEntry], since: datetime) -> bool:
+def refund_refused_since(history: list[HistoryEntry], since: datetime) -> bool:
     """Whether the gateway refused to refund a capture of the order at or after `since`."""
     return any(
         entry.type is OrderEvent.PAYMENT_REFUND_FAILED and (entry.detail or {}).get("kind") == "refused"
