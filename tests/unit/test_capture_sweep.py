@@ -702,3 +702,30 @@ def test_an_order_marked_for_a_refused_refund_that_changes_is_asked_again_then_m
 
     assert [e.type for e in world.history(order.id)].count(OrderEvent.JEOPARDY) == 2
     assert len([e for e in world.history(order.id) if e.type is OrderEvent.PAYMENT_REFUND_FAILED]) == 2
+
+
+def test_two_overlapping_passes_count_a_capture_they_both_settle_once(world, clock, monkeypatch):
+    # Both passes read the partly shipped order (it cannot be held) with its request standing; the
+    # twin settled it first, and this pass, finding nothing left to settle, counted it settled (and
+    # a parcel to confirm) as well: UnrecordedCapturesSettled and ShipsToConfirm said two for one.
+    before, _ = partly_shipped_with_a_second_ship_that_died(world, monkeypatch)
+    clock.advance(**LATE)
+    late = JeopardyScan(
+        InMemoryLateOrders(world.orders), world.orders, world.actions.cancel, clock, sla=parse_sla(""),
+        captures_after=timedelta(minutes=15),
+    ).run().captures_left  # fmt: skip
+    assert late == [before.id]
+    twin: list[CapturesSettled] = []
+    settle = Cancellation.settle_capture_requests
+
+    def the_twin_first(self, order, actor, **kwargs):
+        if not twin:
+            twin.append(NOTHING)
+            twin[0] = sweep(world, clock).run(late, ACTOR)  # the other pass, a moment ahead
+        return settle(self, order, actor, **kwargs)
+
+    monkeypatch.setattr(Cancellation, "settle_capture_requests", the_twin_first)
+    this = sweep(world, clock).run(late, ACTOR)
+
+    assert twin == [CapturesSettled(settled=[before.id], held=[], unconfirmed=[before.id])]
+    assert this == NOTHING and len(world.spy.refunded) == 1  # neither settled nor to confirm twice
