@@ -576,7 +576,7 @@ class DynamoOrders(OrderRepository):
         if where.status is not None:
             orders = [order for order in orders if order.status is where.status]
         if where.jeopardy:
-            orders = [order for order in orders if order.jeopardy is not None]
+            orders = [order for order in orders if order.listed_late]
         return orders, encode_cursor(scope, last) if last else None
 
     def _one_channels_entries(

@@ -88,7 +88,7 @@ class InMemoryOrders(OrderRepository):
             if (where.customer_id is None or o.customer.id == where.customer_id)
             and (where.status is None or o.status == where.status)
             and (where.channel is None or o.channel == where.channel)
-            and (not where.jeopardy or o.jeopardy is not None)
+            and (not where.jeopardy or o.listed_late)
         ]
         start = 0
         if cursor is not None:

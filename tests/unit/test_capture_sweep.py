@@ -729,3 +729,21 @@ def test_two_overlapping_passes_count_a_capture_they_both_settle_once(world, clo
 
     assert twin == [CapturesSettled(settled=[before.id], held=[], unconfirmed=[before.id])]
     assert this == NOTHING and len(world.spy.refunded) == 1  # neither settled nor to confirm twice
+
+
+def test_the_in_memory_late_list_leaves_out_a_marked_order_while_a_capture_stands_as_the_index_does(
+    world, clock, monkeypatch
+):
+    from core.ports import OrderFilter
+
+    order = world.allocated(("TSHIRT", 2))
+    clock.advance(**LATE)
+    a_pass(world, clock)
+    assert [o.id for o in world.orders.list(OrderFilter(jeopardy=True), 10, None)[0]] == [order.id]
+    dies_before_recording(world, monkeypatch, "shipment_shipped")
+    with pytest.raises(Died):
+        world.actions.ship(order.id, order.shipments[0].id, None, actor="key_wh")
+
+    assert world.order(order.id).jeopardy is not None  # marked, but read again by the scan meanwhile
+    assert world.orders.list(OrderFilter(jeopardy=True), 10, None)[0] == []
+    assert InMemoryLateOrders(world.orders).count_in_jeopardy() == 0
