@@ -21,7 +21,8 @@ from core.status import OrderStatus, can_transition
 
 @dataclass(frozen=True)
 class CapturesSettled:
-    """What one pass did, by order id: the orders it left with no capture request (`settled`);
+    """What one pass did, by order id: the orders it left with no capture request (`settled`: its
+    own writes recorded the settlement, not another pass's running at the same time);
     those it put on hold because a ship of theirs died after asking for its capture (`held`: a
     person confirms whether the parcel left; a person's hold placed first, made a park, too); and
     those where such a ship died on an order that cannot be held (`unconfirmed`: a parcel shipped
