@@ -679,13 +679,14 @@ class Cancellation:
         return False
 
     def reverse_capture(self, order: Order, shipment_id: str, amount: Money, capture: PaymentResult,
-                        actor: str) -> Order:  # fmt: skip
+                        actor: str, *, written: list[Order] | None = None) -> Order:  # fmt: skip
         """Refund a capture the order cannot record (it changed while the shipment was being
         shipped, or the ship died before recording it) and record that (`payment_capture_reversed`,
         which withdraws the shipment's capture request). Raises PaymentRefused or
         PaymentGatewayUnavailable, each failed attempt in the history with the capture's reference
         for an operator; the capture request, if any, stands for the next attempt. Refunded against
-        the authorization it was captured under (Order.capture_authorization)."""
+        the authorization it was captured under (Order.capture_authorization). `written` gets the
+        version this call's write recorded it in (core.order_changes.modify)."""
         payment = order.payment
         authorization = order.capture_authorization(shipment_id)
         detail = {"shipment_id": shipment_id, "amount": amount.model_dump(mode="json"),
@@ -703,9 +704,10 @@ class Cancellation:
             lambda current: current.record_capture_reversal(
                 shipment_id, {**detail, "refund_reference": refund.reference}, at=at, actor=actor
             ) if current.captures_reversed(shipment_id) == before else None,
+            written=written,
         )  # fmt: skip
 
-    def settle_capture_requests(self, order: Order, actor: str) -> Order:
+    def settle_capture_requests(self, order: Order, actor: str, *, written: list[Order] | None = None) -> Order:
         """Settle every capture the order asked for and never recorded (Order.captures_requested: a
         ship, collect or settlement that died between the gateway's answer and its write, or one in
         flight), before its authorization is voided or the shipment changes. A shipment's is first
@@ -717,23 +719,24 @@ class Cancellation:
         (NoPaymentPlugin) is not settled: raised, its request standing. Raises PaymentRefused or
         PaymentGatewayUnavailable while one cannot be settled now (each attempt in the history):
         what was settled stays settled, and the rest waits for the next attempt. Returns the order
-        as it stands after."""
+        as it stands after. `written` gets each version this call's writes recorded a settlement in
+        (none when another caller settled them meanwhile)."""
         if not order.captures_requested:
             return order
         order = self._orders.get(order.id, consistent=True) or order
         for request in list(order.captures_requested):
             if request.shipment_id is not None:
-                order = self._settle(order, request.shipment_id, actor)
+                order = self._settle(order, request.shipment_id, actor, written)
                 continue
             try:
-                order = self.finish_settlement_capture(order, actor)
+                order = self.finish_settlement_capture(order, actor, written=written)
             except NoPaymentPlugin:
                 raise  # its request stands (capture_refused)
             except PaymentRefused:
                 order = self._orders.get(order.id, consistent=True) or order  # recorded as never made
         return order
 
-    def _settle(self, order: Order, shipment_id: str, actor: str) -> Order:
+    def _settle(self, order: Order, shipment_id: str, actor: str, written: list[Order] | None = None) -> Order:
         if _waiting(order, shipment_id) and order.status is not OrderStatus.CANCELLED:
             at = self._clock()
             order = modify(
@@ -754,8 +757,9 @@ class Cancellation:
                 self._orders, order.id,
                 lambda current: current.record_capture_not_made(shipment_id, message, at=at, actor=actor)
                 if current.capture_request(shipment_id) is not None else None,
+                written=written,
             )  # fmt: skip
-        return self.reverse_capture(order, shipment_id, request.amount, capture, actor)
+        return self.reverse_capture(order, shipment_id, request.amount, capture, actor, written=written)
 
     # --- The settlement capture ---------------------------------------------------------------
     def capture_settlement(self, order: Order, amount: Money, actor: str) -> Order:
@@ -782,7 +786,7 @@ class Cancellation:
 
     def capture_refused(
         self, order_id: str, shipment_id: str | None, request: CaptureRequest, refused: PaymentRefused, actor: str,
-        *, fresh: bool = False, unless_repeated: bool = False,
+        *, fresh: bool = False, unless_repeated: bool = False, written: list[Order] | None = None,
     ) -> Order | None:  # fmt: skip
         """The gateway refused the capture `request` (of `shipment_id`, None: the settlement): none
         was made, and the request goes, unless the order has another one for it by now (a timeout
@@ -791,7 +795,8 @@ class Cancellation:
         removed plugin: the request stands for when it is back, unless it is `fresh` (the caller's
         own write made it, so nothing was asked under it before). `unless_repeated`: a refusal the
         history ends with already (refusal_recorded_last, as capture_share left it) goes with no
-        entry. Returns the order as it then is (None when nothing was recorded)."""
+        entry. Returns the order as it then is (None when nothing was recorded). `written` gets the
+        version this call's write recorded it in."""
         if isinstance(refused, NoPaymentPlugin) and not fresh:
             return None
         at, message, asked = self._clock(), str(refused), not isinstance(refused, NoPaymentPlugin)
@@ -804,15 +809,19 @@ class Cancellation:
             lambda current: current.record_capture_not_made(
                 shipment_id, message, at=at, actor=actor, refused=asked, noted=noted
             ) if current.capture_request(shipment_id) == request else None,
+            written=written,
         )  # fmt: skip
 
-    def finish_settlement_capture(self, order: Order, actor: str, *, fresh: bool = False) -> Order:
+    def finish_settlement_capture(
+        self, order: Order, actor: str, *, fresh: bool = False, written: list[Order] | None = None
+    ) -> Order:
         """Ask the gateway for the settlement capture `order` requested, under its key (what was
         captured before it, which its request keeps as it is, and the authorization it is asked
         under when a renewal or an edit made it: Order.capture_keyed_under), and record it; nothing to do when
         none is requested. Raises as capture_settlement. `fresh`: the caller has just made the
         request (capture_refused). A refusal the history ends with already is not recorded again
-        (refusal_recorded_last)."""
+        (refusal_recorded_last). `written` gets the version this call's write recorded it in (the
+        capture, or the refusal that says none was made)."""
         request = order.capture_request(None)
         if request is None:
             return order
@@ -831,13 +840,16 @@ class Cancellation:
             )  # fmt: skip
         except PaymentRefused as refused:
             # Asked again by every repeat of the last ship and every delivery reported again.
-            self.capture_refused(order.id, None, request, refused, actor, fresh=fresh, unless_repeated=True)
+            self.capture_refused(
+                order.id, None, request, refused, actor, fresh=fresh, unless_repeated=True, written=written
+            )
             raise
         at = self._clock()
         return modify(
             self._orders, order.id,
             lambda current: current.record_settlement_capture(request.amount, result.reference, at=at, actor=actor)
             if current.capture_request(None) == request else None,
+            written=written,
         )  # fmt: skip
 
 

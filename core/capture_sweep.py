@@ -21,7 +21,8 @@ from core.status import OrderStatus, can_transition
 
 @dataclass(frozen=True)
 class CapturesSettled:
-    """What one pass did, by order id: the orders it left with no capture request (`settled`);
+    """What one pass did, by order id: the orders it left with no capture request (`settled`: its
+    own writes recorded the settlement, not another pass's running at the same time);
     those it put on hold because a ship of theirs died after asking for its capture (`held`: a
     person confirms whether the parcel left; a person's hold placed first, made a park, too); and
     those where such a ship died on an order that cannot be held (`unconfirmed`: a parcel shipped
@@ -142,10 +143,13 @@ class UnrecordedCaptureSweep:
     def _settle(
         self, order_id: str, actor: str, requested_before: datetime, down: set[str], done: CapturesSettled
     ) -> bool | None:
-        """Whether the order was left with no capture request; None when the gateway was not
-        asked: none stands (or none is left once it is held: another pass settled it meanwhile), it
-        changed since `requested_before`, its gateway was found down (it is held all the same), or a
-        refund of it was refused since it last changed."""
+        """Whether this call's writes settled the order's capture requests (it recorded one, and
+        none is left): False when another pass running at the same time settled them first (counted
+        and reported by that one); None when the gateway was not asked: none stands (or none is
+        left once it is held: another pass settled it meanwhile), it changed since
+        `requested_before`, its gateway was found down (it is held all the same), or a refund of it
+        was refused since it last changed."""
+        reported = order_id in done.unconfirmed
         found = self._orders.history(order_id, consistent=True)
         if found is None:
             return None
@@ -153,13 +157,15 @@ class UnrecordedCaptureSweep:
         if (
             not order.captures_requested
             or order.last_changed >= requested_before
-            or _refund_refused_since(history, order.last_changed)
+            or refund_refused_since(history, order.last_changed)
         ):
             return None
+        written: list[Order] = []  # the versions this call's writes recorded a settlement in
         try:
             if order.status is OrderStatus.CANCELLED:
                 if order.payment.method in down:
                     return None
+                order = self._cancellation.settle_capture_requests(order, actor, written=written)
                 order = self._cancellation.void(order, actor)  # the cancel, finished: refunded, then voided
             else:
                 unfinished = _unfinished_ships(order)
@@ -167,11 +173,16 @@ class UnrecordedCaptureSweep:
                     order = self._hold(order, unfinished, actor, done)
                 if order.payment.method in down or not order.captures_requested:
                     return None  # down; or, read again to hold it, settled by another pass meanwhile
-                order = self._cancellation.settle_capture_requests(order, actor)
+                order = self._cancellation.settle_capture_requests(order, actor, written=written)
         except PaymentGatewayUnavailable:
             down.add(order.payment.method)
             raise
-        return not order.captures_requested
+        if not written and not order.captures_requested:
+            # Settled by another pass meanwhile, which reports the order: not counted twice.
+            if not reported and order_id in done.unconfirmed:
+                done.unconfirmed.remove(order_id)
+            return False
+        return bool(written) and not order.captures_requested
 
     def _hold(self, order: Order, shipment_ids: list[str], actor: str, done: CapturesSettled) -> Order:
         """The order on hold for a person to confirm whether the parcels of `shipment_ids` left,
@@ -213,7 +224,7 @@ def _unfinished_ships(order: Order) -> list[str]:
     return order.unfinished_ships()
 
 
-def _refund_refused_since(history: list[HistoryEntry], since: datetime) -> bool:
+def refund_refused_since(history: list[HistoryEntry], since: datetime) -> bool:
     """Whether the gateway refused to refund a capture of the order at or after `since`."""
     return any(
         entry.type is OrderEvent.PAYMENT_REFUND_FAILED and (entry.detail or {}).get("kind") == "refused"

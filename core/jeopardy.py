@@ -36,6 +36,13 @@ A partly shipped order is found that way only when OMS_SLA gives `partially_ship
 allocated deadline, as an allocated order waiting for its parcels is late then, marks none, and
 hands on those a ship left a capture request on (at most `max_reads` read a pass, again each pass
 while they wait: a parcel that has not left in that long is rare). Still no write per shipment.
+
+A late order whose capture request stands because the gateway refused to refund that capture (the
+sweep asks it no more until the order changes) is not handed on again: it is marked late with the
+request standing (Order.mark_jeopardy's `refund_refused`), so it is listed (`?jeopardy=true`) and
+counted for the alarm, and, listed, no pass reads it as a candidate again until it changes
+(Order.listed_late). Handed on, it took a candidate's place every pass and showed nowhere (a
+partly shipped one cannot even be held). Only such an order's history is read.
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ from datetime import datetime, timedelta
 from itertools import islice
 from typing import TypeVar
 
+from core.capture_sweep import refund_refused_since
 from core.deadline import LONGEST, TimeUp, never
 from core.errors import StaleVersion
 from core.models import Order
@@ -257,26 +265,30 @@ class JeopardyScan:
                     marked = self._mark(order_id, status, deadline)
                     if marked is None:
                         continue
-                    if marked.captures_requested:
-                        done.captures_left.append(order_id)
-                    else:
+                    if marked.listed_late:
                         done.marked.append(order_id)
+                    else:
+                        done.captures_left.append(order_id)
 
             parts.append((f"late {status.value}", marks))
         if S.PARTIALLY_SHIPPED not in self._sla and S.ALLOCATED in self._sla:
             since_before = now - self._sla[S.ALLOCATED]
 
             def partly_shipped() -> None:
-                done.captures_left.extend(self._partly_shipped_with_captures_left(since_before, now, time_up))
+                self._partly_shipped_with_captures_left(since_before, now, time_up, done)
 
             parts.append(("partly shipped", partly_shipped))
         return parts
 
-    def _partly_shipped_with_captures_left(self, since_before: datetime, now: datetime, time_up: TimeUp) -> list[str]:
-        """Orders partly shipped since before `since_before` that hold a capture request older than
-        `captures_after` (a ship of theirs died after asking for it): at most `limit` of them, of
-        at most `max_reads` read, oldest first. Nothing is marked: their status has no deadline."""
-        found: list[str] = []
+    def _partly_shipped_with_captures_left(
+        self, since_before: datetime, now: datetime, time_up: TimeUp, done: Scanned
+    ) -> None:
+        """Hands on (`done.captures_left`) the orders partly shipped since before `since_before`
+        that hold a capture request older than `captures_after` (a ship of theirs died after asking
+        for it): at most `limit` of them, of at most `max_reads` read, oldest first. Nothing is
+        marked late (their status has no deadline), save an order whose request stands because the
+        gateway refused to refund that capture (`done.marked`: _mark_refund_refused)."""
+        found = 0
         for order_id in _while(self._late.unmarked_since_before(S.PARTIALLY_SHIPPED, since_before, self._max_reads),
                                time_up):  # fmt: skip
             order = self._orders.get(order_id)
@@ -284,10 +296,13 @@ class JeopardyScan:
                 order is not None and order.status is S.PARTIALLY_SHIPPED and order.captures_requested
                 and order.last_changed <= now - self._captures_after
             ):  # fmt: skip
-                found.append(order_id)
-                if len(found) == self._limit:
+                if self._mark_refund_refused(order_id, S.PARTIALLY_SHIPPED, self._sla[S.ALLOCATED]) is not None:
+                    done.marked.append(order_id)
+                else:
+                    done.captures_left.append(order_id)
+                found += 1
+                if found == self._limit:
                     break
-        return found
 
     def _mark(self, order_id: str, status: OrderStatus, deadline: timedelta) -> Order | None:
         """The order as marked; None when it is not (not late, or it kept changing). A late order
@@ -322,6 +337,47 @@ class JeopardyScan:
             order = modify(self._orders, order_id, decide)
         except StaleVersion:
             return None  # it kept changing: the next pass judges it again
+        if not marked:
+            return None
+        if order.captures_requested:
+            return self._mark_refund_refused(order_id, status, deadline) or order
+        return order
+
+    def _mark_refund_refused(self, order_id: str, status: OrderStatus, deadline: timedelta) -> Order | None:
+        """The order as marked for a person (listed late: Order.listed_late) when the capture request
+        standing on it stands because the gateway refused to refund that capture since the order
+        last changed; None when it is not. The sweep asks that refund no more (under its key the
+        gateway answers the same), so handed on every pass the order would take a candidate's place
+        each pass and show nowhere (a partly shipped one cannot even be held). Marked, it is listed
+        and counted for the alarm, and no candidate until it changes: a change since (a person's)
+        makes it one again, and the sweep asks again. Reads its history: only an order with such a
+        request standing, past its deadline, comes here."""
+        found = self._orders.history(order_id, consistent=True)
+        if found is None:
+            return None
+        seen, history = found
+        if seen.listed_late or not seen.captures_requested or not refund_refused_since(history, seen.last_changed):
+            return None
+        at = self._clock()
+        marked = False
+
+        def decide(order: Order):
+            nonlocal marked
+            since = order.deadline_counts_from
+            marked = order.version == seen.version and order.status is status and since is not None
+            if not marked:
+                return None  # changed since its history was read: the next pass judges it again
+            assert since is not None
+            reason = (
+                f"{status} for longer than {format_duration(deadline)}; the gateway refused to refund a capture "
+                "a ship that died took: a person settles it"
+            )
+            return order.mark_jeopardy(reason, since + deadline, at=at, actor=SCAN_ACTOR, refund_refused=True)
+
+        try:
+            order = modify(self._orders, order_id, decide)
+        except StaleVersion:
+            return None
         return order if marked else None
 
     def _expire(self, order_id: str, held_before: datetime) -> bool:

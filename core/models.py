@@ -1813,6 +1813,18 @@ class Order(BaseModel, defer_build=True):
         return self.changed_before_mark if self.changed_before_mark is not None else self.updated_at
 
     @property
+    def listed_late(self) -> bool:
+        """Whether the order is listed late (GET /orders?jeopardy=true, counted for the alarm) and
+        so no candidate of the jeopardy scan: marked, with no capture a ship asked for standing, or
+        marked with one standing whose refund the gateway refused (mark_jeopardy's
+        `refund_refused`: a person settles it) and unchanged since (the mark its last change,
+        `changed_before_mark` set: every other mark is made with no request standing, and a
+        request asked after a mark is a change that drops it). A marked order whose ship asks a
+        capture counts unmarked meanwhile, so the scan reads it again should that ship die with
+        the money taken (core/jeopardy.py)."""
+        return self.jeopardy is not None and (not self.captures_requested or self.changed_before_mark is not None)
+
+    @property
     def edit_authorizations_left(self) -> bool:
         """Whether an edit left an authorization to settle: one it asked for and did not record
         (`authorization_requested`), one it replaced and that is not voided yet
@@ -3080,9 +3092,17 @@ class Order(BaseModel, defer_build=True):
             hold=_replaced(self.hold, parked=True, ships_to_confirm=list(shipment_ids)),
         )  # fmt: skip
 
-    def mark_jeopardy(self, reason: str, since: datetime, *, at: datetime, actor: str) -> Change:
-        """Late for its current status (the scan found it past its deadline `since`)."""
-        if self.jeopardy is not None and self.jeopardy.status is self.status:
+    def mark_jeopardy(
+        self, reason: str, since: datetime, *, at: datetime, actor: str, refund_refused: bool = False
+    ) -> Change:
+        """Late for its current status (the scan found it past its deadline `since`).
+        `refund_refused`: late with a capture request standing whose refund the gateway refused
+        since the order last changed, so a person settles it: marked (again, when a change since
+        its mark left it unlisted) to be listed late (`listed_late`)."""
+        if refund_refused and not self.captures_requested:
+            raise InvalidTransition(f"order {self.id} has no capture request standing")
+        marked = self.jeopardy is not None and self.jeopardy.status is self.status
+        if marked and (self.listed_late or not refund_refused):
             raise InvalidTransition(f"order {self.id} is marked late for {self.status} already")
         jeopardy = Jeopardy(reason=reason, status=self.status, since=since)
         return self._next(

@@ -32,7 +32,7 @@ def visible(order: Order | None, order_id: str, channel: str | None) -> Order:
 
 def modify(
     orders: OrderRepository, order_id: str, decide: Decide, *, channel: str | None = None, attempts: int = ATTEMPTS,
-    consistent: bool = False,
+    consistent: bool = False, written: list[Order] | None = None,
 ) -> Order:  # fmt: skip
     """Read the order, ask `decide` for its next version and history entry (an Order method's
     answer: the entry None for the system's bookkeeping, a list for several facts written at once
@@ -48,7 +48,9 @@ def modify(
     the caller's own write of a moment ago would find (the capture request whose gateway answer it
     records, the renewal request it records the new authorization for), and the order is returned
     as written. `consistent` reads consistently from the first: for a decision sure to follow the
-    caller's own writes (a refund the capture just written makes refundable)."""
+    caller's own writes (a refund the capture just written makes refundable). `written`, when
+    given, gets the version this call wrote (nothing when `decide` said None): what the caller did,
+    as opposed to what another writer did meanwhile, for a caller that counts it."""
     for _ in range(attempts):
         found = orders.get(order_id, consistent=True) if consistent else orders.get(order_id)
         try:
@@ -73,6 +75,8 @@ def modify(
         except StaleVersion:
             consistent = True
             continue
+        if written is not None:
+            written.append(new)
         return new
     raise StaleVersion(f"order {order_id} kept changing; retry")
 

@@ -251,7 +251,8 @@ INDEXED_STATUSES = frozenset(OrderStatus) - UNINDEXED_STATUSES
 # when it was placed (GET /orders?jeopardy=true, newest first; the count of orders in jeopardy):
 # written when an order is marked or unmarked, never at an ordinary status change, and left out
 # while a capture its ship (or collect) asked for is not recorded (a ship under way: seconds; one
-# that died: until the jeopardy scan's sweep settles it, core.capture_sweep). The jeopardy
+# that died: until the jeopardy scan's sweep settles it, core.capture_sweep, or the gateway refuses
+# to refund it and the scan marks the order for a person: Order.listed_late). The jeopardy
 # scan finds its candidates through by_status_key, which projects `status_since` (when the deadline
 # of its status starts counting, Order.deadline_counts_from: when it entered the status, or a ready
 # pickup's collect_by; stored on watched orders only, as every write pays for its bytes, and not on
@@ -337,9 +338,11 @@ def index_attributes(order: Order, *, authorizations_set_aside: bool = False) ->
     since = order.deadline_counts_from
     if (order.status in WATCHED or order.jeopardy is not None) and since is not None:
         attributes["status_since"] = {"S": timestamp(since)}
-    if order.jeopardy is not None and not order.captures_requested:
+    if order.listed_late:
         # Marked, but unmarked here while a ship (or collect) asks its capture: the scan reads it
         # again (core.jeopardy), should that ship die with the money taken and nobody repeat it.
+        # One the scan marked for a person with a request standing whose refund the gateway
+        # refused is listed (Order.listed_late) until it changes.
         attributes["sla_key"] = {"S": JEOPARDY_KEY}
         attributes["sla_at"] = {"S": timestamp(order.created_at)}
     pending = [refund.at for refund in order.payment.refunds if refund.status == "pending"]
@@ -583,7 +586,7 @@ class DynamoOrders(OrderRepository):
         if where.status is not None:
             orders = [order for order in orders if order.status is where.status]
         if where.jeopardy:
-            orders = [order for order in orders if order.jeopardy is not None]
+            orders = [order for order in orders if order.listed_late]
         return orders, encode_cursor(scope, last) if last else None
 
     def _one_channels_entries(

@@ -88,7 +88,7 @@ class InMemoryOrders(OrderRepository):
             if (where.customer_id is None or o.customer.id == where.customer_id)
             and (where.status is None or o.status == where.status)
             and (where.channel is None or o.channel == where.channel)
-            and (not where.jeopardy or o.jeopardy is not None)
+            and (not where.jeopardy or o.listed_late)
         ]
         start = 0
         if cursor is not None:
@@ -150,11 +150,9 @@ class InMemoryLateOrders(LateOrders):
         self._orders = orders
 
     def unmarked_since_before(self, status: OrderStatus, before: datetime, limit: int) -> list[str]:
-        # As the index: a marked order counts unmarked while a capture its ship asked for stands.
-        found = [
-            o for o in self._orders.orders.values()
-            if o.status is status and (o.jeopardy is None or o.captures_requested)
-        ]  # fmt: skip
+        # As the index: a marked order counts unmarked while a capture its ship asked for stands
+        # (unless marked for a person with it standing: Order.listed_late).
+        found = [o for o in self._orders.orders.values() if o.status is status and not o.listed_late]
         due = [o for o in found if o.deadline_counts_from is not None and o.deadline_counts_from < before]
         return [o.id for o in sorted(due, key=lambda o: o.created_at)][:limit]
 
@@ -165,7 +163,7 @@ class InMemoryLateOrders(LateOrders):
         return [order_id for _, order_id in due][:limit]
 
     def count_in_jeopardy(self) -> int:
-        return sum(1 for o in self._orders.orders.values() if o.jeopardy is not None and not o.captures_requested)
+        return sum(1 for o in self._orders.orders.values() if o.listed_late)
 
     def count_ships_to_confirm(self) -> int:
         return sum(1 for o in self._orders.orders.values() if o.ships_to_confirm_since is not None)

@@ -211,7 +211,7 @@ def test_a_pass_that_could_not_settle_a_capture_reports_what_it_did_then_fails(a
 # --- A settlement capture whose cancel of units died, on an order shipped since ---------------------
 
 
-def a_partly_shipped_order(aws, external_id: str) -> tuple[Any, Order]:
+def a_partly_shipped_order(aws, external_id: str, token: str = "tok_approve") -> tuple[Any, Order]:
     """The services of this moto account and an order of two parcels (MUG from the west, CAP from the
     east), the one that does not carry the shipping shipped: cancelling the other leaves a total
     (its share and the shipping) above what was captured, so that cancel captures the rest."""
@@ -226,7 +226,8 @@ def a_partly_shipped_order(aws, external_id: str) -> tuple[Any, Order]:
     services.inventory.count("MUG", "wh-west", 10)
     services.inventory.count("CAP", "wh-east", 10)
     lines = [{"sku": "MUG", "quantity": 1}, {"sku": "CAP", "quantity": 2}]
-    placed = services.capture.place(place_order(external_id=external_id, lines=lines), actor="key_web")
+    payment = {"method": "test", "token": token}
+    placed = services.capture.place(place_order(external_id=external_id, lines=lines, payment=payment), actor="key_web")
     services.workflow.authorize_payment(placed.id, attempt=0)
     services.workflow.reserve_stock(placed.id)
     services.workflow.create_shipments(placed.id)
@@ -262,6 +263,39 @@ def test_a_partly_shipped_orders_second_ship_that_died_is_settled_with_the_defau
     settled = bootstrap(Config.from_env()).order_repository.get(order.id)
     assert (settled.status, settled.captures_requested, settled.jeopardy) == (OrderStatus.PARTIALLY_SHIPPED, [], None)
     assert settled.payment.captured == order.payment.captured
+
+
+def test_a_partly_shipped_order_whose_refund_the_gateway_refused_is_listed_and_counted_late(aws, scan, monkeypatch):
+    # Left unmarked, it was in no list a person reads (GET /orders?jeopardy=true, the alarm's count)
+    # after the pass that met the refusal, and every pass read it again for nothing.
+    from core.capture_sweep import CapturesNotSettled
+    from core.ports import OrderFilter
+    from functions.adapters.dynamodb import DynamoLateOrders, DynamoOrders, index_attributes
+
+    services, order = a_partly_shipped_order(aws, "web-refund-refused", token="tok_refund_decline")
+    real = DynamoOrders.update
+
+    def dies(self: DynamoOrders, new: Order, expected: Order, entries: list[HistoryEntry]) -> None:
+        if entries and entries[0].type == "shipment_shipped":
+            raise TimeoutError("the API function timed out before recording the ship")
+        real(self, new, expected, entries)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(DynamoOrders, "update", dies)
+        with pytest.raises(TimeoutError):
+            services.actions.ship(order.id, order.shipments[0].id, None, "key_wh")
+    with pytest.raises(CapturesNotSettled):
+        scan(utc_now() + timedelta(hours=48, minutes=5))  # past allocated=48h: the refund refused
+
+    answer = scan(utc_now() + timedelta(hours=48, minutes=25))
+
+    assert (answer["marked"], answer["in_jeopardy"], answer["captures_settled"]) == ([order.id], 1, [])
+    listed, _ = services.order_repository.list(OrderFilter(jeopardy=True), 10, None)
+    assert [o.id for o in listed] == [order.id] and listed[0].captures_requested
+    assert index_attributes(listed[0])["sla_key"] == {"S": "jeopardy"}
+    late = DynamoLateOrders(services.dynamodb, services.config.orders_table)
+    assert late.unmarked_since_before(OrderStatus.PARTIALLY_SHIPPED, utc_now() + timedelta(days=3), 10) == []
+    assert scan(utc_now() + timedelta(hours=48, minutes=30))["marked"] == []
 
 
 def a_settlement_that_died(aws, monkeypatch: pytest.MonkeyPatch, external_id: str = "web-settled") -> Order:

@@ -18,7 +18,7 @@ from core.capture_sweep import CapturesNotSettled, CapturesSettled, UnrecordedCa
 from core.errors import TransientError
 from core.events import OrderEvent
 from core.holds import HoldRequest, Holds, ReleaseRequest
-from core.jeopardy import SCAN_ACTOR, JeopardyScan, parse_sla
+from core.jeopardy import SCAN_ACTOR, JeopardyScan, Scanned, parse_sla
 from core.models import Order
 from core.money import Money
 from core.order_changes import outage_noted_once
@@ -699,3 +699,132 @@ def test_the_scan_counts_each_order_whose_parcel_waits_for_a_person_until_a_pers
     assert late.count_ships_to_confirm() == 1
     world.actions.cancel(other.id, "the parcel never left", actor="key_ops")
     assert late.count_ships_to_confirm() == 0
+
+
+def scan_pass(world: World, clock: Clock) -> tuple[Scanned, CapturesSettled]:
+    """A pass as a_pass, with what the scan did as well as what the sweep did."""
+    scan = JeopardyScan(
+        InMemoryLateOrders(world.orders), world.orders, world.actions.cancel, clock,
+        sla=parse_sla(""), captures_after=timedelta(minutes=15),
+    )  # fmt: skip
+    scanned = scan.run()
+    return scanned, sweep(world, clock).run(scanned.captures_left, ACTOR)
+
+
+def test_a_partly_shipped_order_whose_refund_the_gateway_refused_is_listed_late_for_a_person(world, clock, monkeypatch):
+    # It cannot be held, partially_shipped has no deadline by default, and the sweep asks a refused
+    # refund no more: after the pass that met the refusal, nothing listed or counted the order, and
+    # every pass read it and handed it on for nothing.
+    before, second = partly_shipped_with_a_second_ship_that_died(world, monkeypatch)
+    world.gateway.script("refund", "refuse")
+    clock.advance(**LATE)
+    with pytest.raises(CapturesNotSettled) as incomplete:
+        a_pass(world, clock)
+    assert incomplete.value.done.unconfirmed == [before.id]
+    late = InMemoryLateOrders(world.orders)
+    clock.advance(minutes=16)  # its last change (the request taken back from its ship) is over
+
+    assert scan_pass(world, clock) == (Scanned(marked=[before.id], in_jeopardy=1), NOTHING)
+
+    after = world.order(before.id)
+    assert after.status is OrderStatus.PARTIALLY_SHIPPED and after.capture_request(second) is not None
+    assert after.jeopardy.status is OrderStatus.PARTIALLY_SHIPPED and "refused to refund" in after.jeopardy.reason
+    assert after.listed_late and late.count_in_jeopardy() == 1
+    assert late.unmarked_since_before(OrderStatus.PARTIALLY_SHIPPED, clock(), 100) == []  # read no more
+    for _ in range(3):
+        clock.advance(minutes=5)
+        assert scan_pass(world, clock) == (Scanned(in_jeopardy=1), NOTHING)
+    assert [e.type for e in world.history(before.id)].count(OrderEvent.JEOPARDY) == 1
+    assert len([e for e in world.history(before.id) if e.type is OrderEvent.PAYMENT_REFUND_FAILED]) == 1
+
+
+def test_a_held_order_whose_refund_the_gateway_refused_is_marked_once_and_takes_no_candidates_place(
+    world, clock, monkeypatch
+):
+    # Late on hold, it was handed on every pass for a refund the sweep never asks again: each pass
+    # it took one of the `limit` places of the on_hold candidates, and it was never listed late.
+    order, _ = a_ship_that_died(world, monkeypatch)
+    world.gateway.script("refund", "refuse")
+    clock.advance(**LATE)
+    with pytest.raises(CapturesNotSettled):
+        a_pass(world, clock)
+    late = InMemoryLateOrders(world.orders)
+    clock.advance(hours=24, minutes=1)  # late for its hold (on_hold=24h)
+
+    assert scan_pass(world, clock) == (Scanned(marked=[order.id], in_jeopardy=1), NOTHING)
+
+    after = world.order(order.id)
+    assert (after.status, after.jeopardy.status) == (OrderStatus.ON_HOLD, OrderStatus.ON_HOLD)
+    assert after.captures_requested and after.listed_late
+    assert late.unmarked_since_before(OrderStatus.ON_HOLD, clock(), 100) == []
+    clock.advance(minutes=5)
+    assert scan_pass(world, clock) == (Scanned(in_jeopardy=1), NOTHING)
+    assert len(world.spy.refunded) == 0
+
+
+def test_an_order_marked_for_a_refused_refund_that_changes_is_asked_again_then_marked_again(world, clock, monkeypatch):
+    order, _ = a_ship_that_died(world, monkeypatch)
+    world.gateway.script("refund", "refuse")
+    clock.advance(**LATE)
+    with pytest.raises(CapturesNotSettled):
+        a_pass(world, clock)
+    clock.advance(hours=24, minutes=1)
+    assert scan_pass(world, clock)[0].marked == [order.id]
+    marked = world.order(order.id)
+    changed, _ = marked._bookkeeping(at=clock())  # a change since the mark (a person's, say)
+    world.orders.update(changed, marked, [])
+    assert not changed.listed_late and InMemoryLateOrders(world.orders).count_in_jeopardy() == 0
+    clock.advance(minutes=16)
+
+    with pytest.raises(CapturesNotSettled):  # handed on, and the refund asked again: refused again
+        scan_pass(world, clock)
+    clock.advance(minutes=5)
+    assert scan_pass(world, clock) == (Scanned(marked=[order.id], in_jeopardy=1), NOTHING)
+
+    assert [e.type for e in world.history(order.id)].count(OrderEvent.JEOPARDY) == 2
+    assert len([e for e in world.history(order.id) if e.type is OrderEvent.PAYMENT_REFUND_FAILED]) == 2
+
+
+def test_two_overlapping_passes_count_a_capture_they_both_settle_once(world, clock, monkeypatch):
+    # Both passes read the partly shipped order (it cannot be held) with its request standing; the
+    # twin settled it first, and this pass, finding nothing left to settle, counted it settled (and
+    # a parcel to confirm) as well: UnrecordedCapturesSettled and ShipsToConfirm said two for one.
+    before, _ = partly_shipped_with_a_second_ship_that_died(world, monkeypatch)
+    clock.advance(**LATE)
+    late = JeopardyScan(
+        InMemoryLateOrders(world.orders), world.orders, world.actions.cancel, clock, sla=parse_sla(""),
+        captures_after=timedelta(minutes=15),
+    ).run().captures_left  # fmt: skip
+    assert late == [before.id]
+    twin: list[CapturesSettled] = []
+    settle = Cancellation.settle_capture_requests
+
+    def the_twin_first(self, order, actor, **kwargs):
+        if not twin:
+            twin.append(NOTHING)
+            twin[0] = sweep(world, clock).run(late, ACTOR)  # the other pass, a moment ahead
+        return settle(self, order, actor, **kwargs)
+
+    monkeypatch.setattr(Cancellation, "settle_capture_requests", the_twin_first)
+    this = sweep(world, clock).run(late, ACTOR)
+
+    assert twin == [CapturesSettled(settled=[before.id], held=[], unconfirmed=[before.id])]
+    assert this == NOTHING and len(world.spy.refunded) == 1  # neither settled nor to confirm twice
+
+
+def test_the_in_memory_late_list_leaves_out_a_marked_order_while_a_capture_stands_as_the_index_does(
+    world, clock, monkeypatch
+):
+    from core.ports import OrderFilter
+
+    order = world.allocated(("TSHIRT", 2))
+    clock.advance(**LATE)
+    a_pass(world, clock)
+    assert [o.id for o in world.orders.list(OrderFilter(jeopardy=True), 10, None)[0]] == [order.id]
+    dies_before_recording(world, monkeypatch, "shipment_shipped")
+    with pytest.raises(Died):
+        world.actions.ship(order.id, order.shipments[0].id, None, actor="key_wh")
+
+    assert world.order(order.id).jeopardy is not None  # marked, but read again by the scan meanwhile
+    assert world.orders.list(OrderFilter(jeopardy=True), 10, None)[0] == []
+    assert InMemoryLateOrders(world.orders).count_in_jeopardy() == 0
