@@ -57,11 +57,38 @@ def test_an_alarm_calls_a_person_while_any_parcel_waits_to_be_confirmed_and_for_
     }
     (expression,) = [query for query in alarm["Metrics"] if "Expression" in query]
     assert expression["Expression"] == "MAX([FILL(waiting, 0), FILL(found, 0)])"
-    assert (alarm["Threshold"], alarm["ComparisonOperator"], alarm["EvaluationPeriods"]) == (
-        1, "GreaterThanOrEqualToThreshold", 1,
-    )  # fmt: skip
-    # A period without a run keeps the state: a late scan must not clear it while parcels wait.
+    # On while either of the last two periods counts one (a period a run's point missed is a zero:
+    # test_the_parcels_alarm_stays_on_while_a_parcel_waits_though_a_run_lands_late_and_clears_when_none_does).
+    assert (alarm["Threshold"], alarm["ComparisonOperator"]) == (1, "GreaterThanOrEqualToThreshold")
+    assert (alarm["EvaluationPeriods"], alarm["DatapointsToAlarm"]) == (2, 1)
+    # No point at all (the scan not running) keeps the state.
     assert alarm["TreatMissingData"] == "ignore"
+
+
+def _ships_alarm_states(points: list[tuple[int, float]], periods: int) -> list[bool]:
+    """ShipsToConfirmAlarm as CloudWatch evaluates it, period by period (of its 300 s) over
+    `points` (second of the day, ShipsWaitingToConfirm): each period's Maximum, FILL(waiting, 0)
+    where a period holds none, the last EvaluationPeriods periods breaching DatapointsToAlarm of
+    them or more (ALARM, True), or not (OK, False)."""
+    alarm = _properties("ShipsToConfirmAlarm")
+    (period,) = {query["MetricStat"]["Period"] for query in alarm["Metrics"] if "MetricStat" in query}
+    evaluated, needed = alarm["EvaluationPeriods"], alarm.get("DatapointsToAlarm", alarm["EvaluationPeriods"])
+    filled = [max((value for at, value in points if at // period == index), default=0.0) for index in range(periods)]
+    return [
+        sum(value >= alarm["Threshold"] for value in filled[max(0, end - evaluated + 1) : end + 1]) >= needed
+        for end in range(periods)
+    ]
+
+
+def test_the_parcels_alarm_stays_on_while_a_parcel_waits_though_a_run_lands_late_and_clears_when_none_does():
+    # The scan runs every 5 minutes, but its point lands when the run ends: a run that ends a
+    # little later than the one before (12:04:59, then 12:10:01) leaves the period between them
+    # without a point, which FILL makes a zero. The alarm went OK for that period (an OK
+    # notification for an order still waiting) and back to ALARM on the next run.
+    waiting = [(299, 1.0), (601, 1.0), (900, 1.0), (1200, 1.0)]
+    assert _ships_alarm_states(waiting, 5) == [True] * 5
+    # Once a person ended the last wait, the zeros the runs publish clear it.
+    assert _ships_alarm_states([*waiting, (1500, 0.0), (1800, 0.0)], 7)[-1] is False
 
 
 def test_an_alarm_calls_a_person_for_each_void_the_gateway_refused_or_no_plugin_took():
