@@ -478,3 +478,36 @@ def test_a_cancelled_replacements_credit_its_cancel_died_before_giving_back_is_g
     credit = replacement.exchange_credit
     refunds = world.order(original.id).payment.refunds
     assert [(r.amount, r.status) for r in refunds] == [(credit, "succeeded")]
+
+
+# --- What the kept-back pass reports of what it finished ---------------------------------------------
+
+
+def test_the_pass_names_the_units_it_released_for_a_cancel_that_died(monkeypatch):
+    # Before: the pass released the units and cleared the record, and said nothing of it: no
+    # log, no metric, nothing in what it returned (only refunds were named).
+    world, clock, order = units_cancelled_by_a_function_that_dies(monkeypatch)
+    clock.now += timedelta(minutes=20)
+
+    done = kept_back_sweep(world, clock).run(ACTOR)
+
+    assert world.level("MUG", "wh-west") == (5, 3, 2)
+    assert done.stock_released == [order.id]
+    assert (done.owed_back_settled, done.refunded, done.owed_back_refunded) == ([], [], [])
+    clock.now += timedelta(minutes=20)
+    again = kept_back_sweep(world, clock).run(ACTOR)
+    assert again.stock_released == []  # once
+
+
+def test_the_pass_names_the_give_back_it_finished_for_a_cancel_that_died(monkeypatch):
+    # The give-back is refunded on the original order: nothing on the replacement's own refunds
+    # said the pass had given it; it names the order whose owed settlement it finished.
+    world, clock, _, replacement = replacement_whose_rest_is_cancelled(monkeypatch, OrderEvent.UNITS_CANCELLED)
+    clock.now += timedelta(minutes=20)
+
+    done = kept_back_sweep(world, clock).run(ACTOR)
+
+    assert not world.order(replacement.id).settlement_owed
+    assert done.owed_back_settled == [replacement.id]
+    clock.now += timedelta(minutes=20)
+    assert kept_back_sweep(world, clock).run(ACTOR).owed_back_settled == []
