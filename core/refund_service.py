@@ -651,7 +651,11 @@ class KeptBackRefunded:
     otherwise (`failed`, by order id). Apart, what cancels of units owed back
     (Order.settlement_owed): the settlement refunds approved (`owed_back_refunded`, ids) and the
     orders whose settlement refund was refused (`owed_back_refused`; one refused
-    OVER_CAPTURE_REFUSALS times has its own call to a person: OverCapturesNotRefundedAlarm)."""
+    OVER_CAPTURE_REFUSALS times has its own call to a person: OverCapturesNotRefundedAlarm). And
+    what else the pass finished that no refund of the order shows: the orders whose owed release
+    of the units a cancel freed it did (`stock_released`: Order.stock_owed cleared), and those
+    whose owed settlement it finished (`owed_back_settled`: Order.settlement_owed cleared, a
+    replacement's credit given back on its original order among it)."""
 
     refunded: list[str] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)
@@ -659,6 +663,8 @@ class KeptBackRefunded:
     failed: dict[str, Exception] = field(default_factory=dict)
     owed_back_refunded: list[str] = field(default_factory=list)
     owed_back_refused: list[str] = field(default_factory=list)
+    stock_released: list[str] = field(default_factory=list)
+    owed_back_settled: list[str] = field(default_factory=list)
 
 
 class KeptBackNotRefunded(Exception):
@@ -745,6 +751,10 @@ class KeptBackSweep:
             except Exception as error:  # reported once the pass is done
                 done.failed[order_id] = error
                 after = order
+            if order.stock_owed and not after.stock_owed:
+                done.stock_released.append(order_id)
+            if order.settlement_owed and not after.settlement_owed:
+                done.owed_back_settled.append(order_id)
             before = {refund.id: refund.status for refund in order.payment.refunds}
             new = [refund for refund in after.payment.refunds if before.get(refund.id) != refund.status]
             owed_back = [refund for refund in new if refund.kind == "cancellation"]

@@ -582,14 +582,22 @@ class UnitCancellation:
         kept-back pass, for an order recording it (Order.settlement_owed), does what a repeat of
         the cancel (or of that ship or collect) would for the money: a refund
         left pending is asked again, what the captures hold beyond the total refunded (under the
-        settlement's keys, decided on the order as written: never twice), and a replacement left
+        settlement's keys, decided on the order as written: never twice), an order left nothing to
+        ship has what its captures fall short of its total captured and the rest of its
+        authorization released (_settle_payment: a refusal of either is in the history, as a
+        delivery leaves it, and not asked again by every pass), and a replacement left
         nothing to ship gives back the credit it does not use (under the give-back's keys). Once
         that is done, or left to a person (OVER_CAPTURE_REFUSALS refusals), the record is cleared;
         until then the order stays in the pass's index, asked again a pass later. Returns the
         order as it then is."""
         with contextlib.suppress(PaymentRefused, PaymentGatewayUnavailable):  # in the history; asked again later
             self._refunds.finish_pending(order.id, actor)
-            self._refunds.issue_decided_refund(order.id, _over_capture, SETTLEMENT_REASON, actor, kind="cancellation")
+            try:  # as the cancel's function would: the refund, or a capture short of the total, and a release
+                self._settle_payment(self._current(order.id), actor)
+            except PaymentRefused:
+                if _over_capture(self._current(order.id)) is not None:
+                    raise  # the settlement's refund: asked again, until left to a person
+                # A capture or release the gateway refused is in the history, as a delivery leaves it.
             if self._credits is not None:
                 self._give_back(self._current(order.id), actor)
             self._owed_back_given(order.id)
@@ -742,10 +750,26 @@ def held_beyond_total(order: Order) -> Money:
 
 
 def _owes_back(order: Order) -> bool:
-    """Whether the order a cancel of units has just decided owes money back that only the
-    function after its write gives (Order.settlement_owed): a refund of what the captures hold
-    beyond its new total, or, a replacement left nothing to ship, its credit's give-back."""
-    return _over_capture(order) is not None or owes_credit_back(order)
+    """Whether the order a cancel of units has just decided owes a settlement of its payment that
+    only the function after its write does (Order.settlement_owed): a refund of what the captures
+    hold beyond its new total, or, a replacement left nothing to ship, its credit's give-back; or,
+    any order left nothing to ship, the capture of what its captures fall short of its total by or
+    the release of what its authorization holds beyond them (_unsettled_with_nothing_to_ship)."""
+    return _over_capture(order) is not None or owes_credit_back(order) or _unsettled_with_nothing_to_ship(order)
+
+
+def _unsettled_with_nothing_to_ship(order: Order) -> bool:
+    """Whether the order has nothing left to ship while its payment is not settled to its total:
+    short of it (what the cancel's function captures: _settle_payment) or authorized beyond its
+    captures (what it releases). Nothing ships or, for a parcel that left already, may be reported
+    delivered to do either, should that function die."""
+    payment = order.payment
+    if not payment.authorization or any(shipment.status in NOT_LEFT for shipment in order.shipments):
+        return False
+    due = order.payable() - payment_holds(order)
+    if order.exchange_credit is not None:
+        due = min(due, beyond_credit(order))
+    return due.amount > 0 or payment.captured < payment.authorized
 
 
 def _over_capture(order: Order) -> tuple[str, Money] | None:

@@ -195,11 +195,18 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
             logger.warning("what a cancel of units owed back refunded", extra={"refund_id": refund_id})
         for order_id in kept_back.owed_back_refused:
             logger.warning("refund of what a cancel of units owed back refused", extra={"order_id": order_id})
+        # What no refund of the order shows: the units a cancel freed released, what was owed back settled.
+        for order_id in kept_back.stock_released:
+            logger.warning("units a cancel of units freed released", extra={"order_id": order_id})
+        for order_id in kept_back.owed_back_settled:
+            logger.warning("what a cancel of units or a last parcel owed back settled", extra={"order_id": order_id})
         for name, count in (
             ("KeptBackRefunded", len(kept_back.refunded)),
             ("KeptBackRefused", len(kept_back.refused)),
             ("OwedBackRefunded", len(kept_back.owed_back_refunded)),
             ("OwedBackRefused", len(kept_back.owed_back_refused)),
+            ("OwedStockReleased", len(kept_back.stock_released)),
+            ("OwedBackSettled", len(kept_back.owed_back_settled)),
         ):
             if count:
                 metrics.add_metric(name=name, unit=MetricUnit.Count, value=count)

@@ -1227,6 +1227,44 @@ def test_what_a_return_kept_back_is_refunded_by_a_later_pass_when_the_last_deliv
     assert "refund_key" not in item_keys and "refund_since" not in item_keys
 
 
+def test_the_units_a_cancel_died_before_releasing_are_released_logged_and_counted_once(
+    stack, metrics_on, capsys, caplog, monkeypatch
+):
+    # Before: the kept-back pass released them and cleared the order's record, and neither logged
+    # nor counted it: a pass that finished owed stock looked like one that did nothing.
+    from core.unit_cancellation import UnitCancellation
+    from functions.bootstrap import Config, bootstrap
+    from functions.reconciler import app
+
+    services = bootstrap(Config.from_env(), label_store=FakeLabels())
+    services.catalog.put_product("MUG", ProductInput.model_validate(product_body("12.50")))
+    services.catalog.put_location("wh-west", LocationInput.model_validate(location_body()))
+    services.inventory.count("MUG", "wh-west", 5)
+    order = services.capture.place(place_order(external_id="web-owed", lines=[{"sku": "MUG", "quantity": 4}]),
+                                   actor="key_web")  # fmt: skip
+    services.workflow.authorize_payment(order.id, attempt=0)
+    services.workflow.reserve_stock(order.id)
+    services.workflow.create_shipments(order.id)
+    with monkeypatch.context() as patched:  # its function dies right after the cancel's write
+        patched.setattr(UnitCancellation, "_settle", lambda self, order, actor: order)
+        services.actions.cancel(order.id, "one fewer", actor="key_web", lines={"L1": 1})
+    assert services.order_repository.get(order.id).stock_owed
+    capsys.readouterr()
+
+    later = utc_now() + timedelta(minutes=16)
+    with app.container.override(bootstrap(Config.from_env(), clock=lambda: later)):
+        reconcile()
+        printed = capsys.readouterr().out
+        reconcile()
+
+    assert not services.order_repository.get(order.id).stock_owed
+    assert services.inventory.summary("MUG").available == 2  # 5 on hand, 3 reserved for the parcel
+    assert emitted(printed) == {"OwedStockReleased": 1}
+    logged = [r for r in caplog.records if r.getMessage() == "units a cancel of units freed released"]
+    assert [r.__dict__.get("order_id") for r in logged] == [order.id]
+    assert "OwedStockReleased" not in emitted(capsys.readouterr().out)  # once
+
+
 def test_what_a_return_kept_back_is_refunded_in_the_pass_that_finishes_its_own_refund_left_pending(
     stack, metrics_on, capsys, monkeypatch
 ):

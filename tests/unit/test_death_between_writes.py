@@ -478,3 +478,102 @@ def test_a_cancelled_replacements_credit_its_cancel_died_before_giving_back_is_g
     credit = replacement.exchange_credit
     refunds = world.order(original.id).payment.refunds
     assert [(r.amount, r.status) for r in refunds] == [(credit, "succeeded")]
+
+
+# --- What the kept-back pass reports of what it finished ---------------------------------------------
+
+
+def test_the_pass_names_the_units_it_released_for_a_cancel_that_died(monkeypatch):
+    # Before: the pass released the units and cleared the record, and said nothing of it: no
+    # log, no metric, nothing in what it returned (only refunds were named).
+    world, clock, order = units_cancelled_by_a_function_that_dies(monkeypatch)
+    clock.now += timedelta(minutes=20)
+
+    done = kept_back_sweep(world, clock).run(ACTOR)
+
+    assert world.level("MUG", "wh-west") == (5, 3, 2)
+    assert done.stock_released == [order.id]
+    assert (done.owed_back_settled, done.refunded, done.owed_back_refunded) == ([], [], [])
+    clock.now += timedelta(minutes=20)
+    again = kept_back_sweep(world, clock).run(ACTOR)
+    assert again.stock_released == []  # once
+
+
+def test_the_pass_names_the_give_back_it_finished_for_a_cancel_that_died(monkeypatch):
+    # The give-back is refunded on the original order: nothing on the replacement's own refunds
+    # said the pass had given it; it names the order whose owed settlement it finished.
+    world, clock, _, replacement = replacement_whose_rest_is_cancelled(monkeypatch, OrderEvent.UNITS_CANCELLED)
+    clock.now += timedelta(minutes=20)
+
+    done = kept_back_sweep(world, clock).run(ACTOR)
+
+    assert not world.order(replacement.id).settlement_owed
+    assert done.owed_back_settled == [replacement.id]
+    clock.now += timedelta(minutes=20)
+    assert kept_back_sweep(world, clock).run(ACTOR).owed_back_settled == []
+
+
+# --- A cancel of the last units to ship that died before settling the payment ------------------------
+
+
+def rest_cancelled_by_a_function_that_dies(
+    monkeypatch: pytest.MonkeyPatch, *, delivered: bool
+) -> tuple[World, Clock, Order]:
+    """2 MUGs (wh-west's parcel) ship, and are delivered or not; the 3 CAPs (wh-east's) are
+    cancelled, and the cancel's function dies right after its write: the order, which has nothing
+    left to ship, is short of its total by the shipping the CAPs' parcel was to pay, and its
+    authorization still holds the CAPs' worth."""
+    clock = Clock()
+    world = build_world(CANCEL_STOCK, clock=clock)
+    order = world.allocated(("MUG", 2), ("CAP", 3))
+    west = world.shipment_at(order, "wh-west")
+    world.actions.ship(order.id, west, None, actor="key_wh")
+    if delivered:
+        world.actions.deliver(order.id, west, actor="key_carrier")
+    died = dies_after_recording(world, monkeypatch, OrderEvent.UNITS_CANCELLED)
+    with pytest.raises(Died):
+        world.actions.cancel(order.id, "rest", actor="key_web")
+    monkeypatch.undo()
+    cancelled = world.order(order.id)
+    assert died and cancelled.payment.captured < cancelled.totals.grand_total < cancelled.payment.authorized
+    return world, clock, order
+
+
+@pytest.mark.parametrize("delivered", [True, False], ids=["delivered", "never reported delivered"])
+def test_a_cancel_of_the_last_units_that_died_before_settling_is_settled_by_the_reconciler_once(monkeypatch, delivered):
+    # Before: for any order, not only a replacement, the cancel's write recorded nothing owed
+    # (nothing was captured beyond the new total), and only its function captured what the
+    # captures fell short of and released the rest of the authorization. Dead, it left a
+    # delivered order closed short of its total (the shop's loss) and the customer's card holding
+    # the cancelled units' worth until the authorization lapsed; nothing ships or is delivered to
+    # do it (a carrier that never reports delivery: the same).
+    world, clock, order = rest_cancelled_by_a_function_that_dies(monkeypatch, delivered=delivered)
+    assert world.order(order.id).settlement_owed
+    assert index_attributes(world.order(order.id))["refund_key"] == {"S": KEPT_BACK_KEY}
+
+    passes(world, clock)
+    passes(world, clock)
+
+    after = world.order(order.id)
+    assert after.payment.captured == after.totals.grand_total == after.payment.authorized
+    assert after.payment.refunded.amount == 0
+    assert world.spy.voided == [order.payment.authorization]  # once
+    # Out of the pass's index (in the carrier work's: the emptied parcel's booking, died with it too).
+    assert not after.settlement_owed and index_attributes(after).get("refund_key") != {"S": KEPT_BACK_KEY}
+
+
+def test_a_release_the_gateway_refuses_after_such_a_cancel_is_not_asked_for_by_every_pass(monkeypatch):
+    # One the gateway refuses (an authorization it let lapse) is in the history, as a delivery
+    # leaves it: the record is cleared rather than the release asked for every pass for good.
+    world, clock, order = rest_cancelled_by_a_function_that_dies(monkeypatch, delivered=True)
+    world.gateway.script("void", "refuse")
+
+    passes(world, clock)
+
+    after = world.order(order.id)
+    assert after.payment.captured == after.totals.grand_total  # the shortfall captured all the same
+    # Out of the pass's index (in the carrier work's: the emptied parcel's booking, died with it too).
+    assert not after.settlement_owed and index_attributes(after).get("refund_key") != {"S": KEPT_BACK_KEY}
+    voids = [call for call in world.gateway.calls if call[0] == "void"]
+    passes(world, clock)
+    assert [call for call in world.gateway.calls if call[0] == "void"] == voids
