@@ -274,3 +274,19 @@ def calls_by_function(stack: Any) -> Iterator[dict[str, set[Grant]]]:
         yield seen
     finally:
         BaseClient._make_api_call = original
+
+
+@contextmanager
+def only_granted_calls(
+    stack: Any, expected: tuple[str, ...] = (), settle_seconds: float = 10
+) -> Iterator[dict[str, set[Grant]]]:
+    """calls_by_function(stack) around a test's whole journey (what its functions still run once
+    it ends included, up to `settle_seconds`), then fails on any call of any function the template
+    does not grant it: an autouse fixture gives a module's rare paths (retries, refusals,
+    schedules) this check at no cost of its own. `expected`: functions the journey must have run."""
+    with calls_by_function(stack) as calls:
+        yield calls
+        stack.wait_until_idle(settle_seconds)
+    assert set(expected) <= set(calls), f"never ran: {set(expected) - set(calls)}"
+    missing = {function: needed - granted(function) for function, needed in calls.items()}
+    assert not any(missing.values()), f"calls the template does not grant: { {f: m for f, m in missing.items() if m} }"
