@@ -274,3 +274,56 @@ def calls_by_function(stack: Any) -> Iterator[dict[str, set[Grant]]]:
         yield seen
     finally:
         BaseClient._make_api_call = original
+
+
+@contextmanager
+def only_granted_calls(
+    stack: Any, expected: tuple[str, ...] = (), settle_seconds: float = 10
+) -> Iterator[dict[str, set[Grant]]]:
+    """calls_by_function(stack) around a test's whole journey (what its functions still run once
+    it ends included, up to `settle_seconds`), then fails on any call of any function the template
+    does not grant it: an autouse fixture gives a module's rare paths (retries, refusals,
+    schedules) this check at no cost of its own. `expected`: functions the journey must have run."""
+    with calls_by_function(stack) as calls:
+        yield calls
+        stack.wait_until_idle(settle_seconds)
+    assert set(expected) <= set(calls), f"never ran: {set(expected) - set(calls)}"
+    missing = {function: needed - granted(function) for function, needed in calls.items()}
+    assert not any(missing.values()), f"calls the template does not grant: { {f: m for f, m in missing.items() if m} }"
+
+
+@contextmanager
+def handlers_checked(
+    monkeypatch: Any, handlers: dict[str, str], tables: dict[str, str], **names: dict[str, str]
+) -> Iterator[dict[str, set[Grant]]]:
+    """only_granted_calls for handlers a test calls in this process, without a stack: each of
+    `handlers` (function logical id -> its module) runs as that function while called through its
+    module's `lambda_handler`; `tables` (and `names`: state_machine_arns, bucket_names, queue_urls
+    as a stack names them) say which template resource each physical name is. A call of a
+    resource not named there is recorded by its physical name, never granted: name it."""
+    import importlib
+    from types import SimpleNamespace
+
+    from infra.local.lambdas import RUNNING
+
+    for logical, module_name in handlers.items():
+        module = importlib.import_module(module_name)
+
+        def run(event: Any, context: Any, real: Any = module.lambda_handler, name: str = f"local-{logical}") -> Any:
+            outer = getattr(RUNNING, "function", None)
+            RUNNING.function = name
+            try:
+                return real(event, context)
+            finally:
+                RUNNING.function = outer
+
+        monkeypatch.setattr(module, "lambda_handler", run)
+    empty = {"bucket_names": {}, "event_bus_names": {}, "queue_urls": {}, "state_machine_arns": {}}
+    stack = SimpleNamespace(
+        functions={logical: SimpleNamespace(name=f"local-{logical}") for logical in handlers},
+        table_names=tables, gateway=None, **{**empty, **names},
+    )  # fmt: skip
+    with calls_by_function(stack) as calls:
+        yield calls
+    missing = {function: needed - granted(function) for function, needed in calls.items()}
+    assert not any(missing.values()), f"calls the template does not grant: { {f: m for f, m in missing.items() if m} }"

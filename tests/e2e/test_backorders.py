@@ -24,6 +24,16 @@ def stack() -> Iterator[EmbeddedStack]:
         yield started
 
 
+@pytest.fixture(autouse=True)
+def only_granted_calls(stack: EmbeddedStack) -> Iterator[None]:
+    """Every call each function makes in a test (the backorder function's, the scheduled scans') is
+    one the template grants it, by table, index, key and action: moto lets through what AWS refuses."""
+    from tests.template_iam import only_granted_calls as checked
+
+    with checked(stack, expected=("BackorderFunction",)):
+        yield
+
+
 @pytest.fixture(scope="module")
 def api(stack: EmbeddedStack) -> Iterator[Api]:
     client = Api(stack.api_url, stack.admin_key)

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from infra.local.stack import EmbeddedStack
+from infra.local.stack import EmbeddedStack, forget_warm_containers
 from tests.e2e.client import Api, Catalog, order_body, put_network, stocked_sku
 from tests.e2e.conftest import workflow_stack
 
@@ -141,3 +141,73 @@ def test_a_return_with_an_exchange_places_the_replacement_which_authorizes_the_d
     refunds = api.get(f"/orders/{order_id}/refunds").json()["items"]
     assert [(r["status"], Decimal(r["amount"]["amount"])) for r in refunds] == [("succeeded", credit)]
     assert Decimal(api.get(f"/orders/{order_id}").json()["payment"]["refunded"]["amount"]) == credit
+
+
+@pytest.mark.parametrize(
+    ("failure", "ends", "task"),
+    [("stock_gone", "cancelled", "CancelOrderFunction"), ("declined", "payment_failed", "FailPaymentFunction")],
+)
+def test_a_replacement_the_workflow_ends_gives_its_credit_back_with_calls_the_template_grants(
+    stack: EmbeddedStack, api: Api, monkeypatch: pytest.MonkeyPatch, failure: str, ends: str, task: str
+):
+    """An exchange's replacement whose stock is gone before its workflow reserves it (or whose
+    difference the gateway declines) is ended by the CancelOrder (FailPayment) task, which refunds
+    its credit on the original and shows it on the return (a conditional update of the Returns
+    table). Both functions were granted only GetItem there: on AWS that update was AccessDenied
+    after the refund, the task failed and retried, and the return never showed what its credit
+    gave back. The returns workflow's steps (the exchange placing the replacement) are recorded too."""
+    from tests.template_iam import calls_by_function, granted
+
+    # Containers start cold: a network an earlier test's exchange cached (for up to 10 s) lacks this one's.
+    assert stack.wait_until_idle(10)
+    forget_warm_containers()
+    network = put_network(api)
+    catalog = Catalog(api)
+    sku, dearer = catalog.product("12.00"), catalog.product("30.00")
+    catalog.stock(sku, network["west"], 5)
+    catalog.stock(dearer, network["west"], 1)
+    placed = api.post("/orders", json=order_body((sku, 2)))
+    assert placed.status_code == 201, placed.text
+    order_id = placed.json()["id"]
+    order = until(api, f"/orders/{order_id}", lambda o: o["status"] == "allocated")
+    for shipment in order["shipments"]:
+        assert api.post(f"/orders/{order_id}/shipments/{shipment['id']}/ship").status_code == 200
+    requested = api.post(
+        f"/orders/{order_id}/returns",
+        json={"lines": [{"line_id": "L1", "quantity": 1, "reason": "wrong colour", "reason_code": "other"}],
+              "exchange": {"lines": [{"sku": dearer, "quantity": 1}]}},
+    )  # fmt: skip
+    assert requested.status_code == 201, requested.text
+    rma = requested.json()["id"]
+
+    with calls_by_function(stack) as calls:
+        stack.pause_mappings()  # the replacement's workflow waits for its stream record
+        try:
+            receipt = {
+                "location_id": network["west"],
+                "lines": [{"line_id": "L1", "quantity": 1, "condition": "resellable"}],
+            }
+            assert api.post(f"/returns/{rma}/receive", json=receipt).status_code in (200, 202)
+            done = until(api, f"/returns/{rma}", lambda r: r["status"] == "refunded" and r["exchange_order_id"])
+            if failure == "stock_gone":
+                catalog.stock(dearer, network["west"], 0)  # gone before the workflow reserves it
+            else:  # the functions run in this process: the gateway declines every authorization now
+                from plugins import test_payments
+
+                real = test_payments._authorize
+                monkeypatch.setattr(
+                    test_payments, "_authorize", lambda _token, *rest: real(test_payments.DECLINE, *rest)
+                )
+        finally:
+            stack.resume_mappings()
+        replacement = until(api, f"/orders/{done['exchange_order_id']}", lambda o: o["status"] == ends)
+        shown = until(api, f"/returns/{rma}", lambda r: Decimal(r["refund"]["amount"]) > 0)
+        assert stack.wait_until_idle(10)
+
+    credit = Decimal(replacement["exchange_credit"]["amount"])
+    refunds = api.get(f"/orders/{order_id}/refunds").json()["items"]
+    assert [(r["status"], Decimal(r["amount"]["amount"])) for r in refunds] == [("succeeded", credit)]
+    assert Decimal(shown["refund"]["amount"]) == credit
+    assert {"ReturnStepFunction", task} <= set(calls), sorted(calls)
+    for function, needed in calls.items():
+        assert needed <= granted(function), f"{function} calls what it is not granted: {needed - granted(function)}"

@@ -57,6 +57,30 @@ def stack(aws, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
     app.container.forget()
 
 
+@pytest.fixture(autouse=True)
+def only_granted_calls(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every call the reconciler (the ParkOrder task, the jeopardy scan) makes in these tests, on every pass and
+    its rare paths (pages, refusals, outages, a pass cut short), is one the template grants it, by
+    table, index, key and action: moto lets through what AWS refuses."""
+    if "aws" not in request.fixturenames:
+        yield
+        return
+    from tests.template_iam import handlers_checked
+
+    aws = request.getfixturevalue("aws")
+    machines = {}
+    if "stack" in request.fixturenames:
+        started = request.getfixturevalue("stack")
+        machines = {"OrderWorkflow": started["arn"], "ReturnWorkflow": started["return_arn"]}
+    handlers = {
+        "ReconcilerFunction": "functions.reconciler.app",
+        "ParkOrderFunction": "functions.workflow.park_order",
+        "JeopardyScanFunction": "functions.jeopardy.app",  # where a module imports this fixture
+    }
+    with handlers_checked(monkeypatch, handlers, aws.tables, state_machine_arns=machines):
+        yield
+
+
 def store(aws, order_id: str, status: OrderStatus, minutes_ago: float, later: tuple[HistoryEntry, ...] = ()) -> Order:
     from functions.adapters.dynamodb import DynamoOrders
 

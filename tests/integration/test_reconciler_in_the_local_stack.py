@@ -29,6 +29,18 @@ def stack() -> Iterator[EmbeddedStack]:
             yield started
 
 
+@pytest.fixture(autouse=True)
+def only_granted_calls(stack: EmbeddedStack) -> Iterator[None]:
+    """Every call the reconciler (and the workflow it restarts) makes is one the template grants,
+    by table, index and action: moto lets through what AWS refuses."""
+    from tests.template_iam import only_granted_calls as checked
+
+    with checked(
+        stack, expected=("ReconcilerFunction",), settle_seconds=2
+    ):  # the reconciler runs every 0.2 s: never idle for long
+        yield
+
+
 def age(stack: EmbeddedStack, order_id: str, minutes: float) -> None:
     """Make the stored order look placed (and last changed) `minutes` ago."""
     ddb, table = stack.client("dynamodb"), stack.table_names["OrdersTable"]

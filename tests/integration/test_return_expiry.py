@@ -22,6 +22,7 @@ from core.returns import RETURN_EXPIRED, return_id_for
 from core.status import OrderStatus, ReturnStatus
 from functions.adapters.dynamodb import DynamoOrders, DynamoReturns, DynamoUnreceivedReturns
 from tests.integration.import_support import context
+from tests.integration.test_reconciler import only_granted_calls  # noqa: F401 (an autouse fixture)
 from tests.unit.conftest import a_stored_order
 
 R = ReturnStatus

@@ -115,6 +115,20 @@ def network(api: Api) -> dict[str, str]:
     return put_network(api)
 
 
+@pytest.fixture(autouse=True)
+def calls_granted(stack: EmbeddedStack) -> Iterator[None]:
+    """Every test's step runs (retried, crashed, stuck, resumed, an exchange placed or given up)
+    call only what the template grants ReturnStepFunction, by table, index and action: moto lets
+    through what AWS would refuse."""
+    from tests.template_iam import calls_by_function, granted
+
+    with calls_by_function(stack) as calls:
+        yield
+        assert stack.wait_until_idle(RUN_SECONDS)
+    needed = calls.get("ReturnStepFunction", set())
+    assert needed <= granted("ReturnStepFunction"), f"not granted: {needed - granted('ReturnStepFunction')}"
+
+
 # --- Helpers ------------------------------------------------------------------------------------
 
 

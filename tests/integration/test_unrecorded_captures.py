@@ -20,7 +20,7 @@ from core.status import OrderStatus, ShipmentStatus
 from tests.builders import location_body, place_order, product_body
 from tests.fakes import FakeLabels
 from tests.integration.import_support import context
-from tests.integration.test_reconciler import refund_index, stack  # noqa: F401 (a fixture)
+from tests.integration.test_reconciler import only_granted_calls, refund_index, stack  # noqa: F401 (fixtures)
 
 
 @pytest.fixture

@@ -194,7 +194,12 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
     },
     # An exchange's replacement that does not go ahead gives its credit back: its return names the
     # original order (core/exchange_credit.py).
-    "FailPaymentFunction": {**_WORKFLOW_ORDERS, (RETURNS, "dynamodb:GetItem"): [DynamoReturns]},
+    # Once its credit is refunded, the exchange's return shows what the credit gave back.
+    "FailPaymentFunction": {
+        **_WORKFLOW_ORDERS,
+        (RETURNS, "dynamodb:GetItem"): [DynamoReturns],
+        (RETURNS, "dynamodb:UpdateItem"): [DynamoReturns],
+    },
     "ParkOrderFunction": _WORKFLOW_ORDERS,
     "ReconcilerFunction": {
         **_WORKFLOW_ORDERS,
@@ -241,6 +246,7 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
         (INVENTORY, "dynamodb:Query"): [DynamoInventory],
         (CATALOG, "dynamodb:GetItem"): [DynamoCatalog],
         (RETURNS, "dynamodb:GetItem"): [DynamoReturns],
+        (RETURNS, "dynamodb:UpdateItem"): [DynamoReturns],
     },
     "ImportSplitterFunction": {
         ("ImportsBucket", "s3:GetObject"): [S3ImportFiles],
