@@ -52,8 +52,21 @@ _INTERPRETER_LOGGER = "moto.stepfunctions.parser.asl.component.eval_component"
 
 
 def _env(name: str, default: Any, parse: Callable[[str], Any] = float) -> Any:
+    """The variable's value (surrounding spaces ignored) as `parse` reads it, `default` when unset or
+    empty, or ValueError naming the variable (`parse`'s error says what it must be)."""
     value = os.environ.get(name, "").strip()
-    return parse(value) if value else default
+    try:
+        return parse(value) if value else default
+    except ValueError as refused:
+        raise ValueError(f"{name} {refused}, got {value!r}") from None
+
+
+def _port(text: str) -> int:
+    """A TCP port written in ASCII digits: int() took `8_080` and other scripts' digits, and a
+    port over 65535 failed only when its socket was bound."""
+    if not text.isascii() or not text.isdigit() or int(text) > 65535:
+        raise ValueError("must be a port number from 0 to 65535")
+    return int(text)
 
 
 def _retry_delay_scale(given: float | None) -> float:
@@ -175,8 +188,8 @@ class EmbeddedStack:
             }
         )
         self.host = "127.0.0.1"
-        self._api_port_asked = _env("OMS_PORT", 8080, int) if api_port is None else api_port
-        self._aws_port_asked = _env("OMS_AWS_PORT", 4566, int) if aws_port is None else aws_port
+        self._api_port_asked = _env("OMS_PORT", 8080, _port) if api_port is None else api_port
+        self._aws_port_asked = _env("OMS_AWS_PORT", 4566, _port) if aws_port is None else aws_port
         self.stack_name = self.template.stack_name = stack_name or os.environ.get("OMS_STACK_NAME") or "oms-local"
         self.admin_key = admin_key or os.environ.get("OMS_ADMIN_API_KEY") or "oms_admin_" + secrets.token_urlsafe(24)
         self.seed = _env("OMS_SEED", True, _flag) if seed is None else seed

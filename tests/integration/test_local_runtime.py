@@ -1019,3 +1019,26 @@ def test_check_template_accepts_ours_and_rejects_a_bad_event_type(tmp_path: Path
     bad.write_text(DEFAULT_TEMPLATE.read_text().replace("Type: Api\n", "Type: Apii\n", 1))
     assert main([str(bad)]) == 1
     assert "Apii" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["8_080", "٨٠٨٠", "abc", "70000", "-1", "80.0"])
+@pytest.mark.parametrize("variable", ["OMS_PORT", "OMS_AWS_PORT"])
+def test_a_port_not_written_as_one_is_refused_at_start_by_its_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+):
+    # int() took `8_080` and other scripts' digits, and `abc` failed naming no variable; 70000
+    # failed only when the socket was bound.
+    from infra.local.stack import EmbeddedStack
+
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ValueError, match=rf"^{variable} must be a port number from 0 to 65535, got "):
+        EmbeddedStack(seed=False)
+
+
+def test_a_port_is_taken_from_the_shell(monkeypatch: pytest.MonkeyPatch):
+    from infra.local.stack import EmbeddedStack
+
+    monkeypatch.setenv("OMS_PORT", " 8081 ")
+    monkeypatch.setenv("OMS_AWS_PORT", "4567")
+    stack = EmbeddedStack(seed=False)
+    assert (stack._api_port_asked, stack._aws_port_asked) == (8081, 4567)
