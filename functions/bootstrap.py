@@ -29,7 +29,7 @@ from core.plugin_manager import OmsPluginManager, build_plugin_manager
 from core.ports import OrderRepository, ReturnRepository, ReturnWorkflowStarter, SettlementCaptures
 from core.pricing import Pricing
 from core.services import ApiKeyService, CaptureService, CatalogService, InventoryService, OrderQueries
-from core.settings import number
+from core.settings import setting
 from core.workflow import Workflow
 from functions.adapters.aws_clients import aws_client
 from functions.adapters.catalog_cache import CachedCatalog, CachedSourcingRules
@@ -173,12 +173,12 @@ class Config:
 
 def _number(name: str, default: float) -> float:
     """A numeric setting from the environment (`default` when unset or empty), or ValueError naming
-    it: only what the template's Number parameter takes at deploy (core.settings.number), not
-    float()'s `1_000`, ` 5 `, `nan` or `inf`."""
+    it: any finite number (core.settings.setting: whatever spelling the deploy let through), not
+    `nan`, `inf` or what is no number."""
     raw = os.environ.get(name) or ""
     if not raw.strip():
         return float(default)
-    value = number(raw)
+    value = setting(raw)
     if value is None:
         raise ValueError(f"{name} must be a number, not {raw!r}")
     return value
