@@ -280,3 +280,29 @@ class _Context:
 
     def get_remaining_time_in_millis(self) -> int:
         return 10_000
+
+
+@pytest.mark.parametrize("name", ["OMS_ENABLE_TEST_PAYMENTS", "WEBHOOK_ALLOW_LOCAL_HTTP"])
+@pytest.mark.parametrize("raw", ["yes", "1", "on", "ture"])
+def test_a_switch_that_is_neither_true_nor_false_is_refused_by_name(
+    monkeypatch: pytest.MonkeyPatch, name: str, raw: str
+):
+    # Anything but "true" silently meant false: OMS_ENABLE_TEST_PAYMENTS=yes left every payment
+    # declined by no gateway, with nothing naming the setting.
+    for table in ("ORDERS_TABLE", "INVENTORY_TABLE", "CATALOG_TABLE", "IDEMPOTENCY_TABLE"):
+        monkeypatch.setenv(table, "t")
+    monkeypatch.setenv(name, raw)
+
+    with pytest.raises(ValueError, match=rf"^{name} must be true or false, not {raw!r}"):
+        Config.from_env()
+
+
+@pytest.mark.parametrize(
+    ("raw", "taken"), [("true", True), ("false", False), ("", False), ("TRUE", True), (" False ", False)]
+)
+def test_a_switch_is_taken_as_true_or_false(monkeypatch: pytest.MonkeyPatch, raw: str, taken: bool):
+    for table in ("ORDERS_TABLE", "INVENTORY_TABLE", "CATALOG_TABLE", "IDEMPOTENCY_TABLE"):
+        monkeypatch.setenv(table, "t")
+    monkeypatch.setenv("OMS_ENABLE_TEST_PAYMENTS", raw)
+
+    assert Config.from_env().enable_test_payments is taken
