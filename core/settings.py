@@ -1,10 +1,14 @@
-"""Numeric settings as a deploy takes them: the text of a CloudFormation `Number` parameter.
+"""Numeric settings: as `make run` checks a template parameter (`number`), and as a function
+reads one (`setting`).
 
-Python's float() and int() take more than a deploy does: `1_000` (underscores between digits),
-` 5 ` (surrounding spaces), `٥` (digits of other scripts), `inf` and `nan`. A value a function or
-`make run` took that way would be refused by the deploy of the same setting (the template's
-parameter), or worked locally and failed there; so the functions, the plugins and the local stack
-read a numeric setting only through `number`.
+`number` is the text of a CloudFormation `Number` parameter as far as it is known to be taken:
+ASCII digits, an optional sign, fraction and exponent. Python's float() takes more (`1_000`, ` 5 `,
+`٥`, `inf`, `nan`), so `make run` refuses those at start, naming the variable, as a deploy would.
+
+A function sees only what the deploy of its parameter let through, and CloudFormation does not
+document its grammar of a Number (Java's parsing, say, takes ` 5 `): a function refusing a spelling
+the deploy took would break that deploy. So a function takes any finite number float() takes
+(`setting`) and refuses only what is no number at all, NaN and infinities.
 """
 
 from __future__ import annotations
@@ -22,4 +26,14 @@ def number(text: str) -> float | None:
     if _NUMBER.fullmatch(text) is None:
         return None
     value = float(text)
+    return value if math.isfinite(value) else None
+
+
+def setting(text: str) -> float | None:
+    """`text` as a function reads a numeric setting: any finite number float() takes (spaces around
+    it, `1_000`, other scripts' digits: whatever the deploy let through); None otherwise."""
+    try:
+        value = float(text)
+    except ValueError:
+        return None
     return value if math.isfinite(value) else None

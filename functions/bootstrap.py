@@ -29,7 +29,7 @@ from core.plugin_manager import OmsPluginManager, build_plugin_manager
 from core.ports import OrderRepository, ReturnRepository, ReturnWorkflowStarter, SettlementCaptures
 from core.pricing import Pricing
 from core.services import ApiKeyService, CaptureService, CatalogService, InventoryService, OrderQueries
-from core.settings import number
+from core.settings import setting
 from core.workflow import Workflow
 from functions.adapters.aws_clients import aws_client
 from functions.adapters.catalog_cache import CachedCatalog, CachedSourcingRules
@@ -153,7 +153,7 @@ class Config:
             disabled_plugins=frozenset(
                 name.strip() for name in os.environ.get("OMS_DISABLED_PLUGINS", "").split(",") if name.strip()
             ),
-            enable_test_payments=os.environ.get("OMS_ENABLE_TEST_PAYMENTS", "").strip().lower() == "true",
+            enable_test_payments=_switch("OMS_ENABLE_TEST_PAYMENTS"),
             reconcile_after_minutes=_number("RECONCILE_AFTER_MINUTES", 15),
             reconcile_park_after_minutes=_number("RECONCILE_PARK_AFTER_MINUTES", 60),
             sla=os.environ.get("OMS_SLA", ""),
@@ -164,7 +164,7 @@ class Config:
             webhook_retry_base_seconds=_number("WEBHOOK_RETRY_BASE_SECONDS", 30),
             webhook_retry_max_delay_seconds=_number("WEBHOOK_RETRY_MAX_DELAY_SECONDS", 3600),
             webhook_retry_window_seconds=_number("WEBHOOK_RETRY_WINDOW_SECONDS", 86400),
-            webhook_allow_local_http=os.environ.get("WEBHOOK_ALLOW_LOCAL_HTTP", "").strip().lower() == "true",
+            webhook_allow_local_http=_switch("WEBHOOK_ALLOW_LOCAL_HTTP"),
             pickup_expiry_days=_number("OMS_PICKUP_EXPIRY_DAYS", 7),
             authorization_valid_days=_number("OMS_AUTHORIZATION_VALID_DAYS", 7),
             access_log_queue_url=os.environ.get("ACCESS_LOG_QUEUE_URL", ""),
@@ -173,15 +173,25 @@ class Config:
 
 def _number(name: str, default: float) -> float:
     """A numeric setting from the environment (`default` when unset or empty), or ValueError naming
-    it: only what the template's Number parameter takes at deploy (core.settings.number), not
-    float()'s `1_000`, ` 5 `, `nan` or `inf`."""
+    it: any finite number (core.settings.setting: whatever spelling the deploy let through), not
+    `nan`, `inf` or what is no number."""
     raw = os.environ.get(name) or ""
     if not raw.strip():
         return float(default)
-    value = number(raw)
+    value = setting(raw)
     if value is None:
         raise ValueError(f"{name} must be a number, not {raw!r}")
     return value
+
+
+def _switch(name: str) -> bool:
+    """A true/false setting (the template's AllowedValues; any case, spaces around it ignored);
+    unset or empty is false. Anything else is ValueError naming it: `yes` or `1` meant false, silently."""
+    raw = os.environ.get(name) or ""
+    value = raw.strip().lower()
+    if value not in ("", "true", "false"):
+        raise ValueError(f"{name} must be true or false, not {raw!r}")
+    return value == "true"
 
 
 def _expiry(days: float, name: str) -> timedelta | None:

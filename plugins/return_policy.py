@@ -34,14 +34,14 @@ def window() -> timedelta:
     """`OMS_RETURN_WINDOW_DAYS`: a number of days, fractions allowed (the template parameter
     `ReturnWindowDays` is a Number: 30.5 deploys, and was read with int(), so every return request
     failed), from 0 (returns are not taken) to 100 years (core.deadline.LONGEST: more, or NaN or
-    inf, cannot be a timedelta or leaves the calendar), written as a deploy takes it
-    (core.settings.number: not `1_000` or ` 30 `); anything else is refused naming the setting,
+    inf, cannot be a timedelta or leaves the calendar), in any spelling of a finite number the
+    deploy let through (core.settings.setting); anything else is refused naming the setting,
     when the plugin loads (below) and, should the variable change since, at each request."""
     from core.deadline import LONGEST
-    from core.settings import number
+    from core.settings import setting
 
     raw = os.environ.get("OMS_RETURN_WINDOW_DAYS", "")
-    days = number(raw) if raw else DEFAULT_WINDOW_DAYS
+    days = setting(raw) if raw.strip() else DEFAULT_WINDOW_DAYS
     if days is None or not 0 <= days <= LONGEST.days:
         raise ValueError(
             f"OMS_RETURN_WINDOW_DAYS must be a number of days from 0 to {LONGEST.days} (100 years), not {raw!r}"

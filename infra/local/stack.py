@@ -52,8 +52,21 @@ _INTERPRETER_LOGGER = "moto.stepfunctions.parser.asl.component.eval_component"
 
 
 def _env(name: str, default: Any, parse: Callable[[str], Any] = float) -> Any:
+    """The variable's value (surrounding spaces ignored) as `parse` reads it, `default` when unset or
+    empty, or ValueError naming the variable (`parse`'s error says what it must be)."""
     value = os.environ.get(name, "").strip()
-    return parse(value) if value else default
+    try:
+        return parse(value) if value else default
+    except ValueError as refused:
+        raise ValueError(f"{name} {refused}, got {value!r}") from None
+
+
+def _port(text: str) -> int:
+    """A TCP port written in ASCII digits: int() took `8_080` and other scripts' digits, and a
+    port over 65535 failed only when its socket was bound."""
+    if not text.isascii() or not text.isdigit() or int(text) > 65535:
+        raise ValueError("must be a port number from 0 to 65535")
+    return int(text)
 
 
 def _retry_delay_scale(given: float | None) -> float:
@@ -104,24 +117,14 @@ def forget_warm_containers() -> None:
     forget()
 
 
+# Template parameters a local user may set from the shell: besides these, every function variable
+# the template sets to a parameter (Template.parameter_variables: OMS_SLA, RECONCILE_AFTER_MINUTES,
+# ...) is taken as that parameter, with its checks; a variable the template fixes (POWERTOOLS_*,
+# the tables) keeps the template's value.
 PARAMETER_ENV = {
     "OMS_RATE_LIMIT": "ApiRateLimit",
     "OMS_BURST_LIMIT": "ApiBurstLimit",
     "OMS_AUTHORIZER_CACHE_SECONDS": "AuthorizerCacheSeconds",
-    "OMS_PICKUP_EXPIRY_DAYS": "PickupExpiryDays",
-    "OMS_RETURN_WINDOW_DAYS": "ReturnWindowDays",
-    # The plugin variables a developer may export: the stack sets every Globals variable, so the
-    # shell's value must reach the functions as the template parameter that feeds it.
-    "OMS_DISABLED_PLUGINS": "DisabledPlugins",
-    "OMS_ENABLE_TEST_PAYMENTS": "EnableTestPayments",
-    "OMS_REVIEW_THRESHOLD": "ReviewThreshold",
-    "OMS_SLA": "Sla",
-    "OMS_HOLD_EXPIRY_DAYS": "HoldExpiryDays",
-    "OMS_RETURN_EXPIRY_DAYS": "ReturnExpiryDays",
-    "OMS_PLUGIN_TAX_TABLE_RATES_FILE": "PluginTaxTableRatesFile",
-    "OMS_PLUGIN_PROMOTIONS_FILE": "PluginPromotionsFile",
-    "OMS_PLUGIN_NEAREST_SOURCING_CENTROIDS_FILE": "PluginNearestSourcingCentroidsFile",
-    "POWERTOOLS_LOG_LEVEL": "LogLevel",
 }
 
 # Template parameters the local stack sets unless the caller does: webhook retries compressed
@@ -162,17 +165,16 @@ class EmbeddedStack:
         mapping_retry_delay: float | None = None,
     ):
         self.retry_delay_scale = _retry_delay_scale(retry_delay_scale)  # refused before anything is built
+        self.template = template if isinstance(template, Template) else Template.load(template)
         # Template parameters a local user may want to change without editing the template.
-        overrides = {
-            **LOCAL_PARAMETERS,
-            **{param: os.environ[var] for var, param in PARAMETER_ENV.items() if os.environ.get(var)},
-            **(parameter_overrides or {}),
-        }
-        if isinstance(template, Template):
-            self.template = template
-            self.template.parameter_overrides.update(overrides)
-        else:
-            self.template = Template.load(template, parameter_overrides=overrides)
+        from_shell = {**PARAMETER_ENV, **self.template.parameter_variables()}
+        self.template.parameter_overrides.update(
+            {
+                **LOCAL_PARAMETERS,
+                **{param: os.environ[var] for var, param in from_shell.items() if os.environ.get(var)},
+                **(parameter_overrides or {}),
+            }
+        )
         # What a deploy refuses (ReturnExpiryDays=-1, HoldExpiryDays=nan) is refused here, by the
         # variable that set it, not by the jeopardy scan at every pass.
         # A caller's override is named by the variable when it is the variable's value (make run
@@ -181,13 +183,13 @@ class EmbeddedStack:
         self.template.check_parameters(
             {
                 param: var
-                for var, param in PARAMETER_ENV.items()
+                for var, param in from_shell.items()
                 if os.environ.get(var) and str(set_by.get(param)) == os.environ[var]
             }
         )
         self.host = "127.0.0.1"
-        self._api_port_asked = _env("OMS_PORT", 8080, int) if api_port is None else api_port
-        self._aws_port_asked = _env("OMS_AWS_PORT", 4566, int) if aws_port is None else aws_port
+        self._api_port_asked = _env("OMS_PORT", 8080, _port) if api_port is None else api_port
+        self._aws_port_asked = _env("OMS_AWS_PORT", 4566, _port) if aws_port is None else aws_port
         self.stack_name = self.template.stack_name = stack_name or os.environ.get("OMS_STACK_NAME") or "oms-local"
         self.admin_key = admin_key or os.environ.get("OMS_ADMIN_API_KEY") or "oms_admin_" + secrets.token_urlsafe(24)
         self.seed = _env("OMS_SEED", True, _flag) if seed is None else seed

@@ -163,6 +163,17 @@ class Template:
             for logical_id, props in self.properties("AWS::Serverless::Function").items()
         }
 
+    def parameter_variables(self) -> dict[str, str]:
+        """Variable -> parameter of every function variable the template sets to a parameter
+        (`NAME: !Ref Parameter`): the variables `make run` takes from the shell, as that parameter."""
+        parameters = self.document.get("Parameters") or {}
+        return {
+            name: value["Ref"]
+            for props in self.functions().values()
+            for name, value in props["Environment"]["Variables"].items()
+            if isinstance(value, dict) and value.get("Ref") in parameters
+        }
+
     def global_environment(self, refs: Mapping[str, str], atts: Mapping[str, str] | None = None) -> dict[str, str]:
         """Globals.Function.Environment.Variables, resolved as resolve() does (a table's Ref is its name)."""
         variables = _variables(self.document.get("Globals", {}).get("Function", {}))

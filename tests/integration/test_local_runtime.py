@@ -378,28 +378,37 @@ def test_the_local_stack_refuses_such_an_override_at_once_naming_its_variable(mo
     assert (stack.template.parameter("HoldExpiryDays"), stack.template.parameter("PickupExpiryDays")) == ("0.5", "0.01")
 
 
-def test_every_variable_a_parameter_sets_for_a_function_is_taken_from_the_shell_by_make_run():
+def test_every_variable_a_parameter_sets_for_a_function_is_taken_from_the_shell_by_make_run(
+    monkeypatch: pytest.MonkeyPatch,
+):
     # The stack exports every function's variables as the template resolves them, over the shell's:
-    # a variable fed by a parameter reaches the functions only as that parameter (PARAMETER_ENV).
-    # OMS_RETURN_WINDOW_DAYS (ReturnWindowDays) was missing: `make run` silently kept 30 days, as
-    # it kept INFO under POWERTOOLS_LOG_LEVEL=DEBUG (LogLevel).
-    from infra.local.stack import LOCAL_PARAMETERS, PARAMETER_ENV
+    # a variable fed by a parameter reaches the functions only as that parameter. A hand-kept list
+    # of them missed RECONCILE_AFTER_MINUTES, RECONCILE_PARK_AFTER_MINUTES, WEBHOOK_RETRY_*_SECONDS
+    # and IMPORT_QUEUE_SENDER_CHANNELS: `make run` silently kept the template's (or its own) value.
+    from infra.local.stack import EmbeddedStack
 
-    # The README's "set by the template": not a developer's to set locally.
-    by_the_template = {"RECONCILE_AFTER_MINUTES", "RECONCILE_PARK_AFTER_MINUTES", "IMPORT_QUEUE_SENDER_CHANNELS"}
     template = Template.load()
     fed = {
         name: value["Ref"]
         for props in template.functions().values()
         for name, value in props["Environment"]["Variables"].items()
-        if isinstance(value, dict)
-        and value.get("Ref") in template.document["Parameters"]
-        and value["Ref"] not in LOCAL_PARAMETERS
-        and name not in by_the_template
+        if isinstance(value, dict) and value.get("Ref") in template.document["Parameters"]
     }
+    assert {"RECONCILE_AFTER_MINUTES", "WEBHOOK_RETRY_BASE_SECONDS", "IMPORT_QUEUE_SENDER_CHANNELS"} <= set(fed)
+    assert template.parameter_variables() == fed
 
-    assert fed, "no function variable is set from a parameter"
-    assert {name: PARAMETER_ENV.get(name) for name in fed} == fed
+    monkeypatch.setenv("RECONCILE_AFTER_MINUTES", "20")
+    monkeypatch.setenv("WEBHOOK_RETRY_BASE_SECONDS", "5")
+    monkeypatch.setenv("IMPORT_QUEUE_SENDER_CHANNELS", "AROAEXAMPLE=web")
+    monkeypatch.setenv("POWERTOOLS_LOGGER_LOG_EVENT", "true")  # a constant of the template: not a parameter
+    stack = EmbeddedStack(api_port=0, aws_port=0, seed=False)
+    taken = ("ReconcileAfterMinutes", "WebhookRetryBaseSeconds", "ImportQueueSenderChannels")
+    assert tuple(stack.template.parameter(name) for name in taken) == ("20", "5", "AROAEXAMPLE=web")
+    assert stack.template.parameter("WebhookRetryMaxDelaySeconds") == "8"  # the local default, unset in the shell
+
+    monkeypatch.setenv("RECONCILE_AFTER_MINUTES", "5")  # a deploy refuses it (MinValue 6)
+    with pytest.raises(ValueError, match=r"^RECONCILE_AFTER_MINUTES: parameter ReconcileAfterMinutes must be at least"):
+        EmbeddedStack(api_port=0, aws_port=0, seed=False)
 
 
 def test_the_return_window_is_taken_from_the_shell_and_refused_by_its_variable(monkeypatch: pytest.MonkeyPatch):
@@ -1010,3 +1019,26 @@ def test_check_template_accepts_ours_and_rejects_a_bad_event_type(tmp_path: Path
     bad.write_text(DEFAULT_TEMPLATE.read_text().replace("Type: Api\n", "Type: Apii\n", 1))
     assert main([str(bad)]) == 1
     assert "Apii" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["8_080", "٨٠٨٠", "abc", "70000", "-1", "80.0"])
+@pytest.mark.parametrize("variable", ["OMS_PORT", "OMS_AWS_PORT"])
+def test_a_port_not_written_as_one_is_refused_at_start_by_its_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+):
+    # int() took `8_080` and other scripts' digits, and `abc` failed naming no variable; 70000
+    # failed only when the socket was bound.
+    from infra.local.stack import EmbeddedStack
+
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ValueError, match=rf"^{variable} must be a port number from 0 to 65535, got "):
+        EmbeddedStack(seed=False)
+
+
+def test_a_port_is_taken_from_the_shell(monkeypatch: pytest.MonkeyPatch):
+    from infra.local.stack import EmbeddedStack
+
+    monkeypatch.setenv("OMS_PORT", " 8081 ")
+    monkeypatch.setenv("OMS_AWS_PORT", "4567")
+    stack = EmbeddedStack(seed=False)
+    assert (stack._api_port_asked, stack._aws_port_asked) == (8081, 4567)
