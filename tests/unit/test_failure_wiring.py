@@ -107,3 +107,18 @@ def test_a_failed_scheduled_run_is_not_run_again_and_its_errors_alarm_holds_unti
         assert errors["Period"] == 60 and errors["DatapointsToAlarm"] == 1
         assert errors["EvaluationPeriods"] * errors["Period"] >= minutes * 60, alarm
         assert errors["TreatMissingData"] == "notBreaching"
+
+
+def test_the_jeopardy_alarm_holds_while_no_count_of_late_orders_is_reported():
+    # A run whose count failed (ScanIncomplete: the by_sla index throttled) reports no
+    # OrdersInJeopardy point rather than a zero that would clear the alarm; treated as not
+    # breaching, the missing point cleared it all the same (and sent its OK) while the late orders
+    # stayed open. A period with no point (the count failed, the run late past the period's end)
+    # keeps the alarm as it was; JeopardyScanErrorsAlarm calls a person for the failed run.
+    alarm = _properties("OrdersInJeopardyAlarm")
+    variables = TEMPLATE["Globals"]["Function"]["Environment"]["Variables"]
+    assert (alarm["Namespace"], alarm["MetricName"]) == (variables["POWERTOOLS_METRICS_NAMESPACE"], "OrdersInJeopardy")
+    assert (alarm["Statistic"], alarm["Threshold"], alarm["ComparisonOperator"]) == (
+        "Maximum", 1, "GreaterThanOrEqualToThreshold",
+    )  # fmt: skip
+    assert alarm["TreatMissingData"] == "ignore"
