@@ -150,12 +150,33 @@ def test_a_failed_scheduled_run_is_not_run_again_and_its_errors_alarm_holds_unti
     ):
         assert _properties(function)["EventInvokeConfig"] == {"MaximumRetryAttempts": 0}, function
         # One failed run a period (no retries in the minutes after it) still fires the alarm, and
-        # keeps it firing until a period passes with none: not ALARM, OK and ALARM again each period.
+        # keeps it firing until two periods pass with none: not ALARM, OK and ALARM again each period.
         errors = _properties(alarm)
         assert (errors["Namespace"], errors["MetricName"], errors["Statistic"]) == ("AWS/Lambda", "Errors", "Sum")
         assert errors["Dimensions"] == [{"Name": "FunctionName", "Value": {"Ref": function}}]
         assert (errors["Threshold"], errors["ComparisonOperator"]) == (1, "GreaterThanOrEqualToThreshold")
         minutes = TEMPLATE["Mappings"]["ScheduleMinutes"][function]["Minutes"]
         assert errors["Period"] == 60 and errors["DatapointsToAlarm"] == 1
-        assert errors["EvaluationPeriods"] * errors["Period"] >= minutes * 60, alarm
+        # Two failed runs' Errors points can be further apart than the schedule's period: a
+        # scheduled run starts within the minute its time names (a schedule's precision), the point
+        # falls anywhere in the run (up to its Timeout), and it reaches CloudWatch a minute or so
+        # later. A window of only the period plus one minute (6) let the earlier point leave before
+        # the later one counted: OK, then ALARM again, each period (two pages a period).
+        longest_gap = minutes * 60 + 60 + _properties(function)["Timeout"] + 60
+        assert errors["EvaluationPeriods"] * errors["Period"] >= longest_gap, alarm
         assert errors["TreatMissingData"] == "notBreaching"
+
+
+def test_the_jeopardy_alarm_holds_while_no_count_of_late_orders_is_reported():
+    # A run whose count failed (ScanIncomplete: the by_sla index throttled) reports no
+    # OrdersInJeopardy point rather than a zero that would clear the alarm; treated as not
+    # breaching, the missing point cleared it all the same (and sent its OK) while the late orders
+    # stayed open. A period with no point (the count failed, the run late past the period's end)
+    # keeps the alarm as it was; JeopardyScanErrorsAlarm calls a person for the failed run.
+    alarm = _properties("OrdersInJeopardyAlarm")
+    variables = TEMPLATE["Globals"]["Function"]["Environment"]["Variables"]
+    assert (alarm["Namespace"], alarm["MetricName"]) == (variables["POWERTOOLS_METRICS_NAMESPACE"], "OrdersInJeopardy")
+    assert (alarm["Statistic"], alarm["Threshold"], alarm["ComparisonOperator"]) == (
+        "Maximum", 1, "GreaterThanOrEqualToThreshold",
+    )  # fmt: skip
+    assert alarm["TreatMissingData"] == "ignore"
