@@ -8,6 +8,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 import boto3
@@ -1656,6 +1657,18 @@ def test_the_upgrade_marks_a_return_left_short_by_an_earlier_version_and_the_rec
     assert backfill_returns_to_show(aws.dynamodb, orders_table, returns_table) == (0, 2)  # a second run writes nothing
 
 
+def _delivered(services: Any, order_id: str) -> Order:
+    """The order taken by the workflow's steps from placed to delivered, each parcel shipped and
+    delivered in turn."""
+    services.workflow.authorize_payment(order_id, attempt=0)
+    services.workflow.reserve_stock(order_id)
+    services.workflow.create_shipments(order_id)
+    for shipment in services.order_repository.get(order_id).shipments:
+        services.actions.ship(order_id, shipment.id, None, actor="key_wh")
+        services.actions.deliver(order_id, shipment.id, actor="key_wh")
+    return services.order_repository.get(order_id)
+
+
 def test_the_upgrade_marks_no_replacement_whose_returns_show_what_went_back_for_them(stack):
     # A MUG exchanged for a MUG and a CAP; both come back from the replacement and are refunded, from
     # its captures and from the credit on the original, and the return shows both. Before: the
@@ -1674,14 +1687,7 @@ def test_the_upgrade_marks_no_replacement_whose_returns_show_what_went_back_for_
     services.inventory.count("MUG", "wh-west", 5)
     services.inventory.count("CAP", "wh-west", 5)
 
-    def delivered(order_id: str) -> Order:
-        services.workflow.authorize_payment(order_id, attempt=0)
-        services.workflow.reserve_stock(order_id)
-        services.workflow.create_shipments(order_id)
-        for shipment in services.order_repository.get(order_id).shipments:
-            services.actions.ship(order_id, shipment.id, None, actor="key_wh")
-            services.actions.deliver(order_id, shipment.id, actor="key_wh")
-        return services.order_repository.get(order_id)
+    delivered = partial(_delivered, services)
 
     lines = [{"sku": "MUG", "quantity": 1}]
     order = delivered(services.capture.place(place_order(external_id="web-x", lines=lines), actor="key_web").id)
@@ -1719,14 +1725,7 @@ def test_the_upgrade_marks_a_return_of_a_replacement_s_replacement_left_short_on
     services.catalog.put_location("wh-west", LocationInput.model_validate(location_body(name="West warehouse")))
     services.inventory.count("MUG", "wh-west", 9)
 
-    def delivered(order_id: str) -> Order:
-        services.workflow.authorize_payment(order_id, attempt=0)
-        services.workflow.reserve_stock(order_id)
-        services.workflow.create_shipments(order_id)
-        for shipment in services.order_repository.get(order_id).shipments:
-            services.actions.ship(order_id, shipment.id, None, actor="key_wh")
-            services.actions.deliver(order_id, shipment.id, actor="key_wh")
-        return services.order_repository.get(order_id)
+    delivered = partial(_delivered, services)
 
     def exchanged(order: Order) -> Order:
         item = services.returns.request(order.id, exchange_of("L1", 1, ("MUG", 1)), actor="key_cs")
