@@ -266,7 +266,8 @@ _PREFIX = {"stepfunctions": "states"}
 @contextmanager
 def calls_by_function(stack: Any) -> Iterator[dict[str, set[Grant]]]:
     """Every AWS call made while a function of `stack` runs, as the grants it needs, by function
-    logical id. Calls made outside a function (the test's own, the stack's) are not counted."""
+    logical id, a presigned URL it signs included (the call its holder makes as the function).
+    Calls made outside a function (the test's own, the stack's) are not counted."""
     from botocore.client import BaseClient
 
     from infra.local.lambdas import RUNNING
@@ -297,7 +298,7 @@ def calls_by_function(stack: Any) -> Iterator[dict[str, set[Grant]]]:
             return sorted({entry.get("EventBusName", "default") for entry in params["Entries"]})
         return ["*"]
 
-    def recording(client: Any, operation: str, params: dict[str, Any]) -> Any:
+    def record(client: Any, operation: str, params: dict[str, Any]) -> None:
         function = functions.get(getattr(RUNNING, "function", None) or "")
         if function is not None:
             service = client.meta.service_model.service_name
@@ -339,13 +340,26 @@ def calls_by_function(stack: Any) -> Iterator[dict[str, set[Grant]]]:
             }
             with lock:
                 seen.setdefault(function, set()).update(grants)
+
+    def recording(client: Any, operation: str, params: dict[str, Any]) -> Any:
+        record(client, operation, params)
         return original(client, operation, params)
 
+    def presigning(client: Any, api_params: dict[str, Any], operation_model: Any, context: dict[str, Any]) -> Any:
+        # A presigned URL (a label link) makes no call: whoever follows it makes the call as the
+        # signer, so the signer needs its grant (s3:GetObject on that key), and AWS refuses it then.
+        if context.get("is_presign_request"):
+            record(client, operation_model.name, api_params)
+        return emitted(client, api_params, operation_model, context)
+
+    emitted = BaseClient._emit_api_params
     BaseClient._make_api_call = recording
+    BaseClient._emit_api_params = presigning
     try:
         yield seen
     finally:
         BaseClient._make_api_call = original
+        BaseClient._emit_api_params = emitted
 
 
 @contextmanager

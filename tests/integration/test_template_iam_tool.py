@@ -118,6 +118,29 @@ def test_an_object_outside_the_prefix_a_grant_names_is_recorded_as_not_granted(a
     }
 
 
+def test_a_presigned_link_is_recorded_as_the_call_its_holder_makes_as_the_signer(aws: Any, running_as: Any):
+    # Presigning sends nothing, so the tool saw no call: a function signing links to objects it may
+    # not read (another function's, another prefix) passed every check, and each link was a 403.
+    import boto3
+
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket="labels")
+    seen = {}
+    for function in ("ApiFunction", "ReconcilerFunction"):
+        running_as(function)
+        with calls_by_function(stack_as(aws, function, bucket_names={"LabelsBucket": "labels"})) as calls:
+            for key in ("labels/o1/p1.pdf", "returns/o1/p1.pdf"):
+                s3.generate_presigned_url("get_object", Params={"Bucket": "labels", "Key": key}, ExpiresIn=60)
+        seen[function] = calls[function]
+
+    assert seen["ApiFunction"] == {
+        ("LabelsBucket", "s3:GetObject"),
+        ("LabelsBucket", "s3:GetObject on returns/o1/p1.pdf"),
+    }
+    assert seen["ReconcilerFunction"] == {("LabelsBucket", "s3:GetObject")}  # it may only put labels
+    assert ("LabelsBucket", "s3:GetObject") not in granted("ReconcilerFunction")
+
+
 FAKE = "FakeFunction"
 
 
