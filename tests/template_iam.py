@@ -6,6 +6,7 @@ import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import lru_cache
 from typing import Any
 
 from infra.local.template import load_template
@@ -20,17 +21,25 @@ def listed(value: Any) -> list[Any]:
 
 
 def logical_id(resource: Any) -> str:
-    """The template resource an IAM statement's Resource names (an index or object path of it too)."""
+    """The template resource an IAM statement's Resource names (an index or object path of it too);
+    EVERY for `"*"`. Any other literal ARN is an AssertionError: this tool cannot tell what it names."""
+    if resource == "*":
+        return EVERY
+    cannot = f"a Resource this tool cannot read: {resource!r}"
+    assert isinstance(resource, dict) and len(resource) == 1, cannot
     if "Fn::GetAtt" in resource:
         return resource["Fn::GetAtt"][0]
     if "Ref" in resource:
         return resource["Ref"]
-    text = resource["Fn::Sub"]
+    text = resource.get("Fn::Sub")
+    assert isinstance(text, str), cannot
     if "-imports-${AWS::AccountId}" in text:  # the imports bucket, named to avoid a dependency cycle
         return "ImportsBucket"
     if api := re.search(r"::/restapis/\$\{(\w+)\}/", text):  # an API Gateway resource path
         return api.group(1)
-    return re.search(r"\$\{(\w+)\.Arn\}", text).group(1)
+    named = re.match(r"\$\{(\w+)\.Arn\}", text)  # the resource's ARN, then perhaps a path in it
+    assert named, cannot
+    return named.group(1)
 
 
 def statements(function: str) -> Iterator[dict[str, Any]]:
@@ -50,8 +59,16 @@ def allowed_statements(function: str) -> Iterator[dict[str, Any]]:
     Anything else fails here, loudly: a grant read without its condition (or a Deny read as a
     grant) would pass a call AWS refuses."""
     for statement in statements(function):
-        assert statement["Effect"] == "Allow", f"{function}: a statement this tool cannot read: {statement}"
+        cannot = f"{function}: a statement this tool cannot read: {statement}"
+        assert statement["Effect"] == "Allow", cannot
+        # NotAction, NotResource: everything but what they name, which this tool does not list.
+        assert "Action" in statement and "Resource" in statement, cannot
+        assert not {"NotAction", "NotResource", "Principal", "NotPrincipal"} & set(statement), cannot
         key_patterns(function, statement)
+        for action in listed(statement["Action"]):
+            actions(action, cannot)
+        for resource in listed(statement["Resource"]):
+            logical_id(resource), scope(resource)
         yield statement
 
 
@@ -72,8 +89,65 @@ def key_patterns(function: str, statement: dict[str, Any]) -> list[str] | None:
     return patterns
 
 
+# --- Actions and resources as IAM reads them --------------------------------------------------------
+EVERY = "*"  # what `Resource: "*"` names: every resource
+# The botocore services whose operations are a service prefix's IAM actions (most are named as
+# their operation), and the IAM actions that are no operation's name (or not the service's own).
+_SERVICES = {
+    "apigateway": (), "cloudwatch": ("cloudwatch",), "dynamodb": ("dynamodb", "dynamodbstreams"),
+    "events": ("events",), "kms": ("kms",), "lambda": ("lambda",), "logs": ("logs",), "s3": ("s3",),
+    "sns": ("sns",), "sqs": ("sqs",), "states": ("stepfunctions",), "xray": ("xray",),
+}  # fmt: skip
+_IAM_ONLY = {
+    "apigateway": ("GET", "POST", "PUT", "PATCH", "DELETE"),  # API Gateway's actions are its REST verbs
+    "dynamodb": ("ConditionCheckItem",),  # a transaction's ConditionCheck
+    "s3": ("GetObjectVersion", "ListBucket", "ListBucketVersions", "PutObjectAcl", "GetObjectAcl"),
+}
+
+
+@lru_cache(maxsize=1)
+def known_actions() -> frozenset[str]:
+    """Every IAM action (`prefix:Name`, as AWS spells it) of the services this tool names: what an
+    action pattern (`dynamodb:Get*`, `s3:*`, `*`) is read against."""
+    import botocore.session
+
+    session = botocore.session.get_session()
+    known = set()
+    for prefix, services in _SERVICES.items():
+        for service in services:
+            known |= {f"{prefix}:{name}" for name in session.get_service_model(service).operation_names}
+        known |= {f"{prefix}:{name}" for name in _IAM_ONLY.get(prefix, ())}
+    return frozenset(known)
+
+
+def actions(action: Any, cannot: str = "") -> frozenset[str]:
+    """The IAM actions a statement's `action` allows, as IAM matches them: case-insensitively, `*`
+    any run and `?` any one character (`dynamodb:Get*` is GetItem, GetRecords...). An action with no
+    wildcard that no known service has stays as written; a pattern that matches none of them, or
+    what is no `prefix:name` string, is an AssertionError naming the statement (`cannot`)."""
+    assert isinstance(action, str) and (action == "*" or ":" in action), cannot or f"an action: {action!r}"
+    matched = frozenset(known for known in known_actions() if like(known.lower(), action.lower()))
+    if matched:
+        return matched
+    assert not {"*", "?"} & set(action), f"{cannot or 'an action'}: {action!r} matches no action this tool knows"
+    return frozenset({action})
+
+
 def _pairs(statement: dict[str, Any]) -> set[Grant]:
-    return {(logical_id(r), a) for a in listed(statement["Action"]) for r in listed(statement["Resource"])}
+    """What a statement grants, as (resource, action) pairs; `Resource: "*"` grants its actions on
+    every template resource (and on EVERY, what a call naming no resource, such as X-Ray's, needs)."""
+    names = {
+        name for r in listed(statement["Resource"]) for name in ([EVERY, *RESOURCES] if r == "*" else [logical_id(r)])
+    }
+    return {(name, a) for action in listed(statement["Action"]) for a in actions(action) for name in names}
+
+
+def _covers(resource: Any, action: Any, grant: Grant, within: str) -> bool:
+    """Whether a statement's `resource` and `action` (one each) allow `grant` on the part of its
+    resource the call names (`within`, in scope()'s form): `"*"` covers every resource and part."""
+    if grant[1] not in actions(action):
+        return False
+    return resource == "*" or (logical_id(resource) == grant[0] and like(within, scope(resource)))
 
 
 def granted(function: str) -> set[Grant]:
@@ -103,6 +177,8 @@ def scope(resource: Any) -> str:
     """What of its resource a statement's Resource names: "" the resource itself (a table, a
     bucket, a queue), or the path after its ARN: `index/by_sla` or `index/*` (a table's indexes,
     which the table's ARN does not cover, nor they the table), `labels/*` (a bucket's objects)."""
+    if resource == "*":
+        return "*"  # every part of every resource
     if not isinstance(resource, dict) or "Fn::Sub" not in resource or "::/restapis/" in resource["Fn::Sub"]:
         return ""  # an API Gateway resource is the API's path: the tool names it by its API
     text = resource["Fn::Sub"]
@@ -161,11 +237,7 @@ def not_granted_as(
     covering = [
         statement
         for statement in policy
-        if any(
-            (logical_id(r), a) == grant and like(within, scope(r))
-            for a in listed(statement["Action"])
-            for r in listed(statement["Resource"])
-        )
+        if any(_covers(r, a, grant, within) for a in listed(statement["Action"]) for r in listed(statement["Resource"]))
     ]
     if not covering:
         return {(grant[0], f"{grant[1]} on {within or 'itself'}")}
@@ -194,7 +266,8 @@ _PREFIX = {"stepfunctions": "states"}
 @contextmanager
 def calls_by_function(stack: Any) -> Iterator[dict[str, set[Grant]]]:
     """Every AWS call made while a function of `stack` runs, as the grants it needs, by function
-    logical id. Calls made outside a function (the test's own, the stack's) are not counted."""
+    logical id, a presigned URL it signs included (the call its holder makes as the function).
+    Calls made outside a function (the test's own, the stack's) are not counted."""
     from botocore.client import BaseClient
 
     from infra.local.lambdas import RUNNING
@@ -225,7 +298,7 @@ def calls_by_function(stack: Any) -> Iterator[dict[str, set[Grant]]]:
             return sorted({entry.get("EventBusName", "default") for entry in params["Entries"]})
         return ["*"]
 
-    def recording(client: Any, operation: str, params: dict[str, Any]) -> Any:
+    def record(client: Any, operation: str, params: dict[str, Any]) -> None:
         function = functions.get(getattr(RUNNING, "function", None) or "")
         if function is not None:
             service = client.meta.service_model.service_name
@@ -267,13 +340,26 @@ def calls_by_function(stack: Any) -> Iterator[dict[str, set[Grant]]]:
             }
             with lock:
                 seen.setdefault(function, set()).update(grants)
+
+    def recording(client: Any, operation: str, params: dict[str, Any]) -> Any:
+        record(client, operation, params)
         return original(client, operation, params)
 
+    def presigning(client: Any, api_params: dict[str, Any], operation_model: Any, context: dict[str, Any]) -> Any:
+        # A presigned URL (a label link) makes no call: whoever follows it makes the call as the
+        # signer, so the signer needs its grant (s3:GetObject on that key), and AWS refuses it then.
+        if context.get("is_presign_request"):
+            record(client, operation_model.name, api_params)
+        return emitted(client, api_params, operation_model, context)
+
+    emitted = BaseClient._emit_api_params
     BaseClient._make_api_call = recording
+    BaseClient._emit_api_params = presigning
     try:
         yield seen
     finally:
         BaseClient._make_api_call = original
+        BaseClient._emit_api_params = emitted
 
 
 @contextmanager

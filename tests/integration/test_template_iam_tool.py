@@ -118,6 +118,29 @@ def test_an_object_outside_the_prefix_a_grant_names_is_recorded_as_not_granted(a
     }
 
 
+def test_a_presigned_link_is_recorded_as_the_call_its_holder_makes_as_the_signer(aws: Any, running_as: Any):
+    # Presigning sends nothing, so the tool saw no call: a function signing links to objects it may
+    # not read (another function's, another prefix) passed every check, and each link was a 403.
+    import boto3
+
+    s3 = boto3.client("s3", region_name="us-east-1")
+    s3.create_bucket(Bucket="labels")
+    seen = {}
+    for function in ("ApiFunction", "ReconcilerFunction"):
+        running_as(function)
+        with calls_by_function(stack_as(aws, function, bucket_names={"LabelsBucket": "labels"})) as calls:
+            for key in ("labels/o1/p1.pdf", "returns/o1/p1.pdf"):
+                s3.generate_presigned_url("get_object", Params={"Bucket": "labels", "Key": key}, ExpiresIn=60)
+        seen[function] = calls[function]
+
+    assert seen["ApiFunction"] == {
+        ("LabelsBucket", "s3:GetObject"),
+        ("LabelsBucket", "s3:GetObject on returns/o1/p1.pdf"),
+    }
+    assert seen["ReconcilerFunction"] == {("LabelsBucket", "s3:GetObject")}  # it may only put labels
+    assert ("LabelsBucket", "s3:GetObject") not in granted("ReconcilerFunction")
+
+
 FAKE = "FakeFunction"
 
 
@@ -184,3 +207,90 @@ def test_leading_keys_are_matched_as_iam_does_and_read_in_a_transaction(
         ("IdempotencyTable", "dynamodb:GetItem of key import#1x"),
         ("IdempotencyTable", "dynamodb:PutItem"),
     }
+
+
+# --- Wildcards and "*", read as IAM reads them ------------------------------------------------------
+
+
+IDEMPOTENCY = {"Fn::GetAtt": ["IdempotencyTable", "Arn"]}
+
+
+def calls_of_a_fake(aws: Any, running_as: Any) -> set[Any]:
+    """What of FAKE's calls (on the idempotency table, the orders table and its by_sla index) the
+    template's grants, as the tool reads them, do not cover."""
+    idempotency, orders = aws.tables["IdempotencyTable"], aws.tables["OrdersTable"]
+    running_as(FAKE)
+    with calls_by_function(stack_as(aws, FAKE)) as calls:
+        aws.dynamodb.get_item(TableName=idempotency, Key={"id": {"S": "k1"}})
+        aws.dynamodb.put_item(TableName=idempotency, Item={"id": {"S": "k2"}})
+        aws.dynamodb.get_item(TableName=orders, Key={"id": {"S": "o1"}})
+        aws.dynamodb.query(
+            TableName=orders, IndexName="by_sla", KeyConditionExpression="sla_key = :k",
+            ExpressionAttributeValues={":k": {"S": "x"}},
+        )  # fmt: skip
+    return calls[FAKE] - granted(FAKE)
+
+
+@pytest.mark.parametrize(
+    ("actions", "resource", "refused"),
+    [
+        # IAM reads an action's `*` and `?` as wildcards, and its name (and prefix) in any case.
+        ("dynamodb:Get*", IDEMPOTENCY, {"PutItem", "GetItem on OrdersTable", "Query"}),
+        (["DynamoDB:getitem", "dynamodb:PUTITEM"], IDEMPOTENCY, {"GetItem on OrdersTable", "Query"}),
+        ("dynamodb:?etItem", IDEMPOTENCY, {"PutItem", "GetItem on OrdersTable", "Query"}),
+        ("dynamodb:*", IDEMPOTENCY, {"GetItem on OrdersTable", "Query"}),
+        # `Resource: "*"`: every table, every index of it.
+        (["dynamodb:GetItem", "dynamodb:Query"], "*", {"PutItem"}),
+        ("*", "*", set()),
+    ],
+)  # fmt: skip
+def test_wildcard_actions_and_a_bare_star_resource_grant_what_iam_grants(
+    aws: Any, monkeypatch: pytest.MonkeyPatch, running_as: Any, actions: Any, resource: Any, refused: set[str]
+):
+    # The tool compared a statement's actions and resources as written: `dynamodb:Get*` granted no
+    # GetItem (every call under it a false alarm), and `Resource: "*"` failed with a TypeError.
+    fake_function(monkeypatch, Action=actions, Resource=resource)
+
+    expected = {
+        "PutItem": ("IdempotencyTable", "dynamodb:PutItem"),
+        "GetItem on OrdersTable": ("OrdersTable", "dynamodb:GetItem"),
+        "Query": ("OrdersTable", "dynamodb:Query"),
+    }
+    assert calls_of_a_fake(aws, running_as) == {expected[name] for name in refused}
+
+
+def test_a_star_resource_grants_on_every_template_resource_and_a_wildcard_only_what_it_matches(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    fake_function(monkeypatch, Action=["sqs:Send*", "states:StartExecution"], Resource="*")
+
+    grants = granted(FAKE)
+    assert ("ImportQueue", "sqs:SendMessage") in grants and ("ReturnWorkflow", "states:StartExecution") in grants
+    assert ("ImportQueue", "sqs:SendMessageBatch") in grants  # an action of its own in IAM's list
+    assert not {action for _, action in grants} - {"sqs:SendMessage", "sqs:SendMessageBatch", "states:StartExecution"}
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        {"Action": "dynamodb:Frobnicate*"},  # a pattern that matches no action the tool knows
+        {"Action": "GetItem"},  # no service prefix
+        {"NotAction": "dynamodb:Scan"},
+        {"Resource": "arn:aws:dynamodb:us-east-1:123456789012:table/orders"},  # a literal ARN
+        {"Resource": {"Fn::Sub": "arn:${AWS::Partition}:dynamodb:*:*:table/${OrdersTable}"}},
+        {"NotResource": {"Fn::GetAtt": ["OrdersTable", "Arn"]}},
+    ],
+)
+def test_an_action_or_resource_the_tool_cannot_read_fails_loudly_naming_it(
+    monkeypatch: pytest.MonkeyPatch, statement: dict[str, Any]
+):
+    fake_function(monkeypatch, **statement)
+    if "NotAction" in statement or "NotResource" in statement:
+        from tests import template_iam
+
+        del template_iam.RESOURCES[FAKE]["Properties"]["Policies"][0]["Statement"][0][
+            "Action" if "NotAction" in statement else "Resource"
+        ]
+
+    with pytest.raises(AssertionError, match=r"cannot read|matches no action"):
+        granted(FAKE)

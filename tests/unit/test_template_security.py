@@ -16,6 +16,8 @@ from functions.adapters.access_log import DynamoAccessLog, SqsReadRecorder
 from functions.adapters.aggregates import DynamoAggregates
 from functions.adapters.api_gateway import ApiGatewayAuthorizerCache
 from functions.adapters.dynamodb import (
+    _INDEXES,
+    _RETURN_INDEXES,
     DynamoApiKeys,
     DynamoBackorderedOrders,
     DynamoBackorders,
@@ -27,6 +29,7 @@ from functions.adapters.dynamodb import (
     DynamoOrders,
     DynamoOrdersOwingCarrier,
     DynamoPendingRefunds,
+    DynamoReceivedReturns,
     DynamoReturns,
     DynamoSettlementCaptures,
     DynamoSourcingRules,
@@ -40,7 +43,7 @@ from functions.adapters.notifications import DynamoNotifications
 from functions.adapters.purchasing import DynamoPurchasing
 from functions.adapters.webhooks import DynamoWebhooks, EventBridgePublisher, SqsDeliveryQueue
 from functions.adapters.workflow_starter import StepFunctionsReturnStarter, StepFunctionsStarter
-from tests.template_iam import RESOURCES, TEMPLATE, granted, listed, logical_id, statements
+from tests.template_iam import RESOURCES, TEMPLATE, actions, granted, listed, logical_id, scope, statements
 
 
 def of_type(kind: str) -> dict[str, Any]:
@@ -223,8 +226,8 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
         (RETURNS, "dynamodb:GetItem"): [DynamoReturns],
         # A return whose kept-back refund the pass makes shows all that was refunded for it.
         (RETURNS, "dynamodb:UpdateItem"): [DynamoReturns],
-        # Received returns with no workflow: found through by_status, their workflow started again.
-        (RETURNS, "dynamodb:Query"): [DynamoUnreceivedReturns],
+        # Received returns with no workflow: found through by_receipt, their workflow started again.
+        (RETURNS, "dynamodb:Query"): [DynamoReceivedReturns],
         ("ReturnWorkflow", "states:StartExecution"): [StepFunctionsReturnStarter],
     },
     "JeopardyScanFunction": {
@@ -341,6 +344,57 @@ def test_every_granted_action_is_called_by_the_code_named_for_it(function: str):
         sources = "\n".join(inspect.getsource(c) for c in callers)
         calls = [f".{snake}(", *_ALSO_CALLED_AS.get(snake, [])]
         assert any(call in sources for call in calls), f"{function}: no {action} in {[c.__name__ for c in callers]}"
+
+
+# The indexes each function Queries on the two tables that have them, where its code names them:
+# a Query grant names these and nothing else (not the table, which no code Queries, nor `index/*`).
+_ORDER_LISTS = {f"index/{index}" for index in _INDEXES}  # DynamoOrders.list's indexes
+_RETURN_LISTS = {f"index/{index}" for index in _RETURN_INDEXES} | {"index/by_order"}  # DynamoReturns.list, for_order
+QUERIED_INDEXES = {
+    "ApiFunction": {ORDERS: _ORDER_LISTS, RETURNS: _RETURN_LISTS},
+    "BackorderFunction": {ORDERS: {"index/by_status_key"}},  # DynamoBackorderedOrders
+    "ReturnStepFunction": {RETURNS: {"index/by_order"}},  # DynamoReturns.for_order
+    # DynamoStalledOrders, DynamoDuePickups, the by_pending_refund partitions; DynamoReceivedReturns
+    "ReconcilerFunction": {
+        ORDERS: {"index/by_status_key", "index/by_pickup_deadline", "index/by_pending_refund"},
+        RETURNS: {"index/by_receipt"},
+    },
+    # DynamoLateOrders (candidates, the count, holds to expire); DynamoUnreceivedReturns
+    "JeopardyScanFunction": {
+        ORDERS: {"index/by_status_key", "index/by_sla", "index/by_pickup_deadline"},
+        RETURNS: {"index/by_status"},
+    },
+}
+
+
+@pytest.mark.parametrize("function", sorted(USES))
+def test_a_query_grant_on_an_indexed_table_names_the_indexes_the_code_queries_and_nothing_else(function: str):
+    # The API function was granted every action on the orders' and returns' tables and all their
+    # indexes: a Query of the table itself, or of by_pickup_deadline, by_pending_refund or
+    # by_receipt (only the scheduled passes read them), was allowed though no API code makes one.
+    scopes: dict[str, set[str]] = {}
+    for statement in statements(function):
+        if any("dynamodb:Query" in actions(action) for action in listed(statement["Action"])):
+            for resource in listed(statement["Resource"]):
+                if logical_id(resource) in (ORDERS, RETURNS):
+                    scopes.setdefault(logical_id(resource), set()).add(scope(resource))
+
+    assert scopes == QUERIED_INDEXES.get(function, {})
+
+
+def test_the_indexes_the_code_queries_are_the_tables_own():
+    for tables in QUERIED_INDEXES.values():
+        for table, indexes in tables.items():
+            declared = {f"index/{i['IndexName']}" for i in RESOURCES[table]["Properties"]["GlobalSecondaryIndexes"]}
+            assert indexes <= declared, f"{table}: no such index {indexes - declared}"
+    for source, indexes in (
+        (DynamoLateOrders, {"by_status_key", "by_sla", "by_pickup_deadline"}),
+        (DynamoUnreceivedReturns, {"by_status"}),
+        (DynamoReceivedReturns, {"by_receipt"}),
+        (DynamoBackorderedOrders, {"by_status_key"}),
+        (DynamoDuePickups, {"by_pickup_deadline"}),
+    ):
+        assert all(f'"{index}"' in inspect.getsource(source) for index in indexes), source.__name__
 
 
 # Every function whose code cancels an order or fails its payment: an exchange's replacement gives
