@@ -822,7 +822,7 @@ class KeptBackSweep:
             after = self._release_stock(order)
         except Exception as error:  # reported once the pass is done
             done.failed[order.id] = error
-            done.failed_owing[order.id] = ["stock"]
+            done.failed_owing[order.id] = [OWED_STOCK]
             return
         if not after.stock_owed:
             done.stock_released.append(order.id)
