@@ -20,7 +20,6 @@ from core.errors import (
     PaymentRefused,
     StaleVersion,
 )
-from core.exchange_credit import owes_credit_back
 from core.holds import give_back_or_note, give_back_surplus
 from core.ids import reservation_key, shipment_id_for
 from core.models import Change, LineInput, Order, OrderEdit, OrderLine, PaymentInput, PlaceOrder, utc_now
@@ -32,7 +31,7 @@ from core.refund_service import RefundService
 from core.refunds import KEPT_BACK_REFUSALS
 from core.services import REVIEW_ACTOR, CaptureService
 from core.status import OrderStatus, PaymentStatus, ShipmentStatus
-from core.unit_cancellation import UnitCancellation
+from core.unit_cancellation import UnitCancellation, owes_settlement_after_last_parcel
 from core.workflow_types import PaymentResult
 
 if TYPE_CHECKING:
@@ -180,9 +179,11 @@ class OrderActions:
             if request is not None and taken_back:
                 raise InvalidTransition(f"the capture for shipment {shipment_id} was withdrawn: the order changed")
             new, entry = record(current, amount, capture.reference if capture else None, at)
-            # A replacement's last parcel: what of its credit it does not use is given back after
-            # this write (after_shipping), and recorded owed with it, should this function die first.
-            return (new.owing_settlement() if owes_credit_back(new) else new), entry
+            # The last parcel of an order that lost units (or whose edit left its authorization
+            # larger, or a replacement's, its credit not all used): the payment is settled after
+            # this write (after_shipping), and that is recorded owed with it, should this function
+            # die first: a carrier that never reports delivery would leave it undone for good.
+            return (new.owing_settlement() if owes_settlement_after_last_parcel(new) else new), entry
 
         try:
             handed = modify(self._orders, order.id, decide, channel=channel)
@@ -411,6 +412,13 @@ class OrderActions:
         if order.settlement_owed:
             order = self._units.settle_owed(order, actor)
         return self._units.refund_kept_back(order, actor, refusals=KEPT_BACK_REFUSALS)
+
+    def release_owed_stock(self, order: Order) -> Order:
+        """Only the units a cancel of units freed and its function died before releasing
+        (Order.stock_owed: UnitCancellation.release_owed), no gateway asked: what the kept-back
+        pass still does for an order whose gateway is down in the pass, the rest it owes left for
+        a later pass. Returns the order as it then is."""
+        return self._units.release_owed(order)
 
     # --- Edit ---------------------------------------------------------------------------------
     def edit(self, order_id: str, expected_version: int, edit: OrderEdit, actor: str,

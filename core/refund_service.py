@@ -655,7 +655,9 @@ class KeptBackRefunded:
     what else the pass finished that no refund of the order shows: the orders whose owed release
     of the units a cancel freed it did (`stock_released`: Order.stock_owed cleared), and those
     whose owed settlement it finished (`owed_back_settled`: Order.settlement_owed cleared, a
-    replacement's credit given back on its original order among it)."""
+    replacement's credit given back on its original order among it). Of each order in `failed`,
+    what it owed (`failed_owing`: OWED_STOCK, OWED_SETTLEMENT, OWED_KEPT_BACK, OWED_SHOW), so the
+    failure is reported as what it was."""
 
     refunded: list[str] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)
@@ -665,6 +667,23 @@ class KeptBackRefunded:
     owed_back_refused: list[str] = field(default_factory=list)
     stock_released: list[str] = field(default_factory=list)
     owed_back_settled: list[str] = field(default_factory=list)
+    failed_owing: dict[str, list[str]] = field(default_factory=dict)
+
+
+# What an order the kept-back pass failed on owed (KeptBackRefunded.failed_owing), in the order the
+# pass does it: the units a cancel of units freed released, what a cancel of units or a last parcel
+# owed back settled, what returns kept back refunded, what went back shown on its returns.
+OWED_STOCK, OWED_SETTLEMENT, OWED_KEPT_BACK, OWED_SHOW = "stock", "settlement", "kept_back", "show"
+
+
+def _owing(order: Order, finished: bool) -> list[str]:
+    """What `order` owed when the kept-back pass failed on it (read in memory)."""
+    owed = [
+        (OWED_STOCK, order.stock_owed), (OWED_SETTLEMENT, order.settlement_owed),
+        (OWED_KEPT_BACK, owes_kept_back(order) or (finished and bool(kept_back_owed(order)))),
+        (OWED_SHOW, bool(order.returns_to_show)),
+    ]  # fmt: skip
+    return [name for name, owes in owed if owes]
 
 
 class KeptBackNotRefunded(Exception):
@@ -674,7 +693,7 @@ class KeptBackNotRefunded(Exception):
 
     def __init__(self, done: KeptBackRefunded):
         left = sorted({*done.given_up, *done.failed})
-        super().__init__(f"what returns kept back was not refunded on {len(left)} order(s): {left}")
+        super().__init__(f"the kept-back pass left what {len(left)} order(s) owed unfinished: {left}")
         self.done = done
 
 
@@ -691,7 +710,9 @@ class KeptBackSweep:
     pending-refund pass has just finished (a return's refund pending when the last parcel left, its
     kept_back known only now), which would otherwise wait `after` more for the change that pass made.
     A gateway that leaves a refund pending is asked no more in the pass (the pending refund pass
-    finishes it); at most `limit` orders are asked, of at most `max_reads` read. An order a cancel
+    finishes it), but the units a cancel of units freed are still released on the orders of its
+    method that owe that (Order.stock_owed: `release_stock`, no gateway's call); at most `limit`
+    orders are asked, of at most `max_reads` read. An order a cancel
     of units left owing money back (Order.settlement_owed: its function died before giving it, or
     the gateway refused or was down) is in the same index and handed to `top_up` as one owing,
     which gives it first (UnitCancellation.settle_owed); what it refunds or the gateway refuses of
@@ -699,11 +720,13 @@ class KeptBackSweep:
 
     def __init__(
         self, owed: KeptBackRefunds, orders: OrderRepository, top_up: Callable[[Order, str], Order],
-        clock: Callable[[], datetime], *, after: timedelta, limit: int = 100, max_reads: int = 1000,
+        clock: Callable[[], datetime], *, release_stock: Callable[[Order], Order], after: timedelta,
+        limit: int = 100, max_reads: int = 1000,
     ):  # fmt: skip
         self._owed = owed
         self._orders = orders
         self._top_up = top_up
+        self._release_stock = release_stock
         self._clock = clock
         self._after = after
         self._limit = limit
@@ -734,14 +757,20 @@ class KeptBackSweep:
                 break
             seen.add(order_id)
             order = self._orders.get(order_id, consistent=True)
-            if order is None or order.payment.method in down:
+            if order is None:
+                continue
+            if order.payment.method in down:
+                # Its gateway is asked no more this pass; the units a cancel of units freed need no
+                # gateway, and are not left reserved for no one until it is back.
+                if order.stock_owed and not time_up():
+                    self._release(order, done)
                 continue
             if not owes_kept_back(order) and not order.settlement_owed and not order.stock_owed:
                 if (order_id in finished and kept_back_owed(order)) or order.returns_to_show:
                     try:
                         self._top_up(order, actor)
                     except Exception as error:  # reported once the pass is done
-                        done.failed[order_id] = error
+                        self._failed(order, error, order_id in just_finished, done)
                 continue
             if time_up():
                 continue  # one of `finished`: it owes, so it is in the index, for the next pass to ask
@@ -749,8 +778,7 @@ class KeptBackSweep:
             try:
                 after = self._top_up(order, actor)
             except Exception as error:  # reported once the pass is done
-                done.failed[order_id] = error
-                after = order
+                after = self._failed(order, error, order_id in just_finished, done)
             if order.stock_owed and not after.stock_owed:
                 done.stock_released.append(order_id)
             if order.settlement_owed and not after.settlement_owed:
@@ -772,3 +800,29 @@ class KeptBackSweep:
             if asked == self._limit:
                 break
         return done
+
+    def _failed(self, order: Order, error: Exception, finished: bool, done: KeptBackRefunded) -> Order:
+        """`top_up` raised on `order` (a plugin's error, no plugin for its method, a table down):
+        reported with what the order still owed then, first what it failed on (its steps run in
+        that order: _owing), read again, as those before it may be done; what was read before it
+        when that read fails too. Returns the order as read."""
+        try:
+            current = self._orders.get(order.id, consistent=True) or order
+        except Exception:  # any: the failure is reported all the same
+            current = order
+        done.failed[order.id] = error
+        done.failed_owing[order.id] = _owing(current, finished) or _owing(order, finished)
+        return current
+
+    def _release(self, order: Order, done: KeptBackRefunded) -> None:
+        """Only the units a cancel of units freed and its function died before releasing
+        (Order.stock_owed: `release_stock`), for an order whose gateway is down: the rest it owes
+        stays in the index for a later pass."""
+        try:
+            after = self._release_stock(order)
+        except Exception as error:  # reported once the pass is done
+            done.failed[order.id] = error
+            done.failed_owing[order.id] = [OWED_STOCK]
+            return
+        if not after.stock_owed:
+            done.stock_released.append(order.id)

@@ -758,6 +758,20 @@ def _owes_back(order: Order) -> bool:
     return _over_capture(order) is not None or owes_credit_back(order) or _unsettled_with_nothing_to_ship(order)
 
 
+def owes_settlement_after_last_parcel(order: Order) -> bool:
+    """Whether `order`, its last parcel just shipped or collected (nothing left to ship), owes a
+    settlement of its payment that only the function after that write does
+    (UnitCancellation.after_shipping), so the write records it owed (Order.settlement_owed) for
+    the reconciler's kept-back pass, should that function die: what its captures hold beyond its
+    total refunded, what they fall short of it captured, what its authorization holds beyond them
+    released (an order that lost units, or an edit left authorized for more), a replacement's
+    unused credit given back (_owes_back). Read in memory; False for the typical order, which
+    captured its total and was authorized for no more, and for any order with a parcel still to go."""
+    if any(shipment.status in NOT_LEFT for shipment in order.shipments):
+        return False
+    return _owes_back(order)
+
+
 def _unsettled_with_nothing_to_ship(order: Order) -> bool:
     """Whether the order has nothing left to ship while its payment is not settled to its total:
     short of it (what the cancel's function captures: _settle_payment) or authorized beyond its

@@ -657,6 +657,7 @@ class Container:
             self.order_repository,
             self.actions.refund_kept_back,
             self.clock,
+            release_stock=self.actions.release_owed_stock,
             after=self._reconcile_after,
         )
 

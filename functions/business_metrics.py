@@ -25,7 +25,7 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 
 from core.events import OrderEvent
-from core.models import HistoryEntry, Order
+from core.models import CREDIT_NOT_USED, HistoryEntry, Order
 from core.workflow import SCAN_ACTOR, WORKFLOW_ACTOR
 
 # Callers cancel with free text; a dimension value per text would be a metric per text. The
@@ -134,6 +134,11 @@ def entry_recorded(order: Order, entry: HistoryEntry) -> None:
             record("Refunds", kind="refund")
             total = sum(Decimal(str(amount["amount"])) for amount in went)
             record("RefundValue", float(total), MetricUnit.NoUnit, currency=str(went[0].get("currency", "")))
+        # The give-back of a credit an exchange's replacement did not use, refused: nothing asks it
+        # again (core.models.draws_on_credit), a person gives it back (CreditsNotGivenBackAlarm).
+        refund = order.payment.refund_by_id(str(detail.get("refund_id", "")))
+        if refund is not None and CREDIT_NOT_USED in refund.reason:
+            record("CreditsNotGivenBack")
     elif entry.type is OrderEvent.SURPLUS_NOT_GIVEN_BACK:
         record("SurplusNotGivenBack")
     elif entry.type is OrderEvent.OVER_CAPTURE_NOT_REFUNDED:

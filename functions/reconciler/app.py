@@ -29,7 +29,15 @@ from core.deadline import Deadline
 from core.log_text import escape_for_log
 from core.pickups import PickupsExpired
 from core.reconciliation import Reconciled
-from core.refund_service import KeptBackNotRefunded, KeptBackRefunded, SweepIncomplete
+from core.refund_service import (
+    OWED_KEPT_BACK,
+    OWED_SETTLEMENT,
+    OWED_SHOW,
+    OWED_STOCK,
+    KeptBackNotRefunded,
+    KeptBackRefunded,
+    SweepIncomplete,
+)
 from core.return_reconciliation import ReturnsNotReconciled
 from functions.bootstrap import WarmContainer
 from functions.business_metrics import emits_business_metrics
@@ -48,6 +56,14 @@ T = TypeVar("T")
 # pass and the passes before it did, and the next run would find the same backlog. The passes left
 # wait for the runs that start with them; what a pass cut short did not start, for its next run.
 PASS_RESERVE_MILLIS = 15_000
+# What the kept-back pass logs of an order it failed on (a plugin's error, no plugin, a table down),
+# by what the order owed first when it failed (KeptBackRefunded.failed_owing).
+NOT_DONE = {
+    OWED_STOCK: "units a cancel of units freed not released",
+    OWED_SETTLEMENT: "what a cancel of units or a last parcel owed back not settled",
+    OWED_KEPT_BACK: "refund of what a return kept back not made",
+    OWED_SHOW: "what went back not shown on the order's returns",
+}
 
 
 @logger.inject_lambda_context(clear_state=True)
@@ -189,7 +205,9 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
                 "refund of what a return kept back refused again: left to a person", extra={"order_id": order_id}
             )
         for order_id, failure in kept_back.failed.items():
-            logger.error("refund of what a return kept back not made", extra={"order_id": order_id}, exc_info=failure)
+            # Named for what the order owed: first what the pass failed on (a plugin raising, not refusing).
+            owed = kept_back.failed_owing.get(order_id) or [OWED_KEPT_BACK]
+            logger.error(NOT_DONE[owed[0]], extra={"order_id": order_id, "owed": owed}, exc_info=failure)
         # What cancels of units owed back (Order.settlement_owed), which the same pass gives: named apart.
         for refund_id in kept_back.owed_back_refunded:
             logger.warning("what a cancel of units owed back refunded", extra={"refund_id": refund_id})

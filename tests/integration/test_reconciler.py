@@ -1760,3 +1760,30 @@ def test_the_upgrade_marks_a_return_of_a_replacement_s_replacement_left_short_on
     assert returns.get(back.id).refund == done.refund
     assert not services.order_repository.get(second.id).returns_to_show
     assert backfill_returns_to_show(aws.dynamodb, orders_table, returns_table) == (0, 3)
+
+
+def test_an_order_the_kept_back_pass_failed_on_is_logged_as_what_it_owed(stack, caplog, monkeypatch):
+    # Before: every order the pass failed on (a payment plugin raising, not refusing) was logged
+    # "refund of what a return kept back not made", though it owed a cancel's settlement or the
+    # release of units it freed and no return had kept anything back: the person reading the log
+    # looked for a return that was never there.
+    from core.refund_service import OWED_SETTLEMENT, OWED_SHOW, OWED_STOCK, KeptBackNotRefunded, KeptBackRefunded
+    from functions.reconciler.app import container
+
+    failure = RuntimeError("plugin failed")
+    owing = {order_id("s"): [OWED_SETTLEMENT, OWED_SHOW], order_id("u"): [OWED_STOCK], order_id("k"): []}
+    done = KeptBackRefunded(failed=dict.fromkeys(owing, failure), failed_owing=owing)
+    monkeypatch.setattr(container().kept_back_sweep, "run", lambda *_, **__: done)
+
+    with pytest.raises(KeptBackNotRefunded):
+        reconcile()
+
+    logged = {
+        r.__dict__.get("order_id"): (r.getMessage(), r.__dict__.get("owed"))
+        for r in caplog.records if r.levelname == "ERROR" and r.__dict__.get("order_id") in owing
+    }  # fmt: skip
+    assert logged == {
+        order_id("s"): ("what a cancel of units or a last parcel owed back not settled", [OWED_SETTLEMENT, OWED_SHOW]),
+        order_id("u"): ("units a cancel of units freed not released", [OWED_STOCK]),
+        order_id("k"): ("refund of what a return kept back not made", ["kept_back"]),
+    }

@@ -371,3 +371,48 @@ def test_an_over_capture_refund_left_to_a_person_counts_for_its_alarm(world, cap
     entry_recorded(order, HistoryEntry(at=NOW, type=OrderEvent.OVER_CAPTURE_NOT_REFUNDED, actor="k", detail=detail))
 
     assert emitted(capsys) == {("OverCapturesNotRefunded", ()): [1.0]}
+
+
+def test_a_give_back_of_a_replacements_credit_the_gateway_refused_counts_for_its_alarm_once(monkeypatch, capsys):
+    # Before: a refused give-back of the credit a replacement did not use was left to a person (no
+    # pass asks it again) with nothing but a failed refund on the original order: no metric, no
+    # alarm, so no person heard of it. It is counted once, by the write that recorded the refusal
+    # (CreditsNotGivenBackAlarm); a repeat of the cancel asks nothing again and counts nothing.
+    from tests.unit.test_returns import STOCK as RETURNS_STOCK
+    from tests.unit.test_returns import Clock as ReturnsClock
+    from tests.unit.test_returns import exchanged
+
+    monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "false")
+    monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "OMS")
+    clock = ReturnsClock(NOW + timedelta(days=3))
+    world = build_world(RETURNS_STOCK, wrap_orders=MeteredOrders, clock=clock)
+    _, order, settled = exchanged(world, clock, ("TSHIRT", 1), ("TSHIRT", 1), ("CAP", 1))
+    replacement = world.run(settled.exchange_order_id or "")
+    emitted(capsys)
+    world.gateway.script("refund", "refuse")
+
+    world.actions.cancel(replacement.id, "changed my mind", actor="key_cs")
+
+    assert [r.status for r in world.order(order.id).payment.refunds] == ["failed"]
+    counted = emitted(capsys)
+    assert counted[("CreditsNotGivenBack", ())] == [1.0]
+    assert counted[("PaymentFailures", (("kind", "refused"), ("operation", "refund")))] == [1.0]
+    world.gateway.script("refund", "approve")
+    world.actions.cancel(replacement.id, "changed my mind", actor="key_cs")
+    assert ("CreditsNotGivenBack", ()) not in emitted(capsys)
+
+
+def test_a_refused_refund_of_anything_else_is_not_counted_as_a_credit_not_given_back(world, capsys):
+    order_id = world.place(("TSHIRT", 1))
+    world.run(order_id)
+    shipment = world.order(order_id).shipments[0].id
+    world.actions.ship(order_id, shipment, None, actor="key_wh")
+    emitted(capsys)
+    world.gateway.script("refund", "refuse")
+
+    refund = world.refunds.issue_refund(order_id, usd("1.00"), "goodwill", "appease-1", actor="key_cs")
+
+    assert refund is not None and refund.status == "failed"
+    counted = emitted(capsys)
+    assert counted[("PaymentFailures", (("kind", "refused"), ("operation", "refund")))] == [1.0]
+    assert ("CreditsNotGivenBack", ()) not in counted

@@ -84,8 +84,9 @@ def mugs_exchanged_for_a_cap(world: World, returns: Returns) -> tuple[Order, Ret
 
 def sweep(world: World, clock: Clock) -> KeptBackSweep:
     return KeptBackSweep(
-        InMemoryKeptBackRefunds(world), world.orders, world.actions.refund_kept_back, clock, after=AFTER
-    )
+        InMemoryKeptBackRefunds(world), world.orders, world.actions.refund_kept_back, clock,
+        release_stock=world.actions.release_owed_stock, after=AFTER,
+    )  # fmt: skip
 
 
 def later(clock: Clock) -> None:

@@ -70,7 +70,7 @@ def passes(reads: Reads) -> dict[str, Callable[[Callable[[], bool]], Any]]:
         "pending refunds": lambda time_up: PendingRefundSweep(index, reads, clock, after=after).run(
             "reconciler", time_up=time_up
         ),
-        "kept back": lambda time_up: KeptBackSweep(index, reads, none, clock, after=after).run(
+        "kept back": lambda time_up: KeptBackSweep(index, reads, none, clock, release_stock=none, after=after).run(
             "reconciler", time_up=time_up
         ),
         "authorizations": lambda time_up: UnsettledAuthorizationSweep(index, reads, none, clock, after=after).run(

@@ -175,7 +175,14 @@ def reconcile(world: World, clock: Clock) -> None:
     after = timedelta(minutes=15)
     PendingRefundSweep(InMemoryPendingRefunds(world), world.refunds, clock, after=after).run("rec", orders=finished)
     owed = InMemoryKeptBackRefunds(world)
-    KeptBackSweep(owed, world.orders, world.actions.refund_kept_back, clock, after=after).run("rec", finished=finished)
+    KeptBackSweep(
+        owed,
+        world.orders,
+        world.actions.refund_kept_back,
+        clock,
+        release_stock=world.actions.release_owed_stock,
+        after=after,
+    ).run("rec", finished=finished)
 
 
 # Seed 66 ends with a refund of what a return kept back that only the reconciler finishes, 101 with

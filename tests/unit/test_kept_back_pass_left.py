@@ -1,0 +1,175 @@
+"""What the reconciler's kept-back pass left during a gateway outage or after a function's death:
+units a cancel of units freed, on an order of a method whose gateway is down in the pass; the
+settlement a last parcel's ship owed on an order that lost units, its function dead after its
+write; and what it says of an order it failed on."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from core.events import OrderEvent
+from core.models import Order
+from functions.adapters.dynamodb import KEPT_BACK_KEY, index_attributes
+from tests.unit.test_death_between_writes import dies_after_recording, passes
+from tests.unit.test_jeopardy import Clock
+from tests.unit.test_kept_back_sweep import sweep as kept_back_sweep
+from tests.unit.test_unit_cancellation import STOCK as CANCEL_STOCK
+from tests.unit.test_unit_cancellation import PerUnitShipping
+from tests.unit.world import Died, World, build_world
+
+ACTOR = "reconciler"
+
+
+def cancel_dies(world: World, monkeypatch: pytest.MonkeyPatch, order: Order, lines: dict[str, int]) -> None:
+    """A cancel of `lines` of `order` whose function dies right after its write."""
+    died = dies_after_recording(world, monkeypatch, OrderEvent.UNITS_CANCELLED)
+    with pytest.raises(Died):
+        world.actions.cancel(order.id, "fewer", actor="key_web", lines=lines)
+    monkeypatch.undo()
+    assert died
+
+
+# --- 1. Units owed a release on an order whose gateway is down in the pass ---------------------------
+
+
+def test_units_owed_a_release_are_released_though_the_gateway_is_down_for_an_earlier_order(monkeypatch):
+    # Before: the first order's settlement refund left pending (the gateway down) made the pass
+    # skip every later order of the same payment method, though the second owed only the release
+    # of a unit its cancel freed, which no gateway takes part in: the unit stayed reserved for no
+    # one until the gateway came back.
+    clock = Clock()
+    world = build_world(CANCEL_STOCK, PerUnitShipping(), clock=clock)
+    first = world.allocated(("MUG", 1), ("CAP", 3), shipping_method="per_unit")
+    east = world.shipment_at(first, "wh-east")
+    world.actions.ship(first.id, east, None, actor="key_wh")
+    cancel_dies(world, monkeypatch, first, {"L1": 1})  # owes the MUG's shipping captured with the CAPs back
+    clock.now += timedelta(minutes=1)
+    second = world.allocated(("MUG", 2))
+    assert second.payment.method == first.payment.method
+    cancel_dies(world, monkeypatch, second, {"L1": 1})
+    assert world.order(second.id).stock_owed and not world.order(second.id).settlement_owed
+    assert world.held_for(second.id) == {("MUG", "wh-west", f"{second.id}#L1"): 2}
+    world.gateway.script("refund", "transient")  # the gateway down for refunds
+    clock.now += timedelta(minutes=20)
+
+    done = kept_back_sweep(world, clock).run(ACTOR)
+
+    assert [r.status for r in world.order(first.id).payment.refunds] == ["pending"]
+    assert world.held_for(second.id) == {("MUG", "wh-west", f"{second.id}#L1"): 1}
+    assert done.stock_released == [first.id, second.id]
+    after = world.order(second.id)
+    assert not after.stock_owed and index_attributes(after).get("refund_key") != {"S": KEPT_BACK_KEY}
+    assert world.gateway.keys("refund") == [k for k in world.gateway.keys("refund") if first.id in k]  # none for it
+    clock.now += timedelta(minutes=20)
+    assert kept_back_sweep(world, clock).run(ACTOR).stock_released == []  # once
+    assert world.held_for(second.id) == {("MUG", "wh-west", f"{second.id}#L1"): 1}
+
+
+# --- 2. A last parcel's ship on an order that lost units, dead before settling ------------------------
+
+
+def last_ship_dies(monkeypatch: pytest.MonkeyPatch) -> tuple[World, Clock, Order, str]:
+    """2 MUGs (wh-west) and 3 CAPs (wh-east); one CAP cancelled (the cancel settles what it can:
+    nothing to ship yet), the MUGs shipped, then the CAPs' parcel, the last, whose ship's function
+    dies right after its write, before settling the payment: the authorization still holds the
+    cancelled CAP's worth beyond the captures."""
+    clock = Clock()
+    world = build_world(CANCEL_STOCK, clock=clock)
+    order = world.allocated(("MUG", 2), ("CAP", 3))
+    world.actions.cancel(order.id, "one cap fewer", actor="key_web", lines={"L2": 1})
+    world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
+    east = world.shipment_at(order, "wh-east")
+    died = dies_after_recording(world, monkeypatch, OrderEvent.SHIPMENT_SHIPPED)
+    with pytest.raises(Died):
+        world.actions.ship(order.id, east, None, actor="key_wh")
+    monkeypatch.undo()
+    shipped = world.order(order.id)
+    assert died and shipped.payment.captured == shipped.totals.grand_total < shipped.payment.authorized
+    return world, clock, order, east
+
+
+def test_a_last_ship_that_died_before_settling_is_settled_by_the_reconciler_once(monkeypatch):
+    # Before: the ship's write recorded nothing owed (nothing captured beyond the total, no
+    # credit), and only its function released what the authorization holds beyond the captures.
+    # Dead, it left that to a delivery report; a carrier that never reports delivery left the
+    # cancelled CAP's worth held on the customer's card until the authorization lapsed.
+    world, clock, order, _ = last_ship_dies(monkeypatch)
+    owing = world.order(order.id)
+    assert owing.settlement_owed
+    assert index_attributes(owing)["refund_key"] == {"S": KEPT_BACK_KEY}
+
+    passes(world, clock)
+    passes(world, clock)
+
+    after = world.order(order.id)
+    assert after.payment.captured == after.totals.grand_total == after.payment.authorized
+    assert after.payment.refunded.amount == 0
+    assert world.spy.voided == [order.payment.authorization]  # once
+    assert not after.settlement_owed and index_attributes(after).get("refund_key") != {"S": KEPT_BACK_KEY}
+
+
+def test_a_last_ship_whose_function_settles_leaves_nothing_owed(monkeypatch):
+    # The record is written with the ship and cleared once its function settled: out of the index.
+    clock = Clock()
+    world = build_world(CANCEL_STOCK, clock=clock)
+    order = world.allocated(("MUG", 2), ("CAP", 3))
+    world.actions.cancel(order.id, "one cap fewer", actor="key_web", lines={"L2": 1})
+    world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
+    world.actions.ship(order.id, world.shipment_at(order, "wh-east"), None, actor="key_wh")
+
+    after = world.order(order.id)
+    assert after.payment.captured == after.totals.grand_total == after.payment.authorized
+    assert not after.settlement_owed and "refund_key" not in index_attributes(after)
+
+
+def test_a_last_ship_dead_before_settling_then_delivered_is_settled_once(monkeypatch):
+    # The delivery report settles it first: the pass then only clears the record, voiding nothing again.
+    world, clock, order, east = last_ship_dies(monkeypatch)
+    world.actions.deliver(order.id, east, actor="key_carrier")
+
+    passes(world, clock)
+
+    after = world.order(order.id)
+    assert after.payment.captured == after.totals.grand_total == after.payment.authorized
+    assert world.spy.voided == [order.payment.authorization]
+    assert not after.settlement_owed
+
+
+def test_the_typical_orders_last_ship_records_nothing_owed():
+    world = build_world(CANCEL_STOCK)
+    order = world.allocated(("MUG", 2), ("CAP", 3))
+    for location in ("wh-west", "wh-east"):
+        world.actions.ship(order.id, world.shipment_at(order, location), None, actor="key_wh")
+        assert "settlement_owed" not in world.order(order.id).stored_json()
+
+
+# --- 4. An order the pass failed on is reported as what it owed --------------------------------------
+
+
+def test_a_plugin_raising_on_an_owed_settlement_is_reported_as_the_settlement_it_failed_on(monkeypatch):
+    # Before: whatever the order owed, the pass reported only that it failed, and the reconciler
+    # logged "refund of what a return kept back not made" for an order no return kept anything
+    # back of: here the units the cancel freed were released, and its settlement refund failed.
+    from core.refund_service import OWED_SETTLEMENT
+
+    clock = Clock()
+    world = build_world(CANCEL_STOCK, PerUnitShipping(), clock=clock)
+    order = world.allocated(("MUG", 1), ("CAP", 3), shipping_method="per_unit")
+    world.actions.ship(order.id, world.shipment_at(order, "wh-east"), None, actor="key_wh")
+    cancel_dies(world, monkeypatch, order, {"L1": 1})
+    owing = world.order(order.id)
+    assert owing.stock_owed and owing.settlement_owed
+
+    def play(operation: str, idempotency_key: str) -> None:
+        raise RuntimeError(f"plugin bug in {operation}")  # the plugin raising, not refusing
+
+    monkeypatch.setattr(world.gateway, "_play", play)
+    clock.now += timedelta(minutes=20)
+    done = kept_back_sweep(world, clock).run(ACTOR)
+
+    assert list(done.failed) == [order.id] and "failed in oms_payment_refund" in str(done.failed[order.id])
+    assert done.failed_owing == {order.id: [OWED_SETTLEMENT]}  # the units were released first
+    assert done.stock_released == [order.id]
+    assert world.order(order.id).settlement_owed  # for the next pass
