@@ -83,7 +83,13 @@ def _retry_delay_scale(given: float | None) -> float:
 
 
 def _flag(value: str) -> bool:
-    return value.lower() not in ("0", "false", "no", "off")
+    """OMS_SEED, OMS_EVENT_SOURCES: `1` or `0` as README writes them, or `true` or `false` as the
+    functions' switches (any case). Anything else was on: OMS_SEED=none or OMS_EVENT_SOURCES=paused
+    loaded the catalog or ran the pollers, silently; it is refused at start, naming the variable."""
+    switch = {"1": True, "true": True, "0": False, "false": False}.get(value.lower())
+    if switch is None:
+        raise ValueError("must be 1 or 0 (or true or false)")
+    return switch
 
 
 def _default_admin_key_bootstrap(secret: str) -> Any:

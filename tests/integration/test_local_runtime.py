@@ -1042,3 +1042,45 @@ def test_a_port_is_taken_from_the_shell(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("OMS_AWS_PORT", "4567")
     stack = EmbeddedStack(seed=False)
     assert (stack._api_port_asked, stack._aws_port_asked) == (8081, 4567)
+
+
+@pytest.mark.parametrize("value", ["no", "off", "yes", "2", "none", "paused"])
+@pytest.mark.parametrize("variable", ["OMS_SEED", "OMS_EVENT_SOURCES"])
+def test_a_make_run_switch_that_is_neither_on_nor_off_is_refused_at_start_by_its_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+):
+    # Anything but 0/false/no/off was on: OMS_EVENT_SOURCES=paused ran every poller, silently.
+    from infra.local.stack import EmbeddedStack
+
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ValueError, match=rf"^{variable} must be 1 or 0 \(or true or false\), got {value!r}"):
+        EmbeddedStack(api_port=0, aws_port=0)
+
+
+@pytest.mark.parametrize(("value", "on"), [("1", True), ("0", False), (" TRUE ", True), ("False", False), ("", True)])
+def test_a_make_run_switch_is_taken_as_on_or_off(monkeypatch: pytest.MonkeyPatch, value: str, on: bool):
+    from infra.local.stack import EmbeddedStack
+
+    monkeypatch.setenv("OMS_SEED", value)
+    monkeypatch.setenv("OMS_EVENT_SOURCES", value)
+    stack = EmbeddedStack(api_port=0, aws_port=0)
+    assert (stack.seed, stack.event_sources) == (on, on)
+
+
+@pytest.mark.parametrize("value", ["USD:0", "XYZ:5", "USD:10,USD:20"])
+def test_a_review_threshold_a_deploy_refuses_is_refused_at_start_by_its_variable(
+    monkeypatch: pytest.MonkeyPatch, value: str
+):
+    # make run took them (as the pattern did) and the review plugin then failed to load.
+    from infra.local.stack import EmbeddedStack
+
+    monkeypatch.setenv("OMS_REVIEW_THRESHOLD", value)
+    with pytest.raises(
+        ValueError, match=r"^OMS_REVIEW_THRESHOLD: parameter ReviewThreshold must match CURRENCY:AMOUNT"
+    ):
+        EmbeddedStack(api_port=0, aws_port=0, seed=False)
+
+    monkeypatch.setenv("OMS_REVIEW_THRESHOLD", "USD:1000.123,JPY:10.5")
+    assert EmbeddedStack(api_port=0, aws_port=0, seed=False).template.parameter("ReviewThreshold") == (
+        "USD:1000.123,JPY:10.5"
+    )
