@@ -1067,6 +1067,26 @@ def test_a_make_run_switch_is_taken_as_on_or_off(monkeypatch: pytest.MonkeyPatch
     assert (stack.seed, stack.event_sources) == (on, on)
 
 
+def test_a_schedule_of_one_minute_written_as_minutes_is_refused_by_check_template_and_make_run(tmp_path: Path, capsys):
+    # ScheduleMinutes feeds `rate(${Minutes} minutes)`: 1 made `rate(1 minutes)`, which the SAM
+    # transform and cfn-lint pass and EventBridge refuses at deploy (it wants `rate(1 minute)`).
+    from infra.check_template import main
+    from infra.local.event_sources import EventSourceError
+    from infra.local.stack import EmbeddedStack
+
+    one = "ReconcilerFunction: { Minutes: 1 }"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(DEFAULT_TEMPLATE.read_text().replace("ReconcilerFunction: { Minutes: 5 }", one, 1))
+    assert one in bad.read_text()
+    assert main([str(bad)]) == 1
+    assert "ReconcilerFunction.EveryFiveMinutes: Schedule 'rate(1 minutes)'" in capsys.readouterr().err
+
+    template = Template.load()
+    template.document["Mappings"]["ScheduleMinutes"]["ReconcilerFunction"]["Minutes"] = 1
+    with pytest.raises(EventSourceError, match=r"Schedule 'rate\(1 minutes\)': AWS wants rate\(1 minute\)"):
+        EmbeddedStack(template=template, api_port=0, aws_port=0, seed=False).start()
+
+
 @pytest.mark.parametrize("value", ["USD:0", "XYZ:5", "USD:10,USD:20"])
 def test_a_review_threshold_a_deploy_refuses_is_refused_at_start_by_its_variable(
     monkeypatch: pytest.MonkeyPatch, value: str
