@@ -163,12 +163,14 @@ class Template:
             for logical_id, props in self.properties("AWS::Serverless::Function").items()
         }
 
-    def parameter_variables(self) -> dict[str, str]:
-        """Variable -> parameter of every function variable the template sets to a parameter
-        (`NAME: !Ref Parameter`): the variables `make run` takes from the shell, as that parameter."""
+    def parameter_variables(self) -> set[tuple[str, str]]:
+        """(variable, parameter) of every function variable the template sets to a parameter
+        (`NAME: !Ref Parameter`): the variables `make run` takes from the shell, as that parameter.
+        Pairs, not a map: two functions may set one name to two parameters, and the shell's value
+        is then both (one process has one value of it)."""
         parameters = self.document.get("Parameters") or {}
         return {
-            name: value["Ref"]
+            (name, value["Ref"])
             for props in self.functions().values()
             for name, value in props["Environment"]["Variables"].items()
             if isinstance(value, dict) and value.get("Ref") in parameters

@@ -395,7 +395,7 @@ def test_every_variable_a_parameter_sets_for_a_function_is_taken_from_the_shell_
         if isinstance(value, dict) and value.get("Ref") in template.document["Parameters"]
     }
     assert {"RECONCILE_AFTER_MINUTES", "WEBHOOK_RETRY_BASE_SECONDS", "IMPORT_QUEUE_SENDER_CHANNELS"} <= set(fed)
-    assert template.parameter_variables() == fed
+    assert template.parameter_variables() == set(fed.items())
 
     monkeypatch.setenv("RECONCILE_AFTER_MINUTES", "20")
     monkeypatch.setenv("WEBHOOK_RETRY_BASE_SECONDS", "5")
@@ -1104,3 +1104,37 @@ def test_a_review_threshold_a_deploy_refuses_is_refused_at_start_by_its_variable
     assert EmbeddedStack(api_port=0, aws_port=0, seed=False).template.parameter("ReviewThreshold") == (
         "USD:1000.123,JPY:10.5"
     )
+
+
+def test_a_variable_two_functions_set_to_two_parameters_is_both_when_set_in_the_shell(monkeypatch: pytest.MonkeyPatch):
+    # parameter_variables kept one parameter per name (the last function's), while the exported
+    # environment keeps the first function's value: the shell's value set a parameter whose value
+    # was never exported, and the functions ran on the template's default, silently.
+    from infra.local.stack import EmbeddedStack
+
+    template = Template.load()
+    jeopardy = template.document["Resources"]["JeopardyScanFunction"]["Properties"]["Environment"]["Variables"]
+    jeopardy["OMS_RETURN_WINDOW_DAYS"] = {"Ref": "ReturnExpiryDays"}  # the API function's is ReturnWindowDays
+    monkeypatch.setenv("OMS_RETURN_WINDOW_DAYS", "12")
+
+    stack = EmbeddedStack(template=template, api_port=0, aws_port=0, seed=False)
+    assert (stack.template.parameter("ReturnWindowDays"), stack.template.parameter("ReturnExpiryDays")) == ("12", "12")
+
+
+def test_two_variables_setting_one_parameter_to_two_values_are_refused_naming_both(monkeypatch: pytest.MonkeyPatch):
+    from infra.local.stack import EmbeddedStack
+
+    template = Template.load()
+    jeopardy = template.document["Resources"]["JeopardyScanFunction"]["Properties"]["Environment"]["Variables"]
+    jeopardy["OMS_SLA_TOO"] = {"Ref": "Sla"}
+    monkeypatch.setenv("OMS_SLA", "allocated=1h")
+    monkeypatch.setenv("OMS_SLA_TOO", "allocated=1h")
+    assert (
+        EmbeddedStack(template=template, api_port=0, aws_port=0, seed=False).template.parameter("Sla") == "allocated=1h"
+    )
+
+    monkeypatch.setenv("OMS_SLA_TOO", "allocated=2h")
+    with pytest.raises(
+        ValueError, match=r"^OMS_SLA='allocated=1h' and OMS_SLA_TOO='allocated=2h' both set parameter Sla"
+    ):
+        EmbeddedStack(template=template, api_port=0, aws_port=0, seed=False)
