@@ -1138,3 +1138,19 @@ def test_two_variables_setting_one_parameter_to_two_values_are_refused_naming_bo
         ValueError, match=r"^OMS_SLA='allocated=1h' and OMS_SLA_TOO='allocated=2h' both set parameter Sla"
     ):
         EmbeddedStack(template=template, api_port=0, aws_port=0, seed=False)
+
+
+def test_a_refused_no_echo_parameter_is_named_without_its_value(monkeypatch: pytest.MonkeyPatch):
+    # NoEcho marks a secret: the refusal at start named the parameter and printed the value.
+    from infra.local.stack import EmbeddedStack
+
+    template = Template.load()
+    template.document["Parameters"]["AlarmEmail"]["NoEcho"] = True
+    monkeypatch.setenv("OMS_ALARM_EMAIL", "s3cret-not-an-address")
+    template.document["Globals"]["Function"]["Environment"]["Variables"]["OMS_ALARM_EMAIL"] = {"Ref": "AlarmEmail"}
+
+    with pytest.raises(
+        ValueError, match=r"^OMS_ALARM_EMAIL: parameter AlarmEmail must match .*, got \*\*\*\* "
+    ) as refused:
+        EmbeddedStack(template=template, api_port=0, aws_port=0, seed=False)
+    assert "s3cret" not in str(refused.value)
