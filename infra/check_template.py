@@ -4,7 +4,8 @@ cfn-lint checks resources against their schemas but never runs the transform, so
 event `Type: SQSS` or a policy template with the wrong parameter. aws-sam-translator is the
 library SAM itself deploys with; translating with it finds those without an AWS account.
 
-It also fails on anything the local runtime does not emulate (infra/local/supported.py), and
+It also fails on anything the local runtime does not emulate (infra/local/supported.py), on a
+Schedule's rate EventBridge refuses (`rate(1 minutes)`: the transform and cfn-lint pass it), and
 validates every state machine's ASL (infra/asl.py) after its DefinitionSubstitutions
 are applied with placeholder values: a dangling Next, a path that never ends or a `${Name}` with
 no substitution fails the check (the SAM transform and cfn-lint check none of that).
@@ -107,6 +108,28 @@ def state_machine_problems(template_path: Path) -> list[str]:
     return problems
 
 
+def schedule_problems(template_path: Path) -> list[str]:
+    """Every Schedule event whose expression, resolved (a Mappings entry through Fn::Sub, as
+    ScheduleMinutes feeds the scheduled functions), EventBridge refuses: `rate(1 minutes)` (the
+    SAM transform and cfn-lint pass it, the deploy fails), `rate(5 minute)`, `rate(0 minutes)`.
+    `make run` refuses them too (infra/local/event_sources.schedule_period)."""
+    from infra.local.event_sources import EventSourceError, schedule_period
+    from infra.local.template import Template
+
+    template = Template.load(template_path)
+    problems = []
+    for logical_id, props in template.functions().items():
+        for name, event in (props.get("Events") or {}).items():
+            if event.get("Type") != "Schedule":
+                continue
+            where = f"{logical_id}.{name}"
+            try:
+                schedule_period(str(template.resolve(event["Properties"]["Schedule"])), where)
+            except (EventSourceError, KeyError) as error:
+                problems.append(str(error).strip("'\""))
+    return problems
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m infra.check_template", description=__doc__.splitlines()[0])
     parser.add_argument("template", nargs="?", default="template.yaml", type=Path)
@@ -135,6 +158,12 @@ def main(argv: list[str] | None = None) -> int:
         check(template)
     except UnsupportedTemplate as error:
         print(f"{args.template}: {error}", file=sys.stderr)
+        return 1
+    problems = schedule_problems(args.template)
+    if problems:
+        print(f"{args.template}: a schedule EventBridge refuses", file=sys.stderr)
+        for problem in problems:
+            print(f"  - {problem}", file=sys.stderr)
         return 1
     problems = state_machine_problems(args.template)
     if problems:

@@ -83,7 +83,13 @@ def _retry_delay_scale(given: float | None) -> float:
 
 
 def _flag(value: str) -> bool:
-    return value.lower() not in ("0", "false", "no", "off")
+    """OMS_SEED, OMS_EVENT_SOURCES: `1` or `0` as README writes them, or `true` or `false` as the
+    functions' switches (any case). Anything else was on: OMS_SEED=none or OMS_EVENT_SOURCES=paused
+    loaded the catalog or ran the pollers, silently; it is refused at start, naming the variable."""
+    switch = {"1": True, "true": True, "0": False, "false": False}.get(value.lower())
+    if switch is None:
+        raise ValueError("must be 1 or 0 (or true or false)")
+    return switch
 
 
 def _default_admin_key_bootstrap(secret: str) -> Any:
@@ -166,26 +172,29 @@ class EmbeddedStack:
     ):
         self.retry_delay_scale = _retry_delay_scale(retry_delay_scale)  # refused before anything is built
         self.template = template if isinstance(template, Template) else Template.load(template)
-        # Template parameters a local user may want to change without editing the template.
-        from_shell = {**PARAMETER_ENV, **self.template.parameter_variables()}
-        self.template.parameter_overrides.update(
-            {
-                **LOCAL_PARAMETERS,
-                **{param: os.environ[var] for var, param in from_shell.items() if os.environ.get(var)},
-                **(parameter_overrides or {}),
-            }
-        )
+        # Template parameters a local user may want to change without editing the template: each
+        # variable sets every parameter it is set to (a variable two functions set to two
+        # parameters sets both: one process, one value); two variables setting one parameter to
+        # two values are refused, naming both, rather than one silently winning.
+        from_shell: dict[str, str] = {}  # parameter -> the shell's value
+        set_from: dict[str, str] = {}  # parameter -> the variable that set it
+        for var, param in sorted({*PARAMETER_ENV.items(), *self.template.parameter_variables()}):
+            if not (value := os.environ.get(var)):
+                continue
+            if from_shell.setdefault(param, value) != value:
+                raise ValueError(
+                    f"{set_from[param]}={from_shell[param]!r} and {var}={value!r} both set parameter {param}:"
+                    " set one, or both to the same value"
+                )
+            set_from.setdefault(param, var)
+        self.template.parameter_overrides.update({**LOCAL_PARAMETERS, **from_shell, **(parameter_overrides or {})})
         # What a deploy refuses (ReturnExpiryDays=-1, HoldExpiryDays=nan) is refused here, by the
         # variable that set it, not by the jeopardy scan at every pass.
         # A caller's override is named by the variable when it is the variable's value (make run
         # passes OMS_ENABLE_TEST_PAYMENTS on so), by the parameter otherwise.
         set_by = self.template.parameter_overrides
         self.template.check_parameters(
-            {
-                param: var
-                for var, param in from_shell.items()
-                if os.environ.get(var) and str(set_by.get(param)) == os.environ[var]
-            }
+            {param: var for param, var in set_from.items() if str(set_by.get(param)) == from_shell[param]}
         )
         self.host = "127.0.0.1"
         self._api_port_asked = _env("OMS_PORT", 8080, _port) if api_port is None else api_port

@@ -56,12 +56,15 @@ def load_template(path: str | Path | None = None) -> dict[str, Any]:
 
 
 # Per parameter type, the properties parameter_refused reads (or, as Description, has nothing to
-# check): a constraint outside them would be a deploy's refusal `make run` silently takes.
+# check; NoEcho only keeps a refused value out of the message): a constraint outside them would be
+# a deploy's refusal `make run` silently takes.
 CHECKED = {
-    "Number": {"Type", "Default", "Description", "ConstraintDescription", "MinValue", "MaxValue", "AllowedValues"},
+    "Number": {
+        "Type", "Default", "Description", "ConstraintDescription", "MinValue", "MaxValue", "AllowedValues", "NoEcho",
+    },
     "String": {
         "Type", "Default", "Description", "ConstraintDescription", "MinLength", "MaxLength", "AllowedValues",
-        "AllowedPattern",
+        "AllowedPattern", "NoEcho",
     },
     "CommaDelimitedList": {"Type", "Default", "Description"},
 }  # fmt: skip
@@ -163,12 +166,14 @@ class Template:
             for logical_id, props in self.properties("AWS::Serverless::Function").items()
         }
 
-    def parameter_variables(self) -> dict[str, str]:
-        """Variable -> parameter of every function variable the template sets to a parameter
-        (`NAME: !Ref Parameter`): the variables `make run` takes from the shell, as that parameter."""
+    def parameter_variables(self) -> set[tuple[str, str]]:
+        """(variable, parameter) of every function variable the template sets to a parameter
+        (`NAME: !Ref Parameter`): the variables `make run` takes from the shell, as that parameter.
+        Pairs, not a map: two functions may set one name to two parameters, and the shell's value
+        is then both (one process has one value of it)."""
         parameters = self.document.get("Parameters") or {}
         return {
-            name: value["Ref"]
+            (name, value["Ref"])
             for props in self.functions().values()
             for name, value in props["Environment"]["Variables"].items()
             if isinstance(value, dict) and value.get("Ref") in parameters
@@ -191,9 +196,11 @@ class Template:
     def parameter(self, name: str) -> Any:
         if name in self.parameter_overrides:
             value = self.parameter_overrides[name]
-            refused = parameter_refused(self.document.get("Parameters", {}).get(name) or {}, value)
-            if refused:
-                raise ValueError(f"parameter {name} {refused}, got {value!r} (CloudFormation refuses it at deploy)")
+            declared = self.document.get("Parameters", {}).get(name) or {}
+            if refused := parameter_refused(declared, value):
+                # A NoEcho parameter's value (a secret) is not written to the terminal or a log.
+                got = "****" if str(declared.get("NoEcho")).lower() == "true" else repr(value)
+                raise ValueError(f"parameter {name} {refused}, got {got} (CloudFormation refuses it at deploy)")
             return value
         declared = self.document["Parameters"][name]
         if "Default" not in declared:

@@ -395,7 +395,7 @@ def test_every_variable_a_parameter_sets_for_a_function_is_taken_from_the_shell_
         if isinstance(value, dict) and value.get("Ref") in template.document["Parameters"]
     }
     assert {"RECONCILE_AFTER_MINUTES", "WEBHOOK_RETRY_BASE_SECONDS", "IMPORT_QUEUE_SENDER_CHANNELS"} <= set(fed)
-    assert template.parameter_variables() == fed
+    assert template.parameter_variables() == set(fed.items())
 
     monkeypatch.setenv("RECONCILE_AFTER_MINUTES", "20")
     monkeypatch.setenv("WEBHOOK_RETRY_BASE_SECONDS", "5")
@@ -1042,3 +1042,115 @@ def test_a_port_is_taken_from_the_shell(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("OMS_AWS_PORT", "4567")
     stack = EmbeddedStack(seed=False)
     assert (stack._api_port_asked, stack._aws_port_asked) == (8081, 4567)
+
+
+@pytest.mark.parametrize("value", ["no", "off", "yes", "2", "none", "paused"])
+@pytest.mark.parametrize("variable", ["OMS_SEED", "OMS_EVENT_SOURCES"])
+def test_a_make_run_switch_that_is_neither_on_nor_off_is_refused_at_start_by_its_variable(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str
+):
+    # Anything but 0/false/no/off was on: OMS_EVENT_SOURCES=paused ran every poller, silently.
+    from infra.local.stack import EmbeddedStack
+
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ValueError, match=rf"^{variable} must be 1 or 0 \(or true or false\), got {value!r}"):
+        EmbeddedStack(api_port=0, aws_port=0)
+
+
+@pytest.mark.parametrize(("value", "on"), [("1", True), ("0", False), (" TRUE ", True), ("False", False), ("", True)])
+def test_a_make_run_switch_is_taken_as_on_or_off(monkeypatch: pytest.MonkeyPatch, value: str, on: bool):
+    from infra.local.stack import EmbeddedStack
+
+    monkeypatch.setenv("OMS_SEED", value)
+    monkeypatch.setenv("OMS_EVENT_SOURCES", value)
+    stack = EmbeddedStack(api_port=0, aws_port=0)
+    assert (stack.seed, stack.event_sources) == (on, on)
+
+
+def test_a_schedule_of_one_minute_written_as_minutes_is_refused_by_check_template_and_make_run(tmp_path: Path, capsys):
+    # ScheduleMinutes feeds `rate(${Minutes} minutes)`: 1 made `rate(1 minutes)`, which the SAM
+    # transform and cfn-lint pass and EventBridge refuses at deploy (it wants `rate(1 minute)`).
+    from infra.check_template import main
+    from infra.local.event_sources import EventSourceError
+    from infra.local.stack import EmbeddedStack
+
+    one = "ReconcilerFunction: { Minutes: 1 }"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(DEFAULT_TEMPLATE.read_text().replace("ReconcilerFunction: { Minutes: 5 }", one, 1))
+    assert one in bad.read_text()
+    assert main([str(bad)]) == 1
+    assert "ReconcilerFunction.EveryFiveMinutes: Schedule 'rate(1 minutes)'" in capsys.readouterr().err
+
+    template = Template.load()
+    template.document["Mappings"]["ScheduleMinutes"]["ReconcilerFunction"]["Minutes"] = 1
+    with pytest.raises(EventSourceError, match=r"Schedule 'rate\(1 minutes\)': AWS wants rate\(1 minute\)"):
+        EmbeddedStack(template=template, api_port=0, aws_port=0, seed=False).start()
+
+
+@pytest.mark.parametrize("value", ["USD:0", "XYZ:5", "USD:10,USD:20"])
+def test_a_review_threshold_a_deploy_refuses_is_refused_at_start_by_its_variable(
+    monkeypatch: pytest.MonkeyPatch, value: str
+):
+    # make run took them (as the pattern did) and the review plugin then failed to load.
+    from infra.local.stack import EmbeddedStack
+
+    monkeypatch.setenv("OMS_REVIEW_THRESHOLD", value)
+    with pytest.raises(
+        ValueError, match=r"^OMS_REVIEW_THRESHOLD: parameter ReviewThreshold must match CURRENCY:AMOUNT"
+    ):
+        EmbeddedStack(api_port=0, aws_port=0, seed=False)
+
+    monkeypatch.setenv("OMS_REVIEW_THRESHOLD", "USD:1000.123,JPY:10.5")
+    assert EmbeddedStack(api_port=0, aws_port=0, seed=False).template.parameter("ReviewThreshold") == (
+        "USD:1000.123,JPY:10.5"
+    )
+
+
+def test_a_variable_two_functions_set_to_two_parameters_is_both_when_set_in_the_shell(monkeypatch: pytest.MonkeyPatch):
+    # parameter_variables kept one parameter per name (the last function's), while the exported
+    # environment keeps the first function's value: the shell's value set a parameter whose value
+    # was never exported, and the functions ran on the template's default, silently.
+    from infra.local.stack import EmbeddedStack
+
+    template = Template.load()
+    jeopardy = template.document["Resources"]["JeopardyScanFunction"]["Properties"]["Environment"]["Variables"]
+    jeopardy["OMS_RETURN_WINDOW_DAYS"] = {"Ref": "ReturnExpiryDays"}  # the API function's is ReturnWindowDays
+    monkeypatch.setenv("OMS_RETURN_WINDOW_DAYS", "12")
+
+    stack = EmbeddedStack(template=template, api_port=0, aws_port=0, seed=False)
+    assert (stack.template.parameter("ReturnWindowDays"), stack.template.parameter("ReturnExpiryDays")) == ("12", "12")
+
+
+def test_two_variables_setting_one_parameter_to_two_values_are_refused_naming_both(monkeypatch: pytest.MonkeyPatch):
+    from infra.local.stack import EmbeddedStack
+
+    template = Template.load()
+    jeopardy = template.document["Resources"]["JeopardyScanFunction"]["Properties"]["Environment"]["Variables"]
+    jeopardy["OMS_SLA_TOO"] = {"Ref": "Sla"}
+    monkeypatch.setenv("OMS_SLA", "allocated=1h")
+    monkeypatch.setenv("OMS_SLA_TOO", "allocated=1h")
+    assert (
+        EmbeddedStack(template=template, api_port=0, aws_port=0, seed=False).template.parameter("Sla") == "allocated=1h"
+    )
+
+    monkeypatch.setenv("OMS_SLA_TOO", "allocated=2h")
+    with pytest.raises(
+        ValueError, match=r"^OMS_SLA='allocated=1h' and OMS_SLA_TOO='allocated=2h' both set parameter Sla"
+    ):
+        EmbeddedStack(template=template, api_port=0, aws_port=0, seed=False)
+
+
+def test_a_refused_no_echo_parameter_is_named_without_its_value(monkeypatch: pytest.MonkeyPatch):
+    # NoEcho marks a secret: the refusal at start named the parameter and printed the value.
+    from infra.local.stack import EmbeddedStack
+
+    template = Template.load()
+    template.document["Parameters"]["AlarmEmail"]["NoEcho"] = True
+    monkeypatch.setenv("OMS_ALARM_EMAIL", "s3cret-not-an-address")
+    template.document["Globals"]["Function"]["Environment"]["Variables"]["OMS_ALARM_EMAIL"] = {"Ref": "AlarmEmail"}
+
+    with pytest.raises(
+        ValueError, match=r"^OMS_ALARM_EMAIL: parameter AlarmEmail must match .*, got \*\*\*\* "
+    ) as refused:
+        EmbeddedStack(template=template, api_port=0, aws_port=0, seed=False)
+    assert "s3cret" not in str(refused.value)

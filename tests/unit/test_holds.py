@@ -1,15 +1,17 @@
 """Holds for review: review rules at capture, a person's hold and release, and a held order that
 does nothing until it is released, then carries on exactly where it stopped."""
 
+import functools
 from decimal import Decimal
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from core import hookimpl
 from core.errors import Backordered, InvalidTransition, NotFound, OrderHeld, PluginError
 from core.holds import HoldRequest, Holds, ReleaseRequest
 from core.models import MAX_REVIEW_REQUESTS, LineInput, Order, OrderEdit, ReviewRequest
-from core.money import Money
 from core.status import OrderStatus
 from plugins import review_threshold
 from tests.builders import NOW, address_body, product
@@ -52,11 +54,11 @@ def run_from(world: World, order_id: str, first: int = 0) -> None:
 # --- OMS_REVIEW_THRESHOLD ------------------------------------------------------------------------
 
 
-def test_thresholds_are_parsed_per_currency_in_minor_units():
+def test_thresholds_are_parsed_per_currency_as_written():
     assert review_threshold.parse_thresholds("USD:1000.00, EUR:900, JPY:150000") == {
-        "USD": Money.of("1000.00", "USD"),
-        "EUR": Money.of("900", "EUR"),
-        "JPY": Money.of("150000", "JPY"),
+        "USD": Decimal("1000.00"),
+        "EUR": Decimal("900"),
+        "JPY": Decimal("150000"),
     }
     assert review_threshold.parse_thresholds("") == {}
     assert review_threshold.parse_thresholds(" , ") == {}
@@ -64,22 +66,105 @@ def test_thresholds_are_parsed_per_currency_in_minor_units():
 
 @pytest.mark.parametrize(
     "text",
-    ["USD", "USD:", ":100", "USD:abc", "USD:1.001", "JPY:10.5", "XXX:10", "USD:10,USD:20", "USD:0", "USD:-5"],
+    ["USD", "USD:", ":100", "USD:abc", "XXX:10", "XYZ:5", "USD:10,USD:20", "USD:0", "USD:0.00", "USD:-5", "USD:1e3"],
 )
 def test_a_malformed_threshold_is_refused_with_the_variable_named(text):
     with pytest.raises(ValueError, match="OMS_REVIEW_THRESHOLD"):
         review_threshold.parse_thresholds(text)
 
 
+@functools.cache
+def _pattern() -> str:
+    from infra.local.template import load_template
+
+    return load_template()["Parameters"]["ReviewThreshold"]["AllowedPattern"]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "USD:1000.00",
+        "USD:1000.123",
+        "JPY:10.5",
+        "USD:0.5",
+        "USD:05",
+        "KWD:1.2345",
+        "USD:" + "9" * 40,
+        "EUR:1,USD:9",
+    ],
+)
+def test_every_threshold_a_deploy_takes_loads_the_plugin(text):
+    # The pattern took USD:1000.123 and JPY:10.5 (more decimals than the currency has), and a
+    # threshold of 16 digits or more, but the plugin refused them at load: a deploy succeeded and
+    # /health then named the plugin unloaded, every order unreviewed. They are kept as written.
+    from infra.local.template import parameter_refused
+
+    assert parameter_refused({"Type": "String", "AllowedPattern": _pattern()}, text) is None
+    assert review_threshold.parse_thresholds(text) == {
+        part.split(":")[0]: Decimal(part.split(":")[1]) for part in text.split(",") if part
+    }
+
+
+@pytest.mark.parametrize("text", ["USD:0", "USD:0.00", "XYZ:5", "USD:10,USD:20", "USD:1,EUR:2,USD:3", "usd:5"])
+def test_a_threshold_without_a_clear_meaning_is_refused_at_deploy_as_by_the_plugin(text):
+    # USD:0 (every order, or never?), XYZ:5 (a typo: reviews nothing) and a currency named twice
+    # (which one?) passed the pattern, so the deploy succeeded with the plugin refusing them.
+    from infra.local.template import parameter_refused
+
+    assert parameter_refused({"Type": "String", "AllowedPattern": _pattern()}, text) is not None
+    with pytest.raises(ValueError, match="OMS_REVIEW_THRESHOLD"):
+        review_threshold.parse_thresholds(text)
+
+
+@pytest.mark.parametrize("text", [",USD:5", "USD:5,", "USD:5,,EUR:1", "USD:.5", "USD:5.", " USD:5"])
+def test_the_pattern_refuses_what_is_not_written_as_pairs(text):
+    from infra.local.template import parameter_refused
+
+    assert parameter_refused({"Type": "String", "AllowedPattern": _pattern()}, text) is not None
+
+
+_PAIRS = st.tuples(
+    st.sampled_from(["USD", "JPY", "KWD", "EUR", "XYZ", "usd"]),
+    st.from_regex(r"\A[0-9]{1,20}(\.[0-9]{1,8})?\Z"),
+).map(":".join)
+
+
+@settings(max_examples=200, derandomize=True, deadline=None)
+@given(st.lists(_PAIRS, max_size=4).map(",".join))
+def test_the_plugin_takes_whatever_the_pattern_takes(text):
+    # make run refuses what the pattern refuses (parameter_refused); what it takes, a deploy takes,
+    # and the plugin must load with it, each amount exactly as written.
+    import re
+
+    if re.fullmatch(_pattern(), text, re.ASCII):
+        thresholds = review_threshold.parse_thresholds(text)
+        pairs = (part.split(":") for part in text.split(",") if part)
+        assert thresholds == {currency: Decimal(amount) for currency, amount in pairs}
+
+
+def test_the_patterns_currencies_are_the_ones_the_oms_prices_in():
+    import itertools
+    import re
+    import string
+
+    from core.money import MINOR_UNITS
+
+    pattern = re.compile(_pattern(), re.ASCII)
+    codes = ("".join(letters) for letters in itertools.product(string.ascii_uppercase, repeat=3))
+    assert {code for code in codes if pattern.fullmatch(f"{code}:1")} == set(MINOR_UNITS)
+
+
 def test_the_rule_asks_for_review_at_or_above_the_threshold_of_the_orders_currency(world):
     order = world.order(world.place(("TSHIRT", 1)))  # 19.99 + shipping and tax
     total = order.totals.grand_total.amount
-
-    at = review_threshold.review(order, {"USD": Money.of(total, "USD")})
+    at = review_threshold.review(order, {"USD": total})
     assert at == [ReviewRequest(reason="fraud_review", note=at[0].note)]
     assert str(total) in at[0].note
-    assert review_threshold.review(order, {"USD": Money.of(total + Decimal("0.01"), "USD")}) == []
-    assert review_threshold.review(order, {"EUR": Money.of("1.00", "EUR")}) == []
+    assert review_threshold.review(order, {"USD": total - Decimal("0.001")}) != []
+    assert review_threshold.review(order, {"USD": total + Decimal("0.001")}) == []  # not rounded down to the total
+    assert review_threshold.review(order, {"USD": total + Decimal("0.01")}) == []
+    assert review_threshold.review(order, {"EUR": Decimal("1.00")}) == []
     assert review_threshold.review(order, {}) == []
 
 
