@@ -84,6 +84,9 @@ class OmsPluginManager(pluggy.PluginManager):
         # /plugins: parsing every distribution's metadata costs a cold start ~10 ms a plugin.
         self._entry_points: dict[str, importlib.metadata.EntryPoint] = {}
         self._built_in: set[str] = set()  # the names of the built-in plugins registered
+        # While a plugin registers: it, and each attribute's hook options as our check parsed them,
+        # which pluggy's own walk over the same attributes is handed rather than parsing them again.
+        self._parsing: tuple[object, dict[str, Any]] | None = None
         self.add_hookcall_monitoring(self._before_call, _after_call)
 
     # --- Loading ---------------------------------------------------------------------------------
@@ -119,12 +122,17 @@ class OmsPluginManager(pluggy.PluginManager):
         """As pluggy's, but a hook name with no spec (a typo, or a hook of another OMS version) is
         refused unless the implementation says `optionalhook=True`, and each implementation is
         wrapped so call_hook can tell which plugin gave an answer."""
-        unknown = [hook for hook, optional in self._implemented(plugin) if not optional and not self._known(hook)]
-        if unknown:
-            raise pluggy.PluginValidationError(
-                plugin, f"unknown hook {', '.join(sorted(unknown))}: this OMS has no such hook (see the plugin guide)"
-            )
-        plugin_name = super().register(plugin, name)
+        outer, self._parsing = self._parsing, (plugin, {})
+        try:
+            unknown = [hook for hook, optional in self._implemented(plugin) if not optional and not self._known(hook)]
+            if unknown:
+                raise pluggy.PluginValidationError(
+                    plugin,
+                    f"unknown hook {', '.join(sorted(unknown))}: this OMS has no such hook (see the plugin guide)",
+                )
+            plugin_name = super().register(plugin, name)
+        finally:
+            self._parsing = outer
         if plugin_name is not None:
             if built_in(plugin):
                 self._built_in.add(plugin_name)
@@ -141,6 +149,17 @@ class OmsPluginManager(pluggy.PluginManager):
             if opts is not None:
                 found.append((opts.get("specname") or attribute, bool(opts.get("optionalhook"))))
         return found
+
+    def parse_hookimpl_opts(self, plugin: Any, name: str) -> Any:
+        """As pluggy's, parsed once per attribute of the plugin registering (our check, then
+        pluggy's walk): each parse looks the attribute up statically (inspect.getattr_static)."""
+        parsing = self._parsing
+        if parsing is None or parsing[0] is not plugin:
+            return super().parse_hookimpl_opts(plugin, name)
+        parsed = parsing[1]
+        if name not in parsed:
+            parsed[name] = super().parse_hookimpl_opts(plugin, name)
+        return parsed[name]
 
     def _known(self, hook: str) -> bool:
         caller = getattr(self.hook, hook, None)

@@ -3,12 +3,15 @@ function pays only for the models it uses."""
 
 from __future__ import annotations
 
+import ast
 import importlib
 import json
 import pkgutil
 import subprocess
 import sys
+from collections.abc import Callable, Hashable
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -20,6 +23,27 @@ ROOT = Path(__file__).resolve().parents[2]
 
 CORE = [info.name for info in pkgutil.iter_modules(core.__path__, "core.")]
 BUILT_IN_PLUGINS = [info.name for info in pkgutil.iter_modules(plugins.__path__, "plugins.") if not info.ispkg]
+
+
+# The modules of functions/ that define classes, among them models (the API's routes' pages, the
+# workflows' steps): imported only when a route or function needs them, so their annotations may
+# stay deferred, but their defaults follow the same rules.
+FUNCTIONS_WITH_CLASSES = sorted(
+    ".".join(path.relative_to(ROOT).with_suffix("").parts)
+    for path in (ROOT / "functions").rglob("*.py")
+    if "\nclass " in path.read_text()
+)
+
+
+def _made(factory: Callable[..., Any]) -> Any:
+    """What a default factory makes (one that takes the validated data: given none)."""
+    from pydantic._internal._fields import takes_validated_data_argument
+
+    return factory({}) if takes_validated_data_argument(factory) else factory()
+
+
+def _immutable(value: Any) -> bool:
+    return isinstance(value, Hashable)
 
 
 def _models(modules: list[str]) -> list[type[BaseModel]]:
@@ -86,14 +110,22 @@ def test_no_model_field_defaults_to_a_factory_whose_signature_pydantic_must_pars
     from core.fields import empty_list
 
     fields = [
-        (f"{model.__qualname__}.{name}", field.default_factory)
-        for model in _models([*CORE, "functions.api.schemas", *BUILT_IN_PLUGINS])
+        (f"{model.__module__}.{model.__qualname__}.{name}", field.default_factory)
+        for model in _models([*CORE, "functions.api.schemas", *BUILT_IN_PLUGINS, *FUNCTIONS_WITH_CLASSES])
         for name, field in model.model_fields.items()
         if field.default_factory is not None
     ]
 
     assert any(factory is empty_list for _, factory in fields)
     assert [name for name, factory in fields if factory in (list, set, tuple, frozenset)] == []
+    # Any other builtin whose signature is text (tuple, bytearray, a deque...) costs the same parse.
+    assert [name for name, factory in fields if getattr(factory, "__text_signature__", None) is not None] == []
+    # An empty list comes from empty_list alone (not `lambda: []`): one factory, one cost.
+    assert [name for name, factory in fields if factory is not empty_list and _made(factory) == []] == []
+    # No mutable default is shared between two instances: each call makes a new object.
+    assert [
+        name for name, factory in fields if _made(factory) is _made(factory) and not _immutable(_made(factory))
+    ] == []
     # The same answer pydantic gets from list: no validated data. And a new list every time.
     assert takes_validated_data_argument(empty_list) is takes_validated_data_argument(list) is False
     assert empty_list() == [] and empty_list() is not empty_list()
@@ -117,3 +149,87 @@ def test_every_model_is_made_from_evaluated_annotations():
     assert len(models) > 100
     assert strings == []
     assert "core.models" in {model.__module__ for model in models}
+
+
+def _names(annotation: ast.expr | None, among: set[str]) -> list[tuple[str, bool]]:
+    """The names of `among` that `annotation` uses, each with whether it is quoted."""
+    found = []
+    for node in ast.walk(annotation) if annotation is not None else ():
+        if isinstance(node, ast.Name) and node.id in among:
+            found.append((node.id, False))
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            try:
+                quoted = ast.parse(node.value, mode="eval")
+            except SyntaxError:
+                continue
+            found.extend((n.id, True) for n in ast.walk(quoted) if isinstance(n, ast.Name) and n.id in among)
+    return found
+
+
+def _shadowed(source: str) -> list[tuple[str, str, bool]]:
+    """(class.where, name, quoted) for each annotation in a class body of `source` that names
+    what that body bound before it (a method, a field given a value, a nested class, an
+    assignment or import): evaluated when the class is made, it means that binding, not the
+    module's name. (A field's value is bound before its own annotation is evaluated.)"""
+    found = []
+    for cls in (node for node in ast.walk(ast.parse(source)) if isinstance(node, ast.ClassDef)):
+        bound: set[str] = set()
+        for statement in cls.body:
+            annotations: list[ast.expr | None] = []
+            where = cls.name
+            if isinstance(statement, ast.AnnAssign):
+                if statement.value is not None and isinstance(statement.target, ast.Name):
+                    bound.add(statement.target.id)
+                annotations = [statement.annotation]
+                where = f"{cls.name}.{ast.unparse(statement.target)}"
+            elif isinstance(statement, ast.FunctionDef | ast.AsyncFunctionDef):
+                arguments = statement.args
+                every = [*arguments.posonlyargs, *arguments.args, *arguments.kwonlyargs]
+                every += [argument for argument in (arguments.vararg, arguments.kwarg) if argument is not None]
+                annotations = [*(argument.annotation for argument in every), statement.returns]
+                where = f"{cls.name}.{statement.name}"
+            found.extend(
+                (where, name, quoted) for annotation in annotations for name, quoted in _names(annotation, bound)
+            )
+            if isinstance(statement, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                bound.add(statement.name)
+            elif isinstance(statement, ast.Assign | ast.AugAssign):
+                targets = statement.targets if isinstance(statement, ast.Assign) else [statement.target]
+                bound.update(n.id for target in targets for n in ast.walk(target) if isinstance(n, ast.Name))
+            elif isinstance(statement, ast.Import | ast.ImportFrom):
+                bound.update((alias.asname or alias.name).split(".")[0] for alias in statement.names)
+    return found
+
+
+def _evaluates_annotations(source: str) -> bool:
+    return "\nfrom __future__ import annotations\n" not in source
+
+
+def test_no_annotation_a_class_makes_means_a_name_its_own_body_bound_before():
+    # Without `from __future__ import annotations` a class body's annotations are evaluated as the
+    # class is made, in its namespace: after `def list(self)` an annotation `list[str]` is that
+    # method (a TypeError), and a model's field annotated `date` after a method `date` silently
+    # becomes a field validated against the method's signature. Such a name is quoted (a method's
+    # annotation, which nothing evaluates in the class) or the binding renamed.
+    sources = {
+        path.relative_to(ROOT).as_posix(): path.read_text()
+        for package in ("core", "functions", "plugins")
+        for path in sorted((ROOT / package).rglob("*.py"))
+    }
+    found = {
+        f"{path}:{where}": (name, quoted)
+        for path, source in sources.items()
+        if _evaluates_annotations(source)
+        for where, name, quoted in _shadowed(source)
+    }
+
+    assert len([source for source in sources.values() if _evaluates_annotations(source)]) > 30
+    assert found["core/webhooks.py:WebhookStore.all"] == ("list", True)  # the walk finds them
+    assert {where: name for where, (name, quoted) in found.items() if not quoted} == {}
+    # And it would find one: a field given a value, a method, a nested class, each named again.
+    sample = "class M(BaseModel):\n    date: date | None = None\n    def day(self) -> date: ...\n    until: day\n"
+    assert [(where, name) for where, name, _ in _shadowed(sample)] == [
+        ("M.date", "date"),
+        ("M.day", "date"),
+        ("M.until", "day"),
+    ]

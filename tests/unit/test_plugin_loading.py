@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pluggy
 import pytest
 
-from core import hookimpl, plugin_settings
+from core import hookimpl, hookspecs, plugin_settings
 from core.errors import PluginUnavailable
 from core.hook_calls import call_hook
 from core.plugin_manager import build_plugin_manager
@@ -239,3 +239,43 @@ def test_plugin_settings_read_the_process_environment_by_default(monkeypatch):
     monkeypatch.setenv("OMS_PLUGIN_ACME_API_URL", "https://acme.example")
 
     assert plugin_settings("acme") == {"api_url": "https://acme.example"}
+
+
+def test_registering_a_plugin_parses_each_attribute_once_and_registers_what_pluggy_alone_would(monkeypatch):
+    # Our check of unknown hooks and pluggy's registration walk the same attributes; each parse looks
+    # the attribute up statically: parsed twice, some 19 M instructions of every cold start.
+    import plugins.flat_rate_carrier as plugin
+
+    parsed: list[str] = []
+    parse = pluggy.PluginManager.parse_hookimpl_opts
+
+    def counted(self: pluggy.PluginManager, given: object, name: str) -> object:
+        if given is plugin:
+            parsed.append(name)
+        return parse(self, given, name)
+
+    plugins = build_plugin_manager(load_entry_points=False)
+    monkeypatch.setattr(pluggy.PluginManager, "parse_hookimpl_opts", counted)
+    plugins.register(plugin, name="carrier")
+    monkeypatch.undo()
+    alone = pluggy.PluginManager("oms")
+    alone.add_hookspecs(hookspecs)
+    alone.register(plugin, name="carrier")
+
+    assert sorted(parsed) == sorted(set(dir(plugin)))  # every attribute, once
+    assert [caller.name for caller in plugins.get_hookcallers(plugin) or []] == [
+        caller.name for caller in alone.get_hookcallers(plugin) or []
+    ]
+    assert len(plugins.get_hookcallers(plugin) or []) > 1
+    # Outside a registration, and after one refused, each parse is pluggy's own.
+    assert plugins.parse_hookimpl_opts(plugin, "oms_carrier_create_shipment") is not None
+    with pytest.raises(pluggy.PluginValidationError, match="unknown hook oms_unit_prices"):
+        plugins.register(MisspeltInCode())
+    assert plugins.parse_hookimpl_opts(MisspeltInCode(), "oms_unit_prices") is not None
+    assert plugins.parse_hookimpl_opts(plugin, "oms_unit_prices") is None
+
+
+class MisspeltInCode:
+    @hookimpl
+    def oms_unit_prices(self, product):
+        return None
