@@ -112,6 +112,16 @@ class InvalidTransition(Conflict):
     code = "invalid_transition"
 
 
+class ParcelNotConfirmed(InvalidTransition):
+    """A change that would release or withdraw the stock of a parcel whose fate is unknown: its
+    ship died after asking for its capture, and the order is held for a person to confirm whether
+    it left (Order.parcels_to_confirm). Its units may be in the carrier's van, so they are not put
+    back on sale, nor its shipment changed, until a person releases the hold (the parcel confirmed)
+    or cancels the order (409). `details` names each such shipment."""
+
+    code = "parcel_not_confirmed"
+
+
 class PluginError(DomainError):
     """A plugin raised or returned something the core cannot accept. Never the client's fault."""
 

@@ -8,6 +8,7 @@
 import json
 import re
 import unicodedata
+from collections import defaultdict
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -28,7 +29,7 @@ from pydantic import (
     model_validator,
 )
 
-from core.errors import InvalidRequest, InvalidTransition, NotFound, RefundExceedsCaptured
+from core.errors import InvalidRequest, InvalidTransition, NotFound, ParcelNotConfirmed, RefundExceedsCaptured
 from core.events import OrderEvent
 from core.fields import empty_list
 from core.ids import booking_key, shipment_id_for
@@ -1917,6 +1918,34 @@ class Order(BaseModel, defer_build=True):
             return self.hold.since
         return self.hold.since if self.unfinished_ships() else None
 
+    def parcels_to_confirm(self) -> list[str]:
+        """The shipments whose parcels the order's hold waits for a person to confirm: their ships
+        died after asking for their captures, so each may be in the carrier's van (the system's
+        hold for them, Hold.confirms_ships, or a person's hold made a park for them,
+        Hold.ships_to_confirm). Empty when it is not on such a hold. Until a person releases it (the
+        parcels confirmed) or cancels the order, nothing may put their units back on sale or change
+        their shipments (check_parcels_kept): an edit or a reject, which send the order back to be
+        sourced, or a cancel of their units."""
+        if self.status is not OrderStatus.ON_HOLD or self.hold is None:
+            return []
+        return list(dict.fromkeys([*self.hold.confirms_ships, *self.hold.ships_to_confirm]))
+
+    def check_parcels_kept(self, what: str, shipment_ids: list[str] | None = None) -> None:
+        """ParcelNotConfirmed (409) when `what` would touch a parcel waiting for a person to confirm
+        whether it left (parcels_to_confirm): those of `shipment_ids`, or with None any (an edit or a
+        reject sends every parcel of the order back to be sourced)."""
+        waiting = self.parcels_to_confirm()
+        touched = [s for s in waiting if shipment_ids is None or s in shipment_ids]
+        if not touched:
+            return
+        raise ParcelNotConfirmed(
+            f"order {self.id} waits for a person to confirm whether shipment {', '.join(touched)} left with "
+            f"the carrier (its ship died after its capture): it cannot be {what} until the hold is released "
+            f"(POST /orders/{self.id}/release: the parcel confirmed) or the order cancelled",
+            details=[{"shipment_id": s, "message": "may have left with the carrier: to be confirmed by a person"}
+                     for s in touched],
+        )  # fmt: skip
+
     def unfinished_ships(self) -> list[str]:
         """The shipments whose ship (or collect) asked for a capture that still waits for it: not
         recorded, and not taken back by a change the ship would have lost to (that ship answered
@@ -2295,6 +2324,8 @@ class Order(BaseModel, defer_build=True):
         shipping = next((r.shipment_id for r in self.captures_requested if r.shipment_id), None)
         if shipping is not None:
             raise InvalidTransition(f"shipment {shipping} of order {self.id} is being shipped; it cannot be edited")
+        # An edit sends every parcel back to be sourced, its units released or kept on a new plan.
+        self.check_parcels_kept("edited")
         if self.status in RESOURCEABLE:
             self._check_resourceable("edited")
         elif self.hold is not None and self.hold.resume_to is OrderStatus.BACKORDERED:
@@ -2868,6 +2899,8 @@ class Order(BaseModel, defer_build=True):
         shipment = self.shipment(shipment_id)
         if shipment.status is not ShipmentStatus.PENDING:
             raise InvalidTransition(f"shipment {shipment_id} is {shipment.status}; only a pending one can be rejected")
+        # A reject sends every parcel of the order back to be sourced, not only this one.
+        self.check_parcels_kept("sourced again")
         if self._held_with_stock():
             self._check_nothing_left("sourced again")
         else:
@@ -3312,6 +3345,27 @@ class Order(BaseModel, defer_build=True):
             )
         return dict(lines)
 
+    def check_units_spare_parcels(self, cancelled: dict[str, int]) -> None:
+        """ParcelNotConfirmed (409) when the `cancelled` units ({line_id: units}) cannot all come
+        from parcels other than those waiting for a person to confirm whether they left
+        (parcels_to_confirm): cancel_units takes them from the others, and never from those."""
+        waiting = set(self.parcels_to_confirm())
+        if not waiting:
+            return
+        spare: dict[str, int] = defaultdict(int)
+        holding: dict[str, list[str]] = defaultdict(list)
+        for shipment in self.shipments:
+            if shipment.status not in NOT_LEFT:
+                continue
+            for item in shipment.lines:
+                if shipment.id in waiting:
+                    holding[item.line_id].append(shipment.id)
+                else:
+                    spare[item.line_id] += item.quantity
+        short = [line_id for line_id, units in cancelled.items() if units > spare[line_id]]
+        touched = [shipment_id for line_id in short for shipment_id in holding[line_id]]
+        self.check_parcels_kept("cancelled in part", list(dict.fromkeys(touched)))
+
     def cancel_units(
         self, cancelled: dict[str, int], priced: dict[str, OrderLine], totals: Totals, *, reason: str, at: datetime,
         actor: str, grants: list[PromotionGrant] | None = None, request_key: str | None = None,
@@ -3373,13 +3427,17 @@ class Order(BaseModel, defer_build=True):
                 lines=lines, totals=totals, rebookings=self.rebookings + 1, promotion_grants=kept_grants,
                 **self._sourced_again(),
             )  # fmt: skip
+        # Never from a parcel waiting for a person to confirm whether it left: it may be in the
+        # carrier's van, and its units must not go back on sale.
+        self.check_units_spare_parcels(cancelled)
+        waiting = set(self.parcels_to_confirm())
         taking = dict(cancelled)
         removed: dict[tuple[str, str], int] = {}
         shrunk: list[str] = []
         shipments: list[Shipment | None] = list(self.shipments)
         for index in reversed(range(len(shipments))):
             shipment = self.shipments[index]
-            if shipment.status not in NOT_LEFT:
+            if shipment.status not in NOT_LEFT or shipment.id in waiting:
                 continue
             kept = []
             for item in shipment.lines:

@@ -157,6 +157,8 @@ class UnitCancellation:
                 return self.cancel_given_up(cancelled_whole, actor)
             try:
                 cancelled = order.units_to_cancel(lines)
+                # Refused before anything is asked of the gateway (a ship's capture request settled).
+                order.check_units_spare_parcels(cancelled)
             except (Conflict, InvalidRequest):
                 if consistent:
                     self._record_settlement(order, actor)

@@ -11,7 +11,18 @@ from aws_lambda_powertools.metrics import MetricUnit
 from core.capture_sweep import CapturesNotSettled, CapturesSettled
 
 
-def report(captures: CapturesSettled, failed: CapturesNotSettled | None, logger: Any, metrics: Any) -> None:
+def report(
+    captures: CapturesSettled, failed: CapturesNotSettled | None, logger: Any, metrics: Any, *,
+    waiting: int | None = None,
+) -> None:  # fmt: skip
+    """`waiting`: the orders held now while a person is to confirm whether a parcel left (the
+    jeopardy scan's count, after its sweep); None when nothing counted them (the reconciler) or the
+    count failed. ShipsToConfirmAlarm watches ShipsWaitingToConfirm alone (Maximum), whose every
+    point is a floor of the orders waiting for a person to confirm a parcel: `waiting` and the
+    orders found this pass that could not be held (`unconfirmed`, partly shipped: in no count), or,
+    uncounted, those this pass held or found. A zero is published only by a count: a run whose count
+    failed publishes no point unless it found one, so the alarm keeps its state rather than clearing
+    while parcels wait (a period without a point neither fires nor clears it)."""
     for order_id in captures.settled:
         logger.warning("capture left by a ship or a settlement settled", extra={"order_id": order_id})
     for order_id in captures.held:
@@ -23,9 +34,14 @@ def report(captures: CapturesSettled, failed: CapturesNotSettled | None, logger:
                      "confirm whether the parcel left", extra={"order_id": order_id})  # fmt: skip
     if captures.settled:
         metrics.add_metric(name="UnrecordedCapturesSettled", unit=MetricUnit.Count, value=len(captures.settled))
-    if captures.held or captures.unconfirmed:
-        metrics.add_metric(name="ShipsToConfirm", unit=MetricUnit.Count,
-                           value=len(captures.held) + len(captures.unconfirmed))  # fmt: skip
+    found = len(captures.held) + len(captures.unconfirmed)
+    if found:
+        metrics.add_metric(name="ShipsToConfirm", unit=MetricUnit.Count, value=found)
+    if waiting is not None:
+        metrics.add_metric(name="ShipsWaitingToConfirm", unit=MetricUnit.Count,
+                           value=waiting + len(captures.unconfirmed))  # fmt: skip
+    elif found:
+        metrics.add_metric(name="ShipsWaitingToConfirm", unit=MetricUnit.Count, value=found)
     if failed is not None:
         for order_id, failure in failed.failed.items():
             logger.error("capture left by a ship or a settlement not settled", extra={"order_id": order_id},

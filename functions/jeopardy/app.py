@@ -87,14 +87,19 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
                            extra={"handed_on": len(done.captures_left)})  # fmt: skip
     if scan_deadline.reached or (deadline is not None and deadline.reached):
         metrics.add_metric(name="JeopardyScansCutShort", unit=MetricUnit.Count, value=1)  # once a run
-    report_captures(captures, failed, logger, metrics)
     # Every run, zero included, after the sweep (the orders it held count): ShipsToConfirmAlarm
     # stays on while any order waits for a person to confirm whether a parcel left, not only in
-    # the 5 minutes after the run that held it. (A count that fails fails the run: what the scan
-    # and the sweep did is logged above.)
-    ships_to_confirm = container().jeopardy_scan.count_ships_to_confirm()
-    metrics.add_metric(name="ShipsWaitingToConfirm", unit=MetricUnit.Count, value=ships_to_confirm)
-    for error in (scan_failed, failed):
+    # the 5 minutes after the run that held it. A count that fails publishes no zero (which would
+    # clear the alarm while parcels wait: report_captures) and fails the run once what the scan and
+    # the sweep did is reported.
+    ships_to_confirm, count_failed = None, None
+    try:
+        ships_to_confirm = container().jeopardy_scan.count_ships_to_confirm()
+    except Exception as error:  # any: what was done is reported below all the same
+        count_failed = error
+        logger.error("parcels waiting to confirm not counted: ShipsToConfirmAlarm keeps its state", exc_info=error)
+    report_captures(captures, failed, logger, metrics, waiting=ships_to_confirm)
+    for error in (scan_failed, failed, count_failed):
         if error is not None:
             raise error  # the pass did the rest; the errors alarm calls a person for these
     return {

@@ -193,3 +193,48 @@ def test_an_approver_that_may_not_read_orders_gets_a_receipt_not_the_order(api: 
     assert held.status_code == released.status_code == 200, (held.text, released.text)
     assert held.json() == {"id": order["id"], "status": "on_hold", "version": order["version"] + 1}
     assert set(released.json()) == {"id", "status", "version"}
+
+
+def test_an_order_held_to_confirm_whether_a_parcel_left_refuses_what_would_put_its_units_back_on_sale(
+    api: InProcessApi, sku: str
+):
+    # The jeopardy scan held it: the parcel's ship died after its capture, so it may be in the
+    # carrier's van. An edit, a cancel of its units and a reject are 409 parcel_not_confirmed, naming
+    # the shipment, until a person releases the hold (the parcel confirmed).
+    from core.models import utc_now
+    from core.order_changes import modify
+    from functions.api.dependencies import container
+
+    order = place(api, sku, lines=[{"sku": sku, "quantity": 2}])
+    allocate(order["id"])
+    allocated = api.get(f"/orders/{order['id']}").json()
+    shipment_id, line_id = allocated["shipments"][0]["id"], allocated["lines"][0]["line_id"]
+    modify(
+        container().order_repository, order["id"],
+        lambda current: current.hold_unfinished_ships([shipment_id], at=utc_now(), actor="jeopardy_scan"),
+    )  # fmt: skip
+    held = api.get(f"/orders/{order['id']}").json()
+    path = f"/orders/{order['id']}"
+    address = {**order["shipping_address"], "line1": "2 Main St, Apt 4"}
+
+    for refused in (
+        api.request("PATCH", path, json={"shipping_address": address}, headers={"If-Match": str(held["version"])}),
+        api.post(f"{path}/cancel", json={"reason": "one fewer", "lines": [{"line_id": line_id, "quantity": 1}]}),
+        api.post(f"{path}/shipments/{shipment_id}/reject", json={"reason": "no staff"}),
+    ):
+        error = assert_error(refused, 409, "parcel_not_confirmed")
+        assert [detail["shipment_id"] for detail in error["details"]] == [shipment_id]
+    after = api.get(path).json()
+    assert [after[name] for name in ("version", "status", "hold", "allocations")] == [
+        held[name] for name in ("version", "status", "hold", "allocations")
+    ]
+    assert [(s["id"], s["status"], s["lines"]) for s in after["shipments"]] == [(shipment_id, "pending", [
+        {"line_id": line_id, "quantity": 2}
+    ])]  # fmt: skip
+
+    released = api.post(f"{path}/release", json={"note": "the parcel never left"})
+    assert released.json()["status"] == "allocated"
+    edited = api.request(
+        "PATCH", path, json={"shipping_address": address}, headers={"If-Match": str(released.json()["version"])}
+    )
+    assert edited.status_code == 200, edited.text

@@ -830,28 +830,6 @@ def test_the_in_memory_late_list_leaves_out_a_marked_order_while_a_capture_stand
     assert InMemoryLateOrders(world.orders).count_in_jeopardy() == 0
 
 
-def test_a_cancel_of_the_units_of_a_parcel_to_confirm_leaves_the_order_waiting_for_a_person(world, clock, monkeypatch):
-    """A cancel of units that cancels the very shipment the system's hold names (a storefront's
-    customer asking for one item fewer, say) does not say whether that parcel left: if it did,
-    units went out unpaid and the stock count is off. The order stays on that hold and in the count
-    ShipsToConfirmAlarm watches, until a person's release (or a cancel of the order) ends it."""
-    order, shipment_id = a_ship_that_died(world, monkeypatch, ("TSHIRT", 2), ("CAP", 1))
-    clock.advance(**LATE)
-    assert a_pass(world, clock).held == [order.id]
-    late = InMemoryLateOrders(world.orders)
-    named = world.order(order.id).shipment(shipment_id).lines[0]
-
-    cancelled = world.actions.cancel(order.id, "one item fewer", actor="key_web", lines={named.line_id: named.quantity})
-
-    assert cancelled.shipment(shipment_id).status is ShipmentStatus.CANCELLED
-    assert (cancelled.status, cancelled.hold.parked, cancelled.hold.confirms_ships) == (
-        OrderStatus.ON_HOLD, True, [shipment_id],
-    )  # fmt: skip
-    assert late.count_ships_to_confirm() == 1 and cancelled.hold_expiry_counts_from is None
-    released = Holds(world.orders, clock).release(order.id, ReleaseRequest(note="it never left"), "key_ops")
-    assert (released.status, late.count_ships_to_confirm()) == (OrderStatus.ALLOCATED, 0)
-
-
 def test_a_typical_order_never_has_an_entry_in_the_parcels_partition(world):
     """Placed, allocated, shipped and delivered, never held: no by_pickup_deadline key at any step."""
     from functions.adapters.dynamodb import index_attributes

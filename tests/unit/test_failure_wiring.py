@@ -33,21 +33,19 @@ def test_an_alarm_calls_a_person_while_any_parcel_waits_to_be_confirmed_and_for_
     # A person must confirm whether each parcel left: the alarm stays on while the jeopardy scan's
     # gauge (every run, zero included: functions/jeopardy/app.py) counts a held order waiting for
     # that, not only in the 5 minutes a count of the run that held it lasts; a partly shipped order
-    # cannot be held, and without the count of the run that found it only a log line would say so.
+    # cannot be held, and is a point of the same gauge in the run that found it
+    # (functions/captures_report.py), so one metric tells the whole story and a missing point is
+    # missing, not a zero.
     alarm = _properties("ShipsToConfirmAlarm")
     variables = TEMPLATE["Globals"]["Function"]["Environment"]["Variables"]
-    read = {query["Id"]: query["MetricStat"] for query in alarm["Metrics"] if "MetricStat" in query}
-    service = [{"Name": "service", "Value": variables["POWERTOOLS_SERVICE_NAME"]}]
-    watched = (("waiting", "ShipsWaitingToConfirm", "Maximum"), ("found", "ShipsToConfirm", "Sum"))
-    assert {
-        query_id: (metric["Namespace"], metric["MetricName"], metric["Dimensions"], stat["Stat"])
-        for query_id, stat in read.items() for metric in [stat["Metric"]]
-    } == {
-        query_id: (variables["POWERTOOLS_METRICS_NAMESPACE"], name, service, stat) for query_id, name, stat in watched
-    }  # fmt: skip
+    assert "Metrics" not in alarm  # no metric math: a FILL made a failed count a zero
+    assert (alarm["Namespace"], alarm["MetricName"], alarm["Dimensions"], alarm["Statistic"]) == (
+        variables["POWERTOOLS_METRICS_NAMESPACE"], "ShipsWaitingToConfirm",
+        [{"Name": "service", "Value": variables["POWERTOOLS_SERVICE_NAME"]}], "Maximum",
+    )  # fmt: skip
     # The scan runs every 5 minutes (template.yaml's ScheduleMinutes feeds its rate): each period
-    # holds a point of the gauge.
-    assert {stat["Period"] for stat in read.values()} == {300}
+    # holds a point of the gauge, unless a run lands late or its count failed.
+    assert alarm["Period"] == 300
     assert TEMPLATE["Mappings"]["ScheduleMinutes"]["JeopardyScanFunction"] == {"Minutes": 5}
     assert _properties("JeopardyScanFunction")["Events"]["EveryFiveMinutes"]["Properties"]["Schedule"] == {
         "Fn::Sub": [
@@ -55,40 +53,56 @@ def test_an_alarm_calls_a_person_while_any_parcel_waits_to_be_confirmed_and_for_
             {"Minutes": {"Fn::FindInMap": ["ScheduleMinutes", "JeopardyScanFunction", "Minutes"]}},
         ]
     }
-    (expression,) = [query for query in alarm["Metrics"] if "Expression" in query]
-    assert expression["Expression"] == "MAX([FILL(waiting, 0), FILL(found, 0)])"
-    # On while either of the last two periods counts one (a period a run's point missed is a zero:
-    # test_the_parcels_alarm_stays_on_while_a_parcel_waits_though_a_run_lands_late_and_clears_when_none_does).
+    # On while either of the last two periods' points counts one
+    # (test_the_parcels_alarm_stays_on_while_a_parcel_waits_though_a_run_lands_late_or_its_count_fails).
     assert (alarm["Threshold"], alarm["ComparisonOperator"]) == (1, "GreaterThanOrEqualToThreshold")
     assert (alarm["EvaluationPeriods"], alarm["DatapointsToAlarm"]) == (2, 1)
-    # No point at all (the scan not running) keeps the state.
+    # No point at all (the scan not running, or its count failing) keeps the state.
     assert alarm["TreatMissingData"] == "ignore"
 
 
 def _ships_alarm_states(points: list[tuple[int, float]], periods: int) -> list[bool]:
-    """ShipsToConfirmAlarm as CloudWatch evaluates it, period by period (of its 300 s) over
-    `points` (second of the day, ShipsWaitingToConfirm): each period's Maximum, FILL(waiting, 0)
-    where a period holds none, the last EvaluationPeriods periods breaching DatapointsToAlarm of
-    them or more (ALARM, True), or not (OK, False)."""
+    """ShipsToConfirmAlarm as CloudWatch evaluates it, period by period (of its Period) over
+    `points` (second of the day, ShipsWaitingToConfirm), starting OK: each period's Maximum, or
+    none where it holds no point; the last EvaluationPeriods periods' points breaching
+    DatapointsToAlarm of them or more (ALARM, True), or not (OK, False), when they hold at least
+    DatapointsToAlarm points; fewer, and each missing one is taken as TreatMissingData says
+    (`ignore` with no point at all: the state stays as it was)."""
     alarm = _properties("ShipsToConfirmAlarm")
-    (period,) = {query["MetricStat"]["Period"] for query in alarm["Metrics"] if "MetricStat" in query}
-    evaluated, needed = alarm["EvaluationPeriods"], alarm.get("DatapointsToAlarm", alarm["EvaluationPeriods"])
-    filled = [max((value for at, value in points if at // period == index), default=0.0) for index in range(periods)]
-    return [
-        sum(value >= alarm["Threshold"] for value in filled[max(0, end - evaluated + 1) : end + 1]) >= needed
-        for end in range(periods)
-    ]
+    period, evaluated = alarm["Period"], alarm["EvaluationPeriods"]
+    needed = alarm.get("DatapointsToAlarm", evaluated)
+    assert alarm["Statistic"] == "Maximum" and alarm["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
+    values = [max((value for at, value in points if at // period == index), default=None) for index in range(periods)]
+    states, state = [], False
+    for end in range(periods):
+        window = [value for value in values[max(0, end - evaluated + 1) : end + 1] if value is not None]
+        if len(window) >= needed:
+            state = sum(value >= alarm["Threshold"] for value in window) >= needed
+        else:
+            missing = {"breaching": True, "notBreaching": False}.get(alarm["TreatMissingData"])
+            if missing is not None:
+                state = missing or sum(value >= alarm["Threshold"] for value in window) >= needed
+            # ignore (or missing): the state stays as it was
+        states.append(state)
+    return states
 
 
-def test_the_parcels_alarm_stays_on_while_a_parcel_waits_though_a_run_lands_late_and_clears_when_none_does():
+def test_the_parcels_alarm_stays_on_while_a_parcel_waits_though_a_run_lands_late_or_its_count_fails():
     # The scan runs every 5 minutes, but its point lands when the run ends: a run that ends a
     # little later than the one before (12:04:59, then 12:10:01) leaves the period between them
-    # without a point, which FILL makes a zero. The alarm went OK for that period (an OK
-    # notification for an order still waiting) and back to ALARM on the next run.
+    # without a point. The alarm must not go OK for that period (an OK notification for an order
+    # still waiting) and back to ALARM on the next run.
     waiting = [(299, 1.0), (601, 1.0), (900, 1.0), (1200, 1.0)]
     assert _ships_alarm_states(waiting, 5) == [True] * 5
+    # A run whose count failed (the index throttled) publishes no point: two or more in a row left
+    # two periods without one, which FILL(waiting, 0) made zeros, clearing the alarm (and mailing
+    # its OK) while the parcel still waited. No point keeps the state.
+    assert _ships_alarm_states(waiting, 9) == [True] * 9
     # Once a person ended the last wait, the zeros the runs publish clear it.
     assert _ships_alarm_states([*waiting, (1500, 0.0), (1800, 0.0)], 7)[-1] is False
+    # A partly shipped order found by a run (a point of the gauge in that run) raises it though
+    # that run's count failed, for the two periods its point is in the window.
+    assert _ships_alarm_states([(0, 0.0), (301, 2.0), (900, 0.0), (1200, 0.0)], 5) == [False, True, True, False, False]
 
 
 def test_an_alarm_calls_a_person_for_each_void_the_gateway_refused_or_no_plugin_took():

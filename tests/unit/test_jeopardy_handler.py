@@ -216,3 +216,64 @@ def test_a_scan_whose_count_failed_reports_no_count_rather_than_zero(monkeypatch
 
     printed = capsys.readouterr().out
     assert "OrdersMarkedInJeopardy" in printed and 'OrdersInJeopardy"' not in printed
+
+
+def _metrics_printed(output: str) -> dict[str, list]:
+    metrics: dict[str, list] = {}
+    for line in output.splitlines():
+        record = json.loads(line)
+        for metric in record.get("_aws", {}).get("CloudWatchMetrics", [{}])[0].get("Metrics", []):
+            metrics[metric["Name"]] = record[metric["Name"]]
+    return metrics
+
+
+@pytest.mark.parametrize(
+    ("count", "unconfirmed", "gauge"),
+    [
+        (3, [], [3.0]),  # the count, zero included
+        (0, [], [0.0]),
+        (2, ["ord_p"], [3.0]),  # partly shipped, so not held and in no count: the run that found it adds it
+        (None, [], None),  # the count failed: no point (a zero cleared ShipsToConfirmAlarm while parcels waited)
+        (None, ["ord_p", "ord_q"], [2.0]),  # the count failed: what it found still raises it
+    ],
+)
+def test_the_parcels_gauge_is_a_floor_of_the_orders_waiting_and_never_a_zero_the_count_did_not_give(
+    monkeypatch, capsys, caplog, count, unconfirmed, gauge
+):
+    # ShipsToConfirmAlarm watches ShipsWaitingToConfirm alone, keeping its state through a period
+    # with no point: a run whose count failed publishes no zero, and fails (JeopardyScanErrorsAlarm).
+    monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "false")
+    done = Scanned(captures_left=list(unconfirmed))
+    throttled = RuntimeError("the by_pickup_deadline index is throttled")
+
+    def counted() -> int:
+        if count is None:
+            raise throttled
+        return count
+
+    class Sweep:
+        def run(self, order_ids, actor, *, time_up):
+            return CapturesSettled(settled=list(order_ids), held=[], unconfirmed=list(order_ids))
+
+    services = SimpleNamespace(
+        plugins=SimpleNamespace(broken=[]),
+        jeopardy_scan=SimpleNamespace(run=lambda **_: done, count_ships_to_confirm=counted),
+        capture_sweep=Sweep(),
+    )
+    monkeypatch.setattr(jeopardy, "container", lambda: services)
+    jeopardy.metrics.clear_metrics()
+    capsys.readouterr()
+
+    if count is None:
+        with pytest.raises(RuntimeError) as raised:
+            jeopardy.lambda_handler({"detail-type": "Scheduled Event"}, context("JeopardyScanFunction"))
+        assert raised.value is throttled
+        [logged] = [r for r in caplog.records if r.getMessage().startswith("parcels waiting to confirm not counted")]
+        assert logged.levelname == "ERROR"
+    else:
+        answer = jeopardy.lambda_handler({"detail-type": "Scheduled Event"}, context("JeopardyScanFunction"))
+        assert answer["ships_to_confirm"] == count
+
+    metrics = _metrics_printed(capsys.readouterr().out)
+    assert metrics.get("ShipsWaitingToConfirm") == gauge
+    assert metrics.get("ShipsToConfirm") == ([float(len(unconfirmed))] if unconfirmed else None)

@@ -1,0 +1,149 @@
+"""An order held for a person to confirm whether a parcel left (its ship died after the gateway
+captured, core/capture_sweep.py): until a person releases the hold (the parcel confirmed) or cancels
+the order, nothing puts that parcel's units back on sale or changes its shipment. An edit or a
+reject (which send every parcel back to be sourced) and a cancel of units that would have to take
+them from it are refused, 409 `parcel_not_confirmed`, naming the shipment; the stock stays
+reserved, the hold and its count as they were."""
+
+from __future__ import annotations
+
+import pytest
+
+from core.errors import ParcelNotConfirmed
+from core.holds import HoldRequest, Holds, ReleaseRequest
+from core.models import LineInput, Order, OrderEdit
+from core.status import OrderStatus, ShipmentStatus
+from plugins.testing.memory import InMemoryLateOrders
+from tests.unit.test_capture_sweep import LATE, STOCK, a_pass, a_ship_that_died
+from tests.unit.test_jeopardy import Clock
+from tests.unit.world import World, build_world
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def world(clock: Clock) -> World:
+    return build_world(STOCK, clock=clock)
+
+
+def held_for_a_parcel(
+    world: World, clock: Clock, monkeypatch: pytest.MonkeyPatch, *lines: tuple[str, int], persons: bool = False
+) -> tuple[Order, str]:
+    """An order whose first parcel's ship died after its capture, held by the scan's pass for a
+    person to confirm whether it left (`persons`: a person held it first, their hold made a park)."""
+    order, shipment_id = a_ship_that_died(world, monkeypatch, *lines)
+    if persons:
+        Holds(world.orders, clock).hold(order.id, HoldRequest(reason="address_review"), "key_ops")
+        clock.advance(hours=24, minutes=16)
+    else:
+        clock.advance(**LATE)
+    assert a_pass(world, clock).held == [order.id]
+    held = world.order(order.id)
+    assert [*held.hold.confirms_ships, *held.hold.ships_to_confirm] == [shipment_id]
+    return held, shipment_id
+
+
+def unchanged(world: World, before: Order) -> None:
+    after = world.order(before.id)
+    assert (after.version, after.status, after.hold, after.shipments, after.allocations) == (
+        before.version, before.status, before.hold, before.shipments, before.allocations,
+    )  # fmt: skip
+    assert InMemoryLateOrders(world.orders).count_ships_to_confirm() == 1
+
+
+def refused(call, shipment_id: str) -> ParcelNotConfirmed:
+    with pytest.raises(ParcelNotConfirmed) as raised:
+        call()
+    assert raised.value.code == "parcel_not_confirmed"
+    assert [detail["shipment_id"] for detail in raised.value.details] == [shipment_id]
+    return raised.value
+
+
+@pytest.mark.parametrize("persons", [False, True], ids=["system_hold", "persons_hold_made_a_park"])
+def test_an_edit_of_an_order_waiting_to_confirm_a_parcel_is_refused_until_a_person_releases_it(
+    world, clock, monkeypatch, persons
+):
+    # An edit sends the order back to be sourced: its units released and reserved anew on the
+    # release, the parcel withdrawn while it may be in the van, and the hold's note naming a
+    # shipment the order no longer has.
+    held, shipment_id = held_for_a_parcel(world, clock, monkeypatch, persons=persons)
+    edit = OrderEdit(lines=[LineInput(sku="MUG", quantity=1)])
+
+    refused(lambda: world.actions.edit(held.id, held.version, edit, actor="key_web"), shipment_id)
+
+    unchanged(world, held)
+    assert world.level("TSHIRT", "wh-west") == (10, 2, 8)
+    holds = Holds(world.orders, clock)
+    released = holds.release(held.id, ReleaseRequest(note="it never left"), "key_ops")
+    if persons:  # their release ends their hold; the next one confirms the parcel
+        released = holds.release(held.id, ReleaseRequest(note="the parcel never left"), "key_ops")
+    assert released.status is OrderStatus.ALLOCATED
+    edited = world.actions.edit(held.id, released.version, edit, actor="key_web")
+    assert edited.status is OrderStatus.AUTHORIZED  # sourced again, as any edit of an allocated order
+
+
+def test_a_cancel_of_the_units_of_a_parcel_to_confirm_is_refused_and_its_stock_stays_reserved(
+    world, clock, monkeypatch
+):
+    # Cancelled, the parcel's units went back on sale (reserved released) while they may be in the
+    # carrier's van, and the hold's note still told a person to ship the cancelled shipment.
+    held, shipment_id = held_for_a_parcel(world, clock, monkeypatch, ("TSHIRT", 2), ("CAP", 1))
+    named = held.shipment(shipment_id).lines[0]
+
+    refused(
+        lambda: world.actions.cancel(held.id, "one item fewer", actor="key_web", lines={named.line_id: 1}),
+        shipment_id,
+    )
+
+    unchanged(world, held)
+    assert (world.level("TSHIRT", "wh-west"), world.level("CAP", "wh-east")) == ((10, 2, 8), (4, 1, 3))
+    assert len(world.spy.refunded) == 1  # nothing asked of the gateway since the pass
+
+
+def test_a_cancel_of_the_units_of_another_parcel_goes_ahead_and_leaves_the_parcel_to_confirm_as_it_was(
+    world, clock, monkeypatch
+):
+    held, shipment_id = held_for_a_parcel(world, clock, monkeypatch, ("TSHIRT", 2), ("CAP", 1))
+    other = next(s for s in held.shipments if s.id != shipment_id)
+    (line,) = other.lines
+    sku = {each.line_id: each.sku for each in held.lines}
+    named_sku = sku[held.shipment(shipment_id).lines[0].line_id]
+    named_level = world.level(named_sku, held.shipment(shipment_id).location_id)
+    on_hand = world.level(sku[line.line_id], other.location_id)[0]
+
+    cancelled = world.actions.cancel(held.id, "one item fewer", actor="key_web", lines={line.line_id: line.quantity})
+
+    assert cancelled.shipment(other.id).status is ShipmentStatus.CANCELLED
+    assert cancelled.shipment(shipment_id) == held.shipment(shipment_id)
+    assert (cancelled.status, cancelled.hold.confirms_ships) == (OrderStatus.ON_HOLD, [shipment_id])
+    # The other parcel's units back on sale; the parcel to confirm's still reserved.
+    assert world.level(sku[line.line_id], other.location_id) == (on_hand, 0, on_hand)
+    assert world.level(named_sku, held.shipment(shipment_id).location_id) == named_level
+    assert InMemoryLateOrders(world.orders).count_ships_to_confirm() == 1
+
+
+@pytest.mark.parametrize("which", ["named", "other"])
+def test_a_reject_of_any_parcel_of_an_order_waiting_to_confirm_a_parcel_is_refused(world, clock, monkeypatch, which):
+    # A reject sends the whole order back to be sourced: every parcel withdrawn, the one to
+    # confirm included, and on the release its units planned again as if it had never left.
+    held, shipment_id = held_for_a_parcel(world, clock, monkeypatch, ("TSHIRT", 2), ("CAP", 1))
+    target = shipment_id if which == "named" else next(s.id for s in held.shipments if s.id != shipment_id)
+
+    refused(lambda: world.actions.reject(held.id, target, "no staff", actor="key_wh"), shipment_id)
+
+    unchanged(world, held)
+    assert (world.level("TSHIRT", "wh-west"), world.level("CAP", "wh-east")) == ((10, 2, 8), (4, 1, 3))
+
+
+def test_a_cancel_of_the_order_waiting_to_confirm_a_parcel_ends_it_as_a_persons_answer(world, clock, monkeypatch):
+    # The runbook's other way out: a person who found the parcel never left cancels the order.
+    held, _ = held_for_a_parcel(world, clock, monkeypatch)
+
+    cancelled = world.actions.cancel(held.id, "the parcel never left", actor="key_ops")
+
+    assert (cancelled.status, cancelled.hold) == (OrderStatus.CANCELLED, None)
+    assert world.level("TSHIRT", "wh-west") == (10, 0, 10)
+    assert InMemoryLateOrders(world.orders).count_ships_to_confirm() == 0
