@@ -1278,6 +1278,15 @@ def _replaced(model: M, **changes: Any) -> M:
     return type(model).model_validate({**dict(model), **changes})
 
 
+def _marks_settled(new: "Order") -> "Order":
+    """`new` without the jeopardy scan's mark for a refused refund (Order.jeopardy_for_refund) once
+    no capture request stands on it (the capture refunded, or found never made) or the mark went;
+    as it is otherwise. Order._next and Order._bookkeeping make each version through here."""
+    if new.jeopardy_for_refund and (new.jeopardy is None or not new.captures_requested):
+        return _replaced(new, jeopardy=None, jeopardy_for_refund=False)
+    return new
+
+
 def _later_kept(later: list[str], requests: list[CaptureRequest], new: str) -> list[str]:
     """Order.later_authorizations once `new` replaces the order's authorization: `new`, and of
     `later` only those a standing capture request (of `requests`) is asked under, whose key names
@@ -1430,6 +1439,12 @@ class Order(BaseModel, defer_build=True):
     # reconciler judges a stalled order by this (`last_changed`). Any later change drops it. The
     # system's own: stored, never shown.
     changed_before_mark: datetime | None = Field(default=None, exclude=True)
+    # The jeopardy mark is the scan's for a capture request standing whose refund the gateway
+    # refused (mark_jeopardy's `refund_refused`: a person settles it): it goes with the last request
+    # standing (the capture refunded, or found never made, by a later pass), as it says nothing
+    # once that is settled (a partly shipped order has no deadline of its own; a held one is judged
+    # afresh). Goes with the mark. Rare; the system's own: stored, never shown.
+    jeopardy_for_refund: bool = Field(default=False, exclude=True)
     totals: Totals
     payment: Payment
     allocations: list[Allocation] = Field(default_factory=empty_list)
@@ -1656,6 +1671,8 @@ class Order(BaseModel, defer_build=True):
             system["status_since"] = _TIMES.dump_python(self.status_since, mode="json")
         if self.changed_before_mark is not None:
             system["changed_before_mark"] = _TIMES.dump_python(self.changed_before_mark, mode="json")
+        if self.jeopardy_for_refund:
+            system["jeopardy_for_refund"] = True
         if self.excluded_locations:
             system["excluded_locations"] = list(self.excluded_locations)
         if self.reversed_captures:
@@ -2484,6 +2501,7 @@ class Order(BaseModel, defer_build=True):
         if self.status_since is None:
             changes = {"status_since": self.updated_at, **changes}
         new = _replaced(self, **changes, version=self.version + 1, updated_at=at, changed_before_mark=None)
+        new = _marks_settled(new)
         check_successor(self, new)
         return new, None
 
@@ -2509,6 +2527,7 @@ class Order(BaseModel, defer_build=True):
             fields = {"status_since": self.updated_at, **fields}
         fields = {"changed_before_mark": None, **fields}
         new = _replaced(self, **fields, status=to or self.status, version=self.version + 1, updated_at=at)
+        new = _marks_settled(new)
         given_up = _bookings_given_up(self, new)
         keys = {shipment_id: key for shipment_id, key in new.booking_keys.items()
                 if any(s.id == shipment_id for s in new.shipments)}  # fmt: skip
@@ -3107,7 +3126,7 @@ class Order(BaseModel, defer_build=True):
         jeopardy = Jeopardy(reason=reason, status=self.status, since=since)
         return self._next(
             at=at, actor=actor, type=OrderEvent.JEOPARDY, detail=jeopardy.model_dump(mode="json"), jeopardy=jeopardy,
-            changed_before_mark=self.last_changed,
+            changed_before_mark=self.last_changed, jeopardy_for_refund=refund_refused,
         )  # fmt: skip
 
     def repeats_release(self, *, note: str | None, at: datetime, actor: str) -> bool:

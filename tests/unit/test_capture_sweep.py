@@ -863,3 +863,68 @@ def test_a_typical_order_never_has_an_entry_in_the_parcels_partition(world):
     seen.append(index_attributes(world.actions.deliver(order.id, shipment_id, actor="key_wh")))
     assert world.order(order.id).status is OrderStatus.DELIVERED
     assert [{"pickup_pk", "collect_by"} & set(attributes) for attributes in seen] == [set()] * 3
+
+
+def test_a_partly_shipped_orders_late_mark_for_a_refused_refund_comes_off_once_the_refund_is_made(
+    world, clock, monkeypatch
+):
+    # The mark is for that request: once a later pass (the order changed since) refunds the capture,
+    # the order stayed listed late, counted for the alarm, with a reason saying a person settles a
+    # refund made already, for a status with no deadline, until it shipped or was cancelled.
+    from core.ports import OrderFilter
+    from functions.adapters.dynamodb import index_attributes
+
+    before, _ = partly_shipped_with_a_second_ship_that_died(world, monkeypatch)
+    world.gateway.script("refund", "refuse")
+    clock.advance(**LATE)
+    with pytest.raises(CapturesNotSettled):
+        a_pass(world, clock)
+    clock.advance(minutes=16)
+    assert scan_pass(world, clock)[0].marked == [before.id]
+    marked = world.order(before.id)
+    changed, _ = marked._bookkeeping(at=clock())  # a change since the mark (a person's, say)
+    world.orders.update(changed, marked, [])
+    world.gateway.script("refund", "approve")
+    clock.advance(minutes=16)
+
+    assert scan_pass(world, clock) == (
+        Scanned(captures_left=[before.id]), CapturesSettled(settled=[before.id], held=[], unconfirmed=[])
+    )  # fmt: skip  # reported unconfirmed by the pass that met the refusal
+
+    after = world.order(before.id)
+    assert after.captures_requested == [] and after.jeopardy is None and not after.listed_late
+    assert "sla_key" not in index_attributes(after)  # the by_sla entry goes as the in-memory list's
+    assert not Order.model_validate_json(after.stored_json()).jeopardy_for_refund
+    assert world.orders.list(OrderFilter(jeopardy=True), 10, None)[0] == []
+    assert InMemoryLateOrders(world.orders).count_in_jeopardy() == 0
+    clock.advance(minutes=5)
+    assert scan_pass(world, clock) == (Scanned(), NOTHING)  # partially_shipped has no deadline
+
+
+def test_a_held_orders_late_mark_for_a_refused_refund_gives_way_to_a_plain_mark_once_the_refund_is_made(
+    world, clock, monkeypatch
+):
+    from functions.adapters.dynamodb import index_attributes
+
+    order, _ = a_ship_that_died(world, monkeypatch)
+    world.gateway.script("refund", "refuse")
+    clock.advance(**LATE)
+    with pytest.raises(CapturesNotSettled):
+        a_pass(world, clock)
+    clock.advance(hours=24, minutes=1)
+    assert scan_pass(world, clock)[0].marked == [order.id]
+    marked = world.order(order.id)
+    changed, _ = marked._bookkeeping(at=clock())
+    world.orders.update(changed, marked, [])
+    world.gateway.script("refund", "approve")
+    clock.advance(minutes=16)
+    assert scan_pass(world, clock)[1].settled == [order.id]
+    assert world.order(order.id).jeopardy is None
+
+    clock.advance(minutes=5)
+    assert scan_pass(world, clock) == (Scanned(marked=[order.id], in_jeopardy=1), NOTHING)  # still late on hold
+
+    after = world.order(order.id)
+    assert after.status is OrderStatus.ON_HOLD and after.listed_late and not after.jeopardy_for_refund
+    assert index_attributes(after)["sla_key"] == {"S": "jeopardy"}
+    assert "refused" not in after.jeopardy.reason and after.jeopardy.status is OrderStatus.ON_HOLD
