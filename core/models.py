@@ -1445,6 +1445,12 @@ class Order(BaseModel, defer_build=True):
     # once that is settled (a partly shipped order has no deadline of its own; a held one is judged
     # afresh). Goes with the mark. Rare; the system's own: stored, never shown.
     jeopardy_for_refund: bool = Field(default=False, exclude=True)
+    # The jeopardy scan read this partly shipped order past the allocated deadline with no capture
+    # request standing (mark_read_by_scan): while none stands (`read_by_scan`), the scan's partly
+    # shipped pass reads it no more (its index entry says so), so that pass reads only the orders
+    # a ship may have left a capture on, however many wait. Goes when it leaves the status. Never
+    # on the typical order (partly shipped for that long is rare); the system's own: stored, never shown.
+    scan_read: bool = Field(default=False, exclude=True)
     totals: Totals
     payment: Payment
     allocations: list[Allocation] = Field(default_factory=empty_list)
@@ -1673,6 +1679,8 @@ class Order(BaseModel, defer_build=True):
             system["changed_before_mark"] = _TIMES.dump_python(self.changed_before_mark, mode="json")
         if self.jeopardy_for_refund:
             system["jeopardy_for_refund"] = True
+        if self.scan_read:
+            system["scan_read"] = True
         if self.excluded_locations:
             system["excluded_locations"] = list(self.excluded_locations)
         if self.reversed_captures:
@@ -1840,6 +1848,13 @@ class Order(BaseModel, defer_build=True):
         capture counts unmarked meanwhile, so the scan reads it again should that ship die with
         the money taken (core/jeopardy.py)."""
         return self.jeopardy is not None and (not self.captures_requested or self.changed_before_mark is not None)
+
+    @property
+    def read_by_scan(self) -> bool:
+        """Whether the jeopardy scan's partly shipped pass may leave this order unread: it read it
+        with no capture request standing (mark_read_by_scan), and none stands now (a ship that asks
+        one makes it a candidate again, should that ship die with the money taken)."""
+        return self.scan_read and not self.captures_requested
 
     @property
     def edit_authorizations_left(self) -> bool:
@@ -2519,7 +2534,7 @@ class Order(BaseModel, defer_build=True):
             raise InvalidTransition(f"an order cannot go from {self.status} to {to}")
         if to is not None and to != self.status:
             # A new status starts its own deadline; leaving the late status clears the jeopardy mark.
-            fields = {**fields, "status_since": at, "jeopardy": None}
+            fields = {**fields, "status_since": at, "jeopardy": None, "scan_read": False}
         elif self.status_since is None:
             # Stored before `status_since` existed, `updated_at` stood in for it: pinned before this
             # write moves it, so only a status change restarts the status's clock (a late mark, say,
@@ -3128,6 +3143,20 @@ class Order(BaseModel, defer_build=True):
             at=at, actor=actor, type=OrderEvent.JEOPARDY, detail=jeopardy.model_dump(mode="json"), jeopardy=jeopardy,
             changed_before_mark=self.last_changed, jeopardy_for_refund=refund_refused,
         )  # fmt: skip
+
+    def mark_read_by_scan(self, *, at: datetime) -> Bookkeeping:
+        """The jeopardy scan read this order partly shipped (past the allocated deadline) with no
+        capture request standing: it need not read it again until a ship asks one (read_by_scan).
+        Bookkeeping that keeps when the order last changed (`changed_before_mark`, as a mark does),
+        so the reconciler and the capture sweep judge it as before."""
+        if self.status is not OrderStatus.PARTIALLY_SHIPPED or self.captures_requested or self.scan_read:
+            raise InvalidTransition(f"order {self.id} is no partly shipped order to note read, or noted already")
+        new = _replaced(
+            self, scan_read=True, version=self.version + 1, updated_at=at, changed_before_mark=self.last_changed,
+            status_since=self.status_since or self.updated_at,
+        )  # fmt: skip
+        check_successor(self, new)
+        return new, None
 
     def repeats_release(self, *, note: str | None, at: datetime, actor: str) -> bool:
         """Whether a release by `actor` with `note` at `at` is the person's release that left the
