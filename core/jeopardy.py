@@ -292,8 +292,8 @@ class JeopardyScan:
         so no pass reads it again until a ship of it asks a capture: the next pass reads the next
         ones, and a newer order whose ship died is reached however many older ones wait."""
         found = 0
-        for order_id in _while(self._late.unmarked_since_before(S.PARTIALLY_SHIPPED, since_before, self._max_reads),
-                               time_up):  # fmt: skip
+        unread = self._late.unmarked_since_before(S.PARTIALLY_SHIPPED, since_before, self._max_reads, unread=True)
+        for order_id in _while(unread, time_up):
             order = self._orders.get(order_id)
             if order is not None and order.status is S.PARTIALLY_SHIPPED and not order.captures_requested:
                 self._note_read(order)

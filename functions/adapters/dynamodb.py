@@ -1074,19 +1074,21 @@ class DynamoLateOrders(LateOrders):
         self._page_size = page_size
         self._max_reads = max_reads
 
-    def unmarked_since_before(self, status: OrderStatus, before: datetime, limit: int) -> list[str]:
+    def unmarked_since_before(
+        self, status: OrderStatus, before: datetime, limit: int, *, unread: bool = False
+    ) -> list[str]:
+        values = {":status": {"S": status.value}, ":before": {"S": timestamp(before)}, ":late": {"S": JEOPARDY_KEY}}
+        unmarked = "sla_key <> :late"
+        if unread:
+            values[":read"] = {"S": READ_KEY}
+            unmarked += " AND sla_key <> :read"
         query: dict[str, Any] = {
             "TableName": self._table,
             "IndexName": "by_status_key",
             "KeyConditionExpression": "status_key = :status AND created_at < :before",
             # An order written before by_sla became sparse may still hold its status as sla_key.
-            "FilterExpression": (
-                "status_since < :before AND (attribute_not_exists(sla_key) OR (sla_key <> :late AND sla_key <> :read))"
-            ),
-            "ExpressionAttributeValues": {
-                ":status": {"S": status.value}, ":before": {"S": timestamp(before)}, ":late": {"S": JEOPARDY_KEY},
-                ":read": {"S": READ_KEY},
-            },
+            "FilterExpression": f"status_since < :before AND (attribute_not_exists(sla_key) OR ({unmarked}))",
+            "ExpressionAttributeValues": values,
             "ScanIndexForward": True,
         }  # fmt: skip
         return _query_ids(self._client, query, limit, self._page_size, max_reads=self._max_reads)

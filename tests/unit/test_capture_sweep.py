@@ -972,7 +972,10 @@ def test_a_newer_partly_shipped_orders_dead_ship_is_reached_past_more_old_ones_t
         assert read.jeopardy is None and index_attributes(read)["sla_key"] == {"S": "read"}
         assert "sla_at" not in index_attributes(read)  # no by_sla entry: not listed, not counted
     assert world.order(died.id).read_by_scan  # settled, then read by the third pass with nothing standing
-    assert InMemoryLateOrders(world.orders).unmarked_since_before(OrderStatus.PARTIALLY_SHIPPED, clock(), 10) == []
+    assert (
+        InMemoryLateOrders(world.orders).unmarked_since_before(OrderStatus.PARTIALLY_SHIPPED, clock(), 10, unread=True)
+        == []
+    )
 
 
 def test_a_partly_shipped_order_noted_read_is_read_again_once_a_ship_of_it_asks_its_capture(world, clock, monkeypatch):
@@ -988,7 +991,7 @@ def test_a_partly_shipped_order_noted_read_is_read_again_once_a_ship_of_it_asks_
     assert a_pass(world, clock) == NOTHING
     assert world.order(order.id).read_by_scan
     late = InMemoryLateOrders(world.orders)
-    assert late.unmarked_since_before(OrderStatus.PARTIALLY_SHIPPED, clock(), 10) == []
+    assert late.unmarked_since_before(OrderStatus.PARTIALLY_SHIPPED, clock(), 10, unread=True) == []
     dies_before_recording(world, monkeypatch, "shipment_shipped")
     with pytest.raises(Died):
         world.actions.ship(order.id, second, None, actor="key_wh")
@@ -996,7 +999,7 @@ def test_a_partly_shipped_order_noted_read_is_read_again_once_a_ship_of_it_asks_
 
     asked = world.order(order.id)
     assert not asked.read_by_scan and "sla_key" not in index_attributes(asked)
-    assert late.unmarked_since_before(OrderStatus.PARTIALLY_SHIPPED, clock(), 10) == [order.id]
+    assert late.unmarked_since_before(OrderStatus.PARTIALLY_SHIPPED, clock(), 10, unread=True) == [order.id]
     clock.advance(minutes=16)
     assert a_pass(world, clock) == CapturesSettled(settled=[order.id], held=[], unconfirmed=[order.id])
     world.actions.ship(order.id, second, None, actor="key_wh")  # a person found the parcel had left
@@ -1004,3 +1007,21 @@ def test_a_partly_shipped_order_noted_read_is_read_again_once_a_ship_of_it_asks_
     shipped = world.order(order.id)
     assert (shipped.status, shipped.scan_read) == (OrderStatus.SHIPPED, False)
     assert "sla_key" not in index_attributes(shipped)
+
+
+def test_a_partly_shipped_order_noted_read_is_still_marked_late_once_the_sla_gives_its_status_a_deadline(world, clock):
+    # Noted read under the default SLA (no deadline for partially_shipped), it was left out of every
+    # query of its status: once OMS_SLA named partially_shipped, the scan never marked it late.
+    order = world.allocated(("MUG", 1), ("CAP", 3))
+    world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
+    clock.advance(**LATE)
+    assert a_pass(world, clock) == NOTHING and world.order(order.id).read_by_scan
+    clock.advance(hours=24)
+
+    scan = JeopardyScan(
+        InMemoryLateOrders(world.orders), world.orders, world.actions.cancel, clock,
+        sla=parse_sla("partially_shipped=72h"),
+    )  # fmt: skip
+
+    assert scan.run().marked == [order.id]
+    assert world.order(order.id).listed_late
