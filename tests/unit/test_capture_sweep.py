@@ -1025,3 +1025,30 @@ def test_a_partly_shipped_order_noted_read_is_still_marked_late_once_the_sla_giv
 
     assert scan.run().marked == [order.id]
     assert world.order(order.id).listed_late
+
+
+def test_a_ship_that_asks_its_capture_while_the_scan_reads_the_order_keeps_it_unread(world, clock, monkeypatch):
+    # The scan's note is written on the condition of the version it read: the ship's request,
+    # landing between that read and the note, wins, and the order stays a candidate.
+    order = world.allocated(("MUG", 1), ("CAP", 3))
+    first, second = (world.shipment_at(order, location) for location in ("wh-west", "wh-east"))
+    world.actions.ship(order.id, first, None, actor="key_wh")
+    clock.advance(**LATE)
+    note = Order.mark_read_by_scan
+
+    def a_ship_first(self: Order, *, at: datetime):
+        with monkeypatch.context() as patched:
+            patched.setattr(Order, "mark_read_by_scan", note)
+            dies_before_recording(world, patched, "shipment_shipped")
+            with pytest.raises(Died):
+                world.actions.ship(order.id, second, None, actor="key_wh")
+        return note(self, at=at)
+
+    monkeypatch.setattr(Order, "mark_read_by_scan", a_ship_first)
+    assert a_pass(world, clock) == NOTHING
+    monkeypatch.undo()
+
+    asked = world.order(order.id)
+    assert asked.capture_request(second) is not None and not asked.scan_read
+    clock.advance(minutes=16)
+    assert a_pass(world, clock) == CapturesSettled(settled=[order.id], held=[], unconfirmed=[order.id])
