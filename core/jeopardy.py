@@ -58,7 +58,7 @@ from typing import TypeVar
 from core.capture_sweep import refund_refused_since
 from core.deadline import LONGEST, TimeUp, never
 from core.errors import StaleVersion
-from core.models import Order
+from core.models import REFUND_REFUSED_REASON, Order
 from core.order_changes import modify
 from core.ports import LateOrders, OrderRepository, UnreceivedReturns
 from core.status import UNRECEIVED_RETURNS, WATCHED, OrderStatus, ReturnStatus
@@ -383,10 +383,7 @@ class JeopardyScan:
             if not marked:
                 return None  # changed since its history was read: the next pass judges it again
             assert since is not None
-            reason = (
-                f"{status} for longer than {format_duration(deadline)}; the gateway refused to refund a capture "
-                "a ship that died took: a person settles it"
-            )
+            reason = f"{status} for longer than {format_duration(deadline)}{REFUND_REFUSED_REASON}"
             return order.mark_jeopardy(reason, since + deadline, at=at, actor=SCAN_ACTOR, refund_refused=True)
 
         try:

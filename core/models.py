@@ -1278,13 +1278,25 @@ def _replaced(model: M, **changes: Any) -> M:
     return type(model).model_validate({**dict(model), **changes})
 
 
+# How the jeopardy scan's reason ends when it marks an order late for a capture request standing
+# whose refund the gateway refused (core/jeopardy.py; Order.jeopardy_for_refund).
+REFUND_REFUSED_REASON = "; the gateway refused to refund a capture a ship that died took: a person settles it"
+
+
 def _marks_settled(new: "Order") -> "Order":
-    """`new` without the jeopardy scan's mark for a refused refund (Order.jeopardy_for_refund) once
-    no capture request stands on it (the capture refunded, or found never made) or the mark went;
-    as it is otherwise. Order._next and Order._bookkeeping make each version through here."""
-    if new.jeopardy_for_refund and (new.jeopardy is None or not new.captures_requested):
+    """`new` once no capture request stands on it (the capture refunded, or found never made) or
+    the mark went, with the jeopardy scan's mark for a refused refund (Order.jeopardy_for_refund)
+    settled: a partly shipped order's goes (marked for the refund alone: its status has no deadline
+    by default); another's, late all the same, keeps its mark and its `since` (no second
+    order.jeopardy event, no second notice to the customer) with the plain reason. As it is
+    otherwise. Order._next and Order._bookkeeping make each version through here."""
+    if not new.jeopardy_for_refund or (new.jeopardy is not None and new.captures_requested):
+        return new
+    late = new.jeopardy
+    if late is None or late.status is OrderStatus.PARTIALLY_SHIPPED:
         return _replaced(new, jeopardy=None, jeopardy_for_refund=False)
-    return new
+    plain = _replaced(late, reason=late.reason.removesuffix(REFUND_REFUSED_REASON))
+    return _replaced(new, jeopardy=plain, jeopardy_for_refund=False)
 
 
 def _later_kept(later: list[str], requests: list[CaptureRequest], new: str) -> list[str]:
@@ -1440,10 +1452,10 @@ class Order(BaseModel, defer_build=True):
     # system's own: stored, never shown.
     changed_before_mark: datetime | None = Field(default=None, exclude=True)
     # The jeopardy mark is the scan's for a capture request standing whose refund the gateway
-    # refused (mark_jeopardy's `refund_refused`: a person settles it): it goes with the last request
-    # standing (the capture refunded, or found never made, by a later pass), as it says nothing
-    # once that is settled (a partly shipped order has no deadline of its own; a held one is judged
-    # afresh). Goes with the mark. Rare; the system's own: stored, never shown.
+    # refused (mark_jeopardy's `refund_refused`: a person settles it): settled with the last request
+    # standing (the capture refunded, or found never made, by a later pass): a partly shipped
+    # order's mark goes (its status has no deadline of its own), a held one's stays, plainly
+    # (_marks_settled). Goes with the mark. Rare; the system's own: stored, never shown.
     jeopardy_for_refund: bool = Field(default=False, exclude=True)
     # The jeopardy scan read this partly shipped order past the allocated deadline with no capture
     # request standing (mark_read_by_scan): while none stands (`read_by_scan`), the scan's partly
