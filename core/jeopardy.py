@@ -58,7 +58,7 @@ from typing import TypeVar
 from core.capture_sweep import refund_refused_since
 from core.deadline import LONGEST, TimeUp, never
 from core.errors import StaleVersion
-from core.models import Order
+from core.models import REFUND_REFUSED_REASON, Order
 from core.order_changes import modify
 from core.ports import LateOrders, OrderRepository, UnreceivedReturns
 from core.status import UNRECEIVED_RETURNS, WATCHED, OrderStatus, ReturnStatus
@@ -287,11 +287,17 @@ class JeopardyScan:
         that hold a capture request older than `captures_after` (a ship of theirs died after asking
         for it): at most `limit` of them, of at most `max_reads` read, oldest first. Nothing is
         marked late (their status has no deadline), save an order whose request stands because the
-        gateway refused to refund that capture (`done.marked`: _mark_refund_refused)."""
+        gateway refused to refund that capture (`done.marked`: _mark_refund_refused). One read with
+        no request standing is noted read (Order.mark_read_by_scan: one conditional write, no entry),
+        so no pass reads it again until a ship of it asks a capture: the next pass reads the next
+        ones, and a newer order whose ship died is reached however many older ones wait."""
         found = 0
-        for order_id in _while(self._late.unmarked_since_before(S.PARTIALLY_SHIPPED, since_before, self._max_reads),
-                               time_up):  # fmt: skip
+        unread = self._late.unmarked_since_before(S.PARTIALLY_SHIPPED, since_before, self._max_reads, unread=True)
+        for order_id in _while(unread, time_up):
             order = self._orders.get(order_id)
+            if order is not None and order.status is S.PARTIALLY_SHIPPED and not order.captures_requested:
+                self._note_read(order)
+                continue
             if (
                 order is not None and order.status is S.PARTIALLY_SHIPPED and order.captures_requested
                 and order.last_changed <= now - self._captures_after
@@ -303,6 +309,15 @@ class JeopardyScan:
                 found += 1
                 if found == self._limit:
                     break
+
+    def _note_read(self, order: Order) -> None:
+        """Note `order` (as read, with no capture request standing) read, on the condition of that
+        version: one that changed meanwhile (a ship asking its capture) is left to the next pass."""
+        if order.scan_read:
+            return  # noted already (an index answering from before that write): nothing to write
+        new, _ = order.mark_read_by_scan(at=self._clock())
+        with contextlib.suppress(StaleVersion):
+            self._orders.update(new, order, [])
 
     def _mark(self, order_id: str, status: OrderStatus, deadline: timedelta) -> Order | None:
         """The order as marked; None when it is not (not late, or it kept changing). A late order
@@ -368,10 +383,7 @@ class JeopardyScan:
             if not marked:
                 return None  # changed since its history was read: the next pass judges it again
             assert since is not None
-            reason = (
-                f"{status} for longer than {format_duration(deadline)}; the gateway refused to refund a capture "
-                "a ship that died took: a person settles it"
-            )
+            reason = f"{status} for longer than {format_duration(deadline)}{REFUND_REFUSED_REASON}"
             return order.mark_jeopardy(reason, since + deadline, at=at, actor=SCAN_ACTOR, refund_refused=True)
 
         try:

@@ -1279,6 +1279,27 @@ def _replaced(model: M, **changes: Any) -> M:
     return type(model).model_validate({**dict(model), **changes})
 
 
+# How the jeopardy scan's reason ends when it marks an order late for a capture request standing
+# whose refund the gateway refused (core/jeopardy.py; Order.jeopardy_for_refund).
+REFUND_REFUSED_REASON = "; the gateway refused to refund a capture a ship that died took: a person settles it"
+
+
+def _marks_settled(new: "Order") -> "Order":
+    """`new` once no capture request stands on it (the capture refunded, or found never made) or
+    the mark went, with the jeopardy scan's mark for a refused refund (Order.jeopardy_for_refund)
+    settled: a partly shipped order's goes (marked for the refund alone: its status has no deadline
+    by default); another's, late all the same, keeps its mark and its `since` (no second
+    order.jeopardy event, no second notice to the customer) with the plain reason. As it is
+    otherwise. Order._next and Order._bookkeeping make each version through here."""
+    if not new.jeopardy_for_refund or (new.jeopardy is not None and new.captures_requested):
+        return new
+    late = new.jeopardy
+    if late is None or late.status is OrderStatus.PARTIALLY_SHIPPED:
+        return _replaced(new, jeopardy=None, jeopardy_for_refund=False)
+    plain = _replaced(late, reason=late.reason.removesuffix(REFUND_REFUSED_REASON))
+    return _replaced(new, jeopardy=plain, jeopardy_for_refund=False)
+
+
 def _later_kept(later: list[str], requests: list[CaptureRequest], new: str) -> list[str]:
     """Order.later_authorizations once `new` replaces the order's authorization: `new`, and of
     `later` only those a standing capture request (of `requests`) is asked under, whose key names
@@ -1431,6 +1452,18 @@ class Order(BaseModel, defer_build=True):
     # reconciler judges a stalled order by this (`last_changed`). Any later change drops it. The
     # system's own: stored, never shown.
     changed_before_mark: datetime | None = Field(default=None, exclude=True)
+    # The jeopardy mark is the scan's for a capture request standing whose refund the gateway
+    # refused (mark_jeopardy's `refund_refused`: a person settles it): settled with the last request
+    # standing (the capture refunded, or found never made, by a later pass): a partly shipped
+    # order's mark goes (its status has no deadline of its own), a held one's stays, plainly
+    # (_marks_settled). Goes with the mark. Rare; the system's own: stored, never shown.
+    jeopardy_for_refund: bool = Field(default=False, exclude=True)
+    # The jeopardy scan read this partly shipped order past the allocated deadline with no capture
+    # request standing (mark_read_by_scan): while none stands (`read_by_scan`), the scan's partly
+    # shipped pass reads it no more (its index entry says so), so that pass reads only the orders
+    # a ship may have left a capture on, however many wait. Goes when it leaves the status. Never
+    # on the typical order (partly shipped for that long is rare); the system's own: stored, never shown.
+    scan_read: bool = Field(default=False, exclude=True)
     totals: Totals
     payment: Payment
     allocations: list[Allocation] = Field(default_factory=empty_list)
@@ -1657,6 +1690,10 @@ class Order(BaseModel, defer_build=True):
             system["status_since"] = _TIMES.dump_python(self.status_since, mode="json")
         if self.changed_before_mark is not None:
             system["changed_before_mark"] = _TIMES.dump_python(self.changed_before_mark, mode="json")
+        if self.jeopardy_for_refund:
+            system["jeopardy_for_refund"] = True
+        if self.scan_read:
+            system["scan_read"] = True
         if self.excluded_locations:
             system["excluded_locations"] = list(self.excluded_locations)
         if self.reversed_captures:
@@ -1824,6 +1861,13 @@ class Order(BaseModel, defer_build=True):
         capture counts unmarked meanwhile, so the scan reads it again should that ship die with
         the money taken (core/jeopardy.py)."""
         return self.jeopardy is not None and (not self.captures_requested or self.changed_before_mark is not None)
+
+    @property
+    def read_by_scan(self) -> bool:
+        """Whether the jeopardy scan's partly shipped pass may leave this order unread: it read it
+        with no capture request standing (mark_read_by_scan), and none stands now (a ship that asks
+        one makes it a candidate again, should that ship die with the money taken)."""
+        return self.scan_read and not self.captures_requested
 
     @property
     def edit_authorizations_left(self) -> bool:
@@ -2515,6 +2559,7 @@ class Order(BaseModel, defer_build=True):
         if self.status_since is None:
             changes = {"status_since": self.updated_at, **changes}
         new = _replaced(self, **changes, version=self.version + 1, updated_at=at, changed_before_mark=None)
+        new = _marks_settled(new)
         check_successor(self, new)
         return new, None
 
@@ -2532,7 +2577,7 @@ class Order(BaseModel, defer_build=True):
             raise InvalidTransition(f"an order cannot go from {self.status} to {to}")
         if to is not None and to != self.status:
             # A new status starts its own deadline; leaving the late status clears the jeopardy mark.
-            fields = {**fields, "status_since": at, "jeopardy": None}
+            fields = {**fields, "status_since": at, "jeopardy": None, "scan_read": False}
         elif self.status_since is None:
             # Stored before `status_since` existed, `updated_at` stood in for it: pinned before this
             # write moves it, so only a status change restarts the status's clock (a late mark, say,
@@ -2540,6 +2585,7 @@ class Order(BaseModel, defer_build=True):
             fields = {"status_since": self.updated_at, **fields}
         fields = {"changed_before_mark": None, **fields}
         new = _replaced(self, **fields, status=to or self.status, version=self.version + 1, updated_at=at)
+        new = _marks_settled(new)
         given_up = _bookings_given_up(self, new)
         keys = {shipment_id: key for shipment_id, key in new.booking_keys.items()
                 if any(s.id == shipment_id for s in new.shipments)}  # fmt: skip
@@ -3140,8 +3186,22 @@ class Order(BaseModel, defer_build=True):
         jeopardy = Jeopardy(reason=reason, status=self.status, since=since)
         return self._next(
             at=at, actor=actor, type=OrderEvent.JEOPARDY, detail=jeopardy.model_dump(mode="json"), jeopardy=jeopardy,
-            changed_before_mark=self.last_changed,
+            changed_before_mark=self.last_changed, jeopardy_for_refund=refund_refused,
         )  # fmt: skip
+
+    def mark_read_by_scan(self, *, at: datetime) -> Bookkeeping:
+        """The jeopardy scan read this order partly shipped (past the allocated deadline) with no
+        capture request standing: it need not read it again until a ship asks one (read_by_scan).
+        Bookkeeping that keeps when the order last changed (`changed_before_mark`, as a mark does),
+        so the reconciler and the capture sweep judge it as before."""
+        if self.status is not OrderStatus.PARTIALLY_SHIPPED or self.captures_requested or self.scan_read:
+            raise InvalidTransition(f"order {self.id} is no partly shipped order to note read, or noted already")
+        new = _replaced(
+            self, scan_read=True, version=self.version + 1, updated_at=at, changed_before_mark=self.last_changed,
+            status_since=self.status_since or self.updated_at,
+        )  # fmt: skip
+        check_successor(self, new)
+        return new, None
 
     def repeats_release(self, *, note: str | None, at: datetime, actor: str) -> bool:
         """Whether a release by `actor` with `note` at `at` is the person's release that left the

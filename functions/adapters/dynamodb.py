@@ -258,6 +258,12 @@ INDEXED_STATUSES = frozenset(OrderStatus) - UNINDEXED_STATUSES
 # pickup's collect_by; stored on watched orders only, as every write pays for its bytes, and not on
 # a pickup waiting with no collect_by, which is never late) and `sla_key` (whether it is marked).
 JEOPARDY_KEY = "jeopardy"
+# The same `sla_key`, with no `sla_at` (so no by_sla entry), on a partly shipped order the jeopardy
+# scan read past the allocated deadline with no capture request standing (Order.read_by_scan):
+# its partly shipped pass (DynamoLateOrders.unmarked_since_before) reads it no more until a ship
+# of it asks a capture, which removes the key. Written once per such order by the scan (a rare
+# order: partly shipped for that long), never by an ordinary write: the typical order has none.
+READ_KEY = "read"
 # The sparse `by_pending_refund` index keeps an entry only for an order with a refund still pending
 # at the gateway, under PENDING_REFUND_KEY by when its oldest one was begun: the reconciler finishes
 # those a request left behind (core.refund_service.PendingRefundSweep). A refund is pending for the
@@ -345,6 +351,10 @@ def index_attributes(order: Order, *, authorizations_set_aside: bool = False) ->
         # refused is listed (Order.listed_late) until it changes.
         attributes["sla_key"] = {"S": JEOPARDY_KEY}
         attributes["sla_at"] = {"S": timestamp(order.created_at)}
+    elif order.read_by_scan:
+        # A partly shipped order the scan read with no capture request standing: by_status_key's
+        # query leaves it out until a ship asks one (no `sla_at`: no by_sla entry, never listed).
+        attributes["sla_key"] = {"S": READ_KEY}
     pending = [refund.at for refund in order.payment.refunds if refund.status == "pending"]
     if pending:
         attributes["refund_key"] = {"S": PENDING_REFUND_KEY}
@@ -1064,16 +1074,21 @@ class DynamoLateOrders(LateOrders):
         self._page_size = page_size
         self._max_reads = max_reads
 
-    def unmarked_since_before(self, status: OrderStatus, before: datetime, limit: int) -> list[str]:
+    def unmarked_since_before(
+        self, status: OrderStatus, before: datetime, limit: int, *, unread: bool = False
+    ) -> list[str]:
+        values = {":status": {"S": status.value}, ":before": {"S": timestamp(before)}, ":late": {"S": JEOPARDY_KEY}}
+        unmarked = "sla_key <> :late"
+        if unread:
+            values[":read"] = {"S": READ_KEY}
+            unmarked += " AND sla_key <> :read"
         query: dict[str, Any] = {
             "TableName": self._table,
             "IndexName": "by_status_key",
             "KeyConditionExpression": "status_key = :status AND created_at < :before",
             # An order written before by_sla became sparse may still hold its status as sla_key.
-            "FilterExpression": "status_since < :before AND (attribute_not_exists(sla_key) OR sla_key <> :late)",
-            "ExpressionAttributeValues": {
-                ":status": {"S": status.value}, ":before": {"S": timestamp(before)}, ":late": {"S": JEOPARDY_KEY}
-            },
+            "FilterExpression": f"status_since < :before AND (attribute_not_exists(sla_key) OR ({unmarked}))",
+            "ExpressionAttributeValues": values,
             "ScanIndexForward": True,
         }  # fmt: skip
         return _query_ids(self._client, query, limit, self._page_size, max_reads=self._max_reads)

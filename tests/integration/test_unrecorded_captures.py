@@ -298,6 +298,55 @@ def test_a_partly_shipped_order_whose_refund_the_gateway_refused_is_listed_and_c
     assert scan(utc_now() + timedelta(hours=48, minutes=30))["marked"] == []
 
 
+def test_a_partly_shipped_order_read_with_nothing_standing_leaves_the_scans_query_until_a_ship_asks_a_capture(
+    aws, scan, monkeypatch
+):
+    # Each pass read the same oldest partly shipped orders (at most 1,000) again: past that many, a
+    # newer one whose second ship died was never reached. Read once with nothing standing, an order
+    # is noted read (sla_key "read", no sla_at: no by_sla entry) and left out of the query until a
+    # ship of it asks a capture, whose write removes the key.
+    from functions.adapters.dynamodb import DynamoLateOrders, DynamoOrders
+    from functions.bootstrap import Config, bootstrap
+
+    services, order = a_partly_shipped_order(aws, "web-read")
+    late = DynamoLateOrders(services.dynamodb, services.config.orders_table)
+    table = services.config.orders_table
+
+    def item() -> dict[str, Any]:
+        return services.dynamodb.get_item(TableName=table, Key={"id": {"S": order.id}}, ConsistentRead=True)["Item"]
+
+    assert "sla_key" not in item()
+    assert scan(utc_now() + timedelta(hours=48, minutes=5))["captures_settled"] == []
+    read = item()
+    assert (read["sla_key"], "sla_at" in read, read["version"]) == ({"S": "read"}, False, {"N": str(order.version + 1)})
+    after = utc_now() + timedelta(days=3)
+    assert late.unmarked_since_before(OrderStatus.PARTIALLY_SHIPPED, after, 10, unread=True) == []
+    assert late.unmarked_since_before(OrderStatus.PARTIALLY_SHIPPED, after, 10) == [order.id]  # for a deadline's pass
+    assert late.count_in_jeopardy() == 0
+    scan(utc_now() + timedelta(hours=48, minutes=10))
+    assert item()["version"] == read["version"]  # not read, so not written, again
+
+    real = DynamoOrders.update
+
+    def dies(self: DynamoOrders, new: Order, expected: Order, entries: list[HistoryEntry]) -> None:
+        if entries and entries[0].type == "shipment_shipped":
+            raise TimeoutError("the API function timed out before recording the ship")
+        real(self, new, expected, entries)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(DynamoOrders, "update", dies)
+        with pytest.raises(TimeoutError):
+            services.actions.ship(order.id, order.shipments[0].id, None, "key_wh")
+    assert "sla_key" not in item()
+    assert late.unmarked_since_before(OrderStatus.PARTIALLY_SHIPPED, after, 10, unread=True) == [order.id]
+
+    answer = scan(utc_now() + timedelta(hours=48, minutes=25))
+
+    assert (answer["captures_settled"], answer["ships_unconfirmed"]) == ([order.id], [order.id])
+    settled = bootstrap(Config.from_env()).order_repository.get(order.id)
+    assert (settled.status, settled.captures_requested, settled.jeopardy) == (OrderStatus.PARTIALLY_SHIPPED, [], None)
+
+
 def a_settlement_that_died(aws, monkeypatch: pytest.MonkeyPatch, external_id: str = "web-settled") -> Order:
     """A partly shipped order whose cancel of what was left died after the gateway captured the
     rest of its total, before its write (the API function timed out): the order as it then is,

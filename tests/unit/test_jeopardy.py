@@ -277,8 +277,8 @@ def test_an_order_that_moved_on_after_the_index_was_read_is_left_alone(world):
     clock.advance(minutes=6)
 
     class Stale(InMemoryLateOrders):
-        def unmarked_since_before(self, status, before, limit):
-            found = super().unmarked_since_before(status, before, limit)
+        def unmarked_since_before(self, status, before, limit, **kwargs):
+            found = super().unmarked_since_before(status, before, limit, **kwargs)
             if found:
                 world.workflow.authorize_payment(order_id, attempt=0)  # moves on between query and write
             return found

@@ -60,9 +60,9 @@ class Read(InMemoryLateOrders):
         super().__init__(world.orders)
         self.asked: list[str] = []
 
-    def unmarked_since_before(self, status: OrderStatus, *args: object) -> list[str]:
+    def unmarked_since_before(self, status: OrderStatus, *args: object, **kwargs: object) -> list[str]:
         self.asked.append(status)
-        return super().unmarked_since_before(status, *args)  # type: ignore[arg-type]
+        return super().unmarked_since_before(status, *args, **kwargs)  # type: ignore[arg-type]
 
     def held_since_before(self, *args: object) -> list[str]:
         self.asked.append("held")
