@@ -4,6 +4,7 @@ access logs, and WAF as an option."""
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import re
@@ -335,13 +336,18 @@ def test_a_function_is_granted_exactly_what_its_code_calls(function: str):
     assert granted(function) == set(USES[function])
 
 
+# The adapters' sources, read once per process: inspect.getsource parses a class's whole module to
+# find it, and the same classes are named for one function's grants after another (12 s of CPU).
+_source = functools.cache(inspect.getsource)
+
+
 @pytest.mark.parametrize("function", sorted(USES))
 def test_every_granted_action_is_called_by_the_code_named_for_it(function: str):
     for (_resource, action), callers in USES[function].items():
         if isinstance(callers, str):
             continue  # the Lambda service sends it; checked below
         snake = _snake(action)
-        sources = "\n".join(inspect.getsource(c) for c in callers)
+        sources = "\n".join(_source(c) for c in callers)
         calls = [f".{snake}(", *_ALSO_CALLED_AS.get(snake, [])]
         assert any(call in sources for call in calls), f"{function}: no {action} in {[c.__name__ for c in callers]}"
 
