@@ -131,6 +131,9 @@ def _pairs(text: str) -> list[tuple[OrderStatus, timedelta]]:
 @dataclass
 class Scanned:
     marked: list[str] = field(default_factory=list)
+    # Of `marked`, the partly shipped orders marked for a refund the gateway refused alone (their
+    # status has no deadline: the partly shipped pass), which are not past a deadline of their own.
+    for_refund: list[str] = field(default_factory=list)
     expired: list[str] = field(default_factory=list)
     returns_expired: list[str] = field(default_factory=list)
     # Late orders left unmarked, and partly shipped orders read unmarked (a status with no
@@ -307,6 +310,7 @@ class JeopardyScan:
                 )  # the status has no deadline: the mark is for the refund alone
                 if marked is not None:
                     done.marked.append(order_id)
+                    done.for_refund.append(order_id)
                 else:
                     done.captures_left.append(order_id)
                 found += 1
