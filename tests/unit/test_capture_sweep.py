@@ -1070,3 +1070,30 @@ def test_a_ship_that_asks_its_capture_while_the_scan_reads_the_order_keeps_it_un
     assert asked.capture_request(second) is not None and not asked.scan_read
     clock.advance(minutes=16)
     assert a_pass(world, clock) == CapturesSettled(settled=[order.id], held=[], unconfirmed=[order.id])
+
+
+def test_a_ship_whose_order_the_scan_notes_read_between_its_read_and_its_write_still_ships(world, clock, monkeypatch):
+    # The note moves the version the ship's capture request was decided on: that write loses, and
+    # the ship reads the order again and asks its capture on the noted version (no 409 to a
+    # warehouse that did nothing wrong), whose write removes the note.
+    order = world.allocated(("MUG", 1), ("CAP", 3))
+    first, second = (world.shipment_at(order, location) for location in ("wh-west", "wh-east"))
+    world.actions.ship(order.id, first, None, actor="key_wh")
+    clock.advance(**LATE)
+    request = Order.request_capture
+    noted: list[Order] = []
+
+    def the_scan_first(self: Order, *args, **kwargs):
+        if not noted:
+            assert a_pass(world, clock) == NOTHING
+            noted.append(world.order(order.id))
+        return request(self, *args, **kwargs)
+
+    monkeypatch.setattr(Order, "request_capture", the_scan_first)
+    shipped = world.actions.ship(order.id, second, None, actor="key_wh")
+    monkeypatch.undo()
+
+    assert noted[0].read_by_scan and noted[0].version == shipped.version - 2  # the request, then the capture
+    assert shipped.status is OrderStatus.SHIPPED and shipped.shipment(second).status is ShipmentStatus.SHIPPED
+    assert not shipped.scan_read and shipped == world.order(order.id)
+    assert len(world.spy.captured) == 2
