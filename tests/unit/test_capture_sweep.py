@@ -932,7 +932,8 @@ def test_a_partly_shipped_orders_mark_for_a_refused_refund_stays_plainly_when_th
     clock.advance(minutes=16)
     assert scan_pass(world, clock, sla)[0].marked == [before.id]
     marked = world.order(before.id)
-    assert marked.jeopardy.reason.endswith("a person settles it")
+    assert marked.jeopardy.reason.endswith("a person settles it") and marked.jeopardy_on_deadline
+    assert Order.model_validate_json(marked.stored_json()) == marked  # the flag is stored
     changed, _ = marked._bookkeeping(at=clock())  # a change since the mark (a person's, say)
     world.orders.update(changed, marked, [])
     world.gateway.script("refund", "approve")
