@@ -131,6 +131,9 @@ def _pairs(text: str) -> list[tuple[OrderStatus, timedelta]]:
 @dataclass
 class Scanned:
     marked: list[str] = field(default_factory=list)
+    # Of `marked`, the partly shipped orders marked for a refund the gateway refused alone (their
+    # status has no deadline: the partly shipped pass), which are not past a deadline of their own.
+    for_refund: list[str] = field(default_factory=list)
     expired: list[str] = field(default_factory=list)
     returns_expired: list[str] = field(default_factory=list)
     # Late orders left unmarked, and partly shipped orders read unmarked (a status with no
@@ -302,8 +305,12 @@ class JeopardyScan:
                 order is not None and order.status is S.PARTIALLY_SHIPPED and order.captures_requested
                 and order.last_changed <= now - self._captures_after
             ):  # fmt: skip
-                if self._mark_refund_refused(order_id, S.PARTIALLY_SHIPPED, self._sla[S.ALLOCATED]) is not None:
+                marked = self._mark_refund_refused(
+                    order_id, S.PARTIALLY_SHIPPED, self._sla[S.ALLOCATED], on_deadline=False
+                )  # the status has no deadline: the mark is for the refund alone
+                if marked is not None:
                     done.marked.append(order_id)
+                    done.for_refund.append(order_id)
                 else:
                     done.captures_left.append(order_id)
                 found += 1
@@ -355,10 +362,12 @@ class JeopardyScan:
         if not marked:
             return None
         if order.captures_requested:
-            return self._mark_refund_refused(order_id, status, deadline) or order
+            return self._mark_refund_refused(order_id, status, deadline, on_deadline=True) or order
         return order
 
-    def _mark_refund_refused(self, order_id: str, status: OrderStatus, deadline: timedelta) -> Order | None:
+    def _mark_refund_refused(
+        self, order_id: str, status: OrderStatus, deadline: timedelta, *, on_deadline: bool
+    ) -> Order | None:
         """The order as marked for a person (listed late: Order.listed_late) when the capture request
         standing on it stands because the gateway refused to refund that capture since the order
         last changed; None when it is not. The sweep asks that refund no more (under its key the
@@ -366,7 +375,9 @@ class JeopardyScan:
         each pass and show nowhere (a partly shipped one cannot even be held). Marked, it is listed
         and counted for the alarm, and no candidate until it changes: a change since (a person's)
         makes it one again, and the sweep asks again. Reads its history: only an order with such a
-        request standing, past its deadline, comes here."""
+        request standing, past its deadline, comes here. `on_deadline`: `deadline` is its status's
+        own (a pass of OMS_SLA), so once the refund is made the order is still late and keeps its
+        mark (Order.jeopardy_on_deadline); otherwise (the partly shipped pass) the mark goes then."""
         found = self._orders.history(order_id, consistent=True)
         if found is None:
             return None
@@ -384,7 +395,9 @@ class JeopardyScan:
                 return None  # changed since its history was read: the next pass judges it again
             assert since is not None
             reason = f"{status} for longer than {format_duration(deadline)}{REFUND_REFUSED_REASON}"
-            return order.mark_jeopardy(reason, since + deadline, at=at, actor=SCAN_ACTOR, refund_refused=True)
+            return order.mark_jeopardy(
+                reason, since + deadline, at=at, actor=SCAN_ACTOR, refund_refused=True, on_deadline=on_deadline
+            )
 
         try:
             order = modify(self._orders, order_id, decide)

@@ -1287,17 +1287,20 @@ REFUND_REFUSED_REASON = "; the gateway refused to refund a capture a ship that d
 def _marks_settled(new: "Order") -> "Order":
     """`new` once no capture request stands on it (the capture refunded, or found never made) or
     the mark went, with the jeopardy scan's mark for a refused refund (Order.jeopardy_for_refund)
-    settled: a partly shipped order's goes (marked for the refund alone: its status has no deadline
-    by default); another's, late all the same, keeps its mark and its `since` (no second
-    order.jeopardy event, no second notice to the customer) with the plain reason. As it is
-    otherwise. Order._next and Order._bookkeeping make each version through here."""
+    settled: a partly shipped order's made by the partly shipped pass goes (marked for the refund
+    alone: its status has no deadline by default); one made by a pass of its status's own deadline
+    (Order.jeopardy_on_deadline: a held order's, or a partly shipped one's once OMS_SLA names that
+    status), late all the same, keeps its mark and its `since` (no second order.jeopardy event, no
+    second notice to the customer) with the plain reason. As it is otherwise. Order._next and
+    Order._bookkeeping make each version through here."""
     if not new.jeopardy_for_refund or (new.jeopardy is not None and new.captures_requested):
         return new
     late = new.jeopardy
-    if late is None or late.status is OrderStatus.PARTIALLY_SHIPPED:
-        return _replaced(new, jeopardy=None, jeopardy_for_refund=False)
+    settled = {"jeopardy_for_refund": False, "jeopardy_on_deadline": False}
+    if late is None or (late.status is OrderStatus.PARTIALLY_SHIPPED and not new.jeopardy_on_deadline):
+        return _replaced(new, jeopardy=None, **settled)
     plain = _replaced(late, reason=late.reason.removesuffix(REFUND_REFUSED_REASON))
-    return _replaced(new, jeopardy=plain, jeopardy_for_refund=False)
+    return _replaced(new, jeopardy=plain, **settled)
 
 
 def _later_kept(later: list[str], requests: list[CaptureRequest], new: str) -> list[str]:
@@ -1458,6 +1461,11 @@ class Order(BaseModel, defer_build=True):
     # order's mark goes (its status has no deadline of its own), a held one's stays, plainly
     # (_marks_settled). Goes with the mark. Rare; the system's own: stored, never shown.
     jeopardy_for_refund: bool = Field(default=False, exclude=True)
+    # That mark (jeopardy_for_refund) was made by a pass of its status's own deadline (OMS_SLA; not
+    # the partly shipped pass of the default SLA, which marks for the refund alone): settled, it
+    # stays, plainly, the order being late all the same (_marks_settled). Goes with the mark. Rare;
+    # the system's own: stored, never shown.
+    jeopardy_on_deadline: bool = Field(default=False, exclude=True)
     # The jeopardy scan read this partly shipped order past the allocated deadline with no capture
     # request standing (mark_read_by_scan): while none stands (`read_by_scan`), the scan's partly
     # shipped pass reads it no more (its index entry says so), so that pass reads only the orders
@@ -1692,6 +1700,8 @@ class Order(BaseModel, defer_build=True):
             system["changed_before_mark"] = _TIMES.dump_python(self.changed_before_mark, mode="json")
         if self.jeopardy_for_refund:
             system["jeopardy_for_refund"] = True
+        if self.jeopardy_on_deadline:
+            system["jeopardy_on_deadline"] = True
         if self.scan_read:
             system["scan_read"] = True
         if self.excluded_locations:
@@ -3172,12 +3182,20 @@ class Order(BaseModel, defer_build=True):
         )  # fmt: skip
 
     def mark_jeopardy(
-        self, reason: str, since: datetime, *, at: datetime, actor: str, refund_refused: bool = False
+        self,
+        reason: str,
+        since: datetime,
+        *,
+        at: datetime,
+        actor: str,
+        refund_refused: bool = False,
+        on_deadline: bool = False,
     ) -> Change:
         """Late for its current status (the scan found it past its deadline `since`).
         `refund_refused`: late with a capture request standing whose refund the gateway refused
         since the order last changed, so a person settles it: marked (again, when a change since
-        its mark left it unlisted) to be listed late (`listed_late`)."""
+        its mark left it unlisted) to be listed late (`listed_late`); `on_deadline`, found so by a
+        pass of its status's own deadline, so the mark outlives the refund (jeopardy_on_deadline)."""
         if refund_refused and not self.captures_requested:
             raise InvalidTransition(f"order {self.id} has no capture request standing")
         marked = self.jeopardy is not None and self.jeopardy.status is self.status
@@ -3187,6 +3205,7 @@ class Order(BaseModel, defer_build=True):
         return self._next(
             at=at, actor=actor, type=OrderEvent.JEOPARDY, detail=jeopardy.model_dump(mode="json"), jeopardy=jeopardy,
             changed_before_mark=self.last_changed, jeopardy_for_refund=refund_refused,
+            jeopardy_on_deadline=refund_refused and on_deadline,
         )  # fmt: skip
 
     def mark_read_by_scan(self, *, at: datetime) -> Bookkeeping:

@@ -705,11 +705,11 @@ def test_the_scan_counts_each_order_whose_parcel_waits_for_a_person_until_a_pers
     assert late.count_ships_to_confirm() == 0
 
 
-def scan_pass(world: World, clock: Clock) -> tuple[Scanned, CapturesSettled]:
+def scan_pass(world: World, clock: Clock, sla: str = "") -> tuple[Scanned, CapturesSettled]:
     """A pass as a_pass, with what the scan did as well as what the sweep did."""
     scan = JeopardyScan(
         InMemoryLateOrders(world.orders), world.orders, world.actions.cancel, clock,
-        sla=parse_sla(""), captures_after=timedelta(minutes=15),
+        sla=parse_sla(sla), captures_after=timedelta(minutes=15),
     )  # fmt: skip
     scanned = scan.run()
     return scanned, sweep(world, clock).run(scanned.captures_left, ACTOR)
@@ -728,7 +728,8 @@ def test_a_partly_shipped_order_whose_refund_the_gateway_refused_is_listed_late_
     late = InMemoryLateOrders(world.orders)
     clock.advance(minutes=16)  # its last change (the request taken back from its ship) is over
 
-    assert scan_pass(world, clock) == (Scanned(marked=[before.id], in_jeopardy=1), NOTHING)
+    # Marked for the refund alone (the handler's log says so, not a deadline its status lacks).
+    assert scan_pass(world, clock) == (Scanned(marked=[before.id], for_refund=[before.id], in_jeopardy=1), NOTHING)
 
     after = world.order(before.id)
     assert after.status is OrderStatus.PARTIALLY_SHIPPED and after.capture_request(second) is not None
@@ -913,6 +914,46 @@ def test_a_held_orders_late_mark_for_a_refused_refund_stays_plainly_once_the_ref
     assert [e.type for e in world.history(order.id)].count(OrderEvent.JEOPARDY) == 1
 
 
+def test_a_partly_shipped_orders_mark_for_a_refused_refund_stays_plainly_when_the_sla_gives_its_status_a_deadline(
+    world, clock, monkeypatch
+):
+    # With OMS_SLA naming partially_shipped, the order is late on its own deadline: once the refund
+    # was made its mark went all the same (as under the default SLA, where the mark is for the
+    # refund alone), and the next pass marked it late again: a second order.jeopardy event and a
+    # second 'delayed' notice to the customer for one lateness.
+    from functions.adapters.dynamodb import index_attributes
+
+    sla = "partially_shipped=48h"
+    before, _ = partly_shipped_with_a_second_ship_that_died(world, monkeypatch)
+    world.gateway.script("refund", "refuse")
+    clock.advance(**LATE)
+    with pytest.raises(CapturesNotSettled):
+        scan_pass(world, clock, sla)
+    clock.advance(minutes=16)
+    assert scan_pass(world, clock, sla)[0].marked == [before.id]
+    marked = world.order(before.id)
+    assert marked.jeopardy.reason.endswith("a person settles it") and marked.jeopardy_on_deadline
+    assert Order.model_validate_json(marked.stored_json()) == marked  # the flag is stored
+    changed, _ = marked._bookkeeping(at=clock())  # a change since the mark (a person's, say)
+    world.orders.update(changed, marked, [])
+    world.gateway.script("refund", "approve")
+    clock.advance(minutes=16)
+    settled = CapturesSettled(settled=[before.id], held=[], unconfirmed=[])
+    assert scan_pass(world, clock, sla) == (Scanned(captures_left=[before.id]), settled)
+
+    after = world.order(before.id)
+    assert after.status is OrderStatus.PARTIALLY_SHIPPED and after.captures_requested == []
+    assert after.listed_late and after.jeopardy == marked.jeopardy.model_copy(
+        update={"reason": "partially_shipped for longer than 2d"}
+    )
+    assert index_attributes(after)["sla_key"] == {"S": "jeopardy"}
+    stored = Order.model_validate_json(after.stored_json())
+    assert stored == after and not stored.jeopardy_for_refund
+    clock.advance(minutes=5)
+    assert scan_pass(world, clock, sla) == (Scanned(in_jeopardy=1), NOTHING)
+    assert [e.type for e in world.history(before.id)].count(OrderEvent.JEOPARDY) == 1
+
+
 def test_a_newer_partly_shipped_orders_dead_ship_is_reached_past_more_old_ones_than_a_pass_reads(clock, monkeypatch):
     # Each pass read the oldest partly shipped orders past the allocated deadline, at most
     # `max_reads` of them (1,000), again every pass while they waited: past that many, a newer
@@ -1030,3 +1071,30 @@ def test_a_ship_that_asks_its_capture_while_the_scan_reads_the_order_keeps_it_un
     assert asked.capture_request(second) is not None and not asked.scan_read
     clock.advance(minutes=16)
     assert a_pass(world, clock) == CapturesSettled(settled=[order.id], held=[], unconfirmed=[order.id])
+
+
+def test_a_ship_whose_order_the_scan_notes_read_between_its_read_and_its_write_still_ships(world, clock, monkeypatch):
+    # The note moves the version the ship's capture request was decided on: that write loses, and
+    # the ship reads the order again and asks its capture on the noted version (no 409 to a
+    # warehouse that did nothing wrong), whose write removes the note.
+    order = world.allocated(("MUG", 1), ("CAP", 3))
+    first, second = (world.shipment_at(order, location) for location in ("wh-west", "wh-east"))
+    world.actions.ship(order.id, first, None, actor="key_wh")
+    clock.advance(**LATE)
+    request = Order.request_capture
+    noted: list[Order] = []
+
+    def the_scan_first(self: Order, *args, **kwargs):
+        if not noted:
+            assert a_pass(world, clock) == NOTHING
+            noted.append(world.order(order.id))
+        return request(self, *args, **kwargs)
+
+    monkeypatch.setattr(Order, "request_capture", the_scan_first)
+    shipped = world.actions.ship(order.id, second, None, actor="key_wh")
+    monkeypatch.undo()
+
+    assert noted[0].read_by_scan and noted[0].version == shipped.version - 2  # the request, then the capture
+    assert shipped.status is OrderStatus.SHIPPED and shipped.shipment(second).status is ShipmentStatus.SHIPPED
+    assert not shipped.scan_read and shipped == world.order(order.id)
+    assert len(world.spy.captured) == 2

@@ -54,6 +54,18 @@ def test_a_pass_that_marks_orders_counts_them_and_every_open_one(monkeypatch, ca
     }  # fmt: skip
 
 
+def test_a_partly_shipped_order_marked_for_a_refused_refund_is_logged_as_such(monkeypatch, caplog, capsys):
+    # Its status has no deadline by default: the log said it was past the deadline of its status.
+    done = Scanned(marked=["ord_late", "ord_refund"], for_refund=["ord_refund"], in_jeopardy=2)
+    assert run(monkeypatch, capsys, done)["OrdersMarkedInJeopardy"] == [2.0]
+    logged = {r.order_id: r.getMessage() for r in caplog.records if r.getMessage().startswith("order in jeopardy")}
+    assert logged == {
+        "ord_late": "order in jeopardy: past the deadline of its status",
+        "ord_refund": "order in jeopardy: the gateway refused to refund a capture a ship that died took; "
+        "a person settles it",
+    }
+
+
 def test_a_quiet_pass_still_reports_zero_late_orders(monkeypatch, capsys):
     # ShipsToConfirmAlarm's gauge too, zero included: the alarm clears only on a zero.
     assert run(monkeypatch, capsys, Scanned()) == {"OrdersInJeopardy": [0.0], "ShipsWaitingToConfirm": [0.0]}
