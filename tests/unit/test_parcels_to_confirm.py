@@ -210,3 +210,16 @@ def test_an_edit_on_a_persons_hold_whose_ship_died_after_its_capture_names_the_p
     refused(lambda: world.actions.edit(held.id, held.version, edit, actor="key_web"), shipment_id)
 
     unchanged_with_its_request(world, held)
+
+
+def test_a_cancel_of_the_order_by_a_caller_that_may_not_release_its_hold_is_refused(world, clock, monkeypatch):
+    # A storefront's cancel (orders:write alone) is no answer to whether the parcel left.
+    held, shipment_id = held_for_a_parcel(world, clock, monkeypatch)
+
+    refused(
+        lambda: world.actions.cancel(held.id, "changed my mind", actor="key_web", confirms_parcels=False),
+        shipment_id,
+    )
+
+    unchanged(world, held)
+    assert world.level("TSHIRT", "wh-west") == (10, 2, 8)

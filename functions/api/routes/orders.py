@@ -240,7 +240,8 @@ def edit_order(order_id: OrderIdPath, edit: OrderEdit, if_match: IfMatch) -> Ord
     "total (a volume price lost with the units) beyond what the authorization has left to capture: cancel the "
     "whole order or edit it instead. On an order held for a person to confirm whether a parcel left (its ship died "
     "after its capture), units that would come from that parcel, or any units while its capture still stands, are "
-    "409 `parcel_not_confirmed`, `details` naming the shipment: they may be with the carrier. "
+    "409 `parcel_not_confirmed`, `details` naming the shipment: they may be with the carrier; so is a cancel of the "
+    "whole order by a key without `orders:approve` (a person who may release its hold answers whether it left). "
     "Idempotency-Key is honoured (cancelling units twice would cancel twice as many).",
     responses={
         **changed("The order, cancelled (payment `voided`, or still `authorized` if the void failed)"),
@@ -260,8 +261,11 @@ def cancel_order(
     request_key = f"api:{who.key_id}:{idempotency_key}" if idempotency_key else None
 
     def cancel() -> dict[str, Any]:
+        # Only a key that may release a hold answers whether a held order's parcel left by
+        # cancelling it (core.cancellation.Cancellation.cancel).
         cancelled = container().actions.cancel(order_id, request.reason, actor=who.key_id, channel=who.channel,
-                                               lines=lines, request_key=request_key)  # fmt: skip
+                                               lines=lines, request_key=request_key,
+                                               confirms_parcels=allows(who, Scope.ORDERS_APPROVE))  # fmt: skip
         return cancelled.model_dump(mode="json")
 
     if idempotency_key is None:
