@@ -77,6 +77,7 @@ class Cancellation:
         closed_ok: bool = False,
         retry_void_later: bool = False,
         spare_held: bool = False,
+        confirms_parcels: bool = True,
     ) -> Order:
         """End the order cancelled, release every reservation, void its authorization; an
         exchange's replacement gives its credit back on the original order (ExchangeCredits). Refused
@@ -92,7 +93,10 @@ class Cancellation:
         `retry_void_later` a void or a credit's refund that keeps failing raises TransientError (the
         workflow's step is retried); otherwise the cancelled order is returned. With `spare_held`
         an order on hold is left as it is (the workflow's own cancel: a person holds it, and its
-        release starts the workflow again)."""
+        release starts the workflow again). Not `confirms_parcels` (a caller that may not release a
+        hold, orders:approve: a storefront): an order held for a person to confirm whether a parcel
+        left is refused (ParcelNotConfirmed, 409), nothing written: its cancel puts the parcel's
+        units back on sale, which only a person who found it never left may answer."""
 
         read: list[Order] = []  # the version the cancel was decided on, which still lists its allocations
 
@@ -102,6 +106,8 @@ class Cancellation:
                 return None
             if spare_held and order.status is OrderStatus.ON_HOLD:
                 return None
+            if not confirms_parcels:
+                order.check_parcels_kept("cancelled but by a key that may release its hold (orders:approve)")
             return order.cancel(reason, at=self._clock(), actor=actor, detail=detail)
 
         order = modify(self._orders, order_id, decide, channel=channel)

@@ -1975,14 +1975,17 @@ class Order(BaseModel, defer_build=True):
     def parcels_to_confirm(self) -> list[str]:
         """The shipments whose parcels the order's hold waits for a person to confirm: their ships
         died after asking for their captures, so each may be in the carrier's van (the system's
-        hold for them, Hold.confirms_ships, or a person's hold made a park for them,
-        Hold.ships_to_confirm). Empty when it is not on such a hold. Until a person releases it (the
-        parcels confirmed) or cancels the order, nothing may put their units back on sale or change
-        their shipments (check_parcels_kept): an edit or a reject, which send the order back to be
-        sourced, or a cancel of their units."""
+        hold for them, Hold.confirms_ships, a person's hold made a park for them,
+        Hold.ships_to_confirm, or a hold a ship's capture request still stands on, unfinished_ships:
+        a held order never ships, so that ship died, and the capture sweep names it only once the
+        order is late on hold, as ships_to_confirm_since counts it from the start). Empty when it is
+        not on such a hold. Until a person releases it (the parcels confirmed) or cancels the order,
+        nothing may put their units back on sale or change their shipments (check_parcels_kept): an
+        edit or a reject, which send the order back to be sourced, or a cancel of their units."""
         if self.status is not OrderStatus.ON_HOLD or self.hold is None:
             return []
-        return list(dict.fromkeys([*self.hold.confirms_ships, *self.hold.ships_to_confirm]))
+        named = [*self.hold.confirms_ships, *self.hold.ships_to_confirm, *self.unfinished_ships()]
+        return list(dict.fromkeys(named))
 
     def check_parcels_kept(self, what: str, shipment_ids: list[str] | None = None) -> None:
         """ParcelNotConfirmed (409) when `what` would touch a parcel waiting for a person to confirm
@@ -2375,11 +2378,12 @@ class Order(BaseModel, defer_build=True):
         not: its workflow is about to allocate it, and a moment later it is editable again. Nor is
         one with a shipment's capture requested: that shipment is being shipped (or its ship died,
         and is repeated or the order cancelled)."""
+        # An edit sends every parcel back to be sourced, its units released or kept on a new plan.
+        # (First: on a hold, a ship's capture request standing is a ship that died, not one under way.)
+        self.check_parcels_kept("edited")
         shipping = next((r.shipment_id for r in self.captures_requested if r.shipment_id), None)
         if shipping is not None:
             raise InvalidTransition(f"shipment {shipping} of order {self.id} is being shipped; it cannot be edited")
-        # An edit sends every parcel back to be sourced, its units released or kept on a new plan.
-        self.check_parcels_kept("edited")
         if self.status in RESOURCEABLE:
             self._check_resourceable("edited")
         elif self.hold is not None and self.hold.resume_to is OrderStatus.BACKORDERED:
@@ -3431,6 +3435,10 @@ class Order(BaseModel, defer_build=True):
         waiting = set(self.parcels_to_confirm())
         if not waiting:
             return
+        # A capture request standing on the hold is settled before any units are cancelled (refunded,
+        # the request gone: UnitCancellation), which would leave a person's hold the expiry cancels and
+        # no trace of the parcel to confirm: refused whichever parcels the units come from.
+        self.check_parcels_kept("cancelled in part", self.unfinished_ships())
         spare: dict[str, int] = defaultdict(int)
         holding: dict[str, list[str]] = defaultdict(list)
         for shipment in self.shipments:

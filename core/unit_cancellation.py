@@ -119,9 +119,11 @@ class UnitCancellation:
 
     def cancel(
         self, order_id: str, reason: str, actor: str, *, lines: dict[str, int] | None = None,
-        channel: str | None = None, request_key: str | None = None,
+        channel: str | None = None, request_key: str | None = None, confirms_parcels: bool = True,
     ) -> Order:  # fmt: skip
-        """`request_key` (a client's Idempotency-Key, scoped to its API key) is kept in the entry of
+        """`confirms_parcels`: the caller may release a hold (Cancellation.cancel: a cancel of a whole
+        order held to confirm whether a parcel left is refused otherwise).
+        `request_key` (a client's Idempotency-Key, scoped to its API key) is kept in the entry of
         a cancel of `lines` (`units_cancelled`, or `cancelled` when they were every unit): a retry
         of a request that wrote it (whose answer was never stored: its function died, or the
         idempotency record's write failed) answers the order instead of cancelling as many units
@@ -153,7 +155,9 @@ class UnitCancellation:
                 continue
             if (lines is None and order.status is not S.PARTIALLY_SHIPPED) or everything:
                 keyed = {"request_key": request_key} if lines and request_key is not None else None
-                cancelled_whole = self._cancellation.cancel(order_id, reason, actor, channel=channel, detail=keyed)
+                cancelled_whole = self._cancellation.cancel(
+                    order_id, reason, actor, channel=channel, detail=keyed, confirms_parcels=confirms_parcels
+                )
                 return self.cancel_given_up(cancelled_whole, actor)
             try:
                 cancelled = order.units_to_cancel(lines)

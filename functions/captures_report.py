@@ -18,7 +18,8 @@ def report(
     """`waiting`: the orders held now while a person is to confirm whether a parcel left (the
     jeopardy scan's count, after its sweep); None when nothing counted them (the reconciler) or the
     count failed. ShipsToConfirmAlarm watches ShipsWaitingToConfirm alone (Maximum), whose every
-    point is a floor of the orders waiting for a person to confirm a parcel: `waiting` and the
+    point is a floor of the orders waiting for a person to confirm a parcel: `waiting` (or the
+    orders this pass held, when its index does not show them all yet) and the
     orders found this pass that could not be held (`unconfirmed`, partly shipped: in no count), or,
     uncounted, those this pass held or found. A zero is published only by a count: a run whose count
     failed publishes no point unless it found one, so the alarm keeps its state rather than clearing
@@ -38,8 +39,10 @@ def report(
     if found:
         metrics.add_metric(name="ShipsToConfirm", unit=MetricUnit.Count, value=found)
     if waiting is not None:
+        # The count reads an index (eventually consistent) that may not show yet the orders this
+        # pass has just held: each waits now, so the point is at least as many.
         metrics.add_metric(name="ShipsWaitingToConfirm", unit=MetricUnit.Count,
-                           value=waiting + len(captures.unconfirmed))  # fmt: skip
+                           value=max(waiting, len(captures.held)) + len(captures.unconfirmed))  # fmt: skip
     elif found:
         metrics.add_metric(name="ShipsWaitingToConfirm", unit=MetricUnit.Count, value=found)
     if failed is not None:

@@ -160,3 +160,16 @@ def test_the_input_rules_the_code_enforces_are_in_the_schema(document: dict[str,
     assert "USPS" in schemas["AddressInput"]["description"]
     assert delta["not"] == {"const": 0}
     assert (delta["minimum"], delta["maximum"]) == (-1_000_000_000, 1_000_000_000)
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [("PATCH", "/orders/{order_id}"), ("POST", "/orders/{order_id}/cancel"),
+     ("POST", "/orders/{order_id}/shipments/{shipment_id}/reject")],
+)  # fmt: skip
+def test_the_routes_that_refuse_a_parcel_not_confirmed_document_its_409(document: dict[str, Any], method, path):
+    # An order held for a person to confirm whether a parcel left answers these 409
+    # parcel_not_confirmed (core.errors.ParcelNotConfirmed), which a client must tell from the rest.
+    operation = document["paths"][path][method.lower()]
+    assert "409" in operation["responses"]
+    assert "`parcel_not_confirmed`" in operation["description"]

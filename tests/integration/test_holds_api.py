@@ -238,3 +238,39 @@ def test_an_order_held_to_confirm_whether_a_parcel_left_refuses_what_would_put_i
         "PATCH", path, json={"shipping_address": address}, headers={"If-Match": str(released.json()["version"])}
     )
     assert edited.status_code == 200, edited.text
+
+
+def test_a_storefront_cannot_cancel_an_order_held_to_confirm_a_parcel_but_a_person_who_may_release_it_can(
+    api: InProcessApi, sku: str
+):
+    # A storefront's cancel is the customer's wish, not an answer to whether the parcel left: put
+    # back on sale, units that may be in the carrier's van would be sold twice. It waits for a person
+    # (orders:approve, who may release the hold), whose cancel is that answer (the parcel never left).
+    from core.models import utc_now
+    from core.order_changes import modify
+    from functions.api.dependencies import container
+
+    storefront = issue(api, "orders:write", "orders:read")
+    order = place(api, sku, lines=[{"sku": sku, "quantity": 2}])
+    allocate(order["id"])
+    shipment_id = api.get(f"/orders/{order['id']}").json()["shipments"][0]["id"]
+    modify(
+        container().order_repository, order["id"],
+        lambda current: current.hold_unfinished_ships([shipment_id], at=utc_now(), actor="jeopardy_scan"),
+    )  # fmt: skip
+    path = f"/orders/{order['id']}"
+    held = api.get(path).json()
+    history = api.get(f"{path}/history").json()["items"]
+
+    for body in ({"reason": "changed my mind"}, {"reason": "changed my mind", "lines": [
+        {"line_id": held["lines"][0]["line_id"], "quantity": 2}
+    ]}):  # fmt: skip
+        error = assert_error(api.post(f"{path}/cancel", key=storefront, json=body), 409, "parcel_not_confirmed")
+        assert [detail["shipment_id"] for detail in error["details"]] == [shipment_id]
+    assert api.get(path).json() == held
+    assert api.get(f"{path}/history").json()["items"] == history
+
+    approver = issue(api, "orders:write", "orders:approve", "orders:read")
+    cancelled = api.post(f"{path}/cancel", key=approver, json={"reason": "the parcel never left"})
+    assert cancelled.status_code == 200, cancelled.text
+    assert cancelled.json()["status"] == "cancelled"

@@ -289,3 +289,31 @@ def test_the_parcels_gauge_is_a_floor_of_the_orders_waiting_and_never_a_zero_the
     metrics = _metrics_printed(capsys.readouterr().out)
     assert metrics.get("ShipsWaitingToConfirm") == gauge
     assert metrics.get("ShipsToConfirm") == ([float(len(unconfirmed))] if unconfirmed else None)
+
+
+@pytest.mark.parametrize(("count", "gauge"), [(0, [2.0]), (1, [2.0]), (5, [5.0])])
+def test_the_orders_a_run_held_count_in_its_point_though_the_index_has_not_caught_up(monkeypatch, capsys, count, gauge):
+    # The count reads a global secondary index, eventually consistent: the orders this run's sweep
+    # has just held may not be in it yet, and its point said zero (the alarm, watching this metric
+    # alone, neither fired for them nor stayed on for them) until the next run. Each is waiting now.
+    monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "false")
+    held = ["ord_h1", "ord_h2"]
+
+    class Sweep:
+        def run(self, order_ids, actor, *, time_up):
+            return CapturesSettled(settled=list(order_ids), held=list(order_ids), unconfirmed=[])
+
+    services = SimpleNamespace(
+        plugins=SimpleNamespace(broken=[]),
+        jeopardy_scan=SimpleNamespace(
+            run=lambda **_: Scanned(captures_left=held), count_ships_to_confirm=lambda: count
+        ),
+        capture_sweep=Sweep(),
+    )
+    monkeypatch.setattr(jeopardy, "container", lambda: services)
+    jeopardy.metrics.clear_metrics()
+    capsys.readouterr()
+
+    jeopardy.lambda_handler({"detail-type": "Scheduled Event"}, context("JeopardyScanFunction"))
+
+    assert _metrics_printed(capsys.readouterr().out).get("ShipsWaitingToConfirm") == gauge

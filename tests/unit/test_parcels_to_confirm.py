@@ -147,3 +147,79 @@ def test_a_cancel_of_the_order_waiting_to_confirm_a_parcel_ends_it_as_a_persons_
     assert (cancelled.status, cancelled.hold) == (OrderStatus.CANCELLED, None)
     assert world.level("TSHIRT", "wh-west") == (10, 0, 10)
     assert InMemoryLateOrders(world.orders).count_ships_to_confirm() == 0
+
+
+def persons_hold_on_a_ship_that_died(world: World, clock: Clock, monkeypatch: pytest.MonkeyPatch) -> tuple[Order, str]:
+    """A person held the order after its first parcel's ship died with its capture asked (the
+    request still stands: the scan refunds it, and makes the hold a park, only once the order is
+    late on hold). Whether that parcel left is as unknown as once the scan held it."""
+    order, shipment_id = a_ship_that_died(world, monkeypatch, ("TSHIRT", 2), ("CAP", 1))
+    Holds(world.orders, clock).hold(order.id, HoldRequest(reason="address_review"), "key_ops")
+    held = world.order(order.id)
+    assert held.unfinished_ships() == [shipment_id] and not held.hold.parked
+    assert InMemoryLateOrders(world.orders).count_ships_to_confirm() == 1
+    return held, shipment_id
+
+
+def unchanged_with_its_request(world: World, before: Order) -> None:
+    after = world.order(before.id)
+    assert (after.version, after.status, after.hold, after.shipments, after.allocations) == (
+        before.version, before.status, before.hold, before.shipments, before.allocations,
+    )  # fmt: skip
+    assert after.captures_requested == before.captures_requested
+    assert world.spy.refunded == []  # the gateway not asked: the capture waits for the scan or a person
+    assert InMemoryLateOrders(world.orders).count_ships_to_confirm() == 1
+    assert (world.level("TSHIRT", "wh-west"), world.level("CAP", "wh-east")) == ((10, 2, 8), (4, 1, 3))
+
+
+@pytest.mark.parametrize("which", ["named", "other"])
+def test_a_cancel_of_units_on_a_persons_hold_whose_ship_died_after_its_capture_is_refused(
+    world, clock, monkeypatch, which
+):
+    # The cancel settled the capture first (refunded, the request gone: the order no longer counted
+    # for ShipsToConfirmAlarm, its hold one the expiry cancels) and then took the units, from the
+    # parcel that may be in the carrier's van too: back on sale.
+    held, shipment_id = persons_hold_on_a_ship_that_died(world, clock, monkeypatch)
+    target = held.shipment(shipment_id) if which == "named" else next(s for s in held.shipments if s.id != shipment_id)
+    (line,) = target.lines
+
+    refused(
+        lambda: world.actions.cancel(held.id, "one item fewer", actor="key_web", lines={line.line_id: 1}),
+        shipment_id,
+    )
+
+    unchanged_with_its_request(world, held)
+
+
+@pytest.mark.parametrize("which", ["named", "other"])
+def test_a_reject_on_a_persons_hold_whose_ship_died_after_its_capture_is_refused(world, clock, monkeypatch, which):
+    # The reject refunded the capture and sent every parcel back to be sourced, releasing the
+    # units of the one that may have left.
+    held, shipment_id = persons_hold_on_a_ship_that_died(world, clock, monkeypatch)
+    target = shipment_id if which == "named" else next(s.id for s in held.shipments if s.id != shipment_id)
+
+    refused(lambda: world.actions.reject(held.id, target, "no staff", actor="key_wh"), shipment_id)
+
+    unchanged_with_its_request(world, held)
+
+
+def test_an_edit_on_a_persons_hold_whose_ship_died_after_its_capture_names_the_parcel(world, clock, monkeypatch):
+    held, shipment_id = persons_hold_on_a_ship_that_died(world, clock, monkeypatch)
+    edit = OrderEdit(lines=[LineInput(sku="MUG", quantity=1)])
+
+    refused(lambda: world.actions.edit(held.id, held.version, edit, actor="key_web"), shipment_id)
+
+    unchanged_with_its_request(world, held)
+
+
+def test_a_cancel_of_the_order_by_a_caller_that_may_not_release_its_hold_is_refused(world, clock, monkeypatch):
+    # A storefront's cancel (orders:write alone) is no answer to whether the parcel left.
+    held, shipment_id = held_for_a_parcel(world, clock, monkeypatch)
+
+    refused(
+        lambda: world.actions.cancel(held.id, "changed my mind", actor="key_web", confirms_parcels=False),
+        shipment_id,
+    )
+
+    unchanged(world, held)
+    assert world.level("TSHIRT", "wh-west") == (10, 2, 8)

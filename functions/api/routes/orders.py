@@ -205,7 +205,9 @@ IfMatch = Annotated[
     "held while backordered is 409: release it first). Review rules look at the edited order as at capture: one "
     "they ask to review that they did not ask for as it was (`OMS_REVIEW_THRESHOLD` crossed) is answered `on_hold` "
     "(reason in `hold`, actor `review_rules` in the history) and waits for its release. Once a shipment has "
-    "shipped (or a pickup is ready) 409.",
+    "shipped (or a pickup is ready) 409. An order held for a person to confirm whether a parcel left (its ship "
+    "died after its capture) is 409 `parcel_not_confirmed`, `details` naming the shipment, until its hold is "
+    "released.",
     responses={**changed("The order, priced again"), **errors(400, 403, 404, 409, 413, 428, 503)},
     middlewares=[plugins_loaded],
 )
@@ -236,7 +238,10 @@ def edit_order(order_id: OrderIdPath, edit: OrderEdit, if_match: IfMatch) -> Ord
     "settled (a capture beyond the new total is refunded; once nothing is left to ship or collect the rest is "
     "captured or the authorization released). Units that shipped are 409, and so are `lines` that would raise the "
     "total (a volume price lost with the units) beyond what the authorization has left to capture: cancel the "
-    "whole order or edit it instead. "
+    "whole order or edit it instead. On an order held for a person to confirm whether a parcel left (its ship died "
+    "after its capture), units that would come from that parcel, or any units while its capture still stands, are "
+    "409 `parcel_not_confirmed`, `details` naming the shipment: they may be with the carrier; so is a cancel of the "
+    "whole order by a key without `orders:approve` (a person who may release its hold answers whether it left). "
     "Idempotency-Key is honoured (cancelling units twice would cancel twice as many).",
     responses={
         **changed("The order, cancelled (payment `voided`, or still `authorized` if the void failed)"),
@@ -256,8 +261,11 @@ def cancel_order(
     request_key = f"api:{who.key_id}:{idempotency_key}" if idempotency_key else None
 
     def cancel() -> dict[str, Any]:
+        # Only a key that may release a hold answers whether a held order's parcel left by
+        # cancelling it (core.cancellation.Cancellation.cancel).
         cancelled = container().actions.cancel(order_id, request.reason, actor=who.key_id, channel=who.channel,
-                                               lines=lines, request_key=request_key)  # fmt: skip
+                                               lines=lines, request_key=request_key,
+                                               confirms_parcels=allows(who, Scope.ORDERS_APPROVE))  # fmt: skip
         return cancelled.model_dump(mode="json")
 
     if idempotency_key is None:

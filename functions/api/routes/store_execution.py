@@ -24,7 +24,8 @@ router = Router()
     "shipment again answers the order unchanged, and so does rejecting one that another location's reject withdrew "
     "meanwhile (its location is excluded too). A held allocated order's shipment is rejected the same way, and the "
     "order stays `on_hold` until its release sends it to be sourced again. 409 once the shipment is not pending or "
-    "anything of the order left.",
+    "anything of the order left; 409 `parcel_not_confirmed` (`details` naming the shipment) while the order is "
+    "held for a person to confirm whether one of its parcels left (its ship died after its capture).",
     responses={**changed("The order, authorized again"), **errors(400, 403, 404, 409, 413)},
 )
 @requires(Scope.FULFILLMENT_WRITE)
