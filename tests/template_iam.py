@@ -147,7 +147,11 @@ def _covers(resource: Any, action: Any, grant: Grant, within: str) -> bool:
     resource the call names (`within`, in scope()'s form): `"*"` covers every resource and part."""
     if grant[1] not in actions(action):
         return False
-    return resource == "*" or (logical_id(resource) == grant[0] and like(within, scope(resource)))
+    # Matched from the separator on, as IAM matches the whole ARN: `${Table.Arn}/*` names the
+    # table's indexes, never the table (`table/orders` is not `table/orders/*`); `${Table.Arn}*` both.
+    return resource == "*" or (
+        logical_id(resource) == grant[0] and like(f"/{within}" if within else "", _path(resource))
+    )
 
 
 def granted(function: str) -> set[Grant]:
@@ -179,6 +183,12 @@ def scope(resource: Any) -> str:
     which the table's ARN does not cover, nor they the table), `labels/*` (a bucket's objects)."""
     if resource == "*":
         return "*"  # every part of every resource
+    return _path(resource).removeprefix("/")
+
+
+def _path(resource: Any) -> str:
+    """What follows its resource's ARN in a statement's Resource, as written: "", `/index/by_sla`,
+    `/*` (the parts only), `*` (the resource and its parts)."""
     if not isinstance(resource, dict) or "Fn::Sub" not in resource or "::/restapis/" in resource["Fn::Sub"]:
         return ""  # an API Gateway resource is the API's path: the tool names it by its API
     text = resource["Fn::Sub"]
@@ -187,7 +197,7 @@ def scope(resource: Any) -> str:
     else:
         path = re.search(r"\$\{\w+\.Arn\}(.*)", text).group(1)
     assert "${" not in path, f"a Resource path this tool cannot read: {text}"
-    return path.removeprefix("/")
+    return path
 
 
 def like(value: str, pattern: str) -> bool:
