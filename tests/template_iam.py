@@ -6,7 +6,7 @@ import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Any
 
 from infra.local.template import load_template
@@ -126,7 +126,7 @@ def actions(action: Any, cannot: str = "") -> frozenset[str]:
     wildcard that no known service has stays as written; a pattern that matches none of them, or
     what is no `prefix:name` string, is an AssertionError naming the statement (`cannot`)."""
     assert isinstance(action, str) and (action == "*" or ":" in action), cannot or f"an action: {action!r}"
-    matched = frozenset(known for known in known_actions() if like(known.lower(), action.lower()))
+    matched = _matched_actions(action.lower())
     if matched:
         return matched
     assert not {"*", "?"} & set(action), f"{cannot or 'an action'}: {action!r} matches no action this tool knows"
@@ -200,11 +200,24 @@ def _path(resource: Any) -> str:
     return path
 
 
+@cache
+def _matched_actions(pattern: str) -> frozenset[str]:
+    """The known actions a lower-cased action pattern matches: read once per pattern, since every
+    call a function makes is read against each action of its statements (matched against every
+    known action each time, one call cost most of a second)."""
+    wildcard = _wildcard(pattern)
+    return frozenset(known for known in known_actions() if wildcard.fullmatch(known.lower()))
+
+
+@cache
+def _wildcard(pattern: str) -> re.Pattern[str]:
+    return re.compile("".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern), re.DOTALL)
+
+
 def like(value: str, pattern: str) -> bool:
     """IAM's StringLike (and a Resource's wildcards): `*` any run, `?` any one character, nothing
     else special (fnmatch would read `[...]` as a set)."""
-    regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
-    return re.fullmatch(regex, value, re.DOTALL) is not None
+    return _wildcard(pattern).fullmatch(value) is not None
 
 
 def _hash_key(table: str) -> str:
