@@ -13,7 +13,7 @@ import functools
 import os
 import re
 from collections.abc import Mapping
-from decimal import Decimal
+from decimal import ROUND_CEILING, Decimal
 
 from core import hookimpl
 from core.models import Order, ReviewRequest
@@ -64,7 +64,11 @@ def review(order: Order, thresholds: Mapping[str, Decimal]) -> list[ReviewReques
     total = order.totals.grand_total
     if threshold is None or total.amount < threshold:
         return []
-    note = f"grand total {total.amount} {total.currency} is at or above the review threshold {threshold}"
+    # Named as the smallest amount of the currency that reaches it (a total is in its minor units):
+    # as written, a threshold of hundreds of decimals made a note past ReviewRequest's 500
+    # characters, and the rule failed the capture of every order it should have held.
+    shown = threshold.quantize(Decimal(1).scaleb(-minor_units(total.currency)), rounding=ROUND_CEILING)
+    note = f"grand total {total.amount} {total.currency} is at or above the review threshold {shown}"
     return [ReviewRequest(reason="fraud_review", note=note)]
 
 

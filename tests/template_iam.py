@@ -6,7 +6,7 @@ import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Any
 
 from infra.local.template import load_template
@@ -126,7 +126,7 @@ def actions(action: Any, cannot: str = "") -> frozenset[str]:
     wildcard that no known service has stays as written; a pattern that matches none of them, or
     what is no `prefix:name` string, is an AssertionError naming the statement (`cannot`)."""
     assert isinstance(action, str) and (action == "*" or ":" in action), cannot or f"an action: {action!r}"
-    matched = frozenset(known for known in known_actions() if like(known.lower(), action.lower()))
+    matched = _matched_actions(action.lower())
     if matched:
         return matched
     assert not {"*", "?"} & set(action), f"{cannot or 'an action'}: {action!r} matches no action this tool knows"
@@ -147,7 +147,11 @@ def _covers(resource: Any, action: Any, grant: Grant, within: str) -> bool:
     resource the call names (`within`, in scope()'s form): `"*"` covers every resource and part."""
     if grant[1] not in actions(action):
         return False
-    return resource == "*" or (logical_id(resource) == grant[0] and like(within, scope(resource)))
+    # Matched from the separator on, as IAM matches the whole ARN: `${Table.Arn}/*` names the
+    # table's indexes, never the table (`table/orders` is not `table/orders/*`); `${Table.Arn}*` both.
+    return resource == "*" or (
+        logical_id(resource) == grant[0] and like(f"/{within}" if within else "", _path(resource))
+    )
 
 
 def granted(function: str) -> set[Grant]:
@@ -179,6 +183,12 @@ def scope(resource: Any) -> str:
     which the table's ARN does not cover, nor they the table), `labels/*` (a bucket's objects)."""
     if resource == "*":
         return "*"  # every part of every resource
+    return _path(resource).removeprefix("/")
+
+
+def _path(resource: Any) -> str:
+    """What follows its resource's ARN in a statement's Resource, as written: "", `/index/by_sla`,
+    `/*` (the parts only), `*` (the resource and its parts)."""
     if not isinstance(resource, dict) or "Fn::Sub" not in resource or "::/restapis/" in resource["Fn::Sub"]:
         return ""  # an API Gateway resource is the API's path: the tool names it by its API
     text = resource["Fn::Sub"]
@@ -187,14 +197,27 @@ def scope(resource: Any) -> str:
     else:
         path = re.search(r"\$\{\w+\.Arn\}(.*)", text).group(1)
     assert "${" not in path, f"a Resource path this tool cannot read: {text}"
-    return path.removeprefix("/")
+    return path
+
+
+@cache
+def _matched_actions(pattern: str) -> frozenset[str]:
+    """The known actions a lower-cased action pattern matches: read once per pattern, since every
+    call a function makes is read against each action of its statements (matched against every
+    known action each time, one call cost most of a second)."""
+    wildcard = _wildcard(pattern)
+    return frozenset(known for known in known_actions() if wildcard.fullmatch(known.lower()))
+
+
+@cache
+def _wildcard(pattern: str) -> re.Pattern[str]:
+    return re.compile("".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern), re.DOTALL)
 
 
 def like(value: str, pattern: str) -> bool:
     """IAM's StringLike (and a Resource's wildcards): `*` any run, `?` any one character, nothing
     else special (fnmatch would read `[...]` as a set)."""
-    regex = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
-    return re.fullmatch(regex, value, re.DOTALL) is not None
+    return _wildcard(pattern).fullmatch(value) is not None
 
 
 def _hash_key(table: str) -> str:

@@ -193,13 +193,18 @@ class Template:
         )
 
     # --- Parameters and intrinsics ---------------------------------------------------------------
+    def shown(self, name: str, value: Any) -> str:
+        """A value of parameter `name` as a message names it: `****` for a NoEcho parameter (a
+        secret is not written to the terminal or a log), its repr otherwise."""
+        declared = self.document.get("Parameters", {}).get(name) or {}
+        return "****" if str(declared.get("NoEcho")).lower() == "true" else repr(value)
+
     def parameter(self, name: str) -> Any:
         if name in self.parameter_overrides:
             value = self.parameter_overrides[name]
             declared = self.document.get("Parameters", {}).get(name) or {}
             if refused := parameter_refused(declared, value):
-                # A NoEcho parameter's value (a secret) is not written to the terminal or a log.
-                got = "****" if str(declared.get("NoEcho")).lower() == "true" else repr(value)
+                got = self.shown(name, value)
                 raise ValueError(f"parameter {name} {refused}, got {got} (CloudFormation refuses it at deploy)")
             return value
         declared = self.document["Parameters"][name]

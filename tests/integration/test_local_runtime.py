@@ -1154,3 +1154,23 @@ def test_a_refused_no_echo_parameter_is_named_without_its_value(monkeypatch: pyt
     ) as refused:
         EmbeddedStack(template=template, api_port=0, aws_port=0, seed=False)
     assert "s3cret" not in str(refused.value)
+
+
+def test_two_variables_setting_a_no_echo_parameter_to_two_values_are_named_without_the_values(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    # The refusal of two variables setting one parameter printed both values, a NoEcho one's too.
+    from infra.local.stack import EmbeddedStack
+
+    template = Template.load()
+    template.document["Parameters"]["Sla"]["NoEcho"] = True
+    jeopardy = template.document["Resources"]["JeopardyScanFunction"]["Properties"]["Environment"]["Variables"]
+    jeopardy["OMS_SLA_TOO"] = {"Ref": "Sla"}
+    monkeypatch.setenv("OMS_SLA", "allocated=1h")
+    monkeypatch.setenv("OMS_SLA_TOO", "allocated=2h")
+
+    with pytest.raises(
+        ValueError, match=r"^OMS_SLA=\*\*\*\* and OMS_SLA_TOO=\*\*\*\* both set parameter Sla"
+    ) as refused:
+        EmbeddedStack(template=template, api_port=0, aws_port=0, seed=False)
+    assert "allocated" not in str(refused.value)

@@ -271,6 +271,33 @@ def test_a_star_resource_grants_on_every_template_resource_and_a_wildcard_only_w
 
 
 @pytest.mark.parametrize(
+    ("path", "refused"),
+    [
+        # `table/orders/*`: the table's indexes (and streams), never the table itself.
+        ("/*", {("OrdersTable", "dynamodb:GetItem on itself")}),
+        ("/index/*", {("OrdersTable", "dynamodb:GetItem on itself")}),
+        ("/index/by_?la", {("OrdersTable", "dynamodb:GetItem on itself")}),
+        ("/index/by_SLA", {("OrdersTable", "dynamodb:GetItem on itself"), ("OrdersTable", "dynamodb:Query on index/by_sla")}),  # noqa: E501
+        # `table/orders*`: the table and every part of it.
+        ("*", set()),
+    ],
+)  # fmt: skip
+def test_a_resource_wildcard_matches_the_arn_as_iam_does_from_the_separator_on(
+    aws: Any, monkeypatch: pytest.MonkeyPatch, running_as: Any, path: str, refused: set[Any]
+):
+    # The tool cut the "/" after the table's ARN before matching: `${OrdersTable.Arn}/*` read as
+    # `*`, which it matched against the table itself, so a GetItem of the table passed every check
+    # where AWS refuses it (arn:...:table/orders does not match arn:...:table/orders/*). An ARN is
+    # matched case-sensitively: `by_SLA` names no index of the table.
+    fake_function(
+        monkeypatch, Action=["dynamodb:GetItem", "dynamodb:Query"], Resource={"Fn::Sub": f"${{OrdersTable.Arn}}{path}"}
+    )
+
+    not_the_fakes = {("IdempotencyTable", "dynamodb:GetItem"), ("IdempotencyTable", "dynamodb:PutItem")}
+    assert calls_of_a_fake(aws, running_as) - not_the_fakes == refused
+
+
+@pytest.mark.parametrize(
     "statement",
     [
         {"Action": "dynamodb:Frobnicate*"},  # a pattern that matches no action the tool knows

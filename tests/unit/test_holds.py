@@ -12,6 +12,7 @@ from core import hookimpl
 from core.errors import Backordered, InvalidTransition, NotFound, OrderHeld, PluginError
 from core.holds import HoldRequest, Holds, ReleaseRequest
 from core.models import MAX_REVIEW_REQUESTS, LineInput, Order, OrderEdit, ReviewRequest
+from core.money import Money
 from core.status import OrderStatus
 from plugins import review_threshold
 from tests.builders import NOW, address_body, product
@@ -166,6 +167,24 @@ def test_the_rule_asks_for_review_at_or_above_the_threshold_of_the_orders_curren
     assert review_threshold.review(order, {"USD": total + Decimal("0.01")}) == []
     assert review_threshold.review(order, {"EUR": Decimal("1.00")}) == []
     assert review_threshold.review(order, {}) == []
+
+
+def test_a_threshold_of_any_decimals_a_deploy_takes_holds_with_a_note_naming_it_as_a_total_reaches_it(world):
+    # The pattern and the plugin take any decimals (USD:1000.123 holds 1000.13): the note named the
+    # threshold as written, and one of 490 decimals made a note past ReviewRequest's 500
+    # characters, so every order reaching it failed its review rule (its capture failed) instead
+    # of being held. The note names the smallest amount of the currency that reaches it.
+    order = world.order(world.place(("TSHIRT", 1)))
+    total = order.totals.grand_total.amount
+    text = f"USD:{total - 1}{'0' * 490}1"  # a hair above total - 1: a total of total - 0.99 reaches it
+    assert review_threshold.parse_thresholds(text) == {"USD": Decimal(text[4:])}
+    (held,) = review_threshold.review(order, review_threshold.parse_thresholds(text))
+    assert held.note == f"grand total {total} USD is at or above the review threshold {total - 1 + Decimal('0.01')}"
+    yen = Money(amount="11", currency="JPY")
+    in_yen = order.model_copy(
+        update={"currency": "JPY", "totals": order.totals.model_copy(update={"grand_total": yen})}
+    )
+    assert review_threshold.review(in_yen, {"JPY": Decimal("10.5")})[0].note.endswith("review threshold 11")
 
 
 def test_the_built_in_rule_reads_oms_review_threshold_and_holds_a_high_value_order_at_capture(world, monkeypatch):

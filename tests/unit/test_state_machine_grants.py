@@ -100,7 +100,8 @@ def _covers(resource: Any, need: Need) -> bool:
             suffix = text.split(f"${{{variable}}}", 1)[1]
             return like(f"/{part}" if part else "", suffix) or suffix == "*"
     named = re.match(r"\$\{(\w+)(\.Arn)?\}(.*)", text)
-    return bool(named) and named[1] == logical and like(part, named[3].removeprefix("/"))
+    # Matched from the separator on: `${Table.Arn}/*` is the table's indexes, never the table.
+    return bool(named) and named[1] == logical and like(f"/{part}" if part else "", named[3])
 
 
 def granted_to(role: dict[str, Any], need: Need) -> bool:
@@ -221,3 +222,21 @@ def test_a_task_this_test_cannot_read_fails_it_naming_the_state(tmp_path: Path, 
 
     with pytest.raises(AssertionError, match=r"Odd|cannot read"):
         problems(template, translate(copy.deepcopy(template)))
+
+
+@pytest.mark.parametrize(("path", "granted"), [("/*", False), ("/index/*", False), ("", True), ("*", True)])
+def test_a_resource_wildcard_after_a_tables_arn_is_matched_from_the_separator_as_iam_does(
+    tmp_path: Path, path: str, granted: bool
+):
+    # `${OrdersTable.Arn}/*` names the table's indexes, never the table (arn:...:table/orders is not
+    # arn:...:table/orders/*): the "/" was cut before matching and `*` covered a PutItem of the table.
+    statement = {
+        "Effect": "Allow",
+        "Action": "dynamodb:PutItem",
+        "Resource": {"Fn::Sub": f"${{OrdersTable.Arn}}{path}"},
+    }
+    template = a_machine(tmp_path, [{"Statement": [statement]}], Put=SERVICE_TASKS["Put"])
+
+    found = problems(template, translate(copy.deepcopy(template)))
+
+    assert found == ([] if granted else ["FakeWorkflow.Put: dynamodb:PutItem on OrdersTable"])
