@@ -12,7 +12,16 @@ from core import order_lists, payment_keys
 from core.deadline import TimeUp, never
 from core.errors import Conflict, NoPaymentPlugin, PaymentGatewayUnavailable, PaymentRefused, StaleVersion
 from core.events import OrderEvent
-from core.models import Change, HistoryEntry, Order, PaymentRefund, RefundedUnits, RefundKind, RefundPart
+from core.models import (
+    CREDIT_NOT_USED,
+    Change,
+    HistoryEntry,
+    Order,
+    PaymentRefund,
+    RefundedUnits,
+    RefundKind,
+    RefundPart,
+)
 from core.money import Money
 from core.order_changes import ATTEMPTS, Changes, failure_recorder, modify, noted_once, visible
 from core.payments import Failure, OnFailure, Payments
@@ -316,14 +325,21 @@ class RefundService:
         captures hold beyond the order's total refused OVER_CAPTURE_REFUSALS times in a row tells a
         person, once (_over_capture_left): in the same write, so a function that dies after it
         cannot leave the refusals with nobody told (nothing asks that refund again); whether it was
-        the cancel or ship that asked it, a repeat or a sweep that found it pending and heard it."""
+        the cancel or ship that asked it, a repeat or a sweep that found it pending and heard it.
+        So is a refused give-back of the credit an exchange's replacement did not use (nothing asks
+        it again either: core.models.draws_on_credit), by an ERROR line naming the order it is on,
+        the refund and what did not go back, once, by the call whose write recorded it: its metric
+        (CreditsNotGivenBack, for CreditsNotGivenBackAlarm) has no dimension to find it by."""
         told: list[bool] = []
+        recorded: list[PaymentRefund] = []
 
         def record(current: Order) -> Change | Changes | None:
             told.clear()
+            recorded.clear()
             if not self._still_pending(current, refund.id):
                 return None
             new, entry = failed(current)
+            recorded.extend(r for r in new.payment.refunds if r.id == refund.id)
             if refund.kind != "cancellation" or refused_in_a_row(new, refund.amount) != OVER_CAPTURE_REFUSALS:
                 return new, entry
             told.append(True)
@@ -334,6 +350,16 @@ class RefundService:
             logger.error(
                 "refund of what was captured beyond the order's total refused %d times: left to a person",
                 OVER_CAPTURE_REFUSALS, extra={"order_id": order_id, "amount": str(refund.amount.amount)},
+            )  # fmt: skip
+        if recorded and CREDIT_NOT_USED in refund.reason:
+            (made,) = recorded
+            zero = Money.zero(refund.amount.currency)
+            went = sum((part.amount for part in made.parts or [] if part.status == "succeeded"), zero)
+            owed = str((refund.amount - went).amount)
+            logger.error(
+                "refund %s refused, %s %s not given back (%s): left to a person",
+                refund.id, owed, refund.amount.currency, refund.reason,
+                extra={"order_id": order_id, "refund_id": refund.id, "amount": owed},
             )  # fmt: skip
         return self._final(done, refund.id)
 

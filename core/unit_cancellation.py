@@ -342,7 +342,7 @@ class UnitCancellation:
             self._stock_released(order)
         try:
             self._refunds.finish_pending(order.id, actor)
-            self._settle_payment(self._current(order.id), actor)
+            self._settle_answered(self._current(order.id), actor)
             if self._credits is not None:  # a replacement left with nothing to ship, costing less than its credit
                 self._give_back(self._current(order.id), actor)
             if order.settlement_owed:
@@ -548,6 +548,19 @@ class UnitCancellation:
             # no longer wanted: nothing is left to capture on it, and nothing will ship to record it.
             self._cancellation.release_renewal(order, actor)
 
+    def _settle_answered(self, order: Order, actor: str) -> None:
+        """_settle_payment, a capture or release the gateway refused taken as answered: in the
+        history (as a delivery leaves it), the refused void one a person acts on
+        (VoidsNotMadeAlarm), so the settlement is no longer owed (Order.settlement_owed) and no
+        pass asks it again. Raises PaymentRefused only while what the captures hold beyond the
+        total is still to be refunded (the settlement's refund: asked again, until left to a
+        person), and PaymentGatewayUnavailable (the record stays, for the kept-back pass)."""
+        try:
+            self._settle_payment(order, actor)
+        except PaymentRefused:
+            if _over_capture(self._current(order.id)) is not None:
+                raise
+
     def after_shipping(self, order: Order, actor: str) -> Order:
         """Once the last parcel of an order that lost units has shipped, the payment is settled to
         its total: a capture that paid for units cancelled while it was being made is refunded
@@ -573,7 +586,7 @@ class UnitCancellation:
             payment = order.payment
             asked = order.authorization_requested is not None or bool(order.replaced_authorizations)
             if any(line.cancelled_quantity for line in order.lines) or payment.captured < payment.authorized or asked:
-                self._settle_payment(order, actor)
+                self._settle_answered(order, actor)
                 order = self._current(order.id)
             if self._credits is not None and order.exchange_credit is not None:
                 self._give_back(order, actor)
@@ -598,12 +611,8 @@ class UnitCancellation:
         order as it then is."""
         with contextlib.suppress(PaymentRefused, PaymentGatewayUnavailable):  # in the history; asked again later
             self._refunds.finish_pending(order.id, actor)
-            try:  # as the cancel's function would: the refund, or a capture short of the total, and a release
-                self._settle_payment(self._current(order.id), actor)
-            except PaymentRefused:
-                if _over_capture(self._current(order.id)) is not None:
-                    raise  # the settlement's refund: asked again, until left to a person
-                # A capture or release the gateway refused is in the history, as a delivery leaves it.
+            # As the cancel's function would: the refund, or a capture short of the total, and a release.
+            self._settle_answered(self._current(order.id), actor)
             if self._credits is not None:
                 self._give_back(self._current(order.id), actor)
             self._owed_back_given(order.id)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from datetime import timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 
@@ -416,3 +417,38 @@ def test_a_refused_refund_of_anything_else_is_not_counted_as_a_credit_not_given_
     counted = emitted(capsys)
     assert counted[("PaymentFailures", (("kind", "refused"), ("operation", "refund")))] == [1.0]
     assert ("CreditsNotGivenBack", ()) not in counted
+
+
+def test_a_refused_give_back_of_a_replacements_credit_names_its_order_for_the_alarms_runbook(monkeypatch, caplog):
+    # Before: CreditsNotGivenBackAlarm's metric has no dimension, and nothing logged the refusal,
+    # so the person it called could not find the order its runbook tells them to look at (nor the
+    # amount to give back). The write that records the refusal logs it at ERROR, naming the order
+    # the failed refund is on, the refund and what was not given back; a repeat logs nothing more.
+    # The runbook's Logs Insights filter matches that line.
+    from tests.unit.test_returns import STOCK as RETURNS_STOCK
+    from tests.unit.test_returns import Clock as ReturnsClock
+    from tests.unit.test_returns import exchanged
+
+    clock = ReturnsClock(NOW + timedelta(days=3))
+    world = build_world(RETURNS_STOCK, clock=clock)
+    _, order, settled = exchanged(world, clock, ("TSHIRT", 1), ("TSHIRT", 1), ("CAP", 1))
+    replacement = world.run(settled.exchange_order_id or "")
+    world.gateway.script("refund", "refuse")
+    caplog.set_level("ERROR")
+
+    world.actions.cancel(replacement.id, "changed my mind", actor="key_cs")
+
+    (failed,) = world.order(order.id).payment.refunds
+    assert failed.status == "failed"
+    logged = [r for r in caplog.records if r.levelname == "ERROR" and "did not use" in r.getMessage()]
+    assert [(r.__dict__.get("order_id"), r.__dict__.get("refund_id"), r.__dict__.get("amount")) for r in logged] == [
+        (order.id, failed.id, str(failed.amount.amount))
+    ]
+    assert failed.id in logged[0].getMessage() and str(failed.amount.amount) in logged[0].getMessage()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    runbook = readme[readme.index("### `CreditsNotGivenBackAlarm`") :].split("\n### ", 1)[0]
+    assert "logs ApiFunction 'message like /did not use its credit/'" in runbook
+    caplog.clear()
+    world.gateway.script("refund", "approve")
+    world.actions.cancel(replacement.id, "changed my mind", actor="key_cs")
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]

@@ -173,3 +173,39 @@ def test_a_plugin_raising_on_an_owed_settlement_is_reported_as_the_settlement_it
     assert done.failed_owing == {order.id: [OWED_SETTLEMENT]}  # the units were released first
     assert done.stock_released == [order.id]
     assert world.order(order.id).settlement_owed  # for the next pass
+
+
+# --- 5. A settlement the gateway refused is not asked again by the pass ----------------------------
+
+
+@pytest.mark.parametrize("by", ["last_ship", "cancel_of_the_rest"])
+def test_a_release_the_gateway_refused_to_the_settling_call_is_not_asked_again_by_the_pass(by):
+    # Before: the last ship of an order that lost units (or a cancel of the rest of a partly
+    # shipped order) asked the void of its authorization's rest, the gateway refused it, and the
+    # order kept recording its settlement owed (settlement_owed, in the kept-back index): the
+    # reconciler's pass asked the refused void again, a second refusal in the history and a second
+    # VoidsNotMadeAlarm point, though the passes ask no refused void again (the person the alarm
+    # called releases the hold in the gateway's console). A refusal is the gateway's answer: the
+    # record is cleared with it, as the pass itself clears it after one.
+    clock = Clock()
+    world = build_world(CANCEL_STOCK, clock=clock)
+    order = world.allocated(("MUG", 2), ("CAP", 3))
+    if by == "last_ship":
+        world.actions.cancel(order.id, "one cap fewer", actor="key_web", lines={"L2": 1})
+    world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
+    world.gateway.script("void", "refuse")
+
+    if by == "last_ship":
+        world.actions.ship(order.id, world.shipment_at(order, "wh-east"), None, actor="key_wh")
+    else:
+        world.actions.cancel(order.id, "the rest", actor="key_web")
+
+    settled = world.order(order.id)
+    assert settled.payment.captured == settled.totals.grand_total < settled.payment.authorized
+    assert world.gateway.keys("void") == [f"{order.payment.authorization}:void"]
+    assert not settled.settlement_owed and index_attributes(settled).get("refund_key") != {"S": KEPT_BACK_KEY}
+    world.gateway.script("void", "approve")
+    passes(world, clock)
+    assert world.gateway.keys("void") == [f"{order.payment.authorization}:void"]  # not asked again
+    failed = [e for e in world.history(order.id) if e.type is OrderEvent.PAYMENT_VOID_FAILED]
+    assert len(failed) == 1
