@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -73,23 +74,33 @@ def an_allocated_order(aws, external_id: str = "web-shipped") -> tuple[Any, Orde
     return services, services.order_repository.get(placed.id)
 
 
-def a_ship_that_died(aws, monkeypatch: pytest.MonkeyPatch, external_id: str = "web-died") -> Order:
-    """An allocated order whose ship died after the gateway captured its share, before its write
-    (the API function timed out): the order as it was."""
+@contextmanager
+def _write_dies(
+    monkeypatch: pytest.MonkeyPatch, entry: str = "shipment_shipped", what: str = "the ship"
+) -> Iterator[None]:
+    """The API function timing out after the gateway answered and before the write recording it
+    (the write whose first history entry is `entry`): the call in the block raises TimeoutError."""
     from functions.adapters.dynamodb import DynamoOrders
 
-    services, order = an_allocated_order(aws, external_id)
     real = DynamoOrders.update
 
     def dies(self: DynamoOrders, new: Order, expected: Order, entries: list[HistoryEntry]) -> None:
-        if entries and entries[0].type == "shipment_shipped":
-            raise TimeoutError("the API function timed out before recording the ship")
+        if entries and entries[0].type == entry:
+            raise TimeoutError(f"the API function timed out before recording {what}")
         real(self, new, expected, entries)
 
     with monkeypatch.context() as patched:
         patched.setattr(DynamoOrders, "update", dies)
         with pytest.raises(TimeoutError):
-            services.actions.ship(order.id, order.shipments[0].id, "1Z999", "key_wh")
+            yield
+
+
+def a_ship_that_died(aws, monkeypatch: pytest.MonkeyPatch, external_id: str = "web-died") -> Order:
+    """An allocated order whose ship died after the gateway captured its share, before its write
+    (the API function timed out): the order as it was."""
+    services, order = an_allocated_order(aws, external_id)
+    with _write_dies(monkeypatch):
+        services.actions.ship(order.id, order.shipments[0].id, "1Z999", "key_wh")
     assert services.order_repository.get(order.id).captures_requested  # captured, never recorded
     return order
 
@@ -239,22 +250,12 @@ def a_partly_shipped_order(aws, external_id: str, token: str = "tok_approve") ->
 
 def test_a_partly_shipped_orders_second_ship_that_died_is_settled_with_the_default_sla(aws, scan, monkeypatch):
     # API.md's default OMS_SLA gives partially_shipped no deadline: the scan reads the order unmarked.
-    from functions.adapters.dynamodb import DynamoOrders
     from functions.bootstrap import Config, bootstrap
 
     services, order = a_partly_shipped_order(aws, "web-second-died")
     second = order.shipments[0].id
-    real = DynamoOrders.update
-
-    def dies(self: DynamoOrders, new: Order, expected: Order, entries: list[HistoryEntry]) -> None:
-        if entries and entries[0].type == "shipment_shipped":
-            raise TimeoutError("the API function timed out before recording the ship")
-        real(self, new, expected, entries)
-
-    with monkeypatch.context() as patched:
-        patched.setattr(DynamoOrders, "update", dies)
-        with pytest.raises(TimeoutError):
-            services.actions.ship(order.id, second, None, "key_wh")
+    with _write_dies(monkeypatch):
+        services.actions.ship(order.id, second, None, "key_wh")
     assert scan(utc_now() + timedelta(hours=1))["captures_settled"] == []
 
     answer = scan(utc_now() + timedelta(hours=48, minutes=5))  # past allocated=48h
@@ -270,20 +271,11 @@ def test_a_partly_shipped_order_whose_refund_the_gateway_refused_is_listed_and_c
     # after the pass that met the refusal, and every pass read it again for nothing.
     from core.capture_sweep import CapturesNotSettled
     from core.ports import OrderFilter
-    from functions.adapters.dynamodb import DynamoLateOrders, DynamoOrders, index_attributes
+    from functions.adapters.dynamodb import DynamoLateOrders, index_attributes
 
     services, order = a_partly_shipped_order(aws, "web-refund-refused", token="tok_refund_decline")
-    real = DynamoOrders.update
-
-    def dies(self: DynamoOrders, new: Order, expected: Order, entries: list[HistoryEntry]) -> None:
-        if entries and entries[0].type == "shipment_shipped":
-            raise TimeoutError("the API function timed out before recording the ship")
-        real(self, new, expected, entries)
-
-    with monkeypatch.context() as patched:
-        patched.setattr(DynamoOrders, "update", dies)
-        with pytest.raises(TimeoutError):
-            services.actions.ship(order.id, order.shipments[0].id, None, "key_wh")
+    with _write_dies(monkeypatch):
+        services.actions.ship(order.id, order.shipments[0].id, None, "key_wh")
     with pytest.raises(CapturesNotSettled):
         scan(utc_now() + timedelta(hours=48, minutes=5))  # past allocated=48h: the refund refused
 
@@ -305,7 +297,7 @@ def test_a_partly_shipped_order_read_with_nothing_standing_leaves_the_scans_quer
     # newer one whose second ship died was never reached. Read once with nothing standing, an order
     # is noted read (sla_key "read", no sla_at: no by_sla entry) and left out of the query until a
     # ship of it asks a capture, whose write removes the key.
-    from functions.adapters.dynamodb import DynamoLateOrders, DynamoOrders
+    from functions.adapters.dynamodb import DynamoLateOrders
     from functions.bootstrap import Config, bootstrap
 
     services, order = a_partly_shipped_order(aws, "web-read")
@@ -326,17 +318,8 @@ def test_a_partly_shipped_order_read_with_nothing_standing_leaves_the_scans_quer
     scan(utc_now() + timedelta(hours=48, minutes=10))
     assert item()["version"] == read["version"]  # not read, so not written, again
 
-    real = DynamoOrders.update
-
-    def dies(self: DynamoOrders, new: Order, expected: Order, entries: list[HistoryEntry]) -> None:
-        if entries and entries[0].type == "shipment_shipped":
-            raise TimeoutError("the API function timed out before recording the ship")
-        real(self, new, expected, entries)
-
-    with monkeypatch.context() as patched:
-        patched.setattr(DynamoOrders, "update", dies)
-        with pytest.raises(TimeoutError):
-            services.actions.ship(order.id, order.shipments[0].id, None, "key_wh")
+    with _write_dies(monkeypatch):
+        services.actions.ship(order.id, order.shipments[0].id, None, "key_wh")
     assert "sla_key" not in item()
     assert late.unmarked_since_before(OrderStatus.PARTIALLY_SHIPPED, after, 10, unread=True) == [order.id]
 
@@ -351,20 +334,9 @@ def a_settlement_that_died(aws, monkeypatch: pytest.MonkeyPatch, external_id: st
     """A partly shipped order whose cancel of what was left died after the gateway captured the
     rest of its total, before its write (the API function timed out): the order as it then is,
     shipped, with that settlement's capture request standing."""
-    from functions.adapters.dynamodb import DynamoOrders
-
     services, order = a_partly_shipped_order(aws, external_id)
-    real = DynamoOrders.update
-
-    def dies(self: DynamoOrders, new: Order, expected: Order, entries: list[HistoryEntry]) -> None:
-        if entries and entries[0].type == "payment_captured":
-            raise TimeoutError("the API function timed out before recording the settlement")
-        real(self, new, expected, entries)
-
-    with monkeypatch.context() as patched:
-        patched.setattr(DynamoOrders, "update", dies)
-        with pytest.raises(TimeoutError):
-            services.actions.cancel(order.id, "customer asked", "key_web")
+    with _write_dies(monkeypatch, "payment_captured", "the settlement"):
+        services.actions.cancel(order.id, "customer asked", "key_web")
     died = services.order_repository.get(order.id, consistent=True)
     assert died.status is OrderStatus.SHIPPED
     [request] = died.captures_requested
