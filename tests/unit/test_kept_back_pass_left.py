@@ -216,8 +216,8 @@ def test_a_release_no_payment_plugin_took_stays_owed_for_the_pass_once_the_plugi
     # cancel of the rest of a partly shipped order captured what its captures fall short of its
     # total and released its authorization's rest was taken for the gateway's refusal
     # (NoPaymentPlugin is a PaymentRefused): the record was cleared with it, though nobody asked
-    # the gateway, and no pass settled the payment once the plugin was back (nor did
-    # VoidsNotMadeAlarm, which counts refusals, call anyone). It stays owed, in the kept-back
+    # the gateway, and no pass settled the payment once the plugin was back (no void was asked,
+    # and no alarm hears of a settlement capture not made). It stays owed, in the kept-back
     # index, and the pass asks it once the plugin answers.
     from tests.unit.test_payment_truth import Removed
 
