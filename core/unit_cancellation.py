@@ -554,9 +554,12 @@ class UnitCancellation:
         (VoidsNotMadeAlarm), so the settlement is no longer owed (Order.settlement_owed) and no
         pass asks it again. Raises PaymentRefused only while what the captures hold beyond the
         total is still to be refunded (the settlement's refund: asked again, until left to a
-        person), and PaymentGatewayUnavailable (the record stays, for the kept-back pass)."""
+        person), and PaymentGatewayUnavailable and NoPaymentPlugin (no gateway's answer: nobody
+        asked it; the record stays, for the kept-back pass)."""
         try:
             self._settle_payment(order, actor)
+        except NoPaymentPlugin:
+            raise
         except PaymentRefused:
             if _over_capture(self._current(order.id)) is not None:
                 raise

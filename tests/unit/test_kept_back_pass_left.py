@@ -209,3 +209,34 @@ def test_a_release_the_gateway_refused_to_the_settling_call_is_not_asked_again_b
     assert world.gateway.keys("void") == [f"{order.payment.authorization}:void"]  # not asked again
     failed = [e for e in world.history(order.id) if e.type is OrderEvent.PAYMENT_VOID_FAILED]
     assert len(failed) == 1
+
+
+def test_a_release_no_payment_plugin_took_stays_owed_for_the_pass_once_the_plugin_is_back():
+    # Before: no payment plugin taking the order's method (taken out of the deployment) when the
+    # cancel of the rest of a partly shipped order captured what its captures fall short of its
+    # total and released its authorization's rest was taken for the gateway's refusal
+    # (NoPaymentPlugin is a PaymentRefused): the record was cleared with it, though nobody asked
+    # the gateway, and no pass settled the payment once the plugin was back (no void was asked,
+    # and no alarm hears of a settlement capture not made). It stays owed, in the kept-back
+    # index, and the pass asks it once the plugin answers.
+    from tests.unit.test_payment_truth import Removed
+
+    clock = Clock()
+    removed = Removed()
+    world = build_world(CANCEL_STOCK, removed, clock=clock)
+    order = world.allocated(("MUG", 2), ("CAP", 3))
+    world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
+    removed.gone = True
+
+    world.actions.cancel(order.id, "the rest", actor="key_web")
+
+    owing = world.order(order.id)
+    assert owing.payment.captured < owing.totals.grand_total < owing.payment.authorized  # its shipping too
+    assert world.spy.voided == []
+    assert owing.settlement_owed and index_attributes(owing)["refund_key"] == {"S": KEPT_BACK_KEY}
+    removed.gone = False
+    passes(world, clock)
+    after = world.order(order.id)
+    assert world.spy.voided == [order.payment.authorization]  # once
+    assert after.payment.captured == after.totals.grand_total == after.payment.authorized
+    assert not after.settlement_owed and index_attributes(after).get("refund_key") != {"S": KEPT_BACK_KEY}
