@@ -209,3 +209,56 @@ def test_a_release_the_gateway_refused_to_the_settling_call_is_not_asked_again_b
     assert world.gateway.keys("void") == [f"{order.payment.authorization}:void"]  # not asked again
     failed = [e for e in world.history(order.id) if e.type is OrderEvent.PAYMENT_VOID_FAILED]
     assert len(failed) == 1
+
+
+# --- 6. A gateway down for voids or captures is asked no more in the pass ----------------------------
+
+
+def test_a_void_the_gateway_is_down_for_marks_its_method_down_for_the_rest_of_the_pass(monkeypatch):
+    # Before: only a refund left pending marked a method's gateway down in the pass. With voids
+    # transient, every order owing a last ship's settlement was asked in turn, each with its
+    # retries (3 owing orders: 9 void calls), until the pass's time was up: an outage cost the
+    # whole pass and hammered the gateway. The first order's retries now mark the method down:
+    # the others are left, nothing recorded as moved, for the next pass; units a cancel freed are
+    # still released (no gateway takes part).
+    clock = Clock()
+    world = build_world([("MUG", "wh-west", 20), ("CAP", "wh-east", 20)], clock=clock)
+    owing: list[Order] = []
+    for _ in range(3):
+        order = world.allocated(("MUG", 2), ("CAP", 3))
+        world.actions.cancel(order.id, "one cap fewer", actor="key_web", lines={"L2": 1})
+        world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
+        died = dies_after_recording(world, monkeypatch, OrderEvent.SHIPMENT_SHIPPED)
+        with pytest.raises(Died):
+            world.actions.ship(order.id, world.shipment_at(order, "wh-east"), None, actor="key_wh")
+        monkeypatch.undo()
+        assert died and world.order(order.id).settlement_owed
+        owing.append(world.order(order.id))
+        clock.now += timedelta(minutes=1)
+    stock_only = world.allocated(("MUG", 2))
+    assert stock_only.payment.method == owing[0].payment.method
+    cancel_dies(world, monkeypatch, stock_only, {"L1": 1})
+    assert world.order(stock_only.id).stock_owed and not world.order(stock_only.id).settlement_owed
+    world.gateway.script("void", "transient")
+    clock.now += timedelta(minutes=20)
+
+    done = kept_back_sweep(world, clock).run(ACTOR)
+
+    assert world.gateway.keys("void") == [f"{owing[0].payment.authorization}:void"] * 3  # one order's retries
+    assert not done.failed and done.owed_back_settled == []
+    assert done.stock_released == [stock_only.id]
+    assert world.held_for(stock_only.id) == {("MUG", "wh-west", f"{stock_only.id}#L1"): 1}
+    for order in owing:
+        after = world.order(order.id)
+        assert after.payment.authorized == order.payment.authorized  # nothing recorded as released
+        assert after.settlement_owed and index_attributes(after)["refund_key"] == {"S": KEPT_BACK_KEY}
+
+    world.gateway.script("void", "approve")  # back: the next pass settles them all
+    clock.now += timedelta(minutes=20)
+    again = kept_back_sweep(world, clock).run(ACTOR)
+
+    assert sorted(again.owed_back_settled) == sorted(order.id for order in owing)
+    for order in owing:
+        after = world.order(order.id)
+        assert after.payment.captured == after.totals.grand_total == after.payment.authorized
+        assert not after.settlement_owed
