@@ -409,7 +409,8 @@ class OrderActions:
         refused KEPT_BACK_REFUSALS times already: left to a person, it is not asked again. First,
         what a cancel of units owed back and its function died before giving (Order.settlement_owed:
         UnitCancellation.settle_owed), and the units it freed and died before releasing
-        (Order.stock_owed: UnitCancellation.release_owed)."""
+        (Order.stock_owed: UnitCancellation.release_owed). PaymentGatewayUnavailable when the
+        gateway stays down for that settlement: what returns kept back is not asked then."""
         if order.stock_owed:
             order = self._units.release_owed(order)
         if order.settlement_owed:

@@ -735,10 +735,12 @@ class KeptBackSweep:
     younger one is still in its request's hands; but for those whose refund the reconciler's own
     pending-refund pass has just finished (a return's refund pending when the last parcel left, its
     kept_back known only now), which would otherwise wait `after` more for the change that pass made.
-    A gateway that leaves a refund pending is asked no more in the pass (the pending refund pass
-    finishes it), but the units a cancel of units freed are still released on the orders of its
-    method that owe that (Order.stock_owed: `release_stock`, no gateway's call); at most `limit`
-    orders are asked, of at most `max_reads` read. An order a cancel
+    A gateway that leaves a refund pending, or stays down for a settlement's capture or void
+    (`top_up` raising PaymentGatewayUnavailable: nothing moved, the order left for the next pass),
+    is asked no more in the pass (the pending refund pass finishes a refund), but the units a
+    cancel of units freed are still released on the orders of its method that owe that
+    (Order.stock_owed: `release_stock`, no gateway's call); at most `limit` orders are asked, of
+    at most `max_reads` read. An order a cancel
     of units left owing money back (Order.settlement_owed: its function died before giving it, or
     the gateway refused or was down) is in the same index and handed to `top_up` as one owing,
     which gives it first (UnitCancellation.settle_owed); what it refunds or the gateway refuses of
@@ -803,6 +805,11 @@ class KeptBackSweep:
             asked += 1
             try:
                 after = self._top_up(order, actor)
+            except PaymentGatewayUnavailable:
+                # Down for a settlement's refund, capture or void (its retries made): nothing moved,
+                # the order stays in the index, and its method's gateway is asked no more this pass.
+                down.add(order.payment.method)
+                after = self._orders.get(order_id, consistent=True) or order
             except Exception as error:  # reported once the pass is done
                 after = self._failed(order, error, order_id in just_finished, done)
             if order.stock_owed and not after.stock_owed:

@@ -611,8 +611,10 @@ class UnitCancellation:
         nothing to ship gives back the credit it does not use (under the give-back's keys). Once
         that is done, or left to a person (OVER_CAPTURE_REFUSALS refusals), the record is cleared;
         until then the order stays in the pass's index, asked again a pass later. Returns the
-        order as it then is."""
-        with contextlib.suppress(PaymentRefused, PaymentGatewayUnavailable):  # in the history; asked again later
+        order as it then is. Raises PaymentGatewayUnavailable (nothing recorded as moved, the
+        record kept) when the gateway stays down for any of it, a refund, capture or void: the
+        pass asks that method's gateway no more (core.refund_service.KeptBackSweep)."""
+        with contextlib.suppress(PaymentRefused):  # in the history; asked again later
             self._refunds.finish_pending(order.id, actor)
             # As the cancel's function would: the refund, or a capture short of the total, and a release.
             self._settle_answered(self._current(order.id), actor)

@@ -240,3 +240,98 @@ def test_a_release_no_payment_plugin_took_stays_owed_for_the_pass_once_the_plugi
     assert world.spy.voided == [order.payment.authorization]  # once
     assert after.payment.captured == after.totals.grand_total == after.payment.authorized
     assert not after.settlement_owed and index_attributes(after).get("refund_key") != {"S": KEPT_BACK_KEY}
+
+
+# --- 6. A gateway down for voids or captures is asked no more in the pass ----------------------------
+
+
+def test_a_void_the_gateway_is_down_for_marks_its_method_down_for_the_rest_of_the_pass(monkeypatch):
+    # Before: only a refund left pending marked a method's gateway down in the pass. With voids
+    # transient, every order owing a last ship's settlement was asked in turn, each with its
+    # retries (3 owing orders: 9 void calls), until the pass's time was up: an outage cost the
+    # whole pass and hammered the gateway. The first order's retries now mark the method down:
+    # the others are left, nothing recorded as moved, for the next pass; units a cancel freed are
+    # still released (no gateway takes part).
+    clock = Clock()
+    world = build_world([("MUG", "wh-west", 20), ("CAP", "wh-east", 20)], clock=clock)
+    owing: list[Order] = []
+    for _ in range(3):
+        order = world.allocated(("MUG", 2), ("CAP", 3))
+        world.actions.cancel(order.id, "one cap fewer", actor="key_web", lines={"L2": 1})
+        world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
+        died = dies_after_recording(world, monkeypatch, OrderEvent.SHIPMENT_SHIPPED)
+        with pytest.raises(Died):
+            world.actions.ship(order.id, world.shipment_at(order, "wh-east"), None, actor="key_wh")
+        monkeypatch.undo()
+        assert died and world.order(order.id).settlement_owed
+        owing.append(world.order(order.id))
+        clock.now += timedelta(minutes=1)
+    stock_only = world.allocated(("MUG", 2))
+    assert stock_only.payment.method == owing[0].payment.method
+    cancel_dies(world, monkeypatch, stock_only, {"L1": 1})
+    assert world.order(stock_only.id).stock_owed and not world.order(stock_only.id).settlement_owed
+    world.gateway.script("void", "transient")
+    clock.now += timedelta(minutes=20)
+
+    done = kept_back_sweep(world, clock).run(ACTOR)
+
+    assert world.gateway.keys("void") == [f"{owing[0].payment.authorization}:void"] * 3  # one order's retries
+    assert not done.failed and done.owed_back_settled == []
+    assert done.stock_released == [stock_only.id]
+    assert world.held_for(stock_only.id) == {("MUG", "wh-west", f"{stock_only.id}#L1"): 1}
+    for order in owing:
+        after = world.order(order.id)
+        assert after.payment.authorized == order.payment.authorized  # nothing recorded as released
+        assert after.settlement_owed and index_attributes(after)["refund_key"] == {"S": KEPT_BACK_KEY}
+
+    world.gateway.script("void", "approve")  # back: the next pass settles them all
+    clock.now += timedelta(minutes=20)
+    again = kept_back_sweep(world, clock).run(ACTOR)
+
+    assert sorted(again.owed_back_settled) == sorted(order.id for order in owing)
+    for order in owing:
+        after = world.order(order.id)
+        assert after.payment.captured == after.totals.grand_total == after.payment.authorized
+        assert not after.settlement_owed
+
+
+def test_a_settlement_capture_the_gateway_is_down_for_marks_its_method_down_and_units_are_still_released(monkeypatch):
+    # Cancels of every CAP after the MUGs shipped, each dying after its write: the order owes its
+    # units' release and the capture of the shipping left in its total. With captures transient,
+    # each order was asked in turn with its retries (9 capture calls); now one order's retries mark
+    # the method down, every order's units are still released, and nothing is recorded as captured.
+    clock = Clock()
+    world = build_world([("MUG", "wh-west", 20), ("CAP", "wh-east", 20)], clock=clock)
+    owing: list[Order] = []
+    for _ in range(3):
+        order = world.allocated(("MUG", 2), ("CAP", 3))
+        world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
+        cancel_dies(world, monkeypatch, order, {"L2": 3})
+        owing.append(world.order(order.id))
+        assert owing[-1].stock_owed and owing[-1].settlement_owed
+        assert owing[-1].payment.captured < owing[-1].totals.grand_total
+        clock.now += timedelta(minutes=1)
+    world.gateway.script("capture", "transient")
+    clock.now += timedelta(minutes=20)
+
+    done = kept_back_sweep(world, clock).run(ACTOR)
+
+    assert world.gateway.keys("capture")[-3:] == [f"{owing[0].id}:settlement:26.81:capture"] * 3
+    assert len([key for key in world.gateway.keys("capture") if ":settlement:" in key]) == 3
+    assert not done.failed and done.owed_back_settled == []
+    assert done.stock_released == [order.id for order in owing]
+    for order in owing:
+        after = world.order(order.id)
+        assert after.payment.captured == order.payment.captured and after.settlement_owed
+        assert world.held_for(order.id) == {}
+
+    # The first one's request stands (it may have been made), for the settlement-capture pass; the
+    # others, asked nothing, are settled by the next kept-back pass once the gateway is back.
+    assert world.order(owing[0].id).capture_request(None) is not None
+    world.gateway.script("capture", "approve")
+    clock.now += timedelta(minutes=20)
+    again = kept_back_sweep(world, clock).run(ACTOR)
+    assert sorted(again.owed_back_settled) == sorted(order.id for order in owing[1:])
+    for order in owing[1:]:
+        after = world.order(order.id)
+        assert after.payment.captured == after.totals.grand_total and not after.settlement_owed

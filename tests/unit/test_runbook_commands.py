@@ -148,3 +148,14 @@ def test_the_split_failure_replay_invokes_the_splitter_with_the_original_event(t
     assert argument(invoke, "--payload") == "file://event.json"
     assert json.loads((tmp_path / "event.json").read_text()) == event
     assert argument(delete, "--receipt-handle") == "handle-3"
+
+
+def test_the_fields_a_runbook_says_a_log_line_names_are_those_the_logs_helper_shows():
+    # Before: OverCapturesNotRefundedAlarm's runbook said its line names `order_id` and `amount`,
+    # but the `logs` helper's query showed no `amount`: the amount to give back was not in its answer.
+    (fields,) = re.findall(r'--query-string "fields ([^\n|]*)', RUNBOOKS)
+    shown = {field.strip() for field in fields.split(",")}
+    named = re.findall(r"the line names ((?:`\w+`(?:, | and )?)+)", RUNBOOKS)
+    assert named
+    for names in named:
+        assert set(re.findall(r"`(\w+)`", names)) <= shown, names
