@@ -97,7 +97,11 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("botocore").setLevel(logging.WARNING)
     started = time.monotonic()
-    stack = EmbeddedStack(parameter_overrides=local_parameters())
+    try:
+        stack = EmbeddedStack(parameter_overrides=local_parameters())
+    except ValueError as error:  # a setting or the template refused, named in the message
+        print(f"cannot start the local stack: {error}", file=sys.stderr)
+        return 2
     # Seeded after start() so that a refused seed is a warning, not a stack that will not start.
     wants_seed, stack.seed = stack.seed, False
     stopping = threading.Event()

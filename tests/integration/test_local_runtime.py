@@ -1057,6 +1057,28 @@ def test_a_make_run_switch_that_is_neither_on_nor_off_is_refused_at_start_by_its
         EmbeddedStack(api_port=0, aws_port=0)
 
 
+@pytest.mark.parametrize(
+    ("variable", "value", "named"),
+    [
+        ("OMS_EVENT_SOURCES", "paused", "OMS_EVENT_SOURCES must be 1 or 0 (or true or false), got 'paused'"),
+        ("RECONCILE_AFTER_MINUTES", "5", "RECONCILE_AFTER_MINUTES: parameter ReconcileAfterMinutes must be at least 6"),
+    ],
+)
+def test_make_run_refuses_a_setting_in_one_line_naming_it_not_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], variable: str, value: str, named: str
+):
+    # make run printed a Python traceback, the setting's name in its last line, for a value it
+    # refuses: a newcomer's first run now says it in one line and exits 2.
+    from infra.local.__main__ import main
+
+    monkeypatch.setattr("logging.basicConfig", lambda **_: None)  # main's, kept out of the test process
+    monkeypatch.setenv(variable, value)
+    assert main() == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cannot start the local stack: ") and named in err and "Traceback" not in err
+    assert err.count("\n") == 1
+
+
 @pytest.mark.parametrize(("value", "on"), [("1", True), ("0", False), (" TRUE ", True), ("False", False), ("", True)])
 def test_a_make_run_switch_is_taken_as_on_or_off(monkeypatch: pytest.MonkeyPatch, value: str, on: bool):
     from infra.local.stack import EmbeddedStack
