@@ -59,6 +59,20 @@ def passes(world: World, clock: Clock | ReturnsClock) -> None:
         kept_back_sweep(world, clock).run(ACTOR)
 
 
+def settled_once_by_the_passes(world: World, clock: Clock, order: Order) -> None:
+    """Two rounds of the passes settle an order that owed its settlement (Order.settlement_owed):
+    captured equals its total and what is authorized, nothing refunded, the rest of `order`'s
+    authorization released once, and the order out of the kept-back pass's index."""
+    passes(world, clock)
+    passes(world, clock)
+
+    after = world.order(order.id)
+    assert after.payment.captured == after.totals.grand_total == after.payment.authorized
+    assert after.payment.refunded.amount == 0
+    assert world.spy.voided == [order.payment.authorization]  # once
+    assert not after.settlement_owed and index_attributes(after).get("refund_key") != {"S": KEPT_BACK_KEY}
+
+
 def every_pass(world: World, clock: Clock, order_id: str, shipment_id: str) -> None:
     """Every retry and pass there is for the order: deliveries and ships reported again, the
     reconciler's passes."""
@@ -551,15 +565,8 @@ def test_a_cancel_of_the_last_units_that_died_before_settling_is_settled_by_the_
     assert world.order(order.id).settlement_owed
     assert index_attributes(world.order(order.id))["refund_key"] == {"S": KEPT_BACK_KEY}
 
-    passes(world, clock)
-    passes(world, clock)
-
-    after = world.order(order.id)
-    assert after.payment.captured == after.totals.grand_total == after.payment.authorized
-    assert after.payment.refunded.amount == 0
-    assert world.spy.voided == [order.payment.authorization]  # once
-    # Out of the pass's index (in the carrier work's: the emptied parcel's booking, died with it too).
-    assert not after.settlement_owed and index_attributes(after).get("refund_key") != {"S": KEPT_BACK_KEY}
+    # Out of the pass's index after (in the carrier work's: the emptied parcel's booking, died with it too).
+    settled_once_by_the_passes(world, clock, order)
 
 
 def test_a_release_the_gateway_refuses_after_such_a_cancel_is_not_asked_for_by_every_pass(monkeypatch):

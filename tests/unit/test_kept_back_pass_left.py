@@ -12,7 +12,7 @@ import pytest
 from core.events import OrderEvent
 from core.models import Order
 from functions.adapters.dynamodb import KEPT_BACK_KEY, index_attributes
-from tests.unit.test_death_between_writes import dies_after_recording, passes
+from tests.unit.test_death_between_writes import dies_after_recording, passes, settled_once_by_the_passes
 from tests.unit.test_jeopardy import Clock
 from tests.unit.test_kept_back_sweep import sweep as kept_back_sweep
 from tests.unit.test_unit_cancellation import STOCK as CANCEL_STOCK
@@ -100,14 +100,7 @@ def test_a_last_ship_that_died_before_settling_is_settled_by_the_reconciler_once
     assert owing.settlement_owed
     assert index_attributes(owing)["refund_key"] == {"S": KEPT_BACK_KEY}
 
-    passes(world, clock)
-    passes(world, clock)
-
-    after = world.order(order.id)
-    assert after.payment.captured == after.totals.grand_total == after.payment.authorized
-    assert after.payment.refunded.amount == 0
-    assert world.spy.voided == [order.payment.authorization]  # once
-    assert not after.settlement_owed and index_attributes(after).get("refund_key") != {"S": KEPT_BACK_KEY}
+    settled_once_by_the_passes(world, clock, order)
 
 
 def test_a_last_ship_whose_function_settles_leaves_nothing_owed(monkeypatch):
