@@ -159,18 +159,16 @@ def main(argv: list[str] | None = None) -> int:
     except UnsupportedTemplate as error:
         print(f"{args.template}: {error}", file=sys.stderr)
         return 1
-    problems = schedule_problems(args.template)
-    if problems:
-        print(f"{args.template}: a schedule EventBridge refuses", file=sys.stderr)
-        for problem in problems:
-            print(f"  - {problem}", file=sys.stderr)
-        return 1
-    problems = state_machine_problems(args.template)
-    if problems:
-        print(f"{args.template}: invalid state machine definition", file=sys.stderr)
-        for problem in problems:
-            print(f"  - {problem}", file=sys.stderr)
-        return 1
+    for what, problems_of in (
+        ("a schedule EventBridge refuses", schedule_problems),
+        ("invalid state machine definition", state_machine_problems),
+    ):
+        problems = problems_of(args.template)
+        if problems:
+            print(f"{args.template}: {what}", file=sys.stderr)
+            for problem in problems:
+                print(f"  - {problem}", file=sys.stderr)
+            return 1
     machines = sum(
         1
         for resource in template.get("Resources", {}).values()
