@@ -223,3 +223,44 @@ def test_a_cancel_of_the_order_by_a_caller_that_may_not_release_its_hold_is_refu
 
     unchanged(world, held)
     assert world.level("TSHIRT", "wh-west") == (10, 2, 8)
+
+
+def test_a_persons_release_of_their_hold_while_a_ship_that_died_still_stands_leaves_the_parcel_to_confirm(
+    world, clock, monkeypatch
+):
+    # Released before the scan made their hold a park, the order went back to allocated with the
+    # dead ship's capture request standing and nothing to say its parcel may have left: a reject or
+    # a cancel of units then refunded the capture and put the parcel's units back on sale, and the
+    # order left ShipsToConfirmAlarm's count. A held order never ships, so that ship died: the
+    # person's release ends their hold (which named no parcel) and the order stays on the system's
+    # hold for the parcel, as a release of their hold made a park leaves it.
+    held, shipment_id = persons_hold_on_a_ship_that_died(world, clock, monkeypatch)
+    holds = Holds(world.orders, clock)
+
+    released = holds.release(held.id, ReleaseRequest(note="address checked"), "key_ops")
+
+    assert released.status is OrderStatus.ON_HOLD
+    assert (released.hold.parked, released.hold.confirms_ships) == (True, [shipment_id])
+    assert released.hold.since == clock.now and released.hold.resume_to is OrderStatus.ALLOCATED
+    assert released.parcels_to_confirm() == [shipment_id]
+    assert released.hold_expiry_counts_from is None
+    assert InMemoryLateOrders(world.orders).count_ships_to_confirm() == 1
+    # The same release sent again (its answer lost) is a retry and confirms no parcel.
+    assert holds.release(held.id, ReleaseRequest(note="address checked"), "key_ops") == released
+    other = next(s for s in held.shipments if s.id != shipment_id)
+    refused(lambda: world.actions.reject(held.id, other.id, "no staff", actor="key_wh"), shipment_id)
+    refused(
+        lambda: world.actions.cancel(held.id, "one fewer", actor="key_web", lines={other.lines[0].line_id: 1}),
+        shipment_id,
+    )
+    unchanged_with_its_request(world, released)
+
+    # The scan refunds the capture in time, the order still held; a person's release confirms the parcel.
+    clock.advance(hours=24, minutes=16)
+    a_pass(world, clock)
+    swept = world.order(held.id)
+    assert (swept.status, swept.captures_requested, len(world.spy.refunded)) == (OrderStatus.ON_HOLD, [], 1)
+    assert InMemoryLateOrders(world.orders).count_ships_to_confirm() == 1
+    confirmed = holds.release(held.id, ReleaseRequest(note="the parcel never left"), "key_ops")
+    assert (confirmed.status, confirmed.hold) == (OrderStatus.ALLOCATED, None)
+    assert InMemoryLateOrders(world.orders).count_ships_to_confirm() == 0
