@@ -2003,6 +2003,18 @@ class Order(BaseModel, defer_build=True):
                      for s in touched],
         )  # fmt: skip
 
+    def delivery_confirms(self, shipment_id: str) -> bool:
+        """Whether a carrier's report that the pending parcel of `shipment_id` arrived answers all
+        the order's hold waits for: the system's hold for a person to confirm whether that parcel
+        alone left (Hold.confirms_ships, parcels_to_confirm), no person's hold before it
+        (Hold.ships_to_confirm: their reason is no question the carrier answers). The report is
+        proof it left, as a person's release of the hold would say (OrderActions.deliver)."""
+        if self.status is not OrderStatus.ON_HOLD or self.hold is None or not self.hold.parked:
+            return False
+        if self.hold.ships_to_confirm or shipment_id not in self.hold.confirms_ships:
+            return False
+        return self.parcels_to_confirm() == [shipment_id]
+
     def unfinished_ships(self) -> list[str]:
         """The shipments whose ship (or collect) asked for a capture that still waits for it: not
         recorded, and not taken back by a change the ship would have lost to (that ship answered
