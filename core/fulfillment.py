@@ -20,6 +20,7 @@ from core.errors import (
     PaymentRefused,
     StaleVersion,
 )
+from core.events import OrderEvent
 from core.holds import give_back_or_note, give_back_surplus
 from core.ids import reservation_key, shipment_id_for
 from core.models import Change, LineInput, Order, OrderEdit, OrderLine, PaymentInput, PlaceOrder, utc_now
@@ -254,15 +255,66 @@ class OrderActions:
         """A shipped parcel arrived (at `delivered_at`, when a carrier's tracking says when). Then,
         as a ship repeated does, the payment of an order with nothing left to ship is settled if a
         gateway that was down left it short of its total (a cancel of the rest whose capture of it
-        failed): a delivered order ends paid in full."""
-        at = self._clock()
+        failed): a delivered order ends paid in full.
+
+        A parcel still `pending` because its ship died after asking for its capture is proof it
+        left: it is shipped first (_ship_reported_delivered), then delivered. Any other pending
+        parcel is refused (InvalidTransition, 409) as before: nothing says the location handed it
+        over."""
 
         def decide(order: Order):
             if order.shipment(shipment_id).status is ShipmentStatus.DELIVERED:
                 return None
-            return order.deliver(shipment_id, at=at, actor=actor, delivered_at=delivered_at)
+            return order.deliver(shipment_id, at=self._clock(), actor=actor, delivered_at=delivered_at)
 
-        return self._units.after_shipping(modify(self._orders, order_id, decide, channel=channel), actor)
+        try:
+            delivered = modify(self._orders, order_id, decide, channel=channel)
+        except InvalidTransition:
+            # The rare path only: the typical delivery reads and writes as before.
+            if not self._ship_reported_delivered(order_id, shipment_id, actor, channel):
+                raise
+            delivered = modify(self._orders, order_id, decide, channel=channel)
+        return self._units.after_shipping(delivered, actor)
+
+    def _ship_reported_delivered(self, order_id: str, shipment_id: str, actor: str, channel: str | None) -> bool:
+        """Ship the pending parcel a carrier reported delivered when its fate was unknown, as a ship
+        would (its capture asked under the request standing, which the gateway answers with the
+        capture it made, or anew once the scan refunded it): the order held for a person to confirm
+        whether that parcel alone left (Order.delivery_confirms) is released first, by the report
+        (a `released` entry whose note says so: a report sent again after this function died
+        before the ship finds it); an order not held, whose ship of that parcel asked for its
+        capture and never recorded it (Order.unfinished_ships), is shipped as it is. Whether it
+        did (False: nothing done, the delivery is refused as before). A person's hold is theirs to
+        release (its reason is no question the carrier answers)."""
+        order = visible(self._orders.get(order_id, consistent=True), order_id, channel)
+        if order.fulfillment.type == "pickup" or order.shipment(shipment_id).status is not ShipmentStatus.PENDING:
+            return False
+        if order.status is S.ON_HOLD:
+            if not order.delivery_confirms(shipment_id):
+                return False
+            at = self._clock()
+            note = _delivered_note(shipment_id)
+            modify(self._orders, order_id,
+                   lambda current: current.release(note=note, at=at, actor=actor)
+                   if current.delivery_confirms(shipment_id) else None,
+                   channel=channel)  # fmt: skip
+        elif shipment_id not in order.unfinished_ships() and not self._released_by_report(order_id, shipment_id):
+            return False
+        self.ship(order_id, shipment_id, None, actor, channel)
+        return True
+
+    def _released_by_report(self, order_id: str, shipment_id: str) -> bool:
+        """Whether the order's last release is a delivery report's of `shipment_id` (whose ship has
+        not been recorded yet: the function that released it died first)."""
+        found = self._orders.history(order_id, consistent=True)
+        if found is None:
+            return False
+        last = next((e for e in reversed(found[1]) if e.type in (OrderEvent.RELEASED, OrderEvent.ON_HOLD)), None)
+        return (
+            last is not None
+            and last.type is OrderEvent.RELEASED
+            and (last.detail or {}).get("note") == _delivered_note(shipment_id)
+        )
 
     # --- Store and warehouse execution ------------------------------------------------------------
     def reject(self, order_id: str, shipment_id: str, reason: str, actor: str, channel: str | None = None) -> Order:
@@ -655,6 +707,11 @@ def _priced_in_place(lines: list[OrderLine], kept: list[OrderLine], priced: list
         if line.line_id in by_id else line
         for line in lines
     ]  # fmt: skip
+
+
+def _delivered_note(shipment_id: str) -> str:
+    """The note of the release a carrier's delivery report of a parcel to confirm makes."""
+    return f"the carrier reported shipment {shipment_id} delivered: the parcel left"
 
 
 def _still_there(order: Order, shipment_id: str) -> None:

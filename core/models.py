@@ -2003,6 +2003,18 @@ class Order(BaseModel, defer_build=True):
                      for s in touched],
         )  # fmt: skip
 
+    def delivery_confirms(self, shipment_id: str) -> bool:
+        """Whether a carrier's report that the pending parcel of `shipment_id` arrived answers all
+        the order's hold waits for: the system's hold for a person to confirm whether that parcel
+        alone left (Hold.confirms_ships, parcels_to_confirm), no person's hold before it
+        (Hold.ships_to_confirm: their reason is no question the carrier answers). The report is
+        proof it left, as a person's release of the hold would say (OrderActions.deliver)."""
+        if self.status is not OrderStatus.ON_HOLD or self.hold is None or not self.hold.parked:
+            return False
+        if self.hold.ships_to_confirm or shipment_id not in self.hold.confirms_ships:
+            return False
+        return self.parcels_to_confirm() == [shipment_id]
+
     def unfinished_ships(self) -> list[str]:
         """The shipments whose ship (or collect) asked for a capture that still waits for it: not
         recorded, and not taken back by a change the ship would have lost to (that ship answered
@@ -3244,13 +3256,19 @@ class Order(BaseModel, defer_build=True):
         (reason `other`, its note naming them, a park no hold expiry cancels, resuming where the
         person's hold stopped), recorded as a `released` entry that changes no status. What the
         order showed was the person's hold only, so a release of it must not also confirm parcels
-        it never named; the next release does."""
+        it never named; the next release does. So with a hold a ship's capture request still stands
+        on that the hold does not name (unfinished_ships: a person's hold before the capture sweep
+        made it a park, or a park for a failure): a held order never ships, so that ship died and
+        its parcel may have left; released to `allocated`, the order had nothing to say so, and a
+        reject or a cancel of units would refund the capture and put the parcel's units back on
+        sale. The release leaves the system's hold for those parcels as the sweep's park would."""
         if self.status is not OrderStatus.ON_HOLD or self.hold is None:
             raise InvalidTransition(f"an order that is {self.status} is not on hold")
         if self.hold.resume_to is None:
             raise InvalidTransition(f"order {self.id} was read without the status its hold resumes to")
-        if self.hold.ships_to_confirm:
-            shipment_ids = list(self.hold.ships_to_confirm)
+        unnamed = [s for s in self.unfinished_ships() if s not in self.hold.confirms_ships]
+        if self.hold.ships_to_confirm or unnamed:
+            shipment_ids = list(dict.fromkeys([*self.hold.ships_to_confirm, *unnamed]))
             to_confirm = Hold(reason="other", note=_unfinished_ships_note(shipment_ids), since=at,
                               resume_to=self.hold.resume_to, parked=True, confirms_ships=shipment_ids,
                               left_by_release=ReleaseSent(actor=actor, note=note))  # fmt: skip

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import pytest
 
-from core.errors import ParcelNotConfirmed
+from core.errors import InvalidTransition, ParcelNotConfirmed
 from core.holds import HoldRequest, Holds, ReleaseRequest
-from core.models import LineInput, Order, OrderEdit
+from core.models import LineInput, Money, Order, OrderEdit
 from core.status import OrderStatus, ShipmentStatus
 from plugins.testing.memory import InMemoryLateOrders
 from tests.unit.test_capture_sweep import LATE, STOCK, a_pass, a_ship_that_died
@@ -223,3 +223,142 @@ def test_a_cancel_of_the_order_by_a_caller_that_may_not_release_its_hold_is_refu
 
     unchanged(world, held)
     assert world.level("TSHIRT", "wh-west") == (10, 2, 8)
+
+
+def test_a_persons_release_of_their_hold_while_a_ship_that_died_still_stands_leaves_the_parcel_to_confirm(
+    world, clock, monkeypatch
+):
+    # Released before the scan made their hold a park, the order went back to allocated with the
+    # dead ship's capture request standing and nothing to say its parcel may have left: a reject or
+    # a cancel of units then refunded the capture and put the parcel's units back on sale, and the
+    # order left ShipsToConfirmAlarm's count. A held order never ships, so that ship died: the
+    # person's release ends their hold (which named no parcel) and the order stays on the system's
+    # hold for the parcel, as a release of their hold made a park leaves it.
+    held, shipment_id = persons_hold_on_a_ship_that_died(world, clock, monkeypatch)
+    holds = Holds(world.orders, clock)
+
+    released = holds.release(held.id, ReleaseRequest(note="address checked"), "key_ops")
+
+    assert released.status is OrderStatus.ON_HOLD
+    assert (released.hold.parked, released.hold.confirms_ships) == (True, [shipment_id])
+    assert released.hold.since == clock.now and released.hold.resume_to is OrderStatus.ALLOCATED
+    assert released.parcels_to_confirm() == [shipment_id]
+    assert released.hold_expiry_counts_from is None
+    assert InMemoryLateOrders(world.orders).count_ships_to_confirm() == 1
+    # The same release sent again (its answer lost) is a retry and confirms no parcel.
+    assert holds.release(held.id, ReleaseRequest(note="address checked"), "key_ops") == released
+    other = next(s for s in held.shipments if s.id != shipment_id)
+    refused(lambda: world.actions.reject(held.id, other.id, "no staff", actor="key_wh"), shipment_id)
+    refused(
+        lambda: world.actions.cancel(held.id, "one fewer", actor="key_web", lines={other.lines[0].line_id: 1}),
+        shipment_id,
+    )
+    unchanged_with_its_request(world, released)
+
+    # The scan refunds the capture in time, the order still held; a person's release confirms the parcel.
+    clock.advance(hours=24, minutes=16)
+    a_pass(world, clock)
+    swept = world.order(held.id)
+    assert (swept.status, swept.captures_requested, len(world.spy.refunded)) == (OrderStatus.ON_HOLD, [], 1)
+    assert InMemoryLateOrders(world.orders).count_ships_to_confirm() == 1
+    confirmed = holds.release(held.id, ReleaseRequest(note="the parcel never left"), "key_ops")
+    assert (confirmed.status, confirmed.hold) == (OrderStatus.ALLOCATED, None)
+    assert InMemoryLateOrders(world.orders).count_ships_to_confirm() == 0
+
+
+def test_a_carriers_delivery_report_of_a_parcel_to_confirm_ships_and_delivers_it_and_ends_the_hold(
+    world, clock, monkeypatch
+):
+    # The carrier's report that the parcel arrived answers the hold's one question: it left. It was
+    # 409 (the shipment still `pending`), the order held until a person released it and shipped it
+    # again. Now the report ends the system's hold, ships the parcel as a ship would (captured anew:
+    # the scan refunded the dead ship's capture) and records it delivered; sent again, nothing more.
+    held, shipment_id = held_for_a_parcel(world, clock, monkeypatch)
+    total = held.totals.grand_total
+
+    delivered = world.actions.deliver(held.id, shipment_id, actor="key_carrier")
+
+    assert (delivered.status, delivered.hold) == (OrderStatus.DELIVERED, None)
+    assert delivered.shipment(shipment_id).status is ShipmentStatus.DELIVERED
+    # Captured once on the order; the dead ship's capture (never recorded) was refunded by the scan.
+    assert (delivered.payment.captured, delivered.payment.refunded) == (total, Money.zero(total.currency))
+    assert len(world.spy.refunded) == 1
+    assert world.level("TSHIRT", "wh-west") == (8, 0, 8)  # the units left on_hand
+    assert InMemoryLateOrders(world.orders).count_ships_to_confirm() == 0
+    history = [entry.type.value for entry in world.orders.history(held.id)[1]]
+    # Released by the report, then shipped as a ship after the scan's refund is (on an authorization
+    # renewed: the refunded capture spent the first), then delivered.
+    assert history[history.index("payment_capture_reversed") + 1 :] == [
+        "released", "payment_authorized", "payment_voided", "shipment_shipped", "shipment_delivered",
+    ]  # fmt: skip
+    released = world.orders.history(held.id)[1][-5]
+    assert released.actor == "key_carrier" and "delivered" in released.detail["note"]
+
+    again = world.actions.deliver(held.id, shipment_id, actor="key_carrier")
+    assert again.version == delivered.version and world.level("TSHIRT", "wh-west") == (8, 0, 8)
+
+
+def test_a_delivery_report_of_a_parcel_whose_dead_ship_still_holds_its_capture_records_that_capture(
+    world, clock, monkeypatch
+):
+    # Before the scan reached it, the order is allocated with the dead ship's capture request standing:
+    # the report ships it under that request (the gateway answers the capture it made, under its key).
+    order, shipment_id = a_ship_that_died(world, monkeypatch)
+    total = order.totals.grand_total
+
+    delivered = world.actions.deliver(order.id, shipment_id, actor="key_carrier")
+
+    assert delivered.status is OrderStatus.DELIVERED and delivered.captures_requested == []
+    assert (delivered.payment.captured, delivered.payment.refunded, world.spy.refunded) == (
+        total, Money.zero(total.currency), [],
+    )  # fmt: skip
+    assert world.level("TSHIRT", "wh-west") == (8, 0, 8)
+
+
+def test_a_delivery_report_does_not_end_a_persons_hold(world, clock, monkeypatch):
+    # A person's reason (address_review, fraud_review) is no question the carrier answers: 409 as
+    # before, nothing written, until they release it (and then the report settles the parcel).
+    held, shipment_id = held_for_a_parcel(world, clock, monkeypatch, persons=True)
+
+    with pytest.raises(InvalidTransition):
+        world.actions.deliver(held.id, shipment_id, actor="key_carrier")
+
+    unchanged(world, held)
+    Holds(world.orders, clock).release(held.id, ReleaseRequest(note="address checked"), "key_ops")
+    delivered = world.actions.deliver(held.id, shipment_id, actor="key_carrier")
+    assert (delivered.status, delivered.hold) == (OrderStatus.DELIVERED, None)
+
+
+def test_a_delivery_report_of_a_pending_parcel_nobody_shipped_stays_refused(world, clock, monkeypatch):
+    order = world.allocated(("TSHIRT", 2))
+
+    with pytest.raises(InvalidTransition):
+        world.actions.deliver(order.id, order.shipments[0].id, actor="key_carrier")
+
+    assert world.order(order.id).version == order.version
+
+
+def test_a_delivery_report_sent_again_after_its_function_died_between_the_release_and_the_ship_ships_it(
+    world, clock, monkeypatch
+):
+    # The release is written first: the order allocated, the parcel still pending, no capture
+    # request left (the scan refunded it). The carrier's retry finds the release its report made.
+    held, shipment_id = held_for_a_parcel(world, clock, monkeypatch)
+
+    class Died(Exception):
+        pass
+
+    def dies(*args, **kwargs):
+        raise Died
+
+    with monkeypatch.context() as patched:
+        patched.setattr(world.actions, "ship", dies)
+        with pytest.raises(Died):
+            world.actions.deliver(held.id, shipment_id, actor="key_carrier")
+    between = world.order(held.id)
+    assert (between.status, between.captures_requested) == (OrderStatus.ALLOCATED, [])
+
+    delivered = world.actions.deliver(held.id, shipment_id, actor="key_carrier")
+
+    assert delivered.status is OrderStatus.DELIVERED
+    assert world.level("TSHIRT", "wh-west") == (8, 0, 8)

@@ -308,7 +308,9 @@ def ship_shipment(
     summary="Confirm a shipment was delivered, or a pickup collected",
     description="A shipped parcel arrived; or a pickup `ready_for_pickup` was collected at its store, when its "
     "share of the payment is captured (as a ship captures: a refused capture is 502, a gateway that keeps failing "
-    "503, and the pickup stays ready).",
+    "503, and the pickup stays ready). A parcel still `pending` is 409, unless its ship died after its capture "
+    "(its fate unknown, the order held only for a person to confirm whether it left, or its capture request still "
+    "standing): the report is proof it left, and it is shipped (captured as a ship captures) and delivered.",
     responses={**changed("The order"), **errors(400, 403, 404, 409, 413, 502, 503)},
     middlewares=[plugins_loaded],
 )
