@@ -398,3 +398,50 @@ def test_a_release_waiting_for_its_payment_plugin_does_not_grow_the_order_a_pass
     assert after.payment.captured == after.totals.grand_total == after.payment.authorized
     assert [e.type for e in world.history(order.id)].count(OrderEvent.PAYMENT_VOIDED) == 1
     assert not after.settlement_owed
+
+
+def test_a_settlement_no_payment_plugin_takes_is_reported_and_its_method_asked_no_more_in_the_pass():
+    # Before: a settlement owed on an order whose method no payment plugin takes (its plugin out
+    # of the deployment) was asked by the kept-back pass and the NoPaymentPlugin swallowed: the
+    # pass reported nothing (no `... owed back not settled` line, no KeptBackNotRefunded for the
+    # errors alarm, though that is what it documents for an order no plugin takes), and asked
+    # every other order of the method in turn, each counted against the pass's 100 asked, so
+    # enough of them kept the orders of every other method from their turn, run after run. The
+    # first is now reported failed (what it owed: the settlement), the method asked no more in the
+    # pass, as for a gateway down; both are settled once the plugin is back.
+    from core.errors import NoPaymentPlugin
+    from core.refund_service import OWED_SETTLEMENT
+    from tests.unit.test_payment_truth import Removed
+
+    clock = Clock()
+    removed = Removed()
+    world = build_world([("MUG", "wh-west", 20), ("CAP", "wh-east", 20)], removed, clock=clock)
+    owing: list[Order] = []
+    for _ in range(2):
+        order = world.allocated(("MUG", 2), ("CAP", 3))
+        world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
+        removed.gone = True
+        world.actions.cancel(order.id, "the rest", actor="key_web")
+        removed.gone = False
+        assert world.order(order.id).settlement_owed
+        owing.append(order)
+        clock.now += timedelta(minutes=1)
+    second = world.history(owing[1].id)
+    removed.gone = True
+    clock.now += timedelta(minutes=20)
+
+    done = kept_back_sweep(world, clock).run(ACTOR)
+
+    assert list(done.failed) == [owing[0].id] and isinstance(done.failed[owing[0].id], NoPaymentPlugin)
+    assert done.failed_owing == {owing[0].id: [OWED_SETTLEMENT]}
+    assert world.history(owing[1].id) == second  # not asked: no plugin takes its method either
+    for order in owing:
+        after = world.order(order.id)
+        assert after.settlement_owed and after.payment.captured < after.totals.grand_total
+
+    removed.gone = False
+    passes(world, clock)
+    for order in owing:
+        after = world.order(order.id)
+        assert after.payment.captured == after.totals.grand_total == after.payment.authorized
+        assert not after.settlement_owed
