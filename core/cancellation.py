@@ -28,6 +28,10 @@ logger = logging.getLogger(__name__)
 # OMS_AUTHORIZATION_VALID_DAYS: how long a gateway keeps an authorization (Stripe 7 days, card
 # schemes 5 to 30); one at least this old is authorized again before a capture (renewed_if_lapsed).
 AUTHORIZATION_VALID_FOR = timedelta(days=7)
+# The failed capture attempts whose repeat, the history ending with it already, is not recorded
+# again (Cancellation.refusal_recorded_last): the gateway's refusal, and no payment plugin taking
+# the order's method (nobody asked the gateway), each the same answer however often it is asked.
+UNANSWERED_AGAIN = ("refused", "no_plugin")
 
 
 def holding_locations(order: Order, network: list[Location]) -> list[str]:
@@ -644,10 +648,11 @@ class Cancellation:
     def _unless_repeated(
         self, record: OnFailure, order_id: str, shipment_id: str | None, amount: Money, actor: str
     ) -> OnFailure:
-        """`record`, but not a refusal the history ends with already (refusal_recorded_last)."""
+        """`record`, but not a refusal (or an attempt no payment plugin took) the history ends with
+        already (refusal_recorded_last)."""
 
         def on_failure(failure: Failure) -> None:
-            repeated = failure.kind == "refused"
+            repeated = failure.kind in UNANSWERED_AGAIN
             if not (repeated and self.refusal_recorded_last(order_id, shipment_id, amount, failure.message, actor)):
                 record(failure)
 
@@ -664,8 +669,11 @@ class Cancellation:
         again, and so are an order's parcels whose warehouses each loop, in turn; recording each
         repeat (two entries) would fill the order's item (about a thousand repeats to DynamoDB's
         400 KB, then every write on the order fails), and tells an auditor nothing the first did:
-        the gateway answers the same key with the same refusal, and nothing moved. A repeat by
-        someone else, in other words, or after anything else happened to the order is recorded."""
+        the gateway answers the same key with the same refusal, and nothing moved. So is a capture
+        no payment plugin took (kind `no_plugin`: its plugin out of the deployment), which the
+        reconciler's kept-back pass asks again each run while the settlement stays owed: its
+        attempt and the capture not made are matched as a refusal's are. A repeat by someone
+        else, in other words, or after anything else happened to the order is recorded."""
         found = self._orders.history(order_id, consistent=True)
         entries = found[1] if found is not None else []
         asked = amount.model_dump(mode="json")
@@ -674,7 +682,7 @@ class Cancellation:
             tried, outcome = failed.detail or {}, not_made.detail or {}
             if not (
                 failed.type is OrderEvent.PAYMENT_CAPTURE_FAILED and not_made.type is OrderEvent.CAPTURE_NOT_MADE
-                and failed.actor == not_made.actor and tried.get("kind") == "refused"
+                and failed.actor == not_made.actor and tried.get("kind") in UNANSWERED_AGAIN
                 and tried.get("shipment_id") == outcome.get("shipment_id")
             ):  # fmt: skip
                 return False
@@ -807,7 +815,7 @@ class Cancellation:
             return None
         at, message, asked = self._clock(), str(refused), not isinstance(refused, NoPaymentPlugin)
         noted = not (
-            unless_repeated and asked
+            unless_repeated
             and self.refusal_recorded_last(order_id, shipment_id, request.amount, refused.gateway_message, actor)
         )  # fmt: skip
         return modify(

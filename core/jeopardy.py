@@ -348,7 +348,13 @@ class JeopardyScan:
                 and since is not None and since + deadline <= at
                 and not (order.captures_requested and order.last_changed > at - self._captures_after)
             )  # fmt: skip
-            if not marked or order.captures_requested:
+            if not marked:
+                return None
+            if order.captures_requested:
+                if order.jeopardy is not None and order.jeopardy_for_refund and not order.jeopardy_on_deadline:
+                    # Marked for a refused refund alone (the partly shipped pass, before OMS_SLA
+                    # named the status): late on its own deadline too, the mark outlives the refund.
+                    return order.mark_late_on_deadline()
                 return None
             reason = f"{status} for longer than {format_duration(deadline)}"
             if since != order.in_status_since:

@@ -3224,6 +3224,22 @@ class Order(BaseModel, defer_build=True):
             jeopardy_on_deadline=refund_refused and on_deadline,
         )  # fmt: skip
 
+    def mark_late_on_deadline(self) -> Bookkeeping:
+        """The jeopardy scan found this order, marked late for a refund the gateway refused alone
+        (the partly shipped pass of an SLA that gave its status no deadline: jeopardy_for_refund,
+        not jeopardy_on_deadline), past a deadline of its status's own (OMS_SLA has named the
+        status since): the mark now outlives the refund (jeopardy_on_deadline), as one that pass
+        made would, so no second mark, order.jeopardy event or notice follows it once the refund is
+        made. Bookkeeping that changes nothing else, not even when the order last changed
+        (`updated_at`): the capture sweep and the reconciler judge it as before. Rare: the SLA
+        changed while such a mark stood."""
+        late = self.jeopardy
+        if late is None or late.status is not self.status or not self.jeopardy_for_refund or self.jeopardy_on_deadline:
+            raise InvalidTransition(f"order {self.id} is not marked late for a refused refund alone")
+        new = _replaced(self, jeopardy_on_deadline=True, version=self.version + 1)
+        check_successor(self, new)
+        return new, None
+
     def mark_read_by_scan(self, *, at: datetime) -> Bookkeeping:
         """The jeopardy scan read this order partly shipped (past the allocated deadline) with no
         capture request standing: it need not read it again until a ship asks one (read_by_scan).

@@ -99,6 +99,11 @@ def failure_recorder(
     return record
 
 
+# The failed attempts whose repeat refusal_noted_once does not record again: the gateway's refusal,
+# and no payment plugin taking the order's method, each the same answer however often it is asked.
+_SAME_ANSWER = ("refused", "no_plugin")
+
+
 def refusal_noted_once(
     orders: OrderRepository, order_id: str, actor: str, clock: Callable[[], datetime], *,
     recorder: Recorder = failure_recorder, **detail: Any,
@@ -111,12 +116,14 @@ def refusal_noted_once(
     very one among them (the same actor, gateway words and `detail`): two loops taking turns (a
     warehouse repeating its ship, a carrier reporting the delivery again) each add theirs once. The
     gateway answers the same key with the same refusal and nothing moved, so a repeat tells an
-    auditor nothing the first did, and a loop would fill the order's item. Any other failure is
-    always recorded."""
+    auditor nothing the first did, and a loop would fill the order's item. So it is for an attempt
+    no payment plugin took (kind `no_plugin`: nobody asked the gateway), which the reconciler's
+    kept-back pass asks again each run while a settlement waits for the plugin. Any other failure
+    is always recorded."""
     record = recorder(orders, order_id, actor, clock, **detail)
 
     def on_failure(failure: Failure) -> None:
-        if failure.kind == "refused" and _refused_last(orders, order_id, actor, failure, detail):
+        if failure.kind in _SAME_ANSWER and _refused_last(orders, order_id, actor, failure, detail):
             return
         record(failure)
 
@@ -127,9 +134,9 @@ def _refused_last(orders: OrderRepository, order_id: str, actor: str, failure: F
     found = orders.history(order_id, consistent=True)
     for last in reversed(found[1] if found is not None else []):
         said = last.detail or {}
-        if last.type is not PAYMENT_FAILURE_EVENTS[failure.operation] or said.get("kind") != "refused":
+        if last.type is not PAYMENT_FAILURE_EVENTS[failure.operation] or said.get("kind") not in _SAME_ANSWER:
             return False
-        if (last.actor == actor and said.get("message") == failure.message[:500]
+        if (last.actor == actor and said.get("kind") == failure.kind and said.get("message") == failure.message[:500]
                 and all(said.get(k) == v for k, v in detail.items())):  # fmt: skip
             return True
     return False

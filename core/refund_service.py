@@ -810,6 +810,12 @@ class KeptBackSweep:
                 # the order stays in the index, and its method's gateway is asked no more this pass.
                 down.add(order.payment.method)
                 after = self._orders.get(order_id, consistent=True) or order
+            except NoPaymentPlugin as error:
+                # No plugin takes its method (nobody asked the gateway): reported, and none of the
+                # method's other orders asked this pass, each only to be answered so, in the place
+                # of another method's order.
+                down.add(order.payment.method)
+                after = self._failed(order, error, order_id in just_finished, done)
             except Exception as error:  # reported once the pass is done
                 after = self._failed(order, error, order_id in just_finished, done)
             if order.stock_owed and not after.stock_owed:

@@ -612,15 +612,21 @@ class UnitCancellation:
         that is done, or left to a person (OVER_CAPTURE_REFUSALS refusals), the record is cleared;
         until then the order stays in the pass's index, asked again a pass later. Returns the
         order as it then is. Raises PaymentGatewayUnavailable (nothing recorded as moved, the
-        record kept) when the gateway stays down for any of it, a refund, capture or void: the
-        pass asks that method's gateway no more (core.refund_service.KeptBackSweep)."""
-        with contextlib.suppress(PaymentRefused):  # in the history; asked again later
+        record kept) when the gateway stays down for any of it, a refund, capture or void, and
+        NoPaymentPlugin (nobody asked the gateway, the record kept) when no payment plugin takes
+        the order's method: the pass asks that method's gateway no more, and reports the second
+        (core.refund_service.KeptBackSweep)."""
+        try:
             self._refunds.finish_pending(order.id, actor)
             # As the cancel's function would: the refund, or a capture short of the total, and a release.
             self._settle_answered(self._current(order.id), actor)
             if self._credits is not None:
                 self._give_back(self._current(order.id), actor)
             self._owed_back_given(order.id)
+        except NoPaymentPlugin:
+            raise
+        except PaymentRefused:
+            pass  # in the history; asked again later
         return self._current(order.id)
 
     def _owed_back_given(self, order_id: str) -> None:

@@ -954,6 +954,49 @@ def test_a_partly_shipped_orders_mark_for_a_refused_refund_stays_plainly_when_th
     assert [e.type for e in world.history(before.id)].count(OrderEvent.JEOPARDY) == 1
 
 
+def test_a_partly_shipped_orders_mark_for_a_refused_refund_stays_once_the_sla_gives_its_status_a_deadline_since(
+    world, clock, monkeypatch
+):
+    # Marked for the refund alone (the default SLA gives partially_shipped no deadline), then
+    # OMS_SLA named partially_shipped: once the refund was made the mark went (made for the refund
+    # alone), though the order was late on its status's own deadline now, and the next pass marked
+    # it again: a second order.jeopardy event and a second 'delayed' notice to the customer for
+    # one lateness. The pass of its status's deadline that reads it (a change since the mark left
+    # it unlisted) notes it late on that deadline too, with no entry and no change to when it last
+    # changed, so the mark stays, plainly, once the refund is made.
+    from functions.adapters.dynamodb import index_attributes
+
+    before, _ = partly_shipped_with_a_second_ship_that_died(world, monkeypatch)
+    world.gateway.script("refund", "refuse")
+    clock.advance(**LATE)
+    with pytest.raises(CapturesNotSettled):
+        scan_pass(world, clock)
+    clock.advance(minutes=16)
+    assert scan_pass(world, clock)[0].for_refund == [before.id]  # the default SLA
+    marked = world.order(before.id)
+    assert not marked.jeopardy_on_deadline
+    changed, _ = marked._bookkeeping(at=clock())  # a change since the mark (a person's, say)
+    world.orders.update(changed, marked, [])
+    entries = len(world.history(before.id))
+    world.gateway.script("refund", "approve")
+    clock.advance(minutes=16)
+    sla = "partially_shipped=48h"  # named since
+    settled = CapturesSettled(settled=[before.id], held=[], unconfirmed=[])
+
+    assert scan_pass(world, clock, sla) == (Scanned(captures_left=[before.id]), settled)
+
+    after = world.order(before.id)
+    assert after.captures_requested == [] and after.listed_late
+    assert after.jeopardy == marked.jeopardy.model_copy(update={"reason": "partially_shipped for longer than 2d"})
+    assert index_attributes(after)["sla_key"] == {"S": "jeopardy"}
+    assert not Order.model_validate_json(after.stored_json()).jeopardy_on_deadline  # settled with the mark kept
+    clock.advance(minutes=5)
+    assert scan_pass(world, clock, sla) == (Scanned(in_jeopardy=1), NOTHING)
+    assert [e.type for e in world.history(before.id)].count(OrderEvent.JEOPARDY) == 1
+    # The note wrote no entry: the history grew by the refund and what the sweep recorded only.
+    assert OrderEvent.JEOPARDY not in [e.type for e in world.history(before.id)[entries:]]
+
+
 def test_a_newer_partly_shipped_orders_dead_ship_is_reached_past_more_old_ones_than_a_pass_reads(clock, monkeypatch):
     # Each pass read the oldest partly shipped orders past the allocated deadline, at most
     # `max_reads` of them (1,000), again every pass while they waited: past that many, a newer

@@ -70,13 +70,13 @@ def test_units_owed_a_release_are_released_though_the_gateway_is_down_for_an_ear
 # --- 2. A last parcel's ship on an order that lost units, dead before settling ------------------------
 
 
-def last_ship_dies(monkeypatch: pytest.MonkeyPatch) -> tuple[World, Clock, Order, str]:
+def last_ship_dies(monkeypatch: pytest.MonkeyPatch, *plugins: object) -> tuple[World, Clock, Order, str]:
     """2 MUGs (wh-west) and 3 CAPs (wh-east); one CAP cancelled (the cancel settles what it can:
     nothing to ship yet), the MUGs shipped, then the CAPs' parcel, the last, whose ship's function
     dies right after its write, before settling the payment: the authorization still holds the
-    cancelled CAP's worth beyond the captures."""
+    cancelled CAP's worth beyond the captures. `plugins` join the world's."""
     clock = Clock()
-    world = build_world(CANCEL_STOCK, clock=clock)
+    world = build_world(CANCEL_STOCK, *plugins, clock=clock)
     order = world.allocated(("MUG", 2), ("CAP", 3))
     world.actions.cancel(order.id, "one cap fewer", actor="key_web", lines={"L2": 1})
     world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
@@ -328,3 +328,120 @@ def test_a_settlement_capture_the_gateway_is_down_for_marks_its_method_down_and_
     for order in owing[1:]:
         after = world.order(order.id)
         assert after.payment.captured == after.totals.grand_total and not after.settlement_owed
+
+
+def test_a_settlement_waiting_for_its_payment_plugin_does_not_grow_the_order_a_pass_at_a_time():
+    # Before: a settlement left owed for want of a payment plugin (the method's plugin out of the
+    # deployment) was asked again by every kept-back pass (each run, the order unchanged for
+    # ReconcileAfterMinutes), and each added a `payment_capture_failed` (no_plugin) and a
+    # `capture_not_made` entry to the order's history, which its item holds: days of it filled the
+    # item toward DynamoDB's 400 KB, past which every write on the order fails. The first pass
+    # notes it; the next ones add nothing while nothing else happened to the order, and the
+    # settlement stays owed for when the plugin is back.
+    from tests.unit.test_payment_truth import Removed
+
+    clock = Clock()
+    removed = Removed()
+    world = build_world(CANCEL_STOCK, removed, clock=clock)
+    order = world.allocated(("MUG", 2), ("CAP", 3))
+    world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
+    removed.gone = True
+    world.actions.cancel(order.id, "the rest", actor="key_web")
+    clock.now += timedelta(minutes=20)
+    kept_back_sweep(world, clock).run(ACTOR)
+    noted = world.history(order.id)
+    assert [(e.type, (e.detail or {}).get("kind")) for e in noted[-2:]] == [
+        (OrderEvent.PAYMENT_CAPTURE_FAILED, "no_plugin"), (OrderEvent.CAPTURE_NOT_MADE, None),
+    ]  # fmt: skip
+
+    for _ in range(3):  # a pass as each run finds the order, unchanged for long enough
+        clock.now += timedelta(minutes=20)
+        kept_back_sweep(world, clock).run(ACTOR)
+
+    assert world.history(order.id) == noted
+    owing = world.order(order.id)
+    assert owing.settlement_owed and not owing.captures_requested
+    assert owing.payment.captured < owing.totals.grand_total
+    removed.gone = False
+    passes(world, clock)
+    after = world.order(order.id)
+    assert after.payment.captured == after.totals.grand_total == after.payment.authorized
+    assert world.spy.voided == [order.payment.authorization]
+    assert not after.settlement_owed
+
+
+def test_a_release_waiting_for_its_payment_plugin_does_not_grow_the_order_a_pass_at_a_time(monkeypatch):
+    # Before: the release of what an authorization holds beyond the captures, owed by a last ship
+    # that died, asked by every kept-back pass while no payment plugin took the order's method,
+    # added a `payment_void_failed` (no_plugin) entry to the order's item each run. The first is
+    # noted; the next passes add none while nothing else happened to the order.
+    from tests.unit.test_payment_truth import Removed
+
+    removed = Removed()
+    world, clock, order, _ = last_ship_dies(monkeypatch, removed)
+    removed.gone = True
+    clock.now += timedelta(minutes=20)
+    kept_back_sweep(world, clock).run(ACTOR)
+    noted = world.history(order.id)
+    assert (noted[-1].type, (noted[-1].detail or {}).get("kind")) == (OrderEvent.PAYMENT_VOID_FAILED, "no_plugin")
+
+    for _ in range(3):  # a pass as each run finds the order, unchanged for long enough
+        clock.now += timedelta(minutes=20)
+        kept_back_sweep(world, clock).run(ACTOR)
+
+    assert world.history(order.id) == noted
+    owing = world.order(order.id)
+    assert owing.settlement_owed and owing.payment.captured < owing.payment.authorized  # nothing released
+    removed.gone = False
+    passes(world, clock)
+    after = world.order(order.id)
+    assert after.payment.captured == after.totals.grand_total == after.payment.authorized
+    assert [e.type for e in world.history(order.id)].count(OrderEvent.PAYMENT_VOIDED) == 1
+    assert not after.settlement_owed
+
+
+def test_a_settlement_no_payment_plugin_takes_is_reported_and_its_method_asked_no_more_in_the_pass():
+    # Before: a settlement owed on an order whose method no payment plugin takes (its plugin out
+    # of the deployment) was asked by the kept-back pass and the NoPaymentPlugin swallowed: the
+    # pass reported nothing (no `... owed back not settled` line, no KeptBackNotRefunded for the
+    # errors alarm, though that is what it documents for an order no plugin takes), and asked
+    # every other order of the method in turn, each counted against the pass's 100 asked, so
+    # enough of them kept the orders of every other method from their turn, run after run. The
+    # first is now reported failed (what it owed: the settlement), the method asked no more in the
+    # pass, as for a gateway down; both are settled once the plugin is back.
+    from core.errors import NoPaymentPlugin
+    from core.refund_service import OWED_SETTLEMENT
+    from tests.unit.test_payment_truth import Removed
+
+    clock = Clock()
+    removed = Removed()
+    world = build_world([("MUG", "wh-west", 20), ("CAP", "wh-east", 20)], removed, clock=clock)
+    owing: list[Order] = []
+    for _ in range(2):
+        order = world.allocated(("MUG", 2), ("CAP", 3))
+        world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
+        removed.gone = True
+        world.actions.cancel(order.id, "the rest", actor="key_web")
+        removed.gone = False
+        assert world.order(order.id).settlement_owed
+        owing.append(order)
+        clock.now += timedelta(minutes=1)
+    second = world.history(owing[1].id)
+    removed.gone = True
+    clock.now += timedelta(minutes=20)
+
+    done = kept_back_sweep(world, clock).run(ACTOR)
+
+    assert list(done.failed) == [owing[0].id] and isinstance(done.failed[owing[0].id], NoPaymentPlugin)
+    assert done.failed_owing == {owing[0].id: [OWED_SETTLEMENT]}
+    assert world.history(owing[1].id) == second  # not asked: no plugin takes its method either
+    for order in owing:
+        after = world.order(order.id)
+        assert after.settlement_owed and after.payment.captured < after.totals.grand_total
+
+    removed.gone = False
+    passes(world, clock)
+    for order in owing:
+        after = world.order(order.id)
+        assert after.payment.captured == after.totals.grand_total == after.payment.authorized
+        assert not after.settlement_owed
