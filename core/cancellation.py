@@ -810,13 +810,26 @@ class Cancellation:
             unless_repeated and asked
             and self.refusal_recorded_last(order_id, shipment_id, request.amount, refused.gateway_message, actor)
         )  # fmt: skip
-        return modify(
+        mine: list[Order] = []
+        after = modify(
             self._orders, order_id,
             lambda current: current.record_capture_not_made(
                 shipment_id, message, at=at, actor=actor, refused=asked, noted=noted
             ) if current.capture_request(shipment_id) == request else None,
-            written=written,
+            written=mine,
         )  # fmt: skip
+        if written is not None:
+            written.extend(mine)
+        if shipment_id is None and noted and mine:
+            # The parcels have left: nothing asks it again by itself (SettlementCapturesNotMadeAlarm).
+            amount = request.amount
+            logger.error(
+                "settlement capture of order %s not made: %s %s its captures fall short of its total, %s;"
+                " left to a person",
+                order_id, amount.amount, amount.currency, message,
+                extra={"order_id": order_id, "amount": str(amount.amount), "currency": amount.currency},
+            )  # fmt: skip
+        return after
 
     def finish_settlement_capture(
         self, order: Order, actor: str, *, fresh: bool = False, written: list[Order] | None = None
