@@ -809,8 +809,10 @@ class Cancellation:
         removed plugin: the request stands for when it is back, unless it is `fresh` (the caller's
         own write made it, so nothing was asked under it before). `unless_repeated`: a refusal the
         history ends with already (refusal_recorded_last, as capture_share left it) goes with no
-        entry. Returns the order as it then is (None when nothing was recorded). `written` gets the
-        version this call's write recorded it in."""
+        entry. The settlement's, once recorded, is logged at ERROR naming the order, the amount and
+        its currency (the entry counts for SettlementCapturesNotMadeAlarm). Returns the order as it
+        then is (None when nothing was recorded). `written` gets the version this call's write
+        recorded it in."""
         if isinstance(refused, NoPaymentPlugin) and not fresh:
             return None
         at, message, asked = self._clock(), str(refused), not isinstance(refused, NoPaymentPlugin)
@@ -818,13 +820,25 @@ class Cancellation:
             unless_repeated
             and self.refusal_recorded_last(order_id, shipment_id, request.amount, refused.gateway_message, actor)
         )  # fmt: skip
-        return modify(
+        mine: list[Order] = []
+        after = modify(
             self._orders, order_id,
             lambda current: current.record_capture_not_made(
                 shipment_id, message, at=at, actor=actor, refused=asked, noted=noted
             ) if current.capture_request(shipment_id) == request else None,
-            written=written,
+            written=mine,
         )  # fmt: skip
+        if written is not None:
+            written.extend(mine)
+        if shipment_id is None and noted and mine:
+            # The parcels have left, and no pass asks it again: a person (SettlementCapturesNotMadeAlarm).
+            amount = request.amount
+            logger.error(
+                "settlement capture of order %s not made, its captures %s %s short of its total: %s; left to a person",
+                order_id, amount.amount, amount.currency, message,
+                extra={"order_id": order_id, "amount": str(amount.amount), "currency": amount.currency},
+            )  # fmt: skip
+        return after
 
     def finish_settlement_capture(
         self, order: Order, actor: str, *, fresh: bool = False, written: list[Order] | None = None

@@ -143,6 +143,11 @@ def entry_recorded(order: Order, entry: HistoryEntry) -> None:
         record("SurplusNotGivenBack")
     elif entry.type is OrderEvent.OVER_CAPTURE_NOT_REFUNDED:
         record("OverCapturesNotRefunded")
+    elif entry.type is OrderEvent.CAPTURE_NOT_MADE and not detail.get("shipment_id"):
+        # The settlement's (no shipment): what an order left nothing to ship owes beyond its
+        # captures, refused (or taken by no plugin). Nothing asks it again by itself, and the
+        # parcels have left: a person asks again or recovers it (SettlementCapturesNotMadeAlarm).
+        record("SettlementCapturesNotMade")
 
 
 class MeteredOrders:

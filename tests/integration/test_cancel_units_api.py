@@ -526,3 +526,39 @@ def test_a_cancel_of_units_raising_the_total_beyond_the_authorization_is_409_and
     assert stock(api, "MUG", "wh-west") == held
     shipped = ship(api, after, "wh-west")
     assert (shipped["status"], money(shipped["payment"]["captured"])) == ("shipped", "11.44")
+
+
+def test_a_refused_settlement_capture_is_asked_again_as_its_runbook_says_over_http(api, monkeypatch):
+    # SettlementCapturesNotMadeAlarm's runbook: a person asks again by reporting a shipped parcel
+    # delivered again. The cancel's capture of what the shipped parcel's capture fell short of the
+    # new total is refused (the answer is 200 all the same); the delivery sent later answers 200,
+    # renews the spent authorization for that amount alone and captures it.
+    import plugins.test_payments as gateway
+
+    order = allocated(api, ("MUG", 1), ("CAP", 2))
+    ship(api, order, order["shipments"][1]["location_id"])
+    declines = gateway._declines
+    monkeypatch.setattr(gateway, "_declines", lambda authorization, operation: operation == "capture")
+    answer = cancel(api, order["id"])
+    assert answer.status_code == 200, answer.text
+    shown = answer.json()
+    due = Decimal(money(shown["totals"]["grand_total"])) - Decimal(money(shown["payment"]["captured"]))
+    items = api.get(f"/orders/{order['id']}/history").json()["items"]
+    assert [(h["type"], h["detail"].get("amount")) for h in items[-1:]] == [
+        ("capture_not_made", {"amount": str(due), "currency": "USD"})
+    ]
+    assert "shipment_id" not in items[-1]["detail"] and due > 0
+    monkeypatch.setattr(gateway, "_declines", declines)  # the customer's bank answers again
+    shipped = next(s for s in shown["shipments"] if s["status"] == "shipped")
+
+    again = api.post(f"/orders/{order['id']}/shipments/{shipped['id']}/deliver", json={})
+
+    assert again.status_code == 200, again.text
+    payment = again.json()["payment"]
+    assert (payment["status"], money(payment["captured"]), money(payment["authorized"])) == (
+        "captured", money(shown["totals"]["grand_total"]), money(shown["totals"]["grand_total"]),
+    )  # fmt: skip
+    after = api.get(f"/orders/{order['id']}/history").json()["items"]
+    renewed = [h for h in after if h["type"] == "payment_authorized" and h["detail"].get("replaces")]
+    assert [h["detail"]["amount"] for h in renewed] == [{"amount": str(due), "currency": "USD"}]
+    assert after[-1]["type"] == "payment_captured"
