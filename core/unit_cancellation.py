@@ -36,7 +36,7 @@ from core.models import (
     Totals,
 )
 from core.money import Money
-from core.order_changes import ATTEMPTS, modify, refusal_noted_once, visible
+from core.order_changes import ATTEMPTS, Recorder, failure_recorder, modify, refusal_noted_once, visible
 from core.payments import Payments
 from core.ports import CatalogRepository, InventoryRepository, LabelStore, OrderRepository, ReturnRepository
 from core.refund_service import RefundService, returns_shown, show_refunded_in_all
@@ -102,8 +102,12 @@ class UnitCancellation:
         hook: Any | None = None,
         labels: LabelStore | None = None,
         returns: ReturnRepository | None = None,
+        void_failures: Recorder = failure_recorder,
     ):
         self._orders = orders
+        # How a failed attempt at releasing the authorization's rest is recorded: as `cancellation`
+        # records its own (a pass that asks every few minutes notes an outage once: outage_noted_once).
+        self._void_failures = void_failures
         self._returns = returns
         self._hook = hook
         self._labels = labels
@@ -703,7 +707,9 @@ class UnitCancellation:
             lambda attempt: self._payments.void(
                 payment.method, authorization, order.id, payment_keys.void(authorization)
             ),
-            refusal_noted_once(self._orders, order.id, actor, self._clock, authorization=authorization),
+            refusal_noted_once(
+                self._orders, order.id, actor, self._clock, recorder=self._void_failures, authorization=authorization
+            ),
         )
         at = self._clock()
         modify(
