@@ -272,7 +272,9 @@ class OrderActions:
                 return None
             return order.deliver(shipment_id, at=at, actor=actor, delivered_at=delivered_at)
 
-        return self._units.after_shipping(modify(self._orders, order_id, decide, channel=channel), actor)
+        return self._units.after_shipping(
+            modify(self._orders, order_id, decide, channel=channel), actor, delivered=True
+        )
 
     # --- Store and warehouse execution ------------------------------------------------------------
     def reject(self, order_id: str, shipment_id: str, reason: str, actor: str, channel: str | None = None) -> Order:
