@@ -450,7 +450,7 @@ class Cancellation:
         found = self._orders.history(order.id, consistent=True) if free else None
         history = found[1] if found is not None else []
         if unless_refused:
-            refused = _voids_refused(history)
+            refused = voids_refused(history)
             free = [a for a in free if a not in refused]
         failed: list[PaymentRefused | PaymentGatewayUnavailable] = []
         for authorization in free:
@@ -932,7 +932,7 @@ def _declined_keys(history: list[HistoryEntry]) -> set[str]:
     }  # fmt: skip
 
 
-def _voids_refused(history: list[HistoryEntry]) -> set[str]:
+def voids_refused(history: list[HistoryEntry]) -> set[str]:
     """The authorizations whose void the gateway refused (not one no payment plugin took)."""
     return {
         entry.detail["authorization"] for entry in history

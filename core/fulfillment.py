@@ -25,7 +25,7 @@ from core.holds import give_back_or_note, give_back_surplus
 from core.ids import reservation_key, shipment_id_for
 from core.models import Change, LineInput, Order, OrderEdit, OrderLine, PaymentInput, PlaceOrder, utc_now
 from core.money import Money
-from core.order_changes import failure_recorder, modify, visible
+from core.order_changes import failure_recorder, modify, outage_noted_once, visible
 from core.payments import Payments
 from core.ports import CatalogRepository, InventoryRepository, LabelStore, OrderRepository, ReturnRepository
 from core.refund_service import RefundService
@@ -71,9 +71,19 @@ class OrderActions:
         self._cancellation = Cancellation(
             orders, catalog, inventory, payments, clock, credits, authorization_valid_for=authorization_valid_for
         )
+        refunds = refunds or RefundService(orders, payments, clock)
         self._units = UnitCancellation(
-            orders, catalog, inventory, payments, capture, refunds or RefundService(orders, payments, clock),
-            self._cancellation, clock, credits, hook=hook, labels=labels, returns=returns,
+            orders, catalog, inventory, payments, capture, refunds, self._cancellation, clock, credits,
+            hook=hook, labels=labels, returns=returns,
+        )  # fmt: skip
+        # What the reconciler's kept-back pass settles through (settle_owed): as the requests', but
+        # a gateway outage is written in an order's history once, not once per failed attempt of
+        # every pass (outage_noted_once), as the other passes write it.
+        self._pass_units = UnitCancellation(
+            orders, catalog, inventory, payments, capture, refunds,
+            Cancellation(orders, catalog, inventory, payments, clock, credits, void_failures=outage_noted_once,
+                         authorization_valid_for=authorization_valid_for),
+            clock, credits, hook=hook, labels=labels, returns=returns, void_failures=outage_noted_once,
         )  # fmt: skip
 
     def _order(self, order_id: str, channel: str | None) -> Order:
@@ -274,7 +284,7 @@ class OrderActions:
             if not self._ship_reported_delivered(order_id, shipment_id, actor, channel):
                 raise
             delivered = modify(self._orders, order_id, decide, channel=channel)
-        return self._units.after_shipping(delivered, actor)
+        return self._units.after_shipping(delivered, actor, delivered=True)
 
     def _ship_reported_delivered(self, order_id: str, shipment_id: str, actor: str, channel: str | None) -> bool:
         """Ship the pending parcel a carrier reported delivered when its fate was unknown, as a ship
@@ -466,7 +476,7 @@ class OrderActions:
         if order.stock_owed:
             order = self._units.release_owed(order)
         if order.settlement_owed:
-            order = self._units.settle_owed(order, actor)
+            order = self._pass_units.settle_owed(order, actor)
         return self._units.refund_kept_back(order, actor, refusals=KEPT_BACK_REFUSALS)
 
     def release_owed_stock(self, order: Order) -> Order:

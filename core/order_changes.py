@@ -110,11 +110,12 @@ def refusal_noted_once(
 ) -> OnFailure:  # fmt: skip
     """`recorder` (failure_recorder) for a payment operation that anything repeated at will asks
     again (the release of what an authorization holds beyond the captures, asked by every ship
-    repeated, every delivery a carrier reports again and every cancel repeated; the renewal of an
-    authorization a capture was refused on, asked again under the key it was declined under): a
-    refusal is not recorded when the order's history ends with refusals of the operation only, this
-    very one among them (the same actor, gateway words and `detail`): two loops taking turns (a
-    warehouse repeating its ship, a carrier reporting the delivery again) each add theirs once. The
+    repeated and every cancel repeated, and by a delivery a carrier reports while the gateway has
+    not refused it; the renewal of an authorization a capture was refused on, asked again under
+    the key it was declined under): a refusal is not recorded when the order's history ends with
+    refusals of the operation only, this very one among them (the same actor, gateway words and
+    `detail`): two loops taking turns (a warehouse repeating its ship, a cancel repeated) each add
+    theirs once. The
     gateway answers the same key with the same refusal and nothing moved, so a repeat tells an
     auditor nothing the first did, and a loop would fill the order's item. So it is for an attempt
     no payment plugin took (kind `no_plugin`: nobody asked the gateway), which the reconciler's

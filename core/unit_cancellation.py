@@ -6,10 +6,11 @@ import contextlib
 from collections import defaultdict
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from core import payment_keys
-from core.cancellation import Cancellation, holding_locations
+from core.cancellation import Cancellation, holding_locations, voids_refused
 from core.carrier_bookings import CarrierBookings, CarrierWork, give_up_unrecorded
 from core.errors import (
     Conflict,
@@ -36,7 +37,7 @@ from core.models import (
     Totals,
 )
 from core.money import Money
-from core.order_changes import ATTEMPTS, modify, refusal_noted_once, visible
+from core.order_changes import ATTEMPTS, Recorder, failure_recorder, modify, refusal_noted_once, visible
 from core.payments import Payments
 from core.ports import CatalogRepository, InventoryRepository, LabelStore, OrderRepository, ReturnRepository
 from core.refund_service import RefundService, returns_shown, show_refunded_in_all
@@ -102,8 +103,12 @@ class UnitCancellation:
         hook: Any | None = None,
         labels: LabelStore | None = None,
         returns: ReturnRepository | None = None,
+        void_failures: Recorder = failure_recorder,
     ):
         self._orders = orders
+        # How a failed attempt at releasing the authorization's rest is recorded: as `cancellation`
+        # records its own (a pass that asks every few minutes notes an outage once: outage_noted_once).
+        self._void_failures = void_failures
         self._returns = returns
         self._hook = hook
         self._labels = labels
@@ -514,7 +519,9 @@ class UnitCancellation:
                                           detail={"shipment_id": shipment_id, "message": message[:500]}),
         )  # fmt: skip
 
-    def _settle_payment(self, order: Order, actor: str) -> None:
+    def _settle_payment(self, order: Order, actor: str, *, unless_refused: bool = False) -> None:
+        """`unless_refused` (a delivery's): no void is asked that the gateway refused before
+        (Cancellation.void_replaced_authorizations, _release_authorization)."""
         payment = order.payment
         if not payment.authorization:
             return
@@ -524,7 +531,11 @@ class UnitCancellation:
         # for the reconciler, the refusal in the history: it does not keep the payment from being
         # settled, nor the current authorization's rest from being released.
         order = self._cancellation.finish_settlement_capture(order, actor)
-        for void in (self._cancellation.void_requested_authorization, self._cancellation.void_replaced_authorizations):
+        voids = (
+            self._cancellation.void_requested_authorization,
+            partial(self._cancellation.void_replaced_authorizations, unless_refused=unless_refused),
+        )
+        for void in voids:
             try:
                 order = void(order, actor)
             except NoPaymentPlugin:
@@ -543,28 +554,28 @@ class UnitCancellation:
                 order = self._cancellation.renewed_if_lapsed(order, actor)
             self._cancellation.capture_settlement(order, due, actor)
         if nothing_to_ship:
-            self._release_authorization(self._current(order.id), actor)
+            self._release_authorization(self._current(order.id), actor, unless_refused=unless_refused)
             # A renewal the last parcel's ship asked for and died (Order.renewing_authorization) is
             # no longer wanted: nothing is left to capture on it, and nothing will ship to record it.
             self._cancellation.release_renewal(order, actor)
 
-    def _settle_answered(self, order: Order, actor: str) -> None:
+    def _settle_answered(self, order: Order, actor: str, *, unless_refused: bool = False) -> None:
         """_settle_payment, a capture or release the gateway refused taken as answered: in the
         history (as a delivery leaves it), the refused void one a person acts on
         (VoidsNotMadeAlarm), so the settlement is no longer owed (Order.settlement_owed) and no
         pass asks it again. Raises PaymentRefused only while what the captures hold beyond the
         total is still to be refunded (the settlement's refund: asked again, until left to a
         person), and PaymentGatewayUnavailable and NoPaymentPlugin (no gateway's answer: nobody
-        asked it; the record stays, for the kept-back pass)."""
+        asked it; the record stays, for the kept-back pass). `unless_refused`: as _settle_payment."""
         try:
-            self._settle_payment(order, actor)
+            self._settle_payment(order, actor, unless_refused=unless_refused)
         except NoPaymentPlugin:
             raise
         except PaymentRefused:
             if _over_capture(self._current(order.id)) is not None:
                 raise
 
-    def after_shipping(self, order: Order, actor: str) -> Order:
+    def after_shipping(self, order: Order, actor: str, *, delivered: bool = False) -> Order:
         """Once the last parcel of an order that lost units has shipped, the payment is settled to
         its total: a capture that paid for units cancelled while it was being made is refunded
         (or a total the captures fell short of is captured), and what the authorization holds
@@ -577,7 +588,11 @@ class UnitCancellation:
         would. A parcel still pending that a cancel of units left due a label is booked first
         (book_labels_due), and the bookings the order gave up are cancelled (cancel_given_up).
         After any parcel, what returns' refunds kept back for want of captured money is refunded
-        as far as its capture makes it refundable (refund_kept_back). Returns the order as it then is."""
+        as far as its capture makes it refundable (refund_kept_back). `delivered`: called for a
+        delivery reported, which asks no void the gateway refused before (the settling ship's or
+        cancel's: under the same key the gateway answers the same refusal, and a second entry would
+        call the person VoidsNotMadeAlarm called already; a void it was down for is asked again).
+        Returns the order as it then is."""
         order = self.cancel_given_up(self.book_labels_due(order, actor), actor)
         if any(shipment.status in NOT_LEFT for shipment in order.shipments):
             return self.refund_kept_back(order, actor, refusals=ASKED_BEFORE_THE_RECONCILER)
@@ -589,7 +604,7 @@ class UnitCancellation:
             payment = order.payment
             asked = order.authorization_requested is not None or bool(order.replaced_authorizations)
             if any(line.cancelled_quantity for line in order.lines) or payment.captured < payment.authorized or asked:
-                self._settle_answered(order, actor)
+                self._settle_answered(order, actor, unless_refused=delivered)
                 order = self._current(order.id)
             if self._credits is not None and order.exchange_credit is not None:
                 self._give_back(order, actor)
@@ -699,17 +714,26 @@ class UnitCancellation:
         )
         show_refunded_in_all(self._returns, order, return_id, self._clock(), elsewhere=elsewhere)
 
-    def _release_authorization(self, order: Order, actor: str) -> None:
+    def _release_authorization(self, order: Order, actor: str, *, unless_refused: bool = False) -> None:
+        """Void what the authorization holds beyond the captures, and record it. `unless_refused`:
+        not when the history records the gateway's refusal of that void (under the same key it
+        answers the same): read only then, never for an order with nothing to release."""
         payment = order.payment
         authorization = payment.authorization
         if not authorization or not payment.captured < payment.authorized:
             return
+        if unless_refused:
+            found = self._orders.history(order.id, consistent=True)
+            if found is not None and authorization in voids_refused(found[1]):
+                return
         result = self._payments.retried(
             "void",
             lambda attempt: self._payments.void(
                 payment.method, authorization, order.id, payment_keys.void(authorization)
             ),
-            refusal_noted_once(self._orders, order.id, actor, self._clock, authorization=authorization),
+            refusal_noted_once(
+                self._orders, order.id, actor, self._clock, recorder=self._void_failures, authorization=authorization
+            ),
         )
         at = self._clock()
         modify(

@@ -11,7 +11,10 @@ import pytest
 
 from core.events import OrderEvent
 from core.models import Order
+from core.status import OrderStatus
 from functions.adapters.dynamodb import KEPT_BACK_KEY, index_attributes
+from tests.unit.test_capture_sweep import NOTHING, InMemorySettlementCaptures
+from tests.unit.test_capture_sweep import sweep as capture_sweep
 from tests.unit.test_death_between_writes import dies_after_recording, passes, settled_once_by_the_passes
 from tests.unit.test_jeopardy import Clock
 from tests.unit.test_kept_back_sweep import sweep as kept_back_sweep
@@ -445,3 +448,87 @@ def test_a_settlement_no_payment_plugin_takes_is_reported_and_its_method_asked_n
         after = world.order(order.id)
         assert after.payment.captured == after.totals.grand_total == after.payment.authorized
         assert not after.settlement_owed
+
+
+# --- 7. A gateway outage is in the history once, however many passes it lasts -----------------------
+
+
+def failures(world: World, order_id: str, event: OrderEvent) -> list[tuple[str, str]]:
+    return [((e.detail or {})["kind"], e.actor) for e in world.history(order_id) if e.type is event]
+
+
+def test_a_void_outage_is_recorded_once_however_many_passes_it_lasts(monkeypatch):
+    # Before: the kept-back pass settled through the requests' recorder, which writes every failed
+    # attempt: with voids transient, the order it asked first in each pass gained three
+    # payment_void_failed entries a pass, so a day's outage grew its item (capped at 400 KB, each
+    # entry write units) without bound. As the other passes do (outage_noted_once), an outage is
+    # recorded once, its first attempt (when it began and what the gateway said); nothing is
+    # recorded as released until the gateway does it.
+    world, clock, order, _ = last_ship_dies(monkeypatch)
+    world.gateway.script("void", "transient")
+
+    for _ in range(4):
+        clock.now += timedelta(minutes=20)
+        done = kept_back_sweep(world, clock).run(ACTOR)
+        assert not done.failed and done.owed_back_settled == []
+
+    assert len(world.gateway.keys("void")) == 4 * 3  # asked every pass, its retries each time
+    assert failures(world, order.id, OrderEvent.PAYMENT_VOID_FAILED) == [("transient", ACTOR)]
+    after = world.order(order.id)
+    assert after.payment.authorized == order.payment.authorized and after.settlement_owed
+
+    world.gateway.script("void", "approve")
+    clock.now += timedelta(minutes=20)
+    assert kept_back_sweep(world, clock).run(ACTOR).owed_back_settled == [order.id]
+    assert world.spy.voided == [order.payment.authorization]
+    assert failures(world, order.id, OrderEvent.PAYMENT_VOID_FAILED) == [("transient", ACTOR)]
+
+
+def test_a_settlement_capture_outage_is_recorded_once_and_its_request_left_to_the_capture_pass(monkeypatch):
+    # The kept-back pass asks the settlement's capture of an order a cancel of units left short of
+    # its total; the gateway down, the request stands (it may have been made), and the order moves
+    # to the settlement-capture pass's index, which asks it again every pass. Before: the
+    # kept-back pass wrote each of its three failed attempts. Now each order's outage is one entry
+    # whichever pass met it; each pass asks one order's retries and marks the method down (no
+    # failure, no alarm), the units are released by the first pass, nothing is held, and once the
+    # gateway is back the capture pass records the capture and the kept-back pass the release.
+    clock = Clock()
+    world = build_world([("MUG", "wh-west", 20), ("CAP", "wh-east", 20)], clock=clock)
+    owing: list[Order] = []
+    for _ in range(2):
+        order = world.allocated(("MUG", 2), ("CAP", 3))
+        world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
+        cancel_dies(world, monkeypatch, order, {"L2": 3})
+        owing.append(world.order(order.id))
+        clock.now += timedelta(minutes=1)
+    requested = InMemorySettlementCaptures(world)
+    world.gateway.script("capture", "transient")
+    asked_before = len(world.gateway.keys("capture"))
+
+    for round_ in range(4):
+        clock.now += timedelta(minutes=20)
+        kept = kept_back_sweep(world, clock).run(ACTOR)
+        captured = capture_sweep(world, clock).run_settlements(requested, ACTOR)
+        assert not kept.failed and kept.owed_back_settled == [] and captured == NOTHING
+        if round_ == 0:
+            assert kept.stock_released == [order.id for order in owing]
+
+    # Each pass that found an order to ask asked one order's retries: the kept-back pass the first
+    # two rounds (one order each), the capture pass from the second on (the first order only).
+    assert len(world.gateway.keys("capture")) - asked_before == 5 * 3
+    for order in owing:
+        after = world.order(order.id)
+        assert failures(world, order.id, OrderEvent.PAYMENT_CAPTURE_FAILED) == [("transient", ACTOR)]
+        assert after.payment.captured == order.payment.captured and after.capture_request(None) is not None
+        assert after.status is OrderStatus.SHIPPED and world.held_for(order.id) == {}
+
+    world.gateway.script("capture", "approve")
+    for _ in range(2):
+        clock.now += timedelta(minutes=20)
+        kept_back_sweep(world, clock).run(ACTOR)
+        capture_sweep(world, clock).run_settlements(requested, ACTOR)
+    for order in owing:
+        after = world.order(order.id)
+        assert after.payment.captured == after.totals.grand_total == after.payment.authorized
+        assert not after.settlement_owed and after.captures_requested == []
+    assert sorted(world.spy.voided) == sorted(order.payment.authorization for order in owing)

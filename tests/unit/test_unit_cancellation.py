@@ -469,8 +469,9 @@ def test_a_release_the_gateway_refuses_is_recorded_once_however_often_the_parcel
         world.actions.cancel(order.id, "rest", actor="key_web")
         entries.append(len(world.history(order.id)))
 
-    # A new actor's first refusal is recorded in its name (with the delivery itself), then no more.
-    assert [b - a for a, b in itertools.pairwise(entries)] == [1, 0, 0, 2, 0, 0, 1, 0, 0]
+    # A new actor's first refusal is recorded in its name, then no more; a delivery asks no refused
+    # void at all (its one entry is the delivery itself).
+    assert [b - a for a, b in itertools.pairwise(entries)] == [1, 0, 0, 1, 0, 0, 1, 0, 0]
     after = world.order(order.id)
     assert after.payment.authorized > after.payment.captured  # still held: for a person
 
@@ -494,8 +495,63 @@ def test_a_release_refused_again_by_a_ship_and_a_delivery_repeated_in_turn_is_re
         world.actions.ship(order.id, west, None, actor="key_wh")
 
     assert world.history(order.id) == before
-    assert [(e.type, e.actor) for e in before[-2:]] == [("payment_void_failed", "key_carrier"),
+    # The delivery asks no refused void (test_a_delivery_does_not_ask_again_a_release_the_gateway_refused);
+    # the ship's loop records its refusal once.
+    assert [(e.type, e.actor) for e in before[-2:]] == [("shipment_delivered", "key_carrier"),
                                                         ("payment_void_failed", "key_wh")]  # fmt: skip
+
+
+@pytest.mark.parametrize("settled_by", ["last_ship", "cancel_of_the_rest"])
+def test_a_delivery_does_not_ask_again_a_release_the_gateway_refused(settled_by):
+    # Before: once the settling call (the last parcel's ship of an order that lost units, or a
+    # cancel of the rest) was refused the void of the authorization's rest, the carrier's first
+    # delivery report asked it again under the same key: the gateway answered the same refusal,
+    # the history gained a second payment_void_failed (in the carrier's name) and
+    # VoidsNotMadeAlarm a second point for the one hold the first had already called a person to
+    # release. A delivery changes nothing the gateway's answer depends on: it asks no refused void.
+    world = build_world(STOCK)
+    order = world.allocated(("MUG", 2), ("CAP", 3))
+    west, east = world.shipment_at(order, "wh-west"), world.shipment_at(order, "wh-east")
+    if settled_by == "last_ship":
+        world.actions.cancel(order.id, "one cap fewer", actor="key_web", lines={"L2": 1})
+    world.actions.ship(order.id, west, None, actor="key_wh")
+    world.gateway.script("void", "refuse")
+    if settled_by == "last_ship":
+        world.actions.ship(order.id, east, None, actor="key_wh")
+    else:
+        world.actions.cancel(order.id, "the rest", actor="key_web")
+    assert world.gateway.keys("void") == [f"{order.payment.authorization}:void"]
+
+    delivered = [world.actions.deliver(order.id, west, actor="key_carrier") for _ in range(3)]
+    if settled_by == "last_ship":
+        delivered = [world.actions.deliver(order.id, east, actor="key_carrier") for _ in range(3)]
+
+    assert delivered[-1].status is OrderStatus.DELIVERED
+    assert delivered[-1].payment.authorized > delivered[-1].payment.captured  # still held: for a person
+    assert world.gateway.keys("void") == [f"{order.payment.authorization}:void"]  # asked once
+    refusals = [e for e in world.history(order.id) if e.type is OrderEvent.PAYMENT_VOID_FAILED]
+    assert [(e.detail["kind"], e.actor) for e in refusals] == [
+        ("refused", "key_wh" if settled_by == "last_ship" else "key_web")
+    ]
+
+
+def test_a_delivery_still_asks_a_release_the_gateway_was_down_for():
+    # What a gateway down for the void left is no answer: the delivery asks it again, and the
+    # authorization's rest is released.
+    world = build_world(STOCK)
+    order = world.allocated(("MUG", 2), ("CAP", 3))
+    world.actions.cancel(order.id, "one cap fewer", actor="key_web", lines={"L2": 1})
+    world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
+    world.gateway.script("void", "transient")
+    east = world.shipment_at(order, "wh-east")
+    world.actions.ship(order.id, east, None, actor="key_wh")
+    world.gateway.script("void", "approve")
+
+    delivered = world.actions.deliver(order.id, east, actor="key_carrier")
+
+    assert delivered.payment.authorized == delivered.payment.captured == delivered.totals.grand_total
+    assert world.spy.voided == [order.payment.authorization]
+    assert not delivered.settlement_owed
 
 
 class PerUnitShipping:
@@ -1222,7 +1278,7 @@ def test_two_settlements_that_read_the_order_at_different_times_refund_the_whole
     units = world.actions._units
     settle = units._settle_payment
     read: list[Order] = []
-    monkeypatch.setattr(units, "_settle_payment", lambda order, actor: read.append(order))
+    monkeypatch.setattr(units, "_settle_payment", lambda order, actor, **_: read.append(order))
     for reason in ("one gum", "another gum"):
         world.actions.cancel(order.id, reason, actor="key_web", lines={"L1": 1})
     monkeypatch.setattr(units, "_settle_payment", settle)
