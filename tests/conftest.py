@@ -14,6 +14,7 @@ from hypothesis import settings
 
 import infra.local.template as template_module
 from core import plugin_manager
+from infra.local.stack import EmbeddedStack
 
 # No per-example deadline: on a loaded 2-core machine a 200 ms example is a scheduling accident, not
 # a bug. Properties still fail on what they assert; `make bench` is where time is measured.
@@ -114,3 +115,50 @@ def no_authorizations_from_an_earlier_test() -> None:
     from plugins import test_payments
 
     test_payments.forget()
+
+
+# Every local stack the suite starts (infra.local.stack.EmbeddedStack: the e2e modules', and those
+# integration tests start) records each AWS call its functions make, as the grant it needs
+# (tests/template_iam.py), from its start to its stop: moto lets through every call AWS would
+# refuse as AccessDenied. A call template.yaml does not grant its function fails the test during
+# which it was recorded (a module's stack: calls its pollers made before the test are counted
+# there too), or the stop of the stack, naming the function, the action and the resource. A stack
+# on a template whose grants are not template.yaml's (a test editing one) is not checked.
+_watched: dict[int, Any] = {}  # id(stack) -> its tests.template_iam.Watch
+
+
+def _not_granted_message(found: list[str], when: str) -> str:
+    return f"calls template.yaml does not grant, {when}:\n  " + "\n  ".join(found)
+
+
+def _watched_start(self: EmbeddedStack) -> EmbeddedStack:
+    from tests.template_iam import Watch, grants_as_here
+
+    if id(self) not in _watched and grants_as_here(dict(self.template.document)):
+        _watched[id(self)] = Watch(self)
+    return _stack_start(self)
+
+
+def _watched_stop(self: EmbeddedStack) -> None:
+    try:
+        _stack_stop(self)
+    finally:
+        watch = _watched.pop(id(self), None)
+        found = []
+        if watch is not None:
+            watch.close()
+            found = watch.not_granted()
+    if found:
+        raise AssertionError(_not_granted_message(found, "made by a local stack's functions before it stopped"))
+
+
+_stack_start, _stack_stop = EmbeddedStack.start, EmbeddedStack.stop
+EmbeddedStack.start = _watched_start  # type: ignore[method-assign]
+EmbeddedStack.stop = _watched_stop  # type: ignore[method-assign]
+
+
+@pytest.fixture(autouse=True)
+def only_granted_calls_on_every_local_stack() -> Iterator[None]:
+    yield
+    found = [line for watch in list(_watched.values()) for line in watch.not_granted()]
+    assert not found, _not_granted_message(found, "made by a local stack's functions while this test ran")
