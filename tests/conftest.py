@@ -3,6 +3,7 @@
 import copy
 import functools
 import os
+import sys
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -118,38 +119,29 @@ def no_authorizations_from_an_earlier_test() -> None:
 
 
 # Every local stack the suite starts (infra.local.stack.EmbeddedStack: the e2e modules', and those
-# integration tests start) records each AWS call its functions make, as the grant it needs
-# (tests/template_iam.py), from its start to its stop: moto lets through every call AWS would
-# refuse as AccessDenied. A call template.yaml does not grant its function fails the test during
-# which it was recorded (a module's stack: calls its pollers made before the test are counted
-# there too), or the stop of the stack, naming the function, the action and the resource. A stack
-# on a template whose grants are not template.yaml's (a test editing one) is not checked.
-_watched: dict[int, Any] = {}  # id(stack) -> its tests.template_iam.Watch
-
-
-def _not_granted_message(found: list[str], when: str) -> str:
-    return f"calls template.yaml does not grant, {when}:\n  " + "\n  ".join(found)
-
-
+# integration tests start; and the in-process API, tests/integration/in_process.py) records each
+# AWS call its functions make, as the grant it needs (tests/template_iam.py), from its start to its
+# stop: moto lets through every call AWS would refuse as AccessDenied. A call template.yaml does
+# not grant its function fails the test during which it was recorded (with a module's stack, what
+# its pollers ran between two tests is counted in the next), or the stack's stop, naming the
+# function, the action and the resource. A stack on a template whose grants are not template.yaml's
+# (a test editing one) is not checked.
 def _watched_start(self: EmbeddedStack) -> EmbeddedStack:
-    from tests.template_iam import Watch, grants_as_here
+    from tests.template_iam import grants_as_here, watch
 
-    if id(self) not in _watched and grants_as_here(dict(self.template.document)):
-        _watched[id(self)] = Watch(self)
+    if grants_as_here(dict(self.template.document)):
+        watch(self)
     return _stack_start(self)
 
 
 def _watched_stop(self: EmbeddedStack) -> None:
+    from tests.template_iam import not_granted_message, unwatch
+
     try:
         _stack_stop(self)
     finally:
-        watch = _watched.pop(id(self), None)
-        found = []
-        if watch is not None:
-            watch.close()
-            found = watch.not_granted()
-    if found:
-        raise AssertionError(_not_granted_message(found, "made by a local stack's functions before it stopped"))
+        found = unwatch(self)
+    assert not found, not_granted_message(found, "made by a local stack's functions before it stopped")
 
 
 _stack_start, _stack_stop = EmbeddedStack.start, EmbeddedStack.stop
@@ -160,5 +152,9 @@ EmbeddedStack.stop = _watched_stop  # type: ignore[method-assign]
 @pytest.fixture(autouse=True)
 def only_granted_calls_on_every_local_stack() -> Iterator[None]:
     yield
-    found = [line for watch in list(_watched.values()) for line in watch.not_granted()]
-    assert not found, _not_granted_message(found, "made by a local stack's functions while this test ran")
+    if "tests.template_iam" not in sys.modules:  # no stack started in this process yet
+        return
+    from tests.template_iam import WATCHED, not_granted_message
+
+    found = [line for watched in list(WATCHED.values()) for line in watched.not_granted()]
+    assert not found, not_granted_message(found, "made by a local stack's functions while this test ran")

@@ -322,11 +322,11 @@ def calls_by_function(stack: Any) -> Iterator[Calls]:
         parts = (stack.functions, stack.table_names, stack.bucket_names, stack.event_bus_names, stack.queue_urls)
         return (*map(len, parts), len(stack.state_machine_arns), stack.gateway is None)
 
-    named_as: list[Any] = [sizes(), *names_of()]  # read again whenever the stack has more to name
+    named_as: list[Any] = [sizes(), *names_of()]  # read again when the stack has more to name
 
-    def names() -> tuple[dict[str, str], dict[str, str]]:
-        if (now := sizes()) != named_as[0]:
-            named_as[:] = [now, *names_of()]
+    def names(again: bool = False) -> tuple[dict[str, str], dict[str, str]]:
+        if again or sizes() != named_as[0]:
+            named_as[:] = [sizes(), *names_of()]
         return named_as[1], named_as[2]
 
     seen = Calls()
@@ -358,6 +358,8 @@ def calls_by_function(stack: Any) -> Iterator[Calls]:
         if running is None:
             return
         functions, resources = names()
+        if running not in functions or not {*named(params)} <= {*resources, "*", "default"}:
+            functions, resources = names(again=True)  # a name the stack gave since (as it names them now)
         function = functions.get(running)
         if function is not None:
             policy = policy_of(function)
@@ -489,6 +491,26 @@ def grants_as_here(document: dict[str, Any]) -> bool:
         }
 
     return grants(document.get("Resources") or {}) == grants(RESOURCES)
+
+
+WATCHED: dict[int, Watch] = {}  # id(stack) -> the Watch kept on it (watch(), unwatch())
+
+
+def watch(stack: Any) -> None:
+    WATCHED.setdefault(id(stack), Watch(stack))
+
+
+def unwatch(stack: Any) -> list[str]:
+    """Stops watching `stack`: what its functions called that is not granted and not reported yet."""
+    watched = WATCHED.pop(id(stack), None)
+    if watched is None:
+        return []
+    watched.close()
+    return watched.not_granted()
+
+
+def not_granted_message(found: list[str], when: str) -> str:
+    return f"calls template.yaml does not grant, {when}:\n  " + "\n  ".join(found)
 
 
 class Watch:
