@@ -3,6 +3,7 @@
 import copy
 import functools
 import os
+import sys
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -14,6 +15,7 @@ from hypothesis import settings
 
 import infra.local.template as template_module
 from core import plugin_manager
+from infra.local.stack import EmbeddedStack
 
 # No per-example deadline: on a loaded 2-core machine a 200 ms example is a scheduling accident, not
 # a bug. Properties still fail on what they assert; `make bench` is where time is measured.
@@ -114,3 +116,45 @@ def no_authorizations_from_an_earlier_test() -> None:
     from plugins import test_payments
 
     test_payments.forget()
+
+
+# Every local stack the suite starts (infra.local.stack.EmbeddedStack: the e2e modules', and those
+# integration tests start; and the in-process API, tests/integration/in_process.py) records each
+# AWS call its functions make, as the grant it needs (tests/template_iam.py), from its start to its
+# stop: moto lets through every call AWS would refuse as AccessDenied. A call template.yaml does
+# not grant its function fails the test during which it was recorded (with a module's stack, what
+# its pollers ran between two tests is counted in the next), or the stack's stop, naming the
+# function, the action and the resource. A stack on a template whose grants are not template.yaml's
+# (a test editing one) is not checked.
+def _watched_start(self: EmbeddedStack) -> EmbeddedStack:
+    from tests.template_iam import grants_as_here, watch
+
+    if grants_as_here(dict(self.template.document)):
+        watch(self)
+    return _stack_start(self)
+
+
+def _watched_stop(self: EmbeddedStack) -> None:
+    from tests.template_iam import not_granted_message, unwatch
+
+    try:
+        _stack_stop(self)
+    finally:
+        found = unwatch(self)
+    assert not found, not_granted_message(found, "made by a local stack's functions before it stopped")
+
+
+_stack_start, _stack_stop = EmbeddedStack.start, EmbeddedStack.stop
+EmbeddedStack.start = _watched_start  # type: ignore[method-assign]
+EmbeddedStack.stop = _watched_stop  # type: ignore[method-assign]
+
+
+@pytest.fixture(autouse=True)
+def only_granted_calls_on_every_local_stack() -> Iterator[None]:
+    yield
+    if "tests.template_iam" not in sys.modules:  # no stack started in this process yet
+        return
+    from tests.template_iam import WATCHED, not_granted_message
+
+    found = [line for watched in list(WATCHED.values()) for line in watched.not_granted()]
+    assert not found, not_granted_message(found, "made by a local stack's functions while this test ran")

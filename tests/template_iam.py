@@ -286,29 +286,61 @@ _AUTHORIZED_AS = {
 _PREFIX = {"stepfunctions": "states"}
 
 
+class Calls(dict[str, set[Grant]]):
+    """What calls_by_function records, by function logical id; `lock` held while it writes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lock = threading.Lock()
+
+    def snapshot(self) -> dict[str, set[Grant]]:
+        with self.lock:
+            return {function: set(grants) for function, grants in self.items()}
+
+
 @contextmanager
-def calls_by_function(stack: Any) -> Iterator[dict[str, set[Grant]]]:
+def calls_by_function(stack: Any) -> Iterator[Calls]:
     """Every AWS call made while a function of `stack` runs, as the grants it needs, by function
     logical id, a presigned URL it signs included (the call its holder makes as the function).
-    Calls made outside a function (the test's own, the stack's) are not counted."""
+    Calls made outside a function (the test's own, the stack's) are not counted. The stack's
+    names are read as they are when a call is made: a stack may be entered before it is started."""
     from botocore.client import BaseClient
 
     from infra.local.lambdas import RUNNING
 
-    functions = {f.name: logical for logical, f in stack.functions.items()}
-    resources = {
-        **{name: logical for logical, name in stack.table_names.items()},
-        **{name: logical for logical, name in stack.bucket_names.items()},
-        **{name: logical for logical, name in stack.event_bus_names.items()},
-        **{url: logical for logical, url in stack.queue_urls.items()},
-        **{arn: logical for logical, arn in stack.state_machine_arns.items()},
-        **({stack.gateway.api_id: "OmsApi"} if stack.gateway is not None else {}),
-    }
-    seen: dict[str, set[Grant]] = {}
-    # Read once (and checked: a statement this tool cannot read fails here, before any call).
+    def names_of() -> tuple[dict[str, str], dict[str, str]]:
+        return {f.name: logical for logical, f in stack.functions.items()}, {
+            **{name: logical for logical, name in stack.table_names.items()},
+            **{name: logical for logical, name in stack.bucket_names.items()},
+            **{name: logical for logical, name in stack.event_bus_names.items()},
+            **{url: logical for logical, url in stack.queue_urls.items()},
+            **{arn: logical for logical, arn in stack.state_machine_arns.items()},
+            **({stack.gateway.api_id: "OmsApi"} if stack.gateway is not None else {}),
+        }
+
+    def sizes() -> tuple[Any, ...]:
+        parts = (stack.functions, stack.table_names, stack.bucket_names, stack.event_bus_names, stack.queue_urls)
+        return (*map(len, parts), len(stack.state_machine_arns), stack.gateway is None)
+
+    named_as: list[Any] = [sizes(), *names_of()]  # read again when the stack has more to name
+
+    def names(again: bool = False) -> tuple[dict[str, str], dict[str, str]]:
+        if again or sizes() != named_as[0]:
+            named_as[:] = [sizes(), *names_of()]
+        return named_as[1], named_as[2]
+
+    seen = Calls()
+    # Read once (and checked: a statement this tool cannot read fails here, before any call); a
+    # function the stack builds only once started is read at its first call.
     policies = {logical: list(allowed_statements(logical)) for logical in stack.functions if logical in RESOURCES}
     given = {logical: granted(logical) for logical in policies}
-    lock = threading.Lock()
+
+    def policy_of(function: str) -> list[dict[str, Any]]:
+        if function not in policies and function in RESOURCES:
+            policies[function], given[function] = list(allowed_statements(function)), granted(function)
+        return policies.get(function, [])
+
+    lock = seen.lock
     original = BaseClient._make_api_call
 
     def named(params: dict[str, Any]) -> list[str]:
@@ -322,8 +354,15 @@ def calls_by_function(stack: Any) -> Iterator[dict[str, set[Grant]]]:
         return ["*"]
 
     def record(client: Any, operation: str, params: dict[str, Any]) -> None:
-        function = functions.get(getattr(RUNNING, "function", None) or "")
+        running = getattr(RUNNING, "function", None)
+        if running is None:
+            return
+        functions, resources = names()
+        if running not in functions or not {*named(params)} <= {*resources, "*", "default"}:
+            functions, resources = names(again=True)  # a name the stack gave since (as it names them now)
+        function = functions.get(running)
         if function is not None:
+            policy = policy_of(function)
             service = client.meta.service_model.service_name
             action = _AUTHORIZED_AS.get((service, operation), operation)
             if (service, operation) == ("s3", "GetObject") and "VersionId" in params:
@@ -356,7 +395,7 @@ def calls_by_function(stack: Any) -> Iterator[dict[str, set[Grant]]]:
                 shown
                 for grant, physical in grants.items()
                 for shown in (
-                    not_granted_as(policies[function], function, grant, within, leading(grant, physical))
+                    not_granted_as(policy, function, grant, within, leading(grant, physical))
                     if grant in given.get(function, set())
                     else {grant}
                 )
@@ -436,3 +475,71 @@ def handlers_checked(
         yield calls
     missing = {function: needed - granted(function) for function, needed in calls.items()}
     assert not any(missing.values()), f"calls the template does not grant: { {f: m for f, m in missing.items() if m} }"
+
+
+# --- Every local stack of the suite -------------------------------------------------------------
+def grants_as_here(document: dict[str, Any]) -> bool:
+    """Whether a template grants what template.yaml (this tool's RESOURCES) does: every function's
+    Policies and every IAM policy attached to a role, the same. A stack on another template (a test
+    that edits one) is not read against grants it does not have."""
+
+    def grants(resources: dict[str, Any]) -> dict[str, Any]:
+        return {
+            name: resource["Properties"].get("Policies") if resource["Type"] != "AWS::IAM::Policy" else resource
+            for name, resource in resources.items()
+            if resource["Type"] in ("AWS::Serverless::Function", "AWS::IAM::Policy")
+        }
+
+    return grants(document.get("Resources") or {}) == grants(RESOURCES)
+
+
+WATCHED: dict[int, Watch] = {}  # id(stack) -> the Watch kept on it (watch(), unwatch())
+
+
+def watch(stack: Any) -> None:
+    WATCHED.setdefault(id(stack), Watch(stack))
+
+
+def unwatch(stack: Any) -> list[str]:
+    """Stops watching `stack`: what its functions called that is not granted and not reported yet."""
+    watched = WATCHED.pop(id(stack), None)
+    if watched is None:
+        return []
+    watched.close()
+    return watched.not_granted()
+
+
+def not_granted_message(found: list[str], when: str) -> str:
+    return f"calls template.yaml does not grant, {when}:\n  " + "\n  ".join(found)
+
+
+class Watch:
+    """calls_by_function(stack) for a stack's whole life: tests/conftest.py keeps one on every local
+    stack the suite starts, and fails the test during which (or the stop at which) a function of it
+    made a call the template does not grant, naming the function, the action and the resource."""
+
+    def __init__(self, stack: Any):
+        self._recording = calls_by_function(stack)
+        self.calls = self._recording.__enter__()
+        self._granted: dict[str, set[Grant]] = {}
+        self._reported: dict[str, set[Grant]] = {}
+
+    def close(self) -> None:
+        if self._recording is not None:
+            self._recording, recording = None, self._recording
+            recording.__exit__(None, None, None)
+
+    def not_granted(self) -> list[str]:
+        """Each call not granted since the last time this was asked, as `Function: action on
+        resource` (or `Function: action on part (resource)`, `Function: action of key k (resource)`:
+        a grant that leaves that index, prefix or key out)."""
+        found = []
+        for function, needed in sorted(self.calls.snapshot().items()):
+            if function not in self._granted:
+                self._granted[function] = granted(function) if function in RESOURCES else set()
+            reported = self._reported.setdefault(function, set())
+            for resource, action in sorted(needed - self._granted[function] - reported):
+                reported.add((resource, action))
+                shown = f"{action} ({resource})" if " " in action else f"{action} on {resource}"
+                found.append(f"{function}: {shown}")
+        return found

@@ -23,6 +23,7 @@ from infra.local.moto_patches import apigateway
 from infra.local.template import Template, create_table_request
 from tests.e2e.client import ADMIN
 from tests.integration.conftest import ENV_BY_TABLE, FUNCTION_ENV, KEEP_BOTO3_SESSION, access_log_queue
+from tests.template_iam import grants_as_here, not_granted_message, unwatch, watch
 
 # Throttling is not what the matrices test (tests/e2e/test_throttling.py is).
 FAST = {"ApiRateLimit": 100_000, "ApiBurstLimit": 100_000}
@@ -107,6 +108,50 @@ class InProcessApi:
                 return items
 
 
+# What each resource type the functions name in their environment is, to the calls' recorder.
+_NAMES = {
+    "AWS::DynamoDB::Table": "table_names",
+    "AWS::SQS::Queue": "queue_urls",
+    "AWS::S3::Bucket": "bucket_names",
+    "AWS::Events::EventBus": "event_bus_names",
+    "AWS::Serverless::StateMachine": "state_machine_arns",
+    "AWS::StepFunctions::StateMachine": "state_machine_arns",
+}
+
+
+class InProcessResources:
+    """The in-process API as tests/template_iam.py reads a stack: its functions (run by their
+    logical ids), and each resource a function's template environment names (`ORDERS_TABLE: !Ref
+    OrdersTable`) by the name this process's environment gives that variable when asked (a test
+    names its own bucket or queue so)."""
+
+    def __init__(self, template: Template, functions: dict[str, LocalFunction], gateway: ApiGateway):
+        self.functions, self.gateway = functions, gateway
+        types = {name: resource["Type"] for name, resource in template.document["Resources"].items()}
+        self._variables = {
+            variable: value["Ref"]
+            for props in template.functions().values()
+            for variable, value in props["Environment"]["Variables"].items()
+            if isinstance(value, dict) and list(value) == ["Ref"] and types.get(value["Ref"]) in _NAMES
+        }
+        self._kinds = {logical: _NAMES[types[logical]] for logical in self._variables.values()}
+
+    def _named(self, kind: str) -> dict[str, str]:
+        import os
+
+        return {
+            logical: os.environ[variable]
+            for variable, logical in self._variables.items()
+            if self._kinds[logical] == kind and os.environ.get(variable)
+        }
+
+    table_names = property(lambda self: self._named("table_names"))
+    queue_urls = property(lambda self: self._named("queue_urls"))
+    bucket_names = property(lambda self: self._named("bucket_names"))
+    event_bus_names = property(lambda self: self._named("event_bus_names"))
+    state_machine_arns = property(lambda self: self._named("state_machine_arns"))
+
+
 @contextmanager
 def in_process_api(**parameter_overrides: Any) -> Iterator[InProcessApi]:
     """A fresh moto account with the template's tables, the environment the functions read, and
@@ -136,11 +181,18 @@ def in_process_api(**parameter_overrides: Any) -> Iterator[InProcessApi]:
             if logical_id in needed
         }
         gateway = ApiGateway.from_template(template, functions)
+        # Every call the functions make is read against their grants, as on every local stack
+        # (tests/conftest.py), when the template grants what template.yaml does.
+        resources = InProcessResources(template, functions, gateway)
+        if grants_as_here(dict(template.document)):
+            watch(resources)
         try:
             with apigateway.flushing(gateway.api_id, gateway.stage, gateway.flush_authorizer_caches):
                 yield InProcessApi(gateway, admin_key)
         finally:
             forget_warm_containers()
+            found = unwatch(resources)
+        assert not found, not_granted_message(found, "made by the in-process API's functions before it stopped")
 
 
 @contextmanager

@@ -321,3 +321,19 @@ def test_an_action_or_resource_the_tool_cannot_read_fails_loudly_naming_it(
 
     with pytest.raises(AssertionError, match=r"cannot read|matches no action"):
         granted(FAKE)
+
+
+def test_a_call_the_template_does_not_grant_fails_the_local_stack_it_was_made_on(monkeypatch: pytest.MonkeyPatch):
+    # tests/conftest.py and in_process.py keep a Watch on every local stack and the in-process API:
+    # a read of an order queues it for the access log, which the API could not do without its grant.
+    from tests import template_iam
+    from tests.integration.in_process import in_process_api
+    from tests.integration.test_access_log_api import stored
+
+    real = template_iam.granted
+    monkeypatch.setattr(template_iam, "granted", lambda f: real(f) - {("AccessLogQueue", "sqs:SendMessage")})
+    missing = r"not grant, .*\n  ApiFunction: sqs:SendMessage on AccessLogQueue$"
+    with pytest.raises(AssertionError, match=missing), in_process_api() as api:
+        stored("ord_" + "g" * 24)
+        assert api.get("/orders/ord_" + "g" * 24).status_code == 200
+    assert not template_iam.WATCHED
