@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from core import settings
+from core.secret_hashes import is_usable_secret
 from infra.local.activity import Activity
 from infra.local.event_sources import ScheduleMapping
 from infra.local.gateway import ApiGateway
@@ -202,6 +203,8 @@ class EmbeddedStack:
         self._aws_port_asked = _env("OMS_AWS_PORT", 4566, _port) if aws_port is None else aws_port
         self.stack_name = self.template.stack_name = stack_name or os.environ.get("OMS_STACK_NAME") or "oms-local"
         self.admin_key = admin_key or os.environ.get("OMS_ADMIN_API_KEY") or "oms_admin_" + secrets.token_urlsafe(24)
+        if not admin_key and not is_usable_secret(self.admin_key):  # refused by start()'s bootstrap, naming nothing
+            raise ValueError("OMS_ADMIN_API_KEY must be 16 to 200 characters of A-Z, a-z, 0-9, '_' and '-'")
         self.seed = _env("OMS_SEED", True, _flag) if seed is None else seed
         self._admin_key_bootstrap = admin_key_bootstrap or _default_admin_key_bootstrap
         self.event_sources = _env("OMS_EVENT_SOURCES", True, _flag) if event_sources is None else event_sources

@@ -1062,6 +1062,11 @@ def test_a_make_run_switch_that_is_neither_on_nor_off_is_refused_at_start_by_its
     [
         ("OMS_EVENT_SOURCES", "paused", "OMS_EVENT_SOURCES must be 1 or 0 (or true or false), got 'paused'"),
         ("RECONCILE_AFTER_MINUTES", "5", "RECONCILE_AFTER_MINUTES: parameter ReconcileAfterMinutes must be at least 6"),
+        # Refused once the stack starts (the schedules' pollers, the admin key's bootstrap): these
+        # printed a traceback still, the admin key's without naming the variable.
+        ("OMS_LOCAL_SCHEDULE_SECONDS", "0", "OMS_LOCAL_SCHEDULE_SECONDS must be a positive number of seconds, got '0'"),
+        ("OMS_JEOPARDY_SCAN_SECONDS", "abc", "OMS_JEOPARDY_SCAN_SECONDS must be a positive number of seconds"),
+        ("OMS_ADMIN_API_KEY", "short", "OMS_ADMIN_API_KEY must be 16 to 200 characters of A-Z, a-z, 0-9, '_' and '-'"),
     ],
 )
 def test_make_run_refuses_a_setting_in_one_line_naming_it_not_a_traceback(
@@ -1072,6 +1077,8 @@ def test_make_run_refuses_a_setting_in_one_line_naming_it_not_a_traceback(
     from infra.local.__main__ import main
 
     monkeypatch.setattr("logging.basicConfig", lambda **_: None)  # main's, kept out of the test process
+    for name, free in (("OMS_PORT", "0"), ("OMS_AWS_PORT", "0"), ("OMS_SEED", "0")):
+        monkeypatch.setenv(name, free)
     monkeypatch.setenv(variable, value)
     assert main() == 2
     err = capsys.readouterr().err
