@@ -179,7 +179,8 @@ class EmbeddedStack:
         # two values are refused, naming both, rather than one silently winning.
         from_shell: dict[str, str] = {}  # parameter -> the shell's value
         set_from: dict[str, str] = {}  # parameter -> the variable that set it
-        for var, param in sorted({*PARAMETER_ENV.items(), *self.template.parameter_variables()}):
+        settable = sorted({*PARAMETER_ENV.items(), *self.template.parameter_variables()})
+        for var, param in settable:
             if not (value := os.environ.get(var)):
                 continue
             if from_shell.setdefault(param, value) != value:
@@ -189,6 +190,18 @@ class EmbeddedStack:
                     " set one, or both to the same value"
                 )
             set_from.setdefault(param, var)
+        # A variable the template builds from a parameter (`!Sub "x-${Sla}"`) is not that
+        # parameter's value: the shell's was silently replaced by the template's. Refused, naming
+        # what sets the parameter instead.
+        for var, params in sorted(self.template.derived_variables().items()):
+            if var in {v for v, _ in settable} or not os.environ.get(var):
+                continue
+            instead = " or ".join(sorted(v for v, p in settable if p in params))
+            raise ValueError(
+                f"{var} is built by the template from parameter {' and '.join(sorted(params))}, so make run"
+                " does not take it from the shell: "
+                + (f"set {instead} instead" if instead else "unset it, or change the Default")
+            )
         self.template.parameter_overrides.update({**LOCAL_PARAMETERS, **from_shell, **(parameter_overrides or {})})
         # What a deploy refuses (ReturnExpiryDays=-1, HoldExpiryDays=nan) is refused here, by the
         # variable that set it, not by the jeopardy scan at every pass.
