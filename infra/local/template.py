@@ -80,8 +80,12 @@ def parameter_refused(declared: Mapping[str, Any], value: Any) -> str | None:
         text = env_string(value)
         if "MinLength" in declared and len(text) < int(declared["MinLength"]):
             return f"must be at least {declared['MinLength']} characters"
-        if "MaxLength" in declared and len(text) > int(declared["MaxLength"]):
-            return f"must be at most {declared['MaxLength']} characters"
+        # CloudFormation says "characters" and counts them in Java, whose String.length() is UTF-16
+        # units: a character outside the BMP (an emoji) may be two there, one in Python's len().
+        # Which it is is not documented, so the stricter reading of each bound is taken: a value
+        # of a MaxLength in code points but over it in UTF-16 units might be refused at deploy.
+        if "MaxLength" in declared and len(text.encode("utf-16-le", "surrogatepass")) // 2 > int(declared["MaxLength"]):
+            return f"must be at most {declared['MaxLength']} characters (UTF-16 units: an emoji is two)"
         allowed = declared.get("AllowedValues")
         if allowed and text not in {str(v) for v in allowed}:
             return f"must be one of {', '.join(str(v) for v in allowed)}"

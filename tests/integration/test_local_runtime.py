@@ -332,8 +332,23 @@ def test_a_string_s_length_is_checked_as_a_deploy_does():
         "must be at least 2 characters",
         None,
         None,
-        "must be at most 3 characters",
+        "must be at most 3 characters (UTF-16 units: an emoji is two)",
     ]
+
+
+def test_a_string_s_length_takes_the_stricter_count_of_a_character_outside_the_bmp():
+    # CloudFormation counts a String's "characters" in Java (UTF-16 units) and does not document
+    # how an emoji counts: Python's len() took `ab😀` (3) for MaxLength 3, which Java reads as 4.
+    # MaxLength counts UTF-16 units and MinLength code points, each the reading that refuses more.
+    from infra.local.template import parameter_refused
+
+    declared = {"Type": "String", "MinLength": 4, "MaxLength": 4}
+    assert parameter_refused(declared, "ab\U0001f600") == "must be at least 4 characters"
+    assert (
+        parameter_refused(declared, "abc\U0001f600") == "must be at most 4 characters (UTF-16 units: an emoji is two)"
+    )
+    assert parameter_refused(declared, "abcd") is None
+    assert parameter_refused({"Type": "String", "MaxLength": 3}, "\u00e9t\u00e9") is None  # accents: one unit each
 
 
 def test_every_parameter_s_default_is_what_a_deploy_takes():
