@@ -216,6 +216,10 @@ class Template:
         declared = self.document.get("Parameters", {}).get(name) or {}
         return "****" if str(declared.get("NoEcho")).lower() == "true" else repr(value)
 
+    def no_echo(self, value: Any) -> bool:
+        """Whether a value (a variable's, unresolved) is built from a NoEcho parameter."""
+        return any(self.shown(name, "") == "****" for name in _named(value))
+
     def parameter(self, name: str) -> Any:
         if name in self.parameter_overrides:
             value = self.parameter_overrides[name]

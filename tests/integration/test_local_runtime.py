@@ -1263,3 +1263,30 @@ def test_a_variable_the_template_builds_from_a_parameter_is_refused_from_the_she
     with pytest.raises(ValueError, match=r"^OMS_DEADLINES is built by the template from parameter") as refused:
         EmbeddedStack(template=template, api_port=0, aws_port=0, seed=False)
     assert str(refused.value).endswith(f"does not take it from the shell: {instead}")
+
+
+def test_a_variable_two_functions_build_from_a_no_echo_parameter_is_warned_of_without_its_values(
+    caplog: pytest.LogCaptureFixture,
+):
+    # One process holds one value of a variable two functions resolve differently: the warning
+    # named both values, a NoEcho parameter's (a secret) too, in make run's console.
+    function = {"Type": "AWS::Serverless::Function", "Properties": {"Handler": "x.y"}}
+    document = {
+        "Parameters": {"Secret": {"Type": "String", "NoEcho": True}, "Stage": {"Type": "String", "Default": "v1"}},
+        "Resources": {
+            name: {**function, "Properties": {"Handler": "x.y", "Environment": {"Variables": variables}}}
+            for name, variables in (
+                ("A", {"TOKEN": {"Ref": "Secret"}, "STAGE": {"Ref": "Stage"}}),
+                ("B", {"TOKEN": {"Fn::Sub": "${Secret}-b"}, "STAGE": {"Fn::Sub": "${Stage}-b"}}),
+            )
+        },
+    }
+    template = Template(document, parameter_overrides={"Secret": "s3cret"})
+
+    with caplog.at_level("WARNING", logger="infra.local.stack"):
+        environment = Resources(template).environment()
+
+    assert environment["TOKEN"] == "s3cret"  # the first, as before
+    assert "s3cret" not in caplog.text
+    assert "B: TOKEN=**** differs from ****; keeping the first" in caplog.text
+    assert "B: STAGE='v1-b' differs from 'v1'; keeping the first" in caplog.text
