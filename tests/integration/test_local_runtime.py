@@ -1131,6 +1131,37 @@ def test_a_schedule_of_one_minute_written_as_minutes_is_refused_by_check_templat
         EmbeddedStack(template=template, api_port=0, aws_port=0, seed=False).start()
 
 
+@pytest.mark.parametrize(
+    ("schedule", "refused"),
+    [
+        ("cron(0/5 * * * ? *)", None),
+        ("cron(0 3 ? * MON-FRI *)", None),
+        ("cron(0 3 * * * *)", "one of Day-of-month and Day-of-week must be ?"),
+        ("cron(0 3 ? * 0 *)", "Day-of-week: '0' is not 1-7 or SUN-SAT"),
+    ],
+)
+def test_check_template_takes_a_cron_schedule_eventbridge_takes_and_names_what_it_refuses(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], schedule: str, refused: str | None
+):
+    # Every cron(...) was refused as "not emulated": an operator's nightly pass could not be written.
+    from infra.check_template import main
+
+    rate = """Schedule: !Sub
+              - "rate(${Minutes} minutes)"
+              - Minutes: !FindInMap [ScheduleMinutes, ReconcilerFunction, Minutes]"""
+    path = tmp_path / "template.yaml"
+    path.write_text(DEFAULT_TEMPLATE.read_text().replace(rate, f"Schedule: '{schedule}'", 1))
+    shutil.copytree(DEFAULT_TEMPLATE.parent / "infra", tmp_path / "infra", dirs_exist_ok=True)
+    assert schedule in path.read_text()
+
+    assert main([str(path)]) == (1 if refused else 0)
+    err = capsys.readouterr().err
+    if refused:
+        assert f"ReconcilerFunction.EveryFiveMinutes: Schedule '{schedule}': {refused}" in err
+    else:
+        assert "Schedule" not in err
+
+
 @pytest.mark.parametrize("value", ["USD:0", "XYZ:5", "USD:10,USD:20"])
 def test_a_review_threshold_a_deploy_refuses_is_refused_at_start_by_its_variable(
     monkeypatch: pytest.MonkeyPatch, value: str
