@@ -13,7 +13,9 @@ import time
 from contextlib import suppress
 from pathlib import Path
 
+from infra.asl import AslError
 from infra.import_file import state_file
+from infra.local.event_sources import EventSourceError
 from infra.local.seed import SeedError
 from infra.local.stack import EmbeddedStack
 from infra.local.template import REGION
@@ -112,6 +114,9 @@ def main() -> int:
     except OSError as error:
         print(f"cannot start the local stack: {error} (set OMS_PORT / OMS_AWS_PORT to free ports)", file=sys.stderr)
         return 1
+    except (EventSourceError, AslError) as error:  # a schedule's setting, a template's event or workflow
+        print(f"cannot start the local stack: {error}", file=sys.stderr)
+        return 2
     try:
         if wants_seed:
             try:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from core import settings
+from core.secret_hashes import is_usable_secret
 from infra.local.activity import Activity
 from infra.local.event_sources import ScheduleMapping
 from infra.local.gateway import ApiGateway
@@ -109,7 +110,8 @@ def _schedule_periods(mappings: Any, declared: Mapping[str, Mapping[str, str]]) 
     periods: dict[str, float] = {}
     for mapping in mappings:
         name = period_variable(mapping.function_logical_id) if isinstance(mapping, ScheduleMapping) else ""
-        if name in declared.get(mapping.function_logical_id, {}):
+        # A cron run at its own times (no local period) leaves the template's value.
+        if name in declared.get(mapping.function_logical_id, {}) and mapping.period is not None:
             periods[name] = min(mapping.period, periods.get(name, mapping.period))
     return {name: repr(seconds / 60) for name, seconds in periods.items()}
 
@@ -178,7 +180,8 @@ class EmbeddedStack:
         # two values are refused, naming both, rather than one silently winning.
         from_shell: dict[str, str] = {}  # parameter -> the shell's value
         set_from: dict[str, str] = {}  # parameter -> the variable that set it
-        for var, param in sorted({*PARAMETER_ENV.items(), *self.template.parameter_variables()}):
+        settable = sorted({*PARAMETER_ENV.items(), *self.template.parameter_variables()})
+        for var, param in settable:
             if not (value := os.environ.get(var)):
                 continue
             if from_shell.setdefault(param, value) != value:
@@ -188,6 +191,18 @@ class EmbeddedStack:
                     " set one, or both to the same value"
                 )
             set_from.setdefault(param, var)
+        # A variable the template builds from a parameter (`!Sub "x-${Sla}"`) is not that
+        # parameter's value: the shell's was silently replaced by the template's. Refused, naming
+        # what sets the parameter instead.
+        for var, params in sorted(self.template.derived_variables().items()):
+            if var in {v for v, _ in settable} or not os.environ.get(var):
+                continue
+            instead = " or ".join(sorted(v for v, p in settable if p in params))
+            raise ValueError(
+                f"{var} is built by the template from parameter {' and '.join(sorted(params))}, so make run"
+                " does not take it from the shell: "
+                + (f"set {instead} instead" if instead else "unset it, or change the Default")
+            )
         self.template.parameter_overrides.update({**LOCAL_PARAMETERS, **from_shell, **(parameter_overrides or {})})
         # What a deploy refuses (ReturnExpiryDays=-1, HoldExpiryDays=nan) is refused here, by the
         # variable that set it, not by the jeopardy scan at every pass.
@@ -202,6 +217,8 @@ class EmbeddedStack:
         self._aws_port_asked = _env("OMS_AWS_PORT", 4566, _port) if aws_port is None else aws_port
         self.stack_name = self.template.stack_name = stack_name or os.environ.get("OMS_STACK_NAME") or "oms-local"
         self.admin_key = admin_key or os.environ.get("OMS_ADMIN_API_KEY") or "oms_admin_" + secrets.token_urlsafe(24)
+        if not admin_key and not is_usable_secret(self.admin_key):  # refused by start()'s bootstrap, naming nothing
+            raise ValueError("OMS_ADMIN_API_KEY must be 16 to 200 characters of A-Z, a-z, 0-9, '_' and '-'")
         self.seed = _env("OMS_SEED", True, _flag) if seed is None else seed
         self._admin_key_bootstrap = admin_key_bootstrap or _default_admin_key_bootstrap
         self.event_sources = _env("OMS_EVENT_SOURCES", True, _flag) if event_sources is None else event_sources

@@ -80,8 +80,12 @@ def parameter_refused(declared: Mapping[str, Any], value: Any) -> str | None:
         text = env_string(value)
         if "MinLength" in declared and len(text) < int(declared["MinLength"]):
             return f"must be at least {declared['MinLength']} characters"
-        if "MaxLength" in declared and len(text) > int(declared["MaxLength"]):
-            return f"must be at most {declared['MaxLength']} characters"
+        # CloudFormation says "characters" and counts them in Java, whose String.length() is UTF-16
+        # units: a character outside the BMP (an emoji) may be two there, one in Python's len().
+        # Which it is is not documented, so the stricter reading of each bound is taken: a value
+        # of a MaxLength in code points but over it in UTF-16 units might be refused at deploy.
+        if "MaxLength" in declared and len(text.encode("utf-16-le", "surrogatepass")) // 2 > int(declared["MaxLength"]):
+            return f"must be at most {declared['MaxLength']} characters (UTF-16 units: an emoji is two)"
         allowed = declared.get("AllowedValues")
         if allowed and text not in {str(v) for v in allowed}:
             return f"must be one of {', '.join(str(v) for v in allowed)}"
@@ -173,11 +177,24 @@ class Template:
         is then both (one process has one value of it)."""
         parameters = self.document.get("Parameters") or {}
         return {
-            (name, value["Ref"])
+            (name, parameter)
             for props in self.functions().values()
             for name, value in props["Environment"]["Variables"].items()
-            if isinstance(value, dict) and value.get("Ref") in parameters
+            if (parameter := _plain_parameter(value)) in parameters
         }
+
+    def derived_variables(self) -> dict[str, set[str]]:
+        """Variable -> the parameters it is built from, of every function variable the template
+        builds from a parameter other than as its plain value (`!Sub "x-${Parameter}"`, a
+        FindInMap keyed by one): `make run` cannot take such a variable from the shell as its
+        parameter, and refuses it rather than ignore it (EmbeddedStack)."""
+        parameters = set(self.document.get("Parameters") or {})
+        derived: dict[str, set[str]] = {}
+        for props in self.functions().values():
+            for name, value in props["Environment"]["Variables"].items():
+                if _plain_parameter(value) not in parameters and (named := _named(value) & parameters):
+                    derived.setdefault(name, set()).update(named)
+        return derived
 
     def global_environment(self, refs: Mapping[str, str], atts: Mapping[str, str] | None = None) -> dict[str, str]:
         """Globals.Function.Environment.Variables, resolved as resolve() does (a table's Ref is its name)."""
@@ -198,6 +215,10 @@ class Template:
         secret is not written to the terminal or a log), its repr otherwise."""
         declared = self.document.get("Parameters", {}).get(name) or {}
         return "****" if str(declared.get("NoEcho")).lower() == "true" else repr(value)
+
+    def no_echo(self, value: Any) -> bool:
+        """Whether a value (a variable's, unresolved) is built from a NoEcho parameter."""
+        return any(self.shown(name, "") == "****" for name in _named(value))
 
     def parameter(self, name: str) -> Any:
         if name in self.parameter_overrides:
@@ -318,6 +339,34 @@ class Template:
 
 
 _PSEUDO_PARAMETERS = {"AWS::Region": REGION, "AWS::AccountId": ACCOUNT_ID, "AWS::Partition": "aws"}
+
+
+def _plain_parameter(value: Any) -> str | None:
+    """The name a variable's value is exactly, `!Ref Name` or `!Sub "${Name}"` (the same value), or None."""
+    if not isinstance(value, dict) or len(value) != 1:
+        return None
+    if isinstance(value.get("Ref"), str):
+        return value["Ref"]
+    text = value.get("Fn::Sub")
+    match = re.fullmatch(r"\$\{([^}!.][^}.]*)\}", text) if isinstance(text, str) else None
+    return match[1] if match else None
+
+
+def _named(value: Any) -> set[str]:
+    """Every name a value's intrinsics read by Ref or as a `${Name}` of Fn::Sub (not the list
+    form's own variables), at any depth."""
+    if isinstance(value, list):
+        return {name for item in value for name in _named(item)}
+    if not isinstance(value, dict):
+        return set()
+    names = {value["Ref"]} if isinstance(value.get("Ref"), str) else set()
+    sub = value.get("Fn::Sub")
+    if isinstance(sub, str) or (isinstance(sub, list) and sub and isinstance(sub[0], str)):
+        text, own = (sub, {}) if isinstance(sub, str) else (sub[0], sub[1] if len(sub) > 1 else {})
+        own = own if isinstance(own, dict) else {}
+        names |= {n for n in re.findall(r"\$\{([^}!][^}]*)\}", text) if "." not in n and n not in own}
+        return names | _named(own)
+    return names | {name for key, item in value.items() if key != "Ref" for name in _named(item)}
 
 
 def _variables(function_properties: Mapping[str, Any]) -> dict[str, Any]:

@@ -332,8 +332,23 @@ def test_a_string_s_length_is_checked_as_a_deploy_does():
         "must be at least 2 characters",
         None,
         None,
-        "must be at most 3 characters",
+        "must be at most 3 characters (UTF-16 units: an emoji is two)",
     ]
+
+
+def test_a_string_s_length_takes_the_stricter_count_of_a_character_outside_the_bmp():
+    # CloudFormation counts a String's "characters" in Java (UTF-16 units) and does not document
+    # how an emoji counts: Python's len() took `ab😀` (3) for MaxLength 3, which Java reads as 4.
+    # MaxLength counts UTF-16 units and MinLength code points, each the reading that refuses more.
+    from infra.local.template import parameter_refused
+
+    declared = {"Type": "String", "MinLength": 4, "MaxLength": 4}
+    assert parameter_refused(declared, "ab\U0001f600") == "must be at least 4 characters"
+    assert (
+        parameter_refused(declared, "abc\U0001f600") == "must be at most 4 characters (UTF-16 units: an emoji is two)"
+    )
+    assert parameter_refused(declared, "abcd") is None
+    assert parameter_refused({"Type": "String", "MaxLength": 3}, "\u00e9t\u00e9") is None  # accents: one unit each
 
 
 def test_every_parameter_s_default_is_what_a_deploy_takes():
@@ -1062,6 +1077,11 @@ def test_a_make_run_switch_that_is_neither_on_nor_off_is_refused_at_start_by_its
     [
         ("OMS_EVENT_SOURCES", "paused", "OMS_EVENT_SOURCES must be 1 or 0 (or true or false), got 'paused'"),
         ("RECONCILE_AFTER_MINUTES", "5", "RECONCILE_AFTER_MINUTES: parameter ReconcileAfterMinutes must be at least 6"),
+        # Refused once the stack starts (the schedules' pollers, the admin key's bootstrap): these
+        # printed a traceback still, the admin key's without naming the variable.
+        ("OMS_LOCAL_SCHEDULE_SECONDS", "0", "OMS_LOCAL_SCHEDULE_SECONDS must be a positive number of seconds, got '0'"),
+        ("OMS_JEOPARDY_SCAN_SECONDS", "abc", "OMS_JEOPARDY_SCAN_SECONDS must be a positive number of seconds"),
+        ("OMS_ADMIN_API_KEY", "short", "OMS_ADMIN_API_KEY must be 16 to 200 characters of A-Z, a-z, 0-9, '_' and '-'"),
     ],
 )
 def test_make_run_refuses_a_setting_in_one_line_naming_it_not_a_traceback(
@@ -1072,6 +1092,8 @@ def test_make_run_refuses_a_setting_in_one_line_naming_it_not_a_traceback(
     from infra.local.__main__ import main
 
     monkeypatch.setattr("logging.basicConfig", lambda **_: None)  # main's, kept out of the test process
+    for name, free in (("OMS_PORT", "0"), ("OMS_AWS_PORT", "0"), ("OMS_SEED", "0")):
+        monkeypatch.setenv(name, free)
     monkeypatch.setenv(variable, value)
     assert main() == 2
     err = capsys.readouterr().err
@@ -1107,6 +1129,37 @@ def test_a_schedule_of_one_minute_written_as_minutes_is_refused_by_check_templat
     template.document["Mappings"]["ScheduleMinutes"]["ReconcilerFunction"]["Minutes"] = 1
     with pytest.raises(EventSourceError, match=r"Schedule 'rate\(1 minutes\)': AWS wants rate\(1 minute\)"):
         EmbeddedStack(template=template, api_port=0, aws_port=0, seed=False).start()
+
+
+@pytest.mark.parametrize(
+    ("schedule", "refused"),
+    [
+        ("cron(0/5 * * * ? *)", None),
+        ("cron(0 3 ? * MON-FRI *)", None),
+        ("cron(0 3 * * * *)", "one of Day-of-month and Day-of-week must be ?"),
+        ("cron(0 3 ? * 0 *)", "Day-of-week: '0' is not 1-7 or SUN-SAT"),
+    ],
+)
+def test_check_template_takes_a_cron_schedule_eventbridge_takes_and_names_what_it_refuses(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], schedule: str, refused: str | None
+):
+    # Every cron(...) was refused as "not emulated": an operator's nightly pass could not be written.
+    from infra.check_template import main
+
+    rate = """Schedule: !Sub
+              - "rate(${Minutes} minutes)"
+              - Minutes: !FindInMap [ScheduleMinutes, ReconcilerFunction, Minutes]"""
+    path = tmp_path / "template.yaml"
+    path.write_text(DEFAULT_TEMPLATE.read_text().replace(rate, f"Schedule: '{schedule}'", 1))
+    shutil.copytree(DEFAULT_TEMPLATE.parent / "infra", tmp_path / "infra", dirs_exist_ok=True)
+    assert schedule in path.read_text()
+
+    assert main([str(path)]) == (1 if refused else 0)
+    err = capsys.readouterr().err
+    if refused:
+        assert f"ReconcilerFunction.EveryFiveMinutes: Schedule '{schedule}': {refused}" in err
+    else:
+        assert "Schedule" not in err
 
 
 @pytest.mark.parametrize("value", ["USD:0", "XYZ:5", "USD:10,USD:20"])
@@ -1196,3 +1249,75 @@ def test_two_variables_setting_a_no_echo_parameter_to_two_values_are_named_witho
     ) as refused:
         EmbeddedStack(template=template, api_port=0, aws_port=0, seed=False)
     assert "allocated" not in str(refused.value)
+
+
+def test_a_variable_the_template_sets_to_a_parameter_through_fn_sub_alone_is_taken_as_that_parameter(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    # `!Sub "${Sla}"` is `!Ref Sla`: make run exported the template's value over the shell's.
+    from infra.local.stack import EmbeddedStack
+
+    template = Template.load()
+    jeopardy = template.document["Resources"]["JeopardyScanFunction"]["Properties"]["Environment"]["Variables"]
+    jeopardy["OMS_DEADLINES"] = {"Fn::Sub": "${Sla}"}
+    monkeypatch.setenv("OMS_DEADLINES", "allocated=1h")
+
+    stack = EmbeddedStack(template=template, api_port=0, aws_port=0, seed=False)
+
+    assert stack.template.parameter_overrides["Sla"] == "allocated=1h"
+    monkeypatch.setenv("OMS_DEADLINES", "allocated=0h")
+    with pytest.raises(ValueError, match=r"^OMS_DEADLINES: parameter Sla must match"):
+        EmbeddedStack(template=template, api_port=0, aws_port=0, seed=False)
+
+
+@pytest.mark.parametrize(
+    ("built", "instead"),
+    [
+        ({"Fn::Sub": "pending=5m,${Sla}"}, "set OMS_SLA instead"),
+        ({"Fn::Sub": ["${Prefix}-${HoldExpiryDays}", {"Prefix": {"Ref": "Sla"}}]}, "set OMS_HOLD_EXPIRY_DAYS or OMS_SLA instead"),  # noqa: E501
+        ({"Fn::FindInMap": ["ScheduleMinutes", {"Ref": "StageName"}, "Minutes"]}, "unset it, or change the Default"),
+    ],
+)  # fmt: skip
+def test_a_variable_the_template_builds_from_a_parameter_is_refused_from_the_shell_naming_what_sets_it(
+    monkeypatch: pytest.MonkeyPatch, built: Any, instead: str
+):
+    # A variable built from a parameter (none today) took the template's value over the shell's,
+    # silently: OMS_DEADLINES=allocated=1h make run ran with the template's deadlines.
+    from infra.local.stack import EmbeddedStack
+
+    template = Template.load()
+    jeopardy = template.document["Resources"]["JeopardyScanFunction"]["Properties"]["Environment"]["Variables"]
+    jeopardy["OMS_DEADLINES"] = built
+    EmbeddedStack(template=template, api_port=0, aws_port=0, seed=False)  # unset: the template's value
+
+    monkeypatch.setenv("OMS_DEADLINES", "allocated=1h")
+    with pytest.raises(ValueError, match=r"^OMS_DEADLINES is built by the template from parameter") as refused:
+        EmbeddedStack(template=template, api_port=0, aws_port=0, seed=False)
+    assert str(refused.value).endswith(f"does not take it from the shell: {instead}")
+
+
+def test_a_variable_two_functions_build_from_a_no_echo_parameter_is_warned_of_without_its_values(
+    caplog: pytest.LogCaptureFixture,
+):
+    # One process holds one value of a variable two functions resolve differently: the warning
+    # named both values, a NoEcho parameter's (a secret) too, in make run's console.
+    function = {"Type": "AWS::Serverless::Function", "Properties": {"Handler": "x.y"}}
+    document = {
+        "Parameters": {"Secret": {"Type": "String", "NoEcho": True}, "Stage": {"Type": "String", "Default": "v1"}},
+        "Resources": {
+            name: {**function, "Properties": {"Handler": "x.y", "Environment": {"Variables": variables}}}
+            for name, variables in (
+                ("A", {"TOKEN": {"Ref": "Secret"}, "STAGE": {"Ref": "Stage"}}),
+                ("B", {"TOKEN": {"Fn::Sub": "${Secret}-b"}, "STAGE": {"Fn::Sub": "${Stage}-b"}}),
+            )
+        },
+    }
+    template = Template(document, parameter_overrides={"Secret": "s3cret"})
+
+    with caplog.at_level("WARNING", logger="infra.local.stack"):
+        environment = Resources(template).environment()
+
+    assert environment["TOKEN"] == "s3cret"  # the first, as before
+    assert "s3cret" not in caplog.text
+    assert "B: TOKEN=**** differs from ****; keeping the first" in caplog.text
+    assert "B: STAGE='v1-b' differs from 'v1'; keeping the first" in caplog.text

@@ -63,6 +63,25 @@ def test_a_call_outside_a_grant_s_leading_keys_is_recorded_as_not_granted(aws: A
     }
 
 
+def test_a_call_a_function_makes_from_its_own_worker_threads_is_recorded_as_the_function_s(
+    aws: Any, as_the_worker: Any
+):
+    # The running function is known per thread: the API's reports read their partitions on a
+    # ThreadPoolExecutor (DynamoAggregates.report_rows), and those calls were recorded as no
+    # function's, so a walk of every route could not see an ungranted one there.
+    from concurrent.futures import ThreadPoolExecutor
+
+    table = aws.tables["IdempotencyTable"]
+    with calls_by_function(stack_of(aws)) as calls, ThreadPoolExecutor(2) as readers:
+        keys = ["import#i1#2", "oms-test#abc"]
+        list(readers.map(lambda key: aws.dynamodb.get_item(TableName=table, Key={"id": {"S": key}}), keys))
+
+    assert calls["ImportWorkerFunction"] == {
+        ("IdempotencyTable", "dynamodb:GetItem"),
+        ("IdempotencyTable", "dynamodb:GetItem of key oms-test#abc"),
+    }
+
+
 def stack_as(aws: Any, function: str, **more: Any) -> Any:
     """What calls_by_function reads of a stack running only `function` (as local-<function>)."""
     return SimpleNamespace(
