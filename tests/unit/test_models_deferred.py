@@ -26,8 +26,7 @@ BUILT_IN_PLUGINS = [info.name for info in pkgutil.iter_modules(plugins.__path__,
 
 
 # The modules of functions/ that define classes, among them models (the API's routes' pages, the
-# workflows' steps): imported only when a route or function needs them, so their annotations may
-# stay deferred, but their defaults follow the same rules.
+# workflows' steps): their models follow the same rules as core's, a module added later included.
 FUNCTIONS_WITH_CLASSES = sorted(
     ".".join(path.relative_to(ROOT).with_suffix("").parts)
     for path in (ROOT / "functions").rglob("*.py")
@@ -67,6 +66,17 @@ def test_every_model_of_core_and_of_the_api_schemas_defers_its_build():
 
     assert len(models) > 100  # the walk found them: core/ holds well over a hundred models
     assert [model.__qualname__ for model in models if not model.model_config.get("defer_build")] == []
+
+
+def test_every_model_of_functions_defers_its_build():
+    # A route's page or a workflow step's input built at import would cost every new container of
+    # that function, whether it serves that route or not.
+    models = _models(FUNCTIONS_WITH_CLASSES)
+
+    assert {"OrderPage", "Health", "StepInput", "ReturnStepInput"} <= {model.__qualname__ for model in models}
+    assert [
+        f"{model.__module__}.{model.__qualname__}" for model in models if not model.model_config.get("defer_build")
+    ] == []
 
 
 def test_every_model_of_the_built_in_plugins_defers_its_build():
@@ -134,10 +144,11 @@ def test_no_model_field_defaults_to_a_factory_whose_signature_pydantic_must_pars
 def test_every_model_is_made_from_evaluated_annotations():
     # pydantic compiles and evaluates each string annotation when a class is made (deferred build
     # or not): core/models.py's ~260 were ~3 ms of every new container's import, and ~250 more in
-    # the other modules a new API container imports (the rest: other routes). So no module of models says
-    # `from __future__ import annotations`; a name used before it is defined is quoted, and so is
-    # one a class body shadows (a repository's `list` method), in method annotations only.
-    modules = [*CORE, "functions.api.schemas", *BUILT_IN_PLUGINS]
+    # the other modules a new API container imports (the rest: other routes, the workflows' steps). So
+    # no module of models says `from __future__ import annotations`; a name used before it is defined
+    # is quoted, and so is one a class body shadows (a repository's `list` method), in method
+    # annotations only.
+    modules = [*CORE, *BUILT_IN_PLUGINS, *FUNCTIONS_WITH_CLASSES]
     models = _models(modules)
     strings = [
         f"{model.__module__}.{model.__qualname__}.{name}"
@@ -148,7 +159,9 @@ def test_every_model_is_made_from_evaluated_annotations():
 
     assert len(models) > 100
     assert strings == []
-    assert "core.models" in {model.__module__ for model in models}
+    assert {"core.models", "functions.api.schemas", "functions.api.routes.meta", "functions.workflow.step"} <= {
+        model.__module__ for model in models
+    }
 
 
 def _names(annotation: ast.expr | None, among: set[str]) -> list[tuple[str, bool]]:
