@@ -88,6 +88,22 @@ def test_every_model_of_the_built_in_plugins_defers_its_build():
     assert [model.__qualname__ for model in models if not model.model_config.get("defer_build")] == []
 
 
+def test_no_model_is_generic():
+    # pydantic builds a generic model the moment it is parametrized (`Page[Order]` builds `Page`),
+    # defer_build or not: a generic page in a module the API imports at its first order cost every
+    # new container a model it never used. Pages are written out (functions/api/schemas.py).
+    models = _models([*CORE, *BUILT_IN_PLUGINS, *FUNCTIONS_WITH_CLASSES])
+
+    assert [
+        f"{model.__module__}.{model.__qualname__}"
+        for model in models
+        for cls in model.__mro__
+        if issubclass(cls, BaseModel)
+        and cls is not BaseModel
+        and (cls.__pydantic_generic_metadata__["origin"] or cls.__pydantic_generic_metadata__["parameters"])
+    ] == []
+
+
 # A fresh interpreter, as a new container is: importing every module of core/ builds none of its
 # models, and validating one builds it on the spot.
 FRESH = """
