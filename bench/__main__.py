@@ -201,6 +201,23 @@ import aws_lambda_powertools.event_handler.openapi.params
 )
 
 
+def examples_not_deployed() -> str:
+    """The `oms` entry points of the repository's example plugin distributions (plugins/examples/),
+    which `make .venv` installs for the tests, as OMS_DISABLED_PLUGINS names them: a deployment's
+    layer holds only the OMS's dependencies and what plugins.txt names, so a cold start measured
+    on the artifact loads none of them (unless plugins.txt names one)."""
+    import importlib.metadata
+
+    deployed = (ROOT / "plugins.txt").read_text()
+    names = set()
+    for dist in importlib.metadata.distributions():
+        url = json.loads(dist.read_text("direct_url.json") or "{}").get("url", "")
+        example = url.partition(f"{ROOT.as_uri()}/")[2]
+        if example.startswith("plugins/examples/") and example not in deployed:
+            names.update(entry_point.name for entry_point in dist.entry_points if entry_point.group == "oms")
+    return ",".join(sorted(names))
+
+
 def fresh_process_seconds(code: str, env: dict[str, str], *args: str, cwd: Path = ROOT) -> tuple[float, float]:
     """Wall time and CPU time (user + system) of a fresh interpreter running `code`; in `cwd`,
     which is first on its sys.path. The CPU time is what the process itself did: on a machine
@@ -210,7 +227,13 @@ def fresh_process_seconds(code: str, env: dict[str, str], *args: str, cwd: Path 
         [sys.executable, "-c", code, *args],
         cwd=cwd,
         # The stack's own functions get these from the template; this process is not one of them.
-        env={**os.environ, **env, "POWERTOOLS_METRICS_DISABLED": "true", "OMS_ENABLE_TEST_PAYMENTS": "true"},
+        env={
+            **os.environ,
+            **env,
+            "POWERTOOLS_METRICS_DISABLED": "true",
+            "OMS_ENABLE_TEST_PAYMENTS": "true",
+            "OMS_DISABLED_PLUGINS": examples_not_deployed(),
+        },
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
@@ -368,7 +391,9 @@ A fresh Python process that imports `functions.api.app` and serves one `POST /or
 running stack's AWS endpoint, beside a fresh process that imports boto3 and does one `put_item`
 against the same endpoint (both include interpreter start-up and exit). Our code is imported from
 the API function's artifact as `make build` makes it (unchecked-hash `.pyc`); the dependencies
-from this machine's virtualenv, from their `.pyc` (the layer's aarch64 binaries cannot run here).
+from this machine's virtualenv, from their `.pyc` (the layer's aarch64 binaries cannot run here),
+with the plugins a deployment ships: the example plugins the virtualenv holds for the tests
+(plugins/examples/) are disabled unless plugins.txt names them.
 Wall time, and the process's CPU time (user + system), which waiting for a core does not inflate.
 
 | process | seconds | CPU seconds |

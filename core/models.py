@@ -12,7 +12,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Annotated, Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -462,9 +462,6 @@ Latitude = Annotated[float, Field(ge=-90, le=90, strict=True)]
 Longitude = Annotated[float, Field(ge=-180, le=180, strict=True)]
 
 
-T = TypeVar("T")
-
-
 def utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -731,6 +728,13 @@ class Fulfillment(Strict):
     location_id: Identifier | None = None
 
 
+def _shipped() -> Fulfillment:
+    """The fulfillment of an order that names none: its defaults, which need no validation. Calling
+    the class would build its validator, which nothing else a new container's first order does
+    needs (PlaceOrder's and Order's schemas hold Fulfillment's own): ~0.7 ms of the cold path."""
+    return Fulfillment.model_construct()
+
+
 class PaymentInput(Strict):
     method: Annotated[str, StringConstraints(pattern=r"^[a-z0-9_]{1,32}$")]
     token: Annotated[str, StringConstraints(min_length=1, max_length=256)]
@@ -764,7 +768,7 @@ class PlaceOrder(Strict):
         ),
     ]
     shipping_address: AddressInput
-    fulfillment: Fulfillment = Field(default_factory=Fulfillment)
+    fulfillment: Fulfillment = Field(default_factory=_shipped)
     shipping_method: ShippingMethod | None = None
     promo_codes: Annotated[
         list[PromoCode],
@@ -3986,11 +3990,6 @@ def _shipped_by_line(lines: list[OrderLine], shipments: list[Shipment]) -> dict[
 
 
 REFUNDABLE = frozenset({PaymentStatus.PARTIALLY_CAPTURED, PaymentStatus.CAPTURED, PaymentStatus.PARTIALLY_REFUNDED})
-
-
-class Page(BaseModel, Generic[T], defer_build=True):
-    items: list[T]
-    next_cursor: str | None = None
 
 
 class HistoryPage(BaseModel, defer_build=True):

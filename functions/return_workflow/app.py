@@ -1,8 +1,6 @@
 """Returns workflow task: one Lambda function for its steps (they share one container and one
 set of grants), told which step by the state machine's Parameters."""
 
-from __future__ import annotations
-
 from typing import Annotated, Any, Literal
 
 from aws_lambda_powertools import Logger
@@ -21,7 +19,7 @@ ACTOR = "returns-workflow"
 class ReturnStepInput(BaseModel):
     """The Parameters the state machine passes (see infra/return_workflow.asl.json)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(defer_build=True, extra="forbid")
 
     step: Literal["receive", "restock", "record", "refund", "exchange", "stuck"]
     return_id: Annotated[str, Field(pattern=r"^rma_[a-z2-7]{24}$")]

@@ -1,7 +1,5 @@
 """What every order workflow task shares: its input, and the handler around the service call."""
 
-from __future__ import annotations
-
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -22,7 +20,7 @@ class ExecutionTrace(BaseModel):
     """The execution's input, whatever started it (the outbox adds these; an execution started by
     hand may not): what every step's log lines carry besides the order id."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(defer_build=True, extra="ignore")
 
     channel: str = ""
     correlation_id: str = ""
@@ -31,7 +29,7 @@ class ExecutionTrace(BaseModel):
 class StepInput(BaseModel):
     """The Parameters the state machine passes (see infra/order_workflow.asl.json)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(defer_build=True, extra="forbid")
 
     order_id: Annotated[str, Field(pattern=r"^ord_[a-z2-7]{24}$")]
     trace: ExecutionTrace = ExecutionTrace()

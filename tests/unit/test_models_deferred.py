@@ -26,8 +26,7 @@ BUILT_IN_PLUGINS = [info.name for info in pkgutil.iter_modules(plugins.__path__,
 
 
 # The modules of functions/ that define classes, among them models (the API's routes' pages, the
-# workflows' steps): imported only when a route or function needs them, so their annotations may
-# stay deferred, but their defaults follow the same rules.
+# workflows' steps): their models follow the same rules as core's, a module added later included.
 FUNCTIONS_WITH_CLASSES = sorted(
     ".".join(path.relative_to(ROOT).with_suffix("").parts)
     for path in (ROOT / "functions").rglob("*.py")
@@ -69,6 +68,17 @@ def test_every_model_of_core_and_of_the_api_schemas_defers_its_build():
     assert [model.__qualname__ for model in models if not model.model_config.get("defer_build")] == []
 
 
+def test_every_model_of_functions_defers_its_build():
+    # A route's page or a workflow step's input built at import would cost every new container of
+    # that function, whether it serves that route or not.
+    models = _models(FUNCTIONS_WITH_CLASSES)
+
+    assert {"OrderPage", "Health", "StepInput", "ReturnStepInput"} <= {model.__qualname__ for model in models}
+    assert [
+        f"{model.__module__}.{model.__qualname__}" for model in models if not model.model_config.get("defer_build")
+    ] == []
+
+
 def test_every_model_of_the_built_in_plugins_defers_its_build():
     # Every function loads every plugin: a model built at import (a data file's schema, a carrier's
     # webhook) would cost each new container of every function, used or not.
@@ -76,6 +86,22 @@ def test_every_model_of_the_built_in_plugins_defers_its_build():
 
     assert {"PromotionsFile", "GeoCentroids", "TaxTable", "TrackingWebhook"} <= {model.__qualname__ for model in models}
     assert [model.__qualname__ for model in models if not model.model_config.get("defer_build")] == []
+
+
+def test_no_model_is_generic():
+    # pydantic builds a generic model the moment it is parametrized (`Page[Order]` builds `Page`),
+    # defer_build or not: a generic page in a module the API imports at its first order cost every
+    # new container a model it never used. Pages are written out (functions/api/schemas.py).
+    models = _models([*CORE, *BUILT_IN_PLUGINS, *FUNCTIONS_WITH_CLASSES])
+
+    assert [
+        f"{model.__module__}.{model.__qualname__}"
+        for model in models
+        for cls in model.__mro__
+        if issubclass(cls, BaseModel)
+        and cls is not BaseModel
+        and (cls.__pydantic_generic_metadata__["origin"] or cls.__pydantic_generic_metadata__["parameters"])
+    ] == []
 
 
 # A fresh interpreter, as a new container is: importing every module of core/ builds none of its
@@ -134,10 +160,11 @@ def test_no_model_field_defaults_to_a_factory_whose_signature_pydantic_must_pars
 def test_every_model_is_made_from_evaluated_annotations():
     # pydantic compiles and evaluates each string annotation when a class is made (deferred build
     # or not): core/models.py's ~260 were ~3 ms of every new container's import, and ~250 more in
-    # the other modules a new API container imports (the rest: other routes). So no module of models says
-    # `from __future__ import annotations`; a name used before it is defined is quoted, and so is
-    # one a class body shadows (a repository's `list` method), in method annotations only.
-    modules = [*CORE, "functions.api.schemas", *BUILT_IN_PLUGINS]
+    # the other modules a new API container imports (the rest: other routes, the workflows' steps). So
+    # no module of models says `from __future__ import annotations`; a name used before it is defined
+    # is quoted, and so is one a class body shadows (a repository's `list` method), in method
+    # annotations only.
+    modules = [*CORE, *BUILT_IN_PLUGINS, *FUNCTIONS_WITH_CLASSES]
     models = _models(modules)
     strings = [
         f"{model.__module__}.{model.__qualname__}.{name}"
@@ -148,7 +175,9 @@ def test_every_model_is_made_from_evaluated_annotations():
 
     assert len(models) > 100
     assert strings == []
-    assert "core.models" in {model.__module__ for model in models}
+    assert {"core.models", "functions.api.schemas", "functions.api.routes.meta", "functions.workflow.step"} <= {
+        model.__module__ for model in models
+    }
 
 
 def _names(annotation: ast.expr | None, among: set[str]) -> list[tuple[str, bool]]:

@@ -1,7 +1,5 @@
 """The access log of an order: every read and change, with the key that made it (issue 14)."""
 
-from __future__ import annotations
-
 from typing import Annotated
 
 from aws_lambda_powertools.event_handler.api_gateway import Router
@@ -21,7 +19,7 @@ router = Router()
 OrderIdPath = existing("order", r"^ord_[a-z2-7]{24}$", "Order id")
 
 
-class AccessLogPage(BaseModel):
+class AccessLogPage(BaseModel, defer_build=True):
     items: list[AccessEntry]
     next_cursor: str | None = None
 

@@ -1,7 +1,5 @@
 """API keys: issue, list, revoke (admin only)."""
 
-from __future__ import annotations
-
 from typing import Annotated
 
 from aws_lambda_powertools.event_handler import Response, content_types
@@ -22,7 +20,7 @@ router = Router()
 KeyIdPath = existing("API key", r"^key_[a-z0-9]{1,40}$", "API key id")
 
 
-class ApiKeyPage(BaseModel):
+class ApiKeyPage(BaseModel, defer_build=True):
     items: list[ApiKey]
     next_cursor: str | None = None
 

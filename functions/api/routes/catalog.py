@@ -1,7 +1,5 @@
 """Catalog and network: products and locations."""
 
-from __future__ import annotations
-
 from typing import Annotated
 
 from aws_lambda_powertools.event_handler import Response, content_types
@@ -27,7 +25,7 @@ KnownSkuPath = existing("product", IDENTIFIER, "Product SKU")
 KnownLocationPath = existing("location", IDENTIFIER, "Location id")
 
 
-class LocationList(BaseModel):
+class LocationList(BaseModel, defer_build=True):
     items: list[Location]
     next_cursor: str | None = None
 

@@ -1,7 +1,5 @@
 """Batched fulfilment confirmations: a warehouse system ships, delivers or readies many shipments in one call."""
 
-from __future__ import annotations
-
 import time
 from typing import Any
 
@@ -30,7 +28,7 @@ router = Router()
 ITEM_MARGIN_SECONDS = 3.0
 
 
-class ConfirmationResult(BaseModel):
+class ConfirmationResult(BaseModel, defer_build=True):
     """One item's outcome. Confirmed: the shipment's and the order's status and version after it
     (what a receipt shows a key without orders:read). Refused: `error` in the contract's error
     shape, and whether sending the item again later may succeed (`retry`)."""
@@ -45,7 +43,7 @@ class ConfirmationResult(BaseModel):
     retry: bool = False
 
 
-class ConfirmationResults(BaseModel):
+class ConfirmationResults(BaseModel, defer_build=True):
     items: list[ConfirmationResult]
 
 

@@ -1,7 +1,5 @@
 """Customers and reports: per-customer aggregates and top products, customers and regions (issue 14)."""
 
-from __future__ import annotations
-
 from datetime import date
 from typing import Annotated
 
@@ -55,20 +53,20 @@ To = Annotated[
 Channel = Annotated[str | None, Query(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$", description="One channel's orders only")]
 
 
-class CustomerPage(BaseModel):
+class CustomerPage(BaseModel, defer_build=True):
     items: list[CustomerView]
     next_cursor: str | None = None
 
 
-class TopProducts(BaseModel):
+class TopProducts(BaseModel, defer_build=True):
     items: list[ProductRow]
 
 
-class TopCustomers(BaseModel):
+class TopCustomers(BaseModel, defer_build=True):
     items: list[CustomerRow]
 
 
-class TopRegions(BaseModel):
+class TopRegions(BaseModel, defer_build=True):
     items: list[RegionRow]
 
 

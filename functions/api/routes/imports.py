@@ -1,7 +1,5 @@
 """Bulk imports: their progress, totals and per-line errors (files land in the imports bucket)."""
 
-from __future__ import annotations
-
 from typing import Annotated
 
 from aws_lambda_powertools.event_handler.api_gateway import Router
@@ -22,7 +20,7 @@ router = Router()
 ImportIdPath = existing("import", r"^imp_[a-z2-7]{24}$", "Import id")
 
 
-class ImportPage(BaseModel):
+class ImportPage(BaseModel, defer_build=True):
     items: list[ImportSummary]
     next_cursor: str | None = None
 

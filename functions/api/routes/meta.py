@@ -1,7 +1,5 @@
 """Health (and the plugins that failed to load) and the API's own description: the OpenAPI document and Swagger UI."""
 
-from __future__ import annotations
-
 import hashlib
 import json
 import threading
@@ -33,16 +31,16 @@ DESCRIPTION = (
 )
 
 
-class Health(BaseModel):
+class Health(BaseModel, defer_build=True):
     status: Literal["ok"]
 
 
-class BrokenPlugin(BaseModel):
+class BrokenPlugin(BaseModel, defer_build=True):
     name: str
     reason: str
 
 
-class Degraded(BaseModel):
+class Degraded(BaseModel, defer_build=True):
     status: Literal["degraded"]
     broken_plugins: list[BrokenPlugin]
 

@@ -1,7 +1,5 @@
 """Customer notifications: what the OMS told (or would have told) an order's customer (issue 14)."""
 
-from __future__ import annotations
-
 from typing import Annotated
 
 from aws_lambda_powertools.event_handler.api_gateway import Router
@@ -22,7 +20,7 @@ OrderIdPath = existing("order", r"^ord_[a-z2-7]{24}$", "Order id")
 Cursor = Annotated[str | None, Query(max_length=2048)]
 
 
-class NotificationPage(BaseModel):
+class NotificationPage(BaseModel, defer_build=True):
     items: list[Notification]
     next_cursor: str | None
 

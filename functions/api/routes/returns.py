@@ -1,15 +1,13 @@
 """Returns (RMA): request, approve or reject, receive, read and list."""
 
-from __future__ import annotations
-
 from typing import Annotated
 
 from aws_lambda_powertools.event_handler import Response, content_types
 from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.openapi.params import Body, Query
+from pydantic import BaseModel
 
 from core.access import Scope
-from core.models import Page
 from core.return_models import ReceiveReturn, RequestReturn, Return, ReturnNote
 from core.status import ReturnStatus
 from functions.api.access import caller, requires
@@ -26,8 +24,9 @@ router = Router()
 ReturnIdPath = existing("return", r"^rma_[a-z2-7]{24}$", "Return id")
 
 
-class ReturnPage(Page[Return]):
-    pass
+class ReturnPage(BaseModel, defer_build=True):  # written out: see OrderPage (functions/api/schemas.py)
+    items: list[Return]
+    next_cursor: str | None = None
 
 
 def _shown(item: Return) -> dict:

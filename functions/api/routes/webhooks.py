@@ -1,7 +1,5 @@
 """Webhooks: subscribe, list, read, delete, and each subscription's deliveries (issue 14)."""
 
-from __future__ import annotations
-
 from typing import Annotated
 
 from aws_lambda_powertools.event_handler import Response, content_types
@@ -25,12 +23,12 @@ DeliveryIdPath = existing("delivery", r"^dlv_[0-9a-f]{14}[a-z2-7]{16}$", "Delive
 Cursor = Annotated[str | None, Query(max_length=2048)]
 
 
-class WebhookPage(BaseModel):
+class WebhookPage(BaseModel, defer_build=True):
     items: list[Webhook]
     next_cursor: str | None = None
 
 
-class DeliveryPage(BaseModel):
+class DeliveryPage(BaseModel, defer_build=True):
     items: list[Delivery]
     next_cursor: str | None = None
 
