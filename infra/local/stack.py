@@ -250,10 +250,10 @@ class EmbeddedStack:
             self.resources.create(self.client)
             # moto's Lambda Invoke (Step Functions tasks) reaches the in-process functions.
             self._lambda_service = LambdaService(self.functions)
-            self.process.enter(lambda_invoke.routing(self._lambda_service))
+            self.process.enter(lambda_invoke.PATCH.registered(self._lambda_service))
             if self.state_machine_arns:
                 if self.retry_delay_scale != 1.0:
-                    self.process.enter(retry_delay.scaled(self.retry_delay_scale))
+                    self.process.enter(retry_delay.PATCH.registered(self.retry_delay_scale))
                 self.process.set_log_level(_INTERPRETER_LOGGER, logging.CRITICAL)
             self.environment = self.resources.environment()
             self.process.set_env(self.environment)
@@ -262,7 +262,7 @@ class EmbeddedStack:
             self.environment.update(periods)  # what the functions see: the template's value, overridden
             self.process.set_env(periods)
             if s3_mappings:
-                self.process.enter(s3_notifications.routing(s3_mappings))
+                self.process.enter(s3_notifications.PATCH.registered(*s3_mappings))
             self._admin_key_bootstrap(self.admin_key)
             self.process.set_log_level("werkzeug", logging.WARNING)  # moto's server logs every request at INFO
             self.aws_port = self.servers.start_aws(self._aws_port_asked)
