@@ -7,11 +7,9 @@ import json
 import logging
 import threading
 import time
-import traceback
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from infra.local.moto_patches import lock
@@ -24,7 +22,6 @@ Handler = Callable[[dict[str, Any], Any], Any]
 # Which local function this thread is running (None outside one), so AWS calls can be
 # attributed to the function that made them (make bench counts requests per function).
 RUNNING = threading.local()
-_LOCAL_RUNTIME = str(Path(__file__).parent)
 
 
 @dataclass
@@ -136,35 +133,26 @@ class LambdaService:
             time.sleep(0.02)
 
     def invoke(self, function: LocalFunction, body: Any, headers: Any, response_headers: dict[str, Any]) -> bytes:
+        """RequestResponse, the only invocation the template makes (Step Functions' Lambda tasks);
+        S3's and EventBridge's asynchronous invocations are infra/local/event_sources.py's."""
         invocation_type = next((v for k, v in (headers or {}).items() if k.lower() == "x-amz-invocation-type"), None)
+        if invocation_type not in (None, "RequestResponse"):
+            from moto.awslambda.exceptions import InvalidParameterValueException
+
+            raise InvalidParameterValueException(f"InvocationType {invocation_type} is not emulated locally")
         if self._closed:
             return _error(response_headers, "Lambda.ServiceException", "the local stack is stopping")
-        try:
-            event = json.loads(body) if body else {}
-        except ValueError as error:
-            return _error(response_headers, "Runtime.UnmarshalError", f"payload is not JSON: {error}")
-        if invocation_type in ("DryRun", "Event"):
-            if invocation_type == "Event":
-                threading.Thread(target=function.try_invoke, args=(event,), daemon=True).start()
-            return b""
         with lock.released():
-            result, error = function.try_invoke(event)
+            result, error = function.try_invoke(json.loads(body) if body else {})
         if error is not None:
-            return _error(response_headers, type(error).__name__, str(error), error)
-        try:
-            payload = json.dumps(result).encode("utf-8")
-        except (TypeError, ValueError) as error:
-            return _error(response_headers, "Runtime.MarshalError", f"Unable to marshal response: {error}")
+            return _error(response_headers, type(error).__name__, str(error))
+        payload = json.dumps(result).encode("utf-8")
         response_headers["Content-Length"] = str(len(payload))
         return payload
 
 
-def _error(response_headers: dict[str, Any], kind: str, message: str, error: BaseException | None = None) -> bytes:
-    body: dict[str, Any] = {"errorMessage": message, "errorType": kind, "requestId": str(uuid.uuid4())}
-    if error is not None:  # the handler's frames, as the Lambda runtime reports them (not the dispatch's)
-        frames = [frame for frame in traceback.extract_tb(error.__traceback__) if _LOCAL_RUNTIME not in frame.filename]
-        body["stackTrace"] = traceback.format_list(frames)
-    payload = json.dumps(body).encode("utf-8")
+def _error(response_headers: dict[str, Any], kind: str, message: str) -> bytes:
+    payload = json.dumps({"errorMessage": message, "errorType": kind, "requestId": str(uuid.uuid4())}).encode()
     response_headers["x-amz-function-error"] = "Unhandled"
     response_headers["Content-Length"] = str(len(payload))
     return payload

@@ -63,20 +63,16 @@ def _env(name: str, default: Any, parse: Callable[[str], Any] = float) -> Any:
 
 
 def _port(text: str) -> int:
-    """A TCP port written in ASCII digits: int() took `8_080` and other scripts' digits, and a
-    port over 65535 failed only when its socket was bound."""
+    """A TCP port in ASCII digits (not int()'s `8_080` or other scripts' digits), 0 to 65535."""
     if not text.isascii() or not text.isdigit() or int(text) > 65535:
         raise ValueError("must be a port number from 0 to 65535")
     return int(text)
 
 
 def _retry_delay_scale(given: float | None) -> float:
-    """OMS_RETRY_DELAY_SCALE (or the value given): a finite number, 0 or more, or ValueError naming
-    it at construction, as the local schedule's periods are (event_sources._local_period). NaN, inf
-    or a negative scale passed here and failed only inside the ASL interpreter, at the first Retry
-    sleep of some execution (time.sleep refuses them), naming no setting."""
+    """OMS_RETRY_DELAY_SCALE (or the value given), written as every numeric setting is
+    (core.settings.number): a finite number, 0 or more, or ValueError naming it at construction."""
     raw = os.environ.get("OMS_RETRY_DELAY_SCALE", "") if given is None else str(given)
-    # Written as every numeric setting is (core.settings.number: not `1_0`, ` 2 `).
     scale = settings.number(raw) if raw.strip() else 1.0
     if scale is None or not scale >= 0:
         raise ValueError(f"OMS_RETRY_DELAY_SCALE must be a number of 0 or more (1: AWS's timing), got {raw!r}")
@@ -85,8 +81,7 @@ def _retry_delay_scale(given: float | None) -> float:
 
 def _flag(value: str) -> bool:
     """OMS_SEED, OMS_EVENT_SOURCES: `1` or `0` as README writes them, or `true` or `false` as the
-    functions' switches (any case). Anything else was on: OMS_SEED=none or OMS_EVENT_SOURCES=paused
-    loaded the catalog or ran the pollers, silently; it is refused at start, naming the variable."""
+    functions' switches (any case); anything else is refused (`none`, `paused`: not guessed)."""
     switch = {"1": True, "true": True, "0": False, "false": False}.get(value.lower())
     if switch is None:
         raise ValueError("must be 1 or 0 (or true or false)")
@@ -100,11 +95,9 @@ def _default_admin_key_bootstrap(secret: str) -> Any:
 
 
 def _schedule_periods(mappings: Any, declared: Mapping[str, Mapping[str, str]]) -> dict[str, str]:
-    """The period variable (functions/schedule.py) each scheduled function's template environment
-    declares (`declared`: each function's own), overridden with the period its schedule runs on here
-    (faster than the template's rate), in minutes: the function's turn follows its runs. A function
-    with several schedules takes the shortest period (it runs at least that often). A variable the
-    template does not declare is not made up here: the function fails, naming it, as on AWS."""
+    """Each scheduled function's declared period variable (functions/schedule.py; `declared`: each
+    function's own environment) set to the period it runs on here, in minutes (the shortest of its
+    schedules); an undeclared one is not made up (the function fails naming it, as on AWS)."""
     from functions.schedule import period_variable  # the handlers' code, imported only now
 
     periods: dict[str, float] = {}
@@ -117,9 +110,8 @@ def _schedule_periods(mappings: Any, declared: Mapping[str, Mapping[str, str]]) 
 
 
 def forget_warm_containers() -> None:
-    """A new stack is a new account: the clients and caches a previous stack's functions kept
-    (their warm containers, in this process) must not leak into it. start() and stop() call it;
-    a test that wants the next invocation cold calls it too."""
+    """A new stack is a new account: the clients and caches its functions' warm containers kept
+    in this process go (start() and stop(); a test that wants a cold invocation)."""
     from functions.warm import forget_warm_containers as forget  # the handlers' own, imported only now
 
     forget()
@@ -174,10 +166,8 @@ class EmbeddedStack:
     ):
         self.retry_delay_scale = _retry_delay_scale(retry_delay_scale)  # refused before anything is built
         self.template = template if isinstance(template, Template) else Template.load(template)
-        # Template parameters a local user may want to change without editing the template: each
-        # variable sets every parameter it is set to (a variable two functions set to two
-        # parameters sets both: one process, one value); two variables setting one parameter to
-        # two values are refused, naming both, rather than one silently winning.
+        # Each variable sets every parameter it is set to (one process, one value); two variables
+        # setting one parameter to two values are refused, naming both.
         from_shell: dict[str, str] = {}  # parameter -> the shell's value
         set_from: dict[str, str] = {}  # parameter -> the variable that set it
         settable = sorted({*PARAMETER_ENV.items(), *self.template.parameter_variables()})
@@ -204,10 +194,7 @@ class EmbeddedStack:
                 + (f"set {instead} instead" if instead else "unset it, or change the Default")
             )
         self.template.parameter_overrides.update({**LOCAL_PARAMETERS, **from_shell, **(parameter_overrides or {})})
-        # What a deploy refuses (ReturnExpiryDays=-1, HoldExpiryDays=nan) is refused here, by the
-        # variable that set it, not by the jeopardy scan at every pass.
-        # A caller's override is named by the variable when it is the variable's value (make run
-        # passes OMS_ENABLE_TEST_PAYMENTS on so), by the parameter otherwise.
+        # What a deploy refuses is refused here, named by the variable when it set the value.
         set_by = self.template.parameter_overrides
         self.template.check_parameters(
             {param: var for param, var in set_from.items() if str(set_by.get(param)) == from_shell[param]}
@@ -267,10 +254,10 @@ class EmbeddedStack:
             self.resources.create(self.client)
             # moto's Lambda Invoke (Step Functions tasks) reaches the in-process functions.
             self._lambda_service = LambdaService(self.functions)
-            self.process.enter(lambda_invoke.routing(self._lambda_service))
+            self.process.enter(lambda_invoke.PATCH.registered(self._lambda_service))
             if self.state_machine_arns:
                 if self.retry_delay_scale != 1.0:
-                    self.process.enter(retry_delay.scaled(self.retry_delay_scale))
+                    self.process.enter(retry_delay.PATCH.registered(self.retry_delay_scale))
                 self.process.set_log_level(_INTERPRETER_LOGGER, logging.CRITICAL)
             self.environment = self.resources.environment()
             self.process.set_env(self.environment)
@@ -279,7 +266,7 @@ class EmbeddedStack:
             self.environment.update(periods)  # what the functions see: the template's value, overridden
             self.process.set_env(periods)
             if s3_mappings:
-                self.process.enter(s3_notifications.routing(s3_mappings))
+                self.process.enter(s3_notifications.PATCH.registered(*s3_mappings))
             self._admin_key_bootstrap(self.admin_key)
             self.process.set_log_level("werkzeug", logging.WARNING)  # moto's server logs every request at INFO
             self.aws_port = self.servers.start_aws(self._aws_port_asked)

@@ -71,11 +71,8 @@ CHECKED = {
 
 
 def parameter_refused(declared: Mapping[str, Any], value: Any) -> str | None:
-    """Why CloudFormation refuses `value` for the declared parameter at deploy; None when it takes
-    it. A Number: not a finite number, under MinValue, over MaxValue, not one of AllowedValues. A
-    String: shorter than MinLength, longer than MaxLength, not one of AllowedValues (compared
-    exactly: "TRUE" is not "true"), or not matching AllowedPattern as a whole. CHECKED names every
-    property this reads or ignores knowingly; a test holds the template to it."""
+    """Why CloudFormation refuses `value` for the declared parameter at deploy (None: it takes it),
+    by the properties CHECKED names; AllowedValues compare exactly ("TRUE" is not "true")."""
     if declared.get("Type") == "String":
         text = env_string(value)
         if "MinLength" in declared and len(text) < int(declared["MinLength"]):
@@ -171,10 +168,8 @@ class Template:
         }
 
     def parameter_variables(self) -> set[tuple[str, str]]:
-        """(variable, parameter) of every function variable the template sets to a parameter
-        (`NAME: !Ref Parameter`): the variables `make run` takes from the shell, as that parameter.
-        Pairs, not a map: two functions may set one name to two parameters, and the shell's value
-        is then both (one process has one value of it)."""
+        """(variable, parameter) of every function variable set to a parameter (`NAME: !Ref P`): what
+        `make run` takes from the shell. Pairs: two functions may set one name to two parameters."""
         parameters = self.document.get("Parameters") or {}
         return {
             (name, parameter)
@@ -211,8 +206,7 @@ class Template:
 
     # --- Parameters and intrinsics ---------------------------------------------------------------
     def shown(self, name: str, value: Any) -> str:
-        """A value of parameter `name` as a message names it: `****` for a NoEcho parameter (a
-        secret is not written to the terminal or a log), its repr otherwise."""
+        """A value of parameter `name` as a message shows it: `****` when NoEcho (a secret)."""
         declared = self.document.get("Parameters", {}).get(name) or {}
         return "****" if str(declared.get("NoEcho")).lower() == "true" else repr(value)
 
@@ -234,11 +228,8 @@ class Template:
         return declared["Default"]
 
     def check_parameters(self, variables: Mapping[str, str] | None = None) -> None:
-        """Every override as CloudFormation checks it at deploy (parameter_refused: a Number within
-        MinValue and MaxValue, a String matching AllowedPattern, either one of AllowedValues): the
-        stack's start refuses what a deploy would, naming the parameter and the variable that set
-        it (`variables`: parameter -> name), instead of a function refusing it at each request or
-        pass (or taking it)."""
+        """Refuses an override a deploy refuses (parameter_refused), naming the parameter and the
+        variable that set it (`variables`: parameter -> name)."""
         for name in self.parameter_overrides:
             try:
                 self.parameter(name)
@@ -247,11 +238,9 @@ class Template:
                 raise ValueError(f"{variable}: {refused}" if variable else str(refused)) from None
 
     def resolve(self, value: Any, refs: Mapping[str, str] | None = None, atts: Mapping[str, str] | None = None) -> Any:
-        """Evaluates Ref, Fn::GetAtt, Fn::FindInMap and Fn::Sub (of a string, or of a string and its
-        own variables), the intrinsics the emulated properties use (another Fn:: raises KeyError).
-        `refs` maps logical ids to what Ref returns for them (a table's name, a queue's URL); `atts`
-        maps "Logical.Attr" to what GetAtt returns. A name neither maps, nor a parameter or pseudo
-        parameter, nor a Mappings entry, raises KeyError."""
+        """Evaluates Ref, Fn::GetAtt, Fn::FindInMap and Fn::Sub, the intrinsics the emulated
+        properties use. `refs`: logical id -> what Ref returns (a table's name, a queue's URL);
+        `atts`: "Logical.Attr" -> what GetAtt returns. Anything else raises KeyError."""
         refs, atts = refs or {}, atts or {}
         if isinstance(value, list):
             return [self.resolve(item, refs, atts) for item in value]

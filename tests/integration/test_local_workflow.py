@@ -542,3 +542,9 @@ def test_lambda_invoke_reaches_the_handlers_and_unknown_functions_are_not_found(
     with pytest.raises(ClientError) as caught:
         lam.invoke(FunctionName="wf-Nope", Payload=b"{}")
     assert caught.value.response["Error"]["Code"] == "ResourceNotFoundException"
+    # Only RequestResponse is emulated (what Step Functions' tasks make): another kind is refused,
+    # not run as if it were one.
+    for kind in ("Event", "DryRun"):
+        with pytest.raises(ClientError, match=f"InvocationType {kind} is not emulated") as caught:
+            lam.invoke(FunctionName="wf-Ship", InvocationType=kind, Payload=b"{}")
+        assert caught.value.response["Error"]["Code"] == "InvalidParameterValueException"

@@ -1,6 +1,4 @@
-"""API Gateway's FlushStageAuthorizersCache, which moto does not implement, answered in process:
-the API function makes its ordinary boto3 call, and the local gateway serving that stage forgets
-its cached authorizer answers."""
+"""The `apigateway` patch (its `changes` say what it does): the API function's ordinary boto3 call."""
 
 from __future__ import annotations
 

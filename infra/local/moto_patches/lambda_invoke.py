@@ -1,13 +1,8 @@
-"""moto's Lambda Invoke answered by the local stack's in-process functions.
-
-No function is created in moto (that would need a zip and Docker to run). While a stack routes to
-it, LambdaBackend.invoke asks the stack's LambdaService (infra/local/lambdas.py) first;
-a name it does not know falls through to moto (ResourceNotFoundException as usual).
-"""
+"""The `lambda_invoke` patch: LambdaBackend.invoke asks each registered LambdaService
+(infra/local/lambdas.py) first; a name none knows falls through to moto (ResourceNotFoundException)."""
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager
 from typing import Any
 
 from infra.local.moto_patches import MotoPatch, Replacements
@@ -40,8 +35,3 @@ PATCH = MotoPatch(
     },
     replacements=_replacements,
 )
-
-
-def routing(service: Any) -> AbstractContextManager[None]:
-    """Routes Invoke of the service's functions (`lookup(name)`, `invoke(...)`) for the block."""
-    return PATCH.registered(service)

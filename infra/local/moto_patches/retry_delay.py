@@ -1,13 +1,10 @@
-"""Step Functions Retry sleeps scaled, for tests.
-
-moto's ASL interpreter really sleeps a Retry's IntervalSeconds (1 s at least); `scaled(0.01)`
-turns 1 s into 10 ms. 1.0 (AWS's timing) needs no patch and the stack applies none."""
+"""The `retry_delay` patch: moto's ASL interpreter really sleeps a Retry's IntervalSeconds (1 s at
+least); registered with 0.01, 1 s is 10 ms. At 1.0 (AWS's timing) the stack applies none."""
 
 from __future__ import annotations
 
 import time
 import types
-from contextlib import AbstractContextManager
 
 from infra.local.moto_patches import MotoPatch, Replacements
 
@@ -30,7 +27,3 @@ PATCH = MotoPatch(
     expects={"moto.stepfunctions.parser.asl.component.common.retry.retrier_decl.time": "module time"},
     replacements=_replacements,
 )
-
-
-def scaled(scale: float) -> AbstractContextManager[None]:
-    return PATCH.registered(scale)

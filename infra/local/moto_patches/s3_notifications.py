@@ -1,20 +1,11 @@
-"""moto's S3 → Lambda notifications delivered to the local stack's S3 mappings.
-
-moto matches a bucket's notification configuration and "invokes" the function itself; while a
-stack routes here, that call goes to the S3NotificationMapping (infra/local/event_sources.py)
-whose configuration id or function it names, which queues the event for its own thread, as S3
-invokes asynchronously. Any other function falls through to moto.
-
-moto's CompleteMultipartUpload stores the object with its PutObject, which notifies
-ObjectCreated:Put before ObjectCreated:CompleteMultipartUpload; S3 sends only the latter, so the
-Put sent from inside it is dropped.
-"""
+"""The `s3_notifications` patch: moto matches a bucket's notification configuration, and its call
+to the function goes to the registered S3NotificationMapping (infra/local/event_sources.py) its
+configuration id (or function) names. moto's CompleteMultipartUpload stores the object with its
+PutObject, which notifies ObjectCreated:Put first; S3 sends only CompleteMultipartUpload."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
-from contextlib import AbstractContextManager
 from typing import Any
 
 from infra.local.moto_patches import MotoPatch, Replacements
@@ -64,9 +55,3 @@ PATCH = MotoPatch(
     },
     replacements=_replacements,
 )
-
-
-def routing(mappings: Sequence[Any]) -> AbstractContextManager[None]:
-    """Routes moto's Lambda notifications for these mappings (`.name` is the configuration id,
-    `.function.arn`, `.enqueue(event)`) for the block."""
-    return PATCH.registered(*mappings)
