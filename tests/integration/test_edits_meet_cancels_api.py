@@ -15,6 +15,7 @@ from functions.adapters.dynamodb import DynamoInventory
 from functions.bootstrap import forget_warm_containers
 from plugins import test_payments
 from tests.builders import location_body, order_body, product_body
+from tests.e2e.client import unsigned
 from tests.integration.in_process import InProcessApi, in_process_api_with_labels, run_to_allocated
 
 _orders = itertools.count(1)
@@ -281,7 +282,7 @@ def test_a_hold_whose_stock_cannot_be_given_back_answers_the_held_order_and_its_
     held = api.post(f"/orders/{order['id']}/hold", json={"reason": "address_review"})
 
     assert (held.status_code, held.json()["status"]) == (200, "on_hold"), held.text
-    assert held.json() == api.get(f"/orders/{order['id']}").json()
+    assert unsigned(held.json()) == unsigned(api.get(f"/orders/{order['id']}").json())
     (kept,) = [h for h in history(api, order["id"]) if h["type"] == "surplus_not_given_back"]
     assert kept["detail"] == {"error": "ClientError"}  # the message, which may name the table, is logged only
     assert api.get("/inventory/JUG").json()["available"] == 4
@@ -304,7 +305,7 @@ def test_an_edit_of_a_held_order_whose_stock_cannot_be_given_back_answers_the_ed
     shrunk = edit(api, held.json(), {"lines": [{"sku": "VASE", "quantity": 1}]})
 
     assert (shrunk["status"], shrunk["lines"][0]["quantity"]) == ("on_hold", 1)
-    assert shrunk == api.get(f"/orders/{order['id']}").json()
+    assert unsigned(shrunk) == unsigned(api.get(f"/orders/{order['id']}").json())
     assert "surplus_not_given_back" in [h["type"] for h in history(api, order["id"])]
     monkeypatch.undo()
     released = api.post(f"/orders/{order['id']}/release", json={})
@@ -328,7 +329,7 @@ def test_an_edit_whose_replaced_line_cannot_be_released_answers_the_order_and_it
 
     swapped = edit(api, order, {"lines": [{"sku": "SAUCER", "quantity": 1}]})
 
-    assert swapped["status"] == "authorized" and swapped == api.get(f"/orders/{order['id']}").json()
+    assert swapped["status"] == "authorized" and unsigned(swapped) == unsigned(api.get(f"/orders/{order['id']}").json())
     assert "surplus_not_given_back" in [h["type"] for h in history(api, order["id"])]
     assert api.get("/inventory/PLATE").json()["available"] == 3
     monkeypatch.undo()

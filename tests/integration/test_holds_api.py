@@ -12,7 +12,7 @@ from typing import Any
 import boto3
 import pytest
 
-from tests.e2e.client import Catalog, assert_error, order_body, put_network, unique
+from tests.e2e.client import Catalog, assert_error, order_body, put_network, unique, unsigned
 from tests.integration.in_process import InProcessApi, in_process_api
 
 
@@ -275,8 +275,3 @@ def test_a_storefront_cannot_cancel_an_order_held_to_confirm_a_parcel_but_a_pers
     cancelled = api.post(f"{path}/cancel", key=approver, json={"reason": "the parcel never left"})
     assert cancelled.status_code == 200, cancelled.text
     assert cancelled.json()["status"] == "cancelled"
-
-
-def unsigned(order: dict) -> dict:
-    """The order without its shipments' label links, which every read signs again."""
-    return {**order, "shipments": [{**shipment, "label_url": None} for shipment in order["shipments"]]}
