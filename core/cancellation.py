@@ -653,13 +653,16 @@ class Cancellation:
 
         def on_failure(failure: Failure) -> None:
             repeated = failure.kind in UNANSWERED_AGAIN
-            if not (repeated and self.refusal_recorded_last(order_id, shipment_id, amount, failure.message, actor)):
+            if not (
+                repeated
+                and self.refusal_recorded_last(order_id, shipment_id, amount, failure.message, actor, failure.kind)
+            ):
                 record(failure)
 
         return on_failure
 
     def refusal_recorded_last(
-        self, order_id: str, shipment_id: str | None, amount: Money, message: str, actor: str
+        self, order_id: str, shipment_id: str | None, amount: Money, message: str, actor: str, kind: str
     ) -> bool:
         """Whether the order's history ends with refused captures only, this very refusal of the
         shipment's capture (`shipment_id` None: the settlement's) among them: each a refused attempt
@@ -672,8 +675,10 @@ class Cancellation:
         the gateway answers the same key with the same refusal, and nothing moved. So is a capture
         no payment plugin took (kind `no_plugin`: its plugin out of the deployment), which the
         reconciler's kept-back pass asks again each run while the settlement stays owed: its
-        attempt and the capture not made are matched as a refusal's are. A repeat by someone
-        else, in other words, or after anything else happened to the order is recorded."""
+        attempt and the capture not made are matched as a refusal's are. Only a run of the same
+        answer (`kind`) is matched: the gateway's refusal once the plugin is back is recorded. A
+        repeat by someone else, in other words, or after anything else happened to the order is
+        recorded."""
         found = self._orders.history(order_id, consistent=True)
         entries = found[1] if found is not None else []
         asked = amount.model_dump(mode="json")
@@ -682,7 +687,7 @@ class Cancellation:
             tried, outcome = failed.detail or {}, not_made.detail or {}
             if not (
                 failed.type is OrderEvent.PAYMENT_CAPTURE_FAILED and not_made.type is OrderEvent.CAPTURE_NOT_MADE
-                and failed.actor == not_made.actor and tried.get("kind") in UNANSWERED_AGAIN
+                and failed.actor == not_made.actor and tried.get("kind") == kind
                 and tried.get("shipment_id") == outcome.get("shipment_id")
             ):  # fmt: skip
                 return False
@@ -816,9 +821,10 @@ class Cancellation:
         if isinstance(refused, NoPaymentPlugin) and not fresh:
             return None
         at, message, asked = self._clock(), str(refused), not isinstance(refused, NoPaymentPlugin)
+        kind = "refused" if asked else "no_plugin"
         noted = not (
             unless_repeated
-            and self.refusal_recorded_last(order_id, shipment_id, request.amount, refused.gateway_message, actor)
+            and self.refusal_recorded_last(order_id, shipment_id, request.amount, refused.gateway_message, actor, kind)
         )  # fmt: skip
         mine: list[Order] = []
         after = modify(

@@ -113,14 +113,14 @@ def refusal_noted_once(
     repeated and every cancel repeated, and by a delivery a carrier reports while the gateway has
     not refused it; the renewal of an authorization a capture was refused on, asked again under
     the key it was declined under): a refusal is not recorded when the order's history ends with
-    refusals of the operation only, this very one among them (the same actor, gateway words and
-    `detail`): two loops taking turns (a warehouse repeating its ship, a cancel repeated) each add
-    theirs once. The
-    gateway answers the same key with the same refusal and nothing moved, so a repeat tells an
-    auditor nothing the first did, and a loop would fill the order's item. So it is for an attempt
-    no payment plugin took (kind `no_plugin`: nobody asked the gateway), which the reconciler's
-    kept-back pass asks again each run while a settlement waits for the plugin. Any other failure
-    is always recorded."""
+    refusals of the operation only, each the same answer (`kind`), this very one among them (the
+    same actor, gateway words and `detail`): two loops taking turns (a warehouse repeating its
+    ship, a cancel repeated) each add theirs once. The gateway answers the same key with the same
+    refusal and nothing moved, so a repeat tells an auditor nothing the first did, and a loop would
+    fill the order's item. So it is for an attempt no payment plugin took (kind `no_plugin`: nobody
+    asked the gateway), which the reconciler's kept-back pass asks again each run while a
+    settlement waits for the plugin. A new answer (refused once the plugin is back) and any other
+    failure are always recorded."""
     record = recorder(orders, order_id, actor, clock, **detail)
 
     def on_failure(failure: Failure) -> None:
@@ -135,9 +135,11 @@ def _refused_last(orders: OrderRepository, order_id: str, actor: str, failure: F
     found = orders.history(order_id, consistent=True)
     for last in reversed(found[1] if found is not None else []):
         said = last.detail or {}
-        if last.type is not PAYMENT_FAILURE_EVENTS[failure.operation] or said.get("kind") not in _SAME_ANSWER:
+        # A run of this very answer only: a refusal once the plugin is back (or no plugin once
+        # the gateway refused) is a new answer, and recorded.
+        if last.type is not PAYMENT_FAILURE_EVENTS[failure.operation] or said.get("kind") != failure.kind:
             return False
-        if (last.actor == actor and said.get("kind") == failure.kind and said.get("message") == failure.message[:500]
+        if (last.actor == actor and said.get("message") == failure.message[:500]
                 and all(said.get(k) == v for k, v in detail.items())):  # fmt: skip
             return True
     return False

@@ -949,6 +949,33 @@ def test_a_settlement_capture_refused_again_and_again_is_recorded_once_per_actor
     assert after.captures_requested == [] and after.payment.captured < after.totals.grand_total  # for a person
 
 
+def test_a_settlement_capture_refused_again_once_its_payment_plugin_is_back_is_recorded(clock):
+    # A ship repeated on a loop is refused the settlement's capture; the payment plugin is taken
+    # out (the repeat notes `no_plugin`), then put back, and the gateway refuses again. Before: the
+    # refusal was matched past the `no_plugin` pair with the first and not recorded, so the history
+    # ended saying no plugin took the method after the gateway had answered again. A run of the
+    # same answer only is matched: the new answer is recorded, and its repeat is not.
+    from tests.unit.test_payment_truth import Removed
+
+    removed = Removed()
+    world = build_world(STOCK, PerUnitShipping(), removed, clock=clock)
+    order = world.allocated(("MUG", 1), ("CAP", 3), shipping_method="per_unit")
+    west = world.shipment_at(order, "wh-west")
+    world.actions.ship(order.id, west, tracking_number=None, actor="key_wh")
+    world.gateway.script("capture", "refuse")
+    world.actions.cancel(order.id, "the rest is not wanted", actor="key_cs")
+    for gone in (False, True, False, False):
+        removed.gone = gone
+        world.actions.ship(order.id, west, tracking_number=None, actor="key_wh")
+
+    failed = [(e.actor, (e.detail or {}).get("kind")) for e in world.history(order.id)
+              if e.type == "payment_capture_failed"]  # fmt: skip
+    assert failed[-3:] == [("key_wh", "refused"), ("key_wh", "no_plugin"), ("key_wh", "refused")]
+    assert [e.type for e in world.history(order.id)[-2:]] == ["payment_capture_failed", "capture_not_made"]
+    after = world.order(order.id)
+    assert after.captures_requested == [] and after.payment.captured < after.totals.grand_total  # for a person
+
+
 def test_an_authorization_renewed_after_a_refused_capture_is_renewed_again_once_old(world, clock):
     # The bound is per authorization: once the renewal is old enough to lapse, it is renewed as any
     # other, and a refusal on that one may be an early lapse again.

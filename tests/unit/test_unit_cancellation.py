@@ -501,6 +501,27 @@ def test_a_release_refused_again_by_a_ship_and_a_delivery_repeated_in_turn_is_re
                                                         ("payment_void_failed", "key_wh")]  # fmt: skip
 
 
+def test_a_release_refused_again_once_its_payment_plugin_is_back_is_recorded():
+    # A ship repeated on a loop is refused the release; the payment plugin is taken out (the
+    # repeat notes `no_plugin`), then put back, and the gateway refuses again. Before: the
+    # repeat's refusal was matched past the `no_plugin` entry with the first refusal and not
+    # recorded, so the history ended saying no plugin took the method after the gateway had
+    # answered again. A run of the same answer only is matched: a new answer is recorded.
+    removed = Removed()
+    world = build_world(STOCK, removed)
+    order = world.allocated(("MUG", 1), ("CAP", 3), token="tok_void_decline")
+    west = world.shipment_at(order, "wh-west")
+    world.actions.ship(order.id, west, None, actor="key_wh")
+    world.actions.cancel(order.id, "rest", actor="key_web")
+    for gone in (False, True, False, False):
+        removed.gone = gone
+        world.actions.ship(order.id, west, None, actor="key_wh")
+
+    failed = [(e.actor, (e.detail or {}).get("kind")) for e in world.history(order.id)
+              if e.type is OrderEvent.PAYMENT_VOID_FAILED]  # fmt: skip
+    assert failed == [("key_web", "refused"), ("key_wh", "refused"), ("key_wh", "no_plugin"), ("key_wh", "refused")]
+
+
 @pytest.mark.parametrize("settled_by", ["last_ship", "cancel_of_the_rest"])
 def test_a_delivery_does_not_ask_again_a_release_the_gateway_refused(settled_by):
     # Before: once the settling call (the last parcel's ship of an order that lost units, or a
