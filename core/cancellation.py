@@ -15,7 +15,7 @@ from core.events import OrderEvent
 from core.ids import reservation_key
 from core.models import CaptureRequest, HistoryEntry, Location, Order
 from core.money import Money
-from core.order_changes import Recorder, failure_recorder, modify, refusal_noted_once
+from core.order_changes import UNANSWERED_AGAIN, Recorder, failure_recorder, modify, refusal_noted_once
 from core.payments import Failure, OnFailure, Payments
 from core.ports import CatalogRepository, InventoryRepository, OrderRepository
 from core.status import TERMINAL, OrderStatus, PaymentStatus
@@ -28,10 +28,6 @@ logger = logging.getLogger(__name__)
 # OMS_AUTHORIZATION_VALID_DAYS: how long a gateway keeps an authorization (Stripe 7 days, card
 # schemes 5 to 30); one at least this old is authorized again before a capture (renewed_if_lapsed).
 AUTHORIZATION_VALID_FOR = timedelta(days=7)
-# The failed capture attempts whose repeat, the history ending with it already, is not recorded
-# again (Cancellation.refusal_recorded_last): the gateway's refusal, and no payment plugin taking
-# the order's method (nobody asked the gateway), each the same answer however often it is asked.
-UNANSWERED_AGAIN = ("refused", "no_plugin")
 
 
 def holding_locations(order: Order, network: list[Location]) -> list[str]:

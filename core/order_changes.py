@@ -99,9 +99,10 @@ def failure_recorder(
     return record
 
 
-# The failed attempts whose repeat refusal_noted_once does not record again: the gateway's refusal,
-# and no payment plugin taking the order's method, each the same answer however often it is asked.
-_SAME_ANSWER = ("refused", "no_plugin")
+# The failed attempts whose repeat is not recorded again (refusal_noted_once, and a capture's in
+# Cancellation.refusal_recorded_last): the gateway's refusal, and no payment plugin taking the
+# order's method (nobody asked the gateway), each the same answer however often it is asked.
+UNANSWERED_AGAIN = ("refused", "no_plugin")
 
 
 def refusal_noted_once(
@@ -124,7 +125,7 @@ def refusal_noted_once(
     record = recorder(orders, order_id, actor, clock, **detail)
 
     def on_failure(failure: Failure) -> None:
-        if failure.kind in _SAME_ANSWER and _refused_last(orders, order_id, actor, failure, detail):
+        if failure.kind in UNANSWERED_AGAIN and _refused_last(orders, order_id, actor, failure, detail):
             return
         record(failure)
 
