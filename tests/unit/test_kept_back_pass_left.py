@@ -207,14 +207,10 @@ def test_a_release_the_gateway_refused_to_the_settling_call_is_not_asked_again_b
     assert len(failed) == 1
 
 
-def test_a_release_no_payment_plugin_took_stays_owed_for_the_pass_once_the_plugin_is_back():
-    # Before: no payment plugin taking the order's method (taken out of the deployment) when the
-    # cancel of the rest of a partly shipped order captured what its captures fall short of its
-    # total and released its authorization's rest was taken for the gateway's refusal
-    # (NoPaymentPlugin is a PaymentRefused): the record was cleared with it, though nobody asked
-    # the gateway, and no pass settled the payment once the plugin was back (no void was asked,
-    # and no alarm hears of a settlement capture not made). It stays owed, in the kept-back
-    # index, and the pass asks it once the plugin answers.
+def rest_cancelled_without_plugin():
+    """A partly shipped order (its wh-west parcel shipped) whose rest was cancelled while no payment
+    plugin took its method: the settlement (a capture of the shortfall, the release of the rest) is
+    owed. Returns the world, its clock, the plugin's switch (still out) and the order as placed."""
     from tests.unit.test_payment_truth import Removed
 
     clock = Clock()
@@ -223,8 +219,19 @@ def test_a_release_no_payment_plugin_took_stays_owed_for_the_pass_once_the_plugi
     order = world.allocated(("MUG", 2), ("CAP", 3))
     world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
     removed.gone = True
-
     world.actions.cancel(order.id, "the rest", actor="key_web")
+    return world, clock, removed, order
+
+
+def test_a_release_no_payment_plugin_took_stays_owed_for_the_pass_once_the_plugin_is_back():
+    # Before: no payment plugin taking the order's method (taken out of the deployment) when the
+    # cancel of the rest of a partly shipped order captured what its captures fall short of its
+    # total and released its authorization's rest was taken for the gateway's refusal
+    # (NoPaymentPlugin is a PaymentRefused): the record was cleared with it, though nobody asked
+    # the gateway, and no pass settled the payment once the plugin was back (no void was asked,
+    # and no alarm hears of a settlement capture not made). It stays owed, in the kept-back
+    # index, and the pass asks it once the plugin answers.
+    world, clock, removed, order = rest_cancelled_without_plugin()
 
     owing = world.order(order.id)
     assert owing.payment.captured < owing.totals.grand_total < owing.payment.authorized  # its shipping too
@@ -341,15 +348,7 @@ def test_a_settlement_waiting_for_its_payment_plugin_does_not_grow_the_order_a_p
     # item toward DynamoDB's 400 KB, past which every write on the order fails. The first pass
     # notes it; the next ones add nothing while nothing else happened to the order, and the
     # settlement stays owed for when the plugin is back.
-    from tests.unit.test_payment_truth import Removed
-
-    clock = Clock()
-    removed = Removed()
-    world = build_world(CANCEL_STOCK, removed, clock=clock)
-    order = world.allocated(("MUG", 2), ("CAP", 3))
-    world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
-    removed.gone = True
-    world.actions.cancel(order.id, "the rest", actor="key_web")
+    world, clock, removed, order = rest_cancelled_without_plugin()
     clock.now += timedelta(minutes=20)
     kept_back_sweep(world, clock).run(ACTOR)
     noted = world.history(order.id)
