@@ -107,7 +107,8 @@ UNANSWERED_AGAIN = ("refused", "no_plugin")
 
 def refusal_noted_once(
     orders: OrderRepository, order_id: str, actor: str, clock: Callable[[], datetime], *,
-    recorder: Recorder = failure_recorder, **detail: Any,
+    recorder: Recorder = failure_recorder, followed_by: Callable[[HistoryEntry], bool] | None = None,
+    repeats: list[Failure] | None = None, **detail: Any,
 ) -> OnFailure:  # fmt: skip
     """`recorder` (failure_recorder) for a payment operation that anything repeated at will asks
     again (the release of what an authorization holds beyond the captures, asked by every ship
@@ -121,21 +122,31 @@ def refusal_noted_once(
     fill the order's item. So it is for an attempt no payment plugin took (kind `no_plugin`: nobody
     asked the gateway), which the reconciler's kept-back pass asks again each run while a
     settlement waits for the plugin. A new answer (refused once the plugin is back) and any other
-    failure are always recorded."""
+    failure are always recorded. `followed_by`: the entries a refusal of the operation leads to,
+    which the run steps over (a declined renewal of the settlement's authorization, and the
+    settlement's capture not made it records: Cancellation.renewed_for_settlement). `repeats`
+    gets each failure not recorded for being such a repeat."""
     record = recorder(orders, order_id, actor, clock, **detail)
 
     def on_failure(failure: Failure) -> None:
-        if failure.kind in UNANSWERED_AGAIN and _refused_last(orders, order_id, actor, failure, detail):
+        if failure.kind in UNANSWERED_AGAIN and _refused_last(orders, order_id, actor, failure, detail, followed_by):
+            if repeats is not None:
+                repeats.append(failure)
             return
         record(failure)
 
     return on_failure
 
 
-def _refused_last(orders: OrderRepository, order_id: str, actor: str, failure: Failure, detail: dict[str, Any]) -> bool:
+def _refused_last(
+    orders: OrderRepository, order_id: str, actor: str, failure: Failure, detail: dict[str, Any],
+    followed_by: Callable[[HistoryEntry], bool] | None = None,
+) -> bool:  # fmt: skip
     found = orders.history(order_id, consistent=True)
     for last in reversed(found[1] if found is not None else []):
         said = last.detail or {}
+        if followed_by is not None and followed_by(last):
+            continue
         # A run of this very answer only: a refusal once the plugin is back (or no plugin once
         # the gateway refused) is a new answer, and recorded.
         if last.type is not PAYMENT_FAILURE_EVENTS[failure.operation] or said.get("kind") != failure.kind:
