@@ -25,7 +25,7 @@ from core.holds import give_back_or_note, give_back_surplus
 from core.ids import reservation_key, shipment_id_for
 from core.models import Change, LineInput, Order, OrderEdit, OrderLine, PaymentInput, PlaceOrder, utc_now
 from core.money import Money
-from core.order_changes import failure_recorder, modify, outage_noted_once, visible
+from core.order_changes import failure_recorder, modify, outage_noted_once, visible, void_outage_noted_once
 from core.payments import Payments
 from core.ports import CatalogRepository, InventoryRepository, LabelStore, OrderRepository, ReturnRepository
 from core.refund_service import RefundService
@@ -68,13 +68,17 @@ class OrderActions:
         self._capture = capture
         self._clock = clock
         self._pickup_expiry = pickup_expiry
+        # A request anything repeated at will sends again (a delivery report, a ship, a cancel)
+        # writes every failed attempt, but not a void outage the order's history ends with already
+        # (void_outage_noted_once): a carrier reporting again through it would fill the order's item.
         self._cancellation = Cancellation(
-            orders, catalog, inventory, payments, clock, credits, authorization_valid_for=authorization_valid_for
-        )
+            orders, catalog, inventory, payments, clock, credits, void_failures=void_outage_noted_once,
+            authorization_valid_for=authorization_valid_for,
+        )  # fmt: skip
         refunds = refunds or RefundService(orders, payments, clock)
         self._units = UnitCancellation(
             orders, catalog, inventory, payments, capture, refunds, self._cancellation, clock, credits,
-            hook=hook, labels=labels, returns=returns,
+            hook=hook, labels=labels, returns=returns, void_failures=void_outage_noted_once,
         )  # fmt: skip
         # What the reconciler's kept-back pass settles through (settle_owed): as the requests', but
         # a gateway outage is written in an order's history once, not once per failed attempt of

@@ -171,6 +171,29 @@ def outage_noted_once(
     )
 
 
+def void_outage_noted_once(
+    orders: OrderRepository, order_id: str, actor: str, clock: Callable[[], datetime], **detail: Any
+) -> OnFailure:
+    """failure_recorder for a request that anything repeated at will sends again (a carrier's
+    delivery report, a warehouse's ship, a cancel): every failed attempt is recorded, but a void's
+    transient ones not when the order's last failed attempt at that void (the same `detail`) was
+    transient already: the outage is on the history, with when it began and what the gateway said,
+    and a loop of reports through it would otherwise add three entries a call until the order's
+    item is full. A refusal, and every other operation's failure, is always recorded."""
+    record = failure_recorder(orders, order_id, actor, clock, **detail)
+    known: list[bool] = []  # whether the history said so when this call's first one failed
+
+    def on_failure(failure: Failure) -> None:
+        if failure.operation == "void" and failure.kind == "transient":
+            if not known:
+                known.append(_says_unavailable(orders, order_id, "void", detail, consistent=True))
+            if known[0]:
+                return
+        record(failure)
+
+    return on_failure
+
+
 def noted_once(record: OnFailure, already_noted: Callable[[Failure], bool]) -> OnFailure:
     """`record`, but of a call's transient failures only the first, and that one only when
     `already_noted` says the history does not hold it yet. A refusal is always recorded."""
@@ -189,8 +212,10 @@ def noted_once(record: OnFailure, already_noted: Callable[[Failure], bool]) -> O
     return on_failure
 
 
-def _says_unavailable(orders: OrderRepository, order_id: str, operation: str, detail: dict[str, Any]) -> bool:
-    found = orders.history(order_id)
+def _says_unavailable(
+    orders: OrderRepository, order_id: str, operation: str, detail: dict[str, Any], *, consistent: bool = False
+) -> bool:
+    found = orders.history(order_id, consistent=True) if consistent else orders.history(order_id)
     if found is None:
         return False
     failed = PAYMENT_FAILURE_EVENTS[operation]
