@@ -707,11 +707,15 @@ class Cancellation:
         attempt and the capture not made are matched as a refusal's are. Only a run of the same
         answer (`kind`) is matched: the gateway's refusal once the plugin is back is recorded. A
         repeat by someone else, in other words, or after anything else happened to the order is
-        recorded."""
+        recorded. The `delivery_not_recorded` a carrier's report records after a refusal of the
+        parcel it reported (OrderActions.deliver) is stepped over."""
         found = self._orders.history(order_id, consistent=True)
         entries = found[1] if found is not None else []
         asked = amount.model_dump(mode="json")
         while len(entries) >= 2:
+            if entries[-1].type is OrderEvent.DELIVERY_NOT_RECORDED:
+                entries = entries[:-1]  # what a carrier's report the refusal stopped records after it
+                continue
             failed, not_made = entries[-2:]
             tried, outcome = failed.detail or {}, not_made.detail or {}
             if not (

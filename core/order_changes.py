@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from core.errors import Conflict, InvalidRequest, NotFound, StaleVersion
+from core.events import OrderEvent
 from core.models import PAYMENT_FAILURE_EVENTS, Bookkeeping, Change, HistoryEntry, Order
 from core.payments import Failure, OnFailure
 from core.ports import OrderRepository
@@ -145,8 +146,8 @@ def _refused_last(
     found = orders.history(order_id, consistent=True)
     for last in reversed(found[1] if found is not None else []):
         said = last.detail or {}
-        if followed_by is not None and followed_by(last):
-            continue
+        if (followed_by is not None and followed_by(last)) or last.type is OrderEvent.DELIVERY_NOT_RECORDED:
+            continue  # what a refusal led to (a carrier's report it stopped: OrderActions.deliver)
         # A run of this very answer only: a refusal once the plugin is back (or no plugin once
         # the gateway refused) is a new answer, and recorded.
         if last.type is not PAYMENT_FAILURE_EVENTS[failure.operation] or said.get("kind") != failure.kind:
