@@ -10,6 +10,9 @@ for DeliveriesNotRecordedAlarm and logged at ERROR, once: the webhook sent again
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 from core.events import OrderEvent
@@ -23,6 +26,7 @@ from tests.unit.test_tracking import event, post
 from tests.unit.world import build_world
 
 NOT_RECORDED = ("DeliveriesNotRecorded", ())
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 @pytest.fixture
@@ -71,6 +75,11 @@ def test_a_refused_capture_of_a_parcel_a_carrier_reports_delivered_is_its_outcom
     assert "refused" in last.detail["message"] or "declined" in last.detail["message"]
     assert emitted(capsys)[NOT_RECORDED] == [1.0]
     assert errors(caplog) == [(held.id, shipment_id)]
+    # The runbook's Logs Insights filter finds that line.
+    text = README.read_text()
+    runbook = text[text.index("### `DeliveriesNotRecordedAlarm`") :].split("\n### ", 1)[0]
+    (pattern,) = re.findall(r"logs ApiFunction 'level = \"ERROR\" and message like\s+/([^/]+)/'", runbook)
+    assert all(re.search(pattern, " ".join(r.getMessage().split())) for r in caplog.records if r.levelname == "ERROR")
 
     # The carrier sends the webhook again: the same answer, nothing more recorded, counted or logged.
     caplog.clear()
