@@ -533,13 +533,43 @@ class Cancellation:
             return order
         return self._renew(order, actor)
 
+    def renewed_for_settlement(self, order: Order, amount: Money, actor: str) -> Order:
+        """renewed_if_lapsed, before the settlement capture of `amount` (what the captures of an
+        order left nothing to ship fall short of its total) is requested. A renewal the gateway
+        declines is the settlement's failure, as a refused capture is (capture_refused): the
+        capture was never asked, so it is recorded as not made (`capture_not_made`, the amount, no
+        shipment: SettlementCapturesNotMade) and logged at ERROR for SettlementCapturesNotMadeAlarm,
+        then PaymentRefused is raised. Not when this very decline by the same actor is what the
+        history ends with already (asked again under the key it was declined under: _renew), so a
+        delivery reported again on a loop records, counts and logs nothing more."""
+        if not self.renews_first(order):
+            return order
+        repeats: list[Failure] = []
+        try:
+            return self._renew(order, actor, repeats=repeats)
+        except NoPaymentPlugin:
+            raise
+        except PaymentRefused as refused:
+            if not repeats:
+                at, message = self._clock(), str(refused)
+                recorded: list[Order] = []
+                modify(
+                    self._orders, order.id,
+                    lambda current: current.record_settlement_not_made(amount, message, at=at, actor=actor)
+                    if current.capture_request(None) is None else None,
+                    written=recorded,
+                )  # fmt: skip
+                if recorded:
+                    _settlement_not_made_logged(order.id, amount, message)
+            raise
+
     def renews_first(self, order: Order) -> bool:
         """Whether a capture asked of `order` now has its authorization renewed first (renewed_if_lapsed)."""
         return order.renewing_authorization is not None or order.authorization_lapsed(
             self._authorization_valid_for, self._clock()
         )
 
-    def _renew(self, order: Order, actor: str) -> Order:
+    def _renew(self, order: Order, actor: str, *, repeats: list[Failure] | None = None) -> Order:
         """The order with its lapsing authorization replaced by a new one, before a capture is
         requested on it: the renewal is requested on the order first (Order.request_renewal), then
         what the old one had left to capture then (Order.renewal_amount) is authorized under a key
@@ -557,7 +587,9 @@ class Cancellation:
         key it was declined under, whose decline repeated is not recorded again (refusal_noted_once),
         so a ship repeated on a loop asks the card for no more authorizations and adds no entries.
         What a renewal gets that the order can no longer record (a concurrent edit authorized it
-        again, a cancel settled the request) is voided at once."""
+        again, a cancel settled the request) is voided at once. `repeats` (a settlement's:
+        renewed_for_settlement): a decline is matched past the settlement's capture not made each
+        one led to, and one not recorded for being the history's last is added to it."""
         at = self._clock()
         # The renewals the gateway declined: one asked now is keyed past them (payment_keys.renewal).
         history = self._orders.history(order.id, consistent=True)
@@ -592,7 +624,8 @@ class Cancellation:
                 "authorize",
                 lambda attempt: self._payments.authorize(payment.method, token or "", amount, order.id, attempt, key),
                 refusal_noted_once(self._orders, order.id, actor, self._clock, recorder=self._void_failures,
-                                   amount=amount.model_dump(mode="json"), authorization_key=key),
+                                   followed_by=_settlement_not_made if repeats is not None else None,
+                                   repeats=repeats, amount=amount.model_dump(mode="json"), authorization_key=key),
             )  # fmt: skip
         except PaymentDeclined as declined:
             dropped = self._clock()
@@ -600,9 +633,9 @@ class Cancellation:
                 self._orders, order.id,
                 lambda current: current.drop_renewal(at=dropped) if current.renewing_authorization == lapsed else None,
             )  # fmt: skip
-            raise PaymentRefused(
-                "capture", f"the authorization had grown old and the gateway declined it again: {declined.message}"
-            ) from None
+            why = ("a capture on the authorization was refused" if lapsed in order.spent_authorizations
+                   else "the authorization had grown old")  # fmt: skip
+            raise PaymentRefused("capture", f"{why} and the gateway declined it again: {declined.message}") from None
         at = self._clock()
 
         def recorded(current: Order):
@@ -674,11 +707,15 @@ class Cancellation:
         attempt and the capture not made are matched as a refusal's are. Only a run of the same
         answer (`kind`) is matched: the gateway's refusal once the plugin is back is recorded. A
         repeat by someone else, in other words, or after anything else happened to the order is
-        recorded."""
+        recorded. The `delivery_not_recorded` a carrier's report records after a refusal of the
+        parcel it reported (OrderActions.deliver) is stepped over."""
         found = self._orders.history(order_id, consistent=True)
         entries = found[1] if found is not None else []
         asked = amount.model_dump(mode="json")
         while len(entries) >= 2:
+            if entries[-1].type is OrderEvent.DELIVERY_NOT_RECORDED:
+                entries = entries[:-1]  # what a carrier's report the refusal stopped records after it
+                continue
             failed, not_made = entries[-2:]
             tried, outcome = failed.detail or {}, not_made.detail or {}
             if not (
@@ -833,13 +870,7 @@ class Cancellation:
         if written is not None:
             written.extend(mine)
         if shipment_id is None and noted and mine:
-            # The parcels have left, and no pass asks it again: a person (SettlementCapturesNotMadeAlarm).
-            amount = request.amount
-            logger.error(
-                "settlement capture of order %s not made, its captures %s %s short of its total: %s; left to a person",
-                order_id, amount.amount, amount.currency, message,
-                extra={"order_id": order_id, "amount": str(amount.amount), "currency": amount.currency},
-            )  # fmt: skip
+            _settlement_not_made_logged(order_id, request.amount, message)
         return after
 
     def finish_settlement_capture(
@@ -881,6 +912,21 @@ class Cancellation:
             if current.capture_request(None) == request else None,
             written=written,
         )  # fmt: skip
+
+
+def _settlement_not_made_logged(order_id: str, amount: Money, message: str) -> None:
+    """The ERROR line of a settlement capture recorded as not made: the parcels have left, and no
+    pass asks it again: a person (SettlementCapturesNotMadeAlarm's runbook finds it by its message)."""
+    logger.error(
+        "settlement capture of order %s not made, its captures %s %s short of its total: %s; left to a person",
+        order_id, amount.amount, amount.currency, message,
+        extra={"order_id": order_id, "amount": str(amount.amount), "currency": amount.currency},
+    )  # fmt: skip
+
+
+def _settlement_not_made(entry: HistoryEntry) -> bool:
+    """Whether `entry` records the settlement's capture not made (no shipment)."""
+    return entry.type is OrderEvent.CAPTURE_NOT_MADE and not (entry.detail or {}).get("shipment_id")
 
 
 def own_authorization_keys(order: Order) -> list[str]:

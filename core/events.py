@@ -66,6 +66,11 @@ class OrderEvent(StrEnum):
     # was captured) was refused OVER_CAPTURE_REFUSALS times in a row for the same amount: nothing asks
     # it again, and a person gives it back (core.refund_service, alarm OverCapturesNotRefundedAlarm).
     OVER_CAPTURE_NOT_REFUNDED = "over_capture_not_refunded"
+    # A carrier reported delivered a parcel not recorded shipped (its ship died after asking for its
+    # capture), and the ship the report asked was refused its capture (or the renewal of the
+    # authorization it is asked on): the parcel left, its share is not captured, and the order stays
+    # with it pending; a person acts on it (DeliveriesNotRecordedAlarm).
+    DELIVERY_NOT_RECORDED = "delivery_not_recorded"
     # A carrier booking no parcel will use (the order cancelled, its parcel gone or booked again)
     # was cancelled with its carrier; or never will be (the carrier refused, or no plugin cancels
     # its bookings): the detail says why.

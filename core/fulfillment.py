@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections import defaultdict
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -14,6 +15,7 @@ from core.carrier_bookings import CarrierWork
 from core.errors import (
     Conflict,
     InvalidTransition,
+    NoPaymentPlugin,
     NotFound,
     PaymentDeclined,
     PaymentGatewayUnavailable,
@@ -25,7 +27,7 @@ from core.holds import give_back_or_note, give_back_surplus
 from core.ids import reservation_key, shipment_id_for
 from core.models import Change, LineInput, Order, OrderEdit, OrderLine, PaymentInput, PlaceOrder, utc_now
 from core.money import Money
-from core.order_changes import failure_recorder, modify, outage_noted_once, visible
+from core.order_changes import failure_recorder, modify, outage_noted_once, visible, void_outage_noted_once
 from core.payments import Payments
 from core.ports import CatalogRepository, InventoryRepository, LabelStore, OrderRepository, ReturnRepository
 from core.refund_service import RefundService
@@ -38,6 +40,7 @@ from core.workflow_types import PaymentResult
 if TYPE_CHECKING:
     from core.exchange_credit import ExchangeCredits
 
+logger = logging.getLogger(__name__)
 S = OrderStatus
 Clock = Callable[[], datetime]
 PICKUP_EXPIRY = timedelta(days=7)  # OMS_PICKUP_EXPIRY_DAYS (0: None, a pickup waits until collected)
@@ -68,13 +71,17 @@ class OrderActions:
         self._capture = capture
         self._clock = clock
         self._pickup_expiry = pickup_expiry
+        # A request anything repeated at will sends again (a delivery report, a ship, a cancel)
+        # writes every failed attempt, but not a void outage the order's history ends with already
+        # (void_outage_noted_once): a carrier reporting again through it would fill the order's item.
         self._cancellation = Cancellation(
-            orders, catalog, inventory, payments, clock, credits, authorization_valid_for=authorization_valid_for
-        )
+            orders, catalog, inventory, payments, clock, credits, void_failures=void_outage_noted_once,
+            authorization_valid_for=authorization_valid_for,
+        )  # fmt: skip
         refunds = refunds or RefundService(orders, payments, clock)
         self._units = UnitCancellation(
             orders, catalog, inventory, payments, capture, refunds, self._cancellation, clock, credits,
-            hook=hook, labels=labels, returns=returns,
+            hook=hook, labels=labels, returns=returns, void_failures=void_outage_noted_once,
         )  # fmt: skip
         # What the reconciler's kept-back pass settles through (settle_owed): as the requests', but
         # a gateway outage is written in an order's history once, not once per failed attempt of
@@ -270,7 +277,8 @@ class OrderActions:
         A parcel still `pending` because its ship died after asking for its capture is proof it
         left: it is shipped first (_ship_reported_delivered), then delivered. Any other pending
         parcel is refused (InvalidTransition, 409) as before: nothing says the location handed it
-        over."""
+        over. That ship refused its capture (PaymentRefused: the gateway's answer, not a missing
+        plugin) is recorded as the delivery not recorded (_delivery_not_recorded), then raised."""
 
         def decide(order: Order):
             if order.shipment(shipment_id).status is ShipmentStatus.DELIVERED:
@@ -281,7 +289,14 @@ class OrderActions:
             delivered = modify(self._orders, order_id, decide, channel=channel)
         except InvalidTransition:
             # The rare path only: the typical delivery reads and writes as before.
-            if not self._ship_reported_delivered(order_id, shipment_id, actor, channel):
+            try:
+                shipped = self._ship_reported_delivered(order_id, shipment_id, actor, channel)
+            except NoPaymentPlugin:
+                raise  # nobody asked the gateway: sent again once the plugin is back, it ships
+            except PaymentRefused as refused:
+                self._delivery_not_recorded(order_id, shipment_id, str(refused), actor)
+                raise
+            if not shipped:
                 raise
             delivered = modify(self._orders, order_id, decide, channel=channel)
         return self._units.after_shipping(delivered, actor, delivered=True)
@@ -312,6 +327,31 @@ class OrderActions:
             return False
         self.ship(order_id, shipment_id, None, actor, channel)
         return True
+
+    def _delivery_not_recorded(self, order_id: str, shipment_id: str, message: str, actor: str) -> None:
+        """A parcel reported delivered could not be shipped: the gateway refused its capture (or the
+        renewal of the authorization it is asked on; in the history before this). The parcel left
+        and its share is not captured: `delivery_not_recorded` (the shipment and the gateway's
+        words), counted for DeliveriesNotRecordedAlarm, and an ERROR line naming the order and the
+        shipment: one for each refusal the ship recorded. Not when the order's history ends with
+        one already: the ship recorded nothing (the report sent again meets the refusal its caller
+        met before, which is not recorded again: Cancellation.refusal_recorded_last and
+        refusal_noted_once step over this entry)."""
+        found = self._orders.history(order_id, consistent=True)
+        last = found[1][-1] if found is not None and found[1] else None
+        if last is not None and last.type is OrderEvent.DELIVERY_NOT_RECORDED:
+            return
+        detail = {"shipment_id": shipment_id, "message": message[:500]}
+        at = self._clock()
+        modify(
+            self._orders, order_id,
+            lambda current: current.noted(OrderEvent.DELIVERY_NOT_RECORDED, at=at, actor=actor, detail=detail),
+        )  # fmt: skip
+        logger.error(
+            "order %s: shipment %s reported delivered was not shipped, its capture not made: %s; left to a person",
+            order_id, shipment_id, message,
+            extra={"order_id": order_id, "shipment_id": shipment_id},
+        )  # fmt: skip
 
     def _released_by_report(self, order_id: str, shipment_id: str) -> bool:
         """Whether the order's last release is a delivery report's of `shipment_id` (whose ship has

@@ -2208,6 +2208,21 @@ class Order(BaseModel, defer_build=True):
             **changes,
         )  # fmt: skip
 
+    def record_settlement_not_made(self, amount: Money, message: str, *, at: datetime, actor: str) -> Change:
+        """The settlement capture (`amount`, what the captures fall short of the total once nothing
+        is left to ship) was not asked: the gateway declined the renewal of the authorization it
+        would be asked under (`message`), so none was made (`capture_not_made`, the amount and no
+        shipment, as a refused one records: SettlementCapturesNotMade). No request stood, and the
+        authorization stays as it was (spent or old: the next ask renews it again)."""
+        if self.capture_request(None) is not None:
+            raise InvalidTransition(f"a settlement capture of order {self.id} is requested: its answer is recorded")
+        if amount.currency != self.currency or amount.amount <= 0:
+            raise InvalidTransition(f"a settlement capture is a positive amount in {self.currency}")
+        return self._next(
+            at=at, actor=actor, type=OrderEvent.CAPTURE_NOT_MADE,
+            detail={"amount": amount.model_dump(mode="json"), "message": message[:500]},
+        )  # fmt: skip
+
     def _spending(self, authorization: str) -> dict[str, Any]:
         """`spent_authorizations` with `authorization`, when it is the order's current one (the only
         one renewed: authorization_lapsed) and not there already."""

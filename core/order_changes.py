@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from core.errors import Conflict, InvalidRequest, NotFound, StaleVersion
+from core.events import OrderEvent
 from core.models import PAYMENT_FAILURE_EVENTS, Bookkeeping, Change, HistoryEntry, Order
 from core.payments import Failure, OnFailure
 from core.ports import OrderRepository
@@ -107,7 +108,8 @@ UNANSWERED_AGAIN = ("refused", "no_plugin")
 
 def refusal_noted_once(
     orders: OrderRepository, order_id: str, actor: str, clock: Callable[[], datetime], *,
-    recorder: Recorder = failure_recorder, **detail: Any,
+    recorder: Recorder = failure_recorder, followed_by: Callable[[HistoryEntry], bool] | None = None,
+    repeats: list[Failure] | None = None, **detail: Any,
 ) -> OnFailure:  # fmt: skip
     """`recorder` (failure_recorder) for a payment operation that anything repeated at will asks
     again (the release of what an authorization holds beyond the captures, asked by every ship
@@ -121,21 +123,31 @@ def refusal_noted_once(
     fill the order's item. So it is for an attempt no payment plugin took (kind `no_plugin`: nobody
     asked the gateway), which the reconciler's kept-back pass asks again each run while a
     settlement waits for the plugin. A new answer (refused once the plugin is back) and any other
-    failure are always recorded."""
+    failure are always recorded. `followed_by`: the entries a refusal of the operation leads to,
+    which the run steps over (a declined renewal of the settlement's authorization, and the
+    settlement's capture not made it records: Cancellation.renewed_for_settlement). `repeats`
+    gets each failure not recorded for being such a repeat."""
     record = recorder(orders, order_id, actor, clock, **detail)
 
     def on_failure(failure: Failure) -> None:
-        if failure.kind in UNANSWERED_AGAIN and _refused_last(orders, order_id, actor, failure, detail):
+        if failure.kind in UNANSWERED_AGAIN and _refused_last(orders, order_id, actor, failure, detail, followed_by):
+            if repeats is not None:
+                repeats.append(failure)
             return
         record(failure)
 
     return on_failure
 
 
-def _refused_last(orders: OrderRepository, order_id: str, actor: str, failure: Failure, detail: dict[str, Any]) -> bool:
+def _refused_last(
+    orders: OrderRepository, order_id: str, actor: str, failure: Failure, detail: dict[str, Any],
+    followed_by: Callable[[HistoryEntry], bool] | None = None,
+) -> bool:  # fmt: skip
     found = orders.history(order_id, consistent=True)
     for last in reversed(found[1] if found is not None else []):
         said = last.detail or {}
+        if (followed_by is not None and followed_by(last)) or last.type is OrderEvent.DELIVERY_NOT_RECORDED:
+            continue  # what a refusal led to (a carrier's report it stopped: OrderActions.deliver)
         # A run of this very answer only: a refusal once the plugin is back (or no plugin once
         # the gateway refused) is a new answer, and recorded.
         if last.type is not PAYMENT_FAILURE_EVENTS[failure.operation] or said.get("kind") != failure.kind:
@@ -160,6 +172,29 @@ def outage_noted_once(
     )
 
 
+def void_outage_noted_once(
+    orders: OrderRepository, order_id: str, actor: str, clock: Callable[[], datetime], **detail: Any
+) -> OnFailure:
+    """failure_recorder for a request that anything repeated at will sends again (a carrier's
+    delivery report, a warehouse's ship, a cancel): every failed attempt is recorded, but a void's
+    transient ones not when the order's last failed attempt at that void (the same `detail`) was
+    transient already: the outage is on the history, with when it began and what the gateway said,
+    and a loop of reports through it would otherwise add three entries a call until the order's
+    item is full. A refusal, and every other operation's failure, is always recorded."""
+    record = failure_recorder(orders, order_id, actor, clock, **detail)
+    known: list[bool] = []  # whether the history said so when this call's first one failed
+
+    def on_failure(failure: Failure) -> None:
+        if failure.operation == "void" and failure.kind == "transient":
+            if not known:
+                known.append(_says_unavailable(orders, order_id, "void", detail, consistent=True))
+            if known[0]:
+                return
+        record(failure)
+
+    return on_failure
+
+
 def noted_once(record: OnFailure, already_noted: Callable[[Failure], bool]) -> OnFailure:
     """`record`, but of a call's transient failures only the first, and that one only when
     `already_noted` says the history does not hold it yet. A refusal is always recorded."""
@@ -178,8 +213,10 @@ def noted_once(record: OnFailure, already_noted: Callable[[Failure], bool]) -> O
     return on_failure
 
 
-def _says_unavailable(orders: OrderRepository, order_id: str, operation: str, detail: dict[str, Any]) -> bool:
-    found = orders.history(order_id)
+def _says_unavailable(
+    orders: OrderRepository, order_id: str, operation: str, detail: dict[str, Any], *, consistent: bool = False
+) -> bool:
+    found = orders.history(order_id, consistent=True) if consistent else orders.history(order_id)
     if found is None:
         return False
     failed = PAYMENT_FAILURE_EVENTS[operation]

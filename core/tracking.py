@@ -15,13 +15,13 @@ from typing import Any, Literal
 import pluggy
 from pydantic import AwareDatetime, BaseModel
 
-from core.errors import InvalidRequest, InvalidTransition, NotFound, PluginError
+from core.errors import InvalidRequest, InvalidTransition, NoPaymentPlugin, NotFound, PaymentRefused, PluginError
 from core.hook_calls import call_hook
 from core.workflow_types import TrackingUpdate
 
 REFERENCE_SEPARATOR = "/"
 
-Outcome = Literal["delivered", "not_recorded", "unknown_shipment", "not_shipped"]
+Outcome = Literal["delivered", "not_recorded", "unknown_shipment", "not_shipped", "payment_refused"]
 
 
 def shipment_reference(order_id: str, shipment_id: str) -> str:
@@ -42,7 +42,11 @@ class AppliedTrackingUpdate(BaseModel, defer_build=True):
     - `delivered`: the shipment is delivered (now, or it already was),
     - `not_recorded`: an in-transit scan, which the OMS does not store,
     - `unknown_shipment`: no such order or shipment that this API key may see,
-    - `not_shipped`: the shipment has not been confirmed shipped, so it cannot be delivered yet."""
+    - `not_shipped`: the shipment has not been confirmed shipped, so it cannot be delivered yet,
+    - `payment_refused`: the shipment was not confirmed shipped (its ship died after asking for its
+      capture), and shipping it as the report does, the gateway refused its capture: the order
+      records `delivery_not_recorded` for a person (DeliveriesNotRecordedAlarm); sending it again
+      meets the same refusal."""
 
     order_id: str
     shipment_id: str
@@ -91,8 +95,10 @@ class CarrierTracking:
     ) -> TrackingReport:
         """Read the webhook, then mark each delivered shipment delivered with `deliver(order_id,
         shipment_id, at)`, `at` when the carrier says it was (idempotent, so a carrier's retry
-        changes nothing). A failure worth a retry (a version conflict, a transient error)
-        propagates, so the carrier sends the webhook again."""
+        changes nothing). A failure worth a retry (a version conflict, a transient error, no
+        payment plugin for the order's method) propagates, so the carrier sends the webhook again;
+        the gateway's refusal, which a retry meets again, is that update's outcome
+        (`payment_refused`), and the webhook's other updates are applied."""
         applied = [
             AppliedTrackingUpdate(**update.model_dump(), outcome=_apply(update, deliver))
             for update in self.read(carrier, payload, headers, body)
@@ -109,4 +115,8 @@ def _apply(update: TrackingUpdate, deliver: Callable[[str, str, datetime], objec
         return "unknown_shipment"
     except InvalidTransition:
         return "not_shipped"
+    except NoPaymentPlugin:
+        raise  # nobody asked the gateway: worth a retry once the plugin is back
+    except PaymentRefused:
+        return "payment_refused"  # recorded on the order (delivery_not_recorded), for a person
     return "delivered"

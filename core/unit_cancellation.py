@@ -551,7 +551,7 @@ class UnitCancellation:
             self._refunds.issue_decided_refund(order.id, _over_capture, SETTLEMENT_REASON, actor, kind="cancellation")
         elif due.amount > 0 and nothing_to_ship:
             if order.capture_request(None) is None:  # one standing is asked again as it was
-                order = self._cancellation.renewed_if_lapsed(order, actor)
+                order = self._cancellation.renewed_for_settlement(order, due, actor)
             self._cancellation.capture_settlement(order, due, actor)
         if nothing_to_ship:
             self._release_authorization(self._current(order.id), actor, unless_refused=unless_refused)

@@ -148,6 +148,9 @@ def entry_recorded(order: Order, entry: HistoryEntry) -> None:
         # captures, refused (or taken by no plugin). Nothing asks it again by itself, and the
         # parcels have left: a person asks again or recovers it (SettlementCapturesNotMadeAlarm).
         record("SettlementCapturesNotMade")
+    elif entry.type is OrderEvent.DELIVERY_NOT_RECORDED:
+        # A parcel a carrier reported delivered was refused its capture: it left, unpaid for.
+        record("DeliveriesNotRecorded")
 
 
 class MeteredOrders:

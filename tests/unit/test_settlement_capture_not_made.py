@@ -210,3 +210,54 @@ def test_a_settlement_capture_no_payment_plugin_took_is_logged_and_counted(metri
     counted = emitted(capsys)
     assert counted[NOT_MADE] == [1.0]
     assert counted[("PaymentFailures", (("kind", "no_plugin"), ("operation", "capture")))] == [1.0]
+
+
+def test_a_declined_renewal_of_the_settlements_authorization_is_the_settlements_failure(metrics, capsys, caplog):
+    # The refusal spent the authorization; a person asks again (the parcel's delivery sent again,
+    # as the runbook says) and the card declines its renewal. Before: the history ended with
+    # `payment_authorization_failed` alone, no point and no ERROR line: the money the merchant is
+    # owed reached no one. Now the settlement's capture is recorded as not made (the amount, no
+    # shipment), counted and logged, once: the same ask again records nothing more.
+    world, order_id, west = shipped_west()
+    world.gateway.script("capture", "refuse")
+    world.actions.cancel(order_id, "the rest is not wanted", actor="key_cs")
+    emitted(capsys)
+    world.gateway.script("authorize", "refuse")
+    caplog.set_level("ERROR")
+    caplog.clear()
+
+    after = world.actions.deliver(order_id, west, actor="key_ops")
+
+    assert after.payment.captured < after.totals.grand_total
+    failed, not_made = world.history(order_id)[-2:]
+    assert (failed.type, failed.detail["kind"], failed.actor) == (
+        OrderEvent.PAYMENT_AUTHORIZATION_FAILED, "refused", "key_ops",
+    )  # fmt: skip
+    assert (not_made.type, not_made.actor) == (OrderEvent.CAPTURE_NOT_MADE, "key_ops")
+    assert not_made.detail["amount"] == {"amount": SHORT, "currency": "USD"} and "shipment_id" not in not_made.detail
+    assert "declined" in not_made.detail["message"]
+    assert emitted(capsys)[NOT_MADE] == [1.0]
+    ((logged_order, amount, currency, message),) = errors(caplog)
+    assert (logged_order, amount, currency) == (order_id, SHORT, "USD") and "declined" in message
+
+    # Asked again by the same person: the same key, the same decline: nothing more.
+    caplog.clear()
+    entries = len(world.history(order_id))
+    world.actions.deliver(order_id, west, actor="key_ops")
+    assert len(world.history(order_id)) == entries
+    assert NOT_MADE not in emitted(capsys) and errors(caplog) == []
+    # The carrier's own report: its own entries, counted again (as a refused capture's is).
+    world.actions.deliver(order_id, west, actor="carrier")
+    assert [e.type for e in world.history(order_id)[entries:]] == [
+        OrderEvent.PAYMENT_AUTHORIZATION_FAILED, OrderEvent.CAPTURE_NOT_MADE,
+    ]  # fmt: skip
+    assert emitted(capsys)[NOT_MADE] == [1.0]
+    # Nothing was captured on the spent authorization, nor recorded as captured.
+    assert world.spy.captured_total() == after.payment.captured.amount
+    # The runbook says what the history and the alarm now show.
+    text = README.read_text()
+    runbook = " ".join(text[text.index("### `SettlementCapturesNotMadeAlarm`") :].split("\n### ", 1)[0].split())
+    declined = "`payment_authorization_failed` (kind `refused`, the gateway's `message`) followed by `capture_not_made`"
+    assert declined in runbook
+    assert "the alarm fires again and the ERROR line is logged again" in runbook
+    assert "no alarm point" not in runbook

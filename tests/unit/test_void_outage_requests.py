@@ -1,0 +1,61 @@
+"""A void the gateway is down for, asked by requests that anything repeated at will sends again: a
+carrier's delivery report sent again, a warehouse's ship repeated, a cancel repeated. Before: each
+request wrote every failed attempt (three entries a call), so a carrier repeating its report
+through an outage grew the order's history without bound, until DynamoDB's 400 KB refused every
+write on the order. Now, as the reconciler's passes do (outage_noted_once), an outage already the
+last word of the order's history on that void records nothing more; the first request to meet it
+records its attempts as before, and the gateway's refusal, or its void once back, is recorded."""
+
+from __future__ import annotations
+
+from core.events import OrderEvent
+from tests.unit.test_settlement_capture_not_made import shipped_west
+
+VOID_FAILED = OrderEvent.PAYMENT_VOID_FAILED
+
+
+def void_entries(world, order_id: str, since: int) -> list[tuple[str, str]]:
+    return [
+        (entry.detail.get("kind"), entry.actor)
+        for entry in world.history(order_id)[since:]
+        if entry.type is VOID_FAILED
+    ]  # fmt: skip
+
+
+def test_a_void_outage_met_again_by_repeated_reports_ships_and_cancels_is_recorded_once():
+    world, order_id, west = shipped_west()
+    world.gateway.script("void", "transient")
+    world.actions.cancel(order_id, "the rest is not wanted", actor="key_cs")
+    first = void_entries(world, order_id, 0)
+    assert first == [("transient", "key_cs")] * 3  # the first request's attempts, as before
+    since = len(world.history(order_id))
+
+    for _ in range(3):
+        world.actions.deliver(order_id, west, actor="carrier")
+        world.actions.ship(order_id, west, None, actor="key_wh")
+        world.actions.cancel(order_id, "the rest is not wanted", actor="key_cs")
+
+    assert void_entries(world, order_id, since) == []
+    assert [e.type for e in world.history(order_id)[since:]] == [OrderEvent.SHIPMENT_DELIVERED]
+    order = world.order(order_id)
+    assert order.payment.captured < order.payment.authorized  # nothing recorded as released
+
+    # The gateway back and refusing: recorded (VoidsNotMadeAlarm), not hidden behind the outage.
+    world.gateway.script("void", "refuse")
+    world.actions.ship(order_id, west, None, actor="key_wh")
+    assert void_entries(world, order_id, since) == [("refused", "key_wh")]
+
+
+def test_a_void_made_once_the_gateway_is_back_is_recorded():
+    world, order_id, west = shipped_west()
+    world.gateway.script("void", "transient")
+    world.actions.cancel(order_id, "the rest is not wanted", actor="key_cs")
+    world.actions.deliver(order_id, west, actor="carrier")
+    world.gateway.script("void", "approve")
+
+    world.actions.deliver(order_id, west, actor="carrier")
+
+    order = world.order(order_id)
+    assert order.payment.captured == order.payment.authorized == order.totals.grand_total
+    assert world.history(order_id)[-1].type is OrderEvent.PAYMENT_VOIDED
+    assert world.spy.voided
