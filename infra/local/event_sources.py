@@ -32,7 +32,6 @@ from core import settings
 from infra.local import cron
 from infra.local.cron import Cron
 from infra.local.lambdas import LocalFunction
-from infra.local.moto_patches import lock
 from infra.local.template import ACCOUNT_ID, REGION
 
 logger = logging.getLogger("infra.local.events")
@@ -313,7 +312,6 @@ class DynamoDBStreamMapping(EventSourceMapping):
     def _fetch(self) -> list[Record]:
         if not self._pending:
             answer = self.client("dynamodbstreams").get_records(ShardIterator=self._iterator, Limit=1000)
-            _forget_shard_iterator(self._iterator)
             self._iterator = answer["NextShardIterator"]
             for record in map(self.event_record, answer.get("Records", [])):
                 if matches_filters(self.filters, record):
@@ -629,17 +627,6 @@ def build_mapping(
         bisect_on_error=bool(props.get("BisectBatchOnFunctionError", False)),
         **common,
     )
-
-
-def _forget_shard_iterator(iterator: str) -> None:
-    """moto keeps every shard iterator it ever handed out; a poller makes ten a second."""
-    try:
-        from moto.dynamodbstreams.models import dynamodbstreams_backends
-
-        with lock.MOTO_LOCK:
-            dynamodbstreams_backends[ACCOUNT_ID][REGION].shard_iterators.pop(iterator, None)
-    except Exception:  # an internal of moto; losing the cleanup only costs memory
-        logger.debug("cannot prune shard iterators", exc_info=True)
 
 
 def _iso(epoch: Any) -> str | None:

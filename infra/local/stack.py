@@ -39,6 +39,7 @@ from infra.local.moto_patches import (
     retry_delay,
     s3_notifications,
     sqs,
+    streams,
     transactions,
 )
 from infra.local.process import AWS_ENVIRONMENT, AWS_ENVIRONMENT_REMOVED, ProcessEnvironment
@@ -297,8 +298,8 @@ class EmbeddedStack:
                 self.process.set_env({name: "true"})
         # One request at a time; and, as a stack runs for hours, moto's SQS must not slow down
         # with a queue's depth, nor its transactions with a table's size, nor moto keep every
-        # object it ever made (moto_patches/).
-        for patch in (lock.PATCH, sqs.PATCH, memory.PATCH, transactions.PATCH):
+        # object or shard iterator it ever made (moto_patches/).
+        for patch in (lock.PATCH, sqs.PATCH, memory.PATCH, transactions.PATCH, streams.PATCH):
             self.process.enter(patch.registered())
         # The ASL interpreter runs state machines for real; it costs nothing until one starts.
         mock = mock_aws(config={"stepfunctions": {"execute_state_machine": True}})
