@@ -29,8 +29,6 @@ from typing import Any
 from urllib.parse import quote_plus, unquote_plus
 
 from core import settings
-from infra.local import cron
-from infra.local.cron import Cron
 from infra.local.lambdas import LocalFunction
 from infra.local.template import ACCOUNT_ID, REGION
 
@@ -468,36 +466,22 @@ class ScheduleMapping(EventSourceMapping):
 
     kind, asynchronous = "Schedule", True
     expression: str
-    period: float | None  # seconds between runs; None: at the times of `cron`
-    cron: Cron | None = None
-    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC), repr=False)  # a cron's, UTC
+    period: float  # seconds between runs
 
     def _prepare(self) -> None:
-        if self.period is not None:
-            self._due = time.monotonic() + self.period
-        else:
-            self._fires = self.cron.next_after(self.clock()) if self.cron else None
+        self._due = time.monotonic() + self.period
 
     def _fetch(self) -> list[Record]:
-        if self.period is not None:
-            if (now := time.monotonic()) < self._due:
-                return []
-            self._due = now + self.period  # a period after this run starts: a slow run is not followed by a burst
-            at = datetime.now(UTC)
-        else:
-            # At the cron's times, as EventBridge (UTC); a time passed while a run went on is run
-            # once, not once per time missed. Its event's time is the scheduled time, as EventBridge's.
-            now = self.clock()
-            if self._fires is None or now < self._fires:
-                return []
-            at, self._fires = self._fires, self.cron.next_after(max(now, self._fires))
+        if (now := time.monotonic()) < self._due:
+            return []
+        self._due = now + self.period  # a period after this run starts: a slow run is not followed by a burst
         event = {
             "version": "0",
             "id": str(uuid.uuid4()),
             "detail-type": "Scheduled Event",
             "source": "aws.events",
             "account": ACCOUNT_ID,
-            "time": at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "region": REGION,
             "resources": [self.source_arn],
             "detail": {},
@@ -505,33 +489,28 @@ class ScheduleMapping(EventSourceMapping):
         return [event]
 
 
-def schedule(expression: str, where: str) -> float | Cron:
-    """A Schedule's `rate(...)` as seconds between runs, or its `cron(...)` (infra/local/cron.py);
-    EventSourceError naming `where` for what EventBridge refuses or the runtime cannot run."""
-    if not expression.startswith("cron("):
-        return schedule_period(expression, where)
-    try:
-        return cron.parse(expression)
-    except cron.CronError as refused:
-        raise EventSourceError(f"{where}: Schedule {expression!r}: {refused}") from None
-
-
 def schedule_period(expression: str, where: str) -> float:
-    """Seconds between runs of a `rate(...)` expression."""
+    """Seconds between runs of a Schedule's `rate(...)`, or EventSourceError naming `where` for what
+    EventBridge refuses and for a `cron(...)`, which the template does not use: a scheduled function
+    numbers its runs in its rate's period (functions/schedule.py), and a cron's uneven gaps (03:00 on
+    weekdays: 288 periods of 5 minutes, then 864) would make some turns never come."""
+    if expression.startswith("cron("):
+        raise EventSourceError(
+            f"{where}: Schedule {expression!r}: cron(...) is not emulated, and a scheduled function numbers its"
+            " runs in its period (functions/schedule.py), which a cron's uneven gaps would skip: write rate(...)"
+        )
     match = _RATE.match(expression)
     if match is None:
-        raise EventSourceError(
-            f"{where}: Schedule {expression!r} is neither rate(N minute[s]|hour[s]|day[s]) nor cron(...)"
-        )
+        raise EventSourceError(f"{where}: Schedule {expression!r} is not rate(N minute[s]|hour[s]|day[s])")
     amount, unit, plural = int(match[1]), match[2], match[3]
     if amount < 1 or (amount == 1) == bool(plural):
         raise EventSourceError(f"{where}: Schedule {expression!r}: AWS wants rate(1 {unit}) or rate(N {unit}s)")
     return float(amount * _RATE_SECONDS[unit])
 
 
-def _local_period(function_logical_id: str, period: float | None) -> float | None:
+def _local_period(function_logical_id: str, period: float) -> float:
     """A schedule's period locally: the function's own variable, then OMS_LOCAL_SCHEDULE_SECONDS,
-    then LOCAL_SCHEDULE_PERIODS' default, then the template's rate (None for a cron: its times)."""
+    then LOCAL_SCHEDULE_PERIODS' default, then the template's rate."""
     own_env, period = LOCAL_SCHEDULE_PERIODS.get(function_logical_id, ("", period))
     for variable in filter(None, (SCHEDULE_PERIOD_ENV, own_env)):
         if (override := os.environ.get(variable, "")).strip():
@@ -591,16 +570,12 @@ def build_mapping(
             **common,
         )
     if kind == "Schedule":
-        rule = schedule(props["Schedule"], where)
-        # A cron runs at its own times (UTC) unless a local period is set for its function.
-        period = _local_period(function_logical_id, None if isinstance(rule, Cron) else rule)
-        when = f"every {period:g} s" if period is not None else "at its times, UTC"
+        period = _local_period(function_logical_id, schedule_period(props["Schedule"], where))
         return ScheduleMapping(
             source_arn=f"arn:aws:events:{REGION}:{ACCOUNT_ID}:rule/{function_logical_id}-{name}",
-            source_label=f"{props['Schedule']} ({when})",
+            source_label=f"{props['Schedule']} (every {period:g} s)",
             expression=props["Schedule"],
             period=period,
-            cron=rule if period is None else None,
             **common,
         )
     if kind == "SQS":

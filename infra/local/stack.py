@@ -104,8 +104,7 @@ def _schedule_periods(mappings: Any, declared: Mapping[str, Mapping[str, str]]) 
     periods: dict[str, float] = {}
     for mapping in mappings:
         name = period_variable(mapping.function_logical_id) if isinstance(mapping, ScheduleMapping) else ""
-        # A cron run at its own times (no local period) leaves the template's value.
-        if name in declared.get(mapping.function_logical_id, {}) and mapping.period is not None:
+        if name in declared.get(mapping.function_logical_id, {}):
             periods[name] = min(mapping.period, periods.get(name, mapping.period))
     return {name: repr(seconds / 60) for name, seconds in periods.items()}
 
