@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import count
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote_plus, unquote_plus
 
 from core import settings
@@ -131,8 +131,7 @@ def first_failed_index(response: Any, identifiers: Sequence[str]) -> int | None:
 # --- The mappings -----------------------------------------------------------------------------------
 
 
-@dataclass
-class OnFailure:
+class OnFailure(NamedTuple):
     """An OnFailure destination: an SQS queue (the only kind supported.py lets through)."""
 
     arn: str
@@ -162,7 +161,6 @@ class EventSourceMapping:
     bisect_on_error: bool = False
     on_failure: OnFailure | None = None
     retry_delay: float = RETRY_DELAY
-    poll_interval: float = POLL_INTERVAL
 
     def __post_init__(self) -> None:
         self.stats = {"filtered_out": 0, "sent_to_on_failure": 0}
@@ -225,7 +223,7 @@ class EventSourceMapping:
                 if batch == []:
                     self._last_empty_poll = started
             if not batch:
-                self._stopping.wait(self.poll_interval)
+                self._stopping.wait(POLL_INTERVAL)
 
     def _prepare(self) -> None:
         """Runs in the thread before the first poll."""
@@ -299,8 +297,6 @@ class DynamoDBStreamMapping(EventSourceMapping):
     def _prepare(self) -> None:
         streams = self.client("dynamodbstreams")
         shards = streams.describe_stream(StreamArn=self.source_arn)["StreamDescription"]["Shards"]
-        if not shards:
-            raise EventSourceError(f"{self.source_arn} has no shard")
         self._shard_id = shards[0]["ShardId"]  # moto keeps one shard per stream
         self._pending: deque[Record] = deque()
         self._iterator = streams.get_shard_iterator(

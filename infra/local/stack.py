@@ -53,7 +53,7 @@ from infra.local.template import REGION, Template
 _INTERPRETER_LOGGER = "moto.stepfunctions.parser.asl.component.eval_component"
 
 
-def _env(name: str, default: Any, parse: Callable[[str], Any] = float) -> Any:
+def _env(name: str, default: Any, parse: Callable[[str], Any]) -> Any:
     """The variable's value (surrounding spaces ignored) as `parse` reads it, `default` when unset or
     empty, or ValueError naming the variable (`parse`'s error says what it must be)."""
     value = os.environ.get(name, "").strip()
@@ -240,10 +240,6 @@ class EmbeddedStack:
     def aws_endpoint(self) -> str:
         return f"http://{self.host}:{self.aws_port}"
 
-    @property
-    def s3_endpoint(self) -> str:
-        return f"http://localhost:{self.aws_port}"
-
     def start(self) -> EmbeddedStack:
         if self._started:
             raise RuntimeError("stack already started")
@@ -272,9 +268,10 @@ class EmbeddedStack:
             self.aws_port = self.servers.start_aws(self._aws_port_asked)
             # The functions' S3 endpoint names the same server as "localhost", which moto then
             # serves in process (only S3 is addressed by that name; aws_endpoint serves every service).
-            s3 = {"AWS_ENDPOINT_URL_S3": self.s3_endpoint, "MOTO_S3_CUSTOM_ENDPOINTS": self.s3_endpoint}
+            s3_endpoint = f"http://localhost:{self.aws_port}"
+            s3 = {"AWS_ENDPOINT_URL_S3": s3_endpoint, "MOTO_S3_CUSTOM_ENDPOINTS": s3_endpoint}
             self.process.set_env({"MOTO_PORT": str(self.aws_port), **s3})
-            self.environment["AWS_ENDPOINT_URL_S3"] = self.s3_endpoint
+            self.environment["AWS_ENDPOINT_URL_S3"] = s3_endpoint
             self.gateway = gateway = ApiGateway.from_template(self.template, self.functions)
             self.process.enter(apigateway.flushing(gateway.api_id, gateway.stage, gateway.flush_authorizer_caches))
             self.api_port = self.servers.start_api(gateway, self._api_port_asked)
