@@ -5,8 +5,8 @@ event `Type: SQSS` or a policy template with the wrong parameter. aws-sam-transl
 library SAM itself deploys with; translating with it finds those without an AWS account.
 
 It also fails on anything the local runtime does not emulate (infra/local/supported.py), on a
-Schedule's rate or cron EventBridge refuses (`rate(1 minutes)`, `cron(0 3 * * * *)`: the
-transform and cfn-lint pass them), and
+Schedule's rate EventBridge refuses (`rate(1 minutes)`: the transform and cfn-lint pass it) or a
+cron(...) (a scheduled function numbers its runs in its rate's period), and
 validates every state machine's ASL (infra/asl.py) after its DefinitionSubstitutions
 are applied with placeholder values: a dangling Next, a path that never ends or a `${Name}` with
 no substitution fails the check (the SAM transform and cfn-lint check none of that).
@@ -112,11 +112,10 @@ def state_machine_problems(template_path: Path) -> list[str]:
 def schedule_problems(template_path: Path) -> list[str]:
     """Every Schedule event whose expression, resolved (a Mappings entry through Fn::Sub, as
     ScheduleMinutes feeds the scheduled functions), EventBridge refuses: `rate(1 minutes)` (the
-    SAM transform and cfn-lint pass it, the deploy fails), `rate(5 minute)`, `rate(0 minutes)`,
-    `cron(0 3 * * * *)` (one of the day fields must be `?`), `cron(0 25 * * ? *)`; or a cron
-    whose meaning EventBridge's documentation leaves open (infra/local/cron.py). `make run`
-    refuses them too (infra/local/event_sources.schedule) and runs a cron at its times, UTC."""
-    from infra.local.event_sources import EventSourceError, schedule
+    SAM transform and cfn-lint pass it, the deploy fails), `rate(5 minute)`, `rate(0 minutes)`; and
+    any `cron(...)`: a scheduled function numbers its runs in its rate's period, and a cron's uneven
+    gaps would skip turns. `make run` refuses them too (infra/local/event_sources.schedule_period)."""
+    from infra.local.event_sources import EventSourceError, schedule_period
     from infra.local.template import Template
 
     template = Template.load(template_path)
@@ -127,7 +126,7 @@ def schedule_problems(template_path: Path) -> list[str]:
                 continue
             where = f"{logical_id}.{name}"
             try:
-                schedule(str(template.resolve(event["Properties"]["Schedule"])), where)
+                schedule_period(str(template.resolve(event["Properties"]["Schedule"])), where)
             except (EventSourceError, KeyError) as error:
                 problems.append(str(error).strip("'\""))
     return problems

@@ -25,14 +25,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from itertools import count
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote_plus, unquote_plus
 
 from core import settings
-from infra.local import cron
-from infra.local.cron import Cron
 from infra.local.lambdas import LocalFunction
-from infra.local.moto_patches import lock
 from infra.local.template import ACCOUNT_ID, REGION
 
 logger = logging.getLogger("infra.local.events")
@@ -134,8 +131,7 @@ def first_failed_index(response: Any, identifiers: Sequence[str]) -> int | None:
 # --- The mappings -----------------------------------------------------------------------------------
 
 
-@dataclass
-class OnFailure:
+class OnFailure(NamedTuple):
     """An OnFailure destination: an SQS queue (the only kind supported.py lets through)."""
 
     arn: str
@@ -165,7 +161,6 @@ class EventSourceMapping:
     bisect_on_error: bool = False
     on_failure: OnFailure | None = None
     retry_delay: float = RETRY_DELAY
-    poll_interval: float = POLL_INTERVAL
 
     def __post_init__(self) -> None:
         self.stats = {"filtered_out": 0, "sent_to_on_failure": 0}
@@ -228,7 +223,7 @@ class EventSourceMapping:
                 if batch == []:
                     self._last_empty_poll = started
             if not batch:
-                self._stopping.wait(self.poll_interval)
+                self._stopping.wait(POLL_INTERVAL)
 
     def _prepare(self) -> None:
         """Runs in the thread before the first poll."""
@@ -302,8 +297,6 @@ class DynamoDBStreamMapping(EventSourceMapping):
     def _prepare(self) -> None:
         streams = self.client("dynamodbstreams")
         shards = streams.describe_stream(StreamArn=self.source_arn)["StreamDescription"]["Shards"]
-        if not shards:
-            raise EventSourceError(f"{self.source_arn} has no shard")
         self._shard_id = shards[0]["ShardId"]  # moto keeps one shard per stream
         self._pending: deque[Record] = deque()
         self._iterator = streams.get_shard_iterator(
@@ -313,7 +306,6 @@ class DynamoDBStreamMapping(EventSourceMapping):
     def _fetch(self) -> list[Record]:
         if not self._pending:
             answer = self.client("dynamodbstreams").get_records(ShardIterator=self._iterator, Limit=1000)
-            _forget_shard_iterator(self._iterator)
             self._iterator = answer["NextShardIterator"]
             for record in map(self.event_record, answer.get("Records", [])):
                 if matches_filters(self.filters, record):
@@ -470,36 +462,22 @@ class ScheduleMapping(EventSourceMapping):
 
     kind, asynchronous = "Schedule", True
     expression: str
-    period: float | None  # seconds between runs; None: at the times of `cron`
-    cron: Cron | None = None
-    clock: Callable[[], datetime] = field(default=lambda: datetime.now(UTC), repr=False)  # a cron's, UTC
+    period: float  # seconds between runs
 
     def _prepare(self) -> None:
-        if self.period is not None:
-            self._due = time.monotonic() + self.period
-        else:
-            self._fires = self.cron.next_after(self.clock()) if self.cron else None
+        self._due = time.monotonic() + self.period
 
     def _fetch(self) -> list[Record]:
-        if self.period is not None:
-            if (now := time.monotonic()) < self._due:
-                return []
-            self._due = now + self.period  # a period after this run starts: a slow run is not followed by a burst
-            at = datetime.now(UTC)
-        else:
-            # At the cron's times, as EventBridge (UTC); a time passed while a run went on is run
-            # once, not once per time missed. Its event's time is the scheduled time, as EventBridge's.
-            now = self.clock()
-            if self._fires is None or now < self._fires:
-                return []
-            at, self._fires = self._fires, self.cron.next_after(max(now, self._fires))
+        if (now := time.monotonic()) < self._due:
+            return []
+        self._due = now + self.period  # a period after this run starts: a slow run is not followed by a burst
         event = {
             "version": "0",
             "id": str(uuid.uuid4()),
             "detail-type": "Scheduled Event",
             "source": "aws.events",
             "account": ACCOUNT_ID,
-            "time": at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "time": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "region": REGION,
             "resources": [self.source_arn],
             "detail": {},
@@ -507,33 +485,28 @@ class ScheduleMapping(EventSourceMapping):
         return [event]
 
 
-def schedule(expression: str, where: str) -> float | Cron:
-    """A Schedule's `rate(...)` as seconds between runs, or its `cron(...)` (infra/local/cron.py);
-    EventSourceError naming `where` for what EventBridge refuses or the runtime cannot run."""
-    if not expression.startswith("cron("):
-        return schedule_period(expression, where)
-    try:
-        return cron.parse(expression)
-    except cron.CronError as refused:
-        raise EventSourceError(f"{where}: Schedule {expression!r}: {refused}") from None
-
-
 def schedule_period(expression: str, where: str) -> float:
-    """Seconds between runs of a `rate(...)` expression."""
+    """Seconds between runs of a Schedule's `rate(...)`, or EventSourceError naming `where` for what
+    EventBridge refuses and for a `cron(...)`, which the template does not use: a scheduled function
+    numbers its runs in its rate's period (functions/schedule.py), and a cron's uneven gaps (03:00 on
+    weekdays: 288 periods of 5 minutes, then 864) would make some turns never come."""
+    if expression.startswith("cron("):
+        raise EventSourceError(
+            f"{where}: Schedule {expression!r}: cron(...) is not emulated, and a scheduled function numbers its"
+            " runs in its period (functions/schedule.py), which a cron's uneven gaps would skip: write rate(...)"
+        )
     match = _RATE.match(expression)
     if match is None:
-        raise EventSourceError(
-            f"{where}: Schedule {expression!r} is neither rate(N minute[s]|hour[s]|day[s]) nor cron(...)"
-        )
+        raise EventSourceError(f"{where}: Schedule {expression!r} is not rate(N minute[s]|hour[s]|day[s])")
     amount, unit, plural = int(match[1]), match[2], match[3]
     if amount < 1 or (amount == 1) == bool(plural):
         raise EventSourceError(f"{where}: Schedule {expression!r}: AWS wants rate(1 {unit}) or rate(N {unit}s)")
     return float(amount * _RATE_SECONDS[unit])
 
 
-def _local_period(function_logical_id: str, period: float | None) -> float | None:
+def _local_period(function_logical_id: str, period: float) -> float:
     """A schedule's period locally: the function's own variable, then OMS_LOCAL_SCHEDULE_SECONDS,
-    then LOCAL_SCHEDULE_PERIODS' default, then the template's rate (None for a cron: its times)."""
+    then LOCAL_SCHEDULE_PERIODS' default, then the template's rate."""
     own_env, period = LOCAL_SCHEDULE_PERIODS.get(function_logical_id, ("", period))
     for variable in filter(None, (SCHEDULE_PERIOD_ENV, own_env)):
         if (override := os.environ.get(variable, "")).strip():
@@ -593,16 +566,12 @@ def build_mapping(
             **common,
         )
     if kind == "Schedule":
-        rule = schedule(props["Schedule"], where)
-        # A cron runs at its own times (UTC) unless a local period is set for its function.
-        period = _local_period(function_logical_id, None if isinstance(rule, Cron) else rule)
-        when = f"every {period:g} s" if period is not None else "at its times, UTC"
+        period = _local_period(function_logical_id, schedule_period(props["Schedule"], where))
         return ScheduleMapping(
             source_arn=f"arn:aws:events:{REGION}:{ACCOUNT_ID}:rule/{function_logical_id}-{name}",
-            source_label=f"{props['Schedule']} ({when})",
+            source_label=f"{props['Schedule']} (every {period:g} s)",
             expression=props["Schedule"],
             period=period,
-            cron=rule if period is None else None,
             **common,
         )
     if kind == "SQS":
@@ -629,17 +598,6 @@ def build_mapping(
         bisect_on_error=bool(props.get("BisectBatchOnFunctionError", False)),
         **common,
     )
-
-
-def _forget_shard_iterator(iterator: str) -> None:
-    """moto keeps every shard iterator it ever handed out; a poller makes ten a second."""
-    try:
-        from moto.dynamodbstreams.models import dynamodbstreams_backends
-
-        with lock.MOTO_LOCK:
-            dynamodbstreams_backends[ACCOUNT_ID][REGION].shard_iterators.pop(iterator, None)
-    except Exception:  # an internal of moto; losing the cleanup only costs memory
-        logger.debug("cannot prune shard iterators", exc_info=True)
 
 
 def _iso(epoch: Any) -> str | None:

@@ -26,22 +26,17 @@ RUNNING = threading.local()
 
 @dataclass
 class LambdaContext:
-    """The attributes of the Lambda runtime's context object that handlers and powertools read."""
+    """The attributes of the Lambda runtime's context object that handlers and powertools read (no
+    others: function_version, log_group_name, identity, ... are read by nothing here)."""
 
     function_name: str
     memory_limit_in_mb: int
     invoked_function_arn: str
     aws_request_id: str
     timeout_seconds: float
-    function_version: str = "$LATEST"
-    log_group_name: str = ""
-    log_stream_name: str = "local"
-    identity: Any = None
-    client_context: Any = None
 
     def __post_init__(self) -> None:
         self._deadline = time.monotonic() + self.timeout_seconds
-        self.log_group_name = self.log_group_name or f"/aws/lambda/{self.function_name}"
 
     def get_remaining_time_in_millis(self) -> int:
         return max(0, int((self._deadline - time.monotonic()) * 1000))

@@ -39,6 +39,7 @@ from infra.local.moto_patches import (
     retry_delay,
     s3_notifications,
     sqs,
+    streams,
     transactions,
 )
 from infra.local.process import AWS_ENVIRONMENT, AWS_ENVIRONMENT_REMOVED, ProcessEnvironment
@@ -52,7 +53,7 @@ from infra.local.template import REGION, Template
 _INTERPRETER_LOGGER = "moto.stepfunctions.parser.asl.component.eval_component"
 
 
-def _env(name: str, default: Any, parse: Callable[[str], Any] = float) -> Any:
+def _env(name: str, default: Any, parse: Callable[[str], Any]) -> Any:
     """The variable's value (surrounding spaces ignored) as `parse` reads it, `default` when unset or
     empty, or ValueError naming the variable (`parse`'s error says what it must be)."""
     value = os.environ.get(name, "").strip()
@@ -103,8 +104,7 @@ def _schedule_periods(mappings: Any, declared: Mapping[str, Mapping[str, str]]) 
     periods: dict[str, float] = {}
     for mapping in mappings:
         name = period_variable(mapping.function_logical_id) if isinstance(mapping, ScheduleMapping) else ""
-        # A cron run at its own times (no local period) leaves the template's value.
-        if name in declared.get(mapping.function_logical_id, {}) and mapping.period is not None:
+        if name in declared.get(mapping.function_logical_id, {}):
             periods[name] = min(mapping.period, periods.get(name, mapping.period))
     return {name: repr(seconds / 60) for name, seconds in periods.items()}
 
@@ -240,10 +240,6 @@ class EmbeddedStack:
     def aws_endpoint(self) -> str:
         return f"http://{self.host}:{self.aws_port}"
 
-    @property
-    def s3_endpoint(self) -> str:
-        return f"http://localhost:{self.aws_port}"
-
     def start(self) -> EmbeddedStack:
         if self._started:
             raise RuntimeError("stack already started")
@@ -272,9 +268,10 @@ class EmbeddedStack:
             self.aws_port = self.servers.start_aws(self._aws_port_asked)
             # The functions' S3 endpoint names the same server as "localhost", which moto then
             # serves in process (only S3 is addressed by that name; aws_endpoint serves every service).
-            s3 = {"AWS_ENDPOINT_URL_S3": self.s3_endpoint, "MOTO_S3_CUSTOM_ENDPOINTS": self.s3_endpoint}
+            s3_endpoint = f"http://localhost:{self.aws_port}"
+            s3 = {"AWS_ENDPOINT_URL_S3": s3_endpoint, "MOTO_S3_CUSTOM_ENDPOINTS": s3_endpoint}
             self.process.set_env({"MOTO_PORT": str(self.aws_port), **s3})
-            self.environment["AWS_ENDPOINT_URL_S3"] = self.s3_endpoint
+            self.environment["AWS_ENDPOINT_URL_S3"] = s3_endpoint
             self.gateway = gateway = ApiGateway.from_template(self.template, self.functions)
             self.process.enter(apigateway.flushing(gateway.api_id, gateway.stage, gateway.flush_authorizer_caches))
             self.api_port = self.servers.start_api(gateway, self._api_port_asked)
@@ -297,8 +294,8 @@ class EmbeddedStack:
                 self.process.set_env({name: "true"})
         # One request at a time; and, as a stack runs for hours, moto's SQS must not slow down
         # with a queue's depth, nor its transactions with a table's size, nor moto keep every
-        # object it ever made (moto_patches/).
-        for patch in (lock.PATCH, sqs.PATCH, memory.PATCH, transactions.PATCH):
+        # object or shard iterator it ever made (moto_patches/).
+        for patch in (lock.PATCH, sqs.PATCH, memory.PATCH, transactions.PATCH, streams.PATCH):
             self.process.enter(patch.registered())
         # The ASL interpreter runs state machines for real; it costs nothing until one starts.
         mock = mock_aws(config={"stepfunctions": {"execute_state_machine": True}})

@@ -397,7 +397,7 @@ def test_a_paused_mapping_keeps_records_until_resumed(stack, ddb, consumers):
 
 def test_stream_pollers_do_not_leave_moto_a_shard_iterator_per_poll(stack):
     """moto keeps every shard iterator it hands out and a poller takes ten a second: each forgets the
-    one it used (event_sources._forget_shard_iterator reaches into moto, quietly, so this guards it)."""
+    one it used (moto_patches/streams.py)."""
     from moto.dynamodbstreams.models import dynamodbstreams_backends
 
     iterators = dynamodbstreams_backends["123456789012"]["us-east-1"].shard_iterators

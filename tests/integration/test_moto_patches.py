@@ -17,6 +17,7 @@ from moto import mock_aws
 
 import infra.local.moto_patches.memory as moto_memory
 import infra.local.moto_patches.sqs as moto_sqs
+import infra.local.moto_patches.streams as moto_streams
 import infra.local.moto_patches.transactions as moto_transactions
 from infra.local.moto_patches import MOTO_VERSION, all_patches, describe, readme_list
 
@@ -340,3 +341,49 @@ def test_a_cancelled_transaction_is_undone_as_moto_undoes_it_without_copying_a_t
     by_moto = _cancelled_transaction(monkeypatch, patched=False)
     assert by_moto == ([{"pk": {"S": "a"}, "sk": {"S": "1"}, "n": {"N": "1"}}, {"pk": {"S": "b"}, "sk": {"S": "1"}}], 2)
     assert _cancelled_transaction(monkeypatch, patched=True) == by_moto
+
+
+def _stream_reads(patched: bool) -> tuple[list[list[str]], int]:
+    """Two items put into a streamed table, read by following NextShardIterator three times: the
+    keys each read returned, and how many shard iterators moto still holds afterwards."""
+    from moto.dynamodbstreams.models import dynamodbstreams_backends
+
+    with mock_aws():
+        dynamodb = boto3.client("dynamodb", region_name="us-east-1")
+        arn = dynamodb.create_table(
+            TableName="s", BillingMode="PAY_PER_REQUEST",
+            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+            StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_IMAGE"},
+        )["TableDescription"]["LatestStreamArn"]  # fmt: skip
+        streams = boto3.client("dynamodbstreams", region_name="us-east-1")
+        shard = streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"][0]["ShardId"]
+        iterator = streams.get_shard_iterator(StreamArn=arn, ShardId=shard, ShardIteratorType="TRIM_HORIZON")
+        iterator, reads = iterator["ShardIterator"], []
+        if patched:
+            moto_streams.PATCH.apply()
+        try:
+            for pk in ("a", "b", None):
+                if pk:
+                    dynamodb.put_item(TableName="s", Item={"pk": {"S": pk}})
+                answer = streams.get_records(ShardIterator=iterator, Limit=1)
+                reads.append([record["dynamodb"]["Keys"]["pk"]["S"] for record in answer["Records"]])
+                iterator = answer["NextShardIterator"]
+        finally:
+            if patched:
+                moto_streams.PATCH.undo()
+        return reads, len(dynamodbstreams_backends["123456789012"]["us-east-1"].shard_iterators)
+
+
+@pytest.fixture
+def streams_reachable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ACCOUNT_ID_ENDPOINT_MODE", "disabled")  # else DescribeStream answers 404
+
+
+def test_canary_moto_still_keeps_every_shard_iterator_it_hands_out(streams_reachable: None) -> None:
+    """Canary of `streams`: once moto forgets read (or expired) iterators itself, drop the patch."""
+    assert _stream_reads(patched=False) == ([["a"], ["b"], []], 4)  # the first and every NextShardIterator
+
+
+def test_a_read_shard_iterator_is_forgotten_and_reads_are_moto_s_own_when_installed(streams_reachable: None) -> None:
+    assert _stream_reads(patched=True) == ([["a"], ["b"], []], 1)  # only the next one to read

@@ -124,7 +124,8 @@ def describe(value: Any) -> str:
     return type(value).__name__
 
 
-_MODULES = ("lock", "sqs", "memory", "transactions", "lambda_invoke", "s3_notifications", "apigateway", "retry_delay")
+_MODULES = ("lock", "sqs", "memory", "transactions", "streams", "lambda_invoke", "s3_notifications", "apigateway",
+            "retry_delay")  # fmt: skip
 
 
 def all_patches() -> list[MotoPatch]:
