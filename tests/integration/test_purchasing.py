@@ -80,8 +80,8 @@ def test_a_draft_brings_nothing_until_it_is_submitted(buyer: Shop):
 
     opened = purchasing.submit(draft.id)
     assert (opened.status, opened.version) == (PO.OPEN, 2) and at(buyer)["incoming"] == 10
-    with pytest.raises(InvalidTransition):
-        purchasing.submit(draft.id)
+    # Sent again, the submit finds it open: it is answered as it is and brings nothing twice.
+    assert purchasing.submit(draft.id) == opened and at(buyer)["incoming"] == 10
 
 
 def test_the_earliest_open_po_is_next_expected_and_a_cancel_gives_up_what_has_not_arrived(buyer: Shop):
@@ -300,7 +300,8 @@ def test_the_routes_create_and_receive_once_per_idempotency_key(api: InProcessAp
     listed = api.get("/purchase-orders", params={"status": "partially_received", "vendor_id": vendor}).json()
     assert [p["id"] for p in listed["items"]] == [po["id"]]
     assert_error(api.get("/purchase-orders/po_" + "a" * 24), 404, "not_found")
-    assert_error(api.post(f"/purchase-orders/{po['id']}/submit"), 409, "invalid_transition")
+    # A submit of a PO submitted already is a retry: it answers the PO as it is.
+    assert api.post(f"/purchase-orders/{po['id']}/submit").json() == api.get(f"/purchase-orders/{po['id']}").json()
     unknown = {**body, "vendor_id": "nobody"}
     assert_error(api.post("/purchase-orders", json=unknown), 422, "unknown_vendor")
 
@@ -598,3 +599,33 @@ def test_a_create_retried_with_its_due_date_in_another_offset_or_precision_is_th
         assert again.status_code == 201 and again.json() == first.json(), (written, again.text)
     later = api.post("/purchase-orders", json={**body, "expected_at": "2031-05-01T10:00:00.001Z"}, headers=headers)
     assert later.status_code == 409 and later.json()["error"]["code"] == "idempotency_key_reused"
+
+
+def test_a_submit_or_a_cancel_retried_answers_the_po_as_it_left_it_and_moves_nothing_again(api: InProcessApi):
+    # A script whose submit or cancel timed out sends it again: the PO is open (or cancelled)
+    # already, as the first call made it. 409 told it nothing had happened, or that something
+    # else had; the retry answers as a whole order cancel sent again does.
+    mug, cup = Catalog(api).product("9.00"), Catalog(api).product("9.00")
+    draft = a_draft(api, (mug, None), (cup, COST))
+    priced = {"lines": [{"sku": mug, "unit_cost": COST}]}
+
+    opened = api.post(f"/purchase-orders/{draft}/submit", json=priced)
+    assert opened.status_code == 200 and opened.json()["status"] == "open", opened.text
+    for again in (
+        api.post(f"/purchase-orders/{draft}/submit", json=priced),
+        api.post(f"/purchase-orders/{draft}/submit"),
+    ):
+        assert again.status_code == 200 and again.json() == opened.json(), again.text
+    # A submit that would price it otherwise is no retry: the open PO is a commitment already.
+    repriced = {"lines": [{"sku": mug, "unit_cost": {"amount": "5.00", "currency": "USD"}}]}
+    assert_error(api.post(f"/purchase-orders/{draft}/submit", json=repriced), 409, "invalid_transition")
+    assert api.get(f"/purchase-orders/{draft}").json() == opened.json()
+    assert api.get(f"/inventory/{mug}").json()["locations"][0]["incoming"] == 2
+
+    cancelled = api.post(f"/purchase-orders/{draft}/cancel")
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled", cancelled.text
+    again = api.post(f"/purchase-orders/{draft}/cancel")
+    assert again.status_code == 200 and again.json() == cancelled.json(), again.text
+    assert api.get(f"/inventory/{mug}").json()["locations"][0]["incoming"] == 0
+    # Cancelled, it was never submitted as far as a retry can tell: a submit is refused.
+    assert_error(api.post(f"/purchase-orders/{draft}/submit"), 409, "invalid_transition")

@@ -114,11 +114,13 @@ def get_purchase_order(po_id: PurchaseOrderIdPath) -> PurchaseOrder:
 
 @router.post(
     "/purchase-orders/<po_id>/submit",
-    summary="Submit a draft to its vendor (draft -> open): its units become incoming stock; anything else is 409",
+    summary="Submit a draft to its vendor (draft -> open): its units become incoming stock",
     description="The body is optional: `{lines: [{sku, unit_cost}]}` prices the draft's lines (a draft made by a "
     "reorder point without a `unit_cost` has unpriced lines). A line left without a cost is 422 "
     "`unpriced_lines`, and costs in more than one currency are 422 `mixed_currencies`; either way nothing "
-    "changes. The goods are then due the vendor's `lead_time_days` from now.",
+    "changes. The goods are then due the vendor's `lead_time_days` from now. A PO submitted already (open, or "
+    "received since) is answered as it is, nothing changed, when the body's costs are its own (a submit sent "
+    "again); one that would price it otherwise, or a cancelled PO, is 409 `invalid_transition`.",
     responses={**ok(200, PurchaseOrder, "The open purchase order"), **errors(400, 403, 404, 409, 413)},
 )
 @requires(Scope.PURCHASING_WRITE)
@@ -129,6 +131,8 @@ def submit_purchase_order(po_id: PurchaseOrderIdPath, submission: Submission | N
 @router.post(
     "/purchase-orders/<po_id>/cancel",
     summary="Cancel a purchase order that is not fully received: what has not arrived is no longer incoming",
+    description="A fully received PO is 409 `invalid_transition`. A cancelled one is answered as it is, nothing "
+    "changed (a cancel sent again).",
     responses={**ok(200, PurchaseOrder, "The cancelled purchase order"), **errors(403, 404, 409)},
 )
 @requires(Scope.PURCHASING_WRITE)
