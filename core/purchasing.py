@@ -21,7 +21,7 @@ from core.errors import (
 from core.fields import empty_list
 from core.ids import new_id, short_hash
 from core.models import MAX_ON_HAND, Email, Identifier, ReorderSettings, Strict, Text, VisibleName
-from core.money import Money
+from core.money import MAX_ABS_AMOUNT, AmountTooLarge, Money
 from core.ports import CatalogRepository
 from core.status import PurchaseOrderStatus, check_purchase_order_step
 
@@ -220,6 +220,7 @@ class PurchaseOrder(BaseModel, defer_build=True):
                 code="mixed_currencies",
                 details=[_cost_in(line, priced_by.get(line.sku)) for line in lines if line.unit_cost is not None],
             )
+        costs_within_the_limit(lines)
         submitted = self._next(PO.OPEN, lines)
         return submitted.model_copy(update={"expected_at": expected_at}) if expected_at else submitted
 
@@ -293,6 +294,18 @@ class PurchaseOrder(BaseModel, defer_build=True):
         ]
         done = all(line.received_quantity == line.quantity for line in lines)
         return self._next(PO.RECEIVED if done else PO.PARTIALLY_RECEIVED, lines)
+
+
+def costs_within_the_limit(lines: "list[PurchaseOrderLine] | list[NewPurchaseOrderLine]") -> None:
+    """Raise AmountTooLarge (422 `amount_too_large`) when `lines` (priced in one currency) would
+    cost 10^15 or more of it: every amount is below that (API.md), a PO's, the vendor's bill, too."""
+    priced = [(line.quantity, line.unit_cost) for line in lines if line.unit_cost is not None]
+    if not priced:
+        return
+    currency = priced[0][1].currency
+    if sum(cost.amount * quantity for quantity, cost in priced) >= MAX_ABS_AMOUNT:
+        said = f"the purchase order would cost 10^15 {currency} or more, the most the OMS records"
+        raise AmountTooLarge(said, details=[{"field": "lines", "message": "quantity × unit_cost, summed, reaches it"}])
 
 
 def _cost_in(line: PurchaseOrderLine, index: int | None) -> dict[str, str]:
@@ -505,6 +518,7 @@ class Purchasing:
         after its first attempt was written returns that PO instead of opening a second one."""
         if po_id is not None and (found := self._repository.get(po_id)) is not None:
             return _same_request(found[0], request)
+        costs_within_the_limit(request.lines)
         vendor = self._repository.get_vendor(request.vendor_id)
         if vendor is None:
             raise InvalidRequest(

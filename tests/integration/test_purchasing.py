@@ -629,3 +629,37 @@ def test_a_submit_or_a_cancel_retried_answers_the_po_as_it_left_it_and_moves_not
     assert api.get(f"/inventory/{mug}").json()["locations"][0]["incoming"] == 0
     # Cancelled, it was never submitted as far as a retry can tell: a submit is refused.
     assert_error(api.post(f"/purchase-orders/{draft}/submit"), 409, "invalid_transition")
+
+
+def test_a_purchase_order_whose_total_would_reach_10_to_the_15_is_422_and_nothing_is_ordered(api: InProcessApi):
+    # API.md: every amount is below 10^15 in its currency, and an order whose total would reach it
+    # is 422. A PO of 10^9 units at a million each was opened: a commitment to pay the vendor
+    # 10^15 USD, which nothing downstream can record.
+    network = put_network(api)
+    sku = Catalog(api).product("9.00")
+    vendor = unique("vendor")
+    assert api.put(f"/vendors/{vendor}", json={"name": "Acme", "lead_time_days": 3}).status_code == 201
+    million = {"amount": "1000000.00", "currency": "USD"}
+    body = {"vendor_id": vendor, "location_id": network["east"],
+            "lines": [{"sku": sku, "quantity": 1_000_000_000, "unit_cost": million}]}  # fmt: skip
+
+    refused = api.post("/purchase-orders", json=body)
+
+    error = assert_error(refused, 422, "amount_too_large", "lines")
+    assert "10^15 USD" in error["message"]
+    assert api.get(f"/inventory/{sku}").json()["locations"] == []
+    assert api.get("/purchase-orders", params={"vendor_id": vendor}).json()["items"] == []
+    below = {**body, "lines": [{"sku": sku, "quantity": 999_999_999, "unit_cost": million}]}
+    assert api.post("/purchase-orders", json=below).status_code == 201
+
+
+def test_a_submit_pricing_a_draft_to_a_total_of_10_to_the_15_is_422_and_leaves_it_a_draft(api: InProcessApi):
+    mug, cup = Catalog(api).product("9.00"), Catalog(api).product("9.00")
+    draft = a_draft(api, (mug, None), (cup, COST))  # 2 units a line
+    half = {"amount": "500000000000000.00", "currency": "USD"}
+
+    refused = api.post(f"/purchase-orders/{draft}/submit", json={"lines": [{"sku": mug, "unit_cost": half}]})
+
+    assert_error(refused, 422, "amount_too_large", "lines")
+    assert api.get(f"/purchase-orders/{draft}").json()["status"] == "draft"
+    assert api.get(f"/inventory/{mug}").json()["locations"] == []

@@ -66,7 +66,8 @@ def list_vendors(limit: Limit = 25, cursor: Cursor = None) -> VendorPage:
     summary="Create a purchase order, open at once: its units are incoming stock until received",
     description="Without `expected_at` the goods are expected the vendor's `lead_time_days` from now. Its units "
     "count as `incoming` at its location until they are received or it is cancelled. A create retried with the "
-    "same Idempotency-Key answers the PO the first one made (another body with that key is 409).",
+    "same Idempotency-Key answers the PO the first one made (another body with that key is 409). A PO whose "
+    "lines would cost 10^15 of its currency or more (quantity × unit_cost, summed) is 422 `amount_too_large`.",
     responses={**ok(201, PurchaseOrder, "The open purchase order"), **errors(400, 403, 409, 413)},
 )
 @requires(Scope.PURCHASING_WRITE)
@@ -118,7 +119,8 @@ def get_purchase_order(po_id: PurchaseOrderIdPath) -> PurchaseOrder:
     description="The body is optional: `{lines: [{sku, unit_cost}]}` prices the draft's lines (a draft made by a "
     "reorder point without a `unit_cost` has unpriced lines). A line left without a cost is 422 "
     "`unpriced_lines`, and costs in more than one currency are 422 `mixed_currencies`; either way nothing "
-    "changes. The goods are then due the vendor's `lead_time_days` from now. A PO submitted already (open, or "
+    "changes, as when its costs would reach 10^15 (422 `amount_too_large`). The goods are then due the vendor's "
+    "`lead_time_days` from now. A PO submitted already (open, or "
     "received since) is answered as it is, nothing changed, when the body's costs are its own (a submit sent "
     "again); one that would price it otherwise, or a cancelled PO, is 409 `invalid_transition`.",
     responses={**ok(200, PurchaseOrder, "The open purchase order"), **errors(400, 403, 404, 409, 413)},
