@@ -296,16 +296,21 @@ class PurchaseOrder(BaseModel, defer_build=True):
         return self._next(PO.RECEIVED if done else PO.PARTIALLY_RECEIVED, lines)
 
 
-def costs_within_the_limit(lines: "list[PurchaseOrderLine] | list[NewPurchaseOrderLine]") -> None:
-    """Raise AmountTooLarge (422 `amount_too_large`) when `lines` (priced in one currency) would
-    cost 10^15 or more of it: every amount is below that (API.md), a PO's, the vendor's bill, too."""
+def costs_within_the_limit(
+    lines: "list[PurchaseOrderLine] | list[NewPurchaseOrderLine]",
+    detail: dict[str, str] | None = None,
+) -> None:
+    """Raise AmountTooLarge (422 `amount_too_large`, its one detail `detail`, by default naming
+    `lines`) when `lines` (priced in one currency) would cost 10^15 or more of it: every amount is
+    below that (API.md), a PO's, the vendor's bill, too."""
     priced = [(line.quantity, line.unit_cost) for line in lines if line.unit_cost is not None]
     if not priced:
         return
     currency = priced[0][1].currency
     if sum(cost.amount * quantity for quantity, cost in priced) >= MAX_ABS_AMOUNT:
         said = f"the purchase order would cost 10^15 {currency} or more, the most the OMS records"
-        raise AmountTooLarge(said, details=[{"field": "lines", "message": "quantity × unit_cost, summed, reaches it"}])
+        detail = detail or {"field": "lines", "message": "quantity × unit_cost, summed, reaches it"}
+        raise AmountTooLarge(said, details=[detail])
 
 
 def _cost_in(line: PurchaseOrderLine, index: int | None) -> dict[str, str]:

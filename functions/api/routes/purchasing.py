@@ -190,7 +190,8 @@ def receive_purchase_order(
     "When `available` plus `incoming` (open purchase order units not yet received) does, `reorder_quantity` is "
     "added to the draft purchase order for `vendor_id` and this location (one is made when none is open), once "
     "per crossing: units already on order are not bought again. Extension: an optional `unit_cost` prices the "
-    "draft's line. Setting the point alone crosses nothing, even when stock is already below it.",
+    "draft's line (`reorder_quantity` × `unit_cost` reaching 10^15 is 422 `amount_too_large`: no such draft could "
+    "be submitted). Setting the point alone crosses nothing, even when stock is already below it.",
     responses={**ok(200, ReorderPoint, "The reorder point"), **errors(400, 403, 404, 413)},
 )
 @requires(Scope.PURCHASING_WRITE)
