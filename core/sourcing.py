@@ -79,9 +79,13 @@ class SourcingRulesService:
     def replace(self, given: SourcingRulesInput, by: str, expected_version: int | None = None) -> SourcingRules:
         """A new version made of `given`. Raises StaleVersion (409) when the version in force is
         not `expected_version` (when given: the one its author read), or when another change was
-        written between the read and this write: the caller reads the rules again."""
+        written between the read and this write: the caller reads the rules again. Rules that are
+        the ones in force already are answered as they are, whatever version was read: a PUT sent
+        again (its answer lost) makes no second version, and a change to them is none."""
         check_locations(given, self._catalog.list_locations())
         current = self._rules.current()
+        if current.same_as(given):
+            return current
         if expected_version is not None and current.version != expected_version:
             raise StaleVersion(
                 f"the sourcing rules are at version {current.version}, not {expected_version}",

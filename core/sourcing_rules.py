@@ -64,6 +64,10 @@ class SourcingRules(BaseModel):
         changes = {name: getattr(given, name) for name in given.model_fields_set}
         return self.model_copy(update=changes)
 
+    def same_as(self, given: SourcingRulesInput) -> bool:
+        """Whether `given`, whole (a PUT's body: rules left out take their defaults), are these rules."""
+        return all(getattr(given, name) == getattr(self, name) for name in SourcingRulesInput.model_fields)
+
     def changed_by(self, given: SourcingRulesInput) -> list[str]:
         """The rules `given` explicitly (a what-if) with another value than these have, in the
         order of the body's fields."""
