@@ -21,7 +21,7 @@ from core.errors import (
 from core.fields import empty_list
 from core.ids import new_id, short_hash
 from core.models import MAX_ON_HAND, Email, Identifier, ReorderSettings, Strict, Text, VisibleName
-from core.money import Money
+from core.money import MAX_ABS_AMOUNT, AmountTooLarge, Money
 from core.ports import CatalogRepository
 from core.status import PurchaseOrderStatus, check_purchase_order_step
 
@@ -33,6 +33,8 @@ MAX_LINES = 99
 _RFC_3339_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ]")
 # Statuses whose units not yet received count as incoming stock.
 INCOMING = frozenset({PO.OPEN, PO.PARTIALLY_RECEIVED})
+# Statuses of a PO sent to its vendor: a submit of one is a retry (PurchaseOrder.submitted_as).
+SUBMITTED = frozenset({PO.OPEN, PO.PARTIALLY_RECEIVED, PO.RECEIVED})
 # The receipts a PO keeps (RecordedReceipt, keys included) fill at most this many bytes of its
 # DynamoDB item: with the PO's own document (99 lines of the longest skus: under 30 KB) the item
 # stays well under DynamoDB's 400 KB. A few thousand receipts of a line or two each.
@@ -183,7 +185,12 @@ class PurchaseOrder(BaseModel, defer_build=True):
         lacks is 422 naming its line (`lines[i].sku`). A line left without a cost is 422
         `unpriced_lines`, since an open PO is a commitment to pay, and costs in more than one
         currency are 422 `mixed_currencies`, each cost named by the submission's line that gave it
-        (`lines[i].unit_cost`), or as the draft's. `expected_at` replaces the due date a draft got."""
+        (`lines[i].unit_cost`), or as the draft's. `expected_at` replaces the due date a draft got.
+        A PO submitted already (open, or received since) is answered as it is when `prices` agree
+        with its costs: a submit sent again, its first answer lost. Otherwise, and on a cancelled
+        PO, 409."""
+        if self.submitted_as(prices):
+            return self
         check_purchase_order_step(self.status, PO.OPEN)
         prices = prices or {}
         skus = {line.sku for line in self.lines}
@@ -213,8 +220,17 @@ class PurchaseOrder(BaseModel, defer_build=True):
                 code="mixed_currencies",
                 details=[_cost_in(line, priced_by.get(line.sku)) for line in lines if line.unit_cost is not None],
             )
+        costs_within_the_limit(lines)
         submitted = self._next(PO.OPEN, lines)
         return submitted.model_copy(update={"expected_at": expected_at}) if expected_at else submitted
+
+    def submitted_as(self, prices: dict[str, Money] | None) -> bool:
+        """Whether this PO was submitted already (open, or received since) with every cost in
+        `prices` on its line: a submit of it is a retry, and changes nothing."""
+        costs = {line.sku: line.unit_cost for line in self.lines}
+        return self.status in SUBMITTED and all(
+            sku in costs and costs[sku] == cost for sku, cost in (prices or {}).items()
+        )
 
     def grow(self, sku: str, quantity: int, unit_cost: Money | None) -> "PurchaseOrder":
         """The draft with `quantity` more of `sku`: its line grows, or a new line is added. A line
@@ -238,7 +254,8 @@ class PurchaseOrder(BaseModel, defer_build=True):
         return self.status is PO.DRAFT and (len(self.lines) < MAX_LINES or any(li.sku == sku for li in self.lines))
 
     def cancel(self) -> "PurchaseOrder":
-        return self._next(PO.CANCELLED)
+        """The PO cancelled; one cancelled already as it is (a cancel sent again changes nothing)."""
+        return self if self.status is PO.CANCELLED else self._next(PO.CANCELLED)
 
     def receive(self, receipt: "Receipt") -> "PurchaseOrder":
         """The PO after `receipt` (its lines of one sku add up). More than ordered minus received is
@@ -277,6 +294,23 @@ class PurchaseOrder(BaseModel, defer_build=True):
         ]
         done = all(line.received_quantity == line.quantity for line in lines)
         return self._next(PO.RECEIVED if done else PO.PARTIALLY_RECEIVED, lines)
+
+
+def costs_within_the_limit(
+    lines: "list[PurchaseOrderLine] | list[NewPurchaseOrderLine]",
+    detail: dict[str, str] | None = None,
+) -> None:
+    """Raise AmountTooLarge (422 `amount_too_large`, its one detail `detail`, by default naming
+    `lines`) when `lines` (priced in one currency) would cost 10^15 or more of it: every amount is
+    below that (API.md), a PO's, the vendor's bill, too."""
+    priced = [(line.quantity, line.unit_cost) for line in lines if line.unit_cost is not None]
+    if not priced:
+        return
+    currency = priced[0][1].currency
+    if sum(cost.amount * quantity for quantity, cost in priced) >= MAX_ABS_AMOUNT:
+        said = f"the purchase order would cost 10^15 {currency} or more, the most the OMS records"
+        detail = detail or {"field": "lines", "message": "quantity × unit_cost, summed, reaches it"}
+        raise AmountTooLarge(said, details=[detail])
 
 
 def _cost_in(line: PurchaseOrderLine, index: int | None) -> dict[str, str]:
@@ -489,6 +523,7 @@ class Purchasing:
         after its first attempt was written returns that PO instead of opening a second one."""
         if po_id is not None and (found := self._repository.get(po_id)) is not None:
             return _same_request(found[0], request)
+        costs_within_the_limit(request.lines)
         vendor = self._repository.get_vendor(request.vendor_id)
         if vendor is None:
             raise InvalidRequest(
@@ -547,6 +582,8 @@ class Purchasing:
         for _ in range(self.ATTEMPTS):
             po, _receipts = self._read(po_id)
             new = step(po)
+            if new is po:
+                return po  # a retry of a change made already: nothing to write
             try:
                 self._repository.update(new, po, None)
             except StaleVersion:
@@ -559,7 +596,7 @@ class Purchasing:
 
         def step(po: PurchaseOrder) -> PurchaseOrder:
             if po.status is not PO.DRAFT:
-                return po.submit(prices)  # raises: only a draft is submitted
+                return po.submit(prices)  # as it is when submitted already, else raises
             # A draft waited for a person: its goods are due the vendor's lead time from now.
             vendor = self._repository.get_vendor(po.vendor_id)
             due = self._clock() + timedelta(days=vendor.lead_time_days) if vendor else None

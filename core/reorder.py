@@ -13,7 +13,14 @@ from core.errors import InvalidRequest, NotFound, StaleVersion
 from core.ids import new_id, short_hash
 from core.models import Identifier, ReorderSettings, Strict
 from core.ports import CatalogRepository
-from core.purchasing import PurchaseOrder, PurchaseOrderLine, PurchasingRepository, UnitCost, Units
+from core.purchasing import (
+    PurchaseOrder,
+    PurchaseOrderLine,
+    PurchasingRepository,
+    UnitCost,
+    Units,
+    costs_within_the_limit,
+)
 from core.status import PurchaseOrderStatus
 
 
@@ -186,6 +193,9 @@ class Replenishment:
                 code="unknown_vendor",
                 details=[{"field": "vendor_id", "message": "PUT /vendors/{vendor_id} first"}],
             )
+        # The draft each crossing would make at that cost could never be submitted: refused now.
+        line = PurchaseOrderLine(sku=sku, quantity=request.reorder_quantity, unit_cost=request.unit_cost)
+        costs_within_the_limit([line], {"field": "unit_cost", "message": "reorder_quantity × unit_cost reaches it"})
         settings = ReorderSettings.model_validate(request.model_dump())
         self._repository.set_reorder(sku, location_id, settings)
         return ReorderPoint(sku=sku, location_id=location_id, **settings.model_dump())

@@ -79,9 +79,13 @@ class SourcingRulesService:
     def replace(self, given: SourcingRulesInput, by: str, expected_version: int | None = None) -> SourcingRules:
         """A new version made of `given`. Raises StaleVersion (409) when the version in force is
         not `expected_version` (when given: the one its author read), or when another change was
-        written between the read and this write: the caller reads the rules again."""
+        written between the read and this write: the caller reads the rules again. Rules that are
+        the ones in force already are answered as they are, whatever version was read: a PUT sent
+        again (its answer lost) makes no second version, and a change to them is none."""
         check_locations(given, self._catalog.list_locations())
         current = self._rules.current()
+        if current.same_as(given):
+            return current
         if expected_version is not None and current.version != expected_version:
             raise StaleVersion(
                 f"the sourcing rules are at version {current.version}, not {expected_version}",
@@ -481,7 +485,10 @@ class SimulationSummary(BaseModel, defer_build=True):
 
 
 class Simulation(BaseModel, defer_build=True):
-    rules: SourcingRules = Field(description="The rules simulated: the current ones with those given")
+    rules: SourcingRules = Field(
+        description="The rules simulated: the current ones with those given (`version` is the current one's; "
+        "each plan's first reason names the rules given otherwise)"
+    )
     items: list[SimulatedOrder]
     summary: SimulationSummary
 
@@ -528,8 +535,10 @@ class Simulator:
         refused exactly as an unknown one, so its plan (lines, distances) and existence stay hidden."""
         locations = self._catalog.list_locations()
         rules = self._rules.current()
+        changed: list[str] = []
         if request.rules is not None:
             check_locations(request.rules, locations, prefix="rules.")
+            changed = rules.changed_by(request.rules)
             rules = rules.with_changes(request.rules)
         self._check_fulfilment(request, locations)
         orders = [
@@ -558,7 +567,7 @@ class Simulator:
         for order_id, order in orders:
             own = self._held(order, locations) if order_id is not None else {}
             on = _behind_older(order, rules.for_orders(_with_own(levels, own)) if own else stock, owed, own)
-            items.append(self._plan(order_id, order, locations, on, rules, cannot_wait))
+            items.append(self._plan(order_id, order, locations, on, rules, cannot_wait, changed))
         return Simulation(rules=rules, items=items, summary=_summary(items))
 
     def _owed(
@@ -669,6 +678,7 @@ class Simulator:
         stock: dict[str, list[StockLevel]],
         rules: SourcingRules,
         cannot_wait: Callable[[set[str]], set[str]],
+        changed: list[str],
     ) -> SimulatedOrder:
         eligible = sourceable(order, locations, rules)
         destination = destination_of(order, locations)
@@ -678,7 +688,7 @@ class Simulator:
         sku_of = {line.line_id: line.sku for line in order.lines}
         planned: dict[str, int] = defaultdict(int)
         by_location: dict[str, list[SimulatedLine]] = defaultdict(list)
-        reasons = [rules.named()]
+        reasons = [rules.named(changed)]
         if plan is not None:
             reasons.extend(plan.reasons)
             for a in plan.allocations:

@@ -64,6 +64,19 @@ class SourcingRules(BaseModel):
         changes = {name: getattr(given, name) for name in given.model_fields_set}
         return self.model_copy(update=changes)
 
+    def same_as(self, given: SourcingRulesInput) -> bool:
+        """Whether `given`, whole (a PUT's body: rules left out take their defaults), are these rules."""
+        return all(getattr(given, name) == getattr(self, name) for name in SourcingRulesInput.model_fields)
+
+    def changed_by(self, given: SourcingRulesInput) -> list[str]:
+        """The rules `given` explicitly (a what-if) with another value than these have, in the
+        order of the body's fields."""
+        return [
+            name
+            for name in SourcingRulesInput.model_fields
+            if name in given.model_fields_set and getattr(given, name) != getattr(self, name)
+        ]
+
     def eligible(self, locations: list[Location]) -> list[Location]:
         """`locations` without the excluded ones."""
         excluded = set(self.excluded_locations)
@@ -88,8 +101,13 @@ class SourcingRules(BaseModel):
             for sku, levels in stock.items()
         }
 
-    def named(self) -> str:
-        return f"sourcing rules v{self.version}"
+    def named(self, changed: list[str] | None = None) -> str:
+        """How a plan names these rules; `changed`: the rules a what-if gave otherwise, so that a
+        plan under them is not taken for one of this version (`changed_by`)."""
+        if not changed:
+            return f"sourcing rules v{self.version}"
+        names = changed[0] if len(changed) == 1 else f"{', '.join(changed[:-1])} and {changed[-1]}"
+        return f"sourcing rules v{self.version} with {names} as given"
 
 
 def unknown_locations(given: SourcingRulesInput, known: set[str], prefix: str = "") -> list[dict[str, str]]:

@@ -80,8 +80,8 @@ def test_a_draft_brings_nothing_until_it_is_submitted(buyer: Shop):
 
     opened = purchasing.submit(draft.id)
     assert (opened.status, opened.version) == (PO.OPEN, 2) and at(buyer)["incoming"] == 10
-    with pytest.raises(InvalidTransition):
-        purchasing.submit(draft.id)
+    # Sent again, the submit finds it open: it is answered as it is and brings nothing twice.
+    assert purchasing.submit(draft.id) == opened and at(buyer)["incoming"] == 10
 
 
 def test_the_earliest_open_po_is_next_expected_and_a_cancel_gives_up_what_has_not_arrived(buyer: Shop):
@@ -300,7 +300,8 @@ def test_the_routes_create_and_receive_once_per_idempotency_key(api: InProcessAp
     listed = api.get("/purchase-orders", params={"status": "partially_received", "vendor_id": vendor}).json()
     assert [p["id"] for p in listed["items"]] == [po["id"]]
     assert_error(api.get("/purchase-orders/po_" + "a" * 24), 404, "not_found")
-    assert_error(api.post(f"/purchase-orders/{po['id']}/submit"), 409, "invalid_transition")
+    # A submit of a PO submitted already is a retry: it answers the PO as it is.
+    assert api.post(f"/purchase-orders/{po['id']}/submit").json() == api.get(f"/purchase-orders/{po['id']}").json()
     unknown = {**body, "vendor_id": "nobody"}
     assert_error(api.post("/purchase-orders", json=unknown), 422, "unknown_vendor")
 
@@ -598,3 +599,67 @@ def test_a_create_retried_with_its_due_date_in_another_offset_or_precision_is_th
         assert again.status_code == 201 and again.json() == first.json(), (written, again.text)
     later = api.post("/purchase-orders", json={**body, "expected_at": "2031-05-01T10:00:00.001Z"}, headers=headers)
     assert later.status_code == 409 and later.json()["error"]["code"] == "idempotency_key_reused"
+
+
+def test_a_submit_or_a_cancel_retried_answers_the_po_as_it_left_it_and_moves_nothing_again(api: InProcessApi):
+    # A script whose submit or cancel timed out sends it again: the PO is open (or cancelled)
+    # already, as the first call made it. 409 told it nothing had happened, or that something
+    # else had; the retry answers as a whole order cancel sent again does.
+    mug, cup = Catalog(api).product("9.00"), Catalog(api).product("9.00")
+    draft = a_draft(api, (mug, None), (cup, COST))
+    priced = {"lines": [{"sku": mug, "unit_cost": COST}]}
+
+    opened = api.post(f"/purchase-orders/{draft}/submit", json=priced)
+    assert opened.status_code == 200 and opened.json()["status"] == "open", opened.text
+    for again in (
+        api.post(f"/purchase-orders/{draft}/submit", json=priced),
+        api.post(f"/purchase-orders/{draft}/submit"),
+    ):
+        assert again.status_code == 200 and again.json() == opened.json(), again.text
+    # A submit that would price it otherwise is no retry: the open PO is a commitment already.
+    repriced = {"lines": [{"sku": mug, "unit_cost": {"amount": "5.00", "currency": "USD"}}]}
+    assert_error(api.post(f"/purchase-orders/{draft}/submit", json=repriced), 409, "invalid_transition")
+    assert api.get(f"/purchase-orders/{draft}").json() == opened.json()
+    assert api.get(f"/inventory/{mug}").json()["locations"][0]["incoming"] == 2
+
+    cancelled = api.post(f"/purchase-orders/{draft}/cancel")
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled", cancelled.text
+    again = api.post(f"/purchase-orders/{draft}/cancel")
+    assert again.status_code == 200 and again.json() == cancelled.json(), again.text
+    assert api.get(f"/inventory/{mug}").json()["locations"][0]["incoming"] == 0
+    # Cancelled, it was never submitted as far as a retry can tell: a submit is refused.
+    assert_error(api.post(f"/purchase-orders/{draft}/submit"), 409, "invalid_transition")
+
+
+def test_a_purchase_order_whose_total_would_reach_10_to_the_15_is_422_and_nothing_is_ordered(api: InProcessApi):
+    # API.md: every amount is below 10^15 in its currency, and an order whose total would reach it
+    # is 422. A PO of 10^9 units at a million each was opened: a commitment to pay the vendor
+    # 10^15 USD, which nothing downstream can record.
+    network = put_network(api)
+    sku = Catalog(api).product("9.00")
+    vendor = unique("vendor")
+    assert api.put(f"/vendors/{vendor}", json={"name": "Acme", "lead_time_days": 3}).status_code == 201
+    million = {"amount": "1000000.00", "currency": "USD"}
+    body = {"vendor_id": vendor, "location_id": network["east"],
+            "lines": [{"sku": sku, "quantity": 1_000_000_000, "unit_cost": million}]}  # fmt: skip
+
+    refused = api.post("/purchase-orders", json=body)
+
+    error = assert_error(refused, 422, "amount_too_large", "lines")
+    assert "10^15 USD" in error["message"]
+    assert api.get(f"/inventory/{sku}").json()["locations"] == []
+    assert api.get("/purchase-orders", params={"vendor_id": vendor}).json()["items"] == []
+    below = {**body, "lines": [{"sku": sku, "quantity": 999_999_999, "unit_cost": million}]}
+    assert api.post("/purchase-orders", json=below).status_code == 201
+
+
+def test_a_submit_pricing_a_draft_to_a_total_of_10_to_the_15_is_422_and_leaves_it_a_draft(api: InProcessApi):
+    mug, cup = Catalog(api).product("9.00"), Catalog(api).product("9.00")
+    draft = a_draft(api, (mug, None), (cup, COST))  # 2 units a line
+    half = {"amount": "500000000000000.00", "currency": "USD"}
+
+    refused = api.post(f"/purchase-orders/{draft}/submit", json={"lines": [{"sku": mug, "unit_cost": half}]})
+
+    assert_error(refused, 422, "amount_too_large", "lines")
+    assert api.get(f"/purchase-orders/{draft}").json()["status"] == "draft"
+    assert api.get(f"/inventory/{mug}").json()["locations"] == []

@@ -1216,3 +1216,20 @@ def test_the_reorder_route_refuses_what_it_cannot_use(api: InProcessApi):
     assert_error(api.put(f"/inventory/{sku}/{network['east']}/reorder", json={**body, "reorder_point": 0}), 422)
     key = api.post("/api-keys", json={"name": unique("key"), "scopes": ["inventory:write"]}).json()["key"]
     assert_error(api.put(f"/inventory/{sku}/{network['east']}/reorder", key=key, json=body), 403, "forbidden")
+
+
+def test_a_point_whose_reorder_would_cost_10_to_the_15_is_refused(api: InProcessApi):
+    # Each crossing would make a draft no submit could open (422 amount_too_large): the point is
+    # refused when it is set, not found out at the first draft.
+    network = put_network(api)
+    sku = Catalog(api).product("9.00")
+    vendor = unique("vendor")
+    api.put(f"/vendors/{vendor}", json={"name": "Acme", "lead_time_days": 3})
+    path = f"/inventory/{sku}/{network['east']}/reorder"
+    body = {"reorder_point": 5, "reorder_quantity": 1_000_000_000, "vendor_id": vendor}
+
+    refused = api.put(path, json={**body, "unit_cost": {"amount": "1000000.00", "currency": "USD"}})
+
+    assert_error(refused, 422, "amount_too_large", "unit_cost")
+    assert api.get(f"/inventory/{sku}").json()["locations"] == []
+    assert api.put(path, json={**body, "unit_cost": {"amount": "999999.99", "currency": "USD"}}).status_code == 200

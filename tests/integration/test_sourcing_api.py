@@ -206,6 +206,31 @@ def test_a_change_made_from_a_version_someone_has_replaced_since_is_409_with_if_
     put_rules(api)  # without If-Match a PUT replaces whatever is current: back to the defaults
 
 
+def test_a_put_sent_again_answers_the_rules_in_force_and_makes_no_second_version(api: InProcessApi, network):
+    # A PUT is idempotent: an editor's PUT that timed out, sent again with the If-Match it read,
+    # was 409 version_conflict against its own change, and without If-Match made a second version
+    # of the same rules (each one re-sourcing the backordered orders that wait under them).
+    seen = api.get("/sourcing/rules").json()["version"]
+    body = {"prefer": "nearest", "max_shipments": 3, "excluded_locations": [network["east"]]}
+    first = api.put("/sourcing/rules", headers={"If-Match": str(seen)}, json=body)
+    assert first.status_code == 200 and first.json()["version"] == seen + 1, first.text
+
+    again = api.put("/sourcing/rules", headers={"If-Match": str(seen)}, json=body)
+    plain = api.put("/sourcing/rules", json=body)
+
+    assert again.status_code == plain.status_code == 200, (again.text, plain.text)
+    assert again.json() == plain.json() == first.json() == api.get("/sourcing/rules").json()
+    history = api.get("/sourcing/rules/history", params={"limit": 2}).json()["items"]
+    assert history[0] == first.json() and [r["version"] for r in history[1:]] == ([seen] if seen else [])
+    # Other rules from the version read are still a change its author has not seen: 409.
+    assert_error(
+        api.put("/sourcing/rules", headers={"If-Match": str(seen)}, json={**body, "max_shipments": 4}),
+        409,
+        "version_conflict",
+    )
+    put_rules(api)  # back to the defaults for the other tests
+
+
 def test_the_rules_in_force_are_read_consistently(api: InProcessApi):
     # An eventually consistent read just after a PUT may still show the version before it: a PUT
     # that follows with If-Match of the version it was just answered would be refused as stale,

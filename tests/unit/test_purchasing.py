@@ -62,8 +62,22 @@ def test_a_step_follows_the_table(current, target):
 def test_submit_opens_a_draft_once_and_each_change_is_the_next_version():
     opened = a_po(PO.DRAFT).submit()
     assert (opened.status, opened.version) == (PO.OPEN, 4)
+    # Sent again (its answer lost), a submit finds the PO submitted: it is answered as it is.
+    assert opened.submit() is opened and opened.submit({"MUG": Money.of("4.00", "USD")}) is opened
+    partly = opened.receive(receipt(("MUG", 1)))
+    assert partly.submit() is partly
+    # One that would price it otherwise, or that finds it cancelled, is refused.
     with pytest.raises(InvalidTransition):
-        opened.submit()
+        opened.submit({"MUG": Money.of("5.00", "USD")})
+    with pytest.raises(InvalidTransition):
+        opened.submit({"PLATE": Money.of("4.00", "USD")})
+    with pytest.raises(InvalidTransition):
+        opened.cancel().submit()
+
+
+def test_a_cancel_sent_again_answers_the_cancelled_po_as_it_is():
+    cancelled = a_po(PO.PARTIALLY_RECEIVED, MUG=1).cancel()
+    assert cancelled.cancel() is cancelled
 
 
 def receipt(*lines: tuple[str, int]) -> Receipt:

@@ -458,6 +458,23 @@ def test_what_the_locations_lack_is_unfillable_and_excluded_locations_are_not_us
     assert result.summary.unfillable_units == 3
 
 
+def test_a_what_if_names_the_rules_it_changed_beside_the_version_it_starts_from():
+    # "sourcing rules v1" alone named rules v1 never had: an operator reading the plan (or the
+    # history GET /sourcing/rules/history shows) took it for what v1 would do.
+    world, store = a_world([("MUG", "wh-west", 3), ("MUG", "wh-east", 3)])
+    put(store, safety_stock={"wh-west": 1})
+    sim, _, _ = simulator(world, store)
+
+    def first_reason(rules: dict | None) -> str:
+        body = {"orders": bodies([("MUG", 1)]), **({"rules": rules} if rules is not None else {})}
+        return sim.simulate(SimulateSourcing.model_validate(body)).items[0].reasons[0]
+
+    assert first_reason(None) == first_reason({}) == "sourcing rules v1"
+    assert first_reason({"safety_stock": {"wh-west": 1}}) == "sourcing rules v1"  # given as they are
+    changed = {"safety_stock": {"wh-west": 1}, "prefer": "fewest_shipments", "excluded_locations": ["wh-east"]}
+    assert first_reason(changed) == "sourcing rules v1 with excluded_locations and prefer as given"
+
+
 def test_stored_orders_are_simulated_by_id_and_an_unknown_id_is_refused():
     world, store = a_world([("MUG", "wh-west", 10)])
     order_id = world.place(("MUG", 2))

@@ -66,7 +66,8 @@ def list_vendors(limit: Limit = 25, cursor: Cursor = None) -> VendorPage:
     summary="Create a purchase order, open at once: its units are incoming stock until received",
     description="Without `expected_at` the goods are expected the vendor's `lead_time_days` from now. Its units "
     "count as `incoming` at its location until they are received or it is cancelled. A create retried with the "
-    "same Idempotency-Key answers the PO the first one made (another body with that key is 409).",
+    "same Idempotency-Key answers the PO the first one made (another body with that key is 409). A PO whose "
+    "lines would cost 10^15 of its currency or more (quantity × unit_cost, summed) is 422 `amount_too_large`.",
     responses={**ok(201, PurchaseOrder, "The open purchase order"), **errors(400, 403, 409, 413)},
 )
 @requires(Scope.PURCHASING_WRITE)
@@ -114,11 +115,14 @@ def get_purchase_order(po_id: PurchaseOrderIdPath) -> PurchaseOrder:
 
 @router.post(
     "/purchase-orders/<po_id>/submit",
-    summary="Submit a draft to its vendor (draft -> open): its units become incoming stock; anything else is 409",
+    summary="Submit a draft to its vendor (draft -> open): its units become incoming stock",
     description="The body is optional: `{lines: [{sku, unit_cost}]}` prices the draft's lines (a draft made by a "
     "reorder point without a `unit_cost` has unpriced lines). A line left without a cost is 422 "
     "`unpriced_lines`, and costs in more than one currency are 422 `mixed_currencies`; either way nothing "
-    "changes. The goods are then due the vendor's `lead_time_days` from now.",
+    "changes, as when its costs would reach 10^15 (422 `amount_too_large`). The goods are then due the vendor's "
+    "`lead_time_days` from now. A PO submitted already (open, or "
+    "received since) is answered as it is, nothing changed, when the body's costs are its own (a submit sent "
+    "again); one that would price it otherwise, or a cancelled PO, is 409 `invalid_transition`.",
     responses={**ok(200, PurchaseOrder, "The open purchase order"), **errors(400, 403, 404, 409, 413)},
 )
 @requires(Scope.PURCHASING_WRITE)
@@ -129,6 +133,8 @@ def submit_purchase_order(po_id: PurchaseOrderIdPath, submission: Submission | N
 @router.post(
     "/purchase-orders/<po_id>/cancel",
     summary="Cancel a purchase order that is not fully received: what has not arrived is no longer incoming",
+    description="A fully received PO is 409 `invalid_transition`. A cancelled one is answered as it is, nothing "
+    "changed (a cancel sent again).",
     responses={**ok(200, PurchaseOrder, "The cancelled purchase order"), **errors(403, 404, 409)},
 )
 @requires(Scope.PURCHASING_WRITE)
@@ -184,7 +190,8 @@ def receive_purchase_order(
     "When `available` plus `incoming` (open purchase order units not yet received) does, `reorder_quantity` is "
     "added to the draft purchase order for `vendor_id` and this location (one is made when none is open), once "
     "per crossing: units already on order are not bought again. Extension: an optional `unit_cost` prices the "
-    "draft's line. Setting the point alone crosses nothing, even when stock is already below it.",
+    "draft's line (`reorder_quantity` × `unit_cost` reaching 10^15 is 422 `amount_too_large`: no such draft could "
+    "be submitted). Setting the point alone crosses nothing, even when stock is already below it.",
     responses={**ok(200, ReorderPoint, "The reorder point"), **errors(400, 403, 404, 413)},
 )
 @requires(Scope.PURCHASING_WRITE)

@@ -43,6 +43,8 @@ RulesIfMatch = Annotated[
 @router.put(
     "/sourcing/rules",
     summary="Replace the sourcing rules (a new version; rules left out take their defaults)",
+    description="Rules that are the ones in force already are answered as they are, with no new version, "
+    "whatever `If-Match` says: a PUT sent again is idempotent.",
     responses={**ok(200, SourcingRules, "The new version"), **errors(400, 403, 409, 413)},
 )
 @requires(Scope.ADMIN)
