@@ -739,7 +739,10 @@ class KeptBackSweep:
     (`top_up` raising PaymentGatewayUnavailable: nothing moved, the order left for the next pass),
     is asked no more in the pass (the pending refund pass finishes a refund), but the units a
     cancel of units freed are still released on the orders of its method that owe that
-    (Order.stock_owed: `release_stock`, no gateway's call); at most `limit` orders are asked, of
+    (Order.stock_owed: `release_stock`, no gateway's call), and those of them that owe the gateway
+    nothing else but their returns' show (Order.returns_to_show) are shown it (`top_up` asks the
+    gateway nothing then); so are they when no payment plugin takes the method (NoPaymentPlugin,
+    which marks it down as well); at most `limit` orders are asked, of
     at most `max_reads` read. An order a cancel
     of units left owing money back (Order.settlement_owed: its function died before giving it, or
     the gateway refused or was down) is in the same index and handed to `top_up` as one owing,
@@ -788,11 +791,14 @@ class KeptBackSweep:
             if order is None:
                 continue
             if order.payment.method in down:
-                # Its gateway is asked no more this pass; the units a cancel of units freed need no
-                # gateway, and are not left reserved for no one until it is back.
+                # Its gateway is asked no more this pass; what needs none is still done: the units
+                # a cancel of units freed are not left reserved for no one until it is back, nor a
+                # return showing less than went back for it (with a payment plugin out of the
+                # deployment, for as long as it is out). What it owes the gateway waits.
                 if order.stock_owed and not time_up():
-                    self._release(order, done)
-                continue
+                    order = self._release(order, done)
+                if order.stock_owed or order.settlement_owed or owes_kept_back(order):
+                    continue
             if not owes_kept_back(order) and not order.settlement_owed and not order.stock_owed:
                 if (order_id in finished and kept_back_owed(order)) or order.returns_to_show:
                     try:
@@ -853,15 +859,17 @@ class KeptBackSweep:
         done.failed_owing[order.id] = _owing(current, finished) or _owing(order, finished)
         return current
 
-    def _release(self, order: Order, done: KeptBackRefunded) -> None:
+    def _release(self, order: Order, done: KeptBackRefunded) -> Order:
         """Only the units a cancel of units freed and its function died before releasing
         (Order.stock_owed: `release_stock`), for an order whose gateway is down: the rest it owes
-        stays in the index for a later pass."""
+        stays in the index for a later pass. Returns the order as it then is (as read when the
+        release failed)."""
         try:
             after = self._release_stock(order)
         except Exception as error:  # reported once the pass is done
             done.failed[order.id] = error
             done.failed_owing[order.id] = [OWED_STOCK]
-            return
+            return order
         if not after.stock_owed:
             done.stock_released.append(order.id)
+        return after

@@ -531,3 +531,54 @@ def test_a_settlement_capture_outage_is_recorded_once_and_its_request_left_to_th
         assert after.payment.captured == after.totals.grand_total == after.payment.authorized
         assert not after.settlement_owed and after.captures_requested == []
     assert sorted(world.spy.voided) == sorted(order.payment.authorization for order in owing)
+
+
+@pytest.mark.parametrize("outage", ["no_plugin", "gateway_down"])
+def test_a_returns_show_is_made_though_its_method_was_marked_down_earlier_in_the_pass(outage):
+    # Before: once the pass marked a payment method down (no payment plugin takes it, or the
+    # gateway stayed down for an earlier order's settlement), every later order of that method was
+    # skipped but for a release of units, though one that owes only its returns' show of what went
+    # back for them needs no gateway: the return kept showing less than was refunded for it, and
+    # with the plugin out of the deployment, run after run. It is shown; the settlement stays owed.
+    from core.refund_service import PendingRefundSweep
+    from core.refunds import owes_kept_back
+    from tests.builders import NOW
+    from tests.unit.test_kept_back_sweep import caps_delivered_while_the_gateway_was_down
+    from tests.unit.test_payment_truth import Removed
+    from tests.unit.test_pending_refund_sweep import InMemoryPendingRefunds
+    from tests.unit.test_returns import Clock as StartingClock
+    from tests.unit.test_returns import mugs_back_after_goodwill, returns_for
+
+    clock = StartingClock(NOW + timedelta(days=3))
+    removed = Removed()
+    world = build_world([("MUG", "wh-west", 20), ("CAP", "wh-east", 20)], removed, clock=clock)
+    returns, _ = returns_for(world, clock, removed)
+    owing = world.allocated(("MUG", 2), ("CAP", 3))
+    world.actions.ship(owing.id, world.shipment_at(owing, "wh-west"), None, actor="key_wh")
+    removed.gone = True
+    world.actions.cancel(owing.id, "the rest", actor="key_web")
+    removed.gone = False
+    assert world.order(owing.id).settlement_owed
+    clock.now += timedelta(minutes=1)
+    order, caps, return_id = mugs_back_after_goodwill(world, returns)
+    returns.settle(return_id, actor="key_wh")
+    caps_delivered_while_the_gateway_was_down(world, clock, order, caps)
+    PendingRefundSweep(InMemoryPendingRefunds(world), world.refunds, clock, after=timedelta(minutes=15)).run(
+        ACTOR, orders=[]
+    )
+    showing = world.order(order.id)
+    assert showing.returns_to_show == [return_id] and showing.payment.method == owing.payment.method
+    assert not owes_kept_back(showing) and not showing.settlement_owed and not showing.stock_owed
+    assert returns.get(return_id).refund < order.lines[0].total
+    if outage == "no_plugin":
+        removed.gone = True
+    else:
+        world.gateway.script("capture", "transient")
+    clock.now += timedelta(minutes=16)
+
+    kept_back_sweep(world, clock).run(ACTOR)
+
+    assert returns.get(return_id).refund == order.lines[0].total
+    assert not world.order(order.id).returns_to_show
+    assert index_attributes(world.order(order.id)).get("refund_key") != {"S": KEPT_BACK_KEY}
+    assert world.order(owing.id).settlement_owed  # left for when its gateway answers
