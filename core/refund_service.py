@@ -683,7 +683,10 @@ class KeptBackRefunded:
     whose owed settlement it finished (`owed_back_settled`: Order.settlement_owed cleared, a
     replacement's credit given back on its original order among it). Of each order in `failed`,
     what it owed (`failed_owing`: OWED_STOCK, OWED_SETTLEMENT, OWED_KEPT_BACK, OWED_SHOW), so the
-    failure is reported as what it was."""
+    failure is reported as what it was. And the orders the pass found their gateway down on (it
+    stayed down through a settlement's retries, or left a refund pending), with what each still
+    owes (`gateway_down`): one a method and pass, the method's later orders not asked; nothing
+    moved, and the next pass asks again."""
 
     refunded: list[str] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)
@@ -694,6 +697,7 @@ class KeptBackRefunded:
     stock_released: list[str] = field(default_factory=list)
     owed_back_settled: list[str] = field(default_factory=list)
     failed_owing: dict[str, list[str]] = field(default_factory=dict)
+    gateway_down: dict[str, list[str]] = field(default_factory=dict)
 
 
 # What an order the kept-back pass failed on owed (KeptBackRefunded.failed_owing), in the order the
@@ -816,6 +820,7 @@ class KeptBackSweep:
                 # the order stays in the index, and its method's gateway is asked no more this pass.
                 down.add(order.payment.method)
                 after = self._orders.get(order_id, consistent=True) or order
+                done.gateway_down[order_id] = _owing(after, order_id in just_finished) or [OWED_SETTLEMENT]
             except NoPaymentPlugin as error:
                 # No plugin takes its method (nobody asked the gateway): reported, and none of the
                 # method's other orders asked this pass, each only to be answered so, in the place
@@ -836,6 +841,7 @@ class KeptBackSweep:
             done.refunded += [refund.id for refund in kept_back if refund.status == "succeeded"]
             if any(refund.status == "pending" for refund in new):
                 down.add(order.payment.method)
+                done.gateway_down[order_id] = _owing(after, order_id in just_finished) or _owing(order, True)
             if any(refund.status == "failed" for refund in owed_back):
                 done.owed_back_refused.append(order_id)
             if any(refund.status == "failed" for refund in kept_back):
