@@ -1192,3 +1192,71 @@ def test_a_ship_whose_order_the_scan_notes_read_between_its_read_and_its_write_s
     assert shipped.status is OrderStatus.SHIPPED and shipped.shipment(second).status is ShipmentStatus.SHIPPED
     assert not shipped.scan_read and shipped == world.order(order.id)
     assert len(world.spy.captured) == 2
+
+
+def test_a_dead_ships_capture_waiting_for_its_payment_plugin_does_not_grow_the_order_a_pass_at_a_time(
+    world, clock, monkeypatch
+):
+    # Before: the capture request a ship that died left stood (no payment plugin took the order's
+    # method, the plugin out of the deployment: nobody asked the gateway, so it stands), and every
+    # jeopardy pass handed the partly shipped order on and its sweep asked again: each added a
+    # `payment_capture_failed` (no_plugin) entry to the order's item, 288 a day toward DynamoDB's
+    # 400 KB, past which every write on the order fails. The first is noted (and reported by each
+    # pass, at ERROR); the next add none while nothing else happened to the order.
+    from tests.unit.test_payment_truth import Removed
+
+    removed = Removed()
+    world = build_world(STOCK, removed, clock=clock)
+    before, second = partly_shipped_with_a_second_ship_that_died(world, monkeypatch)
+    removed.gone = True
+    clock.advance(**LATE)
+    with pytest.raises(CapturesNotSettled):
+        a_pass(world, clock)
+    noted = world.history(before.id)
+    assert [(e.type, (e.detail or {}).get("kind")) for e in noted].count(
+        (OrderEvent.PAYMENT_CAPTURE_FAILED, "no_plugin")
+    ) == 1
+
+    for _ in range(3):
+        clock.advance(minutes=16)
+        with pytest.raises(CapturesNotSettled):  # reported each pass all the same
+            a_pass(world, clock)
+
+    assert world.history(before.id) == noted
+    assert world.order(before.id).capture_request(second) is not None  # stands for when the plugin is back
+    removed.gone = False
+    clock.advance(minutes=16)
+    settled = CapturesSettled(settled=[before.id], held=[], unconfirmed=[])  # reported unconfirmed by the first
+    assert a_pass(world, clock) == settled
+    assert world.order(before.id).captures_requested == [] and len(world.spy.refunded) == 1
+
+
+def test_a_settlement_capture_waiting_for_its_payment_plugin_does_not_grow_the_order_a_pass_at_a_time(
+    clock, monkeypatch
+):
+    # As above for the settlement capture a cancel that died left standing: every reconciler pass
+    # of the settlement captures asked it again and added a `payment_capture_failed` (no_plugin).
+    from tests.unit.test_payment_truth import Removed
+
+    removed = Removed()
+    world = build_world(STOCK, PerUnitShipping(), removed, clock=clock)
+    died = a_settlement_that_died(world, monkeypatch)
+    requested = InMemorySettlementCaptures(world)
+    removed.gone = True
+    clock.advance(minutes=16)
+    with pytest.raises(CapturesNotSettled):
+        sweep(world, clock).run_settlements(requested, "reconciler")
+    noted = world.history(died.id)
+    assert (noted[-1].type, noted[-1].detail["kind"]) == (OrderEvent.PAYMENT_CAPTURE_FAILED, "no_plugin")
+
+    for _ in range(3):
+        clock.advance(minutes=5)
+        with pytest.raises(CapturesNotSettled):
+            sweep(world, clock).run_settlements(requested, "reconciler")
+
+    assert world.history(died.id) == noted
+    assert world.order(died.id).capture_request(None) == died.capture_request(None)
+    removed.gone = False
+    clock.advance(minutes=5)
+    assert sweep(world, clock).run_settlements(requested, "reconciler").settled == [died.id]
+    assert world.order(died.id).payment.captured == died.totals.grand_total
