@@ -3230,12 +3230,19 @@ class Order(BaseModel, defer_build=True):
         `refund_refused`: late with a capture request standing whose refund the gateway refused
         since the order last changed, so a person settles it: marked (again, when a change since
         its mark left it unlisted) to be listed late (`listed_late`); `on_deadline`, found so by a
-        pass of its status's own deadline, so the mark outlives the refund (jeopardy_on_deadline)."""
+        pass of its status's own deadline, so the mark outlives the refund (jeopardy_on_deadline).
+        Marked again, it keeps the `since` of the mark it has (late since then, whichever pass's
+        deadline found it now: OMS_SLA may have named its status, or changed its deadline, since):
+        order.jeopardy and the customer's 'delayed' notice come of a new `since`
+        (core.domain_events), and one lateness is told once."""
         if refund_refused and not self.captures_requested:
             raise InvalidTransition(f"order {self.id} has no capture request standing")
         marked = self.jeopardy is not None and self.jeopardy.status is self.status
         if marked and (self.listed_late or not refund_refused):
             raise InvalidTransition(f"order {self.id} is marked late for {self.status} already")
+        if marked:
+            assert self.jeopardy is not None
+            since = self.jeopardy.since
         jeopardy = Jeopardy(reason=reason, status=self.status, since=since)
         return self._next(
             at=at, actor=actor, type=OrderEvent.JEOPARDY, detail=jeopardy.model_dump(mode="json"), jeopardy=jeopardy,

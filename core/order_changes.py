@@ -164,12 +164,24 @@ def outage_noted_once(
     """failure_recorder for a pass that asks the gateway again every few minutes: a transient
     failure is recorded once a call, and only when the order's last failed attempt at the same
     operation with the same `detail` was not transient already (that entry keeps when the outage
-    began and what the gateway said), so an outage does not grow the history a pass at a time. A
-    refusal is always recorded."""
-    return noted_once(
+    began and what the gateway said), so an outage does not grow the history a pass at a time. So
+    is an attempt no payment plugin took (kind `no_plugin`: nobody asked the gateway), which such
+    a pass asks again each run while the plugin is out of the deployment (a capture request a ship
+    or a settlement left standing, which stands for when the plugin is back): not recorded while
+    the history ends with that very attempt (the same actor and `detail`: _refused_last), as the
+    pending-refund pass notes a refund's (RefundService._unanswered_noted_once). A refusal is
+    always recorded."""
+    transient_once = noted_once(
         failure_recorder(orders, order_id, actor, clock, **detail),
         lambda failure: _says_unavailable(orders, order_id, failure.operation, detail),
     )
+
+    def on_failure(failure: Failure) -> None:
+        if failure.kind == "no_plugin" and _refused_last(orders, order_id, actor, failure, detail):
+            return
+        transient_once(failure)
+
+    return on_failure
 
 
 def void_outage_noted_once(

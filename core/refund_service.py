@@ -683,7 +683,10 @@ class KeptBackRefunded:
     whose owed settlement it finished (`owed_back_settled`: Order.settlement_owed cleared, a
     replacement's credit given back on its original order among it). Of each order in `failed`,
     what it owed (`failed_owing`: OWED_STOCK, OWED_SETTLEMENT, OWED_KEPT_BACK, OWED_SHOW), so the
-    failure is reported as what it was."""
+    failure is reported as what it was. And the orders the pass found their gateway down on (it
+    stayed down through a settlement's retries, or left a refund pending), with what each still
+    owes (`gateway_down`): one a method and pass, the method's later orders not asked; nothing
+    moved, and the next pass asks again."""
 
     refunded: list[str] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)
@@ -694,6 +697,7 @@ class KeptBackRefunded:
     stock_released: list[str] = field(default_factory=list)
     owed_back_settled: list[str] = field(default_factory=list)
     failed_owing: dict[str, list[str]] = field(default_factory=dict)
+    gateway_down: dict[str, list[str]] = field(default_factory=dict)
 
 
 # What an order the kept-back pass failed on owed (KeptBackRefunded.failed_owing), in the order the
@@ -739,7 +743,10 @@ class KeptBackSweep:
     (`top_up` raising PaymentGatewayUnavailable: nothing moved, the order left for the next pass),
     is asked no more in the pass (the pending refund pass finishes a refund), but the units a
     cancel of units freed are still released on the orders of its method that owe that
-    (Order.stock_owed: `release_stock`, no gateway's call); at most `limit` orders are asked, of
+    (Order.stock_owed: `release_stock`, no gateway's call), and those of them that owe the gateway
+    nothing else but their returns' show (Order.returns_to_show) are shown it (`top_up` asks the
+    gateway nothing then); so are they when no payment plugin takes the method (NoPaymentPlugin,
+    which marks it down as well); at most `limit` orders are asked, of
     at most `max_reads` read. An order a cancel
     of units left owing money back (Order.settlement_owed: its function died before giving it, or
     the gateway refused or was down) is in the same index and handed to `top_up` as one owing,
@@ -788,11 +795,14 @@ class KeptBackSweep:
             if order is None:
                 continue
             if order.payment.method in down:
-                # Its gateway is asked no more this pass; the units a cancel of units freed need no
-                # gateway, and are not left reserved for no one until it is back.
+                # Its gateway is asked no more this pass; what needs none is still done: the units
+                # a cancel of units freed are not left reserved for no one until it is back, nor a
+                # return showing less than went back for it (with a payment plugin out of the
+                # deployment, for as long as it is out). What it owes the gateway waits.
                 if order.stock_owed and not time_up():
-                    self._release(order, done)
-                continue
+                    order = self._release(order, done)
+                if order.stock_owed or order.settlement_owed or owes_kept_back(order):
+                    continue
             if not owes_kept_back(order) and not order.settlement_owed and not order.stock_owed:
                 if (order_id in finished and kept_back_owed(order)) or order.returns_to_show:
                     try:
@@ -810,6 +820,7 @@ class KeptBackSweep:
                 # the order stays in the index, and its method's gateway is asked no more this pass.
                 down.add(order.payment.method)
                 after = self._orders.get(order_id, consistent=True) or order
+                done.gateway_down[order_id] = _owing(after, order_id in just_finished) or [OWED_SETTLEMENT]
             except NoPaymentPlugin as error:
                 # No plugin takes its method (nobody asked the gateway): reported, and none of the
                 # method's other orders asked this pass, each only to be answered so, in the place
@@ -830,6 +841,7 @@ class KeptBackSweep:
             done.refunded += [refund.id for refund in kept_back if refund.status == "succeeded"]
             if any(refund.status == "pending" for refund in new):
                 down.add(order.payment.method)
+                done.gateway_down[order_id] = _owing(after, order_id in just_finished) or _owing(order, True)
             if any(refund.status == "failed" for refund in owed_back):
                 done.owed_back_refused.append(order_id)
             if any(refund.status == "failed" for refund in kept_back):
@@ -853,15 +865,17 @@ class KeptBackSweep:
         done.failed_owing[order.id] = _owing(current, finished) or _owing(order, finished)
         return current
 
-    def _release(self, order: Order, done: KeptBackRefunded) -> None:
+    def _release(self, order: Order, done: KeptBackRefunded) -> Order:
         """Only the units a cancel of units freed and its function died before releasing
         (Order.stock_owed: `release_stock`), for an order whose gateway is down: the rest it owes
-        stays in the index for a later pass."""
+        stays in the index for a later pass. Returns the order as it then is (as read when the
+        release failed)."""
         try:
             after = self._release_stock(order)
         except Exception as error:  # reported once the pass is done
             done.failed[order.id] = error
             done.failed_owing[order.id] = [OWED_STOCK]
-            return
+            return order
         if not after.stock_owed:
             done.stock_released.append(order.id)
+        return after

@@ -218,6 +218,11 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
             logger.warning("units a cancel of units freed released", extra={"order_id": order_id})
         for order_id in kept_back.owed_back_settled:
             logger.warning("what a cancel of units or a last parcel owed back settled", extra={"order_id": order_id})
+        # Its payment method's gateway stayed down (or left a refund pending): as a carrier down, a
+        # warning and a count, no error (nothing moved; the next pass asks again).
+        for order_id, owed in kept_back.gateway_down.items():
+            logger.warning("payment gateway down for what the order owes: the next pass asks again",
+                           extra={"order_id": order_id, "owed": owed})  # fmt: skip
         for name, count in (
             ("KeptBackRefunded", len(kept_back.refunded)),
             ("KeptBackRefused", len(kept_back.refused)),
@@ -225,6 +230,7 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
             ("OwedBackRefused", len(kept_back.owed_back_refused)),
             ("OwedStockReleased", len(kept_back.stock_released)),
             ("OwedBackSettled", len(kept_back.owed_back_settled)),
+            ("KeptBackGatewayDown", len(kept_back.gateway_down)),
         ):
             if count:
                 metrics.add_metric(name=name, unit=MetricUnit.Count, value=count)

@@ -204,12 +204,24 @@ def test_make_run_tells_each_scheduled_function_the_period_it_runs_it_on(
     assert period_variable("Job") not in os.environ  # the stack stopped: as it was
 
 
+def the_templates_service(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The service the template names, set before a handler module is first imported: it builds its
+    Metrics at import with the service it reads then and stays imported for the rest of the worker's
+    run, so imported here without one, its points lost the `service` dimension in every later test
+    (tests/integration/test_reconciler.py's metrics, when that file ran after this one)."""
+    from tests.template_iam import TEMPLATE
+
+    variables = TEMPLATE["Globals"]["Function"]["Environment"]["Variables"]
+    monkeypatch.setenv("POWERTOOLS_SERVICE_NAME", variables["POWERTOOLS_SERVICE_NAME"])
+
+
 @pytest.mark.parametrize("minutes", [None, "0.5", "0.25"])
 def test_each_run_of_the_jeopardy_scan_and_the_reconciler_starts_with_the_next_part_at_any_period(
     monkeypatch: pytest.MonkeyPatch, minutes: str | None
 ):
     from datetime import UTC, datetime, timedelta
 
+    the_templates_service(monkeypatch)
     from functions.jeopardy import app as jeopardy
     from functions.reconciler import app as reconciler
     from tests.builders import template_schedule
@@ -232,6 +244,7 @@ def test_a_scheduled_run_whose_period_is_unset_or_not_a_positive_number_of_minut
 ):
     # No constant in the code stands in for the template's rate: a function deployed without the
     # variable would count its turn in a period nobody runs it on.
+    the_templates_service(monkeypatch)
     from functions.reconciler import app as reconciler
     from functions.schedule import period_variable
 

@@ -1787,3 +1787,27 @@ def test_an_order_the_kept_back_pass_failed_on_is_logged_as_what_it_owed(stack, 
         order_id("u"): ("units a cancel of units freed not released", [OWED_STOCK]),
         order_id("k"): ("refund of what a return kept back not made", ["kept_back"]),
     }
+
+
+def test_the_order_the_kept_back_pass_found_its_gateway_down_on_is_logged_and_counted(
+    stack, caplog, monkeypatch, metrics_on, capsys
+):
+    # Before: a gateway that stayed down for what an order owed back said nothing in the
+    # reconciler's log and counted nothing, while a carrier down is logged and counted
+    # (CarrierWorkFailed). Logged at WARNING with what the order owes, counted, and no error.
+    from core.refund_service import OWED_KEPT_BACK, OWED_SETTLEMENT, KeptBackRefunded
+    from functions.reconciler.app import container
+
+    owing = {order_id("d"): [OWED_SETTLEMENT, OWED_KEPT_BACK]}
+    monkeypatch.setattr(container().kept_back_sweep, "run", lambda *_, **__: KeptBackRefunded(gateway_down=owing))
+    capsys.readouterr()
+
+    reconcile()
+
+    logged = [
+        (r.levelname, r.getMessage(), r.__dict__.get("owed"))
+        for r in caplog.records if r.__dict__.get("order_id") == order_id("d")
+    ]  # fmt: skip
+    message = "payment gateway down for what the order owes: the next pass asks again"
+    assert logged == [("WARNING", message, [OWED_SETTLEMENT, OWED_KEPT_BACK])]
+    assert emitted(capsys.readouterr().out)["KeptBackGatewayDown"] == 1

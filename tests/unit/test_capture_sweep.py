@@ -997,6 +997,57 @@ def test_a_partly_shipped_orders_mark_for_a_refused_refund_stays_once_the_sla_gi
     assert OrderEvent.JEOPARDY not in [e.type for e in world.history(before.id)[entries:]]
 
 
+@pytest.mark.parametrize("sla", ["partially_shipped=72h", "partially_shipped=24h"])
+def test_a_partly_shipped_order_marked_for_a_refused_refund_changed_and_refused_again_tells_its_customer_once(
+    world, clock, monkeypatch, sla
+):
+    # Marked for the refund alone (the default SLA gives partially_shipped no deadline); OMS_SLA then
+    # named partially_shipped with a deadline other than the allocated one; a change since the mark
+    # (a person's, say), the refund asked again and refused again: the pass of the status's own
+    # deadline marked it again, late since another moment, which is a second order.jeopardy event
+    # and a second 'delayed' notice to the customer for one lateness. The mark made again keeps
+    # when the order was found late first: listed, with no event and no notice.
+    import json
+
+    from core.domain_events import EventType, order_events
+    from core.notifications import NotificationKind, notifications
+
+    before, _ = partly_shipped_with_a_second_ship_that_died(world, monkeypatch)
+    told: list[EventType] = []
+    delayed: list[str] = []
+    update = world.orders.update
+
+    def seen(new: Order, old: Order, entries: list) -> None:
+        update(new, old, entries)
+        documents = json.loads(old.stored_json()), json.loads(new.stored_json())
+        told.extend(event.type for event in order_events(*documents))
+        delayed.extend(n.id for n in notifications(*documents) if n.kind is NotificationKind.DELAYED)
+
+    monkeypatch.setattr(world.orders, "update", seen)
+    world.gateway.script("refund", "refuse")
+    clock.advance(hours=72, minutes=1)
+    with pytest.raises(CapturesNotSettled):
+        scan_pass(world, clock)
+    clock.advance(minutes=16)
+    assert scan_pass(world, clock)[0].for_refund == [before.id]  # the default SLA
+    marked = world.order(before.id)
+    assert told.count(EventType.ORDER_JEOPARDY) == 1 and len(delayed) == 1
+    changed, _ = marked._bookkeeping(at=clock())  # a change since the mark (a person's, say)
+    world.orders.update(changed, marked, [])
+    clock.advance(minutes=16)
+    with pytest.raises(CapturesNotSettled):  # handed on, and the refund asked again: refused again
+        scan_pass(world, clock, sla)
+    clock.advance(minutes=5)
+
+    assert scan_pass(world, clock, sla)[0].marked == [before.id]
+
+    after = world.order(before.id)
+    assert after.listed_late and after.jeopardy.since == marked.jeopardy.since
+    assert after.jeopardy.reason.endswith("a person settles it")
+    assert told.count(EventType.ORDER_JEOPARDY) == 1 and len(delayed) == 1
+    assert [e.type for e in world.history(before.id)].count(OrderEvent.JEOPARDY) == 2  # marked again, in the history
+
+
 def test_a_newer_partly_shipped_orders_dead_ship_is_reached_past_more_old_ones_than_a_pass_reads(clock, monkeypatch):
     # Each pass read the oldest partly shipped orders past the allocated deadline, at most
     # `max_reads` of them (1,000), again every pass while they waited: past that many, a newer
@@ -1141,3 +1192,71 @@ def test_a_ship_whose_order_the_scan_notes_read_between_its_read_and_its_write_s
     assert shipped.status is OrderStatus.SHIPPED and shipped.shipment(second).status is ShipmentStatus.SHIPPED
     assert not shipped.scan_read and shipped == world.order(order.id)
     assert len(world.spy.captured) == 2
+
+
+def test_a_dead_ships_capture_waiting_for_its_payment_plugin_does_not_grow_the_order_a_pass_at_a_time(
+    world, clock, monkeypatch
+):
+    # Before: the capture request a ship that died left stood (no payment plugin took the order's
+    # method, the plugin out of the deployment: nobody asked the gateway, so it stands), and every
+    # jeopardy pass handed the partly shipped order on and its sweep asked again: each added a
+    # `payment_capture_failed` (no_plugin) entry to the order's item, 288 a day toward DynamoDB's
+    # 400 KB, past which every write on the order fails. The first is noted (and reported by each
+    # pass, at ERROR); the next add none while nothing else happened to the order.
+    from tests.unit.test_payment_truth import Removed
+
+    removed = Removed()
+    world = build_world(STOCK, removed, clock=clock)
+    before, second = partly_shipped_with_a_second_ship_that_died(world, monkeypatch)
+    removed.gone = True
+    clock.advance(**LATE)
+    with pytest.raises(CapturesNotSettled):
+        a_pass(world, clock)
+    noted = world.history(before.id)
+    assert [(e.type, (e.detail or {}).get("kind")) for e in noted].count(
+        (OrderEvent.PAYMENT_CAPTURE_FAILED, "no_plugin")
+    ) == 1
+
+    for _ in range(3):
+        clock.advance(minutes=16)
+        with pytest.raises(CapturesNotSettled):  # reported each pass all the same
+            a_pass(world, clock)
+
+    assert world.history(before.id) == noted
+    assert world.order(before.id).capture_request(second) is not None  # stands for when the plugin is back
+    removed.gone = False
+    clock.advance(minutes=16)
+    settled = CapturesSettled(settled=[before.id], held=[], unconfirmed=[])  # reported unconfirmed by the first
+    assert a_pass(world, clock) == settled
+    assert world.order(before.id).captures_requested == [] and len(world.spy.refunded) == 1
+
+
+def test_a_settlement_capture_waiting_for_its_payment_plugin_does_not_grow_the_order_a_pass_at_a_time(
+    clock, monkeypatch
+):
+    # As above for the settlement capture a cancel that died left standing: every reconciler pass
+    # of the settlement captures asked it again and added a `payment_capture_failed` (no_plugin).
+    from tests.unit.test_payment_truth import Removed
+
+    removed = Removed()
+    world = build_world(STOCK, PerUnitShipping(), removed, clock=clock)
+    died = a_settlement_that_died(world, monkeypatch)
+    requested = InMemorySettlementCaptures(world)
+    removed.gone = True
+    clock.advance(minutes=16)
+    with pytest.raises(CapturesNotSettled):
+        sweep(world, clock).run_settlements(requested, "reconciler")
+    noted = world.history(died.id)
+    assert (noted[-1].type, noted[-1].detail["kind"]) == (OrderEvent.PAYMENT_CAPTURE_FAILED, "no_plugin")
+
+    for _ in range(3):
+        clock.advance(minutes=5)
+        with pytest.raises(CapturesNotSettled):
+            sweep(world, clock).run_settlements(requested, "reconciler")
+
+    assert world.history(died.id) == noted
+    assert world.order(died.id).capture_request(None) == died.capture_request(None)
+    removed.gone = False
+    clock.advance(minutes=5)
+    assert sweep(world, clock).run_settlements(requested, "reconciler").settled == [died.id]
+    assert world.order(died.id).payment.captured == died.totals.grand_total

@@ -531,3 +531,104 @@ def test_a_settlement_capture_outage_is_recorded_once_and_its_request_left_to_th
         assert after.payment.captured == after.totals.grand_total == after.payment.authorized
         assert not after.settlement_owed and after.captures_requested == []
     assert sorted(world.spy.voided) == sorted(order.payment.authorization for order in owing)
+
+
+@pytest.mark.parametrize("outage", ["no_plugin", "gateway_down"])
+def test_a_returns_show_is_made_though_its_method_was_marked_down_earlier_in_the_pass(outage):
+    # Before: once the pass marked a payment method down (no payment plugin takes it, or the
+    # gateway stayed down for an earlier order's settlement), every later order of that method was
+    # skipped but for a release of units, though one that owes only its returns' show of what went
+    # back for them needs no gateway: the return kept showing less than was refunded for it, and
+    # with the plugin out of the deployment, run after run. It is shown; the settlement stays owed.
+    from core.refund_service import PendingRefundSweep
+    from core.refunds import owes_kept_back
+    from tests.builders import NOW
+    from tests.unit.test_kept_back_sweep import caps_delivered_while_the_gateway_was_down
+    from tests.unit.test_payment_truth import Removed
+    from tests.unit.test_pending_refund_sweep import InMemoryPendingRefunds
+    from tests.unit.test_returns import Clock as StartingClock
+    from tests.unit.test_returns import mugs_back_after_goodwill, returns_for
+
+    clock = StartingClock(NOW + timedelta(days=3))
+    removed = Removed()
+    world = build_world([("MUG", "wh-west", 20), ("CAP", "wh-east", 20)], removed, clock=clock)
+    returns, _ = returns_for(world, clock, removed)
+    owing = world.allocated(("MUG", 2), ("CAP", 3))
+    world.actions.ship(owing.id, world.shipment_at(owing, "wh-west"), None, actor="key_wh")
+    removed.gone = True
+    world.actions.cancel(owing.id, "the rest", actor="key_web")
+    removed.gone = False
+    assert world.order(owing.id).settlement_owed
+    clock.now += timedelta(minutes=1)
+    order, caps, return_id = mugs_back_after_goodwill(world, returns)
+    returns.settle(return_id, actor="key_wh")
+    caps_delivered_while_the_gateway_was_down(world, clock, order, caps)
+    PendingRefundSweep(InMemoryPendingRefunds(world), world.refunds, clock, after=timedelta(minutes=15)).run(
+        ACTOR, orders=[]
+    )
+    showing = world.order(order.id)
+    assert showing.returns_to_show == [return_id] and showing.payment.method == owing.payment.method
+    assert not owes_kept_back(showing) and not showing.settlement_owed and not showing.stock_owed
+    assert returns.get(return_id).refund < order.lines[0].total
+    if outage == "no_plugin":
+        removed.gone = True
+    else:
+        world.gateway.script("capture", "transient")
+    clock.now += timedelta(minutes=16)
+
+    kept_back_sweep(world, clock).run(ACTOR)
+
+    assert returns.get(return_id).refund == order.lines[0].total
+    assert not world.order(order.id).returns_to_show
+    assert index_attributes(world.order(order.id)).get("refund_key") != {"S": KEPT_BACK_KEY}
+    assert world.order(owing.id).settlement_owed  # left for when its gateway answers
+
+
+def test_the_order_a_pass_found_its_gateway_down_on_is_reported_with_what_it_owes(monkeypatch):
+    # Before: a gateway that stayed down for a settlement's void (or left a settlement's refund
+    # pending) marked its method down, and the pass said nothing of it: no order, no count (a
+    # missing payment plugin is reported failed; a carrier down is logged and counted). The order
+    # the pass found it down on is reported with what it still owes, once a pass; its method's
+    # later orders, not asked, are not.
+    from core.refund_service import OWED_SETTLEMENT
+
+    clock = Clock()
+    world = build_world([("MUG", "wh-west", 20), ("CAP", "wh-east", 20)], clock=clock)
+    owing: list[Order] = []
+    for _ in range(2):
+        order = world.allocated(("MUG", 2), ("CAP", 3))
+        world.actions.cancel(order.id, "one cap fewer", actor="key_web", lines={"L2": 1})
+        world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
+        died = dies_after_recording(world, monkeypatch, OrderEvent.SHIPMENT_SHIPPED)
+        with pytest.raises(Died):
+            world.actions.ship(order.id, world.shipment_at(order, "wh-east"), None, actor="key_wh")
+        monkeypatch.undo()
+        assert died and world.order(order.id).settlement_owed
+        owing.append(world.order(order.id))
+        clock.now += timedelta(minutes=1)
+    world.gateway.script("void", "transient")
+    clock.now += timedelta(minutes=20)
+
+    done = kept_back_sweep(world, clock).run(ACTOR)
+
+    assert done.gateway_down == {owing[0].id: [OWED_SETTLEMENT]} and not done.failed
+    world.gateway.script("void", "approve")
+    clock.now += timedelta(minutes=20)
+    assert kept_back_sweep(world, clock).run(ACTOR).gateway_down == {}
+
+
+def test_a_settlement_refund_the_gateway_left_pending_reports_the_order_its_gateway_was_down_on(monkeypatch):
+    from core.refund_service import OWED_SETTLEMENT
+
+    clock = Clock()
+    world = build_world(CANCEL_STOCK, PerUnitShipping(), clock=clock)
+    first = world.allocated(("MUG", 1), ("CAP", 3), shipping_method="per_unit")
+    world.actions.ship(first.id, world.shipment_at(first, "wh-east"), None, actor="key_wh")
+    cancel_dies(world, monkeypatch, first, {"L1": 1})  # owes the MUG's shipping captured with the CAPs back
+    world.gateway.script("refund", "transient")
+    clock.now += timedelta(minutes=20)
+
+    done = kept_back_sweep(world, clock).run(ACTOR)
+
+    assert [r.status for r in world.order(first.id).payment.refunds] == ["pending"]
+    assert done.gateway_down == {first.id: [OWED_SETTLEMENT]}
