@@ -23,7 +23,17 @@ from core.errors import (
 from core.events import OrderEvent
 from core.holds import give_back_or_note, give_back_surplus
 from core.ids import reservation_key, shipment_id_for
-from core.models import Change, LineInput, Order, OrderEdit, OrderLine, PaymentInput, PlaceOrder, utc_now
+from core.models import (
+    Change,
+    LineInput,
+    Order,
+    OrderEdit,
+    OrderLine,
+    PaymentInput,
+    PlaceOrder,
+    reported_delivered_note,
+    utc_now,
+)
 from core.money import Money
 from core.order_changes import failure_recorder, modify, outage_noted_once, visible
 from core.payments import Payments
@@ -268,9 +278,9 @@ class OrderActions:
         failed): a delivered order ends paid in full.
 
         A parcel still `pending` because its ship died after asking for its capture is proof it
-        left: it is shipped first (_ship_reported_delivered), then delivered. Any other pending
-        parcel is refused (InvalidTransition, 409) as before: nothing says the location handed it
-        over."""
+        left: it is marked so and shipped first (_ship_reported_delivered), then delivered, both at
+        the carrier's time. Any other pending parcel is refused (InvalidTransition, 409) as before:
+        nothing says the location handed it over."""
 
         def decide(order: Order):
             if order.shipment(shipment_id).status is ShipmentStatus.DELIVERED:
@@ -281,49 +291,69 @@ class OrderActions:
             delivered = modify(self._orders, order_id, decide, channel=channel)
         except InvalidTransition:
             # The rare path only: the typical delivery reads and writes as before.
-            if not self._ship_reported_delivered(order_id, shipment_id, actor, channel):
+            if not self._ship_reported_delivered(order_id, shipment_id, actor, channel, delivered_at):
                 raise
+            # Delivered by the time the report's mark holds (Order.deliver), validated when it was made.
+            delivered_at = None
             delivered = modify(self._orders, order_id, decide, channel=channel)
         return self._units.after_shipping(delivered, actor, delivered=True)
 
-    def _ship_reported_delivered(self, order_id: str, shipment_id: str, actor: str, channel: str | None) -> bool:
-        """Ship the pending parcel a carrier reported delivered when its fate was unknown, as a ship
-        would (its capture asked under the request standing, which the gateway answers with the
-        capture it made, or anew once the scan refunded it): the order held for a person to confirm
-        whether that parcel alone left (Order.delivery_confirms) is released first, by the report
-        (a `released` entry whose note says so: a report sent again after this function died
-        before the ship finds it); an order not held, whose ship of that parcel asked for its
-        capture and never recorded it (Order.unfinished_ships), is shipped as it is. Whether it
-        did (False: nothing done, the delivery is refused as before). A person's hold is theirs to
-        release (its reason is no question the carrier answers)."""
-        order = visible(self._orders.get(order_id, consistent=True), order_id, channel)
-        if order.fulfillment.type == "pickup" or order.shipment(shipment_id).status is not ShipmentStatus.PENDING:
-            return False
-        if order.status is S.ON_HOLD:
-            if not order.delivery_confirms(shipment_id):
+    def _ship_reported_delivered(
+        self, order_id: str, shipment_id: str, actor: str, channel: str | None, delivered_at: datetime | None
+    ) -> bool:
+        """Ship the pending parcel a carrier reported delivered (by `delivered_at`, when it says
+        and it is believable: reported_at) while its fate was unknown, as a ship would (its capture
+        asked under the request standing, which the gateway answers with the capture it made, or
+        anew once the scan refunded it). First the report is written (Order.report_delivered): the
+        parcel marked, and the system's hold that waited for a person to confirm it released in
+        that same write, so a function that dies before the ship leaves a parcel nothing can put
+        back on sale (Order.check_parcels_reported), whose report sent again (or a ship of it) ships it.
+        Whether it did (False: nothing done, the delivery is refused as before: no such hold or
+        standing request, a person's hold, or a person's release that won the race for the hold,
+        after which the report is what it would be had it come second). A parcel marked already is
+        shipped. InvalidTransition when the report is recorded but the order stays held for other
+        parcels a person is to confirm: it ships once they release that hold."""
+        at = self._clock()
+
+        def decide(current: Order):
+            if current.reported(shipment_id) is not None:
+                return None
+            return current.report_delivered(shipment_id, reported_at(current, delivered_at, at), at=at, actor=actor)
+
+        try:
+            marked = modify(self._orders, order_id, decide, channel=channel)
+        except InvalidTransition:
+            # Released by a report before reports were marked (its function died before the ship).
+            if not self._released_by_report(order_id, shipment_id):
                 return False
-            at = self._clock()
-            note = _delivered_note(shipment_id)
-            modify(self._orders, order_id,
-                   lambda current: current.release(note=note, at=at, actor=actor)
-                   if current.delivery_confirms(shipment_id) else None,
-                   channel=channel)  # fmt: skip
-        elif shipment_id not in order.unfinished_ships() and not self._released_by_report(order_id, shipment_id):
-            return False
+        else:
+            if marked.shipment(shipment_id).status is not ShipmentStatus.PENDING:
+                return True  # shipped meanwhile: delivered as any shipped parcel
+            if marked.status is S.ON_HOLD:
+                waiting = marked.parcels_to_confirm()
+                raise InvalidTransition(
+                    f"the carrier's report that shipment {shipment_id} arrived is recorded (the parcel left), but "
+                    f"order {order_id} stays on hold for a person to confirm whether {', '.join(waiting)} left: "
+                    "the parcel is shipped and delivered once that hold is released",
+                    details=[{"shipment_id": s, "message": "may have left: to be confirmed by a person"}
+                             for s in waiting],
+                )  # fmt: skip
         self.ship(order_id, shipment_id, None, actor, channel)
         return True
 
     def _released_by_report(self, order_id: str, shipment_id: str) -> bool:
-        """Whether the order's last release is a delivery report's of `shipment_id` (whose ship has
-        not been recorded yet: the function that released it died first)."""
+        """Whether the order's last release is a delivery report's of `shipment_id` made before
+        reports were marked (Order.reported_delivered), whose ship has not been recorded yet (the
+        function that released it died first): a report sent again ships it."""
         found = self._orders.history(order_id, consistent=True)
-        if found is None:
+        if found is None or found[0].shipment(shipment_id).status is not ShipmentStatus.PENDING:
             return False
         last = next((e for e in reversed(found[1]) if e.type in (OrderEvent.RELEASED, OrderEvent.ON_HOLD)), None)
         return (
             last is not None
             and last.type is OrderEvent.RELEASED
-            and (last.detail or {}).get("note") == _delivered_note(shipment_id)
+            and (last.detail or {}).get("note") == reported_delivered_note(shipment_id)
+            and found[0].status in (S.ALLOCATED, S.PARTIALLY_SHIPPED)
         )
 
     # --- Store and warehouse execution ------------------------------------------------------------
@@ -719,13 +749,22 @@ def _priced_in_place(lines: list[OrderLine], kept: list[OrderLine], priced: list
     ]  # fmt: skip
 
 
-def _delivered_note(shipment_id: str) -> str:
-    """The note of the release a carrier's delivery report of a parcel to confirm makes."""
-    return f"the carrier reported shipment {shipment_id} delivered: the parcel left"
-
-
 def _still_there(order: Order, shipment_id: str) -> None:
     """A shipment withdrawn while it was being captured for (its order edited, or the shipment
     rejected, and sent back to be sourced) is a conflict: the caller refunds the capture."""
     if not any(s.id == shipment_id for s in order.shipments):
         raise InvalidTransition(f"shipment {shipment_id} was withdrawn: its order is being sourced again")
+
+
+# How far ahead of the OMS's clock a carrier's clock may run before the time it reports is not
+# believed (reported_at).
+REPORT_SKEW = timedelta(minutes=5)
+
+
+def reported_at(order: Order, given: datetime | None, now: datetime) -> datetime:
+    """When a carrier's report says a parcel of `order` arrived: `given` (its tracking's `at`) when
+    it is believable, no later than `now` (a clock up to REPORT_SKEW ahead is taken for now) and not
+    before the order was placed; `now`, when the OMS heard, otherwise."""
+    if given is None or given < order.created_at or given > now + REPORT_SKEW:
+        return now
+    return min(given, now)
