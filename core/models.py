@@ -3375,7 +3375,7 @@ class Order(BaseModel, defer_build=True):
         sent = self.hold.left_by_release
         return (sent.actor, sent.note) == (actor, note) and at - self.hold.since < RELEASE_RETRY_WINDOW
 
-    def release(self, *, note: str | None, at: datetime, actor: str) -> Change:
+    def release(self, *, note: str | None, at: datetime, actor: str, request_key: str | None = None) -> Change:
         """Off hold, back to the status it was held from. A person's hold made a park for parcels
         to confirm (Hold.ships_to_confirm, Order.park_for_unfinished_ships) ends alone: the order
         stays on the system's hold for those parcels, as hold_unfinished_ships would have held it
@@ -3387,7 +3387,10 @@ class Order(BaseModel, defer_build=True):
         made it a park, or a park for a failure): a held order never ships, so that ship died and
         its parcel may have left; released to `allocated`, the order had nothing to say so, and a
         reject or a cancel of units would refund the capture and put the parcel's units back on
-        sale. The release leaves the system's hold for those parcels as the sweep's park would."""
+        sale. The release leaves the system's hold for those parcels as the sweep's park would.
+        `request_key` (a client's Idempotency-Key, scoped to its API key) is kept in the entry, so
+        a retry of this release finds it once the order is no longer held (Holds.release)."""
+        keyed = {"request_key": request_key} if request_key is not None else {}
         if self.status is not OrderStatus.ON_HOLD or self.hold is None:
             raise InvalidTransition(f"an order that is {self.status} is not on hold")
         if self.hold.resume_to is None:
@@ -3400,12 +3403,13 @@ class Order(BaseModel, defer_build=True):
                               left_by_release=ReleaseSent(actor=actor, note=note))  # fmt: skip
             return self._next(
                 at=at, actor=actor, type=OrderEvent.RELEASED,
-                detail={"reason": self.hold.reason, **({"note": note} if note else {}), "shipment_ids": shipment_ids},
+                detail={"reason": self.hold.reason, **({"note": note} if note else {}), "shipment_ids": shipment_ids,
+                        **keyed},
                 hold=to_confirm,
             )  # fmt: skip
         return self._next(
             at=at, actor=actor, type=OrderEvent.RELEASED, to=self.hold.resume_to,
-            detail={"reason": self.hold.reason, **({"note": note} if note else {})}, hold=None,
+            detail={"reason": self.hold.reason, **({"note": note} if note else {}), **keyed}, hold=None,
         )  # fmt: skip
 
     def edit(

@@ -11,13 +11,14 @@ from datetime import timedelta
 
 import pytest
 
-from core.errors import InvalidTransition
+from core.errors import Conflict, InvalidTransition
 from core.holds import HoldRequest, Holds, ReleaseRequest
 from core.models import LineInput, Order, OrderEdit
 from core.status import OrderStatus, ShipmentStatus
 from plugins.testing.memory import InMemoryLateOrders
 from tests.unit.test_capture_sweep import LATE, STOCK, a_pass
 from tests.unit.test_jeopardy import Clock
+from tests.unit.test_parcels_to_confirm import held_for_a_parcel
 from tests.unit.world import Died, World, build_world, dies_before_recording
 
 
@@ -203,3 +204,29 @@ def test_a_report_of_a_parcel_on_a_persons_hold_is_still_refused(world, clock, m
         world.actions.deliver(held.id, shipment_id, actor="key_carrier")
 
     assert world.order(held.id).version == before.version
+
+
+def test_a_release_retried_under_its_key_after_a_report_ended_the_hold_it_left_answers_the_order(
+    world, clock, monkeypatch
+):
+    # A person's release of their own hold left the system's hold for the parcel; the carrier's
+    # report then ended that. Their retry (its answer lost, no idempotency record: the function died
+    # after the write) was 409 'not on hold' for a release that took effect.
+    order, shipment_id = held_for_a_parcel(world, clock, monkeypatch, persons=True)
+    holds = Holds(world.orders, clock)
+    request = ReleaseRequest(note="address checked")
+    key = "api:key_ops:release-1"
+    released = holds.release(order.id, request, "key_ops", request_key=key)
+    assert released.parcels_to_confirm() == [shipment_id]
+    delivered = world.actions.deliver(order.id, shipment_id, actor="key_carrier")
+    assert delivered.status is OrderStatus.DELIVERED
+
+    assert holds.release(order.id, request, "key_ops", request_key=key) == delivered
+    assert world.order(order.id).version == delivered.version
+    with pytest.raises(InvalidTransition):  # no key: a new release of an order not on hold
+        holds.release(order.id, request, "key_ops")
+    with pytest.raises(InvalidTransition):  # another caller's key
+        holds.release(order.id, request, "key_other", request_key="api:key_other:release-1")
+    with pytest.raises(Conflict) as raised:  # the key with another note
+        holds.release(order.id, ReleaseRequest(note="something else"), "key_ops", request_key=key)
+    assert raised.value.code == "idempotency_key_reused"
