@@ -129,7 +129,9 @@ class OrderActions:
         movement (idempotent by reservation key) and, after the last parcel, the settlement of an
         order that lost units (after_shipping, which a gateway that was down could not make then);
         nothing else. A pickup never ships, so a ship of one is refused (409) whatever its status:
-        collected, it is delivered without having shipped."""
+        collected, it is delivered without having shipped. A parcel a carrier reported delivered
+        before its ship was recorded (Order.report_delivered) is recorded delivered too, at the
+        carrier's time."""
         done = (ShipmentStatus.SHIPPED, ShipmentStatus.DELIVERED)
 
         def record(current: Order, amount: Money, reference: str | None, at: datetime):
@@ -143,7 +145,12 @@ class OrderActions:
                 current.ready_to_ship(shipment_id)
 
         order = self._checked(order_id, channel, shippable)
-        return self._hand_over(order, shipment_id, actor, channel, done, record)
+        shipped = self._hand_over(order, shipment_id, actor, channel, done, record)
+        if shipped.reported_delivered and shipped.reported(shipment_id) is not None:
+            # A carrier reported it delivered before its ship was recorded (Order.report_delivered):
+            # whoever ships it, it is recorded delivered too, at the carrier's time.
+            return self.deliver(order_id, shipment_id, actor, channel)
+        return shipped
 
     def _checked(self, order_id: str, channel: str | None, check: Callable[[Order], None]) -> Order:
         """The order, once `check` (which raises to refuse) passes on it. A plain read may predate
@@ -311,15 +318,19 @@ class OrderActions:
         Whether it did (False: nothing done, the delivery is refused as before: no such hold or
         standing request, a person's hold, or a person's release that won the race for the hold,
         after which the report is what it would be had it come second). A parcel marked already is
-        shipped. InvalidTransition when the report is recorded but the order stays held for other
-        parcels a person is to confirm: it ships once they release that hold."""
+        shipped (and, marked and held for again, its hold released). The report that ends the hold
+        ships the parcels reports marked while it waited for others too (nobody reports them
+        again). InvalidTransition when the report is recorded but the order stays held for other
+        parcels a person is to confirm: it ships once that hold ends (the report that ends it, or a
+        ship of it after a person's release, which records it delivered too: OrderActions.ship)."""
         at = self._clock()
 
         def decide(current: Order):
-            if current.reported(shipment_id) is not None:
+            if current.reported(shipment_id) is not None and not current.delivery_confirms(shipment_id):
                 return None
             return current.report_delivered(shipment_id, reported_at(current, delivered_at, at), at=at, actor=actor)
 
+        others: list[str] = []  # other parcels reported while the hold waited for a person
         try:
             marked = modify(self._orders, order_id, decide, channel=channel)
         except InvalidTransition:
@@ -338,7 +349,14 @@ class OrderActions:
                     details=[{"shipment_id": s, "message": "may have left: to be confirmed by a person"}
                              for s in waiting],
                 )  # fmt: skip
+            others = [s for s in marked.parcels_reported() if s != shipment_id]
         self.ship(order_id, shipment_id, None, actor, channel)
+        for other in others:
+            # Reported while the order was held for this one too (Order.report_delivered): nobody
+            # reports it again. A ship that fails leaves it marked, its failure in the history, for
+            # a person's ship (or its carrier's next report) to finish.
+            with contextlib.suppress(InvalidTransition, PaymentRefused, PaymentGatewayUnavailable):
+                self.ship(order_id, other, None, actor, channel)
         return True
 
     def _released_by_report(self, order_id: str, shipment_id: str) -> bool:

@@ -2086,19 +2086,24 @@ class Order(BaseModel, defer_build=True):
         confirm; the marked parcel ships once a person releases them). On an order not held whose
         ship of that parcel still has its capture request standing (unfinished_ships), only marked
         (bookkeeping: its ship's entry follows). InvalidTransition for anything else: a pickup, a
-        parcel not pending or marked already, a person's hold, a parcel nobody's ship died for."""
+        parcel not pending, or marked already on an order not held, a person's hold, a parcel
+        nobody's ship died for."""
         shipment = self.shipment(shipment_id)
         if self.fulfillment.type == "pickup" or shipment.status is not ShipmentStatus.PENDING:
             raise InvalidTransition(f"shipment {shipment_id} is {shipment.status}: nothing to report shipped")
-        if self.reported(shipment_id) is not None:
-            raise InvalidTransition(f"shipment {shipment_id} is reported delivered already")
-        marked = [*self.reported_delivered, ReportedDelivery(shipment_id=shipment_id, at=left_at)]
+        reported = self.reported(shipment_id) is not None
+        marked = [
+            *self.reported_delivered,
+            *([] if reported else [ReportedDelivery(shipment_id=shipment_id, at=left_at)]),
+        ]
         if self.status is OrderStatus.ON_HOLD:
+            # Marked already and held for it again (the capture sweep found its request standing
+            # after a report died before its ship): this report answers that hold too.
             if not self.delivery_confirms(shipment_id):
                 raise InvalidTransition(f"order {self.id} is on a hold the carrier's report does not answer")
             assert self.hold is not None
             detail: dict[str, Any] = {"reason": self.hold.reason, "note": reported_delivered_note(shipment_id)}
-            rest = [s for s in self.parcels_to_confirm() if s != shipment_id]
+            rest = [s for s in self.parcels_to_confirm() if s != shipment_id and self.reported(s) is None]
             if rest:
                 hold = _replaced(self.hold, note=_unfinished_ships_note(rest), confirms_ships=rest)
                 return self._next(
@@ -2109,6 +2114,8 @@ class Order(BaseModel, defer_build=True):
                 at=at, actor=actor, type=OrderEvent.RELEASED, to=self.hold.resume_to, detail=detail, hold=None,
                 reported_delivered=marked,
             )  # fmt: skip
+        if reported:
+            raise InvalidTransition(f"shipment {shipment_id} is reported delivered already")
         if shipment_id not in self.unfinished_ships():
             raise InvalidTransition(f"shipment {shipment_id} has not been confirmed shipped")
         return self._bookkeeping(at=at, reported_delivered=marked)

@@ -194,6 +194,65 @@ def test_a_report_of_one_of_two_parcels_a_hold_names_answers_for_that_one_and_th
         assert world.level(sku[parcel.lines[0].line_id], parcel.location_id)[1] == reserved
 
 
+def test_a_report_that_ends_a_hold_another_report_narrowed_ships_and_delivers_both_parcels(world, clock, monkeypatch):
+    # The first report was answered 409 (recorded, held for the other parcel): nobody reports it again.
+    held, (first, second) = held_for_parcels(world, clock, monkeypatch, ("TSHIRT", 2), ("CAP", 1), dead=2)
+    with pytest.raises(InvalidTransition):
+        world.actions.deliver(held.id, first, actor="key_carrier")
+    arrived = clock.now - timedelta(hours=1)
+
+    delivered = world.actions.deliver(held.id, second, actor="key_carrier", delivered_at=arrived)
+
+    assert (delivered.status, delivered.hold, delivered.reported_delivered) == (OrderStatus.DELIVERED, None, [])
+    assert delivered.shipment(second).delivered_at == arrived
+    assert delivered.shipment(first).delivered_at == clock.now  # the first report gave no time
+    assert delivered.payment.captured == delivered.totals.grand_total
+    types = [e.type.value for e in world.history(held.id)]
+    assert (types.count("released"), types.count("shipment_shipped"), types.count("shipment_delivered")) == (2, 2, 2)
+
+
+def test_a_ship_of_a_reported_parcel_records_it_delivered_at_the_carriers_time(world, clock, monkeypatch):
+    # A person released the hold for the other parcel: the reported one is shipped by the location
+    # (or a person), and since its carrier saw it delivered, it is recorded delivered too.
+    held, (first, _) = held_for_parcels(world, clock, monkeypatch, ("TSHIRT", 2), ("CAP", 1), dead=2)
+    arrived = clock.now - timedelta(hours=2)
+    with pytest.raises(InvalidTransition):
+        world.actions.deliver(held.id, first, actor="key_carrier", delivered_at=arrived)
+    Holds(world.orders, clock).release(held.id, ReleaseRequest(note="the cap never left"), "key_ops")
+    clock.advance(hours=1)
+
+    shipped = world.actions.ship(held.id, first, None, actor="key_ops")
+
+    parcel = shipped.shipment(first)
+    assert (parcel.status, parcel.shipped_at, parcel.delivered_at) == (ShipmentStatus.DELIVERED, arrived, arrived)
+    assert shipped.reported_delivered == [] and shipped.status is OrderStatus.PARTIALLY_SHIPPED
+
+
+def test_a_report_sent_again_after_the_sweep_held_its_marked_parcel_ends_that_hold(world, clock, monkeypatch):
+    # On an order not held, the report marked the parcel and died before its ship; the dead ship's
+    # request stood, so the capture sweep refunded it and held the order for the parcel once late.
+    # The carrier's retry answers that hold too (it was 409: the parcel marked already).
+    order = world.allocated(("TSHIRT", 2))
+    shipment_id = order.shipments[0].id
+    with monkeypatch.context() as patched:
+        dies_before_recording(world, patched, "shipment_shipped")
+        with pytest.raises(Died):
+            world.actions.ship(order.id, shipment_id, None, actor="key_wh")
+    with monkeypatch.context() as patched:
+        the_ship_dies(world, patched)
+        with pytest.raises(Died):
+            world.actions.deliver(order.id, shipment_id, actor="key_carrier")
+    assert world.order(order.id).parcels_reported() == [shipment_id]
+    clock.advance(**LATE)
+    assert a_pass(world, clock).held == [order.id]
+
+    delivered = world.actions.deliver(order.id, shipment_id, actor="key_carrier")
+
+    assert (delivered.status, delivered.hold, delivered.reported_delivered) == (OrderStatus.DELIVERED, None, [])
+    assert delivered.payment.captured == delivered.totals.grand_total and len(world.spy.refunded) == 1
+    assert world.level("TSHIRT", "wh-west") == (8, 0, 8)
+
+
 def test_a_report_of_a_parcel_on_a_persons_hold_is_still_refused(world, clock, monkeypatch):
     held, (shipment_id,) = held_for_parcels(world, clock, monkeypatch)
     Holds(world.orders, clock).release(held.id, ReleaseRequest(note="looking"), "key_ops")
