@@ -342,10 +342,11 @@ class OrderActions:
                 return True  # shipped meanwhile: delivered as any shipped parcel
             if marked.status is S.ON_HOLD:
                 waiting = marked.parcels_to_confirm()
+                question = f" for a person to confirm whether {', '.join(waiting)} left" if waiting else ""
                 raise InvalidTransition(
                     f"the carrier's report that shipment {shipment_id} arrived is recorded (the parcel left), but "
-                    f"order {order_id} stays on hold for a person to confirm whether {', '.join(waiting)} left: "
-                    "the parcel is shipped and delivered once that hold is released",
+                    f"order {order_id} stays on hold{question}: the parcel is shipped and delivered once that hold "
+                    "is released",
                     details=[{"shipment_id": s, "message": "may have left: to be confirmed by a person"}
                              for s in waiting],
                 )  # fmt: skip
