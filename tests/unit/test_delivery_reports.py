@@ -94,6 +94,8 @@ def test_a_report_whose_function_dies_before_its_ship_leaves_the_parcel_that_not
     )
     assert world.level("TSHIRT", "wh-west") == (10, 2, 8)  # still reserved for the parcel
     assert after.parcels_reported() == [shipment_id]
+    assert Order.model_validate_json(after.stored_json()) == after  # the mark is stored (and only there)
+    assert "reported_delivered" not in after.model_dump_json()
 
     delivered = world.actions.deliver(held.id, shipment_id, actor="key_carrier")
 
