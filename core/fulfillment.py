@@ -25,7 +25,17 @@ from core.errors import (
 from core.events import OrderEvent
 from core.holds import give_back_or_note, give_back_surplus
 from core.ids import reservation_key, shipment_id_for
-from core.models import Change, LineInput, Order, OrderEdit, OrderLine, PaymentInput, PlaceOrder, utc_now
+from core.models import (
+    Change,
+    LineInput,
+    Order,
+    OrderEdit,
+    OrderLine,
+    PaymentInput,
+    PlaceOrder,
+    reported_delivered_note,
+    utc_now,
+)
 from core.money import Money
 from core.order_changes import failure_recorder, modify, outage_noted_once, visible, void_outage_noted_once
 from core.payments import Payments
@@ -126,7 +136,9 @@ class OrderActions:
         movement (idempotent by reservation key) and, after the last parcel, the settlement of an
         order that lost units (after_shipping, which a gateway that was down could not make then);
         nothing else. A pickup never ships, so a ship of one is refused (409) whatever its status:
-        collected, it is delivered without having shipped."""
+        collected, it is delivered without having shipped. A parcel a carrier reported delivered
+        before its ship was recorded (Order.report_delivered) is recorded delivered too, at the
+        carrier's time."""
         done = (ShipmentStatus.SHIPPED, ShipmentStatus.DELIVERED)
 
         def record(current: Order, amount: Money, reference: str | None, at: datetime):
@@ -140,7 +152,12 @@ class OrderActions:
                 current.ready_to_ship(shipment_id)
 
         order = self._checked(order_id, channel, shippable)
-        return self._hand_over(order, shipment_id, actor, channel, done, record)
+        shipped = self._hand_over(order, shipment_id, actor, channel, done, record)
+        if shipped.reported_delivered and shipped.reported(shipment_id) is not None:
+            # A carrier reported it delivered before its ship was recorded (Order.report_delivered):
+            # whoever ships it, it is recorded delivered too, at the carrier's time.
+            return self.deliver(order_id, shipment_id, actor, channel)
+        return shipped
 
     def _checked(self, order_id: str, channel: str | None, check: Callable[[Order], None]) -> Order:
         """The order, once `check` (which raises to refuse) passes on it. A plain read may predate
@@ -275,10 +292,12 @@ class OrderActions:
         failed): a delivered order ends paid in full.
 
         A parcel still `pending` because its ship died after asking for its capture is proof it
-        left: it is shipped first (_ship_reported_delivered), then delivered. Any other pending
-        parcel is refused (InvalidTransition, 409) as before: nothing says the location handed it
-        over. That ship refused its capture (PaymentRefused: the gateway's answer, not a missing
-        plugin) is recorded as the delivery not recorded (_delivery_not_recorded), then raised."""
+        left: it is marked so and shipped first (_ship_reported_delivered), then delivered, both at
+        the carrier's time. Any other pending parcel is refused (InvalidTransition, 409) as before:
+        nothing says the location handed it over. That ship refused its capture (PaymentRefused: the
+        gateway's answer, not a missing plugin) is recorded as the delivery not recorded
+        (_delivery_not_recorded), then raised: the parcel stays marked, so nothing puts its units
+        back on sale."""
 
         def decide(order: Order):
             if order.shipment(shipment_id).status is ShipmentStatus.DELIVERED:
@@ -290,7 +309,7 @@ class OrderActions:
         except InvalidTransition:
             # The rare path only: the typical delivery reads and writes as before.
             try:
-                shipped = self._ship_reported_delivered(order_id, shipment_id, actor, channel)
+                shipped = self._ship_reported_delivered(order_id, shipment_id, actor, channel, delivered_at)
             except NoPaymentPlugin:
                 raise  # nobody asked the gateway: sent again once the plugin is back, it ships
             except PaymentRefused as refused:
@@ -298,34 +317,64 @@ class OrderActions:
                 raise
             if not shipped:
                 raise
+            # Delivered by the time the report's mark holds (Order.deliver), validated when it was made.
+            delivered_at = None
             delivered = modify(self._orders, order_id, decide, channel=channel)
         return self._units.after_shipping(delivered, actor, delivered=True)
 
-    def _ship_reported_delivered(self, order_id: str, shipment_id: str, actor: str, channel: str | None) -> bool:
-        """Ship the pending parcel a carrier reported delivered when its fate was unknown, as a ship
-        would (its capture asked under the request standing, which the gateway answers with the
-        capture it made, or anew once the scan refunded it): the order held for a person to confirm
-        whether that parcel alone left (Order.delivery_confirms) is released first, by the report
-        (a `released` entry whose note says so: a report sent again after this function died
-        before the ship finds it); an order not held, whose ship of that parcel asked for its
-        capture and never recorded it (Order.unfinished_ships), is shipped as it is. Whether it
-        did (False: nothing done, the delivery is refused as before). A person's hold is theirs to
-        release (its reason is no question the carrier answers)."""
-        order = visible(self._orders.get(order_id, consistent=True), order_id, channel)
-        if order.fulfillment.type == "pickup" or order.shipment(shipment_id).status is not ShipmentStatus.PENDING:
-            return False
-        if order.status is S.ON_HOLD:
-            if not order.delivery_confirms(shipment_id):
+    def _ship_reported_delivered(
+        self, order_id: str, shipment_id: str, actor: str, channel: str | None, delivered_at: datetime | None
+    ) -> bool:
+        """Ship the pending parcel a carrier reported delivered (by `delivered_at`, when it says
+        and it is believable: reported_at) while its fate was unknown, as a ship would (its capture
+        asked under the request standing, which the gateway answers with the capture it made, or
+        anew once the scan refunded it). First the report is written (Order.report_delivered): the
+        parcel marked, and the system's hold that waited for a person to confirm it released in
+        that same write, so a function that dies before the ship leaves a parcel nothing can put
+        back on sale (Order.check_parcels_reported), whose report sent again (or a ship of it) ships it.
+        Whether it did (False: nothing done, the delivery is refused as before: no such hold or
+        standing request, a person's hold, or a person's release that won the race for the hold,
+        after which the report is what it would be had it come second). A parcel marked already is
+        shipped (and, marked and held for again, its hold released). The report that ends the hold
+        ships the parcels reports marked while it waited for others too (nobody reports them
+        again). InvalidTransition when the report is recorded but the order stays held for other
+        parcels a person is to confirm: it ships once that hold ends (the report that ends it, or a
+        ship of it after a person's release, which records it delivered too: OrderActions.ship)."""
+        at = self._clock()
+
+        def decide(current: Order):
+            if current.reported(shipment_id) is not None and not current.delivery_confirms(shipment_id):
+                return None
+            return current.report_delivered(shipment_id, reported_at(current, delivered_at, at), at=at, actor=actor)
+
+        others: list[str] = []  # other parcels reported while the hold waited for a person
+        try:
+            marked = modify(self._orders, order_id, decide, channel=channel)
+        except InvalidTransition:
+            # Released by a report before reports were marked (its function died before the ship).
+            if not self._released_by_report(order_id, shipment_id):
                 return False
-            at = self._clock()
-            note = _delivered_note(shipment_id)
-            modify(self._orders, order_id,
-                   lambda current: current.release(note=note, at=at, actor=actor)
-                   if current.delivery_confirms(shipment_id) else None,
-                   channel=channel)  # fmt: skip
-        elif shipment_id not in order.unfinished_ships() and not self._released_by_report(order_id, shipment_id):
-            return False
+        else:
+            if marked.shipment(shipment_id).status is not ShipmentStatus.PENDING:
+                return True  # shipped meanwhile: delivered as any shipped parcel
+            if marked.status is S.ON_HOLD:
+                waiting = marked.parcels_to_confirm()
+                question = f" for a person to confirm whether {', '.join(waiting)} left" if waiting else ""
+                raise InvalidTransition(
+                    f"the carrier's report that shipment {shipment_id} arrived is recorded (the parcel left), but "
+                    f"order {order_id} stays on hold{question}: the parcel is shipped and delivered once that hold "
+                    "is released",
+                    details=[{"shipment_id": s, "message": "may have left: to be confirmed by a person"}
+                             for s in waiting],
+                )  # fmt: skip
+            others = [s for s in marked.parcels_reported() if s != shipment_id]
         self.ship(order_id, shipment_id, None, actor, channel)
+        for other in others:
+            # Reported while the order was held for this one too (Order.report_delivered): nobody
+            # reports it again. A ship that fails leaves it marked, its failure in the history, for
+            # a person's ship (or its carrier's next report) to finish.
+            with contextlib.suppress(InvalidTransition, PaymentRefused, PaymentGatewayUnavailable):
+                self.ship(order_id, other, None, actor, channel)
         return True
 
     def _delivery_not_recorded(self, order_id: str, shipment_id: str, message: str, actor: str) -> None:
@@ -354,16 +403,18 @@ class OrderActions:
         )  # fmt: skip
 
     def _released_by_report(self, order_id: str, shipment_id: str) -> bool:
-        """Whether the order's last release is a delivery report's of `shipment_id` (whose ship has
-        not been recorded yet: the function that released it died first)."""
+        """Whether the order's last release is a delivery report's of `shipment_id` made before
+        reports were marked (Order.reported_delivered), whose ship has not been recorded yet (the
+        function that released it died first): a report sent again ships it."""
         found = self._orders.history(order_id, consistent=True)
-        if found is None:
+        if found is None or found[0].shipment(shipment_id).status is not ShipmentStatus.PENDING:
             return False
         last = next((e for e in reversed(found[1]) if e.type in (OrderEvent.RELEASED, OrderEvent.ON_HOLD)), None)
         return (
             last is not None
             and last.type is OrderEvent.RELEASED
-            and (last.detail or {}).get("note") == _delivered_note(shipment_id)
+            and (last.detail or {}).get("note") == reported_delivered_note(shipment_id)
+            and found[0].status in (S.ALLOCATED, S.PARTIALLY_SHIPPED)
         )
 
     # --- Store and warehouse execution ------------------------------------------------------------
@@ -759,13 +810,22 @@ def _priced_in_place(lines: list[OrderLine], kept: list[OrderLine], priced: list
     ]  # fmt: skip
 
 
-def _delivered_note(shipment_id: str) -> str:
-    """The note of the release a carrier's delivery report of a parcel to confirm makes."""
-    return f"the carrier reported shipment {shipment_id} delivered: the parcel left"
-
-
 def _still_there(order: Order, shipment_id: str) -> None:
     """A shipment withdrawn while it was being captured for (its order edited, or the shipment
     rejected, and sent back to be sourced) is a conflict: the caller refunds the capture."""
     if not any(s.id == shipment_id for s in order.shipments):
         raise InvalidTransition(f"shipment {shipment_id} was withdrawn: its order is being sourced again")
+
+
+# How far ahead of the OMS's clock a carrier's clock may run before the time it reports is not
+# believed (reported_at).
+REPORT_SKEW = timedelta(minutes=5)
+
+
+def reported_at(order: Order, given: datetime | None, now: datetime) -> datetime:
+    """When a carrier's report says a parcel of `order` arrived: `given` (its tracking's `at`) when
+    it is believable, no later than `now` (a clock up to REPORT_SKEW ahead is taken for now) and not
+    before the order was placed; `now`, when the OMS heard, otherwise."""
+    if given is None or given < order.created_at or given > now + REPORT_SKEW:
+        return now
+    return min(given, now)

@@ -7,10 +7,11 @@ from collections.abc import Callable
 from datetime import datetime
 
 from core.cancellation import holding_locations
+from core.errors import Conflict, InvalidTransition
 from core.events import OrderEvent
 from core.ids import reservation_key
-from core.models import HoldReason, Note, Order, Strict, utc_now
-from core.order_changes import modify
+from core.models import RELEASE_RETRY_WINDOW, HoldReason, Note, Order, Strict, utc_now
+from core.order_changes import modify, visible
 from core.ports import CatalogRepository, InventoryRepository, OrderRepository
 from core.status import OrderStatus
 
@@ -79,19 +80,51 @@ class Holds:
             )  # fmt: skip
         return held
 
-    def release(self, order_id: str, request: ReleaseRequest, actor: str, channel: str | None = None) -> Order:
+    def release(
+        self, order_id: str, request: ReleaseRequest, actor: str, channel: str | None = None,
+        request_key: str | None = None,
+    ) -> Order:  # fmt: skip
         """Back to the status it was held from (InvalidTransition, 409, when it is not on hold). The
         same release sent again after one that ended a person's hold and left the order held for
         parcels to confirm (Order.repeats_release: a blind retry) changes nothing and answers the
-        order as it stands."""
+        order as it stands. `request_key` (a client's Idempotency-Key, scoped to its API key) is
+        kept in the release's entry: a retry under it of a release that took effect (whose answer
+        was lost, and whose hold something else may have ended since: a carrier's delivery report,
+        the person's next release) answers the order as it stands instead of 409 `not on hold`;
+        under it with another note, 409 `idempotency_key_reused`."""
         at = self._clock()
 
         def decide(order: Order):
             if order.repeats_release(note=request.note, at=at, actor=actor):
                 return None
-            return order.release(note=request.note, at=at, actor=actor)
+            return order.release(note=request.note, at=at, actor=actor, request_key=request_key)
 
-        return modify(self._orders, order_id, decide, channel=channel)
+        try:
+            return modify(self._orders, order_id, decide, channel=channel)
+        except InvalidTransition:
+            if request_key is None or not self._released_under(order_id, request_key, request.note, at):
+                raise
+            return visible(self._orders.get(order_id, consistent=True), order_id, channel)
+
+    def _released_under(self, order_id: str, request_key: str, note: str | None, at: datetime) -> bool:
+        """Whether a release under `request_key` within RELEASE_RETRY_WINDOW of `at` is in the
+        order's history (Conflict `idempotency_key_reused` when it had another note)."""
+        found = self._orders.history(order_id, consistent=True)
+        made = next(
+            (entry for entry in reversed(found[1] if found else [])
+             if entry.type is OrderEvent.RELEASED and (entry.detail or {}).get("request_key") == request_key
+             and at - entry.at < RELEASE_RETRY_WINDOW),
+            None,
+        )  # fmt: skip
+        if made is None:
+            return False
+        if (made.detail or {}).get("note") != (note or None):
+            raise Conflict(
+                "this Idempotency-Key was used with a different request body",
+                code="idempotency_key_reused",
+                details=[{"field": "Idempotency-Key", "message": "reuse a key only to retry the same request"}],
+            )
+        return True
 
 
 def give_back_surplus(inventory: InventoryRepository, order: Order, location_ids: list[str]) -> None:

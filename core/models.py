@@ -1162,6 +1162,15 @@ class ReleaseSent(BaseModel, defer_build=True):
     note: str | None = None
 
 
+class ReportedDelivery(BaseModel, defer_build=True):
+    """A carrier's report that the pending parcel of `shipment_id` arrived, its ship having died
+    after asking for its capture (Order.report_delivered): proof it left, by `at` (the carrier's
+    time when it gave one the OMS could believe, else when the OMS heard)."""
+
+    shipment_id: str
+    at: datetime
+
+
 class Hold(BaseModel, defer_build=True):
     """Why an order is on hold and since when. `resume_to`, the status a release returns it to,
     is the system's own: stored with the order (Order.stored_json) but not part of the contract's
@@ -1682,6 +1691,16 @@ class Order(BaseModel, defer_build=True):
     # repeating the cancel would, and the units would stay reserved for no one (and leave on_hand
     # with the last parcel's ship). Never set on the typical order. The system's own: stored, never shown.
     stock_owed: bool = Field(default=False, exclude=True)
+    # The parcels a carrier reported delivered while their ships, dead after asking for their
+    # captures, had not recorded them (Order.report_delivered): written with the report's release
+    # of the hold that waited on them (or alone, on an order not held), before the ship the report
+    # then makes, so a function that dies between leaves them marked. Marked, a parcel's units are
+    # never put back on sale (check_parcels_kept: no reject, edit, cancel of its units or of the
+    # order), the ship and delivery that finish it take the carrier's time, and a report sent
+    # again (a carrier retries a report answered 5xx) or a ship of it finishes it; its delivery
+    # clears it. Never set on the typical order. The system's own:
+    # stored, never shown.
+    reported_delivered: list[ReportedDelivery] = Field(default_factory=empty_list, exclude=True)
     created_at: datetime
     updated_at: datetime
     version: int
@@ -1782,6 +1801,8 @@ class Order(BaseModel, defer_build=True):
             system["settlement_owed"] = True
         if self.stock_owed:
             system["stock_owed"] = True
+        if self.reported_delivered:
+            system["reported_delivered"] = [r.model_dump(mode="json") for r in self.reported_delivered]
         if self.hold is not None and self.hold.resume_to is not None:
             # Inside the API's `hold`: through a dict (held orders only).
             doc = self.model_dump(mode="json", exclude_none=True, exclude=_NOT_STORED)
@@ -1994,7 +2015,10 @@ class Order(BaseModel, defer_build=True):
     def check_parcels_kept(self, what: str, shipment_ids: list[str] | None = None) -> None:
         """ParcelNotConfirmed (409) when `what` would touch a parcel waiting for a person to confirm
         whether it left (parcels_to_confirm): those of `shipment_ids`, or with None any (an edit or a
-        reject sends every parcel of the order back to be sourced)."""
+        reject sends every parcel of the order back to be sourced). InvalidTransition (409) when it
+        would touch one a carrier reported delivered whose ship is not finished (parcels_reported):
+        it left, so its units are not put back on sale."""
+        self.check_parcels_reported(what, shipment_ids)
         waiting = self.parcels_to_confirm()
         touched = [s for s in waiting if shipment_ids is None or s in shipment_ids]
         if not touched:
@@ -2007,17 +2031,94 @@ class Order(BaseModel, defer_build=True):
                      for s in touched],
         )  # fmt: skip
 
+    def check_parcels_reported(self, what: str, shipment_ids: list[str] | None = None) -> None:
+        """InvalidTransition (409) when `what` would touch a parcel a carrier reported delivered
+        whose ship is not recorded yet (parcels_reported; of `shipment_ids`, or with None any): it
+        left, so its units are not put back on sale, whoever asks."""
+        reported = [s for s in self.parcels_reported() if shipment_ids is None or s in shipment_ids]
+        if reported:
+            raise InvalidTransition(
+                f"the carrier reported shipment {', '.join(reported)} of order {self.id} delivered (its ship died "
+                f"after its capture): it cannot be {what}; the report sent again, a ship of it "
+                f"(POST /orders/{self.id}/shipments/{reported[0]}/ship) records it shipped",
+                details=[{"shipment_id": s, "message": "reported delivered by its carrier: it left"}
+                         for s in reported],
+            )  # fmt: skip
+
+    def parcels_reported(self) -> list[str]:
+        """The pending parcels a carrier reported delivered whose ship is not recorded yet
+        (reported_delivered): they left, so nothing may put their units back on sale."""
+        marked = {r.shipment_id for r in self.reported_delivered}
+        return [s.id for s in self.shipments if s.id in marked and s.status is ShipmentStatus.PENDING]
+
+    def _parcels_kept(self) -> set[str]:
+        """The parcels no cancel of units may take units from: those waiting for a person to confirm
+        whether they left (parcels_to_confirm), and those a carrier reported delivered (parcels_reported)."""
+        return {*self.parcels_to_confirm(), *self.parcels_reported()}
+
+    def reported(self, shipment_id: str) -> ReportedDelivery | None:
+        """The carrier's report that the parcel of `shipment_id` arrived, while its ship or delivery
+        is not recorded yet (reported_delivered)."""
+        return next((r for r in self.reported_delivered if r.shipment_id == shipment_id), None)
+
     def delivery_confirms(self, shipment_id: str) -> bool:
-        """Whether a carrier's report that the pending parcel of `shipment_id` arrived answers all
-        the order's hold waits for: the system's hold for a person to confirm whether that parcel
-        alone left (Hold.confirms_ships, parcels_to_confirm), no person's hold before it
-        (Hold.ships_to_confirm: their reason is no question the carrier answers). The report is
-        proof it left, as a person's release of the hold would say (OrderActions.deliver)."""
+        """Whether a carrier's report that the pending parcel of `shipment_id` arrived answers the
+        order's hold for it: the system's hold for a person to confirm whether parcels left, which
+        names it (Hold.confirms_ships), no person's hold before it (Hold.ships_to_confirm: their
+        reason is no question the carrier answers). The report is proof that parcel left, as a
+        person's release of the hold would say; other parcels the hold names still wait for a
+        person (Order.report_delivered)."""
         if self.status is not OrderStatus.ON_HOLD or self.hold is None or not self.hold.parked:
             return False
-        if self.hold.ships_to_confirm or shipment_id not in self.hold.confirms_ships:
-            return False
-        return self.parcels_to_confirm() == [shipment_id]
+        return not self.hold.ships_to_confirm and shipment_id in self.hold.confirms_ships
+
+    def report_delivered(
+        self, shipment_id: str, left_at: datetime, *, at: datetime, actor: str
+    ) -> Change | Bookkeeping:
+        """A carrier reported the pending parcel of `shipment_id` delivered by `left_at` while its
+        ship, dead after asking for its capture, never recorded it: proof it left. Marked on the
+        order (reported_delivered) in the same write that ends what waited on it, before the ship
+        that records it (OrderActions.deliver), so nothing can put its units back on sale between.
+        On the system's hold for a person to confirm whether parcels left that names it
+        (delivery_confirms), that hold is released by the report, its note saying so: back to the
+        status the hold resumes to, or, when the hold names other parcels too, held still for those
+        alone (a `released` entry that changes no status, `detail.shipment_ids` the parcels still to
+        confirm; the marked parcel ships once a person releases them). On an order not held whose
+        ship of that parcel still has its capture request standing (unfinished_ships), only marked
+        (bookkeeping: its ship's entry follows). InvalidTransition for anything else: a pickup, a
+        parcel not pending, or marked already on an order not held, a person's hold, a parcel
+        nobody's ship died for."""
+        shipment = self.shipment(shipment_id)
+        if self.fulfillment.type == "pickup" or shipment.status is not ShipmentStatus.PENDING:
+            raise InvalidTransition(f"shipment {shipment_id} is {shipment.status}: nothing to report shipped")
+        reported = self.reported(shipment_id) is not None
+        marked = [
+            *self.reported_delivered,
+            *([] if reported else [ReportedDelivery(shipment_id=shipment_id, at=left_at)]),
+        ]
+        if self.status is OrderStatus.ON_HOLD:
+            # Marked already and held for it again (the capture sweep found its request standing
+            # after a report died before its ship): this report answers that hold too.
+            if not self.delivery_confirms(shipment_id):
+                raise InvalidTransition(f"order {self.id} is on a hold the carrier's report does not answer")
+            assert self.hold is not None
+            detail: dict[str, Any] = {"reason": self.hold.reason, "note": reported_delivered_note(shipment_id)}
+            rest = [s for s in self.parcels_to_confirm() if s != shipment_id and self.reported(s) is None]
+            if rest:
+                hold = _replaced(self.hold, note=_unfinished_ships_note(rest), confirms_ships=rest)
+                return self._next(
+                    at=at, actor=actor, type=OrderEvent.RELEASED, detail={**detail, "shipment_ids": rest}, hold=hold,
+                    reported_delivered=marked,
+                )  # fmt: skip
+            return self._next(
+                at=at, actor=actor, type=OrderEvent.RELEASED, to=self.hold.resume_to, detail=detail, hold=None,
+                reported_delivered=marked,
+            )  # fmt: skip
+        if reported:
+            raise InvalidTransition(f"shipment {shipment_id} is reported delivered already")
+        if shipment_id not in self.unfinished_ships():
+            raise InvalidTransition(f"shipment {shipment_id} has not been confirmed shipped")
+        return self._bookkeeping(at=at, reported_delivered=marked)
 
     def unfinished_ships(self) -> list[str]:
         """The shipments whose ship (or collect) asked for a capture that still waits for it: not
@@ -2918,13 +3019,16 @@ class Order(BaseModel, defer_build=True):
         self, shipment_id: str, *, tracking_number: str | None, captured: Money, capture_reference: str | None,
         at: datetime, actor: str,
     ) -> Change:  # fmt: skip
-        """The shipment left, and `captured` (what the gateway approved for it) is recorded."""
+        """The shipment left, and `captured` (what the gateway approved for it) is recorded. One a
+        carrier reported delivered (reported_delivered) left by the time it gave."""
         shipment = self.ready_to_ship(shipment_id)
         payment = self.payment
         if payment.authorization:
             payment = payment.with_capture(captured, self.payable())
+        reported = self.reported(shipment_id) if self.reported_delivered else None
+        shipped_at = reported.at if reported is not None else at
         shipments = [
-            _replaced(s, status=ShipmentStatus.SHIPPED, shipped_at=at, captured=captured,
+            _replaced(s, status=ShipmentStatus.SHIPPED, shipped_at=shipped_at, captured=captured,
                       tracking_number=tracking_number or s.tracking_number)
             if s.id == shipment_id else s
             for s in self.shipments
@@ -2947,10 +3051,17 @@ class Order(BaseModel, defer_build=True):
 
     def deliver(self, shipment_id: str, *, at: datetime, actor: str, delivered_at: datetime | None = None) -> Change:
         """The shipped parcel arrived, at `delivered_at` when its carrier says when (a webhook may
-        come late): a time before it shipped, or yet to come, is nobody's and `at` stands instead."""
+        come late): a time before it shipped, or yet to come, is nobody's and `at` stands instead. A
+        parcel a carrier reported delivered before its ship was recorded (reported_delivered)
+        arrived by the time that report gave, unless this one gives another; its mark goes."""
         shipment = self.shipment(shipment_id)
         if shipment.status is not ShipmentStatus.SHIPPED:
             raise InvalidTransition("a shipment is delivered only after it has shipped")
+        reported = self.reported(shipment_id) if self.reported_delivered else None
+        marks: dict[str, Any] = {}
+        if reported is not None:
+            delivered_at = delivered_at or reported.at
+            marks["reported_delivered"] = [r for r in self.reported_delivered if r is not reported]
         shipped_at = shipment.shipped_at or at
         arrived = delivered_at if delivered_at is not None and shipped_at <= delivered_at <= at else at
         shipments = [
@@ -2966,7 +3077,7 @@ class Order(BaseModel, defer_build=True):
         return self._next(
             at=at, actor=actor, type=OrderEvent.SHIPMENT_DELIVERED,
             to=OrderStatus.DELIVERED if everything_delivered else None,
-            detail={"shipment_id": shipment_id}, shipments=shipments,
+            detail={"shipment_id": shipment_id}, shipments=shipments, **marks,
         )  # fmt: skip
 
     # --- Store and warehouse execution ---------------------------------------------------------
@@ -3108,6 +3219,8 @@ class Order(BaseModel, defer_build=True):
         left, are cancelled (_shipments_withdrawn)."""
         if not can_transition(self.status, OrderStatus.CANCELLED):
             raise InvalidTransition(f"an order that is {self.status} can no longer be cancelled")
+        # A parcel a carrier reported delivered left: cancelled, its units would go back on sale.
+        self.check_parcels_reported("cancelled")
         lines, totals, units = self._everything_cancelled()
         return self._next(
             at=at, actor=actor, type=OrderEvent.CANCELLED, to=OrderStatus.CANCELLED,
@@ -3291,7 +3404,7 @@ class Order(BaseModel, defer_build=True):
         sent = self.hold.left_by_release
         return (sent.actor, sent.note) == (actor, note) and at - self.hold.since < RELEASE_RETRY_WINDOW
 
-    def release(self, *, note: str | None, at: datetime, actor: str) -> Change:
+    def release(self, *, note: str | None, at: datetime, actor: str, request_key: str | None = None) -> Change:
         """Off hold, back to the status it was held from. A person's hold made a park for parcels
         to confirm (Hold.ships_to_confirm, Order.park_for_unfinished_ships) ends alone: the order
         stays on the system's hold for those parcels, as hold_unfinished_ships would have held it
@@ -3303,7 +3416,10 @@ class Order(BaseModel, defer_build=True):
         made it a park, or a park for a failure): a held order never ships, so that ship died and
         its parcel may have left; released to `allocated`, the order had nothing to say so, and a
         reject or a cancel of units would refund the capture and put the parcel's units back on
-        sale. The release leaves the system's hold for those parcels as the sweep's park would."""
+        sale. The release leaves the system's hold for those parcels as the sweep's park would.
+        `request_key` (a client's Idempotency-Key, scoped to its API key) is kept in the entry, so
+        a retry of this release finds it once the order is no longer held (Holds.release)."""
+        keyed = {"request_key": request_key} if request_key is not None else {}
         if self.status is not OrderStatus.ON_HOLD or self.hold is None:
             raise InvalidTransition(f"an order that is {self.status} is not on hold")
         if self.hold.resume_to is None:
@@ -3316,12 +3432,13 @@ class Order(BaseModel, defer_build=True):
                               left_by_release=ReleaseSent(actor=actor, note=note))  # fmt: skip
             return self._next(
                 at=at, actor=actor, type=OrderEvent.RELEASED,
-                detail={"reason": self.hold.reason, **({"note": note} if note else {}), "shipment_ids": shipment_ids},
+                detail={"reason": self.hold.reason, **({"note": note} if note else {}), "shipment_ids": shipment_ids,
+                        **keyed},
                 hold=to_confirm,
             )  # fmt: skip
         return self._next(
             at=at, actor=actor, type=OrderEvent.RELEASED, to=self.hold.resume_to,
-            detail={"reason": self.hold.reason, **({"note": note} if note else {})}, hold=None,
+            detail={"reason": self.hold.reason, **({"note": note} if note else {}), **keyed}, hold=None,
         )  # fmt: skip
 
     def edit(
@@ -3492,7 +3609,7 @@ class Order(BaseModel, defer_build=True):
         """ParcelNotConfirmed (409) when the `cancelled` units ({line_id: units}) cannot all come
         from parcels other than those waiting for a person to confirm whether they left
         (parcels_to_confirm): cancel_units takes them from the others, and never from those."""
-        waiting = set(self.parcels_to_confirm())
+        waiting = self._parcels_kept()
         if not waiting:
             return
         # A capture request standing on the hold is settled before any units are cancelled (refunded,
@@ -3577,7 +3694,7 @@ class Order(BaseModel, defer_build=True):
         # Never from a parcel waiting for a person to confirm whether it left: it may be in the
         # carrier's van, and its units must not go back on sale.
         self.check_units_spare_parcels(cancelled)
-        waiting = set(self.parcels_to_confirm())
+        waiting = self._parcels_kept()
         taking = dict(cancelled)
         removed: dict[tuple[str, str], int] = {}
         shrunk: list[str] = []
@@ -4086,6 +4203,11 @@ def _shown_reference(reference: str | None) -> str | None:
     """A gateway's reference as an error's text shows it (core.log_text.shown_reference): an error
     reaches a client's 409 and the logs, where a bidi override in it would reorder what is read."""
     return None if reference is None else shown_reference(reference)
+
+
+def reported_delivered_note(shipment_id: str) -> str:
+    """The note of the release a carrier's delivery report of a parcel to confirm makes (Order.report_delivered)."""
+    return f"the carrier reported shipment {shipment_id} delivered: the parcel left"
 
 
 def _unfinished_ships_note(shipment_ids: list[str]) -> str:

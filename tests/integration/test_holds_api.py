@@ -275,3 +275,39 @@ def test_a_storefront_cannot_cancel_an_order_held_to_confirm_a_parcel_but_a_pers
     cancelled = api.post(f"{path}/cancel", key=approver, json={"reason": "the parcel never left"})
     assert cancelled.status_code == 200, cancelled.text
     assert cancelled.json()["status"] == "cancelled"
+
+
+def test_a_release_retried_under_its_idempotency_key_once_a_delivery_report_ended_the_hold_it_left_answers_again(
+    api: InProcessApi, sku: str
+):
+    # A person's release of their own hold left the system's hold for a parcel whose ship died; the
+    # carrier's report then ended that hold. The person's retry under the same key was 409 `not on
+    # hold` for a release that took effect: it answers the first answer again.
+    from core.models import utc_now
+    from core.order_changes import modify
+    from functions.api.dependencies import container
+
+    order = place(api, sku)
+    allocate(order["id"])
+    path = f"/orders/{order['id']}"
+    shipment_id = api.get(path).json()["shipments"][0]["id"]
+    assert api.post(f"{path}/hold", json={"reason": "address_review"}).status_code == 200
+    modify(
+        container().order_repository, order["id"],
+        lambda current: current.park_for_unfinished_ships([shipment_id], at=utc_now(), actor="jeopardy_scan"),
+    )  # fmt: skip
+    key = {"Idempotency-Key": unique("release")}
+    released = api.post(f"{path}/release", json={"note": "address checked"}, headers=key)
+    assert released.status_code == 200, released.text
+    assert released.json()["status"] == "on_hold"
+    delivered = api.post(f"{path}/shipments/{shipment_id}/deliver")
+    assert delivered.status_code == 200, delivered.text
+    assert delivered.json()["status"] == "delivered"
+
+    again = api.post(f"{path}/release", json={"note": "address checked"}, headers=key)
+
+    assert again.status_code == 200, again.text
+    assert unsigned(again.json()) == unsigned(released.json())
+    assert_error(api.post(f"{path}/release", json={"note": "address checked"}), 409, "invalid_transition")
+    assert_error(api.post(f"{path}/release", json={"note": "another"}, headers=key), 409, "idempotency_key_reused")
+    assert api.get(path).json()["version"] == delivered.json()["version"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aws_lambda_powertools.event_handler.api_gateway import Router
 
 from core.access import Scope
@@ -9,7 +11,7 @@ from core.holds import HoldRequest, ReleaseRequest
 from core.models import Order
 from functions.api.access import caller, requires
 from functions.api.dependencies import container
-from functions.api.routes.orders import OrderIdPath, changed, seen_by
+from functions.api.routes.orders import IdempotencyKey, OrderIdPath, changed, seen_by
 from functions.api.schemas import OrderReceipt, errors
 
 router = Router()
@@ -38,11 +40,32 @@ def hold_order(order_id: OrderIdPath, request: HoldRequest) -> Order | OrderRece
     "before the hold is not authorized again). An order that is not on hold is 409. A person's hold on an order "
     "whose ship died after asking for its capture ends alone: the order stays `on_hold` (reason `other`, the note "
     "naming the shipments) until a person confirms whether the parcel left with a release of that hold; the same "
-    "release sent again (same caller, same note, within 24 h: a blind retry) answers the order as it stands.",
+    "release sent again (same caller, same note, within 24 h: a blind retry) answers the order as it stands. With "
+    "`Idempotency-Key` a retry answers the first answer again (another note under the key is 409 "
+    "`idempotency_key_reused`), even once the hold it ended is gone (a carrier's delivery report ended the "
+    "system's hold it left): no 409 `not on hold` for a release that took effect.",
     responses={**changed("The order, released"), **errors(400, 403, 404, 409, 413)},
 )
 @requires(Scope.ORDERS_APPROVE)
-def release_order(order_id: OrderIdPath, request: ReleaseRequest | None = None) -> Order | OrderReceipt:
+def release_order(
+    order_id: OrderIdPath, request: ReleaseRequest | None = None, idempotency_key: IdempotencyKey = None
+) -> Order | OrderReceipt:
     who = caller(router)
     body = request or ReleaseRequest()
-    return seen_by(who, container().holds.release(order_id, body, actor=who.key_id, channel=who.channel))
+    if idempotency_key is None:
+        return seen_by(who, container().holds.release(order_id, body, actor=who.key_id, channel=who.channel))
+    from functions.api.idempotency import once
+
+    # Kept in the release's entry too, so a retry finds it when the first request stopped before its
+    # answer was stored (and the hold it ended is gone: not 409 `not on hold`).
+    request_key = f"api:{who.key_id}:{idempotency_key}"
+
+    def release() -> dict[str, Any]:
+        released = container().holds.release(
+            order_id, body, actor=who.key_id, channel=who.channel, request_key=request_key
+        )
+        return released.model_dump(mode="json")
+
+    answer = once(f"POST /orders/{order_id}/release", who.key_id, idempotency_key, body.model_dump(mode="json"),
+                  release, router.lambda_context)  # fmt: skip
+    return seen_by(who, Order.model_validate(answer))

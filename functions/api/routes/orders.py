@@ -309,8 +309,11 @@ def ship_shipment(
     description="A shipped parcel arrived; or a pickup `ready_for_pickup` was collected at its store, when its "
     "share of the payment is captured (as a ship captures: a refused capture is 502, a gateway that keeps failing "
     "503, and the pickup stays ready). A parcel still `pending` is 409, unless its ship died after its capture "
-    "(its fate unknown, the order held only for a person to confirm whether it left, or its capture request still "
-    "standing): the report is proof it left, and it is shipped (captured as a ship captures) and delivered.",
+    "(its fate unknown, the order held by the system for a person to confirm whether it left, or its capture request "
+    "still standing): the report is proof it left, and it is shipped (captured as a ship captures) and delivered. A "
+    "hold that names other parcels too stays on for them (409, the report recorded: the parcel is shipped and "
+    "delivered once that hold ends); until then nothing puts the parcel's units back on sale (a reject, an edit or a "
+    "cancel touching it is 409).",
     responses={**changed("The order"), **errors(400, 403, 404, 409, 413, 502, 503)},
     middlewares=[plugins_loaded],
 )
