@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import cache, lru_cache
 from typing import Any
@@ -320,7 +319,7 @@ def calls_by_function(stack: Any) -> Iterator[Calls]:
     stack may be entered before it is started."""
     from botocore.client import BaseClient
 
-    from infra.local.lambdas import RUNNING
+    from infra.local.lambdas import RUNNING, run_workers_as_their_function
 
     def names_of() -> tuple[dict[str, str], dict[str, str]]:
         return {f.name: logical for logical, f in stack.functions.items()}, {
@@ -434,32 +433,17 @@ def calls_by_function(stack: Any) -> Iterator[Calls]:
             record(client, operation_model.name, api_params)
         return emitted(client, api_params, operation_model, context)
 
-    def submitting(executor: Any, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
-        # A worker thread a function starts (the reports' partition readers) runs as that
-        # function: RUNNING is per thread, and its calls were recorded as no function's.
-        name = getattr(RUNNING, "function", None)
-        if name is None:
-            return submitted(executor, fn, *args, **kwargs)
-
-        def as_the_function(*args: Any, **kwargs: Any) -> Any:
-            outer, RUNNING.function = getattr(RUNNING, "function", None), name
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                RUNNING.function = outer
-
-        return submitted(executor, as_the_function, *args, **kwargs)
-
-    emitted, submitted = BaseClient._emit_api_params, ThreadPoolExecutor.submit
+    emitted = BaseClient._emit_api_params
     BaseClient._make_api_call = recording
     BaseClient._emit_api_params = presigning
-    ThreadPoolExecutor.submit = submitting
+    # A worker thread a function starts (the reports' partition readers) runs as that function.
+    as_before = run_workers_as_their_function()
     try:
         yield seen
     finally:
         BaseClient._make_api_call = original
         BaseClient._emit_api_params = emitted
-        ThreadPoolExecutor.submit = submitted
+        as_before()
 
 
 @contextmanager
