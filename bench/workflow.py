@@ -42,7 +42,7 @@ from bench.cost import (
 )
 from bench.stack import external_id
 from functions.adapters import order_codec
-from infra.local.lambdas import RUNNING, LocalFunction
+from infra.local.lambdas import RUNNING, LocalFunction, run_workers_as_their_function
 from infra.local.stack import running_stack
 from infra.local.template import Template
 
@@ -152,7 +152,9 @@ class DurationModel:
     """What each function's invocations would bill on Lambda: their CPU time here (in the invoking
     thread, less invocations nested inside them) without the CPU spent inside AWS calls (moto's
     work, which on AWS is the service's), plus a network wait per AWS call (AWS_CALL_SECONDS).
-    Wall time would count a loaded machine's waits, and the stack's lock, as run time."""
+    Wall time would count a loaded machine's waits, and the stack's lock, as run time. A worker
+    thread's CPU and waits (the reports' partition readers) are not added: they run beside the
+    invoking thread, so adding them would bill parallel time as if serial (their requests count)."""
 
     def __init__(self) -> None:
         self.seconds: Counter[str] = Counter()
@@ -256,6 +258,9 @@ class UsageRecorder:
             return recorder.durations.aws_call(service, lambda: original(client, operation_name, api_params))
 
         BaseClient._make_api_call = counted  # type: ignore[method-assign]
+        # The reports' partition readers (worker threads a function starts) query as that function:
+        # their requests were counted as no function's, so not at all.
+        run_workers_as_their_function()
 
     def feature(self, function: str, operation: str, params: dict[str, Any]) -> str | None:
         """The optional feature a request is made for, None for the core. EventsFunction publishes

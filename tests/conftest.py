@@ -119,18 +119,17 @@ def no_authorizations_from_an_earlier_test() -> None:
 
 
 # Every local stack the suite starts (infra.local.stack.EmbeddedStack: the e2e modules', and those
-# integration tests start; and the in-process API, tests/integration/in_process.py) records each
-# AWS call its functions make, as the grant it needs (tests/template_iam.py), from its start to its
-# stop: moto lets through every call AWS would refuse as AccessDenied. A call template.yaml does
-# not grant its function fails the test during which it was recorded (with a module's stack, what
-# its pollers ran between two tests is counted in the next), or the stack's stop, naming the
-# function, the action and the resource. A stack on a template whose grants are not template.yaml's
-# (a test editing one) is not checked.
+# integration tests start, on template.yaml, an edited copy or a template of their own; and the
+# in-process API, tests/integration/in_process.py) records each AWS call its functions make, as the
+# grant it needs (tests/template_iam.py), from its start to its stop: moto lets through every call
+# AWS would refuse as AccessDenied. A call its template does not grant its function fails the test
+# that made it, naming the function, the action and the resource: the test itself when made while
+# it ran or by what it set going (its stack's pollers and executions, waited for at its end), its
+# setup or teardown when made there, or the stack's stop.
 def _watched_start(self: EmbeddedStack) -> EmbeddedStack:
-    from tests.template_iam import grants_as_here, watch
+    from tests.template_iam import watch
 
-    if grants_as_here(dict(self.template.document)):
-        watch(self)
+    watch(self)
     return _stack_start(self)
 
 
@@ -148,13 +147,50 @@ _stack_start, _stack_stop = EmbeddedStack.start, EmbeddedStack.stop
 EmbeddedStack.start = _watched_start  # type: ignore[method-assign]
 EmbeddedStack.stop = _watched_stop  # type: ignore[method-assign]
 
+# How long a test's end waits for what it set going on a stack to finish (most are idle at once).
+SETTLE_SECONDS = 5
 
-@pytest.fixture(autouse=True)
-def only_granted_calls_on_every_local_stack() -> Iterator[None]:
-    yield
+
+def _only_granted_calls(when: str, settle_seconds: float) -> Iterator[None]:
+    """Around a test's setup, call or teardown (a hook wrapper): the calls not granted made during
+    it fail it there, the test's own failure (if any) kept with them in a note."""
+    try:
+        result = yield
+    except BaseException as failed:
+        found = _not_granted(settle_seconds)
+        if found and isinstance(failed, Exception):
+            failed.add_note(_not_granted_message(found, when))
+        raise
+    found = _not_granted(settle_seconds)
+    if found:
+        pytest.fail(_not_granted_message(found, when), pytrace=False)
+    return result
+
+
+def _not_granted(settle_seconds: float) -> list[str]:
     if "tests.template_iam" not in sys.modules:  # no stack started in this process yet
-        return
-    from tests.template_iam import WATCHED, not_granted_message
+        return []
+    from tests.template_iam import not_granted_anywhere
 
-    found = [line for watched in list(WATCHED.values()) for line in watched.not_granted()]
-    assert not found, not_granted_message(found, "made by a local stack's functions while this test ran")
+    return not_granted_anywhere(settle_seconds)
+
+
+def _not_granted_message(found: list[str], when: str) -> str:
+    from tests.template_iam import not_granted_message
+
+    return not_granted_message(found, f"made by a local stack's functions {when}")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    return (yield from _only_granted_calls("while this test was set up", 0))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    return (yield from _only_granted_calls("while this test ran (or for what it set going)", SETTLE_SECONDS))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
+    return (yield from _only_granted_calls("while this test was torn down", SETTLE_SECONDS))

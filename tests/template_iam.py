@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import threading
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import cache, lru_cache
 from typing import Any
@@ -43,23 +42,25 @@ def logical_id(resource: Any) -> str:
     return named.group(1)
 
 
-def statements(function: str) -> Iterator[dict[str, Any]]:
+def statements(function: str, resources: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
     """The function's own Policies, then those of IAM policies attached to its role (what a grant
-    naming a resource that refers to the function needs, to avoid a cycle)."""
-    for policy in RESOURCES[function]["Properties"]["Policies"]:
+    naming a resource that refers to the function needs, to avoid a cycle); `resources`: a
+    template's (template.yaml's unless told). A function with no Policies is granted nothing."""
+    resources = RESOURCES if resources is None else resources
+    for policy in resources[function]["Properties"].get("Policies") or []:
         assert list(policy) == ["Statement"], f"{function}: a SAM policy template grants more than the code uses"
         yield from policy["Statement"]
-    for resource in RESOURCES.values():
+    for resource in resources.values():
         if resource["Type"] == "AWS::IAM::Policy" and {"Ref": f"{function}Role"} in resource["Properties"]["Roles"]:
             yield from resource["Properties"]["PolicyDocument"]["Statement"]
 
 
-def allowed_statements(function: str) -> Iterator[dict[str, Any]]:
+def allowed_statements(function: str, resources: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
     """statements(function), each checked to be one this tool reads whole: an Allow, with no
     Condition or a `ForAllValues:StringLike` on `dynamodb:LeadingKeys` alone, of plain patterns.
     Anything else fails here, loudly: a grant read without its condition (or a Deny read as a
     grant) would pass a call AWS refuses."""
-    for statement in statements(function):
+    for statement in statements(function, resources):
         cannot = f"{function}: a statement this tool cannot read: {statement}"
         assert statement["Effect"] == "Allow", cannot
         # NotAction, NotResource: everything but what they name, which this tool does not list.
@@ -134,12 +135,11 @@ def actions(action: Any, cannot: str = "") -> frozenset[str]:
     return frozenset({action})
 
 
-def _pairs(statement: dict[str, Any]) -> set[Grant]:
+def _pairs(statement: dict[str, Any], resources: dict[str, Any] | None = None) -> set[Grant]:
     """What a statement grants, as (resource, action) pairs; `Resource: "*"` grants its actions on
     every template resource (and on EVERY, what a call naming no resource, such as X-Ray's, needs)."""
-    names = {
-        name for r in listed(statement["Resource"]) for name in ([EVERY, *RESOURCES] if r == "*" else [logical_id(r)])
-    }
+    every = [EVERY, *(RESOURCES if resources is None else resources)]
+    names = {name for r in listed(statement["Resource"]) for name in (every if r == "*" else [logical_id(r)])}
     return {(name, a) for action in listed(statement["Action"]) for a in actions(action) for name in names}
 
 
@@ -155,25 +155,26 @@ def _covers(resource: Any, action: Any, grant: Grant, within: str) -> bool:
     )
 
 
-def granted(function: str) -> set[Grant]:
+def granted(function: str, resources: dict[str, Any] | None = None) -> set[Grant]:
+    """What the template (template.yaml, or the one whose `resources` these are) grants `function`."""
     grants = set()
-    for statement in allowed_statements(function):
-        grants |= _pairs(statement)
+    for statement in allowed_statements(function, resources):
+        grants |= _pairs(statement, resources)
     return grants
 
 
-def key_limits(function: str) -> dict[Grant, list[str]]:
+def key_limits(function: str, resources: dict[str, Any] | None = None) -> dict[Grant, list[str]]:
     """The grants of `function` limited to items whose partition key matches one of some patterns
     (a `ForAllValues:StringLike` condition on `dynamodb:LeadingKeys`, as AWS evaluates it: every key
     the request touches must match). A grant also given without a condition is not limited."""
     limited: dict[Grant, list[str]] = {}
     free: set[Grant] = set()
-    for statement in allowed_statements(function):
+    for statement in allowed_statements(function, resources):
         patterns = key_patterns(function, statement)
         if patterns is None:
-            free |= _pairs(statement)
+            free |= _pairs(statement, resources)
             continue
-        for pair in _pairs(statement):
+        for pair in _pairs(statement, resources):
             limited.setdefault(pair, []).extend(patterns)
     return {pair: patterns for pair, patterns in limited.items() if pair not in free}
 
@@ -221,21 +222,24 @@ def like(value: str, pattern: str) -> bool:
     return _wildcard(pattern).fullmatch(value) is not None
 
 
-def _hash_key(table: str) -> str:
-    (name,) = (k["AttributeName"] for k in RESOURCES[table]["Properties"]["KeySchema"] if k["KeyType"] == "HASH")
+def _hash_key(table: str, resources: dict[str, Any]) -> str:
+    (name,) = (k["AttributeName"] for k in resources[table]["Properties"]["KeySchema"] if k["KeyType"] == "HASH")
     return name
 
 
-def _key_value(key: dict[str, Any], table: str) -> str:
-    (value,) = key[_hash_key(table)].values()  # {"S": ...} or {"N": ...}
-    return str(value)
-
-
-def _leading_keys(params: dict[str, Any], table: str, physical: str) -> list[str] | None:
+def _leading_keys(
+    params: dict[str, Any], table: str, physical: str, resources: dict[str, Any] | None = None
+) -> list[str] | None:
     """The partition keys a DynamoDB call on `table` (a logical id, `physical` its name) touches,
     a batch's or a transaction's items on it included; None when they cannot be read from its
     parameters (a Query's condition, a Scan: no key, which a ForAllValues condition would let
     through unchecked)."""
+    hash_key = _hash_key(table, RESOURCES if resources is None else resources)
+
+    def _key_value(key: dict[str, Any], table: str) -> str:
+        (value,) = key[hash_key].values()  # {"S": ...} or {"N": ...}
+        return str(value)
+
     if "Key" in params or "Item" in params:
         return [_key_value(params.get("Key") or params["Item"], table)]
     if "TransactItems" in params:
@@ -299,15 +303,23 @@ class Calls(dict[str, set[Grant]]):
             return {function: set(grants) for function, grants in self.items()}
 
 
+def resources_of(stack: Any) -> dict[str, Any]:
+    """The template resources `stack` runs: its own template's (a test's edited copy of
+    template.yaml, or a template of its own), template.yaml's for what names no template."""
+    template = getattr(stack, "template", None)
+    return RESOURCES if template is None else template.document["Resources"]
+
+
 @contextmanager
 def calls_by_function(stack: Any) -> Iterator[Calls]:
-    """Every AWS call made while a function of `stack` runs, as the grants it needs, by function
-    logical id, a presigned URL it signs included (the call its holder makes as the function).
-    Calls made outside a function (the test's own, the stack's) are not counted. The stack's
-    names are read as they are when a call is made: a stack may be entered before it is started."""
+    """Every AWS call made while a function of `stack` runs, as the grants it needs (by what its
+    own template grants: resources_of), by function logical id, a presigned URL it signs included
+    (the call its holder makes as the function). Calls made outside a function (the test's own,
+    the stack's) are not counted. The stack's names are read as they are when a call is made: a
+    stack may be entered before it is started."""
     from botocore.client import BaseClient
 
-    from infra.local.lambdas import RUNNING
+    from infra.local.lambdas import RUNNING, run_workers_as_their_function
 
     def names_of() -> tuple[dict[str, str], dict[str, str]]:
         return {f.name: logical for logical, f in stack.functions.items()}, {
@@ -333,12 +345,18 @@ def calls_by_function(stack: Any) -> Iterator[Calls]:
     seen = Calls()
     # Read once (and checked: a statement this tool cannot read fails here, before any call); a
     # function the stack builds only once started is read at its first call.
-    policies = {logical: list(allowed_statements(logical)) for logical in stack.functions if logical in RESOURCES}
-    given = {logical: granted(logical) for logical in policies}
+    template = resources_of(stack)
+    policies = {
+        logical: list(allowed_statements(logical, template)) for logical in stack.functions if logical in template
+    }
+    given = {logical: granted(logical, template) for logical in policies}
 
     def policy_of(function: str) -> list[dict[str, Any]]:
-        if function not in policies and function in RESOURCES:
-            policies[function], given[function] = list(allowed_statements(function)), granted(function)
+        if function not in policies and function in template:
+            policies[function], given[function] = (
+                list(allowed_statements(function, template)),
+                granted(function, template),
+            )
         return policies.get(function, [])
 
     lock = seen.lock
@@ -380,9 +398,9 @@ def calls_by_function(stack: Any) -> Iterator[Calls]:
                 }
 
             def leading(grant: Grant, physical: str) -> list[str] | None:
-                if service != "dynamodb" or grant[0] not in RESOURCES:
+                if service != "dynamodb" or template.get(grant[0], {}).get("Type") != "AWS::DynamoDB::Table":
                     return None
-                return _leading_keys(params, grant[0], physical)
+                return _leading_keys(params, grant[0], physical, template)
 
             # A grant on part of a resource (an index, a prefix of objects) or for some keys only:
             # a call outside it is AccessDenied on AWS (moto does not check), so it is recorded as
@@ -415,32 +433,17 @@ def calls_by_function(stack: Any) -> Iterator[Calls]:
             record(client, operation_model.name, api_params)
         return emitted(client, api_params, operation_model, context)
 
-    def submitting(executor: Any, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
-        # A worker thread a function starts (the reports' partition readers) runs as that
-        # function: RUNNING is per thread, and its calls were recorded as no function's.
-        name = getattr(RUNNING, "function", None)
-        if name is None:
-            return submitted(executor, fn, *args, **kwargs)
-
-        def as_the_function(*args: Any, **kwargs: Any) -> Any:
-            outer, RUNNING.function = getattr(RUNNING, "function", None), name
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                RUNNING.function = outer
-
-        return submitted(executor, as_the_function, *args, **kwargs)
-
-    emitted, submitted = BaseClient._emit_api_params, ThreadPoolExecutor.submit
+    emitted = BaseClient._emit_api_params
     BaseClient._make_api_call = recording
     BaseClient._emit_api_params = presigning
-    ThreadPoolExecutor.submit = submitting
+    # A worker thread a function starts (the reports' partition readers) runs as that function.
+    as_before = run_workers_as_their_function()
     try:
         yield seen
     finally:
         BaseClient._make_api_call = original
         BaseClient._emit_api_params = emitted
-        ThreadPoolExecutor.submit = submitted
+        as_before()
 
 
 @contextmanager
@@ -450,12 +453,16 @@ def only_granted_calls(
     """calls_by_function(stack) around a test's whole journey (what its functions still run once
     it ends included, up to `settle_seconds`), then fails on any call of any function the template
     does not grant it: an autouse fixture gives a module's rare paths (retries, refusals,
-    schedules) this check at no cost of its own. `expected`: functions the journey must have run."""
+    schedules) this check at no cost of its own. `expected`: functions the journey must have run.
+    A stack the suite watches (every EmbeddedStack: tests/conftest.py) fails the test itself on
+    such a call, not its teardown here a second time."""
     with calls_by_function(stack) as calls:
         yield calls
         stack.wait_until_idle(settle_seconds)
     assert set(expected) <= set(calls), f"never ran: {set(expected) - set(calls)}"
-    missing = {function: needed - granted(function) for function, needed in calls.items()}
+    if id(stack) in WATCHED:
+        return
+    missing = {function: needed - granted(function, resources_of(stack)) for function, needed in calls.items()}
     assert not any(missing.values()), f"calls the template does not grant: { {f: m for f, m in missing.items() if m} }"
 
 
@@ -490,28 +497,17 @@ def handlers_checked(
         functions={logical: SimpleNamespace(name=f"local-{logical}") for logical in handlers},
         table_names=tables, gateway=None, **{**empty, **names},
     )  # fmt: skip
-    with calls_by_function(stack) as calls:
-        yield calls
-    missing = {function: needed - granted(function) for function, needed in calls.items()}
-    assert not any(missing.values()), f"calls the template does not grant: { {f: m for f, m in missing.items() if m} }"
+    # Watched as a stack is (tests/conftest.py): a call not granted fails the test that made it,
+    # not the teardown of the fixture that holds this (the test passed, an ERROR followed).
+    watch(stack)
+    try:
+        yield WATCHED[id(stack)].calls
+    finally:
+        found = unwatch(stack)
+    assert not found, not_granted_message(found, "made by handlers called in this process")
 
 
 # --- Every local stack of the suite -------------------------------------------------------------
-def grants_as_here(document: dict[str, Any]) -> bool:
-    """Whether a template grants what template.yaml (this tool's RESOURCES) does: every function's
-    Policies and every IAM policy attached to a role, the same. A stack on another template (a test
-    that edits one) is not read against grants it does not have."""
-
-    def grants(resources: dict[str, Any]) -> dict[str, Any]:
-        return {
-            name: resource["Properties"].get("Policies") if resource["Type"] != "AWS::IAM::Policy" else resource
-            for name, resource in resources.items()
-            if resource["Type"] in ("AWS::Serverless::Function", "AWS::IAM::Policy")
-        }
-
-    return grants(document.get("Resources") or {}) == grants(RESOURCES)
-
-
 WATCHED: dict[int, Watch] = {}  # id(stack) -> the Watch kept on it (watch(), unwatch())
 
 
@@ -529,24 +525,52 @@ def unwatch(stack: Any) -> list[str]:
 
 
 def not_granted_message(found: list[str], when: str) -> str:
-    return f"calls template.yaml does not grant, {when}:\n  " + "\n  ".join(found)
+    return f"calls their template does not grant, {when}:\n  " + "\n  ".join(found)
+
+
+def not_granted_anywhere(settle_seconds: float = 0) -> list[str]:
+    """Every watched stack's calls not granted and not reported yet; with `settle_seconds`, once
+    each stack whose functions ran since the last time this was asked has finished what they
+    started (its pollers and executions idle), up to that long: what a test set going on its
+    stack is counted in that test, not in the next one."""
+    found = []
+    for watched in list(WATCHED.values()):
+        if settle_seconds:
+            watched.settle(settle_seconds)
+        found.extend(watched.not_granted())
+    return found
 
 
 class Watch:
     """calls_by_function(stack) for a stack's whole life: tests/conftest.py keeps one on every local
     stack the suite starts, and fails the test during which (or the stop at which) a function of it
-    made a call the template does not grant, naming the function, the action and the resource."""
+    made a call its template does not grant, naming the function, the action and the resource."""
 
     def __init__(self, stack: Any):
+        self.stack = stack
+        self._resources = resources_of(stack)
         self._recording = calls_by_function(stack)
         self.calls = self._recording.__enter__()
         self._granted: dict[str, set[Grant]] = {}
         self._reported: dict[str, set[Grant]] = {}
+        self._invocations = -1  # the stack's invocations when it last settled
 
     def close(self) -> None:
         if self._recording is not None:
             self._recording, recording = None, self._recording
             recording.__exit__(None, None, None)
+
+    def settle(self, seconds: float) -> None:
+        """Waits, up to `seconds`, until what the stack's functions started has run (the stack's
+        wait_until_idle), when any of them ran since it last settled; a stack that has no pollers
+        (the in-process API) or is not running, at once."""
+        waiting = getattr(self.stack, "wait_until_idle", None)
+        if waiting is None or not getattr(self.stack, "_started", False):
+            return
+        invocations = sum(function.invocations for function in list(self.stack.functions.values()))
+        if invocations != self._invocations:
+            waiting(seconds)
+            self._invocations = sum(function.invocations for function in list(self.stack.functions.values()))
 
     def not_granted(self) -> list[str]:
         """Each call not granted since the last time this was asked, as `Function: action on
@@ -555,7 +579,7 @@ class Watch:
         found = []
         for function, needed in sorted(self.calls.snapshot().items()):
             if function not in self._granted:
-                self._granted[function] = granted(function) if function in RESOURCES else set()
+                self._granted[function] = granted(function, self._resources) if function in self._resources else set()
             reported = self._reported.setdefault(function, set())
             for resource, action in sorted(needed - self._granted[function] - reported):
                 reported.add((resource, action))

@@ -9,6 +9,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,48 @@ Handler = Callable[[dict[str, Any], Any], Any]
 # Which local function this thread is running (None outside one), so AWS calls can be
 # attributed to the function that made them (make bench counts requests per function).
 RUNNING = threading.local()
+
+_submit = ThreadPoolExecutor.submit
+_followers = [0]  # what run_workers_as_their_function() installed and is not undone yet
+_followers_lock = threading.Lock()
+
+
+def _submit_as_the_function(executor: ThreadPoolExecutor, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+    name = getattr(RUNNING, "function", None)
+    if name is None:
+        return _submit(executor, fn, *args, **kwargs)
+
+    def as_the_function(*args: Any, **kwargs: Any) -> Any:
+        outer, RUNNING.function = getattr(RUNNING, "function", None), name
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            RUNNING.function = outer
+
+    return _submit(executor, as_the_function, *args, **kwargs)
+
+
+def run_workers_as_their_function() -> Callable[[], None]:
+    """From now on, a task a running function submits to a ThreadPoolExecutor (the reports' partition
+    readers, functions/adapters/aggregates.py) runs as that function: RUNNING is per thread, and on
+    Lambda a worker thread is part of the invocation that started it, its AWS calls the function's.
+    For what attributes calls to functions (make bench, the suite's grants); returns what undoes
+    it (the patch stays while any caller has not undone theirs)."""
+    with _followers_lock:
+        _followers[0] += 1
+        ThreadPoolExecutor.submit = _submit_as_the_function  # type: ignore[method-assign]
+    undone = threading.Event()
+
+    def undo() -> None:
+        with _followers_lock:
+            if undone.is_set():
+                return
+            undone.set()
+            _followers[0] -= 1
+            if not _followers[0]:
+                ThreadPoolExecutor.submit = _submit  # type: ignore[method-assign]
+
+    return undo
 
 
 @dataclass

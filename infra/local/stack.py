@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import secrets
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -46,7 +47,7 @@ from infra.local.process import AWS_ENVIRONMENT, AWS_ENVIRONMENT_REMOVED, Proces
 from infra.local.resources import Resources
 from infra.local.seed import DEMO_SEED, seed_demo_data
 from infra.local.servers import Servers
-from infra.local.template import REGION, Template
+from infra.local.template import ACCOUNT_ID, REGION, Template
 
 # moto's interpreter logs every failed task at ERROR with a page of its own reprs, even one a
 # Catch expects (a declined payment); infra.local.lambdas logs the handler's error in one line.
@@ -68,6 +69,23 @@ def _port(text: str) -> int:
     if not text.isascii() or not text.isdigit() or int(text) > 65535:
         raise ValueError("must be a port number from 0 to 65535")
     return int(text)
+
+
+# What the imports bucket's name (`<stack>-imports-<account>-<region>`, at most 63 characters)
+# leaves of it for the stack's name here.
+_STACK_NAME_LENGTH = 63 - len(f"-imports-{ACCOUNT_ID}-{REGION}")
+
+
+def _stack_name(text: str) -> str:
+    """OMS_STACK_NAME as a deploy takes it: CloudFormation's stack name (a letter, then letters,
+    digits or hyphens), in lower case and short enough for the imports bucket the template names
+    after it; `a/b` was a botocore traceback (CreateQueue), `Oms` a stack no deploy creates."""
+    if not re.fullmatch(r"[a-z][a-z0-9-]*", text) or len(text) > _STACK_NAME_LENGTH:
+        raise ValueError(
+            f"must be a lower-case letter, then lower-case letters, digits or hyphens, at most {_STACK_NAME_LENGTH}"
+            " characters (the imports bucket is named <stack>-imports-<account>-<region>)"
+        )
+    return text
 
 
 def _retry_delay_scale(given: float | None) -> float:
@@ -202,7 +220,7 @@ class EmbeddedStack:
         self.host = "127.0.0.1"
         self._api_port_asked = _env("OMS_PORT", 8080, _port) if api_port is None else api_port
         self._aws_port_asked = _env("OMS_AWS_PORT", 4566, _port) if aws_port is None else aws_port
-        self.stack_name = self.template.stack_name = stack_name or os.environ.get("OMS_STACK_NAME") or "oms-local"
+        self.stack_name = self.template.stack_name = stack_name or _env("OMS_STACK_NAME", "oms-local", _stack_name)
         self.admin_key = admin_key or os.environ.get("OMS_ADMIN_API_KEY") or "oms_admin_" + secrets.token_urlsafe(24)
         if not admin_key and not is_usable_secret(self.admin_key):  # refused by start()'s bootstrap, naming nothing
             raise ValueError("OMS_ADMIN_API_KEY must be 16 to 200 characters of A-Z, a-z, 0-9, '_' and '-'")

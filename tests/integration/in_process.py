@@ -23,7 +23,7 @@ from infra.local.moto_patches import apigateway
 from infra.local.template import Template, create_table_request
 from tests.e2e.client import ADMIN
 from tests.integration.conftest import ENV_BY_TABLE, FUNCTION_ENV, KEEP_BOTO3_SESSION, access_log_queue
-from tests.template_iam import grants_as_here, not_granted_message, unwatch, watch
+from tests.template_iam import not_granted_message, unwatch, watch
 
 # Throttling is not what the matrices test (tests/e2e/test_throttling.py is).
 FAST = {"ApiRateLimit": 100_000, "ApiBurstLimit": 100_000}
@@ -126,7 +126,7 @@ class InProcessResources:
     names its own bucket or queue so)."""
 
     def __init__(self, template: Template, functions: dict[str, LocalFunction], gateway: ApiGateway):
-        self.functions, self.gateway = functions, gateway
+        self.template, self.functions, self.gateway = template, functions, gateway
         types = {name: resource["Type"] for name, resource in template.document["Resources"].items()}
         self._variables = {
             variable: value["Ref"]
@@ -182,10 +182,9 @@ def in_process_api(**parameter_overrides: Any) -> Iterator[InProcessApi]:
         }
         gateway = ApiGateway.from_template(template, functions)
         # Every call the functions make is read against their grants, as on every local stack
-        # (tests/conftest.py), when the template grants what template.yaml does.
+        # (tests/conftest.py).
         resources = InProcessResources(template, functions, gateway)
-        if grants_as_here(dict(template.document)):
-            watch(resources)
+        watch(resources)
         try:
             with apigateway.flushing(gateway.api_id, gateway.stage, gateway.flush_authorizer_caches):
                 yield InProcessApi(gateway, admin_key)

@@ -1082,6 +1082,8 @@ def test_a_make_run_switch_that_is_neither_on_nor_off_is_refused_at_start_by_its
         ("OMS_LOCAL_SCHEDULE_SECONDS", "0", "OMS_LOCAL_SCHEDULE_SECONDS must be a positive number of seconds, got '0'"),
         ("OMS_JEOPARDY_SCAN_SECONDS", "abc", "OMS_JEOPARDY_SCAN_SECONDS must be a positive number of seconds"),
         ("OMS_ADMIN_API_KEY", "short", "OMS_ADMIN_API_KEY must be 16 to 200 characters of A-Z, a-z, 0-9, '_' and '-'"),
+        # A traceback from botocore's CreateQueue (`Can only include alphanumeric characters...`).
+        ("OMS_STACK_NAME", "a/b", "OMS_STACK_NAME must be a lower-case letter, then lower-case letters, digits or"),
     ],
 )
 def test_make_run_refuses_a_setting_in_one_line_naming_it_not_a_traceback(
@@ -1099,6 +1101,26 @@ def test_make_run_refuses_a_setting_in_one_line_naming_it_not_a_traceback(
     err = capsys.readouterr().err
     assert err.startswith("cannot start the local stack: ") and named in err and "Traceback" not in err
     assert err.count("\n") == 1
+
+
+@pytest.mark.parametrize("value", ["a/b", "1oms", "-oms", "Oms", "oms_local", "oms.local", "o" * 33])
+def test_a_stack_name_a_deploy_refuses_is_refused_at_start_by_its_variable(monkeypatch: pytest.MonkeyPatch, value: str):
+    # CloudFormation takes a letter, then letters, digits and hyphens; the imports bucket the
+    # template names `<stack>-imports-<account>-<region>` takes lower case, 63 characters in all.
+    # `Oms` and 33 characters started here and failed only on a deploy.
+    from infra.local.stack import EmbeddedStack
+
+    monkeypatch.setenv("OMS_STACK_NAME", value)
+    with pytest.raises(ValueError, match=rf"^OMS_STACK_NAME must be a lower-case letter, .* got {value!r}$"):
+        EmbeddedStack(api_port=0, aws_port=0, seed=False)
+
+
+@pytest.mark.parametrize("value", ["oms", "oms-local", "o2-eu", "o" * 32])
+def test_a_stack_name_a_deploy_takes_names_the_local_resources(monkeypatch: pytest.MonkeyPatch, value: str):
+    from infra.local.stack import EmbeddedStack
+
+    monkeypatch.setenv("OMS_STACK_NAME", value)
+    assert EmbeddedStack(api_port=0, aws_port=0, seed=False).stack_name == value
 
 
 @pytest.mark.parametrize(("value", "on"), [("1", True), ("0", False), (" TRUE ", True), ("False", False), ("", True)])

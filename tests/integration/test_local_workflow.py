@@ -197,6 +197,9 @@ Resources:
       Environment:
         Variables:
           WORKFLOW_ARN: !Ref Workflow
+      Policies:  # what the fake outbox calls, as on AWS (the suite reads every call against it)
+        - Statement:
+            - { Effect: Allow, Action: states:StartExecution, Resource: !Ref Workflow }
       Events:
         Stream:
           Type: DynamoDB

@@ -3,6 +3,8 @@ would refuse and moto lets through."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -350,9 +352,105 @@ def test_a_call_the_template_does_not_grant_fails_the_local_stack_it_was_made_on
     from tests.integration.test_access_log_api import stored
 
     real = template_iam.granted
-    monkeypatch.setattr(template_iam, "granted", lambda f: real(f) - {("AccessLogQueue", "sqs:SendMessage")})
+    monkeypatch.setattr(template_iam, "granted", lambda f, *r: real(f, *r) - {("AccessLogQueue", "sqs:SendMessage")})
     missing = r"not grant, .*\n  ApiFunction: sqs:SendMessage on AccessLogQueue$"
     with pytest.raises(AssertionError, match=missing), in_process_api() as api:
         stored("ord_" + "g" * 24)
         assert api.get("/orders/ord_" + "g" * 24).status_code == 200
     assert not template_iam.WATCHED
+
+
+# A module of two tests on a stack of its own template (one a test edits into being): the first
+# writes an item whose stream runs a consumer, which calls what its template does not grant.
+ONE_STACK_TWO_TESTS = '''
+from pathlib import Path
+
+import boto3
+import pytest
+
+from infra.local.stack import running_stack
+
+TEMPLATE = """
+AWSTemplateFormatVersion: "2010-09-09"
+Transform: AWS::Serverless-2016-10-31
+Resources:
+  Api:
+    Type: AWS::Serverless::Api
+    Properties: { StageName: v1 }
+  ApiFunction:
+    Type: AWS::Serverless::Function
+    Properties:
+      Handler: fake.api
+      Events:
+        Health: { Type: Api, Properties: { RestApiId: !Ref Api, Path: /health, Method: GET } }
+  Things:
+    Type: AWS::DynamoDB::Table
+    Properties:
+      BillingMode: PAY_PER_REQUEST
+      StreamSpecification: { StreamViewType: NEW_IMAGE }
+      AttributeDefinitions: [{ AttributeName: id, AttributeType: S }]
+      KeySchema: [{ AttributeName: id, KeyType: HASH }]
+  Consumer:
+    Type: AWS::Serverless::Function
+    Properties:
+      Handler: fake.consumer
+      Policies:
+        - Statement:
+            - { Effect: Allow, Action: dynamodb:GetItem, Resource: !GetAtt Things.Arn }
+      Events:
+        Stream:
+          Type: DynamoDB
+          Properties: { Stream: !GetAtt Things.StreamArn, StartingPosition: TRIM_HORIZON }
+"""
+
+
+def consumer(event, context):
+    table = boto3.client("dynamodb", region_name="us-east-1")
+    for record in event["Records"]:
+        key = record["dynamodb"]["Keys"]
+        table.get_item(TableName="two-Things", Key=key)  # granted
+        table.delete_item(TableName="two-Things", Key=key)  # not granted
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    path = tmp_path_factory.mktemp("two") / "template.yaml"
+    path.write_text(TEMPLATE)
+    handlers = {"ApiFunction": lambda event, context: {"statusCode": 200, "body": "{}"}, "Consumer": consumer}
+    with running_stack(template=path, stack_name="two", handlers=handlers, admin_key_bootstrap=lambda s: None) as up:
+        yield up
+
+
+def test_sets_a_consumer_going(stack):
+    stack.client("dynamodb").put_item(TableName="two-Things", Item={"id": {"S": "a"}})
+
+
+def test_then_does_nothing(stack):
+    pass
+'''
+
+
+def test_a_call_not_granted_fails_the_test_that_set_it_going_on_a_stack_of_its_own_template(tmp_path: Path):
+    # The suite read a stack against template.yaml's grants only, and left unread any stack whose
+    # template granted otherwise (a test's edited copy, a template of its own); what it found
+    # failed the next test at its teardown (an ERROR), and a module stack's pollers' calls made
+    # after a test ended were counted against the next test. Now the test that wrote the item fails.
+    import subprocess
+    import sys
+
+    from infra.local.template import PROJECT_ROOT
+
+    (tmp_path / "test_two.py").write_text(ONE_STACK_TWO_TESTS)
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")  # not the project's (its addopts, its markers)
+    ran = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "tests.conftest", "-p", "no:cacheprovider", "-o", "addopts=",
+         "-c", "pytest.ini", "-rA", "test_two.py"],
+        cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)}, capture_output=True, text=True,
+        timeout=300,
+    )  # fmt: skip
+    out = ran.stdout
+    assert "FAILED test_two.py::test_sets_a_consumer_going" in out, out + ran.stderr
+    assert "Consumer: dynamodb:DeleteItem on Things" in out
+    assert "while this test ran (or for what it set going)" in out
+    assert "PASSED test_two.py::test_then_does_nothing" in out
+    assert "ERROR" not in out and "1 failed, 1 passed" in out

@@ -3,7 +3,8 @@ it reserved and waits `backordered`; arrivals fill waiting orders oldest first t
 queue, never beyond what is there; a filled order is started again and allocated; a cancelled one
 gives its units to the next in line. Includes a hypothesis state machine over arrivals, new
 orders and cancels: no unit is lost or allocated twice, and none sits idle while an older order
-waits for it."""
+waits for it (the same steps on every run of `make test`, random ones at length in `make fuzz`:
+tests/stateful.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from datetime import datetime, timedelta
 import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 
 from core.backorders import BackorderAllocator, ExpectedArrivals
 from core.errors import Backordered, InvalidTransition, OrderHeld, OutOfStock, TransientError
@@ -24,6 +25,7 @@ from core.sourcing_rules import SourcingRules
 from core.status import OrderStatus
 from plugins.testing.memory import InMemoryBackorderedOrders, InMemorySourcingRules
 from tests.builders import NOW, address_body, place_order, product
+from tests.stateful import at_length, in_make_test, steps_drawn
 from tests.unit.world import RecordsBookings, World, before_the_next_write, build_world
 
 S = OrderStatus
@@ -1201,8 +1203,22 @@ class BackorderMachine(RuleBasedStateMachine):
             assert holding == sorted(holding, reverse=True), kind
 
 
-BackorderMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=25, deadline=None)
-test_backorder_state_machine = BackorderMachine.TestCase
+def test_backorder_state_machine():
+    run_state_machine_as_test(BackorderMachine, settings=in_make_test(examples=60, steps=25))
+
+
+@pytest.mark.fuzz
+def test_backorder_state_machine_at_length():
+    run_state_machine_as_test(BackorderMachine, settings=at_length(examples=600, steps=40))
+
+
+def test_make_test_runs_the_same_backorder_steps_every_time():
+    # The machine drew new steps on every run of `make test` (and replayed a failure from
+    # .hypothesis first): a failure there could be gone when run again.
+    few = settings(in_make_test(examples=60, steps=25), max_examples=4, stateful_step_count=10)
+    first = steps_drawn(BackorderMachine, few)
+    assert len(first) > 10
+    assert steps_drawn(BackorderMachine, few) == first
 
 
 def test_an_arrival_fills_the_waiting_order_though_a_plain_read_of_the_stock_does_not_show_it_yet(setup, monkeypatch):

@@ -135,3 +135,40 @@ def test_a_phase_measured_on_half_the_orders_is_scaled_to_all_of_them():
     assert total.lambda_invocations == {"ApiFunction": 104}
     assert total.log_bytes == {"INFO": 2000}
     assert placing.api_requests == 100 and shipping_half.wru == 150.0  # the parts are left as they were
+
+
+def test_a_query_a_function_makes_on_a_worker_thread_it_started_is_counted_as_the_function_s(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    # The reports read their partitions on a ThreadPoolExecutor (DynamoAggregates.report_rows):
+    # RUNNING is per thread, so those queries were made under no function and not counted at all.
+    from concurrent.futures import ThreadPoolExecutor
+
+    import boto3
+    from botocore.client import BaseClient
+    from moto import mock_aws
+
+    from bench.workflow import UsageRecorder
+    from infra.local.lambdas import RUNNING
+
+    for owner, name in ((BaseClient, "_make_api_call"), (ThreadPoolExecutor, "submit")):
+        monkeypatch.setattr(owner, name, getattr(owner, name))  # put back as they were after the test
+    recorder = UsageRecorder()
+    recorder.install()
+    with mock_aws():
+        client = boto3.client("dynamodb", region_name="us-east-1")
+        client.create_table(
+            TableName="aggregates", BillingMode="PAY_PER_REQUEST",
+            AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+        )  # fmt: skip
+        RUNNING.function = "oms-local-ApiFunction"
+        try:
+            with ThreadPoolExecutor(2) as readers:
+                query = {"TableName": "aggregates", "KeyConditionExpression": "pk = :pk"}
+                pks = ["DAY#1", "DAY#2", "DAY#3"]
+                list(readers.map(lambda pk: client.query(**query, ExpressionAttributeValues={":pk": {"S": pk}}), pks))
+        finally:
+            RUNNING.function = None
+    assert recorder.usage.by_function["ApiFunction dynamodb.Query"] == 3
+    assert recorder.usage.calls["dynamodb.Query"] == 3
