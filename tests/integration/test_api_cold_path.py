@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 # A fresh interpreter, as a new container is: the moto account, the catalog seeded through the
@@ -178,3 +180,39 @@ def test_the_api_import_freezes_what_it_imported_and_leaves_the_collector_on_eve
     assert whole["enabled"] is True
     assert isinstance(whole["frozen"], int) and whole["frozen"] > 10_000
     assert imported("a failing import")["enabled"] is True
+
+
+def test_every_function_runs_without_pydantic_plugins_and_the_bench_measures_it_so(monkeypatch: pytest.MonkeyPatch):
+    # pydantic reads every installed distribution's entry points for plugins of its own when it makes its
+    # first validator, in each new container; nothing the OMS ships declares one (make build checks the
+    # layer: test_build_artifacts.py), so the template turns them off for every function.
+    import importlib.metadata
+
+    from pydantic.plugin import _loader
+
+    from bench.__main__ import deployed_constants
+    from infra.local.template import Template
+
+    template = Template.load()
+    functions = template.functions()
+    assert {
+        name: props["Environment"]["Variables"].get("PYDANTIC_DISABLE_PLUGINS") for name, props in functions.items()
+    } == (dict.fromkeys(functions, "__all__"))
+    # The local stack's functions take it from the same place (Globals, resolved), and so does the
+    # process bench cold measures.
+    refs = {"OrdersTable": "o", "InventoryTable": "i", "CatalogTable": "c", "IdempotencyTable": "d"}
+    assert template.global_environment(refs)["PYDANTIC_DISABLE_PLUGINS"] == "__all__"
+    assert deployed_constants()["PYDANTIC_DISABLE_PLUGINS"] == "__all__"
+    assert deployed_constants()["POWERTOOLS_SERVICE_NAME"] == "oms"
+
+    # pydantic's loader reads that value as every plugin off: it looks at no distribution.
+    def read(*args: object, **kwargs: object) -> None:
+        raise AssertionError("pydantic read the installed distributions")
+
+    monkeypatch.setattr(importlib.metadata, "distributions", read)
+    monkeypatch.setattr(_loader, "_plugins", None)
+    monkeypatch.setenv("PYDANTIC_DISABLE_PLUGINS", "__all__")
+    assert list(_loader.get_plugins()) == []
+    monkeypatch.delenv("PYDANTIC_DISABLE_PLUGINS")
+    with pytest.raises(AssertionError, match="read the installed distributions"):
+        _loader.get_plugins()
