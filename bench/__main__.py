@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import functools
 import json
 import os
 import platform
@@ -218,6 +219,17 @@ def examples_not_deployed() -> str:
     return ",".join(sorted(names))
 
 
+@functools.cache
+def deployed_constants(function: str = "ApiFunction") -> dict[str, str]:
+    """The variables template.yaml fixes for `function` (Globals' and its own, neither a parameter
+    nor a resource behind them: POWERTOOLS_SERVICE_NAME, PYDANTIC_DISABLE_PLUGINS...), as a
+    deployment sets them: a measured process runs with them, as the local stack's functions do."""
+    from infra.local.template import Template, env_string
+
+    variables = Template.load().functions()[function]["Environment"]["Variables"]
+    return {name: env_string(value) for name, value in variables.items() if not isinstance(value, dict)}
+
+
 def fresh_process_seconds(code: str, env: dict[str, str], *args: str, cwd: Path = ROOT) -> tuple[float, float]:
     """Wall time and CPU time (user + system) of a fresh interpreter running `code`; in `cwd`,
     which is first on its sys.path. The CPU time is what the process itself did: on a machine
@@ -230,6 +242,7 @@ def fresh_process_seconds(code: str, env: dict[str, str], *args: str, cwd: Path 
         env={
             **os.environ,
             **env,
+            **deployed_constants(),
             "POWERTOOLS_METRICS_DISABLED": "true",
             "OMS_ENABLE_TEST_PAYMENTS": "true",
             "OMS_DISABLED_PLUGINS": examples_not_deployed(),

@@ -9,7 +9,8 @@ For every function of the built template (and the layers it uses):
 - every module has the unchecked-hash .pyc for Python 3.11 that infra.build compiles;
 - a function holds only the project's runtime packages and the `oms` dist-info, its handler's
   module and every built-in plugin's module; a layer holds only python/ and not the project;
-- function and layers stay under Lambda's 250 MB unzipped limit.
+- function and layers stay under Lambda's 250 MB unzipped limit;
+- no layer declares a pydantic plugin to a function whose PYDANTIC_DISABLE_PLUGINS turns them off.
 """
 
 from __future__ import annotations
@@ -140,6 +141,22 @@ def layer_problems(content: Path) -> list[str]:
     return problems
 
 
+def pydantic_plugin_problems(site: Path) -> list[str]:
+    """The distributions in `site` that declare a pydantic plugin (entry point group `pydantic`),
+    which a function whose PYDANTIC_DISABLE_PLUGINS turns every one off (template.yaml's Globals)
+    would never run: a plugins.txt line that needs one needs that variable changed."""
+    return [
+        f"{entry_points.parent.name}: declares a pydantic plugin, which PYDANTIC_DISABLE_PLUGINS turns off"
+        for entry_points in sorted(site.glob("*.dist-info/entry_points.txt"))
+        if "[pydantic]" in (line.strip() for line in entry_points.read_text(errors="replace").splitlines())
+    ]
+
+
+def _pydantic_plugins_off(variables: dict[str, Any]) -> bool:
+    """Whether pydantic reads these variables as every plugin off (pydantic.plugin._loader)."""
+    return str(variables.get("PYDANTIC_DISABLE_PLUGINS")) in ("__all__", "1", "true")
+
+
 def built_problems(build_dir: Path) -> list[str]:
     """Every problem of the functions and layers of the template `sam build` wrote to `build_dir`."""
     from infra.local.template import load_template
@@ -149,6 +166,7 @@ def built_problems(build_dir: Path) -> list[str]:
     function_globals = (template.get("Globals") or {}).get("Function") or {}
     problems: list[str] = []
     checked: set[Path] = set()
+    plugins_checked: set[Path] = set()
 
     def check_tree(label: str, directory: Path) -> None:
         if directory in checked:
@@ -177,11 +195,22 @@ def built_problems(build_dir: Path) -> list[str]:
                 continue
             if content not in checked:
                 problems.extend(f"{layer_name}: {problem}" for problem in layer_problems(content))
+            if content not in plugins_checked and _pydantic_plugins_off(
+                {**_variables(function_globals), **_variables(props)}
+            ):
+                plugins_checked.add(content)
+                problems.extend(
+                    f"{layer_name}: {problem}" for problem in pydantic_plugin_problems(content / LAYER_SUBDIR)
+                )
             check_tree(layer_name, content / LAYER_SUBDIR)
             size += _size(content)
         if size > LAMBDA_UNZIPPED_LIMIT:
             problems.append(f"{name}: {size / 2**20:.0f} MiB unzipped with its layers, over Lambda's 250 MB")
     return problems
+
+
+def _variables(properties: dict[str, Any]) -> dict[str, Any]:
+    return (properties.get("Environment") or {}).get("Variables") or {}
 
 
 def _layer_ids(layers: list[Any]) -> Iterator[str]:

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any, Final, TypeVar
 
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver
+from pydantic import BaseModel
 
 from core.access import Caller, Scope, allows
 from functions.api.errors import ApiError
@@ -56,7 +57,7 @@ def caller_from(event: dict[str, Any]) -> Caller | None:
 
 class ScopeTable:
     """(method, resource path) -> requirement, read once from the app's routes; and whether a
-    route reads a body."""
+    route reads a body, and as which models."""
 
     def __init__(self, app: APIGatewayRestResolver, also: dict[tuple[str, str], Requirement] | None = None):
         routes = app._static_routes + app._dynamic_routes
@@ -75,6 +76,17 @@ class ScopeTable:
         resolver answers it). Powertools builds and keeps a route's dependant for its validation."""
         route = self._routes.get((method.upper(), resource))
         return route is None or bool(route.dependant.body_params)
+
+    def body_models(self, method: str, resource: str) -> list[type[BaseModel]]:
+        """The models the route's body parameters are (none for a route not in the table)."""
+        route = self._routes.get((method.upper(), resource))
+        if route is None:
+            return []
+        return [
+            field.type_
+            for field in route.dependant.body_params
+            if isinstance(field.type_, type) and issubclass(field.type_, BaseModel)
+        ]
 
     def requirement(self, method: str, resource: str) -> Requirement | None:
         return self._table.get((method.upper(), resource), PUBLIC)

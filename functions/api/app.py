@@ -185,12 +185,14 @@ _first_request = True
 @emits_business_metrics
 def _handle(event: dict[str, Any], context: Any) -> dict[str, Any]:
     _append_order_keys(event)
+    table = _routed(event)
     try:
         # Before the resolver: powertools validates the body before any route middleware runs.
-        guards.check_request(event, _routed(event))
+        guards.check_request(event, table)
     except errors.ApiError as refused:
         response = errors.gateway_response(refused)
     else:
+        _build_body_models(event, table)
         response = app.resolve(event, context)
         access_log.recorded_read(event, response, metrics)
     metrics.add_metric(name=f"Http{response['statusCode'] // 100}xx", unit=MetricUnit.Count, value=1)
@@ -210,6 +212,17 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     finally:
         if collecting:
             gc.enable()
+
+
+def _build_body_models(event: dict[str, Any], table: ScopeTable) -> None:
+    """Build the route's body models (declared with defer_build) before powertools validates the
+    body. Powertools validates it with an adapter of its own, which, for a model not yet built,
+    makes the model's whole schema again without building the model: a route then using the
+    model itself (POST /orders dumps it for an Idempotency-Key) made it a second time (~2 ms of
+    a new container's first order, 21 M instructions). Built first, the adapter takes its schema."""
+    for model in table.body_models(event.get("httpMethod", ""), event.get("resource", "")):
+        if not model.__pydantic_complete__:
+            model.model_rebuild()
 
 
 def _append_order_keys(event: dict[str, Any]) -> None:

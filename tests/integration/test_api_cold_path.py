@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 # A fresh interpreter, as a new container is: the moto account, the catalog seeded through the
@@ -40,13 +42,24 @@ with mock_aws():
         invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:ApiFunction"
         def get_remaining_time_in_millis(self): return 10000
     import gc
+    from collections import Counter
+    from pydantic._internal._generate_schema import GenerateSchema
     import functions.api.app as api
+    generated, generate, builds = Counter(), GenerateSchema._model_schema, {}
+    def counted(self, cls):  # a model's schema made: not its built class's, nor one this build made already
+        made = builds.setdefault(id(self), (self, set()))[1]  # (each build kept, so no id is reused)
+        if not cls.__pydantic_complete__ and cls not in made:
+            generated[cls.__qualname__] += 1
+        made.add(cls)
+        return generate(self, cls)
+    GenerateSchema._model_schema = counted
     handle, collecting = api._handle, []
     def observed(event, context):
         collecting.append(gc.isenabled())
         return handle(event, context)
     api._handle = observed
     status = lambda_handler(json.loads(open("events/api_place_order.json").read()), Context())["statusCode"]
+    GenerateSchema._model_schema = generate
     collecting.append(gc.isenabled())
     lambda_handler(json.loads(open("events/api_place_order.json").read()), Context())
     collecting.append(gc.isenabled())
@@ -57,7 +70,7 @@ with mock_aws():
         return module in sys.modules and getattr(sys.modules[module], model).__pydantic_complete__
     built = [name for name in MODELS if is_built(name)]
 first = {"status": status, "before": routes_before, "after": routes_after, "services": services, "built": built,
-         "collecting": collecting}
+         "collecting": collecting, "generated": generated}
 print(json.dumps(first))
 """
 
@@ -105,9 +118,6 @@ OTHER_MODELS = [
     "plugins.nearest_sourcing.GeoCentroids",
     "plugins.promotions.PercentOff",
     "plugins.promotions.PromotionsFile",
-    # A part of the order whose schema PlaceOrder's and Order's hold: an order that names no
-    # fulfillment gets the defaults without building Fulfillment's own validator.
-    "core.models.Fulfillment",
 ]
 
 
@@ -129,6 +139,11 @@ def test_a_new_container_placing_an_order_imports_only_the_orders_routes_and_ser
     assert first["built"] == []
     # The collector sits out the first request (which builds what the container keeps), and only that.
     assert first["collecting"] == [False, True, True, True]
+    # Each model's schema is made once: the body's (powertools' adapter made PlaceOrder's, and the
+    # Idempotency-Key's dump of the body made it again), and a part several models hold (Address,
+    # Customer, Fulfillment were made inside each: core.models.SharedPart).
+    assert {"PlaceOrder", "Order", "HistoryEntry", "Customer", "Fulfillment"} <= set(first["generated"])
+    assert [name for name, made in first["generated"].items() if made > 1] == []
 
 
 # The OpenAPI document of a fresh interpreter: with every model of core/ built when first used (as
@@ -178,3 +193,39 @@ def test_the_api_import_freezes_what_it_imported_and_leaves_the_collector_on_eve
     assert whole["enabled"] is True
     assert isinstance(whole["frozen"], int) and whole["frozen"] > 10_000
     assert imported("a failing import")["enabled"] is True
+
+
+def test_every_function_runs_without_pydantic_plugins_and_the_bench_measures_it_so(monkeypatch: pytest.MonkeyPatch):
+    # pydantic reads every installed distribution's entry points for plugins of its own when it makes its
+    # first validator, in each new container; nothing the OMS ships declares one (make build checks the
+    # layer: test_build_artifacts.py), so the template turns them off for every function.
+    import importlib.metadata
+
+    from pydantic.plugin import _loader
+
+    from bench.__main__ import deployed_constants
+    from infra.local.template import Template
+
+    template = Template.load()
+    functions = template.functions()
+    assert {
+        name: props["Environment"]["Variables"].get("PYDANTIC_DISABLE_PLUGINS") for name, props in functions.items()
+    } == (dict.fromkeys(functions, "__all__"))
+    # The local stack's functions take it from the same place (Globals, resolved), and so does the
+    # process bench cold measures.
+    refs = {"OrdersTable": "o", "InventoryTable": "i", "CatalogTable": "c", "IdempotencyTable": "d"}
+    assert template.global_environment(refs)["PYDANTIC_DISABLE_PLUGINS"] == "__all__"
+    assert deployed_constants()["PYDANTIC_DISABLE_PLUGINS"] == "__all__"
+    assert deployed_constants()["POWERTOOLS_SERVICE_NAME"] == "oms"
+
+    # pydantic's loader reads that value as every plugin off: it looks at no distribution.
+    def read(*args: object, **kwargs: object) -> None:
+        raise AssertionError("pydantic read the installed distributions")
+
+    monkeypatch.setattr(importlib.metadata, "distributions", read)
+    monkeypatch.setattr(_loader, "_plugins", None)
+    monkeypatch.setenv("PYDANTIC_DISABLE_PLUGINS", "__all__")
+    assert list(_loader.get_plugins()) == []
+    monkeypatch.delenv("PYDANTIC_DISABLE_PLUGINS")
+    with pytest.raises(AssertionError, match="read the installed distributions"):
+        _loader.get_plugins()

@@ -330,6 +330,45 @@ def test_the_check_make_build_runs_passes_the_build_and_names_an_x86_binary(buil
     ]
 
 
+def test_the_check_names_a_layer_package_whose_pydantic_plugin_the_template_turns_off(built: Built, tmp_path: Path):
+    # Every function runs with PYDANTIC_DISABLE_PLUGINS=__all__ (template.yaml's Globals): a plugins.txt
+    # package that brings a pydantic plugin (a tracer's, say) would be silently off on AWS.
+    build_dir = tmp_path / "sam-build"
+    shutil.copytree(built.function, build_dir / "ApiFunction")
+    dist_info = build_dir / "DependenciesLayer" / LAYER_SUBDIR / "tracer-1.0.dist-info"
+    dist_info.mkdir(parents=True)
+    (dist_info / "WHEEL").write_text("Wheel-Version: 1.0\nTag: py3-none-any\n")
+    (dist_info / "entry_points.txt").write_text("[console_scripts]\ntracer = tracer:main\n")
+    resources = {
+        name: {**res, "Properties": {**res["Properties"], "CodeUri": "ApiFunction"}} for name, res in FUNCTIONS.items()
+    }
+    resources["DependenciesLayer"] = {**LAYERS["DependenciesLayer"], "Properties": {"ContentUri": "DependenciesLayer"}}
+    import yaml
+
+    (build_dir / "template.yaml").write_text(yaml.safe_dump({**TEMPLATE, "Resources": resources}))
+    assert TEMPLATE["Globals"]["Function"]["Environment"]["Variables"]["PYDANTIC_DISABLE_PLUGINS"] == "__all__"
+    assert built_problems(build_dir) == []
+
+    (dist_info / "entry_points.txt").write_text(
+        "[console_scripts]\ntracer = tracer:main\n\n[pydantic]\ntracer = tracer.pydantic:plugin\n"
+    )
+    assert built_problems(build_dir) == [
+        "DependenciesLayer: tracer-1.0.dist-info: declares a pydantic plugin, which PYDANTIC_DISABLE_PLUGINS turns off"
+    ]
+
+    # A template that leaves pydantic's plugins on runs it: nothing to say.
+    variables = dict(TEMPLATE["Globals"]["Function"]["Environment"]["Variables"])
+    del variables["PYDANTIC_DISABLE_PLUGINS"]
+    plugins_on = {
+        **TEMPLATE["Globals"],
+        "Function": {**TEMPLATE["Globals"]["Function"], "Environment": {"Variables": variables}},
+    }
+    (build_dir / "template.yaml").write_text(
+        yaml.safe_dump({**TEMPLATE, "Globals": plugins_on, "Resources": resources})
+    )
+    assert built_problems(build_dir) == []
+
+
 def test_a_module_left_in_setuptools_build_directory_never_reaches_the_artifact(tmp_path: Path):
     project = tmp_path / "project"
     (project / "core").mkdir(parents=True)
