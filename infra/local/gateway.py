@@ -40,11 +40,10 @@ _DEFAULT_RESPONSES = {
     "UNAUTHORIZED": (401, "unauthorized", "missing, unknown or revoked API key", "UnauthorizedException"),
     "ACCESS_DENIED": (403, "forbidden", "this API key may not call this endpoint", "AccessDeniedException"),
     "REQUEST_TOO_LARGE": (413, "payload_too_large", "request body too large", "RequestTooLargeException"),
-    # On AWS an unknown route answers MISSING_AUTHENTICATION_TOKEN (403 unless the template maps
-    # it); the contract says 404, so that is the local default.
+    # On AWS a path no resource has, or a method its resource lacks, answers
+    # MISSING_AUTHENTICATION_TOKEN (403 unless the template maps it); the contract says 404.
     "MISSING_AUTHENTICATION_TOKEN": (404, "not_found", "no such resource", "MissingAuthenticationTokenException"),
     "THROTTLED": (429, "throttled", "too many requests: slow down and retry", "TooManyRequestsException"),
-    "METHOD_NOT_ALLOWED": (405, "method_not_allowed", "this resource does not support the method", None),
     "AUTHORIZER_CONFIGURATION_ERROR": (500, "internal_error", "internal error", "AuthorizerConfigurationException"),
 }
 
@@ -58,8 +57,9 @@ class RouteMatch:
 class Router:
     """Matches a request path against the template's resource paths the way API Gateway does:
     the most specific resource wins (literal segments over `{param}`), and a resource that lacks
-    the method answers 405 rather than falling back to a looser one. Greedy `{proxy+}` resources
-    are not emulated: a route with one is refused here rather than matched as a single segment."""
+    the method matches nothing (no fallback to a looser one), as a path no resource has: API
+    Gateway answers both MISSING_AUTHENTICATION_TOKEN. Greedy `{proxy+}` resources are not
+    emulated: a route with one is refused here rather than matched as a single segment."""
 
     def __init__(self, routes: Iterable[ApiRoute]):
         self.routes = list(routes)
@@ -71,13 +71,12 @@ class Router:
             first = pattern[0] if pattern and not pattern[0].startswith("{") else None
             self._patterns.setdefault((len(pattern), first), []).append((route, pattern))
 
-    def match(self, raw_path: str, method: str) -> tuple[RouteMatch | None, list[str]]:
-        """(the match, or None) and the methods the best-matching resource allows (empty: no resource)."""
+    def match(self, raw_path: str, method: str) -> RouteMatch | None:
         segments = raw_path.split("/")[1:]
         if segments and segments[-1] == "":
             segments.pop()  # API Gateway ignores one trailing slash
         if "" in segments:  # an empty segment (`//`) names no resource
-            return None, []
+            return None
         values = [unquote(segment) for segment in segments]
         found = []  # (rank: literal segments first, then the path), route, path parameters
         size, first = len(values), values[0] if values else ""  # the root's resource is under (0, None) alone
@@ -87,9 +86,7 @@ class Router:
                 params = {name[1:-1]: value for name, value in pairs if name.startswith("{")}
                 found.append(((tuple(name.startswith("{") for name in pattern), route.path), route, params))
         best = min((rank for rank, _, _ in found), default=None)
-        candidates = [(route, params) for rank, route, params in found if rank == best]
-        match = next((RouteMatch(r, p) for r, p in candidates if r.method == method.upper()), None)
-        return match, sorted({route.method for route, _ in candidates})
+        return next((RouteMatch(r, p) for rank, r, p in found if rank == best and r.method == method.upper()), None)
 
 
 @dataclass
@@ -395,16 +392,14 @@ class ApiGateway:
         response = _error_response(body, status, request_id)
         # What the template declares is what AWS sends, in place of what the local gateway knows.
         headers = {**(headers or {}), **self._declared_headers.get(kind, {})}
-        response.headers.update({"x-amzn-ErrorType": error_type} if error_type else {}, **headers)
+        response.headers.update({"x-amzn-ErrorType": error_type}, **headers)
         return response
 
     def handle(self, request: HttpRequest) -> Response:
         """One request through the gateway."""
         if len(request.body) > self.max_body_bytes:
             return self.gateway_response("REQUEST_TOO_LARGE", request.request_id)
-        match, allowed = self.router.match(request.path, request.method)
-        if match is None and allowed:
-            return self.gateway_response("METHOD_NOT_ALLOWED", request.request_id, {"Allow": ", ".join(allowed)})
+        match = self.router.match(request.path, request.method)
         if match is None:
             return self.gateway_response("MISSING_AUTHENTICATION_TOKEN", request.request_id)
         event = proxy_event(request, match, stage=self.stage)
