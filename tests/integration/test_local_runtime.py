@@ -106,7 +106,12 @@ ROUTES = [
 ]
 
 
+# The template's GatewayResponses: the local gateway answers by itself only what they declare.
+RESPONSES: dict[str, Any] = load_template()["Resources"]["OmsApi"]["Properties"]["GatewayResponses"]
+
+
 def gateway(api: Any = ok, authorizer: Any = fake_authorizer_handler, cache_seconds: int = 0, **kwargs: Any):
+    kwargs.setdefault("gateway_responses", RESPONSES)
     return ApiGateway(
         ROUTES,
         LocalFunction("oms-local-ApiFunction", api, timeout_seconds=10),
@@ -696,8 +701,8 @@ def test_public_routes_are_throttled_per_source_address():
 
 def test_a_gateway_response_sends_the_headers_the_template_declares_as_aws_does():
     # API Gateway sends a declared header's static value in place of anything computed.
-    declared = {"THROTTLED": {"StatusCode": "429", "ResponseParameters": {"Headers": {"Retry-After": "'7'"}}}}
-    gw = gateway(throttle=TokenBuckets(rate=0.001, burst=1), gateway_responses=declared)
+    throttled = {**RESPONSES["THROTTLED"], "ResponseParameters": {"Headers": {"Retry-After": "'7'"}}}
+    gw = gateway(throttle=TokenBuckets(rate=0.001, burst=1), gateway_responses={**RESPONSES, "THROTTLED": throttled})
 
     assert call(gw, "GET", "/health")[0] == 200
     status, _, response = call(gw, "GET", "/health")
@@ -705,9 +710,33 @@ def test_a_gateway_response_sends_the_headers_the_template_declares_as_aws_does(
 
 
 def test_a_gateway_response_header_mapped_from_the_request_is_refused_at_startup():
-    declared = {"THROTTLED": {"ResponseParameters": {"Headers": {"X-Key": "method.request.header.Authorization"}}}}
+    headers = {"X-Key": "method.request.header.Authorization"}
+    mapped = {**RESPONSES["THROTTLED"], "ResponseParameters": {"Headers": headers}}
 
     with pytest.raises(ValueError, match="THROTTLED header X-Key"):
+        gateway(gateway_responses={**RESPONSES, "THROTTLED": mapped})
+
+
+def test_an_answer_the_template_does_not_name_takes_its_default_4xx_or_5xx_as_on_aws():
+    # The local gateway kept its own copy of the contract's bodies for every answer, and answered an
+    # authorizer's bad output with it; API Gateway takes DEFAULT_5XX's (and DEFAULT_4XX's for a 4xx).
+    default_5xx = {"ResponseTemplates": {"application/json": '{"error": {"code": "from_default_5xx"}}'}}
+    broken = Recorder({"principalId": "x"})  # no policyDocument: AUTHORIZER_CONFIGURATION_ERROR
+    gw = gateway(authorizer=broken, gateway_responses={**RESPONSES, "DEFAULT_5XX": default_5xx})
+    status, body, response = call(gw, "GET", "/orders", headers=[("Authorization", "Bearer a")])
+    assert (status, body) == (500, {"error": {"code": "from_default_5xx"}})
+    assert response.headers["x-amzn-ErrorType"] == "AuthorizerConfigurationException"
+
+    only_default = {key: value for key, value in RESPONSES.items() if key != "MISSING_AUTHENTICATION_TOKEN"}
+    status, body, _ = call(gateway(gateway_responses=only_default), "GET", "/nowhere")
+    assert (status, body["error"]["code"]) == (403, "request_refused")  # API Gateway's own 403, DEFAULT_4XX's body
+
+
+def test_an_answer_with_neither_its_own_template_nor_a_default_is_refused_at_startup():
+    # API Gateway's own bodies ({"message": ...}) are not emulated: a template relying on one fails.
+    declared = {key: value for key, value in RESPONSES.items() if key not in ("THROTTLED", "DEFAULT_4XX")}
+
+    with pytest.raises(ValueError, match="THROTTLED needs an application/json template, its own or DEFAULT_4XX's"):
         gateway(gateway_responses=declared)
 
 
