@@ -317,45 +317,6 @@ def test_an_allowed_pattern_s_classes_are_java_s_ascii_ones():
     assert parameter_refused({"Type": "String", "AllowedPattern": r"\d+"}, "\u0661\u0662") == "must match \\d+"
 
 
-def test_every_constraint_a_parameter_declares_is_one_make_run_checks():
-    # parameter_refused checks a Number's and a String's constraints and nothing else: a MaxLength,
-    # or an AllowedPattern on a CommaDelimitedList, added to the template would be refused by a
-    # deploy and taken by `make run` without a word.
-    from infra.local.template import CHECKED
-
-    unchecked = {
-        name: sorted(set(p) - CHECKED.get(p["Type"], set())) for name, p in load_template()["Parameters"].items()
-    }
-    assert {name: keys for name, keys in unchecked.items() if keys} == {}
-
-
-def test_a_string_s_length_is_checked_as_a_deploy_does():
-    from infra.local.template import parameter_refused
-
-    declared = {"Type": "String", "MinLength": 2, "MaxLength": 3}
-    assert [parameter_refused(declared, v) for v in ("a", "ab", "abc", "abcd")] == [
-        "must be at least 2 characters",
-        None,
-        None,
-        "must be at most 3 characters (UTF-16 units: an emoji is two)",
-    ]
-
-
-def test_a_string_s_length_takes_the_stricter_count_of_a_character_outside_the_bmp():
-    # CloudFormation counts a String's "characters" in Java (UTF-16 units) and does not document
-    # how an emoji counts: Python's len() took `ab😀` (3) for MaxLength 3, which Java reads as 4.
-    # MaxLength counts UTF-16 units and MinLength code points, each the reading that refuses more.
-    from infra.local.template import parameter_refused
-
-    declared = {"Type": "String", "MinLength": 4, "MaxLength": 4}
-    assert parameter_refused(declared, "ab\U0001f600") == "must be at least 4 characters"
-    assert (
-        parameter_refused(declared, "abc\U0001f600") == "must be at most 4 characters (UTF-16 units: an emoji is two)"
-    )
-    assert parameter_refused(declared, "abcd") is None
-    assert parameter_refused({"Type": "String", "MaxLength": 3}, "\u00e9t\u00e9") is None  # accents: one unit each
-
-
 def test_every_parameter_s_default_is_what_a_deploy_takes():
     from infra.local.template import parameter_refused
 
