@@ -33,15 +33,16 @@ API_GATEWAY_MAX_BODY = 10 * 1024 * 1024  # API Gateway refuses larger payloads b
 API_ID = "local"  # the REST API's id in ARNs and request contexts
 RAW_HEADERS_KEY = "oms.raw_headers"  # the headers as sent (case and repeats), which WSGI's environ folds
 
-# What the gateway answers by itself, by API Gateway's name for it: its status and x-amzn-ErrorType.
-# MISSING_AUTHENTICATION_TOKEN answers a path no resource has and a method its resource lacks.
+# What the gateway answers by itself, by API Gateway's name for it: its status, x-amzn-ErrorType and
+# the message of its built-in body. MISSING_AUTHENTICATION_TOKEN answers a path no resource has and
+# a method its resource lacks.
 _ANSWERS = {
-    "UNAUTHORIZED": (401, "UnauthorizedException"),
-    "ACCESS_DENIED": (403, "AccessDeniedException"),
-    "REQUEST_TOO_LARGE": (413, "RequestTooLargeException"),
-    "MISSING_AUTHENTICATION_TOKEN": (403, "MissingAuthenticationTokenException"),
-    "THROTTLED": (429, "TooManyRequestsException"),
-    "AUTHORIZER_CONFIGURATION_ERROR": (500, "AuthorizerConfigurationException"),
+    "UNAUTHORIZED": (401, "UnauthorizedException", "Unauthorized"),
+    "ACCESS_DENIED": (403, "AccessDeniedException", "User is not authorized to access this resource"),
+    "REQUEST_TOO_LARGE": (413, "RequestTooLargeException", "Request Too Long"),
+    "MISSING_AUTHENTICATION_TOKEN": (403, "MissingAuthenticationTokenException", "Missing Authentication Token"),
+    "THROTTLED": (429, "TooManyRequestsException", "Too Many Requests"),
+    "AUTHORIZER_CONFIGURATION_ERROR": (500, "AuthorizerConfigurationException", None),
 }
 
 
@@ -315,15 +316,13 @@ def _whole(template: Template, declared: Any, prop: str) -> int:
 
 def _declared_answer(kind: str, responses: Mapping[str, Mapping[str, Any]]) -> tuple[int, str, dict[str, str]]:
     """(status, body, headers) of the answer `kind` as API Gateway picks it from the template's
-    GatewayResponses: the kind's own, else DEFAULT_4XX or DEFAULT_5XX, its StatusCode (if any)
-    over the kind's. API Gateway's own bodies ({"message": ...}) and headers mapped from the
-    request (method.request...) are not emulated: either fails startup."""
-    status = _ANSWERS[kind][0]
+    GatewayResponses: the kind's own, else DEFAULT_4XX or DEFAULT_5XX, its StatusCode (if any) over
+    the kind's, else API Gateway's built-in body. A header mapped from the request (method.request...)
+    is not emulated and fails startup."""
+    status, _, message = _ANSWERS[kind]
     name = kind if kind in responses else f"DEFAULT_{status // 100}XX"
     declared = responses.get(name) or {}
-    body = (declared.get("ResponseTemplates") or {}).get("application/json")
-    if body is None:
-        raise ValueError(f"GatewayResponses: {kind} needs an application/json template, its own or {name}'s")
+    body = (declared.get("ResponseTemplates") or {}).get("application/json") or json.dumps({"message": message})
     headers = {}
     for header, value in ((declared.get("ResponseParameters") or {}).get("Headers") or {}).items():
         if not (isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] == "'"):

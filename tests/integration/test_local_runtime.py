@@ -693,12 +693,13 @@ def test_an_answer_the_template_does_not_name_takes_its_default_4xx_or_5xx_as_on
     assert (status, body["error"]["code"]) == (403, "request_refused")  # API Gateway's own 403, DEFAULT_4XX's body
 
 
-def test_an_answer_with_neither_its_own_template_nor_a_default_is_refused_at_startup():
-    # API Gateway's own bodies ({"message": ...}) are not emulated: a template relying on one fails.
-    declared = {key: value for key, value in RESPONSES.items() if key not in ("THROTTLED", "DEFAULT_4XX")}
+def test_an_answer_with_neither_its_own_template_nor_a_default_is_api_gateway_s_own():
+    gw = gateway(gateway_responses={})
 
-    with pytest.raises(ValueError, match="THROTTLED needs an application/json template, its own or DEFAULT_4XX's"):
-        gateway(gateway_responses=declared)
+    status, body, response = call(gw, "DELETE", "/orders")
+    assert (status, body) == (403, {"message": "Missing Authentication Token"})
+    assert response.headers["x-amzn-ErrorType"] == "MissingAuthenticationTokenException"
+    assert call(gw, "GET", "/orders")[:2] == (401, {"message": "Unauthorized"})
 
 
 def test_authorizer_crash_or_bad_output_is_500():
