@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import logging
-import math
 import re
 import threading
 import time
@@ -34,18 +33,16 @@ API_GATEWAY_MAX_BODY = 10 * 1024 * 1024  # API Gateway refuses larger payloads b
 API_ID = "local"  # the REST API's id in ARNs and request contexts
 RAW_HEADERS_KEY = "oms.raw_headers"  # the headers as sent (case and repeats), which WSGI's environ folds
 
-# What the gateway answers itself: the contract's error shape, and API Gateway's x-amzn-ErrorType.
-# A template's GatewayResponses (UNAUTHORIZED, ACCESS_DENIED, ...) take precedence, exactly as on AWS.
-_DEFAULT_RESPONSES = {
-    "UNAUTHORIZED": (401, "unauthorized", "missing, unknown or revoked API key", "UnauthorizedException"),
-    "ACCESS_DENIED": (403, "forbidden", "this API key may not call this endpoint", "AccessDeniedException"),
-    "REQUEST_TOO_LARGE": (413, "payload_too_large", "request body too large", "RequestTooLargeException"),
-    # On AWS an unknown route answers MISSING_AUTHENTICATION_TOKEN (403 unless the template maps
-    # it); the contract says 404, so that is the local default.
-    "MISSING_AUTHENTICATION_TOKEN": (404, "not_found", "no such resource", "MissingAuthenticationTokenException"),
-    "THROTTLED": (429, "throttled", "too many requests: slow down and retry", "TooManyRequestsException"),
-    "METHOD_NOT_ALLOWED": (405, "method_not_allowed", "this resource does not support the method", None),
-    "AUTHORIZER_CONFIGURATION_ERROR": (500, "internal_error", "internal error", "AuthorizerConfigurationException"),
+# What the gateway answers by itself, by API Gateway's name for it: its status, x-amzn-ErrorType and
+# the message of its built-in body. MISSING_AUTHENTICATION_TOKEN answers a path no resource has and
+# a method its resource lacks.
+_ANSWERS = {
+    "UNAUTHORIZED": (401, "UnauthorizedException", "Unauthorized"),
+    "ACCESS_DENIED": (403, "AccessDeniedException", "User is not authorized to access this resource"),
+    "REQUEST_TOO_LARGE": (413, "RequestTooLargeException", "Request Too Long"),
+    "MISSING_AUTHENTICATION_TOKEN": (403, "MissingAuthenticationTokenException", "Missing Authentication Token"),
+    "THROTTLED": (429, "TooManyRequestsException", "Too Many Requests"),
+    "AUTHORIZER_CONFIGURATION_ERROR": (500, "AuthorizerConfigurationException", None),
 }
 
 
@@ -58,38 +55,32 @@ class RouteMatch:
 class Router:
     """Matches a request path against the template's resource paths the way API Gateway does:
     the most specific resource wins (literal segments over `{param}`), and a resource that lacks
-    the method answers 405 rather than falling back to a looser one. Greedy `{proxy+}` resources
-    are not emulated: a route with one is refused here rather than matched as a single segment."""
+    the method matches nothing (no fallback to a looser one), as a path no resource has: API
+    Gateway answers both MISSING_AUTHENTICATION_TOKEN. Greedy `{proxy+}` resources are not
+    emulated: a route with one is refused here rather than matched as a single segment."""
 
     def __init__(self, routes: Iterable[ApiRoute]):
         self.routes = list(routes)
-        self._patterns: dict[tuple[int, str | None], list[tuple[ApiRoute, list[str]]]] = {}
         for route in self.routes:
             if "+}" in route.path:
                 raise ValueError(f"route {route.event_name}: greedy path {route.path} is not emulated")
-            pattern = [s for s in route.path.split("/") if s]
-            first = pattern[0] if pattern and not pattern[0].startswith("{") else None
-            self._patterns.setdefault((len(pattern), first), []).append((route, pattern))
+        self._patterns = [(route, [s for s in route.path.split("/") if s]) for route in self.routes]
 
-    def match(self, raw_path: str, method: str) -> tuple[RouteMatch | None, list[str]]:
-        """(the match, or None) and the methods the best-matching resource allows (empty: no resource)."""
+    def match(self, raw_path: str, method: str) -> RouteMatch | None:
         segments = raw_path.split("/")[1:]
         if segments and segments[-1] == "":
             segments.pop()  # API Gateway ignores one trailing slash
         if "" in segments:  # an empty segment (`//`) names no resource
-            return None, []
+            return None
         values = [unquote(segment) for segment in segments]
         found = []  # (rank: literal segments first, then the path), route, path parameters
-        size, first = len(values), values[0] if values else ""  # the root's resource is under (0, None) alone
-        for route, pattern in self._patterns.get((size, first), []) + self._patterns.get((size, None), []):
-            pairs = list(zip(pattern, values, strict=True))
-            if all(name.startswith("{") or name == value for name, value in pairs):
+        for route, pattern in self._patterns:
+            pairs = list(zip(pattern, values, strict=False))
+            if len(pattern) == len(values) and all(name.startswith("{") or name == value for name, value in pairs):
                 params = {name[1:-1]: value for name, value in pairs if name.startswith("{")}
                 found.append(((tuple(name.startswith("{") for name in pattern), route.path), route, params))
         best = min((rank for rank, _, _ in found), default=None)
-        candidates = [(route, params) for rank, route, params in found if rank == best]
-        match = next((RouteMatch(r, p) for r, p in candidates if r.method == method.upper()), None)
-        return match, sorted({route.method for route, _ in candidates})
+        return next((RouteMatch(r, p) for rank, r, p in found if rank == best and r.method == method.upper()), None)
 
 
 @dataclass
@@ -301,17 +292,14 @@ class TokenBuckets:
     _buckets: dict[str, tuple[float, float]] = field(default_factory=dict)  # caller -> (tokens, last refill)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def take(self, caller: str) -> float:
-        """0 when the request may go ahead, else the seconds until a token is available."""
+    def take(self, caller: str) -> bool:
+        """Whether the request may go ahead (API Gateway's THROTTLED says when to retry: the template's)."""
         with self._lock:
             now = self.clock()
             tokens, last = self._buckets.get(caller, (float(self.burst), now))
             tokens = min(float(self.burst), tokens + (now - last) * self.rate)
-            if tokens >= 1:
-                self._buckets[caller] = (tokens - 1, now)
-                return 0.0
-            self._buckets[caller] = (tokens, now)
-            return (1 - tokens) / self.rate
+            self._buckets[caller] = (tokens - 1, now) if tokens >= 1 else (tokens, now)
+            return tokens >= 1
 
 
 def _whole(template: Template, declared: Any, prop: str) -> int:
@@ -326,15 +314,21 @@ def _whole(template: Template, declared: Any, prop: str) -> int:
     return int(number)
 
 
-def _static_headers(kind: str, declared: Mapping[str, Any]) -> dict[str, str]:
-    """A gateway response's declared headers: static values ('text'), sent as they are; a mapping
-    from the request (method.request...) is not emulated and fails startup."""
+def _declared_answer(kind: str, responses: Mapping[str, Mapping[str, Any]]) -> tuple[int, str, dict[str, str]]:
+    """(status, body, headers) of the answer `kind` as API Gateway picks it from the template's
+    GatewayResponses: the kind's own, else DEFAULT_4XX or DEFAULT_5XX, its StatusCode (if any) over
+    the kind's, else API Gateway's built-in body. A header mapped from the request (method.request...)
+    is not emulated and fails startup."""
+    status, _, message = _ANSWERS[kind]
+    name = kind if kind in responses else f"DEFAULT_{status // 100}XX"
+    declared = responses.get(name) or {}
+    body = (declared.get("ResponseTemplates") or {}).get("application/json") or json.dumps({"message": message})
     headers = {}
-    for name, value in ((declared.get("ResponseParameters") or {}).get("Headers") or {}).items():
+    for header, value in ((declared.get("ResponseParameters") or {}).get("Headers") or {}).items():
         if not (isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] == "'"):
-            raise ValueError(f"GatewayResponses.{kind} header {name}: {value!r} is not emulated (only 'static' values)")
-        headers[name] = value[1:-1]
-    return headers
+            raise ValueError(f"GatewayResponses.{name} header {header}: {value!r} not emulated (only 'static' values)")
+        headers[header] = value[1:-1]
+    return int(declared.get("StatusCode", status)), body, headers
 
 
 @dataclass(eq=False)  # hashed by identity: its flush callback is registered and removed
@@ -356,55 +350,50 @@ class ApiGateway:
         missing = {r.authorizer for r in self.routes if r.authorizer and r.authorizer not in self.authorizers}
         if missing:
             raise ValueError(f"routes name authorizers that were not given: {sorted(missing)}")
-        self._declared_headers = {kind: _static_headers(kind, d) for kind, d in self.gateway_responses.items()}
+        self._answers = {kind: _declared_answer(kind, self.gateway_responses) for kind in _ANSWERS}
 
     @classmethod
-    def from_template(cls, template: Template, functions: Mapping[str, LocalFunction], **kwargs: Any) -> ApiGateway:
+    def from_template(cls, template: Template, functions: Mapping[str, LocalFunction]) -> ApiGateway:
         """The template's REST API as declared: its routes, authorizers, GatewayResponses, stage, and
-        the throttle of its stage's catch-all MethodSettings. `functions` maps the template's
-        function logical ids to their local functions."""
+        the throttle of its stage's catch-all MethodSettings (one entry, `/*` and `*`: supported.py).
+        `functions` maps the template's function logical ids to their local functions."""
         authorizers = {}
         for name, config in (template.api("Auth", {}).get("Authorizers") or {}).items():
             identity = config.get("Identity") or {}
             headers, cache_seconds = tuple(identity.get("Headers") or ()), identity.get("ReauthorizeEvery", 300)
             function = functions[template.authorizer_function(name)]
             authorizers[name] = Authorizer(name, function, headers, _whole(template, cache_seconds, "ReauthorizeEvery"))
-        if "throttle" not in kwargs:  # from the first MethodSettings entry that sets both limits
-            for declared in template.api("MethodSettings", []):
-                setting = template.resolve(declared)
-                if "ThrottlingRateLimit" in setting and "ThrottlingBurstLimit" in setting:
-                    rate = float(setting["ThrottlingRateLimit"])
-                    burst = _whole(template, declared["ThrottlingBurstLimit"], "ThrottlingBurstLimit")
-                    kwargs["throttle"] = TokenBuckets(rate, burst)
-                    break
-        stage = str(template.resolve(template.api("StageName", "Prod")))
-        kwargs |= {"stage": stage, "gateway_responses": template.api("GatewayResponses", {})}
-        return cls(template.api_routes(), functions[template.api_function()], authorizers, **kwargs)
+        throttle = None
+        for declared in template.api("MethodSettings", []):
+            if not {"ThrottlingRateLimit", "ThrottlingBurstLimit"} <= declared.keys():
+                raise ValueError("MethodSettings: only an entry setting both throttling limits is emulated")
+            rate = float(template.resolve(declared["ThrottlingRateLimit"]))
+            throttle = TokenBuckets(rate, _whole(template, declared["ThrottlingBurstLimit"], "ThrottlingBurstLimit"))
+        return cls(
+            template.api_routes(),
+            functions[template.api_function()],
+            authorizers,
+            stage=str(template.resolve(template.api("StageName", "Prod"))),
+            gateway_responses=template.api("GatewayResponses", {}),
+            throttle=throttle,
+        )
 
     def flush_authorizer_caches(self) -> None:
         """FlushStageAuthorizersCache for this stage: every authorizer asks again on the next request."""
         for authorizer in self.authorizers.values():
             authorizer.clear_cache()
 
-    def gateway_response(self, kind: str, request_id: str, headers: Mapping[str, str] | None = None) -> Response:
-        status, code, message, error_type = _DEFAULT_RESPONSES[kind]
-        body = json.dumps({"error": {"code": code, "message": message, "details": []}})
-        if (declared := self.gateway_responses.get(kind)) is not None:
-            declared_body = (declared.get("ResponseTemplates") or {}).get("application/json")
-            status, body = int(declared.get("StatusCode", 500)), body if declared_body is None else declared_body
+    def gateway_response(self, kind: str, request_id: str) -> Response:
+        status, body, headers = self._answers[kind]
         response = _error_response(body, status, request_id)
-        # What the template declares is what AWS sends, in place of what the local gateway knows.
-        headers = {**(headers or {}), **self._declared_headers.get(kind, {})}
-        response.headers.update({"x-amzn-ErrorType": error_type} if error_type else {}, **headers)
+        response.headers.update({"x-amzn-ErrorType": _ANSWERS[kind][1], **headers})
         return response
 
     def handle(self, request: HttpRequest) -> Response:
         """One request through the gateway."""
         if len(request.body) > self.max_body_bytes:
             return self.gateway_response("REQUEST_TOO_LARGE", request.request_id)
-        match, allowed = self.router.match(request.path, request.method)
-        if match is None and allowed:
-            return self.gateway_response("METHOD_NOT_ALLOWED", request.request_id, {"Allow": ", ".join(allowed)})
+        match = self.router.match(request.path, request.method)
         if match is None:
             return self.gateway_response("MISSING_AUTHENTICATION_TOKEN", request.request_id)
         event = proxy_event(request, match, stage=self.stage)
@@ -416,9 +405,8 @@ class ApiGateway:
         # route, a missing, unknown or revoked key) is known only by its address: its request counts
         # against that address's bucket, so a new bad key per request cannot buy a fresh bucket.
         caller = event["requestContext"].get("authorizer", {}).get("principalId") or request.source_ip
-        if self.throttle is not None and (wait := self.throttle.take(caller)) > 0:
-            retry_after = str(max(1, math.ceil(wait)))
-            return self.gateway_response("THROTTLED", request.request_id, {"Retry-After": retry_after})
+        if self.throttle is not None and not self.throttle.take(caller):
+            return self.gateway_response("THROTTLED", request.request_id)
         if refusal is not None:
             return self.gateway_response(refusal, request.request_id)
         try:

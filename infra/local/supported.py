@@ -187,11 +187,22 @@ RESOURCE_ATTRIBUTES: dict[str, Any] = {
     "DependsOn": ignored("the runtime orders creation by references"),
 }
 
+# Per parameter type, the properties template.parameter_refused checks (Description and
+# ConstraintDescription have nothing to check; NoEcho keeps a refused value out of its message):
+# another constraint would be a deploy's refusal `make run` silently takes.
+PARAMETERS: dict[str, frozenset[str]] = {
+    "Number": frozenset({"Type", "Default", "Description", "ConstraintDescription", "MinValue", "MaxValue",
+                         "AllowedValues", "NoEcho"}),
+    "String": frozenset({"Type", "Default", "Description", "ConstraintDescription", "AllowedValues", "AllowedPattern",
+                         "NoEcho"}),
+    "CommaDelimitedList": frozenset({"Type", "Default", "Description"}),
+}  # fmt: skip
+
 SECTIONS: dict[str, Any] = {
     "AWSTemplateFormatVersion": EMULATED,
     "Transform": frozenset({"AWS::Serverless-2016-10-31"}),
     "Description": ignored("documentation"),
-    "Parameters": EMULATED,  # defaults, overridden by the stack's parameter_overrides
+    "Parameters": EMULATED,  # defaults, overridden by the stack's parameter_overrides; PARAMETERS checked
     "Mappings": EMULATED,  # Fn::FindInMap (infra/local/template.py resolves it)
     "Conditions": ignored("only ignored resources may name one (a Condition on an emulated one fails)"),
     "Globals": {"Function": _FUNCTION_COMMON},
@@ -214,6 +225,11 @@ class UnsupportedTemplate(ValueError):
 def unsupported(document: Mapping[str, Any]) -> list[str]:
     """Every use of a section, resource type, property or value the tables do not cover."""
     problems = _walk(document, SECTIONS, "template")
+    for name, declared in (document.get("Parameters") or {}).items():
+        if (checked := PARAMETERS.get(declared.get("Type"))) is None:
+            problems.append(f"parameter {name}: type {declared.get('Type')!r} is not emulated")
+        else:
+            problems += [f"parameter {name}: property {key} is not emulated" for key in sorted(set(declared) - checked)]
     for logical_id, resource in (document.get("Resources") or {}).items():
         where, table = f"{logical_id} ({resource.get('Type')})", SUPPORTED.get(resource.get("Type"))
         if table is None:

@@ -55,34 +55,11 @@ def load_template(path: str | Path | None = None) -> dict[str, Any]:
     return document
 
 
-# Per parameter type, the properties parameter_refused reads (or, as Description, has nothing to
-# check; NoEcho only keeps a refused value out of the message): a constraint outside them would be
-# a deploy's refusal `make run` silently takes.
-CHECKED = {
-    "Number": {
-        "Type", "Default", "Description", "ConstraintDescription", "MinValue", "MaxValue", "AllowedValues", "NoEcho",
-    },
-    "String": {
-        "Type", "Default", "Description", "ConstraintDescription", "MinLength", "MaxLength", "AllowedValues",
-        "AllowedPattern", "NoEcho",
-    },
-    "CommaDelimitedList": {"Type", "Default", "Description"},
-}  # fmt: skip
-
-
 def parameter_refused(declared: Mapping[str, Any], value: Any) -> str | None:
     """Why CloudFormation refuses `value` for the declared parameter at deploy (None: it takes it),
-    by the properties CHECKED names; AllowedValues compare exactly ("TRUE" is not "true")."""
+    by the properties supported.PARAMETERS names; AllowedValues compare exactly ("TRUE" is not "true")."""
     if declared.get("Type") == "String":
         text = env_string(value)
-        if "MinLength" in declared and len(text) < int(declared["MinLength"]):
-            return f"must be at least {declared['MinLength']} characters"
-        # CloudFormation says "characters" and counts them in Java, whose String.length() is UTF-16
-        # units: a character outside the BMP (an emoji) may be two there, one in Python's len().
-        # Which it is is not documented, so the stricter reading of each bound is taken: a value
-        # of a MaxLength in code points but over it in UTF-16 units might be refused at deploy.
-        if "MaxLength" in declared and len(text.encode("utf-16-le", "surrogatepass")) // 2 > int(declared["MaxLength"]):
-            return f"must be at most {declared['MaxLength']} characters (UTF-16 units: an emoji is two)"
         allowed = declared.get("AllowedValues")
         if allowed and text not in {str(v) for v in allowed}:
             return f"must be one of {', '.join(str(v) for v in allowed)}"

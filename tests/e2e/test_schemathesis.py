@@ -5,7 +5,11 @@ required header refused, and, in the stateful phase, resources that exist once c
 follows the document's links from a placed order, a stored product and an issued key).
 
 The few answers the schema cannot predict (a rule it cannot state, such as "a sku that exists")
-are allowed per operation in tests/e2e/schemathesis.toml, each with its reason; no check is off.
+are allowed per operation in tests/e2e/schemathesis.toml, each with its reason. One check is off:
+unsupported_method (ST204) wants 405 with an Allow header for a method an operation lacks (DELETE
+/orders); API Gateway (REST) never sends 405, it answers such a method as a path no resource has,
+MISSING_AUTHENTICATION_TOKEN, which the template maps to the contract's 404 not_found. The local
+gateway answers as API Gateway does, so the deployed API would fail the check as this one does.
 
 It runs schemathesis' own CLI against the local stack (its pytest plugin does not load under
 pytest 9). `make test` runs a smoke: a few generated and explicit examples per operation, with a
@@ -51,6 +55,8 @@ def schemathesis(stack: EmbeddedStack, tmp_path: Path, options: list[str], timeo
             f"{stack.api_url}/openapi.json",
             "--checks",
             "all",
+            "--exclude-checks",
+            "unsupported_method",  # API Gateway answers 404 there, never 405 (the docstring)
             *options,
             "--header",
             f"Authorization: Bearer {stack.admin_key}",

@@ -106,7 +106,12 @@ ROUTES = [
 ]
 
 
+# The template's GatewayResponses: the local gateway answers by itself only what they declare.
+RESPONSES: dict[str, Any] = load_template()["Resources"]["OmsApi"]["Properties"]["GatewayResponses"]
+
+
 def gateway(api: Any = ok, authorizer: Any = fake_authorizer_handler, cache_seconds: int = 0, **kwargs: Any):
+    kwargs.setdefault("gateway_responses", RESPONSES)
     return ApiGateway(
         ROUTES,
         LocalFunction("oms-local-ApiFunction", api, timeout_seconds=10),
@@ -312,45 +317,6 @@ def test_an_allowed_pattern_s_classes_are_java_s_ascii_ones():
     assert parameter_refused({"Type": "String", "AllowedPattern": r"\d+"}, "\u0661\u0662") == "must match \\d+"
 
 
-def test_every_constraint_a_parameter_declares_is_one_make_run_checks():
-    # parameter_refused checks a Number's and a String's constraints and nothing else: a MaxLength,
-    # or an AllowedPattern on a CommaDelimitedList, added to the template would be refused by a
-    # deploy and taken by `make run` without a word.
-    from infra.local.template import CHECKED
-
-    unchecked = {
-        name: sorted(set(p) - CHECKED.get(p["Type"], set())) for name, p in load_template()["Parameters"].items()
-    }
-    assert {name: keys for name, keys in unchecked.items() if keys} == {}
-
-
-def test_a_string_s_length_is_checked_as_a_deploy_does():
-    from infra.local.template import parameter_refused
-
-    declared = {"Type": "String", "MinLength": 2, "MaxLength": 3}
-    assert [parameter_refused(declared, v) for v in ("a", "ab", "abc", "abcd")] == [
-        "must be at least 2 characters",
-        None,
-        None,
-        "must be at most 3 characters (UTF-16 units: an emoji is two)",
-    ]
-
-
-def test_a_string_s_length_takes_the_stricter_count_of_a_character_outside_the_bmp():
-    # CloudFormation counts a String's "characters" in Java (UTF-16 units) and does not document
-    # how an emoji counts: Python's len() took `ab😀` (3) for MaxLength 3, which Java reads as 4.
-    # MaxLength counts UTF-16 units and MinLength code points, each the reading that refuses more.
-    from infra.local.template import parameter_refused
-
-    declared = {"Type": "String", "MinLength": 4, "MaxLength": 4}
-    assert parameter_refused(declared, "ab\U0001f600") == "must be at least 4 characters"
-    assert (
-        parameter_refused(declared, "abc\U0001f600") == "must be at most 4 characters (UTF-16 units: an emoji is two)"
-    )
-    assert parameter_refused(declared, "abcd") is None
-    assert parameter_refused({"Type": "String", "MaxLength": 3}, "\u00e9t\u00e9") is None  # accents: one unit each
-
-
 def test_every_parameter_s_default_is_what_a_deploy_takes():
     from infra.local.template import parameter_refused
 
@@ -440,20 +406,18 @@ def test_the_return_window_is_taken_from_the_shell_and_refused_by_its_variable(m
 # --- Routing and events -----------------------------------------------------------------------------
 
 
-def test_router_prefers_literal_segments_and_reports_allowed_methods():
+def test_router_prefers_literal_segments_and_does_not_fall_back_to_a_looser_resource():
     router = Router([*ROUTES, ApiRoute("Search", "/orders/search", "GET", None)])
-    match, _ = router.match("/orders/search", "GET")
-    assert match.route.event_name == "Search"
-    match, _ = router.match("/orders/ord_1", "GET")
+    assert router.match("/orders/search", "GET").route.event_name == "Search"
+    match = router.match("/orders/ord_1", "GET")
     assert match.route.path == "/orders/{order_id}" and match.path_parameters == {"order_id": "ord_1"}
-    match, allowed = router.match("/orders", "DELETE")
-    assert match is None and allowed == ["GET", "POST"]
-    match, allowed = router.match("/nope", "GET")
-    assert match is None and allowed == []
-    match, _ = router.match("/inventory/a%20b/loc_1", "PUT")
+    assert router.match("/orders", "DELETE") is None
+    assert router.match("/orders/search", "POST") is None  # /orders/{order_id} has no POST either
+    assert router.match("/nope", "GET") is None
+    match = router.match("/inventory/a%20b/loc_1", "PUT")
     assert match.path_parameters == {"sku": "a b", "location_id": "loc_1"}
-    assert router.match("/orders/", "GET")[0].route.path == "/orders"
-    assert router.match("/orders//history", "GET") == (None, [])  # an empty segment names no resource
+    assert router.match("/orders/", "GET").route.path == "/orders"
+    assert router.match("/orders//history", "GET") is None  # an empty segment names no resource
 
 
 def test_a_greedy_proxy_path_is_refused_rather_than_matched_as_one_segment():
@@ -461,15 +425,16 @@ def test_a_greedy_proxy_path_is_refused_rather_than_matched_as_one_segment():
         Router([*ROUTES, ApiRoute("Proxy", "/files/{proxy+}", "GET", None)])
 
 
-def test_unknown_path_is_404_and_wrong_method_is_405_in_the_contract_shape():
+def test_unknown_path_and_a_method_its_resource_lacks_are_both_404_as_api_gateway_answers():
+    # API Gateway answers both MISSING_AUTHENTICATION_TOKEN (403 by default; the template maps it to
+    # the contract's 404). The local gateway answered 405 method_not_allowed for the second.
     gw = gateway()
-    status, body, _ = call(gw, "GET", "/nowhere")
-    assert status == 404
-    assert body["error"]["code"] == "not_found" and body["error"]["details"] == []
-    status, body, response = call(gw, "DELETE", "/orders", headers=[("Authorization", "Bearer good")])
-    assert status == 405
-    assert body["error"]["code"] == "method_not_allowed"
-    assert response.headers["Allow"] == "GET, POST"
+    for method, path in [("GET", "/nowhere"), ("DELETE", "/orders"), ("POST", "/health")]:
+        status, body, response = call(gw, method, path, headers=[("Authorization", "Bearer good")])
+        assert status == 404, (method, path)
+        assert body["error"]["code"] == "not_found" and body["error"]["details"] == []
+        assert response.headers["x-amzn-ErrorType"] == "MissingAuthenticationTokenException"
+        assert "Allow" not in response.headers
 
 
 def test_proxy_event_has_api_gateway_v1_shape():
@@ -481,8 +446,7 @@ def test_proxy_event_has_api_gateway_v1_shape():
         b'{"on_hand": 3}',
         source_ip="10.0.0.7",
     )
-    match, _ = Router(ROUTES).match(request.path, request.method)
-    event = proxy_event(request, match)
+    event = proxy_event(request, Router(ROUTES).match(request.path, request.method))
     assert event["resource"] == "/inventory/{sku}/{location_id}"
     assert event["path"] == "/inventory/TSHIRT%2FBLK/wh-east"  # REST APIs keep the path encoded
     assert event["pathParameters"] == {"sku": "TSHIRT/BLK", "location_id": "wh-east"}
@@ -504,7 +468,7 @@ def test_proxy_event_has_api_gateway_v1_shape():
 
 
 def test_proxy_event_without_query_or_body_uses_nulls_and_binary_bodies_are_base64():
-    match, _ = Router(ROUTES).match("/health", "GET")
+    match = Router(ROUTES).match("/health", "GET")
     event = proxy_event(HttpRequest("GET", "/health"), match)
     assert event["queryStringParameters"] is None
     assert event["multiValueQueryStringParameters"] is None
@@ -698,8 +662,8 @@ def test_public_routes_are_throttled_per_source_address():
 
 def test_a_gateway_response_sends_the_headers_the_template_declares_as_aws_does():
     # API Gateway sends a declared header's static value in place of anything computed.
-    declared = {"THROTTLED": {"StatusCode": "429", "ResponseParameters": {"Headers": {"Retry-After": "'7'"}}}}
-    gw = gateway(throttle=TokenBuckets(rate=0.001, burst=1), gateway_responses=declared)
+    throttled = {**RESPONSES["THROTTLED"], "ResponseParameters": {"Headers": {"Retry-After": "'7'"}}}
+    gw = gateway(throttle=TokenBuckets(rate=0.001, burst=1), gateway_responses={**RESPONSES, "THROTTLED": throttled})
 
     assert call(gw, "GET", "/health")[0] == 200
     status, _, response = call(gw, "GET", "/health")
@@ -707,10 +671,35 @@ def test_a_gateway_response_sends_the_headers_the_template_declares_as_aws_does(
 
 
 def test_a_gateway_response_header_mapped_from_the_request_is_refused_at_startup():
-    declared = {"THROTTLED": {"ResponseParameters": {"Headers": {"X-Key": "method.request.header.Authorization"}}}}
+    headers = {"X-Key": "method.request.header.Authorization"}
+    mapped = {**RESPONSES["THROTTLED"], "ResponseParameters": {"Headers": headers}}
 
     with pytest.raises(ValueError, match="THROTTLED header X-Key"):
-        gateway(gateway_responses=declared)
+        gateway(gateway_responses={**RESPONSES, "THROTTLED": mapped})
+
+
+def test_an_answer_the_template_does_not_name_takes_its_default_4xx_or_5xx_as_on_aws():
+    # The local gateway kept its own copy of the contract's bodies for every answer, and answered an
+    # authorizer's bad output with it; API Gateway takes DEFAULT_5XX's (and DEFAULT_4XX's for a 4xx).
+    default_5xx = {"ResponseTemplates": {"application/json": '{"error": {"code": "from_default_5xx"}}'}}
+    broken = Recorder({"principalId": "x"})  # no policyDocument: AUTHORIZER_CONFIGURATION_ERROR
+    gw = gateway(authorizer=broken, gateway_responses={**RESPONSES, "DEFAULT_5XX": default_5xx})
+    status, body, response = call(gw, "GET", "/orders", headers=[("Authorization", "Bearer a")])
+    assert (status, body) == (500, {"error": {"code": "from_default_5xx"}})
+    assert response.headers["x-amzn-ErrorType"] == "AuthorizerConfigurationException"
+
+    only_default = {key: value for key, value in RESPONSES.items() if key != "MISSING_AUTHENTICATION_TOKEN"}
+    status, body, _ = call(gateway(gateway_responses=only_default), "GET", "/nowhere")
+    assert (status, body["error"]["code"]) == (403, "request_refused")  # API Gateway's own 403, DEFAULT_4XX's body
+
+
+def test_an_answer_with_neither_its_own_template_nor_a_default_is_api_gateway_s_own():
+    gw = gateway(gateway_responses={})
+
+    status, body, response = call(gw, "DELETE", "/orders")
+    assert (status, body) == (403, {"message": "Missing Authentication Token"})
+    assert response.headers["x-amzn-ErrorType"] == "MissingAuthenticationTokenException"
+    assert call(gw, "GET", "/orders")[:2] == (401, {"message": "Unauthorized"})
 
 
 def test_authorizer_crash_or_bad_output_is_500():
@@ -723,7 +712,7 @@ def test_authorizer_crash_or_bad_output_is_500():
 
 
 def test_authorizer_event_is_built_from_the_proxy_event():
-    match, _ = Router(ROUTES).match("/orders", "POST")
+    match = Router(ROUTES).match("/orders", "POST")
     event = proxy_event(HttpRequest("POST", "/orders", headers=[("Authorization", "Bearer z")]), match)
     auth_event = request_authorizer_event(event)
     assert auth_event["methodArn"] == f"{ARN_PREFIX}/POST/orders"

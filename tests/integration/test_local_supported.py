@@ -144,6 +144,26 @@ def test_a_template_using_what_the_runtime_does_not_emulate_fails_naming_resourc
     assert len(problems) == 1, problems
 
 
+@pytest.mark.parametrize(
+    ("parameter", "declared", "problem"),
+    [
+        ("Sla", {"MaxLength": 200}, "parameter Sla: property MaxLength is not emulated"),
+        ("HoldExpiryDays", {"MinLength": 1}, "parameter HoldExpiryDays: property MinLength is not emulated"),
+        ("ImportQueueSenders", {"AllowedPattern": ".*"}, "parameter ImportQueueSenders: property AllowedPattern"),
+        ("Secret", {"Type": "AWS::SSM::Parameter::Value<String>"}, "parameter Secret: type 'AWS::SSM::"),
+    ],
+)
+def test_a_parameter_constraint_make_run_does_not_check_fails_naming_parameter_and_property(
+    parameter: str, declared: dict[str, Any], problem: str
+):
+    # template.parameter_refused checks what supported.PARAMETERS names and nothing else: another
+    # constraint would be a deploy's refusal `make run` took without a word.
+    document = copy.deepcopy(TEMPLATE)
+    document["Parameters"][parameter] = {**document["Parameters"].get(parameter, {"Type": "String"}), **declared}
+    problems = unsupported(document)
+    assert len(problems) == 1 and problem in problems[0], problems
+
+
 def test_startup_fails_before_anything_is_created(tmp_path: Path):
     from infra.local.stack import EmbeddedStack
 
