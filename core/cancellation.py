@@ -540,8 +540,10 @@ class Cancellation:
         capture was never asked, so it is recorded as not made (`capture_not_made`, the amount, no
         shipment: SettlementCapturesNotMade) and logged at ERROR for SettlementCapturesNotMadeAlarm,
         then PaymentRefused is raised. Not when this very decline by the same actor is what the
-        history ends with already (asked again under the key it was declined under: _renew), so a
-        delivery reported again on a loop records, counts and logs nothing more."""
+        history ends with already, followed by the capture not made it led to (asked again under
+        the key it was declined under: _renew), so a delivery reported again on a loop records,
+        counts and logs nothing more; a decline written by a function that died before its capture
+        not made is a repeat without one, which is written then (_settlement_not_made_follows)."""
         if not self.renews_first(order):
             return order
         repeats: list[Failure] = []
@@ -550,7 +552,7 @@ class Cancellation:
         except NoPaymentPlugin:
             raise
         except PaymentRefused as refused:
-            if not repeats:
+            if not repeats or not self._settlement_not_made_follows(order.id, amount, actor):
                 at, message = self._clock(), str(refused)
                 recorded: list[Order] = []
                 modify(
@@ -562,6 +564,24 @@ class Cancellation:
                 if recorded:
                     _settlement_not_made_logged(order.id, amount, message)
             raise
+
+    def _settlement_not_made_follows(self, order_id: str, amount: Money, actor: str) -> bool:
+        """Whether the run of declined renewals and settlements not made the order's history ends
+        with (a carrier's delivery_not_recorded stepped over) holds `actor`'s capture not made of
+        `amount` after its last decline: a decline repeated (renewed_for_settlement) whose function
+        wrote both. Read on the rare path only: a decline."""
+        found = self._orders.history(order_id, consistent=True)
+        asked = amount.model_dump(mode="json")
+        for entry in reversed(found[1] if found is not None else []):
+            if entry.type is OrderEvent.DELIVERY_NOT_RECORDED:
+                continue
+            if _settlement_not_made(entry):
+                if entry.actor == actor and (entry.detail or {}).get("amount") == asked:
+                    return True
+                continue
+            if entry.type is not OrderEvent.PAYMENT_AUTHORIZATION_FAILED or entry.actor == actor:
+                return False  # this actor's decline with nothing after it, or anything else
+        return False
 
     def renews_first(self, order: Order) -> bool:
         """Whether a capture asked of `order` now has its authorization renewed first (renewed_if_lapsed)."""

@@ -37,7 +37,7 @@ from core.models import (
     utc_now,
 )
 from core.money import Money
-from core.order_changes import failure_recorder, modify, outage_noted_once, visible, void_outage_noted_once
+from core.order_changes import failure_recorder, modify, outage_noted_once, request_outage_noted_once, visible
 from core.payments import Payments
 from core.ports import CatalogRepository, InventoryRepository, LabelStore, OrderRepository, ReturnRepository
 from core.refund_service import RefundService
@@ -82,16 +82,17 @@ class OrderActions:
         self._clock = clock
         self._pickup_expiry = pickup_expiry
         # A request anything repeated at will sends again (a delivery report, a ship, a cancel)
-        # writes every failed attempt, but not a void outage the order's history ends with already
-        # (void_outage_noted_once): a carrier reporting again through it would fill the order's item.
+        # writes every failed attempt, but not a void's or capture's outage the order's history
+        # ends with already (request_outage_noted_once): a carrier reporting again through it, or a
+        # warehouse shipping again, would fill the order's item.
         self._cancellation = Cancellation(
-            orders, catalog, inventory, payments, clock, credits, void_failures=void_outage_noted_once,
+            orders, catalog, inventory, payments, clock, credits, void_failures=request_outage_noted_once,
             authorization_valid_for=authorization_valid_for,
         )  # fmt: skip
         refunds = refunds or RefundService(orders, payments, clock)
         self._units = UnitCancellation(
             orders, catalog, inventory, payments, capture, refunds, self._cancellation, clock, credits,
-            hook=hook, labels=labels, returns=returns, void_failures=void_outage_noted_once,
+            hook=hook, labels=labels, returns=returns, void_failures=request_outage_noted_once,
         )  # fmt: skip
         # What the reconciler's kept-back pass settles through (settle_owed): as the requests', but
         # a gateway outage is written in an order's history once, not once per failed attempt of
@@ -128,7 +129,8 @@ class OrderActions:
         before the capture is requested (Cancellation.renewed_if_lapsed). A capture that keeps
         failing transiently (PaymentGatewayUnavailable, 503) or is refused (PaymentRefused, 502)
         leaves the shipment pending with every failed attempt in the history (a refusal the history
-        ends with already, the same ship repeated on a loop, only once: Cancellation.refusal_recorded_last),
+        ends with already, the same ship repeated on a loop, only once: Cancellation.refusal_recorded_last;
+        an outage it ends with already, none: request_outage_noted_once),
         and the ship may simply be repeated (after a refusal, on a renewed authorization: once, not
         on one a refusal made, Order.refusal_renewal). A capture whose record then loses to a cancel, a hold or a
         reject is refunded at once and the ship is refused (409). Shipping a shipped shipment again finishes

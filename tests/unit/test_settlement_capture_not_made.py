@@ -261,3 +261,43 @@ def test_a_declined_renewal_of_the_settlements_authorization_is_the_settlements_
     assert declined in runbook
     assert "the alarm fires again and the ERROR line is logged again" in runbook
     assert "no alarm point" not in runbook
+
+
+def test_a_declined_renewal_whose_settlement_not_made_was_never_written_is_recorded_when_asked_again(
+    metrics, capsys, caplog, monkeypatch
+):
+    # The carrier's report meets the declined renewal, writes the decline, and dies before writing
+    # the settlement's capture not made. Before: the carrier's report sent again (the same key, the
+    # same decline) was taken for a repeat of one recorded in full: nothing was ever recorded as not
+    # made by it, nor counted, nor logged. Now the decline is a repeat only once its capture not
+    # made follows it: the report sent again records that, once.
+    world, order_id, west = shipped_west()
+    world.gateway.script("capture", "refuse")
+    world.actions.cancel(order_id, "the rest is not wanted", actor="key_cs")
+    world.gateway.script("authorize", "refuse")
+    dies_after_recording(world, monkeypatch, OrderEvent.PAYMENT_AUTHORIZATION_FAILED)
+    with pytest.raises(Died):
+        world.actions.deliver(order_id, west, actor="carrier")
+    monkeypatch.undo()
+    monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "false")
+    monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "OMS")
+    emitted(capsys)
+    caplog.set_level("ERROR")
+    caplog.clear()
+    entries = len(world.history(order_id))
+
+    world.actions.deliver(order_id, west, actor="carrier")
+
+    (not_made,) = world.history(order_id)[entries:]
+    assert (not_made.type, not_made.actor, not_made.detail["amount"]) == (
+        OrderEvent.CAPTURE_NOT_MADE, "carrier", {"amount": SHORT, "currency": "USD"},
+    )  # fmt: skip
+    assert "declined" in not_made.detail["message"] and "shipment_id" not in not_made.detail
+    assert emitted(capsys)[NOT_MADE] == [1.0]
+    assert [row[0] for row in errors(caplog)] == [order_id]
+    # Sent again: a repeat now, of a decline recorded in full.
+    caplog.clear()
+    world.actions.deliver(order_id, west, actor="carrier")
+    assert len(world.history(order_id)) == entries + 1
+    assert NOT_MADE not in emitted(capsys) and errors(caplog) == []
+    assert world.spy.captured_total() == world.order(order_id).payment.captured.amount
