@@ -80,9 +80,9 @@ class SourcingRulesService:
         """A new version made of `given`. Raises StaleVersion (409) when the version in force is
         not `expected_version` (when given: the one its author read), or when another change was
         written between the read and this write (unless it wrote these very rules): the caller reads
-        the rules again. Rules that are
-        the ones in force already are answered as they are, whatever version was read: a PUT sent
-        again (its answer lost) makes no second version, and a change to them is none."""
+        the rules again. Rules that are the ones in force already are answered as they are, whatever
+        version was read: a PUT sent again (its answer lost) makes no second version, and a change
+        to them is none."""
         check_locations(given, self._catalog.list_locations())
         current = self._rules.current()
         if current.same_as(given):
