@@ -79,9 +79,10 @@ class SourcingRulesService:
     def replace(self, given: SourcingRulesInput, by: str, expected_version: int | None = None) -> SourcingRules:
         """A new version made of `given`. Raises StaleVersion (409) when the version in force is
         not `expected_version` (when given: the one its author read), or when another change was
-        written between the read and this write: the caller reads the rules again. Rules that are
-        the ones in force already are answered as they are, whatever version was read: a PUT sent
-        again (its answer lost) makes no second version, and a change to them is none."""
+        written between the read and this write (unless it wrote these very rules): the caller reads
+        the rules again. Rules that are the ones in force already are answered as they are, whatever
+        version was read: a PUT sent again (its answer lost) makes no second version, and a change
+        to them is none."""
         check_locations(given, self._catalog.list_locations())
         current = self._rules.current()
         if current.same_as(given):
@@ -92,7 +93,14 @@ class SourcingRulesService:
                 details=[{"field": "If-Match", "message": f"current version is {current.version}"}],
             )
         new = next_version(current, given, at=self._clock(), by=by)
-        self._rules.add(new)
+        try:
+            self._rules.add(new)
+        except StaleVersion:
+            # Another PUT was written since the read: when it made these very rules (this one's
+            # first attempt, still being written when it was sent again), they are the answer.
+            if (written := self._rules.current()).same_as(given):
+                return written
+            raise
         return new
 
     def history(self, limit: int = HISTORY_PAGE, cursor: str | None = None) -> SourcingRulesHistory:

@@ -66,7 +66,7 @@ class SourcingRules(BaseModel):
 
     def same_as(self, given: SourcingRulesInput) -> bool:
         """Whether `given`, whole (a PUT's body: rules left out take their defaults), are these rules."""
-        return all(getattr(given, name) == getattr(self, name) for name in SourcingRulesInput.model_fields)
+        return all(self._rule_is(name, given) for name in SourcingRulesInput.model_fields)
 
     def changed_by(self, given: SourcingRulesInput) -> list[str]:
         """The rules `given` explicitly (a what-if) with another value than these have, in the
@@ -74,8 +74,14 @@ class SourcingRules(BaseModel):
         return [
             name
             for name in SourcingRulesInput.model_fields
-            if name in given.model_fields_set and getattr(given, name) != getattr(self, name)
+            if name in given.model_fields_set and not self._rule_is(name, given)
         ]
+
+    def _rule_is(self, name: str, given: SourcingRulesInput) -> bool:
+        """Whether the rule `name` of `given` is this one: excluded locations are a set (their order
+        in a body means nothing: a client may keep them in a set, or sort them)."""
+        mine, theirs = getattr(self, name), getattr(given, name)
+        return set(mine) == set(theirs) if name == "excluded_locations" else mine == theirs
 
     def eligible(self, locations: list[Location]) -> list[Location]:
         """`locations` without the excluded ones."""

@@ -89,7 +89,7 @@ _EVENTS = ByType(
             **emulated("Bucket", "Events"),  # Events: matched by moto
             "Filter": {"S3Key": {"Rules": {"Name": frozenset({"prefix", "suffix"}), "Value": EMULATED}}},
         },
-        "Schedule": emulated("Schedule"),  # rate(...) and cron(...) (infra/local/cron.py), checked when built
+        "Schedule": emulated("Schedule"),  # rate(...) only (a cron(...) is refused), checked when built
     }
 )
 

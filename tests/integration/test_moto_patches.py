@@ -386,4 +386,34 @@ def test_canary_moto_still_keeps_every_shard_iterator_it_hands_out(streams_reach
 
 
 def test_a_read_shard_iterator_is_forgotten_and_reads_are_moto_s_own_when_installed(streams_reachable: None) -> None:
-    assert _stream_reads(patched=True) == ([["a"], ["b"], []], 1)  # only the next one to read
+    # Forgotten once the one after it is read: the last read and the next one to read are kept.
+    assert _stream_reads(patched=True) == ([["a"], ["b"], []], 2)
+
+
+def test_the_shard_iterator_last_read_reads_the_same_records_again(streams_reachable: None) -> None:
+    # The runbook's recovery (README, OutboxFailuresAlarm) reads `get-records --shard-iterator "$IT"`
+    # once; an operator who runs that line again (its jq or a start-execution failed), or an SDK
+    # retrying a read whose answer was lost, read an iterator the patch had already forgotten: a
+    # KeyError, a 500 from `make run`, where AWS reads it again until it expires (15 minutes).
+    with mock_aws():
+        dynamodb = boto3.client("dynamodb", region_name="us-east-1")
+        arn = dynamodb.create_table(
+            TableName="s", BillingMode="PAY_PER_REQUEST",
+            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+            StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_IMAGE"},
+        )["TableDescription"]["LatestStreamArn"]  # fmt: skip
+        streams = boto3.client("dynamodbstreams", region_name="us-east-1")
+        shard = streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"][0]["ShardId"]
+        dynamodb.put_item(TableName="s", Item={"pk": {"S": "a"}})
+        with moto_streams.PATCH.registered():
+            first = streams.get_shard_iterator(StreamArn=arn, ShardId=shard, ShardIteratorType="TRIM_HORIZON")
+            iterator = first["ShardIterator"]
+            answer = streams.get_records(ShardIterator=iterator, Limit=10)
+            again = streams.get_records(ShardIterator=iterator, Limit=10)
+            dynamodb.put_item(TableName="s", Item={"pk": {"S": "b"}})
+            following = streams.get_records(ShardIterator=again["NextShardIterator"], Limit=10)
+
+    assert [r["dynamodb"]["Keys"] for r in again["Records"]] == [r["dynamodb"]["Keys"] for r in answer["Records"]]
+    assert [r["dynamodb"]["Keys"]["pk"]["S"] for r in answer["Records"]] == ["a"]
+    assert [r["dynamodb"]["Keys"]["pk"]["S"] for r in following["Records"]] == ["b"]

@@ -1051,3 +1051,47 @@ def test_the_what_if_of_an_order_no_plan_ships_within_max_shipments_ships_nothin
     for planned in (by_id, under_given):
         assert planned_lines(planned) == ([], [("L1", 1), ("L2", 1)])
         assert "out_of_stock" in planned.reasons[-1]
+
+
+def test_the_rules_in_force_sent_again_with_their_exclusions_in_another_order_are_the_same_rules():
+    # excluded_locations is a set of locations: a PUT sent again by a client that keeps them in a
+    # set (or sorts them) named the same rules, yet was compared as a list: with the If-Match it
+    # read, 409 version_conflict against its own change; without, a second version of the same
+    # rules, waking the backordered orders again. A what-if with them named them as changed.
+    store = InMemorySourcingRules()
+    service = SourcingRulesService(store, network(), clock=lambda: NOW)
+    first = service.replace(SourcingRulesInput(excluded_locations=["wh-east", "wh-west"]), by="key_admin")
+    reordered = SourcingRulesInput(excluded_locations=["wh-west", "wh-east"])
+
+    assert service.replace(reordered, by="key_admin", expected_version=0) == first
+    assert service.replace(reordered, by="key_admin") == first and len(store.versions) == 1
+    assert first.changed_by(reordered) == []
+    assert first.changed_by(SourcingRulesInput(excluded_locations=["wh-west"])) == ["excluded_locations"]
+
+
+class ReadBeforeTheRace(InMemorySourcingRules):
+    """Rules whose next reads answer `stale` first: what a PUT read before another one was written."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stale: list[SourcingRules] = []
+
+    def current(self) -> SourcingRules:
+        return self.stale.pop(0) if self.stale else super().current()
+
+
+def test_a_put_of_the_same_rules_racing_its_own_first_attempt_answers_the_version_that_attempt_made():
+    # A PUT sent again while its first attempt is still being written: both read version 0, the
+    # first writes version 1, and the second's write of version 1 is refused. It was 409
+    # version_conflict, though the rules in force are now the very rules it asked for.
+    store = ReadBeforeTheRace()
+    service = SourcingRulesService(store, network(), clock=lambda: NOW)
+    given = SourcingRulesInput(max_shipments=2)
+    first = service.replace(given, by="key_admin")  # the first attempt, written after the retry's read:
+    store.stale.append(SourcingRules())  # the retry read version 0
+
+    assert service.replace(given, by="key_admin", expected_version=0) == first and len(store.versions) == 1
+    # Other rules that lose such a race are still refused: their author has not seen version 1.
+    store.stale.append(SourcingRules())
+    with pytest.raises(StaleVersion):
+        service.replace(SourcingRulesInput(max_shipments=3), by="key_admin")

@@ -1,10 +1,12 @@
-"""The `streams` patch: a DynamoDB Streams shard iterator is forgotten once GetRecords has read it.
+"""The `streams` patch: a DynamoDB Streams shard iterator is forgotten once the one after it is read.
 
 moto 5.2's DynamoDBStreamsBackend keeps every shard iterator it ever hands out in `shard_iterators`
 (each ~2 KB) and never expires one; a stream poller takes the NextShardIterator of every answer,
-ten a second per stream when idle. On AWS an iterator expires 15 minutes after it is issued; here
-the one read is dropped as its successor is handed out, so reading the same iterator twice fails
-(a consumer that moves on to NextShardIterator, as Lambda's pollers and ours do, sees no difference).
+ten a second per stream when idle. On AWS an iterator expires 15 minutes after it is issued, and
+until then may be read again (an SDK retrying a read whose answer was lost; an operator running the
+runbook's `get-records --shard-iterator "$IT"` line again). Here an iterator is dropped when the
+NextShardIterator its read handed out is read in turn: a consumer following the chain, as Lambda's
+pollers and ours do, keeps two (the last read, the next), and the last read may be read again.
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ from typing import Any
 
 from infra.local.moto_patches import MotoPatch, Replacements
 
+# On the backend: each NextShardIterator handed out -> the iterator whose read handed it out.
+_READ_BEFORE = "_oms_read_before"
+
 
 def _replacements() -> Replacements:
     from moto.dynamodbstreams.models import DynamoDBStreamsBackend
@@ -20,8 +25,11 @@ def _replacements() -> Replacements:
     original = DynamoDBStreamsBackend.__dict__["get_records"]
 
     def get_records(backend: Any, iterator_arn: str, limit: int) -> dict[str, Any]:
-        answer = original(backend, iterator_arn, limit)
-        backend.shard_iterators.pop(iterator_arn, None)
+        answer = original(backend, iterator_arn, limit)  # KeyError, as moto's, for one it does not hold
+        read_before: dict[str, str] = backend.__dict__.setdefault(_READ_BEFORE, {})
+        if (previous := read_before.pop(iterator_arn, None)) is not None:
+            backend.shard_iterators.pop(previous, None)  # its reader moved on: it is not read again
+        read_before[answer["NextShardIterator"]] = iterator_arn
         return answer
 
     return {(DynamoDBStreamsBackend, "get_records"): get_records}
@@ -29,9 +37,9 @@ def _replacements() -> Replacements:
 
 PATCH = MotoPatch(
     "streams",
-    changes="a DynamoDB Streams shard iterator is forgotten once GetRecords has read it (moto kept "
-    "every one it handed out, and a stream poller takes ten a second; on AWS one expires after 15 "
-    "minutes).",
+    changes="a DynamoDB Streams shard iterator is forgotten once the NextShardIterator its read "
+    "handed out is read (moto kept every one it handed out, and a stream poller takes ten a second; "
+    "on AWS one expires after 15 minutes); the last one read may be read again, as on AWS.",
     expects={"moto.dynamodbstreams.models.DynamoDBStreamsBackend.get_records": "(self, iterator_arn, limit)"},
     replacements=_replacements,
 )
