@@ -15,7 +15,14 @@ from core.events import OrderEvent
 from core.ids import reservation_key
 from core.models import CaptureRequest, HistoryEntry, Location, Order
 from core.money import Money
-from core.order_changes import UNANSWERED_AGAIN, Recorder, failure_recorder, modify, refusal_noted_once
+from core.order_changes import (
+    UNANSWERED_AGAIN,
+    Recorder,
+    failure_recorder,
+    modify,
+    no_plugin_noted_last,
+    refusal_noted_once,
+)
 from core.payments import Failure, OnFailure, Payments
 from core.ports import CatalogRepository, InventoryRepository, OrderRepository
 from core.status import TERMINAL, OrderStatus, PaymentStatus
@@ -698,14 +705,17 @@ class Cancellation:
         self, record: OnFailure, order_id: str, shipment_id: str | None, amount: Money, actor: str
     ) -> OnFailure:
         """`record`, but not a refusal (or an attempt no payment plugin took) the history ends with
-        already (refusal_recorded_last)."""
+        already (refusal_recorded_last), nor an attempt no payment plugin took at a capture request
+        left standing for when the plugin is back, which the history ends with already, alone
+        (no_plugin_noted_last)."""
+        asked = {"shipment_id": shipment_id, "amount": amount.model_dump(mode="json")}
 
         def on_failure(failure: Failure) -> None:
             repeated = failure.kind in UNANSWERED_AGAIN
             if not (
                 repeated
                 and self.refusal_recorded_last(order_id, shipment_id, amount, failure.message, actor, failure.kind)
-            ):
+            ) and not no_plugin_noted_last(self._orders, order_id, actor, failure, asked):
                 record(failure)
 
         return on_failure

@@ -158,6 +158,18 @@ def _refused_last(
     return False
 
 
+def no_plugin_noted_last(
+    orders: OrderRepository, order_id: str, actor: str, failure: Failure, detail: dict[str, Any]
+) -> bool:
+    """Whether `failure` is an attempt no payment plugin took (kind `no_plugin`) that the order's
+    history ends with already: the same operation, actor, message and `detail`, in a run of such
+    attempts (_refused_last). A request that stands while the plugin is out (a capture a dead ship
+    or settlement left: Cancellation.capture_refused leaves it, with no `capture_not_made`) is
+    asked again by whatever repeats (a ship on a loop, a carrier's report again): its attempt is
+    noted once, not once a repeat. A gateway's answer, or anything else since, is a new entry."""
+    return failure.kind == "no_plugin" and _refused_last(orders, order_id, actor, failure, detail)
+
+
 def outage_noted_once(
     orders: OrderRepository, order_id: str, actor: str, clock: Callable[[], datetime], **detail: Any
 ) -> OnFailure:

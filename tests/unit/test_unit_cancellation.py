@@ -3,6 +3,7 @@ shipped order; lines, totals, shipments, reservations and the payment settled to
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 from datetime import timedelta
@@ -17,6 +18,7 @@ from core.errors import (
     InvalidRequest,
     InvalidTransition,
     PaymentGatewayUnavailable,
+    PaymentRefused,
     TransientError,
 )
 from core.events import OrderEvent
@@ -2216,3 +2218,81 @@ def test_a_partly_shipped_orders_cancel_of_units_beyond_the_authorization_is_ref
     assert world.order(order.id).version == before.version
     done = world.actions.cancel(order.id, "the rest is not needed", actor="key_web")
     assert done.status is S.SHIPPED and done.lines[0].quantity == 1
+
+
+def no_plugin_captures(world: World, order_id: str) -> list[str]:
+    return [
+        e.actor
+        for e in world.history(order_id)
+        if e.type is OrderEvent.PAYMENT_CAPTURE_FAILED and (e.detail or {}).get("kind") == "no_plugin"
+    ]
+
+
+@pytest.mark.parametrize("report", ["ship", "deliver"])
+def test_a_standing_settlement_capture_asked_again_while_its_plugin_is_out_is_noted_once(monkeypatch, report):
+    # The dead cancel's settlement request stands (the gateway may hold its 2.00): a warehouse's
+    # ship, or a carrier's delivery report, of the last parcel repeated on a loop asks it again each
+    # time and no plugin takes it. Its no_plugin attempt is on the history once, not once a repeat.
+    removed = Removed()
+    world = build_world(STOCK, PerUnitShipping(), removed)
+    order = world.allocated(("MUG", 1), ("CAP", 3), shipping_method="per_unit")
+    west = world.shipment_at(order, "wh-west")
+    world.actions.ship(order.id, west, None, actor="key_wh")
+    dies_before_recording(world, monkeypatch, "payment_captured")
+    with pytest.raises(Died):
+        world.actions.cancel(order.id, "no caps", actor="key_web")
+    monkeypatch.undo()
+    removed.gone = True
+    actor = "key_wh" if report == "ship" else "key_carrier"
+
+    def repeat() -> None:
+        with contextlib.suppress(PaymentRefused):
+            if report == "ship":
+                world.actions.ship(order.id, west, None, actor=actor)
+            else:
+                world.actions.deliver(order.id, west, actor=actor)
+
+    repeat()
+    noted = world.history(order.id)
+    assert no_plugin_captures(world, order.id) == [actor]  # the first is recorded
+
+    for _ in range(4):
+        repeat()
+
+    assert world.history(order.id) == noted
+    assert "capture_not_made" not in [h.type for h in noted]
+    assert [(r.shipment_id, r.amount) for r in world.order(order.id).captures_requested] == [(None, TWO)]
+    removed.gone = False
+    world.actions.ship(order.id, west, None, actor="key_wh")  # the plugin back: asked under its key
+    done = world.order(order.id)
+    assert done.payment.captured == done.totals.grand_total and done.captures_requested == []
+
+
+def test_a_dead_ships_capture_asked_again_by_its_ship_repeated_while_its_plugin_is_out_is_noted_once(monkeypatch):
+    # The second parcel's ship died after the gateway captured its share; its plugin is then taken
+    # out. The warehouse repeats that ship on a loop: each is 502, and its request stands.
+    removed = Removed()
+    world = build_world(STOCK, removed)
+    order = world.allocated(("MUG", 1), ("CAP", 3))
+    west, east = world.shipment_at(order, "wh-west"), world.shipment_at(order, "wh-east")
+    world.actions.ship(order.id, west, None, actor="key_wh")
+    dies_before_recording(world, monkeypatch, "shipment_shipped")
+    with pytest.raises(Died):
+        world.actions.ship(order.id, east, None, actor="key_wh")
+    monkeypatch.undo()
+    removed.gone = True
+    with pytest.raises(PaymentRefused):
+        world.actions.ship(order.id, east, None, actor="key_wh")
+    noted = world.history(order.id)
+    assert no_plugin_captures(world, order.id) == ["key_wh"]
+
+    for _ in range(4):
+        with pytest.raises(PaymentRefused):
+            world.actions.ship(order.id, east, None, actor="key_wh")
+
+    assert world.history(order.id) == noted
+    assert [r.shipment_id for r in world.order(order.id).captures_requested] == [east]
+    removed.gone = False
+    done = world.actions.ship(order.id, east, None, actor="key_wh")
+    assert (done.status, done.payment.captured) == (S.SHIPPED, done.totals.grand_total)
+    assert no_plugin_captures(world, order.id) == ["key_wh"] and len(world.spy.captured) == 2
