@@ -26,10 +26,10 @@ from core.money import Money
 from core.status import OrderStatus, PaymentStatus, ShipmentStatus
 from functions.business_metrics import MeteredOrders
 from tests.unit.test_business_metrics import emitted
+from tests.unit.test_capture_sweep import STOCK
 from tests.unit.test_delivery_report_refused import NOT_RECORDED, errors, metrics  # noqa: F401 (a fixture)
 from tests.unit.test_delivery_reports import held_for_parcels
 from tests.unit.test_jeopardy import Clock
-from tests.unit.test_capture_sweep import STOCK
 from tests.unit.world import World, build_world
 
 PERSON = "key_ops"
@@ -60,8 +60,9 @@ def refused_delivery(world: World, clock: Clock, monkeypatch: pytest.MonkeyPatch
     return order, shipment_id
 
 
+@pytest.mark.usefixtures("metrics")
 def test_another_marked_parcel_shipped_with_the_report_whose_capture_is_refused_calls_a_person(
-    metrics, capsys, caplog, monkeypatch, world, clock
+    capsys, caplog, monkeypatch, world, clock
 ):
     # Two parcels' ships died; the report of the first leaves the order held for the second, whose
     # report then ships both. Before: the first's refused capture was suppressed, no
@@ -84,8 +85,9 @@ def test_another_marked_parcel_shipped_with_the_report_whose_capture_is_refused_
     assert errors(caplog) == [(held.id, first)]
 
 
+@pytest.mark.usefixtures("metrics")
 def test_a_refusal_of_one_parcel_right_after_anothers_is_recorded_and_a_repeat_of_either_is_not(
-    metrics, capsys, monkeypatch, world, clock
+    capsys, monkeypatch, world, clock
 ):
     # The renewal of the authorization both captures are asked on is declined: recorded once (a
     # repeat adds no entry), so the second parcel's report found the history ending with the first
@@ -146,9 +148,7 @@ def test_a_persons_cancel_writes_off_a_refused_parcel_its_units_leaving_on_hand_
     assert again.version == cancelled.version and world.level("TSHIRT", "wh-west") == (8, 0, 8)
 
 
-def test_a_cancel_of_a_refused_parcels_units_on_a_partly_shipped_order_writes_it_off_once(
-    monkeypatch, world, clock
-):
+def test_a_cancel_of_a_refused_parcels_units_on_a_partly_shipped_order_writes_it_off_once(monkeypatch, world, clock):
     order, shipment_id = refused_delivery(world, clock, monkeypatch, ("TSHIRT", 2), ("CAP", 1))
     refused = order.shipment(shipment_id)
     other = next(s.id for s in order.shipments if s.id != shipment_id)
