@@ -85,6 +85,7 @@ class Cancellation:
         retry_void_later: bool = False,
         spare_held: bool = False,
         confirms_parcels: bool = True,
+        writes_off: bool = False,
     ) -> Order:
         """End the order cancelled, release every reservation, void its authorization; an
         exchange's replacement gives its credit back on the original order (ExchangeCredits). Refused
@@ -103,7 +104,10 @@ class Cancellation:
         release starts the workflow again). Not `confirms_parcels` (a caller that may not release a
         hold, orders:approve: a storefront): an order held for a person to confirm whether a parcel
         left is refused (ParcelNotConfirmed, 409), nothing written: its cancel puts the parcel's
-        units back on sale, which only a person who found it never left may answer."""
+        units back on sale, which only a person who found it never left may answer. `writes_off` (a
+        person's cancel: orders:approve): a parcel a carrier reported delivered whose capture the
+        gateway refused is written off with the order (Order.cancel): its units leave on_hand, as
+        a ship's do, instead of going back on sale (_release)."""
 
         read: list[Order] = []  # the version the cancel was decided on, which still lists its allocations
 
@@ -115,12 +119,12 @@ class Cancellation:
                 return None
             if not confirms_parcels:
                 order.check_parcels_kept("cancelled but by a key that may release its hold (orders:approve)")
-            return order.cancel(reason, at=self._clock(), actor=actor, detail=detail)
+            return order.cancel(reason, at=self._clock(), actor=actor, detail=detail, writes_off=writes_off)
 
         order = modify(self._orders, order_id, decide, channel=channel)
         if order.status is not OrderStatus.CANCELLED:
             return order
-        self._release(read[-1] if read else order)
+        self._release(read[-1] if read else order, written_off=written_off_stock(order))
         try:
             order = self.void(order, actor)
         except PaymentRefused:
@@ -139,17 +143,21 @@ class Cancellation:
                     raise TransientError(unavailable.message) from None
         return order
 
-    def _release(self, order: Order) -> None:
+    def _release(self, order: Order, written_off: frozenset[tuple[str, str, str]] = frozenset()) -> None:
         # Release by what the inventory holds for this order, not only what the order recorded: a
         # step that crashed between reserving and recording leaves nothing behind either, nor does
-        # an edit that could not release the lines it replaced.
+        # an edit that could not release the lines it replaced. A parcel the cancel wrote off left
+        # with its carrier: its units leave on_hand (idempotent by reservation key), never released.
+        for item in sorted(written_off):
+            self._inventory.ship(*item)
         locations = holding_locations(order, self._catalog.list_locations())
         keys: dict[tuple[str, str], list[str]] = defaultdict(list)
         for line_id, sku in order.reservation_lines():
             for location_id in locations:
                 keys[(sku, location_id)].append(reservation_key(order.id, line_id))
         for item in self._inventory.reservations(dict(keys)):
-            self._inventory.release(*item)
+            if item not in written_off:
+                self._inventory.release(*item)
 
     def _void(self, order: Order, authorization: str, actor: str, **detail: object) -> PaymentResult:
         return self._payments.retried(
@@ -957,6 +965,20 @@ def _settlement_not_made_logged(order_id: str, amount: Money, message: str) -> N
 def _settlement_not_made(entry: HistoryEntry) -> bool:
     """Whether `entry` records the settlement's capture not made (no shipment)."""
     return entry.type is OrderEvent.CAPTURE_NOT_MADE and not (entry.detail or {}).get("shipment_id")
+
+
+def written_off_stock(order: Order) -> frozenset[tuple[str, str, str]]:
+    """The reservations ((sku, location_id, key)) of the parcels a cancel of `order` wrote off
+    (Order.written_off): their units left with the carrier, so they leave on_hand as a ship's do."""
+    parcels = order.written_off()
+    if not parcels:
+        return frozenset()
+    sku_of = {line.line_id: line.sku for line in order.lines}
+    return frozenset(
+        (sku_of[item.line_id], parcel.location_id, reservation_key(order.id, item.line_id))
+        for parcel in parcels
+        for item in parcel.lines
+    )
 
 
 def own_authorization_keys(order: Order) -> list[str]:

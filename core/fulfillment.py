@@ -374,9 +374,16 @@ class OrderActions:
         for other in others:
             # Reported while the order was held for this one too (Order.report_delivered): nobody
             # reports it again. A ship that fails leaves it marked, its failure in the history, for
-            # a person's ship (or its carrier's next report) to finish.
-            with contextlib.suppress(InvalidTransition, PaymentRefused, PaymentGatewayUnavailable):
+            # a person's ship (or its carrier's next report) to finish; one whose capture the gateway
+            # refused is recorded as the reported parcel's is (_delivery_not_recorded): a person acts.
+            try:
                 self.ship(order_id, other, None, actor, channel)
+            except NoPaymentPlugin:
+                pass  # nobody asked the gateway: shipped once the plugin is back
+            except PaymentRefused as refused:
+                self._delivery_not_recorded(order_id, other, str(refused), actor)
+            except (InvalidTransition, PaymentGatewayUnavailable):
+                pass
         return True
 
     def _delivery_not_recorded(self, order_id: str, shipment_id: str, message: str, actor: str) -> None:
@@ -384,19 +391,24 @@ class OrderActions:
         renewal of the authorization it is asked on; in the history before this). The parcel left
         and its share is not captured: `delivery_not_recorded` (the shipment and the gateway's
         words), counted for DeliveriesNotRecordedAlarm, and an ERROR line naming the order and the
-        shipment: one for each refusal the ship recorded. Not when the order's history ends with
-        one already: the ship recorded nothing (the report sent again meets the refusal its caller
-        met before, which is not recorded again: Cancellation.refusal_recorded_last and
-        refusal_noted_once step over this entry)."""
+        shipment: one for each refusal the ship recorded. The parcel's mark says so in the same
+        write (Order.note_delivery_not_recorded), so a person's cancel of its units may write it off.
+        Not when this shipment's last refused capture entry (a refused attempt, the capture not made)
+        is followed by its `delivery_not_recorded` already: the ship recorded nothing (the report
+        sent again meets the refusal its caller met before, which is not recorded again:
+        Cancellation.refusal_recorded_last and refusal_noted_once step over this entry, as they do
+        over the refusals of parcels reported in turn). Another parcel's, recorded meanwhile, is
+        not this one's: a refusal of parcel B right after one of parcel A is recorded."""
         found = self._orders.history(order_id, consistent=True)
-        last = found[1][-1] if found is not None and found[1] else None
-        if last is not None and last.type is OrderEvent.DELIVERY_NOT_RECORDED:
-            return
-        detail = {"shipment_id": shipment_id, "message": message[:500]}
+        for entry in reversed(found[1] if found is not None else []):
+            if entry.type in _REFUSAL_ENTRIES and (entry.detail or {}).get("shipment_id") == shipment_id:
+                if entry.type is OrderEvent.DELIVERY_NOT_RECORDED:
+                    return
+                break
         at = self._clock()
         modify(
             self._orders, order_id,
-            lambda current: current.noted(OrderEvent.DELIVERY_NOT_RECORDED, at=at, actor=actor, detail=detail),
+            lambda current: current.note_delivery_not_recorded(shipment_id, message, at=at, actor=actor),
         )  # fmt: skip
         logger.error(
             "order %s: shipment %s reported delivered was not shipped, its capture not made: %s; left to a person",
@@ -818,6 +830,11 @@ def _still_there(order: Order, shipment_id: str) -> None:
     if not any(s.id == shipment_id for s in order.shipments):
         raise InvalidTransition(f"shipment {shipment_id} was withdrawn: its order is being sourced again")
 
+
+# The entries of a parcel's refused capture, and of a delivery report it stopped (_delivery_not_recorded).
+_REFUSAL_ENTRIES = frozenset(
+    {OrderEvent.PAYMENT_CAPTURE_FAILED, OrderEvent.CAPTURE_NOT_MADE, OrderEvent.DELIVERY_NOT_RECORDED}
+)
 
 # How far ahead of the OMS's clock a carrier's clock may run before the time it reports is not
 # believed (reported_at).

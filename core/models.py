@@ -9,7 +9,7 @@ import json
 import re
 import unicodedata
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any, Literal, TypeVar
@@ -1192,6 +1192,10 @@ class ReportedDelivery(BaseModel, defer_build=True):
 
     shipment_id: str
     at: datetime
+    # The gateway refused the capture of the ship the report made (`delivery_not_recorded`): the
+    # money will not come through the OMS, so a person's cancel of the parcel's units writes it off
+    # (Order.parcels_written_off). Stored only when True.
+    refused: bool = False
 
 
 class Hold(BaseModel, defer_build=True):
@@ -1351,13 +1355,17 @@ def _later_kept(later: list[str], requests: list[CaptureRequest], new: str) -> l
 def _bookings_given_up(old: "Order", new: "Order") -> list[GivenUpBooking]:
     """The carrier bookings of `old`'s pending parcels that `new` no longer uses: the order
     cancelled, the shipment gone or cancelled, or booked again (another tracking number or booking
-    key). A parcel that left (or was readied for pickup) used its booking."""
+    key). A parcel that left (or was readied for pickup) used its booking, as did one a cancel wrote
+    off (Order.written_off: it left with its carrier)."""
     if old.status is OrderStatus.CANCELLED:
         return []  # given up when it was cancelled
     after = {shipment.id: shipment for shipment in new.shipments}
+    written_off = {shipment.id for shipment in new.written_off()} if new.reported_delivered else set()
     given_up = []
     for shipment in old.shipments:
         if shipment.status is not ShipmentStatus.PENDING or not shipment.tracking_number:
+            continue
+        if shipment.id in written_off:
             continue
         key = old.booking_key_of(shipment.id)
         kept = after.get(shipment.id)
@@ -1825,7 +1833,9 @@ class Order(BaseModel, defer_build=True):
         if self.stock_owed:
             system["stock_owed"] = True
         if self.reported_delivered:
-            system["reported_delivered"] = [r.model_dump(mode="json") for r in self.reported_delivered]
+            system["reported_delivered"] = [
+                r.model_dump(mode="json", exclude_defaults=True) for r in self.reported_delivered
+            ]
         if self.hold is not None and self.hold.resume_to is not None:
             # Inside the API's `hold`: through a dict (held orders only).
             doc = self.model_dump(mode="json", exclude_none=True, exclude=_NOT_STORED)
@@ -2054,19 +2064,81 @@ class Order(BaseModel, defer_build=True):
                      for s in touched],
         )  # fmt: skip
 
-    def check_parcels_reported(self, what: str, shipment_ids: list[str] | None = None) -> None:
+    def check_parcels_reported(
+        self, what: str, shipment_ids: list[str] | None = None, *, writes_off: Collection[str] = ()
+    ) -> None:
         """InvalidTransition (409) when `what` would touch a parcel a carrier reported delivered
         whose ship is not recorded yet (parcels_reported; of `shipment_ids`, or with None any): it
-        left, so its units are not put back on sale, whoever asks."""
-        reported = [s for s in self.parcels_reported() if shipment_ids is None or s in shipment_ids]
+        left, so its units are not put back on sale, whoever asks. But for those of `writes_off`
+        (parcels_refused: a person's cancel writes them off, their units leaving on_hand)."""
+        reported = [
+            s for s in self.parcels_reported() if (shipment_ids is None or s in shipment_ids) and s not in writes_off
+        ]  # fmt: skip
         if reported:
+            refused = [s for s in self.parcels_refused() if s in reported]
+            written_off = (
+                f"; the gateway refused the capture of {', '.join(refused)}: a cancel of all its units by a key "
+                "with orders:approve writes it off" if refused else ""
+            )  # fmt: skip
             raise InvalidTransition(
                 f"the carrier reported shipment {', '.join(reported)} of order {self.id} delivered (its ship died "
                 f"after its capture): it cannot be {what}; the report sent again, a ship of it "
-                f"(POST /orders/{self.id}/shipments/{reported[0]}/ship) records it shipped",
+                f"(POST /orders/{self.id}/shipments/{reported[0]}/ship) records it shipped{written_off}",
                 details=[{"shipment_id": s, "message": "reported delivered by its carrier: it left"}
                          for s in reported],
             )  # fmt: skip
+
+    def parcels_refused(self) -> list[str]:
+        """The parcels a carrier reported delivered whose ship is not recorded (parcels_reported)
+        because the gateway refused its capture (`delivery_not_recorded`: ReportedDelivery.refused),
+        with no capture asked for them standing (unfinished_ships: one may be in flight): the money
+        will not come through the OMS, so a person's cancel of every unit of one writes it off
+        (parcels_written_off)."""
+        refused = {r.shipment_id for r in self.reported_delivered if r.refused}
+        if not refused:
+            return []
+        standing = set(self.unfinished_ships())
+        return [s for s in self.parcels_reported() if s in refused and s not in standing]
+
+    def parcels_written_off(self, cancelled: dict[str, int]) -> list[str]:
+        """The refused parcels (parcels_refused) a cancel of `cancelled` units ({line_id: units})
+        writes off: each whose every unit it names (counting the parcels before it first). One it
+        names only some units of is not touched (a parcel left whole: its units are not split)."""
+        refused = self.parcels_refused()
+        if not refused:
+            return []
+        left = dict(cancelled)
+        off = []
+        for shipment in self.shipments:
+            if shipment.id in refused and all(left.get(i.line_id, 0) >= i.quantity for i in shipment.lines):
+                for item in shipment.lines:
+                    left[item.line_id] -= item.quantity
+                off.append(shipment.id)
+        return off
+
+    def written_off(self) -> list[Shipment]:
+        """The parcels a cancel wrote off (parcels_written_off): cancelled, their mark kept. Their
+        units left with the carrier: their reservations leave on_hand, as a ship's do, and are
+        never released (UnitCancellation._release_stock, Cancellation._release)."""
+        refused = {r.shipment_id for r in self.reported_delivered if r.refused}
+        if not refused:
+            return []
+        return [s for s in self.shipments if s.id in refused and s.status is ShipmentStatus.CANCELLED]
+
+    def note_delivery_not_recorded(self, shipment_id: str, message: str, *, at: datetime, actor: str) -> Change:
+        """A carrier's report of the marked parcel `shipment_id` could not ship it: the gateway
+        refused its capture. The `delivery_not_recorded` entry (the shipment and the gateway's
+        words), and the parcel's mark says so (ReportedDelivery.refused), in a version of its own,
+        so a person's cancel of its units may write it off (parcels_refused)."""
+        entry = HistoryEntry(
+            at=at, type=OrderEvent.DELIVERY_NOT_RECORDED, actor=actor,
+            detail={"shipment_id": shipment_id, "message": message[:500]},
+        )  # fmt: skip
+        reported = self.reported(shipment_id)
+        if reported is None or reported.refused:
+            return self, entry
+        marks = [_replaced(r, refused=True) if r is reported else r for r in self.reported_delivered]
+        return self._bookkeeping(at=at, reported_delivered=marks)[0], entry
 
     def parcels_reported(self) -> list[str]:
         """The pending parcels a carrier reported delivered whose ship is not recorded yet
@@ -3234,16 +3306,23 @@ class Order(BaseModel, defer_build=True):
             shipments=shipments, hold=None, lines=lines, totals=totals, allocations=[],
         )  # fmt: skip
 
-    def cancel(self, reason: str, *, at: datetime, actor: str, detail: dict[str, Any] | None = None) -> Change:
+    def cancel(
+        self, reason: str, *, at: datetime, actor: str, detail: dict[str, Any] | None = None, writes_off: bool = False
+    ) -> Change:
         """The cancel is recorded on its own: the authorization is voided after it, and the
         payment says `voided` only once the gateway has approved that (`record_void`). Every unit
         goes with it (nothing has shipped: _everything_cancelled), and so do its allocations: the
         caller releases what they reserved (Cancellation.cancel). Its shipments, none of which has
-        left, are cancelled (_shipments_withdrawn)."""
+        left, are cancelled (_shipments_withdrawn). `writes_off` (a person's cancel): a parcel a
+        carrier reported delivered whose capture the gateway refused (parcels_refused) is written
+        off with it (`written_off` in the entry): cancelled, its units leave on_hand (written_off)."""
         if not can_transition(self.status, OrderStatus.CANCELLED):
             raise InvalidTransition(f"an order that is {self.status} can no longer be cancelled")
         # A parcel a carrier reported delivered left: cancelled, its units would go back on sale.
-        self.check_parcels_reported("cancelled")
+        off = self.parcels_refused() if writes_off else []
+        self.check_parcels_reported("cancelled", writes_off=off)
+        if off:
+            detail = {**(detail or {}), "written_off": off}
         lines, totals, units = self._everything_cancelled()
         return self._next(
             at=at, actor=actor, type=OrderEvent.CANCELLED, to=OrderStatus.CANCELLED,
@@ -3628,11 +3707,18 @@ class Order(BaseModel, defer_build=True):
             )
         return dict(lines)
 
-    def check_units_spare_parcels(self, cancelled: dict[str, int]) -> None:
+    def check_units_spare_parcels(self, cancelled: dict[str, int], *, writes_off: bool = False) -> None:
         """ParcelNotConfirmed (409) when the `cancelled` units ({line_id: units}) cannot all come
         from parcels other than those waiting for a person to confirm whether they left
-        (parcels_to_confirm): cancel_units takes them from the others, and never from those."""
-        waiting = self._parcels_kept()
+        (parcels_to_confirm): cancel_units takes them from the others, and never from those.
+        `writes_off` (a person's cancel): the refused parcels whose every unit it names
+        (parcels_written_off) give theirs first."""
+        off = self.parcels_written_off(cancelled) if writes_off else []
+        if off:
+            cancelled = dict(cancelled)
+            for item in (item for s in self.shipments if s.id in off for item in s.lines):
+                cancelled[item.line_id] -= item.quantity
+        waiting = self._parcels_kept() - set(off)
         if not waiting:
             return
         # A capture request standing on the hold is settled before any units are cancelled (refunded,
@@ -3642,7 +3728,7 @@ class Order(BaseModel, defer_build=True):
         spare: dict[str, int] = defaultdict(int)
         holding: dict[str, list[str]] = defaultdict(list)
         for shipment in self.shipments:
-            if shipment.status not in NOT_LEFT:
+            if shipment.status not in NOT_LEFT or shipment.id in off:
                 continue
             for item in shipment.lines:
                 if shipment.id in waiting:
@@ -3656,6 +3742,7 @@ class Order(BaseModel, defer_build=True):
     def cancel_units(
         self, cancelled: dict[str, int], priced: dict[str, OrderLine], totals: Totals, *, reason: str, at: datetime,
         actor: str, grants: list[PromotionGrant] | None = None, request_key: str | None = None,
+        writes_off: bool = False,
     ) -> Change:  # fmt: skip
         """`cancelled` units ({line_id: units}, from units_to_cancel) leave the order before they
         ship: each line's quantity drops and its cancelled_quantity grows by them, the lines left
@@ -3669,7 +3756,11 @@ class Order(BaseModel, defer_build=True):
         is due a label for what it now holds (`labels_due`, booked under a new booking key:
         `rebookings` grows). With nothing left to ship the order is `shipped`, or `delivered` when
         every shipment not cancelled is. `request_key` (a client's Idempotency-Key, scoped to its API key) is kept
-        in the entry: a retry of the request finds it there (UnitCancellation.cancel)."""
+        in the entry: a retry of the request finds it there (UnitCancellation.cancel). `writes_off`
+        (a person's cancel): a parcel a carrier reported delivered whose capture the gateway refused,
+        every unit of which the cancel names (parcels_written_off), gives its units first and is
+        written off (`written_off` in the entry): cancelled with its lines and mark kept, its units
+        leaving on_hand after the write (Order.written_off), never back on sale."""
         zero = Money.zero(self.currency)
         keyed = {"request_key": request_key} if request_key is not None else {}
         lines = []
@@ -3716,15 +3807,23 @@ class Order(BaseModel, defer_build=True):
             )  # fmt: skip
         # Never from a parcel waiting for a person to confirm whether it left: it may be in the
         # carrier's van, and its units must not go back on sale.
-        self.check_units_spare_parcels(cancelled)
-        waiting = self._parcels_kept()
+        self.check_units_spare_parcels(cancelled, writes_off=writes_off)
+        off = self.parcels_written_off(cancelled) if writes_off else []
+        waiting = self._parcels_kept() - set(off)
         taking = dict(cancelled)
         removed: dict[tuple[str, str], int] = {}
         shrunk: list[str] = []
         shipments: list[Shipment | None] = list(self.shipments)
+        for index, shipment in enumerate(self.shipments):
+            if shipment.id in off:  # its every unit, its lines kept: they say what left on_hand
+                for item in shipment.lines:
+                    taking[item.line_id] -= item.quantity
+                    key = (item.line_id, shipment.location_id)
+                    removed[key] = removed.get(key, 0) + item.quantity
+                shipments[index] = _replaced(shipment, status=ShipmentStatus.CANCELLED)
         for index in reversed(range(len(shipments))):
             shipment = self.shipments[index]
-            if shipment.status not in NOT_LEFT or shipment.id in waiting:
+            if shipment.status not in NOT_LEFT or shipment.id in waiting or shipment.id in off:
                 continue
             kept = []
             for item in shipment.lines:
@@ -3765,11 +3864,12 @@ class Order(BaseModel, defer_build=True):
             to = _left_to_ship_nothing(OrderStatus.DELIVERED if delivered else OrderStatus.SHIPPED, lines, left)
             if payment.status is PaymentStatus.PARTIALLY_CAPTURED and self.payable(totals) <= payment.captured:
                 payment = _replaced(payment, status=PaymentStatus.CAPTURED)
+        written_off = {"written_off": off} if off else {}
         return self._next(
             at=at, actor=actor, type=OrderEvent.UNITS_CANCELLED, to=to,
             detail={"reason": reason, "lines": cancelled,
                     "grand_total": {"from": self.totals.grand_total.model_dump(mode="json"),
-                                    "to": totals.grand_total.model_dump(mode="json")}, **keyed},
+                                    "to": totals.grand_total.model_dump(mode="json")}, **keyed, **written_off},
             lines=lines, totals=totals, shipments=left, allocations=allocations, payment=payment,
             labels_due=labels_due, rebookings=self.rebookings + 1 if shrunk else self.rebookings,
             promotion_grants=kept_grants,

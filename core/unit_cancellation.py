@@ -10,7 +10,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from core import payment_keys
-from core.cancellation import Cancellation, holding_locations, voids_refused
+from core.cancellation import Cancellation, holding_locations, voids_refused, written_off_stock
 from core.carrier_bookings import CarrierBookings, CarrierWork, give_up_unrecorded
 from core.errors import (
     Conflict,
@@ -161,13 +161,14 @@ class UnitCancellation:
             if (lines is None and order.status is not S.PARTIALLY_SHIPPED) or everything:
                 keyed = {"request_key": request_key} if lines and request_key is not None else None
                 cancelled_whole = self._cancellation.cancel(
-                    order_id, reason, actor, channel=channel, detail=keyed, confirms_parcels=confirms_parcels
-                )
+                    order_id, reason, actor, channel=channel, detail=keyed, confirms_parcels=confirms_parcels,
+                    writes_off=confirms_parcels,
+                )  # fmt: skip
                 return self.cancel_given_up(cancelled_whole, actor)
             try:
                 cancelled = order.units_to_cancel(lines)
                 # Refused before anything is asked of the gateway (a ship's capture request settled).
-                order.check_units_spare_parcels(cancelled)
+                order.check_units_spare_parcels(cancelled, writes_off=confirms_parcels)
             except (Conflict, InvalidRequest):
                 if consistent:
                     self._record_settlement(order, actor)
@@ -187,7 +188,8 @@ class UnitCancellation:
                 continue
             priced, totals, grants = self._priced(order, cancelled)
             new, entry = order.cancel_units(cancelled, priced, totals, reason=reason, at=self._clock(), actor=actor,
-                                            grants=grants, request_key=request_key if lines else None)  # fmt: skip
+                                            grants=grants, request_key=request_key if lines else None,
+                                            writes_off=confirms_parcels)  # fmt: skip
             if _owes_back(new):
                 new = new.owing_settlement()  # with the cancel: should this function die before giving it
             if order.status is not S.BACKORDERED and not order.not_sourced():
@@ -393,7 +395,12 @@ class UnitCancellation:
     def _release_stock(self, order: Order) -> None:
         """Bring every reservation of the order down to what its shipments that have not left
         (pending, or a pickup waiting at its store) still need; a cancelled one (emptied) needs
-        none. A shipment that left is not touched: its units leave on_hand with its ship (idempotent)."""
+        none. A shipment that left is not touched: its units leave on_hand with its ship (idempotent).
+        Nor is one a cancel wrote off (Order.written_off): it left with its carrier, so its units
+        leave on_hand here, as a ship's do (idempotent by reservation key), never back on sale."""
+        written_off = written_off_stock(order)
+        for item in sorted(written_off):
+            self._inventory.ship(*item)
         sku_of = {line.line_id: line.sku for line in order.lines}
         locations = holding_locations(order, self._catalog.list_locations())
         keys: dict[tuple[str, str], list[str]] = defaultdict(list)
@@ -416,7 +423,7 @@ class UnitCancellation:
             over = {
                 item: quantity
                 for item, quantity in self._inventory.reservations(dict(keys)).items()
-                if item not in left and quantity > needed.get(item, 0)
+                if item not in left and item not in written_off and quantity > needed.get(item, 0)
             }
             if not over:
                 return
