@@ -616,11 +616,15 @@ class Cancellation:
         What a renewal gets that the order can no longer record (a concurrent edit authorized it
         again, a cancel settled the request) is voided at once. `repeats` (a settlement's:
         renewed_for_settlement): a decline is matched past the settlement's capture not made each
-        one led to, and one not recorded for being the history's last is added to it."""
+        one led to, and one not recorded for being the history's last is added to it; and the
+        renewal of an old authorization that `actor` was declined in the run of declines the
+        history ends with is asked again under that key (_declined_in_run), as a spent one's is, so
+        a carrier's report on a loop asks the card for no more authorizations and alarms once."""
         at = self._clock()
         # The renewals the gateway declined: one asked now is keyed past them (payment_keys.renewal).
         history = self._orders.history(order.id, consistent=True)
-        refused = _declined_keys(history[1]) if history is not None else set()
+        entries = history[1] if history is not None else []
+        refused = _declined_keys(entries)
         valid_for = self._authorization_valid_for
 
         def requested(current: Order):
@@ -635,6 +639,11 @@ class Cancellation:
             spent = lapsed in current.spent_authorizations and not current.authorization_old(valid_for, at)
             if before and spent:
                 before -= 1  # a renewal for a refused capture is asked once: declined, under that key again
+            elif before and repeats is not None:
+                # A settlement's caller asking again what it was declined (a carrier's report on a
+                # loop): under that key again, its decline not recorded again (refusal_noted_once).
+                renewal = current.request_renewal(at=at, declined_before=before)[0]
+                before = _declined_in_run(entries, current.id, lapsed, before, actor, renewal.renewal_amount)
             return current.request_renewal(at=at, declined_before=before)
 
         order = modify(self._orders, order.id, requested)
@@ -957,6 +966,26 @@ def _settlement_not_made_logged(order_id: str, amount: Money, message: str) -> N
 def _settlement_not_made(entry: HistoryEntry) -> bool:
     """Whether `entry` records the settlement's capture not made (no shipment)."""
     return entry.type is OrderEvent.CAPTURE_NOT_MADE and not (entry.detail or {}).get("shipment_id")
+
+
+def _declined_in_run(
+    history: list[HistoryEntry], order_id: str, lapsed: str, before: int, actor: str, amount: Money | None
+) -> int:
+    """How many renewals of `lapsed` were declined before the one `actor` was last declined (of
+    `amount`) in the run of declined renewals the history ends with (a settlement's capture not
+    made each led to, and a carrier's delivery_not_recorded, stepped over): that one's key is asked
+    again. `before` (a new key) when the run holds none of the actor's, or anything else happened."""
+    keys = {payment_keys.renewal(order_id, lapsed, n): n for n in range(before)}
+    asked = amount.model_dump(mode="json") if amount is not None else None
+    for entry in reversed(history):
+        detail = entry.detail or {}
+        if entry.type is OrderEvent.DELIVERY_NOT_RECORDED or _settlement_not_made(entry):
+            continue
+        if entry.type is not OrderEvent.PAYMENT_AUTHORIZATION_FAILED or detail.get("kind") != "refused":
+            break
+        if entry.actor == actor and detail.get("authorization_key") in keys:
+            return keys[detail["authorization_key"]] if detail.get("amount") == asked else before
+    return before
 
 
 def own_authorization_keys(order: Order) -> list[str]:
