@@ -550,15 +550,16 @@ class Cancellation:
         history ends with already, followed by the capture not made it led to (asked again under
         the key it was declined under: _renew), so a delivery reported again on a loop records,
         counts and logs nothing more; a decline written by a function that died before its capture
-        not made is a repeat without one, which is written then (_settlement_not_made_follows)."""
+        not made is a repeat without one, which is written then (_settlement_not_made_follows). So
+        is a renewal no payment plugin took (NoPaymentPlugin, kind `no_plugin`: the capture was not
+        asked either, as when no plugin takes the capture itself: capture_refused), the renewal
+        standing under its key for when the plugin is back; NoPaymentPlugin is raised."""
         if not self.renews_first(order):
             return order
         repeats: list[Failure] = []
         try:
             return self._renew(order, actor, repeats=repeats)
-        except NoPaymentPlugin:
-            raise
-        except PaymentRefused as refused:
+        except PaymentRefused as refused:  # NoPaymentPlugin too: the capture was not asked either
             if not repeats or not self._settlement_not_made_follows(order.id, amount, actor):
                 at, message = self._clock(), str(refused)
                 recorded: list[Order] = []
