@@ -152,13 +152,19 @@ class Cancellation:
             self._inventory.release(*item)
 
     def _void(self, order: Order, authorization: str, actor: str, **detail: object) -> PaymentResult:
+        """Void `authorization` under its key, each failed attempt in the history, but not a refusal
+        (or an attempt no payment plugin took) by `actor` that the history's run of such answers
+        holds already (refusal_noted_once): a cancel a client repeats asks again under the same key,
+        which the gateway answers with the same refusal, and each repeat would count the one hold
+        again for VoidsNotMadeAlarm and grow the order's item."""
         return self._payments.retried(
             "void",
             lambda attempt: self._payments.void(
                 order.payment.method, authorization, order.id, payment_keys.void(authorization)
             ),
-            self._void_failures(self._orders, order.id, actor, self._clock, authorization=authorization, **detail),
-        )
+            refusal_noted_once(self._orders, order.id, actor, self._clock, recorder=self._void_failures,
+                               authorization=authorization, **detail),
+        )  # fmt: skip
 
     def void(self, order: Order, actor: str) -> Order:
         """Void the cancelled order's authorization and record it, once every capture it asked for
