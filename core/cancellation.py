@@ -160,13 +160,19 @@ class Cancellation:
                 self._inventory.release(*item)
 
     def _void(self, order: Order, authorization: str, actor: str, **detail: object) -> PaymentResult:
+        """Void `authorization` under its key, each failed attempt in the history, but not a refusal
+        (or an attempt no payment plugin took) by `actor` that the history's run of such answers
+        holds already (refusal_noted_once): a cancel a client repeats asks again under the same key,
+        which the gateway answers with the same refusal, and each repeat would count the one hold
+        again for VoidsNotMadeAlarm and grow the order's item."""
         return self._payments.retried(
             "void",
             lambda attempt: self._payments.void(
                 order.payment.method, authorization, order.id, payment_keys.void(authorization)
             ),
-            self._void_failures(self._orders, order.id, actor, self._clock, authorization=authorization, **detail),
-        )
+            refusal_noted_once(self._orders, order.id, actor, self._clock, recorder=self._void_failures,
+                               authorization=authorization, **detail),
+        )  # fmt: skip
 
     def void(self, order: Order, actor: str) -> Order:
         """Void the cancelled order's authorization and record it, once every capture it asked for
@@ -558,15 +564,16 @@ class Cancellation:
         history ends with already, followed by the capture not made it led to (asked again under
         the key it was declined under: _renew), so a delivery reported again on a loop records,
         counts and logs nothing more; a decline written by a function that died before its capture
-        not made is a repeat without one, which is written then (_settlement_not_made_follows)."""
+        not made is a repeat without one, which is written then (_settlement_not_made_follows). So
+        is a renewal no payment plugin took (NoPaymentPlugin, kind `no_plugin`: the capture was not
+        asked either, as when no plugin takes the capture itself: capture_refused), the renewal
+        standing under its key for when the plugin is back; NoPaymentPlugin is raised."""
         if not self.renews_first(order):
             return order
         repeats: list[Failure] = []
         try:
             return self._renew(order, actor, repeats=repeats)
-        except NoPaymentPlugin:
-            raise
-        except PaymentRefused as refused:
+        except PaymentRefused as refused:  # NoPaymentPlugin too: the capture was not asked either
             if not repeats or not self._settlement_not_made_follows(order.id, amount, actor):
                 at, message = self._clock(), str(refused)
                 recorded: list[Order] = []
@@ -624,11 +631,15 @@ class Cancellation:
         What a renewal gets that the order can no longer record (a concurrent edit authorized it
         again, a cancel settled the request) is voided at once. `repeats` (a settlement's:
         renewed_for_settlement): a decline is matched past the settlement's capture not made each
-        one led to, and one not recorded for being the history's last is added to it."""
+        one led to, and one not recorded for being the history's last is added to it; and the
+        renewal of an old authorization that `actor` was declined in the run of declines the
+        history ends with is asked again under that key (_declined_in_run), as a spent one's is, so
+        a carrier's report on a loop asks the card for no more authorizations and alarms once."""
         at = self._clock()
         # The renewals the gateway declined: one asked now is keyed past them (payment_keys.renewal).
         history = self._orders.history(order.id, consistent=True)
-        refused = _declined_keys(history[1]) if history is not None else set()
+        entries = history[1] if history is not None else []
+        refused = _declined_keys(entries)
         valid_for = self._authorization_valid_for
 
         def requested(current: Order):
@@ -643,6 +654,11 @@ class Cancellation:
             spent = lapsed in current.spent_authorizations and not current.authorization_old(valid_for, at)
             if before and spent:
                 before -= 1  # a renewal for a refused capture is asked once: declined, under that key again
+            elif before and repeats is not None:
+                # A settlement's caller asking again what it was declined (a carrier's report on a
+                # loop): under that key again, its decline not recorded again (refusal_noted_once).
+                renewal = current.request_renewal(at=at, declined_before=before)[0]
+                before = _declined_in_run(entries, current.id, lapsed, before, actor, renewal.renewal_amount)
             return current.request_renewal(at=at, declined_before=before)
 
         order = modify(self._orders, order.id, requested)
@@ -979,6 +995,26 @@ def written_off_stock(order: Order) -> frozenset[tuple[str, str, str]]:
         for parcel in parcels
         for item in parcel.lines
     )
+
+
+def _declined_in_run(
+    history: list[HistoryEntry], order_id: str, lapsed: str, before: int, actor: str, amount: Money | None
+) -> int:
+    """How many renewals of `lapsed` were declined before the one `actor` was last declined (of
+    `amount`) in the run of declined renewals the history ends with (a settlement's capture not
+    made each led to, and a carrier's delivery_not_recorded, stepped over): that one's key is asked
+    again. `before` (a new key) when the run holds none of the actor's, or anything else happened."""
+    keys = {payment_keys.renewal(order_id, lapsed, n): n for n in range(before)}
+    asked = amount.model_dump(mode="json") if amount is not None else None
+    for entry in reversed(history):
+        detail = entry.detail or {}
+        if entry.type is OrderEvent.DELIVERY_NOT_RECORDED or _settlement_not_made(entry):
+            continue
+        if entry.type is not OrderEvent.PAYMENT_AUTHORIZATION_FAILED or detail.get("kind") != "refused":
+            break
+        if entry.actor == actor and detail.get("authorization_key") in keys:
+            return keys[detail["authorization_key"]] if detail.get("amount") == asked else before
+    return before
 
 
 def own_authorization_keys(order: Order) -> list[str]:

@@ -152,7 +152,12 @@ def oms_payment_void(method: str, authorization: str, order_id: str, idempotency
     :param authorization: the reference the authorization returned.
     :param order_id: the order.
     :param idempotency_key: the same for every retry of this void.
-    :return: PaymentResult, or None.
+    :return: PaymentResult, or None. `approved` once the authorization holds nothing on the card,
+        an authorization released already included (voided under another key, or by a person in
+        the gateway's console, as the OMS's runbooks ask; or lapsed): answer the gateway's "already
+        cancelled" as approved, with its words in `message`. `declined` only when the hold stays:
+        the OMS records the refusal and calls a person (VoidsNotMadeAlarm), and cannot tell the two
+        apart from the gateway's words.
 
     Stops at first non-None result.
     """

@@ -197,29 +197,33 @@ def outage_noted_once(
 
 
 # The operations whose outage a request anything repeated sends again records once
-# (request_outage_noted_once): a void, and a capture (a parcel's, asked by its ship repeated; the
-# settlement's, asked by every delivery reported again).
-NOTED_ONCE_BY_REQUESTS = ("void", "capture")
+# (request_outage_noted_once): a void, a capture (a parcel's, asked by its ship repeated; the
+# settlement's, asked by every delivery reported again), and an authorization asked under a key
+# such a request asks again (the renewal of one grown old, asked before either capture). Each
+# with what tells its requests apart, absent from a detail that does not name it (None).
+NOTED_ONCE_BY_REQUESTS = {"void": (), "capture": ("shipment_id",), "authorize": ("authorization_key",)}
 
 
 def request_outage_noted_once(
     orders: OrderRepository, order_id: str, actor: str, clock: Callable[[], datetime], **detail: Any
 ) -> OnFailure:
     """failure_recorder for a request that anything repeated at will sends again (a carrier's
-    delivery report, a warehouse's ship, a cancel): every failed attempt is recorded, but a void's
-    or a capture's transient ones not when the order's last failed attempt at that void or capture
-    (the same `detail`; a capture's the same shipment, or none: the settlement's) was transient
-    already: the outage is on the history, with when it began and what the gateway said, and a
-    loop of reports or ships through it would otherwise add three entries a call until the
-    order's item is full. A refusal, and every other operation's failure, is always recorded."""
+    delivery report, a warehouse's ship, a cancel): every failed attempt is recorded, but a void's,
+    a capture's or an authorization's (a renewal's) transient ones not when the order's last failed
+    attempt at that void, capture or authorization (the same `detail`; a capture's the same
+    shipment, or none: the settlement's; an authorization's the same key) was transient already:
+    the outage is on the history, with when it began and what the gateway said (an authorization's
+    key among the attempts whose answer was lost, for a cancel to release), and a loop of reports
+    or ships through it would otherwise add three entries a call until the order's item is full.
+    A refusal, and every other failure, is always recorded."""
     record = failure_recorder(orders, order_id, actor, clock, **detail)
     known: list[bool] = []  # whether the history said so when this call's first one failed
-    about = {"shipment_id": None, **detail}  # a settlement's capture is not a parcel's
 
     def on_failure(failure: Failure) -> None:
         if failure.operation in NOTED_ONCE_BY_REQUESTS and failure.kind == "transient":
             if not known:
-                matched = about if failure.operation == "capture" else detail
+                # A settlement's capture is not a parcel's, nor an authorization under no key one under a key.
+                matched = {**dict.fromkeys(NOTED_ONCE_BY_REQUESTS[failure.operation]), **detail}
                 known.append(_says_unavailable(orders, order_id, failure.operation, matched, consistent=True))
             if known[0]:
                 return

@@ -59,3 +59,41 @@ def test_a_void_made_once_the_gateway_is_back_is_recorded():
     assert order.payment.captured == order.payment.authorized == order.totals.grand_total
     assert world.history(order_id)[-1].type is OrderEvent.PAYMENT_VOIDED
     assert world.spy.voided
+
+
+def test_a_cancel_repeated_by_its_caller_through_a_refused_void_stops_recording_and_counting_it(monkeypatch, capsys):
+    # A client retrying its cancel (no Idempotency-Key) of an order whose void the gateway refuses.
+    # Before: each repeat asked again and wrote a payment_void_failed (refused), a PaymentFailures
+    # point each: VoidsNotMadeAlarm fired per repeat for one hold, and the item grew without bound.
+    # Now, as the release of an authorization's rest on a ship or cancel repeated
+    # (refusal_noted_once): the same caller's same refusal, the history's last, is not written
+    # again; another caller's is, and so is the void once the gateway makes it.
+    from functions.business_metrics import MeteredOrders, flush
+    from tests.unit.test_business_metrics import emitted
+    from tests.unit.test_unit_cancellation import STOCK
+    from tests.unit.world import build_world
+
+    monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "false")
+    monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "OMS")
+    flush()
+    world = build_world(STOCK, wrap_orders=MeteredOrders)
+    order = world.allocated(("MUG", 1))
+    world.gateway.script("void", "refuse")
+    world.actions.cancel(order.id, "not wanted", actor="key_web")
+    # The cancel wrote the booking's cancel after the refusal: the first repeat's is written again.
+    world.actions.cancel(order.id, "not wanted", actor="key_web")
+    before = world.history(order.id)
+    emitted(capsys)
+    refused = ("PaymentFailures", (("kind", "refused"), ("operation", "void")))
+
+    for _ in range(4):
+        world.actions.cancel(order.id, "not wanted", actor="key_web")
+
+    assert world.history(order.id) == before
+    assert refused not in emitted(capsys)
+    world.actions.cancel(order.id, "not wanted", actor="key_cs")  # a person, after the alarm
+    assert void_entries(world, order.id, len(before)) == [("refused", "key_cs")]
+    assert emitted(capsys)[refused] == [1.0]
+    world.gateway.script("void", "approve")
+    voided = world.actions.cancel(order.id, "not wanted", actor="key_web")
+    assert voided.payment.status.value == "voided"

@@ -1,0 +1,122 @@
+"""The renewal of the authorization a settlement capture is asked on (what the captures of an order
+left nothing to ship fall short of its total), asked again and again by a repeating caller (a
+carrier reporting a parcel delivered on a loop, the reconciler's kept-back pass each run), when
+the authorization had grown old (not spent by a refused capture) or no payment plugin takes the
+order's method. Each answer is recorded, counted for SettlementCapturesNotMadeAlarm and logged
+once by each caller, as a refused capture's, a spent authorization's declined renewal's and the
+settlement capture's own `no_plugin` are; the order's item does not grow a repeat at a time."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from core.events import OrderEvent
+from functions.business_metrics import MeteredOrders
+from tests.unit.test_authorization_renewal import FirstAnswers
+from tests.unit.test_business_metrics import emitted
+from tests.unit.test_jeopardy import Clock
+from tests.unit.test_kept_back_sweep import sweep as kept_back_sweep
+from tests.unit.test_payment_truth import Removed
+from tests.unit.test_settlement_capture_not_made import NOT_MADE, SHORT, errors, metrics  # noqa: F401
+from tests.unit.test_unit_cancellation import STOCK, PerUnitShipping
+from tests.unit.world import World, build_world
+
+
+def shipped_west(*plugins: object) -> tuple[World, Clock, str, str]:
+    """As test_settlement_capture_not_made.shipped_west (a cancel of the CAPs leaves SHORT owed
+    beyond the captures once the MUG's parcel shipped), a gateway answering a key with its first
+    answer, and the clock 8 days on: the authorization is old."""
+    clock = Clock()
+    world = build_world(STOCK, PerUnitShipping(), FirstAnswers(), *plugins, wrap_orders=MeteredOrders, clock=clock)
+    order = world.allocated(("MUG", 1), ("CAP", 3), shipping_method="per_unit")
+    west = world.shipment_at(order, "wh-west")
+    world.actions.ship(order.id, west, tracking_number=None, actor="key_wh")
+    clock.now += timedelta(days=8)
+    return world, clock, order.id, west
+
+
+@pytest.mark.usefixtures("metrics")
+def test_an_old_authorizations_renewal_declined_again_and_again_by_one_caller_is_recorded_once(capsys, caplog):
+    # Before: each delivery report sent again asked the card for one more authorization under a new
+    # key, and recorded its decline, a capture not made, a SettlementCapturesNotMade point and an
+    # ERROR line: the alarm fired on every report of a carrier's loop, and the item grew each time.
+    world, _, order_id, west = shipped_west()
+    world.gateway.script("authorize", "refuse")
+    world.actions.cancel(order_id, "the rest is not wanted", actor="key_cs")
+    world.actions.deliver(order_id, west, actor="carrier")  # another caller: its own entries
+    assert [e.type for e in world.history(order_id)][-2:] == [
+        OrderEvent.PAYMENT_AUTHORIZATION_FAILED, OrderEvent.CAPTURE_NOT_MADE,
+    ]  # fmt: skip
+    before, asked = world.history(order_id), len(world.gateway.keys("authorize"))
+    emitted(capsys)
+    caplog.set_level("ERROR")
+    caplog.clear()
+
+    for _ in range(4):
+        world.actions.deliver(order_id, west, actor="carrier")
+
+    assert world.history(order_id) == before
+    assert NOT_MADE not in emitted(capsys) and errors(caplog) == []
+    # Asked again under the key the carrier's report was declined under: no new authorization.
+    (declined_under,) = {e.detail["authorization_key"] for e in before[-2:] if "authorization_key" in e.detail}
+    assert world.gateway.keys("authorize")[asked:] == [declined_under] * 4
+    assert world.spy.captured_total() == world.order(order_id).payment.captured.amount
+
+    # A person asking (the runbook's recovery) asks the card afresh, under a new key.
+    world.gateway.script("authorize", "approve")
+    after = world.actions.deliver(order_id, west, actor="key_ops")
+
+    assert after.payment.captured == after.totals.grand_total
+    assert world.gateway.keys("authorize")[-1] not in world.gateway.keys("authorize")[:-1]
+
+
+@pytest.mark.usefixtures("metrics")
+def test_a_settlement_renewal_no_payment_plugin_takes_is_the_settlements_failure_noted_once(capsys, caplog):
+    # Before: the renewal's `no_plugin` attempt was the only trace: no capture_not_made, no
+    # SettlementCapturesNotMade point, no ERROR line naming the settlement (the alarm's runbook finds
+    # none), though the parcels have left and the amount is owed, as when the capture itself finds
+    # no plugin. Now it is the settlement's failure, noted once by each caller.
+    removed = Removed()
+    world, clock, order_id, west = shipped_west(removed)
+    removed.gone = True
+    emitted(capsys)
+    caplog.set_level("ERROR")
+
+    world.actions.cancel(order_id, "the rest is not wanted", actor="key_cs")
+
+    failed, not_made = world.history(order_id)[-2:]
+    assert (failed.type, failed.detail["kind"]) == (OrderEvent.PAYMENT_AUTHORIZATION_FAILED, "no_plugin")
+    assert (not_made.type, not_made.actor) == (OrderEvent.CAPTURE_NOT_MADE, "key_cs")
+    assert not_made.detail["amount"] == {"amount": SHORT, "currency": "USD"} and "shipment_id" not in not_made.detail
+    assert "no payment plugin" in not_made.detail["message"]
+    assert emitted(capsys)[NOT_MADE] == [1.0]
+    ((logged_order, amount, _, message),) = errors(caplog)
+    assert (logged_order, amount) == (order_id, SHORT) and "no payment plugin" in message
+
+    # The reconciler's kept-back pass, each run while the plugin is out: its own entries once.
+    clock.now += timedelta(minutes=20)
+    for _ in range(2):
+        kept_back_sweep(world, clock).run("reconciler")
+    assert [(e.type, e.actor) for e in world.history(order_id)[-2:]] == [
+        (OrderEvent.PAYMENT_AUTHORIZATION_FAILED, "reconciler"), (OrderEvent.CAPTURE_NOT_MADE, "reconciler"),
+    ]  # fmt: skip
+    assert emitted(capsys)[NOT_MADE] == [1.0]
+    # A carrier's reports on a loop: its own entries once, then nothing more.
+    world.actions.deliver(order_id, west, actor="carrier")
+    assert emitted(capsys)[NOT_MADE] == [1.0]
+    before = world.history(order_id)
+    caplog.clear()
+    for _ in range(3):
+        world.actions.deliver(order_id, west, actor="carrier")
+    assert world.history(order_id) == before
+    assert NOT_MADE not in emitted(capsys) and errors(caplog) == []
+    assert world.order(order_id).payment.captured < world.order(order_id).totals.grand_total
+
+    # The plugin back, the next ask renews and captures.
+    removed.gone = False
+    after = world.actions.deliver(order_id, west, actor="key_ops")
+    assert after.payment.captured == after.totals.grand_total
+    # Under the key the renewal left standing was asked under: the plugin may have been asked before.
+    assert world.gateway.keys("authorize")[-1] == failed.detail["authorization_key"]
