@@ -1192,6 +1192,10 @@ class ReportedDelivery(BaseModel, defer_build=True):
 
     shipment_id: str
     at: datetime
+    # The reconciler's kept-back pass met the gateway's refusal of its capture (Order.give_up_reported):
+    # it asks no more, left to a person (DeliveriesNotRecordedAlarm) or the carrier's next report.
+    # Stored only when set.
+    given_up: bool = False
 
 
 class Hold(BaseModel, defer_build=True):
@@ -1825,7 +1829,9 @@ class Order(BaseModel, defer_build=True):
         if self.stock_owed:
             system["stock_owed"] = True
         if self.reported_delivered:
-            system["reported_delivered"] = [r.model_dump(mode="json") for r in self.reported_delivered]
+            system["reported_delivered"] = [
+                r.model_dump(mode="json", exclude_defaults=True) for r in self.reported_delivered
+            ]
         if self.hold is not None and self.hold.resume_to is not None:
             # Inside the API's `hold`: through a dict (held orders only).
             doc = self.model_dump(mode="json", exclude_none=True, exclude=_NOT_STORED)
@@ -2073,6 +2079,32 @@ class Order(BaseModel, defer_build=True):
         (reported_delivered): they left, so nothing may put their units back on sale."""
         marked = {r.shipment_id for r in self.reported_delivered}
         return [s.id for s in self.shipments if s.id in marked and s.status is ShipmentStatus.PENDING]
+
+    def reported_to_finish(self) -> list[str]:
+        """The parcels a carrier reported delivered (reported_delivered) whose ship or delivery is
+        not recorded yet, for the reconciler's kept-back pass to finish (OrderActions.finish_reported:
+        the report's function died after marking it, and nobody reports it again): none while the
+        order is on hold (it ships once the hold ends: the release puts it back here) or closed,
+        nor one whose capture the gateway refused that pass (`given_up`: left to a person). Never
+        any on the typical order (no mark)."""
+        if not self.reported_delivered or self.status is OrderStatus.ON_HOLD or self.status in TERMINAL:
+            return []
+        marked = {r.shipment_id for r in self.reported_delivered if not r.given_up}
+        unfinished = (ShipmentStatus.PENDING, ShipmentStatus.SHIPPED)
+        return [s.id for s in self.shipments if s.id in marked and s.status in unfinished]
+
+    def give_up_reported(self, shipment_id: str, *, at: datetime) -> Bookkeeping:
+        """The reconciler's kept-back pass met the gateway's refusal of the capture of the parcel
+        of `shipment_id` a carrier reported delivered (recorded as the report's is:
+        `delivery_not_recorded`): it asks no more (reported_to_finish), the parcel still marked, so
+        nothing puts its units back on sale; a person's ship of it, or its carrier's next report,
+        finishes it. Bookkeeping: the refusal's entries are the record. InvalidTransition when the
+        parcel is not marked, or given up already."""
+        reported = self.reported(shipment_id)
+        if reported is None or reported.given_up:
+            raise InvalidTransition(f"shipment {shipment_id} has no report for the reconciler to give up")
+        marks = [_replaced(r, given_up=True) if r is reported else r for r in self.reported_delivered]
+        return self._bookkeeping(at=at, reported_delivered=marks)
 
     def _parcels_kept(self) -> set[str]:
         """The parcels no cancel of units may take units from: those waiting for a person to confirm
@@ -3285,6 +3317,12 @@ class Order(BaseModel, defer_build=True):
         park's, Order.park; `confirms_ships`: Order.hold_unfinished_ships's)."""
         if not can_transition(self.status, OrderStatus.ON_HOLD):
             raise InvalidTransition(f"an order that is {self.status} cannot be put on hold")
+        if not parked:
+            # A person's hold (or a review's) means nothing of the order ships while it stands: a
+            # parcel a carrier reported delivered has left, as a shipped one has (a partly shipped
+            # order cannot be held). The system's own holds for a person (a park, parcels to
+            # confirm) may stand over it: the report sent again answers them.
+            self.check_parcels_reported("put on hold")
         return self._next(
             at=at, actor=actor, type=OrderEvent.ON_HOLD, to=OrderStatus.ON_HOLD,
             detail={"reason": reason, **({"note": note} if note else {}), **(detail or {})},
@@ -3447,7 +3485,8 @@ class Order(BaseModel, defer_build=True):
             raise InvalidTransition(f"an order that is {self.status} is not on hold")
         if self.hold.resume_to is None:
             raise InvalidTransition(f"order {self.id} was read without the status its hold resumes to")
-        unnamed = [s for s in self.unfinished_ships() if s not in self.hold.confirms_ships]
+        # A parcel a carrier reported delivered (reported_delivered) is confirmed: it left.
+        unnamed = [s for s in self.unfinished_ships() if s not in self.hold.confirms_ships and self.reported(s) is None]
         if self.hold.ships_to_confirm or unnamed:
             shipment_ids = list(dict.fromkeys([*self.hold.ships_to_confirm, *unnamed]))
             to_confirm = Hold(reason="other", note=_unfinished_ships_note(shipment_ids), since=at,
