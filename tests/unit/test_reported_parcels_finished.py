@@ -18,6 +18,7 @@ import pytest
 from core import payment_keys
 from core.errors import InvalidTransition
 from core.holds import HoldRequest, Holds, ReleaseRequest
+from core.jeopardy import REPORTED_REASON
 from core.refund_service import KeptBackSweep
 from core.status import OrderStatus, ShipmentStatus
 from functions.adapters.dynamodb import KEPT_BACK_KEY, index_attributes
@@ -234,3 +235,20 @@ def test_a_persons_release_leaves_no_hold_for_a_parcel_its_carrier_reported(worl
 
     assert (released.status, released.hold) == (OrderStatus.ALLOCATED, None)
     assert released.reported_to_finish() == [first]
+
+
+def test_a_late_order_whose_marked_parcel_was_given_up_is_marked_late_for_that_parcel(world, clock, monkeypatch):
+    # The pass met the gateway's refusal and gave the parcel up: the order stays `allocated`, and
+    # the scan marks it late once past 48 h. Before, its reason was a warehouse's delay's
+    # (`allocated for longer than 2d`): the parcel had left; the reason now says so.
+    marked, shipment_id, _ = marked_and_left(world, clock, monkeypatch)
+    clock.advance(minutes=16)
+    world.gateway.script("capture", "refuse")
+    assert kept_back_pass(world, clock).reported_given_up == {marked.id: [shipment_id]}
+    clock.advance(**LATE)
+
+    assert a_pass(world, clock).held == []  # no capture request stands: nothing to hold it for
+
+    late = world.order(marked.id)
+    assert late.status is OrderStatus.ALLOCATED and late.jeopardy is not None
+    assert late.jeopardy.reason == f"allocated for longer than 2d{REPORTED_REASON} ({shipment_id})"
