@@ -1724,8 +1724,9 @@ class Order(BaseModel, defer_build=True):
     # then makes, so a function that dies between leaves them marked. Marked, a parcel's units are
     # never put back on sale (check_parcels_kept: no reject, edit, cancel of its units or of the
     # order), the ship and delivery that finish it take the carrier's time, and a report sent
-    # again (a carrier retries a report answered 5xx) or a ship of it finishes it; its delivery
-    # clears it. Never set on the typical order. The system's own:
+    # again (a carrier retries a report answered 5xx) or a ship of it finishes it, or, should
+    # nobody send it, the reconciler's kept-back pass (reported_to_finish); its delivery clears it.
+    # No person's hold stands over it (hold_for). Never set on the typical order. The system's own:
     # stored, never shown.
     reported_delivered: list[ReportedDelivery] = Field(default_factory=empty_list, exclude=True)
     created_at: datetime
@@ -3314,7 +3315,9 @@ class Order(BaseModel, defer_build=True):
                  detail: dict[str, Any] | None = None, parked: bool = False, confirms_ships: list[str] | None = None,
                  **fields: Any) -> Change:  # fmt: skip
         """On hold from where it is now, remembering that status for the release (`parked`: a
-        park's, Order.park; `confirms_ships`: Order.hold_unfinished_ships's)."""
+        park's, Order.park; `confirms_ships`: Order.hold_unfinished_ships's). A hold not `parked`
+        (a person's, a review's) of an order with a parcel a carrier reported delivered is
+        InvalidTransition naming it (check_parcels_reported): that parcel has left."""
         if not can_transition(self.status, OrderStatus.ON_HOLD):
             raise InvalidTransition(f"an order that is {self.status} cannot be put on hold")
         if not parked:
@@ -3477,7 +3480,9 @@ class Order(BaseModel, defer_build=True):
         made it a park, or a park for a failure): a held order never ships, so that ship died and
         its parcel may have left; released to `allocated`, the order had nothing to say so, and a
         reject or a cancel of units would refund the capture and put the parcel's units back on
-        sale. The release leaves the system's hold for those parcels as the sweep's park would.
+        sale. The release leaves the system's hold for those parcels as the sweep's park would, but
+        for one a carrier reported delivered (reported_delivered): it left, and the reconciler's
+        kept-back pass ships it once the order is released (reported_to_finish).
         `request_key` (a client's Idempotency-Key, scoped to its API key) is kept in the entry, so
         a retry of this release finds it once the order is no longer held (Holds.release)."""
         keyed = {"request_key": request_key} if request_key is not None else {}

@@ -769,7 +769,10 @@ class KeptBackSweep:
     of units left owing money back (Order.settlement_owed: its function died before giving it, or
     the gateway refused or was down) is in the same index and handed to `top_up` as one owing,
     which gives it first (UnitCancellation.settle_owed); what it refunds or the gateway refuses of
-    that is counted apart (KeptBackRefunded.owed_back_*), not as what a return kept back."""
+    that is counted apart (KeptBackRefunded.owed_back_*), not as what a return kept back. So is an
+    order not held with a parcel a carrier reported delivered whose report's function died after
+    marking it (Order.reported_to_finish), which `top_up` ships and delivers before anything else
+    (OrderActions.finish_reported; KeptBackRefunded.reported_*)."""
 
     def __init__(
         self, owed: KeptBackRefunds, orders: OrderRepository, top_up: Callable[[Order, str], Order],

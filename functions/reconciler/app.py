@@ -5,8 +5,9 @@ returns that have none (core/return_reconciliation.py); books again the parcels 
 left due a label, and cancels with their carrier the bookings no parcel will use
 (core/carrier_bookings.py); finishes refunds a request left pending at the gateway
 (core/refund_service.py's PendingRefundSweep), and refunds what returns kept back once nothing
-else will (its KeptBackSweep); voids the authorizations edits left on orders nobody
-changes again, and the cancelled orders' own the gateway could not void
+else will (its KeptBackSweep, which first ships and delivers a parcel a carrier reported delivered
+whose report's function died before its ship: Order.reported_to_finish); voids the authorizations
+edits left on orders nobody changes again, and the cancelled orders' own the gateway could not void
 (core/authorization_sweep.py); records the settlement captures cancels of units asked for and never
 recorded, which the jeopardy scan never finds on an order shipped since (core/capture_sweep.py's
 run_settlements). Each run starts with the next pass in turn, and starts none without the time to
