@@ -577,12 +577,37 @@ class OrderActions:
         what a cancel of units owed back and its function died before giving (Order.settlement_owed:
         UnitCancellation.settle_owed), and the units it freed and died before releasing
         (Order.stock_owed: UnitCancellation.release_owed). PaymentGatewayUnavailable when the
-        gateway stays down for that settlement: what returns kept back is not asked then."""
+        gateway stays down for that settlement: what returns kept back is not asked then. Before
+        all, the parcels carriers reported delivered that the reports' functions died before
+        finishing (finish_reported)."""
+        if order.reported_to_finish():
+            order = self.finish_reported(order, actor)
         if order.stock_owed:
             order = self._units.release_owed(order)
         if order.settlement_owed:
             order = self._pass_units.settle_owed(order, actor)
         return self._units.refund_kept_back(order, actor, refusals=KEPT_BACK_REFUSALS)
+
+    def finish_reported(self, order: Order, actor: str) -> Order:
+        """Ship and deliver the parcels a carrier reported delivered whose report's function died
+        after marking them (Order.reported_to_finish), as the report sent again would (deliver):
+        the ship asks its capture under the request standing (the same key: the gateway answers
+        the capture it made, never a second), then the parcel is delivered at the carrier's time
+        the mark holds. Idempotent: a pass repeated, or racing the carrier's retry or a person's
+        ship, records each once. A refusal of that capture is recorded as the report's would be
+        (deliver: `delivery_not_recorded`), then the parcel is given up (Order.give_up_reported:
+        still marked, asked no more by the pass; a person's ship or the carrier's next report
+        finishes it). PaymentGatewayUnavailable and NoPaymentPlugin are raised (nothing moved:
+        the next pass asks again), as anything else that refuses (an order held meanwhile).
+        Returns the order as it then is."""
+        for shipment_id in order.reported_to_finish():
+            try:
+                self.deliver(order.id, shipment_id, actor)
+            except NoPaymentPlugin:
+                raise
+            except PaymentRefused:
+                modify(self._orders, order.id, _giving_up(shipment_id, self._clock()))
+        return self._orders.get(order.id, consistent=True) or order
 
     def release_owed_stock(self, order: Order) -> Order:
         """Only the units a cancel of units freed and its function died before releasing
@@ -839,6 +864,18 @@ _REFUSAL_ENTRIES = frozenset(
 # How far ahead of the OMS's clock a carrier's clock may run before the time it reports is not
 # believed (reported_at).
 REPORT_SKEW = timedelta(minutes=5)
+
+
+def _giving_up(shipment_id: str, at: datetime) -> Callable[[Order], Any]:
+    """The decision of OrderActions.finish_reported's write once a capture was refused: the parcel
+    given up, unless it was finished (or given up) meanwhile (a carrier's retry, a person's ship)."""
+
+    def decide(current: Order):
+        if shipment_id not in current.reported_to_finish():
+            return None
+        return current.give_up_reported(shipment_id, at=at)
+
+    return decide
 
 
 def reported_at(order: Order, given: datetime | None, now: datetime) -> datetime:

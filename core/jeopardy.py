@@ -69,6 +69,9 @@ from core.workflow import SCAN_ACTOR
 S = OrderStatus
 T = TypeVar("T")
 HOLD_EXPIRED = "hold_expired"
+# How the reason of a late order ends when a parcel of it a carrier reported delivered is not
+# recorded shipped (Order.parcels_reported): it is no warehouse's delay.
+REPORTED_REASON = "; its carrier reported a parcel delivered whose ship is not recorded"
 DEFAULT_SLA = "pending=5m,authorized=15m,allocated=48h,backordered=14d,on_hold=24h"
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 _DURATION = re.compile(r"([0-9]{1,9})([smhd])")
@@ -359,6 +362,11 @@ class JeopardyScan:
             reason = f"{status} for longer than {format_duration(deadline)}"
             if since != order.in_status_since:
                 reason += " past its pickup's collect_by"
+            reported = order.parcels_reported()
+            if reported:
+                # Not a location slow to ship: the parcel left, its capture refused or not asked yet
+                # (its report's function died; the reconciler's kept-back pass finishes it).
+                reason += f"{REPORTED_REASON} ({', '.join(reported)})"
             return order.mark_jeopardy(reason, since + deadline, at=at, actor=SCAN_ACTOR)
 
         try:

@@ -1196,6 +1196,10 @@ class ReportedDelivery(BaseModel, defer_build=True):
     # money will not come through the OMS, so a person's cancel of the parcel's units writes it off
     # (Order.parcels_written_off). Stored only when True.
     refused: bool = False
+    # The reconciler's kept-back pass met the gateway's refusal of its capture (Order.give_up_reported):
+    # it asks no more, left to a person (DeliveriesNotRecordedAlarm) or the carrier's next report.
+    # Stored only when set.
+    given_up: bool = False
 
 
 class Hold(BaseModel, defer_build=True):
@@ -1728,8 +1732,9 @@ class Order(BaseModel, defer_build=True):
     # then makes, so a function that dies between leaves them marked. Marked, a parcel's units are
     # never put back on sale (check_parcels_kept: no reject, edit, cancel of its units or of the
     # order), the ship and delivery that finish it take the carrier's time, and a report sent
-    # again (a carrier retries a report answered 5xx) or a ship of it finishes it; its delivery
-    # clears it. Never set on the typical order. The system's own:
+    # again (a carrier retries a report answered 5xx) or a ship of it finishes it, or, should
+    # nobody send it, the reconciler's kept-back pass (reported_to_finish); its delivery clears it.
+    # No person's hold stands over it (hold_for). Never set on the typical order. The system's own:
     # stored, never shown.
     reported_delivered: list[ReportedDelivery] = Field(default_factory=empty_list, exclude=True)
     created_at: datetime
@@ -2145,6 +2150,32 @@ class Order(BaseModel, defer_build=True):
         (reported_delivered): they left, so nothing may put their units back on sale."""
         marked = {r.shipment_id for r in self.reported_delivered}
         return [s.id for s in self.shipments if s.id in marked and s.status is ShipmentStatus.PENDING]
+
+    def reported_to_finish(self) -> list[str]:
+        """The parcels a carrier reported delivered (reported_delivered) whose ship or delivery is
+        not recorded yet, for the reconciler's kept-back pass to finish (OrderActions.finish_reported:
+        the report's function died after marking it, and nobody reports it again): none while the
+        order is on hold (it ships once the hold ends: the release puts it back here) or closed,
+        nor one whose capture the gateway refused that pass (`given_up`: left to a person). Never
+        any on the typical order (no mark)."""
+        if not self.reported_delivered or self.status is OrderStatus.ON_HOLD or self.status in TERMINAL:
+            return []
+        marked = {r.shipment_id for r in self.reported_delivered if not r.given_up}
+        unfinished = (ShipmentStatus.PENDING, ShipmentStatus.SHIPPED)
+        return [s.id for s in self.shipments if s.id in marked and s.status in unfinished]
+
+    def give_up_reported(self, shipment_id: str, *, at: datetime) -> Bookkeeping:
+        """The reconciler's kept-back pass met the gateway's refusal of the capture of the parcel
+        of `shipment_id` a carrier reported delivered (recorded as the report's is:
+        `delivery_not_recorded`): it asks no more (reported_to_finish), the parcel still marked, so
+        nothing puts its units back on sale; a person's ship of it, or its carrier's next report,
+        finishes it. Bookkeeping: the refusal's entries are the record. InvalidTransition when the
+        parcel is not marked, or given up already."""
+        reported = self.reported(shipment_id)
+        if reported is None or reported.given_up:
+            raise InvalidTransition(f"shipment {shipment_id} has no report for the reconciler to give up")
+        marks = [_replaced(r, given_up=True) if r is reported else r for r in self.reported_delivered]
+        return self._bookkeeping(at=at, reported_delivered=marks)
 
     def _parcels_kept(self) -> set[str]:
         """The parcels no cancel of units may take units from: those waiting for a person to confirm
@@ -3361,9 +3392,17 @@ class Order(BaseModel, defer_build=True):
                  detail: dict[str, Any] | None = None, parked: bool = False, confirms_ships: list[str] | None = None,
                  **fields: Any) -> Change:  # fmt: skip
         """On hold from where it is now, remembering that status for the release (`parked`: a
-        park's, Order.park; `confirms_ships`: Order.hold_unfinished_ships's)."""
+        park's, Order.park; `confirms_ships`: Order.hold_unfinished_ships's). A hold not `parked`
+        (a person's, a review's) of an order with a parcel a carrier reported delivered is
+        InvalidTransition naming it (check_parcels_reported): that parcel has left."""
         if not can_transition(self.status, OrderStatus.ON_HOLD):
             raise InvalidTransition(f"an order that is {self.status} cannot be put on hold")
+        if not parked:
+            # A person's hold (or a review's) means nothing of the order ships while it stands: a
+            # parcel a carrier reported delivered has left, as a shipped one has (a partly shipped
+            # order cannot be held). The system's own holds for a person (a park, parcels to
+            # confirm) may stand over it: the report sent again answers them.
+            self.check_parcels_reported("put on hold")
         return self._next(
             at=at, actor=actor, type=OrderEvent.ON_HOLD, to=OrderStatus.ON_HOLD,
             detail={"reason": reason, **({"note": note} if note else {}), **(detail or {})},
@@ -3518,7 +3557,9 @@ class Order(BaseModel, defer_build=True):
         made it a park, or a park for a failure): a held order never ships, so that ship died and
         its parcel may have left; released to `allocated`, the order had nothing to say so, and a
         reject or a cancel of units would refund the capture and put the parcel's units back on
-        sale. The release leaves the system's hold for those parcels as the sweep's park would.
+        sale. The release leaves the system's hold for those parcels as the sweep's park would, but
+        for one a carrier reported delivered (reported_delivered): it left, and the reconciler's
+        kept-back pass ships it once the order is released (reported_to_finish).
         `request_key` (a client's Idempotency-Key, scoped to its API key) is kept in the entry, so
         a retry of this release finds it once the order is no longer held (Holds.release)."""
         keyed = {"request_key": request_key} if request_key is not None else {}
@@ -3526,7 +3567,8 @@ class Order(BaseModel, defer_build=True):
             raise InvalidTransition(f"an order that is {self.status} is not on hold")
         if self.hold.resume_to is None:
             raise InvalidTransition(f"order {self.id} was read without the status its hold resumes to")
-        unnamed = [s for s in self.unfinished_ships() if s not in self.hold.confirms_ships]
+        # A parcel a carrier reported delivered (reported_delivered) is confirmed: it left.
+        unnamed = [s for s in self.unfinished_ships() if s not in self.hold.confirms_ships and self.reported(s) is None]
         if self.hold.ships_to_confirm or unnamed:
             shipment_ids = list(dict.fromkeys([*self.hold.ships_to_confirm, *unnamed]))
             to_confirm = Hold(reason="other", note=_unfinished_ships_note(shipment_ids), since=at,

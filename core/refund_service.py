@@ -38,7 +38,7 @@ from core.refunds import (
     returns_showing,
 )
 from core.return_models import Return
-from core.status import ReturnStatus
+from core.status import ReturnStatus, ShipmentStatus
 
 # What a decided refund is (RefundService.issue_decided_refund): its idempotency key and amount,
 # and for a return's refund what it gives back for each line's units, what of it is shipping and
@@ -698,22 +698,40 @@ class KeptBackRefunded:
     owed_back_settled: list[str] = field(default_factory=list)
     failed_owing: dict[str, list[str]] = field(default_factory=dict)
     gateway_down: dict[str, list[str]] = field(default_factory=dict)
+    # The parcels carriers reported delivered whose reports' functions died before finishing them
+    # (Order.reported_to_finish), by order id: shipped and delivered now (`reported_finished`), and
+    # those whose capture the gateway refused, left to a person (`reported_given_up`).
+    reported_finished: dict[str, list[str]] = field(default_factory=dict)
+    reported_given_up: dict[str, list[str]] = field(default_factory=dict)
 
 
 # What an order the kept-back pass failed on owed (KeptBackRefunded.failed_owing), in the order the
 # pass does it: the units a cancel of units freed released, what a cancel of units or a last parcel
 # owed back settled, what returns kept back refunded, what went back shown on its returns.
 OWED_STOCK, OWED_SETTLEMENT, OWED_KEPT_BACK, OWED_SHOW = "stock", "settlement", "kept_back", "show"
+OWED_REPORTED = "reported_delivered"
 
 
 def _owing(order: Order, finished: bool) -> list[str]:
     """What `order` owed when the kept-back pass failed on it (read in memory)."""
     owed = [
+        (OWED_REPORTED, bool(order.reported_to_finish())),
         (OWED_STOCK, order.stock_owed), (OWED_SETTLEMENT, order.settlement_owed),
         (OWED_KEPT_BACK, owes_kept_back(order) or (finished and bool(kept_back_owed(order)))),
         (OWED_SHOW, bool(order.returns_to_show)),
     ]  # fmt: skip
     return [name for name, owes in owed if owes]
+
+
+def _reported(order_id: str, reported: list[str], after: Order, done: KeptBackRefunded) -> None:
+    """Of the parcels of `reported` (Order.reported_to_finish before `top_up`), those `after` shows
+    delivered (`reported_finished`) and those given up (`reported_given_up`)."""
+    finished = [s for s in reported if after.shipment(s).status is ShipmentStatus.DELIVERED]
+    given_up = [s for s in reported if (mark := after.reported(s)) is not None and mark.given_up]
+    if finished:
+        done.reported_finished[order_id] = finished
+    if given_up:
+        done.reported_given_up[order_id] = given_up
 
 
 class KeptBackNotRefunded(Exception):
@@ -751,7 +769,10 @@ class KeptBackSweep:
     of units left owing money back (Order.settlement_owed: its function died before giving it, or
     the gateway refused or was down) is in the same index and handed to `top_up` as one owing,
     which gives it first (UnitCancellation.settle_owed); what it refunds or the gateway refuses of
-    that is counted apart (KeptBackRefunded.owed_back_*), not as what a return kept back."""
+    that is counted apart (KeptBackRefunded.owed_back_*), not as what a return kept back. So is an
+    order not held with a parcel a carrier reported delivered whose report's function died after
+    marking it (Order.reported_to_finish), which `top_up` ships and delivers before anything else
+    (OrderActions.finish_reported; KeptBackRefunded.reported_*)."""
 
     def __init__(
         self, owed: KeptBackRefunds, orders: OrderRepository, top_up: Callable[[Order, str], Order],
@@ -801,9 +822,10 @@ class KeptBackSweep:
                 # deployment, for as long as it is out). What it owes the gateway waits.
                 if order.stock_owed and not time_up():
                     order = self._release(order, done)
-                if order.stock_owed or order.settlement_owed or owes_kept_back(order):
+                if order.stock_owed or order.settlement_owed or owes_kept_back(order) or order.reported_to_finish():
                     continue
-            if not owes_kept_back(order) and not order.settlement_owed and not order.stock_owed:
+            reported = order.reported_to_finish()
+            if not owes_kept_back(order) and not order.settlement_owed and not order.stock_owed and not reported:
                 if (order_id in finished and kept_back_owed(order)) or order.returns_to_show:
                     try:
                         self._top_up(order, actor)
@@ -829,6 +851,7 @@ class KeptBackSweep:
                 after = self._failed(order, error, order_id in just_finished, done)
             except Exception as error:  # reported once the pass is done
                 after = self._failed(order, error, order_id in just_finished, done)
+            _reported(order_id, reported, after, done)
             if order.stock_owed and not after.stock_owed:
                 done.stock_released.append(order_id)
             if order.settlement_owed and not after.settlement_owed:

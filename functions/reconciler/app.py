@@ -5,8 +5,9 @@ returns that have none (core/return_reconciliation.py); books again the parcels 
 left due a label, and cancels with their carrier the bookings no parcel will use
 (core/carrier_bookings.py); finishes refunds a request left pending at the gateway
 (core/refund_service.py's PendingRefundSweep), and refunds what returns kept back once nothing
-else will (its KeptBackSweep); voids the authorizations edits left on orders nobody
-changes again, and the cancelled orders' own the gateway could not void
+else will (its KeptBackSweep, which first ships and delivers a parcel a carrier reported delivered
+whose report's function died before its ship: Order.reported_to_finish); voids the authorizations
+edits left on orders nobody changes again, and the cancelled orders' own the gateway could not void
 (core/authorization_sweep.py); records the settlement captures cancels of units asked for and never
 recorded, which the jeopardy scan never finds on an order shipped since (core/capture_sweep.py's
 run_settlements). Each run starts with the next pass in turn, and starts none without the time to
@@ -31,6 +32,7 @@ from core.pickups import PickupsExpired
 from core.reconciliation import Reconciled
 from core.refund_service import (
     OWED_KEPT_BACK,
+    OWED_REPORTED,
     OWED_SETTLEMENT,
     OWED_SHOW,
     OWED_STOCK,
@@ -59,6 +61,7 @@ PASS_RESERVE_MILLIS = 15_000
 # What the kept-back pass logs of an order it failed on (a plugin's error, no plugin, a table down),
 # by what the order owed first when it failed (KeptBackRefunded.failed_owing).
 NOT_DONE = {
+    OWED_REPORTED: "parcel a carrier reported delivered not shipped and delivered",
     OWED_STOCK: "units a cancel of units freed not released",
     OWED_SETTLEMENT: "what a cancel of units or a last parcel owed back not settled",
     OWED_KEPT_BACK: "refund of what a return kept back not made",
@@ -213,6 +216,14 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
             logger.warning("what a cancel of units owed back refunded", extra={"refund_id": refund_id})
         for order_id in kept_back.owed_back_refused:
             logger.warning("refund of what a cancel of units owed back refused", extra={"order_id": order_id})
+        # The parcels carriers reported delivered whose reports' functions died before finishing them.
+        for order_id, shipment_ids in kept_back.reported_finished.items():
+            logger.warning("parcel a carrier reported delivered shipped and delivered: its report's function died",
+                           extra={"order_id": order_id, "shipment_ids": shipment_ids})  # fmt: skip
+        for order_id, shipment_ids in kept_back.reported_given_up.items():
+            # The refusal is in the history (delivery_not_recorded: DeliveriesNotRecordedAlarm calls a person).
+            logger.error("parcel a carrier reported delivered not shipped: the gateway refused its capture; "
+                         "left to a person", extra={"order_id": order_id, "shipment_ids": shipment_ids})  # fmt: skip
         # What no refund of the order shows: the units a cancel freed released, what was owed back settled.
         for order_id in kept_back.stock_released:
             logger.warning("units a cancel of units freed released", extra={"order_id": order_id})
@@ -231,6 +242,7 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
             ("OwedStockReleased", len(kept_back.stock_released)),
             ("OwedBackSettled", len(kept_back.owed_back_settled)),
             ("KeptBackGatewayDown", len(kept_back.gateway_down)),
+            ("ReportedDeliveriesFinished", sum(len(s) for s in kept_back.reported_finished.values())),
         ):
             if count:
                 metrics.add_metric(name=name, unit=MetricUnit.Count, value=count)

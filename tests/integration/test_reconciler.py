@@ -1811,3 +1811,60 @@ def test_the_order_the_kept_back_pass_found_its_gateway_down_on_is_logged_and_co
     message = "payment gateway down for what the order owes: the next pass asks again"
     assert logged == [("WARNING", message, [OWED_SETTLEMENT, OWED_KEPT_BACK])]
     assert emitted(capsys.readouterr().out)["KeptBackGatewayDown"] == 1
+
+
+def test_a_parcel_a_carrier_reported_whose_report_died_before_its_ship_is_shipped_delivered_logged_and_counted(
+    aws, stack, metrics_on, capsys, caplog, monkeypatch
+):
+    # Before: the marked parcel was in no index the reconciler reads; it sat pending, the order
+    # allocated, until the jeopardy scan found it 48 h late and held it for a person to confirm
+    # whether a parcel its carrier had seen delivered left. Now the kept-back partition has it.
+    from core.fulfillment import OrderActions
+    from functions.adapters.dynamodb import DynamoOrders
+    from functions.bootstrap import Config, bootstrap
+    from functions.reconciler import app
+
+    services = bootstrap(Config.from_env(), label_store=FakeLabels())
+    services.catalog.put_product("MUG", ProductInput.model_validate(product_body("12.50")))
+    services.catalog.put_location("wh-west", LocationInput.model_validate(location_body()))
+    services.inventory.count("MUG", "wh-west", 5)
+    order = services.capture.place(place_order(external_id="web-marked", lines=[{"sku": "MUG", "quantity": 2}]),
+                                   actor="key_web")  # fmt: skip
+    services.workflow.authorize_payment(order.id, attempt=0)
+    services.workflow.reserve_stock(order.id)
+    services.workflow.create_shipments(order.id)
+    shipment_id = services.order_repository.get(order.id).shipments[0].id
+    real = DynamoOrders.update
+
+    def dies_recording_the_ship(self, new, expected, entries):
+        if entries and entries[0].type.value == "shipment_shipped":
+            raise RuntimeError("the ship's function died")
+        return real(self, new, expected, entries)
+
+    with monkeypatch.context() as patched:  # the ship dies after the gateway captured
+        patched.setattr(DynamoOrders, "update", dies_recording_the_ship)
+        with pytest.raises(RuntimeError):
+            services.actions.ship(order.id, shipment_id, None, actor="key_wh")
+    with monkeypatch.context() as patched:  # the carrier's report dies once it marked the parcel
+        patched.setattr(OrderActions, "ship", lambda *_, **__: (_ for _ in ()).throw(RuntimeError("died")))
+        with pytest.raises(RuntimeError):
+            services.actions.deliver(order.id, shipment_id, actor="key_carrier")
+    assert services.order_repository.get(order.id).parcels_reported() == [shipment_id]
+    capsys.readouterr()
+
+    later = utc_now() + timedelta(minutes=16)
+    with app.container.override(bootstrap(Config.from_env(), clock=lambda: later)):
+        reconcile()
+        printed = capsys.readouterr().out
+        reconcile()
+
+    after = services.order_repository.get(order.id)
+    assert after.status is OrderStatus.DELIVERED and after.reported_delivered == []
+    assert after.payment.captured == after.totals.grand_total and after.payment.refunded.amount == 0
+    assert emitted(printed) == {"ReportedDeliveriesFinished": 1}
+    message = "parcel a carrier reported delivered shipped and delivered: its report's function died"
+    logged = [r for r in caplog.records if r.getMessage() == message]
+    assert [(r.__dict__.get("order_id"), r.__dict__.get("shipment_ids")) for r in logged] == [(order.id, [shipment_id])]
+    assert "ReportedDeliveriesFinished" not in emitted(capsys.readouterr().out)  # once
+    item = aws.dynamodb.get_item(TableName=aws.tables["OrdersTable"], Key={"id": {"S": order.id}})["Item"]
+    assert "refund_key" not in item
