@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache, lru_cache
@@ -292,11 +293,14 @@ _PREFIX = {"stepfunctions": "states"}
 
 
 class Calls(dict[str, set[Grant]]):
-    """What calls_by_function records, by function logical id; `lock` held while it writes."""
+    """What calls_by_function records, by function logical id, and in `made` how many calls needed
+    each (function, grant) so far (a Watch fails each test that makes a call not granted, not only
+    the first); `lock` held while it writes."""
 
     def __init__(self) -> None:
         super().__init__()
         self.lock = threading.Lock()
+        self.made: Counter[tuple[str, Grant]] = Counter()
 
     def snapshot(self) -> dict[str, set[Grant]]:
         with self.lock:
@@ -421,6 +425,7 @@ def calls_by_function(stack: Any) -> Iterator[Calls]:
             }
             with lock:
                 seen.setdefault(function, set()).update(grants)
+                seen.made.update((function, grant) for grant in grants)
 
     def recording(client: Any, operation: str, params: dict[str, Any]) -> Any:
         record(client, operation, params)
@@ -552,7 +557,7 @@ class Watch:
         self._recording = calls_by_function(stack)
         self.calls = self._recording.__enter__()
         self._granted: dict[str, set[Grant]] = {}
-        self._reported: dict[str, set[Grant]] = {}
+        self._reported: Counter[tuple[str, Grant]] = Counter()  # the calls made when last asked
         self._invocations = -1  # the stack's invocations when it last settled
 
     def close(self) -> None:
@@ -573,16 +578,20 @@ class Watch:
             self._invocations = sum(function.invocations for function in list(self.stack.functions.values()))
 
     def not_granted(self) -> list[str]:
-        """Each call not granted since the last time this was asked, as `Function: action on
-        resource` (or `Function: action on part (resource)`, `Function: action of key k (resource)`:
-        a grant that leaves that index, prefix or key out)."""
+        """Each call not granted made since the last time this was asked (the same call made
+        again in a later test is found again), as `Function: action on resource` (or `Function:
+        action on part (resource)`, `Function: action of key k (resource)`: a grant that leaves that
+        index, prefix or key out)."""
+        with self.calls.lock:
+            made = self.calls.made.copy()
         found = []
-        for function, needed in sorted(self.calls.snapshot().items()):
+        for (function, (resource, action)), times in sorted(made.items()):
+            if times == self._reported[function, (resource, action)]:
+                continue
+            self._reported[function, (resource, action)] = times
             if function not in self._granted:
                 self._granted[function] = granted(function, self._resources) if function in self._resources else set()
-            reported = self._reported.setdefault(function, set())
-            for resource, action in sorted(needed - self._granted[function] - reported):
-                reported.add((resource, action))
+            if (resource, action) not in self._granted[function]:
                 shown = f"{action} ({resource})" if " " in action else f"{action} on {resource}"
                 found.append(f"{function}: {shown}")
         return found

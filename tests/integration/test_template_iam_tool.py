@@ -360,8 +360,8 @@ def test_a_call_the_template_does_not_grant_fails_the_local_stack_it_was_made_on
     assert not template_iam.WATCHED
 
 
-# A module of two tests on a stack of its own template (one a test edits into being): the first
-# writes an item whose stream runs a consumer, which calls what its template does not grant.
+# A module of tests on a stack of its own template (one a test edits into being): the first and the
+# third write an item whose stream runs a consumer, which calls what its template does not grant.
 ONE_STACK_TWO_TESTS = '''
 from pathlib import Path
 
@@ -427,6 +427,11 @@ def test_sets_a_consumer_going(stack):
 
 def test_then_does_nothing(stack):
     pass
+
+
+def test_sets_it_going_again_and_waits(stack):
+    stack.client("dynamodb").put_item(TableName="two-Things", Item={"id": {"S": "b"}})
+    assert stack.wait_until_idle(5)
 '''
 
 
@@ -453,4 +458,6 @@ def test_a_call_not_granted_fails_the_test_that_set_it_going_on_a_stack_of_its_o
     assert "Consumer: dynamodb:DeleteItem on Things" in out
     assert "while this test ran (or for what it set going)" in out
     assert "PASSED test_two.py::test_then_does_nothing" in out
-    assert "ERROR" not in out and "1 failed, 1 passed" in out
+    # The same call made again, in a later test, fails that test too (it was reported once per stack).
+    assert "FAILED test_two.py::test_sets_it_going_again_and_waits" in out
+    assert "ERROR" not in out and "2 failed, 1 passed" in out
