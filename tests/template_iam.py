@@ -290,6 +290,7 @@ _AUTHORIZED_AS = {
     ("apigateway", "FlushStageAuthorizersCache"): "DELETE",  # API Gateway's actions are its REST verbs
 }
 _PREFIX = {"stepfunctions": "states"}
+_READS = re.compile("Get|List|Describe|Query|Scan|BatchGet|Receive|Head")  # what sets no function going
 
 
 class Calls(dict[str, set[Grant]]):
@@ -301,6 +302,7 @@ class Calls(dict[str, set[Grant]]):
         super().__init__()
         self.lock = threading.Lock()
         self.made: Counter[tuple[str, Grant]] = Counter()
+        self.writes = 0  # calls made outside a function (a test's own) that may set one going
 
     def snapshot(self) -> dict[str, set[Grant]]:
         with self.lock:
@@ -379,6 +381,7 @@ def calls_by_function(stack: Any) -> Iterator[Calls]:
     def record(client: Any, operation: str, params: dict[str, Any]) -> None:
         running = getattr(RUNNING, "function", None)
         if running is None:
+            seen.writes += not _READS.match(operation)
             return
         functions, resources = names()
         if running not in functions or not {*named(params)} <= {*resources, "*", "default"}:
@@ -558,7 +561,7 @@ class Watch:
         self.calls = self._recording.__enter__()
         self._granted: dict[str, set[Grant]] = {}
         self._reported: Counter[tuple[str, Grant]] = Counter()  # the calls made when last asked
-        self._invocations = -1  # the stack's invocations when it last settled
+        self._settled_at: tuple[int, int] = (-1, -1)  # the stack's invocations and the writes, when it last settled
 
     def close(self) -> None:
         if self._recording is not None:
@@ -567,15 +570,18 @@ class Watch:
 
     def settle(self, seconds: float) -> None:
         """Waits, up to `seconds`, until what the stack's functions started has run (the stack's
-        wait_until_idle), when any of them ran since it last settled; a stack that has no pollers
+        wait_until_idle), when any of them ran, or a write was made outside them (a test's own put
+        of an item a stream hands a function), since it last settled; a stack that has no pollers
         (the in-process API) or is not running, at once."""
         waiting = getattr(self.stack, "wait_until_idle", None)
         if waiting is None or not getattr(self.stack, "_started", False):
             return
-        invocations = sum(function.invocations for function in list(self.stack.functions.values()))
-        if invocations != self._invocations:
+        if self._activity() != self._settled_at:
             waiting(seconds)
-            self._invocations = sum(function.invocations for function in list(self.stack.functions.values()))
+            self._settled_at = self._activity()
+
+    def _activity(self) -> tuple[int, int]:
+        return sum(function.invocations for function in list(self.stack.functions.values())), self.calls.writes
 
     def not_granted(self) -> list[str]:
         """Each call not granted made since the last time this was asked (the same call made
