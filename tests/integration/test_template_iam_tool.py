@@ -162,6 +162,39 @@ def test_a_presigned_link_is_recorded_as_the_call_its_holder_makes_as_the_signer
     assert ("LabelsBucket", "s3:GetObject") not in granted("ReconcilerFunction")
 
 
+def test_the_reconciler_s_restarts_are_start_execution_on_the_template_s_state_machines(aws: Any, running_as: Any):
+    # The reconciler's restart of a stuck order's workflow and of a lost return's: what the recorder
+    # reads them as, granted by the template, and not granted once the template's grant is removed
+    # (planted here, as test_reconciler.py's and test_reconciler_in_the_local_stack.py's fail then).
+    import copy
+    import json
+
+    import boto3
+
+    from functions.adapters.workflow_starter import StepFunctionsReturnStarter, StepFunctionsStarter
+    from tests.template_iam import RESOURCES
+
+    sfn = boto3.client("stepfunctions", region_name="us-east-1")
+    machine = json.dumps({"StartAt": "Done", "States": {"Done": {"Type": "Pass", "End": True}}})
+    role = "arn:aws:iam::123456789012:role/workflow"
+    arns = {
+        name: sfn.create_state_machine(name=name, definition=machine, roleArn=role)["stateMachineArn"]
+        for name in ("OrderWorkflow", "ReturnWorkflow")
+    }
+    running_as("ReconcilerFunction")
+    with calls_by_function(stack_as(aws, "ReconcilerFunction", state_machine_arns=arns)) as calls:
+        StepFunctionsStarter(sfn, arns["OrderWorkflow"]).start("ord_" + "a" * 24, rerun="restart-1")
+        StepFunctionsReturnStarter(sfn, arns["ReturnWorkflow"]).start("rma_" + "a" * 24)
+
+    restarts = {("OrderWorkflow", "states:StartExecution"), ("ReturnWorkflow", "states:StartExecution")}
+    assert calls["ReconcilerFunction"] == restarts
+    assert restarts <= granted("ReconcilerFunction")
+    planted = copy.deepcopy(RESOURCES)
+    policy = planted["ReconcilerFunction"]["Properties"]["Policies"][0]["Statement"]
+    policy[:] = [s for s in policy if s["Resource"] != {"Ref": "OrderWorkflow"}]
+    assert restarts - granted("ReconcilerFunction", planted) == {("OrderWorkflow", "states:StartExecution")}
+
+
 FAKE = "FakeFunction"
 
 
