@@ -312,17 +312,15 @@ class DynamoDBStreamMapping(EventSourceMapping):
         )["ShardIterator"]
 
     def _fetch(self) -> list[Record]:
-        """The next batch, left in the buffer until delivered. The iterator moves on once a read's
-        records are shaped and filtered: a failure before the function is invoked reads them again
-        (Lambda retries those until the records expire; moto_patches/streams.py keeps the iterator)."""
         if not self._pending:
             answer = self.client("dynamodbstreams").get_records(ShardIterator=self._iterator, Limit=1000)
             shaped = [self.event_record(record) for record in answer.get("Records", [])]
             kept = [record for record in shaped if matches_filters(self.filters, record)]
+            # Moved on once shaped: what fails before the function is invoked is read again (Lambda retries it).
             self._iterator = answer["NextShardIterator"]
             self.stats["filtered_out"] += len(shaped) - len(kept)
             self._pending.extend(kept)
-        return list(islice(self._pending, self.batch_size))
+        return list(islice(self._pending, self.batch_size))  # left in the buffer until delivered
 
     def _delivered(self, batch: list[Record]) -> None:
         for _ in batch:
