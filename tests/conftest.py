@@ -153,13 +153,16 @@ SETTLE_SECONDS = 5
 
 def _only_granted_calls(when: str, settle_seconds: float) -> Iterator[None]:
     """Around a test's setup, call or teardown (a hook wrapper): the calls not granted made during
-    it fail it there, the test's own failure (if any) kept with them in a note."""
+    it fail it there, the test's own failure (if any) kept with them in a note; a skip, an xfail or
+    a pytest.fail (whose notes pytest does not show) becomes a failure naming them."""
     try:
         result = yield
     except BaseException as failed:
         found = _not_granted(settle_seconds)
         if found and isinstance(failed, Exception):
             failed.add_note(_not_granted_message(found, when))
+        elif found and isinstance(failed, pytest.fail.Exception | pytest.skip.Exception | pytest.xfail.Exception):
+            pytest.fail(f"{_not_granted_message(found, when)}\n(and the test said: {failed})", pytrace=False)
         raise
     found = _not_granted(settle_seconds)
     if found:

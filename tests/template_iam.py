@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import cache, lru_cache
@@ -289,14 +290,19 @@ _AUTHORIZED_AS = {
     ("apigateway", "FlushStageAuthorizersCache"): "DELETE",  # API Gateway's actions are its REST verbs
 }
 _PREFIX = {"stepfunctions": "states"}
+_READS = re.compile("Get|List|Describe|Query|Scan|BatchGet|Receive|Head")  # what sets no function going
 
 
 class Calls(dict[str, set[Grant]]):
-    """What calls_by_function records, by function logical id; `lock` held while it writes."""
+    """What calls_by_function records, by function logical id, and in `made` how many calls needed
+    each (function, grant) so far (a Watch fails each test that makes a call not granted, not only
+    the first); `lock` held while it writes."""
 
     def __init__(self) -> None:
         super().__init__()
         self.lock = threading.Lock()
+        self.made: Counter[tuple[str, Grant]] = Counter()
+        self.writes = 0  # calls made outside a function (a test's own) that may set one going
 
     def snapshot(self) -> dict[str, set[Grant]]:
         with self.lock:
@@ -375,6 +381,7 @@ def calls_by_function(stack: Any) -> Iterator[Calls]:
     def record(client: Any, operation: str, params: dict[str, Any]) -> None:
         running = getattr(RUNNING, "function", None)
         if running is None:
+            seen.writes += not _READS.match(operation)
             return
         functions, resources = names()
         if running not in functions or not {*named(params)} <= {*resources, "*", "default"}:
@@ -421,6 +428,7 @@ def calls_by_function(stack: Any) -> Iterator[Calls]:
             }
             with lock:
                 seen.setdefault(function, set()).update(grants)
+                seen.made.update((function, grant) for grant in grants)
 
     def recording(client: Any, operation: str, params: dict[str, Any]) -> Any:
         record(client, operation, params)
@@ -552,8 +560,8 @@ class Watch:
         self._recording = calls_by_function(stack)
         self.calls = self._recording.__enter__()
         self._granted: dict[str, set[Grant]] = {}
-        self._reported: dict[str, set[Grant]] = {}
-        self._invocations = -1  # the stack's invocations when it last settled
+        self._reported: Counter[tuple[str, Grant]] = Counter()  # the calls made when last asked
+        self._settled_at: tuple[int, int] = (-1, -1)  # the stack's invocations and the writes, when it last settled
 
     def close(self) -> None:
         if self._recording is not None:
@@ -562,27 +570,34 @@ class Watch:
 
     def settle(self, seconds: float) -> None:
         """Waits, up to `seconds`, until what the stack's functions started has run (the stack's
-        wait_until_idle), when any of them ran since it last settled; a stack that has no pollers
+        wait_until_idle), when any of them ran, or a write was made outside them (a test's own put
+        of an item a stream hands a function), since it last settled; a stack that has no pollers
         (the in-process API) or is not running, at once."""
         waiting = getattr(self.stack, "wait_until_idle", None)
         if waiting is None or not getattr(self.stack, "_started", False):
             return
-        invocations = sum(function.invocations for function in list(self.stack.functions.values()))
-        if invocations != self._invocations:
+        if self._activity() != self._settled_at:
             waiting(seconds)
-            self._invocations = sum(function.invocations for function in list(self.stack.functions.values()))
+            self._settled_at = self._activity()
+
+    def _activity(self) -> tuple[int, int]:
+        return sum(function.invocations for function in list(self.stack.functions.values())), self.calls.writes
 
     def not_granted(self) -> list[str]:
-        """Each call not granted since the last time this was asked, as `Function: action on
-        resource` (or `Function: action on part (resource)`, `Function: action of key k (resource)`:
-        a grant that leaves that index, prefix or key out)."""
+        """Each call not granted made since the last time this was asked (the same call made
+        again in a later test is found again), as `Function: action on resource` (or `Function:
+        action on part (resource)`, `Function: action of key k (resource)`: a grant that leaves that
+        index, prefix or key out)."""
+        with self.calls.lock:
+            made = self.calls.made.copy()
         found = []
-        for function, needed in sorted(self.calls.snapshot().items()):
+        for (function, (resource, action)), times in sorted(made.items()):
+            if times == self._reported[function, (resource, action)]:
+                continue
+            self._reported[function, (resource, action)] = times
             if function not in self._granted:
                 self._granted[function] = granted(function, self._resources) if function in self._resources else set()
-            reported = self._reported.setdefault(function, set())
-            for resource, action in sorted(needed - self._granted[function] - reported):
-                reported.add((resource, action))
+            if (resource, action) not in self._granted[function]:
                 shown = f"{action} ({resource})" if " " in action else f"{action} on {resource}"
                 found.append(f"{function}: {shown}")
         return found

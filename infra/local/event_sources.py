@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from itertools import count
+from itertools import count, islice
 from typing import Any, NamedTuple
 from urllib.parse import quote_plus, unquote_plus
 
@@ -213,6 +213,7 @@ class EventSourceMapping:
                     batch = self._fetch()
                     if batch:
                         self._deliver(batch)
+                        self._delivered(batch)
                 except Exception:
                     if self._stopping.is_set():
                         break
@@ -232,6 +233,9 @@ class EventSourceMapping:
         """The next batch: [] when the source is drained, None when it has nothing now but is not
         drained (SQS messages in flight)."""
         raise NotImplementedError
+
+    def _delivered(self, batch: list[Record]) -> None:
+        """Called once a batch _fetch() returned is delivered (a stream's leaves its buffer then)."""
 
     def _event(self, batch: list[Record]) -> dict[str, Any]:
         return batch[0] if self.asynchronous else {"Records": batch}
@@ -263,8 +267,12 @@ class EventSourceMapping:
         destination = self.on_failure.arn if self.on_failure else "nowhere (no OnFailure destination)"
         logger.error("%s: %d record(s) failed %d time(s); sent to %s", self.name, len(batch), attempts, destination)
         if self.on_failure is not None:
-            record = self._failure_record(batch, attempts, error)
-            self.client("sqs").send_message(QueueUrl=self.on_failure.queue_url, MessageBody=json.dumps(record))
+            record = json.dumps(self._failure_record(batch, attempts, error))
+            try:
+                self.client("sqs").send_message(QueueUrl=self.on_failure.queue_url, MessageBody=record)
+            except Exception:  # discarded, as Lambda discards what its error handling fails to keep: the rest goes on
+                logger.exception("%s: cannot send to %s, dropped: %s", self.name, self.on_failure.arn, record)
+                return
             self.stats["sent_to_on_failure"] += 1
 
     def _failure_record(self, batch: list[Record], attempts: int, error: BaseException | None) -> dict[str, Any]:
@@ -306,13 +314,17 @@ class DynamoDBStreamMapping(EventSourceMapping):
     def _fetch(self) -> list[Record]:
         if not self._pending:
             answer = self.client("dynamodbstreams").get_records(ShardIterator=self._iterator, Limit=1000)
+            shaped = [self.event_record(record) for record in answer.get("Records", [])]
+            kept = [record for record in shaped if matches_filters(self.filters, record)]
+            # Moved on once shaped: what fails before the function is invoked is read again (Lambda retries it).
             self._iterator = answer["NextShardIterator"]
-            for record in map(self.event_record, answer.get("Records", [])):
-                if matches_filters(self.filters, record):
-                    self._pending.append(record)
-                else:
-                    self.stats["filtered_out"] += 1
-        return [self._pending.popleft() for _ in range(min(self.batch_size, len(self._pending)))]
+            self.stats["filtered_out"] += len(shaped) - len(kept)
+            self._pending.extend(kept)
+        return list(islice(self._pending, self.batch_size))  # left in the buffer until delivered
+
+    def _delivered(self, batch: list[Record]) -> None:
+        for _ in batch:
+            self._pending.popleft()
 
     def event_record(self, record: Mapping[str, Any]) -> Record:
         """A GetRecords record as Lambda hands it over (epoch seconds, the stream's ARN)."""

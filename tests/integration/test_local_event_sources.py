@@ -13,6 +13,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -381,6 +382,37 @@ def test_poison_record_is_bisected_out_and_sent_to_the_on_failure_queue(stack, d
     assert stack.mappings["PoisonConsumer.Stream"].stats["sent_to_on_failure"] == 1
 
 
+def test_a_give_up_the_on_failure_queue_refuses_loses_nothing_after_it(stack, ddb, consumers, monkeypatch, caplog):
+    # `bad` is given up; sending its record to the OnFailure queue raised out of the delivery, and
+    # the half after it (g2, which never failed) was never delivered. Lambda discards what its error
+    # handling could not keep and goes on with the stream: the record is logged, g2 delivered.
+    consumer, mapping = consumers["PoisonConsumer"], stack.mappings["PoisonConsumer.Stream"]
+    real_client = mapping.client
+
+    def explode_on_bad(event: dict[str, Any], number: int) -> None:
+        if "bad" in keys(event):
+            raise ValueError("poison")
+
+    def refuse(**message: Any) -> None:
+        raise RuntimeError("the queue refused it")
+
+    consumer.reset(explode_on_bad)
+    refusing = {"sqs": SimpleNamespace(send_message=refuse)}
+
+    assert stack.wait_until_idle(5)  # the mapping starts at LATEST (as in the test above)
+    stack.pause_mappings()
+    assert stack.wait_until_idle(2)  # no poll under way
+    try:
+        for key in ("g1", "bad", "g2"):
+            ddb.put_item(TableName=stack.table_names["PoisonTable"], Item={"id": {"S": key}})
+        monkeypatch.setattr(mapping, "client", lambda service: refusing.get(service) or real_client(service))
+    finally:
+        stack.resume_mappings()
+    assert stack.wait_until_idle(5)
+    assert [keys(event) for event in consumer.events] == [["g1", "bad", "g2"], ["g1"], ["bad", "g2"], ["bad"], ["g2"]]
+    assert "cannot send" in caplog.text and "DDBStreamBatchInfo" in caplog.text
+
+
 def test_a_paused_mapping_keeps_records_until_resumed(stack, ddb, consumers):
     consumer = consumers["FilteredConsumer"]
     consumer.reset()
@@ -393,6 +425,39 @@ def test_a_paused_mapping_keeps_records_until_resumed(stack, ddb, consumers):
         stack.resume_mappings()
     assert stack.wait_until_idle(5)
     assert [keys(event) for event in consumer.events] == [["held"]]
+
+
+def test_a_batch_the_poller_fails_to_hand_over_is_read_again_not_skipped(stack, ddb, consumers, monkeypatch):
+    # The poller took the read's NextShardIterator before turning its records into the event, and
+    # popped a batch before delivering it: a failure there (an error of the runtime's own, not the
+    # function's) skipped the records for good. Lambda retries what it could not invoke the function
+    # with until the records expire; here the same records are read again on the next poll.
+    consumer, mapping = consumers["PartialConsumer"], stack.mappings["PartialConsumer.Stream"]
+    consumer.reset()
+    shaping, invoking = iter([RuntimeError("cannot shape the event")]), iter([RuntimeError("cannot invoke")])
+    try_invoke = mapping.function.try_invoke
+
+    def shaped_after_a_failure(record: dict[str, Any]) -> dict[str, Any]:
+        if (failure := next(shaping, None)) is not None:
+            raise failure
+        return type(mapping).event_record(mapping, record)
+
+    def invoked_after_a_failure(event: dict[str, Any]) -> Any:
+        if (failure := next(invoking, None)) is not None:
+            raise failure
+        return try_invoke(event)
+
+    stack.pause_mappings()
+    assert stack.wait_until_idle(2)  # no poll under way: both records are read by one, after the patches
+    try:
+        for key in ("h1", "h2"):
+            ddb.put_item(TableName=stack.table_names["PartialTable"], Item={"id": {"S": key}})
+        monkeypatch.setattr(mapping, "event_record", shaped_after_a_failure)
+        monkeypatch.setattr(mapping.function, "try_invoke", invoked_after_a_failure)
+    finally:
+        stack.resume_mappings()
+    assert stack.wait_until_idle(5)
+    assert [keys(event) for event in consumer.events] == [["h1", "h2"]]
 
 
 def test_stream_pollers_do_not_leave_moto_a_shard_iterator_per_poll(stack):
