@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from core.log_text import escape_for_log
 from functions.bootstrap import WarmContainer
 from functions.business_metrics import emits_business_metrics
-from functions.workflow.step import ExecutionTrace
+from functions.workflow.step import ExecutionTrace, untraced
 
 logger = Logger()
 container = WarmContainer()
@@ -23,7 +23,7 @@ class ReturnStepInput(BaseModel):
 
     step: Literal["receive", "restock", "record", "refund", "exchange", "stuck"]
     return_id: Annotated[str, Field(pattern=r"^rma_[a-z2-7]{24}$")]
-    trace: ExecutionTrace = ExecutionTrace()
+    trace: ExecutionTrace = Field(default_factory=untraced)
     error: str = ""
     cause: str = ""
     execution: str = ""  # the execution's name (the stuck step records it once per execution)

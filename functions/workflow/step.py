@@ -26,13 +26,20 @@ class ExecutionTrace(BaseModel):
     correlation_id: str = ""
 
 
+def untraced() -> ExecutionTrace:
+    """The trace of a task invoked without one (by hand): the defaults, which need no validation. A
+    default `ExecutionTrace()` built the model at import, in every new container of each workflow
+    function, whose events (the state machines pass the execution's input as `trace`) never use it."""
+    return ExecutionTrace.model_construct()
+
+
 class StepInput(BaseModel):
     """The Parameters the state machine passes (see infra/order_workflow.asl.json)."""
 
     model_config = ConfigDict(defer_build=True, extra="forbid")
 
     order_id: Annotated[str, Field(pattern=r"^ord_[a-z2-7]{24}$")]
-    trace: ExecutionTrace = ExecutionTrace()
+    trace: ExecutionTrace = Field(default_factory=untraced)
     attempt: Annotated[int, Field(ge=0)] = 0
     error: str = ""
     cause: str = ""

@@ -30,6 +30,7 @@ logger = logging.getLogger("infra.local.gateway")
 access_log = logging.getLogger("infra.local.http")
 
 API_GATEWAY_MAX_BODY = 10 * 1024 * 1024  # API Gateway refuses larger payloads before any Lambda runs
+LAMBDA_MAX_PAYLOAD = 6 * 1024 * 1024  # a synchronous invoke's event, and its response, each at most (as JSON)
 API_ID = "local"  # the REST API's id in ARNs and request contexts
 RAW_HEADERS_KEY = "oms.raw_headers"  # the headers as sent (case and repeats), which WSGI's environ folds
 
@@ -43,6 +44,12 @@ _ANSWERS = {
     "MISSING_AUTHENTICATION_TOKEN": (403, "MissingAuthenticationTokenException", "Missing Authentication Token"),
     "THROTTLED": (429, "TooManyRequestsException", "Too Many Requests"),
     "AUTHORIZER_CONFIGURATION_ERROR": (500, "AuthorizerConfigurationException", None),
+    # Lambda refused to invoke the API function (an event over its 6 MB): 500, Lambda's documentation
+    # of API Gateway's errors. A declared INTEGRATION_FAILURE (or its StatusCode) would be taken first.
+    "INTEGRATION_FAILURE": (500, "InternalServerErrorException", "Internal server error"),
+    # The function ran and failed (it raised, timed out, answered more than 6 MB or no proxy response):
+    # 502, a 5xx of no response type of its own, so DEFAULT_5XX's body and headers.
+    "DEFAULT_5XX": (502, "InternalServerErrorException", "Internal server error"),
 }
 
 
@@ -409,16 +416,21 @@ class ApiGateway:
             return self.gateway_response("THROTTLED", request.request_id)
         if refusal is not None:
             return self.gateway_response(refusal, request.request_id)
+        if _json_size(event) > LAMBDA_MAX_PAYLOAD:
+            logger.error("%s: the event is over Lambda's 6 MB: the invoke is refused", _loggable_request(request))
+            return self.gateway_response("INTEGRATION_FAILURE", request.request_id)
         try:
             result = self.api.invoke(event)
         except Exception:
             logger.exception("%s: the API handler raised", _loggable_request(request))
-            return _error_response(_INTERNAL_ERROR, 500, request.request_id)
+            return self.gateway_response("DEFAULT_5XX", request.request_id)
         try:
+            if _json_size(result) > LAMBDA_MAX_PAYLOAD:
+                raise ValueError("the response is over Lambda's 6 MB")
             return _http_response(result, request.request_id)
         except (TypeError, ValueError, KeyError) as error:
             logger.error("%s: malformed Lambda proxy response: %s", _loggable_request(request), error)
-            return _error_response(_INTERNAL_ERROR, 502, request.request_id)
+            return self.gateway_response("DEFAULT_5XX", request.request_id)
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Iterable[bytes]:
         started = time.monotonic()
@@ -451,7 +463,9 @@ class ApiGateway:
         return response(environ, start_response)
 
 
-_INTERNAL_ERROR = json.dumps({"error": {"code": "internal_error", "message": "internal error", "details": []}})
+def _json_size(payload: Any) -> int:
+    """The bytes of `payload` as JSON, as Lambda counts an invoke's event or response."""
+    return len(json.dumps(payload, ensure_ascii=False, separators=(",", ":"), default=str).encode("utf-8", "replace"))
 
 
 def _error_response(body: str, status: int, request_id: str) -> Response:

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from infra.local.gateway import (
+    LAMBDA_MAX_PAYLOAD,
     ApiGateway,
     Authorizer,
     HttpRequest,
@@ -498,15 +499,62 @@ def test_handler_response_becomes_the_http_response():
     assert response.headers["x-amzn-RequestId"]
 
 
-def test_handler_exception_is_500_without_the_traceback(caplog: pytest.LogCaptureFixture):
+def test_a_handler_that_raises_is_502_without_the_traceback(caplog: pytest.LogCaptureFixture):
+    # API Gateway answers a function error (an exception, a timeout) with 502, as it answers a response
+    # that is no proxy response; the local gateway answered 500, the status of an invoke Lambda refused.
     def explode(event, context):
         raise RuntimeError("secret detail")
 
     status, body, response = call(gateway(api=explode), "GET", "/health")
-    assert status == 500
+    assert status == 502
     assert body == {"error": {"code": "internal_error", "message": "internal error", "details": []}}
+    assert response.headers["x-amzn-ErrorType"] == "InternalServerErrorException"
     assert b"secret" not in response.get_data()
     assert "secret detail" in caplog.text  # logged for the developer
+
+
+def test_a_function_error_is_answered_from_the_template_s_default_5xx_as_on_aws():
+    # The 5xx the gateway made of a failed API function came from a copy of the contract's body kept
+    # in gateway.py, not from the template's DEFAULT_5XX (whose headers it never sent either).
+    default_5xx = {
+        "ResponseTemplates": {"application/json": '{"error": {"code": "from_default_5xx"}}'},
+        "ResponseParameters": {"Headers": {"X-Declared": "'yes'"}},
+    }
+    responses = {**RESPONSES, "DEFAULT_5XX": default_5xx}
+
+    def explode(event, context):
+        raise RuntimeError("boom")
+
+    for api in (explode, Recorder({"statusCode": "200"}), Recorder("not a proxy response")):
+        status, body, response = call(gateway(api=api, gateway_responses=responses), "GET", "/health")
+        assert (status, body, response.headers["X-Declared"]) == (502, {"error": {"code": "from_default_5xx"}}, "yes")
+    status, body, _ = call(gateway(api=explode, gateway_responses={}), "GET", "/health")
+    assert (status, body) == (502, {"message": "Internal server error"})
+
+
+def test_an_event_over_lambda_s_6_mb_is_refused_by_lambda_500_and_the_function_never_runs():
+    # API Gateway takes a body up to 10 MB, Lambda a synchronous invoke's event up to 6 MB: between
+    # the two the API function is never called and API Gateway answers 500 (Lambda refused the
+    # invoke). The local gateway called it, and the function answered 413 as no deployed stack does.
+    api = Recorder(ok)
+    gw = gateway(api=api)
+    status, body, response = call(gw, "GET", "/health", body=b"x" * LAMBDA_MAX_PAYLOAD)
+    assert (status, body["error"]["code"]) == (500, "internal_error")
+    assert response.headers["x-amzn-ErrorType"] == "InternalServerErrorException"
+    assert api.events == []
+    # The event is what counts, as JSON: a body of control characters is six times its size there.
+    status, _, _ = call(gw, "GET", "/health", body=b"\x01" * (LAMBDA_MAX_PAYLOAD // 6 + 1))
+    assert status == 500 and api.events == []
+    assert call(gw, "GET", "/health", body=b"x" * (LAMBDA_MAX_PAYLOAD - 8 * 1024))[0] == 200
+    assert len(api.events) == 1
+
+
+def test_a_response_over_lambda_s_6_mb_is_a_function_error_502():
+    big = Recorder({"statusCode": 200, "body": "x" * LAMBDA_MAX_PAYLOAD})
+    status, body, _ = call(gateway(api=big), "GET", "/health")
+    assert (status, body["error"]["code"]) == (502, "internal_error")
+    fits = Recorder({"statusCode": 200, "body": json.dumps("x" * (LAMBDA_MAX_PAYLOAD - 1024))})
+    assert call(gateway(api=fits), "GET", "/health")[0] == 200
 
 
 def test_body_over_the_gateway_limit_is_413_before_any_function_runs():
@@ -865,7 +913,7 @@ def test_stack_serves_the_api_and_the_aws_endpoint_on_free_ports(stack, admin_ke
     assert event["multiValueQueryStringParameters"] == {"tag": ["a", "b"]}
     assert event["requestContext"]["authorizer"]["principalId"] == "key_test"
     status, body, _ = request(stack.api_url + "/orders/boom", headers=[("Authorization", "Bearer good")])
-    assert status == 500 and "secret" not in json.dumps(body)
+    assert status == 502 and "secret" not in json.dumps(body)
 
     # The AWS endpoint serves the same in-process backends the handlers use.
     dynamodb = boto3.client(

@@ -128,6 +128,38 @@ def test_importing_core_builds_no_model_and_using_one_builds_it():
     assert "Order" not in built["after"]  # validating an order's body never builds the stored order's model
 
 
+# A fresh interpreter importing every function's handler, as each new container does its own.
+HANDLERS = """
+import importlib, json, os
+from pydantic import BaseModel
+from infra.local.template import Template
+from tests.integration.conftest import FUNCTION_ENV
+os.environ.update(FUNCTION_ENV)
+for props in Template.load().functions().values():
+    importlib.import_module(props["Handler"].rpartition(".")[0])
+def subclasses(cls):
+    for sub in cls.__subclasses__():
+        yield sub
+        yield from subclasses(sub)
+ours = {f"{model.__module__}.{model.__qualname__}" for model in subclasses(BaseModel)
+        if model.__module__.split(".")[0] in ("core", "functions", "plugins")}
+built = {f"{model.__module__}.{model.__qualname__}" for model in subclasses(BaseModel)
+         if model.__module__.split(".")[0] in ("core", "functions", "plugins") and model.__pydantic_complete__}
+print(json.dumps({"models": len(ours), "built": sorted(built)}))
+"""
+
+
+def test_importing_any_function_s_handler_builds_no_model():
+    # A model instance made at import builds its model there, defer_build or not: every workflow
+    # task's StepInput defaulted its trace to `ExecutionTrace()`, built in each new container of the
+    # six workflow functions before their first event, used or not (an execution's input carries one).
+    out = subprocess.run([sys.executable, "-c", HANDLERS], cwd=ROOT, capture_output=True, text=True, check=True)
+    imported = json.loads(out.stdout.splitlines()[-1])
+
+    assert imported["models"] > 100
+    assert imported["built"] == []
+
+
 def test_no_model_field_defaults_to_a_factory_whose_signature_pydantic_must_parse():
     # Building a model reads each default_factory's signature; `list`'s is parsed with ast each
     # time (~150 µs), so a new container's first order paid some 4 ms for its 26 list fields.
