@@ -129,7 +129,9 @@ def reorder_point_crossed(record: DynamoDBRecord) -> None:
         now, drafted = _level_after_draft(crossed.sku, crossed.location_id, crossed.settings)
         position = max(now.available, 0) + now.incoming + drafted if now is not None else None
         buys = crossed.to_buy(waiting, drafted, demand.kept[crossed.location_id], position)
-        draft = _drafted(lambda: container().replenishment.reorder(crossed, buys), buys) if buys else None
+        refused: list[str] = []
+        draft = _drafted(lambda: container().replenishment.reorder(crossed, buys), buys, refused) if buys else None
+        why = "counted before" if buys else "covered by open orders"
         if crossed.low:
             container().event_dispatcher.dispatch([low_stock_event(crossed)])
         logger.info(
@@ -137,7 +139,7 @@ def reorder_point_crossed(record: DynamoDBRecord) -> None:
             extra={
                 "available": crossed.available,
                 "backordered": waiting,
-                "draft": draft.id if draft else "counted before" if buys else "covered by open orders",
+                "draft": draft.id if draft else (refused or [why])[0],
             },
         )
         _buy_where_placed(crossed.sku, levels, demand, crossed.change_id, crossed.location_id)
@@ -145,14 +147,18 @@ def reorder_point_crossed(record: DynamoDBRecord) -> None:
         metrics.add_metric(name="ReorderPointsCrossed", unit=MetricUnit.Count, value=1)
 
 
-def _drafted(buy: Callable[[], PurchaseOrder | None], units: int) -> PurchaseOrder | None:
+def _drafted(
+    buy: Callable[[], PurchaseOrder | None], units: int, refused: list[str] | None = None
+) -> PurchaseOrder | None:
     """The draft `buy` grew or made; None when it was counted before, or when no draft may take
-    the units (one would bill 10^15 or more, `DraftAtTheLimit`): not a failure of the record (its
-    retries would meet the same draft), but a warning naming the draft that holds the sku's line,
-    for a person to submit, and the metric `ReordersNotDrafted`."""
+    the units (one would bill 10^15 or more, `DraftAtTheLimit`, then said in `refused`): not a
+    failure of the record (its retries would meet the same draft), but a warning naming the draft
+    that holds the sku's line, for a person to submit, and the metric `ReordersNotDrafted`."""
     try:
         return buy()
     except DraftAtTheLimit as full:
+        if refused is not None:
+            refused.append(f"not drafted: {full.code}")
         logger.warning(
             "reorder not drafted",
             extra={"reason": full.code, "draft": full.draft_id, "units": units, "why": full.message},

@@ -1236,6 +1236,8 @@ def test_a_crossing_the_draft_cannot_take_is_logged_and_counted_and_still_low(
     assert emitted(capsys.readouterr().out) == {"ReordersNotDrafted": 2}
     logged = [r for r in caplog.records if r.getMessage() == "reorder not drafted"]
     assert [(r.levelname, r.reason, r.draft) for r in logged] == [("WARNING", "amount_too_large", first.id)] * 2
+    crossed = [r.draft for r in caplog.records if r.getMessage() == "reorder point crossed"]
+    assert crossed == [first.id] + ["not drafted: amount_too_large"] * 2
     assert len({e["id"] for e in buyer.on_bus() if e["type"] == "inventory.low"}) == 2
 
 
