@@ -5,6 +5,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, Field, ValidationError, field_validator
@@ -303,14 +304,22 @@ def costs_within_the_limit(
     """Raise AmountTooLarge (422 `amount_too_large`, its one detail `detail`, by default naming
     `lines`) when `lines` (priced in one currency) would cost 10^15 or more of it: every amount is
     below that (API.md), a PO's, the vendor's bill, too."""
-    priced = [(line.quantity, line.unit_cost) for line in lines if line.unit_cost is not None]
-    if not priced:
-        return
-    currency = priced[0][1].currency
-    if sum(cost.amount * quantity for quantity, cost in priced) >= MAX_ABS_AMOUNT:
+    currency = bill_at_the_limit(lines)
+    if currency is not None:
         said = f"the purchase order would cost 10^15 {currency} or more, the most the OMS records"
         detail = detail or {"field": "lines", "message": "quantity × unit_cost, summed, reaches it"}
         raise AmountTooLarge(said, details=[detail])
+
+
+def bill_at_the_limit(lines: "list[PurchaseOrderLine] | list[NewPurchaseOrderLine]") -> str | None:
+    """The currency in which `lines` would cost 10^15 or more (quantity × unit_cost of its priced
+    lines, summed; a draft's lines may be priced in two), or None: every amount is below that."""
+    bills: dict[str, Decimal] = {}
+    for line in lines:
+        if line.unit_cost is not None:
+            currency = line.unit_cost.currency
+            bills[currency] = bills.get(currency, Decimal(0)) + line.unit_cost.amount * line.quantity
+    return next((currency for currency, bill in bills.items() if bill >= MAX_ABS_AMOUNT), None)
 
 
 def _cost_in(line: PurchaseOrderLine, index: int | None) -> dict[str, str]:
@@ -488,6 +497,10 @@ class PurchasingRepository(ABC):
         """The `holding_draft` of `sku` at this location of `vendor_id` (None: no point here now)
         and of every other vendor `add_reorder` added a line of it to here (a reorder point whose
         vendor changed, or one cleared): each draft's units of `sku` are bought."""
+
+    @abstractmethod
+    def reordered(self, key: str) -> bool:
+        """Whether `add_reorder` recorded the crossing `key` (`sku#location_id#change_id`)."""
 
     @abstractmethod
     def add_reorder(self, po: PurchaseOrder, expected: PurchaseOrder | None, pointer: str | None, key: str) -> bool:

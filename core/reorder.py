@@ -12,6 +12,7 @@ from core.domain_events import DomainEvent, EventType
 from core.errors import InvalidRequest, NotFound, StaleVersion
 from core.ids import new_id, short_hash
 from core.models import Identifier, ReorderSettings, Strict
+from core.money import AmountTooLarge
 from core.ports import CatalogRepository
 from core.purchasing import (
     PurchaseOrder,
@@ -19,9 +20,20 @@ from core.purchasing import (
     PurchasingRepository,
     UnitCost,
     Units,
+    bill_at_the_limit,
     costs_within_the_limit,
 )
 from core.status import PurchaseOrderStatus
+
+
+class DraftAtTheLimit(AmountTooLarge):
+    """Units a crossing (or the backorders) would buy that no draft may take: the draft holding
+    the sku's line would bill 10^15 or more in a currency, or a new draft of them alone would.
+    Nothing is written; the caller logs it (`draft_id`: the draft that holds the line, if any)."""
+
+    def __init__(self, message: str, draft_id: str | None) -> None:
+        super().__init__(message)
+        self.draft_id = draft_id
 
 
 class ReorderRequest(Strict):
@@ -230,7 +242,10 @@ class Replenishment:
         line (`holding_draft`), else to the open one, or make that draft; None when the change
         `key` names (`sku#location_id#change_id`) was counted already. The draft's write and the
         change's marker are one transaction, so concurrent changes each grow the draft once and a
-        change seen twice grows it once."""
+        change seen twice grows it once. No draft is grown or made to bill 10^15 or more in a
+        currency (no submit could open it, and no one could shrink it): a sku the draft lacks then
+        goes on a new draft (as at MAX_LINES lines), and units its line (there or nowhere) or a new
+        draft cannot take raise DraftAtTheLimit, nothing written."""
         vendor = self._repository.get_vendor(settings.vendor_id)
         if vendor is None:
             raise NotFound(f"no vendor {settings.vendor_id} for the reorder point of {sku}")
@@ -240,8 +255,20 @@ class Replenishment:
             draft, pointer = self._repository.holding_draft(settings.vendor_id, location_id, sku), None
             if draft is None:
                 draft, pointer = self._repository.open_draft(settings.vendor_id, location_id)
-            if draft is not None and draft.takes(sku):
-                new, expected = draft.grow(sku, units, settings.unit_cost), draft
+            grown = draft.grow(sku, units, settings.unit_cost) if draft is not None and draft.takes(sku) else None
+            if grown is not None and (currency := bill_at_the_limit(grown.lines)) is not None:
+                if draft is not None and any(line.sku == sku for line in draft.lines):
+                    # Its line grows there or nowhere (one line a sku: its units are counted there).
+                    if self._repository.reordered(key):
+                        return None  # counted before the draft reached the limit (a redelivery)
+                    raise DraftAtTheLimit(
+                        f"purchase order {grown.id} would bill 10^15 {currency} or more with {units} more "
+                        f"{sku}: submit it, and the next crossing starts a new draft",
+                        grown.id,
+                    )
+                grown = None  # full for a sku it lacks: a new draft takes it, as at MAX_LINES lines
+            if grown is not None:
+                new, expected = grown, draft
             else:
                 now = self._clock()
                 line = PurchaseOrderLine(sku=sku, quantity=units, unit_cost=settings.unit_cost)
@@ -257,6 +284,12 @@ class Replenishment:
                     ),
                     None,
                 )
+                if (currency := bill_at_the_limit(new.lines)) is not None:
+                    if self._repository.reordered(key):
+                        return None
+                    raise DraftAtTheLimit(
+                        f"{units} {sku} would bill 10^15 {currency} or more on a draft of their own", None
+                    )
             try:
                 if not self._repository.add_reorder(new, expected, pointer, key):
                     return None

@@ -359,6 +359,12 @@ class DynamoPurchasing(PurchasingRepository):
         vendors = sorted(set(item.get(DRAFT_VENDORS, {}).get("SS", [])) | ({vendor_id} if vendor_id else set()))
         return [draft for vendor in vendors if (draft := self.holding_draft(vendor, location_id, sku)) is not None]
 
+    def reordered(self, key: str) -> bool:
+        sku, location_id, change_id = key.split("#", 2)
+        marker = {"pk": {"S": f"{REORDERED_PREFIX}{sku}#{location_id}"}, "sk": {"S": change_id}}
+        found = self._client.get_item(TableName=self._table, Key=marker, ConsistentRead=True, ProjectionExpression="pk")
+        return "Item" in found
+
     def add_reorder(self, po: PurchaseOrder, expected: PurchaseOrder | None, pointer: str | None, key: str) -> bool:
         sku, location_id, change_id = key.split("#", 2)
         marker = {

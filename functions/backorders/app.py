@@ -18,7 +18,8 @@ from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import 
 
 from core.backorders import Arrival, Demand
 from core.models import Location, ReorderSettings, StockLevel
-from core.reorder import crossing, lacking, low_stock_event
+from core.purchasing import PurchaseOrder
+from core.reorder import DraftAtTheLimit, crossing, lacking, low_stock_event
 from core.sourcing_rules import SourcingRules
 from functions.adapters.dynamodb import BACKORDER_PREFIX, NETWORK_KEY, SOURCING_RULES_PK, WAKE_AFTER, wake_after
 from functions.backorders.low_stock import backorder_marked, crossing_of, point_set, stock_change
@@ -128,7 +129,9 @@ def reorder_point_crossed(record: DynamoDBRecord) -> None:
         now, drafted = _level_after_draft(crossed.sku, crossed.location_id, crossed.settings)
         position = max(now.available, 0) + now.incoming + drafted if now is not None else None
         buys = crossed.to_buy(waiting, drafted, demand.kept[crossed.location_id], position)
-        draft = container().replenishment.reorder(crossed, buys) if buys else None
+        refused: list[str] = []
+        draft = _drafted(lambda: container().replenishment.reorder(crossed, buys), buys, refused) if buys else None
+        why = "counted before" if buys else "covered by open orders"
         if crossed.low:
             container().event_dispatcher.dispatch([low_stock_event(crossed)])
         logger.info(
@@ -136,12 +139,32 @@ def reorder_point_crossed(record: DynamoDBRecord) -> None:
             extra={
                 "available": crossed.available,
                 "backordered": waiting,
-                "draft": draft.id if draft else "counted before" if buys else "covered by open orders",
+                "draft": draft.id if draft else (refused or [why])[0],
             },
         )
         _buy_where_placed(crossed.sku, levels, demand, crossed.change_id, crossed.location_id)
     if draft is not None:
         metrics.add_metric(name="ReorderPointsCrossed", unit=MetricUnit.Count, value=1)
+
+
+def _drafted(
+    buy: Callable[[], PurchaseOrder | None], units: int, refused: list[str] | None = None
+) -> PurchaseOrder | None:
+    """The draft `buy` grew or made; None when it was counted before, or when no draft may take
+    the units (one would bill 10^15 or more, `DraftAtTheLimit`, then said in `refused`): not a
+    failure of the record (its retries would meet the same draft), but a warning naming the draft
+    that holds the sku's line, for a person to submit, and the metric `ReordersNotDrafted`."""
+    try:
+        return buy()
+    except DraftAtTheLimit as full:
+        if refused is not None:
+            refused.append(f"not drafted: {full.code}")
+        logger.warning(
+            "reorder not drafted",
+            extra={"reason": full.code, "draft": full.draft_id, "units": units, "why": full.message},
+        )
+        metrics.add_metric(name="ReordersNotDrafted", unit=MetricUnit.Count, value=1)
+        return None
 
 
 def _buy_lacking(sku: str, level: StockLevel | None, demand: Demand, change_id: str) -> None:
@@ -159,7 +182,7 @@ def _buy_lacking(sku: str, level: StockLevel | None, demand: Demand, change_id: 
     if not units:
         return  # covered by what is there or bought already
     key = f"{sku}#{level.location_id}#{change_id}"
-    draft = container().replenishment.buy(sku, level.location_id, level.reorder, units, key)
+    draft = _drafted(lambda: container().replenishment.buy(sku, level.location_id, level.reorder, units, key), units)
     logger.info(
         "backorders bought for",
         extra={"location_id": level.location_id, "units": units, "draft": draft.id if draft else "counted before"},

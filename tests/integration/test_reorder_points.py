@@ -30,7 +30,7 @@ from tests.builders import location, product
 from tests.e2e.client import Catalog, assert_error, put_network, unique
 from tests.fakes import FakeLabels
 from tests.integration.in_process import InProcessApi, in_process_api
-from tests.integration.test_backorders import PASS_MACHINE, Context, Ticking
+from tests.integration.test_backorders import PASS_MACHINE, Context, Ticking, metrics_on  # noqa: F401 (a fixture)
 from tests.integration.test_events_and_webhooks import drain
 
 PO = PurchaseOrderStatus
@@ -1171,6 +1171,74 @@ def test_a_draft_made_by_a_point_is_submitted_and_received_like_any_po(buyer: Bu
     assert opened.status is PO.OPEN and received.status is PO.RECEIVED
     [level] = buyer.container.inventory_repository.levels({"MUG"}, ["wh-east"])["MUG"]
     assert (level.on_hand, level.available) == (30, 24)
+
+
+# A cost at which 20 units bill 8×10^14 USD and 40 reach 1.6×10^15: the most the OMS records is below 10^15.
+DEAR = Money.of("40000000000000.00", "USD")
+
+
+def test_no_crossing_grows_a_draft_to_a_bill_of_10_to_the_15(buyer: Buyer):
+    """A reorder point whose own draft line is below 10^15 grew the open draft by it at every
+    crossing, past 10^15: a draft no submit could open (422 `amount_too_large`) and no person
+    could shrink. Now a sku's line that would reach it is not grown (its units stay counted on
+    the draft, still submittable), a sku the draft lacks goes on a new draft, as at 99 lines,
+    and a draft whose one line would reach it is not made."""
+    from core.reorder import DraftAtTheLimit
+
+    replenishment = buyer.container.replenishment
+    settings = ReorderSettings(reorder_point=5, reorder_quantity=20, vendor_id="acme", unit_cost=DEAR)
+    with pytest.raises(DraftAtTheLimit) as refused:
+        replenishment.buy("CUP", "wh-east", settings, 25, "CUP#wh-east#1")  # 25 x 4x10^13 = 10^15
+    assert refused.value.code == "amount_too_large" and buyer.drafts() == []
+
+    first = replenishment.buy("MUG", "wh-east", settings, 20, "MUG#wh-east#1")
+    assert replenishment.buy("MUG", "wh-east", settings, 20, "MUG#wh-east#1") is None  # counted: no refusal
+    with pytest.raises(DraftAtTheLimit) as refused:
+        replenishment.buy("MUG", "wh-east", settings, 20, "MUG#wh-east#2")
+    assert first is not None and first.id in refused.value.message and "USD" in refused.value.message
+    assert buyer.drafts() == [first]
+    cup = replenishment.buy("CUP", "wh-east", settings, 20, "CUP#wh-east#2")  # not on the draft: a new one
+    assert cup is not None and cup.id != first.id
+    assert sorted(buyer.drafts(), key=lambda d: d.created_at) == [first, cup]
+
+    opened = buyer.container.purchasing.submit(first.id)
+    assert opened.status is PO.OPEN and opened.lines == first.lines
+    # Submitted, the sku's units are on order: its next draft is another new one (the open one, CUP's, is full).
+    mug = replenishment.buy("MUG", "wh-east", settings, 20, "MUG#wh-east#3")
+    assert mug is not None and mug.id not in (first.id, cup.id)
+    assert {d.id: [(li.sku, li.quantity) for li in d.lines] for d in buyer.drafts()} == {
+        cup.id: [("CUP", 20)], mug.id: [("MUG", 20)],
+    }  # fmt: skip
+
+
+def test_a_crossing_the_draft_cannot_take_is_logged_and_counted_and_still_low(
+    buyer: Buyer,
+    metrics_on,  # noqa: F811 (the fixture)
+    capsys,
+    caplog,
+):
+    from tests.integration.test_reconciler import emitted
+
+    buyer.stock()
+    buyer.point(unit_cost=DEAR)
+    buyer.reserve(6)  # 10 -> 4: a draft of 20
+    buyer.consume(buyer.stream.records())
+    [first] = buyer.drafts()
+    buyer.container.inventory_repository.adjust("MUG", "wh-east", 5, reason="receipt")  # 4 -> 9
+    buyer.reserve(6, first=100)  # 9 -> 3: crossed again, and 40 would bill 1.6x10^15
+    records = buyer.stream.records()
+    capsys.readouterr()
+
+    assert buyer.consume(records) == {"batchItemFailures": []}
+    assert buyer.consume(records) == {"batchItemFailures": []}  # redelivered: decided again, nothing written
+
+    assert buyer.drafts() == [first]
+    assert emitted(capsys.readouterr().out) == {"ReordersNotDrafted": 2}
+    logged = [r for r in caplog.records if r.getMessage() == "reorder not drafted"]
+    assert [(r.levelname, r.reason, r.draft) for r in logged] == [("WARNING", "amount_too_large", first.id)] * 2
+    crossed = [r.draft for r in caplog.records if r.getMessage() == "reorder point crossed"]
+    assert crossed == [first.id] + ["not drafted: amount_too_large"] * 2
+    assert len({e["id"] for e in buyer.on_bus() if e["type"] == "inventory.low"}) == 2
 
 
 # --- The routes ---------------------------------------------------------------------------------
