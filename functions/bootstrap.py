@@ -253,6 +253,10 @@ class Container:
     def apigateway(self) -> Any:
         return aws_client("apigateway")
 
+    @cached_property
+    def lambda_(self) -> Any:
+        return aws_client("lambda")
+
     # --- Plugins and time -----------------------------------------------------------------------
     @cached_property
     def plugins(self) -> OmsPluginManager:

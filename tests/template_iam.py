@@ -287,6 +287,7 @@ _AUTHORIZED_AS = {
     ("sqs", "SendMessageBatch"): "SendMessage",
     ("sqs", "DeleteMessageBatch"): "DeleteMessage",
     ("apigateway", "FlushStageAuthorizersCache"): "DELETE",  # API Gateway's actions are its REST verbs
+    ("lambda", "Invoke"): "InvokeFunction",
 }
 _PREFIX = {"stepfunctions": "states"}
 
@@ -329,6 +330,8 @@ def calls_by_function(stack: Any) -> Iterator[Calls]:
             **{url: logical for logical, url in stack.queue_urls.items()},
             **{arn: logical for logical, arn in stack.state_machine_arns.items()},
             **({stack.gateway.api_id: "OmsApi"} if stack.gateway is not None else {}),
+            **{f.arn: logical for logical, f in stack.functions.items()},  # a function invoked by its ARN
+            **{f.name: logical for logical, f in stack.functions.items()},
         }
 
     def sizes() -> tuple[Any, ...]:
@@ -365,7 +368,7 @@ def calls_by_function(stack: Any) -> Iterator[Calls]:
     def named(params: dict[str, Any]) -> list[str]:
         if "RequestItems" in params:
             return list(params["RequestItems"])
-        for key in ("TableName", "Bucket", "QueueUrl", "stateMachineArn", "restApiId"):
+        for key in ("TableName", "Bucket", "QueueUrl", "stateMachineArn", "restApiId", "FunctionName"):
             if key in params:
                 return [params[key]]
         if "Entries" in params:  # EventBridge PutEvents names its bus in each entry

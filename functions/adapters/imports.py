@@ -3,6 +3,7 @@ markers in the Idempotency table, and the import queue (SQS SendMessageBatch).""
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import secrets
@@ -589,6 +590,36 @@ class SqsOrderQueue(OrderQueue):
             entries = [entry for entry in entries if entry["Id"] in failed]
             self._sleep(min(2.0, 0.1 * 2**attempt))
         raise RuntimeError(f"SQS did not take {len(entries)} import messages after {SEND_ATTEMPTS} attempts")
+
+
+# --- The continuation of a split -----------------------------------------------------------------
+
+# The key of a splitter's event that says it continues a split: the orders queued before it.
+CONTINUE_AFTER = "continue_after_orders"
+
+
+def continued_after(event: dict[str, Any]) -> int:
+    """The orders a continuation event says were queued before it; 0 for an S3 event. Anything but
+    a whole number of orders fails the invocation (a hand-made event: nothing is read)."""
+    value = event.get(CONTINUE_AFTER, 0)
+    if type(value) is not int or value < 0:
+        raise ValueError(f"{CONTINUE_AFTER} must be a whole number of orders, got {value!r}")
+    return value
+
+
+class LambdaSplitContinuation:
+    """Hands the rest of a file to a new invocation of the splitter itself: an asynchronous Invoke
+    (InvocationType Event) of the file's S3 event and the orders queued so far. Lambda queues it,
+    retries it per the function's EventInvokeConfig and, failing that, sends it to the same
+    OnFailure destination as an S3 event, replayed the same way."""
+
+    def __init__(self, client: Any, function_arn: str):
+        self._client = client
+        self._function_arn = function_arn
+
+    def __call__(self, event: dict[str, Any], after: int) -> None:
+        payload = {**event, CONTINUE_AFTER: after}
+        self._client.invoke(FunctionName=self._function_arn, InvocationType="Event", Payload=json.dumps(payload))
 
 
 # --- The files ---------------------------------------------------------------------------------------

@@ -438,3 +438,41 @@ def test_a_split_resumed_after_an_interruption_calls_only_what_the_splitter_is_g
     assert [(error["line"], error["code"]) for error in report["errors"]] == [(2, "invalid_number")]
     needed = calls["ImportSplitterFunction"]
     assert needed <= granted("ImportSplitterFunction"), f"not granted: {needed - granted('ImportSplitterFunction')}"
+
+
+def test_a_file_the_splitter_runs_short_of_time_on_is_handed_on_to_itself_and_every_order_imported_once(
+    stack: EmbeddedStack, api: Api, monkeypatch: pytest.MonkeyPatch
+):
+    """Out of time at every order (the reserve above the 15 minutes), each invocation queues one
+    order and hands the rest on by an asynchronous Invoke of itself, which the local stack queues
+    as Lambda does; every call that makes is granted."""
+    from functions.import_splitter import app as splitter
+    from tests.template_iam import calls_by_function, granted
+
+    monkeypatch.setattr(splitter, "HAND_OFF_RESERVE_MILLIS", 10**9)
+    channel = unique("handed")
+    rows = [csv_row(channel, "H-1"), csv_row(channel, "H-2", quantity="x"), csv_row(channel, "H-3")]
+    rows.append(csv_row(channel, "H-4", "NOT-A-SKU"))
+    data = ("\n".join([",".join(COLUMNS), *rows]) + "\n").encode()
+    invoked = stack.functions["ImportSplitterFunction"].invocations
+
+    with calls_by_function(stack) as calls:
+        report = finished(api, put_file(stack, "incoming/handed-on.csv", data))
+        assert stack.wait_until_idle(10)
+
+    assert stack.functions["ImportSplitterFunction"].invocations - invoked == 4  # one an order
+    assert (report["status"], report["total"], report["imported"], report["failed"]) == (
+        "completed_with_errors",
+        4,
+        2,
+        2,
+    )
+    assert [(error["line"], error["code"]) for error in report["errors"]] == [
+        (3, "invalid_number"),
+        (5, "unknown_sku"),
+    ]
+    imported = [order["external_id"] for order in api.list_all({"channel": channel})]
+    assert sorted(imported) == ["H-1", "H-3"]
+    needed = calls["ImportSplitterFunction"]
+    assert ("ImportSplitterFunction", "lambda:InvokeFunction") in needed
+    assert needed <= granted("ImportSplitterFunction"), f"not granted: {needed - granted('ImportSplitterFunction')}"

@@ -13,6 +13,7 @@ import pytest
 
 from core import hookimpl
 from core.ids import order_id_for
+from infra.local.lambdas import LambdaContext
 from tests.builders import csv_file, csv_row, order_body
 from tests.integration.import_support import (
     ImportAws,
@@ -866,3 +867,79 @@ def test_a_line_with_an_invisible_character_or_a_line_separator_fails_naming_its
     assert errors["hid-2"]["message"].startswith("ship_line1:") and "U+2028" in errors["hid-2"]["message"]
     assert errors["hid-4"]["message"].startswith("customer.email:") and "U+FEFF" in errors["hid-4"]["message"]
     assert stored_order("market", "hid-1") is None and stored_order("market", "hid-3") is not None
+
+
+class RunningShort(LambdaContext):
+    """A splitter's context whose 15 minutes run low once it has queued `orders` orders (the split
+    asks before each order but its first)."""
+
+    def __init__(self, orders: int):
+        super().__init__("ImportSplitterFunction", 512, SPLITTER_ARN, "test", 900)
+        self.checks = 0
+        self.orders = orders
+
+    def get_remaining_time_in_millis(self) -> int:
+        from functions.import_splitter.app import HAND_OFF_RESERVE_MILLIS
+
+        self.checks += 1
+        return 900_000 if self.checks < self.orders else HAND_OFF_RESERVE_MILLIS - 1
+
+
+SPLITTER_ARN = "arn:aws:lambda:us-east-1:123456789012:function:ImportSplitterFunction"
+
+
+class AsyncInvokes:
+    """The splitter's Lambda client: asynchronous invocations kept, for the test to play."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, Any]] = []
+
+    def invoke(self, **request: Any) -> dict[str, Any]:
+        self.calls.append(request)
+        return {"StatusCode": 202}
+
+
+def test_a_file_the_splitter_runs_short_of_time_on_continues_in_new_invocations_each_order_queued_once(
+    stack: ImportAws, monkeypatch: pytest.MonkeyPatch
+):
+    from functions.import_splitter.app import container as splitter_container
+    from functions.import_splitter.app import lambda_handler as splitter
+
+    invokes = AsyncInvokes()
+    monkeypatch.setattr(type(splitter_container()), "lambda_", property(lambda self: invokes))
+    rows = [csv_row(f"ext-{i:02d}", "NOPE" if i == 7 else "TSHIRT", "x" if i == 11 else "1") for i in range(20)]
+    rows[6:6] = [csv_row("ext-05", "MUG", "2")]  # ext-05 is two rows: lines 7 and 8
+    rows.append(csv_row("ext-02"))  # reopens an order closed at its start: read again, still caught
+    import_id = stack.put_file("incoming/big.csv", csv_file(*rows))
+    event = stack.s3_event("incoming/big.csv")
+
+    invocations, payload = 0, event
+    while payload is not None:
+        invocations += 1
+        splitter(payload, RunningShort(orders=4))  # 4 orders each, then its time is up
+        running = report(import_id)
+        assert running["status"] == "running"
+        if len(invokes.calls) < invocations:
+            payload = None
+            continue
+        request = invokes.calls[-1]
+        assert (request["FunctionName"], request["InvocationType"]) == (SPLITTER_ARN, "Event")
+        payload = json.loads(request["Payload"])
+        assert payload["Records"] == event["Records"]  # the same file, as Lambda's retry or a replay would
+        assert payload["continue_after_orders"] == 4 * invocations
+        assert running["total"] == 4 * invocations and not running["total_final"]
+
+    assert invocations == 6  # 21 orders, 4 an invocation
+    # Each order queued once across the 6 invocations: 21 less the 2 the splitter refused itself.
+    assert stack.messages_waiting() == 19
+    stack.drain(worker)
+
+    imported = report(import_id)
+    assert (imported["status"], imported["total"], imported["total_final"]) == ("completed_with_errors", 21, True)
+    assert (imported["imported"], imported["duplicates"], imported["failed"]) == (18, 0, 3)
+    assert sorted((e["line"], e["code"]) for e in imported["errors"]) == [
+        (10, "unknown_sku"),
+        (14, "invalid_number"),
+        (23, "order_reopened"),
+    ]
+    assert all(stored_order("market", f"ext-{i:02d}") is not None for i in range(20) if i not in (7, 11))
