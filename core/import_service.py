@@ -184,10 +184,12 @@ class ImportLedger(ABC):
         """Orders found so far, while the file is still being read."""
 
     @abstractmethod
-    def finish_reading(self, import_id: str, file_format: str, total: int, at: datetime) -> None:
-        """The whole file was read: `total` is final. An import a duplicate delivery of its event
-        left failed as interrupted runs again. Completes the import if every order is already
-        recorded."""
+    def finish_reading(
+        self, import_id: str, file_format: str, total: int, at: datetime, last_line: int | None = None
+    ) -> None:
+        """The whole file was read: `total` is final, and `last_line` is the line its last order
+        starts on (no order's line is past it). An import a duplicate delivery of its event left
+        failed as interrupted runs again. Completes the import if every order is already recorded."""
 
     @abstractmethod
     def signing_key(self, import_id: str) -> str | None:
@@ -313,7 +315,7 @@ class ImportSplitter:
         except ImportFileError as error:
             self._ledger.fail(source.import_id, error.code, error.message, self._clock())
             return
-        total = 0
+        total = last_line = 0
         for order in orders:
             if hand_off is not None and total > resume_after and time_up():
                 # An order boundary: every order before this one is queued (once the batch is
@@ -323,6 +325,7 @@ class ImportSplitter:
                 hand_off(total)
                 return
             total += 1
+            last_line = max(last_line, order.line)
             if total <= resume_after:
                 continue  # queued or recorded by the split this one continues
             error = order.error or _card_data_error(
@@ -343,7 +346,7 @@ class ImportSplitter:
             if total % PROGRESS_EVERY == 0:
                 self._ledger.progress(source.import_id, orders.format, total, self._clock())
         self._queue.flush()
-        self._ledger.finish_reading(source.import_id, orders.format, total, self._clock())
+        self._ledger.finish_reading(source.import_id, orders.format, total, self._clock(), last_line=last_line)
 
     def _named(self, file_format: str) -> Callable[[str], str]:
         return lambda field: self._field_names(field, file_format)

@@ -330,7 +330,8 @@ def calls_by_function(stack: Any) -> Iterator[Calls]:
             **{url: logical for logical, url in stack.queue_urls.items()},
             **{arn: logical for logical, arn in stack.state_machine_arns.items()},
             **({stack.gateway.api_id: "OmsApi"} if stack.gateway is not None else {}),
-            **{f.arn: logical for logical, f in stack.functions.items()},  # a function invoked by its ARN
+            # A function invoked, by its name or ARN (a stand-in stack's functions may have no ARN).
+            **{getattr(f, "arn", f.name): logical for logical, f in stack.functions.items()},
             **{f.name: logical for logical, f in stack.functions.items()},
         }
 

@@ -943,3 +943,123 @@ def test_a_file_the_splitter_runs_short_of_time_on_continues_in_new_invocations_
         (23, "order_reopened"),
     ]
     assert all(stored_order("market", f"ext-{i:02d}") is not None for i in range(20) if i not in (7, 11))
+
+
+# --- A worker killed between marking a line and counting it ------------------------------------------
+
+
+def kill_between_marking_and_counting(monkeypatch: pytest.MonkeyPatch, lines: set[int]) -> list[dict[str, Any]]:
+    """The counter update of the records of `lines` never happens: the worker dies after putting the
+    line's marker (raised there: a killed worker's message comes back). The updates it would have
+    made are returned, to play a worker that was only slow."""
+    from functions.import_worker.app import container
+
+    client = container().import_ledger._client
+    put, update = client.put_item, client.update_item
+    marked: list[int] = []  # the line of the marker put last
+    held: list[dict[str, Any]] = []
+
+    def putting(**request: Any) -> Any:
+        key = request["Item"].get("id", {}).get("S", "")
+        if key.startswith("import#"):
+            marked.append(int(key.rsplit("#", 1)[1]))
+        return put(**request)
+
+    def dies_before_counting(**request: Any) -> Any:
+        line = marked[-1] if marked else None
+        if request.get("UpdateExpression", "").startswith("ADD #counter") and line in lines - {h["line"] for h in held}:
+            held.append({"line": line, "request": request})
+            raise RuntimeError("killed between marking the line and counting it")
+        return update(**request)
+
+    monkeypatch.setattr(client, "put_item", putting)
+    monkeypatch.setattr(client, "update_item", dies_before_counting)
+    return held
+
+
+def recount(minutes_later: float = 31) -> Any:
+    from datetime import timedelta
+
+    from core.import_recount import StuckImportRecount
+    from core.models import utc_now
+    from functions.import_worker.app import container
+
+    later = utc_now() + timedelta(minutes=minutes_later)
+    return StuckImportRecount(container().import_ledger, lambda: later).run()
+
+
+def test_a_line_marked_by_a_worker_killed_before_counting_it_is_counted_by_the_recount_once(
+    stack: ImportAws, monkeypatch: pytest.MonkeyPatch
+):
+    rows = [csv_row("ext-1"), csv_row("ext-2", "NOPE"), csv_row("ext-3"), csv_row("ext-4", quantity="x")]
+    held = kill_between_marking_and_counting(monkeypatch, {2, 3})  # ext-1 (imported), ext-2 (unknown sku)
+    import_id = split(stack, "incoming/killed.csv", csv_file(*rows))
+    stack.drain(worker)  # the killed lines' messages come back, find their markers, count nothing
+
+    short = report(import_id)
+    assert [h["line"] for h in held] == [2, 3]
+    assert (short["status"], short["total"], short["imported"], short["failed"]) == ("running", 4, 1, 1)
+    assert recount(minutes_later=5).completed == []  # not idle long enough: workers may be at it
+
+    done = recount()
+
+    assert done.completed == [import_id]
+    ended = report(import_id)
+    assert (ended["status"], ended["imported"], ended["duplicates"], ended["failed"]) == (
+        "completed_with_errors",
+        2,
+        0,
+        2,
+    )
+    assert sorted((e["line"], e["code"]) for e in ended["errors"]) == [(3, "unknown_sku"), (5, "invalid_number")]
+    # A worker that was only slow counts now: refused, nothing counted twice.
+    from botocore.exceptions import ClientError
+
+    from functions.import_worker.app import container
+
+    for slow in held:
+        with pytest.raises(ClientError, match="ConditionalCheckFailed"):
+            container().import_ledger._client.update_item(**slow["request"])
+    assert recount().completed == []  # ended: nothing more
+    assert report(import_id) == ended
+
+
+def test_an_import_with_a_line_not_marked_is_not_recounted_until_the_line_comes(
+    stack: ImportAws, monkeypatch: pytest.MonkeyPatch
+):
+    from functions.import_worker.app import container
+
+    held = kill_between_marking_and_counting(monkeypatch, {2})
+    import_id = split(stack, "incoming/waiting.csv", csv_file(csv_row("ext-1"), csv_row("ext-2"), csv_row("ext-3")))
+    parked = stack.sqs.receive_message(QueueUrl=stack.queue_url, MaxNumberOfMessages=10, MessageAttributeNames=["All"])
+    for message in parked["Messages"]:  # all but line 4's visible again: that one waits (in the DLQ, say)
+        if message["MessageAttributes"]["line"]["StringValue"] != "4":
+            stack.sqs.change_message_visibility(
+                QueueUrl=stack.queue_url, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0
+            )
+        else:
+            parked = message
+    stack.drain(worker)
+    assert held and report(import_id)["status"] == "running"
+    batch_gets: list[int] = []
+    client = container().import_ledger._client
+    get = client.batch_get_item
+    markers = container().import_ledger._markers
+    monkeypatch.setattr(
+        client, "batch_get_item", lambda **r: batch_gets.extend(set(r["RequestItems"]) & {markers}) or get(**r)
+    )
+
+    assert recount().waiting == [import_id]
+    read = len(batch_gets)
+    assert read  # the markers were read
+    assert recount().waiting == []  # found waiting, unchanged since: its markers not read again
+    assert len(batch_gets) == read
+    assert report(import_id)["status"] == "running"
+
+    stack.sqs.change_message_visibility(
+        QueueUrl=stack.queue_url, ReceiptHandle=parked["ReceiptHandle"], VisibilityTimeout=0
+    )
+    stack.drain(worker)  # redriven: counted, still one short (the killed line)
+    assert recount().completed == [import_id]
+    ended = report(import_id)
+    assert (ended["status"], ended["imported"], ended["failed"]) == ("completed", 3, 0)

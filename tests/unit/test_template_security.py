@@ -223,7 +223,12 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
         (INVENTORY, "dynamodb:UpdateItem"): [DynamoInventory],
         (INVENTORY, "dynamodb:BatchGetItem"): [DynamoInventory],
         (INVENTORY, "dynamodb:Query"): [DynamoInventory],
-        (CATALOG, "dynamodb:GetItem"): [DynamoCatalog],
+        (CATALOG, "dynamodb:GetItem"): [DynamoCatalog, DynamoImportLedger],
+        # Imports left running short by a line marked and never counted, recounted from its markers.
+        **{
+            (CATALOG, f"dynamodb:{a}"): [DynamoImportLedger] for a in ("BatchGetItem", "Query", "UpdateItem", "PutItem")
+        },
+        (IDEMPOTENCY, "dynamodb:BatchGetItem"): [DynamoImportLedger],
         (RETURNS, "dynamodb:GetItem"): [DynamoReturns],
         # A return whose kept-back refund the pass makes shows all that was refunded for it.
         (RETURNS, "dynamodb:UpdateItem"): [DynamoReturns],
