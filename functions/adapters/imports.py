@@ -110,7 +110,8 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
     whatever finds the line recorded next writes it (the redelivery's complete_if_done, the retried
     split's record). No transaction: a
     worker killed between the two writes leaves that line uncounted (the import then stays
-    running, one short); the order itself is stored or not, never twice."""
+    running, one short, until the reconciler recounts it from its markers: recount(); the count
+    is then refused to a worker that comes late); the order itself is stored or not, never twice."""
 
     CACHED_REPORTS = 64
 
