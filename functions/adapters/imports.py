@@ -114,6 +114,7 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
     is then refused to a worker that comes late); the order itself is stored or not, never twice."""
 
     CACHED_REPORTS = 64
+    RECOUNT_CHUNK = 100  # the markers a recount reads at once (a BatchGetItem's most)
 
     def __init__(self, client: Any, catalog_table: str, idempotency_table: str):
         self._client = client
@@ -325,11 +326,8 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
             if not _is_conditional_failure(failure):
                 raise
             # A message naming an import that does not exist (never a half-made import item), or
-            # an import recounted from its markers, this line's included.
-            logger.warning(
-                "no such import to count on, or counted by a recount",
-                extra={"import_id": escape_for_log(import_id), "line": line},
-            )
+            # an import recounted from its markers, this line's included (recount()).
+            logger.warning("no such import to record on", extra={"import_id": escape_for_log(import_id), "line": line})
             return False
         values = from_item(response["Attributes"])
         # `failed` numbers the failures in the order they were recorded: the first ones are kept.
@@ -456,7 +454,7 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
                 state["next"] = line
                 self._keep_recount_state(import_id, seen, "recount", state)
                 return Recount.CUT_SHORT
-            lines = range(line, min(line + 100, last + 1))
+            lines = range(line, min(line + self.RECOUNT_CHUNK, last + 1))
             keys = [{"id": {"S": _marker_id(import_id, n)}} for n in lines]
             for marker in batch_get(self._client, self._markers, keys, consistent=True):
                 if marker.get("uncounted", {}).get("BOOL"):

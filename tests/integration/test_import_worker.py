@@ -1063,3 +1063,41 @@ def test_an_import_with_a_line_not_marked_is_not_recounted_until_the_line_comes(
     assert recount().completed == [import_id]
     ended = report(import_id)
     assert (ended["status"], ended["imported"], ended["failed"]) == ("completed", 3, 0)
+
+
+def test_a_recount_cut_short_by_its_pass_s_time_goes_on_where_it_stopped_at_the_next_run(
+    stack: ImportAws, monkeypatch: pytest.MonkeyPatch
+):
+    from datetime import timedelta
+
+    from core.import_recount import StuckImportRecount
+    from core.models import utc_now
+    from functions.adapters.imports import DynamoImportLedger
+    from functions.import_worker.app import container
+
+    monkeypatch.setattr(DynamoImportLedger, "RECOUNT_CHUNK", 2)  # lines 1-2, 3-4, 5-6
+    kill_between_marking_and_counting(monkeypatch, {4})
+    rows = [csv_row("ext-1"), csv_row("ext-2", "NOPE"), csv_row("ext-3"), csv_row("ext-4"), csv_row("ext-5")]
+    import_id = split(stack, "incoming/cut.csv", csv_file(*rows))
+    stack.drain(worker)
+    later = utc_now() + timedelta(minutes=31)
+    recounts = StuckImportRecount(container().import_ledger, lambda: later)
+    answers = iter([False, False, False, True])  # the pass's import, then two chunks of markers
+
+    cut = recounts.run(time_up=lambda: next(answers, True))
+
+    assert cut.cut_short == [import_id] and report(import_id)["status"] == "running"
+    reads: list[str] = []
+    ledger = container().import_ledger
+    get = ledger._client.batch_get_item
+
+    def reading(**request: Any) -> Any:
+        reads.extend(key["id"]["S"] for key in request["RequestItems"].get(ledger._markers, {}).get("Keys", []))
+        return get(**request)
+
+    monkeypatch.setattr(ledger._client, "batch_get_item", reading)
+    assert recounts.run().completed == [import_id]
+    assert [int(key.rsplit("#", 1)[1]) for key in reads] == [5, 6]  # from where it stopped
+    ended = report(import_id)
+    assert (ended["status"], ended["imported"], ended["failed"]) == ("completed_with_errors", 4, 1)
+    assert [(e["line"], e["code"]) for e in ended["errors"]] == [(3, "unknown_sku")]
