@@ -242,7 +242,7 @@ def split_only(path: str) -> None:
             raise RuntimeError(f"import failed: {args}")
 
         def progress(self, *args: Any) -> None: ...
-        def finish_reading(self, import_id: str, file_format: str, total: int, at: Any) -> None:
+        def finish_reading(self, import_id: str, file_format: str, total: int, at: Any, last_line: Any = None) -> None:
             self.total = total
 
         def is_recorded(self, *args: Any) -> bool:

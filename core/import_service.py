@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator, model_v
 
 from core import strict_json
 from core.card_numbers import card_number_fields, mask_card_numbers, mask_optional
+from core.deadline import TimeUp, never
 from core.errors import DomainError, DuplicateOrder, NotFound, PluginError, TransientError, field_path
 from core.imports import FileOrders, ImportFileError, LineError, line_of_field
 from core.models import PlaceOrder, utc_now
@@ -183,10 +184,12 @@ class ImportLedger(ABC):
         """Orders found so far, while the file is still being read."""
 
     @abstractmethod
-    def finish_reading(self, import_id: str, file_format: str, total: int, at: datetime) -> None:
-        """The whole file was read: `total` is final. An import a duplicate delivery of its event
-        left failed as interrupted runs again. Completes the import if every order is already
-        recorded."""
+    def finish_reading(
+        self, import_id: str, file_format: str, total: int, at: datetime, last_line: int | None = None
+    ) -> None:
+        """The whole file was read: `total` is final, and `last_line` is the line its last order
+        starts on (no order's line is past it). An import a duplicate delivery of its event left
+        failed as interrupted runs again. Completes the import if every order is already recorded."""
 
     @abstractmethod
     def signing_key(self, import_id: str) -> str | None:
@@ -259,18 +262,33 @@ class ImportSplitter:
         self._clock = clock
         self._field_names = field_names
 
-    def split(self, source: ImportSource, open_orders: Callable[[], FileOrders]) -> bool:
+    def split(
+        self,
+        source: ImportSource,
+        open_orders: Callable[[], FileOrders],
+        *,
+        resume_after: int = 0,
+        time_up: TimeUp = never,
+        hand_off: Callable[[int], None] | None = None,
+    ) -> bool:
         """Queue the orders `open_orders` reads from the file. False when there was nothing to do:
         the import exists and its file was already read (a redelivered event), or is being read by
         another delivery of its event. Safe to run again after a failure: lines already recorded
-        are not counted twice."""
+        are not counted twice.
+
+        A continuation (`resume_after`: the orders a split before it queued or recorded) reads the
+        file from its start again, so the readers see every order (a header, a repeated order),
+        and queues from the order after those. Once `time_up` says so, at an order boundary and
+        after queuing at least one order itself (so a chain of continuations always moves on), the
+        split sends what waits in its batch, writes the total found so far and calls `hand_off`
+        with the orders done: the continuation it starts goes on from there."""
         state = self._ledger.begin(source.import_id, mask_card_numbers(source.uri), self._clock())
         if state.total_final or (state.status is not ImportStatus.RUNNING and state.failure_code != SPLIT_INTERRUPTED):
             return False
         if state.status is ImportStatus.FAILED and not self._ledger.restart(source.import_id, self._clock()):
             return False
         try:
-            self._split(source, open_orders, state.signing_key)
+            self._split(source, open_orders, state.signing_key, resume_after, time_up, hand_off)
         except Exception as error:
             # Reported on the import now; the raise lets Lambda retry the event, which resumes it.
             self._ledger.fail(
@@ -283,15 +301,33 @@ class ImportSplitter:
             raise
         return True
 
-    def _split(self, source: ImportSource, open_orders: Callable[[], FileOrders], key: str | None) -> None:
+    def _split(
+        self,
+        source: ImportSource,
+        open_orders: Callable[[], FileOrders],
+        key: str | None,
+        resume_after: int,
+        time_up: TimeUp,
+        hand_off: Callable[[int], None] | None,
+    ) -> None:
         try:
             orders = open_orders()
         except ImportFileError as error:
             self._ledger.fail(source.import_id, error.code, error.message, self._clock())
             return
-        total = 0
+        total = last_line = 0
         for order in orders:
+            if hand_off is not None and total > resume_after and time_up():
+                # An order boundary: every order before this one is queued (once the batch is
+                # sent) or recorded; this one and the rest are the continuation's.
+                self._queue.flush()
+                self._ledger.progress(source.import_id, orders.format, total, self._clock())
+                hand_off(total)
+                return
             total += 1
+            last_line = max(last_line, order.line)
+            if total <= resume_after:
+                continue  # queued or recorded by the split this one continues
             error = order.error or _card_data_error(
                 order.body, order.line, order.external_id, order.line_numbers, self._named(orders.format)
             )
@@ -310,7 +346,7 @@ class ImportSplitter:
             if total % PROGRESS_EVERY == 0:
                 self._ledger.progress(source.import_id, orders.format, total, self._clock())
         self._queue.flush()
-        self._ledger.finish_reading(source.import_id, orders.format, total, self._clock())
+        self._ledger.finish_reading(source.import_id, orders.format, total, self._clock(), last_line=last_line)
 
     def _named(self, file_format: str) -> Callable[[str], str]:
         return lambda field: self._field_names(field, file_format)

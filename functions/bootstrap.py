@@ -63,6 +63,7 @@ if TYPE_CHECKING:
     from core.exchange_credit import ExchangeCredits
     from core.fulfillment import OrderActions
     from core.holds import Holds
+    from core.import_recount import StuckImportRecount
     from core.import_service import ImportQueries, ImportSplitter, OrderImporter
     from core.jeopardy import JeopardyScan
     from core.notifications import NotificationStore, Notifier, OrderNotifications
@@ -252,6 +253,10 @@ class Container:
     @cached_property
     def apigateway(self) -> Any:
         return aws_client("apigateway")
+
+    @cached_property
+    def lambda_(self) -> Any:
+        return aws_client("lambda")
 
     # --- Plugins and time -----------------------------------------------------------------------
     @cached_property
@@ -644,6 +649,14 @@ class Container:
             self.clock,
             after=self._reconcile_after,
         )
+
+    @cached_property
+    def import_recount(self) -> StuckImportRecount:
+        """The reconciler's imports pass: imports left running short by a line marked and never
+        counted, recounted from their line markers (core/import_recount.py)."""
+        from core.import_recount import StuckImportRecount
+
+        return StuckImportRecount(self.import_ledger, self.clock)
 
     @cached_property
     def kept_back_sweep(self) -> KeptBackSweep:

@@ -288,6 +288,7 @@ _AUTHORIZED_AS = {
     ("sqs", "SendMessageBatch"): "SendMessage",
     ("sqs", "DeleteMessageBatch"): "DeleteMessage",
     ("apigateway", "FlushStageAuthorizersCache"): "DELETE",  # API Gateway's actions are its REST verbs
+    ("lambda", "Invoke"): "InvokeFunction",
 }
 _PREFIX = {"stepfunctions": "states"}
 _READS = re.compile("Get|List|Describe|Query|Scan|BatchGet|Receive|Head")  # what sets no function going
@@ -335,6 +336,9 @@ def calls_by_function(stack: Any) -> Iterator[Calls]:
             **{url: logical for logical, url in stack.queue_urls.items()},
             **{arn: logical for logical, arn in stack.state_machine_arns.items()},
             **({stack.gateway.api_id: "OmsApi"} if stack.gateway is not None else {}),
+            # A function invoked, by its name or ARN (a stand-in stack's functions may have no ARN).
+            **{getattr(f, "arn", f.name): logical for logical, f in stack.functions.items()},
+            **{f.name: logical for logical, f in stack.functions.items()},
         }
 
     def sizes() -> tuple[Any, ...]:
@@ -371,7 +375,7 @@ def calls_by_function(stack: Any) -> Iterator[Calls]:
     def named(params: dict[str, Any]) -> list[str]:
         if "RequestItems" in params:
             return list(params["RequestItems"])
-        for key in ("TableName", "Bucket", "QueueUrl", "stateMachineArn", "restApiId"):
+        for key in ("TableName", "Bucket", "QueueUrl", "stateMachineArn", "restApiId", "FunctionName"):
             if key in params:
                 return [params[key]]
         if "Entries" in params:  # EventBridge PutEvents names its bus in each entry

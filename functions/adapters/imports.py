@@ -3,6 +3,7 @@ markers in the Idempotency table, and the import queue (SQS SendMessageBatch).""
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import secrets
@@ -15,6 +16,8 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from core.deadline import TimeUp
+from core.import_recount import ImportCounts, Recount
 from core.import_service import (
     MAX_REPORTED_ERRORS,
     SPLIT_INTERRUPTED,
@@ -32,7 +35,7 @@ from core.import_service import (
 from core.imports import ImportFileError, LineError
 from core.log_text import escape_for_log
 from functions.adapters.aws_errors import busy
-from functions.adapters.dynamodb import batch_get, decode_cursor, encode_cursor, from_item, timestamp
+from functions.adapters.dynamodb import batch_get, decode_cursor, encode_cursor, from_item, timestamp, to_item
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +44,19 @@ LIST_PK = "IMPORTS"
 # messages 4 days (its DLQ 14); a redrive from the DLQ must still find the marker.
 MARKER_DAYS = 15
 _COUNTERS = {Outcome.IMPORTED: "imported", Outcome.DUPLICATE: "duplicates", Outcome.FAILED: "failed"}
+# The errors a recount keeps of the failures it counts (each killed worker leaves one line): they
+# wait on the import's item, which must stay well under DynamoDB's 400 KB; `failed` counts all.
+RECOUNTED_ERRORS = 100
+
+
+def _short(values: dict[str, Any]) -> bool:
+    """A running import read whole whose counts are short of its total."""
+    done = sum(int(values.get(name, 0)) for name in _COUNTERS.values())
+    return (
+        values.get("status") == ImportStatus.RUNNING.value
+        and bool(values.get("total_final"))
+        and done < int(values.get("total", 0))
+    )
 
 
 def _import_key(import_id: str) -> dict[str, Any]:
@@ -61,11 +77,18 @@ def _marker_id(import_id: str, line: int) -> str:
     return f"import#{import_id}#{line}"
 
 
+def _error_fields(error: LineError) -> dict[str, Any]:
+    fields = {"line": {"N": str(error.line)}, "code": {"S": error.code}, "message": {"S": error.message}}
+    if error.external_id:
+        fields["external_id"] = {"S": error.external_id}
+    return fields
+
+
 def _is_conditional_failure(error: ClientError) -> bool:
     return error.response["Error"]["Code"] == "ConditionalCheckFailedException"
 
 
-class DynamoImportLedger(ImportLedger):
+class DynamoImportLedger(ImportLedger, ImportCounts):
     """An import is one item in the Catalog table (pk IMPORT#<id>) holding its status, total and
     counters; a listing item per import (pk IMPORTS, sorted by creation time) answers GET /imports
     newest first; kept errors are items of their own (pk IMPORT#<id>#ERRORS, sk = the failure's
@@ -87,9 +110,11 @@ class DynamoImportLedger(ImportLedger):
     whatever finds the line recorded next writes it (the redelivery's complete_if_done, the retried
     split's record). No transaction: a
     worker killed between the two writes leaves that line uncounted (the import then stays
-    running, one short); the order itself is stored or not, never twice."""
+    running, one short, until the reconciler recounts it from its markers: recount(); the count
+    is then refused to a worker that comes late); the order itself is stored or not, never twice."""
 
     CACHED_REPORTS = 64
+    RECOUNT_CHUNK = 100  # the markers a recount reads at once (a BatchGetItem's most)
 
     def __init__(self, client: Any, catalog_table: str, idempotency_table: str):
         self._client = client
@@ -189,17 +214,22 @@ class DynamoImportLedger(ImportLedger):
             if not _is_conditional_failure(error):
                 raise
 
-    def finish_reading(self, import_id: str, file_format: str, total: int, at: datetime) -> None:
+    def finish_reading(
+        self, import_id: str, file_format: str, total: int, at: datetime, last_line: int | None = None
+    ) -> None:
+        # The line the file's last order starts on: where a recount stops reading markers.
         response = self._client.update_item(
             TableName=self._table,
             Key=_import_key(import_id),
-            UpdateExpression="SET #total = :total, #format = :format, total_final = :true, updated_at = :now",
+            UpdateExpression="SET #total = :total, #format = :format, total_final = :true, updated_at = :now"
+            + (", last_line = :last" if last_line is not None else ""),
             ExpressionAttributeNames={"#total": "total", "#format": "format"},
             ExpressionAttributeValues={
                 ":total": {"N": str(total)},
                 ":format": {"S": file_format},
                 ":true": {"BOOL": True},
                 ":now": {"S": timestamp(at)},
+                **({":last": {"N": str(last_line)}} if last_line is not None else {}),
             },
             ReturnValues="ALL_NEW",
         )
@@ -256,6 +286,9 @@ class DynamoImportLedger(ImportLedger):
             "outcome": {"S": outcome.value},
             "expiration": {"N": str(int((at + timedelta(days=MARKER_DAYS)).timestamp()))},
         }
+        if outcome is Outcome.FAILED and error is not None:
+            # A recount (recount()) of a line marked and never counted keeps its error from here.
+            marker["error"] = {"M": _error_fields(error)}
         try:
             self._client.put_item(
                 TableName=self._markers,
@@ -276,7 +309,9 @@ class DynamoImportLedger(ImportLedger):
                 TableName=self._table,
                 Key=_import_key(import_id),
                 UpdateExpression="ADD #counter :one SET updated_at = :now",
-                ConditionExpression="attribute_exists(pk)",
+                # Once recounted from its markers (recount()), every marked line is counted: a
+                # worker that marked a line before and counts it only now is refused.
+                ConditionExpression="attribute_exists(pk) AND attribute_not_exists(recounted)",
                 ExpressionAttributeNames={"#counter": _COUNTERS[outcome]},
                 ExpressionAttributeValues={":one": {"N": "1"}, ":now": {"S": timestamp(at)}},
                 ReturnValues="ALL_NEW",
@@ -290,21 +325,15 @@ class DynamoImportLedger(ImportLedger):
                 raise
             if not _is_conditional_failure(failure):
                 raise
-            # A message naming an import that does not exist: never a half-made import item.
+            # A message naming an import that does not exist (never a half-made import item), or
+            # an import recounted from its markers, this line's included (recount()).
             logger.warning("no such import to record on", extra={"import_id": escape_for_log(import_id), "line": line})
             return False
         values = from_item(response["Attributes"])
         # `failed` numbers the failures in the order they were recorded: the first ones are kept.
         ordinal = int(values.get("failed", 0))
         if outcome is Outcome.FAILED and error is not None and ordinal <= MAX_REPORTED_ERRORS:
-            entry = {
-                **_error_key(import_id, ordinal),
-                "line": {"N": str(error.line)},
-                "code": {"S": error.code},
-                "message": {"S": error.message},
-            }
-            if error.external_id:
-                entry["external_id"] = {"S": error.external_id}
+            entry = {**_error_key(import_id, ordinal), **_error_fields(error)}
             try:
                 self._client.put_item(TableName=self._table, Item=entry)
             except Exception:
@@ -358,6 +387,173 @@ class DynamoImportLedger(ImportLedger):
         except ClientError as error:
             if not _is_conditional_failure(error):
                 raise
+
+    # --- The recount of imports left short (core/import_recount.py) ----------------------------
+    def stuck(self, now: datetime, idle: timedelta, again: timedelta) -> list[str]:
+        # Only imports whose markers are all still kept (MARKER_DAYS), by the listing's sort key.
+        since = timestamp(now - timedelta(days=MARKER_DAYS - 1))
+        query: dict[str, Any] = {
+            "TableName": self._table,
+            "KeyConditionExpression": "pk = :pk AND sk >= :since",
+            "ExpressionAttributeValues": {":pk": {"S": LIST_PK}, ":since": {"S": since}},
+        }
+        ids: list[str] = []
+        while True:
+            response = self._client.query(**query)
+            ids.extend(item["id"]["S"] for item in response.get("Items", []))
+            if "LastEvaluatedKey" not in response:
+                break
+            query["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+        found = {
+            item["id"]["S"]: from_item(item)
+            for item in batch_get(self._client, self._table, [_import_key(i) for i in ids])
+        }
+        idle_since, checked_since = timestamp(now - idle), timestamp(now - again)
+        stuck = []
+        for import_id in ids:
+            values = found.get(import_id)
+            if values is None or not _short(values) or "last_line" not in values:
+                continue  # an import read before last_line was kept is not recounted
+            if values["updated_at"] > idle_since:
+                continue
+            waiting = values.get("recount_waiting") or {}
+            if waiting.get("seen") == values["updated_at"] and waiting.get("at", "") > checked_since:
+                continue
+            stuck.append(import_id)
+        return stuck
+
+    def recount(self, import_id: str, at: datetime, time_up: TimeUp) -> Recount:
+        item = self._client.get_item(TableName=self._table, Key=_import_key(import_id), ConsistentRead=True).get("Item")
+        values = from_item(item) if item is not None else {}
+        if not values or values.get("status") != ImportStatus.RUNNING.value or not values.get("total_final"):
+            return Recount.CHANGED
+        if not values.get("recounted"):
+            if not _short(values):
+                self._complete_if_done(import_id, values, at)
+                return Recount.CHANGED
+            result = self._count_markers(import_id, values, at, time_up)
+            if result is not Recount.COMPLETED:
+                return result
+        # Recounted (now, or by a pass that stopped before ending it): the errors of the lines it
+        # counted, then the end.
+        self._keep_recounted_errors(import_id)
+        self.complete_if_done(import_id, at)
+        return Recount.COMPLETED
+
+    def _count_markers(self, import_id: str, values: dict[str, Any], at: datetime, time_up: TimeUp) -> Recount:
+        seen = values["updated_at"]
+        state = values.get("recount") or {}
+        if state.get("seen") != seen:  # begun afresh: the import moved since a recount stopped
+            state = {"seen": seen, "next": 1, "imported": 0, "duplicates": 0, "failed": 0, "unkept": []}
+        counted_failed = int(values.get("failed", 0))
+        kept_lines = self._kept_error_lines(import_id) if counted_failed < MAX_REPORTED_ERRORS else None
+        last = int(values["last_line"])
+        line = int(state["next"])
+        while line <= last:
+            if time_up():
+                state["next"] = line
+                self._keep_recount_state(import_id, seen, "recount", state)
+                return Recount.CUT_SHORT
+            lines = range(line, min(line + self.RECOUNT_CHUNK, last + 1))
+            keys = [{"id": {"S": _marker_id(import_id, n)}} for n in lines]
+            for marker in batch_get(self._client, self._markers, keys, consistent=True):
+                if marker.get("uncounted", {}).get("BOOL"):
+                    continue  # its count was refused: the redelivery under way counts it
+                outcome = Outcome(marker["outcome"]["S"])
+                state[_COUNTERS[outcome]] = int(state[_COUNTERS[outcome]]) + 1
+                error = marker.get("error", {}).get("M")
+                # A failure whose error is not kept was never counted (the first failures' errors
+                # all are): its error is kept once it is.
+                if (
+                    outcome is Outcome.FAILED
+                    and error
+                    and kept_lines is not None
+                    and "unkept_error" not in marker
+                    and int(error["line"]["N"]) not in kept_lines
+                    and len(state["unkept"]) < RECOUNTED_ERRORS
+                ):
+                    state["unkept"].append({"M": error})
+            line = lines[-1] + 1
+        counts = {name: int(state[name]) for name in _COUNTERS.values()}
+        if sum(counts.values()) < int(values.get("total", 0)):
+            # An order not marked yet: its message is in flight or in the DLQ, and counts it.
+            self._keep_recount_state(import_id, seen, "recount_waiting", {"seen": seen, "at": timestamp(at)})
+            return Recount.WAITING
+        names = {"#" + name: name for name in _COUNTERS.values()}
+        try:
+            self._client.update_item(
+                TableName=self._table,
+                Key=_import_key(import_id),
+                UpdateExpression="SET #imported = :imported, #duplicates = :duplicates, #failed = :failed, "
+                "recounted = :unkept REMOVE recount, recount_waiting",
+                # As the recount read it: no worker counted a line meanwhile.
+                ConditionExpression="#status = :running AND updated_at = :seen AND #imported = :was_imported "
+                "AND #duplicates = :was_duplicates AND #failed = :was_failed",
+                ExpressionAttributeNames={**names, "#status": "status"},
+                ExpressionAttributeValues={
+                    **{f":{name}": {"N": str(count)} for name, count in counts.items()},
+                    **{f":was_{name}": {"N": str(int(values.get(name, 0)))} for name in counts},
+                    ":unkept": {
+                        "M": {
+                            "after": {"N": str(counted_failed)},
+                            "errors": {"L": state["unkept"][: max(0, MAX_REPORTED_ERRORS - counted_failed)]},
+                        }
+                    },
+                    ":running": {"S": ImportStatus.RUNNING.value},
+                    ":seen": {"S": seen},
+                },
+            )
+        except ClientError as error:
+            if not _is_conditional_failure(error):
+                raise
+            return Recount.CHANGED
+        logger.warning(
+            "import recounted from its line markers: a line was recorded and never counted",
+            extra={"import_id": import_id, "was": {n: int(values.get(n, 0)) for n in counts}, "now": counts},
+        )
+        return Recount.COMPLETED
+
+    def _kept_error_lines(self, import_id: str) -> set[int]:
+        query: dict[str, Any] = {
+            "TableName": self._table,
+            "KeyConditionExpression": "pk = :pk",
+            "ExpressionAttributeValues": {":pk": _error_key(import_id, 0)["pk"]},
+            "ProjectionExpression": "line",
+        }
+        lines: set[int] = set()
+        while True:
+            response = self._client.query(**query)
+            lines.update(int(item["line"]["N"]) for item in response.get("Items", []))
+            if "LastEvaluatedKey" not in response:
+                return lines
+            query["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+
+    def _keep_recount_state(self, import_id: str, seen: str, name: str, state: dict[str, Any]) -> None:
+        """What a recount leaves for the next (where it stopped, or that it found orders not
+        marked), while the import is as it read it; never its updated_at."""
+        try:
+            self._client.update_item(
+                TableName=self._table,
+                Key=_import_key(import_id),
+                UpdateExpression="SET #state = :state",
+                ConditionExpression="updated_at = :seen AND attribute_not_exists(recounted)",
+                ExpressionAttributeNames={"#state": name},
+                ExpressionAttributeValues={":state": {"M": to_item(state)}, ":seen": {"S": seen}},
+            )
+        except ClientError as error:
+            if not _is_conditional_failure(error):
+                raise
+
+    def _keep_recounted_errors(self, import_id: str) -> None:
+        """The errors of the failures a recount counted, under the ordinals after those counted
+        before it (written again by a pass that finds the recount stopped before the end)."""
+        item = self._client.get_item(TableName=self._table, Key=_import_key(import_id), ConsistentRead=True)["Item"]
+        recounted = item.get("recounted", {}).get("M", {})
+        ordinal = int(recounted.get("after", {}).get("N", "0"))
+        for entry in recounted.get("errors", {}).get("L", []):
+            ordinal += 1
+            if ordinal <= MAX_REPORTED_ERRORS:
+                self._client.put_item(TableName=self._table, Item={**_error_key(import_id, ordinal), **entry["M"]})
 
     # --- Reads --------------------------------------------------------------------------------
     def get(self, import_id: str) -> ImportReport | None:
@@ -589,6 +785,36 @@ class SqsOrderQueue(OrderQueue):
             entries = [entry for entry in entries if entry["Id"] in failed]
             self._sleep(min(2.0, 0.1 * 2**attempt))
         raise RuntimeError(f"SQS did not take {len(entries)} import messages after {SEND_ATTEMPTS} attempts")
+
+
+# --- The continuation of a split -----------------------------------------------------------------
+
+# The key of a splitter's event that says it continues a split: the orders queued before it.
+CONTINUE_AFTER = "continue_after_orders"
+
+
+def continued_after(event: dict[str, Any]) -> int:
+    """The orders a continuation event says were queued before it; 0 for an S3 event. Anything but
+    a whole number of orders fails the invocation (a hand-made event: nothing is read)."""
+    value = event.get(CONTINUE_AFTER, 0)
+    if type(value) is not int or value < 0:
+        raise ValueError(f"{CONTINUE_AFTER} must be a whole number of orders, got {value!r}")
+    return value
+
+
+class LambdaSplitContinuation:
+    """Hands the rest of a file to a new invocation of the splitter itself: an asynchronous Invoke
+    (InvocationType Event) of the file's S3 event and the orders queued so far. Lambda queues it,
+    retries it per the function's EventInvokeConfig and, failing that, sends it to the same
+    OnFailure destination as an S3 event, replayed the same way."""
+
+    def __init__(self, client: Any, function_arn: str):
+        self._client = client
+        self._function_arn = function_arn
+
+    def __call__(self, event: dict[str, Any], after: int) -> None:
+        payload = {**event, CONTINUE_AFTER: after}
+        self._client.invoke(FunctionName=self._function_arn, InvocationType="Event", Payload=json.dumps(payload))
 
 
 # --- The files ---------------------------------------------------------------------------------------

@@ -11,8 +11,10 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.data_classes import S3Event
 from aws_lambda_powertools.utilities.data_classes.s3_event import S3EventRecord
 
+from core.deadline import Deadline
 from core.import_service import ImportSource
 from core.imports import import_id_for
+from functions.adapters.imports import LambdaSplitContinuation, continued_after
 from functions.bootstrap import WarmContainer
 from functions.import_splitter.readers import read_orders
 
@@ -20,9 +22,12 @@ logger = Logger()
 # The template sets the namespace; the default keeps a stray import (a test) from breaking flushes.
 metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "OMS"))
 container = WarmContainer()
+# A split hands the rest of its file on (an asynchronous invocation of this function) once less
+# than this is left of its 15 minutes: enough to send its last batch, write its progress and invoke.
+HAND_OFF_RESERVE_MILLIS = 60_000
 
 
-def split_object(record: S3EventRecord) -> None:
+def split_object(record: S3EventRecord, event: dict[str, Any], context: Any) -> None:
     bucket = record.s3.bucket.name
     key = unquote_plus(record.s3.get_object.key)  # S3 URL-encodes keys in events ("a b.csv" -> "a+b.csv")
     if key.endswith("/"):
@@ -39,8 +44,31 @@ def split_object(record: S3EventRecord) -> None:
     files = container().import_files
     splitter, queue = container().import_splitter()
     source = ImportSource(import_id=import_id, uri=f"s3://{bucket}/{key}")
-    started = splitter.split(source, lambda: read_orders(files.open(bucket, key, version_id, etag), key))
-    logger.info("import split" if started else "import already read", extra={"queued": queue.sent})
+    after = continued_after(event)
+    handed_on: list[int] = []
+
+    def hand_off(done: int) -> None:
+        # This record alone: the continuation is of this file. The client is made only for this.
+        continuation = LambdaSplitContinuation(container().lambda_, context.invoked_function_arn)
+        continuation({"Records": [record.raw_event]}, done)
+        handed_on.append(done)
+
+    started = splitter.split(
+        source,
+        lambda: read_orders(files.open(bucket, key, version_id, etag), key),
+        resume_after=after,
+        time_up=Deadline(context.get_remaining_time_in_millis, HAND_OFF_RESERVE_MILLIS),
+        hand_off=hand_off,
+    )
+    if handed_on:
+        logger.info(
+            "import split continues in a new invocation",
+            extra={"queued": queue.sent, "after_orders": after, "continues_after_orders": handed_on[0]},
+        )
+    else:
+        logger.info(
+            "import split" if started else "import already read", extra={"queued": queue.sent, "after_orders": after}
+        )
     metrics.add_metric(name="ImportOrdersQueued", unit=MetricUnit.Count, value=queue.sent)
 
 
@@ -48,6 +76,7 @@ def split_object(record: S3EventRecord) -> None:
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: Any) -> None:
     # S3 sends one record per event; an exception makes Lambda retry the event (twice), and a
-    # retry resumes the import: lines already recorded are not counted again.
+    # retry resumes the import: lines already recorded are not counted again. A continuation (the
+    # event a split that ran short of time handed its file on with) carries the same record.
     for record in S3Event(event).records:
-        split_object(record)
+        split_object(record, event, context)

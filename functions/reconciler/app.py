@@ -10,10 +10,11 @@ whose report's function died before its ship: Order.reported_to_finish); voids t
 edits left on orders nobody changes again, and the cancelled orders' own the gateway could not void
 (core/authorization_sweep.py); records the settlement captures cancels of units asked for and never
 recorded, which the jeopardy scan never finds on an order shipped since (core/capture_sweep.py's
-run_settlements). Each run starts with the next pass in turn, and starts none without the time to
-run it, so a backlog in one keeps none of the others from running for good; within a pass, no order
-or return is started without that time either (core/deadline.py): a pass with a backlog stops, is
-reported, and leaves the rest to the next runs."""
+run_settlements); recounts from their line markers the imports a worker killed between marking a
+line and counting it left running short (core/import_recount.py). Each run starts with the next
+pass in turn, and starts none without the time to run it, so a backlog in one keeps none of the
+others from running for good; within a pass, no order or return is started without that time either
+(core/deadline.py): a pass with a backlog stops, is reported, and leaves the rest to the next runs."""
 
 from __future__ import annotations
 
@@ -294,6 +295,7 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         ("stalled orders", stalled_orders), ("pickup expiry", pickup_expiry), ("returns", returns),
         ("carrier work", carrier_work), ("refunds", refunds), ("authorizations", authorizations),
         ("settlement captures", settlement_captures),
+        ("imports", lambda time_up: recount_imports(container, isolated, time_up)),
     ]  # fmt: skip
     first = _first_pass(event, len(passes))
     left = []
@@ -322,6 +324,20 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         if error is not None:
             raise error  # the passes did the rest; the errors alarm calls a person
     return answer
+
+
+def recount_imports(container: WarmContainer, isolated: Callable[..., Any], time_up: Deadline) -> None:
+    """Imports left running short by a line marked and never counted (core/import_recount.py)."""
+    from core.import_recount import Recounted
+
+    done = Recounted()
+    isolated("imports", lambda: container().import_recount.run(done, time_up=time_up), done)
+    for import_id in done.completed:
+        logger.warning("import recounted from its line markers and completed", extra={"import_id": import_id})
+    for import_id in done.cut_short:
+        logger.info("import recount cut short: the next run goes on", extra={"import_id": import_id})
+    if done.completed:
+        metrics.add_metric(name="ImportsRecounted", unit=MetricUnit.Count, value=len(done.completed))
 
 
 def _print_metrics() -> None:

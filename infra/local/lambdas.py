@@ -155,6 +155,10 @@ class LambdaService:
 
     def __init__(self, functions: Mapping[str, LocalFunction]):
         self.functions = {function.name: function for function in functions.values()}
+        # A function's asynchronous invocation (InvocationType Event), by function name: queued to
+        # the poller of its asynchronous event (infra/local/event_sources.py), which invokes it as
+        # Lambda's async queue does: retried per its EventInvokeConfig, then its OnFailure.
+        self.asynchronous: dict[str, Callable[[Any], None]] = {}
         self._closed = False
 
     def lookup(self, name_or_arn: str) -> LocalFunction | None:
@@ -171,9 +175,16 @@ class LambdaService:
             time.sleep(0.02)
 
     def invoke(self, function: LocalFunction, body: Any, headers: Any, response_headers: dict[str, Any]) -> bytes:
-        """RequestResponse, the only invocation the template makes (Step Functions' Lambda tasks);
-        S3's and EventBridge's asynchronous invocations are infra/local/event_sources.py's."""
+        """RequestResponse (Step Functions' Lambda tasks), and Event for a function with an
+        asynchronous event (the import splitter handing a file on to itself); S3's and
+        EventBridge's own asynchronous invocations are infra/local/event_sources.py's."""
         invocation_type = next((v for k, v in (headers or {}).items() if k.lower() == "x-amz-invocation-type"), None)
+        if invocation_type == "Event" and function.name in self.asynchronous:
+            if self._closed:
+                return _error(response_headers, "Lambda.ServiceException", "the local stack is stopping")
+            self.asynchronous[function.name](json.loads(body) if body else {})
+            response_headers["Content-Length"] = "0"
+            return b""
         if invocation_type not in (None, "RequestResponse"):
             from moto.awslambda.exceptions import InvalidParameterValueException
 

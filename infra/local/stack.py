@@ -276,6 +276,8 @@ class EmbeddedStack:
             self.environment = self.resources.environment()
             self.process.set_env(self.environment)
             s3_mappings = self.activity.build()
+            for mapping in s3_mappings:  # a function with an S3 event may be invoked asynchronously too
+                self._lambda_service.asynchronous[mapping.function.name] = mapping.enqueue
             periods = _schedule_periods(self.mappings.values(), self.function_environments)
             self.environment.update(periods)  # what the functions see: the template's value, overridden
             self.process.set_env(periods)

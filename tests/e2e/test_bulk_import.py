@@ -438,3 +438,102 @@ def test_a_split_resumed_after_an_interruption_calls_only_what_the_splitter_is_g
     assert [(error["line"], error["code"]) for error in report["errors"]] == [(2, "invalid_number")]
     needed = calls["ImportSplitterFunction"]
     assert needed <= granted("ImportSplitterFunction"), f"not granted: {needed - granted('ImportSplitterFunction')}"
+
+
+def test_a_file_the_splitter_runs_short_of_time_on_is_handed_on_to_itself_and_every_order_imported_once(
+    stack: EmbeddedStack, api: Api, monkeypatch: pytest.MonkeyPatch
+):
+    """Out of time at every order (the reserve above the 15 minutes), each invocation queues one
+    order and hands the rest on by an asynchronous Invoke of itself, which the local stack queues
+    as Lambda does; every call that makes is granted."""
+    from functions.import_splitter import app as splitter
+    from tests.template_iam import calls_by_function, granted
+
+    monkeypatch.setattr(splitter, "HAND_OFF_RESERVE_MILLIS", 10**9)
+    channel = unique("handed")
+    rows = [csv_row(channel, "H-1"), csv_row(channel, "H-2", quantity="x"), csv_row(channel, "H-3")]
+    rows.append(csv_row(channel, "H-4", "NOT-A-SKU"))
+    data = ("\n".join([",".join(COLUMNS), *rows]) + "\n").encode()
+    invoked = stack.functions["ImportSplitterFunction"].invocations
+
+    with calls_by_function(stack) as calls:
+        report = finished(api, put_file(stack, "incoming/handed-on.csv", data))
+        assert stack.wait_until_idle(10)
+
+    assert stack.functions["ImportSplitterFunction"].invocations - invoked == 4  # one an order
+    assert (report["status"], report["total"], report["imported"], report["failed"]) == (
+        "completed_with_errors",
+        4,
+        2,
+        2,
+    )
+    assert [(error["line"], error["code"]) for error in report["errors"]] == [
+        (3, "invalid_number"),
+        (5, "unknown_sku"),
+    ]
+    imported = [order["external_id"] for order in api.list_all({"channel": channel})]
+    assert sorted(imported) == ["H-1", "H-3"]
+    needed = calls["ImportSplitterFunction"]
+    assert ("ImportSplitterFunction", "lambda:InvokeFunction") in needed
+    assert needed <= granted("ImportSplitterFunction"), f"not granted: {needed - granted('ImportSplitterFunction')}"
+
+
+def test_an_import_a_killed_worker_left_short_is_recounted_by_the_reconciler_with_only_what_it_is_granted(
+    stack: EmbeddedStack, api: Api, monkeypatch: pytest.MonkeyPatch
+):
+    """The worker dies between marking line 3 and counting it: the import stays running one short.
+    The reconciler's imports pass (idle threshold set to nothing here) recounts it from its markers
+    and completes it, calling only what the template grants it."""
+    import copy
+    import hashlib
+    from datetime import timedelta
+
+    import core.import_recount
+    from functions.adapters.imports import DynamoImportLedger
+    from tests.template_iam import calls_by_function, granted
+
+    channel = unique("killed")
+    rows = [csv_row(channel, "K-1"), csv_row(channel, "K-2"), csv_row(channel, "K-3", "NOT-A-SKU")]
+    data = ("\n".join([",".join(COLUMNS), *rows]) + "\n").encode()
+    bucket = stack.bucket_names["ImportsBucket"]
+    target = import_id_for(bucket, "incoming/killed.csv", hashlib.md5(data).hexdigest())  # its ETag
+    real_record, killed = DynamoImportLedger.record, []
+
+    class DiesBeforeCounting:
+        def __init__(self, client: Any):
+            self._client = client
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._client, name)
+
+        def update_item(self, **request: Any) -> Any:
+            raise RuntimeError("killed between marking the line and counting it")
+
+    def record(self: DynamoImportLedger, import_id: str, line: int, *args: Any) -> bool:
+        if (import_id, line) == (target, 3) and not killed:
+            killed.append(line)
+            dying = copy.copy(self)
+            dying._client = DiesBeforeCounting(self._client)
+            return real_record(dying, import_id, line, *args)
+        return real_record(self, import_id, line, *args)
+
+    monkeypatch.setattr(DynamoImportLedger, "record", record)
+    assert put_file(stack, "incoming/killed.csv", data) == target
+    deadline = time.monotonic() + 30
+    while (short := api.get(f"/imports/{target}").json()).get("failed", 0) < 1 or short["imported"] < 1:
+        assert time.monotonic() < deadline, short
+        time.sleep(0.1)
+    # Line 3's message comes back only after the queue's visibility timeout, and counts nothing.
+    assert killed == [3]
+    assert (short["status"], short["total"], short["imported"], short["failed"]) == ("running", 3, 1, 1)
+
+    monkeypatch.setattr(core.import_recount, "RECOUNT_IDLE", timedelta(0))
+    with calls_by_function(stack) as calls:
+        stack.functions["ReconcilerFunction"].invoke({"detail-type": "Scheduled Event", "detail": {}})
+
+    ended = api.get(f"/imports/{target}").json()
+    assert (ended["status"], ended["imported"], ended["failed"]) == ("completed_with_errors", 2, 1)
+    assert [(error["line"], error["code"]) for error in ended["errors"]] == [(4, "unknown_sku")]
+    needed = calls["ReconcilerFunction"]
+    assert ("IdempotencyTable", "dynamodb:BatchGetItem") in needed
+    assert needed <= granted("ReconcilerFunction"), f"not granted: {needed - granted('ReconcilerFunction')}"

@@ -13,6 +13,7 @@ import pytest
 
 from core import hookimpl
 from core.ids import order_id_for
+from infra.local.lambdas import LambdaContext
 from tests.builders import csv_file, csv_row, order_body
 from tests.integration.import_support import (
     ImportAws,
@@ -866,3 +867,237 @@ def test_a_line_with_an_invisible_character_or_a_line_separator_fails_naming_its
     assert errors["hid-2"]["message"].startswith("ship_line1:") and "U+2028" in errors["hid-2"]["message"]
     assert errors["hid-4"]["message"].startswith("customer.email:") and "U+FEFF" in errors["hid-4"]["message"]
     assert stored_order("market", "hid-1") is None and stored_order("market", "hid-3") is not None
+
+
+class RunningShort(LambdaContext):
+    """A splitter's context whose 15 minutes run low once it has queued `orders` orders (the split
+    asks before each order but its first)."""
+
+    def __init__(self, orders: int):
+        super().__init__("ImportSplitterFunction", 512, SPLITTER_ARN, "test", 900)
+        self.checks = 0
+        self.orders = orders
+
+    def get_remaining_time_in_millis(self) -> int:
+        from functions.import_splitter.app import HAND_OFF_RESERVE_MILLIS
+
+        self.checks += 1
+        return 900_000 if self.checks < self.orders else HAND_OFF_RESERVE_MILLIS - 1
+
+
+SPLITTER_ARN = "arn:aws:lambda:us-east-1:123456789012:function:ImportSplitterFunction"
+
+
+class AsyncInvokes:
+    """The splitter's Lambda client: asynchronous invocations kept, for the test to play."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, Any]] = []
+
+    def invoke(self, **request: Any) -> dict[str, Any]:
+        self.calls.append(request)
+        return {"StatusCode": 202}
+
+
+def test_a_file_the_splitter_runs_short_of_time_on_continues_in_new_invocations_each_order_queued_once(
+    stack: ImportAws, monkeypatch: pytest.MonkeyPatch
+):
+    from functions.import_splitter.app import container as splitter_container
+    from functions.import_splitter.app import lambda_handler as splitter
+
+    invokes = AsyncInvokes()
+    monkeypatch.setattr(type(splitter_container()), "lambda_", property(lambda self: invokes))
+    rows = [csv_row(f"ext-{i:02d}", "NOPE" if i == 7 else "TSHIRT", "x" if i == 11 else "1") for i in range(20)]
+    rows[6:6] = [csv_row("ext-05", "MUG", "2")]  # ext-05 is two rows: lines 7 and 8
+    rows.append(csv_row("ext-02"))  # reopens an order closed at its start: read again, still caught
+    import_id = stack.put_file("incoming/big.csv", csv_file(*rows))
+    event = stack.s3_event("incoming/big.csv")
+
+    invocations, payload = 0, event
+    while payload is not None:
+        invocations += 1
+        splitter(payload, RunningShort(orders=4))  # 4 orders each, then its time is up
+        running = report(import_id)
+        assert running["status"] == "running"
+        if len(invokes.calls) < invocations:
+            payload = None
+            continue
+        request = invokes.calls[-1]
+        assert (request["FunctionName"], request["InvocationType"]) == (SPLITTER_ARN, "Event")
+        payload = json.loads(request["Payload"])
+        assert payload["Records"] == event["Records"]  # the same file, as Lambda's retry or a replay would
+        assert payload["continue_after_orders"] == 4 * invocations
+        assert running["total"] == 4 * invocations and not running["total_final"]
+
+    assert invocations == 6  # 21 orders, 4 an invocation
+    # Each order queued once across the 6 invocations: 21 less the 2 the splitter refused itself.
+    assert stack.messages_waiting() == 19
+    stack.drain(worker)
+
+    imported = report(import_id)
+    assert (imported["status"], imported["total"], imported["total_final"]) == ("completed_with_errors", 21, True)
+    assert (imported["imported"], imported["duplicates"], imported["failed"]) == (18, 0, 3)
+    assert sorted((e["line"], e["code"]) for e in imported["errors"]) == [
+        (10, "unknown_sku"),
+        (14, "invalid_number"),
+        (23, "order_reopened"),
+    ]
+    assert all(stored_order("market", f"ext-{i:02d}") is not None for i in range(20) if i not in (7, 11))
+
+
+# --- A worker killed between marking a line and counting it ------------------------------------------
+
+
+def kill_between_marking_and_counting(monkeypatch: pytest.MonkeyPatch, lines: set[int]) -> list[dict[str, Any]]:
+    """The counter update of the records of `lines` never happens: the worker dies after putting the
+    line's marker (raised there: a killed worker's message comes back). The updates it would have
+    made are returned, to play a worker that was only slow."""
+    from functions.import_worker.app import container
+
+    client = container().import_ledger._client
+    put, update = client.put_item, client.update_item
+    marked: list[int] = []  # the line of the marker put last
+    held: list[dict[str, Any]] = []
+
+    def putting(**request: Any) -> Any:
+        key = request["Item"].get("id", {}).get("S", "")
+        if key.startswith("import#"):
+            marked.append(int(key.rsplit("#", 1)[1]))
+        return put(**request)
+
+    def dies_before_counting(**request: Any) -> Any:
+        line = marked[-1] if marked else None
+        if request.get("UpdateExpression", "").startswith("ADD #counter") and line in lines - {h["line"] for h in held}:
+            held.append({"line": line, "request": request})
+            raise RuntimeError("killed between marking the line and counting it")
+        return update(**request)
+
+    monkeypatch.setattr(client, "put_item", putting)
+    monkeypatch.setattr(client, "update_item", dies_before_counting)
+    return held
+
+
+def recount(minutes_later: float = 31) -> Any:
+    from datetime import timedelta
+
+    from core.import_recount import StuckImportRecount
+    from core.models import utc_now
+    from functions.import_worker.app import container
+
+    later = utc_now() + timedelta(minutes=minutes_later)
+    return StuckImportRecount(container().import_ledger, lambda: later).run()
+
+
+def test_a_line_marked_by_a_worker_killed_before_counting_it_is_counted_by_the_recount_once(
+    stack: ImportAws, monkeypatch: pytest.MonkeyPatch
+):
+    rows = [csv_row("ext-1"), csv_row("ext-2", "NOPE"), csv_row("ext-3"), csv_row("ext-4", quantity="x")]
+    held = kill_between_marking_and_counting(monkeypatch, {2, 3})  # ext-1 (imported), ext-2 (unknown sku)
+    import_id = split(stack, "incoming/killed.csv", csv_file(*rows))
+    stack.drain(worker)  # the killed lines' messages come back, find their markers, count nothing
+
+    short = report(import_id)
+    assert [h["line"] for h in held] == [2, 3]
+    assert (short["status"], short["total"], short["imported"], short["failed"]) == ("running", 4, 1, 1)
+    assert recount(minutes_later=5).completed == []  # not idle long enough: workers may be at it
+
+    done = recount()
+
+    assert done.completed == [import_id]
+    ended = report(import_id)
+    assert (ended["status"], ended["imported"], ended["duplicates"], ended["failed"]) == (
+        "completed_with_errors",
+        2,
+        0,
+        2,
+    )
+    assert sorted((e["line"], e["code"]) for e in ended["errors"]) == [(3, "unknown_sku"), (5, "invalid_number")]
+    # A worker that was only slow counts now: refused, nothing counted twice.
+    from botocore.exceptions import ClientError
+
+    from functions.import_worker.app import container
+
+    for slow in held:
+        with pytest.raises(ClientError, match="ConditionalCheckFailed"):
+            container().import_ledger._client.update_item(**slow["request"])
+    assert recount().completed == []  # ended: nothing more
+    assert report(import_id) == ended
+
+
+def test_an_import_with_a_line_not_marked_is_not_recounted_until_the_line_comes(
+    stack: ImportAws, monkeypatch: pytest.MonkeyPatch
+):
+    from functions.import_worker.app import container
+
+    held = kill_between_marking_and_counting(monkeypatch, {2})
+    import_id = split(stack, "incoming/waiting.csv", csv_file(csv_row("ext-1"), csv_row("ext-2"), csv_row("ext-3")))
+    parked = stack.sqs.receive_message(QueueUrl=stack.queue_url, MaxNumberOfMessages=10, MessageAttributeNames=["All"])
+    for message in parked["Messages"]:  # all but line 4's visible again: that one waits (in the DLQ, say)
+        if message["MessageAttributes"]["line"]["StringValue"] != "4":
+            stack.sqs.change_message_visibility(
+                QueueUrl=stack.queue_url, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0
+            )
+        else:
+            parked = message
+    stack.drain(worker)
+    assert held and report(import_id)["status"] == "running"
+    batch_gets: list[int] = []
+    client = container().import_ledger._client
+    get = client.batch_get_item
+    markers = container().import_ledger._markers
+    monkeypatch.setattr(
+        client, "batch_get_item", lambda **r: batch_gets.extend(set(r["RequestItems"]) & {markers}) or get(**r)
+    )
+
+    assert recount().waiting == [import_id]
+    read = len(batch_gets)
+    assert read  # the markers were read
+    assert recount().waiting == []  # found waiting, unchanged since: its markers not read again
+    assert len(batch_gets) == read
+    assert report(import_id)["status"] == "running"
+
+    stack.sqs.change_message_visibility(
+        QueueUrl=stack.queue_url, ReceiptHandle=parked["ReceiptHandle"], VisibilityTimeout=0
+    )
+    stack.drain(worker)  # redriven: counted, still one short (the killed line)
+    assert recount().completed == [import_id]
+    ended = report(import_id)
+    assert (ended["status"], ended["imported"], ended["failed"]) == ("completed", 3, 0)
+
+
+def test_a_recount_cut_short_by_its_pass_s_time_goes_on_where_it_stopped_at_the_next_run(
+    stack: ImportAws, monkeypatch: pytest.MonkeyPatch
+):
+    from datetime import timedelta
+
+    from core.import_recount import StuckImportRecount
+    from core.models import utc_now
+    from functions.adapters.imports import DynamoImportLedger
+    from functions.import_worker.app import container
+
+    monkeypatch.setattr(DynamoImportLedger, "RECOUNT_CHUNK", 2)  # lines 1-2, 3-4, 5-6
+    kill_between_marking_and_counting(monkeypatch, {4})
+    rows = [csv_row("ext-1"), csv_row("ext-2", "NOPE"), csv_row("ext-3"), csv_row("ext-4"), csv_row("ext-5")]
+    import_id = split(stack, "incoming/cut.csv", csv_file(*rows))
+    stack.drain(worker)
+    later = utc_now() + timedelta(minutes=31)
+    recounts = StuckImportRecount(container().import_ledger, lambda: later)
+    answers = iter([False, False, False, True])  # the pass's import, then two chunks of markers
+
+    cut = recounts.run(time_up=lambda: next(answers, True))
+
+    assert cut.cut_short == [import_id] and report(import_id)["status"] == "running"
+    reads: list[str] = []
+    ledger = container().import_ledger
+    get = ledger._client.batch_get_item
+
+    def reading(**request: Any) -> Any:
+        reads.extend(key["id"]["S"] for key in request["RequestItems"].get(ledger._markers, {}).get("Keys", []))
+        return get(**request)
+
+    monkeypatch.setattr(ledger._client, "batch_get_item", reading)
+    assert recounts.run().completed == [import_id]
+    assert [int(key.rsplit("#", 1)[1]) for key in reads] == [5, 6]  # from where it stopped
+    ended = report(import_id)
+    assert (ended["status"], ended["imported"], ended["failed"]) == ("completed_with_errors", 4, 1)
+    assert [(e["line"], e["code"]) for e in ended["errors"]] == [(3, "unknown_sku")]

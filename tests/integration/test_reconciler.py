@@ -209,8 +209,10 @@ def test_the_reconciler_queries_the_status_index_and_never_scans(stack, monkeypa
     # and those set aside waiting for a plugin of each method one takes (the test stack's `acme_pay`
     # and `test`); then the orders owing a carrier work, the refunds left pending, what returns
     # kept back, the authorizations edits left and the settlement captures cancels left (the
-    # by_pending_refund index's five partitions).
-    assert [operation for operation, _ in calls] == ["query"] * 11
+    # by_pending_refund index's five partitions); then the imports' listing, for imports left short.
+    assert [operation for operation, _ in calls] == ["query"] * 12
+    *calls, (_, imports) = calls
+    assert "IndexName" not in imports and imports["ExpressionAttributeValues"][":pk"] == {"S": "IMPORTS"}
     assert [kwargs["IndexName"] for _, kwargs in calls] == [
         "by_status_key", "by_status_key", "by_pickup_deadline", *["by_receipt"] * 3, *["by_pending_refund"] * 5
     ]  # fmt: skip
@@ -1399,7 +1401,8 @@ def test_a_return_shows_what_it_kept_back_though_the_run_that_finished_its_refun
 # --- The passes share the function's minute ---------------------------------------------------
 
 PASSES = [
-    "stalled orders", "pickup expiry", "returns", "carrier work", "refunds", "authorizations", "settlement captures"
+    "stalled orders", "pickup expiry", "returns", "carrier work", "refunds", "authorizations", "settlement captures",
+    "imports",
 ]  # fmt: skip
 
 
@@ -1409,6 +1412,7 @@ def passes_run(stack, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     from core.authorization_sweep import Settled, UnsettledAuthorizationSweep
     from core.capture_sweep import CapturesSettled, UnrecordedCaptureSweep
     from core.carrier_bookings import CarrierWorkSweep
+    from core.import_recount import Recounted, StuckImportRecount
     from core.pickups import PickupExpiry, PickupsExpired
     from core.reconciliation import Reconciled, Reconciler
     from core.refund_service import KeptBackRefunded, KeptBackSweep, PendingRefundSweep
@@ -1432,6 +1436,7 @@ def passes_run(stack, monkeypatch: pytest.MonkeyPatch) -> list[str]:
         (KeptBackSweep, "run", "kept back", KeptBackRefunded()),
         (UnsettledAuthorizationSweep, "run", "authorizations", Settled()),
         (UnrecordedCaptureSweep, "run_settlements", "settlement captures", CapturesSettled([], [], [])),
+        (StuckImportRecount, "run", "imports", Recounted()),
     ):
         monkeypatch.setattr(owner, method, recorded(name, answer))
     return ran

@@ -38,7 +38,7 @@ from functions.adapters.dynamodb import (
     DynamoUnreceivedReturns,
     DynamoUnsettledAuthorizations,
 )
-from functions.adapters.imports import DynamoImportLedger, S3ImportFiles, SqsOrderQueue
+from functions.adapters.imports import DynamoImportLedger, LambdaSplitContinuation, S3ImportFiles, SqsOrderQueue
 from functions.adapters.labels import S3Labels
 from functions.adapters.notifications import DynamoNotifications
 from functions.adapters.purchasing import DynamoPurchasing
@@ -223,7 +223,12 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
         (INVENTORY, "dynamodb:UpdateItem"): [DynamoInventory],
         (INVENTORY, "dynamodb:BatchGetItem"): [DynamoInventory],
         (INVENTORY, "dynamodb:Query"): [DynamoInventory],
-        (CATALOG, "dynamodb:GetItem"): [DynamoCatalog],
+        (CATALOG, "dynamodb:GetItem"): [DynamoCatalog, DynamoImportLedger],
+        # Imports left running short by a line marked and never counted, recounted from its markers.
+        **{
+            (CATALOG, f"dynamodb:{a}"): [DynamoImportLedger] for a in ("BatchGetItem", "Query", "UpdateItem", "PutItem")
+        },
+        (IDEMPOTENCY, "dynamodb:BatchGetItem"): [DynamoImportLedger],
         (RETURNS, "dynamodb:GetItem"): [DynamoReturns],
         # A return whose kept-back refund the pass makes shows all that was refunded for it.
         (RETURNS, "dynamodb:UpdateItem"): [DynamoReturns],
@@ -259,6 +264,8 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
         # caller that may list the bucket, and 403 AccessDenied (an unexpected error) to any other.
         ("ImportsBucket", "s3:ListBucket"): "S3's answer to a GetObject of an object version that is gone",
         ("ImportQueue", "sqs:SendMessage"): [SqsOrderQueue],
+        # A split running short of time hands the rest of its file on to a new invocation.
+        ("ImportSplitterFunction", "lambda:InvokeFunction"): [LambdaSplitContinuation],
         **{(CATALOG, f"dynamodb:{a}"): [DynamoImportLedger] for a in ("GetItem", "PutItem", "UpdateItem")},
         # A resumed split reads the marker of a rejected line it finds recorded.
         (IDEMPOTENCY, "dynamodb:GetItem"): [DynamoImportLedger],
@@ -306,6 +313,7 @@ _ALSO_CALLED_AS = {
     "get_object": ['"get_object"'],  # a presigned GetObject
     "get_object_version": ['request["VersionId"]'],  # GetObject with a VersionId
     "delete": [".flush_stage_authorizers_cache("],  # API Gateway's IAM actions are its REST verbs
+    "invoke_function": [".invoke("],  # Lambda's Invoke is authorized as InvokeFunction
 }
 # What no function here calls: a grant of any of these is a mistake.
 NEVER = {
