@@ -9,7 +9,14 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from core.aggregates import AggregateChange, CounterUpdate, customer_key, email_key, report_channels_key
+from core.aggregates import (
+    AggregateChange,
+    CounterUpdate,
+    customer_key,
+    email_key,
+    filing_key,
+    report_channels_key,
+)
 from functions.adapters.dynamodb import decode_cursor, encode_cursor, from_item, to_item
 
 # A DynamoDB transaction holds at most 100 items: one is the change's marker.
@@ -47,14 +54,19 @@ class DynamoAggregates:
             )
         applied = False
         updates = change.updates
-        for part, start in enumerate(range(0, len(updates), _PER_TRANSACTION)):
-            applied |= self._transact(change, part, updates[start : start + _PER_TRANSACTION])
+        parts = [updates[start : start + _PER_TRANSACTION] for start in range(0, len(updates), _PER_TRANSACTION)]
+        if change.filed_on is not None and (not parts or len(parts[-1]) == _PER_TRANSACTION):
+            parts.append([])  # the filing goes with the last part: a full one gets a part of its own
+        for part, chunk in enumerate(parts):
+            applied |= self._transact(change, part, chunk, filing=part == len(parts) - 1)
         if change.seen is not None:
             self._record_seen(change)
             applied = True
         return applied
 
-    def _transact(self, change: AggregateChange, part: int, updates: list[CounterUpdate]) -> bool:
+    def _transact(
+        self, change: AggregateChange, part: int, updates: list[CounterUpdate], *, filing: bool = False
+    ) -> bool:
         marker = {
             **marker_key(change.order_id, change.version, part),
             "expires_at": {"N": str(int(self._now()) + MARKER_TTL_SECONDS)},
@@ -63,6 +75,13 @@ class DynamoAggregates:
             {"Put": {"TableName": self._table, "Item": marker, "ConditionExpression": "attribute_not_exists(pk)"}}
         ]
         items.extend({"Update": self._counter_update(update)} for update in updates)
+        if change.filed_on is not None and filing:
+            # Rare (an order allocated on another day than it was placed): one more item in the
+            # transaction, so the day is on record exactly when its counters are (a part of 99
+            # counters never takes it: the parts are cut as they were before it existed).
+            pk, sk = filing_key(change.order_id)
+            filing = {"pk": {"S": pk}, "sk": {"S": sk}, "day": {"S": change.filed_on}}
+            items.append({"Put": {"TableName": self._table, "Item": filing}})
         try:
             self._client.transact_write_items(TransactItems=items)
         except ClientError as error:
@@ -151,6 +170,16 @@ class DynamoAggregates:
         return True
 
     # --- Reads -----------------------------------------------------------------------------------
+    def filed_day(self, order_id: str) -> str | None:
+        """A consistent read: the filing was written by an earlier record of the same order, and
+        only a change moving an order's revenue after it was counted (never a typical order's)
+        asks."""
+        pk, sk = filing_key(order_id)
+        found = self._client.get_item(
+            TableName=self._table, Key={"pk": {"S": pk}, "sk": {"S": sk}}, ConsistentRead=True
+        ).get("Item")
+        return found["day"]["S"] if found else None
+
     def customer_items(self, customer_id: str) -> dict[str, dict[str, Any]]:
         pk, _ = customer_key(customer_id, "")
         return {row["sk"]: row for row in self._query(pk)}

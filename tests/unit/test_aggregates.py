@@ -68,11 +68,15 @@ class MemoryStore:
         self.items: dict[tuple[str, str], dict[str, Any]] = defaultdict(dict)
         self.applied: set[tuple[str, int]] = set()
         self.partitions_read: list[str] = []
+        self.filed: dict[str, str] = {}
+        self.filings_read: list[str] = []
 
     def apply(self, change: AggregateChange) -> bool:
         if (change.order_id, change.version) in self.applied:
             return False
         self.applied.add((change.order_id, change.version))
+        if change.filed_on is not None:
+            self.filed[change.order_id] = change.filed_on
         for update in change.updates:
             item = self.items[(update.pk, update.sk)]
             for attribute, delta in update.add.items():
@@ -90,6 +94,10 @@ class MemoryStore:
             email = self.items[(f"customer-email#{change.seen.email.lower()}", change.seen.customer_id)]
             email.setdefault("channels", set()).add(change.seen.channel)
         return True
+
+    def filed_day(self, order_id: str) -> str | None:
+        self.filings_read.append(order_id)
+        return self.filed.get(order_id)
 
     def customer_items(self, customer_id: str) -> dict[str, dict[str, Any]]:
         return {sk: item for (pk, sk), item in self.items.items() if pk == f"customer#{customer_id}"}
@@ -117,7 +125,7 @@ class MemoryStore:
 def replay(store: MemoryStore, *docs: dict[str, Any]) -> None:
     previous = None
     for doc in docs:
-        store.apply(aggregate_change(previous, doc))
+        store.apply(aggregate_change(previous, doc, store.filed_day))
         previous = doc
 
 
@@ -166,6 +174,93 @@ def test_cancelling_an_allocated_order_takes_its_revenue_out_of_the_day_that_cou
     view = service(store).customer("cus_1", None)
     assert view.orders_count == 1
     assert view.totals[0].ordered.amount == Decimal("0.00")
+
+
+def day_report(store: MemoryStore, day: date, kind: ReportKind = ReportKind.PRODUCTS) -> list[dict[str, Any]]:
+    rows = service(store).report(kind, "USD", start=day, end=day, channel=None, limit=10)
+    return [row.model_dump(mode="json") for row in rows]
+
+
+def backorder_allocated_later() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Placed on 1 November, backordered, allocated on 20 November when its stock arrived."""
+    placed = order(created_at="2026-11-01T23:00:00Z", updated_at="2026-11-01T23:00:00Z")
+    backordered = then(placed, status="backordered", updated_at="2026-11-01T23:00:01Z")
+    allocated = then(backordered, status="allocated", updated_at="2026-11-20T08:00:00Z")
+    return placed, backordered, allocated
+
+
+def test_a_backorder_allocated_weeks_later_counts_on_its_allocation_day_and_comes_out_of_it():
+    store = MemoryStore()
+    placed, backordered, allocated = backorder_allocated_later()
+    replay(store, placed, backordered, allocated)
+
+    assert day_report(store, date(2026, 11, 1)) == []
+    assert day_report(store, date(2026, 11, 20)) == [
+        {"sku": "TSHIRT", "units": 2, "revenue": money("19.00")},
+        {"sku": "MUG", "units": 1, "revenue": money("5.50")},
+    ]
+    # Shipped and delivered: no revenue moves, so the filing is never read.
+    shipped = then(allocated, status="shipped", updated_at="2026-11-21T08:00:00Z")
+    delivered = then(shipped, status="delivered", updated_at="2026-11-22T08:00:00Z")
+    store.apply(aggregate_change(allocated, shipped, store.filed_day))
+    store.apply(aggregate_change(shipped, delivered, store.filed_day))
+    assert store.filings_read == []
+    # A return received a month later takes its units out of the day that counted them.
+    returned = then(
+        delivered,
+        status="partially_returned",
+        lines=[line("L1", "TSHIRT", 2, "10.00", "1.00", returned_quantity=1), line("L2", "MUG", 1, "5.50")],
+        updated_at="2026-12-20T08:00:00Z",
+    )
+    change = aggregate_change(delivered, returned, store.filed_day)
+    store.apply(change)
+    assert store.apply(change) is False  # redelivered: nothing moves twice
+    assert day_report(store, date(2026, 11, 20)) == [
+        {"sku": "TSHIRT", "units": 1, "revenue": money("9.50")},
+        {"sku": "MUG", "units": 1, "revenue": money("5.50")},
+    ]
+    assert day_report(store, date(2026, 12, 20)) == [] and day_report(store, date(2026, 11, 1)) == []
+
+
+def test_a_backorder_cancelled_after_its_later_allocation_leaves_every_day_as_it_was():
+    store = MemoryStore()
+    placed, backordered, allocated = backorder_allocated_later()
+    cancelled = then(allocated, status="cancelled", updated_at="2026-11-25T08:00:00Z")
+    replay(store, placed, backordered, allocated, cancelled)
+
+    for day in (date(2026, 11, 1), date(2026, 11, 20), date(2026, 11, 25)):
+        assert day_report(store, day) == []
+        assert day_report(store, day, ReportKind.CUSTOMERS) == []
+
+
+def test_an_order_sent_back_to_sourcing_and_allocated_again_later_moves_its_revenue_to_that_day():
+    store = MemoryStore()
+    placed, backordered, allocated = backorder_allocated_later()
+    again = then(allocated, status="backordered", updated_at="2026-11-21T08:00:00Z")  # a store rejected it
+    reallocated = then(again, status="allocated", updated_at="2026-11-23T08:00:00Z")
+    cancelled = then(reallocated, status="cancelled", updated_at="2026-11-24T08:00:00Z")
+    replay(store, placed, backordered, allocated, again, reallocated)
+
+    assert day_report(store, date(2026, 11, 20)) == []
+    assert [row["units"] for row in day_report(store, date(2026, 11, 23))] == [2, 1]
+
+    store.apply(aggregate_change(reallocated, cancelled, store.filed_day))
+    assert day_report(store, date(2026, 11, 23)) == []
+
+
+def test_an_order_counted_before_the_filing_rule_keeps_its_revenue_on_the_day_it_was_placed():
+    # A consumer before this change filed every order's revenue under the day it was placed and
+    # recorded no filing: a cancel after the deploy takes it out of that day, not its allocation's.
+    store = MemoryStore()
+    placed, backordered, allocated = backorder_allocated_later()
+    as_filed_before = {**allocated, "updated_at": placed["created_at"]}
+    replay(store, placed, backordered, as_filed_before)
+    assert [row["units"] for row in day_report(store, date(2026, 11, 1))] == [2, 1]
+
+    store.apply(aggregate_change(allocated, then(allocated, status="cancelled"), store.filed_day))
+
+    assert day_report(store, date(2026, 11, 1)) == [] and day_report(store, date(2026, 11, 20)) == []
+    assert day_report(store, date(2026, 11, 20), ReportKind.REGIONS) == []
 
 
 @pytest.mark.parametrize("stored", ["lines at zero", "lines as ordered"])
