@@ -15,6 +15,15 @@ order filed under another day (a backorder allocated later) records it, on a fil
 with its counters, and only a change that moves such an order's revenue reads it back. An order
 counted before the filing rule existed (filed under its creation day, with no filing item) reads
 as filed under its creation day, as it was.
+
+An exchange's replacement is paid for in part by its credit, the refund its return's units were
+due (README "Returns"): the customer's `ordered` counts its grand total like any order's, and
+`refunded` counts the credit it uses (its credit, at most its grand total) while it is not
+cancelled or failed, beside the refunds made on the original order of what the credit does not
+use (or gives back), so `ordered - refunded` is what the customer's payments keep and a return
+paid as a credit shows as a plain return's refund would. The filing item says the credit was
+counted (by the replacement's first record): a replacement placed before this rule is not, so a
+later change of it takes out nothing it never added.
 """
 
 from collections import defaultdict
@@ -102,12 +111,23 @@ class AggregateChange:
     report_days: list[tuple[str, str, str]] = field(default_factory=list)
     # The day the change begins filing the order's revenue under, when that is not the day the
     # order was placed (a backorder allocated days later): written with the counters, read back
-    # by a later change that moves that revenue (AggregateStore.filed_day).
+    # by a later change that moves that revenue (AggregateStore.filing).
     filed_on: str | None = None
+    # The change begins counting an exchange credit in the customer's `refunded` (a replacement's
+    # first record): recorded with the counters, read back by a later change that moves it.
+    credit_counted: bool = False
 
     @property
     def empty(self) -> bool:
         return not self.updates and self.seen is None
+
+
+@dataclass(frozen=True)
+class Filing:
+    """What the store recorded of how an order is counted (nothing, for nearly every order)."""
+
+    day: str | None = None  # the day its revenue is filed under; None: the day it was placed
+    credit: bool = False  # its exchange credit is counted in its customer's `refunded`
 
 
 def customer_key(customer_id: str, channel: str) -> Key:
@@ -132,8 +152,19 @@ def report_channels_key(currency: str, day: str) -> Key:
     return f"report-channels#{currency}", day
 
 
-def contribution(document: Mapping[str, Any] | None, day: str = "") -> Contribution:
-    """The counters an order document stands for, its revenue filed under `day` (YYYY-MM-DD).
+def credit_in_use(document: Mapping[str, Any]) -> Decimal:
+    """What of an exchange's credit the replacement `document` uses: its credit, at most its grand
+    total (the rest is refunded on the original order), nothing once it is cancelled or failed
+    (the credit is given back on the original then)."""
+    credit = document.get("exchange_credit")
+    if not credit or document.get("status") in _NOT_ORDERED:
+        return Decimal(0)
+    return min(Decimal(credit["amount"]), Decimal(document["totals"]["grand_total"]["amount"]))
+
+
+def contribution(document: Mapping[str, Any] | None, day: str = "", credit: bool = False) -> Contribution:
+    """The counters an order document stands for, its revenue filed under `day` (YYYY-MM-DD) and,
+    if `credit`, the exchange credit it uses counted as refunded.
     Every row is its channel's: a view over all channels sums the channels' rows when read (a
     customer's are one partition; a report day lists its channels on a registry item), which
     halves the writes of keeping both."""
@@ -150,6 +181,8 @@ def contribution(document: Mapping[str, Any] | None, day: str = "") -> Contribut
         result.add(key, f"ordered_{currency}", Decimal(document["totals"]["grand_total"]["amount"]))
     refunded = (document.get("payment") or {}).get("refunded") or {}
     result.add(key, f"refunded_{currency}", Decimal(refunded.get("amount", "0")))
+    if credit:
+        result.add(key, f"refunded_{currency}", credit_in_use(document))
     result.add(key, "returns_count", len(document.get("received_returns") or []))
     result.add(key, "payment_failures", 1 if status == "payment_failed" else 0)
     if not counts_revenue(document):
@@ -218,24 +251,33 @@ _FILED = "filed"
 def aggregate_change(
     old: Mapping[str, Any] | None,
     new: Mapping[str, Any],
-    filed_day: Callable[[str], str | None] = lambda order_id: None,
+    filing: Callable[[str], Filing] = lambda order_id: Filing(),
 ) -> AggregateChange:
     """The counter updates an order change means (`old` None for a new order): only the
     counters that differ, each as an atomic ADD of the difference. A change that begins counting
     the order's revenue files it under its own day; one of an order already counting moves it on
-    the day it was filed under: `filed_day(order_id)` (None: the day it was placed), asked only
-    when the change moves revenue (a cancel, units returned or cancelled), never for a ship or a
-    delivery, which move none."""
+    the day it was filed under. `filing(order_id)` says that day, and whether a replacement's
+    credit is counted; it is asked only by a change that moves either (a cancel, units returned
+    or cancelled, of such an order), never by a ship or a delivery, which move neither."""
+    found: list[Filing] = []
+
+    def recorded() -> Filing:
+        if not found:
+            found.append(filing(str(new["id"])))
+        return found[0]
+
+    credit = old is None or (credit_in_use(old) != credit_in_use(new) and recorded().credit)
+    credit_counted = old is None and bool(new.get("exchange_credit"))
     was_counted, counted = old is not None and counts_revenue(old), counts_revenue(new)
     filed_on, day = None, _FILED
     if was_counted:
-        deltas = _deltas(contribution(old, _FILED), contribution(new, _FILED))
+        deltas = _deltas(contribution(old, _FILED, credit), contribution(new, _FILED, credit))
         if any(key[0].startswith("report#") for key in deltas):
-            day = filed_day(str(new["id"])) or placed_day(new)
-            deltas = _deltas(contribution(old, day), contribution(new, day))
+            day = recorded().day or placed_day(new)
+            deltas = _deltas(contribution(old, day, credit), contribution(new, day, credit))
     else:
         day = _changed_day(new)
-        deltas = _deltas(contribution(old), contribution(new, day))
+        deltas = _deltas(contribution(old, "", credit), contribution(new, day, credit))
         if counted and day != placed_day(new):
             filed_on = day
     customer = new["customer"]
@@ -254,7 +296,9 @@ def aggregate_change(
         seen = CustomerSeen(
             customer["id"], new["channel"], customer["email"], _fixed_time(new["created_at"]), customer.get("name")
         )
-    return AggregateChange(str(new["id"]), int(new.get("version", 0)), updates, seen, report_days, filed_on)
+    return AggregateChange(
+        str(new["id"]), int(new.get("version", 0)), updates, seen, report_days, filed_on, credit_counted
+    )
 
 
 # --- Read side --------------------------------------------------------------------------------
@@ -381,12 +425,12 @@ def top_rows(
 
 class AggregateStore(Protocol):
     def apply(self, change: AggregateChange) -> bool:
-        """Apply the change's counters once per (order, version), with its `filed_on` day when it
-        has one: False when already applied."""
+        """Apply the change's counters once per (order, version), with its `filed_on` day and
+        `credit_counted` when it has them: False when already applied."""
 
-    def filed_day(self, order_id: str) -> str | None:
-        """The last `filed_on` day applied for the order; None when none was (its revenue is
-        filed under the day it was placed)."""
+    def filing(self, order_id: str) -> Filing:
+        """The last `filed_on` day applied for the order (None when none was: its revenue is
+        filed under the day it was placed), and whether a change with `credit_counted` was."""
 
     def customer_items(self, customer_id: str) -> dict[str, dict[str, Any]]:
         """The customer's rows by channel (one partition)."""

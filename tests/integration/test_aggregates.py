@@ -122,6 +122,34 @@ def test_a_backorder_allocated_days_later_is_filed_on_that_day_and_its_cancel_ta
     assert (customer.orders_count, customer.totals[0].ordered.amount) == (1, Decimal("0.00"))
 
 
+def test_a_replacements_credit_and_later_filing_day_are_both_on_record_for_its_cancel(aws):
+    from tests.unit.test_aggregates import money, order, then
+
+    store = DynamoAggregates(aws.dynamodb, aws.tables["CatalogTable"])
+    service = Aggregates(store, lambda: datetime(2026, 12, 1, tzinfo=UTC))
+    placed = order(id="ord_x", exchange_of="rma_1", exchange_credit=money("9.50"), updated_at="2026-11-01T10:00:00Z")
+    allocated = then(placed, status="allocated", updated_at="2026-11-03T10:00:00Z")
+    cancelled = then(allocated, status="cancelled", updated_at="2026-11-04T10:00:00Z")
+
+    for old, new in ((None, placed), (placed, allocated)):
+        change = aggregate_change(old, new, store.filing)
+        for _ in range(2):  # redelivered: counted once
+            store.apply(change)
+    total = service.customer("cus_1", None).totals[0]
+    assert (str(total.ordered.amount), str(total.refunded.amount)) == ("27.50", "9.50")
+    day = date(2026, 11, 3)
+    assert [r.sku for r in service.report(ReportKind.PRODUCTS, "USD", start=day, end=day, channel=None, limit=5)] == [
+        "TSHIRT",
+        "MUG",
+    ]
+
+    store.apply(aggregate_change(allocated, cancelled, store.filing))
+
+    total = service.customer("cus_1", None).totals[0]
+    assert (str(total.ordered.amount), str(total.refunded.amount)) == ("0.00", "0.00")
+    assert service.report(ReportKind.PRODUCTS, "USD", start=day, end=day, channel=None, limit=5) == []
+
+
 @pytest.fixture
 def tables_not_copied() -> Iterator[None]:
     """moto deep-copies every table a transaction names before it starts (every item and stream

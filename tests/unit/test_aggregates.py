@@ -14,6 +14,7 @@ import pytest
 from core.aggregates import (
     AggregateChange,
     Aggregates,
+    Filing,
     ReportKind,
     aggregate_change,
     line_revenue_kept,
@@ -68,15 +69,18 @@ class MemoryStore:
         self.items: dict[tuple[str, str], dict[str, Any]] = defaultdict(dict)
         self.applied: set[tuple[str, int]] = set()
         self.partitions_read: list[str] = []
-        self.filed: dict[str, str] = {}
+        self.filed: dict[str, Filing] = {}
         self.filings_read: list[str] = []
 
     def apply(self, change: AggregateChange) -> bool:
         if (change.order_id, change.version) in self.applied:
             return False
         self.applied.add((change.order_id, change.version))
+        was = self.filed.get(change.order_id, Filing())
         if change.filed_on is not None:
-            self.filed[change.order_id] = change.filed_on
+            self.filed[change.order_id] = was = Filing(change.filed_on, was.credit)
+        if change.credit_counted:
+            self.filed[change.order_id] = Filing(was.day, True)
         for update in change.updates:
             item = self.items[(update.pk, update.sk)]
             for attribute, delta in update.add.items():
@@ -95,9 +99,9 @@ class MemoryStore:
             email.setdefault("channels", set()).add(change.seen.channel)
         return True
 
-    def filed_day(self, order_id: str) -> str | None:
+    def filing(self, order_id: str) -> Filing:
         self.filings_read.append(order_id)
-        return self.filed.get(order_id)
+        return self.filed.get(order_id, Filing())
 
     def customer_items(self, customer_id: str) -> dict[str, dict[str, Any]]:
         return {sk: item for (pk, sk), item in self.items.items() if pk == f"customer#{customer_id}"}
@@ -125,7 +129,7 @@ class MemoryStore:
 def replay(store: MemoryStore, *docs: dict[str, Any]) -> None:
     previous = None
     for doc in docs:
-        store.apply(aggregate_change(previous, doc, store.filed_day))
+        store.apply(aggregate_change(previous, doc, store.filing))
         previous = doc
 
 
@@ -202,8 +206,8 @@ def test_a_backorder_allocated_weeks_later_counts_on_its_allocation_day_and_come
     # Shipped and delivered: no revenue moves, so the filing is never read.
     shipped = then(allocated, status="shipped", updated_at="2026-11-21T08:00:00Z")
     delivered = then(shipped, status="delivered", updated_at="2026-11-22T08:00:00Z")
-    store.apply(aggregate_change(allocated, shipped, store.filed_day))
-    store.apply(aggregate_change(shipped, delivered, store.filed_day))
+    store.apply(aggregate_change(allocated, shipped, store.filing))
+    store.apply(aggregate_change(shipped, delivered, store.filing))
     assert store.filings_read == []
     # A return received a month later takes its units out of the day that counted them.
     returned = then(
@@ -212,7 +216,7 @@ def test_a_backorder_allocated_weeks_later_counts_on_its_allocation_day_and_come
         lines=[line("L1", "TSHIRT", 2, "10.00", "1.00", returned_quantity=1), line("L2", "MUG", 1, "5.50")],
         updated_at="2026-12-20T08:00:00Z",
     )
-    change = aggregate_change(delivered, returned, store.filed_day)
+    change = aggregate_change(delivered, returned, store.filing)
     store.apply(change)
     assert store.apply(change) is False  # redelivered: nothing moves twice
     assert day_report(store, date(2026, 11, 20)) == [
@@ -244,7 +248,7 @@ def test_an_order_sent_back_to_sourcing_and_allocated_again_later_moves_its_reve
     assert day_report(store, date(2026, 11, 20)) == []
     assert [row["units"] for row in day_report(store, date(2026, 11, 23))] == [2, 1]
 
-    store.apply(aggregate_change(reallocated, cancelled, store.filed_day))
+    store.apply(aggregate_change(reallocated, cancelled, store.filing))
     assert day_report(store, date(2026, 11, 23)) == []
 
 
@@ -257,10 +261,87 @@ def test_an_order_counted_before_the_filing_rule_keeps_its_revenue_on_the_day_it
     replay(store, placed, backordered, as_filed_before)
     assert [row["units"] for row in day_report(store, date(2026, 11, 1))] == [2, 1]
 
-    store.apply(aggregate_change(allocated, then(allocated, status="cancelled"), store.filed_day))
+    store.apply(aggregate_change(allocated, then(allocated, status="cancelled"), store.filing))
 
     assert day_report(store, date(2026, 11, 1)) == [] and day_report(store, date(2026, 11, 20)) == []
     assert day_report(store, date(2026, 11, 20), ReportKind.REGIONS) == []
+
+
+def exchanged(store: MemoryStore, original_refunded: str = "0.00") -> dict[str, Any]:
+    """Ada's order of 27.50, delivered; one T-shirt (worth 9.50) comes back and is exchanged: its
+    refund becomes the credit of the replacement; what the credit does not use is refunded on
+    the original (`original_refunded`). Returns the returned original."""
+    placed = order()
+    delivered = then(then(placed, status="allocated"), status="delivered")
+    returned = then(
+        delivered,
+        status="partially_returned",
+        lines=[line("L1", "TSHIRT", 2, "10.00", "1.00", returned_quantity=1), line("L2", "MUG", 1, "5.50")],
+        received_returns=["rma_1"],
+        exchanges=["rma_1"],
+        payment={"refunded": money(original_refunded)},
+    )
+    replay(store, placed, delivered, returned)
+    return returned
+
+
+def replacement(grand_total: str, **changes: Any) -> dict[str, Any]:
+    return order(
+        id="ord_x",
+        lines=[line("L1", "HOODIE", 1, grand_total)],
+        totals={"grand_total": money(grand_total)},
+        exchange_of="rma_1",
+        exchange_credit=money("9.50"),
+        **changes,
+    )
+
+
+def customer_totals(store: MemoryStore) -> tuple[str, str]:
+    total = service(store).customer("cus_1", None).totals[0]
+    return str(total.ordered.amount), str(total.refunded.amount)
+
+
+def test_an_exchange_counts_the_replacements_total_as_ordered_and_the_credit_it_uses_as_refunded():
+    # The customer paid 27.50, then 20.00 - 9.50 = 10.50 for the hoodie: 38.00 kept, as a plain
+    # return (9.50 refunded) and a new order (20.00) would show.
+    store = MemoryStore()
+    exchanged(store)
+    placed = replacement("20.00")
+    replay(store, placed, then(placed, status="allocated"))
+
+    assert customer_totals(store) == ("47.50", "9.50")
+
+
+def test_a_replacement_cheaper_than_its_credit_counts_what_it_uses_and_the_rest_refunded_on_the_original():
+    store = MemoryStore()
+    exchanged(store, original_refunded="3.50")  # 9.50 - 6.00 goes back to the card
+    replay(store, replacement("6.00"))
+
+    assert customer_totals(store) == ("33.50", "9.50")  # 27.50 + 6.00 ordered; 3.50 + 6.00 refunded
+
+
+def test_a_cancelled_replacement_counts_nothing_and_its_credit_given_back_counts_once():
+    store = MemoryStore()
+    returned = exchanged(store)
+    placed = replacement("20.00")
+    cancelled = then(placed, status="cancelled")
+    replay(store, placed, cancelled)
+    replay(store, returned, then(returned, payment={"refunded": money("9.50")}))  # the credit given back
+
+    assert customer_totals(store) == ("27.50", "9.50")
+
+
+def test_a_replacement_counted_before_its_credit_was_leaves_refunded_to_the_refunds_when_cancelled():
+    # A consumer before this change counted the replacement's total and not its credit: its cancel
+    # takes out nothing it never added, and the credit given back on the original counts once.
+    store = MemoryStore()
+    returned = exchanged(store)
+    placed = replacement("20.00")
+    store.apply(aggregate_change(None, {**placed, "exchange_credit": None}, store.filing))
+    store.apply(aggregate_change(placed, then(placed, status="cancelled"), store.filing))
+    replay(store, returned, then(returned, payment={"refunded": money("9.50")}))
+
+    assert customer_totals(store) == ("27.50", "9.50")
 
 
 @pytest.mark.parametrize("stored", ["lines at zero", "lines as ordered"])
