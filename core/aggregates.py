@@ -12,18 +12,21 @@ when the order is allocated"), and later changes move it on that day: a change t
 counting names its day, one of an order already counting takes the day it was filed under. That
 day is the order's creation day for most orders (allocated the day they were placed), so only an
 order filed under another day (a backorder allocated later) records it, on a filing item written
-with its counters, and only a change that moves such an order's revenue reads it back. An order
+with its counters, and only a change that moves an order's counted revenue reads it back. An order
 counted before the filing rule existed (filed under its creation day, with no filing item) reads
 as filed under its creation day, as it was.
 
 An exchange's replacement is paid for in part by its credit, the refund its return's units were
-due (README "Returns"): the customer's `ordered` counts its grand total like any order's, and
-`refunded` counts the credit it uses (its credit, at most its grand total) while it is not
-cancelled or failed, beside the refunds made on the original order of what the credit does not
-use (or gives back), so `ordered - refunded` is what the customer's payments keep and a return
-paid as a credit shows as a plain return's refund would. The filing item says the credit was
-counted (by the replacement's first record): a replacement placed before this rule is not, so a
-later change of it takes out nothing it never added.
+due (README "Returns"), which was never refunded: that money stays ordered on the original order
+(a return does not lower its grand total). So the customer's `refunded` stays what the refund
+records say the gateway gave back, and `ordered` counts a replacement's grand total less the
+credit it uses (its credit, at most its grand total: what its own payment is asked for,
+`Order.payable`) while it is not cancelled or failed; the rest of the credit is refunded on the
+original (a refund record, in `refunded`), as is all of it when the replacement is cancelled.
+Each unit of money ordered is counted once and `ordered - refunded` is what the customer's
+payments keep. The filing item says the credit was counted (by the replacement's first record):
+a replacement placed before this rule is not (its whole total was counted), so a later change of
+it takes out nothing it never added.
 """
 
 from collections import defaultdict
@@ -113,7 +116,7 @@ class AggregateChange:
     # order was placed (a backorder allocated days later): written with the counters, read back
     # by a later change that moves that revenue (AggregateStore.filing).
     filed_on: str | None = None
-    # The change begins counting an exchange credit in the customer's `refunded` (a replacement's
+    # The change begins counting an exchange credit out of the customer's `ordered` (a replacement's
     # first record): recorded with the counters, read back by a later change that moves it.
     credit_counted: bool = False
 
@@ -127,7 +130,7 @@ class Filing:
     """What the store recorded of how an order is counted (nothing, for nearly every order)."""
 
     day: str | None = None  # the day its revenue is filed under; None: the day it was placed
-    credit: bool = False  # its exchange credit is counted in its customer's `refunded`
+    credit: bool = False  # the exchange credit it uses is counted out of its customer's `ordered`
 
 
 def customer_key(customer_id: str, channel: str) -> Key:
@@ -164,7 +167,7 @@ def credit_in_use(document: Mapping[str, Any]) -> Decimal:
 
 def contribution(document: Mapping[str, Any] | None, day: str = "", credit: bool = False) -> Contribution:
     """The counters an order document stands for, its revenue filed under `day` (YYYY-MM-DD) and,
-    if `credit`, the exchange credit it uses counted as refunded.
+    if `credit`, the exchange credit it uses taken out of `ordered` (already ordered on the original).
     Every row is its channel's: a view over all channels sums the channels' rows when read (a
     customer's are one partition; a report day lists its channels on a registry item), which
     halves the writes of keeping both."""
@@ -179,10 +182,10 @@ def contribution(document: Mapping[str, Any] | None, day: str = "", credit: bool
     result.add(key, "orders_count", 1)
     if status not in _NOT_ORDERED:
         result.add(key, f"ordered_{currency}", Decimal(document["totals"]["grand_total"]["amount"]))
+    if credit:
+        result.add(key, f"ordered_{currency}", -credit_in_use(document))
     refunded = (document.get("payment") or {}).get("refunded") or {}
     result.add(key, f"refunded_{currency}", Decimal(refunded.get("amount", "0")))
-    if credit:
-        result.add(key, f"refunded_{currency}", credit_in_use(document))
     result.add(key, "returns_count", len(document.get("received_returns") or []))
     result.add(key, "payment_failures", 1 if status == "payment_failed" else 0)
     if not counts_revenue(document):
@@ -258,7 +261,7 @@ def aggregate_change(
     the order's revenue files it under its own day; one of an order already counting moves it on
     the day it was filed under. `filing(order_id)` says that day, and whether a replacement's
     credit is counted; it is asked only by a change that moves either (a cancel, units returned
-    or cancelled, of such an order), never by a ship or a delivery, which move neither."""
+    or cancelled), never by a ship or a delivery, which move neither."""
     found: list[Filing] = []
 
     def recorded() -> Filing:

@@ -301,23 +301,24 @@ def customer_totals(store: MemoryStore) -> tuple[str, str]:
     return str(total.ordered.amount), str(total.refunded.amount)
 
 
-def test_an_exchange_counts_the_replacements_total_as_ordered_and_the_credit_it_uses_as_refunded():
-    # The customer paid 27.50, then 20.00 - 9.50 = 10.50 for the hoodie: 38.00 kept, as a plain
-    # return (9.50 refunded) and a new order (20.00) would show.
+def test_an_exchange_counts_the_replacement_less_the_credit_it_uses_as_ordered_and_refunds_only_as_refunded():
+    # The customer paid 27.50, then 20.00 - 9.50 = 10.50 for the hoodie: the T-shirt's 9.50 was
+    # ordered on the original and never refunded, so it is not ordered a second time. It showed
+    # 47.50 ordered and nothing refunded: 9.50 more than the customer's payments keep.
     store = MemoryStore()
     exchanged(store)
     placed = replacement("20.00")
     replay(store, placed, then(placed, status="allocated"))
 
-    assert customer_totals(store) == ("47.50", "9.50")
+    assert customer_totals(store) == ("38.00", "0.00")
 
 
-def test_a_replacement_cheaper_than_its_credit_counts_what_it_uses_and_the_rest_refunded_on_the_original():
+def test_a_replacement_its_credit_pays_whole_orders_nothing_more_and_the_rest_of_the_credit_is_refunded():
     store = MemoryStore()
     exchanged(store, original_refunded="3.50")  # 9.50 - 6.00 goes back to the card
     replay(store, replacement("6.00"))
 
-    assert customer_totals(store) == ("33.50", "9.50")  # 27.50 + 6.00 ordered; 3.50 + 6.00 refunded
+    assert customer_totals(store) == ("27.50", "3.50")  # the card kept 24.00
 
 
 def test_a_cancelled_replacement_counts_nothing_and_its_credit_given_back_counts_once():
