@@ -6,6 +6,27 @@ cancellation, a refund on a return, a unit cancellation, a failed payment) is th
 subtraction, so no rule per event type can drift from another, and the same pair of images
 always yields the same deltas (a redelivered record is recognised by its (order, version) marker,
 kept by the adapter in the same transaction as the counters).
+
+Revenue is filed under the UTC day the order began to count it (its allocation: API.md "counted
+when the order is allocated"), and later changes move it on that day: a change that begins the
+counting names its day, one of an order already counting takes the day it was filed under. That
+day is the order's creation day for most orders (allocated the day they were placed), so only an
+order filed under another day (a backorder allocated later) records it, on a filing item written
+with its counters, and only a change that moves an order's counted revenue reads it back. An order
+counted before the filing rule existed (filed under its creation day, with no filing item) reads
+as filed under its creation day, as it was.
+
+An exchange's replacement is paid for in part by its credit, the refund its return's units were
+due (README "Returns"), which was never refunded: that money stays ordered on the original order
+(a return does not lower its grand total). So the customer's `refunded` stays what the refund
+records say the gateway gave back, and `ordered` counts a replacement's grand total less the
+credit it uses (its credit, at most its grand total: what its own payment is asked for,
+`Order.payable`) while it is not cancelled or failed; the rest of the credit is refunded on the
+original (a refund record, in `refunded`), as is all of it when the replacement is cancelled.
+Each unit of money ordered is counted once and `ordered - refunded` is what the customer's
+payments keep. The filing item says the credit was counted (by the replacement's first record):
+a replacement placed before this rule is not (its whole total was counted), so a later change of
+it takes out nothing it never added.
 """
 
 from collections import defaultdict
@@ -91,10 +112,25 @@ class AggregateChange:
     seen: CustomerSeen | None = None
     # (pk, sk, channel) of the report day registry items the counters need (written before them)
     report_days: list[tuple[str, str, str]] = field(default_factory=list)
+    # The day the change begins filing the order's revenue under, when that is not the day the
+    # order was placed (a backorder allocated days later): written with the counters, read back
+    # by a later change that moves that revenue (AggregateStore.filing).
+    filed_on: str | None = None
+    # The change begins counting an exchange credit out of the customer's `ordered` (a replacement's
+    # first record): recorded with the counters, read back by a later change that moves it.
+    credit_counted: bool = False
 
     @property
     def empty(self) -> bool:
         return not self.updates and self.seen is None
+
+
+@dataclass(frozen=True)
+class Filing:
+    """What the store recorded of how an order is counted (nothing, for nearly every order)."""
+
+    day: str | None = None  # the day its revenue is filed under; None: the day it was placed
+    credit: bool = False  # the exchange credit it uses is counted out of its customer's `ordered`
 
 
 def customer_key(customer_id: str, channel: str) -> Key:
@@ -109,15 +145,32 @@ def report_pk(kind: ReportKind, currency: str, channel: str, day: str) -> str:
     return f"report#{kind.value}#{currency}#{channel}#{day}"
 
 
+def filing_key(order_id: str) -> Key:
+    """The item naming the day an order's revenue is filed under, when not the day it was placed."""
+    return f"report-filed#{order_id}", "revenue"
+
+
 def report_channels_key(currency: str, day: str) -> Key:
     """The registry item of the channels with report rows in `currency` on `day`."""
     return f"report-channels#{currency}", day
 
 
-def contribution(document: Mapping[str, Any] | None) -> Contribution:
-    """The counters an order document stands for. Every row is its channel's: a view over all
-    channels sums the channels' rows when read (a customer's are one partition; a report day lists
-    its channels on a registry item), which halves the writes of keeping both."""
+def credit_in_use(document: Mapping[str, Any]) -> Decimal:
+    """What of an exchange's credit the replacement `document` uses: its credit, at most its grand
+    total (the rest is refunded on the original order), nothing once it is cancelled or failed
+    (the credit is given back on the original then)."""
+    credit = document.get("exchange_credit")
+    if not credit or document.get("status") in _NOT_ORDERED:
+        return Decimal(0)
+    return min(Decimal(credit["amount"]), Decimal(document["totals"]["grand_total"]["amount"]))
+
+
+def contribution(document: Mapping[str, Any] | None, day: str = "", credit: bool = False) -> Contribution:
+    """The counters an order document stands for, its revenue filed under `day` (YYYY-MM-DD) and,
+    if `credit`, the exchange credit it uses taken out of `ordered` (already ordered on the original).
+    Every row is its channel's: a view over all channels sums the channels' rows when read (a
+    customer's are one partition; a report day lists its channels on a registry item), which
+    halves the writes of keeping both."""
     result = Contribution()
     if not document:
         return result
@@ -129,15 +182,14 @@ def contribution(document: Mapping[str, Any] | None) -> Contribution:
     result.add(key, "orders_count", 1)
     if status not in _NOT_ORDERED:
         result.add(key, f"ordered_{currency}", Decimal(document["totals"]["grand_total"]["amount"]))
+    if credit:
+        result.add(key, f"ordered_{currency}", -credit_in_use(document))
     refunded = (document.get("payment") or {}).get("refunded") or {}
     result.add(key, f"refunded_{currency}", Decimal(refunded.get("amount", "0")))
     result.add(key, "returns_count", len(document.get("received_returns") or []))
     result.add(key, "payment_failures", 1 if status == "payment_failed" else 0)
     if not counts_revenue(document):
         return result
-    # The day the order was placed: both images of a change agree on it, so its counters always
-    # move in one partition, and a cancellation takes revenue out of the day that counted it.
-    day = _fixed_time(document["created_at"])[:10]
     address = document.get("shipping_address") or {}
     region = f"{address.get('country', '')}#{address.get('region') or ''}"
     revenue = Decimal(0)
@@ -174,32 +226,82 @@ def _fixed_time(value: Any) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def aggregate_change(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> AggregateChange:
-    """The counter updates an order change means (`old` None for a new order): only the
-    counters that differ, each as an atomic ADD of the difference."""
-    before, after = contribution(old).counters, contribution(new).counters
-    customer = new["customer"]
-    updates: list[CounterUpdate] = []
-    for key in sorted(set(before) | set(after)):
-        was, now = before.get(key, {}), after.get(key, {})
+def placed_day(document: Mapping[str, Any]) -> str:
+    return _fixed_time(document["created_at"])[:10]
+
+
+def _changed_day(document: Mapping[str, Any]) -> str:
+    """The UTC day of the write that made `document` (its `updated_at`; an image without one,
+    its creation)."""
+    return _fixed_time(document.get("updated_at") or document["created_at"])[:10]
+
+
+def _deltas(before: Contribution, after: Contribution) -> dict[Key, dict[str, Decimal]]:
+    deltas = {}
+    for key in sorted(set(before.counters) | set(after.counters)):
+        was, now = before.counters.get(key, {}), after.counters.get(key, {})
         delta = {a: now.get(a, Decimal(0)) - was.get(a, Decimal(0)) for a in sorted(set(was) | set(now))}
         delta = {a: v for a, v in delta.items() if v != 0}
-        if not delta:
-            continue
+        if delta:
+            deltas[key] = delta
+    return deltas
+
+
+# Stands for the day an order's revenue was filed under until a change needs to know it.
+_FILED = "filed"
+
+
+def aggregate_change(
+    old: Mapping[str, Any] | None,
+    new: Mapping[str, Any],
+    filing: Callable[[str], Filing] = lambda order_id: Filing(),
+) -> AggregateChange:
+    """The counter updates an order change means (`old` None for a new order): only the
+    counters that differ, each as an atomic ADD of the difference. A change that begins counting
+    the order's revenue files it under its own day; one of an order already counting moves it on
+    the day it was filed under. `filing(order_id)` says that day, and whether a replacement's
+    credit is counted; it is asked only by a change that moves either (a cancel, units returned
+    or cancelled), never by a ship or a delivery, which move neither."""
+    found: list[Filing] = []
+
+    def recorded() -> Filing:
+        if not found:
+            found.append(filing(str(new["id"])))
+        return found[0]
+
+    credit = old is None or (credit_in_use(old) != credit_in_use(new) and recorded().credit)
+    credit_counted = old is None and bool(new.get("exchange_credit"))
+    was_counted, counted = old is not None and counts_revenue(old), counts_revenue(new)
+    filed_on, day = None, _FILED
+    if was_counted:
+        deltas = _deltas(contribution(old, _FILED, credit), contribution(new, _FILED, credit))
+        if any(key[0].startswith("report#") for key in deltas):
+            day = recorded().day or placed_day(new)
+            deltas = _deltas(contribution(old, day, credit), contribution(new, day, credit))
+    else:
+        day = _changed_day(new)
+        deltas = _deltas(contribution(old, "", credit), contribution(new, day, credit))
+        if counted and day != placed_day(new):
+            filed_on = day
+    customer = new["customer"]
+    updates: list[CounterUpdate] = []
+    for key, delta in deltas.items():
         sets = {}
         if key[0].startswith("customer#"):
             sets = {"email": customer["email"], **({"name": customer["name"]} if customer.get("name") else {})}
         updates.append(CounterUpdate(key[0], key[1], delta, sets))
     report_days = []
     if any(update.pk.startswith("report#") for update in updates):
-        pk, sk = report_channels_key(new["currency"], _fixed_time(new["created_at"])[:10])
+        pk, sk = report_channels_key(new["currency"], day)
         report_days.append((pk, sk, str(new["channel"])))
     seen = None
     if old is None:
         seen = CustomerSeen(
             customer["id"], new["channel"], customer["email"], _fixed_time(new["created_at"]), customer.get("name")
         )
-    return AggregateChange(str(new["id"]), int(new.get("version", 0)), updates, seen, report_days)
+    return AggregateChange(
+        str(new["id"]), int(new.get("version", 0)), updates, seen, report_days, filed_on, credit_counted
+    )
 
 
 # --- Read side --------------------------------------------------------------------------------
@@ -326,7 +428,12 @@ def top_rows(
 
 class AggregateStore(Protocol):
     def apply(self, change: AggregateChange) -> bool:
-        """Apply the change's counters once per (order, version): False when already applied."""
+        """Apply the change's counters once per (order, version), with its `filed_on` day and
+        `credit_counted` when it has them: False when already applied."""
+
+    def filing(self, order_id: str) -> Filing:
+        """The last `filed_on` day applied for the order (None when none was: its revenue is
+        filed under the day it was placed), and whether a change with `credit_counted` was."""
 
     def customer_items(self, customer_id: str) -> dict[str, dict[str, Any]]:
         """The customer's rows by channel (one partition)."""

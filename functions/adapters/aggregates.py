@@ -9,7 +9,15 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from core.aggregates import AggregateChange, CounterUpdate, customer_key, email_key, report_channels_key
+from core.aggregates import (
+    AggregateChange,
+    CounterUpdate,
+    Filing,
+    customer_key,
+    email_key,
+    filing_key,
+    report_channels_key,
+)
 from functions.adapters.dynamodb import decode_cursor, encode_cursor, from_item, to_item
 
 # A DynamoDB transaction holds at most 100 items: one is the change's marker.
@@ -47,14 +55,20 @@ class DynamoAggregates:
             )
         applied = False
         updates = change.updates
-        for part, start in enumerate(range(0, len(updates), _PER_TRANSACTION)):
-            applied |= self._transact(change, part, updates[start : start + _PER_TRANSACTION])
+        parts = [updates[start : start + _PER_TRANSACTION] for start in range(0, len(updates), _PER_TRANSACTION)]
+        recorded = change.filed_on is not None or change.credit_counted
+        if recorded and (not parts or len(parts[-1]) == _PER_TRANSACTION):
+            parts.append([])  # the filing goes with the last part: a full one gets a part of its own
+        for part, chunk in enumerate(parts):
+            applied |= self._transact(change, part, chunk, filing=recorded and part == len(parts) - 1)
         if change.seen is not None:
             self._record_seen(change)
             applied = True
         return applied
 
-    def _transact(self, change: AggregateChange, part: int, updates: list[CounterUpdate]) -> bool:
+    def _transact(
+        self, change: AggregateChange, part: int, updates: list[CounterUpdate], *, filing: bool = False
+    ) -> bool:
         marker = {
             **marker_key(change.order_id, change.version, part),
             "expires_at": {"N": str(int(self._now()) + MARKER_TTL_SECONDS)},
@@ -63,6 +77,12 @@ class DynamoAggregates:
             {"Put": {"TableName": self._table, "Item": marker, "ConditionExpression": "attribute_not_exists(pk)"}}
         ]
         items.extend({"Update": self._counter_update(update)} for update in updates)
+        if filing:
+            # Rare (an order allocated on another day than it was placed, an exchange's
+            # replacement): one more item in the transaction, so the filing is on record exactly
+            # when its counters are (a part of 99 counters never takes it: the parts are cut as
+            # they were before it existed).
+            items.append({"Update": self._filing_update(change)})
         try:
             self._client.transact_write_items(TransactItems=items)
         except ClientError as error:
@@ -75,6 +95,23 @@ class DynamoAggregates:
                 return False  # applied by an earlier delivery of the same record
             raise
         return True
+
+    def _filing_update(self, change: AggregateChange) -> dict[str, Any]:
+        pk, sk = filing_key(change.order_id)
+        sets, values = [], {}
+        if change.filed_on is not None:
+            sets.append("#day = :day")
+            values[":day"] = {"S": change.filed_on}
+        if change.credit_counted:
+            sets.append("credit = :credit")
+            values[":credit"] = {"BOOL": True}
+        return {
+            "TableName": self._table,
+            "Key": {"pk": {"S": pk}, "sk": {"S": sk}},
+            "UpdateExpression": "SET " + ", ".join(sets),
+            "ExpressionAttributeValues": values,
+            **({"ExpressionAttributeNames": {"#day": "day"}} if change.filed_on is not None else {}),
+        }
 
     def _counter_update(self, update: CounterUpdate) -> dict[str, Any]:
         names: dict[str, str] = {}
@@ -151,6 +188,21 @@ class DynamoAggregates:
         return True
 
     # --- Reads -----------------------------------------------------------------------------------
+    def filing(self, order_id: str) -> Filing:
+        """A consistent read: the filing was written by an earlier record of the same order, and
+        only a change moving an order's revenue after it was counted, or a replacement's credit
+        (never a typical order's), asks."""
+        pk, sk = filing_key(order_id)
+        found = (
+            self._client.get_item(
+                TableName=self._table, Key={"pk": {"S": pk}, "sk": {"S": sk}}, ConsistentRead=True
+            ).get("Item")
+            or {}
+        )
+        return Filing(
+            day=found["day"]["S"] if "day" in found else None, credit=bool(found.get("credit", {}).get("BOOL"))
+        )
+
     def customer_items(self, customer_id: str) -> dict[str, dict[str, Any]]:
         pk, _ = customer_key(customer_id, "")
         return {row["sk"]: row for row in self._query(pk)}

@@ -128,8 +128,9 @@ def update_aggregates(old: dict[str, Any] | None, new: dict[str, Any]) -> None:
     are applied once per (order, version)), and a failure of either retries the record."""
     if not str(new.get("id", "")).startswith("ord_") or "status" not in new:
         return
-    change = aggregate_change(old, new)
-    if not change.empty and container().aggregate_store.apply(change):
+    store = container().aggregate_store
+    change = aggregate_change(old, new, store.filing)
+    if not change.empty and store.apply(change):
         metrics.add_metric(name="AggregateUpdates", unit=MetricUnit.Count, value=len(change.updates))
 
 

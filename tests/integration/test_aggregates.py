@@ -85,6 +85,71 @@ def test_stream_records_become_customer_and_report_counters_once_even_when_redel
                              channel=None, limit=10) == []  # fmt: skip
 
 
+def test_a_backorder_allocated_days_later_is_filed_on_that_day_and_its_cancel_takes_it_out_of_it(aws, wired):  # noqa: F811
+    from functions.adapters.dynamodb import DynamoOrders
+    from functions.events.app import container, lambda_handler
+
+    orders = DynamoOrders(aws.dynamodb, aws.tables["OrdersTable"])
+    placed = priced_order(id="ord_aggregates2", status=OrderStatus.BACKORDERED)
+    orders.add(placed, HistoryEntry(at=UPDATED_AT, type="created", to_status=placed.status, actor="k"), "tok")
+    created = stored_item(aws, placed.id)
+    allocated_on = UPDATED_AT + timedelta(days=19, hours=8)
+    allocated = placed.model_copy(update={"status": OrderStatus.ALLOCATED, "version": 2, "updated_at": allocated_on})
+    orders.update(allocated, placed, [])
+    allocated_item = stored_item(aws, placed.id)
+    cancelled = allocated.model_copy(
+        update={"status": OrderStatus.CANCELLED, "version": 3, "updated_at": allocated_on + timedelta(days=3)}
+    )
+    orders.update(cancelled, allocated, [])
+    cancelled_item = stored_item(aws, placed.id)
+    aggregates = container().aggregates
+
+    def report(day: date) -> list[tuple[str, int]]:
+        rows = aggregates.report(ReportKind.PRODUCTS, "USD", start=day, end=day, channel=None, limit=10)
+        return [(row.sku, row.units) for row in rows]
+
+    allocation = stream_event(("INSERT", None, created), ("MODIFY", created, allocated_item))
+    for _ in range(2):  # redelivered: counted once
+        assert lambda_handler(allocation, Context()) == {"batchItemFailures": []}
+    assert report(DAY) == []
+    assert report(allocated_on.date()) == [("TSHIRT", 2), ("MUG", 1)]
+
+    cancel = stream_event(("MODIFY", allocated_item, cancelled_item))
+    for _ in range(2):
+        assert lambda_handler(cancel, Context()) == {"batchItemFailures": []}
+    assert report(DAY) == report(allocated_on.date()) == []
+    customer = aggregates.customer("cus_1", None)
+    assert (customer.orders_count, customer.totals[0].ordered.amount) == (1, Decimal("0.00"))
+
+
+def test_a_replacements_credit_and_later_filing_day_are_both_on_record_for_its_cancel(aws):
+    from tests.unit.test_aggregates import money, order, then
+
+    store = DynamoAggregates(aws.dynamodb, aws.tables["CatalogTable"])
+    service = Aggregates(store, lambda: datetime(2026, 12, 1, tzinfo=UTC))
+    placed = order(id="ord_x", exchange_of="rma_1", exchange_credit=money("9.50"), updated_at="2026-11-01T10:00:00Z")
+    allocated = then(placed, status="allocated", updated_at="2026-11-03T10:00:00Z")
+    cancelled = then(allocated, status="cancelled", updated_at="2026-11-04T10:00:00Z")
+
+    for old, new in ((None, placed), (placed, allocated)):
+        change = aggregate_change(old, new, store.filing)
+        for _ in range(2):  # redelivered: counted once
+            store.apply(change)
+    total = service.customer("cus_1", None).totals[0]
+    assert (str(total.ordered.amount), str(total.refunded.amount)) == ("18.00", "0.00")  # 27.50 less its credit
+    day = date(2026, 11, 3)
+    assert [r.sku for r in service.report(ReportKind.PRODUCTS, "USD", start=day, end=day, channel=None, limit=5)] == [
+        "TSHIRT",
+        "MUG",
+    ]
+
+    store.apply(aggregate_change(allocated, cancelled, store.filing))
+
+    total = service.customer("cus_1", None).totals[0]
+    assert (str(total.ordered.amount), str(total.refunded.amount)) == ("0.00", "0.00")
+    assert service.report(ReportKind.PRODUCTS, "USD", start=day, end=day, channel=None, limit=5) == []
+
+
 @pytest.fixture
 def tables_not_copied() -> Iterator[None]:
     """moto deep-copies every table a transaction names before it starts (every item and stream

@@ -14,6 +14,7 @@ import pytest
 from core.aggregates import (
     AggregateChange,
     Aggregates,
+    Filing,
     ReportKind,
     aggregate_change,
     line_revenue_kept,
@@ -68,11 +69,18 @@ class MemoryStore:
         self.items: dict[tuple[str, str], dict[str, Any]] = defaultdict(dict)
         self.applied: set[tuple[str, int]] = set()
         self.partitions_read: list[str] = []
+        self.filed: dict[str, Filing] = {}
+        self.filings_read: list[str] = []
 
     def apply(self, change: AggregateChange) -> bool:
         if (change.order_id, change.version) in self.applied:
             return False
         self.applied.add((change.order_id, change.version))
+        was = self.filed.get(change.order_id, Filing())
+        if change.filed_on is not None:
+            self.filed[change.order_id] = was = Filing(change.filed_on, was.credit)
+        if change.credit_counted:
+            self.filed[change.order_id] = Filing(was.day, True)
         for update in change.updates:
             item = self.items[(update.pk, update.sk)]
             for attribute, delta in update.add.items():
@@ -90,6 +98,10 @@ class MemoryStore:
             email = self.items[(f"customer-email#{change.seen.email.lower()}", change.seen.customer_id)]
             email.setdefault("channels", set()).add(change.seen.channel)
         return True
+
+    def filing(self, order_id: str) -> Filing:
+        self.filings_read.append(order_id)
+        return self.filed.get(order_id, Filing())
 
     def customer_items(self, customer_id: str) -> dict[str, dict[str, Any]]:
         return {sk: item for (pk, sk), item in self.items.items() if pk == f"customer#{customer_id}"}
@@ -117,7 +129,7 @@ class MemoryStore:
 def replay(store: MemoryStore, *docs: dict[str, Any]) -> None:
     previous = None
     for doc in docs:
-        store.apply(aggregate_change(previous, doc))
+        store.apply(aggregate_change(previous, doc, store.filing))
         previous = doc
 
 
@@ -166,6 +178,171 @@ def test_cancelling_an_allocated_order_takes_its_revenue_out_of_the_day_that_cou
     view = service(store).customer("cus_1", None)
     assert view.orders_count == 1
     assert view.totals[0].ordered.amount == Decimal("0.00")
+
+
+def day_report(store: MemoryStore, day: date, kind: ReportKind = ReportKind.PRODUCTS) -> list[dict[str, Any]]:
+    rows = service(store).report(kind, "USD", start=day, end=day, channel=None, limit=10)
+    return [row.model_dump(mode="json") for row in rows]
+
+
+def backorder_allocated_later() -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """Placed on 1 November, backordered, allocated on 20 November when its stock arrived."""
+    placed = order(created_at="2026-11-01T23:00:00Z", updated_at="2026-11-01T23:00:00Z")
+    backordered = then(placed, status="backordered", updated_at="2026-11-01T23:00:01Z")
+    allocated = then(backordered, status="allocated", updated_at="2026-11-20T08:00:00Z")
+    return placed, backordered, allocated
+
+
+def test_a_backorder_allocated_weeks_later_counts_on_its_allocation_day_and_comes_out_of_it():
+    store = MemoryStore()
+    placed, backordered, allocated = backorder_allocated_later()
+    replay(store, placed, backordered, allocated)
+
+    assert day_report(store, date(2026, 11, 1)) == []
+    assert day_report(store, date(2026, 11, 20)) == [
+        {"sku": "TSHIRT", "units": 2, "revenue": money("19.00")},
+        {"sku": "MUG", "units": 1, "revenue": money("5.50")},
+    ]
+    # Shipped and delivered: no revenue moves, so the filing is never read.
+    shipped = then(allocated, status="shipped", updated_at="2026-11-21T08:00:00Z")
+    delivered = then(shipped, status="delivered", updated_at="2026-11-22T08:00:00Z")
+    store.apply(aggregate_change(allocated, shipped, store.filing))
+    store.apply(aggregate_change(shipped, delivered, store.filing))
+    assert store.filings_read == []
+    # A return received a month later takes its units out of the day that counted them.
+    returned = then(
+        delivered,
+        status="partially_returned",
+        lines=[line("L1", "TSHIRT", 2, "10.00", "1.00", returned_quantity=1), line("L2", "MUG", 1, "5.50")],
+        updated_at="2026-12-20T08:00:00Z",
+    )
+    change = aggregate_change(delivered, returned, store.filing)
+    store.apply(change)
+    assert store.apply(change) is False  # redelivered: nothing moves twice
+    assert day_report(store, date(2026, 11, 20)) == [
+        {"sku": "TSHIRT", "units": 1, "revenue": money("9.50")},
+        {"sku": "MUG", "units": 1, "revenue": money("5.50")},
+    ]
+    assert day_report(store, date(2026, 12, 20)) == [] and day_report(store, date(2026, 11, 1)) == []
+
+
+def test_a_backorder_cancelled_after_its_later_allocation_leaves_every_day_as_it_was():
+    store = MemoryStore()
+    placed, backordered, allocated = backorder_allocated_later()
+    cancelled = then(allocated, status="cancelled", updated_at="2026-11-25T08:00:00Z")
+    replay(store, placed, backordered, allocated, cancelled)
+
+    for day in (date(2026, 11, 1), date(2026, 11, 20), date(2026, 11, 25)):
+        assert day_report(store, day) == []
+        assert day_report(store, day, ReportKind.CUSTOMERS) == []
+
+
+def test_an_order_sent_back_to_sourcing_and_allocated_again_later_moves_its_revenue_to_that_day():
+    store = MemoryStore()
+    placed, backordered, allocated = backorder_allocated_later()
+    again = then(allocated, status="backordered", updated_at="2026-11-21T08:00:00Z")  # a store rejected it
+    reallocated = then(again, status="allocated", updated_at="2026-11-23T08:00:00Z")
+    cancelled = then(reallocated, status="cancelled", updated_at="2026-11-24T08:00:00Z")
+    replay(store, placed, backordered, allocated, again, reallocated)
+
+    assert day_report(store, date(2026, 11, 20)) == []
+    assert [row["units"] for row in day_report(store, date(2026, 11, 23))] == [2, 1]
+
+    store.apply(aggregate_change(reallocated, cancelled, store.filing))
+    assert day_report(store, date(2026, 11, 23)) == []
+
+
+def test_an_order_counted_before_the_filing_rule_keeps_its_revenue_on_the_day_it_was_placed():
+    # A consumer before this change filed every order's revenue under the day it was placed and
+    # recorded no filing: a cancel after the deploy takes it out of that day, not its allocation's.
+    store = MemoryStore()
+    placed, backordered, allocated = backorder_allocated_later()
+    as_filed_before = {**allocated, "updated_at": placed["created_at"]}
+    replay(store, placed, backordered, as_filed_before)
+    assert [row["units"] for row in day_report(store, date(2026, 11, 1))] == [2, 1]
+
+    store.apply(aggregate_change(allocated, then(allocated, status="cancelled"), store.filing))
+
+    assert day_report(store, date(2026, 11, 1)) == [] and day_report(store, date(2026, 11, 20)) == []
+    assert day_report(store, date(2026, 11, 20), ReportKind.REGIONS) == []
+
+
+def exchanged(store: MemoryStore, original_refunded: str = "0.00") -> dict[str, Any]:
+    """Ada's order of 27.50, delivered; one T-shirt (worth 9.50) comes back and is exchanged: its
+    refund becomes the credit of the replacement; what the credit does not use is refunded on
+    the original (`original_refunded`). Returns the returned original."""
+    placed = order()
+    delivered = then(then(placed, status="allocated"), status="delivered")
+    returned = then(
+        delivered,
+        status="partially_returned",
+        lines=[line("L1", "TSHIRT", 2, "10.00", "1.00", returned_quantity=1), line("L2", "MUG", 1, "5.50")],
+        received_returns=["rma_1"],
+        exchanges=["rma_1"],
+        payment={"refunded": money(original_refunded)},
+    )
+    replay(store, placed, delivered, returned)
+    return returned
+
+
+def replacement(grand_total: str, **changes: Any) -> dict[str, Any]:
+    return order(
+        id="ord_x",
+        lines=[line("L1", "HOODIE", 1, grand_total)],
+        totals={"grand_total": money(grand_total)},
+        exchange_of="rma_1",
+        exchange_credit=money("9.50"),
+        **changes,
+    )
+
+
+def customer_totals(store: MemoryStore) -> tuple[str, str]:
+    total = service(store).customer("cus_1", None).totals[0]
+    return str(total.ordered.amount), str(total.refunded.amount)
+
+
+def test_an_exchange_counts_the_replacement_less_the_credit_it_uses_as_ordered_and_refunds_only_as_refunded():
+    # The customer paid 27.50, then 20.00 - 9.50 = 10.50 for the hoodie: the T-shirt's 9.50 was
+    # ordered on the original and never refunded, so it is not ordered a second time. It showed
+    # 47.50 ordered and nothing refunded: 9.50 more than the customer's payments keep.
+    store = MemoryStore()
+    exchanged(store)
+    placed = replacement("20.00")
+    replay(store, placed, then(placed, status="allocated"))
+
+    assert customer_totals(store) == ("38.00", "0.00")
+
+
+def test_a_replacement_its_credit_pays_whole_orders_nothing_more_and_the_rest_of_the_credit_is_refunded():
+    store = MemoryStore()
+    exchanged(store, original_refunded="3.50")  # 9.50 - 6.00 goes back to the card
+    replay(store, replacement("6.00"))
+
+    assert customer_totals(store) == ("27.50", "3.50")  # the card kept 24.00
+
+
+def test_a_cancelled_replacement_counts_nothing_and_its_credit_given_back_counts_once():
+    store = MemoryStore()
+    returned = exchanged(store)
+    placed = replacement("20.00")
+    cancelled = then(placed, status="cancelled")
+    replay(store, placed, cancelled)
+    replay(store, returned, then(returned, payment={"refunded": money("9.50")}))  # the credit given back
+
+    assert customer_totals(store) == ("27.50", "9.50")
+
+
+def test_a_replacement_counted_before_its_credit_was_leaves_refunded_to_the_refunds_when_cancelled():
+    # A consumer before this change counted the replacement's total and not its credit: its cancel
+    # takes out nothing it never added, and the credit given back on the original counts once.
+    store = MemoryStore()
+    returned = exchanged(store)
+    placed = replacement("20.00")
+    store.apply(aggregate_change(None, {**placed, "exchange_credit": None}, store.filing))
+    store.apply(aggregate_change(placed, then(placed, status="cancelled"), store.filing))
+    replay(store, returned, then(returned, payment={"refunded": money("9.50")}))
+
+    assert customer_totals(store) == ("27.50", "9.50")
 
 
 @pytest.mark.parametrize("stored", ["lines at zero", "lines as ordered"])
