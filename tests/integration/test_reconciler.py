@@ -705,6 +705,21 @@ def shipped_order(aws, external_id: str) -> Order:
     return services.actions.ship(order.id, shipment.id, None, actor="key_wh")
 
 
+def allocated_mugs(services: Any, external_id: str, quantity: int) -> Order:
+    """`quantity` MUGs (12.50, 5 on hand at wh-west) placed and allocated with these services, its
+    one shipment pending: the order as placed."""
+    services.catalog.put_product("MUG", ProductInput.model_validate(product_body("12.50")))
+    services.catalog.put_location("wh-west", LocationInput.model_validate(location_body()))
+    services.inventory.count("MUG", "wh-west", 5)
+    order = services.capture.place(
+        place_order(external_id=external_id, lines=[{"sku": "MUG", "quantity": quantity}]), actor="key_web"
+    )
+    services.workflow.authorize_payment(order.id, attempt=0)
+    services.workflow.reserve_stock(order.id)
+    services.workflow.create_shipments(order.id)
+    return order
+
+
 def test_an_appeasement_left_pending_by_a_function_that_died_is_finished_through_its_index(stack, monkeypatch):
     from core.money import Money
     from core.refund_service import RefundService
@@ -1264,14 +1279,7 @@ def test_the_units_a_cancel_died_before_releasing_are_released_logged_and_counte
     from functions.reconciler import app
 
     services = bootstrap(Config.from_env(), label_store=FakeLabels())
-    services.catalog.put_product("MUG", ProductInput.model_validate(product_body("12.50")))
-    services.catalog.put_location("wh-west", LocationInput.model_validate(location_body()))
-    services.inventory.count("MUG", "wh-west", 5)
-    order = services.capture.place(place_order(external_id="web-owed", lines=[{"sku": "MUG", "quantity": 4}]),
-                                   actor="key_web")  # fmt: skip
-    services.workflow.authorize_payment(order.id, attempt=0)
-    services.workflow.reserve_stock(order.id)
-    services.workflow.create_shipments(order.id)
+    order = allocated_mugs(services, "web-owed", 4)
     with monkeypatch.context() as patched:  # its function dies right after the cancel's write
         patched.setattr(UnitCancellation, "_settle", lambda self, order, actor: order)
         services.actions.cancel(order.id, "one fewer", actor="key_web", lines={"L1": 1})
@@ -1830,14 +1838,7 @@ def test_a_parcel_a_carrier_reported_whose_report_died_before_its_ship_is_shippe
     from functions.reconciler import app
 
     services = bootstrap(Config.from_env(), label_store=FakeLabels())
-    services.catalog.put_product("MUG", ProductInput.model_validate(product_body("12.50")))
-    services.catalog.put_location("wh-west", LocationInput.model_validate(location_body()))
-    services.inventory.count("MUG", "wh-west", 5)
-    order = services.capture.place(place_order(external_id="web-marked", lines=[{"sku": "MUG", "quantity": 2}]),
-                                   actor="key_web")  # fmt: skip
-    services.workflow.authorize_payment(order.id, attempt=0)
-    services.workflow.reserve_stock(order.id)
-    services.workflow.create_shipments(order.id)
+    order = allocated_mugs(services, "web-marked", 2)
     shipment_id = services.order_repository.get(order.id).shipments[0].id
     real = DynamoOrders.update
 
