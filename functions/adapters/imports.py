@@ -59,6 +59,12 @@ def _short(values: dict[str, Any]) -> bool:
     )
 
 
+def _recounted_not_ended(values: dict[str, Any]) -> bool:
+    """An import whose recount set its counters and died before its end (keeping the errors it
+    counted, completing): no longer short, and nothing but the recount ends it."""
+    return values.get("status") == ImportStatus.RUNNING.value and "recounted" in values
+
+
 def _import_key(import_id: str) -> dict[str, Any]:
     return {"pk": {"S": f"IMPORT#{import_id}"}, "sk": {"S": "IMPORT"}}
 
@@ -412,8 +418,10 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
         stuck = []
         for import_id in ids:
             values = found.get(import_id)
-            if values is None or not _short(values) or "last_line" not in values:
+            if values is None or "last_line" not in values:
                 continue  # an import read before last_line was kept is not recounted
+            if not _short(values) and not _recounted_not_ended(values):
+                continue
             if values["updated_at"] > idle_since:
                 continue
             waiting = values.get("recount_waiting") or {}

@@ -1101,3 +1101,26 @@ def test_a_recount_cut_short_by_its_pass_s_time_goes_on_where_it_stopped_at_the_
     ended = report(import_id)
     assert (ended["status"], ended["imported"], ended["failed"]) == ("completed_with_errors", 4, 1)
     assert [(e["line"], e["code"]) for e in ended["errors"]] == [(3, "unknown_sku")]
+
+
+def test_a_recount_that_dies_after_setting_the_counters_is_ended_by_the_next_pass_with_its_errors(
+    stack: ImportAws, monkeypatch: pytest.MonkeyPatch
+):
+    # The recount's counters are written (the import marked recounted, no longer short of its
+    # total), then the write of a recounted error is throttled: the import must not stay running.
+    kill_between_marking_and_counting(monkeypatch, {3})  # ext-2: unknown sku, its count never made
+    rows = [csv_row("ext-1"), csv_row("ext-2", "NOPE"), csv_row("ext-3")]
+    import_id = split(stack, "incoming/died.csv", csv_file(*rows))
+    stack.drain(worker)
+    refused = refuse_once(monkeypatch, lambda pk: pk.endswith("#ERRORS"), "ThrottlingException", "put_item")
+
+    with pytest.raises(Exception, match="rate of requests exceeds"):
+        recount()
+
+    assert refused == [f"IMPORT#{import_id}#ERRORS"]
+    counted = report(import_id)
+    assert (counted["status"], counted["imported"], counted["failed"], counted["errors"]) == ("running", 2, 1, [])
+    assert recount().completed == [import_id]
+    ended = report(import_id)
+    assert (ended["status"], ended["imported"], ended["failed"]) == ("completed_with_errors", 2, 1)
+    assert [(e["line"], e["code"]) for e in ended["errors"]] == [(3, "unknown_sku")]
