@@ -44,9 +44,6 @@ LIST_PK = "IMPORTS"
 # messages 4 days (its DLQ 14); a redrive from the DLQ must still find the marker.
 MARKER_DAYS = 15
 _COUNTERS = {Outcome.IMPORTED: "imported", Outcome.DUPLICATE: "duplicates", Outcome.FAILED: "failed"}
-# The errors a recount keeps of the failures it counts (each killed worker leaves one line): they
-# wait on the import's item, which must stay well under DynamoDB's 400 KB; `failed` counts all.
-RECOUNTED_ERRORS = 100
 
 
 def _short(values: dict[str, Any]) -> bool:
@@ -451,10 +448,13 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
     def _count_markers(self, import_id: str, values: dict[str, Any], at: datetime, time_up: TimeUp) -> Recount:
         seen = values["updated_at"]
         state = values.get("recount") or {}
-        if state.get("seen") != seen:  # begun afresh: the import moved since a recount stopped
-            state = {"seen": seen, "next": 1, "imported": 0, "duplicates": 0, "failed": 0, "unkept": []}
+        # Begun afresh: the import moved since a recount stopped (or one stopped before failures'
+        # lines were kept, rather than their errors).
+        if state.get("seen") != seen or "unkept_lines" not in state:
+            state = {"seen": seen, "next": 1, "imported": 0, "duplicates": 0, "failed": 0, "unkept_lines": []}
         counted_failed = int(values.get("failed", 0))
-        kept_lines = self._kept_error_lines(import_id) if counted_failed < MAX_REPORTED_ERRORS else None
+        room = MAX_REPORTED_ERRORS - counted_failed  # errors the report still keeps
+        kept_lines = self._kept_error_lines(import_id) if room > 0 else None
         last = int(values["last_line"])
         line = int(state["next"])
         while line <= last:
@@ -464,6 +464,7 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
                 return Recount.CUT_SHORT
             lines = range(line, min(line + self.RECOUNT_CHUNK, last + 1))
             keys = [{"id": {"S": _marker_id(import_id, n)}} for n in lines]
+            unkept: list[int] = []
             for marker in batch_get(self._client, self._markers, keys, consistent=True):
                 if marker.get("uncounted", {}).get("BOOL"):
                     continue  # its count was refused: the redelivery under way counts it
@@ -471,16 +472,17 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
                 state[_COUNTERS[outcome]] = int(state[_COUNTERS[outcome]]) + 1
                 error = marker.get("error", {}).get("M")
                 # A failure whose error is not kept was never counted (the first failures' errors
-                # all are): its error is kept once it is.
+                # all are): its error is kept once it is, read again from its marker then (the
+                # import's item holds only the lines, up to the report's room: never near 400 KB).
                 if (
                     outcome is Outcome.FAILED
                     and error
                     and kept_lines is not None
                     and "unkept_error" not in marker
                     and int(error["line"]["N"]) not in kept_lines
-                    and len(state["unkept"]) < RECOUNTED_ERRORS
                 ):
-                    state["unkept"].append({"M": error})
+                    unkept.append(int(marker["id"]["S"].rsplit("#", 1)[1]))
+            state["unkept_lines"] = [*map(int, state["unkept_lines"]), *sorted(unkept)][: max(0, room)]
             line = lines[-1] + 1
         counts = {name: int(state[name]) for name in _COUNTERS.values()}
         if sum(counts.values()) < int(values.get("total", 0)):
@@ -504,7 +506,7 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
                     ":unkept": {
                         "M": {
                             "after": {"N": str(counted_failed)},
-                            "errors": {"L": state["unkept"][: max(0, MAX_REPORTED_ERRORS - counted_failed)]},
+                            "lines": {"L": [{"N": str(n)} for n in state["unkept_lines"]]},
                         }
                     },
                     ":running": {"S": ImportStatus.RUNNING.value},
@@ -558,10 +560,16 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
         item = self._client.get_item(TableName=self._table, Key=_import_key(import_id), ConsistentRead=True)["Item"]
         recounted = item.get("recounted", {}).get("M", {})
         ordinal = int(recounted.get("after", {}).get("N", "0"))
-        for entry in recounted.get("errors", {}).get("L", []):
+        # The failures' lines, in order: their errors are on their markers. (A recount made before
+        # the lines were kept holds the errors themselves.)
+        lines = [int(n["N"]) for n in recounted.get("lines", {}).get("L", [])]
+        keys = [{"id": {"S": _marker_id(import_id, n)}} for n in lines]
+        markers = {m["id"]["S"]: m for m in batch_get(self._client, self._markers, keys, consistent=True)}
+        errors = [markers[k["id"]["S"]]["error"]["M"] for k in keys if "error" in markers.get(k["id"]["S"], {})]
+        for error in [*(entry["M"] for entry in recounted.get("errors", {}).get("L", [])), *errors]:
             ordinal += 1
             if ordinal <= MAX_REPORTED_ERRORS:
-                self._client.put_item(TableName=self._table, Item={**_error_key(import_id, ordinal), **entry["M"]})
+                self._client.put_item(TableName=self._table, Item={**_error_key(import_id, ordinal), **error})
 
     # --- Reads --------------------------------------------------------------------------------
     def get(self, import_id: str) -> ImportReport | None:

@@ -1076,7 +1076,7 @@ def test_a_recount_cut_short_by_its_pass_s_time_goes_on_where_it_stopped_at_the_
     from functions.import_worker.app import container
 
     monkeypatch.setattr(DynamoImportLedger, "RECOUNT_CHUNK", 2)  # lines 1-2, 3-4, 5-6
-    kill_between_marking_and_counting(monkeypatch, {4})
+    kill_between_marking_and_counting(monkeypatch, {3, 4})  # ext-2's error: kept by the recount
     rows = [csv_row("ext-1"), csv_row("ext-2", "NOPE"), csv_row("ext-3"), csv_row("ext-4"), csv_row("ext-5")]
     import_id = split(stack, "incoming/cut.csv", csv_file(*rows))
     stack.drain(worker)
@@ -1097,7 +1097,8 @@ def test_a_recount_cut_short_by_its_pass_s_time_goes_on_where_it_stopped_at_the_
 
     monkeypatch.setattr(ledger._client, "batch_get_item", reading)
     assert recounts.run().completed == [import_id]
-    assert [int(key.rsplit("#", 1)[1]) for key in reads] == [5, 6]  # from where it stopped
+    # From where it stopped; then line 3's marker again, for the error of the failure it counted.
+    assert [int(key.rsplit("#", 1)[1]) for key in reads] == [5, 6, 3]
     ended = report(import_id)
     assert (ended["status"], ended["imported"], ended["failed"]) == ("completed_with_errors", 4, 1)
     assert [(e["line"], e["code"]) for e in ended["errors"]] == [(3, "unknown_sku")]
@@ -1124,3 +1125,36 @@ def test_a_recount_that_dies_after_setting_the_counters_is_ended_by_the_next_pas
     ended = report(import_id)
     assert (ended["status"], ended["imported"], ended["failed"]) == ("completed_with_errors", 2, 1)
     assert [(e["line"], e["code"]) for e in ended["errors"]] == [(3, "unknown_sku")]
+
+
+def test_a_recount_keeps_the_errors_of_every_failure_it_counts_up_to_the_report_s_limit(
+    stack: ImportAws, monkeypatch: pytest.MonkeyPatch
+):
+    # More failed lines left marked and uncounted than the 100 errors a recount once carried on the
+    # import's item: every one is counted, and listed with its line while the report has room.
+    from core.import_service import Outcome
+    from core.imports import LineError
+    from core.models import utc_now
+    from functions.import_worker.app import container
+
+    monkeypatch.setattr("functions.adapters.imports.MAX_REPORTED_ERRORS", 104)
+    ledger = container().import_ledger
+    ledger.begin("imp_many", "s3://b/many.csv", utc_now())
+    for line in (2, 3):
+        ledger.record("imp_many", line, Outcome.FAILED, LineError(line, f"ext-{line}", "unknown_sku", "no"), utc_now())
+    killed = set(range(4, 109))  # 105 failures marked, never counted
+    kill_between_marking_and_counting(monkeypatch, killed)
+    for line in sorted(killed, reverse=True):
+        with pytest.raises(RuntimeError, match="killed"):
+            ledger.record(
+                "imp_many", line, Outcome.FAILED, LineError(line, f"ext-{line}", "unknown_sku", "no"), utc_now()
+            )
+    ledger.finish_reading("imp_many", "csv", 107, utc_now(), last_line=108)
+
+    assert recount().completed == ["imp_many"]
+
+    ended = report("imp_many")
+    assert (ended["status"], ended["failed"]) == ("completed_with_errors", 107)
+    # The two counted first, then the recount's by line, up to the report's 104.
+    assert [e["line"] for e in ended["errors"]] == list(range(2, 106))
+    assert ended["errors"][-1] == {"line": 105, "external_id": "ext-105", "code": "unknown_sku", "message": "no"}
