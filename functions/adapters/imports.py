@@ -164,6 +164,7 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
             total_final=bool(values.get("total_final")),
             failure_code=values.get("error_code"),
             signing_key=values.get("signing_key"),
+            needs_last_line=_short(values) and "last_line" not in values,
         )
 
     def restart(self, import_id: str, at: datetime) -> bool:

@@ -1158,3 +1158,36 @@ def test_a_recount_keeps_the_errors_of_every_failure_it_counts_up_to_the_report_
     # The two counted first, then the recount's by line, up to the report's 104.
     assert [e["line"] for e in ended["errors"]] == list(range(2, 106))
     assert ended["errors"][-1] == {"line": 105, "external_id": "ext-105", "code": "unknown_sku", "message": "no"}
+
+
+def test_an_import_read_before_its_last_line_was_kept_is_recounted_once_its_event_is_replayed(
+    stack: ImportAws, monkeypatch: pytest.MonkeyPatch
+):
+    # Read whole and left short by a killed worker before the splitter kept `last_line`: the
+    # recount cannot know where its markers end. The file's S3 event, replayed, reads the file
+    # again for it (queuing nothing: every order was queued or recorded), and the pass recounts.
+    from functions.adapters.imports import _import_key
+    from functions.import_splitter.app import lambda_handler as splitter
+    from functions.import_worker.app import container
+    from tests.integration.import_support import context
+
+    kill_between_marking_and_counting(monkeypatch, {3})
+    rows = [csv_row("ext-1"), csv_row("ext-2", "NOPE"), csv_row(""), csv_row("ext-3")]
+    import_id = split(stack, "incoming/old.csv", csv_file(*rows))
+    stack.drain(worker)
+    client, table = container().import_ledger._client, container().import_ledger._table
+    client.update_item(TableName=table, Key=_import_key(import_id), UpdateExpression="REMOVE last_line")
+    assert recount().completed == [] and report(import_id)["status"] == "running"
+
+    splitter(stack.s3_event("incoming/old.csv"), context("ImportSplitterFunction", 900))
+
+    assert stack.messages_waiting() == 0
+    kept = client.get_item(TableName=table, Key=_import_key(import_id))["Item"]
+    assert (kept["last_line"]["N"], kept["total"]["N"]) == ("5", "4")
+    assert recount(minutes_later=5).completed == []  # the replay moved it: idle 30 minutes first
+    assert recount().completed == [import_id]
+    ended = report(import_id)
+    assert (ended["status"], ended["imported"], ended["failed"]) == ("completed_with_errors", 2, 2)
+    assert sorted((e["line"], e["code"]) for e in ended["errors"]) == [(3, "unknown_sku"), (4, "missing_external_id")]
+    splitter(stack.s3_event("incoming/old.csv"), context("ImportSplitterFunction", 900))  # ended: nothing read
+    assert report(import_id) == ended
