@@ -1191,3 +1191,53 @@ def test_an_import_read_before_its_last_line_was_kept_is_recounted_once_its_even
     assert sorted((e["line"], e["code"]) for e in ended["errors"]) == [(3, "unknown_sku"), (4, "missing_external_id")]
     splitter(stack.s3_event("incoming/old.csv"), context("ImportSplitterFunction", 900))  # ended: nothing read
     assert report(import_id) == ended
+
+
+def test_a_continuation_retried_and_delivered_twice_counts_and_reports_every_line_once(
+    stack: ImportAws, monkeypatch: pytest.MonkeyPatch
+):
+    # Lambda retries a continuation that failed (twice by default) and may deliver one twice: each
+    # reads the rest of the file again. Every order is counted once, every bad row reported once on
+    # its line, across the boundary (ext-04 is two rows, lines 6-7, right after it); ext-05's bad
+    # quantity is recorded by the splitter itself, by the retry and by the twin.
+    from functions.import_splitter.app import container as splitter_container
+    from functions.import_splitter.app import lambda_handler as splitter
+    from tests.integration.import_support import context
+
+    invokes = AsyncInvokes()
+    monkeypatch.setattr(type(splitter_container()), "lambda_", property(lambda self: invokes))
+    rows = [csv_row(f"ext-{i:02d}", "NOPE" if i == 6 else "TSHIRT", "x" if i in (2, 5) else "1") for i in range(10)]
+    rows[5:5] = [csv_row("ext-04", "MUG", "2")]
+    import_id = stack.put_file("incoming/twice.csv", csv_file(*rows))
+    splitter(stack.s3_event("incoming/twice.csv"), RunningShort(orders=4))
+    continuation = json.loads(invokes.calls[-1]["Payload"])
+    assert continuation["continue_after_orders"] == 4
+
+    files = splitter_container().import_files
+    real_open, opened = files.open, []
+
+    def unreadable_once(*args: Any) -> Any:
+        opened.append(args)
+        if len(opened) == 1:
+            raise ConnectionError("S3 went away")
+        return real_open(*args)
+
+    monkeypatch.setattr(files, "open", unreadable_once)
+    with pytest.raises(ConnectionError):
+        splitter(continuation, RunningShort(orders=4))
+    assert report(import_id)["status"] == "failed"  # split_interrupted: Lambda retries the event
+    splitter(continuation, RunningShort(orders=4))  # the retry: orders 5-8, handed on again
+    splitter(continuation, context("ImportSplitterFunction", 900))  # delivered twice: 5-10, to the end
+    splitter(json.loads(invokes.calls[-1]["Payload"]), context("ImportSplitterFunction", 900))  # read: nothing
+    stack.drain(worker)
+
+    ended = report(import_id)
+    assert (ended["status"], ended["total"], ended["imported"], ended["duplicates"], ended["failed"]) == (
+        "completed_with_errors", 10, 7, 0, 3,
+    )  # fmt: skip
+    assert [(e["line"], e["external_id"], e["code"]) for e in ended["errors"]] == [
+        (4, "ext-02", "invalid_number"),
+        (8, "ext-05", "invalid_number"),
+        (9, "ext-06", "unknown_sku"),
+    ]
+    assert stored_order("market", "ext-04").lines[0].quantity == 1 and len(stored_order("market", "ext-04").lines) == 2
