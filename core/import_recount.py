@@ -43,7 +43,8 @@ class ImportCounts(ABC):
     @abstractmethod
     def stuck(self, now: datetime, idle: timedelta, again: timedelta) -> list[str]:
         """Imports read whole, running short of their total, not updated for `idle`, and not found
-        waiting by a recount in the last `again` (unless updated since), oldest first."""
+        waiting by a recount in the last `again` (unless updated since), oldest first; and those
+        a recount counted and died before ending (its counters set, still running)."""
 
     @abstractmethod
     def recount(self, import_id: str, at: datetime, time_up: TimeUp) -> Recount:

@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import json
 import logging
+import sys
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
@@ -123,6 +124,9 @@ class ImportState:
     # The import's own secret: the splitter signs each queued line with it (see origin_signature).
     # None only for an import created before lines were signed.
     signing_key: str | None = None
+    # Read whole, running short of its total, and read before the line its last order starts on
+    # was kept: the recount of its markers needs that line (core/import_recount.py).
+    needs_last_line: bool = False
 
 
 @dataclass(frozen=True)
@@ -274,7 +278,8 @@ class ImportSplitter:
         """Queue the orders `open_orders` reads from the file. False when there was nothing to do:
         the import exists and its file was already read (a redelivered event), or is being read by
         another delivery of its event. Safe to run again after a failure: lines already recorded
-        are not counted twice.
+        are not counted twice. An import read whole before its last order's line was kept, and
+        left short of its total, is read again for that line only (ImportState.needs_last_line).
 
         A continuation (`resume_after`: the orders a split before it queued or recorded) reads the
         file from its start again, so the readers see every order (a header, a repeated order),
@@ -283,6 +288,11 @@ class ImportSplitter:
         split sends what waits in its batch, writes the total found so far and calls `hand_off`
         with the orders done: the continuation it starts goes on from there."""
         state = self._ledger.begin(source.import_id, mask_card_numbers(source.uri), self._clock())
+        if state.needs_last_line:
+            # Its event replayed: read the file again for that line, queuing nothing (every order
+            # was queued or recorded); an error leaves it as it was, and Lambda retries the event.
+            self._split(source, open_orders, state.signing_key, sys.maxsize, never, None)
+            return True
         if state.total_final or (state.status is not ImportStatus.RUNNING and state.failure_code != SPLIT_INTERRUPTED):
             return False
         if state.status is ImportStatus.FAILED and not self._ledger.restart(source.import_id, self._clock()):

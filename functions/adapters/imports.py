@@ -44,9 +44,6 @@ LIST_PK = "IMPORTS"
 # messages 4 days (its DLQ 14); a redrive from the DLQ must still find the marker.
 MARKER_DAYS = 15
 _COUNTERS = {Outcome.IMPORTED: "imported", Outcome.DUPLICATE: "duplicates", Outcome.FAILED: "failed"}
-# The errors a recount keeps of the failures it counts (each killed worker leaves one line): they
-# wait on the import's item, which must stay well under DynamoDB's 400 KB; `failed` counts all.
-RECOUNTED_ERRORS = 100
 
 
 def _short(values: dict[str, Any]) -> bool:
@@ -57,6 +54,12 @@ def _short(values: dict[str, Any]) -> bool:
         and bool(values.get("total_final"))
         and done < int(values.get("total", 0))
     )
+
+
+def _recounted_not_ended(values: dict[str, Any]) -> bool:
+    """An import whose recount set its counters and died before its end (keeping the errors it
+    counted, completing): no longer short, and nothing but the recount ends it."""
+    return values.get("status") == ImportStatus.RUNNING.value and "recounted" in values
 
 
 def _import_key(import_id: str) -> dict[str, Any]:
@@ -161,6 +164,7 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
             total_final=bool(values.get("total_final")),
             failure_code=values.get("error_code"),
             signing_key=values.get("signing_key"),
+            needs_last_line=_short(values) and "last_line" not in values,
         )
 
     def restart(self, import_id: str, at: datetime) -> bool:
@@ -412,8 +416,10 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
         stuck = []
         for import_id in ids:
             values = found.get(import_id)
-            if values is None or not _short(values) or "last_line" not in values:
+            if values is None or "last_line" not in values:
                 continue  # an import read before last_line was kept is not recounted
+            if not _short(values) and not _recounted_not_ended(values):
+                continue
             if values["updated_at"] > idle_since:
                 continue
             waiting = values.get("recount_waiting") or {}
@@ -443,10 +449,13 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
     def _count_markers(self, import_id: str, values: dict[str, Any], at: datetime, time_up: TimeUp) -> Recount:
         seen = values["updated_at"]
         state = values.get("recount") or {}
-        if state.get("seen") != seen:  # begun afresh: the import moved since a recount stopped
-            state = {"seen": seen, "next": 1, "imported": 0, "duplicates": 0, "failed": 0, "unkept": []}
+        # Begun afresh: the import moved since a recount stopped (or one stopped before failures'
+        # lines were kept, rather than their errors).
+        if state.get("seen") != seen or "unkept_lines" not in state:
+            state = {"seen": seen, "next": 1, "imported": 0, "duplicates": 0, "failed": 0, "unkept_lines": []}
         counted_failed = int(values.get("failed", 0))
-        kept_lines = self._kept_error_lines(import_id) if counted_failed < MAX_REPORTED_ERRORS else None
+        room = MAX_REPORTED_ERRORS - counted_failed  # errors the report still keeps
+        kept_lines = self._kept_error_lines(import_id) if room > 0 else None
         last = int(values["last_line"])
         line = int(state["next"])
         while line <= last:
@@ -456,6 +465,7 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
                 return Recount.CUT_SHORT
             lines = range(line, min(line + self.RECOUNT_CHUNK, last + 1))
             keys = [{"id": {"S": _marker_id(import_id, n)}} for n in lines]
+            unkept: list[int] = []
             for marker in batch_get(self._client, self._markers, keys, consistent=True):
                 if marker.get("uncounted", {}).get("BOOL"):
                     continue  # its count was refused: the redelivery under way counts it
@@ -463,16 +473,17 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
                 state[_COUNTERS[outcome]] = int(state[_COUNTERS[outcome]]) + 1
                 error = marker.get("error", {}).get("M")
                 # A failure whose error is not kept was never counted (the first failures' errors
-                # all are): its error is kept once it is.
+                # all are): its error is kept once it is, read again from its marker then (the
+                # import's item holds only the lines, up to the report's room: never near 400 KB).
                 if (
                     outcome is Outcome.FAILED
                     and error
                     and kept_lines is not None
                     and "unkept_error" not in marker
                     and int(error["line"]["N"]) not in kept_lines
-                    and len(state["unkept"]) < RECOUNTED_ERRORS
                 ):
-                    state["unkept"].append({"M": error})
+                    unkept.append(int(marker["id"]["S"].rsplit("#", 1)[1]))
+            state["unkept_lines"] = [*map(int, state["unkept_lines"]), *sorted(unkept)][: max(0, room)]
             line = lines[-1] + 1
         counts = {name: int(state[name]) for name in _COUNTERS.values()}
         if sum(counts.values()) < int(values.get("total", 0)):
@@ -496,7 +507,7 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
                     ":unkept": {
                         "M": {
                             "after": {"N": str(counted_failed)},
-                            "errors": {"L": state["unkept"][: max(0, MAX_REPORTED_ERRORS - counted_failed)]},
+                            "lines": {"L": [{"N": str(n)} for n in state["unkept_lines"]]},
                         }
                     },
                     ":running": {"S": ImportStatus.RUNNING.value},
@@ -550,10 +561,16 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
         item = self._client.get_item(TableName=self._table, Key=_import_key(import_id), ConsistentRead=True)["Item"]
         recounted = item.get("recounted", {}).get("M", {})
         ordinal = int(recounted.get("after", {}).get("N", "0"))
-        for entry in recounted.get("errors", {}).get("L", []):
+        # The failures' lines, in order: their errors are on their markers. (A recount made before
+        # the lines were kept holds the errors themselves.)
+        lines = [int(n["N"]) for n in recounted.get("lines", {}).get("L", [])]
+        keys = [{"id": {"S": _marker_id(import_id, n)}} for n in lines]
+        markers = {m["id"]["S"]: m for m in batch_get(self._client, self._markers, keys, consistent=True)}
+        errors = [markers[k["id"]["S"]]["error"]["M"] for k in keys if "error" in markers.get(k["id"]["S"], {})]
+        for error in [*(entry["M"] for entry in recounted.get("errors", {}).get("L", [])), *errors]:
             ordinal += 1
             if ordinal <= MAX_REPORTED_ERRORS:
-                self._client.put_item(TableName=self._table, Item={**_error_key(import_id, ordinal), **entry["M"]})
+                self._client.put_item(TableName=self._table, Item={**_error_key(import_id, ordinal), **error})
 
     # --- Reads --------------------------------------------------------------------------------
     def get(self, import_id: str) -> ImportReport | None:

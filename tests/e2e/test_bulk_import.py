@@ -481,9 +481,10 @@ def test_a_file_the_splitter_runs_short_of_time_on_is_handed_on_to_itself_and_ev
 def test_an_import_a_killed_worker_left_short_is_recounted_by_the_reconciler_with_only_what_it_is_granted(
     stack: EmbeddedStack, api: Api, monkeypatch: pytest.MonkeyPatch
 ):
-    """The worker dies between marking line 3 and counting it: the import stays running one short.
-    The reconciler's imports pass (idle threshold set to nothing here) recounts it from its markers
-    and completes it, calling only what the template grants it."""
+    """The worker dies between marking line 4 (a failure) and counting it: the import stays running
+    one short. The reconciler's imports pass (idle threshold set to nothing here) recounts it from
+    its markers, keeps the failure's error from its marker and completes it, calling only what the
+    template grants it."""
     import copy
     import hashlib
     from datetime import timedelta
@@ -510,7 +511,7 @@ def test_an_import_a_killed_worker_left_short_is_recounted_by_the_reconciler_wit
             raise RuntimeError("killed between marking the line and counting it")
 
     def record(self: DynamoImportLedger, import_id: str, line: int, *args: Any) -> bool:
-        if (import_id, line) == (target, 3) and not killed:
+        if (import_id, line) == (target, 4) and not killed:
             killed.append(line)
             dying = copy.copy(self)
             dying._client = DiesBeforeCounting(self._client)
@@ -520,12 +521,13 @@ def test_an_import_a_killed_worker_left_short_is_recounted_by_the_reconciler_wit
     monkeypatch.setattr(DynamoImportLedger, "record", record)
     assert put_file(stack, "incoming/killed.csv", data) == target
     deadline = time.monotonic() + 30
-    while (short := api.get(f"/imports/{target}").json()).get("failed", 0) < 1 or short["imported"] < 1:
+    while (short := api.get(f"/imports/{target}").json()).get("imported", 0) < 2 or not killed:
         assert time.monotonic() < deadline, short
         time.sleep(0.1)
-    # Line 3's message comes back only after the queue's visibility timeout, and counts nothing.
-    assert killed == [3]
-    assert (short["status"], short["total"], short["imported"], short["failed"]) == ("running", 3, 1, 1)
+    # Line 4's message comes back only after the queue's visibility timeout, and counts nothing.
+    assert killed == [4]
+    assert (short["status"], short["total"], short["imported"], short["failed"]) == ("running", 3, 2, 0)
+    assert short["errors"] == []
 
     monkeypatch.setattr(core.import_recount, "RECOUNT_IDLE", timedelta(0))
     with calls_by_function(stack) as calls:

@@ -1076,7 +1076,7 @@ def test_a_recount_cut_short_by_its_pass_s_time_goes_on_where_it_stopped_at_the_
     from functions.import_worker.app import container
 
     monkeypatch.setattr(DynamoImportLedger, "RECOUNT_CHUNK", 2)  # lines 1-2, 3-4, 5-6
-    kill_between_marking_and_counting(monkeypatch, {4})
+    kill_between_marking_and_counting(monkeypatch, {3, 4})  # ext-2's error: kept by the recount
     rows = [csv_row("ext-1"), csv_row("ext-2", "NOPE"), csv_row("ext-3"), csv_row("ext-4"), csv_row("ext-5")]
     import_id = split(stack, "incoming/cut.csv", csv_file(*rows))
     stack.drain(worker)
@@ -1097,7 +1097,147 @@ def test_a_recount_cut_short_by_its_pass_s_time_goes_on_where_it_stopped_at_the_
 
     monkeypatch.setattr(ledger._client, "batch_get_item", reading)
     assert recounts.run().completed == [import_id]
-    assert [int(key.rsplit("#", 1)[1]) for key in reads] == [5, 6]  # from where it stopped
+    # From where it stopped; then line 3's marker again, for the error of the failure it counted.
+    assert [int(key.rsplit("#", 1)[1]) for key in reads] == [5, 6, 3]
     ended = report(import_id)
     assert (ended["status"], ended["imported"], ended["failed"]) == ("completed_with_errors", 4, 1)
     assert [(e["line"], e["code"]) for e in ended["errors"]] == [(3, "unknown_sku")]
+
+
+def test_a_recount_that_dies_after_setting_the_counters_is_ended_by_the_next_pass_with_its_errors(
+    stack: ImportAws, monkeypatch: pytest.MonkeyPatch
+):
+    # The recount's counters are written (the import marked recounted, no longer short of its
+    # total), then the write of a recounted error is throttled: the import must not stay running.
+    kill_between_marking_and_counting(monkeypatch, {3})  # ext-2: unknown sku, its count never made
+    rows = [csv_row("ext-1"), csv_row("ext-2", "NOPE"), csv_row("ext-3")]
+    import_id = split(stack, "incoming/died.csv", csv_file(*rows))
+    stack.drain(worker)
+    refused = refuse_once(monkeypatch, lambda pk: pk.endswith("#ERRORS"), "ThrottlingException", "put_item")
+
+    with pytest.raises(Exception, match="rate of requests exceeds"):
+        recount()
+
+    assert refused == [f"IMPORT#{import_id}#ERRORS"]
+    counted = report(import_id)
+    assert (counted["status"], counted["imported"], counted["failed"], counted["errors"]) == ("running", 2, 1, [])
+    assert recount().completed == [import_id]
+    ended = report(import_id)
+    assert (ended["status"], ended["imported"], ended["failed"]) == ("completed_with_errors", 2, 1)
+    assert [(e["line"], e["code"]) for e in ended["errors"]] == [(3, "unknown_sku")]
+
+
+def test_a_recount_keeps_the_errors_of_every_failure_it_counts_up_to_the_report_s_limit(
+    stack: ImportAws, monkeypatch: pytest.MonkeyPatch
+):
+    # More failed lines left marked and uncounted than the 100 errors a recount once carried on the
+    # import's item: every one is counted, and listed with its line while the report has room.
+    from core.import_service import Outcome
+    from core.imports import LineError
+    from core.models import utc_now
+    from functions.import_worker.app import container
+
+    monkeypatch.setattr("functions.adapters.imports.MAX_REPORTED_ERRORS", 104)
+    ledger = container().import_ledger
+    ledger.begin("imp_many", "s3://b/many.csv", utc_now())
+    for line in (2, 3):
+        ledger.record("imp_many", line, Outcome.FAILED, LineError(line, f"ext-{line}", "unknown_sku", "no"), utc_now())
+    killed = set(range(4, 109))  # 105 failures marked, never counted
+    kill_between_marking_and_counting(monkeypatch, killed)
+    for line in sorted(killed, reverse=True):
+        with pytest.raises(RuntimeError, match="killed"):
+            ledger.record(
+                "imp_many", line, Outcome.FAILED, LineError(line, f"ext-{line}", "unknown_sku", "no"), utc_now()
+            )
+    ledger.finish_reading("imp_many", "csv", 107, utc_now(), last_line=108)
+
+    assert recount().completed == ["imp_many"]
+
+    ended = report("imp_many")
+    assert (ended["status"], ended["failed"]) == ("completed_with_errors", 107)
+    # The two counted first, then the recount's by line, up to the report's 104.
+    assert [e["line"] for e in ended["errors"]] == list(range(2, 106))
+    assert ended["errors"][-1] == {"line": 105, "external_id": "ext-105", "code": "unknown_sku", "message": "no"}
+
+
+def test_an_import_read_before_its_last_line_was_kept_is_recounted_once_its_event_is_replayed(
+    stack: ImportAws, monkeypatch: pytest.MonkeyPatch
+):
+    # Read whole and left short by a killed worker before the splitter kept `last_line`: the
+    # recount cannot know where its markers end. The file's S3 event, replayed, reads the file
+    # again for it (queuing nothing: every order was queued or recorded), and the pass recounts.
+    from functions.adapters.imports import _import_key
+    from functions.import_splitter.app import lambda_handler as splitter
+    from functions.import_worker.app import container
+    from tests.integration.import_support import context
+
+    kill_between_marking_and_counting(monkeypatch, {3})
+    rows = [csv_row("ext-1"), csv_row("ext-2", "NOPE"), csv_row(""), csv_row("ext-3")]
+    import_id = split(stack, "incoming/old.csv", csv_file(*rows))
+    stack.drain(worker)
+    client, table = container().import_ledger._client, container().import_ledger._table
+    client.update_item(TableName=table, Key=_import_key(import_id), UpdateExpression="REMOVE last_line")
+    assert recount().completed == [] and report(import_id)["status"] == "running"
+
+    splitter(stack.s3_event("incoming/old.csv"), context("ImportSplitterFunction", 900))
+
+    assert stack.messages_waiting() == 0
+    kept = client.get_item(TableName=table, Key=_import_key(import_id))["Item"]
+    assert (kept["last_line"]["N"], kept["total"]["N"]) == ("5", "4")
+    assert recount(minutes_later=5).completed == []  # the replay moved it: idle 30 minutes first
+    assert recount().completed == [import_id]
+    ended = report(import_id)
+    assert (ended["status"], ended["imported"], ended["failed"]) == ("completed_with_errors", 2, 2)
+    assert sorted((e["line"], e["code"]) for e in ended["errors"]) == [(3, "unknown_sku"), (4, "missing_external_id")]
+    splitter(stack.s3_event("incoming/old.csv"), context("ImportSplitterFunction", 900))  # ended: nothing read
+    assert report(import_id) == ended
+
+
+def test_a_continuation_retried_and_delivered_twice_counts_and_reports_every_line_once(
+    stack: ImportAws, monkeypatch: pytest.MonkeyPatch
+):
+    # Lambda retries a continuation that failed (twice by default) and may deliver one twice: each
+    # reads the rest of the file again. Every order is counted once, every bad row reported once on
+    # its line, across the boundary (ext-04 is two rows, lines 6-7, right after it); ext-05's bad
+    # quantity is recorded by the splitter itself, by the retry and by the twin.
+    from functions.import_splitter.app import container as splitter_container
+    from functions.import_splitter.app import lambda_handler as splitter
+    from tests.integration.import_support import context
+
+    invokes = AsyncInvokes()
+    monkeypatch.setattr(type(splitter_container()), "lambda_", property(lambda self: invokes))
+    rows = [csv_row(f"ext-{i:02d}", "NOPE" if i == 6 else "TSHIRT", "x" if i in (2, 5) else "1") for i in range(10)]
+    rows[5:5] = [csv_row("ext-04", "MUG", "2")]
+    import_id = stack.put_file("incoming/twice.csv", csv_file(*rows))
+    splitter(stack.s3_event("incoming/twice.csv"), RunningShort(orders=4))
+    continuation = json.loads(invokes.calls[-1]["Payload"])
+    assert continuation["continue_after_orders"] == 4
+
+    files = splitter_container().import_files
+    real_open, opened = files.open, []
+
+    def unreadable_once(*args: Any) -> Any:
+        opened.append(args)
+        if len(opened) == 1:
+            raise ConnectionError("S3 went away")
+        return real_open(*args)
+
+    monkeypatch.setattr(files, "open", unreadable_once)
+    with pytest.raises(ConnectionError):
+        splitter(continuation, RunningShort(orders=4))
+    assert report(import_id)["status"] == "failed"  # split_interrupted: Lambda retries the event
+    splitter(continuation, RunningShort(orders=4))  # the retry: orders 5-8, handed on again
+    splitter(continuation, context("ImportSplitterFunction", 900))  # delivered twice: 5-10, to the end
+    splitter(json.loads(invokes.calls[-1]["Payload"]), context("ImportSplitterFunction", 900))  # read: nothing
+    stack.drain(worker)
+
+    ended = report(import_id)
+    assert (ended["status"], ended["total"], ended["imported"], ended["duplicates"], ended["failed"]) == (
+        "completed_with_errors", 10, 7, 0, 3,
+    )  # fmt: skip
+    assert [(e["line"], e["external_id"], e["code"]) for e in ended["errors"]] == [
+        (4, "ext-02", "invalid_number"),
+        (8, "ext-05", "invalid_number"),
+        (9, "ext-06", "unknown_sku"),
+    ]
+    assert stored_order("market", "ext-04").lines[0].quantity == 1 and len(stored_order("market", "ext-04").lines) == 2
