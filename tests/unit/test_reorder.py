@@ -186,7 +186,7 @@ def test_a_draft_grows_its_line_or_adds_one_and_keeps_a_cost_already_set():
 
 
 def test_only_a_draft_grows():
-    opened = a_draft(PurchaseOrderLine(sku="MUG", quantity=1, unit_cost=Money.of("1.00", "USD"))).submit()
+    opened = a_draft(PurchaseOrderLine(sku="MUG", quantity=1, unit_cost=Money.of("1.00", "USD"))).submit(at=NOW)
 
     with pytest.raises(InvalidTransition):
         opened.grow("MUG", 1, None)
@@ -197,12 +197,12 @@ def test_a_draft_with_an_unpriced_line_is_submitted_only_with_its_price():
     draft = a_draft(PurchaseOrderLine(sku="MUG", quantity=20), PurchaseOrderLine(sku="CUP", quantity=5))
 
     with pytest.raises(InvalidRequest) as refused:
-        draft.submit({"MUG": Money.of("4.00", "USD")})
+        draft.submit({"MUG": Money.of("4.00", "USD")}, at=NOW)
     assert refused.value.code == "unpriced_lines"
     assert refused.value.details == [{"field": "lines", "message": "CUP needs a unit_cost"}]
 
     due = NOW + timedelta(days=3)
-    opened = draft.submit({"MUG": Money.of("4.00", "USD"), "CUP": Money.of("1.50", "USD")}, due)
+    opened = draft.submit({"MUG": Money.of("4.00", "USD"), "CUP": Money.of("1.50", "USD")}, at=NOW, expected_at=due)
     assert opened.status is PO.OPEN and opened.expected_at == due
     assert [li.unit_cost.amount for li in opened.lines] == [
         Money.of("4.00", "USD").amount,
@@ -212,7 +212,7 @@ def test_a_draft_with_an_unpriced_line_is_submitted_only_with_its_price():
 
 def test_a_price_for_a_sku_not_on_the_draft_is_refused():
     with pytest.raises(InvalidRequest):
-        a_draft().submit({"CUP": Money.of("1.00", "USD")})
+        a_draft().submit({"CUP": Money.of("1.00", "USD")}, at=NOW)
     with pytest.raises(ValidationError):
         Submission.model_validate({"lines": [{"sku": "MUG", "unit_cost": {"amount": "1.00", "currency": "USD"}}] * 2})
 
