@@ -232,7 +232,9 @@ class PurchaseOrder(BaseModel, defer_build=True):
         costs_within_the_limit(lines)
         submitted = self._next(PO.OPEN, lines)
         update: dict[str, Any] = {"submitted_at": at}
-        return submitted.model_copy(update=update | ({"expected_at": expected_at} if expected_at else {}))
+        if expected_at is not None:
+            update["expected_at"] = expected_at
+        return submitted.model_copy(update=update)
 
     def submitted_as(self, prices: dict[str, Money] | None) -> bool:
         """Whether this PO is a draft submitted already (open, or received since: not cancelled)

@@ -1,7 +1,7 @@
 """Inventory stream consumer: when `available` rises for a sku at a location, fill the orders backordered for it;
 when it falls below a reorder point, emit `inventory.low`, and grow the draft purchase order unless units on
-open purchase orders and drafts cover the point; when an order is written backordered, or a point is set where there was
-none, grow the draft by what the orders lack beyond what is there and on order. Catalog stream consumer for
+open purchase orders and drafts cover the point; when an order is written backordered, or a point is set where
+there was none, grow the draft by what the orders lack beyond what is there and on order. Catalog stream consumer for
 the sourcing rules: a new version wakes the backordered orders it may let take units, a page at a time;
 and for the location network: a location that stops shipping, or ships again, wakes them the same way."""
 
