@@ -27,15 +27,15 @@ from core.ports import CatalogRepository
 from core.status import PurchaseOrderStatus, check_purchase_order_step
 
 PO = PurchaseOrderStatus
-Units = Annotated[int, Field(ge=1, le=1_000_000_000, strict=True)]
+# The most units of a sku one line orders (or a receipt's line counts): what a location may hold.
+MAX_UNITS = MAX_ON_HAND
+Units = Annotated[int, Field(ge=1, le=MAX_UNITS, strict=True)]
 # A receipt is one DynamoDB transaction: the PO and one stock item per line (at most 100 items).
 MAX_LINES = 99
 # How an RFC 3339 time begins: a full date, then the time after "T" (or a space, as RFC 3339 allows).
 _RFC_3339_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ]")
 # Statuses whose units not yet received count as incoming stock.
 INCOMING = frozenset({PO.OPEN, PO.PARTIALLY_RECEIVED})
-# Statuses of a PO sent to its vendor: a submit of one is a retry (PurchaseOrder.submitted_as).
-SUBMITTED = frozenset({PO.OPEN, PO.PARTIALLY_RECEIVED, PO.RECEIVED})
 # The receipts a PO keeps (RecordedReceipt, keys included) fill at most this many bytes of its
 # DynamoDB item: with the PO's own document (99 lines of the longest skus: under 30 KB) the item
 # stays well under DynamoDB's 400 KB. A few thousand receipts of a line or two each.
@@ -170,6 +170,11 @@ class PurchaseOrder(BaseModel, defer_build=True):
     lines: list[PurchaseOrderLine]
     expected_at: datetime
     created_at: datetime
+    # Set by the one step draft -> open (`submit`): a submit of a PO that has it and is not
+    # cancelled is a retry; a PO created open has none, and a submit of it is no transition.
+    submitted_at: datetime | None = Field(
+        default=None, description="When the draft was submitted to its vendor; null on a draft and on a PO created open"
+    )
     version: int = 1
 
     def outstanding(self) -> dict[str, int]:
@@ -180,16 +185,19 @@ class PurchaseOrder(BaseModel, defer_build=True):
         check_purchase_order_step(self.status, status)
         return self.model_copy(update={"status": status, "lines": lines or self.lines, "version": self.version + 1})
 
-    def submit(self, prices: dict[str, Money] | None = None, expected_at: datetime | None = None) -> "PurchaseOrder":
-        """The PO sent to its vendor, open. `prices` sets unit costs by sku (a draft's unpriced
+    def submit(
+        self, prices: dict[str, Money] | None = None, *, at: datetime, expected_at: datetime | None = None
+    ) -> "PurchaseOrder":
+        """The draft sent to its vendor at `at`, open. `prices` sets unit costs by sku (a draft's unpriced
         lines, or a draft's costs corrected), in the order of the submission's lines: a sku the PO
         lacks is 422 naming its line (`lines[i].sku`). A line left without a cost is 422
         `unpriced_lines`, since an open PO is a commitment to pay, and costs in more than one
         currency are 422 `mixed_currencies`, each cost named by the submission's line that gave it
         (`lines[i].unit_cost`), or as the draft's. `expected_at` replaces the due date a draft got.
-        A PO submitted already (open, or received since) is answered as it is when `prices` agree
-        with its costs: a submit sent again, its first answer lost. Otherwise, and on a cancelled
-        PO, 409."""
+        A draft submitted already (open, or received since) is answered as it is when `prices` agree
+        with its costs: a submit sent again, its first answer lost. Otherwise the transition table
+        answers: a PO created open was never a draft, and it, a cancelled one and one that `prices`
+        would price otherwise are 409 `invalid_transition`."""
         if self.submitted_as(prices):
             return self
         check_purchase_order_step(self.status, PO.OPEN)
@@ -223,14 +231,19 @@ class PurchaseOrder(BaseModel, defer_build=True):
             )
         costs_within_the_limit(lines)
         submitted = self._next(PO.OPEN, lines)
-        return submitted.model_copy(update={"expected_at": expected_at}) if expected_at else submitted
+        update: dict[str, Any] = {"submitted_at": at}
+        if expected_at is not None:
+            update["expected_at"] = expected_at
+        return submitted.model_copy(update=update)
 
     def submitted_as(self, prices: dict[str, Money] | None) -> bool:
-        """Whether this PO was submitted already (open, or received since) with every cost in
-        `prices` on its line: a submit of it is a retry, and changes nothing."""
+        """Whether this PO is a draft submitted already (open, or received since: not cancelled)
+        with every cost in `prices` on its line: a submit of it is a retry, and changes nothing."""
         costs = {line.sku: line.unit_cost for line in self.lines}
-        return self.status in SUBMITTED and all(
-            sku in costs and costs[sku] == cost for sku, cost in (prices or {}).items()
+        return (
+            self.submitted_at is not None
+            and self.status is not PO.CANCELLED
+            and all(sku in costs and costs[sku] == cost for sku, cost in (prices or {}).items())
         )
 
     def grow(self, sku: str, quantity: int, unit_cost: Money | None) -> "PurchaseOrder":
@@ -608,12 +621,14 @@ class Purchasing:
         prices = submission.prices() if submission else {}
 
         def step(po: PurchaseOrder) -> PurchaseOrder:
+            now = self._clock()
             if po.status is not PO.DRAFT:
-                return po.submit(prices)  # as it is when submitted already, else raises
+                return po.submit(prices, at=now)  # as it is when submitted already, else raises
             # A draft waited for a person: its goods are due the vendor's lead time from now.
             vendor = self._repository.get_vendor(po.vendor_id)
-            due = self._clock() + timedelta(days=vendor.lead_time_days) if vendor else None
-            return po.submit(prices, due)
+            return po.submit(
+                prices, at=now, expected_at=now + timedelta(days=vendor.lead_time_days) if vendor else None
+            )
 
         return self._change(po_id, step)
 

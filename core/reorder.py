@@ -12,9 +12,9 @@ from core.domain_events import DomainEvent, EventType
 from core.errors import InvalidRequest, NotFound, StaleVersion
 from core.ids import new_id, short_hash
 from core.models import Identifier, ReorderSettings, Strict
-from core.money import AmountTooLarge
 from core.ports import CatalogRepository
 from core.purchasing import (
+    MAX_UNITS,
     PurchaseOrder,
     PurchaseOrderLine,
     PurchasingRepository,
@@ -26,14 +26,27 @@ from core.purchasing import (
 from core.status import PurchaseOrderStatus
 
 
-class DraftAtTheLimit(AmountTooLarge):
+class DraftAtTheLimit(InvalidRequest):
     """Units a crossing (or the backorders) would buy that no draft may take: the draft holding
-    the sku's line would bill 10^15 or more in a currency, or a new draft of them alone would.
-    Nothing is written; the caller logs it (`draft_id`: the draft that holds the line, if any)."""
+    the sku's line would bill 10^15 or more in a currency (`amount_too_large`) or order more than
+    MAX_UNITS of it (`quantity_too_large`), or a new draft of them alone would. Nothing is
+    written; the caller logs it (`draft_id`: the draft that holds the line, if any)."""
 
-    def __init__(self, message: str, draft_id: str | None) -> None:
-        super().__init__(message)
+    def __init__(self, message: str, draft_id: str | None, code: str) -> None:
+        super().__init__(message, code=code)
         self.draft_id = draft_id
+
+
+def past_the_limit(draft: PurchaseOrder, sku: str) -> tuple[str, str] | None:
+    """Why `draft` may not be written: the error code and what it would do (`bill 10^15 USD or
+    more`, `order more than 1,000,000,000 MUG`), or None. An open PO could not be made of it: its
+    bill is an amount (below 10^15, API.md) and its line's quantity one a create takes (at most
+    MAX_UNITS, the most a location holds too), whether or not the line has a cost yet."""
+    if (currency := bill_at_the_limit(draft.lines)) is not None:
+        return "amount_too_large", f"bill 10^15 {currency} or more"
+    if any(line.sku == sku and line.quantity > MAX_UNITS for line in draft.lines):
+        return "quantity_too_large", f"order more than {MAX_UNITS:,} {sku} on one line"
+    return None
 
 
 class ReorderRequest(Strict):
@@ -89,9 +102,9 @@ class StockChange:
 @dataclass(frozen=True)
 class Crossing:
     """A change that took `available` (`low`), or `available` plus the units on order
-    (`reorders`), from at or above the reorder point to below it. The second buys: units already
-    on order that keep the stock position at the point need no second purchase order, unless
-    backordered orders wait for them too (`to_buy`)."""
+    (`reorders`), from at or above the reorder point to below it. Either may buy: units already
+    on order or on a draft that keep the stock position at the point need no second purchase,
+    unless backordered orders wait for them too (`to_buy`)."""
 
     sku: str
     location_id: str
@@ -115,13 +128,18 @@ class Crossing:
         the sourcing rules keep `kept` units back from orders here (0: it buys nothing). Those
         orders take the first units that come, so they are part of the need: the stock position
         counted against the point is available plus incoming plus the draft's units less
-        `waiting`, and what they lack beyond all of that (`lacking`; beyond `now`, the stock
-        position read with `waiting` when given: a draft submitted since the crossing moved its
-        units to `incoming`) is bought on top of `reorder_quantity` (units a draft already
-        bought for them are not bought again)."""
-        position = self.available + self.incoming + drafted
-        short = lacking(waiting, position if now is None else now, kept)
-        if not self.reorders and not short and position - waiting >= self.settings.reorder_point:
+        `waiting` (`now`, the stock position read with `waiting`, when given: a draft submitted
+        since the crossing moved its units to `incoming`). At or above the point with nothing
+        lacking, nothing is bought; else what they lack beyond all of that (`lacking`) is bought
+        on top of `reorder_quantity` (units a draft already bought for them are not bought again)."""
+        position = self.available + self.incoming + drafted if now is None else now
+        short = lacking(waiting, position, kept)
+        # Units on a draft are bought, as units on order are: a draft that keeps the position at
+        # the point buys nothing more, so stock falling past the point again and again while its
+        # draft waits for a person does not grow the draft each time (it grows only while the
+        # position is below the point: to at most the point plus `reorder_quantity` plus what the
+        # backorders lack).
+        if not short and position - waiting >= self.settings.reorder_point:
             return 0
         return self.settings.reorder_quantity + short
 
@@ -243,7 +261,8 @@ class Replenishment:
         `key` names (`sku#location_id#change_id`) was counted already. The draft's write and the
         change's marker are one transaction, so concurrent changes each grow the draft once and a
         change seen twice grows it once. No draft is grown or made to bill 10^15 or more in a
-        currency (no submit could open it, and no one could shrink it): a sku the draft lacks then
+        currency, nor to order more than MAX_UNITS of a sku on its line, priced or not (no submit
+        could open it, and no one could shrink it; `past_the_limit`): a sku the draft lacks then
         goes on a new draft (as at MAX_LINES lines), and units its line (there or nowhere) or a new
         draft cannot take raise DraftAtTheLimit, nothing written."""
         vendor = self._repository.get_vendor(settings.vendor_id)
@@ -256,15 +275,17 @@ class Replenishment:
             if draft is None:
                 draft, pointer = self._repository.open_draft(settings.vendor_id, location_id)
             grown = draft.grow(sku, units, settings.unit_cost) if draft is not None and draft.takes(sku) else None
-            if grown is not None and (currency := bill_at_the_limit(grown.lines)) is not None:
+            if grown is not None and (limit := past_the_limit(grown, sku)) is not None:
                 if draft is not None and any(line.sku == sku for line in draft.lines):
                     # Its line grows there or nowhere (one line a sku: its units are counted there).
                     if self._repository.reordered(key):
                         return None  # counted before the draft reached the limit (a redelivery)
+                    code, would = limit
                     raise DraftAtTheLimit(
-                        f"purchase order {grown.id} would bill 10^15 {currency} or more with {units} more "
-                        f"{sku}: submit it, and the next crossing starts a new draft",
+                        f"purchase order {grown.id} would {would} with {units} more {sku}: submit it, "
+                        "and the next crossing starts a new draft",
                         grown.id,
+                        code,
                     )
                 grown = None  # full for a sku it lacks: a new draft takes it, as at MAX_LINES lines
             if grown is not None:
@@ -284,12 +305,11 @@ class Replenishment:
                     ),
                     None,
                 )
-                if (currency := bill_at_the_limit(new.lines)) is not None:
+                if (limit := past_the_limit(new, sku)) is not None:
                     if self._repository.reordered(key):
                         return None
-                    raise DraftAtTheLimit(
-                        f"{units} {sku} would bill 10^15 {currency} or more on a draft of their own", None
-                    )
+                    code, would = limit
+                    raise DraftAtTheLimit(f"{units} {sku} would {would} on a draft of their own", None, code)
             try:
                 if not self._repository.add_reorder(new, expected, pointer, key):
                     return None

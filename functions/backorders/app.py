@@ -1,7 +1,7 @@
 """Inventory stream consumer: when `available` rises for a sku at a location, fill the orders backordered for it;
 when it falls below a reorder point, emit `inventory.low`, and grow the draft purchase order unless units on
-open purchase orders cover the point; when an order is written backordered, or a point is set where there was
-none, grow the draft by what the orders lack beyond what is there and on order. Catalog stream consumer for
+open purchase orders and drafts cover the point; when an order is written backordered, or a point is set where
+there was none, grow the draft by what the orders lack beyond what is there and on order. Catalog stream consumer for
 the sourcing rules: a new version wakes the backordered orders it may let take units, a page at a time;
 and for the location network: a location that stops shipping, or ships again, wakes them the same way."""
 
@@ -130,8 +130,12 @@ def reorder_point_crossed(record: DynamoDBRecord) -> None:
         position = max(now.available, 0) + now.incoming + drafted if now is not None else None
         buys = crossed.to_buy(waiting, drafted, demand.kept[crossed.location_id], position)
         refused: list[str] = []
-        draft = _drafted(lambda: container().replenishment.reorder(crossed, buys), buys, refused) if buys else None
-        why = "counted before" if buys else "covered by open orders"
+        draft = None
+        if buys:
+            draft = _drafted(
+                lambda: container().replenishment.reorder(crossed, buys), buys, crossed.location_id, refused
+            )
+        why = "counted before" if buys else "covered by open orders and drafts"
         if crossed.low:
             container().event_dispatcher.dispatch([low_stock_event(crossed)])
         logger.info(
@@ -148,12 +152,13 @@ def reorder_point_crossed(record: DynamoDBRecord) -> None:
 
 
 def _drafted(
-    buy: Callable[[], PurchaseOrder | None], units: int, refused: list[str] | None = None
+    buy: Callable[[], PurchaseOrder | None], units: int, location_id: str, refused: list[str] | None = None
 ) -> PurchaseOrder | None:
-    """The draft `buy` grew or made; None when it was counted before, or when no draft may take
-    the units (one would bill 10^15 or more, `DraftAtTheLimit`, then said in `refused`): not a
-    failure of the record (its retries would meet the same draft), but a warning naming the draft
-    that holds the sku's line, for a person to submit, and the metric `ReordersNotDrafted`."""
+    """The draft `buy` grew or made at `location_id`; None when it was counted before, or when no
+    draft may take the units (one would bill 10^15 or more, or order more than a line takes,
+    `DraftAtTheLimit`, then said in `refused`): not a failure of the record (its retries would
+    meet the same draft), but a warning naming the draft that holds the sku's line, for a person
+    to submit, and the metric `ReordersNotDrafted` (its alarm calls that person)."""
     try:
         return buy()
     except DraftAtTheLimit as full:
@@ -161,7 +166,13 @@ def _drafted(
             refused.append(f"not drafted: {full.code}")
         logger.warning(
             "reorder not drafted",
-            extra={"reason": full.code, "draft": full.draft_id, "units": units, "why": full.message},
+            extra={
+                "reason": full.code,
+                "location_id": location_id,
+                "draft": full.draft_id,
+                "units": units,
+                "why": full.message,
+            },
         )
         metrics.add_metric(name="ReordersNotDrafted", unit=MetricUnit.Count, value=1)
         return None
@@ -182,7 +193,11 @@ def _buy_lacking(sku: str, level: StockLevel | None, demand: Demand, change_id: 
     if not units:
         return  # covered by what is there or bought already
     key = f"{sku}#{level.location_id}#{change_id}"
-    draft = _drafted(lambda: container().replenishment.buy(sku, level.location_id, level.reorder, units, key), units)
+    draft = _drafted(
+        lambda: container().replenishment.buy(sku, level.location_id, level.reorder, units, key),
+        units,
+        level.location_id,
+    )
     logger.info(
         "backorders bought for",
         extra={"location_id": level.location_id, "units": units, "draft": draft.id if draft else "counted before"},

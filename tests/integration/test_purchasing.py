@@ -300,8 +300,11 @@ def test_the_routes_create_and_receive_once_per_idempotency_key(api: InProcessAp
     listed = api.get("/purchase-orders", params={"status": "partially_received", "vendor_id": vendor}).json()
     assert [p["id"] for p in listed["items"]] == [po["id"]]
     assert_error(api.get("/purchase-orders/po_" + "a" * 24), 404, "not_found")
-    # A submit of a PO submitted already is a retry: it answers the PO as it is.
-    assert api.post(f"/purchase-orders/{po['id']}/submit").json() == api.get(f"/purchase-orders/{po['id']}").json()
+    # Submit is draft -> open: a PO created open was never a draft, so no submit of it is a retry.
+    before = api.get(f"/purchase-orders/{po['id']}").json()
+    assert before["submitted_at"] is None
+    assert_error(api.post(f"/purchase-orders/{po['id']}/submit"), 409, "invalid_transition")
+    assert api.get(f"/purchase-orders/{po['id']}").json() == before
     unknown = {**body, "vendor_id": "nobody"}
     assert_error(api.post("/purchase-orders", json=unknown), 422, "unknown_vendor")
 
@@ -609,8 +612,10 @@ def test_a_submit_or_a_cancel_retried_answers_the_po_as_it_left_it_and_moves_not
     draft = a_draft(api, (mug, None), (cup, COST))
     priced = {"lines": [{"sku": mug, "unit_cost": COST}]}
 
+    assert api.get(f"/purchase-orders/{draft}").json()["submitted_at"] is None
     opened = api.post(f"/purchase-orders/{draft}/submit", json=priced)
     assert opened.status_code == 200 and opened.json()["status"] == "open", opened.text
+    assert opened.json()["submitted_at"] is not None
     for again in (
         api.post(f"/purchase-orders/{draft}/submit", json=priced),
         api.post(f"/purchase-orders/{draft}/submit"),

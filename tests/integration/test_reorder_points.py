@@ -100,8 +100,10 @@ class Buyer:
         for n in range(first, first + orders):
             self.container.inventory_repository.reserve(sku, "wh-east", reservation_key(f"ord_{n:024d}", "l1"), each)
 
-    def point(self, sku: str = "MUG", unit_cost: Money | None = COST) -> None:
-        settings = ReorderSettings(reorder_point=5, reorder_quantity=20, vendor_id="acme", unit_cost=unit_cost)
+    def point(self, sku: str = "MUG", unit_cost: Money | None = COST, reorder_point: int = 5) -> None:
+        settings = ReorderSettings(
+            reorder_point=reorder_point, reorder_quantity=20, vendor_id="acme", unit_cost=unit_cost
+        )
         self.container.purchasing_repository.set_reorder(sku, "wh-east", settings)
 
 
@@ -204,7 +206,11 @@ def test_a_point_set_when_stock_is_already_below_it_waits_for_the_next_fall(buye
     assert len(buyer.drafts()) == 1
 
 
-def test_a_second_fall_after_a_receipt_grows_the_draft_and_after_a_submit_makes_a_new_one(buyer: Buyer):
+def test_a_second_fall_the_draft_covers_grows_nothing_another_sku_joins_it_and_a_submit_makes_a_new_one(
+    buyer: Buyer,
+):
+    """Units on a draft are bought: stock rising back past the point and falling again while the
+    draft waits for a person grew its line by reorder_quantity each time, without end."""
     buyer.stock()
     buyer.point()
     buyer.point("CUP", unit_cost=None)
@@ -214,25 +220,42 @@ def test_a_second_fall_after_a_receipt_grows_the_draft_and_after_a_submit_makes_
     [first] = buyer.drafts()
 
     buyer.container.inventory_repository.adjust("MUG", "wh-east", 5, reason="receipt")  # 4 -> 9
-    buyer.reserve(6, first=100)  # 9 -> 3: crossed again
+    buyer.reserve(6, first=100)  # 9 -> 3: crossed again, but 3 + the 20 drafted is above the point
     buyer.reserve(6, sku="CUP", first=200)  # another sku, same vendor and location
     buyer.consume(buyer.stream.records())
     [grown] = buyer.drafts()
-    assert grown.id == first.id and grown.version == first.version + 2
-    assert [(line.sku, line.quantity, line.unit_cost) for line in grown.lines] == [("MUG", 40, COST), ("CUP", 20, None)]
+    assert grown.id == first.id and grown.version == first.version + 1
+    assert [(line.sku, line.quantity, line.unit_cost) for line in grown.lines] == [("MUG", 20, COST), ("CUP", 20, None)]
 
     submitted = buyer.container.purchasing.submit(
         grown.id,
         Submission.model_validate({"lines": [{"sku": "CUP", "unit_cost": {"amount": "2.00", "currency": "USD"}}]}),
     )
     assert submitted.status is PO.OPEN
-    receipt = Receipt.model_validate({"lines": [{"sku": "MUG", "quantity": 40}, {"sku": "CUP", "quantity": 20}]})
-    buyer.container.purchasing.receive(submitted.id, receipt, "all of it")  # MUG 3 -> 43, nothing on order
-    buyer.reserve(40, first=300)  # 43 -> 3
+    receipt = Receipt.model_validate({"lines": [{"sku": "MUG", "quantity": 20}, {"sku": "CUP", "quantity": 20}]})
+    buyer.container.purchasing.receive(submitted.id, receipt, "all of it")  # MUG 3 -> 23, nothing on order
+    buyer.reserve(20, first=300)  # 23 -> 3
     buyer.consume(buyer.stream.records())
     [second] = buyer.drafts()
     assert second.id != grown.id and [(line.sku, line.quantity) for line in second.lines] == [("MUG", 20)]
     assert len({e["id"] for e in buyer.on_bus()}) == 4
+
+
+def test_a_second_fall_the_draft_does_not_cover_grows_it(buyer: Buyer):
+    """A point above reorder_quantity: the draft of 20 leaves the position short of 30 when stock
+    falls past it again, so the draft grows by reorder_quantity (API.md: the open draft grows)."""
+    buyer.stock(units=40)
+    buyer.point(reorder_point=30)
+    buyer.reserve(11)  # 40 -> 29: a draft of 20
+    buyer.consume(buyer.stream.records())
+    [first] = buyer.drafts()
+    buyer.container.inventory_repository.adjust("MUG", "wh-east", 6, reason="receipt")  # 29 -> 35
+    buyer.reserve(30, first=100)  # 35 -> 5: 5 + 20 drafted is short of 30
+
+    buyer.consume(buyer.stream.records())
+
+    [grown] = buyer.drafts()
+    assert grown.id == first.id and [(line.sku, line.quantity) for line in grown.lines] == [("MUG", 40)]
 
 
 def open_po(buyer: Buyer, quantity: int) -> str:
@@ -367,8 +390,9 @@ def test_a_point_added_after_another_bought_for_an_order_does_not_buy_it_again(b
 
 def test_a_point_removed_after_it_bought_for_an_order_does_not_send_it_to_another(buyer: Buyer):
     """wh-west, where a fill tops the order up first, bought the 25 it lacks; its point then
-    cleared, the next crossing at wh-east counted them as its own: bought twice. What wh-west
-    bought still comes there, so the order stays bought there."""
+    cleared, the next crossing at wh-east counted them as its own: bought twice (20 + 25 more).
+    What wh-west bought still comes there, so the order stays bought there, and wh-east's own
+    draft of 20 covers its point."""
     two_warehouses(buyer)
     buyer.container.inventory_repository.set_on_hand("MUG", "wh-east", 5, reason="stock_take")
     backordered(buyer, 40, "big")  # holds 5 at wh-east, 10 at wh-west: both crossed
@@ -379,7 +403,7 @@ def test_a_point_removed_after_it_bought_for_an_order_does_not_send_it_to_anothe
     cancelled_po_crosses(buyer, "wh-east")
     assert buyer.consume(buyer.stream.records()) == {"batchItemFailures": []}
 
-    assert drafted(buyer) == {"wh-east": 20 + 20, "wh-west": 20 + 25}
+    assert drafted(buyer) == {"wh-east": 20, "wh-west": 20 + 25}
 
 
 def test_an_order_backordered_where_stock_already_sits_below_the_point_is_bought_for_at_once(buyer: Buyer):
@@ -1211,6 +1235,29 @@ def test_no_crossing_grows_a_draft_to_a_bill_of_10_to_the_15(buyer: Buyer):
     }  # fmt: skip
 
 
+def test_no_draft_line_grows_past_the_units_a_line_takes_priced_or_not(buyer: Buyer):
+    """An unpriced draft has no bill to stop it: its line grew without bound. A line is at most
+    1,000,000,000 units (what a create takes, and what a location holds): units past that are
+    not drafted (`quantity_too_large`), nothing written, the line left as it was to submit."""
+    from core.reorder import DraftAtTheLimit
+
+    replenishment = buyer.container.replenishment
+    settings = ReorderSettings(reorder_point=5, reorder_quantity=600_000_000, vendor_id="acme")
+    with pytest.raises(DraftAtTheLimit) as refused:
+        replenishment.buy("CUP", "wh-east", settings, 1_000_000_001, "CUP#wh-east#1")
+    assert (refused.value.code, refused.value.draft_id) == ("quantity_too_large", None) and buyer.drafts() == []
+
+    first = replenishment.buy("MUG", "wh-east", settings, 600_000_000, "MUG#wh-east#1")
+    with pytest.raises(DraftAtTheLimit) as refused:
+        replenishment.buy("MUG", "wh-east", settings, 600_000_000, "MUG#wh-east#2")
+    assert refused.value.code == "quantity_too_large" and refused.value.draft_id == first.id
+    assert replenishment.buy("MUG", "wh-east", settings, 600_000_000, "MUG#wh-east#1") is None  # counted before
+    assert buyer.drafts() == [first] and first.lines[0].quantity == 600_000_000
+    # Up to the limit exactly, the line grows.
+    grown = replenishment.buy("MUG", "wh-east", settings, 400_000_000, "MUG#wh-east#3")
+    assert grown is not None and grown.id == first.id and grown.lines[0].quantity == 1_000_000_000
+
+
 def test_a_crossing_the_draft_cannot_take_is_logged_and_counted_and_still_low(
     buyer: Buyer,
     metrics_on,  # noqa: F811 (the fixture)
@@ -1219,13 +1266,13 @@ def test_a_crossing_the_draft_cannot_take_is_logged_and_counted_and_still_low(
 ):
     from tests.integration.test_reconciler import emitted
 
-    buyer.stock()
-    buyer.point(unit_cost=DEAR)
-    buyer.reserve(6)  # 10 -> 4: a draft of 20
+    buyer.stock(units=40)
+    buyer.point(unit_cost=DEAR, reorder_point=30)
+    buyer.reserve(11)  # 40 -> 29: a draft of 20
     buyer.consume(buyer.stream.records())
     [first] = buyer.drafts()
-    buyer.container.inventory_repository.adjust("MUG", "wh-east", 5, reason="receipt")  # 4 -> 9
-    buyer.reserve(6, first=100)  # 9 -> 3: crossed again, and 40 would bill 1.6x10^15
+    buyer.container.inventory_repository.adjust("MUG", "wh-east", 6, reason="receipt")  # 29 -> 35
+    buyer.reserve(30, first=100)  # 35 -> 5: crossed again, 5 + 20 short of 30, and 40 would bill 1.6x10^15
     records = buyer.stream.records()
     capsys.readouterr()
 
@@ -1235,7 +1282,9 @@ def test_a_crossing_the_draft_cannot_take_is_logged_and_counted_and_still_low(
     assert buyer.drafts() == [first]
     assert emitted(capsys.readouterr().out) == {"ReordersNotDrafted": 2}
     logged = [r for r in caplog.records if r.getMessage() == "reorder not drafted"]
-    assert [(r.levelname, r.reason, r.draft) for r in logged] == [("WARNING", "amount_too_large", first.id)] * 2
+    assert [(r.levelname, r.reason, r.location_id, r.draft) for r in logged] == [
+        ("WARNING", "amount_too_large", "wh-east", first.id)
+    ] * 2
     crossed = [r.draft for r in caplog.records if r.getMessage() == "reorder point crossed"]
     assert crossed == [first.id] + ["not drafted: amount_too_large"] * 2
     assert len({e["id"] for e in buyer.on_bus() if e["type"] == "inventory.low"}) == 2

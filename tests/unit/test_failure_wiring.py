@@ -3,6 +3,8 @@ emits, the scheduled reconciler with its thresholds, and the outbox's parallel b
 
 from __future__ import annotations
 
+import pytest
+
 from infra.local.template import load_template
 
 TEMPLATE = load_template()
@@ -20,10 +22,19 @@ def test_the_state_machine_may_invoke_the_park_order_function_it_names():
     assert _properties("ParkOrderFunction")["Handler"] == "functions.workflow.park_order.lambda_handler"
 
 
-def test_the_parked_alarm_watches_the_metric_as_powertools_emits_it():
-    alarm = _properties("OrdersParkedAlarm")
+@pytest.mark.parametrize(
+    ("name", "metric"),
+    [
+        ("OrdersParkedAlarm", "OrdersParked"),
+        # Units a reorder point needed that no draft may take (functions/backorders/app.py): a
+        # WARNING alone told nobody, and every later crossing of the sku is refused alike.
+        ("ReordersNotDraftedAlarm", "ReordersNotDrafted"),
+    ],
+)
+def test_a_count_alarm_watches_its_metric_as_powertools_emits_it(name: str, metric: str):
+    alarm = _properties(name)
     variables = TEMPLATE["Globals"]["Function"]["Environment"]["Variables"]
-    assert (alarm["Namespace"], alarm["MetricName"]) == (variables["POWERTOOLS_METRICS_NAMESPACE"], "OrdersParked")
+    assert (alarm["Namespace"], alarm["MetricName"]) == (variables["POWERTOOLS_METRICS_NAMESPACE"], metric)
     # powertools adds the service as the one dimension: the alarm must name it exactly.
     assert alarm["Dimensions"] == [{"Name": "service", "Value": variables["POWERTOOLS_SERVICE_NAME"]}]
     assert (alarm["Statistic"], alarm["Threshold"], alarm["TreatMissingData"]) == ("Sum", 1, "notBreaching")

@@ -60,19 +60,33 @@ def test_a_step_follows_the_table(current, target):
 
 
 def test_submit_opens_a_draft_once_and_each_change_is_the_next_version():
-    opened = a_po(PO.DRAFT).submit()
-    assert (opened.status, opened.version) == (PO.OPEN, 4)
+    later = NOW + timedelta(hours=1)
+    opened = a_po(PO.DRAFT).submit(at=NOW)
+    assert (opened.status, opened.version, opened.submitted_at) == (PO.OPEN, 4, NOW)
     # Sent again (its answer lost), a submit finds the PO submitted: it is answered as it is.
-    assert opened.submit() is opened and opened.submit({"MUG": Money.of("4.00", "USD")}) is opened
+    assert opened.submit(at=later) is opened and opened.submit({"MUG": Money.of("4.00", "USD")}, at=later) is opened
     partly = opened.receive(receipt(("MUG", 1)))
-    assert partly.submit() is partly
+    assert partly.submit(at=later) is partly
     # One that would price it otherwise, or that finds it cancelled, is refused.
     with pytest.raises(InvalidTransition):
-        opened.submit({"MUG": Money.of("5.00", "USD")})
+        opened.submit({"MUG": Money.of("5.00", "USD")}, at=later)
     with pytest.raises(InvalidTransition):
-        opened.submit({"PLATE": Money.of("4.00", "USD")})
+        opened.submit({"PLATE": Money.of("4.00", "USD")}, at=later)
     with pytest.raises(InvalidTransition):
-        opened.cancel().submit()
+        opened.cancel().submit(at=later)
+
+
+@pytest.mark.parametrize("status", [PO.OPEN, PO.PARTIALLY_RECEIVED, PO.RECEIVED])
+def test_a_po_created_open_was_never_a_draft_and_no_submit_of_it_is_a_retry(status):
+    """Submit is draft -> open: a PO created open (no `submitted_at`) has no submit to repeat, so
+    the transition table answers it, as for any status a submit cannot leave from."""
+    created = a_po(status)
+    assert created.submitted_at is None and not created.submitted_as(None)
+
+    with pytest.raises(InvalidTransition):
+        created.submit(at=NOW)
+    with pytest.raises(InvalidTransition):
+        created.submit({"MUG": Money.of("4.00", "USD")}, at=NOW)
 
 
 def test_a_cancel_sent_again_answers_the_cancelled_po_as_it_is():
@@ -280,9 +294,11 @@ def test_a_purchase_order_is_priced_in_one_currency():
 
     draft = a_po(PO.DRAFT)  # both lines in USD
     with pytest.raises(InvalidRequest) as mixed:
-        draft.submit(Submission.model_validate({"lines": [{"sku": "CUP", "unit_cost": jpy["unit_cost"]}]}).prices())
+        draft.submit(
+            Submission.model_validate({"lines": [{"sku": "CUP", "unit_cost": jpy["unit_cost"]}]}).prices(), at=NOW
+        )
     assert mixed.value.code == "mixed_currencies"
-    assert draft.submit({"CUP": Money.of("3.00", "USD")}).status is PO.OPEN
+    assert draft.submit({"CUP": Money.of("3.00", "USD")}, at=NOW).status is PO.OPEN
 
 
 def test_a_price_for_a_sku_not_on_the_draft_names_its_line_of_the_submission():
@@ -295,7 +311,7 @@ def test_a_price_for_a_sku_not_on_the_draft_names_its_line_of_the_submission():
     submission = Submission.model_validate({"lines": [{"sku": sku, "unit_cost": cost} for sku in skus]})
 
     with pytest.raises(InvalidRequest) as refused:
-        a_po(PO.DRAFT).submit(submission.prices())
+        a_po(PO.DRAFT).submit(submission.prices(), at=NOW)
 
     assert refused.value.details == [
         {"field": "lines[1].sku", "message": "PLATE is not on purchase order po_" + "a" * 24},

@@ -15,7 +15,7 @@ from core.errors import InvalidRequest, InvalidTransition
 from core.models import ReorderSettings
 from core.money import Money
 from core.purchasing import PurchaseOrder, PurchaseOrderLine, Submission
-from core.reorder import ReorderRequest, StockChange, crossing, lacking, low_stock_event
+from core.reorder import ReorderRequest, StockChange, crossing, lacking, low_stock_event, past_the_limit
 from core.status import PurchaseOrderStatus
 from tests.builders import NOW
 
@@ -186,7 +186,7 @@ def test_a_draft_grows_its_line_or_adds_one_and_keeps_a_cost_already_set():
 
 
 def test_only_a_draft_grows():
-    opened = a_draft(PurchaseOrderLine(sku="MUG", quantity=1, unit_cost=Money.of("1.00", "USD"))).submit()
+    opened = a_draft(PurchaseOrderLine(sku="MUG", quantity=1, unit_cost=Money.of("1.00", "USD"))).submit(at=NOW)
 
     with pytest.raises(InvalidTransition):
         opened.grow("MUG", 1, None)
@@ -197,12 +197,12 @@ def test_a_draft_with_an_unpriced_line_is_submitted_only_with_its_price():
     draft = a_draft(PurchaseOrderLine(sku="MUG", quantity=20), PurchaseOrderLine(sku="CUP", quantity=5))
 
     with pytest.raises(InvalidRequest) as refused:
-        draft.submit({"MUG": Money.of("4.00", "USD")})
+        draft.submit({"MUG": Money.of("4.00", "USD")}, at=NOW)
     assert refused.value.code == "unpriced_lines"
     assert refused.value.details == [{"field": "lines", "message": "CUP needs a unit_cost"}]
 
     due = NOW + timedelta(days=3)
-    opened = draft.submit({"MUG": Money.of("4.00", "USD"), "CUP": Money.of("1.50", "USD")}, due)
+    opened = draft.submit({"MUG": Money.of("4.00", "USD"), "CUP": Money.of("1.50", "USD")}, at=NOW, expected_at=due)
     assert opened.status is PO.OPEN and opened.expected_at == due
     assert [li.unit_cost.amount for li in opened.lines] == [
         Money.of("4.00", "USD").amount,
@@ -212,7 +212,7 @@ def test_a_draft_with_an_unpriced_line_is_submitted_only_with_its_price():
 
 def test_a_price_for_a_sku_not_on_the_draft_is_refused():
     with pytest.raises(InvalidRequest):
-        a_draft().submit({"CUP": Money.of("1.00", "USD")})
+        a_draft().submit({"CUP": Money.of("1.00", "USD")}, at=NOW)
     with pytest.raises(ValidationError):
         Submission.model_validate({"lines": [{"sku": "MUG", "unit_cost": {"amount": "1.00", "currency": "USD"}}] * 2})
 
@@ -290,6 +290,45 @@ def test_units_a_draft_already_bought_for_the_backorders_are_not_bought_again():
 
     assert crossed.to_buy(7) == 20 + 5
     assert crossed.to_buy(7, drafted=5) == 20  # the draft holds the 5 they lack beyond the 2
+
+
+@pytest.mark.parametrize(
+    ("drafted", "waiting", "buys"),
+    [
+        (0, 0, 20),  # the first crossing: a draft of reorder_quantity
+        (3, 0, 0),  # 2 available + 3 drafted: the draft keeps the position at the point
+        (20, 0, 0),  # a draft of 20 waiting for a person: a second fall buys no second 20
+        (2, 0, 20),  # 2 + 2 is below the point: the draft grows by reorder_quantity
+        (20, 18, 20),  # the backorders take 18 of the 22: the point is short again
+        (20, 30, 28),  # and they lack 8 beyond everything there, on order and drafted
+    ],
+)
+def test_units_on_a_draft_cover_the_point_as_units_on_order_do(drafted, waiting, buys):
+    """Stock falling past the point, rising back (a stock take, a restock) and falling again
+    while the draft waits for a person grew its line by reorder_quantity each time, without end.
+    A draft's units are bought: the draft grows only when the position with them is short."""
+    crossed = crossing(on_order(6, 2, 0, 0))  # 2 available, nothing on order: the position crossed
+    assert crossed is not None and crossed.reorders
+
+    assert crossed.to_buy(waiting, drafted=drafted) == buys
+    # The position read now (a draft submitted since moved its units to incoming) decides alike.
+    assert crossed.to_buy(waiting, now=2 + drafted) == buys
+
+
+def test_a_draft_line_over_the_units_a_line_takes_is_past_the_limit_priced_or_not():
+    """An unpriced draft has no bill to reach 10^15: its line was bounded by nothing. Neither line
+    could be created open (quantity at most 1,000,000,000) nor fully received (on hand at most that)."""
+    most = 1_000_000_000
+    assert past_the_limit(a_draft(PurchaseOrderLine(sku="MUG", quantity=most)), "MUG") is None
+    assert past_the_limit(a_draft(PurchaseOrderLine(sku="MUG", quantity=most + 1)), "MUG") == (
+        "quantity_too_large",
+        "order more than 1,000,000,000 MUG on one line",
+    )
+    priced = a_draft(PurchaseOrderLine(sku="MUG", quantity=most + 1, unit_cost=Money.of("0.01", "USD")))
+    assert past_the_limit(priced, "MUG")[0] == "quantity_too_large"
+    # The bill is checked first: a draft of the sku whose bill reaches 10^15 says so.
+    dear = a_draft(PurchaseOrderLine(sku="MUG", quantity=most, unit_cost=Money.of("1000000", "USD")))
+    assert past_the_limit(dear, "MUG") == ("amount_too_large", "bill 10^15 USD or more")
 
 
 def test_the_safety_stock_kept_back_from_orders_is_no_supply_for_the_backorders():

@@ -120,9 +120,10 @@ def get_purchase_order(po_id: PurchaseOrderIdPath) -> PurchaseOrder:
     "reorder point without a `unit_cost` has unpriced lines). A line left without a cost is 422 "
     "`unpriced_lines`, and costs in more than one currency are 422 `mixed_currencies`; either way nothing "
     "changes, as when its costs would reach 10^15 (422 `amount_too_large`). The goods are then due the vendor's "
-    "`lead_time_days` from now. A PO submitted already (open, or "
+    "`lead_time_days` from now, and `submitted_at` says when it was sent. A draft submitted already (open, or "
     "received since) is answered as it is, nothing changed, when the body's costs are its own (a submit sent "
-    "again); one that would price it otherwise, or a cancelled PO, is 409 `invalid_transition`.",
+    "again); one that would price it otherwise, a cancelled PO, and a PO created open (never a draft: it has no "
+    "`submitted_at`) are 409 `invalid_transition`.",
     responses={**ok(200, PurchaseOrder, "The open purchase order"), **errors(400, 403, 404, 409, 413)},
 )
 @requires(Scope.PURCHASING_WRITE)
