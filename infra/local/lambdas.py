@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import sys
 import threading
 import time
 import uuid
@@ -24,16 +25,12 @@ Handler = Callable[[dict[str, Any], Any], Any]
 # attributed to the function that made them (make bench counts requests per function).
 RUNNING = threading.local()
 
-_submit = ThreadPoolExecutor.submit
+_submit, _start = ThreadPoolExecutor.submit, threading.Thread.start
 _followers = [0]  # what run_workers_as_their_function() installed and is not undone yet
 _followers_lock = threading.Lock()
 
 
-def _submit_as_the_function(executor: ThreadPoolExecutor, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-    name = getattr(RUNNING, "function", None)
-    if name is None:
-        return _submit(executor, fn, *args, **kwargs)
-
+def _as(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
     def as_the_function(*args: Any, **kwargs: Any) -> Any:
         outer, RUNNING.function = getattr(RUNNING, "function", None), name
         try:
@@ -41,18 +38,33 @@ def _submit_as_the_function(executor: ThreadPoolExecutor, fn: Callable[..., Any]
         finally:
             RUNNING.function = outer
 
-    return _submit(executor, as_the_function, *args, **kwargs)
+    return as_the_function
+
+
+def _submit_as_the_function(executor: ThreadPoolExecutor, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+    name = getattr(RUNNING, "function", None)
+    return _submit(executor, fn if name is None else _as(name, fn), *args, **kwargs)
+
+
+def _start_as_the_function(thread: threading.Thread) -> None:
+    name, frame = getattr(RUNNING, "function", None), sys._getframe(1)
+    while name is not None and frame is not None:  # not moto's own (an execution's), started in a call
+        name, frame = None if frame.f_globals.get("__name__", "").startswith("moto.") else name, frame.f_back
+    if name is not None:
+        thread.run = _as(name, thread.run)  # type: ignore[method-assign]
+    _start(thread)
 
 
 def run_workers_as_their_function() -> Callable[[], None]:
-    """From now on, a task a running function submits to a ThreadPoolExecutor (the reports' partition
-    readers, functions/adapters/aggregates.py) runs as that function: RUNNING is per thread, and on
-    Lambda a worker thread is part of the invocation that started it, its AWS calls the function's.
-    For what attributes calls to functions (make bench, the suite's grants); returns what undoes
-    it (the patch stays while any caller has not undone theirs)."""
+    """From now on, a thread a running function starts (the webhook sender's DNS lookup), and a task
+    it submits to a ThreadPoolExecutor (the reports' partition readers, functions/adapters/aggregates.py),
+    runs as that function: RUNNING is per thread, and on Lambda a thread is part of the invocation
+    that started it, its AWS calls the function's. For what attributes calls to functions (make
+    bench, the suite's grants); returns what undoes it (the patch stays while any caller has not
+    undone theirs)."""
     with _followers_lock:
         _followers[0] += 1
-        ThreadPoolExecutor.submit = _submit_as_the_function  # type: ignore[method-assign]
+        ThreadPoolExecutor.submit, threading.Thread.start = _submit_as_the_function, _start_as_the_function  # type: ignore[method-assign]
     undone = threading.Event()
 
     def undo() -> None:
@@ -62,7 +74,7 @@ def run_workers_as_their_function() -> Callable[[], None]:
             undone.set()
             _followers[0] -= 1
             if not _followers[0]:
-                ThreadPoolExecutor.submit = _submit  # type: ignore[method-assign]
+                ThreadPoolExecutor.submit, threading.Thread.start = _submit, _start  # type: ignore[method-assign]
 
     return undo
 
