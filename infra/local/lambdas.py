@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import math
 import sys
 import threading
 import time
@@ -79,6 +80,18 @@ def run_workers_as_their_function() -> Callable[[], None]:
     return undo
 
 
+class TimedOut(Exception):
+    """The function ran past its Timeout (Lambda stopped it), or past what its caller waits."""
+
+
+class ExitError(Exception):
+    """The handler raised SystemExit: Lambda's runtime process exited with it."""
+
+
+# Named as Lambda reports them (errorType), which callers match on: a state's Retry/Catch, an OnFailure record.
+TimedOut.__name__, ExitError.__name__ = "Sandbox.Timedout", "Runtime.ExitError"
+
+
 @dataclass
 class LambdaContext:
     """The attributes of the Lambda runtime's context object that handlers and powertools read (no
@@ -125,12 +138,15 @@ class LocalFunction:
     def new_context(self) -> LambdaContext:
         return LambdaContext(self.name, self.memory_mb, self.arn, str(uuid.uuid4()), self.timeout_seconds)
 
-    def invoke(self, event: Any) -> Any:
-        """Runs the handler; its exceptions propagate (the caller decides what a failure means)."""
+    def invoke(self, event: Any, waits: float = math.inf) -> Any:
+        """Runs the handler; its exceptions propagate (the caller decides what a failure means). A run
+        past the Timeout, or past what the caller `waits` (API Gateway's 29 s), is TimedOut, and
+        SystemExit is ExitError, as Lambda reports them: a thread cannot be stopped, so the handler
+        runs to its end (its writes stand) and its answer, or error, is dropped."""
         with self._count_lock:
             self.invocations += 1
             self.in_flight += 1
-        outer = getattr(RUNNING, "function", None)
+        outer, started = getattr(RUNNING, "function", None), math.inf
         try:
             with self._lock:
                 if isinstance(self._handler, str):
@@ -139,13 +155,14 @@ class LocalFunction:
                 RUNNING.function = self.name
                 started = time.monotonic()  # waiting for the lock is not run time
                 result = self._handler(event, self.new_context())
+        except SystemExit as exit:
+            raise ExitError(f"Runtime exited with error: exit status {exit.code}") from None
         finally:
             RUNNING.function = outer
             with self._count_lock:
                 self.in_flight -= 1
-        if time.monotonic() - started > self.timeout_seconds:
-            # A thread cannot be killed; on AWS this invocation would have timed out.
-            logger.warning("%s ran over its %s s timeout", self.name, self.timeout_seconds)
+            if time.monotonic() - started > (limit := min(self.timeout_seconds, waits)):  # what it raised too
+                raise TimedOut(f"Task timed out after {limit:.2f} seconds")
         return result
 
     def try_invoke(self, event: Any) -> tuple[Any, Exception | None]:
