@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from infra.local.moto_patches import lock
+from infra.local.moto_patches import MotoPatch, lock
 from infra.local.template import ACCOUNT_ID, REGION
 
 logger = logging.getLogger("infra.local.lambdas")
@@ -27,8 +27,6 @@ Handler = Callable[[dict[str, Any], Any], Any]
 RUNNING = threading.local()
 
 _submit, _start = ThreadPoolExecutor.submit, threading.Thread.start
-_followers = [0]  # what run_workers_as_their_function() installed and is not undone yet
-_followers_lock = threading.Lock()
 
 
 def _as(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -56,40 +54,32 @@ def _start_as_the_function(thread: threading.Thread) -> None:
     _start(thread)
 
 
+# Not moto's, but changed in the same counted way (moto_patches/__init__.py); not in its README list.
+_THREADS = MotoPatch(
+    "threads",
+    changes="a thread a running function starts, and a task it submits to a pool, runs as that function",
+    expects={},
+    replacements=lambda: {
+        (ThreadPoolExecutor, "submit"): _submit_as_the_function,
+        (threading.Thread, "start"): _start_as_the_function,
+    },
+)
+
+
 def run_workers_as_their_function() -> Callable[[], None]:
     """From now on, a thread a running function starts (the webhook sender's DNS lookup), and a task
     it submits to a ThreadPoolExecutor (the reports' partition readers, functions/adapters/aggregates.py),
     runs as that function: RUNNING is per thread, and on Lambda a thread is part of the invocation
     that started it, its AWS calls the function's. For what attributes calls to functions (make
-    bench, the suite's grants); returns what undoes it (the patch stays while any caller has not
-    undone theirs)."""
-    with _followers_lock:
-        _followers[0] += 1
-        ThreadPoolExecutor.submit, threading.Thread.start = _submit_as_the_function, _start_as_the_function  # type: ignore[method-assign]
-    undone = threading.Event()
-
-    def undo() -> None:
-        with _followers_lock:
-            if undone.is_set():
-                return
-            undone.set()
-            _followers[0] -= 1
-            if not _followers[0]:
-                ThreadPoolExecutor.submit, threading.Thread.start = _submit, _start  # type: ignore[method-assign]
-
-    return undo
+    bench, the suite's grants); returns what undoes it, once (the patch stays while any caller has
+    not undone theirs)."""
+    _THREADS.apply()
+    return _THREADS.undo
 
 
-class TimedOut(Exception):
-    """The function ran past its Timeout (Lambda stopped it), or past what its caller waits."""
-
-
-class ExitError(Exception):
-    """The handler raised SystemExit: Lambda's runtime process exited with it."""
-
-
-# Named as Lambda reports them (errorType), which callers match on: a state's Retry/Catch, an OnFailure record.
-TimedOut.__name__, ExitError.__name__ = "Sandbox.Timedout", "Runtime.ExitError"
+# As Lambda reports (errorType: what a state's Retry/Catch, an OnFailure record match on) a run past its
+# Timeout (Lambda stopped it) or past what its caller waits, and a SystemExit (its runtime exited).
+TimedOut, ExitError = type("Sandbox.Timedout", (Exception,), {}), type("Runtime.ExitError", (Exception,), {})
 
 
 @dataclass
@@ -207,10 +197,10 @@ class LambdaService:
         """RequestResponse (Step Functions' Lambda tasks), and Event for a function with an
         asynchronous event (the import splitter handing a file on to itself); S3's and
         EventBridge's own asynchronous invocations are infra/local/event_sources.py's."""
+        if self._closed:
+            return _error(response_headers, "Lambda.ServiceException", "the local stack is stopping")
         invocation_type = next((v for k, v in (headers or {}).items() if k.lower() == "x-amz-invocation-type"), None)
         if invocation_type == "Event" and function.name in self.asynchronous:
-            if self._closed:
-                return _error(response_headers, "Lambda.ServiceException", "the local stack is stopping")
             self.asynchronous[function.name](json.loads(body) if body else {})
             response_headers["Content-Length"] = "0"
             return b""
@@ -218,8 +208,6 @@ class LambdaService:
             from moto.awslambda.exceptions import InvalidParameterValueException
 
             raise InvalidParameterValueException(f"InvocationType {invocation_type} is not emulated locally")
-        if self._closed:
-            return _error(response_headers, "Lambda.ServiceException", "the local stack is stopping")
         with lock.released():
             result, error = function.try_invoke(json.loads(body) if body else {})
         if error is not None:

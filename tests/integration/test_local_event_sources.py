@@ -20,11 +20,11 @@ from typing import Any
 import pytest
 
 from infra.local.event_sources import (
+    DynamoDBStreamMapping,
     EventSourceError,
     build_mapping,
     compile_filters,
     failed_identifiers,
-    first_failed_index,
     matches_filters,
 )
 from infra.local.lambdas import LocalFunction
@@ -255,11 +255,16 @@ def test_a_pattern_must_be_the_json_string_cloudformation_takes():
 
 def test_batch_item_failures_follow_lambdas_rules():
     ids = ["1", "2", "3"]
-    assert first_failed_index(None, ids) is None
-    assert first_failed_index({"batchItemFailures": []}, ids) is None
-    assert first_failed_index({"batchItemFailures": [{"itemIdentifier": "3"}, {"itemIdentifier": "2"}]}, ids) == 1
-    assert first_failed_index({"batchItemFailures": [{"itemIdentifier": "9"}]}, ids) == 0  # unknown: all failed
-    assert first_failed_index({"batchItemFailures": "x"}, ids) == 0
+
+    def retried(response: Any) -> list[str]:  # what of a stream's batch is retried: from the first failed on
+        stream = SimpleNamespace(report_batch_item_failures=True)
+        batch = [{"dynamodb": {"SequenceNumber": number}} for number in ids]
+        return [r["dynamodb"]["SequenceNumber"] for r in DynamoDBStreamMapping._failed_part(stream, batch, response)]
+
+    assert retried(None) == retried({"batchItemFailures": []}) == []
+    assert retried({"batchItemFailures": [{"itemIdentifier": "3"}, {"itemIdentifier": "2"}]}) == ["2", "3"]
+    assert retried({"batchItemFailures": [{"itemIdentifier": "9"}]}) == ids  # unknown: all failed
+    assert retried({"batchItemFailures": "x"}) == ids
     assert failed_identifiers({"batchItemFailures": [{"itemIdentifier": "2"}]}, ids) == {"2"}
     assert failed_identifiers({"batchItemFailures": [{"itemIdentifier": ""}]}, ids) == set(ids)
     assert failed_identifiers({"batchItemFailures": [{"itemIdentifier": ["2"]}]}, ids) == set(ids)

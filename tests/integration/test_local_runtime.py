@@ -718,7 +718,7 @@ def test_the_api_functions_flush_call_reaches_the_local_gateway_of_that_stage():
 
     gw = gateway(cache_seconds=300)
     good = [("Authorization", "Bearer good")]
-    with mock_aws(), apigateway.flushing(gw.api_id, gw.stage, gw.flush_authorizer_caches):
+    with mock_aws(), apigateway.PATCH.registered((gw.api_id, gw.stage, gw.flush_authorizer_caches)):
         assert call(gw, "GET", "/orders", headers=good)[0] == 200
         assert gw.authorizers["Keys"]._cache
         client = boto3.client("apigateway", region_name="us-east-1")

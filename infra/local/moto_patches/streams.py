@@ -6,9 +6,8 @@ ten a second per stream when idle. On AWS an iterator expires 15 minutes after i
 until then may be read again (an SDK retrying a read whose answer was lost; an operator running the
 runbook's `get-records --shard-iterator "$IT"` line again). Here an iterator is dropped when the
 NextShardIterator its read handed out is read in turn: a consumer following the chain, as Lambda's
-pollers and ours do, keeps two (the last read, the next), and the last read may be read again (our
-poller reads again what it could not hand over); the next its earlier read handed out, which no
-one will follow, is forgotten then.
+pollers and ours do, keeps two (the last read, the next); the last read may be read again (ours
+does, what it could not hand over), and the next its earlier read handed out is forgotten then.
 """
 
 from __future__ import annotations
@@ -29,8 +28,7 @@ def _replacements() -> Replacements:
     def get_records(backend: Any, iterator_arn: str, limit: int) -> dict[str, Any]:
         answer = original(backend, iterator_arn, limit)  # KeyError, as moto's, for one it does not hold
         handed_out: dict[str, str] = backend.__dict__.setdefault(_HANDED_OUT, {})
-        # Dropped: the one read before (its reader moved on), and, when this one is read again, the
-        # next its first read handed out (its reader takes the new one: never read, it was kept for good).
+        # Dropped: the one read before (its reader moved on), and the next an earlier read of this one handed out.
         for dropped in [handed_out.pop(iterator_arn, ""), *(arn for arn, n in handed_out.items() if n == iterator_arn)]:
             handed_out.pop(dropped, None)
             backend.shard_iterators.pop(dropped, None)
