@@ -196,6 +196,16 @@ def ddb(stack: Any) -> Any:
     return stack.client("dynamodb")
 
 
+def put_as_one_batch(stack: Any, table: str, ids: tuple[str, ...]) -> None:
+    """Items put while the mappings are paused, so a stream's poller reads them in one batch."""
+    stack.pause_mappings()
+    try:
+        for key in ids:
+            stack.client("dynamodb").put_item(TableName=stack.table_names[table], Item={"id": {"S": key}})
+    finally:
+        stack.resume_mappings()
+
+
 def keys(event: dict[str, Any]) -> list[str]:
     return [record["dynamodb"]["Keys"]["id"]["S"] for record in event["Records"]]
 
@@ -329,7 +339,7 @@ def test_stream_mapping_delivers_only_what_the_filter_lets_through(stack, ddb, c
     assert stack.mappings["FilteredConsumer.Stream"].stats["filtered_out"] >= 2
 
 
-def test_partial_batch_failure_is_retried_from_the_first_failed_record(stack, ddb, consumers):
+def test_partial_batch_failure_is_retried_from_the_first_failed_record(stack, consumers):
     consumer = consumers["PartialConsumer"]
 
     def fail_p2_once(event: dict[str, Any], number: int) -> dict[str, Any]:
@@ -341,17 +351,12 @@ def test_partial_batch_failure_is_retried_from_the_first_failed_record(stack, dd
         return {"batchItemFailures": failures}
 
     consumer.reset(fail_p2_once)
-    stack.pause_mappings()
-    try:
-        for key in ("p1", "p2", "p3"):
-            ddb.put_item(TableName=stack.table_names["PartialTable"], Item={"id": {"S": key}})
-    finally:
-        stack.resume_mappings()
+    put_as_one_batch(stack, "PartialTable", ("p1", "p2", "p3"))
     assert stack.wait_until_idle(5)
     assert [keys(event) for event in consumer.events] == [["p1", "p2", "p3"], ["p2", "p3"]]
 
 
-def test_poison_record_is_bisected_out_and_sent_to_the_on_failure_queue(stack, ddb, consumers):
+def test_poison_record_is_bisected_out_and_sent_to_the_on_failure_queue(stack, consumers):
     consumer = consumers["PoisonConsumer"]
 
     def explode_on_bad(event: dict[str, Any], number: int) -> None:
@@ -363,12 +368,7 @@ def test_poison_record_is_bisected_out_and_sent_to_the_on_failure_queue(stack, d
     # The mapping starts at LATEST: its iterator is taken in its thread's first poll, and a record
     # written before that poll is not the mapping's (as on AWS), so wait for it.
     assert stack.wait_until_idle(5)
-    stack.pause_mappings()
-    try:
-        for key in ("g1", "bad", "g2"):
-            ddb.put_item(TableName=stack.table_names["PoisonTable"], Item={"id": {"S": key}})
-    finally:
-        stack.resume_mappings()
+    put_as_one_batch(stack, "PoisonTable", ("g1", "bad", "g2"))
     assert stack.wait_until_idle(5)
     # Split in halves on each error; `bad` fails 1 + MaximumRetryAttempts (2) times, then goes.
     assert [keys(event) for event in consumer.events] == [["g1", "bad", "g2"], ["g1"], ["bad", "g2"], ["bad"], ["g2"]]
@@ -615,20 +615,13 @@ def taken(stack: Any, queue: str) -> list[dict[str, Any]]:
     return messages
 
 
-def test_a_stream_batch_past_its_timeout_is_retried_bisected_and_given_up_as_an_error(
-    stack, ddb, consumers, monkeypatch
-):
+def test_a_stream_batch_past_its_timeout_is_retried_bisected_and_given_up_as_an_error(stack, consumers, monkeypatch):
     # It answered: the batch counted as delivered, on AWS it is a function error.
     consumer = consumers["PoisonConsumer"]
     consumer.reset(slow_on("slow", keys))
     monkeypatch.setattr(stack.functions["PoisonConsumer"], "timeout_seconds", 0.05)
     assert stack.wait_until_idle(5)  # the mapping starts at LATEST (as in the tests above)
-    stack.pause_mappings()
-    try:
-        for key in ("g1", "slow", "g2"):
-            ddb.put_item(TableName=stack.table_names["PoisonTable"], Item={"id": {"S": key}})
-    finally:
-        stack.resume_mappings()
+    put_as_one_batch(stack, "PoisonTable", ("g1", "slow", "g2"))
     assert stack.wait_until_idle(5)
     assert [keys(event) for event in consumer.events] == [
         ["g1", "slow", "g2"],
