@@ -13,9 +13,7 @@ import time
 from contextlib import suppress
 from pathlib import Path
 
-from infra.asl import AslError
 from infra.import_file import state_file
-from infra.local.event_sources import EventSourceError
 from infra.local.seed import SeedError
 from infra.local.stack import EmbeddedStack
 from infra.local.template import REGION
@@ -99,22 +97,19 @@ def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("botocore").setLevel(logging.WARNING)
     started = time.monotonic()
+    stopping = threading.Event()
     try:
         stack = EmbeddedStack(parameter_overrides=local_parameters())
-    except ValueError as error:  # a setting or the template refused, named in the message
-        print(f"cannot start the local stack: {error}", file=sys.stderr)
-        return 2
-    # Seeded after start() so that a refused seed is a warning, not a stack that will not start.
-    wants_seed, stack.seed = stack.seed, False
-    stopping = threading.Event()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stopping.set())
-    try:
-        stack.start()
-    except OSError as error:
-        print(f"cannot start the local stack: {error} (set OMS_PORT / OMS_AWS_PORT to free ports)", file=sys.stderr)
-        return 1
-    except (EventSourceError, AslError) as error:  # a schedule's setting, a template's event or workflow
+        # Seeded after start() so that a refused seed is a warning, not a stack that will not start.
+        wants_seed, stack.seed = stack.seed, False
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda *_: stopping.set())
+        try:
+            stack.start()
+        except OSError as error:
+            print(f"cannot start the local stack: {error} (set OMS_PORT / OMS_AWS_PORT to free ports)", file=sys.stderr)
+            return 1
+    except ValueError as error:  # a setting or the template refused (EventSourceError, AslError), named in it
         print(f"cannot start the local stack: {error}", file=sys.stderr)
         return 2
     try:

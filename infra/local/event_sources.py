@@ -121,13 +121,6 @@ def failed_identifiers(response: Any, identifiers: Sequence[str]) -> set[str]:
     return set(failed) if all(isinstance(i, str) and i in identifiers for i in failed) else set(identifiers)
 
 
-def first_failed_index(response: Any, identifiers: Sequence[str]) -> int | None:
-    """None when the batch succeeded, else the position of the first failed record (a stream
-    checkpoints before it and retries from it)."""
-    failed = failed_identifiers(response, identifiers)
-    return next((index for index, identifier in enumerate(identifiers) if identifier in failed), None)
-
-
 # --- The mappings -----------------------------------------------------------------------------------
 
 
@@ -337,8 +330,9 @@ class DynamoDBStreamMapping(EventSourceMapping):
     def _failed_part(self, batch: list[Record], response: Any) -> list[Record]:
         if not self.report_batch_item_failures:
             return []
-        index = first_failed_index(response, [r["dynamodb"]["SequenceNumber"] for r in batch])
-        return [] if index is None else batch[index:]
+        # From the first failed record on: the stream checkpoints before it and retries from it.
+        failed = failed_identifiers(response, numbers := [r["dynamodb"]["SequenceNumber"] for r in batch])
+        return next((batch[index:] for index, number in enumerate(numbers) if number in failed), [])
 
     def _failure_record(self, batch: list[Record], attempts: int, error: BaseException | None) -> dict[str, Any]:
         first, last = batch[0]["dynamodb"], batch[-1]["dynamodb"]

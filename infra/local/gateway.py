@@ -23,7 +23,7 @@ from werkzeug.wrappers import Request, Response
 from core import settings
 from core.card_numbers import MASK, contains_card_number, mask_card_numbers
 from core.log_text import escape_for_log
-from infra.local.lambdas import LocalFunction
+from infra.local.lambdas import LocalFunction, TimedOut
 from infra.local.template import ACCOUNT_ID, REGION, ApiRoute, Template
 
 logger = logging.getLogger("infra.local.gateway")
@@ -50,6 +50,8 @@ _ANSWERS = {
     # The function ran and failed (it raised, timed out, answered more than 6 MB or no proxy response):
     # 502, a 5xx of no response type of its own, so DEFAULT_5XX's body and headers.
     "DEFAULT_5XX": (502, "InternalServerErrorException", "Internal server error"),
+    # It ran past the integration's timeout (a function's Timeout over it): API Gateway stopped waiting.
+    "INTEGRATION_TIMEOUT": (504, "InternalServerErrorException", "Endpoint request timed out"),
 }
 
 
@@ -351,6 +353,7 @@ class ApiGateway:
     gateway_responses: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # the API's GatewayResponses
     max_body_bytes: int = API_GATEWAY_MAX_BODY
     throttle: TokenBuckets | None = None
+    integration_timeout: float = 29.0  # seconds: API Gateway's limit on a Lambda integration
 
     def __post_init__(self) -> None:
         self.router = Router(self.routes)
@@ -420,10 +423,11 @@ class ApiGateway:
             logger.error("%s: the event is over Lambda's 6 MB: the invoke is refused", _loggable_request(request))
             return self.gateway_response("INTEGRATION_FAILURE", request.request_id)
         try:
-            result = self.api.invoke(event)
-        except Exception:
+            result = self.api.invoke(event, self.integration_timeout)
+        except Exception as error:
             logger.exception("%s: the API handler raised", _loggable_request(request))
-            return self.gateway_response("DEFAULT_5XX", request.request_id)
+            late = isinstance(error, TimedOut) and self.api.timeout_seconds > self.integration_timeout
+            return self.gateway_response("INTEGRATION_TIMEOUT" if late else "DEFAULT_5XX", request.request_id)
         try:
             if _json_size(result) > LAMBDA_MAX_PAYLOAD:
                 raise ValueError("the response is over Lambda's 6 MB")

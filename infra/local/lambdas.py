@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import math
+import sys
 import threading
 import time
 import uuid
@@ -13,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from infra.local.moto_patches import lock
+from infra.local.moto_patches import MotoPatch, lock
 from infra.local.template import ACCOUNT_ID, REGION
 
 logger = logging.getLogger("infra.local.lambdas")
@@ -24,16 +26,10 @@ Handler = Callable[[dict[str, Any], Any], Any]
 # attributed to the function that made them (make bench counts requests per function).
 RUNNING = threading.local()
 
-_submit = ThreadPoolExecutor.submit
-_followers = [0]  # what run_workers_as_their_function() installed and is not undone yet
-_followers_lock = threading.Lock()
+_submit, _start = ThreadPoolExecutor.submit, threading.Thread.start
 
 
-def _submit_as_the_function(executor: ThreadPoolExecutor, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-    name = getattr(RUNNING, "function", None)
-    if name is None:
-        return _submit(executor, fn, *args, **kwargs)
-
+def _as(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
     def as_the_function(*args: Any, **kwargs: Any) -> Any:
         outer, RUNNING.function = getattr(RUNNING, "function", None), name
         try:
@@ -41,30 +37,49 @@ def _submit_as_the_function(executor: ThreadPoolExecutor, fn: Callable[..., Any]
         finally:
             RUNNING.function = outer
 
-    return _submit(executor, as_the_function, *args, **kwargs)
+    return as_the_function
+
+
+def _submit_as_the_function(executor: ThreadPoolExecutor, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+    name = getattr(RUNNING, "function", None)
+    return _submit(executor, fn if name is None else _as(name, fn), *args, **kwargs)
+
+
+def _start_as_the_function(thread: threading.Thread) -> None:
+    name, frame = getattr(RUNNING, "function", None), sys._getframe(1)
+    while name is not None and frame is not None:  # not moto's own (an execution's), started in a call
+        name, frame = None if frame.f_globals.get("__name__", "").startswith("moto.") else name, frame.f_back
+    if name is not None:
+        thread.run = _as(name, thread.run)  # type: ignore[method-assign]
+    _start(thread)
+
+
+# Not moto's, but changed in the same counted way (moto_patches/__init__.py); not in its README list.
+_THREADS = MotoPatch(
+    "threads",
+    changes="a thread a running function starts, and a task it submits to a pool, runs as that function",
+    expects={},
+    replacements=lambda: {
+        (ThreadPoolExecutor, "submit"): _submit_as_the_function,
+        (threading.Thread, "start"): _start_as_the_function,
+    },
+)
 
 
 def run_workers_as_their_function() -> Callable[[], None]:
-    """From now on, a task a running function submits to a ThreadPoolExecutor (the reports' partition
-    readers, functions/adapters/aggregates.py) runs as that function: RUNNING is per thread, and on
-    Lambda a worker thread is part of the invocation that started it, its AWS calls the function's.
-    For what attributes calls to functions (make bench, the suite's grants); returns what undoes
-    it (the patch stays while any caller has not undone theirs)."""
-    with _followers_lock:
-        _followers[0] += 1
-        ThreadPoolExecutor.submit = _submit_as_the_function  # type: ignore[method-assign]
-    undone = threading.Event()
+    """From now on, a thread a running function starts (the webhook sender's DNS lookup), and a task
+    it submits to a ThreadPoolExecutor (the reports' partition readers, functions/adapters/aggregates.py),
+    runs as that function: RUNNING is per thread, and on Lambda a thread is part of the invocation
+    that started it, its AWS calls the function's. For what attributes calls to functions (make
+    bench, the suite's grants); returns what undoes it, once (the patch stays while any caller has
+    not undone theirs)."""
+    _THREADS.apply()
+    return _THREADS.undo
 
-    def undo() -> None:
-        with _followers_lock:
-            if undone.is_set():
-                return
-            undone.set()
-            _followers[0] -= 1
-            if not _followers[0]:
-                ThreadPoolExecutor.submit = _submit  # type: ignore[method-assign]
 
-    return undo
+# As Lambda reports (errorType: what a state's Retry/Catch, an OnFailure record match on) a run past its
+# Timeout (Lambda stopped it) or past what its caller waits, and a SystemExit (its runtime exited).
+TimedOut, ExitError = type("Sandbox.Timedout", (Exception,), {}), type("Runtime.ExitError", (Exception,), {})
 
 
 @dataclass
@@ -113,12 +128,15 @@ class LocalFunction:
     def new_context(self) -> LambdaContext:
         return LambdaContext(self.name, self.memory_mb, self.arn, str(uuid.uuid4()), self.timeout_seconds)
 
-    def invoke(self, event: Any) -> Any:
-        """Runs the handler; its exceptions propagate (the caller decides what a failure means)."""
+    def invoke(self, event: Any, waits: float = math.inf) -> Any:
+        """Runs the handler; its exceptions propagate (the caller decides what a failure means). A run
+        past the Timeout, or past what the caller `waits` (API Gateway's 29 s), is TimedOut, and
+        SystemExit is ExitError, as Lambda reports them: a thread cannot be stopped, so the handler
+        runs to its end (its writes stand) and its answer, or error, is dropped."""
         with self._count_lock:
             self.invocations += 1
             self.in_flight += 1
-        outer = getattr(RUNNING, "function", None)
+        outer, started = getattr(RUNNING, "function", None), math.inf
         try:
             with self._lock:
                 if isinstance(self._handler, str):
@@ -127,13 +145,14 @@ class LocalFunction:
                 RUNNING.function = self.name
                 started = time.monotonic()  # waiting for the lock is not run time
                 result = self._handler(event, self.new_context())
+        except SystemExit as exit:
+            raise ExitError(f"Runtime exited with error: exit status {exit.code}") from None
         finally:
             RUNNING.function = outer
             with self._count_lock:
                 self.in_flight -= 1
-        if time.monotonic() - started > self.timeout_seconds:
-            # A thread cannot be killed; on AWS this invocation would have timed out.
-            logger.warning("%s ran over its %s s timeout", self.name, self.timeout_seconds)
+            if time.monotonic() - started > (limit := min(self.timeout_seconds, waits)):  # what it raised too
+                raise TimedOut(f"Task timed out after {limit:.2f} seconds")
         return result
 
     def try_invoke(self, event: Any) -> tuple[Any, Exception | None]:
@@ -178,10 +197,10 @@ class LambdaService:
         """RequestResponse (Step Functions' Lambda tasks), and Event for a function with an
         asynchronous event (the import splitter handing a file on to itself); S3's and
         EventBridge's own asynchronous invocations are infra/local/event_sources.py's."""
+        if self._closed:
+            return _error(response_headers, "Lambda.ServiceException", "the local stack is stopping")
         invocation_type = next((v for k, v in (headers or {}).items() if k.lower() == "x-amz-invocation-type"), None)
         if invocation_type == "Event" and function.name in self.asynchronous:
-            if self._closed:
-                return _error(response_headers, "Lambda.ServiceException", "the local stack is stopping")
             self.asynchronous[function.name](json.loads(body) if body else {})
             response_headers["Content-Length"] = "0"
             return b""
@@ -189,8 +208,6 @@ class LambdaService:
             from moto.awslambda.exceptions import InvalidParameterValueException
 
             raise InvalidParameterValueException(f"InvocationType {invocation_type} is not emulated locally")
-        if self._closed:
-            return _error(response_headers, "Lambda.ServiceException", "the local stack is stopping")
         with lock.released():
             result, error = function.try_invoke(json.loads(body) if body else {})
         if error is not None:

@@ -13,10 +13,11 @@ from infra.local.gateway import RAW_HEADERS_KEY, ApiGateway
 
 class GatewayRequestHandler(WSGIRequestHandler):
     """Keeps the headers as sent (case and repeats), which WSGI's environ folds; access logging is
-    the gateway's own. Answers in HTTP/1.1 and keeps the connection, as API Gateway does. Werkzeug's
-    own run_wsgi (3.1) closes every connection, since it cannot tell where a body the application
-    left unread ends: it still answers a chunked body, and one over the gateway's limit (the
-    gateway refuses it unread, and werkzeug drains it so the client sees the 413)."""
+    the gateway's own (the stack keeps werkzeug's per-request lines below WARNING). Answers in
+    HTTP/1.1 and keeps the connection, as API Gateway does. Werkzeug's own run_wsgi (3.1) closes
+    every connection, since it cannot tell where a body the application left unread ends: it still
+    answers a chunked body, and one over the gateway's limit (the gateway refuses it unread, and
+    werkzeug drains it so the client sees the 413)."""
 
     protocol_version = "HTTP/1.1"
 
@@ -47,9 +48,6 @@ class GatewayRequestHandler(WSGIRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
-
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        pass
 
 
 class Servers:

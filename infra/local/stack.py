@@ -28,6 +28,7 @@ from typing import Any
 
 from core import settings
 from core.secret_hashes import is_usable_secret
+from functions.warm import forget_warm_containers  # imports nothing heavy (tests take it from here too)
 from infra.local.activity import Activity
 from infra.local.event_sources import ScheduleMapping
 from infra.local.gateway import ApiGateway
@@ -125,14 +126,6 @@ def _schedule_periods(mappings: Any, declared: Mapping[str, Mapping[str, str]]) 
         if name in declared.get(mapping.function_logical_id, {}):
             periods[name] = min(mapping.period, periods.get(name, mapping.period))
     return {name: repr(seconds / 60) for name, seconds in periods.items()}
-
-
-def forget_warm_containers() -> None:
-    """A new stack is a new account: the clients and caches its functions' warm containers kept
-    in this process go (start() and stop(); a test that wants a cold invocation)."""
-    from functions.warm import forget_warm_containers as forget  # the handlers' own, imported only now
-
-    forget()
 
 
 # Template parameters a local user may set from the shell: besides these, every function variable
@@ -264,7 +257,7 @@ class EmbeddedStack:
         self._started = True
         try:
             self._start_moto()
-            forget_warm_containers()
+            forget_warm_containers()  # a new stack is a new account: nothing its functions kept here stays
             self.resources.create(self.client)
             # moto's Lambda Invoke (Step Functions tasks) reaches the in-process functions.
             self._lambda_service = LambdaService(self.functions)
@@ -293,7 +286,9 @@ class EmbeddedStack:
             self.process.set_env({"MOTO_PORT": str(self.aws_port), **s3})
             self.environment["AWS_ENDPOINT_URL_S3"] = s3_endpoint
             self.gateway = gateway = ApiGateway.from_template(self.template, self.functions)
-            self.process.enter(apigateway.flushing(gateway.api_id, gateway.stage, gateway.flush_authorizer_caches))
+            self.process.enter(
+                apigateway.PATCH.registered((gateway.api_id, gateway.stage, gateway.flush_authorizer_caches))
+            )
             self.api_port = self.servers.start_api(gateway, self._api_port_asked)
             self.activity.start(paused=not self.event_sources)
             if self.seed:

@@ -51,7 +51,7 @@ _ON_FAILURE = {"OnFailure": {"Type": frozenset({"SQS"}), "Destination": EMULATED
 _RESPONSE_TYPES = frozenset({"ReportBatchItemFailures"})
 
 _FUNCTION_COMMON: dict[str, Any] = {
-    # The Lambda context's memory_limit_in_mb and remaining time (an overrun is logged).
+    # The Lambda context's memory_limit_in_mb and remaining time; an overrun fails (infra/local/lambdas.py).
     **emulated("MemorySize", "Timeout"),
     "Environment": emulated("Variables"),
     "CodeUri": frozenset({"."}),  # handlers import from the project, which is on sys.path

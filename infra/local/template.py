@@ -58,11 +58,12 @@ def load_template(path: str | Path | None = None) -> dict[str, Any]:
 def parameter_refused(declared: Mapping[str, Any], value: Any) -> str | None:
     """Why CloudFormation refuses `value` for the declared parameter at deploy (None: it takes it),
     by the properties supported.PARAMETERS names; AllowedValues compare exactly ("TRUE" is not "true")."""
+    allowed = declared.get("AllowedValues") or []
+    one_of = f"must be one of {', '.join(str(v) for v in allowed)}"
     if declared.get("Type") == "String":
         text = env_string(value)
-        allowed = declared.get("AllowedValues")
         if allowed and text not in {str(v) for v in allowed}:
-            return f"must be one of {', '.join(str(v) for v in allowed)}"
+            return one_of
         pattern = declared.get("AllowedPattern")
         # Java's regex (CloudFormation's), whole value; its \s, \d and \w are ASCII only.
         if pattern is not None and re.fullmatch(pattern, text, re.ASCII) is None:
@@ -78,10 +79,7 @@ def parameter_refused(declared: Mapping[str, Any], value: Any) -> str | None:
         return f"must be at least {declared['MinValue']}"
     if "MaxValue" in declared and number > float(declared["MaxValue"]):
         return f"must be at most {declared['MaxValue']}"
-    allowed = declared.get("AllowedValues")
-    if allowed and number not in {float(v) for v in allowed}:
-        return f"must be one of {', '.join(str(v) for v in allowed)}"
-    return None
+    return one_of if allowed and number not in {float(v) for v in allowed} else None
 
 
 def create_table_request(props: Mapping[str, Any], physical_name: str) -> dict[str, Any]:

@@ -186,7 +186,7 @@ def in_process_api(**parameter_overrides: Any) -> Iterator[InProcessApi]:
         resources = InProcessResources(template, functions, gateway)
         watch(resources)
         try:
-            with apigateway.flushing(gateway.api_id, gateway.stage, gateway.flush_authorizer_caches):
+            with apigateway.PATCH.registered((gateway.api_id, gateway.stage, gateway.flush_authorizer_caches)):
                 yield InProcessApi(gateway, admin_key)
         finally:
             forget_warm_containers()

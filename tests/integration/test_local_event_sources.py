@@ -8,6 +8,7 @@ line records up into one batch, then resume and wait_until_idle().
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 import urllib.request
@@ -19,11 +20,11 @@ from typing import Any
 import pytest
 
 from infra.local.event_sources import (
+    DynamoDBStreamMapping,
     EventSourceError,
     build_mapping,
     compile_filters,
     failed_identifiers,
-    first_failed_index,
     matches_filters,
 )
 from infra.local.lambdas import LocalFunction
@@ -195,6 +196,16 @@ def ddb(stack: Any) -> Any:
     return stack.client("dynamodb")
 
 
+def put_as_one_batch(stack: Any, table: str, ids: tuple[str, ...]) -> None:
+    """Items put while the mappings are paused, so a stream's poller reads them in one batch."""
+    stack.pause_mappings()
+    try:
+        for key in ids:
+            stack.client("dynamodb").put_item(TableName=stack.table_names[table], Item={"id": {"S": key}})
+    finally:
+        stack.resume_mappings()
+
+
 def keys(event: dict[str, Any]) -> list[str]:
     return [record["dynamodb"]["Keys"]["id"]["S"] for record in event["Records"]]
 
@@ -254,11 +265,16 @@ def test_a_pattern_must_be_the_json_string_cloudformation_takes():
 
 def test_batch_item_failures_follow_lambdas_rules():
     ids = ["1", "2", "3"]
-    assert first_failed_index(None, ids) is None
-    assert first_failed_index({"batchItemFailures": []}, ids) is None
-    assert first_failed_index({"batchItemFailures": [{"itemIdentifier": "3"}, {"itemIdentifier": "2"}]}, ids) == 1
-    assert first_failed_index({"batchItemFailures": [{"itemIdentifier": "9"}]}, ids) == 0  # unknown: all failed
-    assert first_failed_index({"batchItemFailures": "x"}, ids) == 0
+
+    def retried(response: Any) -> list[str]:  # what of a stream's batch is retried: from the first failed on
+        stream = SimpleNamespace(report_batch_item_failures=True)
+        batch = [{"dynamodb": {"SequenceNumber": number}} for number in ids]
+        return [r["dynamodb"]["SequenceNumber"] for r in DynamoDBStreamMapping._failed_part(stream, batch, response)]
+
+    assert retried(None) == retried({"batchItemFailures": []}) == []
+    assert retried({"batchItemFailures": [{"itemIdentifier": "3"}, {"itemIdentifier": "2"}]}) == ["2", "3"]
+    assert retried({"batchItemFailures": [{"itemIdentifier": "9"}]}) == ids  # unknown: all failed
+    assert retried({"batchItemFailures": "x"}) == ids
     assert failed_identifiers({"batchItemFailures": [{"itemIdentifier": "2"}]}, ids) == {"2"}
     assert failed_identifiers({"batchItemFailures": [{"itemIdentifier": ""}]}, ids) == set(ids)
     assert failed_identifiers({"batchItemFailures": [{"itemIdentifier": ["2"]}]}, ids) == set(ids)
@@ -323,7 +339,7 @@ def test_stream_mapping_delivers_only_what_the_filter_lets_through(stack, ddb, c
     assert stack.mappings["FilteredConsumer.Stream"].stats["filtered_out"] >= 2
 
 
-def test_partial_batch_failure_is_retried_from_the_first_failed_record(stack, ddb, consumers):
+def test_partial_batch_failure_is_retried_from_the_first_failed_record(stack, consumers):
     consumer = consumers["PartialConsumer"]
 
     def fail_p2_once(event: dict[str, Any], number: int) -> dict[str, Any]:
@@ -335,17 +351,12 @@ def test_partial_batch_failure_is_retried_from_the_first_failed_record(stack, dd
         return {"batchItemFailures": failures}
 
     consumer.reset(fail_p2_once)
-    stack.pause_mappings()
-    try:
-        for key in ("p1", "p2", "p3"):
-            ddb.put_item(TableName=stack.table_names["PartialTable"], Item={"id": {"S": key}})
-    finally:
-        stack.resume_mappings()
+    put_as_one_batch(stack, "PartialTable", ("p1", "p2", "p3"))
     assert stack.wait_until_idle(5)
     assert [keys(event) for event in consumer.events] == [["p1", "p2", "p3"], ["p2", "p3"]]
 
 
-def test_poison_record_is_bisected_out_and_sent_to_the_on_failure_queue(stack, ddb, consumers):
+def test_poison_record_is_bisected_out_and_sent_to_the_on_failure_queue(stack, consumers):
     consumer = consumers["PoisonConsumer"]
 
     def explode_on_bad(event: dict[str, Any], number: int) -> None:
@@ -357,12 +368,7 @@ def test_poison_record_is_bisected_out_and_sent_to_the_on_failure_queue(stack, d
     # The mapping starts at LATEST: its iterator is taken in its thread's first poll, and a record
     # written before that poll is not the mapping's (as on AWS), so wait for it.
     assert stack.wait_until_idle(5)
-    stack.pause_mappings()
-    try:
-        for key in ("g1", "bad", "g2"):
-            ddb.put_item(TableName=stack.table_names["PoisonTable"], Item={"id": {"S": key}})
-    finally:
-        stack.resume_mappings()
+    put_as_one_batch(stack, "PoisonTable", ("g1", "bad", "g2"))
     assert stack.wait_until_idle(5)
     # Split in halves on each error; `bad` fails 1 + MaximumRetryAttempts (2) times, then goes.
     assert [keys(event) for event in consumer.events] == [["g1", "bad", "g2"], ["g1"], ["bad", "g2"], ["bad"], ["g2"]]
@@ -584,6 +590,87 @@ def test_a_failing_s3_event_is_retried_then_sent_to_the_on_failure_destination(s
     mapping = next(m for m in stack.mappings.values() if m.function_logical_id == "UploadConsumer")
     assert mapping.on_failure.arn == stack.atts["UploadFailures.Arn"]
     assert mapping.stats["sent_to_on_failure"] == 1
+
+
+# --- Functions that run past their Timeout, or exit ---------------------------------------------------
+# A thread cannot be stopped: the handler runs to its end, and its answer is dropped for the timeout
+# Lambda would have reported (infra/local/lambdas.py). Each test takes what it left in a queue back.
+
+
+def slow_on(key: str, keys_of: Callable[[dict[str, Any]], list[str]]) -> Callable[[dict[str, Any], int], None]:
+    """A behaviour that runs past a 0.05 s Timeout when its event holds `key`."""
+
+    def behaviour(event: dict[str, Any], number: int) -> None:
+        if key in keys_of(event):
+            time.sleep(0.2)
+
+    return behaviour
+
+
+def taken(stack: Any, queue: str) -> list[dict[str, Any]]:
+    sqs, url = stack.client("sqs"), stack.queue_urls[queue]
+    messages = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", [])
+    for message in messages:
+        sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+    return messages
+
+
+def test_a_stream_batch_past_its_timeout_is_retried_bisected_and_given_up_as_an_error(stack, consumers, monkeypatch):
+    # It answered: the batch counted as delivered, on AWS it is a function error.
+    consumer = consumers["PoisonConsumer"]
+    consumer.reset(slow_on("slow", keys))
+    monkeypatch.setattr(stack.functions["PoisonConsumer"], "timeout_seconds", 0.05)
+    assert stack.wait_until_idle(5)  # the mapping starts at LATEST (as in the tests above)
+    put_as_one_batch(stack, "PoisonTable", ("g1", "slow", "g2"))
+    assert stack.wait_until_idle(5)
+    assert [keys(event) for event in consumer.events] == [
+        ["g1", "slow", "g2"],
+        ["g1"],
+        ["slow", "g2"],
+        ["slow"],
+        ["g2"],
+    ]
+    [message] = taken(stack, "FailureQueue")
+    failure = json.loads(message["Body"])
+    assert failure["DDBStreamBatchInfo"]["batchSize"] == 1
+    assert failure["responseContext"]["functionError"] == "Unhandled"
+
+
+def test_an_sqs_batch_past_its_timeout_is_not_deleted_and_goes_to_the_dlq(stack, consumers, monkeypatch):
+    consumer = consumers["InboxConsumer"]
+    consumer.reset(slow_on("slow", lambda event: [record["body"] for record in event["Records"]]))
+    monkeypatch.setattr(stack.functions["InboxConsumer"], "timeout_seconds", 0.05)
+    stack.client("sqs").send_message(QueueUrl=stack.queue_urls["InboxQueue"], MessageBody="slow")
+    assert stack.wait_until_idle(8)
+    assert [[record["body"] for record in event["Records"]] for event in consumer.events] == [["slow"], ["slow"]]
+    assert [message["Body"] for message in taken(stack, "InboxDeadLetters")] == ["slow"]
+
+
+def test_an_s3_event_past_its_timeout_is_retried_then_sent_on_as_a_timeout(stack, consumers, monkeypatch):
+    consumer = consumers["UploadConsumer"]
+    consumer.reset(slow_on("incoming/slow.csv", lambda event: [event["Records"][0]["s3"]["object"]["key"]]))
+    monkeypatch.setattr(stack.functions["UploadConsumer"], "timeout_seconds", 0.05)
+    stack.client("s3").put_object(Bucket=stack.bucket_names["Uploads"], Key="incoming/slow.csv", Body=b"x")
+    assert stack.wait_until_idle(5)
+    assert len(consumer.events) == 2  # 1 retry (EventInvokeConfig)
+    [message] = taken(stack, "UploadFailures")
+    response = json.loads(message["Body"])["responsePayload"]
+    assert (response["errorType"], response["errorMessage"]) == (
+        "Sandbox.Timedout",
+        "Task timed out after 0.05 seconds",
+    )
+
+
+def test_a_function_that_exits_fails_its_batch_and_the_poller_delivers_on(stack, ddb, consumers):
+    # SystemExit is no Exception: it ended the poller's thread, and no later record was delivered.
+    consumer = consumers["FilteredConsumer"]
+    consumer.reset(lambda event, number: sys.exit(3) if number == 1 else None)
+    table = stack.table_names["FilteredTable"]
+    ddb.put_item(TableName=table, Item={"id": {"S": "exit1"}})
+    assert stack.wait_until_idle(5)
+    ddb.put_item(TableName=table, Item={"id": {"S": "exit2"}})
+    assert stack.wait_until_idle(5)
+    assert [keys(event) for event in consumer.events] == [["exit1"], ["exit1"], ["exit2"]]
 
 
 def test_label_links_signed_in_process_point_at_the_stack_s_endpoint_and_download(stack):

@@ -532,6 +532,49 @@ def test_a_function_error_is_answered_from_the_template_s_default_5xx_as_on_aws(
     assert (status, body) == (502, {"message": "Internal server error"})
 
 
+def late(seconds: float, answer: Any = None) -> Any:
+    """A handler that answers (or raises) after `seconds`."""
+
+    def handler(event: Any, context: Any) -> Any:
+        time.sleep(seconds)
+        if isinstance(answer, BaseException):
+            raise answer
+        return answer or {"statusCode": 200, "body": "{}"}
+
+    return handler
+
+
+@pytest.mark.parametrize("answer", [None, ValueError("late"), SystemExit(3)])
+def test_an_api_function_past_its_timeout_is_a_502_and_past_the_integration_s_a_504(answer: Any, caplog):
+    # The answer of a function that ran past its Timeout was served: on AWS Lambda stops it and API
+    # Gateway answers the function error (502); a function whose Timeout is over API Gateway's 29 s is
+    # given up at 29 s (504 "Endpoint request timed out"), whatever it answers after.
+    gw = gateway(api=late(0.1, answer))
+    gw.api.timeout_seconds = 0.02
+    status, body, response = call(gw, "GET", "/health")
+    assert (status, body) == (502, {"error": {"code": "internal_error", "message": "internal error", "details": []}})
+    assert "Task timed out after 0.02 seconds" in caplog.text
+    gw = gateway(api=late(0.1, answer), integration_timeout=0.02, gateway_responses={})
+    status, body, response = call(gw, "GET", "/health")
+    assert (status, body) == (504, {"message": "Endpoint request timed out"})
+    assert response.headers["x-amzn-ErrorType"] == "InternalServerErrorException"
+    assert call(gateway(api=late(0, answer)), "GET", "/health")[0] == (200 if answer is None else 502)
+
+
+def test_an_api_function_that_exits_is_a_502(caplog):
+    # SystemExit is no Exception: it went through the gateway's handling (on a server thread, it ended
+    # the request unanswered). Lambda's runtime reports the process's exit as a function error.
+    assert call(gateway(api=late(0, SystemExit(3))), "GET", "/health")[0] == 502
+    assert "Runtime exited with error: exit status 3" in caplog.text
+
+
+def test_an_authorizer_past_its_timeout_is_a_500():
+    gw = gateway(authorizer=late(0.1, allow_all()))
+    assert call(gw, "GET", "/orders", headers=[("Authorization", "Bearer a")])[0] == 200
+    gw.authorizers["Keys"].function.timeout_seconds = 0.02
+    assert call(gw, "GET", "/orders", headers=[("Authorization", "Bearer a")])[0] == 500
+
+
 def test_an_event_over_lambda_s_6_mb_is_refused_by_lambda_500_and_the_function_never_runs():
     # API Gateway takes a body up to 10 MB, Lambda a synchronous invoke's event up to 6 MB: between
     # the two the API function is never called and API Gateway answers 500 (Lambda refused the
@@ -675,7 +718,7 @@ def test_the_api_functions_flush_call_reaches_the_local_gateway_of_that_stage():
 
     gw = gateway(cache_seconds=300)
     good = [("Authorization", "Bearer good")]
-    with mock_aws(), apigateway.flushing(gw.api_id, gw.stage, gw.flush_authorizer_caches):
+    with mock_aws(), apigateway.PATCH.registered((gw.api_id, gw.stage, gw.flush_authorizer_caches)):
         assert call(gw, "GET", "/orders", headers=good)[0] == 200
         assert gw.authorizers["Keys"]._cache
         client = boto3.client("apigateway", region_name="us-east-1")

@@ -267,6 +267,8 @@ def charge(event: dict[str, Any], context: Any) -> dict[str, Any]:
         raise TransientError("try again")
     if event["order_id"].startswith("declined"):
         raise PaymentDeclined("card declined")
+    if event["order_id"].startswith("slow"):
+        time.sleep(0.2)  # past the Timeout a test gives it
     return {"charged": True, "by": context.function_name}
 
 
@@ -518,6 +520,16 @@ def test_a_task_error_is_caught_by_its_class_name(stack: Any):
     error = calls[1][1]["error"]
     assert error["Error"] == "PaymentDeclined"
     assert json.loads(error["Cause"])["errorMessage"] == "card declined"
+
+
+def test_a_task_past_its_function_s_timeout_fails_as_lambda_reports_it(stack: Any, monkeypatch: pytest.MonkeyPatch):
+    # Its answer went on to Ship; on AWS Lambda stops it, and the state sees Sandbox.Timedout (the
+    # workflows' Retry and Catch name it; States.Timeout is the state's own TimeoutSeconds, moto's).
+    monkeypatch.setattr(stack.functions["Charge"], "timeout_seconds", 0.05)
+    calls.clear()
+    result = run(stack, "slow-1", {"order_id": "slow-1"})
+    assert (result["status"], result.get("error")) == ("FAILED", "Sandbox.Timedout")
+    assert [name for name, _ in calls] == ["charge"]
 
 
 def test_a_stream_insert_starts_the_workflow_end_to_end(stack: Any):

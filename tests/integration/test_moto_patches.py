@@ -391,6 +391,8 @@ def test_a_read_shard_iterator_is_forgotten_and_reads_are_moto_s_own_when_instal
 
 
 def test_the_shard_iterator_last_read_reads_the_same_records_again(streams_reachable: None) -> None:
+    from moto.dynamodbstreams.models import dynamodbstreams_backends
+
     # The runbook's recovery (README, OutboxFailuresAlarm) reads `get-records --shard-iterator "$IT"`
     # once; an operator who runs that line again (its jq or a start-execution failed), or an SDK
     # retrying a read whose answer was lost, read an iterator the patch had already forgotten: a
@@ -410,10 +412,15 @@ def test_the_shard_iterator_last_read_reads_the_same_records_again(streams_reach
             first = streams.get_shard_iterator(StreamArn=arn, ShardId=shard, ShardIteratorType="TRIM_HORIZON")
             iterator = first["ShardIterator"]
             answer = streams.get_records(ShardIterator=iterator, Limit=10)
-            again = streams.get_records(ShardIterator=iterator, Limit=10)
+            for _ in range(3):  # a poller that could not hand the records over reads them again
+                again = streams.get_records(ShardIterator=iterator, Limit=10)
             dynamodb.put_item(TableName="s", Item={"pk": {"S": "b"}})
             following = streams.get_records(ShardIterator=again["NextShardIterator"], Limit=10)
+            # What each earlier read of it handed out, never to be read, is not kept for good: the
+            # last read and its next are (moto's shard_iterators is a dict kept for the mock's life).
+            held = len(dynamodbstreams_backends["123456789012"]["us-east-1"].shard_iterators)
 
     assert [r["dynamodb"]["Keys"] for r in again["Records"]] == [r["dynamodb"]["Keys"] for r in answer["Records"]]
     assert [r["dynamodb"]["Keys"]["pk"]["S"] for r in answer["Records"]] == ["a"]
     assert [r["dynamodb"]["Keys"]["pk"]["S"] for r in following["Records"]] == ["b"]
+    assert held == 2

@@ -84,6 +84,27 @@ def test_a_call_a_function_makes_from_its_own_worker_threads_is_recorded_as_the_
     }
 
 
+def test_a_call_a_function_makes_from_a_thread_it_starts_is_recorded_as_the_function_s(aws: Any, as_the_worker: Any):
+    # Only pool tasks were: a call on a bare Thread or Timer (as the webhook sender starts, today for
+    # no AWS call) was recorded as no function's, and a call its template does not grant passed.
+    import threading
+
+    table = aws.tables["IdempotencyTable"]
+    with calls_by_function(stack_of(aws)) as calls:
+        started = [
+            threading.Thread(target=aws.dynamodb.get_item, kwargs={"TableName": table, "Key": {"id": {"S": "bare"}}}),
+            threading.Timer(0, aws.dynamodb.get_item, kwargs={"TableName": table, "Key": {"id": {"S": "timer"}}}),
+        ]
+        for thread in started:
+            thread.start()
+            thread.join()
+
+    assert calls["ImportWorkerFunction"] == {
+        ("IdempotencyTable", "dynamodb:GetItem of key bare"),
+        ("IdempotencyTable", "dynamodb:GetItem of key timer"),
+    }
+
+
 def stack_as(aws: Any, function: str, **more: Any) -> Any:
     """What calls_by_function reads of a stack running only `function` (as local-<function>)."""
     return SimpleNamespace(

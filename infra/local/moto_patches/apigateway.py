@@ -1,10 +1,9 @@
-"""The `apigateway` patch (its `changes` say what it does): the API function's ordinary boto3 call."""
+"""The `apigateway` patch (its `changes` say what it does): the API function's ordinary boto3 call.
+Registered with (api_id, stage, flush) for a block: a flush of that stage calls `flush`."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
-from contextlib import AbstractContextManager
 from typing import Any
 
 from infra.local.moto_patches import MotoPatch, Replacements
@@ -42,8 +41,3 @@ PATCH = MotoPatch(
     expects={"moto.core.botocore_stubber.BotocoreStubber.process_request": "(self, request)"},
     replacements=_replacements,
 )
-
-
-def flushing(api_id: str, stage: str, flush: Callable[[], None]) -> AbstractContextManager[None]:
-    """Installs the answer for the block; a flush of (api_id, stage) calls `flush`."""
-    return PATCH.registered((api_id, stage, flush))

@@ -6,7 +6,8 @@ ten a second per stream when idle. On AWS an iterator expires 15 minutes after i
 until then may be read again (an SDK retrying a read whose answer was lost; an operator running the
 runbook's `get-records --shard-iterator "$IT"` line again). Here an iterator is dropped when the
 NextShardIterator its read handed out is read in turn: a consumer following the chain, as Lambda's
-pollers and ours do, keeps two (the last read, the next), and the last read may be read again.
+pollers and ours do, keeps two (the last read, the next); the last read may be read again (ours
+does, what it could not hand over), and the next its earlier read handed out is forgotten then.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from typing import Any
 
 from infra.local.moto_patches import MotoPatch, Replacements
 
-# On the backend: each NextShardIterator handed out -> the iterator whose read handed it out.
-_READ_BEFORE = "_oms_read_before"
+# On the backend: each iterator read -> the NextShardIterator its last read handed out.
+_HANDED_OUT = "_oms_handed_out"
 
 
 def _replacements() -> Replacements:
@@ -26,10 +27,12 @@ def _replacements() -> Replacements:
 
     def get_records(backend: Any, iterator_arn: str, limit: int) -> dict[str, Any]:
         answer = original(backend, iterator_arn, limit)  # KeyError, as moto's, for one it does not hold
-        read_before: dict[str, str] = backend.__dict__.setdefault(_READ_BEFORE, {})
-        if (previous := read_before.pop(iterator_arn, None)) is not None:
-            backend.shard_iterators.pop(previous, None)  # its reader moved on: it is not read again
-        read_before[answer["NextShardIterator"]] = iterator_arn
+        handed_out: dict[str, str] = backend.__dict__.setdefault(_HANDED_OUT, {})
+        # Dropped: the one read before (its reader moved on), and the next an earlier read of this one handed out.
+        for dropped in [handed_out.pop(iterator_arn, ""), *(arn for arn, n in handed_out.items() if n == iterator_arn)]:
+            handed_out.pop(dropped, None)
+            backend.shard_iterators.pop(dropped, None)
+        handed_out[iterator_arn] = answer["NextShardIterator"]
         return answer
 
     return {(DynamoDBStreamsBackend, "get_records"): get_records}
@@ -39,7 +42,8 @@ PATCH = MotoPatch(
     "streams",
     changes="a DynamoDB Streams shard iterator is forgotten once the NextShardIterator its read "
     "handed out is read (moto kept every one it handed out, and a stream poller takes ten a second; "
-    "on AWS one expires after 15 minutes); the last one read may be read again, as on AWS.",
+    "on AWS one expires after 15 minutes); the last one read may be read again, as on AWS, and the next "
+    "its earlier read handed out is then forgotten.",
     expects={"moto.dynamodbstreams.models.DynamoDBStreamsBackend.get_records": "(self, iterator_arn, limit)"},
     replacements=_replacements,
 )
