@@ -868,10 +868,16 @@ REPORT_SKEW = timedelta(minutes=5)
 
 def _giving_up(shipment_id: str, at: datetime) -> Callable[[Order], Any]:
     """The decision of OrderActions.finish_reported's write once a capture was refused: the parcel
-    given up, unless it was finished (or given up) meanwhile (a carrier's retry, a person's ship)."""
+    given up, unless it was finished (or written off, or given up) meanwhile (a carrier's retry, a
+    person's ship or cancel), or a capture asked for it stands again (a person's ship in flight).
+    Not judged on reported_to_finish: the refusal marked it `refused` (deliver) already."""
 
     def decide(current: Order):
-        if shipment_id not in current.reported_to_finish():
+        mark = current.reported(shipment_id)
+        if (
+            mark is None or mark.given_up or shipment_id not in current.parcels_reported()
+            or shipment_id in current.unfinished_ships()
+        ):  # fmt: skip
             return None
         return current.give_up_reported(shipment_id, at=at)
 

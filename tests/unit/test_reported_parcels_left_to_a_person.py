@@ -1,0 +1,126 @@
+"""A parcel a carrier reported delivered whose ship is not recorded (Order.reported_delivered),
+read with the reconciler's kept-back pass (Order.reported_to_finish), a person's write-off
+(ReportedDelivery.refused) and the capture sweep together.
+
+Before: the pass asked again the capture of a parcel whose report the gateway had just refused
+(`refused`), the person DeliveriesNotRecordedAlarm called deciding meanwhile whether to take the
+money another way or write the parcel off; a parcel the pass gave up (`given_up`) whose person's
+ship then died after the gateway captured was left to the capture sweep, which refunded that
+capture and held the order for a person to confirm whether the parcel left; and the sweep did the
+same with the request of a marked parcel on an order it held for another parcel. Now a refused
+parcel is a person's alone, unless a capture asked for it stands again, which the pass finishes
+under its key; the sweep never refunds or holds for a parcel its carrier reported
+(Order.captures_to_settle)."""
+
+from __future__ import annotations
+
+import pytest
+
+from core import payment_keys
+from core.errors import InvalidTransition
+from core.events import OrderEvent
+from core.holds import Holds, ReleaseRequest
+from core.status import OrderStatus, ShipmentStatus
+from tests.unit.test_capture_sweep import LATE, STOCK, a_pass
+from tests.unit.test_delivery_write_off import PERSON, refused_delivery
+from tests.unit.test_jeopardy import Clock
+from tests.unit.test_reported_parcels_finished import kept_back_pass, marked_and_left
+from tests.unit.world import Died, World, build_world, dies_before_recording
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def world(clock: Clock) -> World:
+    return build_world(STOCK, clock=clock)
+
+
+def test_the_pass_never_asks_again_the_capture_of_a_parcel_whose_report_the_gateway_refused(world, clock, monkeypatch):
+    # The report's refusal called a person (delivery_not_recorded): they may be taking the money
+    # another way. Before: the pass asked the capture again 15 minutes on, under the same key (a
+    # gateway willing by then took the money a second time), and recorded a second refusal, a
+    # second DeliveriesNotRecorded point, for the same parcel when it refused again.
+    order, shipment_id = refused_delivery(world, clock, monkeypatch, ("TSHIRT", 2))
+    assert order.reported_to_finish() == []
+    asked = len(world.gateway.calls)
+    clock.advance(minutes=16)
+
+    done = kept_back_pass(world, clock)
+
+    assert (done.reported_finished, done.reported_given_up, done.failed) == ({}, {}, {})
+    assert len(world.gateway.calls) == asked and world.order(order.id).version == order.version
+    # The person's write-off is theirs to make.
+    written = world.actions.cancel(order.id, "capture refused: written off", actor=PERSON)
+    assert written.shipment(shipment_id).status is ShipmentStatus.CANCELLED
+    assert [e.type for e in world.history(order.id)].count(OrderEvent.DELIVERY_NOT_RECORDED) == 1
+
+
+def test_a_given_up_parcel_whose_persons_ship_died_after_its_capture_is_finished_by_the_pass(world, clock, monkeypatch):
+    # The pass met the gateway's refusal and gave the parcel up; a person then shipped it (the
+    # gateway willing again) and that ship died after the gateway captured. Before: the pass looked
+    # no more (given up), and 48 h on the capture sweep refunded the capture and held the order for
+    # a person to confirm whether a parcel its carrier had seen delivered left.
+    marked, shipment_id, arrived = marked_and_left(world, clock, monkeypatch)
+    clock.advance(minutes=16)
+    world.gateway.script("capture", "refuse")
+    assert kept_back_pass(world, clock).reported_given_up == {marked.id: [shipment_id]}
+    world.gateway.script("capture", "approve")
+    with monkeypatch.context() as patched:
+        dies_before_recording(world, patched, "shipment_shipped")
+        with pytest.raises(Died):
+            world.actions.ship(marked.id, shipment_id, None, actor=PERSON)
+    died = world.order(marked.id)
+    assert died.unfinished_ships() == [shipment_id] and died.parcels_refused() == []
+    key = world.gateway.keys("capture")[-1]
+    clock.advance(minutes=16)
+
+    done = kept_back_pass(world, clock)
+
+    after = world.order(marked.id)
+    assert done.reported_finished == {marked.id: [shipment_id]}
+    assert (after.status, after.shipment(shipment_id).delivered_at) == (OrderStatus.DELIVERED, arrived)
+    assert world.gateway.keys("capture")[-1] == key and world.spy.refunded == []
+    assert after.payment.captured == after.totals.grand_total
+    clock.advance(**LATE)
+    assert a_pass(world, clock).held == [] and world.order(marked.id).version == after.version
+
+
+def test_the_sweep_leaves_a_marked_parcels_capture_request_on_an_order_held_for_another(world, clock, monkeypatch):
+    # Two ships died after their captures; the sweep held the order for both and died before
+    # settling them. The carrier reported the first (marked: the hold narrowed to the second).
+    # Before: once the order was late on hold, the sweep refunded both captures, the first's too;
+    # released, the first was captured again under a new key.
+    order = world.allocated(("TSHIRT", 2), ("CAP", 1))
+    first, second = [s.id for s in order.shipments]
+    for shipment_id in (first, second):
+        with monkeypatch.context() as patched:
+            dies_before_recording(world, patched, "shipment_shipped")
+            with pytest.raises(Died):
+                world.actions.ship(order.id, shipment_id, None, actor="key_wh")
+    clock.advance(**LATE)
+    with monkeypatch.context() as patched:
+        patched.setattr(
+            "core.cancellation.Cancellation.settle_capture_requests",
+            lambda *args, **kwargs: (_ for _ in ()).throw(Died("settle")),
+        )
+        with pytest.raises(Exception):  # noqa: B017 - the pass reports it failed on the order
+            a_pass(world, clock)
+    with pytest.raises(InvalidTransition):
+        world.actions.deliver(order.id, first, actor="key_carrier")
+    assert world.order(order.id).hold.confirms_ships == [second]
+    clock.advance(**LATE)
+
+    a_pass(world, clock)
+
+    held = world.order(order.id)
+    assert held.status is OrderStatus.ON_HOLD and held.unfinished_ships() == [first]
+    assert [key for _, _, key in world.spy.refunded] == [payment_keys.refund(order.id, second)]
+    released = Holds(world.orders, clock).release(order.id, ReleaseRequest(note="the cap never left"), "key_ops")
+    assert released.reported_to_finish() == [first]
+    clock.advance(minutes=16)
+    assert kept_back_pass(world, clock).reported_finished == {order.id: [first]}
+    assert world.order(order.id).shipment(first).status is ShipmentStatus.DELIVERED
+    assert world.gateway.keys("capture").count(payment_keys.capture(order.id, first)) == 2  # died, then finished
