@@ -2147,6 +2147,28 @@ class Order(BaseModel, defer_build=True):
         marks = [_replaced(r, refused=True) if r is reported else r for r in self.reported_delivered]
         return self._bookkeeping(at=at, reported_delivered=marks)[0], entry
 
+    def refused_reports_from(self, history: list[HistoryEntry], *, at: datetime) -> Bookkeeping | None:
+        """The one-off upgrade of an order whose carrier's report of a marked parcel met the
+        gateway's refusal before the mark said so (ReportedDelivery.refused): each pending parcel
+        still marked (parcels_reported) whose `delivery_not_recorded` `history` holds is marked
+        refused, as note_delivery_not_recorded marks it in the same write now. That entry is the
+        refusal known: a person was called for it. One an earlier version recorded with none (the
+        refusal of a parcel a report shipped with another's, of a second parcel right after a
+        first's) may be a report's or an older ship's: not known, left unmarked, so the kept-back
+        pass asks its capture again and records the refusal that marks it (reported_to_finish).
+        None when nothing is marked. Bookkeeping, for infra.backfill_orders."""
+        marked = {r.shipment_id for r in self.reported_delivered if r.refused}
+        unmarked = [s for s in self.parcels_reported() if s not in marked]
+        noted = {
+            (entry.detail or {}).get("shipment_id") for entry in history
+            if entry.type is OrderEvent.DELIVERY_NOT_RECORDED
+        }  # fmt: skip
+        refused = [s for s in unmarked if s in noted]
+        if not refused:
+            return None
+        marks = [_replaced(r, refused=True) if r.shipment_id in refused else r for r in self.reported_delivered]
+        return self._bookkeeping(at=at, reported_delivered=marks)
+
     def parcels_reported(self) -> list[str]:
         """The pending parcels a carrier reported delivered whose ship is not recorded yet
         (reported_delivered): they left, so nothing may put their units back on sale."""
