@@ -17,14 +17,15 @@ from __future__ import annotations
 import pytest
 
 from core import payment_keys
-from core.errors import InvalidTransition
+from core.errors import InvalidTransition, PaymentRefused
 from core.events import OrderEvent
+from core.fulfillment import OrderActions
 from core.holds import Holds, ReleaseRequest
 from core.status import OrderStatus, ShipmentStatus
 from tests.unit.test_capture_sweep import LATE, STOCK, a_pass
 from tests.unit.test_delivery_write_off import PERSON, refused_delivery
 from tests.unit.test_jeopardy import Clock
-from tests.unit.test_reported_parcels_finished import kept_back_pass, marked_and_left
+from tests.unit.test_reported_parcels_finished import ACTOR, kept_back_pass, marked_and_left
 from tests.unit.world import Died, World, build_world, dies_before_recording
 
 
@@ -124,3 +125,32 @@ def test_the_sweep_leaves_a_marked_parcels_capture_request_on_an_order_held_for_
     assert kept_back_pass(world, clock).reported_finished == {order.id: [first]}
     assert world.order(order.id).shipment(first).status is ShipmentStatus.DELIVERED
     assert world.gateway.keys("capture").count(payment_keys.capture(order.id, first)) == 2  # died, then finished
+
+
+def test_a_parcel_written_off_between_the_passs_read_and_its_ship_is_no_failure_of_the_pass(world, clock, monkeypatch):
+    # Between the pass's read of the order and its ship of the marked parcel, the carrier's report
+    # sent again met the gateway's refusal and the person it called wrote the parcel off. Before:
+    # the pass's delivery of a cancelled parcel was its failure (ReconcilerErrorsAlarm, 'a
+    # shipment is delivered only after it has shipped') for a write-off the runbook asks for.
+    marked, shipment_id, _ = marked_and_left(world, clock, monkeypatch)
+    clock.advance(minutes=16)
+    real = OrderActions.deliver
+    raced: list[bool] = []
+
+    def deliver(self, order_id, parcel, actor, *args, **kwargs):
+        if actor == ACTOR and not raced:
+            raced.append(True)
+            world.gateway.script("capture", "refuse")
+            with pytest.raises(PaymentRefused):
+                real(self, order_id, parcel, "key_carrier")
+            world.gateway.script("capture", "approve")
+            world.actions.cancel(order_id, "capture refused: written off", actor=PERSON)
+        return real(self, order_id, parcel, actor, *args, **kwargs)
+
+    monkeypatch.setattr(OrderActions, "deliver", deliver)
+
+    done = kept_back_pass(world, clock)
+
+    assert raced and (done.failed, done.reported_finished, done.reported_given_up) == ({}, {}, {})
+    after = world.order(marked.id)
+    assert after.status is OrderStatus.CANCELLED and after.shipment(shipment_id).status is ShipmentStatus.CANCELLED
