@@ -2738,16 +2738,21 @@ class Order(BaseModel, defer_build=True):
         """The fields that send an allocated or backordered order back to be sourced: authorized,
         nothing allocated, its pending shipments gone (the workflow books new ones), where it held
         units kept (`held_before`). A held one stays on hold and is released to `authorized`, which
-        starts its workflow again."""
+        starts its workflow again. The marks of parcels a cancel wrote off (Order.written_off) go
+        with their shipments: one sourced again from the same location has the same id
+        (shipment_id_for), and would be taken for a parcel its carrier reported delivered (no other
+        mark can stand then: a marked parcel pending keeps the order from being sourced again,
+        check_parcels_kept)."""
         held_before = sorted({*self.held_before, *(a.location_id for a in self.allocations)})
+        marks: dict[str, Any] = {"reported_delivered": []} if self.reported_delivered else {}
         if self._held_with_stock():
             assert self.hold is not None
             return {"allocations": [], "shipments": [], "labels_due": [], "held_before": held_before,
-                    "hold": _replaced(self.hold, resume_to=OrderStatus.AUTHORIZED)}  # fmt: skip
+                    "hold": _replaced(self.hold, resume_to=OrderStatus.AUTHORIZED), **marks}  # fmt: skip
         if self.status not in RESOURCEABLE:
             return {}
         return {"to": OrderStatus.AUTHORIZED, "allocations": [], "shipments": [], "labels_due": [],
-                "held_before": held_before}  # fmt: skip
+                "held_before": held_before, **marks}  # fmt: skip
 
     def refundable(self, *, besides_return: str | None = None) -> Money:
         """What a refund may still give back: captured, less what is refunded or being refunded

@@ -154,3 +154,36 @@ def test_a_parcel_written_off_between_the_passs_read_and_its_ship_is_no_failure_
     assert raced and (done.failed, done.reported_finished, done.reported_given_up) == ({}, {}, {})
     after = world.order(marked.id)
     assert after.status is OrderStatus.CANCELLED and after.shipment(shipment_id).status is ShipmentStatus.CANCELLED
+
+
+def test_a_parcel_sourced_again_where_one_was_written_off_is_not_taken_for_the_written_off_one(clock, monkeypatch):
+    # A line split over two locations; the parcel from wh-east is written off, the other rejected by
+    # wh-west, and the order sourced again from wh-east (restocked). Before: the new parcel there
+    # had the written-off one's id (shipment_id_for) and inherited its mark: taken for a parcel its
+    # carrier had reported delivered (a reject or a cancel of it 409, a write-off of units still on
+    # the shelf let through), and its ship recorded it delivered at once, at the carrier's old time.
+    world = build_world([("TSHIRT", "wh-west", 2), ("TSHIRT", "wh-east", 2)], clock=clock)
+    order, written_off = refused_delivery(world, clock, monkeypatch, ("TSHIRT", 4))
+    parcel = world.order(order.id).shipment(written_off)
+    units = {item.line_id: item.quantity for item in parcel.lines}
+    world.actions.cancel(order.id, "capture refused: written off", actor=PERSON, lines=units, request_key="w1")
+    other = next(s.id for s in world.order(order.id).shipments if s.id != written_off)
+    world.inventory.set_on_hand("TSHIRT", parcel.location_id, 5, reason="count")
+    world.actions.reject(order.id, other, "no staff", actor="key_wh")
+    world.workflow.reserve_stock(order.id)
+    world.workflow.create_shipments(order.id)
+    clock.advance(hours=1)
+
+    again = world.order(order.id)
+    (new,) = again.shipments
+    assert (new.id, new.status, again.status) == (written_off, ShipmentStatus.PENDING, OrderStatus.ALLOCATED)
+    assert again.parcels_reported() == [] and again.reported_delivered == []
+
+    shipped = world.actions.ship(order.id, new.id, None, actor="key_wh")
+
+    parcel = shipped.shipment(new.id)
+    assert (shipped.status, parcel.status, parcel.shipped_at) == (
+        OrderStatus.SHIPPED,
+        ShipmentStatus.SHIPPED,
+        clock.now,
+    )
