@@ -6,42 +6,11 @@ marks the parcels whose history holds their `delivery_not_recorded`, and writes 
 
 from __future__ import annotations
 
-from typing import Any
-
-import pytest
-
-from core.fulfillment import OrderActions
 from core.models import Order, utc_now
 from core.status import ShipmentStatus
 from functions.adapters.dynamodb import DynamoOrders, backfill_refused_reports, index_attributes
 from tests.builders import place_order
-from tests.fakes import FakeLabels
-from tests.integration.test_reconciler import allocated_mugs
-
-
-def marked(services: Any, monkeypatch: pytest.MonkeyPatch, external_id: str) -> tuple[Order, str]:
-    """An allocated order whose ship died after the gateway captured, then whose carrier's report
-    died once it had marked the parcel: the order as stored, and the parcel."""
-    order = allocated_mugs(services, external_id, 2)
-    shipment_id = services.order_repository.get(order.id).shipments[0].id
-    real = DynamoOrders.update
-
-    def dies_recording_the_ship(self, new, expected, entries):
-        if entries and entries[0].type.value == "shipment_shipped":
-            raise RuntimeError("the ship's function died")
-        return real(self, new, expected, entries)
-
-    with monkeypatch.context() as patched:
-        patched.setattr(DynamoOrders, "update", dies_recording_the_ship)
-        with pytest.raises(RuntimeError):
-            services.actions.ship(order.id, shipment_id, None, actor="key_wh")
-    with monkeypatch.context() as patched:
-        patched.setattr(OrderActions, "ship", lambda *_, **__: (_ for _ in ()).throw(RuntimeError("died")))
-        with pytest.raises(RuntimeError):
-            services.actions.deliver(order.id, shipment_id, actor="key_carrier")
-    stored = services.order_repository.get(order.id)
-    assert stored.parcels_reported() == [shipment_id]
-    return stored, shipment_id
+from tests.integration.test_reported_parcel_late import marked_and_left
 
 
 def refused_the_old_way(orders: DynamoOrders, order: Order, shipment_id: str) -> Order:
@@ -61,15 +30,12 @@ def refused_the_old_way(orders: DynamoOrders, order: Order, shipment_id: str) ->
 def test_a_parcel_whose_delivery_was_not_recorded_before_marks_said_so_is_marked_and_can_be_written_off(
     aws, monkeypatch
 ):
-    from functions.bootstrap import Config, bootstrap
-
-    services = bootstrap(Config.from_env(), label_store=FakeLabels())
-    orders = services.order_repository
-    table = aws.tables["OrdersTable"]
-    old, shipment_id = marked(services, monkeypatch, "web-refused")
+    services, old = marked_and_left(aws, monkeypatch, "web-refused")
+    orders, table, (shipment_id,) = services.order_repository, aws.tables["OrdersTable"], [s.id for s in old.shipments]
     old = refused_the_old_way(orders, old, shipment_id)
-    died, other = marked(services, monkeypatch, "web-died")  # no refusal: the pass's to finish
-    typical = services.capture.place(place_order(external_id="t", lines=[{"sku": "MUG", "quantity": 1}]), actor="k")
+    _, died = marked_and_left(aws, monkeypatch, "web-died")  # no refusal: the pass's to finish
+    (other,) = [s.id for s in died.shipments]
+    typical = services.capture.place(place_order(external_id="t"), actor="k")
     assert index_attributes(old)["refund_key"] == {"S": "kept_back"}
 
     assert backfill_refused_reports(aws.dynamodb, table, page_size=1) == (1, 2)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import pytest
 
 from core import payment_keys
-from core.errors import InvalidTransition, PaymentRefused
+from core.errors import PaymentRefused
 from core.events import OrderEvent
 from core.fulfillment import OrderActions
 from core.holds import Holds, ReleaseRequest
@@ -25,7 +25,12 @@ from core.status import OrderStatus, ShipmentStatus
 from tests.unit.test_capture_sweep import LATE, STOCK, a_pass
 from tests.unit.test_delivery_write_off import PERSON, refused_delivery
 from tests.unit.test_jeopardy import Clock
-from tests.unit.test_reported_parcels_finished import ACTOR, kept_back_pass, marked_and_left
+from tests.unit.test_reported_parcels_finished import (
+    ACTOR,
+    first_reported_on_a_hold_for_both,
+    kept_back_pass,
+    marked_and_left,
+)
 from tests.unit.world import Died, World, build_world, dies_before_recording
 
 
@@ -94,24 +99,7 @@ def test_the_sweep_leaves_a_marked_parcels_capture_request_on_an_order_held_for_
     # settling them. The carrier reported the first (marked: the hold narrowed to the second).
     # Before: once the order was late on hold, the sweep refunded both captures, the first's too;
     # released, the first was captured again under a new key.
-    order = world.allocated(("TSHIRT", 2), ("CAP", 1))
-    first, second = [s.id for s in order.shipments]
-    for shipment_id in (first, second):
-        with monkeypatch.context() as patched:
-            dies_before_recording(world, patched, "shipment_shipped")
-            with pytest.raises(Died):
-                world.actions.ship(order.id, shipment_id, None, actor="key_wh")
-    clock.advance(**LATE)
-    with monkeypatch.context() as patched:
-        patched.setattr(
-            "core.cancellation.Cancellation.settle_capture_requests",
-            lambda *args, **kwargs: (_ for _ in ()).throw(Died("settle")),
-        )
-        with pytest.raises(Exception):  # noqa: B017 - the pass reports it failed on the order
-            a_pass(world, clock)
-    with pytest.raises(InvalidTransition):
-        world.actions.deliver(order.id, first, actor="key_carrier")
-    assert world.order(order.id).hold.confirms_ships == [second]
+    order, first, second = first_reported_on_a_hold_for_both(world, clock, monkeypatch)
     clock.advance(**LATE)
 
     a_pass(world, clock)
