@@ -2180,20 +2180,27 @@ class Order(BaseModel, defer_build=True):
         not recorded yet, for the reconciler's kept-back pass to finish (OrderActions.finish_reported:
         the report's function died after marking it, and nobody reports it again): none while the
         order is on hold (it ships once the hold ends: the release puts it back here) or closed,
-        nor one whose capture the gateway refused (`refused`: the report's refusal; `given_up`:
-        that pass's), left to a person (DeliveriesNotRecordedAlarm: they may take the money another
-        way, or write the parcel off), unless a capture asked for it stands again (unfinished_ships:
-        a person's ship of it died after asking; the gateway may have made it, and the ship's key
-        asked again answers it). Never any on the typical order (no mark)."""
+        nor one pending whose capture the gateway refused (`refused`: the report's refusal;
+        `given_up`: that pass's), left to a person (DeliveriesNotRecordedAlarm: they may take the
+        money another way, or write the parcel off), unless a capture asked for it stands again
+        (unfinished_ships: a person's ship of it died after asking; the gateway may have made it,
+        and the ship's key asked again answers it). One shipped is delivered whatever was refused
+        before (a person's ship that died before the delivery it records too: no gateway asked).
+        Never any on the typical order (no mark)."""
         if not self.reported_delivered or self.status is OrderStatus.ON_HOLD or self.status in TERMINAL:
             return []
         standing = set(self.unfinished_ships())
-        marked = {
+        refused = {
             r.shipment_id for r in self.reported_delivered
-            if not (r.given_up or r.refused) or r.shipment_id in standing
+            if (r.given_up or r.refused) and r.shipment_id not in standing
         }  # fmt: skip
-        unfinished = (ShipmentStatus.PENDING, ShipmentStatus.SHIPPED)
-        return [s.id for s in self.shipments if s.id in marked and s.status in unfinished]
+        marked = {r.shipment_id for r in self.reported_delivered}
+        return [
+            s.id for s in self.shipments
+            if s.id in marked and (
+                s.status is ShipmentStatus.SHIPPED or (s.status is ShipmentStatus.PENDING and s.id not in refused)
+            )
+        ]  # fmt: skip
 
     def give_up_reported(self, shipment_id: str, *, at: datetime) -> Bookkeeping:
         """The reconciler's kept-back pass met the gateway's refusal of the capture of the parcel

@@ -175,3 +175,29 @@ def test_a_parcel_sourced_again_where_one_was_written_off_is_not_taken_for_the_w
         ShipmentStatus.SHIPPED,
         clock.now,
     )
+
+
+def test_a_refused_parcel_a_persons_ship_shipped_and_died_before_delivering_is_delivered_by_the_pass(
+    world, clock, monkeypatch
+):
+    # The gateway willing again, a person's ship of the refused parcel was captured and recorded,
+    # then died before the delivery that ship records for a marked parcel. Before: the refusal kept
+    # it out of the pass (given up, or now refused), so the order stayed `shipped` for good.
+    order, shipment_id = refused_delivery(world, clock, monkeypatch, ("TSHIRT", 2))
+    arrived = order.reported(shipment_id).at
+    with monkeypatch.context() as patched:
+        dies_before_recording(world, patched, "shipment_delivered")
+        with pytest.raises(Died):
+            world.actions.ship(order.id, shipment_id, None, actor=PERSON)
+    shipped = world.order(order.id)
+    assert (shipped.status, shipped.reported_to_finish()) == (OrderStatus.SHIPPED, [shipment_id])
+    asked = len(world.gateway.calls)
+    clock.advance(minutes=16)
+
+    done = kept_back_pass(world, clock)
+
+    after = world.order(order.id)
+    assert done.reported_finished == {order.id: [shipment_id]} and len(world.gateway.calls) == asked
+    assert (after.status, after.shipment(shipment_id).delivered_at, after.reported_delivered) == (
+        OrderStatus.DELIVERED, arrived, [],
+    )  # fmt: skip
