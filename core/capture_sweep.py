@@ -68,7 +68,10 @@ class UnrecordedCaptureSweep:
     person to confirm whether the parcel left: released, a parcel that left is shipped again, under
     a new capture key. One a person held first keeps their hold, made a park that no hold expiry
     cancels (Order.park_for_unfinished_ships). An order that cannot be held (partly shipped already) is only settled and
-    reported (`unconfirmed`). A cancelled order's cancel is finished (refunded, then voided).
+    reported (`unconfirmed`). A cancelled order's cancel is finished (refunded, then voided). The
+    request of a parcel its carrier reported delivered is neither settled nor held for
+    (Order.captures_to_settle): the parcel left, and its ship finishes it under that request's key
+    (the reconciler's kept-back pass: Order.reported_to_finish).
 
     Given the orders to look at: those the jeopardy scan found late with such a request standing
     (Scanned.captures_left), so finding them costs the typical order nothing; or, by the reconciler

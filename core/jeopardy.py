@@ -22,7 +22,8 @@ of that range, so a pass reads on past them (up to `max_reads` per status, its r
 reach the expired ones behind them.
 
 A late order on which a capture its ship (or a cancel's settlement) asked the gateway for stands
-unrecorded (Order.captures_requested) is handed on unmarked (Scanned.captures_left): that request
+unrecorded (Order.captures_to_settle: not a parcel's its carrier reported delivered, which its
+ship finishes, so such an order is marked as any other) is handed on unmarked (Scanned.captures_left): that request
 died and nobody repeated it, since the order sat past its deadline, and the scheduled handler
 settles it (core/capture_sweep.py). Left unmarked, the order is found again by the next pass until
 it is settled (a pass that died before settling it, a gateway down for an order that cannot be
