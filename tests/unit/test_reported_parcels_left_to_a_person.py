@@ -23,6 +23,7 @@ from core.fulfillment import OrderActions
 from core.holds import Holds, ReleaseRequest
 from core.status import OrderStatus, ShipmentStatus
 from tests.unit.test_capture_sweep import LATE, STOCK, a_pass
+from tests.unit.test_delivery_reports import the_ship_dies
 from tests.unit.test_delivery_write_off import PERSON, refused_delivery
 from tests.unit.test_jeopardy import Clock
 from tests.unit.test_reported_parcels_finished import (
@@ -201,3 +202,30 @@ def test_a_refused_parcel_a_persons_ship_shipped_and_died_before_delivering_is_d
     assert (after.status, after.shipment(shipment_id).delivered_at, after.reported_delivered) == (
         OrderStatus.DELIVERED, arrived, [],
     )  # fmt: skip
+
+
+def test_an_order_marked_late_before_its_parcel_was_reported_stays_listed_late(world, clock, monkeypatch):
+    # Marked late (its warehouse slow), then its ship died after the gateway captured and the
+    # carrier's report died once it had marked the parcel. Before: the request standing unlisted it
+    # (a capture for the sweep to settle), and the scan, which leaves a marked parcel's request to
+    # the pass, never marked it again: late, and in no list nor count of late orders.
+    order = world.allocated(("TSHIRT", 2))
+    shipment_id = order.shipments[0].id
+    clock.advance(**LATE)
+    a_pass(world, clock)
+    assert world.order(order.id).listed_late
+    with monkeypatch.context() as patched:
+        dies_before_recording(world, patched, "shipment_shipped")
+        with pytest.raises(Died):
+            world.actions.ship(order.id, shipment_id, None, actor="key_wh")
+    assert not world.order(order.id).listed_late  # a capture for the sweep, should nobody finish it
+    with monkeypatch.context() as patched:
+        the_ship_dies(world, patched)
+        with pytest.raises(Died):
+            world.actions.deliver(order.id, shipment_id, actor="key_carrier")
+
+    marked = world.order(order.id)
+
+    assert marked.parcels_reported() == [shipment_id] and marked.unfinished_ships() == [shipment_id]
+    assert marked.listed_late and marked.jeopardy is not None
+    assert a_pass(world, clock).held == [] and world.order(order.id).version == marked.version
