@@ -826,11 +826,14 @@ class Cancellation:
         PaymentGatewayUnavailable while one cannot be settled now (each attempt in the history):
         what was settled stays settled, and the rest waits for the next attempt. Returns the order
         as it stands after. `written` gets each version this call's writes recorded a settlement in
-        (none when another caller settled them meanwhile)."""
-        if not order.captures_requested:
+        (none when another caller settled them meanwhile). The request of a parcel its carrier
+        reported delivered stands (Order.captures_to_settle): it left, and its ship finishes it
+        under the same key (nothing else reaches one: a reject, an edit or a cancel touching such a
+        parcel is refused first, Order.check_parcels_reported)."""
+        if not order.captures_to_settle():
             return order
         order = self._orders.get(order.id, consistent=True) or order
-        for request in list(order.captures_requested):
+        for request in order.captures_to_settle():
             if request.shipment_id is not None:
                 order = self._settle(order, request.shipment_id, actor, written)
                 continue

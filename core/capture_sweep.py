@@ -68,7 +68,10 @@ class UnrecordedCaptureSweep:
     person to confirm whether the parcel left: released, a parcel that left is shipped again, under
     a new capture key. One a person held first keeps their hold, made a park that no hold expiry
     cancels (Order.park_for_unfinished_ships). An order that cannot be held (partly shipped already) is only settled and
-    reported (`unconfirmed`). A cancelled order's cancel is finished (refunded, then voided).
+    reported (`unconfirmed`). A cancelled order's cancel is finished (refunded, then voided). The
+    request of a parcel its carrier reported delivered is neither settled nor held for
+    (Order.captures_to_settle): the parcel left, and its ship finishes it under that request's key
+    (the reconciler's kept-back pass: Order.reported_to_finish).
 
     Given the orders to look at: those the jeopardy scan found late with such a request standing
     (Scanned.captures_left), so finding them costs the typical order nothing; or, by the reconciler
@@ -155,7 +158,7 @@ class UnrecordedCaptureSweep:
             return None
         order, history = found
         if (
-            not order.captures_requested
+            not order.captures_to_settle()
             or order.last_changed >= requested_before
             or refund_refused_since(history, order.last_changed)
         ):
@@ -171,18 +174,18 @@ class UnrecordedCaptureSweep:
                 unfinished = _unfinished_ships(order)
                 if unfinished:
                     order = self._hold(order, unfinished, actor, done)
-                if order.payment.method in down or not order.captures_requested:
+                if order.payment.method in down or not order.captures_to_settle():
                     return None  # down; or, read again to hold it, settled by another pass meanwhile
                 order = self._cancellation.settle_capture_requests(order, actor, written=written)
         except PaymentGatewayUnavailable:
             down.add(order.payment.method)
             raise
-        if not written and not order.captures_requested:
+        if not written and not order.captures_to_settle():
             # Settled by another pass meanwhile, which reports the order: not counted twice.
             if not reported and order_id in done.unconfirmed:
                 done.unconfirmed.remove(order_id)
             return False
-        return bool(written) and not order.captures_requested
+        return bool(written) and not order.captures_to_settle()
 
     def _hold(self, order: Order, shipment_ids: list[str], actor: str, done: CapturesSettled) -> Order:
         """The order on hold for a person to confirm whether the parcels of `shipment_ids` left,
@@ -221,7 +224,9 @@ def _persons_hold(order: Order) -> bool:
 
 
 def _unfinished_ships(order: Order) -> list[str]:
-    return order.unfinished_ships()
+    """The parcels whose ships died after asking for their captures that the order is held for: not
+    one its carrier reported delivered (Order.captures_to_settle): it left."""
+    return [r.shipment_id for r in order.captures_to_settle() if r.shipment_id is not None and not r.withdrawn]
 
 
 def refund_refused_since(history: list[HistoryEntry], since: datetime) -> bool:

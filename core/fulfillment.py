@@ -598,8 +598,10 @@ class OrderActions:
         (deliver: `delivery_not_recorded`), then the parcel is given up (Order.give_up_reported:
         still marked, asked no more by the pass; a person's ship or the carrier's next report
         finishes it). PaymentGatewayUnavailable and NoPaymentPlugin are raised (nothing moved:
-        the next pass asks again), as anything else that refuses (an order held meanwhile).
-        Returns the order as it then is."""
+        the next pass asks again), as anything else that refuses while the parcel is still the
+        pass's; one the order, read again, no longer gives the pass (reported_to_finish: finished,
+        written off or refused by its carrier's report, or the order held, since the pass read it)
+        is not its failure. Returns the order as it then is."""
         for shipment_id in order.reported_to_finish():
             try:
                 self.deliver(order.id, shipment_id, actor)
@@ -607,6 +609,10 @@ class OrderActions:
                 raise
             except PaymentRefused:
                 modify(self._orders, order.id, _giving_up(shipment_id, self._clock()))
+            except InvalidTransition:
+                current = self._orders.get(order.id, consistent=True)
+                if current is not None and shipment_id in current.reported_to_finish():
+                    raise
         return self._orders.get(order.id, consistent=True) or order
 
     def release_owed_stock(self, order: Order) -> Order:
@@ -868,10 +874,16 @@ REPORT_SKEW = timedelta(minutes=5)
 
 def _giving_up(shipment_id: str, at: datetime) -> Callable[[Order], Any]:
     """The decision of OrderActions.finish_reported's write once a capture was refused: the parcel
-    given up, unless it was finished (or given up) meanwhile (a carrier's retry, a person's ship)."""
+    given up, unless it was finished (or written off, or given up) meanwhile (a carrier's retry, a
+    person's ship or cancel), or a capture asked for it stands again (a person's ship in flight).
+    Not judged on reported_to_finish: the refusal marked it `refused` (deliver) already."""
 
     def decide(current: Order):
-        if shipment_id not in current.reported_to_finish():
+        mark = current.reported(shipment_id)
+        if (
+            mark is None or mark.given_up or shipment_id not in current.parcels_reported()
+            or shipment_id in current.unfinished_ships()
+        ):  # fmt: skip
             return None
         return current.give_up_reported(shipment_id, at=at)
 

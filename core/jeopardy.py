@@ -22,7 +22,8 @@ of that range, so a pass reads on past them (up to `max_reads` per status, its r
 reach the expired ones behind them.
 
 A late order on which a capture its ship (or a cancel's settlement) asked the gateway for stands
-unrecorded (Order.captures_requested) is handed on unmarked (Scanned.captures_left): that request
+unrecorded (Order.captures_to_settle: not a parcel's its carrier reported delivered, which its
+ship finishes, so such an order is marked as any other) is handed on unmarked (Scanned.captures_left): that request
 died and nobody repeated it, since the order sat past its deadline, and the scheduled handler
 settles it (core/capture_sweep.py). Left unmarked, the order is found again by the next pass until
 it is settled (a pass that died before settling it, a gateway down for an order that cannot be
@@ -301,11 +302,11 @@ class JeopardyScan:
         unread = self._late.unmarked_since_before(S.PARTIALLY_SHIPPED, since_before, self._max_reads, unread=True)
         for order_id in _while(unread, time_up):
             order = self._orders.get(order_id)
-            if order is not None and order.status is S.PARTIALLY_SHIPPED and not order.captures_requested:
+            if order is not None and order.status is S.PARTIALLY_SHIPPED and not order.captures_to_settle():
                 self._note_read(order)
                 continue
             if (
-                order is not None and order.status is S.PARTIALLY_SHIPPED and order.captures_requested
+                order is not None and order.status is S.PARTIALLY_SHIPPED and order.captures_to_settle()
                 and order.last_changed <= now - self._captures_after
             ):  # fmt: skip
                 marked = self._mark_refund_refused(
@@ -344,16 +345,19 @@ class JeopardyScan:
             # concurrent scan, since the index was read. One whose capture request is young may
             # have its ship under way: the next pass judges it, that request recorded or over.
             # One marked already is read again once a ship of it asks its capture (the index leaves
-            # out its mark meanwhile): that ship may have died since, the money taken.
+            # out its mark meanwhile): that ship may have died since, the money taken. Not for the
+            # request of a parcel its carrier reported delivered: the kept-back pass finishes it, and
+            # the order is late like any other meanwhile (Order.captures_to_settle).
+            left = order.captures_to_settle()
             since = order.deadline_counts_from
             marked = (
-                order.status is status and (order.jeopardy is None or bool(order.captures_requested))
+                order.status is status and (order.jeopardy is None or bool(left))
                 and since is not None and since + deadline <= at
-                and not (order.captures_requested and order.last_changed > at - self._captures_after)
+                and not (left and order.last_changed > at - self._captures_after)
             )  # fmt: skip
             if not marked:
                 return None
-            if order.captures_requested:
+            if left:
                 if order.jeopardy is not None and order.jeopardy_for_refund and not order.jeopardy_on_deadline:
                     # Marked for a refused refund alone (the partly shipped pass, before OMS_SLA
                     # named the status): late on its own deadline too, the mark outlives the refund.
@@ -375,7 +379,7 @@ class JeopardyScan:
             return None  # it kept changing: the next pass judges it again
         if not marked:
             return None
-        if order.captures_requested:
+        if order.captures_to_settle():
             return self._mark_refund_refused(order_id, status, deadline, on_deadline=True) or order
         return order
 
@@ -396,7 +400,7 @@ class JeopardyScan:
         if found is None:
             return None
         seen, history = found
-        if seen.listed_late or not seen.captures_requested or not refund_refused_since(history, seen.last_changed):
+        if seen.listed_late or not seen.captures_to_settle() or not refund_refused_since(history, seen.last_changed):
             return None
         at = self._clock()
         marked = False

@@ -1926,21 +1926,23 @@ class Order(BaseModel, defer_build=True):
     @property
     def listed_late(self) -> bool:
         """Whether the order is listed late (GET /orders?jeopardy=true, counted for the alarm) and
-        so no candidate of the jeopardy scan: marked, with no capture a ship asked for standing, or
+        so no candidate of the jeopardy scan: marked, with no capture a ship asked for standing (but
+        a parcel's its carrier reported delivered, which its ship finishes: captures_to_settle), or
         marked with one standing whose refund the gateway refused (mark_jeopardy's
         `refund_refused`: a person settles it) and unchanged since (the mark its last change,
         `changed_before_mark` set: every other mark is made with no request standing, and a
         request asked after a mark is a change that drops it). A marked order whose ship asks a
         capture counts unmarked meanwhile, so the scan reads it again should that ship die with
         the money taken (core/jeopardy.py)."""
-        return self.jeopardy is not None and (not self.captures_requested or self.changed_before_mark is not None)
+        return self.jeopardy is not None and (not self.captures_to_settle() or self.changed_before_mark is not None)
 
     @property
     def read_by_scan(self) -> bool:
         """Whether the jeopardy scan's partly shipped pass may leave this order unread: it read it
         with no capture request standing (mark_read_by_scan), and none stands now (a ship that asks
-        one makes it a candidate again, should that ship die with the money taken)."""
-        return self.scan_read and not self.captures_requested
+        one makes it a candidate again, should that ship die with the money taken; but for a parcel
+        its carrier reported delivered: captures_to_settle)."""
+        return self.scan_read and not self.captures_to_settle()
 
     @property
     def edit_authorizations_left(self) -> bool:
@@ -2145,6 +2147,28 @@ class Order(BaseModel, defer_build=True):
         marks = [_replaced(r, refused=True) if r is reported else r for r in self.reported_delivered]
         return self._bookkeeping(at=at, reported_delivered=marks)[0], entry
 
+    def refused_reports_from(self, history: list[HistoryEntry], *, at: datetime) -> Bookkeeping | None:
+        """The one-off upgrade of an order whose carrier's report of a marked parcel met the
+        gateway's refusal before the mark said so (ReportedDelivery.refused): each pending parcel
+        still marked (parcels_reported) whose `delivery_not_recorded` `history` holds is marked
+        refused, as note_delivery_not_recorded marks it in the same write now. That entry is the
+        refusal known: a person was called for it. One an earlier version recorded with none (the
+        refusal of a parcel a report shipped with another's, of a second parcel right after a
+        first's) may be a report's or an older ship's: not known, left unmarked, so the kept-back
+        pass asks its capture again and records the refusal that marks it (reported_to_finish).
+        None when nothing is marked. Bookkeeping, for infra.backfill_orders."""
+        marked = {r.shipment_id for r in self.reported_delivered if r.refused}
+        unmarked = [s for s in self.parcels_reported() if s not in marked]
+        noted = {
+            (entry.detail or {}).get("shipment_id") for entry in history
+            if entry.type is OrderEvent.DELIVERY_NOT_RECORDED
+        }  # fmt: skip
+        refused = [s for s in unmarked if s in noted]
+        if not refused:
+            return None
+        marks = [_replaced(r, refused=True) if r.shipment_id in refused else r for r in self.reported_delivered]
+        return self._bookkeeping(at=at, reported_delivered=marks)
+
     def parcels_reported(self) -> list[str]:
         """The pending parcels a carrier reported delivered whose ship is not recorded yet
         (reported_delivered): they left, so nothing may put their units back on sale."""
@@ -2156,13 +2180,27 @@ class Order(BaseModel, defer_build=True):
         not recorded yet, for the reconciler's kept-back pass to finish (OrderActions.finish_reported:
         the report's function died after marking it, and nobody reports it again): none while the
         order is on hold (it ships once the hold ends: the release puts it back here) or closed,
-        nor one whose capture the gateway refused that pass (`given_up`: left to a person). Never
-        any on the typical order (no mark)."""
+        nor one pending whose capture the gateway refused (`refused`: the report's refusal;
+        `given_up`: that pass's), left to a person (DeliveriesNotRecordedAlarm: they may take the
+        money another way, or write the parcel off), unless a capture asked for it stands again
+        (unfinished_ships: a person's ship of it died after asking; the gateway may have made it,
+        and the ship's key asked again answers it). One shipped is delivered whatever was refused
+        before (a person's ship that died before the delivery it records too: no gateway asked).
+        Never any on the typical order (no mark)."""
         if not self.reported_delivered or self.status is OrderStatus.ON_HOLD or self.status in TERMINAL:
             return []
-        marked = {r.shipment_id for r in self.reported_delivered if not r.given_up}
-        unfinished = (ShipmentStatus.PENDING, ShipmentStatus.SHIPPED)
-        return [s.id for s in self.shipments if s.id in marked and s.status in unfinished]
+        standing = set(self.unfinished_ships())
+        refused = {
+            r.shipment_id for r in self.reported_delivered
+            if (r.given_up or r.refused) and r.shipment_id not in standing
+        }  # fmt: skip
+        marked = {r.shipment_id for r in self.reported_delivered}
+        return [
+            s.id for s in self.shipments
+            if s.id in marked and (
+                s.status is ShipmentStatus.SHIPPED or (s.status is ShipmentStatus.PENDING and s.id not in refused)
+            )
+        ]  # fmt: skip
 
     def give_up_reported(self, shipment_id: str, *, at: datetime) -> Bookkeeping:
         """The reconciler's kept-back pass met the gateway's refusal of the capture of the parcel
@@ -2251,6 +2289,18 @@ class Order(BaseModel, defer_build=True):
         recorded, and not taken back by a change the ship would have lost to (that ship answered
         409)."""
         return [r.shipment_id for r in self.captures_requested if r.shipment_id is not None and not r.withdrawn]
+
+    def captures_to_settle(self) -> list[CaptureRequest]:
+        """The capture requests (captures_requested) the capture sweep settles on an order nobody
+        ships again, and the jeopardy scan hands on for it: all but those of parcels a carrier
+        reported delivered (parcels_reported). Those left: their ships finish them under the same
+        key (the report sent again, a person's ship, the reconciler's kept-back pass:
+        reported_to_finish), never a refund and a hold for a person to confirm what the carrier said.
+        All of them on the typical order (no mark)."""
+        if not self.reported_delivered:
+            return self.captures_requested
+        reported = set(self.parcels_reported())
+        return [r for r in self.captures_requested if r.shipment_id not in reported]
 
     def pickup_deadline(self) -> datetime | None:
         """The earliest `collect_by` of a pickup waiting at its store; None while none waits, or
@@ -2695,16 +2745,21 @@ class Order(BaseModel, defer_build=True):
         """The fields that send an allocated or backordered order back to be sourced: authorized,
         nothing allocated, its pending shipments gone (the workflow books new ones), where it held
         units kept (`held_before`). A held one stays on hold and is released to `authorized`, which
-        starts its workflow again."""
+        starts its workflow again. The marks of parcels a cancel wrote off (Order.written_off) go
+        with their shipments: one sourced again from the same location has the same id
+        (shipment_id_for), and would be taken for a parcel its carrier reported delivered (no other
+        mark can stand then: a marked parcel pending keeps the order from being sourced again,
+        check_parcels_kept)."""
         held_before = sorted({*self.held_before, *(a.location_id for a in self.allocations)})
+        marks: dict[str, Any] = {"reported_delivered": []} if self.reported_delivered else {}
         if self._held_with_stock():
             assert self.hold is not None
             return {"allocations": [], "shipments": [], "labels_due": [], "held_before": held_before,
-                    "hold": _replaced(self.hold, resume_to=OrderStatus.AUTHORIZED)}  # fmt: skip
+                    "hold": _replaced(self.hold, resume_to=OrderStatus.AUTHORIZED), **marks}  # fmt: skip
         if self.status not in RESOURCEABLE:
             return {}
         return {"to": OrderStatus.AUTHORIZED, "allocations": [], "shipments": [], "labels_due": [],
-                "held_before": held_before}  # fmt: skip
+                "held_before": held_before, **marks}  # fmt: skip
 
     def refundable(self, *, besides_return: str | None = None) -> Money:
         """What a refund may still give back: captured, less what is refunded or being refunded
@@ -3525,7 +3580,7 @@ class Order(BaseModel, defer_build=True):
         capture request standing: it need not read it again until a ship asks one (read_by_scan).
         Bookkeeping that keeps when the order last changed (`changed_before_mark`, as a mark does),
         so the reconciler and the capture sweep judge it as before."""
-        if self.status is not OrderStatus.PARTIALLY_SHIPPED or self.captures_requested or self.scan_read:
+        if self.status is not OrderStatus.PARTIALLY_SHIPPED or self.captures_to_settle() or self.scan_read:
             raise InvalidTransition(f"order {self.id} is no partly shipped order to note read, or noted already")
         new = _replaced(
             self, scan_read=True, version=self.version + 1, updated_at=at, changed_before_mark=self.last_changed,

@@ -11,7 +11,9 @@ own void owed (README, "Cancelled orders whose void failed before it was owed"),
 deploying a version whose reconciler refunds what returns kept back (README, "What returns kept
 back before the reconciler refunded it": the index attributes' step gives those orders their keys),
 and once after deploying a version whose hold expiry reads holds by when they began and never
-expires a park (README, "Holds by when they began, and parks"); a second run writes nothing. With
+expires a park (README, "Holds by when they began, and parks"), and once after deploying a version
+that marks a parcel whose report's capture the gateway refused (README, "Parcels whose delivery was
+not recorded before it marked them"); a second run writes nothing. With
 `--returns-table <the ReturnsTable's name>`, also once after deploying a version whose reconciler
 finds received returns through the sparse by_receipt index (README, "Returns received before the
 by_receipt index"), and once after deploying a version whose gateway answers record the returns
@@ -37,6 +39,7 @@ def main() -> None:
         backfill_own_voids_owed,
         backfill_parks,
         backfill_receipt_keys,
+        backfill_refused_reports,
         backfill_returns_to_show,
     )
 
@@ -45,6 +48,9 @@ def main() -> None:
     # still unmarked then would be the expiry's until this step took it out again.
     written, already = backfill_parks(client, args.table)
     print(f"{written} parked orders marked as parks, {already} already right")
+    # Before the index step too: a parcel marked refused leaves the kept-back pass's partition.
+    written, already = backfill_refused_reports(client, args.table)
+    print(f"{written} orders' refused delivery reports marked, {already} already right")
     written, already = backfill_index_attributes(client, args.table)
     print(f"{written} orders written, {already} already right")
     written, already = backfill_credit_holds(client, args.table)

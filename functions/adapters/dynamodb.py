@@ -1280,6 +1280,24 @@ def backfill_parks(client: Any, table: str, page_size: int = 500, attempts: int 
     )  # fmt: skip
 
 
+def backfill_refused_reports(client: Any, table: str, page_size: int = 500, attempts: int = 5) -> tuple[int, int]:
+    """The one-off upgrade of orders whose carrier's report of a marked parcel (Order.reported_delivered)
+    met the gateway's refusal before the mark said so (ReportedDelivery.refused): each order with a
+    pending parcel marked and not refused is read again with its history and marked refused where
+    its `delivery_not_recorded` names the parcel (Order.refused_reports_from), so a person's cancel
+    may write it off and the kept-back pass asks its capture no more (_upgraded_from_history);
+    returns (orders marked, orders already right)."""
+
+    def needs(order: Order) -> bool:
+        refused = {r.shipment_id for r in order.reported_delivered if r.refused}
+        return any(s not in refused for s in order.parcels_reported())
+
+    return _upgraded_from_history(
+        client, table, page_size, attempts, needs=needs,
+        change=lambda order, history: order.refused_reports_from(history, at=utc_now()),
+    )  # fmt: skip
+
+
 def backfill_returns_to_show(
     client: Any, table: str, returns_table: str, page_size: int = 500, attempts: int = 5
 ) -> tuple[int, int]:

@@ -143,6 +143,7 @@ def test_the_backfill_command_reports_what_it_wrote(aws, capture, monkeypatch, c
 
     assert capsys.readouterr().out == (
         "0 parked orders marked as parks, 1 already right\n"
+        "0 orders' refused delivery reports marked, 1 already right\n"
         "1 orders written, 0 already right\n0 orders given their exchanges' credit holds, 1 already right\n"
         "0 cancelled orders marked as owing their own void, 1 already right\n"
     )

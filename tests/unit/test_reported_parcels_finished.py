@@ -26,7 +26,7 @@ from tests.unit.test_capture_sweep import LATE, STOCK, a_pass, a_ship_that_died
 from tests.unit.test_delivery_reports import held_for_parcels, the_ship_dies
 from tests.unit.test_jeopardy import Clock
 from tests.unit.test_kept_back_sweep import InMemoryKeptBackRefunds
-from tests.unit.world import Died, World, build_world
+from tests.unit.world import Died, World, build_world, dies_before_recording
 
 ACTOR = "reconciler"
 AFTER = timedelta(minutes=15)
@@ -202,17 +202,14 @@ def test_a_person_cannot_put_an_order_with_a_marked_parcel_on_hold(world, clock,
     assert world.order(marked.id).version == marked.version
 
 
-def test_a_persons_release_leaves_no_hold_for_a_parcel_its_carrier_reported(world, clock, monkeypatch):
-    # A hold naming two parcels whose ships died, held before the scan's pass settled their
-    # captures (it died after the hold): both requests stand. The carrier reports the first (marked,
-    # the hold narrowed to the second); the person releases the second. Before: the release held the
-    # order again, for a person to confirm the first, which its carrier had seen delivered.
+def first_reported_on_a_hold_for_both(world: World, clock: Clock, monkeypatch: pytest.MonkeyPatch):
+    """An order of two parcels whose ships died, held for both before the scan's pass settled their
+    captures (it died after the hold): both requests stand. The carrier then reported the first
+    (marked, the hold narrowed to the second). The order, and the two shipments."""
     order = world.allocated(("TSHIRT", 2), ("CAP", 1))
     shipment_ids = [s.id for s in order.shipments]
     for shipment_id in shipment_ids:
         with monkeypatch.context() as patched:
-            from tests.unit.world import dies_before_recording
-
             dies_before_recording(world, patched, "shipment_shipped")
             with pytest.raises(Died):
                 world.actions.ship(order.id, shipment_id, None, actor="key_wh")
@@ -230,6 +227,13 @@ def test_a_persons_release_leaves_no_hold_for_a_parcel_its_carrier_reported(worl
     with pytest.raises(InvalidTransition):
         world.actions.deliver(order.id, first, actor="key_carrier")
     assert world.order(order.id).hold.confirms_ships == [second]
+    return order, first, second
+
+
+def test_a_persons_release_leaves_no_hold_for_a_parcel_its_carrier_reported(world, clock, monkeypatch):
+    # The person releases the second parcel's hold. Before: the release held the order again, for
+    # a person to confirm the first, which its carrier had seen delivered.
+    order, first, _ = first_reported_on_a_hold_for_both(world, clock, monkeypatch)
 
     released = Holds(world.orders, clock).release(order.id, ReleaseRequest(note="the cap never left"), "key_ops")
 
