@@ -661,20 +661,23 @@ class Cancellation:
             while payment_keys.renewal(current.id, lapsed, before) in refused:
                 before += 1
             spent = lapsed in current.spent_authorizations and not current.authorization_old(valid_for, at)
+            amount = current.request_renewal(at=at)[0].renewal_amount if before else None
             if before and repeats is None:
                 # A renewal for a refused capture is asked once: its decline answers until it is old.
                 old_at = (current.authorized_at or current.created_at) + valid_for if spent else None
-                amount = current.request_renewal(at=at)[0].renewal_amount
                 standing.extend(_decline_standing(entries, current, lapsed, before, actor, amount, at, old_at))
                 if standing:
                     return None  # answered with the decline: nothing asked, nothing written
-            if before and spent:
-                before -= 1  # a renewal for a refused capture is asked once: declined, under that key again
+            last = payment_keys.renewal(current.id, lapsed, before - 1) if before else None
+            if spent and last is not None and _declined_amount(entries, last) == _dumped(amount):
+                # A renewal for a refused capture is asked once: declined, under that key again, for
+                # what it asked (a gateway answers a key with its first answer); for another amount
+                # (units cancelled since), under a new key.
+                before -= 1
             elif before and repeats is not None:
                 # A settlement's caller asking again what it was declined (a carrier's report on a
                 # loop): under that key again, its decline not recorded again (refusal_noted_once).
-                renewal = current.request_renewal(at=at, declined_before=before)[0]
-                before = _declined_in_run(entries, current.id, lapsed, before, actor, renewal.renewal_amount)
+                before = _declined_in_run(entries, current.id, lapsed, before, actor, amount)
             return current.request_renewal(at=at, declined_before=before)
 
         order = modify(self._orders, order.id, requested)
@@ -1021,12 +1024,26 @@ def _declined_in_run(
     made each led to, and a carrier's delivery_not_recorded, stepped over): that one's key is asked
     again. `before` (a new key) when the run holds none of the actor's, or anything else happened."""
     keys = {payment_keys.renewal(order_id, lapsed, n): n for n in range(before)}
-    asked = amount.model_dump(mode="json") if amount is not None else None
+    asked = _dumped(amount)
     for entry in _trailing_declines(history):
         detail = entry.detail or {}
         if entry.actor == actor and detail.get("authorization_key") in keys:
             return keys[detail["authorization_key"]] if detail.get("amount") == asked else before
     return before
+
+
+def _declined_amount(history: list[HistoryEntry], key: str) -> dict | None:
+    """The amount (as the history keeps it) the gateway last declined to authorize under `key`."""
+    return next(
+        ((entry.detail or {}).get("amount") for entry in reversed(history)
+         if entry.type is OrderEvent.PAYMENT_AUTHORIZATION_FAILED and (entry.detail or {}).get("kind") == "refused"
+         and (entry.detail or {}).get("authorization_key") == key),
+        None,
+    )  # fmt: skip
+
+
+def _dumped(amount: Money | None) -> dict | None:
+    return amount.model_dump(mode="json") if amount is not None else None
 
 
 def _renewal_declined(order: Order, lapsed: str, message: str, **details: str) -> PaymentRefused:
@@ -1053,7 +1070,7 @@ def _decline_standing(
     a capture), for another amount, or once that time is up (under a new key:
     payment_keys.renewal). `before`: the renewals of `lapsed` declined so far."""
     keys = {payment_keys.renewal(order.id, lapsed, n) for n in range(before)}
-    asked = amount.model_dump(mode="json") if amount is not None else None
+    asked = _dumped(amount)
     declines = [
         entry for entry in _trailing_declines(history)
         if entry.actor == actor and (entry.detail or {}).get("authorization_key") in keys
