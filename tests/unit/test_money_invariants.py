@@ -21,6 +21,7 @@ from hypothesis.stateful import (
 )
 
 from core import hookimpl
+from core.errors import PaymentRefused
 from core.models import Order
 from core.money import Money, quantum
 from core.pricing_types import PricingDraft, ShippingQuote
@@ -29,6 +30,7 @@ from core.status import OrderStatus, ShipmentStatus
 from plugins import test_payments
 from tests.builders import product
 from tests.stateful import at_length, in_make_test, steps_drawn
+from tests.unit.test_jeopardy import Clock
 from tests.unit.world import World, build_world
 
 S = OrderStatus
@@ -66,10 +68,12 @@ class OrderMoney(RuleBasedStateMachine):
     def place(self, currency: str, quantities: list[int], skus: list[str]) -> None:
         # Every example places the same order ids: the `test` gateway starts clean, as each test does.
         test_payments.forget()
+        self.clock = Clock()
         # MUG only in the west, CAP only in the east, PEN in both: orders split into parcels.
         self.world = build_world(
             [("MUG", "wh-west", 50), ("CAP", "wh-east", 50), ("PEN", "wh-east", 50), ("PEN", "wh-west", 2)],
             PerUnitShipping(),
+            clock=self.clock,
         )
         for sku, price in zip(SKUS, PRICES[currency], strict=True):
             self.world.catalog.put_product(product(sku, price, currency=currency))
@@ -77,6 +81,7 @@ class OrderMoney(RuleBasedStateMachine):
         self.order_id = self.world.allocated(*lines, currency=currency, shipping_method="per_unit").id
         self.returned = {}
         self.count = 0
+        self.declined = False  # the warehouse's last ship was refused: a repeat may be answered so
 
     @property
     def order(self) -> Order:
@@ -88,10 +93,29 @@ class OrderMoney(RuleBasedStateMachine):
 
     # --- Before everything shipped ------------------------------------------------------------
     @precondition(lambda self: _pending(self.order))
-    @rule(data=st.data())
-    def ship(self, data: st.DataObject) -> None:
+    @rule(data=st.data(), refused=st.sampled_from([None, None, "capture", "authorize"]))
+    def ship(self, data: st.DataObject, refused: str | None) -> None:
+        """The gateway may refuse this ship's capture (the authorization is then renewed by the next
+        ship) or decline the renewal it asks first (none asked on a young authorization)."""
         shipment_id = data.draw(st.sampled_from(_pending(self.order)))
-        self.world.actions.ship(self.order_id, shipment_id, None, actor="key_wh")
+        if refused is not None:
+            self.world.gateway.script(refused, "refuse", "approve")
+        try:
+            self.world.actions.ship(self.order_id, shipment_id, None, actor="key_wh")
+        except PaymentRefused:
+            assert refused is not None or self.declined, "refused with nothing refused"
+            self.declined = True
+        else:
+            self.declined = False
+        finally:
+            self.world.gateway.script("capture", "approve")
+            self.world.gateway.script("authorize", "approve")
+
+    @rule()
+    def a_week_passes(self) -> None:
+        """The authorization grows old: the next capture renews it first."""
+        self.clock.advance(days=8)
+        self.declined = False  # a decline answers the warehouse's repeats for a day, then it asks again
 
     @precondition(lambda self: _pending(self.order))
     @rule(data=st.data())
