@@ -632,8 +632,12 @@ class Cancellation:
         new key (counting the declines: the gateway answers a key it has seen with that decline);
         but a renewal of one a capture was refused on or given back (`spent_authorizations`), not
         old yet, is asked once, as Order.refusal_renewal is: declined, it is asked again under the
-        key it was declined under, whose decline repeated is not recorded again (refusal_noted_once),
-        so a ship repeated on a loop asks the card for no more authorizations and adds no entries.
+        key it was declined under (for the amount it was declined: another is a new key), whose
+        decline repeated is not recorded again (refusal_noted_once), so a ship repeated on a loop
+        asks the card for no more authorizations and adds no entries. A ship or collect repeated by
+        the caller a renewal was declined for is answered with that decline (_decline_standing),
+        nothing asked or written, for a day (doubled for each decline of its own in a row), or
+        until it is old for a renewal asked once.
         What a renewal gets that the order can no longer record (a concurrent edit authorized it
         again, a cancel settled the request) is voided at once. `repeats` (a settlement's:
         renewed_for_settlement): a decline is matched past the settlement's capture not made each
