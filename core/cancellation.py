@@ -35,6 +35,12 @@ logger = logging.getLogger(__name__)
 # OMS_AUTHORIZATION_VALID_DAYS: how long a gateway keeps an authorization (Stripe 7 days, card
 # schemes 5 to 30); one at least this old is authorized again before a capture (renewed_if_lapsed).
 AUTHORIZATION_VALID_FOR = timedelta(days=7)
+# How long a renewal the gateway declined answers the same caller's repeats from the history
+# (_decline_standing), each further decline of theirs in a row twice as long: a block the issuer
+# lifts is usually lifted within a day, and card schemes penalise a merchant that asks a declined
+# card again and again (Visa: at most 15 reattempts in 30 days), which a warehouse system retrying
+# its ship every minute would.
+DECLINED_RENEWAL_STANDS_FOR = timedelta(days=1)
 
 
 def holding_locations(order: Order, network: list[Location]) -> list[str]:
@@ -626,8 +632,12 @@ class Cancellation:
         new key (counting the declines: the gateway answers a key it has seen with that decline);
         but a renewal of one a capture was refused on or given back (`spent_authorizations`), not
         old yet, is asked once, as Order.refusal_renewal is: declined, it is asked again under the
-        key it was declined under, whose decline repeated is not recorded again (refusal_noted_once),
-        so a ship repeated on a loop asks the card for no more authorizations and adds no entries.
+        key it was declined under (for the amount it was declined: another is a new key), whose
+        decline repeated is not recorded again (refusal_noted_once), so a ship repeated on a loop
+        asks the card for no more authorizations and adds no entries. A ship or collect repeated by
+        the caller a renewal was declined for is answered with that decline (_decline_standing),
+        nothing asked or written, for a day (doubled for each decline of its own in a row), or
+        until it is old for a renewal asked once.
         What a renewal gets that the order can no longer record (a concurrent edit authorized it
         again, a cancel settled the request) is voided at once. `repeats` (a settlement's:
         renewed_for_settlement): a decline is matched past the settlement's capture not made each
@@ -642,7 +652,10 @@ class Cancellation:
         refused = _declined_keys(entries)
         valid_for = self._authorization_valid_for
 
+        standing: list[PaymentRefused] = []  # the decline that answers this ask (the last decide's)
+
         def requested(current: Order):
+            standing.clear()
             if current.renewing_authorization is not None:
                 return None  # a ship that died (or one in flight) asked: asked again under its key
             if not current.authorization_lapsed(self._authorization_valid_for, at):
@@ -652,16 +665,28 @@ class Cancellation:
             while payment_keys.renewal(current.id, lapsed, before) in refused:
                 before += 1
             spent = lapsed in current.spent_authorizations and not current.authorization_old(valid_for, at)
-            if before and spent:
-                before -= 1  # a renewal for a refused capture is asked once: declined, under that key again
+            amount = current.request_renewal(at=at)[0].renewal_amount if before else None
+            if before and repeats is None:
+                # A renewal for a refused capture is asked once: its decline answers until it is old.
+                old_at = (current.authorized_at or current.created_at) + valid_for if spent else None
+                standing.extend(_decline_standing(entries, current, lapsed, before, actor, amount, at, old_at))
+                if standing:
+                    return None  # answered with the decline: nothing asked, nothing written
+            last = payment_keys.renewal(current.id, lapsed, before - 1) if before else None
+            if spent and last is not None and _declined_amount(entries, last) == _dumped(amount):
+                # A renewal for a refused capture is asked once: declined, under that key again, for
+                # what it asked (a gateway answers a key with its first answer); for another amount
+                # (units cancelled since), under a new key.
+                before -= 1
             elif before and repeats is not None:
                 # A settlement's caller asking again what it was declined (a carrier's report on a
                 # loop): under that key again, its decline not recorded again (refusal_noted_once).
-                renewal = current.request_renewal(at=at, declined_before=before)[0]
-                before = _declined_in_run(entries, current.id, lapsed, before, actor, renewal.renewal_amount)
+                before = _declined_in_run(entries, current.id, lapsed, before, actor, amount)
             return current.request_renewal(at=at, declined_before=before)
 
         order = modify(self._orders, order.id, requested)
+        if standing:
+            raise standing[0]
         lapsed = order.renewing_authorization
         found = self._orders.get_with_token(order.id, consistent=True) if lapsed is not None else None
         if lapsed is None or found is None or found[0].renewing_authorization != lapsed:
@@ -684,9 +709,7 @@ class Cancellation:
                 self._orders, order.id,
                 lambda current: current.drop_renewal(at=dropped) if current.renewing_authorization == lapsed else None,
             )  # fmt: skip
-            why = ("a capture on the authorization was refused" if lapsed in order.spent_authorizations
-                   else "the authorization had grown old")  # fmt: skip
-            raise PaymentRefused("capture", f"{why} and the gateway declined it again: {declined.message}") from None
+            raise _renewal_declined(order, lapsed, declined.message) from None
         at = self._clock()
 
         def recorded(current: Order):
@@ -1008,16 +1031,79 @@ def _declined_in_run(
     made each led to, and a carrier's delivery_not_recorded, stepped over): that one's key is asked
     again. `before` (a new key) when the run holds none of the actor's, or anything else happened."""
     keys = {payment_keys.renewal(order_id, lapsed, n): n for n in range(before)}
-    asked = amount.model_dump(mode="json") if amount is not None else None
-    for entry in reversed(history):
+    asked = _dumped(amount)
+    for entry in _trailing_declines(history):
         detail = entry.detail or {}
-        if entry.type is OrderEvent.DELIVERY_NOT_RECORDED or _settlement_not_made(entry):
-            continue
-        if entry.type is not OrderEvent.PAYMENT_AUTHORIZATION_FAILED or detail.get("kind") != "refused":
-            break
         if entry.actor == actor and detail.get("authorization_key") in keys:
             return keys[detail["authorization_key"]] if detail.get("amount") == asked else before
     return before
+
+
+def _declined_amount(history: list[HistoryEntry], key: str) -> dict | None:
+    """The amount (as the history keeps it) the gateway last declined to authorize under `key`."""
+    return next(
+        ((entry.detail or {}).get("amount") for entry in reversed(history)
+         if entry.type is OrderEvent.PAYMENT_AUTHORIZATION_FAILED and (entry.detail or {}).get("kind") == "refused"
+         and (entry.detail or {}).get("authorization_key") == key),
+        None,
+    )  # fmt: skip
+
+
+def _dumped(amount: Money | None) -> dict | None:
+    return amount.model_dump(mode="json") if amount is not None else None
+
+
+def _renewal_declined(order: Order, lapsed: str, message: str, **details: str) -> PaymentRefused:
+    """What a ship or collect whose renewal of `lapsed` the gateway declined (`message`) raises:
+    502 `payment_gateway_error`, as a refused capture (`details`: when it is asked again)."""
+    spent = lapsed in order.spent_authorizations
+    why = "a capture on the authorization was refused" if spent else "the authorization had grown old"
+    refused = f"{why} and the gateway declined it again: {message}"
+    return PaymentRefused("capture", refused, details=[{"operation": "authorize", **details}] if details else None)
+
+
+def _decline_standing(
+    history: list[HistoryEntry], order: Order, lapsed: str, before: int, actor: str, amount: Money | None,
+    now: datetime, until: datetime | None = None,
+) -> list[PaymentRefused]:  # fmt: skip
+    """The decline that answers `actor`'s ship or collect asking again for the renewal of `lapsed`
+    (of `amount`), without asking the gateway or writing anything: the one it was last given, of
+    the same amount, in the run of declined renewals the history ends with (a carrier's
+    delivery_not_recorded and a settlement's capture not made stepped over), while it is younger
+    than DECLINED_RENEWAL_STANDS_FOR, doubled for each decline of the actor's before it in the run
+    (or `now` is before `until`: a renewal for a refused capture, asked once, until the
+    authorization is old). None (an empty list) when the gateway is asked: by another caller (once
+    each), after anything else was written (a person's hold and release, an edit, a jeopardy mark,
+    a capture), for another amount, or once that time is up (under a new key:
+    payment_keys.renewal). `before`: the renewals of `lapsed` declined so far."""
+    keys = {payment_keys.renewal(order.id, lapsed, n) for n in range(before)}
+    asked = _dumped(amount)
+    declines = [
+        entry for entry in _trailing_declines(history)
+        if entry.actor == actor and (entry.detail or {}).get("authorization_key") in keys
+    ]  # fmt: skip
+    if not declines or declines[0].detail.get("amount") != asked:
+        return []
+    last = declines[0]
+    until = until or last.at + DECLINED_RENEWAL_STANDS_FOR * 2 ** (len(declines) - 1)
+    if now >= until:
+        return []
+    message = str(last.detail.get("message") or "the payment was declined")
+    return [_renewal_declined(order, lapsed, message, declined_at=last.at.isoformat(),
+                              asked_again_after=until.isoformat())]  # fmt: skip
+
+
+def _trailing_declines(history: list[HistoryEntry]) -> list[HistoryEntry]:
+    """The declined authorizations the history ends with, newest first (a carrier's
+    delivery_not_recorded and a settlement's capture not made stepped over)."""
+    run: list[HistoryEntry] = []
+    for entry in reversed(history):
+        if entry.type is OrderEvent.DELIVERY_NOT_RECORDED or _settlement_not_made(entry):
+            continue
+        if entry.type is not OrderEvent.PAYMENT_AUTHORIZATION_FAILED or (entry.detail or {}).get("kind") != "refused":
+            break
+        run.append(entry)
+    return run
 
 
 def own_authorization_keys(order: Order) -> list[str]:

@@ -261,6 +261,44 @@ def test_a_renewal_the_gateway_declines_answers_502_and_ships_nothing(aws):
     assert [h.type for h in history] == ["created", "payment_authorization_failed"]
 
 
+class CountedRenewalDeclines(RenewalDeclined):
+    """RenewalDeclined, keeping the keys it was asked under."""
+
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+
+    @hookimpl(tryfirst=True)
+    def oms_payment_authorize(self, idempotency_key):
+        self.keys.append(idempotency_key)
+        return super().oms_payment_authorize(idempotency_key)
+
+
+def test_a_ship_repeated_after_its_renewal_was_declined_answers_the_decline_without_asking_the_gateway(aws):
+    from functions.api.app import lambda_handler
+    from functions.api.dependencies import container
+
+    an_allocated_order(aws, authorized_days_ago=8)
+    plugins = container().plugins
+    plugins.register(declined := CountedRenewalDeclines())
+    try:
+        first = lambda_handler(ship_event(ORDER_ID, SHIPMENT_ID), Context())
+        repeats = [lambda_handler(ship_event(ORDER_ID, SHIPMENT_ID), Context()) for _ in range(3)]
+    finally:
+        plugins.unregister(declined)
+
+    assert len(declined.keys) == 1  # the card was asked once
+    history = container().orders.history(ORDER_ID)
+    assert [h.type for h in history] == ["created", "payment_authorization_failed"]
+    for response in repeats:
+        body = json.loads(response["body"])
+        assert response["statusCode"] == 502, body
+        assert body["error"]["code"] == "payment_gateway_error"
+        assert body["error"]["message"] == json.loads(first["body"])["error"]["message"]
+        (detail,) = body["error"]["details"]
+        assert detail == {"operation": "authorize", "declined_at": history[1].at.isoformat(),
+                          "asked_again_after": (history[1].at + timedelta(days=1)).isoformat()}  # fmt: skip
+
+
 class VoidPluginRemoved:
     """No payment plugin answers a void any more: the plugin of the order's method was removed."""
 

@@ -6,6 +6,8 @@ on every run of `make test`, random ones at length in `make fuzz` (tests/statefu
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from decimal import Decimal
 
 import pytest
@@ -21,6 +23,7 @@ from hypothesis.stateful import (
 )
 
 from core import hookimpl
+from core.errors import PaymentRefused
 from core.models import Order
 from core.money import Money, quantum
 from core.pricing_types import PricingDraft, ShippingQuote
@@ -29,6 +32,7 @@ from core.status import OrderStatus, ShipmentStatus
 from plugins import test_payments
 from tests.builders import product
 from tests.stateful import at_length, in_make_test, steps_drawn
+from tests.unit.test_jeopardy import Clock
 from tests.unit.world import World, build_world
 
 S = OrderStatus
@@ -52,6 +56,20 @@ def _pending(order: Order) -> list[str]:
     return [s.id for s in order.shipments if s.status is ShipmentStatus.PENDING]
 
 
+def _settlement_not_made(history: list) -> Money | None:
+    """What the settlement capture the history last recorded as not made asked, unless a
+    settlement capture was recorded after it."""
+    for entry in reversed(history):
+        detail = entry.detail or {}
+        if detail.get("shipment_id") or detail.get("shipment_ids"):
+            continue
+        if entry.type == "capture_not_made":
+            return Money.model_validate(detail["amount"])
+        if entry.type == "payment_captured":
+            return None
+    return None
+
+
 class OrderMoney(RuleBasedStateMachine):
     world: World
     order_id: str
@@ -66,10 +84,12 @@ class OrderMoney(RuleBasedStateMachine):
     def place(self, currency: str, quantities: list[int], skus: list[str]) -> None:
         # Every example places the same order ids: the `test` gateway starts clean, as each test does.
         test_payments.forget()
+        self.clock = Clock()
         # MUG only in the west, CAP only in the east, PEN in both: orders split into parcels.
         self.world = build_world(
             [("MUG", "wh-west", 50), ("CAP", "wh-east", 50), ("PEN", "wh-east", 50), ("PEN", "wh-west", 2)],
             PerUnitShipping(),
+            clock=self.clock,
         )
         for sku, price in zip(SKUS, PRICES[currency], strict=True):
             self.world.catalog.put_product(product(sku, price, currency=currency))
@@ -77,6 +97,7 @@ class OrderMoney(RuleBasedStateMachine):
         self.order_id = self.world.allocated(*lines, currency=currency, shipping_method="per_unit").id
         self.returned = {}
         self.count = 0
+        self.declined: set[str] = set()  # the warehouses whose last ship was refused: a repeat may be so
 
     @property
     def order(self) -> Order:
@@ -88,23 +109,60 @@ class OrderMoney(RuleBasedStateMachine):
 
     # --- Before everything shipped ------------------------------------------------------------
     @precondition(lambda self: _pending(self.order))
-    @rule(data=st.data())
-    def ship(self, data: st.DataObject) -> None:
+    @rule(data=st.data(), refused=st.sampled_from([None, None, "capture", "authorize"]))
+    def ship(self, data: st.DataObject, refused: str | None) -> None:
+        """The gateway may refuse this ship's capture (the authorization is then renewed by the next
+        ship) or decline the renewal it asks first (none asked on a young authorization)."""
         shipment_id = data.draw(st.sampled_from(_pending(self.order)))
-        self.world.actions.ship(self.order_id, shipment_id, None, actor="key_wh")
+        warehouse = f"key_{self.order.shipment(shipment_id).location_id}"  # each location its own API key
+        with self._refusing(refused):
+            try:
+                self.world.actions.ship(self.order_id, shipment_id, None, actor=warehouse)
+            except PaymentRefused:
+                assert refused is not None or warehouse in self.declined, "refused with nothing refused"
+                self.declined.add(warehouse)
+            else:
+                self.declined.discard(warehouse)
+
+    @rule()
+    def a_week_passes(self) -> None:
+        """The authorization grows old: the next capture renews it first."""
+        self.clock.advance(days=8)
+        self.declined.clear()  # a decline answers a warehouse's repeats for a day, then it asks again
 
     @precondition(lambda self: _pending(self.order))
-    @rule(data=st.data())
-    def cancel_units(self, data: st.DataObject) -> None:
+    @rule(data=st.data(), refused=st.sampled_from([None, None, "capture", "authorize"]))
+    def cancel_units(self, data: st.DataObject, refused: str | None) -> None:
+        """The gateway may refuse the settlement a cancel of the last parcel's units asks (or the
+        renewal of the authorization it is asked on): left to a person, asked again by a delivery."""
         unshipped = {line_id: units for line_id, units in self.order.unshipped_units().items() if units}
         line_id = data.draw(st.sampled_from(sorted(unshipped)))
         units = data.draw(st.integers(min_value=1, max_value=unshipped[line_id]))
-        self.world.actions.cancel(self.order_id, "fewer", actor="key_cs", lines={line_id: units})
+        with self._refusing(refused):
+            self.world.actions.cancel(self.order_id, "fewer", actor="key_cs", lines={line_id: units})
 
     @precondition(lambda self: self.order.status is S.PARTIALLY_SHIPPED)
-    @rule()
-    def cancel_the_rest(self) -> None:
-        self.world.actions.cancel(self.order_id, "the rest", actor="key_cs")
+    @rule(refused=st.sampled_from([None, None, "capture", "authorize"]))
+    def cancel_the_rest(self, refused: str | None) -> None:
+        with self._refusing(refused):
+            self.world.actions.cancel(self.order_id, "the rest", actor="key_cs")
+
+    @contextlib.contextmanager
+    def _refusing(self, operation: str | None) -> Iterator[None]:
+        """The gateway refuses `operation` (None: nothing) while the block runs."""
+        if operation is not None:
+            self.world.gateway.script(operation, "refuse")
+        try:
+            yield
+        finally:
+            self.world.gateway.script("capture", "approve")
+            self.world.gateway.script("authorize", "approve")
+
+    @precondition(lambda self: any(s.status is ShipmentStatus.SHIPPED for s in self.order.shipments))
+    @rule(data=st.data())
+    def deliver(self, data: st.DataObject) -> None:
+        shipped = [s.id for s in self.order.shipments if s.status is ShipmentStatus.SHIPPED]
+        self.world.actions.deliver(self.order_id, data.draw(st.sampled_from(shipped)), actor="key_carrier")
 
     # --- Once everything left has shipped ------------------------------------------------------
     def _done_shipping(self) -> bool:
@@ -173,7 +231,9 @@ class OrderMoney(RuleBasedStateMachine):
         payment = order.payment
         customers = [r.amount for r in payment.refunds if r.status == "succeeded" and r.kind != "cancellation"]
         given_back = sum(customers, Money.zero(order.currency))
-        assert payment.captured - payment.refunded == order.totals.grand_total - given_back
+        # A settlement the gateway refused is left to a person, with what it owes recorded: exactly that.
+        owed = _settlement_not_made(self.world.history(self.order_id)) or Money.zero(order.currency)
+        assert payment.captured - payment.refunded == order.totals.grand_total - given_back - owed
         assert [line.quantity for line in order.lines] == [line.shipped_quantity for line in order.lines]
 
 

@@ -50,6 +50,7 @@ def test_a_renewal_outage_met_again_by_a_repeated_ship_is_recorded_once():
     with pytest.raises(Exception, match="declined"):
         world.actions.ship(order.id, shipment.id, tracking_number=None, actor="key_wh")
     assert renewal_failures(world, order.id)[-1] == ("refused", "key_wh", key)  # the answer, recorded
+    clock.now += timedelta(days=1)  # the decline answers the warehouse's repeats for a day
     world.gateway.script("authorize", "approve")
     shipped = world.actions.ship(order.id, shipment.id, tracking_number=None, actor="key_wh")
     assert shipped.status is OrderStatus.SHIPPED
