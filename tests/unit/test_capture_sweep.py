@@ -26,25 +26,14 @@ from core.ports import SettlementCaptures
 from core.status import OrderStatus, PaymentStatus, ShipmentStatus
 from plugins.testing.gateway import RecordingGateway
 from plugins.testing.memory import InMemoryLateOrders
-from tests.unit.test_jeopardy import Clock
 from tests.unit.test_unit_cancellation import PerUnitShipping
-from tests.unit.world import Died, World, build_world, dies_before_recording
+from tests.unit.world import Clock, Died, World, build_world, dies_before_recording
 
 STOCK = [("TSHIRT", "wh-west", 10), ("MUG", "wh-west", 3), ("CAP", "wh-east", 4)]
 ACTOR = SCAN_ACTOR
 NOTHING = CapturesSettled(settled=[], held=[], unconfirmed=[])
 # Past an allocated order's deadline (48 h by default), by a minute.
 LATE = {"hours": 48, "minutes": 1}
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def world(clock: Clock) -> World:
-    return build_world(STOCK, clock=clock)
 
 
 def sweep(world: World, clock: Clock) -> UnrecordedCaptureSweep:

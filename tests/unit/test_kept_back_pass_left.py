@@ -16,11 +16,10 @@ from functions.adapters.dynamodb import KEPT_BACK_KEY, index_attributes
 from tests.unit.test_capture_sweep import NOTHING, InMemorySettlementCaptures
 from tests.unit.test_capture_sweep import sweep as capture_sweep
 from tests.unit.test_death_between_writes import dies_after_recording, passes, settled_once_by_the_passes
-from tests.unit.test_jeopardy import Clock
 from tests.unit.test_kept_back_sweep import sweep as kept_back_sweep
 from tests.unit.test_unit_cancellation import STOCK as CANCEL_STOCK
 from tests.unit.test_unit_cancellation import PerUnitShipping
-from tests.unit.world import Died, World, build_world
+from tests.unit.world import Clock, Died, World, build_world
 
 ACTOR = "reconciler"
 
@@ -546,10 +545,9 @@ def test_a_returns_show_is_made_though_its_method_was_marked_down_earlier_in_the
     from tests.unit.test_kept_back_sweep import caps_delivered_while_the_gateway_was_down
     from tests.unit.test_payment_truth import Removed
     from tests.unit.test_pending_refund_sweep import InMemoryPendingRefunds
-    from tests.unit.test_returns import Clock as StartingClock
     from tests.unit.test_returns import mugs_back_after_goodwill, returns_for
 
-    clock = StartingClock(NOW + timedelta(days=3))
+    clock = Clock(NOW + timedelta(days=3))
     removed = Removed()
     world = build_world([("MUG", "wh-west", 20), ("CAP", "wh-east", 20)], removed, clock=clock)
     returns, _ = returns_for(world, clock, removed)

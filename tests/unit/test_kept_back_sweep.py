@@ -29,8 +29,15 @@ from plugins.testing.memory import InMemoryReceivedReturns
 from tests.builders import NOW
 from tests.fakes import InlineReturnWorkflow, ScriptedGateway
 from tests.unit.test_pending_refund_sweep import InMemoryPendingRefunds
-from tests.unit.test_returns import STOCK, Clock, ask, exchange_of, mugs_back_after_goodwill, receipt, returns_for
-from tests.unit.world import World, build_world
+from tests.unit.test_returns import (
+    STOCK,  # noqa: F401 (the stock of the `world` fixture)
+    ask,
+    exchange_of,
+    mugs_back_after_goodwill,
+    receipt,
+    returns_for,
+)
+from tests.unit.world import Clock, World
 
 ACTOR = "reconciler"
 AFTER = timedelta(minutes=15)
@@ -53,11 +60,6 @@ class InMemoryKeptBackRefunds(KeptBackRefunds):
 @pytest.fixture
 def clock() -> Clock:
     return Clock(NOW + timedelta(days=3))
-
-
-@pytest.fixture
-def world(clock: Clock) -> World:
-    return build_world(STOCK, clock=clock)
 
 
 def caps_delivered_while_the_gateway_was_down(world: World, clock: Clock, order: Order, caps: str) -> None:

@@ -22,7 +22,7 @@ from core.models import Address, Allocation, LineInput, OrderEdit
 from core.money import Money
 from core.status import OrderStatus, ShipmentStatus, can_transition
 from tests.builders import NOW, address_body, place_order
-from tests.unit.world import Died, World, before_the_next_write, build_world, dies_before_recording
+from tests.unit.world import Died, World, before_the_next_write, dies_before_recording
 
 S = OrderStatus
 H = ShipmentStatus
@@ -36,11 +36,6 @@ STOCK = [
     ("PEN", "wh-east", 20),
 ]
 PICKUP = {"fulfillment": {"type": "pickup", "location_id": "store-sf"}}
-
-
-@pytest.fixture
-def world() -> World:
-    return build_world(STOCK)
 
 
 def resume(world: World, order_id: str):

@@ -38,11 +38,6 @@ FAILURE_TYPES = {"payment_authorization_failed", "payment_capture_failed", "paym
                  "payment_refund_failed"}  # fmt: skip
 
 
-@pytest.fixture
-def world() -> World:
-    return build_world(STOCK)
-
-
 def usd(amount: str) -> Money:
     return Money(amount=amount, currency="USD")
 

@@ -19,22 +19,11 @@ from core.return_models import ReceiveReturn, RequestReturn
 from core.returns import Returns
 from core.status import PaymentStatus
 from tests.builders import location
-from tests.unit.test_authorization_renewal import Clock
 from tests.unit.test_unit_cancellation import PerUnitShipping
-from tests.unit.world import Died, World, build_world, dies_before_recording
+from tests.unit.world import Clock, Died, World, build_world, dies_before_recording
 
 # MUG is only in the west and CAP only in the east: an order of both ships in two parcels.
 STOCK = [("MUG", "wh-west", 3), ("CAP", "wh-east", 4), ("TSHIRT", "wh-east", 10)]
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def world(clock) -> World:
-    return build_world(STOCK, clock=clock)
 
 
 def renewed_between_parcels(world: World, clock: Clock) -> tuple[Order, Order]:

@@ -20,18 +20,13 @@ from core.status import ReturnStatus
 from core.workflow_types import PaymentResult
 from plugins.testing.memory import InMemoryReceivedReturns
 from tests.fakes import InlineReturnWorkflow
-from tests.unit.test_jeopardy import STOCK, Clock, one_mug_returned, returns_service
-from tests.unit.world import World, build_world
+from tests.unit.test_jeopardy import STOCK, one_mug_returned, returns_service
+from tests.unit.world import Clock, World, build_world
 
 R = ReturnStatus
 RECEIPT = ReceiveReturn.model_validate(
     {"location_id": "wh-west", "lines": [{"line_id": "L1", "quantity": 1, "condition": "resellable"}]}
 )
-
-
-@pytest.fixture
-def world() -> World:
-    return build_world(STOCK)
 
 
 def reconciler(

@@ -3,7 +3,7 @@ the return policy, approval, the return label, receiving, restocking and the ord
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
@@ -38,21 +38,13 @@ from plugins import test_payments
 from tests.builders import NOW, location, product
 from tests.fakes import FakeReturns, PaymentSpy, ScriptedGateway
 from tests.unit.test_payment_truth import Removed
-from tests.unit.world import Died, World, before_the_next_write, build_world, dies_before_recording
+from tests.unit.world import Clock, Died, World, before_the_next_write, build_world, dies_before_recording
 
 S = OrderStatus
 R = ReturnStatus
 
 # MUG is only in the west and CAP only in the east: an order of both ships in two parcels.
 STOCK = [("TSHIRT", "wh-west", 10), ("MUG", "wh-west", 3), ("CAP", "wh-east", 4)]
-
-
-class Clock:
-    def __init__(self, now: datetime):
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 class ApprovalPolicy:
@@ -105,6 +97,7 @@ def receipt(location_id: str, *lines: tuple[str, int, str]) -> ReceiveReturn:
 
 @pytest.fixture
 def world() -> World:
+    """At NOW on a clock of its own: `clock`, three days on, is the returns'."""
     return build_world(STOCK)
 
 

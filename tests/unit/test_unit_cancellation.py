@@ -32,9 +32,9 @@ from core.status import OrderStatus, PaymentStatus, ReturnStatus, ShipmentStatus
 from plugins.tax_table import TAX_RATES_FILE_ENV
 from tests.builders import NOW, location, place_order, product
 from tests.unit.test_payment_truth import Removed
-from tests.unit.test_returns import Clock as ReturnsClock
 from tests.unit.test_returns import ask, exchange_of, receipt, returns_for
 from tests.unit.world import (
+    Clock,
     Died,
     RecordsBookings,
     World,
@@ -47,11 +47,6 @@ S, P = OrderStatus, PaymentStatus
 
 # MUG is only in the west and CAP only in the east, so an order with both ships in two parcels.
 STOCK = [("TSHIRT", "wh-east", 10), ("MUG", "wh-west", 5), ("CAP", "wh-east", 8)]
-
-
-@pytest.fixture
-def world() -> World:
-    return build_world(STOCK)
 
 
 def settled(order: Order) -> Money:
@@ -658,7 +653,7 @@ def test_the_runbooks_appeasement_of_an_over_capture_left_to_a_person_is_not_ref
     assert [(r.status, r.amount) for r in left.payment.refunds] == [("failed", over)] * 3
     world.gateway.script("refund", "approve")
     world.refunds.issue_refund(order.id, over, "the cancelled mug's shipping", "cs-1", "key_cs")
-    returns, _ = returns_for(world, ReturnsClock(NOW + timedelta(days=3)))
+    returns, _ = returns_for(world, Clock(NOW + timedelta(days=3)))
     item = returns.request(order.id, ask(("L2", 3, "damaged")), actor="key_cs")
     returns.receive(item.id, receipt("wh-east", ("L2", 3, "resellable")), "key_wh")
     returns.settle(item.id, "returns-workflow")
@@ -684,7 +679,7 @@ def test_the_runbooks_appeasement_of_a_replacements_over_capture_left_to_a_perso
     from core.refunds import cumulative_share
     from tests.unit.test_returns import exchange_of
 
-    clock = ReturnsClock(NOW + timedelta(days=3))
+    clock = Clock(NOW + timedelta(days=3))
     world = build_world([("MUG", "wh-west", 2), ("MUG", "wh-east", 1), ("TSHIRT", "wh-west", 1)], clock=clock)
     returns, _ = returns_for(world, clock)
     order = world.allocated(("TSHIRT", 1))
@@ -967,7 +962,7 @@ def test_a_return_after_an_appeased_over_capture_and_a_cancel_that_raised_it_giv
     world.refunds.issue_refund(left.id, Money.of("12.86", "USD"), "the pen's shipping", "cs-1", "key_cs")
     world.actions.cancel(left.id, "no more pens", actor="key_web")
     world.actions.deliver(left.id, east, actor="key_carrier")
-    returns, _ = returns_for(world, ReturnsClock(NOW + timedelta(days=3)))
+    returns, _ = returns_for(world, Clock(NOW + timedelta(days=3)))
     item = returns.request(left.id, ask(("L1", 1, "damaged")), actor="key_cs")
     returns.receive(item.id, receipt("wh-east", ("L1", 1, "resellable")), "key_wh")
     returns.settle(item.id, "returns-workflow")
@@ -1389,7 +1384,7 @@ def test_a_unit_returned_before_the_rest_of_its_line_was_cancelled_costs_nothing
     from datetime import timedelta
 
     from tests.builders import NOW
-    from tests.unit.test_returns import Clock, ask, receipt, returns_for
+    from tests.unit.test_returns import ask, receipt, returns_for
 
     clock = Clock(NOW + timedelta(days=3))
     world = build_world([("MUG", "wh-west", 1), ("MUG", "wh-east", 2)], VolumePrice(), clock=clock)
@@ -1428,7 +1423,7 @@ def test_a_unit_kept_of_a_line_whose_volume_price_a_cancel_lost_costs_its_own_pr
 
     from core.refunds import cumulative_share
     from tests.builders import NOW
-    from tests.unit.test_returns import Clock, ask, receipt, returns_for
+    from tests.unit.test_returns import ask, receipt, returns_for
 
     clock = Clock(NOW + timedelta(days=3))
     world = build_world([("MUG", "wh-west", 2), ("MUG", "wh-east", 2)], VolumePrice(), clock=clock)
@@ -1483,7 +1478,7 @@ def test_a_replacement_unit_returned_before_its_line_lost_its_volume_price_costs
     from datetime import timedelta
 
     from tests.builders import NOW
-    from tests.unit.test_returns import Clock, ask, receipt, returns_for
+    from tests.unit.test_returns import ask, receipt, returns_for
 
     clock = Clock(NOW + timedelta(days=3))
     stock = [("MUG", "wh-west", 1), ("MUG", "wh-east", 2), ("TSHIRT", "wh-west", 1)]
@@ -1515,7 +1510,7 @@ def test_a_replacement_unit_refunded_from_the_credit_alone_costs_nothing_once_it
     from datetime import timedelta
 
     from tests.builders import NOW
-    from tests.unit.test_returns import Clock, ask, exchange_of, receipt, returns_for
+    from tests.unit.test_returns import ask, exchange_of, receipt, returns_for
 
     clock = Clock(NOW + timedelta(days=3))
     stock = [("MUG", "wh-west", 1), ("MUG", "wh-east", 2), ("TSHIRT", "wh-west", 2)]
@@ -1572,7 +1567,7 @@ def test_a_replacement_unit_refunded_from_the_credit_alone_gets_the_credit_back_
 
     from tests.unit.test_returns import exchange_of
 
-    clock = ReturnsClock(NOW + timedelta(days=3))
+    clock = Clock(NOW + timedelta(days=3))
     stock = [("CAP", "wh-west", 1), ("CAP", "wh-east", 2), ("TSHIRT", "wh-west", 2)]
     world = build_world(stock, FiveOffEveryOrder(), clock=clock)
     returns, _ = returns_for(world, clock)
@@ -1615,7 +1610,7 @@ def test_a_replacement_unit_whose_draw_on_the_credit_was_refused_is_refunded_wha
     from tests.fakes import ScriptedGateway
     from tests.unit.test_returns import exchange_of
 
-    clock = ReturnsClock(NOW + timedelta(days=3))
+    clock = Clock(NOW + timedelta(days=3))
     stock = [("CAP", "wh-west", 1), ("CAP", "wh-east", 2), ("TSHIRT", "wh-west", 2)]
     world = build_world(stock, FiveOffEveryOrder(), clock=clock)
     gateway = ScriptedGateway()
@@ -1654,7 +1649,7 @@ def test_a_replacement_unit_refunded_from_its_captures_is_not_given_back_twice_o
     # and the credit, counting that as paid by the replacement itself, gave the 3.58 back again.
     from datetime import timedelta
 
-    clock = ReturnsClock(NOW + timedelta(days=3))
+    clock = Clock(NOW + timedelta(days=3))
     stock = [("MUG", "wh-west", 1), ("MUG", "wh-east", 2), ("CAP", "wh-west", 1)]
     world = build_world(stock, FiveOffEveryOrder(), clock=clock)
     returns, _ = returns_for(world, clock)
@@ -1692,7 +1687,7 @@ def test_a_replacement_unit_refunded_partly_from_the_credit_gets_the_credit_back
 
     from tests.unit.test_returns import exchange_of
 
-    clock = ReturnsClock(NOW + timedelta(days=3))
+    clock = Clock(NOW + timedelta(days=3))
     stock = [("MUG", "wh-west", 1), ("MUG", "wh-east", 2), ("TSHIRT", "wh-west", 2)]
     world = build_world(stock, FiveOffEveryOrder(), clock=clock)
     returns, _ = returns_for(world, clock)
@@ -1741,7 +1736,7 @@ def test_a_replacements_credit_is_not_given_back_for_what_its_card_is_still_owed
     # refusal must not be refunded from what the card holds for it, or nothing refunds the card.
     from datetime import timedelta
 
-    clock = ReturnsClock(NOW + timedelta(days=3))
+    clock = Clock(NOW + timedelta(days=3))
     stock = [("MUG", "wh-west", west), ("MUG", "wh-east", 3 - west), ("TSHIRT", "wh-west", 1)]
     world = build_world(stock, clock=clock)
     returns, _ = returns_for(world, clock)
@@ -1778,7 +1773,7 @@ def test_a_replacement_return_neither_its_captures_nor_its_credit_could_refund_i
     # again captured the 6.79, and nothing refunded the 1.79 the return was still owed.
     from datetime import timedelta
 
-    clock = ReturnsClock(NOW + timedelta(days=3))
+    clock = Clock(NOW + timedelta(days=3))
     stock = [("MUG", "wh-west", 2), ("MUG", "wh-east", 1), ("PEN", "wh-west", 1)]
     world = build_world(stock, VolumePrice(), clock=clock)
     returns, _ = returns_for(world, clock)
@@ -2039,7 +2034,7 @@ def test_a_keyed_cancel_of_units_sent_again_after_the_keys_24_hours_cancels_them
     # The key is honoured for 24 h (API.md): a cancel of one more unit days later under the same key
     # and lines (a key made of the order and line) is a new request. Answered with the order as the
     # first cancel left it, the unit the customer cancelled was still shipped and charged.
-    clock = ReturnsClock(NOW)
+    clock = Clock(NOW)
     world = build_world([("MUG", "wh-west", 10)], clock=clock)
     order = world.allocated(("MUG", 3))
     key = f"api:key_cs:cancel-{order.id}-L1"
@@ -2147,7 +2142,7 @@ def test_a_replacement_whose_settlement_refund_is_refused_gives_back_none_of_its
     # and the cancel repeated refunded the 2.00 again: the customer got it twice.
     from tests.unit.test_returns import exchange_of
 
-    clock = ReturnsClock(NOW + timedelta(days=3))
+    clock = Clock(NOW + timedelta(days=3))
     world = build_world([("MUG", "wh-west", 5), ("CAP", "wh-east", 5), ("TSHIRT", "wh-west", 5)], PerUnitShipping(),
                         clock=clock)  # fmt: skip
     returns, _ = returns_for(world, clock)

@@ -39,11 +39,6 @@ STOCK = [
 ]
 
 
-@pytest.fixture
-def world() -> World:
-    return build_world(STOCK)
-
-
 def cause(error: str, message: str) -> str:
     """The Cause a Step Functions Catch hands to a compensation: the Lambda's error JSON."""
     return json.dumps({"errorType": error, "errorMessage": message})

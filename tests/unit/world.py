@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -41,6 +41,22 @@ from tests.fakes import (
 
 Held = dict[tuple[str, str, str], int]
 Stock = list[tuple[str, str, int]]  # (sku, location_id, on_hand)
+
+
+class Clock:
+    """A clock a test moves: at `now` (NOW unless given) until the test advances it."""
+
+    def __init__(self, now: datetime = NOW) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> None:
+        self.now += timedelta(**delta)
+
+    def days_later(self, days: float) -> None:
+        self.advance(days=days)
 
 
 @dataclass
