@@ -23,7 +23,7 @@ from tests.unit.test_pending_refund_sweep import sweep as pending_refund_sweep
 from tests.unit.test_returns import STOCK as RETURNS_STOCK
 from tests.unit.test_returns import exchange_of, receipt, returns_for
 from tests.unit.test_unit_cancellation import STOCK as CANCEL_STOCK
-from tests.unit.test_unit_cancellation import PerUnitShipping, exchanged_for_three_mugs
+from tests.unit.test_unit_cancellation import PerUnitShipping, exchanged_for_three
 from tests.unit.world import Clock, Died, World, build_world
 
 ACTOR = "reconciler"
@@ -118,7 +118,7 @@ def replacement_whose_rest_is_cancelled(monkeypatch: pytest.MonkeyPatch, died_af
     stock = [("MUG", "wh-west", 1), ("MUG", "wh-east", 2), ("TSHIRT", "wh-west", 1)]
     world = build_world(stock, clock=clock)
     returns, _ = returns_for(world, clock)
-    order, replacement = exchanged_for_three_mugs(world, returns, "TSHIRT")
+    order, replacement = exchanged_for_three(world, returns, "TSHIRT")
     died = dies_after_recording(world, monkeypatch, died_after)
     with pytest.raises(Died):
         world.actions.cancel(replacement.id, "no more mugs", actor="key_cs", lines={"L1": 2})
