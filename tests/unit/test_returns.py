@@ -2463,12 +2463,12 @@ def test_what_a_return_kept_back_is_refunded_once_a_cancel_of_the_rest_captures_
     assert returns.get(return_id).refund == mugs
 
 
-def test_a_refund_step_retried_while_what_its_return_kept_back_is_pending_refunds_no_more_than_the_units_worth(
-    world, clock, monkeypatch
-):  # fmt: skip
-    # The goodwill took all the MUGs' capture: their refund step keeps their 26.81 back, then dies
-    # before marking the return refunded. The CAPs ship and refund the 26.81, the gateway leaving
-    # it pending; the step retried must count it, not refund the MUGs again from the CAPs' capture.
+def kept_back_refund_pending_after_the_refund_step_died(
+    world: World, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Returns, Order, Return, str, Money]:
+    """The goodwill took all the MUGs' capture: their return's refund step keeps their worth back,
+    then dies before marking the return refunded. The CAPs ship and refund that worth, the gateway
+    leaving it pending. The returns, the order, the return, the CAPs' parcel and the MUGs' worth."""
     returns, store = returns_for(world, clock)
     order = world.allocated(("MUG", 2), ("CAP", 4))
     world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
@@ -2483,13 +2483,23 @@ def test_a_refund_step_retried_while_what_its_return_kept_back_is_pending_refund
             raise Died("the return's refunded write")
         real(new, expected)
 
-    monkeypatch.setattr(store, "update", dies_marking_it_refunded)
-    with pytest.raises(Died):
-        returns.refund(item.id, "key_wh")
-    monkeypatch.setattr(store, "update", real)
+    with monkeypatch.context() as patched:
+        patched.setattr(store, "update", dies_marking_it_refunded)
+        with pytest.raises(Died):
+            returns.refund(item.id, "key_wh")
     caps = world.shipment_at(order, "wh-east")
     world.gateway.script("refund", "transient", "transient", "transient", "approve")
     assert world.actions.ship(order.id, caps, None, actor="key_wh").payment.refunds[-1].status == "pending"
+    return returns, order, item, caps, mugs
+
+
+def test_a_refund_step_retried_while_what_its_return_kept_back_is_pending_refunds_no_more_than_the_units_worth(
+    world, clock, monkeypatch
+):  # fmt: skip
+    # The goodwill took all the MUGs' capture: their refund step keeps their 26.81 back, then dies
+    # before marking the return refunded. The CAPs ship and refund the 26.81, the gateway leaving
+    # it pending; the step retried must count it, not refund the MUGs again from the CAPs' capture.
+    returns, order, item, caps, mugs = kept_back_refund_pending_after_the_refund_step_died(world, clock, monkeypatch)
 
     returns.settle(item.id, actor="key_wh")
     after = world.actions.deliver(order.id, caps, actor="key_wh")
@@ -3250,27 +3260,7 @@ def test_a_refund_step_retried_while_what_its_return_kept_back_is_pending_refund
     # write: a plain read may still show it pending, which must not make the step refund it again.
     from tests.unit.test_confirmations import lagging_reads
 
-    returns, store = returns_for(world, clock)
-    order = world.allocated(("MUG", 2), ("CAP", 4))
-    world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
-    mugs = order.lines[0].total
-    world.refunds.issue_refund(order.id, mugs, "goodwill", "appease-1", actor="key_cs")
-    item = returns.request(order.id, ask(("L1", 2, None)), actor="key_cs")
-    returns.receive(item.id, receipt("wh-west", ("L1", 2, "resellable")), "key_wh")
-    real = store.update
-
-    def dies_marking_it_refunded(new: Return, expected: Return) -> None:
-        if new.status is R.REFUNDED:
-            raise Died("the return's refunded write")
-        real(new, expected)
-
-    monkeypatch.setattr(store, "update", dies_marking_it_refunded)
-    with pytest.raises(Died):
-        returns.refund(item.id, "key_wh")
-    monkeypatch.setattr(store, "update", real)
-    caps = world.shipment_at(order, "wh-east")
-    world.gateway.script("refund", "transient", "transient", "transient", "approve")
-    assert world.actions.ship(order.id, caps, None, actor="key_wh").payment.refunds[-1].status == "pending"
+    returns, order, item, _, mugs = kept_back_refund_pending_after_the_refund_step_died(world, clock, monkeypatch)
     lagging_reads(world, monkeypatch)
 
     returns.settle(item.id, actor="key_wh")
