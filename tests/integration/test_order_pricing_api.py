@@ -1,28 +1,14 @@
 """Placing an order prices it through the plugins: exact line and order totals, through the in-process
-API on moto (the gateway, the authorizer and the API function; no HTTP server is needed for them)."""
+API on moto (tests/integration/conftest.py's `api` and `catalog`: the gateway, the authorizer and the
+API function, with the `test` gateway on; no HTTP server takes part)."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from decimal import Decimal
 
-import pytest
-
 from tests.e2e.client import TOKYO, Catalog, amounts, money, order_body
-from tests.integration.in_process import InProcessApi, in_process_api
-
-
-@pytest.fixture(scope="module")
-def api() -> Iterator[InProcessApi]:
-    with in_process_api() as started:
-        yield started
-
-
-@pytest.fixture
-def catalog(api: InProcessApi) -> Catalog:
-    """Products, locations and stock of this test only."""
-    return Catalog(api)
+from tests.integration.in_process import InProcessApi
 
 
 def line_view(line: dict) -> tuple:
