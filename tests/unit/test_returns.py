@@ -769,11 +769,20 @@ def exchange_of(line_id: str, quantity: int, *wanted: tuple[str, int]) -> Reques
 def exchanged(world: World, clock: Clock, line: tuple[str, int], *wanted: tuple[str, int]):
     """An order of `line` shipped, its units returned for `wanted`, received resellable and
     settled: (returns, original order, settled return)."""
+    returns, order, item = received_for_exchange(world, clock, line, *wanted)
+    return returns, order, returns.settle(item.id, actor="key_wh")
+
+
+def received_for_exchange(
+    world: World, clock: Clock, line: tuple[str, int], *wanted: tuple[str, int]
+) -> tuple[Returns, Order, Return]:
+    """An order of `line` shipped, its units returned for `wanted` and received resellable at
+    wh-west, not yet settled: (returns, original order, the return as requested)."""
     returns, _ = returns_for(world, clock)
     order = shipped(world, line)
     item = returns.request(order.id, exchange_of("L1", line[1], *wanted), actor="key_cs")
     returns.receive(item.id, receipt("wh-west", ("L1", line[1], "resellable")), "key_wh")
-    return returns, order, returns.settle(item.id, actor="key_wh")
+    return returns, order, item
 
 
 def test_an_exchange_that_costs_more_authorizes_only_the_difference_and_captures_it(world, clock):
@@ -1895,10 +1904,7 @@ def test_an_exchange_run_that_finds_no_stock_after_another_decided_to_place_plac
     # One run found a cap and is placing the replacement when the last cap sells elsewhere and a
     # second run checks: the first decision stands (one replacement, whose workflow finds the stock
     # or gives the credit back), rather than the second refunding the units beside it.
-    returns, _ = returns_for(world, clock)
-    order = shipped(world, ("TSHIRT", 1))
-    item = returns.request(order.id, exchange_of("L1", 1, ("CAP", 1)), actor="key_cs")
-    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    returns, order, item = received_for_exchange(world, clock, ("TSHIRT", 1), ("CAP", 1))
     real_add = world.orders.add
     inner: list[Return] = []
     puts: list[str] = []
@@ -1929,10 +1935,7 @@ def test_an_exchange_decided_on_whose_external_id_the_channel_takes_before_it_is
 ):
     # Decided on, but the channel placed an order of its own under the replacement's external_id
     # before the put: none of this return's can ever be placed, so the decision gives way.
-    returns, _ = returns_for(world, clock)
-    order = shipped(world, ("TSHIRT", 1))
-    item = returns.request(order.id, exchange_of("L1", 1, ("CAP", 1)), actor="key_cs")
-    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    returns, order, item = received_for_exchange(world, clock, ("TSHIRT", 1), ("CAP", 1))
     real_add = world.orders.add
     own: list[str] = []
 
@@ -1953,10 +1956,7 @@ def test_an_exchange_decided_on_whose_external_id_the_channel_takes_before_it_is
 
 
 def test_the_refund_step_leaves_an_exchange_to_the_exchange_step(world, clock):
-    returns, _ = returns_for(world, clock)
-    order = shipped(world, ("TSHIRT", 1))
-    item = returns.request(order.id, exchange_of("L1", 1, ("CAP", 1)), actor="key_cs")
-    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    returns, order, item = received_for_exchange(world, clock, ("TSHIRT", 1), ("CAP", 1))
 
     assert returns.refund(item.id, actor="key_wh").status is R.RECEIVED
     assert world.order(order.id).payment.refunds == []
@@ -3069,10 +3069,7 @@ def test_an_exchange_decided_on_whose_product_loses_its_price_before_it_is_place
     # replacement's put: no run can ever place it, so the decision gives way to a refund instead of
     # a step failing until the return is recorded stuck (at the workflow's retry: a concurrent run
     # may have been putting the replacement it priced before).
-    returns, _ = returns_for(world, clock)
-    order = shipped(world, ("TSHIRT", 1))
-    item = returns.request(order.id, exchange_of("L1", 1, ("CAP", 1)), actor="key_cs")
-    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    returns, order, item = received_for_exchange(world, clock, ("TSHIRT", 1), ("CAP", 1))
     real_place = world.capture.place_exchange
 
     def place_exchange(*args, **kwargs) -> Order:
@@ -3098,10 +3095,7 @@ def test_an_exchange_refused_in_one_run_while_another_places_it_is_placed_and_no
     # Two runs past the decision: the shop priced the cap in euros only while one run was putting
     # the replacement it had priced; the other, refused, gave the exchange up and refunded the
     # T-shirt beside the replacement its credit paid for: the customer was paid twice.
-    returns, _ = returns_for(world, clock)
-    order = shipped(world, ("TSHIRT", 1))
-    item = returns.request(order.id, exchange_of("L1", 1, ("CAP", 1)), actor="key_cs")
-    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    returns, order, item = received_for_exchange(world, clock, ("TSHIRT", 1), ("CAP", 1))
     real_add = world.orders.add
     inner: list[Return] = []
 
@@ -3134,10 +3128,7 @@ def test_a_refused_exchange_whose_external_id_the_channel_takes_meanwhile_is_ref
     # The replacement was refused after the decision; before the retry gave the exchange up, the
     # channel placed an order of its own under the replacement's external_id: that order is not
     # this exchange, and the retry refunds the units for the refusal instead of failing on it.
-    returns, _ = returns_for(world, clock)
-    order = shipped(world, ("TSHIRT", 1))
-    item = returns.request(order.id, exchange_of("L1", 1, ("CAP", 1)), actor="key_cs")
-    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    returns, order, item = received_for_exchange(world, clock, ("TSHIRT", 1), ("CAP", 1))
     real_place = world.capture.place_exchange
 
     def place_exchange(*args, **kwargs) -> Order:
