@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.client import Catalog, assert_error, order_body, put_network, unique, unsigned
+from tests.e2e.client import assert_error, order_body, stocked_sku, unique, unsigned
 from tests.integration.in_process import InProcessApi, in_process_api_with_labels, issue, run_to_allocated
 
 
@@ -22,11 +22,8 @@ def api() -> Iterator[InProcessApi]:
 
 @pytest.fixture(scope="module")
 def sku(api: InProcessApi) -> str:
-    network = put_network(api)
-    catalog = Catalog(api)
-    created = catalog.product("25.00")
-    catalog.stock(created, network["west"], 100)
-    return created
+    """A product at 25.00 with 100 units at the network's west warehouse."""
+    return stocked_sku(api, "25.00", on_hand=100)[1]
 
 
 def place(api: InProcessApi, sku: str, **overrides: Any) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.client import Catalog, assert_error, order_body, put_network, unique, unsigned
+from tests.e2e.client import assert_error, order_body, stocked_sku, unique, unsigned
 from tests.integration.in_process import InProcessApi, in_process_api_with_labels, issue, run_to_allocated
 
 PATH = "/shipments/confirmations"
@@ -25,11 +25,8 @@ def api() -> Iterator[InProcessApi]:
 
 @pytest.fixture(scope="module")
 def sku(api: InProcessApi) -> str:
-    network = put_network(api)
-    catalog = Catalog(api)
-    created = catalog.product("25.00")
-    catalog.stock(created, network["west"], 1000)
-    return created
+    """A product at 25.00 with 1000 units at the network's west warehouse."""
+    return stocked_sku(api, "25.00", on_hand=1000)[1]
 
 
 def allocated(api: InProcessApi, sku: str, **overrides: Any) -> tuple[str, str]:
