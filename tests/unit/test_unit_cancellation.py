@@ -1992,16 +1992,9 @@ def test_a_cancel_of_units_that_shipped_a_moment_ago_leaves_a_parcels_ship_in_fl
     # The west parcel shipped a moment ago while the east's ship waits to record its capture; a plain
     # read may still show the west parcel pending. The cancel of its units is refused (409) all the
     # same, decided on the order as written: it must not first take back the east's capture.
-    from tests.unit.test_confirmations import lagging_reads
+    from tests.unit.test_order_execution import west_shipped_while_the_easts_ship_waits
 
-    order = world.allocated(("MUG", 1), ("CAP", 2))
-    west, east = world.shipment_at(order, "wh-west"), world.shipment_at(order, "wh-east")
-    dies_before_recording(world, monkeypatch, "shipment_shipped")
-    with pytest.raises(Died):
-        world.actions.ship(order.id, east, None, actor="key_wh")
-    monkeypatch.undo()
-    lagging_reads(world, monkeypatch)
-    world.actions.ship(order.id, west, None, actor="key_wh")
+    order, _, east = west_shipped_while_the_easts_ship_waits(world, monkeypatch, ("MUG", 1), ("CAP", 2))
 
     with pytest.raises(InvalidTransition):
         world.actions.cancel(order.id, "no mug", actor="key_web", lines={"L1": 1})
