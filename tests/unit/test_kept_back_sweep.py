@@ -392,8 +392,7 @@ def test_the_returns_pass_shows_what_went_back_when_the_step_that_finished_the_r
     returns, order, mugs_return, cap_return = caps_return_finishing_the_kept_back_refund(world, clock)
     died_showing(monkeypatch, returns, cap_return)
     returns.stuck(cap_return, "States.Timeout", "the function died", actor="returns-workflow", execution="x1")
-    workflow = InlineReturnWorkflow()
-    workflow.returns = returns
+    workflow = InlineReturnWorkflow(returns)
     clock.now = clock.now + timedelta(hours=1)
     passes = ReturnReconciler(
         InMemoryReceivedReturns(world.returns), world.returns, world.orders, workflow, clock,
@@ -611,8 +610,7 @@ def test_a_refund_step_dying_at_any_write_shows_every_return_what_went_back_once
 
     if then == "passes":
         returns.stuck(cap_return, "States.Timeout", "the function died", actor="returns-workflow", execution="x1")
-        workflow = InlineReturnWorkflow()
-        workflow.returns = returns
+        workflow = InlineReturnWorkflow(returns)
         passes = ReturnReconciler(
             InMemoryReceivedReturns(world.returns), world.returns, world.orders, workflow, clock,
             restart_after=timedelta(minutes=15),
@@ -659,8 +657,7 @@ def test_a_return_whose_owed_refresh_keeps_failing_keeps_no_return_behind_it_fro
         return write(new, *args, **kwargs)
 
     monkeypatch.setattr(world.returns, "update", fails_for_the_cap)
-    workflow = InlineReturnWorkflow()
-    workflow.returns = returns
+    workflow = InlineReturnWorkflow(returns)
     passes = ReturnReconciler(
         InMemoryReceivedReturns(world.returns), world.returns, world.orders, workflow, clock,
         restart_after=timedelta(minutes=15),
@@ -693,8 +690,7 @@ def test_a_dependency_down_ends_the_returns_pass_with_what_it_did(world, clock, 
         raise TransientError("the orders table is throttled")
 
     monkeypatch.setattr(world.orders, "history", down)
-    workflow = InlineReturnWorkflow()
-    workflow.returns = returns
+    workflow = InlineReturnWorkflow(returns)
     passes = ReturnReconciler(
         InMemoryReceivedReturns(world.returns), world.returns, world.orders, workflow, clock,
         restart_after=timedelta(minutes=15),
