@@ -20,15 +20,15 @@ from core.ports import KeptBackRefunds
 from core.refund_service import KeptBackSweep, PendingRefundSweep
 from core.refunds import KEPT_BACK_REFUSALS, owes_kept_back, refund_id_for
 from core.return_models import Return
-from core.return_reconciliation import ReturnReconciler, ReturnsNotReconciled
+from core.return_reconciliation import ReturnsNotReconciled
 from core.returns import Returns
 from core.status import ReturnStatus
 from core.workflow_types import PaymentResult
 from functions.adapters.dynamodb import KEPT_BACK_KEY, index_attributes
-from plugins.testing.memory import InMemoryReceivedReturns
 from tests.builders import NOW
 from tests.fakes import InlineReturnWorkflow, ScriptedGateway
 from tests.unit.test_pending_refund_sweep import InMemoryPendingRefunds
+from tests.unit.test_return_reconciliation import reconciler
 from tests.unit.test_returns import (
     STOCK,  # noqa: F401 (the stock of the `world` fixture)
     ask,
@@ -394,10 +394,7 @@ def test_the_returns_pass_shows_what_went_back_when_the_step_that_finished_the_r
     returns.stuck(cap_return, "States.Timeout", "the function died", actor="returns-workflow", execution="x1")
     workflow = InlineReturnWorkflow(returns)
     clock.now = clock.now + timedelta(hours=1)
-    passes = ReturnReconciler(
-        InMemoryReceivedReturns(world.returns), world.returns, world.orders, workflow, clock,
-        restart_after=timedelta(minutes=15),
-    )  # fmt: skip
+    passes = reconciler(world, clock, workflow)
 
     assert passes.run() == []  # the CAP's return is still left to the person its stuck entry called
     assert returns.get(mugs_return).refund == order.lines[0].total
@@ -611,10 +608,7 @@ def test_a_refund_step_dying_at_any_write_shows_every_return_what_went_back_once
     if then == "passes":
         returns.stuck(cap_return, "States.Timeout", "the function died", actor="returns-workflow", execution="x1")
         workflow = InlineReturnWorkflow(returns)
-        passes = ReturnReconciler(
-            InMemoryReceivedReturns(world.returns), world.returns, world.orders, workflow, clock,
-            restart_after=timedelta(minutes=15),
-        )  # fmt: skip
+        passes = reconciler(world, clock, workflow)
         for _ in range(2):
             later(clock)
             passes.run()
@@ -658,10 +652,7 @@ def test_a_return_whose_owed_refresh_keeps_failing_keeps_no_return_behind_it_fro
 
     monkeypatch.setattr(world.returns, "update", fails_for_the_cap)
     workflow = InlineReturnWorkflow(returns)
-    passes = ReturnReconciler(
-        InMemoryReceivedReturns(world.returns), world.returns, world.orders, workflow, clock,
-        restart_after=timedelta(minutes=15),
-    )  # fmt: skip
+    passes = reconciler(world, clock, workflow)
     clock.now = clock.now + timedelta(hours=1)
 
     with pytest.raises(ReturnsNotReconciled) as raised:
@@ -691,10 +682,7 @@ def test_a_dependency_down_ends_the_returns_pass_with_what_it_did(world, clock, 
 
     monkeypatch.setattr(world.orders, "history", down)
     workflow = InlineReturnWorkflow(returns)
-    passes = ReturnReconciler(
-        InMemoryReceivedReturns(world.returns), world.returns, world.orders, workflow, clock,
-        restart_after=timedelta(minutes=15),
-    )  # fmt: skip
+    passes = reconciler(world, clock, workflow)
     clock.now = clock.now + timedelta(hours=1)
 
     with pytest.raises(ReturnsNotReconciled) as raised:
