@@ -20,6 +20,7 @@ from tests.builders import location_body, place_order, product_body, template_sc
 from tests.conftest import forget_business_metrics
 from tests.fakes import FakeLabels
 from tests.installed import FAILS_TO_IMPORT, Installer, installing
+from tests.integration.conftest import queries_sent
 from tests.unit.conftest import a_stored_order
 
 PASS_MACHINE = {"StartAt": "Done", "States": {"Done": {"Type": "Pass", "End": True}}}
@@ -791,14 +792,7 @@ def test_orders_with_a_pending_refund_are_read_a_page_at_a_time_oldest_first_as_
                   "refund_since": {"S": timestamp(start + timedelta(minutes=n))}},
         )  # fmt: skip
     pending = DynamoPendingRefunds(aws.dynamodb, aws.tables["OrdersTable"], page_size=2)
-    queries: list[dict[str, Any]] = []
-    real = aws.dynamodb.query
-
-    def query(**request: Any) -> dict[str, Any]:
-        queries.append(request)
-        return real(**request)
-
-    monkeypatch.setattr(aws.dynamodb, "query", query)
+    queries = queries_sent(aws, monkeypatch)
 
     assert list(pending.pending_since_before(utc_now())) == ids
     assert list(pending.pending_since_before(start + timedelta(minutes=1, seconds=30))) == ids[:2]
@@ -1046,14 +1040,7 @@ def test_orders_left_holding_an_authorization_are_read_oldest_first_a_page_at_a_
                   "refund_since": {"S": timestamp(start + timedelta(minutes=n))}},
         )  # fmt: skip
     unsettled = DynamoUnsettledAuthorizations(aws.dynamodb, aws.tables["OrdersTable"], page_size=2)
-    queries: list[dict[str, Any]] = []
-    real = aws.dynamodb.query
-
-    def query(**request: Any) -> dict[str, Any]:
-        queries.append(request)
-        return real(**request)
-
-    monkeypatch.setattr(aws.dynamodb, "query", query)
+    queries = queries_sent(aws, monkeypatch)
 
     assert list(unsettled.left_since_before(utc_now())) == ids  # never the pending refund's order
     assert list(unsettled.left_since_before(start + timedelta(minutes=1, seconds=30))) == ids[:2]
