@@ -1380,11 +1380,7 @@ def test_a_unit_returned_before_the_rest_of_its_line_was_cancelled_costs_nothing
     # one comes back (refunded its share at 10.00 a unit) and the two are cancelled: the line is the
     # returned MUG alone, now at 12.50. The customer keeps nothing but pays the shipping, whichever
     # came first; the settlement captured the lost volume price on the MUG already refunded.
-    world, returns = three_days_on([("MUG", "wh-west", 1), ("MUG", "wh-east", 2)], VolumePrice())
-    order = world.allocated(("MUG", 3))
-    west = world.shipment_at(order, "wh-west")
-    world.actions.ship(order.id, west, None, actor="key_wh")
-    world.actions.deliver(order.id, west, actor="key_wh")
+    world, returns, order = volume_priced_mugs_west_delivered(1)
 
     one_returned_and_two_cancelled(world, returns, order.id, return_first=return_first)
 
@@ -1404,11 +1400,7 @@ def test_a_unit_kept_of_a_line_whose_volume_price_a_cancel_lost_costs_its_own_pr
     # volume price lost. Once the kept MUG comes back too, only the shipping is paid.
     from core.refunds import cumulative_share
 
-    world, returns = three_days_on([("MUG", "wh-west", 2), ("MUG", "wh-east", 2)], VolumePrice())
-    order = world.allocated(("MUG", 4))
-    west = world.shipment_at(order, "wh-west")
-    world.actions.ship(order.id, west, None, actor="key_wh")
-    world.actions.deliver(order.id, west, actor="key_wh")
+    world, returns, order = volume_priced_mugs_west_delivered(2)
 
     one_returned_and_two_cancelled(world, returns, order.id, return_first=return_first)
 
@@ -1420,6 +1412,17 @@ def test_a_unit_kept_of_a_line_whose_volume_price_a_cancel_lost_costs_its_own_pr
     after = world.order(order.id)
     assert after.status is S.RETURNED
     assert after.payment.captured - after.payment.refunded == after.totals.shipping
+
+
+def volume_priced_mugs_west_delivered(west: int) -> tuple[World, Returns, Order]:
+    """An order of `west` + 2 MUGs at the volume price (three_days_on): the `west` MUGs' parcel
+    shipped and delivered from wh-west, the two at wh-east waiting. The world, its returns, the order."""
+    world, returns = three_days_on([("MUG", "wh-west", west), ("MUG", "wh-east", 2)], VolumePrice())
+    order = world.allocated(("MUG", west + 2))
+    parcel = world.shipment_at(order, "wh-west")
+    world.actions.ship(order.id, parcel, None, actor="key_wh")
+    world.actions.deliver(order.id, parcel, actor="key_wh")
+    return world, returns, order
 
 
 def three_days_on(stock: list[tuple[str, str, int]], *plugins: object) -> tuple[World, Returns]:
