@@ -18,9 +18,8 @@ from tests.unit.test_capture_sweep import (
     LATE,
     STOCK,  # noqa: F401 (the stock of the `world` fixture)
     a_pass,
-    a_ship_that_died,
 )
-from tests.unit.world import Clock, World
+from tests.unit.world import Clock, World, a_ship_that_died
 
 
 def held_for_a_parcel(

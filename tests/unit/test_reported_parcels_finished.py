@@ -26,11 +26,10 @@ from tests.unit.test_capture_sweep import (
     LATE,
     STOCK,  # noqa: F401 (the stock of the `world` fixture)
     a_pass,
-    a_ship_that_died,
 )
 from tests.unit.test_delivery_reports import held_for_parcels, the_ship_dies
 from tests.unit.test_kept_back_sweep import InMemoryKeptBackRefunds
-from tests.unit.world import Clock, Died, World
+from tests.unit.world import Clock, Died, World, a_ship_that_died
 
 ACTOR = "reconciler"
 AFTER = timedelta(minutes=15)

@@ -257,3 +257,15 @@ def dies_before_recording(world: World, monkeypatch: pytest.MonkeyPatch, event: 
         real(order, expected, entries)
 
     monkeypatch.setattr(world.orders, "update", update)
+
+
+def a_ship_that_died(world: World, monkeypatch: pytest.MonkeyPatch, *lines: tuple[str, int]) -> tuple[Order, str]:
+    """An allocated order whose first shipment's ship died after the gateway captured its share,
+    before the order recorded it: the order as it was, and the shipment."""
+    order = world.allocated(*(lines or [("TSHIRT", 2)]))
+    shipment_id = order.shipments[0].id
+    dies_before_recording(world, monkeypatch, "shipment_shipped")
+    with pytest.raises(Died):
+        world.actions.ship(order.id, shipment_id, None, actor="key_wh")
+    monkeypatch.undo()
+    return order, shipment_id
