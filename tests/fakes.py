@@ -130,10 +130,11 @@ class ScriptedGateway:
 
 class InlineReturnWorkflow(ReturnWorkflowStarter):
     """The returns workflow's steps run at once, in the caller (core.returns.Returns.settle): for
-    the in-process API, which has no state machine. `returns` is the service to run them on."""
+    the in-process API, which has no state machine. `returns` is the service to run them on (given
+    here, or set once the service that starts this workflow is built)."""
 
-    def __init__(self) -> None:
-        self.returns: Returns | None = None
+    def __init__(self, returns: Returns | None = None) -> None:
+        self.returns = returns
         self.started: list[str] = []
 
     def start(self, return_id: str, channel: str = "", correlation_id: str = "") -> None:

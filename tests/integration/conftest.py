@@ -86,6 +86,19 @@ def _table_properties() -> dict[str, dict[str, Any]]:
     return Template.load().properties("AWS::DynamoDB::Table")
 
 
+def queries_sent(aws: Aws, monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """Each Query request the test's DynamoDB client sends from now on, as sent."""
+    queries: list[dict[str, Any]] = []
+    real = aws.dynamodb.query
+
+    def query(**request: Any) -> dict[str, Any]:
+        queries.append(request)
+        return real(**request)
+
+    monkeypatch.setattr(aws.dynamodb, "query", query)
+    return queries
+
+
 def access_log_queue() -> str:
     """The queue the API sends each read of an order to (template AccessLogQueue), in the moto account."""
     return boto3.client("sqs", region_name="us-east-1").create_queue(QueueName="test-AccessLogQueue")["QueueUrl"]

@@ -21,7 +21,7 @@ from infra.local.gateway import ApiGateway, HttpRequest
 from infra.local.lambdas import LocalFunction
 from infra.local.moto_patches import apigateway
 from infra.local.template import Template, create_table_request
-from tests.e2e.client import ADMIN
+from tests.e2e.client import ADMIN, unique
 from tests.integration.conftest import ENV_BY_TABLE, FUNCTION_ENV, KEEP_BOTO3_SESSION, access_log_queue
 from tests.template_iam import not_granted_message, unwatch, watch
 
@@ -216,6 +216,14 @@ def in_process_api_with_labels(**parameter_overrides: Any) -> Iterator[InProcess
         env.setenv("LABELS_BUCKET", "test-labels")
         forget_warm_containers()
         yield started
+
+
+def issue(api: InProcessApi, *scopes: str, channel: str | None = None) -> str:
+    """A new API key with these scopes (bound to `channel` when one is given), issued by the admin."""
+    body: dict[str, Any] = {"name": unique("key"), "scopes": list(scopes), **({"channel": channel} if channel else {})}
+    response = api.post("/api-keys", json=body)
+    assert response.status_code == 201, response.text
+    return response.json()["key"]
 
 
 def run_to_allocated(api: InProcessApi, order_id: str) -> dict[str, Any]:

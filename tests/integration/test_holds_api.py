@@ -4,63 +4,32 @@ test moves the order itself through the container's workflow where it needs one.
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import boto3
 import pytest
 
-from tests.e2e.client import Catalog, assert_error, order_body, put_network, unique, unsigned
-from tests.integration.in_process import InProcessApi, in_process_api
+from tests.e2e.client import assert_error, order_body, stocked_sku, unique, unsigned
+from tests.integration.in_process import InProcessApi, in_process_api_with_labels, issue, run_to_allocated
 
 
 @pytest.fixture(scope="module")
 def api() -> Iterator[InProcessApi]:
-    from infra.local.stack import forget_warm_containers
-
-    with in_process_api() as started:
-        # The workflow steps these tests run in-process book labels into a bucket.
-        boto3.client("s3").create_bucket(Bucket="hold-test-labels")
-        os.environ["LABELS_BUCKET"] = "hold-test-labels"
-        forget_warm_containers()
-        try:
-            yield started
-        finally:
-            del os.environ["LABELS_BUCKET"]
-            forget_warm_containers()
+    with in_process_api_with_labels() as started:
+        yield started
 
 
 @pytest.fixture(scope="module")
 def sku(api: InProcessApi) -> str:
-    network = put_network(api)
-    catalog = Catalog(api)
-    created = catalog.product("25.00")
-    catalog.stock(created, network["west"], 100)
-    return created
-
-
-def issue(api: InProcessApi, *scopes: str, channel: str | None = None) -> str:
-    body: dict[str, Any] = {"name": unique("key"), "scopes": list(scopes), **({"channel": channel} if channel else {})}
-    response = api.post("/api-keys", json=body)
-    assert response.status_code == 201, response.text
-    return response.json()["key"]
+    """A product at 25.00 with 100 units at the network's west warehouse."""
+    return stocked_sku(api, "25.00", on_hand=100)[1]
 
 
 def place(api: InProcessApi, sku: str, **overrides: Any) -> dict[str, Any]:
     response = api.post("/orders", json=order_body((sku, 1), **overrides))
     assert response.status_code == 201, response.text
     return response.json()
-
-
-def allocate(order_id: str) -> None:
-    from functions.api.dependencies import container
-
-    workflow = container().workflow
-    workflow.authorize_payment(order_id, attempt=0)
-    workflow.reserve_stock(order_id)
-    workflow.create_shipments(order_id)
 
 
 def test_an_approver_holds_and_releases_an_order_and_the_history_names_them(api: InProcessApi, sku: str):
@@ -138,7 +107,7 @@ def test_another_channels_order_is_404(api: InProcessApi, sku: str):
 
 def test_a_held_allocated_order_cannot_ship_until_released(api: InProcessApi, sku: str):
     order = place(api, sku)
-    allocate(order["id"])
+    run_to_allocated(api, order["id"])
     shipment_id = api.get(f"/orders/{order['id']}").json()["shipments"][0]["id"]
     assert api.post(f"/orders/{order['id']}/hold", json={"reason": "address_review"}).status_code == 200
 
@@ -154,7 +123,7 @@ def test_a_held_allocated_order_gets_its_address_fixed_on_hold_and_is_sourced_ag
     api: InProcessApi, sku: str
 ):
     order = place(api, sku)
-    allocate(order["id"])
+    run_to_allocated(api, order["id"])
     held = api.post(f"/orders/{order['id']}/hold", json={"reason": "address_review"}).json()
     address = {**order["shipping_address"], "line1": "2 Main St, Apt 4"}
 
@@ -170,14 +139,14 @@ def test_a_held_allocated_order_gets_its_address_fixed_on_hold_and_is_sourced_ag
     )  # fmt: skip
     assert body["shipping_address"]["line1"] == "2 Main St, Apt 4"
     assert api.post(f"/orders/{order['id']}/release").json()["status"] == "authorized"
-    allocate(order["id"])  # what the execution the outbox starts for the release does
+    run_to_allocated(api, order["id"])  # what the execution the outbox starts for the release does
     again = api.get(f"/orders/{order['id']}").json()
     assert again["status"] == "allocated" and len(again["shipments"]) == 1
 
 
 def test_a_shipped_order_cannot_be_held(api: InProcessApi, sku: str):
     order = place(api, sku)
-    allocate(order["id"])
+    run_to_allocated(api, order["id"])
     shipment_id = api.get(f"/orders/{order['id']}").json()["shipments"][0]["id"]
     assert api.post(f"/orders/{order['id']}/shipments/{shipment_id}/ship").status_code == 200
     assert_error(api.post(f"/orders/{order['id']}/hold", json={"reason": "other"}), 409)
@@ -206,7 +175,7 @@ def test_an_order_held_to_confirm_whether_a_parcel_left_refuses_what_would_put_i
     from functions.api.dependencies import container
 
     order = place(api, sku, lines=[{"sku": sku, "quantity": 2}])
-    allocate(order["id"])
+    run_to_allocated(api, order["id"])
     allocated = api.get(f"/orders/{order['id']}").json()
     shipment_id, line_id = allocated["shipments"][0]["id"], allocated["lines"][0]["line_id"]
     modify(
@@ -252,7 +221,7 @@ def test_a_storefront_cannot_cancel_an_order_held_to_confirm_a_parcel_but_a_pers
 
     storefront = issue(api, "orders:write", "orders:read")
     order = place(api, sku, lines=[{"sku": sku, "quantity": 2}])
-    allocate(order["id"])
+    run_to_allocated(api, order["id"])
     shipment_id = api.get(f"/orders/{order['id']}").json()["shipments"][0]["id"]
     modify(
         container().order_repository, order["id"],
@@ -288,7 +257,7 @@ def test_a_release_retried_under_its_idempotency_key_once_a_delivery_report_ende
     from functions.api.dependencies import container
 
     order = place(api, sku)
-    allocate(order["id"])
+    run_to_allocated(api, order["id"])
     path = f"/orders/{order['id']}"
     shipment_id = api.get(path).json()["shipments"][0]["id"]
     assert api.post(f"{path}/hold", json={"reason": "address_review"}).status_code == 200

@@ -14,12 +14,13 @@ from typing import Any
 import boto3
 import pytest
 
-from core.models import HistoryEntry, LocationInput, Order, ProductInput, utc_now
+from core.models import HistoryEntry, LocationInput, Order, PlaceOrder, ProductInput, utc_now
 from core.status import OrderStatus, PaymentStatus, ShipmentStatus
 from tests.builders import location_body, place_order, product_body, template_schedule
 from tests.conftest import forget_business_metrics
 from tests.fakes import FakeLabels
 from tests.installed import FAILS_TO_IMPORT, Installer, installing
+from tests.integration.conftest import queries_sent
 from tests.unit.conftest import a_stored_order
 
 PASS_MACHINE = {"StartAt": "Done", "States": {"Done": {"Type": "Pass", "End": True}}}
@@ -330,11 +331,8 @@ def ready_pickup(aws, days: float, external_id: str) -> Order:
     services.catalog.put_location("store-sf", LocationInput.model_validate(store))
     services.inventory.count("TSHIRT", "store-sf", 5)
     pickup = {"type": "pickup", "location_id": "store-sf"}
-    order = services.capture.place(place_order(external_id=external_id, fulfillment=pickup), actor="key_web")
-    services.workflow.authorize_payment(order.id, attempt=0)
-    services.workflow.reserve_stock(order.id)
-    services.workflow.create_shipments(order.id)
-    (shipment,) = services.order_repository.get(order.id).shipments
+    order = allocated(services, place_order(external_id=external_id, fulfillment=pickup))
+    (shipment,) = order.shipments
     return services.actions.ready(order.id, shipment.id, actor="key_store")
 
 
@@ -694,30 +692,52 @@ def shipped_order(aws, external_id: str) -> Order:
     from functions.bootstrap import Config, bootstrap
 
     services = bootstrap(Config.from_env(), label_store=FakeLabels())
-    services.catalog.put_product("TSHIRT", ProductInput.model_validate(product_body()))
-    services.catalog.put_location("wh-east", LocationInput.model_validate(location_body()))
-    services.inventory.count("TSHIRT", "wh-east", 5)
-    order = services.capture.place(place_order(external_id=external_id), actor="key_web")
-    services.workflow.authorize_payment(order.id, attempt=0)
-    services.workflow.reserve_stock(order.id)
-    services.workflow.create_shipments(order.id)
-    (shipment,) = services.order_repository.get(order.id).shipments
+    order = allocated_tshirt(services, external_id)
+    (shipment,) = order.shipments
     return services.actions.ship(order.id, shipment.id, None, actor="key_wh")
 
 
 def allocated_mugs(services: Any, external_id: str, quantity: int) -> Order:
     """`quantity` MUGs (12.50, 5 on hand at wh-west) placed and allocated with these services, its
-    one shipment pending: the order as placed."""
+    one shipment pending: the order as stored."""
     services.catalog.put_product("MUG", ProductInput.model_validate(product_body("12.50")))
     services.catalog.put_location("wh-west", LocationInput.model_validate(location_body()))
     services.inventory.count("MUG", "wh-west", 5)
-    order = services.capture.place(
-        place_order(external_id=external_id, lines=[{"sku": "MUG", "quantity": quantity}]), actor="key_web"
-    )
+    return allocated(services, place_order(external_id=external_id, lines=[{"sku": "MUG", "quantity": quantity}]))
+
+
+def allocated(services: Any, placing: PlaceOrder) -> Order:
+    """The order placed and taken through the workflow's steps up to allocation with these services,
+    as the state machine runs them: the order as stored after."""
+    order = services.capture.place(placing, actor="key_web")
     services.workflow.authorize_payment(order.id, attempt=0)
     services.workflow.reserve_stock(order.id)
     services.workflow.create_shipments(order.id)
-    return order
+    return services.order_repository.get(order.id)
+
+
+def allocated_tshirt(services: Any, external_id: str) -> Order:
+    """A TSHIRT (5 on hand at wh-east) placed and allocated with these services, its one shipment
+    pending: the order as stored."""
+    services.catalog.put_product("TSHIRT", ProductInput.model_validate(product_body()))
+    services.catalog.put_location("wh-east", LocationInput.model_validate(location_body()))
+    services.inventory.count("TSHIRT", "wh-east", 5)
+    return allocated(services, place_order(external_id=external_id))
+
+
+def cancelled_while_the_carrier_was_down(services: Any, monkeypatch: pytest.MonkeyPatch) -> Order:
+    """An allocated TSHIRT cancelled while its carrier's API was down: the order as cancelled, its
+    booking still to cancel."""
+    from core import carrier_bookings
+
+    order = allocated_tshirt(services, "web-booked")
+
+    def down(*args: Any, **kwargs: Any) -> None:
+        raise ConnectionError("carrier API unreachable")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(carrier_bookings, "call_hook", down)
+        return services.actions.cancel(order.id, "changed my mind", actor="key_web")
 
 
 def test_an_appeasement_left_pending_by_a_function_that_died_is_finished_through_its_index(stack, monkeypatch):
@@ -772,14 +792,7 @@ def test_orders_with_a_pending_refund_are_read_a_page_at_a_time_oldest_first_as_
                   "refund_since": {"S": timestamp(start + timedelta(minutes=n))}},
         )  # fmt: skip
     pending = DynamoPendingRefunds(aws.dynamodb, aws.tables["OrdersTable"], page_size=2)
-    queries: list[dict[str, Any]] = []
-    real = aws.dynamodb.query
-
-    def query(**request: Any) -> dict[str, Any]:
-        queries.append(request)
-        return real(**request)
-
-    monkeypatch.setattr(aws.dynamodb, "query", query)
+    queries = queries_sent(aws, monkeypatch)
 
     assert list(pending.pending_since_before(utc_now())) == ids
     assert list(pending.pending_since_before(start + timedelta(minutes=1, seconds=30))) == ids[:2]
@@ -1027,14 +1040,7 @@ def test_orders_left_holding_an_authorization_are_read_oldest_first_a_page_at_a_
                   "refund_since": {"S": timestamp(start + timedelta(minutes=n))}},
         )  # fmt: skip
     unsettled = DynamoUnsettledAuthorizations(aws.dynamodb, aws.tables["OrdersTable"], page_size=2)
-    queries: list[dict[str, Any]] = []
-    real = aws.dynamodb.query
-
-    def query(**request: Any) -> dict[str, Any]:
-        queries.append(request)
-        return real(**request)
-
-    monkeypatch.setattr(aws.dynamodb, "query", query)
+    queries = queries_sent(aws, monkeypatch)
 
     assert list(unsettled.left_since_before(utc_now())) == ids  # never the pending refund's order
     assert list(unsettled.left_since_before(start + timedelta(minutes=1, seconds=30))) == ids[:2]
@@ -1100,32 +1106,18 @@ def test_a_booking_the_carrier_could_not_cancel_with_the_order_is_cancelled_by_a
 ):
     # The carrier was down when the order was cancelled: nobody would ask it again, and the merchant
     # would pay for a label never used.
-    from core import carrier_bookings
     from functions.bootstrap import Config, bootstrap
     from functions.reconciler import app
 
     aws = stack["aws"]
     services = bootstrap(Config.from_env(), label_store=FakeLabels())
-    services.catalog.put_product("TSHIRT", ProductInput.model_validate(product_body()))
-    services.catalog.put_location("wh-east", LocationInput.model_validate(location_body()))
-    services.inventory.count("TSHIRT", "wh-east", 5)
-    order = services.capture.place(place_order(external_id="web-booked"), actor="key_web")
-    services.workflow.authorize_payment(order.id, attempt=0)
-    services.workflow.reserve_stock(order.id)
-    services.workflow.create_shipments(order.id)
-
-    def down(*args: Any, **kwargs: Any) -> None:
-        raise ConnectionError("carrier API unreachable")
-
-    with monkeypatch.context() as patched:
-        patched.setattr(carrier_bookings, "call_hook", down)
-        cancelled = services.actions.cancel(order.id, "changed my mind", actor="key_web")
+    cancelled = cancelled_while_the_carrier_was_down(services, monkeypatch)
     assert cancelled.status is OrderStatus.CANCELLED and len(cancelled.bookings_to_cancel) == 1
-    key = {"id": {"S": order.id}}
+    key = {"id": {"S": cancelled.id}}
     item = aws.dynamodb.get_item(TableName=aws.tables["OrdersTable"], Key=key)["Item"]
     assert item["refund_key"] == {"S": "carrier"}  # in the index's carrier partition while it owes
     reconcile()
-    assert services.order_repository.get(order.id).owes_carrier_work()  # still in its request's hands
+    assert services.order_repository.get(cancelled.id).owes_carrier_work()  # still in its request's hands
     capsys.readouterr()
 
     later = utc_now() + timedelta(minutes=16)
@@ -1133,9 +1125,9 @@ def test_a_booking_the_carrier_could_not_cancel_with_the_order_is_cancelled_by_a
         reconcile()
 
     assert emitted(capsys.readouterr().out) == {"CarrierBookingsSettled": 1}
-    after = services.order_repository.get(order.id)
+    after = services.order_repository.get(cancelled.id)
     assert not after.owes_carrier_work() and after.status is OrderStatus.CANCELLED
-    _, history = services.order_repository.history(order.id)
+    _, history = services.order_repository.history(cancelled.id)
     assert [entry.type for entry in history][-1] == "carrier_booking_cancelled"
     item = aws.dynamodb.get_item(TableName=aws.tables["OrdersTable"], Key=key)["Item"]
     assert "refund_key" not in item and "refund_since" not in item
@@ -1147,33 +1139,19 @@ def test_an_order_set_aside_for_a_refused_void_is_still_found_for_the_carrier_wo
     # An order holding an authorization whose void the gateway refused sits in the authorization
     # pass's partition, ahead of the carrier's: set aside from it, it must land in the carrier's,
     # or no pass would ever cancel its booking (the merchant pays for a label never used).
-    from core import carrier_bookings
     from core.events import OrderEvent
     from functions.bootstrap import Config, bootstrap
     from functions.reconciler import app
 
     aws = stack["aws"]
     services = bootstrap(Config.from_env(), label_store=FakeLabels())
-    services.catalog.put_product("TSHIRT", ProductInput.model_validate(product_body()))
-    services.catalog.put_location("wh-east", LocationInput.model_validate(location_body()))
-    services.inventory.count("TSHIRT", "wh-east", 5)
-    order = services.capture.place(place_order(external_id="web-booked"), actor="key_web")
-    services.workflow.authorize_payment(order.id, attempt=0)
-    services.workflow.reserve_stock(order.id)
-    services.workflow.create_shipments(order.id)
-
-    def down(*args: Any, **kwargs: Any) -> None:
-        raise ConnectionError("carrier API unreachable")
-
-    with monkeypatch.context() as patched:
-        patched.setattr(carrier_bookings, "call_hook", down)
-        cancelled = services.actions.cancel(order.id, "changed my mind", actor="key_web")
+    cancelled = cancelled_while_the_carrier_was_down(services, monkeypatch)
     # As an edit leaves it: an authorization it replaced, whose void the gateway refused.
     left = cancelled.model_copy(update={"replaced_authorizations": ["auth_replaced"], "version": cancelled.version + 1})
     refusal = {"operation": "void", "kind": "refused", "message": "expired", "authorization": "auth_replaced"}
     entry = HistoryEntry(at=utc_now(), type=OrderEvent.PAYMENT_VOID_FAILED, actor="key_web", detail=refusal)
     services.order_repository.update(left, cancelled, [entry])
-    key = {"id": {"S": order.id}}
+    key = {"id": {"S": cancelled.id}}
     assert aws.dynamodb.get_item(TableName=aws.tables["OrdersTable"], Key=key)["Item"]["refund_key"] == {"S": "void"}
     capsys.readouterr()
 
@@ -1183,7 +1161,7 @@ def test_an_order_set_aside_for_a_refused_void_is_still_found_for_the_carrier_wo
             reconcile()
 
     assert emitted(capsys.readouterr().out) == {"CarrierBookingsSettled": 1}
-    after = services.order_repository.get(order.id)
+    after = services.order_repository.get(cancelled.id)
     assert not after.owes_carrier_work() and after.replaced_authorizations == ["auth_replaced"]
 
 

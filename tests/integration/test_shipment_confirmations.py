@@ -6,65 +6,35 @@ through the container's workflow steps."""
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterator
 from typing import Any
 
-import boto3
 import pytest
 
-from tests.e2e.client import Catalog, assert_error, order_body, put_network, unique, unsigned
-from tests.integration.in_process import InProcessApi, in_process_api
+from tests.e2e.client import assert_error, order_body, stocked_sku, unique, unsigned
+from tests.integration.in_process import InProcessApi, in_process_api_with_labels, issue, run_to_allocated
 
 PATH = "/shipments/confirmations"
 
 
 @pytest.fixture(scope="module")
 def api() -> Iterator[InProcessApi]:
-    from infra.local.stack import forget_warm_containers
-
-    with in_process_api() as started:
-        # The workflow steps these tests run in-process book labels into a bucket.
-        boto3.client("s3").create_bucket(Bucket="confirmation-test-labels")
-        os.environ["LABELS_BUCKET"] = "confirmation-test-labels"
-        forget_warm_containers()
-        try:
-            yield started
-        finally:
-            del os.environ["LABELS_BUCKET"]
-            forget_warm_containers()
+    with in_process_api_with_labels() as started:
+        yield started
 
 
 @pytest.fixture(scope="module")
 def sku(api: InProcessApi) -> str:
-    network = put_network(api)
-    catalog = Catalog(api)
-    created = catalog.product("25.00")
-    catalog.stock(created, network["west"], 1000)
-    return created
-
-
-def issue(api: InProcessApi, *scopes: str, channel: str | None = None) -> str:
-    body: dict[str, Any] = {"name": unique("key"), "scopes": list(scopes), **({"channel": channel} if channel else {})}
-    response = api.post("/api-keys", json=body)
-    assert response.status_code == 201, response.text
-    return response.json()["key"]
+    """A product at 25.00 with 1000 units at the network's west warehouse."""
+    return stocked_sku(api, "25.00", on_hand=1000)[1]
 
 
 def allocated(api: InProcessApi, sku: str, **overrides: Any) -> tuple[str, str]:
     """A new order, allocated: (its id, its one shipment's id)."""
-    from functions.api.dependencies import container
-
     response = api.post("/orders", json=order_body((sku, 1), **overrides))
     assert response.status_code == 201, response.text
-    order_id = response.json()["id"]
-    workflow = container().workflow
-    workflow.authorize_payment(order_id, attempt=0)
-    workflow.reserve_stock(order_id)
-    workflow.create_shipments(order_id)
-    order = api.get(f"/orders/{order_id}").json()
-    assert order["status"] == "allocated", order
-    return order_id, order["shipments"][0]["id"]
+    order = run_to_allocated(api, response.json()["id"])
+    return order["id"], order["shipments"][0]["id"]
 
 
 def item(order_id: str, shipment_id: str, action: str, **more: Any) -> dict[str, Any]:

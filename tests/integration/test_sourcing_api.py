@@ -4,14 +4,12 @@ orders that makes one read of the locations and one batched read of the stock.""
 
 from __future__ import annotations
 
-import os
 import random
 import string
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
-import boto3
 import pytest
 
 from core import hookimpl
@@ -19,33 +17,18 @@ from core.models import Allocation
 from core.sourcing import MAX_REASON_CHARS, MAX_REASONS
 from core.workflow_types import SourcingPlan
 from tests.e2e.client import Catalog, assert_error, order_body, put_network, unique
-from tests.integration.in_process import InProcessApi, in_process_api, run_to_allocated
+from tests.integration.in_process import InProcessApi, in_process_api_with_labels, issue, run_to_allocated
 
 
 @pytest.fixture(scope="module")
 def api() -> Iterator[InProcessApi]:
-    from infra.local.stack import forget_warm_containers
-
-    with in_process_api() as started:
-        boto3.client("s3").create_bucket(Bucket="sourcing-test-labels")
-        os.environ["LABELS_BUCKET"] = "sourcing-test-labels"
-        forget_warm_containers()
-        try:
-            yield started
-        finally:
-            del os.environ["LABELS_BUCKET"]
-            forget_warm_containers()
+    with in_process_api_with_labels() as started:
+        yield started
 
 
 @pytest.fixture(scope="module")
 def network(api: InProcessApi) -> dict[str, str]:
     return put_network(api)
-
-
-def issue(api: InProcessApi, *scopes: str) -> str:
-    response = api.post("/api-keys", json={"name": unique("key"), "scopes": list(scopes)})
-    assert response.status_code == 201, response.text
-    return response.json()["key"]
 
 
 def put_rules(api: InProcessApi, **body: Any) -> dict[str, Any]:

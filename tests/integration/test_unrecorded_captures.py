@@ -20,6 +20,7 @@ from core.models import HistoryEntry, LocationInput, Order, ProductInput, utc_no
 from core.status import OrderStatus, ShipmentStatus
 from tests.builders import location_body, place_order, product_body
 from tests.fakes import FakeLabels
+from tests.integration.conftest import queries_sent
 from tests.integration.import_support import context
 from tests.integration.test_reconciler import only_granted_calls, refund_index, stack  # noqa: F401 (fixtures)
 
@@ -500,14 +501,7 @@ def test_orders_with_a_settlement_request_are_read_oldest_first_a_page_at_a_time
                   "refund_since": {"S": timestamp(start + timedelta(minutes=n))}},
         )  # fmt: skip
     requested = DynamoSettlementCaptures(aws.dynamodb, aws.tables["OrdersTable"], page_size=2)
-    queries: list[dict[str, Any]] = []
-    real = aws.dynamodb.query
-
-    def query(**request: Any) -> dict[str, Any]:
-        queries.append(request)
-        return real(**request)
-
-    monkeypatch.setattr(aws.dynamodb, "query", query)
+    queries = queries_sent(aws, monkeypatch)
 
     assert list(requested.requested_since_before(utc_now())) == ids  # never the other partitions' orders
     assert list(requested.requested_since_before(start + timedelta(minutes=1, seconds=30))) == ids[:2]

@@ -1,4 +1,5 @@
-"""Builders for unit tests (products, addresses, orders, pricing drafts) and a fresh plugin setup."""
+"""Builders for unit tests (products, addresses, orders, pricing drafts), a fresh plugin setup, and
+the order world (tests/unit/world.py) over the test module's own `STOCK`."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from core.status import OrderStatus
 from plugins.data_files import load_data_file
 from plugins.promotions import PROMOTIONS_FILE_ENV
 from plugins.tax_table import TAX_RATES_FILE_ENV
+from tests.unit.world import Clock, World, build_world
 
 UPDATED_AT = datetime(2025, 1, 1, tzinfo=UTC)
 
@@ -173,3 +175,16 @@ def plugins() -> pluggy.PluginManager:
 @pytest.fixture
 def pricing(plugins: pluggy.PluginManager) -> Pricing:
     return Pricing(plugins)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    """The world's clock, at NOW until the test moves it; a module overrides it to start elsewhere."""
+    return Clock()
+
+
+@pytest.fixture
+def world(request: pytest.FixtureRequest, clock: Clock) -> World:
+    """The order world over the test module's `STOCK` ([(sku, location_id, on_hand)]), on `clock`.
+    A module that needs more (a plugin, a wrapped repository) overrides this fixture."""
+    return build_world(request.module.STOCK, clock=clock)

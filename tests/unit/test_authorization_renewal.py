@@ -16,33 +16,12 @@ from core.money import Money
 from core.status import OrderStatus, PaymentStatus, ShipmentStatus
 from core.workflow_types import PaymentResult
 from plugins.test_payments import AUTHORIZATION, reference
-from tests.builders import NOW, location
+from tests.builders import location
 from tests.unit.test_money_invariants import PerUnitShipping
 from tests.unit.test_workflow import NoLookup
-from tests.unit.world import Died, World, before_the_next_write, build_world, dies_before_recording
+from tests.unit.world import Clock, Died, World, before_the_next_write, build_world, dies_before_recording
 
 STOCK = [("TSHIRT", "wh-east", 10), ("MUG", "wh-west", 3), ("CAP", "wh-east", 4)]
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = NOW
-
-    def __call__(self):
-        return self.now
-
-    def days_later(self, days: float) -> None:
-        self.now = self.now + timedelta(days=days)
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def world(clock) -> World:
-    return build_world(STOCK, clock=clock)
 
 
 def test_a_ship_a_week_after_the_authorization_authorizes_again_voids_the_old_one_and_captures_on_the_new(world, clock):

@@ -20,10 +20,17 @@ from core.order_changes import outage_noted_once
 from core.ports import UnsettledAuthorizations
 from core.status import OrderStatus, PaymentStatus
 from plugins.test_payments import AUTHORIZATION, reference
-from tests.unit.test_jeopardy import Clock
-from tests.unit.test_payment_truth import Removed, a_ship_that_died
+from tests.unit.test_payment_truth import Removed
 from tests.unit.test_workflow import AnswerLost, CancelledMeanwhile, LookupDown, NoLookup
-from tests.unit.world import Died, World, before_the_next_write, build_world, dies_before_recording
+from tests.unit.world import (
+    Clock,
+    Died,
+    World,
+    a_ship_that_died,
+    before_the_next_write,
+    build_world,
+    dies_before_recording,
+)
 
 STOCK = [("TSHIRT", "wh-west", 20)]
 ACTOR = "reconciler"
@@ -49,16 +56,6 @@ class InMemoryUnsettledAuthorizations(UnsettledAuthorizations):
 
     def _set_aside(self, order: Order) -> bool:
         return self._aside.get(order.id) == (order.version, len(self._world.history(order.id)))
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def world(clock: Clock) -> World:
-    return build_world(STOCK, clock=clock)
 
 
 def sweep(

@@ -15,7 +15,7 @@ from core.models import LineInput, OrderEdit
 from functions.business_metrics import MeteredOrders, emits_business_metrics, flush, orders_changed
 from tests.builders import NOW, place_order
 from tests.unit.conftest import usd
-from tests.unit.world import World, build_world
+from tests.unit.world import Clock, World, build_world
 
 STOCK = [("TSHIRT", "wh-east", 10), ("TSHIRT", "wh-west", 10), ("MUG", "wh-west", 3)]
 
@@ -262,7 +262,6 @@ def test_a_refund_counts_and_its_value_by_currency(world, capsys):
 def test_a_split_refund_refused_after_a_part_went_back_counts_what_went_back(monkeypatch, capsys):
     # Before: only `payment_refunded` entries counted, and the refusal's `refund_failed` entry
     # carries the part the gateway approved: RefundValue missed money that did go back.
-    from tests.unit.test_authorization_renewal import Clock
     from tests.unit.test_refund_authorizations import STOCK as PARCELS
     from tests.unit.test_refund_authorizations import renewed_between_parcels
 
@@ -380,12 +379,11 @@ def test_a_give_back_of_a_replacements_credit_the_gateway_refused_counts_for_its
     # alarm, so no person heard of it. It is counted once, by the write that recorded the refusal
     # (CreditsNotGivenBackAlarm); a repeat of the cancel asks nothing again and counts nothing.
     from tests.unit.test_returns import STOCK as RETURNS_STOCK
-    from tests.unit.test_returns import Clock as ReturnsClock
     from tests.unit.test_returns import exchanged
 
     monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "false")
     monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "OMS")
-    clock = ReturnsClock(NOW + timedelta(days=3))
+    clock = Clock(NOW + timedelta(days=3))
     world = build_world(RETURNS_STOCK, wrap_orders=MeteredOrders, clock=clock)
     _, order, settled = exchanged(world, clock, ("TSHIRT", 1), ("TSHIRT", 1), ("CAP", 1))
     replacement = world.run(settled.exchange_order_id or "")
@@ -426,10 +424,9 @@ def test_a_refused_give_back_of_a_replacements_credit_names_its_order_for_the_al
     # the failed refund is on, the refund and what was not given back; a repeat logs nothing more.
     # The runbook's Logs Insights filter matches that line.
     from tests.unit.test_returns import STOCK as RETURNS_STOCK
-    from tests.unit.test_returns import Clock as ReturnsClock
     from tests.unit.test_returns import exchanged
 
-    clock = ReturnsClock(NOW + timedelta(days=3))
+    clock = Clock(NOW + timedelta(days=3))
     world = build_world(RETURNS_STOCK, clock=clock)
     _, order, settled = exchanged(world, clock, ("TSHIRT", 1), ("TSHIRT", 1), ("CAP", 1))
     replacement = world.run(settled.exchange_order_id or "")

@@ -26,25 +26,14 @@ from core.ports import SettlementCaptures
 from core.status import OrderStatus, PaymentStatus, ShipmentStatus
 from plugins.testing.gateway import RecordingGateway
 from plugins.testing.memory import InMemoryLateOrders
-from tests.unit.test_jeopardy import Clock
 from tests.unit.test_unit_cancellation import PerUnitShipping
-from tests.unit.world import Died, World, build_world, dies_before_recording
+from tests.unit.world import Clock, Died, World, a_ship_that_died, build_world, dies_before_recording
 
 STOCK = [("TSHIRT", "wh-west", 10), ("MUG", "wh-west", 3), ("CAP", "wh-east", 4)]
 ACTOR = SCAN_ACTOR
 NOTHING = CapturesSettled(settled=[], held=[], unconfirmed=[])
 # Past an allocated order's deadline (48 h by default), by a minute.
 LATE = {"hours": 48, "minutes": 1}
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def world(clock: Clock) -> World:
-    return build_world(STOCK, clock=clock)
 
 
 def sweep(world: World, clock: Clock) -> UnrecordedCaptureSweep:
@@ -62,18 +51,6 @@ def a_pass(world: World, clock: Clock, sla: str = "") -> CapturesSettled:
         sla=parse_sla(sla), captures_after=timedelta(minutes=15),
     )  # fmt: skip
     return sweep(world, clock).run(scan.run().captures_left, ACTOR)
-
-
-def a_ship_that_died(world: World, monkeypatch: pytest.MonkeyPatch, *lines: tuple[str, int]) -> tuple[Order, str]:
-    """An allocated order whose first shipment's ship died after the gateway captured its share,
-    before the order recorded it: the order as it was, and the shipment."""
-    order = world.allocated(*(lines or [("TSHIRT", 2)]))
-    shipment_id = order.shipments[0].id
-    dies_before_recording(world, monkeypatch, "shipment_shipped")
-    with pytest.raises(Died):
-        world.actions.ship(order.id, shipment_id, None, actor="key_wh")
-    monkeypatch.undo()
-    return order, shipment_id
 
 
 def test_a_capture_whose_ship_died_is_refunded_and_the_order_held_once_the_order_is_past_its_deadline(

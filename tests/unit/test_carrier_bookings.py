@@ -17,8 +17,7 @@ from core.models import LineInput, Order, OrderEdit
 from core.ports import OrdersOwingCarrier
 from core.status import OrderStatus
 from plugins import flat_rate_carrier
-from tests.unit.test_jeopardy import Clock
-from tests.unit.world import World, before_the_next_write, build_world
+from tests.unit.world import Clock, World, before_the_next_write, build_world
 
 S = OrderStatus
 # MUG is only in the west and CAP only in the east, so an order with both ships in two parcels.
@@ -75,11 +74,6 @@ class InMemoryOrdersOwingCarrier(OrdersOwingCarrier):
     def owing_since_before(self, before: datetime) -> Iterator[str]:
         owing = [o for o in self._world.orders.orders.values() if o.owes_carrier_work() and o.updated_at < before]
         return iter(o.id for o in sorted(owing, key=lambda o: o.updated_at))
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
 
 
 @pytest.fixture

@@ -12,15 +12,10 @@ from core.holds import HoldRequest, Holds, ReleaseRequest
 from core.models import Order
 from core.status import OrderStatus, ShipmentStatus
 from tests.builders import NOW
-from tests.unit.world import World, build_world
+from tests.unit.world import World
 
 STOCK = [("TSHIRT", "wh-west", 50), ("TSHIRT", "store-sf", 5), ("CAP", "wh-east", 10)]
 PICKUP = {"fulfillment": {"type": "pickup", "location_id": "store-sf"}}
-
-
-@pytest.fixture
-def world() -> World:
-    return build_world(STOCK)
 
 
 def batch(*items: tuple[str, str, str] | dict) -> ConfirmationBatch:

@@ -18,15 +18,13 @@ from core.workflow import CANCEL_RECORDED
 from functions.adapters.dynamodb import KEPT_BACK_KEY, index_attributes
 from tests.builders import NOW
 from tests.unit.test_authorization_sweep import sweep as authorization_sweep
-from tests.unit.test_jeopardy import Clock
 from tests.unit.test_kept_back_sweep import sweep as kept_back_sweep
 from tests.unit.test_pending_refund_sweep import sweep as pending_refund_sweep
 from tests.unit.test_returns import STOCK as RETURNS_STOCK
-from tests.unit.test_returns import Clock as ReturnsClock
 from tests.unit.test_returns import exchange_of, receipt, returns_for
 from tests.unit.test_unit_cancellation import STOCK as CANCEL_STOCK
-from tests.unit.test_unit_cancellation import PerUnitShipping, exchanged_for_three_mugs
-from tests.unit.world import Died, World, build_world
+from tests.unit.test_unit_cancellation import PerUnitShipping, exchanged_for_three
+from tests.unit.world import Clock, Died, World, build_world
 
 ACTOR = "reconciler"
 
@@ -50,7 +48,7 @@ def dies_after_recording(world: World, monkeypatch: pytest.MonkeyPatch, event: s
     return died
 
 
-def passes(world: World, clock: Clock | ReturnsClock) -> None:
+def passes(world: World, clock: Clock | Clock) -> None:
     """The reconciler's passes that touch payments, each as a later run finds the order."""
     for _ in range(3):
         clock.now += timedelta(minutes=20)
@@ -116,11 +114,11 @@ def replacement_whose_rest_is_cancelled(monkeypatch: pytest.MonkeyPatch, died_af
     which refunds what the replacement's captures hold beyond its new total (the settlement) and
     gives back, on the original, the credit it no longer uses. The function dies right after its
     write recording `died_after`: (world, clock, original, replacement)."""
-    clock = ReturnsClock(NOW + timedelta(days=3))
+    clock = Clock(NOW + timedelta(days=3))
     stock = [("MUG", "wh-west", 1), ("MUG", "wh-east", 2), ("TSHIRT", "wh-west", 1)]
     world = build_world(stock, clock=clock)
     returns, _ = returns_for(world, clock)
-    order, replacement = exchanged_for_three_mugs(world, returns, "TSHIRT")
+    order, replacement = exchanged_for_three(world, returns, "TSHIRT")
     died = dies_after_recording(world, monkeypatch, died_after)
     with pytest.raises(Died):
         world.actions.cancel(replacement.id, "no more mugs", actor="key_cs", lines={"L1": 2})
@@ -354,15 +352,13 @@ def refund_events(writes: list[tuple[Order, Order]], order_id: str) -> list[tupl
     ]  # fmt: skip
 
 
-def replacement_left_below_its_credit(
-    pickup: bool, *, below: bool = True
-) -> tuple[World, ReturnsClock, Order, Order, str]:
+def replacement_left_below_its_credit(pickup: bool, *, below: bool = True) -> tuple[World, Clock, Order, Order, str]:
     """A TSHIRT exchanged for a TSHIRT and a CAP (shipped from the west and east), or for three
     TSHIRTs to collect at the SF store (`pickup`); units of the replacement are cancelled while its
     last parcel waits (pending, or ready at the store), leaving its total below the credit: the
     credit's rest is given back once that parcel has left. (world, clock, original, replacement,
     that parcel's id). Not `below`: nothing is cancelled, and it uses its whole credit."""
-    clock = ReturnsClock(NOW + timedelta(days=3))
+    clock = Clock(NOW + timedelta(days=3))
     world = build_world([*RETURNS_STOCK, ("TSHIRT", "store-sf", 10)], clock=clock)
     returns, _ = returns_for(world, clock)
     if pickup:

@@ -20,10 +20,9 @@ from core.status import OrderStatus, ShipmentStatus
 from core.tracking import CarrierTracking
 from functions.business_metrics import MeteredOrders, flush
 from tests.unit.test_business_metrics import emitted
-from tests.unit.test_capture_sweep import LATE, STOCK, a_pass, a_ship_that_died
-from tests.unit.test_jeopardy import Clock
+from tests.unit.test_capture_sweep import LATE, STOCK, a_pass
 from tests.unit.test_tracking import event, post
-from tests.unit.world import build_world
+from tests.unit.world import Clock, a_ship_that_died, build_world
 
 NOT_RECORDED = ("DeliveriesNotRecorded", ())
 README = Path(__file__).resolve().parents[2] / "README.md"

@@ -18,20 +18,13 @@ from core.jeopardy import REPORTED_REASON
 from core.models import LineInput, Order, OrderEdit
 from core.status import OrderStatus, ShipmentStatus
 from plugins.testing.memory import InMemoryLateOrders
-from tests.unit.test_capture_sweep import LATE, STOCK, a_pass
-from tests.unit.test_jeopardy import Clock
+from tests.unit.test_capture_sweep import (
+    LATE,
+    STOCK,  # noqa: F401 (the stock of the `world` fixture)
+    a_pass,
+)
 from tests.unit.test_parcels_to_confirm import held_for_a_parcel
-from tests.unit.world import Died, World, build_world, dies_before_recording
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def world(clock: Clock) -> World:
-    return build_world(STOCK, clock=clock)
+from tests.unit.world import Clock, Died, World, dies_before_recording
 
 
 def held_for_parcels(

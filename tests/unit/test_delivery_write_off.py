@@ -29,15 +29,9 @@ from tests.unit.test_business_metrics import emitted
 from tests.unit.test_capture_sweep import STOCK
 from tests.unit.test_delivery_report_refused import NOT_RECORDED, errors, metrics  # noqa: F401 (a fixture)
 from tests.unit.test_delivery_reports import held_for_parcels
-from tests.unit.test_jeopardy import Clock
-from tests.unit.world import World, build_world
+from tests.unit.world import Clock, World, build_world
 
 PERSON = "key_ops"
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
 
 
 @pytest.fixture

@@ -17,15 +17,10 @@ from plugins.tax_table import TAX_RATES_FILE_ENV
 from tests.builders import product
 from tests.unit.test_returns import RetiredWallet
 from tests.unit.test_unit_cancellation import CourierShipping, RetiringShipping
-from tests.unit.world import World, build_world
+from tests.unit.world import build_world
 
 S = OrderStatus
 STOCK = [("MUG", "wh-west", 10), ("CAP", "wh-west", 8)]
-
-
-@pytest.fixture
-def world() -> World:
-    return build_world(STOCK)
 
 
 def new_address(order) -> OrderEdit:

@@ -14,16 +14,11 @@ from core.money import Money
 from core.status import OrderStatus
 from plugins.promotions import PROMOTIONS_FILE_ENV
 from tests.builders import place_order
-from tests.unit.world import World, build_world
+from tests.unit.world import World
 
 S = OrderStatus
 STOCK = [("MUG", "wh-west", 10), ("CAP", "wh-west", 8)]
 CODES = ["WELCOME10", "SAVE5", "FREESHIP"]  # percent off, fixed off, free shipping (the packaged file)
-
-
-@pytest.fixture
-def world() -> World:
-    return build_world(STOCK)
 
 
 @pytest.fixture

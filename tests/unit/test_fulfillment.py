@@ -20,7 +20,7 @@ from core.money import Money
 from core.status import OrderStatus
 from plugins.test_payments import CAPTURE, VOID, reference
 from tests.builders import NOW, address_body, place_order
-from tests.unit.world import World, before_the_next_write, build_world
+from tests.unit.world import before_the_next_write, build_world
 
 S = OrderStatus
 
@@ -35,11 +35,6 @@ STOCK = [
     ("PEN", "wh-east", 20),
     ("PEN", "wh-west", 20),
 ]
-
-
-@pytest.fixture
-def world() -> World:
-    return build_world(STOCK)
 
 
 # --- Ship ---------------------------------------------------------------------------------------

@@ -23,11 +23,6 @@ STOCK = [("TSHIRT", "wh-west", 10), ("MUG", "wh-west", 10), ("MUG", "wh-east", 1
 STEPS = ["authorize_payment", "reserve_stock", "create_shipments"]
 
 
-@pytest.fixture
-def world() -> World:
-    return build_world(STOCK)
-
-
 def holds(world: World) -> Holds:
     return Holds(world.orders, clock=lambda: NOW, inventory=world.inventory, catalog=world.catalog)
 

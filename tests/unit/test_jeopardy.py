@@ -23,26 +23,10 @@ from core.status import OrderStatus, ReturnStatus
 from core.workflow import CANCEL_RECORDED
 from plugins.testing.memory import InMemoryLateOrders, InMemoryUnreceivedReturns
 from tests.builders import NOW
-from tests.unit.world import World, build_world
+from tests.unit.world import Clock, World, build_world
 
 S = OrderStatus
 STOCK = [("MUG", "wh-west", 10)]
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = NOW
-
-    def __call__(self):
-        return self.now
-
-    def advance(self, **delta: float) -> None:
-        self.now += timedelta(**delta)
-
-
-@pytest.fixture
-def world() -> World:
-    return build_world(STOCK)
 
 
 def scan(world: World, clock: Clock, hold_expiry: timedelta | None = None, sla: str = "") -> JeopardyScan:

@@ -13,15 +13,16 @@ from core.deadline import Deadline
 from core.jeopardy import JeopardyScan, ScanIncomplete, Scanned, parse_sla
 from core.status import UNRECEIVED_RETURNS, OrderStatus, ReturnStatus
 from plugins.testing.memory import InMemoryLateOrders, InMemoryUnreceivedReturns
-from tests.unit.test_jeopardy import Clock, hold_at, one_mug_returned, returns_service
-from tests.unit.world import World, build_world
+from tests.unit.test_jeopardy import hold_at, one_mug_returned, returns_service
+from tests.unit.world import Clock, World
 
 S = OrderStatus
+STOCK = [("MUG", "wh-west", 40)]
 
 
 @pytest.fixture
-def world() -> World:
-    return counting_writes(build_world([("MUG", "wh-west", 40)]))
+def world(world: World) -> World:
+    return counting_writes(world)
 
 
 class Budget:

@@ -16,11 +16,10 @@ from functions.adapters.dynamodb import KEPT_BACK_KEY, index_attributes
 from tests.unit.test_capture_sweep import NOTHING, InMemorySettlementCaptures
 from tests.unit.test_capture_sweep import sweep as capture_sweep
 from tests.unit.test_death_between_writes import dies_after_recording, passes, settled_once_by_the_passes
-from tests.unit.test_jeopardy import Clock
 from tests.unit.test_kept_back_sweep import sweep as kept_back_sweep
 from tests.unit.test_unit_cancellation import STOCK as CANCEL_STOCK
 from tests.unit.test_unit_cancellation import PerUnitShipping
-from tests.unit.world import Died, World, build_world
+from tests.unit.world import Clock, Died, World, build_world
 
 ACTOR = "reconciler"
 
@@ -80,6 +79,13 @@ def last_ship_dies(monkeypatch: pytest.MonkeyPatch, *plugins: object) -> tuple[W
     cancelled CAP's worth beyond the captures. `plugins` join the world's."""
     clock = Clock()
     world = build_world(CANCEL_STOCK, *plugins, clock=clock)
+    order, east = a_last_ship_that_died(world, monkeypatch)
+    return world, clock, order, east
+
+
+def a_last_ship_that_died(world: World, monkeypatch: pytest.MonkeyPatch) -> tuple[Order, str]:
+    """last_ship_dies's order, on this world: the order as placed and its CAPs' parcel, whose ship
+    died before settling (the order owes that settlement)."""
     order = world.allocated(("MUG", 2), ("CAP", 3))
     world.actions.cancel(order.id, "one cap fewer", actor="key_web", lines={"L2": 1})
     world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
@@ -90,7 +96,8 @@ def last_ship_dies(monkeypatch: pytest.MonkeyPatch, *plugins: object) -> tuple[W
     monkeypatch.undo()
     shipped = world.order(order.id)
     assert died and shipped.payment.captured == shipped.totals.grand_total < shipped.payment.authorized
-    return world, clock, order, east
+    assert shipped.settlement_owed
+    return order, east
 
 
 def test_a_last_ship_that_died_before_settling_is_settled_by_the_reconciler_once(monkeypatch):
@@ -259,14 +266,7 @@ def test_a_void_the_gateway_is_down_for_marks_its_method_down_for_the_rest_of_th
     world = build_world([("MUG", "wh-west", 20), ("CAP", "wh-east", 20)], clock=clock)
     owing: list[Order] = []
     for _ in range(3):
-        order = world.allocated(("MUG", 2), ("CAP", 3))
-        world.actions.cancel(order.id, "one cap fewer", actor="key_web", lines={"L2": 1})
-        world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
-        died = dies_after_recording(world, monkeypatch, OrderEvent.SHIPMENT_SHIPPED)
-        with pytest.raises(Died):
-            world.actions.ship(order.id, world.shipment_at(order, "wh-east"), None, actor="key_wh")
-        monkeypatch.undo()
-        assert died and world.order(order.id).settlement_owed
+        order, _ = a_last_ship_that_died(world, monkeypatch)
         owing.append(world.order(order.id))
         clock.now += timedelta(minutes=1)
     stock_only = world.allocated(("MUG", 2))
@@ -546,10 +546,9 @@ def test_a_returns_show_is_made_though_its_method_was_marked_down_earlier_in_the
     from tests.unit.test_kept_back_sweep import caps_delivered_while_the_gateway_was_down
     from tests.unit.test_payment_truth import Removed
     from tests.unit.test_pending_refund_sweep import InMemoryPendingRefunds
-    from tests.unit.test_returns import Clock as StartingClock
     from tests.unit.test_returns import mugs_back_after_goodwill, returns_for
 
-    clock = StartingClock(NOW + timedelta(days=3))
+    clock = Clock(NOW + timedelta(days=3))
     removed = Removed()
     world = build_world([("MUG", "wh-west", 20), ("CAP", "wh-east", 20)], removed, clock=clock)
     returns, _ = returns_for(world, clock, removed)
@@ -596,14 +595,7 @@ def test_the_order_a_pass_found_its_gateway_down_on_is_reported_with_what_it_owe
     world = build_world([("MUG", "wh-west", 20), ("CAP", "wh-east", 20)], clock=clock)
     owing: list[Order] = []
     for _ in range(2):
-        order = world.allocated(("MUG", 2), ("CAP", 3))
-        world.actions.cancel(order.id, "one cap fewer", actor="key_web", lines={"L2": 1})
-        world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
-        died = dies_after_recording(world, monkeypatch, OrderEvent.SHIPMENT_SHIPPED)
-        with pytest.raises(Died):
-            world.actions.ship(order.id, world.shipment_at(order, "wh-east"), None, actor="key_wh")
-        monkeypatch.undo()
-        assert died and world.order(order.id).settlement_owed
+        order, _ = a_last_ship_that_died(world, monkeypatch)
         owing.append(world.order(order.id))
         clock.now += timedelta(minutes=1)
     world.gateway.script("void", "transient")

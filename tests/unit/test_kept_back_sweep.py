@@ -20,17 +20,24 @@ from core.ports import KeptBackRefunds
 from core.refund_service import KeptBackSweep, PendingRefundSweep
 from core.refunds import KEPT_BACK_REFUSALS, owes_kept_back, refund_id_for
 from core.return_models import Return
-from core.return_reconciliation import ReturnReconciler, ReturnsNotReconciled
+from core.return_reconciliation import ReturnsNotReconciled
 from core.returns import Returns
 from core.status import ReturnStatus
 from core.workflow_types import PaymentResult
 from functions.adapters.dynamodb import KEPT_BACK_KEY, index_attributes
-from plugins.testing.memory import InMemoryReceivedReturns
 from tests.builders import NOW
 from tests.fakes import InlineReturnWorkflow, ScriptedGateway
 from tests.unit.test_pending_refund_sweep import InMemoryPendingRefunds
-from tests.unit.test_returns import STOCK, Clock, ask, exchange_of, mugs_back_after_goodwill, receipt, returns_for
-from tests.unit.world import World, build_world
+from tests.unit.test_return_reconciliation import reconciler
+from tests.unit.test_returns import (
+    STOCK,  # noqa: F401 (the stock of the `world` fixture)
+    ask,
+    exchange_of,
+    mugs_back_after_goodwill,
+    receipt,
+    returns_for,
+)
+from tests.unit.world import Clock, World
 
 ACTOR = "reconciler"
 AFTER = timedelta(minutes=15)
@@ -53,11 +60,6 @@ class InMemoryKeptBackRefunds(KeptBackRefunds):
 @pytest.fixture
 def clock() -> Clock:
     return Clock(NOW + timedelta(days=3))
-
-
-@pytest.fixture
-def world(clock: Clock) -> World:
-    return build_world(STOCK, clock=clock)
 
 
 def caps_delivered_while_the_gateway_was_down(world: World, clock: Clock, order: Order, caps: str) -> None:
@@ -390,13 +392,9 @@ def test_the_returns_pass_shows_what_went_back_when_the_step_that_finished_the_r
     returns, order, mugs_return, cap_return = caps_return_finishing_the_kept_back_refund(world, clock)
     died_showing(monkeypatch, returns, cap_return)
     returns.stuck(cap_return, "States.Timeout", "the function died", actor="returns-workflow", execution="x1")
-    workflow = InlineReturnWorkflow()
-    workflow.returns = returns
+    workflow = InlineReturnWorkflow(returns)
     clock.now = clock.now + timedelta(hours=1)
-    passes = ReturnReconciler(
-        InMemoryReceivedReturns(world.returns), world.returns, world.orders, workflow, clock,
-        restart_after=timedelta(minutes=15),
-    )  # fmt: skip
+    passes = reconciler(world, clock, workflow)
 
     assert passes.run() == []  # the CAP's return is still left to the person its stuck entry called
     assert returns.get(mugs_return).refund == order.lines[0].total
@@ -609,12 +607,8 @@ def test_a_refund_step_dying_at_any_write_shows_every_return_what_went_back_once
 
     if then == "passes":
         returns.stuck(cap_return, "States.Timeout", "the function died", actor="returns-workflow", execution="x1")
-        workflow = InlineReturnWorkflow()
-        workflow.returns = returns
-        passes = ReturnReconciler(
-            InMemoryReceivedReturns(world.returns), world.returns, world.orders, workflow, clock,
-            restart_after=timedelta(minutes=15),
-        )  # fmt: skip
+        workflow = InlineReturnWorkflow(returns)
+        passes = reconciler(world, clock, workflow)
         for _ in range(2):
             later(clock)
             passes.run()
@@ -657,12 +651,8 @@ def test_a_return_whose_owed_refresh_keeps_failing_keeps_no_return_behind_it_fro
         return write(new, *args, **kwargs)
 
     monkeypatch.setattr(world.returns, "update", fails_for_the_cap)
-    workflow = InlineReturnWorkflow()
-    workflow.returns = returns
-    passes = ReturnReconciler(
-        InMemoryReceivedReturns(world.returns), world.returns, world.orders, workflow, clock,
-        restart_after=timedelta(minutes=15),
-    )  # fmt: skip
+    workflow = InlineReturnWorkflow(returns)
+    passes = reconciler(world, clock, workflow)
     clock.now = clock.now + timedelta(hours=1)
 
     with pytest.raises(ReturnsNotReconciled) as raised:
@@ -691,12 +681,8 @@ def test_a_dependency_down_ends_the_returns_pass_with_what_it_did(world, clock, 
         raise TransientError("the orders table is throttled")
 
     monkeypatch.setattr(world.orders, "history", down)
-    workflow = InlineReturnWorkflow()
-    workflow.returns = returns
-    passes = ReturnReconciler(
-        InMemoryReceivedReturns(world.returns), world.returns, world.orders, workflow, clock,
-        restart_after=timedelta(minutes=15),
-    )  # fmt: skip
+    workflow = InlineReturnWorkflow(returns)
+    passes = reconciler(world, clock, workflow)
     clock.now = clock.now + timedelta(hours=1)
 
     with pytest.raises(ReturnsNotReconciled) as raised:

@@ -18,11 +18,11 @@ from core.errors import (
     TransientError,
 )
 from core.holds import HoldRequest, Holds, ReleaseRequest
-from core.models import Address, Allocation, LineInput, OrderEdit
+from core.models import Address, Allocation, LineInput, Order, OrderEdit
 from core.money import Money
 from core.status import OrderStatus, ShipmentStatus, can_transition
 from tests.builders import NOW, address_body, place_order
-from tests.unit.world import Died, World, before_the_next_write, build_world, dies_before_recording
+from tests.unit.world import Died, World, before_the_next_write, dies_before_recording
 
 S = OrderStatus
 H = ShipmentStatus
@@ -36,11 +36,6 @@ STOCK = [
     ("PEN", "wh-east", 20),
 ]
 PICKUP = {"fulfillment": {"type": "pickup", "location_id": "store-sf"}}
-
-
-@pytest.fixture
-def world() -> World:
-    return build_world(STOCK)
 
 
 def resume(world: World, order_id: str):
@@ -981,13 +976,15 @@ def test_a_reject_of_a_parcel_no_longer_on_the_order_leaves_a_parcels_ship_in_fl
     assert world.spy.refunded == []
 
 
-def test_a_reject_of_a_parcel_that_shipped_a_moment_ago_leaves_a_parcels_ship_in_flight_alone(world, monkeypatch):
-    # The west parcel shipped a moment ago while the east's ship waits to record its capture; a plain
-    # read may still show the west parcel pending. The west's reject is refused (409) all the same,
-    # decided on the order as written: it must not first take back the east's capture.
+def west_shipped_while_the_easts_ship_waits(
+    world: World, monkeypatch: pytest.MonkeyPatch, *lines: tuple[str, int]
+) -> tuple[Order, str, str]:
+    """An order of `lines` over wh-west and wh-east whose east parcel's ship died before recording its
+    capture (its request still in flight), then whose west parcel shipped a moment ago, plain reads
+    lagging behind that write until monkeypatch.undo(): the order as placed, the west and east parcels."""
     from tests.unit.test_confirmations import lagging_reads
 
-    order = world.allocated(("MUG", 1), ("PEN", 1))
+    order = world.allocated(*lines)
     west, east = world.shipment_at(order, "wh-west"), world.shipment_at(order, "wh-east")
     dies_before_recording(world, monkeypatch, "shipment_shipped")
     with pytest.raises(Died):
@@ -995,6 +992,14 @@ def test_a_reject_of_a_parcel_that_shipped_a_moment_ago_leaves_a_parcels_ship_in
     monkeypatch.undo()
     lagging_reads(world, monkeypatch)
     world.actions.ship(order.id, west, None, actor="key_wh")
+    return order, west, east
+
+
+def test_a_reject_of_a_parcel_that_shipped_a_moment_ago_leaves_a_parcels_ship_in_flight_alone(world, monkeypatch):
+    # The west parcel shipped a moment ago while the east's ship waits to record its capture; a plain
+    # read may still show the west parcel pending. The west's reject is refused (409) all the same,
+    # decided on the order as written: it must not first take back the east's capture.
+    order, west, east = west_shipped_while_the_easts_ship_waits(world, monkeypatch, ("MUG", 1), ("PEN", 1))
 
     with pytest.raises(InvalidTransition):
         world.actions.reject(order.id, west, "damaged stock", actor="key_store")

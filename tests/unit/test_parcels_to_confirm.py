@@ -14,19 +14,12 @@ from core.holds import HoldRequest, Holds, ReleaseRequest
 from core.models import LineInput, Money, Order, OrderEdit
 from core.status import OrderStatus, ShipmentStatus
 from plugins.testing.memory import InMemoryLateOrders
-from tests.unit.test_capture_sweep import LATE, STOCK, a_pass, a_ship_that_died
-from tests.unit.test_jeopardy import Clock
-from tests.unit.world import World, build_world
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def world(clock: Clock) -> World:
-    return build_world(STOCK, clock=clock)
+from tests.unit.test_capture_sweep import (
+    LATE,
+    STOCK,  # noqa: F401 (the stock of the `world` fixture)
+    a_pass,
+)
+from tests.unit.world import Clock, World, a_ship_that_died
 
 
 def held_for_a_parcel(

@@ -26,11 +26,6 @@ S = OrderStatus
 STOCK = [("TSHIRT", "wh-west", 10), ("MUG", "wh-west", 3)]
 
 
-@pytest.fixture
-def world() -> World:
-    return build_world(STOCK)
-
-
 def cause(error: str, message: str) -> str:
     return json.dumps({"errorType": error, "errorMessage": message})
 

@@ -28,7 +28,7 @@ from core.models import LineInput, Order, OrderEdit
 from core.money import Money
 from core.refunds import refund_id_for
 from core.status import OrderStatus, PaymentStatus, ShipmentStatus
-from tests.unit.world import Died, World, before_the_next_write, build_world, dies_before_recording
+from tests.unit.world import Died, World, a_ship_that_died, before_the_next_write, build_world, dies_before_recording
 
 S, P = OrderStatus, PaymentStatus
 
@@ -36,11 +36,6 @@ STOCK = [("TSHIRT", "wh-east", 10), ("TSHIRT", "wh-west", 10), ("MUG", "wh-west"
 
 FAILURE_TYPES = {"payment_authorization_failed", "payment_capture_failed", "payment_void_failed",
                  "payment_refund_failed"}  # fmt: skip
-
-
-@pytest.fixture
-def world() -> World:
-    return build_world(STOCK)
 
 
 def usd(amount: str) -> Money:
@@ -622,17 +617,6 @@ def test_a_reversal_the_gateway_refuses_is_left_in_the_history_for_an_operator(w
 
 
 # --- A ship that dies after the gateway captured ----------------------------------------------------
-
-
-def a_ship_that_died(world: World, monkeypatch: pytest.MonkeyPatch, *lines: tuple[str, int]) -> tuple[Order, str]:
-    """An allocated order whose first shipment's ship died after the gateway captured its share."""
-    order = world.allocated(*(lines or [("TSHIRT", 2)]))
-    shipment_id = order.shipments[0].id
-    dies_before_recording(world, monkeypatch, "shipment_shipped")
-    with pytest.raises(Died):
-        world.actions.ship(order.id, shipment_id, None, actor="key_wh")
-    monkeypatch.undo()
-    return order, shipment_id
 
 
 def test_a_capture_whose_ship_died_stays_on_the_order_stored_and_never_shown(world, monkeypatch):

@@ -16,11 +16,10 @@ from core.money import Money
 from core.ports import PendingRefunds
 from core.refund_service import PendingRefundSweep, SweepIncomplete
 from plugins.testing.gateway import RecordingGateway
-from tests.unit.test_jeopardy import Clock
 from tests.unit.test_payment_truth import Removed
 from tests.unit.test_unit_cancellation import STOCK as CANCEL_STOCK
 from tests.unit.test_unit_cancellation import PerUnitShipping
-from tests.unit.world import Died, World, build_world, dies_before_recording
+from tests.unit.world import Clock, Died, World, build_world, dies_before_recording
 
 STOCK = [("TSHIRT", "wh-west", 10)]
 ACTOR = "reconciler"
@@ -37,16 +36,6 @@ class InMemoryPendingRefunds(PendingRefunds):
             if begun and min(begun) < before:
                 oldest[order.id] = min(begun)
         return iter(sorted(oldest, key=oldest.__getitem__))
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def world(clock: Clock) -> World:
-    return build_world(STOCK, clock=clock)
 
 
 def sweep(world: World, clock: Clock) -> PendingRefundSweep:

@@ -14,9 +14,10 @@ from core.pickups import PickupExpiry, PickupsExpired
 from core.ports import DuePickups
 from core.status import OrderStatus, ShipmentStatus
 from tests.builders import NOW
-from tests.unit.world import World, before_the_next_write, build_world
+from tests.unit.world import World, before_the_next_write
 
 S, H = OrderStatus, ShipmentStatus
+STOCK = [("TSHIRT", "store-sf", 5)]
 PICKUP = {"fulfillment": {"type": "pickup", "location_id": "store-sf"}}
 LATER = NOW + timedelta(days=7, seconds=1)  # past the default 7 days' wait
 
@@ -33,11 +34,6 @@ class ListedDue(DuePickups):
         for order_id in self.order_ids:
             self.read += 1
             yield order_id
-
-
-@pytest.fixture
-def world() -> World:
-    return build_world([("TSHIRT", "store-sf", 5)])
 
 
 def ready_pickup(world: World, monkeypatch: pytest.MonkeyPatch) -> tuple[str, str]:
@@ -187,13 +183,10 @@ def test_a_pickup_whose_collect_died_after_its_capture_is_not_expired_but_left_t
     assert (collected.status, collected.payment.status) == (S.DELIVERED, "captured")
 
 
-def test_a_pickup_whose_collect_died_is_held_for_a_person_by_the_jeopardy_scan_once_late():
+def test_a_pickup_whose_collect_died_is_held_for_a_person_by_the_jeopardy_scan_once_late(world, clock):
     from tests.unit.test_capture_sweep import a_pass
-    from tests.unit.test_jeopardy import Clock
     from tests.unit.world import Died, dies_before_recording
 
-    clock = Clock()
-    world = build_world([("TSHIRT", "store-sf", 5)], clock=clock)
     order = world.allocated(("TSHIRT", 2), **PICKUP)
     (shipment,) = order.shipments
     world.actions.ready(order.id, shipment.id, actor="key_store")

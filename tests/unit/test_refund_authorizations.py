@@ -19,22 +19,11 @@ from core.return_models import ReceiveReturn, RequestReturn
 from core.returns import Returns
 from core.status import PaymentStatus
 from tests.builders import location
-from tests.unit.test_authorization_renewal import Clock
 from tests.unit.test_unit_cancellation import PerUnitShipping
-from tests.unit.world import Died, World, build_world, dies_before_recording
+from tests.unit.world import Clock, Died, World, build_world, dies_before_recording
 
 # MUG is only in the west and CAP only in the east: an order of both ships in two parcels.
 STOCK = [("MUG", "wh-west", 3), ("CAP", "wh-east", 4), ("TSHIRT", "wh-east", 10)]
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def world(clock) -> World:
-    return build_world(STOCK, clock=clock)
 
 
 def renewed_between_parcels(world: World, clock: Clock) -> tuple[Order, Order]:
@@ -225,6 +214,18 @@ class CaptureCalls:
         return (yield)
 
 
+def west_ship_died_after_its_capture(world: World, monkeypatch: pytest.MonkeyPatch) -> tuple[Order, str, str]:
+    """A MUG (wh-west) and three CAPs (wh-east) allocated; the west parcel's ship died after the
+    gateway captured it, before recording it: the order as placed, the west and east parcels."""
+    order = world.allocated(("MUG", 1), ("CAP", 3))
+    west, east = world.shipment_at(order, "wh-west"), world.shipment_at(order, "wh-east")
+    with monkeypatch.context() as patched:
+        dies_before_recording(world, patched, "shipment_shipped")
+        with pytest.raises(Died):
+            world.actions.ship(order.id, west, tracking_number=None, actor="key_wh_west")
+    return order, west, east
+
+
 def test_a_capture_a_ship_left_standing_through_a_renewal_stays_under_the_authorization_it_was_made_under(
     clock, monkeypatch
 ):
@@ -235,12 +236,8 @@ def test_a_capture_a_ship_left_standing_through_a_renewal_stays_under_the_author
     # the mug's return was refunded against an authorization that never captured it.
     captures = CaptureCalls()
     world = build_world(STOCK, captures, clock=clock)
-    order = world.allocated(("MUG", 1), ("CAP", 3))
-    west, east = (next(s.id for s in order.shipments if s.location_id == loc) for loc in ("wh-west", "wh-east"))
+    order, west, east = west_ship_died_after_its_capture(world, monkeypatch)
     old = order.payment.authorization
-    dies_before_recording(world, monkeypatch, "shipment_shipped")
-    with pytest.raises(Died):
-        world.actions.ship(order.id, west, tracking_number=None, actor="key_wh_west")
     clock.days_later(10)
     renewed = world.actions.ship(order.id, east, tracking_number=None, actor="key_wh_east")
     assert renewed.payment.authorization != old
@@ -296,13 +293,8 @@ def test_a_capture_request_stored_before_requests_named_their_authorization_stay
     # and the old one, which had captured it, was voided as if nothing stood on it.
     captures = CaptureCalls()
     world = build_world(STOCK, captures, clock=clock)
-    order = world.allocated(("MUG", 1), ("CAP", 3))
-    west, east = (next(s.id for s in order.shipments if s.location_id == loc) for loc in ("wh-west", "wh-east"))
+    order, west, east = west_ship_died_after_its_capture(world, monkeypatch)
     old = order.payment.authorization
-    dies_before_recording(world, monkeypatch, "shipment_shipped")
-    with pytest.raises(Died):
-        world.actions.ship(order.id, west, tracking_number=None, actor="key_wh_west")
-    monkeypatch.undo()
     stored = world.order(order.id)
     legacy = [request.model_copy(update={"authorization": None}) for request in stored.captures_requested]
     world.orders.orders[order.id] = stored.model_copy(update={"captures_requested": legacy})

@@ -22,11 +22,10 @@ from core.models import Order, PaymentRefund
 from core.money import Money
 from core.refund_service import KeptBackSweep, PendingRefundSweep
 from core.return_models import ReceiveReturn, RequestReturn
-from tests.unit.test_authorization_renewal import Clock
 from tests.unit.test_kept_back_sweep import InMemoryKeptBackRefunds
 from tests.unit.test_pending_refund_sweep import InMemoryPendingRefunds
 from tests.unit.test_refund_authorizations import STOCK, returns_of
-from tests.unit.world import World, build_world
+from tests.unit.world import Clock, World, build_world
 
 USD = Money.zero("USD")
 # How the gateway answers the refunds of a step, in turn (the last one sticks).

@@ -16,9 +16,8 @@ import pytest
 from core.errors import PaymentGatewayUnavailable
 from core.events import OrderEvent
 from core.status import OrderStatus
-from tests.unit.test_jeopardy import Clock
 from tests.unit.test_unit_cancellation import STOCK, PerUnitShipping
-from tests.unit.world import build_world
+from tests.unit.world import Clock, build_world
 
 FAILED = OrderEvent.PAYMENT_AUTHORIZATION_FAILED
 

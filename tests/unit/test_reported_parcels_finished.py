@@ -22,24 +22,17 @@ from core.jeopardy import REPORTED_REASON
 from core.refund_service import KeptBackSweep
 from core.status import OrderStatus, ShipmentStatus
 from functions.adapters.dynamodb import KEPT_BACK_KEY, index_attributes
-from tests.unit.test_capture_sweep import LATE, STOCK, a_pass, a_ship_that_died
+from tests.unit.test_capture_sweep import (
+    LATE,
+    STOCK,  # noqa: F401 (the stock of the `world` fixture)
+    a_pass,
+)
 from tests.unit.test_delivery_reports import held_for_parcels, the_ship_dies
-from tests.unit.test_jeopardy import Clock
 from tests.unit.test_kept_back_sweep import InMemoryKeptBackRefunds
-from tests.unit.world import Died, World, build_world, dies_before_recording
+from tests.unit.world import Clock, Died, World, a_ship_that_died, dies_before_recording
 
 ACTOR = "reconciler"
 AFTER = timedelta(minutes=15)
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def world(clock: Clock) -> World:
-    return build_world(STOCK, clock=clock)
 
 
 def kept_back_pass(world: World, clock: Clock):

@@ -20,18 +20,13 @@ from core.status import ReturnStatus
 from core.workflow_types import PaymentResult
 from plugins.testing.memory import InMemoryReceivedReturns
 from tests.fakes import InlineReturnWorkflow
-from tests.unit.test_jeopardy import STOCK, Clock, one_mug_returned, returns_service
-from tests.unit.world import World, build_world
+from tests.unit.test_jeopardy import STOCK, one_mug_returned, returns_service
+from tests.unit.world import Clock, World, build_world
 
 R = ReturnStatus
 RECEIPT = ReceiveReturn.model_validate(
     {"location_id": "wh-west", "lines": [{"line_id": "L1", "quantity": 1, "condition": "resellable"}]}
 )
-
-
-@pytest.fixture
-def world() -> World:
-    return build_world(STOCK)
 
 
 def reconciler(
@@ -47,8 +42,7 @@ def reconciler(
 def test_a_receipt_whose_workflow_never_started_is_restarted_and_finished_once(world):
     clock = Clock()
     returns = returns_service(world, clock)
-    workflow = InlineReturnWorkflow()
-    workflow.returns = returns
+    workflow = InlineReturnWorkflow(returns)
     lost = one_mug_returned(world, returns)
     returns.receive(lost.id, RECEIPT, "key_wh")  # ...and the function died before starting the workflow
     clock.advance(minutes=10)
@@ -70,8 +64,7 @@ def test_a_receipt_whose_workflow_never_started_is_restarted_and_finished_once(w
 def test_a_return_its_workflow_recorded_stuck_is_left_to_a_person(world):
     clock = Clock()
     returns = returns_service(world, clock)
-    workflow = InlineReturnWorkflow()
-    workflow.returns = returns
+    workflow = InlineReturnWorkflow(returns)
     item = one_mug_returned(world, returns)
     returns.receive(item.id, RECEIPT, "key_wh")
     clock.advance(minutes=3)
@@ -106,8 +99,7 @@ def test_a_start_step_functions_refuses_is_left_for_the_next_pass_and_the_rest_a
                 raise TransientError("the returns workflow could not be started: ThrottlingException")
             super().start(return_id, channel, correlation_id)
 
-    workflow = RefusesFirst()
-    workflow.returns = returns
+    workflow = RefusesFirst(returns)
 
     assert reconciler(world, clock, workflow).run() == [second.id]
     assert reconciler(world, clock, workflow).run() == [first.id]
@@ -117,8 +109,7 @@ def test_a_start_step_functions_refuses_is_left_for_the_next_pass_and_the_rest_a
 def test_returns_left_to_a_person_cannot_hide_a_lost_receipt_received_after_them(world):
     clock = Clock()
     returns = returns_service(world, clock)
-    workflow = InlineReturnWorkflow()
-    workflow.returns = returns
+    workflow = InlineReturnWorkflow(returns)
     stuck = [one_mug_returned(world, returns) for _ in range(3)]
     lost = one_mug_returned(world, returns)  # requested after them: the index lists it last
     for item in stuck:
@@ -141,8 +132,7 @@ def test_returns_left_to_a_person_beyond_a_passs_read_budget_keep_no_lost_receip
     # aside: the next pass reads on to the lost receipt, and reads them no more.
     clock = Clock()
     returns = returns_service(world, clock)
-    workflow = InlineReturnWorkflow()
-    workflow.returns = returns
+    workflow = InlineReturnWorkflow(returns)
     stuck = [one_mug_returned(world, returns) for _ in range(4)]
     lost = one_mug_returned(world, returns)
     for item in stuck:
@@ -164,8 +154,7 @@ def test_returns_left_to_a_person_beyond_a_passs_read_budget_keep_no_lost_receip
 def test_a_return_set_aside_is_listed_again_by_its_next_write(world):
     clock = Clock()
     returns = returns_service(world, clock)
-    workflow = InlineReturnWorkflow()
-    workflow.returns = returns
+    workflow = InlineReturnWorkflow(returns)
     item = one_mug_returned(world, returns)
     returns.receive(item.id, RECEIPT, "key_wh")
     returns.stuck(item.id, "RefundNotDone", "the gateway refused the refund", actor="returns-workflow")
@@ -213,8 +202,7 @@ def test_a_return_stuck_for_want_of_its_payment_plugin_is_resumed_once_the_plugi
     clock = Clock()
     plugin = Uninstalled()
     returns = returns_service(world, clock, plugin)
-    workflow = InlineReturnWorkflow()
-    workflow.returns = returns
+    workflow = InlineReturnWorkflow(returns)
     item = one_mug_returned(world, returns)
     plugin.gone = True
     returns.receive(item.id, RECEIPT, "key_wh")
@@ -238,8 +226,7 @@ def test_a_return_stuck_on_a_refusal_after_its_plugin_came_back_is_left_to_a_per
     clock = Clock()
     plugin = Uninstalled()
     returns = returns_service(world, clock, plugin, world.gateway)
-    workflow = InlineReturnWorkflow()
-    workflow.returns = returns
+    workflow = InlineReturnWorkflow(returns)
     item = one_mug_returned(world, returns)
     plugin.gone = True
     returns.receive(item.id, RECEIPT, "key_wh")
@@ -263,8 +250,7 @@ def test_an_exchange_given_up_for_its_removed_payment_plugin_is_refunded_once_th
     plugin = Uninstalled()
     world = build_world(STOCK, plugin)
     returns = returns_service(world, clock, plugin)
-    workflow = InlineReturnWorkflow()
-    workflow.returns = returns
+    workflow = InlineReturnWorkflow(returns)
     order = world.allocated(("MUG", 1))
     for shipment in order.shipments:
         world.actions.ship(order.id, shipment.id, None, actor="key_wh")
@@ -321,8 +307,7 @@ def test_a_return_set_aside_whose_next_workflow_waits_for_its_plugin_is_resumed_
     clock = Clock()
     plugin = Uninstalled()
     returns = returns_service(world, clock, plugin, world.gateway)
-    workflow = InlineReturnWorkflow()
-    workflow.returns = returns
+    workflow = InlineReturnWorkflow(returns)
     item = one_mug_returned(world, returns)
     returns.receive(item.id, RECEIPT, "key_wh")
     world.gateway.script("refund", "refuse")
@@ -358,8 +343,7 @@ def test_returns_waiting_for_their_plugin_beyond_a_passs_read_budget_keep_no_los
     clock = Clock()
     plugin = Uninstalled()
     returns = returns_service(world, clock, plugin)
-    workflow = InlineReturnWorkflow()
-    workflow.returns = returns
+    workflow = InlineReturnWorkflow(returns)
     waiting = [one_mug_returned(world, returns) for _ in range(4)]
     lost = one_mug_returned(world, returns)
     plugin.gone = True
@@ -397,8 +381,7 @@ def test_a_return_waiting_for_its_plugin_while_a_plugin_failed_to_load_waits_and
     clock = Clock()
     plugin = Uninstalled()
     returns = returns_service(world, clock, plugin)
-    workflow = InlineReturnWorkflow()
-    workflow.returns = returns
+    workflow = InlineReturnWorkflow(returns)
     waiting, lost = one_mug_returned(world, returns), one_mug_returned(world, returns)
     plugin.gone = True
     returns.receive(waiting.id, RECEIPT, "key_wh")

@@ -3,7 +3,7 @@ the return policy, approval, the return label, receiving, restocking and the ord
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 from decimal import Decimal
 
 import pytest
@@ -38,21 +38,13 @@ from plugins import test_payments
 from tests.builders import NOW, location, product
 from tests.fakes import FakeReturns, PaymentSpy, ScriptedGateway
 from tests.unit.test_payment_truth import Removed
-from tests.unit.world import Died, World, before_the_next_write, build_world, dies_before_recording
+from tests.unit.world import Clock, Died, World, before_the_next_write, build_world, dies_before_recording
 
 S = OrderStatus
 R = ReturnStatus
 
 # MUG is only in the west and CAP only in the east: an order of both ships in two parcels.
 STOCK = [("TSHIRT", "wh-west", 10), ("MUG", "wh-west", 3), ("CAP", "wh-east", 4)]
-
-
-class Clock:
-    def __init__(self, now: datetime):
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 class ApprovalPolicy:
@@ -105,6 +97,7 @@ def receipt(location_id: str, *lines: tuple[str, int, str]) -> ReceiveReturn:
 
 @pytest.fixture
 def world() -> World:
+    """At NOW on a clock of its own: `clock`, three days on, is the returns'."""
     return build_world(STOCK)
 
 
@@ -776,11 +769,20 @@ def exchange_of(line_id: str, quantity: int, *wanted: tuple[str, int]) -> Reques
 def exchanged(world: World, clock: Clock, line: tuple[str, int], *wanted: tuple[str, int]):
     """An order of `line` shipped, its units returned for `wanted`, received resellable and
     settled: (returns, original order, settled return)."""
+    returns, order, item = received_for_exchange(world, clock, line, *wanted)
+    return returns, order, returns.settle(item.id, actor="key_wh")
+
+
+def received_for_exchange(
+    world: World, clock: Clock, line: tuple[str, int], *wanted: tuple[str, int]
+) -> tuple[Returns, Order, Return]:
+    """An order of `line` shipped, its units returned for `wanted` and received resellable at
+    wh-west, not yet settled: (returns, original order, the return as requested)."""
     returns, _ = returns_for(world, clock)
     order = shipped(world, line)
     item = returns.request(order.id, exchange_of("L1", line[1], *wanted), actor="key_cs")
     returns.receive(item.id, receipt("wh-west", ("L1", line[1], "resellable")), "key_wh")
-    return returns, order, returns.settle(item.id, actor="key_wh")
+    return returns, order, item
 
 
 def test_an_exchange_that_costs_more_authorizes_only_the_difference_and_captures_it(world, clock):
@@ -1902,10 +1904,7 @@ def test_an_exchange_run_that_finds_no_stock_after_another_decided_to_place_plac
     # One run found a cap and is placing the replacement when the last cap sells elsewhere and a
     # second run checks: the first decision stands (one replacement, whose workflow finds the stock
     # or gives the credit back), rather than the second refunding the units beside it.
-    returns, _ = returns_for(world, clock)
-    order = shipped(world, ("TSHIRT", 1))
-    item = returns.request(order.id, exchange_of("L1", 1, ("CAP", 1)), actor="key_cs")
-    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    returns, order, item = received_for_exchange(world, clock, ("TSHIRT", 1), ("CAP", 1))
     real_add = world.orders.add
     inner: list[Return] = []
     puts: list[str] = []
@@ -1936,10 +1935,7 @@ def test_an_exchange_decided_on_whose_external_id_the_channel_takes_before_it_is
 ):
     # Decided on, but the channel placed an order of its own under the replacement's external_id
     # before the put: none of this return's can ever be placed, so the decision gives way.
-    returns, _ = returns_for(world, clock)
-    order = shipped(world, ("TSHIRT", 1))
-    item = returns.request(order.id, exchange_of("L1", 1, ("CAP", 1)), actor="key_cs")
-    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    returns, order, item = received_for_exchange(world, clock, ("TSHIRT", 1), ("CAP", 1))
     real_add = world.orders.add
     own: list[str] = []
 
@@ -1960,10 +1956,7 @@ def test_an_exchange_decided_on_whose_external_id_the_channel_takes_before_it_is
 
 
 def test_the_refund_step_leaves_an_exchange_to_the_exchange_step(world, clock):
-    returns, _ = returns_for(world, clock)
-    order = shipped(world, ("TSHIRT", 1))
-    item = returns.request(order.id, exchange_of("L1", 1, ("CAP", 1)), actor="key_cs")
-    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    returns, order, item = received_for_exchange(world, clock, ("TSHIRT", 1), ("CAP", 1))
 
     assert returns.refund(item.id, actor="key_wh").status is R.RECEIVED
     assert world.order(order.id).payment.refunds == []
@@ -2470,12 +2463,12 @@ def test_what_a_return_kept_back_is_refunded_once_a_cancel_of_the_rest_captures_
     assert returns.get(return_id).refund == mugs
 
 
-def test_a_refund_step_retried_while_what_its_return_kept_back_is_pending_refunds_no_more_than_the_units_worth(
-    world, clock, monkeypatch
-):  # fmt: skip
-    # The goodwill took all the MUGs' capture: their refund step keeps their 26.81 back, then dies
-    # before marking the return refunded. The CAPs ship and refund the 26.81, the gateway leaving
-    # it pending; the step retried must count it, not refund the MUGs again from the CAPs' capture.
+def kept_back_refund_pending_after_the_refund_step_died(
+    world: World, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> tuple[Returns, Order, Return, str, Money]:
+    """The goodwill took all the MUGs' capture: their return's refund step keeps their worth back,
+    then dies before marking the return refunded. The CAPs ship and refund that worth, the gateway
+    leaving it pending. The returns, the order, the return, the CAPs' parcel and the MUGs' worth."""
     returns, store = returns_for(world, clock)
     order = world.allocated(("MUG", 2), ("CAP", 4))
     world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
@@ -2490,13 +2483,23 @@ def test_a_refund_step_retried_while_what_its_return_kept_back_is_pending_refund
             raise Died("the return's refunded write")
         real(new, expected)
 
-    monkeypatch.setattr(store, "update", dies_marking_it_refunded)
-    with pytest.raises(Died):
-        returns.refund(item.id, "key_wh")
-    monkeypatch.setattr(store, "update", real)
+    with monkeypatch.context() as patched:
+        patched.setattr(store, "update", dies_marking_it_refunded)
+        with pytest.raises(Died):
+            returns.refund(item.id, "key_wh")
     caps = world.shipment_at(order, "wh-east")
     world.gateway.script("refund", "transient", "transient", "transient", "approve")
     assert world.actions.ship(order.id, caps, None, actor="key_wh").payment.refunds[-1].status == "pending"
+    return returns, order, item, caps, mugs
+
+
+def test_a_refund_step_retried_while_what_its_return_kept_back_is_pending_refunds_no_more_than_the_units_worth(
+    world, clock, monkeypatch
+):  # fmt: skip
+    # The goodwill took all the MUGs' capture: their refund step keeps their 26.81 back, then dies
+    # before marking the return refunded. The CAPs ship and refund the 26.81, the gateway leaving
+    # it pending; the step retried must count it, not refund the MUGs again from the CAPs' capture.
+    returns, order, item, caps, mugs = kept_back_refund_pending_after_the_refund_step_died(world, clock, monkeypatch)
 
     returns.settle(item.id, actor="key_wh")
     after = world.actions.deliver(order.id, caps, actor="key_wh")
@@ -3066,10 +3069,7 @@ def test_an_exchange_decided_on_whose_product_loses_its_price_before_it_is_place
     # replacement's put: no run can ever place it, so the decision gives way to a refund instead of
     # a step failing until the return is recorded stuck (at the workflow's retry: a concurrent run
     # may have been putting the replacement it priced before).
-    returns, _ = returns_for(world, clock)
-    order = shipped(world, ("TSHIRT", 1))
-    item = returns.request(order.id, exchange_of("L1", 1, ("CAP", 1)), actor="key_cs")
-    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    returns, order, item = received_for_exchange(world, clock, ("TSHIRT", 1), ("CAP", 1))
     real_place = world.capture.place_exchange
 
     def place_exchange(*args, **kwargs) -> Order:
@@ -3095,10 +3095,7 @@ def test_an_exchange_refused_in_one_run_while_another_places_it_is_placed_and_no
     # Two runs past the decision: the shop priced the cap in euros only while one run was putting
     # the replacement it had priced; the other, refused, gave the exchange up and refunded the
     # T-shirt beside the replacement its credit paid for: the customer was paid twice.
-    returns, _ = returns_for(world, clock)
-    order = shipped(world, ("TSHIRT", 1))
-    item = returns.request(order.id, exchange_of("L1", 1, ("CAP", 1)), actor="key_cs")
-    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    returns, order, item = received_for_exchange(world, clock, ("TSHIRT", 1), ("CAP", 1))
     real_add = world.orders.add
     inner: list[Return] = []
 
@@ -3131,10 +3128,7 @@ def test_a_refused_exchange_whose_external_id_the_channel_takes_meanwhile_is_ref
     # The replacement was refused after the decision; before the retry gave the exchange up, the
     # channel placed an order of its own under the replacement's external_id: that order is not
     # this exchange, and the retry refunds the units for the refusal instead of failing on it.
-    returns, _ = returns_for(world, clock)
-    order = shipped(world, ("TSHIRT", 1))
-    item = returns.request(order.id, exchange_of("L1", 1, ("CAP", 1)), actor="key_cs")
-    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    returns, order, item = received_for_exchange(world, clock, ("TSHIRT", 1), ("CAP", 1))
     real_place = world.capture.place_exchange
 
     def place_exchange(*args, **kwargs) -> Order:
@@ -3257,27 +3251,7 @@ def test_a_refund_step_retried_while_what_its_return_kept_back_is_pending_refund
     # write: a plain read may still show it pending, which must not make the step refund it again.
     from tests.unit.test_confirmations import lagging_reads
 
-    returns, store = returns_for(world, clock)
-    order = world.allocated(("MUG", 2), ("CAP", 4))
-    world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
-    mugs = order.lines[0].total
-    world.refunds.issue_refund(order.id, mugs, "goodwill", "appease-1", actor="key_cs")
-    item = returns.request(order.id, ask(("L1", 2, None)), actor="key_cs")
-    returns.receive(item.id, receipt("wh-west", ("L1", 2, "resellable")), "key_wh")
-    real = store.update
-
-    def dies_marking_it_refunded(new: Return, expected: Return) -> None:
-        if new.status is R.REFUNDED:
-            raise Died("the return's refunded write")
-        real(new, expected)
-
-    monkeypatch.setattr(store, "update", dies_marking_it_refunded)
-    with pytest.raises(Died):
-        returns.refund(item.id, "key_wh")
-    monkeypatch.setattr(store, "update", real)
-    caps = world.shipment_at(order, "wh-east")
-    world.gateway.script("refund", "transient", "transient", "transient", "approve")
-    assert world.actions.ship(order.id, caps, None, actor="key_wh").payment.refunds[-1].status == "pending"
+    returns, order, item, _, mugs = kept_back_refund_pending_after_the_refund_step_died(world, clock, monkeypatch)
     lagging_reads(world, monkeypatch)
 
     returns.settle(item.id, actor="key_wh")

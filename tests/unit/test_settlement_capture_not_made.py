@@ -20,10 +20,9 @@ from core.events import OrderEvent
 from functions.business_metrics import MeteredOrders, flush
 from tests.unit.test_business_metrics import emitted
 from tests.unit.test_death_between_writes import dies_after_recording
-from tests.unit.test_jeopardy import Clock
 from tests.unit.test_kept_back_sweep import sweep as kept_back_sweep
 from tests.unit.test_unit_cancellation import STOCK, PerUnitShipping
-from tests.unit.world import Died, World, build_world
+from tests.unit.world import Clock, Died, World, build_world
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 NOT_MADE = ("SettlementCapturesNotMade", ())

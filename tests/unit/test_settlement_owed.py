@@ -12,18 +12,16 @@ from core.events import OrderEvent
 from core.refund_service import KeptBackRefunded
 from core.unit_cancellation import SETTLEMENT_REASON
 from tests.unit.test_death_between_writes import dies_after_recording
-from tests.unit.test_jeopardy import Clock
 from tests.unit.test_kept_back_sweep import sweep as kept_back_sweep
 from tests.unit.test_pending_refund_sweep import sweep as pending_refund_sweep
-from tests.unit.test_returns import Clock as ReturnsClock
 from tests.unit.test_unit_cancellation import STOCK as CANCEL_STOCK
 from tests.unit.test_unit_cancellation import PerUnitShipping
-from tests.unit.world import Died, World, build_world
+from tests.unit.world import Clock, Died, World, build_world
 
 ACTOR = "reconciler"
 
 
-def pass_later(world: World, clock: Clock | ReturnsClock) -> KeptBackRefunded:
+def pass_later(world: World, clock: Clock | Clock) -> KeptBackRefunded:
     """The reconciler's pending-refund and kept-back passes, a while later: what the latter did."""
     clock.now += timedelta(minutes=20)
     pending_refund_sweep(world, clock).run(ACTOR)

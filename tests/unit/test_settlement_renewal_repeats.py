@@ -16,12 +16,11 @@ from core.events import OrderEvent
 from functions.business_metrics import MeteredOrders
 from tests.unit.test_authorization_renewal import FirstAnswers
 from tests.unit.test_business_metrics import emitted
-from tests.unit.test_jeopardy import Clock
 from tests.unit.test_kept_back_sweep import sweep as kept_back_sweep
 from tests.unit.test_payment_truth import Removed
 from tests.unit.test_settlement_capture_not_made import NOT_MADE, SHORT, errors, metrics  # noqa: F401
 from tests.unit.test_unit_cancellation import STOCK, PerUnitShipping
-from tests.unit.world import World, build_world
+from tests.unit.world import Clock, World, build_world
 
 
 def shipped_west(*plugins: object) -> tuple[World, Clock, str, str]:

@@ -23,11 +23,6 @@ STOCK = [("MUG", "wh-west", 3), ("CAP", "wh-east", 4)]
 
 
 @pytest.fixture
-def world() -> World:
-    return build_world(STOCK)
-
-
-@pytest.fixture
 def tracking(plugins) -> CarrierTracking:
     """With the built-in plugins (`plugins` of conftest), as the API has them."""
     return CarrierTracking(plugins)

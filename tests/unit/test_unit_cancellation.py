@@ -27,14 +27,15 @@ from core.ids import booking_key
 from core.models import CancelRequest, LineInput, Order, OrderEdit
 from core.money import Money
 from core.pricing_types import Discount, PricingDraft, ShippingQuote
+from core.return_models import Return
 from core.returns import Returns
 from core.status import OrderStatus, PaymentStatus, ReturnStatus, ShipmentStatus
 from plugins.tax_table import TAX_RATES_FILE_ENV
 from tests.builders import NOW, location, place_order, product
 from tests.unit.test_payment_truth import Removed
-from tests.unit.test_returns import Clock as ReturnsClock
 from tests.unit.test_returns import ask, exchange_of, receipt, returns_for
 from tests.unit.world import (
+    Clock,
     Died,
     RecordsBookings,
     World,
@@ -47,11 +48,6 @@ S, P = OrderStatus, PaymentStatus
 
 # MUG is only in the west and CAP only in the east, so an order with both ships in two parcels.
 STOCK = [("TSHIRT", "wh-east", 10), ("MUG", "wh-west", 5), ("CAP", "wh-east", 8)]
-
-
-@pytest.fixture
-def world() -> World:
-    return build_world(STOCK)
 
 
 def settled(order: Order) -> Money:
@@ -658,7 +654,7 @@ def test_the_runbooks_appeasement_of_an_over_capture_left_to_a_person_is_not_ref
     assert [(r.status, r.amount) for r in left.payment.refunds] == [("failed", over)] * 3
     world.gateway.script("refund", "approve")
     world.refunds.issue_refund(order.id, over, "the cancelled mug's shipping", "cs-1", "key_cs")
-    returns, _ = returns_for(world, ReturnsClock(NOW + timedelta(days=3)))
+    returns, _ = returns_for(world, Clock(NOW + timedelta(days=3)))
     item = returns.request(order.id, ask(("L2", 3, "damaged")), actor="key_cs")
     returns.receive(item.id, receipt("wh-east", ("L2", 3, "resellable")), "key_wh")
     returns.settle(item.id, "returns-workflow")
@@ -684,9 +680,7 @@ def test_the_runbooks_appeasement_of_a_replacements_over_capture_left_to_a_perso
     from core.refunds import cumulative_share
     from tests.unit.test_returns import exchange_of
 
-    clock = ReturnsClock(NOW + timedelta(days=3))
-    world = build_world([("MUG", "wh-west", 2), ("MUG", "wh-east", 1), ("TSHIRT", "wh-west", 1)], clock=clock)
-    returns, _ = returns_for(world, clock)
+    world, returns = three_days_on([("MUG", "wh-west", 2), ("MUG", "wh-east", 1), ("TSHIRT", "wh-west", 1)])
     order = world.allocated(("TSHIRT", 1))
     world.actions.ship(order.id, order.shipments[0].id, None, actor="key_wh")
     item = returns.request(order.id, exchange_of("L1", 1, ("MUG", 3)), actor="key_cs")
@@ -967,7 +961,7 @@ def test_a_return_after_an_appeased_over_capture_and_a_cancel_that_raised_it_giv
     world.refunds.issue_refund(left.id, Money.of("12.86", "USD"), "the pen's shipping", "cs-1", "key_cs")
     world.actions.cancel(left.id, "no more pens", actor="key_web")
     world.actions.deliver(left.id, east, actor="key_carrier")
-    returns, _ = returns_for(world, ReturnsClock(NOW + timedelta(days=3)))
+    returns, _ = returns_for(world, Clock(NOW + timedelta(days=3)))
     item = returns.request(left.id, ask(("L1", 1, "damaged")), actor="key_cs")
     returns.receive(item.id, receipt("wh-east", ("L1", 1, "resellable")), "key_wh")
     returns.settle(item.id, "returns-workflow")
@@ -1386,29 +1380,9 @@ def test_a_unit_returned_before_the_rest_of_its_line_was_cancelled_costs_nothing
     # one comes back (refunded its share at 10.00 a unit) and the two are cancelled: the line is the
     # returned MUG alone, now at 12.50. The customer keeps nothing but pays the shipping, whichever
     # came first; the settlement captured the lost volume price on the MUG already refunded.
-    from datetime import timedelta
+    world, returns, order = volume_priced_mugs_west_delivered(1)
 
-    from tests.builders import NOW
-    from tests.unit.test_returns import Clock, ask, receipt, returns_for
-
-    clock = Clock(NOW + timedelta(days=3))
-    world = build_world([("MUG", "wh-west", 1), ("MUG", "wh-east", 2)], VolumePrice(), clock=clock)
-    returns, _ = returns_for(world, clock)
-    order = world.allocated(("MUG", 3))
-    west = world.shipment_at(order, "wh-west")
-    world.actions.ship(order.id, west, None, actor="key_wh")
-    world.actions.deliver(order.id, west, actor="key_wh")
-
-    def return_the_mug() -> None:
-        item = returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
-        returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
-        returns.settle(item.id, actor="key_wh")
-
-    def cancel_the_rest() -> None:
-        world.actions.cancel(order.id, "no more mugs", actor="key_cs", lines={"L1": 2})
-
-    for step in (return_the_mug, cancel_the_rest) if return_first else (cancel_the_rest, return_the_mug):
-        step()
+    one_returned_and_two_cancelled(world, returns, order.id, return_first=return_first)
 
     after = world.order(order.id)
     assert after.status is S.RETURNED
@@ -1424,54 +1398,83 @@ def test_a_unit_kept_of_a_line_whose_volume_price_a_cancel_lost_costs_its_own_pr
     # returned. The customer pays for the MUG kept (its share of the line) and the shipping, whichever
     # came first: the returned MUG, refunded at 10.00, does not charge the kept one the 2.50 its
     # volume price lost. Once the kept MUG comes back too, only the shipping is paid.
-    from datetime import timedelta
-
     from core.refunds import cumulative_share
-    from tests.builders import NOW
-    from tests.unit.test_returns import Clock, ask, receipt, returns_for
 
-    clock = Clock(NOW + timedelta(days=3))
-    world = build_world([("MUG", "wh-west", 2), ("MUG", "wh-east", 2)], VolumePrice(), clock=clock)
-    returns, _ = returns_for(world, clock)
-    order = world.allocated(("MUG", 4))
-    west = world.shipment_at(order, "wh-west")
-    world.actions.ship(order.id, west, None, actor="key_wh")
-    world.actions.deliver(order.id, west, actor="key_wh")
+    world, returns, order = volume_priced_mugs_west_delivered(2)
 
-    def return_a_mug() -> None:
-        item = returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
-        returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
-        returns.settle(item.id, actor="key_wh")
-
-    def cancel_the_rest() -> None:
-        world.actions.cancel(order.id, "no more mugs", actor="key_cs", lines={"L1": 2})
-
-    for step in (return_a_mug, cancel_the_rest) if return_first else (cancel_the_rest, return_a_mug):
-        step()
+    one_returned_and_two_cancelled(world, returns, order.id, return_first=return_first)
 
     after = world.order(order.id)
     kept = after.lines[0].total - cumulative_share(after.lines[0], 1)
     assert after.payment.captured - after.payment.refunded == kept + after.totals.shipping
 
-    return_a_mug()
+    one_returned(returns, order.id)
     after = world.order(order.id)
     assert after.status is S.RETURNED
     assert after.payment.captured - after.payment.refunded == after.totals.shipping
 
 
-def exchanged_for_three_mugs(world: World, returns: Returns, sku: str) -> tuple[Order, Order]:
-    """One `sku` ordered and shipped, exchanged (received at wh-west) for three MUGs; the
-    replacement's parcel from wh-west shipped and delivered. The original and the replacement."""
-    order = world.allocated((sku, 1))
+def volume_priced_mugs_west_delivered(west: int) -> tuple[World, Returns, Order]:
+    """An order of `west` + 2 MUGs at the volume price (three_days_on): the `west` MUGs' parcel
+    shipped and delivered from wh-west, the two at wh-east waiting. The world, its returns, the order."""
+    world, returns = three_days_on([("MUG", "wh-west", west), ("MUG", "wh-east", 2)], VolumePrice())
+    order = world.allocated(("MUG", west + 2))
+    parcel = world.shipment_at(order, "wh-west")
+    world.actions.ship(order.id, parcel, None, actor="key_wh")
+    world.actions.deliver(order.id, parcel, actor="key_wh")
+    return world, returns, order
+
+
+def three_days_on(stock: list[tuple[str, str, int]], *plugins: object) -> tuple[World, Returns]:
+    """A world over `stock` three days after NOW (its orders' returns in their window) and its returns."""
+    clock = Clock(NOW + timedelta(days=3))
+    world = build_world(stock, *plugins, clock=clock)
+    return world, returns_for(world, clock)[0]
+
+
+def exchanged_for_three(
+    world: World, returns: Returns, sku: str, units: int = 1, wanted: str = "MUG"
+) -> tuple[Order, Order]:
+    """`units` of `sku` ordered and shipped, exchanged (received at wh-west) for three `wanted`; the
+    replacement's parcel from wh-west shipped and delivered. The original and the replacement as placed."""
+    order = world.allocated((sku, units))
     for shipment in order.shipments:
         world.actions.ship(order.id, shipment.id, None, actor="key_wh")
-    item = returns.request(order.id, exchange_of("L1", 1, ("MUG", 3)), actor="key_cs")
-    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    item = returns.request(order.id, exchange_of("L1", units, (wanted, 3)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", units, "resellable")), "key_wh")
     replacement = world.run(returns.settle(item.id, actor="key_wh").exchange_order_id or "")
     west = world.shipment_at(replacement, "wh-west")
     world.actions.ship(replacement.id, west, None, actor="key_wh")
     world.actions.deliver(replacement.id, west, actor="key_wh")
     return order, replacement
+
+
+def one_returned(returns: Returns, order_id: str) -> Return:
+    """One unit of the order's first line returned: received resellable at wh-west and settled."""
+    item = returns.request(order_id, ask(("L1", 1, None)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    return returns.settle(item.id, actor="key_wh")
+
+
+def one_returned_and_two_cancelled(world: World, returns: Returns, order_id: str, *, return_first: bool) -> None:
+    """Of the order's first line, one unit delivered from wh-west returned (one_returned) and two
+    waiting in the east cancelled: the return first, or the cancel, as `return_first` says."""
+    steps = [
+        lambda: one_returned(returns, order_id),
+        lambda: world.actions.cancel(order_id, "no more of them", actor="key_cs", lines={"L1": 2}),
+    ]
+    for step in steps if return_first else reversed(steps):
+        step()
+
+
+def kept_only_both_shippings(world: World, order: Order, replacement: Order) -> list[Order]:
+    """Asserts the replacement is returned whole and the two orders' payments kept their shipping and
+    nothing else; the two orders as they are now."""
+    paid = [world.order(order.id), world.order(replacement.id)]
+    assert paid[1].status is S.RETURNED
+    kept = sum((o.payment.captured - o.payment.refunded for o in paid), Money.zero("USD"))
+    assert kept == paid[0].totals.shipping + paid[1].totals.shipping
+    return paid
 
 
 def test_a_replacement_unit_returned_before_its_line_lost_its_volume_price_costs_nothing():
@@ -1480,26 +1483,17 @@ def test_a_replacement_unit_returned_before_its_line_lost_its_volume_price_costs
     # (refunded from the replacement's captures at 10.00 a unit) and the two waiting in the east
     # are cancelled: the customer keeps nothing but pays both orders' shipping. The credit given
     # back counted the MUG returned at 12.50, as the line now is, and kept the 2.50 its volume price lost.
-    from datetime import timedelta
-
-    from tests.builders import NOW
-    from tests.unit.test_returns import Clock, ask, receipt, returns_for
-
-    clock = Clock(NOW + timedelta(days=3))
-    stock = [("MUG", "wh-west", 1), ("MUG", "wh-east", 2), ("TSHIRT", "wh-west", 1)]
-    world = build_world(stock, VolumePrice(), clock=clock)
-    returns, _ = returns_for(world, clock)
-    order, replacement = exchanged_for_three_mugs(world, returns, "TSHIRT")
+    world, returns = three_days_on(
+        [("MUG", "wh-west", 1), ("MUG", "wh-east", 2), ("TSHIRT", "wh-west", 1)], VolumePrice()
+    )
+    order, replacement = exchanged_for_three(world, returns, "TSHIRT")
     mug = returns.request(replacement.id, ask(("L1", 1, None)), actor="key_cs")
     returns.receive(mug.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
     returns.settle(mug.id, actor="key_wh")
 
     world.actions.cancel(replacement.id, "no more mugs", actor="key_cs", lines={"L1": 2})
 
-    paid = [world.order(order.id), world.order(replacement.id)]
-    assert paid[1].status is S.RETURNED
-    kept = sum((o.payment.captured - o.payment.refunded for o in paid), Money.zero("USD"))
-    assert kept == paid[0].totals.shipping + paid[1].totals.shipping
+    kept_only_both_shippings(world, order, replacement)
 
 
 @pytest.mark.parametrize("return_first", [True, False], ids=["returned_then_cancelled", "cancelled_then_returned"])
@@ -1512,41 +1506,15 @@ def test_a_replacement_unit_refunded_from_the_credit_alone_costs_nothing_once_it
     # keeps nothing and pays both orders' shipping (10.00). With nothing recorded of what that MUG
     # was refunded, the credit given back counted it at 12.50, as the line now is, and the customer
     # paid 12.68.
-    from datetime import timedelta
-
-    from tests.builders import NOW
-    from tests.unit.test_returns import Clock, ask, exchange_of, receipt, returns_for
-
-    clock = Clock(NOW + timedelta(days=3))
-    stock = [("MUG", "wh-west", 1), ("MUG", "wh-east", 2), ("TSHIRT", "wh-west", 2)]
-    world = build_world(stock, VolumePrice(), clock=clock)
-    returns, _ = returns_for(world, clock)
-    order = world.allocated(("TSHIRT", 2))
-    for shipment in order.shipments:
-        world.actions.ship(order.id, shipment.id, None, actor="key_wh")
-    item = returns.request(order.id, exchange_of("L1", 2, ("MUG", 3)), actor="key_cs")
-    returns.receive(item.id, receipt("wh-west", ("L1", 2, "resellable")), "key_wh")
-    replacement = world.run(returns.settle(item.id, actor="key_wh").exchange_order_id or "")
+    world, returns = three_days_on(
+        [("MUG", "wh-west", 1), ("MUG", "wh-east", 2), ("TSHIRT", "wh-west", 2)], VolumePrice()
+    )
+    order, replacement = exchanged_for_three(world, returns, "TSHIRT", 2, wanted="MUG")
     assert replacement.payment.captured == Money.zero("USD")
-    west = world.shipment_at(replacement, "wh-west")
-    world.actions.ship(replacement.id, west, None, actor="key_wh")
-    world.actions.deliver(replacement.id, west, actor="key_wh")
 
-    def return_the_mug() -> None:
-        mug = returns.request(replacement.id, ask(("L1", 1, None)), actor="key_cs")
-        returns.receive(mug.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
-        returns.settle(mug.id, actor="key_wh")
+    one_returned_and_two_cancelled(world, returns, replacement.id, return_first=return_first)
 
-    def cancel_the_rest() -> None:
-        world.actions.cancel(replacement.id, "no more mugs", actor="key_cs", lines={"L1": 2})
-
-    for step in (return_the_mug, cancel_the_rest) if return_first else (cancel_the_rest, return_the_mug):
-        step()
-
-    paid = [world.order(order.id), world.order(replacement.id)]
-    assert paid[1].status is S.RETURNED
-    kept = sum((o.payment.captured - o.payment.refunded for o in paid), Money.zero("USD"))
-    assert kept == paid[0].totals.shipping + paid[1].totals.shipping
+    paid = kept_only_both_shippings(world, order, replacement)
     assert Order.model_validate_json(paid[1].stored_json()) == paid[1]
 
 
@@ -1568,40 +1536,15 @@ def test_a_replacement_unit_refunded_from_the_credit_alone_gets_the_credit_back_
     # line is one CAP, 5.00 off, worth 2.97. The customer keeps nothing and pays both orders' shipping.
     # The replacement's payment was asked to capture the 3.58 the credit had refunded beyond the line;
     # refused (nothing authorized), it stopped the credit's unused 13.09 from being given back.
-    from datetime import timedelta
-
-    from tests.unit.test_returns import exchange_of
-
-    clock = ReturnsClock(NOW + timedelta(days=3))
-    stock = [("CAP", "wh-west", 1), ("CAP", "wh-east", 2), ("TSHIRT", "wh-west", 2)]
-    world = build_world(stock, FiveOffEveryOrder(), clock=clock)
-    returns, _ = returns_for(world, clock)
-    order = world.allocated(("TSHIRT", 2))
-    for shipment in order.shipments:
-        world.actions.ship(order.id, shipment.id, None, actor="key_wh")
-    item = returns.request(order.id, exchange_of("L1", 2, ("CAP", 3)), actor="key_cs")
-    returns.receive(item.id, receipt("wh-west", ("L1", 2, "resellable")), "key_wh")
-    replacement = world.run(returns.settle(item.id, actor="key_wh").exchange_order_id or "")
+    world, returns = three_days_on(
+        [("CAP", "wh-west", 1), ("CAP", "wh-east", 2), ("TSHIRT", "wh-west", 2)], FiveOffEveryOrder()
+    )
+    order, replacement = exchanged_for_three(world, returns, "TSHIRT", 2, wanted="CAP")
     assert replacement.payment.captured == Money.zero("USD")
-    west = world.shipment_at(replacement, "wh-west")
-    world.actions.ship(replacement.id, west, None, actor="key_wh")
-    world.actions.deliver(replacement.id, west, actor="key_wh")
 
-    def return_the_cap() -> None:
-        cap = returns.request(replacement.id, ask(("L1", 1, None)), actor="key_cs")
-        returns.receive(cap.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
-        returns.settle(cap.id, actor="key_wh")
+    one_returned_and_two_cancelled(world, returns, replacement.id, return_first=return_first)
 
-    def cancel_the_rest() -> None:
-        world.actions.cancel(replacement.id, "no more caps", actor="key_cs", lines={"L1": 2})
-
-    for step in (return_the_cap, cancel_the_rest) if return_first else (cancel_the_rest, return_the_cap):
-        step()
-
-    paid = [world.order(order.id), world.order(replacement.id)]
-    assert paid[1].status is S.RETURNED
-    kept = sum((o.payment.captured - o.payment.refunded for o in paid), Money.zero("USD"))
-    assert kept == paid[0].totals.shipping + paid[1].totals.shipping
+    kept_only_both_shippings(world, order, replacement)
 
 
 def test_a_replacement_unit_whose_draw_on_the_credit_was_refused_is_refunded_what_the_credit_given_back_left_it():
@@ -1613,22 +1556,13 @@ def test_a_replacement_unit_whose_draw_on_the_credit_was_refused_is_refunded_wha
     from datetime import timedelta
 
     from tests.fakes import ScriptedGateway
-    from tests.unit.test_returns import exchange_of
 
-    clock = ReturnsClock(NOW + timedelta(days=3))
+    clock = Clock(NOW + timedelta(days=3))
     stock = [("CAP", "wh-west", 1), ("CAP", "wh-east", 2), ("TSHIRT", "wh-west", 2)]
     world = build_world(stock, FiveOffEveryOrder(), clock=clock)
     gateway = ScriptedGateway()
     returns, _ = returns_for(world, clock, gateway)
-    order = world.allocated(("TSHIRT", 2))
-    for shipment in order.shipments:
-        world.actions.ship(order.id, shipment.id, None, actor="key_wh")
-    item = returns.request(order.id, exchange_of("L1", 2, ("CAP", 3)), actor="key_cs")
-    returns.receive(item.id, receipt("wh-west", ("L1", 2, "resellable")), "key_wh")
-    replacement = world.run(returns.settle(item.id, actor="key_wh").exchange_order_id or "")
-    west = world.shipment_at(replacement, "wh-west")
-    world.actions.ship(replacement.id, west, None, actor="key_wh")
-    world.actions.deliver(replacement.id, west, actor="key_wh")
+    order, replacement = exchanged_for_three(world, returns, "TSHIRT", 2, wanted="CAP")
     cap = returns.request(replacement.id, ask(("L1", 1, None)), actor="key_cs")
     returns.receive(cap.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
     gateway.script("refund", "refuse", "approve")
@@ -1637,10 +1571,7 @@ def test_a_replacement_unit_whose_draw_on_the_credit_was_refused_is_refunded_wha
 
     assert returns.settle(cap.id, actor="key_wh").status is ReturnStatus.REFUNDED
 
-    paid = [world.order(order.id), world.order(replacement.id)]
-    assert paid[1].status is S.RETURNED
-    kept = sum((o.payment.captured - o.payment.refunded for o in paid), Money.zero("USD"))
-    assert kept == paid[0].totals.shipping + paid[1].totals.shipping
+    kept_only_both_shippings(world, order, replacement)
 
 
 @pytest.mark.parametrize("return_first", [True, False], ids=["returned_then_cancelled", "cancelled_then_returned"])
@@ -1652,30 +1583,15 @@ def test_a_replacement_unit_refunded_from_its_captures_is_not_given_back_twice_o
     # the two waiting in the east are cancelled: the line, one MUG 5.00 off, is now worth 8.04. The
     # replacement's payment took back the 3.58 refunded beyond the line (a smaller total to settle),
     # and the credit, counting that as paid by the replacement itself, gave the 3.58 back again.
-    from datetime import timedelta
-
-    clock = ReturnsClock(NOW + timedelta(days=3))
-    stock = [("MUG", "wh-west", 1), ("MUG", "wh-east", 2), ("CAP", "wh-west", 1)]
-    world = build_world(stock, FiveOffEveryOrder(), clock=clock)
-    returns, _ = returns_for(world, clock)
-    order, replacement = exchanged_for_three_mugs(world, returns, "CAP")
+    world, returns = three_days_on(
+        [("MUG", "wh-west", 1), ("MUG", "wh-east", 2), ("CAP", "wh-west", 1)], FiveOffEveryOrder()
+    )
+    order, replacement = exchanged_for_three(world, returns, "CAP")
     assert world.order(replacement.id).payment.captured == Money.of("11.62", "USD")
 
-    def return_the_mug() -> None:
-        mug = returns.request(replacement.id, ask(("L1", 1, None)), actor="key_cs")
-        returns.receive(mug.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
-        returns.settle(mug.id, actor="key_wh")
+    one_returned_and_two_cancelled(world, returns, replacement.id, return_first=return_first)
 
-    def cancel_the_rest() -> None:
-        world.actions.cancel(replacement.id, "no more mugs", actor="key_cs", lines={"L1": 2})
-
-    for step in (return_the_mug, cancel_the_rest) if return_first else (cancel_the_rest, return_the_mug):
-        step()
-
-    paid = [world.order(order.id), world.order(replacement.id)]
-    assert paid[1].status is S.RETURNED
-    kept = sum((o.payment.captured - o.payment.refunded for o in paid), Money.zero("USD"))
-    assert kept == paid[0].totals.shipping + paid[1].totals.shipping
+    kept_only_both_shippings(world, order, replacement)
 
 
 @pytest.mark.parametrize("return_first", [True, False], ids=["returned_then_cancelled", "cancelled_then_returned"])
@@ -1688,40 +1604,15 @@ def test_a_replacement_unit_refunded_partly_from_the_credit_gets_the_credit_back
     # waiting in the east are cancelled. The cancel's settlement asked the replacement's card for
     # what the credit had refunded beyond the line: refused (nothing left authorized), the credit's
     # unused 23.24 was never given back, and the customer paid 33.24 for both orders' shipping.
-    from datetime import timedelta
-
-    from tests.unit.test_returns import exchange_of
-
-    clock = ReturnsClock(NOW + timedelta(days=3))
-    stock = [("MUG", "wh-west", 1), ("MUG", "wh-east", 2), ("TSHIRT", "wh-west", 2)]
-    world = build_world(stock, FiveOffEveryOrder(), clock=clock)
-    returns, _ = returns_for(world, clock)
-    order = world.allocated(("TSHIRT", 2))
-    for shipment in order.shipments:
-        world.actions.ship(order.id, shipment.id, None, actor="key_wh")
-    item = returns.request(order.id, exchange_of("L1", 2, ("MUG", 3)), actor="key_cs")
-    returns.receive(item.id, receipt("wh-west", ("L1", 2, "resellable")), "key_wh")
-    replacement = world.run(returns.settle(item.id, actor="key_wh").exchange_order_id or "")
-    west = world.shipment_at(replacement, "wh-west")
-    world.actions.ship(replacement.id, west, None, actor="key_wh")
-    world.actions.deliver(replacement.id, west, actor="key_wh")
+    world, returns = three_days_on(
+        [("MUG", "wh-west", 1), ("MUG", "wh-east", 2), ("TSHIRT", "wh-west", 2)], FiveOffEveryOrder()
+    )
+    order, replacement = exchanged_for_three(world, returns, "TSHIRT", 2, wanted="MUG")
     assert world.order(replacement.id).payment.captured == Money.of("2.34", "USD")
 
-    def return_the_mug() -> None:
-        mug = returns.request(replacement.id, ask(("L1", 1, None)), actor="key_cs")
-        returns.receive(mug.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
-        returns.settle(mug.id, actor="key_wh")
+    one_returned_and_two_cancelled(world, returns, replacement.id, return_first=return_first)
 
-    def cancel_the_rest() -> None:
-        world.actions.cancel(replacement.id, "no more mugs", actor="key_cs", lines={"L1": 2})
-
-    for step in (return_the_mug, cancel_the_rest) if return_first else (cancel_the_rest, return_the_mug):
-        step()
-
-    paid = [world.order(order.id), world.order(replacement.id)]
-    assert paid[1].status is S.RETURNED
-    kept = sum((o.payment.captured - o.payment.refunded for o in paid), Money.zero("USD"))
-    assert kept == paid[0].totals.shipping + paid[1].totals.shipping
+    paid = kept_only_both_shippings(world, order, replacement)
     # A cancel repeated settles again and asks the card for nothing the credit paid.
     world.actions.cancel(replacement.id, "no more mugs", actor="key_cs")
     assert world.order(replacement.id).payment == paid[1].payment
@@ -1739,13 +1630,8 @@ def test_a_replacements_credit_is_not_given_back_for_what_its_card_is_still_owed
     # and the gateway refuses that refund. The credit given back counted it as paid by the card;
     # refunded by the next settlement, the customer got it back twice. And a MUG returned after that
     # refusal must not be refunded from what the card holds for it, or nothing refunds the card.
-    from datetime import timedelta
-
-    clock = ReturnsClock(NOW + timedelta(days=3))
-    stock = [("MUG", "wh-west", west), ("MUG", "wh-east", 3 - west), ("TSHIRT", "wh-west", 1)]
-    world = build_world(stock, clock=clock)
-    returns, _ = returns_for(world, clock)
-    order, replacement = exchanged_for_three_mugs(world, returns, "TSHIRT")
+    world, returns = three_days_on([("MUG", "wh-west", west), ("MUG", "wh-east", 3 - west), ("TSHIRT", "wh-west", 1)])
+    order, replacement = exchanged_for_three(world, returns, "TSHIRT")
     mug = returns.request(replacement.id, ask(("L1", 1, None)), actor="key_cs")
     returns.receive(mug.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
 
@@ -1776,13 +1662,8 @@ def test_a_replacement_return_neither_its_captures_nor_its_credit_could_refund_i
     # loses its volume price, and the settlement's capture of 6.79 is refused. Both MUGs come back,
     # worth 26.81: the captures refund 21.45 and the credit its 3.57, 1.79 short. The cancel asked
     # again captured the 6.79, and nothing refunded the 1.79 the return was still owed.
-    from datetime import timedelta
-
-    clock = ReturnsClock(NOW + timedelta(days=3))
-    stock = [("MUG", "wh-west", 2), ("MUG", "wh-east", 1), ("PEN", "wh-west", 1)]
-    world = build_world(stock, VolumePrice(), clock=clock)
-    returns, _ = returns_for(world, clock)
-    order, replacement = exchanged_for_three_mugs(world, returns, "PEN")
+    world, returns = three_days_on([("MUG", "wh-west", 2), ("MUG", "wh-east", 1), ("PEN", "wh-west", 1)], VolumePrice())
+    order, replacement = exchanged_for_three(world, returns, "PEN")
     world.gateway.script("capture", "refuse", "approve")
     world.actions.cancel(replacement.id, "no more mugs", actor="key_cs", lines={"L1": 1})
     mugs = returns.request(replacement.id, ask(("L1", 2, None)), actor="key_cs")
@@ -1791,10 +1672,7 @@ def test_a_replacement_return_neither_its_captures_nor_its_credit_could_refund_i
 
     world.actions.cancel(replacement.id, "no more mugs", actor="key_cs")  # the settlement asked again
 
-    paid = [world.order(order.id), world.order(replacement.id)]
-    assert paid[1].status is S.RETURNED
-    kept = sum((o.payment.captured - o.payment.refunded for o in paid), Money.zero("USD"))
-    assert kept == paid[0].totals.shipping + paid[1].totals.shipping
+    paid = kept_only_both_shippings(world, order, replacement)
     assert world.returns.get(mugs.id).refund == paid[1].lines[0].total
 
 
@@ -2039,7 +1917,7 @@ def test_a_keyed_cancel_of_units_sent_again_after_the_keys_24_hours_cancels_them
     # The key is honoured for 24 h (API.md): a cancel of one more unit days later under the same key
     # and lines (a key made of the order and line) is a new request. Answered with the order as the
     # first cancel left it, the unit the customer cancelled was still shipped and charged.
-    clock = ReturnsClock(NOW)
+    clock = Clock(NOW)
     world = build_world([("MUG", "wh-west", 10)], clock=clock)
     order = world.allocated(("MUG", 3))
     key = f"api:key_cs:cancel-{order.id}-L1"
@@ -2117,16 +1995,9 @@ def test_a_cancel_of_units_that_shipped_a_moment_ago_leaves_a_parcels_ship_in_fl
     # The west parcel shipped a moment ago while the east's ship waits to record its capture; a plain
     # read may still show the west parcel pending. The cancel of its units is refused (409) all the
     # same, decided on the order as written: it must not first take back the east's capture.
-    from tests.unit.test_confirmations import lagging_reads
+    from tests.unit.test_order_execution import west_shipped_while_the_easts_ship_waits
 
-    order = world.allocated(("MUG", 1), ("CAP", 2))
-    west, east = world.shipment_at(order, "wh-west"), world.shipment_at(order, "wh-east")
-    dies_before_recording(world, monkeypatch, "shipment_shipped")
-    with pytest.raises(Died):
-        world.actions.ship(order.id, east, None, actor="key_wh")
-    monkeypatch.undo()
-    lagging_reads(world, monkeypatch)
-    world.actions.ship(order.id, west, None, actor="key_wh")
+    order, _, east = west_shipped_while_the_easts_ship_waits(world, monkeypatch, ("MUG", 1), ("CAP", 2))
 
     with pytest.raises(InvalidTransition):
         world.actions.cancel(order.id, "no mug", actor="key_web", lines={"L1": 1})
@@ -2147,7 +2018,7 @@ def test_a_replacement_whose_settlement_refund_is_refused_gives_back_none_of_its
     # and the cancel repeated refunded the 2.00 again: the customer got it twice.
     from tests.unit.test_returns import exchange_of
 
-    clock = ReturnsClock(NOW + timedelta(days=3))
+    clock = Clock(NOW + timedelta(days=3))
     world = build_world([("MUG", "wh-west", 5), ("CAP", "wh-east", 5), ("TSHIRT", "wh-west", 5)], PerUnitShipping(),
                         clock=clock)  # fmt: skip
     returns, _ = returns_for(world, clock)

@@ -39,11 +39,6 @@ STOCK = [
 ]
 
 
-@pytest.fixture
-def world() -> World:
-    return build_world(STOCK)
-
-
 def cause(error: str, message: str) -> str:
     """The Cause a Step Functions Catch hands to a compensation: the Lambda's error JSON."""
     return json.dumps({"errorType": error, "errorMessage": message})
@@ -455,6 +450,18 @@ def test_a_cancel_during_authorization_voids_the_authorization_the_step_obtained
     assert world.history(order_id)[-1].actor == "key_web"
 
 
+def cancelled_with_nothing_held(world: World, order_id: str, authorization: str | None) -> Order:
+    """Asserts the order is cancelled, its `authorization` voided (the only void) and no stock
+    held or reserved anywhere; the order."""
+    order = world.order(order_id)
+    assert order.status is S.CANCELLED
+    assert order.payment.status == "voided"
+    assert world.spy.voided == [authorization]
+    assert world.held() == {}
+    assert set(world.reserved().values()) == {0}
+    return order
+
+
 def test_a_cancel_during_reservation_leaves_no_stock_held(world, monkeypatch):
     order_id = world.place(("TSHIRT", 2), ("MUG", 1), ("CAP", 3))
     world.workflow.authorize_payment(order_id, attempt=0)
@@ -464,13 +471,8 @@ def test_a_cancel_during_reservation_leaves_no_stock_held(world, monkeypatch):
     with pytest.raises(OrderClosed):
         world.workflow.reserve_stock(order_id)
 
-    order = world.order(order_id)
-    assert order.status is S.CANCELLED
+    order = cancelled_with_nothing_held(world, order_id, authorization)
     assert order.allocations == []
-    assert order.payment.status == "voided"
-    assert world.spy.voided == [authorization]
-    assert world.held() == {}
-    assert set(world.reserved().values()) == {0}
     assert [h.type for h in world.history(order_id)] == ["created", "payment_authorized", "cancelled", "payment_voided"]
 
 
@@ -484,13 +486,8 @@ def test_a_cancel_during_shipment_creation_ends_cancelled_with_nothing_held(worl
     with pytest.raises(OrderClosed):
         world.workflow.create_shipments(order_id)
 
-    order = world.order(order_id)
-    assert order.status is S.CANCELLED
+    order = cancelled_with_nothing_held(world, order_id, authorization)
     assert order.shipments == []
-    assert order.payment.status == "voided"
-    assert world.spy.voided == [authorization]
-    assert world.held() == {}
-    assert set(world.reserved().values()) == {0}
     assert [h.type for h in world.history(order_id)][-2:] == ["cancelled", "payment_voided"]
 
 

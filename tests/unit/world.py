@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -41,6 +41,22 @@ from tests.fakes import (
 
 Held = dict[tuple[str, str, str], int]
 Stock = list[tuple[str, str, int]]  # (sku, location_id, on_hand)
+
+
+class Clock:
+    """A clock a test moves: at `now` (NOW unless given) until the test advances it."""
+
+    def __init__(self, now: datetime = NOW) -> None:
+        self.now = now
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> None:
+        self.now += timedelta(**delta)
+
+    def days_later(self, days: float) -> None:
+        self.advance(days=days)
 
 
 @dataclass
@@ -241,3 +257,15 @@ def dies_before_recording(world: World, monkeypatch: pytest.MonkeyPatch, event: 
         real(order, expected, entries)
 
     monkeypatch.setattr(world.orders, "update", update)
+
+
+def a_ship_that_died(world: World, monkeypatch: pytest.MonkeyPatch, *lines: tuple[str, int]) -> tuple[Order, str]:
+    """An allocated order whose first shipment's ship died after the gateway captured its share,
+    before the order recorded it: the order as it was, and the shipment."""
+    order = world.allocated(*(lines or [("TSHIRT", 2)]))
+    shipment_id = order.shipments[0].id
+    dies_before_recording(world, monkeypatch, "shipment_shipped")
+    with pytest.raises(Died):
+        world.actions.ship(order.id, shipment_id, None, actor="key_wh")
+    monkeypatch.undo()
+    return order, shipment_id

@@ -1,15 +1,14 @@
-"""Placing an order prices it through the plugins: exact line and order totals over HTTP."""
+"""Placing an order prices it through the plugins: exact line and order totals, through the in-process
+API on moto (tests/integration/conftest.py's `api` and `catalog`: the gateway, the authorizer and the
+API function, with the `test` gateway on; no HTTP server takes part)."""
 
 from __future__ import annotations
 
 import re
 from decimal import Decimal
 
-import pytest
-
-from tests.e2e.client import TOKYO, Api, Catalog, amounts, money, order_body
-
-pytestmark = pytest.mark.e2e
+from tests.e2e.client import TOKYO, Catalog, amounts, money, order_body
+from tests.integration.in_process import InProcessApi
 
 
 def line_view(line: dict) -> tuple:
@@ -54,7 +53,7 @@ WELCOME10_LINES = [
 
 
 def test_a_usd_order_takes_catalog_prices_welcome10_per_line_and_california_tax_rounded_half_even(
-    api: Api, catalog: Catalog
+    api: InProcessApi, catalog: Catalog
 ):
     skus = catalog.stocked("11.11", "12.25", "3.35")
     body = order_body((skus[0], 1), (skus[1], 1), (skus[2], 3), promo_codes=["WELCOME10"])
@@ -87,7 +86,7 @@ def test_a_usd_order_takes_catalog_prices_welcome10_per_line_and_california_tax_
         assert re.fullmatch(r"\d+\.\d{2}", value["amount"]), value
 
 
-def test_freeship_makes_shipping_zero_and_leaves_the_lines_alone(api: Api, catalog: Catalog):
+def test_freeship_makes_shipping_zero_and_leaves_the_lines_alone(api: InProcessApi, catalog: Catalog):
     skus = catalog.stocked("11.11", "12.25", "3.35")
     body = order_body((skus[0], 1), (skus[1], 1), (skus[2], 3), promo_codes=["WELCOME10", "FREESHIP"])
 
@@ -102,7 +101,7 @@ def test_freeship_makes_shipping_zero_and_leaves_the_lines_alone(api: Api, catal
     assert_sums_hold(order)
 
 
-def test_save5_is_spread_over_two_lines_in_proportion_to_their_subtotals(api: Api, catalog: Catalog):
+def test_save5_is_spread_over_two_lines_in_proportion_to_their_subtotals(api: InProcessApi, catalog: Catalog):
     # 5.00 over subtotals 10.00 and 20.00: 1.666.. -> 1.67 and 3.333.. -> 3.33, adding up to 5.00.
     skus = catalog.stocked("10.00", "20.00")
     body = order_body((skus[0], 1), (skus[1], 1), promo_codes=["SAVE5"])
@@ -125,7 +124,9 @@ def test_save5_is_spread_over_two_lines_in_proportion_to_their_subtotals(api: Ap
     assert_sums_hold(order)
 
 
-def test_a_jpy_order_has_whole_yen_amounts_japanese_tax_and_700_yen_standard_shipping(api: Api, catalog: Catalog):
+def test_a_jpy_order_has_whole_yen_amounts_japanese_tax_and_700_yen_standard_shipping(
+    api: InProcessApi, catalog: Catalog
+):
     # 1225 x 1: discount 122.5 -> 122 (half-even), tax 1103 x 10% = 110.3 -> 110
     # 1234 x 2: discount 246.8 -> 247, tax 2221 x 10% = 222.1 -> 222
     skus = catalog.stocked("1225", "1234", currency="JPY")
@@ -154,7 +155,7 @@ def test_a_jpy_order_has_whole_yen_amounts_japanese_tax_and_700_yen_standard_shi
         assert re.fullmatch(r"\d+", value["amount"]), value
 
 
-def test_get_order_returns_exactly_what_post_returned(api: Api, catalog: Catalog):
+def test_get_order_returns_exactly_what_post_returned(api: InProcessApi, catalog: Catalog):
     (sku,) = catalog.stocked("19.99")
     placed = api.post("/orders", json=order_body((sku, 2), promo_codes=["WELCOME10"]))
     assert placed.status_code == 201, placed.text
@@ -165,7 +166,7 @@ def test_get_order_returns_exactly_what_post_returned(api: Api, catalog: Catalog
     assert fetched.json() == placed.json()
 
 
-def test_history_of_a_new_order_is_one_created_entry_to_pending_by_the_admin_key(api: Api, catalog: Catalog):
+def test_history_of_a_new_order_is_one_created_entry_to_pending_by_the_admin_key(api: InProcessApi, catalog: Catalog):
     (sku,) = catalog.stocked("19.99")
     placed = api.post("/orders", json=order_body((sku, 1)))
     assert placed.status_code == 201, placed.text
