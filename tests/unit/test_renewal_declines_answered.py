@@ -19,11 +19,6 @@ from tests.unit.world import World, build_world
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
 def world(clock) -> World:
     # A gateway that answers a key it has seen with its first answer, as real ones do.
     return build_world(STOCK, FirstAnswers(), clock=clock)

@@ -22,27 +22,20 @@ from core.events import OrderEvent
 from core.fulfillment import OrderActions
 from core.holds import Holds, ReleaseRequest
 from core.status import OrderStatus, ShipmentStatus
-from tests.unit.test_capture_sweep import LATE, STOCK, a_pass
+from tests.unit.test_capture_sweep import (
+    LATE,
+    STOCK,  # noqa: F401 (the stock of the `world` fixture)
+    a_pass,
+)
 from tests.unit.test_delivery_reports import the_ship_dies
 from tests.unit.test_delivery_write_off import PERSON, refused_delivery
-from tests.unit.test_jeopardy import Clock
 from tests.unit.test_reported_parcels_finished import (
     ACTOR,
     first_reported_on_a_hold_for_both,
     kept_back_pass,
     marked_and_left,
 )
-from tests.unit.world import Died, World, build_world, dies_before_recording
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def world(clock: Clock) -> World:
-    return build_world(STOCK, clock=clock)
+from tests.unit.world import Died, build_world, dies_before_recording
 
 
 def test_the_pass_never_asks_again_the_capture_of_a_parcel_whose_report_the_gateway_refused(world, clock, monkeypatch):
