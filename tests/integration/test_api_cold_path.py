@@ -88,6 +88,12 @@ print(json.dumps(first))
 # Services of other routes and functions, which the composition root imports only to build them.
 OTHER_SERVICES = [
     "core.aggregates",
+    # The order workflow's steps and the backorder queue's: the API builds them only for routes that
+    # run them (a cancel, a release, a restock); capture plans shipments (core.sourcing) only under
+    # sourcing rules that ask it to.
+    "core.backorders",
+    "core.cancellation",
+    "core.carrier_bookings",
     "core.fulfillment",
     "core.holds",
     "core.import_service",
@@ -99,7 +105,9 @@ OTHER_SERVICES = [
     "core.refund_service",
     "core.reorder",
     "core.returns",
+    "core.sourcing",
     "core.webhooks",
+    "core.workflow",
     "functions.adapters.api_gateway",
     "functions.adapters.imports",
     "functions.import_splitter.readers",
