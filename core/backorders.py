@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
 
+from core.actors import BACKORDER_ACTOR
 from core.models import AwaitingLine, AwaitingStock, Order
 from core.ports import (
     BackorderedOrders,
@@ -29,7 +30,7 @@ from core.ports import (
 from core.sourcing import bought_at, lacks_at, sourceable, stranded
 from core.sourcing_rules import SourcingRules
 from core.status import OrderStatus
-from core.workflow import BACKORDER_ACTOR, Workflow, eligible_locations
+from core.workflow import Workflow, eligible_locations
 
 S = OrderStatus
 PAGE = 25

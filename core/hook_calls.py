@@ -68,7 +68,10 @@ class _Shape(NamedTuple):
 
 @functools.cache
 def _shape(spec_function: Callable[..., Any]) -> _Shape:
-    answer = typing.get_type_hints(spec_function)["return"]
+    # The answer's annotation alone: a parameter's may name a type core/hookspecs.py imports only
+    # for type checkers (oms_notify's Notification).
+    returns = types.SimpleNamespace(__annotations__={"return": spec_function.__annotations__["return"]})
+    answer = typing.get_type_hints(returns, globalns=spec_function.__globals__)["return"]
     if typing.get_origin(answer) in (typing.Union, types.UnionType):
         (answer,) = [arg for arg in typing.get_args(answer) if arg is not type(None)]
     if typing.get_origin(answer) is list:

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core import hookspec
 from core.models import Address, Customer, Location, Order, Product, ReviewRequest, ShipmentLine, StockLevel
 from core.money import Money
-from core.notifications import Notification
 from core.pricing_types import Discount, DraftLine, PricingDraft, ShippingQuote, TaxRate
 from core.return_models import ReturnLineInput, ReturnPolicyDecision
 from core.sourcing_rules import SourcingRules
 from core.workflow_types import CarrierShipment, PaymentResult, SourcingPlan, TrackingUpdate
+
+if TYPE_CHECKING:
+    # A parameter's type, never an answer's (call_hook resolves only a spec's answer type): the
+    # notifier's module, with the domain events it reads, stays out of a new API container.
+    from core.notifications import Notification
 
 # --- Pricing --------------------------------------------------------------------------------
 

@@ -56,6 +56,7 @@ from datetime import datetime, timedelta
 from itertools import islice
 from typing import TypeVar
 
+from core.actors import SCAN_ACTOR
 from core.capture_sweep import refund_refused_since
 from core.deadline import LONGEST, TimeUp, never
 from core.errors import StaleVersion
@@ -63,9 +64,8 @@ from core.models import REFUND_REFUSED_REASON, Order
 from core.order_changes import modify
 from core.ports import LateOrders, OrderRepository, UnreceivedReturns
 from core.status import UNRECEIVED_RETURNS, WATCHED, OrderStatus, ReturnStatus
-from core.workflow import SCAN_ACTOR
 
-# WATCHED (core/status.py), LONGEST (core/deadline.py) and SCAN_ACTOR (core/workflow.py) are this
+# WATCHED (core/status.py), LONGEST (core/deadline.py) and SCAN_ACTOR (core/actors.py) are this
 # scan's rules, kept where the API's cold start reads them without importing this module.
 S = OrderStatus
 T = TypeVar("T")

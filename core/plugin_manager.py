@@ -64,6 +64,11 @@ class PluginReport(BaseModel, defer_build=True):
 _BUILT_IN_DIRECTORY = Path(__file__).resolve().parent.parent / "plugins"
 
 
+# What pluggy takes a hook implementation from (a plain function; staticmethod, classmethod or a
+# bound method holding one): nothing else it finds on a plugin is hookable (pluggy's _static_hook_attr).
+_HOOKABLE = (types.FunctionType, staticmethod, classmethod, types.MethodType)
+
+
 def built_in(plugin: object) -> bool:
     """Whether `plugin` is one of this project's own plugin modules."""
     file = getattr(plugin, "__file__", None) if isinstance(plugin, types.ModuleType) else None
@@ -153,6 +158,11 @@ class OmsPluginManager(pluggy.PluginManager):
     def parse_hookimpl_opts(self, plugin: Any, name: str) -> Any:
         """As pluggy's, parsed once per attribute of the plugin registering (our check, then
         pluggy's walk): each parse looks the attribute up statically (inspect.getattr_static)."""
+        if type(plugin) is types.ModuleType and not isinstance(vars(plugin).get(name), _HOOKABLE):
+            # A module's attribute is its own, as pluggy's static lookup finds it, and only these
+            # types can carry a hook: the rest of what a plugin module imports or defines (models,
+            # constants, modules; most of its names) is passed over without that lookup.
+            return None
         parsing = self._parsing
         if parsing is None or parsing[0] is not plugin:
             return super().parse_hookimpl_opts(plugin, name)

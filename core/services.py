@@ -60,7 +60,6 @@ from core.ports import (
 )
 from core.pricing import PricedOrder, Pricing
 from core.secret_hashes import is_usable_secret
-from core.sourcing import allocation_plan, destination_of, unplaced
 from core.sourcing_rules import SourcingRules
 from core.status import OrderStatus
 
@@ -473,6 +472,10 @@ class CaptureService:
     ) -> None:  # fmt: skip
         """Refuse (409) an order ReserveStock would end out of stock on this stock: units enough in
         all, but no plan ships the products that may not wait from at most `max_shipments` locations."""
+        # Only an order under sourcing rules that plan its shipments needs the planner: imported
+        # here, the others' first request (and every new API container) does without it.
+        from core.sourcing import allocation_plan, destination_of, unplaced
+
         assert self._sourcing is not None
         order = unplaced(cmd)
         plan = allocation_plan(

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import pluggy
 
 from core import payment_keys
+from core.actors import WORKFLOW_ACTOR
 from core.cancellation import Cancellation, own_authorization_keys
 from core.carrier_bookings import give_up_unrecorded
 from core.errors import (
@@ -83,9 +84,6 @@ if TYPE_CHECKING:
     from core.exchange_credit import ExchangeCredits
 
 S = OrderStatus
-WORKFLOW_ACTOR = "workflow"
-BACKORDER_ACTOR = "backorders"
-SCAN_ACTOR = "jeopardy_scan"  # core/jeopardy.py's scan
 Clock = Callable[[], datetime]
 
 # Which status each task of infra/order_workflow.asl.json writes (None: it records without

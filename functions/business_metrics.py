@@ -24,9 +24,9 @@ from typing import Any, TypeVar
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 
+from core.actors import SCAN_ACTOR, WORKFLOW_ACTOR
 from core.events import OrderEvent
 from core.models import CREDIT_NOT_USED, HistoryEntry, Order
-from core.workflow import SCAN_ACTOR, WORKFLOW_ACTOR
 
 # Callers cancel with free text; a dimension value per text would be a metric per text. The
 # workflow's reasons and the jeopardy scan's are the system's own few codes (out_of_stock,

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import replace
 from datetime import timedelta
 from functools import partial
 from typing import Any
@@ -325,7 +324,7 @@ def ready_pickup(aws, days: float, external_id: str) -> Order:
     account, whose pickups wait `days` (OMS_PICKUP_EXPIRY_DAYS)."""
     from functions.bootstrap import Config, bootstrap
 
-    services = bootstrap(replace(Config.from_env(), pickup_expiry_days=days), label_store=FakeLabels())
+    services = bootstrap(Config.from_env()._replace(pickup_expiry_days=days), label_store=FakeLabels())
     services.catalog.put_product("TSHIRT", ProductInput.model_validate(product_body()))
     store = location_body(type="store", ships=False, pickup=True)
     services.catalog.put_location("store-sf", LocationInput.model_validate(store))

@@ -4,7 +4,6 @@ first use; a handler module's WarmContainer keeps one container while warm, and 
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -85,7 +84,7 @@ def test_a_function_that_needs_a_setting_it_lacks_says_which():
     [("pickup_expiry_days", "actions"), ("hold_expiry_days", "jeopardy_scan"), ("return_expiry_days", "jeopardy_scan")],
 )
 def test_a_negative_expiry_is_refused_as_0_means_never(setting: str, part: str):
-    container = bootstrap(replace(CONFIG, **{setting: -1.0}), order_repository=FakeOrders())
+    container = bootstrap(CONFIG._replace(**{setting: -1.0}), order_repository=FakeOrders())
 
     with pytest.raises(ValueError, match="must be 0 \\(never\\) or a positive number of days"):
         getattr(container, part)
@@ -100,7 +99,7 @@ def test_an_expiry_past_100_years_or_not_a_number_is_refused_where_it_is_read(se
     # Meant as "practically never" (0 is never), 1e7 days put a ready pickup's collect_by past the
     # calendar (every POST .../ready a 500) and a hold's or a return's cut-off before it (every
     # jeopardy pass crashed, marking nothing), as OMS_SLA's 999999d did; NaN and inf the same.
-    container = bootstrap(replace(CONFIG, **{setting: days}), order_repository=FakeOrders())
+    container = bootstrap(CONFIG._replace(**{setting: days}), order_repository=FakeOrders())
 
     with pytest.raises(ValueError, match="days, at most 36500"):
         getattr(container, part)
@@ -131,7 +130,7 @@ def test_a_duration_setting_that_would_fail_every_request_or_pass_is_refused_by_
     # webhook delay every retry's, and an infinite catalog cache kept a warm container's first read
     # of the products and rules for ever. Refused where read, by name: the function's log line says
     # which setting, and its errors alarm fires.
-    config = replace(CONFIG, order_workflow_arn="arn:workflow", returns_table="returns", **{setting: value})
+    config = CONFIG._replace(order_workflow_arn="arn:workflow", returns_table="returns", **{setting: value})
     container = bootstrap(config, order_repository=FakeOrders(), stepfunctions=object(), dynamodb=object())
 
     with pytest.raises(ValueError, match=f"^{name} must be .*at most"):
@@ -190,7 +189,7 @@ def test_duration_settings_up_to_100_years_are_taken():
         "reconcile_after_minutes": 5.5,
         "webhook_retry_window_seconds": 0.0,
     }
-    container = bootstrap(replace(CONFIG, **settings), order_repository=FakeOrders(), dynamodb=object())
+    container = bootstrap(CONFIG._replace(**settings), order_repository=FakeOrders(), dynamodb=object())
 
     assert container.retry_schedule.window_seconds == 0.0
     assert container.pending_refund_sweep is not None
@@ -203,8 +202,8 @@ def test_a_reconcile_wait_of_5_minutes_or_less_is_refused_by_every_pass_that_wai
     # Only the stalled-orders pass (Reconciler) refused it, naming no setting; the reconciler's
     # other passes and the jeopardy scan took it, each isolated from the failing one, and settled
     # refunds, authorizations and captures of orders whose execution or request may still be running.
-    config = replace(
-        CONFIG, order_workflow_arn="arn:workflow", returns_table="returns", reconcile_after_minutes=minutes
+    config = CONFIG._replace(
+        order_workflow_arn="arn:workflow", returns_table="returns", reconcile_after_minutes=minutes
     )
     container = bootstrap(config, order_repository=FakeOrders(), stepfunctions=object(), dynamodb=object())
 
@@ -214,7 +213,7 @@ def test_a_reconcile_wait_of_5_minutes_or_less_is_refused_by_every_pass_that_wai
 
 @pytest.mark.parametrize("park", [15.0, 10.0])
 def test_a_park_wait_not_longer_than_the_restart_wait_is_refused_naming_both(park: float):
-    config = replace(CONFIG, order_workflow_arn="arn:workflow", reconcile_park_after_minutes=park)
+    config = CONFIG._replace(order_workflow_arn="arn:workflow", reconcile_park_after_minutes=park)
     container = bootstrap(config, order_repository=FakeOrders(), stepfunctions=object(), dynamodb=object())
 
     with pytest.raises(
