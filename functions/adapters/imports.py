@@ -187,12 +187,14 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
         )  # fmt: skip
 
     def progress(self, import_id: str, file_format: str, total: int, at: datetime) -> None:
-        # A re-run never lowers a final total.
+        # A re-run never lowers a final total, nor a running one: a duplicate delivery of a
+        # continuation, or a retried one, hands off at fewer orders than the one ahead of it.
         self._unless_final(
             import_id,
             "SET #total = :total, #format = :format, updated_at = :now",
             {"#total": "total", "#format": "format"},
             {":total": {"N": str(total)}, ":format": {"S": file_format}, ":now": {"S": timestamp(at)}},
+            condition="#total < :total",
         )
 
     def _unless_final(

@@ -481,3 +481,22 @@ def test_a_folder_made_in_the_s3_console_is_no_import(stack: ImportAws):
     split_file(stack, "incoming/march/", b"")
 
     assert container().import_queries.list(25, None) == ([], None)
+
+
+def test_a_running_total_is_never_lowered_by_a_duplicate_continuation_handing_off_behind_it(stack: ImportAws):
+    # Two deliveries of one continuation read the same file: the one behind hands off at fewer
+    # orders and wrote its lower total over the other's, so a client following the import saw the
+    # orders found go down.
+    from core.models import utc_now
+    from functions.adapters.imports import _import_key
+    from functions.import_splitter.app import container
+
+    ledger = container().import_ledger
+    ledger.begin("imp_twice", "s3://b/k", utc_now())
+    ledger.progress("imp_twice", "csv", 2000, utc_now())
+    ledger.progress("imp_twice", "csv", 1000, utc_now())
+
+    item = ledger._client.get_item(TableName=ledger._table, Key=_import_key("imp_twice"))["Item"]
+    assert item["total"]["N"] == "2000"
+    ledger.progress("imp_twice", "csv", 3000, utc_now())
+    assert report("imp_twice")["total"] == 3000
