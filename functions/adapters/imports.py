@@ -418,11 +418,18 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
         stuck = []
         for import_id in ids:
             values = found.get(import_id)
-            if values is None or "last_line" not in values:
-                continue  # an import read before last_line was kept is not recounted
-            if not _short(values) and not _recounted_not_ended(values):
+            if values is None or (not _short(values) and not _recounted_not_ended(values)):
                 continue
             if values["updated_at"] > idle_since:
+                continue
+            if "last_line" not in values:
+                # Read before last_line was kept: the recount cannot know where its markers end.
+                logger.warning(
+                    "import short of its total not recounted: it was read before its last line was "
+                    "kept; replay its file's S3 event (README, bulk import, Known gaps) and the next "
+                    "pass recounts it",
+                    extra={"import_id": import_id, "source": values.get("source")},
+                )
                 continue
             waiting = values.get("recount_waiting") or {}
             if waiting.get("seen") == values["updated_at"] and waiting.get("at", "") > checked_since:

@@ -1160,8 +1160,17 @@ def test_a_recount_keeps_the_errors_of_every_failure_it_counts_up_to_the_report_
     assert ended["errors"][-1] == {"line": 105, "external_id": "ext-105", "code": "unknown_sku", "message": "no"}
 
 
+def skipped(caplog: pytest.LogCaptureFixture) -> list[tuple[str, str]]:
+    """The imports the recount's pass logged it skips (read before last_line was kept)."""
+    return [
+        (record.import_id, record.source)
+        for record in caplog.records
+        if record.getMessage().startswith("import short of its total not recounted")
+    ]
+
+
 def test_an_import_read_before_its_last_line_was_kept_is_recounted_once_its_event_is_replayed(
-    stack: ImportAws, monkeypatch: pytest.MonkeyPatch
+    stack: ImportAws, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ):
     # Read whole and left short by a killed worker before the splitter kept `last_line`: the
     # recount cannot know where its markers end. The file's S3 event, replayed, reads the file
@@ -1177,7 +1186,11 @@ def test_an_import_read_before_its_last_line_was_kept_is_recounted_once_its_even
     stack.drain(worker)
     client, table = container().import_ledger._client, container().import_ledger._table
     client.update_item(TableName=table, Key=_import_key(import_id), UpdateExpression="REMOVE last_line")
+    assert recount(minutes_later=5).completed == [] and not skipped(caplog)  # not idle yet: not stuck
     assert recount().completed == [] and report(import_id)["status"] == "running"
+    # Each pass says so, naming the import and what to do: otherwise only GET /imports shows it.
+    assert skipped(caplog) == [(import_id, f"s3://{stack.bucket}/incoming/old.csv")]
+    assert "replay its file's S3 event" in caplog.records[-1].getMessage()
 
     splitter(stack.s3_event("incoming/old.csv"), context("ImportSplitterFunction", 900))
 
