@@ -210,3 +210,28 @@ def worker(event: dict[str, Any], context: Any) -> Any:
     from functions.import_worker.app import lambda_handler
 
     return lambda_handler(event, context)
+
+
+def refuse_an_error_and_its_fallback(ledger: Any, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """DynamoDB refuses (throttled past botocore's retries) the first write of a counted failure's
+    error and the first write of that error onto the line's marker, record()'s fallback: the
+    error is then on neither. Returns what it refused."""
+    from botocore.exceptions import ClientError
+
+    client = ledger._client
+    refused: list[str] = []
+
+    class Refusing:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(client, name)
+
+        def put_item(self, **request: Any) -> Any:
+            item = request["Item"]
+            picked = "error" if item.get("pk", {}).get("S", "").endswith("#ERRORS") else "fallback"
+            if (picked == "error" or "unkept_error" in item) and picked not in refused:
+                refused.append(picked)
+                raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "slow down"}}, "PutItem")
+            return client.put_item(**request)
+
+    monkeypatch.setattr(ledger, "_client", Refusing())
+    return refused

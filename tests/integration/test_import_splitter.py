@@ -11,7 +11,13 @@ from botocore.response import StreamingBody
 from core.imports import import_id_for
 from functions.adapters.imports import SqsOrderQueue
 from tests.builders import csv_file, csv_row
-from tests.integration.import_support import ImportAws, context, create_import_resources, report
+from tests.integration.import_support import (
+    ImportAws,
+    context,
+    create_import_resources,
+    refuse_an_error_and_its_fallback,
+    report,
+)
 from tests.integration.import_support import split as split_file
 
 
@@ -467,6 +473,30 @@ def test_a_bad_rows_error_refused_after_its_count_is_kept_by_the_retried_event(
     lambda_handler(event, context("ImportSplitterFunction", 900))  # Lambda's retry of the event
 
     assert refused == [f"IMPORT#{import_id}#ERRORS"]
+    resumed = report(import_id)
+    assert (resumed["status"], resumed["total"], resumed["failed"]) == ("running", 2, 1)
+    assert [(e["line"], e["code"]) for e in resumed["errors"]] == [(3, "invalid_number")]
+
+
+def test_a_bad_rows_error_refused_with_its_fallback_after_its_count_is_kept_by_the_retried_event(
+    stack: ImportAws, monkeypatch: pytest.MonkeyPatch
+):
+    # DynamoDB refused the error's write and then its fallback onto the row's marker: the retried
+    # event found the row recorded with nothing on its marker to write.
+    from botocore.exceptions import ClientError
+
+    from functions.import_splitter.app import container, lambda_handler
+
+    import_id = stack.put_file("incoming/orders.csv", csv_file(csv_row("ext-1"), csv_row("ext-2", quantity="x")))
+    event = stack.s3_event("incoming/orders.csv")
+    refused = refuse_an_error_and_its_fallback(container().import_ledger, monkeypatch)
+    with pytest.raises(ClientError):
+        lambda_handler(event, context("ImportSplitterFunction", 900))
+
+    lambda_handler(event, context("ImportSplitterFunction", 900))  # Lambda's retry of the event
+    lambda_handler(event, context("ImportSplitterFunction", 900))  # and a duplicate delivery of it
+
+    assert refused == ["error", "fallback"]
     resumed = report(import_id)
     assert (resumed["status"], resumed["total"], resumed["failed"]) == ("running", 2, 1)
     assert [(e["line"], e["code"]) for e in resumed["errors"]] == [(3, "invalid_number")]

@@ -18,6 +18,7 @@ from tests.builders import csv_file, csv_row, order_body
 from tests.integration.import_support import (
     ImportAws,
     create_import_resources,
+    refuse_an_error_and_its_fallback,
     report,
     seed_catalog,
     split,
@@ -458,6 +459,27 @@ def test_an_error_whose_write_was_refused_after_its_count_is_kept_by_the_redeliv
     done = report(import_id)
     assert (done["status"], done["imported"], done["failed"]) == ("completed_with_errors", 1, 1)
     assert [(e["line"], e["external_id"], e["code"]) for e in done["errors"]] == [(3, "ext-2", "unknown_sku")]
+
+
+def test_an_error_whose_write_and_fallback_were_both_refused_after_its_count_is_kept_by_the_redelivery(
+    stack: ImportAws, monkeypatch: pytest.MonkeyPatch
+):
+    # Counted, then DynamoDB refused the error's write and its fallback onto the line's marker:
+    # the redelivery found the line recorded with nothing left to write, and the import (not short
+    # of its total) is never recounted, so the report listed no error for the line, for good.
+    from functions.import_worker.app import container
+
+    import_id = split(stack, "incoming/orders.csv", csv_file(csv_row("ext-1"), csv_row("ext-2", "NOPE")))
+    refused = refuse_an_error_and_its_fallback(container().import_ledger, monkeypatch)
+
+    stack.drain(worker)
+
+    assert refused == ["error", "fallback"]
+    done = report(import_id)
+    assert (done["status"], done["imported"], done["failed"]) == ("completed_with_errors", 1, 1)
+    assert [(e["line"], e["external_id"], e["code"]) for e in done["errors"]] == [(3, "ext-2", "unknown_sku")]
+    stack.drain(worker)  # nothing more comes, and nothing is listed twice
+    assert report(import_id)["errors"] == done["errors"]
 
 
 def test_the_delivery_that_loses_the_put_to_its_twin_counts_the_order_imported_on_a_lagging_read(
