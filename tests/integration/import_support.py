@@ -212,10 +212,11 @@ def worker(event: dict[str, Any], context: Any) -> Any:
     return lambda_handler(event, context)
 
 
-def refuse_an_error_and_its_fallback(ledger: Any, monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """DynamoDB refuses (throttled past botocore's retries) the first write of a counted failure's
-    error and the first write of that error onto the line's marker, record()'s fallback: the
-    error is then on neither. Returns what it refused."""
+def refuse_puts(
+    ledger: Any, monkeypatch: pytest.MonkeyPatch, pick: Callable[[dict[str, Any]], str | None]
+) -> list[str]:
+    """DynamoDB refuses (throttled past botocore's retries) the ledger's first PutItem of each name
+    `pick` gives an item (None: not refused). Returns the names refused, in order."""
     from botocore.exceptions import ClientError
 
     client = ledger._client
@@ -226,12 +227,25 @@ def refuse_an_error_and_its_fallback(ledger: Any, monkeypatch: pytest.MonkeyPatc
             return getattr(client, name)
 
         def put_item(self, **request: Any) -> Any:
-            item = request["Item"]
-            picked = "error" if item.get("pk", {}).get("S", "").endswith("#ERRORS") else "fallback"
-            if (picked == "error" or "unkept_error" in item) and picked not in refused:
+            picked = pick(request["Item"])
+            if picked is not None and picked not in refused:
                 refused.append(picked)
                 raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "slow down"}}, "PutItem")
             return client.put_item(**request)
 
     monkeypatch.setattr(ledger, "_client", Refusing())
     return refused
+
+
+def error_pk(item: dict[str, Any]) -> str | None:
+    """An import's error item's pk; None for any other item."""
+    pk = item.get("pk", {}).get("S", "")
+    return pk if pk.endswith("#ERRORS") else None
+
+
+def refuse_an_error_and_its_fallback(ledger: Any, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The first write of a counted failure's error is refused, and the first write of that error
+    onto the line's marker, record()'s fallback: the error is then on neither."""
+    return refuse_puts(
+        ledger, monkeypatch, lambda item: "error" if error_pk(item) else "fallback" if "unkept_error" in item else None
+    )

@@ -15,7 +15,9 @@ from tests.integration.import_support import (
     ImportAws,
     context,
     create_import_resources,
+    error_pk,
     refuse_an_error_and_its_fallback,
+    refuse_puts,
     report,
 )
 from tests.integration.import_support import split as split_file
@@ -452,21 +454,7 @@ def test_a_bad_rows_error_refused_after_its_count_is_kept_by_the_retried_event(
     data = csv_file(csv_row("ext-1"), csv_row("ext-2", quantity="x"))
     import_id = stack.put_file("incoming/orders.csv", data)
     event = stack.s3_event("incoming/orders.csv")
-    ledger = container().import_ledger
-    client = ledger._client
-    refused: list[str] = []
-
-    class RefusingOnce:
-        def __getattr__(self, name: str) -> Any:
-            return getattr(client, name)
-
-        def put_item(self, **request: Any) -> Any:
-            if request["Item"].get("pk", {}).get("S", "").endswith("#ERRORS") and not refused:
-                refused.append(request["Item"]["pk"]["S"])
-                raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "slow down"}}, "PutItem")
-            return client.put_item(**request)
-
-    monkeypatch.setattr(ledger, "_client", RefusingOnce())
+    refused = refuse_puts(container().import_ledger, monkeypatch, error_pk)
     with pytest.raises(ClientError):
         lambda_handler(event, context("ImportSplitterFunction", 900))
 
