@@ -185,7 +185,8 @@ class ImportLedger(ABC):
 
     @abstractmethod
     def progress(self, import_id: str, file_format: str, total: int, at: datetime) -> None:
-        """Orders found so far, while the file is still being read."""
+        """Orders found so far, while the file is still being read: never fewer than a split
+        (a duplicate or retried continuation reading the same file) wrote before."""
 
     @abstractmethod
     def finish_reading(

@@ -72,6 +72,10 @@ def _error_key(import_id: str, ordinal: int) -> dict[str, Any]:
     return {"pk": {"S": f"IMPORT#{import_id}#ERRORS"}, "sk": {"S": f"{ordinal:06d}"}}
 
 
+# The sort key of an error written under its line (_keep_unkept_error): after every ordinal.
+_RECOVERED = "line#"
+
+
 def _list_key(created_at: str, import_id: str) -> dict[str, Any]:
     return {"pk": {"S": LIST_PK}, "sk": {"S": f"{created_at}#{import_id}"}}
 
@@ -111,7 +115,9 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
     a marker so flagged records nothing, so the redelivery counts the line. When DynamoDB refuses
     a counted failure's error item, the marker is put again holding that item (`unkept_error`), and
     whatever finds the line recorded next writes it (the redelivery's complete_if_done, the retried
-    split's record). No transaction: a
+    split's record); when DynamoDB refuses that too, what finds the line recorded writes the error
+    its marker has held since the line was marked, if the report is short of one and does not list
+    it. No transaction: a
     worker killed between the two writes leaves that line uncounted (the import then stays
     running, one short, until the reconciler recounts it from its markers: recount(); the count
     is then refused to a worker that comes late); the order itself is stored or not, never twice."""
@@ -187,12 +193,14 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
         )  # fmt: skip
 
     def progress(self, import_id: str, file_format: str, total: int, at: datetime) -> None:
-        # A re-run never lowers a final total.
+        # A re-run never lowers a final total, nor a running one: a duplicate delivery of a
+        # continuation, or a retried one, hands off at fewer orders than the one ahead of it.
         self._unless_final(
             import_id,
             "SET #total = :total, #format = :format, updated_at = :now",
             {"#total": "total", "#format": "format"},
             {":total": {"N": str(total)}, ":format": {"S": file_format}, ":now": {"S": timestamp(at)}},
+            condition="#total < :total",
         )
 
     def _unless_final(
@@ -357,14 +365,28 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
 
     def _keep_unkept_error(self, import_id: str, line: int) -> None:
         """Write the error record() counted for `line` and could not write, if it left one on the
-        line's marker; then the marker as it would have been."""
+        line's marker; then the marker as it would have been. When it could not leave it there
+        either, write the failure's error (on its marker since the line was marked) if the report
+        is short of an error and this one is not listed: under its line, not an ordinal (the one
+        missing is unknown, and may be a worker's that is about to write it)."""
         marker = self._client.get_item(
             TableName=self._markers, Key={"id": {"S": _marker_id(import_id, line)}}, ConsistentRead=True
         ).get("Item")
-        if marker is None or "unkept_error" not in marker:
+        if marker is None:
             return
-        self._client.put_item(TableName=self._table, Item=marker.pop("unkept_error")["M"])
-        self._client.put_item(TableName=self._markers, Item=marker)
+        if "unkept_error" in marker:
+            self._client.put_item(TableName=self._table, Item=marker.pop("unkept_error")["M"])
+            self._client.put_item(TableName=self._markers, Item=marker)
+            return
+        error = marker.get("error", {}).get("M")
+        if marker.get("outcome", {}).get("S") != Outcome.FAILED.value or not error:
+            return
+        item = self._client.get_item(TableName=self._table, Key=_import_key(import_id), ConsistentRead=True).get("Item")
+        kept = min(int(item.get("failed", {}).get("N", "0")), MAX_REPORTED_ERRORS) if item else 0
+        listed = self._errors(import_id, kept)
+        if len(listed) < kept and int(error["line"]["N"]) not in {entry.line for entry in listed}:
+            key = {"pk": _error_key(import_id, 0)["pk"], "sk": {"S": f"{_RECOVERED}{line}"}}
+            self._client.put_item(TableName=self._table, Item={**key, **error})
 
     def _complete_if_done(self, import_id: str, values: dict[str, Any], at: datetime) -> None:
         """Whoever sees the final total reached ends the import; the condition lets one win."""
@@ -416,11 +438,18 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
         stuck = []
         for import_id in ids:
             values = found.get(import_id)
-            if values is None or "last_line" not in values:
-                continue  # an import read before last_line was kept is not recounted
-            if not _short(values) and not _recounted_not_ended(values):
+            if values is None or (not _short(values) and not _recounted_not_ended(values)):
                 continue
             if values["updated_at"] > idle_since:
+                continue
+            if "last_line" not in values:
+                # Read before last_line was kept: the recount cannot know where its markers end.
+                logger.warning(
+                    "import short of its total not recounted: it was read before its last line was "
+                    "kept; replay its file's S3 event (README, bulk import, Known gaps) and the next "
+                    "pass recounts it",
+                    extra={"import_id": import_id, "source": values.get("source")},
+                )
                 continue
             waiting = values.get("recount_waiting") or {}
             if waiting.get("seen") == values["updated_at"] and waiting.get("at", "") > checked_since:
@@ -611,10 +640,11 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
                     code=values["code"],
                     message=values["message"],
                 )
-                if int(values["sk"]) == len(known) + 1 and not after_gap:
-                    known.append(entry)
-                elif int(values["sk"]) <= MAX_REPORTED_ERRORS:
-                    after_gap.append(entry)
+                if values["sk"].startswith(_RECOVERED) or int(values["sk"]) <= MAX_REPORTED_ERRORS:
+                    if values["sk"] == f"{len(known) + 1:06d}" and not after_gap:
+                        known.append(entry)
+                    else:
+                        after_gap.append(entry)
             if "LastEvaluatedKey" not in response:
                 break
             query["ExclusiveStartKey"] = response["LastEvaluatedKey"]

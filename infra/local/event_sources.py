@@ -170,11 +170,11 @@ class EventSourceMapping:
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stopping.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            if self._thread.is_alive():
+        thread, self._thread = self._thread, None  # read once: a poller that dies sets it to None
+        if thread is not None:
+            thread.join(timeout)
+            if thread.is_alive():
                 logger.warning("%s: still delivering after %.0f s; left behind", self.name, timeout)
-            self._thread = None
 
     def pause(self) -> None:
         """No new batches until resume() (a batch being delivered finishes, retries included)."""
@@ -194,30 +194,29 @@ class EventSourceMapping:
     def _run(self) -> None:
         try:
             self._prepare()
-        except Exception:
-            logger.exception("%s: cannot start polling %s", self.name, self.source_arn)
-            self._thread = None
-            return
-        while not self._stopping.is_set():
-            started, batch = time.monotonic(), None
-            if not self.paused:
-                self._busy = True
-                try:
-                    batch = self._fetch()
-                    if batch:
-                        self._deliver(batch)
-                        self._delivered(batch)
-                except Exception:
-                    if self._stopping.is_set():
-                        break
-                    logger.exception("%s: polling failed", self.name)
-                    batch = None
-                finally:
-                    self._busy = False
-                if batch == []:
-                    self._last_empty_poll = started
-            if not batch:
-                self._stopping.wait(POLL_INTERVAL)
+            while not self._stopping.is_set():
+                started, batch = time.monotonic(), None
+                if not self.paused:
+                    self._busy = True
+                    try:
+                        batch = self._fetch()
+                        if batch:
+                            self._deliver(batch)
+                            self._delivered(batch)
+                    except Exception:
+                        if self._stopping.is_set():
+                            break
+                        logger.exception("%s: polling failed", self.name)
+                        batch = None
+                    finally:
+                        self._busy = False
+                    if batch == []:
+                        self._last_empty_poll = started
+                if not batch:
+                    self._stopping.wait(POLL_INTERVAL)
+        except BaseException:  # the runtime's own (a handler's is its invocation's error): never silent
+            logger.exception("%s: no longer polling %s", self.name, self.source_arn)
+            self._thread = None  # idle: stop() has nothing to wait for, start() polls again
 
     def _prepare(self) -> None:
         """Runs in the thread before the first poll."""

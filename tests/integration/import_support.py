@@ -210,3 +210,42 @@ def worker(event: dict[str, Any], context: Any) -> Any:
     from functions.import_worker.app import lambda_handler
 
     return lambda_handler(event, context)
+
+
+def refuse_puts(
+    ledger: Any, monkeypatch: pytest.MonkeyPatch, pick: Callable[[dict[str, Any]], str | None]
+) -> list[str]:
+    """DynamoDB refuses (throttled past botocore's retries) the ledger's first PutItem of each name
+    `pick` gives an item (None: not refused). Returns the names refused, in order."""
+    from botocore.exceptions import ClientError
+
+    client = ledger._client
+    refused: list[str] = []
+
+    class Refusing:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(client, name)
+
+        def put_item(self, **request: Any) -> Any:
+            picked = pick(request["Item"])
+            if picked is not None and picked not in refused:
+                refused.append(picked)
+                raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "slow down"}}, "PutItem")
+            return client.put_item(**request)
+
+    monkeypatch.setattr(ledger, "_client", Refusing())
+    return refused
+
+
+def error_pk(item: dict[str, Any]) -> str | None:
+    """An import's error item's pk; None for any other item."""
+    pk = item.get("pk", {}).get("S", "")
+    return pk if pk.endswith("#ERRORS") else None
+
+
+def refuse_an_error_and_its_fallback(ledger: Any, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The first write of a counted failure's error is refused, and the first write of that error
+    onto the line's marker, record()'s fallback: the error is then on neither."""
+    return refuse_puts(
+        ledger, monkeypatch, lambda item: "error" if error_pk(item) else "fallback" if "unkept_error" in item else None
+    )

@@ -11,7 +11,15 @@ from botocore.response import StreamingBody
 from core.imports import import_id_for
 from functions.adapters.imports import SqsOrderQueue
 from tests.builders import csv_file, csv_row
-from tests.integration.import_support import ImportAws, context, create_import_resources, report
+from tests.integration.import_support import (
+    ImportAws,
+    context,
+    create_import_resources,
+    error_pk,
+    refuse_an_error_and_its_fallback,
+    refuse_puts,
+    report,
+)
 from tests.integration.import_support import split as split_file
 
 
@@ -446,27 +454,37 @@ def test_a_bad_rows_error_refused_after_its_count_is_kept_by_the_retried_event(
     data = csv_file(csv_row("ext-1"), csv_row("ext-2", quantity="x"))
     import_id = stack.put_file("incoming/orders.csv", data)
     event = stack.s3_event("incoming/orders.csv")
-    ledger = container().import_ledger
-    client = ledger._client
-    refused: list[str] = []
-
-    class RefusingOnce:
-        def __getattr__(self, name: str) -> Any:
-            return getattr(client, name)
-
-        def put_item(self, **request: Any) -> Any:
-            if request["Item"].get("pk", {}).get("S", "").endswith("#ERRORS") and not refused:
-                refused.append(request["Item"]["pk"]["S"])
-                raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "slow down"}}, "PutItem")
-            return client.put_item(**request)
-
-    monkeypatch.setattr(ledger, "_client", RefusingOnce())
+    refused = refuse_puts(container().import_ledger, monkeypatch, error_pk)
     with pytest.raises(ClientError):
         lambda_handler(event, context("ImportSplitterFunction", 900))
 
     lambda_handler(event, context("ImportSplitterFunction", 900))  # Lambda's retry of the event
 
     assert refused == [f"IMPORT#{import_id}#ERRORS"]
+    resumed = report(import_id)
+    assert (resumed["status"], resumed["total"], resumed["failed"]) == ("running", 2, 1)
+    assert [(e["line"], e["code"]) for e in resumed["errors"]] == [(3, "invalid_number")]
+
+
+def test_a_bad_rows_error_refused_with_its_fallback_after_its_count_is_kept_by_the_retried_event(
+    stack: ImportAws, monkeypatch: pytest.MonkeyPatch
+):
+    # DynamoDB refused the error's write and then its fallback onto the row's marker: the retried
+    # event found the row recorded with nothing on its marker to write.
+    from botocore.exceptions import ClientError
+
+    from functions.import_splitter.app import container, lambda_handler
+
+    import_id = stack.put_file("incoming/orders.csv", csv_file(csv_row("ext-1"), csv_row("ext-2", quantity="x")))
+    event = stack.s3_event("incoming/orders.csv")
+    refused = refuse_an_error_and_its_fallback(container().import_ledger, monkeypatch)
+    with pytest.raises(ClientError):
+        lambda_handler(event, context("ImportSplitterFunction", 900))
+
+    lambda_handler(event, context("ImportSplitterFunction", 900))  # Lambda's retry of the event
+    lambda_handler(event, context("ImportSplitterFunction", 900))  # and a duplicate delivery of it
+
+    assert refused == ["error", "fallback"]
     resumed = report(import_id)
     assert (resumed["status"], resumed["total"], resumed["failed"]) == ("running", 2, 1)
     assert [(e["line"], e["code"]) for e in resumed["errors"]] == [(3, "invalid_number")]
@@ -481,3 +499,22 @@ def test_a_folder_made_in_the_s3_console_is_no_import(stack: ImportAws):
     split_file(stack, "incoming/march/", b"")
 
     assert container().import_queries.list(25, None) == ([], None)
+
+
+def test_a_running_total_is_never_lowered_by_a_duplicate_continuation_handing_off_behind_it(stack: ImportAws):
+    # Two deliveries of one continuation read the same file: the one behind hands off at fewer
+    # orders and wrote its lower total over the other's, so a client following the import saw the
+    # orders found go down.
+    from core.models import utc_now
+    from functions.adapters.imports import _import_key
+    from functions.import_splitter.app import container
+
+    ledger = container().import_ledger
+    ledger.begin("imp_twice", "s3://b/k", utc_now())
+    ledger.progress("imp_twice", "csv", 2000, utc_now())
+    ledger.progress("imp_twice", "csv", 1000, utc_now())
+
+    item = ledger._client.get_item(TableName=ledger._table, Key=_import_key("imp_twice"))["Item"]
+    assert item["total"]["N"] == "2000"
+    ledger.progress("imp_twice", "csv", 3000, utc_now())
+    assert report("imp_twice")["total"] == 3000

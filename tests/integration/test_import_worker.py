@@ -18,6 +18,7 @@ from tests.builders import csv_file, csv_row, order_body
 from tests.integration.import_support import (
     ImportAws,
     create_import_resources,
+    refuse_an_error_and_its_fallback,
     report,
     seed_catalog,
     split,
@@ -458,6 +459,27 @@ def test_an_error_whose_write_was_refused_after_its_count_is_kept_by_the_redeliv
     done = report(import_id)
     assert (done["status"], done["imported"], done["failed"]) == ("completed_with_errors", 1, 1)
     assert [(e["line"], e["external_id"], e["code"]) for e in done["errors"]] == [(3, "ext-2", "unknown_sku")]
+
+
+def test_an_error_whose_write_and_fallback_were_both_refused_after_its_count_is_kept_by_the_redelivery(
+    stack: ImportAws, monkeypatch: pytest.MonkeyPatch
+):
+    # Counted, then DynamoDB refused the error's write and its fallback onto the line's marker:
+    # the redelivery found the line recorded with nothing left to write, and the import (not short
+    # of its total) is never recounted, so the report listed no error for the line, for good.
+    from functions.import_worker.app import container
+
+    import_id = split(stack, "incoming/orders.csv", csv_file(csv_row("ext-1"), csv_row("ext-2", "NOPE")))
+    refused = refuse_an_error_and_its_fallback(container().import_ledger, monkeypatch)
+
+    stack.drain(worker)
+
+    assert refused == ["error", "fallback"]
+    done = report(import_id)
+    assert (done["status"], done["imported"], done["failed"]) == ("completed_with_errors", 1, 1)
+    assert [(e["line"], e["external_id"], e["code"]) for e in done["errors"]] == [(3, "ext-2", "unknown_sku")]
+    stack.drain(worker)  # nothing more comes, and nothing is listed twice
+    assert report(import_id)["errors"] == done["errors"]
 
 
 def test_the_delivery_that_loses_the_put_to_its_twin_counts_the_order_imported_on_a_lagging_read(
@@ -1160,8 +1182,17 @@ def test_a_recount_keeps_the_errors_of_every_failure_it_counts_up_to_the_report_
     assert ended["errors"][-1] == {"line": 105, "external_id": "ext-105", "code": "unknown_sku", "message": "no"}
 
 
+def skipped(caplog: pytest.LogCaptureFixture) -> list[tuple[str, str]]:
+    """The imports the recount's pass logged it skips (read before last_line was kept)."""
+    return [
+        (record.import_id, record.source)
+        for record in caplog.records
+        if record.getMessage().startswith("import short of its total not recounted")
+    ]
+
+
 def test_an_import_read_before_its_last_line_was_kept_is_recounted_once_its_event_is_replayed(
-    stack: ImportAws, monkeypatch: pytest.MonkeyPatch
+    stack: ImportAws, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ):
     # Read whole and left short by a killed worker before the splitter kept `last_line`: the
     # recount cannot know where its markers end. The file's S3 event, replayed, reads the file
@@ -1177,7 +1208,11 @@ def test_an_import_read_before_its_last_line_was_kept_is_recounted_once_its_even
     stack.drain(worker)
     client, table = container().import_ledger._client, container().import_ledger._table
     client.update_item(TableName=table, Key=_import_key(import_id), UpdateExpression="REMOVE last_line")
+    assert recount(minutes_later=5).completed == [] and not skipped(caplog)  # not idle yet: not stuck
     assert recount().completed == [] and report(import_id)["status"] == "running"
+    # Each pass says so, naming the import and what to do: otherwise only GET /imports shows it.
+    assert skipped(caplog) == [(import_id, f"s3://{stack.bucket}/incoming/old.csv")]
+    assert "replay its file's S3 event" in caplog.records[-1].getMessage()
 
     splitter(stack.s3_event("incoming/old.csv"), context("ImportSplitterFunction", 900))
 

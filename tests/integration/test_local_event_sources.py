@@ -673,6 +673,30 @@ def test_a_function_that_exits_fails_its_batch_and_the_poller_delivers_on(stack,
     assert [keys(event) for event in consumer.events] == [["exit1"], ["exit1"], ["exit2"]]
 
 
+def test_a_poller_ended_by_the_runtime_s_own_code_says_so_and_polls_again_once_started(
+    stack, consumers, monkeypatch, caplog
+):
+    # SystemExit from the poller's own code (not a handler's: that is its invocation's error) ended
+    # its thread without a word, and the source's records waited for good.
+    mapping = stack.mappings["InboxConsumer.Inbox"]
+    monkeypatch.setattr(mapping, "_fetch", lambda: sys.exit("the runtime's own code"))
+    assert stack.wait_until_idle(5)  # a poller that died is not waited for
+    [died] = [record for record in caplog.records if record.getMessage().startswith("InboxConsumer.Inbox: no longer")]
+    assert (died.levelname, died.getMessage()) == (
+        "ERROR",
+        f"InboxConsumer.Inbox: no longer polling {mapping.source_arn}",
+    )
+
+    monkeypatch.undo()
+    consumers["InboxConsumer"].reset()
+    mapping.start()
+    stack.client("sqs").send_message(QueueUrl=stack.queue_urls["InboxQueue"], MessageBody="after")
+    assert stack.wait_until_idle(5)
+    assert [[record["body"] for record in event["Records"]] for event in consumers["InboxConsumer"].events] == [
+        ["after"]
+    ]
+
+
 def test_label_links_signed_in_process_point_at_the_stack_s_endpoint_and_download(stack):
     """botocore's standard AWS_ENDPOINT_URL_S3 does what an emulator-only knob did: the product's
     label store, unchanged, signs links a client outside the process can GET."""

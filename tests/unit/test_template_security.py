@@ -267,6 +267,8 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
         # A split running short of time hands the rest of its file on to a new invocation.
         ("ImportSplitterFunction", "lambda:InvokeFunction"): [LambdaSplitContinuation],
         **{(CATALOG, f"dynamodb:{a}"): [DynamoImportLedger] for a in ("GetItem", "PutItem", "UpdateItem")},
+        # ...and, for a rejected line whose error is neither kept nor on its marker, the kept errors.
+        (CATALOG, "dynamodb:Query"): [DynamoImportLedger],
         # A resumed split reads the marker of a rejected line it finds recorded.
         (IDEMPOTENCY, "dynamodb:GetItem"): [DynamoImportLedger],
         (IDEMPOTENCY, "dynamodb:PutItem"): [DynamoImportLedger],
