@@ -58,7 +58,7 @@ def minor_units(currency: str) -> int:
     try:
         return MINOR_UNITS[currency]
     except KeyError:
-        raise ValueError(f"unsupported currency {currency!r}: use an ISO 4217 code such as USD") from None
+        raise ValueError(f"unsupported currency {currency[:40]!r}: use an ISO 4217 code such as USD") from None
 
 
 _QUANTA = {currency: Decimal(1).scaleb(-units) for currency, units in MINOR_UNITS.items()}

@@ -13,7 +13,10 @@ MAX_DEPTH = 64
 # Far beyond any count or id the OMS takes; Python refuses past 4,300 digits with a bare ValueError.
 MAX_INTEGER_DIGITS = 100
 
-_STRINGS = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+# A string, or one never closed, to the end of the text: a string required to close was, with no
+# closing quote, tried again from every quote after it (`"\"\"\"...`), each try running to the end:
+# quadratic, minutes of CPU for a 256 KiB body. Such text is no JSON; the parser says so after.
+_STRINGS = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"?', re.DOTALL)
 _NOT_BRACKETS = re.compile(r"[^\[\]{}]+")
 _NESTING = {"[": 1, "{": 1, "]": -1, "}": -1}
 

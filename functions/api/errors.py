@@ -65,6 +65,15 @@ def _field(loc: tuple[Any, ...]) -> str:
     return field_path(parts) or (str(loc[0]) if loc else "body")
 
 
+def _message(error: dict[str, Any]) -> str:
+    """What a validation error tells the sender. A query parameter or header given more than once
+    reaches its route as a list of values, which pydantic calls not a string ("Input should be a
+    valid integer" for ?limit=5&limit=5): the message says what is wrong instead."""
+    if error.get("loc", ("",))[0] in ("query", "header") and isinstance(error.get("input"), list):
+        return f"given {len(error['input'])} times: send it once"
+    return error.get("msg", "invalid")
+
+
 def _header(name: Any) -> str:
     """A header as the resolver names it ("if-match") named as the contract, the 409s and the 428 do ("If-Match")."""
     return "-".join(part.capitalize() for part in str(name).split("-"))
@@ -110,9 +119,9 @@ def register(app: APIGatewayRestResolver) -> None:
             )
         headers = [e for e in errors if e.get("loc", ("",))[0] == "header"]
         if headers:
-            details = [{"field": _header(e["loc"][-1]), "message": e.get("msg", "invalid")} for e in headers]
+            details = [{"field": _header(e["loc"][-1]), "message": _message(e)} for e in headers]
             return error_response(400, "malformed_header", "a request header is malformed", details)
-        details = [{"field": _field(tuple(e.get("loc", ()))), "message": e.get("msg", "invalid")} for e in errors]
+        details = [{"field": _field(tuple(e.get("loc", ()))), "message": _message(e)} for e in errors]
         return error_response(422, "validation_error", "the request is not valid", details)
 
     @app.exception_handler(RequestUnsupportedContentType)

@@ -105,6 +105,33 @@ def test_a_malformed_if_match_is_still_400_and_an_unknown_order_still_404(api: I
     assert_error(api.request("PATCH", "/orders/nope", json=body), 404, "not_found")
 
 
+@pytest.mark.parametrize("tag", ['"1', '1"', "W/1", 'w/"1"', '"1"x'])
+def test_an_if_match_whose_quotes_do_not_make_a_tag_is_400_and_changes_nothing(api: InProcessApi, tag: str):
+    # `"1` and `1"` were read as version 1 (the pattern took each quote on its own).
+    rules = api.get("/sourcing/rules").json()
+    patch = api.request(
+        "PATCH", "/orders/ord_" + "a" * 24, json={"shipping_method": "express"}, headers={"If-Match": tag}
+    )
+    put = api.put(
+        "/sourcing/rules",
+        json={"prefer": "fewest_shipments"},
+        headers={"If-Match": tag.replace("1", str(rules["version"]))},
+    )
+
+    assert [d["field"] for d in assert_error(patch, 400, "malformed_header")["details"]] == ["If-Match"]
+    assert [d["field"] for d in assert_error(put, 400, "malformed_header")["details"]] == ["If-Match"]
+    assert api.get("/sourcing/rules").json() == rules
+
+
+@pytest.mark.parametrize("tag", ["1", '"1"', 'W/"1"'])
+def test_an_if_match_is_the_version_bare_or_as_an_entity_tag(api: InProcessApi, tag: str):
+    patch = api.request(
+        "PATCH", "/orders/ord_" + "a" * 24, json={"shipping_method": "express"}, headers={"If-Match": tag}
+    )
+
+    assert_error(patch, 404, "not_found")
+
+
 def test_a_malformed_header_is_named_as_the_409s_and_the_428_name_it(api: InProcessApi):
     patch = api.request("PATCH", "/orders/ord_" + "a" * 24, json={"shipping_method": "express"},
                         headers={"If-Match": "soon"})  # fmt: skip

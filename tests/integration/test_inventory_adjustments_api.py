@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.e2e.client import Catalog, assert_error, put_network, unique
+from tests.e2e.client import Catalog, assert_error, location_body, put_network, unique
 from tests.integration.in_process import InProcessApi, in_process_api
 
 
@@ -64,3 +64,30 @@ def test_an_adjustment_never_takes_on_hand_past_what_a_stock_take_may_count(api:
     assert api.post(path, json={"delta": -5, "reason": "damaged"}).status_code == 200
     assert api.post(path, json={"delta": 5, "reason": "found"}).json()["on_hand"] == 1_000_000_000  # up to it
     assert api.put(f"/inventory/{sku}/{location_id}", json={"on_hand": 1_000_000_000}).status_code == 200
+
+
+def test_one_key_on_two_stock_records_whose_ids_hold_a_slash_adjusts_each(api: InProcessApi):
+    # Ids may hold "/" (written %2F in a path): the key's record named the route as
+    # "POST /inventory/{sku}/{location_id}/adjustments" filled in, the same text for sku S/B at
+    # location L as for sku S at location B/L, so the second adjustment replayed the first's answer
+    # (the other record's stock) and counted nothing.
+    catalog = Catalog(api)
+    sku = catalog.product("9.00")
+    location_id = catalog.location()
+    assert (
+        api.put(
+            f"/products/{sku}%2FB", json={"name": "Slashed", "price": {"amount": "1.00", "currency": "USD"}}
+        ).status_code
+        == 201
+    )
+    assert api.put(f"/locations/B%2F{location_id}", json=location_body()).status_code == 201
+    key = {"Idempotency-Key": unique("adj")}
+    body = {"delta": 10, "reason": "delivery 4713"}
+
+    first = api.post(f"/inventory/{sku}%2FB/{location_id}/adjustments", json=body, headers=key)
+    second = api.post(f"/inventory/{sku}/B%2F{location_id}/adjustments", json=body, headers=key)
+
+    assert first.status_code == second.status_code == 200, (first.text, second.text)
+    assert (first.json()["sku"], first.json()["location_id"]) == (f"{sku}/B", location_id)
+    assert (second.json()["sku"], second.json()["location_id"]) == (sku, f"B/{location_id}")
+    assert on_hand(api, sku) == 10

@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
+from infra.local.gateway import HttpRequest
 from tests.e2e.client import Catalog, address, assert_error, money, order_body, set_path, unique
-from tests.integration.in_process import InProcessApi
+from tests.integration.in_process import Answer, InProcessApi
 
 
 @pytest.fixture
@@ -295,3 +296,54 @@ def test_an_unknown_order_id_of_valid_format_is_404_not_found(api: InProcessApi,
     response = api.get(f"/orders/ord_{'a' * 24}{suffix}")
 
     assert_error(response, 404, "not_found")
+
+
+# --- A query parameter or header given twice ----------------------------------------------------
+
+
+def sent(api: InProcessApi, method: str, path: str, query: str = "", headers: tuple[tuple[str, str], ...] = (),
+         body: dict | None = None) -> Answer:  # fmt: skip
+    """A request whose query string and headers are sent as written, repeats included."""
+    content = [("Content-Type", "application/json")] if body is not None else []
+    response = api.gateway.handle(
+        HttpRequest(
+            method=method,
+            path=path,
+            query_string=query,
+            headers=[("Authorization", f"Bearer {api.admin_key}"), *content, *headers],
+            body=json.dumps(body).encode() if body is not None else b"",
+        )
+    )
+    return Answer(response.status_code, response.headers, response.get_data())
+
+
+@pytest.mark.parametrize(
+    ("path", "query", "field"),
+    [
+        ("/orders", "limit=5&limit=5", "limit"),
+        ("/orders", "status=pending&status=allocated", "status"),
+        ("/orders", "customer_id=cus_1&customer_id=cus_2", "customer_id"),
+        ("/reports/top-products", "currency=USD&currency=EUR", "currency"),
+    ],
+)
+def test_a_query_parameter_given_twice_is_422_saying_so(api: InProcessApi, path: str, query: str, field: str):
+    # It was "Input should be a valid integer" for ?limit=5&limit=5, and for ?status=pending&status=
+    # allocated a list of the statuses, which both values are.
+    response = sent(api, "GET", path, query)
+
+    assert assert_error(response, 422, "validation_error")["details"] == [
+        {"field": field, "message": "given 2 times: send it once"}
+    ]
+
+
+def test_a_header_given_twice_is_400_saying_so_and_changes_nothing(api: InProcessApi, sku: str):
+    body = order_body((sku, 1))
+    placed = sent(api, "POST", "/orders", headers=(("Idempotency-Key", "k1"), ("Idempotency-Key", "k2")), body=body)
+    edit = sent(api, "PATCH", f"/orders/ord_{'a' * 24}", headers=(("If-Match", "1"), ("If-Match", "1")),
+                body={"shipping_method": "express"})  # fmt: skip
+
+    for response, header in ((placed, "Idempotency-Key"), (edit, "If-Match")):
+        assert assert_error(response, 400, "malformed_header")["details"] == [
+            {"field": header, "message": "given 2 times: send it once"}
+        ]
+    assert_no_orders(api, body)

@@ -68,6 +68,15 @@ def test_unsupported_currency_is_rejected(currency):
         Money(amount="1", currency=currency)
 
 
+def test_an_unsupported_currency_is_echoed_no_longer_than_an_amount_is():
+    # A 200 KB currency was repeated whole in the 422's message (an amount was cut at 40 characters).
+    with pytest.raises(ValidationError) as refused:
+        Money(amount="1.00", currency="U" * 200_000)
+
+    (error,) = refused.value.errors()
+    assert error["msg"] == f"Value error, unsupported currency {'U' * 40!r}: use an ISO 4217 code such as USD"
+
+
 def test_unknown_fields_are_rejected():
     with pytest.raises(ValidationError):
         Money.model_validate({"amount": "1.00", "currency": "USD", "cents": 100})

@@ -50,6 +50,20 @@ def test_brackets_inside_strings_do_not_nest():
     assert strict_json.loads(text) == json.loads(text)
 
 
+def test_a_string_never_closed_is_read_to_the_end_in_one_match_not_tried_again_from_each_quote():
+    # A body of 256 KiB of `"\"\"\"...` (a string never closed, its quotes escaped) was scanned for
+    # nesting by a pattern that needed the closing quote: with none, it tried again from each quote,
+    # every try reading to the end. Quadratic: minutes of CPU, past the API function's 10 s timeout.
+    # Read to the end in one match from its opening quote, the same text costs one pass.
+    text = '{"a": "' + '\\"' * 131_000
+
+    key, value = strict_json._STRINGS.finditer(text)
+
+    assert (key.group(), value.span()) == ('"a"', (len('{"a": '), len(text)))
+    with pytest.raises(StrictJsonError, match="not valid JSON"):
+        strict_json.loads(text)
+
+
 @pytest.mark.parametrize("depth", [MAX_DEPTH + 1, 100_000])
 def test_nesting_past_the_bound_is_refused_before_parsing(depth: int):
     with pytest.raises(StrictJsonError, match=f"deeper than {MAX_DEPTH}"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 from aws_lambda_powertools.event_handler.api_gateway import Router
 
@@ -55,8 +56,10 @@ def adjust_stock(
 
     from functions.api.idempotency import once
 
-    body = once(f"POST /inventory/{sku}/{location_id}/adjustments", who.key_id, idempotency_key,
-                adjustment.model_dump(mode="json"), adjust, router.lambda_context)  # fmt: skip
+    # Ids may hold "/": written as the path writes it (%2F), sku S/B at L and sku S at B/L are two
+    # routes. Every other character an id may hold is left as it is, so keys stored before read the same.
+    route = f"POST /inventory/{quote(sku, safe=':')}/{quote(location_id, safe=':')}/adjustments"
+    body = once(route, who.key_id, idempotency_key, adjustment.model_dump(mode="json"), adjust, router.lambda_context)
     return StockLevel.model_validate(body)
 
 

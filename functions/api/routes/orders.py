@@ -26,6 +26,7 @@ from functions.api.paths import existing
 from functions.api.queries import Limit
 from functions.api.routes.plugins import plugins_loaded
 from functions.api.schemas import OrderPage, OrderReceipt, errors, ok
+from functions.api.versions import if_match_header, version_in
 
 router = Router()
 # `logger` is the app's, not a child made here: this module is imported on its first request, when
@@ -188,10 +189,7 @@ def get_history(order_id: OrderIdPath) -> HistoryPage:
 
 ShipmentIdPath = existing("shipment", r"^shp_[a-z2-7]{24}$", "Shipment id")
 # Required: without it the answer is 428 if_match_required (errors.py), never an edit made blind.
-IfMatch = Annotated[
-    str,
-    Header(alias="if-match", pattern=r'^(W/)?"?[0-9]{1,10}"?$', description="The order's `version` you read."),
-]
+IfMatch = Annotated[str, if_match_header("The order's `version` you read.")]
 
 
 @router.patch(
@@ -214,7 +212,7 @@ IfMatch = Annotated[
 @requires(Scope.ORDERS_WRITE)
 def edit_order(order_id: OrderIdPath, edit: OrderEdit, if_match: IfMatch) -> Order | OrderReceipt:
     who = caller(router)
-    version = int(if_match.removeprefix("W/").strip('"'))
+    version = version_in(if_match)
     return seen_by(who, container().actions.edit(order_id, version, edit, actor=who.key_id, channel=who.channel))
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from aws_lambda_powertools.event_handler.api_gateway import Router
-from aws_lambda_powertools.event_handler.openapi.params import Header, Query
+from aws_lambda_powertools.event_handler.openapi.params import Query
 
 from core.access import Scope
 from core.sourcing import SimulateSourcing, Simulation
@@ -14,6 +14,7 @@ from functions.api.access import ANY_KEY, caller, requires
 from functions.api.dependencies import container
 from functions.api.queries import Limit
 from functions.api.schemas import errors, ok
+from functions.api.versions import if_match_header, version_in
 
 router = Router()
 
@@ -31,12 +32,7 @@ def get_sourcing_rules() -> SourcingRules:
 # Optional (the contract names none): with it a change made from a version replaced since is 409, so
 # a PUT, which replaces the rules whole, never silently undoes a change its author has not seen.
 RulesIfMatch = Annotated[
-    str,
-    Header(
-        alias="if-match",
-        pattern=r'^(W/)?"?[0-9]{1,10}"?$',
-        description="The rules' `version` you read: a newer one in force is 409 `version_conflict`.",
-    ),
+    str, if_match_header("The rules' `version` you read: a newer one in force is 409 `version_conflict`.")
 ]
 
 
@@ -49,7 +45,7 @@ RulesIfMatch = Annotated[
 )
 @requires(Scope.ADMIN)
 def put_sourcing_rules(rules: NewSourcingRules, if_match: RulesIfMatch = None) -> SourcingRules:
-    expected = int(if_match.removeprefix("W/").strip('"')) if if_match is not None else None
+    expected = version_in(if_match) if if_match is not None else None
     return container().sourcing_rules_service.replace(rules, by=caller(router).key_id, expected_version=expected)
 
 
