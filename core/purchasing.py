@@ -433,6 +433,7 @@ def counted_again(po: PurchaseOrder, receipts: dict[str, RecordedReceipt], key: 
         if recorded.version <= first.version:
             for sku, units in recorded.units.items():
                 received[sku] = received.get(sku, 0) + units
+    # An answer rebuilt from the stored PO, never written: model_copy, not a new version (_next).
     lines = [line.model_copy(update={"received_quantity": received.get(line.sku, 0)}) for line in po.lines]
     done = all(line.received_quantity == line.quantity for line in lines)
     status = PO.RECEIVED if done else PO.PARTIALLY_RECEIVED
@@ -691,6 +692,7 @@ def _same_request(po: PurchaseOrder, request: NewPurchaseOrder) -> PurchaseOrder
             code="idempotency_key_reused",
             details=[{"field": "Idempotency-Key", "message": "reuse a key only to retry the same request"}],
         )
+    # An answer rebuilt from the stored PO, never written: model_copy, not a new version (_next).
     made = [line.model_copy(update={"received_quantity": 0}) for line in po.lines]
     return po.model_copy(update={"status": PO.OPEN, "lines": made, "version": 1})
 
