@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from core.errors import (
     Conflict,
@@ -148,14 +148,25 @@ class NewPurchaseOrder(Strict):
         return expected_at.astimezone(UTC) if expected_at is not None else None
 
 
-class PurchaseOrderLine(BaseModel, defer_build=True):
+class PurchaseOrderLine(BaseModel):
+    # Validated again in each new version of its PO (PurchaseOrder._next), so no count or cost a
+    # change gets wrong is stored. No upper bound on `quantity`: a draft grown past MAX_UNITS is
+    # refused by the reorder that grew it (core.reorder.past_the_limit), naming the limit.
+    model_config = ConfigDict(revalidate_instances="always", defer_build=True)
+
     sku: str
-    quantity: int
-    received_quantity: int = 0
+    quantity: Annotated[int, Field(ge=1)]
+    received_quantity: Annotated[int, Field(ge=0)] = 0
     # Null only on a draft a reorder point made without a cost: submitting it prices the line.
-    unit_cost: Money | None = Field(
+    unit_cost: UnitCost | None = Field(
         default=None, description="Null only on a draft line a reorder point made without a cost"
     )
+
+    @model_validator(mode="after")
+    def _not_over_received(self) -> "PurchaseOrderLine":
+        if self.received_quantity > self.quantity:
+            raise ValueError(f"{self.sku}: {self.received_quantity} received of {self.quantity} ordered")
+        return self
 
     @property
     def outstanding(self) -> int:
@@ -181,9 +192,15 @@ class PurchaseOrder(BaseModel, defer_build=True):
         """Units of each sku ordered and not yet received: what counts as incoming while the PO is open."""
         return {line.sku: line.outstanding for line in self.lines}
 
-    def _next(self, status: PurchaseOrderStatus, lines: list[PurchaseOrderLine] | None = None) -> "PurchaseOrder":
-        check_purchase_order_step(self.status, status)
-        return self.model_copy(update={"status": status, "lines": lines or self.lines, "version": self.version + 1})
+    def _next(self, status: PurchaseOrderStatus | None = None, **fields: Any) -> "PurchaseOrder":
+        """The next version: `status` (None: as it is) as the transition table allows, with `fields`,
+        validated as a new PO is, so a wrong status, count or cost is refused. Its lines too: the
+        methods below copy them with model_copy, which does not validate, and this validates them
+        again (PurchaseOrderLine's revalidate_instances)."""
+        if status is not None:
+            check_purchase_order_step(self.status, status)
+        changes = {**fields, "status": status or self.status, "version": self.version + 1}
+        return PurchaseOrder.model_validate({**dict(self), **changes})
 
     def submit(
         self, prices: dict[str, Money] | None = None, *, at: datetime, expected_at: datetime | None = None
@@ -230,11 +247,7 @@ class PurchaseOrder(BaseModel, defer_build=True):
                 details=[_cost_in(line, priced_by.get(line.sku)) for line in lines if line.unit_cost is not None],
             )
         costs_within_the_limit(lines)
-        submitted = self._next(PO.OPEN, lines)
-        update: dict[str, Any] = {"submitted_at": at}
-        if expected_at is not None:
-            update["expected_at"] = expected_at
-        return submitted.model_copy(update=update)
+        return self._next(PO.OPEN, lines=lines, submitted_at=at, expected_at=expected_at or self.expected_at)
 
     def submitted_as(self, prices: dict[str, Money] | None) -> bool:
         """Whether this PO is a draft submitted already (open, or received since: not cancelled)
@@ -261,7 +274,7 @@ class PurchaseOrder(BaseModel, defer_build=True):
             lines.append(line)
         if not found:
             lines.append(PurchaseOrderLine(sku=sku, quantity=quantity, unit_cost=unit_cost))
-        return self.model_copy(update={"lines": lines, "version": self.version + 1})
+        return self._next(lines=lines)
 
     def takes(self, sku: str) -> bool:
         """Whether a reorder of `sku` may grow this draft (a receipt names at most MAX_LINES lines)."""
@@ -307,7 +320,7 @@ class PurchaseOrder(BaseModel, defer_build=True):
             for line in self.lines
         ]
         done = all(line.received_quantity == line.quantity for line in lines)
-        return self._next(PO.RECEIVED if done else PO.PARTIALLY_RECEIVED, lines)
+        return self._next(PO.RECEIVED if done else PO.PARTIALLY_RECEIVED, lines=lines)
 
 
 def costs_within_the_limit(
@@ -420,6 +433,7 @@ def counted_again(po: PurchaseOrder, receipts: dict[str, RecordedReceipt], key: 
         if recorded.version <= first.version:
             for sku, units in recorded.units.items():
                 received[sku] = received.get(sku, 0) + units
+    # An answer rebuilt from the stored PO, never written: model_copy, not a new version (_next).
     lines = [line.model_copy(update={"received_quantity": received.get(line.sku, 0)}) for line in po.lines]
     done = all(line.received_quantity == line.quantity for line in lines)
     status = PO.RECEIVED if done else PO.PARTIALLY_RECEIVED
@@ -678,6 +692,7 @@ def _same_request(po: PurchaseOrder, request: NewPurchaseOrder) -> PurchaseOrder
             code="idempotency_key_reused",
             details=[{"field": "Idempotency-Key", "message": "reuse a key only to retry the same request"}],
         )
+    # An answer rebuilt from the stored PO, never written: model_copy, not a new version (_next).
     made = [line.model_copy(update={"received_quantity": 0}) for line in po.lines]
     return po.model_copy(update={"status": PO.OPEN, "lines": made, "version": 1})
 

@@ -4,7 +4,7 @@ import json
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
 
 from core.errors import InvalidRequest, InvalidTransition
 from core.events import OrderEvent
@@ -91,17 +91,30 @@ class ReceiveReturn(Strict):
         return totals
 
 
-class ReturnLine(BaseModel, defer_build=True):
+class ReturnLine(BaseModel):
+    # Validated again in each new version of its return (Return._next copies lines with
+    # model_copy, which does not validate), so no count a receipt gets wrong is stored.
+    model_config = ConfigDict(revalidate_instances="always", defer_build=True)
+
     line_id: str
-    quantity: int
+    quantity: Annotated[int, Field(ge=1)]
     reason: Annotated[str, VisibleText]
     reason_code: ReasonCode | None = None
-    received_quantity: int = 0
+    received_quantity: Annotated[int, Field(ge=0)] = 0
     # Of the received units, those fit to sell again (back on hand); the rest were damaged.
-    resellable_quantity: int = 0
+    resellable_quantity: Annotated[int, Field(ge=0)] = 0
     condition: Literal["resellable", "damaged", "mixed"] | None = Field(
         default=None, description="How the received units came back; `mixed` when some were damaged and some not"
     )
+
+    @model_validator(mode="after")
+    def _no_more_back_than_authorized(self) -> "ReturnLine":
+        if not self.resellable_quantity <= self.received_quantity <= self.quantity:
+            raise ValueError(
+                f"line {self.line_id}: {self.resellable_quantity} resellable of {self.received_quantity} received "
+                f"of {self.quantity} authorized"
+            )
+        return self
 
 
 class ReturnPolicyDecision(BaseModel):
@@ -246,6 +259,14 @@ class Return(BaseModel):
         if self.status is ReturnStatus.AUTHORIZED:
             return self.authorized_at or self.updated_at
         return self.created_at
+
+    def labelled(self, carrier: str | None, tracking_number: str | None, label_url: str | None) -> "Return":
+        """This version with the label booked for it (as it is without one, `label_url` None): the
+        same version, as the label belongs to the change that authorizes the return."""
+        if label_url is None:
+            return self
+        changes = {"carrier": carrier, "tracking_number": tracking_number, "label_url": label_url}
+        return Return.model_validate({**dict(self), **changes})
 
     def approve(self, note: str | None, *, at: datetime) -> "Return":
         if self.status is not ReturnStatus.REQUESTED:

@@ -372,12 +372,11 @@ class Returns:
             booked = self._with_label(current, order)
         else:
             self._note(current, order)  # a repeat (409): the entries a first run died before writing
-        label = {"carrier": booked.carrier, "tracking_number": booked.tracking_number, "label_url": booked.label_url}
         at = self._clock()
         item = self._change(
             return_id, channel,
             lambda r: r.approve(note, at=at)
-            .model_copy(update=label if booked.label_url else {})
+            .labelled(booked.carrier, booked.tracking_number, booked.label_url)
             .owing(OrderEvent.RETURN_AUTHORIZED, actor=actor, detail={"return_id": r.id, "note": note}),
         )  # fmt: skip
         self._note(item, order)
@@ -491,9 +490,7 @@ class Returns:
         if booked is None:
             return item
         key = stored_label(self._labels, booked, order.id, item.id)
-        return item.model_copy(
-            update={"carrier": booked.carrier, "tracking_number": booked.tracking_number, "label_url": key}
-        )
+        return item.labelled(booked.carrier, booked.tracking_number, key)
 
     # --- Receive ----------------------------------------------------------------------------
     def receive(self, return_id: str, receipt: ReceiveReturn, actor: str, channel: str | None = None) -> Return:

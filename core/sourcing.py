@@ -307,7 +307,8 @@ def _part_within(
         f"no plan covers the units in stock from at most max_shipments ({rules.max_shipments}) locations: "
         f"{', '.join(kept)}, {which}, supply what they have and the rest waits"
     )
-    return plan.model_copy(update={"reasons": [*plan.reasons, reason]})
+    # Kept within the bounds as a plugin's reasons are: `kept` names up to 100 ids of 128 characters.
+    return _reasons_kept(plan.model_copy(update={"reasons": [*plan.reasons, reason]}))
 
 
 def available_of(order: Order, eligible: list[Location], stock: dict[str, list[StockLevel]]) -> dict[str, int]:

@@ -89,6 +89,23 @@ def test_a_po_created_open_was_never_a_draft_and_no_submit_of_it_is_a_retry(stat
         created.submit({"MUG": Money.of("4.00", "USD")}, at=NOW)
 
 
+def test_each_new_version_is_validated_so_a_wrong_count_cost_or_time_is_refused_not_stored():
+    """model_copy does not validate: each change (submit, grow, receive) goes through _next, which
+    validates the PO and its lines as a new one, so no value a change got wrong is stored."""
+    draft = a_po(PO.DRAFT)
+    with pytest.raises(ValidationError, match="unit_cost must not be negative"):
+        draft.submit({"MUG": Money.of("-4.00", "USD")}, at=NOW)
+    with pytest.raises(ValidationError, match="submitted_at"):
+        draft.submit(at="when the vendor answers")  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="greater than or equal to 1"):
+        draft.grow("MUG", -5, None)  # its line of 5 would order 0
+    over = a_po().lines[1].model_copy(update={"received_quantity": 3})  # receive() refuses it first
+    with pytest.raises(ValidationError, match="3 received of 2 ordered"):
+        a_po()._next(PO.PARTIALLY_RECEIVED, lines=[a_po().lines[0], over])
+    grown = draft.grow("MUG", 3, None)
+    assert (grown.lines[0].quantity, grown.version, grown.status) == (8, 4, PO.DRAFT)
+
+
 def test_a_cancel_sent_again_answers_the_cancelled_po_as_it_is():
     cancelled = a_po(PO.PARTIALLY_RECEIVED, MUG=1).cancel()
     assert cancelled.cancel() is cancelled

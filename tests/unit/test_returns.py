@@ -7,6 +7,7 @@ from datetime import timedelta
 from decimal import Decimal
 
 import pytest
+from pydantic import ValidationError
 
 from core import hookimpl
 from core.errors import (
@@ -30,7 +31,7 @@ from core.payments import Payments
 from core.plugin_manager import build_plugin_manager
 from core.pricing_types import PricingDraft, ShippingQuote
 from core.refund_service import RefundService
-from core.return_models import ReceiveReturn, RequestReturn, Return, ReturnPolicyDecision
+from core.return_models import ReceiveReturn, RequestReturn, Return, ReturnLine, ReturnPolicyDecision
 from core.returns import ExchangeIdTaken, RefundNotDone, ReturnNotReceived, Returns, return_id_for
 from core.services import OrderQueries
 from core.status import RETURN_TRANSITIONS, OrderStatus, ReturnStatus
@@ -111,6 +112,31 @@ def test_every_return_status_has_a_row_and_the_contract_values():
     assert [s.value for s in ReturnStatus] == [
         "requested", "authorized", "rejected", "received", "refunded", "cancelled"
     ]  # fmt: skip
+
+
+def test_each_new_version_of_a_return_is_validated_its_lines_and_label_too():
+    """model_copy does not validate: a label and the lines a receipt counts go through methods that
+    validate the return as a new one, so a count or a label a change got wrong is refused, not stored."""
+    requested = Return(
+        id="rma_aaaaaaaaaaaaaaaaaaaaaaaa", order_id="ord_aaaaaaaaaaaaaaaaaaaaaaaa", channel="web", ordinal=1,
+        status=R.REQUESTED, lines=[ReturnLine(line_id="L1", quantity=2, reason="too small")],
+        refund=Money.of("0.00", "USD"), fee=Money.of("0.00", "USD"), created_at=NOW, updated_at=NOW, version=1,
+    )  # fmt: skip
+    approved = requested.approve(None, at=NOW)
+    labelled = approved.labelled("flat", "1Z1", "labels/rma/label.pdf")
+    assert (labelled.label_url, labelled.version) == ("labels/rma/label.pdf", approved.version)
+    assert approved.labelled("flat", None, None) is approved  # nothing booked: as it is
+    with pytest.raises(ValidationError, match="label_url"):
+        approved.labelled("flat", "1Z1", 42)  # type: ignore[arg-type]
+    line = approved.lines[0]
+    wrongs = [
+        ({"received_quantity": 3}, "3 received of 2"),
+        ({"resellable_quantity": 1}, "1 resellable of 0"),
+        ({"received_quantity": -1}, "greater than or equal to 0"),
+    ]
+    for wrong, said in wrongs:
+        with pytest.raises(ValidationError, match=said):
+            approved._next(R.RECEIVED, NOW, lines=[line.model_copy(update=wrong)])
 
 
 def test_shipping_records_each_lines_shipped_quantity(world):

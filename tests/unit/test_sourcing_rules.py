@@ -14,17 +14,19 @@ from pydantic import ValidationError
 from core import hookimpl
 from core.backorders import BackorderAllocator
 from core.errors import Backordered, InsufficientStock, InvalidRequest, OutOfStock, StaleVersion, UnknownSku
-from core.models import LineInput, OrderEdit, StockLevel
+from core.models import Allocation, LineInput, OrderEdit, StockLevel
 from core.plugin_manager import build_plugin_manager
 from core.pricing import Pricing
 from core.services import CaptureService
-from core.sourcing import SimulateSourcing, Simulator, SourcingRulesService
+from core.sourcing import MAX_REASON_CHARS, SimulateSourcing, Simulator, SourcingRulesService, plan_within
 from core.sourcing_rules import Prefer, SourcingRules, SourcingRulesInput
 from core.status import OrderStatus
+from core.workflow_types import SourcingPlan
 from plugins.testing.memory import InMemorySourcingRules
 from tests.builders import NOW, location, order_body, place_order, product
 from tests.fakes import FakeCatalog
 from tests.properties import at_length
+from tests.unit.conftest import a_stored_order, an_address
 from tests.unit.world import World, build_world
 
 S = OrderStatus
@@ -1095,3 +1097,34 @@ def test_a_put_of_the_same_rules_racing_its_own_first_attempt_answers_the_versio
     store.stale.append(SourcingRules())
     with pytest.raises(StaleVersion):
         service.replace(SourcingRulesInput(max_shipments=3), by="key_admin")
+
+
+class OneUnitEach:
+    """A sourcing plugin that plans no order under max_shipments, and otherwise takes one unit of
+    the order's line at each location that has one."""
+
+    @hookimpl(tryfirst=True)
+    def oms_source_order(self, order, locations, stock, rules):
+        if rules.max_shipments is not None:
+            return None
+        line, allowed = order.lines[0], {loc.location_id for loc in locations}
+        having = [level.location_id for level in stock[line.sku] if level.location_id in allowed and level.available]
+        return SourcingPlan(
+            allocations=[Allocation(line_id=line.line_id, location_id=loc, quantity=1) for loc in having]
+        )
+
+
+def test_the_reason_a_plan_within_max_shipments_adds_is_kept_within_the_bound_of_a_plugin_s():
+    # It names the locations kept: four ids of 128 characters passed MAX_REASON_CHARS, into the history.
+    ids = [f"{n}" + "w" * 127 for n in range(5)]
+    stock = {"MUG": [StockLevel(sku="MUG", location_id=i, on_hand=1, reserved=0, available=1) for i in ids]}
+    plugins = build_plugin_manager(OneUnitEach(), load_entry_points=False)
+
+    plan = plan_within(
+        plugins.hook, a_stored_order(("MUG", 5)), [location(i) for i in ids], stock, an_address(),
+        SourcingRules(max_shipments=4),
+    )  # fmt: skip
+
+    assert plan is not None and sum(a.quantity for a in plan.allocations) == 4
+    assert plan.reasons[-1].startswith("no plan covers the units in stock from at most max_shipments (4) locations")
+    assert len(plan.reasons[-1]) == MAX_REASON_CHARS and plan.reasons[-1].endswith("…")
