@@ -168,12 +168,12 @@ class DurationModel:
         original = LocalFunction.invoke
         model = self
 
-        def invoke(function: LocalFunction, event: Any) -> Any:
+        def invoke(function: LocalFunction, event: Any, *waits: float) -> Any:
             stack = model._stack()
             stack.append([0.0, 0.0])
             started = time.thread_time()
             try:
-                return original(function, event)
+                return original(function, event, *waits)
             finally:
                 spent = time.thread_time() - started
                 excluded, waits = stack.pop()

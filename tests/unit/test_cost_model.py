@@ -3,7 +3,7 @@
 import pytest
 
 from bench.cost import Usage, dollars, item_bytes, optional_dollars, wru_for
-from bench.workflow import Index, _level, orders_indexes
+from bench.workflow import DurationModel, Index, _level, orders_indexes
 
 
 def test_an_item_weighs_its_attribute_names_and_values():
@@ -172,3 +172,17 @@ def test_a_query_a_function_makes_on_a_worker_thread_it_started_is_counted_as_th
             RUNNING.function = None
     assert recorder.usage.by_function["ApiFunction dynamodb.Query"] == 3
     assert recorder.usage.calls["dynamodb.Query"] == 3
+
+
+def test_the_duration_model_wraps_every_way_the_runtime_invokes_a_function(monkeypatch):
+    # The local gateway invokes with what it waits (API Gateway's 29 s); a wrapper that took only
+    # the event broke every API call under `make bench` (502) while the suite stayed green.
+    from infra.local.lambdas import LocalFunction
+
+    monkeypatch.setattr(LocalFunction, "invoke", LocalFunction.invoke)  # undone after the test
+    durations = DurationModel()
+    durations.install()
+    function = LocalFunction("Echo", lambda event, context: event, timeout_seconds=3)
+    assert function.invoke({"a": 1}) == {"a": 1}
+    assert function.invoke({"a": 2}, 29.0) == {"a": 2}
+    assert durations.seconds["Echo"] >= 0 and "Echo" in durations.seconds
