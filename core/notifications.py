@@ -48,6 +48,12 @@ class Notification(BaseModel, defer_build=True):
     sent_via: list[str] = Field(default_factory=empty_list)
     sent_at: datetime | None = None
 
+    def as_sent(self, via: list[str], at: datetime) -> "Notification":
+        """The version recorded once the plugins sent it, validated as a new one is (model_copy
+        would skip it): a way that is not text, or a time that is not a time, is refused before it
+        is stored, where it made the order's notifications unreadable (GET .../notifications)."""
+        return Notification.model_validate({**dict(self), "sent_via": via, "sent_at": at})
+
 
 class NotificationStore(ABC):
     @abstractmethod

@@ -35,6 +35,8 @@ def with_booking_keys_from_labels(order: Order) -> Order:
         named = shipment.id in order.booking_keys
         if found and not named and (found["order"], found["shipment"]) == (order.id, shipment.id):
             keys[shipment.id] = found["key"]
+    # model_copy, unvalidated: the order as read, never written as it is. Each version written
+    # after it is validated whole (Order._next), these keys with it.
     return order.model_copy(update={"booking_keys": {**order.booking_keys, **keys}}) if keys else order
 
 

@@ -57,8 +57,7 @@ class DynamoNotifications(NotificationStore):
         return notification
 
     def mark_sent(self, notification: Notification, sent_via: list[str], at: datetime) -> None:
-        sent = notification.model_copy(update={"sent_via": sent_via, "sent_at": at})
-        self._client.put_item(TableName=self._table, Item=self._item(sent))
+        self._client.put_item(TableName=self._table, Item=self._item(notification.as_sent(sent_via, at)))
 
     def list(self, order_id: str, limit: int, cursor: str | None) -> tuple[list[Notification], str | None]:
         scope = f"notifications:{order_id}"

@@ -9,10 +9,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from core import hookimpl
 from core.models import HistoryEntry, Order, Shipment, ShipmentLine
-from core.notifications import Notification
+from core.notifications import Notification, notifications
 from core.status import OrderStatus, ShipmentStatus
 from tests.e2e.client import assert_error
 from tests.integration.in_process import InProcessApi, in_process_api
@@ -75,6 +76,25 @@ def test_a_shipped_order_is_notified_once_through_the_plugins_even_when_the_reco
     assert "FLAT123" in sent.body and "tok_secret_never_told" not in sent.model_dump_json()
     (recorded,), _ = container().notification_store.list(allocated.id, 10, None)
     assert recorded.id == sent.id and recorded.sent_via == ["email"] and recorded.sent_at is not None
+
+
+def test_a_wrong_way_or_time_is_refused_and_the_recorded_notification_stays_readable_and_unsent(aws):
+    # Stored unvalidated, the wrong value made every read of the order's notifications fail.
+    from functions.adapters.notifications import DynamoNotifications
+
+    store = DynamoNotifications(aws.dynamodb, aws.tables["CatalogTable"])
+    allocated, shipped = allocated_then_shipped("ord_" + "r" * 24)
+    (notification,) = notifications(allocated.model_dump(mode="json"), shipped.model_dump(mode="json"))
+    store.add(notification)
+
+    for via, at in ((["email", 7], AT), (["email"], "not a time")):
+        with pytest.raises(ValidationError):
+            store.mark_sent(notification, via, at)
+    assert store.list(allocated.id, 10, None) == ([notification], None)
+
+    store.mark_sent(notification, ["email"], AT)
+    (recorded,), _ = store.list(allocated.id, 10, None)
+    assert recorded.sent_via == ["email"] and recorded.sent_at == AT
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ from typing import Any
 
 import pluggy
 import pytest
+from pydantic import ValidationError
 
 from core import PROJECT, hookimpl, hookspecs
 from core.domain_events import EventType, event_id
@@ -134,7 +135,7 @@ class MemoryStore(NotificationStore):
         return self.items.setdefault(notification.id, notification)
 
     def mark_sent(self, notification: Notification, sent_via: list[str], at: datetime) -> None:
-        self.items[notification.id] = notification.model_copy(update={"sent_via": sent_via, "sent_at": at})
+        self.items[notification.id] = notification.as_sent(sent_via, at)
 
     def list(self, order_id: str, limit: int, cursor: str | None) -> tuple[list[Notification], str | None]:
         return [n for n in self.items.values() if n.order_id == order_id][:limit], None
@@ -239,3 +240,15 @@ def test_a_failing_plugin_leaves_it_recorded_unsent_and_a_redelivery_sends_it():
     notifier.notify(old, new)
     assert mailer.sent == [recorded.id]
     assert store.items[recorded.id].sent_via == ["email"]
+
+
+@pytest.mark.parametrize(("via", "at"), [(["email", 7], NOW), ([None], NOW), (["email"], "not a time")])
+def test_a_notification_recorded_as_sent_refuses_a_way_that_is_not_text_or_a_time_that_is_not_one(via, at):
+    (notification,) = notifications(*a_shipped_change())
+
+    with pytest.raises(ValidationError):
+        notification.as_sent(via, at)
+
+    sent = notification.as_sent(["email"], NOW)
+    assert sent.sent_via == ["email"] and sent.sent_at == NOW
+    assert sent.model_dump(exclude={"sent_via", "sent_at"}) == notification.model_dump(exclude={"sent_via", "sent_at"})
