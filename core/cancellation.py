@@ -567,7 +567,8 @@ class Cancellation:
         capture was never asked, so it is recorded as not made (`capture_not_made`, the amount, no
         shipment: SettlementCapturesNotMade) and logged at ERROR for SettlementCapturesNotMadeAlarm,
         then PaymentRefused is raised. Not when this very decline by the same actor is what the
-        history ends with already, followed by the capture not made it led to (asked again under
+        history ends with already, followed by the capture not made it led to (answered with that
+        decline while it stands, the gateway not asked: _decline_standing; then asked again under
         the key it was declined under: _renew), so a delivery reported again on a loop records,
         counts and logs nothing more; a decline written by a function that died before its capture
         not made is a repeat without one, which is written then (_settlement_not_made_follows). So
@@ -637,14 +638,16 @@ class Cancellation:
         asks the card for no more authorizations and adds no entries. A ship or collect repeated by
         the caller a renewal was declined for is answered with that decline (_decline_standing),
         nothing asked or written, for a day (doubled for each decline of its own in a row), or
-        until it is old for a renewal asked once.
+        until it is old for a renewal asked once; so is a settlement's (`repeats`). The first
+        answer carries the same details (when it is asked again) as those repeats.
         What a renewal gets that the order can no longer record (a concurrent edit authorized it
         again, a cancel settled the request) is voided at once. `repeats` (a settlement's:
         renewed_for_settlement): a decline is matched past the settlement's capture not made each
         one led to, and one not recorded for being the history's last is added to it; and the
         renewal of an old authorization that `actor` was declined in the run of declines the
-        history ends with is asked again under that key (_declined_in_run), as a spent one's is, so
-        a carrier's report on a loop asks the card for no more authorizations and alarms once."""
+        history ends with, its decline no longer standing, is asked again under that key
+        (_declined_in_run), as a spent one's is, so a carrier's report on a loop asks the card for
+        no more authorizations and alarms once; a standing decline that answers is added to it."""
         at = self._clock()
         # The renewals the gateway declined: one asked now is keyed past them (payment_keys.renewal).
         history = self._orders.history(order.id, consistent=True)
@@ -661,14 +664,11 @@ class Cancellation:
             if not current.authorization_lapsed(self._authorization_valid_for, at):
                 return None
             lapsed = current.payment.authorization or ""
-            before = 0
-            while payment_keys.renewal(current.id, lapsed, before) in refused:
-                before += 1
-            spent = lapsed in current.spent_authorizations and not current.authorization_old(valid_for, at)
+            before = _declined_count(refused, current.id, lapsed)
+            old_at = _old_at(current, valid_for, at)
+            spent = old_at is not None
             amount = current.request_renewal(at=at)[0].renewal_amount if before else None
-            if before and repeats is None:
-                # A renewal for a refused capture is asked once: its decline answers until it is old.
-                old_at = (current.authorized_at or current.created_at) + valid_for if spent else None
+            if before:
                 standing.extend(_decline_standing(entries, current, lapsed, before, actor, amount, at, old_at))
                 if standing:
                     return None  # answered with the decline: nothing asked, nothing written
@@ -686,6 +686,8 @@ class Cancellation:
 
         order = modify(self._orders, order.id, requested)
         if standing:
+            if repeats is not None:  # the settlement's: its capture not made follows, or is written
+                repeats.append(Failure("authorize", 1, "refused", standing[0].gateway_message))
             raise standing[0]
         lapsed = order.renewing_authorization
         found = self._orders.get_with_token(order.id, consistent=True) if lapsed is not None else None
@@ -709,7 +711,14 @@ class Cancellation:
                 self._orders, order.id,
                 lambda current: current.drop_renewal(at=dropped) if current.renewing_authorization == lapsed else None,
             )  # fmt: skip
-            raise _renewal_declined(order, lapsed, declined.message) from None
+            # The decline as the caller's repeats are answered with it (when it stands), read on
+            # the rare path only: the same details from the first answer on.
+            found_after = self._orders.history(order.id, consistent=True)
+            after = found_after[1] if found_after is not None else []
+            before = _declined_count(_declined_keys(after), order.id, lapsed)
+            old_at = _old_at(order, valid_for, dropped)
+            answered = _decline_standing(after, order, lapsed, before, actor, amount, dropped, old_at)
+            raise (answered or [_renewal_declined(order, lapsed, declined.message)])[0] from None
         at = self._clock()
 
         def recorded(current: Order):
@@ -1039,6 +1048,21 @@ def _declined_in_run(
     return before
 
 
+def _declined_count(refused: set[str], order_id: str, lapsed: str) -> int:
+    """How many renewals of `lapsed` were declined (`refused`: _declined_keys): the next one's key."""
+    before = 0
+    while payment_keys.renewal(order_id, lapsed, before) in refused:
+        before += 1
+    return before
+
+
+def _old_at(order: Order, valid_for: timedelta, now: datetime) -> datetime | None:
+    """When the order's authorization is old, if a capture on it was refused (or given back) and it
+    is not old yet: a renewal for that is asked once, its decline answering until then."""
+    spent = order.payment.authorization in order.spent_authorizations and not order.authorization_old(valid_for, now)
+    return (order.authorized_at or order.created_at) + valid_for if spent else None
+
+
 def _declined_amount(history: list[HistoryEntry], key: str) -> dict | None:
     """The amount (as the history keeps it) the gateway last declined to authorize under `key`."""
     return next(
@@ -1066,7 +1090,7 @@ def _decline_standing(
     history: list[HistoryEntry], order: Order, lapsed: str, before: int, actor: str, amount: Money | None,
     now: datetime, until: datetime | None = None,
 ) -> list[PaymentRefused]:  # fmt: skip
-    """The decline that answers `actor`'s ship or collect asking again for the renewal of `lapsed`
+    """The decline that answers `actor`'s ship, collect or settlement asking again for the renewal of `lapsed`
     (of `amount`), without asking the gateway or writing anything: the one it was last given, of
     the same amount, in the run of declined renewals the history ends with (a carrier's
     delivery_not_recorded and a settlement's capture not made stepped over), while it is younger

@@ -67,6 +67,25 @@ def test_a_warehouse_retrying_its_ship_every_minute_for_a_day_asks_the_card_once
     assert shipped.status is OrderStatus.SHIPPED and shipped.payment.authorization == reference(AUTHORIZATION, second)
 
 
+def test_the_first_decline_says_when_it_is_asked_again_as_its_repeats_do(world, clock):
+    # Before: only the repeats answered from the history said when the gateway would be asked again.
+    order = world.allocated(("TSHIRT", 2))
+    (shipment,) = order.shipments
+    clock.days_later(8)
+    world.gateway.script("authorize", "refuse")
+    answers = []
+    for _ in range(2):
+        with pytest.raises(PaymentRefused) as refused:
+            world.actions.ship(order.id, shipment.id, tracking_number=None, actor="key_wh")
+        answers.append((refused.value.gateway_message, refused.value.details))
+        clock.now += timedelta(minutes=1)
+
+    (declined,) = [e for e in world.history(order.id) if e.type == "payment_authorization_failed"]
+    assert answers[0] == answers[1]
+    assert answers[0][1] == [{"operation": "authorize", "declined_at": declined.at.isoformat(),
+                              "asked_again_after": (declined.at + timedelta(days=1)).isoformat()}]  # fmt: skip
+
+
 def test_each_decline_in_a_row_answers_the_caller_twice_as_long(world, clock):
     order_id, shipment_id, old = declined_once(world, clock)
     clock.days_later(1)
@@ -142,9 +161,10 @@ def test_the_declined_renewal_for_a_refused_capture_answers_until_the_authorizat
     world.gateway.script("capture", "refuse", "approve")
     world.gateway.script("authorize", "refuse", "approve")
     for _ in range(2):  # the capture refused, then its renewal declined
-        with pytest.raises(PaymentRefused):
+        with pytest.raises(PaymentRefused) as first:
             world.actions.ship(order.id, shipment.id, tracking_number=None, actor="key_wh")
     asked = world.gateway.keys("authorize")
+    assert first.value.details[0]["asked_again_after"] == (order.authorized_at + timedelta(days=7)).isoformat()
     clock.days_later(6.9)
 
     with pytest.raises(PaymentRefused) as refused:

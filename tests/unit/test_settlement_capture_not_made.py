@@ -239,14 +239,16 @@ def test_a_declined_renewal_of_the_settlements_authorization_is_the_settlements_
     ((logged_order, amount, currency, message),) = errors(caplog)
     assert (logged_order, amount, currency) == (order_id, SHORT, "USD") and "declined" in message
 
-    # Asked again by the same person: the same key, the same decline: nothing more.
+    # Asked again by the same person: answered with their decline, the gateway not asked: nothing more.
     caplog.clear()
-    entries = len(world.history(order_id))
+    entries, asked = len(world.history(order_id)), len(world.gateway.keys("authorize"))
     world.actions.deliver(order_id, west, actor="key_ops")
     assert len(world.history(order_id)) == entries
     assert NOT_MADE not in emitted(capsys) and errors(caplog) == []
+    assert len(world.gateway.keys("authorize")) == asked
     # The carrier's own report: its own entries, counted again (as a refused capture's is).
     world.actions.deliver(order_id, west, actor="carrier")
+    assert world.gateway.keys("authorize")[asked:] == [failed.detail["authorization_key"]]
     assert [e.type for e in world.history(order_id)[entries:]] == [
         OrderEvent.PAYMENT_AUTHORIZATION_FAILED, OrderEvent.CAPTURE_NOT_MADE,
     ]  # fmt: skip

@@ -58,9 +58,10 @@ def test_an_old_authorizations_renewal_declined_again_and_again_by_one_caller_is
 
     assert world.history(order_id) == before
     assert NOT_MADE not in emitted(capsys) and errors(caplog) == []
-    # Asked again under the key the carrier's report was declined under: no new authorization.
-    (declined_under,) = {e.detail["authorization_key"] for e in before[-2:] if "authorization_key" in e.detail}
-    assert world.gateway.keys("authorize")[asked:] == [declined_under] * 4
+    # Answered with the carrier's decline from the history, as a warehouse's repeated ship is
+    # (_decline_standing): before, each report asked the gateway again under the key it was
+    # declined under, one gateway call a report.
+    assert len(world.gateway.keys("authorize")) == asked
     assert world.spy.captured_total() == world.order(order_id).payment.captured.amount
 
     # A person asking (the runbook's recovery) asks the card afresh, under a new key.
@@ -69,6 +70,32 @@ def test_an_old_authorizations_renewal_declined_again_and_again_by_one_caller_is
 
     assert after.payment.captured == after.totals.grand_total
     assert world.gateway.keys("authorize")[-1] not in world.gateway.keys("authorize")[:-1]
+
+
+@pytest.mark.usefixtures("metrics")
+def test_a_carriers_report_after_its_decline_stood_a_day_asks_under_the_key_it_was_declined_under(capsys, caplog):
+    # The standing period over, the gateway is asked again (a bank's block is usually lifted within
+    # a day), under the key the carrier's report was declined under, as before the standing period:
+    # its decline, repeated, records, counts and logs nothing more.
+    world, clock, order_id, west = shipped_west()
+    world.gateway.script("authorize", "refuse")
+    world.actions.cancel(order_id, "the rest is not wanted", actor="key_cs")
+    world.actions.deliver(order_id, west, actor="carrier")
+    before, asked = world.history(order_id), len(world.gateway.keys("authorize"))
+    (declined,) = [e for e in before[-2:] if e.type is OrderEvent.PAYMENT_AUTHORIZATION_FAILED]
+    clock.now = declined.at + timedelta(hours=23, minutes=59)
+    world.actions.deliver(order_id, west, actor="carrier")
+    assert len(world.gateway.keys("authorize")) == asked
+    emitted(capsys)
+    caplog.set_level("ERROR")
+    caplog.clear()
+
+    clock.now = declined.at + timedelta(days=1)
+    world.actions.deliver(order_id, west, actor="carrier")
+
+    assert world.gateway.keys("authorize")[asked:] == [declined.detail["authorization_key"]]
+    assert world.history(order_id) == before
+    assert NOT_MADE not in emitted(capsys) and errors(caplog) == []
 
 
 @pytest.mark.usefixtures("metrics")
