@@ -2132,6 +2132,24 @@ class Order(BaseModel, defer_build=True):
             return []
         return [s for s in self.shipments if s.id in refused and s.status is ShipmentStatus.CANCELLED]
 
+    def check_write_off_finished(self, what: str) -> None:
+        """InvalidTransition (409) when `what` would send the order back to be sourced (its shipments
+        dropped: _sourced_again) while a cancel that wrote a parcel off (written_off) has not taken
+        its units out of on_hand yet (stock_owed: its function died after its write). Dropped, that
+        parcel would leave no record that its units left with the carrier, and its reservation
+        (keyed by order and line) would count as the order's own when sourced again there, selling
+        them a second time. The write-off repeated under its Idempotency-Key, or the reconciler's
+        kept-back pass (UnitCancellation.release_owed), finishes that step; then `what` may go ahead."""
+        if not self.stock_owed:
+            return
+        off = [shipment.id for shipment in self.written_off()]
+        if off:
+            raise InvalidTransition(
+                f"order {self.id} wrote off shipment {', '.join(off)} and has not yet taken its units out of "
+                f"on_hand: it cannot be {what} until that is done (repeat the write-off with its "
+                "Idempotency-Key, or wait for the reconciler's next pass)"
+            )
+
     def note_delivery_not_recorded(self, shipment_id: str, message: str, *, at: datetime, actor: str) -> Change:
         """A carrier's report of the marked parcel `shipment_id` could not ship it: the gateway
         refused its capture. The `delivery_not_recorded` entry (the shipment and the gateway's
@@ -2689,6 +2707,7 @@ class Order(BaseModel, defer_build=True):
         # An edit sends every parcel back to be sourced, its units released or kept on a new plan.
         # (First: on a hold, a ship's capture request standing is a ship that died, not one under way.)
         self.check_parcels_kept("edited")
+        self.check_write_off_finished("edited")
         shipping = next((r.shipment_id for r in self.captures_requested if r.shipment_id), None)
         if shipping is not None:
             raise InvalidTransition(f"shipment {shipping} of order {self.id} is being shipped; it cannot be edited")
@@ -2750,6 +2769,7 @@ class Order(BaseModel, defer_build=True):
         (shipment_id_for), and would be taken for a parcel its carrier reported delivered (no other
         mark can stand then: a marked parcel pending keeps the order from being sourced again,
         check_parcels_kept)."""
+        self.check_write_off_finished("sourced again")
         held_before = sorted({*self.held_before, *(a.location_id for a in self.allocations)})
         marks: dict[str, Any] = {"reported_delivered": []} if self.reported_delivered else {}
         if self._held_with_stock():
@@ -3284,6 +3304,7 @@ class Order(BaseModel, defer_build=True):
             raise InvalidTransition(f"shipment {shipment_id} is {shipment.status}; only a pending one can be rejected")
         # A reject sends every parcel of the order back to be sourced, not only this one.
         self.check_parcels_kept("sourced again")
+        self.check_write_off_finished("sourced again")
         if self._held_with_stock():
             self._check_nothing_left("sourced again")
         else:
