@@ -398,18 +398,27 @@ class OrderActions:
         sent again meets the refusal its caller met before, which is not recorded again:
         Cancellation.refusal_recorded_last and refusal_noted_once step over this entry, as they do
         over the refusals of parcels reported in turn). Another parcel's, recorded meanwhile, is
-        not this one's: a refusal of parcel B right after one of parcel A is recorded."""
-        found = self._orders.history(order_id, consistent=True)
-        for entry in reversed(found[1] if found is not None else []):
-            if entry.type in _REFUSAL_ENTRIES and (entry.detail or {}).get("shipment_id") == shipment_id:
-                if entry.type is OrderEvent.DELIVERY_NOT_RECORDED:
-                    return
-                break
+        not this one's: a refusal of parcel B right after one of parcel A is recorded.
+
+        Judged in the write's decision, on the history read with the order after the version the
+        write is conditional on: a newer version makes that write stale, and it is decided again
+        on the newer history. So of two reports of the parcel refused at once, the one whose write
+        lands second finds the first's entry and records, counts and logs nothing."""
         at = self._clock()
-        modify(
-            self._orders, order_id,
-            lambda current: current.note_delivery_not_recorded(shipment_id, message, at=at, actor=actor),
-        )  # fmt: skip
+
+        def decide(current: Order):
+            found = self._orders.history(order_id, consistent=True)
+            for entry in reversed(found[1] if found is not None else []):
+                if entry.type in _REFUSAL_ENTRIES and (entry.detail or {}).get("shipment_id") == shipment_id:
+                    if entry.type is OrderEvent.DELIVERY_NOT_RECORDED:
+                        return None
+                    break
+            return current.note_delivery_not_recorded(shipment_id, message, at=at, actor=actor)
+
+        written: list[Order] = []
+        modify(self._orders, order_id, decide, written=written)
+        if not written:
+            return
         logger.error(
             "order %s: shipment %s reported delivered was not shipped, its capture not made: %s; left to a person",
             order_id, shipment_id, message,
