@@ -212,17 +212,24 @@ def outage_noted_once(
     the history ends with that very attempt (the same actor and `detail`: _refused_last), as the
     pending-refund pass notes a refund's (RefundService._unanswered_noted_once). A refusal is
     always recorded. Both repeats (and `unless`'s) are judged in the entry's write's decision
-    (failure_recorder): two passes racing note the attempt once."""
+    (failure_recorder): two passes racing note the outage, or the attempt, once."""
+    first: list[Failure] = []  # this call's first transient failure: the only one it may record
 
     def noted_last(failure: Failure, entries: list[HistoryEntry]) -> bool:
-        return (unless is not None and unless(failure, entries)) or no_plugin_noted_last(
-            entries, actor, failure, detail
-        )
+        if (unless is not None and unless(failure, entries)) or no_plugin_noted_last(entries, actor, failure, detail):
+            return True
+        return bool(first) and failure is first[0] and _unavailable_in(entries, failure.operation, detail)
 
-    return noted_once(
-        failure_recorder(orders, order_id, actor, clock, unless=noted_last, **detail),
-        lambda failure: _says_unavailable(orders, order_id, failure.operation, detail),
-    )
+    record = failure_recorder(orders, order_id, actor, clock, unless=noted_last, **detail)
+
+    def on_failure(failure: Failure) -> None:
+        if failure.kind == "transient":
+            if first:
+                return  # once a call
+            first.append(failure)
+        record(failure)
+
+    return on_failure
 
 
 # The operations whose outage a request anything repeated sends again records once
@@ -245,19 +252,30 @@ def request_outage_noted_once(
     the outage is on the history, with when it began and what the gateway said (an authorization's
     key among the attempts whose answer was lost, for a cancel to release), and a loop of reports
     or ships through it would otherwise add three entries a call until the order's item is full.
-    A refusal, and every other failure, is always recorded (but a repeat `unless` finds:
-    failure_recorder)."""
-    record = failure_recorder(orders, order_id, actor, clock, unless=unless, **detail)
-    known: list[bool] = []  # whether the history said so when this call's first one failed
+    A refusal, and every other failure, is always recorded (but a repeat `unless` finds). Whether
+    the history says so is judged in the write of this call's first such attempt (failure_recorder):
+    of two requests racing through the outage, the one whose write lands second records nothing."""
+    known: list[bool] = []  # whether the history said so when this call's first one was written
+    first: list[Failure] = []
+
+    def outage_known(failure: Failure, entries: list[HistoryEntry]) -> bool:
+        if unless is not None and unless(failure, entries):
+            return True
+        if not first or failure is not first[0]:
+            return False
+        # A settlement's capture is not a parcel's, nor an authorization under no key one under a key.
+        matched = {**dict.fromkeys(NOTED_ONCE_BY_REQUESTS[failure.operation]), **detail}
+        known[:] = [_unavailable_in(entries, failure.operation, matched)]
+        return known[0]
+
+    record = failure_recorder(orders, order_id, actor, clock, unless=outage_known, **detail)
 
     def on_failure(failure: Failure) -> None:
         if failure.operation in NOTED_ONCE_BY_REQUESTS and failure.kind == "transient":
-            if not known:
-                # A settlement's capture is not a parcel's, nor an authorization under no key one under a key.
-                matched = {**dict.fromkeys(NOTED_ONCE_BY_REQUESTS[failure.operation]), **detail}
-                known.append(_says_unavailable(orders, order_id, failure.operation, matched, consistent=True))
-            if known[0]:
+            if known and known[0]:
                 return
+            if not first:
+                first.append(failure)
         record(failure)
 
     return on_failure
@@ -281,15 +299,11 @@ def noted_once(record: OnFailure, already_noted: Callable[[Failure], bool]) -> O
     return on_failure
 
 
-def _says_unavailable(
-    orders: OrderRepository, order_id: str, operation: str, detail: dict[str, Any], *, consistent: bool = False
-) -> bool:
-    found = orders.history(order_id, consistent=True) if consistent else orders.history(order_id)
-    if found is None:
-        return False
+def _unavailable_in(entries: list[HistoryEntry], operation: str, detail: dict[str, Any]) -> bool:
+    """Whether the last failed attempt at `operation` with `detail` in `entries` was transient."""
     failed = PAYMENT_FAILURE_EVENTS[operation]
     about = [
-        entry for entry in found[1]
+        entry for entry in entries
         if entry.type is failed and all((entry.detail or {}).get(name) == value for name, value in detail.items())
     ]  # fmt: skip
     return bool(about) and about[-1].detail.get("kind") == "transient"

@@ -122,12 +122,9 @@ class AnAttemptInBetween:
         return getattr(self._orders, name)
 
 
-def test_a_cancel_and_its_retry_at_once_through_a_refused_void_record_and_count_its_refusal_once(monkeypatch, capsys):
-    # Before: refusal_noted_once asked "this very refusal the history's last?" before and apart
-    # from its conditional write: both passed, and the one whose write lost the race wrote its
-    # entry again on the version it read again (two entries, VoidsNotMadeAlarm counted twice).
+def racing_world(monkeypatch) -> tuple[object, AnAttemptInBetween]:
+    """A world with metrics on, whose order repository runs a race (AnAttemptInBetween)."""
     from functions.business_metrics import MeteredOrders, flush
-    from tests.unit.test_business_metrics import emitted
     from tests.unit.test_unit_cancellation import STOCK
     from tests.unit.world import build_world
 
@@ -141,6 +138,16 @@ def test_a_cancel_and_its_retry_at_once_through_a_refused_void_record_and_count_
         return racing[0]
 
     world = build_world(STOCK, wrap_orders=wrap)
+    return world, racing[0]
+
+
+def test_a_cancel_and_its_retry_at_once_through_a_refused_void_record_and_count_its_refusal_once(monkeypatch, capsys):
+    # Before: refusal_noted_once asked "this very refusal the history's last?" before and apart
+    # from its conditional write (a history-only entry, the version unmoved): both passed, and both
+    # wrote their entry (two entries, VoidsNotMadeAlarm counted twice).
+    from tests.unit.test_business_metrics import emitted
+
+    world, racing = racing_world(monkeypatch)
     order = world.allocated(("MUG", 1))
     world.gateway.script("void", "refuse")
     world.actions.cancel(order.id, "not wanted", actor="key_web")
@@ -149,9 +156,23 @@ def test_a_cancel_and_its_retry_at_once_through_a_refused_void_record_and_count_
     emitted(capsys)
     refused = ("PaymentFailures", (("kind", "refused"), ("operation", "void")))
 
-    racing[0].between = lambda: world.actions.cancel(order.id, "not wanted", actor="key_cs")
+    racing.between = lambda: world.actions.cancel(order.id, "not wanted", actor="key_cs")
     world.actions.cancel(order.id, "not wanted", actor="key_cs")
 
-    assert racing[0].between is None  # the retry ran inside the first's write
+    assert racing.between is None  # the retry ran inside the first's write
     assert void_entries(world, order.id, len(before)) == [("refused", "key_cs")]
     assert emitted(capsys)[refused] == [1.0]
+
+
+def test_a_cancel_and_its_retry_at_once_through_a_void_outage_record_its_attempts_once(monkeypatch):
+    # Before: request_outage_noted_once asked "the outage the history's last already?" before the
+    # first attempt's write: both requests found it not, and both wrote their three attempts.
+    world, racing = racing_world(monkeypatch)
+    order = world.allocated(("MUG", 1))
+    world.gateway.script("void", "transient")
+    racing.between = lambda: world.actions.cancel(order.id, "not wanted", actor="key_cs")
+
+    world.actions.cancel(order.id, "not wanted", actor="key_cs")
+
+    assert racing.between is None
+    assert void_entries(world, order.id, 0) == [("transient", "key_cs")] * 3
