@@ -18,12 +18,13 @@ from core.money import Money
 from core.order_changes import (
     UNANSWERED_AGAIN,
     Recorder,
+    Unless,
     failure_recorder,
     modify,
     no_plugin_noted_last,
     refusal_noted_once,
 )
-from core.payments import Failure, OnFailure, Payments
+from core.payments import Failure, Payments
 from core.ports import CatalogRepository, InventoryRepository, OrderRepository
 from core.status import TERMINAL, OrderStatus, PaymentStatus
 from core.workflow_types import PaymentResult
@@ -749,36 +750,37 @@ class Cancellation:
         authorization = order.capture_authorization(shipment_id)
         under = order.capture_keyed_under(shipment_id)
         key = payment_keys.capture(order.id, shipment_id, order.captures_reversed(shipment_id), under)
-        record = self._void_failures(self._orders, order.id, actor, self._clock, shipment_id=shipment_id,
-                                     amount=amount.model_dump(mode="json"))  # fmt: skip
+        repeated = self._repeated(order.id, shipment_id, amount, actor) if unless_repeated else None
+        record = self._void_failures(self._orders, order.id, actor, self._clock, unless=repeated,
+                                     shipment_id=shipment_id, amount=amount.model_dump(mode="json"))  # fmt: skip
         return self._payments.retried(
             "capture",
             lambda attempt: self._payments.capture(payment.method, authorization, amount, order.id, key),
-            self._unless_repeated(record, order.id, shipment_id, amount, actor) if unless_repeated else record,
+            record,
         )
 
-    def _unless_repeated(
-        self, record: OnFailure, order_id: str, shipment_id: str | None, amount: Money, actor: str
-    ) -> OnFailure:
-        """`record`, but not a refusal (or an attempt no payment plugin took) the history ends with
-        already (refusal_recorded_last), nor an attempt no payment plugin took at a capture request
-        left standing for when the plugin is back, which the history ends with already, alone
-        (no_plugin_noted_last)."""
+    def _repeated(self, order_id: str, shipment_id: str | None, amount: Money, actor: str) -> Unless:
+        """A capture's failed attempt not to record (the recorder's `unless`, judged in its write's
+        decision, so two attempts racing record it once): a refusal (or an attempt no payment
+        plugin took) the history ends with already (refusal_recorded_last), or an attempt no
+        payment plugin took at a capture request left standing for when the plugin is back, which
+        the history ends with already, alone (no_plugin_noted_last)."""
         asked = {"shipment_id": shipment_id, "amount": amount.model_dump(mode="json")}
 
-        def on_failure(failure: Failure) -> None:
-            repeated = failure.kind in UNANSWERED_AGAIN
-            if not (
-                repeated
-                and self.refusal_recorded_last(order_id, shipment_id, amount, failure.message, actor, failure.kind)
-            ) and not no_plugin_noted_last(self._orders, order_id, actor, failure, asked):
-                record(failure)
+        def repeated(failure: Failure, entries: list[HistoryEntry]) -> bool:
+            return (
+                failure.kind in UNANSWERED_AGAIN
+                and self.refusal_recorded_last(
+                    order_id, shipment_id, amount, failure.message, actor, failure.kind, entries=entries
+                )
+            ) or no_plugin_noted_last(entries, actor, failure, asked)
 
-        return on_failure
+        return repeated
 
     def refusal_recorded_last(
-        self, order_id: str, shipment_id: str | None, amount: Money, message: str, actor: str, kind: str
-    ) -> bool:
+        self, order_id: str, shipment_id: str | None, amount: Money, message: str, actor: str, kind: str, *,
+        entries: list[HistoryEntry] | None = None,
+    ) -> bool:  # fmt: skip
         """Whether the order's history ends with refused captures only, this very refusal of the
         shipment's capture (`shipment_id` None: the settlement's) among them: each a refused attempt
         and the capture not made it led to, and this one's the same amount, the gateway's same words
@@ -794,9 +796,11 @@ class Cancellation:
         answer (`kind`) is matched: the gateway's refusal once the plugin is back is recorded. A
         repeat by someone else, in other words, or after anything else happened to the order is
         recorded. The `delivery_not_recorded` a carrier's report records after a refusal of the
-        parcel it reported (OrderActions.deliver) is stepped over."""
-        found = self._orders.history(order_id, consistent=True)
-        entries = found[1] if found is not None else []
+        parcel it reported (OrderActions.deliver) is stepped over. `entries`: the history as the
+        caller's write decides on it (the recorder's `unless`), else read here."""
+        if entries is None:
+            found = self._orders.history(order_id, consistent=True)
+            entries = found[1] if found is not None else []
         asked = amount.model_dump(mode="json")
         while len(entries) >= 2:
             if entries[-1].type is OrderEvent.DELIVERY_NOT_RECORDED:
@@ -982,11 +986,9 @@ class Cancellation:
             result = self._payments.retried(
                 "capture",
                 lambda attempt: self._payments.capture(payment.method, authorization, request.amount, order.id, key),
-                self._unless_repeated(
-                    self._void_failures(self._orders, order.id, actor, self._clock,
-                                        amount=request.amount.model_dump(mode="json")),
-                    order.id, None, request.amount, actor,
-                ),
+                self._void_failures(self._orders, order.id, actor, self._clock,
+                                    unless=self._repeated(order.id, None, request.amount, actor),
+                                    amount=request.amount.model_dump(mode="json")),
             )  # fmt: skip
         except PaymentRefused as refused:
             # Asked again by every repeat of the last ship and every delivery reported again.

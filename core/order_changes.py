@@ -19,8 +19,11 @@ ATTEMPTS = 5  # re-reads after losing a write race to the workflow or another re
 # (a refusal and the call to a person it makes due: RefundService._record_refusal).
 Changes = tuple[Order, list[HistoryEntry]]
 Decide = Callable[[Order], Change | Changes | Bookkeeping | None]
-# failure_recorder's signature: (orders, order_id, actor, clock, **detail) -> OnFailure.
+# failure_recorder's signature: (orders, order_id, actor, clock, *, unless=None, **detail) -> OnFailure.
 Recorder = Callable[..., OnFailure]
+# Whether a failed attempt is a repeat the order's history (its entries) holds already, judged in
+# its write's decision (failure_recorder).
+Unless = Callable[[Failure, list[HistoryEntry]], bool]
 
 
 def visible(order: Order | None, order_id: str, channel: str | None) -> Order:
@@ -33,7 +36,7 @@ def visible(order: Order | None, order_id: str, channel: str | None) -> Order:
 
 def modify(
     orders: OrderRepository, order_id: str, decide: Decide, *, channel: str | None = None, attempts: int = ATTEMPTS,
-    consistent: bool = False, written: list[Order] | None = None,
+    consistent: bool = False, written: list[Order] | None = None, history_read: list[int] | None = None,
 ) -> Order:  # fmt: skip
     """Read the order, ask `decide` for its next version and history entry (an Order method's
     answer: the entry None for the system's bookkeeping, a list for several facts written at once
@@ -51,8 +54,13 @@ def modify(
     as written. `consistent` reads consistently from the first: for a decision sure to follow the
     caller's own writes (a refund the capture just written makes refundable). `written`, when
     given, gets the version this call wrote (nothing when `decide` said None): what the caller did,
-    as opposed to what another writer did meanwhile, for a caller that counts it."""
+    as opposed to what another writer did meanwhile, for a caller that counts it. `history_read`:
+    what `decide` sets to the number of history entries it decided on (failure_recorder), the
+    write then conditional on the history being that long still: a history-only entry leaves the
+    version as it was, so a racing caller's would not make the write stale otherwise."""
     for _ in range(attempts):
+        if history_read is not None:
+            history_read.clear()
         found = orders.get(order_id, consistent=True) if consistent else orders.get(order_id)
         try:
             order = visible(found, order_id, channel)
@@ -72,7 +80,10 @@ def modify(
         new, entry = change
         entries = entry if isinstance(entry, list) else [entry] if entry is not None else []
         try:
-            orders.update(new, order, entries)
+            if history_read:
+                orders.update(new, order, entries, history_length=history_read[-1])
+            else:
+                orders.update(new, order, entries)
         except StaleVersion:
             consistent = True
             continue
@@ -83,19 +94,33 @@ def modify(
 
 
 def failure_recorder(
-    orders: OrderRepository, order_id: str, actor: str, clock: Callable[[], datetime], **detail: Any
-) -> OnFailure:
+    orders: OrderRepository, order_id: str, actor: str, clock: Callable[[], datetime], *,
+    unless: Unless | None = None, **detail: Any,
+) -> OnFailure:  # fmt: skip
     """What Payments.retried calls with each failed gateway attempt: an entry in the order's
-    history (with `detail`, e.g. the shipment), the order itself unchanged."""
+    history (with `detail`, e.g. the shipment), the order itself unchanged. Not when `unless` says
+    the attempt is a repeat the history holds already (refusal_noted_once): asked in the write's
+    decision, on the history read after the version the write is conditional on, so of two
+    attempts racing (a cancel and its retry at once) the one whose write lands second (the write
+    conditional on the history's length too: modify's `history_read`) is decided again on the
+    history holding the first's entry, and records (and counts) nothing."""
 
     def record(failure: Failure) -> None:
-        modify(
-            orders, order_id,
-            lambda order: order.record_payment_failure(
+        read: list[int] = []
+
+        def decide(order: Order) -> Change | None:
+            if unless is not None:
+                found = orders.history(order_id, consistent=True)
+                entries = found[1] if found is not None else []
+                read.append(len(entries))
+                if unless(failure, entries):
+                    return None
+            return order.record_payment_failure(
                 failure.operation, attempt=failure.attempt, kind=failure.kind, message=failure.message,
                 at=clock(), actor=actor, detail=detail,
-            ),
-        )  # fmt: skip
+            )  # fmt: skip
+
+        modify(orders, order_id, decide, history_read=read if unless is not None else None)
 
     return record
 
@@ -126,25 +151,30 @@ def refusal_noted_once(
     failure are always recorded. `followed_by`: the entries a refusal of the operation leads to,
     which the run steps over (a declined renewal of the settlement's authorization, and the
     settlement's capture not made it records: Cancellation.renewed_for_settlement). `repeats`
-    gets each failure not recorded for being such a repeat."""
-    record = recorder(orders, order_id, actor, clock, **detail)
+    gets each failure not recorded for being such a repeat. Judged in the entry's write's decision
+    (failure_recorder's `unless`): two attempts racing record the refusal once."""
+    said: list[bool] = []  # the last decision's: a repeat, not recorded
+
+    def repeated(failure: Failure, entries: list[HistoryEntry]) -> bool:
+        said[:] = [failure.kind in UNANSWERED_AGAIN and _refused_last(entries, actor, failure, detail, followed_by)]
+        return said[0]
+
+    record = recorder(orders, order_id, actor, clock, unless=repeated, **detail)
 
     def on_failure(failure: Failure) -> None:
-        if failure.kind in UNANSWERED_AGAIN and _refused_last(orders, order_id, actor, failure, detail, followed_by):
-            if repeats is not None:
-                repeats.append(failure)
-            return
+        said.clear()
         record(failure)
+        if said and said[0] and repeats is not None:
+            repeats.append(failure)
 
     return on_failure
 
 
 def _refused_last(
-    orders: OrderRepository, order_id: str, actor: str, failure: Failure, detail: dict[str, Any],
+    entries: list[HistoryEntry], actor: str, failure: Failure, detail: dict[str, Any],
     followed_by: Callable[[HistoryEntry], bool] | None = None,
 ) -> bool:  # fmt: skip
-    found = orders.history(order_id, consistent=True)
-    for last in reversed(found[1] if found is not None else []):
+    for last in reversed(entries):
         said = last.detail or {}
         if (followed_by is not None and followed_by(last)) or last.type is OrderEvent.DELIVERY_NOT_RECORDED:
             continue  # what a refusal led to (a carrier's report it stopped: OrderActions.deliver)
@@ -158,21 +188,20 @@ def _refused_last(
     return False
 
 
-def no_plugin_noted_last(
-    orders: OrderRepository, order_id: str, actor: str, failure: Failure, detail: dict[str, Any]
-) -> bool:
+def no_plugin_noted_last(entries: list[HistoryEntry], actor: str, failure: Failure, detail: dict[str, Any]) -> bool:
     """Whether `failure` is an attempt no payment plugin took (kind `no_plugin`) that the order's
-    history ends with already: the same operation, actor, message and `detail`, in a run of such
+    history (`entries`) ends with already: the same operation, actor, message and `detail`, in a run of such
     attempts (_refused_last). A request that stands while the plugin is out (a capture a dead ship
     or settlement left: Cancellation.capture_refused leaves it, with no `capture_not_made`) is
     asked again by whatever repeats (a ship on a loop, a carrier's report again): its attempt is
     noted once, not once a repeat. A gateway's answer, or anything else since, is a new entry."""
-    return failure.kind == "no_plugin" and _refused_last(orders, order_id, actor, failure, detail)
+    return failure.kind == "no_plugin" and _refused_last(entries, actor, failure, detail)
 
 
 def outage_noted_once(
-    orders: OrderRepository, order_id: str, actor: str, clock: Callable[[], datetime], **detail: Any
-) -> OnFailure:
+    orders: OrderRepository, order_id: str, actor: str, clock: Callable[[], datetime], *,
+    unless: Unless | None = None, **detail: Any,
+) -> OnFailure:  # fmt: skip
     """failure_recorder for a pass that asks the gateway again every few minutes: a transient
     failure is recorded once a call, and only when the order's last failed attempt at the same
     operation with the same `detail` was not transient already (that entry keeps when the outage
@@ -182,16 +211,23 @@ def outage_noted_once(
     or a settlement left standing, which stands for when the plugin is back): not recorded while
     the history ends with that very attempt (the same actor and `detail`: _refused_last), as the
     pending-refund pass notes a refund's (RefundService._unanswered_noted_once). A refusal is
-    always recorded."""
-    transient_once = noted_once(
-        failure_recorder(orders, order_id, actor, clock, **detail),
-        lambda failure: _says_unavailable(orders, order_id, failure.operation, detail),
-    )
+    always recorded. Both repeats (and `unless`'s) are judged in the entry's write's decision
+    (failure_recorder): two passes racing note the outage, or the attempt, once."""
+    first: list[Failure] = []  # this call's first transient failure: the only one it may record
+
+    def noted_last(failure: Failure, entries: list[HistoryEntry]) -> bool:
+        if (unless is not None and unless(failure, entries)) or no_plugin_noted_last(entries, actor, failure, detail):
+            return True
+        return bool(first) and failure is first[0] and _unavailable_in(entries, failure.operation, detail)
+
+    record = failure_recorder(orders, order_id, actor, clock, unless=noted_last, **detail)
 
     def on_failure(failure: Failure) -> None:
-        if failure.kind == "no_plugin" and _refused_last(orders, order_id, actor, failure, detail):
-            return
-        transient_once(failure)
+        if failure.kind == "transient":
+            if first:
+                return  # once a call
+            first.append(failure)
+        record(failure)
 
     return on_failure
 
@@ -205,8 +241,9 @@ NOTED_ONCE_BY_REQUESTS = {"void": (), "capture": ("shipment_id",), "authorize": 
 
 
 def request_outage_noted_once(
-    orders: OrderRepository, order_id: str, actor: str, clock: Callable[[], datetime], **detail: Any
-) -> OnFailure:
+    orders: OrderRepository, order_id: str, actor: str, clock: Callable[[], datetime], *,
+    unless: Unless | None = None, **detail: Any,
+) -> OnFailure:  # fmt: skip
     """failure_recorder for a request that anything repeated at will sends again (a carrier's
     delivery report, a warehouse's ship, a cancel): every failed attempt is recorded, but a void's,
     a capture's or an authorization's (a renewal's) transient ones not when the order's last failed
@@ -215,18 +252,30 @@ def request_outage_noted_once(
     the outage is on the history, with when it began and what the gateway said (an authorization's
     key among the attempts whose answer was lost, for a cancel to release), and a loop of reports
     or ships through it would otherwise add three entries a call until the order's item is full.
-    A refusal, and every other failure, is always recorded."""
-    record = failure_recorder(orders, order_id, actor, clock, **detail)
-    known: list[bool] = []  # whether the history said so when this call's first one failed
+    A refusal, and every other failure, is always recorded (but a repeat `unless` finds). Whether
+    the history says so is judged in the write of this call's first such attempt (failure_recorder):
+    of two requests racing through the outage, the one whose write lands second records nothing."""
+    known: list[bool] = []  # whether the history said so when this call's first one was written
+    first: list[Failure] = []
+
+    def outage_known(failure: Failure, entries: list[HistoryEntry]) -> bool:
+        if unless is not None and unless(failure, entries):
+            return True
+        if not first or failure is not first[0]:
+            return False
+        # A settlement's capture is not a parcel's, nor an authorization under no key one under a key.
+        matched = {**dict.fromkeys(NOTED_ONCE_BY_REQUESTS[failure.operation]), **detail}
+        known[:] = [_unavailable_in(entries, failure.operation, matched)]
+        return known[0]
+
+    record = failure_recorder(orders, order_id, actor, clock, unless=outage_known, **detail)
 
     def on_failure(failure: Failure) -> None:
         if failure.operation in NOTED_ONCE_BY_REQUESTS and failure.kind == "transient":
-            if not known:
-                # A settlement's capture is not a parcel's, nor an authorization under no key one under a key.
-                matched = {**dict.fromkeys(NOTED_ONCE_BY_REQUESTS[failure.operation]), **detail}
-                known.append(_says_unavailable(orders, order_id, failure.operation, matched, consistent=True))
-            if known[0]:
+            if known and known[0]:
                 return
+            if not first:
+                first.append(failure)
         record(failure)
 
     return on_failure
@@ -250,15 +299,11 @@ def noted_once(record: OnFailure, already_noted: Callable[[Failure], bool]) -> O
     return on_failure
 
 
-def _says_unavailable(
-    orders: OrderRepository, order_id: str, operation: str, detail: dict[str, Any], *, consistent: bool = False
-) -> bool:
-    found = orders.history(order_id, consistent=True) if consistent else orders.history(order_id)
-    if found is None:
-        return False
+def _unavailable_in(entries: list[HistoryEntry], operation: str, detail: dict[str, Any]) -> bool:
+    """Whether the last failed attempt at `operation` with `detail` in `entries` was transient."""
     failed = PAYMENT_FAILURE_EVENTS[operation]
     about = [
-        entry for entry in found[1]
+        entry for entry in entries
         if entry.type is failed and all((entry.detail or {}).get(name) == value for name, value in detail.items())
     ]  # fmt: skip
     return bool(about) and about[-1].detail.get("kind") == "transient"

@@ -45,9 +45,13 @@ class OrderRepository(ABC):
         return {order.id: order for order_id in order_ids if (order := self.get(order_id, consistent=True))}
 
     @abstractmethod
-    def update(self, order: Order, expected: Order, entries: list[HistoryEntry]) -> None:
+    def update(
+        self, order: Order, expected: Order, entries: list[HistoryEntry], *, history_length: int | None = None
+    ) -> None:
         """Replace `expected` by `order` and append `entries` to the history, in one write that
-        holds only if the stored order still has `expected`'s status and version. Raises
+        holds only if the stored order still has `expected`'s status and version (and, given
+        `history_length`, a history of exactly that many entries: a history-only entry leaves the
+        version as it was, so one decided on the history must not land after another's). Raises
         StaleVersion otherwise: the caller re-reads and decides again. Refuses (InvalidTransition,
         through core.status.check_successor) an `order` that is not a legal successor of
         `expected`; `order` equal to `expected` appends history only."""

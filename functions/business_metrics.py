@@ -172,8 +172,8 @@ class MeteredOrders:
         for entry in later_entries:
             entry_recorded(order, entry)
 
-    def update(self, order: Order, expected: Order, entries: list[HistoryEntry]) -> None:
-        self._orders.update(order, expected, entries)
+    def update(self, order: Order, expected: Order, entries: list[HistoryEntry], **conditions: Any) -> None:
+        self._orders.update(order, expected, entries, **conditions)
         if entries:
             _changed().add(order.id)
         for entry in entries:

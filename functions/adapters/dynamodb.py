@@ -416,10 +416,13 @@ def _history(item: dict[str, Any]) -> list[HistoryEntry]:
     return [HistoryEntry.model_validate_json(order_codec.stored_json(entry)) for entry in item["history"]["L"]]
 
 
-def order_update(table: str, order: Order, expected: Order, entries: list[HistoryEntry]) -> dict[str, Any]:
+def order_update(
+    table: str, order: Order, expected: Order, entries: list[HistoryEntry], history_length: int | None = None
+) -> dict[str, Any]:
     """The UpdateItem that stores `order` over `expected` (its status and version unchanged since
-    read) and appends `entries`: on its own, or as one item of a transaction (DynamoBackorders).
-    It keeps the sparse indexes' attributes in step with the order (index_attributes)."""
+    read; given `history_length`, its history that many entries long) and appends `entries`: on its
+    own, or as one item of a transaction (DynamoBackorders). It keeps the sparse indexes'
+    attributes in step with the order (index_attributes)."""
     values: dict[str, Any] = {
         ":doc": _document(order),
         ":status": {"S": order.status.value},
@@ -434,11 +437,15 @@ def order_update(table: str, order: Order, expected: Order, entries: list[Histor
         sets.append(f"{name} = :{name}")
         values[f":{name}"] = value
     removed = [name for name in INDEX_ATTRIBUTES if name not in indexed]
+    condition = "#status = :expected_status AND #version = :expected_version"
+    if history_length is not None:
+        condition += " AND size(history) = :history_length"
+        values[":history_length"] = {"N": str(history_length)}
     return {
         "TableName": table,
         "Key": {"id": {"S": order.id}},
         "UpdateExpression": "SET " + ", ".join(sets) + (" REMOVE " + ", ".join(removed) if removed else ""),
-        "ConditionExpression": "#status = :expected_status AND #version = :expected_version",
+        "ConditionExpression": condition,
         "ExpressionAttributeNames": {"#doc": "doc", "#status": "status", "#version": "version"},
         "ExpressionAttributeValues": values,
     }
@@ -498,10 +505,12 @@ class DynamoOrders(OrderRepository):
                 return
             raise DuplicateOrder(order.id) from None
 
-    def update(self, order: Order, expected: Order, entries: list[HistoryEntry]) -> None:
+    def update(
+        self, order: Order, expected: Order, entries: list[HistoryEntry], *, history_length: int | None = None
+    ) -> None:
         check_successor(expected, order)
         try:
-            self._client.update_item(**order_update(self._table, order, expected, entries))
+            self._client.update_item(**order_update(self._table, order, expected, entries, history_length))
         except ClientError as error:
             if _is_conditional_failure(error):
                 raise StaleVersion(

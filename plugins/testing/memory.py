@@ -63,11 +63,15 @@ class InMemoryOrders(OrderRepository):
     def get(self, order_id: str, *, consistent: bool = False) -> Order | None:
         return self.orders.get(order_id)  # always consistent
 
-    def update(self, order: Order, expected: Order, entries: list[HistoryEntry]) -> None:
+    def update(
+        self, order: Order, expected: Order, entries: list[HistoryEntry], *, history_length: int | None = None
+    ) -> None:
         check_successor(expected, order)
         stored = self.orders.get(order.id)
         if stored is None or (stored.status, stored.version) != (expected.status, expected.version):
             raise StaleVersion(f"order {order.id} moved on")
+        if history_length is not None and len(self.histories[order.id]) != history_length:
+            raise StaleVersion(f"order {order.id} has a newer history entry")
         self.orders[order.id] = order
         self.histories[order.id].extend(entries)
 

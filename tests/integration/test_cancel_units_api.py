@@ -230,10 +230,10 @@ def test_a_ship_that_died_after_the_gateway_captured_is_refunded_by_the_cancel_o
     order = allocated(api, ("MUG", 2))
     real = DynamoOrders.update
 
-    def dies_recording_the_ship(self, new, expected, entries):
+    def dies_recording_the_ship(self, new, expected, entries, **conditions):
         if entries and entries[0].type == "shipment_shipped":
             raise TimeoutError("Task timed out")
-        real(self, new, expected, entries)
+        real(self, new, expected, entries, **conditions)
 
     monkeypatch.setattr(DynamoOrders, "update", dies_recording_the_ship)
     (shipment,) = order["shipments"]
@@ -270,10 +270,10 @@ def test_a_settlement_capture_whose_cancel_died_is_recorded_by_the_cancel_repeat
     ship(api, order, order["shipments"][1]["location_id"])
     real = DynamoOrders.update
 
-    def dies_recording_the_settlement(self, new, expected, entries):
+    def dies_recording_the_settlement(self, new, expected, entries, **conditions):
         if entries and entries[0].type == "payment_captured":
             raise TimeoutError("Task timed out")
-        real(self, new, expected, entries)
+        real(self, new, expected, entries, **conditions)
 
     monkeypatch.setattr(DynamoOrders, "update", dies_recording_the_settlement)
     died = cancel(api, order["id"])
@@ -307,10 +307,10 @@ def test_an_authorization_whose_edit_died_is_voided_by_the_cancel_over_http(api,
     order = allocated(api, ("MUG", 1))
     real = DynamoOrders.update
 
-    def dies_recording_the_edit(self, new, expected, entries):
+    def dies_recording_the_edit(self, new, expected, entries, **conditions):
         if entries and entries[0].type == "edited":
             raise TimeoutError("Task timed out")
-        real(self, new, expected, entries)
+        real(self, new, expected, entries, **conditions)
 
     monkeypatch.setattr(DynamoOrders, "update", dies_recording_the_edit)
     died = api.request(
@@ -354,10 +354,10 @@ def test_an_authorization_whose_step_died_before_recording_it_is_voided_by_the_c
     order_id = placed.json()["id"]
     real = DynamoOrders.update
 
-    def dies_recording_the_authorization(self, new, expected, entries):
+    def dies_recording_the_authorization(self, new, expected, entries, **conditions):
         if entries and entries[0].type == "payment_authorized":
             raise TimeoutError("Task timed out")
-        real(self, new, expected, entries)
+        real(self, new, expected, entries, **conditions)
 
     monkeypatch.setattr(DynamoOrders, "update", dies_recording_the_authorization)
     with pytest.raises(TimeoutError):

@@ -15,7 +15,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from core.access import ApiKey, Scope
-from core.errors import Conflict, DuplicateOrder, InsufficientStock, InvalidCursor, InvalidTransition
+from core.errors import Conflict, DuplicateOrder, InsufficientStock, InvalidCursor, InvalidTransition, StaleVersion
 from core.models import HistoryEntry
 from core.ports import OrderFilter, ReturnFilter, WaitingOrder
 from core.return_models import ExchangeInput, Return, ReturnLine
@@ -515,6 +515,19 @@ def test_an_update_that_only_appends_history_keeps_the_version(capture, orders):
 
     assert orders.get(placed.id) == placed
     assert [h.type for h in orders.history(placed.id)[1]] == ["created", "payment_capture_failed"]
+
+
+def test_a_history_only_entry_decided_on_a_history_that_grew_since_is_stale(capture, orders):
+    # Two attempts noting one refusal at once (refusal_noted_once) each decide on the history they
+    # read; the version does not move, so only the history's length can tell the second is stale.
+    placed = capture.place(place_order(), actor="a")
+    noted = HistoryEntry(at=NOW, type="payment_void_failed", actor="b", detail={"kind": "refused"})
+    orders.update(placed, placed, [noted], history_length=1)
+
+    with pytest.raises(StaleVersion):
+        orders.update(placed, placed, [noted], history_length=1)
+
+    assert [h.actor for h in orders.history(placed.id)[1]] == ["a", "b"]
 
 
 def test_lists_are_newest_first_and_pages_chain_to_the_end(capture, orders):

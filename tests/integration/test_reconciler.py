@@ -843,10 +843,10 @@ def an_edit_that_died(aws, monkeypatch: pytest.MonkeyPatch) -> Order:
     order = services.order_repository.get(placed.id)
     real = DynamoOrders.update
 
-    def dies(self: DynamoOrders, new: Order, expected: Order, entries: list[HistoryEntry]) -> None:
+    def dies(self: DynamoOrders, new: Order, expected: Order, entries: list[HistoryEntry], **kw: object) -> None:
         if entries and entries[0].type == "edited":
             raise TimeoutError("the API function timed out before writing the edit")
-        real(self, new, expected, entries)
+        real(self, new, expected, entries, **kw)
 
     with monkeypatch.context() as patched:
         patched.setattr(DynamoOrders, "update", dies)
@@ -1819,10 +1819,10 @@ def test_a_parcel_a_carrier_reported_whose_report_died_before_its_ship_is_shippe
     shipment_id = services.order_repository.get(order.id).shipments[0].id
     real = DynamoOrders.update
 
-    def dies_recording_the_ship(self, new, expected, entries):
+    def dies_recording_the_ship(self, new, expected, entries, **conditions):
         if entries and entries[0].type.value == "shipment_shipped":
             raise RuntimeError("the ship's function died")
-        return real(self, new, expected, entries)
+        return real(self, new, expected, entries, **conditions)
 
     with monkeypatch.context() as patched:  # the ship dies after the gateway captured
         patched.setattr(DynamoOrders, "update", dies_recording_the_ship)

@@ -148,7 +148,7 @@ def test_an_entry_the_scan_died_before_writing_is_on_the_history_the_api_reads_o
     item = stored_return(aws, "ord_d", 1, R.AUTHORIZED, utc_now() - timedelta(days=31))
     orders = DynamoOrders(aws.dynamodb, aws.tables["OrdersTable"])
 
-    def dies(self: DynamoOrders, *args: Any) -> None:
+    def dies(self: DynamoOrders, *args: Any, **kwargs: Any) -> None:
         raise TimeoutError("the scan's Lambda timed out here")
 
     with monkeypatch.context() as patched:

@@ -287,7 +287,7 @@ def test_a_request_retried_with_its_key_after_it_failed_past_the_return_makes_on
     headers = {"Idempotency-Key": "return-after-a-failure"}
     real = DynamoOrders.update
 
-    def busy_once(self: DynamoOrders, *args: Any) -> None:
+    def busy_once(self: DynamoOrders, *args: Any, **kwargs: Any) -> None:
         monkeypatch.setattr(DynamoOrders, "update", real)
         raise TransientError("the Orders table is busy")
 

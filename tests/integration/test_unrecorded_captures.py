@@ -85,10 +85,10 @@ def _write_dies(
 
     real = DynamoOrders.update
 
-    def dies(self: DynamoOrders, new: Order, expected: Order, entries: list[HistoryEntry]) -> None:
+    def dies(self: DynamoOrders, new: Order, expected: Order, entries: list[HistoryEntry], **kw: object) -> None:
         if entries and entries[0].type == entry:
             raise TimeoutError(f"the API function timed out before recording {what}")
-        real(self, new, expected, entries)
+        real(self, new, expected, entries, **kw)
 
     with monkeypatch.context() as patched:
         patched.setattr(DynamoOrders, "update", dies)

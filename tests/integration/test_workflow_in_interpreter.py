@@ -512,10 +512,10 @@ def test_reserve_stock_that_reserved_then_crashed_before_recording_holds_each_un
     real_update = DynamoOrders.update
 
     def reserve_then_crash(event: dict[str, Any], context: Any, real: Handler) -> Any:
-        def update(self: Any, new: Any, old: Any, entries: Any) -> Any:
+        def update(self: Any, new: Any, old: Any, entries: Any, **conditions: Any) -> Any:
             if new.id == order_id and any(entry.type == "stock_reserved" for entry in entries):
                 raise RuntimeError("injected: the container died before the order was written")
-            return real_update(self, new, old, entries)
+            return real_update(self, new, old, entries, **conditions)
 
         monkeypatch.setattr(DynamoOrders, "update", update)
         try:

@@ -27,10 +27,10 @@ def the_ship_dies(monkeypatch: pytest.MonkeyPatch, order: dict[str, Any], shipme
 
     real = DynamoOrders.update
 
-    def dies(self: DynamoOrders, new: Order, expected: Order, entries: list[HistoryEntry]) -> None:
+    def dies(self: DynamoOrders, new: Order, expected: Order, entries: list[HistoryEntry], **kw: object) -> None:
         if entries and entries[0].type == "shipment_shipped":
             raise TimeoutError("the API function timed out before recording the ship")
-        real(self, new, expected, entries)
+        real(self, new, expected, entries, **kw)
 
     with monkeypatch.context() as patched:
         patched.setattr(DynamoOrders, "update", dies)

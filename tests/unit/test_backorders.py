@@ -170,8 +170,8 @@ def test_the_steps_look_at_stock_after_it_is_backordered_does_not_trust_a_laggin
         world.inventory.adjust("PREORDER", "wh-east", 5, reason="receipt")
         real_add(sku, entry)
 
-    def update(order, expected, entries):
-        real_update(order, expected, entries)
+    def update(order, expected, entries, **conditions):
+        real_update(order, expected, entries, **conditions)
         if order.status is S.BACKORDERED and not lagging:
             lagging.append(expected)  # plain reads show the version before this write from now on
 
@@ -445,8 +445,8 @@ def test_a_hold_placed_as_the_order_goes_backordered_ends_the_execution_on_hold(
     world.workflow.authorize_payment(order_id, attempt=0)
     real = world.orders.update
 
-    def update(order, expected, entries):
-        real(order, expected, entries)
+    def update(order, expected, entries, **conditions):
+        real(order, expected, entries, **conditions)
         if order.status is S.BACKORDERED:
             monkeypatch.setattr(world.orders, "update", real)
             Holds(world.orders, clock=lambda: NOW).hold(order_id, HoldRequest(reason="other"), actor="key_ops")
@@ -562,7 +562,7 @@ def test_a_fill_that_crashed_wrote_nothing_and_the_retry_fills(monkeypatch):
     world.inventory.adjust("PREORDER", "wh-west", 1, reason="receipt")
     real = world.orders.update
 
-    def crash(*args):
+    def crash(*args, **kwargs):
         raise RuntimeError("the Lambda timed out before it wrote")
 
     monkeypatch.setattr(world.orders, "update", crash)

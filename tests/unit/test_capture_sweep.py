@@ -994,8 +994,8 @@ def test_a_partly_shipped_order_marked_for_a_refused_refund_changed_and_refused_
     delayed: list[str] = []
     update = world.orders.update
 
-    def seen(new: Order, old: Order, entries: list) -> None:
-        update(new, old, entries)
+    def seen(new: Order, old: Order, entries: list, **conditions: object) -> None:
+        update(new, old, entries, **conditions)
         documents = json.loads(old.stored_json()), json.loads(new.stored_json())
         told.extend(event.type for event in order_events(*documents))
         delayed.extend(n.id for n in notifications(*documents) if n.kind is NotificationKind.DELAYED)

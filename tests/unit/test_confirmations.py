@@ -165,8 +165,8 @@ def lagging_reads(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     real_get, real_update = world.orders.get, world.orders.update
     before: dict[str, Order] = {}
 
-    def update(order: Order, expected: Order, entries: list) -> None:
-        real_update(order, expected, entries)
+    def update(order: Order, expected: Order, entries: list, **conditions) -> None:
+        real_update(order, expected, entries, **conditions)
         before[order.id] = expected
 
     def get(order_id: str, consistent: bool = False) -> Order | None:

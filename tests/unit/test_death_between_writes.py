@@ -36,8 +36,8 @@ def dies_after_recording(world: World, monkeypatch: pytest.MonkeyPatch, event: s
     seen: list[bool] = []
     died: list[bool] = []
 
-    def update(order: Order, expected: Order, entries: list[HistoryEntry]) -> None:
-        real(order, expected, entries)
+    def update(order: Order, expected: Order, entries: list[HistoryEntry], **conditions) -> None:
+        real(order, expected, entries, **conditions)
         if not died and any(entry.type == event for entry in entries):
             seen.append(True)
             if len(seen) == nth:
@@ -334,8 +334,8 @@ def recording_writes(world: World, monkeypatch: pytest.MonkeyPatch) -> list[tupl
     real = world.orders.update
     writes: list[tuple[Order, Order]] = []
 
-    def update(order: Order, expected: Order, entries: list[HistoryEntry]) -> None:
-        real(order, expected, entries)
+    def update(order: Order, expected: Order, entries: list[HistoryEntry], **conditions) -> None:
+        real(order, expected, entries, **conditions)
         writes.append((expected, order))
 
     monkeypatch.setattr(world.orders, "update", update)

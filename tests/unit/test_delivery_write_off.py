@@ -123,11 +123,11 @@ class AReportInBetween:
         self._orders = orders
         self.between: Callable[[], object] | None = None
 
-    def update(self, order: Order, expected: Order, entries: list[HistoryEntry]) -> None:
+    def update(self, order: Order, expected: Order, entries: list[HistoryEntry], **conditions) -> None:
         if self.between is not None and any(e.type is OrderEvent.DELIVERY_NOT_RECORDED for e in entries):
             race, self.between = self.between, None
             race()
-        self._orders.update(order, expected, entries)
+        self._orders.update(order, expected, entries, **conditions)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._orders, name)

@@ -569,7 +569,7 @@ def test_release_after_a_hold_placed_while_pending_reuses_the_authorization_key(
     order_id = world.place(("MUG", 1))
     real = world.orders.update
 
-    def crash(order, expected, entries):
+    def crash(order, expected, entries, **conditions):
         monkeypatch.setattr(world.orders, "update", real)
         raise RuntimeError("the Lambda died after the gateway answered")
 
@@ -899,10 +899,10 @@ def test_a_hold_stands_when_the_stock_and_then_its_note_both_fail(world, monkeyp
     monkeypatch.setattr(world.inventory, "shrink", inventory_down)
     write = world.orders.update
 
-    def orders_down_for_the_note(new: Order, expected: Order, entries: list) -> None:
+    def orders_down_for_the_note(new: Order, expected: Order, entries: list, **conditions: object) -> None:
         if any(entry.type == "surplus_not_given_back" for entry in entries):
             raise InventoryDown("the orders table is busy too")
-        write(new, expected, entries)
+        write(new, expected, entries, **conditions)
 
     monkeypatch.setattr(world.orders, "update", orders_down_for_the_note)
 

@@ -609,7 +609,7 @@ def test_an_expiry_that_died_before_the_orders_entry_has_it_written_once_by_the_
     clock.advance(days=31)
     real = world.orders.update
 
-    def dies(order: Order, expected: Order, entries: list) -> None:
+    def dies(order: Order, expected: Order, entries: list, **conditions: object) -> None:
         raise RuntimeError("the scan's Lambda timed out here")
 
     monkeypatch.setattr(world.orders, "update", dies)
@@ -641,10 +641,10 @@ def test_a_return_whose_orders_entry_keeps_losing_races_does_not_stop_the_pass(w
     clock.advance(minutes=6)
     real = world.orders.update
 
-    def races(order: Order, expected: Order, entries: list) -> None:
+    def races(order: Order, expected: Order, entries: list, **conditions: object) -> None:
         if order.id == raced.order_id:
             raise StaleVersion(f"order {order.id} changed")
-        real(order, expected, entries)
+        real(order, expected, entries, **conditions)
 
     monkeypatch.setattr(world.orders, "update", races)
     done = return_scan(world, clock, returns).run()

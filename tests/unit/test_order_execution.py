@@ -835,10 +835,10 @@ def test_a_pickup_whose_collect_died_after_the_capture_is_not_expired_under_it(w
     world.actions.ready(order.id, shipment.id, actor="key_store")
     real = world.orders.update
 
-    def dies_recording_the_collect(new, expected, entries):
+    def dies_recording_the_collect(new, expected, entries, **conditions):
         if entries and entries[0].type == "shipment_delivered":
             raise TimeoutError("Task timed out")
-        real(new, expected, entries)
+        real(new, expected, entries, **conditions)
 
     monkeypatch.setattr(world.orders, "update", dies_recording_the_collect)
     with pytest.raises(TimeoutError):

@@ -96,11 +96,11 @@ def test_the_pass_racing_the_carriers_retry_records_the_parcel_once(world, clock
     real = world.orders.update
     raced: list[bool] = []
 
-    def update(order, expected, entries):
+    def update(order, expected, entries, **conditions):
         if not raced and entries and entries[0].type.value == "shipment_shipped" and entries[0].actor == ACTOR:
             raced.append(True)
             world.actions.deliver(marked.id, shipment_id, actor="key_carrier")  # lands first
-        real(order, expected, entries)
+        real(order, expected, entries, **conditions)
 
     monkeypatch.setattr(world.orders, "update", update)
 

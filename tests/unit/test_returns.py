@@ -445,11 +445,11 @@ def the_next_order_write_dies(world: World, monkeypatch: pytest.MonkeyPatch) -> 
     real = world.orders.update
     died: list[bool] = []
 
-    def update(order: Order, expected: Order, entries: list) -> None:
+    def update(order: Order, expected: Order, entries: list, **conditions) -> None:
         if not died:
             died.append(True)
             raise LambdaDied()
-        real(order, expected, entries)
+        real(order, expected, entries, **conditions)
 
     monkeypatch.setattr(world.orders, "update", update)
 
@@ -910,10 +910,10 @@ def test_a_replacement_placed_before_credits_were_held_holds_its_credit_when_its
     returns.record_on_order(item.id, "key_wh")
     real = world.orders.update
 
-    def dies_recording_the_exchange(new: Order, expected: Order, entries: list) -> None:
+    def dies_recording_the_exchange(new: Order, expected: Order, entries: list, **conditions: object) -> None:
         if any(entry.type is OrderEvent.EXCHANGE_PLACED for entry in entries):
             raise LambdaDied()
-        real(new, expected, entries)
+        real(new, expected, entries, **conditions)
 
     monkeypatch.setattr(world.orders, "update", dies_recording_the_exchange)
     with pytest.raises(LambdaDied):

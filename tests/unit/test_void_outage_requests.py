@@ -8,7 +8,11 @@ records its attempts as before, and the gateway's refusal, or its void once back
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from core.events import OrderEvent
+from core.models import HistoryEntry, Order
 from tests.unit.test_settlement_capture_not_made import shipped_west
 
 VOID_FAILED = OrderEvent.PAYMENT_VOID_FAILED
@@ -97,3 +101,78 @@ def test_a_cancel_repeated_by_its_caller_through_a_refused_void_stops_recording_
     world.gateway.script("void", "approve")
     voided = world.actions.cancel(order.id, "not wanted", actor="key_web")
     assert voided.payment.status.value == "voided"
+
+
+class AnAttemptInBetween:
+    """The order repository, in whose next write of a `payment_void_failed` entry `between` (the
+    same request sent again) runs whole before that write lands: it reads the history the first
+    read, without that entry, as a retry racing it on another function would."""
+
+    def __init__(self, orders: object) -> None:
+        self._orders = orders
+        self.between: Callable[[], object] | None = None
+
+    def update(self, order: Order, expected: Order, entries: list[HistoryEntry], **conditions) -> None:
+        if self.between is not None and any(e.type is VOID_FAILED for e in entries):
+            race, self.between = self.between, None
+            race()
+        self._orders.update(order, expected, entries, **conditions)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._orders, name)
+
+
+def racing_world(monkeypatch) -> tuple[object, AnAttemptInBetween]:
+    """A world with metrics on, whose order repository runs a race (AnAttemptInBetween)."""
+    from functions.business_metrics import MeteredOrders, flush
+    from tests.unit.test_unit_cancellation import STOCK
+    from tests.unit.world import build_world
+
+    monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "false")
+    monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "OMS")
+    flush()
+    racing: list[AnAttemptInBetween] = []
+
+    def wrap(fake: object) -> AnAttemptInBetween:
+        racing.append(AnAttemptInBetween(MeteredOrders(fake)))
+        return racing[0]
+
+    world = build_world(STOCK, wrap_orders=wrap)
+    return world, racing[0]
+
+
+def test_a_cancel_and_its_retry_at_once_through_a_refused_void_record_and_count_its_refusal_once(monkeypatch, capsys):
+    # Before: refusal_noted_once asked "this very refusal the history's last?" before and apart
+    # from its conditional write (a history-only entry, the version unmoved): both passed, and both
+    # wrote their entry (two entries, VoidsNotMadeAlarm counted twice).
+    from tests.unit.test_business_metrics import emitted
+
+    world, racing = racing_world(monkeypatch)
+    order = world.allocated(("MUG", 1))
+    world.gateway.script("void", "refuse")
+    world.actions.cancel(order.id, "not wanted", actor="key_web")
+    world.actions.cancel(order.id, "not wanted", actor="key_web")  # past the booking's cancel
+    before = world.history(order.id)
+    emitted(capsys)
+    refused = ("PaymentFailures", (("kind", "refused"), ("operation", "void")))
+
+    racing.between = lambda: world.actions.cancel(order.id, "not wanted", actor="key_cs")
+    world.actions.cancel(order.id, "not wanted", actor="key_cs")
+
+    assert racing.between is None  # the retry ran inside the first's write
+    assert void_entries(world, order.id, len(before)) == [("refused", "key_cs")]
+    assert emitted(capsys)[refused] == [1.0]
+
+
+def test_a_cancel_and_its_retry_at_once_through_a_void_outage_record_its_attempts_once(monkeypatch):
+    # Before: request_outage_noted_once asked "the outage the history's last already?" before the
+    # first attempt's write: both requests found it not, and both wrote their three attempts.
+    world, racing = racing_world(monkeypatch)
+    order = world.allocated(("MUG", 1))
+    world.gateway.script("void", "transient")
+    racing.between = lambda: world.actions.cancel(order.id, "not wanted", actor="key_cs")
+
+    world.actions.cancel(order.id, "not wanted", actor="key_cs")
+
+    assert racing.between is None
+    assert void_entries(world, order.id, 0) == [("transient", "key_cs")] * 3

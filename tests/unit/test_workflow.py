@@ -49,11 +49,11 @@ def crash_once(world: World, monkeypatch: pytest.MonkeyPatch) -> list[int]:
     real = world.orders.update
     calls: list[int] = []
 
-    def update(order: Order, expected: Order, entries: list[HistoryEntry]) -> None:
+    def update(order: Order, expected: Order, entries: list[HistoryEntry], **conditions) -> None:
         calls.append(order.version)
         if len(calls) == 1:
             raise RuntimeError("the Lambda timed out before it wrote")
-        real(order, expected, entries)
+        real(order, expected, entries, **conditions)
 
     monkeypatch.setattr(world.orders, "update", update)
     return calls
@@ -656,8 +656,8 @@ def test_an_edit_never_releases_the_key_its_own_version_is_authorized_under(monk
     placed = world.order(order_id)
     real = world.orders.update
 
-    def update(order: Order, expected: Order, entries: list[HistoryEntry]) -> None:
-        real(order, expected, entries)
+    def update(order: Order, expected: Order, entries: list[HistoryEntry], **conditions) -> None:
+        real(order, expected, entries, **conditions)
         if entries and entries[0].type == "edited":
             with pytest.raises(TransientError):
                 world.workflow.authorize_payment(order_id, attempt=0)
@@ -696,10 +696,10 @@ def dies_recording_the_authorization(world: World, monkeypatch: pytest.MonkeyPat
     nothing in the order's history says an attempt was made."""
     real = world.orders.update
 
-    def update(order: Order, expected: Order, entries: list[HistoryEntry]) -> None:
+    def update(order: Order, expected: Order, entries: list[HistoryEntry], **conditions) -> None:
         if entries and entries[0].type == "payment_authorized":
             raise RuntimeError("the Lambda timed out before it wrote")
-        real(order, expected, entries)
+        real(order, expected, entries, **conditions)
 
     monkeypatch.setattr(world.orders, "update", update)
 
@@ -1112,11 +1112,11 @@ def test_a_step_that_loses_its_write_to_another_step_asks_for_a_retry(world, mon
     world.workflow.authorize_payment(order_id, attempt=0)
     real = world.orders.update
 
-    def update(order: Order, expected: Order, entries: list[HistoryEntry]) -> None:
+    def update(order: Order, expected: Order, entries: list[HistoryEntry], **conditions) -> None:
         current = world.order(order.id)
         bumped = current.model_copy(update={"version": current.version + 1})
         real(bumped, current, [])  # someone else wrote first
-        real(order, expected, entries)
+        real(order, expected, entries, **conditions)
 
     monkeypatch.setattr(world.orders, "update", update)
     with pytest.raises(TransientError):
@@ -1218,9 +1218,9 @@ def test_the_loser_of_the_race_reads_the_order_consistently_before_it_releases(w
     real_get = world.orders.get
     stale: list[Order] = []
 
-    def update(order, expected, entries):
+    def update(order, expected, entries, **conditions):
         try:
-            lost_to(order, expected, entries)
+            lost_to(order, expected, entries, **conditions)
         except StaleVersion:
             stale.append(expected)  # the next read still shows the version this write expected
             raise

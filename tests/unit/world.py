@@ -217,13 +217,13 @@ def before_the_next_write(
     landed: list[bool] = []
     skipped: list[bool] = []
 
-    def update(order: Order, expected: Order, entries: list[HistoryEntry]) -> None:
+    def update(order: Order, expected: Order, entries: list[HistoryEntry], **conditions) -> None:
         if len(skipped) < skip:
             skipped.append(True)
         elif not landed:
             landed.append(True)
             action()
-        real(order, expected, entries)
+        real(order, expected, entries, **conditions)
 
     monkeypatch.setattr(world.orders, "update", update)
     return landed
@@ -250,11 +250,11 @@ def dies_before_recording(world: World, monkeypatch: pytest.MonkeyPatch, event: 
     real = world.orders.update
     died: list[bool] = []
 
-    def update(order: Order, expected: Order, entries: list[HistoryEntry]) -> None:
+    def update(order: Order, expected: Order, entries: list[HistoryEntry], **conditions) -> None:
         if not died and entries and entries[0].type == event:
             died.append(True)
             raise Died(event)
-        real(order, expected, entries)
+        real(order, expected, entries, **conditions)
 
     monkeypatch.setattr(world.orders, "update", update)
 
