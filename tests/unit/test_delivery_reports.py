@@ -24,7 +24,7 @@ from tests.unit.test_capture_sweep import (
     a_pass,
 )
 from tests.unit.test_parcels_to_confirm import held_for_a_parcel
-from tests.unit.world import Clock, Died, World, dies_before_recording
+from tests.unit.world import Clock, Died, World, dies_before_recording, ships_died
 
 
 def held_for_parcels(
@@ -34,11 +34,7 @@ def held_for_parcels(
     scan's pass for a person to confirm whether they left: the order and those shipments."""
     order = world.allocated(*(lines or [("TSHIRT", 2)]))
     shipment_ids = [s.id for s in order.shipments[:dead]]
-    for shipment_id in shipment_ids:
-        with monkeypatch.context() as patched:
-            dies_before_recording(world, patched, "shipment_shipped")
-            with pytest.raises(Died):
-                world.actions.ship(order.id, shipment_id, None, actor="key_wh")
+    ships_died(world, monkeypatch, order.id, shipment_ids)
     clock.advance(**LATE)
     assert a_pass(world, clock).held == [order.id]
     held = world.order(order.id)

@@ -29,7 +29,7 @@ from tests.unit.test_capture_sweep import (
 )
 from tests.unit.test_delivery_reports import held_for_parcels, the_ship_dies
 from tests.unit.test_kept_back_sweep import InMemoryKeptBackRefunds
-from tests.unit.world import Clock, Died, World, a_ship_that_died, dies_before_recording
+from tests.unit.world import Clock, Died, World, a_ship_that_died, ships_died
 
 ACTOR = "reconciler"
 AFTER = timedelta(minutes=15)
@@ -201,11 +201,7 @@ def first_reported_on_a_hold_for_both(world: World, clock: Clock, monkeypatch: p
     (marked, the hold narrowed to the second). The order, and the two shipments."""
     order = world.allocated(("TSHIRT", 2), ("CAP", 1))
     shipment_ids = [s.id for s in order.shipments]
-    for shipment_id in shipment_ids:
-        with monkeypatch.context() as patched:
-            dies_before_recording(world, patched, "shipment_shipped")
-            with pytest.raises(Died):
-                world.actions.ship(order.id, shipment_id, None, actor="key_wh")
+    ships_died(world, monkeypatch, order.id, shipment_ids)
     clock.advance(**LATE)
     with monkeypatch.context() as patched:
         patched.setattr(

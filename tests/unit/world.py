@@ -259,6 +259,16 @@ def dies_before_recording(world: World, monkeypatch: pytest.MonkeyPatch, event: 
     monkeypatch.setattr(world.orders, "update", update)
 
 
+def ships_died(world: World, monkeypatch: pytest.MonkeyPatch, order_id: str, shipment_ids: list[str]) -> None:
+    """Each of the order's `shipment_ids` shipped by the warehouse, each ship dying after the
+    gateway captured its share, before the order recorded it."""
+    for shipment_id in shipment_ids:
+        with monkeypatch.context() as patched:
+            dies_before_recording(world, patched, "shipment_shipped")
+            with pytest.raises(Died):
+                world.actions.ship(order_id, shipment_id, None, actor="key_wh")
+
+
 def a_ship_that_died(world: World, monkeypatch: pytest.MonkeyPatch, *lines: tuple[str, int]) -> tuple[Order, str]:
     """An allocated order whose first shipment's ship died after the gateway captured its share,
     before the order recorded it: the order as it was, and the shipment."""
