@@ -275,9 +275,10 @@ class UnitCancellation:
             return self.cancel_given_up(self._cancellation.cancel(order_id, reason, actor, channel=channel), actor)
         # No shipment yet (held from such a status too: between ReserveStock and CreateShipments, or
         # waiting for stock): its workflow settles its stock, which a release down to what its
-        # shipments need would free whole while the order still records it allocated.
-        resumes_to = order.hold.resume_to if order.status is S.ON_HOLD and order.hold is not None else order.status
-        if resumes_to in (S.PENDING, S.AUTHORIZED, S.BACKORDERED):
+        # shipments need would free whole while the order still records it allocated. Not a
+        # written-off parcel's units: they left with the carrier (release_owed).
+        if _before_its_shipments(order):
+            self._ship_written_off(order)
             return order
         self.cancel_given_up(self.book_labels_due(order, actor), actor)
         return self._settle(self._current(order_id), actor)
@@ -369,13 +370,16 @@ class UnitCancellation:
         what its shipments still need, as a repeat of the cancel would (each shrink or release
         conditional on what the reservation holds: never twice), then clears the record. An order
         back before its shipments since (pending, authorized or backordered, held or not) is left to
-        its workflow, which settles its stock, as a keyed retry leaves it (_replayed). Returns the
+        its workflow, which settles its stock, as a keyed retry leaves it (_replayed); but for the
+        units of a parcel a cancel wrote off, which left with their carrier whatever the order does
+        next: they leave on_hand in every case (_ship_written_off), never back on sale. Returns the
         order as it then is."""
         order = self._current(order.id)
         if not order.stock_owed:
             return order
-        resumes_to = order.hold.resume_to if order.status is S.ON_HOLD and order.hold is not None else order.status
-        if resumes_to not in (S.PENDING, S.AUTHORIZED, S.BACKORDERED):
+        if _before_its_shipments(order):
+            self._ship_written_off(order)
+        else:
             self._release_stock(order)
         self._stock_released(order)
         return self._current(order.id)
@@ -398,9 +402,7 @@ class UnitCancellation:
         none. A shipment that left is not touched: its units leave on_hand with its ship (idempotent).
         Nor is one a cancel wrote off (Order.written_off): it left with its carrier, so its units
         leave on_hand here, as a ship's do (idempotent by reservation key), never back on sale."""
-        written_off = written_off_stock(order)
-        for item in sorted(written_off):
-            self._inventory.ship(*item)
+        written_off = self._ship_written_off(order)
         sku_of = {line.line_id: line.sku for line in order.lines}
         locations = holding_locations(order, self._catalog.list_locations())
         keys: dict[tuple[str, str], list[str]] = defaultdict(list)
@@ -433,6 +435,15 @@ class UnitCancellation:
                     self._inventory.release(sku, location_id, key)
                 else:
                     self._inventory.shrink(sku, location_id, key, held=quantity, keep=keep)
+
+    def _ship_written_off(self, order: Order) -> frozenset[tuple[str, str, str]]:
+        """The units of the parcels a cancel wrote off (Order.written_off) leave on_hand, as a ship's
+        do (idempotent by reservation key: a second ship of a key finds nothing held). Returns their
+        reservations ((sku, location_id, key)), which nothing may release."""
+        written_off = written_off_stock(order)
+        for item in sorted(written_off):
+            self._inventory.ship(*item)
+        return written_off
 
     def cancel_given_up(self, order: Order, actor: str) -> Order:
         """Cancel with their carrier the bookings the order gave up (CarrierBookings). Returns the
@@ -749,6 +760,13 @@ class UnitCancellation:
             if current.payment.authorization == authorization and current.payment.captured < current.payment.authorized
             else None,
         )  # fmt: skip
+
+
+def _before_its_shipments(order: Order) -> bool:
+    """Whether the order is back before its shipments (pending, authorized or backordered, held
+    from one of those or not): its workflow settles its stock from there."""
+    resumes_to = order.hold.resume_to if order.status is S.ON_HOLD and order.hold is not None else order.status
+    return resumes_to in (S.PENDING, S.AUTHORIZED, S.BACKORDERED)
 
 
 def _held_by_shipments(order: Order) -> frozenset[tuple[str, str, str, int]]:
