@@ -19,7 +19,7 @@ from plugins.testing.gateway import RecordingGateway
 from tests.unit.test_payment_truth import Removed
 from tests.unit.test_unit_cancellation import STOCK as CANCEL_STOCK
 from tests.unit.test_unit_cancellation import PerUnitShipping
-from tests.unit.world import Clock, Died, World, build_world, dies_before_recording
+from tests.unit.world import Clock, Died, World, build_racing_world, build_world, dies_before_recording
 
 STOCK = [("TSHIRT", "wh-west", 10)]
 ACTOR = "reconciler"
@@ -252,3 +252,48 @@ def test_a_refund_whose_payment_plugin_was_removed_stays_pending_noted_once_and_
     assert sweep(world, clock).run(ACTOR) == [refund.id]
     assert world.order(order_id).payment.refunded == Money.of("5.00", "USD")
     assert len(world.spy.refunded) == 1
+
+
+def test_two_passes_at_once_through_an_outage_the_history_does_not_show_yet_record_it_once(clock, monkeypatch):
+    # Before: each pass asked "is the refund's last entry transient already?" before its write
+    # (RefundService._outage_noted_once): both found it not, and both wrote their attempt.
+    world, race = build_racing_world(STOCK, OrderEvent.PAYMENT_REFUND_FAILED, clock=clock)
+    order_id = shipped(world)
+    with monkeypatch.context() as patched:
+        patched.setattr(world.refunds, "_ask_gateway", dies)
+        with pytest.raises(TimeoutError):
+            world.refunds.issue_refund(order_id, Money.of("5.00", "USD"), "late delivery", "k1", actor="key_cs")
+    world.gateway.script("refund", "transient")
+    clock.advance(minutes=20)
+    race.between = lambda: sweep(world, clock).run(ACTOR)
+
+    assert sweep(world, clock).run(ACTOR) == []
+
+    assert race.between is None  # the other pass ran inside this one's write
+    assert refund_failures(world, order_id) == [(ACTOR, "transient", 1)]
+
+
+def not_finished(world: World, clock: Clock) -> None:
+    with pytest.raises(SweepIncomplete):
+        sweep(world, clock).run(ACTOR)
+
+
+def test_two_passes_at_once_at_a_refund_whose_payment_plugin_was_removed_note_it_once(clock):
+    # Before: each pass asked "is the refund's last entry no_plugin already?" before its write
+    # (RefundService._unanswered_noted_once): both found it not, and both wrote their attempt.
+    removed = Removed()
+    world, race = build_racing_world(STOCK, OrderEvent.PAYMENT_REFUND_FAILED, removed, clock=clock)
+    order_id = shipped(world)
+    with pytest.MonkeyPatch.context() as patched:
+        dies_before_recording(world, patched, "payment_refunded")
+        with pytest.raises(Died):
+            world.refunds.issue_refund(order_id, Money.of("5.00", "USD"), "late delivery", "k1", actor="key_cs")
+    removed.gone = True
+    clock.advance(minutes=20)
+    race.between = lambda: not_finished(world, clock)
+
+    not_finished(world, clock)
+
+    assert race.between is None
+    assert refund_failures(world, order_id) == [(ACTOR, "no_plugin", 1)]
+    assert [refund.status for refund in world.order(order_id).payment.refunds] == ["pending"]
