@@ -387,28 +387,27 @@ class RefundService:
         plugin is back): a `no_plugin` failure only when the refund's last entry is not one already.
         A refusal is always recorded. Both are judged in the entry's write's decision, on the history
         it is conditional on (failure_recorder's `unless`): of two calls racing (the sweep and a
-        return step repeated), the one whose write lands second records nothing."""
-        amount = (part or refund).amount.model_dump(mode="json")
+        return step repeated), the one whose write lands second records nothing. Any other attempt
+        is recorded with no read of the history."""
         named = {"authorization": part.authorization} if part else {}
-        once = {"transient": again, "no_plugin": not fresh}  # the kinds the refund's history says once
-
-        def noted(failure: Failure, entries: list[HistoryEntry]) -> bool:
-            return once.get(failure.kind, False) and _last_failure_kind(entries, refund.id) == failure.kind
-
-        record = failure_recorder(
-            self._orders, order_id, actor, self._clock, unless=noted if any(once.values()) else None,
-            refund_id=refund.id, amount=amount, **named,
+        detail = {"refund_id": refund.id, "amount": (part or refund).amount.model_dump(mode="json"), **named}
+        record = failure_recorder(self._orders, order_id, actor, self._clock, **detail)
+        noted_once = failure_recorder(
+            self._orders, order_id, actor, self._clock,
+            unless=lambda failure, entries: _last_failure_kind(entries, refund.id) == failure.kind, **detail,
         )  # fmt: skip
-        if not again:
-            return record
-        asked: list[Failure] = []  # this call's first transient failure: the only one it may record
+        once = {"transient": again, "no_plugin": not fresh}  # the kinds the refund's history says once
+        asked: list[bool] = []  # whether this call met a transient failure already
 
         def on_failure(failure: Failure) -> None:
+            if not once.get(failure.kind, False):
+                record(failure)  # a refusal, or an attempt this call records every time
+                return
             if failure.kind == "transient":
                 if asked:
                     return  # once a call
-                asked.append(failure)
-            record(failure)
+                asked.append(True)
+            noted_once(failure)
 
         return on_failure
 
