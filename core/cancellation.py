@@ -940,8 +940,11 @@ class Cancellation:
         removed plugin: the request stands for when it is back, unless it is `fresh` (the caller's
         own write made it, so nothing was asked under it before). `unless_repeated`: a refusal the
         history ends with already (refusal_recorded_last, as capture_share left it) goes with no
-        entry. The settlement's, once recorded, is logged at ERROR naming the order, the amount and
-        its currency (the entry counts for SettlementCapturesNotMadeAlarm). Returns the order as it
+        entry: decided before the write, not in it, as the write is conditional on the request it
+        takes away, so of two calls refused one request at once only one's lands (the other, read
+        again, finds no request and records nothing): the capture not made is recorded once. The
+        settlement's, once recorded, is logged at ERROR naming the order, the amount and its
+        currency (the entry counts for SettlementCapturesNotMadeAlarm). Returns the order as it
         then is (None when nothing was recorded). `written` gets the version this call's write
         recorded it in."""
         if isinstance(refused, NoPaymentPlugin) and not fresh:

@@ -210,7 +210,7 @@ def outage_noted_once(
     a pass asks again each run while the plugin is out of the deployment (a capture request a ship
     or a settlement left standing, which stands for when the plugin is back): not recorded while
     the history ends with that very attempt (the same actor and `detail`: _refused_last), as the
-    pending-refund pass notes a refund's (RefundService._unanswered_noted_once). A refusal is
+    pending-refund pass notes a refund's (RefundService._recorder). A refusal is
     always recorded. Both repeats (and `unless`'s) are judged in the entry's write's decision
     (failure_recorder): two passes racing note the outage, or the attempt, once."""
     first: list[Failure] = []  # this call's first transient failure: the only one it may record
@@ -276,24 +276,6 @@ def request_outage_noted_once(
                 return
             if not first:
                 first.append(failure)
-        record(failure)
-
-    return on_failure
-
-
-def noted_once(record: OnFailure, already_noted: Callable[[Failure], bool]) -> OnFailure:
-    """`record`, but of a call's transient failures only the first, and that one only when
-    `already_noted` says the history does not hold it yet. A refusal is always recorded."""
-    noted = False
-
-    def on_failure(failure: Failure) -> None:
-        nonlocal noted
-        if failure.kind == "transient":
-            if noted:
-                return
-            noted = True
-            if already_noted(failure):
-                return
         record(failure)
 
     return on_failure

@@ -23,7 +23,7 @@ from core.models import (
     RefundPart,
 )
 from core.money import Money
-from core.order_changes import ATTEMPTS, Changes, failure_recorder, modify, noted_once, visible
+from core.order_changes import ATTEMPTS, Changes, failure_recorder, modify, visible
 from core.payments import Failure, OnFailure, Payments
 from core.ports import KeptBackRefunds, OrderRepository, PendingRefunds, ReturnRepository
 from core.refunds import (
@@ -188,7 +188,7 @@ class RefundService:
         finishes them) and, with `begun_before`, those begun since (still in their request's
         hands); PaymentGatewayUnavailable while it stays down. Asked again through an outage (the
         sweep asks every few minutes), a refund's history says the gateway is unavailable once,
-        not once per failed attempt of every pass (_outage_noted_once). `down`: the payment
+        not once per failed attempt of every pass (_recorder). `down`: the payment
         methods whose gateway the caller found unavailable; an order paid by one is not asked
         (nothing is done: []), and a method found unavailable here is added to it. NoPaymentPlugin
         when no payment plugin takes the order's method: the refunds stay pending (_ask_gateway).
@@ -219,7 +219,7 @@ class RefundService:
     ) -> PaymentRefund:  # fmt: skip
         """Ask the gateway for the pending `refund` under its key and record its answer: the refund
         `succeeded`, or `failed` when refused. `again`: asked by a pass that asks every few minutes
-        (_outage_noted_once). `fresh`: the caller has just written the refund, so nothing asked the
+        (_recorder). `fresh`: the caller has just written the refund, so nothing asked the
         gateway for it before; a refund no payment plugin takes is then `failed` (nothing moved),
         and otherwise stays pending, NoPaymentPlugin raised, its `no_plugin` attempt in the history
         once however often it is asked: the call that left it may have refunded through the
@@ -377,48 +377,39 @@ class RefundService:
         self, order_id: str, refund: PaymentRefund, actor: str, *, again: bool, fresh: bool,
         part: RefundPart | None = None,
     ) -> OnFailure:  # fmt: skip
-        """How a failed attempt at `refund` (at its `part`, split) is recorded in the history."""
-        amount = (part or refund).amount.model_dump(mode="json")
+        """How a failed attempt at `refund` (at its `part`, split) is recorded in the history.
+        `again` (a pass that asks every few minutes): a transient failure once a call, and only
+        when the refund's last entry on the order's history does not say the gateway was
+        unavailable already: the entry that does keeps when the outage began and what the gateway
+        said; the refund stays `pending` (GET /orders/{id}/refunds) until an answer, which is
+        recorded as ever. Not `fresh` (the refund was asked before: a refund waiting for its payment
+        plugin is asked again by every sweep pass, and repeat, cancel or return step, until the
+        plugin is back): a `no_plugin` failure only when the refund's last entry is not one already.
+        A refusal is always recorded. Both are judged in the entry's write's decision, on the history
+        it is conditional on (failure_recorder's `unless`): of two calls racing (the sweep and a
+        return step repeated), the one whose write lands second records nothing. Any other attempt
+        is recorded with no read of the history."""
         named = {"authorization": part.authorization} if part else {}
-        recorder = failure_recorder(
-            self._orders, order_id, actor, self._clock, refund_id=refund.id, amount=amount, **named
-        )
-        if again:
-            recorder = self._outage_noted_once(order_id, refund.id, recorder)
-        if not fresh:
-            recorder = self._unanswered_noted_once(order_id, refund.id, recorder)
-        return recorder
-
-    def _outage_noted_once(self, order_id: str, refund_id: str, record: OnFailure) -> OnFailure:
-        """`record`, but a transient failure is recorded only when the refund's last entry on the
-        order's history does not already say the gateway was unavailable, and once a call: the
-        entry that does keeps when the outage began and what the gateway said; the refund stays
-        `pending` (GET /orders/{id}/refunds) until an answer, which is recorded as ever. A refusal
-        is always recorded."""
-        return noted_once(record, lambda _failure: self._last_failure_kind(order_id, refund_id) == "transient")
-
-    def _unanswered_noted_once(self, order_id: str, refund_id: str, record: OnFailure) -> OnFailure:
-        """`record`, but a `no_plugin` failure only when the refund's last entry on the order's
-        history is not one already: a refund waiting for its payment plugin is asked again by every
-        sweep pass (and repeat, cancel or return step) until the plugin is back."""
+        detail = {"refund_id": refund.id, "amount": (part or refund).amount.model_dump(mode="json"), **named}
+        record = failure_recorder(self._orders, order_id, actor, self._clock, **detail)
+        noted_once = failure_recorder(
+            self._orders, order_id, actor, self._clock,
+            unless=lambda failure, entries: _last_failure_kind(entries, refund.id) == failure.kind, **detail,
+        )  # fmt: skip
+        once = {"transient": again, "no_plugin": not fresh}  # the kinds the refund's history says once
+        asked: list[bool] = []  # whether this call met a transient failure already
 
         def on_failure(failure: Failure) -> None:
-            if failure.kind == "no_plugin" and self._last_failure_kind(order_id, refund_id) == "no_plugin":
+            if not once.get(failure.kind, False):
+                record(failure)  # a refusal, or an attempt this call records every time
                 return
-            record(failure)
+            if failure.kind == "transient":
+                if asked:
+                    return  # once a call
+                asked.append(True)
+            noted_once(failure)
 
         return on_failure
-
-    def _last_failure_kind(self, order_id: str, refund_id: str) -> str | None:
-        """The kind of the refund's last entry on the order's history, when that is a failed
-        attempt (transient, refused or no_plugin); None otherwise."""
-        found = self._orders.history(order_id)
-        if found is None:
-            return None
-        about = [entry for entry in found[1] if (entry.detail or {}).get("refund_id") == refund_id]
-        if not about or about[-1].type is not OrderEvent.PAYMENT_REFUND_FAILED:
-            return None
-        return about[-1].detail["kind"]
 
     @staticmethod
     def _still_pending(order: Order, refund_id: str) -> bool:
@@ -449,6 +440,15 @@ class RefundService:
             order.payment.refunds, lambda refund: Refund.shown(order.id, refund),
             lambda refund: refund.status != "pending", order_id, "refunds", limit, cursor,
         )  # fmt: skip
+
+
+def _last_failure_kind(entries: list[HistoryEntry], refund_id: str) -> str | None:
+    """The kind of the refund's last entry among `entries` (the order's history), when that is a
+    failed attempt (transient, refused or no_plugin); None otherwise."""
+    about = [entry for entry in entries if (entry.detail or {}).get("refund_id") == refund_id]
+    if not about or about[-1].type is not OrderEvent.PAYMENT_REFUND_FAILED:
+        return None
+    return about[-1].detail["kind"]
 
 
 def _refuse_while_settling(order: Order) -> None:

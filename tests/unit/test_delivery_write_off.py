@@ -18,14 +18,10 @@ of a marked parcel the gateway did not refuse, or by a key without orders:approv
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 import pytest
 
 from core.errors import InvalidTransition, PaymentRefused
 from core.events import OrderEvent
-from core.models import HistoryEntry, Order
 from core.money import Money
 from core.status import OrderStatus, PaymentStatus, ShipmentStatus
 from functions.business_metrics import MeteredOrders
@@ -33,7 +29,7 @@ from tests.unit.test_business_metrics import emitted
 from tests.unit.test_capture_sweep import STOCK
 from tests.unit.test_delivery_report_refused import NOT_RECORDED, errors, metrics  # noqa: F401 (a fixture)
 from tests.unit.test_delivery_reports import held_for_parcels
-from tests.unit.world import Clock, World, build_world
+from tests.unit.world import Clock, World, build_racing_world, build_world
 
 PERSON = "key_ops"
 
@@ -114,25 +110,6 @@ def test_a_refusal_of_one_parcel_right_after_anothers_is_recorded_and_a_repeat_o
     assert NOT_RECORDED not in emitted(capsys)
 
 
-class AReportInBetween:
-    """The order repository, in whose next write of a `delivery_not_recorded` entry `between` (a
-    second report of the parcel) runs whole before that write lands: it reads the history the
-    first report read, with no entry yet, as a report racing it on another function would."""
-
-    def __init__(self, orders: object) -> None:
-        self._orders = orders
-        self.between: Callable[[], object] | None = None
-
-    def update(self, order: Order, expected: Order, entries: list[HistoryEntry], **conditions) -> None:
-        if self.between is not None and any(e.type is OrderEvent.DELIVERY_NOT_RECORDED for e in entries):
-            race, self.between = self.between, None
-            race()
-        self._orders.update(order, expected, entries, **conditions)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._orders, name)
-
-
 @pytest.mark.usefixtures("metrics")
 def test_two_reports_of_a_parcel_refused_at_once_record_count_and_log_its_refusal_once(
     capsys, caplog, monkeypatch, clock
@@ -140,13 +117,7 @@ def test_two_reports_of_a_parcel_refused_at_once_record_count_and_log_its_refusa
     # Before: the check of the history ("recorded already?") came before the write and apart
     # from it, so the report whose write lost the race wrote its entry again on the version read
     # again: two entries, DeliveriesNotRecordedAlarm counted twice, two ERROR lines.
-    racing: list[AReportInBetween] = []
-
-    def wrap(fake: object) -> AReportInBetween:
-        racing.append(AReportInBetween(MeteredOrders(fake)))
-        return racing[0]
-
-    world = build_world(STOCK, clock=clock, wrap_orders=wrap)
+    world, race = build_racing_world(STOCK, OrderEvent.DELIVERY_NOT_RECORDED, clock=clock, around=MeteredOrders)
     held, (shipment_id,) = held_for_parcels(world, clock, monkeypatch, ("TSHIRT", 1))
     world.gateway.script("capture", "refuse")
     emitted(capsys)
@@ -156,11 +127,11 @@ def test_two_reports_of_a_parcel_refused_at_once_record_count_and_log_its_refusa
         with pytest.raises(PaymentRefused):
             world.actions.deliver(held.id, shipment_id, actor="key_carrier")
 
-    racing[0].between = second_report
+    race.between = second_report
     with pytest.raises(PaymentRefused):
         world.actions.deliver(held.id, shipment_id, actor="key_carrier")
 
-    assert racing[0].between is None  # the second report ran inside the first's write
+    assert race.between is None  # the second report ran inside the first's write
     types = [e.type for e in world.history(held.id)]
     assert types.count(OrderEvent.DELIVERY_NOT_RECORDED) == 1
     assert world.order(held.id).parcels_refused() == [shipment_id]

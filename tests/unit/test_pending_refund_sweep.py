@@ -19,7 +19,7 @@ from plugins.testing.gateway import RecordingGateway
 from tests.unit.test_payment_truth import Removed
 from tests.unit.test_unit_cancellation import STOCK as CANCEL_STOCK
 from tests.unit.test_unit_cancellation import PerUnitShipping
-from tests.unit.world import Clock, Died, World, build_world, dies_before_recording
+from tests.unit.world import Clock, Died, World, build_racing_world, build_world, dies_before_recording
 
 STOCK = [("TSHIRT", "wh-west", 10)]
 ACTOR = "reconciler"
@@ -85,12 +85,18 @@ def dies(*args: object, **kwargs: object) -> None:
     raise TimeoutError("the API function timed out before asking the gateway")
 
 
-def test_an_outage_the_history_does_not_show_yet_is_recorded_once(world, clock, monkeypatch):
-    order_id = shipped(world)
-    with monkeypatch.context() as patched:
+def left_unasked(world: World, order_id: str) -> None:
+    """A refund of 5.00 on the order left pending by the request that wrote it, which died before
+    asking the gateway: nothing on the history says it was asked."""
+    with pytest.MonkeyPatch.context() as patched:
         patched.setattr(world.refunds, "_ask_gateway", dies)
         with pytest.raises(TimeoutError):
             world.refunds.issue_refund(order_id, Money.of("5.00", "USD"), "late delivery", "k1", actor="key_cs")
+
+
+def test_an_outage_the_history_does_not_show_yet_is_recorded_once(world, clock):
+    order_id = shipped(world)
+    left_unasked(world, order_id)
     world.gateway.script("refund", "transient")
 
     for _ in range(6):
@@ -158,7 +164,7 @@ class RefundsDownForTest:
                 raise TransientError("the test gateway is down")
 
 
-def test_a_pass_asks_a_gateway_found_down_no_more_and_reaches_refunds_through_another_behind_them(clock, monkeypatch):
+def test_a_pass_asks_a_gateway_found_down_no_more_and_reaches_refunds_through_another_behind_them(clock):
     outage = RefundsDownForTest()
     world = build_world(STOCK, RecordingGateway("fake"), outage, clock=clock)
     down = [shipped(world) for _ in range(3)]
@@ -168,10 +174,7 @@ def test_a_pass_asks_a_gateway_found_down_no_more_and_reaches_refunds_through_an
     other = world.allocated(("TSHIRT", 1), payment={"method": "fake", "token": "tok_fake"})
     for shipment in other.shipments:
         world.actions.ship(other.id, shipment.id, None, actor="key_wh")
-    with monkeypatch.context() as patched:
-        patched.setattr(world.refunds, "_ask_gateway", dies)
-        with pytest.raises(TimeoutError):
-            world.refunds.issue_refund(other.id, Money.of("5.00", "USD"), "late delivery", "k1", actor="key_cs")
+    left_unasked(world, other.id)
     clock.advance(minutes=20)
     outage.asked.clear()
     [waiting] = world.order(other.id).payment.refunds
@@ -200,18 +203,15 @@ class RefundsBrokenForOneOrder:
             raise KeyError("the plugin lost its merchant account for this order")
 
 
-def test_an_order_whose_refund_fails_otherwise_does_not_keep_the_refunds_behind_it_pending(clock, monkeypatch):
+def test_an_order_whose_refund_fails_otherwise_does_not_keep_the_refunds_behind_it_pending(clock):
     # The oldest pending refund fails with a plugin's error every pass: before, the pass stopped
     # there, and the refunds behind it stayed pending for as long as it failed.
     broken = RefundsBrokenForOneOrder()
     world = build_world(STOCK, broken, clock=clock)
     orders = [shipped(world) for _ in range(2)]
-    with monkeypatch.context() as patched:
-        patched.setattr(world.refunds, "_ask_gateway", dies)
-        for order_id in orders:
-            with pytest.raises(TimeoutError):
-                world.refunds.issue_refund(order_id, Money.of("5.00", "USD"), "late delivery", "k1", actor="key_cs")
-            clock.advance(minutes=1)
+    for order_id in orders:
+        left_unasked(world, order_id)
+        clock.advance(minutes=1)
     broken.broken = orders[0]
     clock.advance(minutes=20)
     [behind] = world.order(orders[1]).payment.refunds
@@ -252,3 +252,45 @@ def test_a_refund_whose_payment_plugin_was_removed_stays_pending_noted_once_and_
     assert sweep(world, clock).run(ACTOR) == [refund.id]
     assert world.order(order_id).payment.refunded == Money.of("5.00", "USD")
     assert len(world.spy.refunded) == 1
+
+
+def test_two_passes_at_once_through_an_outage_the_history_does_not_show_yet_record_it_once(clock):
+    # Before: each pass asked "is the refund's last entry transient already?" before its write
+    # (RefundService._outage_noted_once): both found it not, and both wrote their attempt.
+    world, race = build_racing_world(STOCK, OrderEvent.PAYMENT_REFUND_FAILED, clock=clock)
+    order_id = shipped(world)
+    left_unasked(world, order_id)
+    world.gateway.script("refund", "transient")
+    clock.advance(minutes=20)
+    race.between = lambda: sweep(world, clock).run(ACTOR)
+
+    assert sweep(world, clock).run(ACTOR) == []
+
+    assert race.between is None  # the other pass ran inside this one's write
+    assert refund_failures(world, order_id) == [(ACTOR, "transient", 1)]
+
+
+def not_finished(world: World, clock: Clock) -> None:
+    with pytest.raises(SweepIncomplete):
+        sweep(world, clock).run(ACTOR)
+
+
+def test_two_passes_at_once_at_a_refund_whose_payment_plugin_was_removed_note_it_once(clock):
+    # Before: each pass asked "is the refund's last entry no_plugin already?" before its write
+    # (RefundService._unanswered_noted_once): both found it not, and both wrote their attempt.
+    removed = Removed()
+    world, race = build_racing_world(STOCK, OrderEvent.PAYMENT_REFUND_FAILED, removed, clock=clock)
+    order_id = shipped(world)
+    with pytest.MonkeyPatch.context() as patched:
+        dies_before_recording(world, patched, "payment_refunded")
+        with pytest.raises(Died):
+            world.refunds.issue_refund(order_id, Money.of("5.00", "USD"), "late delivery", "k1", actor="key_cs")
+    removed.gone = True
+    clock.advance(minutes=20)
+    race.between = lambda: not_finished(world, clock)
+
+    not_finished(world, clock)
+
+    assert race.between is None
+    assert refund_failures(world, order_id) == [(ACTOR, "no_plugin", 1)]
+    assert [refund.status for refund in world.order(order_id).payment.refunds] == ["pending"]

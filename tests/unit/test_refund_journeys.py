@@ -83,8 +83,8 @@ def journey(seed: int) -> tuple[World, dict[str, list[dict[str, Any]]], list[str
     versions: dict[str, list[dict[str, Any]]] = {}
     write, add = world.orders.update, world.orders.add
 
-    def updated(order: Order, expected: Order, entries: list) -> None:
-        write(order, expected, entries)
+    def updated(order: Order, expected: Order, entries: list, **conditions: Any) -> None:
+        write(order, expected, entries, **conditions)
         versions.setdefault(order.id, []).append(json.loads(order.stored_json()))
 
     def added(order: Order, *args: Any, **kwargs: Any) -> None:

@@ -22,7 +22,7 @@ from tests.unit.test_business_metrics import emitted
 from tests.unit.test_death_between_writes import dies_after_recording
 from tests.unit.test_kept_back_sweep import sweep as kept_back_sweep
 from tests.unit.test_unit_cancellation import STOCK, PerUnitShipping
-from tests.unit.world import Clock, Died, World, build_world
+from tests.unit.world import Clock, Died, World, build_racing_world, build_world
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 NOT_MADE = ("SettlementCapturesNotMade", ())
@@ -302,3 +302,28 @@ def test_a_declined_renewal_whose_settlement_not_made_was_never_written_is_recor
     assert len(world.history(order_id)) == entries + 1
     assert NOT_MADE not in emitted(capsys) and errors(caplog) == []
     assert world.spy.captured_total() == world.order(order_id).payment.captured.amount
+
+
+def test_two_requests_at_once_refused_one_settlement_capture_record_count_and_log_it_once(metrics, capsys, caplog):
+    # Cancellation.capture_refused decides whether to note the refusal (refusal_recorded_last)
+    # before its write, not in it: harmless, as that write is conditional on the very request it
+    # takes away (and on the version). Here a carrier's report runs whole inside the cancel's write
+    # of the refusal, after the cancel decided to note it: the report's lands first and takes the
+    # request; the cancel's, stale, finds none on the order read again and records nothing.
+    world, race = build_racing_world(STOCK, OrderEvent.CAPTURE_NOT_MADE, PerUnitShipping(), around=MeteredOrders)
+    order = world.allocated(("MUG", 1), ("CAP", 3), shipping_method="per_unit")
+    west = world.shipment_at(order, "wh-west")
+    world.actions.ship(order.id, west, tracking_number=None, actor="key_wh")
+    world.gateway.script("capture", "refuse")
+    emitted(capsys)
+    caplog.set_level("ERROR")
+    race.between = lambda: world.actions.deliver(order.id, west, actor="carrier")
+
+    world.actions.cancel(order.id, "the rest is not wanted", actor="key_cs")
+
+    assert race.between is None  # the report ran inside the cancel's write
+    not_made = [e.actor for e in world.history(order.id) if e.type is OrderEvent.CAPTURE_NOT_MADE]
+    assert not_made == ["carrier"]
+    assert world.order(order.id).capture_request(None) is None
+    assert emitted(capsys)[NOT_MADE] == [1.0]
+    assert [row[:3] for row in errors(caplog)] == [(order.id, SHORT, "USD")]

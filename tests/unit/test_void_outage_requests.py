@@ -8,12 +8,9 @@ records its attempts as before, and the gateway's refusal, or its void once back
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
-
 from core.events import OrderEvent
-from core.models import HistoryEntry, Order
 from tests.unit.test_settlement_capture_not_made import shipped_west
+from tests.unit.world import AnAttemptInBetween, build_racing_world
 
 VOID_FAILED = OrderEvent.PAYMENT_VOID_FAILED
 
@@ -103,42 +100,15 @@ def test_a_cancel_repeated_by_its_caller_through_a_refused_void_stops_recording_
     assert voided.payment.status.value == "voided"
 
 
-class AnAttemptInBetween:
-    """The order repository, in whose next write of a `payment_void_failed` entry `between` (the
-    same request sent again) runs whole before that write lands: it reads the history the first
-    read, without that entry, as a retry racing it on another function would."""
-
-    def __init__(self, orders: object) -> None:
-        self._orders = orders
-        self.between: Callable[[], object] | None = None
-
-    def update(self, order: Order, expected: Order, entries: list[HistoryEntry], **conditions) -> None:
-        if self.between is not None and any(e.type is VOID_FAILED for e in entries):
-            race, self.between = self.between, None
-            race()
-        self._orders.update(order, expected, entries, **conditions)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._orders, name)
-
-
 def racing_world(monkeypatch) -> tuple[object, AnAttemptInBetween]:
     """A world with metrics on, whose order repository runs a race (AnAttemptInBetween)."""
     from functions.business_metrics import MeteredOrders, flush
     from tests.unit.test_unit_cancellation import STOCK
-    from tests.unit.world import build_world
 
     monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "false")
     monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "OMS")
     flush()
-    racing: list[AnAttemptInBetween] = []
-
-    def wrap(fake: object) -> AnAttemptInBetween:
-        racing.append(AnAttemptInBetween(MeteredOrders(fake)))
-        return racing[0]
-
-    world = build_world(STOCK, wrap_orders=wrap)
-    return world, racing[0]
+    return build_racing_world(STOCK, VOID_FAILED, around=MeteredOrders)
 
 
 def test_a_cancel_and_its_retry_at_once_through_a_refused_void_record_and_count_its_refusal_once(monkeypatch, capsys):

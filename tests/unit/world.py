@@ -11,10 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 import pytest
 
 from core import hookimpl
+from core.events import OrderEvent
 from core.exchange_credit import ExchangeCredits
 from core.fulfillment import OrderActions
 from core.models import HistoryEntry, Order
@@ -227,6 +229,43 @@ def before_the_next_write(
 
     monkeypatch.setattr(world.orders, "update", update)
     return landed
+
+
+class AnAttemptInBetween:
+    """The order repository, in whose next write of an `event` entry (a failed payment attempt)
+    `between` (the same request sent again, a pass at once) runs whole before that write lands: it
+    reads the history the first read, without that entry, as a call racing it on another function
+    would."""
+
+    def __init__(self, orders: object, event: OrderEvent) -> None:
+        self._orders = orders
+        self._event = event
+        self.between: Callable[[], object] | None = None
+
+    def update(self, order: Order, expected: Order, entries: list[HistoryEntry], **conditions) -> None:
+        if self.between is not None and any(e.type is self._event for e in entries):
+            race, self.between = self.between, None
+            race()
+        self._orders.update(order, expected, entries, **conditions)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._orders, name)
+
+
+def build_racing_world(
+    stock: Stock, event: OrderEvent, *extra_plugins: object, around: Callable[[object], object] | None = None,
+    **options: Any,
+) -> tuple[World, AnAttemptInBetween]:  # fmt: skip
+    """build_world, its order repository (wrapped in `around` first: MeteredOrders) running a race
+    on its next `event` write (AnAttemptInBetween)."""
+    racing: list[AnAttemptInBetween] = []
+
+    def wrap(fake: FakeOrders) -> AnAttemptInBetween:
+        racing.append(AnAttemptInBetween(around(fake) if around else fake, event))
+        return racing[0]
+
+    world = build_world(stock, *extra_plugins, wrap_orders=wrap, **options)
+    return world, racing[0]
 
 
 class RecordsBookings:
