@@ -38,6 +38,16 @@ def shipped_west(*plugins: object) -> tuple[World, Clock, str, str]:
     return world, clock, order.id, west
 
 
+def declined_for_the_carrier(*plugins: object) -> tuple[World, Clock, str, str]:
+    """shipped_west, the rest cancelled (key_cs) and the parcel reported delivered (carrier), the
+    renewal the settlement asks first declined for each: the carrier's decline is the history's last."""
+    world, clock, order_id, west = shipped_west(*plugins)
+    world.gateway.script("authorize", "refuse")
+    world.actions.cancel(order_id, "the rest is not wanted", actor="key_cs")
+    world.actions.deliver(order_id, west, actor="carrier")
+    return world, clock, order_id, west
+
+
 @pytest.mark.usefixtures("metrics")
 def test_an_old_authorizations_renewal_declined_again_and_again_by_one_caller_is_recorded_once(capsys, caplog):
     # Before: each delivery report sent again asked the card for one more authorization under a new
@@ -84,10 +94,7 @@ def test_a_carriers_report_after_its_decline_stood_a_day_asks_under_that_key_and
     # counted from the first decline for ever and every later report asked the gateway. Now it is
     # written once, at its time, naming when the one it repeats stood until, and stands twice as
     # long; the settlement's capture not made is not written, counted or logged again.
-    world, clock, order_id, west = shipped_west()
-    world.gateway.script("authorize", "refuse")
-    world.actions.cancel(order_id, "the rest is not wanted", actor="key_cs")
-    world.actions.deliver(order_id, west, actor="carrier")
+    world, clock, order_id, west = declined_for_the_carrier()
     before, asked = world.history(order_id), len(world.gateway.keys("authorize"))
     (declined,) = [e for e in before[-2:] if e.type is OrderEvent.PAYMENT_AUTHORIZATION_FAILED]
     clock.now = declined.at + timedelta(hours=23, minutes=59)
@@ -133,10 +140,7 @@ def test_a_carriers_report_after_its_decline_stood_a_day_asks_under_that_key_and
 def test_a_carrier_reporting_every_quarter_hour_for_three_days_asks_the_card_once_a_standing_period(capsys, caplog):
     # Before: after the first day, each report asked the gateway again (one call a report, 193 over
     # the three days), its standing period counted from the first decline for ever.
-    world, clock, order_id, west = shipped_west()
-    world.gateway.script("authorize", "refuse")
-    world.actions.cancel(order_id, "the rest is not wanted", actor="key_cs")
-    world.actions.deliver(order_id, west, actor="carrier")
+    world, clock, order_id, west = declined_for_the_carrier()
     before, asked = world.history(order_id), len(world.gateway.keys("authorize"))
     start = clock.now
     emitted(capsys)
@@ -230,10 +234,7 @@ def test_a_carriers_report_sent_twice_at_once_after_its_decline_stood_writes_the
     # stood until), the other is the repeat it always was, and nothing else is written, counted or
     # logged.
     meanwhile = Meanwhile()
-    world, clock, order_id, west = shipped_west(meanwhile)
-    world.gateway.script("authorize", "refuse")
-    world.actions.cancel(order_id, "the rest is not wanted", actor="key_cs")
-    world.actions.deliver(order_id, west, actor="carrier")
+    world, clock, order_id, west = declined_for_the_carrier(meanwhile)
     before, asked = world.history(order_id), len(world.gateway.keys("authorize"))
     key = world.gateway.keys("authorize")[-1]
     emitted(capsys)
