@@ -42,6 +42,10 @@ AUTHORIZATION_VALID_FOR = timedelta(days=7)
 # card again and again (Visa: at most 15 reattempts in 30 days), which a warehouse system retrying
 # its ship every minute would.
 DECLINED_RENEWAL_STANDS_FOR = timedelta(days=1)
+# The detail of a settlement's declined renewal asked again under the key it was declined under once
+# that decline stood (_renew): when it stood until. Written once (a repeat names the same time), it
+# starts the next standing period, twice as long, without a capture not made of its own.
+ASKED_AGAIN = "asked_again_after"
 
 
 def holding_locations(order: Order, network: list[Location]) -> list[str]:
@@ -570,7 +574,8 @@ class Cancellation:
         then PaymentRefused is raised. Not when this very decline by the same actor is what the
         history ends with already, followed by the capture not made it led to (answered with that
         decline while it stands, the gateway not asked: _decline_standing; then asked again under
-        the key it was declined under: _renew), so a delivery reported again on a loop records,
+        the key it was declined under, its decline written anew to stand twice as long: _renew),
+        so a delivery reported again on a loop records its decline once a standing period, and
         counts and logs nothing more; a decline written by a function that died before its capture
         not made is a repeat without one, which is written then (_settlement_not_made_follows). So
         is a renewal no payment plugin took (NoPaymentPlugin, kind `no_plugin`: the capture was not
@@ -598,8 +603,9 @@ class Cancellation:
     def _settlement_not_made_follows(self, order_id: str, amount: Money, actor: str) -> bool:
         """Whether the run of declined renewals and settlements not made the order's history ends
         with (a carrier's delivery_not_recorded stepped over) holds `actor`'s capture not made of
-        `amount` after its last decline: a decline repeated (renewed_for_settlement) whose function
-        wrote both. Read on the rare path only: a decline."""
+        `amount` after its last decline (its declines asked again once they stood stepped over:
+        ASKED_AGAIN): a decline repeated (renewed_for_settlement) whose function wrote both. Read on
+        the rare path only: a decline."""
         found = self._orders.history(order_id, consistent=True)
         asked = amount.model_dump(mode="json")
         for entry in reversed(found[1] if found is not None else []):
@@ -609,8 +615,10 @@ class Cancellation:
                 if entry.actor == actor and (entry.detail or {}).get("amount") == asked:
                     return True
                 continue
-            if entry.type is not OrderEvent.PAYMENT_AUTHORIZATION_FAILED or entry.actor == actor:
-                return False  # this actor's decline with nothing after it, or anything else
+            if entry.type is not OrderEvent.PAYMENT_AUTHORIZATION_FAILED:
+                return False  # anything else
+            if entry.actor == actor and not _asked_again(entry):
+                return False  # this actor's decline with nothing after it
         return False
 
     def renews_first(self, order: Order) -> bool:
@@ -646,9 +654,12 @@ class Cancellation:
         renewed_for_settlement): a decline is matched past the settlement's capture not made each
         one led to, and one not recorded for being the history's last is added to it; and the
         renewal of an old authorization that `actor` was declined in the run of declines the
-        history ends with, its decline no longer standing, is asked again under that key
-        (_declined_in_run), as a spent one's is, so a carrier's report on a loop asks the card for
-        no more authorizations and alarms once; a standing decline that answers is added to it."""
+        history ends with, its decline no longer standing, is asked again under that key, as a
+        spent one's is, so a carrier's report on a loop asks the card for no more authorizations
+        and alarms once; its decline then is written again, at its time, naming when the one it
+        repeats stood until (ASKED_AGAIN: two asks racing write it once), so it stands anew, twice
+        as long (one gateway call a standing period, not one a report), and is added to it (its
+        capture not made is in the history); a standing decline that answers is added to it."""
         at = self._clock()
         # The renewals the gateway declined: one asked now is keyed past them (payment_keys.renewal).
         history = self._orders.history(order.id, consistent=True)
@@ -657,9 +668,11 @@ class Cancellation:
         valid_for = self._authorization_valid_for
 
         standing: list[PaymentRefused] = []  # the decline that answers this ask (the last decide's)
+        stood: list[str] = []  # when the settlement's decline this asks again stood until (the last decide's)
 
         def requested(current: Order):
             standing.clear()
+            stood.clear()
             if current.renewing_authorization is not None:
                 return None  # a ship that died (or one in flight) asked: asked again under its key
             if not current.authorization_lapsed(self._authorization_valid_for, at):
@@ -681,8 +694,12 @@ class Cancellation:
                 before -= 1
             elif before and repeats is not None:
                 # A settlement's caller asking again what it was declined (a carrier's report on a
-                # loop): under that key again, its decline not recorded again (refusal_noted_once).
-                before = _declined_in_run(entries, current.id, lapsed, before, actor, amount)
+                # loop), its decline no longer standing: under that key again (a gateway answers it
+                # with its first answer), its decline written anew, dated (_asked_again).
+                declines = _actors_declines(entries, current.id, lapsed, before, actor)
+                if declines and declines[0][1].detail.get("amount") == _dumped(amount):
+                    before = declines[0][0]
+                    stood.append(_stands_until(declines, old_at).isoformat())
             return current.request_renewal(at=at, declined_before=before)
 
         order = modify(self._orders, order.id, requested)
@@ -698,15 +715,19 @@ class Cancellation:
         payment = order.payment
         amount = _renewal_amount(order)
         key = payment_keys.renewal(order.id, lapsed, order.renewal_declined_before)
+        again = {ASKED_AGAIN: stood[0]} if stood else {}
         try:
             made = self._payments.retried(
                 "authorize",
                 lambda attempt: self._payments.authorize(payment.method, token or "", amount, order.id, attempt, key),
                 refusal_noted_once(self._orders, order.id, actor, self._clock, recorder=self._void_failures,
                                    followed_by=_settlement_not_made if repeats is not None else None,
-                                   repeats=repeats, amount=amount.model_dump(mode="json"), authorization_key=key),
+                                   repeats=repeats, amount=amount.model_dump(mode="json"), authorization_key=key,
+                                   **again),
             )  # fmt: skip
         except PaymentDeclined as declined:
+            if again and repeats is not None:  # its capture not made is in the history already
+                repeats.append(Failure("authorize", 1, "refused", str(declined)))
             dropped = self._clock()
             modify(
                 self._orders, order.id,
@@ -1037,22 +1058,6 @@ def written_off_stock(order: Order) -> frozenset[tuple[str, str, str]]:
     )
 
 
-def _declined_in_run(
-    history: list[HistoryEntry], order_id: str, lapsed: str, before: int, actor: str, amount: Money | None
-) -> int:
-    """How many renewals of `lapsed` were declined before the one `actor` was last declined (of
-    `amount`) in the run of declined renewals the history ends with (a settlement's capture not
-    made each led to, and a carrier's delivery_not_recorded, stepped over): that one's key is asked
-    again. `before` (a new key) when the run holds none of the actor's, or anything else happened."""
-    keys = {payment_keys.renewal(order_id, lapsed, n): n for n in range(before)}
-    asked = _dumped(amount)
-    for entry in _trailing_declines(history):
-        detail = entry.detail or {}
-        if entry.actor == actor and detail.get("authorization_key") in keys:
-            return keys[detail["authorization_key"]] if detail.get("amount") == asked else before
-    return before
-
-
 def _declined_count(refused: set[str], order_id: str, lapsed: str) -> int:
     """How many renewals of `lapsed` were declined (`refused`: _declined_keys): the next one's key."""
     before = 0
@@ -1098,28 +1103,49 @@ def _decline_standing(
     """The decline that answers `actor`'s ship, collect or settlement asking again for the renewal of `lapsed`
     (of `amount`), without asking the gateway or writing anything: the one it was last given, of
     the same amount, in the run of declined renewals the history ends with (a carrier's
-    delivery_not_recorded and a settlement's capture not made stepped over), while it is younger
-    than DECLINED_RENEWAL_STANDS_FOR, doubled for each decline of the actor's before it in the run
-    (or `now` is before `until`: a renewal for a refused capture, asked once, until the
-    authorization is old). None (an empty list) when the gateway is asked: by another caller (once
-    each), after anything else was written (a person's hold and release, an edit, a jeopardy mark,
-    a capture), for another amount, or once that time is up (under a new key:
-    payment_keys.renewal). `before`: the renewals of `lapsed` declined so far."""
-    keys = {payment_keys.renewal(order.id, lapsed, n) for n in range(before)}
-    asked = _dumped(amount)
-    declines = [
-        entry for entry in _trailing_declines(history)
-        if entry.actor == actor and (entry.detail or {}).get("authorization_key") in keys
-    ]  # fmt: skip
-    if not declines or declines[0].detail.get("amount") != asked:
+    delivery_not_recorded and a settlement's capture not made stepped over), while it stands
+    (_stands_until: a day, doubled for each decline of the actor's before it in the run; or until
+    `until`: a renewal for a refused capture, asked once, until the authorization is old). None
+    (an empty list) when the gateway is asked: by another caller (once each), after anything else
+    was written (a person's hold and release, an edit, a jeopardy mark, a capture), for another
+    amount, or once that time is up (under a new key: payment_keys.renewal; a settlement's under
+    the key it was declined under, its decline written anew: _renew). `before`: the renewals of
+    `lapsed` declined so far."""
+    declines = _actors_declines(history, order.id, lapsed, before, actor)
+    if not declines or declines[0][1].detail.get("amount") != _dumped(amount):
         return []
-    last = declines[0]
-    until = until or last.at + DECLINED_RENEWAL_STANDS_FOR * 2 ** (len(declines) - 1)
+    last = declines[0][1]
+    until = _stands_until(declines, until)
     if now >= until:
         return []
     message = str(last.detail.get("message") or "the payment was declined")
     return [_renewal_declined(order, lapsed, message, declined_at=last.at.isoformat(),
                               asked_again_after=until.isoformat())]  # fmt: skip
+
+
+def _actors_declines(
+    history: list[HistoryEntry], order_id: str, lapsed: str, before: int, actor: str
+) -> list[tuple[int, HistoryEntry]]:
+    """`actor`'s declined renewals of `lapsed` in the run of declines the history ends with
+    (_trailing_declines), newest first, each with how many renewals of it were declined before the
+    key it was asked under (payment_keys.renewal). `before`: the renewals of `lapsed` declined so far."""
+    keys = {payment_keys.renewal(order_id, lapsed, n): n for n in range(before)}
+    return [
+        (keys[entry.detail["authorization_key"]], entry) for entry in _trailing_declines(history)
+        if entry.actor == actor and entry.detail.get("authorization_key") in keys
+    ]  # fmt: skip
+
+
+def _stands_until(declines: list[tuple[int, HistoryEntry]], until: datetime | None = None) -> datetime:
+    """Until when the newest of an actor's declines in a row (_actors_declines) answers its repeats:
+    DECLINED_RENEWAL_STANDS_FOR after it, doubled for each decline before it in the row, or `until`."""
+    return until or declines[0][1].at + DECLINED_RENEWAL_STANDS_FOR * 2 ** (len(declines) - 1)
+
+
+def _asked_again(entry: HistoryEntry) -> bool:
+    """Whether `entry` is a settlement's decline asked again once the one it repeats stood (ASKED_AGAIN)."""
+    detail = entry.detail or {}
+    return detail.get("kind") == "refused" and ASKED_AGAIN in detail
 
 
 def _trailing_declines(history: list[HistoryEntry]) -> list[HistoryEntry]:

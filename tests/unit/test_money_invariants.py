@@ -7,6 +7,7 @@ on every run of `make test`, random ones at length in `make fuzz` (tests/statefu
 from __future__ import annotations
 
 import contextlib
+from collections import Counter
 from collections.abc import Iterator
 from decimal import Decimal
 
@@ -159,10 +160,16 @@ class OrderMoney(RuleBasedStateMachine):
             self.world.gateway.script("authorize", "approve")
 
     @precondition(lambda self: any(s.status is ShipmentStatus.SHIPPED for s in self.order.shipments))
-    @rule(data=st.data())
-    def deliver(self, data: st.DataObject) -> None:
+    @rule(data=st.data(), refused=st.sampled_from([None, "authorize"]), reports=st.integers(1, 3))
+    def deliver(self, data: st.DataObject, refused: str | None, reports: int) -> None:
+        """A carrier's report, sent once or more (a webhook redelivered), which asks the settlement
+        owed (and the renewal it asks first, which the gateway may decline: the carrier's repeats
+        are answered from the history while the decline stands)."""
         shipped = [s.id for s in self.order.shipments if s.status is ShipmentStatus.SHIPPED]
-        self.world.actions.deliver(self.order_id, data.draw(st.sampled_from(shipped)), actor="key_carrier")
+        shipment_id = data.draw(st.sampled_from(shipped))
+        with self._refusing(refused):
+            for _ in range(reports):
+                self.world.actions.deliver(self.order_id, shipment_id, actor="key_carrier")
 
     # --- Once everything left has shipped ------------------------------------------------------
     def _done_shipping(self) -> bool:
@@ -218,6 +225,22 @@ class OrderMoney(RuleBasedStateMachine):
         assert payment.refunded <= payment.captured <= payment.authorized
 
     @invariant()
+    def each_renewal_asked_is_answered_in_the_history(self) -> None:
+        """Every ask of a renewal is in the history: a decline each (a caller's repeats answered
+        from the history while its decline stands, not asked), or the authorization it made.
+        Before, a settlement's caller asking again once its decline stood asked the gateway under
+        the key it was declined under on every repeat, and wrote nothing."""
+        history = self.world.history(self.order_id)
+        declined = Counter(
+            entry.detail["authorization_key"] for entry in history
+            if entry.type == "payment_authorization_failed" and "authorization_key" in (entry.detail or {})
+        )  # fmt: skip
+        made = {(entry.detail or {}).get("reference") for entry in history if entry.type == "payment_authorized"}
+        asked = Counter(key for key in self.world.gateway.keys("authorize") if ":authorize:renew:" in key)
+        for key, calls in asked.items():
+            assert calls <= declined[key] + (test_payments.reference(test_payments.AUTHORIZATION, key) in made), key
+
+    @invariant()
     def stock_never_negative(self) -> None:
         for level in self.world.inventory.stock.values():
             assert 0 <= level.reserved <= level.on_hand
@@ -235,6 +258,40 @@ class OrderMoney(RuleBasedStateMachine):
         owed = _settlement_not_made(self.world.history(self.order_id)) or Money.zero(order.currency)
         assert payment.captured - payment.refunded == order.totals.grand_total - given_back - owed
         assert [line.quantity for line in order.lines] == [line.shipped_quantity for line in order.lines]
+
+
+class Drawn:
+    """What a rule's `data` draws, given in turn (a sequence of steps written out)."""
+
+    def __init__(self, *values: object) -> None:
+        self.values = list(values)
+
+    def draw(self, strategy: object) -> object:
+        return self.values.pop(0)
+
+
+def test_a_carriers_reports_after_its_settlements_renewal_decline_stood_ask_the_gateway_once():
+    # A sequence the random steps rarely draw: the carrier's settlement renewal declined, a week
+    # on, reported again (asked and declined again: written, standing twice as long) and again
+    # (answered from the history). Before: each report after the first day asked under the
+    # declined key and wrote nothing.
+    machine = OrderMoney()
+    machine.place(currency="USD", quantities=[1, 3], skus=["MUG", "CAP", "PEN"])
+    west = next(s.id for s in machine.order.shipments if s.location_id == "wh-west")
+    steps = [
+        lambda: machine.ship(Drawn(west), None),
+        machine.a_week_passes,
+        lambda: machine.cancel_the_rest("authorize"),
+        lambda: machine.deliver(Drawn(west), "authorize", 1),
+        machine.a_week_passes,
+        lambda: machine.deliver(Drawn(west), "authorize", 3),
+    ]
+    for step in steps:
+        step()
+        machine.each_renewal_asked_is_answered_in_the_history()
+        machine.refunded_within_captured_within_authorized()
+    asked = machine.world.gateway.keys("authorize")
+    assert len(asked) - len(set(asked)) == 1  # the carrier's key, asked again once
 
 
 def test_the_payment_is_settled_under_any_sequence():

@@ -8,10 +8,12 @@ settlement capture's own `no_plugin` are; the order's item does not grow a repea
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
 
+from core import hookimpl
 from core.events import OrderEvent
 from functions.business_metrics import MeteredOrders
 from tests.unit.test_authorization_renewal import FirstAnswers
@@ -34,6 +36,16 @@ def shipped_west(*plugins: object) -> tuple[World, Clock, str, str]:
     world.actions.ship(order.id, west, tracking_number=None, actor="key_wh")
     clock.now += timedelta(days=8)
     return world, clock, order.id, west
+
+
+def declined_for_the_carrier(*plugins: object) -> tuple[World, Clock, str, str]:
+    """shipped_west, the rest cancelled (key_cs) and the parcel reported delivered (carrier), the
+    renewal the settlement asks first declined for each: the carrier's decline is the history's last."""
+    world, clock, order_id, west = shipped_west(*plugins)
+    world.gateway.script("authorize", "refuse")
+    world.actions.cancel(order_id, "the rest is not wanted", actor="key_cs")
+    world.actions.deliver(order_id, west, actor="carrier")
+    return world, clock, order_id, west
 
 
 @pytest.mark.usefixtures("metrics")
@@ -73,14 +85,16 @@ def test_an_old_authorizations_renewal_declined_again_and_again_by_one_caller_is
 
 
 @pytest.mark.usefixtures("metrics")
-def test_a_carriers_report_after_its_decline_stood_a_day_asks_under_the_key_it_was_declined_under(capsys, caplog):
+def test_a_carriers_report_after_its_decline_stood_a_day_asks_under_that_key_and_its_decline_stands_anew(
+    capsys, caplog
+):
     # The standing period over, the gateway is asked again (a bank's block is usually lifted within
-    # a day), under the key the carrier's report was declined under, as before the standing period:
-    # its decline, repeated, records, counts and logs nothing more.
-    world, clock, order_id, west = shipped_west()
-    world.gateway.script("authorize", "refuse")
-    world.actions.cancel(order_id, "the rest is not wanted", actor="key_cs")
-    world.actions.deliver(order_id, west, actor="carrier")
+    # a day), under the key the carrier's report was declined under (a gateway answers it with its
+    # first answer). Before: that decline, repeated, wrote nothing, so the standing period was
+    # counted from the first decline for ever and every later report asked the gateway. Now it is
+    # written once, at its time, naming when the one it repeats stood until, and stands twice as
+    # long; the settlement's capture not made is not written, counted or logged again.
+    world, clock, order_id, west = declined_for_the_carrier()
     before, asked = world.history(order_id), len(world.gateway.keys("authorize"))
     (declined,) = [e for e in before[-2:] if e.type is OrderEvent.PAYMENT_AUTHORIZATION_FAILED]
     clock.now = declined.at + timedelta(hours=23, minutes=59)
@@ -93,8 +107,58 @@ def test_a_carriers_report_after_its_decline_stood_a_day_asks_under_the_key_it_w
     clock.now = declined.at + timedelta(days=1)
     world.actions.deliver(order_id, west, actor="carrier")
 
-    assert world.gateway.keys("authorize")[asked:] == [declined.detail["authorization_key"]]
-    assert world.history(order_id) == before
+    key = declined.detail["authorization_key"]
+    assert world.gateway.keys("authorize")[asked:] == [key]
+    (again,) = world.history(order_id)[len(before) :]
+    assert (again.type, again.actor, again.at) == (OrderEvent.PAYMENT_AUTHORIZATION_FAILED, "carrier", clock.now)
+    assert {k: again.detail[k] for k in ("kind", "authorization_key", "amount", "message")} == {
+        k: declined.detail[k] for k in ("kind", "authorization_key", "amount", "message")
+    }
+    assert again.detail["asked_again_after"] == clock.now.isoformat()  # when the first stood until
+    assert NOT_MADE not in emitted(capsys) and errors(caplog) == []
+
+    # Its repeats are answered from the history for two days, nothing asked or written; then asked.
+    after = world.history(order_id)
+    clock.now = again.at + timedelta(days=2) - timedelta(minutes=1)
+    world.actions.deliver(order_id, west, actor="carrier")
+    assert world.gateway.keys("authorize")[asked:] == [key]
+    assert world.history(order_id) == after
+    clock.now += timedelta(minutes=1)
+    world.actions.deliver(order_id, west, actor="carrier")
+    assert world.gateway.keys("authorize")[asked:] == [key, key]
+    assert world.history(order_id)[-1].detail["asked_again_after"] == clock.now.isoformat()
+    assert NOT_MADE not in emitted(capsys) and errors(caplog) == []
+
+    # Another caller asks the card afresh, under a new key.
+    world.gateway.script("authorize", "approve")
+    settled = world.actions.deliver(order_id, west, actor="key_ops")
+    assert settled.payment.captured == settled.totals.grand_total
+    assert world.gateway.keys("authorize")[-1] not in world.gateway.keys("authorize")[:-1]
+
+
+@pytest.mark.usefixtures("metrics")
+def test_a_carrier_reporting_every_quarter_hour_for_three_days_asks_the_card_once_a_standing_period(capsys, caplog):
+    # Before: after the first day, each report asked the gateway again (one call a report, 193 over
+    # the three days), its standing period counted from the first decline for ever.
+    world, clock, order_id, west = declined_for_the_carrier()
+    before, asked = world.history(order_id), len(world.gateway.keys("authorize"))
+    start = clock.now
+    emitted(capsys)
+    caplog.set_level("ERROR")
+    caplog.clear()
+
+    while clock.now < start + timedelta(days=3):
+        clock.now += timedelta(minutes=15)
+        world.actions.deliver(order_id, west, actor="carrier")
+
+    # Asked at one day, then two days after that: a day, then twice as long each decline in a row.
+    key = world.gateway.keys("authorize")[asked - 1]
+    assert world.gateway.keys("authorize")[asked:] == [key, key]
+    again = world.history(order_id)[len(before) :]
+    assert [(e.type, e.at - start) for e in again] == [
+        (OrderEvent.PAYMENT_AUTHORIZATION_FAILED, timedelta(days=1)),
+        (OrderEvent.PAYMENT_AUTHORIZATION_FAILED, timedelta(days=3)),
+    ]
     assert NOT_MADE not in emitted(capsys) and errors(caplog) == []
 
 
@@ -146,3 +210,46 @@ def test_a_settlement_renewal_no_payment_plugin_takes_is_the_settlements_failure
     assert after.payment.captured == after.totals.grand_total
     # Under the key the renewal left standing was asked under: the plugin may have been asked before.
     assert world.gateway.keys("authorize")[-1] == failed.detail["authorization_key"]
+
+
+class Meanwhile:
+    """Runs `then` (once armed) while the gateway is being asked an authorization: another request
+    arriving with the first one's call in flight."""
+
+    def __init__(self) -> None:
+        self.then: Callable[[], object] | None = None
+
+    @hookimpl(wrapper=True)
+    def oms_payment_authorize(self):
+        then, self.then = self.then, None
+        if then is not None:
+            then()
+        return (yield)
+
+
+@pytest.mark.usefixtures("metrics")
+def test_a_carriers_report_sent_twice_at_once_after_its_decline_stood_writes_the_decline_again_once(capsys, caplog):
+    # A webhook delivered twice at once: the second finds the first's renewal standing and asks under
+    # its key too; of the two declines, the one asked again is written (it names when the first
+    # stood until), the other is the repeat it always was, and nothing else is written, counted or
+    # logged.
+    meanwhile = Meanwhile()
+    world, clock, order_id, west = declined_for_the_carrier(meanwhile)
+    before, asked = world.history(order_id), len(world.gateway.keys("authorize"))
+    key = world.gateway.keys("authorize")[-1]
+    emitted(capsys)
+    caplog.set_level("ERROR")
+    caplog.clear()
+    clock.now = before[-1].at + timedelta(days=1)
+
+    meanwhile.then = lambda: world.actions.deliver(order_id, west, actor="carrier")
+    world.actions.deliver(order_id, west, actor="carrier")
+
+    assert world.gateway.keys("authorize")[asked:] == [key, key]
+    (again,) = world.history(order_id)[len(before) :]
+    assert (again.type, again.detail["asked_again_after"]) == (
+        OrderEvent.PAYMENT_AUTHORIZATION_FAILED,
+        clock.now.isoformat(),
+    )
+    assert world.order(order_id).renewing_authorization is None
+    assert NOT_MADE not in emitted(capsys) and errors(caplog) == []
