@@ -362,8 +362,9 @@ def test_an_order_over_a_hundred_locations_or_fewer_reads_by_key_in_as_many_batc
 ODD_KEYS = ["ord_1#L1", "a.b", "with space", "x#y.z", "k:1"]
 
 
-# The items _large_network_data wrote for a network, by table: the parametrizations of one network
-# size store the same items, written once through the adapter (~300 moto updates) and copied after.
+# The items _large_network_data wrote for a network, by table: every parametrization stores the same
+# items (one network, LARGE_NETWORK), written once through the adapter (~300 moto updates) and copied
+# after.
 _LARGE_NETWORK_ITEMS: dict[tuple[str, ...], dict[str, list[dict[str, Any]]]] = {}
 
 
@@ -416,12 +417,17 @@ def _reads(inventory: DynamoInventory, network: Iterable[str]) -> tuple[Any, Any
     return {sku: sorted(found, key=lambda x: x.location_id) for sku, found in levels.items()}, held, expected
 
 
+# The largest count the test asks about, with a location before and two after what it asks (the
+# last stocked, so a read past the last asked location shows at every count).
+LARGE_NETWORK = [f"loc-{n:04d}" for n in range(150 + 3)]
+
+
 @pytest.mark.parametrize("count", [100, 101, 150])
 @pytest.mark.parametrize("order", ["sorted", "reversed", "shuffled with duplicates"])
 def test_a_large_network_reads_the_same_stock_as_the_key_lookups(aws, inventory, count, order):
-    network = [f"loc-{n:04d}" for n in range(count + 2)]
+    network = LARGE_NETWORK
     _large_network_data(aws, inventory, network)
-    asked = network[1:-1]  # stock before the first and after the last asked location is not read
+    asked = network[1 : count + 1]  # stock before the first and after the last asked location is not read
     by_key = [_reads(inventory, part) for part in (asked[:50], asked[50:100], asked[100:]) if part]
     expected_levels = {sku: sorted((x for r in by_key for x in r[0][sku]), key=lambda x: x.location_id)
                        for sku in ("MUG", "CUP", "NONE")}  # fmt: skip
@@ -1060,9 +1066,10 @@ def test_a_location_the_full_network_item_cannot_hold_is_a_conflict_and_the_othe
     # refused with a ValidationException, which was a 500 internal_error for PUT /locations.
     catalog = DynamoCatalog(ItemSizeLimit(aws.dynamodb), aws.tables["CatalogTable"])
     big = {"name": "N" * 200, "address": address_body(name="N" * 200, line1="L" * 200, line2="L" * 200, city="C" * 200)}
-    # The first 200 (~280 KB) stored at once, as put_location stores them: moto answers each update
-    # with the whole map before it, so adding them one by one cost a growing answer each.
-    first = [location(f"store-{n:04d}" + "x" * 100, **big) for n in range(200)]
+    # The first 260 (~365 KB, some 10 short of the limit) stored at once, as put_location stores
+    # them: moto answers each update with the whole map before it, so adding them one by one cost a
+    # growing answer each (70 more adds to the limit took most of this test's time).
+    first = [location(f"store-{n:04d}" + "x" * 100, **big) for n in range(260)]
     aws.dynamodb.put_item(
         TableName=aws.tables["CatalogTable"],
         Item={**dynamodb.NETWORK_KEY, "locations": {"M": {x.location_id: {"S": x.model_dump_json()} for x in first}}},
@@ -1073,7 +1080,7 @@ def test_a_location_the_full_network_item_cannot_hold_is_a_conflict_and_the_othe
             catalog.put_location(location(f"store-{added:04d}" + "x" * 100, **big))
             added += 1
 
-    assert refused.value.code == "location_network_full" and 200 < added < 400
+    assert refused.value.code == "location_network_full" and len(first) < added < 400
     assert len(catalog.list_locations()) == added
 
 

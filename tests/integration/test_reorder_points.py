@@ -16,6 +16,7 @@ from typing import Any
 import boto3
 import pytest
 
+from core import purchasing
 from core.ids import reservation_key
 from core.models import ReorderSettings
 from core.money import Money
@@ -460,21 +461,26 @@ def test_an_order_whose_step_died_before_its_entry_was_marked_is_bought_for_when
     assert drafted(buyer) == {"wh-east": 7}
 
 
-def test_units_on_a_draft_that_filled_up_are_not_bought_again_on_the_next(buyer: Buyer):
-    """The draft for acme at wh-east holds the 7 an order lacks among its 99 lines (what a receipt
-    may name); a 100th sku opened a new draft. A second order's record counted the units on the
-    new draft only, so it bought the first order's 7 again beside its own 4."""
+def test_units_on_a_draft_that_filled_up_are_not_bought_again_on_the_next(
+    buyer: Buyer, monkeypatch: pytest.MonkeyPatch
+):
+    """The draft for acme at wh-east holds the 7 an order lacks among its full lines (99, what a
+    receipt may name); one more sku opened a new draft. A second order's record counted the units
+    on the new draft only, so it bought the first order's 7 again beside its own 4."""
+    # Full at 5 lines here, not 99: a full draft takes only its own skus whatever its size
+    # (tests/unit/test_reorder.py checks it at 99), and 98 buys on moto were most of this test.
+    monkeypatch.setattr(purchasing, "MAX_LINES", 5)
     buyer.container.catalog_repository.put_product(product("MUG", "9.00", allow_backorder=True))
     buyer.stock(units=3)
     buyer.point()
     settings = ReorderSettings(reorder_point=5, reorder_quantity=20, vendor_id="acme", unit_cost=COST)
-    for n in range(98):
+    for n in range(purchasing.MAX_LINES - 1):
         buyer.container.replenishment.buy(f"SKU-{n:03d}", "wh-east", settings, 1, f"SKU-{n:03d}#wh-east#seed")
     backordered(buyer, 10, "first")  # 3 -> 0, below the point already: its record buys the 7 it lacks
     buyer.consume(buyer.stream.records())
     [full] = buyer.drafts()
-    assert len(full.lines) == 99
-    buyer.container.replenishment.buy("SKU-098", "wh-east", settings, 1, "SKU-098#wh-east#seed")  # a new draft
+    assert len(full.lines) == purchasing.MAX_LINES
+    buyer.container.replenishment.buy("SKU-NEXT", "wh-east", settings, 1, "SKU-NEXT#wh-east#seed")  # a new draft
 
     backordered(buyer, 4, "second")
     assert buyer.consume(buyer.stream.records()) == {"batchItemFailures": []}
