@@ -209,9 +209,17 @@ class ImportLedger(ABC):
     def record(self, import_id: str, line: int, outcome: Outcome, error: LineError | None, at: datetime) -> bool:
         """Count the outcome of the order that starts on `line`, once: False (and nothing more is
         counted) when that line was recorded before, by a record that may have failed to keep its
-        error after counting it: that error is kept now. A failure's error (listed under its own
-        line) is kept while the import has fewer than MAX_REPORTED_ERRORS. The record that brings
-        the counts to a final total completes the import."""
+        error after counting it: that error is kept now if that record could leave it on the line's
+        marker; one it could not is for keep_lost_errors to find. A failure's error (listed under
+        its own line) is kept while the import has fewer than MAX_REPORTED_ERRORS. The record that
+        brings the counts to a final total completes the import."""
+
+    @abstractmethod
+    def keep_lost_errors(self, import_id: str, lines: list[int]) -> None:
+        """Of `lines`, which record() found recorded before: write the error of any failure that
+        was counted and whose error was kept nowhere (its write and the fallback onto its marker
+        were both refused), while the report is short of errors and does not list it. Costs one
+        read of the import for all the lines, and their markers only while the report is short."""
 
     @abstractmethod
     def complete_if_done(self, import_id: str, at: datetime, line: int | None = None) -> None:
@@ -327,11 +335,15 @@ class ImportSplitter:
             self._ledger.fail(source.import_id, error.code, error.message, self._clock())
             return
         total = last_line = 0
+        # Bad rows found recorded (a retried or duplicate split): their errors are seen to at once
+        # per PROGRESS_EVERY orders, one read of the import for them all rather than one each.
+        found: list[int] = []
         for order in orders:
             if hand_off is not None and total > resume_after and time_up():
                 # An order boundary: every order before this one is queued (once the batch is
                 # sent) or recorded; this one and the rest are the continuation's.
                 self._queue.flush()
+                self._keep_lost_errors(source.import_id, found)
                 self._ledger.progress(source.import_id, orders.format, total, self._clock())
                 hand_off(total)
                 return
@@ -342,22 +354,30 @@ class ImportSplitter:
             error = order.error or _card_data_error(
                 order.body, order.line, order.external_id, order.line_numbers, self._named(orders.format)
             )
-            if error is not None:
-                self._ledger.record(source.import_id, order.line, Outcome.FAILED, error, self._clock())
-            else:
+            if error is None:
                 body = json.dumps(order.body, separators=(",", ":"))
                 if len(body.encode()) > MAX_ORDER_BYTES:
                     error = LineError(order.line, order.external_id, "order_too_large", "the order is over 250 KiB")
-                    self._ledger.record(source.import_id, order.line, Outcome.FAILED, error, self._clock())
                 else:
                     origin = OrderOrigin(source.import_id, order.line, order.line_numbers, orders.format)
                     if key is not None:  # None: an import begun before signing, resumed
                         origin = replace(origin, signature=origin_signature(key, origin, body))
                     self._queue.send(QueuedOrder(body, origin))
+            if error is not None and not self._ledger.record(
+                source.import_id, order.line, Outcome.FAILED, error, self._clock()
+            ):
+                found.append(order.line)
             if total % PROGRESS_EVERY == 0:
+                self._keep_lost_errors(source.import_id, found)
                 self._ledger.progress(source.import_id, orders.format, total, self._clock())
         self._queue.flush()
+        self._keep_lost_errors(source.import_id, found)
         self._ledger.finish_reading(source.import_id, orders.format, total, self._clock(), last_line=last_line)
+
+    def _keep_lost_errors(self, import_id: str, found: list[int]) -> None:
+        if found:
+            self._ledger.keep_lost_errors(import_id, found)
+            found.clear()
 
     def _named(self, file_format: str) -> Callable[[str], str]:
         return lambda field: self._field_names(field, file_format)
@@ -460,6 +480,8 @@ class OrderImporter:
             and result.outcome is not None
             and not self._ledger.record(origin.import_id, origin.line, result.outcome, result.error, self._clock())
         ):
+            # By a twin delivery of this message, which may have counted it and lost its error.
+            self._ledger.keep_lost_errors(origin.import_id, [origin.line])
             logger.info("import line already recorded", extra={"import_id": origin.import_id, "line": origin.line})
         return result
 

@@ -72,7 +72,7 @@ def _error_key(import_id: str, ordinal: int) -> dict[str, Any]:
     return {"pk": {"S": f"IMPORT#{import_id}#ERRORS"}, "sk": {"S": f"{ordinal:06d}"}}
 
 
-# The sort key of an error written under its line (_keep_unkept_error): after every ordinal.
+# The sort key of an error written under its line (_keep_lost_errors): after every ordinal.
 _RECOVERED = "line#"
 
 
@@ -115,9 +115,11 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
     a marker so flagged records nothing, so the redelivery counts the line. When DynamoDB refuses
     a counted failure's error item, the marker is put again holding that item (`unkept_error`), and
     whatever finds the line recorded next writes it (the redelivery's complete_if_done, the retried
-    split's record); when DynamoDB refuses that too, what finds the line recorded writes the error
-    its marker has held since the line was marked, if the report is short of one and does not list
-    it. No transaction: a
+    split's record, from the marker its refused put returns); when DynamoDB refuses that too, what
+    finds the line recorded writes the error its marker has held since the line was marked, if the
+    report is short of one and does not list it (keep_lost_errors: a retried split asks once for
+    the rows of each PROGRESS_EVERY orders it found recorded, one read of the import for them all,
+    and reads their markers only while the report is short). No transaction: a
     worker killed between the two writes leaves that line uncounted (the import then stays
     running, one short, until the reconciler recounts it from its markers: recount(); the count
     is then refused to a worker that comes late); the order itself is stored or not, never twice."""
@@ -308,12 +310,17 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
                 ConditionExpression="attribute_not_exists(id) OR #uncounted = :true",
                 ExpressionAttributeNames={"#uncounted": "uncounted"},
                 ExpressionAttributeValues={":true": {"BOOL": True}},
+                # The marker found, for nothing more: a refused put costs its write unit anyway.
+                ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except ClientError as failure:
             if _is_conditional_failure(failure):
-                # Recorded before; by a record that may have counted the line and not kept its
-                # error (the splitter's retried event comes here, not through complete_if_done).
-                self._keep_unkept_error(import_id, line)
+                # Recorded before; by a record that may have counted the line and left its error
+                # on the marker (the splitter's retried event comes here, not through
+                # complete_if_done). One it could not leave there is keep_lost_errors' to find.
+                found = failure.response.get("Item")
+                if found is not None:
+                    self._keep_unkept_error(found)
                 return False
             raise
         try:
@@ -357,36 +364,64 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
         return True
 
     def complete_if_done(self, import_id: str, at: datetime, line: int | None = None) -> None:
+        # One read of the import for both: writing an error never changes the import's item.
+        item = self._client.get_item(TableName=self._table, Key=_import_key(import_id), ConsistentRead=True).get("Item")
+        if item is None:
+            return
         if line is not None:
-            self._keep_unkept_error(import_id, line)
+            marker = self._marker(import_id, line)
+            if marker is not None and not self._keep_unkept_error(marker):
+                self._keep_lost_errors(import_id, item, iter([marker]))
+        self._complete_if_done(import_id, from_item(item), at)
+
+    def keep_lost_errors(self, import_id: str, lines: list[int]) -> None:
+        # One read of the import for all the lines; their markers only while the report is short.
+        if not lines:
+            return
         item = self._client.get_item(TableName=self._table, Key=_import_key(import_id), ConsistentRead=True).get("Item")
         if item is not None:
-            self._complete_if_done(import_id, from_item(item), at)
+            markers = (self._marker(import_id, line) for line in lines)
+            self._keep_lost_errors(import_id, item, (marker for marker in markers if marker is not None))
 
-    def _keep_unkept_error(self, import_id: str, line: int) -> None:
-        """Write the error record() counted for `line` and could not write, if it left one on the
-        line's marker; then the marker as it would have been. When it could not leave it there
-        either, write the failure's error (on its marker since the line was marked) if the report
-        is short of an error and this one is not listed: under its line, not an ordinal (the one
-        missing is unknown, and may be a worker's that is about to write it)."""
-        marker = self._client.get_item(
+    def _marker(self, import_id: str, line: int) -> dict[str, Any] | None:
+        return self._client.get_item(
             TableName=self._markers, Key={"id": {"S": _marker_id(import_id, line)}}, ConsistentRead=True
         ).get("Item")
-        if marker is None:
-            return
-        if "unkept_error" in marker:
-            self._client.put_item(TableName=self._table, Item=marker.pop("unkept_error")["M"])
-            self._client.put_item(TableName=self._markers, Item=marker)
-            return
-        error = marker.get("error", {}).get("M")
-        if marker.get("outcome", {}).get("S") != Outcome.FAILED.value or not error:
-            return
-        item = self._client.get_item(TableName=self._table, Key=_import_key(import_id), ConsistentRead=True).get("Item")
-        kept = min(int(item.get("failed", {}).get("N", "0")), MAX_REPORTED_ERRORS) if item else 0
+
+    def _keep_unkept_error(self, marker: dict[str, Any]) -> bool:
+        """Write the error record() counted and could not write, if it left it on the line's
+        `marker` (True); then the marker as it would have been."""
+        if "unkept_error" not in marker:
+            return False
+        marker = dict(marker)
+        self._client.put_item(TableName=self._table, Item=marker.pop("unkept_error")["M"])
+        self._client.put_item(TableName=self._markers, Item=marker)
+        return True
+
+    def _keep_lost_errors(self, import_id: str, item: dict[str, Any], markers: Iterator[dict[str, Any]]) -> None:
+        """For each failure's marker, while the report (the import's `item` and its errors, read
+        once) is short of errors: when the marker holds no unkept error (record() could not leave
+        it there either) and the report does not list its error, write that error (on the marker
+        since the line was marked) under its line, not an ordinal: the one missing is unknown, and
+        may be a worker's that is about to write it. No marker is read once the report is whole."""
+        kept = min(int(item.get("failed", {}).get("N", "0")), MAX_REPORTED_ERRORS)
         listed = self._errors(import_id, kept)
-        if len(listed) < kept and int(error["line"]["N"]) not in {entry.line for entry in listed}:
-            key = {"pk": _error_key(import_id, 0)["pk"], "sk": {"S": f"{_RECOVERED}{line}"}}
-            self._client.put_item(TableName=self._table, Item={**key, **error})
+        short = kept - len(listed)
+        if short <= 0:
+            return
+        lines = {entry.line for entry in listed}
+        for marker in markers:
+            error = marker.get("error", {}).get("M")
+            if marker.get("outcome", {}).get("S") != Outcome.FAILED.value or not error or "unkept_error" in marker:
+                continue
+            if int(error["line"]["N"]) not in lines:
+                line = marker["id"]["S"].rsplit("#", 1)[1]
+                key = {"pk": _error_key(import_id, 0)["pk"], "sk": {"S": f"{_RECOVERED}{line}"}}
+                self._client.put_item(TableName=self._table, Item={**key, **error})
+                lines.add(int(error["line"]["N"]))
+                short -= 1
+                if short <= 0:
+                    return
 
     def _complete_if_done(self, import_id: str, values: dict[str, Any], at: datetime) -> None:
         """Whoever sees the final total reached ends the import; the condition lets one win."""

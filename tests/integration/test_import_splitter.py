@@ -518,3 +518,93 @@ def test_a_running_total_is_never_lowered_by_a_duplicate_continuation_handing_of
     assert item["total"]["N"] == "2000"
     ledger.progress("imp_twice", "csv", 3000, utc_now())
     assert report("imp_twice")["total"] == 3000
+
+
+def split_interrupted_at_its_end(
+    stack: ImportAws, monkeypatch: pytest.MonkeyPatch, *, lose_last_error: bool
+) -> tuple[str, dict[str, Any], list[int]]:
+    """A file of 200 orders, 60 of them bad rows (30 in each 100), whose first split recorded every
+    bad row and was interrupted at its end: by its last write, or (`lose_last_error`) by DynamoDB
+    refusing the last bad row's error and that error's fallback onto the row's marker. The import
+    id, the file's event and the bad rows' lines; a split writes its progress every 100 orders."""
+    from botocore.exceptions import ClientError
+
+    from functions.import_splitter.app import container, lambda_handler
+
+    monkeypatch.setattr("core.import_service.PROGRESS_EVERY", 100)
+    rows = [csv_row(f"ext-{i:03d}", quantity="x" if i % 10 < 3 else "1") for i in range(200)]
+    bad_lines = [i + 2 for i in range(200) if i % 10 < 3]
+    import_id = stack.put_file("incoming/orders.csv", csv_file(*rows))
+    event = stack.s3_event("incoming/orders.csv")
+    ledger = container().import_ledger
+    if lose_last_error:
+        last = str(bad_lines[-1])
+
+        def last_error_and_its_fallback(item: dict[str, Any]) -> str | None:
+            if error_pk(item) and item["line"]["N"] == last:
+                return "error"
+            return "fallback" if "unkept_error" in item else None
+
+        refused = refuse_puts(ledger, monkeypatch, last_error_and_its_fallback)
+    else:
+        finish_reading, refused = ledger.finish_reading, []
+
+        def dies_once(*args: Any, **kwargs: Any) -> None:
+            if not refused:
+                refused.append("finish_reading")
+                raise ConnectionError("network down")
+            finish_reading(*args, **kwargs)
+
+        monkeypatch.setattr(ledger, "finish_reading", dies_once)
+    with pytest.raises((ClientError, ConnectionError)):
+        lambda_handler(event, context("ImportSplitterFunction", 900))
+    assert refused == (["error", "fallback"] if lose_last_error else ["finish_reading"])
+    interrupted = report(import_id)
+    assert interrupted["failed"] == 60
+    assert len([e for e in interrupted["errors"] if e["line"]]) == (59 if lose_last_error else 60)
+    return import_id, event, bad_lines
+
+
+def count_reads(ledger: Any) -> dict[str, int]:
+    """The reads the ledger's DynamoDB client makes from now on: GetItem of the import's item and
+    of line markers, and Query."""
+    reads = {"import": 0, "marker": 0, "query": 0}
+
+    def counting(params: dict[str, Any], model: Any, **_: Any) -> None:
+        if model.name == "GetItem":
+            reads["import" if params["Key"].get("sk", {}).get("S") == "IMPORT" else "marker"] += 1
+        elif model.name == "Query":
+            reads["query"] += 1
+
+    ledger._client.meta.events.register("before-parameter-build.dynamodb", counting)
+    return reads
+
+
+@pytest.mark.parametrize("lose_last_error", [False, True], ids=["errors-kept", "last-error-lost"])
+def test_a_retried_split_reads_its_import_once_per_progress_not_once_per_bad_row_found_recorded(
+    stack: ImportAws, monkeypatch: pytest.MonkeyPatch, lose_last_error: bool
+):
+    # The retry finds each bad row recorded, and read the import's item, the row's marker and
+    # (with an error missing) the import's errors once for each: 60 of each here, 10,000 for a
+    # file of 100,000 orders with 10,000 bad rows.
+    from functions.import_splitter.app import container, lambda_handler
+
+    import_id, event, bad_lines = split_interrupted_at_its_end(stack, monkeypatch, lose_last_error=lose_last_error)
+    reads = count_reads(container().import_ledger)
+
+    lambda_handler(event, context("ImportSplitterFunction", 900))  # Lambda's retry of the event
+
+    resumed = report(import_id)
+    assert (resumed["status"], resumed["total"], resumed["total_final"], resumed["failed"]) == (
+        "running",
+        200,
+        True,
+        60,
+    )
+    assert [(e["line"], e["code"]) for e in resumed["errors"]] == [(n, "invalid_number") for n in bad_lines]
+    # begin()'s read, then one for each 100 orders' bad rows; their markers only while the report
+    # is short of an error (the last row's: every marker is read up to it).
+    assert (reads["import"], reads["marker"]) == (3, 60 if lose_last_error else 0)
+    assert reads["query"] <= 2
+    lambda_handler(event, context("ImportSplitterFunction", 900))  # a duplicate delivery: nothing more
+    assert report(import_id)["errors"] == resumed["errors"]

@@ -1182,6 +1182,56 @@ def test_a_recount_keeps_the_errors_of_every_failure_it_counts_up_to_the_report_
     assert ended["errors"][-1] == {"line": 105, "external_id": "ext-105", "code": "unknown_sku", "message": "no"}
 
 
+def test_a_recount_that_set_the_counters_before_lines_were_kept_ends_with_the_errors_it_carried(
+    stack: ImportAws, monkeypatch: pytest.MonkeyPatch
+):
+    # A recount running when the recount began to keep the failures' lines instead of their errors
+    # had already set the counters and left, on the import's item, the errors it counted (at most
+    # what the report had room for), and died before ending it. The pass ends it with them.
+    from core.import_service import Outcome
+    from core.imports import LineError
+    from core.models import utc_now
+    from functions.adapters.dynamodb import timestamp
+    from functions.adapters.imports import _error_fields, _import_key, _marker_id
+    from functions.import_worker.app import container
+
+    monkeypatch.setattr("functions.adapters.imports.MAX_REPORTED_ERRORS", 5)
+    ledger, now = container().import_ledger, utc_now()
+    errors = {line: LineError(line, f"ext-{line}", "unknown_sku", f"no sku on line {line}") for line in range(2, 8)}
+    ledger.begin("imp_old", "s3://b/old.csv", now)
+    for line in (2, 3):  # counted by their workers: the report's first two errors
+        ledger.record("imp_old", line, Outcome.FAILED, errors[line], now)
+    for line in range(4, 8):  # marked by workers killed before counting
+        ledger._client.put_item(
+            TableName=ledger._markers,
+            Item={"id": {"S": _marker_id("imp_old", line)}, "outcome": {"S": "failed"},
+                  "error": {"M": _error_fields(errors[line])}},
+        )  # fmt: skip
+    # What that recount wrote: the counters, and the errors it counted, up to the report's room.
+    carried = [{"M": _error_fields(errors[line])} for line in (4, 5, 6)]
+    ledger._client.update_item(
+        TableName=ledger._table,
+        Key=_import_key("imp_old"),
+        UpdateExpression="SET #total = :six, total_final = :true, last_line = :seven, #failed = :six, "
+        "recounted = :recounted, updated_at = :now",
+        ExpressionAttributeNames={"#total": "total", "#failed": "failed"},
+        ExpressionAttributeValues={":six": {"N": "6"}, ":seven": {"N": "7"}, ":true": {"BOOL": True},
+                                   ":recounted": {"M": {"after": {"N": "2"}, "errors": {"L": carried}}},
+                                   ":now": {"S": timestamp(now)}},
+    )  # fmt: skip
+    assert report("imp_old")["status"] == "running"
+
+    assert recount().completed == ["imp_old"]
+
+    ended = report("imp_old")
+    assert (ended["status"], ended["total"], ended["failed"]) == ("completed_with_errors", 6, 6)
+    assert [(e["line"], e["external_id"], e["message"]) for e in ended["errors"]] == [
+        (line, f"ext-{line}", f"no sku on line {line}") for line in range(2, 7)
+    ]
+    assert recount().completed == []  # ended: nothing more
+    assert report("imp_old") == ended
+
+
 def skipped(caplog: pytest.LogCaptureFixture) -> list[tuple[str, str]]:
     """The imports the recount's pass logged it skips (read before last_line was kept)."""
     return [
