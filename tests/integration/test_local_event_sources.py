@@ -594,6 +594,28 @@ def test_a_failing_s3_event_is_retried_then_sent_to_the_on_failure_destination(s
     assert mapping.stats["sent_to_on_failure"] == 1
 
 
+def test_an_asynchronous_invoke_of_a_function_with_an_s3_event_is_queued_retried_and_sent_on(stack, consumers):
+    # The import splitter hands the rest of a file to itself with InvocationType Event: Lambda answers
+    # 202 at once and its async queue invokes later, retried per EventInvokeConfig, then OnFailure.
+    consumer = consumers["UploadConsumer"]
+
+    def fail_on_rest(event: dict[str, Any], number: int) -> None:
+        if event.get("rest") == "fails":
+            raise ValueError("cannot go on")
+
+    consumer.reset(fail_on_rest)
+    lam = stack.client("lambda")
+    for payload in ({"rest": "fine"}, {"rest": "fails"}):
+        answer = lam.invoke(FunctionName=stack.function_arns["UploadConsumer"], InvocationType="Event",
+                            Payload=json.dumps(payload))  # fmt: skip
+        assert (answer["StatusCode"], answer["Payload"].read()) == (202, b"")
+    assert stack.wait_until_idle(5)
+    assert consumer.events == [{"rest": "fine"}, {"rest": "fails"}, {"rest": "fails"}]  # 1 retry
+    [message] = taken(stack, "UploadFailures")
+    record = json.loads(message["Body"])
+    assert (record["requestPayload"], record["responsePayload"]["errorMessage"]) == ({"rest": "fails"}, "cannot go on")
+
+
 # --- Functions that run past their Timeout, or exit ---------------------------------------------------
 # A thread cannot be stopped: the handler runs to its end, and its answer is dropped for the timeout
 # Lambda would have reported (infra/local/lambdas.py). Each test takes what it left in a queue back.
