@@ -262,6 +262,9 @@ def test_unsupported_filter_syntax_fails_clearly(pattern: str):
 def test_a_pattern_must_be_the_json_string_cloudformation_takes():
     with pytest.raises(EventSourceError, match="not a JSON string"):
         compile_filters({"Filters": [{"Pattern": {"eventName": ["INSERT"]}}]}, "Fn.Events.E")
+    for criteria in ({"Filters": []}, {"Filter": [{"Pattern": "{}"}]}, ["INSERT"]):
+        with pytest.raises(EventSourceError, match=r"Fn\.Events\.E: FilterCriteria needs a non-empty Filters list"):
+            compile_filters(criteria, "Fn.Events.E")
 
 
 def test_batch_item_failures_follow_lambdas_rules():

@@ -803,6 +803,11 @@ def test_an_answer_the_template_does_not_name_takes_its_default_4xx_or_5xx_as_on
     assert (status, body) == (500, {"error": {"code": "from_default_5xx"}})
     assert response.headers["x-amzn-ErrorType"] == "AuthorizerConfigurationException"
 
+    # A context value that is not a string, number or boolean: API Gateway refuses the output too.
+    nested = Recorder(allow_all(scopes=["orders:read"]))
+    gw = gateway(authorizer=nested, gateway_responses={**RESPONSES, "DEFAULT_5XX": default_5xx})
+    assert call(gw, "GET", "/orders", headers=[("Authorization", "Bearer a")])[:2] == (500, body)
+
     only_default = {key: value for key, value in RESPONSES.items() if key != "MISSING_AUTHENTICATION_TOKEN"}
     status, body, _ = call(gateway(gateway_responses=only_default), "GET", "/nowhere")
     assert (status, body["error"]["code"]) == (403, "request_refused")  # API Gateway's own 403, DEFAULT_4XX's body
