@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 from urllib.parse import quote_plus, unquote_plus
 
 from core import settings
-from infra.local.lambdas import LocalFunction
+from infra.local.lambdas import LocalFunction, RuntimeFailure
 from infra.local.template import ACCOUNT_ID, REGION
 
 logger = logging.getLogger("infra.local.events")
@@ -453,8 +453,9 @@ class S3NotificationMapping(EventSourceMapping):
     def _failure_record(self, batch: list[Record], attempts: int, error: BaseException | None) -> dict[str, Any]:
         record = super()._failure_record(batch, attempts, error)
         record["requestContext"].update(functionArn=f"{self.function.arn}:$LATEST", condition="RetriesExhausted")
-        trace = traceback.format_tb(error.__traceback__) if error else []
-        response = {"errorMessage": str(error), "errorType": type(error).__name__, "stackTrace": trace}
+        response = {"errorMessage": str(error), "errorType": type(error).__name__}
+        if not isinstance(error, RuntimeFailure):  # the runtime's own (a timeout, an exit) carries no trace
+            response["stackTrace"] = traceback.format_tb(error.__traceback__) if error else []
         return record | {"requestPayload": batch[0], "responsePayload": response}
 
 

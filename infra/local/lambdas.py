@@ -77,9 +77,24 @@ def run_workers_as_their_function() -> Callable[[], None]:
     return _THREADS.undo
 
 
-# As Lambda reports (errorType: what a state's Retry/Catch, an OnFailure record match on) a run past its
-# Timeout (Lambda stopped it) or past what its caller waits, and a SystemExit (its runtime exited).
-TimedOut, ExitError = type("Sandbox.Timedout", (Exception,), {}), type("Runtime.ExitError", (Exception,), {})
+class RuntimeFailure(Exception):
+    """A failure Lambda's runtime reports, not the handler: its errorType is the class's name (what a
+    state's Retry/Catch, an OnFailure record match on), its errorMessage names the invocation's request
+    id, and it has no stack trace."""
+
+    def __init__(self, request_id: str, reason: str):
+        super().__init__(f"RequestId: {request_id} Error: {reason}")
+
+
+# A run past its Timeout (Lambda stopped it) or past what its caller waits; a SystemExit (the runtime exited).
+TimedOut = type("Sandbox.Timedout", (RuntimeFailure,), {})
+ExitError = type("Runtime.ExitError", (RuntimeFailure,), {})
+
+
+def _exit_reason(code: Any) -> str:
+    """As Lambda words a runtime's exit: sys.exit() and sys.exit(0) are status 0, sys.exit("text") 1."""
+    status = 0 if code is None else code if isinstance(code, int) else 1
+    return f"Runtime exited with error: exit status {status}" if status else "Runtime exited without providing a reason"
 
 
 @dataclass
@@ -125,8 +140,8 @@ class LocalFunction:
         memory_mb, timeout_seconds = int(props.get("MemorySize", 128)), int(props.get("Timeout", 3))
         return cls(physical_name, handler or props["Handler"], memory_mb=memory_mb, timeout_seconds=timeout_seconds)
 
-    def new_context(self) -> LambdaContext:
-        return LambdaContext(self.name, self.memory_mb, self.arn, str(uuid.uuid4()), self.timeout_seconds)
+    def new_context(self, request_id: str = "") -> LambdaContext:
+        return LambdaContext(self.name, self.memory_mb, self.arn, request_id or str(uuid.uuid4()), self.timeout_seconds)
 
     def invoke(self, event: Any, waits: float = math.inf) -> Any:
         """Runs the handler; its exceptions propagate (the caller decides what a failure means). A run
@@ -136,7 +151,7 @@ class LocalFunction:
         with self._count_lock:
             self.invocations += 1
             self.in_flight += 1
-        outer, started = getattr(RUNNING, "function", None), math.inf
+        outer, started, request_id = getattr(RUNNING, "function", None), math.inf, str(uuid.uuid4())
         try:
             with self._lock:
                 if isinstance(self._handler, str):
@@ -144,15 +159,15 @@ class LocalFunction:
                     self._handler = getattr(importlib.import_module(module), attribute)
                 RUNNING.function = self.name
                 started = time.monotonic()  # waiting for the lock is not run time
-                result = self._handler(event, self.new_context())
+                result = self._handler(event, self.new_context(request_id))
         except SystemExit as exit:
-            raise ExitError(f"Runtime exited with error: exit status {exit.code}") from None
+            raise ExitError(request_id, _exit_reason(exit.code)) from None
         finally:
             RUNNING.function = outer
             with self._count_lock:
                 self.in_flight -= 1
             if time.monotonic() - started > (limit := min(self.timeout_seconds, waits)):  # what it raised too
-                raise TimedOut(f"Task timed out after {limit:.2f} seconds")
+                raise TimedOut(request_id, f"Task timed out after {limit:.2f} seconds")
         return result
 
     def try_invoke(self, event: Any) -> tuple[Any, Exception | None]:

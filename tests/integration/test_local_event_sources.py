@@ -8,6 +8,7 @@ line records up into one batch, then resume and wait_until_idle().
 from __future__ import annotations
 
 import json
+import re
 import sys
 import threading
 import time
@@ -261,6 +262,9 @@ def test_unsupported_filter_syntax_fails_clearly(pattern: str):
 def test_a_pattern_must_be_the_json_string_cloudformation_takes():
     with pytest.raises(EventSourceError, match="not a JSON string"):
         compile_filters({"Filters": [{"Pattern": {"eventName": ["INSERT"]}}]}, "Fn.Events.E")
+    for criteria in ({"Filters": []}, {"Filter": [{"Pattern": "{}"}]}, ["INSERT"]):
+        with pytest.raises(EventSourceError, match=r"Fn\.Events\.E: FilterCriteria needs a non-empty Filters list"):
+            compile_filters(criteria, "Fn.Events.E")
 
 
 def test_batch_item_failures_follow_lambdas_rules():
@@ -587,9 +591,32 @@ def test_a_failing_s3_event_is_retried_then_sent_to_the_on_failure_destination(s
     assert record["responseContext"]["functionError"] == "Unhandled"
     assert record["responsePayload"]["errorType"] == "ValueError"
     assert record["responsePayload"]["errorMessage"] == "cannot split this file"
+    assert any("fail_on_poison" in line for line in record["responsePayload"]["stackTrace"])  # the handler's
     mapping = next(m for m in stack.mappings.values() if m.function_logical_id == "UploadConsumer")
     assert mapping.on_failure.arn == stack.atts["UploadFailures.Arn"]
     assert mapping.stats["sent_to_on_failure"] == 1
+
+
+def test_an_asynchronous_invoke_of_a_function_with_an_s3_event_is_queued_retried_and_sent_on(stack, consumers):
+    # The import splitter hands the rest of a file to itself with InvocationType Event: Lambda answers
+    # 202 at once and its async queue invokes later, retried per EventInvokeConfig, then OnFailure.
+    consumer = consumers["UploadConsumer"]
+
+    def fail_on_rest(event: dict[str, Any], number: int) -> None:
+        if event.get("rest") == "fails":
+            raise ValueError("cannot go on")
+
+    consumer.reset(fail_on_rest)
+    lam = stack.client("lambda")
+    for payload in ({"rest": "fine"}, {"rest": "fails"}):
+        answer = lam.invoke(FunctionName=stack.function_arns["UploadConsumer"], InvocationType="Event",
+                            Payload=json.dumps(payload))  # fmt: skip
+        assert (answer["StatusCode"], answer["Payload"].read()) == (202, b"")
+    assert stack.wait_until_idle(5)
+    assert consumer.events == [{"rest": "fine"}, {"rest": "fails"}, {"rest": "fails"}]  # 1 retry
+    [message] = taken(stack, "UploadFailures")
+    record = json.loads(message["Body"])
+    assert (record["requestPayload"], record["responsePayload"]["errorMessage"]) == ({"rest": "fails"}, "cannot go on")
 
 
 # --- Functions that run past their Timeout, or exit ---------------------------------------------------
@@ -654,11 +681,10 @@ def test_an_s3_event_past_its_timeout_is_retried_then_sent_on_as_a_timeout(stack
     assert stack.wait_until_idle(5)
     assert len(consumer.events) == 2  # 1 retry (EventInvokeConfig)
     [message] = taken(stack, "UploadFailures")
+    # Lambda's runtime, not the handler, reports it: the request id in its message, no stack trace.
     response = json.loads(message["Body"])["responsePayload"]
-    assert (response["errorType"], response["errorMessage"]) == (
-        "Sandbox.Timedout",
-        "Task timed out after 0.05 seconds",
-    )
+    assert response.keys() == {"errorType", "errorMessage"} and response["errorType"] == "Sandbox.Timedout"
+    assert re.fullmatch(r"RequestId: [0-9a-f-]{36} Error: Task timed out after 0\.05 seconds", response["errorMessage"])
 
 
 def test_a_function_that_exits_fails_its_batch_and_the_poller_delivers_on(stack, ddb, consumers):

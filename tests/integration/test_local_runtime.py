@@ -9,8 +9,10 @@ import base64
 import http.client
 import json
 import os
+import re
 import shutil
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -30,7 +32,7 @@ from infra.local.gateway import (
     proxy_event,
     request_authorizer_event,
 )
-from infra.local.lambdas import LocalFunction
+from infra.local.lambdas import ExitError, LocalFunction
 from infra.local.resources import Resources
 from infra.local.template import DEFAULT_TEMPLATE, ApiRoute, Template, create_table_request, load_template
 
@@ -553,7 +555,7 @@ def test_an_api_function_past_its_timeout_is_a_502_and_past_the_integration_s_a_
     gw.api.timeout_seconds = 0.02
     status, body, response = call(gw, "GET", "/health")
     assert (status, body) == (502, {"error": {"code": "internal_error", "message": "internal error", "details": []}})
-    assert "Task timed out after 0.02 seconds" in caplog.text
+    assert re.search(r"RequestId: [0-9a-f-]{36} Error: Task timed out after 0\.02 seconds", caplog.text)
     gw = gateway(api=late(0.1, answer), integration_timeout=0.02, gateway_responses={})
     status, body, response = call(gw, "GET", "/health")
     assert (status, body) == (504, {"message": "Endpoint request timed out"})
@@ -565,7 +567,29 @@ def test_an_api_function_that_exits_is_a_502(caplog):
     # SystemExit is no Exception: it went through the gateway's handling (on a server thread, it ended
     # the request unanswered). Lambda's runtime reports the process's exit as a function error.
     assert call(gateway(api=late(0, SystemExit(3))), "GET", "/health")[0] == 502
-    assert "Runtime exited with error: exit status 3" in caplog.text
+    assert re.search(r"RequestId: [0-9a-f-]{36} Error: Runtime exited with error: exit status 3", caplog.text)
+
+
+@pytest.mark.parametrize(
+    ("code", "reason"),
+    [
+        (3, "Runtime exited with error: exit status 3"),
+        ("a message", "Runtime exited with error: exit status 1"),  # Python prints it and exits 1
+        (None, "Runtime exited without providing a reason"),  # sys.exit(): status 0
+        (0, "Runtime exited without providing a reason"),
+    ],
+)
+def test_a_handler_s_exit_is_worded_as_lambda_words_the_runtime_s_exit(code: Any, reason: str):
+    seen = []
+
+    def handler(event: Any, context: Any) -> None:
+        seen.append(context.aws_request_id)
+        sys.exit(code)
+
+    with pytest.raises(ExitError) as caught:
+        LocalFunction("exits", handler).invoke({})
+    assert type(caught.value).__name__ == "Runtime.ExitError"
+    assert str(caught.value) == f"RequestId: {seen[0]} Error: {reason}"  # the invocation's own request id
 
 
 def test_an_authorizer_past_its_timeout_is_a_500():
@@ -778,6 +802,11 @@ def test_an_answer_the_template_does_not_name_takes_its_default_4xx_or_5xx_as_on
     status, body, response = call(gw, "GET", "/orders", headers=[("Authorization", "Bearer a")])
     assert (status, body) == (500, {"error": {"code": "from_default_5xx"}})
     assert response.headers["x-amzn-ErrorType"] == "AuthorizerConfigurationException"
+
+    # A context value that is not a string, number or boolean: API Gateway refuses the output too.
+    nested = Recorder(allow_all(scopes=["orders:read"]))
+    gw = gateway(authorizer=nested, gateway_responses={**RESPONSES, "DEFAULT_5XX": default_5xx})
+    assert call(gw, "GET", "/orders", headers=[("Authorization", "Bearer a")])[:2] == (500, body)
 
     only_default = {key: value for key, value in RESPONSES.items() if key != "MISSING_AUTHENTICATION_TOKEN"}
     status, body, _ = call(gateway(gateway_responses=only_default), "GET", "/nowhere")
