@@ -7,6 +7,7 @@ from pathlib import Path
 
 from core.status import TRANSITIONS, OrderStatus
 from core.workflow import BUSINESS_OUTCOMES, CANCEL_RECORDED, PARK, STEP_RESULTS, after_failure
+from infra.local.template import load_template
 
 ASL = json.loads((Path(__file__).resolve().parents[2] / "infra" / "order_workflow.asl.json").read_text())
 STATES = ASL["States"]
@@ -111,8 +112,15 @@ def test_one_step_failing_fast_throughout_still_parks_within_the_express_limit()
 
 
 def test_every_task_has_a_timeout_shorter_than_it_could_hang():
+    """Each task's TimeoutSeconds is above its function's Timeout in template.yaml, so a function
+    that runs out of time fails as Lambda reports it (Sandbox.Timedout, retried) before the state
+    does (States.Timeout), and at most 30 s, so a hung step cannot eat Express's five minutes."""
+    template = load_template()
+    resources = template["Resources"]
     for name, state in TASKS.items():
-        assert 10 < state["TimeoutSeconds"] <= 30, name  # above the functions' 10 s Timeout
+        function = resources[name + "Function"]["Properties"]
+        timeout = function.get("Timeout", template["Globals"]["Function"]["Timeout"])
+        assert timeout < state["TimeoutSeconds"] <= 30, name
 
 
 def test_every_state_is_reachable_and_every_path_ends():
