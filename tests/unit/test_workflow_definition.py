@@ -112,13 +112,17 @@ def test_one_step_failing_fast_throughout_still_parks_within_the_express_limit()
 
 
 def test_every_task_has_a_timeout_shorter_than_it_could_hang():
-    """Each task's TimeoutSeconds is above its function's Timeout in template.yaml, so a function
-    that runs out of time fails as Lambda reports it (Sandbox.Timedout, retried) before the state
-    does (States.Timeout), and at most 30 s, so a hung step cannot eat Express's five minutes."""
+    """Each task's TimeoutSeconds (the returns workflow's too) is above its function's Timeout in
+    template.yaml, so a function that runs out of time fails as Lambda reports it
+    (Sandbox.Timedout, retried) before the state does (States.Timeout), and at most 30 s, so a
+    hung step cannot eat Express's five minutes."""
     template = load_template()
     resources = template["Resources"]
-    for name, state in TASKS.items():
-        function = resources[name + "Function"]["Properties"]
+    returns = json.loads((Path(__file__).resolve().parents[2] / "infra" / "return_workflow.asl.json").read_text())
+    for name, state in [*STATES.items(), *returns["States"].items()]:
+        if state["Type"] != "Task":
+            continue
+        function = resources[state["Resource"].removeprefix("${").removesuffix("Arn}")]["Properties"]
         timeout = function.get("Timeout", template["Globals"]["Function"]["Timeout"])
         assert timeout < state["TimeoutSeconds"] <= 30, name
 
