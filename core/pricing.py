@@ -10,7 +10,7 @@ import pluggy
 
 from core.errors import InvalidRequest, NoPrice, NoShippingMethod, PluginError, UnknownShippingMethod
 from core.hook_calls import call_hook
-from core.models import Address, LineTaxRate, OrderLine, PlaceOrder, Product, PromotionGrant, Totals
+from core.models import Address, Customer, LineTaxRate, OrderLine, PlaceOrder, Product, PromotionGrant, Totals
 from core.money import Money, quantum
 from core.pricing_types import Discount, DraftLine, PricingDraft, ShippingQuote, TaxRate
 
@@ -27,6 +27,11 @@ class PricedOrder:
     # What the promo codes and the plugins' own rules grant the order as priced (Order.promotion_grants:
     # kept from its capture, and from each edit of an order priced again: _merged).
     grants: list[PromotionGrant]
+    # The command's customer and shipping address as an order holds them (Customer, Address): the
+    # draft validated them so, and an order placed from this one takes them as they are, rather
+    # than validating the client's CustomerInput and AddressInput a second time.
+    customer: Customer
+    shipping_address: Address
 
 
 def _money_in(currency: str) -> Callable[[Money], Money]:
@@ -220,6 +225,8 @@ class Pricing:
             shipping_method=shipping_method,
             promo_codes=promo_codes,
             grants=_grants(granted, draft) if not placed_with else _merged(_grants(granted, draft)),
+            customer=draft.customer,
+            shipping_address=draft.shipping_address,
         )
 
     def _discounts(

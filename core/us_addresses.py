@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from bisect import bisect_right
 
 # USPS codes: the states, DC, the territories, the freely associated states and the military
 # "states" (AA, AE, AP) that APO/FPO addresses use.
@@ -100,6 +101,10 @@ _ZIP_RANGES: tuple[tuple[int, int, str], ...] = (
     (96970, 96970, "MH"),
 )
 _SHARED_PREFIXES = frozenset(low // 100 for low, _, _ in _ZIP_RANGES)
+# _PREFIXES is in order and its ranges do not overlap (a test checks it): the one range that may
+# hold a prefix is the last that starts at or below it, found by bisection rather than a walk
+# through all of them (most of a US address's validation, once on every US order).
+_PREFIX_LOWS = [low for low, _, _ in _PREFIXES]
 
 
 def usps_code(region: str) -> str | None:
@@ -128,7 +133,8 @@ def code_of_zip(postal_code: str) -> str | None:
                 return code
         if prefix != 967:  # the rest of 967 is Hawaii's
             return None
-    for low, high, code in _PREFIXES:
-        if low <= prefix <= high:
-            return code
-    return None
+    index = bisect_right(_PREFIX_LOWS, prefix) - 1
+    if index < 0:
+        return None
+    _, high, code = _PREFIXES[index]
+    return code if prefix <= high else None

@@ -151,7 +151,6 @@ FIRST_ORDER_BUILDS = [
     "core.models.LineTaxRate",
     "core.models.Order",
     "core.models.OrderLine",
-    "core.models.Payment",
     "core.models.PlaceOrder",
     "core.models.RefundedUnits",
     "core.models.Totals",

@@ -4,6 +4,8 @@ import pytest
 
 from core.errors import DuplicateOrder, InsufficientStock, InvalidRequest, UnknownSku
 from core.ids import order_id_for
+from core.models import Address, Customer, Payment
+from core.money import Money
 from core.plugin_manager import build_plugin_manager
 from core.pricing import Pricing
 from core.services import CaptureService, InventoryService, OrderQueries
@@ -139,6 +141,25 @@ def test_pickup_uses_the_store_stock_and_pays_no_shipping(world):
     )
     assert order.shipping_method == "pickup"
     assert order.totals.shipping.amount == 0
+
+
+@pytest.mark.parametrize(
+    ("sku", "fulfillment"), [("TSHIRT", {"type": "ship"}), ("MUG", {"type": "pickup", "location_id": "store-sf"})]
+)
+def test_the_order_holds_the_clients_customer_and_address_as_stored_and_a_payment_of_nothing_yet(
+    world, sku, fulfillment
+):
+    # Pricing validates them as the order stores them once, for its draft, and the order takes
+    # them from there: a pickup order keeps the client's address, not the store's it is taxed at.
+    capture, orders, _ = world
+    cmd = place_order(lines=[{"sku": sku, "quantity": 1}], fulfillment=fulfillment)
+    order = capture.place(cmd, actor="k")
+    assert type(order.customer) is Customer and order.customer == Customer.model_validate(cmd.customer)
+    assert type(order.shipping_address) is Address
+    assert order.shipping_address == Address.model_validate(cmd.shipping_address)
+    zero = Money.zero("USD")
+    assert order.payment == Payment(method=cmd.payment.method, authorized=zero, captured=zero, refunded=zero)
+    assert orders.get(order.id) == order
 
 
 def test_pickup_needs_a_pickup_location(world):

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
 from core.models import Address, AddressInput, OrderEdit
-from core.us_addresses import USPS_CODES, code_of_zip, usps_code
+from core.us_addresses import _PREFIXES, _SHARED_PREFIXES, USPS_CODES, code_of_zip, usps_code
 
 ADDRESS = {"name": "Ada", "line1": "1 Main St", "city": "Springfield", "country": "US"}
 
@@ -53,6 +54,15 @@ def test_a_zip_code_names_the_state_or_territory_it_is_in(postal_code: str, code
 @pytest.mark.parametrize("postal_code", ["00001", "96901", "1234", "123456", "ABCDE", "94105-12", "SW1A 1AA", ""])
 def test_a_value_that_is_no_zip_code_in_use_names_no_state(postal_code: str):
     assert code_of_zip(postal_code) is None
+
+
+def test_prefix_ranges_are_in_order_and_apart_so_each_zip_code_lies_in_the_one_its_bisection_finds():
+    # code_of_zip bisects the ranges: in order and disjoint, a prefix is in at most one of them.
+    assert all(high < next_low for (_, high, _), (next_low, _, _) in itertools.pairwise(_PREFIXES))
+    assert all(low <= high for low, high, _ in _PREFIXES)
+    for prefix in set(range(1000)) - _SHARED_PREFIXES:  # those a range of ZIP codes answers first
+        walked = next((code for low, high, code in _PREFIXES if low <= prefix <= high), None)
+        assert code_of_zip(f"{prefix:03d}01") == walked, prefix
 
 
 def test_every_prefix_names_a_usps_code():
