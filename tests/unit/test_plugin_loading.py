@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import types
 from collections.abc import Iterator
 
@@ -241,25 +240,6 @@ def test_plugin_settings_read_the_process_environment_by_default(monkeypatch):
     monkeypatch.setenv("OMS_PLUGIN_ACME_API_URL", "https://acme.example")
 
     assert plugin_settings("acme") == {"api_url": "https://acme.example"}
-
-
-def test_plugin_settings_read_from_the_process_environment_are_those_of_the_same_variables_as_a_mapping(monkeypatch):
-    # On POSIX the process's environment is matched as the bytes os.environ holds its names as.
-    for name, value in {
-        "OMS_PLUGIN_ACME_API_URL": "https://acme.example",
-        "OMS_PLUGIN_ACME_Region": " eu ",
-        "OMS_PLUGIN_ACME_EMPTY": " ",
-        "OMS_PLUGIN_ACME_": "no key",
-        "OMS_PLUGIN_ACME_NAME_\u00e9": "caf\u00e9",
-        "OMS_PLUGIN_ACMEX_API_URL": "another plugin's",
-        "XOMS_PLUGIN_ACME_API_URL": "not namespaced",
-    }.items():
-        monkeypatch.setenv(name, value)
-
-    expected = {"api_url": "https://acme.example", "region": "eu", "name_\u00e9": "caf\u00e9"}
-    assert plugin_settings("acme") == plugin_settings("acme", dict(os.environ)) == expected
-    monkeypatch.delenv("OMS_PLUGIN_ACME_Region")
-    assert plugin_settings("acme") == {"api_url": "https://acme.example", "name_\u00e9": "caf\u00e9"}
 
 
 def test_registering_a_plugin_parses_each_attribute_once_and_registers_what_pluggy_alone_would(monkeypatch):
