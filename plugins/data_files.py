@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from decimal import Decimal, InvalidOperation
 from functools import lru_cache
 from pathlib import Path
@@ -9,7 +10,7 @@ from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, BeforeValidator, ValidationError
 
-from core import plugin_settings
+from core import PLUGIN_SETTINGS_PREFIX
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 
@@ -23,7 +24,9 @@ class DataFileError(ValueError):
 def data_file_path(plugin: str, setting: str, default_name: str) -> Path:
     """The file in the plugin's `setting` (OMS_PLUGIN_<PLUGIN>_<SETTING>), else the packaged one:
     a deployment points at its own table without rebuilding the package."""
-    override = plugin_settings(plugin).get(setting)
+    # One variable looked up by its name, not plugin_settings' walk of the whole environment:
+    # the tax table asks on every line it taxes, and os.environ decodes each name it yields.
+    override = os.environ.get(f"{PLUGIN_SETTINGS_PREFIX}{plugin.upper()}_{setting.upper()}", "").strip()
     return Path(override) if override else DATA_DIR / default_name
 
 
