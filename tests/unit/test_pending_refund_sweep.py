@@ -17,12 +17,15 @@ from core.ports import PendingRefunds
 from core.refund_service import PendingRefundSweep, SweepIncomplete
 from plugins.testing.gateway import RecordingGateway
 from tests.unit.test_payment_truth import Removed
+from tests.unit.test_refund_authorizations import STOCK as SPLIT_STOCK
+from tests.unit.test_refund_authorizations import renewed_between_parcels
 from tests.unit.test_unit_cancellation import STOCK as CANCEL_STOCK
 from tests.unit.test_unit_cancellation import PerUnitShipping
 from tests.unit.world import Clock, Died, World, build_racing_world, build_world, dies_before_recording
 
 STOCK = [("TSHIRT", "wh-west", 10)]
 ACTOR = "reconciler"
+FIVE = Money.of("5.00", "USD")
 
 
 class InMemoryPendingRefunds(PendingRefunds):
@@ -85,13 +88,13 @@ def dies(*args: object, **kwargs: object) -> None:
     raise TimeoutError("the API function timed out before asking the gateway")
 
 
-def left_unasked(world: World, order_id: str) -> None:
-    """A refund of 5.00 on the order left pending by the request that wrote it, which died before
-    asking the gateway: nothing on the history says it was asked."""
+def left_unasked(world: World, order_id: str, amount: Money = FIVE) -> None:
+    """A refund of `amount` on the order left pending by the request that wrote it, which died
+    before asking the gateway: nothing on the history says it was asked."""
     with pytest.MonkeyPatch.context() as patched:
         patched.setattr(world.refunds, "_ask_gateway", dies)
         with pytest.raises(TimeoutError):
-            world.refunds.issue_refund(order_id, Money.of("5.00", "USD"), "late delivery", "k1", actor="key_cs")
+            world.refunds.issue_refund(order_id, amount, "late delivery", "k1", actor="key_cs")
 
 
 def test_an_outage_the_history_does_not_show_yet_is_recorded_once(world, clock):
@@ -294,3 +297,31 @@ def test_two_passes_at_once_at_a_refund_whose_payment_plugin_was_removed_note_it
     assert race.between is None
     assert refund_failures(world, order_id) == [(ACTOR, "no_plugin", 1)]
     assert [refund.status for refund in world.order(order_id).payment.refunds] == ["pending"]
+
+
+def test_an_outage_at_a_split_refunds_second_part_after_its_first_parts_is_recorded_once(clock):
+    # A refund split over the renewed authorization and the old one (part 1: old, part 2: new).
+    # Pass 1 finds the gateway down at part 1 and records it. Pass 2 gets part 1 refunded (not
+    # recorded until every part answered) and finds it down at part 2. Before: the refund's last
+    # entry, part 1's outage, was taken for part 2's, so the history went on saying part 1 (whose
+    # money had gone back) was what waited, with no word of part 2, nor a PaymentFailures point.
+    world = build_world(SPLIT_STOCK, clock=clock)
+    first, second = renewed_between_parcels(world, clock)
+    old, new = first.payment.authorization, second.payment.authorization
+    left_unasked(world, second.id, second.payment.captured)
+    world.gateway.script("refund", "transient")
+    clock.advance(minutes=20)
+    assert sweep(world, clock).run(ACTOR) == []
+
+    for _ in range(3):  # part 1 answered under its key each pass, part 2 still down
+        world.gateway.script("refund", "approve", "transient")
+        clock.advance(minutes=5)
+        assert sweep(world, clock).run(ACTOR) == []
+
+    failed = [e.detail for e in world.history(second.id) if e.type is OrderEvent.PAYMENT_REFUND_FAILED]
+    assert [(d["authorization"], d["kind"], d["attempt"]) for d in failed] == [
+        (old, "transient", 1), (new, "transient", 1),
+    ]  # fmt: skip
+    world.gateway.script("refund", "approve")
+    assert len(sweep(world, clock).run(ACTOR)) == 1
+    assert world.order(second.id).payment.refunded == second.payment.captured
