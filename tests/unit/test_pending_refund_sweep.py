@@ -13,6 +13,7 @@ from core import hookimpl
 from core.errors import NoPaymentPlugin, PaymentGatewayUnavailable, TransientError
 from core.events import OrderEvent
 from core.money import Money
+from core.order_changes import modify
 from core.ports import PendingRefunds
 from core.refund_service import PendingRefundSweep, SweepIncomplete
 from plugins.testing.gateway import RecordingGateway
@@ -325,3 +326,27 @@ def test_an_outage_at_a_split_refunds_second_part_after_its_first_parts_is_recor
     world.gateway.script("refund", "approve")
     assert len(sweep(world, clock).run(ACTOR)) == 1
     assert world.order(second.id).payment.refunded == second.payment.captured
+
+
+def test_a_passs_first_outage_whose_write_another_entry_beat_is_decided_again_and_recorded(clock):
+    # Its write is conditional on the history's length (failure_recorder's `unless`): another
+    # entry landing first (here a label booking noted on the order) refuses it, and it is decided
+    # again on the history that holds that entry, which says nothing of this refund's outage.
+    world, race = build_racing_world(STOCK, OrderEvent.PAYMENT_REFUND_FAILED, clock=clock)
+    order_id = shipped(world)
+    left_unasked(world, order_id)
+    world.gateway.script("refund", "transient")
+    clock.advance(minutes=20)
+    note = {"shipment_id": "elsewhere", "message": "another function's entry"}
+    race.between = lambda: modify(
+        world.orders, order_id,
+        lambda current: current.noted(OrderEvent.LABEL_BOOKING_FAILED, at=clock(), actor="key_wh", detail=note),
+    )  # fmt: skip
+
+    assert sweep(world, clock).run(ACTOR) == []
+
+    assert race.between is None
+    assert [e.type for e in world.history(order_id)][-2:] == [
+        OrderEvent.LABEL_BOOKING_FAILED, OrderEvent.PAYMENT_REFUND_FAILED,
+    ]  # fmt: skip
+    assert refund_failures(world, order_id) == [(ACTOR, "transient", 1)]
