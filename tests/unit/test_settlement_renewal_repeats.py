@@ -22,7 +22,7 @@ from tests.unit.test_kept_back_sweep import sweep as kept_back_sweep
 from tests.unit.test_payment_truth import Removed
 from tests.unit.test_settlement_capture_not_made import NOT_MADE, SHORT, errors, metrics  # noqa: F401
 from tests.unit.test_unit_cancellation import STOCK, PerUnitShipping
-from tests.unit.world import Clock, World, build_world
+from tests.unit.world import Clock, Died, World, build_world, dies_before_recording
 
 
 def shipped_west(*plugins: object) -> tuple[World, Clock, str, str]:
@@ -251,5 +251,39 @@ def test_a_carriers_report_sent_twice_at_once_after_its_decline_stood_writes_the
         OrderEvent.PAYMENT_AUTHORIZATION_FAILED,
         clock.now.isoformat(),
     )
+    assert world.order(order_id).renewing_authorization is None
+    assert NOT_MADE not in emitted(capsys) and errors(caplog) == []
+
+
+@pytest.mark.usefixtures("metrics")
+def test_a_carriers_report_that_died_asking_again_after_its_decline_stood_is_written_by_the_next_report(
+    monkeypatch, capsys, caplog
+):
+    # The report asking again once the decline stood dies before the gateway's decline is written:
+    # its renewal stands, under the carrier's declined key. The next report asks it again (the
+    # answer was lost: one call, not to be saved) and writes that decline as the one asked again
+    # (asked_again_after), standing two days. Before: it was taken for the first decline's repeat,
+    # so nothing was written, the next report asked once more, and only that one wrote it.
+    world, clock, order_id, west = declined_for_the_carrier()
+    before, asked = world.history(order_id), len(world.gateway.keys("authorize"))
+    key = world.gateway.keys("authorize")[-1]
+    emitted(capsys)
+    caplog.set_level("ERROR")
+    caplog.clear()
+    start = clock.now = before[-1].at + timedelta(days=1)
+    with monkeypatch.context() as patched:
+        dies_before_recording(world, patched, OrderEvent.PAYMENT_AUTHORIZATION_FAILED)
+        with pytest.raises(Died):
+            world.actions.deliver(order_id, west, actor="carrier")
+    assert world.order(order_id).renewing_authorization is not None
+
+    while clock.now < start + timedelta(days=2):
+        clock.now += timedelta(minutes=15)
+        world.actions.deliver(order_id, west, actor="carrier")
+
+    assert world.gateway.keys("authorize")[asked:] == [key, key]  # the call that died, and its ask again
+    (again,) = world.history(order_id)[len(before) :]
+    assert (again.type, again.at) == (OrderEvent.PAYMENT_AUTHORIZATION_FAILED, start + timedelta(minutes=15))
+    assert again.detail["asked_again_after"] == start.isoformat()
     assert world.order(order_id).renewing_authorization is None
     assert NOT_MADE not in emitted(capsys) and errors(caplog) == []
