@@ -136,20 +136,34 @@ def test_a_carriers_report_after_its_decline_stood_a_day_asks_under_that_key_and
     assert world.gateway.keys("authorize")[-1] not in world.gateway.keys("authorize")[:-1]
 
 
+def reported(world: World, order_id: str, west: str, caller: str) -> None:
+    """The settlement asked again by `caller`: a carrier's delivery report, or a warehouse's ship repeated."""
+    if caller == "carrier":
+        world.actions.deliver(order_id, west, actor=caller)
+    else:
+        world.actions.ship(order_id, west, tracking_number=None, actor=caller)
+
+
 @pytest.mark.usefixtures("metrics")
-def test_a_carrier_reporting_every_quarter_hour_for_three_days_asks_the_card_once_a_standing_period(capsys, caplog):
+@pytest.mark.parametrize("caller", ["carrier", "key_wh"])
+def test_a_caller_asking_every_quarter_hour_for_three_days_asks_the_card_once_a_standing_period(caller, capsys, caplog):
     # Before: after the first day, each report asked the gateway again (one call a report, 193 over
-    # the three days), its standing period counted from the first decline for ever.
-    world, clock, order_id, west = declined_for_the_carrier()
+    # the three days), its standing period counted from the first decline for ever. So for a
+    # warehouse repeating the parcel's ship (which asks the settlement again) as for a carrier.
+    world, clock, order_id, west = shipped_west()
+    world.gateway.script("authorize", "refuse")
+    world.actions.cancel(order_id, "the rest is not wanted", actor="key_cs")
+    emitted(capsys)
+    reported(world, order_id, west, caller)
+    assert emitted(capsys)[NOT_MADE] == [1.0]  # its own, once
     before, asked = world.history(order_id), len(world.gateway.keys("authorize"))
     start = clock.now
-    emitted(capsys)
     caplog.set_level("ERROR")
     caplog.clear()
 
     while clock.now < start + timedelta(days=3):
         clock.now += timedelta(minutes=15)
-        world.actions.deliver(order_id, west, actor="carrier")
+        reported(world, order_id, west, caller)
 
     # Asked at one day, then two days after that: a day, then twice as long each decline in a row.
     key = world.gateway.keys("authorize")[asked - 1]
