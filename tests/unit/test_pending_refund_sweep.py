@@ -22,7 +22,15 @@ from tests.unit.test_refund_authorizations import STOCK as SPLIT_STOCK
 from tests.unit.test_refund_authorizations import renewed_between_parcels
 from tests.unit.test_unit_cancellation import STOCK as CANCEL_STOCK
 from tests.unit.test_unit_cancellation import PerUnitShipping
-from tests.unit.world import Clock, Died, World, build_racing_world, build_world, dies_before_recording
+from tests.unit.world import (
+    AnAttemptInBetween,
+    Clock,
+    Died,
+    World,
+    build_racing_world,
+    build_world,
+    dies_before_recording,
+)
 
 STOCK = [("TSHIRT", "wh-west", 10)]
 ACTOR = "reconciler"
@@ -258,14 +266,21 @@ def test_a_refund_whose_payment_plugin_was_removed_stays_pending_noted_once_and_
     assert len(world.spy.refunded) == 1
 
 
-def test_two_passes_at_once_through_an_outage_the_history_does_not_show_yet_record_it_once(clock):
-    # Before: each pass asked "is the refund's last entry transient already?" before its write
-    # (RefundService._outage_noted_once): both found it not, and both wrote their attempt.
+def unasked_through_an_outage(clock: Clock) -> tuple[World, AnAttemptInBetween, str]:
+    """A racing world (on the next refund failure's write) whose order's refund was left unasked,
+    the gateway down, and the sweep's time for it come."""
     world, race = build_racing_world(STOCK, OrderEvent.PAYMENT_REFUND_FAILED, clock=clock)
     order_id = shipped(world)
     left_unasked(world, order_id)
     world.gateway.script("refund", "transient")
     clock.advance(minutes=20)
+    return world, race, order_id
+
+
+def test_two_passes_at_once_through_an_outage_the_history_does_not_show_yet_record_it_once(clock):
+    # Before: each pass asked "is the refund's last entry transient already?" before its write
+    # (RefundService._outage_noted_once): both found it not, and both wrote their attempt.
+    world, race, order_id = unasked_through_an_outage(clock)
     race.between = lambda: sweep(world, clock).run(ACTOR)
 
     assert sweep(world, clock).run(ACTOR) == []
@@ -332,11 +347,7 @@ def test_a_passs_first_outage_whose_write_another_entry_beat_is_decided_again_an
     # Its write is conditional on the history's length (failure_recorder's `unless`): another
     # entry landing first (here a label booking noted on the order) refuses it, and it is decided
     # again on the history that holds that entry, which says nothing of this refund's outage.
-    world, race = build_racing_world(STOCK, OrderEvent.PAYMENT_REFUND_FAILED, clock=clock)
-    order_id = shipped(world)
-    left_unasked(world, order_id)
-    world.gateway.script("refund", "transient")
-    clock.advance(minutes=20)
+    world, race, order_id = unasked_through_an_outage(clock)
     note = {"shipment_id": "elsewhere", "message": "another function's entry"}
     race.between = lambda: modify(
         world.orders, order_id,
