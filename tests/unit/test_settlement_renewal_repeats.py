@@ -15,6 +15,7 @@ import pytest
 
 from core import hookimpl
 from core.events import OrderEvent
+from core.order_changes import modify
 from functions.business_metrics import MeteredOrders
 from tests.unit.test_authorization_renewal import FirstAnswers
 from tests.unit.test_business_metrics import emitted
@@ -301,3 +302,30 @@ def test_a_carriers_report_that_died_asking_again_after_its_decline_stood_is_wri
     assert again.detail["asked_again_after"] == start.isoformat()
     assert world.order(order_id).renewing_authorization is None
     assert NOT_MADE not in emitted(capsys) and errors(caplog) == []
+
+
+@pytest.mark.usefixtures("metrics")
+def test_a_carriers_report_after_anything_else_was_written_asks_at_once_under_a_new_key(capsys):
+    # The decline answers the carrier's repeats only while the history ends with it (and what it
+    # led to): an entry since (here a label booking noted) ends that, within the standing day or
+    # after it, and the next report asks afresh, its decline and capture not made recorded anew.
+    world, clock, order_id, west = declined_for_the_carrier()
+    asked = world.gateway.keys("authorize")
+    emitted(capsys)
+    clock.now += timedelta(hours=1)
+    note = {"shipment_id": "elsewhere", "message": "another function's entry"}
+    modify(
+        world.orders, order_id,
+        lambda current: current.noted(OrderEvent.LABEL_BOOKING_FAILED, at=clock(), actor="key_wh", detail=note),
+    )  # fmt: skip
+
+    world.actions.deliver(order_id, west, actor="carrier")
+
+    (key,) = world.gateway.keys("authorize")[len(asked) :]
+    assert key not in asked
+    declined, not_made = world.history(order_id)[-2:]
+    assert (declined.type, declined.detail["authorization_key"], "asked_again_after" in declined.detail) == (
+        OrderEvent.PAYMENT_AUTHORIZATION_FAILED, key, False,
+    )  # fmt: skip
+    assert (not_made.type, not_made.actor) == (OrderEvent.CAPTURE_NOT_MADE, "carrier")
+    assert emitted(capsys)[NOT_MADE] == [1.0]
