@@ -674,7 +674,11 @@ class Cancellation:
             standing.clear()
             stood.clear()
             if current.renewing_authorization is not None:
-                return None  # a ship that died (or one in flight) asked: asked again under its key
+                # A ship that died (or one in flight) asked: asked again under its key; a settlement's
+                # that died asking again once its caller's decline stood is that ask (_died_asking_again).
+                if repeats is not None:
+                    stood.extend(_died_asking_again(entries, refused, current, actor, at, valid_for))
+                return None
             if not current.authorization_lapsed(self._authorization_valid_for, at):
                 return None
             lapsed = current.payment.authorization or ""
@@ -1134,6 +1138,25 @@ def _actors_declines(
         (keys[entry.detail["authorization_key"]], entry) for entry in _trailing_declines(history)
         if entry.actor == actor and entry.detail.get("authorization_key") in keys
     ]  # fmt: skip
+
+
+def _died_asking_again(
+    history: list[HistoryEntry], refused: set[str], order: Order, actor: str, now: datetime, valid_for: timedelta
+) -> list[str]:
+    """When `actor`'s decline stood until (ASKED_AGAIN), when the renewal standing on `order` is the
+    settlement's ask of it again under its key, for its amount, once it stood (_renew), whose
+    function died before the gateway's answer was written: asked again, that decline is written as
+    the one asked again, not taken for the first's repeat (which would leave the first standing
+    over, and the next report asking once more). [] otherwise (`refused`: _declined_keys)."""
+    lapsed = order.renewing_authorization or ""
+    before = _declined_count(refused, order.id, lapsed)
+    declines = _actors_declines(history, order.id, lapsed, before, actor)
+    if not declines or declines[0][0] != order.renewal_declined_before:
+        return []
+    if declines[0][1].detail.get("amount") != _dumped(_renewal_amount(order)):
+        return []
+    until = _stands_until(declines, _old_at(order, valid_for, now))
+    return [until.isoformat()] if now >= until else []
 
 
 def _stands_until(declines: list[tuple[int, HistoryEntry]], until: datetime | None = None) -> datetime:

@@ -380,11 +380,12 @@ class RefundService:
         """How a failed attempt at `refund` (at its `part`, split) is recorded in the history.
         `again` (a pass that asks every few minutes): a transient failure once a call, and only
         when the refund's last entry on the order's history does not say the gateway was
-        unavailable already: the entry that does keeps when the outage began and what the gateway
-        said; the refund stays `pending` (GET /orders/{id}/refunds) until an answer, which is
-        recorded as ever. Not `fresh` (the refund was asked before: a refund waiting for its payment
-        plugin is asked again by every sweep pass, and repeat, cancel or return step, until the
-        plugin is back): a `no_plugin` failure only when the refund's last entry is not one already.
+        unavailable already (at the same part, split: _last_failure_at): the entry that does
+        keeps when the outage began and what the gateway said; the refund stays `pending` (GET
+        /orders/{id}/refunds) until an answer, which is recorded as ever. Not `fresh` (the refund
+        was asked before: a refund waiting for its payment plugin is asked again by every sweep
+        pass, and repeat, cancel or return step, until the plugin is back): a `no_plugin` failure
+        only when the refund's last entry is not one already.
         A refusal is always recorded. Both are judged in the entry's write's decision, on the history
         it is conditional on (failure_recorder's `unless`): of two calls racing (the sweep and a
         return step repeated), the one whose write lands second records nothing. Any other attempt
@@ -394,7 +395,7 @@ class RefundService:
         record = failure_recorder(self._orders, order_id, actor, self._clock, **detail)
         noted_once = failure_recorder(
             self._orders, order_id, actor, self._clock,
-            unless=lambda failure, entries: _last_failure_kind(entries, refund.id) == failure.kind, **detail,
+            unless=lambda failure, entries: _last_failure_at(entries, refund.id, part) == failure.kind, **detail,
         )  # fmt: skip
         once = {"transient": again, "no_plugin": not fresh}  # the kinds the refund's history says once
         asked: list[bool] = []  # whether this call met a transient failure already
@@ -442,11 +443,16 @@ class RefundService:
         )  # fmt: skip
 
 
-def _last_failure_kind(entries: list[HistoryEntry], refund_id: str) -> str | None:
+def _last_failure_at(entries: list[HistoryEntry], refund_id: str, part: RefundPart | None) -> str | None:
     """The kind of the refund's last entry among `entries` (the order's history), when that is a
-    failed attempt (transient, refused or no_plugin); None otherwise."""
+    failed attempt (transient, refused or no_plugin) at `part` (the authorization it names; None:
+    the unsplit refund's); None otherwise. A split refund's parts are asked in turn: an outage at
+    its second part after one at its first (answered since, under its key, which nothing records
+    until every part is) is the second part's, and says so."""
     about = [entry for entry in entries if (entry.detail or {}).get("refund_id") == refund_id]
     if not about or about[-1].type is not OrderEvent.PAYMENT_REFUND_FAILED:
+        return None
+    if about[-1].detail.get("authorization") != (part.authorization if part else None):
         return None
     return about[-1].detail["kind"]
 

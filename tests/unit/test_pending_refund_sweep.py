@@ -13,16 +13,28 @@ from core import hookimpl
 from core.errors import NoPaymentPlugin, PaymentGatewayUnavailable, TransientError
 from core.events import OrderEvent
 from core.money import Money
+from core.order_changes import modify
 from core.ports import PendingRefunds
 from core.refund_service import PendingRefundSweep, SweepIncomplete
 from plugins.testing.gateway import RecordingGateway
 from tests.unit.test_payment_truth import Removed
+from tests.unit.test_refund_authorizations import STOCK as SPLIT_STOCK
+from tests.unit.test_refund_authorizations import renewed_between_parcels
 from tests.unit.test_unit_cancellation import STOCK as CANCEL_STOCK
 from tests.unit.test_unit_cancellation import PerUnitShipping
-from tests.unit.world import Clock, Died, World, build_racing_world, build_world, dies_before_recording
+from tests.unit.world import (
+    AnAttemptInBetween,
+    Clock,
+    Died,
+    World,
+    build_racing_world,
+    build_world,
+    dies_before_recording,
+)
 
 STOCK = [("TSHIRT", "wh-west", 10)]
 ACTOR = "reconciler"
+FIVE = Money.of("5.00", "USD")
 
 
 class InMemoryPendingRefunds(PendingRefunds):
@@ -85,13 +97,13 @@ def dies(*args: object, **kwargs: object) -> None:
     raise TimeoutError("the API function timed out before asking the gateway")
 
 
-def left_unasked(world: World, order_id: str) -> None:
-    """A refund of 5.00 on the order left pending by the request that wrote it, which died before
-    asking the gateway: nothing on the history says it was asked."""
+def left_unasked(world: World, order_id: str, amount: Money = FIVE) -> None:
+    """A refund of `amount` on the order left pending by the request that wrote it, which died
+    before asking the gateway: nothing on the history says it was asked."""
     with pytest.MonkeyPatch.context() as patched:
         patched.setattr(world.refunds, "_ask_gateway", dies)
         with pytest.raises(TimeoutError):
-            world.refunds.issue_refund(order_id, Money.of("5.00", "USD"), "late delivery", "k1", actor="key_cs")
+            world.refunds.issue_refund(order_id, amount, "late delivery", "k1", actor="key_cs")
 
 
 def test_an_outage_the_history_does_not_show_yet_is_recorded_once(world, clock):
@@ -254,14 +266,21 @@ def test_a_refund_whose_payment_plugin_was_removed_stays_pending_noted_once_and_
     assert len(world.spy.refunded) == 1
 
 
-def test_two_passes_at_once_through_an_outage_the_history_does_not_show_yet_record_it_once(clock):
-    # Before: each pass asked "is the refund's last entry transient already?" before its write
-    # (RefundService._outage_noted_once): both found it not, and both wrote their attempt.
+def unasked_through_an_outage(clock: Clock) -> tuple[World, AnAttemptInBetween, str]:
+    """A racing world (on the next refund failure's write) whose order's refund was left unasked,
+    the gateway down, and the sweep's time for it come."""
     world, race = build_racing_world(STOCK, OrderEvent.PAYMENT_REFUND_FAILED, clock=clock)
     order_id = shipped(world)
     left_unasked(world, order_id)
     world.gateway.script("refund", "transient")
     clock.advance(minutes=20)
+    return world, race, order_id
+
+
+def test_two_passes_at_once_through_an_outage_the_history_does_not_show_yet_record_it_once(clock):
+    # Before: each pass asked "is the refund's last entry transient already?" before its write
+    # (RefundService._outage_noted_once): both found it not, and both wrote their attempt.
+    world, race, order_id = unasked_through_an_outage(clock)
     race.between = lambda: sweep(world, clock).run(ACTOR)
 
     assert sweep(world, clock).run(ACTOR) == []
@@ -294,3 +313,51 @@ def test_two_passes_at_once_at_a_refund_whose_payment_plugin_was_removed_note_it
     assert race.between is None
     assert refund_failures(world, order_id) == [(ACTOR, "no_plugin", 1)]
     assert [refund.status for refund in world.order(order_id).payment.refunds] == ["pending"]
+
+
+def test_an_outage_at_a_split_refunds_second_part_after_its_first_parts_is_recorded_once(clock):
+    # A refund split over the renewed authorization and the old one (part 1: old, part 2: new).
+    # Pass 1 finds the gateway down at part 1 and records it. Pass 2 gets part 1 refunded (not
+    # recorded until every part answered) and finds it down at part 2. Before: the refund's last
+    # entry, part 1's outage, was taken for part 2's, so the history went on saying part 1 (whose
+    # money had gone back) was what waited, with no word of part 2, nor a PaymentFailures point.
+    world = build_world(SPLIT_STOCK, clock=clock)
+    first, second = renewed_between_parcels(world, clock)
+    old, new = first.payment.authorization, second.payment.authorization
+    left_unasked(world, second.id, second.payment.captured)
+    world.gateway.script("refund", "transient")
+    clock.advance(minutes=20)
+    assert sweep(world, clock).run(ACTOR) == []
+
+    for _ in range(3):  # part 1 answered under its key each pass, part 2 still down
+        world.gateway.script("refund", "approve", "transient")
+        clock.advance(minutes=5)
+        assert sweep(world, clock).run(ACTOR) == []
+
+    failed = [e.detail for e in world.history(second.id) if e.type is OrderEvent.PAYMENT_REFUND_FAILED]
+    assert [(d["authorization"], d["kind"], d["attempt"]) for d in failed] == [
+        (old, "transient", 1), (new, "transient", 1),
+    ]  # fmt: skip
+    world.gateway.script("refund", "approve")
+    assert len(sweep(world, clock).run(ACTOR)) == 1
+    assert world.order(second.id).payment.refunded == second.payment.captured
+
+
+def test_a_passs_first_outage_whose_write_another_entry_beat_is_decided_again_and_recorded(clock):
+    # Its write is conditional on the history's length (failure_recorder's `unless`): another
+    # entry landing first (here a label booking noted on the order) refuses it, and it is decided
+    # again on the history that holds that entry, which says nothing of this refund's outage.
+    world, race, order_id = unasked_through_an_outage(clock)
+    note = {"shipment_id": "elsewhere", "message": "another function's entry"}
+    race.between = lambda: modify(
+        world.orders, order_id,
+        lambda current: current.noted(OrderEvent.LABEL_BOOKING_FAILED, at=clock(), actor="key_wh", detail=note),
+    )  # fmt: skip
+
+    assert sweep(world, clock).run(ACTOR) == []
+
+    assert race.between is None
+    assert [e.type for e in world.history(order_id)][-2:] == [
+        OrderEvent.LABEL_BOOKING_FAILED, OrderEvent.PAYMENT_REFUND_FAILED,
+    ]  # fmt: skip
+    assert refund_failures(world, order_id) == [(ACTOR, "transient", 1)]

@@ -15,6 +15,7 @@ import pytest
 
 from core import hookimpl
 from core.events import OrderEvent
+from core.order_changes import modify
 from functions.business_metrics import MeteredOrders
 from tests.unit.test_authorization_renewal import FirstAnswers
 from tests.unit.test_business_metrics import emitted
@@ -22,7 +23,7 @@ from tests.unit.test_kept_back_sweep import sweep as kept_back_sweep
 from tests.unit.test_payment_truth import Removed
 from tests.unit.test_settlement_capture_not_made import NOT_MADE, SHORT, errors, metrics  # noqa: F401
 from tests.unit.test_unit_cancellation import STOCK, PerUnitShipping
-from tests.unit.world import Clock, World, build_world
+from tests.unit.world import Clock, Died, World, build_world, dies_before_recording
 
 
 def shipped_west(*plugins: object) -> tuple[World, Clock, str, str]:
@@ -136,20 +137,34 @@ def test_a_carriers_report_after_its_decline_stood_a_day_asks_under_that_key_and
     assert world.gateway.keys("authorize")[-1] not in world.gateway.keys("authorize")[:-1]
 
 
+def reported(world: World, order_id: str, west: str, caller: str) -> None:
+    """The settlement asked again by `caller`: a carrier's delivery report, or a warehouse's ship repeated."""
+    if caller == "carrier":
+        world.actions.deliver(order_id, west, actor=caller)
+    else:
+        world.actions.ship(order_id, west, tracking_number=None, actor=caller)
+
+
 @pytest.mark.usefixtures("metrics")
-def test_a_carrier_reporting_every_quarter_hour_for_three_days_asks_the_card_once_a_standing_period(capsys, caplog):
+@pytest.mark.parametrize("caller", ["carrier", "key_wh"])
+def test_a_caller_asking_every_quarter_hour_for_three_days_asks_the_card_once_a_standing_period(caller, capsys, caplog):
     # Before: after the first day, each report asked the gateway again (one call a report, 193 over
-    # the three days), its standing period counted from the first decline for ever.
-    world, clock, order_id, west = declined_for_the_carrier()
+    # the three days), its standing period counted from the first decline for ever. So for a
+    # warehouse repeating the parcel's ship (which asks the settlement again) as for a carrier.
+    world, clock, order_id, west = shipped_west()
+    world.gateway.script("authorize", "refuse")
+    world.actions.cancel(order_id, "the rest is not wanted", actor="key_cs")
+    emitted(capsys)
+    reported(world, order_id, west, caller)
+    assert emitted(capsys)[NOT_MADE] == [1.0]  # its own, once
     before, asked = world.history(order_id), len(world.gateway.keys("authorize"))
     start = clock.now
-    emitted(capsys)
     caplog.set_level("ERROR")
     caplog.clear()
 
     while clock.now < start + timedelta(days=3):
         clock.now += timedelta(minutes=15)
-        world.actions.deliver(order_id, west, actor="carrier")
+        reported(world, order_id, west, caller)
 
     # Asked at one day, then two days after that: a day, then twice as long each decline in a row.
     key = world.gateway.keys("authorize")[asked - 1]
@@ -253,3 +268,64 @@ def test_a_carriers_report_sent_twice_at_once_after_its_decline_stood_writes_the
     )
     assert world.order(order_id).renewing_authorization is None
     assert NOT_MADE not in emitted(capsys) and errors(caplog) == []
+
+
+@pytest.mark.usefixtures("metrics")
+def test_a_carriers_report_that_died_asking_again_after_its_decline_stood_is_written_by_the_next_report(
+    monkeypatch, capsys, caplog
+):
+    # The report asking again once the decline stood dies before the gateway's decline is written:
+    # its renewal stands, under the carrier's declined key. The next report asks it again (the
+    # answer was lost: one call, not to be saved) and writes that decline as the one asked again
+    # (asked_again_after), standing two days. Before: it was taken for the first decline's repeat,
+    # so nothing was written, the next report asked once more, and only that one wrote it.
+    world, clock, order_id, west = declined_for_the_carrier()
+    before, asked = world.history(order_id), len(world.gateway.keys("authorize"))
+    key = world.gateway.keys("authorize")[-1]
+    emitted(capsys)
+    caplog.set_level("ERROR")
+    caplog.clear()
+    start = clock.now = before[-1].at + timedelta(days=1)
+    with monkeypatch.context() as patched:
+        dies_before_recording(world, patched, OrderEvent.PAYMENT_AUTHORIZATION_FAILED)
+        with pytest.raises(Died):
+            world.actions.deliver(order_id, west, actor="carrier")
+    assert world.order(order_id).renewing_authorization is not None
+
+    while clock.now < start + timedelta(days=2):
+        clock.now += timedelta(minutes=15)
+        world.actions.deliver(order_id, west, actor="carrier")
+
+    assert world.gateway.keys("authorize")[asked:] == [key, key]  # the call that died, and its ask again
+    (again,) = world.history(order_id)[len(before) :]
+    assert (again.type, again.at) == (OrderEvent.PAYMENT_AUTHORIZATION_FAILED, start + timedelta(minutes=15))
+    assert again.detail["asked_again_after"] == start.isoformat()
+    assert world.order(order_id).renewing_authorization is None
+    assert NOT_MADE not in emitted(capsys) and errors(caplog) == []
+
+
+@pytest.mark.usefixtures("metrics")
+def test_a_carriers_report_after_anything_else_was_written_asks_at_once_under_a_new_key(capsys):
+    # The decline answers the carrier's repeats only while the history ends with it (and what it
+    # led to): an entry since (here a label booking noted) ends that, within the standing day or
+    # after it, and the next report asks afresh, its decline and capture not made recorded anew.
+    world, clock, order_id, west = declined_for_the_carrier()
+    asked = world.gateway.keys("authorize")
+    emitted(capsys)
+    clock.now += timedelta(hours=1)
+    note = {"shipment_id": "elsewhere", "message": "another function's entry"}
+    modify(
+        world.orders, order_id,
+        lambda current: current.noted(OrderEvent.LABEL_BOOKING_FAILED, at=clock(), actor="key_wh", detail=note),
+    )  # fmt: skip
+
+    world.actions.deliver(order_id, west, actor="carrier")
+
+    (key,) = world.gateway.keys("authorize")[len(asked) :]
+    assert key not in asked
+    declined, not_made = world.history(order_id)[-2:]
+    assert (declined.type, declined.detail["authorization_key"], "asked_again_after" in declined.detail) == (
+        OrderEvent.PAYMENT_AUTHORIZATION_FAILED, key, False,
+    )  # fmt: skip
+    assert (not_made.type, not_made.actor) == (OrderEvent.CAPTURE_NOT_MADE, "carrier")
+    assert emitted(capsys)[NOT_MADE] == [1.0]
