@@ -17,6 +17,7 @@ from infra.local.lambdas import LambdaContext
 from tests.builders import csv_file, csv_row, order_body
 from tests.integration.import_support import (
     ImportAws,
+    before_puts,
     create_import_resources,
     error_pk,
     refuse_an_error_and_its_fallback,
@@ -505,26 +506,19 @@ def test_a_line_s_error_is_listed_once_when_its_twin_writes_it_before_the_delive
     (twin,) = [message for message in stack.peek() if '"ext-2"' in message["Body"]]
     ledger = container().import_ledger
     refused = refuse_an_error_and_its_fallback(ledger, monkeypatch) if another_lost else []
-    client = ledger._client
     written: list[str] = []
 
-    class TwinBetweenCountAndError:
-        def __getattr__(self, name: str) -> Any:
-            return getattr(client, name)
+    def twin_between_count_and_error(item: dict[str, Any]) -> None:
+        if error_pk(item) and item["line"]["N"] == "3":
+            written.append(item["sk"]["S"])
+            if len(written) == 1:  # the delivery that counted line 3, about to write its error
+                container().importer.import_order(
+                    twin["Body"],
+                    origin_from(twin["MessageAttributes"]),
+                    sender=f"{SQS_SENDER_ID}:oms-ImportSplitterFunction",
+                )
 
-        def put_item(self, **request: Any) -> Any:
-            item = request["Item"]
-            if error_pk(item) and item["line"]["N"] == "3":
-                written.append(item["sk"]["S"])
-                if len(written) == 1:  # the delivery that counted line 3, about to write its error
-                    container().importer.import_order(
-                        twin["Body"],
-                        origin_from(twin["MessageAttributes"]),
-                        sender=f"{SQS_SENDER_ID}:oms-ImportSplitterFunction",
-                    )
-            return client.put_item(**request)
-
-    monkeypatch.setattr(ledger, "_client", TwinBetweenCountAndError())
+    before_puts(ledger, monkeypatch, twin_between_count_and_error)
     stack.drain(worker)
 
     assert written == (["000002", "line#3"] if another_lost else ["000001", "line#3"])
