@@ -76,6 +76,21 @@ def _error_key(import_id: str, ordinal: int) -> dict[str, Any]:
 _RECOVERED = "line#"
 
 
+def _once_per_line(errors: list[ImportErrorEntry]) -> list[ImportErrorEntry]:
+    """Each line's error once, the first found (by ordinal, then under its line): a line's error can
+    be written twice, by two writers that cannot see each other. What finds the line counted and
+    its error missing writes it under the line (_keep_lost_errors) while the record that counted it
+    may be about to write it under its ordinal (the same error: both are the marker's), and a
+    recount that reads the errors before such a record writes its own keeps it under another."""
+    seen: set[int | None] = set()
+    once = []
+    for entry in errors:
+        if entry.line not in seen:
+            seen.add(entry.line)
+            once.append(entry)
+    return once
+
+
 def _list_key(created_at: str, import_id: str) -> dict[str, Any]:
     return {"pk": {"S": LIST_PK}, "sk": {"S": f"{created_at}#{import_id}"}}
 
@@ -403,7 +418,8 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
         once) is short of errors: when the marker holds no unkept error (record() could not leave
         it there either) and the report does not list its error, write that error (on the marker
         since the line was marked) under its line, not an ordinal: the one missing is unknown, and
-        may be a worker's that is about to write it. No marker is read once the report is whole."""
+        may be a worker's that is about to write it (this line's own, too: the report lists each
+        line's error once, _once_per_line). No marker is read once the report is whole."""
         kept = min(int(item.get("failed", {}).get("N", "0")), MAX_REPORTED_ERRORS)
         listed = self._errors(import_id, kept)
         short = kept - len(listed)
@@ -655,7 +671,7 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
         with self._read_errors_lock:
             known = list(self._read_errors.get(import_id, ()))
         if len(known) >= kept:
-            return known[:kept]
+            return _once_per_line(known[:kept])
         query: dict[str, Any] = {
             "TableName": self._table,
             "KeyConditionExpression": "pk = :pk AND sk > :after",
@@ -688,7 +704,7 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
             self._read_errors.move_to_end(import_id)
             while len(self._read_errors) > self.CACHED_REPORTS:
                 self._read_errors.popitem(last=False)
-        return (known + after_gap)[:MAX_REPORTED_ERRORS]
+        return _once_per_line(known + after_gap)[:MAX_REPORTED_ERRORS]
 
     def list(self, limit: int, cursor: str | None) -> tuple[list[ImportSummary], str | None]:
         query: dict[str, Any] = {

@@ -212,6 +212,22 @@ def worker(event: dict[str, Any], context: Any) -> Any:
     return lambda_handler(event, context)
 
 
+def before_puts(ledger: Any, monkeypatch: pytest.MonkeyPatch, before: Callable[[dict[str, Any]], None]) -> None:
+    """`before` sees the item of each PutItem the ledger makes (from now on) before DynamoDB does:
+    it may raise in its place, or run what happens meanwhile."""
+    client = ledger._client
+
+    class Watched:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(client, name)
+
+        def put_item(self, **request: Any) -> Any:
+            before(request["Item"])
+            return client.put_item(**request)
+
+    monkeypatch.setattr(ledger, "_client", Watched())
+
+
 def refuse_puts(
     ledger: Any, monkeypatch: pytest.MonkeyPatch, pick: Callable[[dict[str, Any]], str | None]
 ) -> list[str]:
@@ -219,21 +235,15 @@ def refuse_puts(
     `pick` gives an item (None: not refused). Returns the names refused, in order."""
     from botocore.exceptions import ClientError
 
-    client = ledger._client
     refused: list[str] = []
 
-    class Refusing:
-        def __getattr__(self, name: str) -> Any:
-            return getattr(client, name)
+    def refusing(item: dict[str, Any]) -> None:
+        picked = pick(item)
+        if picked is not None and picked not in refused:
+            refused.append(picked)
+            raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "slow down"}}, "PutItem")
 
-        def put_item(self, **request: Any) -> Any:
-            picked = pick(request["Item"])
-            if picked is not None and picked not in refused:
-                refused.append(picked)
-                raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "slow down"}}, "PutItem")
-            return client.put_item(**request)
-
-    monkeypatch.setattr(ledger, "_client", Refusing())
+    before_puts(ledger, monkeypatch, refusing)
     return refused
 
 

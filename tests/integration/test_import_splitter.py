@@ -608,3 +608,36 @@ def test_a_retried_split_reads_its_import_once_per_progress_not_once_per_bad_row
     assert reads["query"] <= 2
     lambda_handler(event, context("ImportSplitterFunction", 900))  # a duplicate delivery: nothing more
     assert report(import_id)["errors"] == resumed["errors"]
+
+
+def test_bad_rows_a_retried_split_found_recorded_and_died_before_handing_over_are_found_by_its_next_retry(
+    stack: ImportAws, monkeypatch: pytest.MonkeyPatch
+):
+    # The rows a split finds recorded wait in memory until its next progress write: a split that
+    # dies before handing them to keep_lost_errors must not leave their lost errors for good.
+    from functions.import_splitter.app import container, lambda_handler
+
+    import_id, event, bad_lines = split_interrupted_at_its_end(stack, monkeypatch, lose_last_error=True)
+    ledger = container().import_ledger
+    keep_lost_errors, died = ledger.keep_lost_errors, []
+
+    def dies_handing_over_the_last(import_id: str, lines: list[int]) -> None:
+        if bad_lines[-1] in lines and not died:
+            died.append(lines[:])
+            raise ConnectionError("network down")
+        keep_lost_errors(import_id, lines)
+
+    monkeypatch.setattr(ledger, "keep_lost_errors", dies_handing_over_the_last)
+    with pytest.raises(ConnectionError):
+        lambda_handler(event, context("ImportSplitterFunction", 900))  # Lambda's retry, killed
+    assert died == [bad_lines[30:]]  # the second 100 orders' bad rows, the lost one among them
+    interrupted = report(import_id)
+    assert interrupted["status"] == "failed"
+    assert [e["code"] for e in interrupted["errors"] if e["line"] is None] == ["split_interrupted"]
+    assert len([e for e in interrupted["errors"] if e["line"]]) == 59
+
+    lambda_handler(event, context("ImportSplitterFunction", 900))  # and its next retry
+
+    resumed = report(import_id)
+    assert (resumed["status"], resumed["total_final"], resumed["failed"]) == ("running", True, 60)
+    assert [(e["line"], e["code"]) for e in resumed["errors"]] == [(n, "invalid_number") for n in bad_lines]

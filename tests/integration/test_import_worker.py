@@ -17,7 +17,9 @@ from infra.local.lambdas import LambdaContext
 from tests.builders import csv_file, csv_row, order_body
 from tests.integration.import_support import (
     ImportAws,
+    before_puts,
     create_import_resources,
+    error_pk,
     refuse_an_error_and_its_fallback,
     report,
     seed_catalog,
@@ -482,6 +484,51 @@ def test_an_error_whose_write_and_fallback_were_both_refused_after_its_count_is_
     assert report(import_id)["errors"] == done["errors"]
 
 
+@pytest.mark.parametrize("another_lost", [False, True], ids=["one-failure", "another-error-lost"])
+def test_a_line_s_error_is_listed_once_when_its_twin_writes_it_before_the_delivery_that_counted_it(
+    stack: ImportAws, monkeypatch: pytest.MonkeyPatch, another_lost: bool
+):
+    # Two deliveries of one bad line at once: the first counted the failure and had not written
+    # its error yet when the twin found the line recorded and the report short of an error, and
+    # wrote that error under its line; then the first wrote it under its ordinal. GET /imports/{id}
+    # listed the line twice; and (`another_lost`) with another line's error lost (its write and
+    # fallback refused), the report looked whole to that line's redelivery, which kept nothing.
+    from moto.sqs.models import DEFAULT_SENDER_ID as SQS_SENDER_ID
+
+    from functions.adapters.imports import origin_from
+    from functions.import_worker.app import container
+
+    import_id = split(
+        stack,
+        "incoming/orders.csv",
+        csv_file(csv_row("ext-1", "NOPE" if another_lost else "TSHIRT"), csv_row("ext-2", "NOPE")),
+    )
+    (twin,) = [message for message in stack.peek() if '"ext-2"' in message["Body"]]
+    ledger = container().import_ledger
+    refused = refuse_an_error_and_its_fallback(ledger, monkeypatch) if another_lost else []
+    written: list[str] = []
+
+    def twin_between_count_and_error(item: dict[str, Any]) -> None:
+        if error_pk(item) and item["line"]["N"] == "3":
+            written.append(item["sk"]["S"])
+            if len(written) == 1:  # the delivery that counted line 3, about to write its error
+                container().importer.import_order(
+                    twin["Body"],
+                    origin_from(twin["MessageAttributes"]),
+                    sender=f"{SQS_SENDER_ID}:oms-ImportSplitterFunction",
+                )
+
+    before_puts(ledger, monkeypatch, twin_between_count_and_error)
+    stack.drain(worker)
+
+    assert written == (["000002", "line#3"] if another_lost else ["000001", "line#3"])
+    assert refused == (["error", "fallback"] if another_lost else [])
+    done = report(import_id)
+    assert (done["status"], done["failed"]) == ("completed_with_errors", 2 if another_lost else 1)
+    assert [e["line"] for e in done["errors"]] == ([2, 3] if another_lost else [3])
+    assert {e["code"] for e in done["errors"]} == {"unknown_sku"}
+
+
 def test_the_delivery_that_loses_the_put_to_its_twin_counts_the_order_imported_on_a_lagging_read(
     stack: ImportAws, monkeypatch: pytest.MonkeyPatch
 ):
@@ -628,6 +675,39 @@ def test_a_followed_report_reads_only_new_errors_and_rereads_past_a_gap(stack: I
         assert queries[3:] == ["000002"]  # then nothing more to read
     finally:
         client.meta.events.unregister("before-parameter-build.dynamodb.Query", count_query)
+
+
+def test_a_line_s_error_kept_under_two_ordinals_is_listed_once_read_afresh_or_from_what_was_read(
+    stack: ImportAws,
+):
+    # A recount that read the kept errors while a worker that had counted a failure had not yet
+    # written its error keeps that error too, under an ordinal after those counted: the line's
+    # error is then under two ordinals. Both reads of the report (the second from the errors the
+    # first read, past no gap) list it once.
+    from core.import_service import Outcome
+    from core.imports import LineError
+    from core.models import utc_now
+    from functions.adapters.imports import _error_key, _import_key
+    from functions.import_worker.app import container
+
+    ledger, client = container().import_ledger, container().dynamodb
+    ledger.begin("imp_twice", "s3://b/k", utc_now())
+    for line in (10, 20):
+        assert ledger.record("imp_twice", line, Outcome.FAILED, LineError(line, None, "unknown_sku", "no"), utc_now())
+    client.update_item(
+        TableName=stack.tables["CatalogTable"], Key=_import_key("imp_twice"),
+        UpdateExpression="ADD failed :one", ExpressionAttributeValues={":one": {"N": "1"}},
+    )  # fmt: skip
+    client.put_item(
+        TableName=stack.tables["CatalogTable"],
+        Item={**_error_key("imp_twice", 3), "line": {"N": "10"}, "code": {"S": "unknown_sku"}, "message": {"S": "no"}},
+    )
+
+    for _ in range(2):
+        found = ledger.get("imp_twice")
+        assert found is not None
+        assert [entry.line for entry in found.errors] == [10, 20]
+    assert [entry.line for entry in ledger._read_errors["imp_twice"]] == [10, 20, 10]  # all three read
 
 
 # --- Senders (issue 10 item 5) --------------------------------------------------------------------
