@@ -40,8 +40,9 @@ class ApiKey(BaseModel, defer_build=True):
     revoked_at: datetime | None = None
 
 
-class Caller(BaseModel, defer_build=True):
-    """Who is calling, as the authorizer established it."""
+class Caller(BaseModel, defer_build=True, frozen=True):
+    """Who is calling, as the authorizer established it (frozen: functions.api.access hands one
+    out again to the requests its key's same context makes)."""
 
     key_id: str
     scopes: frozenset[Scope]

@@ -175,23 +175,42 @@ def mask_optional(text: str | None) -> str | None:
 def card_number_fields(value: Any, path: str = "") -> list[str]:
     """The paths (`lines[0].sku` style) of the values in a JSON document that are, or carry, a
     card number; "" names the document itself. A key that carries one is named by its parent's
-    path and the masked key."""
+    path and the masked key. A path is only written out for a find or an object or array to look
+    into: a body's scalars, nearly all of its values, carry none."""
     if isinstance(value, dict):
         found: list[str] = []
         for key, item in value.items():
-            name = mask_card_numbers(str(key))
-            child = f"{path}.{name}" if path else name
-            if name != str(key):
-                found.append(child)
-            found += card_number_fields(item, child)
+            name = str(key)
+            if contains_card_number(name):
+                name = mask_card_numbers(name)
+                found.append(_child(path, name))
+            if isinstance(item, dict | list):
+                found += card_number_fields(item, _child(path, name))
+            elif _carries_card_number(item):
+                found.append(_child(path, name))
         return found
     if isinstance(value, list):
-        return [f for i, item in enumerate(value) for f in card_number_fields(item, f"{path}[{i}]")]
-    if isinstance(value, str) and contains_card_number(value):
-        return [path]
-    if isinstance(value, int) and not isinstance(value, bool) and looks_like_card_number(value):
-        return [path]
+        found = []
+        for i, item in enumerate(value):
+            if isinstance(item, dict | list):
+                found += card_number_fields(item, f"{path}[{i}]")
+            elif _carries_card_number(item):
+                found.append(f"{path}[{i}]")
+        return found
+    return [path] if _carries_card_number(value) else []
+
+
+def _child(path: str, name: str) -> str:
+    return f"{path}.{name}" if path else name
+
+
+def _carries_card_number(value: Any) -> bool:
+    """Whether a JSON scalar is, or carries, a card number."""
+    if isinstance(value, str):
+        return contains_card_number(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return looks_like_card_number(value)
     # JSON reads 4111111111111111.0 as a float: a whole one is the digits it was written with.
     if isinstance(value, float) and value.is_integer() and 0 < value < 10**MAX_DIGITS:
-        return [path] if looks_like_card_number(int(value)) else []
-    return []
+        return looks_like_card_number(int(value))
+    return False

@@ -7,6 +7,7 @@ without the scope learns nothing about the body it sent: 401 or 403 comes first.
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextvars import ContextVar
 from typing import Any, Final, TypeVar
 
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver
@@ -45,14 +46,26 @@ def requirement_of(route_function: Callable[..., Any]) -> Requirement | None:
     return getattr(route_function, "__oms_requires__", None)
 
 
+# The caller the last request's authorizer context made, by what that context said: a request
+# asks for it twice (ScopeTable.check, then its route through caller()), and a warm container's
+# next request mostly comes from the same key. Caller is frozen, so one made is safe to hand out again.
+_last_caller: ContextVar[tuple[tuple[Any, str, Any], Caller] | None] = ContextVar("last_caller", default=None)
+
+
 def caller_from(event: dict[str, Any]) -> Caller | None:
     """The caller the authorizer put in the request context (None if it is not there)."""
     context = (event.get("requestContext") or {}).get("authorizer") or {}
     key_id = context.get("key_id")
     if not key_id:
         return None
-    scopes = frozenset(Scope(s) for s in str(context.get("scopes", "")).split() if s in Scope._value2member_map_)
-    return Caller(key_id=key_id, scopes=scopes, channel=context.get("channel") or None)
+    said = (key_id, str(context.get("scopes", "")), context.get("channel"))
+    last = _last_caller.get()
+    if last is not None and last[0] == said:
+        return last[1]
+    scopes = frozenset(Scope(s) for s in said[1].split() if s in Scope._value2member_map_)
+    who = Caller(key_id=key_id, scopes=scopes, channel=said[2] or None)
+    _last_caller.set((said, who))
+    return who
 
 
 class ScopeTable:

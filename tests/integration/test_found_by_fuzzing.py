@@ -14,6 +14,11 @@ def test_a_stored_time_is_utc_with_a_four_digit_year_so_it_reads_back_and_sorts(
     assert timestamp(datetime(1, 1, 1, 0, 0, 1, tzinfo=UTC)) == "0001-01-01T00:00:01.000000Z"
     assert timestamp(datetime(2026, 12, 1, 5, 0, tzinfo=timezone(timedelta(hours=5)))) == "2026-12-01T00:00:00.000000Z"
     assert timestamp(datetime(999, 5, 1, tzinfo=UTC)) < timestamp(datetime(2026, 5, 1, tzinfo=UTC))
+    # Microseconds always written; a zone of no offset that is not UTC itself is converted too.
+    assert timestamp(datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)) == "9999-12-31T23:59:59.999999Z"
+    zero, minus_five = timezone(timedelta(0), "Z"), timezone(timedelta(hours=-5))
+    assert timestamp(datetime(2026, 12, 1, 0, 0, 0, 7, tzinfo=zero)) == "2026-12-01T00:00:00.000007Z"
+    assert timestamp(datetime(2026, 11, 30, 20, 0, tzinfo=minus_five)) == "2026-12-01T01:00:00.000000Z"
 
 
 def test_a_purchase_order_due_in_year_one_is_422_and_a_report_day_must_be_a_day():

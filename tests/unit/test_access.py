@@ -163,6 +163,27 @@ def test_unknown_scopes_in_the_context_are_ignored_not_granted():
     assert who.scopes == frozenset({Scope.ORDERS_READ})
 
 
+def test_the_same_context_hands_out_the_caller_it_made_and_a_changed_one_a_new_caller():
+    first = caller_from(event("GET", "/orders", scopes="orders:read", channel="web", key_id="key_same"))
+
+    # The route's caller() after ScopeTable.check, or the same key's next request: not built again.
+    assert caller_from(event("POST", "/orders", scopes="orders:read", channel="web", key_id="key_same")) is first
+    changed = [
+        event("GET", "/orders", scopes="orders:read orders:write", channel="web", key_id="key_same"),
+        event("GET", "/orders", scopes="orders:read", channel="store", key_id="key_same"),
+        event("GET", "/orders", scopes="orders:read", channel="", key_id="key_same"),
+        event("GET", "/orders", scopes="orders:read", channel="web", key_id="key_other"),
+    ]
+    assert [caller_from(evt) for evt in changed] == [
+        Caller(key_id="key_same", scopes=frozenset({Scope.ORDERS_READ, Scope.ORDERS_WRITE}), channel="web"),
+        Caller(key_id="key_same", scopes=frozenset({Scope.ORDERS_READ}), channel="store"),
+        Caller(key_id="key_same", scopes=frozenset({Scope.ORDERS_READ}), channel=None),
+        Caller(key_id="key_other", scopes=frozenset({Scope.ORDERS_READ}), channel="web"),
+    ]
+    with pytest.raises(ValidationError):  # handed out again, so nobody may change it
+        first.channel = "store"  # type: ignore[misc]
+
+
 @pytest.mark.parametrize(
     "context",
     [None, {}, {"key_id": ""}, {"principalId": "key_x", "scopes": "admin"}],

@@ -382,3 +382,26 @@ def test_a_run_of_a_hundred_thousand_single_digit_groups_costs_a_few_calls_per_g
 
     assert masked.endswith(" [card number]") and masked.count("[card number]") == 1
     assert calls[0] < 3 * 100_000
+
+
+def test_every_card_field_is_named_by_its_whole_path_in_document_order():
+    card = "4111111111111111"
+    document = {
+        "lines": [{"sku": "A", "note": f"ref {card}"}, {"sku": int(card)}, [card, ["ok", f"x-{card}"]]],
+        f"web-{card}": {"inner": card, "fine": "ok"},
+        "flags": [True, 4111111111111111.0, None, 12],
+        "ok": {"deep": {"deeper": [{"s": "no card here"}]}},
+    }
+
+    assert card_number_fields(document) == [
+        "lines[0].note",
+        "lines[1].sku",
+        "lines[2][0]",
+        "lines[2][1][1]",
+        "web-[card number]",
+        "web-[card number].inner",
+        "flags[1]",
+    ]
+    assert card_number_fields([card, {"a": card}]) == ["[0]", "[1].a"]
+    assert card_number_fields(card) == [""]
+    assert card_number_fields({"a": [1, "b", {"c": None}]}) == []
