@@ -127,6 +127,10 @@ class ImportState:
     # Read whole, running short of its total, and read before the line its last order starts on
     # was kept: the recount of its markers needs that line (core/import_recount.py).
     needs_last_line: bool = False
+    # Read whole, and its report short of an error it counted: the lines its errors are listed on
+    # (None: nothing missing). A split's record that counted a bad row after another delivery of
+    # the event read the file whole, and could keep its error nowhere, is retried to here.
+    errors_listed: frozenset[int | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -169,7 +173,8 @@ class ImportLedger(ABC):
     def begin(self, import_id: str, source: str, at: datetime) -> ImportState:
         """Create the import (running) unless it exists; either way return its state. An import
         whose file was read and whose every order is recorded is completed (its completing write
-        may have failed)."""
+        may have failed). For a file read whole, its report is read only when it counted failures
+        (ImportState.errors_listed)."""
 
     @abstractmethod
     def restart(self, import_id: str, at: datetime) -> bool:
@@ -285,10 +290,12 @@ class ImportSplitter:
         hand_off: Callable[[int], None] | None = None,
     ) -> bool:
         """Queue the orders `open_orders` reads from the file. False when there was nothing to do:
-        the import exists and its file was already read (a redelivered event), or is being read by
-        another delivery of its event. Safe to run again after a failure: lines already recorded
-        are not counted twice. An import read whole before its last order's line was kept, and
-        left short of its total, is read again for that line only (ImportState.needs_last_line).
+        the import exists and its file was already read (a redelivered event) and its report is
+        short of no error, or is being read by another delivery of its event. Safe to run again
+        after a failure: lines already recorded are not counted twice. An import read whole before
+        its last order's line was kept, and left short of its total, is read again for that line
+        only (ImportState.needs_last_line); one read whole whose report is short of an error, for
+        its bad rows not listed (ImportState.errors_listed).
 
         A continuation (`resume_after`: the orders a split before it queued or recorded) reads the
         file from its start again, so the readers see every order (a header, a repeated order),
@@ -301,6 +308,11 @@ class ImportSplitter:
             # Its event replayed: read the file again for that line, queuing nothing (every order
             # was queued or recorded); an error leaves it as it was, and Lambda retries the event.
             self._split(source, open_orders, state.signing_key, sys.maxsize, never, None)
+            return True
+        if state.total_final and state.errors_listed is not None:
+            # Its bad rows again, queuing nothing: those it does not list are recorded (found
+            # recorded) and their lost errors kept; its other orders were all queued.
+            self._split(source, open_orders, state.signing_key, 0, never, None, listed=state.errors_listed)
             return True
         if state.total_final or (state.status is not ImportStatus.RUNNING and state.failure_code != SPLIT_INTERRUPTED):
             return False
@@ -328,7 +340,10 @@ class ImportSplitter:
         resume_after: int,
         time_up: TimeUp,
         hand_off: Callable[[int], None] | None,
+        listed: frozenset[int | None] | None = None,
     ) -> None:
+        """`listed`: a file read whole, read again for its bad rows whose errors are not on these
+        lines (ImportState.errors_listed); nothing is queued, and the total stays as it is."""
         try:
             orders = open_orders()
         except ImportFileError as error:
@@ -358,21 +373,25 @@ class ImportSplitter:
                 body = json.dumps(order.body, separators=(",", ":"))
                 if len(body.encode()) > MAX_ORDER_BYTES:
                     error = LineError(order.line, order.external_id, "order_too_large", "the order is over 250 KiB")
-                else:
+                elif listed is None:
                     origin = OrderOrigin(source.import_id, order.line, order.line_numbers, orders.format)
                     if key is not None:  # None: an import begun before signing, resumed
                         origin = replace(origin, signature=origin_signature(key, origin, body))
                     self._queue.send(QueuedOrder(body, origin))
-            if error is not None and not self._ledger.record(
-                source.import_id, order.line, Outcome.FAILED, error, self._clock()
+            if (
+                error is not None
+                and (listed is None or error.line not in listed)
+                and not self._ledger.record(source.import_id, order.line, Outcome.FAILED, error, self._clock())
             ):
                 found.append(order.line)
             if total % PROGRESS_EVERY == 0:
                 self._keep_lost_errors(source.import_id, found)
-                self._ledger.progress(source.import_id, orders.format, total, self._clock())
+                if listed is None:
+                    self._ledger.progress(source.import_id, orders.format, total, self._clock())
         self._queue.flush()
         self._keep_lost_errors(source.import_id, found)
-        self._ledger.finish_reading(source.import_id, orders.format, total, self._clock(), last_line=last_line)
+        if listed is None:
+            self._ledger.finish_reading(source.import_id, orders.format, total, self._clock(), last_line=last_line)
 
     def _keep_lost_errors(self, import_id: str, found: list[int]) -> None:
         if found:

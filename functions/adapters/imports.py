@@ -188,7 +188,21 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
             failure_code=values.get("error_code"),
             signing_key=values.get("signing_key"),
             needs_last_line=_short(values) and "last_line" not in values,
+            errors_listed=self._errors_listed_if_short(import_id, values),
         )
+
+    def _errors_listed_if_short(self, import_id: str, values: dict[str, Any]) -> frozenset[int | None] | None:
+        """For a file read whole that counted failures: the lines its report lists errors on, when
+        it lists fewer than it keeps (None otherwise). A split's record that counted a bad row
+        after a duplicate delivery of its event read the file whole, and whose error and its
+        fallback were both refused, is retried to begin() and no further: nothing else would keep
+        that error. One query of the errors (only those this instance has not read) on a
+        delivery of an event whose file was read whole; none for a first delivery."""
+        kept = min(int(values.get("failed", 0)), MAX_REPORTED_ERRORS)
+        if not values.get("total_final") or not kept:
+            return None
+        listed = self._errors(import_id, kept)
+        return frozenset(entry.line for entry in listed) if len(listed) < kept else None
 
     def restart(self, import_id: str, at: datetime) -> bool:
         # Conditional: a duplicate delivery may have resumed (and even completed) it since it was read.

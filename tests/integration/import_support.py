@@ -215,15 +215,31 @@ def worker(event: dict[str, Any], context: Any) -> Any:
 def before_puts(ledger: Any, monkeypatch: pytest.MonkeyPatch, before: Callable[[dict[str, Any]], None]) -> None:
     """`before` sees the item of each PutItem the ledger makes (from now on) before DynamoDB does:
     it may raise in its place, or run what happens meanwhile."""
+    _before(ledger, monkeypatch, "put_item", lambda request: before(request["Item"]))
+
+
+def before_updates(ledger: Any, monkeypatch: pytest.MonkeyPatch, before: Callable[[dict[str, Any]], None]) -> None:
+    """`before` sees each UpdateItem request the ledger makes (from now on) before DynamoDB does,
+    as before_puts does its puts (the two stack)."""
+    _before(ledger, monkeypatch, "update_item", before)
+
+
+def _before(
+    ledger: Any, monkeypatch: pytest.MonkeyPatch, method: str, before: Callable[[dict[str, Any]], None]
+) -> None:
     client = ledger._client
 
     class Watched:
         def __getattr__(self, name: str) -> Any:
-            return getattr(client, name)
+            call = getattr(client, name)
+            if name != method:
+                return call
 
-        def put_item(self, **request: Any) -> Any:
-            before(request["Item"])
-            return client.put_item(**request)
+            def watched(**request: Any) -> Any:
+                before(request)
+                return call(**request)
+
+            return watched
 
     monkeypatch.setattr(ledger, "_client", Watched())
 

@@ -13,6 +13,7 @@ from functions.adapters.imports import SqsOrderQueue
 from tests.builders import csv_file, csv_row
 from tests.integration.import_support import (
     ImportAws,
+    before_updates,
     context,
     create_import_resources,
     error_pk,
@@ -488,6 +489,59 @@ def test_a_bad_rows_error_refused_with_its_fallback_after_its_count_is_kept_by_t
     resumed = report(import_id)
     assert (resumed["status"], resumed["total"], resumed["failed"]) == ("running", 2, 1)
     assert [(e["line"], e["code"]) for e in resumed["errors"]] == [(3, "invalid_number")]
+
+
+@pytest.mark.parametrize("fallback_refused", [True, False], ids=["on-nothing", "on-its-marker"])
+def test_a_bad_rows_error_lost_after_a_duplicate_delivery_read_the_file_whole_is_kept_by_the_retried_event(
+    stack: ImportAws, monkeypatch: pytest.MonkeyPatch, fallback_refused: bool
+):
+    # A duplicate delivery found the bad row marked before this delivery counted it (so its keep
+    # step found no error missing) and read the file whole; this delivery then counted the row,
+    # and DynamoDB refused its error (and, `fallback_refused`, the fallback onto its marker). Its
+    # retry stopped at begin() (the total was final) and nothing else would ever write that error.
+    from botocore.exceptions import ClientError
+
+    from functions.import_splitter.app import container, lambda_handler
+
+    import_id = stack.put_file("incoming/orders.csv", csv_file(csv_row("ext-1"), csv_row("ext-2", quantity="x")))
+    event = stack.s3_event("incoming/orders.csv")
+    ledger = container().import_ledger
+    duplicate: list[str] = []
+
+    def duplicate_before_the_count(request: dict[str, Any]) -> None:
+        if request.get("ExpressionAttributeNames", {}).get("#counter") == "failed" and not duplicate:
+            duplicate.append("ran")
+            lambda_handler(event, context("ImportSplitterFunction", 900))  # finds line 3 marked, not counted
+            read_whole = report(import_id)
+            assert (read_whole["total_final"], read_whole["failed"], read_whole["errors"]) == (True, 0, [])
+
+    before_updates(ledger, monkeypatch, duplicate_before_the_count)
+    if fallback_refused:
+        refused = refuse_an_error_and_its_fallback(ledger, monkeypatch)
+    else:
+        refused = refuse_puts(ledger, monkeypatch, lambda item: "error" if error_pk(item) else None)
+    with pytest.raises(ClientError):
+        lambda_handler(event, context("ImportSplitterFunction", 900))
+    assert (duplicate, refused) == (["ran"], ["error", "fallback"] if fallback_refused else ["error"])
+    lost = report(import_id)
+    assert (lost["total_final"], lost["failed"], lost["errors"]) == (True, 1, [])
+
+    reads = count_reads(ledger)
+
+    lambda_handler(event, context("ImportSplitterFunction", 900))  # Lambda's retry of the event
+
+    kept = report(import_id)
+    assert (kept["status"], kept["total"], kept["failed"]) == ("running", 2, 1)
+    assert [(e["line"], e["code"]) for e in kept["errors"]] == [(3, "invalid_number")]
+    assert [json.loads(m["Body"])["external_id"] for m in queued(stack)] == ["ext-1"]  # the duplicate's; no more
+    # begin()'s read of the import and its errors (short), then keep_lost_errors' (and the marker
+    # when the report is still short: the refused put of a marker holding the error returned it).
+    assert reads == {"import": 2, "marker": 1 if fallback_refused else 0, "query": 2}
+    reads.update(dict.fromkeys(reads, 0))
+    lambda_handler(event, context("ImportSplitterFunction", 900))  # a duplicate delivery: nothing more
+    assert report(import_id)["errors"] == kept["errors"]
+    # begin()'s: the report is whole (its errors' query, unless this instance has them all read).
+    assert reads == {"import": 1, "marker": 0, "query": 1 if fallback_refused else 0}
 
 
 def test_a_folder_made_in_the_s3_console_is_no_import(stack: ImportAws):
