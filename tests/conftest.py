@@ -5,7 +5,7 @@ import functools
 import os
 import sys
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -13,6 +13,7 @@ from unittest import mock
 import pytest
 from hypothesis import settings
 
+import infra.check_template as check_template_module
 import infra.local.template as template_module
 from core import plugin_manager
 from infra.local.stack import EmbeddedStack
@@ -24,27 +25,48 @@ settings.load_profile("oms")
 
 
 _parse_template = template_module.load_template
+_translate = check_template_module.translate
+# A few documents each, the most recent kept: the suite's templates are template.yaml and the edited
+# copies a test writes, reads (check_template's main reads its file three times) and drops.
+_KEPT = 4
 _parsed: dict[bytes, dict[str, Any]] = {}
+_translated: dict[str, dict[str, Any]] = {}
+
+
+def _remembered(cache: dict[Any, dict[str, Any]], key: Any, make: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """A deep copy of what `make` returned for `key` (made now if not kept): no caller can change
+    what the next one gets. A `make` that raises is not kept."""
+    if key not in cache:
+        value = make()
+        while len(cache) >= _KEPT:
+            del cache[next(iter(cache))]
+        cache[key] = value
+    return copy.deepcopy(cache[key])
 
 
 def _load_template_parsed_once(path: str | Path | None = None) -> dict[str, Any]:
-    """infra.local.template.load_template, parsing the repository's template.yaml once per test
-    process: the suite read it some 40 times per worker (each stack, in-process API and module that
-    looks at it), 0.2 s of pure-Python YAML each. Each caller gets its own deep copy of the same
-    document; any other path, or a template.yaml that changed on disk, is parsed as before."""
-    source = Path(path or template_module.DEFAULT_TEMPLATE)
-    if source.resolve() != template_module.DEFAULT_TEMPLATE.resolve():
-        return _parse_template(path)
-    text = source.read_bytes()
-    if text not in _parsed:
-        _parsed.clear()
-        _parsed[text] = _parse_template(path)
-    return copy.deepcopy(_parsed[text])
+    """infra.local.template.load_template, parsing each template text once per test process: the
+    suite read template.yaml some 40 times per worker (each stack, in-process API and module that
+    looks at it), and check_template's main reads an edited copy three times (itself, its schedule
+    and state machine checks): 0.2-1 s of pure-Python YAML each. The document is a function of the
+    text alone (a path names the file only in the errors, which are never kept)."""
+    text = Path(path or template_module.DEFAULT_TEMPLATE).read_bytes()
+    return _remembered(_parsed, text, lambda: _parse_template(path))
 
 
-# Installed before any test module imports it (this conftest is imported first), so Template.load
-# and `from infra.local.template import load_template` both see it.
+def _translate_once(template: dict[str, Any]) -> dict[str, Any]:
+    """infra.check_template.translate, running the SAM transform once per test process for each
+    document: template.yaml (or a copy of it with only an ASL file changed) was transformed by
+    check_template's main in three tests and by the state machine grant tests, 0.4-3 s each.
+    Keyed by the document's repr, which keeps its keys' order and its values' types."""
+    return _remembered(_translated, repr(template), lambda: _translate(template))
+
+
+# Installed before any test module imports them (this conftest is imported first), so Template.load,
+# `from infra.local.template import load_template` and `from infra.check_template import translate`
+# all see them.
 template_module.load_template = _load_template_parsed_once
+check_template_module.translate = _translate_once
 
 
 def forget_business_metrics() -> None:

@@ -4,14 +4,17 @@ The layer is built for the declared platform (manylinux2014 aarch64, CPython 3.1
 cache makes reruns quick), with the repository's plugins.txt and one more plugin, a local package
 that requires `oms`. Its wheels and binaries are checked for the platform. An aarch64
 pydantic_core cannot be imported on an x86-64 machine, so the import check uses a host variant of
-the layer: the same distributions at the same versions, installed the same way for this machine,
-whose file list is shown to match the real layer's. Each handler is then imported in a fresh
-isolated interpreter that sees only the function's artifact, that layer and the standard library.
+the layer: a copy of it, its .pyc included, with each distribution built for the platform installed
+again at the same version, the same way, for this machine; its file list is shown to match the real
+layer's. Each handler is then imported in a fresh isolated interpreter that sees only the function's
+artifact, that layer and the standard library.
 """
 
 from __future__ import annotations
 
+import csv
 import importlib.metadata
+import io
 import json
 import os
 import platform
@@ -99,21 +102,44 @@ def _write_plugin(directory: Path) -> Path:
 
 
 def _host_variant(layer: Path, base: Path) -> Path:
-    """The layer's distributions at the same versions for this machine, installed the same way."""
+    """The layer as this machine imports it: a copy of it, its .pyc included, in which each
+    distribution built for the Lambda platform (a wheel tagged for it: pydantic_core) is installed
+    again at the same version for this machine, the way build_layer installs it. Every pure
+    distribution is the layer's own files: a pip install of them all again took half the setup."""
     host = base / "host-layer"
-    pins, local = [], []
-    for metadata in sorted(layer.glob("*.dist-info/METADATA")):
-        fields = dict(line.split(": ", 1) for line in metadata.read_text().splitlines() if ": " in line)
-        if (metadata.parent / "direct_url.json").exists():
-            url = json.loads((metadata.parent / "direct_url.json").read_text())["url"]
-            local.append(url.removeprefix("file://"))
+    shutil.copytree(layer, host, symlinks=True)
+    pins, replaced = [], set()
+    for wheel in sorted(host.glob("*.dist-info/WHEEL")):
+        tags = [line.removeprefix("Tag: ") for line in wheel.read_text().splitlines() if line.startswith("Tag: ")]
+        if all(tag.endswith("-none-any") for tag in tags):
+            continue
+        fields = _metadata(wheel.parent)
+        pins.append(f"{fields['Name']}=={fields['Version']}")
+        replaced |= _top_level_names(wheel.parent)
+    assert pins, "the layer has no platform wheel (pydantic_core's is one): nothing to stand in for"
+    for path in (host / name for name in replaced):
+        if path.is_dir():
+            shutil.rmtree(path)
         else:
-            pins.append(f"{fields['Name']}=={fields['Version']}")
+            path.unlink()
     pip = [sys.executable, "-m", "pip", "install", "--quiet", "--no-compile", "--no-deps", "--target", str(host)]
-    _run(pip + pins + local, cwd=base)
+    _run(pip + pins, cwd=base)
     shutil.rmtree(host / "bin", ignore_errors=True)  # as build_layer does
-    compile_tree(host)
+    kept = {path.name for path in layer.iterdir()} - replaced
+    for path in host.iterdir():  # what pip put there, compiled as build_layer compiles the layer
+        if path.is_dir() and path.name not in kept:
+            compile_tree(path)
     return host
+
+
+def _metadata(dist_info: Path) -> dict[str, str]:
+    return dict(line.split(": ", 1) for line in (dist_info / "METADATA").read_text().splitlines() if ": " in line)
+
+
+def _top_level_names(dist_info: Path) -> set[str]:
+    """The files and directories directly in the site that a distribution's RECORD names."""
+    rows = csv.reader(io.StringIO((dist_info / "RECORD").read_text()))
+    return {Path(row[0]).parts[0] for row in rows if row and not row[0].startswith("..")}
 
 
 def _run(command: list[str], cwd: Path) -> None:
@@ -164,7 +190,7 @@ def test_the_layer_holds_only_wheels_and_binaries_for_arm64_python311(built: Bui
 def test_the_layer_has_the_versions_the_tests_run_against(built: Built):
     compared = 0
     for metadata in built.layer.glob("*.dist-info/METADATA"):
-        fields = dict(line.split(": ", 1) for line in metadata.read_text().splitlines() if ": " in line)
+        fields = _metadata(metadata.parent)
         try:
             installed = importlib.metadata.version(fields["Name"])
         except importlib.metadata.PackageNotFoundError:
