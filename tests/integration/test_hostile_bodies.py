@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from tests.e2e.client import assert_error
 from tests.integration.in_process import InProcessApi, in_process_api
+from tests.properties import at_length
 
 SKU = "HOSTILE-1"  # priced just under 10^15
 CHEAP = "HOSTILE-CHEAP"
@@ -209,17 +210,26 @@ def hostile_bodies(draw: st.DrawFn) -> str:
     return text
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
+HOSTILE = given(
     body=hostile_bodies(),
     content_type=st.sampled_from(["application/json", "application/x+json", "text/plain", "Application/Json", ""]),
 )
+
+
+@settings(max_examples=150, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@HOSTILE
 def test_no_body_makes_a_5xx(api: InProcessApi, body: str, content_type: str):
     response = post_raw(api, "/orders", body, content_type)
 
     assert response.status_code < 500, response.text
     if response.status_code >= 400:
         assert_error(response, response.status_code)
+
+
+# At length (1000 random examples; `make test` runs the same 150 on every run): `make fuzz`.
+test_no_body_makes_a_5xx_at_length = at_length(
+    test_no_body_makes_a_5xx, HOSTILE, 1000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 
 
 @pytest.mark.parametrize("top", ['"a string"', "42", "null", "true"])

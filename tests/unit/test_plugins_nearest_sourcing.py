@@ -459,8 +459,11 @@ scenarios = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=300, deadline=None)
-@given(scenarios)
+ALLOCATIONS = given(scenarios)
+
+
+@settings(max_examples=300, derandomize=True, deadline=None)
+@ALLOCATIONS
 def test_every_unit_is_allocated_exactly_once_and_never_beyond_what_is_available(scenario):
     order = an_order(*scenario["lines"])
     available = scenario["available"]
@@ -507,6 +510,12 @@ def test_every_unit_is_allocated_exactly_once_and_never_beyond_what_is_available
         assert {allocation.location_id for allocation in plan.allocations} == {min(whole, key=rank)}
     assert plan.reasons
     assert plan == source(order, available, locations=list(reversed(locations)), destination=destination)
+
+
+# At length (1000 random examples; `make test` runs the same 300 on every run): `make fuzz`.
+test_every_unit_is_allocated_exactly_once_and_never_beyond_what_is_available_at_length = at_length(
+    test_every_unit_is_allocated_exactly_once_and_never_beyond_what_is_available, ALLOCATIONS, 1000, deadline=None
+)
 
 
 # The plans as the plugin made them before its two speed-ups (the exact search summing every group
