@@ -99,6 +99,11 @@ def _marker_id(import_id: str, line: int) -> str:
     return f"import#{import_id}#{line}"
 
 
+def _marker_line(marker: dict[str, Any]) -> int:
+    """The line a marker item (_marker_id) is for."""
+    return int(marker["id"]["S"].rsplit("#", 1)[1])
+
+
 def _error_fields(error: LineError) -> dict[str, Any]:
     fields = {"line": {"N": str(error.line)}, "code": {"S": error.code}, "message": {"S": error.message}}
     if error.external_id:
@@ -198,11 +203,17 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
         fallback were both refused, is retried to begin() and no further: nothing else would keep
         that error. One query of the errors (only those this instance has not read) on a
         delivery of an event whose file was read whole; none for a first delivery."""
-        kept = min(int(values.get("failed", 0)), MAX_REPORTED_ERRORS)
-        if not values.get("total_final") or not kept:
+        if not values.get("total_final"):
             return None
-        listed = self._errors(import_id, kept)
-        return frozenset(entry.line for entry in listed) if len(listed) < kept else None
+        listed, short = self._shortfall(import_id, int(values.get("failed", 0)))
+        return frozenset(entry.line for entry in listed) if short > 0 else None
+
+    def _shortfall(self, import_id: str, failed: int) -> tuple[list[ImportErrorEntry], int]:
+        """The errors the report of an import that counted `failed` failures lists, and how many
+        it is short of the ones it keeps (up to MAX_REPORTED_ERRORS): none read when it keeps none."""
+        kept = min(failed, MAX_REPORTED_ERRORS)
+        listed = self._errors(import_id, kept) if kept else []
+        return listed, kept - len(listed)
 
     def restart(self, import_id: str, at: datetime) -> bool:
         # Conditional: a duplicate delivery may have resumed (and even completed) it since it was read.
@@ -434,9 +445,7 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
         since the line was marked) under its line, not an ordinal: the one missing is unknown, and
         may be a worker's that is about to write it (this line's own, too: the report lists each
         line's error once, _once_per_line). No marker is read once the report is whole."""
-        kept = min(int(item.get("failed", {}).get("N", "0")), MAX_REPORTED_ERRORS)
-        listed = self._errors(import_id, kept)
-        short = kept - len(listed)
+        listed, short = self._shortfall(import_id, int(item.get("failed", {}).get("N", "0")))
         if short <= 0:
             return
         lines = {entry.line for entry in listed}
@@ -445,8 +454,7 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
             if marker.get("outcome", {}).get("S") != Outcome.FAILED.value or not error or "unkept_error" in marker:
                 continue
             if int(error["line"]["N"]) not in lines:
-                line = marker["id"]["S"].rsplit("#", 1)[1]
-                key = {"pk": _error_key(import_id, 0)["pk"], "sk": {"S": f"{_RECOVERED}{line}"}}
+                key = {"pk": _error_key(import_id, 0)["pk"], "sk": {"S": f"{_RECOVERED}{_marker_line(marker)}"}}
                 self._client.put_item(TableName=self._table, Item={**key, **error})
                 lines.add(int(error["line"]["N"]))
                 short -= 1
@@ -576,7 +584,7 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
                     and "unkept_error" not in marker
                     and int(error["line"]["N"]) not in kept_lines
                 ):
-                    unkept.append(int(marker["id"]["S"].rsplit("#", 1)[1]))
+                    unkept.append(_marker_line(marker))
             state["unkept_lines"] = [*map(int, state["unkept_lines"]), *sorted(unkept)][: max(0, room)]
             line = lines[-1] + 1
         counts = {name: int(state[name]) for name in _COUNTERS.values()}
