@@ -398,16 +398,17 @@ class RefundService:
             unless=lambda failure, entries: _last_failure_at(entries, refund.id, part) == failure.kind, **detail,
         )  # fmt: skip
         once = {"transient": again, "no_plugin": not fresh}  # the kinds the refund's history says once
-        asked: list[bool] = []  # whether this call met a transient failure already
+        met_outage = False  # whether this call met a transient failure already
 
         def on_failure(failure: Failure) -> None:
+            nonlocal met_outage
             if not once.get(failure.kind, False):
                 record(failure)  # a refusal, or an attempt this call records every time
                 return
             if failure.kind == "transient":
-                if asked:
+                if met_outage:
                     return  # once a call
-                asked.append(True)
+                met_outage = True
             noted_once(failure)
 
         return on_failure
