@@ -58,6 +58,20 @@ class Journeys:
         return self.placed.pop(test.nodeid)
 
 
+def journey_fixture() -> Callable[..., tuple[str, dict[str, Any]]]:
+    """The `journey` fixture of a module that defines `journeys` (a Journeys), `stack` and `network`."""
+
+    @pytest.fixture
+    def journey(
+        request: pytest.FixtureRequest, journeys: Journeys, stack: EmbeddedStack, api: Api, network: dict[str, str]
+    ) -> tuple[str, dict[str, Any]]:
+        """This test's order id and arrangement: placed with every selected test's that has one,
+        then the stack settled once."""
+        return journeys.of(request, stack, api, network)
+
+    return journey
+
+
 def by_name(registry: dict[str, Arrange]) -> Callable[[pytest.Item], Arrange | None]:
     """The arrangement `arranged` registered for an item's test function."""
     return lambda item: registry.get(getattr(item, "originalname", ""))

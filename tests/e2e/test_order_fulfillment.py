@@ -19,7 +19,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from infra.local.stack import EmbeddedStack
-from tests.e2e.batch import SETTLE_SECONDS, Arrange, Journeys, arranged, by_name, place, settle
+from tests.e2e.batch import SETTLE_SECONDS, Arrange, Journeys, arranged, by_name, journey_fixture, place, settle
 from tests.e2e.client import (
     Api,
     Catalog,
@@ -145,18 +145,12 @@ def arrangement_of(item: pytest.Item) -> Arrange | None:
     return by_name(SINGLES)(item)
 
 
+journey = journey_fixture()
+
+
 @pytest.fixture(scope="module")
 def journeys() -> Journeys:
     return Journeys(arrangement_of)
-
-
-@pytest.fixture
-def journey(
-    request: pytest.FixtureRequest, journeys: Journeys, stack: EmbeddedStack, api: Api, network: dict[str, str]
-) -> tuple[str, dict[str, Any]]:
-    """This test's order id and arrangement: placed with every selected arranged test's, then the
-    stack settled once (tests/e2e/batch.py)."""
-    return journeys.of(request, stack, api, network)
 
 
 @pytest.fixture

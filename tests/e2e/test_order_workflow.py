@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from infra.local.stack import EmbeddedStack, forget_warm_containers
-from tests.e2e.batch import SETTLE_SECONDS, Arrange, Journeys, arranged, by_name, place, settle
+from tests.e2e.batch import SETTLE_SECONDS, Arrange, Journeys, arranged, by_name, journey_fixture, place, settle
 from tests.e2e.client import Api, Catalog, order_body, put_network, unique, unsigned
 from tests.e2e.conftest import workflow_stack
 
@@ -33,18 +33,12 @@ def stack() -> Iterator[EmbeddedStack]:
         yield started
 
 
+journey = journey_fixture()
+
+
 @pytest.fixture(scope="module")
 def journeys() -> Journeys:
     return Journeys(by_name(JOURNEYS))
-
-
-@pytest.fixture
-def journey(
-    request: pytest.FixtureRequest, journeys: Journeys, stack: EmbeddedStack, api: Api, network: dict[str, str]
-) -> tuple[str, dict[str, Any]]:
-    """This test's order id and arrangement: placed with every selected arranged test's, then the
-    stack settled once (tests/e2e/batch.py)."""
-    return journeys.of(request, stack, api, network)
 
 
 @pytest.fixture(scope="module")
