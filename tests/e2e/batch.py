@@ -2,10 +2,11 @@
 
 Settling the stack (every mapping drained, no execution running, twice in a row) costs more than a
 journey's own work; a module whose tests each place one order and settle paid it once per test.
-Here each test names the function that arranges its order (`@arranged(arrange)`), and the first of
-the module's selected tests to ask for its journey has every selected test's order arranged and
-placed, then the stack settled once. Each order still goes through its own workflow execution,
-on its own skus; a test then reads and asserts on its order exactly as after its own settle.
+Here each test names the function that arranges its order (`@arranged(registry, arrange)`, or the
+module's own `arrangement_of`), and the first of the module's selected tests to ask for its
+journey has every selected test's order arranged and placed, then the stack settled once. Each
+order still goes through its own workflow execution, on its own skus; a test then reads and
+asserts on its order exactly as after its own settle.
 """
 
 from __future__ import annotations
@@ -43,17 +44,22 @@ class Journeys:
 
     def __init__(self, arrangement_of: Callable[[pytest.Item], Arrange | None]):
         self.arrangement_of = arrangement_of
-        self.placed: dict[str, tuple[str, dict[str, Any]]] = {}
+        self.placed: dict[str, tuple[str, dict[str, Any]]] = {}  # not taken yet
+        self.arranged: set[str] = set()  # every test id ever placed for
 
     def of(self, request: pytest.FixtureRequest, stack: EmbeddedStack, api: Api, network: dict[str, str]):
         test = request.node
-        if test.nodeid not in self.placed:  # the first test asking, or one not counted (a rerun)
+        if test.nodeid not in self.placed:
+            # The first of the module's tests to ask: every selected one not placed for yet. A test
+            # asking again (a rerun), or not among the session's items: its own order only.
             module = [item for item in request.session.items if getattr(item, "module", None) is request.module]
-            items = [item for item in module if self.arrangement_of(item) and item.nodeid not in self.placed]
+            fresh = [item for item in module if self.arrangement_of(item) and item.nodeid not in self.arranged]
+            items = fresh if test in fresh else [test]
             catalog = Catalog(api)
-            arranged = {item.nodeid: self.arrangement_of(item)(catalog, network) for item in items or [test]}
+            arranged = {item.nodeid: self.arrangement_of(item)(catalog, network) for item in items}
             for nodeid, (body, context) in arranged.items():
                 self.placed[nodeid] = (place(api, body)["id"], context)
+            self.arranged.update(arranged)
             settle(stack, len(arranged))
         return self.placed.pop(test.nodeid)
 
