@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import logging
@@ -114,6 +115,29 @@ def _start_fresh(handler: Handler) -> None:
                 value.forget()
 
 
+def end_invocation_metrics() -> None:
+    """What powertools' log_metrics does to the metric set as a Lambda invocation ends, when
+    POWERTOOLS_METRICS_DISABLED (the local stack's default) stops its flush from doing it: the set
+    is cleared, as the flush (print, then clear) leaves it. Without this, the set every Metrics
+    instance shares (class-level, and here shared by every function in the process) grows across
+    invocations: an EMF line is printed at 100 values, and each add_metric formats the whole list
+    into a debug line. Metrics enabled, the flush has cleared it already: nothing is done, so
+    another function's run keeps what it has not printed yet."""
+    if "aws_lambda_powertools.metrics" not in sys.modules:  # nothing imported it: no metric was added
+        return
+    from aws_lambda_powertools.metrics.functions import is_metrics_disabled
+
+    if is_metrics_disabled():
+        _shared_metrics().clear_metrics()
+
+
+@functools.cache
+def _shared_metrics() -> Any:
+    from aws_lambda_powertools import Metrics
+
+    return Metrics()  # one of the instances sharing the class-level set
+
+
 @dataclass
 class LambdaContext:
     """The attributes of the Lambda runtime's context object that handlers and powertools read (no
@@ -182,6 +206,7 @@ class LocalFunction:
                     self._fresh_next = True
                     raise ExitError(request_id, _exit_reason(exit.code)) from None
                 finally:
+                    end_invocation_metrics()
                     if time.monotonic() - started > (limit := min(self.timeout_seconds, waits)):  # what it raised too
                         self._fresh_next = True
                         raise TimedOut(request_id, f"Task timed out after {limit:.2f} seconds")

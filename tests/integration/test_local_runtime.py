@@ -691,6 +691,41 @@ def test_the_api_function_s_fresh_environment_forgets_its_package_s_warm_state_a
     assert authorizer.api_keys not in forgotten
 
 
+def test_each_run_leaves_the_metric_set_as_lambda_s_flush_leaves_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+):
+    from aws_lambda_powertools import Metrics
+    from aws_lambda_powertools.metrics import MetricUnit
+
+    # The local stack's default: log_metrics neither prints the set nor clears it.
+    monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "true")
+    metrics = Metrics(namespace="Local")
+    metrics.clear_metrics()
+
+    @metrics.log_metrics
+    def handler(event: dict[str, Any], context: Any) -> int:
+        metrics.add_metric(name="Runs", unit=MetricUnit.Count, value=1)
+        if event.get("fail"):
+            raise RuntimeError("the handler failed")
+        return len(metrics.metric_set["Runs"]["Value"])
+
+    function = LocalFunction("metered", handler)
+    try:
+        assert [function.invoke({}) for _ in range(150)] == [1] * 150
+        with pytest.raises(RuntimeError):
+            function.invoke({"fail": True})
+        assert metrics.metric_set == {}
+        assert "_aws" not in capsys.readouterr().out  # no EMF line, as powertools prints one at 100 values
+        # Metrics switched on, log_metrics flushes the set itself: what another function has added
+        # and not printed yet stays for it to print.
+        monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "false")
+        metrics.add_metric(name="Unprinted", unit=MetricUnit.Count, value=1)
+        assert LocalFunction("plain", lambda event, context: "done").invoke({}) == "done"
+        assert list(metrics.metric_set) == ["Unprinted"]
+    finally:
+        metrics.clear_metrics()
+
+
 def test_an_authorizer_past_its_timeout_is_a_500():
     gw = gateway(authorizer=late(0.1, allow_all()))
     assert call(gw, "GET", "/orders", headers=[("Authorization", "Bearer a")])[0] == 200
