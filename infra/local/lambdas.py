@@ -107,12 +107,13 @@ def _start_fresh(handler: Handler) -> None:
     here). Called as the next run starts, under the function's lock: the run that failed has
     ended by then, and whatever a thread it left behind rebuilt since is dropped too; that thread
     keeps the objects it holds, which nothing fresh shares."""
-    package = handler.__module__.rpartition(".")[0] or handler.__module__
-    modules = [module for name, module in list(sys.modules.items()) if name.startswith(package + ".")]
-    for module in [sys.modules.get(package), *modules]:
-        for value in list(vars(module).values()) if module is not None else ():
-            if isinstance(value, Warm):
-                value.forget()
+    module_name = getattr(handler, "__module__", None) or ""
+    package = module_name.rpartition(".")[0] or module_name
+    for name, module in list(sys.modules.items()):
+        if module is not None and (name == package or name.startswith(f"{package}.")):
+            for value in list(vars(module).values()):
+                if isinstance(value, Warm):
+                    value.forget()
 
 
 def end_invocation_metrics() -> None:
