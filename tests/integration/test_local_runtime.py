@@ -441,6 +441,12 @@ def test_unknown_path_and_a_method_its_resource_lacks_are_both_404_as_api_gatewa
         assert "Allow" not in response.headers
 
 
+def test_the_gateway_s_own_answers_carry_the_request_s_id_as_api_gateway_s_do():
+    request = HttpRequest("GET", "/nowhere")
+    response = gateway().handle(request)
+    assert (response.status_code, response.headers["x-amzn-RequestId"]) == (404, request.request_id)
+
+
 def test_proxy_event_has_api_gateway_v1_shape():
     request = HttpRequest(
         "PUT",
