@@ -30,6 +30,7 @@ import requests
 from botocore.client import BaseClient
 
 from bench.stack import external_id
+from infra.local.lambdas import end_invocation_metrics
 from infra.local.stack import EmbeddedStack, running_stack
 
 ORDERS = int(os.environ.get("BENCH_PROFILE_ORDERS", "300"))
@@ -149,19 +150,18 @@ def owner(filename: str) -> str:
     return "other (stdlib, builtins)"
 
 
-def as_on_lambda(handler: Callable[..., Any], metrics: Any) -> Callable[..., Any]:
-    """`handler`, its metrics cleared after each invocation, as on Lambda. There its log_metrics
-    flushes the set (prints it, then clears it) at the end of every invocation; with
-    POWERTOOLS_METRICS_DISABLED (set here, so no EMF line is printed) it does neither, so across
-    invocations a metric's value list would grow to 100 entries, and every add_metric format that
-    whole list into its debug line: a cost Lambda never pays, measured as ours. Clearing is
-    what is left of the flush once nothing is printed."""
+def as_on_lambda(handler: Callable[..., Any]) -> Callable[..., Any]:
+    """`handler`, its metric set left after each invocation as Lambda's leaves it
+    (infra.local.lambdas.end_invocation_metrics, what the local runtime does after every run):
+    with POWERTOOLS_METRICS_DISABLED (set here, so no EMF line is printed) log_metrics neither
+    prints nor clears it, and a set that grows across invocations, every add_metric formatting
+    the whole list into its debug line, is a cost Lambda never pays, measured as ours."""
 
     def invoke(event: dict[str, Any], context: Any) -> Any:
         try:
             return handler(event, context)
         finally:
-            metrics.clear_metrics()
+            end_invocation_metrics()
 
     return invoke
 
@@ -179,7 +179,7 @@ def warm_api() -> Iterator[tuple[EmbeddedStack, Callable[..., Any]]]:
                      headers=headers, timeout=10).raise_for_status()  # fmt: skip
         from functions.api import app
 
-        lambda_handler = as_on_lambda(app.lambda_handler, app.metrics)
+        lambda_handler = as_on_lambda(app.lambda_handler)
         for _ in range(WARM_UP):
             assert lambda_handler(post_order_event(), Context())["statusCode"] == 201
         yield stack, lambda_handler

@@ -395,8 +395,8 @@ class ApiGateway:
 
     def gateway_response(self, kind: str, request_id: str) -> Response:
         status, body, headers = self._answers[kind]
-        response = _error_response(body, status, request_id)
-        response.headers.update({"x-amzn-ErrorType": _ANSWERS[kind][1], **headers})
+        response = Response(body, status=status, content_type="application/json")
+        response.headers.update({"x-amzn-RequestId": request_id, "x-amzn-ErrorType": _ANSWERS[kind][1], **headers})
         return response
 
     def handle(self, request: HttpRequest) -> Response:
@@ -470,12 +470,6 @@ class ApiGateway:
 def _json_size(payload: Any) -> int:
     """The bytes of `payload` as JSON, as Lambda counts an invoke's event or response."""
     return len(json.dumps(payload, ensure_ascii=False, separators=(",", ":"), default=str).encode("utf-8", "replace"))
-
-
-def _error_response(body: str, status: int, request_id: str) -> Response:
-    response = Response(body, status=status, content_type="application/json")
-    response.headers["x-amzn-RequestId"] = request_id
-    return response
 
 
 def _http_response(result: Any, request_id: str) -> Response:

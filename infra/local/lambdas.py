@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import logging
@@ -15,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from functions.warm import Warm
 from infra.local.moto_patches import MotoPatch, lock
 from infra.local.template import ACCOUNT_ID, REGION
 
@@ -97,6 +99,46 @@ def _exit_reason(code: Any) -> str:
     return f"Runtime exited with error: exit status {status}" if status else "Runtime exited without providing a reason"
 
 
+def _start_fresh(handler: Handler) -> None:
+    """What a new execution environment changes for `handler`: every Warm its package's modules
+    hold (functions/warm.py: its container's clients, caches and plugin manager, a route's pages)
+    is built again by its next use. Only its package's: the other functions keep theirs (the
+    functions of one package, the order workflow's steps, share one module and so one container
+    here). Called as the next run starts, under the function's lock: the run that failed has
+    ended by then, and whatever a thread it left behind rebuilt since is dropped too; that thread
+    keeps the objects it holds, which nothing fresh shares."""
+    module_name = getattr(handler, "__module__", None) or ""
+    package = module_name.rpartition(".")[0] or module_name
+    for name, module in list(sys.modules.items()):
+        if module is not None and (name == package or name.startswith(f"{package}.")):
+            for value in list(vars(module).values()):
+                if isinstance(value, Warm):
+                    value.forget()
+
+
+def end_invocation_metrics() -> None:
+    """What powertools' log_metrics does to the metric set as a Lambda invocation ends, when
+    POWERTOOLS_METRICS_DISABLED (the local stack's default) stops its flush from doing it: the set
+    is cleared, as the flush (print, then clear) leaves it. Without this, the set every Metrics
+    instance shares (class-level, and here shared by every function in the process) grows across
+    invocations: an EMF line is printed at 100 values, and each add_metric formats the whole list
+    into a debug line. Metrics enabled, the flush has cleared it already: nothing is done, so
+    another function's run keeps what it has not printed yet."""
+    if "aws_lambda_powertools.metrics" not in sys.modules:  # nothing imported it: no metric was added
+        return
+    from aws_lambda_powertools.metrics.functions import is_metrics_disabled
+
+    if is_metrics_disabled():
+        _shared_metrics().clear_metrics()
+
+
+@functools.cache
+def _shared_metrics() -> Any:
+    from aws_lambda_powertools import Metrics
+
+    return Metrics()  # one of the instances sharing the class-level set
+
+
 @dataclass
 class LambdaContext:
     """The attributes of the Lambda runtime's context object that handlers and powertools read (no
@@ -127,6 +169,7 @@ class LocalFunction:
         self.timeout_seconds = timeout_seconds
         self._handler = handler
         self._lock = threading.RLock()
+        self._fresh_next = False  # the last run timed out or exited: Lambda replaced its environment
         # Read by Activity.wait_until_idle() and make bench: started invocations, and unfinished ones.
         self.invocations = 0
         self.in_flight = 0
@@ -147,28 +190,42 @@ class LocalFunction:
         """Runs the handler; its exceptions propagate (the caller decides what a failure means). A run
         past the Timeout, or past what the caller `waits` (API Gateway's 29 s), is TimedOut, and
         SystemExit is ExitError, as Lambda reports them: a thread cannot be stopped, so the handler
-        runs to its end (its writes stand) and its answer, or error, is dropped."""
+        runs to its end (its writes stand) and its answer, or error, is dropped. After either, the
+        next invocation starts in a fresh environment, as on Lambda (_start_fresh)."""
         with self._count_lock:
             self.invocations += 1
             self.in_flight += 1
-        outer, started, request_id = getattr(RUNNING, "function", None), math.inf, str(uuid.uuid4())
+        outer, request_id = getattr(RUNNING, "function", None), str(uuid.uuid4())
         try:
-            with self._lock:
-                if isinstance(self._handler, str):
-                    module, _, attribute = self._handler.rpartition(".")
-                    self._handler = getattr(importlib.import_module(module), attribute)
+            with self._lock:  # held until the run has ended and marked the next one fresh
+                handler = self._loaded()
                 RUNNING.function = self.name
                 started = time.monotonic()  # waiting for the lock is not run time
-                result = self._handler(event, self.new_context(request_id))
-        except SystemExit as exit:
-            raise ExitError(request_id, _exit_reason(exit.code)) from None
+                try:
+                    return handler(event, self.new_context(request_id))
+                except SystemExit as exit:
+                    self._fresh_next = True
+                    raise ExitError(request_id, _exit_reason(exit.code)) from None
+                finally:
+                    end_invocation_metrics()
+                    if time.monotonic() - started > (limit := min(self.timeout_seconds, waits)):  # what it raised too
+                        self._fresh_next = True
+                        raise TimedOut(request_id, f"Task timed out after {limit:.2f} seconds")
         finally:
             RUNNING.function = outer
             with self._count_lock:
                 self.in_flight -= 1
-            if time.monotonic() - started > (limit := min(self.timeout_seconds, waits)):  # what it raised too
-                raise TimedOut(request_id, f"Task timed out after {limit:.2f} seconds")
-        return result
+
+    def _loaded(self) -> Handler:
+        """The handler, imported on the first event (a cold start); its warm state forgotten first
+        if the last run timed out or exited."""
+        if isinstance(self._handler, str):
+            module, _, attribute = self._handler.rpartition(".")
+            self._handler = getattr(importlib.import_module(module), attribute)
+        if self._fresh_next:
+            self._fresh_next = False
+            _start_fresh(self._handler)
+        return self._handler
 
     def try_invoke(self, event: Any) -> tuple[Any, Exception | None]:
         """invoke(), a failure returned and logged in one line (a Step Functions Catch may expect it),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import http.client
+import importlib
 import json
 import os
 import re
@@ -32,7 +33,7 @@ from infra.local.gateway import (
     proxy_event,
     request_authorizer_event,
 )
-from infra.local.lambdas import ExitError, LocalFunction
+from infra.local.lambdas import ExitError, LocalFunction, TimedOut, _start_fresh
 from infra.local.resources import Resources
 from infra.local.template import DEFAULT_TEMPLATE, ApiRoute, Template, create_table_request, load_template
 
@@ -440,6 +441,12 @@ def test_unknown_path_and_a_method_its_resource_lacks_are_both_404_as_api_gatewa
         assert "Allow" not in response.headers
 
 
+def test_the_gateway_s_own_answers_carry_the_request_s_id_as_api_gateway_s_do():
+    request = HttpRequest("GET", "/nowhere")
+    response = gateway().handle(request)
+    assert (response.status_code, response.headers["x-amzn-RequestId"]) == (404, request.request_id)
+
+
 def test_proxy_event_has_api_gateway_v1_shape():
     request = HttpRequest(
         "PUT",
@@ -590,6 +597,139 @@ def test_a_handler_s_exit_is_worded_as_lambda_words_the_runtime_s_exit(code: Any
         LocalFunction("exits", handler).invoke({})
     assert type(caught.value).__name__ == "Runtime.ExitError"
     assert str(caught.value) == f"RequestId: {seen[0]} Error: {reason}"  # the invocation's own request id
+
+
+# A handler package with warm state in two modules, as functions/api keeps its container in
+# dependencies.py: each build numbered, the handler answering which builds it was served.
+_FRESH_APP = """
+import sys
+import threading
+import time
+
+from functions.warm import Warm
+
+from {package}.deps import clients
+
+builds = []
+state = Warm(lambda: builds.append({{"build": len(builds) + 1, "touched_by": []}}) or builds[-1])
+release, left_behind = threading.Event(), []
+
+
+def lambda_handler(event, context):
+    served = [state()["build"], clients()]
+    state()["touched_by"].append("run")
+    if event.get("exit"):
+        sys.exit(3)
+    if event.get("leave_a_thread"):  # it uses the warm state after the run has failed
+        thread = threading.Thread(target=lambda: release.wait(5) and state()["touched_by"].append("thread"))
+        left_behind.append(thread)
+        thread.start()
+    time.sleep(event.get("sleep", 0))
+    return served
+"""
+_FRESH_DEPS = """
+from functions.warm import Warm
+
+built = []
+clients = Warm(lambda: built.append(len(built) + 1) or built[-1])
+"""
+
+
+@pytest.fixture
+def fresh_packages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, str]]:
+    names = ("local_fresh_a", "local_fresh_b")
+    for name in names:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "__init__.py").write_text("")
+        (tmp_path / name / "app.py").write_text(_FRESH_APP.format(package=name))
+        (tmp_path / name / "deps.py").write_text(_FRESH_DEPS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield names
+    for module in [module for module in sys.modules if module.startswith(names)]:
+        del sys.modules[module]
+
+
+@pytest.mark.parametrize("failure", [{"sleep": 0.1}, {"exit": True}], ids=["Sandbox.Timedout", "Runtime.ExitError"])
+def test_after_a_timeout_or_an_exit_the_function_s_next_run_starts_fresh_and_only_its_own(
+    fresh_packages: tuple[str, str], failure: dict[str, Any]
+):
+    one, other = (LocalFunction(name, f"{name}.app.lambda_handler", timeout_seconds=0.05) for name in fresh_packages)
+    assert one.invoke({}) == other.invoke({}) == [1, 1]
+    assert one.invoke({}) == [1, 1]  # warm: built once
+    with pytest.raises((TimedOut, ExitError)):
+        one.invoke(failure)
+    # A new environment builds every Warm of its package again, its other modules' too; the
+    # other function's environment was not replaced.
+    assert one.invoke({}) == [2, 2]
+    assert sys.modules[f"{fresh_packages[0]}.app"].builds[-1]["touched_by"] == ["run"]
+    assert other.invoke({}) == [1, 1]
+    assert one.invoke({}) == [2, 2]  # and is warm again
+
+
+def test_a_thread_the_timed_out_run_left_running_does_not_reach_the_next_run_s_fresh_state(
+    fresh_packages: tuple[str, str],
+):
+    function = LocalFunction("slow", f"{fresh_packages[0]}.app.lambda_handler", timeout_seconds=0.05)
+    app = importlib.import_module(f"{fresh_packages[0]}.app")
+    with pytest.raises(TimedOut):
+        function.invoke({"leave_a_thread": True, "sleep": 0.1})
+    # The run's thread goes on after its caller heard of the timeout, and asks for the warm state
+    # again (it rebuilds what was forgotten, if it was forgotten already): the next run must not
+    # be served what that thread built or touched.
+    app.release.set()
+    app.left_behind[0].join(5)
+    assert function.invoke({}) == [len(app.builds), 2]
+    assert app.builds[-1]["touched_by"] == ["run"]
+
+
+def test_the_api_function_s_fresh_environment_forgets_its_package_s_warm_state_and_no_other_s(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    from functions.api import app, dependencies
+    from functions.api.routes import meta
+    from functions.authorizer import app as authorizer
+    from functions.warm import Warm
+
+    forgotten: list[Warm[Any]] = []
+    monkeypatch.setattr(Warm, "forget", lambda warm: forgotten.append(warm))
+    _start_fresh(app.lambda_handler)
+    assert {id(warm) for warm in forgotten} == {id(dependencies.container), id(meta._pages)}
+    assert authorizer.api_keys not in forgotten
+
+
+def test_each_run_leaves_the_metric_set_as_lambda_s_flush_leaves_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+):
+    from aws_lambda_powertools import Metrics
+    from aws_lambda_powertools.metrics import MetricUnit
+
+    # The local stack's default: log_metrics neither prints the set nor clears it.
+    monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "true")
+    metrics = Metrics(namespace="Local")
+    metrics.clear_metrics()
+
+    @metrics.log_metrics
+    def handler(event: dict[str, Any], context: Any) -> int:
+        metrics.add_metric(name="Runs", unit=MetricUnit.Count, value=1)
+        if event.get("fail"):
+            raise RuntimeError("the handler failed")
+        return len(metrics.metric_set["Runs"]["Value"])
+
+    function = LocalFunction("metered", handler)
+    try:
+        assert [function.invoke({}) for _ in range(150)] == [1] * 150
+        with pytest.raises(RuntimeError):
+            function.invoke({"fail": True})
+        assert metrics.metric_set == {}
+        assert "_aws" not in capsys.readouterr().out  # no EMF line, as powertools prints one at 100 values
+        # Metrics switched on, log_metrics flushes the set itself: what another function has added
+        # and not printed yet stays for it to print.
+        monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "false")
+        metrics.add_metric(name="Unprinted", unit=MetricUnit.Count, value=1)
+        assert LocalFunction("plain", lambda event, context: "done").invoke({}) == "done"
+        assert list(metrics.metric_set) == ["Unprinted"]
+    finally:
+        metrics.clear_metrics()
 
 
 def test_an_authorizer_past_its_timeout_is_a_500():

@@ -26,7 +26,7 @@ def test_each_invocation_starts_with_the_empty_metric_set_lambdas_flush_leaves(m
             raise RuntimeError("the handler failed")
         return {"statusCode": 201}
 
-    invoke = as_on_lambda(handler, metrics)
+    invoke = as_on_lambda(handler)
     try:
         assert [invoke({}, None)["statusCode"] for _ in range(3)] == [201, 201, 201]
         with pytest.raises(RuntimeError):
