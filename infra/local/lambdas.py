@@ -208,8 +208,11 @@ class LocalFunction:
                     raise ExitError(request_id, _exit_reason(exit.code)) from None
                 finally:
                     end_invocation_metrics()
-                    if time.monotonic() - started > (limit := min(self.timeout_seconds, waits)):  # what it raised too
-                        self._fresh_next = True
+                    ran = time.monotonic() - started
+                    # Past its own Timeout Lambda stopped the run and replaces its environment; past
+                    # only what its caller waits (API Gateway's 29 s) the run ended on its own, warm.
+                    self._fresh_next = self._fresh_next or ran > self.timeout_seconds
+                    if ran > (limit := min(self.timeout_seconds, waits)):  # what it raised too
                         raise TimedOut(request_id, f"Task timed out after {limit:.2f} seconds")
         finally:
             RUNNING.function = outer

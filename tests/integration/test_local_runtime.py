@@ -666,6 +666,16 @@ def test_after_a_timeout_or_an_exit_the_function_s_next_run_starts_fresh_and_onl
     assert one.invoke({}) == [2, 2]  # and is warm again
 
 
+def test_a_run_past_only_what_its_caller_waits_leaves_its_environment_warm(fresh_packages: tuple[str, str]):
+    # API Gateway gives up at 29 s on a function allowed longer: the caller hears of a timeout, but
+    # Lambda let the run end on its own, and its environment stays as the run left it.
+    function = LocalFunction("patient", f"{fresh_packages[0]}.app.lambda_handler", timeout_seconds=5)
+    assert function.invoke({}) == [1, 1]
+    with pytest.raises(TimedOut):
+        function.invoke({"sleep": 0.1}, waits=0.05)
+    assert function.invoke({}) == [1, 1]
+
+
 def test_a_thread_the_timed_out_run_left_running_does_not_reach_the_next_run_s_fresh_state(
     fresh_packages: tuple[str, str],
 ):
