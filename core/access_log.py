@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from core.errors import InvalidCursor
+from core.models import Shown
 from core.services import OrderQueries
 
 # The API's reads of an order, by (method, resource as API Gateway names it): the action each is
@@ -58,7 +59,7 @@ CHANGES: dict[tuple[str, str], str] = {
 }
 
 
-class AccessEntry(BaseModel, defer_build=True):
+class AccessEntry(Shown):
     """`{at, actor, action, detail}` of GET /orders/{id}/access-log: `actor` the API key id (or
     `workflow` and the other system actors of the history for a change)."""
 

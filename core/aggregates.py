@@ -40,7 +40,7 @@ from typing import Annotated, Any, Protocol
 from pydantic import BaseModel
 
 from core.errors import InvalidRequest, NotFound
-from core.models import VisibleName
+from core.models import Shown, VisibleName
 from core.money import Money, minor_units, round_money
 
 
@@ -307,13 +307,13 @@ def aggregate_change(
 # --- Read side --------------------------------------------------------------------------------
 
 
-class CustomerTotal(BaseModel, defer_build=True):
+class CustomerTotal(Shown):
     currency: str
     ordered: Money
     refunded: Money
 
 
-class CustomerView(BaseModel, defer_build=True):
+class CustomerView(Shown):
     """`GET /customers/{id}`: the contract's customer."""
 
     id: str

@@ -21,14 +21,14 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Any
 
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from core import strict_json
 from core.card_numbers import card_number_fields, mask_card_numbers, mask_optional
 from core.deadline import TimeUp, never
 from core.errors import DomainError, DuplicateOrder, NotFound, PluginError, TransientError, field_path
 from core.imports import FileOrders, ImportFileError, LineError, line_of_field
-from core.models import PlaceOrder, utc_now
+from core.models import PlaceOrder, Shown, utc_now
 from core.services import CaptureService, OrderQueries
 
 logger = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ class Outcome(StrEnum):
 # --- What the API shows ----------------------------------------------------------------------------
 
 
-class ImportErrorEntry(BaseModel, defer_build=True):
+class ImportErrorEntry(Shown):
     line: int | None = Field(description="Physical line in the file (a CSV header is line 1); null for the whole file")
     external_id: str | None = None
     code: str
@@ -79,7 +79,7 @@ class ImportErrorEntry(BaseModel, defer_build=True):
     _masked = field_validator("external_id", "message")(mask_optional)
 
 
-class ImportSummary(BaseModel, defer_build=True):
+class ImportSummary(Shown):
     id: str
     source: str = Field(description="Where the orders came from, e.g. s3://bucket/incoming/orders.csv")
     status: ImportStatus

@@ -477,6 +477,13 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", defer_build=True)
 
 
+class Shown(BaseModel):
+    """A shape the API answers: every field is in every answer (an unset one as null), so the
+    generated document marks each one required, as API.md lists them, not as one a client may miss."""
+
+    model_config = ConfigDict(defer_build=True, json_schema_serialization_defaults_required=True)
+
+
 class SharedPart:
     """A model that other models on a new API container's first order hold (an address, a customer,
     a fulfillment): built on its own, once, when the first model holding it is built, so each
@@ -674,7 +681,7 @@ class StockAdjustment(Strict):
         return value
 
 
-class ReorderSettings(BaseModel, defer_build=True):
+class ReorderSettings(Shown):
     """A (sku, location)'s reorder point (issue 15): when `available`, plus the units on open
     purchase orders not yet received, drops below `reorder_point`, a draft purchase order for
     `reorder_quantity` is made for `vendor_id`, its line priced at `unit_cost` when given."""
@@ -685,7 +692,7 @@ class ReorderSettings(BaseModel, defer_build=True):
     unit_cost: Money | None = None
 
 
-class StockLevel(BaseModel, defer_build=True):
+class StockLevel(Shown):
     """One (sku, location) record. available = on_hand - reserved, kept in the same write."""
 
     sku: str
@@ -699,7 +706,7 @@ class StockLevel(BaseModel, defer_build=True):
     reorder: ReorderSettings | None = None  # the reorder point set on it, if any
 
 
-class LocationStock(BaseModel, defer_build=True):
+class LocationStock(Shown):
     location_id: str
     on_hand: int
     reserved: int
@@ -709,7 +716,7 @@ class LocationStock(BaseModel, defer_build=True):
     reorder: ReorderSettings | None = Field(default=None, description="The reorder point, null when none is set")
 
 
-class InventorySummary(BaseModel, defer_build=True):
+class InventorySummary(Shown):
     sku: str
     available: int
     locations: list[LocationStock]

@@ -21,7 +21,7 @@ from core.errors import (
 )
 from core.fields import empty_list
 from core.ids import new_id, short_hash
-from core.models import MAX_ON_HAND, Email, Identifier, ReorderSettings, Strict, Text, VisibleName
+from core.models import MAX_ON_HAND, Email, Identifier, ReorderSettings, Shown, Strict, Text, VisibleName
 from core.money import MAX_ABS_AMOUNT, AmountTooLarge, Money
 from core.ports import CatalogRepository
 from core.status import PurchaseOrderStatus, check_purchase_order_step
@@ -58,7 +58,7 @@ class VendorRequest(Strict):
     lead_time_days: Annotated[int, Field(ge=0, le=365, strict=True)]
 
 
-class Vendor(BaseModel, defer_build=True):
+class Vendor(Shown):
     vendor_id: str
     # One stored before invisible characters were refused (VendorRequest) shows each as U+FFFD.
     name: Annotated[str, VisibleName]
@@ -66,7 +66,7 @@ class Vendor(BaseModel, defer_build=True):
     lead_time_days: int
 
 
-class VendorPage(BaseModel, defer_build=True):
+class VendorPage(Shown):
     items: list[Vendor]
     next_cursor: str | None = None
 
@@ -152,7 +152,9 @@ class PurchaseOrderLine(BaseModel):
     # Validated again in each new version of its PO (PurchaseOrder._next), so no count or cost a
     # change gets wrong is stored. No upper bound on `quantity`: a draft grown past MAX_UNITS is
     # refused by the reorder that grew it (core.reorder.past_the_limit), naming the limit.
-    model_config = ConfigDict(revalidate_instances="always", defer_build=True)
+    model_config = ConfigDict(
+        revalidate_instances="always", defer_build=True, json_schema_serialization_defaults_required=True
+    )
 
     sku: str
     quantity: Annotated[int, Field(ge=1)]
@@ -173,7 +175,7 @@ class PurchaseOrderLine(BaseModel):
         return self.quantity - self.received_quantity
 
 
-class PurchaseOrder(BaseModel, defer_build=True):
+class PurchaseOrder(Shown):
     id: str
     vendor_id: str
     location_id: str
@@ -455,7 +457,7 @@ def record_of(
     return record
 
 
-class PurchaseOrderPage(BaseModel, defer_build=True):
+class PurchaseOrderPage(Shown):
     items: list[PurchaseOrder]
     next_cursor: str | None = None
 

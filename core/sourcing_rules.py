@@ -7,7 +7,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from core.fields import empty_list
-from core.models import Identifier, Location, StockLevel, Strict
+from core.models import Identifier, Location, Shown, StockLevel, Strict
 
 MAX_RULE_LOCATIONS = 500  # a network's worth; keeps one rules item well under DynamoDB's 400 KB
 
@@ -49,7 +49,7 @@ class NewSourcingRules(SourcingRulesInput):
 class SourcingRules(BaseModel):
     """One version of the rules. Version 0 is the defaults, in force until the first PUT."""
 
-    model_config = ConfigDict(frozen=True, defer_build=True)
+    model_config = ConfigDict(frozen=True, defer_build=True, json_schema_serialization_defaults_required=True)
 
     version: int = 0
     max_shipments: int | None = None
@@ -138,7 +138,7 @@ def next_version(current: SourcingRules, given: SourcingRulesInput, *, at: datet
     return SourcingRules(version=current.version + 1, **given.model_dump(), updated_at=at, updated_by=by)
 
 
-class SourcingRulesHistory(BaseModel, defer_build=True):
+class SourcingRulesHistory(Shown):
     """GET /sourcing/rules/history: versions newest first, and a cursor for older ones."""
 
     items: list[SourcingRules]

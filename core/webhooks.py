@@ -17,7 +17,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 from core.domain_events import WITH_CHANNEL, DomainEvent, EventType
 from core.errors import Conflict, InvalidRequest, NotFound, StaleVersion
 from core.ids import new_id, short_hash
-from core.models import Channel, VisibleText
+from core.models import Channel, Shown, VisibleText
 from core.status import DeliveryStatus, check_delivery_step
 
 ALL_EVENTS = "*"
@@ -85,7 +85,7 @@ def _entry_error(events: list[str], index: int, message: str) -> ValidationError
     )
 
 
-class Webhook(BaseModel, defer_build=True):
+class Webhook(Shown):
     id: str
     url: str
     events: list[str]
@@ -121,7 +121,7 @@ class TooManyWebhooks(Conflict):
 
 
 # --- Deliveries -----------------------------------------------------------------------------------
-class Delivery(BaseModel, defer_build=True):
+class Delivery(Shown):
     """One event to one subscription, as GET /webhooks/{id}/deliveries shows it."""
 
     id: str

@@ -200,3 +200,78 @@ def test_the_routes_that_refuse_a_parcel_not_confirmed_document_its_409(document
     operation = document["paths"][path][method.lower()]
     assert "409" in operation["responses"]
     assert "`parcel_not_confirmed`" in operation["description"]
+
+
+# API.md's shapes from "Bulk import" to "Sourcing rules and what-if", as (method, path, status, the
+# fields walked into from the answer): the fields the contract lists there. Every answer has them
+# all (an unset one as null), so the document marks each required: a client generated from it would
+# otherwise be told that `next_cursor`, `received_quantity` or `last_error` may be missing.
+PAGE = {"items", "next_cursor"}
+PURCHASE_ORDER = {"id", "vendor_id", "location_id", "status", "lines", "expected_at", "created_at"}
+PO_LINE = {"sku", "quantity", "received_quantity", "unit_cost"}
+CONTRACT_SHAPES: dict[tuple[str, ...], set[str]] = {
+    ("GET", "/imports/{import_id}", "200"): {
+        "id", "source", "status", "total", "imported", "duplicates", "failed", "errors",
+    },
+    ("GET", "/imports/{import_id}", "200", "errors"): {"line", "external_id", "code", "message"},
+    ("GET", "/imports", "200"): PAGE,
+    ("POST", "/webhooks", "201"): {"id", "url", "events", "channel", "secret"},
+    ("GET", "/webhooks", "200"): PAGE,
+    ("GET", "/webhooks/{webhook_id}", "200"): {"id", "url", "events", "channel"},
+    ("GET", "/webhooks/{webhook_id}/deliveries", "200"): PAGE,
+    ("GET", "/webhooks/{webhook_id}/deliveries", "200", "items"): {
+        "id", "event_id", "event_type", "status", "attempts", "last_status_code", "last_error", "next_attempt_at",
+    },
+    ("GET", "/customers/{customer_id}", "200"): {
+        "id", "email", "name", "orders_count", "first_order_at", "last_order_at", "totals", "returns_count",
+        "payment_failures",
+    },
+    ("GET", "/customers/{customer_id}", "200", "totals"): {"currency", "ordered", "refunded"},
+    ("GET", "/customers", "200"): PAGE,
+    ("GET", "/reports/top-products", "200", "items"): {"sku", "units", "revenue"},
+    ("GET", "/reports/top-customers", "200", "items"): {"customer_id", "orders", "revenue"},
+    ("GET", "/reports/top-regions", "200", "items"): {"country", "region", "orders", "revenue"},
+    ("GET", "/orders/{order_id}/access-log", "200"): PAGE,
+    ("GET", "/orders/{order_id}/access-log", "200", "items"): {"at", "actor", "action", "detail"},
+    ("GET", "/vendors", "200"): PAGE,
+    ("POST", "/purchase-orders", "201"): PURCHASE_ORDER,
+    ("POST", "/purchase-orders", "201", "lines"): PO_LINE,
+    ("POST", "/purchase-orders/{po_id}/receive", "200"): PURCHASE_ORDER,
+    ("GET", "/purchase-orders", "200"): PAGE,
+    ("GET", "/purchase-orders", "200", "items", "lines"): PO_LINE,
+    ("GET", "/inventory/{sku}", "200", "locations"): {"location_id", "incoming", "next_expected_at"},
+    ("GET", "/sourcing/rules", "200"): {"version", "max_shipments", "excluded_locations", "safety_stock", "prefer"},
+    ("POST", "/sourcing/simulate", "200"): {"items", "summary"},
+    ("POST", "/sourcing/simulate", "200", "items"): {"order_id", "shipments", "unfillable", "reasons"},
+    ("POST", "/sourcing/simulate", "200", "items", "shipments"): {"location_id", "lines", "distance_km"},
+    ("POST", "/sourcing/simulate", "200", "items", "shipments", "lines"): {"line_id", "sku", "quantity"},
+    ("POST", "/sourcing/simulate", "200", "items", "unfillable"): {"line_id", "sku", "quantity"},
+    ("POST", "/sourcing/simulate", "200", "summary"): {"orders", "shipments", "unfillable_units", "mean_distance_km"},
+}  # fmt: skip
+
+
+def _object_schema(document: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    """The object `schema` stands for: through a $ref, an array's items, or the one non-null choice."""
+    while True:
+        if "$ref" in schema:
+            schema = document["components"]["schemas"][schema["$ref"].rsplit("/", 1)[1]]
+        elif schema.get("type") == "array":
+            schema = schema["items"]
+        elif "anyOf" in schema:
+            (schema,) = [choice for choice in schema["anyOf"] if choice.get("type") != "null"]
+        else:
+            return schema
+
+
+@pytest.mark.parametrize("where", list(CONTRACT_SHAPES), ids=" ".join)
+def test_every_field_the_contract_lists_is_documented_and_required_in_the_answer(
+    document: dict[str, Any], where: tuple[str, ...]
+):
+    method, path, status, *into = where
+    answer = document["paths"][path][method.lower()]["responses"][status]["content"]["application/json"]
+    schema = _object_schema(document, answer["schema"])
+    for name in into:
+        schema = _object_schema(document, schema["properties"][name])
+    listed = CONTRACT_SHAPES[where]
+    assert listed <= set(schema["properties"]), listed - set(schema["properties"])
+    assert listed <= set(schema.get("required", [])), listed - set(schema.get("required", []))

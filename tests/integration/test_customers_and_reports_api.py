@@ -81,3 +81,41 @@ def test_a_customer_and_a_report_summing_past_what_one_order_may_reach_are_shown
         answer = api.get(f"/reports/{report}", params=days)
         assert answer.status_code == 200, answer.text
         assert answer.json()["items"][0]["revenue"]["amount"] == "1200000000000000.00"
+
+
+def test_each_report_answers_its_ten_highest_by_revenue_unless_told_a_limit(api: InProcessApi):
+    """API.md: `limit` (default 10), items sorted by revenue, highest first, each report's rows with
+    exactly its fields. Twelve orders on one day, each its own product, customer and region, worth
+    1.00 to 12.00: the default page is the ten worth most, dearest first."""
+    from core.aggregates import aggregate_change
+    from functions.api.dependencies import container
+
+    store = container().aggregate_store
+    zero = {"amount": "0.00", "currency": "USD"}
+    for n in range(1, 13):
+        price = {"amount": f"{n}.00", "currency": "USD"}
+        store.apply(aggregate_change(None, {
+            "id": f"ord_top{n}", "status": "allocated", "channel": "toptest", "currency": "USD",
+            "customer": {"id": f"cus_top{n}", "email": f"top{n}@acme.example"},
+            "lines": [{"line_id": "L1", "sku": f"TOP{n}", "quantity": 1, "unit_price": price, "discount": zero}],
+            "shipping_address": {"country": "US", "region": f"R{n}"}, "totals": {"grand_total": price},
+            "payment": {"refunded": zero}, "created_at": "2026-11-20T10:00:00Z", "version": 1,
+        }))  # fmt: skip
+    days = {"currency": "USD", "from": "2026-11-20", "to": "2026-11-20", "channel": "toptest"}
+    dearest = range(12, 2, -1)
+    rows = {
+        "top-products": ({"sku", "units", "revenue"}, "sku", [f"TOP{n}" for n in dearest]),
+        "top-customers": ({"customer_id", "orders", "revenue"}, "customer_id", [f"cus_top{n}" for n in dearest]),
+        "top-regions": ({"country", "region", "orders", "revenue"}, "region", [f"R{n}" for n in dearest]),
+    }
+    for report, (fields, key, expected) in rows.items():
+        answer = api.get(f"/reports/{report}", params=days)
+        assert answer.status_code == 200, answer.text
+        assert set(answer.json()) == {"items"}, answer.json()
+        items = answer.json()["items"]
+        assert all(set(item) == fields for item in items), items
+        assert [item[key] for item in items] == expected, report
+        assert [item["revenue"]["amount"] for item in items] == [f"{n}.00" for n in dearest], report
+        every = api.get(f"/reports/{report}", params={**days, "limit": 12}).json()["items"]
+        assert [item["revenue"]["amount"] for item in every][-2:] == ["2.00", "1.00"], report
+        assert_error(api.get(f"/reports/{report}", params={**days, "limit": 0}), 422, "validation_error", "limit")

@@ -360,6 +360,43 @@ def test_a_receipt_never_takes_on_hand_past_what_a_stock_take_may_count(api: InP
     assert fits.status_code == 200 and fits.json()["status"] == "partially_received", fits.text
 
 
+def test_the_list_route_filters_by_status_and_vendor_together_or_alone(api: InProcessApi):
+    """API.md: `GET /purchase-orders?status=&vendor_id=`. Each filter alone, both together, and a
+    status no PO can have (422), through the route's query parameters."""
+    network = put_network(api)
+    sku = Catalog(api).product("9.00")
+    ours, theirs = unique("vendor"), unique("vendor")
+    for vendor in (ours, theirs):
+        assert api.put(f"/vendors/{vendor}", json={"name": "V", "lead_time_days": 3}).status_code == 201
+
+    def create(vendor: str) -> str:
+        lines = [{"sku": sku, "quantity": 2, "unit_cost": COST}]
+        made = api.post("/purchase-orders", json={"vendor_id": vendor, "location_id": network["east"], "lines": lines})
+        assert made.status_code == 201 and made.json()["status"] == "open", made.text
+        return made.json()["id"]
+
+    kept, dropped, other = create(ours), create(ours), create(theirs)
+    assert api.post(f"/purchase-orders/{dropped}/cancel").json()["status"] == "cancelled"
+
+    def listed(**query: str) -> list[str]:
+        found: list[str] = []
+        page: dict[str, str] = {}
+        while True:
+            answer = api.get("/purchase-orders", params={**query, **page, "limit": "100"})
+            assert answer.status_code == 200, answer.text
+            found += [po["id"] for po in answer.json()["items"]]
+            if answer.json()["next_cursor"] is None:
+                return sorted(found)
+            page = {"cursor": answer.json()["next_cursor"]}
+
+    assert listed(vendor_id=ours) == sorted([kept, dropped])
+    assert listed(vendor_id=ours, status="open") == [kept]
+    assert listed(vendor_id=ours, status="cancelled") == [dropped]
+    assert listed(vendor_id=theirs, status="cancelled") == []
+    assert {kept, other} <= set(listed(status="open")) and dropped not in listed(status="open")
+    assert_error(api.get("/purchase-orders", params={"status": "shipped"}), 422, "validation_error", "status")
+
+
 def test_purchasing_needs_its_scope(api: InProcessApi):
     response = api.post("/api-keys", json={"name": unique("key"), "scopes": ["inventory:write"]})
     key = response.json()["key"]

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.client import assert_error
-from tests.integration.in_process import InProcessApi, in_process_api_with_webhooks
+from tests.e2e.client import assert_error, unique
+from tests.integration.in_process import InProcessApi, in_process_api_with_webhooks, issue
 
 
 @pytest.fixture(scope="module")
@@ -71,3 +71,34 @@ def test_a_channel_key_subscribing_to_events_that_carry_no_channel_is_422_naming
     assert_error(api.post("/webhooks", json={**body, "channel": "shop"}), 422, "validation_error")
     assert api.post("/webhooks", json=body).status_code == 201  # unbound: every import, every low stock
     assert api.post("/webhooks", json={**body, "events": ["*"]}, key=secret).status_code == 201
+
+
+def test_the_secret_is_shown_only_by_the_subscribe_and_a_delete_is_204_then_the_subscription_is_gone(
+    api: InProcessApi,
+):
+    """API.md: POST /webhooks → 201 `{id, url, events, channel, secret}`, the `secret` shown only
+    there; GET /webhooks, GET /webhooks/{id}, DELETE /webhooks/{id} (204). Once deleted, neither
+    it nor its deliveries are found, and a second delete is 404."""
+    channel = unique("hooks")
+    reader = issue(api, "webhooks:write", channel=channel)
+    body = {"url": "http://127.0.0.1:9/once", "events": ["order.created"], "channel": channel}
+    made = api.post("/webhooks", json=body)
+    assert made.status_code == 201, made.text
+    issued = made.json()
+    assert {"id", "url", "events", "channel", "secret"} <= set(issued), issued
+    assert issued["id"].startswith("whk_") and issued["secret"]
+    assert [issued[name] for name in ("url", "events", "channel")] == list(body.values())
+    path = f"/webhooks/{issued['id']}"
+
+    shown = api.get(path)
+    assert shown.json() == {name: value for name, value in issued.items() if name != "secret"}
+    listed = api.get("/webhooks", key=reader)
+    assert listed.json() == {"items": [shown.json()], "next_cursor": None}
+    assert issued["secret"] not in shown.text + listed.text
+
+    deleted = api.request("DELETE", path)
+    assert (deleted.status_code, deleted.content) == (204, b"")
+    assert_error(api.get(path), 404, "not_found")
+    assert_error(api.get(f"{path}/deliveries"), 404, "not_found")
+    assert_error(api.request("DELETE", path), 404, "not_found")
+    assert api.get("/webhooks", key=reader).json() == {"items": [], "next_cursor": None}

@@ -4,10 +4,10 @@ from typing import Annotated
 
 from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.openapi.params import Query
-from pydantic import BaseModel
 
 from core.access import Scope
 from core.access_log import AccessEntry
+from core.models import Shown
 from functions.api.access import caller, requires
 from functions.api.dependencies import container
 from functions.api.paths import existing
@@ -19,7 +19,7 @@ router = Router()
 OrderIdPath = existing("order", r"^ord_[a-z2-7]{24}$", "Order id")
 
 
-class AccessLogPage(BaseModel, defer_build=True):
+class AccessLogPage(Shown):
     items: list[AccessEntry]
     next_cursor: str | None = None
 

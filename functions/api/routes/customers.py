@@ -10,6 +10,7 @@ from pydantic import BaseModel
 from core.access import Scope
 from core.aggregates import CustomerRow, CustomerView, ProductRow, RegionRow, ReportKind
 from core.errors import InvalidRequest
+from core.models import Shown
 from core.money import MINOR_UNITS
 from functions.api.access import caller, requires
 from functions.api.dependencies import container
@@ -53,7 +54,7 @@ To = Annotated[
 Channel = Annotated[str | None, Query(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$", description="One channel's orders only")]
 
 
-class CustomerPage(BaseModel, defer_build=True):
+class CustomerPage(Shown):
     items: list[CustomerView]
     next_cursor: str | None = None
 

@@ -4,11 +4,11 @@ from typing import Annotated
 
 from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.openapi.params import Query
-from pydantic import BaseModel
 
 from core.access import Scope
 from core.errors import NotFound
 from core.import_service import ImportReport, ImportSummary
+from core.models import Shown
 from functions.api.access import caller, requires
 from functions.api.dependencies import container
 from functions.api.paths import existing
@@ -20,7 +20,7 @@ router = Router()
 ImportIdPath = existing("import", r"^imp_[a-z2-7]{24}$", "Import id")
 
 
-class ImportPage(BaseModel, defer_build=True):
+class ImportPage(Shown):
     items: list[ImportSummary]
     next_cursor: str | None = None
 

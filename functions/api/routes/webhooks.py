@@ -5,9 +5,9 @@ from typing import Annotated
 from aws_lambda_powertools.event_handler import Response, content_types
 from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.openapi.params import Query
-from pydantic import BaseModel
 
 from core.access import Scope
+from core.models import Shown
 from core.webhooks import MAX_WEBHOOKS, Delivery, IssuedWebhook, NewWebhook, Webhook
 from functions.api.access import caller, requires
 from functions.api.dependencies import container
@@ -23,12 +23,12 @@ DeliveryIdPath = existing("delivery", r"^dlv_[0-9a-f]{14}[a-z2-7]{16}$", "Delive
 Cursor = Annotated[str | None, Query(max_length=2048)]
 
 
-class WebhookPage(BaseModel, defer_build=True):
+class WebhookPage(Shown):
     items: list[Webhook]
     next_cursor: str | None = None
 
 
-class DeliveryPage(BaseModel, defer_build=True):
+class DeliveryPage(Shown):
     items: list[Delivery]
     next_cursor: str | None = None
 
