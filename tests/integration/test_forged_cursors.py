@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.client import assert_error
-from tests.integration.in_process import InProcessApi, in_process_api_with_webhooks
+from tests.integration.in_process import InProcessApi, in_process_api_with_webhooks, issue
 from tests.integration.test_refunds_api import a_captured_order, order_id
 
 ORDER = order_id(41)
@@ -107,3 +107,16 @@ def test_a_deliveries_cursor_is_bound_to_its_webhooks_partition(api: InProcessAp
 @pytest.mark.parametrize("path", ["/vendors", "/purchase-orders"])
 def test_an_empty_cursor_is_422_on_every_list(api: InProcessApi, path: str):
     assert_error(api.get(path, params={"cursor": ""}), 422, "invalid_cursor", "cursor")
+
+
+def test_a_channel_keys_import_list_refuses_any_cursor_as_a_list_with_no_imports_would(api: InProcessApi):
+    # A key bound to a channel sees no imports, exactly as if there were none: its first page is
+    # empty, and no page of it ever returned a cursor, so any it sends (an admin's included) is 422.
+    admins = forged("imports", {"pk": "IMPORTS", "sk": "x"})
+    key = issue(api, "orders:read", channel="web")
+
+    first = api.get("/imports", key=key)
+
+    assert first.status_code == 200, first.text
+    assert first.json() == {"items": [], "next_cursor": None}
+    assert_error(api.get("/imports", key=key, params={"cursor": admins}), 422, "invalid_cursor", "cursor")

@@ -6,7 +6,7 @@ from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.openapi.params import Query
 
 from core.access import Scope
-from core.errors import NotFound
+from core.errors import InvalidCursor, NotFound
 from core.import_service import ImportReport, ImportSummary
 from core.models import Shown
 from functions.api.access import caller, requires
@@ -40,6 +40,8 @@ def list_imports(
     cursor: Annotated[str | None, Query(max_length=2048)] = None,
 ) -> ImportPage:
     if caller(router).channel is not None:
+        if cursor is not None:  # never one this list returned to it: its pages are always empty
+            raise InvalidCursor()
         return ImportPage(items=[], next_cursor=None)
     items, next_cursor = container().import_queries.list(limit, cursor)
     return ImportPage(items=items, next_cursor=next_cursor)
