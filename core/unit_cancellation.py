@@ -438,11 +438,20 @@ class UnitCancellation:
 
     def _ship_written_off(self, order: Order) -> frozenset[tuple[str, str, str]]:
         """The units of the parcels a cancel wrote off (Order.written_off) leave on_hand, as a ship's
-        do (idempotent by reservation key: a second ship of a key finds nothing held). Returns their
-        reservations ((sku, location_id, key)), which nothing may release."""
+        do, while `order` records that step owed (stock_owed: written with the write-off, cleared
+        only once a stock step after it ran). Returns their reservations ((sku, location_id, key)),
+        which nothing may release, owed or not.
+
+        Not once done: a ship is idempotent by reservation key only while nothing reserves under
+        the key again, and once the step is done (its record cleared) the order may be edited and
+        sourced again at the parcel's location, under the same key (order and line). A keyed retry
+        or a later cancel of units that read the order before that edit would ship the new
+        reservation: units still on the shelf taken out of on_hand, their release then finding
+        nothing."""
         written_off = written_off_stock(order)
-        for item in sorted(written_off):
-            self._inventory.ship(*item)
+        if order.stock_owed:
+            for item in sorted(written_off):
+                self._inventory.ship(*item)
         return written_off
 
     def cancel_given_up(self, order: Order, actor: str) -> Order:
