@@ -154,18 +154,18 @@ def test_a_keyed_retry_that_read_the_write_off_before_the_order_was_sourced_agai
     kept_back_pass(world, clock)  # the stock step done: the units that left are out of on_hand
     assert world.level("TSHIRT", parcel.location_id) == (0, 0, 0)
     world.inventory.adjust("TSHIRT", parcel.location_id, 10, reason="count")  # more counted there since
-    settle = UnitCancellation._settle
+    stock_step = UnitCancellation._stock_step
 
-    def sourced_again_in_between(self, read: Order, actor: str) -> Order:
+    def sourced_again_in_between(self, read: Order) -> None:
         # Between the retry's read and its stock step: the other parcel is rejected, so the order is
         # sourced again only at the written-off parcel's location, under the same key.
         _reject(world, world.order(order.id), other)
         world.workflow.reserve_stock(order.id)
         assert world.level("TSHIRT", parcel.location_id) == (10, 2, 8)
-        return settle(self, read, actor)
+        stock_step(self, read)
 
     with monkeypatch.context() as patched:
-        patched.setattr(UnitCancellation, "_settle", sourced_again_in_between)
+        patched.setattr(UnitCancellation, "_stock_step", sourced_again_in_between)
         world.actions.cancel(order.id, WRITE_OFF, actor=PERSON, lines=units, request_key="w1")
 
     # Before: (8, 0, 8), the new reservation shipped as the written-off parcel's: the order
