@@ -8,9 +8,9 @@ order makes there under the same key, so two things must hold:
   every such change goes), and every other path that reserves (the workflow run again, a fill, a
   change of the rules, a hold's release) leaves an order with shipments alone;
 - once it is done, no stock step ships those units again: a keyed retry of the write-off that read
-  the order before an edit sent it back to be sourced at the parcel's location used to ship the
-  new reservation's units out of on_hand (UnitCancellation._ship_written_off ships only while the
-  step is owed; the reservation stays excluded from any release).
+  the order before a reject or an edit sent it back to be sourced at the parcel's location shipped the
+  new reservation's units out of on_hand (now UnitCancellation._ship_written_off ships only while
+  the step is owed; the reservation stays excluded from any release).
 
 Each state is built as a journey reaches it, or directly where none can (a backordered order that
 still lists a written-off parcel), as tests/unit/test_written_off_stock_before_shipments.py does."""
