@@ -345,9 +345,10 @@ class UnitCancellation:
         kept back refunded as far as a settlement capture made it refundable (refund_kept_back:
         nothing ships after a cancel of the rest to do it). What the cancel owed back once given
         (or left to a person), the order no longer records it owed (Order.settlement_owed)."""
-        self._release_stock(order)
-        if order.stock_owed:
-            self._stock_released(order)
+        # Its stock on the order as it is now, not as `order` (the version the cancel wrote, before
+        # it called the carrier): a reject or an edit meanwhile may have sent it back to be sourced,
+        # and what its workflow reserved since no shipment of `order` needs.
+        self._stock_step(self._current(order.id))
         try:
             self._refunds.finish_pending(order.id, actor)
             self._settle_answered(self._current(order.id), actor)
@@ -377,12 +378,21 @@ class UnitCancellation:
         order = self._current(order.id)
         if not order.stock_owed:
             return order
+        self._stock_step(order)
+        return self._current(order.id)
+
+    def _stock_step(self, order: Order) -> None:
+        """What a cancel of units does to the stock of `order`, read consistently just before: its
+        reservations brought down to what its shipments still need (_release_stock), or, when it is
+        back before its shipments (sent back to be sourced since the cancel), only the units of a
+        parcel written off shipped (_ship_written_off) and the rest left to its workflow, which
+        counts them as its own; then the record of stock owed, if any, cleared."""
         if _before_its_shipments(order):
             self._ship_written_off(order)
         else:
             self._release_stock(order)
-        self._stock_released(order)
-        return self._current(order.id)
+        if order.stock_owed:
+            self._stock_released(order)
 
     def _stock_released(self, released: Order) -> None:
         """The order no longer records units a cancel freed as still to be released
@@ -438,11 +448,20 @@ class UnitCancellation:
 
     def _ship_written_off(self, order: Order) -> frozenset[tuple[str, str, str]]:
         """The units of the parcels a cancel wrote off (Order.written_off) leave on_hand, as a ship's
-        do (idempotent by reservation key: a second ship of a key finds nothing held). Returns their
-        reservations ((sku, location_id, key)), which nothing may release."""
+        do, while `order` records that step owed (stock_owed: written with the write-off, cleared
+        only once a stock step after it ran). Returns their reservations ((sku, location_id, key)),
+        which nothing may release, owed or not.
+
+        Not once done: a ship is idempotent by reservation key only while nothing reserves under
+        the key again, and once the step is done (its record cleared) the order may be edited and
+        sourced again at the parcel's location, under the same key (order and line). A keyed retry
+        or a later cancel of units that read the order before that edit would ship the new
+        reservation: units still on the shelf taken out of on_hand, their release then finding
+        nothing."""
         written_off = written_off_stock(order)
-        for item in sorted(written_off):
-            self._inventory.ship(*item)
+        if order.stock_owed:
+            for item in sorted(written_off):
+                self._inventory.ship(*item)
         return written_off
 
     def cancel_given_up(self, order: Order, actor: str) -> Order:
