@@ -977,7 +977,11 @@ class Cancellation:
         settlement's, once recorded, is logged at ERROR naming the order, the amount and its
         currency (the entry counts for SettlementCapturesNotMadeAlarm). Returns the order as it
         then is (None when nothing was recorded). `written` gets the version this call's write
-        recorded it in."""
+        recorded it in. The request is matched by value, which is its identity here: one made
+        again since differs in its authorization (the refusal spent `request`'s, renewed before
+        anything more is captured on it), except on a renewal made for a refusal (not spent
+        again), where it is the same question under the same key, which the gateway answers with
+        this very refusal."""
         if isinstance(refused, NoPaymentPlugin) and not fresh:
             return None
         at, message, asked = self._clock(), str(refused), not isinstance(refused, NoPaymentPlugin)
