@@ -21,7 +21,7 @@ from tests.unit.test_authorization_renewal import STOCK as AUTHORIZED_STOCK
 from tests.unit.test_authorization_renewal import FirstAnswers
 from tests.unit.test_business_metrics import emitted
 from tests.unit.test_settlement_capture_not_made import NOT_MADE, errors, metrics  # noqa: F401
-from tests.unit.test_settlement_renewal_repeats import reported, shipped_west
+from tests.unit.test_settlement_renewal_repeats import a_day_after_the_decline, reported, shipped_west
 from tests.unit.world import World, build_world
 
 IN_USE = "idempotency_key_in_use: There is currently another in-progress request using this Idempotent Key"
@@ -77,12 +77,7 @@ def test_a_report_asked_again_whose_twin_found_the_key_in_use_keeps_the_decline_
     world.gateway.script("authorize", "refuse")
     world.actions.cancel(order_id, "the rest is not wanted", actor="key_cs")
     reported(world, order_id, west, caller)
-    before, asked = world.history(order_id), len(world.gateway.keys("authorize"))
-    key = world.gateway.keys("authorize")[-1]
-    emitted(capsys)
-    caplog.set_level("ERROR")
-    caplog.clear()
-    start = clock.now = before[-1].at + timedelta(days=1)
+    before, asked, key, start = a_day_after_the_decline(world, clock, order_id, capsys, caplog)
 
     twice_at_once(world, key_in_use, order_id, west, caller, busy)
 
