@@ -602,7 +602,8 @@ class Cancellation:
 
     def _settlement_not_made_follows(self, order_id: str, amount: Money, actor: str) -> bool:
         """Whether the run of declined renewals and settlements not made the order's history ends
-        with (a carrier's delivery_not_recorded stepped over) holds `actor`'s capture not made of
+        with (a carrier's delivery_not_recorded, and an attempt under a declined key: _answers_known,
+        stepped over) holds `actor`'s capture not made of
         `amount` after its last decline (its declines asked again once they stood stepped over:
         ASKED_AGAIN): a decline repeated (renewed_for_settlement) whose function wrote both. Read on
         the rare path only: a decline."""
