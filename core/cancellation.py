@@ -602,13 +602,14 @@ class Cancellation:
 
     def _settlement_not_made_follows(self, order_id: str, amount: Money, actor: str) -> bool:
         """Whether the run of declined renewals and settlements not made the order's history ends
-        with (a carrier's delivery_not_recorded stepped over) holds `actor`'s capture not made of
+        with (a carrier's delivery_not_recorded, and an attempt under a declined key: _answers_known,
+        stepped over) holds `actor`'s capture not made of
         `amount` after its last decline (its declines asked again once they stood stepped over:
         ASKED_AGAIN): a decline repeated (renewed_for_settlement) whose function wrote both. Read on
         the rare path only: a decline."""
         found = self._orders.history(order_id, consistent=True)
         asked = amount.model_dump(mode="json")
-        for entry in reversed(found[1] if found is not None else []):
+        for entry in reversed(_answers_known(found[1] if found is not None else [])):
             if entry.type is OrderEvent.DELIVERY_NOT_RECORDED:
                 continue
             if _settlement_not_made(entry):
@@ -720,12 +721,18 @@ class Cancellation:
         amount = _renewal_amount(order)
         key = payment_keys.renewal(order.id, lapsed, order.renewal_declined_before)
         again = {ASKED_AGAIN: stood[0]} if stood else {}
+
+        def led_to(entry: HistoryEntry) -> bool:
+            """What a run of this very refusal steps over: the settlement's capture not made it led
+            to, and an attempt under its key that failed transiently (_known_outage: its answer)."""
+            return (repeats is not None and _settlement_not_made(entry)) or _known_outage(entry, (key,))
+
         try:
             made = self._payments.retried(
                 "authorize",
                 lambda attempt: self._payments.authorize(payment.method, token or "", amount, order.id, attempt, key),
                 refusal_noted_once(self._orders, order.id, actor, self._clock, recorder=self._void_failures,
-                                   followed_by=_settlement_not_made if repeats is not None else None,
+                                   followed_by=led_to,
                                    repeats=repeats, amount=amount.model_dump(mode="json"), authorization_key=key,
                                    **again),
             )  # fmt: skip
@@ -971,7 +978,11 @@ class Cancellation:
         settlement's, once recorded, is logged at ERROR naming the order, the amount and its
         currency (the entry counts for SettlementCapturesNotMadeAlarm). Returns the order as it
         then is (None when nothing was recorded). `written` gets the version this call's write
-        recorded it in."""
+        recorded it in. The request is matched by value, which is its identity here: one made
+        again since differs in its authorization (the refusal spent `request`'s, renewed before
+        anything more is captured on it), except on a renewal made for a refusal (not spent
+        again), where it is the same question under the same key, which the gateway answers with
+        this very refusal."""
         if isinstance(refused, NoPaymentPlugin) and not fresh:
             return None
         at, message, asked = self._clock(), str(refused), not isinstance(refused, NoPaymentPlugin)
@@ -1173,15 +1184,38 @@ def _asked_again(entry: HistoryEntry) -> bool:
 
 def _trailing_declines(history: list[HistoryEntry]) -> list[HistoryEntry]:
     """The declined authorizations the history ends with, newest first (a carrier's
-    delivery_not_recorded and a settlement's capture not made stepped over)."""
+    delivery_not_recorded, a settlement's capture not made and an attempt under a declined key
+    stepped over: _answers_known)."""
     run: list[HistoryEntry] = []
-    for entry in reversed(history):
+    for entry in reversed(_answers_known(history)):
         if entry.type is OrderEvent.DELIVERY_NOT_RECORDED or _settlement_not_made(entry):
             continue
         if entry.type is not OrderEvent.PAYMENT_AUTHORIZATION_FAILED or (entry.detail or {}).get("kind") != "refused":
             break
         run.append(entry)
     return run
+
+
+def _answers_known(history: list[HistoryEntry]) -> list[HistoryEntry]:
+    """`history` without the transient failures of an authorization under a key the gateway
+    declined (in it): a gateway answers a key with its first answer, so that attempt's answer is the
+    decline, and it says nothing the decline did not. One is the late twin of two asks under one key
+    at once (a carrier's report delivered twice): Stripe answers it 409 `idempotency_key_in_use`
+    while the other's call is in flight, which a payment plugin maps to TransientError, and its entry
+    may land after its twin's decline; it ends no run of declines (_trailing_declines,
+    _settlement_not_made_follows), which would have the next report ask the card at once."""
+    declined = _declined_keys(history)
+    return [entry for entry in history if not _known_outage(entry, declined)]
+
+
+def _known_outage(entry: HistoryEntry, declined: Collection[str]) -> bool:
+    """Whether `entry` is a transient failure of an authorization asked under a key in `declined`."""
+    detail = entry.detail or {}
+    return (
+        entry.type is OrderEvent.PAYMENT_AUTHORIZATION_FAILED
+        and detail.get("kind") == "transient"
+        and detail.get("authorization_key") in declined
+    )
 
 
 def own_authorization_keys(order: Order) -> list[str]:

@@ -119,7 +119,11 @@ def oms_payment_authorize(
         key names the old authorization, and how many renewals of it you declined before: one
         asked after a decline is a new authorization).
         Answer a key you have seen with the authorization made under it (or its decline), never
-        a second one, however late.
+        a second one, however late. A key another call of it is in flight with (two requests at
+        once: Stripe's 409 `idempotency_key_in_use`) has no answer yet: raise TransientError
+        (asked again under the key, it gets the other call's answer), never a decline, which
+        would be taken for the key's answer. An attempt that failed so under a key you declined
+        is taken for that decline.
     :param attempt: 0 for the first try, then 1, 2, ... for the workflow's retries.
     :return: PaymentResult (approved, with the authorization's reference, or declined), or None.
 

@@ -9,12 +9,13 @@ settlement capture's own `no_plugin` are; the order's item does not grow a repea
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 
 from core import hookimpl
 from core.events import OrderEvent
+from core.models import HistoryEntry
 from core.order_changes import modify
 from functions.business_metrics import MeteredOrders
 from tests.unit.test_authorization_renewal import FirstAnswers
@@ -137,6 +138,20 @@ def test_a_carriers_report_after_its_decline_stood_a_day_asks_under_that_key_and
     assert world.gateway.keys("authorize")[-1] not in world.gateway.keys("authorize")[:-1]
 
 
+def a_day_after_the_decline(
+    world: World, clock: Clock, order_id: str, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> tuple[list[HistoryEntry], int, str, datetime]:
+    """The order's history ending with a caller's decline, how many authorizations were asked and
+    the key of the last, the metrics and ERROR lines so far let go, and the clock a day after the
+    history's last entry (that decline stands no longer): (history, asked, key, the clock's time)."""
+    before, asked = world.history(order_id), len(world.gateway.keys("authorize"))
+    emitted(capsys)
+    caplog.set_level("ERROR")
+    caplog.clear()
+    clock.now = before[-1].at + timedelta(days=1)
+    return before, asked, world.gateway.keys("authorize")[-1], clock.now
+
+
 def reported(world: World, order_id: str, west: str, caller: str) -> None:
     """The settlement asked again by `caller`: a carrier's delivery report, or a warehouse's ship repeated."""
     if caller == "carrier":
@@ -250,12 +265,7 @@ def test_a_carriers_report_sent_twice_at_once_after_its_decline_stood_writes_the
     # logged.
     meanwhile = Meanwhile()
     world, clock, order_id, west = declined_for_the_carrier(meanwhile)
-    before, asked = world.history(order_id), len(world.gateway.keys("authorize"))
-    key = world.gateway.keys("authorize")[-1]
-    emitted(capsys)
-    caplog.set_level("ERROR")
-    caplog.clear()
-    clock.now = before[-1].at + timedelta(days=1)
+    before, asked, key, _ = a_day_after_the_decline(world, clock, order_id, capsys, caplog)
 
     meanwhile.then = lambda: world.actions.deliver(order_id, west, actor="carrier")
     world.actions.deliver(order_id, west, actor="carrier")
@@ -280,12 +290,7 @@ def test_a_carriers_report_that_died_asking_again_after_its_decline_stood_is_wri
     # (asked_again_after), standing two days. Before: it was taken for the first decline's repeat,
     # so nothing was written, the next report asked once more, and only that one wrote it.
     world, clock, order_id, west = declined_for_the_carrier()
-    before, asked = world.history(order_id), len(world.gateway.keys("authorize"))
-    key = world.gateway.keys("authorize")[-1]
-    emitted(capsys)
-    caplog.set_level("ERROR")
-    caplog.clear()
-    start = clock.now = before[-1].at + timedelta(days=1)
+    before, asked, key, start = a_day_after_the_decline(world, clock, order_id, capsys, caplog)
     with monkeypatch.context() as patched:
         dies_before_recording(world, patched, OrderEvent.PAYMENT_AUTHORIZATION_FAILED)
         with pytest.raises(Died):
