@@ -145,7 +145,9 @@ def oms_payment_capture(
         asks for on the order first; when the request died before recording the answer, the
         capture is asked again under the same key (by the next ship, or days later by a cancel,
         which then refunds it). Answer a key you have seen with the capture made under it, never
-        a second one, however long ago it was; decline only when none was made.
+        a second one, however long ago it was; decline only when none was made, and a key you
+        declined again with that decline (the OMS takes a decline for the key's answer: a
+        request it gave up on a stale refusal is asked again under the same key).
     :return: PaymentResult, or None.
 
     Stops at first non-None result.
