@@ -703,6 +703,7 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
             },
         }
         after_gap: list[ImportErrorEntry] = []
+        recovered: list[ImportErrorEntry] = []
         while True:
             response = self._client.query(**query)
             for item in response.get("Items", []):
@@ -713,7 +714,9 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
                     code=values["code"],
                     message=values["message"],
                 )
-                if values["sk"].startswith(_RECOVERED) or int(values["sk"]) <= MAX_REPORTED_ERRORS:
+                if values["sk"].startswith(_RECOVERED):
+                    recovered.append(entry)
+                elif int(values["sk"]) <= MAX_REPORTED_ERRORS:
                     if values["sk"] == f"{len(known) + 1:06d}" and not after_gap:
                         known.append(entry)
                     else:
@@ -726,7 +729,12 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
             self._read_errors.move_to_end(import_id)
             while len(self._read_errors) > self.CACHED_REPORTS:
                 self._read_errors.popitem(last=False)
-        return _once_per_line(known + after_gap)[:MAX_REPORTED_ERRORS]
+        # Past the `kept` first: an error under an ordinal is one of them; one under its line
+        # (_keep_lost_errors) stands for one lost, and may be of a failure counted past the first
+        # MAX_REPORTED_ERRORS, or of a line marked and not counted yet: those listed are the first
+        # by line, never by their keys' string order ("line#100" before "line#20").
+        recovered.sort(key=lambda entry: entry.line or 0)
+        return _once_per_line(known + after_gap + recovered)[:kept]
 
     def list(self, limit: int, cursor: str | None) -> tuple[list[ImportSummary], str | None]:
         query: dict[str, Any] = {

@@ -21,6 +21,7 @@ from tests.integration.import_support import (
     create_import_resources,
     error_pk,
     refuse_an_error_and_its_fallback,
+    refuse_puts,
     report,
     seed_catalog,
     split,
@@ -618,6 +619,94 @@ def test_only_the_first_1000_errors_are_kept_and_failed_counts_them_all(stack: I
     imported = report("imp_errors")
     assert imported["failed"] == 5
     assert [e["line"] for e in imported["errors"]] == [2, 7, 9]  # the first three recorded, by line
+
+
+def test_errors_kept_under_their_lines_past_the_cap_are_listed_by_line_not_by_their_keys_string_order(
+    stack: ImportAws, monkeypatch: pytest.MonkeyPatch
+):
+    # The second failure's error (line 9) was lost with its fallback; two lines found recorded at
+    # once each read the report short of one and wrote a marker's error under its line: line 9's
+    # and line 20's (a failure counted past the cap). One too many: the cut followed the keys'
+    # string order ("line#20" before "line#9") and dropped line 9's, one of the first recorded.
+    from botocore.exceptions import ClientError
+
+    from core.import_service import Outcome
+    from core.imports import LineError
+    from core.models import utc_now
+    from functions.import_worker.app import container
+
+    monkeypatch.setattr("functions.adapters.imports.MAX_REPORTED_ERRORS", 3)
+    ledger = container().import_ledger
+    ledger.begin("imp_cut", "s3://b/k", utc_now())
+    refused = refuse_puts(
+        ledger,
+        monkeypatch,
+        lambda item: (
+            "error" if error_pk(item) and item["line"]["N"] == "9" else "fallback" if "unkept_error" in item else None
+        ),
+    )
+    for line in (2, 9, 50, 20):  # ordinals 1 to 4: the first three are kept
+        try:
+            ledger.record("imp_cut", line, Outcome.FAILED, LineError(line, None, "unknown_sku", "no"), utc_now())
+        except ClientError:
+            assert line == 9
+    assert refused == ["error", "fallback"]
+    assert [e["line"] for e in report("imp_cut")["errors"]] == [2, 50]
+    written: list[str] = []
+
+    def line_9_found_meanwhile(item: dict[str, Any]) -> None:
+        if error_pk(item):
+            written.append(item["sk"]["S"])
+            if written == ["line#20"]:
+                ledger.keep_lost_errors("imp_cut", [9])  # reads the report short of one too
+
+    before_puts(ledger, monkeypatch, line_9_found_meanwhile)
+    ledger.keep_lost_errors("imp_cut", [20])
+
+    assert written == ["line#20", "line#9"]
+    for _ in range(2):  # read afresh, then from what this instance read
+        assert [e["line"] for e in report("imp_cut")["errors"]] == [2, 9, 50]
+    assert ledger.get("imp_cut").failed == 4
+
+
+def test_a_report_never_lists_more_errors_than_the_failures_it_counted(
+    stack: ImportAws, monkeypatch: pytest.MonkeyPatch
+):
+    # A worker counted line 30's failure and had not written its error yet when a twin of line 7
+    # (marked by a worker killed before its count: the recount counts it) found it recorded, the
+    # report short of one, and wrote line 7's error under its line: then line 30's came, and the
+    # report listed three errors beside `failed: 2`.
+    from core.import_service import Outcome
+    from core.imports import LineError
+    from core.models import utc_now
+    from functions.adapters.imports import _error_fields, _marker_id
+    from functions.import_worker.app import container
+
+    ledger = container().import_ledger
+    ledger.begin("imp_over", "s3://b/k", utc_now())
+    assert ledger.record("imp_over", 2, Outcome.FAILED, LineError(2, None, "unknown_sku", "no"), utc_now())
+    written: list[str] = []
+
+    def line_7_found_meanwhile(item: dict[str, Any]) -> None:
+        if error_pk(item):
+            written.append(item["sk"]["S"])
+            if written == ["000002"]:
+                marker = {
+                    "outcome": {"S": "failed"},
+                    "error": {"M": _error_fields(LineError(7, None, "no_stock", "no"))},
+                }
+                ledger._client.put_item(
+                    TableName=ledger._markers, Item={"id": {"S": _marker_id("imp_over", 7)}, **marker}
+                )
+                ledger.keep_lost_errors("imp_over", [7])
+
+    before_puts(ledger, monkeypatch, line_7_found_meanwhile)
+    assert ledger.record("imp_over", 30, Outcome.FAILED, LineError(30, None, "unknown_sku", "no"), utc_now())
+
+    assert written == ["000002", "line#7"]  # line 30's error is put after line 7's
+    for _ in range(2):  # read afresh, then from what this instance read
+        found = report("imp_over")
+        assert (found["failed"], [e["line"] for e in found["errors"]]) == (2, [2, 30])
 
 
 def test_a_followed_report_reads_only_new_errors_and_rereads_past_a_gap(stack: ImportAws):
