@@ -295,7 +295,9 @@ class ImportSplitter:
         after a failure: lines already recorded are not counted twice. An import read whole before
         its last order's line was kept, and left short of its total, is read again for that line
         only (ImportState.needs_last_line); one read whole whose report is short of an error, for
-        its bad rows not listed (ImportState.errors_listed).
+        its bad rows not listed (ImportState.errors_listed), from `resume_after` on (an event's
+        retry reads what that event read: the bad rows it could have lost an error of) and handed
+        on as below.
 
         A continuation (`resume_after`: the orders a split before it queued or recorded) reads the
         file from its start again, so the readers see every order (a header, a repeated order),
@@ -311,8 +313,12 @@ class ImportSplitter:
             return True
         if state.total_final and state.errors_listed is not None:
             # Its bad rows again, queuing nothing: those it does not list are recorded (found
-            # recorded) and their lost errors kept; its other orders were all queued.
-            self._split(source, open_orders, state.signing_key, 0, never, None, listed=state.errors_listed)
+            # recorded) and their lost errors kept; its other orders were all queued. Handed on
+            # as a split is when time runs short (one record() a bad row: a file of 100,000 of
+            # them outlasts an invocation); a continuation that finds none missing any more stops.
+            self._split(
+                source, open_orders, state.signing_key, resume_after, time_up, hand_off, listed=state.errors_listed
+            )
             return True
         if state.total_final or (state.status is not ImportStatus.RUNNING and state.failure_code != SPLIT_INTERRUPTED):
             return False
@@ -359,7 +365,8 @@ class ImportSplitter:
                 # sent) or recorded; this one and the rest are the continuation's.
                 self._queue.flush()
                 self._keep_lost_errors(source.import_id, found)
-                self._ledger.progress(source.import_id, orders.format, total, self._clock())
+                if listed is None:  # a total read whole stays as it is
+                    self._ledger.progress(source.import_id, orders.format, total, self._clock())
                 hand_off(total)
                 return
             total += 1
