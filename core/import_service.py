@@ -66,6 +66,16 @@ class Outcome(StrEnum):
     FAILED = "failed"
 
 
+class Recorded(StrEnum):
+    """What ImportLedger.record did with a line's outcome."""
+
+    COUNTED = "counted"  # counted now
+    FOUND = "found"  # recorded before: an error that record could not keep is keep_lost_errors' to find
+    # Nothing to count it on: no such import, or one recounted from its markers (this line's
+    # included: the recount keeps its error). Nothing for keep_lost_errors either.
+    REFUSED = "refused"
+
+
 # --- What the API shows ----------------------------------------------------------------------------
 
 
@@ -211,12 +221,13 @@ class ImportLedger(ABC):
         """Whether the order on `line` already has its outcome."""
 
     @abstractmethod
-    def record(self, import_id: str, line: int, outcome: Outcome, error: LineError | None, at: datetime) -> bool:
-        """Count the outcome of the order that starts on `line`, once: False (and nothing more is
-        counted) when that line was recorded before, by a record that may have failed to keep its
-        error after counting it: that error is kept now if that record could leave it on the line's
-        marker; one it could not is for keep_lost_errors to find. A failure's error (listed under
-        its own line) is kept while the import has fewer than MAX_REPORTED_ERRORS. The record that
+    def record(self, import_id: str, line: int, outcome: Outcome, error: LineError | None, at: datetime) -> Recorded:
+        """Count the outcome of the order that starts on `line`, once: COUNTED. FOUND (and nothing
+        more is counted) when that line was recorded before, by a record that may have failed to
+        keep its error after counting it: that error is kept now if that record could leave it on
+        the line's marker; one it could not is for keep_lost_errors to find. REFUSED when there is
+        no such import, or it was recounted from its markers. A failure's error (listed under its
+        own line) is kept while the import has fewer than MAX_REPORTED_ERRORS. The record that
         brings the counts to a final total completes the import."""
 
     @abstractmethod
@@ -388,7 +399,8 @@ class ImportSplitter:
             if (
                 error is not None
                 and (listed is None or error.line not in listed)
-                and not self._ledger.record(source.import_id, order.line, Outcome.FAILED, error, self._clock())
+                and self._ledger.record(source.import_id, order.line, Outcome.FAILED, error, self._clock())
+                is Recorded.FOUND
             ):
                 found.append(order.line)
             if total % PROGRESS_EVERY == 0:
@@ -504,7 +516,8 @@ class OrderImporter:
         if (
             origin is not None
             and result.outcome is not None
-            and not self._ledger.record(origin.import_id, origin.line, result.outcome, result.error, self._clock())
+            and self._ledger.record(origin.import_id, origin.line, result.outcome, result.error, self._clock())
+            is Recorded.FOUND
         ):
             # By a twin delivery of this message, which may have counted it and lost its error.
             self._ledger.keep_lost_errors(origin.import_id, [origin.line])

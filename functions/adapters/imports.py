@@ -31,6 +31,7 @@ from core.import_service import (
     OrderQueue,
     Outcome,
     QueuedOrder,
+    Recorded,
 )
 from core.imports import ImportFileError, LineError
 from core.log_text import escape_for_log
@@ -334,7 +335,7 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
         ).get("Item")
         return item is not None and not item.get("uncounted", {}).get("BOOL", False)
 
-    def record(self, import_id: str, line: int, outcome: Outcome, error: LineError | None, at: datetime) -> bool:
+    def record(self, import_id: str, line: int, outcome: Outcome, error: LineError | None, at: datetime) -> Recorded:
         marker = {
             "id": {"S": _marker_id(import_id, line)},
             "outcome": {"S": outcome.value},
@@ -361,7 +362,7 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
                 found = failure.response.get("Item")
                 if found is not None:
                     self._keep_unkept_error(found)
-                return False
+                return Recorded.FOUND
             raise
         try:
             response = self._client.update_item(
@@ -387,7 +388,7 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
             # A message naming an import that does not exist (never a half-made import item), or
             # an import recounted from its markers, this line's included (recount()).
             logger.warning("no such import to record on", extra={"import_id": escape_for_log(import_id), "line": line})
-            return False
+            return Recorded.REFUSED
         values = from_item(response["Attributes"])
         # `failed` numbers the failures in the order they were recorded: the first ones are kept.
         ordinal = int(values.get("failed", 0))
@@ -401,7 +402,7 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
                 self._client.put_item(TableName=self._markers, Item={**marker, "unkept_error": {"M": entry}})
                 raise
         self._complete_if_done(import_id, values, at)
-        return True
+        return Recorded.COUNTED
 
     def complete_if_done(self, import_id: str, at: datetime, line: int | None = None) -> None:
         # One read of the import for both: writing an error never changes the import's item.

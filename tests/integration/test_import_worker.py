@@ -229,7 +229,7 @@ def test_a_message_redelivered_after_its_order_took_the_last_units_counts_it_imp
 
     # The first delivery places the order and dies before recording it; by the redelivery, the
     # order's own reservation has taken the units.
-    def killed(*args: Any) -> bool:
+    def killed(*args: Any) -> Any:
         raise TimeoutError("the worker ran out of time")
 
     with monkeypatch.context() as patched:
@@ -684,7 +684,7 @@ def test_a_report_never_lists_more_errors_than_the_failures_it_counted(
 
     ledger = container().import_ledger
     ledger.begin("imp_over", "s3://b/k", utc_now())
-    assert ledger.record("imp_over", 2, Outcome.FAILED, LineError(2, None, "unknown_sku", "no"), utc_now())
+    assert ledger.record("imp_over", 2, Outcome.FAILED, LineError(2, None, "unknown_sku", "no"), utc_now()) == "counted"
     written: list[str] = []
 
     def line_7_found_meanwhile(item: dict[str, Any]) -> None:
@@ -701,7 +701,9 @@ def test_a_report_never_lists_more_errors_than_the_failures_it_counted(
                 ledger.keep_lost_errors("imp_over", [7])
 
     before_puts(ledger, monkeypatch, line_7_found_meanwhile)
-    assert ledger.record("imp_over", 30, Outcome.FAILED, LineError(30, None, "unknown_sku", "no"), utc_now())
+    assert (
+        ledger.record("imp_over", 30, Outcome.FAILED, LineError(30, None, "unknown_sku", "no"), utc_now()) == "counted"
+    )
 
     assert written == ["000002", "line#7"]  # line 30's error is put after line 7's
     for _ in range(2):  # read afresh, then from what this instance read
@@ -726,7 +728,7 @@ def test_a_followed_report_reads_only_new_errors_and_rereads_past_a_gap(stack: I
 
     def fail(line: int) -> None:
         error = LineError(line, f"ext-{line}", "unknown_sku", "no product")
-        assert ledger.record("imp_follow", line, Outcome.FAILED, error, utc_now())
+        assert ledger.record("imp_follow", line, Outcome.FAILED, error, utc_now()) == "counted"
 
     def lines() -> list[int | None]:
         found = ledger.get("imp_follow")
@@ -782,7 +784,8 @@ def test_a_line_s_error_kept_under_two_ordinals_is_listed_once_read_afresh_or_fr
     ledger, client = container().import_ledger, container().dynamodb
     ledger.begin("imp_twice", "s3://b/k", utc_now())
     for line in (10, 20):
-        assert ledger.record("imp_twice", line, Outcome.FAILED, LineError(line, None, "unknown_sku", "no"), utc_now())
+        error = LineError(line, None, "unknown_sku", "no")
+        assert ledger.record("imp_twice", line, Outcome.FAILED, error, utc_now()) == "counted"
     client.update_item(
         TableName=stack.tables["CatalogTable"], Key=_import_key("imp_twice"),
         UpdateExpression="ADD failed :one", ExpressionAttributeValues={":one": {"N": "1"}},
@@ -830,6 +833,41 @@ def test_a_sender_places_orders_only_for_its_channels_and_a_refused_one_is_not_r
     assert stack.messages_waiting(stack.dlq_url) == 0
     assert stored_order("erp", "erp-1") is not None
     assert stored_order("market", "mk-1") is None
+
+
+def test_a_line_naming_an_import_that_does_not_exist_is_not_taken_for_a_line_recorded_before(
+    stack: ImportAws, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    # record() answered False both for a line recorded before and for one with no import to count
+    # it on (none such, or one recounted from its markers): the worker then read the import again
+    # for a lost error of the line, and logged the line "already recorded" after "no such import".
+    import logging
+
+    from functions.import_worker.app import container
+
+    ledger = container().import_ledger
+    looked: list[list[int]] = []
+    keep_lost_errors = ledger.keep_lost_errors
+
+    def looking(import_id: str, lines: list[int]) -> None:
+        looked.append(lines)
+        keep_lost_errors(import_id, lines)
+
+    monkeypatch.setattr(ledger, "keep_lost_errors", looking)
+    body = order_body(channel="market", external_id="gone-1", lines=[{"sku": "TSHIRT", "quantity": 1}])
+    attributes = {  # from the splitter's sender, unsigned: an import begun before lines were signed
+        "import_id": {"DataType": "String", "StringValue": "imp_" + "a" * 24},
+        "line": {"DataType": "Number", "StringValue": "2"},
+    }
+    stack.sqs.send_message(QueueUrl=stack.queue_url, MessageBody=json.dumps(body), MessageAttributes=attributes)
+    caplog.set_level(logging.INFO)
+
+    stack.drain(worker)
+
+    assert stored_order("market", "gone-1") is not None  # captured all the same
+    logged = [record.getMessage() for record in caplog.records]
+    assert "no such import to record on" in logged
+    assert ("import line already recorded" in logged, looked) == (False, [])
 
 
 def test_a_sender_that_is_not_the_splitter_cannot_write_on_an_import(stack: ImportAws, another_sender: str):
