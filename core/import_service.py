@@ -139,7 +139,9 @@ class ImportState:
     needs_last_line: bool = False
     # Read whole, and its report short of an error it counted: the lines its errors are listed on
     # (None: nothing missing). A split's record that counted a bad row after another delivery of
-    # the event read the file whole, and could keep its error nowhere, is retried to here.
+    # the event read the file whole, and could keep its error nowhere, is retried to here; so is
+    # one whose count was refused (the row's marker left uncounted), while the import is short of
+    # its total, once a split was interrupted after the file was read whole (fail()).
     errors_listed: frozenset[int | None] | None = None
 
 
@@ -196,7 +198,9 @@ class ImportLedger(ABC):
     def fail(self, import_id: str, code: str, message: str, at: datetime) -> None:
         """The import failed as a whole (its file cannot be read): status failed with this error.
         Nothing changes once the file was read whole (total_final): its lines all count; nor once
-        it is no longer running (a duplicate delivery of its event failed it meanwhile)."""
+        it is no longer running (a duplicate delivery of its event failed it meanwhile). A split
+        interrupted (SPLIT_INTERRUPTED) after the file was read whole is noted instead: its event's
+        retry reads the file again while the import is short of its total (ImportState.errors_listed)."""
 
     @abstractmethod
     def progress(self, import_id: str, file_format: str, total: int, at: datetime) -> None:

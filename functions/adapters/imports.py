@@ -202,12 +202,18 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
         it lists fewer than it keeps (None otherwise). A split's record that counted a bad row
         after a duplicate delivery of its event read the file whole, and whose error and its
         fallback were both refused, is retried to begin() and no further: nothing else would keep
-        that error. One query of the errors (only those this instance has not read) on a
-        delivery of an event whose file was read whole; none for a first delivery."""
+        that error. Likewise, whatever the report, for an import short of its total whose split
+        was interrupted after the file was read whole (`reread`, fail()): a bad row's count
+        refused leaves its marker uncounted, for the split's retried event to count. One query of
+        the errors (only those this instance has not read) on a delivery of an event whose file
+        was read whole; none for a first delivery."""
         if not values.get("total_final"):
             return None
         listed, short = self._shortfall(import_id, int(values.get("failed", 0)))
-        return frozenset(entry.line for entry in listed) if short > 0 else None
+        # Or a split interrupted after the file was read whole (fail()) while the import is short
+        # of its total: a bad row of that split may be marked uncounted, which only it counts.
+        reread = bool(values.get("reread")) and _short(values)
+        return frozenset(entry.line for entry in listed) if short > 0 or reread else None
 
     def _shortfall(self, import_id: str, failed: int) -> tuple[list[ImportErrorEntry], int]:
         """The errors the report of an import that counted `failed` failures lists, and how many
@@ -226,14 +232,30 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
         # Nor once a duplicate delivery failed it: a file error is its end (sent as import.completed
         # by the stream's running -> failed record), and an interruption is retried by its event,
         # which finds a file error again.
-        self._unless_final(
+        if self._unless_final(
             import_id,
             "SET #status = :failed, error_code = :code, error_message = :message, updated_at = :now",
             {"#status": "status"},
             {":failed": {"S": ImportStatus.FAILED.value}, ":code": {"S": code}, ":message": {"S": message},
              ":now": {"S": timestamp(at)}, ":running": {"S": ImportStatus.RUNNING.value}},
             condition="#status = :running",
-        )  # fmt: skip
+        ) or code != SPLIT_INTERRUPTED:  # fmt: skip
+            return
+        # Interrupted after the file was read whole: by a bad row's count DynamoDB refused, its
+        # marker flagged uncounted for a redelivery to count, and a split's redelivery is its
+        # event's retry (begin()'s errors_listed). Never written again once it is (nor its time).
+        try:
+            self._client.update_item(
+                TableName=self._table,
+                Key=_import_key(import_id),
+                UpdateExpression="SET reread = :true",
+                ConditionExpression="total_final = :true AND #status = :running AND attribute_not_exists(reread)",
+                ExpressionAttributeNames={"#status": "status"},
+                ExpressionAttributeValues={":true": {"BOOL": True}, ":running": {"S": ImportStatus.RUNNING.value}},
+            )
+        except ClientError as error:
+            if not _is_conditional_failure(error):
+                raise
 
     def progress(self, import_id: str, file_format: str, total: int, at: datetime) -> None:
         # A re-run never lowers a final total, nor a running one: a duplicate delivery of a
@@ -253,9 +275,9 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
         names: dict[str, str],
         values: dict[str, dict[str, Any]],
         condition: str | None = None,
-    ) -> None:
-        """`update` the import while its total is not final (and `condition` holds); nothing once
-        it is."""
+    ) -> bool:
+        """`update` the import while its total is not final (and `condition` holds): True; nothing
+        once it is."""
         try:
             self._client.update_item(
                 TableName=self._table,
@@ -268,6 +290,8 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
         except ClientError as error:
             if not _is_conditional_failure(error):
                 raise
+            return False
+        return True
 
     def finish_reading(
         self, import_id: str, file_format: str, total: int, at: datetime, last_line: int | None = None

@@ -761,3 +761,43 @@ def test_a_file_read_again_for_a_lost_error_is_handed_on_when_time_runs_short_an
     assert (kept["status"], kept["total"], kept["total_final"], kept["failed"]) == ("running", 4, True, 2)
     assert [(e["line"], e["code"]) for e in kept["errors"]] == [(3, "invalid_number"), (5, "invalid_number")]
     assert sorted(json.loads(m["Body"])["external_id"] for m in queued(stack)) == ["ext-1", "ext-3"]  # the duplicate's
+
+
+def test_a_bad_rows_count_throttled_after_a_duplicate_delivery_read_the_file_whole_is_counted_by_the_retried_event(
+    stack: ImportAws, monkeypatch: pytest.MonkeyPatch
+):
+    # This delivery marked line 3 (a bad row), a duplicate delivery found it marked and read the
+    # file whole, then DynamoDB throttled this delivery's count: the marker is flagged uncounted
+    # for the line's redelivery to count, and a split's is its event's retry, which stopped at
+    # begin() (the total final, the report short of no error it counted). The recount waits on an
+    # uncounted marker, and the import stayed running, one short, for good.
+    from botocore.exceptions import ClientError
+
+    from functions.import_splitter.app import container, lambda_handler
+    from tests.integration.import_support import seed_catalog, worker
+
+    seed_catalog()
+    import_id = stack.put_file("incoming/orders.csv", csv_file(csv_row("ext-1"), csv_row("ext-2", quantity="x")))
+    event = stack.s3_event("incoming/orders.csv")
+    throttled: list[str] = []
+
+    def duplicate_then_throttled(request: dict[str, Any]) -> None:
+        if request.get("ExpressionAttributeNames", {}).get("#counter") == "failed" and not throttled:
+            throttled.append("count")
+            lambda_handler(event, context("ImportSplitterFunction", 900))  # finds line 3 marked; reads it all
+            raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "slow down"}}, "UpdateItem")
+
+    before_updates(container().import_ledger, monkeypatch, duplicate_then_throttled)
+    with pytest.raises(ClientError):
+        lambda_handler(event, context("ImportSplitterFunction", 900))
+    assert throttled == ["count"]
+    assert (report(import_id)["total_final"], report(import_id)["failed"]) == (True, 0)
+
+    lambda_handler(event, context("ImportSplitterFunction", 900))  # Lambda's retry of the event
+    stack.drain(worker)
+
+    done = report(import_id)
+    assert (done["status"], done["total"], done["imported"], done["failed"]) == ("completed_with_errors", 2, 1, 1)
+    assert [(e["line"], e["code"]) for e in done["errors"]] == [(3, "invalid_number")]
+    lambda_handler(event, context("ImportSplitterFunction", 900))  # a duplicate delivery: nothing more
+    assert report(import_id) == done
