@@ -244,18 +244,13 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
         # Interrupted after the file was read whole: by a bad row's count DynamoDB refused, its
         # marker flagged uncounted for a redelivery to count, and a split's redelivery is its
         # event's retry (begin()'s errors_listed). Never written again once it is (nor its time).
-        try:
-            self._client.update_item(
-                TableName=self._table,
-                Key=_import_key(import_id),
-                UpdateExpression="SET reread = :true",
-                ConditionExpression="total_final = :true AND #status = :running AND attribute_not_exists(reread)",
-                ExpressionAttributeNames={"#status": "status"},
-                ExpressionAttributeValues={":true": {"BOOL": True}, ":running": {"S": ImportStatus.RUNNING.value}},
-            )
-        except ClientError as error:
-            if not _is_conditional_failure(error):
-                raise
+        self._update_if(
+            import_id,
+            "SET reread = :true",
+            "total_final = :true AND #status = :running AND attribute_not_exists(reread)",
+            {"#status": "status"},
+            {":true": {"BOOL": True}, ":running": {"S": ImportStatus.RUNNING.value}},
+        )
 
     def progress(self, import_id: str, file_format: str, total: int, at: datetime) -> None:
         # A re-run never lowers a final total, nor a running one: a duplicate delivery of a
@@ -278,14 +273,26 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
     ) -> bool:
         """`update` the import while its total is not final (and `condition` holds): True; nothing
         once it is."""
+        return self._update_if(
+            import_id,
+            update,
+            f"total_final = :false AND {condition}" if condition else "total_final = :false",
+            names,
+            {**values, ":false": {"BOOL": False}},
+        )
+
+    def _update_if(
+        self, import_id: str, update: str, condition: str, names: dict[str, str], values: dict[str, dict[str, Any]]
+    ) -> bool:
+        """`update` the import if `condition` holds: True; False, changing nothing, if not."""
         try:
             self._client.update_item(
                 TableName=self._table,
                 Key=_import_key(import_id),
                 UpdateExpression=update,
-                ConditionExpression=f"total_final = :false AND {condition}" if condition else "total_final = :false",
+                ConditionExpression=condition,
                 ExpressionAttributeNames=names,
-                ExpressionAttributeValues={**values, ":false": {"BOOL": False}},
+                ExpressionAttributeValues=values,
             )
         except ClientError as error:
             if not _is_conditional_failure(error):
@@ -495,22 +502,13 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
         if done < int(values.get("total", 0)):
             return
         final = ImportStatus.COMPLETED_WITH_ERRORS if failed else ImportStatus.COMPLETED
-        try:
-            self._client.update_item(
-                TableName=self._table,
-                Key=_import_key(import_id),
-                UpdateExpression="SET #status = :final, updated_at = :now, finished_at = :now",
-                ConditionExpression="#status = :running",
-                ExpressionAttributeNames={"#status": "status"},
-                ExpressionAttributeValues={
-                    ":final": {"S": final.value},
-                    ":running": {"S": ImportStatus.RUNNING.value},
-                    ":now": {"S": timestamp(at)},
-                },
-            )
-        except ClientError as error:
-            if not _is_conditional_failure(error):
-                raise
+        self._update_if(
+            import_id,
+            "SET #status = :final, updated_at = :now, finished_at = :now",
+            "#status = :running",
+            {"#status": "status"},
+            {":final": {"S": final.value}, ":running": {"S": ImportStatus.RUNNING.value}, ":now": {"S": timestamp(at)}},
+        )
 
     # --- The recount of imports left short (core/import_recount.py) ----------------------------
     def stuck(self, now: datetime, idle: timedelta, again: timedelta) -> list[str]:
