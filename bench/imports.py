@@ -215,7 +215,15 @@ def measure_stack(path: Path, warm_up: Path, lines: int) -> dict[str, Any]:
 def split_only(path: str) -> None:
     """Stream the file through the reader and ImportSplitter into a queue and ledger that keep
     nothing; print the orders and this process's peak RSS."""
-    from core.import_service import ImportLedger, ImportSource, ImportSplitter, ImportState, ImportStatus, OrderQueue
+    from core.import_service import (
+        ImportLedger,
+        ImportSource,
+        ImportSplitter,
+        ImportState,
+        ImportStatus,
+        OrderQueue,
+        Recorded,
+    )
     from functions.import_splitter.readers import read_orders
 
     class Discarded(OrderQueue):
@@ -248,9 +256,9 @@ def split_only(path: str) -> None:
         def is_recorded(self, *args: Any) -> bool:
             return False
 
-        def record(self, *args: Any) -> bool:
+        def record(self, *args: Any) -> Recorded:
             self.recorded += 1
-            return True
+            return Recorded.COUNTED
 
         def complete_if_done(self, *args: Any) -> None: ...
         def keep_lost_errors(self, *args: Any) -> None: ...

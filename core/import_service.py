@@ -66,6 +66,16 @@ class Outcome(StrEnum):
     FAILED = "failed"
 
 
+class Recorded(StrEnum):
+    """What ImportLedger.record did with a line's outcome."""
+
+    COUNTED = "counted"  # counted now
+    FOUND = "found"  # recorded before: an error that record could not keep is keep_lost_errors' to find
+    # Nothing to count it on: no such import, or one recounted from its markers (this line's
+    # included: the recount keeps its error). Nothing for keep_lost_errors either.
+    REFUSED = "refused"
+
+
 # --- What the API shows ----------------------------------------------------------------------------
 
 
@@ -129,7 +139,9 @@ class ImportState:
     needs_last_line: bool = False
     # Read whole, and its report short of an error it counted: the lines its errors are listed on
     # (None: nothing missing). A split's record that counted a bad row after another delivery of
-    # the event read the file whole, and could keep its error nowhere, is retried to here.
+    # the event read the file whole, and could keep its error nowhere, is retried to here; so is
+    # one whose count was refused (the row's marker left uncounted), while the import is short of
+    # its total, once a split was interrupted after the file was read whole (fail()).
     errors_listed: frozenset[int | None] | None = None
 
 
@@ -186,7 +198,9 @@ class ImportLedger(ABC):
     def fail(self, import_id: str, code: str, message: str, at: datetime) -> None:
         """The import failed as a whole (its file cannot be read): status failed with this error.
         Nothing changes once the file was read whole (total_final): its lines all count; nor once
-        it is no longer running (a duplicate delivery of its event failed it meanwhile)."""
+        it is no longer running (a duplicate delivery of its event failed it meanwhile). A split
+        interrupted (SPLIT_INTERRUPTED) after the file was read whole is noted instead: its event's
+        retry reads the file again while the import is short of its total (ImportState.errors_listed)."""
 
     @abstractmethod
     def progress(self, import_id: str, file_format: str, total: int, at: datetime) -> None:
@@ -211,12 +225,13 @@ class ImportLedger(ABC):
         """Whether the order on `line` already has its outcome."""
 
     @abstractmethod
-    def record(self, import_id: str, line: int, outcome: Outcome, error: LineError | None, at: datetime) -> bool:
-        """Count the outcome of the order that starts on `line`, once: False (and nothing more is
-        counted) when that line was recorded before, by a record that may have failed to keep its
-        error after counting it: that error is kept now if that record could leave it on the line's
-        marker; one it could not is for keep_lost_errors to find. A failure's error (listed under
-        its own line) is kept while the import has fewer than MAX_REPORTED_ERRORS. The record that
+    def record(self, import_id: str, line: int, outcome: Outcome, error: LineError | None, at: datetime) -> Recorded:
+        """Count the outcome of the order that starts on `line`, once: COUNTED. FOUND (and nothing
+        more is counted) when that line was recorded before, by a record that may have failed to
+        keep its error after counting it: that error is kept now if that record could leave it on
+        the line's marker; one it could not is for keep_lost_errors to find. REFUSED when there is
+        no such import, or it was recounted from its markers. A failure's error (listed under its
+        own line) is kept while the import has fewer than MAX_REPORTED_ERRORS. The record that
         brings the counts to a final total completes the import."""
 
     @abstractmethod
@@ -295,7 +310,9 @@ class ImportSplitter:
         after a failure: lines already recorded are not counted twice. An import read whole before
         its last order's line was kept, and left short of its total, is read again for that line
         only (ImportState.needs_last_line); one read whole whose report is short of an error, for
-        its bad rows not listed (ImportState.errors_listed).
+        its bad rows not listed (ImportState.errors_listed), from `resume_after` on (an event's
+        retry reads what that event read: the bad rows it could have lost an error of) and handed
+        on as below.
 
         A continuation (`resume_after`: the orders a split before it queued or recorded) reads the
         file from its start again, so the readers see every order (a header, a repeated order),
@@ -311,8 +328,12 @@ class ImportSplitter:
             return True
         if state.total_final and state.errors_listed is not None:
             # Its bad rows again, queuing nothing: those it does not list are recorded (found
-            # recorded) and their lost errors kept; its other orders were all queued.
-            self._split(source, open_orders, state.signing_key, 0, never, None, listed=state.errors_listed)
+            # recorded) and their lost errors kept; its other orders were all queued. Handed on
+            # as a split is when time runs short (one record() a bad row: a file of 100,000 of
+            # them outlasts an invocation); a continuation that finds none missing any more stops.
+            self._split(
+                source, open_orders, state.signing_key, resume_after, time_up, hand_off, listed=state.errors_listed
+            )
             return True
         if state.total_final or (state.status is not ImportStatus.RUNNING and state.failure_code != SPLIT_INTERRUPTED):
             return False
@@ -359,7 +380,8 @@ class ImportSplitter:
                 # sent) or recorded; this one and the rest are the continuation's.
                 self._queue.flush()
                 self._keep_lost_errors(source.import_id, found)
-                self._ledger.progress(source.import_id, orders.format, total, self._clock())
+                if listed is None:  # a total read whole stays as it is
+                    self._ledger.progress(source.import_id, orders.format, total, self._clock())
                 hand_off(total)
                 return
             total += 1
@@ -381,7 +403,8 @@ class ImportSplitter:
             if (
                 error is not None
                 and (listed is None or error.line not in listed)
-                and not self._ledger.record(source.import_id, order.line, Outcome.FAILED, error, self._clock())
+                and self._ledger.record(source.import_id, order.line, Outcome.FAILED, error, self._clock())
+                is Recorded.FOUND
             ):
                 found.append(order.line)
             if total % PROGRESS_EVERY == 0:
@@ -497,7 +520,8 @@ class OrderImporter:
         if (
             origin is not None
             and result.outcome is not None
-            and not self._ledger.record(origin.import_id, origin.line, result.outcome, result.error, self._clock())
+            and self._ledger.record(origin.import_id, origin.line, result.outcome, result.error, self._clock())
+            is Recorded.FOUND
         ):
             # By a twin delivery of this message, which may have counted it and lost its error.
             self._ledger.keep_lost_errors(origin.import_id, [origin.line])

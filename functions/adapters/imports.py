@@ -31,6 +31,7 @@ from core.import_service import (
     OrderQueue,
     Outcome,
     QueuedOrder,
+    Recorded,
 )
 from core.imports import ImportFileError, LineError
 from core.log_text import escape_for_log
@@ -201,12 +202,18 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
         it lists fewer than it keeps (None otherwise). A split's record that counted a bad row
         after a duplicate delivery of its event read the file whole, and whose error and its
         fallback were both refused, is retried to begin() and no further: nothing else would keep
-        that error. One query of the errors (only those this instance has not read) on a
-        delivery of an event whose file was read whole; none for a first delivery."""
+        that error. Likewise, whatever the report, for an import short of its total whose split
+        was interrupted after the file was read whole (`reread`, fail()): a bad row's count
+        refused leaves its marker uncounted, for the split's retried event to count. One query of
+        the errors (only those this instance has not read) on a delivery of an event whose file
+        was read whole; none for a first delivery."""
         if not values.get("total_final"):
             return None
         listed, short = self._shortfall(import_id, int(values.get("failed", 0)))
-        return frozenset(entry.line for entry in listed) if short > 0 else None
+        # Or a split interrupted after the file was read whole (fail()) while the import is short
+        # of its total: a bad row of that split may be marked uncounted, which only it counts.
+        reread = bool(values.get("reread")) and _short(values)
+        return frozenset(entry.line for entry in listed) if short > 0 or reread else None
 
     def _shortfall(self, import_id: str, failed: int) -> tuple[list[ImportErrorEntry], int]:
         """The errors the report of an import that counted `failed` failures lists, and how many
@@ -225,14 +232,25 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
         # Nor once a duplicate delivery failed it: a file error is its end (sent as import.completed
         # by the stream's running -> failed record), and an interruption is retried by its event,
         # which finds a file error again.
-        self._unless_final(
+        if self._unless_final(
             import_id,
             "SET #status = :failed, error_code = :code, error_message = :message, updated_at = :now",
             {"#status": "status"},
             {":failed": {"S": ImportStatus.FAILED.value}, ":code": {"S": code}, ":message": {"S": message},
              ":now": {"S": timestamp(at)}, ":running": {"S": ImportStatus.RUNNING.value}},
             condition="#status = :running",
-        )  # fmt: skip
+        ) or code != SPLIT_INTERRUPTED:  # fmt: skip
+            return
+        # Interrupted after the file was read whole: by a bad row's count DynamoDB refused, its
+        # marker flagged uncounted for a redelivery to count, and a split's redelivery is its
+        # event's retry (begin()'s errors_listed). Never written again once it is (nor its time).
+        self._update_if(
+            import_id,
+            "SET reread = :true",
+            "total_final = :true AND #status = :running AND attribute_not_exists(reread)",
+            {"#status": "status"},
+            {":true": {"BOOL": True}, ":running": {"S": ImportStatus.RUNNING.value}},
+        )
 
     def progress(self, import_id: str, file_format: str, total: int, at: datetime) -> None:
         # A re-run never lowers a final total, nor a running one: a duplicate delivery of a
@@ -252,21 +270,35 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
         names: dict[str, str],
         values: dict[str, dict[str, Any]],
         condition: str | None = None,
-    ) -> None:
-        """`update` the import while its total is not final (and `condition` holds); nothing once
-        it is."""
+    ) -> bool:
+        """`update` the import while its total is not final (and `condition` holds): True; nothing
+        once it is."""
+        return self._update_if(
+            import_id,
+            update,
+            f"total_final = :false AND {condition}" if condition else "total_final = :false",
+            names,
+            {**values, ":false": {"BOOL": False}},
+        )
+
+    def _update_if(
+        self, import_id: str, update: str, condition: str, names: dict[str, str], values: dict[str, dict[str, Any]]
+    ) -> bool:
+        """`update` the import if `condition` holds: True; False, changing nothing, if not."""
         try:
             self._client.update_item(
                 TableName=self._table,
                 Key=_import_key(import_id),
                 UpdateExpression=update,
-                ConditionExpression=f"total_final = :false AND {condition}" if condition else "total_final = :false",
+                ConditionExpression=condition,
                 ExpressionAttributeNames=names,
-                ExpressionAttributeValues={**values, ":false": {"BOOL": False}},
+                ExpressionAttributeValues=values,
             )
         except ClientError as error:
             if not _is_conditional_failure(error):
                 raise
+            return False
+        return True
 
     def finish_reading(
         self, import_id: str, file_format: str, total: int, at: datetime, last_line: int | None = None
@@ -334,7 +366,7 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
         ).get("Item")
         return item is not None and not item.get("uncounted", {}).get("BOOL", False)
 
-    def record(self, import_id: str, line: int, outcome: Outcome, error: LineError | None, at: datetime) -> bool:
+    def record(self, import_id: str, line: int, outcome: Outcome, error: LineError | None, at: datetime) -> Recorded:
         marker = {
             "id": {"S": _marker_id(import_id, line)},
             "outcome": {"S": outcome.value},
@@ -361,7 +393,7 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
                 found = failure.response.get("Item")
                 if found is not None:
                     self._keep_unkept_error(found)
-                return False
+                return Recorded.FOUND
             raise
         try:
             response = self._client.update_item(
@@ -387,7 +419,7 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
             # A message naming an import that does not exist (never a half-made import item), or
             # an import recounted from its markers, this line's included (recount()).
             logger.warning("no such import to record on", extra={"import_id": escape_for_log(import_id), "line": line})
-            return False
+            return Recorded.REFUSED
         values = from_item(response["Attributes"])
         # `failed` numbers the failures in the order they were recorded: the first ones are kept.
         ordinal = int(values.get("failed", 0))
@@ -401,7 +433,7 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
                 self._client.put_item(TableName=self._markers, Item={**marker, "unkept_error": {"M": entry}})
                 raise
         self._complete_if_done(import_id, values, at)
-        return True
+        return Recorded.COUNTED
 
     def complete_if_done(self, import_id: str, at: datetime, line: int | None = None) -> None:
         # One read of the import for both: writing an error never changes the import's item.
@@ -470,22 +502,13 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
         if done < int(values.get("total", 0)):
             return
         final = ImportStatus.COMPLETED_WITH_ERRORS if failed else ImportStatus.COMPLETED
-        try:
-            self._client.update_item(
-                TableName=self._table,
-                Key=_import_key(import_id),
-                UpdateExpression="SET #status = :final, updated_at = :now, finished_at = :now",
-                ConditionExpression="#status = :running",
-                ExpressionAttributeNames={"#status": "status"},
-                ExpressionAttributeValues={
-                    ":final": {"S": final.value},
-                    ":running": {"S": ImportStatus.RUNNING.value},
-                    ":now": {"S": timestamp(at)},
-                },
-            )
-        except ClientError as error:
-            if not _is_conditional_failure(error):
-                raise
+        self._update_if(
+            import_id,
+            "SET #status = :final, updated_at = :now, finished_at = :now",
+            "#status = :running",
+            {"#status": "status"},
+            {":final": {"S": final.value}, ":running": {"S": ImportStatus.RUNNING.value}, ":now": {"S": timestamp(at)}},
+        )
 
     # --- The recount of imports left short (core/import_recount.py) ----------------------------
     def stuck(self, now: datetime, idle: timedelta, again: timedelta) -> list[str]:
@@ -703,6 +726,7 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
             },
         }
         after_gap: list[ImportErrorEntry] = []
+        recovered: list[ImportErrorEntry] = []
         while True:
             response = self._client.query(**query)
             for item in response.get("Items", []):
@@ -713,7 +737,9 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
                     code=values["code"],
                     message=values["message"],
                 )
-                if values["sk"].startswith(_RECOVERED) or int(values["sk"]) <= MAX_REPORTED_ERRORS:
+                if values["sk"].startswith(_RECOVERED):
+                    recovered.append(entry)
+                elif int(values["sk"]) <= MAX_REPORTED_ERRORS:
                     if values["sk"] == f"{len(known) + 1:06d}" and not after_gap:
                         known.append(entry)
                     else:
@@ -726,7 +752,12 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
             self._read_errors.move_to_end(import_id)
             while len(self._read_errors) > self.CACHED_REPORTS:
                 self._read_errors.popitem(last=False)
-        return _once_per_line(known + after_gap)[:MAX_REPORTED_ERRORS]
+        # Past the `kept` first: an error under an ordinal is one of them; one under its line
+        # (_keep_lost_errors) stands for one lost, and may be of a failure counted past the first
+        # MAX_REPORTED_ERRORS, or of a line marked and not counted yet: those listed are the first
+        # by line, never by their keys' string order ("line#100" before "line#20").
+        recovered.sort(key=lambda entry: entry.line or 0)
+        return _once_per_line(known + after_gap + recovered)[:kept]
 
     def list(self, limit: int, cursor: str | None) -> tuple[list[ImportSummary], str | None]:
         query: dict[str, Any] = {

@@ -510,7 +510,7 @@ def test_an_import_a_killed_worker_left_short_is_recounted_by_the_reconciler_wit
         def update_item(self, **request: Any) -> Any:
             raise RuntimeError("killed between marking the line and counting it")
 
-    def record(self: DynamoImportLedger, import_id: str, line: int, *args: Any) -> bool:
+    def record(self: DynamoImportLedger, import_id: str, line: int, *args: Any) -> Any:
         if (import_id, line) == (target, 4) and not killed:
             killed.append(line)
             dying = copy.copy(self)

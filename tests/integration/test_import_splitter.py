@@ -13,6 +13,7 @@ from functions.adapters.imports import SqsOrderQueue
 from tests.builders import csv_file, csv_row
 from tests.integration.import_support import (
     ImportAws,
+    before_puts,
     before_updates,
     context,
     create_import_resources,
@@ -695,3 +696,108 @@ def test_bad_rows_a_retried_split_found_recorded_and_died_before_handing_over_ar
     resumed = report(import_id)
     assert (resumed["status"], resumed["total_final"], resumed["failed"]) == ("running", True, 60)
     assert [(e["line"], e["code"]) for e in resumed["errors"]] == [(n, "invalid_number") for n in bad_lines]
+
+
+def test_a_file_read_again_for_a_lost_error_is_handed_on_when_time_runs_short_and_keeps_it_once(
+    stack: ImportAws, monkeypatch: pytest.MonkeyPatch
+):
+    # The retried event of a split that lost a bad row's error after a duplicate delivery read the
+    # file whole reads the file again for its bad rows, one record() each: it ran to the end
+    # whatever the time left, and a file of 100,000 bad rows outlasted the invocation (retried,
+    # it started again from the first row). Out of time at every order here (the reserve above
+    # the 15 minutes), it hands the rest on as a split does, each continuation one order on.
+    from botocore.exceptions import ClientError
+
+    from functions.import_splitter import app
+    from functions.import_splitter.app import container, lambda_handler
+
+    rows = [csv_row("ext-1"), csv_row("ext-2", quantity="x"), csv_row("ext-3"), csv_row("ext-4", quantity="x")]
+    import_id = stack.put_file("incoming/orders.csv", csv_file(*rows))
+    event = stack.s3_event("incoming/orders.csv")
+    ledger = container().import_ledger
+    counted: list[str] = []
+
+    def duplicate_before_the_second_count(request: dict[str, Any]) -> None:
+        if request.get("ExpressionAttributeNames", {}).get("#counter") == "failed":
+            counted.append("failed")
+            if len(counted) == 2:  # line 5's: marked, not counted; the duplicate reads the file whole
+                lambda_handler(event, context("ImportSplitterFunction", 900))
+
+    before_updates(ledger, monkeypatch, duplicate_before_the_second_count)
+    refused = refuse_puts(
+        ledger,
+        monkeypatch,
+        lambda item: (
+            "error" if error_pk(item) and item["line"]["N"] == "5" else "fallback" if "unkept_error" in item else None
+        ),
+    )
+    with pytest.raises(ClientError):
+        lambda_handler(event, context("ImportSplitterFunction", 900))
+    assert refused == ["error", "fallback"]
+    lost = report(import_id)
+    assert (lost["total_final"], lost["failed"], [e["line"] for e in lost["errors"]]) == (True, 2, [3])
+
+    handed_on: list[dict[str, Any]] = []
+
+    class AsyncInvokes:
+        """Lambda's queue of asynchronous invocations, delivered by the loop below."""
+
+        def invoke(self, FunctionName: str, InvocationType: str, Payload: str) -> None:
+            assert InvocationType == "Event"
+            handed_on.append(json.loads(Payload))
+
+    monkeypatch.setattr(container(), "lambda_", AsyncInvokes())
+    monkeypatch.setattr(app, "HAND_OFF_RESERVE_MILLIS", 10**9)
+    errors_written: list[str] = []
+    before_puts(ledger, monkeypatch, lambda item: errors_written.append(item["sk"]["S"]) if error_pk(item) else None)
+    lambda_handler(event, context("ImportSplitterFunction", 900))  # Lambda's retry of the event
+    for continuation in handed_on:  # each as Lambda delivers it (those it hands on join the list)
+        lambda_handler(continuation, context("ImportSplitterFunction", 900))
+
+    assert [payload["continue_after_orders"] for payload in handed_on] == [1, 2, 3]  # then none missing
+    assert all(payload["Records"] == event["Records"] for payload in handed_on)
+    assert errors_written == ["line#5"]  # found recorded by the last continuation, written once
+    kept = report(import_id)
+    assert (kept["status"], kept["total"], kept["total_final"], kept["failed"]) == ("running", 4, True, 2)
+    assert [(e["line"], e["code"]) for e in kept["errors"]] == [(3, "invalid_number"), (5, "invalid_number")]
+    assert sorted(json.loads(m["Body"])["external_id"] for m in queued(stack)) == ["ext-1", "ext-3"]  # the duplicate's
+
+
+def test_a_bad_rows_count_throttled_after_a_duplicate_delivery_read_the_file_whole_is_counted_by_the_retried_event(
+    stack: ImportAws, monkeypatch: pytest.MonkeyPatch
+):
+    # This delivery marked line 3 (a bad row), a duplicate delivery found it marked and read the
+    # file whole, then DynamoDB throttled this delivery's count: the marker is flagged uncounted
+    # for the line's redelivery to count, and a split's is its event's retry, which stopped at
+    # begin() (the total final, the report short of no error it counted). The recount waits on an
+    # uncounted marker, and the import stayed running, one short, for good.
+    from botocore.exceptions import ClientError
+
+    from functions.import_splitter.app import container, lambda_handler
+    from tests.integration.import_support import seed_catalog, worker
+
+    seed_catalog()
+    import_id = stack.put_file("incoming/orders.csv", csv_file(csv_row("ext-1"), csv_row("ext-2", quantity="x")))
+    event = stack.s3_event("incoming/orders.csv")
+    throttled: list[str] = []
+
+    def duplicate_then_throttled(request: dict[str, Any]) -> None:
+        if request.get("ExpressionAttributeNames", {}).get("#counter") == "failed" and not throttled:
+            throttled.append("count")
+            lambda_handler(event, context("ImportSplitterFunction", 900))  # finds line 3 marked; reads it all
+            raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "slow down"}}, "UpdateItem")
+
+    before_updates(container().import_ledger, monkeypatch, duplicate_then_throttled)
+    with pytest.raises(ClientError):
+        lambda_handler(event, context("ImportSplitterFunction", 900))
+    assert throttled == ["count"]
+    assert (report(import_id)["total_final"], report(import_id)["failed"]) == (True, 0)
+
+    lambda_handler(event, context("ImportSplitterFunction", 900))  # Lambda's retry of the event
+    stack.drain(worker)
+
+    done = report(import_id)
+    assert (done["status"], done["total"], done["imported"], done["failed"]) == ("completed_with_errors", 2, 1, 1)
+    assert [(e["line"], e["code"]) for e in done["errors"]] == [(3, "invalid_number")]
+    lambda_handler(event, context("ImportSplitterFunction", 900))  # a duplicate delivery: nothing more
+    assert report(import_id) == done

@@ -21,6 +21,7 @@ from tests.integration.import_support import (
     create_import_resources,
     error_pk,
     refuse_an_error_and_its_fallback,
+    refuse_puts,
     report,
     seed_catalog,
     split,
@@ -228,7 +229,7 @@ def test_a_message_redelivered_after_its_order_took_the_last_units_counts_it_imp
 
     # The first delivery places the order and dies before recording it; by the redelivery, the
     # order's own reservation has taken the units.
-    def killed(*args: Any) -> bool:
+    def killed(*args: Any) -> Any:
         raise TimeoutError("the worker ran out of time")
 
     with monkeypatch.context() as patched:
@@ -620,6 +621,96 @@ def test_only_the_first_1000_errors_are_kept_and_failed_counts_them_all(stack: I
     assert [e["line"] for e in imported["errors"]] == [2, 7, 9]  # the first three recorded, by line
 
 
+def test_errors_kept_under_their_lines_past_the_cap_are_listed_by_line_not_by_their_keys_string_order(
+    stack: ImportAws, monkeypatch: pytest.MonkeyPatch
+):
+    # The second failure's error (line 9) was lost with its fallback; two lines found recorded at
+    # once each read the report short of one and wrote a marker's error under its line: line 9's
+    # and line 20's (a failure counted past the cap). One too many: the cut followed the keys'
+    # string order ("line#20" before "line#9") and dropped line 9's, one of the first recorded.
+    from botocore.exceptions import ClientError
+
+    from core.import_service import Outcome
+    from core.imports import LineError
+    from core.models import utc_now
+    from functions.import_worker.app import container
+
+    monkeypatch.setattr("functions.adapters.imports.MAX_REPORTED_ERRORS", 3)
+    ledger = container().import_ledger
+    ledger.begin("imp_cut", "s3://b/k", utc_now())
+    refused = refuse_puts(
+        ledger,
+        monkeypatch,
+        lambda item: (
+            "error" if error_pk(item) and item["line"]["N"] == "9" else "fallback" if "unkept_error" in item else None
+        ),
+    )
+    for line in (2, 9, 50, 20):  # ordinals 1 to 4: the first three are kept
+        try:
+            ledger.record("imp_cut", line, Outcome.FAILED, LineError(line, None, "unknown_sku", "no"), utc_now())
+        except ClientError:
+            assert line == 9
+    assert refused == ["error", "fallback"]
+    assert [e["line"] for e in report("imp_cut")["errors"]] == [2, 50]
+    written: list[str] = []
+
+    def line_9_found_meanwhile(item: dict[str, Any]) -> None:
+        if error_pk(item):
+            written.append(item["sk"]["S"])
+            if written == ["line#20"]:
+                ledger.keep_lost_errors("imp_cut", [9])  # reads the report short of one too
+
+    before_puts(ledger, monkeypatch, line_9_found_meanwhile)
+    ledger.keep_lost_errors("imp_cut", [20])
+
+    assert written == ["line#20", "line#9"]
+    for _ in range(2):  # read afresh, then from what this instance read
+        assert [e["line"] for e in report("imp_cut")["errors"]] == [2, 9, 50]
+    assert ledger.get("imp_cut").failed == 4
+
+
+def test_a_report_never_lists_more_errors_than_the_failures_it_counted(
+    stack: ImportAws, monkeypatch: pytest.MonkeyPatch
+):
+    # A worker counted line 30's failure and had not written its error yet when a twin of line 7
+    # (marked by a worker killed before its count: the recount counts it) found it recorded, the
+    # report short of one, and wrote line 7's error under its line: then line 30's came, and the
+    # report listed three errors beside `failed: 2`.
+    from core.import_service import Outcome
+    from core.imports import LineError
+    from core.models import utc_now
+    from functions.adapters.imports import _error_fields, _marker_id
+    from functions.import_worker.app import container
+
+    ledger = container().import_ledger
+    ledger.begin("imp_over", "s3://b/k", utc_now())
+    assert ledger.record("imp_over", 2, Outcome.FAILED, LineError(2, None, "unknown_sku", "no"), utc_now()) == "counted"
+    written: list[str] = []
+
+    def line_7_found_meanwhile(item: dict[str, Any]) -> None:
+        if error_pk(item):
+            written.append(item["sk"]["S"])
+            if written == ["000002"]:
+                marker = {
+                    "outcome": {"S": "failed"},
+                    "error": {"M": _error_fields(LineError(7, None, "no_stock", "no"))},
+                }
+                ledger._client.put_item(
+                    TableName=ledger._markers, Item={"id": {"S": _marker_id("imp_over", 7)}, **marker}
+                )
+                ledger.keep_lost_errors("imp_over", [7])
+
+    before_puts(ledger, monkeypatch, line_7_found_meanwhile)
+    assert (
+        ledger.record("imp_over", 30, Outcome.FAILED, LineError(30, None, "unknown_sku", "no"), utc_now()) == "counted"
+    )
+
+    assert written == ["000002", "line#7"]  # line 30's error is put after line 7's
+    for _ in range(2):  # read afresh, then from what this instance read
+        found = report("imp_over")
+        assert (found["failed"], [e["line"] for e in found["errors"]]) == (2, [2, 30])
+
+
 def test_a_followed_report_reads_only_new_errors_and_rereads_past_a_gap(stack: ImportAws):
     """A client polling a running import must not make every poll read every kept error; an error
     counted but not yet written (a worker between its two writes) must not be skipped for good."""
@@ -637,7 +728,7 @@ def test_a_followed_report_reads_only_new_errors_and_rereads_past_a_gap(stack: I
 
     def fail(line: int) -> None:
         error = LineError(line, f"ext-{line}", "unknown_sku", "no product")
-        assert ledger.record("imp_follow", line, Outcome.FAILED, error, utc_now())
+        assert ledger.record("imp_follow", line, Outcome.FAILED, error, utc_now()) == "counted"
 
     def lines() -> list[int | None]:
         found = ledger.get("imp_follow")
@@ -693,7 +784,8 @@ def test_a_line_s_error_kept_under_two_ordinals_is_listed_once_read_afresh_or_fr
     ledger, client = container().import_ledger, container().dynamodb
     ledger.begin("imp_twice", "s3://b/k", utc_now())
     for line in (10, 20):
-        assert ledger.record("imp_twice", line, Outcome.FAILED, LineError(line, None, "unknown_sku", "no"), utc_now())
+        error = LineError(line, None, "unknown_sku", "no")
+        assert ledger.record("imp_twice", line, Outcome.FAILED, error, utc_now()) == "counted"
     client.update_item(
         TableName=stack.tables["CatalogTable"], Key=_import_key("imp_twice"),
         UpdateExpression="ADD failed :one", ExpressionAttributeValues={":one": {"N": "1"}},
@@ -741,6 +833,41 @@ def test_a_sender_places_orders_only_for_its_channels_and_a_refused_one_is_not_r
     assert stack.messages_waiting(stack.dlq_url) == 0
     assert stored_order("erp", "erp-1") is not None
     assert stored_order("market", "mk-1") is None
+
+
+def test_a_line_naming_an_import_that_does_not_exist_is_not_taken_for_a_line_recorded_before(
+    stack: ImportAws, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    # record() answered False both for a line recorded before and for one with no import to count
+    # it on (none such, or one recounted from its markers): the worker then read the import again
+    # for a lost error of the line, and logged the line "already recorded" after "no such import".
+    import logging
+
+    from functions.import_worker.app import container
+
+    ledger = container().import_ledger
+    looked: list[list[int]] = []
+    keep_lost_errors = ledger.keep_lost_errors
+
+    def looking(import_id: str, lines: list[int]) -> None:
+        looked.append(lines)
+        keep_lost_errors(import_id, lines)
+
+    monkeypatch.setattr(ledger, "keep_lost_errors", looking)
+    body = order_body(channel="market", external_id="gone-1", lines=[{"sku": "TSHIRT", "quantity": 1}])
+    attributes = {  # from the splitter's sender, unsigned: an import begun before lines were signed
+        "import_id": {"DataType": "String", "StringValue": "imp_" + "a" * 24},
+        "line": {"DataType": "Number", "StringValue": "2"},
+    }
+    stack.sqs.send_message(QueueUrl=stack.queue_url, MessageBody=json.dumps(body), MessageAttributes=attributes)
+    caplog.set_level(logging.INFO)
+
+    stack.drain(worker)
+
+    assert stored_order("market", "gone-1") is not None  # captured all the same
+    logged = [record.getMessage() for record in caplog.records]
+    assert "no such import to record on" in logged
+    assert ("import line already recorded" in logged, looked) == (False, [])
 
 
 def test_a_sender_that_is_not_the_splitter_cannot_write_on_an_import(stack: ImportAws, another_sender: str):

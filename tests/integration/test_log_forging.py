@@ -112,7 +112,8 @@ def test_an_import_id_from_a_message_is_escaped_in_the_no_such_import_warning(
     create_import_resources(aws, monkeypatch)
     caplog.set_level(logging.WARNING)
 
-    assert not container().import_ledger.record("imp_x\nERROR forged\x1b[0m", 1, Outcome.IMPORTED, None, utc_now())
+    forged = "imp_x\nERROR forged\x1b[0m"
+    assert container().import_ledger.record(forged, 1, Outcome.IMPORTED, None, utc_now()) == "refused"
 
     [record] = [r for r in caplog.records if r.getMessage() == "no such import to record on"]
     assert record.import_id == "imp_x\\nERROR forged\\x1b[0m"
