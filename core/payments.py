@@ -5,8 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import pluggy
 
@@ -23,8 +22,7 @@ from core.money import Money
 from core.workflow_types import PaymentResult
 
 
-@dataclass(frozen=True)
-class Failure:
+class Failure(NamedTuple):
     """One failed attempt at the gateway: what the order's history records."""
 
     operation: str  # authorize, capture, void or refund

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from decimal import Decimal
+from typing import NamedTuple
 
 import pluggy
 
@@ -18,8 +18,7 @@ DEFAULT_SHIPPING_METHOD = "standard"
 PICKUP_METHOD = "pickup"
 
 
-@dataclass(frozen=True)
-class PricedOrder:
+class PricedOrder(NamedTuple):
     lines: list[OrderLine]
     totals: Totals
     shipping_method: str

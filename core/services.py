@@ -7,7 +7,6 @@ import binascii
 import json
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -602,8 +601,7 @@ def _units(order: Order) -> dict[str, int]:
 def _shipped_for(priced: PricedOrder, shipping: Money) -> PricedOrder:
     """`priced` with its shipping charged `shipping`, its grand total with it."""
     totals = priced.totals
-    return replace(
-        priced,
+    return priced._replace(
         totals=Totals(
             subtotal=totals.subtotal, discount=totals.discount, shipping=shipping, tax=totals.tax,
             grand_total=totals.grand_total - totals.shipping + shipping,

@@ -36,8 +36,7 @@ import itertools
 import math
 import operator
 from collections import Counter
-from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, NamedTuple
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
@@ -85,8 +84,7 @@ def haversine_km(a: tuple[float, float], b: tuple[float, float]) -> float:
     return 2 * EARTH_RADIUS_KM * math.asin(min(1.0, math.sqrt(h)))
 
 
-@dataclass(frozen=True)
-class Destination:
+class Destination(NamedTuple):
     """Where distances are measured to, and (when it is not the address's own point) how it was placed."""
 
     point: tuple[float, float] | None
@@ -126,8 +124,7 @@ def _region_code(address: Address) -> str | None:
     return region.removeprefix(prefix) if region.startswith(prefix) else region
 
 
-@dataclass(frozen=True)
-class Candidate:
+class Candidate(NamedTuple):
     location_id: str
     distance_km: float | None
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from core import hookimpl
 from core.money import Money
@@ -11,8 +11,7 @@ from core.pricing_types import PricingDraft, ShippingQuote
 METHOD = "ground"
 
 
-@dataclass(frozen=True)
-class GroundRate:
+class GroundRate(NamedTuple):
     base: Money
     per_kg: Money
 

@@ -6,16 +6,14 @@ DynamoApiKeys writes the items this reads; the key layout lives here so both agr
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 
 def lookup_key(secret_hash: str) -> dict[str, Any]:
     return {"pk": {"S": f"APIKEY#{secret_hash}"}, "sk": {"S": "APIKEY"}}
 
 
-@dataclass(frozen=True)
-class KeyGrant:
+class KeyGrant(NamedTuple):
     """What a stored key lets its caller do, as the authorizer passes it on."""
 
     key_id: str
