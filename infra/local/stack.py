@@ -7,7 +7,8 @@ gateway over HTTP) and Activity (activity.py: event source pollers and state mac
 
 One process runs every function and has one os.environ, so the stack exports the *union* of
 Globals.Function.Environment and every function's own variables, resolved
-(`stack.function_environments` keeps what each function would see on AWS), plus AWS_* (fake
+(`stack.function_environments` keeps what each function would see on AWS), with the local
+schedules over it (each scheduled function's period, the compressed webhook retries), plus AWS_* (fake
 credentials, region), MOTO_PORT (moto's Step Functions interpreter calls back there) and
 AWS_ENDPOINT_URL_S3, botocore's own setting: the stack's AWS endpoint, so presigned URLs (shipping
 labels) point where a client outside the process can GET them, while moto serves the functions'
@@ -138,13 +139,26 @@ PARAMETER_ENV = {
     "OMS_AUTHORIZER_CACHE_SECONDS": "AuthorizerCacheSeconds",
 }
 
-# Template parameters the local stack sets unless the caller does: webhook retries compressed
-# from 24 hours to a minute (at least 3 attempts in its first 60 s, API.md).
-LOCAL_PARAMETERS = {
-    "WebhookRetryBaseSeconds": "2",
-    "WebhookRetryMaxDelaySeconds": "8",
-    "WebhookRetryWindowSeconds": "60",
+# The webhook retry schedule under `make run`: the contract's 24 hours compressed to a minute
+# (API.md: at least 3 attempts within the first 60 s). These are the functions' variables, set
+# over what the template resolves (as the schedule periods are), not its parameters: a deploy
+# refuses a window under 24 hours (WebhookRetryWindowSeconds' MinValue) and so does the stack's
+# parameter check, which holds for every value the shell or the caller gives. A variable whose
+# parameter is given keeps that value (_compressed_retries); function_environments, what AWS
+# would set, keeps the template's.
+COMPRESSED_WEBHOOK_RETRIES = {
+    "WEBHOOK_RETRY_BASE_SECONDS": "2",
+    "WEBHOOK_RETRY_MAX_DELAY_SECONDS": "8",
+    "WEBHOOK_RETRY_WINDOW_SECONDS": "60",
 }
+
+
+def _compressed_retries(template: Template) -> dict[str, str]:
+    """COMPRESSED_WEBHOOK_RETRIES' variables that a function sets to a parameter not given here."""
+    fed = template.parameter_variables()
+    given = {var for var, parameter in fed if parameter in template.parameter_overrides}
+    declared = {var for var, _ in fed}
+    return {var: value for var, value in COMPRESSED_WEBHOOK_RETRIES.items() if var in declared - given}
 
 
 class EmbeddedStack:
@@ -204,7 +218,7 @@ class EmbeddedStack:
                 " does not take it from the shell: "
                 + (f"set {instead} instead" if instead else "unset it, or change the Default")
             )
-        self.template.parameter_overrides.update({**LOCAL_PARAMETERS, **from_shell, **(parameter_overrides or {})})
+        self.template.parameter_overrides.update({**from_shell, **(parameter_overrides or {})})
         # What a deploy refuses is refused here, named by the variable when it set the value.
         set_by = self.template.parameter_overrides
         self.template.check_parameters(
@@ -271,9 +285,12 @@ class EmbeddedStack:
             s3_mappings = self.activity.build()
             for mapping in s3_mappings:  # a function with an S3 event may be invoked asynchronously too
                 self._lambda_service.asynchronous[mapping.function.name] = mapping.enqueue
-            periods = _schedule_periods(self.mappings.values(), self.function_environments)
-            self.environment.update(periods)  # what the functions see: the template's value, overridden
-            self.process.set_env(periods)
+            local = {
+                **_schedule_periods(self.mappings.values(), self.function_environments),
+                **_compressed_retries(self.template),
+            }
+            self.environment.update(local)  # what the functions see: the template's value, overridden
+            self.process.set_env(local)
             if s3_mappings:
                 self.process.enter(s3_notifications.PATCH.registered(*s3_mappings))
             self._admin_key_bootstrap(self.admin_key)

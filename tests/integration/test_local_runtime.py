@@ -286,6 +286,11 @@ def test_a_number_an_integer_property_cannot_take_is_refused_naming_its_paramete
         ("ReturnWindowDays", "36501", "must be at most 36500"),
         ("AuthorizerCacheSeconds", 301, "must be at most 300"),
         ("WebhookRetryBaseSeconds", "0", "must be at least 1"),
+        # API.md: a failing delivery is retried for at least 24 hours, at least daily (the local
+        # stack's minute is its own, not the template's: a deploy may not shorten the window).
+        ("WebhookRetryWindowSeconds", "3600", "must be at least 86400"),
+        ("WebhookRetryWindowSeconds", "0", "must be at least 86400"),
+        ("WebhookRetryMaxDelaySeconds", "86401", "must be at most 86400"),
         ("LogRetentionDays", "31", "must be one of 1, 3, 5"),
         ("ApiRateLimit", "many", "must be a number"),
         # What Python's float() takes and a deploy's Number does not: `make run` took OMS_RATE_LIMIT=1_000.
@@ -370,7 +375,7 @@ def test_every_variable_a_parameter_sets_for_a_function_is_taken_from_the_shell_
     # a variable fed by a parameter reaches the functions only as that parameter. A hand-kept list
     # of them missed RECONCILE_AFTER_MINUTES, RECONCILE_PARK_AFTER_MINUTES, WEBHOOK_RETRY_*_SECONDS
     # and IMPORT_QUEUE_SENDER_CHANNELS: `make run` silently kept the template's (or its own) value.
-    from infra.local.stack import EmbeddedStack
+    from infra.local.stack import EmbeddedStack, _compressed_retries
 
     template = Template.load()
     fed = {
@@ -389,11 +394,26 @@ def test_every_variable_a_parameter_sets_for_a_function_is_taken_from_the_shell_
     stack = EmbeddedStack(api_port=0, aws_port=0, seed=False)
     taken = ("ReconcileAfterMinutes", "WebhookRetryBaseSeconds", "ImportQueueSenderChannels")
     assert tuple(stack.template.parameter(name) for name in taken) == ("20", "5", "AROAEXAMPLE=web")
-    assert stack.template.parameter("WebhookRetryMaxDelaySeconds") == "8"  # the local default, unset in the shell
+    # The base is the shell's; the local stack still compresses the two retry variables it left unset.
+    assert _compressed_retries(stack.template) == {
+        "WEBHOOK_RETRY_MAX_DELAY_SECONDS": "8",
+        "WEBHOOK_RETRY_WINDOW_SECONDS": "60",
+    }
 
     monkeypatch.setenv("RECONCILE_AFTER_MINUTES", "5")  # a deploy refuses it (MinValue 6)
     with pytest.raises(ValueError, match=r"^RECONCILE_AFTER_MINUTES: parameter ReconcileAfterMinutes must be at least"):
         EmbeddedStack(api_port=0, aws_port=0, seed=False)
+    monkeypatch.delenv("RECONCILE_AFTER_MINUTES")
+    # The shell's window is the parameter's, checked as a deploy checks it: the compression is not.
+    monkeypatch.setenv("WEBHOOK_RETRY_WINDOW_SECONDS", "3600")
+    with pytest.raises(
+        ValueError, match=r"^WEBHOOK_RETRY_WINDOW_SECONDS: parameter WebhookRetryWindowSeconds must be at least 86400"
+    ):
+        EmbeddedStack(api_port=0, aws_port=0, seed=False)
+    monkeypatch.setenv("WEBHOOK_RETRY_WINDOW_SECONDS", "172800")
+    stack = EmbeddedStack(api_port=0, aws_port=0, seed=False)
+    assert stack.template.parameter("WebhookRetryWindowSeconds") == "172800"
+    assert _compressed_retries(stack.template) == {"WEBHOOK_RETRY_MAX_DELAY_SECONDS": "8"}  # the base is the shell's
 
 
 def test_the_return_window_is_taken_from_the_shell_and_refused_by_its_variable(monkeypatch: pytest.MonkeyPatch):
@@ -1201,6 +1221,28 @@ def test_the_make_run_banner_says_where_everything_is_and_how_to_place_a_first_o
     for mapping in stack.mappings.values():
         assert f"{mapping.source_label} -> {mapping.function_logical_id}" in text
     assert text.endswith("make import FILE=events/orders-sample.csv\n\nCtrl-C stops it (everything is in memory).")
+
+
+def test_the_functions_retry_webhooks_on_the_local_stacks_minute_while_the_template_keeps_a_day(stack):
+    # API.md: retried for at least 24 hours; the local stack compresses that to at least 3 attempts
+    # within the first 60 s. The template's parameters may not go under a day (a deploy refuses
+    # it), so the stack sets the functions' variables over them instead.
+    from core.webhooks import RetrySchedule
+    from functions.bootstrap import Config, bootstrap
+
+    compressed = {
+        "WEBHOOK_RETRY_BASE_SECONDS": "2",
+        "WEBHOOK_RETRY_MAX_DELAY_SECONDS": "8",
+        "WEBHOOK_RETRY_WINDOW_SECONDS": "60",
+    }
+    assert {name: os.environ[name] for name in compressed} == compressed
+    assert {name: stack.environment[name] for name in compressed} == compressed
+    aws = stack.function_environments["WebhookDeliveryFunction"]  # what each function would see on AWS
+    assert {name: aws[name] for name in compressed} == dict(zip(compressed, ("30", "3600", "86400"), strict=True))
+    assert stack.function_environments["EventsFunction"]["WEBHOOK_RETRY_WINDOW_SECONDS"] == "86400"
+
+    # What a function reads: the schedule tests/unit/test_webhooks.py shows making 3 attempts in 60 s.
+    assert bootstrap(Config.from_env()).retry_schedule == RetrySchedule(2, 8, 60)
 
 
 def test_stack_stop_restores_the_environment_and_frees_the_ports():

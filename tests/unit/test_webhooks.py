@@ -228,6 +228,7 @@ def test_a_failing_subscriber_is_tried_for_the_whole_window_with_a_last_attempt_
 
 
 def test_the_local_schedule_makes_at_least_three_attempts_in_the_first_minute():
+    # The local stack's schedule (infra/local/stack.py COMPRESSED_WEBHOOK_RETRIES).
     schedule = RetrySchedule(base_seconds=2, max_delay_seconds=8, window_seconds=60)
     delivery = record(retry_until=NOW + timedelta(seconds=60))
     now, attempts = NOW, [NOW]
