@@ -6,7 +6,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationInfo, field_validator
 
-from core.models import Channel, CleanText, VisibleName
+from core.models import Channel, CleanText, Shown, VisibleName
 from core.secret_hashes import hash_secret as hash_secret  # re-exported: see core.secret_hashes
 from core.secret_hashes import new_secret as new_secret
 
@@ -30,7 +30,7 @@ class Scope(StrEnum):
 ADMIN_KEY_ID = "key_admin"
 
 
-class ApiKey(BaseModel, defer_build=True):
+class ApiKey(Shown):
     id: str
     # One stored before invisible characters were refused (NewApiKey) shows each as U+FFFD.
     name: Annotated[str, VisibleName]

@@ -509,8 +509,11 @@ _BUILDING: set[type] = set()
 
 
 class Address(SharedPart, Strict):
-    # What is stored is an Address, whichever input model (AddressInput) it was sent as.
-    model_config = ConfigDict(extra="forbid", revalidate_instances="subclass-instances")
+    # What is stored is an Address, whichever input model (AddressInput) it was sent as. Every
+    # answer shows each field (Shown); a request's AddressInput keeps the optional ones optional.
+    model_config = ConfigDict(
+        extra="forbid", revalidate_instances="subclass-instances", json_schema_serialization_defaults_required=True
+    )
 
     name: StoredText
     line1: StoredText
@@ -633,6 +636,9 @@ class ProductInput(Strict):
 
 
 class Product(ProductInput):
+    # What the API answers (Shown): every field, an unset one as null; ProductInput's stay optional.
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)
+
     name: StoredText
     sku: Identifier
     updated_at: datetime
@@ -649,6 +655,8 @@ class LocationInput(Strict):
 
 
 class Location(LocationInput):
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)  # as Product's
+
     name: StoredText
     address: Address
     location_id: Identifier
@@ -729,7 +737,10 @@ class Customer(SharedPart, Strict):
     """The customer an order is for, as stored. What is stored is a Customer, whichever input model
     (CustomerInput) it was sent as."""
 
-    model_config = ConfigDict(extra="forbid", revalidate_instances="subclass-instances")
+    # Every answer shows `name`, null when none was given (as Shown); CustomerInput's stays optional.
+    model_config = ConfigDict(
+        extra="forbid", revalidate_instances="subclass-instances", json_schema_serialization_defaults_required=True
+    )
 
     id: Identifier
     email: StoredEmail
@@ -851,7 +862,7 @@ class PromotionGrant(BaseModel, defer_build=True):
     free_shipping: bool = False
 
 
-class OrderLine(BaseModel, defer_build=True):
+class OrderLine(Shown):
     line_id: str
     sku: str
     quantity: int
@@ -895,7 +906,7 @@ class RefundedUnits(SharedPart, BaseModel, defer_build=True):
     amount: Money
 
 
-class RefundPart(BaseModel, defer_build=True):
+class RefundPart(Shown):
     """One gateway refund of a refund that gives back captures made under more than one of the
     order's authorizations (PaymentRefund.parts): asked against its own authorization under its
     own key (core/payment_keys.py), and recorded as the gateway answered it."""
@@ -913,7 +924,7 @@ class RefundPart(BaseModel, defer_build=True):
         return _replaced(self, status="failed", message=message[:500])
 
 
-class PaymentRefund(BaseModel, defer_build=True):
+class PaymentRefund(Shown):
     """One refund of the order, under an id derived from its idempotency key. It is written
     `pending` before the gateway is asked (so two refunds cannot both take the last of what was
     captured), then `succeeded` once the gateway approved it or `failed` when it refused; only a
@@ -990,7 +1001,9 @@ class Payment(BaseModel):
     that follows the gateway's approval of the operation that moves them."""
 
     # A Payment handed to a new Order version is validated again, so no status escapes the enum.
-    model_config = ConfigDict(revalidate_instances="always", defer_build=True)
+    model_config = ConfigDict(
+        revalidate_instances="always", defer_build=True, json_schema_serialization_defaults_required=True
+    )
 
     method: str
     status: PaymentStatus = PaymentStatus.PENDING
@@ -1102,7 +1115,9 @@ class ShipmentLine(BaseModel, defer_build=True):
 
 
 class Shipment(BaseModel):
-    model_config = ConfigDict(revalidate_instances="always", defer_build=True)
+    model_config = ConfigDict(
+        revalidate_instances="always", defer_build=True, json_schema_serialization_defaults_required=True
+    )
 
     id: str
     location_id: str
@@ -1214,7 +1229,7 @@ class ReportedDelivery(BaseModel, defer_build=True):
     given_up: bool = False
 
 
-class Hold(BaseModel, defer_build=True):
+class Hold(Shown):
     """Why an order is on hold and since when. `resume_to`, the status a release returns it to,
     is the system's own: stored with the order (Order.stored_json) but not part of the contract's
     `hold: {reason, note, since}`, so no response shows it."""
@@ -1313,7 +1328,7 @@ def review_detail(requests: list[ReviewRequest]) -> dict[str, Any]:
     return detail
 
 
-class HistoryEntry(BaseModel, defer_build=True):
+class HistoryEntry(Shown):
     at: datetime
     type: OrderEvent
     from_status: OrderStatus | None = None
@@ -1471,7 +1486,7 @@ _ALL_SHIPPED = frozenset(
 _CAPTURABLE = frozenset({PaymentStatus.AUTHORIZED, PaymentStatus.PARTIALLY_CAPTURED, PaymentStatus.PARTIALLY_REFUNDED})
 
 
-class Order(BaseModel, defer_build=True):
+class Order(Shown):
     """The aggregate. Its methods are the only way to a new version: each returns that version,
     validated and checked against the status tables, with the history entry that explains it.
     They decide; the services read, call gateways and write."""
@@ -4384,7 +4399,7 @@ def _shipped_by_line(lines: list[OrderLine], shipments: list[Shipment]) -> dict[
 REFUNDABLE = frozenset({PaymentStatus.PARTIALLY_CAPTURED, PaymentStatus.CAPTURED, PaymentStatus.PARTIALLY_REFUNDED})
 
 
-class HistoryPage(BaseModel, defer_build=True):
+class HistoryPage(Shown):
     items: list[HistoryEntry]
 
 

@@ -6,13 +6,13 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, Field, TypeAdapter
+from pydantic import Field, TypeAdapter
 
 from core.domain_events import EventType, order_events
 from core.fields import empty_list
 from core.hook_calls import call_hook
 from core.ids import short_hash
-from core.models import VisibleText
+from core.models import Shown, VisibleText
 from core.services import OrderQueries
 from core.status import OrderStatus
 
@@ -24,12 +24,12 @@ class NotificationKind(StrEnum):
     REFUNDED = "refunded"
 
 
-class Recipient(BaseModel, defer_build=True):
+class Recipient(Shown):
     email: str
     name: str | None = None
 
 
-class Notification(BaseModel, defer_build=True):
+class Notification(Shown):
     """One message to the customer of an order. `id` is the id of the event it tells of, so a
     redelivered change records and sends it once. `details` holds the few facts a plugin's own
     template may use; nothing else of the order is in it (never its payment)."""

@@ -18,6 +18,7 @@ from core import PROJECT, hookspecs
 from core.errors import PluginUnavailable
 from core.fields import empty_list
 from core.hook_calls import plugin_words, recording
+from core.models import Shown
 from core.money import Money
 
 # The built-in gateway that approves any `tok_approve`: a deployment that loaded it by accident
@@ -26,7 +27,7 @@ TEST_PAYMENTS = "test_payments"
 TEST_PAYMENTS_OFF = "the test gateway approves anything: it loads only with OMS_ENABLE_TEST_PAYMENTS=true"
 
 
-class PluginInfo(BaseModel, defer_build=True):
+class PluginInfo(Shown):
     """One plugin as GET /plugins lists it."""
 
     name: str = Field(description="The entry-point name (or the name code registered it under)")

@@ -5,11 +5,21 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Literal, NamedTuple
 
-from pydantic import BaseModel, Field, StringConstraints
+from pydantic import Field, StringConstraints
 
 from core.errors import InvalidRequest
 from core.ids import short_hash
-from core.models import CREDIT_NOT_USED, CleanText, Order, OrderLine, PaymentRefund, RefundedUnits, Strict, VisibleText
+from core.models import (
+    CREDIT_NOT_USED,
+    CleanText,
+    Order,
+    OrderLine,
+    PaymentRefund,
+    RefundedUnits,
+    Shown,
+    Strict,
+    VisibleText,
+)
 from core.money import Money
 
 __all__ = [
@@ -479,7 +489,7 @@ def _kept_back_refund(key: str, kept: Callable[[Order], Money]) -> KeptBackDecis
 # --- What the API shows -------------------------------------------------------------------
 
 
-class Refund(BaseModel, defer_build=True):
+class Refund(Shown):
     """A refund as the contract shows it. `pending` only while the gateway has not answered (a
     request interrupted there, or a gateway that stayed unavailable): repeating the request with
     the same Idempotency-Key, the returns workflow's retry, or else the reconciler's pass
@@ -567,7 +577,7 @@ def with_refunds_shown(order: Order) -> Order:
     return order.model_copy(update={"payment": order.payment.model_copy(update={"refunds": shown})})
 
 
-class RefundPage(BaseModel, defer_build=True):
+class RefundPage(Shown):
     items: list[Refund]
     next_cursor: str | None = None
 

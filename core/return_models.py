@@ -94,7 +94,9 @@ class ReceiveReturn(Strict):
 class ReturnLine(BaseModel):
     # Validated again in each new version of its return (Return._next copies lines with
     # model_copy, which does not validate), so no count a receipt gets wrong is stored.
-    model_config = ConfigDict(revalidate_instances="always", defer_build=True)
+    model_config = ConfigDict(
+        revalidate_instances="always", defer_build=True, json_schema_serialization_defaults_required=True
+    )
 
     line_id: str
     quantity: Annotated[int, Field(ge=1)]
@@ -150,7 +152,9 @@ class Return(BaseModel):
     """One return (RMA) of an order. Its methods are the only way to a new version: each checks
     the transition table and bumps the version the repository's conditional write expects."""
 
-    model_config = ConfigDict(revalidate_instances="always", defer_build=True)
+    model_config = ConfigDict(
+        revalidate_instances="always", defer_build=True, json_schema_serialization_defaults_required=True
+    )
 
     id: str
     order_id: str

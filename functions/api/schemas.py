@@ -4,7 +4,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from core.models import Order
+from core.models import Order, Shown
 from core.status import OrderStatus
 
 # Built on first use, as core's models are (core/models.py): the error models serve the OpenAPI
@@ -29,7 +29,7 @@ class ErrorBody(BaseModel, defer_build=True):
 # A page of a list is written out, not made as a generic `Page[Order]`: pydantic builds a generic
 # model's origin the moment it is parametrized, whatever its defer_build, so every new API
 # container (which imports this module to serve POST /orders) built a model no order needs.
-class OrderPage(BaseModel, defer_build=True):
+class OrderPage(Shown):
     items: list[Order]
     next_cursor: str | None = None
 

@@ -5,9 +5,9 @@ from typing import Annotated
 from aws_lambda_powertools.event_handler import Response, content_types
 from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.openapi.params import Query
-from pydantic import BaseModel
 
 from core.access import ApiKey, IssuedApiKey, NewApiKey, Scope
+from core.models import Shown
 from core.ports import ApiStage
 from functions.api.access import requires
 from functions.api.dependencies import container
@@ -20,7 +20,7 @@ router = Router()
 KeyIdPath = existing("API key", r"^key_[a-z0-9]{1,40}$", "API key id")
 
 
-class ApiKeyPage(BaseModel, defer_build=True):
+class ApiKeyPage(Shown):
     items: list[ApiKey]
     next_cursor: str | None = None
 

@@ -8,7 +8,7 @@ from aws_lambda_powertools.event_handler.openapi.params import Path, Query
 from pydantic import BaseModel
 
 from core.access import Scope
-from core.models import Location, LocationInput, Product, ProductInput
+from core.models import Location, LocationInput, Product, ProductInput, Shown
 from functions.api.access import ANY_KEY, requires
 from functions.api.dependencies import container
 from functions.api.paths import existing
@@ -25,7 +25,7 @@ KnownSkuPath = existing("product", IDENTIFIER, "Product SKU")
 KnownLocationPath = existing("location", IDENTIFIER, "Location id")
 
 
-class LocationList(BaseModel, defer_build=True):
+class LocationList(Shown):
     items: list[Location]
     next_cursor: str | None = None
 

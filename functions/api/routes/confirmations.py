@@ -9,6 +9,7 @@ from pydantic import BaseModel
 from core.access import Scope
 from core.confirmations import DEADLINE_SECONDS, MAX_ITEMS, ConfirmationAction, ConfirmationBatch, Confirmed, confirm
 from core.log_text import escape_for_log
+from core.models import Shown
 from core.status import OrderStatus, ShipmentStatus
 from functions.api.access import caller, requires
 from functions.api.app import logger
@@ -28,7 +29,7 @@ router = Router()
 ITEM_MARGIN_SECONDS = 3.0
 
 
-class ConfirmationResult(BaseModel, defer_build=True):
+class ConfirmationResult(Shown):
     """One item's outcome. Confirmed: the shipment's and the order's status and version after it
     (what a receipt shows a key without orders:read). Refused: `error` in the contract's error
     shape, and whether sending the item again later may succeed (`retry`)."""

@@ -5,9 +5,9 @@ from typing import Annotated
 from aws_lambda_powertools.event_handler import Response, content_types
 from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.openapi.params import Body, Query
-from pydantic import BaseModel
 
 from core.access import Scope
+from core.models import Shown
 from core.return_models import ReceiveReturn, RequestReturn, Return, ReturnNote
 from core.status import ReturnStatus
 from functions.api.access import caller, requires
@@ -24,7 +24,7 @@ router = Router()
 ReturnIdPath = existing("return", r"^rma_[a-z2-7]{24}$", "Return id")
 
 
-class ReturnPage(BaseModel, defer_build=True):  # written out: see OrderPage (functions/api/schemas.py)
+class ReturnPage(Shown):  # written out: see OrderPage (functions/api/schemas.py)
     items: list[Return]
     next_cursor: str | None = None
 
