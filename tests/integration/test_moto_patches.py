@@ -375,6 +375,42 @@ def _stream_reads(patched: bool) -> tuple[list[list[str]], int]:
         return reads, len(dynamodbstreams_backends["123456789012"]["us-east-1"].shard_iterators)
 
 
+def test_a_message_or_stream_record_wakes_only_the_mappings_reading_its_source(aws: None) -> None:
+    from infra.local.moto_patches import arrivals
+
+    class Mapping:
+        def __init__(self, source_arn: str) -> None:
+            self.source_arn, self.woken = source_arn, 0
+
+        def wake(self) -> None:
+            self.woken += 1
+
+    sqs, dynamodb = boto3.client("sqs", region_name="us-east-1"), boto3.client("dynamodb", region_name="us-east-1")
+    dlq = sqs.create_queue(QueueName="dlq")["QueueUrl"]
+    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    redrive = f'{{"deadLetterTargetArn": "{dlq_arn}", "maxReceiveCount": "1"}}'
+    url = sqs.create_queue(QueueName="q", Attributes={"RedrivePolicy": redrive, "VisibilityTimeout": "0"})["QueueUrl"]
+    stream_arn = dynamodb.create_table(
+        TableName="t", BillingMode="PAY_PER_REQUEST",
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+        StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_IMAGE"},
+    )["TableDescription"]["LatestStreamArn"]  # fmt: skip
+    queue, dead, stream = Mapping(dlq_arn.replace(":dlq", ":q")), Mapping(dlq_arn), Mapping(stream_arn)
+    with arrivals.PATCH.registered(queue, dead, stream):
+        sqs.send_message(QueueUrl=url, MessageBody="m")
+        assert (queue.woken, dead.woken, stream.woken) == (1, 0, 0)
+        sqs.receive_message(QueueUrl=url)  # received once, then moved to the DLQ by the next receive
+        assert sqs.receive_message(QueueUrl=url).get("Messages") is None
+        assert (queue.woken, dead.woken, stream.woken) == (1, 1, 0)
+        dynamodb.put_item(TableName="t", Item={"pk": {"S": "a"}})
+        dynamodb.delete_item(TableName="t", Key={"pk": {"S": "a"}})
+        assert (queue.woken, dead.woken, stream.woken) == (1, 1, 2)
+    sqs.send_message(QueueUrl=url, MessageBody="after")  # the patch's block ended: nobody is woken
+    assert (queue.woken, dead.woken, stream.woken) == (1, 1, 2)
+    assert [m["Body"] for m in sqs.receive_message(QueueUrl=dlq)["Messages"]] == ["m"]  # moto's own, unchanged
+
+
 @pytest.fixture
 def streams_reachable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_ACCOUNT_ID_ENDPOINT_MODE", "disabled")  # else DescribeStream answers 404
