@@ -470,14 +470,18 @@ def test_a_batch_the_poller_fails_to_hand_over_is_read_again_not_skipped(stack, 
     assert [keys(event) for event in consumer.events] == [["h1", "h2"]]
 
 
-def test_stream_pollers_do_not_leave_moto_a_shard_iterator_per_poll(stack):
-    """moto keeps every shard iterator it hands out and a poller takes ten a second: each is
-    forgotten once the one after it is read (moto_patches/streams.py)."""
+def test_stream_pollers_do_not_leave_moto_a_shard_iterator_per_read(stack, ddb, consumers):
+    """moto keeps every shard iterator it hands out and a poller takes one per read (each write to
+    its table wakes it to read): each is forgotten once the one after it is read (moto_patches/streams.py)."""
     from moto.dynamodbstreams.models import dynamodbstreams_backends
 
     iterators = dynamodbstreams_backends["123456789012"]["us-east-1"].shard_iterators
     streams = sum(mapping.kind == "DynamoDB" for mapping in stack.mappings.values())
-    time.sleep(1)  # about ten polls of each stream
+    consumers["FilteredConsumer"].reset()
+    for n in range(10):  # ten reads of the stream at least
+        ddb.put_item(TableName=stack.table_names["FilteredTable"], Item={"id": {"S": f"read-{n}"}})
+        assert stack.wait_until_idle(5)
+    assert len(consumers["FilteredConsumer"].events) == 10
     # Each poller's last read and the next it reads (and, during a read, the one it hands out).
     assert 0 < len(iterators) <= 3 * streams
 
