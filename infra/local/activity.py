@@ -82,23 +82,26 @@ class Activity:
         ]
 
     def wait_until_idle(self, timeout: float = 10.0) -> bool:
-        """True once every mapping has drained its source, no handler is running and no execution
-        is running, twice in a row with no invocation in between; False after `timeout` seconds.
+        """True once every mapping has drained its source (each sleeps until a record arrives: a
+        write then makes it busy again until it has looked), no handler is running and no execution
+        is running, with no invocation started while it looked; False after `timeout` seconds.
         A paused mapping counts as idle (its records wait); an SQS queue whose messages are in
         flight (invisible after a failure, or held by another consumer) is not drained yet."""
         deadline = time.monotonic() + timeout
-        quiet_rounds = 0
-        while time.monotonic() < deadline and quiet_rounds < 2:
-            mark, invocations = time.monotonic(), self._invocations()
-            while not all(mapping.is_idle_since(mark) for mapping in self.mappings.values()):
-                if time.monotonic() >= deadline:
-                    return False
-                time.sleep(0.01)
-            quiet = invocations == self._invocations() and not self._busy()
-            quiet_rounds = quiet_rounds + 1 if quiet else 0
-            if not quiet:
-                time.sleep(0.02)
-        return quiet_rounds >= 2
+        while not self._quiet():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
+    def _quiet(self) -> bool:
+        # The mappings are asked again after the handlers and executions: what one of those wrote
+        # before it ended has woken its mappings by then.
+        invocations = self._invocations()
+        return self._drained() and not self._busy() and self._drained() and invocations == self._invocations()
+
+    def _drained(self) -> bool:
+        return all(mapping.is_idle() for mapping in self.mappings.values())
 
     def _invocations(self) -> int:
         return sum(function.invocations for function in self.resources.functions.values())

@@ -2,10 +2,12 @@
 
 moto runs an SQS → Lambda mapping synchronously inside SendMessage and ignores batchItemFailures;
 its stream mapping ignores StartingPosition. Here each event is a thread (EventSourceMapping) that
-fetches a batch through the ordinary APIs, shapes the event Lambda builds, invokes the in-process
-handler outside MOTO_LOCK and applies what Lambda applies to the answer, as each source's class
-says. What the template may say is checked by infra/local/supported.py; retries wait a fixed
-`retry_delay` (0.2 s) instead of AWS's exponential backoff.
+sleeps until a record arrives at its source (moto_patches/arrivals.py wakes it; an S3 notification
+is queued to it; a schedule is timed), fetches a batch through the ordinary APIs, shapes the event
+Lambda builds, invokes the in-process handler outside MOTO_LOCK and applies what Lambda applies to
+the answer, as each source's class says. What the template may say is checked by
+infra/local/supported.py; retries wait a fixed `retry_delay` (0.2 s) instead of AWS's exponential
+backoff.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from infra.local.template import ACCOUNT_ID, REGION
 
 logger = logging.getLogger("infra.local.events")
 
-POLL_INTERVAL = 0.1  # seconds between polls of an empty source
+POLL_INTERVAL = 0.1  # seconds between looks at a source that is not drained (SQS messages in flight or delayed)
 RETRY_DELAY = 0.2  # seconds between retries of a failed batch (AWS backs off exponentially)
 ASYNC_RETRIES = 2  # Lambda retries an asynchronous invocation (S3, EventBridge) twice by default
 
@@ -158,7 +160,8 @@ class EventSourceMapping:
     def __post_init__(self) -> None:
         self.stats = {"filtered_out": 0, "sent_to_on_failure": 0}
         self._stopping, self._paused = threading.Event(), threading.Event()
-        self._busy, self._last_empty_poll = False, float("-inf")
+        self._arrived = threading.Event()  # set by wake(): the source may hold a record its last look did not see
+        self._busy, self._drained = False, False
         self._thread: threading.Thread | None = None
 
     def start(self, paused: bool = False) -> None:
@@ -170,6 +173,7 @@ class EventSourceMapping:
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stopping.set()
+        self._arrived.set()
         thread, self._thread = self._thread, None  # read once: a poller that dies sets it to None
         if thread is not None:
             thread.join(timeout)
@@ -181,23 +185,33 @@ class EventSourceMapping:
         self._paused.set()
 
     def resume(self) -> None:
+        self._drained = False  # what arrived while paused is looked for first
         self._paused.clear()
+        self._arrived.set()
+
+    def wake(self) -> None:
+        """A record may have arrived at the source: the mapping looks (now, or once resumed)."""
+        self._arrived.set()
 
     @property
     def paused(self) -> bool:
         return self._paused.is_set()
 
-    def is_idle_since(self, moment: float) -> bool:
-        """Nothing to deliver: paused, or a poll that started after `moment` found nothing."""
-        return not self._busy and (self._thread is None or self.paused or self._last_empty_poll >= moment)
+    def is_idle(self) -> bool:
+        """Nothing to deliver: paused, not polling (its thread ended), or its last look found the
+        source drained and nothing has arrived since."""
+        return not self._busy and (
+            self._thread is None or self.paused or (self._drained and not self._arrived.is_set())
+        )
 
     def _run(self) -> None:
         try:
             self._prepare()
             while not self._stopping.is_set():
-                started, batch = time.monotonic(), None
+                self._arrived.clear()  # what arrives from here on is looked for by the next look
+                batch = None
                 if not self.paused:
-                    self._busy = True
+                    self._busy, self._drained = True, False
                     try:
                         batch = self._fetch()
                         if batch:
@@ -209,17 +223,20 @@ class EventSourceMapping:
                         logger.exception("%s: polling failed", self.name)
                         batch = None
                     finally:
-                        self._busy = False
-                    if batch == []:
-                        self._last_empty_poll = started
+                        self._drained, self._busy = batch == [], False
                 if not batch:
-                    self._stopping.wait(POLL_INTERVAL)
+                    self._arrived.wait(None if self.paused else self._look_again_in())
         except BaseException:  # the runtime's own (a handler's is its invocation's error): never silent
             logger.exception("%s: no longer polling %s", self.name, self.source_arn)
             self._thread = None  # idle: stop() has nothing to wait for, start() polls again
 
     def _prepare(self) -> None:
         """Runs in the thread before the first poll."""
+
+    def _look_again_in(self) -> float | None:
+        """Seconds until the next look at a source that has nothing to deliver now; None: only once
+        a record arrives (wake())."""
+        return None if self._drained else POLL_INTERVAL
 
     def _fetch(self) -> list[Record] | None:
         """The next batch: [] when the source is drained, None when it has nothing now but is not
@@ -355,6 +372,7 @@ class SqsMapping(EventSourceMapping):
 
     kind = "SQS"
     queue_url: str
+    _delayed: int = field(default=0, init=False, repr=False)
 
     def _fetch(self) -> list[Record] | None:
         sqs = self.client("sqs")
@@ -367,9 +385,13 @@ class SqsMapping(EventSourceMapping):
         ).get("Messages", [])
         if messages:
             return [self.event_record(message) for message in messages]
-        name = "ApproximateNumberOfMessagesNotVisible"
-        in_flight = sqs.get_queue_attributes(QueueUrl=self.queue_url, AttributeNames=[name])["Attributes"].get(name)
-        return None if int(in_flight or 0) else []
+        names = ["ApproximateNumberOfMessagesNotVisible", "ApproximateNumberOfMessagesDelayed"]
+        counts = sqs.get_queue_attributes(QueueUrl=self.queue_url, AttributeNames=names)["Attributes"]
+        in_flight, self._delayed = (int(counts.get(name) or 0) for name in names)
+        return None if in_flight else []  # delayed messages wait like a paused mapping's: drained
+
+    def _look_again_in(self) -> float | None:
+        return POLL_INTERVAL if self._delayed else super()._look_again_in()  # no wake when one's delay ends
 
     def _deliver(self, batch: list[Record]) -> None:
         response, error = self.function.try_invoke(self._event(batch))
@@ -446,6 +468,7 @@ class S3NotificationMapping(EventSourceMapping):
             if "key" in s3_object:  # URL-encoded as S3 does it: "a b/c.csv" -> "a+b/c.csv" (moto encodes "/")
                 s3_object["key"] = quote_plus(unquote_plus(s3_object["key"]), safe="/")
         self._queue.put(event)
+        self.wake()
 
     def _fetch(self) -> list[Record]:
         return [] if self._queue.empty() else [self._queue.get()]  # only this thread takes from it
@@ -472,6 +495,9 @@ class ScheduleMapping(EventSourceMapping):
 
     def _prepare(self) -> None:
         self._due = time.monotonic() + self.period
+
+    def _look_again_in(self) -> float:
+        return max(0.0, self._due - time.monotonic())
 
     def _fetch(self) -> list[Record]:
         if (now := time.monotonic()) < self._due:

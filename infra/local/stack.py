@@ -36,6 +36,7 @@ from infra.local.gateway import ApiGateway
 from infra.local.lambdas import Handler, LambdaService
 from infra.local.moto_patches import (
     apigateway,
+    arrivals,
     lambda_invoke,
     lock,
     memory,
@@ -293,6 +294,7 @@ class EmbeddedStack:
             self.process.set_env(local)
             if s3_mappings:
                 self.process.enter(s3_notifications.PATCH.registered(*s3_mappings))
+            self.process.enter(arrivals.PATCH.registered(*self.mappings.values()))  # before they start
             self._admin_key_bootstrap(self.admin_key)
             self.process.set_log_level("werkzeug", logging.WARNING)  # moto's server logs every request at INFO
             self.aws_port = self.servers.start_aws(self._aws_port_asked)

@@ -470,14 +470,18 @@ def test_a_batch_the_poller_fails_to_hand_over_is_read_again_not_skipped(stack, 
     assert [keys(event) for event in consumer.events] == [["h1", "h2"]]
 
 
-def test_stream_pollers_do_not_leave_moto_a_shard_iterator_per_poll(stack):
-    """moto keeps every shard iterator it hands out and a poller takes ten a second: each is
-    forgotten once the one after it is read (moto_patches/streams.py)."""
+def test_stream_pollers_do_not_leave_moto_a_shard_iterator_per_read(stack, ddb, consumers):
+    """moto keeps every shard iterator it hands out and a poller takes one per read (each write to
+    its table wakes it to read): each is forgotten once the one after it is read (moto_patches/streams.py)."""
     from moto.dynamodbstreams.models import dynamodbstreams_backends
 
     iterators = dynamodbstreams_backends["123456789012"]["us-east-1"].shard_iterators
     streams = sum(mapping.kind == "DynamoDB" for mapping in stack.mappings.values())
-    time.sleep(1)  # about ten polls of each stream
+    consumers["FilteredConsumer"].reset()
+    for n in range(10):  # ten reads of the stream at least
+        ddb.put_item(TableName=stack.table_names["FilteredTable"], Item={"id": {"S": f"read-{n}"}})
+        assert stack.wait_until_idle(5)
+    assert len(consumers["FilteredConsumer"].events) == 10
     # Each poller's last read and the next it reads (and, during a read, the one it hands out).
     assert 0 < len(iterators) <= 3 * streams
 
@@ -528,6 +532,40 @@ def test_sqs_mapping_deletes_only_successes_and_the_dlq_gets_the_rest(stack, con
     assert attributes["ApproximateNumberOfMessagesNotVisible"] == "0"
     dead = sqs.receive_message(QueueUrl=stack.queue_urls["InboxDeadLetters"], MaxNumberOfMessages=10)["Messages"]
     assert [message["Body"] for message in dead] == ["bad"]
+
+
+def test_an_idle_mapping_asks_moto_nothing_until_a_record_arrives(stack, ddb, consumers, monkeypatch):
+    # Every mapping polled its source ten times a second while the stack sat idle (a sixth of a core
+    # for the product's twelve); a write to the table or a send to the queue now wakes the one reading it.
+    assert stack.wait_until_idle(5)
+    looked: list[str] = []
+    for name in ("FilteredConsumer.Stream", "InboxConsumer.Inbox"):
+        mapping, real_client = stack.mappings[name], stack.mappings[name].client
+        monkeypatch.setattr(mapping, "client", lambda service, n=name, c=real_client: looked.append(n) or c(service))
+    time.sleep(0.5)  # five of the old pollers' intervals
+    assert looked == []
+    for consumer in consumers.values():
+        consumer.reset()
+    ddb.put_item(TableName=stack.table_names["FilteredTable"], Item={"id": {"S": "woken"}})
+    stack.client("sqs").send_message(QueueUrl=stack.queue_urls["InboxQueue"], MessageBody="woken")
+    assert stack.wait_until_idle(5)
+    assert [keys(event) for event in consumers["FilteredConsumer"].events] == [["woken"]]
+    assert [[r["body"] for r in event["Records"]] for event in consumers["InboxConsumer"].events] == [["woken"]]
+    assert set(looked) == {"FilteredConsumer.Stream", "InboxConsumer.Inbox"}
+
+
+def test_a_delayed_message_is_delivered_once_its_delay_ends_with_nothing_else_sent(stack, consumers):
+    # No record arrives when a message's DelaySeconds ends (the webhook retries send with one): the
+    # mapping keeps looking while its queue holds delayed messages. They wait as a paused mapping's do.
+    consumer = consumers["InboxConsumer"]
+    consumer.reset()
+    stack.client("sqs").send_message(QueueUrl=stack.queue_urls["InboxQueue"], MessageBody="later", DelaySeconds=1)
+    assert stack.wait_until_idle(5)
+    deadline = time.monotonic() + 10
+    while not consumer.events and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert stack.wait_until_idle(5)
+    assert [[record["body"] for record in event["Records"]] for event in consumer.events] == [["later"]]
 
 
 # --- S3 ---------------------------------------------------------------------------------------------
@@ -706,6 +744,7 @@ def test_a_poller_ended_by_the_runtime_s_own_code_says_so_and_polls_again_once_s
     # its thread without a word, and the source's records waited for good.
     mapping = stack.mappings["InboxConsumer.Inbox"]
     monkeypatch.setattr(mapping, "_fetch", lambda: sys.exit("the runtime's own code"))
+    mapping.wake()  # its next look (an idle mapping looks when a record arrives)
     assert stack.wait_until_idle(5)  # a poller that died is not waited for
     [died] = [record for record in caplog.records if record.getMessage().startswith("InboxConsumer.Inbox: no longer")]
     assert (died.levelname, died.getMessage()) == (

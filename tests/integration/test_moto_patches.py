@@ -10,6 +10,7 @@ import inspect
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
@@ -343,6 +344,16 @@ def test_a_cancelled_transaction_is_undone_as_moto_undoes_it_without_copying_a_t
     assert _cancelled_transaction(monkeypatch, patched=True) == by_moto
 
 
+def _streamed_table(dynamodb: Any, name: str) -> str:
+    """A table keyed by `pk` with a NEW_IMAGE stream: the stream's ARN."""
+    return dynamodb.create_table(
+        TableName=name, BillingMode="PAY_PER_REQUEST",
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+        StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_IMAGE"},
+    )["TableDescription"]["LatestStreamArn"]  # fmt: skip
+
+
 def _stream_reads(patched: bool) -> tuple[list[list[str]], int]:
     """Two items put into a streamed table, read by following NextShardIterator three times: the
     keys each read returned, and how many shard iterators moto still holds afterwards."""
@@ -350,12 +361,7 @@ def _stream_reads(patched: bool) -> tuple[list[list[str]], int]:
 
     with mock_aws():
         dynamodb = boto3.client("dynamodb", region_name="us-east-1")
-        arn = dynamodb.create_table(
-            TableName="s", BillingMode="PAY_PER_REQUEST",
-            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
-            AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
-            StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_IMAGE"},
-        )["TableDescription"]["LatestStreamArn"]  # fmt: skip
+        arn = _streamed_table(dynamodb, "s")
         streams = boto3.client("dynamodbstreams", region_name="us-east-1")
         shard = streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"][0]["ShardId"]
         iterator = streams.get_shard_iterator(StreamArn=arn, ShardId=shard, ShardIteratorType="TRIM_HORIZON")
@@ -373,6 +379,37 @@ def _stream_reads(patched: bool) -> tuple[list[list[str]], int]:
             if patched:
                 moto_streams.PATCH.undo()
         return reads, len(dynamodbstreams_backends["123456789012"]["us-east-1"].shard_iterators)
+
+
+def test_a_message_or_stream_record_wakes_only_the_mappings_reading_its_source(aws: None) -> None:
+    from infra.local.moto_patches import arrivals
+
+    class Mapping:
+        def __init__(self, source_arn: str) -> None:
+            self.source_arn, self.woken = source_arn, 0
+
+        def wake(self) -> None:
+            self.woken += 1
+
+    sqs, dynamodb = boto3.client("sqs", region_name="us-east-1"), boto3.client("dynamodb", region_name="us-east-1")
+    dlq = sqs.create_queue(QueueName="dlq")["QueueUrl"]
+    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    redrive = f'{{"deadLetterTargetArn": "{dlq_arn}", "maxReceiveCount": "1"}}'
+    url = sqs.create_queue(QueueName="q", Attributes={"RedrivePolicy": redrive, "VisibilityTimeout": "0"})["QueueUrl"]
+    stream_arn = _streamed_table(dynamodb, "t")
+    queue, dead, stream = Mapping(dlq_arn.replace(":dlq", ":q")), Mapping(dlq_arn), Mapping(stream_arn)
+    with arrivals.PATCH.registered(queue, dead, stream):
+        sqs.send_message(QueueUrl=url, MessageBody="m")
+        assert (queue.woken, dead.woken, stream.woken) == (1, 0, 0)
+        sqs.receive_message(QueueUrl=url)  # received once, then moved to the DLQ by the next receive
+        assert sqs.receive_message(QueueUrl=url).get("Messages") is None
+        assert (queue.woken, dead.woken, stream.woken) == (1, 1, 0)
+        dynamodb.put_item(TableName="t", Item={"pk": {"S": "a"}})
+        dynamodb.delete_item(TableName="t", Key={"pk": {"S": "a"}})
+        assert (queue.woken, dead.woken, stream.woken) == (1, 1, 2)
+    sqs.send_message(QueueUrl=url, MessageBody="after")  # the patch's block ended: nobody is woken
+    assert (queue.woken, dead.woken, stream.woken) == (1, 1, 2)
+    assert [m["Body"] for m in sqs.receive_message(QueueUrl=dlq)["Messages"]] == ["m"]  # moto's own, unchanged
 
 
 @pytest.fixture
@@ -399,12 +436,7 @@ def test_the_shard_iterator_last_read_reads_the_same_records_again(streams_reach
     # KeyError, a 500 from `make run`, where AWS reads it again until it expires (15 minutes).
     with mock_aws():
         dynamodb = boto3.client("dynamodb", region_name="us-east-1")
-        arn = dynamodb.create_table(
-            TableName="s", BillingMode="PAY_PER_REQUEST",
-            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
-            AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
-            StreamSpecification={"StreamEnabled": True, "StreamViewType": "NEW_IMAGE"},
-        )["TableDescription"]["LatestStreamArn"]  # fmt: skip
+        arn = _streamed_table(dynamodb, "s")
         streams = boto3.client("dynamodbstreams", region_name="us-east-1")
         shard = streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"][0]["ShardId"]
         dynamodb.put_item(TableName="s", Item={"pk": {"S": "a"}})

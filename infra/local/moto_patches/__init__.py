@@ -8,8 +8,8 @@ attribute looked like in MOTO_VERSION (`expects`), which tests/integration/test_
 compares with the installed moto, so a moto upgrade that moves a target fails there.
 
 Patches that route moto to the stack's own objects (Lambda Invoke, S3's Lambda notifications, the
-API Gateway cache flush, Step Functions' retry sleeps) read them from the patch's registry:
-`registered(*items)` adds them and applies the patch for a block.
+mappings a new record wakes, the API Gateway cache flush, Step Functions' retry sleeps) read them
+from the patch's registry: `registered(*items)` adds them and applies the patch for a block.
 """
 
 from __future__ import annotations
@@ -124,8 +124,8 @@ def describe(value: Any) -> str:
     return type(value).__name__
 
 
-_MODULES = ("lock", "sqs", "memory", "transactions", "streams", "lambda_invoke", "s3_notifications", "apigateway",
-            "retry_delay")  # fmt: skip
+_MODULES = ("lock", "sqs", "memory", "transactions", "streams", "lambda_invoke", "s3_notifications", "arrivals",
+            "apigateway", "retry_delay")  # fmt: skip
 
 
 def all_patches() -> list[MotoPatch]:

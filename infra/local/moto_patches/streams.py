@@ -2,7 +2,7 @@
 
 moto 5.2's DynamoDBStreamsBackend keeps every shard iterator it ever hands out in `shard_iterators`
 (each ~2 KB) and never expires one; a stream poller takes the NextShardIterator of every answer,
-ten a second per stream when idle. On AWS an iterator expires 15 minutes after it is issued, and
+one per read (every write to its table wakes it to read). On AWS an iterator expires 15 minutes after it is issued, and
 until then may be read again (an SDK retrying a read whose answer was lost; an operator running the
 runbook's `get-records --shard-iterator "$IT"` line again). Here an iterator is dropped when the
 NextShardIterator its read handed out is read in turn: a consumer following the chain, as Lambda's
@@ -41,7 +41,7 @@ def _replacements() -> Replacements:
 PATCH = MotoPatch(
     "streams",
     changes="a DynamoDB Streams shard iterator is forgotten once the NextShardIterator its read "
-    "handed out is read (moto kept every one it handed out, and a stream poller takes ten a second; "
+    "handed out is read (moto kept every one it handed out, and a stream poller takes one per read; "
     "on AWS one expires after 15 minutes); the last one read may be read again, as on AWS, and the next "
     "its earlier read handed out is then forgotten.",
     expects={"moto.dynamodbstreams.models.DynamoDBStreamsBackend.get_records": "(self, iterator_arn, limit)"},

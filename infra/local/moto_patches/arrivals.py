@@ -1,0 +1,46 @@
+"""The `arrivals` patch: a message added to an SQS queue (sent, or moved to its DLQ) or a record
+added to a DynamoDB stream wakes the registered event source mappings that read it
+(infra/local/event_sources.py), so an idle mapping waits for a record instead of polling moto.
+moto still stores the record as it would; the wake only tells the mapping to look."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from infra.local.moto_patches import MotoPatch, Replacements
+
+
+def _wake(source_arn: str) -> None:
+    for mapping in PATCH.registrations():
+        if mapping.source_arn == source_arn:
+            mapping.wake()
+
+
+def _replacements() -> Replacements:
+    from moto.dynamodb.models.table import StreamShard
+    from moto.sqs.models import Queue
+
+    add_message, add_record = Queue.__dict__["add_message"], StreamShard.__dict__["add"]
+
+    def queued(queue: Any, message: Any) -> None:
+        add_message(queue, message)
+        _wake(queue.queue_arn)
+
+    def streamed(shard: Any, old: Any, new: Any) -> None:
+        add_record(shard, old, new)
+        _wake(f"{shard.table.table_arn}/stream/{shard.table.latest_stream_label}")  # as moto's LatestStreamArn
+
+    return {(Queue, "add_message"): queued, (StreamShard, "add"): streamed}
+
+
+PATCH = MotoPatch(
+    "arrivals",
+    changes="a message added to an SQS queue (sent, or moved to its DLQ) or a record added to a DynamoDB "
+    "stream also wakes the local mappings that read it, so an idle mapping sleeps instead of polling moto "
+    "(each of them ten times a second, so an idle stack used a sixth of a core).",
+    expects={
+        "moto.sqs.models.Queue.add_message": "(self, message)",
+        "moto.dynamodb.models.table.StreamShard.add": "(self, old, new)",
+    },
+    replacements=_replacements,
+)
