@@ -11,7 +11,6 @@ import json
 import time
 import urllib.request
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -19,7 +18,6 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from infra.local.stack import EmbeddedStack
-from tests.e2e.batch import SETTLE_SECONDS, Arrange, Journeys, arranged, by_name, journey_fixture, place, settle
 from tests.e2e.client import (
     Api,
     Catalog,
@@ -33,6 +31,7 @@ from tests.e2e.client import (
 )
 from tests.e2e.conftest import workflow_stack
 
+SETTLE_SECONDS = 10
 UNKNOWN_SHIPMENT = "shp_" + "a" * 24
 UNKNOWN_ORDER = "ord_" + "a" * 24
 
@@ -76,6 +75,10 @@ def other_channel(stack: EmbeddedStack) -> dict[str, Any]:
 # --- Helpers --------------------------------------------------------------------------------------
 
 
+def settle(stack: EmbeddedStack) -> None:
+    assert stack.wait_until_idle(SETTLE_SECONDS), "the stack did not settle"
+
+
 def get_order(api: Api, order_id: str, **kwargs: Any) -> dict[str, Any]:
     response = api.get(f"/orders/{order_id}", **kwargs)
     assert response.status_code == 200, response.text
@@ -90,6 +93,12 @@ def order_when(api: Api, order_id: str, *statuses: str) -> dict[str, Any]:
             assert order["status"] in statuses, f"{order_id} is {order['status']}, expected one of {statuses}"
             return order
         time.sleep(0.05)
+
+
+def place(api: Api, body: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+    response = api.post("/orders", json=body, **kwargs)
+    assert response.status_code == 201, response.text
+    return response.json()
 
 
 def allocated_order(stack: EmbeddedStack, api: Api, body: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
@@ -127,43 +136,17 @@ def dec(money: dict[str, str]) -> Decimal:
     return Decimal(money["amount"])
 
 
-def two_warehouses_one_sku_each(catalog: Catalog, network: dict[str, str]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """2 of `west_sku`, 3 of `east_sku`, each stocked 10 at the only warehouse that has it."""
-    west_sku, east_sku = catalog.product("19.99"), catalog.product("5.55")
-    catalog.stock(west_sku, network["west"], 10)
-    catalog.stock(east_sku, network["east"], 10)
-    return order_body((west_sku, 2), (east_sku, 3)), {"skus": (west_sku, east_sku)}
-
-
-SINGLES: dict[str, Arrange] = {}  # test name -> the order it places (tests/e2e/batch.py)
-
-
-def arrangement_of(item: pytest.Item) -> Arrange | None:
-    """A test taking a split_order places two_warehouses_one_sku_each; others their registered one."""
-    if "split_order" in getattr(item, "fixturenames", ()):
-        return two_warehouses_one_sku_each
-    return by_name(SINGLES)(item)
-
-
-journey = journey_fixture()
-
-
-@pytest.fixture(scope="module")
-def journeys() -> Journeys:
-    return Journeys(arrangement_of)
-
-
 @pytest.fixture
-def split_order(
-    request: pytest.FixtureRequest, journeys: Journeys, stack: EmbeddedStack, api: Api, network: dict[str, str]
-) -> dict[str, Any]:
-    """An allocated order of this test's own with one shipment from each warehouse
-    (two_warehouses_one_sku_each)."""
-    order_id, arrangement = journeys.of(request, stack, api, network)
-    order = order_when(api, order_id, "allocated")
+def split_order(stack: EmbeddedStack, api: Api, catalog: Catalog, network: dict[str, str]) -> dict[str, Any]:
+    """An allocated order with one shipment from each warehouse: 2 of `west_sku`, 3 of `east_sku`."""
+    west, east = network["west"], network["east"]
+    west_sku, east_sku = catalog.product("19.99"), catalog.product("5.55")
+    catalog.stock(west_sku, west, 10)
+    catalog.stock(east_sku, east, 10)
+    order = allocated_order(stack, api, order_body((west_sku, 2), (east_sku, 3)))
     assert len(order["shipments"]) == 2
     shipments = {s["location_id"]: s for s in order["shipments"]}
-    return {"order": order, "west": shipments[network["west"]], "east": shipments[network["east"]], **arrangement}
+    return {"order": order, "west": shipments[west], "east": shipments[east], "skus": (west_sku, east_sku)}
 
 
 # --- Ship and deliver ---------------------------------------------------------------------------------
@@ -212,21 +195,14 @@ def test_shipping_each_shipment_moves_stock_and_captures_exactly_what_was_author
     assert captured == dec(done["payment"]["authorized"])
 
 
-def one_of_three_west(catalog: Catalog, network: dict[str, str]) -> tuple[dict[str, Any], dict[str, Any]]:
+def test_a_label_link_is_signed_at_each_read_and_never_stored(
+    stack: EmbeddedStack, api: Api, catalog: Catalog, network: dict[str, str]
+):
     sku = catalog.product("8.00")
     catalog.stock(sku, network["west"], 3)
-    return order_body((sku, 1)), {"sku": sku}
-
-
-@arranged(SINGLES, one_of_three_west)
-def test_a_label_link_is_signed_at_each_read_and_never_stored(
-    stack: EmbeddedStack, api: Api, journey: tuple[str, dict[str, Any]]
-):
-    order = order_when(api, journey[0], "allocated")
+    order = allocated_order(stack, api, order_body((sku, 1)))
     [shipment] = order["shipments"]
-    # SigV4 signs to the second: the next read is signed at a later one than the first link's.
-    signed_at = datetime.strptime(parse_qs(urlsplit(shipment["label_url"]).query)["X-Amz-Date"][0], "%Y%m%dT%H%M%SZ")
-    time.sleep(max(signed_at.replace(tzinfo=UTC).timestamp() + 1 - time.time(), 0))
+    time.sleep(1.1)  # SigV4 signs to the second: the next read is signed at a later one
 
     again = get_order(api, order["id"])["shipments"][0]["label_url"]
 
@@ -249,9 +225,12 @@ def test_a_label_link_is_signed_at_each_read_and_never_stored(
     assert "http" not in stored and "Signature" not in stored and "X-Amz" not in stored
 
 
-@arranged(SINGLES, one_of_three_west)
-def test_a_shipment_sent_with_an_empty_body_keeps_its_tracking_number(api: Api, journey: tuple[str, dict[str, Any]]):
-    order = order_when(api, journey[0], "allocated")
+def test_a_shipment_sent_with_an_empty_body_keeps_its_tracking_number(
+    stack: EmbeddedStack, api: Api, catalog: Catalog, network: dict[str, str]
+):
+    sku = catalog.product("8.00")
+    catalog.stock(sku, network["west"], 3)
+    order = allocated_order(stack, api, order_body((sku, 1)))
     [shipment] = order["shipments"]
 
     response = ship(api, order["id"], shipment["id"], json={})
@@ -278,18 +257,13 @@ def test_shipping_twice_answers_200_and_changes_nothing(api: Api, network: dict[
     assert [e["type"] for e in history(api, order["id"])].count("shipment_shipped") == 1
 
 
-def a_capture_to_refuse(catalog: Catalog, network: dict[str, str]) -> tuple[dict[str, Any], dict[str, Any]]:
-    body, arrangement = one_of_three_west(catalog, network)
-    return {**body, "payment": {"method": "test", "token": "tok_capture_decline"}}, arrangement
-
-
-@arranged(SINGLES, a_capture_to_refuse)
 def test_a_capture_the_gateway_refuses_answers_502_and_the_shipment_stays_pending(
-    api: Api, network: dict[str, str], journey: tuple[str, dict[str, Any]]
+    stack: EmbeddedStack, api: Api, catalog: Catalog, network: dict[str, str]
 ):
-    order_id, arrangement = journey
-    sku = arrangement["sku"]
-    order = order_when(api, order_id, "allocated")
+    sku = catalog.product("8.00")
+    catalog.stock(sku, network["west"], 3)
+    body = order_body((sku, 1), payment={"method": "test", "token": "tok_capture_decline"})
+    order = allocated_order(stack, api, body)
     [shipment] = order["shipments"]
 
     response = ship(api, order["id"], shipment["id"])
@@ -504,9 +478,8 @@ def test_a_channel_key_ships_and_cancels_its_own_orders(
     catalog.stock(sku, network["west"], 5)
     key = other_channel["key"]
     channel = other_channel["channel"]
-    placed = [place(api, order_body((sku, 1), channel=channel), key=key)["id"] for _ in range(2)]
-    settle(stack, len(placed))
-    first, second = (order_when(api, order_id, "allocated") for order_id in placed)
+    first = allocated_order(stack, api, order_body((sku, 1), channel=channel), key=key)
+    second = allocated_order(stack, api, order_body((sku, 1), channel=channel), key=key)
 
     shipped = ship(api, first["id"], first["shipments"][0]["id"], key=key)
     cancelled = cancel(api, second["id"], key=key)

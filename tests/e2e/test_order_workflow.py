@@ -18,27 +18,18 @@ import pytest
 import requests
 
 from infra.local.stack import EmbeddedStack, forget_warm_containers
-from tests.e2e.batch import SETTLE_SECONDS, Arrange, Journeys, arranged, by_name, journey_fixture, place, settle
 from tests.e2e.client import Api, Catalog, order_body, put_network, unique, unsigned
 from tests.e2e.conftest import workflow_stack
 
+SETTLE_SECONDS = 10
 WORKFLOW = "workflow"
 ADMIN_KEY_ID = "key_admin"
-JOURNEYS: dict[str, Arrange] = {}  # test name -> what it places (tests/e2e/batch.py)
 
 
 @pytest.fixture(scope="module")
 def stack() -> Iterator[EmbeddedStack]:
     with workflow_stack() as started:
         yield started
-
-
-journey = journey_fixture()
-
-
-@pytest.fixture(scope="module")
-def journeys() -> Journeys:
-    return Journeys(by_name(JOURNEYS))
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +47,11 @@ def network(stack: EmbeddedStack) -> dict[str, str]:
 # --- Helpers --------------------------------------------------------------------------------------
 
 
+def settle(stack: EmbeddedStack) -> None:
+    """Until the outbox has delivered everything and no workflow execution is running."""
+    assert stack.wait_until_idle(SETTLE_SECONDS), "the stack did not settle"
+
+
 def order_when(api: Api, order_id: str, *statuses: str) -> dict[str, Any]:
     """The order once it is in one of `statuses` (polled for a bounded time)."""
     deadline = time.monotonic() + SETTLE_SECONDS
@@ -69,8 +65,11 @@ def order_when(api: Api, order_id: str, *statuses: str) -> dict[str, Any]:
         time.sleep(0.05)
 
 
-def place_id(api: Api, body: dict[str, Any]) -> str:
-    return place(api, body)["id"]
+def place(api: Api, body: dict[str, Any]) -> str:
+    response = api.post("/orders", json=body)
+    assert response.status_code == 201, response.text
+    assert response.json()["status"] == "pending"
+    return response.json()["id"]
 
 
 def history(api: Api, order_id: str) -> list[dict[str, Any]]:
@@ -104,21 +103,17 @@ def dec(money: dict[str, str]) -> Decimal:
 # --- The happy path --------------------------------------------------------------------------------
 
 
-def an_approved_order(catalog: Catalog, network: dict[str, str]) -> tuple[dict[str, Any], dict[str, Any]]:
-    shirt, mug = catalog.product("19.99"), catalog.product("7.50")
-    catalog.stock(shirt, network["west"], 10)
-    catalog.stock(mug, network["west"], 4)
-    before = {sku: stock_of(catalog.api, sku) for sku in (shirt, mug)}
-    return order_body((shirt, 2), (mug, 3)), {"shirt": shirt, "mug": mug, "before": before}
-
-
-@arranged(JOURNEYS, an_approved_order)
 def test_an_approved_order_is_allocated_on_its_own(
-    api: Api, network: dict[str, str], journey: tuple[str, dict[str, Any]]
+    stack: EmbeddedStack, api: Api, catalog: Catalog, network: dict[str, str]
 ):
     west = network["west"]
-    order_id, arrangement = journey
-    shirt, mug, before = arrangement["shirt"], arrangement["mug"], arrangement["before"]
+    shirt, mug = catalog.product("19.99"), catalog.product("7.50")
+    catalog.stock(shirt, west, 10)
+    catalog.stock(mug, west, 4)
+    before = {sku: stock_of(api, sku) for sku in (shirt, mug)}
+
+    order_id = place(api, order_body((shirt, 2), (mug, 3)))
+    settle(stack)
     order = order_when(api, order_id, "allocated")
 
     payment = order["payment"]
@@ -147,17 +142,14 @@ def test_an_approved_order_is_allocated_on_its_own(
         assert after["available"] == before[sku][west]["available"] - quantity
 
 
-def one_unit_in_stock_west(catalog: Catalog, network: dict[str, str]) -> tuple[dict[str, Any], dict[str, Any]]:
+def test_the_history_tells_the_workflows_story_with_its_actors(
+    stack: EmbeddedStack, api: Api, catalog: Catalog, network: dict[str, str]
+):
     sku = catalog.product("12.00")
     catalog.stock(sku, network["west"], 5)
-    return order_body((sku, 1)), {"sku": sku}
 
-
-@arranged(JOURNEYS, one_unit_in_stock_west)
-def test_the_history_tells_the_workflows_story_with_its_actors(
-    api: Api, network: dict[str, str], journey: tuple[str, dict[str, Any]]
-):
-    order_id, _ = journey
+    order_id = place(api, order_body((sku, 1)))
+    settle(stack)
     order = order_when(api, order_id, "allocated")
 
     entries = history(api, order_id)
@@ -179,19 +171,15 @@ def test_the_history_tells_the_workflows_story_with_its_actors(
     assert order["version"] == len(entries)
 
 
-def two_units_for_grace(catalog: Catalog, network: dict[str, str]) -> tuple[dict[str, Any], dict[str, Any]]:
+def test_the_shipping_label_is_a_pdf_with_the_shipment_and_nothing_private(
+    stack: EmbeddedStack, api: Api, catalog: Catalog, network: dict[str, str]
+):
     sku = catalog.product("30.00")
     catalog.stock(sku, network["west"], 3)
     body = order_body((sku, 2), customer={"id": unique("cus"), "email": "grace@example.com", "name": "Grace Hopper"})
-    return body, {"sku": sku, "body": body}
 
-
-@arranged(JOURNEYS, two_units_for_grace)
-def test_the_shipping_label_is_a_pdf_with_the_shipment_and_nothing_private(
-    api: Api, journey: tuple[str, dict[str, Any]]
-):
-    order_id, arrangement = journey
-    sku, body = arrangement["sku"], arrangement["body"]
+    order_id = place(api, body)
+    settle(stack)
     [shipment] = order_when(api, order_id, "allocated")["shipments"]
 
     # The URL works without the API key (a presigned link a warehouse printer can fetch).
@@ -208,17 +196,15 @@ def test_the_shipping_label_is_a_pdf_with_the_shipment_and_nothing_private(
         assert private not in text, private
 
 
-def a_declined_card(catalog: Catalog, network: dict[str, str]) -> tuple[dict[str, Any], dict[str, Any]]:
+def test_a_declined_payment_ends_payment_failed_and_reserves_nothing(
+    stack: EmbeddedStack, api: Api, catalog: Catalog, network: dict[str, str]
+):
     sku = catalog.product("15.00")
     catalog.stock(sku, network["west"], 5)
     catalog.stock(sku, network["east"], 5)
-    return order_body((sku, 2), payment={"method": "test", "token": "tok_decline"}), {"sku": sku}
 
-
-@arranged(JOURNEYS, a_declined_card)
-def test_a_declined_payment_ends_payment_failed_and_reserves_nothing(api: Api, journey: tuple[str, dict[str, Any]]):
-    order_id, arrangement = journey
-    sku = arrangement["sku"]
+    order_id = place(api, order_body((sku, 2), payment={"method": "test", "token": "tok_decline"}))
+    settle(stack)
     order = order_when(api, order_id, "payment_failed")
 
     assert order["payment"]["status"] == "declined"
@@ -235,18 +221,14 @@ def test_a_declined_payment_ends_payment_failed_and_reserves_nothing(api: Api, j
     assert entries[1]["detail"]["message"].strip()
 
 
-def a_flaky_gateway(catalog: Catalog, network: dict[str, str]) -> tuple[dict[str, Any], dict[str, Any]]:
+def test_a_flaky_gateway_is_retried_and_authorizes_once(
+    stack: EmbeddedStack, api: Api, catalog: Catalog, network: dict[str, str]
+):
     sku = catalog.product("9.00")
     catalog.stock(sku, network["west"], 5)
-    return order_body((sku, 1), payment={"method": "test", "token": "tok_flaky"}), {"sku": sku}
 
-
-@arranged(JOURNEYS, a_flaky_gateway)
-def test_a_flaky_gateway_is_retried_and_authorizes_once(
-    api: Api, network: dict[str, str], journey: tuple[str, dict[str, Any]]
-):
-    order_id, arrangement = journey
-    sku = arrangement["sku"]
+    order_id = place(api, order_body((sku, 1), payment={"method": "test", "token": "tok_flaky"}))
+    settle(stack)
     order = order_when(api, order_id, "allocated")
 
     assert order["payment"]["status"] == "authorized"
@@ -264,20 +246,16 @@ def test_a_flaky_gateway_is_retried_and_authorizes_once(
 # --- Sourcing ----------------------------------------------------------------------------------------
 
 
-def each_sku_at_one_warehouse(catalog: Catalog, network: dict[str, str]) -> tuple[dict[str, Any], dict[str, Any]]:
-    only_west, only_east = catalog.product("10.00"), catalog.product("20.00")
-    catalog.stock(only_west, network["west"], 5)
-    catalog.stock(only_east, network["east"], 5)
-    return order_body((only_west, 2), (only_east, 1)), {"only_west": only_west, "only_east": only_east}
-
-
-@arranged(JOURNEYS, each_sku_at_one_warehouse)
 def test_an_order_no_single_location_can_supply_is_split_into_two_shipments(
-    api: Api, network: dict[str, str], journey: tuple[str, dict[str, Any]]
+    stack: EmbeddedStack, api: Api, catalog: Catalog, network: dict[str, str]
 ):
     west, east = network["west"], network["east"]
-    order_id, arrangement = journey
-    only_west, only_east = arrangement["only_west"], arrangement["only_east"]
+    only_west, only_east = catalog.product("10.00"), catalog.product("20.00")
+    catalog.stock(only_west, west, 5)
+    catalog.stock(only_east, east, 5)
+
+    order_id = place(api, order_body((only_west, 2), (only_east, 1)))
+    settle(stack)
     order = order_when(api, order_id, "allocated")
 
     line_of = {line["sku"]: line["line_id"] for line in order["lines"]}
@@ -295,41 +273,32 @@ def test_an_order_no_single_location_can_supply_is_split_into_two_shipments(
     assert stock_of(api, only_east)[east]["reserved"] == 1
 
 
-def more_stock_further_away(catalog: Catalog, network: dict[str, str]) -> tuple[dict[str, Any], dict[str, Any]]:
-    sku = catalog.product("5.00")
-    catalog.stock(sku, network["west"], 5)
-    catalog.stock(sku, network["east"], 50)
-    return order_body((sku, 3)), {"sku": sku}
-
-
-@arranged(JOURNEYS, more_stock_further_away)
 def test_the_nearest_location_with_everything_supplies_a_whole_order(
-    api: Api, network: dict[str, str], journey: tuple[str, dict[str, Any]]
+    stack: EmbeddedStack, api: Api, catalog: Catalog, network: dict[str, str]
 ):
     west, east = network["west"], network["east"]
-    order_id, arrangement = journey
-    sku = arrangement["sku"]
+    sku = catalog.product("5.00")
+    catalog.stock(sku, west, 5)
+    catalog.stock(sku, east, 50)
+
+    order_id = place(api, order_body((sku, 3)))
+    settle(stack)
     order = order_when(api, order_id, "allocated")
 
     assert [(a["location_id"], a["quantity"]) for a in order["allocations"]] == [(west, 3)]
     assert stock_of(api, sku)[east]["reserved"] == 0
 
 
-def a_pickup_at_the_store(catalog: Catalog, network: dict[str, str]) -> tuple[dict[str, Any], dict[str, Any]]:
-    store = network["store"]
-    sku = catalog.product("25.00")
-    catalog.stock(sku, store, 2)
-    catalog.stock(sku, network["west"], 20)  # nearer stock elsewhere does not matter for a pickup
-    return order_body((sku, 2), fulfillment={"type": "pickup", "location_id": store}), {"sku": sku}
-
-
-@arranged(JOURNEYS, a_pickup_at_the_store)
 def test_a_pickup_order_is_supplied_by_its_store(
-    api: Api, network: dict[str, str], journey: tuple[str, dict[str, Any]]
+    stack: EmbeddedStack, api: Api, catalog: Catalog, network: dict[str, str]
 ):
     store, west = network["store"], network["west"]
-    order_id, arrangement = journey
-    sku = arrangement["sku"]
+    sku = catalog.product("25.00")
+    catalog.stock(sku, store, 2)
+    catalog.stock(sku, west, 20)  # nearer stock elsewhere does not matter for a pickup
+
+    order_id = place(api, order_body((sku, 2), fulfillment={"type": "pickup", "location_id": store}))
+    settle(stack)
     order = order_when(api, order_id, "allocated")
 
     assert order["fulfillment"] == {"type": "pickup", "location_id": store}
@@ -351,7 +320,7 @@ def test_running_the_workflow_again_changes_nothing(
     a, b = catalog.product("10.00"), catalog.product("11.00")
     catalog.stock(a, west, 5)
     catalog.stock(b, east, 5)
-    order_id = place_id(api, order_body((a, 1), (b, 2)))
+    order_id = place(api, order_body((a, 1), (b, 2)))
     settle(stack)
     first = order_when(api, order_id, "allocated")
     first_history = history(api, order_id)
@@ -418,7 +387,7 @@ def test_an_order_that_loses_its_stock_before_allocation_is_cancelled_and_voided
     settle(stack)
     stack.pause_mappings()
     try:
-        order_id = place_id(api, order_body((sku, 2)))  # passes the capture check: 2 available
+        order_id = place(api, order_body((sku, 2)))  # passes the capture check: 2 available
         # The stock goes before the workflow runs (a stock take; nothing is reserved yet).
         catalog.stock(sku, west, 0)
     finally:
@@ -456,7 +425,7 @@ def test_a_partial_loss_cancels_the_whole_order_and_releases_what_it_held(
     settle(stack)
     stack.pause_mappings()
     try:
-        order_id = place_id(api, order_body((kept, 2), (lost, 1)))
+        order_id = place(api, order_body((kept, 2), (lost, 1)))
         response = api.post(f"/inventory/{lost}/{west}/adjustments", json={"delta": -1, "reason": "damaged"})
         assert response.status_code == 200, response.text
     finally:
@@ -489,14 +458,14 @@ def test_a_location_opened_after_the_workflow_last_ran_supplies_the_next_order(
 ):
     sku = catalog.product("10.00")
     catalog.stock(sku, network["west"], 5)
-    first = place_id(api, order_body((sku, 1)))
+    first = place(api, order_body((sku, 1)))
     settle(stack)
     order_when(api, first, "allocated")  # the workflow has read (and cached) the network
     opened = catalog.location(name="New warehouse")
     newcomer = catalog.product("10.00")
     catalog.stock(newcomer, opened, 5)
 
-    order_id = place_id(api, order_body((newcomer, 1)))  # capture sees the new location's stock
+    order_id = place(api, order_body((newcomer, 1)))  # capture sees the new location's stock
     settle(stack)
     order = order_when(api, order_id, "allocated", "cancelled")
 
@@ -521,11 +490,11 @@ def test_every_call_a_function_makes_on_an_orders_journeys_is_granted_by_the_tem
     with calls_by_function(stack) as calls:
         # A key the authorizer has not seen yet: its answer is not in the gateway's cache.
         assert api.get("/orders", params={"limit": 1}, key=reader.json()["key"]).status_code == 200
-        allocated = place_id(api, order_body((sku, 1)))
-        declined = place_id(api, order_body((sku, 1), payment={"method": "test", "token": "tok_decline"}))
+        allocated = place(api, order_body((sku, 1)))
+        declined = place(api, order_body((sku, 1), payment={"method": "test", "token": "tok_decline"}))
         stack.pause_mappings()
         try:
-            cancelled = place_id(api, order_body((lost, 1)))
+            cancelled = place(api, order_body((lost, 1)))
             catalog.stock(lost, west, 0)  # gone before the workflow runs: CancelOrder compensates
         finally:
             stack.resume_mappings()
