@@ -581,7 +581,8 @@ def workflow_report() -> str:
         + ", ".join(f"{service} {seconds * 1000:.0f} ms" for service, seconds in AWS_CALL_SECONDS.items())
         + "; assumptions in `bench/cost.py`). Express executions are billed on the tasks' modeled durations at "
         "64 MB. How the logs and traces are counted: every line the functions write while they run is counted "
-        "by its log level (the template's default `LogLevel` INFO), EMF metric records as metrics, and "
+        "by its log level (the template's default `LogLevel` INFO), the EMF record each invocation that added metrics "
+        "prints as metrics (metrics on, as on Lambda, each function's apart), and "
         f"{LAMBDA_PLATFORM_LOG_BYTES} bytes per invocation for Lambda's START/END/REPORT lines: "
         + ", ".join(f"{level} {size:.0f}" for level, size in sorted(logged.items()))
         + f" bytes per order, {sum(logged.values()):.0f} in all, at $0.50 per GB ingested. X-Ray records a "

@@ -18,7 +18,7 @@ from typing import Any
 import requests
 
 from bench.cost import LAMBDA_PLATFORM_LOG_BYTES, SFN_EXPRESS_BILLED_GB, Usage, dollars, optional_dollars, wru_for
-from bench.workflow import DurationModel, LogMeter, UsageRecorder
+from bench.workflow import DurationModel, LogMeter, UsageRecorder, print_metrics_as_on_lambda
 from infra.local.stack import running_stack
 
 RETURNS = int(os.environ.get("BENCH_RETURNS", "40"))
@@ -66,6 +66,7 @@ def main() -> None:
     cpu.install()
     recorder = ReturnUsageRecorder(durations=cpu)
     recorder.install()
+    print_metrics_as_on_lambda()
     lock = threading.Lock()
     real_stdout = sys.stdout
     sys.stdout = LogMeter(sys.stdout, lambda: recorder.usage, lock)

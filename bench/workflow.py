@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, MutableMapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -198,22 +198,64 @@ class DurationModel:
 
 class LogMeter(io.TextIOBase):
     """Stands in for stdout and stderr: counts what the functions write (what CloudWatch Logs would
-    ingest), by log level, and passes everything through."""
+    ingest), by log level, and passes everything through. A line written in pieces (print writes
+    an EMF record, then its newline) is counted by its first piece's level."""
 
     def __init__(self, stream: Any, usage: Callable[[], Usage], lock: threading.Lock):
         self._stream = stream
         self._usage = usage
         self._lock = lock
+        self._open = threading.local()  # the level of the line this thread has begun, until its end
 
     def write(self, text: str) -> int:
         if getattr(RUNNING, "function", None) is not None:
             for line in text.splitlines(keepends=True):
+                level = getattr(self._open, "level", None) or _level(line)
+                self._open.level = None if line.endswith(("\n", "\r")) else level
                 with self._lock:
-                    self._usage().log_bytes[_level(line)] += len(line.encode())
+                    self._usage().log_bytes[level] += len(line.encode())
         return self._stream.write(text)
 
     def flush(self) -> None:
         self._stream.flush()
+
+
+class _PerFunction(MutableMapping[str, Any]):
+    """One of powertools' metric, dimension and metadata sets, which every Metrics instance in a
+    process shares, kept apart for each local function (RUNNING): on Lambda each function has its
+    own process, and the local stack runs them all in one, concurrently (one run of each at a time)."""
+
+    def __init__(self) -> None:
+        self._sets: defaultdict[str | None, dict[str, Any]] = defaultdict(dict)
+
+    def _set(self) -> dict[str, Any]:
+        return self._sets[getattr(RUNNING, "function", None)]
+
+    def __getitem__(self, key: str) -> Any:
+        return self._set()[key]
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self._set()[key] = value
+
+    def __delitem__(self, key: str) -> None:
+        del self._set()[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._set())
+
+    def __len__(self) -> int:
+        return len(self._set())
+
+
+def print_metrics_as_on_lambda() -> None:
+    """Metrics on, so that each invocation that added metrics prints its EMF record as on Lambda
+    (the local stack switches them off unless the environment says otherwise), each record holding
+    only its own function's metrics. Called before any function's module makes its Metrics."""
+    os.environ["POWERTOOLS_METRICS_DISABLED"] = "false"
+    from aws_lambda_powertools import Metrics
+
+    for name in ("_metrics", "_dimensions", "_metadata"):
+        setattr(Metrics, name, _PerFunction())
 
 
 def _level(line: str) -> str:
@@ -454,6 +496,7 @@ def main() -> None:
     cpu.install()
     recorder = UsageRecorder(durations=cpu)
     recorder.install()
+    print_metrics_as_on_lambda()
     lock = threading.Lock()
     real_stdout = sys.stdout
     sys.stdout = LogMeter(sys.stdout, recorder.running_usage, lock)
