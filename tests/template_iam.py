@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -470,7 +471,12 @@ def only_granted_calls(
     such a call, not its teardown here a second time."""
     with calls_by_function(stack) as calls:
         yield calls
-        stack.wait_until_idle(settle_seconds)
+        # A scheduled function the journey expects may not have had its turn yet when the stack
+        # is idle (an idle stack settles at once): wait for it first, within the same bound.
+        deadline = time.monotonic() + settle_seconds
+        while not all(function in calls for function in expected) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        stack.wait_until_idle(max(deadline - time.monotonic(), 0.0))
     assert set(expected) <= set(calls), f"never ran: {set(expected) - set(calls)}"
     if id(stack) in WATCHED:
         return
