@@ -636,7 +636,7 @@ def build_mapping(
         )
     if kind == "SQS":
         queue_arn, batch_size = str(props["Queue"]), int(props.get("BatchSize", 10))
-        if not 1 <= batch_size <= 10:  # AWS wants a MaximumBatchingWindowInSeconds above 10; not emulated
+        if not 1 <= batch_size <= 10:  # AWS takes more with a window; one receive is 10
             raise EventSourceError(f"{where}: BatchSize {batch_size} is not emulated (1 to 10)")
         return SqsMapping(
             source_arn=queue_arn,
