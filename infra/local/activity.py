@@ -13,11 +13,20 @@ class Activity:
     """The mappings ("Function.EventName" -> poller) and the executions of the template's state
     machines: built from the template, started (paused or not), waited on until idle, stopped."""
 
-    def __init__(self, resources: Resources, client: Client, *, retry_delay: float | None = None):
+    def __init__(
+        self,
+        resources: Resources,
+        client: Client,
+        *,
+        retry_delay: float | None = None,
+        batching_window_scale: float = 1.0,
+    ):
         self.resources = resources
         self.client = client
         self.mappings: dict[str, EventSourceMapping] = {}
-        self._options = {} if retry_delay is None else {"retry_delay": retry_delay}
+        self._options: dict[str, float] = {"batching_window_scale": batching_window_scale}
+        if retry_delay is not None:
+            self._options["retry_delay"] = retry_delay
 
     def build(self) -> list[S3NotificationMapping]:
         """Every function event that is not Api. S3 events become their buckets' notification
@@ -85,8 +94,9 @@ class Activity:
         """True once every mapping has drained its source (each sleeps until a record arrives: a
         write then makes it busy again until it has looked), no handler is running and no execution
         is running, with no invocation started while it looked; False after `timeout` seconds.
-        A paused mapping counts as idle (its records wait); an SQS queue whose messages are in
-        flight (invisible after a failure, or held by another consumer) is not drained yet."""
+        A paused mapping counts as idle (its records wait) unless it is gathering a batch (its
+        batching window); an SQS queue whose messages are in flight (invisible after a failure, or
+        held by another consumer) is not drained yet."""
         deadline = time.monotonic() + timeout
         while not self._quiet():
             if time.monotonic() >= deadline:

@@ -91,13 +91,14 @@ def _stack_name(text: str) -> str:
     return text
 
 
-def _retry_delay_scale(given: float | None) -> float:
-    """OMS_RETRY_DELAY_SCALE (or the value given), written as every numeric setting is
-    (core.settings.number): a finite number, 0 or more, or ValueError naming it at construction."""
-    raw = os.environ.get("OMS_RETRY_DELAY_SCALE", "") if given is None else str(given)
+def _scale(variable: str, given: float | None) -> float:
+    """OMS_RETRY_DELAY_SCALE, OMS_BATCHING_WINDOW_SCALE (or the value given), written as every
+    numeric setting is (core.settings.number): a finite number, 0 or more, or ValueError naming
+    the variable at construction."""
+    raw = os.environ.get(variable, "") if given is None else str(given)
     scale = settings.number(raw) if raw.strip() else 1.0
     if scale is None or not scale >= 0:
-        raise ValueError(f"OMS_RETRY_DELAY_SCALE must be a number of 0 or more (1: AWS's timing), got {raw!r}")
+        raise ValueError(f"{variable} must be a number of 0 or more (1: AWS's timing), got {raw!r}")
     return scale
 
 
@@ -171,7 +172,9 @@ class EmbeddedStack:
     tests can serve fakes; everything else comes from the template. `event_sources=False` (or
     OMS_EVENT_SOURCES=0) starts the mappings paused, so records wait until resume_mappings();
     `retry_delay_scale` (OMS_RETRY_DELAY_SCALE) multiplies Step Functions Retry sleeps (1.0: AWS's
-    timing); `mapping_retry_delay` is the pause before a mapping retries a failed batch.
+    timing); `batching_window_scale` (OMS_BATCHING_WINDOW_SCALE) multiplies the mappings'
+    MaximumBatchingWindowInSeconds (1.0: AWS's batches; the suite sets 0, each batch goes at once);
+    `mapping_retry_delay` is the pause before a mapping retries a failed batch.
     """
 
     def __init__(
@@ -188,9 +191,12 @@ class EmbeddedStack:
         parameter_overrides: Mapping[str, Any] | None = None,
         event_sources: bool | None = None,
         retry_delay_scale: float | None = None,
+        batching_window_scale: float | None = None,
         mapping_retry_delay: float | None = None,
     ):
-        self.retry_delay_scale = _retry_delay_scale(retry_delay_scale)  # refused before anything is built
+        # Refused before anything is built.
+        self.retry_delay_scale = _scale("OMS_RETRY_DELAY_SCALE", retry_delay_scale)
+        self.batching_window_scale = _scale("OMS_BATCHING_WINDOW_SCALE", batching_window_scale)
         self.template = template if isinstance(template, Template) else Template.load(template)
         # Each variable sets every parameter it is set to (one process, one value); two variables
         # setting one parameter to two values are refused, naming both.
@@ -239,7 +245,12 @@ class EmbeddedStack:
         self.process = ProcessEnvironment()
         self.resources = Resources(self.template, handlers)
         self.servers = Servers(self.host)
-        self.activity = Activity(self.resources, self.client, retry_delay=mapping_retry_delay)
+        self.activity = Activity(
+            self.resources,
+            self.client,
+            retry_delay=mapping_retry_delay,
+            batching_window_scale=self.batching_window_scale,
+        )
         # The parts' maps, by the names tests and tools read (filled by start()).
         self.refs, self.atts = self.resources.refs, self.resources.atts
         self.table_names, self.queue_urls = self.resources.table_names, self.resources.queue_urls

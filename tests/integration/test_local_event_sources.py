@@ -59,6 +59,9 @@ Resources:
       KeySchema: [{ AttributeName: id, KeyType: HASH }]
   PartialTable: *table
   PoisonTable: *table
+  WindowTable: *table
+  WindowQueue:
+    Type: AWS::SQS::Queue
   FailureQueue:
     Type: AWS::SQS::Queue
   InboxDeadLetters:
@@ -113,6 +116,24 @@ Resources:
             MaximumRetryAttempts: 2
             DestinationConfig:
               OnFailure: { Type: SQS, Destination: !GetAtt FailureQueue.Arn }
+  WindowConsumer:
+    Type: AWS::Serverless::Function
+    Properties:
+      Handler: fake.window
+      Events:
+        Stream:
+          Type: DynamoDB
+          Properties:
+            Stream: !GetAtt WindowTable.StreamArn
+            StartingPosition: TRIM_HORIZON
+            BatchSize: 3
+            MaximumBatchingWindowInSeconds: 60
+        Queue:
+          Type: SQS
+          Properties:
+            Queue: !GetAtt WindowQueue.Arn
+            BatchSize: 3
+            MaximumBatchingWindowInSeconds: 60
   InboxConsumer:
     Type: AWS::Serverless::Function
     Properties:
@@ -164,7 +185,14 @@ class Consumer:
         self.behaviour = behaviour or (lambda event, number: None)
 
 
-CONSUMERS = ["FilteredConsumer", "PartialConsumer", "PoisonConsumer", "InboxConsumer", "UploadConsumer"]
+CONSUMERS = [
+    "FilteredConsumer",
+    "PartialConsumer",
+    "PoisonConsumer",
+    "WindowConsumer",
+    "InboxConsumer",
+    "UploadConsumer",
+]
 
 
 def ok(event: dict[str, Any], context: Any) -> dict[str, Any]:
@@ -188,6 +216,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, consumers: dict[str, Consume
         handlers={"ApiFunction": ok, **consumers},
         admin_key_bootstrap=lambda secret: None,
         mapping_retry_delay=0.02,
+        batching_window_scale=1,  # WindowConsumer's 60 s windows as written (the suite's default is 0)
     ) as running:
         yield running
 
@@ -303,6 +332,8 @@ def test_mappings_come_from_the_template(stack: Any):
         "FilteredConsumer.Stream",
         "PartialConsumer.Stream",
         "PoisonConsumer.Stream",
+        "WindowConsumer.Stream",
+        "WindowConsumer.Queue",
         "InboxConsumer.Inbox",
         "UploadConsumer.Csv",
     }
@@ -311,6 +342,8 @@ def test_mappings_come_from_the_template(stack: Any):
     assert poison.bisect_on_error and poison.maximum_retry_attempts == 2
     assert poison.on_failure.arn == stack.atts["FailureQueue.Arn"]
     assert stack.mappings["InboxConsumer.Inbox"].batch_size == 5
+    assert stack.mappings["InboxConsumer.Inbox"].batching_window == 0.0
+    assert stack.mappings["WindowConsumer.Queue"].batching_window == 60.0
 
 
 def test_stream_mapping_delivers_only_what_the_filter_lets_through(stack, ddb, consumers):
@@ -484,6 +517,94 @@ def test_stream_pollers_do_not_leave_moto_a_shard_iterator_per_read(stack, ddb, 
     assert len(consumers["FilteredConsumer"].events) == 10
     # Each poller's last read and the next it reads (and, during a read, the one it hands out).
     assert 0 < len(iterators) <= 3 * streams
+
+
+# --- Batching windows -------------------------------------------------------------------------------
+
+
+def send_to_window(stack: Any, source: str, key: str) -> None:
+    """One record to WindowConsumer's stream or queue (each wakes its mapping)."""
+    if source == "Stream":
+        stack.client("dynamodb").put_item(TableName=stack.table_names["WindowTable"], Item={"id": {"S": key}})
+    else:
+        stack.client("sqs").send_message(QueueUrl=stack.queue_urls["WindowQueue"], MessageBody=key)
+
+
+def window_batches(consumer: Consumer) -> list[list[str]]:
+    return [
+        [record["body"] if "body" in record else record["dynamodb"]["Keys"]["id"]["S"] for record in event["Records"]]
+        for event in consumer.events
+    ]
+
+
+@pytest.mark.parametrize("source", ["Stream", "Queue"])
+def test_a_batching_window_gathers_records_sent_one_by_one_into_one_batch_once_full(stack, consumers, source):
+    # A batch went as soon as one record was there, so the template's windows (1 s) changed nothing
+    # and each record was an invocation of its own. With a 60 s window and BatchSize 3, the first two
+    # records wait (the mapping is not idle meanwhile) and the third fills the batch, which goes at once.
+    consumer = consumers["WindowConsumer"]
+    consumer.reset()
+    assert stack.wait_until_idle(5)
+    for key in ("w1", "w2"):
+        send_to_window(stack, source, f"{source}-{key}")
+    assert not stack.wait_until_idle(0.3)  # a partial batch gathering is work not done yet
+    assert consumer.events == []
+    send_to_window(stack, source, f"{source}-w3")
+    assert stack.wait_until_idle(5)
+    assert window_batches(consumer) == [[f"{source}-w1", f"{source}-w2", f"{source}-w3"]]
+
+
+@pytest.mark.parametrize("source", ["Stream", "Queue"])
+def test_a_batch_short_of_its_size_goes_once_its_window_has_passed(stack, consumers, monkeypatch, source):
+    consumer = consumers["WindowConsumer"]
+    consumer.reset()
+    monkeypatch.setattr(stack.mappings[f"WindowConsumer.{source}"], "batching_window", 0.2)
+    send_to_window(stack, source, f"{source}-alone")
+    assert stack.wait_until_idle(5)
+    assert window_batches(consumer) == [[f"{source}-alone"]]
+
+
+@pytest.mark.parametrize("source", ["Stream", "Queue"])
+def test_a_batching_window_scaled_to_0_sends_each_batch_at_once(stack, consumers, monkeypatch, source):
+    mapping = build_mapping(
+        "WindowConsumer",
+        source,
+        stack.template.functions()["WindowConsumer"]["Events"][source],
+        LocalFunction("WindowConsumer", ok),
+        resolve=stack.resources.resolve,
+        queue_url_for_arn=lambda arn: arn,
+        client=lambda service: None,
+        batching_window_scale=0,
+    )
+    assert mapping.batching_window == 0.0  # as the suite's stacks build it (OMS_BATCHING_WINDOW_SCALE=0)
+    consumer = consumers["WindowConsumer"]
+    consumer.reset()
+    monkeypatch.setattr(stack.mappings[f"WindowConsumer.{source}"], "batching_window", mapping.batching_window)
+    for key in ("n1", "n2"):
+        send_to_window(stack, source, f"{source}-{key}")
+        assert stack.wait_until_idle(5)
+    assert window_batches(consumer) == [[f"{source}-n1"], [f"{source}-n2"]]
+
+
+def test_a_batching_window_is_scaled_by_the_stack_s_scale():
+    event = {
+        "Type": "SQS",
+        "Properties": {"Queue": "arn:aws:sqs:us-east-1:123456789012:q", "MaximumBatchingWindowInSeconds": 4},
+    }
+    windows = [
+        build_mapping(
+            "Fn",
+            "E",
+            event,
+            LocalFunction("Fn", ok),
+            resolve=lambda v: v,
+            queue_url_for_arn=str,
+            client=lambda s: None,
+            **scale,
+        ).batching_window
+        for scale in ({}, {"batching_window_scale": 0.25}, {"batching_window_scale": 0})
+    ]
+    assert windows == [4.0, 1.0, 0.0]
 
 
 # --- SQS --------------------------------------------------------------------------------------------

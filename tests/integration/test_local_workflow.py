@@ -336,31 +336,39 @@ def test_stop_stops_running_executions_and_waits_for_their_handlers(tmp_path: Pa
     assert len(started) == 1
 
 
+# Each scale of the local stack's: its variable and the keyword (and attribute) that sets it.
+SCALES = [("OMS_RETRY_DELAY_SCALE", "retry_delay_scale"), ("OMS_BATCHING_WINDOW_SCALE", "batching_window_scale")]
+
+
+@pytest.mark.parametrize(("variable", "keyword"), SCALES)
 @pytest.mark.parametrize("value", ["nan", "inf", "-1", "-0.5", "fast", "1_0", " 2 "])
-def test_a_retry_delay_scale_that_is_not_a_finite_number_of_0_or_more_is_refused_at_once(monkeypatch, value: str):
-    # nan, inf or a negative scale started the stack: the first Retry of some execution then called
-    # time.sleep with it, which refuses it, and that execution failed inside the interpreter.
+def test_a_scale_that_is_not_a_finite_number_of_0_or_more_is_refused_at_once(
+    monkeypatch, value: str, variable: str, keyword: str
+):
+    # nan, inf or a negative retry delay scale started the stack: the first Retry of some execution
+    # then called time.sleep with it, which refuses it, and that execution failed inside the interpreter.
     from infra.local.stack import EmbeddedStack
 
-    monkeypatch.setenv("OMS_RETRY_DELAY_SCALE", value)
-    with pytest.raises(ValueError, match=r"^OMS_RETRY_DELAY_SCALE must be a number of 0 or more"):
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(ValueError, match=rf"^{variable} must be a number of 0 or more"):
         EmbeddedStack(api_port=0, aws_port=0, seed=False)
 
-    monkeypatch.delenv("OMS_RETRY_DELAY_SCALE")
+    monkeypatch.delenv(variable)
     if value in ("1_0", " 2 "):
         return  # float() takes them (as the variable's text they are refused above, as a deploy refuses a Number so)
-    with pytest.raises(ValueError, match=r"^OMS_RETRY_DELAY_SCALE must be a number of 0 or more"):
-        EmbeddedStack(api_port=0, aws_port=0, seed=False, retry_delay_scale=float(value.replace("fast", "nan")))
+    with pytest.raises(ValueError, match=rf"^{variable} must be a number of 0 or more"):
+        EmbeddedStack(api_port=0, aws_port=0, seed=False, **{keyword: float(value.replace("fast", "nan"))})
 
 
-def test_a_retry_delay_scale_of_0_or_more_is_taken(monkeypatch):
+@pytest.mark.parametrize(("variable", "keyword"), SCALES)
+def test_a_scale_of_0_or_more_is_taken(monkeypatch, variable: str, keyword: str):
     from infra.local.stack import EmbeddedStack
 
-    monkeypatch.setenv("OMS_RETRY_DELAY_SCALE", "0")
-    assert EmbeddedStack(api_port=0, aws_port=0, seed=False).retry_delay_scale == 0.0
-    monkeypatch.delenv("OMS_RETRY_DELAY_SCALE")
-    assert EmbeddedStack(api_port=0, aws_port=0, seed=False).retry_delay_scale == 1.0
-    assert EmbeddedStack(api_port=0, aws_port=0, seed=False, retry_delay_scale=0.01).retry_delay_scale == 0.01
+    monkeypatch.setenv(variable, "0")
+    assert getattr(EmbeddedStack(api_port=0, aws_port=0, seed=False), keyword) == 0.0
+    monkeypatch.delenv(variable)
+    assert getattr(EmbeddedStack(api_port=0, aws_port=0, seed=False), keyword) == 1.0
+    assert getattr(EmbeddedStack(api_port=0, aws_port=0, seed=False, **{keyword: 0.01}), keyword) == 0.01
 
 
 def test_an_invalid_definition_stops_startup_with_the_problems(tmp_path: Path):
