@@ -193,8 +193,11 @@ class EventSourceMapping:
         self._arrived.set()
 
     def wake(self) -> None:
-        """A record may have arrived at the source: the mapping looks (now, or once resumed)."""
-        self._arrived.set()
+        """A record may have arrived at the source: the mapping looks now. A paused one is left
+        asleep (resume() has it look for what arrived meanwhile): woken by every record of a
+        busy stream, each of its pollers cost a thread switch for nothing."""
+        if not self.paused:
+            self._arrived.set()
 
     @property
     def paused(self) -> bool:
