@@ -412,10 +412,16 @@ class SqsMapping(EventSourceMapping):
             self._received += [self.event_record(message) for message in messages]
         if self._received:
             return list(self._received)
-        names = ["ApproximateNumberOfMessagesNotVisible", "ApproximateNumberOfMessagesDelayed"]
+        # A message whose visibility timeout ends between the receive and this look is visible
+        # here: not drained (moto moves one past maxReceiveCount to its DLQ on the next receive).
+        names = [
+            "ApproximateNumberOfMessagesNotVisible",
+            "ApproximateNumberOfMessages",
+            "ApproximateNumberOfMessagesDelayed",
+        ]
         counts = sqs.get_queue_attributes(QueueUrl=self.queue_url, AttributeNames=names)["Attributes"]
-        in_flight, self._delayed = (int(counts.get(name) or 0) for name in names)
-        return None if in_flight else []  # delayed messages wait like a paused mapping's: drained
+        in_flight, visible, self._delayed = (int(counts.get(name) or 0) for name in names)
+        return None if in_flight or visible else []  # delayed messages wait like a paused mapping's: drained
 
     def _look_again_in(self) -> float | None:
         return POLL_INTERVAL if self._delayed else super()._look_again_in()  # no wake when one's delay ends
