@@ -509,21 +509,24 @@ def request_profile_report(raw_calls_per_second: float) -> str:
 WORKFLOW_RUNS = int(os.environ.get("BENCH_WORKFLOW_RUNS", "3"))
 
 
+def workflow_run(*args: str) -> dict[str, Any]:
+    """One `python -m bench.workflow` in a fresh process: the JSON object it prints last."""
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.workflow", *args], cwd=ROOT, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def workflow_report() -> str:
     """bench.workflow in fresh processes: orders from POST to allocated, and the AWS bill."""
     runs = []
     for run in range(WORKFLOW_RUNS):
-        out = subprocess.run(
-            [sys.executable, "-m", "bench.workflow"], cwd=ROOT, capture_output=True, text=True, check=True,
-        )  # fmt: skip
-        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        runs.append(workflow_run())
         print(f"workflow run {run + 1}/{WORKFLOW_RUNS}: {runs[-1]['allocated_per_second']:.1f} orders/s", flush=True)
     runs.sort(key=lambda r: r["total_per_million_orders"])
     typical = runs[len(runs) // 2]
-    out = subprocess.run(
-        [sys.executable, "-m", "bench.workflow", "steady"], cwd=ROOT, capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    steady = json.loads(out.stdout.strip().splitlines()[-1])
+    steady = workflow_run("steady")
+    print(f"workflow at a steady rate: {steady['orders']} orders, {steady['statuses']}", flush=True)
     rates = sorted(r["allocated_per_second"] for r in runs)
     lines = [
         "",

@@ -4,7 +4,9 @@ log) add on top.
 
 Runs in its own process (`python -m bench.workflow`, called by `make bench`) because it starts
 the stack in-process: a botocore event hook then sees every AWS request the functions make,
-attributed to the function making it. Prints one JSON object.
+attributed to the function making it. Prints one JSON object. `python -m bench.workflow steady`
+prices the placing alone at a steady arrival rate (see STEADY_TIME_SCALE), for `make bench` to
+set beside the burst's.
 """
 
 from __future__ import annotations
