@@ -539,8 +539,8 @@ def main(argv: list[str]) -> None:
         raise SystemExit("usage: python -m bench.workflow [steady]")
     steady = bool(argv)
     params = {"ApiRateLimit": 1_000_000, "ApiBurstLimit": 1_000_000}
-    # The steady run's clock is compressed (see STEADY_TIME_SCALE): the batching windows and the
-    # schedules by the same factor as the gap between orders.
+    # The steady run's clock is compressed (see STEADY_TIME_SCALE): the batching windows, the
+    # authorizer's cache and the schedules by the same factor as the gap between orders.
     options = steady_stack_options(params) if steady else {"parameter_overrides": params}
     # Installed before the stack starts, so every client the functions create carries the hook.
     cpu = DurationModel()
