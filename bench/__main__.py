@@ -509,24 +509,31 @@ def request_profile_report(raw_calls_per_second: float) -> str:
 WORKFLOW_RUNS = int(os.environ.get("BENCH_WORKFLOW_RUNS", "3"))
 
 
+def workflow_run(*args: str) -> dict[str, Any]:
+    """One `python -m bench.workflow` in a fresh process: the JSON object it prints last."""
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.workflow", *args], cwd=ROOT, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def workflow_report() -> str:
     """bench.workflow in fresh processes: orders from POST to allocated, and the AWS bill."""
     runs = []
     for run in range(WORKFLOW_RUNS):
-        out = subprocess.run(
-            [sys.executable, "-m", "bench.workflow"], cwd=ROOT, capture_output=True, text=True, check=True,
-        )  # fmt: skip
-        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        runs.append(workflow_run())
         print(f"workflow run {run + 1}/{WORKFLOW_RUNS}: {runs[-1]['allocated_per_second']:.1f} orders/s", flush=True)
     runs.sort(key=lambda r: r["total_per_million_orders"])
     typical = runs[len(runs) // 2]
+    steady = workflow_run("steady")
+    print(f"workflow at a steady rate: {steady['orders']} orders, {steady['statuses']}", flush=True)
     rates = sorted(r["allocated_per_second"] for r in runs)
     lines = [
         "",
         "## The order workflow: POST to `allocated`, and what an order costs on AWS",
         "",
-        f"{typical['orders']} orders a run (tok_approve, one line each), placed by {4} clients over HTTP on the "
-        "local stack with the outbox, the Express state machine (moto's interpreter) and its Lambda tasks "
+        f"{typical['orders']} orders a run (tok_approve, one line each), placed by {typical['clients']} clients over "
+        "HTTP on the local stack with the outbox, the Express state machine (moto's interpreter) and its Lambda tasks "
         "running in-process; then each shipment shipped and delivered: half of the orders with a request per "
         "shipment and action (`POST .../ship`, `.../deliver`), the other half as a warehouse system confirms them, "
         f"in `POST /shipments/confirmations` batches of {typical['confirmation_batch']}; each half's cost is scaled "
@@ -560,7 +567,9 @@ def workflow_report() -> str:
     lines += [
         "",
         "Dollars per million orders from capture to delivery at AWS list prices (us-east-1, on-demand; "
-        "the prices and the capacity-unit model are in `bench/cost.py`):",
+        "the prices and the capacity-unit model are in `bench/cost.py`), at the burst's rate: "
+        f"{typical['clients']} clients placing orders as fast as they can, so each batching window gathers many "
+        "orders' records (the table after it prices an order at a steady rate, one window to an order):",
         "",
         "| service | $ per million orders |",
         "| --- | --- |",
@@ -571,6 +580,7 @@ def workflow_report() -> str:
     optional = typical["optional_dollars_per_million_orders"]
     lines += [f"| + {feature} | {cost:.2f} |" for feature, cost in optional.items()]
     lines += [f"| **total, with every optional feature** | **{total + sum(optional.values()):.2f}** |", ""]
+    lines += rates_markdown(typical, steady)
     lines += confirmations_markdown(typical)
     lines += features_markdown(typical, total + sum(optional.values()))
     logged = typical["log_bytes_per_order"]
@@ -593,6 +603,54 @@ def workflow_report() -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def rates_markdown(burst: dict[str, Any], steady: dict[str, Any]) -> list[str]:
+    """An order's invocations and bill at the burst's rate and at a steady one. The steady run
+    measures the placing (POST to `allocated`) alone; the shipments' confirmations, in batches
+    that arrive at once whatever the rate orders come at, are the burst run's."""
+    whole, placing, steady_placing = burst["bill"], burst["placing"], steady["placing"]
+
+    def at_steady_rate(key: str, name: str = "") -> float:
+        """The burst run's figure with its placing's share swapped for the steady run's (+ 0.0: no -0.000)."""
+
+        def figure(bill: dict[str, Any]) -> float:
+            return bill[key].get(name, 0.0) if name else bill[key]
+
+        return round(figure(whole) - figure(placing) + figure(steady_placing), 9) + 0.0
+
+    apart, scale = steady["seconds_apart_on_aws"], steady["time_scale"]
+    invocations = "lambda_invocations_per_order"
+    lines = [
+        f"The same order at a steady rate: one placed every {apart:g} s ({3600 / apart:.0f} an hour), so each "
+        "1 s batching window holds one order's records at most (the outbox is invoked "
+        f"{steady_placing[invocations]['OutboxFunction']:.2f} times an order), where each window of the burst "
+        f"gathers many ({whole[invocations]['OutboxFunction']:.3f}). The steady run places {steady['orders']} orders "
+        f"(statuses {steady['statuses']}, one run) with its clock compressed by {scale:g}: the gap, the batching "
+        "windows (`OMS_BATCHING_WINDOW_SCALE`), the authorizer's cache and the schedules alike, so what shares "
+        "an invocation, what the cache answers and what a scheduled run falls to keep their ratio to the gap "
+        "(nothing billed is timed; `bench/workflow.py` says what is not scaled). Its orders are placed at its "
+        f"rate and confirmed with the burst run's batches of {burst['confirmation_batch']} (a manifest arrives "
+        "at once whatever the rate orders come at).",
+        "",
+        f"| per order | burst ({burst['clients']} clients, as fast as they can) | steady (one every {apart:g} s) |",
+        "| --- | --- | --- |",
+    ]
+    for name in sorted({*whole[invocations], *steady_placing[invocations]}):
+        burst_calls, steady_calls = whole[invocations].get(name, 0.0), at_steady_rate(invocations, name)
+        lines.append(f"| {name} invocations | {burst_calls:.3f} | {steady_calls:.3f} |")
+    money = {
+        "**$ per million orders, without the optional features**": "total_per_million_orders",
+        "+ the logs' INFO lines and X-Ray": "optional_per_million_orders",
+        "+ events, one webhook subscription, aggregates and notifications": "features_per_million_orders",
+    }
+    lines += [f"| {label} | {whole[key]:.2f} | {at_steady_rate(key):.2f} |" for label, key in money.items()]
+    lines += [
+        f"| **$ per million orders, with all of them** | **{sum(whole[key] for key in money.values()):.2f}** | "
+        f"**{sum(at_steady_rate(key) for key in money.values()):.2f}** |",
+        "",
+    ]
+    return lines
 
 
 def write_units_markdown(run: dict[str, Any]) -> list[str]:

@@ -4,7 +4,9 @@ log) add on top.
 
 Runs in its own process (`python -m bench.workflow`, called by `make bench`) because it starts
 the stack in-process: a botocore event hook then sees every AWS request the functions make,
-attributed to the function making it. Prints one JSON object.
+attributed to the function making it. Prints one JSON object. `python -m bench.workflow steady`
+prices the placing alone at a steady arrival rate (see STEADY_TIME_SCALE), for `make bench` to
+set beside the burst's.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import sys
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -42,6 +44,7 @@ from bench.cost import (
 )
 from bench.stack import external_id
 from functions.adapters import order_codec
+from infra.local.event_sources import SCHEDULE_PERIOD_ENV, schedule_period
 from infra.local.lambdas import RUNNING, LocalFunction, run_workers_as_their_function
 from infra.local.stack import running_stack
 from infra.local.template import Template
@@ -50,6 +53,22 @@ ORDERS = int(os.environ.get("BENCH_WORKFLOW_ORDERS", "100"))
 CLIENTS = 4
 # Shipments a warehouse system confirms in one POST /shipments/confirmations (a wave, a manifest).
 CONFIRMATION_BATCH = 50
+
+# The burst (CLIENTS placing orders as fast as they can) gathers many orders' stream records in
+# each batching window (the template's MaximumBatchingWindowInSeconds, 1 s); a shop that takes an
+# order every few seconds does not. `python -m bench.workflow steady` places STEADY_ORDERS orders
+# one every STEADY_SECONDS_APART seconds, so that each window holds one order's records at most.
+# Its clock is compressed by STEADY_TIME_SCALE to keep it short: the gap between orders, the
+# batching windows (OMS_BATCHING_WINDOW_SCALE), the authorizer's cache (AuthorizerCacheSeconds:
+# 5 s, past by each order's turn) and the schedules all by the same factor, so each keeps its
+# ratio to the gap: what shares an invocation, what the cache answers and how many orders a
+# scheduled run falls to are as at this rate on AWS. Nothing billed is timed (requests, items, the
+# modeled durations), so the compression changes the bill through those alone. The functions' own
+# latency is not scaled: an order's records come over ~0.6 s here (POST to `allocated`), which
+# the 1.2 s gap leaves room for; how they split between 0.2 s windows follows that latency.
+STEADY_ORDERS = int(os.environ.get("BENCH_STEADY_ORDERS", "10"))
+STEADY_SECONDS_APART = 6.0  # on AWS: 600 orders an hour
+STEADY_TIME_SCALE = 0.2  # keeps the authorizer's cache a whole number of seconds (API Gateway's unit)
 
 # The optional features, by the function that does their work; the core figure leaves them out.
 # EventsFunction's own time is the events' (the aggregates and notifications ride on its
@@ -434,11 +453,37 @@ def confirmation_summary(usage: Usage, count: int) -> dict[str, Any]:
     }
 
 
+def as_billed(usage: Usage) -> Usage:
+    """A copy of `usage` with what AWS adds to what the functions did: Lambda's START/END/REPORT
+    lines for every invocation, and a trace for each API request (the authorizer and the API
+    function are in it) and each stream-triggered outbox invocation (the executions it starts,
+    with their tasks)."""
+    billed = combined((usage, 1.0))
+    billed.log_bytes["platform"] += sum(billed.lambda_invocations.values()) * LAMBDA_PLATFORM_LOG_BYTES
+    billed.traces = billed.api_requests + billed.lambda_invocations["OutboxFunction"]
+    return billed
+
+
 def feature_dollars(usage: Usage, count: int) -> dict[str, float]:
     """A feature's bill per million (orders or reads), its services that cost something."""
-    usage.log_bytes["platform"] += sum(usage.lambda_invocations.values()) * LAMBDA_PLATFORM_LOG_BYTES
-    billed = {**dollars(usage), **optional_dollars(usage)}
-    return {service: cost / count * 1_000_000 for service, cost in billed.items() if cost}
+    billed = as_billed(usage)
+    bill = {**dollars(billed), **optional_dollars(billed)}
+    return {service: cost / count * 1_000_000 for service, cost in bill.items() if cost}
+
+
+def per_order_bill(core: Usage, features: Mapping[str, Usage], count: int) -> dict[str, Any]:
+    """What the burst and the steady rate are compared by: each function's invocations per order
+    (the core's and the per-order features'), and the bill per million orders without the optional
+    features, what the INFO lines and X-Ray add, and what the per-order features add."""
+    per_order = [features[feature] for feature in FEATURES if feature in features]
+    invocations = sum((feature.lambda_invocations for feature in per_order), Counter(core.lambda_invocations))
+    billed = as_billed(core)
+    return {
+        "lambda_invocations_per_order": {name: calls / count for name, calls in sorted(invocations.items())},
+        "total_per_million_orders": sum(dollars(billed).values()) / count * 1_000_000,
+        "optional_per_million_orders": sum(optional_dollars(billed).values()) / count * 1_000_000,
+        "features_per_million_orders": sum(sum(feature_dollars(feature, count).values()) for feature in per_order),
+    }
 
 
 def _bill_lambda(
@@ -489,8 +534,14 @@ class Subscriber:
         self.server.server_close()
 
 
-def main() -> None:
+def main(argv: list[str]) -> None:
+    if argv not in ([], ["steady"]):
+        raise SystemExit("usage: python -m bench.workflow [steady]")
+    steady = bool(argv)
     params = {"ApiRateLimit": 1_000_000, "ApiBurstLimit": 1_000_000}
+    # The steady run's clock is compressed (see STEADY_TIME_SCALE): the batching windows, the
+    # authorizer's cache and the schedules by the same factor as the gap between orders.
+    options = steady_stack_options(params) if steady else {"parameter_overrides": params}
     # Installed before the stack starts, so every client the functions create carries the hook.
     cpu = DurationModel()
     cpu.install()
@@ -502,7 +553,7 @@ def main() -> None:
     sys.stdout = LogMeter(sys.stdout, recorder.running_usage, lock)
     sys.stderr = LogMeter(sys.stderr, recorder.running_usage, lock)
     receiver = Subscriber()
-    with running_stack(seed=True, parameter_overrides=params) as stack:
+    with running_stack(seed=True, **options) as stack:
         tag_events_function()
         headers = {"Authorization": f"Bearer {stack.admin_key}"}
         # One webhook subscription to every event, answered at once (what one subscriber costs).
@@ -526,25 +577,18 @@ def main() -> None:
 
         placed: list[str] = []
 
-        def client(count: int) -> None:
-            session = requests.Session()
-            for _ in range(count):
-                response = session.post(f"{stack.api_url}/orders", json=_order_body(), headers=headers, timeout=30)
-                response.raise_for_status()
-                with lock:
-                    placed.append(response.json()["id"])
+        def place(session: requests.Session) -> None:
+            response = session.post(f"{stack.api_url}/orders", json=_order_body(), headers=headers, timeout=30)
+            response.raise_for_status()
+            with lock:
+                placed.append(response.json()["id"])
 
         started = time.perf_counter()
-        threads = [threading.Thread(target=client, args=(ORDERS // CLIENTS,)) for _ in range(CLIENTS)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        (place_steadily if steady else place_in_a_burst)(place)
         stack.wait_until_idle(300)
         allocated_seconds = time.perf_counter() - started
 
         statuses: Counter[str] = Counter()
-        session = requests.Session()
         dynamodb = stack.client("dynamodb")  # read directly: the benchmark's checks are no order's cost
         shipments: dict[str, list[str]] = {}
         for order_id in placed:
@@ -562,126 +606,191 @@ def main() -> None:
         )
         placing.sfn_gb_seconds = workflow_seconds * SFN_EXPRESS_BILLED_GB
         placing.api_requests = len(placed)  # one POST /orders each
-
-        # Shipping and delivering, measured both ways, each on half of the orders: the first half
-        # with a request per shipment and action (the single routes), the second half as a
-        # warehouse system would confirm them, in batches of CONFIRMATION_BATCH.
-        half = len(placed) // 2
-        singly = [(o, s) for o in placed[:half] for s in shipments[o]]
-        together = [(o, s) for o in placed[half:] for s in shipments[o]]
-
-        def one_by_one() -> int:
-            for order_id, shipment_id in singly:
-                base = f"{stack.api_url}/orders/{order_id}/shipments/{shipment_id}"
-                session.post(f"{base}/ship", headers=headers, timeout=30).raise_for_status()
-                session.post(f"{base}/deliver", headers=headers, timeout=30).raise_for_status()
-            return 2 * len(singly)
-
-        def in_batches() -> int:
-            sent = 0
-            for action in ("ship", "deliver"):
-                for start in range(0, len(together), CONFIRMATION_BATCH):
-                    items = [{"order_id": o, "shipment_id": s, "action": action}
-                             for o, s in together[start : start + CONFIRMATION_BATCH]]  # fmt: skip
-                    for _ in range(10):  # as a warehouse system does: what may succeed again is sent again
-                        if not items:
-                            break
-                        response = session.post(f"{stack.api_url}/shipments/confirmations", json={"items": items},
-                                                headers=headers, timeout=60)  # fmt: skip
-                        response.raise_for_status()
-                        sent += 1
-                        results = response.json()["items"]
-                        refused = [result for result in results if result["error"] and not result["retry"]]
-                        assert not refused, refused
-                        items = [item for item, result in zip(items, results, strict=True) if result["retry"]]
-                    assert not items, f"still refused after 10 sends: {items}"
-            return sent
-
-        def fulfilled(confirm: Callable[[], int]) -> tuple[Usage, defaultdict[str, Usage]]:
-            recorder.usage, recorder.features = Usage(), defaultdict(Usage)
-            before, calls_before = Counter(cpu.seconds), {f.name: f.invocations for f in functions}
-            sent = confirm()
-            stack.wait_until_idle(60)
-            usage, features = recorder.usage, recorder.features
-            _bill_lambda(functions, usage, features, cpu, before, calls_before)
-            usage.api_requests = sent
-            return usage, features
-
-        singly_usage, _ = fulfilled(one_by_one)  # the optional features: as for the batched half
-        batched_usage, batched_features = fulfilled(in_batches)
-        count = len(placed)
-        # Every order placed, then shipped and delivered the way its half was, scaled to the run
-        # by the orders each half shipped (an order the workflow did not allocate ships nothing).
-        shipped_singly = len({order_id for order_id, _ in singly})
-        shipped_together = len({order_id for order_id, _ in together})
-        assert shipped_singly and shipped_together, "no order of a half was allocated"
-        per_shipment = combined((placing, 1.0), (singly_usage, count / shipped_singly))
-        usage = combined((placing, 1.0), (batched_usage, count / shipped_together))
-        features: defaultdict[str, Usage] = defaultdict(Usage)
-        for feature in {*placing_features, *batched_features}:
-            features[feature] = combined(
-                (placing_features[feature], 1.0), (batched_features[feature], count / shipped_together)
-            )
-        for billed in (usage, per_shipment):
-            billed.log_bytes["platform"] += sum(billed.lambda_invocations.values()) * LAMBDA_PLATFORM_LOG_BYTES
-            # A trace starts at each API request (the authorizer and the API function are in it)
-            # and at each stream-triggered outbox invocation (the executions it starts, with their tasks).
-            billed.traces = billed.api_requests + billed.lambda_invocations["OutboxFunction"]
-
-        # The access log is paid per read: one GET /orders/{id} per order, counting only what
-        # recording it costs (the API's SendMessage, the access-log function and its PutItem).
-        recorder.usage, recorder.features = Usage(), defaultdict(Usage)
-        cpu_before = Counter(cpu.seconds)
-        invocations_before = {f.name: f.invocations for f in functions}
-        for order_id in placed:
-            session.get(f"{stack.api_url}/orders/{order_id}", headers=headers, timeout=30).raise_for_status()
-        stack.wait_until_idle(60)
-        reads = recorder.features
-        _bill_lambda(functions, Usage(), reads, cpu, cpu_before, invocations_before)
+        placing_bill = per_order_bill(placing, placing_features, len(placed))
+        if steady:
+            result = {
+                "orders": len(placed),
+                "statuses": dict(statuses),
+                "seconds_apart_on_aws": STEADY_SECONDS_APART,
+                "time_scale": STEADY_TIME_SCALE,
+                "placing": placing_bill,
+            }
+        else:
+            result = fulfilled_and_read(stack, headers, recorder, cpu, placed, shipments, placing, placing_features)
+            result |= {
+                "statuses": dict(statuses),
+                "allocated_per_second": len(placed) / allocated_seconds,
+                "clients": CLIENTS,
+                "webhook_deliveries_per_order": receiver.received / len(placed),
+                "placing": placing_bill,
+            }
     receiver.close()
-
     sys.stdout = real_stdout
+    print(json.dumps(result))
 
-    bill = dollars(usage)
+
+def place_in_a_burst(place: Callable[[requests.Session], None]) -> None:
+    """ORDERS orders placed by CLIENTS clients, each as fast as it can."""
+
+    def client(count: int) -> None:
+        session = requests.Session()
+        for _ in range(count):
+            place(session)
+
+    threads = [threading.Thread(target=client, args=(ORDERS // CLIENTS,)) for _ in range(CLIENTS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+def place_steadily(place: Callable[[requests.Session], None]) -> None:
+    """STEADY_ORDERS orders, one every STEADY_SECONDS_APART seconds of AWS time (times the run's
+    scale), each on its tick whatever the previous one took."""
+    session, started = requests.Session(), time.monotonic()
+    for tick in range(STEADY_ORDERS):
+        time.sleep(max(0.0, started + tick * STEADY_SECONDS_APART * STEADY_TIME_SCALE - time.monotonic()))
+        place(session)
+
+
+def steady_stack_options(params: dict[str, Any]) -> dict[str, Any]:
+    """running_stack's options with the template's times STEADY_TIME_SCALE: its batching windows,
+    its authorizer's cache and its schedules (one period for all; no faster local period)."""
+    template = Template.load()
+    cache_seconds = template.parameter("AuthorizerCacheSeconds") * STEADY_TIME_SCALE
+    periods = {
+        schedule_period(template.resolve(event["Properties"]["Schedule"]), f"{logical_id}.Events.{name}")
+        for logical_id, function in template.functions().items()
+        for name, event in (function.get("Events") or {}).items()
+        if event["Type"] == "Schedule"
+    }
+    (period,) = periods  # one variable sets every schedule's local period
+    os.environ[SCHEDULE_PERIOD_ENV] = os.environ["OMS_JEOPARDY_SCAN_SECONDS"] = repr(period * STEADY_TIME_SCALE)
+    return {
+        "batching_window_scale": STEADY_TIME_SCALE,
+        "parameter_overrides": {**params, "AuthorizerCacheSeconds": round(cache_seconds, 9)},
+    }
+
+
+def fulfilled_and_read(
+    stack: Any,
+    headers: dict[str, str],
+    recorder: UsageRecorder,
+    cpu: DurationModel,
+    placed: list[str],
+    shipments: dict[str, list[str]],
+    placing: Usage,
+    placing_features: defaultdict[str, Usage],
+) -> dict[str, Any]:
+    """The burst run's orders shipped and delivered both ways, then each read once; the run's
+    figures, from capture to delivery."""
+    functions = stack.functions.values()
+    session = requests.Session()
+    # Shipping and delivering, measured both ways, each on half of the orders: the first half
+    # with a request per shipment and action (the single routes), the second half as a
+    # warehouse system would confirm them, in batches of CONFIRMATION_BATCH.
+    half = len(placed) // 2
+    singly = [(o, s) for o in placed[:half] for s in shipments[o]]
+    together = [(o, s) for o in placed[half:] for s in shipments[o]]
+
+    def one_by_one() -> int:
+        for order_id, shipment_id in singly:
+            base = f"{stack.api_url}/orders/{order_id}/shipments/{shipment_id}"
+            session.post(f"{base}/ship", headers=headers, timeout=30).raise_for_status()
+            session.post(f"{base}/deliver", headers=headers, timeout=30).raise_for_status()
+        return 2 * len(singly)
+
+    def in_batches() -> int:
+        sent = 0
+        for action in ("ship", "deliver"):
+            for start in range(0, len(together), CONFIRMATION_BATCH):
+                items = [{"order_id": o, "shipment_id": s, "action": action}
+                         for o, s in together[start : start + CONFIRMATION_BATCH]]  # fmt: skip
+                for _ in range(10):  # as a warehouse system does: what may succeed again is sent again
+                    if not items:
+                        break
+                    response = session.post(f"{stack.api_url}/shipments/confirmations", json={"items": items},
+                                            headers=headers, timeout=60)  # fmt: skip
+                    response.raise_for_status()
+                    sent += 1
+                    results = response.json()["items"]
+                    refused = [result for result in results if result["error"] and not result["retry"]]
+                    assert not refused, refused
+                    items = [item for item, result in zip(items, results, strict=True) if result["retry"]]
+                assert not items, f"still refused after 10 sends: {items}"
+        return sent
+
+    def fulfilled(confirm: Callable[[], int]) -> tuple[Usage, defaultdict[str, Usage]]:
+        recorder.usage, recorder.features = Usage(), defaultdict(Usage)
+        before, calls_before = Counter(cpu.seconds), {f.name: f.invocations for f in functions}
+        sent = confirm()
+        stack.wait_until_idle(60)
+        usage, features = recorder.usage, recorder.features
+        _bill_lambda(functions, usage, features, cpu, before, calls_before)
+        usage.api_requests = sent
+        return usage, features
+
+    singly_usage, _ = fulfilled(one_by_one)  # the optional features: as for the batched half
+    batched_usage, batched_features = fulfilled(in_batches)
+    count = len(placed)
+    # Every order placed, then shipped and delivered the way its half was, scaled to the run
+    # by the orders each half shipped (an order the workflow did not allocate ships nothing).
+    shipped_singly = len({order_id for order_id, _ in singly})
+    shipped_together = len({order_id for order_id, _ in together})
+    assert shipped_singly and shipped_together, "no order of a half was allocated"
+    per_shipment = combined((placing, 1.0), (singly_usage, count / shipped_singly))
+    usage = combined((placing, 1.0), (batched_usage, count / shipped_together))
+    features: defaultdict[str, Usage] = defaultdict(Usage)
+    for feature in {*placing_features, *batched_features}:
+        features[feature] = combined(
+            (placing_features[feature], 1.0), (batched_features[feature], count / shipped_together)
+        )
+    billed, per_shipment = as_billed(usage), as_billed(per_shipment)
+
+    # The access log is paid per read: one GET /orders/{id} per order, counting only what
+    # recording it costs (the API's SendMessage, the access-log function and its PutItem).
+    recorder.usage, recorder.features = Usage(), defaultdict(Usage)
+    cpu_before = Counter(cpu.seconds)
+    invocations_before = {f.name: f.invocations for f in functions}
+    for order_id in placed:
+        session.get(f"{stack.api_url}/orders/{order_id}", headers=headers, timeout=30).raise_for_status()
+    stack.wait_until_idle(60)
+    reads = recorder.features
+    _bill_lambda(functions, Usage(), reads, cpu, cpu_before, invocations_before)
+    bill = dollars(billed)
     per_million = {service: cost / count * 1_000_000 for service, cost in bill.items()}
     features_per_million = {feature: feature_dollars(features[feature], count) for feature in FEATURES}
-    optional_per_million = {feature: cost / count * 1_000_000 for feature, cost in optional_dollars(usage).items()}
+    optional_per_million = {feature: cost / count * 1_000_000 for feature, cost in optional_dollars(billed).items()}
 
     def per_order(counts: Counter[str]) -> dict[str, float]:
         return {key: value / count for key, value in sorted(counts.items())}
 
-    print(
-        json.dumps(
-            {
-                "orders": count,
-                "statuses": dict(statuses),
-                "allocated_per_second": count / allocated_seconds,
-                "requests_per_order": per_order(usage.calls),
-                "requests_per_order_by_function": per_order(usage.by_function),
-                "lambda_invocations_per_order": per_order(usage.lambda_invocations),
-                "lambda_gb_seconds_per_order": usage.lambda_gb_seconds / len(placed),
-                "wru_per_order": usage.wru / len(placed),
-                "wru_per_order_by_write": per_order(+usage.wru_by_write),  # unary plus: no zeros
-                "rru_per_order": usage.rru / len(placed),
-                "api_requests_per_order": usage.api_requests / len(placed),
-                "dollars_per_million_orders": per_million,
-                "total_per_million_orders": sum(per_million.values()),
-                "optional_dollars_per_million_orders": optional_per_million,
-                "features_per_million_orders": features_per_million,
-                "access_log_per_million_reads": feature_dollars(reads["access log"], count),
-                "webhook_deliveries_per_order": receiver.received / count,
-                "log_bytes_per_order": per_order(usage.log_bytes),
-                "traces_per_order": usage.traces / count,
-                "order_item_bytes_at_delivery": statistics.median(size for size, _ in recorder.order_sizes()),
-                "confirmation_batch": CONFIRMATION_BATCH,
-                "confirmations": {
-                    "per shipment": confirmation_summary(per_shipment, count),
-                    "batched": confirmation_summary(usage, count),
-                },
-            }
-        )
-    )
+    return {
+        "orders": count,
+        "requests_per_order": per_order(usage.calls),
+        "requests_per_order_by_function": per_order(usage.by_function),
+        "lambda_invocations_per_order": per_order(usage.lambda_invocations),
+        "lambda_gb_seconds_per_order": usage.lambda_gb_seconds / len(placed),
+        "wru_per_order": usage.wru / len(placed),
+        "wru_per_order_by_write": per_order(+usage.wru_by_write),  # unary plus: no zeros
+        "rru_per_order": usage.rru / len(placed),
+        "api_requests_per_order": usage.api_requests / len(placed),
+        "dollars_per_million_orders": per_million,
+        "total_per_million_orders": sum(per_million.values()),
+        "optional_dollars_per_million_orders": optional_per_million,
+        "features_per_million_orders": features_per_million,
+        "access_log_per_million_reads": feature_dollars(reads["access log"], count),
+        "log_bytes_per_order": per_order(usage.log_bytes),
+        "traces_per_order": usage.traces / count,
+        "order_item_bytes_at_delivery": statistics.median(size for size, _ in recorder.order_sizes()),
+        "confirmation_batch": CONFIRMATION_BATCH,
+        "confirmations": {
+            "per shipment": confirmation_summary(per_shipment, count),
+            "batched": confirmation_summary(billed, count),
+        },
+        "bill": per_order_bill(usage, features, count),
+    }
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))
