@@ -767,13 +767,34 @@ class LineInput(Strict):
 
 
 class Fulfillment(SharedPart, Strict):
+    """How the order is fulfilled: shipped (`type` ship, `location_id` null) or collected at the
+    store `location_id` names (`type` pickup)."""
+
+    # What is stored and answered is a Fulfillment, whichever input model (FulfillmentInput) it was
+    # sent as: every answer shows both fields (Shown), a request's FulfillmentInput leaves them optional.
+    model_config = ConfigDict(
+        extra="forbid", revalidate_instances="subclass-instances", json_schema_serialization_defaults_required=True
+    )
+
     type: Literal["ship", "pickup"] = "ship"
     location_id: Identifier | None = None
 
 
-def _shipped() -> Fulfillment:
+class FulfillmentInput(Fulfillment):
+    """How the order is to be fulfilled, as a client sends it: shipped (`type` ship, the default;
+    no `location_id`) or collected at a store (`type` pickup, `location_id` a location that offers
+    pickup)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _judged_again(cls, data: Any) -> Any:
+        # The stored order's fulfillment, on the command of an edit, a cancel of units or an exchange.
+        return data.model_dump() if isinstance(data, Fulfillment) and not isinstance(data, cls) else data
+
+
+def _shipped() -> FulfillmentInput:
     """The fulfillment of an order that names none: its defaults, which need no validation."""
-    return Fulfillment.model_construct()
+    return FulfillmentInput.model_construct()
 
 
 class PaymentInput(Strict):
@@ -814,7 +835,7 @@ class PlaceOrder(Strict):
         ),
     ]
     shipping_address: AddressInput = Field(repr=False)
-    fulfillment: Fulfillment = Field(default_factory=_shipped, repr=False)
+    fulfillment: FulfillmentInput = Field(default_factory=_shipped, repr=False)
     shipping_method: ShippingMethod | None = None
     promo_codes: Annotated[
         list[PromoCode],

@@ -144,8 +144,9 @@ PARAMETER_ENV = {
 # The webhook retry schedule under `make run`: the contract's 24 hours compressed to a minute
 # (API.md: at least 3 attempts within the first 60 s). These are the functions' variables, set
 # over what the template resolves (as the schedule periods are), not its parameters: a deploy
-# refuses a window under 24 hours (WebhookRetryWindowSeconds' MinValue) and so does the stack's
-# parameter check, which holds for every value the shell or the caller gives. A variable whose
+# refuses a window under 24 hours (WebhookRetryWindowSeconds' MinValue) or a longest wait under
+# 1800 s (WebhookRetryMaxDelaySeconds') and so does the stack's parameter check, which holds for
+# every value the shell or the caller gives. 8 s is still four times the 2 s base: it backs off. A variable whose
 # parameter is given keeps that value (_compressed_retries); function_environments, what AWS
 # would set, keeps the template's.
 COMPRESSED_WEBHOOK_RETRIES = {

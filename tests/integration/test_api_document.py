@@ -332,6 +332,7 @@ CONTRACT_SHAPES |= {
     ("GET", "/orders/{order_id}", "200", "lines"): ORDER_LINE,
     ("GET", "/orders/{order_id}", "200", "shipping_address"): ADDRESS,
     ("GET", "/orders/{order_id}", "200", "hold"): {"reason", "note", "since"},
+    ("GET", "/orders/{order_id}", "200", "fulfillment"): {"type", "location_id"},
     ("GET", "/orders/{order_id}", "200", "totals"): {"subtotal", "discount", "shipping", "tax", "grand_total"},
     ("GET", "/orders/{order_id}", "200", "payment"): {"method", "status", "authorized", "captured", "refunded"},
     ("GET", "/orders/{order_id}", "200", "allocations"): {"line_id", "location_id", "quantity"},
@@ -406,13 +407,6 @@ def _answer_schemas(document: dict[str, Any]) -> dict[str, str]:
     return found
 
 
-# A request body's model is documented in validation mode, where a field with a default is optional
-# (a client may leave it out). Fulfillment is both a body's part (POST /orders) and an answer's
-# (Order.fulfillment): marking its fields required for the answer would split it into
-# `Fulfillment-Input` and `Fulfillment-Output`, renaming the schema clients are generated from.
-SHARED_WITH_A_REQUEST = {"Fulfillment"}
-
-
 def test_every_field_of_every_answer_is_required_as_every_answer_carries_it(document: dict[str, Any]):
     # The contract's shapes above are what API.md names; this holds the fields it leaves to us too
     # (Order.awaiting_stock, Return.carrier, Shipment.ready_at): each answer carries every field, an
@@ -421,7 +415,6 @@ def test_every_field_of_every_answer_is_required_as_every_answer_carries_it(docu
     optional = {
         (name, where): sorted(set(schemas[name].get("properties", {})) - set(schemas[name].get("required", [])))
         for name, where in _answer_schemas(document).items()
-        if name not in SHARED_WITH_A_REQUEST
     }
 
     assert {shape: fields for shape, fields in optional.items() if fields} == {}
@@ -434,4 +427,21 @@ def test_no_schema_is_split_into_a_request_s_and_an_answer_s(document: dict[str,
     names = set(document["components"]["schemas"])
 
     assert [name for name in names if name.endswith(("-Input", "-Output"))] == []
-    assert {"Fulfillment", "Address", "AddressInput", "Customer", "CustomerInput", "Product", "Location"} <= names
+    sent_and_shown = {"Address", "AddressInput", "Customer", "CustomerInput", "Fulfillment", "FulfillmentInput"}
+    assert sent_and_shown | {"Product", "Location"} <= names
+
+
+def test_a_body_s_fulfillment_is_its_own_schema_whose_fields_a_client_may_leave_out(document: dict[str, Any]):
+    # An order's `fulfillment` always shows both fields (the every-answer test above); the body of
+    # POST /orders, of an import line and of a simulation may leave out either (API.md: `fulfillment?:
+    # {type, location_id?}`, `type` ship by default), so it is documented by a request model of its own.
+    schemas = document["components"]["schemas"]
+    sent = schemas["PlaceOrder"]["properties"]["fulfillment"]
+    shown = schemas["Order"]["properties"]["fulfillment"]
+
+    assert (sent["$ref"].rsplit("/", 1)[1], shown["$ref"].rsplit("/", 1)[1]) == ("FulfillmentInput", "Fulfillment")
+    assert "fulfillment" not in schemas["PlaceOrder"].get("required", [])
+    assert set(schemas["FulfillmentInput"]["properties"]) == {"type", "location_id"}
+    assert "required" not in schemas["FulfillmentInput"]
+    assert schemas["FulfillmentInput"]["properties"]["type"]["default"] == "ship"
+    assert schemas["Fulfillment"]["required"] == ["type", "location_id"]

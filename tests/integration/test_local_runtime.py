@@ -291,6 +291,9 @@ def test_a_number_an_integer_property_cannot_take_is_refused_naming_its_paramete
         ("WebhookRetryWindowSeconds", "3600", "must be at least 86400"),
         ("WebhookRetryWindowSeconds", "0", "must be at least 86400"),
         ("WebhookRetryMaxDelaySeconds", "86401", "must be at most 86400"),
+        # API.md's exponential backoff: the longest wait at least twice any base (template.yaml).
+        ("WebhookRetryMaxDelaySeconds", "1799", "must be at least 1800"),
+        ("WebhookRetryBaseSeconds", "901", "must be at most 900"),
         ("LogRetentionDays", "31", "must be one of 1, 3, 5"),
         ("ApiRateLimit", "many", "must be a number"),
         # What Python's float() takes and a deploy's Number does not: `make run` took OMS_RATE_LIMIT=1_000.

@@ -8,6 +8,7 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from core.domain_events import DomainEvent, EventType, event_id
 from core.errors import InvalidRequest, InvalidTransition, NotFound, StaleVersion
 from core.status import DeliveryStatus
 from core.webhooks import (
+    MAX_QUEUE_DELAY,
     MAX_WEBHOOKS,
     RETRY_WRITE_SECONDS,
     DeliveryMessage,
@@ -39,6 +41,7 @@ from core.webhooks import (
     signature,
     verify_signature,
 )
+from infra.local.template import load_template
 from tests.fakes import refusing_once
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -196,6 +199,19 @@ def test_backoff_doubles_up_to_its_cap_with_jitter_in_the_upper_half():
     assert [schedule.delay(n, lambda: 1.0) for n in (1, 2, 3, 4)] == [30, 60, 120, 240]
     assert [schedule.delay(n, lambda: 0.0) for n in (1, 2, 3)] == [15, 30, 60]
     assert schedule.delay(20, lambda: 1.0) == 3600
+
+
+def test_every_base_and_longest_wait_a_deploy_takes_back_off_as_the_contract_says():
+    # API.md: retried "with exponential backoff". Under a longest wait no more than the base,
+    # every retry waited as long as the first, all day (a MaxDelay of 1 s: one attempt a second);
+    # a deploy takes no such pair: the greatest base and the least longest wait still double once.
+    parameters = load_template(Path(__file__).resolve().parents[2] / "template.yaml")["Parameters"]
+    base, longest = parameters["WebhookRetryBaseSeconds"], parameters["WebhookRetryMaxDelaySeconds"]
+    schedule = RetrySchedule(base_seconds=base["MaxValue"], max_delay_seconds=longest["MinValue"])
+
+    assert schedule.delay(2, lambda: 1.0) == 2 * schedule.delay(1, lambda: 1.0)
+    assert base["MinValue"] <= base["Default"] <= base["MaxValue"] <= MAX_QUEUE_DELAY
+    assert longest["MinValue"] <= longest["Default"] <= longest["MaxValue"]
 
 
 def record(**changes: Any) -> DeliveryRecord:
