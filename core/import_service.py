@@ -195,12 +195,15 @@ class ImportLedger(ABC):
         event resumed it meanwhile, and reads the file)."""
 
     @abstractmethod
-    def fail(self, import_id: str, code: str, message: str, at: datetime) -> None:
+    def fail(self, import_id: str, code: str, message: str, at: datetime, line: int | None = None) -> None:
         """The import failed as a whole (its file cannot be read): status failed with this error.
         Nothing changes once the file was read whole (total_final): its lines all count; nor once
         it is no longer running (a duplicate delivery of its event failed it meanwhile). A split
         interrupted (SPLIT_INTERRUPTED) after the file was read whole is noted instead: its event's
-        retry reads the file again while the import is short of its total (ImportState.errors_listed)."""
+        retry reads the file again while the import is short of its total (ImportState.errors_listed).
+        `line`: the bad row whose record() interrupted the split, if one did. Should that note be
+        refused, the row's count is left to the recount of imports left short (core/import_recount.py):
+        a row left for its redelivery to count would wait on an event's retry that reads nothing."""
 
     @abstractmethod
     def progress(self, import_id: str, file_format: str, total: int, at: datetime) -> None:
@@ -280,6 +283,13 @@ class ImportSource:
     uri: str
 
 
+@dataclass
+class _Recording:
+    """The line of the bad row whose record() a split is making, while it makes it."""
+
+    line: int | None = None
+
+
 class ImportSplitter:
     """Reads one file and queues its orders; records the rows that are not orders at once."""
 
@@ -339,8 +349,9 @@ class ImportSplitter:
             return False
         if state.status is ImportStatus.FAILED and not self._ledger.restart(source.import_id, self._clock()):
             return False
+        recording = _Recording()
         try:
-            self._split(source, open_orders, state.signing_key, resume_after, time_up, hand_off)
+            self._split(source, open_orders, state.signing_key, resume_after, time_up, hand_off, recording=recording)
         except Exception as error:
             # Reported on the import now; the raise lets Lambda retry the event, which resumes it.
             self._ledger.fail(
@@ -349,6 +360,7 @@ class ImportSplitter:
                 f"reading the file stopped unexpectedly ({type(error).__name__}); it is retried automatically, "
                 "and held for an operator if it keeps failing",
                 self._clock(),
+                line=recording.line,
             )
             raise
         return True
@@ -362,9 +374,12 @@ class ImportSplitter:
         time_up: TimeUp,
         hand_off: Callable[[int], None] | None,
         listed: frozenset[int | None] | None = None,
+        recording: _Recording | None = None,
     ) -> None:
         """`listed`: a file read whole, read again for its bad rows whose errors are not on these
-        lines (ImportState.errors_listed); nothing is queued, and the total stays as it is."""
+        lines (ImportState.errors_listed); nothing is queued, and the total stays as it is.
+        `recording` says which bad row's record() is under way (the one that raised, if one did)."""
+        recording = recording if recording is not None else _Recording()
         try:
             orders = open_orders()
         except ImportFileError as error:
@@ -400,13 +415,13 @@ class ImportSplitter:
                     if key is not None:  # None: an import begun before signing, resumed
                         origin = replace(origin, signature=origin_signature(key, origin, body))
                     self._queue.send(QueuedOrder(body, origin))
-            if (
-                error is not None
-                and (listed is None or error.line not in listed)
-                and self._ledger.record(source.import_id, order.line, Outcome.FAILED, error, self._clock())
-                is Recorded.FOUND
-            ):
-                found.append(order.line)
+            if error is not None and (listed is None or error.line not in listed):
+                recording.line = order.line
+                if self._ledger.record(source.import_id, order.line, Outcome.FAILED, error, self._clock()) is (
+                    Recorded.FOUND
+                ):
+                    found.append(order.line)
+                recording.line = None
             if total % PROGRESS_EVERY == 0:
                 self._keep_lost_errors(source.import_id, found)
                 if listed is None:

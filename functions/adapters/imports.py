@@ -226,7 +226,7 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
         # Conditional: a duplicate delivery may have resumed (and even completed) it since it was read.
         return self._resume(import_id, at) is not None
 
-    def fail(self, import_id: str, code: str, message: str, at: datetime) -> None:
+    def fail(self, import_id: str, code: str, message: str, at: datetime, line: int | None = None) -> None:
         # Never once the file was read whole (by this split before it raised, or by a duplicate
         # delivery of its event): the import's lines are all queued or recorded, and it completes.
         # Nor once a duplicate delivery failed it: a file error is its end (sent as import.completed
@@ -244,12 +244,45 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
         # Interrupted after the file was read whole: by a bad row's count DynamoDB refused, its
         # marker flagged uncounted for a redelivery to count, and a split's redelivery is its
         # event's retry (begin()'s errors_listed). Never written again once it is (nor its time).
-        self._update_if(
-            import_id,
-            "SET reread = :true",
-            "total_final = :true AND #status = :running AND attribute_not_exists(reread)",
-            {"#status": "status"},
-            {":true": {"BOOL": True}, ":running": {"S": ImportStatus.RUNNING.value}},
+        try:
+            self._update_if(
+                import_id,
+                "SET reread = :true",
+                "total_final = :true AND #status = :running AND attribute_not_exists(reread)",
+                {"#status": "status"},
+                {":true": {"BOOL": True}, ":running": {"S": ImportStatus.RUNNING.value}},
+            )
+        except Exception:
+            # Refused too (throttled: the import's item is the one every count adds to): the
+            # retried event, finding no note, would stop at begin(), and the row's marker wait on
+            # it for good. The row is left marked and never counted instead: the recount counts it.
+            if line is None:
+                raise
+            self._leave_to_the_recount(import_id, line)
+
+    def _leave_to_the_recount(self, import_id: str, line: int) -> None:
+        """The marker of `line`, if flagged uncounted, without that flag (a read and a conditional
+        put, on the Idempotency table): a duplicate split's record() that counts it meanwhile
+        takes it, and this changes nothing."""
+        marker = self._marker(import_id, line)
+        if marker is None or not marker.get("uncounted", {}).get("BOOL"):
+            return
+        marker = {name: value for name, value in marker.items() if name != "uncounted"}
+        try:
+            self._client.put_item(
+                TableName=self._markers,
+                Item=marker,
+                ConditionExpression="#uncounted = :true",
+                ExpressionAttributeNames={"#uncounted": "uncounted"},
+                ExpressionAttributeValues={":true": {"BOOL": True}},
+            )
+        except ClientError as error:
+            if not _is_conditional_failure(error):
+                raise
+            return
+        logger.warning(
+            "import line left to the recount: its count and the note for its file's retried event were refused",
+            extra={"import_id": import_id, "line": line},
         )
 
     def progress(self, import_id: str, file_format: str, total: int, at: datetime) -> None:

@@ -801,3 +801,52 @@ def test_a_bad_rows_count_throttled_after_a_duplicate_delivery_read_the_file_who
     assert [(e["line"], e["code"]) for e in done["errors"]] == [(3, "invalid_number")]
     lambda_handler(event, context("ImportSplitterFunction", 900))  # a duplicate delivery: nothing more
     assert report(import_id) == done
+
+
+def test_a_bad_rows_count_throttled_with_the_note_for_the_retried_event_is_counted_by_the_recount(
+    stack: ImportAws, monkeypatch: pytest.MonkeyPatch
+):
+    # As above, and DynamoDB throttled the note `reread` too (the import's item, which every count
+    # adds to): the retried event found the file read whole and no note, and read nothing; the
+    # recount waits on the uncounted marker (a redelivery under way), so the import stayed
+    # running, one short, for good.
+    from datetime import timedelta
+
+    from botocore.exceptions import ClientError
+
+    from core.import_recount import StuckImportRecount
+    from core.models import utc_now
+    from functions.import_splitter.app import container, lambda_handler
+    from tests.integration.import_support import seed_catalog, worker
+
+    seed_catalog()
+    import_id = stack.put_file("incoming/orders.csv", csv_file(csv_row("ext-1"), csv_row("ext-2", quantity="x")))
+    event = stack.s3_event("incoming/orders.csv")
+    throttled: list[str] = []
+
+    def duplicate_then_throttled(request: dict[str, Any]) -> None:
+        if request.get("ExpressionAttributeNames", {}).get("#counter") == "failed" and not throttled:
+            throttled.append("count")
+            lambda_handler(event, context("ImportSplitterFunction", 900))  # finds line 3 marked; reads it all
+            raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "slow down"}}, "UpdateItem")
+        if "reread" in request["UpdateExpression"] and throttled == ["count"]:
+            throttled.append("reread")
+            raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "slow down"}}, "UpdateItem")
+
+    before_updates(container().import_ledger, monkeypatch, duplicate_then_throttled)
+    with pytest.raises(ClientError):
+        lambda_handler(event, context("ImportSplitterFunction", 900))
+    assert throttled == ["count", "reread"]
+    lambda_handler(event, context("ImportSplitterFunction", 900))  # Lambda's retry of the event: no note
+    stack.drain(worker)
+    short = report(import_id)
+    assert (short["status"], short["total"], short["imported"], short["failed"]) == ("running", 2, 1, 0)
+
+    later = utc_now() + timedelta(minutes=31)
+    assert StuckImportRecount(container().import_ledger, lambda: later).run().completed == [import_id]
+
+    done = report(import_id)
+    assert (done["status"], done["total"], done["imported"], done["failed"]) == ("completed_with_errors", 2, 1, 1)
+    assert [(e["line"], e["code"]) for e in done["errors"]] == [(3, "invalid_number")]
+    lambda_handler(event, context("ImportSplitterFunction", 900))  # a duplicate delivery: nothing more
+    assert report(import_id) == done
