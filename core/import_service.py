@@ -334,6 +334,9 @@ class ImportSplitter:
         if state.needs_last_line:
             # Its event replayed: read the file again for that line, queuing nothing (every order
             # was queued or recorded); an error leaves it as it was, and Lambda retries the event.
+            # Not handed on: it only reads (4.6 s for the bench's 100,000 lines, 59,839 orders, on a
+            # loaded machine: 13,000 orders a second), as a continuation reads the orders before its
+            # own, so any file whose split ended is read whole well within one invocation.
             self._split(source, open_orders, state.signing_key, sys.maxsize, never, None)
             return True
         if state.total_final and state.errors_listed is not None:
