@@ -240,8 +240,9 @@ class ImportLedger(ABC):
     @abstractmethod
     def keep_lost_errors(self, import_id: str, lines: list[int]) -> None:
         """Of `lines`, which record() found recorded before: write the error of any failure that
-        was counted and whose error was kept nowhere (its write and the fallback onto its marker
-        were both refused), while the report is short of errors and does not list it. Costs one
+        was counted among the first MAX_REPORTED_ERRORS and whose error was kept nowhere (its write
+        and the fallback onto its marker were both refused), while the report is short of errors
+        and does not list it: never one counted past them, whose error the report does not keep. Costs one
         read of the import for all the lines, and their markers only while the report is short."""
 
     @abstractmethod
