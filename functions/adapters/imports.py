@@ -75,6 +75,10 @@ def _error_key(import_id: str, ordinal: int) -> dict[str, Any]:
 
 # The sort key of an error written under its line (_keep_lost_errors): after every ordinal.
 _RECOVERED = "line#"
+# On a failure's marker: its ordinal is past MAX_REPORTED_ERRORS. What finds the line recorded
+# cannot tell a failure counted past the cap from one whose error was lost (both left it on their
+# markers only), and would list the first in place of the second.
+_PAST_CAP = "past_cap"
 
 
 def _once_per_line(errors: list[ImportErrorEntry]) -> list[ImportErrorEntry]:
@@ -140,7 +144,9 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
     finds the line recorded writes the error its marker has held since the line was marked, if the
     report is short of one and does not list it (keep_lost_errors: a retried split asks once for
     the rows of each PROGRESS_EVERY orders it found recorded, one read of the import for them all,
-    and reads their markers only while the report is short). No transaction: a
+    and reads their markers only while the report is short), unless its marker says it was counted
+    past the cap (`past_cap`: in the marker's put once this instance has seen the import's failures
+    reach the cap, else put again after the count that shows it). No transaction: a
     worker killed between the two writes leaves that line uncounted (the import then stays
     running, one short, until the reconciler recounts it from its markers: recount(); the count
     is then refused to a worker that comes late); the order itself is stored or not, never twice."""
@@ -154,6 +160,9 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
         self._markers = idempotency_table
         self._read_errors: OrderedDict[str, list[ImportErrorEntry]] = OrderedDict()  # ordinals 1..n, no gap
         self._read_errors_lock = threading.Lock()
+        # Imports this instance saw count MAX_REPORTED_ERRORS failures (the last CACHED_REPORTS).
+        self._past_cap: OrderedDict[str, None] = OrderedDict()
+        self._past_cap_lock = threading.Lock()
 
     # --- The splitter's side ------------------------------------------------------------------
     def begin(self, import_id: str, source: str, at: datetime) -> ImportState:
@@ -185,6 +194,7 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
         created_at = stored["created_at"]["S"]
         self._client.put_item(TableName=self._table, Item={**_list_key(created_at, import_id), "id": {"S": import_id}})
         values = from_item(stored)
+        self._note_failures(import_id, int(values.get("failed", 0)))  # a resumed split's bad rows
         # A file read whole whose completing write failed (the split raised after it, and this is
         # Lambda's retry of its event): nothing else would complete it once every line is recorded.
         self._complete_if_done(import_id, values, at)
@@ -226,7 +236,7 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
         # Conditional: a duplicate delivery may have resumed (and even completed) it since it was read.
         return self._resume(import_id, at) is not None
 
-    def fail(self, import_id: str, code: str, message: str, at: datetime) -> None:
+    def fail(self, import_id: str, code: str, message: str, at: datetime, line: int | None = None) -> None:
         # Never once the file was read whole (by this split before it raised, or by a duplicate
         # delivery of its event): the import's lines are all queued or recorded, and it completes.
         # Nor once a duplicate delivery failed it: a file error is its end (sent as import.completed
@@ -244,12 +254,45 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
         # Interrupted after the file was read whole: by a bad row's count DynamoDB refused, its
         # marker flagged uncounted for a redelivery to count, and a split's redelivery is its
         # event's retry (begin()'s errors_listed). Never written again once it is (nor its time).
-        self._update_if(
-            import_id,
-            "SET reread = :true",
-            "total_final = :true AND #status = :running AND attribute_not_exists(reread)",
-            {"#status": "status"},
-            {":true": {"BOOL": True}, ":running": {"S": ImportStatus.RUNNING.value}},
+        try:
+            self._update_if(
+                import_id,
+                "SET reread = :true",
+                "total_final = :true AND #status = :running AND attribute_not_exists(reread)",
+                {"#status": "status"},
+                {":true": {"BOOL": True}, ":running": {"S": ImportStatus.RUNNING.value}},
+            )
+        except Exception:
+            # Refused too (throttled: the import's item is the one every count adds to): the
+            # retried event, finding no note, would stop at begin(), and the row's marker wait on
+            # it for good. The row is left marked and never counted instead: the recount counts it.
+            if line is None:
+                raise
+            self._leave_to_the_recount(import_id, line)
+
+    def _leave_to_the_recount(self, import_id: str, line: int) -> None:
+        """The marker of `line`, if flagged uncounted, without that flag (a read and a conditional
+        put, on the Idempotency table): a duplicate split's record() that counts it meanwhile
+        takes it, and this changes nothing."""
+        marker = self._marker(import_id, line)
+        if marker is None or not marker.get("uncounted", {}).get("BOOL"):
+            return
+        marker = {name: value for name, value in marker.items() if name != "uncounted"}
+        try:
+            self._client.put_item(
+                TableName=self._markers,
+                Item=marker,
+                ConditionExpression="#uncounted = :true",
+                ExpressionAttributeNames={"#uncounted": "uncounted"},
+                ExpressionAttributeValues={":true": {"BOOL": True}},
+            )
+        except ClientError as error:
+            if not _is_conditional_failure(error):
+                raise
+            return
+        logger.warning(
+            "import line left to the recount: its count and the note for its file's retried event were refused",
+            extra={"import_id": import_id, "line": line},
         )
 
     def progress(self, import_id: str, file_format: str, total: int, at: datetime) -> None:
@@ -375,6 +418,8 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
         if outcome is Outcome.FAILED and error is not None:
             # A recount (recount()) of a line marked and never counted keeps its error from here.
             marker["error"] = {"M": _error_fields(error)}
+            if self._past_cap_known(import_id):
+                marker[_PAST_CAP] = {"BOOL": True}  # its ordinal will be past the cap: said for free
         try:
             self._client.put_item(
                 TableName=self._markers,
@@ -423,6 +468,7 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
         values = from_item(response["Attributes"])
         # `failed` numbers the failures in the order they were recorded: the first ones are kept.
         ordinal = int(values.get("failed", 0))
+        self._note_failures(import_id, ordinal)
         if outcome is Outcome.FAILED and error is not None and ordinal <= MAX_REPORTED_ERRORS:
             entry = {**_error_key(import_id, ordinal), **_error_fields(error)}
             try:
@@ -432,8 +478,39 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
                 # line recorded next (the redelivery this raise brings, a retried split) writes it.
                 self._client.put_item(TableName=self._markers, Item={**marker, "unkept_error": {"M": entry}})
                 raise
+        elif outcome is Outcome.FAILED and error is not None and _PAST_CAP not in marker:
+            self._mark_past_cap(import_id, line, marker)
         self._complete_if_done(import_id, values, at)
         return Recorded.COUNTED
+
+    def _past_cap_known(self, import_id: str) -> bool:
+        with self._past_cap_lock:
+            return import_id in self._past_cap
+
+    def _note_failures(self, import_id: str, failed: int) -> None:
+        """The import counted `failed` failures (a count's answer, or its item read): once that is
+        MAX_REPORTED_ERRORS, every failure this instance marks on it from now on is past the cap."""
+        if failed < MAX_REPORTED_ERRORS or self._past_cap_known(import_id):
+            return
+        with self._past_cap_lock:
+            self._past_cap[import_id] = None
+            while len(self._past_cap) > self.CACHED_REPORTS:
+                self._past_cap.popitem(last=False)
+
+    def _mark_past_cap(self, import_id: str, line: int, marker: dict[str, Any]) -> None:
+        """A failure counted past the cap on a marker put without saying so (this instance had not
+        seen the import's failures reach the cap): one write, once per instance and import at
+        most but for failures counted at once. Refused, the line is counted all the same: only a
+        lost error of the report's first ones could then be listed as this line's (README)."""
+        try:
+            self._client.put_item(TableName=self._markers, Item={**marker, _PAST_CAP: {"BOOL": True}})
+        except ClientError as error:
+            if not busy(error):
+                raise
+            logger.warning(
+                "import failure counted past the report's cap and not marked so",
+                extra={"import_id": escape_for_log(import_id), "line": line},
+            )
 
     def complete_if_done(self, import_id: str, at: datetime, line: int | None = None) -> None:
         # One read of the import for both: writing an error never changes the import's item.
@@ -483,7 +560,12 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
         lines = {entry.line for entry in listed}
         for marker in markers:
             error = marker.get("error", {}).get("M")
-            if marker.get("outcome", {}).get("S") != Outcome.FAILED.value or not error or "unkept_error" in marker:
+            if (
+                marker.get("outcome", {}).get("S") != Outcome.FAILED.value
+                or not error
+                or "unkept_error" in marker
+                or _PAST_CAP in marker  # counted past the cap: its error is not one the report keeps
+            ):
                 continue
             if int(error["line"]["N"]) not in lines:
                 key = {"pk": _error_key(import_id, 0)["pk"], "sk": {"S": f"{_RECOVERED}{_marker_line(marker)}"}}

@@ -763,18 +763,16 @@ def test_a_file_read_again_for_a_lost_error_is_handed_on_when_time_runs_short_an
     assert sorted(json.loads(m["Body"])["external_id"] for m in queued(stack)) == ["ext-1", "ext-3"]  # the duplicate's
 
 
-def test_a_bad_rows_count_throttled_after_a_duplicate_delivery_read_the_file_whole_is_counted_by_the_retried_event(
-    stack: ImportAws, monkeypatch: pytest.MonkeyPatch
-):
-    # This delivery marked line 3 (a bad row), a duplicate delivery found it marked and read the
-    # file whole, then DynamoDB throttled this delivery's count: the marker is flagged uncounted
-    # for the line's redelivery to count, and a split's is its event's retry, which stopped at
-    # begin() (the total final, the report short of no error it counted). The recount waits on an
-    # uncounted marker, and the import stayed running, one short, for good.
+def count_throttled_after_a_duplicate_read_the_file_whole(
+    stack: ImportAws, monkeypatch: pytest.MonkeyPatch, note_refused: bool = False
+) -> tuple[str, dict[str, Any]]:
+    """A delivery of a file's event marks line 3 (a bad row), a duplicate delivery finds it marked
+    and reads the file whole, then DynamoDB throttles the first delivery's count (and, with
+    `note_refused`, its note `reread` for its event's retry), which raises. The import and event."""
     from botocore.exceptions import ClientError
 
     from functions.import_splitter.app import container, lambda_handler
-    from tests.integration.import_support import seed_catalog, worker
+    from tests.integration.import_support import seed_catalog
 
     seed_catalog()
     import_id = stack.put_file("incoming/orders.csv", csv_file(csv_row("ext-1"), csv_row("ext-2", quantity="x")))
@@ -786,15 +784,61 @@ def test_a_bad_rows_count_throttled_after_a_duplicate_delivery_read_the_file_who
             throttled.append("count")
             lambda_handler(event, context("ImportSplitterFunction", 900))  # finds line 3 marked; reads it all
             raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "slow down"}}, "UpdateItem")
+        if note_refused and "reread" in request["UpdateExpression"] and throttled == ["count"]:
+            throttled.append("reread")
+            raise ClientError({"Error": {"Code": "ThrottlingException", "Message": "slow down"}}, "UpdateItem")
 
     before_updates(container().import_ledger, monkeypatch, duplicate_then_throttled)
     with pytest.raises(ClientError):
         lambda_handler(event, context("ImportSplitterFunction", 900))
-    assert throttled == ["count"]
+    assert throttled == (["count", "reread"] if note_refused else ["count"])
     assert (report(import_id)["total_final"], report(import_id)["failed"]) == (True, 0)
+    return import_id, event
 
+
+def test_a_bad_rows_count_throttled_after_a_duplicate_delivery_read_the_file_whole_is_counted_by_the_retried_event(
+    stack: ImportAws, monkeypatch: pytest.MonkeyPatch
+):
+    # The count's marker is flagged uncounted for the line's redelivery to count, and a split's is
+    # its event's retry, which stopped at begin() (the total final, the report short of no error it
+    # counted). The recount waits on an uncounted marker, and the import stayed running, one
+    # short, for good.
+    from functions.import_splitter.app import lambda_handler
+    from tests.integration.import_support import worker
+
+    import_id, event = count_throttled_after_a_duplicate_read_the_file_whole(stack, monkeypatch)
     lambda_handler(event, context("ImportSplitterFunction", 900))  # Lambda's retry of the event
     stack.drain(worker)
+
+    done = report(import_id)
+    assert (done["status"], done["total"], done["imported"], done["failed"]) == ("completed_with_errors", 2, 1, 1)
+    assert [(e["line"], e["code"]) for e in done["errors"]] == [(3, "invalid_number")]
+    lambda_handler(event, context("ImportSplitterFunction", 900))  # a duplicate delivery: nothing more
+    assert report(import_id) == done
+
+
+def test_a_bad_rows_count_throttled_with_the_note_for_the_retried_event_is_counted_by_the_recount(
+    stack: ImportAws, monkeypatch: pytest.MonkeyPatch
+):
+    # As above, and DynamoDB throttled the note `reread` too (the import's item, which every count
+    # adds to): the retried event found the file read whole and no note, and read nothing; the
+    # recount waits on the uncounted marker (a redelivery under way), so the import stayed
+    # running, one short, for good.
+    from datetime import timedelta
+
+    from core.import_recount import StuckImportRecount
+    from core.models import utc_now
+    from functions.import_splitter.app import container, lambda_handler
+    from tests.integration.import_support import worker
+
+    import_id, event = count_throttled_after_a_duplicate_read_the_file_whole(stack, monkeypatch, note_refused=True)
+    lambda_handler(event, context("ImportSplitterFunction", 900))  # Lambda's retry of the event: no note
+    stack.drain(worker)
+    short = report(import_id)
+    assert (short["status"], short["total"], short["imported"], short["failed"]) == ("running", 2, 1, 0)
+
+    later = utc_now() + timedelta(minutes=31)
+    assert StuckImportRecount(container().import_ledger, lambda: later).run().completed == [import_id]
 
     done = report(import_id)
     assert (done["status"], done["total"], done["imported"], done["failed"]) == ("completed_with_errors", 2, 1, 1)

@@ -626,18 +626,22 @@ def test_errors_kept_under_their_lines_past_the_cap_are_listed_by_line_not_by_th
 ):
     # The second failure's error (line 9) was lost with its fallback; two lines found recorded at
     # once each read the report short of one and wrote a marker's error under its line: line 9's
-    # and line 20's (a failure counted past the cap). One too many: the cut followed the keys'
-    # string order ("line#20" before "line#9") and dropped line 9's, one of the first recorded.
+    # and line 20's (marked by a worker about to count it, past the cap). One too many: the cut
+    # followed the keys' string order ("line#20" before "line#9") and dropped line 9's, one of the
+    # first recorded.
     from botocore.exceptions import ClientError
 
     from core.import_service import Outcome
     from core.imports import LineError
     from core.models import utc_now
+    from functions.adapters.imports import _error_fields, _marker_id
     from functions.import_worker.app import container
 
     monkeypatch.setattr("functions.adapters.imports.MAX_REPORTED_ERRORS", 3)
     ledger = container().import_ledger
     ledger.begin("imp_cut", "s3://b/k", utc_now())
+    marker = {"outcome": {"S": "failed"}, "error": {"M": _error_fields(LineError(20, None, "unknown_sku", "no"))}}
+    ledger._client.put_item(TableName=ledger._markers, Item={"id": {"S": _marker_id("imp_cut", 20)}, **marker})
     refused = refuse_puts(
         ledger,
         monkeypatch,
@@ -645,7 +649,7 @@ def test_errors_kept_under_their_lines_past_the_cap_are_listed_by_line_not_by_th
             "error" if error_pk(item) and item["line"]["N"] == "9" else "fallback" if "unkept_error" in item else None
         ),
     )
-    for line in (2, 9, 50, 20):  # ordinals 1 to 4: the first three are kept
+    for line in (2, 9, 50):  # ordinals 1 to 3: all kept
         try:
             ledger.record("imp_cut", line, Outcome.FAILED, LineError(line, None, "unknown_sku", "no"), utc_now())
         except ClientError:
@@ -666,7 +670,54 @@ def test_errors_kept_under_their_lines_past_the_cap_are_listed_by_line_not_by_th
     assert written == ["line#20", "line#9"]
     for _ in range(2):  # read afresh, then from what this instance read
         assert [e["line"] for e in report("imp_cut")["errors"]] == [2, 9, 50]
-    assert ledger.get("imp_cut").failed == 4
+    assert ledger.get("imp_cut").failed == 3
+
+
+def test_a_failure_counted_past_the_cap_is_never_listed_in_place_of_a_lost_error_of_the_first_ones(
+    stack: ImportAws, monkeypatch: pytest.MonkeyPatch
+):
+    # Line 2's error (the first failure) was lost with its fallback, and lines 70 and 20 failed
+    # past the cap: redeliveries that found them recorded read the report short of one, not
+    # listing their lines, and wrote one of their errors under its line. The report listed as many
+    # errors as it keeps, one of a failure counted past them, and line 2's redelivery then found
+    # the report whole: its error, one of the first recorded, was never listed.
+    from botocore.exceptions import ClientError
+
+    from core.import_service import Outcome
+    from core.imports import LineError
+    from core.models import utc_now
+    from functions.adapters.imports import DynamoImportLedger
+    from functions.import_worker.app import container
+
+    def failure(line: int) -> LineError:
+        return LineError(line, f"ext-{line}", "unknown_sku", "no product")
+
+    monkeypatch.setattr("functions.adapters.imports.MAX_REPORTED_ERRORS", 3)
+    ledger = container().import_ledger
+    # Another worker's, which has not seen this import's failures reach the cap.
+    other = DynamoImportLedger(ledger._client, ledger._table, ledger._markers)
+    ledger.begin("imp_past", "s3://b/k", utc_now())
+    refused = refuse_an_error_and_its_fallback(ledger, monkeypatch)
+    with pytest.raises(ClientError):
+        ledger.record("imp_past", 2, Outcome.FAILED, failure(2), utc_now())
+    for line in (50, 60):
+        ledger.record("imp_past", line, Outcome.FAILED, failure(line), utc_now())
+    marker_puts: list[str] = []
+    for each in (ledger, other):
+        before_puts(each, monkeypatch, lambda item: marker_puts.append(item["id"]["S"]) if "id" in item else None)
+
+    ledger.record("imp_past", 70, Outcome.FAILED, failure(70), utc_now())  # said past the cap with its marker
+    other.record("imp_past", 20, Outcome.FAILED, failure(20), utc_now())  # learns it from its count: one write more
+
+    assert refused == ["error", "fallback"]
+    assert sorted(marker_puts) == ["import#imp_past#20", "import#imp_past#20", "import#imp_past#70"]
+    for each in (ledger, other):
+        each.keep_lost_errors("imp_past", [70, 20])
+        each.complete_if_done("imp_past", utc_now(), 20)
+    assert [e["line"] for e in report("imp_past")["errors"]] == [50, 60]  # short of line 2's only
+    ledger.keep_lost_errors("imp_past", [2])
+    found = report("imp_past")
+    assert (found["failed"], [e["line"] for e in found["errors"]]) == (5, [2, 50, 60])
 
 
 def test_a_report_never_lists_more_errors_than_the_failures_it_counted(
