@@ -208,8 +208,7 @@ class EmbeddedStack:
                 continue
             if from_shell.setdefault(param, value) != value:
                 raise ValueError(
-                    f"{set_from[param]}={self.template.shown(param, from_shell[param])} and"
-                    f" {var}={self.template.shown(param, value)} both set parameter {param}:"
+                    f"{set_from[param]}={from_shell[param]!r} and {var}={value!r} both set parameter {param}:"
                     " set one, or both to the same value"
                 )
             set_from.setdefault(param, var)

@@ -190,15 +190,13 @@ RESOURCE_ATTRIBUTES: dict[str, Any] = {
 }
 
 # Per parameter type, the properties template.parameter_refused checks (Description and
-# ConstraintDescription have nothing to check; NoEcho keeps a refused value out of its message):
-# another constraint would be a deploy's refusal `make run` silently takes.
+# ConstraintDescription have nothing to check): another constraint would be a deploy's refusal
+# `make run` silently takes. NoEcho is not among them: messages and warnings show values.
 PARAMETERS: dict[str, frozenset[str]] = {
-    "Number": frozenset({"Type", "Default", "Description", "ConstraintDescription", "MinValue", "MaxValue",
-                         "AllowedValues", "NoEcho"}),
-    "String": frozenset({"Type", "Default", "Description", "ConstraintDescription", "AllowedValues", "AllowedPattern",
-                         "NoEcho"}),
+    "Number": frozenset({"Type", "Default", "Description", "MinValue", "MaxValue", "AllowedValues"}),
+    "String": frozenset({"Type", "Default", "Description", "ConstraintDescription", "AllowedValues", "AllowedPattern"}),
     "CommaDelimitedList": frozenset({"Type", "Default", "Description"}),
-}  # fmt: skip
+}
 
 SECTIONS: dict[str, Any] = {
     "AWSTemplateFormatVersion": EMULATED,

@@ -180,22 +180,12 @@ class Template:
         )
 
     # --- Parameters and intrinsics ---------------------------------------------------------------
-    def shown(self, name: str, value: Any) -> str:
-        """A value of parameter `name` as a message shows it: `****` when NoEcho (a secret)."""
-        declared = self.document.get("Parameters", {}).get(name) or {}
-        return "****" if str(declared.get("NoEcho")).lower() == "true" else repr(value)
-
-    def no_echo(self, value: Any) -> bool:
-        """Whether a value (a variable's, unresolved) is built from a NoEcho parameter."""
-        return any(self.shown(name, "") == "****" for name in _named(value))
-
     def parameter(self, name: str) -> Any:
         if name in self.parameter_overrides:
             value = self.parameter_overrides[name]
             declared = self.document.get("Parameters", {}).get(name) or {}
             if refused := parameter_refused(declared, value):
-                got = self.shown(name, value)
-                raise ValueError(f"parameter {name} {refused}, got {got} (CloudFormation refuses it at deploy)")
+                raise ValueError(f"parameter {name} {refused}, got {value!r} (CloudFormation refuses it at deploy)")
             return value
         declared = self.document["Parameters"][name]
         if "Default" not in declared:

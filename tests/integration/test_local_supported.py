@@ -151,6 +151,8 @@ def test_a_template_using_what_the_runtime_does_not_emulate_fails_naming_resourc
         ("HoldExpiryDays", {"MinLength": 1}, "parameter HoldExpiryDays: property MinLength is not emulated"),
         ("ImportQueueSenders", {"AllowedPattern": ".*"}, "parameter ImportQueueSenders: property AllowedPattern"),
         ("Secret", {"Type": "AWS::SSM::Parameter::Value<String>"}, "parameter Secret: type 'AWS::SSM::"),
+        # A secret's value would be shown in make run's messages and warnings.
+        ("Sla", {"NoEcho": True}, "parameter Sla: property NoEcho is not emulated"),
     ],
 )
 def test_a_parameter_constraint_make_run_does_not_check_fails_naming_parameter_and_property(
