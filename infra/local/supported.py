@@ -72,7 +72,7 @@ _EVENTS = ByType(
         },
         "DynamoDB": {
             **emulated("Stream", "BatchSize", "BisectBatchOnFunctionError", "MaximumRetryAttempts"),
-            "StartingPosition": frozenset({"TRIM_HORIZON", "LATEST"}),
+            "StartingPosition": frozenset({"TRIM_HORIZON"}),
             "FunctionResponseTypes": _RESPONSE_TYPES,
             "FilterCriteria": {"Filters": emulated("Pattern")},  # exact values
             "DestinationConfig": _ON_FAILURE,
@@ -89,7 +89,7 @@ _EVENTS = ByType(
         },
         "S3": {
             **emulated("Bucket", "Events"),  # Events: matched by moto
-            "Filter": {"S3Key": {"Rules": {"Name": frozenset({"prefix", "suffix"}), "Value": EMULATED}}},
+            "Filter": {"S3Key": {"Rules": {"Name": frozenset({"prefix"}), "Value": EMULATED}}},
         },
         "Schedule": emulated("Schedule"),  # rate(...) only (a cron(...) is refused), checked when built
     }
@@ -134,7 +134,7 @@ SUPPORTED: dict[str, Any] = {
         "DeploymentPreference": ignored("no CodeDeploy locally: a restart deploys everything at once"),
     },
     "AWS::Serverless::StateMachine": {
-        "Type": frozenset({"EXPRESS", "STANDARD"}),
+        "Type": frozenset({"EXPRESS"}),
         # DefinitionUri: a JSON file next to the template, run by moto's ASL interpreter.
         **emulated("DefinitionUri", "DefinitionSubstitutions"),
         "Policies": _NO_IAM,
@@ -186,7 +186,6 @@ RESOURCE_ATTRIBUTES: dict[str, Any] = {
     "DeletionPolicy": ignored("the local stack is thrown away when it stops"),
     "UpdateReplacePolicy": ignored("the local stack is created anew each start"),
     "Metadata": ignored("sam build's settings"),
-    "DependsOn": ignored("the runtime orders creation by references"),
 }
 
 # Per parameter type, the properties template.parameter_refused checks (Description and
