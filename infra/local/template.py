@@ -153,19 +153,6 @@ class Template:
             if (parameter := _plain_parameter(value)) in parameters
         }
 
-    def derived_variables(self) -> dict[str, set[str]]:
-        """Variable -> the parameters it is built from, of every function variable the template
-        builds from a parameter other than as its plain value (`!Sub "x-${Parameter}"`, a
-        FindInMap keyed by one): `make run` cannot take such a variable from the shell as its
-        parameter, and refuses it rather than ignore it (EmbeddedStack)."""
-        parameters = set(self.document.get("Parameters") or {})
-        derived: dict[str, set[str]] = {}
-        for props in self.functions().values():
-            for name, value in props["Environment"]["Variables"].items():
-                if _plain_parameter(value) not in parameters and (named := _named(value) & parameters):
-                    derived.setdefault(name, set()).update(named)
-        return derived
-
     def global_environment(self, refs: Mapping[str, str], atts: Mapping[str, str] | None = None) -> dict[str, str]:
         """Globals.Function.Environment.Variables, resolved as resolve() does (a table's Ref is its name)."""
         variables = _variables(self.document.get("Globals", {}).get("Function", {}))
@@ -304,23 +291,6 @@ def _plain_parameter(value: Any) -> str | None:
     text = value.get("Fn::Sub")
     match = re.fullmatch(r"\$\{([^}!.][^}.]*)\}", text) if isinstance(text, str) else None
     return match[1] if match else None
-
-
-def _named(value: Any) -> set[str]:
-    """Every name a value's intrinsics read by Ref or as a `${Name}` of Fn::Sub (not the list
-    form's own variables), at any depth."""
-    if isinstance(value, list):
-        return {name for item in value for name in _named(item)}
-    if not isinstance(value, dict):
-        return set()
-    names = {value["Ref"]} if isinstance(value.get("Ref"), str) else set()
-    sub = value.get("Fn::Sub")
-    if isinstance(sub, str) or (isinstance(sub, list) and sub and isinstance(sub[0], str)):
-        text, own = (sub, {}) if isinstance(sub, str) else (sub[0], sub[1] if len(sub) > 1 else {})
-        own = own if isinstance(own, dict) else {}
-        names |= {n for n in re.findall(r"\$\{([^}!][^}]*)\}", text) if "." not in n and n not in own}
-        return names | _named(own)
-    return names | {name for key, item in value.items() if key != "Ref" for name in _named(item)}
 
 
 def _variables(function_properties: Mapping[str, Any]) -> dict[str, Any]:

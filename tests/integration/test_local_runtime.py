@@ -1552,32 +1552,6 @@ def test_a_variable_the_template_sets_to_a_parameter_through_fn_sub_alone_is_tak
         EmbeddedStack(template=template, api_port=0, aws_port=0, seed=False)
 
 
-@pytest.mark.parametrize(
-    ("built", "instead"),
-    [
-        ({"Fn::Sub": "pending=5m,${Sla}"}, "set OMS_SLA instead"),
-        ({"Fn::Sub": ["${Prefix}-${HoldExpiryDays}", {"Prefix": {"Ref": "Sla"}}]}, "set OMS_HOLD_EXPIRY_DAYS or OMS_SLA instead"),  # noqa: E501
-        ({"Fn::FindInMap": ["ScheduleMinutes", {"Ref": "StageName"}, "Minutes"]}, "unset it, or change the Default"),
-    ],
-)  # fmt: skip
-def test_a_variable_the_template_builds_from_a_parameter_is_refused_from_the_shell_naming_what_sets_it(
-    monkeypatch: pytest.MonkeyPatch, built: Any, instead: str
-):
-    # A variable built from a parameter (none today) took the template's value over the shell's,
-    # silently: OMS_DEADLINES=allocated=1h make run ran with the template's deadlines.
-    from infra.local.stack import EmbeddedStack
-
-    template = Template.load()
-    jeopardy = template.document["Resources"]["JeopardyScanFunction"]["Properties"]["Environment"]["Variables"]
-    jeopardy["OMS_DEADLINES"] = built
-    EmbeddedStack(template=template, api_port=0, aws_port=0, seed=False)  # unset: the template's value
-
-    monkeypatch.setenv("OMS_DEADLINES", "allocated=1h")
-    with pytest.raises(ValueError, match=r"^OMS_DEADLINES is built by the template from parameter") as refused:
-        EmbeddedStack(template=template, api_port=0, aws_port=0, seed=False)
-    assert str(refused.value).endswith(f"does not take it from the shell: {instead}")
-
-
 def test_a_variable_two_functions_resolve_differently_keeps_the_first_with_a_warning(
     caplog: pytest.LogCaptureFixture,
 ):
