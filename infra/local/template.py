@@ -38,8 +38,6 @@ def _long_form(loader: CfnLoader, tag: str, node: yaml.Node) -> dict[str, Any]:
     key = tag if tag in ("Ref", "Condition") else f"Fn::{tag}"
     if isinstance(node, yaml.SequenceNode):
         return {key: loader.construct_sequence(node, deep=True)}
-    if isinstance(node, yaml.MappingNode):
-        return {key: loader.construct_mapping(node, deep=True)}
     value = loader.construct_scalar(node)
     return {key: value.split(".", 1) if tag == "GetAtt" else value}  # `!GetAtt Res.Attr` is ["Res", "Attr"]
 
@@ -225,8 +223,6 @@ class Template:
             text, given = (arg, {}) if isinstance(arg, str) else (arg[0], self.resolve(arg[1], refs, atts))
 
             def substitute(match: re.Match[str]) -> str:
-                if match[1].startswith("!"):  # ${!Literal} writes ${Literal}
-                    return "${" + match[1][1:] + "}"
                 if match[1] in given:  # the list form's own variables come first
                     return str(given[match[1]])
                 return str(self.resolve({"Fn::GetAtt" if "." in match[1] else "Ref": match[1]}, refs, atts))

