@@ -72,7 +72,7 @@ _EVENTS = ByType(
         },
         "DynamoDB": {
             **emulated("Stream", "BatchSize", "BisectBatchOnFunctionError", "MaximumRetryAttempts"),
-            "StartingPosition": frozenset({"TRIM_HORIZON"}),
+            "StartingPosition": frozenset({"TRIM_HORIZON", "LATEST"}),
             "FunctionResponseTypes": _RESPONSE_TYPES,
             "FilterCriteria": {"Filters": emulated("Pattern")},  # exact values
             "DestinationConfig": _ON_FAILURE,
@@ -89,7 +89,7 @@ _EVENTS = ByType(
         },
         "S3": {
             **emulated("Bucket", "Events"),  # Events: matched by moto
-            "Filter": {"S3Key": {"Rules": {"Name": frozenset({"prefix"}), "Value": EMULATED}}},
+            "Filter": {"S3Key": {"Rules": {"Name": frozenset({"prefix", "suffix"}), "Value": EMULATED}}},
         },
         "Schedule": emulated("Schedule"),  # rate(...) only (a cron(...) is refused), checked when built
     }

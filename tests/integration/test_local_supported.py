@@ -92,6 +92,14 @@ def _used(value: Any, rule: Any, path: str) -> set[str]:
     return {row for key, item in value.items() for row in {f"{path}.{key}", *_used(item, rule[key], f"{path}.{key}")}}
 
 
+# Rows template.yaml does not use that the event-source tests' own template does (their mappings
+# start at LATEST; their upload consumer filters by suffix): the code is event_sources.py's.
+USED_BY_THE_EVENT_SOURCE_TESTS = {
+    "AWS::Serverless::Function.Events.DynamoDB.StartingPosition=LATEST",
+    "AWS::Serverless::Function.Events.S3.Filter.S3Key.Rules.Name=SUFFIX",
+}
+
+
 def test_every_row_of_the_tables_is_used_by_template_yaml():
     """The other direction: the runtime claims nothing template.yaml does not use, so a row the
     template stopped using (and the code behind it) does not linger. A function's rows count what
@@ -110,7 +118,7 @@ def test_every_row_of_the_tables_is_used_by_template_yaml():
             used |= _used(functions.get(logical_id) or resource.get("Properties") or {}, table, kind)
             used |= {f"attribute {name}" for name in set(resource) - {"Type", "Properties"}}
     used |= {f"{p['Type']} parameter: {key}" for p in TEMPLATE["Parameters"].values() for key in p}
-    assert rows - used == set(), "rows of infra/local/supported.py template.yaml does not use"
+    assert rows - used == USED_BY_THE_EVENT_SOURCE_TESTS, "rows of infra/local/supported.py template.yaml does not use"
 
 
 def _add(resource: str, path: str, value: Any) -> Callable[[dict[str, Any]], None]:
