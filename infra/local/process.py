@@ -5,13 +5,10 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Mapping
-from contextlib import AbstractContextManager, ExitStack
-from typing import Any, TypeVar
+from collections.abc import Mapping
+from contextlib import ExitStack
 
 from infra.local.template import REGION
-
-T = TypeVar("T")
 
 # Fake credentials keep boto3 away from any real account; AWS_ACCOUNT_ID_ENDPOINT_MODE=disabled
 # is what DynamoDB Streams need on moto.
@@ -28,30 +25,20 @@ AWS_ENVIRONMENT_REMOVED = ("AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_PROFI
                            "AWS_ENDPOINT_URL_SFN")  # fmt: skip
 
 
-class ProcessEnvironment:
-    def __init__(self) -> None:
-        self._undo = ExitStack()
-
+class ProcessEnvironment(ExitStack):
     def set_env(self, values: Mapping[str, str], remove: tuple[str, ...] = ()) -> None:
-        self._undo.callback(_put_back, {name: os.environ.get(name) for name in (*values, *remove)})
+        self.callback(_put_back, {name: os.environ.get(name) for name in (*values, *remove)})
         for name in remove:
             os.environ.pop(name, None)
         os.environ.update(values)
 
     def set_log_level(self, name: str, level: int) -> None:
         logger = logging.getLogger(name)
-        self._undo.callback(logger.setLevel, logger.level)
+        self.callback(logger.setLevel, logger.level)
         logger.setLevel(level)
 
-    def enter(self, context: AbstractContextManager[T]) -> T:
-        return self._undo.enter_context(context)
-
-    def callback(self, undo: Callable[[], Any]) -> None:
-        self._undo.callback(undo)
-
-    def restore(self) -> None:
-        """Idempotent."""
-        self._undo.close()
+    enter = ExitStack.enter_context
+    restore = ExitStack.close  # idempotent
 
 
 def _put_back(saved: Mapping[str, str | None]) -> None:

@@ -64,24 +64,13 @@ class Resources:
         runs every function and has one os.environ. A name given two values keeps the first, with
         a warning (`function_environments` keeps what each function would see on AWS)."""
         environment = self.template.global_environment(self.refs, self.atts)
-        functions = self.template.functions()
-        # A variable any function builds from a NoEcho parameter (a secret) is warned of without its values.
-        secret = {
-            name
-            for props in functions.values()
-            for name, value in props["Environment"]["Variables"].items()
-            if self.template.no_echo(value)
-        }
-        for logical_id, props in functions.items():
+        for logical_id, props in self.template.functions().items():
             own = {name: env_string(self.resolve(value)) for name, value in props["Environment"]["Variables"].items()}
             self.function_environments[logical_id] = own
             for name, resolved in own.items():
                 if name in environment and environment[name] != resolved:
                     logger.warning(
-                        "%s: %s=%s differs from %s; keeping the first",
-                        logical_id,
-                        name,
-                        *(("****", "****") if name in secret else (repr(resolved), repr(environment[name]))),
+                        "%s: %s=%r differs from %r; keeping the first", logical_id, name, resolved, environment[name]
                     )
                 environment.setdefault(name, resolved)
         environment.update(LOCAL_ENVIRONMENT)

@@ -1,18 +1,11 @@
 """The embedded stack: moto in-process, every resource of template.yaml, and the API over real HTTP.
 
-A composition of four parts, started in this order and stopped in reverse: ProcessEnvironment
-(process.py: variables, log levels, moto's patches and mock), Resources (resources.py: the
-template's resources created in moto), Servers (servers.py: moto's AWS endpoint and the API
-gateway over HTTP) and Activity (activity.py: event source pollers and state machine executions).
-
-One process runs every function and has one os.environ, so the stack exports the *union* of
-Globals.Function.Environment and every function's own variables, resolved
-(`stack.function_environments` keeps what each function would see on AWS), with the local
-schedules over it (each scheduled function's period, the compressed webhook retries), plus AWS_* (fake
-credentials, region), MOTO_PORT (moto's Step Functions interpreter calls back there) and
-AWS_ENDPOINT_URL_S3, botocore's own setting: the stack's AWS endpoint, so presigned URLs (shipping
-labels) point where a client outside the process can GET them, while moto serves the functions'
-S3 requests in process (MOTO_S3_CUSTOM_ENDPOINTS, moto's setting for S3-compatible endpoints).
+Four parts, started in this order and stopped in reverse: ProcessEnvironment (process.py),
+Resources (resources.py), Servers (servers.py) and Activity (activity.py: event source pollers and
+state machine executions). One process runs every function and has one os.environ: the stack
+exports the union of every function's resolved variables (`function_environments` keeps what each
+would see on AWS), with the local schedules over it, fake credentials and MOTO_PORT (moto's Step
+Functions interpreter calls back there).
 """
 
 from __future__ import annotations
@@ -164,6 +157,25 @@ def _compressed_retries(template: Template) -> dict[str, str]:
     return {var: value for var, value in COMPRESSED_WEBHOOK_RETRIES.items() if var in declared - given}
 
 
+def _shell_parameters(template: Template) -> tuple[dict[str, str], dict[str, str]]:
+    """(parameter -> the shell's value, parameter -> the variable that set it). Each variable sets
+    every parameter it is set to (one process, one value): two variables setting one parameter to
+    two values are refused, naming both."""
+    values: dict[str, str] = {}
+    set_from: dict[str, str] = {}
+    settable = sorted({*PARAMETER_ENV.items(), *template.parameter_variables()})
+    for var, param in settable:
+        if not (value := os.environ.get(var)):
+            continue
+        if values.setdefault(param, value) != value:
+            raise ValueError(
+                f"{set_from[param]}={values[param]!r} and {var}={value!r} both set parameter {param}:"
+                " set one, or both to the same value"
+            )
+        set_from.setdefault(param, var)
+    return values, set_from
+
+
 class EmbeddedStack:
     """Everything `make run` runs, in this process. start() then use .api_url / .aws_endpoint /
     .admin_key; stop() puts the process back as it was (environment, patches, sockets).
@@ -199,33 +211,7 @@ class EmbeddedStack:
         self.retry_delay_scale = _scale("OMS_RETRY_DELAY_SCALE", retry_delay_scale)
         self.batching_window_scale = _scale("OMS_BATCHING_WINDOW_SCALE", batching_window_scale)
         self.template = template if isinstance(template, Template) else Template.load(template)
-        # Each variable sets every parameter it is set to (one process, one value); two variables
-        # setting one parameter to two values are refused, naming both.
-        from_shell: dict[str, str] = {}  # parameter -> the shell's value
-        set_from: dict[str, str] = {}  # parameter -> the variable that set it
-        settable = sorted({*PARAMETER_ENV.items(), *self.template.parameter_variables()})
-        for var, param in settable:
-            if not (value := os.environ.get(var)):
-                continue
-            if from_shell.setdefault(param, value) != value:
-                raise ValueError(
-                    f"{set_from[param]}={self.template.shown(param, from_shell[param])} and"
-                    f" {var}={self.template.shown(param, value)} both set parameter {param}:"
-                    " set one, or both to the same value"
-                )
-            set_from.setdefault(param, var)
-        # A variable the template builds from a parameter (`!Sub "x-${Sla}"`) is not that
-        # parameter's value: the shell's was silently replaced by the template's. Refused, naming
-        # what sets the parameter instead.
-        for var, params in sorted(self.template.derived_variables().items()):
-            if var in {v for v, _ in settable} or not os.environ.get(var):
-                continue
-            instead = " or ".join(sorted(v for v, p in settable if p in params))
-            raise ValueError(
-                f"{var} is built by the template from parameter {' and '.join(sorted(params))}, so make run"
-                " does not take it from the shell: "
-                + (f"set {instead} instead" if instead else "unset it, or change the Default")
-            )
+        from_shell, set_from = _shell_parameters(self.template)
         self.template.parameter_overrides.update({**from_shell, **(parameter_overrides or {})})
         # What a deploy refuses is refused here, named by the variable when it set the value.
         set_by = self.template.parameter_overrides
@@ -310,8 +296,9 @@ class EmbeddedStack:
             self._admin_key_bootstrap(self.admin_key)
             self.process.set_log_level("werkzeug", logging.WARNING)  # moto's server logs every request at INFO
             self.aws_port = self.servers.start_aws(self._aws_port_asked)
-            # The functions' S3 endpoint names the same server as "localhost", which moto then
-            # serves in process (only S3 is addressed by that name; aws_endpoint serves every service).
+            # AWS_ENDPOINT_URL_S3 (botocore's) makes presigned URLs (shipping labels) point where a
+            # client outside the process can GET them; MOTO_S3_CUSTOM_ENDPOINTS has moto serve the
+            # functions' own requests to that name ("localhost") in process.
             s3_endpoint = f"http://localhost:{self.aws_port}"
             s3 = {"AWS_ENDPOINT_URL_S3": s3_endpoint, "MOTO_S3_CUSTOM_ENDPOINTS": s3_endpoint}
             self.process.set_env({"MOTO_PORT": str(self.aws_port), **s3})

@@ -134,7 +134,7 @@ SUPPORTED: dict[str, Any] = {
         "DeploymentPreference": ignored("no CodeDeploy locally: a restart deploys everything at once"),
     },
     "AWS::Serverless::StateMachine": {
-        "Type": frozenset({"EXPRESS", "STANDARD"}),
+        "Type": frozenset({"EXPRESS"}),
         # DefinitionUri: a JSON file next to the template, run by moto's ASL interpreter.
         **emulated("DefinitionUri", "DefinitionSubstitutions"),
         "Policies": _NO_IAM,
@@ -186,19 +186,16 @@ RESOURCE_ATTRIBUTES: dict[str, Any] = {
     "DeletionPolicy": ignored("the local stack is thrown away when it stops"),
     "UpdateReplacePolicy": ignored("the local stack is created anew each start"),
     "Metadata": ignored("sam build's settings"),
-    "DependsOn": ignored("the runtime orders creation by references"),
 }
 
 # Per parameter type, the properties template.parameter_refused checks (Description and
-# ConstraintDescription have nothing to check; NoEcho keeps a refused value out of its message):
-# another constraint would be a deploy's refusal `make run` silently takes.
+# ConstraintDescription have nothing to check): another constraint would be a deploy's refusal
+# `make run` silently takes. NoEcho is not among them: messages and warnings show values.
 PARAMETERS: dict[str, frozenset[str]] = {
-    "Number": frozenset({"Type", "Default", "Description", "ConstraintDescription", "MinValue", "MaxValue",
-                         "AllowedValues", "NoEcho"}),
-    "String": frozenset({"Type", "Default", "Description", "ConstraintDescription", "AllowedValues", "AllowedPattern",
-                         "NoEcho"}),
+    "Number": frozenset({"Type", "Default", "Description", "MinValue", "MaxValue", "AllowedValues"}),
+    "String": frozenset({"Type", "Default", "Description", "ConstraintDescription", "AllowedValues", "AllowedPattern"}),
     "CommaDelimitedList": frozenset({"Type", "Default", "Description"}),
-}  # fmt: skip
+}
 
 SECTIONS: dict[str, Any] = {
     "AWSTemplateFormatVersion": EMULATED,

@@ -38,8 +38,6 @@ def _long_form(loader: CfnLoader, tag: str, node: yaml.Node) -> dict[str, Any]:
     key = tag if tag in ("Ref", "Condition") else f"Fn::{tag}"
     if isinstance(node, yaml.SequenceNode):
         return {key: loader.construct_sequence(node, deep=True)}
-    if isinstance(node, yaml.MappingNode):
-        return {key: loader.construct_mapping(node, deep=True)}
     value = loader.construct_scalar(node)
     return {key: value.split(".", 1) if tag == "GetAtt" else value}  # `!GetAtt Res.Attr` is ["Res", "Attr"]
 
@@ -153,19 +151,6 @@ class Template:
             if (parameter := _plain_parameter(value)) in parameters
         }
 
-    def derived_variables(self) -> dict[str, set[str]]:
-        """Variable -> the parameters it is built from, of every function variable the template
-        builds from a parameter other than as its plain value (`!Sub "x-${Parameter}"`, a
-        FindInMap keyed by one): `make run` cannot take such a variable from the shell as its
-        parameter, and refuses it rather than ignore it (EmbeddedStack)."""
-        parameters = set(self.document.get("Parameters") or {})
-        derived: dict[str, set[str]] = {}
-        for props in self.functions().values():
-            for name, value in props["Environment"]["Variables"].items():
-                if _plain_parameter(value) not in parameters and (named := _named(value) & parameters):
-                    derived.setdefault(name, set()).update(named)
-        return derived
-
     def global_environment(self, refs: Mapping[str, str], atts: Mapping[str, str] | None = None) -> dict[str, str]:
         """Globals.Function.Environment.Variables, resolved as resolve() does (a table's Ref is its name)."""
         variables = _variables(self.document.get("Globals", {}).get("Function", {}))
@@ -180,22 +165,12 @@ class Template:
         )
 
     # --- Parameters and intrinsics ---------------------------------------------------------------
-    def shown(self, name: str, value: Any) -> str:
-        """A value of parameter `name` as a message shows it: `****` when NoEcho (a secret)."""
-        declared = self.document.get("Parameters", {}).get(name) or {}
-        return "****" if str(declared.get("NoEcho")).lower() == "true" else repr(value)
-
-    def no_echo(self, value: Any) -> bool:
-        """Whether a value (a variable's, unresolved) is built from a NoEcho parameter."""
-        return any(self.shown(name, "") == "****" for name in _named(value))
-
     def parameter(self, name: str) -> Any:
         if name in self.parameter_overrides:
             value = self.parameter_overrides[name]
             declared = self.document.get("Parameters", {}).get(name) or {}
             if refused := parameter_refused(declared, value):
-                got = self.shown(name, value)
-                raise ValueError(f"parameter {name} {refused}, got {got} (CloudFormation refuses it at deploy)")
+                raise ValueError(f"parameter {name} {refused}, got {value!r} (CloudFormation refuses it at deploy)")
             return value
         declared = self.document["Parameters"][name]
         if "Default" not in declared:
@@ -248,8 +223,6 @@ class Template:
             text, given = (arg, {}) if isinstance(arg, str) else (arg[0], self.resolve(arg[1], refs, atts))
 
             def substitute(match: re.Match[str]) -> str:
-                if match[1].startswith("!"):  # ${!Literal} writes ${Literal}
-                    return "${" + match[1][1:] + "}"
                 if match[1] in given:  # the list form's own variables come first
                     return str(given[match[1]])
                 return str(self.resolve({"Fn::GetAtt" if "." in match[1] else "Ref": match[1]}, refs, atts))
@@ -314,23 +287,6 @@ def _plain_parameter(value: Any) -> str | None:
     text = value.get("Fn::Sub")
     match = re.fullmatch(r"\$\{([^}!.][^}.]*)\}", text) if isinstance(text, str) else None
     return match[1] if match else None
-
-
-def _named(value: Any) -> set[str]:
-    """Every name a value's intrinsics read by Ref or as a `${Name}` of Fn::Sub (not the list
-    form's own variables), at any depth."""
-    if isinstance(value, list):
-        return {name for item in value for name in _named(item)}
-    if not isinstance(value, dict):
-        return set()
-    names = {value["Ref"]} if isinstance(value.get("Ref"), str) else set()
-    sub = value.get("Fn::Sub")
-    if isinstance(sub, str) or (isinstance(sub, list) and sub and isinstance(sub[0], str)):
-        text, own = (sub, {}) if isinstance(sub, str) else (sub[0], sub[1] if len(sub) > 1 else {})
-        own = own if isinstance(own, dict) else {}
-        names |= {n for n in re.findall(r"\$\{([^}!][^}]*)\}", text) if "." not in n and n not in own}
-        return names | _named(own)
-    return names | {name for key, item in value.items() if key != "Ref" for name in _named(item)}
 
 
 def _variables(function_properties: Mapping[str, Any]) -> dict[str, Any]:

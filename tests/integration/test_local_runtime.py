@@ -231,11 +231,11 @@ def test_a_global_variable_may_name_an_attribute_as_a_functions_own_may():
     assert (environment["QUEUE_ARN"], environment["TABLE"]) == ("arn:aws:sqs:us-east-1:123456789012:q", "t")
 
 
-def test_sub_escapes_and_the_long_form_of_getatt_resolve_as_cloudformation_resolves_them():
+def test_sub_and_the_long_form_of_getatt_resolve_as_cloudformation_resolves_them():
     template = Template({"Resources": {}})
     atts = {"Queue.Arn": "arn:q"}
-    resolved = template.resolve({"Fn::Sub": "${!Literal}/${Queue.Arn}/${AWS::Region}"}, {}, atts)
-    assert resolved == "${Literal}/arn:q/us-east-1"
+    resolved = template.resolve({"Fn::Sub": "${Queue.Arn}/${AWS::Region}"}, {}, atts)
+    assert resolved == "arn:q/us-east-1"
     assert template.resolve({"Fn::GetAtt": "Queue.Arn"}, {}, atts) == "arn:q"
 
 
@@ -1536,42 +1536,6 @@ def test_two_variables_setting_one_parameter_to_two_values_are_refused_naming_bo
         EmbeddedStack(template=template, api_port=0, aws_port=0, seed=False)
 
 
-def test_a_refused_no_echo_parameter_is_named_without_its_value(monkeypatch: pytest.MonkeyPatch):
-    # NoEcho marks a secret: the refusal at start named the parameter and printed the value.
-    from infra.local.stack import EmbeddedStack
-
-    template = Template.load()
-    template.document["Parameters"]["AlarmEmail"]["NoEcho"] = True
-    monkeypatch.setenv("OMS_ALARM_EMAIL", "s3cret-not-an-address")
-    template.document["Globals"]["Function"]["Environment"]["Variables"]["OMS_ALARM_EMAIL"] = {"Ref": "AlarmEmail"}
-
-    with pytest.raises(
-        ValueError, match=r"^OMS_ALARM_EMAIL: parameter AlarmEmail must match .*, got \*\*\*\* "
-    ) as refused:
-        EmbeddedStack(template=template, api_port=0, aws_port=0, seed=False)
-    assert "s3cret" not in str(refused.value)
-
-
-def test_two_variables_setting_a_no_echo_parameter_to_two_values_are_named_without_the_values(
-    monkeypatch: pytest.MonkeyPatch,
-):
-    # The refusal of two variables setting one parameter printed both values, a NoEcho one's too.
-    from infra.local.stack import EmbeddedStack
-
-    template = Template.load()
-    template.document["Parameters"]["Sla"]["NoEcho"] = True
-    jeopardy = template.document["Resources"]["JeopardyScanFunction"]["Properties"]["Environment"]["Variables"]
-    jeopardy["OMS_SLA_TOO"] = {"Ref": "Sla"}
-    monkeypatch.setenv("OMS_SLA", "allocated=1h")
-    monkeypatch.setenv("OMS_SLA_TOO", "allocated=2h")
-
-    with pytest.raises(
-        ValueError, match=r"^OMS_SLA=\*\*\*\* and OMS_SLA_TOO=\*\*\*\* both set parameter Sla"
-    ) as refused:
-        EmbeddedStack(template=template, api_port=0, aws_port=0, seed=False)
-    assert "allocated" not in str(refused.value)
-
-
 def test_a_variable_the_template_sets_to_a_parameter_through_fn_sub_alone_is_taken_as_that_parameter(
     monkeypatch: pytest.MonkeyPatch,
 ):
@@ -1591,54 +1555,21 @@ def test_a_variable_the_template_sets_to_a_parameter_through_fn_sub_alone_is_tak
         EmbeddedStack(template=template, api_port=0, aws_port=0, seed=False)
 
 
-@pytest.mark.parametrize(
-    ("built", "instead"),
-    [
-        ({"Fn::Sub": "pending=5m,${Sla}"}, "set OMS_SLA instead"),
-        ({"Fn::Sub": ["${Prefix}-${HoldExpiryDays}", {"Prefix": {"Ref": "Sla"}}]}, "set OMS_HOLD_EXPIRY_DAYS or OMS_SLA instead"),  # noqa: E501
-        ({"Fn::FindInMap": ["ScheduleMinutes", {"Ref": "StageName"}, "Minutes"]}, "unset it, or change the Default"),
-    ],
-)  # fmt: skip
-def test_a_variable_the_template_builds_from_a_parameter_is_refused_from_the_shell_naming_what_sets_it(
-    monkeypatch: pytest.MonkeyPatch, built: Any, instead: str
-):
-    # A variable built from a parameter (none today) took the template's value over the shell's,
-    # silently: OMS_DEADLINES=allocated=1h make run ran with the template's deadlines.
-    from infra.local.stack import EmbeddedStack
-
-    template = Template.load()
-    jeopardy = template.document["Resources"]["JeopardyScanFunction"]["Properties"]["Environment"]["Variables"]
-    jeopardy["OMS_DEADLINES"] = built
-    EmbeddedStack(template=template, api_port=0, aws_port=0, seed=False)  # unset: the template's value
-
-    monkeypatch.setenv("OMS_DEADLINES", "allocated=1h")
-    with pytest.raises(ValueError, match=r"^OMS_DEADLINES is built by the template from parameter") as refused:
-        EmbeddedStack(template=template, api_port=0, aws_port=0, seed=False)
-    assert str(refused.value).endswith(f"does not take it from the shell: {instead}")
-
-
-def test_a_variable_two_functions_build_from_a_no_echo_parameter_is_warned_of_without_its_values(
+def test_a_variable_two_functions_resolve_differently_keeps_the_first_with_a_warning(
     caplog: pytest.LogCaptureFixture,
 ):
-    # One process holds one value of a variable two functions resolve differently: the warning
-    # named both values, a NoEcho parameter's (a secret) too, in make run's console.
+    # One process holds one value of a variable two functions resolve differently.
     function = {"Type": "AWS::Serverless::Function", "Properties": {"Handler": "x.y"}}
     document = {
-        "Parameters": {"Secret": {"Type": "String", "NoEcho": True}, "Stage": {"Type": "String", "Default": "v1"}},
+        "Parameters": {"Stage": {"Type": "String", "Default": "v1"}},
         "Resources": {
             name: {**function, "Properties": {"Handler": "x.y", "Environment": {"Variables": variables}}}
-            for name, variables in (
-                ("A", {"TOKEN": {"Ref": "Secret"}, "STAGE": {"Ref": "Stage"}}),
-                ("B", {"TOKEN": {"Fn::Sub": "${Secret}-b"}, "STAGE": {"Fn::Sub": "${Stage}-b"}}),
-            )
+            for name, variables in (("A", {"STAGE": {"Ref": "Stage"}}), ("B", {"STAGE": {"Fn::Sub": "${Stage}-b"}}))
         },
     }
-    template = Template(document, parameter_overrides={"Secret": "s3cret"})
 
     with caplog.at_level("WARNING", logger="infra.local.stack"):
-        environment = Resources(template).environment()
+        environment = Resources(Template(document)).environment()
 
-    assert environment["TOKEN"] == "s3cret"  # the first, as before
-    assert "s3cret" not in caplog.text
-    assert "B: TOKEN=**** differs from ****; keeping the first" in caplog.text
+    assert environment["STAGE"] == "v1"
     assert "B: STAGE='v1-b' differs from 'v1'; keeping the first" in caplog.text
