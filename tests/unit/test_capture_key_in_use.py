@@ -22,6 +22,10 @@ from core.order_changes import answers_known
 from functions.business_metrics import MeteredOrders
 from tests.unit.test_authorization_renewal import STOCK, FirstCaptureAnswers
 from tests.unit.test_business_metrics import emitted
+from tests.unit.test_capture_sweep import STOCK as DIED_STOCK
+from tests.unit.test_delivery_report_refused import NOT_RECORDED
+from tests.unit.test_delivery_report_refused import errors as not_recorded_errors
+from tests.unit.test_delivery_reports import held_for_parcels
 from tests.unit.test_renewal_key_in_use import InUse, kinds
 from tests.unit.test_settlement_capture_not_made import NOT_MADE, errors, metrics  # noqa: F401
 from tests.unit.test_settlement_renewal_repeats import reported
@@ -31,7 +35,8 @@ from tests.unit.world import Clock, World, build_world
 
 
 def capture_failures(capsys: pytest.CaptureFixture[str]) -> dict[str, list[float]]:
-    """The PaymentFailures points of captures emitted since last asked, by kind (and the rest)."""
+    """The PaymentFailures points of captures emitted since last asked, by kind, and the
+    SettlementCapturesNotMade points (`not_made`)."""
     found = emitted(capsys)
     counted = {dict(dims)["kind"]: values for (name, dims), values in found.items()
                if name == "PaymentFailures" and dict(dims).get("operation") == "capture"}  # fmt: skip
@@ -101,17 +106,12 @@ def test_a_repeat_sent_twice_at_once_whose_twin_found_the_key_in_use_records_not
 ):
     # Before: the late twin's transient entry, after the refusal, ended the run of refusals. Its
     # own attempt answered with the key's refusal (busy 1) wrote that refusal again, and the next
-    # repeat wrote a payment_capture_failed and capture_not_made pair (a PaymentOperationFailures
-    # point; the settlement's, a SettlementCapturesNotMade point and an ERROR line too).
+    # repeat wrote a payment_capture_failed and capture_not_made pair (a PaymentFailures point;
+    # the settlement's, a SettlementCapturesNotMade point and an ERROR line too).
     world, in_use, order_id, ship = BUILT[caller](clock)
-    refused = world.history(order_id)[-2]
-    assert (refused.type, refused.actor, refused.detail["kind"]) == (
-        OrderEvent.PAYMENT_CAPTURE_FAILED,
-        caller,
-        "refused",
-    )
-    key = world.gateway.keys("capture")[-1]
-    assert refused.detail["capture_key"] == key
+    refused, key = world.history(order_id)[-2], world.gateway.keys("capture")[-1]
+    said = (refused.type, refused.actor, refused.detail["kind"], refused.detail["capture_key"])
+    assert said == (OrderEvent.PAYMENT_CAPTURE_FAILED, caller, "refused", key)
     before, calls = world.history(order_id), len(world.gateway.keys("capture"))
     capture_failures(capsys)
     caplog.set_level("ERROR")
@@ -185,19 +185,18 @@ def test_a_refusal_written_before_capture_failures_named_their_key_is_still_matc
     assert world.history(order_id) == before
 
 
-def failed(kind: str, key: str | None, **detail: object) -> HistoryEntry:
+def failed(kind: str, key: str | None) -> HistoryEntry:
+    """A capture's failed attempt of `kind` under `key` (None: as older code wrote it, unnamed)."""
     named = {"capture_key": key} if key else {}
     return HistoryEntry(
         at=Clock().now, type=OrderEvent.PAYMENT_CAPTURE_FAILED, actor="key_wh",
-        detail={"operation": "capture", "attempt": 0, "kind": kind, "message": "m", **named, **detail},
+        detail={"operation": "capture", "attempt": 0, "kind": kind, "message": "m", **named},
     )  # fmt: skip
 
 
 def test_only_a_transient_capture_under_a_key_refused_in_the_history_is_stepped_over():
-    refused, not_made = (
-        failed("refused", "k1"),
-        HistoryEntry(at=Clock().now, type=OrderEvent.CAPTURE_NOT_MADE, actor="key_wh"),
-    )
+    refused = failed("refused", "k1")
+    not_made = HistoryEntry(at=Clock().now, type=OrderEvent.CAPTURE_NOT_MADE, actor="key_wh")
     twin, other, unnamed = failed("transient", "k1"), failed("transient", "k2"), failed("transient", None)
     # A transient attempt under k1 after k1's refusal says nothing the refusal did not.
     assert answers_known([refused, not_made, twin]) == [refused, not_made]
@@ -212,3 +211,33 @@ def test_only_a_transient_capture_under_a_key_refused_in_the_history_is_stepped_
     auth = HistoryEntry(at=Clock().now, type=OrderEvent.PAYMENT_AUTHORIZATION_FAILED, actor="key_wh",
                         detail={"kind": "transient", "authorization_key": "k1"})  # fmt: skip
     assert answers_known([refused, auth]) == [refused, auth]
+
+
+@pytest.mark.usefixtures("metrics")
+@pytest.mark.parametrize("busy", [1, 3])
+def test_a_report_of_an_unshipped_parcel_sent_twice_at_once_calls_a_person_once(
+    busy, clock, monkeypatch, capsys, caplog
+):
+    # A parcel whose ship died after its capture, reported delivered by its carrier, the capture
+    # that report asks refused: delivery_not_recorded calls a person (DeliveriesNotRecordedAlarm).
+    # The report sent twice at once: the late one's "in use" lands after the refusal. Before: the
+    # late one's report (busy 1), or the next report (busy 3), took that entry for a newer capture
+    # failure than the report's delivery_not_recorded, and wrote, counted and logged another.
+    in_use = CaptureKeyInUse()
+    world = build_world(DIED_STOCK, in_use, clock=clock, wrap_orders=MeteredOrders)
+    held, (shipment_id,) = held_for_parcels(world, clock, monkeypatch, ("TSHIRT", 1))
+    world.gateway.script("capture", "refuse")
+    asked(world, held.id, "carrier", shipment_id)
+    assert world.history(held.id)[-1].type is OrderEvent.DELIVERY_NOT_RECORDED
+    before = world.history(held.id)
+    emitted(capsys)
+    caplog.set_level("ERROR")
+    caplog.clear()
+
+    twice_at_once(world, in_use, held.id, shipment_id, "carrier", busy)
+    for _ in range(3):
+        asked(world, held.id, "carrier", shipment_id)
+
+    late = world.history(held.id)[len(before) :]
+    assert [(e.type, e.detail.get("kind")) for e in late] == [(OrderEvent.PAYMENT_CAPTURE_FAILED, "transient")] * busy
+    assert NOT_RECORDED not in emitted(capsys) and not_recorded_errors(caplog) == []
