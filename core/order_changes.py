@@ -330,10 +330,13 @@ def request_outage_noted_once(
 
 
 def _unavailable_in(entries: list[HistoryEntry], operation: str, detail: dict[str, Any]) -> bool:
-    """Whether the last failed attempt at `operation` with `detail` in `entries` was transient."""
+    """Whether the last failed attempt at `operation` with `detail` in `entries` was transient. A
+    capture's key (`capture_key`) is not compared: its shipment (or none) and amount name the
+    request already, and an outage older code wrote names no key."""
     failed = PAYMENT_FAILURE_EVENTS[operation]
+    compared = {name: value for name, value in detail.items() if name != "capture_key"}
     about = [
         entry for entry in entries
-        if entry.type is failed and all((entry.detail or {}).get(name) == value for name, value in detail.items())
+        if entry.type is failed and all((entry.detail or {}).get(name) == value for name, value in compared.items())
     ]  # fmt: skip
     return bool(about) and about[-1].detail.get("kind") == "transient"

@@ -241,3 +241,21 @@ def test_a_report_of_an_unshipped_parcel_sent_twice_at_once_calls_a_person_once(
     late = world.history(held.id)[len(before) :]
     assert [(e.type, e.detail.get("kind")) for e in late] == [(OrderEvent.PAYMENT_CAPTURE_FAILED, "transient")] * busy
     assert NOT_RECORDED not in emitted(capsys) and not_recorded_errors(caplog) == []
+
+
+def test_a_capture_outage_written_before_capture_failures_named_their_key_is_still_known_to_a_repeat(clock):
+    # The gateway down, a warehouse repeating its ship: the outage is recorded once
+    # (request_outage_noted_once). One older code recorded (no capture_key) is still that outage:
+    # the repeat after the upgrade records nothing (it would have written its three attempts).
+    world = build_world(STOCK, clock=clock)
+    order = world.allocated(("TSHIRT", 2))
+    (shipment,) = order.shipments
+    world.gateway.script("capture", "transient")
+    asked(world, order.id, "key_wh", shipment.id)
+    without_keys(world, order.id)
+    before = world.history(order.id)
+    assert kinds(before[-1:]) == [(OrderEvent.PAYMENT_CAPTURE_FAILED, "transient")]
+
+    asked(world, order.id, "key_wh", shipment.id)
+
+    assert world.history(order.id) == before
