@@ -19,10 +19,12 @@ from core.order_changes import (
     UNANSWERED_AGAIN,
     Recorder,
     Unless,
+    answers_known,
     failure_recorder,
     modify,
     no_plugin_noted_last,
     refusal_noted_once,
+    refused_keys,
 )
 from core.payments import Failure, Payments
 from core.ports import CatalogRepository, InventoryRepository, OrderRepository
@@ -602,14 +604,14 @@ class Cancellation:
 
     def _settlement_not_made_follows(self, order_id: str, amount: Money, actor: str) -> bool:
         """Whether the run of declined renewals and settlements not made the order's history ends
-        with (a carrier's delivery_not_recorded, and an attempt under a declined key: _answers_known,
+        with (a carrier's delivery_not_recorded, and an attempt under a declined key: answers_known,
         stepped over) holds `actor`'s capture not made of
         `amount` after its last decline (its declines asked again once they stood stepped over:
         ASKED_AGAIN): a decline repeated (renewed_for_settlement) whose function wrote both. Read on
         the rare path only: a decline."""
         found = self._orders.history(order_id, consistent=True)
         asked = amount.model_dump(mode="json")
-        for entry in reversed(_answers_known(found[1] if found is not None else [])):
+        for entry in reversed(answers_known(found[1] if found is not None else [])):
             if entry.type is OrderEvent.DELIVERY_NOT_RECORDED:
                 continue
             if _settlement_not_made(entry):
@@ -665,7 +667,7 @@ class Cancellation:
         # The renewals the gateway declined: one asked now is keyed past them (payment_keys.renewal).
         history = self._orders.history(order.id, consistent=True)
         entries = history[1] if history is not None else []
-        refused = _declined_keys(entries)
+        refused = refused_keys(entries, "authorize")
         valid_for = self._authorization_valid_for
 
         standing: list[PaymentRefused] = []  # the decline that answers this ask (the last decide's)
@@ -722,17 +724,12 @@ class Cancellation:
         key = payment_keys.renewal(order.id, lapsed, order.renewal_declined_before)
         again = {ASKED_AGAIN: stood[0]} if stood else {}
 
-        def led_to(entry: HistoryEntry) -> bool:
-            """What a run of this very refusal steps over: the settlement's capture not made it led
-            to, and an attempt under its key that failed transiently (_known_outage: its answer)."""
-            return (repeats is not None and _settlement_not_made(entry)) or _known_outage(entry, (key,))
-
         try:
             made = self._payments.retried(
                 "authorize",
                 lambda attempt: self._payments.authorize(payment.method, token or "", amount, order.id, attempt, key),
                 refusal_noted_once(self._orders, order.id, actor, self._clock, recorder=self._void_failures,
-                                   followed_by=led_to,
+                                   followed_by=_settlement_not_made if repeats is not None else None,
                                    repeats=repeats, amount=amount.model_dump(mode="json"), authorization_key=key,
                                    **again),
             )  # fmt: skip
@@ -748,7 +745,7 @@ class Cancellation:
             # the rare path only: the same details from the first answer on.
             found_after = self._orders.history(order.id, consistent=True)
             after = found_after[1] if found_after is not None else []
-            before = _declined_count(_declined_keys(after), order.id, lapsed)
+            before = _declined_count(refused_keys(after, "authorize"), order.id, lapsed)
             old_at = _old_at(order, valid_for, dropped)
             answered = _decline_standing(after, order, lapsed, before, actor, amount, dropped, old_at)
             raise (answered or [_renewal_declined(order, lapsed, declined.message)])[0] from None
@@ -784,7 +781,8 @@ class Cancellation:
         key = payment_keys.capture(order.id, shipment_id, order.captures_reversed(shipment_id), under)
         repeated = self._repeated(order.id, shipment_id, amount, actor) if unless_repeated else None
         record = self._void_failures(self._orders, order.id, actor, self._clock, unless=repeated,
-                                     shipment_id=shipment_id, amount=amount.model_dump(mode="json"))  # fmt: skip
+                                     shipment_id=shipment_id, amount=amount.model_dump(mode="json"),
+                                     capture_key=key)  # fmt: skip
         return self._payments.retried(
             "capture",
             lambda attempt: self._payments.capture(payment.method, authorization, amount, order.id, key),
@@ -828,11 +826,16 @@ class Cancellation:
         answer (`kind`) is matched: the gateway's refusal once the plugin is back is recorded. A
         repeat by someone else, in other words, or after anything else happened to the order is
         recorded. The `delivery_not_recorded` a carrier's report records after a refusal of the
-        parcel it reported (OrderActions.deliver) is stepped over. `entries`: the history as the
-        caller's write decides on it (the recorder's `unless`), else read here."""
+        parcel it reported (OrderActions.deliver) is stepped over, and so is a transient failure of
+        a capture under a key the gateway refused (core.order_changes.answers_known: the late one
+        of a repeat sent twice at once, answered "key in use" while its twin's call was refused,
+        whose answer is that refusal; each capture failure names its key, `capture_key`, for that).
+        `entries`: the history as the caller's write decides on it (the recorder's `unless`), else
+        read here."""
         if entries is None:
             found = self._orders.history(order_id, consistent=True)
             entries = found[1] if found is not None else []
+        entries = answers_known(entries)  # a twin's "key in use" after the refusal of its key
         asked = amount.model_dump(mode="json")
         while len(entries) >= 2:
             if entries[-1].type is OrderEvent.DELIVERY_NOT_RECORDED:
@@ -1027,7 +1030,7 @@ class Cancellation:
                 lambda attempt: self._payments.capture(payment.method, authorization, request.amount, order.id, key),
                 self._void_failures(self._orders, order.id, actor, self._clock,
                                     unless=self._repeated(order.id, None, request.amount, actor),
-                                    amount=request.amount.model_dump(mode="json")),
+                                    amount=request.amount.model_dump(mode="json"), capture_key=key),
             )  # fmt: skip
         except PaymentRefused as refused:
             # Asked again by every repeat of the last ship and every delivery reported again.
@@ -1074,7 +1077,7 @@ def written_off_stock(order: Order) -> frozenset[tuple[str, str, str]]:
 
 
 def _declined_count(refused: set[str], order_id: str, lapsed: str) -> int:
-    """How many renewals of `lapsed` were declined (`refused`: _declined_keys): the next one's key."""
+    """How many renewals of `lapsed` were declined (`refused`: refused_keys): the next one's key."""
     before = 0
     while payment_keys.renewal(order_id, lapsed, before) in refused:
         before += 1
@@ -1158,7 +1161,7 @@ def _died_asking_again(
     settlement's ask of it again under its key, for its amount, once it stood (_renew), whose
     function died before the gateway's answer was written: asked again, that decline is written as
     the one asked again, not taken for the first's repeat (which would leave the first standing
-    over, and the next report asking once more). [] otherwise (`refused`: _declined_keys)."""
+    over, and the next report asking once more). [] otherwise (`refused`: refused_keys)."""
     lapsed = order.renewing_authorization or ""
     before = _declined_count(refused, order.id, lapsed)
     declines = _actors_declines(history, order.id, lapsed, before, actor)
@@ -1185,37 +1188,15 @@ def _asked_again(entry: HistoryEntry) -> bool:
 def _trailing_declines(history: list[HistoryEntry]) -> list[HistoryEntry]:
     """The declined authorizations the history ends with, newest first (a carrier's
     delivery_not_recorded, a settlement's capture not made and an attempt under a declined key
-    stepped over: _answers_known)."""
+    stepped over: answers_known)."""
     run: list[HistoryEntry] = []
-    for entry in reversed(_answers_known(history)):
+    for entry in reversed(answers_known(history)):
         if entry.type is OrderEvent.DELIVERY_NOT_RECORDED or _settlement_not_made(entry):
             continue
         if entry.type is not OrderEvent.PAYMENT_AUTHORIZATION_FAILED or (entry.detail or {}).get("kind") != "refused":
             break
         run.append(entry)
     return run
-
-
-def _answers_known(history: list[HistoryEntry]) -> list[HistoryEntry]:
-    """`history` without the transient failures of an authorization under a key the gateway
-    declined (in it): a gateway answers a key with its first answer, so that attempt's answer is the
-    decline, and it says nothing the decline did not. One is the late twin of two asks under one key
-    at once (a carrier's report delivered twice): Stripe answers it 409 `idempotency_key_in_use`
-    while the other's call is in flight, which a payment plugin maps to TransientError, and its entry
-    may land after its twin's decline; it ends no run of declines (_trailing_declines,
-    _settlement_not_made_follows), which would have the next report ask the card at once."""
-    declined = _declined_keys(history)
-    return [entry for entry in history if not _known_outage(entry, declined)]
-
-
-def _known_outage(entry: HistoryEntry, declined: Collection[str]) -> bool:
-    """Whether `entry` is a transient failure of an authorization asked under a key in `declined`."""
-    detail = entry.detail or {}
-    return (
-        entry.type is OrderEvent.PAYMENT_AUTHORIZATION_FAILED
-        and detail.get("kind") == "transient"
-        and detail.get("authorization_key") in declined
-    )
 
 
 def own_authorization_keys(order: Order) -> list[str]:
@@ -1258,15 +1239,6 @@ def _void_failed_authorizations(history: list[HistoryEntry]) -> dict[str, str]:
         if entry.type is OrderEvent.PAYMENT_VOID_FAILED and isinstance(key, str) and isinstance(authorization, str):
             named[key] = authorization
     return named
-
-
-def _declined_keys(history: list[HistoryEntry]) -> set[str]:
-    """The keys of the authorizations the gateway declined (not one no payment plugin took)."""
-    return {
-        entry.detail["authorization_key"] for entry in history
-        if entry.type is OrderEvent.PAYMENT_AUTHORIZATION_FAILED and (entry.detail or {}).get("kind") == "refused"
-        and isinstance(entry.detail.get("authorization_key"), str)
-    }  # fmt: skip
 
 
 def voids_refused(history: list[HistoryEntry]) -> set[str]:

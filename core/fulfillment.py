@@ -37,7 +37,14 @@ from core.models import (
     utc_now,
 )
 from core.money import Money
-from core.order_changes import failure_recorder, modify, outage_noted_once, request_outage_noted_once, visible
+from core.order_changes import (
+    answers_known,
+    failure_recorder,
+    modify,
+    outage_noted_once,
+    request_outage_noted_once,
+    visible,
+)
 from core.payments import Payments
 from core.ports import CatalogRepository, InventoryRepository, LabelStore, OrderRepository, ReturnRepository
 from core.refund_service import RefundService
@@ -397,8 +404,11 @@ class OrderActions:
         is followed by its `delivery_not_recorded` already: the ship recorded nothing (the report
         sent again meets the refusal its caller met before, which is not recorded again:
         Cancellation.refusal_recorded_last and refusal_noted_once step over this entry, as they do
-        over the refusals of parcels reported in turn). Another parcel's, recorded meanwhile, is
-        not this one's: a refusal of parcel B right after one of parcel A is recorded.
+        over the refusals of parcels reported in turn); an attempt at its capture that failed
+        transiently under a key the gateway refused is stepped over (core.order_changes.answers_known:
+        the late one of a report sent twice at once, answered "key in use", whose answer is that
+        refusal). Another parcel's, recorded meanwhile, is not this one's: a refusal of parcel B right after
+        one of parcel A is recorded.
 
         Judged in the write's decision, on the history read with the order after the version the
         write is conditional on: a newer version makes that write stale, and it is decided again
@@ -408,7 +418,7 @@ class OrderActions:
 
         def decide(current: Order):
             found = self._orders.history(order_id, consistent=True)
-            for entry in reversed(found[1] if found is not None else []):
+            for entry in reversed(answers_known(found[1] if found is not None else [])):
                 if entry.type in _REFUSAL_ENTRIES and (entry.detail or {}).get("shipment_id") == shipment_id:
                     if entry.type is OrderEvent.DELIVERY_NOT_RECORDED:
                         return None

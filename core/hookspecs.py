@@ -147,7 +147,10 @@ def oms_payment_capture(
         which then refunds it). Answer a key you have seen with the capture made under it, never
         a second one, however long ago it was; decline only when none was made, and a key you
         declined again with that decline (the OMS takes a decline for the key's answer: a
-        request it gave up on a stale refusal is asked again under the same key).
+        request it gave up on a stale refusal is asked again under the same key). A key another
+        call of it is in flight with (two requests at once: Stripe's 409
+        `idempotency_key_in_use`) has no answer yet: raise TransientError, never a decline. An
+        attempt that failed so under a key you declined is taken for that decline.
     :return: PaymentResult, or None.
 
     Stops at first non-None result.

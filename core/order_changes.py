@@ -150,7 +150,9 @@ def refusal_noted_once(
     settlement waits for the plugin. A new answer (refused once the plugin is back) and any other
     failure are always recorded. `followed_by`: the entries a refusal of the operation leads to,
     which the run steps over (a declined renewal of the settlement's authorization, and the
-    settlement's capture not made it records: Cancellation.renewed_for_settlement). `repeats`
+    settlement's capture not made it records: Cancellation.renewed_for_settlement), as it steps
+    over an attempt under a key the gateway refused that failed transiently (answers_known: the late
+    one of two asks at once, answered "key in use"). `repeats`
     gets each failure not recorded for being such a repeat. Judged in the entry's write's decision
     (failure_recorder's `unless`): two attempts racing record the refusal once."""
     said: list[bool] = []  # the last decision's: a repeat, not recorded
@@ -174,7 +176,7 @@ def _refused_last(
     entries: list[HistoryEntry], actor: str, failure: Failure, detail: dict[str, Any],
     followed_by: Callable[[HistoryEntry], bool] | None = None,
 ) -> bool:  # fmt: skip
-    for last in reversed(entries):
+    for last in reversed(answers_known(entries)):
         said = last.detail or {}
         if (followed_by is not None and followed_by(last)) or last.type is OrderEvent.DELIVERY_NOT_RECORDED:
             continue  # what a refusal led to (a carrier's report it stopped: OrderActions.deliver)
@@ -186,6 +188,52 @@ def _refused_last(
                 and all(said.get(k) == v for k, v in detail.items())):  # fmt: skip
             return True
     return False
+
+
+# The detail naming the idempotency key a failed attempt was asked under, by its entry's type: an
+# authorization's (a renewal's) and a capture's. Entries older code wrote may lack it.
+ATTEMPT_KEYS: dict[OrderEvent, str] = {
+    OrderEvent.PAYMENT_AUTHORIZATION_FAILED: "authorization_key",
+    OrderEvent.PAYMENT_CAPTURE_FAILED: "capture_key",
+}
+
+
+def refused_keys(history: list[HistoryEntry], operation: str) -> set[str]:
+    """The keys `operation` (authorize, capture) was refused under in `history` (a decline: not an
+    attempt no payment plugin took)."""
+    failed = PAYMENT_FAILURE_EVENTS[operation]
+    return {key for event, key in _refusals(history) if event is failed}
+
+
+def _refusals(history: list[HistoryEntry]) -> set[tuple[OrderEvent, str]]:
+    """(the failure entry's type, its key) of each refusal in `history` under a key (ATTEMPT_KEYS)."""
+    return {
+        (entry.type, key) for entry in history
+        if entry.type in ATTEMPT_KEYS and (entry.detail or {}).get("kind") == "refused"
+        and isinstance(key := entry.detail.get(ATTEMPT_KEYS[entry.type]), str)
+    }  # fmt: skip
+
+
+def answers_known(history: list[HistoryEntry]) -> list[HistoryEntry]:
+    """`history` without the transient failures of an authorization or a capture asked under a key
+    the gateway refused that operation under (in it): a gateway answers a key with its first answer
+    (the hookspecs ask it), so that attempt's answer is the refusal, and it says nothing the refusal
+    did not. One is the late twin of two asks under one key at once (a carrier's report delivered
+    twice, a warehouse's ship sent twice): Stripe answers it 409 `idempotency_key_in_use` while the
+    other's call is in flight, which a payment plugin maps to TransientError, and its entry may land
+    after its twin's refusal. A run of refusals is matched past it (_refused_last,
+    Cancellation.refusal_recorded_last, core.cancellation._trailing_declines): else the late
+    twin's own attempt answered with the refusal, and the next repeat, would each record it again
+    (a capture's with its capture not made, a settlement's alarmed and logged), and the next report
+    would ask a declined card at once. An attempt whose entry names no key (older code) is kept."""
+    refused = _refusals(history)
+    if not refused:
+        return history
+    return [
+        entry for entry in history
+        if not (entry.type in ATTEMPT_KEYS and (entry.detail or {}).get("kind") == "transient"
+                and (entry.type, entry.detail.get(ATTEMPT_KEYS[entry.type])) in refused)
+    ]  # fmt: skip
 
 
 def no_plugin_noted_last(entries: list[HistoryEntry], actor: str, failure: Failure, detail: dict[str, Any]) -> bool:
@@ -282,10 +330,13 @@ def request_outage_noted_once(
 
 
 def _unavailable_in(entries: list[HistoryEntry], operation: str, detail: dict[str, Any]) -> bool:
-    """Whether the last failed attempt at `operation` with `detail` in `entries` was transient."""
+    """Whether the last failed attempt at `operation` with `detail` in `entries` was transient. A
+    capture's key (`capture_key`) is not compared: its shipment (or none) and amount name the
+    request already, and an outage older code wrote names no key."""
     failed = PAYMENT_FAILURE_EVENTS[operation]
+    compared = {name: value for name, value in detail.items() if name != "capture_key"}
     about = [
         entry for entry in entries
-        if entry.type is failed and all((entry.detail or {}).get(name) == value for name, value in detail.items())
+        if entry.type is failed and all((entry.detail or {}).get(name) == value for name, value in compared.items())
     ]  # fmt: skip
     return bool(about) and about[-1].detail.get("kind") == "transient"

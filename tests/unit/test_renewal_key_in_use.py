@@ -27,20 +27,20 @@ from tests.unit.world import World, build_world
 IN_USE = "idempotency_key_in_use: There is currently another in-progress request using this Idempotent Key"
 
 
-class KeyInUse:
-    """The payment plugin's mapping of Stripe's 409 `idempotency_key_in_use` (TransientError).
-    Armed (`twin`, `busy`), the next authorization asked is the late one of two: its twin
-    (`twin`) asks under the same key and has its answer written first, then the late one's first
-    `busy` attempts are answered "in use" (they reached the gateway while its twin's call was in
-    flight), a later one with the key's answer (FirstAnswers)."""
+class InUse:
+    """A payment plugin's mapping of Stripe's 409 `idempotency_key_in_use` (TransientError), for an
+    operation's hook wrapper to call (arrived) before the gateway's answer. Armed (`twin`, `busy`),
+    the next request asked is the late one of two: its twin (`twin`) asks under the same key and
+    has its answer written first, then the late one's first `busy` attempts are answered "in use"
+    (they reached the gateway while its twin's call was in flight), a later one with the key's
+    answer (a gateway's first answers: FirstAnswers, FirstCaptureAnswers)."""
 
     def __init__(self) -> None:
         self.twin: Callable[[], object] | None = None
         self.busy = 0
         self.late = 0
 
-    @hookimpl(wrapper=True)
-    def oms_payment_authorize(self):
+    def arrived(self) -> None:
         if self.twin is not None:
             twin, self.twin = self.twin, None
             twin()
@@ -48,6 +48,14 @@ class KeyInUse:
         if self.late:
             self.late -= 1
             raise TransientError(IN_USE)
+
+
+class KeyInUse(InUse):
+    """InUse for authorizations."""
+
+    @hookimpl(wrapper=True)
+    def oms_payment_authorize(self):
+        self.arrived()
         return (yield)
 
 
