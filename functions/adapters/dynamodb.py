@@ -118,6 +118,14 @@ def _is_conditional_failure(error: ClientError) -> bool:
     return error.response["Error"]["Code"] == "ConditionalCheckFailedException"
 
 
+def cancellation_reasons(error: ClientError) -> list[str | None] | None:
+    """The code a cancelled TransactWriteItems gives for each of its items, in their order ("None"
+    for an item that did not cancel it); None for any other error."""
+    if error.response["Error"]["Code"] != "TransactionCanceledException":
+        return None
+    return [reason.get("Code") for reason in error.response.get("CancellationReasons") or []]
+
+
 def _too_large(error: ClientError) -> bool:
     """DynamoDB refused a write that would take its item past 400 KB."""
     found = error.response.get("Error", {})
@@ -618,9 +626,9 @@ class DynamoOrders(OrderRepository):
         try:
             self._client.transact_write_items(TransactItems=items)
         except ClientError as error:
-            if error.response["Error"]["Code"] != "TransactionCanceledException":
+            reasons = cancellation_reasons(error)
+            if reasons is None:
                 raise
-            reasons = [reason.get("Code") for reason in error.response.get("CancellationReasons") or []]
             refused = ("ConditionalCheckFailed", "TransactionConflict")
             if reasons[:1] and reasons[0] in refused:
                 raise StaleVersion(

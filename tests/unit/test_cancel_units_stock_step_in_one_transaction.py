@@ -19,12 +19,15 @@ from __future__ import annotations
 from core.models import Order
 from core.status import OrderStatus as S
 from core.unit_cancellation import UnitCancellation
+from tests.unit.test_cancel_units_release_reads_the_order_again import (
+    STOCK,
+    rejected_and_sourced_again,
+    the_new_parcel_keeps_its_unit,
+)
 from tests.unit.test_reported_parcels_finished import kept_back_pass
 from tests.unit.test_write_off_stock_before_sourcing_again import SPLIT, a_write_off_that_died
 from tests.unit.test_written_off_units_never_sourced_again import PERSON, WRITE_OFF, never_oversold
 from tests.unit.world import World, build_world
-
-STOCK = [("TSHIRT", "wh-west", 5), ("TSHIRT", "wh-east", 5)]
 
 
 def race_before_the_writes(monkeypatch, race) -> list[Order]:
@@ -49,26 +52,12 @@ def test_a_reject_and_a_new_reservation_between_the_read_and_the_release_are_not
     (parcel,) = order.shipments
     other = next(loc for _, loc, _ in STOCK if loc != parcel.location_id)
 
-    def rejected_and_sourced_again() -> None:
-        world.actions.reject(order.id, parcel.id, "no staff", actor="key_wh")
-        world.workflow.reserve_stock(order.id)
-        world.workflow.create_shipments(order.id)
-        assert world.level("TSHIRT", other) == (5, 1, 4)
-
     with monkeypatch.context() as patched:
-        given = race_before_the_writes(patched, rejected_and_sourced_again)
+        given = race_before_the_writes(patched, lambda: rejected_and_sourced_again(world, order, parcel, other))
         world.actions.cancel(order.id, "fewer", actor="key_cs", lines={order.lines[0].line_id: 2})
 
     assert given[0].status is S.ALLOCATED and given[0].shipment(parcel.id).location_id == parcel.location_id
-    after = world.order(order.id)
-    (again,) = after.shipments
-    assert (after.status, again.location_id) == (S.ALLOCATED, other)
-    # Before: (5, 0, 5): the new parcel's unit released while the order counts on it (oversold).
-    assert world.level("TSHIRT", other) == (5, 1, 4)
-    assert world.level("TSHIRT", parcel.location_id) == (5, 0, 5)
-    assert not after.stock_owed
-    world.actions.ship(order.id, again.id, None, "key_wh")
-    assert world.level("TSHIRT", other) == (4, 0, 4)
+    the_new_parcel_keeps_its_unit(world, order, parcel, other)
     never_oversold(world)
 
 
