@@ -108,6 +108,11 @@ class StaleVersion(Conflict):
     code = "version_conflict"
 
 
+class ReservationsChanged(StaleVersion):
+    """A write conditional on what reservations held (OrderRepository.update_with_stock) found them
+    changed since they were read: nothing was written; read them again and decide again."""
+
+
 class InvalidTransition(Conflict):
     code = "invalid_transition"
 

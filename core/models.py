@@ -1768,7 +1768,7 @@ class Order(Shown):
     # The system's own: stored, never shown.
     settlement_owed: bool = Field(default=False, exclude=True)
     # A cancel of units (of an order whose stock its workflow no longer settles) brought the order's
-    # reservations down after its write (UnitCancellation._release_stock): written with the cancel,
+    # reservations down after its write (UnitCancellation._stock_moves): written with the cancel,
     # so a function that dies before that leaves the order in the kept-back pass's index, which
     # releases them and clears this (UnitCancellation.release_owed); without it only a client
     # repeating the cancel would, and the units would stay reserved for no one (and leave on_hand
@@ -2174,7 +2174,7 @@ class Order(Shown):
     def written_off(self) -> list[Shipment]:
         """The parcels a cancel wrote off (parcels_written_off): cancelled, their mark kept. Their
         units left with the carrier: their reservations leave on_hand, as a ship's do, and are
-        never released (UnitCancellation._release_stock, Cancellation._release)."""
+        never released (UnitCancellation._stock_moves, Cancellation._release)."""
         refused = {r.shipment_id for r in self.reported_delivered if r.refused}
         if not refused:
             return []

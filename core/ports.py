@@ -26,6 +26,19 @@ class OrderFilter(NamedTuple):
     jeopardy: bool = False  # only orders marked late (GET /orders?jeopardy=true)
 
 
+class StockMove(NamedTuple):
+    """Bring the reservation under `key` (order#line) at (sku, location_id) from `held` units down to
+    `keep` (0: released, its units back to available), or, `ships`, take its `held` units out of
+    on_hand as a ship does (a written-off parcel's, which left with its carrier)."""
+
+    sku: str
+    location_id: str
+    key: str
+    held: int
+    keep: int = 0
+    ships: bool = False
+
+
 class OrderRepository(ABC):
     @abstractmethod
     def add(
@@ -59,6 +72,22 @@ class OrderRepository(ABC):
         StaleVersion otherwise: the caller re-reads and decides again. Refuses (InvalidTransition,
         through core.status.check_successor) an `order` that is not a legal successor of
         `expected`; `order` equal to `expected` appends history only."""
+
+    @abstractmethod
+    def update_with_stock(
+        self, order: Order | None, expected: Order, entries: list[HistoryEntry], moves: Sequence[StockMove]
+    ) -> None:
+        """In one all-or-nothing write: `order` over `expected` with `entries` (as update; None:
+        the order is not written, only checked to have `expected`'s status and version still) and
+        each of `moves`, conditional on its reservation holding exactly `held` units. A stock step
+        decided on `expected` (a cancel of units' release) so never lands on an order that moved on
+        (a reject sending it back to be sourced, the workflow reserving again under the same keys)
+        nor on reservations that changed since they were read. Raises, having written nothing,
+        StaleVersion when the order moved on and ReservationsChanged when a reservation did (the
+        caller reads again and decides again). Moves over more stock items than one write holds
+        (DynamoDB: 99 beside the order) go in several, each conditional on the order being as
+        `expected`, the order written with the last: each is a step right for `expected`, and a
+        failure leaves those before it written, which the step decided again no longer asks for."""
 
     @abstractmethod
     def get_with_token(self, order_id: str, *, consistent: bool = False) -> tuple[Order, str] | None:

@@ -39,7 +39,14 @@ from core.models import (
 from core.money import Money
 from core.order_changes import ATTEMPTS, Recorder, failure_recorder, modify, refusal_noted_once, visible
 from core.payments import Payments
-from core.ports import CatalogRepository, InventoryRepository, LabelStore, OrderRepository, ReturnRepository
+from core.ports import (
+    CatalogRepository,
+    InventoryRepository,
+    LabelStore,
+    OrderRepository,
+    ReturnRepository,
+    StockMove,
+)
 from core.refund_service import RefundService, returns_shown, show_refunded_in_all
 from core.refunds import (
     KEPT_BACK_REFUSALS,
@@ -276,10 +283,11 @@ class UnitCancellation:
         # No shipment yet (held from such a status too: between ReserveStock and CreateShipments, or
         # waiting for stock): its workflow settles its stock, which a release down to what its
         # shipments need would free whole while the order still records it allocated. Not a
-        # written-off parcel's units: they left with the carrier (release_owed).
+        # written-off parcel's units: they left with the carrier (release_owed), and leave on_hand
+        # while that is owed, the record cleared in the same write (_stock_step).
         if _before_its_shipments(order):
-            self._ship_written_off(order)
-            return order
+            self._stock_step(order)
+            return self._current(order_id) if order.stock_owed else order
         self.cancel_given_up(self.book_labels_due(order, actor), actor)
         return self._settle(self._current(order_id), actor)
 
@@ -369,11 +377,12 @@ class UnitCancellation:
         """The units a cancel of units freed and its function died before releasing
         (Order.stock_owed): the reconciler's kept-back pass brings the order's reservations down to
         what its shipments still need, as a repeat of the cancel would (each shrink or release
-        conditional on what the reservation holds: never twice), then clears the record. An order
+        conditional on what the reservation holds: never twice), clearing the record in the same write
+        (_stock_step). An order
         back before its shipments since (pending, authorized or backordered, held or not) is left to
         its workflow, which settles its stock, as a keyed retry leaves it (_replayed); but for the
         units of a parcel a cancel wrote off, which left with their carrier whatever the order does
-        next: they leave on_hand in every case (_ship_written_off), never back on sale. Returns the
+        next: they leave on_hand in every case (_stock_moves), never back on sale. Returns the
         order as it then is."""
         order = self._current(order.id)
         if not order.stock_owed:
@@ -382,87 +391,76 @@ class UnitCancellation:
         return self._current(order.id)
 
     def _stock_step(self, order: Order) -> None:
-        """What a cancel of units does to the stock of `order`, read consistently just before: its
-        reservations brought down to what its shipments still need (_release_stock), or, when it is
-        back before its shipments (sent back to be sourced since the cancel), only the units of a
-        parcel written off shipped (_ship_written_off) and the rest left to its workflow, which
-        counts them as its own; then the record of stock owed, if any, cleared."""
-        if _before_its_shipments(order):
-            self._ship_written_off(order)
-        else:
-            self._release_stock(order)
-        if order.stock_owed:
-            self._stock_released(order)
+        """What a cancel of units does to the stock of `order`, read consistently just before
+        (_stock_moves): its reservations brought down to what its shipments still need, a
+        written-off parcel's units out of on_hand while that is owed, and the record of stock owed,
+        if any, cleared, all in one write with the order (OrderRepository.update_with_stock: the
+        order's write, or, with nothing to record, a check of its status and version). So no move
+        decided on this read lands once the order moved on: a reject or an edit that sent it back
+        to be sourced, the workflow reserving again under the same keys (a release would free the
+        new reservation: oversold), another pass finishing a write-off first (its ship would take
+        the new reservation's units: undercounted). The write then changes nothing, and the step is
+        decided again on the order read again, as when a reservation changed since it was read (a
+        move is conditional on what its reservation held). Should the order keep changing for
+        ATTEMPTS reads, the step is left: a cancel's record of it (stock_owed) stays for the
+        reconciler's pass (release_owed), and a repeat of the cancel runs it again."""
+        for _ in range(ATTEMPTS):
+            moves = self._stock_moves(order)
+            released = order.stock_released(at=self._clock())
+            if not moves and released is None:
+                return
+            try:
+                self._orders.update_with_stock(released[0] if released else None, order, [], moves)
+                return
+            except StaleVersion:  # the order moved on, or a reservation did (ReservationsChanged)
+                order = self._current(order.id)
 
-    def _stock_released(self, released: Order) -> None:
-        """The order no longer records units a cancel freed as still to be released
-        (Order.stock_owed), now that its reservations were brought down to what `released`'s
-        shipments need; unless those changed since (another cancel of units, whose own release,
-        should its function die, the record is left for)."""
-        at, held = self._clock(), _held_by_shipments(released)
-        modify(
-            self._orders, released.id,
-            lambda current: current.stock_released(at=at) if _held_by_shipments(current) == held else None,
-            consistent=True,
-        )  # fmt: skip
-
-    def _release_stock(self, order: Order) -> None:
-        """Bring every reservation of the order down to what its shipments that have not left
-        (pending, or a pickup waiting at its store) still need; a cancelled one (emptied) needs
-        none. A shipment that left is not touched: its units leave on_hand with its ship (idempotent).
-        Nor is one a cancel wrote off (Order.written_off): it left with its carrier, so its units
-        leave on_hand here, as a ship's do (idempotent by reservation key), never back on sale."""
-        written_off = self._ship_written_off(order)
-        sku_of = {line.line_id: line.sku for line in order.lines}
-        locations = holding_locations(order, self._catalog.list_locations())
+    def _stock_moves(self, order: Order) -> list[StockMove]:
+        """What the stock step of `order` moves, from its reservations read consistently: each one
+        held beyond what the order's shipments that have not left (pending, or a pickup waiting at
+        its store) still need brought down to that (a cancelled one, emptied, needs none; one that
+        left is not touched: its units leave on_hand with its ship); and, while `order` records the
+        step owed (stock_owed: written with the write-off, cleared only with the step), the units
+        of the parcels a cancel wrote off (Order.written_off) shipped: they left with their carrier,
+        so they leave on_hand, as a ship's do, never back on sale. Those reservations are never
+        released, owed or not, and not shipped once the step is done: the order may then be edited
+        and sourced again at the parcel's location, under the same key (order and line), and a
+        later step would take the new reservation's units. An order back before its shipments
+        (pending, authorized or backordered, held or not: sent back to be sourced since the
+        cancel) has only those units shipped; the rest is its workflow's, which counts them as its own."""
+        written_off = written_off_stock(order)
+        ships = written_off if order.stock_owed else frozenset()
+        before = _before_its_shipments(order)
+        if before and not ships:
+            return []
         keys: dict[tuple[str, str], list[str]] = defaultdict(list)
-        for line in order.lines:
-            for location_id in locations:
-                keys[(line.sku, location_id)].append(reservation_key(order.id, line.line_id))
+        if before:
+            for sku, location_id, key in ships:
+                keys[(sku, location_id)].append(key)
+        else:
+            locations = holding_locations(order, self._catalog.list_locations())
+            for line in order.lines:
+                for location_id in locations:
+                    keys[(line.sku, location_id)].append(reservation_key(order.id, line.line_id))
+        held = sorted(self._inventory.reservations(dict(keys)).items())
+        moves = [StockMove(*item, held=quantity, ships=True) for item, quantity in held if item in ships]
+        if before:
+            return moves
+        sku_of = {line.line_id: line.sku for line in order.lines}
         needed: dict[tuple[str, str, str], int] = defaultdict(int)
         left: set[tuple[str, str, str]] = set()
         for shipment in order.shipments:
-            for item in shipment.lines:
-                held = (sku_of[item.line_id], shipment.location_id, reservation_key(order.id, item.line_id))
+            for line in shipment.lines:
+                item = (sku_of[line.line_id], shipment.location_id, reservation_key(order.id, line.line_id))
                 if shipment.status in NOT_LEFT:
-                    needed[held] += item.quantity
+                    needed[item] += line.quantity
                 elif shipment.status is not ShipmentStatus.CANCELLED:  # a cancelled one holds nothing
-                    left.add(held)
-        # A shrink conditional on what was read changes nothing when another cancel of the same
-        # order brought that reservation down meanwhile: read again until none holds more than its
-        # pending shipments need (reservations only ever come down here, so this ends).
-        for _ in range(ATTEMPTS):
-            over = {
-                item: quantity
-                for item, quantity in self._inventory.reservations(dict(keys)).items()
-                if item not in left and item not in written_off and quantity > needed.get(item, 0)
-            }
-            if not over:
-                return
-            for (sku, location_id, key), quantity in over.items():
-                keep = needed.get((sku, location_id, key), 0)
-                if keep == 0:
-                    self._inventory.release(sku, location_id, key)
-                else:
-                    self._inventory.shrink(sku, location_id, key, held=quantity, keep=keep)
-
-    def _ship_written_off(self, order: Order) -> frozenset[tuple[str, str, str]]:
-        """The units of the parcels a cancel wrote off (Order.written_off) leave on_hand, as a ship's
-        do, while `order` records that step owed (stock_owed: written with the write-off, cleared
-        only once a stock step after it ran). Returns their reservations ((sku, location_id, key)),
-        which nothing may release, owed or not.
-
-        Not once done: a ship is idempotent by reservation key only while nothing reserves under
-        the key again, and once the step is done (its record cleared) the order may be edited and
-        sourced again at the parcel's location, under the same key (order and line). A keyed retry
-        or a later cancel of units that read the order before that edit would ship the new
-        reservation: units still on the shelf taken out of on_hand, their release then finding
-        nothing."""
-        written_off = written_off_stock(order)
-        if order.stock_owed:
-            for item in sorted(written_off):
-                self._inventory.ship(*item)
-        return written_off
+                    left.add(item)
+        return moves + [
+            StockMove(*item, held=quantity, keep=needed.get(item, 0))
+            for item, quantity in held
+            if item not in left and item not in written_off and quantity > needed.get(item, 0)
+        ]
 
     def cancel_given_up(self, order: Order, actor: str) -> Order:
         """Cancel with their carrier the bookings the order gave up (CarrierBookings). Returns the
@@ -786,17 +784,6 @@ def _before_its_shipments(order: Order) -> bool:
     from one of those or not): its workflow settles its stock from there."""
     resumes_to = order.hold.resume_to if order.status is S.ON_HOLD and order.hold is not None else order.status
     return resumes_to in (S.PENDING, S.AUTHORIZED, S.BACKORDERED)
-
-
-def _held_by_shipments(order: Order) -> frozenset[tuple[str, str, str, int]]:
-    """What the order's shipments that have not left hold, unit by unit of each line and location:
-    what _release_stock brings its reservations down to."""
-    return frozenset(
-        (shipment.id, shipment.location_id, item.line_id, item.quantity)
-        for shipment in order.shipments
-        if shipment.status in NOT_LEFT
-        for item in shipment.lines
-    )
 
 
 def _beyond_authorization(order: Order, new: Order) -> InvalidTransition | None:

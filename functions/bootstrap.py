@@ -289,7 +289,7 @@ class Container:
         # imported here, not at the top: the authorizer never writes an order.
         from functions.business_metrics import MeteredOrders
 
-        return MeteredOrders(DynamoOrders(self.dynamodb, self.config.orders_table))
+        return MeteredOrders(DynamoOrders(self.dynamodb, self.config.orders_table, self.config.inventory_table))
 
     @cached_property
     def return_repository(self) -> ReturnRepository:

@@ -174,6 +174,17 @@ class MeteredOrders:
 
     def update(self, order: Order, expected: Order, entries: list[HistoryEntry], **conditions: Any) -> None:
         self._orders.update(order, expected, entries, **conditions)
+        self._recorded(order, entries)
+
+    def update_with_stock(
+        self, order: Order | None, expected: Order, entries: list[HistoryEntry], moves: Sequence[Any]
+    ) -> None:
+        self._orders.update_with_stock(order, expected, entries, moves)
+        if order is not None:
+            self._recorded(order, entries)
+
+    @staticmethod
+    def _recorded(order: Order, entries: list[HistoryEntry]) -> None:
         if entries:
             _changed().add(order.id)
         for entry in entries:

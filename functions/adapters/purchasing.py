@@ -22,6 +22,7 @@ from functions.adapters.dynamodb import (
     ARRIVED,
     WITHDRAWN,
     _is_conditional_failure,
+    cancellation_reasons,
     decode_cursor,
     encode_cursor,
     timestamp,
@@ -432,9 +433,9 @@ class DynamoPurchasing(PurchasingRepository):
         try:
             self._client.transact_write_items(TransactItems=items)
         except ClientError as error:
-            if error.response["Error"]["Code"] != "TransactionCanceledException":
+            reasons = cancellation_reasons(error)
+            if reasons is None:
                 raise
-            reasons = [reason.get("Code") for reason in error.response.get("CancellationReasons") or []]
             if reasons and reasons[0] == "ConditionalCheckFailed":
                 return False  # this crossing was counted by an earlier delivery of its record
             if "ConditionalCheckFailed" in reasons:

@@ -59,9 +59,9 @@ class PluginHost:
     def __init__(self, manager: pluggy.PluginManager):
         self.manager = manager
         self.hook = manager.hook
-        self.orders = InMemoryOrders()
-        self.catalog = InMemoryCatalog()
         self.inventory = InMemoryInventory()
+        self.orders = InMemoryOrders(self.inventory)
+        self.catalog = InMemoryCatalog()
         self.labels = InMemoryLabels()
         self._pricing = Pricing(manager)
         self._payments = Payments(manager)

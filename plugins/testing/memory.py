@@ -13,6 +13,7 @@ from core.errors import (
     InsufficientStock,
     InvalidCursor,
     InvalidTransition,
+    ReservationsChanged,
     StaleVersion,
     StockLimitReached,
 )
@@ -30,6 +31,7 @@ from core.ports import (
     ReturnFilter,
     ReturnRepository,
     SourcingRulesRepository,
+    StockMove,
     TopUp,
     UnreceivedReturns,
     WaitingOrder,
@@ -40,10 +42,14 @@ from core.status import OrderStatus, ReturnStatus, check_successor
 
 
 class InMemoryOrders(OrderRepository):
-    def __init__(self) -> None:
+    """`inventory`: the stock update_with_stock moves with an order's write (as DynamoOrders is
+    given the Inventory table): without it, that write is refused."""
+
+    def __init__(self, inventory: InMemoryInventory | None = None) -> None:
         self.orders: dict[str, Order] = {}
         self.histories: dict[str, list[HistoryEntry]] = {}
         self.tokens: dict[str, str] = {}
+        self.inventory = inventory
 
     def add(
         self, order: Order, first_entry: HistoryEntry, payment_token: str, later_entries: Sequence[HistoryEntry] = ()
@@ -74,6 +80,24 @@ class InMemoryOrders(OrderRepository):
             raise StaleVersion(f"order {order.id} has a newer history entry")
         self.orders[order.id] = order
         self.histories[order.id].extend(entries)
+
+    def update_with_stock(
+        self, order: Order | None, expected: Order, entries: list[HistoryEntry], moves: Sequence[StockMove]
+    ) -> None:
+        # All or nothing, as DynamoDB's transaction: every condition is checked before anything changes.
+        if moves and self.inventory is None:
+            raise ValueError("stock moves need the InMemoryInventory: InMemoryOrders(inventory)")
+        if order is not None:
+            check_successor(expected, order)
+        stored = self.orders.get(expected.id)
+        if stored is None or (stored.status, stored.version) != (expected.status, expected.version):
+            raise StaleVersion(f"order {expected.id} moved on")
+        if self.inventory is not None and not self.inventory.holds(moves):
+            raise ReservationsChanged(f"a reservation of order {expected.id} changed")
+        if order is not None:
+            self.update(order, expected, entries)
+        for move in moves:
+            self.inventory._move(move)  # type: ignore[union-attr]
 
     def get_with_token(self, order_id: str, *, consistent: bool = False) -> tuple[Order, str] | None:
         if order_id not in self.orders:
@@ -358,6 +382,23 @@ class InMemoryInventory(InventoryRepository):
             level = self._get(sku, location_id)
             self._put(level.model_copy(update={"reserved": level.reserved - quantity,
                                                "on_hand": level.on_hand - quantity}))  # fmt: skip
+
+    def holds(self, moves: Sequence[StockMove]) -> bool:
+        """Whether each move's reservation holds exactly its `held` units (the condition of its write)."""
+        return all(self.held.get((m.sku, m.location_id), {}).get(m.key) == m.held for m in moves)
+
+    def _move(self, move: StockMove) -> None:
+        """Apply `move`, whose condition (holds) was checked: OrderRepository.update_with_stock's."""
+        reservations, level = self._held(move.sku, move.location_id), self._get(move.sku, move.location_id)
+        gone = move.held - move.keep
+        if move.keep:
+            reservations[move.key] = move.keep
+        else:
+            del reservations[move.key]
+        if move.ships:
+            self._put(level.model_copy(update={"reserved": level.reserved - gone, "on_hand": level.on_hand - gone}))
+        else:
+            self._put(level.model_copy(update={"reserved": level.reserved - gone, "available": level.available + gone}))
 
     def restock(self, sku: str, location_id: str, key: str, quantity: int) -> None:
         if key in self.restocked:

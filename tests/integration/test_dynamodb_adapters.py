@@ -15,9 +15,17 @@ import pytest
 from botocore.exceptions import ClientError
 
 from core.access import ApiKey, Scope
-from core.errors import Conflict, DuplicateOrder, InsufficientStock, InvalidCursor, InvalidTransition, StaleVersion
+from core.errors import (
+    Conflict,
+    DuplicateOrder,
+    InsufficientStock,
+    InvalidCursor,
+    InvalidTransition,
+    ReservationsChanged,
+    StaleVersion,
+)
 from core.models import HistoryEntry
-from core.ports import OrderFilter, ReturnFilter, WaitingOrder
+from core.ports import OrderFilter, ReturnFilter, StockMove, WaitingOrder
 from core.return_models import ExchangeInput, Return, ReturnLine
 from core.status import OrderStatus, ReturnStatus
 from functions.adapters import dynamodb, order_codec
@@ -32,9 +40,9 @@ from functions.adapters.dynamodb import (
     DynamoReturns,
     from_item,
 )
-from plugins.testing.memory import InMemoryInventory
+from plugins.testing.memory import InMemoryInventory, InMemoryOrders
 from tests.builders import NOW, address_body, location, place_order, product
-from tests.unit.conftest import usd
+from tests.unit.conftest import a_stored_order, usd
 
 
 @pytest.fixture
@@ -1198,3 +1206,127 @@ def test_keys_left_unprocessed_round_after_round_raise_the_throttle_a_busy_table
 
     assert busy(raised.value)
     assert len(client.rounds) == dynamodb.UNPROCESSED_ROUNDS
+
+
+# --- An order's write with its stock moves (a cancel of units' stock step) ---------------------
+
+
+@pytest.fixture(params=["dynamodb", "memory"])
+def order_and_stock(request, aws, capture):
+    """An order recording a stock step owed, stored by the adapter (or the in-memory one) that
+    writes it with its stock moves: (orders, inventory, the order)."""
+    if request.param == "dynamodb":
+        inventory: Any = DynamoInventory(aws.dynamodb, aws.tables["InventoryTable"])
+        orders: Any = DynamoOrders(aws.dynamodb, aws.tables["OrdersTable"], aws.tables["InventoryTable"])
+        placed = capture.place(place_order(), actor="a")
+    else:
+        inventory = InMemoryInventory()
+        orders = InMemoryOrders(inventory)
+        placed = place_order_in_memory(orders)
+    owing = placed.model_copy(update={"version": placed.version + 1}).owing_stock()  # a cancel of units wrote it
+    orders.update(owing, placed, [])
+    return orders, inventory, orders.get(placed.id, consistent=True)
+
+
+def place_order_in_memory(orders: InMemoryOrders):
+    order = a_stored_order(("TSHIRT", 1))
+    orders.put(order)
+    return order
+
+
+def _level(inventory: Any, sku: str, location_id: str) -> tuple[int, int, int]:
+    (level,) = inventory.levels({sku}, [location_id], consistent=True)[sku]
+    return level.on_hand, level.reserved, level.available
+
+
+def _reserved(inventory: Any, key: str, *held: tuple[str, str, int]) -> None:
+    for sku, location_id, quantity in held:
+        inventory.adjust(sku, location_id, 5, "count")
+        inventory.reserve(sku, location_id, key, quantity)
+
+
+def test_an_orders_write_and_its_stock_moves_land_together(order_and_stock):
+    orders, inventory, owing = order_and_stock
+    mug, pen = f"{owing.id}#L1", f"{owing.id}#L2"
+    _reserved(inventory, mug, ("MUG", "wh-west", 3), ("MUG", "wh-east", 2))
+    _reserved(inventory, pen, ("PEN", "wh-west", 1))
+    inventory.reserve("MUG", "wh-west", "ord_other#L1", 1)  # another order's, on the same item
+    released, _ = owing.stock_released(at=NOW)
+    moves = [
+        StockMove("MUG", "wh-west", mug, held=3, keep=1),
+        StockMove("MUG", "wh-east", mug, held=2),
+        StockMove("PEN", "wh-west", pen, held=1, ships=True),  # a written-off parcel's unit
+    ]
+
+    orders.update_with_stock(released, owing, [], moves)
+
+    assert orders.get(owing.id, consistent=True) == released and not released.stock_owed
+    assert _level(inventory, "MUG", "wh-west") == (5, 2, 3)
+    assert _level(inventory, "MUG", "wh-east") == (5, 0, 5)
+    assert _level(inventory, "PEN", "wh-west") == (4, 0, 4)
+    assert inventory.reservations({("MUG", "wh-west"): [mug, "ord_other#L1"], ("PEN", "wh-west"): [pen]}) == {
+        ("MUG", "wh-west", mug): 1, ("MUG", "wh-west", "ord_other#L1"): 1,
+    }  # fmt: skip
+    # The same step again (a retry whose answer was lost): the order moved on, nothing moves twice.
+    with pytest.raises(StaleVersion) as refused:
+        orders.update_with_stock(released, owing, [], moves)
+    assert not isinstance(refused.value, ReservationsChanged)
+    assert _level(inventory, "MUG", "wh-west") == (5, 2, 3)
+
+
+def test_an_order_that_moved_on_cancels_the_whole_write(order_and_stock):
+    orders, inventory, owing = order_and_stock
+    key = f"{owing.id}#L1"
+    _reserved(inventory, key, ("MUG", "wh-west", 3))
+    released, _ = owing.stock_released(at=NOW)
+    orders.update(released, owing, [])  # another pass landed first (or a reject, an edit)
+    moves = [StockMove("MUG", "wh-west", key, held=3)]
+
+    for order in (released, None):  # the order's write, or only its check
+        with pytest.raises(StaleVersion) as refused:
+            orders.update_with_stock(order, owing, [], moves)
+        assert not isinstance(refused.value, ReservationsChanged)
+
+    assert _level(inventory, "MUG", "wh-west") == (5, 3, 2)
+    orders.update_with_stock(None, released, [], moves)  # checked on the order as it is: released
+    assert _level(inventory, "MUG", "wh-west") == (5, 0, 5)
+    assert orders.get(owing.id, consistent=True) == released
+
+
+def test_a_reservation_that_changed_since_it_was_read_cancels_the_whole_write_told_apart(order_and_stock):
+    orders, inventory, owing = order_and_stock
+    key = f"{owing.id}#L1"
+    _reserved(inventory, key, ("MUG", "wh-west", 3), ("MUG", "wh-east", 2))
+    released, _ = owing.stock_released(at=NOW)
+    inventory.shrink("MUG", "wh-east", key, held=2, keep=1)  # after the read
+
+    with pytest.raises(ReservationsChanged):
+        orders.update_with_stock(
+            released, owing, [], [StockMove("MUG", "wh-west", key, held=3), StockMove("MUG", "wh-east", key, held=2)]
+        )
+
+    assert orders.get(owing.id, consistent=True) == owing
+    assert _level(inventory, "MUG", "wh-west") == (5, 3, 2)
+    assert _level(inventory, "MUG", "wh-east") == (5, 1, 4)
+
+
+def test_moves_over_more_stock_items_than_a_transaction_holds_go_in_several_each_checking_the_order(
+    aws, order_and_stock
+):
+    orders, inventory, owing = order_and_stock
+    key = f"{owing.id}#L1"
+    skus = [f"SKU-{n:03d}" for n in range(150)]  # 150 stock items: more than the 99 beside the order
+    for sku in skus:
+        _reserved(inventory, key, (sku, "wh-west", 2))
+    released, _ = owing.stock_released(at=NOW)
+    moves = [StockMove(sku, "wh-west", key, held=2) for sku in skus]
+
+    with requests_made(aws.dynamodb) as made:
+        orders.update_with_stock(released, owing, [], moves)
+
+    assert all(_level(inventory, sku, "wh-west") == (5, 0, 5) for sku in skus)
+    assert orders.get(owing.id, consistent=True) == released
+    if isinstance(orders, DynamoOrders):
+        transactions = [params["TransactItems"] for operation, params in made if operation == "TransactWriteItems"]
+        assert [len(items) for items in transactions] == [100, 52]
+        assert [next(iter(items[0])) for items in transactions] == ["ConditionCheck", "Update"]

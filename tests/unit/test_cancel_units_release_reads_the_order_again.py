@@ -10,12 +10,33 @@ as the reconciler's pass and a keyed retry leave it (UnitCancellation.release_ow
 
 from __future__ import annotations
 
-from core.models import Order
+from core.models import Order, Shipment
 from core.status import OrderStatus as S
 from core.unit_cancellation import UnitCancellation
-from tests.unit.world import build_world
+from tests.unit.world import World, build_world
 
 STOCK = [("TSHIRT", "wh-west", 5), ("TSHIRT", "wh-east", 5)]
+
+
+def rejected_and_sourced_again(world: World, order: Order, parcel: Shipment, other: str) -> None:
+    """The warehouse rejects the order's parcel, and the workflow sources its one unit left (of three,
+    two cancelled) at the `other` location."""
+    world.actions.reject(order.id, parcel.id, "no staff", actor="key_wh")
+    world.workflow.reserve_stock(order.id)
+    world.workflow.create_shipments(order.id)
+    assert world.level("TSHIRT", other) == (5, 1, 4)
+
+
+def the_new_parcel_keeps_its_unit(world: World, order: Order, parcel: Shipment, other: str) -> None:
+    after = world.order(order.id)
+    (again,) = after.shipments
+    assert (after.status, again.location_id) == (S.ALLOCATED, other)
+    # Before: (5, 0, 5), the new parcel's unit released (oversold: on sale while the order counts on it).
+    assert world.level("TSHIRT", other) == (5, 1, 4)
+    assert world.level("TSHIRT", parcel.location_id) == (5, 0, 5)
+    assert not after.stock_owed
+    world.actions.ship(order.id, again.id, None, "key_wh")
+    assert world.level("TSHIRT", other) == (4, 0, 4)
 
 
 def test_a_cancel_of_units_leaves_what_the_order_reserved_again_while_it_called_the_carrier(clock, monkeypatch):
@@ -23,28 +44,14 @@ def test_a_cancel_of_units_leaves_what_the_order_reserved_again_while_it_called_
     order = world.allocated(("TSHIRT", 3))
     (parcel,) = order.shipments
     other = next(loc for _, loc, _ in STOCK if loc != parcel.location_id)
-    line = order.lines[0].line_id
     book_labels_due = UnitCancellation.book_labels_due
 
-    def rejected_and_sourced_again(self, written: Order, actor: str) -> Order:
-        # While the cancel calls the carrier: the warehouse rejects the parcel, and the workflow
-        # sources the order's one unit left at the other location.
-        world.actions.reject(order.id, parcel.id, "no staff", actor="key_wh")
-        world.workflow.reserve_stock(order.id)
-        world.workflow.create_shipments(order.id)
-        assert world.level("TSHIRT", other) == (5, 1, 4)
+    def while_it_calls_the_carrier(self, written: Order, actor: str) -> Order:
+        rejected_and_sourced_again(world, order, parcel, other)
         return book_labels_due(self, written, actor)
 
     with monkeypatch.context() as patched:
-        patched.setattr(UnitCancellation, "book_labels_due", rejected_and_sourced_again)
-        world.actions.cancel(order.id, "fewer", actor="key_cs", lines={line: 2})
+        patched.setattr(UnitCancellation, "book_labels_due", while_it_calls_the_carrier)
+        world.actions.cancel(order.id, "fewer", actor="key_cs", lines={order.lines[0].line_id: 2})
 
-    after = world.order(order.id)
-    (again,) = after.shipments
-    assert (after.status, again.location_id) == (S.ALLOCATED, other)
-    # Before: (5, 0, 5), the new parcel's unit released.
-    assert world.level("TSHIRT", other) == (5, 1, 4)
-    assert world.level("TSHIRT", parcel.location_id) == (5, 0, 5)
-    assert not after.stock_owed
-    world.actions.ship(order.id, again.id, None, "key_wh")
-    assert world.level("TSHIRT", other) == (4, 0, 4)
+    the_new_parcel_keeps_its_unit(world, order, parcel, other)

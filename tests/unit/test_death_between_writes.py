@@ -303,29 +303,33 @@ def test_units_owed_a_release_are_stored_never_shown_and_never_on_the_typical_or
     assert owing.version == order.version  # written with the cancel, not a version of its own
 
 
-def test_a_release_owed_leaves_the_record_while_another_cancel_changed_what_the_parcels_hold(monkeypatch):
-    # The request's release brought the reservation down to the 3 its parcel held when it read
-    # the order; a second cancel (of one more unit) landed meanwhile and owes its own release. The
-    # record stays for it, should its function die too.
+def test_a_release_owed_decides_again_when_another_cancel_lands_between_its_read_and_its_write(monkeypatch):
+    # The pass read the order with the parcel holding 3; a second cancel (of one more unit) landed
+    # before the pass's write, and died before its own release. Before, the pass brought the
+    # reservation down to the 3 it read and left the record for the second cancel. Now its write
+    # (stock and record in one, conditional on the order it read) changes nothing, and the step is
+    # decided again on the order as the second cancel left it: down to 2, the record cleared.
     world, clock, order = units_cancelled_by_a_function_that_dies(monkeypatch)
     units = world.actions._units
-    real = units._release_stock
+    real = world.orders.update_with_stock
+    raced: list[bool] = []
 
-    def release_then_another_cancel(read: Order) -> None:
-        real(read)
-        monkeypatch.setattr(units, "_release_stock", real)
-        monkeypatch.setattr(units, "_stock_released", lambda released: None)  # the second one dies there
-        world.actions.cancel(order.id, "two fewer", actor="key_web", lines={"L1": 1})
-        monkeypatch.undo()
+    def another_cancel_first(*args: object) -> None:
+        if not raced:
+            raced.append(True)
+            with monkeypatch.context() as patched:
+                patched.setattr(units, "_stock_step", lambda read: None)  # the second one dies there
+                world.actions.cancel(order.id, "two fewer", actor="key_web", lines={"L1": 1})
+            assert world.level("MUG", "wh-west") == (5, 4, 1)
+        real(*args)
 
-    monkeypatch.setattr(units, "_release_stock", release_then_another_cancel)
-    units.release_owed(world.order(order.id))
-    monkeypatch.undo()
+    with monkeypatch.context() as patched:
+        patched.setattr(world.orders, "update_with_stock", another_cancel_first)
+        units.release_owed(world.order(order.id))
 
-    assert world.order(order.id).stock_owed
+    assert raced and not world.order(order.id).stock_owed
     assert world.level("MUG", "wh-west") == (5, 2, 3)
     passes(world, clock)
-    assert not world.order(order.id).stock_owed
     assert world.level("MUG", "wh-west") == (5, 2, 3)
 
 

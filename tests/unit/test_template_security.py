@@ -108,11 +108,12 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
     "ApiFunction": {
         **{
             (ORDERS, f"dynamodb:{a}"): [DynamoOrders]
-            for a in ("GetItem", "PutItem", "UpdateItem", "Query", "BatchGetItem")
+            for a in ("GetItem", "PutItem", "UpdateItem", "Query", "BatchGetItem", "ConditionCheckItem")
         },
         **{(INVENTORY, f"dynamodb:{a}"): [DynamoInventory] for a in ("PutItem", "UpdateItem", "Query", "BatchGetItem")},
-        # A PO write moves incoming (and a receipt on hand) on stock items in its transaction.
-        (INVENTORY, "dynamodb:UpdateItem"): [DynamoInventory, DynamoPurchasing],
+        # A PO write moves incoming (and a receipt on hand) on stock items in its transaction; a
+        # cancel of units' stock step moves reservations in one with the order's write.
+        (INVENTORY, "dynamodb:UpdateItem"): [DynamoInventory, DynamoPurchasing, DynamoOrders],
         **{
             (RETURNS, f"dynamodb:{a}"): [DynamoReturns]
             for a in ("GetItem", "PutItem", "UpdateItem", "Query", "BatchGetItem")
@@ -219,8 +220,10 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
         ("OrderWorkflow", "states:StartExecution"): [StepFunctionsStarter],
         # A parcel due a new label, booked again by the pass (core/carrier_bookings.py).
         ("LabelsBucket", "s3:PutObject"): [S3Labels],
-        # An expired pickup's units are released as a cancel releases them.
-        (INVENTORY, "dynamodb:UpdateItem"): [DynamoInventory],
+        # An expired pickup's units are released as a cancel releases them; those a cancel of
+        # units died before releasing, in one transaction with the order's write or check.
+        (ORDERS, "dynamodb:ConditionCheckItem"): [DynamoOrders],
+        (INVENTORY, "dynamodb:UpdateItem"): [DynamoInventory, DynamoOrders],
         (INVENTORY, "dynamodb:BatchGetItem"): [DynamoInventory],
         (INVENTORY, "dynamodb:Query"): [DynamoInventory],
         (CATALOG, "dynamodb:GetItem"): [DynamoCatalog, DynamoImportLedger],
@@ -239,7 +242,9 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
     "JeopardyScanFunction": {
         **_WORKFLOW_ORDERS,
         (ORDERS, "dynamodb:Query"): [DynamoLateOrders],
-        (INVENTORY, "dynamodb:UpdateItem"): [DynamoInventory],
+        # A cancel of the rest of a partly shipped order: its stock step, one transaction with the order.
+        (ORDERS, "dynamodb:ConditionCheckItem"): [DynamoOrders],
+        (INVENTORY, "dynamodb:UpdateItem"): [DynamoInventory, DynamoOrders],
         (INVENTORY, "dynamodb:BatchGetItem"): [DynamoInventory],
         (INVENTORY, "dynamodb:Query"): [DynamoInventory],
         (CATALOG, "dynamodb:GetItem"): [DynamoCatalog],
@@ -310,6 +315,7 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
 _ALSO_CALLED_AS = {
     "batch_get_item": ["batch_get("],  # functions.adapters.dynamodb.batch_get
     "put_item": ['"Put": {'],  # an item put in a transaction (DynamoInventory.restock's ledger item)
+    "condition_check_item": ['"ConditionCheck": {'],  # a transaction's check (DynamoOrders.update_with_stock)
     "query": ['get_paginator("query")', "_query_ids(", "_paged_ids("],  # functions.adapters.dynamodb helpers
     "send_message": [".send_message_batch("],  # authorized as SendMessage
     "get_object": ['"get_object"'],  # a presigned GetObject

@@ -121,25 +121,24 @@ def test_a_line_cancel_of_an_allocated_order_shrinks_its_shipment_and_reservatio
 
 def test_two_line_cancels_at_once_leave_the_reservation_at_what_is_left_to_ship(world, monkeypatch):
     # Each cancel brings the reservation down after its write, conditional on what it read. The
-    # second cancel read 4 reserved; the first one's shrink (to 3) landed before the second's (to
-    # 2), which then changed nothing. The reservation must still end at the 2 left, or the ship
-    # takes 3 off on_hand for the 2 units that leave.
+    # second cancel read 4 reserved; a shrink to 3 (the first one's) landed before the second's
+    # write (to 2), which then changed nothing (ReservationsChanged) and was decided again. The
+    # reservation must still end at the 2 left, or the ship takes 3 off on_hand for the 2 that leave.
     order = world.allocated(("MUG", 4))
     units = world.actions._units
-    release_stock = units._release_stock
-    monkeypatch.setattr(units, "_release_stock", lambda order: None)  # the first cancel's is late
-    world.actions.cancel(order.id, "one fewer", actor="key_web", lines={"L1": 1})
-    monkeypatch.setattr(units, "_release_stock", release_stock)
-    real = world.inventory.shrink
+    with monkeypatch.context() as patched:
+        patched.setattr(units, "_stock_step", lambda order: None)  # the first cancel's is late
+        world.actions.cancel(order.id, "one fewer", actor="key_web", lines={"L1": 1})
+    real = world.orders.update_with_stock
     late: list[bool] = []
 
-    def shrink(sku, location_id, key, held, keep):
+    def shrunk_first(*args):
         if not late:
             late.append(True)
-            real(sku, location_id, key, held=4, keep=3)  # the first cancel's, landing first
-        real(sku, location_id, key, held=held, keep=keep)
+            world.inventory.shrink("MUG", "wh-west", f"{order.id}#L1", held=4, keep=3)
+        real(*args)
 
-    monkeypatch.setattr(world.inventory, "shrink", shrink)
+    monkeypatch.setattr(world.orders, "update_with_stock", shrunk_first)
 
     done = world.actions.cancel(order.id, "one more fewer", actor="key_web", lines={"L1": 1})
 

@@ -40,7 +40,7 @@ def a_write_off_that_died(world, clock, monkeypatch, request_key: str = "w1"):
         raise Died("before the stock step")
 
     with monkeypatch.context() as patched:
-        patched.setattr(UnitCancellation, "_release_stock", dies)
+        patched.setattr(UnitCancellation, "_stock_step", dies)
         with pytest.raises(Died):
             world.actions.cancel(order.id, "capture refused: written off", actor=PERSON, lines=units,
                                  request_key=request_key)  # fmt: skip

@@ -158,7 +158,8 @@ def build_world(
     sourcing_rules: SourcingRulesRepository | None = None,
 ) -> World:
     """`wrap_orders` wraps the repository the services use (the World keeps the fake itself)."""
-    fake, catalog, inventory, labels = FakeOrders(), FakeCatalog(), FakeInventory(), FakeLabels()
+    inventory = FakeInventory()
+    fake, catalog, labels = FakeOrders(inventory), FakeCatalog(), FakeLabels()
     orders: FakeOrders = wrap_orders(fake) if wrap_orders else fake  # type: ignore[assignment]
     catalog.put_product(product("TSHIRT", "19.99"))
     catalog.put_product(product("MUG", "12.50", weight_grams=350))
