@@ -165,6 +165,9 @@ class EventSourceMapping:
         self._stopping, self._paused = threading.Event(), threading.Event()
         self._arrived = threading.Event()  # set by wake(): the source may hold a record its last look did not see
         self._busy, self._drained = False, False
+        # Held while the poller turns a wake into a look (clears _arrived, sets _busy) and while
+        # is_idle() reads the three: between the two steps it read a woken mapping as idle.
+        self._looking = threading.Lock()
         self._thread: threading.Thread | None = None
 
     def start(self, paused: bool = False) -> None:
@@ -207,18 +210,22 @@ class EventSourceMapping:
         """Nothing to deliver: paused, not polling (its thread ended), or its last look found the
         source drained and nothing has arrived since. A mapping gathering a batch (its batching
         window) is busy, paused or not: the batch goes once full or once the window has passed."""
-        return not self._busy and (
-            self._thread is None or self.paused or (self._drained and not self._arrived.is_set())
-        )
+        with self._looking:
+            return not self._busy and (
+                self._thread is None or self.paused or (self._drained and not self._arrived.is_set())
+            )
 
     def _run(self) -> None:
         try:
             self._prepare()
             while not self._stopping.is_set():
-                self._arrived.clear()  # what arrives from here on is looked for by the next look
+                with self._looking:  # one step for is_idle(): woken, then busy, never neither
+                    self._arrived.clear()  # what arrives from here on is looked for by the next look
+                    looks = not self.paused
+                    if looks:
+                        self._busy, self._drained = True, False
                 batch = None
-                if not self.paused:
-                    self._busy, self._drained = True, False
+                if looks:
                     try:
                         batch = self._fetch()
                         if batch:

@@ -503,6 +503,28 @@ def test_a_batch_the_poller_fails_to_hand_over_is_read_again_not_skipped(stack, 
     assert [keys(event) for event in consumer.events] == [["h1", "h2"]]
 
 
+def test_a_woken_mapping_is_not_idle_between_taking_the_wake_and_looking(stack, consumers, monkeypatch):
+    # The poller cleared its wake, then marked itself busy: wait_until_idle() reading between the
+    # two found the mapping drained, not woken and not busy, and answered idle with the message
+    # not delivered. The poller is held between the two steps here.
+    consumer, mapping = consumers["InboxConsumer"], stack.mappings["InboxConsumer.Inbox"]
+    consumer.reset()
+    assert stack.wait_until_idle(5)
+    clear, held = mapping._arrived.clear, threading.Event()
+
+    def clear_then_hold() -> None:
+        clear()
+        if threading.current_thread().name == f"oms-local-{mapping.name}" and not held.is_set():
+            held.set()
+            time.sleep(1.0)
+
+    monkeypatch.setattr(mapping._arrived, "clear", clear_then_hold)
+    stack.client("sqs").send_message(QueueUrl=stack.queue_urls["InboxQueue"], MessageBody="woken")
+    assert held.wait(5)
+    assert stack.wait_until_idle(5)
+    assert [[record["body"] for record in event["Records"]] for event in consumer.events] == [["woken"]]
+
+
 def test_stream_pollers_do_not_leave_moto_a_shard_iterator_per_read(stack, ddb, consumers):
     """moto keeps every shard iterator it hands out and a poller takes one per read (each write to
     its table wakes it to read): each is forgotten once the one after it is read (moto_patches/streams.py)."""
