@@ -40,6 +40,7 @@ logger = logging.getLogger("infra.local.events")
 
 POLL_INTERVAL = 0.1  # seconds between looks at a source that is not drained (SQS messages in flight or delayed)
 RETRY_DELAY = 0.2  # seconds between retries of a failed batch (AWS backs off exponentially)
+STREAM_PAGE = 1000  # records a stream poller's GetRecords asks for (AWS's most)
 ASYNC_RETRIES = 2  # Lambda retries an asynchronous invocation (S3, EventBridge) twice by default
 
 SCHEDULE_PERIOD_ENV = "OMS_LOCAL_SCHEDULE_SECONDS"
@@ -352,14 +353,18 @@ class DynamoDBStreamMapping(EventSourceMapping):
         )["ShardIterator"]
 
     def _fetch(self) -> list[Record]:
-        if len(self._pending) < self.batch_size:
-            answer = self.client("dynamodbstreams").get_records(ShardIterator=self._iterator, Limit=1000)
+        # A full page may have more behind it: read on, or a page its filter all left out (a backlog
+        # read after resume()) was taken for the stream's end, and the rest waited for the next write.
+        while len(self._pending) < self.batch_size:
+            answer = self.client("dynamodbstreams").get_records(ShardIterator=self._iterator, Limit=STREAM_PAGE)
             shaped = [self.event_record(record) for record in answer.get("Records", [])]
             kept = [record for record in shaped if matches_filters(self.filters, record)]
             # Moved on once shaped: what fails before the function is invoked is read again (Lambda retries it).
             self._iterator = answer["NextShardIterator"]
             self.stats["filtered_out"] += len(shaped) - len(kept)
             self._pending.extend(kept)
+            if len(shaped) < STREAM_PAGE:
+                break
         return list(islice(self._pending, self.batch_size))  # left in the buffer until delivered
 
     def _delivered(self, batch: list[Record]) -> None:

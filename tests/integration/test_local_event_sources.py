@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from infra.local import event_sources
 from infra.local.event_sources import (
     DynamoDBStreamMapping,
     EventSourceError,
@@ -501,6 +502,25 @@ def test_a_batch_the_poller_fails_to_hand_over_is_read_again_not_skipped(stack, 
         stack.resume_mappings()
     assert stack.wait_until_idle(5)
     assert [keys(event) for event in consumer.events] == [["h1", "h2"]]
+
+
+def test_a_backlog_whose_first_page_the_filter_leaves_out_is_read_to_its_end(stack, ddb, consumers, monkeypatch):
+    # A read of a full page (STREAM_PAGE records, 1,000) that the filter left out entirely was taken
+    # for the stream's end: the records behind it waited for the next write. A page of 2 here.
+    monkeypatch.setattr(event_sources, "STREAM_PAGE", 2)
+    consumer, table = consumers["FilteredConsumer"], stack.table_names["FilteredTable"]
+    ddb.put_item(TableName=table, Item={"id": {"S": "page"}})
+    assert stack.wait_until_idle(5)
+    consumer.reset()
+    stack.pause_mappings()
+    try:
+        for status in ("one", "two"):  # two MODIFY records the filter (INSERT only) leaves out
+            ddb.put_item(TableName=table, Item={"id": {"S": "page"}, "status": {"S": status}})
+        ddb.put_item(TableName=table, Item={"id": {"S": "behind"}})
+    finally:
+        stack.resume_mappings()
+    assert stack.wait_until_idle(5)
+    assert [keys(event) for event in consumer.events] == [["behind"]]
 
 
 def test_a_woken_mapping_is_not_idle_between_taking_the_wake_and_looking(stack, consumers, monkeypatch):
