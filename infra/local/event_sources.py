@@ -40,6 +40,7 @@ logger = logging.getLogger("infra.local.events")
 
 POLL_INTERVAL = 0.1  # seconds between looks at a source that is not drained (SQS messages in flight or delayed)
 RETRY_DELAY = 0.2  # seconds between retries of a failed batch (AWS backs off exponentially)
+STREAM_PAGE = 1000  # records a stream poller's GetRecords asks for (AWS's most)
 ASYNC_RETRIES = 2  # Lambda retries an asynchronous invocation (S3, EventBridge) twice by default
 
 SCHEDULE_PERIOD_ENV = "OMS_LOCAL_SCHEDULE_SECONDS"
@@ -165,6 +166,9 @@ class EventSourceMapping:
         self._stopping, self._paused = threading.Event(), threading.Event()
         self._arrived = threading.Event()  # set by wake(): the source may hold a record its last look did not see
         self._busy, self._drained = False, False
+        # Held while the poller turns a wake into a look (clears _arrived, sets _busy) and while
+        # is_idle() reads the three: between the two steps it read a woken mapping as idle.
+        self._looking = threading.Lock()
         self._thread: threading.Thread | None = None
 
     def start(self, paused: bool = False) -> None:
@@ -207,18 +211,22 @@ class EventSourceMapping:
         """Nothing to deliver: paused, not polling (its thread ended), or its last look found the
         source drained and nothing has arrived since. A mapping gathering a batch (its batching
         window) is busy, paused or not: the batch goes once full or once the window has passed."""
-        return not self._busy and (
-            self._thread is None or self.paused or (self._drained and not self._arrived.is_set())
-        )
+        with self._looking:
+            return not self._busy and (
+                self._thread is None or self.paused or (self._drained and not self._arrived.is_set())
+            )
 
     def _run(self) -> None:
         try:
             self._prepare()
             while not self._stopping.is_set():
-                self._arrived.clear()  # what arrives from here on is looked for by the next look
+                with self._looking:  # one step for is_idle(): woken, then busy, never neither
+                    self._arrived.clear()  # what arrives from here on is looked for by the next look
+                    looks = not self.paused
+                    if looks:
+                        self._busy, self._drained = True, False
                 batch = None
-                if not self.paused:
-                    self._busy, self._drained = True, False
+                if looks:
                     try:
                         batch = self._fetch()
                         if batch:
@@ -345,14 +353,18 @@ class DynamoDBStreamMapping(EventSourceMapping):
         )["ShardIterator"]
 
     def _fetch(self) -> list[Record]:
-        if len(self._pending) < self.batch_size:
-            answer = self.client("dynamodbstreams").get_records(ShardIterator=self._iterator, Limit=1000)
+        # A full page may have more behind it: read on, or a page its filter all left out (a backlog
+        # read after resume()) was taken for the stream's end, and the rest waited for the next write.
+        while len(self._pending) < self.batch_size:
+            answer = self.client("dynamodbstreams").get_records(ShardIterator=self._iterator, Limit=STREAM_PAGE)
             shaped = [self.event_record(record) for record in answer.get("Records", [])]
             kept = [record for record in shaped if matches_filters(self.filters, record)]
             # Moved on once shaped: what fails before the function is invoked is read again (Lambda retries it).
             self._iterator = answer["NextShardIterator"]
             self.stats["filtered_out"] += len(shaped) - len(kept)
             self._pending.extend(kept)
+            if len(shaped) < STREAM_PAGE:
+                break
         return list(islice(self._pending, self.batch_size))  # left in the buffer until delivered
 
     def _delivered(self, batch: list[Record]) -> None:

@@ -66,6 +66,37 @@ def test_sqs_counts_are_moto_s_own_with_the_replacements_installed(aws: None) ->
     assert not moto_sqs.PATCH.is_applied()
 
 
+def test_sqs_counts_are_of_one_instant_so_a_message_whose_delay_ends_meanwhile_is_counted(
+    aws: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # moto scans the queue once per count asked: a message whose delay ended between the scan for
+    # visible messages and the one for delayed ones was in neither, and the local SQS mapping took
+    # its queue for drained (and slept until the next arrival). Here the clock jumps past the delay
+    # after each number of reads in turn, as the mapping asks.
+    import moto.core.utils
+
+    sqs = boto3.client("sqs", region_name="us-east-1")
+    url = sqs.create_queue(QueueName="instant")["QueueUrl"]
+    sqs.send_message(QueueUrl=url, MessageBody="later", DelaySeconds=1)
+    names = [COUNTS[1], COUNTS[0], COUNTS[2]]  # not visible, visible, delayed: the mapping's order
+    real, totals = moto.core.utils.unix_time_millis, []
+    moto_sqs.PATCH.apply()
+    try:
+        for jump_after in range(30):  # moto reads the clock up to 27 times for these three
+            reads = iter(range(1000))
+
+            def jumping(*args: Any, after: int = jump_after, reads: Any = reads) -> float:
+                return real(*args) + (5000 if next(reads) >= after else 0)
+
+            monkeypatch.setattr(moto.core.utils, "unix_time_millis", jumping)
+            counts = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=names)["Attributes"]
+            monkeypatch.setattr(moto.core.utils, "unix_time_millis", real)
+            totals.append(sum(int(counts[name]) for name in names))
+    finally:
+        moto_sqs.PATCH.undo()
+    assert totals == [1] * 30
+
+
 def test_moto_keeps_every_message_it_ever_made_unless_installed(aws: None) -> None:
     """Canary of `memory`: the leak it fixes, shown on moto itself, so the fix is dropped once moto stops."""
     from moto.sqs.models import Message

@@ -21,6 +21,7 @@ has drained below HIGH_WATER.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -34,12 +35,13 @@ STALL_SECONDS = 2.0  # how long a sender waits for a queue whose depth does not 
 _POLL_SECONDS = 0.02
 _sleep = time.sleep  # between two looks at the depth (a test drains the queue here)
 _stalled: set[str] = set()  # ARNs of queues found undrained: not waited on until they drain
+_counting = threading.local()  # `now`: the instant a GetQueueAttributes answers its counts at
 
 
 def _scan(queue: Any, keep: Callable[[Any, float], bool]) -> list[Any]:
     from moto.core.utils import unix_time_millis
 
-    now = unix_time_millis()  # once per scan, not per message
+    now = getattr(_counting, "now", None) or unix_time_millis()  # once per scan, not per message
     return [m for m in queue._messages if keep(m, now)]
 
 
@@ -83,6 +85,19 @@ def _replacements() -> Replacements:
     from moto.sqs.models import Queue, SQSBackend
 
     send_message_batch = SQSBackend.__dict__["send_message_batch"]
+    get_queue_attributes = SQSBackend.__dict__["get_queue_attributes"]
+
+    def counted_at_one_instant(backend: Any, queue_name: str, attribute_names: list[str]) -> Any:
+        # moto scans the queue once per count asked (three times each): a message whose delay or
+        # visibility timeout ended between two scans was counted in neither (delayed, then visible),
+        # and a mapping reading the counts took its queue for drained.
+        from moto.core.utils import unix_time_millis
+
+        _counting.now = unix_time_millis()
+        try:
+            return get_queue_attributes(backend, queue_name, attribute_names)
+        finally:
+            _counting.now = None
 
     def paced(backend: Any, queue_name: str, entries: Any) -> Any:
         _wait_for_room(backend.get_queue(queue_name))
@@ -100,12 +115,14 @@ def _replacements() -> Replacements:
         ),
         (SQSBackend, "is_message_valid_based_on_retention_period"): _retained,
         (SQSBackend, "send_message_batch"): paced,
+        (SQSBackend, "get_queue_attributes"): counted_at_one_instant,
     }
 
 
 PATCH = MotoPatch(
     "sqs",
-    changes="SQS message counts read the clock once per scan and the retention check reads one "
+    changes="SQS message counts read the clock once per GetQueueAttributes (read per count, a "
+    "message whose delay ended between two counts was in neither) and the retention check reads one "
     "attribute (moto rebuilt every attribute and read the clock per message, so each send and receive "
     f"grew with the queue's depth), and SendMessageBatch waits while more than {HIGH_WATER:,} messages are "
     "visible (moto's DeleteMessage still grows with the depth; on AWS nothing waits).",
@@ -116,6 +133,7 @@ PATCH = MotoPatch(
         "moto.sqs.models.Queue.approximate_number_of_messages_delayed": "property",
         "moto.sqs.models.SQSBackend.is_message_valid_based_on_retention_period": "(self, queue_name, message)",
         "moto.sqs.models.SQSBackend.send_message_batch": "(self, queue_name, entries)",
+        "moto.sqs.models.SQSBackend.get_queue_attributes": "(self, queue_name, attribute_names)",
     },
     replacements=_replacements,
 )
