@@ -26,8 +26,18 @@ def data_file_path(plugin: str, setting: str, default_name: str) -> Path:
     a deployment points at its own table without rebuilding the package."""
     # One variable looked up by its name, not plugin_settings' walk of the whole environment:
     # the tax table asks on every line it taxes, and os.environ decodes each name it yields.
-    override = os.environ.get(f"{PLUGIN_SETTINGS_PREFIX}{plugin.upper()}_{setting.upper()}", "").strip()
-    return Path(override) if override else DATA_DIR / default_name
+    return _path(os.environ.get(_variable(plugin, setting), ""), default_name)
+
+
+@lru_cache(maxsize=64)
+def _variable(plugin: str, setting: str) -> str:
+    return f"{PLUGIN_SETTINGS_PREFIX}{plugin.upper()}_{setting.upper()}"
+
+
+@lru_cache(maxsize=64)
+def _path(override: str, default_name: str) -> Path:
+    """One Path per setting's value: load_data_file's cache hashes it (a Path hashes its string once)."""
+    return Path(override.strip()) if override.strip() else DATA_DIR / default_name
 
 
 @lru_cache(maxsize=16)
