@@ -4,6 +4,8 @@ their repository wrapped in MeteredOrders, the EMF records read back from stdout
 from __future__ import annotations
 
 import json
+import re
+import time
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -12,6 +14,7 @@ import pytest
 
 from core.errors import DuplicateOrder, OutOfStock, PaymentDeclined, PaymentRefused, StaleVersion
 from core.models import LineInput, OrderEdit
+from functions import business_metrics
 from functions.business_metrics import MeteredOrders, emits_business_metrics, flush, orders_changed
 from tests.builders import NOW, place_order
 from tests.unit.conftest import usd
@@ -449,3 +452,37 @@ def test_a_refused_give_back_of_a_replacements_credit_names_its_order_for_the_al
     world.gateway.script("refund", "approve")
     world.actions.cancel(replacement.id, "changed my mind", actor="key_cs")
     assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
+def test_the_records_an_invocation_prints_are_pinned_byte_for_byte(world, capsys):
+    # The exact lines CloudWatch parses: key order, separators, the units, the float values and the
+    # dimension arrays. Only the timestamp (the time of printing) is left out of the comparison.
+    @emits_business_metrics
+    def handler() -> str:
+        order = world.capture.place(place_order(external_id="web-9", lines=[{"sku": "TSHIRT", "quantity": 2}]), "k")
+        business_metrics.record("SurplusNotGivenBack")
+        business_metrics.record("OverCapturesNotRefunded")
+        business_metrics.record("OverCapturesNotRefunded")
+        return str(order.totals.grand_total.amount)
+
+    before = int(time.time() * 1000)
+    total = handler()
+    after = int(time.time() * 1000)
+
+    lines = capsys.readouterr().out.splitlines()
+    stamps = [int(re.search(r'"Timestamp":(\d+),', line).group(1)) for line in lines]  # type: ignore[union-attr]
+    assert all(before <= stamp <= after for stamp in stamps)
+    assert total == "47.88"
+    assert [re.sub(r'"Timestamp":\d+,', '"Timestamp":0,', line) for line in lines] == [
+        '{"_aws":{"Timestamp":0,"CloudWatchMetrics":[{"Namespace":"OMS","Dimensions":[["channel"]],'
+        '"Metrics":[{"Name":"OrdersPlaced","Unit":"Count"}]}]},"channel":"web","OrdersPlaced":[1.0]}',
+        '{"_aws":{"Timestamp":0,"CloudWatchMetrics":[{"Namespace":"OMS","Dimensions":[["channel","currency"]],'
+        '"Metrics":[{"Name":"OrderValue","Unit":"None"}]}]},"channel":"web","currency":"USD",'
+        '"OrderValue":[47.88]}',
+        '{"_aws":{"Timestamp":0,"CloudWatchMetrics":[{"Namespace":"OMS","Dimensions":[[]],'
+        '"Metrics":[{"Name":"SurplusNotGivenBack","Unit":"Count"},{"Name":"OverCapturesNotRefunded","Unit":"Count"}]}]},'
+        '"SurplusNotGivenBack":[1.0],"OverCapturesNotRefunded":[1.0,1.0]}',
+    ]
+    handler_without_points = emits_business_metrics(lambda: None)
+    handler_without_points()
+    assert capsys.readouterr().out == ""  # and nothing is carried into the next invocation
