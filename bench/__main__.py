@@ -299,6 +299,9 @@ def chosen_sections(argv: list[str]) -> tuple[str, ...]:
 
 def main() -> None:
     sections = chosen_sections(sys.argv[1:])
+    # Every section measures what a deployment loads, as the cold start does: the stacks and
+    # processes it starts take this variable as the DisabledPlugins parameter.
+    os.environ.setdefault("OMS_DISABLED_PLUGINS", examples_not_deployed())
     results: dict[str, list[float]] = {
         "post": [], "raw": [], "post_cpu": [], "raw_cpu": [], "simple": [], "simple_cpu": [],
         "cold_handler": [], "cold_baseline": [],
