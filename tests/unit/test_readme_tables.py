@@ -217,3 +217,34 @@ def test_the_api_overview_lists_every_route_of_the_app_and_no_other():
     assert ("POST", "/orders") in routes and len(routes) > 50
     assert sorted(routes - overview_routes()) == []
     assert sorted(overview_routes() - routes) == []
+
+
+# --- The technical metrics ----------------------------------------------------------------------------
+
+HANDLER_CODE = sources("functions")
+# Names computed at the call: business_metrics.py's (the table above it, its own test), the API's
+# Http{2,4,5}xx, the reconciler's three loops over (name, count) pairs and the import worker's _METRICS.
+COMPUTED_NAMES = 6
+
+
+def emitted_technical_metrics() -> set[str]:
+    code = "\n".join(HANDLER_CODE.values())
+    assert len(re.findall(r"add_metric\(\s*name=[^\"\s]", code)) == COMPUTED_NAMES, "a new computed metric name"
+    names = set(re.findall(r'add_metric\(\s*name="(\w+)"', code))
+    for pairs in re.findall(r"for name, \w+ in \((.*?)\):\n", code, flags=re.DOTALL):  # the reconciler's
+        names |= set(re.findall(r'\(\s*"([A-Z]\w+)",', pairs))
+    names |= set(re.findall(r'Outcome\.\w+: "([A-Z]\w+)"', code))  # the import worker's _METRICS
+    if 'name=f"Http{' in code:
+        names |= {"Http2xx", "Http4xx", "Http5xx"}
+    return names
+
+
+def test_the_observability_section_names_every_technical_metric_the_functions_emit_and_no_other():
+    observability = section("## Observability")
+    start = observability.index("- The technical metrics")
+    bullet = observability[start:].split("\n- ", 1)[0].split("\n\n", 1)[0]
+    named = {name for name in re.findall(r"`([A-Z]\w+)`", bullet) if not name.endswith("Alarm")}
+    emitted = emitted_technical_metrics()
+    assert {"OrderWorkflowsStarted", "ParcelsRelabelled", "ImportedOrders", "Http5xx"} <= emitted
+    assert sorted(emitted - named) == []
+    assert sorted(named - emitted) == []
