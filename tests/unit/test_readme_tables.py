@@ -4,6 +4,7 @@ has, every route is listed, every metric emitted is named; and nothing else."""
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 
@@ -248,3 +249,29 @@ def test_the_observability_section_names_every_technical_metric_the_functions_em
     assert {"OrderWorkflowsStarted", "ParcelsRelabelled", "ImportedOrders", "Http5xx"} <= emitted
     assert sorted(emitted - named) == []
     assert sorted(named - emitted) == []
+
+
+# --- The business metrics ----------------------------------------------------------------------------
+
+
+def recorded_business_metrics() -> dict[str, tuple[str, set[str]]]:
+    """{name: (unit, dimensions)} of each record(...) call in functions/business_metrics.py."""
+    tree = ast.parse((ROOT / "functions" / "business_metrics.py").read_text())
+    found: dict[str, tuple[str, set[str]]] = {}
+    for call in ast.walk(tree):
+        if isinstance(call, ast.Call) and getattr(call.func, "id", None) == "record":
+            name = call.args[0].value
+            unit = call.args[2].attr if len(call.args) > 2 else "Count"
+            dimensions = {keyword.arg or "" for keyword in call.keywords}
+            assert found.setdefault(name, (unit, dimensions)) == (unit, dimensions), f"{name} recorded two ways"
+    return found
+
+
+def test_the_business_metrics_table_gives_each_metrics_unit_and_dimensions_as_recorded():
+    rows = table(section("## Observability"), "| metric | unit | dimensions |")
+    documented = {
+        row[0].strip("`"): ({"None": "NoUnit"}.get(row[1], row[1]), set(re.findall(r"`(\w+)`", row[2]))) for row in rows
+    }
+    recorded = recorded_business_metrics()
+    assert "OrderValue" in recorded and recorded["OrderValue"] == ("NoUnit", {"channel", "currency"})
+    assert documented == recorded
