@@ -156,7 +156,7 @@ def test_the_code_defaults_are_found():
 
 
 @pytest.mark.parametrize("name", sorted(code_defaults()))
-def test_a_setting_the_template_does_not_set_has_the_codes_default(name: str):
+def test_a_settings_default_in_the_code_is_the_tables_and_the_deploys(name: str):
     default = code_defaults()[name]
     if name in TEMPLATE_VARIABLES:
         # Read without the variable (a function the template does not give it to), the code
@@ -275,3 +275,12 @@ def test_the_business_metrics_table_gives_each_metrics_unit_and_dimensions_as_re
     recorded = recorded_business_metrics()
     assert "OrderValue" in recorded and recorded["OrderValue"] == ("NoUnit", {"channel", "currency"})
     assert documented == recorded
+
+
+# --- Paths ------------------------------------------------------------------------------------------------
+
+
+def test_every_file_of_the_repository_the_readme_names_exists():
+    named = set(re.findall(r"\b((?:functions|core|plugins|infra|tests|bench|events)/[\w/.-]+\.\w+)\b", README))
+    assert "functions/business_metrics.py" in named
+    assert sorted(path for path in named if not (ROOT / path).exists()) == []
