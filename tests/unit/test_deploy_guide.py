@@ -34,3 +34,21 @@ def test_the_deploy_guide_gives_each_parameters_default():
 
 def test_every_template_output_is_explained_in_the_deploy_guide():
     assert _first_column("| output |") == set(TEMPLATE["Outputs"])
+
+
+def test_the_bounds_the_deploy_guide_states_are_the_templates():
+    # "at least N", "at most N" and "(A–B" in a parameter's row are its MinValue and MaxValue.
+    stated = 0
+    for row in _rows("| parameter |"):
+        parameter = TEMPLATE["Parameters"][row[0].strip("`")]
+        meaning = row[2].replace(",", "")
+        for low, high in re.findall(r"\((\d+)–(\d+)", meaning):
+            assert (int(low), int(high)) == (parameter.get("MinValue"), parameter.get("MaxValue")), row[0]
+            stated += 1
+        for low in re.findall(r"at least `?(\d+)`?(?!\d| years)", meaning):
+            assert int(low) == parameter.get("MinValue"), row[0]
+            stated += 1
+        for high in re.findall(r"at most `?(\d+)`?(?!\d| years)", meaning):
+            assert int(high) == parameter.get("MaxValue"), row[0]
+            stated += 1
+    assert stated >= 10

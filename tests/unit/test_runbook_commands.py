@@ -159,3 +159,16 @@ def test_the_fields_a_runbook_says_a_log_line_names_are_those_the_logs_helper_sh
     assert named
     for names in named:
         assert set(re.findall(r"`(\w+)`", names)) <= shown, names
+
+
+def test_every_logical_id_a_runbook_command_names_is_a_resource_of_the_template():
+    from infra.local.template import load_template
+
+    resources = load_template(ROOT / "template.yaml")["Resources"]
+    prose = re.sub(r"```sh\n.*?```", "", RUNBOOKS, flags=re.DOTALL)
+    code = "\n".join(re.findall(r"```sh\n(.*?)```", RUNBOOKS, flags=re.DOTALL) + re.findall(r"`([^`\n]+)`", prose))
+    named = set(re.findall(r'(?:^|[\s(;|&])id "?([A-Z]\w*)', code))
+    logged = set(re.findall(r'(?:^|[\s(;|&])logs "?([A-Z]\w*)', code))
+    assert {"ApiFunction", "OutboxFailureQueue"} <= named and "ImportWorkerFunction" in logged
+    assert sorted(named - set(resources)) == []
+    assert sorted(name for name in logged if resources.get(name, {}).get("Type") != "AWS::Serverless::Function") == []

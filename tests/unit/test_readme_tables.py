@@ -1,0 +1,286 @@
+"""The README's configuration table, API overview and technical metrics say what the code and
+template.yaml do: every variable read or set is a row with the default the code or the template
+has, every route is listed, every metric emitted is named; and nothing else."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+from functions.api.app import every_route
+from infra.local.template import load_template
+
+ROOT = Path(__file__).resolve().parents[2]
+TEMPLATE = load_template(ROOT / "template.yaml")
+README = (ROOT / "README.md").read_text()
+
+
+def section(heading: str) -> str:
+    return README[README.index(f"\n{heading}\n") + 1 :].split("\n## ", 1)[0]
+
+
+def table(text: str, header: str) -> list[list[str]]:
+    """The cells of each row of the table in `text` whose header row starts with `header`."""
+    lines = text[text.index(header) :].split("\n\n")[0].splitlines()[2:]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
+
+
+def sources(*folders: str) -> dict[Path, str]:
+    return {
+        path: path.read_text()
+        for folder in folders
+        for path in sorted((ROOT / folder).rglob("*.py"))
+        if "examples" not in path.parts  # oms-acme is its own distribution, with its own README
+    }
+
+
+# --- The configuration table ------------------------------------------------------------------------
+
+CONFIGURATION = table(section("## Configuration"), "| variable |")
+PATTERN_PREFIX = "OMS_PLUGIN_"  # the `OMS_PLUGIN_<NAME>_<KEY>` row: every plugin's settings
+FUNCTION_CODE = "\n".join(sources("functions", "core", "plugins").values())
+ANY_CODE = FUNCTION_CODE + "\n".join(sources("infra").values())
+
+
+def rows_by_variable() -> dict[str, list[str]]:
+    rows = {}
+    for row in CONFIGURATION:
+        for name in re.findall(r"`([A-Z][A-Z0-9_]+)`", row[0]):
+            rows[name] = row
+    return rows
+
+
+ROWS = rows_by_variable()
+
+
+def documented_default(name: str) -> str:
+    """The row's default for `name`: the cell up to its first note, its n-th backquoted value for
+    a row's n-th variable (`15`, `60`), else the words (`set by the template`, `empty`)."""
+    row = ROWS[name]
+    head = re.split(r" \(|;", row[1], maxsplit=1)[0]
+    values = re.findall(r"`([^`]*)`", head)
+    if not values:
+        return head.strip()
+    names = re.findall(r"`([A-Z][A-Z0-9_]+)`", row[0])
+    return values[names.index(name)] if len(values) == len(names) else values[0]
+
+
+def template_variables() -> dict[str, dict[str, object]]:
+    """Each variable the template sets: {function logical id, or "Globals": its value}."""
+    found: dict[str, dict[str, object]] = {}
+    for name, value in TEMPLATE["Globals"]["Function"]["Environment"]["Variables"].items():
+        found.setdefault(name, {})["Globals"] = value
+    for logical_id, resource in TEMPLATE["Resources"].items():
+        if resource["Type"] == "AWS::Serverless::Function":
+            variables = resource["Properties"].get("Environment", {}).get("Variables", {})
+            for name, value in variables.items():
+                found.setdefault(name, {})[logical_id] = value
+    return found
+
+
+TEMPLATE_VARIABLES = template_variables()
+
+
+def read_by_the_code() -> set[str]:
+    """Every variable functions/, core/ and plugins/ read by a literal name."""
+    return (
+        set(re.findall(r'environ(?:\.get\(|\[)\s*"([A-Z][A-Z0-9_]+)"', FUNCTION_CODE))
+        | set(re.findall(r'\b_(?:number|switch)\("([A-Z][A-Z0-9_]+)"', FUNCTION_CODE))
+        | set(re.findall(r'_ENV = "([A-Z][A-Z0-9_]+)"', FUNCTION_CODE))
+    )
+
+
+def documented(name: str) -> bool:
+    return name in ROWS or name.startswith(PATTERN_PREFIX)
+
+
+def test_the_table_is_found_and_parsed():
+    assert len(ROWS) > 40 and "ORDERS_TABLE" in ROWS and "OMS_PORT" in ROWS
+
+
+def test_every_variable_the_functions_read_has_a_row():
+    read = read_by_the_code()
+    assert {"ORDERS_TABLE", "OMS_CATALOG_CACHE_SECONDS", "OMS_RETURN_WINDOW_DAYS", "OMS_REVIEW_THRESHOLD"} <= read
+    assert sorted(name for name in read if not documented(name)) == []
+
+
+def test_every_variable_the_template_sets_has_a_row():
+    assert sorted(name for name in TEMPLATE_VARIABLES if not documented(name)) == []
+
+
+def test_every_row_names_a_variable_something_reads_or_the_template_sets():
+    # The scheduled functions' period variable is built from its logical id (functions/schedule.py);
+    # POWERTOOLS_* and PYDANTIC_* are read by those libraries: the template sets each of them.
+    unread = [name for name in ROWS if name not in TEMPLATE_VARIABLES and f'"{name}"' not in ANY_CODE]
+    assert unread == []
+
+
+@pytest.mark.parametrize("name", sorted(name for name in TEMPLATE_VARIABLES if name in ROWS))
+def test_a_variable_the_template_sets_has_the_templates_default(name: str):
+    parameters = TEMPLATE["Parameters"]
+    for value in TEMPLATE_VARIABLES[name].values():
+        if isinstance(value, dict) and value.get("Ref") in parameters:
+            default = str(parameters[value["Ref"]]["Default"])
+            assert documented_default(name) == (default or "empty"), value["Ref"]
+        elif isinstance(value, str):
+            assert documented_default(name) == value
+        else:
+            assert documented_default(name) == "set by the template"
+
+
+def plain(value: object) -> str:
+    """A number as the table writes it (`10`, not `10.0`); anything else as it is."""
+    try:
+        return f"{float(str(value)):g}"
+    except ValueError:
+        return str(value)
+
+
+def code_defaults() -> dict[str, str]:
+    """The default each numeric or true/false setting has in the code when unset: the functions'
+    (`_number`, `_switch`) and the local stack's own (`_env`, `_scale`, the schedule periods)."""
+    local = "\n".join(sources("infra").values())
+    found = {name: plain(value) for name, value in re.findall(r'\b_number\("([A-Z0-9_]+)", ([\d.]+)\)', FUNCTION_CODE)}
+    found |= {name: "false" for name in re.findall(r'\b_switch\("([A-Z0-9_]+)"\)', FUNCTION_CODE)}
+    for name, value in re.findall(r'\b_env\("([A-Z0-9_]+)", ("[^"]*"|\w+)', local):
+        found[name] = {"True": "1", "False": "0"}.get(value, value.strip('"'))
+    found |= {name: plain(value) for name, value in re.findall(r'"([A-Z0-9_]+_SECONDS)", ([\d.]+)\)', local)}
+    return found
+
+
+def test_the_code_defaults_are_found():
+    assert {"OMS_CATALOG_CACHE_SECONDS", "WEBHOOK_ALLOW_LOCAL_HTTP", "OMS_PORT", "OMS_SEED"} <= set(code_defaults())
+
+
+@pytest.mark.parametrize("name", sorted(code_defaults()))
+def test_a_settings_default_in_the_code_is_the_tables_and_the_deploys(name: str):
+    default = code_defaults()[name]
+    if name in TEMPLATE_VARIABLES:
+        # Read without the variable (a function the template does not give it to), the code
+        # behaves as the deploy's default does.
+        (value,) = {str(v) for v in TEMPLATE_VARIABLES[name].values()}
+        parameter = re.fullmatch(r"\{'Ref': '(\w+)'\}", value)
+        if parameter:
+            assert plain(TEMPLATE["Parameters"][parameter.group(1)]["Default"]) == default, name
+        return
+    assert documented_default(name) == default
+
+
+def readers(name: str) -> set[str]:
+    """The functions the template gives `name` to, as a row's "read by" writes them."""
+    return {re.sub(r"Function$", "", logical_id).lower() for logical_id in TEMPLATE_VARIABLES[name]}
+
+
+@pytest.mark.parametrize("name", sorted(name for name in TEMPLATE_VARIABLES if name in ROWS))
+def test_a_row_names_every_function_the_template_gives_its_variable_to(name: str):
+    read_by = ROWS[name][2].replace(" ", "").lower()
+    for reader in readers(name):
+        assert ("functions" if reader == "globals" else reader) in read_by, reader
+
+
+# --- The API overview -------------------------------------------------------------------------------
+
+
+def overview_routes() -> set[tuple[str, str]]:
+    """(method, path with its parameters as {}) of each route the overview lists. A cell may go on
+    with `/last-segment` (the same method, another last segment) or a bare `DELETE` (the same path)."""
+    found = set()
+    for row in table(section("## API overview"), "| method and path |"):
+        method = path = ""
+        for token in re.findall(r"`([^`]+)`", row[0]):
+            token = token.split("?")[0]
+            if match := re.fullmatch(r"(GET|POST|PUT|PATCH|DELETE) (/\S*)", token):
+                method, path = match.groups()
+            elif token.startswith("/"):
+                path = path.rsplit("/", 1)[0] + token
+            elif token in ("GET", "POST", "PUT", "PATCH", "DELETE"):
+                method = token
+            else:
+                raise AssertionError(f"not a route: {token!r} in {row[0]!r}")
+            found.add((method, re.sub(r"\{[^}]+\}", "{}", path)))
+    return found
+
+
+def app_routes() -> set[tuple[str, str]]:
+    app = every_route()
+    found = set()
+    for route in app._static_routes + app._dynamic_routes:
+        methods = route.method if isinstance(route.method, list | tuple | set) else [route.method]
+        found |= {(method.upper(), re.sub(r"\{[^}]+\}", "{}", route.openapi_path)) for method in methods}
+    return found
+
+
+def test_the_api_overview_lists_every_route_of_the_app_and_no_other():
+    routes = app_routes()
+    assert ("POST", "/orders") in routes and len(routes) > 50
+    assert sorted(routes - overview_routes()) == []
+    assert sorted(overview_routes() - routes) == []
+
+
+# --- The technical metrics ----------------------------------------------------------------------------
+
+HANDLER_CODE = sources("functions")
+# Names computed at the call: business_metrics.py's (the table above it, its own test), the API's
+# Http{2,4,5}xx, the reconciler's three loops over (name, count) pairs and the import worker's _METRICS.
+COMPUTED_NAMES = 6
+
+
+def emitted_technical_metrics() -> set[str]:
+    code = "\n".join(HANDLER_CODE.values())
+    assert len(re.findall(r"add_metric\(\s*name=[^\"\s]", code)) == COMPUTED_NAMES, "a new computed metric name"
+    names = set(re.findall(r'add_metric\(\s*name="(\w+)"', code))
+    for pairs in re.findall(r"for name, \w+ in \((.*?)\):\n", code, flags=re.DOTALL):  # the reconciler's
+        names |= set(re.findall(r'\(\s*"([A-Z]\w+)",', pairs))
+    names |= set(re.findall(r'Outcome\.\w+: "([A-Z]\w+)"', code))  # the import worker's _METRICS
+    if 'name=f"Http{' in code:
+        names |= {"Http2xx", "Http4xx", "Http5xx"}
+    return names
+
+
+def test_the_observability_section_names_every_technical_metric_the_functions_emit_and_no_other():
+    observability = section("## Observability")
+    start = observability.index("- The technical metrics")
+    bullet = observability[start:].split("\n- ", 1)[0].split("\n\n", 1)[0]
+    named = {name for name in re.findall(r"`([A-Z]\w+)`", bullet) if not name.endswith("Alarm")}
+    emitted = emitted_technical_metrics()
+    assert {"OrderWorkflowsStarted", "ParcelsRelabelled", "ImportedOrders", "Http5xx"} <= emitted
+    assert sorted(emitted - named) == []
+    assert sorted(named - emitted) == []
+
+
+# --- The business metrics ----------------------------------------------------------------------------
+
+
+def recorded_business_metrics() -> dict[str, tuple[str, set[str]]]:
+    """{name: (unit, dimensions)} of each record(...) call in functions/business_metrics.py."""
+    tree = ast.parse((ROOT / "functions" / "business_metrics.py").read_text())
+    found: dict[str, tuple[str, set[str]]] = {}
+    for call in ast.walk(tree):
+        if isinstance(call, ast.Call) and getattr(call.func, "id", None) == "record":
+            name = call.args[0].value
+            unit = call.args[2].attr if len(call.args) > 2 else "Count"
+            dimensions = {keyword.arg or "" for keyword in call.keywords}
+            assert found.setdefault(name, (unit, dimensions)) == (unit, dimensions), f"{name} recorded two ways"
+    return found
+
+
+def test_the_business_metrics_table_gives_each_metrics_unit_and_dimensions_as_recorded():
+    rows = table(section("## Observability"), "| metric | unit | dimensions |")
+    documented = {
+        row[0].strip("`"): ({"None": "NoUnit"}.get(row[1], row[1]), set(re.findall(r"`(\w+)`", row[2]))) for row in rows
+    }
+    recorded = recorded_business_metrics()
+    assert "OrderValue" in recorded and recorded["OrderValue"] == ("NoUnit", {"channel", "currency"})
+    assert documented == recorded
+
+
+# --- Paths ------------------------------------------------------------------------------------------------
+
+
+def test_every_file_of_the_repository_the_readme_names_exists():
+    named = set(re.findall(r"\b((?:functions|core|plugins|infra|tests|bench|events)/[\w/.-]+\.\w+)\b", README))
+    assert "functions/business_metrics.py" in named
+    assert sorted(path for path in named if not (ROOT / path).exists()) == []
