@@ -568,7 +568,7 @@ def workflow_report() -> str:
     lines += [
         "",
         "A scheduled function runs by the clock, not per order: its runs are charged at the template's rate "
-        "(`Schedule` events, every 5 minutes) for the seconds the run's orders arrived over, each run costing "
+        "(its `Schedule` events') for the seconds the run's orders arrived over, each run costing "
         f"what the runs measured here every {typical['schedules_measured_every_seconds']:g} s cost on average "
         "(its requests, units, Lambda time and logs; `bench/workflow.py`, `ScheduledRuns`): "
         + ", ".join(f"{name} ${cost:.4f}" for name, cost in sorted(scheduled.items()))
