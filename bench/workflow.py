@@ -354,11 +354,15 @@ class UsageRecorder:
 
     def running_usage(self) -> Usage:
         """The usage the running function's log lines are billed to."""
-        function = str(getattr(RUNNING, "function", "")).split("-")[-1]
-        if function in self.scheduled_functions:
-            return self.scheduled[function]
-        feature = FEATURE_FUNCTIONS.get(function)
+        if (scheduled := self.running_scheduled()) is not None:
+            return scheduled
+        feature = FEATURE_FUNCTIONS.get(str(getattr(RUNNING, "function", "")).split("-")[-1])
         return self.features[feature] if feature else self.usage
+
+    def running_scheduled(self) -> Usage | None:
+        """The running scheduled function's own usage (ScheduledRuns charges it); None for another."""
+        function = str(getattr(RUNNING, "function", "")).split("-")[-1]
+        return self.scheduled[function] if function in self.scheduled_functions else None
 
     def record(self, service: str, operation_name: str, params: dict[str, Any]) -> None:
         function = getattr(RUNNING, "function", None)
