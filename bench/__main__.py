@@ -567,7 +567,15 @@ def workflow_report() -> str:
     lines += write_units_markdown(typical)
     lines += ["", "| Lambda function | invocations per order |", "| --- | --- |"]
     lines += [f"| {k} | {v:.3f} |" for k, v in typical["lambda_invocations_per_order"].items()]
+    scheduled = typical["scheduled_per_million_orders"]
     lines += [
+        "",
+        "A scheduled function runs by the clock, not per order: its runs are charged at the template's rate "
+        "(its `Schedule` events') for the seconds the run's orders arrived over, each run costing "
+        f"what the runs measured here every {typical['schedules_measured_every_seconds']:g} s cost on average "
+        "(its requests, units, Lambda time and logs; `bench/workflow.py`, `ScheduledRuns`): "
+        + ", ".join(f"{name} ${cost:.4f}" for name, cost in sorted(scheduled.items()))
+        + " per million orders at the burst's rate.",
         "",
         "Dollars per million orders from capture to delivery at AWS list prices (us-east-1, on-demand; "
         "the prices and the capacity-unit model are in `bench/cost.py`), at the burst's rate: "
@@ -630,10 +638,11 @@ def rates_markdown(burst: dict[str, Any], steady: dict[str, Any]) -> list[str]:
         f"{steady_placing[invocations]['OutboxFunction']:.2f} times an order), where each window of the burst "
         f"gathers many ({whole[invocations]['OutboxFunction']:.3f}). The steady run places {steady['orders']} orders "
         f"(statuses {steady['statuses']}, one run) with its clock compressed by {scale:g}: the gap, the batching "
-        "windows (`OMS_BATCHING_WINDOW_SCALE`), the authorizer's cache and the schedules alike, so what shares "
-        "an invocation, what the cache answers and what a scheduled run falls to keep their ratio to the gap "
-        "(nothing billed is timed; `bench/workflow.py` says what is not scaled). Its orders are placed at its "
-        f"rate and confirmed with the burst run's batches of {burst['confirmation_batch']} (a manifest arrives "
+        "windows (`OMS_BATCHING_WINDOW_SCALE`) and the authorizer's cache alike, so what shares an invocation "
+        "and what the cache answers keep their ratio to the gap (nothing billed is timed; `bench/workflow.py` "
+        "says what is not scaled); the scheduled functions are charged at the template's rate for the "
+        f"{steady['orders'] * apart:g} s its orders arrive over on AWS, as the burst's are. Its orders are placed "
+        f"at its rate and confirmed with the burst run's batches of {burst['confirmation_batch']} (a manifest arrives "
         "at once whatever the rate orders come at).",
         "",
         f"| per order | burst ({burst['clients']} clients, as fast as they can) | steady (one every {apart:g} s) |",

@@ -11,14 +11,32 @@ import json
 import os
 import sys
 import threading
+import time
 import uuid
 from collections import Counter
 from typing import Any
 
 import requests
 
-from bench.cost import LAMBDA_PLATFORM_LOG_BYTES, SFN_EXPRESS_BILLED_GB, Usage, dollars, optional_dollars, wru_for
-from bench.workflow import DurationModel, LogMeter, UsageRecorder, print_metrics_as_on_lambda
+from bench.cost import (
+    LAMBDA_PLATFORM_LOG_BYTES,
+    SFN_EXPRESS_BILLED_GB,
+    Usage,
+    combined,
+    dollars,
+    optional_dollars,
+    wru_for,
+)
+from bench.workflow import (
+    MEASURED_SCHEDULE_SECONDS,
+    DurationModel,
+    LogMeter,
+    ScheduledRuns,
+    UsageRecorder,
+    print_metrics_as_on_lambda,
+    run_schedules_every,
+    schedule_periods,
+)
 from infra.local.stack import running_stack
 
 RETURNS = int(os.environ.get("BENCH_RETURNS", "40"))
@@ -69,8 +87,11 @@ def main() -> None:
     print_metrics_as_on_lambda()
     lock = threading.Lock()
     real_stdout = sys.stdout
-    sys.stdout = LogMeter(sys.stdout, lambda: recorder.usage, lock)
-    sys.stderr = LogMeter(sys.stderr, lambda: recorder.usage, lock)
+    sys.stdout = LogMeter(sys.stdout, lambda: recorder.running_scheduled() or recorder.usage, lock)
+    sys.stderr = LogMeter(sys.stderr, lambda: recorder.running_scheduled() or recorder.usage, lock)
+    # The scheduled functions are charged by the clock, as bench.workflow's (MEASURED_SCHEDULE_SECONDS):
+    # at the template's rate for the seconds the returns come over.
+    run_schedules_every(MEASURED_SCHEDULE_SECONDS)
     with running_stack(seed=True, parameter_overrides=params) as stack:
         session = requests.Session()
         session.headers["Authorization"] = f"Bearer {stack.admin_key}"
@@ -106,20 +127,25 @@ def main() -> None:
             return rma
 
         one_return(placed[0])
+        schedules = ScheduledRuns(stack, recorder, cpu)
         stack.wait_until_idle(60)
         recorder.usage = Usage()  # what the warm-up did is not part of the run
         functions = stack.functions.values()
         cpu_before = Counter(cpu.seconds)
         invocations_before = {f.name: f.invocations for f in functions}
+        schedules.mark()
+        started = time.monotonic()
         made = [one_return(order_id) for order_id in placed[1:]]
         stack.wait_until_idle(300)
+        returns_seconds = time.monotonic() - started
 
         usage = recorder.usage
         for f in functions:
             calls = f.invocations - invocations_before[f.name]
-            if calls:
-                usage.lambda_invocations[f.name.split("-")[-1]] += calls
+            if calls and (name := f.name.split("-")[-1]) not in schedule_periods():
+                usage.lambda_invocations[name] += calls
                 usage.lambda_gb_seconds += (cpu.seconds[f.name] - cpu_before[f.name]) * f.memory_mb / 1024
+        usage = combined((usage, 1.0), (schedules.charge(returns_seconds), 1.0))
         usage.sfn_gb_seconds = (
             sum(cpu.seconds[f.name] - cpu_before[f.name] for f in functions if "ReturnStep" in f.name)
             * SFN_EXPRESS_BILLED_GB

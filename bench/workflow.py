@@ -23,7 +23,9 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cache
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import MappingProxyType
 from typing import Any
 
 import requests
@@ -44,7 +46,7 @@ from bench.cost import (
 )
 from bench.stack import external_id
 from functions.adapters import order_codec
-from infra.local.event_sources import SCHEDULE_PERIOD_ENV, schedule_period
+from infra.local.event_sources import LOCAL_SCHEDULE_PERIODS, SCHEDULE_PERIOD_ENV, schedule_period
 from infra.local.lambdas import RUNNING, LocalFunction, run_workers_as_their_function
 from infra.local.stack import running_stack
 from infra.local.template import Template
@@ -60,15 +62,27 @@ CONFIRMATION_BATCH = 50
 # one every STEADY_SECONDS_APART seconds, so that each window holds one order's records at most.
 # Its clock is compressed by STEADY_TIME_SCALE to keep it short: the gap between orders, the
 # batching windows (OMS_BATCHING_WINDOW_SCALE), the authorizer's cache (AuthorizerCacheSeconds:
-# 5 s, past by each order's turn) and the schedules all by the same factor, so each keeps its
-# ratio to the gap: what shares an invocation, what the cache answers and how many orders a
-# scheduled run falls to are as at this rate on AWS. Nothing billed is timed (requests, items, the
-# modeled durations), so the compression changes the bill through those alone. The functions' own
+# 5 s, past by each order's turn) all by the same factor, so each keeps its ratio to the gap: what
+# shares an invocation and what the cache answers are as at this rate on AWS (the schedules are
+# charged by arithmetic instead: see MEASURED_SCHEDULE_SECONDS). Nothing billed is timed (requests,
+# items, the modeled durations), so the compression changes the bill through those alone. The functions' own
 # latency is not scaled: an order's records come over ~0.6 s here (POST to `allocated`), which
 # the 1.2 s gap leaves room for; how they split between 0.2 s windows follows that latency.
 STEADY_ORDERS = int(os.environ.get("BENCH_STEADY_ORDERS", "10"))
 STEADY_SECONDS_APART = 6.0  # on AWS: 600 orders an hour
 STEADY_TIME_SCALE = 0.2  # keeps the authorizer's cache a whole number of seconds (API Gateway's unit)
+
+# A scheduled function (the template's Schedule events: the jeopardy scan, the reconciler) runs by
+# the clock, not per order: on AWS once a template period (5 minutes), whatever the orders. Both
+# runs measure what one scheduled run costs (its requests, read and write units, Lambda time and
+# invocation, log lines) from the runs the local stack makes every MEASURED_SCHEDULE_SECONDS (each
+# function's usage kept apart from the phases'), and charge the runs AWS would make while the run's
+# orders arrive: (seconds they arrive over, on AWS) / (template period). A local period set to the
+# template's would count a whole run, or none, in a run shorter than it; the local default (30 s)
+# counted ten times AWS's. The burst's orders arrive over its placing (POST to `allocated`; its
+# confirmations and reads, later here, go on beside later orders' placing on AWS), the steady run's
+# over STEADY_ORDERS * STEADY_SECONDS_APART; the charge is part of the placing's bill.
+MEASURED_SCHEDULE_SECONDS = 5.0
 
 # The optional features, by the function that does their work; the core figure leaves them out.
 # EventsFunction's own time is the events' (the aggregates and notifications ride on its
@@ -296,6 +310,9 @@ class UsageRecorder:
         self.durations = durations or DurationModel()
         self.usage = Usage()
         self.features: defaultdict[str, Usage] = defaultdict(Usage)
+        # The scheduled functions' usage, each apart (ScheduledRuns charges it by the clock).
+        self.scheduled: defaultdict[str, Usage] = defaultdict(Usage)
+        self.scheduled_functions = frozenset(schedule_periods())
         self.access_log_queue = ""
         self.orders_table = orders_table
         self.indexes = orders_indexes()
@@ -337,9 +354,15 @@ class UsageRecorder:
 
     def running_usage(self) -> Usage:
         """The usage the running function's log lines are billed to."""
-        function = str(getattr(RUNNING, "function", "")).split("-")[-1]
-        feature = FEATURE_FUNCTIONS.get(function)
+        if (scheduled := self.running_scheduled()) is not None:
+            return scheduled
+        feature = FEATURE_FUNCTIONS.get(str(getattr(RUNNING, "function", "")).split("-")[-1])
         return self.features[feature] if feature else self.usage
+
+    def running_scheduled(self) -> Usage | None:
+        """The running scheduled function's own usage (ScheduledRuns charges it); None for another."""
+        function = str(getattr(RUNNING, "function", "")).split("-")[-1]
+        return self.scheduled[function] if function in self.scheduled_functions else None
 
     def record(self, service: str, operation_name: str, params: dict[str, Any]) -> None:
         function = getattr(RUNNING, "function", None)
@@ -348,10 +371,14 @@ class UsageRecorder:
         operation = f"{service}.{operation_name}"
         name = function.split("-")[-1]
         with self._lock:
-            feature = self.feature(name, operation, params)
-            usage = self.features[feature] if feature else self.usage
+            if name in self.scheduled_functions:
+                usage = self.scheduled[name]
+                usage.by_function[f"{name} {operation}"] += 1  # charged with the rest of its runs
+            else:
+                feature = self.feature(name, operation, params)
+                usage = self.features[feature] if feature else self.usage
+                self.usage.by_function[f"{name} {operation}"] += 1  # every request, for the table
             usage.calls[operation] += 1
-            self.usage.by_function[f"{name} {operation}"] += 1  # every request, for the table
             if service == "dynamodb":
                 self._capacity(usage, operation_name, params)
             elif operation == "stepfunctions.StartExecution":
@@ -495,11 +522,11 @@ def _bill_lambda(
     invocations_before: dict[str, int],
 ) -> None:
     """Each function's invocations and modeled GB-seconds since the marks, to the core's usage or
-    to its feature's."""
+    to its feature's; the scheduled functions' are ScheduledRuns'."""
+    scheduled = set(schedule_periods())
     for f in functions:
         calls = f.invocations - invocations_before[f.name]
-        if calls:
-            name = f.name.split("-")[-1]
+        if calls and (name := f.name.split("-")[-1]) not in scheduled:
             target = features[FEATURE_FUNCTIONS[name]] if name in FEATURE_FUNCTIONS else usage
             target.lambda_invocations[name] += calls
             target.lambda_gb_seconds += (cpu.seconds[f.name] - cpu_before[f.name]) * f.memory_mb / 1024
@@ -539,9 +566,10 @@ def main(argv: list[str]) -> None:
         raise SystemExit("usage: python -m bench.workflow [steady]")
     steady = bool(argv)
     params = {"ApiRateLimit": 1_000_000, "ApiBurstLimit": 1_000_000}
-    # The steady run's clock is compressed (see STEADY_TIME_SCALE): the batching windows, the
-    # authorizer's cache and the schedules by the same factor as the gap between orders.
+    # The steady run's clock is compressed (see STEADY_TIME_SCALE): the batching windows and the
+    # authorizer's cache by the same factor as the gap between orders.
     options = steady_stack_options(params) if steady else {"parameter_overrides": params}
+    run_schedules_every(MEASURED_SCHEDULE_SECONDS)  # charged by the clock: ScheduledRuns
     # Installed before the stack starts, so every client the functions create carries the hook.
     cpu = DurationModel()
     cpu.install()
@@ -564,6 +592,7 @@ def main(argv: list[str]) -> None:
                      headers=headers, timeout=10).raise_for_status()  # fmt: skip
         warm = requests.post(f"{stack.api_url}/orders", json=_order_body(), headers=headers, timeout=10)
         warm.raise_for_status()
+        schedules = ScheduledRuns(stack, recorder, cpu)
         stack.wait_until_idle(30)
 
         recorder.orders_table = stack.table_names["OrdersTable"]
@@ -574,6 +603,7 @@ def main(argv: list[str]) -> None:
         functions = stack.functions.values()
         cpu_before = Counter(cpu.seconds)
         invocations_before = {f.name: f.invocations for f in functions}
+        schedules.mark()
 
         placed: list[str] = []
 
@@ -606,23 +636,27 @@ def main(argv: list[str]) -> None:
         )
         placing.sfn_gb_seconds = workflow_seconds * SFN_EXPRESS_BILLED_GB
         placing.api_requests = len(placed)  # one POST /orders each
-        placing_bill = per_order_bill(placing, placing_features, len(placed))
         if steady:
+            placing = combined((placing, 1.0), (schedules.charge(STEADY_ORDERS * STEADY_SECONDS_APART), 1.0))
             result = {
                 "orders": len(placed),
                 "statuses": dict(statuses),
                 "seconds_apart_on_aws": STEADY_SECONDS_APART,
                 "time_scale": STEADY_TIME_SCALE,
-                "placing": placing_bill,
+                "placing": per_order_bill(placing, placing_features, len(placed)),
+                "scheduled_per_million_orders": schedules.per_million_orders(len(placed)),
             }
         else:
-            result = fulfilled_and_read(stack, headers, recorder, cpu, placed, shipments, placing, placing_features)
+            # The scheduled runs while the orders arrived (charged once every phase has measured).
+            result = fulfilled_and_read(stack, headers, recorder, cpu, placed, shipments, placing, placing_features,
+                                        lambda: schedules.charge(allocated_seconds))  # fmt: skip
             result |= {
                 "statuses": dict(statuses),
                 "allocated_per_second": len(placed) / allocated_seconds,
                 "clients": CLIENTS,
                 "webhook_deliveries_per_order": receiver.received / len(placed),
-                "placing": placing_bill,
+                "scheduled_per_million_orders": schedules.per_million_orders(len(placed)),
+                "schedules_measured_every_seconds": MEASURED_SCHEDULE_SECONDS,
             }
     receiver.close()
     sys.stdout = real_stdout
@@ -654,22 +688,97 @@ def place_steadily(place: Callable[[requests.Session], None]) -> None:
 
 
 def steady_stack_options(params: dict[str, Any]) -> dict[str, Any]:
-    """running_stack's options with the template's times STEADY_TIME_SCALE: its batching windows,
-    its authorizer's cache and its schedules (one period for all; no faster local period)."""
-    template = Template.load()
-    cache_seconds = template.parameter("AuthorizerCacheSeconds") * STEADY_TIME_SCALE
-    periods = {
-        schedule_period(template.resolve(event["Properties"]["Schedule"]), f"{logical_id}.Events.{name}")
-        for logical_id, function in template.functions().items()
-        for name, event in (function.get("Events") or {}).items()
-        if event["Type"] == "Schedule"
-    }
-    (period,) = periods  # one variable sets every schedule's local period
-    os.environ[SCHEDULE_PERIOD_ENV] = os.environ["OMS_JEOPARDY_SCAN_SECONDS"] = repr(period * STEADY_TIME_SCALE)
+    """running_stack's options with the template's times STEADY_TIME_SCALE: its batching windows
+    and its authorizer's cache (the schedules are charged by the clock: ScheduledRuns)."""
+    cache_seconds = Template.load().parameter("AuthorizerCacheSeconds") * STEADY_TIME_SCALE
     return {
         "batching_window_scale": STEADY_TIME_SCALE,
         "parameter_overrides": {**params, "AuthorizerCacheSeconds": round(cache_seconds, 9)},
     }
+
+
+@cache
+def schedule_periods() -> Mapping[str, float]:
+    """Each scheduled function's seconds between runs on AWS: its template's Schedule (or
+    ScheduleV2) rate, the shortest if it has more than one."""
+    template = Template.load()
+    periods: dict[str, float] = {}
+    for logical_id, function in template.functions().items():
+        for name, event in (function.get("Events") or {}).items():
+            key = {"Schedule": "Schedule", "ScheduleV2": "ScheduleExpression"}.get(event["Type"])
+            if key:
+                where = f"{logical_id}.Events.{name}"
+                period = schedule_period(template.resolve(event["Properties"][key]), where)
+                periods[logical_id] = min(period, periods.get(logical_id, period))
+    return MappingProxyType(periods)
+
+
+def run_schedules_every(seconds: float) -> None:
+    """The local stack's period for every schedule (each function's own variable too, which wins)."""
+    for variable in (SCHEDULE_PERIOD_ENV, *(own for own, _ in LOCAL_SCHEDULE_PERIODS.values())):
+        os.environ[variable] = repr(seconds)
+
+
+def scheduled_charge(measured: Mapping[str, tuple[Usage, int]], seconds: float) -> Usage:
+    """What the scheduled functions cost over `seconds` on AWS: each one's measured usage (of `runs`
+    runs) times the runs its template period gives in that time per run measured."""
+    periods = schedule_periods()
+    parts = []
+    for name, (usage, runs) in measured.items():
+        if runs < 1:
+            raise ValueError(f"{name}: no scheduled run was measured")
+        parts.append((usage, seconds / periods[name] / runs))
+    return combined(*parts)
+
+
+class ScheduledRuns:
+    """The scheduled functions' runs from mark() on, measured apart from the phases' (the recorder
+    keeps their requests, read and write units and log lines apart; this, their invocations and
+    Lambda time), and charged by the clock (see MEASURED_SCHEDULE_SECONDS)."""
+
+    def __init__(self, stack: Any, recorder: UsageRecorder, cpu: DurationModel):
+        self._stack, self._recorder, self._cpu = stack, recorder, cpu
+        self._mappings = [
+            mapping for mapping in stack.mappings.values() if mapping.function_logical_id in schedule_periods()
+        ]
+        self._functions = list({mapping.function.name: mapping.function for mapping in self._mappings}.values())
+        for mapping in self._mappings:  # no run in flight at the mark: its start would be left out
+            mapping.pause()
+        self._runs_before: dict[str, int] = {}
+        self._cpu_before: dict[str, float] = {}
+        self.charged: dict[str, Usage] = {}  # each function's charge, once charge() has run
+
+    def mark(self) -> None:
+        """Measures from now on (the stack idle, the schedules paused since the constructor)."""
+        self._recorder.scheduled.clear()
+        self._runs_before = {f.name: f.invocations for f in self._functions}
+        self._cpu_before = {f.name: self._cpu.seconds[f.name] for f in self._functions}
+        for mapping in self._mappings:
+            mapping.resume()
+
+    def charge(self, seconds: float) -> Usage:
+        """Once each scheduled function has run since the mark (the schedules then paused and the
+        stack idle, so every run counted is whole): their cost over `seconds` on AWS."""
+        deadline = time.monotonic() + 2 * MEASURED_SCHEDULE_SECONDS + 30
+        while any(f.invocations == self._runs_before[f.name] for f in self._functions):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"a scheduled function did not run every {MEASURED_SCHEDULE_SECONDS} s")
+            time.sleep(0.1)
+        for mapping in self._mappings:
+            mapping.pause()
+        self._stack.wait_until_idle(60)
+        for f in self._functions:
+            name = f.name.split("-")[-1]
+            usage = combined((self._recorder.scheduled[name], 1.0))
+            runs = f.invocations - self._runs_before[f.name]
+            usage.lambda_invocations[name] += runs
+            usage.lambda_gb_seconds += (self._cpu.seconds[f.name] - self._cpu_before[f.name]) * f.memory_mb / 1024
+            self.charged[name] = scheduled_charge({name: (usage, runs)}, seconds)
+        return combined(*((usage, 1.0) for usage in self.charged.values()))
+
+    def per_million_orders(self, count: int) -> dict[str, float]:
+        """Each scheduled function's charge in dollars per million of the run's `count` orders."""
+        return {name: sum(dollars(as_billed(usage)).values()) / count * 1e6 for name, usage in self.charged.items()}
 
 
 def fulfilled_and_read(
@@ -681,9 +790,11 @@ def fulfilled_and_read(
     shipments: dict[str, list[str]],
     placing: Usage,
     placing_features: defaultdict[str, Usage],
+    scheduled: Callable[[], Usage],
 ) -> dict[str, Any]:
     """The burst run's orders shipped and delivered both ways, then each read once; the run's
-    figures, from capture to delivery."""
+    figures, from capture to delivery, and the placing's, each with the `scheduled` runs' charge
+    (part of the placing's, asked for once every phase has run)."""
     functions = stack.functions.values()
     session = requests.Session()
     # Shipping and delivering, measured both ways, each on half of the orders: the first half
@@ -733,6 +844,17 @@ def fulfilled_and_read(
     singly_usage, _ = fulfilled(one_by_one)  # the optional features: as for the batched half
     batched_usage, batched_features = fulfilled(in_batches)
     count = len(placed)
+    # The access log is paid per read: one GET /orders/{id} per order, counting only what
+    # recording it costs (the API's SendMessage, the access-log function and its PutItem).
+    recorder.usage, recorder.features = Usage(), defaultdict(Usage)
+    cpu_before = Counter(cpu.seconds)
+    invocations_before = {f.name: f.invocations for f in functions}
+    for order_id in placed:
+        session.get(f"{stack.api_url}/orders/{order_id}", headers=headers, timeout=30).raise_for_status()
+    stack.wait_until_idle(60)
+    reads = recorder.features
+    _bill_lambda(functions, Usage(), reads, cpu, cpu_before, invocations_before)
+    placing = combined((placing, 1.0), (scheduled(), 1.0))
     # Every order placed, then shipped and delivered the way its half was, scaled to the run
     # by the orders each half shipped (an order the workflow did not allocate ships nothing).
     shipped_singly = len({order_id for order_id, _ in singly})
@@ -747,16 +869,6 @@ def fulfilled_and_read(
         )
     billed, per_shipment = as_billed(usage), as_billed(per_shipment)
 
-    # The access log is paid per read: one GET /orders/{id} per order, counting only what
-    # recording it costs (the API's SendMessage, the access-log function and its PutItem).
-    recorder.usage, recorder.features = Usage(), defaultdict(Usage)
-    cpu_before = Counter(cpu.seconds)
-    invocations_before = {f.name: f.invocations for f in functions}
-    for order_id in placed:
-        session.get(f"{stack.api_url}/orders/{order_id}", headers=headers, timeout=30).raise_for_status()
-    stack.wait_until_idle(60)
-    reads = recorder.features
-    _bill_lambda(functions, Usage(), reads, cpu, cpu_before, invocations_before)
     bill = dollars(billed)
     per_million = {service: cost / count * 1_000_000 for service, cost in bill.items()}
     features_per_million = {feature: feature_dollars(features[feature], count) for feature in FEATURES}
@@ -789,6 +901,7 @@ def fulfilled_and_read(
             "batched": confirmation_summary(billed, count),
         },
         "bill": per_order_bill(usage, features, count),
+        "placing": per_order_bill(placing, placing_features, count),
     }
 
 
