@@ -2,14 +2,10 @@
 
 moto runs an SQS → Lambda mapping synchronously inside SendMessage and ignores batchItemFailures;
 its stream mapping ignores StartingPosition. Here each event is a thread (EventSourceMapping) that
-sleeps until a record arrives at its source (moto_patches/arrivals.py wakes it; an S3 notification
-is queued to it; a schedule is timed), fetches a batch through the ordinary APIs, shapes the event
-Lambda builds, invokes the in-process handler outside MOTO_LOCK and applies what Lambda applies to
-the answer, as each source's class says. A batching window (MaximumBatchingWindowInSeconds) is
-honoured as Lambda honours it: once a record is there, the batch waits for more until it is full
-or the window has passed, scaled by the stack's OMS_BATCHING_WINDOW_SCALE (0 in tests: at once).
-What the template may say is checked by infra/local/supported.py; retries wait a fixed
-`retry_delay` (0.2 s) instead of AWS's exponential backoff.
+sleeps until its source may hold a record (moto_patches/arrivals.py wakes it), fetches a batch
+through the ordinary APIs, invokes the in-process handler outside MOTO_LOCK with the event Lambda
+builds and applies what Lambda applies to the answer. infra/local/supported.py checks what the
+template may say.
 """
 
 from __future__ import annotations
@@ -153,7 +149,6 @@ class EventSourceMapping:
     source_label: str  # the source, short, as `make run` lists it
     client: Callable[[str], Any] = field(repr=False)
     batch_size: int = 1
-    filters: list[dict[str, Any]] | None = None
     report_batch_item_failures: bool = False
     maximum_retry_attempts: int = 0
     bisect_on_error: bool = False
@@ -342,6 +337,7 @@ class DynamoDBStreamMapping(EventSourceMapping):
 
     kind = "DynamoDB"
     starting_position: str
+    filters: list[dict[str, Any]] | None = None
 
     def _prepare(self) -> None:
         streams = self.client("dynamodbstreams")
@@ -451,17 +447,16 @@ class SqsMapping(EventSourceMapping):
             self.client("sqs").delete_message_batch(QueueUrl=self.queue_url, Entries=done)
 
     def event_record(self, message: Mapping[str, Any]) -> Record:
-        attributes = {}
-        for name, value in (message.get("MessageAttributes") or {}).items():
-            attribute = attributes[name] = {
+        attributes = {
+            name: {
                 "stringListValues": [],
                 "binaryListValues": [],
                 "dataType": value["DataType"],
+                **({"stringValue": value["StringValue"]} if "StringValue" in value else {}),
+                **({"binaryValue": base64.b64encode(value["BinaryValue"]).decode()} if "BinaryValue" in value else {}),
             }
-            if "StringValue" in value:
-                attribute["stringValue"] = value["StringValue"]
-            if "BinaryValue" in value:
-                attribute["binaryValue"] = base64.b64encode(value["BinaryValue"]).decode()
+            for name, value in (message.get("MessageAttributes") or {}).items()
+        }
         record = {
             "messageId": message["MessageId"],
             "receiptHandle": message["ReceiptHandle"],
