@@ -604,14 +604,13 @@ def build_mapping(
     batching_window_scale: float = 1.0,
 ) -> EventSourceMapping:
     """The emulation of the function's event `name` (Events[name]: its Type and Properties, checked by
-    infra/local/supported.py); `invoke_config` is the function's EventInvokeConfig, which says how an
-    asynchronous invocation (an S3 notification, a schedule) is retried and where it goes when it fails;
-    `batching_window_scale` multiplies its MaximumBatchingWindowInSeconds (0: a batch goes at once)."""
+    infra/local/supported.py); `batching_window_scale` multiplies its MaximumBatchingWindowInSeconds
+    (0: a batch goes at once)."""
     kind, where = event["Type"], f"{function_logical_id}.Events.{name} ({event['Type']})"
     props = {key: resolve(value) for key, value in (event.get("Properties") or {}).items()}
 
     # S3 and EventBridge invoke asynchronously: retried and failed over per the function's
-    # EventInvokeConfig; a stream per its own properties (SQS: by the queue's redrive policy).
+    # EventInvokeConfig (`invoke_config`); a stream per its own properties (SQS: by the queue's redrive policy).
     asynchronous = kind in ("S3", "Schedule")
     config = {key: resolve(value) for key, value in (invoke_config or {}).items()} if asynchronous else props
     destination = str(((config.get("DestinationConfig") or {}).get("OnFailure") or {}).get("Destination") or "")
