@@ -52,7 +52,7 @@ class Activity:
                 self.mappings[mapping.name] = mapping
         s3_mappings = [m for m in self.mappings.values() if isinstance(m, S3NotificationMapping)]
         for bucket in sorted({m.bucket for m in s3_mappings}):
-            lambdas = [m.notification_configuration() for m in s3_mappings if m.bucket == bucket]
+            lambdas = [m.notification for m in s3_mappings if m.bucket == bucket]
             self.client("s3").put_bucket_notification_configuration(
                 Bucket=bucket, NotificationConfiguration={"LambdaFunctionConfigurations": lambdas}
             )

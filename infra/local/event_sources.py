@@ -482,20 +482,12 @@ class S3NotificationMapping(EventSourceMapping):
 
     kind, asynchronous = "S3", True
     bucket: str
-    events: list[str]
-    key_filters: list[dict[str, str]]
+    notification: dict[str, Any]  # this mapping as a PutBucketNotificationConfiguration entry
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self._queue: queue.Queue[Record] = queue.Queue()
         self._sequencer = count(1)
-
-    def notification_configuration(self) -> dict[str, Any]:
-        """This mapping as an S3 PutBucketNotificationConfiguration entry."""
-        entry: dict[str, Any] = {"Id": self.name, "LambdaFunctionArn": self.function.arn, "Events": self.events}
-        if self.key_filters:
-            entry["Filter"] = {"Key": {"FilterRules": self.key_filters}}
-        return entry
 
     def enqueue(self, event: Record) -> None:
         """Called by moto (holding MOTO_LOCK): fills in what moto leaves out, and only queues it."""
@@ -632,12 +624,14 @@ def build_mapping(
         ]
         events = [props["Events"]] if isinstance(props["Events"], str) else list(props["Events"])
         label = f"s3://{props['Bucket']} {','.join(events)}" + "".join(f" {r['Name']}={r['Value']}" for r in rules)
+        notification: dict[str, Any] = {"Id": common["name"], "LambdaFunctionArn": function.arn, "Events": events}
+        if rules:
+            notification["Filter"] = {"Key": {"FilterRules": rules}}
         return S3NotificationMapping(
             source_arn=f"arn:aws:s3:::{props['Bucket']}",
             source_label=label,
             bucket=props["Bucket"],
-            events=events,
-            key_filters=rules,
+            notification=notification,
             **common,
         )
     if kind == "Schedule":
