@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from contextlib import suppress
 
-from infra.local.event_sources import EventSourceMapping, S3NotificationMapping, build_mapping
+from infra.local.event_sources import RETRY_DELAY, EventSourceMapping, S3NotificationMapping, build_mapping
 from infra.local.resources import Client, Resources
 
 
@@ -24,9 +24,10 @@ class Activity:
         self.resources = resources
         self.client = client
         self.mappings: dict[str, EventSourceMapping] = {}
-        self._options: dict[str, float] = {"batching_window_scale": batching_window_scale}
-        if retry_delay is not None:
-            self._options["retry_delay"] = retry_delay
+        self._options = {
+            "retry_delay": RETRY_DELAY if retry_delay is None else retry_delay,
+            "batching_window_scale": batching_window_scale,
+        }
 
     def build(self) -> list[S3NotificationMapping]:
         """Every function event that is not Api. S3 events become their buckets' notification
@@ -51,7 +52,7 @@ class Activity:
                 self.mappings[mapping.name] = mapping
         s3_mappings = [m for m in self.mappings.values() if isinstance(m, S3NotificationMapping)]
         for bucket in sorted({m.bucket for m in s3_mappings}):
-            lambdas = [m.notification_configuration() for m in s3_mappings if m.bucket == bucket]
+            lambdas = [m.notification for m in s3_mappings if m.bucket == bucket]
             self.client("s3").put_bucket_notification_configuration(
                 Bucket=bucket, NotificationConfiguration={"LambdaFunctionConfigurations": lambdas}
             )
@@ -91,12 +92,8 @@ class Activity:
         ]
 
     def wait_until_idle(self, timeout: float = 10.0) -> bool:
-        """True once every mapping has drained its source (each sleeps until a record arrives: a
-        write then makes it busy again until it has looked), no handler is running and no execution
-        is running, with no invocation started while it looked; False after `timeout` seconds.
-        A paused mapping counts as idle (its records wait) unless it is gathering a batch (its
-        batching window); an SQS queue whose messages are in flight (invisible after a failure, or
-        held by another consumer) is not drained yet."""
+        """True once every mapping is idle (EventSourceMapping.is_idle), no handler and no execution
+        is running, and no invocation started while it looked; False after `timeout` seconds."""
         deadline = time.monotonic() + timeout
         while not self._quiet():
             if time.monotonic() >= deadline:

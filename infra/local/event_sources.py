@@ -2,14 +2,10 @@
 
 moto runs an SQS → Lambda mapping synchronously inside SendMessage and ignores batchItemFailures;
 its stream mapping ignores StartingPosition. Here each event is a thread (EventSourceMapping) that
-sleeps until a record arrives at its source (moto_patches/arrivals.py wakes it; an S3 notification
-is queued to it; a schedule is timed), fetches a batch through the ordinary APIs, shapes the event
-Lambda builds, invokes the in-process handler outside MOTO_LOCK and applies what Lambda applies to
-the answer, as each source's class says. A batching window (MaximumBatchingWindowInSeconds) is
-honoured as Lambda honours it: once a record is there, the batch waits for more until it is full
-or the window has passed, scaled by the stack's OMS_BATCHING_WINDOW_SCALE (0 in tests: at once).
-What the template may say is checked by infra/local/supported.py; retries wait a fixed
-`retry_delay` (0.2 s) instead of AWS's exponential backoff.
+sleeps until its source may hold a record (moto_patches/arrivals.py wakes it), fetches a batch
+through the ordinary APIs, invokes the in-process handler outside MOTO_LOCK with the event Lambda
+builds and applies what Lambda applies to the answer. infra/local/supported.py checks what the
+template may say.
 """
 
 from __future__ import annotations
@@ -153,7 +149,6 @@ class EventSourceMapping:
     source_label: str  # the source, short, as `make run` lists it
     client: Callable[[str], Any] = field(repr=False)
     batch_size: int = 1
-    filters: list[dict[str, Any]] | None = None
     report_batch_item_failures: bool = False
     maximum_retry_attempts: int = 0
     bisect_on_error: bool = False
@@ -342,6 +337,7 @@ class DynamoDBStreamMapping(EventSourceMapping):
 
     kind = "DynamoDB"
     starting_position: str
+    filters: list[dict[str, Any]] | None = None
 
     def _prepare(self) -> None:
         streams = self.client("dynamodbstreams")
@@ -451,17 +447,16 @@ class SqsMapping(EventSourceMapping):
             self.client("sqs").delete_message_batch(QueueUrl=self.queue_url, Entries=done)
 
     def event_record(self, message: Mapping[str, Any]) -> Record:
-        attributes = {}
-        for name, value in (message.get("MessageAttributes") or {}).items():
-            attribute = attributes[name] = {
+        attributes = {
+            name: {
                 "stringListValues": [],
                 "binaryListValues": [],
                 "dataType": value["DataType"],
+                **({"stringValue": value["StringValue"]} if "StringValue" in value else {}),
+                **({"binaryValue": base64.b64encode(value["BinaryValue"]).decode()} if "BinaryValue" in value else {}),
             }
-            if "StringValue" in value:
-                attribute["stringValue"] = value["StringValue"]
-            if "BinaryValue" in value:
-                attribute["binaryValue"] = base64.b64encode(value["BinaryValue"]).decode()
+            for name, value in (message.get("MessageAttributes") or {}).items()
+        }
         record = {
             "messageId": message["MessageId"],
             "receiptHandle": message["ReceiptHandle"],
@@ -487,20 +482,12 @@ class S3NotificationMapping(EventSourceMapping):
 
     kind, asynchronous = "S3", True
     bucket: str
-    events: list[str]
-    key_filters: list[dict[str, str]]
+    notification: dict[str, Any]  # this mapping as a PutBucketNotificationConfiguration entry
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self._queue: queue.Queue[Record] = queue.Queue()
         self._sequencer = count(1)
-
-    def notification_configuration(self) -> dict[str, Any]:
-        """This mapping as an S3 PutBucketNotificationConfiguration entry."""
-        entry: dict[str, Any] = {"Id": self.name, "LambdaFunctionArn": self.function.arn, "Events": self.events}
-        if self.key_filters:
-            entry["Filter"] = {"Key": {"FilterRules": self.key_filters}}
-        return entry
 
     def enqueue(self, event: Record) -> None:
         """Called by moto (holding MOTO_LOCK): fills in what moto leaves out, and only queues it."""
@@ -609,14 +596,13 @@ def build_mapping(
     batching_window_scale: float = 1.0,
 ) -> EventSourceMapping:
     """The emulation of the function's event `name` (Events[name]: its Type and Properties, checked by
-    infra/local/supported.py); `invoke_config` is the function's EventInvokeConfig, which says how an
-    asynchronous invocation (an S3 notification, a schedule) is retried and where it goes when it fails;
-    `batching_window_scale` multiplies its MaximumBatchingWindowInSeconds (0: a batch goes at once)."""
+    infra/local/supported.py); `batching_window_scale` multiplies its MaximumBatchingWindowInSeconds
+    (0: a batch goes at once)."""
     kind, where = event["Type"], f"{function_logical_id}.Events.{name} ({event['Type']})"
     props = {key: resolve(value) for key, value in (event.get("Properties") or {}).items()}
 
     # S3 and EventBridge invoke asynchronously: retried and failed over per the function's
-    # EventInvokeConfig; a stream per its own properties (SQS: by the queue's redrive policy).
+    # EventInvokeConfig (`invoke_config`); a stream per its own properties (SQS: by the queue's redrive policy).
     asynchronous = kind in ("S3", "Schedule")
     config = {key: resolve(value) for key, value in (invoke_config or {}).items()} if asynchronous else props
     destination = str(((config.get("DestinationConfig") or {}).get("OnFailure") or {}).get("Destination") or "")
@@ -638,12 +624,14 @@ def build_mapping(
         ]
         events = [props["Events"]] if isinstance(props["Events"], str) else list(props["Events"])
         label = f"s3://{props['Bucket']} {','.join(events)}" + "".join(f" {r['Name']}={r['Value']}" for r in rules)
+        notification: dict[str, Any] = {"Id": common["name"], "LambdaFunctionArn": function.arn, "Events": events}
+        if rules:
+            notification["Filter"] = {"Key": {"FilterRules": rules}}
         return S3NotificationMapping(
             source_arn=f"arn:aws:s3:::{props['Bucket']}",
             source_label=label,
             bucket=props["Bucket"],
-            events=events,
-            key_filters=rules,
+            notification=notification,
             **common,
         )
     if kind == "Schedule":

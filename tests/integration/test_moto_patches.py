@@ -233,6 +233,26 @@ def test_a_queue_nobody_drains_is_waited_on_once_then_not_until_it_has_drained(p
     assert _depth(sqs, url) == 12
 
 
+def test_canary_moto_s_sqs_still_reads_the_clock_per_message_and_every_attribute_per_retention_check(
+    aws: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Canary of `sqs`: once moto counts a queue at one clock reading and checks a message's
+    retention without rebuilding the queue's attributes, drop those replacements."""
+    import moto.sqs.models as sqs_models
+
+    sqs = boto3.client("sqs", region_name="us-east-1")
+    url = sqs.create_queue(QueueName="canary")["QueueUrl"]
+    for n in range(5):
+        sqs.send_message(QueueUrl=url, MessageBody=f"m{n}")
+    reads: list[float] = []
+    clock = sqs_models.unix_time_millis
+    monkeypatch.setattr(sqs_models, "unix_time_millis", lambda *args: reads.append(1) or clock(*args))
+    sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"])
+    assert len(reads) >= 5  # one per message at least
+    retention = inspect.getsource(sqs_models.SQSBackend.is_message_valid_based_on_retention_period)
+    assert "self.get_queue_attributes(" in retention
+
+
 def _sqs_backend() -> object:
     from moto.sqs.models import sqs_backends
 
@@ -373,6 +393,16 @@ def test_a_cancelled_transaction_is_undone_as_moto_undoes_it_without_copying_a_t
     by_moto = _cancelled_transaction(monkeypatch, patched=False)
     assert by_moto == ([{"pk": {"S": "a"}, "sk": {"S": "1"}, "n": {"N": "1"}}, {"pk": {"S": "b"}, "sk": {"S": "1"}}], 2)
     assert _cancelled_transaction(monkeypatch, patched=True) == by_moto
+
+
+def test_canary_moto_still_copies_every_table_a_transaction_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Canary of `transactions`: once moto stops deep-copying whole tables, drop the patch."""
+    from moto.dynamodb.models.table import Table
+
+    copied: list[str] = []
+    monkeypatch.setattr(Table, "__deepcopy__", lambda table, _memo: copied.append(table.name) or table, raising=False)
+    _cancelled_transaction(monkeypatch, patched=False)
+    assert copied and set(copied) == {"t"}
 
 
 def _streamed_table(dynamodb: Any, name: str) -> str:

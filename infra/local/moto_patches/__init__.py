@@ -95,18 +95,12 @@ class MotoPatch:
             originals = dict(self._originals)
         found = {}
         for owner, attribute in self.replacements():
-            value = originals.get((owner, attribute), owner.__dict__.get(attribute, _MISSING))
-            found[f"{qualified_name(owner)}.{attribute}"] = value
+            where = owner.__name__ if inspect.ismodule(owner) else f"{owner.__module__}.{owner.__qualname__}"
+            found[f"{where}.{attribute}"] = originals.get((owner, attribute), owner.__dict__.get(attribute, _MISSING))
         return found
 
 
 _MISSING = object()
-
-
-def qualified_name(owner: Any) -> str:
-    if inspect.ismodule(owner):
-        return owner.__name__
-    return f"{owner.__module__}.{owner.__qualname__}"
 
 
 def describe(value: Any) -> str:

@@ -1,7 +1,6 @@
-"""The `arrivals` patch: a message added to an SQS queue (sent, or moved to its DLQ) or a record
-added to a DynamoDB stream wakes the registered event source mappings that read it
-(infra/local/event_sources.py), so an idle mapping waits for a record instead of polling moto.
-moto still stores the record as it would; the wake only tells the mapping to look."""
+"""The `arrivals` patch (its `changes` say what it does), registered with the event source mappings
+(infra/local/event_sources.py). moto still stores the record as it would; the wake only tells a
+mapping to look."""
 
 from __future__ import annotations
 
