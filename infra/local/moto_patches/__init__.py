@@ -25,7 +25,9 @@ from typing import Any
 
 Replacements = dict[tuple[Any, str], Any]  # (class or module, attribute name) -> new value
 
-MOTO_VERSION = "5.2.5"  # what every patch below was checked against (pyproject: moto>=5.2.5,<6)
+# What every patch below was checked against (pyproject: moto>=5.2.5,<6; a fresh install gets 5.2.6;
+# the canaries pass on 5.2.5 too).
+MOTO_VERSION = "5.2.6"
 
 
 @dataclass(eq=False)
