@@ -1088,6 +1088,43 @@ def test_the_lock_lets_one_request_into_moto_at_a_time(monkeypatch: pytest.Monke
     assert BaseResponse.__dict__["call_action"] is original_call_action  # uninstalled
 
 
+def test_a_run_held_behind_another_function_s_moto_call_past_its_timeout_answers(monkeypatch: pytest.MonkeyPatch):
+    # On AWS a function's DynamoDB call does not queue behind another function's: the time a run
+    # waits for MOTO_LOCK is not its run time, nor taken from its context's remaining time.
+    import boto3
+    from moto import mock_aws
+
+    from infra.local.moto_patches import lock
+
+    for name, value in {"AWS_ACCESS_KEY_ID": "t", "AWS_SECRET_ACCESS_KEY": "t"}.items():
+        monkeypatch.setenv(name, value)
+    with mock_aws(), lock.PATCH.registered():
+        client = boto3.client("dynamodb", region_name="us-east-1")
+        client.create_table(
+            TableName="t",
+            KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        asking = threading.Event()
+
+        def handler(event: Any, context: Any) -> int:
+            asking.set()
+            client.get_item(TableName="t", Key={"id": {"S": "x"}})
+            return context.get_remaining_time_in_millis()
+
+        function = LocalFunction("held", handler, timeout_seconds=0.25)
+        answers: list[tuple[Any, Exception | None]] = []
+        run = threading.Thread(target=lambda: answers.append(function.try_invoke({})))
+        with lock.MOTO_LOCK:  # another function's call, in moto for a second
+            run.start()
+            assert asking.wait(10)
+            time.sleep(1)
+        run.join(10)
+    [(remaining, error)] = answers
+    assert error is None and remaining > 0
+
+
 # --- The embedded stack ---------------------------------------------------------------------------
 
 
