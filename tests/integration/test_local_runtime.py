@@ -1125,6 +1125,34 @@ def test_a_run_held_behind_another_function_s_moto_call_past_its_timeout_answers
     assert error is None and remaining > 0
 
 
+@pytest.mark.skipif(not Path(f"/proc/self/task/{threading.get_native_id()}/schedstat").exists(), reason="Linux")
+def test_a_run_the_machine_kept_from_a_cpu_past_its_timeout_answers():
+    # On AWS a function has its own CPU: here a process pinned to the run's one CPU takes half of it,
+    # so the run's 0.1 s of CPU takes about 0.2 s of wall time, past its 0.15 s Timeout.
+    import subprocess
+
+    cpu = min(os.sched_getaffinity(0))
+    spin = f"import os; os.sched_setaffinity(0, {{{cpu}}})\nwhile True: pass"
+    hog = subprocess.Popen([sys.executable, "-c", spin])
+    mine = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, {cpu})  # this thread, the one the run is in
+
+        def handler(event: Any, context: Any) -> int:
+            started = time.thread_time()
+            while time.thread_time() - started < 0.1:
+                pass
+            return context.get_remaining_time_in_millis()
+
+        function = LocalFunction("crowded", handler, timeout_seconds=0.15)
+        time.sleep(0.2)  # the hog is pinned and spinning
+        assert function.invoke({}) > 0
+    finally:
+        os.sched_setaffinity(0, mine)
+        hog.kill()
+        hog.wait()
+
+
 # --- The embedded stack ---------------------------------------------------------------------------
 
 
