@@ -1038,8 +1038,26 @@ def test_handlers_are_imported_on_first_invocation_with_a_lambda_context():
 # --- The moto lock --------------------------------------------------------------------------------
 
 
-def test_the_lock_lets_one_request_into_moto_at_a_time(monkeypatch: pytest.MonkeyPatch):
+def _fake_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in {"AWS_ACCESS_KEY_ID": "t", "AWS_SECRET_ACCESS_KEY": "t"}.items():
+        monkeypatch.setenv(name, value)
+
+
+def _dynamodb_with_table_t() -> Any:
+    """A DynamoDB client (inside mock_aws) and its table "t", keyed by "id"."""
     import boto3
+
+    client = boto3.client("dynamodb", region_name="us-east-1")
+    client.create_table(
+        TableName="t",
+        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    return client
+
+
+def test_the_lock_lets_one_request_into_moto_at_a_time(monkeypatch: pytest.MonkeyPatch):
     from moto import mock_aws
     from moto.core.responses import BaseResponse
     from moto.dynamodb.models import DynamoDBBackend
@@ -1062,18 +1080,11 @@ def test_the_lock_lets_one_request_into_moto_at_a_time(monkeypatch: pytest.Monke
         return original_get_item(self, *args, **kwargs)
 
     monkeypatch.setattr(DynamoDBBackend, "get_item", slow_get_item)
-    for name, value in {"AWS_ACCESS_KEY_ID": "t", "AWS_SECRET_ACCESS_KEY": "t"}.items():
-        monkeypatch.setenv(name, value)
+    _fake_credentials(monkeypatch)
     original_call_action = BaseResponse.__dict__["call_action"]
     with mock_aws(), lock.PATCH.registered():
         assert BaseResponse.__dict__["call_action"] is not original_call_action
-        client = boto3.client("dynamodb", region_name="us-east-1")
-        client.create_table(
-            TableName="t",
-            KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
-            AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
-            BillingMode="PAY_PER_REQUEST",
-        )
+        client = _dynamodb_with_table_t()
 
         def reader():
             for _ in range(5):
@@ -1091,21 +1102,13 @@ def test_the_lock_lets_one_request_into_moto_at_a_time(monkeypatch: pytest.Monke
 def test_a_run_held_behind_another_function_s_moto_call_past_its_timeout_answers(monkeypatch: pytest.MonkeyPatch):
     # On AWS a function's DynamoDB call does not queue behind another function's: the time a run
     # waits for MOTO_LOCK is not its run time, nor taken from its context's remaining time.
-    import boto3
     from moto import mock_aws
 
     from infra.local.moto_patches import lock
 
-    for name, value in {"AWS_ACCESS_KEY_ID": "t", "AWS_SECRET_ACCESS_KEY": "t"}.items():
-        monkeypatch.setenv(name, value)
+    _fake_credentials(monkeypatch)
     with mock_aws(), lock.PATCH.registered():
-        client = boto3.client("dynamodb", region_name="us-east-1")
-        client.create_table(
-            TableName="t",
-            KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
-            AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
-            BillingMode="PAY_PER_REQUEST",
-        )
+        client = _dynamodb_with_table_t()
         asking = threading.Event()
 
         def handler(event: Any, context: Any) -> int:
