@@ -1038,8 +1038,26 @@ def test_handlers_are_imported_on_first_invocation_with_a_lambda_context():
 # --- The moto lock --------------------------------------------------------------------------------
 
 
-def test_the_lock_lets_one_request_into_moto_at_a_time(monkeypatch: pytest.MonkeyPatch):
+def _fake_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in {"AWS_ACCESS_KEY_ID": "t", "AWS_SECRET_ACCESS_KEY": "t"}.items():
+        monkeypatch.setenv(name, value)
+
+
+def _dynamodb_with_table_t() -> Any:
+    """A DynamoDB client (inside mock_aws) and its table "t", keyed by "id"."""
     import boto3
+
+    client = boto3.client("dynamodb", region_name="us-east-1")
+    client.create_table(
+        TableName="t",
+        KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+        AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+        BillingMode="PAY_PER_REQUEST",
+    )
+    return client
+
+
+def test_the_lock_lets_one_request_into_moto_at_a_time(monkeypatch: pytest.MonkeyPatch):
     from moto import mock_aws
     from moto.core.responses import BaseResponse
     from moto.dynamodb.models import DynamoDBBackend
@@ -1062,18 +1080,11 @@ def test_the_lock_lets_one_request_into_moto_at_a_time(monkeypatch: pytest.Monke
         return original_get_item(self, *args, **kwargs)
 
     monkeypatch.setattr(DynamoDBBackend, "get_item", slow_get_item)
-    for name, value in {"AWS_ACCESS_KEY_ID": "t", "AWS_SECRET_ACCESS_KEY": "t"}.items():
-        monkeypatch.setenv(name, value)
+    _fake_credentials(monkeypatch)
     original_call_action = BaseResponse.__dict__["call_action"]
     with mock_aws(), lock.PATCH.registered():
         assert BaseResponse.__dict__["call_action"] is not original_call_action
-        client = boto3.client("dynamodb", region_name="us-east-1")
-        client.create_table(
-            TableName="t",
-            KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
-            AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
-            BillingMode="PAY_PER_REQUEST",
-        )
+        client = _dynamodb_with_table_t()
 
         def reader():
             for _ in range(5):
@@ -1086,6 +1097,63 @@ def test_the_lock_lets_one_request_into_moto_at_a_time(monkeypatch: pytest.Monke
             thread.join()
     assert most_inside == 1
     assert BaseResponse.__dict__["call_action"] is original_call_action  # uninstalled
+
+
+def test_a_run_held_behind_another_function_s_moto_call_past_its_timeout_answers(monkeypatch: pytest.MonkeyPatch):
+    # On AWS a function's DynamoDB call does not queue behind another function's: the time a run
+    # waits for MOTO_LOCK is not its run time, nor taken from its context's remaining time.
+    from moto import mock_aws
+
+    from infra.local.moto_patches import lock
+
+    _fake_credentials(monkeypatch)
+    with mock_aws(), lock.PATCH.registered():
+        client = _dynamodb_with_table_t()
+        asking = threading.Event()
+
+        def handler(event: Any, context: Any) -> int:
+            asking.set()
+            client.get_item(TableName="t", Key={"id": {"S": "x"}})
+            return context.get_remaining_time_in_millis()
+
+        function = LocalFunction("held", handler, timeout_seconds=0.25)
+        answers: list[tuple[Any, Exception | None]] = []
+        run = threading.Thread(target=lambda: answers.append(function.try_invoke({})))
+        with lock.MOTO_LOCK:  # another function's call, in moto for a second
+            run.start()
+            assert asking.wait(10)
+            time.sleep(1)
+        run.join(10)
+    [(remaining, error)] = answers
+    assert error is None and remaining > 0
+
+
+@pytest.mark.skipif(not Path(f"/proc/self/task/{threading.get_native_id()}/schedstat").exists(), reason="Linux")
+def test_a_run_the_machine_kept_from_a_cpu_past_its_timeout_answers():
+    # On AWS a function has its own CPU: here a process pinned to the run's one CPU takes half of it,
+    # so the run's 0.1 s of CPU takes about 0.2 s of wall time, past its 0.15 s Timeout.
+    import subprocess
+
+    cpu = min(os.sched_getaffinity(0))
+    spin = f"import os; os.sched_setaffinity(0, {{{cpu}}})\nwhile True: pass"
+    hog = subprocess.Popen([sys.executable, "-c", spin])
+    mine = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, {cpu})  # this thread, the one the run is in
+
+        def handler(event: Any, context: Any) -> int:
+            started = time.thread_time()
+            while time.thread_time() - started < 0.1:
+                pass
+            return context.get_remaining_time_in_millis()
+
+        function = LocalFunction("crowded", handler, timeout_seconds=0.15)
+        time.sleep(0.2)  # the hog is pinned and spinning
+        assert function.invoke({}) > 0
+    finally:
+        os.sched_setaffinity(0, mine)
+        hog.kill()
+        hog.wait()
 
 
 # --- The embedded stack ---------------------------------------------------------------------------

@@ -9,13 +9,90 @@ from __future__ import annotations
 
 import functools
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from infra.local.moto_patches import MotoPatch, Replacements
 
-MOTO_LOCK = threading.RLock()  # re-entrant: a moto action may dispatch another (Step Functions)
+
+def queued_seconds(native_id: int | None = None) -> float:
+    """Seconds the thread (this one by default; `native_id` is threading.get_native_id()'s) has spent
+    runnable but waiting for a CPU that the machine's other processes, or this process's other
+    threads, held: Linux's schedstat run_delay. 0.0 where the kernel does not say (no /proc)."""
+    try:
+        with open(f"/proc/self/task/{native_id or threading.get_native_id()}/schedstat", "rb") as stats:
+            return int(stats.read().split()[1]) / 1e9
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+class Waited:
+    """Seconds one thread has spent waiting to take MOTO_LOCK, summed; readable from any thread.
+    The time it waited for a CPU once the lock was free is left out: queued_seconds() has it."""
+
+    __slots__ = ("seconds",)
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+    @contextmanager
+    def counting(self) -> Iterator[None]:
+        started, queued = time.monotonic(), queued_seconds()
+        try:
+            yield
+        finally:
+            self.seconds += time.monotonic() - started - (queued_seconds() - queued)
+
+
+_waits = threading.local()
+
+
+def waited() -> Waited:
+    """This thread's wait for MOTO_LOCK so far. On AWS a function's call to DynamoDB or SQS does not
+    queue behind another function's call: the local runtime does not count this wait as the run's
+    time (infra/local/lambdas.py RunClock)."""
+    mine = getattr(_waits, "waited", None)
+    if mine is None:
+        mine = _waits.waited = Waited()
+    return mine
+
+
+class _CountingRLock:
+    """A re-entrant lock that adds what each acquire waited to the thread's Waited. Taken at once
+    (the usual case), nothing is measured."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+
+    def acquire(self) -> bool:
+        if not self._lock.acquire(blocking=False):
+            with waited().counting():
+                self._lock.acquire()
+        return True
+
+    def release(self) -> None:
+        self._lock.release()
+
+    __enter__ = acquire
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+    # What threading.Condition uses; released() below lets go of every level and takes them back.
+    def _is_owned(self) -> bool:
+        return self._lock._is_owned()  # type: ignore[attr-defined,no-any-return]
+
+    def _release_save(self) -> Any:
+        return self._lock._release_save()  # type: ignore[attr-defined]
+
+    def _acquire_restore(self, state: Any) -> None:
+        with waited().counting():
+            self._lock._acquire_restore(state)  # type: ignore[attr-defined]
+
+
+MOTO_LOCK = _CountingRLock()  # re-entrant: a moto action may dispatch another (Step Functions)
 
 
 def _serialized(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -57,11 +134,11 @@ def released() -> Iterator[None]:
     Invoke) must not hold it, or every other thread's moto call waits for the whole handler, and a
     handler waiting on a thread that needs moto deadlocks. A no-op when this thread does not hold it.
     """
-    if not MOTO_LOCK._is_owned():  # type: ignore[attr-defined]
+    if not MOTO_LOCK._is_owned():
         yield
         return
-    state = MOTO_LOCK._release_save()  # type: ignore[attr-defined]  # what threading.Condition uses
+    state = MOTO_LOCK._release_save()
     try:
         yield
     finally:
-        MOTO_LOCK._acquire_restore(state)  # type: ignore[attr-defined]
+        MOTO_LOCK._acquire_restore(state)
