@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+import sys
+import threading
 import time
+import traceback
 from contextlib import suppress
 
 from infra.local.event_sources import RETRY_DELAY, EventSourceMapping, S3NotificationMapping, build_mapping
 from infra.local.resources import Client, Resources
+
+logger = logging.getLogger("infra.local.activity")
 
 
 class Activity:
@@ -93,13 +99,25 @@ class Activity:
 
     def wait_until_idle(self, timeout: float = 10.0) -> bool:
         """True once every mapping is idle (EventSourceMapping.is_idle), no handler and no execution
-        is running, and no invocation started while it looked; False after `timeout` seconds."""
+        is running, and no invocation started while it looked; False after `timeout` seconds, with
+        what was still busy and where every thread of the process stood logged (a WARNING): an
+        execution left RUNNING with none of its tasks run showed nothing else of itself."""
         deadline = time.monotonic() + timeout
         while not self._quiet():
             if time.monotonic() >= deadline:
+                logger.warning("not idle after %.1f s: %s\n%s", timeout, self._still_busy(), _thread_stacks())
                 return False
             time.sleep(0.01)
         return True
+
+    def _still_busy(self) -> str:
+        functions = [f"{f.name} ({f.in_flight} running)" for f in self.resources.functions.values() if f.in_flight]
+        mappings = [name for name, mapping in self.mappings.items() if not mapping.is_idle()]
+        try:
+            executions = self.running_executions()
+        except Exception as error:  # what was asked for is the report: a failed look is part of it
+            executions = [f"(not listed: {type(error).__name__}: {error})"]
+        return f"functions {functions}, mappings {mappings}, executions RUNNING {executions}"
 
     def _quiet(self) -> bool:
         # The mappings are asked again after the handlers and executions: what one of those wrote
@@ -116,3 +134,13 @@ class Activity:
     def _busy(self) -> bool:
         functions = self.resources.functions.values()
         return any(function.in_flight for function in functions) or bool(self.running_executions())
+
+
+def _thread_stacks() -> str:
+    """Every thread of the process, by name, with the stack it stands in now."""
+    frames = sys._current_frames()
+    return "".join(
+        f"--- thread {thread.name} (daemon={thread.daemon})\n" + "".join(traceback.format_stack(frames[thread.ident]))
+        for thread in threading.enumerate()
+        if thread.ident in frames
+    )

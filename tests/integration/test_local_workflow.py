@@ -4,8 +4,11 @@ Lambda tasks on in-process (fake) handlers, and the template check that reuses t
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -334,6 +337,40 @@ def test_stop_stops_running_executions_and_waits_for_their_handlers(tmp_path: Pa
     assert len(started) == 1
     time.sleep(0.4)  # past the (scaled) Retry interval: nothing ran the handler again
     assert len(started) == 1
+
+
+def test_a_wait_until_idle_that_times_out_logs_what_is_busy_and_where_every_thread_stands(tmp_path: Path, caplog):
+    # A bench run once ended with an execution left RUNNING, none of its tasks run, and nothing kept
+    # to say where it stood: the timeout now logs the running executions and every thread's stack.
+    from infra.local.stack import running_stack
+
+    release, entered = threading.Event(), threading.Event()
+
+    def parked_charge(event: dict[str, Any], context: Any) -> None:
+        entered.set()
+        release.wait(10)
+
+    with running_stack(
+        template=write_workflow(tmp_path),
+        stack_name="parked",
+        handlers={"ApiFunction": ok, "Charge": parked_charge},
+        admin_key_bootstrap=lambda secret: None,
+    ) as running:
+        running.client("stepfunctions").start_execution(
+            stateMachineArn=running.state_machine_arns["Workflow"], name="parked-o", input='{"order_id": "o"}'
+        )
+        assert entered.wait(5)
+        try:
+            with caplog.at_level(logging.WARNING, logger="infra.local.activity"):
+                assert running.wait_until_idle(0.2) is False
+        finally:
+            release.set()
+        assert running.wait_until_idle(10)
+    (report,) = [r.getMessage() for r in caplog.records if r.name == "infra.local.activity"]
+    assert report.startswith("not idle after 0.2 s: functions [")
+    assert "Charge (1 running)" in report
+    assert re.search(r"executions RUNNING \[[^]]*:parked-o'\]", report)
+    assert "in parked_charge\n    release.wait(10)" in report  # the parked thread's own frame
 
 
 # Each scale of the local stack's: its variable and the keyword (and attribute) that sets it.
