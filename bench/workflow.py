@@ -892,8 +892,8 @@ def fulfilled_and_read(
         "optional_dollars_per_million_orders": optional_per_million,
         "features_per_million_orders": features_per_million,
         "access_log_per_million_reads": feature_dollars(reads["access log"], count),
-        "log_bytes_per_order": per_order(usage.log_bytes),
-        "traces_per_order": usage.traces / count,
+        "log_bytes_per_order": per_order(billed.log_bytes),  # with Lambda's platform lines (as_billed)
+        "traces_per_order": billed.traces / count,
         "order_item_bytes_at_delivery": statistics.median(size for size, _ in recorder.order_sizes()),
         "confirmation_batch": CONFIRMATION_BATCH,
         "confirmations": {
