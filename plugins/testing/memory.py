@@ -97,7 +97,7 @@ class InMemoryOrders(OrderRepository):
         if order is not None:
             self.update(order, expected, entries)
         for move in moves:
-            self.inventory._move(move)  # type: ignore[union-attr]
+            self.inventory.apply(move)  # type: ignore[union-attr]
 
     def get_with_token(self, order_id: str, *, consistent: bool = False) -> tuple[Order, str] | None:
         if order_id not in self.orders:
@@ -387,18 +387,15 @@ class InMemoryInventory(InventoryRepository):
         """Whether each move's reservation holds exactly its `held` units (the condition of its write)."""
         return all(self.held.get((m.sku, m.location_id), {}).get(m.key) == m.held for m in moves)
 
-    def _move(self, move: StockMove) -> None:
-        """Apply `move`, whose condition (holds) was checked: OrderRepository.update_with_stock's."""
-        reservations, level = self._held(move.sku, move.location_id), self._get(move.sku, move.location_id)
-        gone = move.held - move.keep
-        if move.keep:
-            reservations[move.key] = move.keep
-        else:
-            del reservations[move.key]
+    def apply(self, move: StockMove) -> None:
+        """Apply `move`, whose condition (holds) was checked: OrderRepository.update_with_stock's.
+        A move is one of the writes a cancel made one at a time: a ship, a shrink or a release."""
         if move.ships:
-            self._put(level.model_copy(update={"reserved": level.reserved - gone, "on_hand": level.on_hand - gone}))
+            self.ship(move.sku, move.location_id, move.key)
+        elif move.keep:
+            self.shrink(move.sku, move.location_id, move.key, held=move.held, keep=move.keep)
         else:
-            self._put(level.model_copy(update={"reserved": level.reserved - gone, "available": level.available + gone}))
+            self.release(move.sku, move.location_id, move.key)
 
     def restock(self, sku: str, location_id: str, key: str, quantity: int) -> None:
         if key in self.restocked:
