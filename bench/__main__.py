@@ -513,11 +513,22 @@ WORKFLOW_RUNS = int(os.environ.get("BENCH_WORKFLOW_RUNS", "3"))
 
 
 def workflow_run(*args: str) -> dict[str, Any]:
-    """One `python -m bench.workflow` in a fresh process: the JSON object it prints last."""
-    out = subprocess.run(
-        [sys.executable, "-m", "bench.workflow", *args], cwd=ROOT, capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    """One `python -m bench.workflow` in a fresh process: the JSON object it prints last. Its stderr
+    (the stack's warnings: a `wait_until_idle` that timed out logs what was busy and every thread's
+    stack there) is kept in a file, named on our stderr when the run failed or an order of it did not
+    end `allocated` (every order of the run has the stock and the card to be)."""
+    with tempfile.NamedTemporaryFile("w", prefix="bench-workflow-", suffix=".stderr", delete=False) as stderr:
+        out = subprocess.run([sys.executable, "-m", "bench.workflow", *args], cwd=ROOT, stdout=subprocess.PIPE,
+                             stderr=stderr, text=True)  # fmt: skip
+    if out.returncode:
+        raise RuntimeError(f"bench.workflow {' '.join(args)} exited {out.returncode}: its stderr is in {stderr.name}")
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    if set(result["statuses"]) != {"allocated"}:
+        print(f"bench.workflow {' '.join(args)}: statuses {result['statuses']}; its stderr is in {stderr.name}",
+              file=sys.stderr, flush=True)  # fmt: skip
+    else:
+        os.unlink(stderr.name)
+    return result
 
 
 def workflow_report() -> str:

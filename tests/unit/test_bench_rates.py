@@ -4,13 +4,17 @@ scheduled functions charged at the template's rate, not the local stack's."""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 from collections import Counter, defaultdict
 from collections.abc import Iterator
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
+import bench.__main__ as bench_main
 from bench.__main__ import rates_markdown
 from bench.cost import LAMBDA_PLATFORM_LOG_BYTES, PRICES, XRAY_SAMPLED_SHARE, Usage, combined
 from bench.workflow import (
@@ -229,3 +233,41 @@ def test_a_phase_s_lambda_bill_leaves_the_scheduled_functions_out():
 
     assert usage.lambda_invocations == {"ApiFunction": 2}
     assert usage.lambda_gb_seconds == 0.5
+
+
+@pytest.mark.parametrize(("statuses", "kept"), [({"allocated": 10}, False), ({"allocated": 9, "pending": 1}, True)])
+def test_a_workflow_run_s_stderr_is_kept_and_named_when_an_order_did_not_settle(monkeypatch, capsys, statuses, kept):
+    def run(command, *, stderr, **kwargs):
+        stderr.write("not idle after 300.0 s: executions RUNNING [...]\n")
+        return subprocess.CompletedProcess(command, 0, stdout=json.dumps({"statuses": statuses}) + "\n")
+
+    monkeypatch.setattr(bench_main.subprocess, "run", run)
+
+    assert bench_main.workflow_run("steady")["statuses"] == statuses
+
+    said = capsys.readouterr().err
+    if not kept:
+        assert said == ""
+        return
+    path = said.rsplit("its stderr is in ", 1)[1].strip()
+    try:
+        assert "pending" in said
+        assert Path(path).read_text() == "not idle after 300.0 s: executions RUNNING [...]\n"
+    finally:
+        os.unlink(path)
+
+
+def test_a_workflow_run_that_fails_names_the_file_its_stderr_is_in(monkeypatch):
+    def run(command, *, stderr, **kwargs):
+        stderr.write("Traceback (most recent call last): ...\n")
+        return subprocess.CompletedProcess(command, 1, stdout="")
+
+    monkeypatch.setattr(bench_main.subprocess, "run", run)
+
+    with pytest.raises(RuntimeError, match="exited 1: its stderr is in ") as failed:
+        bench_main.workflow_run()
+    path = str(failed.value).rsplit(" ", 1)[1]
+    try:
+        assert Path(path).read_text().startswith("Traceback")
+    finally:
+        os.unlink(path)
