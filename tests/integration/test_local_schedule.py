@@ -3,8 +3,10 @@ EventBridge's scheduled-event shape, OMS_LOCAL_SCHEDULE_SECONDS to run them ofte
 
 from __future__ import annotations
 
+import json
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -168,6 +170,86 @@ def test_a_failed_scheduled_run_is_retried_with_its_event_as_lambda_retries_an_a
         mapping.stop()
     # The first run and its two retries carry one event; the next period brings a new one.
     assert seen[0] == seen[1] == seen[2] != seen[3]
+
+
+FAILING_TEMPLATE = """
+AWSTemplateFormatVersion: "2010-09-09"
+Transform: AWS::Serverless-2016-10-31
+Globals:
+  Function:
+    Runtime: python3.11
+    Timeout: 5
+Resources:
+  Api:
+    Type: AWS::Serverless::Api
+    Properties: { StageName: v1 }
+  ApiFunction:
+    Type: AWS::Serverless::Function
+    Properties:
+      Handler: fake.api
+      Events:
+        Health: { Type: Api, Properties: { RestApiId: !Ref Api, Path: /health, Method: GET } }
+  Job:
+    Type: AWS::Serverless::Function
+    Properties:
+      Handler: fake.job
+      EventInvokeConfig:
+        MaximumRetryAttempts: 1
+        DestinationConfig: { OnFailure: { Type: SQS, Destination: !GetAtt JobFailures.Arn } }
+      Events:
+        Often: { Type: Schedule, Properties: { Schedule: rate(5 minutes) } }
+  JobFailures:
+    Type: AWS::SQS::Queue
+"""
+
+
+def test_a_scheduled_run_that_exhausts_its_retries_goes_to_on_failure_as_lambda_s_invocation_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    # EventBridge invokes asynchronously: what reaches the destination is Lambda's record of an
+    # asynchronous invocation (the event, replayable, and the error), not a stream's batch info.
+    from infra.local.stack import running_stack
+
+    monkeypatch.setenv(SCHEDULE_PERIOD_ENV, "0.05")
+    path = tmp_path / "template.yaml"
+    path.write_text(FAILING_TEMPLATE)
+    events: list[dict[str, Any]] = []
+
+    def job(event: dict[str, Any], context: Any) -> None:
+        events.append(event)
+        raise RuntimeError("the store is down")
+
+    with running_stack(
+        template=path,
+        stack_name="schedfail",
+        handlers={"ApiFunction": lambda event, context: {"statusCode": 200, "body": "{}"}, "Job": job},
+        admin_key_bootstrap=lambda secret: None,
+        mapping_retry_delay=0,
+    ) as running:
+        sqs = running.client("sqs")
+        messages: list[dict[str, Any]] = []
+        deadline = time.monotonic() + 30
+        while not messages and time.monotonic() < deadline:
+            messages = sqs.receive_message(QueueUrl=running.queue_urls["JobFailures"], WaitTimeSeconds=1).get(
+                "Messages", []
+            )
+        assert messages, events
+        arn = running.function_arns["Job"]
+
+    record = json.loads(messages[0]["Body"])
+    assert record.keys() == {
+        "version", "timestamp", "requestContext", "requestPayload", "responseContext", "responsePayload"
+    }  # fmt: skip
+    assert record["version"] == "1.0" and record["timestamp"]
+    context = record["requestContext"]
+    assert (context["condition"], context["approximateInvokeCount"]) == ("RetriesExhausted", 2)
+    assert context["functionArn"] == f"{arn}:$LATEST" and context["requestId"]
+    assert record["requestPayload"] == events[0] == events[1]  # the run and its retry: one event
+    assert record["requestPayload"]["detail-type"] == "Scheduled Event"
+    assert record["responseContext"] == {"statusCode": 200, "executedVersion": "$LATEST", "functionError": "Unhandled"}
+    response = record["responsePayload"]
+    assert (response["errorType"], response["errorMessage"]) == ("RuntimeError", "the store is down")
+    assert any("in job" in line for line in response["stackTrace"])  # the handler's
 
 
 def test_make_run_tells_each_scheduled_function_the_period_it_runs_it_on(
