@@ -739,7 +739,17 @@ FEATURE_NAMES = {
     "webhooks": "one webhook subscription to every event: delivery records, SQS, the delivery function",
     "aggregates": "customer and report counters (the events function's DynamoDB writes for them)",
     "notifications": "customer notifications (the built-in notifier's records)",
+    "access log": "the access log: reads, and changes that changed nothing (SQS, the access-log function)",
 }
+
+
+def feature_rows(features: dict[str, dict[str, float]]) -> list[str]:
+    """A row per optional feature: its dollars per million and the services they go to, largest first."""
+    rows = []
+    for feature, bill in features.items():
+        parts = ", ".join(f"{service} {cost:.2f}" for service, cost in sorted(bill.items(), key=lambda kv: -kv[1]))
+        rows.append(f"| + {FEATURE_NAMES[feature]} | {sum(bill.values()):.2f} | {parts} |")
+    return rows
 
 
 def features_markdown(run: dict[str, Any], core_total: float) -> list[str]:
@@ -753,9 +763,7 @@ def features_markdown(run: dict[str, Any], core_total: float) -> list[str]:
         "| optional feature | $ per million orders | of which |",
         "| --- | --- | --- |",
     ]
-    for feature, bill in features.items():
-        parts = ", ".join(f"{service} {cost:.2f}" for service, cost in sorted(bill.items(), key=lambda kv: -kv[1]))
-        lines.append(f"| + {FEATURE_NAMES[feature]} | {sum(bill.values()):.2f} | {parts} |")
+    lines += feature_rows(features)
     everything = core_total + sum(sum(bill.values()) for bill in features.values())
     lines += [
         f"| **total, with the events, one subscription, aggregates and notifications** | **{everything:.2f}** | |"
@@ -788,15 +796,19 @@ def returns_report() -> str:
 
 
 def returns_markdown(run: dict[str, Any]) -> str:
+    """A return's usage and bill: the core's, then each optional feature on top (measured in the same
+    run, attributed as the order's are), and the total with all of them."""
     lines = [
         "",
         "## What a return costs on AWS",
         "",
         f"{run['returns']} returns of one unit each (of delivered two-unit orders), requested and received over "
         "HTTP on the local stack; the returns workflow (Express, moto's interpreter) restocks, counts and refunds "
-        f"each. Returns refunded once the workflow settled: {run['statuses']}.",
+        f"each. Returns refunded once the workflow settled: {run['statuses']}. As for orders, one webhook "
+        "subscription to every event is answered at once "
+        f"({run['webhook_deliveries_per_return']:.2f} deliveries per return).",
         "",
-        "| what | per return |",
+        "| what (the core, without the optional features) | per return |",
         "| --- | --- |",
         f"| API requests (the request, the receipt) | {run['api_requests_per_return']:.2f} |",
         f"| returns workflow executions | {run['sfn_executions_per_return']:.2f} |",
@@ -813,13 +825,20 @@ def returns_markdown(run: dict[str, Any]) -> str:
         lines.append(f"| {function} | {operation} | {value:.2f} |")
     lines += ["", "| Lambda function | invocations per return |", "| --- | --- |"]
     lines += [f"| {k} | {v:.3f} |" for k, v in run["lambda_invocations_per_return"].items()]
-    lines += ["", "| service | $ per million returns |", "| --- | --- |"]
-    lines += [f"| {k} | {v:.2f} |" for k, v in run["dollars_per_million_returns"].items()]
-    total = run["total_per_million_returns"]
-    lines += [f"| **total, without the optional features** | **{total:.2f}** |"]
-    optional = run["optional_dollars_per_million_returns"]
-    lines += [f"| + {feature} | {cost:.2f} |" for feature, cost in optional.items()]
-    lines += [f"| **total, with every optional feature** | **{total + sum(optional.values()):.2f}** |", ""]
+    lines += [
+        "",
+        "Dollars per million returns, the core's by service, then what each optional feature adds (each request, "
+        "invocation and log line attributed to the feature it is made for, as for orders; `bench/workflow.py` "
+        "says how):",
+        "",
+        "| service | $ per million returns | of which |",
+        "| --- | --- | --- |",
+    ]
+    lines += [f"| {k} | {v:.2f} | |" for k, v in run["dollars_per_million_returns"].items()]
+    lines += [f"| **total, without the optional features** | **{run['total_per_million_returns']:.2f}** | |"]
+    lines += [f"| + {k} | {v:.2f} | |" for k, v in run["optional_dollars_per_million_returns"].items()]
+    lines += feature_rows(run["features_per_million_returns"])
+    lines += [f"| **total, with all of them** | **{run['total_with_all_per_million_returns']:.2f}** | |", ""]
     return "\n".join(lines)
 
 

@@ -1,8 +1,11 @@
 """What a return costs on AWS: requested and received over HTTP on the local stack, restocked,
-counted and refunded by the returns workflow (moto's interpreter, its task in-process).
+counted and refunded by the returns workflow (moto's interpreter, its task in-process), and what the
+optional features (events, one webhook subscription, the aggregates, notifications, the access log)
+add on top.
 
 Runs in its own process (`python -m bench.returns`, called by `make bench`), like bench.workflow,
-whose request counter, duration model and log meter it reuses. Prints one JSON object.
+whose request counter, duration model and log meter it reuses, with its attribution of each request,
+invocation and log line to the optional feature it is for. Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -13,34 +16,35 @@ import sys
 import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, defaultdict
+from collections.abc import Mapping
 from typing import Any
 
 import requests
 
-from bench.cost import (
-    LAMBDA_PLATFORM_LOG_BYTES,
-    SFN_EXPRESS_BILLED_GB,
-    Usage,
-    combined,
-    dollars,
-    optional_dollars,
-    wru_for,
-)
+from bench.cost import SFN_EXPRESS_BILLED_GB, Usage, combined, dollars, optional_dollars, wru_for
 from bench.workflow import (
+    FEATURES,
     MEASURED_SCHEDULE_SECONDS,
     DurationModel,
     LogMeter,
     ScheduledRuns,
+    Subscriber,
     UsageRecorder,
+    _bill_lambda,
+    as_billed,
+    feature_dollars,
     print_metrics_as_on_lambda,
     run_schedules_every,
-    schedule_periods,
+    tag_events_function,
 )
 from infra.local.stack import running_stack
 
 RETURNS = int(os.environ.get("BENCH_RETURNS", "40"))
 SKU = "TSHIRT-BLK-M"
+# The optional features, as the order's (bench.workflow.FEATURES), and the access log: the order's is
+# priced per read, a return's by what it records of the return's own requests.
+RETURN_FEATURES = (*FEATURES, "access log")
 
 
 class ReturnUsageRecorder(UsageRecorder):
@@ -78,6 +82,30 @@ def _order_body() -> dict[str, Any]:
     }  # fmt: skip
 
 
+def return_bill(core: Usage, features: Mapping[str, Usage], count: int) -> dict[str, Any]:
+    """`count` returns' bill per million returns, as the order's is reported: the core by service
+    (with what AWS adds to what the functions did: as_billed), the logs' INFO lines and X-Ray on top,
+    then each optional feature's (its requests, invocations and log lines, as UsageRecorder
+    attributes them), and the total with all of them; the invocations per return, the features' too."""
+    billed = as_billed(core)
+    per_million = {service: cost / count * 1_000_000 for service, cost in dollars(billed).items()}
+    optional = {feature: cost / count * 1_000_000 for feature, cost in optional_dollars(billed).items()}
+    by_feature = {feature: feature_dollars(features.get(feature, Usage()), count) for feature in RETURN_FEATURES}
+    invocations = combined((core, 1.0), *((features[f], 1.0) for f in RETURN_FEATURES if f in features))
+    return {
+        "lambda_invocations_per_return": {
+            name: calls / count for name, calls in sorted(invocations.lambda_invocations.items())
+        },
+        "dollars_per_million_returns": per_million,
+        "total_per_million_returns": sum(per_million.values()),
+        "optional_dollars_per_million_returns": optional,
+        "features_per_million_returns": by_feature,
+        "total_with_all_per_million_returns": sum(per_million.values())
+        + sum(optional.values())
+        + sum(sum(bill.values()) for bill in by_feature.values()),
+    }
+
+
 def main() -> None:
     params = {"ApiRateLimit": 1_000_000, "ApiBurstLimit": 1_000_000}
     cpu = DurationModel()
@@ -87,14 +115,19 @@ def main() -> None:
     print_metrics_as_on_lambda()
     lock = threading.Lock()
     real_stdout = sys.stdout
-    sys.stdout = LogMeter(sys.stdout, lambda: recorder.running_scheduled() or recorder.usage, lock)
-    sys.stderr = LogMeter(sys.stderr, lambda: recorder.running_scheduled() or recorder.usage, lock)
+    sys.stdout = LogMeter(sys.stdout, recorder.running_usage, lock)
+    sys.stderr = LogMeter(sys.stderr, recorder.running_usage, lock)
     # The scheduled functions are charged by the clock, as bench.workflow's (MEASURED_SCHEDULE_SECONDS):
     # at the template's rate for the seconds the returns come over.
     run_schedules_every(MEASURED_SCHEDULE_SECONDS)
+    receiver = Subscriber()
     with running_stack(seed=True, parameter_overrides=params) as stack:
+        tag_events_function()
         session = requests.Session()
         session.headers["Authorization"] = f"Bearer {stack.admin_key}"
+        # One webhook subscription to every event, answered at once, as the order's bench has.
+        session.post(f"{stack.api_url}/webhooks", json={"url": receiver.url, "events": ["*"]},
+                     timeout=10).raise_for_status()  # fmt: skip
         session.put(
             f"{stack.api_url}/inventory/{SKU}/wh-west", json={"on_hand": 100_000}, timeout=10
         ).raise_for_status()
@@ -115,6 +148,7 @@ def main() -> None:
         stack.wait_until_idle(60)
         recorder.returns_table = stack.table_names["ReturnsTable"]
         recorder.orders_table = stack.table_names["OrdersTable"]
+        recorder.access_log_queue = stack.queue_urls["AccessLogQueue"]
 
         def one_return(order_id: str) -> str:
             body = {"lines": [{"line_id": "L1", "quantity": 1, "reason": "too big", "reason_code": "size_or_fit"}]}
@@ -130,35 +164,32 @@ def main() -> None:
         schedules = ScheduledRuns(stack, recorder, cpu)
         stack.wait_until_idle(60)
         recorder.usage = Usage()  # what the warm-up did is not part of the run
+        recorder.features.clear()
         functions = stack.functions.values()
         cpu_before = Counter(cpu.seconds)
         invocations_before = {f.name: f.invocations for f in functions}
+        delivered_before = receiver.received
         schedules.mark()
         started = time.monotonic()
         made = [one_return(order_id) for order_id in placed[1:]]
         stack.wait_until_idle(300)
         returns_seconds = time.monotonic() - started
 
-        usage = recorder.usage
-        for f in functions:
-            calls = f.invocations - invocations_before[f.name]
-            if calls and (name := f.name.split("-")[-1]) not in schedule_periods():
-                usage.lambda_invocations[name] += calls
-                usage.lambda_gb_seconds += (cpu.seconds[f.name] - cpu_before[f.name]) * f.memory_mb / 1024
+        # The run's usage, kept from the reads below (the access log records them).
+        usage, features, recorder.features = recorder.usage, recorder.features, defaultdict(Usage)
+        _bill_lambda(functions, usage, features, cpu, cpu_before, invocations_before)
         usage = combined((usage, 1.0), (schedules.charge(returns_seconds), 1.0))
         usage.sfn_gb_seconds = (
             sum(cpu.seconds[f.name] - cpu_before[f.name] for f in functions if "ReturnStep" in f.name)
             * SFN_EXPRESS_BILLED_GB
         )
         usage.api_requests = 2 * len(made)  # the request and the receipt
-        usage.log_bytes["platform"] += sum(usage.lambda_invocations.values()) * LAMBDA_PLATFORM_LOG_BYTES
-        usage.traces = usage.api_requests
+        deliveries = receiver.received - delivered_before
         statuses = Counter(session.get(f"{stack.api_url}/returns/{rma}", timeout=30).json()["status"] for rma in made)
 
+    receiver.close()
     sys.stdout = real_stdout
     count = len(made)
-    per_million = {service: cost / count * 1_000_000 for service, cost in dollars(usage).items()}
-    optional = {feature: cost / count * 1_000_000 for feature, cost in optional_dollars(usage).items()}
 
     def per_return(counts: Counter[str]) -> dict[str, float]:
         return {key: value / count for key, value in sorted(counts.items())}
@@ -170,14 +201,12 @@ def main() -> None:
                 "statuses": dict(statuses),
                 "api_requests_per_return": usage.api_requests / count,
                 "requests_per_return_by_function": per_return(usage.by_function),
-                "lambda_invocations_per_return": per_return(usage.lambda_invocations),
                 "lambda_gb_seconds_per_return": usage.lambda_gb_seconds / count,
                 "sfn_executions_per_return": usage.sfn_executions / count,
                 "wru_per_return": usage.wru / count,
                 "rru_per_return": usage.rru / count,
-                "dollars_per_million_returns": per_million,
-                "total_per_million_returns": sum(per_million.values()),
-                "optional_dollars_per_million_returns": optional,
+                "webhook_deliveries_per_return": deliveries / count,
+                **return_bill(usage, features, count),
             }
         )
     )

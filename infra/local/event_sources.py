@@ -137,8 +137,8 @@ class EventSourceMapping:
     """One event source: a thread that fetches a batch, invokes the function with it, and retries
     what failed (in halves on an error when bisect_on_error) until it succeeds or has failed
     1 + maximum_retry_attempts times (-1: forever, as a stream's record until it expires), when it goes to the OnFailure
-    destination as AWS's invocation record. A subclass says how to fetch a batch, how to shape its
-    event and what of an answer failed."""
+    destination as AWS's record of it (AsynchronousMapping's carries the event). A subclass says how to
+    fetch a batch, how to shape its event and what of an answer failed."""
 
     kind = ""
     asynchronous = False  # S3 and EventBridge invoke with one event, not a batch of records
@@ -474,13 +474,31 @@ class SqsMapping(EventSourceMapping):
 
 
 @dataclass(eq=False, kw_only=True)
-class S3NotificationMapping(EventSourceMapping):
+class AsynchronousMapping(EventSourceMapping):
+    """A source that invokes its function asynchronously with one event (S3, EventBridge): retried per
+    the function's EventInvokeConfig, then sent to its OnFailure destination as Lambda's invocation
+    record, which carries the event (requestPayload: replayable as it was) and the error
+    (responsePayload), where a stream's carries where its batch lies."""
+
+    asynchronous = True
+
+    def _failure_record(self, batch: list[Record], attempts: int, error: BaseException | None) -> dict[str, Any]:
+        record = super()._failure_record(batch, attempts, error)
+        record["requestContext"].update(functionArn=f"{self.function.arn}:$LATEST", condition="RetriesExhausted")
+        response = {"errorMessage": str(error), "errorType": type(error).__name__}
+        if not isinstance(error, RuntimeFailure):  # the runtime's own (a timeout, an exit) carries no trace
+            response["stackTrace"] = traceback.format_tb(error.__traceback__) if error else []
+        return record | {"requestPayload": batch[0], "responsePayload": response}
+
+
+@dataclass(eq=False, kw_only=True)
+class S3NotificationMapping(AsynchronousMapping):
     """A bucket's Lambda notification. moto matches the events and key filters and builds the
     record; its Lambda hook calls enqueue() instead (moto_patches/s3_notifications.py), and this
     thread invokes the function asynchronously as S3 does: retried per the function's
     EventInvokeConfig (MaximumRetryAttempts, default 2), then OnFailure with AWS's record."""
 
-    kind, asynchronous = "S3", True
+    kind = "S3"
     bucket: str
     notification: dict[str, Any]  # this mapping as a PutBucketNotificationConfiguration entry
 
@@ -506,23 +524,16 @@ class S3NotificationMapping(EventSourceMapping):
     def _fetch(self) -> list[Record]:
         return [] if self._queue.empty() else [self._queue.get()]  # only this thread takes from it
 
-    def _failure_record(self, batch: list[Record], attempts: int, error: BaseException | None) -> dict[str, Any]:
-        record = super()._failure_record(batch, attempts, error)
-        record["requestContext"].update(functionArn=f"{self.function.arn}:$LATEST", condition="RetriesExhausted")
-        response = {"errorMessage": str(error), "errorType": type(error).__name__}
-        if not isinstance(error, RuntimeFailure):  # the runtime's own (a timeout, an exit) carries no trace
-            response["stackTrace"] = traceback.format_tb(error.__traceback__) if error else []
-        return record | {"requestPayload": batch[0], "responsePayload": response}
-
 
 @dataclass(eq=False, kw_only=True)
-class ScheduleMapping(EventSourceMapping):
+class ScheduleMapping(AsynchronousMapping):
     """A Schedule event: the function invoked every `period` seconds, the first a period after the
     stack starts, with EventBridge's scheduled event, asynchronously as EventBridge does: a failed
     run is retried with the same event per the function's EventInvokeConfig (MaximumRetryAttempts,
-    default 2), then dropped with an error line (no OnFailure destination is declared for one)."""
+    default 2), then sent to its OnFailure destination with Lambda's invocation record if it declares
+    one (template.yaml's scheduled functions declare none), else dropped with an error line."""
 
-    kind, asynchronous = "Schedule", True
+    kind = "Schedule"
     expression: str
     period: float  # seconds between runs
 

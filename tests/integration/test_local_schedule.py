@@ -3,8 +3,12 @@ EventBridge's scheduled-event shape, OMS_LOCAL_SCHEDULE_SECONDS to run them ofte
 
 from __future__ import annotations
 
+import json
 import os
 import threading
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +23,8 @@ from infra.local.event_sources import (
 from infra.local.lambdas import LocalFunction
 from infra.local.template import Template
 
-TEMPLATE = """
+# The head of this file's templates: an API and its function; each adds its scheduled functions.
+API = """
 AWSTemplateFormatVersion: "2010-09-09"
 Transform: AWS::Serverless-2016-10-31
 Globals:
@@ -36,6 +41,10 @@ Resources:
       Handler: fake.api
       Events:
         Health: { Type: Api, Properties: { RestApiId: !Ref Api, Path: /health, Method: GET } }
+"""
+TEMPLATE = (
+    API
+    + """
   Job:
     Type: AWS::Serverless::Function
     Properties:
@@ -56,6 +65,24 @@ Mappings:
   Periods:
     Job: { Minutes: 5 }
 """
+)
+
+
+def scheduled_stack(
+    tmp_path: Path, template: str, handlers: dict[str, Callable[..., Any]], **options: Any
+) -> AbstractContextManager[Any]:
+    """A local stack of `template` (written to tmp_path), its scheduled functions run by `handlers`."""
+    from infra.local.stack import running_stack
+
+    path = tmp_path / "template.yaml"
+    path.write_text(template)
+    return running_stack(
+        template=path,
+        stack_name="sched",
+        handlers={"ApiFunction": lambda event, context: {"statusCode": 200, "body": "{}"}, **handlers},
+        admin_key_bootstrap=lambda secret: None,
+        **options,
+    )
 
 
 @pytest.mark.parametrize(
@@ -105,11 +132,7 @@ def test_the_reconciler_schedule_is_in_the_template():
 def test_a_schedule_invokes_its_function_every_period_with_a_scheduled_event(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
-    from infra.local.stack import running_stack
-
     monkeypatch.setenv(SCHEDULE_PERIOD_ENV, "0.05")
-    path = tmp_path / "template.yaml"
-    path.write_text(TEMPLATE)
     events: list[dict[str, Any]] = []
     twice = threading.Event()
 
@@ -119,16 +142,7 @@ def test_a_schedule_invokes_its_function_every_period_with_a_scheduled_event(
         if len(events) >= 2:
             twice.set()
 
-    with running_stack(
-        template=path,
-        stack_name="sched",
-        handlers={
-            "ApiFunction": lambda event, context: {"statusCode": 200, "body": "{}"},
-            "Job": job,
-            "Undeclared": job,
-        },
-        admin_key_bootstrap=lambda secret: None,
-    ) as running:
+    with scheduled_stack(tmp_path, TEMPLATE, {"Job": job, "Undeclared": job}) as running:
         assert set(running.mappings) == {"Job.Often", "Job.Hourly", "Undeclared.Daily"}
         often = running.mappings["Job.Often"]
         assert (often.kind, often.expression, often.period) == ("Schedule", "rate(5 minutes)", 0.05)
@@ -170,6 +184,63 @@ def test_a_failed_scheduled_run_is_retried_with_its_event_as_lambda_retries_an_a
     assert seen[0] == seen[1] == seen[2] != seen[3]
 
 
+FAILING_TEMPLATE = (
+    API
+    + """
+  Job:
+    Type: AWS::Serverless::Function
+    Properties:
+      Handler: fake.job
+      EventInvokeConfig:
+        MaximumRetryAttempts: 1
+        DestinationConfig: { OnFailure: { Type: SQS, Destination: !GetAtt JobFailures.Arn } }
+      Events:
+        Often: { Type: Schedule, Properties: { Schedule: rate(5 minutes) } }
+  JobFailures:
+    Type: AWS::SQS::Queue
+"""
+)
+
+
+def test_a_scheduled_run_that_exhausts_its_retries_goes_to_on_failure_as_lambda_s_invocation_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    # EventBridge invokes asynchronously: what reaches the destination is Lambda's record of an
+    # asynchronous invocation (the event, replayable, and the error), not a stream's batch info.
+    monkeypatch.setenv(SCHEDULE_PERIOD_ENV, "0.05")
+    events: list[dict[str, Any]] = []
+
+    def job(event: dict[str, Any], context: Any) -> None:
+        events.append(event)
+        raise RuntimeError("the store is down")
+
+    with scheduled_stack(tmp_path, FAILING_TEMPLATE, {"Job": job}, mapping_retry_delay=0) as running:
+        sqs = running.client("sqs")
+        messages: list[dict[str, Any]] = []
+        deadline = time.monotonic() + 30
+        while not messages and time.monotonic() < deadline:
+            messages = sqs.receive_message(QueueUrl=running.queue_urls["JobFailures"], WaitTimeSeconds=1).get(
+                "Messages", []
+            )
+        assert messages, events
+        arn = running.function_arns["Job"]
+
+    record = json.loads(messages[0]["Body"])
+    assert record.keys() == {
+        "version", "timestamp", "requestContext", "requestPayload", "responseContext", "responsePayload"
+    }  # fmt: skip
+    assert record["version"] == "1.0" and record["timestamp"]
+    context = record["requestContext"]
+    assert (context["condition"], context["approximateInvokeCount"]) == ("RetriesExhausted", 2)
+    assert context["functionArn"] == f"{arn}:$LATEST" and context["requestId"]
+    assert record["requestPayload"] == events[0] == events[1]  # the run and its retry: one event
+    assert record["requestPayload"]["detail-type"] == "Scheduled Event"
+    assert record["responseContext"] == {"statusCode": 200, "executedVersion": "$LATEST", "functionError": "Unhandled"}
+    response = record["responsePayload"]
+    assert (response["errorType"], response["errorMessage"]) == ("RuntimeError", "the store is down")
+    assert any("in job" in line for line in response["stackTrace"])  # the handler's
+
+
 def test_make_run_tells_each_scheduled_function_the_period_it_runs_it_on(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
@@ -178,24 +249,12 @@ def test_make_run_tells_each_scheduled_function_the_period_it_runs_it_on(
     # template's 5 minutes ten runs in a row started with the same part. The stack overrides the
     # variable the template declares (from the Schedule's own Mappings entry), and makes up none.
     from functions.schedule import period_variable
-    from infra.local.stack import running_stack
 
     monkeypatch.setenv(SCHEDULE_PERIOD_ENV, "30")
     for function in ("Job", "Undeclared"):
         monkeypatch.delenv(period_variable(function), raising=False)
-    path = tmp_path / "template.yaml"
-    path.write_text(TEMPLATE)
 
-    with running_stack(
-        template=path,
-        stack_name="sched",
-        handlers={
-            "ApiFunction": lambda event, context: {"statusCode": 200, "body": "{}"},
-            "Job": lambda e, c: None,
-            "Undeclared": lambda e, c: None,
-        },
-        admin_key_bootstrap=lambda secret: None,
-    ) as running:
+    with scheduled_stack(tmp_path, TEMPLATE, {"Job": lambda e, c: None, "Undeclared": lambda e, c: None}) as running:
         assert running.mappings["Job.Often"].expression == "rate(5 minutes)"  # the Mappings entry, resolved
         assert float(os.environ[period_variable("Job")]) == 0.5  # minutes: 30 s
         assert running.environment[period_variable("Job")] == os.environ[period_variable("Job")]

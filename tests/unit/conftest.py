@@ -188,3 +188,14 @@ def world(request: pytest.FixtureRequest, clock: Clock) -> World:
     """The order world over the test module's `STOCK` ([(sku, location_id, on_hand)]), on `clock`.
     A module that needs more (a plugin, a wrapped repository) overrides this fixture."""
     return build_world(request.module.STOCK, clock=clock)
+
+
+@pytest.fixture
+def running() -> Iterator[None]:
+    """RUNNING (the local runtime's running function, which the bench's recorders read) restored
+    after the test; imported here, as only the bench's tests use it."""
+    from infra.local.lambdas import RUNNING
+
+    outer = getattr(RUNNING, "function", None)
+    yield
+    RUNNING.function = outer

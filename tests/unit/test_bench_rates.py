@@ -8,7 +8,6 @@ import json
 import os
 import subprocess
 from collections import Counter, defaultdict
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -194,14 +193,6 @@ def test_the_placing_s_bill_holds_the_scheduled_runs_at_the_template_s_rate_for_
     )
     more = bill["total_per_million_orders"] - without["total_per_million_orders"]
     assert more == pytest.approx(one_run * (10 / 300) / 100 * 1_000_000)
-
-
-@pytest.fixture
-def running() -> Iterator[None]:
-    """RUNNING as the local runtime sets it; restored after the test."""
-    outer = getattr(RUNNING, "function", None)
-    yield
-    RUNNING.function = outer
 
 
 @pytest.mark.usefixtures("running")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import threading
-from collections.abc import Iterator
 
 import pytest
 from aws_lambda_powertools import Metrics
@@ -14,14 +13,6 @@ from aws_lambda_powertools.metrics import MetricUnit
 from bench.cost import Usage
 from bench.workflow import LogMeter, print_metrics_as_on_lambda
 from infra.local.lambdas import RUNNING
-
-
-@pytest.fixture
-def running() -> Iterator[None]:
-    """RUNNING as the local runtime sets it; restored after the test."""
-    outer = getattr(RUNNING, "function", None)
-    yield
-    RUNNING.function = outer
 
 
 @pytest.fixture
