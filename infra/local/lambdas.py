@@ -24,14 +24,22 @@ logger = logging.getLogger("infra.local.lambdas")
 
 Handler = Callable[[dict[str, Any], Any], Any]
 
-# Which local function this thread is running (None outside one), so AWS calls can be
-# attributed to the function that made them (make bench counts requests per function).
-RUNNING = threading.local()
+
+class _Running(threading.local):
+    """Which local function this thread is running (None outside one), so AWS calls can be
+    attributed to the function that made them (make bench counts requests per function), and its
+    log lines carry its keys (_LOG_KEYS). None by default: read on every log line, and a missing
+    thread-local attribute is an exception raised and caught (1.6 µs)."""
+
+    function: str | None = None
+
+
+RUNNING = _Running()
 
 _submit, _start = ThreadPoolExecutor.submit, threading.Thread.start
 
 
-def _as(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+def _as(name: str | None, fn: Callable[..., Any]) -> Callable[..., Any]:
     def as_the_function(*args: Any, **kwargs: Any) -> Any:
         outer, RUNNING.function = getattr(RUNNING, "function", None), name
         try:
@@ -66,6 +74,105 @@ _THREADS = MotoPatch(
         (threading.Thread, "start"): _start_as_the_function,
     },
 )
+
+
+class _Environment:
+    """What powertools keeps per process, kept for one execution environment of a function: on AWS
+    each function is its own process; here every function shares this one, and so one formatter per
+    service name (each module's Logger() finds the first's handler), one cold-start flag."""
+
+    __slots__ = ("cold", "log_keys")
+
+    def __init__(self) -> None:
+        self.cold = True  # its first run is its cold start
+        self.log_keys: dict[Any, dict[str, Any]] = {}  # formatter -> its log_format here
+
+
+# Each function's environment, by name, set by every run (LocalFunction.invoke); a thread running
+# as the function (RUNNING) logs with its keys.
+_ENVIRONMENTS: dict[str, _Environment] = {}
+
+
+def _running_environment() -> _Environment | None:
+    return _ENVIRONMENTS.get(RUNNING.function)  # type: ignore[arg-type]  # None: no function's
+
+
+class _KeysOfTheRunningFunction:
+    """LambdaPowertoolsFormatter.log_format, the keys every line carries (function_name,
+    function_request_id, cold_start, correlation_id, what a handler appends), as the running
+    function's environment has them: a run's lines, and its worker threads', carry its keys while
+    another function's run sets its own. Outside a function, the formatter's own (what it was built
+    with, as every function's module imports it); a function's copy is taken from them when it
+    first reads them, as its own process would have built them."""
+
+    def __get__(self, formatter: Any, owner: Any = None) -> Any:
+        if formatter is None:
+            return self
+        if (environment := _ENVIRONMENTS.get(RUNNING.function)) is None:  # type: ignore[arg-type]
+            return formatter.__dict__["log_format"]
+        keys = environment.log_keys.get(formatter)
+        if keys is None:
+            keys = environment.log_keys.setdefault(formatter, dict(formatter.__dict__["log_format"]))
+        return keys
+
+    def __set__(self, formatter: Any, keys: dict[str, Any]) -> None:
+        if (environment := _running_environment()) is None:
+            formatter.__dict__["log_format"] = keys
+        else:  # clear_state(): the running function's keys start again
+            environment.log_keys[formatter] = keys
+
+
+def _cold_start_of_the_running_function(is_cold_start: Callable[[], bool]) -> Callable[[], bool]:
+    def _is_cold_start() -> bool:
+        if (environment := _running_environment()) is None:
+            return is_cold_start()
+        cold, environment.cold = environment.cold, False
+        return cold
+
+    return _is_cold_start
+
+
+def _log_keys_replacements() -> dict[tuple[Any, str], Any]:
+    from aws_lambda_powertools.logging import formatter, logger
+
+    built = formatter.LambdaPowertoolsFormatter.__dict__["__init__"]
+    return {
+        (formatter.LambdaPowertoolsFormatter, "log_format"): _KeysOfTheRunningFunction(),
+        # A formatter built in a run (a Logger made lazily) is built with the process's keys.
+        (formatter.LambdaPowertoolsFormatter, "__init__"): functools.wraps(built)(_as(None, built)),
+        (logger, "_is_cold_start"): _cold_start_of_the_running_function(logger.__dict__["_is_cold_start"]),
+    }
+
+
+# powertools', changed in the same counted way; checked against aws-lambda-powertools 3.37.0.
+_LOG_KEYS = MotoPatch(
+    "log keys",
+    changes="powertools' log keys (a formatter's, cold_start) are each function's, as each has its own process on AWS",
+    expects={
+        "aws_lambda_powertools.logging.formatter.LambdaPowertoolsFormatter.log_format": "missing",
+        "aws_lambda_powertools.logging.formatter.LambdaPowertoolsFormatter.__init__": (
+            "(self, json_serializer=None, json_deserializer=None, json_default=None, datefmt=None, "
+            "use_datetime_directive=False, log_record_order=None, utc=False, use_rfc3339=False, "
+            "serialize_stacktrace=True, **kwargs)"
+        ),
+        "aws_lambda_powertools.logging.logger._is_cold_start": "()",
+    },
+    replacements=_log_keys_replacements,
+)
+
+
+def keep_functions_apart() -> Callable[[], None]:
+    """From now on, each function logs with its own keys, as its own process would (_LOG_KEYS), and
+    a thread or pool task it starts runs, and logs, as it (run_workers_as_their_function). What the
+    local stack applies from its start to its stop; returns what undoes it, once."""
+    undo_workers = run_workers_as_their_function()
+    _LOG_KEYS.apply()
+
+    def undo() -> None:
+        _LOG_KEYS.undo()
+        undo_workers()
+
+    return undo
 
 
 def run_workers_as_their_function() -> Callable[[], None]:
@@ -188,6 +295,7 @@ class LocalFunction:
         self._handler = handler
         self._lock = threading.RLock()
         self._fresh_next = False  # the last run timed out or exited: Lambda replaced its environment
+        self._environment: _Environment | None = None  # until its first run (a cold start)
         # Read by Activity.wait_until_idle() and make bench: started invocations, and unfinished ones.
         self.invocations = 0
         self.in_flight = 0
@@ -219,6 +327,9 @@ class LocalFunction:
         try:
             with self._lock:  # held until the run has ended and marked the next one fresh
                 handler = self._loaded()
+                if self._environment is None:
+                    self._environment = _Environment()
+                _ENVIRONMENTS[self.name] = self._environment
                 RUNNING.function = self.name
                 clock = RunClock()  # waiting for the function's lock is not run time
                 try:
@@ -246,7 +357,7 @@ class LocalFunction:
             module, _, attribute = self._handler.rpartition(".")
             self._handler = getattr(importlib.import_module(module), attribute)
         if self._fresh_next:
-            self._fresh_next = False
+            self._fresh_next, self._environment = False, None
             _start_fresh(self._handler)
         return self._handler
 

@@ -26,7 +26,7 @@ from functions.warm import forget_warm_containers  # imports nothing heavy (test
 from infra.local.activity import Activity
 from infra.local.event_sources import ScheduleMapping
 from infra.local.gateway import ApiGateway
-from infra.local.lambdas import Handler, LambdaService
+from infra.local.lambdas import Handler, LambdaService, keep_functions_apart
 from infra.local.moto_patches import (
     apigateway,
     arrivals,
@@ -330,6 +330,9 @@ class EmbeddedStack:
         # object or shard iterator it ever made (moto_patches/).
         for patch in (lock.PATCH, sqs.PATCH, memory.PATCH, transactions.PATCH, streams.PATCH):
             self.process.enter(patch.registered())
+        # Every function runs in this process: each logs with its own keys (function_name, the
+        # request id, cold_start), and a thread it starts runs as it, as its own process would.
+        self.process.callback(keep_functions_apart())
         # The ASL interpreter runs state machines for real; it costs nothing until one starts.
         mock = mock_aws(config={"stepfunctions": {"execute_state_machine": True}})
         mock.start()

@@ -33,7 +33,8 @@ MOTO_VERSION = "5.2.6"
 @dataclass(eq=False)
 class MotoPatch:
     """`replacements()` is called by the first apply(): {(owner, attribute name): new value}; it may
-    read the originals from `owner.__dict__`. `expects` is what each original looked like in
+    read the originals from `owner.__dict__`; an attribute the owner lacks ("missing" in `expects`)
+    is added, and the last undo() removes it. `expects` is what each original looked like in
     MOTO_VERSION ("module.Owner.attribute" -> `describe(original)`); `upstream` is moto's issue or
     documentation for the behaviour, where there is one."""
 
@@ -53,7 +54,7 @@ class MotoPatch:
             if self._count > 1:
                 return
             for (owner, attribute), replacement in self.replacements().items():
-                self._originals[(owner, attribute)] = owner.__dict__[attribute]
+                self._originals[(owner, attribute)] = owner.__dict__.get(attribute, _MISSING)  # a new attribute
                 setattr(owner, attribute, replacement)
 
     def undo(self) -> None:
@@ -65,7 +66,10 @@ class MotoPatch:
             if self._count:
                 return
             for (owner, attribute), original in reversed(self._originals.items()):
-                setattr(owner, attribute, original)
+                if original is _MISSING:
+                    delattr(owner, attribute)
+                else:
+                    setattr(owner, attribute, original)
             self._originals.clear()
 
     def is_applied(self) -> bool:
