@@ -1034,6 +1034,31 @@ def test_a_return_list_shows_a_return_in_its_new_status_before_a_replica_has_see
     assert [(r.id, r.status) for r in listed] == [(made.id, ReturnStatus.AUTHORIZED)]
 
 
+def test_an_orders_returns_show_one_received_a_moment_ago_before_a_replica_has_seen_it(aws):
+    # What a return's refund gives back follows from the order's other returns as this read shows
+    # them (the shipping due when the whole order is back, the units refunded before): two parcels
+    # of one order received a second apart would each find the other still authorized, and the
+    # shipping owed for the whole order back would be refunded by neither.
+    from core.return_models import ReceiveReturn
+
+    table = aws.tables["ReturnsTable"]
+    replica = LaggingReplica(aws.dynamodb)
+    returns = DynamoReturns(replica, table)
+    (made,) = requested_returns(1)
+    returns.add(made)
+    authorized = made.approve(None, at=NOW)
+    returns.update(authorized, made)
+    replica.freeze(table, key=("id",))
+    receipt = ReceiveReturn.model_validate(
+        {"location_id": "wh-west", "lines": [{"line_id": "L1", "quantity": 1, "condition": "damaged"}]}
+    )
+    returns.update(authorized.receive(receipt, at=NOW, by="key_wh"), authorized)
+
+    assert [(r.id, r.status, r.received()) for r in returns.for_order(made.order_id)] == [
+        (made.id, ReturnStatus.RECEIVED, {"L1": 1})
+    ]
+
+
 class ItemSizeLimit:
     """A DynamoDB client that refuses an update whose item would pass DynamoDB's 400 KB, with
     DynamoDB's own error (moto does not check the size of an item a nested update grows)."""
