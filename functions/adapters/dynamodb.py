@@ -886,7 +886,10 @@ class DynamoReturns(ReturnRepository):
             ExpressionAttributeValues={":o": {"S": order_id}},
         ):
             ids.extend(item["id"]["S"] for item in page.get("Items", []))
-        found = batch_get(self._client, self._table, [{"id": {"S": i}} for i in ids], "id, doc")
+        # Read consistently: a refund decides on the order's other returns as read here (the shipping
+        # owed once the whole order is back, the units refunded before), and a plain read may still
+        # show a return received a moment ago as authorized.
+        found = batch_get(self._client, self._table, [{"id": {"S": i}} for i in ids], "id, doc", consistent=True)
         return sorted((_return(item) for item in found), key=lambda r: r.ordinal)
 
     def list(self, where: ReturnFilter, limit: int, cursor: str | None) -> tuple[list[Return], str | None]:
