@@ -99,6 +99,59 @@ def test_holding_twice_or_releasing_an_order_not_held_is_409(api: InProcessApi, 
     assert_error(api.post(f"/orders/{order['id']}/hold", json={"reason": "other"}), 409)
 
 
+def test_a_hold_retried_under_its_idempotency_key_answers_the_first_answer_and_never_holds_again(
+    api: InProcessApi, sku: str
+):
+    # The approver's hold took effect but its answer was lost; another approver released the order;
+    # the first approver's client retries. Without the key honoured the retry was 409 `on hold
+    # already` for a hold that worked, or, once released, held the order a second time.
+    order = place(api, sku)
+    path = f"/orders/{order['id']}"
+    key = {"Idempotency-Key": unique("hold")}
+    held = api.post(f"{path}/hold", json={"reason": "payment_review", "note": "odd card"}, headers=key)
+    assert held.status_code == 200, held.text
+
+    again = api.post(f"{path}/hold", json={"reason": "payment_review", "note": "odd card"}, headers=key)
+    assert again.status_code == 200, again.text
+    assert again.json() == held.json()
+
+    released = api.post(f"{path}/release", json={"note": "card checked"})
+    assert released.status_code == 200, released.text
+    late = api.post(f"{path}/hold", json={"reason": "payment_review", "note": "odd card"}, headers=key)
+    assert late.status_code == 200, late.text
+    assert api.get(path).json()["status"] == "pending"
+    assert api.get(path).json()["version"] == released.json()["version"]
+    types = [entry["type"] for entry in api.get(f"{path}/history").json()["items"]]
+    assert types.count("on_hold") == 1, types
+    assert_error(api.post(f"{path}/hold", json={"reason": "other"}, headers=key), 409, "idempotency_key_reused")
+
+
+def test_a_hold_whose_answer_was_never_stored_answers_the_order_under_its_key_not_409(api: InProcessApi, sku: str):
+    # The first request wrote the hold and died before powertools stored its answer: the retry under
+    # the same key finds the hold it made in the order's history (as a release's retry does), and a
+    # retry of that key with another body is 409 `idempotency_key_reused`.
+    from core.access import ADMIN_KEY_ID
+    from core.holds import HoldRequest
+    from functions.api.dependencies import container
+
+    order = place(api, sku)
+    path = f"/orders/{order['id']}"
+    idempotency_key = unique("hold")
+    container().holds.hold(
+        order["id"], HoldRequest(reason="address_review", note="flat number missing"), actor=ADMIN_KEY_ID,
+        request_key=f"api:{ADMIN_KEY_ID}:{idempotency_key}",
+    )  # fmt: skip
+    held = api.get(path).json()
+    key = {"Idempotency-Key": idempotency_key}
+
+    again = api.post(f"{path}/hold", json={"reason": "address_review", "note": "flat number missing"}, headers=key)
+
+    assert again.status_code == 200, again.text
+    assert unsigned(again.json()) == unsigned(held)
+    assert_error(api.post(f"{path}/hold", json={"reason": "address_review"}), 409, "invalid_transition")
+    assert_error(api.post(f"{path}/hold", json={"reason": "fraud_review"}, headers=key), 409, "idempotency_key_reused")
+
+
 def test_another_channels_order_is_404(api: InProcessApi, sku: str):
     other = issue(api, "orders:approve", channel=f"pos-{uuid.uuid4().hex[:8]}")
     order = place(api, sku)
