@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.client import assert_error, order_body, stocked_sku, unique, unsigned
+from tests.e2e.client import Catalog, assert_error, order_body, put_network, stocked_sku, unique, unsigned
 from tests.integration.in_process import InProcessApi, in_process_api_with_labels, issue, run_to_allocated
 
 
@@ -150,6 +150,39 @@ def test_a_hold_whose_answer_was_never_stored_answers_the_order_under_its_key_no
     assert unsigned(again.json()) == unsigned(held)
     assert_error(api.post(f"{path}/hold", json={"reason": "address_review"}), 409, "invalid_transition")
     assert_error(api.post(f"{path}/hold", json={"reason": "fraud_review"}, headers=key), 409, "idempotency_key_reused")
+
+
+def test_units_of_an_order_held_while_backordered_are_cancelled_and_its_stock_given_back(api: InProcessApi):
+    # Held while backordered, a cancel with `lines` was 409 invalid_transition (README: "A cancel
+    # works on a held order as on any other"): the units are cancelled on hold, what the order no
+    # longer needs goes back on sale at once, and its release sends it to be sourced again.
+    from core.errors import Backordered
+    from functions.bootstrap import Config, bootstrap
+
+    network = put_network(api)
+    book = Catalog(api).product("12.00", allow_backorder=True)
+    Catalog(api).stock(book, network["west"], 2)
+    order = place(api, book, lines=[{"sku": book, "quantity": 5}])
+    steps = bootstrap(Config.from_env()).workflow
+    steps.authorize_payment(order["id"], attempt=0)
+    with pytest.raises(Backordered):
+        steps.reserve_stock(order["id"])
+    path = f"/orders/{order['id']}"
+    assert api.post(f"{path}/hold", json={"reason": "customer_request"}).status_code == 200
+
+    cancelled = api.post(
+        f"{path}/cancel", json={"reason": "one is enough", "lines": [{"line_id": "L1", "quantity": 4}]}
+    )
+
+    assert cancelled.status_code == 200, cancelled.text
+    body = cancelled.json()
+    assert (body["status"], body["hold"]["reason"], body["allocations"]) == ("on_hold", "customer_request", [])
+    assert [(line["quantity"], line["cancelled_quantity"]) for line in body["lines"]] == [(1, 4)]
+    (stock,) = api.get(f"/inventory/{book}").json()["locations"]
+    assert (stock["on_hand"], stock["reserved"]) == (2, 1)
+    released = api.post(f"{path}/release")
+    assert released.status_code == 200, released.text
+    assert released.json()["status"] == "authorized"
 
 
 def test_another_channels_order_is_404(api: InProcessApi, sku: str):
