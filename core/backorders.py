@@ -45,9 +45,7 @@ def bought_for(order: Order) -> bool:
     """Whether the reorder points buy what `order` lacks: written backordered, or held while
     backordered (released, it waits again). Not one sent back to be sourced (by an edit), held or
     not: what it lacks is not known until it is written backordered again."""
-    if order.status is S.ON_HOLD:
-        return order.hold is not None and order.hold.resume_to is S.BACKORDERED
-    return order.status is S.BACKORDERED
+    return order.waits_for_stock()
 
 
 @dataclass

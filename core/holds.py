@@ -52,9 +52,16 @@ class Holds:
         self._inventory = inventory
         self._catalog = catalog
 
-    def hold(self, order_id: str, request: HoldRequest, actor: str, channel: str | None = None) -> Order:
+    def hold(
+        self, order_id: str, request: HoldRequest, actor: str, channel: str | None = None,
+        request_key: str | None = None,
+    ) -> Order:  # fmt: skip
         """On hold from `pending`, `authorized`, `backordered` or `allocated` (InvalidTransition, 409,
-        otherwise: held already, shipped, closed). An order sent back to be sourced (an edit, a
+        otherwise: held already, shipped, closed). `request_key` (a client's Idempotency-Key, scoped
+        to its API key) is kept in the hold's entry, as a release's is: a retry under it of a hold
+        that took effect (whose answer was lost) answers the order as it stands, whether still held
+        or released since, instead of 409 `on hold already` or a second hold; under it with another
+        reason or note, 409 `idempotency_key_reused`. An order sent back to be sourced (an edit, a
         reject) and not sourced yet holds what it held before: what its lines hold beyond their
         quantities, and what lines an edit replaced and could not release hold, is given back
         (give_back_surplus), as its workflow, which the hold puts off until
@@ -63,11 +70,18 @@ class Holds:
         (give_back_or_note). A workflow step sourcing it meanwhile loses its write to the
         hold and releases what it reserved."""
         at = self._clock()
-        held = modify(
-            self._orders, order_id,
-            lambda order: order.hold_for(request.reason, request.note, at=at, actor=actor),
-            channel=channel,
-        )  # fmt: skip
+        keyed = {"request_key": request_key} if request_key is not None else None
+        try:
+            held = modify(
+                self._orders, order_id,
+                lambda order: order.hold_for(request.reason, request.note, at=at, actor=actor, detail=keyed),
+                channel=channel,
+            )  # fmt: skip
+        except InvalidTransition:
+            made = {"reason": request.reason, "note": request.note}
+            if request_key is None or not self._made_under(order_id, OrderEvent.ON_HOLD, request_key, made, at):
+                raise
+            return visible(self._orders.get(order_id, consistent=True), order_id, channel)
         assert held.hold is not None
         if self._inventory is None or self._catalog is None:
             return held
@@ -102,23 +116,27 @@ class Holds:
         try:
             return modify(self._orders, order_id, decide, channel=channel)
         except InvalidTransition:
-            if request_key is None or not self._released_under(order_id, request_key, request.note, at):
+            made = {"note": request.note}
+            if request_key is None or not self._made_under(order_id, OrderEvent.RELEASED, request_key, made, at):
                 raise
             return visible(self._orders.get(order_id, consistent=True), order_id, channel)
 
-    def _released_under(self, order_id: str, request_key: str, note: str | None, at: datetime) -> bool:
-        """Whether a release under `request_key` within RELEASE_RETRY_WINDOW of `at` is in the
-        order's history (Conflict `idempotency_key_reused` when it had another note)."""
+    def _made_under(
+        self, order_id: str, type: OrderEvent, request_key: str, fields: dict[str, str | None], at: datetime
+    ) -> bool:
+        """Whether an entry of `type` (a hold, a release) under `request_key` within
+        RELEASE_RETRY_WINDOW of `at` is in the order's history (Conflict `idempotency_key_reused`
+        when its detail had other `fields`: the request's reason, its note)."""
         found = self._orders.history(order_id, consistent=True)
         made = next(
             (entry for entry in reversed(found[1] if found else [])
-             if entry.type is OrderEvent.RELEASED and (entry.detail or {}).get("request_key") == request_key
+             if entry.type is type and (entry.detail or {}).get("request_key") == request_key
              and at - entry.at < RELEASE_RETRY_WINDOW),
             None,
         )  # fmt: skip
         if made is None:
             return False
-        if (made.detail or {}).get("note") != (note or None):
+        if any((made.detail or {}).get(name) != (value or None) for name, value in fields.items()):
             raise Conflict(
                 "this Idempotency-Key was used with a different request body",
                 code="idempotency_key_reused",

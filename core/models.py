@@ -2811,16 +2811,16 @@ class Order(Shown):
     def _sourced_again(self) -> dict[str, Any]:
         """The fields that send an allocated or backordered order back to be sourced: authorized,
         nothing allocated, its pending shipments gone (the workflow books new ones), where it held
-        units kept (`held_before`). A held one stays on hold and is released to `authorized`, which
-        starts its workflow again. The marks of parcels a cancel wrote off (Order.written_off) go
-        with their shipments: one sourced again from the same location has the same id
-        (shipment_id_for), and would be taken for a parcel its carrier reported delivered (no other
-        mark can stand then: a marked parcel pending keeps the order from being sourced again,
-        check_parcels_kept)."""
+        units kept (`held_before`). A held one (with stock, or held while backordered: a cancel of
+        its units) stays on hold and is released to `authorized`, which starts its workflow again.
+        The marks of parcels a cancel wrote off (Order.written_off) go with their shipments: one
+        sourced again from the same location has the same id (shipment_id_for), and would be taken
+        for a parcel its carrier reported delivered (no other mark can stand then: a marked parcel
+        pending keeps the order from being sourced again, check_parcels_kept)."""
         self.check_write_off_finished("sourced again")
         held_before = sorted({*self.held_before, *(a.location_id for a in self.allocations)})
         marks: dict[str, Any] = {"reported_delivered": []} if self.reported_delivered else {}
-        if self._held_with_stock():
+        if self._held_with_stock() or (self.status is OrderStatus.ON_HOLD and self.waits_for_stock()):
             assert self.hold is not None
             return {"allocations": [], "shipments": [], "labels_due": [], "held_before": held_before,
                     "hold": _replaced(self.hold, resume_to=OrderStatus.AUTHORIZED), **marks}  # fmt: skip
@@ -3843,13 +3843,19 @@ class Order(Shown):
         )  # fmt: skip
         return waits and not self.allocations
 
+    def waits_for_stock(self) -> bool:
+        """Backordered, or held while backordered (its release waits for stock again): what it
+        holds is in no shipment yet."""
+        held_from = self.hold.resume_to if self.status is OrderStatus.ON_HOLD and self.hold is not None else None
+        return OrderStatus.BACKORDERED in (self.status, held_from)
+
     def units_to_cancel(self, lines: dict[str, int] | None) -> dict[str, int]:
         """The units a cancel takes ({line_id: units}): `lines`, or for None every unit not yet
-        shipped. Only an allocated (held or not), partly shipped or (with `lines`) backordered or
-        not yet sourced (not_sourced) order cancels units (InvalidTransition otherwise); a line the
-        order lacks, or more units than a line has, is InvalidRequest; units that have shipped are
-        InvalidTransition (409: they are returned instead)."""
-        waiting = (self.status is OrderStatus.BACKORDERED or self.not_sourced()) and lines is not None
+        shipped. Only an allocated (held or not), partly shipped or (with `lines`) backordered (held
+        or not: waits_for_stock) or not yet sourced (not_sourced) order cancels units
+        (InvalidTransition otherwise); a line the order lacks, or more units than a line has, is
+        InvalidRequest; units that have shipped are InvalidTransition (409: they are returned instead)."""
+        waiting = (self.waits_for_stock() or self.not_sourced()) and lines is not None
         if not (self.ships_units_left() or waiting):
             raise InvalidTransition(f"units of an order that is {self.status} cannot be cancelled")
         # A backordered or not yet sourced order has no shipment yet: every unit of it is unshipped.
@@ -3959,9 +3965,10 @@ class Order(Shown):
                                         "to": totals.grand_total.model_dump(mode="json")}, **keyed},
                 lines=lines, totals=totals, promotion_grants=kept_grants, **repriced,
             )  # fmt: skip
-        if self.status is OrderStatus.BACKORDERED:
+        if self.waits_for_stock():
             # Nothing is in a shipment yet: like an edit, the order is sourced again for what is left
             # (its workflow counts its reservations as its own and gives back what it no longer needs).
+            # A held one stays on hold, released to `authorized`, which starts that workflow again.
             return self._next(
                 at=at, actor=actor, type=OrderEvent.UNITS_CANCELLED,
                 detail={"reason": reason, "lines": cancelled,
@@ -4451,8 +4458,8 @@ class CancelRequest(Strict):
             Field(
                 min_length=1,
                 max_length=100,
-                description="Cancel only these units (of an allocated, held allocated, partly shipped or "
-                "backordered order); each line once.",
+                description="Cancel only these units (of a pending, authorized, allocated, partly shipped or "
+                "backordered order, held or not); each line once.",
             ),
         ]
         | None

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.client import assert_error, order_body, stocked_sku, unique, unsigned
+from tests.e2e.client import Catalog, assert_error, order_body, put_network, stocked_sku, unique, unsigned
 from tests.integration.in_process import InProcessApi, in_process_api_with_labels, issue, run_to_allocated
 
 
@@ -97,6 +97,92 @@ def test_holding_twice_or_releasing_an_order_not_held_is_409(api: InProcessApi, 
     assert_error(api.post(f"/orders/{order['id']}/release"), 409)
     assert api.post(f"/orders/{order['id']}/hold", json={"reason": "other"}).status_code == 200
     assert_error(api.post(f"/orders/{order['id']}/hold", json={"reason": "other"}), 409)
+
+
+def test_a_hold_retried_under_its_idempotency_key_answers_the_first_answer_and_never_holds_again(
+    api: InProcessApi, sku: str
+):
+    # The approver's hold took effect but its answer was lost; another approver released the order;
+    # the first approver's client retries. Without the key honoured the retry was 409 `on hold
+    # already` for a hold that worked, or, once released, held the order a second time.
+    order = place(api, sku)
+    path = f"/orders/{order['id']}"
+    key = {"Idempotency-Key": unique("hold")}
+    held = api.post(f"{path}/hold", json={"reason": "payment_review", "note": "odd card"}, headers=key)
+    assert held.status_code == 200, held.text
+
+    again = api.post(f"{path}/hold", json={"reason": "payment_review", "note": "odd card"}, headers=key)
+    assert again.status_code == 200, again.text
+    assert again.json() == held.json()
+
+    released = api.post(f"{path}/release", json={"note": "card checked"})
+    assert released.status_code == 200, released.text
+    late = api.post(f"{path}/hold", json={"reason": "payment_review", "note": "odd card"}, headers=key)
+    assert late.status_code == 200, late.text
+    assert api.get(path).json()["status"] == "pending"
+    assert api.get(path).json()["version"] == released.json()["version"]
+    types = [entry["type"] for entry in api.get(f"{path}/history").json()["items"]]
+    assert types.count("on_hold") == 1, types
+    assert_error(api.post(f"{path}/hold", json={"reason": "other"}, headers=key), 409, "idempotency_key_reused")
+
+
+def test_a_hold_whose_answer_was_never_stored_answers_the_order_under_its_key_not_409(api: InProcessApi, sku: str):
+    # The first request wrote the hold and died before powertools stored its answer: the retry under
+    # the same key finds the hold it made in the order's history (as a release's retry does), and a
+    # retry of that key with another body is 409 `idempotency_key_reused`.
+    from core.access import ADMIN_KEY_ID
+    from core.holds import HoldRequest
+    from functions.api.dependencies import container
+
+    order = place(api, sku)
+    path = f"/orders/{order['id']}"
+    idempotency_key = unique("hold")
+    container().holds.hold(
+        order["id"], HoldRequest(reason="address_review", note="flat number missing"), actor=ADMIN_KEY_ID,
+        request_key=f"api:{ADMIN_KEY_ID}:{idempotency_key}",
+    )  # fmt: skip
+    held = api.get(path).json()
+    key = {"Idempotency-Key": idempotency_key}
+
+    again = api.post(f"{path}/hold", json={"reason": "address_review", "note": "flat number missing"}, headers=key)
+
+    assert again.status_code == 200, again.text
+    assert unsigned(again.json()) == unsigned(held)
+    assert_error(api.post(f"{path}/hold", json={"reason": "address_review"}), 409, "invalid_transition")
+    assert_error(api.post(f"{path}/hold", json={"reason": "fraud_review"}, headers=key), 409, "idempotency_key_reused")
+
+
+def test_units_of_an_order_held_while_backordered_are_cancelled_and_its_stock_given_back(api: InProcessApi):
+    # Held while backordered, a cancel with `lines` was 409 invalid_transition (README: "A cancel
+    # works on a held order as on any other"): the units are cancelled on hold, what the order no
+    # longer needs goes back on sale at once, and its release sends it to be sourced again.
+    from core.errors import Backordered
+    from functions.bootstrap import Config, bootstrap
+
+    network = put_network(api)
+    book = Catalog(api).product("12.00", allow_backorder=True)
+    Catalog(api).stock(book, network["west"], 2)
+    order = place(api, book, lines=[{"sku": book, "quantity": 5}])
+    steps = bootstrap(Config.from_env()).workflow
+    steps.authorize_payment(order["id"], attempt=0)
+    with pytest.raises(Backordered):
+        steps.reserve_stock(order["id"])
+    path = f"/orders/{order['id']}"
+    assert api.post(f"{path}/hold", json={"reason": "customer_request"}).status_code == 200
+
+    cancelled = api.post(
+        f"{path}/cancel", json={"reason": "one is enough", "lines": [{"line_id": "L1", "quantity": 4}]}
+    )
+
+    assert cancelled.status_code == 200, cancelled.text
+    body = cancelled.json()
+    assert (body["status"], body["hold"]["reason"], body["allocations"]) == ("on_hold", "customer_request", [])
+    assert [(line["quantity"], line["cancelled_quantity"]) for line in body["lines"]] == [(1, 4)]
+    (stock,) = api.get(f"/inventory/{book}").json()["locations"]
+    assert (stock["on_hand"], stock["reserved"]) == (2, 1)
+    released = api.post(f"{path}/release")
+    assert released.status_code == 200, released.text
+    assert released.json()["status"] == "authorized"
 
 
 def test_another_channels_order_is_404(api: InProcessApi, sku: str):

@@ -35,6 +35,18 @@ def release(world: World, order_id: str, note: str | None = "looks fine") -> Ord
     return holds(world).release(order_id, ReleaseRequest(note=note), actor="key_ops")
 
 
+def backordered_books(on_hand: int, ordered: int) -> tuple[World, str]:
+    """A world with `on_hand` books (which allow backorder) at wh-west, and an order of `ordered`
+    of them that took those and waits `backordered` for the rest."""
+    world = build_world([("BOOK", "wh-west", on_hand)])
+    world.catalog.put_product(product("BOOK", "12.00", allow_backorder=True))
+    order_id = world.place(("BOOK", ordered))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    with pytest.raises(Backordered):
+        world.workflow.reserve_stock(order_id)
+    return world, order_id
+
+
 def run_step(world: World, step: str, order_id: str) -> None:
     if step == "authorize_payment":
         world.workflow.authorize_payment(order_id, attempt=0)
@@ -774,6 +786,43 @@ def test_units_of_an_order_held_before_authorization_are_cancelled_and_the_relea
     assert world.held_for(order_id) == {("MUG", "wh-west", f"{order_id}#L1"): 1}
 
 
+def test_units_of_an_order_held_while_backordered_are_cancelled_on_hold_and_the_release_sources_what_is_left():
+    # API.md: a cancel with `lines` cancels those quantities (README: "A cancel works on a held order
+    # as on any other"); held while backordered it answered 409 invalid_transition, so a customer's
+    # smaller order waited for the release, and stock arriving meanwhile, at its old quantity.
+    world, order_id = backordered_books(on_hand=6, ordered=10)
+    held = hold(world, order_id, reason="customer_request")
+
+    done = world.actions.cancel(order_id, "two books are enough", actor="key_cs", lines={"L1": 8})
+
+    assert (done.status, done.hold.reason, done.hold.resume_to) == (S.ON_HOLD, "customer_request", S.AUTHORIZED)
+    assert (done.lines[0].quantity, done.lines[0].cancelled_quantity, done.allocations) == (2, 8, [])
+    assert done.totals.grand_total.amount < held.totals.grand_total.amount
+    # What its lines no longer want goes back at once (its workflow waits for the release).
+    assert world.held_for(order_id) == {("BOOK", "wh-west", f"{order_id}#L1"): 2}
+    assert world.level("BOOK", "wh-west") == (6, 2, 4)
+    entry = world.history(order_id)[-1]
+    assert (entry.type, entry.detail["lines"]) == ("units_cancelled", {"L1": 8})
+
+    released = release(world, order_id)
+
+    assert released.status is S.AUTHORIZED
+    run_from(world, order_id, 1)
+    allocated = world.order(order_id)
+    assert allocated.status is S.ALLOCATED and sum(a.quantity for a in allocated.allocations) == 2
+    assert world.held_for(order_id) == {("BOOK", "wh-west", f"{order_id}#L1"): 2}
+
+
+def test_every_unit_of_an_order_held_while_backordered_cancels_it():
+    world, order_id = backordered_books(on_hand=1, ordered=3)
+    hold(world, order_id)
+
+    done = world.actions.cancel(order_id, "no longer wanted", actor="key_cs", lines={"L1": 3})
+
+    assert (done.status, done.payment.status) == (S.CANCELLED, "voided")
+    assert world.held_for(order_id) == {}
+
+
 def test_a_hold_that_lands_while_an_edited_order_is_sourced_again_leaves_it_holding_no_more_than_it_needs(
     world, monkeypatch
 ):
@@ -810,12 +859,7 @@ def test_a_hold_of_an_allocated_order_keeps_every_unit_it_holds(world):
 def test_a_hold_of_a_backordered_order_whose_units_were_cancelled_gives_back_what_it_no_longer_needs():
     # The cancel sent it back to be sourced for the 2 books left, holding the 6 it had: held
     # before its workflow ran, it kept the 4 it no longer needed from other orders.
-    world = build_world([("BOOK", "wh-west", 6)])
-    world.catalog.put_product(product("BOOK", "12.00", allow_backorder=True))
-    order_id = world.place(("BOOK", 10))
-    world.workflow.authorize_payment(order_id, attempt=0)
-    with pytest.raises(Backordered):
-        world.workflow.reserve_stock(order_id)
+    world, order_id = backordered_books(on_hand=6, ordered=10)
     world.actions.cancel(order_id, "customer_request", "key_cs", lines={"L1": 8})
     assert sum(world.held_for(order_id).values()) == 6
 

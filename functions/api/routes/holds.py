@@ -23,13 +23,31 @@ router = Router()
     description="A `pending`, `authorized`, `backordered` or `allocated` order goes `on_hold`: its workflow stops "
     "before its next step, and nothing is authorized, reserved, captured or shipped until it is released "
     "(shipping it is 409). "
-    "An order on hold already, shipped or closed is 409. The history names the caller, the reason and the note.",
+    "An order on hold already, shipped or closed is 409. The history names the caller, the reason and the note. "
+    "With `Idempotency-Key` a retry answers the first answer again (another reason or note under the key is 409 "
+    "`idempotency_key_reused`), even when the first answer was lost before it was stored (the key is kept in the "
+    "hold's history entry): no 409 `on hold already` for a hold that took effect, and no second hold of an order "
+    "released since.",
     responses={**changed("The order, on hold"), **errors(400, 403, 404, 409, 413)},
 )
 @requires(Scope.ORDERS_APPROVE)
-def hold_order(order_id: OrderIdPath, request: HoldRequest) -> Order | OrderReceipt:
+def hold_order(
+    order_id: OrderIdPath, request: HoldRequest, idempotency_key: IdempotencyKey = None
+) -> Order | OrderReceipt:
     who = caller(router)
-    return seen_by(who, container().holds.hold(order_id, request, actor=who.key_id, channel=who.channel))
+    if idempotency_key is None:
+        return seen_by(who, container().holds.hold(order_id, request, actor=who.key_id, channel=who.channel))
+    from functions.api.idempotency import once
+
+    request_key = f"api:{who.key_id}:{idempotency_key}"
+
+    def hold() -> dict[str, Any]:
+        held = container().holds.hold(order_id, request, actor=who.key_id, channel=who.channel, request_key=request_key)
+        return held.model_dump(mode="json")
+
+    answer = once(f"POST /orders/{order_id}/hold", who.key_id, idempotency_key, request.model_dump(mode="json"),
+                  hold, router.lambda_context)  # fmt: skip
+    return seen_by(who, Order.model_validate(answer))
 
 
 @router.post(
