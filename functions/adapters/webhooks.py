@@ -295,32 +295,51 @@ def resolve(host: str, port: int) -> list[str]:
     return [info[4][0] for info in answer[0]]
 
 
+def _connect(addresses: tuple[str, ...], port: int, deadline: float) -> socket.socket:
+    """A connection to the first of the checked `addresses` that takes one before `deadline` (a
+    host's addresses are its load balancer's zones, say: one down leaves the others); the error of
+    the last one when none does."""
+    refused: OSError = TimeoutError("timed out")
+    for address in addresses:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("timed out")
+        try:
+            return socket.create_connection((address, port), remaining)
+        except OSError as error:
+            refused = error
+    raise refused
+
+
 class _PinnedHttps(http.client.HTTPSConnection):
     """HTTPS to a checked address, with the URL's host for SNI and certificate checks."""
 
-    def __init__(self, address: str, host: str, port: int, timeout: float):
+    def __init__(self, addresses: tuple[str, ...], host: str, port: int, timeout: float, deadline: float):
         super().__init__(host, port, timeout=timeout, context=ssl.create_default_context())
-        self._address = address
+        self._addresses = addresses
+        self._deadline = deadline
 
     def connect(self) -> None:
-        sock = socket.create_connection((self._address, self.port), self.timeout)
+        sock = _connect(self._addresses, self.port, self._deadline)
         # The handshake runs once the TLS socket is `self.sock`, so the attempt's deadline can end it.
         self.sock = self._context.wrap_socket(sock, server_hostname=self.host, do_handshake_on_connect=False)
         self.sock.do_handshake()
 
 
 class _PinnedHttp(http.client.HTTPConnection):
-    def __init__(self, address: str, host: str, port: int, timeout: float):
+    def __init__(self, addresses: tuple[str, ...], host: str, port: int, timeout: float, deadline: float):
         super().__init__(host, port, timeout=timeout)
-        self._address = address
+        self._addresses = addresses
+        self._deadline = deadline
 
     def connect(self) -> None:
-        self.sock = socket.create_connection((self._address, self.port), self.timeout)
+        self.sock = _connect(self._addresses, self.port, self._deadline)
 
 
 class HttpWebhookSender(WebhookSender):
-    """Connects to the first checked address (never resolving the name again, so DNS cannot swap
-    in a private address after the check), follows no redirect, and gives up after `timeout`
+    """Connects to the checked addresses in turn until one takes the connection (never resolving
+    the name again, so DNS cannot swap in a private address after the check; only the connection
+    moves on, never a request sent), follows no redirect, and gives up after `timeout`
     seconds in all. A socket timeout bounds one read or write, not their sum (a subscriber sending
     a byte at a time would keep the attempt going, past the function's own timeout), so at the
     deadline a timer shuts the connection's socket down, which ends whatever call waits on it."""
@@ -328,7 +347,7 @@ class HttpWebhookSender(WebhookSender):
     def post(self, target: Target, body: bytes, headers: dict[str, str], timeout: float) -> SendResult:
         deadline = time.monotonic() + timeout
         connection_type = _PinnedHttps if target.scheme == "https" else _PinnedHttp
-        connection = connection_type(target.addresses[0], target.host, target.port, timeout)
+        connection = connection_type(target.addresses, target.host, target.port, timeout, deadline)
         expired = threading.Event()
 
         def expire() -> None:

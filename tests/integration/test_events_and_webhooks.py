@@ -725,3 +725,23 @@ def test_a_delivery_whose_webhook_was_deleted_ends_failed_without_counting_a_mis
     record = container().webhook_store.get_delivery(webhook.id, message.delivery_id)
     assert (record.status, record.last_error) == ("failed", "the webhook was deleted")
     assert "WebhookDeliveriesFailed" not in printed
+
+
+def test_a_subscriber_whose_first_address_refuses_is_reached_at_its_next_checked_one():
+    """A host with several addresses (a load balancer's, one per zone) whose first does not answer:
+    every attempt connected to that first address only, so one zone down failed every delivery for
+    the whole retry window while the others served. The attempt tries the checked addresses in
+    turn until one takes the connection (never another address: no DNS lookup after the check)."""
+    from core.webhooks import Target
+    from functions.adapters.webhooks import HttpWebhookSender
+
+    receiver = Receiver()
+    port = receiver.server.server_address[1]
+    # 127.0.0.2 is loopback too, but nothing listens there on this port (the receiver binds 127.0.0.1).
+    target = Target("http", "127.0.0.1", port, "/hook", ("127.0.0.2", "127.0.0.1"))
+    try:
+        result = HttpWebhookSender().post(target, b"{}", {"Content-Type": "application/json"}, timeout=5)
+    finally:
+        receiver.close()
+    assert (result.status_code, result.error) == (200, None)
+    assert [body for _, body in receiver.received] == [b"{}"]
