@@ -33,7 +33,9 @@ from functions.adapters.dynamodb import decode_cursor, encode_cursor, from_item,
 
 WEBHOOKS_PK = "WEBHOOKS"
 WEBHOOK_COUNTS_PK = "WEBHOOK_COUNTS"  # sk `channel#<channel>` or `unbound`: `live` subscriptions there
-DELIVERY_RETENTION = timedelta(days=30)  # a delivery's record expires (TTL) this long after it was made
+# A delivery's record expires (TTL) this long after its retry window closes (a manual retry closes
+# it anew): a window longer than this (WebhookRetryWindowSeconds) never loses a delivery still pending.
+DELIVERY_RETENTION = timedelta(days=30)
 EVENT_SOURCE = "oms"
 _PUT_EVENTS_BATCH = 10  # PutEvents takes at most 10 entries
 
@@ -47,9 +49,10 @@ class DynamoWebhooks(WebhookStore):
     readable to sign, so it is protected like the API key records beside it (the table is encrypted
     at rest, only the API and the delivery function may read it, no response shows it after the
     create). A delivery is one item under its subscription (pk WEBHOOK#<id>, sk its id, which sorts
-    by time), expiring after DELIVERY_RETENTION. The cap is a counter per channel (and one for the
-    unbound subscriptions) that the subscription's put and delete move in one transaction with it;
-    a subscription it counted carries `counted`, so deleting one made before the cap frees nothing."""
+    by time), expiring DELIVERY_RETENTION after its retry window closes. The cap is a counter per
+    channel (and one for the unbound subscriptions) that the subscription's put and delete move in
+    one transaction with it; a subscription it counted carries `counted`, so deleting one made
+    before the cap frees nothing."""
 
     def __init__(self, client: Any, table: str):
         self._client = client
@@ -207,7 +210,7 @@ def _count_key(channel: str | None) -> dict[str, Any]:
 
 
 def _delivery_item(record: DeliveryRecord) -> dict[str, Any]:
-    expires = record.created_at + DELIVERY_RETENTION
+    expires = max(record.created_at, record.retry_until) + DELIVERY_RETENTION
     values = {
         "pk": _deliveries_pk(record.webhook_id),
         "sk": record.id,

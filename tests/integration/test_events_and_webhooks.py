@@ -10,7 +10,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -745,3 +745,40 @@ def test_a_subscriber_whose_first_address_refuses_is_reached_at_its_next_checked
         receiver.close()
     assert (result.status_code, result.error) == (200, None)
     assert [body for _, body in receiver.received] == [b"{}"]
+
+
+def test_a_delivery_retried_longer_than_deliveries_are_kept_is_kept_past_the_end_of_its_window(aws):
+    """WebhookRetryWindowSeconds may be longer than the 30 days a delivery's record is kept: the
+    record expired (TTL) 30 days after it was made while its schedule still ran, so it vanished,
+    neither delivered nor `failed` and kept, and its next message found nothing. It is kept until
+    30 days after its window closes (and a manual retry, which closes it anew, keeps it as long)."""
+    from core.webhooks import DeliveryRecord
+    from functions.adapters.webhooks import DELIVERY_RETENTION, DynamoWebhooks
+
+    store = DynamoWebhooks(aws.dynamodb, aws.tables["CatalogTable"])
+    made = datetime(2026, 12, 1, tzinfo=UTC)
+    webhook_id = f"whk_{'b' * 24}"
+
+    def expiry(record: DeliveryRecord) -> datetime:
+        key = {"pk": {"S": f"WEBHOOK#{webhook_id}"}, "sk": {"S": record.id}}
+        item = aws.dynamodb.get_item(TableName=aws.tables["CatalogTable"], Key=key)["Item"]
+        return datetime.fromtimestamp(int(item["expires_at"]["N"]), UTC)
+
+    for days in (1, 40):
+        record = DeliveryRecord(
+            id=f"dlv_{days:014x}{'c' * 16}",
+            event_id="evt_x",
+            event_type="order.created",
+            status="pending",
+            attempts=0,
+            next_attempt_at=made,
+            webhook_id=webhook_id,
+            body="{}",
+            created_at=made,
+            retry_until=made + timedelta(days=days),
+        )
+        assert store.add_delivery(record)
+        assert expiry(record) == record.retry_until + DELIVERY_RETENTION
+        retried = record.model_copy(update={"generation": 1, "retry_until": made + timedelta(days=days + 5)})
+        assert store.update_delivery(retried, record)
+        assert expiry(retried) == retried.retry_until + DELIVERY_RETENTION
