@@ -301,14 +301,15 @@ def resolve(host: str, port: int) -> list[str]:
 def _connect(addresses: tuple[str, ...], port: int, deadline: float) -> socket.socket:
     """A connection to the first of the checked `addresses` that takes one before `deadline` (a
     host's addresses are its load balancer's zones, say: one down leaves the others); the error of
-    the last one when none does."""
+    the last one when none does. Each address waits its share of what is left, the last all of it:
+    one that drops connections (a connect that hangs) leaves the next its time."""
     refused: OSError = TimeoutError("timed out")
-    for address in addresses:
+    for index, address in enumerate(addresses):
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise TimeoutError("timed out")
         try:
-            return socket.create_connection((address, port), remaining)
+            return socket.create_connection((address, port), remaining / (len(addresses) - index))
         except OSError as error:
             refused = error
     raise refused

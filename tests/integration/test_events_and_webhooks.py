@@ -782,3 +782,29 @@ def test_a_delivery_retried_longer_than_deliveries_are_kept_is_kept_past_the_end
         retried = record.model_copy(update={"generation": 1, "retry_until": made + timedelta(days=days + 5)})
         assert store.update_delivery(retried, record)
         assert expiry(retried) == retried.retry_until + DELIVERY_RETENTION
+
+
+def test_a_subscriber_whose_first_address_never_answers_is_reached_at_its_next_one_within_the_timeout():
+    """A zone that drops connections (no refusal: the connect hangs) took the attempt's whole
+    timeout, so the next address was never tried and every attempt failed. Each address gets its
+    share of what is left of the timeout, the last all of it."""
+    from core.webhooks import Target
+    from functions.adapters.webhooks import HttpWebhookSender
+
+    receiver = Receiver()
+    port = receiver.server.server_address[1]
+    # On 127.0.0.2 at the receiver's port, a listener whose one-place backlog is taken: the kernel
+    # drops every further connection's SYN, so a connect there waits until its own timeout.
+    silent = socket.socket()
+    silent.bind(("127.0.0.2", port))
+    silent.listen(0)
+    queued = socket.create_connection(("127.0.0.2", port))
+    target = Target("http", "127.0.0.1", port, "/hook", ("127.0.0.2", "127.0.0.1"))
+    try:
+        result = HttpWebhookSender().post(target, b"{}", {"Content-Type": "application/json"}, timeout=4)
+    finally:
+        queued.close()
+        silent.close()
+        receiver.close()
+    assert (result.status_code, result.error) == (200, None)
+    assert [body for _, body in receiver.received] == [b"{}"]
