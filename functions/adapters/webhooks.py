@@ -309,9 +309,13 @@ def _connect(addresses: tuple[str, ...], port: int, deadline: float) -> socket.s
         if remaining <= 0:
             raise TimeoutError("timed out")
         try:
-            return socket.create_connection((address, port), remaining / (len(addresses) - index))
+            sock = socket.create_connection((address, port), remaining / (len(addresses) - index))
         except OSError as error:
             refused = error
+            continue
+        # Connected: the handshake, the request and the answer have what is left of the attempt.
+        sock.settimeout(max(deadline - time.monotonic(), 0.001))
+        return sock
     raise refused
 
 
