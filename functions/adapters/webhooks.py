@@ -174,13 +174,19 @@ class DynamoWebhooks(WebhookStore):
             "KeyConditionExpression": "pk = :pk",
             "ExpressionAttributeValues": {":pk": {"S": _deliveries_pk(webhook_id)}},
             "ScanIndexForward": False,
-            "Limit": limit,
+            # One ahead: DynamoDB names a LastEvaluatedKey whenever a Query stops at its Limit, so a
+            # page of the last `limit` deliveries named a next page that was empty.
+            "Limit": limit + 1,
         }
         if cursor is not None:
             query["ExclusiveStartKey"] = decode_cursor(cursor, scope, {"pk", "sk"}, {"pk": _deliveries_pk(webhook_id)})
         response = self._client.query(**query)
-        last = response.get("LastEvaluatedKey")
-        return [_delivery(item) for item in response["Items"]], encode_cursor(scope, last) if last else None
+        shown = [_delivery(item) for item in response["Items"][:limit]]
+        if len(response["Items"]) > limit:
+            last = {"pk": {"S": _deliveries_pk(webhook_id)}, "sk": {"S": shown[-1].id}}
+        else:
+            last = response.get("LastEvaluatedKey")  # a page cut at 1 MB (bodies of up to 200 KB)
+        return shown, encode_cursor(scope, last) if last else None
 
     def update_delivery(self, record: DeliveryRecord, expected: DeliveryRecord) -> bool:
         try:

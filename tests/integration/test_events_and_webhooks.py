@@ -808,3 +808,50 @@ def test_a_subscriber_whose_first_address_never_answers_is_reached_at_its_next_o
         receiver.close()
     assert (result.status_code, result.error) == (200, None)
     assert [body for _, body in receiver.received] == [b"{}"]
+
+
+def test_the_last_page_of_a_subscriptions_deliveries_has_no_next_cursor(aws, monkeypatch):
+    """DynamoDB answers a Query that stopped at its Limit with a LastEvaluatedKey, more items or
+    not (moto only when more follow: emulated below). The deliveries page was that Query, so a
+    subscription with exactly `limit` deliveries (or a last page of exactly `limit`) answered a
+    next_cursor whose page was empty; every other list reads one item ahead and says null."""
+    from core.webhooks import DeliveryRecord
+    from functions.adapters.webhooks import DynamoWebhooks
+
+    real = aws.dynamodb.query
+
+    def query(**request: Any) -> dict[str, Any]:
+        answer = real(**request)
+        if "LastEvaluatedKey" not in answer and request.get("Limit") == len(answer["Items"]) > 0:
+            last = answer["Items"][-1]
+            answer["LastEvaluatedKey"] = {"pk": last["pk"], "sk": last["sk"]}
+        return answer
+
+    monkeypatch.setattr(aws.dynamodb, "query", query)
+    store = DynamoWebhooks(aws.dynamodb, aws.tables["CatalogTable"])
+    made = datetime(2026, 12, 1, tzinfo=UTC)
+    webhook_id = f"whk_{'d' * 24}"
+    for n in range(3):
+        store.add_delivery(
+            DeliveryRecord(
+                id=f"dlv_{n:014x}{'e' * 16}",
+                event_id=f"evt_{n}",
+                event_type="order.created",
+                status="pending",
+                attempts=0,
+                next_attempt_at=made,
+                webhook_id=webhook_id,
+                body="{}",
+                created_at=made,
+                retry_until=made + timedelta(days=1),
+            )
+        )
+
+    shown, cursor = store.deliveries(webhook_id, 3, None)
+    assert ([r.event_id for r in shown], cursor) == (["evt_2", "evt_1", "evt_0"], None)
+    first, cursor = store.deliveries(webhook_id, 2, None)
+    assert [r.event_id for r in first] == ["evt_2", "evt_1"] and cursor is not None
+    rest, cursor = store.deliveries(webhook_id, 2, cursor)
+    assert ([r.event_id for r in rest], cursor) == (["evt_0"], None)
+    last, cursor = store.deliveries(webhook_id, 1, store.deliveries(webhook_id, 2, None)[1])
+    assert ([r.event_id for r in last], cursor) == (["evt_0"], None)
