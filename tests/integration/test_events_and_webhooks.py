@@ -747,6 +747,24 @@ def test_a_subscriber_whose_first_address_refuses_is_reached_at_its_next_checked
     assert [body for _, body in receiver.received] == [b"{}"]
 
 
+def a_pending_delivery(webhook_id: str, number: int, made: datetime, retry_until: datetime) -> Any:
+    """A delivery of `webhook_id` never tried yet, made at `made`: event `evt_<number>`."""
+    from core.webhooks import DeliveryRecord
+
+    return DeliveryRecord(
+        id=f"dlv_{number:014x}{'c' * 16}",
+        event_id=f"evt_{number}",
+        event_type="order.created",
+        status="pending",
+        attempts=0,
+        next_attempt_at=made,
+        webhook_id=webhook_id,
+        body="{}",
+        created_at=made,
+        retry_until=retry_until,
+    )
+
+
 def test_a_delivery_retried_longer_than_deliveries_are_kept_is_kept_past_the_end_of_its_window(aws):
     """WebhookRetryWindowSeconds may be longer than the 30 days a delivery's record is kept: the
     record expired (TTL) 30 days after it was made while its schedule still ran, so it vanished,
@@ -765,18 +783,7 @@ def test_a_delivery_retried_longer_than_deliveries_are_kept_is_kept_past_the_end
         return datetime.fromtimestamp(int(item["expires_at"]["N"]), UTC)
 
     for days in (1, 40):
-        record = DeliveryRecord(
-            id=f"dlv_{days:014x}{'c' * 16}",
-            event_id="evt_x",
-            event_type="order.created",
-            status="pending",
-            attempts=0,
-            next_attempt_at=made,
-            webhook_id=webhook_id,
-            body="{}",
-            created_at=made,
-            retry_until=made + timedelta(days=days),
-        )
+        record = a_pending_delivery(webhook_id, days, made, retry_until=made + timedelta(days=days))
         assert store.add_delivery(record)
         assert expiry(record) == record.retry_until + DELIVERY_RETENTION
         retried = record.model_copy(update={"generation": 1, "retry_until": made + timedelta(days=days + 5)})
@@ -815,7 +822,6 @@ def test_the_last_page_of_a_subscriptions_deliveries_has_no_next_cursor(aws, mon
     not (moto only when more follow: emulated below). The deliveries page was that Query, so a
     subscription with exactly `limit` deliveries (or a last page of exactly `limit`) answered a
     next_cursor whose page was empty; every other list reads one item ahead and says null."""
-    from core.webhooks import DeliveryRecord
     from functions.adapters.webhooks import DynamoWebhooks
 
     real = aws.dynamodb.query
@@ -832,20 +838,7 @@ def test_the_last_page_of_a_subscriptions_deliveries_has_no_next_cursor(aws, mon
     made = datetime(2026, 12, 1, tzinfo=UTC)
     webhook_id = f"whk_{'d' * 24}"
     for n in range(3):
-        store.add_delivery(
-            DeliveryRecord(
-                id=f"dlv_{n:014x}{'e' * 16}",
-                event_id=f"evt_{n}",
-                event_type="order.created",
-                status="pending",
-                attempts=0,
-                next_attempt_at=made,
-                webhook_id=webhook_id,
-                body="{}",
-                created_at=made,
-                retry_until=made + timedelta(days=1),
-            )
-        )
+        store.add_delivery(a_pending_delivery(webhook_id, n, made, retry_until=made + timedelta(days=1)))
 
     shown, cursor = store.deliveries(webhook_id, 3, None)
     assert ([r.event_id for r in shown], cursor) == (["evt_2", "evt_1", "evt_0"], None)
