@@ -213,6 +213,9 @@ def verify_signature(secret: str, header: str, body: bytes, now: int, tolerance:
 
 
 # --- Retry schedule -------------------------------------------------------------------------------
+_MOST_DOUBLINGS = 1000  # 2.0 ** 1000 is a float past any cap a base of a second or more needs
+
+
 @dataclass(frozen=True)
 class RetrySchedule:
     """Exponential backoff with jitter until `window_seconds` after the first attempt; the last
@@ -225,7 +228,10 @@ class RetrySchedule:
     def delay(self, failures: int, random: Callable[[], float]) -> float:
         """Seconds before the next attempt after `failures` failed ones: half the exponential
         ceiling plus a random share of the other half (jitter spreads subscribers' retries)."""
-        ceiling = min(self.max_delay_seconds, self.base_seconds * 2 ** max(failures - 1, 0))
+        # The doubling stops counting long before a float's end (2 ** 1024): a window of weeks at the
+        # longest wait fails a delivery over a thousand times, and the cap holds long before then.
+        doublings = min(max(failures - 1, 0), _MOST_DOUBLINGS)
+        ceiling = min(self.max_delay_seconds, self.base_seconds * 2.0**doublings)
         return ceiling / 2 + random() * ceiling / 2
 
     def next_attempt(

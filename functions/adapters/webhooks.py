@@ -33,7 +33,9 @@ from functions.adapters.dynamodb import decode_cursor, encode_cursor, from_item,
 
 WEBHOOKS_PK = "WEBHOOKS"
 WEBHOOK_COUNTS_PK = "WEBHOOK_COUNTS"  # sk `channel#<channel>` or `unbound`: `live` subscriptions there
-DELIVERY_RETENTION = timedelta(days=30)  # a delivery's record expires (TTL) this long after it was made
+# A delivery's record expires (TTL) this long after its retry window closes (a manual retry closes
+# it anew): a window longer than this (WebhookRetryWindowSeconds) never loses a delivery still pending.
+DELIVERY_RETENTION = timedelta(days=30)
 EVENT_SOURCE = "oms"
 _PUT_EVENTS_BATCH = 10  # PutEvents takes at most 10 entries
 
@@ -47,9 +49,10 @@ class DynamoWebhooks(WebhookStore):
     readable to sign, so it is protected like the API key records beside it (the table is encrypted
     at rest, only the API and the delivery function may read it, no response shows it after the
     create). A delivery is one item under its subscription (pk WEBHOOK#<id>, sk its id, which sorts
-    by time), expiring after DELIVERY_RETENTION. The cap is a counter per channel (and one for the
-    unbound subscriptions) that the subscription's put and delete move in one transaction with it;
-    a subscription it counted carries `counted`, so deleting one made before the cap frees nothing."""
+    by time), expiring DELIVERY_RETENTION after its retry window closes. The cap is a counter per
+    channel (and one for the unbound subscriptions) that the subscription's put and delete move in
+    one transaction with it; a subscription it counted carries `counted`, so deleting one made
+    before the cap frees nothing."""
 
     def __init__(self, client: Any, table: str):
         self._client = client
@@ -171,13 +174,19 @@ class DynamoWebhooks(WebhookStore):
             "KeyConditionExpression": "pk = :pk",
             "ExpressionAttributeValues": {":pk": {"S": _deliveries_pk(webhook_id)}},
             "ScanIndexForward": False,
-            "Limit": limit,
+            # One ahead: DynamoDB names a LastEvaluatedKey whenever a Query stops at its Limit, so a
+            # page of the last `limit` deliveries named a next page that was empty.
+            "Limit": limit + 1,
         }
         if cursor is not None:
             query["ExclusiveStartKey"] = decode_cursor(cursor, scope, {"pk", "sk"}, {"pk": _deliveries_pk(webhook_id)})
         response = self._client.query(**query)
-        last = response.get("LastEvaluatedKey")
-        return [_delivery(item) for item in response["Items"]], encode_cursor(scope, last) if last else None
+        shown = [_delivery(item) for item in response["Items"][:limit]]
+        if len(response["Items"]) > limit:
+            last = {"pk": {"S": _deliveries_pk(webhook_id)}, "sk": {"S": shown[-1].id}}
+        else:
+            last = response.get("LastEvaluatedKey")  # a page cut at 1 MB (bodies of up to 200 KB)
+        return shown, encode_cursor(scope, last) if last else None
 
     def update_delivery(self, record: DeliveryRecord, expected: DeliveryRecord) -> bool:
         try:
@@ -207,7 +216,7 @@ def _count_key(channel: str | None) -> dict[str, Any]:
 
 
 def _delivery_item(record: DeliveryRecord) -> dict[str, Any]:
-    expires = record.created_at + DELIVERY_RETENTION
+    expires = max(record.created_at, record.retry_until) + DELIVERY_RETENTION
     values = {
         "pk": _deliveries_pk(record.webhook_id),
         "sk": record.id,
@@ -295,32 +304,56 @@ def resolve(host: str, port: int) -> list[str]:
     return [info[4][0] for info in answer[0]]
 
 
+def _connect(addresses: tuple[str, ...], port: int, deadline: float) -> socket.socket:
+    """A connection to the first of the checked `addresses` that takes one before `deadline` (a
+    host's addresses are its load balancer's zones, say: one down leaves the others); the error of
+    the last one when none does. Each address waits its share of what is left, the last all of it:
+    one that drops connections (a connect that hangs) leaves the next its time."""
+    refused: OSError = TimeoutError("timed out")
+    for index, address in enumerate(addresses):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("timed out")
+        try:
+            sock = socket.create_connection((address, port), remaining / (len(addresses) - index))
+        except OSError as error:
+            refused = error
+            continue
+        # Connected: the handshake, the request and the answer have what is left of the attempt.
+        sock.settimeout(max(deadline - time.monotonic(), 0.001))
+        return sock
+    raise refused
+
+
 class _PinnedHttps(http.client.HTTPSConnection):
     """HTTPS to a checked address, with the URL's host for SNI and certificate checks."""
 
-    def __init__(self, address: str, host: str, port: int, timeout: float):
+    def __init__(self, addresses: tuple[str, ...], host: str, port: int, timeout: float, deadline: float):
         super().__init__(host, port, timeout=timeout, context=ssl.create_default_context())
-        self._address = address
+        self._addresses = addresses
+        self._deadline = deadline
 
     def connect(self) -> None:
-        sock = socket.create_connection((self._address, self.port), self.timeout)
+        sock = _connect(self._addresses, self.port, self._deadline)
         # The handshake runs once the TLS socket is `self.sock`, so the attempt's deadline can end it.
         self.sock = self._context.wrap_socket(sock, server_hostname=self.host, do_handshake_on_connect=False)
         self.sock.do_handshake()
 
 
 class _PinnedHttp(http.client.HTTPConnection):
-    def __init__(self, address: str, host: str, port: int, timeout: float):
+    def __init__(self, addresses: tuple[str, ...], host: str, port: int, timeout: float, deadline: float):
         super().__init__(host, port, timeout=timeout)
-        self._address = address
+        self._addresses = addresses
+        self._deadline = deadline
 
     def connect(self) -> None:
-        self.sock = socket.create_connection((self._address, self.port), self.timeout)
+        self.sock = _connect(self._addresses, self.port, self._deadline)
 
 
 class HttpWebhookSender(WebhookSender):
-    """Connects to the first checked address (never resolving the name again, so DNS cannot swap
-    in a private address after the check), follows no redirect, and gives up after `timeout`
+    """Connects to the checked addresses in turn until one takes the connection (never resolving
+    the name again, so DNS cannot swap in a private address after the check; only the connection
+    moves on, never a request sent), follows no redirect, and gives up after `timeout`
     seconds in all. A socket timeout bounds one read or write, not their sum (a subscriber sending
     a byte at a time would keep the attempt going, past the function's own timeout), so at the
     deadline a timer shuts the connection's socket down, which ends whatever call waits on it."""
@@ -328,7 +361,7 @@ class HttpWebhookSender(WebhookSender):
     def post(self, target: Target, body: bytes, headers: dict[str, str], timeout: float) -> SendResult:
         deadline = time.monotonic() + timeout
         connection_type = _PinnedHttps if target.scheme == "https" else _PinnedHttp
-        connection = connection_type(target.addresses[0], target.host, target.port, timeout)
+        connection = connection_type(target.addresses, target.host, target.port, timeout, deadline)
         expired = threading.Event()
 
         def expire() -> None:

@@ -10,7 +10,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -725,3 +725,126 @@ def test_a_delivery_whose_webhook_was_deleted_ends_failed_without_counting_a_mis
     record = container().webhook_store.get_delivery(webhook.id, message.delivery_id)
     assert (record.status, record.last_error) == ("failed", "the webhook was deleted")
     assert "WebhookDeliveriesFailed" not in printed
+
+
+def test_a_subscriber_whose_first_address_refuses_is_reached_at_its_next_checked_one():
+    """A host with several addresses (a load balancer's, one per zone) whose first does not answer:
+    every attempt connected to that first address only, so one zone down failed every delivery for
+    the whole retry window while the others served. The attempt tries the checked addresses in
+    turn until one takes the connection (never another address: no DNS lookup after the check)."""
+    from core.webhooks import Target
+    from functions.adapters.webhooks import HttpWebhookSender
+
+    receiver = Receiver()
+    port = receiver.server.server_address[1]
+    # 127.0.0.2 is loopback too, but nothing listens there on this port (the receiver binds 127.0.0.1).
+    target = Target("http", "127.0.0.1", port, "/hook", ("127.0.0.2", "127.0.0.1"))
+    try:
+        result = HttpWebhookSender().post(target, b"{}", {"Content-Type": "application/json"}, timeout=5)
+    finally:
+        receiver.close()
+    assert (result.status_code, result.error) == (200, None)
+    assert [body for _, body in receiver.received] == [b"{}"]
+
+
+def a_pending_delivery(webhook_id: str, number: int, made: datetime, retry_until: datetime) -> Any:
+    """A delivery of `webhook_id` never tried yet, made at `made`: event `evt_<number>`."""
+    from core.webhooks import DeliveryRecord
+
+    return DeliveryRecord(
+        id=f"dlv_{number:014x}{'c' * 16}",
+        event_id=f"evt_{number}",
+        event_type="order.created",
+        status="pending",
+        attempts=0,
+        next_attempt_at=made,
+        webhook_id=webhook_id,
+        body="{}",
+        created_at=made,
+        retry_until=retry_until,
+    )
+
+
+def test_a_delivery_retried_longer_than_deliveries_are_kept_is_kept_past_the_end_of_its_window(aws):
+    """WebhookRetryWindowSeconds may be longer than the 30 days a delivery's record is kept: the
+    record expired (TTL) 30 days after it was made while its schedule still ran, so it vanished,
+    neither delivered nor `failed` and kept, and its next message found nothing. It is kept until
+    30 days after its window closes (and a manual retry, which closes it anew, keeps it as long)."""
+    from core.webhooks import DeliveryRecord
+    from functions.adapters.webhooks import DELIVERY_RETENTION, DynamoWebhooks
+
+    store = DynamoWebhooks(aws.dynamodb, aws.tables["CatalogTable"])
+    made = datetime(2026, 12, 1, tzinfo=UTC)
+    webhook_id = f"whk_{'b' * 24}"
+
+    def expiry(record: DeliveryRecord) -> datetime:
+        key = {"pk": {"S": f"WEBHOOK#{webhook_id}"}, "sk": {"S": record.id}}
+        item = aws.dynamodb.get_item(TableName=aws.tables["CatalogTable"], Key=key)["Item"]
+        return datetime.fromtimestamp(int(item["expires_at"]["N"]), UTC)
+
+    for days in (1, 40):
+        record = a_pending_delivery(webhook_id, days, made, retry_until=made + timedelta(days=days))
+        assert store.add_delivery(record)
+        assert expiry(record) == record.retry_until + DELIVERY_RETENTION
+        retried = record.model_copy(update={"generation": 1, "retry_until": made + timedelta(days=days + 5)})
+        assert store.update_delivery(retried, record)
+        assert expiry(retried) == retried.retry_until + DELIVERY_RETENTION
+
+
+def test_a_subscriber_whose_first_address_never_answers_is_reached_at_its_next_one_within_the_timeout():
+    """A zone that drops connections (no refusal: the connect hangs) took the attempt's whole
+    timeout, so the next address was never tried and every attempt failed. Each address gets its
+    share of what is left of the timeout, the last all of it."""
+    from core.webhooks import Target
+    from functions.adapters.webhooks import HttpWebhookSender
+
+    receiver = Receiver()
+    port = receiver.server.server_address[1]
+    # On 127.0.0.2 at the receiver's port, a listener whose one-place backlog is taken: the kernel
+    # drops every further connection's SYN, so a connect there waits until its own timeout.
+    silent = socket.socket()
+    silent.bind(("127.0.0.2", port))
+    silent.listen(0)
+    queued = socket.create_connection(("127.0.0.2", port))
+    target = Target("http", "127.0.0.1", port, "/hook", ("127.0.0.2", "127.0.0.1"))
+    try:
+        result = HttpWebhookSender().post(target, b"{}", {"Content-Type": "application/json"}, timeout=4)
+    finally:
+        queued.close()
+        silent.close()
+        receiver.close()
+    assert (result.status_code, result.error) == (200, None)
+    assert [body for _, body in receiver.received] == [b"{}"]
+
+
+def test_the_last_page_of_a_subscriptions_deliveries_has_no_next_cursor(aws, monkeypatch):
+    """DynamoDB answers a Query that stopped at its Limit with a LastEvaluatedKey, more items or
+    not (moto only when more follow: emulated below). The deliveries page was that Query, so a
+    subscription with exactly `limit` deliveries (or a last page of exactly `limit`) answered a
+    next_cursor whose page was empty; every other list reads one item ahead and says null."""
+    from functions.adapters.webhooks import DynamoWebhooks
+
+    real = aws.dynamodb.query
+
+    def query(**request: Any) -> dict[str, Any]:
+        answer = real(**request)
+        if "LastEvaluatedKey" not in answer and request.get("Limit") == len(answer["Items"]) > 0:
+            last = answer["Items"][-1]
+            answer["LastEvaluatedKey"] = {"pk": last["pk"], "sk": last["sk"]}
+        return answer
+
+    monkeypatch.setattr(aws.dynamodb, "query", query)
+    store = DynamoWebhooks(aws.dynamodb, aws.tables["CatalogTable"])
+    made = datetime(2026, 12, 1, tzinfo=UTC)
+    webhook_id = f"whk_{'d' * 24}"
+    for n in range(3):
+        store.add_delivery(a_pending_delivery(webhook_id, n, made, retry_until=made + timedelta(days=1)))
+
+    shown, cursor = store.deliveries(webhook_id, 3, None)
+    assert ([r.event_id for r in shown], cursor) == (["evt_2", "evt_1", "evt_0"], None)
+    first, cursor = store.deliveries(webhook_id, 2, None)
+    assert [r.event_id for r in first] == ["evt_2", "evt_1"] and cursor is not None
+    rest, cursor = store.deliveries(webhook_id, 2, cursor)
+    assert ([r.event_id for r in rest], cursor) == (["evt_0"], None)
+    last, cursor = store.deliveries(webhook_id, 1, store.deliveries(webhook_id, 2, None)[1])
+    assert ([r.event_id for r in last], cursor) == (["evt_0"], None)

@@ -243,6 +243,22 @@ def test_a_failing_subscriber_is_tried_for_the_whole_window_with_a_last_attempt_
     assert max(gaps) <= timedelta(hours=1)
 
 
+def test_a_window_of_weeks_keeps_retrying_past_a_thousand_failures_at_the_longest_wait():
+    # WebhookRetryWindowSeconds may be years, and at the least longest wait (1800 s, jitter down to
+    # half) a subscriber down for 16 days fails a 1,025th time: 30.0 x 2**1024 is past any float,
+    # so the worker raised OverflowError on that message until it was dead-lettered, and the
+    # delivery stayed pending with nothing queued for it, never retried again nor failed.
+    parameters = load_template(Path(__file__).resolve().parents[2] / "template.yaml")["Parameters"]
+    schedule = RetrySchedule(
+        base_seconds=30.0,
+        max_delay_seconds=float(parameters["WebhookRetryMaxDelaySeconds"]["MinValue"]),
+        window_seconds=float(parameters["WebhookRetryWindowSeconds"]["MaxValue"]),
+    )
+    delivery = record(retry_until=NOW + timedelta(seconds=schedule.window_seconds))
+    assert [schedule.delay(n, lambda: 1.0) for n in (1024, 1025, 10**6)] == [1800, 1800, 1800]
+    assert schedule.next_attempt(delivery, 1025, NOW, lambda: 0.0) == NOW + timedelta(seconds=900)
+
+
 def test_the_local_schedule_makes_at_least_three_attempts_in_the_first_minute():
     # The local stack's schedule (infra/local/stack.py COMPRESSED_WEBHOOK_RETRIES).
     schedule = RetrySchedule(base_seconds=2, max_delay_seconds=8, window_seconds=60)
