@@ -9,6 +9,7 @@ import json
 import logging
 import re
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import nullcontext
 from typing import Any
@@ -70,6 +71,11 @@ def installed() -> Iterator[None]:
         yield
 
 
+def _unique(machine: dict[str, Any]) -> str:
+    """A definition no earlier test had kept (the kept trees are the process's)."""
+    return json.dumps({**machine, "Comment": uuid.uuid4().hex})
+
+
 def _parse(definition: str) -> tuple[Any, Any]:
     from moto.stepfunctions.parser.asl.parse.asl_parser import AmazonStateLanguageParser
 
@@ -85,7 +91,7 @@ def _shape(program: Any) -> str:
 def test_a_definition_is_parsed_once_and_every_call_gets_a_new_program_like_moto_s(
     antlr_parses: list[str],
 ) -> None:
-    definition = json.dumps(RETRIED)
+    definition = _unique(RETRIED)
     own_program, own_tree = _parse(definition)
     with asl_parse.PATCH.registered():
         parsed = [_parse(definition) for _ in range(3)]
@@ -102,7 +108,7 @@ def test_the_program_holds_no_node_of_the_kept_tree(installed: None) -> None:
     from antlr4.tree.Tree import Tree
     from moto.stepfunctions.parser.asl.component.component import Component
 
-    definition = json.dumps(CAUGHT)
+    definition = _unique(CAUGHT)
     _parse(definition)
     program, tree = _parse(definition)
     assert isinstance(tree, Tree)
@@ -146,7 +152,7 @@ def test_a_definition_that_does_not_parse_raises_every_time_and_is_not_kept(
 def test_the_least_recently_used_definition_is_parsed_again_past_the_bound(
     installed: None, antlr_parses: list[str]
 ) -> None:
-    definitions = [json.dumps({**CAUGHT, "Comment": str(n)}) for n in range(asl_parse.KEPT_TREES + 1)]
+    definitions = [_unique(CAUGHT) for _ in range(asl_parse.KEPT_TREES + 1)]
     for definition in definitions[:-1]:
         _parse(definition)
     _parse(definitions[0])  # now the most recently used: definitions[1] is dropped next
@@ -199,7 +205,7 @@ def test_executions_of_kept_definitions_at_once_each_end_as_on_moto_s_own_parse(
     antlr_parses: list[str], caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.CRITICAL, "moto.stepfunctions.parser.asl.component.eval_component")  # every Boom
-    definitions = {"retried": json.dumps(RETRIED), "caught": json.dumps(CAUGHT)}
+    definitions = {"retried": _unique(RETRIED), "caught": _unique(CAUGHT)}
     unpatched = {name: ended for name, *ended in _run_machines(definitions, rounds=1, patched=False)}
     assert unpatched["retried"][:2] == ["FAILED", "Boom"]
     assert unpatched["retried"][2].count("ParallelStateStarted") == 3  # the first attempt and two retries
@@ -227,9 +233,12 @@ def test_canary_moto_s_execution_worker_still_parses_its_definition_per_executio
     assert "_get_evaluation_entrypoint()" in inspect.getsource(ExecutionWorker._execution_logic)
 
 
-def test_the_kept_trees_are_this_installation_s_own() -> None:
-    definition = json.dumps(CAUGHT)
+def test_a_tree_kept_under_one_installation_serves_the_next(antlr_parses: list[str]) -> None:
+    """Stacks started one after another in a process (the tests') parse each definition once."""
+    definition = _unique(CAUGHT)
     with asl_parse.PATCH.registered():
         first = _parse(definition)[1]
+    assert _parse(definition)[1] is not first  # moto's own parse while none is installed
     with asl_parse.PATCH.registered():
-        assert _parse(definition)[1] is not first
+        assert _parse(definition)[1] is first
+    assert antlr_parses == [definition] * 2
