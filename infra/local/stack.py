@@ -30,6 +30,7 @@ from infra.local.lambdas import Handler, LambdaService, keep_functions_apart
 from infra.local.moto_patches import (
     apigateway,
     arrivals,
+    asl_parse,
     lambda_invoke,
     lock,
     memory,
@@ -327,8 +328,9 @@ class EmbeddedStack:
                 self.process.set_env({name: "true"})
         # One request at a time; and, as a stack runs for hours, moto's SQS must not slow down
         # with a queue's depth, nor its transactions with a table's size, nor moto keep every
-        # object or shard iterator it ever made (moto_patches/).
-        for patch in (lock.PATCH, sqs.PATCH, memory.PATCH, transactions.PATCH, streams.PATCH):
+        # object or shard iterator it ever made, nor parse a state machine's definition again for every
+        # execution (moto_patches/).
+        for patch in (lock.PATCH, sqs.PATCH, memory.PATCH, transactions.PATCH, streams.PATCH, asl_parse.PATCH):
             self.process.enter(patch.registered())
         # Every function runs in this process: each logs with its own keys (function_name, the
         # request id, cold_start), and a thread it starts runs as it, as its own process would.

@@ -1,0 +1,57 @@
+"""The `asl_parse` patch: moto's ASL interpreter lexes and parses a state machine's definition again
+for every execution it starts (`ExecutionWorker._get_evaluation_entrypoint` calls
+`AmazonStateLanguageParser.parse`): for the order workflow, ~28 ms of CPU in ANTLR per execution.
+
+The parse tree of a definition is kept (only a definition that parsed and preprocessed without
+error; the few most recently used) and visited again into a new program for every call, as moto's
+parse does, so nothing an execution's evaluation holds is shared. Sharing the tree is safe: moto
+reads it and never changes it (no setter on it outside ANTLR's own parse, no component keeps a node
+of it; tests/integration/test_moto_patches_asl_parse.py checks the latter). A tree depends on the
+definition's text alone, so the trees are kept for the process, across stacks (~0.6 MB each)."""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from typing import Any
+
+from infra.local.moto_patches import MotoPatch, Replacements
+
+# The template has two state machines; a test process creates a few more of its own.
+KEPT_TREES = 8
+_trees: OrderedDict[str, Any] = OrderedDict()  # definition -> its tree, least recently used first
+_guard = threading.Lock()
+
+
+def _replacements() -> Replacements:
+    from moto.stepfunctions.parser.asl.parse.asl_parser import AmazonStateLanguageParser
+    from moto.stepfunctions.parser.asl.parse.preprocessor import Preprocessor
+
+    parse = AmazonStateLanguageParser.__dict__["parse"].__func__
+
+    def kept_parse(definition: str) -> tuple[Any, Any]:
+        with _guard:
+            tree = _trees.get(definition)
+            if tree is not None:
+                _trees.move_to_end(definition)
+        if tree is not None:
+            return Preprocessor().visit(tree), tree  # what moto's parse returns after its syntax check
+        program, tree = parse(definition)  # a definition that does not parse raises here, as before
+        with _guard:
+            _trees[definition] = tree
+            _trees.move_to_end(definition)  # kept meanwhile by a call that parsed it at the same time
+            while len(_trees) > KEPT_TREES:
+                _trees.popitem(last=False)
+        return program, tree
+
+    return {(AmazonStateLanguageParser, "parse"): staticmethod(kept_parse)}
+
+
+PATCH = MotoPatch(
+    "asl_parse",
+    changes="Step Functions executions of a definition already parsed visit its kept ANTLR parse tree into "
+    "a new program instead of lexing and parsing the definition again (~28 ms of CPU per order workflow "
+    "execution).",
+    expects={"moto.stepfunctions.parser.asl.parse.asl_parser.AmazonStateLanguageParser.parse": "(definition)"},
+    replacements=_replacements,
+)
