@@ -447,6 +447,23 @@ def test_router_prefers_literal_segments_and_does_not_fall_back_to_a_looser_reso
     assert router.match("/orders//history", "GET") is None  # an empty segment names no resource
 
 
+def test_router_ranks_resources_with_parameters_by_their_first_literal_segment_then_their_path():
+    routes = [
+        ApiRoute("Late", "/{kind}/b", "GET", None),
+        ApiRoute("Early", "/a/{id}", "GET", None),
+        ApiRoute("Second", "/a/{other}", "GET", None),
+        ApiRoute("Literal", "/a/c/", "POST", None),
+    ]
+    router = Router(routes)
+    # /a/{id} and /a/{other} both beat /{kind}/b: a literal segment counts from the left; of two
+    # alike, the path that sorts first. A resource's trailing slash is ignored, as a request's is.
+    match = router.match("/a/b", "GET")
+    assert (match.route.event_name, match.path_parameters) == ("Early", {"id": "b"})
+    assert router.match("/x/b", "GET").path_parameters == {"kind": "x"}
+    assert router.match("/a/c", "POST").route.event_name == "Literal"
+    assert router.match("/a/c", "GET") is None  # /a/c has no GET; /a/{id} is not tried
+
+
 def test_a_greedy_proxy_path_is_refused_rather_than_matched_as_one_segment():
     with pytest.raises(ValueError, match=r"route Proxy: greedy path /files/\{proxy\+\} is not emulated"):
         Router([*ROUTES, ApiRoute("Proxy", "/files/{proxy+}", "GET", None)])
@@ -496,6 +513,15 @@ def test_proxy_event_has_api_gateway_v1_shape():
     assert context["identity"]["sourceIp"] == "10.0.0.7"
     assert context["requestId"] == request.request_id
     assert abs(context["requestTimeEpoch"] - time.time() * 1000) < 5000
+    assert context["requestTime"] == time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(request.received_at))
+    assert re.fullmatch(r"[0-9a-f]{6}", context["resourceId"])
+    again = proxy_event(request, Router(ROUTES).match(request.path, request.method))
+    other = proxy_event(request, Router(ROUTES).match("/orders/ord_1", "GET"))["requestContext"]["resourceId"]
+    # One id per resource, the same on every request; a trace id per request.
+    assert again["requestContext"]["resourceId"] == context["resourceId"] != other
+    trace = event["headers"]["X-Amzn-Trace-Id"]
+    assert re.fullmatch(rf"Root=1-{int(request.received_at):08x}-[0-9a-f]{{24}}", trace)
+    assert again["headers"]["X-Amzn-Trace-Id"] != trace
     # Served at the root (like a custom domain's base path mapping): no stage in the path.
     assert context["path"] == "/inventory/TSHIRT%2FBLK/wh-east"
 
