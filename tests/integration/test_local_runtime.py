@@ -9,6 +9,7 @@ import base64
 import http.client
 import importlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -1302,6 +1303,92 @@ def test_the_api_keeps_a_clients_connection_as_api_gateway_does_but_after_a_body
     assert (refused.status, refused.getheader("Connection")) == (413, "close")
     assert refused.will_close  # the unread body is never taken for the next request
     connection.close()
+
+
+@pytest.fixture
+def served() -> Iterator[tuple[str, int]]:
+    """The fake gateway behind the stack's own HTTP server (infra/local/servers.py)."""
+    from infra.local.servers import Servers
+
+    servers = Servers("127.0.0.1")
+    port = servers.start_api(gateway(), 0)
+    try:
+        yield "127.0.0.1", port
+    finally:
+        servers.stop()
+
+
+def test_a_response_leaves_in_one_write_its_status_line_headers_and_body(served, monkeypatch: pytest.MonkeyPatch):
+    import email.utils
+    import socketserver
+
+    writes: list[bytes] = []
+    write = socketserver._SocketWriter.write
+    monkeypatch.setattr(
+        socketserver._SocketWriter, "write", lambda self, data: writes.append(bytes(data)) or write(self, data)
+    )
+    connection = http.client.HTTPConnection(*served, timeout=10)
+    connection.request("GET", "/health")
+    response = connection.getresponse()
+    body = response.read()
+    connection.close()
+
+    assert (response.status, body) == (200, b'{"ok": true}')
+    # One send: two (the headers', then the body's) cost a second syscall and TCP segment.
+    [sent] = writes
+    assert sent.startswith(b"HTTP/1.1 200 OK\r\n") and sent.endswith(b"\r\n\r\n" + body)
+    assert email.utils.parsedate_to_datetime(response.getheader("Date")).tzinfo is not None
+
+
+def test_the_date_header_is_formatted_once_a_second_and_names_that_second(monkeypatch: pytest.MonkeyPatch):
+    from infra.local import servers
+
+    handler = servers.GatewayRequestHandler.__new__(servers.GatewayRequestHandler)
+    monkeypatch.setattr(servers.time, "time", lambda: 86400.9)
+    assert handler.date_time_string() == "Fri, 02 Jan 1970 00:00:00 GMT"
+    monkeypatch.setattr(servers.time, "time", lambda: 86401.0)
+    assert handler.date_time_string() == "Fri, 02 Jan 1970 00:00:01 GMT"
+    assert handler.date_time_string(0) == "Thu, 01 Jan 1970 00:00:00 GMT"
+
+
+def test_a_client_that_expects_100_continue_is_told_to_send_its_body(served):
+    # curl asks so for a body over 1 KB, and waits a second for the answer before sending it anyway
+    # (http.server answers it as it parses the request, before the gateway reads the body).
+    head = (
+        b"PUT /inventory/SKU-1/wh-1 HTTP/1.1\r\nHost: local\r\nAuthorization: Bearer good\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 14\r\nExpect: 100-continue\r\n\r\n"
+    )
+    with socket.create_connection(served, timeout=10) as client:
+        client.sendall(head)
+        assert client.recv(1024) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        client.sendall(b'{"on_hand": 1}')
+        assert client.recv(65536).startswith(b"HTTP/1.1 200 OK\r\n")
+
+
+def test_werkzeug_s_request_line_is_formatted_only_when_its_logger_is_at_info(
+    served, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+):
+    from werkzeug.serving import WSGIRequestHandler
+
+    formatted: list[int] = []
+    log_request = WSGIRequestHandler.log_request
+    monkeypatch.setattr(
+        WSGIRequestHandler, "log_request", lambda self, *a: formatted.append(1) or log_request(self, *a)
+    )
+
+    def get_health() -> None:
+        connection = http.client.HTTPConnection(*served, timeout=10)
+        connection.request("GET", "/health")
+        connection.getresponse().read()
+        connection.close()
+
+    caplog.set_level(logging.WARNING, logger="werkzeug")  # as the stack sets it (the gateway logs requests)
+    get_health()
+    assert formatted == [] and not [record for record in caplog.records if record.name == "werkzeug"]
+    caplog.set_level(logging.INFO, logger="werkzeug")
+    get_health()
+    [line] = [record.getMessage() for record in caplog.records if record.name == "werkzeug"]
+    assert '"GET /health HTTP/1.1" 200 -' in line
 
 
 def test_the_make_run_banner_says_where_everything_is_and_how_to_place_a_first_order(stack):
