@@ -1156,6 +1156,41 @@ def test_a_run_held_behind_another_function_s_moto_call_past_its_timeout_answers
 
 
 @pytest.mark.skipif(not Path(f"/proc/self/task/{threading.get_native_id()}/schedstat").exists(), reason="Linux")
+def test_a_thread_s_wait_for_a_cpu_is_read_afresh_from_a_file_closed_when_the_thread_ends():
+    # RunClock reads it at least twice a run: the thread keeps its schedstat open and preads it.
+    import subprocess
+
+    from infra.local.moto_patches import lock
+
+    cpu = min(os.sched_getaffinity(0))
+    hog = subprocess.Popen([sys.executable, "-c", f"import os; os.sched_setaffinity(0, {{{cpu}}})\nwhile True: pass"])
+    files = len(os.listdir("/proc/self/fd"))
+    seen: list[float] = []
+
+    def crowded() -> None:
+        os.sched_setaffinity(0, {cpu})  # beside the hog: this thread waits for the CPU it spins on
+        path = Path(f"/proc/self/task/{threading.get_native_id()}/schedstat")
+        seen.append(lock.queued_seconds())
+        started = time.thread_time()
+        while time.thread_time() - started < 0.05:
+            pass
+        seen.extend([lock.queued_seconds(), int(path.read_text().split()[1]) / 1e9])
+        seen.append(len(os.listdir("/proc/self/fd")))
+
+    try:
+        time.sleep(0.2)  # the hog is pinned and spinning
+        thread = threading.Thread(target=crowded)
+        thread.start()
+        thread.join(10)
+    finally:
+        hog.kill()
+        hog.wait()
+    before, after, fresh, open_in_thread = seen
+    assert before < after <= fresh  # the kept file answers what the kernel says now
+    assert open_in_thread == files + 1 and len(os.listdir("/proc/self/fd")) == files
+
+
+@pytest.mark.skipif(not Path(f"/proc/self/task/{threading.get_native_id()}/schedstat").exists(), reason="Linux")
 def test_a_run_the_machine_kept_from_a_cpu_past_its_timeout_answers():
     # On AWS a function has its own CPU: here two processes pinned to the run's one CPU take two
     # thirds of it, so the run's 0.1 s of CPU takes about 0.3 s of wall time, past its 0.2 s Timeout
