@@ -18,7 +18,6 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
-from werkzeug.datastructures import Headers
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.wrappers import Request, Response
 
@@ -517,14 +516,14 @@ def _http_response(result: Any, request_id: str) -> Response:
     payload = base64.b64decode(body) if result.get("isBase64Encoded") else body.encode("utf-8")
     multi = result.get("multiValueHeaders") or {}
     # API Gateway merges the two maps; a name in multiValueHeaders wins.
-    taken = Headers(multi)  # case-insensitive
-    single = [(name, value) for name, value in (result.get("headers") or {}).items() if name not in taken]
-    response = Response(payload, status=result["statusCode"])
-    response.headers = Headers([(name, str(value)) for name, values in multi.items() for value in values])
-    response.headers.extend((name, str(value)) for name, value in single)
-    response.headers.setdefault("Content-Type", "application/json")  # case-insensitive
-    response.headers.setdefault("x-amzn-RequestId", request_id)
-    return response
+    headers = [(name, str(value)) for name, values in multi.items() for value in values]
+    taken = {name.lower() for name, values in multi.items() if values or not isinstance(values, list | tuple | set)}
+    single = (result.get("headers") or {}).items()
+    headers += [(name, str(value)) for name, value in single if name.lower() not in taken]
+    names = {name.lower() for name, _ in headers}
+    defaults = {"Content-Type": "application/json", "x-amzn-RequestId": request_id}
+    headers += [(name, value) for name, value in defaults.items() if name.lower() not in names]
+    return Response(payload, status=result["statusCode"], headers=headers)
 
 
 # Long digit runs in a logged path (a card number sent as an id, say) are never written out.

@@ -558,6 +558,23 @@ def test_handler_response_becomes_the_http_response():
     assert response.headers["x-amzn-RequestId"]
 
 
+def test_a_name_in_multi_value_headers_wins_over_headers_whatever_its_case():
+    gw = gateway(
+        api=lambda event, context: {
+            "statusCode": 200,
+            "headers": {"X-TAG": "single", "X-Empty": "kept", "X-Amzn-Requestid": "mine"},
+            "multiValueHeaders": {"X-Tag": ["one", "two"], "X-Empty": [], "content-type": ["text/csv"]},
+            "body": "a,b",
+        }
+    )
+    response = gw.handle(HttpRequest("GET", "/health"))
+    assert response.headers.getlist("X-Tag") == ["one", "two"]
+    assert response.headers.getlist("X-Empty") == ["kept"]  # an empty list takes nothing
+    # What the handler set is not set again, whatever its case.
+    assert response.headers.getlist("Content-Type") == ["text/csv"]
+    assert response.headers.getlist("x-amzn-RequestId") == ["mine"]
+
+
 def test_a_handler_that_raises_is_502_without_the_traceback(caplog: pytest.LogCaptureFixture):
     # API Gateway answers a function error (an exception, a timeout) with 502, as it answers a response
     # that is no proxy response; the local gateway answered 500, the status of an invoke Lambda refused.
