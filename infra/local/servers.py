@@ -14,6 +14,8 @@ from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 from infra.local.gateway import RAW_HEADERS_KEY, ApiGateway
 
+_WERKZEUG_LOG = logging.getLogger("werkzeug")  # werkzeug.serving's request lines
+
 
 class GatewayRequestHandler(WSGIRequestHandler):
     """Keeps the headers as sent (case and repeats), which WSGI's environ folds; access logging is
@@ -60,8 +62,7 @@ class GatewayRequestHandler(WSGIRequestHandler):
         """Werkzeug's request line, formatted only when its logger would print it (the stack keeps
         it below WARNING: the gateway logs each request itself). A logger at NOTSET is one werkzeug
         sets to INFO on its first line, so that is formatted and logged as before."""
-        logger = logging.getLogger("werkzeug")
-        if logger.level == logging.NOTSET or logger.isEnabledFor(logging.INFO):
+        if _WERKZEUG_LOG.level == logging.NOTSET or _WERKZEUG_LOG.isEnabledFor(logging.INFO):
             super().log_request(code, size)
 
     def date_time_string(self, timestamp: float | None = None) -> str:
