@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import logging
+import os
 import re
 import threading
 import time
@@ -16,7 +18,6 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
-from werkzeug.datastructures import Headers
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.wrappers import Request, Response
 
@@ -73,7 +74,24 @@ class Router:
         for route in self.routes:
             if "+}" in route.path:
                 raise ValueError(f"route {route.event_name}: greedy path {route.path} is not emulated")
-        self._patterns = [(route, [s for s in route.path.split("/") if s]) for route in self.routes]
+        # Each resource once, with its routes by method (a method's first route wins). A path of
+        # literal segments only is looked up whole: a resource that matches it so is the most
+        # specific. Else the resources with parameters of its length are tried most specific first
+        # (literal segments before `{param}` ones, position by position, then the path): the first
+        # that matches is the one API Gateway picks.
+        methods: dict[str, dict[str, ApiRoute]] = {}
+        for route in self.routes:
+            methods.setdefault(route.path, {}).setdefault(route.method, route)
+        self._literal: dict[tuple[str, ...], dict[str, ApiRoute]] = {}
+        self._templated: dict[int, list[tuple[tuple[tuple[int, str], ...], dict[int, str], dict[str, ApiRoute]]]] = {}
+        for path in sorted(methods, key=lambda path: ([s.startswith("{") for s in _segments(path)], path)):
+            segments = _segments(path)
+            parameters = {i: s[1:-1] for i, s in enumerate(segments) if s.startswith("{")}
+            if not parameters:
+                self._literal.setdefault(tuple(segments), methods[path])
+                continue
+            literals = tuple((i, s) for i, s in enumerate(segments) if i not in parameters)
+            self._templated.setdefault(len(segments), []).append((literals, parameters, methods[path]))
 
     def match(self, raw_path: str, method: str) -> RouteMatch | None:
         segments = raw_path.split("/")[1:]
@@ -82,14 +100,19 @@ class Router:
         if "" in segments:  # an empty segment (`//`) names no resource
             return None
         values = [unquote(segment) for segment in segments]
-        found = []  # (rank: literal segments first, then the path), route, path parameters
-        for route, pattern in self._patterns:
-            pairs = list(zip(pattern, values, strict=False))
-            if len(pattern) == len(values) and all(name.startswith("{") or name == value for name, value in pairs):
-                params = {name[1:-1]: value for name, value in pairs if name.startswith("{")}
-                found.append(((tuple(name.startswith("{") for name in pattern), route.path), route, params))
-        best = min((rank for rank, _, _ in found), default=None)
-        return next((RouteMatch(r, p) for rank, r, p in found if rank == best and r.method == method.upper()), None)
+        by_method = self._literal.get(tuple(values))
+        if by_method is not None:
+            route = by_method.get(method.upper())
+            return None if route is None else RouteMatch(route, {})
+        for literals, parameters, by_method in self._templated.get(len(values), ()):
+            if all(values[i] == literal for i, literal in literals):
+                route = by_method.get(method.upper())
+                return None if route is None else RouteMatch(route, {name: values[i] for i, name in parameters.items()})
+        return None
+
+
+def _segments(path: str) -> list[str]:
+    return [segment for segment in path.split("/") if segment]
 
 
 @dataclass
@@ -130,7 +153,7 @@ def proxy_event(request: HttpRequest, match: RouteMatch, *, stage: str = "v1") -
     added = {  # what API Gateway adds in front of every integration
         "X-Forwarded-For": request.source_ip,
         "X-Forwarded-Proto": "http",
-        "X-Amzn-Trace-Id": f"Root=1-{int(request.received_at):08x}-{uuid.uuid4().hex[:24]}",
+        "X-Amzn-Trace-Id": f"Root=1-{int(request.received_at):08x}-{os.urandom(12).hex()}",
     }
     headers += [(name, value) for name, value in added.items() if name.lower() not in names]
     single_headers, multi_headers = _single_and_multi(headers)
@@ -152,11 +175,11 @@ def proxy_event(request: HttpRequest, match: RouteMatch, *, stage: str = "v1") -
         "pathParameters": match.path_parameters or None,
         "stageVariables": None,
         "requestContext": {
-            "resourceId": uuid.uuid5(uuid.NAMESPACE_URL, match.route.path).hex[:6],
+            "resourceId": _resource_id(match.route.path),
             "resourcePath": match.route.path,
             "httpMethod": method,
             "extendedRequestId": request.request_id[:16],
-            "requestTime": datetime.fromtimestamp(request.received_at, UTC).strftime("%d/%b/%Y:%H:%M:%S +0000"),
+            "requestTime": _request_time(int(request.received_at)),
             # Served at the root, as behind a custom domain's base path mapping, so the path the
             # client used carries no stage (Swagger UI and links then point back here).
             "path": request.path,
@@ -173,6 +196,17 @@ def proxy_event(request: HttpRequest, match: RouteMatch, *, stage: str = "v1") -
         "body": body,
         "isBase64Encoded": is_base64,
     }
+
+
+@functools.cache
+def _resource_id(path: str) -> str:
+    """A resource's id, as API Gateway gives each resource one: stable per path."""
+    return uuid.uuid5(uuid.NAMESPACE_URL, path).hex[:6]
+
+
+@functools.lru_cache(maxsize=4)  # the seconds requests arrive in: the last few
+def _request_time(second: int) -> str:
+    return datetime.fromtimestamp(second, UTC).strftime("%d/%b/%Y:%H:%M:%S +0000")
 
 
 def method_arn(event: Mapping[str, Any]) -> str:
@@ -482,14 +516,14 @@ def _http_response(result: Any, request_id: str) -> Response:
     payload = base64.b64decode(body) if result.get("isBase64Encoded") else body.encode("utf-8")
     multi = result.get("multiValueHeaders") or {}
     # API Gateway merges the two maps; a name in multiValueHeaders wins.
-    taken = Headers(multi)  # case-insensitive
-    single = [(name, value) for name, value in (result.get("headers") or {}).items() if name not in taken]
-    response = Response(payload, status=result["statusCode"])
-    response.headers = Headers([(name, str(value)) for name, values in multi.items() for value in values])
-    response.headers.extend((name, str(value)) for name, value in single)
-    response.headers.setdefault("Content-Type", "application/json")  # case-insensitive
-    response.headers.setdefault("x-amzn-RequestId", request_id)
-    return response
+    headers = [(name, str(value)) for name, values in multi.items() for value in values]
+    taken = {name.lower() for name, values in multi.items() if values or not isinstance(values, list | tuple | set)}
+    single = (result.get("headers") or {}).items()
+    headers += [(name, str(value)) for name, value in single if name.lower() not in taken]
+    names = {name.lower() for name, _ in headers}
+    defaults = {"Content-Type": "application/json", "x-amzn-RequestId": request_id}
+    headers += [(name, value) for name, value in defaults.items() if name.lower() not in names]
+    return Response(payload, status=result["statusCode"], headers=headers)
 
 
 # Long digit runs in a logged path (a card number sent as an id, say) are never written out.

@@ -263,7 +263,11 @@ class RunClock:
 
     def elapsed(self) -> float:
         queued = lock.queued_seconds(self._thread) - self._queued
-        return time.monotonic() - self._started - queued - (self._waited.seconds - self._locked)
+        return self.at_most() - queued
+
+    def at_most(self) -> float:
+        """elapsed() with the wait for a CPU left in: never less, and read without /proc."""
+        return time.monotonic() - self._started - (self._waited.seconds - self._locked)
 
 
 @dataclass
@@ -339,11 +343,13 @@ class LocalFunction:
                     raise ExitError(request_id, _exit_reason(exit.code)) from None
                 finally:
                     end_invocation_metrics()
-                    ran = clock.elapsed()
+                    limit = min(self.timeout_seconds, waits)
+                    ran = clock.at_most()  # within the limit (the usual case), elapsed() is too
+                    ran = clock.elapsed() if ran > limit else ran
                     # Past its own Timeout Lambda stopped the run and replaces its environment; past
                     # only what its caller waits (API Gateway's 29 s) the run ended on its own, warm.
                     self._fresh_next = self._fresh_next or ran > self.timeout_seconds
-                    if ran > (limit := min(self.timeout_seconds, waits)):  # what it raised too
+                    if ran > limit:  # what it raised too
                         raise TimedOut(request_id, f"Task timed out after {limit:.2f} seconds")
         finally:
             RUNNING.function = outer

@@ -9,6 +9,7 @@ import base64
 import http.client
 import importlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -447,6 +448,23 @@ def test_router_prefers_literal_segments_and_does_not_fall_back_to_a_looser_reso
     assert router.match("/orders//history", "GET") is None  # an empty segment names no resource
 
 
+def test_router_ranks_resources_with_parameters_by_their_first_literal_segment_then_their_path():
+    routes = [
+        ApiRoute("Late", "/{kind}/b", "GET", None),
+        ApiRoute("Early", "/a/{id}", "GET", None),
+        ApiRoute("Second", "/a/{other}", "GET", None),
+        ApiRoute("Literal", "/a/c/", "POST", None),
+    ]
+    router = Router(routes)
+    # /a/{id} and /a/{other} both beat /{kind}/b: a literal segment counts from the left; of two
+    # alike, the path that sorts first. A resource's trailing slash is ignored, as a request's is.
+    match = router.match("/a/b", "GET")
+    assert (match.route.event_name, match.path_parameters) == ("Early", {"id": "b"})
+    assert router.match("/x/b", "GET").path_parameters == {"kind": "x"}
+    assert router.match("/a/c", "POST").route.event_name == "Literal"
+    assert router.match("/a/c", "GET") is None  # /a/c has no GET; /a/{id} is not tried
+
+
 def test_a_greedy_proxy_path_is_refused_rather_than_matched_as_one_segment():
     with pytest.raises(ValueError, match=r"route Proxy: greedy path /files/\{proxy\+\} is not emulated"):
         Router([*ROUTES, ApiRoute("Proxy", "/files/{proxy+}", "GET", None)])
@@ -496,6 +514,15 @@ def test_proxy_event_has_api_gateway_v1_shape():
     assert context["identity"]["sourceIp"] == "10.0.0.7"
     assert context["requestId"] == request.request_id
     assert abs(context["requestTimeEpoch"] - time.time() * 1000) < 5000
+    assert context["requestTime"] == time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(request.received_at))
+    assert re.fullmatch(r"[0-9a-f]{6}", context["resourceId"])
+    again = proxy_event(request, Router(ROUTES).match(request.path, request.method))
+    other = proxy_event(request, Router(ROUTES).match("/orders/ord_1", "GET"))["requestContext"]["resourceId"]
+    # One id per resource, the same on every request; a trace id per request.
+    assert again["requestContext"]["resourceId"] == context["resourceId"] != other
+    trace = event["headers"]["X-Amzn-Trace-Id"]
+    assert re.fullmatch(rf"Root=1-{int(request.received_at):08x}-[0-9a-f]{{24}}", trace)
+    assert again["headers"]["X-Amzn-Trace-Id"] != trace
     # Served at the root (like a custom domain's base path mapping): no stage in the path.
     assert context["path"] == "/inventory/TSHIRT%2FBLK/wh-east"
 
@@ -529,6 +556,23 @@ def test_handler_response_becomes_the_http_response():
     assert response.headers["Content-Type"] == "text/plain"
     assert response.headers.getlist("Set-Cookie") == ["a=1", "b=2"]
     assert response.headers["x-amzn-RequestId"]
+
+
+def test_a_name_in_multi_value_headers_wins_over_headers_whatever_its_case():
+    gw = gateway(
+        api=lambda event, context: {
+            "statusCode": 200,
+            "headers": {"X-TAG": "single", "X-Empty": "kept", "X-Amzn-Requestid": "mine"},
+            "multiValueHeaders": {"X-Tag": ["one", "two"], "X-Empty": [], "content-type": ["text/csv"]},
+            "body": "a,b",
+        }
+    )
+    response = gw.handle(HttpRequest("GET", "/health"))
+    assert response.headers.getlist("X-Tag") == ["one", "two"]
+    assert response.headers.getlist("X-Empty") == ["kept"]  # an empty list takes nothing
+    # What the handler set is not set again, whatever its case.
+    assert response.headers.getlist("Content-Type") == ["text/csv"]
+    assert response.headers.getlist("x-amzn-RequestId") == ["mine"]
 
 
 def test_a_handler_that_raises_is_502_without_the_traceback(caplog: pytest.LogCaptureFixture):
@@ -1129,6 +1173,41 @@ def test_a_run_held_behind_another_function_s_moto_call_past_its_timeout_answers
 
 
 @pytest.mark.skipif(not Path(f"/proc/self/task/{threading.get_native_id()}/schedstat").exists(), reason="Linux")
+def test_a_thread_s_wait_for_a_cpu_is_read_afresh_from_a_file_closed_when_the_thread_ends():
+    # RunClock reads it at least twice a run: the thread keeps its schedstat open and preads it.
+    import subprocess
+
+    from infra.local.moto_patches import lock
+
+    cpu = min(os.sched_getaffinity(0))
+    hog = subprocess.Popen([sys.executable, "-c", f"import os; os.sched_setaffinity(0, {{{cpu}}})\nwhile True: pass"])
+    files = len(os.listdir("/proc/self/fd"))
+    seen: list[float] = []
+
+    def crowded() -> None:
+        os.sched_setaffinity(0, {cpu})  # beside the hog: this thread waits for the CPU it spins on
+        path = Path(f"/proc/self/task/{threading.get_native_id()}/schedstat")
+        seen.append(lock.queued_seconds())
+        started = time.thread_time()
+        while time.thread_time() - started < 0.05:
+            pass
+        seen.extend([lock.queued_seconds(), int(path.read_text().split()[1]) / 1e9])
+        seen.append(len(os.listdir("/proc/self/fd")))
+
+    try:
+        time.sleep(0.2)  # the hog is pinned and spinning
+        thread = threading.Thread(target=crowded)
+        thread.start()
+        thread.join(10)
+    finally:
+        hog.kill()
+        hog.wait()
+    before, after, fresh, open_in_thread = seen
+    assert before < after <= fresh  # the kept file answers what the kernel says now
+    assert open_in_thread == files + 1 and len(os.listdir("/proc/self/fd")) == files
+
+
+@pytest.mark.skipif(not Path(f"/proc/self/task/{threading.get_native_id()}/schedstat").exists(), reason="Linux")
 def test_a_run_the_machine_kept_from_a_cpu_past_its_timeout_answers():
     # On AWS a function has its own CPU: here two processes pinned to the run's one CPU take two
     # thirds of it, so the run's 0.1 s of CPU takes about 0.3 s of wall time, past its 0.2 s Timeout
@@ -1276,6 +1355,92 @@ def test_the_api_keeps_a_clients_connection_as_api_gateway_does_but_after_a_body
     assert (refused.status, refused.getheader("Connection")) == (413, "close")
     assert refused.will_close  # the unread body is never taken for the next request
     connection.close()
+
+
+@pytest.fixture
+def served() -> Iterator[tuple[str, int]]:
+    """The fake gateway behind the stack's own HTTP server (infra/local/servers.py)."""
+    from infra.local.servers import Servers
+
+    servers = Servers("127.0.0.1")
+    port = servers.start_api(gateway(), 0)
+    try:
+        yield "127.0.0.1", port
+    finally:
+        servers.stop()
+
+
+def test_a_response_leaves_in_one_write_its_status_line_headers_and_body(served, monkeypatch: pytest.MonkeyPatch):
+    import email.utils
+    import socketserver
+
+    writes: list[bytes] = []
+    write = socketserver._SocketWriter.write
+    monkeypatch.setattr(
+        socketserver._SocketWriter, "write", lambda self, data: writes.append(bytes(data)) or write(self, data)
+    )
+    connection = http.client.HTTPConnection(*served, timeout=10)
+    connection.request("GET", "/health")
+    response = connection.getresponse()
+    body = response.read()
+    connection.close()
+
+    assert (response.status, body) == (200, b'{"ok": true}')
+    # One send: two (the headers', then the body's) cost a second syscall and TCP segment.
+    [sent] = writes
+    assert sent.startswith(b"HTTP/1.1 200 OK\r\n") and sent.endswith(b"\r\n\r\n" + body)
+    assert email.utils.parsedate_to_datetime(response.getheader("Date")).tzinfo is not None
+
+
+def test_the_date_header_is_formatted_once_a_second_and_names_that_second(monkeypatch: pytest.MonkeyPatch):
+    from infra.local import servers
+
+    handler = servers.GatewayRequestHandler.__new__(servers.GatewayRequestHandler)
+    monkeypatch.setattr(servers.time, "time", lambda: 86400.9)
+    assert handler.date_time_string() == "Fri, 02 Jan 1970 00:00:00 GMT"
+    monkeypatch.setattr(servers.time, "time", lambda: 86401.0)
+    assert handler.date_time_string() == "Fri, 02 Jan 1970 00:00:01 GMT"
+    assert handler.date_time_string(0) == "Thu, 01 Jan 1970 00:00:00 GMT"
+
+
+def test_a_client_that_expects_100_continue_is_told_to_send_its_body(served):
+    # curl asks so for a body over 1 KB, and waits a second for the answer before sending it anyway
+    # (http.server answers it as it parses the request, before the gateway reads the body).
+    head = (
+        b"PUT /inventory/SKU-1/wh-1 HTTP/1.1\r\nHost: local\r\nAuthorization: Bearer good\r\n"
+        b"Content-Type: application/json\r\nContent-Length: 14\r\nExpect: 100-continue\r\n\r\n"
+    )
+    with socket.create_connection(served, timeout=10) as client:
+        client.sendall(head)
+        assert client.recv(1024) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        client.sendall(b'{"on_hand": 1}')
+        assert client.recv(65536).startswith(b"HTTP/1.1 200 OK\r\n")
+
+
+def test_werkzeug_s_request_line_is_formatted_only_when_its_logger_is_at_info(
+    served, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+):
+    from werkzeug.serving import WSGIRequestHandler
+
+    formatted: list[int] = []
+    log_request = WSGIRequestHandler.log_request
+    monkeypatch.setattr(
+        WSGIRequestHandler, "log_request", lambda self, *a: formatted.append(1) or log_request(self, *a)
+    )
+
+    def get_health() -> None:
+        connection = http.client.HTTPConnection(*served, timeout=10)
+        connection.request("GET", "/health")
+        connection.getresponse().read()
+        connection.close()
+
+    caplog.set_level(logging.WARNING, logger="werkzeug")  # as the stack sets it (the gateway logs requests)
+    get_health()
+    assert formatted == [] and not [record for record in caplog.records if record.name == "werkzeug"]
+    caplog.set_level(logging.INFO, logger="werkzeug")
+    get_health()
+    [line] = [record.getMessage() for record in caplog.records if record.name == "werkzeug"]
+    assert '"GET /health HTTP/1.1" 200 -' in line
 
 
 def test_the_make_run_banner_says_where_everything_is_and_how_to_place_a_first_order(stack):

@@ -8,6 +8,7 @@ faithful model; threads then test *our* logic, not moto's dictionaries (measured
 from __future__ import annotations
 
 import functools
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,10 +23,42 @@ def queued_seconds(native_id: int | None = None) -> float:
     runnable but waiting for a CPU that the machine's other processes, or this process's other
     threads, held: Linux's schedstat run_delay. 0.0 where the kernel does not say (no /proc)."""
     try:
-        with open(f"/proc/self/task/{native_id or threading.get_native_id()}/schedstat", "rb") as stats:
-            return int(stats.read().split()[1]) / 1e9
+        if native_id is None or native_id == threading.get_native_id():
+            return _run_delay(_own_schedstat())
+        with open(f"/proc/self/task/{native_id}/schedstat", "rb") as stats:
+            return _run_delay(stats.fileno())
     except (OSError, ValueError, IndexError):
         return 0.0
+
+
+def _run_delay(fd: int) -> float:
+    return int(os.pread(fd, 128, 0).split()[1]) / 1e9
+
+
+class _Schedstat:
+    """A thread's schedstat file, kept open: each read is one pread, which the kernel answers
+    afresh, instead of an open, a read and a close (measured 2 µs against 19 µs on a loaded
+    machine; a function's run reads it at least twice). Closed when its thread ends, with the
+    thread's locals."""
+
+    __slots__ = ("fd",)
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def __del__(self) -> None:
+        os.close(self.fd)
+
+
+_schedstat = threading.local()
+
+
+def _own_schedstat() -> int:
+    mine = getattr(_schedstat, "file", None)
+    if mine is None:
+        path = f"/proc/self/task/{threading.get_native_id()}/schedstat"
+        mine = _schedstat.file = _Schedstat(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
+    return mine.fd
 
 
 class Waited:
