@@ -1157,3 +1157,25 @@ def test_a_plan_works_out_what_it_leaves_short_once_not_once_per_line(monkeypatc
 
     assert len(result.items[0].shipments) == (2 if max_shipments is None else 1)
     assert len(calls) <= 2, f"left_short called {len(calls)} times for one plan"
+
+
+def test_an_order_the_rules_leave_out_of_stock_names_their_version_in_its_history():
+    """API.md: every order's sourcing uses the version current when it is allocated and names it in
+    the history. An allocation that found no plan under the rules ended the order cancelled
+    out_of_stock with a history naming no version, so which rules cancelled it was not on record."""
+    import json
+
+    world, store = a_world([("MUG", "wh-west", 3)])
+    order_id = world.place(("MUG", 1))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    put(store, excluded_locations=["wh-west"])  # version 1, after capture counted the mugs there
+
+    with pytest.raises(OutOfStock) as failed:
+        world.workflow.reserve_stock(order_id)
+    # As the state machine's Catch hands it on: the step's error JSON.
+    cause = json.dumps({"errorType": "OutOfStock", "errorMessage": str(failed.value)})
+    world.workflow.cancel_after_failure(order_id, "OutOfStock", cause)
+
+    [cancelled] = [entry for entry in world.history(order_id) if entry.type == "cancelled"]
+    assert world.order(order_id).status is OrderStatus.CANCELLED and cancelled.detail["reason"] == "out_of_stock"
+    assert "sourcing rules v1" in cancelled.detail["message"], cancelled.detail
