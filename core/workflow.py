@@ -361,7 +361,8 @@ class Workflow:
             # only on stock as written, not on a plain read that may not show a restock yet.
             plan = self._plan(order, eligible, locations, rules, mine, consistent=True)
         if plan is None:
-            raise OutOfStock(f"the eligible locations cannot cover order {order.id}")
+            # Named in the message, which the cancel's history entry keeps: the rules decided it.
+            raise OutOfStock(f"the eligible locations cannot cover order {order.id} under {rules.named()}")
         short = left_short(order, plan)
         backorder = {line.sku for line in order.lines if line.line_id in short}
         line_sku = {line.line_id: line.sku for line in order.lines}

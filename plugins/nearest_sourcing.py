@@ -203,9 +203,11 @@ def oms_source_order(
     place = locate(destination)
     candidates = _candidates(locations, place)
     available = _available(stock, {candidate.location_id for candidate in candidates}, set(wanted))
-    for sku, quantity in wanted.items():
-        if sum(units for (_, stocked), units in available.items() if stocked == sku) < quantity:
-            return None  # the eligible locations together lack this sku
+    together: Counter[str] = Counter()
+    for (_, sku), units in available.items():  # one pass: one per sku was quadratic in a long order
+        together[sku] += units
+    if any(together[sku] < quantity for sku, quantity in wanted.items()):
+        return None  # the eligible locations together lack a sku
 
     reasons = [place.approximation] if place.approximation else []
     if rules.prefer is Prefer.NEAREST:
@@ -392,15 +394,16 @@ def _split_nearest_first(
 ) -> list[Allocation]:
     left = dict(available)
     allocations: list[Allocation] = []
+    given: Counter[str] = Counter()  # by line: summed over the allocations for each line, it was cubic
     for candidate in chosen:  # nearest first
         taken: Counter[str] = Counter()
         for line_id, sku, quantity in lines:
-            already = sum(a.quantity for a in allocations if a.line_id == line_id)
-            give = min(quantity - already, left.get((candidate.location_id, sku), 0))
+            give = min(quantity - given[line_id], left.get((candidate.location_id, sku), 0))
             if give <= 0:
                 continue
             allocations.append(Allocation(line_id=line_id, location_id=candidate.location_id, quantity=give))
             left[(candidate.location_id, sku)] -= give
+            given[line_id] += give
             taken[sku] += give
         if taken:
             reasons.append(

@@ -887,3 +887,36 @@ def test_a_third_party_sourcing_plugin_receives_the_rules_and_an_older_one_still
 
     assert [r.version for r in seen] == [7] and seen[0].max_shipments == 2
     assert allocated(plan) == [("L1", "wh-east", 1)]
+
+
+class _Scanned(dict):
+    """The plugin's availability table, counting the passes made over all of it."""
+
+    passes = 0
+
+    def items(self):
+        _Scanned.passes += 1
+        return super().items()
+
+
+def test_the_stock_is_summed_per_sku_in_one_pass_not_one_pass_per_sku(monkeypatch):
+    """Whether the eligible locations together have each sku was asked by a pass over the whole
+    table (every location x sku) per sku of the order: 100 skus at 12 locations made 100 passes
+    of 1,200 entries per plan, a quarter of a what-if's planning under max_shipments."""
+    skus = [f"SKU{n}" for n in range(100)]
+    places = {f"wh-{n:02d}": (30.0 + n, -100.0 + n) for n in range(12)}
+    table = a_stock_table({location_id: dict.fromkeys(skus, 1) for location_id in places})
+    scanned = nearest_sourcing._available
+    monkeypatch.setattr(nearest_sourcing, "_available", lambda *args: _Scanned(scanned(*args)))
+    _Scanned.passes = 0
+
+    plan = oms_source_order(
+        order=an_order(*[(sku, 2) for sku in skus]),
+        locations=[a_location(location_id, point) for location_id, point in places.items()],
+        stock=table,
+        destination=a_destination(),
+        rules=SourcingRules(),
+    )
+
+    assert plan is not None and sum(a.quantity for a in plan.allocations) == 200
+    assert _Scanned.passes <= 2, f"{_Scanned.passes} passes over the table for one plan"
