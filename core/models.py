@@ -4452,18 +4452,18 @@ class CancelLine(Strict):
 
 class CancelRequest(Strict):
     reason: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), CleanText]
-    lines: (
-        Annotated[
-            list[CancelLine],
-            Field(
-                min_length=1,
-                max_length=100,
-                description="Cancel only these units (of a pending, authorized, allocated, partly shipped or "
-                "backordered order, held or not); each line once.",
-            ),
-        ]
-        | None
-    ) = None
+    # Left out, every unit not yet shipped is cancelled. An explicit null is refused (422), not read
+    # as left out: a client that meant some lines and sent none would lose the whole order.
+    lines: Annotated[
+        list[CancelLine],
+        Field(
+            min_length=1,
+            max_length=100,
+            description="Cancel only these units (of a pending, authorized, allocated, partly shipped or "
+            "backordered order, held or not); each line once. Leave it out to cancel every unit not "
+            "yet shipped.",
+        ),
+    ] = None  # type: ignore[assignment]  # left out only: null is not a list
 
     @field_validator("lines")
     @classmethod

@@ -188,6 +188,17 @@ def test_shipped_units_are_409_bad_lines_422_and_a_key_replays_the_cancel(api):
     assert api.get(f"/orders/{order['id']}").json()["lines"][1]["quantity"] == 1
 
 
+def test_lines_null_is_422_and_cancels_nothing_where_lines_left_out_cancels_the_order(api):
+    order = allocated(api, ("MUG", 2), ("CAP", 1))
+
+    refused = assert_error(api.post(f"/orders/{order['id']}/cancel", json={"reason": "x", "lines": None}), 422)
+
+    assert [detail["field"] for detail in refused["details"]] == ["lines"]
+    kept = api.get(f"/orders/{order['id']}").json()
+    assert (kept["status"], kept["version"]) == ("allocated", order["version"])
+    assert cancel(api, order["id"]).json()["status"] == "cancelled"
+
+
 def test_the_dynamodb_adapter_shrinks_a_reservation_once(api):
     from functions.bootstrap import Config, bootstrap
 
