@@ -191,7 +191,9 @@ class Pricing:
         )
 
         as_sold = _as_sold(draft, placed_with, sold_units, products, sold_at)
-        line_discounts, free_shipping, granted = self._discounts(draft, placed_with, sold_units or {}, as_sold)
+        line_discounts, free_shipping, granted = self._discounts(
+            draft, placed_with, sold_units or {}, as_sold, cmd.promo_codes
+        )
         taxes = [self._tax(line, line_discounts[line.line_id], tax_address, draft, taxed_at) for line in draft_lines]
         shipping_method, shipping = self._shipping(draft, free_shipping, shipped_for)
 
@@ -230,8 +232,10 @@ class Pricing:
 
     def _discounts(
         self, draft: PricingDraft, placed_with: Sequence[PromotionGrant], sold_units: Mapping[str, int],
-        as_sold: PricingDraft | None,
+        as_sold: PricingDraft | None, sent: Sequence[str],
     ) -> tuple[dict[str, Money], bool, list[Discount]]:  # fmt: skip
+        """`sent`: the promo codes as the client listed them, a repeated one too: a refused code is
+        named at each of its positions there, not at its place among the codes counted once."""
         currency = draft.currency
         subtotals = {line.line_id: line.subtotal for line in draft.lines}
         granted: list[Discount] = call_hook(self._hook.oms_discounts, _discount_in(currency, subtotals), draft=draft)
@@ -247,21 +251,21 @@ class Pricing:
         granted = [*_todays_terms(granted, placed_with, draft, sold_units, lapsed), *_kept_terms(placed_with, draft)]
         unknown = [
             {"field": f"promo_codes[{i}]", "message": f"{code} is not a valid promotion"}
-            for i, code in enumerate(draft.promo_codes)
+            for i, code in enumerate(sent)
             if code not in claimed
         ]
         if unknown:
             raise InvalidRequest("unknown promo code", code="unknown_promo_code", details=unknown)
         exclusive = {d.code.upper() for d in granted if d.exclusive}
-        clashing = [i for i, code in enumerate(draft.promo_codes) if code in exclusive]
-        if len(clashing) > 1:
+        clashing = [i for i, code in enumerate(sent) if code in exclusive]
+        if len({sent[i] for i in clashing}) > 1:
             raise InvalidRequest(
                 "these promo codes cannot be combined: use one of them",
                 code="promo_codes_do_not_stack",
                 details=[
                     {
                         "field": f"promo_codes[{i}]",
-                        "message": f"{draft.promo_codes[i]} does not stack with another code",
+                        "message": f"{sent[i]} does not stack with another code",
                     }
                     for i in clashing
                 ],

@@ -553,3 +553,23 @@ def test_an_order_level_discount_never_gives_a_line_a_negative_share(plugins):
     priced = price(Pricing(plugins), an_order(*[(p.sku, 1) for p in products]), *products)
 
     assert all(not line.discount.is_negative() for line in priced.lines)
+
+
+def test_a_refused_promo_code_is_named_at_every_position_the_client_sent_it_after_a_repeated_code(pricing):
+    # Repeated codes count once, but the details name the client's list: NOSUCHCODE is its
+    # promo_codes[2] and [4], not [1] (which is welcome10, a valid code).
+    with pytest.raises(InvalidRequest) as error:
+        price(
+            pricing, an_order(("MUG-1", 1), promo_codes=["WELCOME10", "welcome10", "NOSUCHCODE", "SAVE5", "NOSUCHCODE"])
+        )
+
+    assert error.value.code == "unknown_promo_code"
+    assert [d["field"] for d in error.value.details] == ["promo_codes[2]", "promo_codes[4]"]
+
+
+def test_codes_that_do_not_stack_are_named_where_the_client_sent_them_after_a_repeated_code(pricing):
+    with pytest.raises(InvalidRequest) as error:
+        price(pricing, an_order(("MUG-1", 10), promo_codes=["SAVE5", "SAVE5", "BIGBASKET20", "WELCOME10"]))
+
+    assert error.value.code == "promo_codes_do_not_stack"
+    assert [d["field"] for d in error.value.details] == ["promo_codes[2]", "promo_codes[3]"]
