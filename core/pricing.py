@@ -179,6 +179,11 @@ class Pricing:
                     subtotal=unit.times(quantity),
                 )
             )
+        zero = Money.zero(currency)
+        # Summed before any plugin sees the draft: lines each below 10^15 may add up to more, and the
+        # order is then refused (AmountTooLarge, 422) whoever asks first; a plugin that reads the
+        # draft's subtotal (a promotion's minimum) would otherwise fail on it as a plugin's error.
+        order_subtotal = sum((d.subtotal for d in draft_lines), zero)
         draft = PricingDraft(
             channel=cmd.channel,
             currency=currency,
@@ -215,14 +220,14 @@ class Pricing:
                     total=subtotal - discount + tax_part,
                 )
         priced_lines = [line for line in lines if line is not None]
-        zero = Money.zero(currency)
-        subtotal = sum((d.subtotal for d in draft_lines), zero)
         discount = sum((line.discount for line in priced_lines), zero)
         tax = sum((line.tax for line in priced_lines), zero)
         grand_total = sum((line.total for line in priced_lines), zero) + shipping
         return PricedOrder(
             lines=priced_lines,
-            totals=Totals(subtotal=subtotal, discount=discount, shipping=shipping, tax=tax, grand_total=grand_total),
+            totals=Totals(
+                subtotal=order_subtotal, discount=discount, shipping=shipping, tax=tax, grand_total=grand_total
+            ),
             shipping_method=shipping_method,
             promo_codes=promo_codes,
             grants=_grants(granted, draft) if not placed_with else _merged(_grants(granted, draft)),

@@ -11,7 +11,7 @@ import pytest
 from core import hookimpl
 from core.errors import InvalidRequest, PluginError
 from core.models import Fulfillment, LineTaxRate, Product
-from core.money import Money
+from core.money import AmountTooLarge, Money
 from core.pricing import PricedOrder, Pricing
 from core.pricing_types import Discount, ShippingQuote, TaxRate
 from tests.unit.conftest import a_product, an_address, an_order, usd
@@ -573,3 +573,15 @@ def test_codes_that_do_not_stack_are_named_where_the_client_sent_them_after_a_re
 
     assert error.value.code == "promo_codes_do_not_stack"
     assert [d["field"] for d in error.value.details] == ["promo_codes[2]", "promo_codes[3]"]
+
+
+@pytest.mark.parametrize("code", ["BIGBASKET20", "SHIPFREE50"])  # promotions with a minimum subtotal
+def test_an_order_whose_subtotal_reaches_10_to_the_15_is_refused_before_a_promotion_reads_it(pricing, code):
+    # Each line is below 10^15, their sum is not: asked for the draft's subtotal, the promotions plugin
+    # raised AmountTooLarge, which reached the client as a plugin's failure (500), not the 422 the
+    # same order gets without the code.
+    huge = a_product("HUGE-1", "99999999999999.99")
+    more = a_product("HUGE-2", "99999999999999.98")
+
+    with pytest.raises(AmountTooLarge):
+        price(pricing, an_order(("HUGE-1", 6), ("HUGE-2", 6), promo_codes=[code]), huge, more)
