@@ -179,6 +179,11 @@ class Pricing:
                     subtotal=unit.times(quantity),
                 )
             )
+        zero = Money.zero(currency)
+        # Summed before any plugin sees the draft: lines each below 10^15 may add up to more, and the
+        # order is then refused (AmountTooLarge, 422) whoever asks first; a plugin that reads the
+        # draft's subtotal (a promotion's minimum) would otherwise fail on it as a plugin's error.
+        order_subtotal = sum((d.subtotal for d in draft_lines), zero)
         draft = PricingDraft(
             channel=cmd.channel,
             currency=currency,
@@ -191,7 +196,9 @@ class Pricing:
         )
 
         as_sold = _as_sold(draft, placed_with, sold_units, products, sold_at)
-        line_discounts, free_shipping, granted = self._discounts(draft, placed_with, sold_units or {}, as_sold)
+        line_discounts, free_shipping, granted = self._discounts(
+            draft, placed_with, sold_units or {}, as_sold, cmd.promo_codes
+        )
         taxes = [self._tax(line, line_discounts[line.line_id], tax_address, draft, taxed_at) for line in draft_lines]
         shipping_method, shipping = self._shipping(draft, free_shipping, shipped_for)
 
@@ -213,14 +220,14 @@ class Pricing:
                     total=subtotal - discount + tax_part,
                 )
         priced_lines = [line for line in lines if line is not None]
-        zero = Money.zero(currency)
-        subtotal = sum((d.subtotal for d in draft_lines), zero)
         discount = sum((line.discount for line in priced_lines), zero)
         tax = sum((line.tax for line in priced_lines), zero)
         grand_total = sum((line.total for line in priced_lines), zero) + shipping
         return PricedOrder(
             lines=priced_lines,
-            totals=Totals(subtotal=subtotal, discount=discount, shipping=shipping, tax=tax, grand_total=grand_total),
+            totals=Totals(
+                subtotal=order_subtotal, discount=discount, shipping=shipping, tax=tax, grand_total=grand_total
+            ),
             shipping_method=shipping_method,
             promo_codes=promo_codes,
             grants=_grants(granted, draft) if not placed_with else _merged(_grants(granted, draft)),
@@ -230,8 +237,10 @@ class Pricing:
 
     def _discounts(
         self, draft: PricingDraft, placed_with: Sequence[PromotionGrant], sold_units: Mapping[str, int],
-        as_sold: PricingDraft | None,
+        as_sold: PricingDraft | None, sent: Sequence[str],
     ) -> tuple[dict[str, Money], bool, list[Discount]]:  # fmt: skip
+        """`sent`: the promo codes as the client listed them, a repeated one too: a refused code is
+        named at each of its positions there, not at its place among the codes counted once."""
         currency = draft.currency
         subtotals = {line.line_id: line.subtotal for line in draft.lines}
         granted: list[Discount] = call_hook(self._hook.oms_discounts, _discount_in(currency, subtotals), draft=draft)
@@ -247,21 +256,21 @@ class Pricing:
         granted = [*_todays_terms(granted, placed_with, draft, sold_units, lapsed), *_kept_terms(placed_with, draft)]
         unknown = [
             {"field": f"promo_codes[{i}]", "message": f"{code} is not a valid promotion"}
-            for i, code in enumerate(draft.promo_codes)
+            for i, code in enumerate(sent)
             if code not in claimed
         ]
         if unknown:
             raise InvalidRequest("unknown promo code", code="unknown_promo_code", details=unknown)
         exclusive = {d.code.upper() for d in granted if d.exclusive}
-        clashing = [i for i, code in enumerate(draft.promo_codes) if code in exclusive]
-        if len(clashing) > 1:
+        clashing = [i for i, code in enumerate(sent) if code in exclusive]
+        if len({sent[i] for i in clashing}) > 1:
             raise InvalidRequest(
                 "these promo codes cannot be combined: use one of them",
                 code="promo_codes_do_not_stack",
                 details=[
                     {
                         "field": f"promo_codes[{i}]",
-                        "message": f"{draft.promo_codes[i]} does not stack with another code",
+                        "message": f"{sent[i]} does not stack with another code",
                     }
                     for i in clashing
                 ],

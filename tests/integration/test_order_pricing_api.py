@@ -7,7 +7,7 @@ from __future__ import annotations
 import re
 from decimal import Decimal
 
-from tests.e2e.client import TOKYO, Catalog, amounts, money, order_body
+from tests.e2e.client import TOKYO, Catalog, amounts, assert_error, money, order_body
 from tests.integration.in_process import InProcessApi
 
 
@@ -185,3 +185,14 @@ def test_history_of_a_new_order_is_one_created_entry_to_pending_by_the_admin_key
     assert entry["actor"] == "key_admin"
     assert entry["at"] == order["created_at"]
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|\+00:00)", entry["at"])
+
+
+def test_an_order_whose_subtotal_reaches_10_to_the_15_is_422_with_a_minimum_subtotal_code_too(
+    api: InProcessApi, catalog: Catalog
+):
+    # Two lines each below 10^15 that add up to more: 422 without a code, and 422 (not a promotion
+    # plugin's 500) when BIGBASKET20 asks for the subtotal to check its minimum.
+    skus = catalog.stocked("99999999999999.99", "99999999999999.98")
+    body = order_body((skus[0], 6), (skus[1], 6), promo_codes=["BIGBASKET20"])
+
+    assert_error(api.post("/orders", json=body), 422, "amount_too_large")

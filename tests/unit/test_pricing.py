@@ -11,7 +11,7 @@ import pytest
 from core import hookimpl
 from core.errors import InvalidRequest, PluginError
 from core.models import Fulfillment, LineTaxRate, Product
-from core.money import Money
+from core.money import AmountTooLarge, Money
 from core.pricing import PricedOrder, Pricing
 from core.pricing_types import Discount, ShippingQuote, TaxRate
 from tests.unit.conftest import a_product, an_address, an_order, usd
@@ -553,3 +553,35 @@ def test_an_order_level_discount_never_gives_a_line_a_negative_share(plugins):
     priced = price(Pricing(plugins), an_order(*[(p.sku, 1) for p in products]), *products)
 
     assert all(not line.discount.is_negative() for line in priced.lines)
+
+
+def test_a_refused_promo_code_is_named_at_every_position_the_client_sent_it_after_a_repeated_code(pricing):
+    # Repeated codes count once, but the details name the client's list: NOSUCHCODE is its
+    # promo_codes[2] and [4], not [1] (which is welcome10, a valid code).
+    with pytest.raises(InvalidRequest) as error:
+        price(
+            pricing, an_order(("MUG-1", 1), promo_codes=["WELCOME10", "welcome10", "NOSUCHCODE", "SAVE5", "NOSUCHCODE"])
+        )
+
+    assert error.value.code == "unknown_promo_code"
+    assert [d["field"] for d in error.value.details] == ["promo_codes[2]", "promo_codes[4]"]
+
+
+def test_codes_that_do_not_stack_are_named_where_the_client_sent_them_after_a_repeated_code(pricing):
+    with pytest.raises(InvalidRequest) as error:
+        price(pricing, an_order(("MUG-1", 10), promo_codes=["SAVE5", "SAVE5", "BIGBASKET20", "WELCOME10"]))
+
+    assert error.value.code == "promo_codes_do_not_stack"
+    assert [d["field"] for d in error.value.details] == ["promo_codes[2]", "promo_codes[3]"]
+
+
+@pytest.mark.parametrize("code", ["BIGBASKET20", "SHIPFREE50"])  # promotions with a minimum subtotal
+def test_an_order_whose_subtotal_reaches_10_to_the_15_is_refused_before_a_promotion_reads_it(pricing, code):
+    # Each line is below 10^15, their sum is not: asked for the draft's subtotal, the promotions plugin
+    # raised AmountTooLarge, which reached the client as a plugin's failure (500), not the 422 the
+    # same order gets without the code.
+    huge = a_product("HUGE-1", "99999999999999.99")
+    more = a_product("HUGE-2", "99999999999999.98")
+
+    with pytest.raises(AmountTooLarge):
+        price(pricing, an_order(("HUGE-1", 6), ("HUGE-2", 6), promo_codes=[code]), huge, more)
