@@ -799,7 +799,14 @@ def _shipped() -> FulfillmentInput:
 
 class PaymentInput(Strict):
     method: Annotated[str, StringConstraints(pattern=r"^[a-z0-9_]{1,32}$")]
-    token: Annotated[str, StringConstraints(min_length=1, max_length=256)]
+    # A gateway's token (tok_..., pm_..., a nonce): printable ASCII without spaces. Blank, a control
+    # character or a space is refused here (422) rather than taken and refused by the gateway later
+    # as payment_failed.
+    token: Annotated[
+        str,
+        StringConstraints(pattern=r"^[!-~]{1,256}$"),
+        Field(description="The payment gateway's token: 1 to 256 printable ASCII characters, no spaces."),
+    ]
 
 
 ShippingMethod = Annotated[str, StringConstraints(pattern=r"^[a-z0-9_]{1,32}$")]

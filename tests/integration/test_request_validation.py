@@ -182,6 +182,17 @@ def test_an_order_in_an_unknown_currency_is_422_naming_currency(api: InProcessAp
     assert_no_orders(api, body)
 
 
+@pytest.mark.parametrize("token", ["", "   ", "tok\x00", "tok approve", "tok\u00e9", "t" * 257], ids=repr)
+def test_a_payment_token_that_is_blank_or_not_printable_ascii_is_422_naming_it(api: InProcessApi, sku: str, token: str):
+    body = order_body((sku, 1))
+    body["payment"]["token"] = token
+
+    response = api.post("/orders", json=body)
+
+    assert_error(response, 422, "validation_error", "payment.token")
+    assert_no_orders(api, body)
+
+
 # --- Lines ---------------------------------------------------------------------------------------
 
 
