@@ -563,6 +563,14 @@ class AddressInput(Address):
         return data.model_dump() if isinstance(data, Address) and not isinstance(data, cls) else data
 
     @model_validator(mode="after")
+    def _coordinates_in_pairs(self) -> "AddressInput":
+        # One coordinate places nothing: sourcing would pass over it in silence (core.sourcing).
+        for sent, missing in (("latitude", "longitude"), ("longitude", "latitude")):
+            if getattr(self, sent) is not None and getattr(self, missing) is None:
+                raise _address_error(missing, "", f"send {missing} with {sent}, or neither")
+        return self
+
+    @model_validator(mode="after")
     def _us_state_is_certain(self) -> "AddressInput":
         if self.country != "US":
             return self

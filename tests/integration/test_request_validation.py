@@ -193,6 +193,17 @@ def test_a_payment_token_that_is_blank_or_not_printable_ascii_is_422_naming_it(a
     assert_no_orders(api, body)
 
 
+@pytest.mark.parametrize(("sent", "missing"), [("latitude", "longitude"), ("longitude", "latitude")])
+def test_an_address_with_one_coordinate_is_422_naming_the_other(api: InProcessApi, sku: str, sent: str, missing: str):
+    body = order_body((sku, 1))
+    body["shipping_address"][sent] = 37.7
+
+    response = api.post("/orders", json=body)
+
+    assert_error(response, 422, "validation_error", f"shipping_address.{missing}")
+    assert_no_orders(api, body)
+
+
 # --- Lines ---------------------------------------------------------------------------------------
 
 
