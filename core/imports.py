@@ -16,6 +16,10 @@ from typing import Any
 from core.card_numbers import mask_card_numbers, mask_optional
 
 MAX_MESSAGE_CHARS = 500  # an error's message, as the import report keeps it
+# An error's external_id, as the import report keeps it: the longest a valid one is (an Identifier).
+# A cell or a JSON string can be hundreds of KB: kept whole, the error's item went over DynamoDB's
+# 400 KB, and the write raised on every retry of the file's event, the rows after it never read.
+MAX_EXTERNAL_ID_CHARS = 128
 
 _LINE_FIELD = re.compile(r"^lines\[(\d+)\]")
 
@@ -48,6 +52,9 @@ class LineError:
         object.__setattr__(self, "message", mask_card_numbers(self.message))
         if len(self.message) > MAX_MESSAGE_CHARS:
             object.__setattr__(self, "message", self.message[: MAX_MESSAGE_CHARS - 1] + "…")
+        if self.external_id is not None and len(self.external_id) > MAX_EXTERNAL_ID_CHARS:
+            # Cut, and shown cut: no valid external_id ends in "…", so it is never taken for one.
+            object.__setattr__(self, "external_id", self.external_id[: MAX_EXTERNAL_ID_CHARS - 1] + "…")
 
 
 @dataclass(frozen=True)
