@@ -31,6 +31,10 @@ class ImportFileError(Exception):
     def __init__(self, code: str, message: str):
         # A header cell can carry a card number: the message is kept on the import, so it is masked.
         message = mask_card_numbers(message)
+        if len(message) > MAX_MESSAGE_CHARS:
+            # A header cell (named in an invalid_header message) can be 128 K characters: kept whole,
+            # the import's item went over DynamoDB's 400 KB and its failure was never written.
+            message = message[: MAX_MESSAGE_CHARS - 1] + "…"
         super().__init__(message)
         self.code = code
         self.message = message

@@ -878,3 +878,16 @@ def test_a_row_whose_external_id_is_too_long_to_store_fails_on_its_line_and_the_
     assert (error["line"], error["code"]) == (line, "order_too_large")
     assert len(error["external_id"]) <= 128 and error["external_id"].endswith("…")
     assert [json.loads(message["Body"])["external_id"] for message in queued(stack)] == ["ext-after"]
+
+
+def test_a_header_naming_a_column_too_long_to_store_fails_the_import_saying_so(stack: ImportAws):
+    # The file's error named the unknown column whole: 480,000 bytes over DynamoDB's 400 KB item, so
+    # the import's failure could not be written, and it showed split_interrupted, retried for good.
+    header = ",".join(["channel", "external_id", "\U0001f600" * 120_000])
+    import_id = split_file(stack, "incoming/long-header.csv", f"{header}\n{csv_row('ext-1')}\n".encode())
+
+    ended = report(import_id)
+    assert ended["status"] == "failed"
+    [error] = ended["errors"]
+    assert (error["line"], error["code"]) == (None, "invalid_header")
+    assert len(error["message"]) <= 500 and error["message"].endswith("…")
