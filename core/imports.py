@@ -16,8 +16,27 @@ from typing import Any
 from core.card_numbers import mask_card_numbers, mask_optional
 
 MAX_MESSAGE_CHARS = 500  # an error's message, as the import report keeps it
+# An error's external_id, as the import report keeps it: the longest a valid one is (an Identifier).
+# A cell or a JSON string can be hundreds of KB: kept whole, the error's item went over DynamoDB's
+# 400 KB, and the write raised on every retry of the file's event, the rows after it never read.
+MAX_EXTERNAL_ID_CHARS = 128
 
 _LINE_FIELD = re.compile(r"^lines\[(\d+)\]")
+
+
+def kept(text: str, limit: int) -> str:
+    """`text` as an import keeps it: at most `limit` UTF-16 code units (an emoji is two), the last
+    one "…" when it is cut. The API answers in JSON escaping all that is not ASCII, six bytes a code
+    unit: a report's errors, the first 1,000 at most, then fit Lambda's 6 MB response. Counted in
+    characters, 1,000 messages of 500 emoji (a file naming its orders so) were 7.5 MB: 502."""
+    if len(text) <= limit and (text.isascii() or len(text.encode("utf-16-le")) <= 2 * limit):
+        return text
+    units = 0
+    for index, character in enumerate(text):
+        units += 2 if character > "\uffff" else 1
+        if units > limit - 1:
+            return text[:index] + "…"
+    return text  # not reached: a text over the limit is cut in the loop
 
 
 class ImportFileError(Exception):
@@ -27,6 +46,9 @@ class ImportFileError(Exception):
     def __init__(self, code: str, message: str):
         # A header cell can carry a card number: the message is kept on the import, so it is masked.
         message = mask_card_numbers(message)
+        # A header cell (named in an invalid_header message) can be 128 K characters: kept whole,
+        # the import's item went over DynamoDB's 400 KB and its failure was never written.
+        message = kept(message, MAX_MESSAGE_CHARS)
         super().__init__(message)
         self.code = code
         self.message = message
@@ -46,8 +68,10 @@ class LineError:
         # cell (external_id included) is masked before anything keeps it.
         object.__setattr__(self, "external_id", mask_optional(self.external_id))
         object.__setattr__(self, "message", mask_card_numbers(self.message))
-        if len(self.message) > MAX_MESSAGE_CHARS:
-            object.__setattr__(self, "message", self.message[: MAX_MESSAGE_CHARS - 1] + "…")
+        object.__setattr__(self, "message", kept(self.message, MAX_MESSAGE_CHARS))
+        if self.external_id is not None:
+            # Cut, and shown cut: no valid external_id ends in "…", so it is never taken for one.
+            object.__setattr__(self, "external_id", kept(self.external_id, MAX_EXTERNAL_ID_CHARS))
 
 
 @dataclass(frozen=True)

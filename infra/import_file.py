@@ -8,7 +8,8 @@ OMS_STATE_FILE). OMS_AWS_ENDPOINT (the local stack's, from the state file) sends
 with test credentials; without it the upload goes to AWS with the default credential chain.
 Exit status: 0 when the import completed (with or without errors), 1 when it failed or could not
 be followed to its end, 2 for a usage or connection problem. An interrupted split
-(`split_interrupted`) is followed on while Lambda retries it, up to INTERRUPTED_PATIENCE.
+(`split_interrupted`) is followed on while Lambda retries it, up to INTERRUPTED_PATIENCE; a poll the
+gateway throttles (429) or answers 502, 503 or 504 is made again, for up to BUSY_PATIENCE in a row.
 """
 
 from __future__ import annotations
@@ -35,6 +36,10 @@ APPEAR_TIMEOUT = 60.0  # how long the splitter may take to pick the file up
 # Lambda retries an interrupted split's event twice, a minute or two apart, and the import runs
 # again; one still interrupted after this long is held for an operator (ImportSplitFailureQueue).
 INTERRUPTED_PATIENCE = 300.0
+# What the gateway answers by itself for a moment (throttled; the function throttled, unavailable or
+# late): the import goes on, so the poll is made again, for up to BUSY_PATIENCE seconds in a row.
+BUSY_STATUSES = frozenset({429, 502, 503, 504})
+BUSY_PATIENCE = 60.0
 
 
 class CliError(Exception):
@@ -98,10 +103,16 @@ def follow(stack: dict[str, str | None], import_id: str, console: Console, timeo
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task("waiting for the splitter", total=None)
         interrupted_at: float | None = None
+        busy_since: float | None = None
         while True:
             response = session.get(f"{stack['api_url']}/imports/{import_id}", timeout=10)
             elapsed = time.monotonic() - started
-            if response.status_code not in (200, 404):
+            if response.status_code in BUSY_STATUSES:
+                busy_since = elapsed if busy_since is None else busy_since
+            else:
+                busy_since = None
+            patient = busy_since is not None and elapsed - busy_since < BUSY_PATIENCE
+            if response.status_code not in (200, 404) and not patient:
                 raise CliError(f"GET /imports/{import_id} answered {response.status_code}: {response.text[:300]}")
             if response.status_code == 404 and elapsed > APPEAR_TIMEOUT:
                 raise CliError(

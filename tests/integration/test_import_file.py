@@ -67,7 +67,7 @@ def test_the_upload_to_a_deployed_stack_uses_the_default_credentials_and_names_t
 class Reports:
     """GET /imports/{id} answering each poll with the next report (the last one again at the end)."""
 
-    def __init__(self, *reports: dict[str, Any]):
+    def __init__(self, *reports: dict[str, Any] | int):
         self.reports = list(reports)
         self.polls = 0
         self.headers: dict[str, str] = {}
@@ -76,6 +76,8 @@ class Reports:
     def get(self, url: str, timeout: float) -> Any:
         report = self.reports[min(self.polls, len(self.reports) - 1)]
         self.polls += 1
+        if isinstance(report, int):  # the gateway's own answer: throttled, or the function unavailable
+            return type("Answer", (), {"status_code": report, "json": lambda _: {}, "text": '{"message": "busy"}'})()
         return type("Answer", (), {"status_code": 200, "json": lambda _: report, "text": ""})()
 
 
@@ -106,6 +108,21 @@ def test_an_interrupted_split_is_followed_until_its_retry_completes_the_import(m
 
     assert follow_reports(monkeypatch, reports)["status"] == "completed"
     assert reports.polls == 5
+
+
+def test_a_poll_throttled_or_answered_by_a_function_briefly_unavailable_is_polled_again(monkeypatch):
+    """A 429 or a 502/503/504 is the gateway's, not the import's: `make import` gave up (exit 1) on the
+    first one while the import went on, and a long import is polled hundreds of times."""
+    reports = Reports(a_report("running"), 429, 503, 502, 504, a_report("completed", imported=2))
+
+    assert follow_reports(monkeypatch, reports)["status"] == "completed"
+    assert reports.polls == 6
+
+
+def test_a_gateway_that_keeps_failing_the_polls_ends_the_following_saying_so(monkeypatch):
+    monkeypatch.setattr(import_file, "BUSY_PATIENCE", 0)
+    with pytest.raises(import_file.CliError, match="answered 503"):
+        follow_reports(monkeypatch, Reports(a_report("running"), 503))
 
 
 def test_a_split_interrupted_for_good_or_a_file_that_cannot_be_imported_ends_the_following(monkeypatch):

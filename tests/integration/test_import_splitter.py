@@ -845,3 +845,49 @@ def test_a_bad_rows_count_throttled_with_the_note_for_the_retried_event_is_count
     assert [(e["line"], e["code"]) for e in done["errors"]] == [(3, "invalid_number")]
     lambda_handler(event, context("ImportSplitterFunction", 900))  # a duplicate delivery: nothing more
     assert report(import_id) == done
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "line"),
+    [
+        # 480,000 bytes of external_id in a 120,000-character CSV cell (four bytes a character).
+        ("long-id.csv", csv_file(csv_row("\U0001f600" * 120_000), csv_row("ext-after")), 2),
+        # An order over 250 KiB, all of it its external_id.
+        (
+            "long-id.jsonl",
+            (
+                json.dumps({"channel": "web", "external_id": "x" * 450_000})
+                + "\n"
+                + json.dumps({"channel": "web", "external_id": "ext-after"})
+                + "\n"
+            ).encode(),
+            1,
+        ),
+    ],
+)
+def test_a_row_whose_external_id_is_too_long_to_store_fails_on_its_line_and_the_file_goes_on(
+    stack: ImportAws, name: str, data: bytes, line: int
+):
+    # Its error was kept with the whole external_id: over DynamoDB's 400 KB item, the write raised,
+    # and every retry of the file's event stopped on the same row (split_interrupted, for good).
+    import_id = split_file(stack, f"incoming/{name}", data)
+
+    imported = report(import_id)
+    assert (imported["status"], imported["total"], imported["failed"]) == ("running", 2, 1)
+    [error] = imported["errors"]
+    assert (error["line"], error["code"]) == (line, "order_too_large")
+    assert len(error["external_id"]) <= 128 and error["external_id"].endswith("…")
+    assert [json.loads(message["Body"])["external_id"] for message in queued(stack)] == ["ext-after"]
+
+
+def test_a_header_naming_a_column_too_long_to_store_fails_the_import_saying_so(stack: ImportAws):
+    # The file's error named the unknown column whole: 480,000 bytes over DynamoDB's 400 KB item, so
+    # the import's failure could not be written, and it showed split_interrupted, retried for good.
+    header = ",".join(["channel", "external_id", "\U0001f600" * 120_000])
+    import_id = split_file(stack, "incoming/long-header.csv", f"{header}\n{csv_row('ext-1')}\n".encode())
+
+    ended = report(import_id)
+    assert ended["status"] == "failed"
+    [error] = ended["errors"]
+    assert (error["line"], error["code"]) == (None, "invalid_header")
+    assert len(error["message"]) <= 500 and error["message"].endswith("…")
