@@ -375,12 +375,12 @@ def allocation_plan(
     plan = plan_within(hook, sourced, eligible, stock, destination, rules)
     if plan is None:
         return None
-    waits = _skus_left_short(order, plan)
+    waits = skus_left_short(order, plan)
     if waits and may_not(waits) and rules.max_shipments is not None:
         plan = around_what_cannot_wait(hook, sourced, eligible, stock, destination, rules, may_not(set(wanted)))
         if plan is None:
             return None
-        waits = _skus_left_short(order, plan)
+        waits = skus_left_short(order, plan)
     if waits and may_not(waits):
         return None
     return plan
@@ -409,9 +409,10 @@ def around_what_cannot_wait(
     return _part_within(hook, order, eligible, stock, destination, rules, first)
 
 
-def _skus_left_short(order: Order, plan: SourcingPlan) -> set[str]:
-    """The skus of the lines `plan` does not cover whole: worked out once per plan (asked again for
-    each line, a 100-line order cost 100 passes over its lines and allocations)."""
+def skus_left_short(order: Order, plan: SourcingPlan) -> set[str]:
+    """The skus of the lines `plan` does not cover whole (what the order waits for): worked out once
+    per plan (asked again for each line, a 100-line order cost 100 passes over its lines and
+    allocations)."""
     short = left_short(order, plan)
     return {line.sku for line in order.lines if line.line_id in short}
 

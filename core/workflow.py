@@ -70,9 +70,9 @@ from core.sourcing import (
     eligible_locations,
     held_back,
     lacks_at,
-    left_short,
     plan_within,
     reduced,
+    skus_left_short,
     sourceable,
     stranded,
 )
@@ -363,8 +363,7 @@ class Workflow:
         if plan is None:
             # Named in the message, which the cancel's history entry keeps: the rules decided it.
             raise OutOfStock(f"the eligible locations cannot cover order {order.id} under {rules.named()}")
-        short = left_short(order, plan)
-        backorder = {line.sku for line in order.lines if line.line_id in short}
+        backorder = skus_left_short(order, plan)
         line_sku = {line.line_id: line.sku for line in order.lines}
         wanted = {
             (line_sku[a.line_id], a.location_id, reservation_key(order.id, a.line_id)): a.quantity
