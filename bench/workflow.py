@@ -241,7 +241,7 @@ class LogMeter(io.TextIOBase):
         self._open = threading.local()  # the level of the line this thread has begun, until its end
 
     def write(self, text: str) -> int:
-        if getattr(RUNNING, "function", None) is not None:
+        if RUNNING.function is not None:
             for line in text.splitlines(keepends=True):
                 level = getattr(self._open, "level", None) or _level(line)
                 self._open.level = None if line.endswith(("\n", "\r")) else level
@@ -262,7 +262,7 @@ class _PerFunction(MutableMapping[str, Any]):
         self._sets: defaultdict[str | None, dict[str, Any]] = defaultdict(dict)
 
     def _set(self) -> dict[str, Any]:
-        return self._sets[getattr(RUNNING, "function", None)]
+        return self._sets[RUNNING.function]
 
     def __getitem__(self, key: str) -> Any:
         return self._set()[key]
@@ -356,16 +356,16 @@ class UsageRecorder:
         """The usage the running function's log lines are billed to."""
         if (scheduled := self.running_scheduled()) is not None:
             return scheduled
-        feature = FEATURE_FUNCTIONS.get(str(getattr(RUNNING, "function", "")).split("-")[-1])
+        feature = FEATURE_FUNCTIONS.get((RUNNING.function or "").split("-")[-1])
         return self.features[feature] if feature else self.usage
 
     def running_scheduled(self) -> Usage | None:
         """The running scheduled function's own usage (ScheduledRuns charges it); None for another."""
-        function = str(getattr(RUNNING, "function", "")).split("-")[-1]
+        function = (RUNNING.function or "").split("-")[-1]
         return self.scheduled[function] if function in self.scheduled_functions else None
 
     def record(self, service: str, operation_name: str, params: dict[str, Any]) -> None:
-        function = getattr(RUNNING, "function", None)
+        function = RUNNING.function
         if function is None:
             return  # the stack's own work (creating tables, polling streams) is not billed per order
         operation = f"{service}.{operation_name}"
@@ -389,7 +389,7 @@ class UsageRecorder:
     def _bill(self, usage: Usage, units: int, operation: str, table: str | None, part: str = "item") -> None:
         """`units` write units, attributed to the function, the request, the table and the part
         written (the item itself, or an index entry) for the run's table of writes."""
-        function = str(getattr(RUNNING, "function", "")).split("-")[-1]
+        function = (RUNNING.function or "").split("-")[-1]
         table_name = self.tables.get(table or "", table or "?")
         usage.wru += units
         usage.wru_by_write[f"{function} {operation} {table_name}: {part}"] += units

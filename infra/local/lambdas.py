@@ -41,7 +41,7 @@ _submit, _start = ThreadPoolExecutor.submit, threading.Thread.start
 
 def _as(name: str | None, fn: Callable[..., Any]) -> Callable[..., Any]:
     def as_the_function(*args: Any, **kwargs: Any) -> Any:
-        outer, RUNNING.function = getattr(RUNNING, "function", None), name
+        outer, RUNNING.function = RUNNING.function, name
         try:
             return fn(*args, **kwargs)
         finally:
@@ -51,12 +51,12 @@ def _as(name: str | None, fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _submit_as_the_function(executor: ThreadPoolExecutor, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-    name = getattr(RUNNING, "function", None)
+    name = RUNNING.function
     return _submit(executor, fn if name is None else _as(name, fn), *args, **kwargs)
 
 
 def _start_as_the_function(thread: threading.Thread) -> None:
-    name, frame = getattr(RUNNING, "function", None), sys._getframe(1)
+    name, frame = RUNNING.function, sys._getframe(1)
     while name is not None and frame is not None:  # not moto's own (an execution's), started in a call
         name, frame = None if frame.f_globals.get("__name__", "").startswith("moto.") else name, frame.f_back
     if name is not None:
@@ -108,7 +108,7 @@ class _KeysOfTheRunningFunction:
     def __get__(self, formatter: Any, owner: Any = None) -> Any:
         if formatter is None:
             return self
-        if (environment := _ENVIRONMENTS.get(RUNNING.function)) is None:  # type: ignore[arg-type]
+        if (environment := _running_environment()) is None:
             return formatter.__dict__["log_format"]
         keys = environment.log_keys.get(formatter)
         if keys is None:
@@ -327,7 +327,7 @@ class LocalFunction:
         with self._count_lock:
             self.invocations += 1
             self.in_flight += 1
-        outer, request_id = getattr(RUNNING, "function", None), str(uuid.uuid4())
+        outer, request_id = RUNNING.function, str(uuid.uuid4())
         try:
             with self._lock:  # held until the run has ended and marked the next one fresh
                 handler = self._loaded()
