@@ -31,8 +31,8 @@ from bench.workflow import (
     ScheduledRuns,
     Subscriber,
     UsageRecorder,
-    _bill_lambda,
     as_billed,
+    bill_lambda,
     feature_dollars,
     print_metrics_as_on_lambda,
     run_schedules_every,
@@ -177,7 +177,7 @@ def main() -> None:
 
         # The run's usage, kept from the reads below (the access log records them).
         usage, features, recorder.features = recorder.usage, recorder.features, defaultdict(Usage)
-        _bill_lambda(functions, usage, features, cpu, cpu_before, invocations_before)
+        bill_lambda(functions, usage, features, cpu, cpu_before, invocations_before)
         usage = combined((usage, 1.0), (schedules.charge(returns_seconds), 1.0))
         usage.sfn_gb_seconds = (
             sum(cpu.seconds[f.name] - cpu_before[f.name] for f in functions if "ReturnStep" in f.name)

@@ -513,7 +513,7 @@ def per_order_bill(core: Usage, features: Mapping[str, Usage], count: int) -> di
     }
 
 
-def _bill_lambda(
+def bill_lambda(
     functions: Any,
     usage: Usage,
     features: defaultdict[str, Usage],
@@ -628,7 +628,7 @@ def main(argv: list[str]) -> None:
             shipments[order_id] = [shipment["id"] for shipment in order["shipments"]]
 
         placing, placing_features = recorder.usage, recorder.features
-        _bill_lambda(functions, placing, placing_features, cpu, cpu_before, invocations_before)
+        bill_lambda(functions, placing, placing_features, cpu, cpu_before, invocations_before)
         workflow_seconds = sum(
             cpu.seconds[f.name] - cpu_before[f.name]
             for f in functions
@@ -837,7 +837,7 @@ def fulfilled_and_read(
         sent = confirm()
         stack.wait_until_idle(60)
         usage, features = recorder.usage, recorder.features
-        _bill_lambda(functions, usage, features, cpu, before, calls_before)
+        bill_lambda(functions, usage, features, cpu, before, calls_before)
         usage.api_requests = sent
         return usage, features
 
@@ -853,7 +853,7 @@ def fulfilled_and_read(
         session.get(f"{stack.api_url}/orders/{order_id}", headers=headers, timeout=30).raise_for_status()
     stack.wait_until_idle(60)
     reads = recorder.features
-    _bill_lambda(functions, Usage(), reads, cpu, cpu_before, invocations_before)
+    bill_lambda(functions, Usage(), reads, cpu, cpu_before, invocations_before)
     placing = combined((placing, 1.0), (scheduled(), 1.0))
     # Every order placed, then shipped and delivered the way its half was, scaled to the run
     # by the orders each half shipped (an order the workflow did not allocate ships nothing).

@@ -21,8 +21,8 @@ from bench.workflow import (
     STEADY_TIME_SCALE,
     DurationModel,
     UsageRecorder,
-    _bill_lambda,
     as_billed,
+    bill_lambda,
     feature_dollars,
     per_order_bill,
     run_schedules_every,
@@ -220,7 +220,7 @@ def test_a_phase_s_lambda_bill_leaves_the_scheduled_functions_out():
     cpu.seconds.update({f.name: 0.5 for f in functions})
     usage, features = Usage(), defaultdict(Usage)
 
-    _bill_lambda(functions, usage, features, cpu, Counter(), {f.name: 1 for f in functions})
+    bill_lambda(functions, usage, features, cpu, Counter(), {f.name: 1 for f in functions})
 
     assert usage.lambda_invocations == {"ApiFunction": 2}
     assert usage.lambda_gb_seconds == 0.5
