@@ -842,15 +842,24 @@ class Workflow:
         stalled (the execution a pass restarted wrote) is left to what moves it."""
         at = self._clock()
         parked = False
+        tried: list[Order] = []  # the version this call wrote
 
         def decide(order: Order):
             nonlocal parked
+            if tried and (order.status, order.version, order.updated_at) == (S.ON_HOLD, tried[-1].version, at):
+                # This call's own park: the write landed, its answer was lost (a read timeout, a
+                # 500) and botocore's retry of it failed its condition. Parked by this call all
+                # the same, so its caller counts it (OrdersParked): taken for a park found done,
+                # it would be silent.
+                return None
             parked = order.status in (S.PENDING, S.AUTHORIZED, S.BACKORDERED) and (
                 stalled is None or (order.status is stalled[0] and order.last_changed <= stalled[1])
             )
             if not parked:
                 return None
-            return order.park(error=error, message=_message(cause), at=at, actor=WORKFLOW_ACTOR)
+            change = order.park(error=error, message=_message(cause), at=at, actor=WORKFLOW_ACTOR)
+            tried.append(change[0])
+            return change
 
         try:
             modify(self._orders, order_id, decide)
