@@ -170,6 +170,25 @@ def test_a_park_whose_write_landed_but_whose_answer_was_lost_still_counts_as_par
     assert world.workflow.park_after_failure(order_id, "TransientError", "") is False
 
 
+def test_a_park_order_task_run_again_after_its_write_landed_still_counts_its_park(world, clock):
+    """ParkOrder's function parked the order and died before it counted it (its timeout struck in
+    the metric's flush, or its answer to Step Functions was lost): the Retry runs the task again, in
+    the same execution, and finds the order parked. That park is this execution's: it counts it, or
+    OrdersParkedAlarm never hears of the order. A park by another execution is not counted again."""
+    order_id = world.place(("TSHIRT", 1))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    failure = ("States.Timeout", cause("States.Timeout", "the task timed out"))
+
+    assert world.workflow.park_after_failure(order_id, *failure, execution="run-1") is True
+    clock.advance(seconds=2)  # the Retry's interval
+    assert world.workflow.park_after_failure(order_id, *failure, execution="run-1") is True
+
+    assert [entry.type for entry in world.history(order_id)].count("on_hold") == 1
+    assert world.history(order_id)[-1].detail["execution"] == "run-1"
+    assert world.workflow.park_after_failure(order_id, *failure, execution="run-2") is False
+    assert world.workflow.park_after_failure(order_id, *failure) is False
+
+
 def test_a_parked_order_stops_the_workflow_steps(world):
     order_id = world.place(("TSHIRT", 1))
     world.workflow.authorize_payment(order_id, attempt=0)
