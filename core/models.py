@@ -3549,16 +3549,20 @@ class Order(Shown):
                       confirms_ships=list(confirms_ships or [])), **fields,
         )  # fmt: skip
 
-    def park(self, *, error: str, message: str, at: datetime, actor: str) -> Change:
+    def park(self, *, error: str, message: str, at: datetime, actor: str, execution: str = "") -> Change:
         """The workflow could not finish for an infrastructure reason (retries ran out): on hold
         for a person, with what was reserved and authorized kept as it is, nothing captured.
         Parked with every unit reserved and no shipment, its CreateShipments is what failed, and
         may have been killed (timed out) after the carrier booked a parcel, running no failure
         path: the keys it asked under are kept as bookings maybe made (`unrecorded_bookings`),
-        used by the release's bookings or owed a cancel from the change that gives them up."""
+        used by the release's bookings or owed a cancel from the change that gives them up.
+        `execution`: the name of the workflow execution that parks it, named in the entry."""
         note = f"order workflow failed after retries: {error}" + (f": {message}" if message else "")
+        detail: dict[str, Any] = {"error": error, "message": message, "parked": True}
+        if execution:
+            detail["execution"] = execution
         return self.hold_for(
-            "other", note[:500], at=at, actor=actor, detail={"error": error, "message": message, "parked": True},
+            "other", note[:500], at=at, actor=actor, detail=detail,
             parked=True, unrecorded_bookings=[*self.unrecorded_bookings, *self._bookings_maybe_made()],
         )  # fmt: skip
 

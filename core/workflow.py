@@ -36,6 +36,7 @@ from core.errors import (
     StaleVersion,
     TransientError,
 )
+from core.events import OrderEvent
 from core.ids import booking_key, reservation_key, shipment_id_for
 from core.models import (
     Address,
@@ -829,7 +830,13 @@ class Workflow:
             raise TransientError(f"order {order_id} kept changing while it was being cancelled") from None
 
     def park_after_failure(
-        self, order_id: str, error: str, cause: str, *, stalled: tuple[OrderStatus, datetime] | None = None
+        self,
+        order_id: str,
+        error: str,
+        cause: str,
+        *,
+        stalled: tuple[OrderStatus, datetime] | None = None,
+        execution: str = "",
     ) -> bool:
         """Put the order the workflow could not finish on hold for a person. Reservations and the
         authorization stay: nothing was captured, and a release carries on where it stopped with
@@ -839,24 +846,43 @@ class Workflow:
         could not be created would otherwise wait, unseen, for an arrival that may never come.
         `stalled` (the reconciler's: a status, and a time) parks the order only while it is still
         in that status with no change since that time: one that moved on after it was judged
-        stalled (the execution a pass restarted wrote) is left to what moves it."""
+        stalled (the execution a pass restarted wrote) is left to what moves it. `execution` (the
+        ParkOrder task's: its workflow execution's name) is named in the park's entry, and a park
+        that execution made already is this call's too (True): its task is run again when it died
+        after the write, before its caller counted it (OrdersParked)."""
         at = self._clock()
         parked = False
+        tried: list[Order] = []  # the version this call wrote
 
         def decide(order: Order):
             nonlocal parked
+            if tried and (order.status, order.version, order.updated_at) == (S.ON_HOLD, tried[-1].version, at):
+                # This call's own park: the write landed, its answer was lost (a read timeout, a
+                # 500) and botocore's retry of it failed its condition. Parked by this call all
+                # the same, so its caller counts it (OrdersParked): taken for a park found done,
+                # it would be silent.
+                return None
             parked = order.status in (S.PENDING, S.AUTHORIZED, S.BACKORDERED) and (
                 stalled is None or (order.status is stalled[0] and order.last_changed <= stalled[1])
             )
             if not parked:
                 return None
-            return order.park(error=error, message=_message(cause), at=at, actor=WORKFLOW_ACTOR)
+            change = order.park(error=error, message=_message(cause), at=at, actor=WORKFLOW_ACTOR, execution=execution)
+            tried.append(change[0])
+            return change
 
         try:
-            modify(self._orders, order_id, decide)
+            stored = modify(self._orders, order_id, decide)
         except StaleVersion:
             raise TransientError(f"order {order_id} kept changing while it was being put on hold") from None
-        return parked
+        return parked or bool(execution and stored.status is S.ON_HOLD and self._parked_by(order_id, execution))
+
+    def _parked_by(self, order_id: str, execution: str) -> bool:
+        """Whether the order's hold is the park workflow execution `execution` made (the last
+        `on_hold` entry of its history, which names it)."""
+        found = self._orders.history(order_id, consistent=True)
+        held = [entry for entry in found[1] if entry.type is OrderEvent.ON_HOLD] if found is not None else []
+        return bool(held) and (held[-1].detail or {}).get("execution") == execution
 
 
 def _check_authorized_visible(order: Order) -> None:

@@ -43,6 +43,7 @@ class StepInput(BaseModel):
     attempt: Annotated[int, Field(ge=0)] = 0
     error: str = ""
     cause: str = ""
+    execution: str = ""  # the execution's name (ParkOrder names it in the park's entry)
 
 
 def step_handler(

@@ -586,6 +586,41 @@ def test_a_park_order_that_keeps_failing_ends_the_execution_failed_for_an_operat
     assert inventory(api, *skus) == stocked["start"]
 
 
+def test_a_park_order_that_died_after_parking_is_run_again_and_still_counts_the_park(
+    stack: EmbeddedStack, api: Api, faults: Faults, stocked, monkeypatch: pytest.MonkeyPatch
+):
+    """ParkOrder's write landed, then its function died before it counted the park: the Retry's run
+    finds the order parked by this execution and counts it (OrdersParked, which OrdersParkedAlarm
+    watches), once the order is parked once."""
+    from functions.workflow import park_order, step
+
+    counted: list[str] = []
+    monkeypatch.setattr(park_order.metrics, "add_metric", lambda name, **_: counted.append(name))
+    order_id = place(api, order_body((stocked["skus"][0], 1)))
+    faults.inject("CreateShipments", order_id, crash)
+    died = threading.Event()
+
+    def parks_then_dies(event: dict[str, Any], context: Any, real: Handler) -> Any:
+        if died.is_set():
+            return real(event, context)
+        died.set()
+        park_order.park(step.container().workflow, step.StepInput.model_validate(event))
+        counted.clear()  # the function died before its metrics were flushed
+        raise RuntimeError("injected: ParkOrder parked the order, then died")
+
+    faults.inject("ParkOrder", order_id, parks_then_dies)
+
+    result = run(stack, order_id)
+
+    assert result["states"][-2:] == ["ParkOrder", "OrderParked"]
+    assert faults.count(order_id)["ParkOrder"] == 2
+    assert counted == ["OrdersParked"]
+    assert_parked(api, order_id, "RuntimeError")
+    entries = history(api, order_id)
+    assert [e["type"] for e in entries].count("on_hold") == 1
+    assert entries[-1]["detail"]["execution"] == result["described"]["name"]
+
+
 def test_a_fail_payment_that_keeps_failing_ends_the_execution_failed(
     stack: EmbeddedStack, api: Api, faults: Faults, stocked
 ):

@@ -10,7 +10,7 @@ from datetime import timedelta
 import pytest
 from botocore.exceptions import ClientError
 
-from core.errors import InvalidTransition, OrderClosed, TransientError
+from core.errors import InvalidTransition, OrderClosed, StaleVersion, TransientError
 from core.jeopardy import JeopardyScan, parse_sla
 from core.models import Order
 from core.ports import StalledOrder, StalledOrders, WorkflowStarter
@@ -143,6 +143,50 @@ def test_park_is_idempotent_and_leaves_a_finished_or_closed_order_alone(world):
     allocated = world.allocated(("MUG", 1))
     assert world.workflow.park_after_failure(allocated.id, "RuntimeError", "") is False  # crashed after its write
     assert world.order(allocated.id).status is S.ALLOCATED
+
+
+def test_a_park_whose_write_landed_but_whose_answer_was_lost_still_counts_as_parked(world, monkeypatch, clock):
+    """DynamoDB wrote the park, then its answer was lost (a read timeout, a 500): botocore sends the
+    same conditional write again, which fails its condition (StaleVersion), and the re-read finds the
+    order on hold. That hold is this call's own: it parked the order, so ParkOrder (and the
+    reconciler) count it for OrdersParkedAlarm. Taken for "parked already", the park was silent."""
+    order_id = world.place(("TSHIRT", 1))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    clock.advance(minutes=3)  # the park is not at the moment the order last changed
+    real = world.orders.update
+
+    def landed_then_lost(order: Order, expected: Order, entries, **conditions) -> None:
+        real(order, expected, entries, **conditions)
+        monkeypatch.setattr(world.orders, "update", real)
+        raise StaleVersion(f"order {order.id} is no longer {expected.status} at version {expected.version}")
+
+    monkeypatch.setattr(world.orders, "update", landed_then_lost)
+
+    assert world.workflow.park_after_failure(order_id, "TransientError", cause("TransientError", "down")) is True
+    order = world.order(order_id)
+    assert (order.status, order.hold.resume_to) == (S.ON_HOLD, S.AUTHORIZED)
+    assert [entry.type for entry in world.history(order_id)].count("on_hold") == 1
+    # Another park of it (a twin execution's, or this one's sent again) did not park it.
+    assert world.workflow.park_after_failure(order_id, "TransientError", "") is False
+
+
+def test_a_park_order_task_run_again_after_its_write_landed_still_counts_its_park(world, clock):
+    """ParkOrder's function parked the order and died before it counted it (its timeout struck in
+    the metric's flush, or its answer to Step Functions was lost): the Retry runs the task again, in
+    the same execution, and finds the order parked. That park is this execution's: it counts it, or
+    OrdersParkedAlarm never hears of the order. A park by another execution is not counted again."""
+    order_id = world.place(("TSHIRT", 1))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    failure = ("States.Timeout", cause("States.Timeout", "the task timed out"))
+
+    assert world.workflow.park_after_failure(order_id, *failure, execution="run-1") is True
+    clock.advance(seconds=2)  # the Retry's interval
+    assert world.workflow.park_after_failure(order_id, *failure, execution="run-1") is True
+
+    assert [entry.type for entry in world.history(order_id)].count("on_hold") == 1
+    assert world.history(order_id)[-1].detail["execution"] == "run-1"
+    assert world.workflow.park_after_failure(order_id, *failure, execution="run-2") is False
+    assert world.workflow.park_after_failure(order_id, *failure) is False
 
 
 def test_a_parked_order_stops_the_workflow_steps(world):
