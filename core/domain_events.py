@@ -325,7 +325,8 @@ def return_events(old: dict[str, Any] | None, new: dict[str, Any], order: dict[s
 
 
 # What an event may weigh (its JSON in UTF-8) to go out whole: an EventBridge entry holds 256 KB,
-# the event (its Detail) with its Source ("oms"), DetailType (at most 18 bytes) and Time (14 bytes).
+# the event (its Detail) with its Source ("oms"), DetailType (its type: 20 bytes at most) and Time
+# (counted as 14 bytes).
 # The webhook deliveries carry the same body, which a delivery's record (DynamoDB, 400 KB) holds.
 EVENT_BYTES = 256 * 1024 - 64
 # What an event over EVENT_BYTES leaves out, in this order, until it fits: the lists of its order

@@ -16,7 +16,7 @@ import pytest
 from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
 from botocore.exceptions import ClientError
 
-from core.domain_events import EVENT_BYTES
+from core.domain_events import EVENT_BYTES, DomainEvent, EventType
 from core.models import (
     Address,
     Allocation,
@@ -36,7 +36,7 @@ from core.models import (
 from core.money import Money
 from core.status import OrderStatus, PaymentStatus, ShipmentStatus
 from functions.adapters import order_codec
-from functions.adapters.webhooks import PUT_EVENTS_BYTES, entry_size
+from functions.adapters.webhooks import PUT_EVENTS_BYTES, EventBridgePublisher, entry_size
 from tests.integration.test_events_and_webhooks import Context, drain, subscribe, wired  # noqa: F401
 
 AT = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -289,3 +289,13 @@ def test_an_entry_the_bus_keeps_refusing_fails_its_record_after_its_own_attempts
 
     sent = [entry["DetailType"] for call in bus.calls for entry in call]
     assert sent.count("order.delivered") == PUT_EVENTS_ATTEMPTS and sent.count("shipment.delivered") == 1
+
+
+@pytest.mark.parametrize("type_", list(EventType))
+def test_an_event_of_any_type_at_the_most_an_event_may_weigh_fits_an_entry(type_: EventType):
+    """EVENT_BYTES leaves room in an entry for what EventBridge counts besides the event itself."""
+    event = DomainEvent(id="evt_1", type=type_, created_at=AT, data={})
+    room = EVENT_BYTES - len(event.model_dump_json().encode())
+    fullest = event.model_copy(update={"data": {"note": "x" * (room - len('"note":""'))}})
+    assert len(fullest.model_dump_json().encode()) == EVENT_BYTES
+    assert entry_size(EventBridgePublisher(None, "bus")._entry(fullest)) <= PUT_EVENTS_BYTES
