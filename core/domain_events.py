@@ -351,8 +351,8 @@ def fitted(event: DomainEvent, budget: int = EVENT_BYTES) -> DomainEvent:
         holder = data
         for parent in parents:
             holder = holder.get(parent) if isinstance(holder, dict) else None
-        if not isinstance(holder, dict) or name not in holder:
-            continue
+        if not isinstance(holder, dict) or not holder.get(name):
+            continue  # an empty list weighs nothing: the event keeps it, and says nothing of it
         del holder[name]
         omitted.append(".".join(path))
         slim = event.model_copy(update={"data": {**data, "omitted": list(omitted)}})

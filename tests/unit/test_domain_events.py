@@ -578,3 +578,10 @@ def test_an_event_still_over_its_room_without_refunds_leaves_out_the_next_lists_
     slim = fitted(event, weight(without_refunds) - 1)
     assert slim.data["omitted"] == ["order.payment.refunds", "order.shipments"]
     assert "shipments" not in slim.data["order"] and slim.data["order"]["lines"]
+
+
+def test_an_event_leaves_out_no_list_that_is_empty():
+    event = a_refund_event(1)
+    event.data["order"]["payment"]["refunds"] = []
+    slim = fitted(event, weight(event) - 1)
+    assert slim.data["omitted"] == ["order.shipments"] and slim.data["order"]["payment"]["refunds"] == []
