@@ -324,6 +324,47 @@ def return_events(old: dict[str, Any] | None, new: dict[str, Any], order: dict[s
     ]
 
 
+# What an event may weigh (its JSON in UTF-8) to go out whole: an EventBridge entry holds 256 KB,
+# the event (its Detail) with its Source ("oms"), DetailType (its type: 20 bytes at most) and Time
+# (counted as 14 bytes).
+# The webhook deliveries carry the same body, which a delivery's record (DynamoDB, 400 KB) holds.
+EVENT_BYTES = 256 * 1024 - 64
+# What an event over EVENT_BYTES leaves out, in this order, until it fits: the lists of its order
+# that weigh the most, as paths under `data`. Its refunds come first: nothing bounds how many an
+# order takes (a thousand weigh a megabyte); its 100 lines, shipments and allocations are bounded.
+OMITTABLE = (("order", "payment", "refunds"), ("order", "shipments"), ("order", "allocations"), ("order", "lines"))
+
+
+def fitted(event: DomainEvent, budget: int = EVENT_BYTES) -> DomainEvent:
+    """`event` itself when its JSON fits `budget` bytes; else the same event (the same id) without
+    the first of OMITTABLE that make it fit, `data.omitted` naming them ("order.payment.refunds"):
+    GET /orders/{id} shows them. The object the event is about (`data.refund`, `data.shipment`,
+    `data.return`) is always whole. One that fits no way is returned as short as it gets (the
+    publisher refuses it, so the change goes to the failure queue)."""
+    if _weight(event) <= budget:
+        return event
+    data = json.loads(event.model_dump_json())["data"]
+    omitted: list[str] = []
+    slim = event
+    for path in OMITTABLE:
+        *parents, name = path
+        holder = data
+        for parent in parents:
+            holder = holder.get(parent) if isinstance(holder, dict) else None
+        if not isinstance(holder, dict) or not holder.get(name):
+            continue  # an empty list weighs nothing: the event keeps it, and says nothing of it
+        del holder[name]
+        omitted.append(".".join(path))
+        slim = event.model_copy(update={"data": {**data, "omitted": list(omitted)}})
+        if _weight(slim) <= budget:
+            break
+    return slim
+
+
+def _weight(event: DomainEvent) -> int:
+    return len(event.model_dump_json().encode())
+
+
 # What of an import's errors `import.completed` carries: an EventBridge entry holds 256 KB (the event
 # with its source and type), and up to 1,000 errors of up to 500 characters would not fit.
 IMPORT_EVENT_ERROR_BYTES = 200 * 1024

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 
-from core.domain_events import WITH_CHANNEL, DomainEvent, EventType
+from core.domain_events import WITH_CHANNEL, DomainEvent, EventType, fitted
 from core.errors import Conflict, InvalidRequest, NotFound, StaleVersion
 from core.ids import new_id, short_hash
 from core.models import Channel, Shown, VisibleText
@@ -523,6 +523,8 @@ class EventDispatcher:
         (a stream batch reads them once for all its records); by default they are read here."""
         if not events:
             return 0
+        # The same body to the bus and to subscribers: one that fits both (core.domain_events.fitted).
+        events = [fitted(event) for event in events]
         self._publisher.publish(events)
         subscribed = (subscriptions or self._store.all)()
         queued = 0

@@ -10,6 +10,7 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -38,6 +39,20 @@ WEBHOOK_COUNTS_PK = "WEBHOOK_COUNTS"  # sk `channel#<channel>` or `unbound`: `li
 DELIVERY_RETENTION = timedelta(days=30)
 EVENT_SOURCE = "oms"
 _PUT_EVENTS_BATCH = 10  # PutEvents takes at most 10 entries
+# What EventBridge takes in one PutEvents call, its entries' sizes summed (entry_size); an entry
+# alone may weigh as much (core.domain_events.fitted keeps the events under it).
+PUT_EVENTS_BYTES = 256 * 1024
+# Sends of an entry the bus refused (FailedEntryCount: throttled, an internal failure), the pause
+# before the second doubled before the third.
+PUT_EVENTS_ATTEMPTS = 3
+_REFUSED_PAUSE_SECONDS = 0.1
+
+
+def entry_size(entry: dict[str, Any]) -> int:
+    """What EventBridge counts of a PutEvents entry: 14 bytes for its Time, then the UTF-8 bytes
+    of its Source, DetailType, Detail and each of its Resources (EventBusName is not counted)."""
+    counted = [entry["Source"], entry["DetailType"], entry.get("Detail", ""), *entry.get("Resources", [])]
+    return (14 if entry.get("Time") is not None else 0) + sum(len(part.encode()) for part in counted)
 
 
 def _deliveries_pk(webhook_id: str) -> str:
@@ -246,31 +261,68 @@ class SqsDeliveryQueue(DeliveryQueue):
 
 
 class EventBridgePublisher(EventPublisher):
-    """Each event onto the bus as source `oms`, detail-type its type, detail the event itself."""
+    """Each event onto the bus as source `oms`, detail-type its type, detail the event itself.
+    A PutEvents call takes at most 10 entries and 256 KB of them in all (entry_size), so the
+    events go in calls that fit both. EventBridge may refuse some entries of a call and take the
+    others (FailedEntryCount): only those it refused are sent again, up to PUT_EVENTS_ATTEMPTS
+    times each, so no event it took reaches the bus twice from one publish; one still refused
+    then fails the change (the stream retries it, with the same event ids, and at the end hands it
+    to the failure queue)."""
 
     def __init__(self, client: Any, bus_name: str):
         self._client = client
         self._bus_name = bus_name
 
     def publish(self, events: list[DomainEvent]) -> None:
-        for start in range(0, len(events), _PUT_EVENTS_BATCH):
-            batch = events[start : start + _PUT_EVENTS_BATCH]
-            response = self._client.put_events(
-                Entries=[
-                    {
-                        "EventBusName": self._bus_name,
-                        "Source": EVENT_SOURCE,
-                        "DetailType": event.type.value,
-                        "Detail": event.model_dump_json(),
-                        "Time": event.created_at,
-                        "Resources": [],
-                    }
-                    for event in batch
-                ]
-            )
-            if response.get("FailedEntryCount"):
-                failed = [entry for entry in response.get("Entries", []) if entry.get("ErrorCode")]
-                raise RuntimeError(f"the event bus refused {len(failed)} event(s): {json.dumps(failed)[:500]}")
+        waiting = [self._entry(event) for event in events]
+        for entry, event in zip(waiting, events, strict=True):
+            if entry_size(entry) > PUT_EVENTS_BYTES:
+                raise ValueError(
+                    f"event {event.id} ({event.type.value}) weighs {entry_size(entry)} bytes: over an entry's 256 KB"
+                )
+        for attempt in range(1, PUT_EVENTS_ATTEMPTS + 1):
+            refused: list[tuple[dict[str, Any], dict[str, Any]]] = []
+            for call in _calls(waiting):
+                response = self._client.put_events(Entries=call)
+                if response.get("FailedEntryCount"):
+                    # The answers are in the order of the entries sent.
+                    refused += [
+                        (entry, answer)
+                        for entry, answer in zip(call, response["Entries"], strict=True)
+                        if answer.get("ErrorCode")
+                    ]
+            if not refused:
+                return
+            waiting = [entry for entry, _ in refused]
+            if attempt < PUT_EVENTS_ATTEMPTS:
+                time.sleep(_REFUSED_PAUSE_SECONDS * 2 ** (attempt - 1))
+        answers = [{"detail_type": entry["DetailType"], **answer} for entry, answer in refused]
+        raise RuntimeError(f"the event bus refused {len(refused)} event(s): {json.dumps(answers)[:500]}")
+
+    def _entry(self, event: DomainEvent) -> dict[str, Any]:
+        return {
+            "EventBusName": self._bus_name,
+            "Source": EVENT_SOURCE,
+            "DetailType": event.type.value,
+            "Detail": event.model_dump_json(),
+            "Time": event.created_at,
+            "Resources": [],
+        }
+
+
+def _calls(entries: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+    """`entries`, in their order, in calls of at most _PUT_EVENTS_BATCH entries and PUT_EVENTS_BYTES."""
+    call: list[dict[str, Any]] = []
+    weight = 0
+    for entry in entries:
+        size = entry_size(entry)
+        if call and (len(call) == _PUT_EVENTS_BATCH or weight + size > PUT_EVENTS_BYTES):
+            yield call
+            call, weight = [], 0
+        call.append(entry)
+        weight += size
+    if call:
+        yield call
 
 
 # How long a subscriber's host may take to resolve. getaddrinfo has no timeout of its own: a name

@@ -14,6 +14,7 @@ from core.domain_events import (
     WITHOUT_CHANNEL,
     EventType,
     event_id,
+    fitted,
     import_events,
     order_events,
     return_events,
@@ -532,3 +533,55 @@ def test_a_return_without_its_order_or_an_item_that_is_not_a_return_gives_nothin
     requested, *_ = _return_steps()
     assert return_events(None, requested, None) == []
     assert return_events(None, order_doc(), order_doc()) == []
+
+
+def a_refund_event(refunds: int) -> Any:
+    """`refund.succeeded` of an order that took `refunds` refunds, shipped in two parcels."""
+    old = order_doc(status="shipped", shipments=[shipment("shipped"), shipment("shipped", "shp_2")])
+    taken = [
+        {"id": f"ref_{n}", "amount": money("0.01"), "reason": "sorry " * 30, "reference": f"gw-{n}",
+         "at": "2026-12-01T11:00:00Z"}
+        for n in range(refunds)
+    ]  # fmt: skip
+    new = next_version(old, payment={**old["payment"], "refunds": taken, "refunded": money("1.00")})
+    old["payment"]["refunds"] = taken[:-1]
+    (event,) = order_events(old, new)
+    return event
+
+
+def weight(event: Any) -> int:
+    return len(event.model_dump_json().encode())
+
+
+def test_an_event_that_fits_goes_out_as_it_is():
+    event = a_refund_event(3)
+    assert fitted(event, weight(event)) is event
+
+
+def test_an_event_over_its_room_leaves_out_its_orders_refunds_first_and_names_what_it_left_out():
+    event = a_refund_event(200)
+    whole = json.loads(event.model_dump_json())
+    slim = fitted(event, weight(event) // 2)
+    assert slim.id == event.id and slim.type is event.type and weight(slim) <= weight(event) // 2
+    assert slim.data["omitted"] == ["order.payment.refunds"]
+    assert (
+        "refunds" not in slim.data["order"]["payment"]
+        and slim.data["order"]["shipments"] == whole["data"]["order"]["shipments"]
+    )
+    assert slim.data["refund"] == whole["data"]["refund"]  # what the event is about stays whole
+    assert json.loads(event.model_dump_json()) == whole  # the event itself (its order shared) unchanged
+
+
+def test_an_event_still_over_its_room_without_refunds_leaves_out_the_next_lists_in_turn():
+    event = a_refund_event(1)
+    without_refunds = fitted(event, weight(event) - 1)
+    slim = fitted(event, weight(without_refunds) - 1)
+    assert slim.data["omitted"] == ["order.payment.refunds", "order.shipments"]
+    assert "shipments" not in slim.data["order"] and slim.data["order"]["lines"]
+
+
+def test_an_event_leaves_out_no_list_that_is_empty():
+    event = a_refund_event(1)
+    event.data["order"]["payment"]["refunds"] = []
+    slim = fitted(event, weight(event) - 1)
+    assert slim.data["omitted"] == ["order.shipments"] and slim.data["order"]["payment"]["refunds"] == []
