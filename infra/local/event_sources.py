@@ -40,9 +40,9 @@ STREAM_PAGE = 1000  # records a stream poller's GetRecords asks for (AWS's most)
 ASYNC_RETRIES = 2  # Lambda retries an asynchronous invocation (S3, EventBridge) twice by default
 
 SCHEDULE_PERIOD_ENV = "OMS_LOCAL_SCHEDULE_SECONDS"
-# A schedule that runs more often locally than on AWS, so a developer sees it work: the function's
-# own variable, then OMS_LOCAL_SCHEDULE_SECONDS, then this default (the jeopardy scan: every 30 s
-# instead of every 5 minutes).
+# A schedule's period locally, so a developer sees it work: the function's own variable, then
+# OMS_LOCAL_SCHEDULE_SECONDS, then this default (the jeopardy scan: every 30 s instead of every 5
+# minutes), then the template's rate.
 LOCAL_SCHEDULE_PERIODS: dict[str, tuple[str, float]] = {"JeopardyScanFunction": ("OMS_JEOPARDY_SCAN_SECONDS", 30.0)}
 _RATE = re.compile(r"^rate\((\d+) (minute|hour|day)(s?)\)$")
 _RATE_SECONDS = {"minute": 60, "hour": 3600, "day": 86400}
@@ -141,7 +141,6 @@ class EventSourceMapping:
     fetch a batch, how to shape its event and what of an answer failed."""
 
     kind = ""
-    asynchronous = False  # S3 and EventBridge invoke with one event, not a batch of records
     name: str
     function_logical_id: str
     function: LocalFunction
@@ -274,7 +273,7 @@ class EventSourceMapping:
         """Called once a batch _fetch() returned is delivered (a stream's leaves its buffer then)."""
 
     def _event(self, batch: list[Record]) -> dict[str, Any]:
-        return batch[0] if self.asynchronous else {"Records": batch}
+        return {"Records": batch}
 
     def _failed_part(self, batch: list[Record], response: Any) -> list[Record]:
         """What of a batch the function answered is to be retried (ReportBatchItemFailures)."""
@@ -480,7 +479,8 @@ class AsynchronousMapping(EventSourceMapping):
     record, which carries the event (requestPayload: replayable as it was) and the error
     (responsePayload), where a stream's carries where its batch lies."""
 
-    asynchronous = True
+    def _event(self, batch: list[Record]) -> dict[str, Any]:
+        return batch[0]  # S3 and EventBridge invoke with one event, not a batch of records
 
     def _failure_record(self, batch: list[Record], attempts: int, error: BaseException | None) -> dict[str, Any]:
         record = super()._failure_record(batch, attempts, error)
@@ -562,10 +562,9 @@ class ScheduleMapping(AsynchronousMapping):
 
 
 def schedule_period(expression: str, where: str) -> float:
-    """Seconds between runs of a Schedule's `rate(...)`, or EventSourceError naming `where` for what
-    EventBridge refuses and for a `cron(...)`, which the template does not use: a scheduled function
-    numbers its runs in its rate's period (functions/schedule.py), and a cron's uneven gaps (03:00 on
-    weekdays: 288 periods of 5 minutes, then 864) would make some turns never come."""
+    """Seconds between runs of a Schedule's `rate(...)`; EventSourceError naming `where` for what
+    EventBridge refuses and for a `cron(...)`, whose uneven gaps (03:00 on weekdays: 288 periods of
+    5 minutes, then 864) would make some of a scheduled function's numbered turns never come."""
     if expression.startswith("cron("):
         raise EventSourceError(
             f"{where}: Schedule {expression!r}: cron(...) is not emulated, and a scheduled function numbers its"
@@ -581,8 +580,6 @@ def schedule_period(expression: str, where: str) -> float:
 
 
 def _local_period(function_logical_id: str, period: float) -> float:
-    """A schedule's period locally: the function's own variable, then OMS_LOCAL_SCHEDULE_SECONDS,
-    then LOCAL_SCHEDULE_PERIODS' default, then the template's rate."""
     own_env, period = LOCAL_SCHEDULE_PERIODS.get(function_logical_id, ("", period))
     for variable in filter(None, (SCHEDULE_PERIOD_ENV, own_env)):
         if (override := os.environ.get(variable, "")).strip():
