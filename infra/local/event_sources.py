@@ -136,9 +136,9 @@ class OnFailure(NamedTuple):
 class EventSourceMapping:
     """One event source: a thread that fetches a batch, invokes the function with it, and retries
     what failed (in halves on an error when bisect_on_error) until it succeeds or has failed
-    1 + maximum_retry_attempts times (-1: forever, as a stream's record until it expires), when it goes to the OnFailure
-    destination as AWS's record of it (AsynchronousMapping's carries the event). A subclass says how to
-    fetch a batch, how to shape its event and what of an answer failed."""
+    1 + maximum_retry_attempts times (-1: forever, as a stream's record until it expires), when it
+    goes to the OnFailure destination as AWS's record of it. A subclass says how to fetch a batch,
+    how to shape its event and what of an answer failed."""
 
     kind = ""
     name: str
@@ -475,9 +475,9 @@ class SqsMapping(EventSourceMapping):
 @dataclass(eq=False, kw_only=True)
 class AsynchronousMapping(EventSourceMapping):
     """A source that invokes its function asynchronously with one event (S3, EventBridge): retried per
-    the function's EventInvokeConfig, then sent to its OnFailure destination as Lambda's invocation
-    record, which carries the event (requestPayload: replayable as it was) and the error
-    (responsePayload), where a stream's carries where its batch lies."""
+    the function's EventInvokeConfig (MaximumRetryAttempts, default 2), then sent to its OnFailure
+    destination, if any, as Lambda's invocation record: the event (requestPayload, replayable as it
+    was) and the error (responsePayload), where a stream's says where its batch lies."""
 
     def _event(self, batch: list[Record]) -> dict[str, Any]:
         return batch[0]  # S3 and EventBridge invoke with one event, not a batch of records
@@ -493,10 +493,8 @@ class AsynchronousMapping(EventSourceMapping):
 
 @dataclass(eq=False, kw_only=True)
 class S3NotificationMapping(AsynchronousMapping):
-    """A bucket's Lambda notification. moto matches the events and key filters and builds the
-    record; its Lambda hook calls enqueue() instead (moto_patches/s3_notifications.py), and this
-    thread invokes the function asynchronously as S3 does: retried per the function's
-    EventInvokeConfig (MaximumRetryAttempts, default 2), then OnFailure with AWS's record."""
+    """A bucket's Lambda notification: moto matches the events and key filters and builds the
+    record, and its Lambda hook calls enqueue() instead (moto_patches/s3_notifications.py)."""
 
     kind = "S3"
     bucket: str
@@ -527,11 +525,8 @@ class S3NotificationMapping(AsynchronousMapping):
 
 @dataclass(eq=False, kw_only=True)
 class ScheduleMapping(AsynchronousMapping):
-    """A Schedule event: the function invoked every `period` seconds, the first a period after the
-    stack starts, with EventBridge's scheduled event, asynchronously as EventBridge does: a failed
-    run is retried with the same event per the function's EventInvokeConfig (MaximumRetryAttempts,
-    default 2), then sent to its OnFailure destination with Lambda's invocation record if it declares
-    one (template.yaml's scheduled functions declare none), else dropped with an error line."""
+    """A Schedule event: EventBridge's scheduled event every `period` seconds, the first a period
+    after the stack starts."""
 
     kind = "Schedule"
     expression: str
