@@ -202,13 +202,10 @@ def _exit_reason(code: Any) -> str:
 
 
 def _start_fresh(handler: Handler) -> None:
-    """What a new execution environment changes for `handler`: every Warm its package's modules
-    hold (functions/warm.py: its container's clients, caches and plugin manager, a route's pages)
-    is built again by its next use. Only its package's: the other functions keep theirs (the
-    functions of one package, the order workflow's steps, share one module and so one container
-    here). Called as the next run starts, under the function's lock: the run that failed has
-    ended by then, and whatever a thread it left behind rebuilt since is dropped too; that thread
-    keeps the objects it holds, which nothing fresh shares."""
+    """A new execution environment for `handler`: every Warm its package's modules hold
+    (functions/warm.py) is built again by its next use; other packages keep theirs (the order
+    workflow's steps share one package, so one container, here). Called as the next run starts,
+    under the function's lock: what a thread the failed run left behind rebuilt is dropped too."""
     module_name = getattr(handler, "__module__", None) or ""
     package = module_name.rpartition(".")[0] or module_name
     for name, module in list(sys.modules.items()):
@@ -219,13 +216,11 @@ def _start_fresh(handler: Handler) -> None:
 
 
 def end_invocation_metrics() -> None:
-    """What powertools' log_metrics does to the metric set as a Lambda invocation ends, when
-    POWERTOOLS_METRICS_DISABLED (the local stack's default) stops its flush from doing it: the set
-    is cleared, as the flush (print, then clear) leaves it. Without this, the set every Metrics
-    instance shares (class-level, and here shared by every function in the process) grows across
-    invocations: an EMF line is printed at 100 values, and each add_metric formats the whole list
-    into a debug line. Metrics enabled, the flush has cleared it already: nothing is done, so
-    another function's run keeps what it has not printed yet."""
+    """Clears the metric set as powertools' flush (print, then clear) leaves it when an invocation
+    ends, where POWERTOOLS_METRICS_DISABLED (the local default) skips the flush: else the set every
+    Metrics instance (and here every function) shares grows across invocations, printed at 100
+    values and formatted whole by each add_metric. Metrics enabled, the flush has cleared it:
+    nothing is done, so another function's run keeps what it has not printed yet."""
     if "aws_lambda_powertools.metrics" not in sys.modules:  # nothing imported it: no metric was added
         return
     from aws_lambda_powertools.metrics.functions import is_metrics_disabled
