@@ -3,9 +3,9 @@
 moto's `BaseModel.__new__` lists each instance for the moto-api dashboard: every SQS message, every
 DynamoDB item *and every copy moto makes of one* (on reads, updates and conditional checks), every
 stream record, never removed. Importing 1,808 orders left 3,844 messages and ~11,700 item copies
-alive after the queue was empty: ~44 KiB per stored order against ~13 KiB with this patch, and every
-full garbage collection walked them. The dashboard now lists S3 objects only (moto's reset closes
-their temporary files through the list); the stack's data is still there through every API.
+alive after the queue was empty, and every full garbage collection walked them; a 100,000-line
+import kept ~44 KiB per stored order, ~13 KiB with this patch. The dashboard now lists S3 objects
+only (moto's reset closes their temporary files through the list); the data is still served.
 """
 
 from __future__ import annotations
