@@ -40,9 +40,9 @@ STREAM_PAGE = 1000  # records a stream poller's GetRecords asks for (AWS's most)
 ASYNC_RETRIES = 2  # Lambda retries an asynchronous invocation (S3, EventBridge) twice by default
 
 SCHEDULE_PERIOD_ENV = "OMS_LOCAL_SCHEDULE_SECONDS"
-# A schedule that runs more often locally than on AWS, so a developer sees it work: the function's
-# own variable, then OMS_LOCAL_SCHEDULE_SECONDS, then this default (the jeopardy scan: every 30 s
-# instead of every 5 minutes).
+# A schedule's period locally, so a developer sees it work: the function's own variable, then
+# OMS_LOCAL_SCHEDULE_SECONDS, then this default (the jeopardy scan: every 30 s instead of every 5
+# minutes), then the template's rate.
 LOCAL_SCHEDULE_PERIODS: dict[str, tuple[str, float]] = {"JeopardyScanFunction": ("OMS_JEOPARDY_SCAN_SECONDS", 30.0)}
 _RATE = re.compile(r"^rate\((\d+) (minute|hour|day)(s?)\)$")
 _RATE_SECONDS = {"minute": 60, "hour": 3600, "day": 86400}
@@ -136,12 +136,11 @@ class OnFailure(NamedTuple):
 class EventSourceMapping:
     """One event source: a thread that fetches a batch, invokes the function with it, and retries
     what failed (in halves on an error when bisect_on_error) until it succeeds or has failed
-    1 + maximum_retry_attempts times (-1: forever, as a stream's record until it expires), when it goes to the OnFailure
-    destination as AWS's record of it (AsynchronousMapping's carries the event). A subclass says how to
-    fetch a batch, how to shape its event and what of an answer failed."""
+    1 + maximum_retry_attempts times (-1: forever, as a stream's record until it expires), when it
+    goes to the OnFailure destination as AWS's record of it. A subclass says how to fetch a batch,
+    how to shape its event and what of an answer failed."""
 
     kind = ""
-    asynchronous = False  # S3 and EventBridge invoke with one event, not a batch of records
     name: str
     function_logical_id: str
     function: LocalFunction
@@ -274,7 +273,7 @@ class EventSourceMapping:
         """Called once a batch _fetch() returned is delivered (a stream's leaves its buffer then)."""
 
     def _event(self, batch: list[Record]) -> dict[str, Any]:
-        return batch[0] if self.asynchronous else {"Records": batch}
+        return {"Records": batch}
 
     def _failed_part(self, batch: list[Record], response: Any) -> list[Record]:
         """What of a batch the function answered is to be retried (ReportBatchItemFailures)."""
@@ -476,11 +475,12 @@ class SqsMapping(EventSourceMapping):
 @dataclass(eq=False, kw_only=True)
 class AsynchronousMapping(EventSourceMapping):
     """A source that invokes its function asynchronously with one event (S3, EventBridge): retried per
-    the function's EventInvokeConfig, then sent to its OnFailure destination as Lambda's invocation
-    record, which carries the event (requestPayload: replayable as it was) and the error
-    (responsePayload), where a stream's carries where its batch lies."""
+    the function's EventInvokeConfig (MaximumRetryAttempts, default 2), then sent to its OnFailure
+    destination, if any, as Lambda's invocation record: the event (requestPayload, replayable as it
+    was) and the error (responsePayload), where a stream's says where its batch lies."""
 
-    asynchronous = True
+    def _event(self, batch: list[Record]) -> dict[str, Any]:
+        return batch[0]  # S3 and EventBridge invoke with one event, not a batch of records
 
     def _failure_record(self, batch: list[Record], attempts: int, error: BaseException | None) -> dict[str, Any]:
         record = super()._failure_record(batch, attempts, error)
@@ -493,10 +493,8 @@ class AsynchronousMapping(EventSourceMapping):
 
 @dataclass(eq=False, kw_only=True)
 class S3NotificationMapping(AsynchronousMapping):
-    """A bucket's Lambda notification. moto matches the events and key filters and builds the
-    record; its Lambda hook calls enqueue() instead (moto_patches/s3_notifications.py), and this
-    thread invokes the function asynchronously as S3 does: retried per the function's
-    EventInvokeConfig (MaximumRetryAttempts, default 2), then OnFailure with AWS's record."""
+    """A bucket's Lambda notification: moto matches the events and key filters and builds the
+    record, and its Lambda hook calls enqueue() instead (moto_patches/s3_notifications.py)."""
 
     kind = "S3"
     bucket: str
@@ -527,11 +525,8 @@ class S3NotificationMapping(AsynchronousMapping):
 
 @dataclass(eq=False, kw_only=True)
 class ScheduleMapping(AsynchronousMapping):
-    """A Schedule event: the function invoked every `period` seconds, the first a period after the
-    stack starts, with EventBridge's scheduled event, asynchronously as EventBridge does: a failed
-    run is retried with the same event per the function's EventInvokeConfig (MaximumRetryAttempts,
-    default 2), then sent to its OnFailure destination with Lambda's invocation record if it declares
-    one (template.yaml's scheduled functions declare none), else dropped with an error line."""
+    """A Schedule event: EventBridge's scheduled event every `period` seconds, the first a period
+    after the stack starts."""
 
     kind = "Schedule"
     expression: str
@@ -562,10 +557,9 @@ class ScheduleMapping(AsynchronousMapping):
 
 
 def schedule_period(expression: str, where: str) -> float:
-    """Seconds between runs of a Schedule's `rate(...)`, or EventSourceError naming `where` for what
-    EventBridge refuses and for a `cron(...)`, which the template does not use: a scheduled function
-    numbers its runs in its rate's period (functions/schedule.py), and a cron's uneven gaps (03:00 on
-    weekdays: 288 periods of 5 minutes, then 864) would make some turns never come."""
+    """Seconds between runs of a Schedule's `rate(...)`; EventSourceError naming `where` for what
+    EventBridge refuses and for a `cron(...)`, whose uneven gaps (03:00 on weekdays: 288 periods of
+    5 minutes, then 864) would make some of a scheduled function's numbered turns never come."""
     if expression.startswith("cron("):
         raise EventSourceError(
             f"{where}: Schedule {expression!r}: cron(...) is not emulated, and a scheduled function numbers its"
@@ -581,8 +575,6 @@ def schedule_period(expression: str, where: str) -> float:
 
 
 def _local_period(function_logical_id: str, period: float) -> float:
-    """A schedule's period locally: the function's own variable, then OMS_LOCAL_SCHEDULE_SECONDS,
-    then LOCAL_SCHEDULE_PERIODS' default, then the template's rate."""
     own_env, period = LOCAL_SCHEDULE_PERIODS.get(function_logical_id, ("", period))
     for variable in filter(None, (SCHEDULE_PERIOD_ENV, own_env)):
         if (override := os.environ.get(variable, "")).strip():

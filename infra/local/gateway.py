@@ -63,22 +63,19 @@ class RouteMatch:
 
 
 class Router:
-    """Matches a request path against the template's resource paths the way API Gateway does:
-    the most specific resource wins (literal segments over `{param}`), and a resource that lacks
-    the method matches nothing (no fallback to a looser one), as a path no resource has: API
-    Gateway answers both MISSING_AUTHENTICATION_TOKEN. Greedy `{proxy+}` resources are not
-    emulated: a route with one is refused here rather than matched as a single segment."""
+    """Matches a request path as API Gateway does: the most specific resource wins (literal
+    segments over `{param}`), and one that lacks the method matches nothing, as a path no resource
+    has (no fallback to a looser one). A greedy `{proxy+}` is refused, not matched as a segment."""
 
     def __init__(self, routes: Iterable[ApiRoute]):
         self.routes = list(routes)
         for route in self.routes:
             if "+}" in route.path:
                 raise ValueError(f"route {route.event_name}: greedy path {route.path} is not emulated")
-        # Each resource once, with its routes by method (a method's first route wins). A path of
-        # literal segments only is looked up whole: a resource that matches it so is the most
-        # specific. Else the resources with parameters of its length are tried most specific first
-        # (literal segments before `{param}` ones, position by position, then the path): the first
-        # that matches is the one API Gateway picks.
+        # Each resource once, its routes by method (a method's first route wins). A literal path is
+        # looked up whole (the most specific match); else the resources with parameters of its
+        # length are tried most specific first (literal segments before `{param}`s, position by
+        # position): the first that matches is API Gateway's pick.
         methods: dict[str, dict[str, ApiRoute]] = {}
         for route in self.routes:
             methods.setdefault(route.path, {}).setdefault(route.method, route)
@@ -117,10 +114,8 @@ def _segments(path: str) -> list[str]:
 
 @dataclass
 class HttpRequest:
-    """What the gateway needs of an HTTP request; `path` is the raw (still percent-encoded) path."""
-
     method: str
-    path: str
+    path: str  # raw, still percent-encoded
     query_string: str = ""
     headers: Sequence[tuple[str, str]] = ()
     body: bytes = b""
@@ -358,10 +353,9 @@ def _whole(template: Template, declared: Any, prop: str) -> int:
 
 
 def _declared_answer(kind: str, responses: Mapping[str, Mapping[str, Any]]) -> tuple[int, str, dict[str, str]]:
-    """(status, body, headers) of the answer `kind` as API Gateway picks it from the template's
-    GatewayResponses: the kind's own, else DEFAULT_4XX or DEFAULT_5XX, its StatusCode (if any) over
-    the kind's, else API Gateway's built-in body. A header mapped from the request (method.request...)
-    is not emulated and fails startup."""
+    """(status, body, headers) of the answer `kind` as API Gateway picks it from GatewayResponses:
+    the kind's own, else DEFAULT_4XX or DEFAULT_5XX, else the built-in. A header mapped from the
+    request (method.request...) is not emulated and fails startup."""
     status, _, message = _ANSWERS[kind]
     name = kind if kind in responses else f"DEFAULT_{status // 100}XX"
     declared = responses.get(name) or {}
@@ -398,9 +392,8 @@ class ApiGateway:
 
     @classmethod
     def from_template(cls, template: Template, functions: Mapping[str, LocalFunction]) -> ApiGateway:
-        """The template's REST API as declared: its routes, authorizers, GatewayResponses, stage, and
-        the throttle of its stage's catch-all MethodSettings (one entry, `/*` and `*`: supported.py).
-        `functions` maps the template's function logical ids to their local functions."""
+        """The template's REST API: routes, authorizers, GatewayResponses, stage, and the throttle of
+        its stage's catch-all MethodSettings (`/*` and `*`: supported.py). `functions`: by logical id."""
         authorizers = {}
         for name, config in (template.api("Auth", {}).get("Authorizers") or {}).items():
             identity = config.get("Identity") or {}
@@ -422,8 +415,7 @@ class ApiGateway:
             throttle=throttle,
         )
 
-    def flush_authorizer_caches(self) -> None:
-        """FlushStageAuthorizersCache for this stage: every authorizer asks again on the next request."""
+    def flush_authorizer_caches(self) -> None:  # FlushStageAuthorizersCache for this stage
         for authorizer in self.authorizers.values():
             authorizer.clear_cache()
 
@@ -434,7 +426,6 @@ class ApiGateway:
         return response
 
     def handle(self, request: HttpRequest) -> Response:
-        """One request through the gateway."""
         if len(request.body) > self.max_body_bytes:
             return self.gateway_response("REQUEST_TOO_LARGE", request.request_id)
         match = self.router.match(request.path, request.method)
@@ -507,7 +498,7 @@ def _json_size(payload: Any) -> int:
 
 
 def _http_response(result: Any, request_id: str) -> Response:
-    """The Lambda proxy response (statusCode, headers, multiValueHeaders, body, isBase64Encoded)."""
+    """The Lambda proxy response as HTTP."""
     if not isinstance(result, dict) or not isinstance(result.get("statusCode"), int):
         raise TypeError("a proxy response is a dict with an integer statusCode")
     body = result.get("body") or ""

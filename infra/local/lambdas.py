@@ -26,10 +26,9 @@ Handler = Callable[[dict[str, Any], Any], Any]
 
 
 class _Running(threading.local):
-    """Which local function this thread is running (None outside one), so AWS calls can be
-    attributed to the function that made them (make bench counts requests per function), and its
-    log lines carry its keys (_LOG_KEYS). None by default: read on every log line, and a missing
-    thread-local attribute is an exception raised and caught (1.6 µs)."""
+    """Which local function this thread is running (None outside one): its AWS calls are that
+    function's (make bench counts them) and its log lines carry its keys (_LOG_KEYS). A class
+    default, as it is read on every log line: a missing thread-local attribute raises (1.6 µs)."""
 
     function: str | None = None
 
@@ -162,9 +161,8 @@ _LOG_KEYS = MotoPatch(
 
 
 def keep_functions_apart() -> Callable[[], None]:
-    """From now on, each function logs with its own keys, as its own process would (_LOG_KEYS), and
-    a thread or pool task it starts runs, and logs, as it (run_workers_as_their_function). What the
-    local stack applies from its start to its stop; returns what undoes it, once."""
+    """_LOG_KEYS and run_workers_as_their_function(), from the stack's start to its stop; returns
+    what undoes both, once."""
     undo_workers = run_workers_as_their_function()
     _LOG_KEYS.apply()
 
@@ -176,12 +174,9 @@ def keep_functions_apart() -> Callable[[], None]:
 
 
 def run_workers_as_their_function() -> Callable[[], None]:
-    """From now on, a thread a running function starts (the webhook sender's DNS lookup), and a task
-    it submits to a ThreadPoolExecutor (the reports' partition readers, functions/adapters/aggregates.py),
-    runs as that function: RUNNING is per thread, and on Lambda a thread is part of the invocation
-    that started it, its AWS calls the function's. For what attributes calls to functions (make
-    bench, the suite's grants); returns what undoes it, once (the patch stays while any caller has
-    not undone theirs)."""
+    """_THREADS applied: a thread a running function starts (the webhook sender's DNS lookup) or a
+    task it submits to a pool (functions/adapters/aggregates.py's partition readers) runs as that
+    function, as on Lambda a thread is part of its invocation. Returns what undoes it, once."""
     _THREADS.apply()
     return _THREADS.undo
 
@@ -207,13 +202,10 @@ def _exit_reason(code: Any) -> str:
 
 
 def _start_fresh(handler: Handler) -> None:
-    """What a new execution environment changes for `handler`: every Warm its package's modules
-    hold (functions/warm.py: its container's clients, caches and plugin manager, a route's pages)
-    is built again by its next use. Only its package's: the other functions keep theirs (the
-    functions of one package, the order workflow's steps, share one module and so one container
-    here). Called as the next run starts, under the function's lock: the run that failed has
-    ended by then, and whatever a thread it left behind rebuilt since is dropped too; that thread
-    keeps the objects it holds, which nothing fresh shares."""
+    """A new execution environment for `handler`: every Warm its package's modules hold
+    (functions/warm.py) is built again by its next use; other packages keep theirs (the order
+    workflow's steps share one package, so one container, here). Called as the next run starts,
+    under the function's lock: what a thread the failed run left behind rebuilt is dropped too."""
     module_name = getattr(handler, "__module__", None) or ""
     package = module_name.rpartition(".")[0] or module_name
     for name, module in list(sys.modules.items()):
@@ -224,13 +216,11 @@ def _start_fresh(handler: Handler) -> None:
 
 
 def end_invocation_metrics() -> None:
-    """What powertools' log_metrics does to the metric set as a Lambda invocation ends, when
-    POWERTOOLS_METRICS_DISABLED (the local stack's default) stops its flush from doing it: the set
-    is cleared, as the flush (print, then clear) leaves it. Without this, the set every Metrics
-    instance shares (class-level, and here shared by every function in the process) grows across
-    invocations: an EMF line is printed at 100 values, and each add_metric formats the whole list
-    into a debug line. Metrics enabled, the flush has cleared it already: nothing is done, so
-    another function's run keeps what it has not printed yet."""
+    """Clears the metric set as powertools' flush (print, then clear) leaves it when an invocation
+    ends, where POWERTOOLS_METRICS_DISABLED (the local default) skips the flush: else the set every
+    Metrics instance (and here every function) shares grows across invocations, printed at 100
+    values and formatted whole by each add_metric. Metrics enabled, the flush has cleared it:
+    nothing is done, so another function's run keeps what it has not printed yet."""
     if "aws_lambda_powertools.metrics" not in sys.modules:  # nothing imported it: no metric was added
         return
     from aws_lambda_powertools.metrics.functions import is_metrics_disabled
@@ -247,14 +237,10 @@ def _shared_metrics() -> Any:
 
 
 class RunClock:
-    """The time a run has taken as Lambda would count it: its thread's wall time less what, on AWS,
-    it would not have waited for. A function there has its own CPU, and its calls to DynamoDB or SQS
-    do not queue behind another function's: here every handler shares the machine's cores with its
-    other processes and the stack's other threads, and every moto call takes MOTO_LOCK. Measured
-    beside two CPU hogs (tests/e2e/test_order_fulfillment.py), the runs' 59.4 s of wall time held
-    37.2 s waiting for a CPU, 13.5 s waiting for MOTO_LOCK and 6.2 s on a CPU. What the handler itself
-    waits for (a sleep, a socket, its own threads, the GIL) is still counted. Started in the run's
-    thread; read from any thread."""
+    """A run's time as Lambda would count it: its thread's wall time less its waits for a CPU and
+    for MOTO_LOCK, which a function on AWS (its own CPU, a DynamoDB that does not queue it behind
+    another function's call) does not have (README: beside two CPU hogs, 59.4 s of wall time held
+    37.2 s and 13.5 s of them). Started in the run's thread; read from any thread."""
 
     def __init__(self) -> None:
         self._thread, self._waited = threading.get_native_id(), lock.waited()
@@ -318,12 +304,10 @@ class LocalFunction:
         return LambdaContext(self.name, self.memory_mb, self.arn, request_id, self.timeout_seconds, clock or RunClock())
 
     def invoke(self, event: Any, waits: float = math.inf) -> Any:
-        """Runs the handler; its exceptions propagate (the caller decides what a failure means). A run
-        past the Timeout, or past what the caller `waits` (API Gateway's 29 s), by its RunClock (what
-        a loaded machine or another function's moto call held it up is not its time), is TimedOut, and
-        SystemExit is ExitError, as Lambda reports them: a thread cannot be stopped, so the handler
-        runs to its end (its writes stand) and its answer, or error, is dropped. After either, the
-        next invocation starts in a fresh environment, as on Lambda (_start_fresh)."""
+        """Runs the handler; its exceptions propagate. A run past the Timeout, or past what the caller
+        `waits` (API Gateway's 29 s), by its RunClock, is TimedOut, and SystemExit is ExitError, as
+        Lambda reports them: a thread cannot be stopped, so the handler runs to its end (its writes
+        stand) and its answer is dropped. After either, the next run starts fresh (_start_fresh)."""
         with self._count_lock:
             self.invocations += 1
             self.in_flight += 1
@@ -379,16 +363,14 @@ class LocalFunction:
 
 
 class LambdaService:
-    """The stack's functions as moto's Lambda Invoke sees them (infra/local/moto_patches/lambda_invoke.py):
-    Step Functions Lambda tasks and any boto3 client. A handler's exception becomes what the Lambda
-    runtime reports (`X-Amz-Function-Error: Unhandled`, `errorType` the exception's class name, so
-    a state's Retry/Catch match on it); handlers run with MOTO_LOCK released (they call moto)."""
+    """The stack's functions as moto's Lambda Invoke sees them (moto_patches/lambda_invoke.py). A
+    handler's exception becomes what the Lambda runtime reports (`X-Amz-Function-Error: Unhandled`,
+    `errorType` its class name, for a state's Retry/Catch); handlers run with MOTO_LOCK released."""
 
     def __init__(self, functions: Mapping[str, LocalFunction]):
         self.functions = {function.name: function for function in functions.values()}
-        # A function's asynchronous invocation (InvocationType Event), by function name: queued to
-        # the poller of its asynchronous event (infra/local/event_sources.py), which invokes it as
-        # Lambda's async queue does: retried per its EventInvokeConfig, then its OnFailure.
+        # InvocationType Event, by function name: queued to the poller of the function's S3 event,
+        # which invokes it as Lambda's async queue does (EventInvokeConfig, then OnFailure).
         self.asynchronous: dict[str, Callable[[Any], None]] = {}
         self._closed = False
 
@@ -406,9 +388,8 @@ class LambdaService:
             time.sleep(0.02)
 
     def invoke(self, function: LocalFunction, body: Any, headers: Any, response_headers: dict[str, Any]) -> bytes:
-        """RequestResponse (Step Functions' Lambda tasks), and Event for a function with an
-        asynchronous event (the import splitter handing a file on to itself); S3's and
-        EventBridge's own asynchronous invocations are infra/local/event_sources.py's."""
+        """RequestResponse (Step Functions' Lambda tasks), and Event for a function with an S3 event
+        (the import splitter handing a file on to itself)."""
         if self._closed:
             return _error(response_headers, "Lambda.ServiceException", "the local stack is stopping")
         invocation_type = next((v for k, v in (headers or {}).items() if k.lower() == "x-amz-invocation-type"), None)

@@ -112,8 +112,6 @@ class Resources:
             self.atts[f"{logical_id}.Arn"] = f"arn:aws:sqs:{REGION}:{ACCOUNT_ID}:{name}"
 
     def _create_event_buses(self, client: Client) -> None:
-        """What the functions publish to, and what a local rule (aws events put-rule
-        --event-bus-name ...) can subscribe a queue to."""
         for logical_id, props in self.template.properties("AWS::Events::EventBus").items():
             name = self.resolve(props["Name"])
             self.atts[f"{logical_id}.Arn"] = client("events").create_event_bus(Name=name)["EventBusArn"]
@@ -127,8 +125,7 @@ class Resources:
             self.atts[f"{logical_id}.Arn"] = f"arn:aws:s3:::{name}"
 
     def _create_functions(self) -> None:
-        """A LocalFunction per AWS::Serverless::Function (handlers imported on first use), with the
-        ARN `!GetAtt X.Arn` answers; moto's Lambda Invoke reaches them through LambdaService."""
+        """A LocalFunction per function (moto's Lambda Invoke reaches them through LambdaService)."""
         from moto.sqs.models import DEFAULT_SENDER_ID as SQS_SENDER_ID
 
         for logical_id, props in self.template.functions().items():

@@ -1,11 +1,8 @@
 """The embedded stack: moto in-process, every resource of template.yaml, and the API over real HTTP.
 
-Four parts, started in this order and stopped in reverse: ProcessEnvironment (process.py),
-Resources (resources.py), Servers (servers.py) and Activity (activity.py: event source pollers and
-state machine executions). One process runs every function and has one os.environ: the stack
-exports the union of every function's resolved variables (`function_environments` keeps what each
-would see on AWS), with the local schedules over it, fake credentials and MOTO_PORT (moto's Step
-Functions interpreter calls back there).
+Its parts (README "The local runtime"), started in this order and stopped in reverse:
+ProcessEnvironment, Resources, Servers and Activity. One process runs every function and has one
+os.environ: the union of every function's variables (`function_environments` keeps each one's).
 """
 
 from __future__ import annotations
@@ -136,13 +133,10 @@ PARAMETER_ENV = {
 }
 
 # The webhook retry schedule under `make run`: the contract's 24 hours compressed to a minute
-# (API.md: at least 3 attempts within the first 60 s). These are the functions' variables, set
-# over what the template resolves (as the schedule periods are), not its parameters: a deploy
-# refuses a window under 24 hours (WebhookRetryWindowSeconds' MinValue) or a longest wait under
-# 1800 s (WebhookRetryMaxDelaySeconds') and so does the stack's parameter check, which holds for
-# every value the shell or the caller gives. 8 s is still four times the 2 s base: it backs off. A variable whose
-# parameter is given keeps that value (_compressed_retries); function_environments, what AWS
-# would set, keeps the template's.
+# (API.md: at least 3 attempts within the first 60 s; 8 s is four times the 2 s base: it backs
+# off). The functions' variables, set over the template's values, not its parameters: a deploy
+# (and the stack's parameter check) refuses a window under 24 hours or a longest wait under 1800 s.
+# A variable whose parameter is given keeps that value; function_environments keeps the template's.
 COMPRESSED_WEBHOOK_RETRIES = {
     "WEBHOOK_RETRY_BASE_SECONDS": "2",
     "WEBHOOK_RETRY_MAX_DELAY_SECONDS": "8",
@@ -181,13 +175,12 @@ class EmbeddedStack:
     """Everything `make run` runs, in this process. start() then use .api_url / .aws_endpoint /
     .admin_key; stop() puts the process back as it was (environment, patches, sockets).
 
-    Ports default to OMS_PORT (8080) and OMS_AWS_PORT (4566); pass 0 for free ones. `handlers`
-    overrides a function's handler by its logical id (a callable or "module.attribute"), so
-    tests can serve fakes; everything else comes from the template. `event_sources=False` (or
-    OMS_EVENT_SOURCES=0) starts the mappings paused, so records wait until resume_mappings();
-    `retry_delay_scale` (OMS_RETRY_DELAY_SCALE) multiplies Step Functions Retry sleeps (1.0: AWS's
-    timing); `batching_window_scale` (OMS_BATCHING_WINDOW_SCALE) multiplies the mappings'
-    MaximumBatchingWindowInSeconds (1.0: AWS's batches; the suite sets 0, each batch goes at once);
+    An argument left None is read from its variable: ports from OMS_PORT (8080) and OMS_AWS_PORT
+    (4566), 0 for free ones. `handlers` overrides a function's handler by its logical id (a
+    callable or "module.attribute"), so tests can serve fakes. `event_sources=False`
+    (OMS_EVENT_SOURCES=0) starts the mappings paused until resume_mappings(). `retry_delay_scale`
+    (OMS_RETRY_DELAY_SCALE) and `batching_window_scale` (OMS_BATCHING_WINDOW_SCALE; the suite sets
+    0) multiply Step Functions Retry sleeps and MaximumBatchingWindowInSeconds (1.0: AWS's timing).
     `mapping_retry_delay` is the pause before a mapping retries a failed batch.
     """
 
@@ -321,19 +314,12 @@ class EmbeddedStack:
         from moto import mock_aws
 
         self.process.set_env(AWS_ENVIRONMENT, remove=AWS_ENVIRONMENT_REMOVED)
-        # No X-Ray daemon here, and EMF lines (CloudWatch's input) would bury the console;
-        # a developer can still switch either on explicitly.
+        # No X-Ray daemon, and EMF lines would bury the console; either may be switched on.
         for name in ("POWERTOOLS_TRACE_DISABLED", "POWERTOOLS_METRICS_DISABLED"):
             if name not in os.environ:
                 self.process.set_env({name: "true"})
-        # One request at a time; and, as a stack runs for hours, moto's SQS must not slow down
-        # with a queue's depth, nor its transactions with a table's size, nor moto keep every
-        # object or shard iterator it ever made, nor parse a state machine's definition again for every
-        # execution (moto_patches/).
         for patch in (lock.PATCH, sqs.PATCH, memory.PATCH, transactions.PATCH, streams.PATCH, asl_parse.PATCH):
             self.process.enter(patch.registered())
-        # Every function runs in this process: each logs with its own keys (function_name, the
-        # request id, cold_start), and a thread it starts runs as it, as its own process would.
         self.process.callback(keep_functions_apart())
         # The ASL interpreter runs state machines for real; it costs nothing until one starts.
         mock = mock_aws(config={"stepfunctions": {"execute_state_machine": True}})

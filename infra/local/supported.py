@@ -40,9 +40,6 @@ class ByType:
 _NO_IAM = ignored("IAM is not enforced locally (tests/unit/test_template_security.py checks it against the code)")
 _NO_CLOUDWATCH = ignored("no CloudWatch locally: logs go to the console, metrics are off (tests check alarms)")
 _NO_TRACING = ignored("no X-Ray daemon locally (POWERTOOLS_TRACE_DISABLED)")
-# A short batch waits for records until it is full or the window has passed, the window scaled by
-# OMS_BATCHING_WINDOW_SCALE (the suite's 0: at once); infra/local/event_sources.py.
-_BATCHING_WINDOW = EMULATED
 _AT_REST = ignored("encryption at rest: nothing the product sees")
 _ONE_PROCESS = ignored("every function runs in this Python process")
 _ONE_VERSION = ignored("one version of each function locally")
@@ -76,7 +73,7 @@ _EVENTS = ByType(
             "FunctionResponseTypes": _RESPONSE_TYPES,
             "FilterCriteria": {"Filters": emulated("Pattern")},  # exact values
             "DestinationConfig": _ON_FAILURE,
-            "MaximumBatchingWindowInSeconds": _BATCHING_WINDOW,
+            "MaximumBatchingWindowInSeconds": EMULATED,  # scaled by OMS_BATCHING_WINDOW_SCALE (the suite's 0)
             "ParallelizationFactor": ignored(
                 "one batch per shard at a time; AWS keeps each key's records in order either way"
             ),
@@ -84,7 +81,7 @@ _EVENTS = ByType(
         "SQS": {
             **emulated("Queue", "BatchSize"),
             "FunctionResponseTypes": _RESPONSE_TYPES,
-            "MaximumBatchingWindowInSeconds": _BATCHING_WINDOW,
+            "MaximumBatchingWindowInSeconds": EMULATED,
             "ScalingConfig": ignored("one poller per queue, below any concurrency cap"),
         },
         "S3": {

@@ -23,8 +23,8 @@ ACCOUNT_ID = "123456789012"  # moto's default account
 
 
 class CfnLoader(yaml.SafeLoader):
-    """SafeLoader that reads CloudFormation's short tags (`!Ref x`) in their long form. cfn-lint's
-    decoder would do it, but importing it pulls its whole rule engine into `make run`'s start-up."""
+    """Reads CloudFormation's short tags (`!Ref x`) in their long form (cfn-lint's decoder would,
+    but importing it pulls its whole rule engine into `make run`'s start-up)."""
 
 
 # CloudFormation reads `2010-09-09` as a string, not as a date.
@@ -256,10 +256,12 @@ class Template:
         return serving[0]
 
     def api_routes(self) -> list[ApiRoute]:
-        api, default = {"Ref": self.rest_api_id()}, self.api("Auth", {}).get("DefaultAuthorizer")
+        """The API function's Api events (api_function() refused one naming another API)."""
+        default = self.api("Auth", {}).get("DefaultAuthorizer")
         routes = []
         for name, event in self.functions()[self.api_function()]["Events"].items():
-            if event["Type"] == "Api" and (props := event["Properties"]).get("RestApiId") == api:
+            if event["Type"] == "Api":
+                props = event["Properties"]
                 authorizer = (props.get("Auth") or {}).get("Authorizer", default)
                 routes.append(
                     ApiRoute(name, props["Path"], props["Method"].upper(), None if authorizer == "NONE" else authorizer)

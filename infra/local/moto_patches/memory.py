@@ -1,19 +1,11 @@
-"""Stops moto from keeping every model object it ever created.
+"""The `memory` patch: a long-running stack's memory is the data it stores, not its history.
 
-A long-running local stack's memory is then the data it stores, not its history.
-
-moto 5.2's `BaseModel.__new__` appends each new instance to its class's `instances_tracked`
-list, for the moto-api dashboard (`/moto-api/data.json`), and nothing ever removes them: every
-SQS message ever sent, every DynamoDB item ever written *and every copy moto makes of one* (it
-deep-copies items on reads, updates and conditional checks), every stream record. Measured on the
-local stack importing 1,808 orders: 3,844 SQS messages and ~11,700 DynamoDB item copies still
-alive after the queue was empty; a 100,000-line import grew the process to 2.8 GiB, ~44 KiB per
-stored order, against ~13 KiB per order once this is installed (the order, its stream record and
-its import marker). The live objects also make every full garbage collection walk them all.
-
-Only the classes moto reads that list for keep being tracked: S3's keys and multipart uploads,
-whose temporary files moto's reset closes through it. The dashboard then lists S3 objects only;
-the stack's data is still there through every API.
+moto's `BaseModel.__new__` lists each instance for the moto-api dashboard: every SQS message, every
+DynamoDB item *and every copy moto makes of one* (on reads, updates and conditional checks), every
+stream record, never removed. Importing 1,808 orders left 3,844 messages and ~11,700 item copies
+alive after the queue was empty, and every full garbage collection walked them; a 100,000-line
+import kept ~44 KiB per stored order, ~13 KiB with this patch. The dashboard now lists S3 objects
+only (moto's reset closes their temporary files through the list); the data is still served.
 """
 
 from __future__ import annotations

@@ -1,21 +1,12 @@
-"""Makes moto's SQS cost what SQS costs: a send or a receive independent of the queue's depth.
+"""The `sqs` patch: a send or a receive costs what it costs on SQS, not more with the queue's depth.
 
-moto 5.2 answers a queue's message counts by scanning every message and reading the clock for
-each one (three scans for one attribute: `queue.attributes` is rebuilt per name asked), and it
-asks for them on every SendMessage (ContentBasedDeduplication) and for every message a
-ReceiveMessage returns (MessageRetentionPeriod). Measured with 600-byte messages: at 200 queued
-messages a send took 1.7 ms and a receive of 10 took 92 ms; at 1,900 queued, 25 ms and 840 ms.
-A bulk import that queues thousands of orders ahead of the worker then slows down with its own
-backlog. These replacements return the same values: the clock is read once per scan, and the
-retention check reads the queue's retention period instead of rebuilding every attribute.
-
-What stays proportional to the depth is moto's DeleteMessage, which rebuilds the queue's message
-list. So a SendMessageBatch waits while more than HIGH_WATER messages are visible in its queue:
-the bulk import's splitter, which queues a file far faster than the workers capture it, then keeps
-the queue about a thousand deep instead of a file deep. SQS itself needs no such pacing (its cost
-is flat, and the template lets the workers scale out), so the product never waits. A queue that
-nobody drains (its event source paused) is waited on once for STALL_SECONDS, then not until it
-has drained below HIGH_WATER.
+moto rebuilds every attribute and scans every message per count, on every SendMessage and for every
+message a ReceiveMessage returns: with 600-byte messages, at 200 queued a send took 1.7 ms and a
+receive of 10 took 92 ms; at 1,900 queued, 25 ms and 840 ms, so a bulk import slowed with its own
+backlog. The replacements return the same values. moto's DeleteMessage still rebuilds the list,
+hence the pacing: the import's splitter keeps its queue about a thousand deep instead of a file
+deep (on SQS, whose cost is flat, the product never waits). A queue nobody drains (its mapping
+paused) is waited on once for STALL_SECONDS, then not until it has drained below HIGH_WATER.
 """
 
 from __future__ import annotations

@@ -1,13 +1,7 @@
-"""The `streams` patch: a DynamoDB Streams shard iterator is forgotten once the one after it is read.
-
-moto 5.2's DynamoDBStreamsBackend keeps every shard iterator it ever hands out in `shard_iterators`
-(each ~2 KB) and never expires one; a stream poller takes the NextShardIterator of every answer,
-one per read (every write to its table wakes it to read). On AWS an iterator expires 15 minutes after it is issued, and
-until then may be read again (an SDK retrying a read whose answer was lost; an operator running the
-runbook's `get-records --shard-iterator "$IT"` line again). Here an iterator is dropped when the
-NextShardIterator its read handed out is read in turn: a consumer following the chain, as Lambda's
-pollers and ours do, keeps two (the last read, the next); the last read may be read again (ours
-does, what it could not hand over), and the next its earlier read handed out is forgotten then.
+"""The `streams` patch (its `changes` say what it does): moto's `shard_iterators` (~2 KB each) grew
+by one per stream read, as every write wakes a poller to read. An iterator read again is what AWS
+allows until it expires (an SDK retrying a lost answer, the runbook's `get-records` line run twice);
+a consumer following the chain, as Lambda's pollers and ours do, keeps two: the last read, the next.
 """
 
 from __future__ import annotations

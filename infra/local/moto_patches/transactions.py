@@ -1,14 +1,8 @@
-"""TransactWriteItems rolls back the items it touched, instead of deep-copying every table it names.
-
-moto 5.2's `transact_write_items` deep-copies each table a transaction names before it starts, so
-that a cancelled one can put the copies back. A table's copy holds every item and every stream
-record the table ever had (moto never trims a stream), all under MOTO_LOCK: on the local stack the
-aggregates' transactions on the catalog table, which gains two markers per order, grew from
-milliseconds to seconds, and the order workflow's Lambda tasks waiting on the lock timed out and
-were retried by Step Functions (TOOL-FACTS: ~550 transactions/s at 200 items, ~8/s at 6,000).
-Installed, the transaction saves the items it names (at most 100) and the length of their tables'
-streams; a cancelled one puts those items back and drops the stream records it added, which is
-all a transaction can have changed.
+"""The `transactions` patch (its `changes` say what it does): moto's deep copy of a table holds every
+item and stream record it ever had, under MOTO_LOCK. The aggregates' transactions on the catalog
+table (two markers per order) grew from milliseconds to seconds and the workflow's Lambda tasks
+waiting on the lock timed out (TOOL-FACTS: ~550 transactions/s at 200 items, ~8/s at 6,000). The
+items a transaction names (at most 100) and its tables' streams are all it can have changed.
 """
 
 from __future__ import annotations
