@@ -335,6 +335,54 @@ def test_two_expiry_passes_and_a_late_collect_on_threads_move_the_units_once(sho
         assert order.shipments[0].status is H.DELIVERED and shop.level("LAST", "store-sf") == (3, 0, 3)
 
 
+# --- A cancel of units beside a ship ----------------------------------------------------------------
+
+
+def test_a_ship_between_a_cancel_of_units_and_its_release_takes_only_the_shipped_units_off_hand(shop, monkeypatch):
+    # The cancel of 1 of 3 units writes the order (its parcel now 2 units), then releases the unit
+    # it freed; the parcel shipped in between took all 3 reserved units out of on_hand, and the
+    # release, finding the parcel gone, had nothing left to give back: one unit lost for good.
+    shop.container.inventory.count("LAST", "wh-east", 5)
+    order_id = shop.allocated("LAST", 3)
+    order = shop.order(order_id)
+    (shipment,) = order.shipments
+    actions = shop.container.actions
+    shipped = before_the_write(
+        monkeypatch, actions._units, "_stock_step", lambda: actions.ship(order_id, shipment.id, None, actor="key_wh")
+    )
+
+    actions.cancel(order_id, "customer_request", actor="key_web", lines={order.lines[0].line_id: 1})
+
+    assert shipped[0].shipments[0].lines[0].quantity == 2
+    assert shop.level("LAST", "wh-east") == (3, 0, 3)
+
+
+def test_a_ship_after_a_cancel_of_units_died_before_its_release_takes_only_the_shipped_units_off_hand(
+    shop, monkeypatch
+):
+    shop.container.inventory.count("LAST", "wh-east", 5)
+    order_id = shop.allocated("LAST", 3)
+    order = shop.order(order_id)
+    (shipment,) = order.shipments
+    actions = shop.container.actions
+
+    def died(order: Any) -> None:
+        raise RuntimeError("the function timed out")
+
+    with monkeypatch.context() as dying:
+        dying.setattr(actions._units, "_stock_step", died)
+        with pytest.raises(RuntimeError):
+            actions.cancel(order_id, "customer_request", actor="key_web", lines={order.lines[0].line_id: 1})
+    assert shop.order(order_id).stock_owed and shop.level("LAST", "wh-east") == (5, 3, 2)
+
+    actions.ship(order_id, shipment.id, None, actor="key_wh")
+    actions.ship(order_id, shipment.id, None, actor="key_wh")  # repeated: nothing leaves twice
+    actions.release_owed_stock(shop.order(order_id))  # the reconciler's pass, after it
+
+    assert shop.level("LAST", "wh-east") == (3, 0, 3)
+    assert not shop.order(order_id).stock_owed
+
+
 # --- An adjustment replayed under its Idempotency-Key -------------------------------------------------
 
 
