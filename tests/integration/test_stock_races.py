@@ -6,14 +6,12 @@ AWS) or by running one request between another's read and its write."""
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-import boto3
 import pytest
 
 from core.errors import Backordered, Conflict, InsufficientStock, InvalidTransition, OutOfStock, TransientError
@@ -24,9 +22,9 @@ from functions.adapters.dynamodb import DynamoDuePickups
 from functions.bootstrap import Config, Container, bootstrap
 from tests.builders import NOW, location, place_order, product
 from tests.fakes import FakeLabels
+from tests.integration.conftest import pass_through_workflow
 
 S, H = OrderStatus, ShipmentStatus
-PASS_MACHINE = {"StartAt": "Done", "States": {"Done": {"Type": "Pass", "End": True}}}
 
 
 class Ticking:
@@ -81,12 +79,7 @@ class Shop:
 
 @pytest.fixture
 def shop(aws, monkeypatch: pytest.MonkeyPatch) -> Iterator[Shop]:
-    sfn = boto3.client("stepfunctions", region_name="us-east-1")
-    arn = sfn.create_state_machine(
-        name="OrderWorkflow", type="EXPRESS", definition=json.dumps(PASS_MACHINE),
-        roleArn="arn:aws:iam::123456789012:role/workflow",
-    )["stateMachineArn"]  # fmt: skip
-    monkeypatch.setenv("ORDER_WORKFLOW_ARN", arn)
+    pass_through_workflow(monkeypatch)
     clock = Ticking()
     container = bootstrap(Config.from_env(), clock=clock, label_store=FakeLabels())
     catalog = container.catalog_repository
