@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -97,6 +98,23 @@ def queries_sent(aws: Aws, monkeypatch: pytest.MonkeyPatch) -> list[dict[str, An
 
     monkeypatch.setattr(aws.dynamodb, "query", query)
     return queries
+
+
+# An order workflow that does nothing: for tests that run its steps themselves and only need its
+# executions started (a restart after a backorder is filled, say) to succeed.
+PASS_MACHINE = {"StartAt": "Done", "States": {"Done": {"Type": "Pass", "End": True}}}
+
+
+def pass_through_workflow(monkeypatch: pytest.MonkeyPatch) -> tuple[Any, str]:
+    """A PASS_MACHINE named as the order workflow, in the moto account, its ARN set as
+    ORDER_WORKFLOW_ARN: (the Step Functions client, the ARN)."""
+    sfn = boto3.client("stepfunctions", region_name="us-east-1")
+    arn = sfn.create_state_machine(
+        name="OrderWorkflow", type="EXPRESS", definition=json.dumps(PASS_MACHINE),
+        roleArn="arn:aws:iam::123456789012:role/workflow",
+    )["stateMachineArn"]  # fmt: skip
+    monkeypatch.setenv("ORDER_WORKFLOW_ARN", arn)
+    return sfn, arn
 
 
 def access_log_queue() -> str:

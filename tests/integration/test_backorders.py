@@ -26,9 +26,9 @@ from infra.local.event_sources import compile_filters, matches_filters
 from infra.local.template import Template
 from tests.builders import NOW, location, place_order, product
 from tests.fakes import FakeLabels
+from tests.integration.conftest import pass_through_workflow
 
 S = OrderStatus
-PASS_MACHINE = {"StartAt": "Done", "States": {"Done": {"Type": "Pass", "End": True}}}
 
 
 class Context:
@@ -90,12 +90,7 @@ class Shop:
 
 @pytest.fixture
 def shop(aws, monkeypatch: pytest.MonkeyPatch) -> Iterator[Shop]:
-    sfn = boto3.client("stepfunctions", region_name="us-east-1")
-    arn = sfn.create_state_machine(
-        name="OrderWorkflow", type="EXPRESS", definition=json.dumps(PASS_MACHINE),
-        roleArn="arn:aws:iam::123456789012:role/workflow",
-    )["stateMachineArn"]  # fmt: skip
-    monkeypatch.setenv("ORDER_WORKFLOW_ARN", arn)
+    sfn, arn = pass_through_workflow(monkeypatch)
     container = bootstrap(Config.from_env(), clock=Ticking(), label_store=FakeLabels())  # labels: not the subject
     catalog = container.catalog_repository
     catalog.put_product(product("PREORDER", "30.00", allow_backorder=True))

@@ -248,8 +248,22 @@ def test_an_adjustment_down_to_exactly_zero_is_allowed(api: InProcessApi, catalo
         ({"on_hand": 2.5}, "on_hand"),
         ({"on_hand": 5, "reserved": 1}, "reserved"),
         ({}, "on_hand"),
+        ({"on_hand": 1_000_000_001}, "on_hand"),  # past the most a stock take counts
+        ({"on_hand": 10**39}, "on_hand"),  # past DynamoDB's 38 digits
+        ({"on_hand": 5.0}, "on_hand"),  # a whole number sent as a float
+        ({"on_hand": True}, "on_hand"),
     ],
-    ids=["negative", "string", "float", "reserved-is-server-side", "missing"],
+    ids=[
+        "negative",
+        "string",
+        "float",
+        "reserved-is-server-side",
+        "missing",
+        "past-the-cap",
+        "39-digits",
+        "whole-float",
+        "boolean",
+    ],
 )
 def test_put_inventory_with_an_invalid_count_is_422_and_changes_nothing(
     api: InProcessApi, catalog: Catalog, body: dict, field: str
@@ -265,8 +279,16 @@ def test_put_inventory_with_an_invalid_count_is_422_and_changes_nothing(
 
 @pytest.mark.parametrize(
     ("body", "field"),
-    [({"delta": 0, "reason": "noop"}, "delta"), ({"delta": 1}, "reason"), ({"delta": "1", "reason": "x"}, "delta")],
-    ids=["zero", "no-reason", "string-delta"],
+    [
+        ({"delta": 0, "reason": "noop"}, "delta"),
+        ({"delta": 1}, "reason"),
+        ({"delta": "1", "reason": "x"}, "delta"),
+        ({"delta": 1.5, "reason": "x"}, "delta"),
+        ({"delta": -(10**39), "reason": "x"}, "delta"),  # past DynamoDB's 38 digits
+        ({"delta": 1_000_000_001, "reason": "x"}, "delta"),
+        ({"delta": 1, "reason": " "}, "reason"),
+    ],
+    ids=["zero", "no-reason", "string-delta", "fractional", "39-digits", "past-the-cap", "blank-reason"],
 )
 def test_an_invalid_adjustment_is_422_and_changes_nothing(api: InProcessApi, catalog: Catalog, body: dict, field: str):
     sku, warehouse = catalog.product("9.99"), catalog.location()

@@ -7,13 +7,12 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
-import boto3
 import pytest
 
 from infra.local.event_sources import compile_filters, matches_filters
 from infra.local.template import Template
+from tests.integration.conftest import pass_through_workflow
 
-PASS_MACHINE = {"StartAt": "Done", "States": {"Done": {"Type": "Pass", "End": True}}}
 ORDER_ID = "ord_" + "r" * 24
 
 
@@ -67,12 +66,7 @@ def test_the_stream_filter_passes_new_orders_and_orders_sent_back_to_be_sourced(
 
 @pytest.fixture
 def machine(aws, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, str]]:
-    sfn = boto3.client("stepfunctions", region_name="us-east-1")
-    arn = sfn.create_state_machine(
-        name="OrderWorkflow", type="EXPRESS", definition=json.dumps(PASS_MACHINE),
-        roleArn="arn:aws:iam::123456789012:role/workflow",
-    )["stateMachineArn"]  # fmt: skip
-    monkeypatch.setenv("ORDER_WORKFLOW_ARN", arn)
+    sfn, arn = pass_through_workflow(monkeypatch)
     from functions.outbox import app
 
     app.container.forget()

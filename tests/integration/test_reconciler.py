@@ -10,7 +10,6 @@ from datetime import timedelta
 from functools import partial
 from typing import Any
 
-import boto3
 import pytest
 
 from core.models import HistoryEntry, LocationInput, Order, PlaceOrder, ProductInput, utc_now
@@ -19,10 +18,8 @@ from tests.builders import location_body, place_order, product_body, template_sc
 from tests.conftest import forget_business_metrics
 from tests.fakes import FakeLabels
 from tests.installed import FAILS_TO_IMPORT, Installer, installing
-from tests.integration.conftest import queries_sent
+from tests.integration.conftest import PASS_MACHINE, pass_through_workflow, queries_sent
 from tests.unit.conftest import a_stored_order
-
-PASS_MACHINE = {"StartAt": "Done", "States": {"Done": {"Type": "Pass", "End": True}}}
 
 
 class Context:
@@ -37,12 +34,7 @@ class Context:
 
 @pytest.fixture
 def stack(aws, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
-    sfn = boto3.client("stepfunctions", region_name="us-east-1")
-    arn = sfn.create_state_machine(
-        name="OrderWorkflow", type="EXPRESS", definition=json.dumps(PASS_MACHINE),
-        roleArn="arn:aws:iam::123456789012:role/workflow",
-    )["stateMachineArn"]  # fmt: skip
-    monkeypatch.setenv("ORDER_WORKFLOW_ARN", arn)
+    sfn, arn = pass_through_workflow(monkeypatch)
     return_arn = sfn.create_state_machine(
         name="ReturnWorkflow", type="EXPRESS", definition=json.dumps(PASS_MACHINE),
         roleArn="arn:aws:iam::123456789012:role/workflow",

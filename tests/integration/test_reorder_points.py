@@ -30,8 +30,9 @@ from infra.local.template import Template
 from tests.builders import location, product
 from tests.e2e.client import Catalog, assert_error, put_network, unique
 from tests.fakes import FakeLabels
+from tests.integration.conftest import PASS_MACHINE
 from tests.integration.in_process import InProcessApi, in_process_api
-from tests.integration.test_backorders import PASS_MACHINE, Context, Ticking, metrics_on  # noqa: F401 (a fixture)
+from tests.integration.test_backorders import Context, Ticking, metrics_on  # noqa: F401 (a fixture)
 from tests.integration.test_events_and_webhooks import drain
 
 PO = PurchaseOrderStatus

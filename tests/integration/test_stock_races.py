@@ -1,0 +1,419 @@
+"""Stock under racing requests, on moto with the real adapters: two orders for the last unit, an
+adjustment down between a reservation's read and its write, a cancel's release beside a ship, an
+uncollected pickup giving its units back once, an adjustment sent twice at once under its
+Idempotency-Key. Races are played either on threads (moto serialized, each request atomic as on
+AWS) or by running one request between another's read and its write."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from core.errors import Backordered, Conflict, InsufficientStock, InvalidTransition, OutOfStock, TransientError
+from core.ids import reservation_key
+from core.pickups import PickupExpiry
+from core.status import OrderStatus, ShipmentStatus
+from functions.adapters.dynamodb import DynamoDuePickups
+from functions.bootstrap import Config, Container, bootstrap
+from tests.builders import NOW, location, place_order, product
+from tests.fakes import FakeLabels
+from tests.integration.conftest import pass_through_workflow
+
+S, H = OrderStatus, ShipmentStatus
+
+
+class Ticking:
+    """A clock a second apart per reading, safe across threads; `skip` moves it on."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._n = 0
+        self.offset = timedelta()
+
+    def __call__(self):
+        with self._lock:
+            self._n += 1
+            return NOW + self.offset + timedelta(seconds=self._n)
+
+
+@dataclass
+class Shop:
+    container: Container
+    clock: Ticking
+    counter: int = 0
+
+    def placed(self, sku: str, quantity: int, **overrides: Any) -> str:
+        self.counter += 1
+        body = {"external_id": f"race-{self.counter}", "lines": [{"sku": sku, "quantity": quantity}], **overrides}
+        order_id = self.container.capture.place(place_order(**body), actor="key_web").id
+        self.container.workflow.authorize_payment(order_id, attempt=0)
+        return order_id
+
+    def allocated(self, sku: str, quantity: int, **overrides: Any) -> str:
+        order_id = self.placed(sku, quantity, **overrides)
+        self.container.workflow.reserve_stock(order_id)
+        self.container.workflow.create_shipments(order_id)
+        assert self.order(order_id).status is S.ALLOCATED
+        return order_id
+
+    def order(self, order_id: str):
+        order = self.container.order_repository.get(order_id, consistent=True)
+        assert order is not None
+        return order
+
+    def level(self, sku: str, location_id: str) -> tuple[int, int, int]:
+        [level] = self.container.inventory_repository.levels({sku}, [location_id], consistent=True)[sku]
+        return level.on_hand, level.reserved, level.available
+
+    def held(self, sku: str, location_id: str, order_id: str) -> int:
+        order = self.order(order_id)
+        keys = {reservation_key(order_id, line.line_id) for line in order.lines}
+        found = self.container.inventory_repository.reservations({(sku, location_id): sorted(keys)})
+        return sum(found.values())
+
+
+@pytest.fixture
+def shop(aws, monkeypatch: pytest.MonkeyPatch) -> Iterator[Shop]:
+    pass_through_workflow(monkeypatch)
+    clock = Ticking()
+    container = bootstrap(Config.from_env(), clock=clock, label_store=FakeLabels())
+    catalog = container.catalog_repository
+    catalog.put_product(product("LAST", "30.00"))
+    catalog.put_location(location("wh-east"))
+    catalog.put_location(
+        location("store-sf", name="SF store", type="store", pickup=True, latitude=37.78, longitude=-122.4)
+    )
+    yield Shop(container, clock)
+
+
+def on_threads(*calls: Callable[[], Any]) -> list[Any]:
+    """Run `calls` at once, moto serialized (each request atomic, as on AWS); each one's result or
+    the exception it raised."""
+    from infra.local.moto_patches import lock
+
+    results: list[Any] = [None] * len(calls)
+    start = threading.Barrier(len(calls))
+
+    def run(n: int) -> None:
+        start.wait()
+        try:
+            results[n] = calls[n]()
+        except BaseException as error:  # the race's outcome is the test's subject
+            results[n] = error
+
+    lock.PATCH.apply()
+    try:
+        threads = [threading.Thread(target=run, args=(n,)) for n in range(len(calls))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        lock.PATCH.undo()
+    return results
+
+
+def before_the_write(monkeypatch: pytest.MonkeyPatch, target: Any, name: str, meanwhile: Callable[[], Any]) -> list:
+    """Run `meanwhile` once, just before the first call of `target.name` (a write), after every
+    read that decided it; its result (or exception) is kept in the list returned."""
+    original = getattr(target, name)
+    done: list[Any] = []
+    started: list[bool] = []
+
+    def write(*args: Any, **kwargs: Any) -> Any:
+        if not started:  # once: `meanwhile` may make the same call itself
+            started.append(True)
+            try:
+                done.append(meanwhile())
+            except Exception as error:
+                done.append(error)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(target, name, write)
+    return done
+
+
+# --- Two orders for the last unit ---------------------------------------------------------------
+
+
+def test_two_orders_for_the_last_unit_reserve_it_once_and_the_loser_ends_out_of_stock(shop):
+    shop.container.inventory.count("LAST", "wh-east", 1)
+    first, second = shop.placed("LAST", 1), shop.placed("LAST", 1)  # both pass capture's check
+
+    outcomes = on_threads(*(lambda o=o: shop.container.workflow.reserve_stock(o) for o in (first, second)))
+
+    won = [o for o, outcome in zip((first, second), outcomes, strict=True) if outcome is None]
+    lost = [o for o, outcome in zip((first, second), outcomes, strict=True) if outcome is not None]
+    assert len(won) == len(lost) == 1, outcomes
+    assert isinstance(outcomes[(first, second).index(lost[0])], (TransientError, OutOfStock))
+    assert shop.level("LAST", "wh-east") == (1, 1, 0)
+    with pytest.raises(OutOfStock):  # the workflow's retry plans again on the stock as written
+        shop.container.workflow.reserve_stock(lost[0])
+    assert shop.held("LAST", "wh-east", won[0]) == 1 and shop.held("LAST", "wh-east", lost[0]) == 0
+    assert shop.level("LAST", "wh-east") == (1, 1, 0)
+
+
+# --- An adjustment down racing a reservation ----------------------------------------------------
+
+
+def test_an_adjustment_down_between_a_reservations_read_and_its_write_wins_and_nothing_is_oversold(shop, monkeypatch):
+    shop.container.inventory.count("LAST", "wh-east", 2)
+    order_id = shop.placed("LAST", 2)
+    inventory = shop.container.inventory_repository
+    # The workflow read 2 available; a damaged unit is written off before its reservation is written.
+    written_off = before_the_write(
+        monkeypatch, inventory, "reserve", lambda: shop.container.inventory.adjust("LAST", "wh-east", -1, "damaged")
+    )
+
+    with pytest.raises(TransientError):
+        shop.container.workflow.reserve_stock(order_id)
+
+    assert written_off[0].on_hand == 1
+    assert shop.level("LAST", "wh-east") == (1, 0, 1)
+    assert shop.order(order_id).allocations == []
+
+
+def test_a_reservation_between_an_adjustments_read_and_its_write_refuses_the_adjustment(shop, monkeypatch):
+    shop.container.inventory.count("LAST", "wh-east", 2)
+    order_id = shop.placed("LAST", 2)
+    inventory = shop.container.inventory_repository
+    reserved = before_the_write(
+        monkeypatch, inventory, "_update", lambda: shop.container.workflow.reserve_stock(order_id)
+    )
+
+    with pytest.raises(InsufficientStock):
+        shop.container.inventory.adjust("LAST", "wh-east", -1, "damaged")
+
+    assert reserved == [None]
+    assert shop.level("LAST", "wh-east") == (2, 2, 0)
+
+
+def test_adjustments_down_and_reservations_on_threads_never_take_on_hand_below_reserved(shop):
+    shop.container.inventory.count("LAST", "wh-east", 3)
+    orders = [shop.placed("LAST", 1) for _ in range(3)]
+
+    def write_off() -> Any:
+        return shop.container.inventory.adjust("LAST", "wh-east", -1, "damaged")
+
+    outcomes = on_threads(*(lambda o=o: shop.container.workflow.reserve_stock(o) for o in orders), write_off, write_off)
+
+    on_hand, reserved, available = shop.level("LAST", "wh-east")
+    written_off = sum(1 for outcome in outcomes[3:] if not isinstance(outcome, BaseException))
+    refused = [outcome for outcome in outcomes[3:] if isinstance(outcome, BaseException)]
+    assert all(isinstance(outcome, InsufficientStock) for outcome in refused), refused
+    holding = [o for o in orders if shop.held("LAST", "wh-east", o)]
+    assert on_hand == 3 - written_off and reserved == len(holding) and available == on_hand - reserved >= 0
+    assert on_hand >= reserved
+
+
+# --- A cancel's release beside a ship -----------------------------------------------------------
+
+
+def test_a_cancel_between_a_ships_capture_and_its_record_releases_the_units_once_and_ships_none(shop, monkeypatch):
+    shop.container.inventory.count("LAST", "wh-east", 3)
+    order_id = shop.allocated("LAST", 2)
+    (shipment,) = shop.order(order_id).shipments
+    actions = shop.container.actions
+    cancelled = before_the_write(
+        monkeypatch, actions._cancellation, "capture_share",
+        lambda: actions.cancel(order_id, "customer_request", actor="key_web"),
+    )  # fmt: skip
+
+    with pytest.raises(InvalidTransition):
+        actions.ship(order_id, shipment.id, None, actor="key_wh")
+
+    assert cancelled[0].status is S.CANCELLED
+    assert shop.level("LAST", "wh-east") == (3, 0, 3)
+    order = shop.order(order_id)
+    assert (order.status, order.payment.captured.amount) == (S.CANCELLED, order.payment.refunded.amount)
+    with pytest.raises(InvalidTransition):
+        actions.ship(order_id, shipment.id, None, actor="key_wh")
+    assert shop.level("LAST", "wh-east") == (3, 0, 3)
+
+
+def test_a_cancel_after_a_ships_record_and_before_its_units_leave_is_refused_and_the_units_leave_once(
+    shop, monkeypatch
+):
+    shop.container.inventory.count("LAST", "wh-east", 3)
+    order_id = shop.allocated("LAST", 2)
+    (shipment,) = shop.order(order_id).shipments
+    actions = shop.container.actions
+    refused = before_the_write(
+        monkeypatch, shop.container.inventory_repository, "ship",
+        lambda: actions.cancel(order_id, "customer_request", actor="key_web"),
+    )  # fmt: skip
+
+    shipped = actions.ship(order_id, shipment.id, None, actor="key_wh")
+
+    assert isinstance(refused[0], InvalidTransition), refused  # 409: cancelling units that shipped
+    assert shipped.status is S.SHIPPED
+    assert shop.level("LAST", "wh-east") == (1, 0, 1)
+    actions.ship(order_id, shipment.id, None, actor="key_wh")  # repeated: its units leave once
+    assert shop.level("LAST", "wh-east") == (1, 0, 1)
+
+
+def test_a_cancel_and_a_ship_on_threads_leave_the_units_either_released_or_shipped_once(shop):
+    shop.container.inventory.count("LAST", "wh-east", 3)
+    order_id = shop.allocated("LAST", 2)
+    (shipment,) = shop.order(order_id).shipments
+    actions = shop.container.actions
+
+    on_threads(
+        lambda: actions.cancel(order_id, "customer_request", actor="key_web"),
+        lambda: actions.ship(order_id, shipment.id, None, actor="key_wh"),
+    )
+
+    order = shop.order(order_id)
+    if order.status is S.CANCELLED:
+        assert shop.level("LAST", "wh-east") == (3, 0, 3)
+    else:
+        assert order.status is S.SHIPPED and shop.level("LAST", "wh-east") == (1, 0, 1)
+
+
+# --- An uncollected pickup ------------------------------------------------------------------------
+
+
+PICKUP = {"fulfillment": {"type": "pickup", "location_id": "store-sf"}}
+
+
+def ready_pickup(shop: Shop) -> tuple[str, str]:
+    shop.container.inventory.count("LAST", "store-sf", 5)
+    order_id = shop.allocated("LAST", 2, **PICKUP)
+    (shipment,) = shop.order(order_id).shipments
+    shop.container.actions.ready(order_id, shipment.id, actor="key_store")
+    shop.clock.offset = timedelta(days=8)  # past the 7 days' wait
+    return order_id, shipment.id
+
+
+def expiry(shop: Shop) -> PickupExpiry:
+    c = shop.container
+    return PickupExpiry(DynamoDuePickups(c.dynamodb, c.config.orders_table), c.order_repository, c.actions, shop.clock)
+
+
+def test_an_uncollected_pickup_gives_its_units_back_once_however_often_it_is_expired_or_cancelled(shop):
+    order_id, shipment_id = ready_pickup(shop)
+    assert shop.level("LAST", "store-sf") == (5, 2, 3)
+
+    assert expiry(shop).run().expired == [order_id]
+    assert shop.level("LAST", "store-sf") == (5, 0, 5)
+    assert expiry(shop).run().expired == []
+    shop.container.actions.expire_pickup(order_id, shipment_id, actor="pickup_expiry")
+    shop.container.actions.cancel(order_id, "customer_request", actor="key_web")
+
+    assert shop.order(order_id).status is S.CANCELLED
+    assert shop.level("LAST", "store-sf") == (5, 0, 5)
+    with pytest.raises(InvalidTransition):  # the customer arrives late: nothing leaves the store
+        shop.container.actions.collect(order_id, shipment_id, actor="key_store")
+    assert shop.level("LAST", "store-sf") == (5, 0, 5)
+
+
+def test_two_expiry_passes_and_a_late_collect_on_threads_move_the_units_once(shop):
+    order_id, shipment_id = ready_pickup(shop)
+
+    on_threads(
+        lambda: expiry(shop).run(),
+        lambda: expiry(shop).run(),
+        lambda: shop.container.actions.collect(order_id, shipment_id, actor="key_store"),
+    )
+
+    order = shop.order(order_id)
+    if order.status is S.CANCELLED:
+        assert shop.level("LAST", "store-sf") == (5, 0, 5)
+    else:
+        assert order.shipments[0].status is H.DELIVERED and shop.level("LAST", "store-sf") == (3, 0, 3)
+
+
+# --- A cancel of units beside a ship ----------------------------------------------------------------
+
+
+def test_a_ship_between_a_cancel_of_units_and_its_release_takes_only_the_shipped_units_off_hand(shop, monkeypatch):
+    # The cancel of 1 of 3 units writes the order (its parcel now 2 units), then releases the unit
+    # it freed; the parcel shipped in between took all 3 reserved units out of on_hand, and the
+    # release, finding the parcel gone, had nothing left to give back: one unit lost for good.
+    shop.container.inventory.count("LAST", "wh-east", 5)
+    order_id = shop.allocated("LAST", 3)
+    order = shop.order(order_id)
+    (shipment,) = order.shipments
+    actions = shop.container.actions
+    shipped = before_the_write(
+        monkeypatch, actions._units, "_stock_step", lambda: actions.ship(order_id, shipment.id, None, actor="key_wh")
+    )
+
+    actions.cancel(order_id, "customer_request", actor="key_web", lines={order.lines[0].line_id: 1})
+
+    assert shipped[0].shipments[0].lines[0].quantity == 2
+    assert shop.level("LAST", "wh-east") == (3, 0, 3)
+
+
+def test_a_ship_after_a_cancel_of_units_died_before_its_release_takes_only_the_shipped_units_off_hand(
+    shop, monkeypatch
+):
+    shop.container.inventory.count("LAST", "wh-east", 5)
+    order_id = shop.allocated("LAST", 3)
+    order = shop.order(order_id)
+    (shipment,) = order.shipments
+    actions = shop.container.actions
+
+    def died(order: Any) -> None:
+        raise RuntimeError("the function timed out")
+
+    with monkeypatch.context() as dying:
+        dying.setattr(actions._units, "_stock_step", died)
+        with pytest.raises(RuntimeError):
+            actions.cancel(order_id, "customer_request", actor="key_web", lines={order.lines[0].line_id: 1})
+    assert shop.order(order_id).stock_owed and shop.level("LAST", "wh-east") == (5, 3, 2)
+
+    actions.ship(order_id, shipment.id, None, actor="key_wh")
+    actions.ship(order_id, shipment.id, None, actor="key_wh")  # repeated: nothing leaves twice
+    actions.release_owed_stock(shop.order(order_id))  # the reconciler's pass, after it
+
+    assert shop.level("LAST", "wh-east") == (3, 0, 3)
+    assert not shop.order(order_id).stock_owed
+
+
+# --- An adjustment replayed under its Idempotency-Key -------------------------------------------------
+
+
+def test_one_adjustment_sent_at_once_on_threads_under_its_key_counts_once(shop):
+    shop.container.inventory.count("LAST", "wh-east", 5)
+    key = "api:key_wh:delivery-4711"
+
+    def receipt() -> Any:
+        return shop.container.inventory.adjust("LAST", "wh-east", 10, "delivery 4711", key)
+
+    outcomes = on_threads(receipt, receipt, receipt, receipt)
+
+    assert [type(outcome).__name__ for outcome in outcomes] == ["StockLevel"] * 4, outcomes
+    assert shop.level("LAST", "wh-east") == (15, 0, 15)
+    with pytest.raises(Conflict):  # the same key for another count
+        shop.container.inventory.adjust("LAST", "wh-east", 1, "delivery 4711", key)
+    assert shop.level("LAST", "wh-east") == (15, 0, 15)
+
+
+# --- A backorder's units and a new order --------------------------------------------------------------
+
+
+def test_units_that_arrived_for_a_backordered_order_are_not_taken_by_a_newer_order_before_the_filler_runs(shop):
+    # The contract: arrivals allocate backordered orders oldest first. The stream hands the units
+    # to the queue moments after they land; a newer order sourced in between leaves them alone.
+    catalog = shop.container.catalog_repository
+    catalog.put_product(product("PRE", "30.00", allow_backorder=True))
+    shop.container.inventory.count("PRE", "wh-east", 0)
+    older = shop.placed("PRE", 2)
+    with pytest.raises(Backordered):
+        shop.container.workflow.reserve_stock(older)
+    shop.container.inventory.adjust("PRE", "wh-east", 2, "receipt")  # not handed to the queue yet
+    catalog.put_product(product("PRE", "30.00", allow_backorder=False))  # no longer sold ahead of stock
+    newer = shop.placed("PRE", 2)  # capture counts the 2 units available
+
+    with pytest.raises(OutOfStock):
+        shop.container.workflow.reserve_stock(newer)
+    shop.container.backorder_allocator.arrived("PRE", "wh-east")
+
+    assert shop.held("PRE", "wh-east", older) == 2 and shop.held("PRE", "wh-east", newer) == 0
+    assert shop.level("PRE", "wh-east") == (2, 2, 0)
