@@ -225,3 +225,27 @@ def test_an_edit_of_the_address_taxes_the_order_at_the_rate_of_its_new_address(w
     done = world.actions.edit(order.id, order.version, new_address(order), actor="key_web")
 
     assert done.lines[0].tax_rate.rate == Decimal("0.25")
+
+
+def test_an_edit_whose_order_as_it_was_reaches_10_to_the_15_at_todays_tax_rate_is_priced(monkeypatch, tmp_path):
+    """Two mugs of 4.6 x 10^14 sold under California's 7.25% (below 10^15 in all); then the rate is
+    10% and the courier charges 9.00. Taking a mug off is an order the OMS records; the order as it
+    was, priced again at today's rate only to learn whether the edit changes today's shipping quote,
+    is not: the edit was refused 422 `amount_too_large` for an amount nobody is charged. Unable to
+    ask, the edited order gets today's quote, as one whose units change it does."""
+    courier = CourierShipping()
+    world = build_world(STOCK, courier)
+    world.catalog.put_product(product("MUG", "460000000000000.00", weight_grams=350))
+    order = world.allocated(("MUG", 2), shipping_method="courier")
+    assert order.totals.grand_total == Money.of("986700000000006.00", "USD")
+    courier.rate = "9.00"
+    rates = tmp_path / "tax_rates.json"
+    rates.write_text(json.dumps({"US": {"regions": {"CA": {"standard": "0.10"}}}}))
+    monkeypatch.setenv(TAX_RATES_FILE_ENV, str(rates))
+
+    edit = OrderEdit.model_validate({"lines": [{"sku": "MUG", "quantity": 1}]})
+    done = world.actions.edit(order.id, order.version, edit, actor="key_web")
+
+    assert done.lines[0].quantity == 1
+    assert done.totals.shipping == Money.of("9.00", "USD")
+    assert done.totals.grand_total == Money.of("506000000000009.00", "USD")
