@@ -9,11 +9,14 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from pydantic import ValidationError
+
 from core import payment_keys
 from core.cancellation import AUTHORIZATION_VALID_FOR, Cancellation, holding_locations, own_authorization_keys
 from core.carrier_bookings import CarrierWork
 from core.errors import (
     Conflict,
+    InvalidRequest,
     InvalidTransition,
     NoPaymentPlugin,
     NotFound,
@@ -21,6 +24,7 @@ from core.errors import (
     PaymentGatewayUnavailable,
     PaymentRefused,
     StaleVersion,
+    field_path,
 )
 from core.events import OrderEvent
 from core.holds import give_back_or_note, give_back_surplus
@@ -673,13 +677,23 @@ class OrderActions:
         kept = [line for line in order.lines if line.quantity]
         lines = edit.lines or [LineInput(sku=line.sku, quantity=line.quantity) for line in kept]
         shipping_method = edit.shipping_method or (order.shipping_method if order.fulfillment.type == "ship" else None)
-        cmd = PlaceOrder(
-            channel=order.channel, external_id=order.external_id, currency=order.currency,
-            customer=order.customer, lines=lines,
-            shipping_address=edit.shipping_address or order.shipping_address,
-            fulfillment=order.fulfillment, shipping_method=shipping_method,
-            promo_codes=order.promo_codes, payment=PaymentInput(method=order.payment.method, token=token or "none"),
-        )  # fmt: skip
+        try:
+            cmd = PlaceOrder(
+                channel=order.channel, external_id=order.external_id, currency=order.currency,
+                customer=order.customer, lines=lines,
+                shipping_address=edit.shipping_address or order.shipping_address,
+                fulfillment=order.fulfillment, shipping_method=shipping_method,
+                promo_codes=order.promo_codes, payment=PaymentInput(method=order.payment.method, token=token or "none"),
+            )  # fmt: skip
+        except ValidationError as error:
+            # What the edit keeps is held to today's rules, as a new order's: an address (or customer)
+            # stored before a rule refused it is named, for the edit to send it corrected.
+            raise InvalidRequest(
+                "what the order keeps no longer passes today's rules (an address may be sent corrected)",
+                details=[
+                    {"field": field_path(e.get("loc", ())), "message": e.get("msg", "invalid")} for e in error.errors()
+                ],
+            ) from None
         # Checked against the stock sourcing may use again: the order's own units count, a
         # location that rejected a shipment of it does not. Read whatever its status: an order
         # sent back to be sourced (an earlier edit, a reject) holds its units until its workflow

@@ -249,3 +249,35 @@ def test_an_edit_whose_order_as_it_was_reaches_10_to_the_15_at_todays_tax_rate_i
     assert done.lines[0].quantity == 1
     assert done.totals.shipping == Money.of("9.00", "USD")
     assert done.totals.grand_total == Money.of("506000000000009.00", "USD")
+
+
+def stored_with_one_coordinate(world, order):
+    """`order` as stored before an address needed both coordinates or neither (h390's rule)."""
+    address = order.shipping_address.model_copy(update={"latitude": 37.77, "longitude": None})
+    world.orders.orders[order.id] = order.model_copy(update={"shipping_address": address})
+
+
+def test_an_edit_of_lines_whose_stored_address_todays_rules_refuse_is_422_naming_it(world):
+    """An edit that keeps the stored address holds it to today's rules, as a new order's; one stored
+    before a rule refused it (a lone latitude) made the edit fail with pydantic's error: a 500."""
+    order = world.allocated(("MUG", 3))
+    stored_with_one_coordinate(world, order)
+
+    edit = OrderEdit.model_validate({"lines": [{"sku": "MUG", "quantity": 2}]})
+    with pytest.raises(InvalidRequest) as refused:
+        world.actions.edit(order.id, order.version, edit, actor="key_web")
+
+    assert refused.value.code == "validation_error"
+    assert [detail["field"] for detail in refused.value.details] == ["shipping_address.longitude"]
+    assert world.order(order.id).lines[0].quantity == 3
+
+
+def test_an_edit_that_sends_the_address_again_corrects_one_todays_rules_refuse(world):
+    order = world.allocated(("MUG", 3))
+    stored_with_one_coordinate(world, order)
+    address = {**order.shipping_address.model_dump(), "latitude": None, "longitude": None}
+
+    edit = OrderEdit.model_validate({"lines": [{"sku": "MUG", "quantity": 2}], "shipping_address": address})
+    done = world.actions.edit(order.id, order.version, edit, actor="key_web")
+
+    assert (done.lines[0].quantity, done.shipping_address.latitude) == (2, None)
