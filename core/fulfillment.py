@@ -16,7 +16,6 @@ from core.cancellation import AUTHORIZATION_VALID_FOR, Cancellation, holding_loc
 from core.carrier_bookings import CarrierWork
 from core.errors import (
     Conflict,
-    InvalidRequest,
     InvalidTransition,
     NoPaymentPlugin,
     NotFound,
@@ -24,7 +23,7 @@ from core.errors import (
     PaymentGatewayUnavailable,
     PaymentRefused,
     StaleVersion,
-    field_path,
+    refused_as_kept,
 )
 from core.events import OrderEvent
 from core.holds import give_back_or_note, give_back_surplus
@@ -686,14 +685,7 @@ class OrderActions:
                 promo_codes=order.promo_codes, payment=PaymentInput(method=order.payment.method, token=token or "none"),
             )  # fmt: skip
         except ValidationError as error:
-            # What the edit keeps is held to today's rules, as a new order's: an address (or customer)
-            # stored before a rule refused it is named, for the edit to send it corrected.
-            raise InvalidRequest(
-                "what the order keeps no longer passes today's rules (an address may be sent corrected)",
-                details=[
-                    {"field": field_path(e.get("loc", ())), "message": e.get("msg", "invalid")} for e in error.errors()
-                ],
-            ) from None
+            raise refused_as_kept(error) from None  # what the edit keeps (address, customer), as a new order's
         # Checked against the stock sourcing may use again: the order's own units count, a
         # location that rejected a shipment of it does not. Read whatever its status: an order
         # sent back to be sourced (an earlier edit, a reject) holds its units until its workflow

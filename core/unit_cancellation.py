@@ -9,6 +9,8 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from pydantic import ValidationError
+
 from core import payment_keys
 from core.cancellation import Cancellation, holding_locations, voids_refused, written_off_stock
 from core.carrier_bookings import CarrierBookings, CarrierWork, give_up_unrecorded
@@ -21,6 +23,7 @@ from core.errors import (
     PaymentGatewayUnavailable,
     PaymentRefused,
     StaleVersion,
+    refused_as_kept,
 )
 from core.events import OrderEvent
 from core.exchange_credit import beyond_credit, owes_credit_back
@@ -339,13 +342,16 @@ class UnitCancellation:
 
     @staticmethod
     def _command(order: Order, lines: list[tuple[str, int]]) -> PlaceOrder:
-        return PlaceOrder(
-            channel=order.channel, external_id=order.external_id, currency=order.currency, customer=order.customer,
-            lines=[LineInput(sku=sku, quantity=quantity) for sku, quantity in lines],
-            shipping_address=order.shipping_address, fulfillment=order.fulfillment,
-            shipping_method=order.shipping_method if order.fulfillment.type == "ship" else None,
-            promo_codes=order.promo_codes, payment=PaymentInput(method=order.payment.method, token="none"),
-        )  # fmt: skip
+        try:
+            return PlaceOrder(
+                channel=order.channel, external_id=order.external_id, currency=order.currency, customer=order.customer,
+                lines=[LineInput(sku=sku, quantity=quantity) for sku, quantity in lines],
+                shipping_address=order.shipping_address, fulfillment=order.fulfillment,
+                shipping_method=order.shipping_method if order.fulfillment.type == "ship" else None,
+                promo_codes=order.promo_codes, payment=PaymentInput(method=order.payment.method, token="none"),
+            )  # fmt: skip
+        except ValidationError as error:
+            raise refused_as_kept(error) from None  # priced as an edit prices it: its address edited first
 
     # --- After the write ------------------------------------------------------------------------
     def _settle(self, order: Order, actor: str) -> Order:

@@ -281,3 +281,22 @@ def test_an_edit_that_sends_the_address_again_corrects_one_todays_rules_refuse(w
     done = world.actions.edit(order.id, order.version, edit, actor="key_web")
 
     assert (done.lines[0].quantity, done.shipping_address.latitude) == (2, None)
+
+
+def test_a_cancel_of_units_of_an_order_whose_stored_address_todays_rules_refuse_is_422_until_it_is_edited(world):
+    """A cancel of units prices the units left as an edit does, so it holds the stored address to
+    today's rules too: it failed with pydantic's error (a 500); it is 422 naming the field, and once
+    an edit sends the address corrected the cancel goes through."""
+    order = world.allocated(("MUG", 3))
+    stored_with_one_coordinate(world, order)
+
+    with pytest.raises(InvalidRequest) as refused:
+        world.actions.cancel(order.id, "one less", actor="key_web", lines={"L1": 1})
+    assert [detail["field"] for detail in refused.value.details] == ["shipping_address.longitude"]
+    assert world.order(order.id).lines[0].quantity == 3
+
+    address = {**order.shipping_address.model_dump(), "latitude": None, "longitude": None}
+    edited = world.actions.edit(order.id, order.version, OrderEdit(shipping_address=address), actor="key_web")
+    world.run(edited.id)
+    done = world.actions.cancel(order.id, "one less", actor="key_web", lines={"L1": 1})
+    assert (done.lines[0].quantity, done.lines[0].cancelled_quantity) == (2, 1)
