@@ -39,7 +39,7 @@ from core.models import (
     PromotionGrant,
     Totals,
 )
-from core.money import Money
+from core.money import AmountTooLarge, Money
 from core.order_changes import ATTEMPTS, Recorder, failure_recorder, modify, refusal_noted_once, visible
 from core.payments import Payments
 from core.ports import (
@@ -321,18 +321,27 @@ class UnitCancellation:
         kept = [(line, line.quantity - cancelled.get(line.line_id, 0)) for line in order.lines]
         kept = [(line, quantity) for line, quantity in kept if quantity > 0]
         cmd = self._command(order, [(line.sku, quantity) for line, quantity in kept])
-        now = self._capture.price(cmd, of=order)
-        before = self._capture.price(self._command(order, [(line.sku, line.quantity) for line in order.lines
-                                                           if line.quantity]), of=order)  # fmt: skip
-        asked_before = {line.sku: line.unit_price for line in before.lines}
-        sold = {
-            line.sku: line.unit_price
-            for line, price in zip((line for line, _ in kept), now.lines, strict=True)
-            if price.unit_price == asked_before.get(line.sku)
-        }
-        priced = self._capture.price(cmd, sold, of=order) if sold else now
+        try:
+            now = self._capture.price(cmd, of=order)
+            before = self._capture.price(self._command(order, [(line.sku, line.quantity) for line in order.lines
+                                                               if line.quantity]), of=order)  # fmt: skip
+        except AmountTooLarge:
+            # Today's prices take the order as it was, or the units left, to 10^15: unable to ask
+            # whether the plugins price the units left otherwise, they keep what they were sold at.
+            now = before = None
+        if now is None or before is None:
+            sold = {line.sku: line.unit_price for line, _ in kept}
+        else:
+            asked_before = {line.sku: line.unit_price for line in before.lines}
+            sold = {
+                line.sku: line.unit_price
+                for line, price in zip((line for line, _ in kept), now.lines, strict=True)
+                if price.unit_price == asked_before.get(line.sku)
+            }
+        priced = self._capture.price(cmd, sold, of=order) if sold or now is None else now
         totals, charged = priced.totals, order.totals.shipping
-        if now.totals.shipping == before.totals.shipping and totals.shipping != charged:
+        same_quote = now is not None and before is not None and now.totals.shipping == before.totals.shipping
+        if same_quote and totals.shipping != charged:
             totals = Totals(
                 subtotal=totals.subtotal, discount=totals.discount, shipping=charged, tax=totals.tax,
                 grand_total=totals.grand_total - totals.shipping + charged,

@@ -300,3 +300,17 @@ def test_a_cancel_of_units_of_an_order_whose_stored_address_todays_rules_refuse_
     world.run(edited.id)
     done = world.actions.cancel(order.id, "one less", actor="key_web", lines={"L1": 1})
     assert (done.lines[0].quantity, done.lines[0].cancelled_quantity) == (2, 1)
+
+
+def test_a_cancel_of_units_after_a_price_rise_past_10_to_the_15_keeps_the_price_the_units_were_sold_at(world):
+    """The mug now costs 4 x 10^14: the order as it was (three mugs), priced at today's price only
+    to learn whether the plugins price the units left otherwise (a volume price), reaches 10^15,
+    and the cancel of one mug was refused 422 `amount_too_large` for an amount nobody is charged.
+    Unable to ask, the units left keep the price they were sold at."""
+    order = world.allocated(("MUG", 3))
+    world.catalog.put_product(product("MUG", "400000000000000.00", weight_grams=350))
+
+    done = world.actions.cancel(order.id, "one less", actor="key_web", lines={"L1": 1})
+
+    assert (done.lines[0].quantity, done.lines[0].unit_price) == (2, order.lines[0].unit_price)
+    assert done.totals.subtotal == order.lines[0].unit_price.times(2)
