@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
 
 
 def field_path(loc: Iterable[Any]) -> str:
@@ -224,3 +227,13 @@ class OrderHeld(OrderClosed):
     """The order is on hold: the workflow ends here, and a release starts it again."""
 
     code = "order_on_hold"
+
+
+def refused_as_kept(error: ValidationError) -> InvalidRequest:
+    """422 for what an order priced again keeps (its stored address, its customer) that today's
+    rules, which hold it as a new order's, refuse: stored before a rule refused it (a lone
+    latitude). Each field named, as a request's are; an edit may send the address corrected."""
+    return InvalidRequest(
+        "what the order keeps no longer passes today's rules (an edit may send the address corrected)",
+        details=[{"field": field_path(e.get("loc", ())), "message": e.get("msg", "invalid")} for e in error.errors()],
+    )

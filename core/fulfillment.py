@@ -9,6 +9,8 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from pydantic import ValidationError
+
 from core import payment_keys
 from core.cancellation import AUTHORIZATION_VALID_FOR, Cancellation, holding_locations, own_authorization_keys
 from core.carrier_bookings import CarrierWork
@@ -21,6 +23,7 @@ from core.errors import (
     PaymentGatewayUnavailable,
     PaymentRefused,
     StaleVersion,
+    refused_as_kept,
 )
 from core.events import OrderEvent
 from core.holds import give_back_or_note, give_back_surplus
@@ -687,13 +690,16 @@ class OrderActions:
         kept = [line for line in order.lines if line.quantity]
         lines = edit.lines or [LineInput(sku=line.sku, quantity=line.quantity) for line in kept]
         shipping_method = edit.shipping_method or (order.shipping_method if order.fulfillment.type == "ship" else None)
-        cmd = PlaceOrder(
-            channel=order.channel, external_id=order.external_id, currency=order.currency,
-            customer=order.customer, lines=lines,
-            shipping_address=edit.shipping_address or order.shipping_address,
-            fulfillment=order.fulfillment, shipping_method=shipping_method,
-            promo_codes=order.promo_codes, payment=PaymentInput(method=order.payment.method, token=token or "none"),
-        )  # fmt: skip
+        try:
+            cmd = PlaceOrder(
+                channel=order.channel, external_id=order.external_id, currency=order.currency,
+                customer=order.customer, lines=lines,
+                shipping_address=edit.shipping_address or order.shipping_address,
+                fulfillment=order.fulfillment, shipping_method=shipping_method,
+                promo_codes=order.promo_codes, payment=PaymentInput(method=order.payment.method, token=token or "none"),
+            )  # fmt: skip
+        except ValidationError as error:
+            raise refused_as_kept(error) from None  # what the edit keeps (address, customer), as a new order's
         # Checked against the stock sourcing may use again: the order's own units count, a
         # location that rejected a shipment of it does not. Read whatever its status: an order
         # sent back to be sourced (an earlier edit, a reject) holds its units until its workflow

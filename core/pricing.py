@@ -11,7 +11,7 @@ import pluggy
 from core.errors import InvalidRequest, NoPrice, NoShippingMethod, PluginError, UnknownShippingMethod
 from core.hook_calls import call_hook
 from core.models import Address, Customer, LineTaxRate, OrderLine, PlaceOrder, Product, PromotionGrant, Totals
-from core.money import Money, quantum
+from core.money import AmountTooLarge, Money, quantum
 from core.pricing_types import Discount, DraftLine, PricingDraft, ShippingQuote, TaxRate
 
 DEFAULT_SHIPPING_METHOD = "standard"
@@ -439,7 +439,10 @@ def _as_sold(
     `draft`, else at the one it was sold at), for _lapsed to ask the plugins about; None when the
     order keeps no grants (`placed_with`: a new order, or one stored before grants were kept that
     no code discounted) or its units are as they were. A sku whose product or price is gone is
-    left out."""
+    left out. None too when an amount of it reaches 10^15 (AmountTooLarge: a line, or the subtotal
+    a plugin may read) at today's prices: the edited order, below it, is not refused for an order
+    nobody buys, nor failed as a plugin's error; unasked, its rules keep the terms its units were
+    sold with (_kept_terms), as when its units are as they were."""
     if not sold_units or not placed_with:
         return None
     units = {sku: quantity for sku, quantity in sold_units.items() if quantity > 0}
@@ -447,6 +450,7 @@ def _as_sold(
     if units == {sku: line.quantity for sku, line in now.items()}:
         return None
     lines = []
+    summed = Money.zero(draft.currency)
     for number, (sku, quantity) in enumerate(units.items(), start=1):
         line = now.get(sku)
         product = line.product if line else products.get(sku)
@@ -454,8 +458,13 @@ def _as_sold(
         if product is None or unit is None:
             continue
         line_id = line.line_id if line else f"S{number}"
+        try:
+            subtotal = unit.times(quantity)
+            summed = summed + subtotal  # what the draft's subtotal, read by a plugin, would reach
+        except AmountTooLarge:
+            return None
         lines.append(DraftLine(line_id=line_id, product=product, quantity=quantity, unit_price=unit,
-                               subtotal=unit.times(quantity)))  # fmt: skip
+                               subtotal=subtotal))  # fmt: skip
     return draft.model_copy(update={"lines": lines})
 
 

@@ -9,6 +9,8 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
+from pydantic import ValidationError
+
 from core import payment_keys
 from core.cancellation import Cancellation, holding_locations, voids_refused, written_off_stock
 from core.carrier_bookings import CarrierBookings, CarrierWork, give_up_unrecorded
@@ -21,6 +23,7 @@ from core.errors import (
     PaymentGatewayUnavailable,
     PaymentRefused,
     StaleVersion,
+    refused_as_kept,
 )
 from core.events import OrderEvent
 from core.exchange_credit import beyond_credit, owes_credit_back
@@ -36,7 +39,7 @@ from core.models import (
     PromotionGrant,
     Totals,
 )
-from core.money import Money
+from core.money import AmountTooLarge, Money
 from core.order_changes import ATTEMPTS, Recorder, failure_recorder, modify, refusal_noted_once, visible
 from core.payments import Payments
 from core.ports import (
@@ -318,18 +321,27 @@ class UnitCancellation:
         kept = [(line, line.quantity - cancelled.get(line.line_id, 0)) for line in order.lines]
         kept = [(line, quantity) for line, quantity in kept if quantity > 0]
         cmd = self._command(order, [(line.sku, quantity) for line, quantity in kept])
-        now = self._capture.price(cmd, of=order)
-        before = self._capture.price(self._command(order, [(line.sku, line.quantity) for line in order.lines
-                                                           if line.quantity]), of=order)  # fmt: skip
-        asked_before = {line.sku: line.unit_price for line in before.lines}
-        sold = {
-            line.sku: line.unit_price
-            for line, price in zip((line for line, _ in kept), now.lines, strict=True)
-            if price.unit_price == asked_before.get(line.sku)
-        }
-        priced = self._capture.price(cmd, sold, of=order) if sold else now
+        try:
+            now = self._capture.price(cmd, of=order)
+            before = self._capture.price(self._command(order, [(line.sku, line.quantity) for line in order.lines
+                                                               if line.quantity]), of=order)  # fmt: skip
+        except AmountTooLarge:
+            # Today's prices take the order as it was, or the units left, to 10^15: unable to ask
+            # whether the plugins price the units left otherwise, they keep what they were sold at.
+            now = before = None
+        if now is None or before is None:
+            sold = {line.sku: line.unit_price for line, _ in kept}
+        else:
+            asked_before = {line.sku: line.unit_price for line in before.lines}
+            sold = {
+                line.sku: line.unit_price
+                for line, price in zip((line for line, _ in kept), now.lines, strict=True)
+                if price.unit_price == asked_before.get(line.sku)
+            }
+        priced = self._capture.price(cmd, sold, of=order) if sold or now is None else now
         totals, charged = priced.totals, order.totals.shipping
-        if now.totals.shipping == before.totals.shipping and totals.shipping != charged:
+        same_quote = now is not None and before is not None and now.totals.shipping == before.totals.shipping
+        if same_quote and totals.shipping != charged:
             totals = Totals(
                 subtotal=totals.subtotal, discount=totals.discount, shipping=charged, tax=totals.tax,
                 grand_total=totals.grand_total - totals.shipping + charged,
@@ -339,13 +351,16 @@ class UnitCancellation:
 
     @staticmethod
     def _command(order: Order, lines: list[tuple[str, int]]) -> PlaceOrder:
-        return PlaceOrder(
-            channel=order.channel, external_id=order.external_id, currency=order.currency, customer=order.customer,
-            lines=[LineInput(sku=sku, quantity=quantity) for sku, quantity in lines],
-            shipping_address=order.shipping_address, fulfillment=order.fulfillment,
-            shipping_method=order.shipping_method if order.fulfillment.type == "ship" else None,
-            promo_codes=order.promo_codes, payment=PaymentInput(method=order.payment.method, token="none"),
-        )  # fmt: skip
+        try:
+            return PlaceOrder(
+                channel=order.channel, external_id=order.external_id, currency=order.currency, customer=order.customer,
+                lines=[LineInput(sku=sku, quantity=quantity) for sku, quantity in lines],
+                shipping_address=order.shipping_address, fulfillment=order.fulfillment,
+                shipping_method=order.shipping_method if order.fulfillment.type == "ship" else None,
+                promo_codes=order.promo_codes, payment=PaymentInput(method=order.payment.method, token="none"),
+            )  # fmt: skip
+        except ValidationError as error:
+            raise refused_as_kept(error) from None  # priced as an edit prices it: its address edited first
 
     # --- After the write ------------------------------------------------------------------------
     def _settle(self, order: Order, actor: str) -> Order:

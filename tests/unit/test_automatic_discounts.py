@@ -12,6 +12,7 @@ from core import hookimpl
 from core.models import OrderEdit, PromotionGrant
 from core.money import Money
 from core.pricing_types import Discount, PricingDraft
+from tests.builders import product
 from tests.unit.world import World, build_world
 
 STOCK = [("MUG", "wh-west", 20), ("CAP", "wh-west", 20)]
@@ -154,3 +155,45 @@ def test_a_rule_that_began_after_the_order_was_placed_gives_the_units_sold_nothi
     done = world.actions.cancel(order.id, "one less", actor="key_web", lines={"L1": 1})
 
     assert done.lines[0].discount == usd("3.75")  # WELCOME10's 10% of the three left, as sold
+
+
+class SubtotalRule:
+    """5% off an order whose subtotal (the draft's, summed over its lines) is at least 20.00."""
+
+    @hookimpl
+    def oms_discounts(self, draft: PricingDraft) -> list[Discount]:
+        if draft.subtotal.amount < 20:
+            return []
+        return [Discount(code="basket", amount=draft.subtotal.times(Decimal("0.05")))]
+
+
+def test_an_edit_whose_order_as_sold_reaches_10_to_the_15_at_todays_price_keeps_the_rules_terms(world):
+    """Four mugs sold at 12.50 under the rule; the mug now costs 2.6 x 10^14. Three mugs at that
+    price are an order the OMS records; the four sold, asked of the rule at today's price, are
+    not (1.04 x 10^15): the edit was refused 422 `amount_too_large` for an amount it never
+    charges. The three keep what the rule granted them when they were sold."""
+    order = world.allocated(("MUG", 4))
+    world.catalog.put_product(product("MUG", "260000000000000.00", weight_grams=350))
+
+    edit = OrderEdit.model_validate({"lines": [{"sku": "MUG", "quantity": 3}]})
+    done = world.actions.edit(order.id, order.version, edit, actor="key_web")
+
+    assert (done.lines[0].quantity, done.lines[0].unit_price) == (3, usd("260000000000000.00"))
+    assert done.lines[0].discount == usd("3.75")  # three quarters of the 5.00 the four were granted
+
+
+def test_an_edit_whose_order_as_sold_adds_up_to_10_to_the_15_is_no_plugins_failure():
+    """Each line of the order as sold is below 10^15 at today's prices, their sum is not: a rule
+    that reads the draft's subtotal raised AmountTooLarge, and the edit failed as the plugin's
+    error (500 `plugin_error`) though the edited order is one the OMS records."""
+    world = build_world(STOCK, SubtotalRule())
+    order = world.allocated(("MUG", 2), ("CAP", 2))
+    assert order.totals.discount == usd("2.03")  # 5% of 40.54
+    world.catalog.put_product(product("MUG", "300000000000000.00", weight_grams=350))
+    world.catalog.put_product(product("CAP", "300000000000000.00", weight_grams=90))
+
+    edit = OrderEdit.model_validate({"lines": [{"sku": "MUG", "quantity": 1}, {"sku": "CAP", "quantity": 1}]})
+    done = world.actions.edit(order.id, order.version, edit, actor="key_web")
+
+    assert [line.quantity for line in done.lines] == [1, 1]
+    assert done.totals.subtotal == usd("600000000000000.00")

@@ -225,3 +225,92 @@ def test_an_edit_of_the_address_taxes_the_order_at_the_rate_of_its_new_address(w
     done = world.actions.edit(order.id, order.version, new_address(order), actor="key_web")
 
     assert done.lines[0].tax_rate.rate == Decimal("0.25")
+
+
+def test_an_edit_whose_order_as_it_was_reaches_10_to_the_15_at_todays_tax_rate_is_priced(monkeypatch, tmp_path):
+    """Two mugs of 4.6 x 10^14 sold under California's 7.25% (below 10^15 in all); then the rate is
+    10% and the courier charges 9.00. Taking a mug off is an order the OMS records; the order as it
+    was, priced again at today's rate only to learn whether the edit changes today's shipping quote,
+    is not: the edit was refused 422 `amount_too_large` for an amount nobody is charged. Unable to
+    ask, the edited order gets today's quote, as one whose units change it does."""
+    courier = CourierShipping()
+    world = build_world(STOCK, courier)
+    world.catalog.put_product(product("MUG", "460000000000000.00", weight_grams=350))
+    order = world.allocated(("MUG", 2), shipping_method="courier")
+    assert order.totals.grand_total == Money.of("986700000000006.00", "USD")
+    courier.rate = "9.00"
+    rates = tmp_path / "tax_rates.json"
+    rates.write_text(json.dumps({"US": {"regions": {"CA": {"standard": "0.10"}}}}))
+    monkeypatch.setenv(TAX_RATES_FILE_ENV, str(rates))
+
+    edit = OrderEdit.model_validate({"lines": [{"sku": "MUG", "quantity": 1}]})
+    done = world.actions.edit(order.id, order.version, edit, actor="key_web")
+
+    assert done.lines[0].quantity == 1
+    assert done.totals.shipping == Money.of("9.00", "USD")
+    assert done.totals.grand_total == Money.of("506000000000009.00", "USD")
+
+
+def stored_with_one_coordinate(world, order):
+    """`order` as stored before an address needed both coordinates or neither (h390's rule)."""
+    address = order.shipping_address.model_copy(update={"latitude": 37.77, "longitude": None})
+    world.orders.orders[order.id] = order.model_copy(update={"shipping_address": address})
+
+
+def test_an_edit_of_lines_whose_stored_address_todays_rules_refuse_is_422_naming_it(world):
+    """An edit that keeps the stored address holds it to today's rules, as a new order's; one stored
+    before a rule refused it (a lone latitude) made the edit fail with pydantic's error: a 500."""
+    order = world.allocated(("MUG", 3))
+    stored_with_one_coordinate(world, order)
+
+    edit = OrderEdit.model_validate({"lines": [{"sku": "MUG", "quantity": 2}]})
+    with pytest.raises(InvalidRequest) as refused:
+        world.actions.edit(order.id, order.version, edit, actor="key_web")
+
+    assert refused.value.code == "validation_error"
+    assert [detail["field"] for detail in refused.value.details] == ["shipping_address.longitude"]
+    assert world.order(order.id).lines[0].quantity == 3
+
+
+def test_an_edit_that_sends_the_address_again_corrects_one_todays_rules_refuse(world):
+    order = world.allocated(("MUG", 3))
+    stored_with_one_coordinate(world, order)
+    address = {**order.shipping_address.model_dump(), "latitude": None, "longitude": None}
+
+    edit = OrderEdit.model_validate({"lines": [{"sku": "MUG", "quantity": 2}], "shipping_address": address})
+    done = world.actions.edit(order.id, order.version, edit, actor="key_web")
+
+    assert (done.lines[0].quantity, done.shipping_address.latitude) == (2, None)
+
+
+def test_a_cancel_of_units_of_an_order_whose_stored_address_todays_rules_refuse_is_422_until_it_is_edited(world):
+    """A cancel of units prices the units left as an edit does, so it holds the stored address to
+    today's rules too: it failed with pydantic's error (a 500); it is 422 naming the field, and once
+    an edit sends the address corrected the cancel goes through."""
+    order = world.allocated(("MUG", 3))
+    stored_with_one_coordinate(world, order)
+
+    with pytest.raises(InvalidRequest) as refused:
+        world.actions.cancel(order.id, "one less", actor="key_web", lines={"L1": 1})
+    assert [detail["field"] for detail in refused.value.details] == ["shipping_address.longitude"]
+    assert world.order(order.id).lines[0].quantity == 3
+
+    address = {**order.shipping_address.model_dump(), "latitude": None, "longitude": None}
+    edited = world.actions.edit(order.id, order.version, OrderEdit(shipping_address=address), actor="key_web")
+    world.run(edited.id)
+    done = world.actions.cancel(order.id, "one less", actor="key_web", lines={"L1": 1})
+    assert (done.lines[0].quantity, done.lines[0].cancelled_quantity) == (2, 1)
+
+
+def test_a_cancel_of_units_after_a_price_rise_past_10_to_the_15_keeps_the_price_the_units_were_sold_at(world):
+    """The mug now costs 4 x 10^14: the order as it was (three mugs), priced at today's price only
+    to learn whether the plugins price the units left otherwise (a volume price), reaches 10^15,
+    and the cancel of one mug was refused 422 `amount_too_large` for an amount nobody is charged.
+    Unable to ask, the units left keep the price they were sold at."""
+    order = world.allocated(("MUG", 3))
+    world.catalog.put_product(product("MUG", "400000000000000.00", weight_grams=350))
+
+    done = world.actions.cancel(order.id, "one less", actor="key_web", lines={"L1": 1})
+
+    assert (done.lines[0].quantity, done.lines[0].unit_price) == (2, order.lines[0].unit_price)
+    assert done.totals.subtotal == order.lines[0].unit_price.times(2)
