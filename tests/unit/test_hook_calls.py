@@ -222,6 +222,44 @@ def test_a_plugin_that_raises_is_named_with_the_error_type(plugin, error):
     assert failed.value.details == [{"plugin": "exploding", "hook": "oms_unit_price"}]
 
 
+class Abandoned(BaseException):
+    """What a third party's code may raise outside Exception (a cancellation of its own making)."""
+
+
+class Exits:
+    """A plugin whose library ends the process it runs in (sys.exit), or raises outside Exception."""
+
+    def __init__(self, error: BaseException):
+        self.error = error
+
+    @hookimpl(tryfirst=True)
+    def oms_unit_price(self):
+        raise self.error
+
+
+@pytest.mark.parametrize("error", [SystemExit(3), Abandoned("gave up")], ids=["SystemExit", "a BaseException"])
+def test_a_plugin_that_raises_outside_exception_is_a_plugin_error_naming_it(error):
+    # Not an Exception, it went past call_hook and every handler's error mapping: the API's Lambda
+    # died (API Gateway's bare 502) instead of answering 500 plugin_error naming the plugin.
+    plugins = build_plugin_manager(load_entry_points=False)
+    plugins.register(Exits(error), name="exiting")
+
+    with pytest.raises(PluginError, match=f"plugin exiting failed in oms_unit_price: {type(error).__name__}") as failed:
+        call_hook(plugins.hook.oms_unit_price, **HOOK_ARGUMENTS["oms_unit_price"])
+
+    assert failed.value.details == [{"plugin": "exiting", "hook": "oms_unit_price"}]
+    assert failed.value.__cause__ is error
+
+
+def test_an_interrupt_passes_through_a_hook_call():
+    # Ctrl-C at `make run` (or a test run) stops the process, whatever plugin was running.
+    plugins = build_plugin_manager(load_entry_points=False)
+    plugins.register(Exits(KeyboardInterrupt()), name="interrupted")
+
+    with pytest.raises(KeyboardInterrupt):
+        call_hook(plugins.hook.oms_unit_price, **HOOK_ARGUMENTS["oms_unit_price"])
+
+
 def test_a_failing_wrapper_is_named():
     class FailsAfter:
         @hookimpl(wrapper=True)

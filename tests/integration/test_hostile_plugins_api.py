@@ -1,0 +1,76 @@
+"""Third-party plugins that raise at POST /orders, through the real handler under moto: whatever
+they raise, the client gets the contract's 500 plugin_error naming the plugin and its hook, and
+nothing is stored."""
+
+from __future__ import annotations
+
+import pytest
+
+from core import hookimpl
+from tests.integration.test_handlers import api, event
+from tests.integration.test_plugins_in_the_api import orders_stored, seeded  # noqa: F401  (fixture)
+
+
+class GaveUp(BaseException):
+    """A third party's own error class outside Exception (as asyncio's CancelledError is)."""
+
+
+class Raises:
+    """Every hook POST /orders calls, each raising `error` (registered by name, as an entry point is)."""
+
+    def __init__(self, error: BaseException):
+        self.error = error
+
+    @hookimpl(tryfirst=True)
+    def oms_unit_price(self):
+        raise self.error
+
+    @hookimpl
+    def oms_discounts(self):
+        raise self.error
+
+    @hookimpl(tryfirst=True)
+    def oms_tax_rate(self):
+        raise self.error
+
+    @hookimpl
+    def oms_shipping_quotes(self):
+        raise self.error
+
+    @hookimpl
+    def oms_payment_methods(self):
+        raise self.error
+
+    @hookimpl
+    def oms_review_order(self):
+        raise self.error
+
+
+CAPTURE_HOOKS = [name for name in vars(Raises) if name.startswith("oms_")]
+
+
+def only(hook: str, error: BaseException) -> object:
+    """A Raises plugin that implements `hook` alone."""
+    cls = type("Raises", (Raises,), {name: None for name in CAPTURE_HOOKS if name != hook})
+    return cls(error)
+
+
+@pytest.mark.usefixtures("seeded")
+@pytest.mark.parametrize("hook", CAPTURE_HOOKS)
+@pytest.mark.parametrize(
+    "error", [ValueError("bad"), SystemExit(3), GaveUp("cancelled")], ids=["Exception", "SystemExit", "BaseException"]
+)
+def test_a_plugin_that_raises_anything_at_capture_is_a_plugin_error_naming_it_and_nothing_is_stored(aws, hook, error):
+    from functions.api.dependencies import container
+
+    plugins = container().plugins
+    plugins.register(only(hook, error), name="hostile")
+    try:
+        status, body = api(event("api_place_order.json") | {"headers": {}})
+    finally:
+        plugins.unregister(name="hostile")
+
+    assert (status, body["error"]["code"]) == (500, "plugin_error"), body
+    assert body["error"]["message"] == f"plugin hostile failed in {hook}: {type(error).__name__}"
+    assert body["error"]["details"] == [{"plugin": "hostile", "hook": hook}]
+    assert orders_stored(aws) == 0
