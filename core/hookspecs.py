@@ -65,7 +65,7 @@ def oms_tax_rate(line: DraftLine, address: Address, draft: PricingDraft) -> TaxR
     :param line: the line, with its product (`tax_code`), quantity and subtotal.
     :param address: the address the goods go to: the shipping address, or the pickup location's.
     :param draft: the whole order, for rules that depend on it.
-    :return: a TaxRate (0 <= rate <= 1) or None to let another plugin answer.
+    :return: a TaxRate (0 <= rate <= 1, at most 40 decimal places) or None to let another plugin answer.
 
     Stops at first non-None result. When no plugin answers, the line is untaxed.
     """

@@ -4,11 +4,14 @@ nothing is stored."""
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import pytest
 
 from core import hookimpl
+from core.pricing_types import TaxRate
 from tests.integration.test_handlers import api, event
-from tests.integration.test_plugins_in_the_api import orders_stored, seeded  # noqa: F401  (fixture)
+from tests.integration.test_plugins_in_the_api import answering, orders_stored, seeded  # noqa: F401  (fixture)
 
 
 class GaveUp(BaseException):
@@ -73,4 +76,25 @@ def test_a_plugin_that_raises_anything_at_capture_is_a_plugin_error_naming_it_an
     assert (status, body["error"]["code"]) == (500, "plugin_error"), body
     assert body["error"]["message"] == f"plugin hostile failed in {hook}: {type(error).__name__}"
     assert body["error"]["details"] == [{"plugin": "hostile", "hook": hook}]
+    assert orders_stored(aws) == 0
+
+
+@pytest.mark.usefixtures("seeded")
+@pytest.mark.parametrize("rate", ["1E-100000", "0E-5000000"])
+def test_a_tax_rate_written_out_in_more_than_40_decimal_places_is_a_plugin_error(aws, rate):
+    # The line shows its rate written out in full: 1E-100000 put 100 KB of zeros on the order (and
+    # on each of its events, past EventBridge's 256 KB), 0E-5000000 five MB: the response no longer
+    # fit the idempotency record, and the client got a 500 internal_error for an order stored.
+    from functions.api.dependencies import container
+
+    plugins = container().plugins
+    plugins.register(answering("oms_tax_rate", TaxRate.model_construct(rate=Decimal(rate), name="svc")), name="taxes")
+    try:
+        status, body = api(event("api_place_order.json") | {"headers": {}})
+    finally:
+        plugins.unregister(name="taxes")
+
+    assert (status, body["error"]["code"]) == (500, "plugin_error"), body
+    assert body["error"]["details"] == [{"plugin": "taxes", "hook": "oms_tax_rate"}]
+    assert "at most 40 decimal places" in body["error"]["message"]
     assert orders_stored(aws) == 0

@@ -68,6 +68,9 @@ MALFORMED = [
     ("oms_tax_rate", TaxRate.model_construct(rate=0.2, name="float"), "float"),
     ("oms_tax_rate", TaxRate.model_construct(rate=Decimal("NaN"), name="nan"), "rate"),
     ("oms_tax_rate", TaxRate.model_construct(rate=Decimal("1.5"), name="too much"), "rate"),
+    # Shown written out on the order line: 1E-100000 was 100 KB of zeros on the order, its events and webhooks.
+    ("oms_tax_rate", TaxRate.model_construct(rate=Decimal("1E-41"), name="tiny"), "at most 40 decimal places"),
+    ("oms_tax_rate", TaxRate.model_construct(rate=Decimal((0, (0,), -1_000_000)), name="zero"), "at most 40"),
     ("oms_discounts", [Discount.model_construct(code="RULE", amount=float_money())], "float"),
     ("oms_discounts", [Discount.model_construct(code="RULE", amount=usd("1.00"), free_shipping=1.0)], "float"),
     (
