@@ -126,6 +126,9 @@ def oms_payment_authorize(
         is taken for that decline.
     :param attempt: 0 for the first try, then 1, 2, ... for the workflow's retries.
     :return: PaymentResult (approved, with the authorization's reference, or declined), or None.
+        Approved means the whole `amount`: void a partial authorization and answer declined. An
+        answer's `amount`, when given, must be the one asked (for capture and refund too): an
+        approval of another amount or currency is the plugin's error and records nothing.
 
     Stops at first non-None result.
     """

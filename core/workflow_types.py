@@ -8,6 +8,7 @@ from core.errors import PluginError
 from core.fields import empty_list
 from core.hook_calls import call_hook
 from core.models import Allocation, CleanText, Location, Order, ShipmentLine, TrackingNumber, VisibleText
+from core.money import Money
 from core.ports import LabelStore
 
 
@@ -15,13 +16,17 @@ class PaymentResult(BaseModel):
     """A payment plugin's answer. `reference` is the gateway's id for the operation (for an
     authorization: the id later captures, voids and refunds name). `message`, the gateway's words
     on a refusal, reaches the order's history, its events and the client's 502: controls and bidi
-    overrides in it are made visible (refusing it would lose what the gateway answered)."""
+    overrides in it are made visible (refusing it would lose what the gateway answered).
+    `amount`, optional, is what the gateway says it authorized, captured or refunded: an approval
+    of another amount or currency than the one asked is no approval of it (core.payments refuses
+    it as the plugin's error); None means the amount asked."""
 
     model_config = ConfigDict(frozen=True, defer_build=True)
 
     outcome: Literal["approved", "declined"]
     reference: str = Field(min_length=1, max_length=200)
     message: Annotated[str, VisibleText] = ""
+    amount: Money | None = None
 
 
 class SourcingPlan(BaseModel):
