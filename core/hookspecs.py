@@ -250,8 +250,8 @@ def oms_source_order(
         source the order (the order then ends cancelled, reason out_of_stock).
 
     Stops at first non-None result. The core checks the plan (every unit of every line exactly
-    once, eligible locations only) and reserves it atomically; a lost race for the last units
-    also ends out_of_stock.
+    once, eligible locations only, at most `max_shipments` of them) and reserves it atomically; a
+    lost race for the last units also ends out_of_stock.
     """
 
 

@@ -364,13 +364,23 @@ def test_a_remote_service_that_does_not_answer_is_transient_and_named(error):
 
 
 @pytest.mark.parametrize(
-    ("allocations", "problem"),
+    ("allocations", "rules", "problem"),
     [
-        ([Allocation(line_id="L1", location_id="wh-east", quantity=1)], "did not cover every unit"),
-        ([Allocation(line_id="L1", location_id="wh-elsewhere", quantity=2)], "outside the eligible locations"),
+        ([Allocation(line_id="L1", location_id="wh-east", quantity=1)], SourcingRules(), "did not cover every unit"),
+        (
+            [Allocation(line_id="L1", location_id="wh-elsewhere", quantity=2)],
+            SourcingRules(),
+            "outside the eligible locations",
+        ),
+        # The rules in force allow one parcel: a plugin that ignores them would ship two.
+        (
+            [Allocation(line_id="L1", location_id=loc, quantity=1) for loc in ("wh-east", "wh-west")],
+            SourcingRules(max_shipments=1),
+            r"2 locations, more than max_shipments \(1\)",
+        ),
     ],
 )
-def test_a_sourcing_plan_the_core_refuses_names_the_plugin_that_made_it(allocations, problem):
+def test_a_sourcing_plan_the_core_refuses_names_the_plugin_that_made_it(allocations, rules, problem):
     # The AuthorizePayment/ReserveStock runbook reads the failing plugin from a PluginError: a plan
     # that missed units or took them elsewhere failed the step naming no plugin.
     from core.sourcing import ask_plugins
@@ -378,12 +388,10 @@ def test_a_sourcing_plan_the_core_refuses_names_the_plugin_that_made_it(allocati
 
     plugins = build_plugin_manager(load_entry_points=False)
     plugins.register(answering("oms_source_order", SourcingPlan(allocations=allocations)), name="sloppy")
+    eligible = [a_location("wh-east", (40.7, -74.0)), a_location("wh-west", (39.5, -119.8))]
 
     with pytest.raises(PluginError, match=problem) as refused:
-        ask_plugins(
-            plugins.hook, a_stored_order(("MUG-1", 2)), [a_location("wh-east", (40.7, -74.0))], {}, an_address(),
-            SourcingRules(),
-        )  # fmt: skip
+        ask_plugins(plugins.hook, a_stored_order(("MUG-1", 2)), eligible, {}, an_address(), rules)
 
     assert "plugin sloppy" in refused.value.message
     assert refused.value.details == [{"plugin": "sloppy", "hook": "oms_source_order"}]
