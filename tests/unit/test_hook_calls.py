@@ -8,7 +8,7 @@ import pytest
 from pydantic import model_validator
 
 from core import hookimpl
-from core.errors import PaymentGatewayUnavailable, PaymentRefused, PluginError, TransientError
+from core.errors import PaymentDeclined, PaymentGatewayUnavailable, PaymentRefused, PluginError, TransientError
 from core.hook_calls import call_hook
 from core.models import Allocation
 from core.money import Money
@@ -336,6 +336,24 @@ def test_a_gateways_refusal_reaches_the_order_and_the_client_with_controls_and_b
         Payments(plugins).capture("test", "auth_1", usd("1.00"), "ord_1", "k")
 
     assert refused.value.message.endswith("Do not honor\ufffd[2J\ufffd\ufffd")
+
+
+@pytest.mark.parametrize("operation", ["authorize", "capture"])
+def test_a_gateways_words_on_a_refusal_are_cut_to_500_characters_as_on_a_transient_failure(operation):
+    # The client's 502 carried all of them: a megabyte of a gateway's words outgrew the 6 MB a
+    # Lambda may answer, and the client got API Gateway's bare 502 instead of the refusal.
+    plugins = build_plugin_manager(load_entry_points=False)
+    refusal = PaymentResult(outcome="declined", reference="r1", message="Do not honor " + "x" * 1_000_000)
+    plugins.register(answering(f"oms_payment_{operation}", refusal), name="gateway")
+    payments = Payments(plugins)
+
+    with pytest.raises(PaymentRefused if operation == "capture" else PaymentDeclined) as refused:
+        if operation == "capture":
+            payments.capture("test", "auth_1", usd("1.00"), "ord_1", "k")
+        else:
+            payments.authorize("test", "tok", usd("1.00"), "ord_1", 0, "k")
+
+    assert refused.value.message.endswith("Do not honor " + "x" * 486 + "…")
 
 
 def test_an_answer_whose_own_validation_breaks_is_a_plugin_error():
