@@ -1,6 +1,6 @@
-"""Third-party plugins that raise at POST /orders, through the real handler under moto: whatever
-they raise, the client gets the contract's 500 plugin_error naming the plugin and its hook, and
-nothing is stored."""
+"""Third-party plugins that raise, or answer what the order cannot keep, at POST /orders, through
+the real handler under moto: the client gets the contract's 500 plugin_error naming the plugin and
+its hook, and nothing is stored."""
 
 from __future__ import annotations
 
@@ -10,12 +10,8 @@ import pytest
 
 from core import hookimpl
 from core.pricing_types import TaxRate
-from tests.integration.test_handlers import api, event
-from tests.integration.test_plugins_in_the_api import answering, orders_stored, seeded  # noqa: F401  (fixture)
-
-
-class GaveUp(BaseException):
-    """A third party's own error class outside Exception (as asyncio's CancelledError is)."""
+from tests.integration.test_plugins_in_the_api import answering, orders_stored, placed_with, seeded  # noqa: F401  (fixture)
+from tests.unit.test_hook_calls import Abandoned
 
 
 class Raises:
@@ -61,17 +57,10 @@ def only(hook: str, error: BaseException) -> object:
 @pytest.mark.usefixtures("seeded")
 @pytest.mark.parametrize("hook", CAPTURE_HOOKS)
 @pytest.mark.parametrize(
-    "error", [ValueError("bad"), SystemExit(3), GaveUp("cancelled")], ids=["Exception", "SystemExit", "BaseException"]
+    "error", [ValueError("bad"), SystemExit(3), Abandoned("gave up")], ids=["Exception", "SystemExit", "BaseException"]
 )
 def test_a_plugin_that_raises_anything_at_capture_is_a_plugin_error_naming_it_and_nothing_is_stored(aws, hook, error):
-    from functions.api.dependencies import container
-
-    plugins = container().plugins
-    plugins.register(only(hook, error), name="hostile")
-    try:
-        status, body = api(event("api_place_order.json") | {"headers": {}})
-    finally:
-        plugins.unregister(name="hostile")
+    status, body = placed_with(only(hook, error), "hostile")
 
     assert (status, body["error"]["code"]) == (500, "plugin_error"), body
     assert body["error"]["message"] == f"plugin hostile failed in {hook}: {type(error).__name__}"
@@ -85,14 +74,9 @@ def test_a_tax_rate_written_out_in_more_than_40_decimal_places_is_a_plugin_error
     # The line shows its rate written out in full: 1E-100000 put 100 KB of zeros on the order (and
     # on each of its events, past EventBridge's 256 KB), 0E-5000000 five MB: the response no longer
     # fit the idempotency record, and the client got a 500 internal_error for an order stored.
-    from functions.api.dependencies import container
-
-    plugins = container().plugins
-    plugins.register(answering("oms_tax_rate", TaxRate.model_construct(rate=Decimal(rate), name="svc")), name="taxes")
-    try:
-        status, body = api(event("api_place_order.json") | {"headers": {}})
-    finally:
-        plugins.unregister(name="taxes")
+    status, body = placed_with(
+        answering("oms_tax_rate", TaxRate.model_construct(rate=Decimal(rate), name="svc")), "taxes"
+    )
 
     assert (status, body["error"]["code"]) == (500, "plugin_error"), body
     assert body["error"]["details"] == [{"plugin": "taxes", "hook": "oms_tax_rate"}]
