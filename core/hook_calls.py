@@ -86,7 +86,8 @@ def call_hook(hook: Any, accept: Accept | None = None, /, **kwargs: Any) -> Any:
     caller's own checks on each item (and may return a replacement); a PluginError it raises is
     reported against the plugin that gave the item.
 
-    A plugin that raises becomes PluginError naming it; PluginUnavailable passes through
+    A plugin that raises becomes PluginError naming it, whatever it raises (SystemExit and other
+    BaseExceptions too) but KeyboardInterrupt; PluginUnavailable passes through
     unchanged, and TransientError (a gateway briefly down) with its message made visible and cut
     to 500 characters (plugin_words), as is the TransientError a TimeoutError or
     ConnectionError becomes."""
@@ -109,7 +110,11 @@ def call_hook(hook: Any, accept: Accept | None = None, /, **kwargs: Any) -> Any:
         raise TransientError(
             plugin_words(f"plugin {plugin} got no answer in {name}: {type(exc).__name__} {exc}")
         ) from exc
-    except Exception as exc:
+    except KeyboardInterrupt:
+        raise  # the operator's Ctrl-C, not the plugin's answer
+    except BaseException as exc:
+        # SystemExit (a library's sys.exit) or any class of the plugin's own outside Exception too:
+        # past here nothing maps it, and the Lambda would die without the contract's error shape.
         plugin = _raised_by(hook, exc)
         raise PluginError(
             f"plugin {plugin} failed in {name}: {type(exc).__name__}",

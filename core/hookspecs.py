@@ -65,7 +65,7 @@ def oms_tax_rate(line: DraftLine, address: Address, draft: PricingDraft) -> TaxR
     :param line: the line, with its product (`tax_code`), quantity and subtotal.
     :param address: the address the goods go to: the shipping address, or the pickup location's.
     :param draft: the whole order, for rules that depend on it.
-    :return: a TaxRate (0 <= rate <= 1) or None to let another plugin answer.
+    :return: a TaxRate (0 <= rate <= 1, at most 40 decimal places) or None to let another plugin answer.
 
     Stops at first non-None result. When no plugin answers, the line is untaxed.
     """
@@ -126,6 +126,9 @@ def oms_payment_authorize(
         is taken for that decline.
     :param attempt: 0 for the first try, then 1, 2, ... for the workflow's retries.
     :return: PaymentResult (approved, with the authorization's reference, or declined), or None.
+        Approved means the whole `amount`: void a partial authorization and answer declined. An
+        answer's `amount`, when given, must be the one asked (for capture and refund too): an
+        approval of another amount or currency is the plugin's error and records nothing.
 
     Stops at first non-None result.
     """
@@ -247,8 +250,8 @@ def oms_source_order(
         source the order (the order then ends cancelled, reason out_of_stock).
 
     Stops at first non-None result. The core checks the plan (every unit of every line exactly
-    once, eligible locations only) and reserves it atomically; a lost race for the last units
-    also ends out_of_stock.
+    once, eligible locations only, at most `max_shipments` of them) and reserves it atomically; a
+    lost race for the last units also ends out_of_stock.
     """
 
 

@@ -83,6 +83,22 @@ class Payments:
                 raise
         raise AssertionError("unreachable")
 
+    @staticmethod
+    def _as_asked(asked: Money) -> Callable[[PaymentResult], PaymentResult]:
+        """Accepts a payment plugin's answer unless it approves another amount than `asked` (a
+        partial authorization, a capture in another currency): taken for the operation asked, it
+        would record money as moved that the gateway did not move."""
+
+        def accept(result: PaymentResult) -> PaymentResult:
+            said = result.amount
+            if result.outcome == "approved" and said is not None and said != asked:
+                raise PluginError(
+                    f"approved {said.amount} {said.currency} where {asked.amount} {asked.currency} was asked"
+                )
+            return result
+
+        return accept
+
     def _checked(self, result: Any, hook: str, method: str) -> PaymentResult:
         if result is None:
             raise PluginError(f"no payment plugin answered {hook} for method {method!r}")
@@ -97,7 +113,7 @@ class Payments:
         result = self._checked(
             self._answered(
                 call_hook(
-                    self._hook.oms_payment_authorize,
+                    self._hook.oms_payment_authorize, self._as_asked(amount),
                     method=method, token=token, amount=amount, order_id=order_id,
                     idempotency_key=key, attempt=attempt,
                 ),
@@ -125,7 +141,7 @@ class Payments:
     def capture(self, method: str, authorization: str, amount: Money, order_id: str, key: str) -> PaymentResult:
         return self._approved(
             call_hook(
-                self._hook.oms_payment_capture,
+                self._hook.oms_payment_capture, self._as_asked(amount),
                 method=method, authorization=authorization, amount=amount, order_id=order_id, idempotency_key=key,
             ),
             "capture", method, order_id,
@@ -143,7 +159,7 @@ class Payments:
     def refund(self, method: str, authorization: str, amount: Money, order_id: str, key: str) -> PaymentResult:
         return self._approved(
             call_hook(
-                self._hook.oms_payment_refund,
+                self._hook.oms_payment_refund, self._as_asked(amount),
                 method=method, authorization=authorization, amount=amount, order_id=order_id, idempotency_key=key,
             ),
             "refund", method, order_id,

@@ -112,7 +112,9 @@ class OmsPluginManager(pluggy.PluginManager):
                 continue
             try:
                 self.register(entry_point.load(), name=entry_point.name)
-            except Exception as exc:  # a plugin's import can raise anything; none may stop the others
+            except KeyboardInterrupt:
+                raise
+            except BaseException as exc:  # an import can raise anything, sys.exit too; none may stop the others
                 reason = plugin_words(f"{type(exc).__name__}: {exc}")
                 distribution, version = _origin(entry_point)
                 self.broken.append(

@@ -3,7 +3,7 @@
 from decimal import Decimal
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from core.models import Address, Customer, Fulfillment, Product, ShippingMethod, VisibleName, VisibleText
 from core.money import Money
@@ -73,14 +73,29 @@ class Discount(BaseModel):
     exclusive: bool = False
 
 
+# The order line shows its rate written out in full (LineTaxRate), on the order, its events and
+# webhooks: 1E-100000 would be 100 KB of zeros there. 40 places hold any rate a tax service quotes
+# or Decimal's 28-digit context computes above 1E-12, and far more than tax on any order can tell
+# (an amount below 10^15 in thousandths, times a rate below 5E-19, rounds to nothing).
+MAX_RATE_PLACES = 40
+
+
+def _rate_places(rate: Decimal) -> Decimal:
+    exponent = rate.as_tuple().exponent
+    if isinstance(exponent, int) and exponent < -MAX_RATE_PLACES:
+        raise ValueError(f"a rate is written with at most {MAX_RATE_PLACES} decimal places")
+    return rate
+
+
 class TaxRate(BaseModel):
-    """A tax rate for one line: tax = round_half_even((subtotal - discount) x rate). `name` is kept
-    on the order line for invoices: a control character or a bidi override in it is replaced by
-    U+FFFD (refusing it would refuse every order the rate taxes)."""
+    """A tax rate for one line: tax = round_half_even((subtotal - discount) x rate), written with at
+    most MAX_RATE_PLACES decimal places. `name` is kept on the order line for invoices: a control
+    character or a bidi override in it is replaced by U+FFFD (refusing it would refuse every order
+    the rate taxes)."""
 
     model_config = ConfigDict(frozen=True, defer_build=True)
 
-    rate: Decimal = Field(ge=0, le=1)
+    rate: Annotated[Decimal, Field(ge=0, le=1), AfterValidator(_rate_places)]
     name: Annotated[str, VisibleName]
 
 

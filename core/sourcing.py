@@ -220,8 +220,8 @@ def ask_plugins(
     rules: SourcingRules,
 ) -> SourcingPlan | None:
     """The sourcing plugins' plan, checked: every unit of every line exactly once, eligible
-    locations only, its reasons bounded (MAX_REASONS, MAX_REASON_CHARS). None when no plugin can
-    source it."""
+    locations only, at most `max_shipments` of them, its reasons bounded (MAX_REASONS,
+    MAX_REASON_CHARS). None when no plugin can source it."""
     allowed = {loc.location_id for loc in eligible}
 
     def accept(plan: SourcingPlan) -> SourcingPlan:
@@ -234,6 +234,10 @@ def ask_plugins(
         # A line whose every unit was cancelled stays on the order with none: nothing of it to cover.
         if covered != {line.line_id: line.quantity for line in order.lines if line.quantity}:
             raise PluginError("did not cover every unit of every line exactly once")
+        # The rules in force are the core's, not a plugin's to ignore: more parcels than they allow.
+        used = len({allocation.location_id for allocation in plan.allocations})
+        if rules.max_shipments is not None and used > rules.max_shipments:
+            raise PluginError(f"sourced from {used} locations, more than max_shipments ({rules.max_shipments})")
         return _reasons_kept(plan)
 
     plan = call_hook(

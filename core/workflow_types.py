@@ -2,12 +2,13 @@
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from core.errors import PluginError
 from core.fields import empty_list
-from core.hook_calls import call_hook
+from core.hook_calls import call_hook, plugin_words
 from core.models import Allocation, CleanText, Location, Order, ShipmentLine, TrackingNumber, VisibleText
+from core.money import Money
 from core.ports import LabelStore
 
 
@@ -15,13 +16,18 @@ class PaymentResult(BaseModel):
     """A payment plugin's answer. `reference` is the gateway's id for the operation (for an
     authorization: the id later captures, voids and refunds name). `message`, the gateway's words
     on a refusal, reaches the order's history, its events and the client's 502: controls and bidi
-    overrides in it are made visible (refusing it would lose what the gateway answered)."""
+    overrides in it are made visible and it is cut to 500 characters, as a transient failure's
+    words are (core.hook_calls.plugin_words; refusing it would lose what the gateway answered).
+    `amount`, optional, is what the gateway says it authorized, captured or refunded: an approval
+    of another amount or currency than the one asked is no approval of it (core.payments refuses
+    it as the plugin's error); None means the amount asked."""
 
     model_config = ConfigDict(frozen=True, defer_build=True)
 
     outcome: Literal["approved", "declined"]
     reference: str = Field(min_length=1, max_length=200)
-    message: Annotated[str, VisibleText] = ""
+    message: Annotated[str, AfterValidator(plugin_words)] = ""
+    amount: Money | None = None
 
 
 class SourcingPlan(BaseModel):

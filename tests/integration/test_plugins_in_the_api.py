@@ -287,6 +287,18 @@ def answering(hook: str, answer: Any) -> object:
     return type("Sloppy", (), {hook: hookimpl(tryfirst=True)(impl)})()
 
 
+def placed_with(plugin: object, name: str) -> tuple[int, dict]:
+    """POST /orders (the sample order) with `plugin` installed as `name`, as an entry point would be."""
+    from functions.api.dependencies import container
+
+    plugins = container().plugins
+    plugins.register(plugin, name=name)
+    try:
+        return api(event("api_place_order.json") | {"headers": {}})
+    finally:
+        plugins.unregister(name=name)
+
+
 @pytest.mark.parametrize(
     ("hook", "answer"),
     [
@@ -299,14 +311,7 @@ def answering(hook: str, answer: Any) -> object:
     ],
 )  # fmt: skip
 def test_an_answer_built_without_validation_is_a_plugin_error_naming_the_plugin(seeded, aws, hook, answer):
-    from functions.api.dependencies import container
-
-    plugins = container().plugins
-    plugins.register(answering(hook, answer), name="sloppy")
-    try:
-        status, body = api(event("api_place_order.json") | {"headers": {}})
-    finally:
-        plugins.unregister(name="sloppy")
+    status, body = placed_with(answering(hook, answer), "sloppy")
 
     assert status == 500
     assert body["error"]["code"] == "plugin_error"
@@ -328,14 +333,7 @@ def test_discounts_that_would_swell_the_order_past_what_it_stores_are_a_plugin_e
     # The order keeps what each discount granted (its promotion_grants): one of them per discount,
     # with its code. Unbounded, a rule's answer took the order's item past DynamoDB's 400 KB, and
     # POST /orders failed with an internal error that named no plugin.
-    from functions.api.dependencies import container
-
-    plugins = container().plugins
-    plugins.register(answering("oms_discounts", discounts), name="sloppy")
-    try:
-        status, body = api(event("api_place_order.json") | {"headers": {}})
-    finally:
-        plugins.unregister(name="sloppy")
+    status, body = placed_with(answering("oms_discounts", discounts), "sloppy")
 
     assert (status, body["error"]["code"]) == (500, "plugin_error")
     assert "plugin sloppy" in body["error"]["message"]
@@ -349,14 +347,7 @@ def test_discounts_that_would_swell_the_order_past_what_it_stores_are_a_plugin_e
 def test_a_tax_rate_is_shown_as_the_plain_decimal_string_the_contract_describes(seeded, aws, rate, shown):
     # A tax service's rate computed as a product or a quotient can be a Decimal that str() writes
     # in exponent form ("1E-7", "0E-9"): the order line showed it so, against its published pattern.
-    from functions.api.dependencies import container
-
-    plugins = container().plugins
-    plugins.register(answering("oms_tax_rate", TaxRate(rate=Decimal(rate), name="service")), name="taxes")
-    try:
-        status, body = api(event("api_place_order.json") | {"headers": {}})
-    finally:
-        plugins.unregister(name="taxes")
+    status, body = placed_with(answering("oms_tax_rate", TaxRate(rate=Decimal(rate), name="service")), "taxes")
 
     assert status == 201, body
     assert body["lines"][0]["tax_rate"] == {"rate": shown, "name": "service"}

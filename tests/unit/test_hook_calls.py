@@ -8,7 +8,7 @@ import pytest
 from pydantic import model_validator
 
 from core import hookimpl
-from core.errors import PaymentGatewayUnavailable, PaymentRefused, PluginError, TransientError
+from core.errors import PaymentDeclined, PaymentGatewayUnavailable, PaymentRefused, PluginError, TransientError
 from core.hook_calls import call_hook
 from core.models import Allocation
 from core.money import Money
@@ -68,6 +68,9 @@ MALFORMED = [
     ("oms_tax_rate", TaxRate.model_construct(rate=0.2, name="float"), "float"),
     ("oms_tax_rate", TaxRate.model_construct(rate=Decimal("NaN"), name="nan"), "rate"),
     ("oms_tax_rate", TaxRate.model_construct(rate=Decimal("1.5"), name="too much"), "rate"),
+    # Shown written out on the order line: 1E-100000 was 100 KB of zeros on the order, its events and webhooks.
+    ("oms_tax_rate", TaxRate.model_construct(rate=Decimal("1E-41"), name="tiny"), "at most 40 decimal places"),
+    ("oms_tax_rate", TaxRate.model_construct(rate=Decimal((0, (0,), -1_000_000)), name="zero"), "at most 40"),
     ("oms_discounts", [Discount.model_construct(code="RULE", amount=float_money())], "float"),
     ("oms_discounts", [Discount.model_construct(code="RULE", amount=usd("1.00"), free_shipping=1.0)], "float"),
     (
@@ -222,6 +225,44 @@ def test_a_plugin_that_raises_is_named_with_the_error_type(plugin, error):
     assert failed.value.details == [{"plugin": "exploding", "hook": "oms_unit_price"}]
 
 
+class Abandoned(BaseException):
+    """What a third party's code may raise outside Exception (a cancellation of its own making)."""
+
+
+class Exits:
+    """A plugin whose library ends the process it runs in (sys.exit), or raises outside Exception."""
+
+    def __init__(self, error: BaseException):
+        self.error = error
+
+    @hookimpl(tryfirst=True)
+    def oms_unit_price(self):
+        raise self.error
+
+
+@pytest.mark.parametrize("error", [SystemExit(3), Abandoned("gave up")], ids=["SystemExit", "a BaseException"])
+def test_a_plugin_that_raises_outside_exception_is_a_plugin_error_naming_it(error):
+    # Not an Exception, it went past call_hook and every handler's error mapping: the API's Lambda
+    # died (API Gateway's bare 502) instead of answering 500 plugin_error naming the plugin.
+    plugins = build_plugin_manager(load_entry_points=False)
+    plugins.register(Exits(error), name="exiting")
+
+    with pytest.raises(PluginError, match=f"plugin exiting failed in oms_unit_price: {type(error).__name__}") as failed:
+        call_hook(plugins.hook.oms_unit_price, **HOOK_ARGUMENTS["oms_unit_price"])
+
+    assert failed.value.details == [{"plugin": "exiting", "hook": "oms_unit_price"}]
+    assert failed.value.__cause__ is error
+
+
+def test_an_interrupt_passes_through_a_hook_call():
+    # Ctrl-C at `make run` (or a test run) stops the process, whatever plugin was running.
+    plugins = build_plugin_manager(load_entry_points=False)
+    plugins.register(Exits(KeyboardInterrupt()), name="interrupted")
+
+    with pytest.raises(KeyboardInterrupt):
+        call_hook(plugins.hook.oms_unit_price, **HOOK_ARGUMENTS["oms_unit_price"])
+
+
 def test_a_failing_wrapper_is_named():
     class FailsAfter:
         @hookimpl(wrapper=True)
@@ -297,6 +338,24 @@ def test_a_gateways_refusal_reaches_the_order_and_the_client_with_controls_and_b
     assert refused.value.message.endswith("Do not honor\ufffd[2J\ufffd\ufffd")
 
 
+@pytest.mark.parametrize("operation", ["authorize", "capture"])
+def test_a_gateways_words_on_a_refusal_are_cut_to_500_characters_as_on_a_transient_failure(operation):
+    # The client's 502 carried all of them: a megabyte of a gateway's words outgrew the 6 MB a
+    # Lambda may answer, and the client got API Gateway's bare 502 instead of the refusal.
+    plugins = build_plugin_manager(load_entry_points=False)
+    refusal = PaymentResult(outcome="declined", reference="r1", message="Do not honor " + "x" * 1_000_000)
+    plugins.register(answering(f"oms_payment_{operation}", refusal), name="gateway")
+    payments = Payments(plugins)
+
+    with pytest.raises(PaymentRefused if operation == "capture" else PaymentDeclined) as refused:
+        if operation == "capture":
+            payments.capture("test", "auth_1", usd("1.00"), "ord_1", "k")
+        else:
+            payments.authorize("test", "tok", usd("1.00"), "ord_1", 0, "k")
+
+    assert refused.value.message.endswith("Do not honor " + "x" * 486 + "…")
+
+
 def test_an_answer_whose_own_validation_breaks_is_a_plugin_error():
     class OddRate(TaxRate):
         @model_validator(mode="after")
@@ -323,13 +382,23 @@ def test_a_remote_service_that_does_not_answer_is_transient_and_named(error):
 
 
 @pytest.mark.parametrize(
-    ("allocations", "problem"),
+    ("allocations", "rules", "problem"),
     [
-        ([Allocation(line_id="L1", location_id="wh-east", quantity=1)], "did not cover every unit"),
-        ([Allocation(line_id="L1", location_id="wh-elsewhere", quantity=2)], "outside the eligible locations"),
+        ([Allocation(line_id="L1", location_id="wh-east", quantity=1)], SourcingRules(), "did not cover every unit"),
+        (
+            [Allocation(line_id="L1", location_id="wh-elsewhere", quantity=2)],
+            SourcingRules(),
+            "outside the eligible locations",
+        ),
+        # The rules in force allow one parcel: a plugin that ignores them would ship two.
+        (
+            [Allocation(line_id="L1", location_id=loc, quantity=1) for loc in ("wh-east", "wh-west")],
+            SourcingRules(max_shipments=1),
+            r"2 locations, more than max_shipments \(1\)",
+        ),
     ],
 )
-def test_a_sourcing_plan_the_core_refuses_names_the_plugin_that_made_it(allocations, problem):
+def test_a_sourcing_plan_the_core_refuses_names_the_plugin_that_made_it(allocations, rules, problem):
     # The AuthorizePayment/ReserveStock runbook reads the failing plugin from a PluginError: a plan
     # that missed units or took them elsewhere failed the step naming no plugin.
     from core.sourcing import ask_plugins
@@ -337,12 +406,10 @@ def test_a_sourcing_plan_the_core_refuses_names_the_plugin_that_made_it(allocati
 
     plugins = build_plugin_manager(load_entry_points=False)
     plugins.register(answering("oms_source_order", SourcingPlan(allocations=allocations)), name="sloppy")
+    eligible = [a_location("wh-east", (40.7, -74.0)), a_location("wh-west", (39.5, -119.8))]
 
     with pytest.raises(PluginError, match=problem) as refused:
-        ask_plugins(
-            plugins.hook, a_stored_order(("MUG-1", 2)), [a_location("wh-east", (40.7, -74.0))], {}, an_address(),
-            SourcingRules(),
-        )  # fmt: skip
+        ask_plugins(plugins.hook, a_stored_order(("MUG-1", 2)), eligible, {}, an_address(), rules)
 
     assert "plugin sloppy" in refused.value.message
     assert refused.value.details == [{"plugin": "sloppy", "hook": "oms_source_order"}]

@@ -98,6 +98,40 @@ def test_why_a_plugin_failed_to_import_is_kept_visible_and_cut_to_500_characters
     assert broken.reason == "RuntimeError: missing key\ufffd[2J\ufffd" + "x" * 469 + "…"
 
 
+EXITS_ON_IMPORT = """
+    import sys
+
+    sys.exit("acme: no licence file")
+"""
+RAISES_ITS_OWN_BASE_EXCEPTION = """
+    class Unlicensed(BaseException):
+        pass
+
+    raise Unlicensed("no licence file")
+"""
+
+
+@pytest.mark.parametrize(
+    ("source", "reason"),
+    [
+        (EXITS_ON_IMPORT, "SystemExit: acme: no licence file"),
+        (RAISES_ITS_OWN_BASE_EXCEPTION, "Unlicensed: no licence file"),
+    ],
+    ids=["sys.exit", "a BaseException"],
+)
+def test_a_plugin_whose_import_raises_outside_exception_is_recorded_broken_and_the_others_load(
+    installer, source, reason
+):
+    # Not an Exception: it went past the loader and ended every cold start (the whole API down,
+    # /health with it) instead of naming the one plugin that cannot load.
+    installer.install("oms-acme", "2.1.0", {"acme_prices": GOOD, "acme_tax": source})
+
+    plugins = build_plugin_manager()
+
+    assert [(p.name, p.status, p.reason) for p in plugins.broken] == [("acme_tax", "broken", reason)]
+    assert plugins.has_plugin("acme_prices") and plugins.has_plugin("tax_table")
+
+
 def test_no_hook_runs_while_a_plugin_is_broken_and_the_error_names_it(installer):
     installer.install("oms-acme", "2.1.0", {"acme_tax": FAILS_TO_IMPORT})
     plugins = build_plugin_manager()
