@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from core.confirmations import MAX_ITEMS, ConfirmationBatch, NotAttempted, confirm
+from core.confirmations import MAX_ITEMS, ConfirmationBatch, MalformedItem, NotAttempted, confirm
 from core.errors import (
     InvalidRequest,
     InvalidTransition,
@@ -332,3 +332,13 @@ def test_a_malformed_id_is_not_found_without_a_lookup(world, monkeypatch):
 
     assert [type(r.failure) for r in results] == [NotFound, NotFound]
     assert looked_up == []
+
+
+def test_a_malformed_item_echoes_only_ids_and_an_action_it_could_name():
+    (refused,) = batch(
+        {"order_id": "ord_\ud800", "shipment_id": "shp_" + "a" * 61, "action": "ship", "wave": "0001"}
+    ).items
+
+    assert isinstance(refused, MalformedItem)
+    assert (refused.position, refused.order_id, refused.shipment_id, refused.action) == (0, None, None, "ship")
+    assert [d["field"] for d in refused.details] == ["items[0].order_id", "items[0].shipment_id", "items[0].wave"]
