@@ -27,7 +27,6 @@ from pydantic import (
     field_validator,
 )
 from pydantic.json_schema import SkipJsonSchema
-from pydantic_core import PydanticCustomError
 
 from core.errors import (
     DomainError,
@@ -148,10 +147,7 @@ class ConfirmationBatch(Strict):
         if not isinstance(items, list):
             return handler(items)  # refused whole, as is one of too many items (no item looked at alone)
         if len(items) > MAX_ITEMS:
-            raise PydanticCustomError(
-                "too_long", "a batch has at most {max_length} items, not {length}",
-                {"max_length": MAX_ITEMS, "length": len(items)},
-            )  # fmt: skip
+            raise ValueError(f"a batch has at most {MAX_ITEMS} items, not {len(items)}")
         return handler([_item(position, sent) for position, sent in enumerate(items)])
 
     def as_sent(self) -> dict[str, Any]:
