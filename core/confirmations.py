@@ -14,11 +14,30 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import Field, StringConstraints, ValidationInfo, field_validator
+from pydantic import (
+    Field,
+    PlainValidator,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+)
+from pydantic.json_schema import SkipJsonSchema
 
-from core.errors import DomainError, NotFound, PaymentRefused, PluginError, StaleVersion, TransientError
+from core.errors import (
+    DomainError,
+    InvalidRequest,
+    NotFound,
+    PaymentRefused,
+    PluginError,
+    StaleVersion,
+    TransientError,
+    field_path,
+)
 from core.fulfillment import OrderActions
 from core.models import Order, Strict, TrackingNumber
 from core.status import OrderStatus, ShipmentStatus
@@ -62,10 +81,79 @@ class Confirmation(Strict):
         return tracking_number
 
 
-class ConfirmationBatch(Strict):
-    """The body of POST /shipments/confirmations."""
+@dataclass(frozen=True)
+class MalformedItem:
+    """An item of a batch that is no confirmation (an action this route does not take, a malformed
+    tracking number, a field it does not know, no object at all): refused at its `position` with
+    what is wrong (`details`, fields named from the batch: "items[3].action"), while the others
+    run, as a bad row of an import stops none of the good ones. What it names is echoed when it is
+    an id's kind of text, so the sender can match the answer to the row."""
 
-    items: Annotated[list[Confirmation], Field(min_length=1, max_length=MAX_ITEMS)]
+    position: int
+    order_id: str | None
+    shipment_id: str | None
+    action: ConfirmationAction | None
+    details: list[dict[str, str]]
+    sent: Any  # the item as sent: what an Idempotency-Key's body is compared on
+
+
+_ECHOED_ID = TypeAdapter(ItemId)
+_ECHOED_ACTION = TypeAdapter(ConfirmationAction)
+
+
+def _echoed(adapter: TypeAdapter[Any], sent: Any, name: str) -> Any:
+    try:
+        return adapter.validate_python(sent.get(name)) if isinstance(sent, dict) else None
+    except ValidationError:
+        return None
+
+
+def _item(position: int, sent: Any) -> "Confirmation | MalformedItem":
+    try:
+        return Confirmation.model_validate(sent)
+    except ValidationError as invalid:
+        prefix = f"items[{position}]"
+        details = [
+            {"field": f"{prefix}.{path}" if (path := field_path(error["loc"])) else prefix, "message": error["msg"]}
+            for error in invalid.errors(include_url=False, include_input=False)
+        ]
+        return MalformedItem(
+            position=position, order_id=_echoed(_ECHOED_ID, sent, "order_id"),
+            shipment_id=_echoed(_ECHOED_ID, sent, "shipment_id"), action=_echoed(_ECHOED_ACTION, sent, "action"),
+            details=details, sent=sent,
+        )  # fmt: skip
+
+
+def _malformed_only(item: Any) -> "MalformedItem":
+    if not isinstance(item, MalformedItem):
+        raise ValueError("not a confirmation")
+    return item
+
+
+# Left out of the generated document, which describes every item as a Confirmation.
+_Refused = SkipJsonSchema[Annotated[Any, PlainValidator(_malformed_only)]]
+
+
+class ConfirmationBatch(Strict):
+    """The body of POST /shipments/confirmations: 1 to 100 items, or 422 for the whole batch. An
+    item that is not a valid confirmation is refused on its own (`validation_error`, its `details`
+    naming its position) and the others run."""
+
+    items: Annotated[list[Confirmation | _Refused], Field(min_length=1, max_length=MAX_ITEMS)]
+
+    @field_validator("items", mode="wrap")
+    @classmethod
+    def _each_item_on_its_own(cls, items: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        if not isinstance(items, list):
+            return handler(items)  # refused whole, as is one of too many items (no item looked at alone)
+        if len(items) > MAX_ITEMS:
+            raise ValueError(f"a batch has at most {MAX_ITEMS} items, not {len(items)}")
+        return handler([_item(position, sent) for position, sent in enumerate(items)])
+
+    def as_sent(self) -> dict[str, Any]:
+        """The body as the sender sent it (each malformed item as it came), for the Idempotency-Key."""
+        return {"items": [item.sent if isinstance(item, MalformedItem) else item.model_dump(mode="json")
+                          for item in self.items]}  # fmt: skip
 
 
 class NotAttempted(DomainError):
@@ -78,7 +166,7 @@ class NotAttempted(DomainError):
 class Confirmed:
     """What one item came to: the order as stored after it, or the refusal (nothing changed)."""
 
-    item: Confirmation
+    item: Confirmation | MalformedItem
     order: Order | None = None
     failure: DomainError | None = None
 
@@ -116,6 +204,12 @@ def confirm(
     results: list[Confirmed] = []
     attempted = 0
     for item in batch.items:
+        if isinstance(item, MalformedItem):
+            # Refused whatever the time: sending it again as it is would be refused again.
+            refused = InvalidRequest(f"item {item.position} of the batch is not a valid confirmation",
+                                     details=item.details)  # fmt: skip
+            results.append(Confirmed(item, failure=refused))
+            continue
         if seconds_elapsed() >= deadline_seconds:
             late = NotAttempted(f"not attempted: the batch ran out of time once {attempted} of its "
                                 f"{len(batch.items)} items had run; send this one again")  # fmt: skip

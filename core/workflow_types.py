@@ -1,5 +1,6 @@
 """What payment, sourcing and carrier plugins receive and return."""
 
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, model_validator
@@ -93,6 +94,10 @@ def stored_label(labels: LabelStore, booked: CarrierShipment, order_id: str, ite
     return labels.put_label(order_id, item_id, booked.label, booked.label_content_type)
 
 
+def _in_utc(moment: datetime) -> datetime:
+    return moment.astimezone(UTC)
+
+
 class TrackingUpdate(BaseModel):
     """One tracking event a carrier plugin read from its webhook: which shipment, what happened
     and when. `order_id` and `shipment_id` come from the booking's reference, which the carrier
@@ -105,5 +110,7 @@ class TrackingUpdate(BaseModel):
     order_id: str = Field(min_length=1, max_length=64)
     shipment_id: str = Field(min_length=1, max_length=64)
     status: Literal["in_transit", "delivered"]
-    at: AwareDatetime
+    # Kept and shown in UTC, as every time the API answers (API.md): a carrier may write its
+    # depot's local time, which becomes the shipment's delivered_at (or shipped_at).
+    at: Annotated[AwareDatetime, AfterValidator(_in_utc)]
     description: Annotated[str, Field(max_length=500), VisibleText] = ""

@@ -157,14 +157,48 @@ def test_a_batch_with_an_item_worth_retrying_is_not_kept_under_its_key(api, sku,
     [
         ({"items": []}, "items"),
         ({"items": [item("ord_a", "shp_a", "ship")] * 101}, "items"),
-        ({"items": [item("ord_a", "shp_a", "cancel")]}, "items[0].action"),
-        ({"items": [item("ord_a", "shp_a", "ready", tracking_number="1Z999AA1")]}, "items[0]"),
-        ({"items": [item("ord_a", "shp_a", "ship", captured="10.00")]}, "items[0].captured"),
+        ({"items": item("ord_a", "shp_a", "ship")}, "items"),
+        ({"items": [item("ord_a", "shp_a", "ship")], "captured": "10.00"}, "captured"),
     ],
 )
-def test_a_malformed_batch_is_422_whole(api, body, field):
+def test_a_body_that_is_not_a_list_of_1_to_100_items_is_422_whole(api, body, field):
     error = assert_error(api.post(PATH, json=body), 422, "validation_error")
     assert any(detail["field"].startswith(field) for detail in error["details"]), error
+
+
+def test_a_malformed_item_is_refused_at_its_position_and_the_rest_of_the_wave_ships(api, sku):
+    """One row a WMS got wrong (an action the route does not take, a tracking number too short, one
+    with a delivery, a field it does not take) blocks none of the wave: it alone is answered
+    validation_error naming its position, and the same batch sent again under its key answers the
+    same."""
+    (first, one), (second, two) = allocated(api, sku), allocated(api, sku)
+    body = {"items": [
+        item(first, one, "ship", tracking_number="1Z999AA1"), item(second, two, "cancel"),
+        item(second, two, "ship", tracking_number="1Z"), item(second, two, "deliver", tracking_number="1Z999AA2"),
+        item(second, two, "ship", captured="10.00"), item(second, two, "ship"),
+    ]}  # fmt: skip
+    headers = {"Idempotency-Key": unique("wave")}
+
+    response = api.post(PATH, json=body, headers=headers)
+
+    assert response.status_code == 200, response.text
+    results = response.json()["items"]
+    assert [(r["order_id"], r["shipment_id"], r["action"], r["status"]) for r in results] == [
+        (first, one, "ship", "shipped"), (second, two, None, None), (second, two, "ship", None),
+        (second, two, "deliver", None), (second, two, "ship", None), (second, two, "ship", "shipped"),
+    ]  # fmt: skip
+    refused = results[1:5]
+    assert all(r["error"]["code"] == "validation_error" and r["retry"] is False for r in refused)
+    assert [[d["field"] for d in r["error"]["details"]] for r in refused] == [
+        ["items[1].action"],
+        ["items[2].tracking_number"],
+        ["items[3].tracking_number"],
+        ["items[4].captured"],
+    ]
+    assert api.get(f"/orders/{second}").json()["shipments"][0]["tracking_number"] != "1Z"
+    assert api.post(PATH, json=body, headers=headers).json() == response.json()
+    body["items"][1]["action"] = "ready"
+    assert_error(api.post(PATH, json=body, headers=headers), 409, "idempotency_key_reused")
 
 
 def test_the_route_is_in_the_api_description(api):

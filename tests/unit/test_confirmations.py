@@ -6,8 +6,15 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from core.confirmations import MAX_ITEMS, ConfirmationBatch, NotAttempted, confirm
-from core.errors import InvalidTransition, NotFound, PaymentGatewayUnavailable, PaymentRefused, PluginError
+from core.confirmations import MAX_ITEMS, ConfirmationBatch, MalformedItem, NotAttempted, confirm
+from core.errors import (
+    InvalidRequest,
+    InvalidTransition,
+    NotFound,
+    PaymentGatewayUnavailable,
+    PaymentRefused,
+    PluginError,
+)
 from core.holds import HoldRequest, Holds, ReleaseRequest
 from core.models import Order
 from core.status import OrderStatus, ShipmentStatus
@@ -18,9 +25,9 @@ STOCK = [("TSHIRT", "wh-west", 50), ("TSHIRT", "store-sf", 5), ("CAP", "wh-east"
 PICKUP = {"fulfillment": {"type": "pickup", "location_id": "store-sf"}}
 
 
-def batch(*items: tuple[str, str, str] | dict) -> ConfirmationBatch:
+def batch(*items: tuple[str, str, str] | object) -> ConfirmationBatch:
     bodies = [
-        item if isinstance(item, dict) else {"order_id": item[0], "shipment_id": item[1], "action": item[2]}
+        {"order_id": item[0], "shipment_id": item[1], "action": item[2]} if isinstance(item, tuple) else item
         for item in items
     ]
     return ConfirmationBatch.model_validate({"items": bodies})
@@ -262,15 +269,57 @@ def test_a_broken_plugin_fails_the_batch_as_it_fails_a_single_route(world, monke
     [
         {"items": []},
         {"items": [{"order_id": "ord_a", "shipment_id": "shp_a", "action": "ship"}] * (MAX_ITEMS + 1)},
-        {"items": [{"order_id": "ord_a", "shipment_id": "shp_a", "action": "return"}]},
-        {"items": [{"order_id": "ord_a", "shipment_id": "shp_a", "action": "deliver", "tracking_number": "1Z999"}]},
-        {"items": [{"order_id": "", "shipment_id": "shp_a", "action": "ship"}]},
-        {"items": [{"order_id": "ord_a", "shipment_id": "shp_a", "action": "ship", "status": "shipped"}]},
+        {"items": {"order_id": "ord_a", "shipment_id": "shp_a", "action": "ship"}},
+        {"items": [{"order_id": "ord_a", "shipment_id": "shp_a", "action": "ship"}], "wave": "0001"},
     ],
 )
-def test_a_batch_that_is_not_a_list_of_1_to_100_confirmations_is_refused_whole(body):
+def test_a_batch_that_is_not_a_list_of_1_to_100_items_is_refused_whole(body):
     with pytest.raises(ValidationError):
         ConfirmationBatch.model_validate(body)
+
+
+@pytest.mark.parametrize(
+    ("malformed", "field"),
+    [
+        ({"order_id": "ord_a", "shipment_id": "shp_a", "action": "return"}, "items[1].action"),
+        ({"order_id": "ord_a", "shipment_id": "shp_a", "action": "deliver", "tracking_number": "1Z999"},
+         "items[1].tracking_number"),
+        ({"order_id": "ord_a", "shipment_id": "shp_a", "action": "ship", "tracking_number": "1Z"},
+         "items[1].tracking_number"),
+        ({"order_id": "", "shipment_id": "shp_a", "action": "ship"}, "items[1].order_id"),
+        ({"shipment_id": "shp_a", "action": "ship"}, "items[1].order_id"),
+        ({"order_id": "ord_a", "shipment_id": "shp_a", "action": "ship", "status": "shipped"}, "items[1].status"),
+        ("ship ord_a shp_a", "items[1]"),
+    ],
+)  # fmt: skip
+def test_a_malformed_item_is_refused_at_its_position_and_blocks_none_of_the_others(world, malformed, field):
+    """A wave whose one row a WMS got wrong (a mistyped tracking number, an action this route does
+    not take) ships the rest: that row alone is answered validation_error, naming its position."""
+    first, last = world.allocated(("TSHIRT", 1)), world.allocated(("TSHIRT", 1))
+
+    results = run(world, (first.id, first.shipments[0].id, "ship"), malformed, (last.id, last.shipments[0].id, "ship"))
+
+    assert [r.shipment_status for r in results] == [ShipmentStatus.SHIPPED, None, ShipmentStatus.SHIPPED]
+    assert [type(r.failure) for r in results] == [type(None), InvalidRequest, type(None)]
+    refused = results[1]
+    assert refused.failure.code == "validation_error" and refused.retry is False
+    assert refused.failure.details and all(d["field"].startswith(field) for d in refused.failure.details)
+    assert any(d["field"] == field for d in refused.failure.details), refused.failure.details
+    assert world.order(first.id).status is world.order(last.id).status is OrderStatus.SHIPPED
+
+
+def test_a_malformed_item_is_answered_even_once_the_batch_ran_out_of_time(world):
+    """Sending it again would not help: it is validation_error, not not_attempted."""
+    order = world.allocated(("TSHIRT", 1))
+    late = iter([25.0, 25.0])
+
+    results = confirm(
+        world.actions, batch((order.id, order.shipments[0].id, "ship"), {"order_id": "ord_a", "action": "ship"}),
+        "key_wms", None, lambda: next(late), deadline_seconds=20.0,
+    )  # fmt: skip
+
+    assert isinstance(results[0].failure, NotAttempted) and results[0].retry is True
+    assert isinstance(results[1].failure, InvalidRequest) and results[1].retry is False
 
 
 def test_a_malformed_id_is_not_found_without_a_lookup(world, monkeypatch):
@@ -283,3 +332,13 @@ def test_a_malformed_id_is_not_found_without_a_lookup(world, monkeypatch):
 
     assert [type(r.failure) for r in results] == [NotFound, NotFound]
     assert looked_up == []
+
+
+def test_a_malformed_item_echoes_only_ids_and_an_action_it_could_name():
+    (refused,) = batch(
+        {"order_id": "ord_\ud800", "shipment_id": "shp_" + "a" * 61, "action": "ship", "wave": "0001"}
+    ).items
+
+    assert isinstance(refused, MalformedItem)
+    assert (refused.position, refused.order_id, refused.shipment_id, refused.action) == (0, None, None, "ship")
+    assert [d["field"] for d in refused.details] == ["items[0].order_id", "items[0].shipment_id", "items[0].wave"]

@@ -88,6 +88,21 @@ def test_a_delivery_is_recorded_when_the_carrier_says_it_happened_not_when_its_w
     assert world.history(order.id)[-1].at == heard  # the history says when the OMS heard it
 
 
+def test_a_carriers_time_in_its_own_zone_is_kept_and_shown_in_utc(tracking):
+    """API.md: times are RFC 3339 in UTC. A carrier that writes its local time (+05:30, a depot in
+    India) names the same moment; the order, the webhook's answer and the events show it in UTC."""
+    clock = [NOW]
+    world = build_world(STOCK, clock=lambda: clock[0])
+    order, west, _ = shipped_order(world)
+    clock[0] = datetime(2026, 11, 24, 12, 0, tzinfo=UTC)
+
+    report = post(tracking, world, event(order.id, west, at="2026-11-23T15:00:00+05:30"))
+
+    shown = world.order(order.id).model_dump(mode="json")
+    assert [s["delivered_at"] for s in shown["shipments"] if s["id"] == west] == ["2026-11-23T09:30:00Z"]
+    assert report.model_dump(mode="json")["updates"][0]["at"] == "2026-11-23T09:30:00Z"
+
+
 @pytest.mark.parametrize("scanned", ["2026-11-22T11:00:00Z", "2026-11-25T09:30:00Z"])
 def test_a_delivery_time_before_the_ship_or_yet_to_come_is_taken_as_when_the_webhook_came(tracking, scanned):
     clock = [NOW]

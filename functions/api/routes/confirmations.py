@@ -32,11 +32,12 @@ ITEM_MARGIN_SECONDS = 3.0
 class ConfirmationResult(Shown):
     """One item's outcome. Confirmed: the shipment's and the order's status and version after it
     (what a receipt shows a key without orders:read). Refused: `error` in the contract's error
-    shape, and whether sending the item again later may succeed (`retry`)."""
+    shape, and whether sending the item again later may succeed (`retry`). An item that is no
+    confirmation echoes what it names when that is an id's kind of text, or an action (else null)."""
 
-    order_id: str
-    shipment_id: str
-    action: ConfirmationAction
+    order_id: str | None
+    shipment_id: str | None
+    action: ConfirmationAction | None
     status: ShipmentStatus | None = None
     order_status: OrderStatus | None = None
     version: int | None = None
@@ -79,7 +80,11 @@ def _result(outcome: Confirmed) -> ConfirmationResult:
     "shipment's `status`, the order's `order_status` and `version`, or `error` `{code, message, details}` as the "
     "single route would have answered it (`not_found` for an unknown order or shipment or another channel's, "
     "`invalid_transition`, `payment_gateway_error`, `payment_gateway_unavailable`, ...). One refused item never "
-    "stops the others. `retry` true means sending the item again later may succeed (the gateway was unavailable, "
+    "stops the others, nor does one that is no confirmation (an unknown action, a malformed `tracking_number`, or "
+    "`tracking_number` with another action than `ship`, a field the item does not take): that item alone is "
+    "`validation_error`, its `details` naming its position (`items[3].action`). A body that is not a list of 1 to "
+    f"{MAX_ITEMS} items is 422 whole. `retry` true means sending the item again later may succeed (the gateway "
+    "was unavailable, "
     "concurrent changes won, or `not_attempted`: the batch ran out of time before it; items run one after "
     "another, none is started later than 3 s before the function's timeout, and a ship waits for its capture). "
     "Every action is idempotent: an item confirmed already, in this batch or an earlier one, changes nothing "
@@ -106,7 +111,7 @@ def confirm_shipments(batch: ConfirmationBatch, idempotency_key: IdempotencyKey 
         if refused:
             # Ids are the caller's text, unchecked until looked up: escaped so none can forge a line.
             logger.warning("shipment confirmations refused", extra={"refused_items": [
-                f"{escape_for_log(o.item.order_id)}/{escape_for_log(o.item.shipment_id)} {o.item.action}: "
+                f"{escape_for_log(o.item.order_id or '')}/{escape_for_log(o.item.shipment_id or '')} {o.item.action}: "
                 f"{o.failure.code}" for o in refused if o.failure is not None
             ]})  # fmt: skip
         if any(outcome.retry for outcome in outcomes):
@@ -120,7 +125,7 @@ def confirm_shipments(batch: ConfirmationBatch, idempotency_key: IdempotencyKey 
             from functions.api.idempotency import once
 
             body = once("POST /shipments/confirmations", who.key_id, idempotency_key,
-                        batch.model_dump(mode="json"), run, context)  # fmt: skip
+                        batch.as_sent(), run, context)  # fmt: skip
     except _Unfinished as unfinished:
         body = unfinished.answer
     return ConfirmationResults.model_validate(body)
