@@ -192,8 +192,6 @@ class OrderActions:
         gets those last two."""
         fresh = False
         if order.shipment(shipment_id).status not in done:
-            if order.stock_owed:
-                order = self._stock_step_finished(order)
             if order.capture_request(shipment_id) is None:
                 order = self._cancellation.renewed_if_lapsed(order, actor)
             order, fresh = self._capture_requested(order, shipment_id, actor, done)
@@ -251,18 +249,6 @@ class OrderActions:
             with contextlib.suppress(PaymentRefused, PaymentGatewayUnavailable):
                 handed = self._cancellation.void_replaced_authorizations(handed, actor, unless_refused=True)
         return self._units.after_shipping(handed, actor)
-
-    def _stock_step_finished(self, order: Order) -> Order:
-        """The order once the stock step a cancel of its units owes is done (Order.stock_owed: its
-        function died after its order write, before bringing the reservations down to what the
-        shipments still need), as the reconciler's pass does it (UnitCancellation.release_owed). A
-        parcel's units leave on_hand by its reservation's key, whole: shipped (or collected) first,
-        the units cancelled from it would leave too, and stay on the shelf counted nowhere.
-        StaleVersion (409, the ship may be sent again) when the order kept changing meanwhile."""
-        settled = self._units.release_owed(order)
-        if settled.stock_owed:
-            raise StaleVersion(f"order {order.id} kept changing while the units cancelled from it were released")
-        return settled
 
     def _capture_requested(self, order: Order, shipment_id: str, actor: str,
                            done: tuple[ShipmentStatus, ...]) -> tuple[Order, bool]:  # fmt: skip

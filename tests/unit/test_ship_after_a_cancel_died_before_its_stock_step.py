@@ -4,8 +4,9 @@ function dies in between, the parcel's reservation still holds the cancelled uni
 every unit reserved under its key out of on_hand (InventoryRepository.ship). Before, a warehouse
 that shipped the shrunk parcel then took the cancelled units out of on_hand with it: they stayed on
 the shelf and were never sold again, and the reconciler's pass (release_owed) no longer touched a
-reservation whose parcel had left. Now a ship (or a pickup's collect) first finishes the stock step
-the order owes, as the reconciler's pass would, so only the parcel's units leave."""
+reservation whose parcel had left. Now a ship (or a pickup's collect) first gives back what the
+parcel's reservation holds beyond the parcel (OrderActions._units_leave), so only the parcel's units
+leave, and the reconciler's pass then settles what the order owes without moving a unit."""
 
 from __future__ import annotations
 
@@ -41,8 +42,7 @@ def test_a_parcel_shipped_after_a_cancel_died_takes_only_its_own_units_out_of_on
 
     # Before: (7, 0, 7), the two cancelled units gone from on_hand with the one that shipped.
     assert world.level("TSHIRT", "wh-west") == (9, 0, 9)
-    assert not world.order(order.id).stock_owed
-    world.actions.release_owed_stock(world.order(order.id))
+    assert not world.actions.release_owed_stock(world.order(order.id)).stock_owed
     assert world.level("TSHIRT", "wh-west") == (9, 0, 9)
 
 
@@ -55,4 +55,5 @@ def test_a_pickup_collected_after_a_cancel_died_takes_only_its_own_units_out_of_
     world.actions.deliver_or_collect(order.id, parcel.id, actor="key_store")
 
     assert world.level("TSHIRT", "store-sf") == (9, 0, 9)
-    assert not world.order(order.id).stock_owed
+    assert not world.actions.release_owed_stock(world.order(order.id)).stock_owed
+    assert world.level("TSHIRT", "store-sf") == (9, 0, 9)
