@@ -12,13 +12,13 @@ from datetime import timedelta
 import pytest
 
 from core.backorders import BackorderAllocator
-from core.errors import Backordered
+from core.errors import Backordered, TransientError
 from core.ports import StalledOrder, StalledOrders, WorkflowStarter
 from core.reconciliation import STALLED, Reconciled, Reconciler
 from core.status import OrderStatus
 from functions.adapters.dynamodb import BACKORDER_FILLED_KEY, index_attributes, timestamp
 from tests.builders import NOW, product
-from tests.unit.world import Clock, World, build_world
+from tests.unit.world import Clock, World, before_the_next_write, build_world
 
 S = OrderStatus
 
@@ -173,3 +173,24 @@ def test_a_restart_alongside_the_fills_own_execution_reserves_nothing_twice_and_
     assert world.order(order_id) == allocated and allocated.status is S.ALLOCATED
     assert len(allocated.shipments) == 1 and world.held_for(order_id) == held
     assert world.level("PREORDER", "wh-west")[:2] == (2, 2) and world.level("TSHIRT", "wh-west")[:2] == (10, 1)
+
+
+def test_a_restart_whose_create_shipments_loses_its_write_to_the_other_execution_gives_up_nothing(
+    world, clock, monkeypatch
+):
+    """The restart's CreateShipments books its parcel, and the fill's execution allocates the order
+    before that write lands: the loser asks to run again (then finds it allocated), and the
+    booking it made under the same key is the recorded parcel's, not one to cancel."""
+    order_id = backordered(world, ("PREORDER", 2))
+    filled_by_an_arrival(world, clock)
+    held = world.held_for(order_id)
+
+    landed = before_the_next_write(world, monkeypatch, lambda: world.workflow.create_shipments(order_id))
+    with pytest.raises(TransientError):
+        world.workflow.create_shipments(order_id)
+    assert landed == [True]
+    world.workflow.create_shipments(order_id)  # its retry
+
+    order = world.order(order_id)
+    assert order.status is S.ALLOCATED and len(order.shipments) == 1 and world.held_for(order_id) == held
+    assert not order.owes_carrier_work() and order.bookings_to_cancel == []
