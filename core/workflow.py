@@ -847,10 +847,9 @@ class Workflow:
         `stalled` (the reconciler's: a status, and a time) parks the order only while it is still
         in that status (backordered: with every unit reserved) with no change since that time: one
         that moved on after it was judged stalled (the execution a pass restarted wrote) is left to
-        what moves it. `execution` (the
-        ParkOrder task's: its workflow execution's name) is named in the park's entry, and a park
-        that execution made already is this call's too (True): its task is run again when it died
-        after the write, before its caller counted it (OrdersParked)."""
+        what moves it. `execution` (the ParkOrder task's: its workflow execution's name) is named in
+        the park's entry, and a park that execution made already is this call's too (True): its
+        task is run again when it died after the write, before its caller counted it (OrdersParked)."""
         at = self._clock()
         parked = False
         tried: list[Order] = []  # the version this call wrote
