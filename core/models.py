@@ -3868,6 +3868,12 @@ class Order(Shown):
         held_from = self.hold.resume_to if self.status is OrderStatus.ON_HOLD and self.hold is not None else None
         return OrderStatus.BACKORDERED in (self.status, held_from)
 
+    def backorder_filled(self) -> bool:
+        """Backordered with every unit reserved: it waits for no stock, only for the execution its
+        last fill started to create its shipments (CreateShipments allocates it). Should that
+        execution die, no arrival starts it again: the reconciler does (core.reconciliation)."""
+        return self.status is OrderStatus.BACKORDERED and bool(self.allocations) and not self.short_of()
+
     def units_to_cancel(self, lines: dict[str, int] | None) -> dict[str, int]:
         """The units a cancel takes ({line_id: units}): `lines`, or for None every unit not yet
         shipped. Only an allocated (held or not), partly shipped or (with `lines`) backordered (held

@@ -355,6 +355,12 @@ class StalledOrders(ABC):
     def stalled(self, status: OrderStatus, created_before: datetime, limit: int) -> list[StalledOrder]:
         """Up to `limit` orders in `status` placed before `created_before`, read through an index."""
 
+    @abstractmethod
+    def filled_backorders(self, changed_before: datetime, limit: int) -> list[str]:
+        """Ids of up to `limit` backordered orders with every unit reserved (Order.backorder_filled)
+        unchanged since before `changed_before` (Order.last_changed), longest unchanged first, read
+        through an index that holds no backordered order still waiting for stock."""
+
 
 class LateOrders(ABC):
     """The jeopardy scan's questions, answered through an index (never a scan of the table)."""

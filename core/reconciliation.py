@@ -10,6 +10,12 @@ every step is idempotent (keyed by order and step) and a step finding its work d
 An order still stalled long after it was placed is not restarted forever: it is parked on hold,
 as the workflow parks an order whose failure outlived its retries.
 
+So is a backordered order whose every unit is reserved (Order.backorder_filled): the fill that
+completed it started its workflow, whose CreateShipments allocates it, and should that execution
+die (a park that failed too, a timeout, a start left in the outbox failure queue) no arrival would
+start it again, and no reorder point buys for it. Those are read through an index of their own (by
+last change), never among the backordered orders still waiting for stock.
+
 The index finds candidates by when they were placed; each is then judged by its last change
 (`Order.last_changed`: `updated_at`, unless that is the jeopardy scan's mark, which is no step of
 the order), so an order that moved recently (edited, released from a hold and started again) is
@@ -18,17 +24,19 @@ left to the execution that moved it, and one the scan marked late is not put off
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from core.deadline import TimeUp, never
 from core.errors import TransientError
+from core.models import Order
 from core.ports import OrderRepository, StalledOrders, WorkflowStarter
 from core.status import OrderStatus
 from core.workflow import Workflow
 
-# The statuses the workflow moves an order out of within one execution.
+# The statuses the workflow moves an order out of within one execution (and a backordered order
+# with every unit reserved, read apart: StalledOrders.filled_backorders).
 WORKFLOW_STATUSES = (OrderStatus.PENDING, OrderStatus.AUTHORIZED)
 STALLED = "WorkflowStalled"  # the error a parked order's hold note names
 # A pass stops restarting after this many starts Step Functions refused (TransientError): it is
@@ -72,7 +80,8 @@ class Reconciler:
     def run(self, done: Reconciled | None = None, *, time_up: TimeUp = never) -> Reconciled:
         """One pass: each stalled order is restarted once, or parked when it is too old for that.
         A start the service refused as a duplicate of its name (a pass running alongside, in the
-        same second) is that pass's restart, not counted here. At most `limit` orders per status;
+        same second) is that pass's restart, not counted here. At most `limit` orders per status
+        (and `limit` backordered ones with every unit reserved);
         the rest are the next pass's, oldest first, and so is
         an order whose start Step Functions refused or whose park kept losing races (TransientError):
         one such order does not stop the pass, nor the reconciler's other work; after
@@ -84,16 +93,17 @@ class Reconciler:
         rerun = "restart-" + now.strftime("%Y%m%dT%H%M%S")  # one name per pass, well within 80 characters
         done = done if done is not None else Reconciled()
         refused = 0
-        for status in WORKFLOW_STATUSES:
-            for candidate in self._stalled.stalled(status, now - self._restart_after, self._limit):
+        for status, candidates in self._candidates(now - self._restart_after):
+            for order_id in candidates:
                 if time_up():
                     return done
-                order = self._orders.get(candidate.order_id)
-                if order is None or order.status is not status or order.last_changed > now - self._restart_after:
+                order = self._orders.get(order_id)
+                if order is None or not stalled_in(order, status) or order.last_changed > now - self._restart_after:
                     continue  # moved on since the index was read, or recently enough to be running
                 if order.last_changed <= now - self._park_after:
                     minutes = int(self._park_after.total_seconds() // 60)
-                    cause = f"still {status} {minutes} minutes after its last change, though its workflow was restarted"
+                    still = "backordered with every unit reserved" if status is OrderStatus.BACKORDERED else status
+                    cause = f"still {still} {minutes} minutes after its last change, though its workflow was restarted"
                     judged = (status, now - self._park_after)
                     try:
                         if self._workflow.park_after_failure(order.id, STALLED, cause, stalled=judged):
@@ -109,3 +119,16 @@ class Reconciler:
                     if started:  # False: a pass running alongside started it under this name
                         done.restarted.append(order.id)
         return done
+
+    def _candidates(self, changed_before: datetime) -> Iterator[tuple[OrderStatus, list[str]]]:
+        """The ids each query finds, by status: each query made only once the orders before it are
+        judged (a pass out of time reads no further)."""
+        for status in WORKFLOW_STATUSES:
+            yield status, [each.order_id for each in self._stalled.stalled(status, changed_before, self._limit)]
+        yield OrderStatus.BACKORDERED, self._stalled.filled_backorders(changed_before, self._limit)
+
+
+def stalled_in(order: Order, status: OrderStatus) -> bool:
+    """Whether `order` is still as the reconciler found it: in `status`, and, backordered, with every
+    unit reserved (one waiting for stock is no workflow's to move on)."""
+    return order.status is status and (status is not OrderStatus.BACKORDERED or order.backorder_filled())

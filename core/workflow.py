@@ -845,11 +845,11 @@ class Workflow:
         backordered order is parked too: one whose every unit is reserved but whose shipments
         could not be created would otherwise wait, unseen, for an arrival that may never come.
         `stalled` (the reconciler's: a status, and a time) parks the order only while it is still
-        in that status with no change since that time: one that moved on after it was judged
-        stalled (the execution a pass restarted wrote) is left to what moves it. `execution` (the
-        ParkOrder task's: its workflow execution's name) is named in the park's entry, and a park
-        that execution made already is this call's too (True): its task is run again when it died
-        after the write, before its caller counted it (OrdersParked)."""
+        in that status (backordered: with every unit reserved) with no change since that time: one
+        that moved on after it was judged stalled (the execution a pass restarted wrote) is left to
+        what moves it. `execution` (the ParkOrder task's: its workflow execution's name) is named in
+        the park's entry, and a park that execution made already is this call's too (True): its
+        task is run again when it died after the write, before its caller counted it (OrdersParked)."""
         at = self._clock()
         parked = False
         tried: list[Order] = []  # the version this call wrote
@@ -863,7 +863,13 @@ class Workflow:
                 # it would be silent.
                 return None
             parked = order.status in (S.PENDING, S.AUTHORIZED, S.BACKORDERED) and (
-                stalled is None or (order.status is stalled[0] and order.last_changed <= stalled[1])
+                stalled is None
+                or (
+                    order.status is stalled[0]
+                    and order.last_changed <= stalled[1]
+                    # Judged with every unit reserved: one short again waits for stock, no execution.
+                    and (order.status is not S.BACKORDERED or order.backorder_filled())
+                )
             )
             if not parked:
                 return None

@@ -322,6 +322,14 @@ KEPT_BACK_KEY = "kept_back"
 # order nothing cancelled or booked again: the typical order writes no entry. An order with a
 # refund pending too stays in the refunds' partition until its refund is done, then moves here.
 CARRIER_WORK_KEY = "carrier"
+# And BACKORDER_FILLED_KEY: a backordered order with every unit reserved (Order.backorder_filled),
+# by when it last changed, waiting only for the execution its last fill started to allocate it;
+# should that execution die, the reconciler restarts it, then parks it (core.reconciliation). The
+# fill that completes it adds the entry and its allocation removes it (two index writes per
+# backordered order, none for the typical order, never backordered): the reconciler reads only
+# these, never the backordered orders still waiting for stock. One that owes any of the work above
+# is under its partition until that is done, then here.
+BACKORDER_FILLED_KEY = "backorder_filled"
 # The sparse `by_pickup_deadline` index holds the orders a scheduled expiry may cancel, each
 # partition by the moment its expiry counts from, so each expiry's query reads exactly the orders
 # it may expire and none twice: PICKUP_PK, an order with a pickup waiting at its store, by its
@@ -388,6 +396,9 @@ def index_attributes(order: Order, *, authorizations_set_aside: bool = False) ->
     elif order.owes_carrier_work():
         attributes["refund_key"] = {"S": CARRIER_WORK_KEY}
         attributes["refund_since"] = {"S": timestamp(order.updated_at)}
+    elif order.backorder_filled():
+        attributes["refund_key"] = {"S": BACKORDER_FILLED_KEY}
+        attributes["refund_since"] = {"S": timestamp(order.last_changed)}
     collect_by = order.pickup_deadline()
     held_since = order.hold_expiry_counts_from
     if collect_by is not None:
@@ -1038,8 +1049,9 @@ class DynamoDuePickups(DuePickups):
 
 
 class DynamoStalledOrders(StalledOrders):
-    """The reconciler's query: the sparse by_status_key index (id, status_key, created_at and the
-    jeopardy attributes), one status, oldest first, placed before a moment. A Query on one
+    """The reconciler's queries: the sparse by_status_key index (id, status_key, created_at and the
+    jeopardy attributes), one status, oldest first, placed before a moment; and the sparse
+    by_pending_refund index's BACKORDER_FILLED_KEY partition, by last change. A Query on one
     partition, never a Scan; one page is enough, since the reconciler takes the rest on its next
     pass."""
 
@@ -1066,6 +1078,10 @@ class DynamoStalledOrders(StalledOrders):
             )
             for item in response.get("Items", [])
         ]
+
+    def filled_backorders(self, changed_before: datetime, limit: int) -> list[str]:
+        query = _partition_query(self._table, BACKORDER_FILLED_KEY, changed_before, limit)
+        return [item["id"]["S"] for item in self._client.query(**query).get("Items", [])]
 
 
 class DynamoBackorderedOrders(BackorderedOrders):

@@ -1,7 +1,8 @@
-"""Scheduled reconciler: starts again the workflow of orders stuck pending or authorized, and parks
-those stuck too long for that (core/reconciliation.py); cancels pickups nobody collected in time
-(core/pickups.py; not while a plugin failed to load); starts the returns workflow of received
-returns that have none (core/return_reconciliation.py); books again the parcels a cancel of units
+"""Scheduled reconciler: starts again the workflow of orders stuck pending or authorized, or
+backordered with every unit reserved, and parks those stuck too long for that
+(core/reconciliation.py); cancels pickups nobody collected in time (core/pickups.py; not while a
+plugin failed to load); starts the returns workflow of received returns that have none
+(core/return_reconciliation.py); books again the parcels a cancel of units
 left due a label, and cancels with their carrier the bookings no parcel will use
 (core/carrier_bookings.py); finishes refunds a request left pending at the gateway
 (core/refund_service.py's PendingRefundSweep), and refunds what returns kept back once nothing

@@ -20,7 +20,7 @@ from core.ids import reservation_key
 from core.models import Allocation
 from core.ports import TopUp, WaitingOrder
 from core.status import OrderStatus
-from functions.adapters.dynamodb import DynamoBackorders, DynamoInventory
+from functions.adapters.dynamodb import DynamoBackorders, DynamoInventory, DynamoStalledOrders
 from functions.bootstrap import Config, Container, bootstrap
 from infra.local.event_sources import compile_filters, matches_filters
 from infra.local.template import Template
@@ -184,9 +184,14 @@ def test_an_arrival_fills_the_oldest_orders_and_starts_the_workflow_of_those_com
     assert shop.executions() == [first]
     # Queued until allocated: should the execution fail, the next arrival starts it again.
     assert [e.order_id for e in shop.backorders.waiting("PREORDER", None, 10)] == [first, second]
+    # And found by the reconciler, should that execution die (the fill's write adds its index
+    # entry; the order still waiting for stock has none).
+    stalled = DynamoStalledOrders(shop.container.dynamodb, shop.container.config.orders_table)
+    assert stalled.filled_backorders(NOW + timedelta(days=1), 10) == [first]
     shop.container.workflow.create_shipments(first)  # what the started execution runs
     assert shop.order(first).status is S.ALLOCATED
     assert [e.order_id for e in shop.backorders.waiting("PREORDER", None, 10)] == [second]
+    assert stalled.filled_backorders(NOW + timedelta(days=1), 10) == []  # its allocation removed the entry
     assert shop.order(second).status is S.BACKORDERED
 
 

@@ -180,6 +180,51 @@ def test_an_order_stuck_past_the_park_threshold_is_parked_on_hold_not_restarted(
     assert reconcile() == did()
 
 
+def store_backordered(aws, order_id: str, minutes_ago: float, *, reserved: int) -> Order:
+    """A backordered order of two PREORDER units holding `reserved` of them, last changed `minutes_ago`."""
+    from core.models import Allocation
+    from functions.adapters.dynamodb import DynamoOrders
+
+    placed = utc_now() - timedelta(minutes=minutes_ago)
+    held = [Allocation(line_id="L1", location_id="wh-east", quantity=reserved)]
+    order = a_stored_order(("PREORDER", 2), id=order_id, status=OrderStatus.BACKORDERED, allocations=held,
+                           created_at=placed - timedelta(days=3), updated_at=placed)  # fmt: skip
+    created = HistoryEntry(at=order.created_at, type="created", to_status=OrderStatus.PENDING, actor="key_admin")
+    DynamoOrders(aws.dynamodb, aws.tables["OrdersTable"]).add(order, created, payment_token="tok_approve")
+    return order
+
+
+def test_a_backordered_order_every_unit_of_which_is_reserved_is_restarted_then_parked_through_its_index(stack):
+    """Its fill started its execution, which died: no arrival starts it again. Found by its last
+    change in by_pending_refund's own partition, where a backordered order still waiting for stock
+    (however old) has no entry, so no pass reads the backlog waiting for stock."""
+    from functions.adapters.dynamodb import DynamoOrders, timestamp
+
+    aws = stack["aws"]
+    stalled, old, waiting = order_id("s"), order_id("t"), order_id("u")
+    filled = store_backordered(aws, stalled, minutes_ago=20, reserved=2)
+    store_backordered(aws, old, minutes_ago=90, reserved=2)
+    store_backordered(aws, waiting, minutes_ago=90, reserved=1)
+    store_backordered(aws, order_id("v"), minutes_ago=2, reserved=2)  # its execution may still be running
+    assert refund_index(aws, stalled) == {
+        "refund_key": "backorder_filled",
+        "refund_since": timestamp(filled.updated_at),
+    }
+    assert refund_index(aws, waiting) == {}
+
+    assert reconcile() == did(restarted=[stalled], parked=[old])
+
+    assert started(stack) == {stalled: 1}
+    [execution] = stack["sfn"].list_executions(stateMachineArn=stack["arn"])["executions"]
+    assert execution["name"].startswith(f"{stalled}-restart-")
+    orders = DynamoOrders(aws.dynamodb, aws.tables["OrdersTable"])
+    parked = orders.get(old)
+    assert parked.status is OrderStatus.ON_HOLD and parked.hold.resume_to is OrderStatus.BACKORDERED
+    assert parked.hold.note.startswith("order workflow failed after retries: WorkflowStalled: still backordered with")
+    assert refund_index(aws, old) == {}  # on hold: out of the partition
+    assert orders.get(waiting).status is OrderStatus.BACKORDERED
+
+
 def test_the_reconciler_queries_the_status_index_and_never_scans(stack, monkeypatch):
     from functions.reconciler import app
 
@@ -197,20 +242,22 @@ def test_the_reconciler_queries_the_status_index_and_never_scans(stack, monkeypa
 
     reconcile()
 
-    # Pending, then authorized; then the pickups past their deadline; then the received returns,
+    # Pending, then authorized, then the backordered orders with every unit reserved (by_pending_refund's
+    # partition of theirs); then the pickups past their deadline; then the received returns,
     # and those set aside waiting for a plugin of each method one takes (the test stack's `acme_pay`
     # and `test`); then the orders owing a carrier work, the refunds left pending, what returns
     # kept back, the authorizations edits left and the settlement captures cancels left (the
     # by_pending_refund index's five partitions); then the imports' listing, for imports left short.
-    assert [operation for operation, _ in calls] == ["query"] * 12
+    assert [operation for operation, _ in calls] == ["query"] * 13
     *calls, (_, imports) = calls
     assert "IndexName" not in imports and imports["ExpressionAttributeValues"][":pk"] == {"S": "IMPORTS"}
     assert [kwargs["IndexName"] for _, kwargs in calls] == [
-        "by_status_key", "by_status_key", "by_pickup_deadline", *["by_receipt"] * 3, *["by_pending_refund"] * 5
+        "by_status_key", "by_status_key", "by_pending_refund", "by_pickup_deadline", *["by_receipt"] * 3,
+        *["by_pending_refund"] * 5,
     ]  # fmt: skip
-    keys = [kwargs["ExpressionAttributeValues"][":key"]["S"] for _, kwargs in calls[3:]]
+    keys = [kwargs["ExpressionAttributeValues"][":key"]["S"] for _, kwargs in calls[2:3] + calls[4:]]
     assert keys == [
-        "received", "waits_for_plugin#acme_pay", "waits_for_plugin#test",
+        "backorder_filled", "received", "waits_for_plugin#acme_pay", "waits_for_plugin#test",
         "carrier", "pending", "kept_back", "void", "settlement",
     ]  # fmt: skip
 

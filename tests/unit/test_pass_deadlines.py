@@ -31,7 +31,7 @@ class Backlog:
         return [StalledOrder(order_id=f"{status}-{i}", status=status, created_at=created_before) for i in BACKLOG]
 
     def __getattr__(self, name: str) -> Callable[..., Iterator[str]]:
-        # created_before, due, owing_since_before, pending_since_before, owed_since_before,
+        # created_before, due, owing_since_before, pending_since_before, owed_since_before, filled_backorders,
         # left_since_before, requested_since_before
         return lambda *args, **kwargs: iter(BACKLOG)
 
@@ -89,7 +89,8 @@ def test_a_pass_reads_nothing_more_once_its_time_is_up(name):
     answers = iter([False, True])  # time for one, then none: the deadline stays up once it is
     passes(cut)[name](lambda: next(answers, True))
 
-    assert len(everything.ids) == len(BACKLOG) * (2 if name == "stalled orders" else 1)  # pending, authorized
+    # Stalled orders: pending, authorized, then backordered with every unit reserved.
+    assert len(everything.ids) == len(BACKLOG) * (3 if name == "stalled orders" else 1)
     assert cut.ids == everything.ids[:1]
 
 
