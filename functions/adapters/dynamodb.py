@@ -676,7 +676,9 @@ class DynamoOrders(OrderRepository):
             "IndexName": index,
             "KeyConditionExpression": "#k = :k",
             "ScanIndexForward": False,
-            "Limit": limit,
+            # One ahead: DynamoDB names a LastEvaluatedKey whenever a Query stops at its Limit, so a
+            # page of the last `limit` orders named a next page that was empty.
+            "Limit": limit + 1,
         }
         # The indexes carry keys and the immutable channel, never the status (a status change
         # would rewrite their entries): a status filter is applied to the orders read back, after
@@ -715,6 +717,9 @@ class DynamoOrders(OrderRepository):
         else:
             response = self._client.query(**query)
             entries, last = response.get("Items", []), response.get("LastEvaluatedKey")
+            if len(entries) > limit:
+                entries = entries[:limit]
+                last = {name: entries[-1][name] for name in key_names}
         ids = [item["id"]["S"] for item in entries]
         keys = [{"id": {"S": i}} for i in ids]
         # Read consistently: an index entry is written after the order it lists, so an eventually
