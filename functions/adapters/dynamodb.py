@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import random
 import time
@@ -18,6 +17,7 @@ from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
 from core.access import ApiKey
+from core.cursors import cursor_document
 from core.errors import (
     Conflict,
     DuplicateOrder,
@@ -208,7 +208,7 @@ def decode_cursor(
     """The ExclusiveStartKey in `cursor`, or InvalidCursor if it was not issued for `scope` or is
     not a key of the partition the list reads (`partition`: its key attribute and value)."""
     try:
-        decoded = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        decoded = cursor_document(cursor)
         key = decoded["k"]
         valid = (
             decoded["i"] == scope
@@ -223,7 +223,7 @@ def decode_cursor(
             )
             and all(key[name]["S"] == value for name, value in (partition or {}).items())
         )
-    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError):
+    except (ValueError, KeyError, TypeError):
         valid = False
     if not valid:
         raise InvalidCursor()
