@@ -190,6 +190,20 @@ def batch_get(
     return found
 
 
+def query_page(
+    client: Any, query: dict[str, Any], limit: int, key_names: set[str]
+) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """Up to `limit` entries `query` finds, and the key the next page starts after (None: none
+    follows). One entry more is read: DynamoDB names a LastEvaluatedKey whenever a Query stops at
+    its Limit, so a page of the last `limit` entries named a next page that was empty; the next
+    page starts after the last entry shown (`key_names`: the attributes of an entry's key)."""
+    response = client.query(**query, Limit=limit + 1)
+    entries = response.get("Items", [])
+    if len(entries) > limit:
+        return entries[:limit], {name: entries[limit - 1][name] for name in key_names}
+    return entries, response.get("LastEvaluatedKey")  # a page a FilterExpression or 1 MB cut short
+
+
 def encode_cursor(scope: str, last_key: dict[str, Any]) -> str:
     """An opaque cursor: LastEvaluatedKey bound to what it pages through (an index, a list)."""
     raw = json.dumps({"i": scope, "k": last_key}, separators=(",", ":"), sort_keys=True)
@@ -676,9 +690,6 @@ class DynamoOrders(OrderRepository):
             "IndexName": index,
             "KeyConditionExpression": "#k = :k",
             "ScanIndexForward": False,
-            # One ahead: DynamoDB names a LastEvaluatedKey whenever a Query stops at its Limit, so a
-            # page of the last `limit` orders named a next page that was empty.
-            "Limit": limit + 1,
         }
         # The indexes carry keys and the immutable channel, never the status (a status change
         # would rewrite their entries): a status filter is applied to the orders read back, after
@@ -715,11 +726,7 @@ class DynamoOrders(OrderRepository):
         if "channel" in filters:
             entries, last = self._one_channels_entries(query, limit, filters, key_names, sort_key)
         else:
-            response = self._client.query(**query)
-            entries, last = response.get("Items", []), response.get("LastEvaluatedKey")
-            if len(entries) > limit:
-                entries = entries[:limit]
-                last = {name: entries[-1][name] for name in key_names}
+            entries, last = query_page(self._client, query, limit, key_names)
         ids = [item["id"]["S"] for item in entries]
         keys = [{"id": {"S": i}} for i in ids]
         # Read consistently: an index entry is written after the order it lists, so an eventually
@@ -750,7 +757,6 @@ class DynamoOrders(OrderRepository):
         key and the sort key below which the rest lie: no order's id. Filtered here, not by a
         FilterExpression, to see where that boundary is; Limit starts at one page and grows, so a
         list mostly of its channel reads what it did before and one of others few queries."""
-        query.pop("Limit")
         found: list[dict[str, Any]] = []
         read, size = 0, limit + 1
         while True:
@@ -915,15 +921,15 @@ class DynamoReturns(ReturnRepository):
             "ExpressionAttributeNames": {"#k": key_attribute},
             "ExpressionAttributeValues": {":k": {"S": key_value}},
             "ScanIndexForward": False,
-            "Limit": limit,
         }
         scope = f"returns:{index}={key_value}" + (f"&status={post_filter}" if post_filter else "")
+        key_names = {"id", "created_at", key_attribute}
         if cursor is not None:
-            query["ExclusiveStartKey"] = decode_cursor(cursor, scope, {"id", "created_at", key_attribute})
+            query["ExclusiveStartKey"] = decode_cursor(cursor, scope, key_names)
             if query["ExclusiveStartKey"][key_attribute]["S"] != key_value:
                 raise InvalidCursor()
-        response = self._client.query(**query)
-        ids = [item["id"]["S"] for item in response.get("Items", [])]
+        entries, last = query_page(self._client, query, limit, key_names)
+        ids = [item["id"]["S"] for item in entries]
         keys = [{"id": {"S": i}} for i in ids]
         # Read consistently, as the orders' list reads: never a return the page names missed, or
         # read from before the change that indexed it.
@@ -936,7 +942,6 @@ class DynamoReturns(ReturnRepository):
             # On by_status too: that index is eventually consistent, so for a moment it still
             # lists a return that has moved on to another status.
             items = [item for item in items if item.status.value == status]
-        last = response.get("LastEvaluatedKey")
         return items, encode_cursor(scope, last) if last else None
 
 

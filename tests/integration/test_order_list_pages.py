@@ -1,5 +1,5 @@
-"""GET /orders' pages on the Orders table's indexes, under moto answering as DynamoDB does: where
-each page ends, and that the last one names no next."""
+"""GET /orders' (and GET /returns') pages on their tables' indexes, under moto answering as DynamoDB
+does: where each page ends, and that the last one names no next."""
 
 from __future__ import annotations
 
@@ -7,10 +7,11 @@ from typing import Any
 
 import pytest
 
-from core.ports import OrderFilter
-from core.status import OrderStatus
-from functions.adapters.dynamodb import order_update
+from core.ports import OrderFilter, ReturnFilter
+from core.status import OrderStatus, ReturnStatus
+from functions.adapters.dynamodb import DynamoReturns, order_update
 from tests.builders import place_order
+from tests.integration.test_dynamodb_adapters import requested_returns
 
 # The key attributes of each index's entries: the table's `id`, then the index's own.
 INDEX_KEYS = {
@@ -19,6 +20,7 @@ INDEX_KEYS = {
     "by_status_key": ("id", "status_key", "created_at"),
     "by_created": ("id", "list_pk", "created_at"),
     "by_sla": ("id", "sla_key", "sla_at"),
+    "by_status": ("id", "status", "created_at"),  # the Returns table's
 }
 
 
@@ -78,3 +80,27 @@ def test_a_last_page_of_exactly_limit_shipped_orders_names_no_next_page(aws, cap
         aws.dynamodb.update_item(**order_update(aws.tables["OrdersTable"], shipped, order, []))
 
     assert every_page(orders, OrderFilter(status=OrderStatus.SHIPPED), 2) == [[placed[1].id, placed[0].id]]
+
+
+@pytest.mark.parametrize(
+    "where", [ReturnFilter(), ReturnFilter(status=ReturnStatus.REQUESTED), ReturnFilter(channel="shop")],
+    ids=["all", "status", "channel"],
+)  # fmt: skip
+def test_a_last_page_of_exactly_limit_returns_names_no_next_page(aws, as_dynamodb, where):
+    returns = DynamoReturns(aws.dynamodb, aws.tables["ReturnsTable"])
+    made = requested_returns(4)
+    for item in made:
+        returns.add(item)
+    newest_first = [item.id for item in sorted(made, key=lambda item: item.created_at, reverse=True)]
+
+    def every_page(limit: int) -> list[list[str]]:
+        pages, cursor = [], None
+        while True:
+            page, cursor = returns.list(where, limit, cursor)
+            pages.append([item.id for item in page])
+            if cursor is None:
+                return pages
+            assert len(pages) < 10, "next_cursor never became null"
+
+    assert every_page(4) == [newest_first]
+    assert every_page(2) == [newest_first[:2], newest_first[2:]]
