@@ -1657,17 +1657,17 @@ class DynamoSourcingRules(SourcingRulesRepository):
         self._client = client
         self._table = table
 
-    def _query(self, limit: int, start: dict[str, Any] | None = None, consistent: bool = False) -> dict[str, Any]:
-        return self._client.query(
-            TableName=self._table, KeyConditionExpression="pk = :pk",
-            ExpressionAttributeValues={":pk": {"S": SOURCING_RULES_PK}}, ScanIndexForward=False, Limit=limit,
+    def _query(self, start: dict[str, Any] | None = None, consistent: bool = False) -> dict[str, Any]:
+        return {
+            "TableName": self._table, "KeyConditionExpression": "pk = :pk",
+            "ExpressionAttributeValues": {":pk": {"S": SOURCING_RULES_PK}}, "ScanIndexForward": False,
             **({"ExclusiveStartKey": start} if start else {}), **({"ConsistentRead": True} if consistent else {}),
-        )  # fmt: skip
+        }  # fmt: skip
 
     def current(self) -> SourcingRules:
         # Consistent: a change is in force from its answer on (an allocation right after it uses
         # it, and a PUT with If-Match of the version just answered is not refused as stale).
-        items = self._query(1, consistent=True).get("Items", [])
+        items = self._client.query(**self._query(consistent=True), Limit=1).get("Items", [])
         return SourcingRules.model_validate_json(items[0]["doc"]["S"]) if items else SourcingRules()
 
     def add(self, rules: SourcingRules) -> None:
@@ -1701,9 +1701,8 @@ class DynamoSourcingRules(SourcingRulesRepository):
             if cursor is not None
             else None
         )
-        response = self._query(limit, start)
-        last = response.get("LastEvaluatedKey")
-        items = [SourcingRules.model_validate_json(item["doc"]["S"]) for item in response.get("Items", [])]
+        found, last = query_page(self._client, self._query(start), limit, {"pk", "sk"})
+        items = [SourcingRules.model_validate_json(item["doc"]["S"]) for item in found]
         return items, encode_cursor("sourcing_rules", last) if last else None
 
 
@@ -1759,15 +1758,11 @@ class DynamoApiKeys(ApiKeyRepository):
             "TableName": self._table,
             "KeyConditionExpression": "pk = :pk",
             "ExpressionAttributeValues": {":pk": {"S": "APIKEYS"}},
-            "Limit": limit,
         }
         if cursor is not None:
             query["ExclusiveStartKey"] = decode_cursor(cursor, "api_keys", {"pk", "sk"}, {"pk": "APIKEYS"})
-        response = self._client.query(**query)
-        last = response.get("LastEvaluatedKey")
-        return [self._key(item) for item in response.get("Items", [])], encode_cursor(
-            "api_keys", last
-        ) if last else None
+        items, last = query_page(self._client, query, limit, {"pk", "sk"})
+        return [self._key(item) for item in items], encode_cursor("api_keys", last) if last else None
 
     def revoke(self, key_id: str, at: datetime) -> ApiKey | None:
         record = self._record(key_id)

@@ -1,8 +1,10 @@
-"""GET /orders' (and GET /returns') pages on their tables' indexes, under moto answering as DynamoDB
-does: where each page ends, and that the last one names no next."""
+"""The API's lists (GET /orders, its notifications, /returns, /imports, /api-keys, the sourcing rules'
+history) on their tables and indexes, under moto answering as DynamoDB does: where each page ends,
+and that the last one names no next."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -34,7 +36,8 @@ def as_dynamodb(aws, monkeypatch):
         answer = real(**request)
         if "LastEvaluatedKey" not in answer and request.get("Limit") == answer["ScannedCount"] > 0:
             last = answer["Items"][-1]
-            answer["LastEvaluatedKey"] = {name: last[name] for name in INDEX_KEYS[request["IndexName"]]}
+            keys = INDEX_KEYS[request["IndexName"]] if "IndexName" in request else ("pk", "sk")
+            answer["LastEvaluatedKey"] = {name: last[name] for name in keys}
         return answer
 
     monkeypatch.setattr(aws.dynamodb, "query", query)
@@ -104,3 +107,54 @@ def test_a_last_page_of_exactly_limit_returns_names_no_next_page(aws, as_dynamod
 
     assert every_page(4) == [newest_first]
     assert every_page(2) == [newest_first[:2], newest_first[2:]]
+
+
+def pages_of(read: Any, limit: int) -> list[list[str]]:
+    """Every page `read(limit, cursor)` answers, as the ids (or versions) of its items."""
+    pages, cursor = [], None
+    while True:
+        page, cursor = read(limit, cursor)
+        pages.append([str(getattr(item, "id", None) or item.version) for item in page])
+        if cursor is None:
+            return pages
+        assert len(pages) < 10, "next_cursor never became null"
+
+
+def other_lists(aws) -> dict[str, tuple[Any, int, list[str]]]:
+    """Each list: how it reads a page, a `limit`, and what it holds (exactly `limit` items)."""
+    from core.access import ApiKey, Scope
+    from core.sourcing_rules import SourcingRules
+    from functions.adapters.dynamodb import DynamoApiKeys, DynamoSourcingRules
+    from functions.adapters.imports import DynamoImportLedger
+    from functions.adapters.notifications import DynamoNotifications
+    from tests.builders import NOW
+    from tests.integration.test_notifications import allocated_then_shipped, notifications
+
+    catalog = aws.tables["CatalogTable"]
+    keys = DynamoApiKeys(aws.dynamodb, catalog)
+    rules = DynamoSourcingRules(aws.dynamodb, catalog)
+    imports = DynamoImportLedger(aws.dynamodb, catalog, aws.tables["IdempotencyTable"])
+    for n in (1, 2):
+        keys.add(ApiKey(id=f"key_{n}", name="k", scopes=[Scope.ORDERS_READ], created_at=NOW), f"hash_{n}")
+        rules.add(SourcingRules(version=n))
+        imports.begin(f"imp_{n}", f"s3://bucket/incoming/{n}.csv", NOW + timedelta(seconds=n))
+    store = DynamoNotifications(aws.dynamodb, catalog)
+    allocated, shipped = allocated_then_shipped("ord_" + "n" * 24)
+    (notification,) = notifications(allocated.model_dump(mode="json"), shipped.model_dump(mode="json"))
+    store.add(notification)
+    return {
+        "api keys": (keys.list, 2, ["key_1", "key_2"]),
+        "sourcing rules": (lambda limit, cursor: rules.history(limit, cursor), 2, ["2", "1"]),
+        "imports": (imports.list, 2, ["imp_2", "imp_1"]),
+        "notifications": (lambda limit, cursor: store.list(allocated.id, limit, cursor), 1, [notification.id]),
+    }
+
+
+@pytest.mark.parametrize("name", ["api keys", "sourcing rules", "imports", "notifications"])
+def test_the_last_page_of_another_list_of_exactly_limit_items_names_no_next_page(aws, as_dynamodb, name):
+    # Each was one Query cut at `limit` with DynamoDB's LastEvaluatedKey as its cursor.
+    read, limit, held = other_lists(aws)[name]
+
+    assert pages_of(read, limit) == [held]
+    if limit > 1:
+        assert pages_of(read, 1) == [[item] for item in held]
