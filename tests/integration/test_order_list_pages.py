@@ -43,14 +43,19 @@ def as_dynamodb(aws, monkeypatch):
     monkeypatch.setattr(aws.dynamodb, "query", query)
 
 
-def every_page(orders, where: OrderFilter, limit: int) -> list[list[str]]:
+def pages_of(read: Any, limit: int) -> list[list[str]]:
+    """Every page `read(limit, cursor)` answers, as the ids (or versions) of its items."""
     pages, cursor = [], None
     while True:
-        page, cursor = orders.list(where, limit, cursor)
-        pages.append([order.id for order in page])
+        page, cursor = read(limit, cursor)
+        pages.append([str(getattr(item, "id", None) or item.version) for item in page])
         if cursor is None:
             return pages
         assert len(pages) < 10, "next_cursor never became null"
+
+
+def every_page(orders, where: OrderFilter, limit: int) -> list[list[str]]:
+    return pages_of(lambda limit, cursor: orders.list(where, limit, cursor), limit)
 
 
 @pytest.mark.parametrize(
@@ -97,27 +102,10 @@ def test_a_last_page_of_exactly_limit_returns_names_no_next_page(aws, as_dynamod
     newest_first = [item.id for item in sorted(made, key=lambda item: item.created_at, reverse=True)]
 
     def every_page(limit: int) -> list[list[str]]:
-        pages, cursor = [], None
-        while True:
-            page, cursor = returns.list(where, limit, cursor)
-            pages.append([item.id for item in page])
-            if cursor is None:
-                return pages
-            assert len(pages) < 10, "next_cursor never became null"
+        return pages_of(lambda limit, cursor: returns.list(where, limit, cursor), limit)
 
     assert every_page(4) == [newest_first]
     assert every_page(2) == [newest_first[:2], newest_first[2:]]
-
-
-def pages_of(read: Any, limit: int) -> list[list[str]]:
-    """Every page `read(limit, cursor)` answers, as the ids (or versions) of its items."""
-    pages, cursor = [], None
-    while True:
-        page, cursor = read(limit, cursor)
-        pages.append([str(getattr(item, "id", None) or item.version) for item in page])
-        if cursor is None:
-            return pages
-        assert len(pages) < 10, "next_cursor never became null"
 
 
 def other_lists(aws) -> dict[str, tuple[Any, int, list[str]]]:
