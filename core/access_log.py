@@ -1,7 +1,6 @@
 """The access log of an order: who read it (recorded per request, asynchronously) and who changed it (its history)."""
 
 import base64
-import binascii
 import json
 from abc import ABC, abstractmethod
 from datetime import UTC, datetime
@@ -9,6 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from core.cursors import cursor_document
 from core.errors import InvalidCursor
 from core.models import Shown
 from core.services import OrderQueries
@@ -175,7 +175,7 @@ def _encode_cursor(order_id: str, position: Position) -> str:
 def _decode_cursor(cursor: str, order_id: str) -> Position:
     """The position `cursor` names, or InvalidCursor unless this order's log issued it."""
     try:
-        decoded = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        decoded = cursor_document(cursor)
         at = datetime.fromisoformat(decoded["at"])
         kind, key = decoded["k"], decoded["key"]
         valid = (
@@ -188,7 +188,7 @@ def _decode_cursor(cursor: str, order_id: str) -> Position:
         )
         # A forged time at the calendar's edge (year 1 at +14:00) has no UTC equivalent.
         at = at.astimezone(UTC) if valid else at
-    except (ValueError, KeyError, TypeError, OverflowError, binascii.Error, UnicodeDecodeError):
+    except (ValueError, KeyError, TypeError, OverflowError):
         valid = False
     if not valid:
         raise InvalidCursor()

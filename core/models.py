@@ -451,7 +451,9 @@ Note = Annotated[
     Field(pattern=r"\S"),
     _NoteRule(_refusing(_UNCLEAN_NOTE)),
 ]
-Identifier = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")]
+# A sku, a location id, a customer id: what a path or a filter naming one must match too.
+IDENTIFIER_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$"
+Identifier = Annotated[str, StringConstraints(pattern=IDENTIFIER_PATTERN)]
 Channel = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
 # Controls, bidi overrides and invisible characters refused as in names (no address has one), through
 # a plain WrapValidator so that the schema keeps the address's own pattern.

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+from core.cursors import cursor_document
 from core.errors import InvalidCursor
 
 T = TypeVar("T")
@@ -71,14 +71,14 @@ def _position(cursor: str, order_id: str, list_name: str, size: int) -> int:
 def _growing_position(cursor: str, order_id: str, list_name: str, size: int) -> tuple[int, dict[int, int]]:
     """The position `cursor` names, and the items before it shown only in part (growing_page)."""
     try:
-        decoded = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        decoded = cursor_document(cursor)
         position, owed = decoded["n"], decoded.get("w", [])
         valid = (
             decoded["o"] == order_id and decoded["l"] == list_name and type(position) is int and 0 < position <= size
             and type(owed) is list
             and all(type(i) is int and type(k) is int and 0 <= i < position and k >= 0 for i, k in owed)
         )  # fmt: skip
-    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError):
+    except (ValueError, KeyError, TypeError):
         valid = False
     if not valid:
         raise InvalidCursor()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -13,6 +12,7 @@ from typing import Any
 import pluggy
 
 from core.access import ADMIN_KEY_ID, ApiKey, IssuedApiKey, NewApiKey, Scope, hash_secret, new_secret
+from core.cursors import cursor_document
 from core.errors import (
     Conflict,
     DuplicateOrder,
@@ -99,10 +99,10 @@ class CatalogService:
 def _location_after(cursor: str) -> str:
     """The location id a GET /locations cursor names, or InvalidCursor unless that list issued it."""
     try:
-        decoded = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        decoded = cursor_document(cursor)
         after = decoded["after"]
         valid = decoded["l"] == "locations" and isinstance(after, str) and after != ""
-    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError):
+    except (ValueError, KeyError, TypeError):
         valid = False
     if not valid:
         raise InvalidCursor()

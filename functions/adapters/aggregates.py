@@ -218,13 +218,15 @@ class DynamoAggregates:
         # Read past the customers of other channels, and page after the last one shown: a cursor
         # made of LastEvaluatedKey could name another channel's customer to a channel key.
         pk, _ = email_key(email, "")
+        # Bound to the channel read for, as the orders' lists are: another channel's list refuses it.
+        scope = "customers" if channel is None else f"customers&channel={channel}"
         query: dict[str, Any] = {
             "TableName": self._table,
             "KeyConditionExpression": "pk = :pk",
             "ExpressionAttributeValues": {":pk": {"S": pk}},
         }
         if cursor is not None:
-            query["ExclusiveStartKey"] = decode_cursor(cursor, "customers", {"pk", "sk"}, {"pk": pk})
+            query["ExclusiveStartKey"] = decode_cursor(cursor, scope, {"pk", "sk"}, {"pk": pk})
         found: list[str] = []
         while True:
             response = self._client.query(**query)
@@ -232,7 +234,7 @@ class DynamoAggregates:
                 if channel is not None and channel not in row.get("channels", ()):
                     continue
                 if len(found) == limit:
-                    return found, encode_cursor("customers", {"pk": {"S": pk}, "sk": {"S": found[-1]}})
+                    return found, encode_cursor(scope, {"pk": {"S": pk}, "sk": {"S": found[-1]}})
                 found.append(row["sk"])
             if "LastEvaluatedKey" not in response:
                 return found, None

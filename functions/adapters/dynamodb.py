@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import random
 import time
@@ -18,6 +17,7 @@ from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
 from core.access import ApiKey
+from core.cursors import cursor_document
 from core.errors import (
     Conflict,
     DuplicateOrder,
@@ -190,6 +190,20 @@ def batch_get(
     return found
 
 
+def query_page(
+    client: Any, query: dict[str, Any], limit: int, key_names: set[str]
+) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """Up to `limit` entries `query` finds, and the key the next page starts after (None: none
+    follows). One entry more is read: DynamoDB names a LastEvaluatedKey whenever a Query stops at
+    its Limit, so a page of the last `limit` entries named a next page that was empty; the next
+    page starts after the last entry shown (`key_names`: the attributes of an entry's key)."""
+    response = client.query(**query, Limit=limit + 1)
+    entries = response.get("Items", [])
+    if len(entries) > limit:
+        return entries[:limit], {name: entries[limit - 1][name] for name in key_names}
+    return entries, response.get("LastEvaluatedKey")  # a page a FilterExpression or 1 MB cut short
+
+
 def encode_cursor(scope: str, last_key: dict[str, Any]) -> str:
     """An opaque cursor: LastEvaluatedKey bound to what it pages through (an index, a list)."""
     raw = json.dumps({"i": scope, "k": last_key}, separators=(",", ":"), sort_keys=True)
@@ -208,7 +222,7 @@ def decode_cursor(
     """The ExclusiveStartKey in `cursor`, or InvalidCursor if it was not issued for `scope` or is
     not a key of the partition the list reads (`partition`: its key attribute and value)."""
     try:
-        decoded = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        decoded = cursor_document(cursor)
         key = decoded["k"]
         valid = (
             decoded["i"] == scope
@@ -223,7 +237,7 @@ def decode_cursor(
             )
             and all(key[name]["S"] == value for name, value in (partition or {}).items())
         )
-    except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError):
+    except (ValueError, KeyError, TypeError):
         valid = False
     if not valid:
         raise InvalidCursor()
@@ -687,7 +701,6 @@ class DynamoOrders(OrderRepository):
             "IndexName": index,
             "KeyConditionExpression": "#k = :k",
             "ScanIndexForward": False,
-            "Limit": limit,
         }
         # The indexes carry keys and the immutable channel, never the status (a status change
         # would rewrite their entries): a status filter is applied to the orders read back, after
@@ -724,8 +737,7 @@ class DynamoOrders(OrderRepository):
         if "channel" in filters:
             entries, last = self._one_channels_entries(query, limit, filters, key_names, sort_key)
         else:
-            response = self._client.query(**query)
-            entries, last = response.get("Items", []), response.get("LastEvaluatedKey")
+            entries, last = query_page(self._client, query, limit, key_names)
         ids = [item["id"]["S"] for item in entries]
         keys = [{"id": {"S": i}} for i in ids]
         # Read consistently: an index entry is written after the order it lists, so an eventually
@@ -756,7 +768,6 @@ class DynamoOrders(OrderRepository):
         key and the sort key below which the rest lie: no order's id. Filtered here, not by a
         FilterExpression, to see where that boundary is; Limit starts at one page and grows, so a
         list mostly of its channel reads what it did before and one of others few queries."""
-        query.pop("Limit")
         found: list[dict[str, Any]] = []
         read, size = 0, limit + 1
         while True:
@@ -921,15 +932,15 @@ class DynamoReturns(ReturnRepository):
             "ExpressionAttributeNames": {"#k": key_attribute},
             "ExpressionAttributeValues": {":k": {"S": key_value}},
             "ScanIndexForward": False,
-            "Limit": limit,
         }
         scope = f"returns:{index}={key_value}" + (f"&status={post_filter}" if post_filter else "")
+        key_names = {"id", "created_at", key_attribute}
         if cursor is not None:
-            query["ExclusiveStartKey"] = decode_cursor(cursor, scope, {"id", "created_at", key_attribute})
+            query["ExclusiveStartKey"] = decode_cursor(cursor, scope, key_names)
             if query["ExclusiveStartKey"][key_attribute]["S"] != key_value:
                 raise InvalidCursor()
-        response = self._client.query(**query)
-        ids = [item["id"]["S"] for item in response.get("Items", [])]
+        entries, last = query_page(self._client, query, limit, key_names)
+        ids = [item["id"]["S"] for item in entries]
         keys = [{"id": {"S": i}} for i in ids]
         # Read consistently, as the orders' list reads: never a return the page names missed, or
         # read from before the change that indexed it.
@@ -942,7 +953,6 @@ class DynamoReturns(ReturnRepository):
             # On by_status too: that index is eventually consistent, so for a moment it still
             # lists a return that has moved on to another status.
             items = [item for item in items if item.status.value == status]
-        last = response.get("LastEvaluatedKey")
         return items, encode_cursor(scope, last) if last else None
 
 
@@ -1663,17 +1673,17 @@ class DynamoSourcingRules(SourcingRulesRepository):
         self._client = client
         self._table = table
 
-    def _query(self, limit: int, start: dict[str, Any] | None = None, consistent: bool = False) -> dict[str, Any]:
-        return self._client.query(
-            TableName=self._table, KeyConditionExpression="pk = :pk",
-            ExpressionAttributeValues={":pk": {"S": SOURCING_RULES_PK}}, ScanIndexForward=False, Limit=limit,
+    def _query(self, start: dict[str, Any] | None = None, consistent: bool = False) -> dict[str, Any]:
+        return {
+            "TableName": self._table, "KeyConditionExpression": "pk = :pk",
+            "ExpressionAttributeValues": {":pk": {"S": SOURCING_RULES_PK}}, "ScanIndexForward": False,
             **({"ExclusiveStartKey": start} if start else {}), **({"ConsistentRead": True} if consistent else {}),
-        )  # fmt: skip
+        }  # fmt: skip
 
     def current(self) -> SourcingRules:
         # Consistent: a change is in force from its answer on (an allocation right after it uses
         # it, and a PUT with If-Match of the version just answered is not refused as stale).
-        items = self._query(1, consistent=True).get("Items", [])
+        items = self._client.query(**self._query(consistent=True), Limit=1).get("Items", [])
         return SourcingRules.model_validate_json(items[0]["doc"]["S"]) if items else SourcingRules()
 
     def add(self, rules: SourcingRules) -> None:
@@ -1707,9 +1717,8 @@ class DynamoSourcingRules(SourcingRulesRepository):
             if cursor is not None
             else None
         )
-        response = self._query(limit, start)
-        last = response.get("LastEvaluatedKey")
-        items = [SourcingRules.model_validate_json(item["doc"]["S"]) for item in response.get("Items", [])]
+        found, last = query_page(self._client, self._query(start), limit, {"pk", "sk"})
+        items = [SourcingRules.model_validate_json(item["doc"]["S"]) for item in found]
         return items, encode_cursor("sourcing_rules", last) if last else None
 
 
@@ -1765,15 +1774,11 @@ class DynamoApiKeys(ApiKeyRepository):
             "TableName": self._table,
             "KeyConditionExpression": "pk = :pk",
             "ExpressionAttributeValues": {":pk": {"S": "APIKEYS"}},
-            "Limit": limit,
         }
         if cursor is not None:
             query["ExclusiveStartKey"] = decode_cursor(cursor, "api_keys", {"pk", "sk"}, {"pk": "APIKEYS"})
-        response = self._client.query(**query)
-        last = response.get("LastEvaluatedKey")
-        return [self._key(item) for item in response.get("Items", [])], encode_cursor(
-            "api_keys", last
-        ) if last else None
+        items, last = query_page(self._client, query, limit, {"pk", "sk"})
+        return [self._key(item) for item in items], encode_cursor("api_keys", last) if last else None
 
     def revoke(self, key_id: str, at: datetime) -> ApiKey | None:
         record = self._record(key_id)

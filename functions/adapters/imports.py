@@ -36,7 +36,15 @@ from core.import_service import (
 from core.imports import ImportFileError, LineError
 from core.log_text import escape_for_log
 from functions.adapters.aws_errors import busy
-from functions.adapters.dynamodb import batch_get, decode_cursor, encode_cursor, from_item, timestamp, to_item
+from functions.adapters.dynamodb import (
+    batch_get,
+    decode_cursor,
+    encode_cursor,
+    from_item,
+    query_page,
+    timestamp,
+    to_item,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -847,15 +855,13 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
             "KeyConditionExpression": "pk = :pk",
             "ExpressionAttributeValues": {":pk": {"S": LIST_PK}},
             "ScanIndexForward": False,
-            "Limit": limit,
         }
         if cursor is not None:
             query["ExclusiveStartKey"] = decode_cursor(cursor, "imports", {"pk", "sk"}, {"pk": LIST_PK})
-        response = self._client.query(**query)
-        ids = [item["id"]["S"] for item in response.get("Items", [])]
+        items, last = query_page(self._client, query, limit, {"pk", "sk"})
+        ids = [item["id"]["S"] for item in items]
         found = {item["id"]["S"]: item for item in batch_get(self._client, self._table, [_import_key(i) for i in ids])}
         summaries = [ImportSummary(**_summary_fields(from_item(found[i]))) for i in ids if i in found]
-        last = response.get("LastEvaluatedKey")
         return summaries, encode_cursor("imports", last) if last else None
 
 

@@ -8,7 +8,7 @@ from typing import Any
 from botocore.exceptions import ClientError
 
 from core.notifications import Notification, NotificationStore
-from functions.adapters.dynamodb import decode_cursor, encode_cursor
+from functions.adapters.dynamodb import decode_cursor, encode_cursor, query_page
 
 # A notification's record expires (TTL) this long after it was made: long enough to answer a
 # customer who asks what they were told about an order within the usual return and dispute windows.
@@ -65,11 +65,9 @@ class DynamoNotifications(NotificationStore):
             "TableName": self._table,
             "KeyConditionExpression": "pk = :pk",
             "ExpressionAttributeValues": {":pk": {"S": _pk(order_id)}},
-            "Limit": limit,
         }
         if cursor is not None:
             query["ExclusiveStartKey"] = decode_cursor(cursor, scope, {"pk", "sk"}, {"pk": _pk(order_id)})
-        response = self._client.query(**query)
-        last = response.get("LastEvaluatedKey")
-        found = [Notification.model_validate_json(item["doc"]["S"]) for item in response["Items"]]
+        items, last = query_page(self._client, query, limit, {"pk", "sk"})
+        found = [Notification.model_validate_json(item["doc"]["S"]) for item in items]
         return found, encode_cursor(scope, last) if last else None

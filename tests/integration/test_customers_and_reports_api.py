@@ -119,3 +119,30 @@ def test_each_report_answers_its_ten_highest_by_revenue_unless_told_a_limit(api:
         every = api.get(f"/reports/{report}", params={**days, "limit": 12}).json()["items"]
         assert [item["revenue"]["amount"] for item in every][-2:] == ["2.00", "1.00"], report
         assert_error(api.get(f"/reports/{report}", params={**days, "limit": 0}), 422, "validation_error", "limit")
+
+
+def test_a_customer_search_cursor_is_bound_to_the_channel_it_was_read_for(api: InProcessApi):
+    # A web key's cursor names the last web customer it was shown: sent by the market key, it was
+    # taken, and the market's list quietly began after that id (skipping market customers before it).
+    from core.aggregates import AggregateChange, CounterUpdate, CustomerSeen
+    from functions.api.dependencies import container
+    from tests.integration.in_process import issue
+
+    store = container().aggregate_store
+    for n, channel in enumerate(["web", "market", "web", "market"]):
+        seen = CustomerSeen(f"cus_b{n}", channel, "both@acme.example", "2026-12-01T10:00:00.000000Z")
+        counted = CounterUpdate(f"customer#cus_b{n}", channel, {"orders_count": 1})
+        store.apply(AggregateChange(f"ord_b{n}", 1, [counted], seen))
+    web, market = issue(api, "orders:read", channel="web"), issue(api, "orders:read", channel="market")
+
+    first = api.get("/customers", params={"email": "both@acme.example", "limit": 1}, key=web)
+    assert [c["id"] for c in first.json()["items"]] == ["cus_b0"]
+    cursor = first.json()["next_cursor"]
+    assert cursor
+
+    sent_by_market = api.get("/customers", params={"email": "both@acme.example", "cursor": cursor}, key=market)
+    assert_error(sent_by_market, 422, "invalid_cursor", "cursor")
+    sent_by_admin = api.get("/customers", params={"email": "both@acme.example", "cursor": cursor})
+    assert_error(sent_by_admin, 422, "invalid_cursor", "cursor")
+    rest = api.get("/customers", params={"email": "both@acme.example", "cursor": cursor}, key=web)
+    assert ([c["id"] for c in rest.json()["items"]], rest.json()["next_cursor"]) == (["cus_b2"], None)

@@ -666,10 +666,11 @@ def test_a_channels_page_of_a_customer_stops_at_its_read_budget_and_its_cursor_n
     for where in (OrderFilter(customer_id="cus_mix"), OrderFilter(customer_id="cus_other", channel="web")):
         with pytest.raises(InvalidCursor):
             listing.list(where, 1, below)
-    # Unbound, the customer's list is one query of one page, as ever.
+    # Unbound, the customer's list is one query of one page and the order after it (whether a next
+    # page follows), as ever.
     counting.queries.clear()
     assert len(listing.list(OrderFilter(customer_id="cus_mix"), 5, None)[0]) == 5
-    assert [query["Limit"] for query in counting.queries] == [5]
+    assert [query["Limit"] for query in counting.queries] == [6]
 
 
 def test_the_order_document_is_stored_compressed_and_an_uncompressed_one_still_reads(aws, capture, orders):

@@ -120,3 +120,23 @@ def test_a_channel_keys_import_list_refuses_any_cursor_as_a_list_with_no_imports
     assert first.status_code == 200, first.text
     assert first.json() == {"items": [], "next_cursor": None}
     assert_error(api.get("/imports", key=key, params={"cursor": admins}), 422, "invalid_cursor", "cursor")
+
+
+# Every list that takes a cursor, beyond LISTS: those whose cursors name a position, not a key.
+PATHS = sorted(
+    {path for path, _, _ in LISTS.values()}
+    | {f"/orders/{ORDER}/returns", f"/orders/{ORDER}/refunds", f"/orders/{ORDER}/access-log", "/locations"}
+    | {"/customers?email=ada@example.com"}
+)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_a_cursor_nested_deeper_than_the_json_parser_goes_is_422(api: InProcessApi, path: str):
+    # 2,048 characters of base64 hold 1,536 `[`: json.loads raised RecursionError, which no list
+    # caught (it is no ValueError), and every list answered 500.
+    path, _, email = path.partition("?email=")
+    deep = base64.urlsafe_b64encode(b"[" * 1536).decode()
+
+    answer = api.get(path, params={"cursor": deep, **({"email": email} if email else {})})
+
+    assert_error(answer, 422, "invalid_cursor", "cursor")

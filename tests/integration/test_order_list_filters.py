@@ -79,3 +79,18 @@ def test_a_channel_keys_pages_of_a_customer_name_no_order_of_another_channel(api
 
     web = [order_id for order_id, channel in reversed(ids.items()) if channel == "web"]
     assert pages == [[order_id] for order_id in web]
+
+
+@pytest.mark.parametrize(
+    "customer_id",
+    [["cus_ada", "cus_bob"], "cus_ada,cus_bob", "cus\x00", " cus_bob", "cus bob", "x" * 129],
+    ids=["sent twice", "comma", "control", "leading space", "space", "too long"],
+)
+def test_a_customer_id_no_order_can_have_is_422_not_an_empty_page(api: InProcessApi, customer_id):
+    # Sent twice (the gateway joins the values with a comma), or with a character no customer id
+    # holds (core.models.Identifier, as GET /customers/{id} takes), it answered 200 with no items:
+    # read as "this customer has no orders".
+    answer = api.get("/orders", params={"customer_id": customer_id})
+
+    assert_error(answer, 422, "validation_error", "customer_id")
+    assert customers(api, api.admin_key, customer_id="cus_ada") == ["cus_ada"]

@@ -8,7 +8,7 @@ from aws_lambda_powertools.event_handler.openapi.params import Path, Query
 from pydantic import BaseModel
 
 from core.access import Scope
-from core.models import Location, LocationInput, Product, ProductInput, Shown
+from core.models import IDENTIFIER_PATTERN, Location, LocationInput, Product, ProductInput, Shown
 from functions.api.access import ANY_KEY, requires
 from functions.api.dependencies import container
 from functions.api.paths import existing
@@ -17,7 +17,7 @@ from functions.api.schemas import errors, ok
 
 router = Router()
 
-IDENTIFIER = r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$"
+IDENTIFIER = IDENTIFIER_PATTERN
 # PUT creates what its path names, so a malformed id there is invalid (422); elsewhere it is unknown.
 SkuPath = Annotated[str, Path(pattern=IDENTIFIER, description="Product SKU")]
 LocationPath = Annotated[str, Path(pattern=IDENTIFIER, description="Location id")]

@@ -10,7 +10,7 @@ from pydantic import BaseModel
 from core.access import Scope
 from core.aggregates import CustomerRow, CustomerView, ProductRow, RegionRow, ReportKind
 from core.errors import InvalidRequest
-from core.models import Shown
+from core.models import IDENTIFIER_PATTERN, Shown
 from core.money import MINOR_UNITS
 from functions.api.access import caller, requires
 from functions.api.dependencies import container
@@ -22,7 +22,7 @@ from functions.api.schemas import errors, ok
 router = Router()
 
 # Every id an order's customer.id may be (core.models.Identifier), "/" included (percent-encoded in the path).
-CustomerIdPath = existing("customer", r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$", "Customer id (the orders' customer.id)")
+CustomerIdPath = existing("customer", IDENTIFIER_PATTERN, "Customer id (the orders' customer.id)")
 EmailQuery = Annotated[str, Query(min_length=3, max_length=254, description="The customer's email, any case")]
 Currency = Annotated[
     str,

@@ -1,0 +1,31 @@
+"""core.cursors: a cursor's JSON document, or InvalidCursor for anything that holds none."""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+
+from core.cursors import cursor_document
+from core.errors import InvalidCursor
+
+
+def test_a_cursor_reads_back_as_the_document_it_holds_with_or_without_its_padding():
+    written = base64.urlsafe_b64encode(b'{"n":1}').decode()
+
+    assert cursor_document(written) == cursor_document(written.rstrip("=")) == {"n": 1}
+
+
+@pytest.mark.parametrize(
+    "document",
+    [b"[" * 1536, b'{"n":' * 1200, b"\xff\xfe", b"{not json"],
+    ids=["nested arrays", "nested objects", "not utf-8", "not json"],
+)
+def test_a_cursor_holding_no_document_the_parser_reads_is_invalid(document: bytes):
+    with pytest.raises(InvalidCursor):
+        cursor_document(base64.urlsafe_b64encode(document).decode())
+
+
+def test_a_cursor_that_is_not_base64_is_invalid():
+    with pytest.raises(InvalidCursor):
+        cursor_document("!!!")
