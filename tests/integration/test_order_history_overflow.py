@@ -50,7 +50,6 @@ def _item_bytes(item: dict[str, Any]) -> int:
     return sum(len(name) + size(value) for name, value in item.items())
 
 
-@pytest.mark.xfail(strict=True, reason="h402: the history grows in the order's item until DynamoDB refuses it")
 def test_an_order_past_the_item_limit_keeps_every_entry_and_can_still_be_cancelled(api: InProcessApi):
     from core.access import ADMIN_KEY_ID
     from core.holds import ReleaseRequest
