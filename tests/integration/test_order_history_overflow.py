@@ -91,9 +91,10 @@ def test_an_order_past_the_item_limit_keeps_every_entry_and_can_still_be_cancell
     kept = [entry["detail"]["note"] for entry in entries if entry["type"] in ("on_hold", "released")]
     assert kept == notes
 
-    # The item stays far under the limit: its history moved out in pages.
+    # The item stays far under the limit (its history over 32 KB moves out to pages), and so what
+    # each write of it costs: ~33 write units at most, not 400.
     client = boto3.client("dynamodb", region_name="us-east-1")
     tables = client.list_tables()["TableNames"]
     orders_table = next(name for name in tables if name.endswith("OrdersTable"))
     item = client.get_item(TableName=orders_table, Key={"id": {"S": order_id}}, ConsistentRead=True)["Item"]
-    assert _item_bytes(item) < 100_000, _item_bytes(item)
+    assert _item_bytes(item) < 40_000, _item_bytes(item)
