@@ -289,7 +289,11 @@ class Container:
         # imported here, not at the top: the authorizer never writes an order.
         from functions.business_metrics import MeteredOrders
 
-        return MeteredOrders(DynamoOrders(self.dynamodb, self.config.orders_table, self.config.inventory_table))
+        # The Catalog table holds the pages of an order's history too long for its item.
+        config = self.config
+        return MeteredOrders(
+            DynamoOrders(self.dynamodb, config.orders_table, config.inventory_table, config.catalog_table)
+        )
 
     @cached_property
     def return_repository(self) -> ReturnRepository:

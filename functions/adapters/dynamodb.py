@@ -448,18 +448,49 @@ def _entries(entries: Iterable[HistoryEntry]) -> dict[str, Any]:
     return {"L": [{"B": order_codec.compress(entry.model_dump_json(exclude_none=True).encode())} for entry in entries]}
 
 
-def _history(item: dict[str, Any]) -> list[HistoryEntry]:
+def _history(stored: list[dict[str, Any]]) -> list[HistoryEntry]:
     # Entries stored before compression are JSON strings; a list may hold both kinds.
-    return [HistoryEntry.model_validate_json(order_codec.stored_json(entry)) for entry in item["history"]["L"]]
+    return [HistoryEntry.model_validate_json(order_codec.stored_json(entry)) for entry in stored]
+
+
+# An order's history is bounded in its item: past HISTORY_KEPT_BYTES of stored entries, a write
+# moves all but the first (the order's `created` entry, which the outbox reads from the stream's
+# images and add's retry compares) to a page of the Catalog table, so the item (DynamoDB refuses
+# one over 400 KB, and bills each write by the whole item's size, 1 WCU per started KB) stays
+# under ~34 KB plus its document whatever happens to the order. 32 KB is ~300 typical entries
+# (70-110 bytes each): an order that never reaches it is written exactly as before.
+HISTORY_KEPT_BYTES = 32 * 1024
+# Pages: pk ORDERHISTORY#<order id>, sk the number of entries moved before it (zero-padded, so
+# they sort in order), `entries` the stored entries as the item held them. No stream filter of the
+# Catalog table passes them (template.yaml: SourcingRulesStream, ImportsStream).
+HISTORY_PAGE_PK = "ORDERHISTORY#"
+HISTORY_MOVED = "history_moved"  # on the item: how many entries its pages hold (absent: none)
+
+
+def _stored_bytes(stored: list[dict[str, Any]]) -> int:
+    return sum(len(entry["B"]) if "B" in entry else len(entry["S"].encode()) for entry in stored)
+
+
+def _moved(item: dict[str, Any]) -> int:
+    return int(item[HISTORY_MOVED]["N"]) if HISTORY_MOVED in item else 0
+
+
+def _moved_condition(moved: int, values: dict[str, Any]) -> str:
+    """The condition that the item's pages hold `moved` entries (none: never moved)."""
+    if not moved:
+        return f"attribute_not_exists({HISTORY_MOVED})"
+    values[":history_moved"] = {"N": str(moved)}
+    return f"{HISTORY_MOVED} = :history_moved"
 
 
 def order_update(
-    table: str, order: Order, expected: Order, entries: list[HistoryEntry], history_length: int | None = None
-) -> dict[str, Any]:
+    table: str, order: Order, expected: Order, entries: list[HistoryEntry], history_length: int | None = None,
+    moved: int = 0,
+) -> dict[str, Any]:  # fmt: skip
     """The UpdateItem that stores `order` over `expected` (its status and version unchanged since
-    read; given `history_length`, its history that many entries long) and appends `entries`: on its
-    own, or as one item of a transaction (DynamoBackorders). It keeps the sparse indexes'
-    attributes in step with the order (index_attributes)."""
+    read; given `history_length`, its history that many entries long, `moved` of them in pages) and
+    appends `entries`: on its own, or as one item of a transaction (DynamoBackorders). It keeps the
+    sparse indexes' attributes in step with the order (index_attributes)."""
     values: dict[str, Any] = {
         ":doc": _document(order),
         ":status": {"S": order.status.value},
@@ -476,8 +507,8 @@ def order_update(
     removed = [name for name in INDEX_ATTRIBUTES if name not in indexed]
     condition = "#status = :expected_status AND #version = :expected_version"
     if history_length is not None:
-        condition += " AND size(history) = :history_length"
-        values[":history_length"] = {"N": str(history_length)}
+        condition += f" AND size(history) = :history_length AND {_moved_condition(moved, values)}"
+        values[":history_length"] = {"N": str(history_length - moved)}
     return {
         "TableName": table,
         "Key": {"id": {"S": order.id}},
@@ -542,14 +573,16 @@ class DynamoOrders(OrderRepository):
     strings for money, compressed in a binary by order_codec) beside the attributes that keys,
     indexes, conditions and stream filters need (status, version, channel, customer_id,
     created_at); `history` is a list of JSON entries, each compressed the same way, that only
-    ever grows with list_append. A document attribute is what the item is always read and
-    written as, so nested maps would only add cost: measured under moto, an order of nested maps
-    puts at ~560/s and reads at ~220/s, the same order as a document at ~1,150/s and ~980/s."""
+    ever grows with list_append (its oldest move to pages past HISTORY_KEPT_BYTES). A document
+    attribute is what the item is always read and written as, so nested maps would only add
+    cost: measured under moto, an order of nested maps puts at ~560/s and reads at ~220/s, the
+    same order as a document at ~1,150/s and ~980/s."""
 
-    def __init__(self, client: Any, table: str, inventory_table: str | None = None):
+    def __init__(self, client: Any, table: str, inventory_table: str | None = None, history_table: str | None = None):
         self._client = client
         self._table = table
         self._inventory_table = inventory_table  # where update_with_stock moves stock
+        self._history_table = history_table  # the Catalog table: where a long history's pages go
 
     def add(
         self, order: Order, first_entry: HistoryEntry, payment_token: str, later_entries: Sequence[HistoryEntry] = ()
@@ -588,14 +621,83 @@ class DynamoOrders(OrderRepository):
         self, order: Order, expected: Order, entries: list[HistoryEntry], *, history_length: int | None = None
     ) -> None:
         check_successor(expected, order)
+        moved = 0
+        while True:
+            try:
+                written = self._client.update_item(
+                    **order_update(self._table, order, expected, entries, history_length, moved), ReturnValues="ALL_NEW"
+                )["Attributes"]
+                break
+            except ClientError as error:
+                if not _is_conditional_failure(error):
+                    raise
+                # A history of `history_length` entries may be one whose oldest moved to pages
+                # (the condition names how many): asked again with as many as the item says.
+                if history_length is None or (now := self._moved_now(order.id)) == moved:
+                    raise StaleVersion(
+                        f"order {order.id} is no longer {expected.status} at version {expected.version}"
+                    ) from None
+                moved = now
+        self._bound_history(order.id, written)
+
+    def _moved_now(self, order_id: str) -> int:
+        item = self._get(order_id, HISTORY_MOVED, consistent=True)
+        return _moved(item) if item else 0
+
+    def _bound_history(self, order_id: str, item: dict[str, Any]) -> None:
+        """Past HISTORY_KEPT_BYTES, the item's entries but its first move to a page, in one
+        transaction conditional on the item's history being what `item` holds (its length and how
+        many entries its pages hold) and on its version: a write landing first makes the move give
+        way (the next write moves), one landing after appends to what the item kept. The move
+        leaves `doc`, `status` and `version` as they are: the stream's record of it is no event."""
+        stored = item["history"]["L"]
+        if self._history_table is None or len(stored) < 2 or _stored_bytes(stored) <= HISTORY_KEPT_BYTES:
+            return
+        moved = _moved(item)
+        values: dict[str, Any] = {
+            ":kept": {"L": stored[:1]}, ":now_moved": {"N": str(moved + len(stored) - 1)},
+            ":length": {"N": str(len(stored))}, ":version": item["version"],
+        }  # fmt: skip
+        condition = f"size(history) = :length AND #version = :version AND {_moved_condition(moved, values)}"
+        page = {
+            "pk": {"S": HISTORY_PAGE_PK + order_id}, "sk": {"S": f"{moved:010d}"}, "entries": {"L": stored[1:]},
+        }  # fmt: skip
         try:
-            self._client.update_item(**order_update(self._table, order, expected, entries, history_length))
+            self._client.transact_write_items(
+                TransactItems=[
+                    {"Put": {"TableName": self._history_table, "Item": page,
+                             "ConditionExpression": "attribute_not_exists(pk)"}},
+                    {"Update": {
+                        "TableName": self._table, "Key": {"id": {"S": order_id}},
+                        "UpdateExpression": f"SET history = :kept, {HISTORY_MOVED} = :now_moved",
+                        "ConditionExpression": condition, "ExpressionAttributeNames": {"#version": "version"},
+                        "ExpressionAttributeValues": values,
+                    }},
+                ]
+            )  # fmt: skip
         except ClientError as error:
-            if _is_conditional_failure(error):
-                raise StaleVersion(
-                    f"order {order.id} is no longer {expected.status} at version {expected.version}"
-                ) from None
-            raise
+            if cancellation_reasons(error) is None:
+                raise
+            # Another write or move landed first: the order's next write moves what it holds then.
+
+    def _pages(self, order_id: str, moved: int) -> list[dict[str, Any]]:
+        """The stored entries an item's pages hold, oldest first: `moved` of them (pages never
+        change once written, but are read consistently: the item may name one just written)."""
+        if self._history_table is None:
+            raise ValueError(f"order {order_id} has history pages: DynamoOrders(..., history_table=<Catalog table>)")
+        query: dict[str, Any] = {
+            "TableName": self._history_table, "KeyConditionExpression": "pk = :pk", "ConsistentRead": True,
+            "ExpressionAttributeValues": {":pk": {"S": HISTORY_PAGE_PK + order_id}},
+        }  # fmt: skip
+        stored: list[dict[str, Any]] = []
+        while True:
+            response = self._client.query(**query)
+            for page in response.get("Items", []):
+                if int(page["sk"]["S"]) < moved:
+                    stored += page["entries"]["L"]
+            if "LastEvaluatedKey" not in response:
+                return stored
+            query["ExclusiveStartKey"] = response["LastEvaluatedKey"]
 
     def update_with_stock(
         self, order: Order | None, expected: Order, entries: list[HistoryEntry], moves: Sequence[StockMove]
@@ -686,10 +788,13 @@ class DynamoOrders(OrderRepository):
         return {order.id: order for order in orders}
 
     def history(self, order_id: str, *, consistent: bool = False) -> tuple[Order, list[HistoryEntry]] | None:
-        item = self._get(order_id, "doc, history", consistent)
+        item = self._get(order_id, f"doc, history, {HISTORY_MOVED}", consistent)
         if item is None:
             return None
-        return _order(item), _history(item)
+        stored = item["history"]["L"]
+        if moved := _moved(item):
+            stored = stored[:1] + self._pages(order_id, moved) + stored[1:]
+        return _order(item), _history(stored)
 
     def list(self, where: OrderFilter, limit: int, cursor: str | None) -> tuple[list[Order], str | None]:
         index, key_value, filters = self._plan(where)

@@ -115,12 +115,14 @@ def stored_json(value: dict[str, object]) -> bytes:
 
 
 def readable(item: dict[str, object]) -> dict[str, object]:
-    """An Orders item in DynamoDB JSON with its document and history entries decoded, for a person."""
+    """An Orders item in DynamoDB JSON with its document and history entries decoded, for a person
+    (a page of its history, in the Catalog table, with its `entries`)."""
     decoded = dict(item)
     if isinstance(doc := item.get("doc"), dict):
         decoded["doc"] = json.loads(stored_json(doc))
-    if isinstance(history := item.get("history"), dict):
-        decoded["history"] = [json.loads(stored_json(entry)) for entry in history.get("L", [])]
+    for name in ("history", "entries"):
+        if isinstance(history := item.get(name), dict):
+            decoded[name] = [json.loads(stored_json(entry)) for entry in history.get("L", [])]
     return decoded
 
 

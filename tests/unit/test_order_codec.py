@@ -92,3 +92,18 @@ def test_a_support_engineer_reads_an_item_from_the_aws_cli_decoded(monkeypatch, 
     main()
     shown = json.loads(capsys.readouterr().out)["Item"]
     assert shown == {"id": {"S": "ord_1"}, "doc": {"id": "ord_1", "status": "pending"}, "history": [entry, {}]}
+
+
+def test_a_page_of_a_long_history_reads_decoded_too(monkeypatch, capsys):
+    # `aws dynamodb query` of pk ORDERHISTORY#<order id> in the Catalog table: each page's entries.
+    from functions.adapters.order_codec import main
+
+    page = {
+        "pk": {"S": "ORDERHISTORY#ord_1"},
+        "sk": {"S": "0000000000"},
+        "entries": {"L": [{"B": base64.b64encode(order_codec.compress(b'{"type":"on_hold"}')).decode()}]},
+    }
+    monkeypatch.setattr("sys.stdin", io.StringIO(json.dumps({"Items": [page]})))
+    main()
+    (shown,) = json.loads(capsys.readouterr().out)["Items"]
+    assert shown["entries"] == [{"type": "on_hold"}]

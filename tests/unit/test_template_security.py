@@ -19,6 +19,7 @@ from functions.adapters.api_gateway import ApiGatewayAuthorizerCache
 from functions.adapters.dynamodb import (
     _INDEXES,
     _RETURN_INDEXES,
+    HISTORY_PAGE_PK,
     DynamoApiKeys,
     DynamoBackorderedOrders,
     DynamoBackorders,
@@ -341,6 +342,32 @@ NEVER = {
 
 def _snake(action: str) -> str:
     return re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", action.split(":", 1)[1]).lower()
+
+
+# The pages of an order's history too long for its item (functions/adapters/dynamodb.py
+# HISTORY_KEPT_BYTES): the functions that write orders and hold no wider Catalog grant move them
+# there (a transaction's Put) and read them back, granted on their partitions only.
+HISTORY_PAGE_WRITERS = (
+    "AuthorizePaymentFunction", "ReserveStockFunction", "CreateShipmentsFunction", "FailPaymentFunction",
+    "CancelOrderFunction", "ParkOrderFunction", "ReturnStepFunction", "JeopardyScanFunction",
+)  # fmt: skip
+for _function in HISTORY_PAGE_WRITERS:
+    USES[_function] = {
+        **USES[_function],
+        **{
+            (CATALOG, a): [*USES[_function].get((CATALOG, a), []), DynamoOrders]
+            for a in ("dynamodb:PutItem", "dynamodb:Query")
+        },
+    }
+
+
+@pytest.mark.parametrize("function", HISTORY_PAGE_WRITERS)
+def test_a_history_page_grant_names_the_history_pages_partitions_only(function: str):
+    catalog = [s for s in statements(function) if {"Fn::GetAtt": [CATALOG, "Arn"]} in listed(s["Resource"])]
+    pages = [s for s in catalog if "dynamodb:PutItem" in listed(s["Action"])]
+    assert pages and all(
+        s["Condition"] == {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": [f"{HISTORY_PAGE_PK}*"]}} for s in pages
+    )
 
 
 def test_every_function_is_in_the_map():

@@ -1,0 +1,170 @@
+"""An order's history past HISTORY_KEPT_BYTES, under moto: its oldest entries move to pages of the
+Catalog table (functions/adapters/dynamodb.py), and every read of the history reads them back."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+
+from core.domain_events import order_events
+from core.errors import StaleVersion
+from core.models import HistoryEntry, Order
+from functions.adapters import order_codec
+from functions.adapters.dynamodb import HISTORY_KEPT_BYTES, HISTORY_MOVED, HISTORY_PAGE_PK, DynamoOrders
+from infra.local.event_sources import compile_filters, matches_filters
+from infra.local.template import Template
+from tests.builders import NOW, place_order
+
+
+def _noted(n: int) -> HistoryEntry:
+    # A note zlib cannot shrink (random CJK ideographs, 3 bytes each): ~1.2 KB an entry stored.
+    note = "".join(chr(0x4E00 + secrets.randbelow(0x5000)) for _ in range(500))
+    return HistoryEntry(at=NOW, type="payment_capture_failed", actor=f"n{n}", detail={"note": note})
+
+
+@pytest.fixture
+def paged(aws) -> DynamoOrders:
+    return DynamoOrders(aws.dynamodb, aws.tables["OrdersTable"], history_table=aws.tables["CatalogTable"])
+
+
+def _item(aws, order_id: str) -> dict[str, Any]:
+    key = {"id": {"S": order_id}}
+    return aws.dynamodb.get_item(TableName=aws.tables["OrdersTable"], Key=key, ConsistentRead=True)["Item"]
+
+
+def _pages(aws, order_id: str) -> list[dict[str, Any]]:
+    values = {":pk": {"S": HISTORY_PAGE_PK + order_id}}
+    query = {"TableName": aws.tables["CatalogTable"], "KeyConditionExpression": "pk = :pk"}
+    return aws.dynamodb.query(**query, ExpressionAttributeValues=values)["Items"]
+
+
+def _history_bytes(item: dict[str, Any]) -> int:
+    return sum(len(entry["B"]) for entry in item["history"]["L"])
+
+
+@pytest.fixture
+def orders_stream(aws, monkeypatch) -> Iterator[Any]:
+    """The Orders table's stream records from now on, as get_records answers them."""
+    arn = aws.dynamodb.describe_table(TableName=aws.tables["OrdersTable"])["Table"]["LatestStreamArn"]
+    streams = boto3.client("dynamodbstreams", region_name="us-east-1")
+    shard = streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"][0]["ShardId"]
+    iterator = streams.get_shard_iterator(StreamArn=arn, ShardId=shard, ShardIteratorType="LATEST")["ShardIterator"]
+
+    def records() -> list[dict[str, Any]]:
+        return streams.get_records(ShardIterator=iterator)["Records"]
+
+    yield records
+
+
+def test_a_history_past_the_threshold_moves_out_of_the_item_and_reads_back_in_order(capture, aws, paged):
+    placed = capture.place(place_order(), actor="a")
+    noted = [_noted(n) for n in range(70)]  # ~84 KB: two moves
+
+    for entry in noted:
+        paged.update(placed, placed, [entry])
+
+    order, history = paged.history(placed.id, consistent=True)
+    assert order == placed
+    assert [h.actor for h in history] == ["a", *(f"n{n}" for n in range(70))]
+    assert history[1:] == noted
+    assert [h.actor for h in paged.history(placed.id)[1]] == [h.actor for h in history]  # eventually consistent too
+    item = _item(aws, placed.id)
+    assert _history_bytes(item) <= HISTORY_KEPT_BYTES
+    pages = _pages(aws, placed.id)
+    assert len(pages) == 2
+    assert int(item[HISTORY_MOVED]["N"]) == sum(len(page["entries"]["L"]) for page in pages)
+    # The created entry stays in the item: the outbox reads it from the stream's images.
+    assert json.loads(order_codec.stored_json(item["history"]["L"][0]))["type"] == "created"
+
+
+def test_a_move_changes_neither_the_order_nor_its_events_and_no_catalog_stream_consumer_sees_a_page(
+    capture, aws, paged, orders_stream
+):
+    placed = capture.place(place_order(), actor="a")
+    for n in range(40):
+        paged.update(placed, placed, [_noted(n)])
+
+    moves = [r for r in orders_stream() if HISTORY_MOVED in r["dynamodb"]["NewImage"]]
+    assert moves and moves[0]["eventName"] == "MODIFY"
+    old, new = moves[0]["dynamodb"]["OldImage"], moves[0]["dynamodb"]["NewImage"]
+    assert HISTORY_MOVED not in old
+    for name in ("doc", "status", "version"):
+        assert old[name] == new[name]
+    documents = [json.loads(order_codec.stored_json(image["doc"])) for image in (old, new)]
+    assert order_events(*documents) == []
+    # A page's INSERT passes no filter of the Catalog table's stream: it invokes nothing.
+    page = {"eventName": "INSERT", "dynamodb": {"Keys": {"pk": {"S": HISTORY_PAGE_PK + placed.id}, "sk": {"S": "0"}},
+                                                "NewImage": _pages(aws, placed.id)[0]}}  # fmt: skip
+    catalog_streams = [
+        event["Properties"]
+        for function in Template.load().functions().values()
+        for event in (function.get("Events") or {}).values()
+        if event["Type"] == "DynamoDB"
+        and event["Properties"]["Stream"] == {"Fn::GetAtt": ["CatalogTable", "StreamArn"]}
+    ]
+    assert catalog_streams
+    for mapping in catalog_streams:
+        assert not matches_filters(compile_filters(mapping["FilterCriteria"], "test"), page)
+
+
+def test_an_order_under_the_threshold_is_one_update_and_nothing_more(capture, aws, paged, monkeypatch):
+    placed = capture.place(place_order(), actor="a")
+    sent: list[str] = []
+    aws.dynamodb.meta.events.register("before-call.dynamodb.*", lambda model, **_: sent.append(model.name))
+
+    paged.update(placed, placed, [_noted(0)])
+
+    assert sent == ["UpdateItem"]
+    assert HISTORY_MOVED not in _item(aws, placed.id)
+    assert _pages(aws, placed.id) == []
+
+
+def test_a_history_only_entry_decided_on_the_whole_history_lands_after_a_move_and_a_stale_one_does_not(
+    capture, aws, paged
+):
+    # failure_recorder's write is conditional on the length of the history it read (all of it).
+    placed = capture.place(place_order(), actor="a")
+    for n in range(40):
+        paged.update(placed, placed, [_noted(n)])
+    assert HISTORY_MOVED in _item(aws, placed.id)
+    length = len(paged.history(placed.id, consistent=True)[1])
+
+    with pytest.raises(StaleVersion):
+        paged.update(placed, placed, [_noted(98)], history_length=length - 1)
+    paged.update(placed, placed, [_noted(99)], history_length=length)
+    with pytest.raises(StaleVersion):
+        paged.update(placed, placed, [_noted(99)], history_length=length)
+
+    assert [h.actor for h in paged.history(placed.id, consistent=True)[1]][-2:] == ["n39", "n99"]
+
+
+def test_a_move_that_lost_its_race_to_a_write_gives_way_and_the_next_write_moves(capture, aws, paged):
+    placed = capture.place(place_order(), actor="a")
+    # Unpaged, the history grows past the threshold (as an older deployment's writes would grow it).
+    plain = DynamoOrders(aws.dynamodb, aws.tables["OrdersTable"])
+    for n in range(30):
+        plain.update(placed, placed, [_noted(n)])
+    read = _item(aws, placed.id)
+    plain.update(placed, placed, [_noted(30)])  # lands between the read and the move
+
+    paged._bound_history(placed.id, read)
+
+    assert HISTORY_MOVED not in _item(aws, placed.id) and _pages(aws, placed.id) == []
+    paged.update(placed, placed, [_noted(31)])
+    assert HISTORY_MOVED in _item(aws, placed.id)
+    assert [h.actor for h in paged.history(placed.id)[1]] == ["a", *(f"n{n}" for n in range(32))]
+
+
+def test_a_repository_without_the_catalog_table_refuses_to_read_a_paged_history(capture, aws, paged):
+    placed = capture.place(place_order(), actor="a")
+    for n in range(30):
+        paged.update(placed, placed, [_noted(n)])
+
+    with pytest.raises(ValueError, match="history pages"):
+        DynamoOrders(aws.dynamodb, aws.tables["OrdersTable"]).history(placed.id)
+    assert isinstance(paged.history(placed.id)[0], Order)
