@@ -229,11 +229,19 @@ class OrderHeld(OrderClosed):
     code = "order_on_hold"
 
 
-def refused_as_kept(error: ValidationError) -> InvalidRequest:
-    """422 for what an order priced again keeps (its stored address, its customer) that today's
-    rules, which hold it as a new order's, refuse: stored before a rule refused it (a lone
-    latitude). Each field named, as a request's are; an edit may send the address corrected."""
-    return InvalidRequest(
-        "what the order keeps no longer passes today's rules (an edit may send the address corrected)",
+class KeptRefused(InvalidRequest):
+    """What an order priced again keeps (its stored address, its customer) today's rules refuse
+    (a 422 validation_error naming each field, as a request's): stored before a rule refused it (a
+    lone latitude). An exchange's replacement, which keeps the shipped original's, can never be
+    placed (core.returns.NOT_PLACEABLE)."""
+
+
+def refused_as_kept(
+    error: ValidationError,
+    message: str = "what the order keeps no longer passes today's rules (an edit may send the address corrected)",
+) -> KeptRefused:
+    """KeptRefused for `error`, raised holding what an order keeps to today's rules."""
+    return KeptRefused(
+        message,
         details=[{"field": field_path(e.get("loc", ())), "message": e.get("msg", "invalid")} for e in error.errors()],
     )

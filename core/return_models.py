@@ -186,7 +186,9 @@ class Return(BaseModel):
         "priced in the order's currency; `no_shipping_method`: no shipping service quotes it any more; "
         "`unknown_payment_method`: no payment plugin takes the original's method any "
         "more; `pickup_not_offered`: the original's pickup store no longer takes pickup orders; "
-        "`exchange_external_id_taken`: an order the channel placed itself has the replacement's external_id); the "
+        "`exchange_external_id_taken`: an order the channel placed itself has the replacement's external_id; "
+        "`validation_error`: the original's address or customer, which the replacement keeps, no longer passes "
+        "today's rules, the history entry's details naming the field); the "
         "returned units are refunded instead",
     )
     # Its replacement is to be placed (Return.placing_exchange): decided before it is, so a

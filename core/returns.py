@@ -15,6 +15,8 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
+from pydantic import ValidationError
+
 from core import order_lists
 from core.errors import (
     Conflict,
@@ -22,6 +24,7 @@ from core.errors import (
     DuplicateOrder,
     InsufficientStock,
     InvalidRequest,
+    KeptRefused,
     NoPaymentPlugin,
     NoPrice,
     NoShippingMethod,
@@ -35,13 +38,13 @@ from core.errors import (
     UnknownPaymentMethod,
     UnknownShippingMethod,
     UnknownSku,
+    refused_as_kept,
 )
 from core.events import OrderEvent
 from core.exchange_credit import ExchangeCredits
 from core.hook_calls import call_hook
 from core.ids import order_id_for, short_hash
 from core.models import (
-    AddressInput,
     Bookkeeping,
     HistoryEntry,
     Order,
@@ -120,8 +123,12 @@ class ExchangeIdTaken(Conflict):
 # external_id. A business outcome, not an outage: the exchange is given up and its units refunded
 # instead.
 NOT_PLACEABLE = (
-    InsufficientStock, ExchangeIdTaken, NoPrice, NoShippingMethod, UnknownPaymentMethod, PickupNotOffered
+    InsufficientStock, ExchangeIdTaken, NoPrice, NoShippingMethod, UnknownPaymentMethod, PickupNotOffered, KeptRefused
 )  # fmt: skip
+KEPT_REFUSED = (
+    "the replacement keeps the original's address and customer, which no longer pass today's rules "
+    "(a return without an exchange refunds the units)"
+)
 PICKUP_NOT_OFFERED = "pickup_not_offered"
 # How long after a run found the replacement it was decided to place refused the exchange waits
 # before giving it up (Returns._given_up_after_refusal): twice the returns step function's Timeout
@@ -1411,14 +1418,18 @@ def _replacement_external_id(item: Return, original: Order) -> str:
 def _replacement_command(original: Order, exchange: ExchangeInput, token: str, external_id: str | None) -> PlaceOrder:
     """The capture command of an exchange's replacement: its lines, with the original's channel,
     customer, address, fulfillment, shipping method and payment."""
-    return PlaceOrder(
-        channel=original.channel, external_id=external_id, currency=original.currency,
-        customer=original.customer, lines=exchange.lines,
-        shipping_address=AddressInput.model_validate(original.shipping_address.model_dump()),
-        fulfillment=original.fulfillment,
-        shipping_method=original.shipping_method if original.fulfillment.type == "ship" else None,
-        payment=PaymentInput(method=original.payment.method, token=token),
-    )  # fmt: skip
+    try:
+        return PlaceOrder(
+            channel=original.channel, external_id=external_id, currency=original.currency,
+            customer=original.customer, lines=exchange.lines,
+            shipping_address=original.shipping_address.model_dump(),
+            fulfillment=original.fulfillment,
+            shipping_method=original.shipping_method if original.fulfillment.type == "ship" else None,
+            payment=PaymentInput(method=original.payment.method, token=token),
+        )  # fmt: skip
+    except ValidationError as error:
+        # Held to today's rules, as a new order's: a shipped original's address is no longer edited.
+        raise refused_as_kept(error, KEPT_REFUSED) from None
 
 
 def _units_on(returns: list[Return]) -> dict[str, int]:

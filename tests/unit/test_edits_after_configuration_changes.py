@@ -15,7 +15,7 @@ from core.money import Money
 from core.status import OrderStatus
 from plugins.tax_table import TAX_RATES_FILE_ENV
 from tests.builders import product
-from tests.unit.test_returns import RetiredWallet
+from tests.unit.test_returns import RetiredWallet, with_one_coordinate
 from tests.unit.test_unit_cancellation import CourierShipping, RetiringShipping
 from tests.unit.world import build_world
 
@@ -251,17 +251,11 @@ def test_an_edit_whose_order_as_it_was_reaches_10_to_the_15_at_todays_tax_rate_i
     assert done.totals.grand_total == Money.of("506000000000009.00", "USD")
 
 
-def stored_with_one_coordinate(world, order):
-    """`order` as stored before an address needed both coordinates or neither (h390's rule)."""
-    address = order.shipping_address.model_copy(update={"latitude": 37.77, "longitude": None})
-    world.orders.orders[order.id] = order.model_copy(update={"shipping_address": address})
-
-
 def test_an_edit_of_lines_whose_stored_address_todays_rules_refuse_is_422_naming_it(world):
     """An edit that keeps the stored address holds it to today's rules, as a new order's; one stored
     before a rule refused it (a lone latitude) made the edit fail with pydantic's error: a 500."""
     order = world.allocated(("MUG", 3))
-    stored_with_one_coordinate(world, order)
+    with_one_coordinate(world, order)
 
     edit = OrderEdit.model_validate({"lines": [{"sku": "MUG", "quantity": 2}]})
     with pytest.raises(InvalidRequest) as refused:
@@ -274,7 +268,7 @@ def test_an_edit_of_lines_whose_stored_address_todays_rules_refuse_is_422_naming
 
 def test_an_edit_that_sends_the_address_again_corrects_one_todays_rules_refuse(world):
     order = world.allocated(("MUG", 3))
-    stored_with_one_coordinate(world, order)
+    with_one_coordinate(world, order)
     address = {**order.shipping_address.model_dump(), "latitude": None, "longitude": None}
 
     edit = OrderEdit.model_validate({"lines": [{"sku": "MUG", "quantity": 2}], "shipping_address": address})
@@ -288,7 +282,7 @@ def test_a_cancel_of_units_of_an_order_whose_stored_address_todays_rules_refuse_
     today's rules too: it failed with pydantic's error (a 500); it is 422 naming the field, and once
     an edit sends the address corrected the cancel goes through."""
     order = world.allocated(("MUG", 3))
-    stored_with_one_coordinate(world, order)
+    with_one_coordinate(world, order)
 
     with pytest.raises(InvalidRequest) as refused:
         world.actions.cancel(order.id, "one less", actor="key_web", lines={"L1": 1})

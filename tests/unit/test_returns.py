@@ -3334,3 +3334,44 @@ def test_an_exchange_shows_what_its_credit_kept_back_once_another_returns_step_f
 
     assert world.order(order.id).payment.refund_by_id(kept.id).status == "succeeded"
     assert returns.get(item.id).refund == settled.refund + Money.of("1.00", "USD")
+
+
+def with_one_coordinate(world: World, order: Order) -> None:
+    """`order` as stored before an address needed both coordinates or neither (h390's rule)."""
+    address = order.shipping_address.model_copy(update={"latitude": 37.77, "longitude": None})
+    world.orders.orders[order.id] = world.order(order.id).model_copy(update={"shipping_address": address})
+
+
+def test_an_exchange_on_an_order_whose_stored_address_todays_rules_refuse_is_422_before_anything_is_sent_back(
+    world, clock
+):
+    # The replacement keeps the original's address (API.md), held to today's rules as a new
+    # order's: pydantic's error escaped the request (a 500). A shipped order's address is no
+    # longer edited, so it is 422 naming the field; a return without an exchange is still taken.
+    returns, store = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 1))
+    with_one_coordinate(world, order)
+
+    with pytest.raises(InvalidRequest) as refused:
+        returns.request(order.id, exchange_of("L1", 1, ("CAP", 1)), actor="key_cs")
+
+    assert refused.value.code == "validation_error"
+    assert [detail["field"] for detail in refused.value.details] == ["shipping_address.longitude"]
+    assert store.returns == {}
+    assert returns.request(order.id, ask(("L1", 1, "damaged")), actor="key_cs").exchange is None
+
+
+def test_an_exchange_whose_originals_stored_address_todays_rules_refuse_by_receipt_is_refunded_instead(world, clock):
+    # Accepted, then a rule refused the stored address before the units came back: the Exchange
+    # step failed with pydantic's error at every retry and the units were never refunded. The
+    # replacement can never be placed (the shipped original's address is not edited): given up,
+    # and the units refunded as a plain return's, its history naming the field.
+    returns, _ = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 1))
+    item = returns.request(order.id, exchange_of("L1", 1, ("CAP", 1)), actor="key_cs")
+    with_one_coordinate(world, order)
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+
+    given_up_and_refunded(world, returns, item.id, order, "validation_error")
+    (entry,) = [e for e in world.history(order.id) if e.type is OrderEvent.EXCHANGE_NOT_PLACED]
+    assert [detail["field"] for detail in entry.detail["details"]] == ["shipping_address.longitude"]
