@@ -85,3 +85,23 @@ def test_the_workflows_cancel_whose_payment_plugin_crashes_in_the_void_ends_with
     order = world.order(order_id)
     assert (order.status, order.payment.status) == (OrderStatus.CANCELLED, PaymentStatus.AUTHORIZED)
     assert void_failures(world, order_id) == [("workflow", "plugin_error")] and order.own_void_owed
+
+
+def test_a_cancel_of_the_rest_whose_payment_plugin_crashes_releasing_the_authorization_is_answered(clock):
+    crashing = CrashingVoid()
+    world = build_world([("MUG", "wh-west", 5), ("CAP", "wh-east", 5)], crashing, clock=clock)
+    order = world.allocated(("MUG", 2), ("CAP", 3))
+    world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
+    crashing.crashing = True
+
+    cancelled = world.actions.cancel(order.id, "the rest", actor="key_web")
+
+    assert cancelled == world.order(order.id)
+    assert cancelled.status is OrderStatus.SHIPPED and world.spy.voided == []
+    assert cancelled.payment.authorized > cancelled.payment.captured  # the rest still held
+    assert void_failures(world, order.id) == [("key_web", "plugin_error")]
+    assert cancelled.settlement_owed  # asked again (the kept-back pass, a delivery reported)
+    crashing.crashing = False
+    world.actions.cancel(order.id, "the rest", actor="key_web")
+    after = world.order(order.id)
+    assert after.payment.authorized == after.payment.captured and not after.settlement_owed
