@@ -10,7 +10,15 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from core import payment_keys
-from core.errors import NoPaymentPlugin, PaymentDeclined, PaymentGatewayUnavailable, PaymentRefused, TransientError
+from core.errors import (
+    NoPaymentPlugin,
+    PaymentDeclined,
+    PaymentGatewayUnavailable,
+    PaymentRefused,
+    PluginError,
+    PluginUnavailable,
+    TransientError,
+)
 from core.events import OrderEvent
 from core.ids import reservation_key
 from core.models import CaptureRequest, HistoryEntry, Location, Order
@@ -35,6 +43,9 @@ if TYPE_CHECKING:
     from core.exchange_credit import ExchangeCredits
 
 logger = logging.getLogger(__name__)
+# What a void (or a release) that was not made raises, each failed attempt in the history: the
+# gateway refused it (or no payment plugin took it), stayed unavailable, or its plugin failed.
+NOT_MADE = (PaymentRefused, PaymentGatewayUnavailable, PluginError)
 # OMS_AUTHORIZATION_VALID_DAYS: how long a gateway keeps an authorization (Stripe 7 days, card
 # schemes 5 to 30); one at least this old is authorized again before a capture (renewed_if_lapsed).
 AUTHORIZATION_VALID_FOR = timedelta(days=7)
@@ -140,9 +151,13 @@ class Cancellation:
         self._release(read[-1] if read else order, written_off=written_off_stock(order))
         try:
             order = self.void(order, actor)
-        except PaymentRefused:
+        except PluginUnavailable:
+            raise  # no plugin loaded: nothing recorded the void owed, so the client must repeat the cancel
+        except (PaymentRefused, PluginError):
             # Recorded in the history; the payment honestly stays authorized. What was voided is
-            # in the answer: the order as stored now.
+            # in the answer: the order as stored now. A payment plugin that failed (kind
+            # `plugin_error`) left the void owed (Order.own_void_owed): the reconciler's pass asks
+            # again (a plugin's bug does not pass in the seconds a workflow's retries take).
             order = self._orders.get(order.id, consistent=True) or order
         except PaymentGatewayUnavailable as unavailable:
             if retry_void_later:
@@ -196,16 +211,17 @@ class Cancellation:
         never recorded because the gateway's answer was lost, or the step died before its write, is
         released (release_lost_authorizations, under the order's own key too); nothing else to do
         when the payment is not `authorized`. One that cannot be voided stops none of the others.
-        Raises PaymentRefused or PaymentGatewayUnavailable (_first_to_retry) with every failed
-        attempt recorded; otherwise the order no longer owes its own (Order.own_void_owed)."""
+        Raises PaymentRefused, PaymentGatewayUnavailable or a payment plugin's PluginError (NOT_MADE,
+        _first_to_retry) with every failed attempt recorded (a plugin's failure leaves its own owed);
+        otherwise the order no longer owes its own (Order.own_void_owed)."""
         order = self.settle_capture_requests(order, actor)
-        failed: list[PaymentRefused | PaymentGatewayUnavailable] = []
+        failed: list[Exception] = []
         releases = (self.void_requested_authorization, self.release_renewal, self.void_replaced_authorizations,
                     self.release_given_up_keys, self._void_own)  # fmt: skip
         for release in releases:
             try:
                 order = release(order, actor)
-            except (PaymentRefused, PaymentGatewayUnavailable) as failure:
+            except NOT_MADE as failure:
                 failed.append(failure)
                 order = self._orders.get(order.id, consistent=True) or order
         if failed:
@@ -324,7 +340,7 @@ class Cancellation:
         stored = self._orders.get_with_token(order.id, consistent=True) if lost else None
         token = stored[1] if stored is not None else ""
         done: list[str] = []
-        failed: list[PaymentRefused | PaymentGatewayUnavailable] = []
+        failed: list[Exception] = []
         for key in found[0].authorization_keys_given_up:
             try:
                 if key in lost:
@@ -336,7 +352,7 @@ class Cancellation:
                     self._void_under_key(order, key, named[key], actor, reason)
                 else:
                     self._release_unrecorded(order, key, actor)  # a plugin that cannot look it up: warned
-            except (PaymentRefused, PaymentGatewayUnavailable) as failure:
+            except NOT_MADE as failure:
                 failed.append(failure)
             else:
                 done.append(key)
@@ -482,11 +498,11 @@ class Cancellation:
         if unless_refused:
             refused = voids_refused(history)
             free = [a for a in free if a not in refused]
-        failed: list[PaymentRefused | PaymentGatewayUnavailable] = []
+        failed: list[Exception] = []
         for authorization in free:
             try:
                 order = self._void_replaced(order, authorization, actor, **_why_replaced(history, authorization))
-            except (PaymentRefused, PaymentGatewayUnavailable) as failure:
+            except NOT_MADE as failure:
                 failed.append(failure)
         if failed:
             raise _first_to_retry(failed)
@@ -1268,10 +1284,11 @@ def _renewal_amount(order: Order) -> Money:
     return order.renewal_amount or order.payment.authorized - order.payment.captured
 
 
-def _first_to_retry(failed: list[PaymentRefused | PaymentGatewayUnavailable]) -> Exception:
-    """What a release that failed more than once raises: the gateway unavailable first, so a caller
-    that retries later (a workflow step) does; otherwise the first refusal."""
-    return next((f for f in failed if isinstance(f, PaymentGatewayUnavailable)), failed[0])
+def _first_to_retry(failed: list[Exception]) -> Exception:
+    """What a release that failed more than once raises: the gateway unavailable (or no plugin
+    loaded, which recorded nothing) first, so a caller that retries later (a workflow step, a
+    client) does; otherwise the first refusal or plugin failure."""
+    return next((f for f in failed if isinstance(f, PaymentGatewayUnavailable | PluginUnavailable)), failed[0])
 
 
 def _waiting(order: Order, shipment_id: str) -> bool:

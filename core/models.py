@@ -1721,8 +1721,9 @@ class Order(Shown):
     # order. The system's own: stored, never shown.
     authorization_keys_given_up: list[str] = Field(default_factory=empty_list, exclude=True)
     # Whether the cancelled order's own authorization is still to void because the gateway could
-    # not (unavailable through every attempt), or could not get to it: a capture the order asked
-    # for and never recorded is given back first (Cancellation.void); or, its payment never
+    # not (unavailable through every attempt, or its payment plugin failed: `plugin_error`), or could
+    # not get to it: a capture the order asked for and never recorded is given back first
+    # (Cancellation.void); or, its payment never
     # authorized (pending; or declined, the order payment_failed), what the gateway may hold under
     # a key of its own could not be looked up or voided.
     # Set by the write that records the first such attempt, and cleared by the one that records the
@@ -3043,8 +3044,8 @@ class Order(Shown):
         self, operation: str, *, attempt: int, kind: str, message: str, at: datetime, actor: str,
         detail: dict[str, Any] | None = None,
     ) -> Change:  # fmt: skip
-        """One failed attempt at the gateway (`kind` transient, refused or no_plugin), for the audit
-        trail. One at settling a cancelled order's own payment also says whether that is still owed
+        """One failed attempt at the gateway (`kind` transient, refused, no_plugin or plugin_error), for
+        the audit trail. One at settling a cancelled order's own payment also says whether that is still owed
         (`own_void_owed`, _own_void_owed_after), in a version of its own when that changes."""
         noted = self.noted(
             PAYMENT_FAILURE_EVENTS[operation], at=at, actor=actor,
@@ -3058,7 +3059,8 @@ class Order(Shown):
 
     def _own_void_owed_after(self, operation: str, kind: str, detail: dict[str, Any]) -> bool | None:
         """Whether a failed attempt at settling this cancelled (or payment_failed) order's own
-        payment leaves it owed (`own_void_owed`): True when the gateway was unavailable; False when
+        payment leaves it owed (`own_void_owed`): True when the gateway was unavailable, or the
+        payment plugin failed (`plugin_error`: nothing moved, and a pass may ask it again); False when
         it refused, or no payment plugin took it (no pass asks that again); None (nothing changes)
         for an attempt at something else, or a refusal that settles what was asked (a capture asked
         again and refused, or an authorization: none was made). Its own payment: the authorization
@@ -3078,7 +3080,7 @@ class Order(Shown):
             own = unpaid and operation in ("void", "authorize") and "authorization_key" in detail
         if not own:
             return None
-        if kind == "transient":
+        if kind in ("transient", "plugin_error"):
             return True
         return None if kind == "refused" and operation in ("capture", "authorize") else False
 

@@ -125,10 +125,13 @@ def failure_recorder(
     return record
 
 
+# The failed attempts no gateway answered: no payment plugin took the order's method, or the one
+# that did failed (raised, or answered what the core cannot take: PluginError). Nothing moved.
+NOT_ANSWERED = ("no_plugin", "plugin_error")
 # The failed attempts whose repeat is not recorded again (refusal_noted_once, and a capture's in
-# Cancellation.refusal_recorded_last): the gateway's refusal, and no payment plugin taking the
-# order's method (nobody asked the gateway), each the same answer however often it is asked.
-UNANSWERED_AGAIN = ("refused", "no_plugin")
+# Cancellation.refusal_recorded_last): the gateway's refusal, and those no gateway answered, each
+# the same answer however often it is asked (until a person changes something).
+UNANSWERED_AGAIN = ("refused", *NOT_ANSWERED)
 
 
 def refusal_noted_once(
@@ -146,9 +149,10 @@ def refusal_noted_once(
     ship, a cancel repeated) each add theirs once. The gateway answers the same key with the same
     refusal and nothing moved, so a repeat tells an auditor nothing the first did, and a loop would
     fill the order's item. So it is for an attempt no payment plugin took (kind `no_plugin`: nobody
-    asked the gateway), which the reconciler's kept-back pass asks again each run while a
-    settlement waits for the plugin. A new answer (refused once the plugin is back) and any other
-    failure are always recorded. `followed_by`: the entries a refusal of the operation leads to,
+    asked the gateway), or whose plugin failed (`plugin_error`), which the reconciler's kept-back
+    pass asks again each run while a settlement waits for the plugin. A new answer (refused once the
+    plugin is back) and any other failure are always recorded. `followed_by`: the entries a refusal
+    of the operation leads to,
     which the run steps over (a declined renewal of the settlement's authorization, and the
     settlement's capture not made it records: Cancellation.renewed_for_settlement), as it steps
     over an attempt under a key the gateway refused that failed transiently (answers_known: the late
@@ -237,13 +241,14 @@ def answers_known(history: list[HistoryEntry]) -> list[HistoryEntry]:
 
 
 def no_plugin_noted_last(entries: list[HistoryEntry], actor: str, failure: Failure, detail: dict[str, Any]) -> bool:
-    """Whether `failure` is an attempt no payment plugin took (kind `no_plugin`) that the order's
-    history (`entries`) ends with already: the same operation, actor, message and `detail`, in a run of such
-    attempts (_refused_last). A request that stands while the plugin is out (a capture a dead ship
+    """Whether `failure` is an attempt no payment plugin took, or whose plugin failed (NOT_ANSWERED:
+    kind `no_plugin`, `plugin_error`), that the order's history (`entries`) ends with already: the
+    same operation, actor, message and `detail`, in a run of such attempts (_refused_last). A
+    request that stands while the plugin is out (a capture a dead ship
     or settlement left: Cancellation.capture_refused leaves it, with no `capture_not_made`) is
     asked again by whatever repeats (a ship on a loop, a carrier's report again): its attempt is
     noted once, not once a repeat. A gateway's answer, or anything else since, is a new entry."""
-    return failure.kind == "no_plugin" and _refused_last(entries, actor, failure, detail)
+    return failure.kind in NOT_ANSWERED and _refused_last(entries, actor, failure, detail)
 
 
 def outage_noted_once(
@@ -254,8 +259,9 @@ def outage_noted_once(
     failure is recorded once a call, and only when the order's last failed attempt at the same
     operation with the same `detail` was not transient already (that entry keeps when the outage
     began and what the gateway said), so an outage does not grow the history a pass at a time. So
-    is an attempt no payment plugin took (kind `no_plugin`: nobody asked the gateway), which such
-    a pass asks again each run while the plugin is out of the deployment (a capture request a ship
+    is an attempt no payment plugin took (kind `no_plugin`: nobody asked the gateway), or whose
+    plugin failed (`plugin_error`), which such a pass asks again each run while the plugin is out of
+    the deployment, or until its bug is fixed (a capture request a ship
     or a settlement left standing, which stands for when the plugin is back): not recorded while
     the history ends with that very attempt (the same actor and `detail`: _refused_last), as the
     pending-refund pass notes a refund's (RefundService._recorder). A refusal is

@@ -15,6 +15,7 @@ from core.errors import (
     PaymentGatewayUnavailable,
     PaymentRefused,
     PluginError,
+    PluginUnavailable,
     TransientError,
 )
 from core.hook_calls import call_hook
@@ -27,7 +28,9 @@ class Failure(NamedTuple):
 
     operation: str  # authorize, capture, void or refund
     attempt: int  # 1 for the first
-    kind: str  # transient, refused, or no_plugin (NoPaymentPlugin: nobody asked the gateway)
+    # transient, refused, no_plugin (NoPaymentPlugin: nobody asked the gateway) or plugin_error (the
+    # payment plugin raised, or answered what the core cannot take: PluginError)
+    kind: str
     message: str
 
 
@@ -59,7 +62,11 @@ class Payments:
         with a short backoff, telling `on_failure` of every failed attempt. Raises
         PaymentGatewayUnavailable when every attempt failed transiently, and the gateway's refusal
         (PaymentRefused, PaymentDeclined) at once: asking again would be refused again; so is
-        NoPaymentPlugin, a failure of its own kind (`no_plugin`), since the gateway said nothing."""
+        NoPaymentPlugin, a failure of its own kind (`no_plugin`), since the gateway said nothing; and
+        so is a PluginError (kind `plugin_error`: the plugin raised, or its answer was not one the
+        core can take): nothing is recorded as moved, and asking again later may or may not work
+        (a plugin's bug stays until it is fixed). A plugin that did not load (PluginUnavailable)
+        asked nobody about this order: it passes unrecorded."""
         for attempt in range(self._attempts):
             try:
                 return call(attempt)
@@ -80,6 +87,11 @@ class Payments:
                 raise
             except PaymentDeclined as declined:
                 on_failure(Failure(operation, attempt + 1, "refused", declined.message))
+                raise
+            except PluginUnavailable:
+                raise
+            except PluginError as failed:
+                on_failure(Failure(operation, attempt + 1, "plugin_error", failed.message))
                 raise
         raise AssertionError("unreachable")
 

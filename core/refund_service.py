@@ -385,7 +385,7 @@ class RefundService:
         /orders/{id}/refunds) until an answer, which is recorded as ever. Not `fresh` (the refund
         was asked before: a refund waiting for its payment plugin is asked again by every sweep
         pass, and repeat, cancel or return step, until the plugin is back): a `no_plugin` failure
-        only when the refund's last entry is not one already.
+        (or a `plugin_error`: the plugin failed) only when the refund's last entry is not one already.
         A refusal is always recorded. Both are judged in the entry's write's decision, on the history
         it is conditional on (failure_recorder's `unless`): of two calls racing (the sweep and a
         return step repeated), the one whose write lands second records nothing. Any other attempt
@@ -397,7 +397,8 @@ class RefundService:
             self._orders, order_id, actor, self._clock,
             unless=lambda failure, entries: _last_failure_at(entries, refund.id, part) == failure.kind, **detail,
         )  # fmt: skip
-        once = {"transient": again, "no_plugin": not fresh}  # the kinds the refund's history says once
+        # The kinds the refund's history says once: a plugin's failure (`plugin_error`) as its absence.
+        once = {"transient": again, "no_plugin": not fresh, "plugin_error": not fresh}
         met_outage = False  # whether this call met a transient failure already
 
         def on_failure(failure: Failure) -> None:

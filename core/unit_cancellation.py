@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from core import payment_keys
-from core.cancellation import Cancellation, holding_locations, voids_refused, written_off_stock
+from core.cancellation import NOT_MADE, Cancellation, holding_locations, voids_refused, written_off_stock
 from core.carrier_bookings import CarrierBookings, CarrierWork, give_up_unrecorded
 from core.errors import (
     Conflict,
@@ -379,8 +379,8 @@ class UnitCancellation:
                 self._give_back(self._current(order.id), actor)
             if order.settlement_owed:
                 self._owed_back_given(order.id)
-        except (PaymentRefused, PaymentGatewayUnavailable):
-            pass  # each failed attempt is in the history; repeating the cancel tries again
+        except NOT_MADE:
+            pass  # each failed attempt is in the history (a plugin's failure too); repeating the cancel tries again
         return self.refund_kept_back(self._current(order.id), actor, refusals=ASKED_BEFORE_THE_RECONCILER)
 
     def _current(self, order_id: str) -> Order:

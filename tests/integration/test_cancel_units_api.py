@@ -573,3 +573,38 @@ def test_a_refused_settlement_capture_is_asked_again_as_its_runbook_says_over_ht
     renewed = [h for h in after if h["type"] == "payment_authorized" and h["detail"].get("replaces")]
     assert [h["detail"]["amount"] for h in renewed] == [{"amount": str(due), "currency": "USD"}]
     assert after[-1]["type"] == "payment_captured"
+
+
+class VoidCrashes:
+    """A payment plugin whose void raises: its own bug, no gateway's answer."""
+
+    @hookimpl(tryfirst=True)
+    def oms_payment_void(self) -> None:
+        raise ValueError("the plugin's own bug")
+
+
+@pytest.mark.parametrize("lines", [None, [("L1", 1), ("L2", 2)]], ids=["whole", "every-unit"])
+def test_a_cancel_whose_payment_plugin_crashes_in_the_void_answers_the_cancelled_order_over_http(api, lines):
+    # The cancel is written before the void: a 500 would tell the client nothing happened.
+    from functions.api.dependencies import container
+
+    order = allocated(api, ("MUG", 1), ("CAP", 2))
+    plugin = VoidCrashes()
+    container().plugins.register(plugin)
+    try:
+        answer = cancel(api, order["id"], lines)
+    finally:
+        container().plugins.unregister(plugin)
+
+    assert answer.status_code == 200, answer.text
+    shown = answer.json()
+    assert (shown["status"], shown["payment"]["status"]) == ("cancelled", "authorized")
+    items = api.get(f"/orders/{order['id']}/history").json()["items"]
+    [failed] = [h for h in items if h["type"] == "payment_void_failed"]
+    assert (failed["detail"]["kind"], failed["detail"]["authorization"]) == (
+        "plugin_error",
+        order["payment"]["authorization"],
+    )
+    assert "failed in oms_payment_void: ValueError" in failed["detail"]["message"]
+    again = cancel(api, order["id"], lines if lines is None else None)  # the plugin works again: voided
+    assert (again.status_code, again.json()["payment"]["status"]) == (200, "voided"), again.text

@@ -116,7 +116,7 @@ def test_the_parcels_alarm_stays_on_while_a_parcel_waits_though_a_run_lands_late
     assert _ships_alarm_states([(0, 0.0), (301, 2.0), (900, 0.0), (1200, 0.0)], 5) == [False, True, True, False, False]
 
 
-def test_an_alarm_calls_a_person_for_each_void_the_gateway_refused_or_no_plugin_took():
+def test_an_alarm_calls_a_person_for_each_void_the_gateway_refused_no_plugin_took_or_its_plugin_failed():
     # A refused void answers 200 (a cancel, an edit) and is never asked again by a sweep: the hold
     # stays on the customer's card unless a person is told. The business metric has exactly the
     # dimensions functions/business_metrics.py gives it (no service).
@@ -129,7 +129,7 @@ def test_an_alarm_calls_a_person_for_each_void_the_gateway_refused_or_no_plugin_
         for stat in read.values()
     } == {
         (variables["POWERTOOLS_METRICS_NAMESPACE"], "PaymentFailures", (("operation", "void"), ("kind", kind)), "Sum")
-        for kind in ("refused", "no_plugin")
+        for kind in ("refused", "no_plugin", "plugin_error")
     }  # fmt: skip
     (expression,) = [query for query in alarm["Metrics"] if "Expression" in query]
     # A point of only one kind in a period still counts (the other series is missing, not 0).

@@ -235,6 +235,12 @@ def test_an_order_whose_refund_fails_otherwise_does_not_keep_the_refunds_behind_
     assert list(incomplete.value.failed) == [orders[0]]
     assert world.order(orders[1]).payment.refunded == Money.of("5.00", "USD")
     assert [refund.status for refund in world.order(orders[0]).payment.refunds] == ["pending"]
+    # Its failure is in the history (kind plugin_error), once however many passes it fails.
+    for _ in range(2):
+        clock.advance(minutes=5)
+        with pytest.raises(SweepIncomplete):
+            sweep(world, clock).run(ACTOR)
+    assert refund_failures(world, orders[0]) == [(ACTOR, "plugin_error", 1)]
 
 
 def test_a_refund_whose_payment_plugin_was_removed_stays_pending_noted_once_and_is_finished_once_it_is_back(clock):
