@@ -120,6 +120,25 @@ class InvalidTransition(Conflict):
     code = "invalid_transition"
 
 
+class TrackingNumberConflict(Conflict):
+    """A ship of a parcel that shipped under another tracking number: the same ship again is
+    idempotent (200), this one is another request, refused (409) rather than answered as if it took.
+    `details` names the shipment and the tracking number recorded."""
+
+    code = "tracking_number_conflict"
+
+    def __init__(self, shipment_id: str, recorded: str | None):
+        super().__init__(
+            f"shipment {shipment_id} shipped already "
+            + (f"with tracking number {recorded}" if recorded else "without a tracking number")
+            + "; a shipped shipment's tracking number is not changed",
+            details=[{
+                "field": "tracking_number", "message": f"shipment {shipment_id} shipped with another tracking number",
+                "shipment_id": shipment_id, "tracking_number": recorded,
+            }],
+        )  # fmt: skip
+
+
 class ParcelNotConfirmed(InvalidTransition):
     """A change that would release or withdraw the stock of a parcel whose fate is unknown: its
     ship died after asking for its capture, and the order is held for a person to confirm whether

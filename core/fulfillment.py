@@ -23,6 +23,7 @@ from core.errors import (
     PaymentGatewayUnavailable,
     PaymentRefused,
     StaleVersion,
+    TrackingNumberConflict,
     refused_as_kept,
 )
 from core.events import OrderEvent
@@ -147,10 +148,12 @@ class OrderActions:
         what its first ship may have left undone (a request that died after the write): its stock
         movement (idempotent by reservation key) and, after the last parcel, the settlement of an
         order that lost units (after_shipping, which a gateway that was down could not make then);
-        nothing else. A pickup never ships, so a ship of one is refused (409) whatever its status:
-        collected, it is delivered without having shipped. A parcel a carrier reported delivered
-        before its ship was recorded (Order.report_delivered) is recorded delivered too, at the
-        carrier's time."""
+        nothing else. Sent with another tracking number than the one recorded (by the first ship,
+        or a concurrent one that won), it is refused once that is done (TrackingNumberConflict,
+        409: a corrected number is not answered as if it took). A pickup never ships, so a ship of
+        one is refused (409) whatever its status: collected, it is delivered without having
+        shipped. A parcel a carrier reported delivered before its ship was recorded
+        (Order.report_delivered) is recorded delivered too, at the carrier's time."""
         done = (ShipmentStatus.SHIPPED, ShipmentStatus.DELIVERED)
 
         def record(current: Order, amount: Money, reference: str | None, at: datetime):
@@ -165,6 +168,7 @@ class OrderActions:
 
         order = self._checked(order_id, channel, shippable)
         shipped = self._hand_over(order, shipment_id, actor, channel, done, record)
+        _shipped_as_asked(shipped, shipment_id, tracking_number)
         if shipped.reported_delivered and shipped.reported(shipment_id) is not None:
             # A carrier reported it delivered before its ship was recorded (Order.report_delivered):
             # whoever ships it, it is recorded delivered too, at the carrier's time.
@@ -909,6 +913,13 @@ _REFUSAL_ENTRIES = frozenset(
 # How far ahead of the OMS's clock a carrier's clock may run before the time it reports is not
 # believed (reported_at).
 REPORT_SKEW = timedelta(minutes=5)
+
+
+def _shipped_as_asked(order: Order, shipment_id: str, tracking_number: str | None) -> None:
+    """Refuse a ship naming another tracking number than its shipped shipment's (none named: any)."""
+    recorded = order.shipment(shipment_id).tracking_number
+    if tracking_number is not None and tracking_number != recorded:
+        raise TrackingNumberConflict(shipment_id, recorded)
 
 
 def _giving_up(shipment_id: str, at: datetime) -> Callable[[Order], Any]:

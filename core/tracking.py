@@ -5,7 +5,8 @@ gave when booking. The OMS has no index from tracking numbers to shipments, so c
 book with `shipment_reference(order_id, shipment_id)` as that reference and read it back.
 
 Only deliveries are applied: a shipment has no place for in-transit scans, so those are
-reported back to the sender as `not_recorded` and kept nowhere.
+reported back to the sender as `not_recorded` and kept nowhere (or as `unknown_shipment`, as a
+delivery would be, when they name no shipment the caller may see).
 """
 
 from collections.abc import Callable
@@ -40,7 +41,7 @@ def parse_shipment_reference(reference: str) -> tuple[str, str] | None:
 class AppliedTrackingUpdate(BaseModel, defer_build=True):
     """One update of a webhook and what the OMS did with it:
     - `delivered`: the shipment is delivered (now, or it already was),
-    - `not_recorded`: an in-transit scan, which the OMS does not store,
+    - `not_recorded`: an in-transit scan of a shipment the caller may see, which the OMS does not store,
     - `unknown_shipment`: no such order or shipment that this API key may see,
     - `not_shipped`: the shipment has not been confirmed shipped, so it cannot be delivered yet,
     - `payment_refused`: the shipment was not confirmed shipped (its ship died after asking for its
@@ -92,24 +93,30 @@ class CarrierTracking:
         headers: dict[str, str],
         body: str,
         deliver: Callable[[str, str, datetime], object],
+        find: Callable[[str, str], object],
     ) -> TrackingReport:
         """Read the webhook, then mark each delivered shipment delivered with `deliver(order_id,
         shipment_id, at)`, `at` when the carrier says it was (idempotent, so a carrier's retry
-        changes nothing). A failure worth a retry (a version conflict, a transient error, no
-        payment plugin for the order's method) propagates, so the carrier sends the webhook again;
-        the gateway's refusal, which a retry meets again, is that update's outcome
-        (`payment_refused`), and the webhook's other updates are applied."""
+        changes nothing); an in-transit scan is only looked up, with `find(order_id, shipment_id)`
+        (NotFound for a shipment the caller may not see, as `deliver` raises). A failure worth a
+        retry (a version conflict, a transient error, no payment plugin for the order's method)
+        propagates, so the carrier sends the webhook again; the gateway's refusal, which a retry
+        meets again, is that update's outcome (`payment_refused`), and the webhook's other updates
+        are applied."""
         applied = [
-            AppliedTrackingUpdate(**update.model_dump(), outcome=_apply(update, deliver))
+            AppliedTrackingUpdate(**update.model_dump(), outcome=_apply(update, deliver, find))
             for update in self.read(carrier, payload, headers, body)
         ]
         return TrackingReport(carrier=carrier, updates=applied)
 
 
-def _apply(update: TrackingUpdate, deliver: Callable[[str, str, datetime], object]) -> Outcome:
-    if update.status != "delivered":
-        return "not_recorded"
+def _apply(
+    update: TrackingUpdate, deliver: Callable[[str, str, datetime], object], find: Callable[[str, str], object]
+) -> Outcome:
     try:
+        if update.status != "delivered":
+            find(update.order_id, update.shipment_id)
+            return "not_recorded"
         deliver(update.order_id, update.shipment_id, update.at)
     except NotFound:
         return "unknown_shipment"

@@ -249,10 +249,19 @@ def test_shipping_twice_answers_200_and_changes_nothing(api: Api, network: dict[
     assert once.status_code == 200, once.text
     stock = level(api, west_sku, network["west"])
 
-    twice = ship(api, order["id"], shipment["id"], json={"tracking_number": "ANOTHER-NUMBER"})
+    twice = ship(api, order["id"], shipment["id"], json={"tracking_number": shipment["tracking_number"]})
+    corrected = ship(api, order["id"], shipment["id"], json={"tracking_number": "ANOTHER-NUMBER"})
 
     assert twice.status_code == 200, twice.text
     assert unsigned(twice.json()) == unsigned(once.json())  # same version, same tracking number, captured once
+    # Another number is another request: refused, naming the number recorded, not answered as if it took.
+    assert corrected.status_code == 409, corrected.text
+    error = corrected.json()["error"]
+    assert error["code"] == "tracking_number_conflict"
+    assert [(d["field"], d["tracking_number"]) for d in error["details"]] == [
+        ("tracking_number", shipment["tracking_number"])
+    ]
+    assert unsigned(api.get(f"/orders/{order['id']}").json()) == unsigned(once.json())
     assert level(api, west_sku, network["west"]) == stock
     assert [e["type"] for e in history(api, order["id"])].count("shipment_shipped") == 1
 

@@ -202,6 +202,14 @@ def test_the_routes_that_refuse_a_parcel_not_confirmed_document_its_409(document
     assert "`parcel_not_confirmed`" in operation["description"]
 
 
+def test_the_ship_route_documents_its_409_for_another_tracking_number(document: dict[str, Any]):
+    # A ship of a shipped parcel naming another tracking number (core.errors.TrackingNumberConflict):
+    # a client correcting a typo must be able to tell it from the other 409s.
+    operation = document["paths"]["/orders/{order_id}/shipments/{shipment_id}/ship"]["post"]
+    assert "409" in operation["responses"]
+    assert "`tracking_number_conflict`" in operation["description"]
+
+
 # API.md's shapes from "Bulk import" to "Sourcing rules and what-if", as (method, path, status, the
 # fields walked into from the answer): the fields the contract lists there. Every answer has them
 # all (an unset one as null), so the document marks each required: a client generated from it would

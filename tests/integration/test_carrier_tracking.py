@@ -106,12 +106,13 @@ def test_a_malformed_webhook_is_422_naming_the_field(aws):
     assert body["error"]["details"] == [{"field": "events[0].tracking_number", "message": "Field required"}]
 
 
-def test_an_update_for_an_order_that_does_not_exist_is_reported_not_applied(aws):
+@pytest.mark.parametrize("scan", ["delivered", "in_transit"])
+def test_an_update_for_an_order_that_does_not_exist_is_reported_not_applied(aws, scan):
     from plugins.flat_rate_carrier import tracking_number
 
-    delivered = {**FLAT_RATE_EVENT, "tracking_number": tracking_number("shp_" + "a" * 24)}
+    update = {**FLAT_RATE_EVENT, "status": scan, "tracking_number": tracking_number("shp_" + "a" * 24)}
 
-    status, report = api(webhook("oms-flat-rate", {"events": [delivered]}))
+    status, report = api(webhook("oms-flat-rate", {"events": [update]}))
 
     assert status == 200
     assert [(u["order_id"], u["outcome"]) for u in report["updates"]] == [("ord_" + "a" * 24, "unknown_shipment")]

@@ -86,6 +86,22 @@ def test_a_repeated_item_and_a_repeated_batch_change_nothing_twice(world):
     assert world.level("TSHIRT", "wh-west") == (48, 0, 48)
 
 
+def test_an_item_shipping_a_shipped_parcel_with_another_tracking_number_is_refused_as_the_single_route_is(world):
+    order = world.allocated(("TSHIRT", 2))
+    shipment = order.shipments[0].id
+    ship_as = [{"order_id": order.id, "shipment_id": shipment, "action": "ship", "tracking_number": number}
+               for number in ("1ZWAVE0001", "1ZWAVE0001", "1ZWAVE0002")]  # fmt: skip
+
+    results = run(world, *ship_as)
+
+    assert [r.failure.code if r.failure else None for r in results] == [None, None, "tracking_number_conflict"]
+    refused = results[2]
+    assert refused.failure.details[0]["tracking_number"] == "1ZWAVE0001"
+    assert (refused.order, refused.retry) == (None, False)
+    assert world.order(order.id).shipments[0].tracking_number == "1ZWAVE0001"
+    assert len(world.spy.captured) == 1
+
+
 def test_one_refused_item_stops_nothing_and_changes_nothing_of_its_own(world):
     good, pending = world.allocated(("TSHIRT", 1)), world.allocated(("TSHIRT", 1))
     untouched = mine(world, pending.id)

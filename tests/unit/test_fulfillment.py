@@ -113,19 +113,70 @@ def test_the_captures_add_up_to_the_authorization_exactly(world, lines, first):
     assert done.payment.status == "captured"
 
 
-def test_shipping_a_shipped_shipment_again_changes_nothing(world):
+@pytest.mark.parametrize("first, repeated", [(None, None), ("1ZFIXED0001", "1ZFIXED0001"), ("1ZFIXED0001", None)])
+def test_shipping_a_shipped_shipment_again_changes_nothing(world, first, repeated):
+    """The same ship again (its tracking number, or none) is idempotent: 200, nothing changes."""
     order = world.allocated(("MUG", 1), ("CAP", 1))
     east = world.shipment_at(order, "wh-east")
-    once = world.actions.ship(order.id, east, None, actor="key_wh")
+    once = world.actions.ship(order.id, east, first, actor="key_wh")
     levels, captures, history = dict(world.inventory.stock), list(world.spy.captured), world.history(order.id)
 
-    again = world.actions.ship(order.id, east, "NEWTRACKING1", actor="key_wh")
+    again = world.actions.ship(order.id, east, repeated, actor="key_wh")
 
     assert again == once == world.order(order.id)
     assert again.version == once.version
     assert world.spy.captured == captures
     assert world.inventory.stock == levels
     assert world.history(order.id) == history
+
+
+def refused_as_shipped_under(refusal: pytest.ExceptionInfo, shipment_id: str, recorded: str | None) -> None:
+    assert isinstance(refusal.value, Conflict)  # 409
+    assert refusal.value.code == "tracking_number_conflict"
+    assert refusal.value.details == [{
+        "field": "tracking_number", "message": f"shipment {shipment_id} shipped with another tracking number",
+        "shipment_id": shipment_id, "tracking_number": recorded,
+    }]  # fmt: skip
+
+
+@pytest.mark.parametrize("first", [None, "1ZFIRST0001"])
+def test_shipping_a_shipped_shipment_with_another_tracking_number_is_a_conflict_naming_the_recorded_one(world, first):
+    """A client correcting a typo must not be told it took: 409, the recorded number named, nothing changed."""
+    order = world.allocated(("MUG", 1), ("CAP", 1))
+    east = world.shipment_at(order, "wh-east")
+    once = world.actions.ship(order.id, east, first, actor="key_wh")
+    recorded = once.shipment(east).tracking_number
+    assert recorded is not None
+    before = (dict(world.inventory.stock), world.snapshot(order.id))
+
+    with pytest.raises(Conflict) as refused:
+        world.actions.ship(order.id, east, "1ZTYPOFIXED", actor="key_wh")
+
+    refused_as_shipped_under(refused, east, recorded)
+    assert (dict(world.inventory.stock), world.snapshot(order.id)) == before
+    world.actions.deliver(order.id, east, actor="key_wh")
+    with pytest.raises(Conflict) as delivered:
+        world.actions.ship(order.id, east, "1ZTYPOFIXED", actor="key_wh")
+    refused_as_shipped_under(delivered, east, recorded)
+
+
+@pytest.mark.parametrize("skip", [0, 1])  # before its capture request's write, before its ship's write
+def test_a_ship_that_loses_to_a_ship_with_another_tracking_number_is_a_conflict(world, monkeypatch, skip):
+    order = world.allocated(("MUG", 1), ("CAP", 1))
+    east = world.shipment_at(order, "wh-east")
+    before_the_next_write(
+        world, monkeypatch, lambda: world.actions.ship(order.id, east, "1ZWINNER01", actor="key_wh"), skip=skip
+    )
+
+    with pytest.raises(Conflict) as refused:
+        world.actions.ship(order.id, east, "1ZLOSER001", actor="key_wh")
+
+    refused_as_shipped_under(refused, east, "1ZWINNER01")
+    shipped = world.order(order.id)
+    assert shipped.shipment(east).status == "shipped"
+    assert [e.type for e in world.history(order.id)].count("shipment_shipped") == 1
+    assert len({key for _, _, key in world.spy.captured}) == 1  # one capture, under the shipment's key
+    assert world.level("CAP", "wh-east") == (3, 0, 3)
 
 
 def test_shipping_an_order_that_is_not_allocated_is_an_invalid_transition(world):

@@ -10,6 +10,7 @@ import pytest
 
 from core import hookimpl
 from core.errors import Conflict, InvalidRequest, NotFound, PluginError, TransientError
+from core.services import OrderQueries
 from core.status import OrderStatus
 from core.tracking import CarrierTracking, parse_shipment_reference, shipment_reference
 from core.workflow_types import TrackingUpdate
@@ -48,6 +49,7 @@ def post(tracking: CarrierTracking, world: World, *events: dict, carrier: str = 
         deliver=lambda order_id, shipment_id, at: world.actions.deliver(
             order_id, shipment_id, actor="key_carrier", channel=channel, delivered_at=at
         ),
+        find=lambda order_id, shipment_id: OrderQueries(world.orders).get(order_id, channel).shipment(shipment_id),
     )
 
 
@@ -155,16 +157,20 @@ def test_a_delivery_of_a_shipment_that_has_not_shipped_is_reported_not_applied(t
     assert world.order(order.id) == before
 
 
-def test_unknown_shipments_and_other_channels_orders_are_reported_unknown(tracking, world):
+@pytest.mark.parametrize("status", ["delivered", "in_transit"])
+def test_unknown_shipments_and_other_channels_orders_are_reported_unknown(tracking, world, status):
+    """Whatever the scan: an in-transit one for a parcel that is not there is no scan not stored."""
     order, west, _ = shipped_order(world)
-    before = world.order(order.id)
+    before = (world.order(order.id), world.history(order.id))
 
-    report = post(tracking, world, event("ord_" + "a" * 24, west), event(order.id, "shp_" + "b" * 24))
-    other_channel = post(tracking, world, event(order.id, west), channel="another-shop")
+    report = post(tracking, world, event("ord_" + "a" * 24, west, status), event(order.id, "shp_" + "b" * 24, status))
+    other_channel = post(tracking, world, event(order.id, west, status), channel="another-shop")
+    own_channel = post(tracking, world, event(order.id, west, "in_transit"), channel=order.channel)
 
     assert [u.outcome for u in report.updates] == ["unknown_shipment", "unknown_shipment"]
     assert [u.outcome for u in other_channel.updates] == ["unknown_shipment"]
-    assert world.order(order.id) == before
+    assert [u.outcome for u in own_channel.updates] == ["not_recorded"]
+    assert (world.order(order.id), world.history(order.id)) == before
 
 
 def test_each_event_is_applied_on_its_own(tracking, world):
