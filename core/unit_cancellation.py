@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from core import payment_keys
-from core.cancellation import Cancellation, holding_locations, voids_refused, written_off_stock
+from core.cancellation import Cancellation, holding_locations, leaving_moves, voids_refused, written_off_stock
 from core.carrier_bookings import CarrierBookings, CarrierWork, give_up_unrecorded
 from core.errors import (
     Conflict,
@@ -444,7 +444,7 @@ class UnitCancellation:
         (pending, authorized or backordered, held or not: sent back to be sourced since the
         cancel) has only those units shipped; the rest is its workflow's, which counts them as its own."""
         written_off = written_off_stock(order)
-        ships = written_off if order.stock_owed else frozenset()
+        ships = written_off if order.stock_owed else {}
         before = _before_its_shipments(order)
         if before and not ships:
             return []
@@ -458,7 +458,7 @@ class UnitCancellation:
                 for location_id in locations:
                     keys[(line.sku, location_id)].append(reservation_key(order.id, line.line_id))
         held = sorted(self._inventory.reservations(dict(keys)).items())
-        moves = [StockMove(*item, held=quantity, ships=True) for item, quantity in held if item in ships]
+        moves = leaving_moves(ships, dict(held))
         if before:
             return moves
         sku_of = {line.line_id: line.sku for line in order.lines}
