@@ -287,7 +287,8 @@ class OrderActions:
 
     def _units_leave(self, order: Order, shipment_id: str) -> None:
         """The shipment's units leave on_hand, and no more (units_leave: a reservation holding more
-        than the parcel carries, a cancel of units' stock step not run, gives the rest back first)."""
+        than the parcel carries, left so by a cancel of units whose stock step had not run or never
+        ran, gives the rest back first)."""
         units_leave(self._inventory, parcel_units(order, [order.shipment(shipment_id)]))
 
     # --- Deliver ------------------------------------------------------------------------------

@@ -437,7 +437,8 @@ class UnitCancellation:
         left is not touched: its units leave on_hand with its ship); and, while `order` records the
         step owed (stock_owed: written with the write-off, cleared only with the step), the units
         of the parcels a cancel wrote off (Order.written_off) shipped: they left with their carrier,
-        so they leave on_hand, as a ship's do, never back on sale. Those reservations are never
+        so they leave on_hand, as a ship's do, never back on sale, and no more than they carry (a
+        reservation holding more gives the rest back in the same move: leaving_moves). Those reservations are never
         released, owed or not, and not shipped once the step is done: the order may then be edited
         and sourced again at the parcel's location, under the same key (order and line), and a
         later step would take the new reservation's units. An order back before its shipments
