@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +21,7 @@ from core.errors import (
 )
 from core.events import OrderEvent
 from core.ids import reservation_key
-from core.models import CaptureRequest, HistoryEntry, Location, Order
+from core.models import CaptureRequest, HistoryEntry, Location, Order, Shipment
 from core.money import Money
 from core.order_changes import (
     UNANSWERED_AGAIN,
@@ -35,7 +35,7 @@ from core.order_changes import (
     refused_keys,
 )
 from core.payments import Failure, Payments
-from core.ports import CatalogRepository, InventoryRepository, OrderRepository
+from core.ports import CatalogRepository, InventoryRepository, OrderRepository, StockMove
 from core.status import TERMINAL, OrderStatus, PaymentStatus
 from core.workflow_types import PaymentResult
 
@@ -46,6 +46,7 @@ logger = logging.getLogger(__name__)
 # What a void (or a release) that was not made raises, each failed attempt in the history: the
 # gateway refused it (or no payment plugin took it), stayed unavailable, or its plugin failed.
 NOT_MADE = (PaymentRefused, PaymentGatewayUnavailable, PluginError)
+StockItem = tuple[str, str, str]  # a reservation: (sku, location_id, key)
 # OMS_AUTHORIZATION_VALID_DAYS: how long a gateway keeps an authorization (Stripe 7 days, card
 # schemes 5 to 30); one at least this old is authorized again before a capture (renewed_if_lapsed).
 AUTHORIZATION_VALID_FOR = timedelta(days=7)
@@ -171,13 +172,13 @@ class Cancellation:
                     raise TransientError(unavailable.message) from None
         return order
 
-    def _release(self, order: Order, written_off: frozenset[tuple[str, str, str]] = frozenset()) -> None:
+    def _release(self, order: Order, written_off: Mapping[StockItem, int]) -> None:
         # Release by what the inventory holds for this order, not only what the order recorded: a
         # step that crashed between reserving and recording leaves nothing behind either, nor does
         # an edit that could not release the lines it replaced. A parcel the cancel wrote off left
-        # with its carrier: its units leave on_hand (idempotent by reservation key), never released.
-        for item in sorted(written_off):
-            self._inventory.ship(*item)
+        # with its carrier: its units leave on_hand as a ship's do (units_leave: only the parcel's,
+        # what a cancel of units left reserved beyond it given back), never released.
+        units_leave(self._inventory, written_off)
         locations = holding_locations(order, self._catalog.list_locations())
         keys: dict[tuple[str, str], list[str]] = defaultdict(list)
         for line_id, sku in order.reservation_lines():
@@ -1078,18 +1079,51 @@ def _settlement_not_made(entry: HistoryEntry) -> bool:
     return entry.type is OrderEvent.CAPTURE_NOT_MADE and not (entry.detail or {}).get("shipment_id")
 
 
-def written_off_stock(order: Order) -> frozenset[tuple[str, str, str]]:
-    """The reservations ((sku, location_id, key)) of the parcels a cancel of `order` wrote off
-    (Order.written_off): their units left with the carrier, so they leave on_hand as a ship's do."""
-    parcels = order.written_off()
-    if not parcels:
-        return frozenset()
+def written_off_stock(order: Order) -> dict[StockItem, int]:
+    """The units of the parcels a cancel of `order` wrote off (Order.written_off), by reservation
+    ((sku, location_id, key)): they left with the carrier, so they leave on_hand as a ship's do
+    (units_leave, leaving_moves)."""
+    return parcel_units(order, order.written_off())
+
+
+def parcel_units(order: Order, parcels: Iterable[Shipment]) -> dict[StockItem, int]:
+    """The units `parcels` of `order` carry, by reservation ((sku, location_id, key))."""
     sku_of = {line.line_id: line.sku for line in order.lines}
-    return frozenset(
-        (sku_of[item.line_id], parcel.location_id, reservation_key(order.id, item.line_id))
-        for parcel in parcels
-        for item in parcel.lines
-    )
+    units: dict[StockItem, int] = defaultdict(int)
+    for parcel in parcels:
+        for item in parcel.lines:
+            units[(sku_of[item.line_id], parcel.location_id, reservation_key(order.id, item.line_id))] += item.quantity
+    return dict(units)
+
+
+def leaving_moves(units: Mapping[StockItem, int], held: Mapping[StockItem, int]) -> list[StockMove]:
+    """How the `units` of parcels that left (shipped, collected or written off), by reservation,
+    leave on_hand, and no more, given what their reservations hold (`held`; one holding nothing has
+    no move): a reservation holding more than its parcel carries (a cancel of units wrote the
+    smaller parcel, and its stock step had not run or never ran: Order.stock_owed) is brought down
+    to the parcel's units first, the rest back to available, then those leave; each move conditional
+    on what its reservation held (a release that won meanwhile leaves it as is)."""
+    return [
+        StockMove(*item, held=quantity, keep=units[item] if 0 < units[item] < quantity else quantity, ships=True)
+        for item, quantity in sorted(held.items())
+        if item in units
+    ]
+
+
+def units_leave(inventory: InventoryRepository, units: Mapping[StockItem, int]) -> None:
+    """The `units` of parcels that left leave on_hand, and no more (leaving_moves), one write at a
+    time: each reservation holding more first shrinks to its parcel's units
+    (InventoryRepository.shrink, conditional on what it held), then each ships (idempotent by key)."""
+    if not units:
+        return
+    keys: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for sku, location_id, key in units:
+        keys[(sku, location_id)].append(key)
+    for move in leaving_moves(units, inventory.reservations(dict(keys))):
+        if move.keep < move.held:
+            inventory.shrink(move.sku, move.location_id, move.key, held=move.held, keep=move.keep)
+    for item in sorted(units):
+        inventory.ship(*item)
 
 
 def _declined_count(refused: set[str], order_id: str, lapsed: str) -> int:

@@ -12,7 +12,14 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from core import payment_keys
-from core.cancellation import AUTHORIZATION_VALID_FOR, Cancellation, holding_locations, own_authorization_keys
+from core.cancellation import (
+    AUTHORIZATION_VALID_FOR,
+    Cancellation,
+    holding_locations,
+    own_authorization_keys,
+    parcel_units,
+    units_leave,
+)
 from core.carrier_bookings import CarrierWork
 from core.errors import (
     Conflict,
@@ -283,24 +290,10 @@ class OrderActions:
         return current, bool(requested)
 
     def _units_leave(self, order: Order, shipment_id: str) -> None:
-        """The shipment's units leave on_hand, and no more: a reservation holding more than the
-        parcel carries (a cancel of units wrote the smaller parcel, and its release, which passes
-        over a parcel that left, had not run or never ran: Order.stock_owed) gives the rest back
-        first, in a write conditional on what it held (a release that won meanwhile leaves it as is)."""
-        shipment = order.shipment(shipment_id)
-        line_sku = {line.line_id: line.sku for line in order.lines}
-        items = {
-            (line_sku[item.line_id], shipment.location_id, reservation_key(order.id, item.line_id)): item.quantity
-            for item in shipment.lines
-        }
-        keys: dict[tuple[str, str], list[str]] = defaultdict(list)
-        for sku, location_id, key in items:
-            keys[(sku, location_id)].append(key)
-        for item, held in self._inventory.reservations(dict(keys)).items():
-            if 0 < items[item] < held:
-                self._inventory.shrink(*item, held=held, keep=items[item])
-        for item in items:
-            self._inventory.ship(*item)
+        """The shipment's units leave on_hand, and no more (units_leave: a reservation holding more
+        than the parcel carries, left so by a cancel of units whose stock step had not run or never
+        ran, gives the rest back first)."""
+        units_leave(self._inventory, parcel_units(order, [order.shipment(shipment_id)]))
 
     # --- Deliver ------------------------------------------------------------------------------
     def deliver_or_collect(self, order_id: str, shipment_id: str, actor: str, channel: str | None = None) -> Order:

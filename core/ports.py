@@ -28,8 +28,9 @@ class OrderFilter(NamedTuple):
 
 class StockMove(NamedTuple):
     """Bring the reservation under `key` (order#line) at (sku, location_id) from `held` units down to
-    `keep` (0: released, its units back to available), or, `ships`, take its `held` units out of
-    on_hand as a ship does (a written-off parcel's, which left with its carrier)."""
+    `keep` (0: released), the rest back to available; with `ships`, then take the `keep` units out
+    of on_hand as a ship does, the reservation gone (a written-off parcel's, which left with its
+    carrier: cancellation.leaving_moves)."""
 
     sku: str
     location_id: str

@@ -12,7 +12,14 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from core import payment_keys
-from core.cancellation import NOT_MADE, Cancellation, holding_locations, voids_refused, written_off_stock
+from core.cancellation import (
+    NOT_MADE,
+    Cancellation,
+    holding_locations,
+    leaving_moves,
+    voids_refused,
+    written_off_stock,
+)
 from core.carrier_bookings import CarrierBookings, CarrierWork, give_up_unrecorded
 from core.errors import (
     Conflict,
@@ -437,14 +444,15 @@ class UnitCancellation:
         left is not touched: its units leave on_hand with its ship); and, while `order` records the
         step owed (stock_owed: written with the write-off, cleared only with the step), the units
         of the parcels a cancel wrote off (Order.written_off) shipped: they left with their carrier,
-        so they leave on_hand, as a ship's do, never back on sale. Those reservations are never
+        so they leave on_hand, as a ship's do, never back on sale, and no more than they carry (a
+        reservation holding more gives the rest back in the same move: leaving_moves). Those reservations are never
         released, owed or not, and not shipped once the step is done: the order may then be edited
         and sourced again at the parcel's location, under the same key (order and line), and a
         later step would take the new reservation's units. An order back before its shipments
         (pending, authorized or backordered, held or not: sent back to be sourced since the
         cancel) has only those units shipped; the rest is its workflow's, which counts them as its own."""
         written_off = written_off_stock(order)
-        ships = written_off if order.stock_owed else frozenset()
+        ships = written_off if order.stock_owed else {}
         before = _before_its_shipments(order)
         if before and not ships:
             return []
@@ -458,7 +466,7 @@ class UnitCancellation:
                 for location_id in locations:
                     keys[(line.sku, location_id)].append(reservation_key(order.id, line.line_id))
         held = sorted(self._inventory.reservations(dict(keys)).items())
-        moves = [StockMove(*item, held=quantity, ships=True) for item, quantity in held if item in ships]
+        moves = leaving_moves(ships, dict(held))
         if before:
             return moves
         sku_of = {line.line_id: line.sku for line in order.lines}

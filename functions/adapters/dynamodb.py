@@ -523,9 +523,10 @@ def _stock_moved(table: str, sku: str, location_id: str, moves: list[StockMove])
     """One Update of a stock item for all its moves (a transaction may name an item once), each
     conditional on its reservation holding exactly its `held` units: released or shrunk units go
     back to available (the filler's `arrived` marker set, as DynamoInventory.release sets it),
-    shipped ones leave on_hand (the markers removed, as DynamoInventory.ship does)."""
-    freed = sum(m.held - m.keep for m in moves if not m.ships)
-    shipped = sum(m.held for m in moves if m.ships)
+    shipped ones leave on_hand (the markers removed, as DynamoInventory.ship does, unless units
+    were freed with them)."""
+    freed = sum(m.held - m.keep for m in moves)
+    shipped = sum(m.keep for m in moves if m.ships)
     names: dict[str, str] = {}
     values: dict[str, Any] = {":gone": freed + shipped, ":freed": freed, ":shipped": shipped}
     sets = ["reserved = reserved - :gone", "available = available + :freed", "on_hand = on_hand - :shipped"]

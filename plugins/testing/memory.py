@@ -389,8 +389,11 @@ class InMemoryInventory(InventoryRepository):
 
     def apply(self, move: StockMove) -> None:
         """Apply `move`, whose condition (holds) was checked: OrderRepository.update_with_stock's.
-        A move is one of the writes a cancel made one at a time: a ship, a shrink or a release."""
-        if move.ships:
+        A move is one of the writes a cancel made one at a time: a shrink then a ship, a ship, a
+        shrink or a release."""
+        if move.ships and move.keep:
+            if move.keep < move.held:
+                self.shrink(move.sku, move.location_id, move.key, held=move.held, keep=move.keep)
             self.ship(move.sku, move.location_id, move.key)
         elif move.keep:
             self.shrink(move.sku, move.location_id, move.key, held=move.held, keep=move.keep)
