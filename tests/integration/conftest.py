@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -162,3 +163,19 @@ def api() -> Iterator[Any]:
 def catalog(api: Any) -> Catalog:
     """Products, locations and stock of this test only."""
     return Catalog(api)
+
+
+def run_threads(threads: Iterable[threading.Thread]) -> None:
+    """Start `threads` and wait for them all, moto serialized meanwhile (moto itself is not
+    thread-safe; each request stays atomic, as on AWS)."""
+    from infra.local.moto_patches import lock
+
+    threads = list(threads)
+    lock.PATCH.apply()
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        lock.PATCH.undo()

@@ -26,7 +26,7 @@ from infra.local.event_sources import compile_filters, matches_filters
 from infra.local.template import Template
 from tests.builders import NOW, location, place_order, product
 from tests.fakes import FakeLabels
-from tests.integration.conftest import pass_through_workflow
+from tests.integration.conftest import pass_through_workflow, run_threads
 
 S = OrderStatus
 
@@ -358,8 +358,6 @@ def test_an_arrival_follows_the_stored_sourcing_rules_max_shipments(shop):
 
 @pytest.mark.parametrize(("orders", "each", "units"), [(6, 2, 7), (4, 3, 15), (5, 1, 5)])
 def test_k_units_arriving_on_threads_fill_exactly_min_k_demand_oldest_first(shop, orders, each, units):
-    from infra.local.moto_patches import lock
-
     ids = [shop.backordered(each) for _ in range(orders)]
     allocator = shop.container.backorder_allocator
     errors: list[BaseException] = []
@@ -376,15 +374,7 @@ def test_k_units_arriving_on_threads_fill_exactly_min_k_demand_oldest_first(shop
         except BaseException as error:
             errors.append(error)
 
-    lock.PATCH.apply()  # moto itself is not thread-safe; each request stays atomic, as on AWS
-    try:
-        threads = [threading.Thread(target=arrive, args=(("wh-east", "wh-west")[n % 2],)) for n in range(units)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-    finally:
-        lock.PATCH.undo()
+    run_threads(threading.Thread(target=arrive, args=(("wh-east", "wh-west")[n % 2],)) for n in range(units))
 
     assert errors == []
     held = [shop.held(order_id) for order_id in ids]

@@ -15,6 +15,7 @@ from core import hookimpl
 from core.ids import order_id_for
 from infra.local.lambdas import LambdaContext
 from tests.builders import csv_file, csv_row, order_body
+from tests.integration.conftest import run_threads
 from tests.integration.import_support import (
     ImportAws,
     before_puts,
@@ -329,7 +330,6 @@ def test_concurrent_workers_never_lose_or_double_a_count(stack: ImportAws):
 
     from functions.adapters.imports import origin_from
     from functions.import_worker.app import container
-    from infra.local.moto_patches import lock
 
     splitter = f"{DEFAULT_SENDER_ID}:oms-ImportSplitterFunction"  # a role's SenderId: id and session
 
@@ -351,16 +351,8 @@ def test_concurrent_workers_never_lose_or_double_a_count(stack: ImportAws):
         except BaseException as error:
             errors.append(error)
 
-    lock.PATCH.apply()  # moto itself is not thread-safe; each request stays atomic, as on AWS
-    try:
-        lines = sorted(bodies)
-        threads = [threading.Thread(target=work, args=(lines[i::4] + lines[(i + 1) % 4 :: 4],)) for i in range(4)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-    finally:
-        lock.PATCH.undo()
+    lines = sorted(bodies)
+    run_threads(threading.Thread(target=work, args=(lines[i::4] + lines[(i + 1) % 4 :: 4],)) for i in range(4))
 
     assert errors == []
     imported = report(import_id)

@@ -29,6 +29,7 @@ from core.status import OrderStatus, PurchaseOrderStatus
 from functions.adapters import order_codec
 from tests.builders import NOW
 from tests.e2e.client import Catalog, assert_error, order_body, put_network, unique
+from tests.integration.conftest import run_threads
 from tests.integration.in_process import InProcessApi, in_process_api
 from tests.integration.test_backorders import Shop, consume, record, shop  # noqa: F401 (the fixture)
 
@@ -199,8 +200,6 @@ def test_a_stale_write_changes_neither_the_po_nor_the_stock(buyer: Shop):
 
 
 def test_concurrent_receipts_of_the_last_units_count_them_once(buyer: Shop):
-    from infra.local.moto_patches import lock
-
     purchasing = buyer.container.purchasing
     po = purchasing.create(new_po(quantity=3))
     outcomes: list[str] = []
@@ -212,15 +211,7 @@ def test_concurrent_receipts_of_the_last_units_count_them_once(buyer: Shop):
         except (InvalidRequest, InvalidTransition, StaleVersion) as error:
             outcomes.append(type(error).__name__)
 
-    lock.PATCH.apply()  # moto itself is not thread-safe; each request stays atomic, as on AWS
-    try:
-        threads = [threading.Thread(target=receive, args=(n,)) for n in range(4)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-    finally:
-        lock.PATCH.undo()
+    run_threads(threading.Thread(target=receive, args=(n,)) for n in range(4))
 
     assert outcomes.count("received") == 1
     assert (at(buyer)["on_hand"], at(buyer)["incoming"]) == (3, 0)

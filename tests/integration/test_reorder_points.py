@@ -30,7 +30,7 @@ from infra.local.template import Template
 from tests.builders import location, product
 from tests.e2e.client import Catalog, assert_error, put_network, unique
 from tests.fakes import FakeLabels
-from tests.integration.conftest import PASS_MACHINE
+from tests.integration.conftest import PASS_MACHINE, run_threads
 from tests.integration.in_process import InProcessApi, in_process_api
 from tests.integration.test_backorders import Context, Ticking, metrics_on  # noqa: F401 (a fixture)
 from tests.integration.test_events_and_webhooks import drain
@@ -1112,7 +1112,6 @@ def test_cancelling_the_open_purchase_order_that_covered_low_stock_reorders(buye
 @pytest.mark.parametrize("orders", [10, 16])
 def test_orders_draining_stock_at_once_cross_once_and_grow_the_draft_once(buyer: Buyer, orders: int):
     from functions.backorders import app
-    from infra.local.moto_patches import lock
 
     buyer.stock(units=orders)
     buyer.point()
@@ -1124,26 +1123,15 @@ def test_orders_draining_stock_at_once_cross_once_and_grow_the_draft_once(buyer:
         except BaseException as error:
             errors.append(error)
 
-    lock.PATCH.apply()  # moto itself is not thread-safe; each request stays atomic, as on AWS
-    try:
-        threads = [threading.Thread(target=run, args=(lambda n=n: buyer.reserve(1, first=n),)) for n in range(orders)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        records = buyer.stream.records()
-        # Every record handled on several threads at once, as overlapping redeliveries would be.
-        with app.container.override(buyer.container):
-            threads = [
-                threading.Thread(target=run, args=(lambda: app.lambda_handler({"Records": records}, Context()),))
-                for _ in range(4)
-            ]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
-    finally:
-        lock.PATCH.undo()
+    run_threads(threading.Thread(target=run, args=(lambda n=n: buyer.reserve(1, first=n),)) for n in range(orders))
+    records = buyer.stream.records()
+
+    # Every record handled on several threads at once, as overlapping redeliveries would be.
+    def handle() -> Any:
+        return app.lambda_handler({"Records": records}, Context())
+
+    with app.container.override(buyer.container):
+        run_threads(threading.Thread(target=run, args=(handle,)) for _ in range(4))
 
     assert errors == []
     [level] = buyer.container.inventory_repository.levels({"MUG"}, ["wh-east"])["MUG"]
@@ -1156,7 +1144,6 @@ def test_orders_draining_stock_at_once_cross_once_and_grow_the_draft_once(buyer:
 
 def test_crossings_of_two_skus_at_once_share_one_draft(buyer: Buyer):
     from functions.backorders import app
-    from infra.local.moto_patches import lock
 
     for sku in ("MUG", "CUP"):
         buyer.stock(sku)
@@ -1171,17 +1158,9 @@ def test_crossings_of_two_skus_at_once_share_one_draft(buyer: Buyer):
         except BaseException as error:
             errors.append(error)
 
-    lock.PATCH.apply()
-    try:
-        with app.container.override(buyer.container):
-            by_sku = [[r for r in records if r["dynamodb"]["Keys"]["sku"]["S"] == sku] for sku in ("MUG", "CUP")]
-            threads = [threading.Thread(target=handle, args=(batch,)) for batch in by_sku * 2]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
-    finally:
-        lock.PATCH.undo()
+    with app.container.override(buyer.container):
+        by_sku = [[r for r in records if r["dynamodb"]["Keys"]["sku"]["S"] == sku] for sku in ("MUG", "CUP")]
+        run_threads(threading.Thread(target=handle, args=(batch,)) for batch in by_sku * 2)
 
     assert errors == []
     [draft] = buyer.drafts()

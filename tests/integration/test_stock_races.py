@@ -22,7 +22,7 @@ from functions.adapters.dynamodb import DynamoDuePickups
 from functions.bootstrap import Config, Container, bootstrap
 from tests.builders import NOW, location, place_order, product
 from tests.fakes import FakeLabels
-from tests.integration.conftest import pass_through_workflow
+from tests.integration.conftest import pass_through_workflow, run_threads
 
 S, H = OrderStatus, ShipmentStatus
 
@@ -94,8 +94,6 @@ def shop(aws, monkeypatch: pytest.MonkeyPatch) -> Iterator[Shop]:
 def on_threads(*calls: Callable[[], Any]) -> list[Any]:
     """Run `calls` at once, moto serialized (each request atomic, as on AWS); each one's result or
     the exception it raised."""
-    from infra.local.moto_patches import lock
-
     results: list[Any] = [None] * len(calls)
     start = threading.Barrier(len(calls))
 
@@ -106,15 +104,7 @@ def on_threads(*calls: Callable[[], Any]) -> list[Any]:
         except BaseException as error:  # the race's outcome is the test's subject
             results[n] = error
 
-    lock.PATCH.apply()
-    try:
-        threads = [threading.Thread(target=run, args=(n,)) for n in range(len(calls))]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-    finally:
-        lock.PATCH.undo()
+    run_threads(threading.Thread(target=run, args=(n,)) for n in range(len(calls)))
     return results
 
 
