@@ -2,7 +2,7 @@
 before an exchange's credit was held on its original those holds, and orders cancelled before a
 void the gateway could not make was marked owed that mark (a one-off upgrade).
 
-    python -m infra.backfill_orders --table <OrdersTableName>
+    python -m infra.backfill_orders --table <OrdersTableName> --catalog-table <CatalogTableName>
 
 Run once after the first of the two upgrade deploys (README, "Upgrading a stack deployed before
 by_status_key"), once after deploying a version that holds exchange credits (README, "Exchange
@@ -29,6 +29,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--table", required=True, help="the stack's OrdersTableName output")
     parser.add_argument(
+        "--catalog-table",
+        help="the stack's Catalog table (its physical name): the pages of an order's history too long for its item",
+    )
+    parser.add_argument(
         "--returns-table", help="the stack's ReturnsTable (its physical name): received returns' receipt keys"
     )
     args = parser.parse_args()
@@ -46,21 +50,23 @@ def main() -> None:
     client = aws_client("dynamodb")
     # Parks first: the index step gives every order on hold the hold expiry's keys, and a park
     # still unmarked then would be the expiry's until this step took it out again.
-    written, already = backfill_parks(client, args.table)
+    written, already = backfill_parks(client, args.table, history_table=args.catalog_table)
     print(f"{written} parked orders marked as parks, {already} already right")
     # Before the index step too: a parcel marked refused leaves the kept-back pass's partition.
-    written, already = backfill_refused_reports(client, args.table)
+    written, already = backfill_refused_reports(client, args.table, history_table=args.catalog_table)
     print(f"{written} orders' refused delivery reports marked, {already} already right")
     written, already = backfill_index_attributes(client, args.table)
     print(f"{written} orders written, {already} already right")
-    written, already = backfill_credit_holds(client, args.table)
+    written, already = backfill_credit_holds(client, args.table, history_table=args.catalog_table)
     print(f"{written} orders given their exchanges' credit holds, {already} already right")
-    written, already = backfill_own_voids_owed(client, args.table)
+    written, already = backfill_own_voids_owed(client, args.table, history_table=args.catalog_table)
     print(f"{written} cancelled orders marked as owing their own void, {already} already right")
     if args.returns_table:
         written, already = backfill_receipt_keys(client, args.returns_table)
         print(f"{written} received returns given their receipt key, {already} already right")
-        written, already = backfill_returns_to_show(client, args.table, args.returns_table)
+        written, already = backfill_returns_to_show(
+            client, args.table, args.returns_table, history_table=args.catalog_table
+        )
         print(f"{written} orders marked as owing their returns a show of what went back, {already} already right")
 
 

@@ -685,7 +685,10 @@ class DynamoOrders(OrderRepository):
         """The stored entries an item's pages hold, oldest first: `moved` of them (pages never
         change once written, but are read consistently: the item may name one just written)."""
         if self._history_table is None:
-            raise ValueError(f"order {order_id} has history pages: DynamoOrders(..., history_table=<Catalog table>)")
+            raise ValueError(
+                f"order {order_id} has history pages in the Catalog table: DynamoOrders(..., history_table=<its name>)"
+                " (python -m infra.backfill_orders --catalog-table)"
+            )
         query: dict[str, Any] = {
             "TableName": self._history_table, "KeyConditionExpression": "pk = :pk", "ConsistentRead": True,
             "ExpressionAttributeValues": {":pk": {"S": HISTORY_PAGE_PK + order_id}},
@@ -1503,33 +1506,39 @@ def backfill_receipt_keys(client: Any, table: str, page_size: int = 500) -> tupl
     return written, already
 
 
-def backfill_credit_holds(client: Any, table: str, page_size: int = 500, attempts: int = 5) -> tuple[int, int]:
+def backfill_credit_holds(
+    client: Any, table: str, page_size: int = 500, attempts: int = 5, history_table: str | None = None
+) -> tuple[int, int]:
     """The one-off upgrade of orders whose exchange was placed before its credit was held on them:
     each gets the holds its history names (Order.hold_placed_credits), so no appeasement refunds
     the money that paid for a replacement. Only an order with such an exchange is read again
     (with its history) and written (_upgraded_from_history); returns (orders written, orders
     already right)."""
     return _upgraded_from_history(
-        client, table, page_size, attempts,
+        client, table, page_size, attempts, history_table,
         needs=lambda order: not set(order.exchanges) <= set(order.credit_holds),
         change=lambda order, history: order.hold_placed_credits(history, at=utc_now()),
     )  # fmt: skip
 
 
-def backfill_own_voids_owed(client: Any, table: str, page_size: int = 500, attempts: int = 5) -> tuple[int, int]:
+def backfill_own_voids_owed(
+    client: Any, table: str, page_size: int = 500, attempts: int = 5, history_table: str | None = None
+) -> tuple[int, int]:
     """The one-off upgrade of orders cancelled before a cancelled order's own void the gateway
     could not make was marked owed (Order.own_void_owed): each cancelled order whose payment is
     still `authorized` is read again with its history and marked when its failed attempts say the
     void is owed (Order.owe_own_void_from), which puts it in the reconciler's authorization pass
     (_upgraded_from_history); returns (orders marked, orders already right)."""
     return _upgraded_from_history(
-        client, table, page_size, attempts,
+        client, table, page_size, attempts, history_table,
         needs=lambda order: order.status is OrderStatus.CANCELLED and order.payment.status is PaymentStatus.AUTHORIZED,
         change=lambda order, history: order.owe_own_void_from(history, at=utc_now()),
     )  # fmt: skip
 
 
-def backfill_parks(client: Any, table: str, page_size: int = 500, attempts: int = 5) -> tuple[int, int]:
+def backfill_parks(
+    client: Any, table: str, page_size: int = 500, attempts: int = 5, history_table: str | None = None
+) -> tuple[int, int]:
     """The one-off upgrade of orders parked (or held to confirm whether a parcel left) before such
     a hold stored that it is one (Hold.parked), or that it waits for parcels (Hold.confirms_ships):
     each order on hold whose hold names no parcels is read again with its history and marked when
@@ -1537,14 +1546,16 @@ def backfill_parks(client: Any, table: str, page_size: int = 500, attempts: int 
     hold expiry's index and puts a parcel to confirm in the count ShipsToConfirmAlarm watches
     (_upgraded_from_history); returns (orders marked, orders already right)."""
     return _upgraded_from_history(
-        client, table, page_size, attempts,
+        client, table, page_size, attempts, history_table,
         needs=lambda order: order.status is OrderStatus.ON_HOLD and order.hold is not None
         and not (order.hold.confirms_ships or order.hold.ships_to_confirm),
         change=lambda order, history: order.parked_from(history, at=utc_now()),
     )  # fmt: skip
 
 
-def backfill_refused_reports(client: Any, table: str, page_size: int = 500, attempts: int = 5) -> tuple[int, int]:
+def backfill_refused_reports(
+    client: Any, table: str, page_size: int = 500, attempts: int = 5, history_table: str | None = None
+) -> tuple[int, int]:
     """The one-off upgrade of orders whose carrier's report of a marked parcel (Order.reported_delivered)
     met the gateway's refusal before the mark said so (ReportedDelivery.refused): each order with a
     pending parcel marked and not refused is read again with its history and marked refused where
@@ -1557,14 +1568,15 @@ def backfill_refused_reports(client: Any, table: str, page_size: int = 500, atte
         return any(s not in refused for s in order.parcels_reported())
 
     return _upgraded_from_history(
-        client, table, page_size, attempts, needs=needs,
+        client, table, page_size, attempts, history_table, needs=needs,
         change=lambda order, history: order.refused_reports_from(history, at=utc_now()),
     )  # fmt: skip
 
 
 def backfill_returns_to_show(
-    client: Any, table: str, returns_table: str, page_size: int = 500, attempts: int = 5
-) -> tuple[int, int]:
+    client: Any, table: str, returns_table: str, page_size: int = 500, attempts: int = 5,
+    history_table: str | None = None,
+) -> tuple[int, int]:  # fmt: skip
     """The one-off upgrade of orders written before a gateway's answer recorded the returns owing a
     show of what went back for them (Order.returns_to_show): a function that died between the
     answer and the show left the return showing less than went back, and the order in no index.
@@ -1589,14 +1601,14 @@ def backfill_returns_to_show(
         return order, order.owe_returns_shown(short, at=utc_now())
 
     return _upgraded(
-        client, table, page_size, attempts,
+        client, table, page_size, attempts, history_table,
         needs=lambda order: bool(order.exchanges) or any(refund.return_id for refund in order.payment.refunds),
         decided=decided,
     )  # fmt: skip
 
 
 def _upgraded_from_history(
-    client: Any, table: str, page_size: int, attempts: int,
+    client: Any, table: str, page_size: int, attempts: int, history_table: str | None,
     needs: Callable[[Order], bool], change: Callable[[Order, list[HistoryEntry]], Bookkeeping | None],
 ) -> tuple[int, int]:  # fmt: skip
     """Each order the Scan finds that `needs` it, read again with its history and written as `change`
@@ -1606,11 +1618,11 @@ def _upgraded_from_history(
         found = orders.history(order_id, consistent=True)
         return (found[0], change(*found)) if found is not None else None
 
-    return _upgraded(client, table, page_size, attempts, needs, decided)
+    return _upgraded(client, table, page_size, attempts, history_table, needs, decided)
 
 
 def _upgraded(
-    client: Any, table: str, page_size: int, attempts: int,
+    client: Any, table: str, page_size: int, attempts: int, history_table: str | None,
     needs: Callable[[Order], bool], decided: Callable[[DynamoOrders, str], tuple[Order, Bookkeeping | None] | None],
 ) -> tuple[int, int]:  # fmt: skip
     """Each order the Scan finds that `needs` it, read again (`decided`: the order as read and what
@@ -1618,7 +1630,7 @@ def _upgraded(
     read, read and decided again when the running code wrote it meanwhile, so a second run writes
     nothing. An operator's command over the whole table, so a Scan; returns (orders written,
     orders already right)."""
-    orders = DynamoOrders(client, table)
+    orders = DynamoOrders(client, table, history_table=history_table)  # the Catalog table: history pages
     written = already = 0
     scan: dict[str, Any] = {"TableName": table, "ProjectionExpression": "id, doc", "Limit": page_size}
     while True:

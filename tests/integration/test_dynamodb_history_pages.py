@@ -168,3 +168,23 @@ def test_a_repository_without_the_catalog_table_refuses_to_read_a_paged_history(
     with pytest.raises(ValueError, match="history pages"):
         DynamoOrders(aws.dynamodb, aws.tables["OrdersTable"]).history(placed.id)
     assert isinstance(paged.history(placed.id)[0], Order)
+
+
+def test_a_one_off_backfill_reads_a_paged_history_whole_given_the_catalog_table(capture, aws, paged):
+    from functions.adapters.dynamodb import _upgraded_from_history
+
+    placed = capture.place(place_order(), actor="a")
+    for n in range(40):  # ~48 KB: one move
+        paged.update(placed, placed, [_noted(n)])
+    assert _pages(aws, placed.id)
+    seen: list[int] = []
+
+    def change(order: Order, history: list[HistoryEntry]) -> None:
+        seen.append(len(history))  # nothing to write
+
+    table, catalog = aws.tables["OrdersTable"], aws.tables["CatalogTable"]
+    assert _upgraded_from_history(aws.dynamodb, table, 500, 5, catalog, needs=lambda o: True, change=change) == (0, 1)
+    assert seen == [41]
+    # Without it, the run stops naming what it needs rather than deciding on a history cut short.
+    with pytest.raises(ValueError, match="--catalog-table"):
+        _upgraded_from_history(aws.dynamodb, table, 500, 5, None, needs=lambda o: True, change=change)
