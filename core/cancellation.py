@@ -170,6 +170,11 @@ class Cancellation:
             except PaymentGatewayUnavailable as unavailable:
                 if retry_void_later:
                     raise TransientError(unavailable.message) from None
+            except PluginError:
+                # The payment plugin failed in the refund (kind `plugin_error`, in the original's
+                # history): the refund stays pending there, which the pending-refund pass asks again;
+                # the cancel was written, so it answers cancelled, as after a failed void.
+                pass
         return order
 
     def _release(self, order: Order, written_off: Mapping[StockItem, int]) -> None:

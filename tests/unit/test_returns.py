@@ -30,7 +30,7 @@ from core.money import Money
 from core.payments import Payments
 from core.plugin_manager import build_plugin_manager
 from core.pricing_types import PricingDraft, ShippingQuote
-from core.refund_service import RefundService
+from core.refund_service import PendingRefundSweep, RefundService
 from core.return_models import ReceiveReturn, RequestReturn, Return, ReturnLine, ReturnPolicyDecision
 from core.returns import ExchangeIdTaken, RefundNotDone, ReturnNotReceived, Returns, return_id_for
 from core.services import OrderQueries
@@ -3375,3 +3375,43 @@ def test_an_exchange_whose_originals_stored_address_todays_rules_refuse_by_recei
     given_up_and_refunded(world, returns, item.id, order, "validation_error")
     (entry,) = [e for e in world.history(order.id) if e.type is OrderEvent.EXCHANGE_NOT_PLACED]
     assert [detail["field"] for detail in entry.detail["details"]] == ["shipping_address.longitude"]
+
+
+class CrashingRefund:
+    """A payment plugin whose refund raises (a bug of its own, not a gateway's answer) while `crashing`."""
+
+    crashing = False
+
+    @hookimpl(tryfirst=True)
+    def oms_payment_refund(self) -> None:
+        if self.crashing:
+            raise ValueError("the plugin's own bug")
+
+
+def test_a_cancelled_replacements_give_back_whose_plugin_crashes_is_cancelled_and_refunded_by_the_pending_pass(clock):
+    # Before: the cancel was written, then the give-back's refund raised PluginError out of it, a
+    # 500 for a cancel that had happened. The refund is recorded pending with the plugin's failure;
+    # the pending-refund pass finishes it once the plugin works.
+    from tests.unit.test_pending_refund_sweep import InMemoryPendingRefunds  # it imports this module
+
+    crashing = CrashingRefund()
+    world = build_world(STOCK, crashing)
+    _, order, settled = exchanged(world, clock, ("TSHIRT", 1), ("TSHIRT", 1), ("CAP", 1))
+    replacement = world.run(settled.exchange_order_id or "")
+    crashing.crashing = True
+
+    cancelled = world.actions.cancel(replacement.id, "changed my mind", actor="key_cs")
+
+    assert cancelled.status is S.CANCELLED and cancelled.payment.status.value == "voided"
+    [pending] = world.order(order.id).payment.refunds
+    assert (pending.amount, pending.status) == (order.lines[0].total, "pending")
+    failed = [h for h in world.history(order.id) if h.type is OrderEvent.PAYMENT_REFUND_FAILED]
+    assert [(h.detail or {}).get("kind") for h in failed] == ["plugin_error"]
+
+    crashing.crashing = False
+    clock.now += timedelta(minutes=20)
+    PendingRefundSweep(InMemoryPendingRefunds(world), world.refunds, clock, after=timedelta(minutes=15)).run(
+        "reconciler"
+    )
+    [refund] = world.order(order.id).payment.refunds
+    assert (refund.amount, refund.status) == (order.lines[0].total, "succeeded")
