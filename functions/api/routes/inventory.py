@@ -33,6 +33,9 @@ def _level_shown(level: StockLevel) -> StockLevel:
 @router.put(
     "/inventory/<sku>/<location_id>",
     summary="Set the counted units on hand (a stock take)",
+    description="A count below the units reserved there (held by orders not yet shipped) is 409 "
+    "`insufficient_stock` and records nothing: on hand never falls below what is reserved. Reject the shipments "
+    "that location cannot fill (`POST /orders/{id}/shipments/{shipment_id}/reject` sources them again), then count.",
     responses={**ok(200, StockLevel, "The stock record"), **errors(400, 403, 404, 409, 413)},
 )
 @requires(Scope.INVENTORY_WRITE)
