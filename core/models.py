@@ -710,6 +710,10 @@ class ReorderSettings(Shown):
     unit_cost: Money | None = None
 
 
+# Its vendor and unit cost are purchasing's, which purchasing:write guards.
+REORDER_SHOWN = "The reorder point, shown to keys with purchasing:write; null when none is set, and to other keys"
+
+
 class StockLevel(Shown):
     """One (sku, location) record. available = on_hand - reserved, kept in the same write."""
 
@@ -721,7 +725,8 @@ class StockLevel(Shown):
     updated_at: datetime | None = None
     incoming: int = 0  # units on open purchase orders to this location, not yet received
     next_expected_at: datetime | None = None  # the earliest such purchase order's expected_at
-    reorder: ReorderSettings | None = None  # the reorder point set on it, if any
+    # The reorder point set on it, if any. An answer shows it to a key that may set it (functions.api.routes.inventory).
+    reorder: ReorderSettings | None = Field(default=None, description=REORDER_SHOWN)
 
 
 class LocationStock(Shown):
@@ -731,7 +736,7 @@ class LocationStock(Shown):
     available: int
     incoming: int = 0
     next_expected_at: datetime | None = None
-    reorder: ReorderSettings | None = Field(default=None, description="The reorder point, null when none is set")
+    reorder: ReorderSettings | None = Field(default=None, description=REORDER_SHOWN)
 
 
 class InventorySummary(Shown):
