@@ -13,7 +13,7 @@ from core.errors import Conflict, InvalidRequest, NotFound, PluginError, Transie
 from core.services import OrderQueries
 from core.status import OrderStatus
 from core.tracking import CarrierTracking, parse_shipment_reference, shipment_reference
-from core.workflow_types import TrackingUpdate
+from core.workflow_types import RefusedField, RefusedTrackingEvent, TrackingUpdate
 from plugins.flat_rate_carrier import TRACKING_CARRIER, tracking_number
 from tests.builders import NOW
 from tests.unit.world import World, build_world
@@ -186,14 +186,35 @@ def test_a_carrier_no_plugin_answers_for_is_not_found(tracking, world):
         post(tracking, world, carrier="ups")
 
 
-def test_a_malformed_flat_rate_webhook_is_the_senders_error_and_changes_nothing(tracking, world):
+def test_a_malformed_flat_rate_event_is_refused_alone_and_the_others_are_applied(tracking, world):
     order, west, east = shipped_order(world)
+    world.actions.ship(order.id, east, None, actor="key_wh")
+    pasted = event(order.id, east, tracking_number=tracking_number(west))  # on the wrong reference
+
+    report = post(tracking, world, event(order.id, west), pasted, event(order.id, west))
+
+    assert [(u.position, u.outcome) for u in report.updates] == [(0, "delivered"), (2, "delivered")]
+    (refused,) = report.refused
+    assert refused.position == 1
+    assert refused.error.model_dump() == {
+        "code": "validation_error", "message": "a tracking event's tracking number is not the one of its shipment",
+        "details": [{"field": "events[1].tracking_number", "message": f"not the number of {east}"}],
+    }  # fmt: skip
+    after = world.order(order.id)
+    assert (after.shipment(west).status, after.shipment(east).status) == ("delivered", "shipped")
+
+
+def test_a_webhook_that_is_no_flat_rate_webhook_is_the_senders_error_and_changes_nothing(tracking, world):
+    order, west, _ = shipped_order(world)
     before = world.order(order.id)
 
     with pytest.raises(InvalidRequest) as refused:
-        post(tracking, world, event(order.id, west), event(order.id, west, tracking_number=tracking_number(east)))
+        tracking.apply(
+            TRACKING_CARRIER, {"events": [event(order.id, west)], "relay": "r7"}, {}, "",
+            deliver=lambda *args: world.actions.deliver(*args[:2], actor="key_carrier"), find=lambda *args: None,
+        )  # fmt: skip
 
-    assert refused.value.details == [{"field": "events[1].tracking_number", "message": f"not the number of {west}"}]
+    assert refused.value.details == [{"field": "relay", "message": "Extra inputs are not permitted"}]
     assert world.order(order.id) == before
 
 
@@ -290,6 +311,25 @@ def test_a_description_is_kept_with_controls_and_bidi_overrides_made_visible(plu
     (read_back,) = read(plugins, Answers([update]))
 
     assert read_back.description == "Front door\ufffd[2J\ufffd\nleft with neighbour"
+
+
+def test_a_plugins_refusal_of_one_event_is_kept_in_its_place_with_its_words_made_visible(plugins):
+    refusal = RefusedTrackingEvent.model_construct(
+        message="bad scan\x1b[2J\u202e", details=[RefusedField.model_construct(field="parcels[0]", message="no ref")]
+    )
+
+    read_back = read(plugins, Answers([an_update(), refusal]))
+
+    assert isinstance(read_back[1], RefusedTrackingEvent)
+    assert read_back[1].message == "bad scan\ufffd[2J\ufffd"
+    assert [(d.field, d.message) for d in read_back[1].details] == [("parcels[0]", "no ref")]
+
+
+def test_a_malformed_refusal_of_one_event_is_the_plugins_error(plugins):
+    refusal = RefusedTrackingEvent.model_construct(message="", details=[])
+
+    with pytest.raises(PluginError, match="malformed RefusedTrackingEvent: message"):
+        read(plugins, Answers([refusal]))
 
 
 @pytest.mark.parametrize("error", [InvalidRequest("bad signature"), TransientError("carrier API busy")])
