@@ -71,6 +71,9 @@ class OrderEvent(StrEnum):
     # authorization it is asked on): the parcel left, its share is not captured, and the order stays
     # with it pending; a person acts on it (DeliveriesNotRecordedAlarm).
     DELIVERY_NOT_RECORDED = "delivery_not_recorded"
+    # A carrier scanned a pending parcel delivered before anyone confirmed its ship: the scan is
+    # kept (Order.keep_delivery_scan), nothing captured; the ship that confirms it delivers it then.
+    DELIVERY_SCAN_KEPT = "delivery_scan_kept"
     # A carrier booking no parcel will use (the order cancelled, its parcel gone or booked again)
     # was cancelled with its carrier; or never will be (the carrier refused, or no plugin cancels
     # its bookings): the detail says why.

@@ -61,7 +61,7 @@ from core.ports import CatalogRepository, InventoryRepository, LabelStore, Order
 from core.refund_service import RefundService
 from core.refunds import KEPT_BACK_REFUSALS
 from core.services import REVIEW_ACTOR, CaptureService
-from core.status import OrderStatus, PaymentStatus, ShipmentStatus
+from core.status import TERMINAL, OrderStatus, PaymentStatus, ShipmentStatus
 from core.unit_cancellation import UnitCancellation, owes_settlement_after_last_parcel
 from core.workflow_types import PaymentResult
 
@@ -179,6 +179,10 @@ class OrderActions:
         if shipped.reported_delivered and shipped.reported(shipment_id) is not None:
             # A carrier reported it delivered before its ship was recorded (Order.report_delivered):
             # whoever ships it, it is recorded delivered too, at the carrier's time.
+            return self.deliver(order_id, shipment_id, actor, channel)
+        if shipped.delivery_scans and shipped.delivery_scan(shipment_id) is not None:
+            # Its carrier scanned it delivered before this ship (Order.keep_delivery_scan): delivered
+            # now, at the carrier's time (a ship repeated after a death here finishes it too).
             return self.deliver(order_id, shipment_id, actor, channel)
         return shipped
 
@@ -344,6 +348,34 @@ class OrderActions:
             delivered_at = None
             delivered = modify(self._orders, order_id, decide, channel=channel)
         return self._units.after_shipping(delivered, actor, delivered=True)
+
+    def deliver_scanned(self, order_id: str, shipment_id: str, actor: str, channel: str | None = None,
+                        delivered_at: datetime | None = None) -> Order:  # fmt: skip
+        """A carrier's tracking scanned the parcel delivered (at `delivered_at`): delivered as
+        `deliver` does. A pending parcel nobody has confirmed shipped (deliver refuses it) keeps the
+        scan instead (Order.keep_delivery_scan, at the carrier's time when it is believable:
+        reported_at), so the ship that confirms it delivers it then; nothing is captured on the
+        carrier's word. The refusal is raised all the same (InvalidTransition: not shipped), once
+        the scan is kept; a scan sent again changes nothing."""
+        try:
+            return self.deliver(order_id, shipment_id, actor, channel, delivered_at=delivered_at)
+        except InvalidTransition:
+            now = self._clock()
+
+            def decide(current: Order):
+                shipment = current.shipment(shipment_id)
+                if (
+                    current.fulfillment.type == "pickup" or shipment.status is not ShipmentStatus.PENDING
+                    or current.delivery_scan(shipment_id) is not None or current.reported(shipment_id) is not None
+                    or current.status in TERMINAL
+                ):  # fmt: skip
+                    return None
+                return current.keep_delivery_scan(
+                    shipment_id, reported_at(current, delivered_at, now), at=now, actor=actor
+                )
+
+            modify(self._orders, order_id, decide, channel=channel)
+            raise
 
     def _ship_reported_delivered(
         self, order_id: str, shipment_id: str, actor: str, channel: str | None, delivered_at: datetime | None

@@ -46,7 +46,9 @@ class AppliedTrackingUpdate(BaseModel, defer_build=True):
     - `delivered`: the shipment is delivered (now, or it already was),
     - `not_recorded`: an in-transit scan of a shipment the caller may see, which the OMS does not store,
     - `unknown_shipment`: no such order or shipment that this API key may see,
-    - `not_shipped`: the shipment has not been confirmed shipped, so it cannot be delivered yet,
+    - `not_shipped`: the shipment has not been confirmed shipped, so it cannot be delivered yet; a
+      delivered scan of a pending parcel is kept (OrderActions.deliver_scanned), and the ship that
+      confirms the hand-over delivers it at the carrier's time (nothing captured before that ship),
     - `payment_refused`: the shipment was not confirmed shipped (its ship died after asking for its
       capture), and shipping it as the report does, the gateway refused its capture: the order
       records `delivery_not_recorded` for a person (DeliveriesNotRecordedAlarm); sending it again

@@ -105,3 +105,41 @@ def test_a_body_that_is_no_flat_rate_webhook_is_still_refused_whole(api, body):
 
     assert response.status_code == 422, response.text
     assert response.json()["error"]["code"] == "validation_error"
+
+
+def test_a_delivered_scan_before_the_ship_is_kept_and_the_ship_that_comes_later_delivers_it(api, sku):
+    """The carrier's delivered scan outran the warehouse's ship confirmation. Nothing is captured
+    on the carrier's word: the ship (the location's hand-over, which the contract captures on)
+    records the parcel shipped, then delivered when the carrier said."""
+    carrier = issue(api, "fulfillment:write")
+    order_id, shipment_id = allocated(api, sku)
+    # A time the OMS believes: not before the order was placed, not yet to come.
+    delivered_at = api.get(f"/orders/{order_id}").json()["created_at"]
+
+    early = api.post(PATH, key=carrier, json={"events": [scan(order_id, shipment_id, at=delivered_at)]})
+    resent = api.post(PATH, key=carrier, json={"events": [scan(order_id, shipment_id, at=delivered_at)]})
+
+    assert early.status_code == resent.status_code == 200, early.text
+    assert [u["outcome"] for u in early.json()["updates"]] == ["not_shipped"]
+    waiting = api.get(f"/orders/{order_id}").json()
+    assert (waiting["status"], waiting["shipments"][0]["status"]) == ("allocated", "pending")
+    assert waiting["payment"]["captured"]["amount"] == "0.00"
+    kept = [e for e in api.get(f"/orders/{order_id}/history").json()["items"] if e["type"] == "delivery_scan_kept"]
+    assert [e["detail"] for e in kept] == [{"shipment_id": shipment_id, "delivered_at": delivered_at}]
+
+    shipped = api.post(f"/orders/{order_id}/shipments/{shipment_id}/ship", json={})
+
+    assert shipped.status_code == 200, shipped.text
+    order = shipped.json()
+    assert order["status"] == "delivered"
+    (shipment,) = order["shipments"]
+    assert (shipment["status"], shipment["delivered_at"]) == ("delivered", delivered_at)
+    assert shipment["shipped_at"] <= shipment["delivered_at"]
+    assert order["payment"]["captured"] == order["totals"]["grand_total"]
+    types = [e["type"] for e in api.get(f"/orders/{order_id}/history").json()["items"]]
+    assert types[-3:] == ["delivery_scan_kept", "shipment_shipped", "shipment_delivered"]
+
+    # The carrier's retry after that changes nothing.
+    again = api.post(PATH, key=carrier, json={"events": [scan(order_id, shipment_id, at=delivered_at)]})
+    assert [u["outcome"] for u in again.json()["updates"]] == ["delivered"]
+    assert unsigned(api.get(f"/orders/{order_id}").json()) == unsigned(order)
