@@ -20,6 +20,12 @@ class OrderEvent(StrEnum):
     ALLOCATED = "allocated"
     SHIPMENT_SHIPPED = "shipment_shipped"
     SHIPMENT_DELIVERED = "shipment_delivered"
+    # A shipped parcel whose ship named no tracking number (it kept its booking's) took the one its
+    # location named later, once (Order.set_tracking_number).
+    SHIPMENT_TRACKING_NUMBER_SET = "shipment_tracking_number_set"
+    # Such a parcel's number named by a later ship as it is (its label's): confirmed, the order
+    # unchanged (no new version); it is not changed after that.
+    SHIPMENT_TRACKING_NUMBER_CONFIRMED = "shipment_tracking_number_confirmed"
     # Store and warehouse execution: a location refuses a pending shipment (the order is sourced
     # again without it); a pickup is readied, and cancelled when nobody collects it in time.
     SHIPMENT_REJECTED = "shipment_rejected"

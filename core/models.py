@@ -1425,6 +1425,31 @@ def _marks_settled(new: "Order") -> "Order":
     return _replaced(new, jeopardy=plain, **settled)
 
 
+def tracking_number_named(history: list[HistoryEntry], shipment_id: str, recorded: str | None) -> bool:
+    """Whether the parcel of `shipment_id`, its tracking number `recorded`, has a number a location
+    named (its ship named one, or a later ship set or confirmed it: Order.set_tracking_number,
+    OrderActions._numbered_as_asked), by its order's `history`. Not named: the ship named none,
+    so the parcel kept the number its carrier booking gave (the last `allocated` or
+    `shipment_relabelled` entry naming it), or it has none. A number that is not the booking's, of
+    a ship recorded before ships wrote the number they named, was named."""
+    booked: str | None = None
+    for entry in history:
+        detail = entry.detail or {}
+        if entry.type is OrderEvent.ALLOCATED:
+            booked = next(
+                (s.get("tracking_number") for s in detail.get("shipments") or [] if s.get("id") == shipment_id), booked
+            )
+        elif detail.get("shipment_id") != shipment_id:
+            continue
+        elif entry.type is OrderEvent.SHIPMENT_RELABELLED:
+            booked = detail.get("tracking_number")
+        elif entry.type in (OrderEvent.SHIPMENT_TRACKING_NUMBER_SET, OrderEvent.SHIPMENT_TRACKING_NUMBER_CONFIRMED) or (
+            entry.type is OrderEvent.SHIPMENT_SHIPPED and detail.get("tracking_number")
+        ):
+            return True
+    return recorded is not None and recorded != booked
+
+
 def _utc_text(moment: datetime) -> str:
     """`moment` as the API writes a time (RFC 3339 in UTC: "2026-11-23T09:30:00Z"), for a history
     entry's detail."""
@@ -3376,6 +3401,10 @@ class Order(Shown):
         }
         if capture_reference:
             detail["capture_reference"] = capture_reference
+        if tracking_number:
+            # The location named it: its number, not the booking's (set_tracking_number changes
+            # only one nobody named).
+            detail["tracking_number"] = tracking_number
         return self._next(
             at=at, actor=actor, type=OrderEvent.SHIPMENT_SHIPPED,
             to=OrderStatus.PARTIALLY_SHIPPED if self._pending_besides(shipment_id)
@@ -3383,6 +3412,26 @@ class Order(Shown):
             detail=detail, shipments=shipments, lines=_shipped_counted(self.lines, shipments),
             captures_requested=self._requests_besides(shipment_id),
             **self._captured_apart(shipment_id, captured, payment),
+        )  # fmt: skip
+
+    def set_tracking_number(self, shipment_id: str, tracking_number: str, *, at: datetime, actor: str) -> Change:
+        """The shipped (or delivered) parcel of `shipment_id`, whose ship named no tracking number
+        and so kept its booking's, takes the one its location learnt later (the carrier's manifest
+        read after the hand-over): a `shipment_tracking_number_set` entry with the number it
+        replaced. Whether a location named one already is the history's to say
+        (tracking_number_named): OrderActions.ship asks it first. InvalidTransition for a parcel not
+        shipped or delivered."""
+        shipment = self.shipment(shipment_id)
+        if shipment.status not in (ShipmentStatus.SHIPPED, ShipmentStatus.DELIVERED):
+            raise InvalidTransition(f"shipment {shipment_id} is {shipment.status}: its ship names its tracking number")
+        shipments = [
+            _replaced(s, tracking_number=tracking_number) if s.id == shipment_id else s for s in self.shipments
+        ]
+        return self._next(
+            at=at, actor=actor, type=OrderEvent.SHIPMENT_TRACKING_NUMBER_SET,
+            detail={"shipment_id": shipment_id, "tracking_number": tracking_number,
+                    "replaced": shipment.tracking_number},
+            shipments=shipments,
         )  # fmt: skip
 
     def deliver(self, shipment_id: str, *, at: datetime, actor: str, delivered_at: datetime | None = None) -> Change:
