@@ -95,7 +95,14 @@ def stored_label(labels: LabelStore, booked: CarrierShipment, order_id: str, ite
 
 
 def _in_utc(moment: datetime) -> datetime:
-    return moment.astimezone(UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:  # 9999-12-31T23:00-05:00: no such moment in UTC, a malformed time
+        raise ValueError("a time out of range once in UTC") from None
+
+
+# A carrier's time: with its zone, kept and shown in UTC, as every time the API answers (API.md).
+UtcTime = Annotated[AwareDatetime, AfterValidator(_in_utc)]
 
 
 class TrackingUpdate(BaseModel):
@@ -112,7 +119,7 @@ class TrackingUpdate(BaseModel):
     status: Literal["in_transit", "delivered"]
     # Kept and shown in UTC, as every time the API answers (API.md): a carrier may write its
     # depot's local time, which becomes the shipment's delivered_at (or shipped_at).
-    at: Annotated[AwareDatetime, AfterValidator(_in_utc)]
+    at: UtcTime
     description: Annotated[str, Field(max_length=500), VisibleText] = ""
 
 

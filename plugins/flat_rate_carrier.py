@@ -39,13 +39,13 @@ is refused whole (422).
 import hashlib
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from core import hookimpl
 from core.errors import InvalidRequest, field_path
 from core.models import Address, Location, Order, ShipmentLine
 from core.tracking import parse_shipment_reference, shipment_reference
-from core.workflow_types import CarrierShipment, RefusedField, RefusedTrackingEvent, TrackingUpdate
+from core.workflow_types import CarrierShipment, RefusedField, RefusedTrackingEvent, TrackingUpdate, UtcTime
 
 CARRIER = "OMS Flat Rate"
 TRACKING_CARRIER = "oms-flat-rate"  # the {carrier} of POST /carriers/{carrier}/tracking
@@ -296,7 +296,7 @@ class TrackingEvent(BaseModel):
     reference: Annotated[str, StringConstraints(min_length=3, max_length=130)]
     tracking_number: Annotated[str, StringConstraints(min_length=4, max_length=60)]
     status: Literal["in_transit", "delivered"]
-    at: AwareDatetime
+    at: UtcTime  # a time with its zone that exists in UTC
     description: Annotated[str, StringConstraints(max_length=500)] = ""
 
 

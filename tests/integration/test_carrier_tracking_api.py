@@ -143,3 +143,17 @@ def test_a_delivered_scan_before_the_ship_is_kept_and_the_ship_that_comes_later_
     again = api.post(PATH, key=carrier, json={"events": [scan(order_id, shipment_id, at=delivered_at)]})
     assert [u["outcome"] for u in again.json()["updates"]] == ["delivered"]
     assert unsigned(api.get(f"/orders/{order_id}").json()) == unsigned(order)
+
+
+@pytest.mark.parametrize("at", ["9999-12-31T23:00:00-05:00", "0001-01-01T00:30:00+01:00"])
+def test_a_time_that_leaves_the_calendar_in_utc_is_refused_alone_not_a_500(api, sku, at):
+    order_id, shipment_id = shipped(api, sku)
+
+    response = api.post(PATH, json={"events": [scan(order_id, shipment_id, at=at), scan(order_id, shipment_id)]})
+
+    assert response.status_code == 200, response.text
+    report = response.json()
+    assert [(r["position"], [d["field"] for d in r["error"]["details"]]) for r in report["refused"]] == [
+        (0, ["events[0].at"])
+    ]
+    assert [(u["position"], u["outcome"]) for u in report["updates"]] == [(1, "delivered")]
