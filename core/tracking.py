@@ -20,6 +20,7 @@ from pydantic import AwareDatetime, BaseModel, Field
 from core.errors import InvalidRequest, InvalidTransition, NoPaymentPlugin, NotFound, PaymentRefused, PluginError
 from core.fields import empty_list
 from core.hook_calls import call_hook
+from core.ids import ORDER_ID, SHIPMENT_ID
 from core.models import Shown
 from core.workflow_types import RefusedField, RefusedTrackingEvent, TrackingUpdate
 
@@ -149,6 +150,8 @@ class CarrierTracking:
 def _apply(
     update: TrackingUpdate, deliver: Callable[[str, str, datetime], object], find: Callable[[str, str], object]
 ) -> Outcome:
+    if ORDER_ID.fullmatch(update.order_id) is None or SHIPMENT_ID.fullmatch(update.shipment_id) is None:
+        return "unknown_shipment"  # no id of the OMS's: names nothing, never looked up
     try:
         if update.status != "delivered":
             find(update.order_id, update.shipment_id)

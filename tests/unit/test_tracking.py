@@ -430,3 +430,27 @@ def test_no_scan_is_kept_for_a_pickup_or_an_in_transit_scan(tracking, status):
         "not_recorded",
     ]
     assert [world.snapshot(o.id) for o in (pickup, order)] == before
+
+
+@pytest.mark.parametrize("status", ["delivered", "in_transit"])
+def test_ids_that_are_no_oms_ids_name_no_shipment_and_are_never_looked_up(plugins, status):
+    """As a batch confirmation's malformed id: a control character or a bidi override has no
+    business in a database request."""
+    asked: list[tuple[str, str]] = []
+    updates = [
+        TrackingUpdate(order_id=order_id, shipment_id=shipment_id, status=status, at=datetime.now(UTC))
+        for order_id, shipment_id in [
+            ("ord_\x00\x1b[2J", "shp_" + "a" * 24),
+            ("ord_" + "a" * 24, "shp_\u202e" + "a" * 20),
+            ("x" * 64, "shp_" + "a" * 24),
+            ("ORD_" + "A" * 24, "shp_" + "a" * 24),
+        ]
+    ]
+    plugins.register(Answers(updates), name="oms-acme")
+
+    report = CarrierTracking(plugins).apply(
+        "acme", {}, {}, "", deliver=lambda *ids: asked.append(ids[:2]), find=lambda *ids: asked.append(ids)
+    )
+
+    assert [u.outcome for u in report.updates] == ["unknown_shipment"] * 4
+    assert asked == []
