@@ -159,10 +159,11 @@ class OrderActions:
         nothing else. Sent with another tracking number than the one recorded, it sets it if no
         ship named one (the parcel kept its booking's: the warehouse learnt the carrier's number
         after the hand-over), once, and is refused otherwise (TrackingNumberConflict, 409: a
-        corrected number is not answered as if it took): _numbered_as_asked. A pickup never ships, so a ship of
-        one is refused (409) whatever its status: collected, it is delivered without having
-        shipped. A parcel a carrier reported delivered before its ship was recorded
-        (Order.report_delivered) is recorded delivered too, at the carrier's time."""
+        corrected number is not answered as if it took): _numbered_as_asked. A pickup never
+        ships, so a ship of one is refused (409) whatever its status: collected, it is delivered
+        without having shipped. A parcel a carrier reported delivered before its ship was recorded
+        (Order.report_delivered) is recorded delivered too, at the carrier's time, and so is one
+        its carrier scanned delivered before this ship (Order.keep_delivery_scan)."""
         done = (ShipmentStatus.SHIPPED, ShipmentStatus.DELIVERED)
 
         def record(current: Order, amount: Money, reference: str | None, at: datetime):
