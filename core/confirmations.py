@@ -10,7 +10,6 @@ refused or could not make now) is reported beside the others and stops nothing; 
 safe to send again.
 """
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -39,6 +38,7 @@ from core.errors import (
     field_path,
 )
 from core.fulfillment import OrderActions
+from core.ids import ORDER_ID, SHIPMENT_ID
 from core.models import Order, Strict, TrackingNumber
 from core.status import OrderStatus, ShipmentStatus
 
@@ -59,8 +59,6 @@ class ConfirmationAction(StrEnum):
 # path), never a 422 for the whole batch, and never looked up (a lone surrogate or a control
 # character has no business in a database request).
 ItemId = Annotated[str, StringConstraints(min_length=1, max_length=64)]
-_ORDER_ID = re.compile(r"ord_[a-z2-7]{24}")
-_SHIPMENT_ID = re.compile(r"shp_[a-z2-7]{24}")
 
 
 class Confirmation(Strict):
@@ -226,9 +224,9 @@ def confirm(
 
 
 def _run(actions: OrderActions, item: Confirmation, actor: str, channel: str | None) -> Order:
-    if _ORDER_ID.fullmatch(item.order_id) is None:
+    if ORDER_ID.fullmatch(item.order_id) is None:
         raise NotFound("no order has this id")
-    if _SHIPMENT_ID.fullmatch(item.shipment_id) is None:
+    if SHIPMENT_ID.fullmatch(item.shipment_id) is None:
         raise NotFound(f"no shipment has this id on order {item.order_id}")
     if item.action is ConfirmationAction.SHIP:
         return actions.ship(item.order_id, item.shipment_id, item.tracking_number, actor=actor, channel=channel)
