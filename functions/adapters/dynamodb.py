@@ -509,6 +509,13 @@ def order_update(
     if history_length is not None:
         condition += f" AND size(history) = :history_length AND {_moved_condition(moved, values)}"
         values[":history_length"] = {"N": str(history_length - moved)}
+    if order.version == expected.version and entries:
+        # A history-only write leaves the version as it was, so a retry of it (botocore's, after
+        # an answer lost on its way back) would meet its condition again and append its entries
+        # twice: it holds only while the item lacks one of them (written_by recognises it).
+        appended = values[":entries"]["L"]
+        values.update({f":appended{n}": entry for n, entry in enumerate(appended)})
+        condition += " AND NOT (" + " AND ".join(f"contains(history, :appended{n})" for n in range(len(appended))) + ")"
     return {
         "TableName": table,
         "Key": {"id": {"S": order.id}},
@@ -559,6 +566,21 @@ def _stock_moved(table: str, sku: str, location_id: str, moves: list[StockMove])
 
 # TransactWriteItems holds up to 100 items: the order's (its write or its check) and 99 stock items.
 TRANSACTION_ITEMS = 100
+
+
+def written_by(error: ClientError, update: dict[str, Any]) -> dict[str, Any] | None:
+    """The item a failed order_update (sent with ReturnValuesOnConditionCheckFailure ALL_OLD) found,
+    if that item holds what `update` writes: its version, its document (the very bytes: the same
+    request) and every entry it appends. So botocore's retry of an update whose first attempt
+    landed but whose answer was lost is that write, not a lost race (which the caller would decide
+    again on the order it wrote: a hold refused as already held) nor, for a history-only write, a
+    second copy of its entries. None otherwise (another write landed: StaleVersion)."""
+    found = error.response.get("Item")
+    values = update["ExpressionAttributeValues"]
+    if not found or found.get("version") != values[":version"] or found.get("doc") != values[":doc"]:
+        return None
+    history = found.get("history", {}).get("L", [])
+    return found if all(entry in history for entry in values[":entries"]["L"]) else None
 
 
 def _written_by(error: ClientError, item: dict[str, Any]) -> bool:
@@ -624,14 +646,18 @@ class DynamoOrders(OrderRepository):
         check_successor(expected, order)
         moved = 0
         while True:
+            update = order_update(self._table, order, expected, entries, history_length, moved)
             try:
                 written = self._client.update_item(
-                    **order_update(self._table, order, expected, entries, history_length, moved), ReturnValues="ALL_NEW"
+                    **update, ReturnValues="ALL_NEW", ReturnValuesOnConditionCheckFailure="ALL_OLD"
                 )["Attributes"]
                 break
             except ClientError as error:
                 if not _is_conditional_failure(error):
                     raise
+                if (found := written_by(error, update)) is not None:
+                    written = found  # botocore's retry of this very write, whose answer was lost
+                    break
                 # A history of `history_length` entries may be one whose oldest moved to pages
                 # (the condition names how many): asked again with as many as the item says.
                 if history_length is None or (now := self._moved_now(order.id)) == moved:
