@@ -591,6 +591,57 @@ def _written_by(error: ClientError, item: dict[str, Any]) -> bool:
     return found.get("created_at") == item["created_at"] and first == item["history"]["L"][:1]
 
 
+def bound_history(client: Any, table: str, history_table: str | None, order_id: str, item: dict[str, Any]) -> None:
+    """Past HISTORY_KEPT_BYTES, the item's entries but its first move to a page, in one
+    transaction conditional on the item's history being what `item` holds (its length and how
+    many entries its pages hold) and on its version: a write landing first makes the move give
+    way (the next write moves), one landing after appends to what the item kept. The move
+    leaves `doc`, `status` and `version` as they are: the stream's record of it is no event."""
+    stored = item["history"]["L"]
+    if history_table is None or len(stored) < 2 or _stored_bytes(stored) <= HISTORY_KEPT_BYTES:
+        return
+    moved = _moved(item)
+    values: dict[str, Any] = {
+        ":kept": {"L": stored[:1]}, ":now_moved": {"N": str(moved + len(stored) - 1)},
+        ":length": {"N": str(len(stored))}, ":version": item["version"],
+    }  # fmt: skip
+    condition = f"size(history) = :length AND #version = :version AND {_moved_condition(moved, values)}"
+    page = {
+        "pk": {"S": HISTORY_PAGE_PK + order_id}, "sk": {"S": f"{moved:010d}"}, "entries": {"L": stored[1:]},
+    }  # fmt: skip
+    try:
+        client.transact_write_items(
+            TransactItems=[
+                {"Put": {"TableName": history_table, "Item": page, "ConditionExpression": "attribute_not_exists(pk)"}},
+                {"Update": {
+                    "TableName": table, "Key": {"id": {"S": order_id}},
+                    "UpdateExpression": f"SET history = :kept, {HISTORY_MOVED} = :now_moved",
+                    "ConditionExpression": condition, "ExpressionAttributeNames": {"#version": "version"},
+                    "ExpressionAttributeValues": values,
+                }},
+            ]
+        )  # fmt: skip
+    except ClientError as error:
+        if cancellation_reasons(error) is None:
+            raise
+        # Another write or move landed first: the order's next write moves what it holds then.
+
+
+def bound_history_written(client: Any, table: str, history_table: str | None, order_id: str) -> None:
+    """bound_history after a transaction wrote the order (TransactWriteItems answers no item, as
+    UpdateItem's ALL_NEW does): its history read back first, consistently, so a move is decided on
+    what the write left. A transaction is the order's write in a backorder's fill and a cancel of
+    units' stock step; without this, the next write to move its history could be a long way off."""
+    if history_table is None:
+        return
+    found = client.get_item(
+        TableName=table, Key={"id": {"S": order_id}}, ProjectionExpression=f"history, version, {HISTORY_MOVED}",
+        ConsistentRead=True,
+    ).get("Item")  # fmt: skip
+    if found is not None:
+        bound_history(client, table, history_table, order_id, found)
+
+
 class DynamoOrders(OrderRepository):
     """One item per order. The order itself is one JSON document attribute (`doc`, exact decimal
     strings for money, compressed in a binary by order_codec) beside the attributes that keys,
@@ -672,40 +723,10 @@ class DynamoOrders(OrderRepository):
         return _moved(item) if item else 0
 
     def _bound_history(self, order_id: str, item: dict[str, Any]) -> None:
-        """Past HISTORY_KEPT_BYTES, the item's entries but its first move to a page, in one
-        transaction conditional on the item's history being what `item` holds (its length and how
-        many entries its pages hold) and on its version: a write landing first makes the move give
-        way (the next write moves), one landing after appends to what the item kept. The move
-        leaves `doc`, `status` and `version` as they are: the stream's record of it is no event."""
-        stored = item["history"]["L"]
-        if self._history_table is None or len(stored) < 2 or _stored_bytes(stored) <= HISTORY_KEPT_BYTES:
-            return
-        moved = _moved(item)
-        values: dict[str, Any] = {
-            ":kept": {"L": stored[:1]}, ":now_moved": {"N": str(moved + len(stored) - 1)},
-            ":length": {"N": str(len(stored))}, ":version": item["version"],
-        }  # fmt: skip
-        condition = f"size(history) = :length AND #version = :version AND {_moved_condition(moved, values)}"
-        page = {
-            "pk": {"S": HISTORY_PAGE_PK + order_id}, "sk": {"S": f"{moved:010d}"}, "entries": {"L": stored[1:]},
-        }  # fmt: skip
-        try:
-            self._client.transact_write_items(
-                TransactItems=[
-                    {"Put": {"TableName": self._history_table, "Item": page,
-                             "ConditionExpression": "attribute_not_exists(pk)"}},
-                    {"Update": {
-                        "TableName": self._table, "Key": {"id": {"S": order_id}},
-                        "UpdateExpression": f"SET history = :kept, {HISTORY_MOVED} = :now_moved",
-                        "ConditionExpression": condition, "ExpressionAttributeNames": {"#version": "version"},
-                        "ExpressionAttributeValues": values,
-                    }},
-                ]
-            )  # fmt: skip
-        except ClientError as error:
-            if cancellation_reasons(error) is None:
-                raise
-            # Another write or move landed first: the order's next write moves what it holds then.
+        bound_history(self._client, self._table, self._history_table, order_id, item)
+
+    def _bound_history_written(self, order_id: str) -> None:
+        bound_history_written(self._client, self._table, self._history_table, order_id)
 
     def _pages(self, order_id: str, moved: int) -> list[dict[str, Any]]:
         """The stored entries an item's pages hold, oldest first: `moved` of them (pages never
@@ -760,6 +781,8 @@ class DynamoOrders(OrderRepository):
                 else self._order_check(self._table, expected)
             )
             self._transact(expected, [head, *stock[start : start + room]])
+        if order is not None:
+            self._bound_history_written(order.id)
 
     @staticmethod
     def _order_check(table: str, expected: Order) -> dict[str, Any]:
@@ -2431,10 +2454,11 @@ class DynamoBackorders(Backorders):
     TransactWriteItems over the Inventory and Orders tables (IAM authorizes its items as
     UpdateItem on each)."""
 
-    def __init__(self, client: Any, inventory_table: str, orders_table: str):
+    def __init__(self, client: Any, inventory_table: str, orders_table: str, history_table: str | None = None):
         self._client = client
         self._table = inventory_table
         self._orders_table = orders_table
+        self._history_table = history_table  # the Catalog table: a long history's pages (DynamoOrders)
 
     @staticmethod
     def _key(sku: str, entry: WaitingOrder) -> dict[str, Any]:
@@ -2546,3 +2570,4 @@ class DynamoBackorders(Backorders):
             if error.response["Error"]["Code"] == "TransactionCanceledException":
                 raise StaleVersion(f"order {order.id} or its stock changed while its backorder was filled") from None
             raise
+        bound_history_written(self._client, self._orders_table, self._history_table, order.id)

@@ -15,9 +15,16 @@ from botocore.exceptions import ReadTimeoutError
 from core.domain_events import order_events
 from core.errors import StaleVersion
 from core.models import HistoryEntry, Order
+from core.ports import StockMove
 from core.status import OrderStatus
 from functions.adapters import order_codec
-from functions.adapters.dynamodb import HISTORY_KEPT_BYTES, HISTORY_MOVED, HISTORY_PAGE_PK, DynamoOrders
+from functions.adapters.dynamodb import (
+    HISTORY_KEPT_BYTES,
+    HISTORY_MOVED,
+    HISTORY_PAGE_PK,
+    DynamoInventory,
+    DynamoOrders,
+)
 from infra.local.event_sources import compile_filters, matches_filters
 from infra.local.template import Template
 from tests.builders import NOW, place_order
@@ -257,3 +264,38 @@ def test_the_same_history_only_write_made_twice_lands_once_and_a_new_one_lands(c
     paged.update(placed, placed, [entries[1], _noted(2)])  # not all of it written yet: written whole
 
     assert [h.actor for h in paged.history(placed.id, consistent=True)[1]] == ["a", "n0", "n1", "n1", "n2"]
+
+
+def _grown_past_the_threshold(aws, order: Order, count: int = 30) -> None:
+    """The order's history grown past HISTORY_KEPT_BYTES in its item: a move that gave way to a
+    racing write leaves it so until the order's next write (as an older deployment's writes did)."""
+    plain = DynamoOrders(aws.dynamodb, aws.tables["OrdersTable"])
+    for n in range(count):
+        plain.update(order, order, [_noted(n)])
+    assert _history_bytes(_item(aws, order.id)) > HISTORY_KEPT_BYTES
+
+
+def test_a_write_with_stock_moves_moves_a_history_past_the_threshold(capture, aws):
+    # A cancel of units' stock step: the order's write and its stock moves in one transaction.
+    orders = DynamoOrders(
+        aws.dynamodb, aws.tables["OrdersTable"], aws.tables["InventoryTable"], aws.tables["CatalogTable"]
+    )
+    inventory = DynamoInventory(aws.dynamodb, aws.tables["InventoryTable"])
+    placed = capture.place(place_order(), actor="a")
+    _grown_past_the_threshold(aws, placed)
+    owing = placed.model_copy(update={"version": placed.version + 1}).owing_stock()
+    orders.update(owing, placed, [])  # it moves: back under the threshold
+    _grown_past_the_threshold(aws, owing)
+    key = f"{owing.id}#L1"
+    inventory.adjust("MUG", "wh-west", 5, "count")
+    inventory.reserve("MUG", "wh-west", key, 3)
+    released, _ = owing.stock_released(at=NOW)
+
+    orders.update_with_stock(released, owing, [], [StockMove("MUG", "wh-west", key, held=3, keep=1)])
+
+    item = _item(aws, owing.id)
+    assert _history_bytes(item) <= HISTORY_KEPT_BYTES
+    assert len(_pages(aws, owing.id)) == 2
+    order, history = orders.history(owing.id, consistent=True)
+    assert order == released
+    assert [h.actor for h in history] == ["a", *(f"n{n}" for n in range(30)), *(f"n{n}" for n in range(30))]
