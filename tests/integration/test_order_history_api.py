@@ -13,8 +13,8 @@ from typing import Any
 import boto3
 import pytest
 
-from tests.e2e.client import assert_error, order_body, stocked_sku
-from tests.integration.in_process import InProcessApi, in_process_api
+from tests.e2e.client import assert_error, order_body, stocked_sku, unique
+from tests.integration.in_process import InProcessApi, in_process_api, issue
 
 
 @pytest.fixture(scope="module")
@@ -104,3 +104,33 @@ def test_a_cursor_holds_while_the_oldest_entries_move_to_pages(api: InProcessApi
     whole = _followed(api, order_id, 100)
     assert len(whole) == 1 + 2 * 18
     assert first["items"] + _followed(api, order_id, 5, first["next_cursor"]) == whole
+
+
+def test_the_history_shows_no_idempotency_key_and_a_retry_under_it_still_finds_its_entry(api: InProcessApi):
+    # A channel's storefront and its support tool each hold a key of the channel: neither is shown
+    # the other's Idempotency-Keys in the history they both may read (the actor, a key id, is shown).
+    from core.access import ADMIN_KEY_ID
+    from core.holds import ReleaseRequest
+    from functions.api.dependencies import container
+
+    channel = unique("shop")
+    order_id = _placed(api, channel)
+    reader = issue(api, "orders:read", channel=channel)
+    key, cancel_key = unique("release"), unique("cancel")
+    assert api.post(f"/orders/{order_id}/hold", json={"reason": "other", "note": "n"}).status_code == 200
+    # The release took effect but its answer was lost (powertools never stored it): a retry under
+    # its key finds its entry by the key stored in it.
+    container().holds.release(
+        order_id, ReleaseRequest(note="n"), actor=ADMIN_KEY_ID, request_key=f"api:{ADMIN_KEY_ID}:{key}"
+    )
+    again = api.post(f"/orders/{order_id}/release", json={"note": "n"}, headers={"Idempotency-Key": key})
+    assert again.status_code == 200, again.text
+    cancelled = api.post(f"/orders/{order_id}/cancel", json={"reason": "r"}, headers={"Idempotency-Key": cancel_key})
+    assert cancelled.status_code == 200, cancelled.text
+
+    for who in (None, reader):
+        shown = api.get(f"/orders/{order_id}/history", **({"key": who} if who else {}))
+        assert shown.status_code == 200, shown.text
+        assert [e["type"] for e in shown.json()["items"]] == ["created", "on_hold", "released", "cancelled"]
+        assert key not in shown.text and cancel_key not in shown.text
+        assert all("request_key" not in (entry["detail"] or {}) for entry in shown.json()["items"])
