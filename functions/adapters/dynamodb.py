@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import random
 import time
 from collections import defaultdict
@@ -61,11 +62,13 @@ from core.sourcing_rules import SourcingRules
 from core.status import WATCHED, OrderStatus, PaymentStatus, ReturnStatus, check_successor
 from functions.adapters import order_codec
 from functions.adapters.api_key_lookup import lookup_key
+from functions.adapters.aws_errors import dependency_down
 from functions.adapters.labels import with_booking_keys_from_labels
 
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+logger = logging.getLogger(__name__)
 
 
 def timestamp(value: datetime) -> str:
@@ -622,9 +625,15 @@ def bound_history(client: Any, table: str, history_table: str | None, order_id: 
             ]
         )  # fmt: skip
     except ClientError as error:
-        if cancellation_reasons(error) is None:
+        if cancellation_reasons(error) is not None:
+            return  # another write or move landed first: the order's next write moves what it holds then
+        if not dependency_down(error):
             raise
-        # Another write or move landed first: the order's next write moves what it holds then.
+        # The write before it landed: answered as failed, its caller would decide it again on the
+        # order it wrote (or a client be told 5xx for a change made). The next write moves.
+        logger.warning(
+            "history not moved", extra={"order_id": order_id, "error": error.response.get("Error", {}).get("Code")}
+        )
 
 
 def bound_history_written(client: Any, table: str, history_table: str | None, order_id: str) -> None:
@@ -634,10 +643,16 @@ def bound_history_written(client: Any, table: str, history_table: str | None, or
     units' stock step; without this, the next write to move its history could be a long way off."""
     if history_table is None:
         return
-    found = client.get_item(
-        TableName=table, Key={"id": {"S": order_id}}, ProjectionExpression=f"history, version, {HISTORY_MOVED}",
-        ConsistentRead=True,
-    ).get("Item")  # fmt: skip
+    try:
+        found = client.get_item(
+            TableName=table, Key={"id": {"S": order_id}}, ProjectionExpression=f"history, version, {HISTORY_MOVED}",
+            ConsistentRead=True,
+        ).get("Item")  # fmt: skip
+    except ClientError as error:
+        if not dependency_down(error):
+            raise
+        logger.warning("history not read to move", extra={"order_id": order_id})  # the write landed, as above
+        return
     if found is not None:
         bound_history(client, table, history_table, order_id, found)
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import boto3
 import pytest
-from botocore.exceptions import ReadTimeoutError
+from botocore.exceptions import ClientError, ReadTimeoutError
 
 from core.domain_events import order_events
 from core.errors import StaleVersion
@@ -299,3 +299,30 @@ def test_a_write_with_stock_moves_moves_a_history_past_the_threshold(capture, aw
     order, history = orders.history(owing.id, consistent=True)
     assert order == released
     assert [h.actor for h in history] == ["a", *(f"n{n}" for n in range(30)), *(f"n{n}" for n in range(30))]
+
+
+@pytest.mark.parametrize(
+    "code", ["ProvisionedThroughputExceededException", "InternalServerError"], ids=["throttled", "failed"]
+)
+def test_a_move_that_fails_after_its_write_landed_leaves_the_write_answered_and_the_next_write_moves(
+    capture, aws, paged, code
+):
+    # The move follows a write that landed: its failure must not make that write look failed (its
+    # caller would decide again on the order it wrote, or answer a 5xx for a change made).
+    placed = capture.place(place_order(), actor="a")
+    _grown_past_the_threshold(aws, placed)
+    failed: list[str] = []
+
+    def fail(**_: Any) -> None:
+        if not failed:
+            failed.append(code)
+            raise ClientError({"Error": {"Code": code, "Message": "not now"}}, "TransactWriteItems")
+
+    aws.dynamodb.meta.events.register("before-call.dynamodb.TransactWriteItems", fail)
+
+    paged.update(placed, placed, [_noted(30)])
+
+    assert failed == [code] and HISTORY_MOVED not in _item(aws, placed.id)
+    paged.update(placed, placed, [_noted(31)])
+    assert HISTORY_MOVED in _item(aws, placed.id)
+    assert [h.actor for h in paged.history(placed.id)[1]] == ["a", *(f"n{n}" for n in range(32))]
