@@ -4583,7 +4583,10 @@ REFUNDABLE = frozenset({PaymentStatus.PARTIALLY_CAPTURED, PaymentStatus.CAPTURED
 
 
 class HistoryPage(Shown):
+    """A page of an order's history, oldest first (GET /orders/{id}/history)."""
+
     items: list[HistoryEntry]
+    next_cursor: str | None = None
 
 
 class OrderEdit(Strict):

@@ -11,6 +11,7 @@ from typing import Any
 
 import pluggy
 
+from core import order_lists
 from core.access import ADMIN_KEY_ID, ApiKey, IssuedApiKey, NewApiKey, Scope, hash_secret, new_secret
 from core.cursors import cursor_document
 from core.errors import (
@@ -528,6 +529,16 @@ class OrderQueries:
         if self._owed_entries is not None:
             entries += self._owed_entries(order)
         return entries
+
+    def history_page(
+        self, order_id: str, channel: str | None, limit: int, cursor: str | None
+    ) -> tuple[list[HistoryEntry], str | None]:
+        """Up to `limit` entries of the order's history (as `history`), oldest first, after the
+        place `cursor` names, and the next page's cursor (None: no more). A cursor names a place in
+        the whole history, which only grows (its oldest entries moving to pages of their own
+        changes no place), and is bound to the order: InvalidCursor for one issued for another
+        order or list, or naming no place in this one."""
+        return order_lists.page(self.history(order_id, channel), order_id, "history", limit, cursor)
 
     def list(self, where: OrderFilter, limit: int, cursor: str | None) -> tuple[list[Order], str | None]:
         return self._orders.list(where, limit, cursor)

@@ -325,7 +325,8 @@ class Container:
     @cached_property
     def backorders(self) -> DynamoBackorders:
         # The queues live in the Inventory table, beside the stock they wait for (see DynamoBackorders).
-        return DynamoBackorders(self.dynamodb, self.config.inventory_table, self.config.orders_table)
+        config = self.config  # the Catalog table: where a long history moves (DynamoOrders)
+        return DynamoBackorders(self.dynamodb, config.inventory_table, config.orders_table, config.catalog_table)
 
     @cached_property
     def api_key_repository(self) -> DynamoApiKeys:

@@ -538,8 +538,9 @@ def test_a_history_only_entry_decided_on_a_history_that_grew_since_is_stale(capt
     noted = HistoryEntry(at=NOW, type="payment_void_failed", actor="b", detail={"kind": "refused"})
     orders.update(placed, placed, [noted], history_length=1)
 
+    # The other attempt's entry, at its own time (the very same entry would be this write again).
     with pytest.raises(StaleVersion):
-        orders.update(placed, placed, [noted], history_length=1)
+        orders.update(placed, placed, [noted.model_copy(update={"at": NOW + timedelta(seconds=1)})], history_length=1)
 
     assert [h.actor for h in orders.history(placed.id)[1]] == ["a", "b"]
 

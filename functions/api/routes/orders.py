@@ -182,11 +182,19 @@ def list_orders(
 @router.get(
     "/orders/<order_id>/history",
     summary="An order's history, oldest first",
-    responses={**ok(200, HistoryPage, "Every change, with its actor"), **errors(403, 404)},
+    description="Paged as every list: `limit` entries (default 25) and the `next_cursor` of the rest, null on the "
+    "last page; follow it until it is null to read the whole history. A cursor names a place in this order's "
+    "history, which only grows: one issued for another order or list is 422 `invalid_cursor`.",
+    responses={**ok(200, HistoryPage, "A page of the changes, each with its actor"), **errors(403, 404)},
 )
 @requires(Scope.ORDERS_READ)
-def get_history(order_id: OrderIdPath) -> HistoryPage:
-    return HistoryPage(items=history_shown(container().orders.history(order_id, caller(router).channel)))
+def get_history(
+    order_id: OrderIdPath,
+    limit: Limit = 25,
+    cursor: Annotated[str | None, Query(max_length=2048)] = None,
+) -> HistoryPage:
+    items, next_cursor = container().orders.history_page(order_id, caller(router).channel, limit, cursor)
+    return HistoryPage(items=history_shown(items), next_cursor=next_cursor)
 
 
 ShipmentIdPath = existing("shipment", r"^shp_[a-z2-7]{24}$", "Shipment id")
