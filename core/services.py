@@ -538,7 +538,10 @@ class OrderQueries:
         the whole history, which only grows (its oldest entries moving to pages of their own
         changes no place), and is bound to the order: InvalidCursor for one issued for another
         order or list, or naming no place in this one."""
-        return order_lists.page(self.history(order_id, channel), order_id, "history", limit, cursor)
+        # Read consistently, as `get`: a page read straight after a change shows it, and the place a
+        # cursor names is never past the end of a history read a moment behind (422 for a good cursor).
+        found = self.history(order_id, channel, consistent=True)
+        return order_lists.page(found, order_id, "history", limit, cursor)
 
     def list(self, where: OrderFilter, limit: int, cursor: str | None) -> tuple[list[Order], str | None]:
         return self._orders.list(where, limit, cursor)
