@@ -112,6 +112,11 @@ def _location_after(cursor: str) -> str:
 
 STOCK_COUNT_REASON = "stock_count"  # a reject's reason when a stock take found fewer units than were reserved
 COUNT_ATTEMPTS = 3  # plans of a stock take below what is reserved, each on the record as it was read
+# The most orders one stock take sends elsewhere, and the most reservations its write is conditional
+# on: each reject is a few writes within the API's 29 seconds, and each key a clause of the count's
+# condition (DynamoDB's expressions are at most 4 KB).
+MAX_COUNT_REJECTS = 25
+MAX_COUNT_RELEASES = 100
 
 
 class InventoryService:
@@ -217,6 +222,13 @@ class InventoryService:
                 f"{kept} units reserved at {location_id} are held by orders its count cannot send elsewhere",
                 details=[{"field": "on_hand", "message": f"must be at least the {kept} units held by ready pickups "
                           "and orders not pending there"}],
+            )  # fmt: skip
+        if len(shipments) > MAX_COUNT_REJECTS or len(releasing) > MAX_COUNT_RELEASES:
+            raise InsufficientStock(
+                f"counting {sum(held.values()) - excess} would send {len(shipments)} orders elsewhere, "
+                f"more than the {MAX_COUNT_REJECTS} one stock take may",
+                details=[{"field": "on_hand", "message": "count in steps: a count that sends at most "
+                          f"{MAX_COUNT_REJECTS} orders elsewhere first"}],
             )  # fmt: skip
         return shipments, releasing
 

@@ -199,3 +199,20 @@ def test_a_count_below_what_ready_pickups_hold_is_refused_and_records_nothing(wo
 
     assert world.level("MUG", "store-sf") == (2, 2, 0)
     assert world.order(pickup.id) == before
+
+
+def test_a_count_that_would_send_more_orders_elsewhere_than_one_count_may_is_refused_and_records_nothing(
+    world, monkeypatch
+):
+    monkeypatch.setattr("core.services.MAX_COUNT_REJECTS", 1)
+    orders = [allocated_later(world, ("TSHIRT", 3)) for _ in range(3)]
+
+    with pytest.raises(InsufficientStock) as refused:
+        service(world).count("TSHIRT", "wh-west", 2, actor=KEY)  # all three orders would go
+
+    assert "count in steps" in refused.value.details[0]["message"]
+    assert world.level("TSHIRT", "wh-west") == (10, 9, 1)
+    assert [world.order(o.id) for o in orders] == orders
+    service(world).count("TSHIRT", "wh-west", 6, actor=KEY)  # the newest goes
+    assert world.level("TSHIRT", "wh-west") == (6, 6, 0)
+    assert [len(rejected_by_count(world, o.id)) for o in orders] == [0, 0, 1]

@@ -9,6 +9,7 @@ from aws_lambda_powertools.event_handler.api_gateway import Router
 
 from core.access import Scope, allows
 from core.models import InventorySummary, StockAdjustment, StockCount, StockLevel
+from core.services import MAX_COUNT_REJECTS
 from functions.api.access import ANY_KEY, caller, requires
 from functions.api.dependencies import container
 from functions.api.routes.catalog import KnownLocationPath, KnownSkuPath
@@ -38,9 +39,10 @@ def _level_shown(level: StockLevel) -> StockLevel:
     "reserved fits the count: each order goes back to be sourced without that location (from another one, else "
     "`backordered` or `cancelled` `out_of_stock`, as for `POST /orders/{id}/shipments/{shipment_id}/reject`), its "
     "history saying why (`shipment_rejected`, reason `stock_count`, the key as actor). The released units are "
-    "never reserved by another order first. The same count sent again changes nothing. 409 `insufficient_stock`, "
-    "recording nothing, when even rejecting every such shipment would leave more reserved than counted (units "
-    "held by ready pickups, or by orders not allocated there yet or waiting for stock).",
+    "never reserved by another order first. The same count sent again changes nothing, and finishes one whose "
+    "answer was lost. 409 `insufficient_stock`, recording nothing, when even rejecting every such shipment would "
+    "leave more reserved than counted (units held by ready pickups, or by orders not allocated there yet or "
+    f"waiting for stock), or when it would send more than {MAX_COUNT_REJECTS} orders elsewhere (count in steps).",
     responses={**ok(200, StockLevel, "The stock record"), **errors(400, 403, 404, 409, 413)},
 )
 @requires(Scope.INVENTORY_WRITE)
