@@ -176,7 +176,7 @@ class InventoryService:
                 continue  # the reservations changed meanwhile
             written = True
             for order_id, shipment_id in shipments:
-                with contextlib.suppress(Conflict, NotFound):  # cancelled or moved on: its units went back
+                with contextlib.suppress(Conflict, NotFound):  # moved on (cancelled, shipped): planned again below
                     self._reject(order_id, shipment_id, STOCK_COUNT_REASON, actor)
             level, _ = self._inventory.held_at(sku, location_id)
             if level.reserved <= level.on_hand:

@@ -216,3 +216,23 @@ def test_a_count_that_would_send_more_orders_elsewhere_than_one_count_may_is_ref
     service(world).count("TSHIRT", "wh-west", 6, actor=KEY)  # the newest goes
     assert world.level("TSHIRT", "wh-west") == (6, 6, 0)
     assert [len(rejected_by_count(world, o.id)) for o in orders] == [0, 0, 1]
+
+
+def test_an_order_cancelled_between_the_count_and_its_reject_is_left_cancelled(world, monkeypatch):
+    older = allocated_later(world, ("TSHIRT", 4))
+    newer = allocated_later(world, ("TSHIRT", 4))
+    real = world.inventory.set_on_hand
+
+    def set_on_hand(sku, location_id, on_hand, reason, releasing=None):
+        level = real(sku, location_id, on_hand, reason, releasing)
+        if releasing:
+            world.actions.cancel(newer.id, "customer_request", actor="key_web")
+        return level
+
+    monkeypatch.setattr(world.inventory, "set_on_hand", set_on_hand)
+    level = service(world).count("TSHIRT", "wh-west", 5, actor=KEY)
+
+    assert (level.on_hand, level.reserved, level.available) == (5, 4, 1)
+    assert world.order(newer.id).status is S.CANCELLED
+    assert rejected_by_count(world, newer.id) == []
+    assert world.order(older.id) == older
