@@ -210,8 +210,19 @@ class InventoryRepository(ABC):
     """Stock per (sku, location). Every change is one conditional write: never read-then-write."""
 
     @abstractmethod
-    def set_on_hand(self, sku: str, location_id: str, on_hand: int, reason: str) -> StockLevel:
-        """Set the counted units. Raises InsufficientStock when `on_hand` is below what is reserved."""
+    def set_on_hand(
+        self, sku: str, location_id: str, on_hand: int, reason: str, releasing: dict[str, int] | None = None
+    ) -> StockLevel:
+        """Set the counted units. Raises InsufficientStock when `on_hand` is below what is reserved
+        but `releasing` ({order#line: units}, reservations the caller is about to release): the
+        write is conditional on each of those keys holding its units still and on the other
+        reserved units fitting `on_hand`. Below what is reserved, `available` is negative until
+        those releases land, so nothing reserves the released units in between."""
+
+    @abstractmethod
+    def held_at(self, sku: str, location_id: str) -> tuple[StockLevel, dict[str, int]]:
+        """The stock record at (sku, location_id) and the units reserved there under each key
+        (order#line), read consistently."""
 
     @abstractmethod
     def adjust(self, sku: str, location_id: str, delta: int, reason: str, key: str | None = None) -> StockLevel:

@@ -396,7 +396,15 @@ class Container:
 
     @cached_property
     def inventory(self) -> InventoryService:
-        return InventoryService(self.inventory_repository, self.cached_catalog)
+        # A stock take below the reserved units rejects the shipments it no longer covers.
+        return InventoryService(
+            self.inventory_repository,
+            self.cached_catalog,
+            orders=lambda: self.order_repository,
+            reject=lambda order_id, shipment_id, reason, actor: self.actions.reject(
+                order_id, shipment_id, reason, actor
+            ),
+        )
 
     @cached_property
     def orders(self) -> OrderQueries:

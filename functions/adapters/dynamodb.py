@@ -2039,18 +2039,42 @@ class DynamoInventory(InventoryRepository):
             request["ConditionExpression"] = condition
         return self._client.update_item(**request)
 
-    def set_on_hand(self, sku: str, location_id: str, on_hand: int, reason: str) -> StockLevel:
+    def set_on_hand(
+        self, sku: str, location_id: str, on_hand: int, reason: str, releasing: dict[str, int] | None = None
+    ) -> StockLevel:
+        releasing = releasing or {}
+        # A count may be higher than the last one: it is an arrival as far as the filter knows. One
+        # below the reserved units is not (available stays negative until the releases land, whose
+        # own writes mark the item).
+        expression = (
+            "SET on_hand = :n, reserved = if_not_exists(reserved, :zero), "
+            "available = :n - if_not_exists(reserved, :zero), updated_at = :now, last_reason = :reason, "
+            "reservations = if_not_exists(reservations, :none)"
+        )
+        values: dict[str, Any] = {":n": on_hand, ":zero": 0, ":now": utc_now(), ":reason": reason, ":none": {}}
+        names: dict[str, str] = {}
+        conditions = ["(attribute_not_exists(reserved) OR reserved <= :most)"]
+        values[":most"] = on_hand + sum(releasing.values())
+        for i, (key, units) in enumerate(sorted(releasing.items())):
+            names[f"#k{i}"] = key
+            values[f":h{i}"] = units
+            conditions.append(f"reservations.#k{i} = :h{i}")
+        if not releasing:
+            expression += f", {ARRIVED} = :arrived"
+            values[":arrived"] = True
+        request: dict[str, Any] = {
+            "TableName": self._table,
+            "Key": {"sku": {"S": sku}, "location_id": {"S": location_id}},
+            "UpdateExpression": expression,
+            "ConditionExpression": " AND ".join(conditions),
+            "ExpressionAttributeValues": to_item(values),
+            "ReturnValues": "ALL_NEW",
+            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+        }
+        if names:
+            request["ExpressionAttributeNames"] = names
         try:
-            response = self._update(
-                sku,
-                location_id,
-                "SET on_hand = :n, reserved = if_not_exists(reserved, :zero), "
-                "available = :n - if_not_exists(reserved, :zero), updated_at = :now, last_reason = :reason, "
-                f"reservations = if_not_exists(reservations, :none), {ARRIVED} = :arrived",
-                "attribute_not_exists(reserved) OR reserved <= :n",
-                # A count may be higher than the last one: it is an arrival as far as the filter knows.
-                {":n": on_hand, ":zero": 0, ":now": utc_now(), ":reason": reason, ":none": {}, ":arrived": True},
-            )
+            response = self._client.update_item(**request)
         except ClientError as error:
             if not _is_conditional_failure(error):
                 raise
@@ -2060,6 +2084,19 @@ class DynamoInventory(InventoryRepository):
                 details=[{"field": "on_hand", "message": f"must be at least the {reserved} reserved units"}],
             ) from None
         return _level(from_item(response["Attributes"]))
+
+    def held_at(self, sku: str, location_id: str) -> tuple[StockLevel, dict[str, int]]:
+        items = self._client.query(
+            TableName=self._table,
+            KeyConditionExpression="sku = :sku AND location_id = :location",
+            ExpressionAttributeValues={":sku": {"S": sku}, ":location": {"S": location_id}},
+            ConsistentRead=True,
+        ).get("Items", [])
+        if not items:
+            return StockLevel(sku=sku, location_id=location_id, on_hand=0, reserved=0, available=0), {}
+        values = from_item(items[0])
+        held = {key: int(units) for key, units in (values.get("reservations") or {}).items()}
+        return _level(values), held
 
     def adjust(self, sku: str, location_id: str, delta: int, reason: str, key: str | None = None) -> StockLevel:
         expression = (

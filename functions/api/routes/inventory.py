@@ -9,6 +9,7 @@ from aws_lambda_powertools.event_handler.api_gateway import Router
 
 from core.access import Scope, allows
 from core.models import InventorySummary, StockAdjustment, StockCount, StockLevel
+from core.services import MAX_COUNT_REJECTS
 from functions.api.access import ANY_KEY, caller, requires
 from functions.api.dependencies import container
 from functions.api.routes.catalog import KnownLocationPath, KnownSkuPath
@@ -33,14 +34,20 @@ def _level_shown(level: StockLevel) -> StockLevel:
 @router.put(
     "/inventory/<sku>/<location_id>",
     summary="Set the counted units on hand (a stock take)",
-    description="A count below the units reserved there (held by orders not yet shipped) is 409 "
-    "`insufficient_stock` and records nothing: on hand never falls below what is reserved. Reject the shipments "
-    "that location cannot fill (`POST /orders/{id}/shipments/{shipment_id}/reject` sources them again), then count.",
+    description="A count below the units reserved there (held by orders not yet shipped) is recorded, and the "
+    "pending shipments at that location holding the sku, newest order first, are rejected until what stays "
+    "reserved fits the count: each order goes back to be sourced without that location (from another one, else "
+    "`backordered` or `cancelled` `out_of_stock`, as for `POST /orders/{id}/shipments/{shipment_id}/reject`), its "
+    "history saying why (`shipment_rejected`, reason `stock_count`, the key as actor). The released units are "
+    "never reserved by another order first. The same count sent again changes nothing, and finishes one whose "
+    "answer was lost. 409 `insufficient_stock`, recording nothing, when even rejecting every such shipment would "
+    "leave more reserved than counted (units held by ready pickups, or by orders not allocated there yet or "
+    f"waiting for stock), or when it would send more than {MAX_COUNT_REJECTS} orders elsewhere (count in steps).",
     responses={**ok(200, StockLevel, "The stock record"), **errors(400, 403, 404, 409, 413)},
 )
 @requires(Scope.INVENTORY_WRITE)
 def set_stock(sku: KnownSkuPath, location_id: KnownLocationPath, count: StockCount) -> StockLevel:
-    return _level_shown(container().inventory.count(sku, location_id, count.on_hand))
+    return _level_shown(container().inventory.count(sku, location_id, count.on_hand, actor=caller(router).key_id))
 
 
 @router.post(
