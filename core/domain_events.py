@@ -2,6 +2,7 @@
 
 import json
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -335,34 +336,66 @@ EVENT_BYTES = 256 * 1024 - 64
 OMITTABLE = (("order", "payment", "refunds"), ("order", "shipments"), ("order", "allocations"), ("order", "lines"))
 
 
-def fitted(event: DomainEvent, budget: int = EVENT_BYTES) -> DomainEvent:
-    """`event` itself when its JSON fits `budget` bytes; else the same event (the same id) without
-    the first of OMITTABLE that make it fit, `data.omitted` naming them ("order.payment.refunds"):
-    GET /orders/{id} shows them. The object the event is about (`data.refund`, `data.shipment`,
-    `data.return`) is always whole. One that fits no way is returned as short as it gets (the
-    publisher refuses it, so the change goes to the failure queue)."""
-    if _weight(event) <= budget:
-        return event
-    data = json.loads(event.model_dump_json())["data"]
+@dataclass(frozen=True)
+class OutgoingEvent:
+    """An event ready to leave: `body`, its JSON made once, is the bus entry's Detail and every
+    subscriber's delivery body alike; `weight` is its length in UTF-8, what the limits count.
+    Serializing a 170 KB event again for each of them was billed duration on every order change."""
+
+    event: DomainEvent
+    body: str
+    weight: int
+
+
+def outgoing(event: DomainEvent) -> OutgoingEvent:
+    """`event` serialized: the one place an event becomes its JSON."""
+    body = event.model_dump_json()
+    return OutgoingEvent(event, body, len(body.encode()))
+
+
+def fitted(event: DomainEvent, budget: int = EVENT_BYTES) -> OutgoingEvent:
+    """`event` ready to leave when its JSON fits `budget` bytes; else the same event (the same id)
+    without the first of OMITTABLE that make it fit, `data.omitted` naming them
+    ("order.payment.refunds"): GET /orders/{id} shows them. The object the event is about
+    (`data.refund`, `data.shipment`, `data.return`) is always whole, and `event` itself is left as
+    it is (its order is shared with the other events of its change). One that fits no way is
+    returned as short as it gets (the publisher refuses it, so the change goes to the failure
+    queue). Serialized once, and once more for each list left out."""
+    whole = outgoing(event)
+    if whole.weight <= budget:
+        return whole
+    data = event.data
     omitted: list[str] = []
-    slim = event
+    slim = whole
     for path in OMITTABLE:
-        *parents, name = path
-        holder = data
-        for parent in parents:
-            holder = holder.get(parent) if isinstance(holder, dict) else None
-        if not isinstance(holder, dict) or not holder.get(name):
+        cut = _without(data, path)
+        if cut is None:
             continue  # an empty list weighs nothing: the event keeps it, and says nothing of it
-        del holder[name]
+        data = cut
         omitted.append(".".join(path))
-        slim = event.model_copy(update={"data": {**data, "omitted": list(omitted)}})
-        if _weight(slim) <= budget:
+        slim = outgoing(event.model_copy(update={"data": {**data, "omitted": list(omitted)}}))
+        if slim.weight <= budget:
             break
     return slim
 
 
-def _weight(event: DomainEvent) -> int:
-    return len(event.model_dump_json().encode())
+def _without(data: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any] | None:
+    """`data` without the list at `path` (a copy of each dict on the way to it, the rest shared);
+    None when there is no such list or it is empty."""
+    *parents, name = path
+    copy = dict(data)
+    holder = copy
+    for parent in parents:
+        inner = holder.get(parent)
+        if not isinstance(inner, dict):
+            return None
+        inner = dict(inner)
+        holder[parent] = inner
+        holder = inner
+    if not holder.get(name):
+        return None
+    del holder[name]
+    return copy
 
 
 # What of an import's errors `import.completed` carries: an EventBridge entry holds 256 KB (the event

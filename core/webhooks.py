@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 
-from core.domain_events import WITH_CHANNEL, DomainEvent, EventType, fitted
+from core.domain_events import WITH_CHANNEL, DomainEvent, EventType, OutgoingEvent, fitted
 from core.errors import Conflict, InvalidRequest, NotFound, StaleVersion
 from core.ids import new_id, short_hash
 from core.models import Channel, Shown, VisibleText
@@ -385,8 +385,8 @@ class DeliveryQueue(ABC):
 
 class EventPublisher(ABC):
     @abstractmethod
-    def publish(self, events: list[DomainEvent]) -> None:
-        """Put the events on the event bus; raises when any was not accepted."""
+    def publish(self, events: list[OutgoingEvent]) -> None:
+        """Put the events on the event bus, each as its `body`; raises when any was not accepted."""
 
 
 @dataclass(frozen=True)
@@ -523,16 +523,16 @@ class EventDispatcher:
         (a stream batch reads them once for all its records); by default they are read here."""
         if not events:
             return 0
-        # The same body to the bus and to subscribers: one that fits both (core.domain_events.fitted).
-        events = [fitted(event) for event in events]
-        self._publisher.publish(events)
+        # The same body to the bus and to subscribers, serialized once: one that fits both
+        # (core.domain_events.fitted).
+        leaving = [fitted(event) for event in events]
+        self._publisher.publish(leaving)
         subscribed = (subscriptions or self._store.all)()
         queued = 0
-        for event in events:
-            body = event.model_dump_json()
+        for ready in leaving:
             for webhook in subscribed:
-                if webhook.wants(event):
-                    queued += self._queue_delivery(webhook, event, body)
+                if webhook.wants(ready.event):
+                    queued += self._queue_delivery(webhook, ready.event, ready.body)
         return queued
 
     def _queue_delivery(self, webhook: Webhook, event: DomainEvent, body: str) -> int:

@@ -555,14 +555,17 @@ def weight(event: Any) -> int:
 
 def test_an_event_that_fits_goes_out_as_it_is():
     event = a_refund_event(3)
-    assert fitted(event, weight(event)) is event
+    ready = fitted(event, weight(event))
+    assert ready.event is event and ready.body == event.model_dump_json() and ready.weight == weight(event)
 
 
 def test_an_event_over_its_room_leaves_out_its_orders_refunds_first_and_names_what_it_left_out():
     event = a_refund_event(200)
     whole = json.loads(event.model_dump_json())
-    slim = fitted(event, weight(event) // 2)
-    assert slim.id == event.id and slim.type is event.type and weight(slim) <= weight(event) // 2
+    ready = fitted(event, weight(event) // 2)
+    slim = ready.event
+    assert slim.id == event.id and slim.type is event.type and ready.weight <= weight(event) // 2
+    assert ready.body == slim.model_dump_json() and ready.weight == weight(slim)
     assert slim.data["omitted"] == ["order.payment.refunds"]
     assert (
         "refunds" not in slim.data["order"]["payment"]
@@ -575,7 +578,7 @@ def test_an_event_over_its_room_leaves_out_its_orders_refunds_first_and_names_wh
 def test_an_event_still_over_its_room_without_refunds_leaves_out_the_next_lists_in_turn():
     event = a_refund_event(1)
     without_refunds = fitted(event, weight(event) - 1)
-    slim = fitted(event, weight(without_refunds) - 1)
+    slim = fitted(event, without_refunds.weight - 1).event
     assert slim.data["omitted"] == ["order.payment.refunds", "order.shipments"]
     assert "shipments" not in slim.data["order"] and slim.data["order"]["lines"]
 
@@ -583,5 +586,5 @@ def test_an_event_still_over_its_room_without_refunds_leaves_out_the_next_lists_
 def test_an_event_leaves_out_no_list_that_is_empty():
     event = a_refund_event(1)
     event.data["order"]["payment"]["refunds"] = []
-    slim = fitted(event, weight(event) - 1)
+    slim = fitted(event, weight(event) - 1).event
     assert slim.data["omitted"] == ["order.shipments"] and slim.data["order"]["payment"]["refunds"] == []

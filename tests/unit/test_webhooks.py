@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from core.domain_events import DomainEvent, EventType, event_id
+from core.domain_events import DomainEvent, EventType, OutgoingEvent, event_id
 from core.errors import InvalidRequest, InvalidTransition, NotFound, StaleVersion
 from core.status import DeliveryStatus
 from core.webhooks import (
@@ -329,8 +329,8 @@ class FakeBus(EventPublisher):
     def __init__(self) -> None:
         self.published: list[DomainEvent] = []
 
-    def publish(self, events: list[DomainEvent]) -> None:
-        self.published.extend(events)
+    def publish(self, events: list[OutgoingEvent]) -> None:
+        self.published.extend(ready.event for ready in events)
 
 
 class FakeSender(WebhookSender):
