@@ -496,6 +496,15 @@ def _replace(record: DeliveryRecord, **changes: Any) -> DeliveryRecord:
     return DeliveryRecord.model_validate({**dict(record), **changes})
 
 
+@dataclass(frozen=True)
+class Dispatched:
+    """What a dispatch did: how many deliveries it queued, and the events that went out cut down
+    (`data.omitted`: too large for the bus whole), which operators count (EventsCutDown)."""
+
+    queued: int
+    cut_down: list[DomainEvent]
+
+
 class EventDispatcher:
     """The outbox's events out: each event onto the bus, and one queued delivery per matching
     subscription (one message each, so no subscriber waits for another)."""
@@ -516,13 +525,13 @@ class EventDispatcher:
 
     def dispatch(
         self, events: list[DomainEvent], subscriptions: Callable[[], list[IssuedWebhook]] | None = None
-    ) -> int:
-        """Publish `events` and queue their deliveries; returns how many deliveries were queued.
-        Running it again for the same events queues nothing new, except a delivery never tried
-        (its first message may be what failed). `subscriptions` gives the subscriptions to match
-        (a stream batch reads them once for all its records); by default they are read here."""
+    ) -> "Dispatched":
+        """Publish `events` and queue their deliveries. Running it again for the same events queues
+        nothing new, except a delivery never tried (its first message may be what failed).
+        `subscriptions` gives the subscriptions to match (a stream batch reads them once for all
+        its records); by default they are read here."""
         if not events:
-            return 0
+            return Dispatched(0, [])
         # The same body to the bus and to subscribers, serialized once: one that fits both
         # (core.domain_events.fitted).
         leaving = [fitted(event) for event in events]
@@ -533,7 +542,7 @@ class EventDispatcher:
             for webhook in subscribed:
                 if webhook.wants(ready.event):
                     queued += self._queue_delivery(webhook, ready.event, ready.body)
-        return queued
+        return Dispatched(queued, [ready.event for ready in leaving if "omitted" in ready.event.data])
 
     def _queue_delivery(self, webhook: Webhook, event: DomainEvent, body: str) -> int:
         now = self._clock()

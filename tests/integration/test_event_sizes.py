@@ -38,6 +38,7 @@ from core.status import OrderStatus, PaymentStatus, ShipmentStatus
 from functions.adapters import order_codec
 from functions.adapters.webhooks import PUT_EVENTS_BYTES, EventBridgePublisher, entry_size
 from tests.integration.test_events_and_webhooks import Context, drain, subscribe, wired  # noqa: F401
+from tests.integration.test_reconciler import emitted
 
 AT = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 WIDE = "😀"  # four bytes of UTF-8: a field at its limit in characters, at its most in bytes
@@ -359,3 +360,44 @@ def test_an_event_over_its_room_is_serialized_once_whole_and_once_per_list_it_le
 
     [event] = bus.taken
     assert event["data"]["omitted"] == ["order.payment.refunds"] and serialized == [event["id"]] * 2
+
+
+@pytest.fixture
+def metrics_on(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """EMF on stdout, starting and leaving empty (powertools keeps one metric set for every instance)."""
+    from functions.events.app import metrics
+
+    monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "false")
+    metrics.clear_metrics()
+    yield
+    metrics.clear_metrics()
+
+
+def test_an_event_cut_down_for_the_bus_is_counted_and_logged_for_operators(aws, wired, bus, metrics_on, capsys, caplog):  # noqa: F811
+    """Subscribers got an event without its order's refunds and nothing told operators: no metric,
+    and the log line named only the types. Now `EventsCutDown` counts it and the line names the
+    event and what it left out."""
+    from functions.events.app import lambda_handler
+
+    old = the_largest_order(OrderStatus.DELIVERED, delivered=100, appeasements=199)
+    new = the_largest_order(OrderStatus.DELIVERED, delivered=100, appeasements=200)
+    assert lambda_handler(a_change(old, new), Context()) == {"batchItemFailures": []}
+    printed = capsys.readouterr().out
+
+    [event] = bus.taken
+    assert emitted(printed)["EventsCutDown"] == 1
+    [line] = [record for record in caplog.records if record.getMessage() == "events published"]
+    assert line.cut_down == [{"id": event["id"], "omitted": ["order.payment.refunds"]}]
+
+
+def test_events_that_go_out_whole_count_none_cut_down(aws, wired, bus, metrics_on, capsys, caplog):  # noqa: F811
+    from functions.events.app import lambda_handler
+
+    old = the_largest_order(OrderStatus.SHIPPED, delivered=99, returned=False)
+    new = the_largest_order(OrderStatus.DELIVERED, delivered=100, returned=False)
+    assert lambda_handler(a_change(old, new), Context()) == {"batchItemFailures": []}
+    printed = capsys.readouterr().out
+
+    assert emitted(printed) == {"EventsPublished": 2}
+    [line] = [record for record in caplog.records if record.getMessage() == "events published"]
+    assert not hasattr(line, "cut_down")

@@ -437,13 +437,13 @@ def test_dispatch_publishes_every_event_and_queues_one_delivery_per_matching_sub
     store.add(hook("whk_alloc", ["order.allocated"]))
     dispatcher = EventDispatcher(store, queue, bus, Clock(), RetrySchedule())
     events = [event(), event(EventType.ORDER_ALLOCATED, version=2)]
-    assert dispatcher.dispatch(events) == 3
+    assert dispatcher.dispatch(events).queued == 3
     assert bus.published == events
     assert sorted((m.webhook_id, d) for m, d in queue.sent) == [("whk_all", 0), ("whk_all", 0), ("whk_alloc", 0)]
     # The same stream record again: same deliveries, nothing queued twice once tried.
     for key, stored in list(store.records.items()):
         store.records[key] = stored.model_copy(update={"attempts": 1})
-    assert dispatcher.dispatch(events) == 0
+    assert dispatcher.dispatch(events).queued == 0
     assert len(store.records) == 3
 
 
@@ -452,7 +452,7 @@ def test_a_delivery_whose_first_message_was_lost_is_queued_again_on_redelivery()
     store.add(hook("whk_all", ["*"]))
     dispatcher = EventDispatcher(store, queue, bus, Clock(), RetrySchedule())
     dispatcher.dispatch([event()])
-    assert dispatcher.dispatch([event()]) == 1
+    assert dispatcher.dispatch([event()]).queued == 1
     assert queue.sent[0][0] == queue.sent[1][0]
 
 
@@ -741,7 +741,7 @@ def test_dispatch_matches_the_subscriptions_it_is_given_without_reading_them_aga
     store, queue = CountingStore(), FakeQueue()
     given = [hook("whk_given", ["*"])]
     dispatcher = EventDispatcher(store, queue, FakeBus(), Clock(), RetrySchedule())
-    assert dispatcher.dispatch([event()], lambda: given) == 1
+    assert dispatcher.dispatch([event()], lambda: given).queued == 1
     assert store.reads == 0 and queue.sent[0][0].webhook_id == "whk_given"
 
 
