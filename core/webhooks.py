@@ -209,7 +209,8 @@ def verify_signature(secret: str, header: str, body: bytes, now: int, tolerance:
     except (KeyError, ValueError):
         return False
     expected = signature(secret, timestamp, body).split("v1=", 1)[1]
-    return abs(now - timestamp) <= tolerance and hmac.compare_digest(expected, parts.get("v1", ""))
+    # As bytes: compare_digest raises on a str with non-ASCII characters (a forged header's).
+    return abs(now - timestamp) <= tolerance and hmac.compare_digest(expected.encode(), parts.get("v1", "").encode())
 
 
 # --- Retry schedule -------------------------------------------------------------------------------

@@ -193,6 +193,35 @@ def test_a_receiver_accepts_a_fresh_signature_and_refuses_a_tampered_old_or_fore
     assert not verify_signature("whsec_x", "garbage", body, now=1000)
 
 
+# Headers a forger (or a broken proxy) sends: each made the README's verify raise (KeyError,
+# ValueError, TypeError from compare_digest on non-ASCII, OverflowError from a huge `t`), so a
+# receiver answered 500 where it means 401; core's verify_signature raised on the non-ASCII one.
+HOSTILE_SIGNATURES = [
+    "garbage",
+    "v1=00",
+    "t=1000",
+    "t=soon,v1=00",
+    "t=1000,v1=\u00e9t\u00e9",
+    "t=" + "9" * 400 + ",v1=00",
+    "",
+]
+
+
+@pytest.mark.parametrize("header", HOSTILE_SIGNATURES)
+def test_a_malformed_signature_is_refused_never_raised_by_the_readmes_verify_nor_ours(header: str):
+    from tests.readme_code import readme_verify
+
+    body = b'{"id":"evt_1"}'
+    assert readme_verify()("whsec_x", {"OMS-Signature": header}, body) is False
+    assert verify_signature("whsec_x", header, body, now=1000) is False
+
+
+def test_a_delivery_without_a_signature_is_refused_by_the_readmes_verify():
+    from tests.readme_code import readme_verify
+
+    assert readme_verify()("whsec_x", {}, b"{}") is False
+
+
 # --- Retry schedule -------------------------------------------------------------------------------
 def test_backoff_doubles_up_to_its_cap_with_jitter_in_the_upper_half():
     schedule = RetrySchedule(base_seconds=30, max_delay_seconds=3600, window_seconds=86400)
