@@ -140,7 +140,9 @@ class DeliveryRecord(Delivery):
     """What is stored: the delivery, the exact body every attempt sends (and signs), and where it
     stands in its schedule. `generation` grows with each manual retry, so a message queued for an
     earlier schedule finds it moved on and does nothing; `attempts` names the attempt a message
-    is for, so a duplicated message never sends twice."""
+    is for, so a duplicated message handled after the attempt was recorded never sends twice (two
+    copies handled at the same moment may both send: delivery is at least once, and a claim
+    written before each POST would cost a write of the whole record, body and all)."""
 
     webhook_id: str
     body: str
