@@ -136,26 +136,34 @@ def order_events(old: dict[str, Any] | None, new: dict[str, Any]) -> list[Domain
     rejected shipment from the location the reject excludes (`excluded_locations`)."""
     if not str(new.get("id", "")).startswith("ord_") or "status" not in new:
         return []  # not an order (another kind of item on the table)
-    order = api_order(new)
     before = old or {}
     version = int(new.get("version", 0))
     created_at = new.get("updated_at") or new.get("created_at")
     events: list[DomainEvent] = []
+    # Built once, and only for a change that is an event: many of an order's writes are none (a
+    # capture requested, stock reserved, a history entry), and the API's form of the order is most
+    # of the CPU a record costs.
+    shown: list[dict[str, Any]] = []
+
+    def order() -> dict[str, Any]:
+        if not shown:
+            shown.append(api_order(new))
+        return shown[0]
 
     def emit(type_: EventType, subject: str = "", **extra: Any) -> None:
         events.append(
             DomainEvent(
-                id=event_id(order["id"], version, type_, subject),
+                id=event_id(new["id"], version, type_, subject),
                 type=type_,
                 created_at=created_at,
-                data={"order": order, **extra},
+                data={"order": order(), **extra},
             )
         )
 
     for type_ in _order_level(old, new):
         emit(type_)
     for type_, shipment in _changed(before.get("shipments"), new.get("shipments"), _SHIPMENT_EVENTS):
-        emit(type_, shipment["id"], shipment=_shown_shipment(order, shipment["id"]))
+        emit(type_, shipment["id"], shipment=_shown_shipment(order(), shipment["id"]))
     for shipment in _rejected_shipments(before, new):
         emit(EventType.SHIPMENT_REJECTED, shipment["id"], shipment=shipment)
     for type_, refund in _refund_changes(before, new):

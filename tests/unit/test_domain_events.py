@@ -282,6 +282,21 @@ def test_a_change_that_only_appends_history_and_items_that_are_not_orders_give_n
     assert order_events(None, {"pk": "something else"}) == []
 
 
+def test_a_change_that_is_no_event_never_builds_the_order_as_the_api_shows_it(monkeypatch):
+    """Every order change built its API form (a validation and a dump of the whole order, most of
+    the events function's CPU for a record) before finding whether it meant any event; most of an
+    order's writes (a history entry, a capture requested, stock reserved) mean none."""
+    import core.domain_events
+
+    def refused(document: dict[str, Any]) -> dict[str, Any]:
+        raise AssertionError("the API's order built for a change that is no event")
+
+    old = order_doc(status="authorized")
+    later = next_version(old)  # a write that changed nothing an event tells (its history, say)
+    monkeypatch.setattr(core.domain_events, "api_order", refused)
+    assert order_events(old, later) == []
+
+
 def test_every_contract_type_is_known():
     contract = (
         "order.created order.authorized order.payment_failed order.on_hold order.released order.backordered "
