@@ -27,7 +27,15 @@ from core import strict_json
 from core.card_numbers import card_number_fields, mask_card_numbers, mask_optional
 from core.deadline import TimeUp, never
 from core.errors import DomainError, DuplicateOrder, NotFound, PluginError, TransientError, field_path
-from core.imports import FileOrders, ImportFileError, LineError, line_of_field
+from core.imports import (
+    MAX_EXTERNAL_ID_CHARS,
+    MAX_MESSAGE_CHARS,
+    FileOrders,
+    ImportFileError,
+    LineError,
+    kept,
+    line_of_field,
+)
 from core.models import PlaceOrder, Shown, utc_now
 from core.services import CaptureService, OrderQueries
 
@@ -85,8 +93,18 @@ class ImportErrorEntry(Shown):
     code: str
     message: str
 
-    # Stored masked (LineError); masked again on the way out for errors kept before that rule.
-    _masked = field_validator("external_id", "message")(mask_optional)
+    # Stored masked and cut (LineError, ImportFileError); masked and cut again on the way out for
+    # errors kept before those rules: 1,000 stored whole were over Lambda's 6 MB response (502).
+    @field_validator("external_id")
+    @classmethod
+    def _kept_external_id(cls, value: str | None) -> str | None:
+        masked = mask_optional(value)
+        return None if masked is None else kept(masked, MAX_EXTERNAL_ID_CHARS)
+
+    @field_validator("message")
+    @classmethod
+    def _kept_message(cls, value: str) -> str:
+        return kept(mask_card_numbers(value), MAX_MESSAGE_CHARS)
 
 
 class ImportSummary(Shown):
