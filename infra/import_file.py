@@ -30,6 +30,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from core.import_service import import_has_ended
 from core.imports import import_id_for
+from core.log_text import escape_for_log
 
 POLL_SECONDS = 0.5
 APPEAR_TIMEOUT = 60.0  # how long the splitter may take to pick the file up
@@ -144,10 +145,14 @@ def follow(stack: dict[str, str | None], import_id: str, console: Console, timeo
 
 
 def summary(report: dict[str, Any], shown_errors: int) -> list[str]:
+    """The report's totals and first errors as printed. An error's external_id and message, and the
+    source's key, are the file's (or its uploader's) own text: a control character in them is shown
+    escaped, never sent to the terminal, which would obey an escape sequence (clear the screen,
+    retitle the window, write the clipboard)."""
     lines = [
         f"import {report['id']}: {report['status']} - {report['total']} orders: {report['imported']} imported, "
         f"{report['duplicates']} duplicates, {report['failed']} failed",
-        f"  source {report['source']}",
+        f"  source {escape_for_log(report['source'])}",
     ]
     errors = report.get("errors") or []
     if errors:
@@ -156,8 +161,8 @@ def summary(report: dict[str, Any], shown_errors: int) -> list[str]:
         lines.append(f"first errors ({min(len(errors), shown_errors)} of {listed}):")
         for error in errors[:shown_errors]:
             where = f"line {error['line']}" if error.get("line") is not None else "file"
-            external_id = error.get("external_id") or "-"
-            lines.append(f"  {where:<10} {external_id:<20} {error['code']:<22} {error['message']}")
+            external_id = escape_for_log(error.get("external_id") or "-")
+            lines.append(f"  {where:<10} {external_id:<20} {error['code']:<22} {escape_for_log(error['message'])}")
     return lines
 
 

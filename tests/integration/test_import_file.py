@@ -144,3 +144,19 @@ def test_the_summary_of_a_failed_import_counts_its_file_error_among_its_errors()
 
     assert "first errors (3 of 3):" in import_file.summary(report, 10)
     assert "first errors (2 of 3):" in import_file.summary(report, 2)
+
+
+def test_the_summary_shows_a_file_s_control_characters_escaped_never_sent_to_the_terminal():
+    """An error's external_id and message are the file's own text: a merchant's row naming its
+    order "\\x1b]52;c;...\\x07" (a terminal's clipboard write) or "\\x1b[2J" (clear the screen) was
+    printed as it was, and the operator's terminal obeyed it."""
+    report = a_report("completed_with_errors", (2, "invalid_number"), (3, "order_reopened"))
+    report["errors"][0]["external_id"] = "web-1\x1b]52;c;cm0gLXJmIH4K\x07"
+    report["errors"][1]["message"] = "this row reopens order web/b\x1b[2J\u202e, closed earlier"
+    report["source"] = "s3://b/incoming/\x1b[31morders.csv"
+
+    text = "\n".join(import_file.summary(report, 10))
+
+    assert not any(character in text for character in "\x1b\x07\u202e")
+    assert "web-1\\x1b]52;c;cm0gLXJmIH4K\\x07" in text and "web/b\\x1b[2J\\u202e, closed" in text
+    assert "s3://b/incoming/\\x1b[31morders.csv" in text
