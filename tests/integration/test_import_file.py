@@ -160,3 +160,41 @@ def test_the_summary_shows_a_file_s_control_characters_escaped_never_sent_to_the
     assert not any(character in text for character in "\x1b\x07\u202e")
     assert "web-1\\x1b]52;c;cm0gLXJmIH4K\\x07" in text and "web/b\\x1b[2J\\u202e, closed" in text
     assert "s3://b/incoming/\\x1b[31morders.csv" in text
+
+
+def short_report(done: int) -> dict[str, Any]:
+    """A running import read whole: `done` of its 3 orders counted."""
+    return {**a_report("running", imported=done), "total": 3, "total_final": True}
+
+
+def follow_polled_a_minute_apart(monkeypatch: pytest.MonkeyPatch, reports: Reports) -> dict[str, Any]:
+    import io
+
+    from rich.console import Console
+
+    monkeypatch.setattr(import_file.requests, "Session", lambda: reports)
+    monkeypatch.setattr(import_file, "POLL_SECONDS", 0)
+    minutes = iter(range(0, 1_000_000, 60))
+    stack = {"api_url": "https://api.example.com/v1", "api_key": "k"}
+    console = Console(file=io.StringIO())
+    return import_file.follow(stack, "imp_" + "a" * 24, console, timeout=None, clock=lambda: next(minutes))
+
+
+def test_an_import_whose_counts_stop_short_of_its_total_ends_the_following_saying_where_the_rest_wait(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """An order that failed five times for a reason not its own waits in the import DLQ, and its
+    import stays running one short until it is redriven: `make import` polled it for ever."""
+    stalled = Reports(short_report(1), short_report(2), short_report(2))
+
+    report = follow_polled_a_minute_apart(monkeypatch, stalled)
+
+    # Counted 2 of 3 at the second poll, nothing since: given up once STALLED_PATIENCE had passed.
+    assert report["status"] == "running" and report["imported"] == 2
+    assert stalled.polls == 2 + import_file.STALLED_PATIENCE // 60
+    said = import_file.stalled({"api_url": "https://api.example.com/v1"}, report)
+    assert "counted 2 of its 3 orders" in said and "dead-letter queue" in said
+
+    # Counting on, 30 minutes between two counts: followed to its end.
+    moving = Reports(*(short_report(n // 30) for n in range(90)), a_report("completed", imported=3))
+    assert follow_polled_a_minute_apart(monkeypatch, moving)["status"] == "completed"
