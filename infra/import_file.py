@@ -30,7 +30,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from core.import_recount import RECOUNT_IDLE
-from core.import_service import import_has_ended
+from core.import_service import DEAD_LETTERED, import_has_ended
 from core.imports import import_id_for
 from core.log_text import escape_for_log
 
@@ -155,8 +155,11 @@ def follow(
                     interrupted_at = elapsed
                 if interrupted_at is not None and elapsed - interrupted_at >= INTERRUPTED_PATIENCE:
                     return report
+                parked = sum(1 for error in report.get("errors") or [] if error.get("code") == DEAD_LETTERED)
                 if not report["total_final"] or report["status"] != "running":
                     counts = None
+                elif done + parked >= report["total"]:
+                    return report  # every order not counted waits in the dead-letter queue (see stalled())
                 elif counts != (done, report["total"]):
                     counts, counted_since = (done, report["total"]), elapsed
                 elif elapsed - counted_since >= STALLED_PATIENCE:
@@ -169,9 +172,15 @@ def follow(
 def stalled(stack: dict[str, str | None], report: dict[str, Any]) -> str:
     """What `make import` says of an import it stopped following short of its total."""
     done = report["imported"] + report["duplicates"] + report["failed"]
+    parked = sum(1 for error in report.get("errors") or [] if error.get("code") == DEAD_LETTERED)
+    where = (
+        f"the other {report['total'] - done} wait in the import dead-letter queue ({DEAD_LETTERED} above)"
+        if done + parked >= report["total"]
+        else f"none counted for {STALLED_PATIENCE / 60:.0f} minutes: the rest most likely wait in the import "
+        "dead-letter queue"
+    )
     return (
-        f"import {report['id']} has counted {done} of its {report['total']} orders, and none for "
-        f"{STALLED_PATIENCE / 60:.0f} minutes: the rest most likely wait in the import dead-letter queue "
+        f"import {report['id']} has counted {done} of its {report['total']} orders, {where} "
         "(ImportDeadLetterQueue: orders that failed 5 times for a reason that is not theirs, such as a "
         "broken plugin; the worker's log names each by import_id and line). Fix the cause and redrive "
         f"them: the import completes once they are counted (GET {stack['api_url']}/imports/{report['id']})"
@@ -190,8 +199,11 @@ def summary(report: dict[str, Any], shown_errors: int) -> list[str]:
     ]
     errors = report.get("errors") or []
     if errors:
-        # `failed` counts the failed lines; an import that failed as a whole lists its file's error too.
-        listed = report["failed"] + sum(1 for error in errors if error.get("line") is None)
+        # `failed` counts the failed lines; an import that failed as a whole lists its file's error
+        # too, and one with orders parked in the dead-letter queue lists them, not counted.
+        listed = report["failed"] + sum(
+            1 for error in errors if error.get("line") is None or error.get("code") == DEAD_LETTERED
+        )
         lines.append(f"first errors ({min(len(errors), shown_errors)} of {listed}):")
         for error in errors[:shown_errors]:
             where = f"line {error['line']}" if error.get("line") is not None else "file"

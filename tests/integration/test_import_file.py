@@ -198,3 +198,17 @@ def test_an_import_whose_counts_stop_short_of_its_total_ends_the_following_sayin
     # Counting on, 30 minutes between two counts: followed to its end.
     moving = Reports(*(short_report(n // 30) for n in range(90)), a_report("completed", imported=3))
     assert follow_polled_a_minute_apart(monkeypatch, moving)["status"] == "completed"
+
+
+def test_an_import_whose_uncounted_orders_all_wait_in_the_dlq_ends_the_following_at_once(monkeypatch):
+    parked = short_report(2)
+    parked["errors"] = [{"line": 4, "external_id": "ext-3", "code": "dead_lettered", "message": "waits in the DLQ"}]
+    reports = Reports(short_report(1), parked)
+
+    report = follow_polled_a_minute_apart(monkeypatch, reports)
+
+    assert reports.polls == 2 and report["status"] == "running"
+    said = import_file.stalled({"api_url": "https://api.example.com/v1"}, report)
+    assert "counted 2 of its 3 orders, the other 1 wait in the import dead-letter queue" in said
+    # Listed, not counted among the failed: "first errors (1 of 0)" otherwise.
+    assert "first errors (1 of 1):" in import_file.summary(report, 10)
