@@ -119,6 +119,8 @@ class Config(NamedTuple):
     return_workflow_arn: str = ""
     import_splitter_role_id: str | None = None  # the splitter's messages are import lines
     import_queue_sender_channels: str = ""  # other senders: "<unique id>=channel+channel,..."
+    # The import queue's maxReceiveCount: an import line's last delivery failing parks it (0: never).
+    import_queue_max_receives: int = 0
     disabled_plugins: frozenset[str] = frozenset()  # entry-point names never loaded
     enable_test_payments: bool = False  # the `test` gateway approves anything
     reconcile_after_minutes: float = 15.0  # the reconciler's thresholds (template parameters)
@@ -153,6 +155,7 @@ class Config(NamedTuple):
             return_workflow_arn=os.environ.get("RETURN_WORKFLOW_ARN", ""),
             import_splitter_role_id=os.environ.get("IMPORT_SPLITTER_ROLE_ID") or None,
             import_queue_sender_channels=os.environ.get("IMPORT_QUEUE_SENDER_CHANNELS", ""),
+            import_queue_max_receives=int(_number("IMPORT_QUEUE_MAX_RECEIVES", 0)),
             disabled_plugins=frozenset(
                 name.strip() for name in os.environ.get("OMS_DISABLED_PLUGINS", "").split(",") if name.strip()
             ),
