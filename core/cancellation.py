@@ -14,6 +14,7 @@ from core.errors import (
     NoPaymentPlugin,
     PaymentDeclined,
     PaymentGatewayUnavailable,
+    PaymentPluginFailed,
     PaymentRefused,
     PluginError,
     PluginUnavailable,
@@ -43,9 +44,11 @@ if TYPE_CHECKING:
     from core.exchange_credit import ExchangeCredits
 
 logger = logging.getLogger(__name__)
-# What a void (or a release) that was not made raises, each failed attempt in the history: the
-# gateway refused it (or no payment plugin took it), stayed unavailable, or its plugin failed.
-NOT_MADE = (PaymentRefused, PaymentGatewayUnavailable, PluginError)
+# What a payment operation asked within a request that was not made raises, each failed attempt in
+# the history: the gateway refused it (or no payment plugin took it), stayed unavailable, or its
+# plugin failed (PaymentPluginFailed). Nothing was recorded as moved; what stands is asked again
+# later (the request repeated, the next change, or the reconciler's pass).
+NOT_MADE = (PaymentRefused, PaymentGatewayUnavailable, PaymentPluginFailed)
 StockItem = tuple[str, str, str]  # a reservation: (sku, location_id, key)
 # OMS_AUTHORIZATION_VALID_DAYS: how long a gateway keeps an authorization (Stripe 7 days, card
 # schemes 5 to 30); one at least this old is authorized again before a capture (renewed_if_lapsed).
@@ -570,7 +573,8 @@ class Cancellation:
         the reconciler's authorization pass voids it on an order nobody changes again."""
         try:
             return self._void(order, authorization, actor, **({"authorization_key": key} if key else {}))
-        except PaymentGatewayUnavailable:
+        except (PaymentGatewayUnavailable, PaymentPluginFailed):
+            # Not made, and not refused: kept, to be voided once the gateway (or the plugin) works.
             if key is not None:
                 at = self._clock()
                 modify(self._orders, order.id, lambda current: current.give_up_key(key, at=at))
@@ -784,7 +788,7 @@ class Cancellation:
         if order.payment.authorization != made.reference:
             self.void_unrecorded(order, made.reference, actor, key=key)
             return order
-        with contextlib.suppress(PaymentRefused, PaymentGatewayUnavailable):
+        with contextlib.suppress(*NOT_MADE):
             order = self.void_lapsed(order, lapsed, actor)
         return order
 
