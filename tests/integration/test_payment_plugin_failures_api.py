@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from core import hookimpl
@@ -70,16 +71,29 @@ class AnswersThenRaises:
         return made
 
 
-@contextmanager
-def failing(*operations: str, only: str | None = None) -> Iterator[AnswersThenRaises]:
+def managers() -> list[Any]:
+    """The plugin managers of the API function's container and of the workflow tasks' (each its own Lambda)."""
     from functions.api.dependencies import container
+    from functions.workflow.step import container as step_container
 
-    plugin = AnswersThenRaises(*operations, only=only)
-    container().plugins.register(plugin)
+    return [container().plugins, step_container().plugins]
+
+
+@contextmanager
+def registered(plugin: object) -> Iterator[Any]:
+    for manager in managers():
+        manager.register(plugin)
     try:
         yield plugin
     finally:
-        container().plugins.unregister(plugin)
+        for manager in managers():
+            manager.unregister(plugin)
+
+
+@contextmanager
+def failing(*operations: str, only: str | None = None) -> Iterator[AnswersThenRaises]:
+    with registered(AnswersThenRaises(*operations, only=only)) as plugin:
+        yield plugin
 
 
 def history(api: InProcessApi, order_id: str) -> list[dict[str, Any]]:
@@ -257,3 +271,88 @@ def test_the_last_ship_of_an_order_that_lost_units_whose_plugin_fails_releasing_
     assert again.status_code == 200, again.text
     last = history(api, order["id"])[-1]
     assert (last["type"], last["detail"]["authorization"]) == ("payment_voided", order["payment"]["authorization"])
+
+
+# --- Holds an authorization the plugin failed in may leave at the gateway ---------------------------
+
+
+class LooksNothingUp:
+    """A payment plugin that cannot look an authorization up by its key (the hook is optional): it
+    answers none, whatever the gateway holds."""
+
+    @hookimpl(wrapper=True)
+    def oms_payment_find_authorization(self):
+        yield
+        return None
+
+
+def placed(api: InProcessApi) -> str:
+    from tests.builders import order_body
+    from tests.integration.test_cancel_units_api import _orders
+
+    answer = api.post(
+        "/orders", json=order_body(external_id=f"web-p{next(_orders)}", lines=[{"sku": "MUG", "quantity": 1}])
+    )
+    assert answer.status_code == 201, answer.text
+    return answer.json()["id"]
+
+
+def authorize_step(order_id: str) -> None:
+    """The workflow's AuthorizePayment task, as Step Functions runs it (its Lambda handler)."""
+    import pytest
+
+    from functions.workflow.authorize_payment import lambda_handler
+    from tests.integration.test_handlers import Context
+
+    with pytest.raises(Exception, match="oms_payment_authorize"):
+        lambda_handler({"order_id": order_id, "attempt": 0}, Context())
+
+
+def held_at_the_gateway(order_id: str) -> list[str]:
+    """The authorizations the test gateway approved for the order's own key and did not void."""
+    from core import payment_keys
+
+    made = test_payments._authorized.get(payment_keys.authorize(order_id, 1))
+    return [made] if made and not test_payments._held[made].voided else []
+
+
+def test_an_authorization_the_plugin_failed_in_after_the_gateway_approved_is_voided_by_the_cancel(api):
+    order_id = placed(api)
+    with failing("authorize"):
+        authorize_step(order_id)  # the gateway approved; the plugin raised after
+    assert len(held_at_the_gateway(order_id)) == 1
+
+    answer = cancel(api, order_id)
+
+    assert answer.status_code == 200, answer.text
+    assert (answer.json()["status"], answer.json()["payment"]["status"]) == ("cancelled", "pending")
+    assert held_at_the_gateway(order_id) == []
+    [voided] = [h["detail"] for h in history(api, order_id) if h["type"] == "payment_voided"]
+    assert voided["authorization_key"].endswith(":authorize:v1")
+
+
+def test_an_authorization_the_plugin_failed_in_is_released_by_a_plugin_that_cannot_look_keys_up(api):
+    # Asked again under its key (the gateway answers with the authorization it made) and voided:
+    # by the cancel once the plugin works, or by the reconciler's pass while it still fails then.
+    from functions.bootstrap import Config, bootstrap
+
+    with registered(LooksNothingUp()):
+        order_id = placed(api)
+        with failing("authorize"):
+            authorize_step(order_id)
+            authorize_step(order_id)  # Step Functions' retry: the same failure, noted once
+            [failed] = plugin_errors(api, order_id, "payment_authorization_failed")
+            assert failed["authorization_key"].endswith(":authorize:v1") and failed["amount"]
+            answer = cancel(api, order_id)  # asked again under the key: the plugin fails again
+        assert answer.status_code == 200, answer.text
+        assert len(held_at_the_gateway(order_id)) == 1
+        stored = bootstrap(Config.from_env()).order_repository.get(order_id, consistent=True)
+        assert stored.own_void_owed  # for the reconciler's authorization pass
+
+        later = bootstrap(Config.from_env(), clock=lambda: datetime.now(UTC) + timedelta(minutes=16))
+        later.plugins.register(LooksNothingUp())
+        later.authorization_sweep.run("reconciler")
+
+    assert held_at_the_gateway(order_id) == []
+    last = history(api, order_id)[-1]
+    assert (last["type"], last["detail"]["authorization_key"]) == ("payment_voided", failed["authorization_key"])
