@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from core import hookimpl
@@ -356,3 +357,66 @@ def test_an_authorization_the_plugin_failed_in_is_released_by_a_plugin_that_cann
     assert held_at_the_gateway(order_id) == []
     last = history(api, order_id)[-1]
     assert (last["type"], last["detail"]["authorization_key"]) == ("payment_voided", failed["authorization_key"])
+
+
+def test_a_cancel_of_the_rest_whose_plugin_fails_in_the_settlement_capture_is_answered_its_capture_standing(api):
+    # Cancelling the parcel that carries the shipping leaves a total above what was captured: the
+    # cancel captures the rest after its write. The plugin fails after the gateway captured it.
+    from functions.bootstrap import Config, bootstrap
+
+    order = allocated(api, ("MUG", 1), ("CAP", 2))
+    ship(api, order, order["shipments"][1]["location_id"])
+
+    with failing("capture"):
+        answer = cancel(api, order["id"])
+
+    assert answer.status_code == 200, answer.text
+    shown = answer.json()
+    assert shown["status"] == "shipped"
+    assert Decimal(money(shown["payment"]["captured"])) < Decimal(money(shown["totals"]["grand_total"]))
+    [failed] = plugin_errors(api, order["id"], "payment_capture_failed")
+    stored = bootstrap(Config.from_env()).order_repository.get(order["id"], consistent=True)
+    assert [r.shipment_id for r in stored.captures_requested] == [None]  # stands, for the capture pass
+    assert failed["capture_key"]
+
+    again = cancel(api, order["id"])  # the plugin works: asked under the same key, recorded once
+
+    assert again.status_code == 200, again.text
+    payment = again.json()["payment"]
+    assert payment["captured"] == shown["totals"]["grand_total"]
+    assert [h["type"] for h in history(api, order["id"])].count("payment_captured") == 1
+
+
+def test_a_reject_whose_plugin_fails_refunding_a_dead_ships_capture_is_502_and_rejects_once_it_works(api, monkeypatch):
+    # The ship died after the gateway captured (a Lambda timeout): the reject refunds that capture
+    # first. The plugin fails in the refund: nothing is rejected, the capture request stands.
+    from functions.adapters.dynamodb import DynamoOrders
+
+    order = allocated(api, ("MUG", 2))
+    (shipment,) = order["shipments"]
+    real = DynamoOrders.update
+
+    def dies_recording_the_ship(self, new, expected, entries, **conditions):
+        if entries and entries[0].type == "shipment_shipped":
+            raise TimeoutError("Task timed out")
+        real(self, new, expected, entries, **conditions)
+
+    monkeypatch.setattr(DynamoOrders, "update", dies_recording_the_ship)
+    assert api.post(f"/orders/{order['id']}/shipments/{shipment['id']}/ship", json={}).status_code == 500
+    monkeypatch.undo()
+    path = f"/orders/{order['id']}/shipments/{shipment['id']}/reject"
+
+    with failing("refund"):
+        answer = api.post(path, json={"reason": "damaged stock"})
+
+    assert_plugin_failed(answer, "refund")
+    shown = api.get(f"/orders/{order['id']}").json()
+    assert (shown["status"], shown["shipments"][0]["status"]) == ("allocated", "pending")
+    [failed] = plugin_errors(api, order["id"], "payment_refund_failed")
+    assert failed["shipment_id"] == shipment["id"]
+
+    again = api.post(path, json={"reason": "damaged stock"})
+
+    assert again.status_code == 200, again.text
+    assert (again.json()["status"], money(again.json()["payment"]["captured"])) == ("authorized", "0.00")
+    assert [h["type"] for h in history(api, order["id"])].count("payment_capture_reversed") == 1
