@@ -420,3 +420,23 @@ def test_a_reject_whose_plugin_fails_refunding_a_dead_ships_capture_is_502_and_r
     assert again.status_code == 200, again.text
     assert (again.json()["status"], money(again.json()["payment"]["captured"])) == ("authorized", "0.00")
     assert [h["type"] for h in history(api, order["id"])].count("payment_capture_reversed") == 1
+
+
+def test_an_edit_whose_payment_plugin_failed_repeated_once_it_works_records_the_authorization_the_gateway_made(api):
+    order = allocated(api, ("MUG", 1))
+    edit = {"lines": [{"sku": "MUG", "quantity": 3}]}
+    headers = {"If-Match": str(order["version"])}
+    with failing("authorize"):
+        assert_plugin_failed(api.request("PATCH", f"/orders/{order['id']}", json=edit, headers=headers), "authorize")
+
+    again = api.request("PATCH", f"/orders/{order['id']}", json=edit, headers=headers)  # the same edit, as sent
+
+    assert again.status_code == 200, again.text
+    edited = again.json()
+    assert edited["lines"][0]["quantity"] == 3
+    assert edited["payment"]["authorized"] == edited["totals"]["grand_total"]
+    made, replaced = edited["payment"]["authorization"], order["payment"]["authorization"]
+    assert made != replaced  # the one the gateway made when the plugin failed, answered again under its key
+    assert test_payments._held[made].amount.amount == Decimal(money(edited["totals"]["grand_total"]))
+    assert test_payments._held[replaced].voided
+    assert len([key for key in test_payments._authorized if key.startswith(order["id"])]) == 2  # no third hold
