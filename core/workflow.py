@@ -22,7 +22,7 @@ import pluggy
 
 from core import payment_keys
 from core.actors import WORKFLOW_ACTOR
-from core.cancellation import Cancellation, own_authorization_keys
+from core.cancellation import NOT_MADE, Cancellation, own_authorization_keys
 from core.carrier_bookings import give_up_unrecorded
 from core.errors import (
     Backordered,
@@ -234,7 +234,7 @@ class Workflow:
             earlier = [key for key in own_authorization_keys(order) if key != in_use]
             try:
                 self._cancellation.release_lost_authorizations(order, WORKFLOW_ACTOR, unrecorded=earlier)
-            except (PaymentRefused, PaymentGatewayUnavailable):
+            except NOT_MADE:  # refused, the gateway down, or the payment plugin failed (PaymentPluginFailed)
                 given_up = self._cancellation.unreleased_authorization_keys(order)
         amount = order.payable()  # an exchange's credit paid the rest
         # Keyed by the version that priced the order: a retry of this same read reuses the
