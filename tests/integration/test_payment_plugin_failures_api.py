@@ -12,6 +12,8 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import pytest
+
 from core import hookimpl
 from plugins import test_payments
 from tests.e2e.client import assert_error
@@ -26,11 +28,13 @@ BUG = "the plugin's own bug, after the gateway answered"
 
 class AnswersThenRaises:
     """The built-in test gateway behind a plugin that raises once the gateway answered each of
-    `operations` (a capture, refund or authorization the gateway made, that the plugin loses)."""
+    `operations` (a capture, refund or authorization the gateway made, that the plugin loses), or
+    with `garbage`, answers what no payment result is instead of the gateway's answer."""
 
-    def __init__(self, *operations: str, only: str | None = None):
+    def __init__(self, *operations: str, only: str | None = None, garbage: bool = False):
         self.operations = set(operations)
         self.only = only  # what the idempotency keys it fails under hold (None: it fails under every one)
+        self.garbage = garbage
 
     def _failing(self, operation: str, key: str) -> bool:
         return operation in self.operations and (self.only is None or self.only in key)
@@ -41,6 +45,8 @@ class AnswersThenRaises:
             method=method, authorization=authorization, amount=amount, idempotency_key=idempotency_key
         )
         if self._failing("capture", idempotency_key):
+            if self.garbage:
+                return f"approved: {made.reference}"
             raise ValueError(BUG)
         return made
 
@@ -92,8 +98,8 @@ def registered(plugin: object) -> Iterator[Any]:
 
 
 @contextmanager
-def failing(*operations: str, only: str | None = None) -> Iterator[AnswersThenRaises]:
-    with registered(AnswersThenRaises(*operations, only=only)) as plugin:
+def failing(*operations: str, only: str | None = None, garbage: bool = False) -> Iterator[AnswersThenRaises]:
+    with registered(AnswersThenRaises(*operations, only=only, garbage=garbage)) as plugin:
         yield plugin
 
 
@@ -112,13 +118,14 @@ def assert_plugin_failed(answer: Any, operation: str) -> None:
     assert error["details"][0]["operation"] == operation
 
 
-def test_a_ship_whose_payment_plugin_fails_after_the_capture_is_502_and_the_ship_repeated_captures_once(api):
+@pytest.mark.parametrize("garbage", [False, True], ids=["raises", "answers-garbage"])
+def test_a_ship_whose_payment_plugin_fails_after_the_capture_is_502_and_the_ship_repeated_captures_once(api, garbage):
     order = allocated(api, ("MUG", 2))
     (shipment,) = order["shipments"]
     before = stock(api, "MUG", "wh-west")
     path = f"/orders/{order['id']}/shipments/{shipment['id']}/ship"
 
-    with failing("capture"):
+    with failing("capture", garbage=garbage):
         answer = api.post(path, json={})
 
     assert_plugin_failed(answer, "capture")
@@ -126,7 +133,8 @@ def test_a_ship_whose_payment_plugin_fails_after_the_capture_is_502_and_the_ship
     assert (shown["shipments"][0]["status"], money(shown["payment"]["captured"])) == ("pending", "0.00")
     assert stock(api, "MUG", "wh-west") == before  # nothing left the shelf on the order's books
     [failed] = plugin_errors(api, order["id"], "payment_capture_failed")
-    assert "ValueError" in failed["message"] and failed["shipment_id"] == shipment["id"]
+    assert ("returned str" if garbage else "ValueError") in failed["message"]
+    assert failed["shipment_id"] == shipment["id"]
 
     again = api.post(path, json={})  # the plugin works again: the same key, the gateway's capture recorded
 
@@ -300,8 +308,6 @@ def placed(api: InProcessApi) -> str:
 
 def authorize_step(order_id: str) -> None:
     """The workflow's AuthorizePayment task, as Step Functions runs it (its Lambda handler)."""
-    import pytest
-
     from functions.workflow.authorize_payment import lambda_handler
     from tests.integration.test_handlers import Context
 
