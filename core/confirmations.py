@@ -31,6 +31,7 @@ from core.errors import (
     DomainError,
     InvalidRequest,
     NotFound,
+    PaymentPluginFailed,
     PaymentRefused,
     PluginError,
     StaleVersion,
@@ -183,11 +184,12 @@ class Confirmed:
         """Sending this item again later may succeed: the gateway or a carrier was down, or the
         batch ran out of time, or concurrent changes of the order kept winning the write, or the
         gateway refused a capture on an authorization the item sent again renews first (once: not
-        one refused on that renewal). A refusal that depends on the order's state would be refused
-        again."""
+        one refused on that renewal), or the payment plugin failed (its capture stands under its
+        key, for the item sent again once the plugin works). A refusal that depends on the order's
+        state would be refused again."""
         if isinstance(self.failure, PaymentRefused):
             return self.failure.renewed_when_repeated
-        return isinstance(self.failure, TransientError | StaleVersion | NotAttempted)
+        return isinstance(self.failure, TransientError | StaleVersion | NotAttempted | PaymentPluginFailed)
 
 
 def confirm(
@@ -216,8 +218,13 @@ def confirm(
         attempted += 1
         try:
             results.append(Confirmed(item, order=_run(actions, item, actor, channel)))
+        except PaymentPluginFailed as failed:
+            # The payment plugin failed in this item's capture (in its order's history; nothing
+            # recorded as moved): this item is refused as its single route answers it (502), and
+            # the items before it, done already, and after it keep their own answers.
+            results.append(Confirmed(item, failure=failed))
         except PluginError:
-            raise  # a broken plugin is a bug, answered 500 as on the single routes
+            raise  # another broken plugin is a bug, answered 500 as on the single routes
         except DomainError as refused:
             results.append(Confirmed(item, failure=refused))
     return results

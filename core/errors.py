@@ -155,6 +155,26 @@ class PluginError(DomainError):
     code = "plugin_error"
 
 
+class PaymentPluginFailed(PluginError):
+    """The payment plugin failed in an operation asked of the gateway (it raised, or answered what
+    the core cannot take): no gateway's answer, so nothing was recorded as moved, and what was asked
+    stands under its key (a capture requested, a refund pending, a re-authorization requested), to
+    be asked again under that key once the plugin works: by the request repeated, or by the
+    reconciler's pass that finishes it. Raised by Payments.retried, which records the attempt (kind
+    `plugin_error`) first; the API answers it 502 `payment_plugin_error` (a dependency of the OMS
+    failed, as a gateway's refusal is 502), never a 500 with the request's state unknown."""
+
+    code = "payment_plugin_error"
+
+    def __init__(self, operation: str, message: str, *, details: list[dict[str, Any]] | None = None):
+        super().__init__(
+            f"the payment plugin failed in the {operation}: {message}; nothing was recorded as moved, and the "
+            "request stands: repeat it once the plugin works",
+            details=[{"operation": operation, **detail} for detail in details or [{}]],
+        )
+        self.operation = operation
+
+
 class RefundExceedsCaptured(InvalidRequest):
     code = "refund_exceeds_captured"
 

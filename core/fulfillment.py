@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from core import payment_keys
 from core.cancellation import (
     AUTHORIZATION_VALID_FOR,
+    NOT_MADE,
     Cancellation,
     holding_locations,
     own_authorization_keys,
@@ -28,6 +29,7 @@ from core.errors import (
     NotFound,
     PaymentDeclined,
     PaymentGatewayUnavailable,
+    PaymentPluginFailed,
     PaymentRefused,
     StaleVersion,
     TrackingNumberConflict,
@@ -297,7 +299,7 @@ class OrderActions:
             handed = modify(self._orders, order.id, decide, channel=channel)
         except InvalidTransition:
             if capture is not None:
-                with contextlib.suppress(PaymentRefused, PaymentGatewayUnavailable):
+                with contextlib.suppress(*NOT_MADE):
                     # A refund that fails is in the history; the request stands for the next try.
                     self._cancellation.reverse_capture(order, shipment_id, amount, capture, actor)
             raise
@@ -307,7 +309,7 @@ class OrderActions:
             # capture asked under it stands (this one was the last, or it was refused): what it
             # holds is released now, not when the last parcel ships. A void that fails leaves it
             # replaced, for those to void; one the gateway refused is not asked by every ship.
-            with contextlib.suppress(PaymentRefused, PaymentGatewayUnavailable):
+            with contextlib.suppress(*NOT_MADE):
                 handed = self._cancellation.void_replaced_authorizations(handed, actor, unless_refused=True)
         return self._units.after_shipping(handed, actor)
 
@@ -481,7 +483,7 @@ class OrderActions:
                 pass  # nobody asked the gateway: shipped once the plugin is back
             except PaymentRefused as refused:
                 self._delivery_not_recorded(order_id, other, str(refused), actor)
-            except (InvalidTransition, PaymentGatewayUnavailable):
+            except (InvalidTransition, PaymentGatewayUnavailable, PaymentPluginFailed):
                 pass
         return True
 
@@ -850,7 +852,7 @@ class OrderActions:
             # Its next authorization is asked under the edited version's key: one an earlier attempt
             # may have obtained (its answer lost) would never be used. A failure is in the history;
             # a cancel of the order asks again.
-            with contextlib.suppress(PaymentRefused, PaymentGatewayUnavailable):
+            with contextlib.suppress(*NOT_MADE):
                 left = own_authorization_keys(order)
                 self._cancellation.release_lost_authorizations(new, actor, unrecorded=left)
         new = self._units.cancel_given_up(new, actor)  # the bookings of the parcels it withdrew
@@ -859,7 +861,7 @@ class OrderActions:
         # A void that cannot be made now leaves the replaced authorization on the order (each
         # attempt in the history), for the next edit, a cancel or the last parcel's ship to void,
         # or the reconciler once nothing changes the order (core.authorization_sweep).
-        with contextlib.suppress(PaymentRefused, PaymentGatewayUnavailable):
+        with contextlib.suppress(*NOT_MADE):
             return self._cancellation.void_replaced_authorizations(new, actor)
         return self._orders.get(order_id, consistent=True) or new
 
@@ -950,7 +952,7 @@ class OrderActions:
         standing = current.authorization_requested if current is not None else None
         asked = order.authorization_requested
         if standing is not None and asked is not None and standing.edit_of == asked.edit_of:
-            with contextlib.suppress(PaymentRefused, PaymentGatewayUnavailable):
+            with contextlib.suppress(*NOT_MADE):
                 self._cancellation.void_requested_authorization(current, actor)
         else:
             key = payment_keys.authorize(order.id, asked.authorizes_version) if asked is not None else None

@@ -22,7 +22,7 @@ import pluggy
 
 from core import payment_keys
 from core.actors import WORKFLOW_ACTOR
-from core.cancellation import Cancellation, own_authorization_keys
+from core.cancellation import NOT_MADE, Cancellation, own_authorization_keys
 from core.carrier_bookings import give_up_unrecorded
 from core.errors import (
     Backordered,
@@ -33,6 +33,8 @@ from core.errors import (
     OutOfStock,
     PaymentGatewayUnavailable,
     PaymentRefused,
+    PluginError,
+    PluginUnavailable,
     StaleVersion,
     TransientError,
 )
@@ -50,7 +52,7 @@ from core.models import (
     utc_now,
 )
 from core.money import Money
-from core.order_changes import failure_recorder, modify
+from core.order_changes import failure_recorder, modify, no_plugin_noted_last
 from core.payments import Failure, Payments
 from core.ports import (
     Backorders,
@@ -232,7 +234,7 @@ class Workflow:
             earlier = [key for key in own_authorization_keys(order) if key != in_use]
             try:
                 self._cancellation.release_lost_authorizations(order, WORKFLOW_ACTOR, unrecorded=earlier)
-            except (PaymentRefused, PaymentGatewayUnavailable):
+            except NOT_MADE:  # refused, the gateway down, or the payment plugin failed (PaymentPluginFailed)
                 given_up = self._cancellation.unreleased_authorization_keys(order)
         amount = order.payable()  # an exchange's credit paid the rest
         # Keyed by the version that priced the order: a retry of this same read reuses the
@@ -251,6 +253,21 @@ class Workflow:
                     Failure("authorize", attempt + 1, "transient", error.message)
                 )
             raise TransientError(error.message) from None
+        except PluginUnavailable:
+            raise  # nothing loaded asked the gateway
+        except PluginError as failed:
+            # The plugin raised (or answered what the core cannot take), maybe after the gateway
+            # approved: its key and amount are recorded as a lost answer's are, so a cancel (or the
+            # reconciler) releases what the gateway may hold under it, even through a plugin that
+            # cannot look keys up. Retried by Step Functions, then parked: noted once a run.
+            detail = {"amount": amount.model_dump(mode="json"), "authorization_key": key}
+            with contextlib.suppress(StaleVersion):
+                failure_recorder(
+                    self._orders, order_id, WORKFLOW_ACTOR, self._clock,
+                    unless=lambda failure, entries: no_plugin_noted_last(entries, WORKFLOW_ACTOR, failure, detail),
+                    **detail,
+                )(Failure("authorize", attempt + 1, "plugin_error", failed.message))  # fmt: skip
+            raise
         new, entry = order.authorize(
             amount, result.reference, at=self._clock(), actor=WORKFLOW_ACTOR, keys_given_up=given_up
         )
