@@ -3594,7 +3594,7 @@ class Order(Shown):
         if self.capture_request(shipment_id) is not None:
             raise InvalidTransition(f"shipment {shipment_id} is being collected: its capture was asked for")
         shipment = self._waiting_pickup(shipment_id)
-        if shipment.collect_by is None or shipment.collect_by > at:
+        if shipment.collect_by is None or shipment.collect_by >= at:  # collectable until then
             raise InvalidTransition(f"shipment {shipment_id} may still be collected until {shipment.collect_by}")
         cancelled = ShipmentStatus.CANCELLED
         shipments = [_replaced(s, status=cancelled) if s.id == shipment_id else s for s in self.shipments]
