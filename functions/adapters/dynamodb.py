@@ -25,6 +25,7 @@ from core.errors import (
     InvalidCursor,
     InvalidTransition,
     ReservationsChanged,
+    ReservationsFull,
     StaleVersion,
     StockLimitReached,
 )
@@ -2143,13 +2144,18 @@ class DynamoInventory(InventoryRepository):
         return None
 
     def reserve(self, sku: str, location_id: str, key: str, quantity: int, keep: int = 0) -> None:
-        old = self._reservation_update(
-            sku, location_id, key,
-            "SET reserved = reserved + :q, available = available - :q, reservations.#key = :q "
-            f"REMOVE {ARRIVED}, {WITHDRAWN}",
-            "available >= :need AND attribute_not_exists(reservations.#key)",
-            {":q": quantity, ":need": quantity + keep},
-        )  # fmt: skip
+        try:
+            old = self._reservation_update(
+                sku, location_id, key,
+                "SET reserved = reserved + :q, available = available - :q, reservations.#key = :q "
+                f"REMOVE {ARRIVED}, {WITHDRAWN}",
+                "available >= :need AND attribute_not_exists(reservations.#key)",
+                {":q": quantity, ":need": quantity + keep},
+            )  # fmt: skip
+        except ClientError as error:
+            if _too_large(error):  # its map of open reservations fills the 400 KB item
+                raise ReservationsFull(sku, location_id) from None
+            raise
         if old is None or (old.get("reservations") or {}).get(key) == quantity:
             return  # reserved now, or by an earlier run of the same step
         raise InsufficientStock(f"{old.get('available', 0)} of {sku} available at {location_id}, {quantity} wanted")
@@ -2216,6 +2222,8 @@ class DynamoInventory(InventoryRepository):
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except ClientError as error:
+            if _too_large(error):  # more keys than its full map of open reservations has room for
+                raise ReservationsFull(sku, location_id) from None
             if not _is_conditional_failure(error):
                 raise
             old = from_item(error.response.get("Item") or {})
