@@ -452,7 +452,9 @@ class Backorders(ABC):
         version, as OrderRepository.update). A line of an order may take units from several
         locations, so only one write over all of them can keep two concurrent fills of the same
         order from reserving the same line twice. Raises StaleVersion, having written nothing,
-        when the order or any of those reservations or stock levels changed since they were read."""
+        when the order or any of those reservations or stock levels changed since they were read;
+        ReservationsFull, having written nothing, when a stock item has no room for another open
+        reservation (DynamoDB's 400 KB item)."""
 
 
 class BackorderedOrders(ABC):

@@ -561,6 +561,9 @@ class Workflow:
         the stream has not handed them to yet (the skus of one purchase-order receipt come one
         record after the other)."""
         assert self._backorders is not None
+        # Stock items found with no room for another reservation: the fill takes nothing there,
+        # and the order waits on for what arrives elsewhere (or for room: a release there wakes it).
+        full: set[tuple[str, str]] = set()
         for _ in range(FILL_ATTEMPTS):
             # Read consistently: "not backordered, nothing to fill" is decided by no conditional
             # write, and the step that has just written the order backordered looks here for the
@@ -579,7 +582,7 @@ class Workflow:
             allowed = sourceable(order, locations, rules)
             top_ups = self._top_ups(
                 order, allowed, held, rules, destination_of(order, locations), None if in_queue_order else locations,
-                queue,
+                queue, full,
             )  # fmt: skip
             if not top_ups:
                 return order
@@ -591,6 +594,8 @@ class Workflow:
             try:
                 self._backorders.fill(new, order, [entry], top_ups)
                 return new
+            except ReservationsFull as refused:
+                full.add((refused.sku, refused.location_id))
             except StaleVersion:
                 continue  # the order, a reservation or the stock moved since the read
         raise TransientError(f"order {order_id} or its stock kept changing while its backorder was filled")
@@ -619,6 +624,7 @@ class Workflow:
         destination: Address,
         network: list[Location] | None,
         queue: str | None = None,
+        full: Collection[tuple[str, str]] = (),
     ) -> list[TopUp]:
         """What to reserve from available stock (less the safety stock and, given the `network`,
         what older waiting orders may take, but of the sku whose `queue` the caller walks oldest
@@ -633,7 +639,8 @@ class Workflow:
         stock = rules.for_orders(levels)
         if network is not None:
             stock = self._behind_older(order, stock, network, rules, queue)
-        left = {(lvl.sku, lvl.location_id): max(lvl.available, 0)
+        # Nothing from a stock item with no room for another reservation (`full`).
+        left = {(lvl.sku, lvl.location_id): 0 if (lvl.sku, lvl.location_id) in full else max(lvl.available, 0)
                 for levels in stock.values() for lvl in levels}  # fmt: skip
         used = {location_id for (_, location_id, _), quantity in held.items() if quantity > 0}
         top_ups: list[TopUp] = []

@@ -2518,11 +2518,16 @@ class DynamoBackorders(Backorders):
         by_item: dict[tuple[str, str], list[TopUp]] = {}
         for t in top_ups:
             by_item.setdefault((t.sku, t.location_id), []).append(t)
-        items = [self._top_ups(sku, location_id, group) for (sku, location_id), group in sorted(by_item.items())]
+        stock_items = sorted(by_item)
+        items = [self._top_ups(sku, location_id, by_item[(sku, location_id)]) for sku, location_id in stock_items]
         items.append({"Update": order_update(self._orders_table, order, expected, entries)})
         try:
             self._client.transact_write_items(TransactItems=items)
         except ClientError as error:
+            reasons = error.response.get("CancellationReasons") or []
+            for item, reason in zip(stock_items, reasons, strict=False):
+                if reason.get("Code") == "ValidationError" and "maximum allowed size" in str(reason.get("Message")):
+                    raise ReservationsFull(*item) from None  # its map of open reservations fills the item
             # A failed condition, or another transaction on one of the items (TransactionConflict):
             # nothing was written either way.
             if error.response["Error"]["Code"] == "TransactionCanceledException":

@@ -68,6 +68,48 @@ class ItemLimit:
             "UpdateItem",
         )
 
+    def transact_write_items(self, **request: Any) -> dict[str, Any]:
+        """The transaction, undone whole (every item it wrote, in any table) and refused as
+        DynamoDB refuses it when it left a stock item past the limit: TransactionCanceledException,
+        that item's reason ValidationError."""
+        from moto.core import DEFAULT_ACCOUNT_ID
+        from moto.dynamodb.models import dynamodb_backends
+        from moto.dynamodb.models.dynamo_type import DynamoType
+
+        backend = dynamodb_backends[DEFAULT_ACCOUNT_ID]["us-east-1"]
+        written = []
+        for action in request["TransactItems"]:
+            ((kind, body),) = action.items()
+            table = backend.get_table(body["TableName"])
+            names = [name for name in (table.hash_key_attr, table.range_key_attr) if name]
+            key = [DynamoType((body["Item"] if kind == "Put" else body["Key"])[name]) for name in names]
+            written.append((table, key, copy.deepcopy(table.get_item(*key))))
+        answer = self._client.transact_write_items(**request)
+        over = [
+            n for n, (table, key, _) in enumerate(written)
+            if table.name == self._table and (item := table.get_item(*key)) is not None
+            and item_bytes(item.to_json()["Attributes"]) > self.limit
+        ]  # fmt: skip
+        if not over:
+            return answer
+        for table, key, before in written:
+            home = table.items[key[0]] if len(key) == 2 else table.items
+            if before is None:
+                home.pop(key[-1], None)
+            else:
+                home[key[-1]] = before
+        self.refused.extend((written[n][1][0].value, written[n][1][1].value) for n in over)
+        reasons = [
+            {"Code": "ValidationError", "Message": "Item size has exceeded the maximum allowed size"}
+            if n in over else {"Code": "None"}
+            for n in range(len(written))
+        ]  # fmt: skip
+        raise ClientError(
+            {"Error": {"Code": "TransactionCanceledException", "Message": "Transaction cancelled"},
+             "CancellationReasons": reasons},
+            "TransactWriteItems",
+        )  # fmt: skip
+
     def __getattr__(self, name: str) -> Any:
         return getattr(self._client, name)
 
@@ -215,3 +257,24 @@ def test_an_order_only_a_full_location_could_take_is_parked_for_a_person_not_can
     # What it reserved before the refusal (its COLD line) is given back: it records none of it.
     assert shop.level("COLD", "wh-sf") == (10, 0, 10)
     assert shop.level("HOT", "wh-sf") == (held + 500, held, 500)
+
+
+def test_a_backordered_order_whose_units_arrive_at_a_full_location_waits_on_and_the_fill_goes_elsewhere(shop):
+    # The fill of a backordered order is one transaction; refused for the full item it was retried
+    # as a lost race ten times, then raised TransientError, failing the arrival's stream record
+    # (retried, then handed to the on-failure queue) and leaving the orders behind it unfilled.
+    shop.container.catalog_repository.put_product(product("HOT", "30.00", allow_backorder=True))
+    shop.container.catalog_repository.put_location(location("wh-east"))
+    waiting = shop.authorized(("HOT", 1))
+    assert shop.reserve_step(waiting) == "OrderBackordered"
+    held = shop.fill("HOT", "wh-sf", spare=0)
+    shop.container.inventory_repository.adjust("HOT", "wh-sf", 5, "arrival")
+
+    assert shop.container.workflow.fill_backorder(waiting).status is S.BACKORDERED  # nothing to take
+    assert ("HOT", "wh-sf") in shop.client.refused
+    assert shop.level("HOT", "wh-sf") == (held + 5, held, 5)
+
+    shop.container.inventory_repository.adjust("HOT", "wh-east", 1, "arrival")
+    filled = shop.container.workflow.fill_backorder(waiting)
+    assert [(a.location_id, a.quantity) for a in filled.allocations] == [("wh-east", 1)]
+    assert shop.level("HOT", "wh-east") == (1, 1, 0)
