@@ -100,6 +100,25 @@ class InsufficientStock(Conflict):
     code = "insufficient_stock"
 
 
+class ReservationsFull(DomainError):
+    """A stock item (sku x location) holds as many open reservations as DynamoDB's 400 KB item
+    allows (README "Allocation never oversells": about 12,000): that location takes no more
+    reservations of that sku until some ship or are released. No shortage and no throttle:
+    ReserveStock sources the order from another location, else parks it on hold for a person
+    under this name (its class name is the error ParkOrder records), never cancels it."""
+
+    code = "reservations_full"
+
+    def __init__(self, sku: str, location_id: str):
+        super().__init__(
+            f"the stock item of {sku} at {location_id} holds as many open reservations as one DynamoDB item "
+            "can (400 KB, about 12,000): ship or release some there, or move stock to another location, "
+            "then release the order's hold"
+        )
+        self.sku = sku
+        self.location_id = location_id
+
+
 class StockLimitReached(Conflict):
     """Units that would take on_hand past MAX_ON_HAND (what a stock take may record): the units
     already on hand refuse them (409), where the same change at a lower count would do."""

@@ -238,7 +238,8 @@ class InventoryRepository(ABC):
         conditional on enough being available with `keep` units (the location's safety stock)
         left over. Idempotent: the same key holding `quantity` again is a no-op.
         Raises InsufficientStock when not enough is available, or when the key holds another
-        quantity (a twin run of the same step reserved under it on another plan)."""
+        quantity (a twin run of the same step reserved under it on another plan); ReservationsFull
+        when the stock item has no room for another open reservation (DynamoDB's 400 KB item)."""
 
     @abstractmethod
     def release(self, sku: str, location_id: str, key: str) -> None:
@@ -261,7 +262,8 @@ class InventoryRepository(ABC):
         its keys to another (an edited order's line whose id changed, a line split in two) are
         never free for another order in between. Idempotent: a repeat (the keys hold what `wanted`
         says) is a no-op. Raises InsufficientStock when not enough is available, or when the keys
-        of `held` no longer hold those units."""
+        of `held` no longer hold those units; ReservationsFull when the item has no room for the
+        keys it adds."""
 
     @abstractmethod
     def ship(self, sku: str, location_id: str, key: str) -> None:
@@ -461,7 +463,9 @@ class Backorders(ABC):
         version, as OrderRepository.update). A line of an order may take units from several
         locations, so only one write over all of them can keep two concurrent fills of the same
         order from reserving the same line twice. Raises StaleVersion, having written nothing,
-        when the order or any of those reservations or stock levels changed since they were read."""
+        when the order or any of those reservations or stock levels changed since they were read;
+        ReservationsFull, having written nothing, when a stock item has no room for another open
+        reservation (DynamoDB's 400 KB item)."""
 
 
 class BackorderedOrders(ABC):

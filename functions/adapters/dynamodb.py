@@ -26,6 +26,7 @@ from core.errors import (
     InvalidCursor,
     InvalidTransition,
     ReservationsChanged,
+    ReservationsFull,
     StaleVersion,
     StockLimitReached,
 )
@@ -2244,13 +2245,18 @@ class DynamoInventory(InventoryRepository):
         return None
 
     def reserve(self, sku: str, location_id: str, key: str, quantity: int, keep: int = 0) -> None:
-        old = self._reservation_update(
-            sku, location_id, key,
-            "SET reserved = reserved + :q, available = available - :q, reservations.#key = :q "
-            f"REMOVE {ARRIVED}, {WITHDRAWN}",
-            "available >= :need AND attribute_not_exists(reservations.#key)",
-            {":q": quantity, ":need": quantity + keep},
-        )  # fmt: skip
+        try:
+            old = self._reservation_update(
+                sku, location_id, key,
+                "SET reserved = reserved + :q, available = available - :q, reservations.#key = :q "
+                f"REMOVE {ARRIVED}, {WITHDRAWN}",
+                "available >= :need AND attribute_not_exists(reservations.#key)",
+                {":q": quantity, ":need": quantity + keep},
+            )  # fmt: skip
+        except ClientError as error:
+            if _too_large(error):  # its map of open reservations fills the 400 KB item
+                raise ReservationsFull(sku, location_id) from None
+            raise
         if old is None or (old.get("reservations") or {}).get(key) == quantity:
             return  # reserved now, or by an earlier run of the same step
         raise InsufficientStock(f"{old.get('available', 0)} of {sku} available at {location_id}, {quantity} wanted")
@@ -2317,6 +2323,8 @@ class DynamoInventory(InventoryRepository):
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except ClientError as error:
+            if _too_large(error):  # more keys than its full map of open reservations has room for
+                raise ReservationsFull(sku, location_id) from None
             if not _is_conditional_failure(error):
                 raise
             old = from_item(error.response.get("Item") or {})
@@ -2612,11 +2620,16 @@ class DynamoBackorders(Backorders):
         by_item: dict[tuple[str, str], list[TopUp]] = {}
         for t in top_ups:
             by_item.setdefault((t.sku, t.location_id), []).append(t)
-        items = [self._top_ups(sku, location_id, group) for (sku, location_id), group in sorted(by_item.items())]
+        stock_items = sorted(by_item)
+        items = [self._top_ups(sku, location_id, by_item[(sku, location_id)]) for sku, location_id in stock_items]
         items.append({"Update": order_update(self._orders_table, order, expected, entries)})
         try:
             self._client.transact_write_items(TransactItems=items)
         except ClientError as error:
+            reasons = error.response.get("CancellationReasons") or []
+            for item, reason in zip(stock_items, reasons, strict=False):
+                if reason.get("Code") == "ValidationError" and "maximum allowed size" in str(reason.get("Message")):
+                    raise ReservationsFull(*item) from None  # its map of open reservations fills the item
             # A failed condition, or another transaction on one of the items (TransactionConflict):
             # nothing was written either way.
             if error.response["Error"]["Code"] == "TransactionCanceledException":
