@@ -101,8 +101,8 @@ class InsufficientStock(Conflict):
 
 
 class ReservationsFull(DomainError):
-    """A stock item (sku x location) holds as many open reservations as DynamoDB's 400 KB item
-    allows (README "Allocation never oversells": about 12,000): that location takes no more
+    """A stock item (sku x location) holds as many open reservations as it takes (README
+    "Allocation never oversells": 10,000, RESERVATIONS_ROOM, within DynamoDB's 400 KB item): that location takes no more
     reservations of that sku until some ship or are released. No shortage and no throttle:
     ReserveStock sources the order from another location, else parks it on hold for a person
     under this name (its class name is the error ParkOrder records), never cancels it."""
@@ -111,8 +111,8 @@ class ReservationsFull(DomainError):
 
     def __init__(self, sku: str, location_id: str):
         super().__init__(
-            f"the stock item of {sku} at {location_id} holds as many open reservations as one DynamoDB item "
-            "can (400 KB, about 12,000): ship or release some there, or move stock to another location, "
+            f"the stock item of {sku} at {location_id} holds as many open reservations as it takes (10,000, "
+            "within DynamoDB's 400 KB item): ship or release some there, or move stock to another location, "
             "then release the order's hold"
         )
         self.sku = sku

@@ -136,6 +136,25 @@ def _too_large(error: ClientError) -> bool:
     return found.get("Code") == "ValidationException" and "maximum allowed size" in str(found.get("Message", ""))
 
 
+# The most open reservations one stock item takes (keys of its `reservations` map). About 34 bytes
+# each (a real key, its units, a byte), 10,000 fill some 340 KB of the 400 KB item: the rest stays
+# free for the writes that record stock (an adjustment's reason and key, a count, a purchase
+# order's expected units), which an item filled to the byte by reservations refused (a 500 on a
+# receipt). A reserve, rearrange or fill that would add a key past it is ReservationsFull.
+RESERVATIONS_ROOM = 10_000
+
+
+def _room_for(new_keys: int, values: dict[str, Any]) -> str:
+    """The condition that the item's map has room for `new_keys` more reservations."""
+    values[":room"] = RESERVATIONS_ROOM - new_keys
+    return "(attribute_not_exists(reservations) OR size(reservations) <= :room)"
+
+
+def _no_room(old: dict[str, Any], new_keys: int) -> bool:
+    """Whether the item as it was (`old`) had no room for `new_keys` more reservations."""
+    return len(old.get("reservations") or {}) > RESERVATIONS_ROOM - new_keys
+
+
 # BatchGetItem's unprocessed keys are asked again after 50 ms, doubled for each round in a row that
 # read nothing (0.05 to 1.6 s, jittered by half: under 3.2 s in all before the sixth such round
 # raises), within every function's timeout.
@@ -2245,13 +2264,15 @@ class DynamoInventory(InventoryRepository):
         return None
 
     def reserve(self, sku: str, location_id: str, key: str, quantity: int, keep: int = 0) -> None:
+        values: dict[str, Any] = {":q": quantity, ":need": quantity + keep}
+        room = _room_for(1, values)
         try:
             old = self._reservation_update(
                 sku, location_id, key,
                 "SET reserved = reserved + :q, available = available - :q, reservations.#key = :q "
                 f"REMOVE {ARRIVED}, {WITHDRAWN}",
-                "available >= :need AND attribute_not_exists(reservations.#key)",
-                {":q": quantity, ":need": quantity + keep},
+                f"available >= :need AND attribute_not_exists(reservations.#key) AND {room}",
+                values,
             )  # fmt: skip
         except ClientError as error:
             if _too_large(error):  # its map of open reservations fills the 400 KB item
@@ -2259,6 +2280,8 @@ class DynamoInventory(InventoryRepository):
             raise
         if old is None or (old.get("reservations") or {}).get(key) == quantity:
             return  # reserved now, or by an earlier run of the same step
+        if key not in (old.get("reservations") or {}) and _no_room(old, 1):
+            raise ReservationsFull(sku, location_id)
         raise InsufficientStock(f"{old.get('available', 0)} of {sku} available at {location_id}, {quantity} wanted")
 
     def release(self, sku: str, location_id: str, key: str) -> None:
@@ -2307,6 +2330,9 @@ class DynamoInventory(InventoryRepository):
         if more > 0:
             conditions.append("available >= :need")
             values[":need"] = more + keep
+        added = sum(1 for key in keys if key not in held and wanted.get(key))
+        if added:
+            conditions.append(_room_for(added, values))
         if more < 0:
             sets.append(f"{ARRIVED} = :arrived")
             values[":arrived"] = True
@@ -2331,6 +2357,8 @@ class DynamoInventory(InventoryRepository):
             reservations = old.get("reservations") or {}
             if all(reservations.get(key) == (wanted.get(key) or None) for key in keys):
                 return  # rearranged by an earlier run of the same step
+            if added and all(reservations.get(key) == held[key] for key in held) and _no_room(old, added):
+                raise ReservationsFull(sku, location_id) from None
             raise InsufficientStock(
                 f"{old.get('available', 0)} of {sku} available at {location_id}, or its reservations changed"
             ) from None
@@ -2602,6 +2630,8 @@ class DynamoBackorders(Backorders):
                 conditions.append(f"reservations.#k{n} = :h{n}")
             else:
                 conditions.append(f"attribute_not_exists(reservations.#k{n})")
+        if added := sum(1 for t in top_ups if not t.held):
+            conditions.append(_room_for(added, values))
         return {
             "Update": {
                 "TableName": self._table,
@@ -2612,6 +2642,8 @@ class DynamoBackorders(Backorders):
                 "ConditionExpression": " AND ".join(conditions),
                 "ExpressionAttributeNames": names,
                 "ExpressionAttributeValues": to_item(values),
+                # The item as it was, in the refusal's reason: whether its map had room (fill).
+                "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
             }
         }
 
@@ -2630,6 +2662,13 @@ class DynamoBackorders(Backorders):
             for item, reason in zip(stock_items, reasons, strict=False):
                 if reason.get("Code") == "ValidationError" and "maximum allowed size" in str(reason.get("Message")):
                     raise ReservationsFull(*item) from None  # its map of open reservations fills the item
+                added = sum(1 for t in by_item[item] if not t.held)
+                if (
+                    reason.get("Code") == "ConditionalCheckFailed"
+                    and added
+                    and _no_room(from_item(reason.get("Item") or {}), added)
+                ):
+                    raise ReservationsFull(*item) from None  # no room for another reservation (RESERVATIONS_ROOM)
             # A failed condition, or another transaction on one of the items (TransactionConflict):
             # nothing was written either way.
             if error.response["Error"]["Code"] == "TransactionCanceledException":
