@@ -1,5 +1,6 @@
-"""GET /webhooks through the in-process gateway on moto: a channel key pages through its own
-channel's subscriptions only, and no page or cursor tells it of another's."""
+"""/webhooks through the in-process gateway on moto: a channel key pages through its own
+channel's subscriptions only, and no page or cursor tells it of another's; each subscription names
+the key that made it, and who subscribes or deletes is logged."""
 
 from __future__ import annotations
 
@@ -128,6 +129,9 @@ def test_a_subscription_names_the_key_that_made_it_in_its_answer_its_read_and_th
     assert [hook["created_by"] for hook in listed if hook["id"] == made.json()["id"]] == [key_id]
     by_admin = api.post("/webhooks", json={"url": "http://127.0.0.1:9/made-by-admin", "events": ["*"]})
     assert by_admin.json()["created_by"] == "key_admin"
+    # The maker is the caller, never what the body says.
+    forged = {"url": "http://127.0.0.1:9/forged", "events": ["*"], "created_by": "key_admin"}
+    assert_error(api.post("/webhooks", json=forged, key=secret), 422, "validation_error", "created_by")
 
 
 def test_a_subscription_stored_before_keys_were_recorded_shows_none_and_is_read_listed_and_deleted(
