@@ -462,9 +462,11 @@ class Webhooks:
         return self._store.list(channel, limit, cursor)
 
     def delete(self, webhook_id: str, channel: str | None) -> Webhook:
-        """Remove the subscription; the one removed (who made it, where it sent), for the log."""
+        """Remove the subscription; the one removed (who made it, where it sent), for the log.
+        NotFound when another delete removed it first (only that one's caller is its deleter)."""
         webhook = self.get(webhook_id, channel)
-        self._store.delete(webhook_id)
+        if not self._store.delete(webhook_id):
+            raise NotFound(f"no webhook {webhook_id}")
         return webhook
 
     def deliveries(

@@ -796,3 +796,19 @@ def test_a_channel_bound_subscription_to_an_event_without_a_channel_is_refused_n
         ).channel
         == "web"
     )
+
+
+def test_of_two_deletes_racing_only_the_one_that_removed_the_subscription_is_told_it_did():
+    # Both read the subscription, one removed it: the other answered 204 and logged a delete it had
+    # not made, so the log named two keys as its deleter.
+    class TakenMeanwhile(FakeStore):
+        def delete(self, webhook_id: str) -> bool:
+            super().delete(webhook_id)  # the other delete's
+            return False
+
+    store = TakenMeanwhile()
+    webhooks = Webhooks(store, FakeQueue(), public, Clock())
+    issued = webhooks.subscribe(NewWebhook(url="https://a.example/h", events=["*"]), created_by="key_maker")
+    with pytest.raises(NotFound):
+        webhooks.delete(issued.id, None)
+    assert store.webhooks == {}
