@@ -91,6 +91,12 @@ class Webhook(Shown):
     events: list[str]
     channel: str | None = None
     created_at: datetime
+    # Who set up this flow of order data out of the system (a subscription to "*" receives every
+    # order, customer and address included). Null for one stored before it was recorded.
+    created_by: str | None = Field(
+        default=None,
+        description="The id of the API key that made the subscription (null for one made before it was recorded).",
+    )
 
     def wants(self, event: DomainEvent) -> bool:
         """Whether this subscription receives `event`: its type, and its order's channel when the
@@ -423,10 +429,11 @@ class Webhooks:
         self._check = check
         self._clock = clock
 
-    def subscribe(self, request: NewWebhook) -> IssuedWebhook:
-        """Store a new subscription. InvalidRequest when it is bound to a channel and names a type
-        not known to carry one (it would never get a delivery); WebhookUrlRefused for a URL not to
-        call; TooManyWebhooks when its channel (or the unbound ones) holds MAX_WEBHOOKS already."""
+    def subscribe(self, request: NewWebhook, created_by: str) -> IssuedWebhook:
+        """Store a new subscription, made by the API key `created_by`. InvalidRequest when it is
+        bound to a channel and names a type not known to carry one (it would never get a delivery);
+        WebhookUrlRefused for a URL not to call; TooManyWebhooks when its channel (or the unbound
+        ones) holds MAX_WEBHOOKS already."""
         if request.channel is not None:
             for index, name in enumerate(request.events):
                 if name != ALL_EVENTS and name not in WITH_CHANNEL:
@@ -439,6 +446,7 @@ class Webhooks:
             events=request.events,
             channel=request.channel,
             created_at=self._clock(),
+            created_by=created_by,
             secret=new_webhook_secret(),
         )
         self._store.add(webhook, MAX_WEBHOOKS)
@@ -453,9 +461,13 @@ class Webhooks:
     def list(self, channel: str | None, limit: int, cursor: str | None) -> tuple[list[Webhook], str | None]:
         return self._store.list(channel, limit, cursor)
 
-    def delete(self, webhook_id: str, channel: str | None) -> None:
-        self.get(webhook_id, channel)
-        self._store.delete(webhook_id)
+    def delete(self, webhook_id: str, channel: str | None) -> Webhook:
+        """Remove the subscription; the one removed (who made it, where it sent), for the log.
+        NotFound when another delete removed it first (only that one's caller is its deleter)."""
+        webhook = self.get(webhook_id, channel)
+        if not self._store.delete(webhook_id):
+            raise NotFound(f"no webhook {webhook_id}")
+        return webhook
 
     def deliveries(
         self, webhook_id: str, channel: str | None, limit: int, cursor: str | None

@@ -1,10 +1,13 @@
-"""GET /webhooks through the in-process gateway on moto: a channel key pages through its own
-channel's subscriptions only, and no page or cursor tells it of another's."""
+"""/webhooks through the in-process gateway on moto: a channel key pages through its own
+channel's subscriptions only, and no page or cursor tells it of another's; each subscription names
+the key that made it, and who subscribes or deletes is logged."""
 
 from __future__ import annotations
 
 import base64
 import json
+import logging
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -102,3 +105,101 @@ def test_the_secret_is_shown_only_by_the_subscribe_and_a_delete_is_204_then_the_
     assert_error(api.get(f"{path}/deliveries"), 404, "not_found")
     assert_error(api.request("DELETE", path), 404, "not_found")
     assert api.get("/webhooks", key=reader).json() == {"items": [], "next_cursor": None}
+
+
+def new_key(api: InProcessApi, channel: str | None = None) -> tuple[str, str]:
+    """A new `webhooks:write` key (bound to `channel` when one is given): its id and its secret."""
+    body: dict[str, Any] = {"name": unique("hooks"), "scopes": ["webhooks:write"]}
+    made = api.post("/api-keys", json={**body, **({"channel": channel} if channel else {})})
+    assert made.status_code == 201, made.text
+    return made.json()["id"], made.json()["key"]
+
+
+def test_a_subscription_names_the_key_that_made_it_in_its_answer_its_read_and_the_list(api: InProcessApi):
+    # A key with webhooks:write may send every order (customer, address) to a URL it chooses, and
+    # the subscription did not say which key set that up: an auditor could not tell.
+    key_id, secret = new_key(api)
+    made = api.post("/webhooks", json={"url": "http://127.0.0.1:9/made-by", "events": ["*"]}, key=secret)
+    assert made.status_code == 201, made.text
+    assert made.json()["created_by"] == key_id
+
+    shown = api.get(f"/webhooks/{made.json()['id']}")
+    assert shown.json()["created_by"] == key_id
+    listed = api.get("/webhooks", params={"limit": 100}, key=secret).json()["items"]
+    assert [hook["created_by"] for hook in listed if hook["id"] == made.json()["id"]] == [key_id]
+    by_admin = api.post("/webhooks", json={"url": "http://127.0.0.1:9/made-by-admin", "events": ["*"]})
+    assert by_admin.json()["created_by"] == "key_admin"
+    # The maker is the caller, never what the body says.
+    forged = {"url": "http://127.0.0.1:9/forged", "events": ["*"], "created_by": "key_admin"}
+    assert_error(api.post("/webhooks", json=forged, key=secret), 422, "validation_error", "created_by")
+
+
+def test_a_subscription_stored_before_keys_were_recorded_shows_none_and_is_read_listed_and_deleted(
+    api: InProcessApi,
+):
+    import boto3
+
+    _, secret = new_key(api, unique("old"))
+    made = api.post("/webhooks", json={"url": "http://127.0.0.1:9/old", "events": ["order.created"]}, key=secret)
+    assert made.status_code == 201, made.text
+    hook_id = made.json()["id"]
+    # As a subscription made before `created_by` was stored.
+    boto3.client("dynamodb", region_name="us-east-1").update_item(
+        TableName=os.environ["CATALOG_TABLE"],
+        Key={"pk": {"S": "WEBHOOKS"}, "sk": {"S": hook_id}},
+        UpdateExpression="REMOVE created_by",
+    )
+
+    shown = api.get(f"/webhooks/{hook_id}", key=secret)
+    assert (shown.status_code, shown.json()["created_by"]) == (200, None), shown.text
+    listed = api.get("/webhooks", key=secret)
+    assert listed.status_code == 200, listed.text
+    assert [(hook["id"], hook["created_by"]) for hook in listed.json()["items"]] == [(hook_id, None)]
+    assert api.request("DELETE", f"/webhooks/{hook_id}", key=secret).status_code == 204
+
+
+def test_a_channel_keys_star_subscription_is_its_channels_and_it_cannot_name_another(api: InProcessApi):
+    # API.md: a channel key subscribes to its channel's events only. Its ["*"] is bound to its
+    # channel (core.webhooks.Webhook.wants then sends it that channel's events only).
+    channel = unique("own")
+    key_id, secret = new_key(api, channel)
+    body = {"url": "http://127.0.0.1:9/star", "events": ["*"]}
+
+    made = api.post("/webhooks", json=body, key=secret)
+    assert made.status_code == 201, made.text
+    assert (made.json()["channel"], made.json()["created_by"]) == (channel, key_id)
+    assert api.get(f"/webhooks/{made.json()['id']}").json()["channel"] == channel
+    assert_error(api.post("/webhooks", json={**body, "channel": "elsewhere"}, key=secret), 403, "forbidden")
+    assert api.post("/webhooks", json={**body, "channel": channel}, key=secret).status_code == 201
+
+
+def test_who_deletes_a_subscription_is_logged_with_it_and_who_made_it(
+    api: InProcessApi, caplog: pytest.LogCaptureFixture
+):
+    # Deleting a subscription removes the record of who made it: the log line is what is left.
+    maker_id, maker = new_key(api)
+    deleter_id, deleter = new_key(api)
+    made = api.post("/webhooks", json={"url": "http://127.0.0.1:9/gone?token=kept-out", "events": ["*"]}, key=maker)
+    hook_id = made.json()["id"]
+    caplog.set_level(logging.INFO)
+    caplog.clear()
+
+    assert api.request("DELETE", f"/webhooks/{hook_id}", key=deleter).status_code == 204
+
+    (logged,) = [record for record in caplog.records if record.getMessage() == "webhook deleted"]
+    assert logged.levelname == "INFO"
+    assert (logged.webhook_id, logged.key_id, logged.created_by) == (hook_id, deleter_id, maker_id)
+    assert logged.host == "127.0.0.1" and "kept-out" not in str(vars(logged))  # a URL's token stays out
+
+
+def test_who_subscribes_is_logged_with_the_host_the_events_go_to(api: InProcessApi, caplog: pytest.LogCaptureFixture):
+    maker_id, maker = new_key(api)
+    caplog.set_level(logging.INFO)
+    caplog.clear()
+
+    made = api.post("/webhooks", json={"url": "http://127.0.0.1:9/to?token=kept-out", "events": ["*"]}, key=maker)
+
+    (logged,) = [record for record in caplog.records if record.getMessage() == "webhook subscribed"]
+    assert (logged.webhook_id, logged.key_id, logged.host) == (made.json()["id"], maker_id, "127.0.0.1")
+    assert (logged.events, logged.webhook_channel) == (["*"], None)
+    assert "kept-out" not in str(vars(logged))

@@ -448,12 +448,13 @@ def test_a_repeated_or_a_star_among_types_is_named_by_its_place_in_events():
 def test_subscribing_checks_the_url_and_shows_the_secret_once():
     store, queue = FakeStore(), FakeQueue()
     webhooks = Webhooks(store, queue, public, Clock())
-    issued = webhooks.subscribe(NewWebhook(url="https://a.example/h", events=["*"]))
+    issued = webhooks.subscribe(NewWebhook(url="https://a.example/h", events=["*"]), created_by="key_maker")
     assert issued.secret.startswith("whsec_") and store.webhooks[issued.id].secret == issued.secret
+    assert store.webhooks[issued.id].created_by == webhooks.get(issued.id, None).created_by == "key_maker"
     assert "secret" not in webhooks.get(issued.id, None).model_dump()
     with pytest.raises(WebhookUrlRefused):
         Webhooks(store, queue, lambda url: check_url(url, resolver("10.0.0.1")), Clock()).subscribe(
-            NewWebhook(url="https://internal.example/h", events=["*"])
+            NewWebhook(url="https://internal.example/h", events=["*"]), created_by="key_maker"
         )
     with pytest.raises(NotFound):
         webhooks.get(issued.id, "shop")  # another channel's key
@@ -781,11 +782,33 @@ def test_a_channel_bound_subscription_to_an_event_without_a_channel_is_refused_n
     webhooks = Webhooks(store, FakeQueue(), public, Clock())
     with pytest.raises(InvalidRequest) as refused:
         webhooks.subscribe(NewWebhook(url="https://a.example/h", events=["order.created", "inventory.low"],
-                                      channel="web"))  # fmt: skip
+                                      channel="web"), created_by="key_web")  # fmt: skip
     assert refused.value.details == [
         {"field": "events[1]", "message": "inventory.low belongs to no channel: a channel's subscription never gets it"}
     ]
     assert store.webhooks == {}
     for type_ in ("import.completed", "inventory.low"):
-        assert webhooks.subscribe(NewWebhook(url="https://a.example/h", events=[type_])).channel is None
-    assert webhooks.subscribe(NewWebhook(url="https://a.example/h", events=["*"], channel="web")).channel == "web"
+        unbound = webhooks.subscribe(NewWebhook(url="https://a.example/h", events=[type_]), created_by="key_web")
+        assert unbound.channel is None
+    assert (
+        webhooks.subscribe(
+            NewWebhook(url="https://a.example/h", events=["*"], channel="web"), created_by="key_web"
+        ).channel
+        == "web"
+    )
+
+
+def test_of_two_deletes_racing_only_the_one_that_removed_the_subscription_is_told_it_did():
+    # Both read the subscription, one removed it: the other answered 204 and logged a delete it had
+    # not made, so the log named two keys as its deleter.
+    class TakenMeanwhile(FakeStore):
+        def delete(self, webhook_id: str) -> bool:
+            super().delete(webhook_id)  # the other delete's
+            return False
+
+    store = TakenMeanwhile()
+    webhooks = Webhooks(store, FakeQueue(), public, Clock())
+    issued = webhooks.subscribe(NewWebhook(url="https://a.example/h", events=["*"]), created_by="key_maker")
+    with pytest.raises(NotFound):
+        webhooks.delete(issued.id, None)
+    assert store.webhooks == {}

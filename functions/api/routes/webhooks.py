@@ -1,6 +1,7 @@
 """Webhooks: subscribe, list, read, delete, and each subscription's deliveries (issue 14)."""
 
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from aws_lambda_powertools.event_handler import Response, content_types
 from aws_lambda_powertools.event_handler.api_gateway import Router
@@ -10,6 +11,7 @@ from core.access import Scope
 from core.models import Shown
 from core.webhooks import MAX_WEBHOOKS, Delivery, IssuedWebhook, NewWebhook, Webhook
 from functions.api.access import caller, requires
+from functions.api.app import logger
 from functions.api.dependencies import container
 from functions.api.errors import ApiError
 from functions.api.paths import existing
@@ -49,7 +51,19 @@ def subscribe(request: NewWebhook) -> Response[IssuedWebhook]:
         if request.channel not in (None, who.channel):
             raise ApiError(403, "forbidden", f"this API key subscribes to channel {who.channel}'s events only")
         request = request.model_copy(update={"channel": who.channel})
-    return Response(201, content_types.APPLICATION_JSON, container().webhooks.subscribe(request))
+    webhook = container().webhooks.subscribe(request, created_by=who.key_id)
+    # Who sent which events where: the host only (a URL's path or query may hold the receiver's token).
+    logger.info(
+        "webhook subscribed",
+        extra={
+            "webhook_id": webhook.id,
+            "key_id": who.key_id,
+            "host": _host(webhook.url),
+            "events": webhook.events,
+            "webhook_channel": webhook.channel,
+        },
+    )
+    return Response(201, content_types.APPLICATION_JSON, webhook)
 
 
 @router.get(
@@ -81,8 +95,24 @@ def get_webhook(webhook_id: WebhookIdPath) -> Webhook:
 @requires(Scope.WEBHOOKS_WRITE)
 # No return annotation: powertools would try to build a response schema from a bare Response.
 def delete_webhook(webhook_id: WebhookIdPath):
-    container().webhooks.delete(webhook_id, caller(router).channel)
+    who = caller(router)
+    webhook = container().webhooks.delete(webhook_id, who.channel)
+    # The subscription, and with it who made it, is gone: this line is what an auditor has left.
+    logger.info(
+        "webhook deleted",
+        extra={
+            "webhook_id": webhook.id,
+            "key_id": who.key_id,
+            "created_by": webhook.created_by,
+            "host": _host(webhook.url),
+            "webhook_channel": webhook.channel,
+        },
+    )
     return Response(204, content_types.APPLICATION_JSON, "")
+
+
+def _host(url: str) -> str:
+    return urlsplit(url).hostname or ""
 
 
 @router.get(
