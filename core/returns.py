@@ -30,6 +30,7 @@ from core.errors import (
     NoShippingMethod,
     NotFound,
     PaymentGatewayUnavailable,
+    PaymentPluginFailed,
     PaymentRefused,
     PickupNotOffered,
     PluginError,
@@ -1241,14 +1242,14 @@ class Returns:
         """The steps after a receipt, in the workflow's order (restock, the order's count, refund,
         exchange),
         each skipping what is done. A refund not done yet (refused, the gateway still
-        unavailable, or a pending one no payment plugin takes) leaves the return `received`:
-        running this again finishes it."""
+        unavailable, the payment plugin failing, or a pending one no payment plugin takes) leaves
+        the return `received`, its refund pending under its key: running this again finishes it."""
         self.restock(return_id)
         self.record_on_order(return_id, actor)
         try:
             self.refund(return_id, actor)
             return self.exchange(return_id, actor)
-        except (RefundNotDone, PaymentGatewayUnavailable, NoPaymentPlugin):
+        except (RefundNotDone, PaymentGatewayUnavailable, PaymentPluginFailed, NoPaymentPlugin):
             return self.get(return_id)
 
     # --- History ----------------------------------------------------------------------------
