@@ -127,9 +127,7 @@ def test_a_return_whose_refund_plugin_fails_stays_received_its_refund_pending_an
     assert money(api.get(f"/orders/{order['id']}").json()["payment"]["refunded"]) == amount
 
 
-def test_a_return_stuck_on_its_refund_plugin_is_refunded_once_by_the_pending_pass_and_the_receipt_again(
-    api, services
-):
+def test_a_return_stuck_on_its_refund_plugin_is_refunded_once_by_the_pending_pass_and_the_receipt_again(api, services):
     # The step's retries spent with the plugin failing, the compensation records the return stuck:
     # left to a person, as a gateway outage leaves it (its refund pending under its key).
     order, return_id = received(api)
