@@ -82,14 +82,18 @@ def step(name: str, return_id: str, **more: str) -> None:
     step_app.lambda_handler({"step": name, "return_id": return_id, **more}, context("ReturnStepFunction"))
 
 
-def received(api: InProcessApi) -> tuple[dict[str, Any], str]:
-    """A delivered order of two MUGs, one of them back at the warehouse (its return `received`),
-    the return's steps before its refund done."""
+def received(api: InProcessApi, exchange: list[dict[str, Any]] | None = None) -> tuple[dict[str, Any], str]:
+    """A delivered order of two MUGs, one of them back at the warehouse (its return `received`,
+    for an exchange of `exchange` when given), the return's steps before its refund done."""
     order = ship(api, allocated(api, ("MUG", 2)), "wh-west")
     for shipment in order["shipments"]:
         done = api.post(f"/orders/{order['id']}/shipments/{shipment['id']}/deliver", json={})
         assert done.status_code == 200, done.text
-    body = {"lines": [{"line_id": "L1", "quantity": 1, "reason": "too big", "reason_code": "size_or_fit"}]}
+    body: dict[str, Any] = {
+        "lines": [{"line_id": "L1", "quantity": 1, "reason": "too big", "reason_code": "size_or_fit"}]
+    }
+    if exchange is not None:
+        body["exchange"] = {"lines": exchange}
     made = api.post(f"/orders/{order['id']}/returns", json=body)
     assert made.status_code == 201, made.text
     return_id = made.json()["id"]
@@ -173,3 +177,32 @@ def test_a_return_settled_in_one_go_whose_refund_plugin_fails_stays_received_and
 
     assert (done.status.value, str(done.refund.amount)) == ("refunded", amount)
     assert refunds(api, order["id"]) == [("succeeded", amount)]
+
+
+@pytest.mark.parametrize("garbage", [False, True], ids=["raises", "answers-garbage"])
+def test_an_exchange_whose_plugin_fails_refunding_the_rest_of_its_credit_places_one_replacement_and_refunds_it_once(
+    api, services, garbage
+):
+    # A MUG (12.50) exchanged for a CAP (7.77): the rest of the credit is refunded through the plugin.
+    order, return_id = received(api, exchange=[{"sku": "CAP", "quantity": 1}])
+    step("refund", return_id)  # an exchange's refund is its Exchange step's
+
+    with failing(services, garbage), pytest.raises(PaymentPluginFailed):
+        step("exchange", return_id)
+
+    assert api.get(f"/returns/{return_id}").json()["status"] == "received"
+    [(status, rest)] = refunds(api, order["id"])
+    assert status == "pending"
+    assert money(api.get(f"/orders/{order['id']}").json()["payment"]["refunded"]) == "0.00"
+
+    step("exchange", return_id)  # the state machine's retry, the plugin working again
+
+    done = api.get(f"/returns/{return_id}").json()
+    assert done["status"] == "refunded" and done["exchange_order_id"]
+    assert refunds(api, order["id"]) == [("succeeded", rest)]
+    assert money(api.get(f"/orders/{order['id']}").json()["payment"]["refunded"]) == rest
+    replacements = [
+        o for o in api.get("/orders", params={"limit": 100}).json()["items"]
+        if o.get("external_id", "").startswith(order["external_id"] + "-x")
+    ]  # fmt: skip
+    assert [o["id"] for o in replacements] == [done["exchange_order_id"]]
