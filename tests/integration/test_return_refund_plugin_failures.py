@@ -143,6 +143,8 @@ def test_a_return_stuck_on_its_refund_plugin_is_refunded_once_by_the_pending_pas
     [(status, amount)] = refunds(api, order["id"])
     assert status == "pending"
     assert api.get(f"/returns/{return_id}").json()["status"] == "received"
+    history = api.get(f"/orders/{order['id']}/history").json()["items"]
+    assert [h["detail"]["kind"] for h in history if h["type"] == "payment_refund_failed"][-1] == "plugin_error"
 
     [finished] = services.refunds.finish_pending(order["id"], "reconciler", unshown=True)  # the pass, plugin fixed
     receipt = {"location_id": "wh-west", "lines": [{"line_id": "L1", "quantity": 1, "condition": "resellable"}]}
