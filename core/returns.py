@@ -847,8 +847,9 @@ class Returns:
         order = visible(self._orders.get(item.order_id, consistent=True), item.order_id, None)
         finished: list[Refund] = []
         if owed_when_finished(order, item.id):
-            # Refused, or the gateway down: the pending-refund pass asks again (and shows it).
-            with contextlib.suppress(PaymentRefused, PaymentGatewayUnavailable):
+            # Refused, the gateway down or the payment plugin failing: nothing was recorded as
+            # moved, and the pending-refund pass asks again (and shows it).
+            with contextlib.suppress(PaymentRefused, PaymentGatewayUnavailable, PaymentPluginFailed):
                 finished = self._refunds.finish_pending(order.id, actor, besides_return=item.id)
             order = visible(self._orders.get(order.id, consistent=True), order.id, None)
         return self._show_owed(item.id, order, _answered_returns(order, finished))

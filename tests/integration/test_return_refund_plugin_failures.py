@@ -34,6 +34,8 @@ class RefundsThenFails(AnswersThenRaises):
         made = test_payments.oms_payment_refund(
             method=method, authorization=authorization, amount=amount, idempotency_key=idempotency_key
         )
+        if not self._failing("refund", idempotency_key):
+            return made
         if self.garbage:
             return f"refunded: {made.reference}"
         raise ValueError("the plugin's own bug, after the gateway answered")
@@ -62,10 +64,10 @@ def services(api: InProcessApi) -> Iterator[Any]:
 
 
 @contextmanager
-def failing(services: Any, garbage: bool) -> Iterator[None]:
+def failing(services: Any, garbage: bool, only: str | None = None) -> Iterator[None]:
     from functions.return_workflow import app as step_app
 
-    plugin = RefundsThenFails("refund", garbage=garbage)
+    plugin = RefundsThenFails("refund", garbage=garbage, only=only)
     managers = [services.plugins, step_app.container().plugins]
     for manager in managers:
         manager.register(plugin)
@@ -208,3 +210,45 @@ def test_an_exchange_whose_plugin_fails_refunding_the_rest_of_its_credit_places_
         if o.get("external_id", "").startswith(order["external_id"] + "-x")
     ]  # fmt: skip
     assert [o["id"] for o in replacements] == [done["exchange_order_id"]]
+
+
+def test_a_return_whose_step_finishes_another_returns_refund_the_plugin_fails_in_ends_refunded_as_in_an_outage(
+    api, services, monkeypatch
+):
+    # Return B's refund step, once B is marked refunded, finishes the pending refund of return A
+    # that a concurrent run of B's step recorded it would (Return.shows_owed): A's step began that
+    # refund after B's run read the order, and the plugin fails in it. As with the gateway down,
+    # B's step ends (B refunded); A's refund stays pending for the pending-refund pass, made once.
+    from core.refund_service import RefundService
+    from core.refunds import refund_id_for
+
+    order, a = received(api)
+    receipt = {"location_id": "wh-west", "lines": [{"line_id": "L1", "quantity": 1, "condition": "resellable"}]}
+    body = {"lines": [{"line_id": "L1", "quantity": 1, "reason": "too big", "reason_code": "size_or_fit"}]}
+    b = api.post(f"/orders/{order['id']}/returns", json=body).json()["id"]
+    assert api.post(f"/returns/{b}/receive", json=receipt).status_code in (200, 202)
+    for name in ("receive", "restock", "record"):
+        step(name, b)
+    real = RefundService.issue_decided_refund
+
+    def a_begins_meanwhile(self: RefundService, order_id: str, *args: Any, **kwargs: Any) -> Any:
+        monkeypatch.setattr(RefundService, "issue_decided_refund", real)
+        with pytest.raises(PaymentPluginFailed):
+            step("refund", a)  # A's step, its refund left pending by the plugin
+        services.returns._change(b, None, lambda r: r.owing_shown([a]))  # B's concurrent run's record
+        return real(self, order_id, *args, **kwargs)
+
+    with failing(services, garbage=False, only=refund_id_for(order["id"], f"{a}#0")):
+        monkeypatch.setattr(RefundService, "issue_decided_refund", a_begins_meanwhile)
+        step("refund", b)
+
+    assert api.get(f"/returns/{b}").json()["status"] == "refunded"
+    assert api.get(f"/returns/{a}").json()["status"] == "received"
+    assert sorted(status for status, _ in refunds(api, order["id"])) == ["pending", "succeeded"]
+
+    [finished] = services.refunds.finish_pending(order["id"], "reconciler", unshown=True)  # the pass, plugin fixed
+    step("refund", a)
+
+    assert finished.status == "succeeded"
+    assert api.get(f"/returns/{a}").json()["status"] == "refunded"
+    assert [status for status, _ in refunds(api, order["id"])] == ["succeeded", "succeeded"]
