@@ -30,6 +30,7 @@ from core.errors import (
     NoShippingMethod,
     NotFound,
     PaymentGatewayUnavailable,
+    PaymentPluginFailed,
     PaymentRefused,
     PickupNotOffered,
     PluginError,
@@ -846,8 +847,9 @@ class Returns:
         order = visible(self._orders.get(item.order_id, consistent=True), item.order_id, None)
         finished: list[Refund] = []
         if owed_when_finished(order, item.id):
-            # Refused, or the gateway down: the pending-refund pass asks again (and shows it).
-            with contextlib.suppress(PaymentRefused, PaymentGatewayUnavailable):
+            # Refused, the gateway down or the payment plugin failing: nothing was recorded as
+            # moved, and the pending-refund pass asks again (and shows it).
+            with contextlib.suppress(PaymentRefused, PaymentGatewayUnavailable, PaymentPluginFailed):
                 finished = self._refunds.finish_pending(order.id, actor, besides_return=item.id)
             order = visible(self._orders.get(order.id, consistent=True), order.id, None)
         return self._show_owed(item.id, order, _answered_returns(order, finished))
@@ -1241,14 +1243,14 @@ class Returns:
         """The steps after a receipt, in the workflow's order (restock, the order's count, refund,
         exchange),
         each skipping what is done. A refund not done yet (refused, the gateway still
-        unavailable, or a pending one no payment plugin takes) leaves the return `received`:
-        running this again finishes it."""
+        unavailable, the payment plugin failing, or a pending one no payment plugin takes) leaves
+        the return `received`, its refund pending under its key: running this again finishes it."""
         self.restock(return_id)
         self.record_on_order(return_id, actor)
         try:
             self.refund(return_id, actor)
             return self.exchange(return_id, actor)
-        except (RefundNotDone, PaymentGatewayUnavailable, NoPaymentPlugin):
+        except (RefundNotDone, PaymentGatewayUnavailable, PaymentPluginFailed, NoPaymentPlugin):
             return self.get(return_id)
 
     # --- History ----------------------------------------------------------------------------
