@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import importlib
 import json
 import threading
 from collections.abc import Iterable, Iterator
@@ -67,6 +68,7 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     monkeypatch.delenv("OMS_DISABLED_PLUGINS", raising=False)
+    _configure_the_functions_logging()
     with mock_aws(config=KEEP_BOTO3_SESSION):
         client = boto3.client("dynamodb", region_name="us-east-1")
         tables = {}
@@ -79,6 +81,16 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
         _reset_composition_root()
         yield Aws(dynamodb=client, tables=tables)
         _reset_composition_root()
+
+
+def _configure_the_functions_logging() -> None:
+    """The functions' logging set up now, in the test's setup, not by the first import of a
+    function's module in the test's body: that import (functions/bootstrap.py) makes the "core" and
+    "functions" loggers non-propagating, with the functions' own handler, and pytest attaches caplog's
+    handler to non-propagating loggers only as each phase starts (_pytest.logging.catching_logs). A
+    test that was first on its worker to import a function saw none of core's or an adapter's
+    records in caplog, and passed beside a test that had imported one before it."""
+    importlib.import_module("functions.bootstrap")
 
 
 @functools.cache
