@@ -1,7 +1,8 @@
-"""What a ship and a delivery read of their order (issue 10: cost per order), over the in-process
-API: each reads the order once with a plain read and decides every write after it on that read
-or on what it wrote itself, each write conditional on the status and version it decided on; a
-change that lands in between makes the write lose, and it is decided again on a consistent read."""
+"""What a ship and a delivery read of their order, and a reservation of its stock (issue 10: cost
+per order), over the in-process API: a ship and a delivery read the order once with a plain read
+and decide every write after it on that read or on what they wrote themselves, each write
+conditional on the status and version decided on (a change that lands in between makes the write
+lose, and it is decided again on a consistent read); ReserveStock reads each stock item once."""
 
 from __future__ import annotations
 
@@ -39,14 +40,18 @@ class OrdersRequests:
     parameters). `after_first_get` runs once, after the first GetItem, as another writer would
     between that read and what follows it (its own requests are not recorded)."""
 
-    def __init__(self, monkeypatch: pytest.MonkeyPatch, after_first_get: Callable[[], None] | None = None):
+    def __init__(
+        self, monkeypatch: pytest.MonkeyPatch, after_first_get: Callable[[], None] | None = None,
+        table: str = "OrdersTable",
+    ):  # fmt: skip
         self.sent: list[tuple[str, dict[str, Any]]] = []
         real = BaseClient._make_api_call
         pending = [after_first_get] if after_first_get else []
 
         def recorded(client: BaseClient, operation: str, params: dict[str, Any]) -> Any:
             answer = real(client, operation, params)
-            if str(params.get("TableName", "")).endswith("OrdersTable"):
+            named = params.get("TableName") or ",".join(params.get("RequestItems", {}))
+            if named.endswith(table):
                 self.sent.append((operation, params))
                 if operation == "GetItem" and pending:
                     monkeypatch.setattr(BaseClient, "_make_api_call", real)
@@ -144,3 +149,28 @@ def test_a_delivery_decided_on_a_read_a_change_made_stale_is_decided_again(api, 
     assert True in requests.reads()
     order = api.get(f"/orders/{order_id}").json()
     assert (order["status"], order["shipments"][0]["status"]) == ("delivered", "delivered")
+
+
+def test_reserve_stock_reads_each_stock_item_once_consistently(api, sku, monkeypatch):
+    """Its levels (to plan on) and the order's own reservations (what a run that died left, counted
+    as the order's) come from one strongly consistent read of each stock item."""
+    from functions.bootstrap import Config, bootstrap
+
+    response = api.post("/orders", json=order_body((sku, 2)))
+    assert response.status_code == 201, response.text
+    order_id = response.json()["id"]
+    steps = bootstrap(Config.from_env()).workflow
+    steps.authorize_payment(order_id, attempt=0)
+
+    stock = OrdersRequests(monkeypatch, table="InventoryTable")
+    steps.reserve_stock(order_id)
+    by_key = [(op, p) for op, p in stock.sent if op in ("GetItem", "BatchGetItem")]
+    assert [op for op, _ in by_key] == ["BatchGetItem"]
+    ((_, (read,)),) = [(op, list(p["RequestItems"].values())) for op, p in by_key]
+    assert read["ConsistentRead"] is True
+    assert len(read["Keys"]) == len({(k["sku"]["S"], k["location_id"]["S"]) for k in read["Keys"]})
+
+    steps.create_shipments(order_id)
+    order = api.get(f"/orders/{order_id}").json()
+    assert order["status"] == "allocated"
+    assert sum(a["quantity"] for a in order["allocations"]) == 2
