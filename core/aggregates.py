@@ -29,6 +29,7 @@ a replacement placed before this rule is not (its whole total was counted), so a
 it takes out nothing it never added.
 """
 
+import unicodedata
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -138,7 +139,20 @@ def customer_key(customer_id: str, channel: str) -> Key:
 
 
 def email_key(email: str, customer_id: str) -> Key:
-    return f"customer-email#{email.strip().lower()}", customer_id
+    """The email index item of a customer who ordered under `email`: the address trimmed, in any
+    case, its accents composed (NFC), so "José" sent precomposed by one storefront and decomposed
+    (e + U+0301) by another is one address, as it is to a person."""
+    return email_partitions(email)[0], customer_id
+
+
+def email_partitions(email: str) -> list[str]:
+    """The email index partitions a search for `email` reads: email_key's, then, for an address
+    with characters that decompose, the one its customers were indexed under before addresses were
+    composed (the address lower-cased as the order gave it: decomposed, for those)."""
+    searched = email.strip().lower()
+    composed = f"customer-email#{unicodedata.normalize('NFC', searched)}"
+    decomposed = f"customer-email#{unicodedata.normalize('NFD', searched)}"
+    return [composed] if decomposed == composed else [composed, decomposed]
 
 
 def report_pk(kind: ReportKind, currency: str, channel: str, day: str) -> str:

@@ -14,6 +14,7 @@ from core.errors import (
     NoPaymentPlugin,
     PaymentDeclined,
     PaymentGatewayUnavailable,
+    PaymentPluginFailed,
     PaymentRefused,
     PluginError,
     PluginUnavailable,
@@ -43,9 +44,14 @@ if TYPE_CHECKING:
     from core.exchange_credit import ExchangeCredits
 
 logger = logging.getLogger(__name__)
-# What a void (or a release) that was not made raises, each failed attempt in the history: the
-# gateway refused it (or no payment plugin took it), stayed unavailable, or its plugin failed.
-NOT_MADE = (PaymentRefused, PaymentGatewayUnavailable, PluginError)
+# What a payment operation asked within a request that was not made raises, each failed attempt in
+# the history: the gateway refused it (or no payment plugin took it), stayed unavailable, or its
+# plugin failed (PaymentPluginFailed). Nothing was recorded as moved; what stands is asked again
+# later (the request repeated, the next change, or the reconciler's pass).
+NOT_MADE = (PaymentRefused, PaymentGatewayUnavailable, PaymentPluginFailed)
+# The failed authorizations the gateway may have approved all the same: its answer was lost (kind
+# `transient`), or the payment plugin failed around its call (`plugin_error`). Their key is released.
+LOST_ANSWERS = ("transient", "plugin_error")
 StockItem = tuple[str, str, str]  # a reservation: (sku, location_id, key)
 # OMS_AUTHORIZATION_VALID_DAYS: how long a gateway keeps an authorization (Stripe 7 days, card
 # schemes 5 to 30); one at least this old is authorized again before a capture (renewed_if_lapsed).
@@ -570,7 +576,8 @@ class Cancellation:
         the reconciler's authorization pass voids it on an order nobody changes again."""
         try:
             return self._void(order, authorization, actor, **({"authorization_key": key} if key else {}))
-        except PaymentGatewayUnavailable:
+        except (PaymentGatewayUnavailable, PaymentPluginFailed):
+            # Not made, and not refused: kept, to be voided once the gateway (or the plugin) works.
             if key is not None:
                 at = self._clock()
                 modify(self._orders, order.id, lambda current: current.give_up_key(key, at=at))
@@ -784,7 +791,7 @@ class Cancellation:
         if order.payment.authorization != made.reference:
             self.void_unrecorded(order, made.reference, actor, key=key)
             return order
-        with contextlib.suppress(PaymentRefused, PaymentGatewayUnavailable):
+        with contextlib.suppress(*NOT_MADE):
             order = self.void_lapsed(order, lapsed, actor)
         return order
 
@@ -1261,9 +1268,11 @@ def own_authorization_keys(order: Order) -> list[str]:
 
 def _authorization_keys(history: list[HistoryEntry]) -> tuple[dict[str, Money], set[str], set[str]]:
     """{idempotency key: amount} of the authorization attempts whose answer was lost (transient
-    failures) and that nothing settled since; the keys settled (a void recorded for the key, a
-    refusal of it: not an attempt no payment plugin took, kind `no_plugin`); and the keys a
-    question about, or the void of what it found, failed for (_release_unrecorded)."""
+    failures, and those whose payment plugin failed, kind `plugin_error`: it may have raised, or
+    answered malformed, after the gateway approved) and that nothing settled since; the keys
+    settled (a void recorded for the key, a refusal of it: not an attempt no payment plugin took,
+    kind `no_plugin`, nor one whose plugin failed); and the keys a question about, or the void of
+    what it found, failed for (_release_unrecorded)."""
     lost: dict[str, Money] = {}
     settled: set[str] = set()
     unfound: set[str] = set()
@@ -1273,7 +1282,7 @@ def _authorization_keys(history: list[HistoryEntry]) -> tuple[dict[str, Money], 
         if not isinstance(key, str):
             continue
         failed = entry.type is OrderEvent.PAYMENT_AUTHORIZATION_FAILED
-        if failed and detail.get("kind") == "transient" and isinstance(detail.get("amount"), dict):
+        if failed and detail.get("kind") in LOST_ANSWERS and isinstance(detail.get("amount"), dict):
             lost.setdefault(key, Money.model_validate(detail["amount"]))
         elif failed and detail.get("kind") == "no_plugin":
             continue  # nobody asked the gateway (NoPaymentPlugin): the key waits for the plugin

@@ -10,7 +10,6 @@ refused or could not make now) is reported beside the others and stops nothing; 
 safe to send again.
 """
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -32,6 +31,7 @@ from core.errors import (
     DomainError,
     InvalidRequest,
     NotFound,
+    PaymentPluginFailed,
     PaymentRefused,
     PluginError,
     StaleVersion,
@@ -39,6 +39,7 @@ from core.errors import (
     field_path,
 )
 from core.fulfillment import OrderActions
+from core.ids import ORDER_ID, SHIPMENT_ID
 from core.models import Order, Strict, TrackingNumber
 from core.status import OrderStatus, ShipmentStatus
 
@@ -59,8 +60,6 @@ class ConfirmationAction(StrEnum):
 # path), never a 422 for the whole batch, and never looked up (a lone surrogate or a control
 # character has no business in a database request).
 ItemId = Annotated[str, StringConstraints(min_length=1, max_length=64)]
-_ORDER_ID = re.compile(r"ord_[a-z2-7]{24}")
-_SHIPMENT_ID = re.compile(r"shp_[a-z2-7]{24}")
 
 
 class Confirmation(Strict):
@@ -185,11 +184,12 @@ class Confirmed:
         """Sending this item again later may succeed: the gateway or a carrier was down, or the
         batch ran out of time, or concurrent changes of the order kept winning the write, or the
         gateway refused a capture on an authorization the item sent again renews first (once: not
-        one refused on that renewal). A refusal that depends on the order's state would be refused
-        again."""
+        one refused on that renewal), or the payment plugin failed (its capture stands under its
+        key, for the item sent again once the plugin works). A refusal that depends on the order's
+        state would be refused again."""
         if isinstance(self.failure, PaymentRefused):
             return self.failure.renewed_when_repeated
-        return isinstance(self.failure, TransientError | StaleVersion | NotAttempted)
+        return isinstance(self.failure, TransientError | StaleVersion | NotAttempted | PaymentPluginFailed)
 
 
 def confirm(
@@ -218,17 +218,22 @@ def confirm(
         attempted += 1
         try:
             results.append(Confirmed(item, order=_run(actions, item, actor, channel)))
+        except PaymentPluginFailed as failed:
+            # The payment plugin failed in this item's capture (in its order's history; nothing
+            # recorded as moved): this item is refused as its single route answers it (502), and
+            # the items before it, done already, and after it keep their own answers.
+            results.append(Confirmed(item, failure=failed))
         except PluginError:
-            raise  # a broken plugin is a bug, answered 500 as on the single routes
+            raise  # another broken plugin is a bug, answered 500 as on the single routes
         except DomainError as refused:
             results.append(Confirmed(item, failure=refused))
     return results
 
 
 def _run(actions: OrderActions, item: Confirmation, actor: str, channel: str | None) -> Order:
-    if _ORDER_ID.fullmatch(item.order_id) is None:
+    if ORDER_ID.fullmatch(item.order_id) is None:
         raise NotFound("no order has this id")
-    if _SHIPMENT_ID.fullmatch(item.shipment_id) is None:
+    if SHIPMENT_ID.fullmatch(item.shipment_id) is None:
         raise NotFound(f"no shipment has this id on order {item.order_id}")
     if item.action is ConfirmationAction.SHIP:
         return actions.ship(item.order_id, item.shipment_id, item.tracking_number, actor=actor, channel=channel)

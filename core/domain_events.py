@@ -2,6 +2,7 @@
 
 import json
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -135,26 +136,34 @@ def order_events(old: dict[str, Any] | None, new: dict[str, Any]) -> list[Domain
     rejected shipment from the location the reject excludes (`excluded_locations`)."""
     if not str(new.get("id", "")).startswith("ord_") or "status" not in new:
         return []  # not an order (another kind of item on the table)
-    order = api_order(new)
     before = old or {}
     version = int(new.get("version", 0))
     created_at = new.get("updated_at") or new.get("created_at")
     events: list[DomainEvent] = []
+    # Built once, and only for a change that is an event: many of an order's writes are none (a
+    # capture requested, stock reserved, a history entry), and the API's form of the order is most
+    # of the CPU a record costs.
+    shown: list[dict[str, Any]] = []
+
+    def order() -> dict[str, Any]:
+        if not shown:
+            shown.append(api_order(new))
+        return shown[0]
 
     def emit(type_: EventType, subject: str = "", **extra: Any) -> None:
         events.append(
             DomainEvent(
-                id=event_id(order["id"], version, type_, subject),
+                id=event_id(new["id"], version, type_, subject),
                 type=type_,
                 created_at=created_at,
-                data={"order": order, **extra},
+                data={"order": order(), **extra},
             )
         )
 
     for type_ in _order_level(old, new):
         emit(type_)
     for type_, shipment in _changed(before.get("shipments"), new.get("shipments"), _SHIPMENT_EVENTS):
-        emit(type_, shipment["id"], shipment=_shown_shipment(order, shipment["id"]))
+        emit(type_, shipment["id"], shipment=_shown_shipment(order(), shipment["id"]))
     for shipment in _rejected_shipments(before, new):
         emit(EventType.SHIPMENT_REJECTED, shipment["id"], shipment=shipment)
     for type_, refund in _refund_changes(before, new):
@@ -335,34 +344,66 @@ EVENT_BYTES = 256 * 1024 - 64
 OMITTABLE = (("order", "payment", "refunds"), ("order", "shipments"), ("order", "allocations"), ("order", "lines"))
 
 
-def fitted(event: DomainEvent, budget: int = EVENT_BYTES) -> DomainEvent:
-    """`event` itself when its JSON fits `budget` bytes; else the same event (the same id) without
-    the first of OMITTABLE that make it fit, `data.omitted` naming them ("order.payment.refunds"):
-    GET /orders/{id} shows them. The object the event is about (`data.refund`, `data.shipment`,
-    `data.return`) is always whole. One that fits no way is returned as short as it gets (the
-    publisher refuses it, so the change goes to the failure queue)."""
-    if _weight(event) <= budget:
-        return event
-    data = json.loads(event.model_dump_json())["data"]
+@dataclass(frozen=True)
+class OutgoingEvent:
+    """An event ready to leave: `body`, its JSON made once, is the bus entry's Detail and every
+    subscriber's delivery body alike; `weight` is its length in UTF-8, what the limits count.
+    Serializing a 170 KB event again for each of them was billed duration on every order change."""
+
+    event: DomainEvent
+    body: str
+    weight: int
+
+
+def outgoing(event: DomainEvent) -> OutgoingEvent:
+    """`event` serialized: the one place an event becomes its JSON."""
+    body = event.model_dump_json()
+    return OutgoingEvent(event, body, len(body.encode()))
+
+
+def fitted(event: DomainEvent, budget: int = EVENT_BYTES) -> OutgoingEvent:
+    """`event` ready to leave when its JSON fits `budget` bytes; else the same event (the same id)
+    without the first of OMITTABLE that make it fit, `data.omitted` naming them
+    ("order.payment.refunds"): GET /orders/{id} shows them. The object the event is about
+    (`data.refund`, `data.shipment`, `data.return`) is always whole, and `event` itself is left as
+    it is (its order is shared with the other events of its change). One that fits no way is
+    returned as short as it gets (the publisher refuses it, so the change goes to the failure
+    queue). Serialized once, and once more for each list left out."""
+    whole = outgoing(event)
+    if whole.weight <= budget:
+        return whole
+    data = event.data
     omitted: list[str] = []
-    slim = event
+    slim = whole
     for path in OMITTABLE:
-        *parents, name = path
-        holder = data
-        for parent in parents:
-            holder = holder.get(parent) if isinstance(holder, dict) else None
-        if not isinstance(holder, dict) or not holder.get(name):
+        cut = _without(data, path)
+        if cut is None:
             continue  # an empty list weighs nothing: the event keeps it, and says nothing of it
-        del holder[name]
+        data = cut
         omitted.append(".".join(path))
-        slim = event.model_copy(update={"data": {**data, "omitted": list(omitted)}})
-        if _weight(slim) <= budget:
+        slim = outgoing(event.model_copy(update={"data": {**data, "omitted": list(omitted)}}))
+        if slim.weight <= budget:
             break
     return slim
 
 
-def _weight(event: DomainEvent) -> int:
-    return len(event.model_dump_json().encode())
+def _without(data: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any] | None:
+    """`data` without the list at `path` (a copy of each dict on the way to it, the rest shared);
+    None when there is no such list or it is empty."""
+    *parents, name = path
+    copy = dict(data)
+    holder = copy
+    for parent in parents:
+        inner = holder.get(parent)
+        if not isinstance(inner, dict):
+            return None
+        inner = dict(inner)
+        holder[parent] = inner
+        holder = inner
+    if not holder.get(name):
+        return None
+    del holder[name]
+    return copy
 
 
 # What of an import's errors `import.completed` carries: an EventBridge entry holds 256 KB (the event

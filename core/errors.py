@@ -100,6 +100,25 @@ class InsufficientStock(Conflict):
     code = "insufficient_stock"
 
 
+class ReservationsFull(DomainError):
+    """A stock item (sku x location) holds as many open reservations as DynamoDB's 400 KB item
+    allows (README "Allocation never oversells": about 12,000): that location takes no more
+    reservations of that sku until some ship or are released. No shortage and no throttle:
+    ReserveStock sources the order from another location, else parks it on hold for a person
+    under this name (its class name is the error ParkOrder records), never cancels it."""
+
+    code = "reservations_full"
+
+    def __init__(self, sku: str, location_id: str):
+        super().__init__(
+            f"the stock item of {sku} at {location_id} holds as many open reservations as one DynamoDB item "
+            "can (400 KB, about 12,000): ship or release some there, or move stock to another location, "
+            "then release the order's hold"
+        )
+        self.sku = sku
+        self.location_id = location_id
+
+
 class StockLimitReached(Conflict):
     """Units that would take on_hand past MAX_ON_HAND (what a stock take may record): the units
     already on hand refuse them (409), where the same change at a lower count would do."""
@@ -153,6 +172,26 @@ class PluginError(DomainError):
     """A plugin raised or returned something the core cannot accept. Never the client's fault."""
 
     code = "plugin_error"
+
+
+class PaymentPluginFailed(PluginError):
+    """The payment plugin failed in an operation asked of the gateway (it raised, or answered what
+    the core cannot take): no gateway's answer, so nothing was recorded as moved, and what was asked
+    stands under its key (a capture requested, a refund pending, a re-authorization requested), to
+    be asked again under that key once the plugin works: by the request repeated, or by the
+    reconciler's pass that finishes it. Raised by Payments.retried, which records the attempt (kind
+    `plugin_error`) first; the API answers it 502 `payment_plugin_error` (a dependency of the OMS
+    failed, as a gateway's refusal is 502), never a 500 with the request's state unknown."""
+
+    code = "payment_plugin_error"
+
+    def __init__(self, operation: str, message: str, *, details: list[dict[str, Any]] | None = None):
+        super().__init__(
+            f"the payment plugin failed in the {operation}: {message}; nothing was recorded as moved, and the "
+            "request stands: repeat it once the plugin works",
+            details=[{"operation": operation, **detail} for detail in details or [{}]],
+        )
+        self.operation = operation
 
 
 class RefundExceedsCaptured(InvalidRequest):

@@ -20,6 +20,12 @@ class OrderEvent(StrEnum):
     ALLOCATED = "allocated"
     SHIPMENT_SHIPPED = "shipment_shipped"
     SHIPMENT_DELIVERED = "shipment_delivered"
+    # A shipped parcel whose ship named no tracking number (it kept its booking's) took the one its
+    # location named later, once (Order.set_tracking_number).
+    SHIPMENT_TRACKING_NUMBER_SET = "shipment_tracking_number_set"
+    # Such a parcel's number named by a later ship as it is (its label's): confirmed, the order
+    # unchanged (no new version); it is not changed after that.
+    SHIPMENT_TRACKING_NUMBER_CONFIRMED = "shipment_tracking_number_confirmed"
     # Store and warehouse execution: a location refuses a pending shipment (the order is sourced
     # again without it); a pickup is readied, and cancelled when nobody collects it in time.
     SHIPMENT_REJECTED = "shipment_rejected"
@@ -71,6 +77,9 @@ class OrderEvent(StrEnum):
     # authorization it is asked on): the parcel left, its share is not captured, and the order stays
     # with it pending; a person acts on it (DeliveriesNotRecordedAlarm).
     DELIVERY_NOT_RECORDED = "delivery_not_recorded"
+    # A carrier scanned a pending parcel delivered before anyone confirmed its ship: the scan is
+    # kept (Order.keep_delivery_scan), nothing captured; the ship that confirms it delivers it then.
+    DELIVERY_SCAN_KEPT = "delivery_scan_kept"
     # A carrier booking no parcel will use (the order cancelled, its parcel gone or booked again)
     # was cancelled with its carrier; or never will be (the carrier refused, or no plugin cancels
     # its bookings): the detail says why.

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from core import payment_keys
 from core.cancellation import (
     AUTHORIZATION_VALID_FOR,
+    NOT_MADE,
     Cancellation,
     holding_locations,
     own_authorization_keys,
@@ -28,6 +29,7 @@ from core.errors import (
     NotFound,
     PaymentDeclined,
     PaymentGatewayUnavailable,
+    PaymentPluginFailed,
     PaymentRefused,
     StaleVersion,
     TrackingNumberConflict,
@@ -45,6 +47,7 @@ from core.models import (
     PaymentInput,
     PlaceOrder,
     reported_delivered_note,
+    tracking_number_named,
     utc_now,
 )
 from core.money import Money
@@ -61,7 +64,7 @@ from core.ports import CatalogRepository, InventoryRepository, LabelStore, Order
 from core.refund_service import RefundService
 from core.refunds import KEPT_BACK_REFUSALS
 from core.services import REVIEW_ACTOR, CaptureService
-from core.status import OrderStatus, PaymentStatus, ShipmentStatus
+from core.status import TERMINAL, OrderStatus, PaymentStatus, ShipmentStatus
 from core.unit_cancellation import UnitCancellation, owes_settlement_after_last_parcel
 from core.workflow_types import PaymentResult
 
@@ -155,12 +158,14 @@ class OrderActions:
         what its first ship may have left undone (a request that died after the write): its stock
         movement (idempotent by reservation key) and, after the last parcel, the settlement of an
         order that lost units (after_shipping, which a gateway that was down could not make then);
-        nothing else. Sent with another tracking number than the one recorded (by the first ship,
-        or a concurrent one that won), it is refused once that is done (TrackingNumberConflict,
-        409: a corrected number is not answered as if it took). A pickup never ships, so a ship of
-        one is refused (409) whatever its status: collected, it is delivered without having
-        shipped. A parcel a carrier reported delivered before its ship was recorded
-        (Order.report_delivered) is recorded delivered too, at the carrier's time."""
+        nothing else. Sent with another tracking number than the one recorded, it sets it if no
+        ship named one (the parcel kept its booking's: the warehouse learnt the carrier's number
+        after the hand-over), once, and is refused otherwise (TrackingNumberConflict, 409: a
+        corrected number is not answered as if it took): _numbered_as_asked. A pickup never
+        ships, so a ship of one is refused (409) whatever its status: collected, it is delivered
+        without having shipped. A parcel a carrier reported delivered before its ship was recorded
+        (Order.report_delivered) is recorded delivered too, at the carrier's time, and so is one
+        its carrier scanned delivered before this ship (Order.keep_delivery_scan)."""
         done = (ShipmentStatus.SHIPPED, ShipmentStatus.DELIVERED)
 
         def record(current: Order, amount: Money, reference: str | None, at: datetime):
@@ -174,13 +179,60 @@ class OrderActions:
                 current.ready_to_ship(shipment_id)
 
         order = self._checked(order_id, channel, shippable)
+        shipping = order.shipment(shipment_id).status not in done  # this ship records it (or a concurrent one)
         shipped = self._hand_over(order, shipment_id, actor, channel, done, record)
-        _shipped_as_asked(shipped, shipment_id, tracking_number)
+        if tracking_number is not None and (
+            not shipping or shipped.shipment(shipment_id).tracking_number != tracking_number
+        ):
+            shipped = self._numbered_as_asked(shipped, shipment_id, tracking_number, actor, channel)
         if shipped.reported_delivered and shipped.reported(shipment_id) is not None:
             # A carrier reported it delivered before its ship was recorded (Order.report_delivered):
             # whoever ships it, it is recorded delivered too, at the carrier's time.
             return self.deliver(order_id, shipment_id, actor, channel)
+        if shipped.delivery_scans and shipped.delivery_scan(shipment_id) is not None:
+            # Its carrier scanned it delivered before this ship (Order.keep_delivery_scan): delivered
+            # now, at the carrier's time (a ship repeated after a death here finishes it too).
+            return self.deliver(order_id, shipment_id, actor, channel)
         return shipped
+
+    def _numbered_as_asked(
+        self, order: Order, shipment_id: str, tracking_number: str, actor: str, channel: str | None
+    ) -> Order:
+        """The shipped parcel with the tracking number a ship names (none named: any). One whose
+        ship named none, so it kept its booking's (or has none), takes the number named now, once
+        (Order.set_tracking_number: a warehouse that confirms the hand-over first and reads the
+        carrier's number later), and one that names the number it has confirms it (an entry, the
+        order unchanged); another number than one a location named is refused
+        (TrackingNumberConflict, 409: a correction is not answered as if it took). Judged on the
+        order's history (tracking_number_named), read only for a ship naming a number of a parcel
+        shipped before it (sent again), or shipped meanwhile under another: never on a first ship
+        that records the number it names. None named: any number, nothing read."""
+        recorded = order.shipment(shipment_id).tracking_number
+        found = self._orders.history(order.id, consistent=True)
+        named = found is None or tracking_number_named(found[1], shipment_id, recorded)
+        if tracking_number == recorded:
+            if not named:
+                # The label's number, named now: confirmed, so no later number replaces it. An
+                # entry, no new version: the order is unchanged, as a ship sent again leaves it.
+                confirmed = {"shipment_id": shipment_id, "tracking_number": tracking_number}
+                modify(self._orders, order.id, lambda current: current.noted(
+                    OrderEvent.SHIPMENT_TRACKING_NUMBER_CONFIRMED, at=self._clock(), actor=actor, detail=confirmed,
+                ) if current.shipment(shipment_id).tracking_number == tracking_number else None,
+                    channel=channel)  # fmt: skip
+            return order
+        if named:
+            raise TrackingNumberConflict(shipment_id, recorded)
+        at = self._clock()
+
+        def decide(current: Order):
+            now = current.shipment(shipment_id).tracking_number
+            if now == tracking_number:
+                return None  # a concurrent ship set it
+            if now != recorded:
+                raise TrackingNumberConflict(shipment_id, now)  # a concurrent ship set another
+            return current.set_tracking_number(shipment_id, tracking_number, at=at, actor=actor)
+
+        return modify(self._orders, order.id, decide, channel=channel)
 
     def _checked(self, order_id: str, channel: str | None, check: Callable[[Order], None]) -> Order:
         """The order, once `check` (which raises to refuse) passes on it. A plain read may predate
@@ -249,7 +301,7 @@ class OrderActions:
             handed = modify(self._orders, order.id, decide, channel=channel, read=order)
         except InvalidTransition:
             if capture is not None:
-                with contextlib.suppress(PaymentRefused, PaymentGatewayUnavailable):
+                with contextlib.suppress(*NOT_MADE):
                     # A refund that fails is in the history; the request stands for the next try.
                     self._cancellation.reverse_capture(order, shipment_id, amount, capture, actor)
             raise
@@ -259,7 +311,7 @@ class OrderActions:
             # capture asked under it stands (this one was the last, or it was refused): what it
             # holds is released now, not when the last parcel ships. A void that fails leaves it
             # replaced, for those to void; one the gateway refused is not asked by every ship.
-            with contextlib.suppress(PaymentRefused, PaymentGatewayUnavailable):
+            with contextlib.suppress(*NOT_MADE):
                 handed = self._cancellation.void_replaced_authorizations(handed, actor, unless_refused=True)
         return self._units.after_shipping(handed, actor)
 
@@ -348,6 +400,34 @@ class OrderActions:
             delivered = modify(self._orders, order_id, decide, channel=channel)
         return self._units.after_shipping(delivered, actor, delivered=True)
 
+    def deliver_scanned(self, order_id: str, shipment_id: str, actor: str, channel: str | None = None,
+                        delivered_at: datetime | None = None) -> Order:  # fmt: skip
+        """A carrier's tracking scanned the parcel delivered (at `delivered_at`): delivered as
+        `deliver` does. A pending parcel nobody has confirmed shipped (deliver refuses it) keeps the
+        scan instead (Order.keep_delivery_scan, at the carrier's time when it is believable:
+        reported_at), so the ship that confirms it delivers it then; nothing is captured on the
+        carrier's word. The refusal is raised all the same (InvalidTransition: not shipped), once
+        the scan is kept; a scan sent again changes nothing."""
+        try:
+            return self.deliver(order_id, shipment_id, actor, channel, delivered_at=delivered_at)
+        except InvalidTransition:
+            now = self._clock()
+
+            def decide(current: Order):
+                shipment = current.shipment(shipment_id)
+                if (
+                    current.fulfillment.type == "pickup" or shipment.status is not ShipmentStatus.PENDING
+                    or current.delivery_scan(shipment_id) is not None or current.reported(shipment_id) is not None
+                    or current.status in TERMINAL
+                ):  # fmt: skip
+                    return None
+                return current.keep_delivery_scan(
+                    shipment_id, reported_at(current, delivered_at, now), at=now, actor=actor
+                )
+
+            modify(self._orders, order_id, decide, channel=channel)
+            raise
+
     def _ship_reported_delivered(
         self, order_id: str, shipment_id: str, actor: str, channel: str | None, delivered_at: datetime | None
     ) -> bool:
@@ -406,7 +486,7 @@ class OrderActions:
                 pass  # nobody asked the gateway: shipped once the plugin is back
             except PaymentRefused as refused:
                 self._delivery_not_recorded(order_id, other, str(refused), actor)
-            except (InvalidTransition, PaymentGatewayUnavailable):
+            except (InvalidTransition, PaymentGatewayUnavailable, PaymentPluginFailed):
                 pass
         return True
 
@@ -775,7 +855,7 @@ class OrderActions:
             # Its next authorization is asked under the edited version's key: one an earlier attempt
             # may have obtained (its answer lost) would never be used. A failure is in the history;
             # a cancel of the order asks again.
-            with contextlib.suppress(PaymentRefused, PaymentGatewayUnavailable):
+            with contextlib.suppress(*NOT_MADE):
                 left = own_authorization_keys(order)
                 self._cancellation.release_lost_authorizations(new, actor, unrecorded=left)
         new = self._units.cancel_given_up(new, actor)  # the bookings of the parcels it withdrew
@@ -784,7 +864,7 @@ class OrderActions:
         # A void that cannot be made now leaves the replaced authorization on the order (each
         # attempt in the history), for the next edit, a cancel or the last parcel's ship to void,
         # or the reconciler once nothing changes the order (core.authorization_sweep).
-        with contextlib.suppress(PaymentRefused, PaymentGatewayUnavailable):
+        with contextlib.suppress(*NOT_MADE):
             return self._cancellation.void_replaced_authorizations(new, actor)
         return self._orders.get(order_id, consistent=True) or new
 
@@ -875,7 +955,7 @@ class OrderActions:
         standing = current.authorization_requested if current is not None else None
         asked = order.authorization_requested
         if standing is not None and asked is not None and standing.edit_of == asked.edit_of:
-            with contextlib.suppress(PaymentRefused, PaymentGatewayUnavailable):
+            with contextlib.suppress(*NOT_MADE):
                 self._cancellation.void_requested_authorization(current, actor)
         else:
             key = payment_keys.authorize(order.id, asked.authorizes_version) if asked is not None else None
@@ -909,13 +989,6 @@ _REFUSAL_ENTRIES = frozenset(
 # How far ahead of the OMS's clock a carrier's clock may run before the time it reports is not
 # believed (reported_at).
 REPORT_SKEW = timedelta(minutes=5)
-
-
-def _shipped_as_asked(order: Order, shipment_id: str, tracking_number: str | None) -> None:
-    """Refuse a ship naming another tracking number than its shipped shipment's (none named: any)."""
-    recorded = order.shipment(shipment_id).tracking_number
-    if tracking_number is not None and tracking_number != recorded:
-        raise TrackingNumberConflict(shipment_id, recorded)
 
 
 def _giving_up(shipment_id: str, at: datetime) -> Callable[[Order], Any]:

@@ -63,7 +63,7 @@ def recording(function: Callable[..., Any], hook: str, plugin: str) -> Callable[
 
 class _Shape(NamedTuple):
     many: bool  # each plugin answers a list of `item`
-    item: type
+    item: Any  # a type, or a union of types (types.UnionType)
 
 
 @functools.cache
@@ -154,11 +154,20 @@ def plugin_words(message: str) -> str:
     return _WORDS.validate_python(message)
 
 
-def _checked(value: Any, expected: type, hook: str, plugin: str, accept: Accept | None) -> Any:
+def _named(expected: Any) -> str:
+    """An answer's expected type as a message names it: "TrackingUpdate or RefusedTrackingEvent"
+    for a list of either (oms_carrier_tracking_update)."""
+    members = typing.get_args(expected) if isinstance(expected, types.UnionType) else (expected,)
+    return " or ".join(member.__name__ for member in members)
+
+
+def _checked(value: Any, expected: Any, hook: str, plugin: str, accept: Accept | None) -> Any:
     if not isinstance(value, expected):
-        raise _refused(plugin, hook, f"returned {type(value).__name__}, expected {expected.__name__}")
+        raise _refused(plugin, hook, f"returned {type(value).__name__}, expected {_named(expected)}")
     if isinstance(value, BaseModel):
-        problem = _float_in(value, expected.__name__)
+        # Of an answer that may be one of several models, the one it is (the OMS's, not a subclass).
+        kind = _oms_class(type(value)).__name__ if isinstance(expected, types.UnionType) else expected.__name__
+        problem = _float_in(value, kind)
         if problem is None:
             try:
                 fresh = _revalidated(value)
@@ -167,10 +176,10 @@ def _checked(value: Any, expected: type, hook: str, plugin: str, accept: Accept 
             except Exception as exc:  # a validator tripping over what no validated model holds
                 problem = f"{type(exc).__name__} while validating it"
             else:
-                problem = _type_changed(value, fresh, expected.__name__)
+                problem = _type_changed(value, fresh, kind)
                 value = fresh
         if problem is not None:
-            raise _refused(plugin, hook, f"returned a malformed {expected.__name__}: {problem}")
+            raise _refused(plugin, hook, f"returned a malformed {kind}: {problem}")
     if accept is None:
         return value
     try:

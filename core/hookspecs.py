@@ -11,7 +11,7 @@ from core.money import Money
 from core.pricing_types import Discount, DraftLine, PricingDraft, ShippingQuote, TaxRate
 from core.return_models import ReturnLineInput, ReturnPolicyDecision
 from core.sourcing_rules import SourcingRules
-from core.workflow_types import CarrierShipment, PaymentResult, SourcingPlan, TrackingUpdate
+from core.workflow_types import CarrierShipment, PaymentResult, RefusedTrackingEvent, SourcingPlan, TrackingUpdate
 
 if TYPE_CHECKING:
     # A parameter's type, never an answer's (call_hook resolves only a spec's answer type): the
@@ -346,7 +346,7 @@ def oms_carrier_cancel_shipment(
 @hookspec(firstresult=True)
 def oms_carrier_tracking_update(
     carrier: str, payload: Any, headers: dict[str, str], body: str
-) -> list[TrackingUpdate] | None:
+) -> list[TrackingUpdate | RefusedTrackingEvent] | None:
     """Read a carrier's tracking webhook, posted to `POST /carriers/{carrier}/tracking`.
 
     :param carrier: the `{carrier}` of the path: the name your plugin answers for (the built-in
@@ -356,13 +356,18 @@ def oms_carrier_tracking_update(
         caller's API key is not the plugin's business).
     :param body: the raw body exactly as received, to check a signature the carrier computed over it.
     :return: the webhook's updates (possibly empty), each naming its shipment by the order and
-        shipment ids read back from the booking's reference (core.tracking.parse_shipment_reference);
-        or None when `carrier` is not yours (404 when no plugin answers).
+        shipment ids read back from the booking's reference (core.tracking.parse_shipment_reference),
+        and in the place of an event you will not read (a field missing, a reference or tracking
+        number that is not one of the OMS's labels) a RefusedTrackingEvent saying why; or None when
+        `carrier` is not yours (404 when no plugin answers). Answer one item per event, in the
+        order sent: the webhook's answer gives each item's index in your list as its `position`.
 
     Stops at first non-None result. The OMS marks each `delivered` shipment delivered (idempotent:
-    a repeated webhook changes nothing) and stores no `in_transit` update. Raise
-    core.errors.InvalidRequest for a body your carrier would not send (422) and
-    core.errors.TransientError when you cannot read it now (503: the carrier sends it again).
+    a repeated webhook changes nothing) and stores no `in_transit` update; a refused event is
+    answered under `refused` and changes nothing, and the others are applied (the carrier does not
+    send them again for one bad event). Raise core.errors.InvalidRequest for a body your carrier
+    would not send at all (422, nothing applied) and core.errors.TransientError when you cannot
+    read it now (503: the carrier sends it again).
     """
 
 

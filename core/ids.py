@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 import secrets
+
+# What the OMS's order and shipment ids look like (new_order_id, shipment_id_for): text that does
+# not (a control character, a bidi override, another case) names none, and is never looked up.
+ORDER_ID = re.compile(r"ord_[a-z2-7]{24}")
+SHIPMENT_ID = re.compile(r"shp_[a-z2-7]{24}")
 
 
 def _b32(raw: bytes) -> str:

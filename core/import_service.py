@@ -27,7 +27,15 @@ from core import strict_json
 from core.card_numbers import card_number_fields, mask_card_numbers, mask_optional
 from core.deadline import TimeUp, never
 from core.errors import DomainError, DuplicateOrder, NotFound, PluginError, TransientError, field_path
-from core.imports import FileOrders, ImportFileError, LineError, line_of_field
+from core.imports import (
+    MAX_EXTERNAL_ID_CHARS,
+    MAX_MESSAGE_CHARS,
+    FileOrders,
+    ImportFileError,
+    LineError,
+    kept,
+    line_of_field,
+)
 from core.models import PlaceOrder, Shown, utc_now
 from core.services import CaptureService, OrderQueries
 
@@ -40,6 +48,10 @@ FieldNames = Callable[[str, str | None], str]
 MAX_REPORTED_ERRORS = 1000  # an import keeps this many errors (the first recorded); `failed` counts all
 PROGRESS_EVERY = 1000  # orders between two updates of a running import's `total`
 SPLIT_INTERRUPTED = "split_interrupted"
+# An order whose message failed its last delivery for a reason not its own (a broken plugin, AWS
+# errors) and went to the import dead-letter queue: listed on its import, not counted, until redriven.
+DEAD_LETTERED = "dead_lettered"
+MAX_PARKED_LISTED = 100  # a report lists the first of them by line (a broken plugin can park every order)
 # An SQS message holds 256 KiB with its attributes; a body this large is refused on its line.
 MAX_ORDER_BYTES = 250 * 1024
 
@@ -85,8 +97,18 @@ class ImportErrorEntry(Shown):
     code: str
     message: str
 
-    # Stored masked (LineError); masked again on the way out for errors kept before that rule.
-    _masked = field_validator("external_id", "message")(mask_optional)
+    # Stored masked and cut (LineError, ImportFileError); masked and cut again on the way out for
+    # errors kept before those rules: 1,000 stored whole were over Lambda's 6 MB response (502).
+    @field_validator("external_id")
+    @classmethod
+    def _kept_external_id(cls, value: str | None) -> str | None:
+        masked = mask_optional(value)
+        return None if masked is None else kept(masked, MAX_EXTERNAL_ID_CHARS)
+
+    @field_validator("message")
+    @classmethod
+    def _kept_message(cls, value: str) -> str:
+        return kept(mask_card_numbers(value), MAX_MESSAGE_CHARS)
 
 
 class ImportSummary(Shown):
@@ -117,7 +139,9 @@ class ImportSummary(Shown):
 
 class ImportReport(ImportSummary):
     errors: list[ImportErrorEntry] = Field(
-        description=f"One per failed order, by line: the first {MAX_REPORTED_ERRORS} recorded (`failed` counts all)"
+        description=f"One per failed order, by line: the first {MAX_REPORTED_ERRORS} recorded (`failed` counts all); "
+        f"and, not counted, up to {MAX_PARKED_LISTED} orders waiting in the import dead-letter queue "
+        f"(`{DEAD_LETTERED}`) until a redrive records them"
     )
 
 
@@ -251,6 +275,14 @@ class ImportLedger(ABC):
         that brought the counts there may have failed before its completing write. Given the `line`
         a redelivery found recorded, first keep that line's error if the record counted it and
         failed to write it."""
+
+    @abstractmethod
+    def park(self, import_id: str, line: int, error: LineError, at: datetime) -> bool:
+        """The order on `line` failed its last delivery for a reason not its own, and its message
+        goes to the dead-letter queue: listed on the import's report under its line (`error`, not
+        counted) until a redrive records the line, whose record() takes it off. True when listed
+        now; False when the line was recorded meanwhile, is listed already (a redrive parked again),
+        or the import does not exist."""
 
     @abstractmethod
     def get(self, import_id: str) -> ImportReport | None: ...
@@ -546,6 +578,25 @@ class OrderImporter:
             self._ledger.keep_lost_errors(origin.import_id, [origin.line])
             logger.info("import line already recorded", extra={"import_id": origin.import_id, "line": origin.line})
         return result
+
+    def park(self, body: str, origin: OrderOrigin | None, sender: str, cause: BaseException, deliveries: int) -> bool:
+        """The message of `body` failed its last delivery (`cause`, raised by import_order) and goes
+        to the dead-letter queue: its import lists the order so, on its line, until a redrive
+        records it. Only for a line the import's splitter made (its signature): True when listed."""
+        if origin is None or not self._made_by_the_splitter(origin, body, sender):
+            return False
+        try:
+            document = strict_json.loads(body)
+        except strict_json.StrictJsonError:
+            document = {}
+        external_id = document.get("external_id") if isinstance(document.get("external_id"), str) else None
+        message = (
+            f"the order failed {deliveries} deliveries for a reason that is not its own ({type(cause).__name__}: "
+            "see the import worker's log for this import and line) and waits in the import dead-letter queue; "
+            "once the cause is fixed, redrive it and it is imported and counted"
+        )
+        error = LineError(origin.line, external_id, DEAD_LETTERED, message)
+        return self._ledger.park(origin.import_id, origin.line, error, self._clock())
 
     def _made_by_the_splitter(self, origin: OrderOrigin, body: str, sender: str) -> bool:
         """A line counts on its import only with the import's signature over it: the sender of a

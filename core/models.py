@@ -710,6 +710,10 @@ class ReorderSettings(Shown):
     unit_cost: Money | None = None
 
 
+# Its vendor and unit cost are purchasing's, which purchasing:write guards.
+REORDER_SHOWN = "The reorder point, shown to keys with purchasing:write; null when none is set, and to other keys"
+
+
 class StockLevel(Shown):
     """One (sku, location) record. available = on_hand - reserved, kept in the same write."""
 
@@ -721,7 +725,8 @@ class StockLevel(Shown):
     updated_at: datetime | None = None
     incoming: int = 0  # units on open purchase orders to this location, not yet received
     next_expected_at: datetime | None = None  # the earliest such purchase order's expected_at
-    reorder: ReorderSettings | None = None  # the reorder point set on it, if any
+    # The reorder point set on it, if any. An answer shows it to a key that may set it (functions.api.routes.inventory).
+    reorder: ReorderSettings | None = Field(default=None, description=REORDER_SHOWN)
 
 
 class LocationStock(Shown):
@@ -731,7 +736,7 @@ class LocationStock(Shown):
     available: int
     incoming: int = 0
     next_expected_at: datetime | None = None
-    reorder: ReorderSettings | None = Field(default=None, description="The reorder point, null when none is set")
+    reorder: ReorderSettings | None = Field(default=None, description=REORDER_SHOWN)
 
 
 class InventorySummary(Shown):
@@ -1267,6 +1272,19 @@ class ReportedDelivery(BaseModel, defer_build=True):
     given_up: bool = False
 
 
+class DeliveryScan(BaseModel, defer_build=True):
+    """A carrier's scan of a parcel delivered while it was still pending, nobody having confirmed
+    its ship (Order.keep_delivery_scan): kept, so the ship that confirms the hand-over records it
+    delivered at once, `at` (the carrier's time when the OMS could believe it, else when it heard).
+    Nothing is captured on the carrier's word: only that ship captures, as the contract says. For
+    the booking it was scanned under (`booking_key`): a parcel sourced or booked again is another
+    parcel, and the scan goes with the one it named."""
+
+    shipment_id: str
+    booking_key: str
+    at: datetime
+
+
 class Hold(Shown):
     """Why an order is on hold and since when. `resume_to`, the status a release returns it to,
     is the system's own: stored with the order (Order.stored_json) but not part of the contract's
@@ -1410,6 +1428,51 @@ def _marks_settled(new: "Order") -> "Order":
         return _replaced(new, jeopardy=None, **settled)
     plain = _replaced(late, reason=late.reason.removesuffix(REFUND_REFUSED_REASON))
     return _replaced(new, jeopardy=plain, **settled)
+
+
+def tracking_number_named(history: list[HistoryEntry], shipment_id: str, recorded: str | None) -> bool:
+    """Whether the parcel of `shipment_id`, its tracking number `recorded`, has a number a location
+    named (its ship named one, or a later ship set or confirmed it: Order.set_tracking_number,
+    OrderActions._numbered_as_asked), by its order's `history`. Not named: the ship named none,
+    so the parcel kept the number its carrier booking gave (the last `allocated` or
+    `shipment_relabelled` entry naming it), or it has none. A number that is not the booking's, of
+    a ship recorded before ships wrote the number they named, was named."""
+    booked: str | None = None
+    for entry in history:
+        detail = entry.detail or {}
+        if entry.type is OrderEvent.ALLOCATED:
+            booked = next(
+                (s.get("tracking_number") for s in detail.get("shipments") or [] if s.get("id") == shipment_id), booked
+            )
+        elif detail.get("shipment_id") != shipment_id:
+            continue
+        elif entry.type is OrderEvent.SHIPMENT_RELABELLED:
+            booked = detail.get("tracking_number")
+        elif entry.type in (OrderEvent.SHIPMENT_TRACKING_NUMBER_SET, OrderEvent.SHIPMENT_TRACKING_NUMBER_CONFIRMED) or (
+            entry.type is OrderEvent.SHIPMENT_SHIPPED and detail.get("tracking_number")
+        ):
+            return True
+    return recorded is not None and recorded != booked
+
+
+def _utc_text(moment: datetime) -> str:
+    """`moment` as the API writes a time (RFC 3339 in UTC: "2026-11-23T09:30:00Z"), for a history
+    entry's detail."""
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _scans_kept(new: "Order") -> "Order":
+    """`new` with only the delivery scans (Order.delivery_scans) of parcels it still holds as they
+    were scanned: pending or shipped (its delivery to come), under the booking scanned. One of a
+    parcel that went (rejected, sourced again, cancelled) or was booked again is dropped: the ship
+    of a new parcel under the same id is not delivered by a scan of the old one."""
+    held = {s.id: s.status for s in new.shipments}
+    kept = [
+        scan for scan in new.delivery_scans
+        if held.get(scan.shipment_id) in (ShipmentStatus.PENDING, ShipmentStatus.SHIPPED)
+        and new.booking_key_of(scan.shipment_id) == scan.booking_key
+    ]  # fmt: skip
+    return new if kept == new.delivery_scans else _replaced(new, delivery_scans=kept)
 
 
 def _later_kept(later: list[str], requests: list[CaptureRequest], new: str) -> list[str]:
@@ -1803,6 +1866,11 @@ class Order(Shown):
     # No person's hold stands over it (hold_for). Never set on the typical order. The system's own:
     # stored, never shown.
     reported_delivered: list[ReportedDelivery] = Field(default_factory=empty_list, exclude=True)
+    # Carriers' scans of pending parcels delivered before anyone confirmed their ships
+    # (Order.keep_delivery_scan): each parcel's ship delivers it at the carrier's time, and its
+    # delivery clears it; a parcel that goes (a reject, an edit, a cancel) or is booked again takes
+    # its scan with it (_scans_kept). Never set on the typical order. The system's own: stored, never shown.
+    delivery_scans: list[DeliveryScan] = Field(default_factory=empty_list, exclude=True)
     created_at: datetime
     updated_at: datetime
     version: int
@@ -1903,6 +1971,8 @@ class Order(Shown):
             system["settlement_owed"] = True
         if self.stock_owed:
             system["stock_owed"] = True
+        if self.delivery_scans:
+            system["delivery_scans"] = [scan.model_dump(mode="json") for scan in self.delivery_scans]
         if self.reported_delivered:
             system["reported_delivered"] = [
                 r.model_dump(mode="json", exclude_defaults=True) for r in self.reported_delivered
@@ -2303,6 +2373,30 @@ class Order(Shown):
         """The parcels no cancel of units may take units from: those waiting for a person to confirm
         whether they left (parcels_to_confirm), and those a carrier reported delivered (parcels_reported)."""
         return {*self.parcels_to_confirm(), *self.parcels_reported()}
+
+    def delivery_scan(self, shipment_id: str) -> DeliveryScan | None:
+        """The carrier's scan of the parcel of `shipment_id` delivered before its ship was confirmed,
+        kept for that ship (delivery_scans), if any."""
+        return next((scan for scan in self.delivery_scans if scan.shipment_id == shipment_id), None)
+
+    def keep_delivery_scan(self, shipment_id: str, delivered_at: datetime, *, at: datetime, actor: str) -> Change:
+        """A carrier scanned the pending parcel of `shipment_id` delivered by `delivered_at`, and
+        nobody has confirmed its ship: the scan is kept (delivery_scans, a `delivery_scan_kept`
+        entry for the person who finds the order late), and the ship that confirms the hand-over
+        delivers it at that time. Its share is captured by that ship only: the carrier's word is no
+        location's hand-over, which is what the contract captures on. InvalidTransition for a
+        pickup (no carrier hands one over), a parcel not pending, or one whose scan is kept already."""
+        shipment = self.shipment(shipment_id)
+        if self.fulfillment.type == "pickup" or shipment.status is not ShipmentStatus.PENDING:
+            raise InvalidTransition(f"shipment {shipment_id} is {shipment.status}: no scan is kept for it")
+        if self.delivery_scan(shipment_id) is not None:
+            raise InvalidTransition(f"a delivery scan of shipment {shipment_id} is kept already")
+        scan = DeliveryScan(shipment_id=shipment_id, booking_key=self.booking_key_of(shipment_id), at=delivered_at)
+        return self._next(
+            at=at, actor=actor, type=OrderEvent.DELIVERY_SCAN_KEPT,
+            detail={"shipment_id": shipment_id, "delivered_at": _utc_text(delivered_at)},
+            delivery_scans=[*self.delivery_scans, scan],
+        )  # fmt: skip
 
     def reported(self, shipment_id: str) -> ReportedDelivery | None:
         """The carrier's report that the parcel of `shipment_id` arrived, while its ship or delivery
@@ -2999,6 +3093,8 @@ class Order(Shown):
         fields = {"changed_before_mark": None, **fields}
         new = _replaced(self, **fields, status=to or self.status, version=self.version + 1, updated_at=at)
         new = _marks_settled(new)
+        if new.delivery_scans:
+            new = _scans_kept(new)
         given_up = _bookings_given_up(self, new)
         keys = {shipment_id: key for shipment_id, key in new.booking_keys.items()
                 if any(s.id == shipment_id for s in new.shipments)}  # fmt: skip
@@ -3294,7 +3390,9 @@ class Order(Shown):
         if payment.authorization:
             payment = payment.with_capture(captured, self.payable())
         reported = self.reported(shipment_id) if self.reported_delivered else None
-        shipped_at = reported.at if reported is not None else at
+        scan = self.delivery_scan(shipment_id) if self.delivery_scans else None
+        # Scanned delivered before this ship: it left by then (its delivery follows at that time).
+        shipped_at = reported.at if reported is not None else min(scan.at, at) if scan is not None else at
         shipments = [
             _replaced(s, status=ShipmentStatus.SHIPPED, shipped_at=shipped_at, captured=captured,
                       tracking_number=tracking_number or s.tracking_number)
@@ -3308,6 +3406,10 @@ class Order(Shown):
         }
         if capture_reference:
             detail["capture_reference"] = capture_reference
+        if tracking_number:
+            # The location named it: its number, not the booking's (set_tracking_number changes
+            # only one nobody named).
+            detail["tracking_number"] = tracking_number
         return self._next(
             at=at, actor=actor, type=OrderEvent.SHIPMENT_SHIPPED,
             to=OrderStatus.PARTIALLY_SHIPPED if self._pending_besides(shipment_id)
@@ -3315,6 +3417,26 @@ class Order(Shown):
             detail=detail, shipments=shipments, lines=_shipped_counted(self.lines, shipments),
             captures_requested=self._requests_besides(shipment_id),
             **self._captured_apart(shipment_id, captured, payment),
+        )  # fmt: skip
+
+    def set_tracking_number(self, shipment_id: str, tracking_number: str, *, at: datetime, actor: str) -> Change:
+        """The shipped (or delivered) parcel of `shipment_id`, whose ship named no tracking number
+        and so kept its booking's, takes the one its location learnt later (the carrier's manifest
+        read after the hand-over): a `shipment_tracking_number_set` entry with the number it
+        replaced. Whether a location named one already is the history's to say
+        (tracking_number_named): OrderActions.ship asks it first. InvalidTransition for a parcel not
+        shipped or delivered."""
+        shipment = self.shipment(shipment_id)
+        if shipment.status not in (ShipmentStatus.SHIPPED, ShipmentStatus.DELIVERED):
+            raise InvalidTransition(f"shipment {shipment_id} is {shipment.status}: its ship names its tracking number")
+        shipments = [
+            _replaced(s, tracking_number=tracking_number) if s.id == shipment_id else s for s in self.shipments
+        ]
+        return self._next(
+            at=at, actor=actor, type=OrderEvent.SHIPMENT_TRACKING_NUMBER_SET,
+            detail={"shipment_id": shipment_id, "tracking_number": tracking_number,
+                    "replaced": shipment.tracking_number},
+            shipments=shipments,
         )  # fmt: skip
 
     def deliver(self, shipment_id: str, *, at: datetime, actor: str, delivered_at: datetime | None = None) -> Change:
@@ -3330,6 +3452,10 @@ class Order(Shown):
         if reported is not None:
             delivered_at = delivered_at or reported.at
             marks["reported_delivered"] = [r for r in self.reported_delivered if r is not reported]
+        scan = self.delivery_scan(shipment_id) if self.delivery_scans else None
+        if scan is not None:
+            delivered_at = delivered_at or scan.at
+            marks["delivery_scans"] = [kept for kept in self.delivery_scans if kept is not scan]
         shipped_at = shipment.shipped_at or at
         arrived = delivered_at if delivered_at is not None and shipped_at <= delivered_at <= at else at
         shipments = [
@@ -3468,7 +3594,7 @@ class Order(Shown):
         if self.capture_request(shipment_id) is not None:
             raise InvalidTransition(f"shipment {shipment_id} is being collected: its capture was asked for")
         shipment = self._waiting_pickup(shipment_id)
-        if shipment.collect_by is None or shipment.collect_by > at:
+        if shipment.collect_by is None or shipment.collect_by >= at:  # collectable until then
             raise InvalidTransition(f"shipment {shipment_id} may still be collected until {shipment.collect_by}")
         cancelled = ShipmentStatus.CANCELLED
         shipments = [_replaced(s, status=cancelled) if s.id == shipment_id else s for s in self.shipments]
@@ -4457,7 +4583,10 @@ REFUNDABLE = frozenset({PaymentStatus.PARTIALLY_CAPTURED, PaymentStatus.CAPTURED
 
 
 class HistoryPage(Shown):
+    """A page of an order's history, oldest first (GET /orders/{id}/history)."""
+
     items: list[HistoryEntry]
+    next_cursor: str | None = None
 
 
 class OrderEdit(Strict):

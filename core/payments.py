@@ -13,6 +13,7 @@ from core.errors import (
     NoPaymentPlugin,
     PaymentDeclined,
     PaymentGatewayUnavailable,
+    PaymentPluginFailed,
     PaymentRefused,
     PluginError,
     PluginUnavailable,
@@ -64,9 +65,9 @@ class Payments:
         (PaymentRefused, PaymentDeclined) at once: asking again would be refused again; so is
         NoPaymentPlugin, a failure of its own kind (`no_plugin`), since the gateway said nothing; and
         so is a PluginError (kind `plugin_error`: the plugin raised, or its answer was not one the
-        core can take): nothing is recorded as moved, and asking again later may or may not work
-        (a plugin's bug stays until it is fixed). A plugin that did not load (PluginUnavailable)
-        asked nobody about this order: it passes unrecorded."""
+        core can take), as PaymentPluginFailed naming `operation`: nothing is recorded as moved, and
+        asking again later may or may not work (a plugin's bug stays until it is fixed). A plugin
+        that did not load (PluginUnavailable) asked nobody about this order: it passes unrecorded."""
         for attempt in range(self._attempts):
             try:
                 return call(attempt)
@@ -92,7 +93,7 @@ class Payments:
                 raise
             except PluginError as failed:
                 on_failure(Failure(operation, attempt + 1, "plugin_error", failed.message))
-                raise
+                raise PaymentPluginFailed(operation, failed.message, details=failed.details) from failed
         raise AssertionError("unreachable")
 
     @staticmethod

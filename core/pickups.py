@@ -84,7 +84,7 @@ class PickupExpiry:
                 for shipment in order.shipments
                 if shipment.status is ShipmentStatus.READY_FOR_PICKUP
                 and shipment.collect_by is not None
-                and shipment.collect_by <= now
+                and shipment.collect_by < now
                 and order.capture_request(shipment.id) is None  # being collected: read past
             ]
             for shipment_id in due:
@@ -112,7 +112,7 @@ class PickupExpiry:
                 and order.status is not OrderStatus.ON_HOLD
                 and shipment.status is ShipmentStatus.READY_FOR_PICKUP
                 and shipment.collect_by is not None
-                and shipment.collect_by <= at
+                and shipment.collect_by < at
                 and order.capture_request(shipment_id) is None  # being collected (Order.expire_pickup)
             )
             return order.expire_pickup(shipment_id, at=at, actor=EXPIRY_ACTOR) if expired else None

@@ -210,8 +210,19 @@ class InventoryRepository(ABC):
     """Stock per (sku, location). Every change is one conditional write: never read-then-write."""
 
     @abstractmethod
-    def set_on_hand(self, sku: str, location_id: str, on_hand: int, reason: str) -> StockLevel:
-        """Set the counted units. Raises InsufficientStock when `on_hand` is below what is reserved."""
+    def set_on_hand(
+        self, sku: str, location_id: str, on_hand: int, reason: str, releasing: dict[str, int] | None = None
+    ) -> StockLevel:
+        """Set the counted units. Raises InsufficientStock when `on_hand` is below what is reserved
+        but `releasing` ({order#line: units}, reservations the caller is about to release): the
+        write is conditional on each of those keys holding its units still and on the other
+        reserved units fitting `on_hand`. Below what is reserved, `available` is negative until
+        those releases land, so nothing reserves the released units in between."""
+
+    @abstractmethod
+    def held_at(self, sku: str, location_id: str) -> tuple[StockLevel, dict[str, int]]:
+        """The stock record at (sku, location_id) and the units reserved there under each key
+        (order#line), read consistently."""
 
     @abstractmethod
     def adjust(self, sku: str, location_id: str, delta: int, reason: str, key: str | None = None) -> StockLevel:
@@ -227,7 +238,8 @@ class InventoryRepository(ABC):
         conditional on enough being available with `keep` units (the location's safety stock)
         left over. Idempotent: the same key holding `quantity` again is a no-op.
         Raises InsufficientStock when not enough is available, or when the key holds another
-        quantity (a twin run of the same step reserved under it on another plan)."""
+        quantity (a twin run of the same step reserved under it on another plan); ReservationsFull
+        when the stock item has no room for another open reservation (DynamoDB's 400 KB item)."""
 
     @abstractmethod
     def release(self, sku: str, location_id: str, key: str) -> None:
@@ -250,7 +262,8 @@ class InventoryRepository(ABC):
         its keys to another (an edited order's line whose id changed, a line split in two) are
         never free for another order in between. Idempotent: a repeat (the keys hold what `wanted`
         says) is a no-op. Raises InsufficientStock when not enough is available, or when the keys
-        of `held` no longer hold those units."""
+        of `held` no longer hold those units; ReservationsFull when the item has no room for the
+        keys it adds."""
 
     @abstractmethod
     def ship(self, sku: str, location_id: str, key: str) -> None:
@@ -457,7 +470,9 @@ class Backorders(ABC):
         version, as OrderRepository.update). A line of an order may take units from several
         locations, so only one write over all of them can keep two concurrent fills of the same
         order from reserving the same line twice. Raises StaleVersion, having written nothing,
-        when the order or any of those reservations or stock levels changed since they were read."""
+        when the order or any of those reservations or stock levels changed since they were read;
+        ReservationsFull, having written nothing, when a stock item has no room for another open
+        reservation (DynamoDB's 400 KB item)."""
 
 
 class BackorderedOrders(ABC):

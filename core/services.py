@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -11,6 +12,7 @@ from typing import Any
 
 import pluggy
 
+from core import order_lists
 from core.access import ADMIN_KEY_ID, ApiKey, IssuedApiKey, NewApiKey, Scope, hash_secret, new_secret
 from core.cursors import cursor_document
 from core.errors import (
@@ -26,7 +28,7 @@ from core.errors import (
 )
 from core.events import OrderEvent
 from core.hook_calls import call_hook
-from core.ids import new_id, order_id_for
+from core.ids import new_id, order_id_for, shipment_id_for
 from core.models import (
     Address,
     HistoryEntry,
@@ -109,10 +111,31 @@ def _location_after(cursor: str) -> str:
     return after
 
 
+STOCK_COUNT_REASON = "stock_count"  # a reject's reason when a stock take found fewer units than were reserved
+COUNT_ATTEMPTS = 3  # plans of a stock take below what is reserved, each on the record as it was read
+# The most orders one stock take sends elsewhere, and the most reservations its write is conditional
+# on: each reject is a few writes within the API's 29 seconds, and each key a clause of the count's
+# condition (DynamoDB's expressions are at most 4 KB).
+MAX_COUNT_REJECTS = 25
+MAX_COUNT_RELEASES = 100
+
+
 class InventoryService:
-    def __init__(self, inventory: InventoryRepository, catalog: CatalogRepository):
+    def __init__(
+        self,
+        inventory: InventoryRepository,
+        catalog: CatalogRepository,
+        orders: Callable[[], OrderRepository] | None = None,
+        reject: Callable[[str, str, str, str], Order] | None = None,
+    ):
+        """`orders` (the repository, built when first needed: a stock read never reads an order)
+        and `reject` (OrderActions.reject: order id, shipment id, reason, actor) let a stock take
+        below the reserved units send the shipments it no longer covers to be sourced again;
+        without them such a count is refused (InsufficientStock)."""
         self._inventory = inventory
         self._catalog = catalog
+        self._orders = orders
+        self._reject = reject
 
     def _require(self, sku: str, location_id: str) -> None:
         if self._catalog.get_product(sku) is None:
@@ -120,9 +143,95 @@ class InventoryService:
         if self._catalog.get_location(location_id) is None:
             raise NotFound(f"no location {location_id}")
 
-    def count(self, sku: str, location_id: str, on_hand: int) -> StockLevel:
+    def count(self, sku: str, location_id: str, on_hand: int, actor: str = "stock_take") -> StockLevel:
+        """Record the counted units. Below what is reserved there, the count is recorded all the
+        same and the pending shipments at that location holding the sku, newest order first, are
+        rejected (reason `stock_count`, by `actor`) until what stays reserved fits it: each order is
+        sourced again with that location excluded. The count lands first, in a write conditional on
+        the reservations it is to release still being held and the rest fitting: `available` is
+        negative until those releases land, so no order reserves the released units before. A
+        count sent again (or after the function died between the count and the rejects) finds the
+        same count short and rejects what is left. InsufficientStock, recording nothing, when
+        rejecting every such shipment would not make it fit (units held by ready pickups, or by
+        orders not yet allocated or waiting for stock)."""
         self._require(sku, location_id)
-        return self._inventory.set_on_hand(sku, location_id, on_hand, reason="stock_take")
+        written = False
+        for _ in range(COUNT_ATTEMPTS):
+            level, held = self._inventory.held_at(sku, location_id)
+            if level.reserved <= on_hand or self._reject is None:
+                try:
+                    return self._inventory.set_on_hand(sku, location_id, on_hand, reason="stock_take")
+                except InsufficientStock:
+                    if self._reject is None:
+                        raise
+                    continue  # reserved meanwhile: planned again on the record as it is now
+            try:
+                shipments, releasing = self._to_reject(location_id, held, level.reserved - on_hand)
+            except InsufficientStock:
+                if written:  # recorded by this call; a shipment was readied for pickup since
+                    return level
+                raise
+            try:
+                level = self._inventory.set_on_hand(sku, location_id, on_hand, reason="stock_take", releasing=releasing)
+            except InsufficientStock:
+                continue  # the reservations changed meanwhile
+            written = True
+            for order_id, shipment_id in shipments:
+                with contextlib.suppress(Conflict, NotFound):  # moved on (cancelled, shipped): planned again below
+                    self._reject(order_id, shipment_id, STOCK_COUNT_REASON, actor)
+            level, _ = self._inventory.held_at(sku, location_id)
+            if level.reserved <= level.on_hand:
+                return level
+        if written:  # recorded; what a shipment turned pickup since keeps, a count sent again sends
+            return level
+        raise InsufficientStock(
+            f"cannot count {on_hand}: the units of {sku} reserved at {location_id} keep changing; count again",
+            details=[{"field": "on_hand", "message": f"{level.reserved} units are reserved"}],
+        )
+
+    def _to_reject(
+        self, location_id: str, held: dict[str, int], excess: int
+    ) -> tuple[list[tuple[str, str]], dict[str, int]]:
+        """The shipments at `location_id` to reject, newest order first, so that `excess` reserved
+        units go, and the reservations ({order#line: units}) their rejects release.
+        InsufficientStock when rejecting every one the location may still reject falls short."""
+        assert self._orders is not None
+        by_order: dict[str, dict[str, int]] = defaultdict(dict)
+        for key, units in held.items():
+            by_order[key.rpartition("#")[0]][key] = units
+        candidates: list[tuple[Order, str]] = []
+        for order_id, order in self._orders().get_many(sorted(by_order)).items():
+            shipment_id = shipment_id_for(order_id, location_id)
+            rejected = location_id in order.excluded_locations and all(s.id != shipment_id for s in order.shipments)
+            if not rejected:
+                try:
+                    order.rejectable(shipment_id)
+                except (Conflict, NotFound):
+                    continue  # not a pending shipment there (a ready pickup, not yet allocated, held, ...)
+            candidates.append((order, shipment_id))
+        candidates.sort(key=lambda found: (found[0].created_at, found[0].id), reverse=True)
+        shipments: list[tuple[str, str]] = []
+        releasing: dict[str, int] = {}
+        for order, shipment_id in candidates:
+            if sum(releasing.values()) >= excess:
+                break
+            shipments.append((order.id, shipment_id))
+            releasing.update(by_order[order.id])
+        if sum(releasing.values()) < excess:
+            kept = sum(held.values()) - sum(releasing.values())
+            raise InsufficientStock(
+                f"{kept} units reserved at {location_id} are held by orders its count cannot send elsewhere",
+                details=[{"field": "on_hand", "message": f"must be at least the {kept} units held by ready pickups "
+                          "and orders not pending there"}],
+            )  # fmt: skip
+        if len(shipments) > MAX_COUNT_REJECTS or len(releasing) > MAX_COUNT_RELEASES:
+            raise InsufficientStock(
+                f"counting {sum(held.values()) - excess} would send {len(shipments)} orders elsewhere, "
+                f"more than the {MAX_COUNT_REJECTS} one stock take may",
+                details=[{"field": "on_hand", "message": "count in steps: a count that sends at most "
+                          f"{MAX_COUNT_REJECTS} orders elsewhere first"}],
+            )  # fmt: skip
+        return shipments, releasing
 
     def adjust(self, sku: str, location_id: str, delta: int, reason: str, key: str | None = None) -> StockLevel:
         """`key`: the adjustment's own, derived from a client's Idempotency-Key (counted once)."""
@@ -514,7 +623,10 @@ class OrderQueries:
         self._owed_entries = owed_entries
 
     def get(self, order_id: str, channel: str | None = None) -> Order:
-        return visible(self._orders.get(order_id), order_id, channel)
+        # Read consistently: a client reads the order straight after placing, shipping or editing it
+        # (for the `version` its next If-Match sends); a plain read may be a moment behind, the order
+        # as it was or, just placed, none. One read unit per 4 KB instead of half a unit.
+        return visible(self._orders.get(order_id, consistent=True), order_id, channel)
 
     def history(self, order_id: str, channel: str | None = None, *, consistent: bool = False) -> list[HistoryEntry]:
         """The order's history, oldest first, with the entries its returns owed it written first."""
@@ -525,6 +637,19 @@ class OrderQueries:
         if self._owed_entries is not None:
             entries += self._owed_entries(order)
         return entries
+
+    def history_page(
+        self, order_id: str, channel: str | None, limit: int, cursor: str | None
+    ) -> tuple[list[HistoryEntry], str | None]:
+        """Up to `limit` entries of the order's history (as `history`), oldest first, after the
+        place `cursor` names, and the next page's cursor (None: no more). A cursor names a place in
+        the whole history, which only grows (its oldest entries moving to pages of their own
+        changes no place), and is bound to the order: InvalidCursor for one issued for another
+        order or list, or naming no place in this one."""
+        # Read consistently, as `get`: a page read straight after a change shows it, and the place a
+        # cursor names is never past the end of a history read a moment behind (422 for a good cursor).
+        found = self.history(order_id, channel, consistent=True)
+        return order_lists.page(found, order_id, "history", limit, cursor)
 
     def list(self, where: OrderFilter, limit: int, cursor: str | None) -> tuple[list[Order], str | None]:
         return self._orders.list(where, limit, cursor)

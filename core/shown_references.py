@@ -18,7 +18,14 @@ from core.log_text import UNSAFE_IN_REFERENCE as _UNSAFE
 from core.log_text import shown_reference
 from core.models import HistoryEntry, Order, PaymentRefund, RefundPart
 
-__all__ = ["REFERENCE_KEYS", "history_shown", "references_shown_in", "shown_reference", "with_references_shown"]
+__all__ = [
+    "REFERENCE_KEYS",
+    "SYSTEM_KEYS",
+    "history_shown",
+    "references_shown_in",
+    "shown_reference",
+    "with_references_shown",
+]
 
 # The keys of a history entry's detail, at any depth, whose values are a gateway's references.
 REFERENCE_KEYS = frozenset({"authorization", "reference", "capture_reference", "refund_reference", "replaces"})
@@ -77,12 +84,32 @@ def _has_unsafe(value: Any, key: Any = None) -> bool:
     return key in REFERENCE_KEYS and _unsafe(value)
 
 
+# The keys of a history entry's detail only the system reads, never shown: `request_key`, the
+# Idempotency-Key a client sent with the change and its key id (`api:<key id>:<key>`), by which a
+# retry under it finds the change it made (core/holds.py, core/unit_cancellation.py). Any key of
+# the order's channel with orders:read reads its history; a client's idempotency keys are its own
+# (they may carry its own references, and are no part of what the change did).
+SYSTEM_KEYS = frozenset({"request_key"})
+
+
+def _detail_shown(detail: dict[str, Any] | None) -> dict[str, Any] | None:
+    if detail is None:
+        return None
+    kept = {key: value for key, value in detail.items() if key not in SYSTEM_KEYS}
+    if not kept and len(kept) < len(detail):
+        return None  # a detail of the system's keys alone: shown as an entry without them would be
+    return references_shown_in(kept) if _has_unsafe(kept) else kept
+
+
 def history_shown(entries: list[HistoryEntry]) -> list[HistoryEntry]:
     """The order's history as GET /orders/{id}/history shows it: the gateway's references in each
-    entry's detail (REFERENCE_KEYS, at any depth) escaped (shown_reference). The entries the system
-    reads (a void finds the authorization it names there) are untouched; one that needs nothing is
-    shown as it is."""
+    entry's detail (REFERENCE_KEYS, at any depth) escaped (shown_reference), and what only the
+    system reads (SYSTEM_KEYS) left out. The entries the system reads (a void finds the
+    authorization it names there, a retry its request_key) are untouched; one that needs nothing
+    is shown as it is."""
     return [
-        entry.model_copy(update={"detail": references_shown_in(entry.detail)}) if _has_unsafe(entry.detail) else entry
+        entry.model_copy(update={"detail": _detail_shown(entry.detail)})
+        if entry.detail is not None and (_has_unsafe(entry.detail) or not SYSTEM_KEYS.isdisjoint(entry.detail))
+        else entry
         for entry in entries
     ]

@@ -6,7 +6,8 @@ book with `shipment_reference(order_id, shipment_id)` as that reference and read
 
 Only deliveries are applied: a shipment has no place for in-transit scans, so those are
 reported back to the sender as `not_recorded` and kept nowhere (or as `unknown_shipment`, as a
-delivery would be, when they name no shipment the caller may see).
+delivery would be, when they name no shipment the caller may see). An event the plugin will not
+read (RefusedTrackingEvent) is refused alone, at its position, and the others are applied.
 """
 
 from collections.abc import Callable
@@ -14,11 +15,14 @@ from datetime import datetime
 from typing import Any, Literal
 
 import pluggy
-from pydantic import AwareDatetime, BaseModel
+from pydantic import AwareDatetime, BaseModel, Field
 
 from core.errors import InvalidRequest, InvalidTransition, NoPaymentPlugin, NotFound, PaymentRefused, PluginError
+from core.fields import empty_list
 from core.hook_calls import call_hook
-from core.workflow_types import TrackingUpdate
+from core.ids import ORDER_ID, SHIPMENT_ID
+from core.models import Shown
+from core.workflow_types import RefusedField, RefusedTrackingEvent, TrackingUpdate
 
 REFERENCE_SEPARATOR = "/"
 
@@ -43,12 +47,15 @@ class AppliedTrackingUpdate(BaseModel, defer_build=True):
     - `delivered`: the shipment is delivered (now, or it already was),
     - `not_recorded`: an in-transit scan of a shipment the caller may see, which the OMS does not store,
     - `unknown_shipment`: no such order or shipment that this API key may see,
-    - `not_shipped`: the shipment has not been confirmed shipped, so it cannot be delivered yet,
+    - `not_shipped`: the shipment has not been confirmed shipped, so it cannot be delivered yet; a
+      delivered scan of a pending parcel is kept (OrderActions.deliver_scanned), and the ship that
+      confirms the hand-over delivers it at the carrier's time (nothing captured before that ship),
     - `payment_refused`: the shipment was not confirmed shipped (its ship died after asking for its
       capture), and shipping it as the report does, the gateway refused its capture: the order
       records `delivery_not_recorded` for a person (DeliveriesNotRecordedAlarm); sending it again
       meets the same refusal."""
 
+    position: int  # the update's place in what the carrier's plugin read: its event's, one per event
     order_id: str
     shipment_id: str
     status: Literal["in_transit", "delivered"]
@@ -57,9 +64,30 @@ class AppliedTrackingUpdate(BaseModel, defer_build=True):
     outcome: Outcome
 
 
-class TrackingReport(BaseModel, defer_build=True):
+class RefusedUpdateError(Shown):
+    """Why an event was refused, in the contract's error shape: `validation_error`, with `details`
+    naming the fields of the webhook's body that are wrong."""
+
+    code: Literal["validation_error"] = "validation_error"
+    message: str
+    details: list[RefusedField]
+
+
+class RefusedUpdate(Shown):
+    """An event of the webhook its carrier's plugin would not read (RefusedTrackingEvent): nothing
+    was done for it, and sending it again as it is would be refused again."""
+
+    position: int
+    error: RefusedUpdateError
+
+
+class TrackingReport(Shown):
+    """What was done with each event: `updates` (read, each with its outcome) and `refused` (not
+    read), both in the order sent, each with its event's `position`."""
+
     carrier: str
     updates: list[AppliedTrackingUpdate]
+    refused: list[RefusedUpdate] = Field(default_factory=empty_list)
 
 
 class CarrierTracking:
@@ -68,8 +96,11 @@ class CarrierTracking:
     def __init__(self, plugins: pluggy.PluginManager):
         self._hook = plugins.hook
 
-    def read(self, carrier: str, payload: Any, headers: dict[str, str], body: str) -> list[TrackingUpdate]:
-        """The updates the carrier's plugin found in the webhook, each re-validated (call_hook).
+    def read(
+        self, carrier: str, payload: Any, headers: dict[str, str], body: str
+    ) -> list[TrackingUpdate | RefusedTrackingEvent]:
+        """The updates the carrier's plugin found in the webhook, each re-validated (call_hook), and
+        in the place of each event it would not read, its refusal (RefusedTrackingEvent).
         NotFound when no plugin answers for `carrier`; PluginError naming the plugin when it fails
         or answers something else than documented; the plugin's InvalidRequest (the sender's
         malformed body, 422) and TransientError (the carrier briefly down, 503) as it raised them."""
@@ -102,17 +133,25 @@ class CarrierTracking:
         retry (a version conflict, a transient error, no payment plugin for the order's method)
         propagates, so the carrier sends the webhook again; the gateway's refusal, which a retry
         meets again, is that update's outcome (`payment_refused`), and the webhook's other updates
-        are applied."""
-        applied = [
-            AppliedTrackingUpdate(**update.model_dump(), outcome=_apply(update, deliver, find))
-            for update in self.read(carrier, payload, headers, body)
-        ]
-        return TrackingReport(carrier=carrier, updates=applied)
+        are applied. An event the plugin refused (RefusedTrackingEvent) is answered under
+        `refused` at its position, and stops none of the others."""
+        applied: list[AppliedTrackingUpdate] = []
+        refused: list[RefusedUpdate] = []
+        for position, update in enumerate(self.read(carrier, payload, headers, body)):
+            if isinstance(update, RefusedTrackingEvent):
+                error = RefusedUpdateError(message=update.message, details=update.details)
+                refused.append(RefusedUpdate(position=position, error=error))
+                continue
+            outcome = _apply(update, deliver, find)
+            applied.append(AppliedTrackingUpdate(**update.model_dump(), position=position, outcome=outcome))
+        return TrackingReport(carrier=carrier, updates=applied, refused=refused)
 
 
 def _apply(
     update: TrackingUpdate, deliver: Callable[[str, str, datetime], object], find: Callable[[str, str], object]
 ) -> Outcome:
+    if ORDER_ID.fullmatch(update.order_id) is None or SHIPMENT_ID.fullmatch(update.shipment_id) is None:
+        return "unknown_shipment"  # no id of the OMS's: names nothing, never looked up
     try:
         if update.status != "delivered":
             find(update.order_id, update.shipment_id)

@@ -27,7 +27,6 @@ from core.errors import (
     InvalidTransition,
     NoPaymentPlugin,
     NotFound,
-    PaymentGatewayUnavailable,
     PaymentRefused,
     StaleVersion,
     refused_as_kept,
@@ -247,7 +246,7 @@ class UnitCancellation:
                 lambda: give_back_surplus(inventory, order, holding_locations(order, catalog.list_locations())),
                 at=self._clock(), actor=actor,
             )  # fmt: skip
-        with contextlib.suppress(PaymentRefused, PaymentGatewayUnavailable):
+        with contextlib.suppress(*NOT_MADE):
             return self._cancellation.void_requested_authorization(order, actor)
         return self._current(order.id)
 
@@ -258,7 +257,7 @@ class UnitCancellation:
         capture is left to its ship. A failure is in the history, and the refusal stands."""
         if order.capture_request(None) is None:
             return
-        with contextlib.suppress(PaymentRefused, PaymentGatewayUnavailable):
+        with contextlib.suppress(*NOT_MADE):
             self._cancellation.finish_settlement_capture(order, actor)
 
     def _replayed(
@@ -655,7 +654,7 @@ class UnitCancellation:
         if any(shipment.status in NOT_LEFT for shipment in order.shipments):
             return self.refund_kept_back(order, actor, refusals=ASKED_BEFORE_THE_RECONCILER)
         # A failure is in the history; repeating the ship (or a cancel of what is left) tries again.
-        with contextlib.suppress(PaymentRefused, PaymentGatewayUnavailable):
+        with contextlib.suppress(*NOT_MADE):
             if any(refund.status == "pending" for refund in order.payment.refunds):
                 self._refunds.finish_pending(order.id, actor)
                 order = self._current(order.id)
@@ -748,7 +747,7 @@ class UnitCancellation:
         ]  # fmt: skip
         if not owed and not order.returns_to_show:
             return order
-        with contextlib.suppress(PaymentRefused, PaymentGatewayUnavailable):  # in the history; asked again later
+        with contextlib.suppress(*NOT_MADE):  # in the history; asked again later
             for entry in owed:
                 self._refunds.issue_decided_refund(
                     order.id, entry.decide, entry.reason, actor, kind="return", return_id=entry.names

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 
-from core.domain_events import WITH_CHANNEL, DomainEvent, EventType, fitted
+from core.domain_events import WITH_CHANNEL, DomainEvent, EventType, OutgoingEvent, fitted
 from core.errors import Conflict, InvalidRequest, NotFound, StaleVersion
 from core.ids import new_id, short_hash
 from core.models import Channel, Shown, VisibleText
@@ -140,7 +140,9 @@ class DeliveryRecord(Delivery):
     """What is stored: the delivery, the exact body every attempt sends (and signs), and where it
     stands in its schedule. `generation` grows with each manual retry, so a message queued for an
     earlier schedule finds it moved on and does nothing; `attempts` names the attempt a message
-    is for, so a duplicated message never sends twice."""
+    is for, so a duplicated message handled after the attempt was recorded never sends twice (two
+    copies handled at the same moment may both send: delivery is at least once, and a claim
+    written before each POST would cost a write of the whole record, body and all)."""
 
     webhook_id: str
     body: str
@@ -209,7 +211,8 @@ def verify_signature(secret: str, header: str, body: bytes, now: int, tolerance:
     except (KeyError, ValueError):
         return False
     expected = signature(secret, timestamp, body).split("v1=", 1)[1]
-    return abs(now - timestamp) <= tolerance and hmac.compare_digest(expected, parts.get("v1", ""))
+    # As bytes: compare_digest raises on a str with non-ASCII characters (a forged header's).
+    return abs(now - timestamp) <= tolerance and hmac.compare_digest(expected.encode(), parts.get("v1", "").encode())
 
 
 # --- Retry schedule -------------------------------------------------------------------------------
@@ -385,8 +388,8 @@ class DeliveryQueue(ABC):
 
 class EventPublisher(ABC):
     @abstractmethod
-    def publish(self, events: list[DomainEvent]) -> None:
-        """Put the events on the event bus; raises when any was not accepted."""
+    def publish(self, events: list[OutgoingEvent]) -> None:
+        """Put the events on the event bus, each as its `body`; raises when any was not accepted."""
 
 
 @dataclass(frozen=True)
@@ -496,6 +499,15 @@ def _replace(record: DeliveryRecord, **changes: Any) -> DeliveryRecord:
     return DeliveryRecord.model_validate({**dict(record), **changes})
 
 
+@dataclass(frozen=True)
+class Dispatched:
+    """What a dispatch did: how many deliveries it queued, and the events that went out cut down
+    (`data.omitted`: too large for the bus whole), which operators count (EventsCutDown)."""
+
+    queued: int
+    cut_down: list[DomainEvent]
+
+
 class EventDispatcher:
     """The outbox's events out: each event onto the bus, and one queued delivery per matching
     subscription (one message each, so no subscriber waits for another)."""
@@ -516,24 +528,24 @@ class EventDispatcher:
 
     def dispatch(
         self, events: list[DomainEvent], subscriptions: Callable[[], list[IssuedWebhook]] | None = None
-    ) -> int:
-        """Publish `events` and queue their deliveries; returns how many deliveries were queued.
-        Running it again for the same events queues nothing new, except a delivery never tried
-        (its first message may be what failed). `subscriptions` gives the subscriptions to match
-        (a stream batch reads them once for all its records); by default they are read here."""
+    ) -> "Dispatched":
+        """Publish `events` and queue their deliveries. Running it again for the same events queues
+        nothing new, except a delivery never tried (its first message may be what failed).
+        `subscriptions` gives the subscriptions to match (a stream batch reads them once for all
+        its records); by default they are read here."""
         if not events:
-            return 0
-        # The same body to the bus and to subscribers: one that fits both (core.domain_events.fitted).
-        events = [fitted(event) for event in events]
-        self._publisher.publish(events)
+            return Dispatched(0, [])
+        # The same body to the bus and to subscribers, serialized once: one that fits both
+        # (core.domain_events.fitted).
+        leaving = [fitted(event) for event in events]
+        self._publisher.publish(leaving)
         subscribed = (subscriptions or self._store.all)()
         queued = 0
-        for event in events:
-            body = event.model_dump_json()
+        for ready in leaving:
             for webhook in subscribed:
-                if webhook.wants(event):
-                    queued += self._queue_delivery(webhook, event, body)
-        return queued
+                if webhook.wants(ready.event):
+                    queued += self._queue_delivery(webhook, ready.event, ready.body)
+        return Dispatched(queued, [ready.event for ready in leaving if "omitted" in ready.event.data])
 
     def _queue_delivery(self, webhook: Webhook, event: DomainEvent, body: str) -> int:
         now = self._clock()

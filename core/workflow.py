@@ -14,7 +14,7 @@ import functools
 import json
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -22,7 +22,7 @@ import pluggy
 
 from core import payment_keys
 from core.actors import WORKFLOW_ACTOR
-from core.cancellation import Cancellation, own_authorization_keys
+from core.cancellation import NOT_MADE, Cancellation, own_authorization_keys
 from core.carrier_bookings import give_up_unrecorded
 from core.errors import (
     Backordered,
@@ -33,6 +33,9 @@ from core.errors import (
     OutOfStock,
     PaymentGatewayUnavailable,
     PaymentRefused,
+    PluginError,
+    PluginUnavailable,
+    ReservationsFull,
     StaleVersion,
     TransientError,
 )
@@ -50,7 +53,7 @@ from core.models import (
     utc_now,
 )
 from core.money import Money
-from core.order_changes import failure_recorder, modify
+from core.order_changes import failure_recorder, modify, no_plugin_noted_last
 from core.payments import Failure, Payments
 from core.ports import (
     Backorders,
@@ -232,7 +235,7 @@ class Workflow:
             earlier = [key for key in own_authorization_keys(order) if key != in_use]
             try:
                 self._cancellation.release_lost_authorizations(order, WORKFLOW_ACTOR, unrecorded=earlier)
-            except (PaymentRefused, PaymentGatewayUnavailable):
+            except NOT_MADE:  # refused, the gateway down, or the payment plugin failed (PaymentPluginFailed)
                 given_up = self._cancellation.unreleased_authorization_keys(order)
         amount = order.payable()  # an exchange's credit paid the rest
         # Keyed by the version that priced the order: a retry of this same read reuses the
@@ -251,6 +254,21 @@ class Workflow:
                     Failure("authorize", attempt + 1, "transient", error.message)
                 )
             raise TransientError(error.message) from None
+        except PluginUnavailable:
+            raise  # nothing loaded asked the gateway
+        except PluginError as failed:
+            # The plugin raised (or answered what the core cannot take), maybe after the gateway
+            # approved: its key and amount are recorded as a lost answer's are, so a cancel (or the
+            # reconciler) releases what the gateway may hold under it, even through a plugin that
+            # cannot look keys up. Retried by Step Functions, then parked: noted once a run.
+            detail = {"amount": amount.model_dump(mode="json"), "authorization_key": key}
+            with contextlib.suppress(StaleVersion):
+                failure_recorder(
+                    self._orders, order_id, WORKFLOW_ACTOR, self._clock,
+                    unless=lambda failure, entries: no_plugin_noted_last(entries, WORKFLOW_ACTOR, failure, detail),
+                    **detail,
+                )(Failure("authorize", attempt + 1, "plugin_error", failed.message))  # fmt: skip
+            raise
         new, entry = order.authorize(
             amount, result.reference, at=self._clock(), actor=WORKFLOW_ACTOR, keys_given_up=given_up
         )
@@ -340,6 +358,24 @@ class Workflow:
                 raise stopped(order)
             _check_authorized_visible(order)
             return  # reserved already
+        # A stock item with no room for another reservation (DynamoDB's 400 KB item: README
+        # "Allocation never oversells") counts as holding no units for this order: it is sourced
+        # again without it, each full one found once, so this ends. One it cannot do without
+        # parks it for a person (ReservationsFull, not retried away as a shortage nor cancelled).
+        full: dict[tuple[str, str], ReservationsFull] = {}
+        while True:
+            try:
+                return self._source_and_reserve(order, full)
+            except ReservationsFull as refused:
+                if (refused.sku, refused.location_id) in full:
+                    raise
+                full[(refused.sku, refused.location_id)] = refused
+
+    def _source_and_reserve(self, order: Order, full: dict[tuple[str, str], ReservationsFull]) -> None:
+        """Source `order` (authorized, holding no allocations) at its eligible locations, leaving
+        out the stock items in `full`, reserve the plan and record it; raises ReservationsFull
+        for a stock item found full, or, once one was, for the plan that needs it."""
+        order_id = order.id
         locations = self._catalog.list_locations()
         # The rules in force now decide; the version is named in the order's history.
         rules = self._rules()
@@ -359,15 +395,19 @@ class Workflow:
             self._reservation_keys(order, held_at), {line.sku for line in order.lines},
             [loc.location_id for loc in eligible],
         )  # fmt: skip
-        plan = self._plan(order, eligible, locations, rules, mine, stock=stock)
+        plan = self._plan(order, eligible, locations, rules, mine, full, stock=stock)
         if plan is None:
             # Out of stock cancels the order and voids its authorization, and is not retried: said
             # only on stock as written, not on a plain read that may not show a restock yet.
-            plan = self._plan(order, eligible, locations, rules, mine, consistent=True)
+            plan = self._plan(order, eligible, locations, rules, mine, full, consistent=True)
+        backorder = skus_left_short(order, plan) if plan is not None else set()
+        if full and (plan is None or backorder):
+            # Short only without a full stock item: no shortage to cancel or wait backordered for
+            # (a backorder's fill would meet the same item), but a person's to resolve.
+            raise list(full.values())[-1]
         if plan is None:
             # Named in the message, which the cancel's history entry keeps: the rules decided it.
             raise OutOfStock(f"the eligible locations cannot cover order {order.id} under {rules.named()}")
-        backorder = skus_left_short(order, plan)
         line_sku = {line.line_id: line.sku for line in order.lines}
         wanted = {
             (line_sku[a.line_id], a.location_id, reservation_key(order.id, a.line_id)): a.quantity
@@ -403,11 +443,13 @@ class Workflow:
                 keep = rules.kept_back(location_id)
                 self._inventory.reserve(sku, location_id, key, quantity, **({"keep": keep} if keep else {}))
                 done.append((sku, location_id, key))
-        except InsufficientStock:
+        except (InsufficientStock, ReservationsFull) as refused:
             # What the order held before this run (kept whole or shrunk above) stays held for the
             # retry, which counts it as the order's own again: released, another order could take
             # it in between.
             self._release_unrecorded(order_id, done, held_before=held_before)
+            if isinstance(refused, ReservationsFull):
+                raise
             # The plan lost a race for some units. Another location may still have them: the
             # retry plans again on fresh stock, and ends OutOfStock only if nothing is left.
             raise TransientError(f"stock for order {order_id} changed while it was being reserved") from None
@@ -428,12 +470,13 @@ class Workflow:
 
     def _plan(
         self, order: Order, eligible: list[Location], locations: list[Location], rules: SourcingRules,
-        mine: dict[tuple[str, str, str], int], *, consistent: bool = False,
+        mine: dict[tuple[str, str, str], int], full: Collection[tuple[str, str]] = (), *, consistent: bool = False,
         stock: dict[str, list[StockLevel]] | None = None,
     ) -> SourcingPlan | None:  # fmt: skip
         """The sourcing plugins' plan for `order` at `eligible` locations on the stock there now
         (`stock`, the levels there when read already), counting what the order holds (`mine`) as
-        its own; None when they cannot cover it."""
+        its own, and nothing more at the stock items `full` (no room for another reservation);
+        None when they cannot cover it."""
         if stock is None:
             stock = self._inventory.levels(
                 {line.sku for line in order.lines}, [loc.location_id for loc in eligible], consistent=consistent
@@ -441,7 +484,7 @@ class Workflow:
         for sku, levels in stock.items():
             stock[sku] = [
                 level.model_copy(
-                    update={"available": max(level.available, 0) + sum(
+                    update={"available": (0 if (sku, level.location_id) in full else max(level.available, 0)) + sum(
                         q for (s, loc, _), q in mine.items() if s == sku and loc == level.location_id)}
                 )
                 for level in levels
@@ -541,6 +584,9 @@ class Workflow:
         the stream has not handed them to yet (the skus of one purchase-order receipt come one
         record after the other)."""
         assert self._backorders is not None
+        # Stock items found with no room for another reservation: the fill takes nothing there,
+        # and the order waits on for what arrives elsewhere (or for room: a release there wakes it).
+        full: set[tuple[str, str]] = set()
         for _ in range(FILL_ATTEMPTS):
             # Read consistently: "not backordered, nothing to fill" is decided by no conditional
             # write, and the step that has just written the order backordered looks here for the
@@ -559,7 +605,7 @@ class Workflow:
             allowed = sourceable(order, locations, rules)
             top_ups = self._top_ups(
                 order, allowed, held, rules, destination_of(order, locations), None if in_queue_order else locations,
-                queue,
+                queue, full,
             )  # fmt: skip
             if not top_ups:
                 return order
@@ -571,6 +617,8 @@ class Workflow:
             try:
                 self._backorders.fill(new, order, [entry], top_ups)
                 return new
+            except ReservationsFull as refused:
+                full.add((refused.sku, refused.location_id))
             except StaleVersion:
                 continue  # the order, a reservation or the stock moved since the read
         raise TransientError(f"order {order_id} or its stock kept changing while its backorder was filled")
@@ -599,6 +647,7 @@ class Workflow:
         destination: Address,
         network: list[Location] | None,
         queue: str | None = None,
+        full: Collection[tuple[str, str]] = (),
     ) -> list[TopUp]:
         """What to reserve from available stock (less the safety stock and, given the `network`,
         what older waiting orders may take, but of the sku whose `queue` the caller walks oldest
@@ -613,7 +662,8 @@ class Workflow:
         stock = rules.for_orders(levels)
         if network is not None:
             stock = self._behind_older(order, stock, network, rules, queue)
-        left = {(lvl.sku, lvl.location_id): max(lvl.available, 0)
+        # Nothing from a stock item with no room for another reservation (`full`).
+        left = {(lvl.sku, lvl.location_id): 0 if (lvl.sku, lvl.location_id) in full else max(lvl.available, 0)
                 for levels in stock.values() for lvl in levels}  # fmt: skip
         used = {location_id for (_, location_id, _), quantity in held.items() if quantity > 0}
         top_ups: list[TopUp] = []

@@ -95,7 +95,14 @@ def stored_label(labels: LabelStore, booked: CarrierShipment, order_id: str, ite
 
 
 def _in_utc(moment: datetime) -> datetime:
-    return moment.astimezone(UTC)
+    try:
+        return moment.astimezone(UTC)
+    except OverflowError:  # 9999-12-31T23:00-05:00: no such moment in UTC, a malformed time
+        raise ValueError("a time out of range once in UTC") from None
+
+
+# A carrier's time: with its zone, kept and shown in UTC, as every time the API answers (API.md).
+UtcTime = Annotated[AwareDatetime, AfterValidator(_in_utc)]
 
 
 class TrackingUpdate(BaseModel):
@@ -112,5 +119,30 @@ class TrackingUpdate(BaseModel):
     status: Literal["in_transit", "delivered"]
     # Kept and shown in UTC, as every time the API answers (API.md): a carrier may write its
     # depot's local time, which becomes the shipment's delivered_at (or shipped_at).
-    at: Annotated[AwareDatetime, AfterValidator(_in_utc)]
+    at: UtcTime
     description: Annotated[str, Field(max_length=500), VisibleText] = ""
+
+
+class RefusedField(BaseModel):
+    """What is wrong with a refused tracking event: the field of the webhook's body (as the
+    carrier wrote it: "events[3].tracking_number") and why."""
+
+    model_config = ConfigDict(frozen=True, defer_build=True)
+
+    field: Annotated[str, Field(min_length=1, max_length=200), VisibleText]
+    message: Annotated[str, Field(min_length=1, max_length=500), VisibleText]
+
+
+class RefusedTrackingEvent(BaseModel):
+    """An event of a carrier's webhook its plugin will not read (a field missing, a time without
+    a zone, a reference on no label of the OMS's, a tracking number not its shipment's): answered
+    in its place of the plugin's list instead of a TrackingUpdate, it is refused alone (the
+    webhook's answer lists it under `refused`, `validation_error`) while the others are applied,
+    so the carrier's retry of a webhook with one bad event neither resends the good ones for ever
+    nor drops them. `message` and `details` reach that answer: controls and bidi overrides in them
+    are made visible."""
+
+    model_config = ConfigDict(frozen=True, defer_build=True)
+
+    message: Annotated[str, Field(min_length=1, max_length=500), VisibleText]
+    details: Annotated[list[RefusedField], Field(max_length=20)] = Field(default_factory=empty_list)

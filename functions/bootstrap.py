@@ -119,6 +119,8 @@ class Config(NamedTuple):
     return_workflow_arn: str = ""
     import_splitter_role_id: str | None = None  # the splitter's messages are import lines
     import_queue_sender_channels: str = ""  # other senders: "<unique id>=channel+channel,..."
+    # The import queue's maxReceiveCount: an import line's last delivery failing parks it (0: never).
+    import_queue_max_receives: int = 0
     disabled_plugins: frozenset[str] = frozenset()  # entry-point names never loaded
     enable_test_payments: bool = False  # the `test` gateway approves anything
     reconcile_after_minutes: float = 15.0  # the reconciler's thresholds (template parameters)
@@ -153,6 +155,7 @@ class Config(NamedTuple):
             return_workflow_arn=os.environ.get("RETURN_WORKFLOW_ARN", ""),
             import_splitter_role_id=os.environ.get("IMPORT_SPLITTER_ROLE_ID") or None,
             import_queue_sender_channels=os.environ.get("IMPORT_QUEUE_SENDER_CHANNELS", ""),
+            import_queue_max_receives=int(_number("IMPORT_QUEUE_MAX_RECEIVES", 0)),
             disabled_plugins=frozenset(
                 name.strip() for name in os.environ.get("OMS_DISABLED_PLUGINS", "").split(",") if name.strip()
             ),
@@ -325,7 +328,8 @@ class Container:
     @cached_property
     def backorders(self) -> DynamoBackorders:
         # The queues live in the Inventory table, beside the stock they wait for (see DynamoBackorders).
-        return DynamoBackorders(self.dynamodb, self.config.inventory_table, self.config.orders_table)
+        config = self.config  # the Catalog table: where a long history moves (DynamoOrders)
+        return DynamoBackorders(self.dynamodb, config.inventory_table, config.orders_table, config.catalog_table)
 
     @cached_property
     def api_key_repository(self) -> DynamoApiKeys:
@@ -395,7 +399,15 @@ class Container:
 
     @cached_property
     def inventory(self) -> InventoryService:
-        return InventoryService(self.inventory_repository, self.cached_catalog)
+        # A stock take below the reserved units rejects the shipments it no longer covers.
+        return InventoryService(
+            self.inventory_repository,
+            self.cached_catalog,
+            orders=lambda: self.order_repository,
+            reject=lambda order_id, shipment_id, reason, actor: self.actions.reject(
+                order_id, shipment_id, reason, actor
+            ),
+        )
 
     @cached_property
     def orders(self) -> OrderQueries:

@@ -20,6 +20,7 @@ import os
 import secrets
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -28,8 +29,10 @@ import requests
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from core.import_service import import_has_ended
+from core.import_recount import RECOUNT_IDLE
+from core.import_service import DEAD_LETTERED, import_has_ended
 from core.imports import import_id_for
+from core.log_text import escape_for_log
 
 POLL_SECONDS = 0.5
 APPEAR_TIMEOUT = 60.0  # how long the splitter may take to pick the file up
@@ -40,6 +43,12 @@ INTERRUPTED_PATIENCE = 300.0
 # late): the import goes on, so the poll is made again, for up to BUSY_PATIENCE seconds in a row.
 BUSY_STATUSES = frozenset({429, 502, 503, 504})
 BUSY_PATIENCE = 60.0
+# A file read whole whose counts stop short of its total: an order that failed five times for a
+# reason not its own waits in the import DLQ, and the import stays running until it is redriven.
+# Followed this long without a count moving (past the 15 minutes a message takes to be parked, and
+# the reconciler's recount of a line marked and never counted, RECOUNT_IDLE and its 5-minute pass),
+# the following ends saying so rather than polling for ever.
+STALLED_PATIENCE = RECOUNT_IDLE.total_seconds() + 600.0
 
 
 class CliError(Exception):
@@ -92,21 +101,29 @@ def upload(stack: dict[str, str | None], file: Path) -> tuple[str, str]:
     return key, import_id_for(bucket, key, version if version not in (None, "", "null") else head["ETag"])
 
 
-def follow(stack: dict[str, str | None], import_id: str, console: Console, timeout: float | None) -> dict[str, Any]:
+def follow(
+    stack: dict[str, str | None],
+    import_id: str,
+    console: Console,
+    timeout: float | None,
+    clock: Callable[[], float] = time.monotonic,
+) -> dict[str, Any]:
     """Polls GET /imports/{id} until the import ends, with a progress bar; returns its report."""
     session = requests.Session()
     session.trust_env = not str(stack["api_url"]).startswith(("http://127.0.0.1", "http://localhost"))
     session.headers["Authorization"] = f"Bearer {stack['api_key']}"
-    started = time.monotonic()
+    started = clock()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("orders"),
                TimeElapsedColumn())  # fmt: skip
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task("waiting for the splitter", total=None)
         interrupted_at: float | None = None
         busy_since: float | None = None
+        counts: tuple[int, int] | None = None  # (counted, total) of a file read whole, and since when
+        counted_since = 0.0
         while True:
             response = session.get(f"{stack['api_url']}/imports/{import_id}", timeout=10)
-            elapsed = time.monotonic() - started
+            elapsed = clock() - started
             if response.status_code in BUSY_STATUSES:
                 busy_since = elapsed if busy_since is None else busy_since
             else:
@@ -138,26 +155,60 @@ def follow(stack: dict[str, str | None], import_id: str, console: Console, timeo
                     interrupted_at = elapsed
                 if interrupted_at is not None and elapsed - interrupted_at >= INTERRUPTED_PATIENCE:
                     return report
+                parked = sum(1 for error in report.get("errors") or [] if error.get("code") == DEAD_LETTERED)
+                if not report["total_final"] or report["status"] != "running":
+                    counts = None
+                elif done + parked >= report["total"]:
+                    return report  # every order not counted waits in the dead-letter queue (see stalled())
+                elif counts != (done, report["total"]):
+                    counts, counted_since = (done, report["total"]), elapsed
+                elif elapsed - counted_since >= STALLED_PATIENCE:
+                    return report  # stalled (see stalled())
             if timeout is not None and elapsed > timeout:
                 raise CliError(f"gave up following import {import_id} after {timeout:.0f} s (it goes on)")
             time.sleep(POLL_SECONDS)
 
 
+def stalled(stack: dict[str, str | None], report: dict[str, Any]) -> str:
+    """What `make import` says of an import it stopped following short of its total."""
+    done = report["imported"] + report["duplicates"] + report["failed"]
+    parked = sum(1 for error in report.get("errors") or [] if error.get("code") == DEAD_LETTERED)
+    where = (
+        f"the other {report['total'] - done} wait in the import dead-letter queue ({DEAD_LETTERED} above)"
+        if done + parked >= report["total"]
+        else f"none counted for {STALLED_PATIENCE / 60:.0f} minutes: the rest most likely wait in the import "
+        "dead-letter queue"
+    )
+    return (
+        f"import {report['id']} has counted {done} of its {report['total']} orders, {where} "
+        "(ImportDeadLetterQueue: orders that failed 5 times for a reason that is not theirs, such as a "
+        "broken plugin; the worker's log names each by import_id and line). Fix the cause and redrive "
+        f"them: the import completes once they are counted (GET {stack['api_url']}/imports/{report['id']})"
+    )
+
+
 def summary(report: dict[str, Any], shown_errors: int) -> list[str]:
+    """The report's totals and first errors as printed. An error's external_id and message, and the
+    source's key, are the file's (or its uploader's) own text: a control character in them is shown
+    escaped, never sent to the terminal, which would obey an escape sequence (clear the screen,
+    retitle the window, write the clipboard)."""
     lines = [
         f"import {report['id']}: {report['status']} - {report['total']} orders: {report['imported']} imported, "
         f"{report['duplicates']} duplicates, {report['failed']} failed",
-        f"  source {report['source']}",
+        f"  source {escape_for_log(report['source'])}",
     ]
     errors = report.get("errors") or []
     if errors:
-        # `failed` counts the failed lines; an import that failed as a whole lists its file's error too.
-        listed = report["failed"] + sum(1 for error in errors if error.get("line") is None)
+        # `failed` counts the failed lines; an import that failed as a whole lists its file's error
+        # too, and one with orders parked in the dead-letter queue lists them, not counted.
+        listed = report["failed"] + sum(
+            1 for error in errors if error.get("line") is None or error.get("code") == DEAD_LETTERED
+        )
         lines.append(f"first errors ({min(len(errors), shown_errors)} of {listed}):")
         for error in errors[:shown_errors]:
             where = f"line {error['line']}" if error.get("line") is not None else "file"
-            external_id = error.get("external_id") or "-"
-            lines.append(f"  {where:<10} {external_id:<20} {error['code']:<22} {error['message']}")
+            external_id = escape_for_log(error.get("external_id") or "-")
+            lines.append(f"  {where:<10} {external_id:<20} {error['code']:<22} {escape_for_log(error['message'])}")
     return lines
 
 
@@ -195,7 +246,9 @@ def main(argv: list[str] | None = None) -> int:
     for line in summary(report, args.errors):
         console.print(line, soft_wrap=True)
     console.print(f"  GET {stack['api_url']}/imports/{import_id} has the whole report", soft_wrap=True)
-    return 1 if report["status"] == "failed" else 0
+    if report["status"] == "running":
+        err.print(stalled(stack, report), soft_wrap=True)
+    return 0 if report["status"] in ("completed", "completed_with_errors") else 1
 
 
 if __name__ == "__main__":

@@ -29,20 +29,23 @@ Whoever scans the parcel (a courier app, a relay, a person) posts to
                  "description": "Left with the concierge"}]}
 
 `description` is optional. Each event's tracking number must be the one this carrier gave that
-shipment, so an event pasted onto the wrong reference is refused (422) rather than delivering
-someone else's parcel.
+shipment, so an event pasted onto the wrong reference is refused rather than delivering someone
+else's parcel. A bad event (that, a reference on no label, a field missing or malformed, a time
+without a zone) is refused alone, at its position, and the others are applied; a body that is no
+such webhook at all (not an object, no `events` list, a field besides it, more than 100 events)
+is refused whole (422).
 """
 
 import hashlib
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from core import hookimpl
 from core.errors import InvalidRequest, field_path
 from core.models import Address, Location, Order, ShipmentLine
 from core.tracking import parse_shipment_reference, shipment_reference
-from core.workflow_types import CarrierShipment, TrackingUpdate
+from core.workflow_types import CarrierShipment, RefusedField, RefusedTrackingEvent, TrackingUpdate, UtcTime
 
 CARRIER = "OMS Flat Rate"
 TRACKING_CARRIER = "oms-flat-rate"  # the {carrier} of POST /carriers/{carrier}/tracking
@@ -293,46 +296,62 @@ class TrackingEvent(BaseModel):
     reference: Annotated[str, StringConstraints(min_length=3, max_length=130)]
     tracking_number: Annotated[str, StringConstraints(min_length=4, max_length=60)]
     status: Literal["in_transit", "delivered"]
-    at: AwareDatetime
+    at: UtcTime  # a time with its zone that exists in UTC
     description: Annotated[str, StringConstraints(max_length=500)] = ""
 
 
 class TrackingWebhook(BaseModel):
+    """The body: each event is read on its own (tracking_updates), so one bad event refuses no other."""
+
     model_config = ConfigDict(extra="forbid", defer_build=True)
 
-    events: Annotated[list[TrackingEvent], Field(max_length=100)]
+    events: Annotated[list[Any], Field(max_length=100)]
 
 
-def tracking_updates(payload: Any) -> list[TrackingUpdate]:
-    """The updates of one webhook body; InvalidRequest (422) naming the field for anything else."""
+def _refused(index: int, message: str, details: list[tuple[str, str]]) -> RefusedTrackingEvent:
+    return RefusedTrackingEvent(
+        message=message, details=[RefusedField(field=f"events[{index}]{path}", message=why) for path, why in details]
+    )
+
+
+def _event(index: int, sent: Any) -> TrackingUpdate | RefusedTrackingEvent:
+    try:
+        event = TrackingEvent.model_validate(sent)
+    except ValidationError as exc:
+        details = [
+            (f".{path}" if (path := field_path(error["loc"])) else "", error["msg"])
+            for error in exc.errors(include_url=False, include_input=False)
+        ]
+        return _refused(index, "not an OMS Flat Rate tracking event", details)
+    ids = parse_shipment_reference(event.reference)
+    if ids is None:
+        return _refused(
+            index, "a tracking event's reference is not the one on the label", [(".reference", "expected ord_…/shp_…")]
+        )
+    if event.tracking_number != tracking_number(ids[1]):
+        return _refused(
+            index, "a tracking event's tracking number is not the one of its shipment",
+            [(".tracking_number", f"not the number of {ids[1]}")],
+        )  # fmt: skip
+    return TrackingUpdate(
+        order_id=ids[0], shipment_id=ids[1], status=event.status, at=event.at, description=event.description
+    )
+
+
+def tracking_updates(payload: Any) -> list[TrackingUpdate | RefusedTrackingEvent]:
+    """The updates of one webhook body, one per event in the order sent: an event that is wrong is
+    refused in its place (RefusedTrackingEvent, naming the field: "events[3].tracking_number"), the
+    others read. InvalidRequest (422) naming the field for a body that is no such webhook at all."""
     try:
         webhook = TrackingWebhook.model_validate(payload)
     except ValidationError as exc:
         details = [{"field": field_path(error["loc"]) or "body", "message": error["msg"]} for error in exc.errors()]
         raise InvalidRequest("not an OMS Flat Rate tracking webhook", details=details) from None
-    updates = []
-    for index, event in enumerate(webhook.events):
-        ids = parse_shipment_reference(event.reference)
-        if ids is None:
-            raise InvalidRequest(
-                "a tracking event's reference is not the one on the label",
-                details=[{"field": f"events[{index}].reference", "message": "expected ord_…/shp_…"}],
-            )
-        if event.tracking_number != tracking_number(ids[1]):
-            raise InvalidRequest(
-                "a tracking event's tracking number is not the one of its shipment",
-                details=[{"field": f"events[{index}].tracking_number", "message": f"not the number of {ids[1]}"}],
-            )
-        updates.append(
-            TrackingUpdate(
-                order_id=ids[0], shipment_id=ids[1], status=event.status, at=event.at, description=event.description
-            )
-        )
-    return updates
+    return [_event(index, sent) for index, sent in enumerate(webhook.events)]
 
 
 @hookimpl(trylast=True)
-def oms_carrier_tracking_update(carrier: str, payload: Any) -> list[TrackingUpdate] | None:
+def oms_carrier_tracking_update(carrier: str, payload: Any) -> list[TrackingUpdate | RefusedTrackingEvent] | None:
     if carrier != TRACKING_CARRIER:
         return None
     return tracking_updates(payload)

@@ -15,9 +15,11 @@ from core.aggregates import (
     Filing,
     customer_key,
     email_key,
+    email_partitions,
     filing_key,
     report_channels_key,
 )
+from core.errors import InvalidCursor
 from functions.adapters.dynamodb import decode_cursor, encode_cursor, from_item, to_item
 
 # A DynamoDB transaction holds at most 100 items: one is the change's marker.
@@ -216,29 +218,49 @@ class DynamoAggregates:
         self, email: str, channel: str | None, limit: int, cursor: str | None
     ) -> tuple[list[str], str | None]:
         # Read past the customers of other channels, and page after the last one shown: a cursor
-        # made of LastEvaluatedKey could name another channel's customer to a channel key.
-        pk, _ = email_key(email, "")
+        # made of LastEvaluatedKey could name another channel's customer to a channel key. The
+        # partitions one after the other (email_partitions: an address indexed decomposed before
+        # addresses were composed has a second), the cursor naming the one its customer is in.
+        partitions = email_partitions(email)
         # Bound to the channel read for, as the orders' lists are: another channel's list refuses it.
         scope = "customers" if channel is None else f"customers&channel={channel}"
-        query: dict[str, Any] = {
-            "TableName": self._table,
-            "KeyConditionExpression": "pk = :pk",
-            "ExpressionAttributeValues": {":pk": {"S": pk}},
-        }
+        first, start = 0, None
         if cursor is not None:
-            query["ExclusiveStartKey"] = decode_cursor(cursor, scope, {"pk", "sk"}, {"pk": pk})
-        found: list[str] = []
-        while True:
-            response = self._client.query(**query)
-            for row in map(from_item, response["Items"]):
-                if channel is not None and channel not in row.get("channels", ()):
-                    continue
-                if len(found) == limit:
-                    return found, encode_cursor(scope, {"pk": {"S": pk}, "sk": {"S": found[-1]}})
-                found.append(row["sk"])
-            if "LastEvaluatedKey" not in response:
-                return found, None
-            query["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+            start = decode_cursor(cursor, scope, {"pk", "sk"})
+            if start["pk"]["S"] not in partitions:
+                raise InvalidCursor()
+            first = partitions.index(start["pk"]["S"])
+        found: list[tuple[str, str]] = []
+        for index in range(first, len(partitions)):
+            pk = partitions[index]
+            query: dict[str, Any] = {
+                "TableName": self._table,
+                "KeyConditionExpression": "pk = :pk",
+                "ExpressionAttributeValues": {":pk": {"S": pk}},
+                **({"ExclusiveStartKey": start} if index == first and start is not None else {}),
+            }
+            while True:
+                response = self._client.query(**query)
+                for row in map(from_item, response["Items"]):
+                    if channel is not None and channel not in row.get("channels", ()):
+                        continue
+                    if index > 0 and self._indexed(partitions[0], row["sk"], channel):
+                        continue  # ordered under the composed address since: listed there
+                    if len(found) == limit:
+                        last = {"pk": {"S": found[-1][0]}, "sk": {"S": found[-1][1]}}
+                        return [sk for _, sk in found], encode_cursor(scope, last)
+                    found.append((pk, row["sk"]))
+                if "LastEvaluatedKey" not in response:
+                    break
+                query["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+        return [sk for _, sk in found], None
+
+    def _indexed(self, pk: str, customer_id: str, channel: str | None) -> bool:
+        """Whether the customer is listed in partition `pk` (for `channel`, when one is given)."""
+        item = self._client.get_item(
+            TableName=self._table, Key={"pk": {"S": pk}, "sk": {"S": customer_id}}, ProjectionExpression="channels"
+        ).get("Item")
+        return item is not None and (channel is None or channel in from_item(item).get("channels", ()))
 
     def report_rows(self, pks: Sequence[str]) -> list[tuple[str, dict[str, Any]]]:
         """REPORT_READERS partitions at a time on the one client (boto3 clients are thread-safe):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import random
 import time
 from collections import defaultdict
@@ -25,6 +26,7 @@ from core.errors import (
     InvalidCursor,
     InvalidTransition,
     ReservationsChanged,
+    ReservationsFull,
     StaleVersion,
     StockLimitReached,
 )
@@ -61,11 +63,13 @@ from core.sourcing_rules import SourcingRules
 from core.status import WATCHED, OrderStatus, PaymentStatus, ReturnStatus, check_successor
 from functions.adapters import order_codec
 from functions.adapters.api_key_lookup import lookup_key
+from functions.adapters.aws_errors import dependency_down
 from functions.adapters.labels import with_booking_keys_from_labels
 
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+logger = logging.getLogger(__name__)
 
 
 def timestamp(value: datetime) -> str:
@@ -509,6 +513,13 @@ def order_update(
     if history_length is not None:
         condition += f" AND size(history) = :history_length AND {_moved_condition(moved, values)}"
         values[":history_length"] = {"N": str(history_length - moved)}
+    if order.version == expected.version and entries:
+        # A history-only write leaves the version as it was, so a retry of it (botocore's, after
+        # an answer lost on its way back) would meet its condition again and append its entries
+        # twice: it holds only while the item lacks one of them (written_by recognises it).
+        appended = values[":entries"]["L"]
+        values.update({f":appended{n}": entry for n, entry in enumerate(appended)})
+        condition += " AND NOT (" + " AND ".join(f"contains(history, :appended{n})" for n in range(len(appended))) + ")"
     return {
         "TableName": table,
         "Key": {"id": {"S": order.id}},
@@ -561,12 +572,90 @@ def _stock_moved(table: str, sku: str, location_id: str, moves: list[StockMove])
 TRANSACTION_ITEMS = 100
 
 
+def written_by(error: ClientError, update: dict[str, Any]) -> dict[str, Any] | None:
+    """The item a failed order_update (sent with ReturnValuesOnConditionCheckFailure ALL_OLD) found,
+    if that item holds what `update` writes: its version, its document (the very bytes: the same
+    request) and every entry it appends. So botocore's retry of an update whose first attempt
+    landed but whose answer was lost is that write, not a lost race (which the caller would decide
+    again on the order it wrote: a hold refused as already held) nor, for a history-only write, a
+    second copy of its entries. None otherwise (another write landed: StaleVersion)."""
+    found = error.response.get("Item")
+    values = update["ExpressionAttributeValues"]
+    if not found or found.get("version") != values[":version"] or found.get("doc") != values[":doc"]:
+        return None
+    history = found.get("history", {}).get("L", [])
+    return found if all(entry in history for entry in values[":entries"]["L"]) else None
+
+
 def _written_by(error: ClientError, item: dict[str, Any]) -> bool:
     """Whether the item a failed `attribute_not_exists` put found is `item` itself."""
     found = error.response.get("Item") or {}
     first = (found.get("history") or {}).get("L", [None])[:1]
     # Only what no later write changes: the workflow may have moved the order on already.
     return found.get("created_at") == item["created_at"] and first == item["history"]["L"][:1]
+
+
+def bound_history(client: Any, table: str, history_table: str | None, order_id: str, item: dict[str, Any]) -> None:
+    """Past HISTORY_KEPT_BYTES, the item's entries but its first move to a page, in one
+    transaction conditional on the item's history being what `item` holds (its length and how
+    many entries its pages hold) and on its version: a write landing first makes the move give
+    way (the next write moves), one landing after appends to what the item kept. The move
+    leaves `doc`, `status` and `version` as they are: the stream's record of it is no event."""
+    stored = item["history"]["L"]
+    if history_table is None or len(stored) < 2 or _stored_bytes(stored) <= HISTORY_KEPT_BYTES:
+        return
+    moved = _moved(item)
+    values: dict[str, Any] = {
+        ":kept": {"L": stored[:1]}, ":now_moved": {"N": str(moved + len(stored) - 1)},
+        ":length": {"N": str(len(stored))}, ":version": item["version"],
+    }  # fmt: skip
+    condition = f"size(history) = :length AND #version = :version AND {_moved_condition(moved, values)}"
+    page = {
+        "pk": {"S": HISTORY_PAGE_PK + order_id}, "sk": {"S": f"{moved:010d}"}, "entries": {"L": stored[1:]},
+    }  # fmt: skip
+    try:
+        client.transact_write_items(
+            TransactItems=[
+                {"Put": {"TableName": history_table, "Item": page, "ConditionExpression": "attribute_not_exists(pk)"}},
+                {"Update": {
+                    "TableName": table, "Key": {"id": {"S": order_id}},
+                    "UpdateExpression": f"SET history = :kept, {HISTORY_MOVED} = :now_moved",
+                    "ConditionExpression": condition, "ExpressionAttributeNames": {"#version": "version"},
+                    "ExpressionAttributeValues": values,
+                }},
+            ]
+        )  # fmt: skip
+    except ClientError as error:
+        if cancellation_reasons(error) is not None:
+            return  # another write or move landed first: the order's next write moves what it holds then
+        if not dependency_down(error):
+            raise
+        # The write before it landed: answered as failed, its caller would decide it again on the
+        # order it wrote (or a client be told 5xx for a change made). The next write moves.
+        logger.warning(
+            "history not moved", extra={"order_id": order_id, "error": error.response.get("Error", {}).get("Code")}
+        )
+
+
+def bound_history_written(client: Any, table: str, history_table: str | None, order_id: str) -> None:
+    """bound_history after a transaction wrote the order (TransactWriteItems answers no item, as
+    UpdateItem's ALL_NEW does): its history read back first, consistently, so a move is decided on
+    what the write left. A transaction is the order's write in a backorder's fill and a cancel of
+    units' stock step; without this, the next write to move its history could be a long way off."""
+    if history_table is None:
+        return
+    try:
+        found = client.get_item(
+            TableName=table, Key={"id": {"S": order_id}}, ProjectionExpression=f"history, version, {HISTORY_MOVED}",
+            ConsistentRead=True,
+        ).get("Item")  # fmt: skip
+    except ClientError as error:
+        if not dependency_down(error):
+            raise
+        logger.warning("history not read to move", extra={"order_id": order_id})  # the write landed, as above
+        return
+    if found is not None:
+        bound_history(client, table, history_table, order_id, found)
 
 
 class DynamoOrders(OrderRepository):
@@ -624,14 +713,18 @@ class DynamoOrders(OrderRepository):
         check_successor(expected, order)
         moved = 0
         while True:
+            update = order_update(self._table, order, expected, entries, history_length, moved)
             try:
                 written = self._client.update_item(
-                    **order_update(self._table, order, expected, entries, history_length, moved), ReturnValues="ALL_NEW"
+                    **update, ReturnValues="ALL_NEW", ReturnValuesOnConditionCheckFailure="ALL_OLD"
                 )["Attributes"]
                 break
             except ClientError as error:
                 if not _is_conditional_failure(error):
                     raise
+                if (found := written_by(error, update)) is not None:
+                    written = found  # botocore's retry of this very write, whose answer was lost
+                    break
                 # A history of `history_length` entries may be one whose oldest moved to pages
                 # (the condition names how many): asked again with as many as the item says.
                 if history_length is None or (now := self._moved_now(order.id)) == moved:
@@ -646,40 +739,10 @@ class DynamoOrders(OrderRepository):
         return _moved(item) if item else 0
 
     def _bound_history(self, order_id: str, item: dict[str, Any]) -> None:
-        """Past HISTORY_KEPT_BYTES, the item's entries but its first move to a page, in one
-        transaction conditional on the item's history being what `item` holds (its length and how
-        many entries its pages hold) and on its version: a write landing first makes the move give
-        way (the next write moves), one landing after appends to what the item kept. The move
-        leaves `doc`, `status` and `version` as they are: the stream's record of it is no event."""
-        stored = item["history"]["L"]
-        if self._history_table is None or len(stored) < 2 or _stored_bytes(stored) <= HISTORY_KEPT_BYTES:
-            return
-        moved = _moved(item)
-        values: dict[str, Any] = {
-            ":kept": {"L": stored[:1]}, ":now_moved": {"N": str(moved + len(stored) - 1)},
-            ":length": {"N": str(len(stored))}, ":version": item["version"],
-        }  # fmt: skip
-        condition = f"size(history) = :length AND #version = :version AND {_moved_condition(moved, values)}"
-        page = {
-            "pk": {"S": HISTORY_PAGE_PK + order_id}, "sk": {"S": f"{moved:010d}"}, "entries": {"L": stored[1:]},
-        }  # fmt: skip
-        try:
-            self._client.transact_write_items(
-                TransactItems=[
-                    {"Put": {"TableName": self._history_table, "Item": page,
-                             "ConditionExpression": "attribute_not_exists(pk)"}},
-                    {"Update": {
-                        "TableName": self._table, "Key": {"id": {"S": order_id}},
-                        "UpdateExpression": f"SET history = :kept, {HISTORY_MOVED} = :now_moved",
-                        "ConditionExpression": condition, "ExpressionAttributeNames": {"#version": "version"},
-                        "ExpressionAttributeValues": values,
-                    }},
-                ]
-            )  # fmt: skip
-        except ClientError as error:
-            if cancellation_reasons(error) is None:
-                raise
-            # Another write or move landed first: the order's next write moves what it holds then.
+        bound_history(self._client, self._table, self._history_table, order_id, item)
+
+    def _bound_history_written(self, order_id: str) -> None:
+        bound_history_written(self._client, self._table, self._history_table, order_id)
 
     def _pages(self, order_id: str, moved: int) -> list[dict[str, Any]]:
         """The stored entries an item's pages hold, oldest first: `moved` of them (pages never
@@ -734,6 +797,8 @@ class DynamoOrders(OrderRepository):
                 else self._order_check(self._table, expected)
             )
             self._transact(expected, [head, *stock[start : start + room]])
+        if order is not None:
+            self._bound_history_written(order.id)
 
     @staticmethod
     def _order_check(table: str, expected: Order) -> dict[str, Any]:
@@ -1975,18 +2040,42 @@ class DynamoInventory(InventoryRepository):
             request["ConditionExpression"] = condition
         return self._client.update_item(**request)
 
-    def set_on_hand(self, sku: str, location_id: str, on_hand: int, reason: str) -> StockLevel:
+    def set_on_hand(
+        self, sku: str, location_id: str, on_hand: int, reason: str, releasing: dict[str, int] | None = None
+    ) -> StockLevel:
+        releasing = releasing or {}
+        # A count may be higher than the last one: it is an arrival as far as the filter knows. One
+        # below the reserved units is not (available stays negative until the releases land, whose
+        # own writes mark the item).
+        expression = (
+            "SET on_hand = :n, reserved = if_not_exists(reserved, :zero), "
+            "available = :n - if_not_exists(reserved, :zero), updated_at = :now, last_reason = :reason, "
+            "reservations = if_not_exists(reservations, :none)"
+        )
+        values: dict[str, Any] = {":n": on_hand, ":zero": 0, ":now": utc_now(), ":reason": reason, ":none": {}}
+        names: dict[str, str] = {}
+        conditions = ["(attribute_not_exists(reserved) OR reserved <= :most)"]
+        values[":most"] = on_hand + sum(releasing.values())
+        for i, (key, units) in enumerate(sorted(releasing.items())):
+            names[f"#k{i}"] = key
+            values[f":h{i}"] = units
+            conditions.append(f"reservations.#k{i} = :h{i}")
+        if not releasing:
+            expression += f", {ARRIVED} = :arrived"
+            values[":arrived"] = True
+        request: dict[str, Any] = {
+            "TableName": self._table,
+            "Key": {"sku": {"S": sku}, "location_id": {"S": location_id}},
+            "UpdateExpression": expression,
+            "ConditionExpression": " AND ".join(conditions),
+            "ExpressionAttributeValues": to_item(values),
+            "ReturnValues": "ALL_NEW",
+            "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
+        }
+        if names:
+            request["ExpressionAttributeNames"] = names
         try:
-            response = self._update(
-                sku,
-                location_id,
-                "SET on_hand = :n, reserved = if_not_exists(reserved, :zero), "
-                "available = :n - if_not_exists(reserved, :zero), updated_at = :now, last_reason = :reason, "
-                f"reservations = if_not_exists(reservations, :none), {ARRIVED} = :arrived",
-                "attribute_not_exists(reserved) OR reserved <= :n",
-                # A count may be higher than the last one: it is an arrival as far as the filter knows.
-                {":n": on_hand, ":zero": 0, ":now": utc_now(), ":reason": reason, ":none": {}, ":arrived": True},
-            )
+            response = self._client.update_item(**request)
         except ClientError as error:
             if not _is_conditional_failure(error):
                 raise
@@ -1996,6 +2085,19 @@ class DynamoInventory(InventoryRepository):
                 details=[{"field": "on_hand", "message": f"must be at least the {reserved} reserved units"}],
             ) from None
         return _level(from_item(response["Attributes"]))
+
+    def held_at(self, sku: str, location_id: str) -> tuple[StockLevel, dict[str, int]]:
+        items = self._client.query(
+            TableName=self._table,
+            KeyConditionExpression="sku = :sku AND location_id = :location",
+            ExpressionAttributeValues={":sku": {"S": sku}, ":location": {"S": location_id}},
+            ConsistentRead=True,
+        ).get("Items", [])
+        if not items:
+            return StockLevel(sku=sku, location_id=location_id, on_hand=0, reserved=0, available=0), {}
+        values = from_item(items[0])
+        held = {key: int(units) for key, units in (values.get("reservations") or {}).items()}
+        return _level(values), held
 
     def adjust(self, sku: str, location_id: str, delta: int, reason: str, key: str | None = None) -> StockLevel:
         expression = (
@@ -2143,13 +2245,18 @@ class DynamoInventory(InventoryRepository):
         return None
 
     def reserve(self, sku: str, location_id: str, key: str, quantity: int, keep: int = 0) -> None:
-        old = self._reservation_update(
-            sku, location_id, key,
-            "SET reserved = reserved + :q, available = available - :q, reservations.#key = :q "
-            f"REMOVE {ARRIVED}, {WITHDRAWN}",
-            "available >= :need AND attribute_not_exists(reservations.#key)",
-            {":q": quantity, ":need": quantity + keep},
-        )  # fmt: skip
+        try:
+            old = self._reservation_update(
+                sku, location_id, key,
+                "SET reserved = reserved + :q, available = available - :q, reservations.#key = :q "
+                f"REMOVE {ARRIVED}, {WITHDRAWN}",
+                "available >= :need AND attribute_not_exists(reservations.#key)",
+                {":q": quantity, ":need": quantity + keep},
+            )  # fmt: skip
+        except ClientError as error:
+            if _too_large(error):  # its map of open reservations fills the 400 KB item
+                raise ReservationsFull(sku, location_id) from None
+            raise
         if old is None or (old.get("reservations") or {}).get(key) == quantity:
             return  # reserved now, or by an earlier run of the same step
         raise InsufficientStock(f"{old.get('available', 0)} of {sku} available at {location_id}, {quantity} wanted")
@@ -2216,6 +2323,8 @@ class DynamoInventory(InventoryRepository):
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except ClientError as error:
+            if _too_large(error):  # more keys than its full map of open reservations has room for
+                raise ReservationsFull(sku, location_id) from None
             if not _is_conditional_failure(error):
                 raise
             old = from_item(error.response.get("Item") or {})
@@ -2428,10 +2537,11 @@ class DynamoBackorders(Backorders):
     TransactWriteItems over the Inventory and Orders tables (IAM authorizes its items as
     UpdateItem on each)."""
 
-    def __init__(self, client: Any, inventory_table: str, orders_table: str):
+    def __init__(self, client: Any, inventory_table: str, orders_table: str, history_table: str | None = None):
         self._client = client
         self._table = inventory_table
         self._orders_table = orders_table
+        self._history_table = history_table  # the Catalog table: a long history's pages (DynamoOrders)
 
     @staticmethod
     def _key(sku: str, entry: WaitingOrder) -> dict[str, Any]:
@@ -2533,13 +2643,19 @@ class DynamoBackorders(Backorders):
         by_item: dict[tuple[str, str], list[TopUp]] = {}
         for t in top_ups:
             by_item.setdefault((t.sku, t.location_id), []).append(t)
-        items = [self._top_ups(sku, location_id, group) for (sku, location_id), group in sorted(by_item.items())]
+        stock_items = sorted(by_item)
+        items = [self._top_ups(sku, location_id, by_item[(sku, location_id)]) for sku, location_id in stock_items]
         items.append({"Update": order_update(self._orders_table, order, expected, entries)})
         try:
             self._client.transact_write_items(TransactItems=items)
         except ClientError as error:
+            reasons = error.response.get("CancellationReasons") or []
+            for item, reason in zip(stock_items, reasons, strict=False):
+                if reason.get("Code") == "ValidationError" and "maximum allowed size" in str(reason.get("Message")):
+                    raise ReservationsFull(*item) from None  # its map of open reservations fills the item
             # A failed condition, or another transaction on one of the items (TransactionConflict):
             # nothing was written either way.
             if error.response["Error"]["Code"] == "TransactionCanceledException":
                 raise StaleVersion(f"order {order.id} or its stock changed while its backorder was filled") from None
             raise
+        bound_history_written(self._client, self._orders_table, self._history_table, order.id)

@@ -19,6 +19,7 @@ from botocore.exceptions import ClientError
 from core.deadline import TimeUp
 from core.import_recount import ImportCounts, Recount
 from core.import_service import (
+    MAX_PARKED_LISTED,
     MAX_REPORTED_ERRORS,
     SPLIT_INTERRUPTED,
     ImportErrorEntry,
@@ -83,10 +84,20 @@ def _error_key(import_id: str, ordinal: int) -> dict[str, Any]:
 
 # The sort key of an error written under its line (_keep_lost_errors): after every ordinal.
 _RECOVERED = "line#"
+# The sort key of an order parked in the dead-letter queue (park()), by line: after every ordinal.
+_PARKED = "dlq#"
+
+
+def _parked_key(import_id: str, line: int) -> dict[str, Any]:
+    return {"pk": _error_key(import_id, 0)["pk"], "sk": {"S": f"{_PARKED}{line:012d}"}}
+
+
 # On a failure's marker: its ordinal is past MAX_REPORTED_ERRORS. What finds the line recorded
 # cannot tell a failure counted past the cap from one whose error was lost (both left it on their
 # markers only), and would list the first in place of the second.
 _PAST_CAP = "past_cap"
+# On a line's marker put by park(): the order waits in the dead-letter queue (flagged uncounted too).
+_PARKED_FLAG = "parked"
 
 
 def _once_per_line(errors: list[ImportErrorEntry]) -> list[ImportErrorEntry]:
@@ -102,6 +113,13 @@ def _once_per_line(errors: list[ImportErrorEntry]) -> list[ImportErrorEntry]:
             seen.add(entry.line)
             once.append(entry)
     return once
+
+
+def _entry(values: dict[str, Any]) -> ImportErrorEntry:
+    """An error item of an import's report, as the API lists it."""
+    return ImportErrorEntry(
+        line=int(values["line"]), external_id=values.get("external_id"), code=values["code"], message=values["message"]
+    )
 
 
 def _list_key(created_at: str, import_id: str) -> dict[str, Any]:
@@ -429,13 +447,15 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
             if self._past_cap_known(import_id):
                 marker[_PAST_CAP] = {"BOOL": True}  # its ordinal will be past the cap: said for free
         try:
-            self._client.put_item(
+            replaced = self._client.put_item(
                 TableName=self._markers,
                 Item=marker,
                 ConditionExpression="attribute_not_exists(id) OR #uncounted = :true",
                 ExpressionAttributeNames={"#uncounted": "uncounted"},
                 ExpressionAttributeValues={":true": {"BOOL": True}},
-                # The marker found, for nothing more: a refused put costs its write unit anyway.
+                # The marker replaced (one flagged uncounted: parked, or its count refused), and the
+                # marker found, for nothing more: neither costs a write unit more.
+                ReturnValues="ALL_OLD",
                 ReturnValuesOnConditionCheckFailure="ALL_OLD",
             )
         except ClientError as failure:
@@ -448,16 +468,24 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
                     self._keep_unkept_error(found)
                 return Recorded.FOUND
             raise
+        # A line parked in the dead-letter queue (park()), redriven: listed so no more.
+        unparks = bool(replaced.get("Attributes", {}).get(_PARKED_FLAG))
         try:
             response = self._client.update_item(
                 TableName=self._table,
                 Key=_import_key(import_id),
-                UpdateExpression="ADD #counter :one SET updated_at = :now",
+                UpdateExpression="ADD #counter :one"
+                + (", parked :minus_one" if unparks else "")
+                + " SET updated_at = :now",
                 # Once recounted from its markers (recount()), every marked line is counted: a
                 # worker that marked a line before and counts it only now is refused.
                 ConditionExpression="attribute_exists(pk) AND attribute_not_exists(recounted)",
                 ExpressionAttributeNames={"#counter": _COUNTERS[outcome]},
-                ExpressionAttributeValues={":one": {"N": "1"}, ":now": {"S": timestamp(at)}},
+                ExpressionAttributeValues={
+                    ":one": {"N": "1"},
+                    ":now": {"S": timestamp(at)},
+                    **({":minus_one": {"N": "-1"}} if unparks else {}),
+                },
                 ReturnValues="ALL_NEW",
             )
         except ClientError as failure:
@@ -465,7 +493,10 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
                 # Refused, not applied (every line adds to its import's one item, so a burst of
                 # workers can be throttled): flagged so, the line is counted by the redelivery this
                 # raise brings, which would otherwise find it recorded and leave the import one short.
-                self._client.put_item(TableName=self._markers, Item={**marker, "uncounted": {"BOOL": True}})
+                # A parked line's listing stays with it (its count not taken either): the redelivery
+                # that counts the line takes it off.
+                parked = {_PARKED_FLAG: {"BOOL": True}} if unparks else {}
+                self._client.put_item(TableName=self._markers, Item={**marker, "uncounted": {"BOOL": True}, **parked})
                 raise
             if not _is_conditional_failure(failure):
                 raise
@@ -473,6 +504,10 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
             # an import recounted from its markers, this line's included (recount()).
             logger.warning("no such import to record on", extra={"import_id": escape_for_log(import_id), "line": line})
             return Recorded.REFUSED
+        if unparks:
+            # Counted: its listing goes (a worker killed before this leaves it listed while the
+            # import has another order parked: README, bulk import, Failures).
+            self._client.delete_item(TableName=self._table, Key=_parked_key(import_id, line))
         values = from_item(response["Attributes"])
         # `failed` numbers the failures in the order they were recorded: the first ones are kept.
         ordinal = int(values.get("failed", 0))
@@ -490,6 +525,63 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
             self._mark_past_cap(import_id, line, marker)
         self._complete_if_done(import_id, values, at)
         return Recorded.COUNTED
+
+    def park(self, import_id: str, line: int, error: LineError, at: datetime) -> bool:
+        # One transaction (a rare path: an order's last delivery failed): the line's marker,
+        # flagged uncounted so that the redrive records it (record() replaces it, and takes the
+        # listing off), the listing and the import's count of them, or none of them. Refused when
+        # the line has a marker: recorded meanwhile, or parked already (a redrive parked again).
+        marker = {
+            "id": {"S": _marker_id(import_id, line)},
+            "uncounted": {"BOOL": True},
+            _PARKED_FLAG: {"BOOL": True},
+            "expiration": {"N": str(int((at + timedelta(days=MARKER_DAYS)).timestamp()))},
+        }
+        try:
+            self._client.transact_write_items(
+                TransactItems=[
+                    {
+                        "Put": {
+                            "TableName": self._markers,
+                            "Item": marker,
+                            "ConditionExpression": "attribute_not_exists(id)",
+                        }
+                    },
+                    {
+                        "Put": {
+                            "TableName": self._table,
+                            "Item": {**_parked_key(import_id, line), **_error_fields(error)},
+                        }
+                    },
+                    {
+                        "Update": {
+                            "TableName": self._table,
+                            "Key": _import_key(import_id),
+                            "UpdateExpression": "ADD parked :one",
+                            "ConditionExpression": "attribute_exists(pk)",
+                            "ExpressionAttributeValues": {":one": {"N": "1"}},
+                        }
+                    },
+                ]
+            )
+        except ClientError as failure:
+            if failure.response["Error"]["Code"] != "TransactionCanceledException":
+                raise
+            reasons = [reason.get("Code") for reason in failure.response.get("CancellationReasons", [])]
+            if "ConditionalCheckFailed" not in reasons:
+                raise  # a conflict with another write, or throttled: not listed
+            return False
+        return True
+
+    def _parked(self, import_id: str) -> list[ImportErrorEntry]:
+        """The first MAX_PARKED_LISTED orders parked in the dead-letter queue, by line."""
+        response = self._client.query(
+            TableName=self._table,
+            KeyConditionExpression="pk = :pk AND begins_with(sk, :parked)",
+            ExpressionAttributeValues={":pk": _error_key(import_id, 0)["pk"], ":parked": {"S": _PARKED}},
+            Limit=MAX_PARKED_LISTED,
+        )
+        return [_entry(from_item(item)) for item in response.get("Items", [])]
 
     def _past_cap_known(self, import_id: str) -> bool:
         with self._past_cap_lock:
@@ -744,12 +836,14 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
             "TableName": self._table,
             "KeyConditionExpression": "pk = :pk",
             "ExpressionAttributeValues": {":pk": _error_key(import_id, 0)["pk"]},
-            "ProjectionExpression": "line",
+            "ProjectionExpression": "sk, line",
         }
         lines: set[int] = set()
         while True:
             response = self._client.query(**query)
-            lines.update(int(item["line"]["N"]) for item in response.get("Items", []))
+            # Not an order parked in the dead-letter queue (park()): no failure counted.
+            items = [item for item in response.get("Items", []) if not item["sk"]["S"].startswith(_PARKED)]
+            lines.update(int(item["line"]["N"]) for item in items)
             if "LastEvaluatedKey" not in response:
                 return lines
             query["ExclusiveStartKey"] = response["LastEvaluatedKey"]
@@ -797,7 +891,10 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
         if values.get("error_code"):
             errors.append(ImportErrorEntry(line=None, code=values["error_code"], message=values["error_message"]))
         kept = min(int(values.get("failed", 0)), MAX_REPORTED_ERRORS)
-        errors.extend(sorted(self._errors(import_id, kept), key=lambda entry: entry.line or 0))
+        listed = self._errors(import_id, kept)
+        if int(values.get("parked", 0)) > 0:  # orders waiting in the dead-letter queue: one query
+            listed += self._parked(import_id)
+        errors.extend(sorted(listed, key=lambda entry: entry.line or 0))
         return ImportReport(**_summary_fields(values), errors=errors)
 
     def _errors(self, import_id: str, kept: int) -> list[ImportErrorEntry]:
@@ -821,12 +918,9 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
             response = self._client.query(**query)
             for item in response.get("Items", []):
                 values = from_item(item)
-                entry = ImportErrorEntry(
-                    line=int(values["line"]),
-                    external_id=values.get("external_id"),
-                    code=values["code"],
-                    message=values["message"],
-                )
+                if values["sk"].startswith(_PARKED):
+                    continue  # not a failure counted: _parked()
+                entry = _entry(values)
                 if values["sk"].startswith(_RECOVERED):
                     recovered.append(entry)
                 elif int(values["sk"]) <= MAX_REPORTED_ERRORS:

@@ -16,7 +16,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from core.domain_events import DomainEvent
+from core.domain_events import OutgoingEvent
 from core.webhooks import (
     DeliveryMessage,
     DeliveryQueue,
@@ -48,11 +48,14 @@ PUT_EVENTS_ATTEMPTS = 3
 _REFUSED_PAUSE_SECONDS = 0.1
 
 
-def entry_size(entry: dict[str, Any]) -> int:
+def entry_size(entry: dict[str, Any], detail_bytes: int | None = None) -> int:
     """What EventBridge counts of a PutEvents entry: 14 bytes for its Time, then the UTF-8 bytes
-    of its Source, DetailType, Detail and each of its Resources (EventBusName is not counted)."""
-    counted = [entry["Source"], entry["DetailType"], entry.get("Detail", ""), *entry.get("Resources", [])]
-    return (14 if entry.get("Time") is not None else 0) + sum(len(part.encode()) for part in counted)
+    of its Source, DetailType, Detail and each of its Resources (EventBusName is not counted).
+    `detail_bytes`: the Detail's when known (an OutgoingEvent's weight), so it is not encoded again."""
+    counted = [entry["Source"], entry["DetailType"], *entry.get("Resources", [])]
+    if detail_bytes is None:
+        detail_bytes = len(entry.get("Detail", "").encode())
+    return (14 if entry.get("Time") is not None else 0) + sum(len(part.encode()) for part in counted) + detail_bytes
 
 
 def _deliveries_pk(webhook_id: str) -> str:
@@ -273,53 +276,54 @@ class EventBridgePublisher(EventPublisher):
         self._client = client
         self._bus_name = bus_name
 
-    def publish(self, events: list[DomainEvent]) -> None:
-        waiting = [self._entry(event) for event in events]
-        for entry, event in zip(waiting, events, strict=True):
-            if entry_size(entry) > PUT_EVENTS_BYTES:
+    def publish(self, events: list[OutgoingEvent]) -> None:
+        # Each entry with its size, weighed once: its Detail is the event's body, already weighed.
+        waiting = [(entry := self._entry(ready), entry_size(entry, ready.weight)) for ready in events]
+        for (_, size), ready in zip(waiting, events, strict=True):
+            if size > PUT_EVENTS_BYTES:
                 raise ValueError(
-                    f"event {event.id} ({event.type.value}) weighs {entry_size(entry)} bytes: over an entry's 256 KB"
+                    f"event {ready.event.id} ({ready.event.type.value}) weighs {size} bytes: over an entry's 256 KB"
                 )
         for attempt in range(1, PUT_EVENTS_ATTEMPTS + 1):
-            refused: list[tuple[dict[str, Any], dict[str, Any]]] = []
+            refused: list[tuple[tuple[dict[str, Any], int], dict[str, Any]]] = []
             for call in _calls(waiting):
-                response = self._client.put_events(Entries=call)
+                response = self._client.put_events(Entries=[entry for entry, _ in call])
                 if response.get("FailedEntryCount"):
                     # The answers are in the order of the entries sent.
                     refused += [
-                        (entry, answer)
-                        for entry, answer in zip(call, response["Entries"], strict=True)
+                        (sized, answer)
+                        for sized, answer in zip(call, response["Entries"], strict=True)
                         if answer.get("ErrorCode")
                     ]
             if not refused:
                 return
-            waiting = [entry for entry, _ in refused]
+            waiting = [sized for sized, _ in refused]
             if attempt < PUT_EVENTS_ATTEMPTS:
                 time.sleep(_REFUSED_PAUSE_SECONDS * 2 ** (attempt - 1))
-        answers = [{"detail_type": entry["DetailType"], **answer} for entry, answer in refused]
+        answers = [{"detail_type": entry["DetailType"], **answer} for (entry, _), answer in refused]
         raise RuntimeError(f"the event bus refused {len(refused)} event(s): {json.dumps(answers)[:500]}")
 
-    def _entry(self, event: DomainEvent) -> dict[str, Any]:
+    def _entry(self, ready: OutgoingEvent) -> dict[str, Any]:
         return {
             "EventBusName": self._bus_name,
             "Source": EVENT_SOURCE,
-            "DetailType": event.type.value,
-            "Detail": event.model_dump_json(),
-            "Time": event.created_at,
+            "DetailType": ready.event.type.value,
+            "Detail": ready.body,
+            "Time": ready.event.created_at,
             "Resources": [],
         }
 
 
-def _calls(entries: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
-    """`entries`, in their order, in calls of at most _PUT_EVENTS_BATCH entries and PUT_EVENTS_BYTES."""
-    call: list[dict[str, Any]] = []
+def _calls(entries: list[tuple[dict[str, Any], int]]) -> Iterator[list[tuple[dict[str, Any], int]]]:
+    """`entries` (each with its entry_size), in their order, in calls of at most _PUT_EVENTS_BATCH
+    entries and PUT_EVENTS_BYTES."""
+    call: list[tuple[dict[str, Any], int]] = []
     weight = 0
-    for entry in entries:
-        size = entry_size(entry)
+    for entry, size in entries:
         if call and (len(call) == _PUT_EVENTS_BATCH or weight + size > PUT_EVENTS_BYTES):
             yield call
             call, weight = [], 0
-        call.append(entry)
+        call.append((entry, size))
         weight += size
     if call:
         yield call

@@ -90,6 +90,14 @@ class ScopeTable:
         route = self._routes.get((method.upper(), resource))
         return route is None or bool(route.dependant.body_params)
 
+    def query_parameters(self, method: str, resource: str) -> frozenset[str] | None:
+        """The query parameters the route declares, by the name a request sends (None for a route
+        not in the table: the resolver answers it)."""
+        route = self._routes.get((method.upper(), resource))
+        if route is None:
+            return None
+        return frozenset(field.alias for field in route.dependant.query_params)
+
     def body_models(self, method: str, resource: str) -> list[type[BaseModel]]:
         """The models the route's body parameters are (none for a route not in the table)."""
         route = self._routes.get((method.upper(), resource))

@@ -53,10 +53,11 @@ def recorded_read(event: dict[str, Any], response: dict[str, Any], metrics: Metr
         return
     if route in CHANGES and order_id in orders_changed():
         return  # a change: the history entries it wrote name its key
-    answer = _answer(response) if action == "get" or route in CHANGES else None
-    # An order's answer names the label links it handed out; a return's keeps its id.
+    answer = _answer(response) if action in ("get", "returns") or route in CHANGES else None
+    # An order's answer names the label links it handed out (its shipments'), and so does a return's
+    # or a page of them (the returns'); a return read by its id keeps that id.
     labels = _labels_handed_out(answer) if answer is not None else None
-    _record(event, [(order_id, action, labels or detail)], metrics)
+    _record(event, [(order_id, action, {**(detail or {}), **(labels or {})} or None)], metrics)
 
 
 def _listed_reads(
@@ -86,11 +87,14 @@ def _listed_reads(
         return [(order_id, action, None) for order_id in planned]
     if event.get("resource") != "/returns":
         return [(item["id"], action, _labels_handed_out(item)) for item in items if isinstance(item.get("id"), str)]
-    returns: dict[str, list[Any]] = {}
+    returns: dict[str, list[dict[str, Any]]] = {}
     for item in items:
         if isinstance(item.get("order_id"), str):
-            returns.setdefault(item["order_id"], []).append(item.get("id"))
-    return [(order_id, action, {"return_ids": ids}) for order_id, ids in returns.items()]
+            returns.setdefault(item["order_id"], []).append(item)
+    return [
+        (order_id, action, {"return_ids": [item.get("id") for item in listed], **(_labels_handed_out(listed) or {})})
+        for order_id, listed in returns.items()
+    ]
 
 
 def _record(event: dict[str, Any], reads: list[tuple[str, str, dict[str, Any] | None]], metrics: Metrics) -> None:
@@ -127,10 +131,18 @@ def _answer(response: dict[str, Any]) -> dict[str, Any]:
     return answer if isinstance(answer, dict) else {}
 
 
-def _labels_handed_out(order: dict[str, Any]) -> dict[str, Any] | None:
-    """A read of the order hands out a signed link to each shipment's label: which ones."""
-    shipments = order.get("shipments") or []
-    if not isinstance(shipments, list):
+def _labels_handed_out(answer: dict[str, Any] | list[dict[str, Any]]) -> dict[str, Any] | None:
+    """A read of the order hands out a signed link to each shipment's label, a read of a return
+    (or of a page of them) to each return's: which ones, by the shipment's or the return's id."""
+    if isinstance(answer, list):
+        labelled = answer  # returns of one order, from a page of GET /returns
+    elif "shipments" in answer:
+        labelled = answer["shipments"]
+    elif "items" in answer:
+        labelled = answer["items"]  # a page of the order's returns
+    else:
+        labelled = [answer]  # one return
+    if not isinstance(labelled, list):
         return None
-    labels = [shipment["id"] for shipment in shipments if isinstance(shipment, dict) and shipment.get("label_url")]
+    labels = [item["id"] for item in labelled if isinstance(item, dict) and item.get("label_url") and "id" in item]
     return {"label_urls": labels} if labels else None

@@ -20,6 +20,7 @@ from core.errors import (
     InvalidRequest,
     NotFound,
     PaymentGatewayUnavailable,
+    PaymentPluginFailed,
     PaymentRefused,
     PluginError,
     PluginUnavailable,
@@ -89,7 +90,7 @@ _DOMAIN_STATUS: list[tuple[type[DomainError], int]] = [
 def described(error: DomainError) -> tuple[int, str, str, list[dict[str, Any]]]:
     """The status, code, message and details a route answers `error` with: the handlers below
     use it, and so does each refused item of a batch (POST /shipments/confirmations)."""
-    if isinstance(error, PaymentRefused):
+    if isinstance(error, PaymentRefused | PaymentPluginFailed):
         return 502, error.code, error.message, error.details
     if isinstance(error, PaymentGatewayUnavailable):
         return 503, error.code, error.message, error.details
@@ -140,6 +141,14 @@ def register(app: APIGatewayRestResolver) -> None:
         # A broken plugin is a server-side bug: logged with its traceback, answered without one.
         logger.exception("plugin failed", extra={"error_code": error.code})
         return error_response(500, error.code, error.message, error.details)
+
+    @app.exception_handler(PaymentPluginFailed)
+    def _payment_plugin_failed(error: PaymentPluginFailed) -> Response:
+        # The payment plugin's bug, recorded in the order's history (kind plugin_error) and logged
+        # with its traceback here; what the request asked of the gateway stands under its key, so
+        # the request repeated (or the reconciler) finishes it once the plugin works.
+        logger.exception("payment plugin failed", extra={"operation": error.operation})
+        return error_response(*described(error))
 
     @app.exception_handler(PluginUnavailable)
     def _plugin_unavailable(error: PluginUnavailable) -> Response:

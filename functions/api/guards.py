@@ -1,4 +1,4 @@
-"""Checks every request passes before routing and validation: body size, scope, card data, unread fields."""
+"""Checks every request passes before routing and validation: body size, scope, card data, unknown fields."""
 
 from __future__ import annotations
 
@@ -10,12 +10,16 @@ from typing import Any
 
 from core import strict_json
 from core.card_numbers import card_number_fields, contains_card_number, mask_card_numbers
-from functions.api.access import ScopeTable
+from functions.api.access import PUBLIC, ScopeTable
 from functions.api.errors import ApiError
 
 MAX_BODY_BYTES = 256 * 1024
 # A carrier's webhook body is the carrier's format, which may be an array; every other body is an object.
 ARRAY_BODIES = frozenset({("POST", "/carriers/{carrier}/tracking")})
+
+# A carrier's webhook is the carrier's request, in its plugin's format: what its URL carries is the
+# carrier's to choose (a verification token, say), not a parameter of the API to check.
+CARRIER_REQUESTS = frozenset({("POST", "/carriers/{carrier}/tracking")})
 
 # The body this request's guards parsed, handed to the resolver so it is parsed once, by one set of rules.
 _parsed: ContextVar[tuple[str, Any] | None] = ContextVar("parsed_body", default=None)
@@ -58,6 +62,28 @@ def refuse_unread_fields(event: dict[str, Any], document: Any, scopes: ScopeTabl
         "the request is not valid",
         [{"field": name, "message": "Extra inputs are not permitted"} for name in document],
     )
+
+
+def refuse_unknown_query_parameters(event: dict[str, Any], scopes: ScopeTable) -> None:
+    """A query parameter the route does not declare is 422, as an unknown body field is (API.md: no
+    silent drops): `GET /orders?stauts=cancelled` answered every order, and a report's `?form=`
+    the default days, each read as the answer to what was asked. Routes anyone may call (the
+    health check and the API's description) take what a browser or a probe adds; a carrier's
+    webhook is its own format (CARRIER_REQUESTS)."""
+    method, resource = event.get("httpMethod", "").upper(), event.get("resource", "")
+    declared = scopes.query_parameters(method, resource)
+    if declared is None or (method, resource) in CARRIER_REQUESTS or scopes.requirement(method, resource) is PUBLIC:
+        return
+    sent = {**(event.get("queryStringParameters") or {}), **(event.get("multiValueQueryStringParameters") or {})}
+    unknown = [name for name in sent if name not in declared]
+    if unknown:
+        raise ApiError(
+            422,
+            "validation_error",
+            "the request is not valid",
+            # Checked after card numbers: a name is refused as one before it could be echoed here.
+            [{"field": mask_card_numbers(name), "message": "Extra inputs are not permitted"} for name in unknown],
+        )
 
 
 def _content_type(event: dict[str, Any]) -> str:
@@ -135,6 +161,7 @@ def check_request(event: dict[str, Any], scopes: ScopeTable) -> None:
             "payment card numbers are never accepted",
             [{"field": field, "message": "looks like a payment card number"} for field in dict.fromkeys(fields)],
         )
+    refuse_unknown_query_parameters(event, scopes)
 
 
 # The header whose value the OMS keeps: an Idempotency-Key is stored with what it made (a return's

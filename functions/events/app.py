@@ -108,11 +108,17 @@ def dispatch(events: list[DomainEvent], subscriptions: Callable[[], list[IssuedW
     """Publish `events` to the bus and queue their webhook deliveries."""
     if not events:
         return
-    queued = container().event_dispatcher.dispatch(events, subscriptions)
-    logger.info("events published", extra={"events": [e.type.value for e in events], "deliveries": queued})
+    dispatched = container().event_dispatcher.dispatch(events, subscriptions)
+    published: dict[str, Any] = {"events": [e.type.value for e in events], "deliveries": dispatched.queued}
+    if dispatched.cut_down:
+        # Subscribers and the bus got these without the lists named: which, and why, for operators.
+        published["cut_down"] = [{"id": e.id, "omitted": e.data["omitted"]} for e in dispatched.cut_down]
+    logger.info("events published", extra=published)
     metrics.add_metric(name="EventsPublished", unit=MetricUnit.Count, value=len(events))
-    if queued:
-        metrics.add_metric(name="WebhookDeliveriesQueued", unit=MetricUnit.Count, value=queued)
+    if dispatched.queued:
+        metrics.add_metric(name="WebhookDeliveriesQueued", unit=MetricUnit.Count, value=dispatched.queued)
+    if dispatched.cut_down:
+        metrics.add_metric(name="EventsCutDown", unit=MetricUnit.Count, value=len(dispatched.cut_down))
 
 
 def notify(old: dict[str, Any] | None, new: dict[str, Any]) -> None:

@@ -42,10 +42,14 @@ def _import_order(record: SQSRecord, origin: OrderOrigin | None) -> None:
         # it again once the deployment is fixed (or the plugin disabled).
         container().plugins.require_loaded()
         result = container().importer.import_order(record.body, origin, sender=record.attributes.sender_id or "")
-    except Exception:
+    except Exception as error:
+        receives = int(record.attributes.approximate_receive_count or 0)
+        last = 0 < container().config.import_queue_max_receives <= receives
         # The body is never logged: it is customer data.
         logger.exception(
-            "import message failed; SQS will deliver it again",
+            "import message failed; it goes to the import dead-letter queue"
+            if last
+            else "import message failed; SQS will deliver it again",
             extra={
                 "message_id": record.message_id,
                 "receive_count": record.attributes.approximate_receive_count,
@@ -53,6 +57,8 @@ def _import_order(record: SQSRecord, origin: OrderOrigin | None) -> None:
                 "line": origin.line if origin else None,
             },
         )
+        if last:
+            _park(record, origin, error, receives)
         raise
     if result.outcome is None:
         return  # recorded by an earlier delivery of the same message
@@ -70,6 +76,17 @@ def _import_order(record: SQSRecord, origin: OrderOrigin | None) -> None:
                 "code": result.error.code,
                 "reason": escape_for_log(result.error.message),
             },
+        )
+
+
+def _park(record: SQSRecord, origin: OrderOrigin | None, error: Exception, receives: int) -> None:
+    """Its last delivery failed: its import lists the order as waiting in the dead-letter queue.
+    A failure to say so is logged, never raised in place of the message's own."""
+    try:
+        container().importer.park(record.body, origin, record.attributes.sender_id or "", error, receives)
+    except Exception:
+        logger.exception(
+            "import line not listed as parked in the dead-letter queue", extra={"message_id": record.message_id}
         )
 
 

@@ -30,7 +30,7 @@ from core.pricing import PricedOrder, Pricing
 from core.status import OrderStatus
 from core.tracking import CarrierTracking
 from core.workflow import Workflow
-from core.workflow_types import PaymentResult, TrackingUpdate
+from core.workflow_types import PaymentResult, RefusedTrackingEvent, TrackingUpdate
 from plugins.testing.builders import NOW
 from plugins.testing.memory import (
     InMemoryBackorders,
@@ -153,7 +153,7 @@ class PluginHost:
     # --- Tracking ------------------------------------------------------------------------------------
     def tracking_updates(
         self, carrier: str, payload: Any, headers: dict[str, str] | None = None, body: str | None = None
-    ) -> list[TrackingUpdate]:
+    ) -> list[TrackingUpdate | RefusedTrackingEvent]:
         """What POST /carriers/{carrier}/tracking reads from this webhook, checked as the OMS
         checks it. `body` (the raw text a signature is computed over) defaults to `payload` as
         JSON; header names are lower-cased as the OMS passes them."""

@@ -298,11 +298,20 @@ class InMemoryInventory(InventoryRepository):
         sets the scene. available is recomputed as on_hand - reserved, as the adapter keeps it."""
         self._put(level.model_copy(update={"available": level.on_hand - level.reserved}))
 
-    def set_on_hand(self, sku: str, location_id: str, on_hand: int, reason: str) -> StockLevel:
+    def set_on_hand(
+        self, sku: str, location_id: str, on_hand: int, reason: str, releasing: dict[str, int] | None = None
+    ) -> StockLevel:
         level = self._get(sku, location_id)
-        if on_hand < level.reserved:
+        releasing = releasing or {}
+        held = self._held(sku, location_id)
+        if any(held.get(key) != units for key, units in releasing.items()):
+            raise InsufficientStock("the reservations to release changed")
+        if on_hand + sum(releasing.values()) < level.reserved:
             raise InsufficientStock("below reserved")
         return self._put(level.model_copy(update={"on_hand": on_hand, "available": on_hand - level.reserved}))
+
+    def held_at(self, sku: str, location_id: str) -> tuple[StockLevel, dict[str, int]]:
+        return self._get(sku, location_id), dict(self.held.get((sku, location_id), {}))
 
     def adjust(self, sku: str, location_id: str, delta: int, reason: str, key: str | None = None) -> StockLevel:
         level = self._get(sku, location_id)

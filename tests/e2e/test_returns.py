@@ -143,6 +143,32 @@ def test_a_return_with_an_exchange_places_the_replacement_which_authorizes_the_d
     assert Decimal(api.get(f"/orders/{order_id}").json()["payment"]["refunded"]["amount"]) == credit
 
 
+def test_an_exchange_that_could_never_be_placed_is_422_and_the_units_may_still_be_returned(api: Api):
+    """A replacement with no price in the order's currency is refused before the customer sends
+    anything back: 422 in the contract's error shape naming the exchange's line, and no return made."""
+    _, sku = stocked_sku(api)
+    in_euros = Catalog(api).product("15.00", currency="EUR")
+    placed = api.post("/orders", json=order_body((sku, 1)))
+    assert placed.status_code == 201, placed.text
+    order_id = placed.json()["id"]
+    [shipment] = until(api, f"/orders/{order_id}", lambda o: o["status"] == "allocated")["shipments"]
+    assert api.post(f"/orders/{order_id}/shipments/{shipment['id']}/ship").status_code == 200
+    lines = [{"line_id": "L1", "quantity": 1, "reason": "too small", "reason_code": "size_or_fit"}]
+
+    refused = api.post(
+        f"/orders/{order_id}/returns", json={"lines": lines, "exchange": {"lines": [{"sku": in_euros, "quantity": 1}]}}
+    )
+
+    assert refused.status_code == 422, refused.text
+    error = refused.json()["error"]
+    assert error["code"] == "no_price" and error["details"] == [
+        {"field": "exchange.lines[0].sku", "message": "no price in USD"}
+    ]
+    assert api.get(f"/orders/{order_id}/returns").json()["items"] == []
+    returned = api.post(f"/orders/{order_id}/returns", json={"lines": lines})
+    assert returned.status_code == 201 and returned.json()["status"] == "authorized", returned.text
+
+
 @pytest.mark.parametrize(
     ("failure", "ends", "task"),
     [("stock_gone", "cancelled", "CancelOrderFunction"), ("declined", "payment_failed", "FailPaymentFunction")],

@@ -198,6 +198,9 @@ def test_an_import_message_parked_in_the_dead_letter_queue_is_replayed_into_the_
         sqs.set_queue_attributes(QueueUrl=import_queue, Attributes={"VisibilityTimeout": "180"})
     report = api.get(f"/imports/{import_id}").json()
     assert (report["status"], report["total"], report["imported"]) == ("running", 2, 1)
+    # Its report says where the order is (the worker's last delivery listed it).
+    assert [(e["line"], e["external_id"], e["code"]) for e in report["errors"]] == [(3, "D-2", "dead_lettered")]
+    assert "ConnectionError" in report["errors"][0]["message"]
     monkeypatch.undo()  # the cause is fixed
 
     # aws sqs send-message --message-body ... --message-attributes "$(jq ... map_values({DataType, StringValue}))"
@@ -212,5 +215,6 @@ def test_an_import_message_parked_in_the_dead_letter_queue_is_replayed_into_the_
 
     replayed = finished(api, import_id, timeout=SETTLE_SECONDS)
     assert (replayed["status"], replayed["total"], replayed["imported"], replayed["failed"]) == ("completed", 2, 2, 0)
+    assert replayed["errors"] == []
     imported = sorted(order["external_id"] for order in api.list_all({"channel": channel}))
     assert imported == ["D-1", "D-2"]

@@ -4,12 +4,10 @@ a receiver that fails is retried until it answers (issue 14 items 1 and 2)."""
 from __future__ import annotations
 
 import json
-import re
 import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,6 +15,7 @@ import pytest
 from infra.local.stack import EmbeddedStack
 from tests.e2e.client import Api, Catalog, assert_error, order_body, put_network, times, unique
 from tests.e2e.conftest import workflow_stack
+from tests.readme_code import readme_verify
 
 WAIT_SECONDS = 60
 
@@ -89,16 +88,6 @@ class Receiver:
             )
             time.sleep(0.1)
         return list(self.received)
-
-
-def readme_verify() -> Any:
-    """The `verify` function of the README's "Verify a delivery", exactly as written there."""
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    block = re.search(r"<!-- verify-signature -->\n```python\n(.*?)```", readme, flags=re.DOTALL)
-    assert block is not None, "README lost its signature verification example"
-    namespace: dict[str, Any] = {}
-    exec(block.group(1), namespace)  # the README's own code, run as a receiver would
-    return namespace["verify"]
 
 
 verify = readme_verify()

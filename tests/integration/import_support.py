@@ -161,7 +161,8 @@ def create_import_resources(aws: Any, monkeypatch: pytest.MonkeyPatch) -> Import
     )["QueueUrl"]
     dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     props = resources["ImportQueue"]["Properties"]
-    redrive = {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": props["RedrivePolicy"]["maxReceiveCount"]}
+    max_receives = _template().resolve(props["RedrivePolicy"]["maxReceiveCount"])
+    redrive = {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_receives}
     queue_url = sqs.create_queue(
         QueueName="test-import-queue",
         Attributes={"VisibilityTimeout": str(props["VisibilityTimeout"]), "RedrivePolicy": json.dumps(redrive)},
@@ -173,6 +174,8 @@ def create_import_resources(aws: Any, monkeypatch: pytest.MonkeyPatch) -> Import
     # for every sender, so in these tests every message comes from "the splitter".
     monkeypatch.setenv("IMPORT_SPLITTER_ROLE_ID", SQS_SENDER_ID)
     monkeypatch.delenv("IMPORT_QUEUE_SENDER_CHANNELS", raising=False)
+    # What the template gives the worker: its queue's maxReceiveCount.
+    monkeypatch.setenv("IMPORT_QUEUE_MAX_RECEIVES", str(max_receives))
     forget_warm_containers()  # the import's clients must talk to this account
     return ImportAws(sqs, s3, aws.dynamodb, queue_url, dlq_url, bucket, aws.tables)
 

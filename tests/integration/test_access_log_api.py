@@ -187,6 +187,46 @@ def test_reading_one_of_its_returns_by_the_return_id_is_a_read_of_the_order(api)
     ]
 
 
+def test_reading_returns_names_the_return_labels_it_handed_out_as_an_order_read_names_its_labels(api):
+    # A return's label carries the customer's name and address, as a shipment's does. A read of the
+    # order names the shipments whose label links it handed out (`label_urls`); a read of its
+    # returns handed out each return's label link and the log did not say which.
+    from core.return_models import Return, ReturnLine
+    from functions.bootstrap import Config, bootstrap
+    from tests.unit.conftest import usd
+
+    oid = "ord_" + "k" * 24
+    labelled, unlabelled = "rma_" + "k" * 24, "rma_" + "j" * 24
+    stored(oid, channel="label-shop")
+    created = a_stored_order(("TSHIRT", 1)).created_at
+    for ordinal, (rid, status, label) in enumerate(
+        [(labelled, "authorized", "https://labels.example/return.pdf"), (unlabelled, "requested", None)], start=1
+    ):
+        bootstrap(Config.from_env()).return_repository.add(
+            Return(
+                id=rid, order_id=oid, channel="label-shop", ordinal=ordinal, status=status,
+                lines=[ReturnLine(line_id="L1", quantity=1, reason="too small")], refund=usd("0.00"),
+                fee=usd("0.00"), label_url=label, carrier="OMS Flat Rate" if label else None,
+                created_at=created, updated_at=created, version=1,
+            )
+        )  # fmt: skip
+    reader_id, reader = key(api, "orders:read", channel="label-shop")
+    consume_queued_reads()
+
+    for path in (f"/returns/{labelled}", f"/returns/{unlabelled}", f"/orders/{oid}/returns", "/returns"):
+        assert api.get(path, key=reader).status_code == 200, path
+
+    reads = consume_queued_reads()
+    assert [(q["order_id"], q["actor"], q["action"]) for q in reads] == [(oid, reader_id, "returns")] * 4
+    assert [q["detail"] for q in reads[:3]] == [
+        {"return_id": labelled, "label_urls": [labelled]},
+        {"return_id": unlabelled},
+        {"label_urls": [labelled]},
+    ]
+    listed = reads[3]["detail"]  # the page of GET /returns: the order once, naming both
+    assert (sorted(listed["return_ids"]), listed["label_urls"]) == (sorted([labelled, unlabelled]), [labelled])
+
+
 def test_the_access_log_needs_audit_read_and_channel_keys_see_their_channel_only(api):
     oid = "ord_" + "s" * 24
     stored(oid, channel="web")

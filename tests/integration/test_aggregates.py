@@ -379,3 +379,50 @@ def test_a_year_long_report_adds_up_every_stored_row_of_its_days_and_channel_rea
         if not top:
             empty.add(channel)
     assert empty == {"b2b"}  # every other report had rows to add up
+
+
+def test_an_address_is_found_whether_its_accents_were_sent_composed_or_decomposed(aws):
+    # "josé@" arrives precomposed (é, U+00E9) from one storefront and decomposed (e + U+0301) from
+    # another (a pasted address, macOS text): both are the same address to a person, and support
+    # typing it found nothing when the order had carried the other form.
+    import unicodedata
+
+    store = DynamoAggregates(aws.dynamodb, aws.tables["CatalogTable"])
+    at = "2026-12-01T10:00:00.000000Z"
+    composed, decomposed = (unicodedata.normalize(form, "José@Example.com") for form in ("NFC", "NFD"))
+    assert composed != decomposed
+    store.apply(AggregateChange("ord_nfd", 1, [], CustomerSeen("cus_nfd", "web", decomposed, at)))
+    store.apply(AggregateChange("ord_nfc", 1, [], CustomerSeen("cus_nfc", "web", composed, at)))
+
+    for searched in (composed, decomposed, composed.upper()):
+        assert store.customer_ids(searched, None, 25, None) == (["cus_nfc", "cus_nfd"], None), ascii(searched)
+
+
+def test_an_address_indexed_decomposed_before_addresses_were_normalized_is_still_found_once(aws):
+    # Before, the index key was the address as the order gave it, lower-cased: a decomposed one's
+    # customers are under that key. A search finds them after the normalized key's, each once
+    # (one who has ordered since is under both), a page at a time.
+    import unicodedata
+
+    store = DynamoAggregates(aws.dynamodb, aws.tables["CatalogTable"])
+    at = "2026-12-01T10:00:00.000000Z"
+    decomposed = unicodedata.normalize("NFD", "zoë@example.com")
+    for customer_id in ("cus_old1", "cus_old2", "cus_both"):  # as the earlier code wrote them
+        aws.dynamodb.put_item(
+            TableName=aws.tables["CatalogTable"],
+            Item={"pk": {"S": f"customer-email#{decomposed}"}, "sk": {"S": customer_id}, "channels": {"SS": ["web"]}},
+        )
+    store.apply(AggregateChange("ord_new", 1, [], CustomerSeen("cus_new", "web", decomposed, at)))
+    store.apply(AggregateChange("ord_both", 1, [], CustomerSeen("cus_both", "web", decomposed, at)))
+
+    every = ["cus_both", "cus_new", "cus_old1", "cus_old2"]
+    for searched in (unicodedata.normalize("NFC", "ZOË@example.com"), decomposed):
+        assert store.customer_ids(searched, None, 25, None) == (every, None)
+        pages, cursor = [], None
+        while True:
+            found, cursor = store.customer_ids(searched, "web", 1, cursor)
+            pages.append(found)
+            if cursor is None:
+                break
+        assert pages == [["cus_both"], ["cus_new"], ["cus_old1"], ["cus_old2"]]
+    assert store.customer_ids("zoe@example.com", None, 25, None) == ([], None)  # another address

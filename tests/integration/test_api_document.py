@@ -348,6 +348,7 @@ CONTRACT_SHAPES |= {
     ("GET", "/orders/{order_id}", "200", "shipments", "lines"): {"line_id", "quantity"},
     ("GET", "/orders", "200"): PAGE,
     ("GET", "/orders", "200", "items"): ORDER,
+    ("GET", "/orders/{order_id}/history", "200"): PAGE,
     ("GET", "/orders/{order_id}/history", "200", "items"): {
         "at", "type", "from_status", "to_status", "actor", "detail",
     },

@@ -129,6 +129,34 @@ def test_a_fill_reserves_and_records_in_one_write_or_not_at_all(shop):
     assert shop.inventory.reservations({("PREORDER", "wh-east"): [key]}) == {("PREORDER", "wh-east", key): 2}
 
 
+def test_a_fill_moves_a_history_past_the_threshold_to_its_pages(shop, aws):
+    # A move that gave way to a racing write leaves the history past the threshold until the order's
+    # next write, which may be its fill: that write moves it as an UpdateItem's does.
+    from functions.adapters.dynamodb import HISTORY_KEPT_BYTES, HISTORY_MOVED, DynamoOrders
+    from tests.integration.test_dynamodb_history_pages import _history_bytes, _item, _noted
+
+    order_id = shop.backordered(1)
+    order = shop.order(order_id)
+    plain = DynamoOrders(aws.dynamodb, aws.tables["OrdersTable"])  # no pages: it never moves
+    for n in range(30):
+        plain.update(order, order, [_noted(n)])
+    assert _history_bytes(_item(aws, order_id)) > HISTORY_KEPT_BYTES
+    shop.inventory.set_on_hand("PREORDER", "wh-east", 1, reason="count")
+    key = reservation_key(order_id, order.lines[0].line_id)
+    new, entry = order.reserve_backordered(
+        [Allocation(line_id=order.lines[0].line_id, location_id="wh-east", quantity=1)], at=NOW, actor="backorders"
+    )
+
+    shop.backorders.fill(new, order, [entry], [TopUp("PREORDER", "wh-east", key, 0, 1)])
+
+    item = _item(aws, order_id)
+    assert HISTORY_MOVED in item and _history_bytes(item) <= HISTORY_KEPT_BYTES
+    stored, history = shop.container.order_repository.history(order_id, consistent=True)
+    assert stored == new
+    assert [h.actor for h in history if h.actor.startswith("n")] == [f"n{n}" for n in range(30)]
+    assert history[-1] == entry
+
+
 def test_the_queue_is_oldest_first_paged_idempotent_and_invisible_to_stock_reads(shop):
     queue = shop.backorders
     entries = [WaitingOrder(NOW + timedelta(seconds=n), f"ord_{chr(97 + n) * 24}") for n in (2, 0, 1)]

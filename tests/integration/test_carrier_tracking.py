@@ -64,7 +64,7 @@ def test_the_plugin_gets_the_parsed_and_the_raw_body_and_the_headers_but_not_the
 
     status, report = api(webhook("acme-courier", body, **{"Acme-Signature": "t=1,v1=abc"}))
 
-    assert (status, report) == (200, {"carrier": "acme-courier", "updates": []})
+    assert (status, report) == (200, {"carrier": "acme-courier", "updates": [], "refused": []})
     (call,) = recorder.calls
     assert call["payload"] == body
     assert call["body"] == json.dumps(body)
@@ -99,11 +99,22 @@ def test_a_carrier_no_plugin_answers_for_is_404(aws):
     assert body["error"]["code"] == "not_found"
 
 
-def test_a_malformed_webhook_is_422_naming_the_field(aws):
-    status, body = api(webhook("oms-flat-rate", {"events": [FLAT_RATE_EVENT]}))
+def test_a_malformed_event_is_refused_at_its_position_naming_the_field(aws):
+    status, report = api(webhook("oms-flat-rate", {"events": [FLAT_RATE_EVENT]}))
+
+    assert status == 200
+    assert report["updates"] == []
+    assert report["refused"] == [{"position": 0, "error": {
+        "code": "validation_error", "message": "not an OMS Flat Rate tracking event",
+        "details": [{"field": "events[0].tracking_number", "message": "Field required"}],
+    }}]  # fmt: skip
+
+
+def test_a_body_that_is_no_webhook_of_the_carrier_is_422_naming_the_field(aws):
+    status, body = api(webhook("oms-flat-rate", {"events": [FLAT_RATE_EVENT], "sent_by": "relay-7"}))
 
     assert status == 422
-    assert body["error"]["details"] == [{"field": "events[0].tracking_number", "message": "Field required"}]
+    assert body["error"]["details"] == [{"field": "sent_by", "message": "Extra inputs are not permitted"}]
 
 
 @pytest.mark.parametrize("scan", ["delivered", "in_transit"])

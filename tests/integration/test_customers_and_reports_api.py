@@ -146,3 +146,26 @@ def test_a_customer_search_cursor_is_bound_to_the_channel_it_was_read_for(api: I
     assert_error(sent_by_admin, 422, "invalid_cursor", "cursor")
     rest = api.get("/customers", params={"email": "both@acme.example", "cursor": cursor}, key=web)
     assert ([c["id"] for c in rest.json()["items"]], rest.json()["next_cursor"]) == (["cus_b2"], None)
+
+
+@pytest.mark.parametrize(
+    "email", ["ada", "ada@example", "ada @example.com", "\u0000\u0001\u0002", "ada@exam\u200bple.com"]
+)
+def test_a_search_for_what_cannot_be_an_email_is_422_not_no_customer(api: InProcessApi, email: str):
+    # "?email=ada" (the domain forgotten) answered 200 with no items: support read it as "no such
+    # customer", though no order can be placed under an address without its domain.
+    assert_error(api.get("/customers", params={"email": email}), 422, "validation_error", "email")
+
+
+def test_a_search_by_email_trims_it_and_ignores_its_case(api: InProcessApi):
+    from core.aggregates import AggregateChange, CounterUpdate, CustomerSeen
+    from functions.api.dependencies import container
+
+    seen = CustomerSeen("cus_trim", "web", "Grace@Example.com", "2026-12-01T10:00:00.000000Z")
+    container().aggregate_store.apply(
+        AggregateChange("ord_trim", 1, [CounterUpdate("customer#cus_trim", "web", {"orders_count": 1})], seen)
+    )
+
+    found = api.get("/customers", params={"email": "  GRACE@example.COM "})
+    assert found.status_code == 200, found.text
+    assert [c["id"] for c in found.json()["items"]] == ["cus_trim"]

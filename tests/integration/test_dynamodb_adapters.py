@@ -120,6 +120,28 @@ def test_adjustments_add_and_refuse_to_go_below_reserved(aws, inventory):
     assert (level.on_hand, level.reserved, level.available) == (9, 3, 6)
 
 
+def test_a_count_below_reserved_lands_only_with_the_reservations_it_releases_still_held(inventory):
+    # The stock take's write (core.services.InventoryService.count): below the reserved units it is
+    # conditional on the reservations it is about to release holding their units still and the rest
+    # fitting the count; it leaves available negative, so nothing reserves there until they go.
+    inventory.set_on_hand("TSHIRT", "wh-east", 10, "count")
+    inventory.reserve("TSHIRT", "wh-east", "ord_a#L1", 4)
+    inventory.reserve("TSHIRT", "wh-east", "ord_b#L1", 4)
+
+    for releasing in ({}, {"ord_b#L1": 3}, {"ord_b#L1": 4, "ord_c#L1": 1}, {"ord_a#L1": 4}):
+        with pytest.raises(InsufficientStock):
+            inventory.set_on_hand("TSHIRT", "wh-east", 3, "stock_take", releasing=releasing)
+    assert inventory.held_at("TSHIRT", "wh-east")[0].on_hand == 10
+
+    level = inventory.set_on_hand("TSHIRT", "wh-east", 5, "stock_take", releasing={"ord_b#L1": 4})
+    assert (level.on_hand, level.reserved, level.available) == (5, 8, -3)
+    with pytest.raises(InsufficientStock):
+        inventory.reserve("TSHIRT", "wh-east", "ord_d#L1", 1)
+    inventory.release("TSHIRT", "wh-east", "ord_b#L1")
+    level, held = inventory.held_at("TSHIRT", "wh-east")
+    assert (level.on_hand, level.reserved, level.available, held) == (5, 4, 1, {"ord_a#L1": 4})
+
+
 def test_an_adjustment_with_a_key_counts_once_a_day_and_a_refused_one_records_nothing(aws, inventory, monkeypatch):
     from functions.adapters import dynamodb
 
@@ -538,8 +560,9 @@ def test_a_history_only_entry_decided_on_a_history_that_grew_since_is_stale(capt
     noted = HistoryEntry(at=NOW, type="payment_void_failed", actor="b", detail={"kind": "refused"})
     orders.update(placed, placed, [noted], history_length=1)
 
+    # The other attempt's entry, at its own time (the very same entry would be this write again).
     with pytest.raises(StaleVersion):
-        orders.update(placed, placed, [noted], history_length=1)
+        orders.update(placed, placed, [noted.model_copy(update={"at": NOW + timedelta(seconds=1)})], history_length=1)
 
     assert [h.actor for h in orders.history(placed.id)[1]] == ["a", "b"]
 

@@ -10,12 +10,21 @@ from typing import Any
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError, ReadTimeoutError
 
 from core.domain_events import order_events
 from core.errors import StaleVersion
 from core.models import HistoryEntry, Order
+from core.ports import StockMove
+from core.status import OrderStatus
 from functions.adapters import order_codec
-from functions.adapters.dynamodb import HISTORY_KEPT_BYTES, HISTORY_MOVED, HISTORY_PAGE_PK, DynamoOrders
+from functions.adapters.dynamodb import (
+    HISTORY_KEPT_BYTES,
+    HISTORY_MOVED,
+    HISTORY_PAGE_PK,
+    DynamoInventory,
+    DynamoOrders,
+)
 from infra.local.event_sources import compile_filters, matches_filters
 from infra.local.template import Template
 from tests.builders import NOW, place_order
@@ -188,3 +197,132 @@ def test_a_one_off_backfill_reads_a_paged_history_whole_given_the_catalog_table(
     # Without it, the run stops naming what it needs rather than deciding on a history cut short.
     with pytest.raises(ValueError, match="--catalog-table"):
         _upgraded_from_history(aws.dynamodb, table, 500, 5, None, needs=lambda o: True, change=change)
+
+
+def _first_answer_lost(client: Any, operation: str) -> list[int]:
+    """The next `operation` the client sends is written, and its answer lost on the way back (a
+    read timeout): botocore sends it again, as it does on AWS. Returns the attempts counted."""
+    sent: list[int] = []
+
+    def lose(event_name: str, **_: Any) -> None:
+        if event_name != f"before-send.dynamodb.{operation}":
+            return
+        sent.append(1)
+        if len(sent) == 1:
+            raise ReadTimeoutError(endpoint_url="https://dynamodb.us-east-1.amazonaws.com")
+
+    # Registered last on moto's own event (a more specific one is emitted before it): called once
+    # moto has answered, so written, the request.
+    client.meta.events.register_last("before-send", lose)
+    return sent
+
+
+def test_a_history_only_entry_retried_after_its_answer_was_lost_is_written_once(capture, aws, paged):
+    placed = capture.place(place_order(), actor="a")
+    sent = _first_answer_lost(aws.dynamodb, "UpdateItem")
+
+    paged.update(placed, placed, [_noted(0)])  # no error: the retry recognises its own write
+
+    assert len(sent) == 2
+    assert [h.actor for h in paged.history(placed.id, consistent=True)[1]] == ["a", "n0"]
+    assert paged.get(placed.id, consistent=True) == placed
+
+
+def test_a_history_only_entry_decided_on_the_history_length_retried_after_its_answer_was_lost_is_written_once(
+    capture, aws, paged
+):
+    placed = capture.place(place_order(), actor="a")
+    sent = _first_answer_lost(aws.dynamodb, "UpdateItem")
+
+    paged.update(placed, placed, [_noted(0)], history_length=1)
+
+    assert len(sent) == 2
+    assert [h.actor for h in paged.history(placed.id, consistent=True)[1]] == ["a", "n0"]
+
+
+def test_a_status_change_retried_after_its_answer_was_lost_is_that_write_not_a_lost_race(capture, aws, paged):
+    # The first attempt landed: the retry finds the order at the version it wrote, not a stale read.
+    placed = capture.place(place_order(), actor="a")
+    held = placed.model_copy(update={"status": OrderStatus.ON_HOLD, "version": placed.version + 1})
+    entry = HistoryEntry(at=NOW, type="on_hold", from_status=placed.status, to_status=held.status, actor="b")
+    sent = _first_answer_lost(aws.dynamodb, "UpdateItem")
+
+    paged.update(held, placed, [entry])
+
+    assert len(sent) == 2
+    order, history = paged.history(placed.id, consistent=True)
+    assert order == held and [h.actor for h in history] == ["a", "b"]
+    with pytest.raises(StaleVersion):  # another write of that version is still refused
+        paged.update(held, placed, [entry.model_copy(update={"actor": "c"})])
+
+
+def test_the_same_history_only_write_made_twice_lands_once_and_a_new_one_lands(capture, aws, paged):
+    placed = capture.place(place_order(), actor="a")
+    entries = [_noted(0), _noted(1)]
+    paged.update(placed, placed, entries)
+    paged.update(placed, placed, list(entries))
+    paged.update(placed, placed, [entries[1], _noted(2)])  # not all of it written yet: written whole
+
+    assert [h.actor for h in paged.history(placed.id, consistent=True)[1]] == ["a", "n0", "n1", "n1", "n2"]
+
+
+def _grown_past_the_threshold(aws, order: Order, count: int = 30) -> None:
+    """The order's history grown past HISTORY_KEPT_BYTES in its item: a move that gave way to a
+    racing write leaves it so until the order's next write (as an older deployment's writes did)."""
+    plain = DynamoOrders(aws.dynamodb, aws.tables["OrdersTable"])
+    for n in range(count):
+        plain.update(order, order, [_noted(n)])
+    assert _history_bytes(_item(aws, order.id)) > HISTORY_KEPT_BYTES
+
+
+def test_a_write_with_stock_moves_moves_a_history_past_the_threshold(capture, aws):
+    # A cancel of units' stock step: the order's write and its stock moves in one transaction.
+    orders = DynamoOrders(
+        aws.dynamodb, aws.tables["OrdersTable"], aws.tables["InventoryTable"], aws.tables["CatalogTable"]
+    )
+    inventory = DynamoInventory(aws.dynamodb, aws.tables["InventoryTable"])
+    placed = capture.place(place_order(), actor="a")
+    _grown_past_the_threshold(aws, placed)
+    owing = placed.model_copy(update={"version": placed.version + 1}).owing_stock()
+    orders.update(owing, placed, [])  # it moves: back under the threshold
+    _grown_past_the_threshold(aws, owing)
+    key = f"{owing.id}#L1"
+    inventory.adjust("MUG", "wh-west", 5, "count")
+    inventory.reserve("MUG", "wh-west", key, 3)
+    released, _ = owing.stock_released(at=NOW)
+
+    orders.update_with_stock(released, owing, [], [StockMove("MUG", "wh-west", key, held=3, keep=1)])
+
+    item = _item(aws, owing.id)
+    assert _history_bytes(item) <= HISTORY_KEPT_BYTES
+    assert len(_pages(aws, owing.id)) == 2
+    order, history = orders.history(owing.id, consistent=True)
+    assert order == released
+    assert [h.actor for h in history] == ["a", *(f"n{n}" for n in range(30)), *(f"n{n}" for n in range(30))]
+
+
+@pytest.mark.parametrize(
+    "code", ["ProvisionedThroughputExceededException", "InternalServerError"], ids=["throttled", "failed"]
+)
+def test_a_move_that_fails_after_its_write_landed_leaves_the_write_answered_and_the_next_write_moves(
+    capture, aws, paged, code
+):
+    # The move follows a write that landed: its failure must not make that write look failed (its
+    # caller would decide again on the order it wrote, or answer a 5xx for a change made).
+    placed = capture.place(place_order(), actor="a")
+    _grown_past_the_threshold(aws, placed)
+    failed: list[str] = []
+
+    def fail(**_: Any) -> None:
+        if not failed:
+            failed.append(code)
+            raise ClientError({"Error": {"Code": code, "Message": "not now"}}, "TransactWriteItems")
+
+    aws.dynamodb.meta.events.register("before-call.dynamodb.TransactWriteItems", fail)
+
+    paged.update(placed, placed, [_noted(30)])
+
+    assert failed == [code] and HISTORY_MOVED not in _item(aws, placed.id)
+    paged.update(placed, placed, [_noted(31)])
+    assert HISTORY_MOVED in _item(aws, placed.id)
+    assert [h.actor for h in paged.history(placed.id)[1]] == ["a", *(f"n{n}" for n in range(32))]

@@ -16,7 +16,7 @@ import pytest
 from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
 from botocore.exceptions import ClientError
 
-from core.domain_events import EVENT_BYTES, DomainEvent, EventType
+from core.domain_events import EVENT_BYTES, DomainEvent, EventType, outgoing
 from core.models import (
     Address,
     Allocation,
@@ -38,6 +38,7 @@ from core.status import OrderStatus, PaymentStatus, ShipmentStatus
 from functions.adapters import order_codec
 from functions.adapters.webhooks import PUT_EVENTS_BYTES, EventBridgePublisher, entry_size
 from tests.integration.test_events_and_webhooks import Context, drain, subscribe, wired  # noqa: F401
+from tests.integration.test_reconciler import emitted
 
 AT = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 WIDE = "😀"  # four bytes of UTF-8: a field at its limit in characters, at its most in bytes
@@ -298,4 +299,105 @@ def test_an_event_of_any_type_at_the_most_an_event_may_weigh_fits_an_entry(type_
     room = EVENT_BYTES - len(event.model_dump_json().encode())
     fullest = event.model_copy(update={"data": {"note": "x" * (room - len('"note":""'))}})
     assert len(fullest.model_dump_json().encode()) == EVENT_BYTES
-    assert entry_size(EventBridgePublisher(None, "bus")._entry(fullest)) <= PUT_EVENTS_BYTES
+    assert entry_size(EventBridgePublisher(None, "bus")._entry(outgoing(fullest))) <= PUT_EVENTS_BYTES
+
+
+def serializations(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The ids of the events serialized to JSON from now on, one entry per serialization."""
+    from pydantic import BaseModel
+
+    serialized: list[str] = []
+
+    def counted(self: DomainEvent, **options: Any) -> str:
+        serialized.append(self.id)
+        return BaseModel.model_dump_json(self, **options)
+
+    monkeypatch.setattr(DomainEvent, "model_dump_json", counted)
+    return serialized
+
+
+def test_each_event_of_the_largest_order_is_serialized_once_for_the_bus_and_its_deliveries(
+    aws,
+    wired,  # noqa: F811
+    bus,
+    monkeypatch,
+):
+    """Each event was serialized three times (weighed against the entry's 256 KB, put on the bus,
+    stored as its delivery's body): a 170 KB event of the largest order paid for its JSON thrice in
+    billed duration. Now its JSON is made once and the same text weighed, sent and stored."""
+    from functions.events.app import container, lambda_handler
+
+    old = the_largest_order(OrderStatus.SHIPPED, delivered=99, returned=False)
+    new = the_largest_order(OrderStatus.DELIVERED, delivered=100, returned=False)
+    subscriber = subscribe("http://127.0.0.1:9/all", ["*"], channel=new.channel)
+    serialized = serializations(monkeypatch)
+
+    assert lambda_handler(a_change(old, new), Context()) == {"batchItemFailures": []}
+
+    sent = [event["id"] for event in bus.taken]
+    assert len(sent) == 2 and sorted(serialized) == sorted(sent)
+    records, _ = container().webhook_store.deliveries(subscriber.id, 10, None)
+    details = {json.loads(entry["Detail"])["id"]: entry["Detail"] for call in bus.calls for entry in call}
+    assert {record.event_id: record.body for record in records} == details  # the very same text
+
+
+def test_an_event_over_its_room_is_serialized_once_whole_and_once_per_list_it_leaves_out(
+    aws,
+    wired,  # noqa: F811
+    bus,
+    monkeypatch,
+):
+    """Cut down, an event was serialized five times: whole to weigh it, once more to copy its data,
+    without its refunds to weigh it again, then for the bus and for its delivery."""
+    from functions.events.app import lambda_handler
+
+    old = the_largest_order(OrderStatus.DELIVERED, delivered=100, appeasements=199)
+    new = the_largest_order(OrderStatus.DELIVERED, delivered=100, appeasements=200)
+    subscribe("http://127.0.0.1:9/all", ["refund.succeeded"])
+    serialized = serializations(monkeypatch)
+
+    assert lambda_handler(a_change(old, new), Context()) == {"batchItemFailures": []}
+
+    [event] = bus.taken
+    assert event["data"]["omitted"] == ["order.payment.refunds"] and serialized == [event["id"]] * 2
+
+
+@pytest.fixture
+def metrics_on(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """EMF on stdout, starting and leaving empty (powertools keeps one metric set for every instance)."""
+    from functions.events.app import metrics
+
+    monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "false")
+    metrics.clear_metrics()
+    yield
+    metrics.clear_metrics()
+
+
+def test_an_event_cut_down_for_the_bus_is_counted_and_logged_for_operators(aws, wired, bus, metrics_on, capsys, caplog):  # noqa: F811
+    """Subscribers got an event without its order's refunds and nothing told operators: no metric,
+    and the log line named only the types. Now `EventsCutDown` counts it and the line names the
+    event and what it left out."""
+    from functions.events.app import lambda_handler
+
+    old = the_largest_order(OrderStatus.DELIVERED, delivered=100, appeasements=199)
+    new = the_largest_order(OrderStatus.DELIVERED, delivered=100, appeasements=200)
+    assert lambda_handler(a_change(old, new), Context()) == {"batchItemFailures": []}
+    printed = capsys.readouterr().out
+
+    [event] = bus.taken
+    assert emitted(printed)["EventsCutDown"] == 1
+    [line] = [record for record in caplog.records if record.getMessage() == "events published"]
+    assert line.cut_down == [{"id": event["id"], "omitted": ["order.payment.refunds"]}]
+
+
+def test_events_that_go_out_whole_count_none_cut_down(aws, wired, bus, metrics_on, capsys, caplog):  # noqa: F811
+    from functions.events.app import lambda_handler
+
+    old = the_largest_order(OrderStatus.SHIPPED, delivered=99, returned=False)
+    new = the_largest_order(OrderStatus.DELIVERED, delivered=100, returned=False)
+    assert lambda_handler(a_change(old, new), Context()) == {"batchItemFailures": []}
+    printed = capsys.readouterr().out
+
+    assert emitted(printed) == {"EventsPublished": 2}
+    [line] = [record for record in caplog.records if record.getMessage() == "events published"]
+    assert not hasattr(line, "cut_down")

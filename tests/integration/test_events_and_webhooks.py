@@ -5,6 +5,7 @@ and POSTs to a receiver over real HTTP on loopback, retries after a 5xx or a tim
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import socket
 import threading
@@ -697,6 +698,54 @@ def test_a_subscriber_trickling_its_2xx_past_the_timeout_is_a_timed_out_attempt(
         done.set()
         listener.close()
     assert (result.status_code, result.error) == (None, "timed out")
+
+
+def answering(raw: bytes) -> tuple[socket.socket, list[bytes]]:
+    """A listener on loopback that answers its first request with `raw` and keeps what it was sent."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    requests: list[bytes] = []
+
+    def answer() -> None:
+        with contextlib.suppress(OSError):  # closed by the test: nobody came
+            connection, _ = listener.accept()
+            with connection:
+                requests.append(connection.recv(65536))
+                connection.sendall(raw)
+
+    threading.Thread(target=answer, daemon=True).start()
+    return listener, requests
+
+
+@pytest.mark.parametrize(
+    ("raw", "answered"),
+    [
+        (b"HTTP/1.1 410 Gone\r\nContent-Length: 0\r\n\r\n", (410, "HTTP 410")),
+        (b"HTTP/1.1 200 OK\r\n\r\n" + b"x" * 4_000_000, (200, None)),
+        (b"HTTP/1.1 200 OK\r\n" + b"X-A: b\r\n" * 200 + b"\r\n", (None, "got more than 100 headers")),
+    ],
+)
+def test_a_subscribers_answer_is_recorded_as_given_and_a_redirect_never_followed(raw: bytes, answered: tuple):
+    """Checked and right, kept so: a 3xx is the answer (following it would reach wherever its
+    Location says, past the checks on the URL); a 410 is a failure like any other (the contract
+    retries anything but a 2xx); a huge body is not read; endless headers end the attempt."""
+    from core.webhooks import check_url
+    from functions.adapters.webhooks import HttpWebhookSender
+
+    elsewhere, reached = answering(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    redirect = f"HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:{elsewhere.getsockname()[1]}/x\r\n\r\n"
+    sender = HttpWebhookSender()
+    results = []
+    for answer in (redirect.encode(), raw):
+        listener, requests = answering(answer)
+        target = check_url(f"http://127.0.0.1:{listener.getsockname()[1]}/hook", lambda *_: [], allow_local_http=True)
+        try:
+            results.append(sender.post(target, b"{}", {"Content-Type": "application/json"}, timeout=5))
+        finally:
+            listener.close()
+        assert len(requests) == 1 and requests[0].startswith(b"POST /hook ")
+    elsewhere.close()
+    assert [(r.status_code, r.error) for r in results] == [(302, "HTTP 302"), answered]
+    assert reached == []
 
 
 def test_a_delivery_whose_webhook_was_deleted_ends_failed_without_counting_a_missed_event(

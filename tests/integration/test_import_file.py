@@ -144,3 +144,71 @@ def test_the_summary_of_a_failed_import_counts_its_file_error_among_its_errors()
 
     assert "first errors (3 of 3):" in import_file.summary(report, 10)
     assert "first errors (2 of 3):" in import_file.summary(report, 2)
+
+
+def test_the_summary_shows_a_file_s_control_characters_escaped_never_sent_to_the_terminal():
+    """An error's external_id and message are the file's own text: a merchant's row naming its
+    order "\\x1b]52;c;...\\x07" (a terminal's clipboard write) or "\\x1b[2J" (clear the screen) was
+    printed as it was, and the operator's terminal obeyed it."""
+    report = a_report("completed_with_errors", (2, "invalid_number"), (3, "order_reopened"))
+    report["errors"][0]["external_id"] = "web-1\x1b]52;c;cm0gLXJmIH4K\x07"
+    report["errors"][1]["message"] = "this row reopens order web/b\x1b[2J\u202e, closed earlier"
+    report["source"] = "s3://b/incoming/\x1b[31morders.csv"
+
+    text = "\n".join(import_file.summary(report, 10))
+
+    assert not any(character in text for character in "\x1b\x07\u202e")
+    assert "web-1\\x1b]52;c;cm0gLXJmIH4K\\x07" in text and "web/b\\x1b[2J\\u202e, closed" in text
+    assert "s3://b/incoming/\\x1b[31morders.csv" in text
+
+
+def short_report(done: int) -> dict[str, Any]:
+    """A running import read whole: `done` of its 3 orders counted."""
+    return {**a_report("running", imported=done), "total": 3, "total_final": True}
+
+
+def follow_polled_a_minute_apart(monkeypatch: pytest.MonkeyPatch, reports: Reports) -> dict[str, Any]:
+    import io
+
+    from rich.console import Console
+
+    monkeypatch.setattr(import_file.requests, "Session", lambda: reports)
+    monkeypatch.setattr(import_file, "POLL_SECONDS", 0)
+    minutes = iter(range(0, 1_000_000, 60))
+    stack = {"api_url": "https://api.example.com/v1", "api_key": "k"}
+    console = Console(file=io.StringIO())
+    return import_file.follow(stack, "imp_" + "a" * 24, console, timeout=None, clock=lambda: next(minutes))
+
+
+def test_an_import_whose_counts_stop_short_of_its_total_ends_the_following_saying_where_the_rest_wait(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """An order that failed five times for a reason not its own waits in the import DLQ, and its
+    import stays running one short until it is redriven: `make import` polled it for ever."""
+    stalled = Reports(short_report(1), short_report(2), short_report(2))
+
+    report = follow_polled_a_minute_apart(monkeypatch, stalled)
+
+    # Counted 2 of 3 at the second poll, nothing since: given up once STALLED_PATIENCE had passed.
+    assert report["status"] == "running" and report["imported"] == 2
+    assert stalled.polls == 2 + import_file.STALLED_PATIENCE // 60
+    said = import_file.stalled({"api_url": "https://api.example.com/v1"}, report)
+    assert "counted 2 of its 3 orders" in said and "dead-letter queue" in said
+
+    # Counting on, 30 minutes between two counts: followed to its end.
+    moving = Reports(*(short_report(n // 30) for n in range(90)), a_report("completed", imported=3))
+    assert follow_polled_a_minute_apart(monkeypatch, moving)["status"] == "completed"
+
+
+def test_an_import_whose_uncounted_orders_all_wait_in_the_dlq_ends_the_following_at_once(monkeypatch):
+    parked = short_report(2)
+    parked["errors"] = [{"line": 4, "external_id": "ext-3", "code": "dead_lettered", "message": "waits in the DLQ"}]
+    reports = Reports(short_report(1), parked)
+
+    report = follow_polled_a_minute_apart(monkeypatch, reports)
+
+    assert reports.polls == 2 and report["status"] == "running"
+    said = import_file.stalled({"api_url": "https://api.example.com/v1"}, report)
+    assert "counted 2 of its 3 orders, the other 1 wait in the import dead-letter queue" in said
+    # Listed, not counted among the failed: "first errors (1 of 0)" otherwise.
+    assert "first errors (1 of 1):" in import_file.summary(report, 10)

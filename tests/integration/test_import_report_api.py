@@ -38,3 +38,52 @@ def test_a_report_of_a_thousand_errors_naming_emoji_orders_is_answered(api: InPr
     errors = answer.json()["errors"]
     assert len(errors) == MAX_REPORTED_ERRORS
     assert all(error["code"] == "order_reopened" and error["message"].endswith("…") for error in errors)
+
+
+def test_errors_stored_whole_by_an_older_version_are_answered_cut(api: InProcessApi):
+    # Before errors were cut as they are kept, a cell went into the report whole (as much as
+    # DynamoDB's item took): such stored errors are cut as they are read, as a new one is cut as it
+    # is kept, and a report of a thousand of them fits Lambda's response (it was over 6 MB: 502).
+    import boto3
+
+    from core.import_service import MAX_REPORTED_ERRORS
+    from core.imports import MAX_EXTERNAL_ID_CHARS, MAX_MESSAGE_CHARS, import_id_for
+    from functions.api.dependencies import container
+
+    ledger, at = container().import_ledger, datetime(2026, 1, 1, tzinfo=UTC)
+    import_id = import_id_for("bucket", "incoming/old.csv", "v1")
+    ledger.begin(import_id, "s3://bucket/incoming/old.csv", at)
+    long_id, long_message = "\U0001f600" * 1_000, "quantity " + "\U0001f600" * 2_000
+    table = boto3.resource("dynamodb", region_name="us-east-1").Table(ledger._table)
+    with table.batch_writer() as batch:  # the items as the older version wrote them
+        for ordinal in range(1, MAX_REPORTED_ERRORS + 1):
+            batch.put_item(
+                Item={
+                    "pk": f"IMPORT#{import_id}#ERRORS",
+                    "sk": f"{ordinal:06d}",
+                    "line": ordinal + 1,
+                    "external_id": long_id + str(ordinal),
+                    "code": "invalid_number",
+                    "message": long_message,
+                }
+            )
+    # Its counts, and a file error of that version, its message a whole header cell.
+    table.update_item(
+        Key={"pk": f"IMPORT#{import_id}", "sk": "IMPORT"},
+        UpdateExpression="SET failed = :failed, error_code = :code, error_message = :message",
+        ExpressionAttributeValues={":failed": MAX_REPORTED_ERRORS, ":code": "invalid_header", ":message": long_message},
+    )
+
+    answer = api.get(f"/imports/{import_id}")
+
+    assert answer.status_code == 200, answer.text[:300]
+    errors = answer.json()["errors"]
+    assert len(errors) == MAX_REPORTED_ERRORS + 1
+    assert errors[0]["line"] is None and errors[0]["code"] == "invalid_header"
+    assert [error["line"] for error in errors[1:]] == list(range(2, MAX_REPORTED_ERRORS + 2))
+    for error in errors:
+        assert len(error["message"].encode("utf-16-le")) <= 2 * MAX_MESSAGE_CHARS
+        assert error["message"].startswith("quantity ") and error["message"].endswith("…")
+    for error in errors[1:]:
+        assert len(error["external_id"].encode("utf-16-le")) <= 2 * MAX_EXTERNAL_ID_CHARS
+        assert error["external_id"].endswith("…")

@@ -262,6 +262,7 @@ def test_a_batch_with_a_poison_message_reports_only_that_one_failed(stack: Impor
     assert failed == {poisoned["messageId"]}
     imported = report(import_id)
     assert (imported["status"], imported["imported"], imported["failed"]) == ("running", 9, 0)
+    assert imported["errors"] == []  # retried: listed as parked only once its last delivery fails
 
 
 def test_a_poison_message_ends_in_the_dlq_after_5_receives_while_its_batch_is_processed(stack: ImportAws, poison: None):
@@ -296,6 +297,43 @@ def test_a_redriven_message_completes_its_import(stack: ImportAws, poison: None)
     stack.drain(worker)
 
     assert report(import_id)["status"] == "completed"
+
+
+def test_an_order_parked_in_the_dlq_is_listed_on_its_import_until_a_redrive_counts_it(stack: ImportAws, poison: None):
+    # The import stayed running, one short, and nothing in its report said why or where the order was.
+    from functions.import_worker.app import container
+
+    rows = [csv_row("ext-1"), csv_row("ext-2", "NOPE"), csv_row("ext-poison", "POISON"), csv_row("ext-3")]
+    import_id = split(stack, "incoming/orders.csv", csv_file(*rows))
+    stack.drain(worker)
+
+    waiting = report(import_id)
+    assert (waiting["status"], waiting["total"], waiting["imported"], waiting["failed"]) == ("running", 4, 2, 1)
+    assert [(e["line"], e["external_id"], e["code"]) for e in waiting["errors"]] == [
+        (3, "ext-2", "unknown_sku"),
+        (4, "ext-poison", "dead_lettered"),
+    ]
+    assert "dead-letter queue" in waiting["errors"][1]["message"]
+
+    # Redriven before the fix: parked again, listed once.
+    (parked,) = stack.sqs.receive_message(QueueUrl=stack.dlq_url, MessageAttributeNames=["All"])["Messages"]
+    stack.sqs.delete_message(QueueUrl=stack.dlq_url, ReceiptHandle=parked["ReceiptHandle"])
+    stack.sqs.send_message(
+        QueueUrl=stack.queue_url, MessageBody=parked["Body"], MessageAttributes=parked["MessageAttributes"]
+    )
+    stack.drain(worker)
+    assert [e["code"] for e in report(import_id)["errors"]] == ["unknown_sku", "dead_lettered"]
+
+    container().plugins.unregister(name="poison_price")  # the fix is deployed, then the redrive
+    (parked,) = stack.sqs.receive_message(QueueUrl=stack.dlq_url, MessageAttributeNames=["All"])["Messages"]
+    stack.sqs.send_message(
+        QueueUrl=stack.queue_url, MessageBody=parked["Body"], MessageAttributes=parked["MessageAttributes"]
+    )
+    stack.drain(worker)
+
+    done = report(import_id)
+    assert (done["status"], done["imported"], done["failed"]) == ("completed_with_errors", 3, 1)
+    assert [(e["line"], e["code"]) for e in done["errors"]] == [(3, "unknown_sku")]
 
 
 def test_orders_sent_directly_by_another_system_are_captured_and_bad_ones_never_retried(stack: ImportAws):
@@ -422,6 +460,27 @@ def test_a_count_dynamodb_refused_is_made_by_the_redelivery_so_the_import_still_
     assert (done["status"], done["total"], done["imported"], done["duplicates"], done["failed"]) == (
         "completed", 2, 2, 0, 0,
     )  # fmt: skip
+
+
+def test_a_redriven_parked_order_whose_count_is_refused_is_counted_and_unlisted_by_the_redelivery(
+    stack: ImportAws, poison: None, monkeypatch: pytest.MonkeyPatch
+):
+    from functions.import_worker.app import container
+
+    import_id = split(stack, "incoming/orders.csv", csv_file(csv_row("ext-1"), csv_row("ext-poison", "POISON")))
+    stack.drain(worker)
+    container().plugins.unregister(name="poison_price")
+    (parked,) = stack.sqs.receive_message(QueueUrl=stack.dlq_url, MessageAttributeNames=["All"])["Messages"]
+    stack.sqs.send_message(
+        QueueUrl=stack.queue_url, MessageBody=parked["Body"], MessageAttributes=parked["MessageAttributes"]
+    )
+    refused = refuse_once(monkeypatch, lambda update: "parked" in update, "ProvisionedThroughputExceededException")
+
+    stack.drain(worker)
+
+    assert refused == [f"IMPORT#{import_id}"]
+    done = report(import_id)
+    assert (done["status"], done["imported"], done["errors"]) == ("completed", 2, [])
 
 
 def test_an_import_whose_completing_write_was_refused_is_completed_by_the_redelivery(
@@ -974,6 +1033,29 @@ def test_forged_import_attributes_count_on_no_import_whoever_sends_them(stack: I
     )
     assert [error["line"] for error in after["errors"]] == [3]  # the splitter's own bad line only
     assert "signing_key" not in after and "signature" not in json.dumps(after)
+
+
+def test_a_forged_import_line_that_keeps_failing_is_never_listed_on_the_import(stack: ImportAws, poison: None):
+    # A line's last failed delivery lists it on its import: only a line the import's splitter signed.
+    import_id = split(stack, "incoming/orders.csv", csv_file(csv_row("ext-1")))
+    (genuine,) = stack.peek()
+    signed = {
+        name: {"DataType": v["DataType"], "StringValue": v["StringValue"]}
+        for name, v in genuine["MessageAttributes"].items()
+    }
+    forged = order_body(channel="market", external_id="forged-1", lines=[{"sku": "POISON", "quantity": 1}])
+    stack.sqs.send_message(
+        QueueUrl=stack.queue_url,
+        MessageBody=json.dumps(forged),
+        MessageAttributes={**signed, "line": {"DataType": "Number", "StringValue": "7"}},
+    )
+
+    stack.drain(worker)
+
+    parked = stack.sqs.receive_message(QueueUrl=stack.dlq_url)["Messages"]
+    assert [json.loads(m["Body"])["external_id"] for m in parked] == ["forged-1"]
+    after = report(import_id)
+    assert (after["status"], after["imported"], after["errors"]) == ("completed", 1, [])
 
 
 def test_a_signed_line_redriven_by_another_sender_still_counts_on_its_import(stack: ImportAws, monkeypatch):

@@ -86,7 +86,12 @@ def test_an_order_past_the_item_limit_keeps_every_entry_and_can_still_be_cancell
     assert cancelled.status_code == 200, cancelled.text
     assert cancelled.json()["status"] == "cancelled"
 
-    entries = api.get(f"{path}/history").json()["items"]
+    entries: list[dict[str, Any]] = []
+    page: dict[str, Any] = {"next_cursor": None}
+    while not entries or page["next_cursor"]:  # paged: 100 entries at most a page
+        cursor = {"cursor": page["next_cursor"]} if page["next_cursor"] else {}
+        page = api.get(f"{path}/history", params={"limit": 100, **cursor}).json()
+        entries += page["items"]
     assert entries[0]["type"] == "created" and entries[-1]["to_status"] == "cancelled"
     kept = [entry["detail"]["note"] for entry in entries if entry["type"] in ("on_hold", "released")]
     assert kept == notes

@@ -176,8 +176,8 @@ def test_history_of_a_new_order_is_one_created_entry_to_pending_by_the_admin_key
 
     assert response.status_code == 200, response.text
     history = response.json()
-    assert set(history) == {"items"}
-    assert len(history["items"]) == 1
+    assert set(history) == {"items", "next_cursor"}  # paged as every list (API.md conventions)
+    assert len(history["items"]) == 1 and history["next_cursor"] is None
     (entry,) = history["items"]
     assert entry["type"] == "created"
     assert entry["from_status"] is None

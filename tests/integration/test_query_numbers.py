@@ -27,6 +27,7 @@ LISTS: dict[str, tuple[str, dict[str, str]]] = {
     "order refunds": (f"/orders/{ORDER}/refunds", {}),
     "order notifications": (f"/orders/{ORDER}/notifications", {}),
     "order access log": (f"/orders/{ORDER}/access-log", {}),
+    "order history": (f"/orders/{ORDER}/history", {}),
     "api keys": ("/api-keys", {}),
     "imports": ("/imports", {}),
     "customers": ("/customers", {"email": "ann@example.com"}),

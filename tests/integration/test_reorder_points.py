@@ -28,7 +28,7 @@ from infra.local.event_sources import compile_filters, matches_filters
 from infra.local.moto_patches import transactions as moto_transactions
 from infra.local.template import Template
 from tests.builders import location, product
-from tests.e2e.client import Catalog, assert_error, put_network, unique
+from tests.e2e.client import ADMIN, Catalog, assert_error, put_network, unique
 from tests.fakes import FakeLabels
 from tests.integration.conftest import PASS_MACHINE, run_threads
 from tests.integration.in_process import InProcessApi, in_process_api
@@ -1306,6 +1306,37 @@ def test_the_reorder_route_sets_shows_and_clears_a_point(api: InProcessApi):
     assert api.request("DELETE", path).status_code == 204
     assert api.get(f"/inventory/{sku}").json()["locations"][0]["reorder"] is None
     assert api.request("DELETE", path).status_code == 204  # nothing left to clear
+
+
+def test_a_reorder_points_vendor_and_unit_cost_are_shown_only_to_keys_that_may_read_purchasing(api: InProcessApi):
+    # GET /inventory/{sku} takes any key: a storefront's (a marketplace's) key read which vendor
+    # each location buys from and at what unit cost, which GET /purchase-orders and GET /vendors
+    # keep behind purchasing:write; and a warehouse's inventory:write key read them in the answer
+    # of its stock take or adjustment. A reorder point shows to the keys that may set it.
+    network = put_network(api)
+    sku = Catalog(api).product("9.00")
+    vendor = unique("vendor")
+    api.put(f"/vendors/{vendor}", json={"name": "Acme", "lead_time_days": 3})
+    cost = {"amount": "4.00", "currency": "USD"}
+    setting = {"reorder_point": 5, "reorder_quantity": 20, "vendor_id": vendor, "unit_cost": cost}
+    assert api.put(f"/inventory/{sku}/{network['east']}/reorder", json=setting).status_code == 200
+    storefront = api.post("/api-keys", json={"name": unique("key"), "scopes": ["orders:write", "orders:read"],
+                                              "channel": "web"}).json()["key"]  # fmt: skip
+    warehouse = api.post("/api-keys", json={"name": unique("key"), "scopes": ["inventory:write"]}).json()["key"]
+    buyer = api.post("/api-keys", json={"name": unique("key"), "scopes": ["purchasing:write"]}).json()["key"]
+
+    for key in (storefront, warehouse):
+        [stock] = api.get(f"/inventory/{sku}", key=key).json()["locations"]
+        assert stock["reorder"] is None, stock
+    counted = api.put(f"/inventory/{sku}/{network['east']}", key=warehouse, json={"on_hand": 8})
+    adjusted = api.post(f"/inventory/{sku}/{network['east']}/adjustments", key=warehouse,
+                        json={"delta": 1, "reason": "found"}, headers={"Idempotency-Key": unique("adj")})  # fmt: skip
+    for answer, units in ((counted, 8), (adjusted, 9)):
+        assert answer.status_code == 200, answer.text
+        assert (answer.json()["on_hand"], answer.json()["available"], answer.json()["reorder"]) == (units, units, None)
+    for key in (buyer, ADMIN):
+        [stock] = api.get(f"/inventory/{sku}", key=key).json()["locations"]
+        assert (stock["on_hand"], stock["reorder"]) == (9, setting), stock
 
 
 def test_the_reorder_route_refuses_what_it_cannot_use(api: InProcessApi):

@@ -252,3 +252,48 @@ def test_a_batch_replayed_or_confirming_again_is_logged_as_a_read_of_each_order_
     assert [i["action"] for i in by_key][-2:] == ["confirm", "confirm"]
     assert [(i["detail"] or {}).get("change") for i in by_key[:-2]] == [True] * (len(by_key) - 2) != []
     consume_queued_reads()
+
+
+def test_a_parcel_shipped_without_its_number_takes_the_one_learnt_later_once_on_the_route_and_in_a_batch(api, sku):
+    """A warehouse confirms the hand-over first and reads the carrier's number off the manifest
+    later: the later ship naming it sets it (once, in the history); another number after that is
+    409 `tracking_number_conflict`, as on a parcel shipped with its number."""
+    (single, one), (batched, two) = allocated(api, sku), allocated(api, sku)
+    booked = api.get(f"/orders/{single}").json()["shipments"][0]["tracking_number"]
+    for order_id, shipment_id in ((single, one), (batched, two)):
+        assert api.post(f"/orders/{order_id}/shipments/{shipment_id}/ship", json={}).status_code == 200
+
+    learnt = api.post(f"/orders/{single}/shipments/{one}/ship", json={"tracking_number": "1ZLATER0001"})
+    wave = api.post(PATH, json={"items": [item(batched, two, "ship", tracking_number="1ZLATER0002"),
+                                          item(batched, two, "ship", tracking_number="1ZLATER0002"),
+                                          item(batched, two, "ship", tracking_number="1ZTYPO00002")]})  # fmt: skip
+
+    assert learnt.status_code == 200, learnt.text
+    assert learnt.json()["shipments"][0]["tracking_number"] == "1ZLATER0001"
+    assert learnt.json()["payment"]["captured"] == learnt.json()["totals"]["grand_total"]  # captured once
+    results = wave.json()["items"]
+    assert [r["error"]["code"] if r["error"] else None for r in results] == [None, None, "tracking_number_conflict"]
+    assert results[2]["error"]["details"][0]["tracking_number"] == "1ZLATER0002"
+    assert api.get(f"/orders/{batched}").json()["shipments"][0]["tracking_number"] == "1ZLATER0002"
+    set_entries = [e for e in api.get(f"/orders/{single}/history").json()["items"]
+                   if e["type"] == "shipment_tracking_number_set"]  # fmt: skip
+    assert [e["detail"] for e in set_entries] == [
+        {"shipment_id": one, "tracking_number": "1ZLATER0001", "replaced": booked}
+    ]
+    again = api.post(f"/orders/{single}/shipments/{one}/ship", json={"tracking_number": "1ZLATER0001"})
+    assert (again.status_code, again.json()["version"]) == (200, learnt.json()["version"])
+    corrected = api.post(f"/orders/{single}/shipments/{one}/ship", json={"tracking_number": "1ZTYPO00001"})
+    assert corrected.status_code == 409
+    assert corrected.json()["error"]["code"] == "tracking_number_conflict"
+
+
+def test_a_parcel_shipped_naming_its_number_keeps_it(api, sku):
+    order_id, shipment_id = allocated(api, sku)
+    booked = api.get(f"/orders/{order_id}").json()["shipments"][0]["tracking_number"]
+    path = f"/orders/{order_id}/shipments/{shipment_id}/ship"
+    assert api.post(path, json={"tracking_number": booked}).status_code == 200  # the label's, confirmed
+
+    corrected = api.post(path, json={"tracking_number": "1ZTYPO00003"})
+
+    assert corrected.status_code == 409
+    assert corrected.json()["error"]["details"][0]["tracking_number"] == booked

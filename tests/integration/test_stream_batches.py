@@ -8,6 +8,7 @@ import pytest
 from aws_lambda_powertools.utilities.batch import process_partial_response
 
 from functions.stream_batches import InOrderStreamProcessor
+from tests.integration.conftest import FUNCTION_ENV
 
 
 def stream_record(sequence: str) -> dict:
@@ -33,6 +34,11 @@ def test_the_records_after_a_failed_one_are_failed_unprocessed_and_those_before_
 
 
 @pytest.mark.parametrize("consumer", ["functions.outbox.app", "functions.events.app", "functions.backorders.app"])
-def test_every_stream_consumer_takes_its_batch_in_order(consumer):
+def test_every_stream_consumer_takes_its_batch_in_order(consumer, monkeypatch):
+    # Imported in the functions' environment, as every other test imports them: a handler module's
+    # Logger and Metrics take their service when first imported, and one imported here without it
+    # printed its metrics without the `service` dimension for the rest of the worker's tests.
+    for name, value in FUNCTION_ENV.items():
+        monkeypatch.setenv(name, value)
     module = importlib.import_module(consumer)
     assert isinstance(module.processor, InOrderStreamProcessor)

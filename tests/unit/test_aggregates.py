@@ -17,6 +17,7 @@ from core.aggregates import (
     Filing,
     ReportKind,
     aggregate_change,
+    email_key,
     line_revenue_kept,
     report_pk,
 )
@@ -95,7 +96,7 @@ class MemoryStore:
                 item.update({"email": change.seen.email, **({"name": change.seen.name} if change.seen.name else {})})
             item["first_order_at"] = min(item.get("first_order_at", change.seen.at), change.seen.at)
             item["last_order_at"] = max(item.get("last_order_at", change.seen.at), change.seen.at)
-            email = self.items[(f"customer-email#{change.seen.email.lower()}", change.seen.customer_id)]
+            email = self.items[email_key(change.seen.email, change.seen.customer_id)]
             email.setdefault("channels", set()).add(change.seen.channel)
         return True
 
@@ -116,7 +117,7 @@ class MemoryStore:
         found = sorted(
             sk
             for (pk, sk), item in self.items.items()
-            if pk == f"customer-email#{email.lower()}" and (channel is None or channel in item["channels"])
+            if pk == email_key(email, "")[0] and (channel is None or channel in item["channels"])
         )
         after = [sk for sk in found if cursor is None or sk > cursor]
         return after[:limit], after[limit - 1] if len(after) > limit else None

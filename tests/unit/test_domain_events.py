@@ -282,6 +282,21 @@ def test_a_change_that_only_appends_history_and_items_that_are_not_orders_give_n
     assert order_events(None, {"pk": "something else"}) == []
 
 
+def test_a_change_that_is_no_event_never_builds_the_order_as_the_api_shows_it(monkeypatch):
+    """Every order change built its API form (a validation and a dump of the whole order, most of
+    the events function's CPU for a record) before finding whether it meant any event; most of an
+    order's writes (a history entry, a capture requested, stock reserved) mean none."""
+    import core.domain_events
+
+    def refused(document: dict[str, Any]) -> dict[str, Any]:
+        raise AssertionError("the API's order built for a change that is no event")
+
+    old = order_doc(status="authorized")
+    later = next_version(old)  # a write that changed nothing an event tells (its history, say)
+    monkeypatch.setattr(core.domain_events, "api_order", refused)
+    assert order_events(old, later) == []
+
+
 def test_every_contract_type_is_known():
     contract = (
         "order.created order.authorized order.payment_failed order.on_hold order.released order.backordered "
@@ -555,14 +570,17 @@ def weight(event: Any) -> int:
 
 def test_an_event_that_fits_goes_out_as_it_is():
     event = a_refund_event(3)
-    assert fitted(event, weight(event)) is event
+    ready = fitted(event, weight(event))
+    assert ready.event is event and ready.body == event.model_dump_json() and ready.weight == weight(event)
 
 
 def test_an_event_over_its_room_leaves_out_its_orders_refunds_first_and_names_what_it_left_out():
     event = a_refund_event(200)
     whole = json.loads(event.model_dump_json())
-    slim = fitted(event, weight(event) // 2)
-    assert slim.id == event.id and slim.type is event.type and weight(slim) <= weight(event) // 2
+    ready = fitted(event, weight(event) // 2)
+    slim = ready.event
+    assert slim.id == event.id and slim.type is event.type and ready.weight <= weight(event) // 2
+    assert ready.body == slim.model_dump_json() and ready.weight == weight(slim)
     assert slim.data["omitted"] == ["order.payment.refunds"]
     assert (
         "refunds" not in slim.data["order"]["payment"]
@@ -575,7 +593,7 @@ def test_an_event_over_its_room_leaves_out_its_orders_refunds_first_and_names_wh
 def test_an_event_still_over_its_room_without_refunds_leaves_out_the_next_lists_in_turn():
     event = a_refund_event(1)
     without_refunds = fitted(event, weight(event) - 1)
-    slim = fitted(event, weight(without_refunds) - 1)
+    slim = fitted(event, without_refunds.weight - 1).event
     assert slim.data["omitted"] == ["order.payment.refunds", "order.shipments"]
     assert "shipments" not in slim.data["order"] and slim.data["order"]["lines"]
 
@@ -583,5 +601,5 @@ def test_an_event_still_over_its_room_without_refunds_leaves_out_the_next_lists_
 def test_an_event_leaves_out_no_list_that_is_empty():
     event = a_refund_event(1)
     event.data["order"]["payment"]["refunds"] = []
-    slim = fitted(event, weight(event) - 1)
+    slim = fitted(event, weight(event) - 1).event
     assert slim.data["omitted"] == ["order.shipments"] and slim.data["order"]["payment"]["refunds"] == []

@@ -15,7 +15,7 @@ from core.errors import (
     StaleVersion,
     TransientError,
 )
-from core.models import Address, LineInput, OrderEdit
+from core.models import Address, HistoryEntry, LineInput, OrderEdit, tracking_number_named
 from core.money import Money
 from core.status import OrderStatus
 from plugins.test_payments import CAPTURE, VOID, reference
@@ -139,11 +139,13 @@ def refused_as_shipped_under(refusal: pytest.ExceptionInfo, shipment_id: str, re
     }]  # fmt: skip
 
 
-@pytest.mark.parametrize("first", [None, "1ZFIRST0001"])
+@pytest.mark.parametrize("first", ["the label's", "1ZFIRST0001"])
 def test_shipping_a_shipped_shipment_with_another_tracking_number_is_a_conflict_naming_the_recorded_one(world, first):
     """A client correcting a typo must not be told it took: 409, the recorded number named, nothing changed."""
     order = world.allocated(("MUG", 1), ("CAP", 1))
     east = world.shipment_at(order, "wh-east")
+    if first == "the label's":  # the booking's number, named by the location: confirmed
+        first = order.shipment(east).tracking_number
     once = world.actions.ship(order.id, east, first, actor="key_wh")
     recorded = once.shipment(east).tracking_number
     assert recorded is not None
@@ -158,6 +160,114 @@ def test_shipping_a_shipped_shipment_with_another_tracking_number_is_a_conflict_
     with pytest.raises(Conflict) as delivered:
         world.actions.ship(order.id, east, "1ZTYPOFIXED", actor="key_wh")
     refused_as_shipped_under(delivered, east, recorded)
+
+
+@pytest.mark.parametrize("delivered", [False, True])
+def test_a_parcel_shipped_without_naming_a_number_takes_the_one_named_later_once(world, delivered):
+    """The warehouse confirms the hand-over, then reads the carrier's number off its manifest: the
+    later ship naming it sets it, once, and changes nothing else (no capture, no stock)."""
+    order = world.allocated(("MUG", 1), ("CAP", 1))
+    east = world.shipment_at(order, "wh-east")
+    booked = order.shipment(east).tracking_number
+    world.actions.ship(order.id, east, None, actor="key_wh")
+    if delivered:
+        world.actions.deliver(order.id, east, actor="key_carrier")
+    before = world.order(order.id)
+    levels, captures = dict(world.inventory.stock), list(world.spy.captured)
+
+    named = world.actions.ship(order.id, east, "1ZMANIFEST1", actor="key_wh2")
+
+    parcel = named.shipment(east)
+    assert (parcel.tracking_number, parcel.status) == ("1ZMANIFEST1", before.shipment(east).status)
+    assert (named.status, named.payment, named.version) == (before.status, before.payment, before.version + 1)
+    assert (dict(world.inventory.stock), world.spy.captured) == (levels, captures)
+    entry = world.history(order.id)[-1]
+    assert (entry.type, entry.actor) == ("shipment_tracking_number_set", "key_wh2")
+    assert entry.detail == {"shipment_id": east, "tracking_number": "1ZMANIFEST1", "replaced": booked}
+    assert world.actions.ship(order.id, east, "1ZMANIFEST1", actor="key_wh2") == named  # the same again: nothing
+    with pytest.raises(Conflict) as refused:
+        world.actions.ship(order.id, east, "1ZMANIFEST2", actor="key_wh2")
+    refused_as_shipped_under(refused, east, "1ZMANIFEST1")
+    with pytest.raises(Conflict):
+        world.actions.ship(order.id, east, booked, actor="key_wh2")  # nor back to the label's
+    assert world.order(order.id) == named
+
+
+def test_a_later_ship_naming_the_labels_number_confirms_it_and_changes_nothing_else(world):
+    order = world.allocated(("MUG", 1), ("CAP", 1))
+    east = world.shipment_at(order, "wh-east")
+    booked = order.shipment(east).tracking_number
+    once = world.actions.ship(order.id, east, None, actor="key_wh")
+
+    again = world.actions.ship(order.id, east, booked, actor="key_wh")
+    twice = world.actions.ship(order.id, east, booked, actor="key_wh")
+
+    assert again == twice == once == world.order(order.id)  # the same version: the order unchanged
+    confirmed = [e for e in world.history(order.id) if e.type == "shipment_tracking_number_confirmed"]
+    assert [e.detail for e in confirmed] == [{"shipment_id": east, "tracking_number": booked}]
+    with pytest.raises(Conflict) as refused:
+        world.actions.ship(order.id, east, "1ZTYPO0001", actor="key_wh")
+    refused_as_shipped_under(refused, east, booked)
+
+
+@pytest.mark.parametrize("number", [None, "1ZFIRST0001"])
+def test_a_first_ship_reads_no_history_whatever_it_names(world, monkeypatch, number):
+    """The typical ship costs what it did: the history is read only for a ship sent again naming a number."""
+    order = world.allocated(("MUG", 1), ("CAP", 1))
+    east = world.shipment_at(order, "wh-east")
+    reads: list[str] = []
+    history = world.orders.history
+    monkeypatch.setattr(
+        world.orders, "history", lambda order_id, **kw: reads.append(order_id) or history(order_id, **kw)
+    )
+
+    world.actions.ship(order.id, east, number, actor="key_wh")
+
+    assert reads == []
+
+
+def entry(type_: str, **detail: object) -> HistoryEntry:
+    return HistoryEntry(at=NOW, type=type_, actor="key_wh", detail=detail)
+
+
+ALLOCATED = entry("allocated", shipments=[{"id": "shp_1", "location_id": "wh", "tracking_number": "OMS1"}])
+
+
+@pytest.mark.parametrize(
+    ("history", "recorded", "named"),
+    [
+        ([ALLOCATED, entry("shipment_shipped", shipment_id="shp_1")], "OMS1", False),
+        ([ALLOCATED, entry("shipment_shipped", shipment_id="shp_1", tracking_number="OMS1")], "OMS1", True),
+        ([ALLOCATED, entry("shipment_shipped", shipment_id="shp_2", tracking_number="1Z2")], "OMS1", False),
+        ([ALLOCATED, entry("shipment_relabelled", shipment_id="shp_1", tracking_number="OMS2"),
+          entry("shipment_shipped", shipment_id="shp_1")], "OMS2", False),
+        ([ALLOCATED, entry("shipment_shipped", shipment_id="shp_1"),
+          entry("shipment_tracking_number_set", shipment_id="shp_1", tracking_number="1Z1")], "1Z1", True),
+        # Shipped before ships wrote the number they named: one that is not the booking's was named.
+        ([ALLOCATED, entry("shipment_shipped", shipment_id="shp_1")], "1ZOLD", True),
+        ([entry("shipment_shipped", shipment_id="shp_1")], None, False),
+    ],
+    ids=["kept-the-bookings", "named-the-bookings", "another-parcels", "kept-the-relabelled", "set-later",
+         "older-ship-named-another", "no-number"],
+)  # fmt: skip
+def test_whether_a_location_named_a_parcels_number_is_read_from_the_history(history, recorded, named):
+    assert tracking_number_named(history, "shp_1", recorded) is named
+
+
+def test_two_numbers_learnt_at_once_for_a_parcel_shipped_without_one_set_one_and_refuse_the_other(world, monkeypatch):
+    order = world.allocated(("MUG", 1), ("CAP", 1))
+    east = world.shipment_at(order, "wh-east")
+    world.actions.ship(order.id, east, None, actor="key_wh")
+    before_the_next_write(
+        world, monkeypatch, lambda: world.actions.ship(order.id, east, "1ZWINNER01", actor="key_wh"), skip=0
+    )
+
+    with pytest.raises(Conflict) as refused:
+        world.actions.ship(order.id, east, "1ZLOSER001", actor="key_wh")
+
+    refused_as_shipped_under(refused, east, "1ZWINNER01")
+    assert world.order(order.id).shipment(east).tracking_number == "1ZWINNER01"
+    assert [e.type for e in world.history(order.id)].count("shipment_tracking_number_set") == 1
 
 
 @pytest.mark.parametrize("skip", [0, 1])  # before its capture request's write, before its ship's write

@@ -66,6 +66,28 @@ def test_a_pass_cancels_the_pickups_past_their_deadline_and_counts_them(world, m
     assert (entry.detail["lines"], entry.detail["grand_total"]["to"]["amount"]) == ({"L1": 2}, "0.00")
 
 
+def test_a_pickup_is_collectable_until_its_collect_by_and_expires_only_once_past_it(world, monkeypatch):
+    # "Ready for pickup longer than OMS_PICKUP_EXPIRY_DAYS" (API.md), "not collected by its
+    # collect_by" (README): at collect_by itself the customer may still collect it, as the index
+    # (collect_by < now) already says; a pass whose ids come from elsewhere expired it then.
+    order = world.allocated(("TSHIRT", 2), **PICKUP)
+    (shipment,) = order.shipments
+    collect_by = world.actions.ready(order.id, shipment.id, actor="key_store").shipments[0].collect_by
+    assert collect_by == NOW + timedelta(days=7)
+    at_deadline = PickupExpiry(ListedDue(order.id), world.orders, world.actions, lambda: collect_by)
+    monkeypatch.setattr(world.actions, "_clock", lambda: collect_by)
+
+    assert at_deadline.run().expired == []
+    with pytest.raises(InvalidTransition):
+        world.order(order.id).expire_pickup(shipment.id, at=collect_by, actor="pickup_expiry")
+    assert (world.order(order.id).status, world.level("TSHIRT", "store-sf")) == (S.ALLOCATED, (5, 2, 3))
+
+    just_past = collect_by + timedelta(microseconds=1)
+    monkeypatch.setattr(world.actions, "_clock", lambda: just_past)
+    assert PickupExpiry(ListedDue(order.id), world.orders, world.actions, lambda: just_past).run().expired == [order.id]
+    assert world.order(order.id).status is S.CANCELLED
+
+
 def test_a_pickup_collected_just_before_the_expiry_wrote_is_not_counted_as_expired(world, monkeypatch):
     # The pass read the pickup waiting; the customer collected it before the expiry's write, which
     # lost and changed nothing: nothing was expired, so nothing is counted (or logged) as expired.

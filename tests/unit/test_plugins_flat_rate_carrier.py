@@ -14,7 +14,7 @@ from core.errors import InvalidRequest
 from core.models import Address, Fulfillment, Location, Order, ShipmentLine
 from core.plugin_manager import build_plugin_manager
 from core.status import OrderStatus
-from core.workflow_types import CarrierShipment
+from core.workflow_types import CarrierShipment, RefusedTrackingEvent, TrackingUpdate
 from plugins import flat_rate_carrier
 from plugins.flat_rate_carrier import (
     gs1_check_digit,
@@ -365,21 +365,40 @@ def test_another_carriers_webhook_is_left_to_its_plugin():
 
 
 @pytest.mark.parametrize(
-    ("payload", "field"),
+    ("event", "field"),
     [
-        ({"events": [flat_rate_event(tracking_number=tracking_number("shp_other"))]}, "events[0].tracking_number"),
-        ({"events": [flat_rate_event(reference="shp_01HZX7")]}, "events[0].reference"),
-        ({"events": [flat_rate_event(at="2026-11-23T09:30:00")]}, "events[0].at"),
-        ({"events": [flat_rate_event(status="lost")]}, "events[0].status"),
-        ({"events": [flat_rate_event(signed_by="A. Neighbour")]}, "events[0].signed_by"),
-        ({"events": [flat_rate_event(), {"status": "delivered"}]}, "events[1].reference"),
-        ({"parcels": []}, "events"),
-        ([flat_rate_event()], "body"),
+        (flat_rate_event(tracking_number=tracking_number("shp_other")), "events[1].tracking_number"),
+        (flat_rate_event(reference="shp_01HZX7"), "events[1].reference"),
+        (flat_rate_event(at="2026-11-23T09:30:00"), "events[1].at"),
+        (flat_rate_event(status="lost"), "events[1].status"),
+        (flat_rate_event(signed_by="A. Neighbour"), "events[1].signed_by"),
+        ({"status": "delivered"}, "events[1].reference"),
+        ("delivered", "events[1]"),
     ],
     ids=["wrong-tracking-number", "bad-reference", "naive-time", "unknown-status", "unknown-field", "missing",
-         "not-this-carriers-shape", "an-array"],
+         "not-an-object"],
 )  # fmt: skip
-def test_a_webhook_this_carrier_would_not_send_is_refused_naming_the_field(payload, field):
+def test_an_event_this_carrier_would_not_send_is_refused_in_its_place_naming_the_field(event, field):
+    """One bad event refuses no other: the carrier would send the good ones again for ever."""
+    good = flat_rate_event()
+
+    read = flat_rate_carrier.tracking_updates({"events": [good, event, good]})
+
+    assert [type(item) for item in read] == [TrackingUpdate, RefusedTrackingEvent, TrackingUpdate]
+    assert field in [detail.field for detail in read[1].details]
+
+
+@pytest.mark.parametrize(
+    ("payload", "field"),
+    [
+        ({"parcels": []}, "events"),
+        ([flat_rate_event()], "body"),
+        ({"events": flat_rate_event()}, "events"),
+        ({"events": [flat_rate_event()] * 101}, "events"),
+    ],
+    ids=["not-this-carriers-shape", "an-array", "events-not-a-list", "too-many-events"],
+)  # fmt: skip
+def test_a_webhook_this_carrier_would_not_send_is_refused_whole_naming_the_field(payload, field):
     with pytest.raises(InvalidRequest) as refused:
         flat_rate_carrier.tracking_updates(payload)
 

@@ -289,6 +289,8 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
             for a in ("GetItem", "PutItem", "UpdateItem", "BatchGetItem")
         },
         (CATALOG, "dynamodb:Query"): [DynamoSourcingRules],
+        # A redriven order's listing as parked in the dead-letter queue, once its line is counted.
+        (CATALOG, "dynamodb:DeleteItem"): [DynamoImportLedger],
         (IDEMPOTENCY, "dynamodb:GetItem"): [DynamoImportLedger],
         (IDEMPOTENCY, "dynamodb:PutItem"): [DynamoImportLedger],
     },

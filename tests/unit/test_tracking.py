@@ -10,10 +10,11 @@ import pytest
 
 from core import hookimpl
 from core.errors import Conflict, InvalidRequest, NotFound, PluginError, TransientError
+from core.models import LineInput, OrderEdit
 from core.services import OrderQueries
-from core.status import OrderStatus
+from core.status import OrderStatus, ShipmentStatus
 from core.tracking import CarrierTracking, parse_shipment_reference, shipment_reference
-from core.workflow_types import TrackingUpdate
+from core.workflow_types import RefusedField, RefusedTrackingEvent, TrackingUpdate
 from plugins.flat_rate_carrier import TRACKING_CARRIER, tracking_number
 from tests.builders import NOW
 from tests.unit.world import World, build_world
@@ -46,7 +47,7 @@ def post(tracking: CarrierTracking, world: World, *events: dict, carrier: str = 
         {"events": list(events)},
         {"content-type": "application/json"},
         "",
-        deliver=lambda order_id, shipment_id, at: world.actions.deliver(
+        deliver=lambda order_id, shipment_id, at: world.actions.deliver_scanned(
             order_id, shipment_id, actor="key_carrier", channel=channel, delivered_at=at
         ),
         find=lambda order_id, shipment_id: OrderQueries(world.orders).get(order_id, channel).shipment(shipment_id),
@@ -147,14 +148,16 @@ def test_an_in_transit_event_is_reported_and_stored_nowhere(tracking, world):
     assert (world.order(order.id), world.history(order.id)) == before
 
 
-def test_a_delivery_of_a_shipment_that_has_not_shipped_is_reported_not_applied(tracking, world):
+def test_a_delivery_of_a_shipment_that_has_not_shipped_is_reported_not_applied_but_kept_for_its_ship(tracking, world):
     order, _, east = shipped_order(world)
     before = world.order(order.id)
 
     report = post(tracking, world, event(order.id, east))
 
     assert [u.outcome for u in report.updates] == ["not_shipped"]
-    assert world.order(order.id) == before
+    after = world.order(order.id)
+    assert (after.status, after.shipment(east), after.payment) == (before.status, before.shipment(east), before.payment)
+    assert after.delivery_scan(east) is not None
 
 
 @pytest.mark.parametrize("status", ["delivered", "in_transit"])
@@ -186,14 +189,35 @@ def test_a_carrier_no_plugin_answers_for_is_not_found(tracking, world):
         post(tracking, world, carrier="ups")
 
 
-def test_a_malformed_flat_rate_webhook_is_the_senders_error_and_changes_nothing(tracking, world):
+def test_a_malformed_flat_rate_event_is_refused_alone_and_the_others_are_applied(tracking, world):
     order, west, east = shipped_order(world)
+    world.actions.ship(order.id, east, None, actor="key_wh")
+    pasted = event(order.id, east, tracking_number=tracking_number(west))  # on the wrong reference
+
+    report = post(tracking, world, event(order.id, west), pasted, event(order.id, west))
+
+    assert [(u.position, u.outcome) for u in report.updates] == [(0, "delivered"), (2, "delivered")]
+    (refused,) = report.refused
+    assert refused.position == 1
+    assert refused.error.model_dump() == {
+        "code": "validation_error", "message": "a tracking event's tracking number is not the one of its shipment",
+        "details": [{"field": "events[1].tracking_number", "message": f"not the number of {east}"}],
+    }  # fmt: skip
+    after = world.order(order.id)
+    assert (after.shipment(west).status, after.shipment(east).status) == ("delivered", "shipped")
+
+
+def test_a_webhook_that_is_no_flat_rate_webhook_is_the_senders_error_and_changes_nothing(tracking, world):
+    order, west, _ = shipped_order(world)
     before = world.order(order.id)
 
     with pytest.raises(InvalidRequest) as refused:
-        post(tracking, world, event(order.id, west), event(order.id, west, tracking_number=tracking_number(east)))
+        tracking.apply(
+            TRACKING_CARRIER, {"events": [event(order.id, west)], "relay": "r7"}, {}, "",
+            deliver=lambda *args: world.actions.deliver(*args[:2], actor="key_carrier"), find=lambda *args: None,
+        )  # fmt: skip
 
-    assert refused.value.details == [{"field": "events[1].tracking_number", "message": f"not the number of {west}"}]
+    assert refused.value.details == [{"field": "relay", "message": "Extra inputs are not permitted"}]
     assert world.order(order.id) == before
 
 
@@ -292,6 +316,25 @@ def test_a_description_is_kept_with_controls_and_bidi_overrides_made_visible(plu
     assert read_back.description == "Front door\ufffd[2J\ufffd\nleft with neighbour"
 
 
+def test_a_plugins_refusal_of_one_event_is_kept_in_its_place_with_its_words_made_visible(plugins):
+    refusal = RefusedTrackingEvent.model_construct(
+        message="bad scan\x1b[2J\u202e", details=[RefusedField.model_construct(field="parcels[0]", message="no ref")]
+    )
+
+    read_back = read(plugins, Answers([an_update(), refusal]))
+
+    assert isinstance(read_back[1], RefusedTrackingEvent)
+    assert read_back[1].message == "bad scan\ufffd[2J\ufffd"
+    assert [(d.field, d.message) for d in read_back[1].details] == [("parcels[0]", "no ref")]
+
+
+def test_a_malformed_refusal_of_one_event_is_the_plugins_error(plugins):
+    refusal = RefusedTrackingEvent.model_construct(message="", details=[])
+
+    with pytest.raises(PluginError, match="malformed RefusedTrackingEvent: message"):
+        read(plugins, Answers([refusal]))
+
+
 @pytest.mark.parametrize("error", [InvalidRequest("bad signature"), TransientError("carrier API busy")])
 def test_a_plugin_may_refuse_the_body_or_ask_for_a_retry(plugins, error):
     with pytest.raises(type(error)):
@@ -312,3 +355,102 @@ def test_a_reference_names_the_order_and_the_shipment_and_reads_back():
 @pytest.mark.parametrize("reference", ["", "ord_abc", "ord_abc/", "/shp_def", "ord_abc/shp_def/x"])
 def test_a_malformed_reference_reads_as_none(reference):
     assert parse_shipment_reference(reference) is None
+
+
+# --- A delivered scan that outruns the ship ----------------------------------------------------
+
+
+def test_a_delivered_scan_of_a_pending_parcel_is_kept_once_and_captures_nothing(tracking):
+    clock = [NOW]
+    world = build_world(STOCK, clock=lambda: clock[0])
+    order, _, east = shipped_order(world)
+    clock[0] = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+    captured = list(world.spy.captured)
+
+    first = post(tracking, world, event(order.id, east))
+    kept = world.snapshot(order.id)
+    again = post(tracking, world, event(order.id, east, at="2026-11-23T10:00:00Z"))
+
+    assert [u.outcome for u in first.updates] == [u.outcome for u in again.updates] == ["not_shipped"]
+    assert world.snapshot(order.id) == kept  # the second scan changes nothing: the first is kept
+    after = world.order(order.id)
+    assert after.shipment(east).status is ShipmentStatus.PENDING
+    assert world.spy.captured == captured
+    entry = world.history(order.id)[-1]
+    assert (entry.type, entry.actor, entry.detail) == (
+        "delivery_scan_kept",
+        "key_carrier",
+        {"shipment_id": east, "delivered_at": SCANNED_AT},
+    )
+
+    clock[0] = datetime(2026, 11, 24, 8, 0, tzinfo=UTC)
+    shipped = world.actions.ship(order.id, east, None, actor="key_wh")
+
+    assert shipped.status is S.SHIPPED  # the west parcel is on its way still
+    parcel = shipped.shipment(east)
+    assert parcel.status is ShipmentStatus.DELIVERED
+    assert parcel.shipped_at == parcel.delivered_at == datetime(2026, 11, 23, 9, 30, tzinfo=UTC)
+    assert shipped.delivery_scans == []
+    assert len(world.spy.captured) == len(captured) + 1  # the location's ship captured, once
+
+
+def test_a_scan_kept_for_a_parcel_sourced_again_does_not_deliver_the_new_parcel_of_the_same_id(tracking, world):
+    order = world.allocated(("MUG", 1))
+    (parcel,) = order.shipments
+    post(tracking, world, event(order.id, parcel.id))
+    current = world.order(order.id)
+    assert current.delivery_scan(parcel.id) is not None
+
+    world.actions.edit(order.id, current.version, OrderEdit(lines=[LineInput(sku="MUG", quantity=2)]), "key_cs")
+    world.run(order.id)
+    again = world.order(order.id)
+    assert [s.id for s in again.shipments] == [parcel.id]  # the same location: the same shipment id
+    shipped = world.actions.ship(order.id, parcel.id, None, actor="key_wh")
+
+    assert shipped.shipment(parcel.id).status is ShipmentStatus.SHIPPED
+    assert shipped.delivery_scans == []
+
+
+@pytest.mark.parametrize("status", ["in_transit", "delivered"])
+def test_no_scan_is_kept_for_a_pickup_or_an_in_transit_scan(tracking, status):
+    world = build_world([("TSHIRT", "store-sf", 5), ("CAP", "wh-east", 4)])
+    pickup = world.allocated(("TSHIRT", 1), fulfillment={"type": "pickup", "location_id": "store-sf"})
+    order = world.allocated(("CAP", 1))
+    before = [world.snapshot(o.id) for o in (pickup, order)]
+
+    report = post(
+        tracking,
+        world,
+        event(pickup.id, pickup.shipments[0].id, status),
+        event(order.id, order.shipments[0].id, "in_transit"),
+    )
+
+    assert [u.outcome for u in report.updates] == [
+        "not_shipped" if status == "delivered" else "not_recorded",
+        "not_recorded",
+    ]
+    assert [world.snapshot(o.id) for o in (pickup, order)] == before
+
+
+@pytest.mark.parametrize("status", ["delivered", "in_transit"])
+def test_ids_that_are_no_oms_ids_name_no_shipment_and_are_never_looked_up(plugins, status):
+    """As a batch confirmation's malformed id: a control character or a bidi override has no
+    business in a database request."""
+    asked: list[tuple[str, str]] = []
+    updates = [
+        TrackingUpdate(order_id=order_id, shipment_id=shipment_id, status=status, at=datetime.now(UTC))
+        for order_id, shipment_id in [
+            ("ord_\x00\x1b[2J", "shp_" + "a" * 24),
+            ("ord_" + "a" * 24, "shp_\u202e" + "a" * 20),
+            ("x" * 64, "shp_" + "a" * 24),
+            ("ORD_" + "A" * 24, "shp_" + "a" * 24),
+        ]
+    ]
+    plugins.register(Answers(updates), name="oms-acme")
+
+    report = CarrierTracking(plugins).apply(
+        "acme", {}, {}, "", deliver=lambda *ids: asked.append(ids[:2]), find=lambda *ids: asked.append(ids)
+    )
+
+    assert [u.outcome for u in report.updates] == ["unknown_shipment"] * 4
+    assert asked == []

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from core.domain_events import DomainEvent, EventType, event_id
+from core.domain_events import DomainEvent, EventType, OutgoingEvent, event_id
 from core.errors import InvalidRequest, InvalidTransition, NotFound, StaleVersion
 from core.status import DeliveryStatus
 from core.webhooks import (
@@ -193,6 +193,35 @@ def test_a_receiver_accepts_a_fresh_signature_and_refuses_a_tampered_old_or_fore
     assert not verify_signature("whsec_x", "garbage", body, now=1000)
 
 
+# Headers a forger (or a broken proxy) sends: each made the README's verify raise (KeyError,
+# ValueError, TypeError from compare_digest on non-ASCII, OverflowError from a huge `t`), so a
+# receiver answered 500 where it means 401; core's verify_signature raised on the non-ASCII one.
+HOSTILE_SIGNATURES = [
+    "garbage",
+    "v1=00",
+    "t=1000",
+    "t=soon,v1=00",
+    "t=1000,v1=\u00e9t\u00e9",
+    "t=" + "9" * 400 + ",v1=00",
+    "",
+]
+
+
+@pytest.mark.parametrize("header", HOSTILE_SIGNATURES)
+def test_a_malformed_signature_is_refused_never_raised_by_the_readmes_verify_nor_ours(header: str):
+    from tests.readme_code import readme_verify
+
+    body = b'{"id":"evt_1"}'
+    assert readme_verify()("whsec_x", {"OMS-Signature": header}, body) is False
+    assert verify_signature("whsec_x", header, body, now=1000) is False
+
+
+def test_a_delivery_without_a_signature_is_refused_by_the_readmes_verify():
+    from tests.readme_code import readme_verify
+
+    assert readme_verify()("whsec_x", {}, b"{}") is False
+
+
 # --- Retry schedule -------------------------------------------------------------------------------
 def test_backoff_doubles_up_to_its_cap_with_jitter_in_the_upper_half():
     schedule = RetrySchedule(base_seconds=30, max_delay_seconds=3600, window_seconds=86400)
@@ -329,8 +358,8 @@ class FakeBus(EventPublisher):
     def __init__(self) -> None:
         self.published: list[DomainEvent] = []
 
-    def publish(self, events: list[DomainEvent]) -> None:
-        self.published.extend(events)
+    def publish(self, events: list[OutgoingEvent]) -> None:
+        self.published.extend(ready.event for ready in events)
 
 
 class FakeSender(WebhookSender):
@@ -437,13 +466,13 @@ def test_dispatch_publishes_every_event_and_queues_one_delivery_per_matching_sub
     store.add(hook("whk_alloc", ["order.allocated"]))
     dispatcher = EventDispatcher(store, queue, bus, Clock(), RetrySchedule())
     events = [event(), event(EventType.ORDER_ALLOCATED, version=2)]
-    assert dispatcher.dispatch(events) == 3
+    assert dispatcher.dispatch(events).queued == 3
     assert bus.published == events
     assert sorted((m.webhook_id, d) for m, d in queue.sent) == [("whk_all", 0), ("whk_all", 0), ("whk_alloc", 0)]
     # The same stream record again: same deliveries, nothing queued twice once tried.
     for key, stored in list(store.records.items()):
         store.records[key] = stored.model_copy(update={"attempts": 1})
-    assert dispatcher.dispatch(events) == 0
+    assert dispatcher.dispatch(events).queued == 0
     assert len(store.records) == 3
 
 
@@ -452,7 +481,7 @@ def test_a_delivery_whose_first_message_was_lost_is_queued_again_on_redelivery()
     store.add(hook("whk_all", ["*"]))
     dispatcher = EventDispatcher(store, queue, bus, Clock(), RetrySchedule())
     dispatcher.dispatch([event()])
-    assert dispatcher.dispatch([event()]) == 1
+    assert dispatcher.dispatch([event()]).queued == 1
     assert queue.sent[0][0] == queue.sent[1][0]
 
 
@@ -741,7 +770,7 @@ def test_dispatch_matches_the_subscriptions_it_is_given_without_reading_them_aga
     store, queue = CountingStore(), FakeQueue()
     given = [hook("whk_given", ["*"])]
     dispatcher = EventDispatcher(store, queue, FakeBus(), Clock(), RetrySchedule())
-    assert dispatcher.dispatch([event()], lambda: given) == 1
+    assert dispatcher.dispatch([event()], lambda: given).queued == 1
     assert store.reads == 0 and queue.sent[0][0].webhook_id == "whk_given"
 
 

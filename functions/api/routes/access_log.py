@@ -28,7 +28,9 @@ class AccessLogPage(Shown):
     "/orders/<order_id>/access-log",
     summary="Who read and changed an order, oldest first",
     description="Each read of the order (`get`, with `detail.label_urls` naming the shipments whose label links it "
-    "handed out; `history`, `returns` (also `GET /returns/{id}`, with `detail.return_id`), `refunds`, `notifications`, "
+    "handed out; `history`, `returns` (also `GET /returns/{id}`, with `detail.return_id`; with `detail.label_urls` "
+    "naming the returns whose label links it handed out, as for a page of `GET /returns`), `refunds`, "
+    "`notifications`, "
     "`access_log`; `list` for each order a page of `GET /orders` answered, with `detail.label_urls`, and `returns` "
     "for the order of the returns a page of `GET /returns` answered, `detail.return_ids` naming them; `simulate` for "
     "each stored order a `POST /sourcing/simulate` planned; `confirm` for each order a `POST /shipments/confirmations` "

@@ -43,7 +43,7 @@ def carrier_tracking(carrier: CarrierPath, webhook: Webhook) -> TrackingReport:
         webhook,
         {name: value for name, value in headers.items() if name not in WITHHELD_HEADERS},
         event.decoded_body or "",
-        deliver=lambda order_id, shipment_id, at: c.actions.deliver(
+        deliver=lambda order_id, shipment_id, at: c.actions.deliver_scanned(
             order_id, shipment_id, actor=who.key_id, channel=who.channel, delivered_at=at
         ),
         find=lambda order_id, shipment_id: c.orders.get(order_id, who.channel).shipment(shipment_id),

@@ -7,8 +7,9 @@ from urllib.parse import quote
 
 from aws_lambda_powertools.event_handler.api_gateway import Router
 
-from core.access import Scope
+from core.access import Scope, allows
 from core.models import InventorySummary, StockAdjustment, StockCount, StockLevel
+from core.services import MAX_COUNT_REJECTS
 from functions.api.access import ANY_KEY, caller, requires
 from functions.api.dependencies import container
 from functions.api.routes.catalog import KnownLocationPath, KnownSkuPath
@@ -18,14 +19,35 @@ from functions.api.schemas import errors, ok
 router = Router()
 
 
+# A reorder point names the vendor a location buys from and the unit cost it pays: purchasing's,
+# which GET /purchase-orders and GET /vendors keep behind purchasing:write. Stock reads take any
+# key (a storefront's) and a stock take or adjustment inventory:write: they show it only to a key
+# that may set it, and null (as where none is set) to the others.
+def _may_see_reorder() -> bool:
+    return allows(caller(router), Scope.PURCHASING_WRITE)
+
+
+def _level_shown(level: StockLevel) -> StockLevel:
+    return level if level.reorder is None or _may_see_reorder() else level.model_copy(update={"reorder": None})
+
+
 @router.put(
     "/inventory/<sku>/<location_id>",
     summary="Set the counted units on hand (a stock take)",
+    description="A count below the units reserved there (held by orders not yet shipped) is recorded, and the "
+    "pending shipments at that location holding the sku, newest order first, are rejected until what stays "
+    "reserved fits the count: each order goes back to be sourced without that location (from another one, else "
+    "`backordered` or `cancelled` `out_of_stock`, as for `POST /orders/{id}/shipments/{shipment_id}/reject`), its "
+    "history saying why (`shipment_rejected`, reason `stock_count`, the key as actor). The released units are "
+    "never reserved by another order first. The same count sent again changes nothing, and finishes one whose "
+    "answer was lost. 409 `insufficient_stock`, recording nothing, when even rejecting every such shipment would "
+    "leave more reserved than counted (units held by ready pickups, or by orders not allocated there yet or "
+    f"waiting for stock), or when it would send more than {MAX_COUNT_REJECTS} orders elsewhere (count in steps).",
     responses={**ok(200, StockLevel, "The stock record"), **errors(400, 403, 404, 409, 413)},
 )
 @requires(Scope.INVENTORY_WRITE)
 def set_stock(sku: KnownSkuPath, location_id: KnownLocationPath, count: StockCount) -> StockLevel:
-    return container().inventory.count(sku, location_id, count.on_hand)
+    return _level_shown(container().inventory.count(sku, location_id, count.on_hand, actor=caller(router).key_id))
 
 
 @router.post(
@@ -44,7 +66,7 @@ def adjust_stock(
     idempotency_key: IdempotencyKey = None,
 ) -> StockLevel:
     if idempotency_key is None:
-        return container().inventory.adjust(sku, location_id, adjustment.delta, adjustment.reason)
+        return _level_shown(container().inventory.adjust(sku, location_id, adjustment.delta, adjustment.reason))
     who = caller(router)
     # The adjustment's own key, recorded in the same write as the count: a retry whose first
     # attempt was written but whose answer (and idempotency record) was lost counts nothing twice.
@@ -60,7 +82,7 @@ def adjust_stock(
     # routes. Every other character an id may hold is left as it is, so keys stored before read the same.
     route = f"POST /inventory/{quote(sku, safe=':')}/{quote(location_id, safe=':')}/adjustments"
     body = once(route, who.key_id, idempotency_key, adjustment.model_dump(mode="json"), adjust, router.lambda_context)
-    return StockLevel.model_validate(body)
+    return _level_shown(StockLevel.model_validate(body))
 
 
 @router.get(
@@ -70,4 +92,8 @@ def adjust_stock(
 )
 @requires(ANY_KEY)
 def get_stock(sku: KnownSkuPath) -> InventorySummary:
-    return container().inventory.summary(sku)
+    summary = container().inventory.summary(sku)
+    if _may_see_reorder() or all(location.reorder is None for location in summary.locations):
+        return summary
+    hidden = [location.model_copy(update={"reorder": None}) for location in summary.locations]
+    return summary.model_copy(update={"locations": hidden})

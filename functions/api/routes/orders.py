@@ -182,11 +182,19 @@ def list_orders(
 @router.get(
     "/orders/<order_id>/history",
     summary="An order's history, oldest first",
-    responses={**ok(200, HistoryPage, "Every change, with its actor"), **errors(403, 404)},
+    description="Paged as every list: `limit` entries (default 25) and the `next_cursor` of the rest, null on the "
+    "last page; follow it until it is null to read the whole history. A cursor names a place in this order's "
+    "history, which only grows: one issued for another order or list is 422 `invalid_cursor`.",
+    responses={**ok(200, HistoryPage, "A page of the changes, each with its actor"), **errors(403, 404)},
 )
 @requires(Scope.ORDERS_READ)
-def get_history(order_id: OrderIdPath) -> HistoryPage:
-    return HistoryPage(items=history_shown(container().orders.history(order_id, caller(router).channel)))
+def get_history(
+    order_id: OrderIdPath,
+    limit: Limit = 25,
+    cursor: Annotated[str | None, Query(max_length=2048)] = None,
+) -> HistoryPage:
+    items, next_cursor = container().orders.history_page(order_id, caller(router).channel, limit, cursor)
+    return HistoryPage(items=history_shown(items), next_cursor=next_cursor)
 
 
 ShipmentIdPath = existing("shipment", r"^shp_[a-z2-7]{24}$", "Shipment id")
@@ -198,8 +206,10 @@ IfMatch = Annotated[str, if_match_header("The order's `version` you read.")]
     "/orders/<order_id>",
     summary="Edit lines, address or shipping method until the first shipment ships",
     description="An authorized, allocated or backordered order whose total grows is authorized again for the new "
-    "total first: a declined re-authorization is 409 `payment_declined`, a gateway that keeps failing 503; either "
-    "way the order is unchanged and the failed attempts are in its history. An allocated or backordered order goes "
+    "total first: a declined re-authorization is 409 `payment_declined`, a gateway that keeps failing 503, a payment "
+    "plugin that fails (raises, or answers what the OMS cannot take) 502 `payment_plugin_error`; each way the order "
+    "is unchanged and the failed attempts are in its history (one the gateway may have approved all the same is "
+    "voided by the order's next change, its cancel, or the reconciler). An allocated or backordered order goes "
     "back to `authorized` with nothing allocated and its pending shipments removed, and the order workflow sources "
     "it again. A held allocated order is edited the same way and stays on hold; released, it is sourced again (one "
     "held while backordered is 409: release it first). Review rules look at the edited order as at capture: one "
@@ -208,7 +218,7 @@ IfMatch = Annotated[str, if_match_header("The order's `version` you read.")]
     "shipped (or a pickup is ready) 409. An order held for a person to confirm whether a parcel left (its ship "
     "died after its capture) is 409 `parcel_not_confirmed`, `details` naming the shipment, until its hold is "
     "released.",
-    responses={**changed("The order, priced again"), **errors(400, 403, 404, 409, 413, 428, 503)},
+    responses={**changed("The order, priced again"), **errors(400, 403, 404, 409, 413, 428, 502, 503)},
     middlewares=[plugins_loaded],
 )
 @requires(Scope.ORDERS_WRITE)
@@ -289,12 +299,17 @@ def cancel_order(
     "authorization older than `OMS_AUTHORIZATION_VALID_DAYS` (default 7) is authorized again first and the old "
     "one voided, a decline of it answering as a refused capture does. A "
     "refused capture is 502 `payment_gateway_error`, a gateway that keeps failing 503 `payment_gateway_unavailable` "
-    "with Retry-After: the shipment stays `pending`, nothing is captured or moved, each failed attempt is in the "
-    "history, and repeating the call tries again with the same idempotency key. A capture whose shipment was "
+    "with Retry-After, a payment plugin that fails (raises, or answers what the OMS cannot take) 502 "
+    "`payment_plugin_error`: the shipment stays `pending`, nothing is recorded as captured or moved, each failed "
+    "attempt is in the history, and repeating the call tries again with the same idempotency key (a capture the "
+    "gateway made all the same is then recorded once). Once the shipment is recorded shipped, a settlement after it "
+    "that fails (releasing what an order that lost units holds beyond its total) does not change the answer: 200, "
+    "the failure in the history, asked again by a repeat or the reconciler. A capture whose shipment was "
     "cancelled meanwhile is refunded at once (409). A pickup order's shipment is never shipped (409): it is made "
     "ready, then collected (`POST .../deliver`). A shipment shipped already answers 200 and changes nothing, unless "
-    "the call names another `tracking_number` than the one recorded: 409 `tracking_number_conflict`, whose "
-    "`details` name the `shipment_id` and the recorded `tracking_number`.",
+    "the call names another `tracking_number` than the one recorded: one shipped without naming a number (it kept "
+    "its label's) takes it, once (history `shipment_tracking_number_set`); otherwise 409 "
+    "`tracking_number_conflict`, whose `details` name the `shipment_id` and the recorded `tracking_number`.",
     responses={**changed("The order"), **errors(400, 403, 404, 409, 413, 502, 503)},
     middlewares=[plugins_loaded],
 )
@@ -312,8 +327,9 @@ def ship_shipment(
     "/orders/<order_id>/shipments/<shipment_id>/deliver",
     summary="Confirm a shipment was delivered, or a pickup collected",
     description="A shipped parcel arrived; or a pickup `ready_for_pickup` was collected at its store, when its "
-    "share of the payment is captured (as a ship captures: a refused capture is 502, a gateway that keeps failing "
-    "503, and the pickup stays ready). A parcel still `pending` is 409, unless its ship died after its capture "
+    "share of the payment is captured (as a ship captures: a refused capture is 502 `payment_gateway_error`, a "
+    "payment plugin that fails 502 `payment_plugin_error`, a gateway that keeps failing 503, and the pickup stays "
+    "ready). A parcel still `pending` is 409, unless its ship died after its capture "
     "(its fate unknown, the order held by the system for a person to confirm whether it left, or its capture request "
     "still standing): the report is proof it left, and it is shipped (captured as a ship captures) and delivered. A "
     "hold that names other parcels too stays on for them (409, the report recorded: the parcel is shipped and "

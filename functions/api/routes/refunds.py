@@ -34,7 +34,10 @@ router = Router()
     "`settlement_refund_pending` naming it (`details[0].refund_id`): retry once it is answered. "
     "A gateway that keeps failing answers 503 with the "
     "refund `pending` (it holds its amount): repeat the request with the same Idempotency-Key to finish it; "
-    "one nobody repeats is finished by the scheduled reconciler about 15 minutes later. No payment plugin for the "
+    "one nobody repeats is finished by the scheduled reconciler about 15 minutes later. A payment plugin that fails "
+    "(raises, or answers what the OMS cannot take) answers 502 `payment_plugin_error` with the refund `pending` "
+    "the same way (the gateway may have refunded it): repeated with the same Idempotency-Key once the plugin works, "
+    "or by the reconciler, it is asked again under its key and refunds once. No payment plugin for the "
     "order's method: a new refund is 201 `failed` (nothing was asked), but a repeat of one left `pending` is 502 "
     "`payment_gateway_error` with the refund still `pending`, as the first request may have refunded it through "
     "the removed plugin: repeat it once the plugin is back.",

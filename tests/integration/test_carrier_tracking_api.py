@@ -1,0 +1,159 @@
+"""POST /carriers/oms-flat-rate/tracking over the in-process API with real orders: what a carrier's
+webhook does to them when some of its events are bad, when a parcel is scanned delivered before
+its ship is confirmed, and when the same webhook comes again. The rules are unit tests
+(tests/unit/test_tracking.py); this is the route the carrier (or its relay) calls."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from plugins.flat_rate_carrier import tracking_number
+from tests.e2e.client import order_body, stocked_sku, unsigned
+from tests.integration.in_process import InProcessApi, in_process_api_with_labels, issue, run_to_allocated
+
+PATH = "/carriers/oms-flat-rate/tracking"
+SCANNED_AT = "2026-11-23T09:30:00Z"
+
+
+@pytest.fixture(scope="module")
+def api() -> Iterator[InProcessApi]:
+    with in_process_api_with_labels() as started:
+        yield started
+
+
+@pytest.fixture(scope="module")
+def sku(api: InProcessApi) -> str:
+    return stocked_sku(api, "25.00", on_hand=1000)[1]
+
+
+def allocated(api: InProcessApi, sku: str) -> tuple[str, str]:
+    response = api.post("/orders", json=order_body((sku, 1)))
+    assert response.status_code == 201, response.text
+    order = run_to_allocated(api, response.json()["id"])
+    return order["id"], order["shipments"][0]["id"]
+
+
+def shipped(api: InProcessApi, sku: str) -> tuple[str, str]:
+    order_id, shipment_id = allocated(api, sku)
+    response = api.post(f"/orders/{order_id}/shipments/{shipment_id}/ship", json={})
+    assert response.status_code == 200, response.text
+    return order_id, shipment_id
+
+
+def scan(order_id: str, shipment_id: str, status: str = "delivered", **overrides: Any) -> dict[str, Any]:
+    return {
+        "reference": f"{order_id}/{shipment_id}",
+        "tracking_number": tracking_number(shipment_id),
+        "status": status,
+        "at": SCANNED_AT,
+        **overrides,
+    }
+
+
+def test_a_bad_event_is_refused_alone_at_its_position_and_the_good_ones_are_applied(api, sku):
+    carrier = issue(api, "fulfillment:write")
+    (first, one), (second, two) = shipped(api, sku), shipped(api, sku)
+    body = {
+        "events": [
+            scan(first, one),
+            scan(second, two, tracking_number=tracking_number(one)),  # pasted onto the wrong reference
+            {"reference": f"{second}/{two}", "status": "delivered", "at": SCANNED_AT},  # no tracking number
+            "not an event",
+            scan(second, two, at="2026-11-23T09:30:00"),  # no zone: no moment
+            scan(second, two, "in_transit"),
+        ]
+    }
+
+    response = api.post(PATH, key=carrier, json=body)
+
+    assert response.status_code == 200, response.text
+    report = response.json()
+    assert [(u["position"], u["order_id"], u["outcome"]) for u in report["updates"]] == [
+        (0, first, "delivered"),
+        (5, second, "not_recorded"),
+    ]
+    refused = report["refused"]
+    assert [r["position"] for r in refused] == [1, 2, 3, 4]
+    assert {r["error"]["code"] for r in refused} == {"validation_error"}
+    assert [[d["field"] for d in r["error"]["details"]] for r in refused] == [
+        ["events[1].tracking_number"],
+        ["events[2].tracking_number"],
+        ["events[3]"],
+        ["events[4].at"],
+    ]
+    assert api.get(f"/orders/{first}").json()["status"] == "delivered"
+    assert api.get(f"/orders/{second}").json()["status"] == "shipped"
+
+    # The carrier's retry of the same webhook changes nothing and answers the same.
+    before = [unsigned(api.get(f"/orders/{o}").json()) for o in (first, second)]
+    again = api.post(PATH, key=carrier, json=body)
+
+    assert (again.status_code, again.json()) == (200, report)
+    assert [unsigned(api.get(f"/orders/{o}").json()) for o in (first, second)] == before
+
+
+@pytest.mark.parametrize(
+    "body",
+    [{"events": "no list"}, {"events": [], "extra": 1}, {"parcels": []}, [], {"events": [{}] * 101}],
+    ids=["events-not-a-list", "unknown-field", "no-events", "an-array", "too-many"],
+)
+def test_a_body_that_is_no_flat_rate_webhook_is_still_refused_whole(api, body):
+    response = api.post(PATH, json=body)
+
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["code"] == "validation_error"
+
+
+def test_a_delivered_scan_before_the_ship_is_kept_and_the_ship_that_comes_later_delivers_it(api, sku):
+    """The carrier's delivered scan outran the warehouse's ship confirmation. Nothing is captured
+    on the carrier's word: the ship (the location's hand-over, which the contract captures on)
+    records the parcel shipped, then delivered when the carrier said."""
+    carrier = issue(api, "fulfillment:write")
+    order_id, shipment_id = allocated(api, sku)
+    # A time the OMS believes: not before the order was placed, not yet to come.
+    delivered_at = api.get(f"/orders/{order_id}").json()["created_at"]
+
+    early = api.post(PATH, key=carrier, json={"events": [scan(order_id, shipment_id, at=delivered_at)]})
+    resent = api.post(PATH, key=carrier, json={"events": [scan(order_id, shipment_id, at=delivered_at)]})
+
+    assert early.status_code == resent.status_code == 200, early.text
+    assert [u["outcome"] for u in early.json()["updates"]] == ["not_shipped"]
+    waiting = api.get(f"/orders/{order_id}").json()
+    assert (waiting["status"], waiting["shipments"][0]["status"]) == ("allocated", "pending")
+    assert waiting["payment"]["captured"]["amount"] == "0.00"
+    kept = [e for e in api.get(f"/orders/{order_id}/history").json()["items"] if e["type"] == "delivery_scan_kept"]
+    assert [e["detail"] for e in kept] == [{"shipment_id": shipment_id, "delivered_at": delivered_at}]
+
+    shipped = api.post(f"/orders/{order_id}/shipments/{shipment_id}/ship", json={})
+
+    assert shipped.status_code == 200, shipped.text
+    order = shipped.json()
+    assert order["status"] == "delivered"
+    (shipment,) = order["shipments"]
+    assert (shipment["status"], shipment["delivered_at"]) == ("delivered", delivered_at)
+    assert shipment["shipped_at"] <= shipment["delivered_at"]
+    assert order["payment"]["captured"] == order["totals"]["grand_total"]
+    types = [e["type"] for e in api.get(f"/orders/{order_id}/history").json()["items"]]
+    assert types[-3:] == ["delivery_scan_kept", "shipment_shipped", "shipment_delivered"]
+
+    # The carrier's retry after that changes nothing.
+    again = api.post(PATH, key=carrier, json={"events": [scan(order_id, shipment_id, at=delivered_at)]})
+    assert [u["outcome"] for u in again.json()["updates"]] == ["delivered"]
+    assert unsigned(api.get(f"/orders/{order_id}").json()) == unsigned(order)
+
+
+@pytest.mark.parametrize("at", ["9999-12-31T23:00:00-05:00", "0001-01-01T00:30:00+01:00"])
+def test_a_time_that_leaves_the_calendar_in_utc_is_refused_alone_not_a_500(api, sku, at):
+    order_id, shipment_id = shipped(api, sku)
+
+    response = api.post(PATH, json={"events": [scan(order_id, shipment_id, at=at), scan(order_id, shipment_id)]})
+
+    assert response.status_code == 200, response.text
+    report = response.json()
+    assert [(r["position"], [d["field"] for d in r["error"]["details"]]) for r in report["refused"]] == [
+        (0, ["events[0].at"])
+    ]
+    assert [(u["position"], u["outcome"]) for u in report["updates"]] == [(1, "delivered")]

@@ -1,0 +1,59 @@
+"""PUT /inventory/{sku}/{location_id} below the units reserved there, over the in-process API on
+moto: the count is recorded (200), and the newest order's pending shipment there is rejected
+(`stock_count`, by the counting key) and sourced again elsewhere. The workflow is not running
+here (no event sources): the test runs the order's steps itself."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.e2e.client import Catalog, order_body, put_network, unique
+from tests.integration.in_process import InProcessApi, in_process_api_with_labels, run_to_allocated
+
+
+@pytest.fixture(scope="module")
+def api() -> Iterator[InProcessApi]:
+    with in_process_api_with_labels() as started:
+        yield started
+
+
+def test_a_count_below_reserved_is_recorded_and_the_newest_order_is_sourced_again(api: InProcessApi):
+    network = put_network(api)
+    catalog = Catalog(api)
+    sku = catalog.product("10.00")
+    catalog.stock(sku, network["west"], 10)
+    catalog.stock(sku, network["east"], 10)
+    issued = api.post("/api-keys", json={"name": unique("key"), "scopes": ["inventory:write"]}).json()
+    orders = []
+    for _ in range(2):
+        placed = api.post("/orders", json=order_body((sku, 4)))
+        assert placed.status_code == 201, placed.text
+        orders.append(run_to_allocated(api, placed.json()["id"]))
+    assert {s["location_id"] for o in orders for s in o["shipments"]} == {network["west"]}
+
+    counted = api.put(f"/inventory/{sku}/{network['west']}", key=issued["key"], json={"on_hand": 5})
+
+    assert counted.status_code == 200, counted.text
+    assert {k: counted.json()[k] for k in ("on_hand", "reserved", "available")} == {
+        "on_hand": 5, "reserved": 4, "available": 1,
+    }  # fmt: skip
+    rejected = {}
+    for order in orders:
+        entries = api.get(f"/orders/{order['id']}/history").json()["items"]
+        rejected[order["id"]] = [
+            (e["actor"], e["detail"]["reason"], e["detail"]["location_id"])
+            for e in entries
+            if e["type"] == "shipment_rejected"
+        ]
+    older, newer = orders
+    assert rejected == {older["id"]: [], newer["id"]: [(issued["id"], "stock_count", network["west"])]}
+    assert api.get(f"/orders/{older['id']}").json()["status"] == "allocated"
+    again = run_to_allocated(api, newer["id"])
+    assert {s["location_id"] for s in again["shipments"]} == {network["east"]}
+    again_counted = api.put(f"/inventory/{sku}/{network['west']}", key=issued["key"], json={"on_hand": 5}).json()
+    assert {**again_counted, "updated_at": None} == {**counted.json(), "updated_at": None}
+    assert [(s["id"], s["status"]) for s in api.get(f"/orders/{older['id']}").json()["shipments"]] == [
+        (s["id"], s["status"]) for s in older["shipments"]
+    ]

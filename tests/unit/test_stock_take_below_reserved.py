@@ -1,0 +1,238 @@
+"""A stock take below the units reserved there (core.services.InventoryService.count) on the
+in-memory fakes, with the order workflow and the order actions: the count is recorded, and the
+pending shipments it no longer covers are rejected (newest order first) and sourced again; the
+released units are never reserved by another order first, the same count again changes nothing,
+a count whose function died before its rejects is finished by the count sent again, and a count
+that could not fit even with every pending shipment rejected is refused and records nothing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from core.errors import Backordered, InsufficientStock, OutOfStock
+from core.events import OrderEvent
+from core.services import InventoryService
+from core.status import OrderStatus
+from tests.builders import product
+from tests.unit.world import Clock, World, build_world
+
+S = OrderStatus
+KEY = "key_stock_take"
+STOCK = [
+    ("TSHIRT", "wh-west", 10),
+    ("TSHIRT", "wh-east", 10),
+    ("CAP", "wh-west", 4),
+    ("BOOK", "wh-west", 4),
+    ("MUG", "store-sf", 2),
+]
+PICKUP = {"fulfillment": {"type": "pickup", "location_id": "store-sf"}}
+
+
+CLOCKS: dict[int, Clock] = {}  # each world's clock, moved a minute before each order is placed
+
+
+@pytest.fixture
+def world() -> World:
+    clock = Clock()
+    world = build_world([], clock=clock)
+    CLOCKS[id(world)] = clock
+    world.catalog.put_product(product("BOOK", "12.00", allow_backorder=True))
+    for sku, location_id, on_hand in STOCK:
+        world.inventory.set_on_hand(sku, location_id, on_hand, reason="count")
+    return world
+
+
+def service(world: World) -> InventoryService:
+    return InventoryService(world.inventory, world.catalog, orders=lambda: world.orders, reject=world.actions.reject)
+
+
+def allocated_later(world: World, *lines: tuple[str, int], **overrides: object):
+    CLOCKS[id(world)].advance(minutes=1)
+    return world.allocated(*lines, **overrides)
+
+
+def sourced_again(world: World, order_id: str):
+    """The workflow the reject started again, as the state machine runs it (out of stock: its Catch)."""
+    try:
+        world.workflow.reserve_stock(order_id)
+    except Backordered:
+        return world.order(order_id)  # it waits for stock: the state machine's end of this run
+    except OutOfStock as error:
+        cause = json.dumps({"errorType": "OutOfStock", "errorMessage": str(error)})
+        world.workflow.cancel_after_failure(order_id, error="OutOfStock", cause=cause)
+        return world.order(order_id)
+    world.workflow.create_shipments(order_id)
+    return world.order(order_id)
+
+
+def rejected_by_count(world: World, order_id: str) -> list[tuple[str | None, str, dict]]:
+    return [
+        (e.actor, e.to_status, e.detail)
+        for e in world.history(order_id)
+        if e.type is OrderEvent.SHIPMENT_REJECTED and e.detail.get("reason") == "stock_count"
+    ]
+
+
+def test_a_count_below_reserved_is_recorded_and_the_newest_order_is_sourced_elsewhere(world):
+    older = allocated_later(world, ("TSHIRT", 4))
+    newer = allocated_later(world, ("TSHIRT", 4))
+    assert {s.location_id for s in older.shipments} == {s.location_id for s in newer.shipments} == {"wh-west"}
+
+    level = service(world).count("TSHIRT", "wh-west", 5, actor=KEY)
+
+    assert (level.on_hand, level.reserved, level.available) == (5, 4, 1)
+    assert world.level("TSHIRT", "wh-west") == (5, 4, 1)
+    assert world.order(older.id) == older  # the older order keeps its shipment
+    ((actor, status, detail),) = rejected_by_count(world, newer.id)
+    assert (actor, status, detail["location_id"]) == (KEY, S.AUTHORIZED, "wh-west")
+    again = sourced_again(world, newer.id)
+    assert again.status is S.ALLOCATED
+    assert {s.location_id for s in again.shipments} == {"wh-east"}
+    assert world.level("TSHIRT", "wh-west") == (5, 4, 1)
+
+
+def test_with_no_other_location_the_orders_are_cancelled_or_backordered_as_their_products_say(world):
+    caps = allocated_later(world, ("CAP", 2))
+    books = allocated_later(world, ("BOOK", 2))
+    more_caps = allocated_later(world, ("CAP", 2))
+
+    service(world).count("CAP", "wh-west", 1, actor=KEY)  # 4 reserved: both caps orders go
+    service(world).count("BOOK", "wh-west", 0, actor=KEY)
+
+    assert world.level("CAP", "wh-west") == (1, 0, 1)
+    assert world.level("BOOK", "wh-west") == (0, 0, 0)
+    for order_id in (caps.id, more_caps.id, books.id):
+        assert len(rejected_by_count(world, order_id)) == 1
+    assert sourced_again(world, caps.id).status is S.CANCELLED
+    assert sourced_again(world, more_caps.id).status is S.CANCELLED
+    assert sourced_again(world, books.id).status is S.BACKORDERED
+    assert world.level("CAP", "wh-west") == (1, 0, 1)
+
+
+def test_the_same_count_sent_again_changes_nothing(world):
+    allocated_later(world, ("TSHIRT", 4))
+    newer = allocated_later(world, ("TSHIRT", 4))
+    service(world).count("TSHIRT", "wh-west", 5, actor=KEY)
+    sourced_again(world, newer.id)
+    before = (world.orders.orders.copy(), {k: list(v) for k, v in world.orders.histories.items()}, world.held())
+
+    level = service(world).count("TSHIRT", "wh-west", 5, actor=KEY)
+
+    assert (level.on_hand, level.reserved) == (5, 4)
+    assert (world.orders.orders, world.orders.histories, world.held()) == before
+
+
+def test_a_count_whose_function_died_before_its_rejects_is_finished_by_the_count_sent_again(world):
+    older = allocated_later(world, ("TSHIRT", 4))
+    newer = allocated_later(world, ("TSHIRT", 4))
+
+    def died(*args: object) -> None:
+        raise RuntimeError("the Lambda timed out after the count")
+
+    dying = InventoryService(world.inventory, world.catalog, orders=lambda: world.orders, reject=died)
+    with pytest.raises(RuntimeError):
+        dying.count("TSHIRT", "wh-west", 5, actor=KEY)
+    assert world.level("TSHIRT", "wh-west") == (5, 8, -3)  # counted; nothing there to reserve meanwhile
+    meanwhile = allocated_later(world, ("TSHIRT", 1))
+    assert {s.location_id for s in meanwhile.shipments} == {"wh-east"}
+
+    service(world).count("TSHIRT", "wh-west", 5, actor=KEY)
+
+    assert world.level("TSHIRT", "wh-west") == (5, 4, 1)
+    assert world.order(older.id) == older
+    assert len(rejected_by_count(world, newer.id)) == 1
+
+
+def test_the_released_units_are_not_reserved_by_an_order_placed_between_the_rejects(world, monkeypatch):
+    # The count lands before the rejects: available stays negative until the last release, so an
+    # order placed while the first reject's units go back cannot take them.
+    first = allocated_later(world, ("TSHIRT", 3))
+    second = allocated_later(world, ("TSHIRT", 3))
+    third = allocated_later(world, ("TSHIRT", 3))
+    placed: list[str] = []
+    real = world.actions.reject
+
+    def reject_then_place(order_id: str, shipment_id: str, reason: str, actor: str):
+        done = real(order_id, shipment_id, reason, actor)
+        if not placed:
+            placed.append(allocated_later(world, ("TSHIRT", 2)).id)
+        return done
+
+    racing = InventoryService(world.inventory, world.catalog, orders=lambda: world.orders, reject=reject_then_place)
+    racing.count("TSHIRT", "wh-west", 3, actor=KEY)
+
+    assert {s.location_id for s in world.order(placed[0]).shipments} == {"wh-east"}
+    assert world.level("TSHIRT", "wh-west") == (3, 3, 0)
+    assert world.order(first.id) == first
+    assert [len(rejected_by_count(world, o.id)) for o in (second, third)] == [1, 1]
+
+
+def test_an_order_reserved_between_the_read_and_the_count_is_planned_for(world, monkeypatch):
+    older = allocated_later(world, ("TSHIRT", 4))
+    newer = allocated_later(world, ("TSHIRT", 4))
+    real = world.inventory.set_on_hand
+    racing: list[str] = []
+
+    def set_on_hand(sku, location_id, on_hand, reason, releasing=None):
+        if releasing and not racing:
+            racing.append(allocated_later(world, ("TSHIRT", 2)).id)  # reserved at wh-west: 10 now
+        return real(sku, location_id, on_hand, reason, releasing)
+
+    monkeypatch.setattr(world.inventory, "set_on_hand", set_on_hand)
+    level = service(world).count("TSHIRT", "wh-west", 5, actor=KEY)
+
+    assert (level.on_hand, level.reserved) == (5, 4)
+    assert world.order(older.id) == older
+    assert [len(rejected_by_count(world, o)) for o in (newer.id, racing[0])] == [1, 1]
+
+
+def test_a_count_below_what_ready_pickups_hold_is_refused_and_records_nothing(world):
+    pickup = world.allocated(("MUG", 2), **PICKUP)
+    shipment = pickup.shipments[0].id
+    world.actions.ready(pickup.id, shipment, actor="key_store")
+    before = world.order(pickup.id)
+
+    with pytest.raises(InsufficientStock):
+        service(world).count("MUG", "store-sf", 1, actor=KEY)
+
+    assert world.level("MUG", "store-sf") == (2, 2, 0)
+    assert world.order(pickup.id) == before
+
+
+def test_a_count_that_would_send_more_orders_elsewhere_than_one_count_may_is_refused_and_records_nothing(
+    world, monkeypatch
+):
+    monkeypatch.setattr("core.services.MAX_COUNT_REJECTS", 1)
+    orders = [allocated_later(world, ("TSHIRT", 3)) for _ in range(3)]
+
+    with pytest.raises(InsufficientStock) as refused:
+        service(world).count("TSHIRT", "wh-west", 2, actor=KEY)  # all three orders would go
+
+    assert "count in steps" in refused.value.details[0]["message"]
+    assert world.level("TSHIRT", "wh-west") == (10, 9, 1)
+    assert [world.order(o.id) for o in orders] == orders
+    service(world).count("TSHIRT", "wh-west", 6, actor=KEY)  # the newest goes
+    assert world.level("TSHIRT", "wh-west") == (6, 6, 0)
+    assert [len(rejected_by_count(world, o.id)) for o in orders] == [0, 0, 1]
+
+
+def test_an_order_cancelled_between_the_count_and_its_reject_is_left_cancelled(world, monkeypatch):
+    older = allocated_later(world, ("TSHIRT", 4))
+    newer = allocated_later(world, ("TSHIRT", 4))
+    real = world.inventory.set_on_hand
+
+    def set_on_hand(sku, location_id, on_hand, reason, releasing=None):
+        level = real(sku, location_id, on_hand, reason, releasing)
+        if releasing:
+            world.actions.cancel(newer.id, "customer_request", actor="key_web")
+        return level
+
+    monkeypatch.setattr(world.inventory, "set_on_hand", set_on_hand)
+    level = service(world).count("TSHIRT", "wh-west", 5, actor=KEY)
+
+    assert (level.on_hand, level.reserved, level.available) == (5, 4, 1)
+    assert world.order(newer.id).status is S.CANCELLED
+    assert rejected_by_count(world, newer.id) == []
+    assert world.order(older.id) == older
