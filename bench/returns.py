@@ -22,11 +22,12 @@ from typing import Any
 
 import requests
 
-from bench.cost import SFN_EXPRESS_BILLED_GB, Usage, combined, dollars, optional_dollars, wru_for
+from bench.cost import SFN_EXPRESS_BILLED_GB, Usage, combined, dollars, optional_dollars
 from bench.workflow import (
     FEATURES,
     MEASURED_SCHEDULE_SECONDS,
     DurationModel,
+    ItemKey,
     LogMeter,
     ScheduledRuns,
     Subscriber,
@@ -49,15 +50,13 @@ RETURN_FEATURES = (*FEATURES, "access log")
 
 class ReturnUsageRecorder(UsageRecorder):
     """bench.workflow's recorder, plus the Returns table's index writes (its four GSIs on a put, the
-    status index on a status change) and restock transactions (two items, each write doubled)."""
+    status index on a status change); its items, and the restock transactions' (each write doubled),
+    billed on their sizes as the recorder bills every item outside the Orders table."""
 
     returns_table = ""
 
-    def _capacity(self, usage: Usage, operation: str, params: dict[str, Any]) -> None:
+    def _capacity(self, usage: Usage, operation: str, params: dict[str, Any], sizes: Mapping[ItemKey, int]) -> None:
         table = params.get("TableName")
-        if operation == "TransactWriteItems":
-            usage.wru += 2 * len(params["TransactItems"])  # small items: one unit each, doubled
-            return
         if table and table == self.returns_table:
             if operation == "PutItem":
                 usage.wru += 4  # by_order, by_channel, by_status and by_created entries
@@ -65,8 +64,7 @@ class ReturnUsageRecorder(UsageRecorder):
                 values = params.get("ExpressionAttributeValues", {})
                 if values[":status"]["S"] != values[":expected_status"]["S"]:
                     usage.wru += 2  # the by_status entry moves
-                usage.wru += wru_for(len(values[":doc"]["S"].encode()) + 120) - 1
-        super()._capacity(usage, operation, params)
+        super()._capacity(usage, operation, params, sizes)  # the item: on its size (UsageRecorder.written_keys)
 
 
 def _order_body() -> dict[str, Any]:

@@ -48,6 +48,7 @@ from bench.stack import external_id
 from functions.adapters import order_codec
 from infra.local.event_sources import LOCAL_SCHEDULE_PERIODS, SCHEDULE_PERIOD_ENV, schedule_period
 from infra.local.lambdas import RUNNING, LocalFunction, run_workers_as_their_function
+from infra.local.moto_patches.lock import MOTO_LOCK
 from infra.local.stack import running_stack
 from infra.local.template import Template
 
@@ -167,6 +168,52 @@ def updated_attributes(attributes: dict[str, Any], update: dict[str, Any]) -> di
     for name in filter(None, (n.strip() for n in removes.split(","))):
         result.pop(names.get(name, name), None)
     return result
+
+
+ItemKey = tuple[str, str]  # (table, the item's key attributes as JSON)
+
+
+def item_key(table: str, item: Mapping[str, Any]) -> ItemKey:
+    """An item's identity for stored_sizes: its table and its key attributes (read from the
+    table as the stack created it; an item's other attributes are left out)."""
+    hash_key, range_key = _key_schema(table)
+    key = {name: item[name] for name in (hash_key, range_key) if name}
+    return table, json.dumps(key, sort_keys=True, default=repr)
+
+
+def _key_schema(table: str) -> tuple[str, str | None]:
+    table_model = _moto_table(table)
+    return table_model.hash_key_attr, table_model.range_key_attr
+
+
+def _moto_table(table: str) -> Any:
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.dynamodb.models import dynamodb_backends
+
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    return dynamodb_backends[DEFAULT_ACCOUNT_ID][region].get_table(table)
+
+
+def _stored(sizes: Mapping[ItemKey, int] | None, table: str | None, item: Mapping[str, Any] | None) -> int:
+    """What `sizes` (stored_sizes') says the item weighs; 0 when it was not measured."""
+    if not sizes or table is None or item is None:
+        return 0
+    return sizes.get(item_key(table, item), 0)
+
+
+def stored_sizes(keys: list[ItemKey]) -> dict[ItemKey, int]:
+    """What each item weighs in the stack's moto now (0: none), by DynamoDB's rules (item_bytes):
+    read from moto's tables directly, so no request is counted or billed."""
+    from moto.dynamodb.models.dynamo_type import DynamoType
+
+    sizes = {}
+    for table, key_json in keys:
+        model = _moto_table(table)
+        key = json.loads(key_json)
+        range_key = DynamoType(key[model.range_key_attr]) if model.range_key_attr else None
+        found = model.get_item(DynamoType(key[model.hash_key_attr]), range_key)
+        sizes[(table, key_json)] = item_bytes(found.to_json()["Attributes"]) if found else 0
+    return sizes
 
 
 def orders_indexes() -> list[Index]:
@@ -332,8 +379,24 @@ class UsageRecorder:
 
         def counted(client: BaseClient, operation_name: str, api_params: dict[str, Any]) -> Any:
             service = client.meta.service_model.service_name
-            recorder.record(service, operation_name, api_params)
-            return recorder.durations.aws_call(service, lambda: original(client, operation_name, api_params))
+
+            def call() -> Any:
+                return recorder.durations.aws_call(service, lambda: original(client, operation_name, api_params))
+
+            written = recorder.written_keys(service, operation_name, api_params)
+            if not written:
+                recorder.record(service, operation_name, api_params)
+                return call()
+            # Billed by the larger of each item's sizes before and after the write: both read from
+            # the stack's moto, the write between them (no other request in between: MOTO_LOCK).
+            with MOTO_LOCK:
+                before = stored_sizes(written)
+                try:
+                    return call()
+                finally:
+                    after = stored_sizes(written)
+                    sizes = {key: max(before[key], after[key]) for key in written}
+                    recorder.record(service, operation_name, api_params, sizes)
 
         BaseClient._make_api_call = counted  # type: ignore[method-assign]
         # The reports' partition readers (worker threads a function starts) query as that function:
@@ -364,7 +427,29 @@ class UsageRecorder:
         function = (RUNNING.function or "").split("-")[-1]
         return self.scheduled[function] if function in self.scheduled_functions else None
 
-    def record(self, service: str, operation_name: str, params: dict[str, Any]) -> None:
+    def written_keys(self, service: str, operation: str, params: dict[str, Any]) -> list[ItemKey]:
+        """The items a write made inside a function puts, updates or deletes outside the Orders
+        table (whose sizes _update follows from its writes): stock items, whose `reservations` map
+        holds an entry per open order line, the network item, counters, records."""
+        if service != "dynamodb" or RUNNING.function is None:
+            return []
+        if operation == "TransactWriteItems":
+            entries = [written for entry in params["TransactItems"] for written in entry.values()]
+        elif operation in ("PutItem", "UpdateItem", "DeleteItem"):
+            entries = [params]
+        else:
+            return []
+        return [
+            item_key(entry["TableName"], entry.get("Key") or entry["Item"])
+            for entry in entries
+            if entry["TableName"] != self.orders_table
+        ]
+
+    def record(
+        self, service: str, operation_name: str, params: dict[str, Any], sizes: Mapping[ItemKey, int] | None = None
+    ) -> None:
+        """Counts one request (made inside a function); `sizes`: what each item a write changes
+        outside the Orders table weighs (written_keys), the larger of before and after."""
         function = RUNNING.function
         if function is None:
             return  # the stack's own work (creating tables, polling streams) is not billed per order
@@ -380,7 +465,7 @@ class UsageRecorder:
                 self.usage.by_function[f"{name} {operation}"] += 1  # every request, for the table
             usage.calls[operation] += 1
             if service == "dynamodb":
-                self._capacity(usage, operation_name, params)
+                self._capacity(usage, operation_name, params, sizes or {})
             elif operation == "stepfunctions.StartExecution":
                 usage.sfn_executions += 1
             elif operation == "events.PutEvents":
@@ -394,9 +479,12 @@ class UsageRecorder:
         usage.wru += units
         usage.wru_by_write[f"{function} {operation} {table_name}: {part}"] += units
 
-    def _put(self, usage: Usage, operation: str, params: dict[str, Any], factor: int = 1) -> None:
+    def _put(
+        self, usage: Usage, operation: str, params: dict[str, Any], factor: int = 1,
+        sizes: Mapping[ItemKey, int] | None = None,
+    ) -> None:  # fmt: skip
         table, item = params.get("TableName"), params["Item"]
-        size = item_bytes(item)
+        size = max(item_bytes(item), _stored(sizes, table, item))
         if table == self.orders_table:
             order_id = item["id"]["S"]
             self._order_bytes[order_id] = (size, attribute_bytes(item["doc"]))
@@ -406,11 +494,17 @@ class UsageRecorder:
                 self._bill(usage, factor * index.writes_on_put(item), operation, table, f"index {index.name}")
         self._bill(usage, factor * wru_for(size), operation, table)
 
-    def _update(self, usage: Usage, operation: str, params: dict[str, Any], factor: int = 1) -> None:
+    def _update(
+        self, usage: Usage, operation: str, params: dict[str, Any], factor: int = 1,
+        sizes: Mapping[ItemKey, int] | None = None,
+    ) -> None:  # fmt: skip
         table = params.get("TableName")
         values = params.get("ExpressionAttributeValues", {})
         if table != self.orders_table or ":doc" not in values:
-            self._bill(usage, factor, operation, table)  # inventory and API-key items stay under 1 KB
+            # A stock item grows by an entry per open order line at its location (~34 bytes each):
+            # billed on what it weighs (sizes), one unit when not known.
+            size = _stored(sizes, table, params.get("Key"))
+            self._bill(usage, factor * wru_for(size), operation, table)
             return
         order_id = params["Key"]["id"]["S"]
         # A write is billed on the item's size after it: its attributes as the update leaves them
@@ -427,21 +521,25 @@ class UsageRecorder:
         for index in self.indexes:
             self._bill(usage, factor * index.writes_on_update(old, new), operation, table, f"index {index.name}")
 
-    def _capacity(self, usage: Usage, operation: str, params: dict[str, Any]) -> None:
+    def _capacity(self, usage: Usage, operation: str, params: dict[str, Any], sizes: Mapping[ItemKey, int]) -> None:
         if operation == "PutItem":
-            self._put(usage, operation, params)
+            self._put(usage, operation, params, sizes=sizes)
         elif operation == "UpdateItem":
-            self._update(usage, operation, params)
+            self._update(usage, operation, params, sizes=sizes)
+        elif operation == "DeleteItem":
+            self._bill(usage, wru_for(_stored(sizes, params["TableName"], params["Key"])), operation,
+                       params["TableName"])  # fmt: skip
         elif operation == "TransactWriteItems":
             # A transaction bills each of its writes twice.
             for entry in params["TransactItems"]:
                 ((kind, written),) = entry.items()
                 if kind == "Put":
-                    self._put(usage, operation, written, factor=2)
+                    self._put(usage, operation, written, factor=2, sizes=sizes)
                 elif kind == "Update":
-                    self._update(usage, operation, written, factor=2)
-                else:
-                    self._bill(usage, 2, operation, written.get("TableName"))  # a check or a delete
+                    self._update(usage, operation, written, factor=2, sizes=sizes)
+                else:  # a check or a delete
+                    size = _stored(sizes, written.get("TableName"), written.get("Key"))
+                    self._bill(usage, 2 * wru_for(size), operation, written.get("TableName"))
         elif operation in ("GetItem", "Query"):
             usage.rru += rru_for(2048, params.get("ConsistentRead", False))
         elif operation == "BatchGetItem":

@@ -296,7 +296,9 @@ class OrderActions:
             return (new.owing_settlement() if owes_settlement_after_last_parcel(new) else new), entry
 
         try:
-            handed = modify(self._orders, order.id, decide, channel=channel)
+            # On the order as the capture request left it (written or read just now): a change since
+            # makes the write lose, and it is decided again on a consistent read.
+            handed = modify(self._orders, order.id, decide, channel=channel, read=order)
         except InvalidTransition:
             if capture is not None:
                 with contextlib.suppress(*NOT_MADE):
@@ -333,7 +335,7 @@ class OrderActions:
             requested.append(True)
             return current.request_capture(shipment_id, amount, at=at)
 
-        current = modify(self._orders, order.id, decide)
+        current = modify(self._orders, order.id, decide, read=order)
         request = current.capture_request(shipment_id)
         if request is not None and request.withdrawn:
             raise InvalidTransition(
@@ -355,12 +357,13 @@ class OrderActions:
         tracking calls `deliver` only: no carrier hands over a pickup, so its webhook can never
         capture one. A collected pickup goes to `collect` again, which finishes what the first
         collect left undone."""
-        if self._order(order_id, channel).fulfillment.type == "pickup":
+        order = self._order(order_id, channel)
+        if order.fulfillment.type == "pickup":
             return self.collect(order_id, shipment_id, actor, channel)
-        return self.deliver(order_id, shipment_id, actor, channel)
+        return self.deliver(order_id, shipment_id, actor, channel, read=order)
 
     def deliver(self, order_id: str, shipment_id: str, actor: str, channel: str | None = None,
-                delivered_at: datetime | None = None) -> Order:  # fmt: skip
+                delivered_at: datetime | None = None, read: Order | None = None) -> Order:  # fmt: skip
         """A shipped parcel arrived (at `delivered_at`, when a carrier's tracking says when). Then,
         as a ship repeated does, the payment of an order with nothing left to ship is settled if a
         gateway that was down left it short of its total (a cancel of the rest whose capture of it
@@ -372,7 +375,7 @@ class OrderActions:
         nothing says the location handed it over. That ship refused its capture (PaymentRefused: the
         gateway's answer, not a missing plugin) is recorded as the delivery not recorded
         (_delivery_not_recorded), then raised: the parcel stays marked, so nothing puts its units
-        back on sale."""
+        back on sale. `read`: the order as the caller read it a moment ago (modify's `read`)."""
 
         def decide(order: Order):
             if order.shipment(shipment_id).status is ShipmentStatus.DELIVERED:
@@ -380,7 +383,7 @@ class OrderActions:
             return order.deliver(shipment_id, at=self._clock(), actor=actor, delivered_at=delivered_at)
 
         try:
-            delivered = modify(self._orders, order_id, decide, channel=channel)
+            delivered = modify(self._orders, order_id, decide, channel=channel, read=read)
         except InvalidTransition:
             # The rare path only: the typical delivery reads and writes as before.
             try:

@@ -287,6 +287,13 @@ class InventoryRepository(ABC):
         """Which of the given keys hold reservations on the given (sku, location) items, and how
         many units: {(sku, location_id, key): quantity}."""
 
+    def holdings(
+        self, keys_by_item: dict[tuple[str, str], list[str]], skus: set[str], location_ids: Iterable[str]
+    ) -> tuple[dict[tuple[str, str, str], int], dict[str, list[StockLevel]]]:
+        """`reservations(keys_by_item)` and `levels(skus, location_ids, consistent=True)` at once.
+        This default makes the two reads; an adapter may read each stock item once for both."""
+        return self.reservations(keys_by_item), self.levels(skus, location_ids, consistent=True)
+
     @abstractmethod
     def levels(
         self, skus: set[str], location_ids: Iterable[str] | None = None, *, consistent: bool = False

@@ -389,10 +389,13 @@ class Workflow:
         # And where it held units before it was sent back to be sourced, though that location may
         # have stopped shipping since (Order.held_before).
         anywhere = eligible_locations(order.fulfillment.type, order.fulfillment.location_id, locations)
-        mine = self._reservations_of(
-            order, list(dict.fromkeys([loc.location_id for loc in anywhere] + order.held_before))
-        )
-        plan = self._plan(order, eligible, locations, rules, mine, full)
+        # The levels planned on come from the same consistent read of each stock item (holdings).
+        held_at = list(dict.fromkeys([loc.location_id for loc in anywhere] + order.held_before))
+        mine, stock = self._inventory.holdings(
+            self._reservation_keys(order, held_at), {line.sku for line in order.lines},
+            [loc.location_id for loc in eligible],
+        )  # fmt: skip
+        plan = self._plan(order, eligible, locations, rules, mine, full, stock=stock)
         if plan is None:
             # Out of stock cancels the order and voids its authorization, and is not retried: said
             # only on stock as written, not on a plain read that may not show a restock yet.
@@ -468,13 +471,16 @@ class Workflow:
     def _plan(
         self, order: Order, eligible: list[Location], locations: list[Location], rules: SourcingRules,
         mine: dict[tuple[str, str, str], int], full: Collection[tuple[str, str]] = (), *, consistent: bool = False,
+        stock: dict[str, list[StockLevel]] | None = None,
     ) -> SourcingPlan | None:  # fmt: skip
-        """The sourcing plugins' plan for `order` at `eligible` locations on the stock there now,
-        counting what the order holds (`mine`) as its own, and nothing more at the stock items
-        `full` (no room for another reservation); None when they cannot cover it."""
-        stock = self._inventory.levels(
-            {line.sku for line in order.lines}, [loc.location_id for loc in eligible], consistent=consistent
-        )
+        """The sourcing plugins' plan for `order` at `eligible` locations on the stock there now
+        (`stock`, the levels there when read already), counting what the order holds (`mine`) as
+        its own, and nothing more at the stock items `full` (no room for another reservation);
+        None when they cannot cover it."""
+        if stock is None:
+            stock = self._inventory.levels(
+                {line.sku for line in order.lines}, [loc.location_id for loc in eligible], consistent=consistent
+            )
         for sku, levels in stock.items():
             stock[sku] = [
                 level.model_copy(
@@ -750,11 +756,16 @@ class Workflow:
     def _reservations_of(self, order: Order, location_ids: list[str]) -> dict[tuple[str, str, str], int]:
         """What the order holds at `location_ids`, under its lines and under those an edit replaced
         and could not release (Order.replaced_lines: no plan keeps them, so they are released)."""
+        return self._inventory.reservations(self._reservation_keys(order, location_ids))
+
+    @staticmethod
+    def _reservation_keys(order: Order, location_ids: list[str]) -> dict[tuple[str, str], list[str]]:
+        """The keys the order may hold units under at `location_ids`, by stock item (_reservations_of)."""
         keys: dict[tuple[str, str], list[str]] = defaultdict(list)
         for line_id, sku in order.reservation_lines():
             for location_id in location_ids:
                 keys[(sku, location_id)].append(reservation_key(order.id, line_id))
-        return self._inventory.reservations(dict(keys))
+        return dict(keys)
 
     # --- CreateShipments --------------------------------------------------------------------
     def create_shipments(self, order_id: str) -> None:

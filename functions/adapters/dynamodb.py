@@ -2475,19 +2475,42 @@ class DynamoInventory(InventoryRepository):
         item's whole reservations map. A consistent read: what is released or topped up follows
         from it, and an eventually consistent one could miss a reservation made a moment before (a
         cancel right after the allocation would then leave it held for good)."""
+        return self._holdings(keys_by_item, set())[0]
+
+    def holdings(
+        self, keys_by_item: dict[tuple[str, str], list[str]], skus: set[str], location_ids: Iterable[str]
+    ) -> tuple[dict[tuple[str, str, str], int], dict[str, list[StockLevel]]]:
+        """reservations and the levels at `location_ids` from one consistent read of each stock
+        item (ReserveStock's: a plain read of the levels beside it cost a request and half a read
+        unit per item more, and each read is billed on the whole item, reservations map and all)."""
+        wanted = set(location_ids)
+        return self._holdings(keys_by_item, {(sku, loc) for sku in skus for loc in wanted}, skus)
+
+    def _holdings(
+        self, keys_by_item: dict[tuple[str, str], list[str]], leveled: set[tuple[str, str]],
+        skus: Iterable[str] = (),
+    ) -> tuple[dict[tuple[str, str, str], int], dict[str, list[StockLevel]]]:  # fmt: skip
+        """The asked-for reservations of `keys_by_item`, and the levels of the `leveled` items (of
+        `skus`), in one consistent read of the items of either."""
         wanted = sorted({key for keys in keys_by_item.values() for key in keys})
-        if not wanted:
-            return {}
+        levels: dict[str, list[StockLevel]] = {sku: [] for sku in skus}
+        if not wanted and not leveled:
+            return {}, levels
         names = {f"#k{i}": key for i, key in enumerate(wanted)}
-        projection = ", ".join(["sku", "location_id"] + [f"reservations.{name}" for name in names])
+        attributes = ["sku", "location_id"] + (["on_hand", "reserved", "available"] if leveled else [])
+        projection = ", ".join(attributes + [f"reservations.{name}" for name in names])
         found: dict[tuple[str, str, str], int] = {}
-        for item in self._stock_items(keys_by_item, projection, names, consistent=True):
+        items = set(keys_by_item) | leveled
+        for item in self._stock_items(items, projection, names or None, consistent=True):
             values = from_item(item)
-            asked = set(keys_by_item[(values["sku"], values["location_id"])])
+            at = (values["sku"], values["location_id"])
+            if at in leveled:
+                levels[values["sku"]].append(_level({k: v for k, v in values.items() if k != "reservations"}))
+            asked = set(keys_by_item.get(at, ()))
             for key, quantity in (values.get("reservations") or {}).items():
                 if key in asked:
-                    found[(values["sku"], values["location_id"], key)] = int(quantity)
-        return found
+                    found[(*at, key)] = int(quantity)
+        return found, levels
 
     def levels(
         self, skus: set[str], location_ids: Iterable[str] | None = None, *, consistent: bool = False

@@ -186,3 +186,56 @@ def test_the_duration_model_wraps_every_way_the_runtime_invokes_a_function(monke
     assert function.invoke({"a": 1}) == {"a": 1}
     assert function.invoke({"a": 2}, 29.0) == {"a": 2}
     assert durations.seconds["Echo"] >= 0 and "Echo" in durations.seconds
+
+
+def test_a_write_of_an_item_kept_outside_the_orders_table_is_billed_on_the_item_s_size_before_or_after(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    # A stock item holds a reservation per open order line (README, "Allocation never oversells"):
+    # 100 open orders make it ~3.4 KB, and DynamoDB bills each write of it by the larger of its
+    # sizes before and after (1 unit per started KB), whatever the update sends.
+    import boto3
+    from botocore.client import BaseClient
+    from moto import mock_aws
+
+    from bench.workflow import UsageRecorder
+    from infra.local.lambdas import RUNNING
+
+    monkeypatch.setattr(BaseClient, "_make_api_call", BaseClient._make_api_call)  # put back after the test
+    recorder = UsageRecorder()
+    recorder.install()
+    reservations = {f"ord_{i:024d}#L1": {"N": "1"} for i in range(100)}
+    key = {"sku": {"S": "TSHIRT"}, "location_id": {"S": "wh-west"}}
+    stock = {**key, "available": {"N": "900"}, "reservations": {"M": reservations}}
+    with mock_aws():
+        client = boto3.client("dynamodb", region_name="us-east-1")
+        client.create_table(
+            TableName="inventory", BillingMode="PAY_PER_REQUEST",
+            AttributeDefinitions=[{"AttributeName": "sku", "AttributeType": "S"},
+                                  {"AttributeName": "location_id", "AttributeType": "S"}],
+            KeySchema=[{"AttributeName": "sku", "KeyType": "HASH"},
+                       {"AttributeName": "location_id", "KeyType": "RANGE"}],
+        )  # fmt: skip
+        client.put_item(TableName="inventory", Item=stock)
+        assert 3 * 1024 < item_bytes(stock) < 4 * 1024
+        RUNNING.function = "oms-local-ReserveStockFunction"
+        try:
+            client.update_item(
+                TableName="inventory", Key=key, UpdateExpression="SET available = available - :q, reservations.#k = :q",
+                ExpressionAttributeNames={"#k": "ord_new#L1"}, ExpressionAttributeValues={":q": {"N": "1"}},
+            )  # fmt: skip
+            assert recorder.usage.wru == 4  # ~3.4 KB after the write
+            # Shipping the lot leaves a small item: billed on what it was before.
+            names = {f"#k{i}": k for i, k in enumerate([*reservations, "ord_new#L1"])}
+            client.update_item(TableName="inventory", Key=key, UpdateExpression="REMOVE " + ", ".join(
+                f"reservations.{name}" for name in names), ExpressionAttributeNames=names)  # fmt: skip
+            assert recorder.usage.wru == 8
+            client.update_item(TableName="inventory", Key=key, UpdateExpression="SET available = :n",
+                               ExpressionAttributeValues={":n": {"N": "899"}})  # fmt: skip
+            assert recorder.usage.wru == 9  # now under 1 KB
+            client.transact_write_items(TransactItems=[{"Update": {
+                "TableName": "inventory", "Key": key, "UpdateExpression": "SET reservations = :all",
+                "ExpressionAttributeValues": {":all": {"M": reservations}}}}])  # fmt: skip
+            assert recorder.usage.wru == 9 + 2 * 4  # a transaction bills each write twice
+        finally:
+            RUNNING.function = None
