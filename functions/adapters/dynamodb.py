@@ -2106,6 +2106,7 @@ class DynamoInventory(InventoryRepository):
         return _level(from_item(response["Attributes"]))
 
     def held_at(self, sku: str, location_id: str) -> tuple[StockLevel, dict[str, int]]:
+        # A Query (the API function's grant), read consistently.
         items = self._client.query(
             TableName=self._table,
             KeyConditionExpression="sku = :sku AND location_id = :location",
@@ -2229,16 +2230,7 @@ class DynamoInventory(InventoryRepository):
             )
 
     def _read(self, sku: str, location_id: str) -> StockLevel:
-        # A Query (the API function's grant), read consistently: the level this change left.
-        items = self._client.query(
-            TableName=self._table,
-            KeyConditionExpression="sku = :sku AND location_id = :location",
-            ExpressionAttributeValues={":sku": {"S": sku}, ":location": {"S": location_id}},
-            ConsistentRead=True,
-        ).get("Items", [])
-        if not items:
-            return StockLevel(sku=sku, location_id=location_id, on_hand=0, reserved=0, available=0)
-        return _level(from_item(items[0]))
+        return self.held_at(sku, location_id)[0]  # the level this change left
 
     # Reservations live on the item they change, in a map keyed by order#line, so reserving,
     # releasing and shipping are each one conditional UpdateItem and a repeated one is a no-op.

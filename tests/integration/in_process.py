@@ -21,7 +21,7 @@ from infra.local.gateway import ApiGateway, HttpRequest
 from infra.local.lambdas import LocalFunction
 from infra.local.moto_patches import apigateway
 from infra.local.template import Template, create_table_request
-from tests.e2e.client import ADMIN, unique
+from tests.e2e.client import ADMIN, order_body, unique
 from tests.integration.conftest import ENV_BY_TABLE, FUNCTION_ENV, KEEP_BOTO3_SESSION, access_log_queue
 from tests.template_iam import not_granted_message, unwatch, watch
 
@@ -224,6 +224,15 @@ def issue(api: InProcessApi, *scopes: str, channel: str | None = None) -> str:
     response = api.post("/api-keys", json=body)
     assert response.status_code == 201, response.text
     return response.json()["key"]
+
+
+def allocated(api: InProcessApi, sku: str, **overrides: Any) -> tuple[str, str]:
+    """A new order of one unit of `sku` (order_body's, with `overrides`), run to `allocated`: its id
+    and its one shipment's id."""
+    response = api.post("/orders", json=order_body((sku, 1), **overrides))
+    assert response.status_code == 201, response.text
+    order = run_to_allocated(api, response.json()["id"])
+    return order["id"], order["shipments"][0]["id"]
 
 
 def run_to_allocated(api: InProcessApi, order_id: str) -> dict[str, Any]:

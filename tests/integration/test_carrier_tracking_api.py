@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 
 from plugins.flat_rate_carrier import tracking_number
-from tests.e2e.client import order_body, stocked_sku, unsigned
-from tests.integration.in_process import InProcessApi, in_process_api_with_labels, issue, run_to_allocated
+from tests.e2e.client import stocked_sku, unsigned
+from tests.integration.in_process import InProcessApi, allocated, in_process_api_with_labels, issue
 
 PATH = "/carriers/oms-flat-rate/tracking"
 SCANNED_AT = "2026-11-23T09:30:00Z"
@@ -27,13 +27,6 @@ def api() -> Iterator[InProcessApi]:
 @pytest.fixture(scope="module")
 def sku(api: InProcessApi) -> str:
     return stocked_sku(api, "25.00", on_hand=1000)[1]
-
-
-def allocated(api: InProcessApi, sku: str) -> tuple[str, str]:
-    response = api.post("/orders", json=order_body((sku, 1)))
-    assert response.status_code == 201, response.text
-    order = run_to_allocated(api, response.json()["id"])
-    return order["id"], order["shipments"][0]["id"]
 
 
 def shipped(api: InProcessApi, sku: str) -> tuple[str, str]:

@@ -14,7 +14,7 @@ from botocore.client import BaseClient
 
 from core.holds import HoldRequest
 from tests.e2e.client import order_body, stocked_sku
-from tests.integration.in_process import InProcessApi, in_process_api_with_labels, run_to_allocated
+from tests.integration.in_process import InProcessApi, allocated, in_process_api_with_labels
 
 
 @pytest.fixture(scope="module")
@@ -26,13 +26,6 @@ def api() -> Iterator[InProcessApi]:
 @pytest.fixture(scope="module")
 def sku(api: InProcessApi) -> str:
     return stocked_sku(api, "25.00", on_hand=1000)[1]
-
-
-def allocated(api: InProcessApi, sku: str) -> tuple[str, str]:
-    response = api.post("/orders", json=order_body((sku, 1)))
-    assert response.status_code == 201, response.text
-    order = run_to_allocated(api, response.json()["id"])
-    return order["id"], order["shipments"][0]["id"]
 
 
 class OrdersRequests:

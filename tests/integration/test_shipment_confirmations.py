@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.client import assert_error, order_body, stocked_sku, unique, unsigned
-from tests.integration.in_process import InProcessApi, in_process_api_with_labels, issue, run_to_allocated
+from tests.e2e.client import assert_error, stocked_sku, unique, unsigned
+from tests.integration.in_process import InProcessApi, allocated, in_process_api_with_labels, issue
 
 PATH = "/shipments/confirmations"
 
@@ -27,14 +27,6 @@ def api() -> Iterator[InProcessApi]:
 def sku(api: InProcessApi) -> str:
     """A product at 25.00 with 1000 units at the network's west warehouse."""
     return stocked_sku(api, "25.00", on_hand=1000)[1]
-
-
-def allocated(api: InProcessApi, sku: str, **overrides: Any) -> tuple[str, str]:
-    """A new order, allocated: (its id, its one shipment's id)."""
-    response = api.post("/orders", json=order_body((sku, 1), **overrides))
-    assert response.status_code == 201, response.text
-    order = run_to_allocated(api, response.json()["id"])
-    return order["id"], order["shipments"][0]["id"]
 
 
 def item(order_id: str, shipment_id: str, action: str, **more: Any) -> dict[str, Any]:
