@@ -184,8 +184,8 @@ class ReturnReconciler:
         if stuck is not None:
             reason, method = stuck
             if not item.shows_owed:
-                # No later pass reads it again until it changes (or, waiting for its plugin,
-                # until a plugin takes its method); one still owing other returns their
+                # No later pass reads it again until it changes (or, waiting for its plugin or
+                # its pending refund, until a plugin takes its method); one still owing other returns their
                 # refresh stays, for the next pass to finish that.
                 self._candidates.set_aside(item, waiting_for=None if reason == LEFT_TO_A_PERSON else method)
             return False
@@ -208,9 +208,11 @@ class ReturnReconciler:
 
     def _stuck(self, item: Return) -> tuple[str, str] | None:
         """Whether a workflow of `item` recorded it stuck, after its receipt, on the order's
-        history, and the order's payment method: LEFT_TO_A_PERSON, or WAITS_FOR_PLUGIN when its
-        refund waits for a payment plugin that is not back yet; None when it is not stuck, or
-        waited for a plugin that is back now."""
+        history, and the order's payment method: LEFT_TO_A_PERSON, WAITS_FOR_PLUGIN when its
+        refund waits for a payment plugin that is not back yet, WAITS_FOR_REFUND when its own
+        refund is pending (the pending-refund pass's), REFUNDED_SINCE when that refund succeeded
+        since (the last two only with `mark_refunded`, for a return without an exchange); None when
+        it is not stuck, or waited for a plugin that is back now."""
         found = self._orders.history(item.order_id)
         if found is None:
             return None
