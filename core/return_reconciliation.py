@@ -17,6 +17,13 @@ refused refund again and again. But for one stuck for want of its payment plugin
 attempt at its refund before it was stuck was `no_plugin`), which no person can settle through the
 API: it is started again once a payment plugin takes the order's method again, and not before (a
 pass without the plugin would only record another failed refund).
+Nor is one whose refund (no exchange's: its own, the refund step's) succeeded since it was
+stuck, nothing of it pending (the pending-refund pass made what a gateway outage or a failing
+payment plugin left pending): nothing is left to ask the gateway, so the pass marks it refunded as
+its refund step would (Returns.refund: the same transition, conditional on status and version, its
+event sent by that write), once. While its refund is still pending it is set aside under its
+payment method, as one waiting for its plugin is (read after the received returns), until the
+pending-refund pass has made it (marked then) or seen it refused (left to the person).
 
 The index (ReceivedReturns: the received returns only) finds candidates by when they were
 requested (a superset of those received before the moment); each is then judged on its last change
@@ -59,6 +66,8 @@ from core.status import ReturnStatus
 # Why a received return's workflow is not started again (ReturnReconciler._stuck).
 LEFT_TO_A_PERSON = "left_to_a_person"  # set aside: only its next write lists it again
 WAITS_FOR_PLUGIN = "waits_for_plugin"  # set aside by method: started once a plugin takes it
+REFUNDED_SINCE = "refunded_since"  # its refund succeeded since it was stuck: marked refunded
+WAITS_FOR_REFUND = "waits_for_refund"  # set aside by method: its refund pending, the pending-refund pass's
 
 
 def dependency_down(error: Exception) -> bool:
@@ -95,6 +104,7 @@ class ReturnReconciler:
         max_reads: int = 1000,
         payment_methods: Callable[[], set[str]] | None = None,
         outage: Callable[[Exception], bool] = dependency_down,
+        mark_refunded: Callable[[str], Return] | None = None,
     ):
         if restart_after <= timedelta(minutes=5):
             # Younger than five minutes, the receipt's own execution may still be running.
@@ -111,6 +121,10 @@ class ReturnReconciler:
         self._payment_methods = payment_methods
         self._taken: set[str] | None = None
         self._outage = outage  # whether an error says a dependency is down (not the return's own)
+        # The refund step's mark of a received return whose refund succeeded (Returns.refund): None,
+        # a stuck return refunded since is left to a person.
+        self._mark_refunded = mark_refunded
+        self.marked_refunded: list[str] = []  # the stuck returns the last pass marked refunded
 
     def run(self, *, time_up: TimeUp = never) -> list[str]:
         """One pass: the ids of the received returns whose workflow was started again, at most
@@ -124,6 +138,7 @@ class ReturnReconciler:
         failed: dict[str, Exception] = {}
         refused = 0
         self._taken = None  # the payment methods taken, asked once a pass
+        self.marked_refunded = []
         candidates = chain(self._candidates.received_before(received_before), self._waited(received_before))
         for return_id in _read(islice(candidates, self._max_reads), restarted, failed):
             if time_up():
@@ -159,13 +174,20 @@ class ReturnReconciler:
             # and may never run again (left to a person): they show what went back now.
             item = show_owed(self._returns, self._orders, item, self._clock())
         stuck = self._stuck(item)
+        if stuck is not None and stuck[0] == REFUNDED_SINCE and self._mark_refunded is not None:
+            # Its refund, left pending or refused when it was stuck, succeeded since (the pending-
+            # refund pass): nothing is left to ask the gateway, so the refund step's mark finishes it
+            # (conditional on status and version; refunded, no pass reads it again).
+            self._mark_refunded(item.id)
+            self.marked_refunded.append(item.id)
+            return False
         if stuck is not None:
             reason, method = stuck
             if not item.shows_owed:
-                # No later pass reads it again until it changes (or, waiting for its plugin,
-                # until a plugin takes its method); one still owing other returns their
+                # No later pass reads it again until it changes (or, waiting for its plugin or
+                # its pending refund, until a plugin takes its method); one still owing other returns their
                 # refresh stays, for the next pass to finish that.
-                self._candidates.set_aside(item, waiting_for=method if reason == WAITS_FOR_PLUGIN else None)
+                self._candidates.set_aside(item, waiting_for=None if reason == LEFT_TO_A_PERSON else method)
             return False
         try:
             self._starter.start(item.id, channel=item.channel)
@@ -186,9 +208,11 @@ class ReturnReconciler:
 
     def _stuck(self, item: Return) -> tuple[str, str] | None:
         """Whether a workflow of `item` recorded it stuck, after its receipt, on the order's
-        history, and the order's payment method: LEFT_TO_A_PERSON, or WAITS_FOR_PLUGIN when its
-        refund waits for a payment plugin that is not back yet; None when it is not stuck, or
-        waited for a plugin that is back now."""
+        history, and the order's payment method: LEFT_TO_A_PERSON, WAITS_FOR_PLUGIN when its
+        refund waits for a payment plugin that is not back yet, WAITS_FOR_REFUND when its own
+        refund is pending (the pending-refund pass's), REFUNDED_SINCE when that refund succeeded
+        since (the last two only with `mark_refunded`, for a return without an exchange); None when
+        it is not stuck, or waited for a plugin that is back now."""
         found = self._orders.history(item.order_id)
         if found is None:
             return None
@@ -201,13 +225,25 @@ class ReturnReconciler:
         ]  # fmt: skip
         if not stuck:
             return None
-        refunds = {refund.id for refund in order.payment.refunds if refund.return_id == item.id}
+        mine = [refund for refund in order.payment.refunds if refund.return_id == item.id]
+        if (
+            self._mark_refunded is not None
+            and item.exchange is None
+            and any(refund.status == "succeeded" for refund in mine)
+            and not any(refund.status == "pending" for refund in mine)
+        ):
+            return REFUNDED_SINCE, order.payment.method
+        refunds = {refund.id for refund in mine}
         failures = [
             entry for entry in history[: stuck[-1]]
             if entry.type is OrderEvent.PAYMENT_REFUND_FAILED and (entry.detail or {}).get("refund_id") in refunds
         ]  # fmt: skip
         method = order.payment.method
         if not (failures and (failures[-1].detail or {}).get("kind") == "no_plugin"):
+            if self._mark_refunded is not None and item.exchange is None and any(r.status == "pending" for r in mine):
+                # Its refund, pending, is the pending-refund pass's to make or see refused: read
+                # again (after the received returns) until then, it is marked or left to a person.
+                return WAITS_FOR_REFUND, method
             return LEFT_TO_A_PERSON, method
         try:
             taken = self._methods_taken()

@@ -70,6 +70,7 @@ if TYPE_CHECKING:
     from core.reconciliation import Reconciler
     from core.refund_service import KeptBackSweep, PendingRefundSweep, RefundService
     from core.reorder import Replenishment
+    from core.return_models import Return
     from core.return_reconciliation import ReturnReconciler
     from core.returns import Returns
     from core.sourcing import Simulator, SourcingRulesService
@@ -714,7 +715,14 @@ class Container:
             payment_methods=self.payments.methods,
             # An AWS service down is no return's own failure: the pass stops on it.
             outage=lambda error: dependency_down(error) or aws_errors.dependency_down(error),
+            mark_refunded=self._mark_refunded,
         )
+
+    def _mark_refunded(self, return_id: str) -> Return:
+        """A stuck return whose refund succeeded since, marked refunded as its refund step marks it
+        (functions/return_workflow: the payment plugins loaded first, as the step requires)."""
+        self.plugins.require_loaded()
+        return self.returns.refund(return_id, "reconciler")
 
     @cached_property
     def jeopardy_scan(self) -> JeopardyScan:

@@ -136,8 +136,10 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         answer.update(expired=expired, pickups_held=pickups.held)
 
     def returns(time_up: Deadline) -> None:
+        reconciler = None
         try:
-            returns_restarted = container().return_reconciler.run(time_up=time_up)
+            reconciler = container().return_reconciler
+            returns_restarted = reconciler.run(time_up=time_up)
         except ReturnsNotReconciled as error:
             returns_restarted = error.restarted
             for return_id, failure in error.failed.items():
@@ -155,6 +157,8 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         for return_id in returns_restarted:
             logger.warning("returns workflow restarted: the return was received and never settled",
                            extra={"return_id": return_id})  # fmt: skip
+        for return_id in reconciler.marked_refunded if reconciler is not None else []:
+            logger.warning("stuck return marked refunded: its refund succeeded since", extra={"return_id": return_id})
         if returns_restarted:
             metrics.add_metric(name="ReturnWorkflowsRestarted", unit=MetricUnit.Count, value=len(returns_restarted))
         answer.update(returns_restarted=returns_restarted)

@@ -252,3 +252,43 @@ def test_a_return_whose_step_finishes_another_returns_refund_the_plugin_fails_in
     assert finished.status == "succeeded"
     assert api.get(f"/returns/{a}").json()["status"] == "refunded"
     assert [status for status, _ in refunds(api, order["id"])] == ["succeeded", "succeeded"]
+
+
+def test_a_return_stuck_on_its_refund_plugin_is_marked_refunded_once_by_the_reconciler_once_its_refund_succeeded(
+    api, services
+):
+    # Stuck after the plugin failed through the step's retries, its refund pending: the reconciler's
+    # returns pass leaves it received (nothing to mark yet) until the pending-refund pass makes that
+    # refund once the plugin works. Before: the pass set it aside for a person to receive it again,
+    # and it stayed `received`. Now the next returns pass marks it refunded, as its refund step
+    # would, without asking the gateway again, once however often it runs.
+    from datetime import timedelta
+
+    from core.models import utc_now
+    from functions.bootstrap import Config, bootstrap
+
+    order, return_id = received(api)
+    with failing(services, garbage=False):
+        for _ in range(3):
+            with pytest.raises(PaymentPluginFailed):
+                step("refund", return_id)
+        step("stuck", return_id, error="PaymentPluginFailed", cause="the plugin failed", execution="ex-1")
+        [(_, amount)] = refunds(api, order["id"])
+        later = bootstrap(Config.from_env(), clock=lambda: utc_now() + timedelta(minutes=16), return_workflow=Started())
+        assert later.return_reconciler.run() == []  # its refund still pending: nothing to start or mark
+        assert api.get(f"/returns/{return_id}").json()["status"] == "received"
+    [finished] = services.refunds.finish_pending(order["id"], "reconciler", unshown=True)  # the pass, plugin fixed
+    assert finished.status == "succeeded"
+    before = api.get(f"/orders/{order['id']}/history").json()["items"]
+
+    assert later.return_reconciler.run() == []  # nothing to start: its workflow's work is done
+    assert later.return_reconciler.marked_refunded == [return_id]
+    assert later.return_reconciler.run() == []
+    assert later.return_reconciler.marked_refunded == []
+
+    done = api.get(f"/returns/{return_id}").json()
+    assert (done["status"], money(done["refund"])) == ("refunded", amount)
+    assert refunds(api, order["id"]) == [("succeeded", amount)]
+    assert money(api.get(f"/orders/{order['id']}").json()["payment"]["refunded"]) == amount
+    assert api.get(f"/orders/{order['id']}/history").json()["items"] == before  # the step's mark: the return's alone
+    assert later.return_workflow.started == []

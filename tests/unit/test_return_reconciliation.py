@@ -9,10 +9,11 @@ from datetime import timedelta
 import pytest
 
 from core import hookimpl
-from core.errors import TransientError
+from core.errors import PaymentGatewayUnavailable, TransientError
 from core.payments import Payments
 from core.plugin_manager import build_plugin_manager
 from core.reconciliation import MAX_REFUSED_STARTS
+from core.refund_service import RefundService
 from core.return_models import ReceiveReturn, RequestReturn
 from core.return_reconciliation import ReturnReconciler
 from core.returns import RefundNotDone
@@ -36,6 +37,7 @@ def reconciler(
     return ReturnReconciler(
         InMemoryReceivedReturns(world.returns), world.returns, world.orders, workflow, clock,
         restart_after=timedelta(minutes=15), limit=limit, max_reads=max_reads, payment_methods=payment_methods,
+        mark_refunded=lambda return_id: workflow.returns.refund(return_id, "reconciler"),
     )  # fmt: skip
 
 
@@ -450,3 +452,38 @@ def test_a_start_step_functions_denies_for_good_is_no_refusal_for_now_and_fails_
     code["now"] = "ThrottlingException"  # for now: refused, the pass stops quietly after three
     asked.clear()
     assert passes().run() == [] and len(asked) == MAX_REFUSED_STARTS
+
+
+def test_a_return_stuck_on_a_gateway_outage_is_marked_refunded_once_the_pending_refund_pass_made_its_refund(world):
+    """Its refund left pending by the outage through the step's retries: the pass leaves it received
+    while the refund pends (set aside under its method, read again after the received returns), and
+    marks it refunded, once, after the pending-refund pass made the refund; the gateway is not asked
+    again. Before: set aside for a person, it stayed `received` for good."""
+    clock = Clock()
+    returns = returns_service(world, clock, world.gateway)
+    workflow = InlineReturnWorkflow(returns)
+    item = one_mug_returned(world, returns)
+    returns.receive(item.id, RECEIPT, "key_wh")
+    world.gateway.script("refund", "transient")
+    with pytest.raises(PaymentGatewayUnavailable):
+        returns.refund(item.id, "returns-workflow")
+    returns.stuck(item.id, "PaymentGatewayUnavailable", "the gateway is down", actor="returns-workflow")
+    clock.advance(hours=1)
+    methods = Payments(build_plugin_manager(world.gateway, enable_test_payments=True)).methods
+    assert reconciler(world, clock, workflow, payment_methods=methods).run() == []
+    assert world.returns.get(item.id).status is R.RECEIVED
+    world.gateway.script("refund", "approve")
+    refunds = RefundService(
+        world.orders, Payments(build_plugin_manager(world.gateway, enable_test_payments=True)), clock
+    )
+    [made] = refunds.finish_pending(item.order_id, "reconciler", unshown=True)
+    asked = len(world.gateway.keys("refund"))
+    clock.advance(minutes=5)
+
+    passes = [reconciler(world, clock, workflow, payment_methods=methods) for _ in range(2)]
+    assert [(p.run(), p.marked_refunded) for p in passes] == [([], [item.id]), ([], [])]
+
+    done = world.returns.get(item.id)
+    assert (done.status, done.refund) == (R.REFUNDED, made.amount)
+    assert world.order(item.order_id).payment.refunded == made.amount
+    assert len(world.gateway.keys("refund")) == asked and workflow.started == []
