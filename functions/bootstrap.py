@@ -324,13 +324,21 @@ class Container:
 
     @cached_property
     def inventory_repository(self) -> DynamoInventory:
-        return DynamoInventory(self.dynamodb, self.config.inventory_table)
+        # A reserve refused for a full stock item is counted (functions.business_metrics).
+        from functions.business_metrics import MeteredInventory
+
+        return MeteredInventory(DynamoInventory(self.dynamodb, self.config.inventory_table))
 
     @cached_property
     def backorders(self) -> DynamoBackorders:
         # The queues live in the Inventory table, beside the stock they wait for (see DynamoBackorders).
+        # A fill refused for a full stock item is counted (functions.business_metrics).
+        from functions.business_metrics import MeteredBackorders
+
         config = self.config  # the Catalog table: where a long history moves (DynamoOrders)
-        return DynamoBackorders(self.dynamodb, config.inventory_table, config.orders_table, config.catalog_table)
+        return MeteredBackorders(
+            DynamoBackorders(self.dynamodb, config.inventory_table, config.orders_table, config.catalog_table)
+        )
 
     @cached_property
     def api_key_repository(self) -> DynamoApiKeys:

@@ -8,7 +8,9 @@ themselves in `emits_business_metrics`, which prints the points once per invocat
 record per dimension set, even when the handler raises (a failed payment attempt is recorded
 before the step that made it fails). It also notes which orders the invocation wrote a history
 entry on, or a return of (`orders_changed`, `NotedReturns`): the API's access log counts a change
-that wrote neither as a read.
+that wrote neither as a read. `MeteredInventory` and `MeteredBackorders` count the stock writes
+refused because their stock item holds as many open reservations as it takes (`StockItemsFull`):
+the order is sourced around it, or waits, or is parked, and an operator must hear of it.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ import functools
 import os
 import threading
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from decimal import Decimal
 from typing import Any, TypeVar
 
@@ -25,6 +28,7 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 
 from core.actors import SCAN_ACTOR, WORKFLOW_ACTOR
+from core.errors import ReservationsFull
 from core.events import OrderEvent
 from core.models import CREDIT_NOT_USED, HistoryEntry, Order
 
@@ -212,6 +216,55 @@ class NotedReturns:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._returns, name)
+
+
+@contextmanager
+def _counting_full_stock_items() -> Iterator[None]:
+    """Count a stock write refused because its stock item is full (ReservationsFull, raised on)."""
+    try:
+        yield
+    except ReservationsFull as full:
+        record("StockItemsFull")
+        # The metric has no dimension (one alarm for every location); this line names the item.
+        logger.warning(
+            "stock item full: no room for another reservation, orders are sourced around it",
+            extra={"sku": full.sku, "location_id": full.location_id},
+        )
+        raise
+
+
+class MeteredInventory:
+    """The inventory repository, counting each reserve or rearrange refused because its stock item
+    holds as many open reservations as it takes (`StockItemsFull`). Delegates the rest."""
+
+    def __init__(self, inventory: Any):
+        self._inventory = inventory
+
+    def reserve(self, *args: Any, **kwargs: Any) -> None:
+        with _counting_full_stock_items():
+            self._inventory.reserve(*args, **kwargs)
+
+    def rearrange(self, *args: Any, **kwargs: Any) -> None:
+        with _counting_full_stock_items():
+            self._inventory.rearrange(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inventory, name)
+
+
+class MeteredBackorders:
+    """The backorder queues, counting each backorder fill refused because a stock item it reserves
+    at is full (`StockItemsFull`). Delegates the rest."""
+
+    def __init__(self, backorders: Any):
+        self._backorders = backorders
+
+    def fill(self, *args: Any, **kwargs: Any) -> None:
+        with _counting_full_stock_items():
+            self._backorders.fill(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._backorders, name)
 
 
 F = TypeVar("F", bound=Callable[..., Any])

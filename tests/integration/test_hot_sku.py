@@ -23,6 +23,7 @@ from core.ids import order_id_for, reservation_key
 from core.status import OrderStatus
 from core.workflow import PARK, after_failure
 from functions.bootstrap import Config, Container, bootstrap
+from functions.business_metrics import flush
 from tests.builders import location, place_order, product
 from tests.fakes import FakeLabels
 from tests.integration.conftest import pass_through_workflow
@@ -344,3 +345,73 @@ def test_a_stock_item_takes_no_reservation_past_its_room_so_receipts_and_counts_
     inventory.adjust("HOT", "wh-east", 1, "arrival")
     filled = shop.container.workflow.fill_backorder(waiting)
     assert [(a.location_id, a.quantity) for a in filled.allocations] == [("wh-east", 1)]
+
+
+class StepContext:
+    function_name = "ReserveStockFunction"
+    memory_limit_in_mb = 256
+    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:ReserveStockFunction"
+    aws_request_id = "req-reserve"
+
+
+def business_points(output: str) -> list[tuple[str, list[str], float]]:
+    """(metric, dimensions, value) of each business metric (no `service` dimension) in the EMF lines."""
+    found = []
+    for line in output.splitlines():
+        if '"_aws"' not in line:
+            continue
+        record = json.loads(line)
+        for directive in record["_aws"]["CloudWatchMetrics"]:
+            for metric in directive["Metrics"]:
+                values = record[metric["Name"]]
+                for value in values if isinstance(values, list) else [values]:
+                    found.append((metric["Name"], directive["Dimensions"][0], value))
+    return found
+
+
+def test_an_order_sourced_around_a_full_stock_item_counts_the_full_item_for_an_operator(shop, monkeypatch, capsys):
+    # A full stock item (a flash sale past RESERVATIONS_ROOM) was met in silence: ReserveStock
+    # sourced the order from a farther location and nothing told an operator that one location
+    # takes no more orders of the sku. ReserveStock counts it (StockItemsFull, StockItemsFullAlarm).
+    from functions.adapters import dynamodb
+    from functions.workflow import reserve_stock, step
+
+    monkeypatch.setattr(dynamodb, "RESERVATIONS_ROOM", 1)
+    monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "false")
+    shop.container.catalog_repository.put_location(location("wh-east"))
+    shop.container.inventory.count("HOT", "wh-sf", 10)
+    shop.container.inventory.count("HOT", "wh-east", 5)
+    shop.container.inventory_repository.reserve("HOT", "wh-sf", hot_key(0), 1)
+    order_id = shop.authorized(("HOT", 2))
+    flush()  # the placing's points: this test reads ReserveStock's
+    capsys.readouterr()
+
+    with step.container.override(shop.container):
+        reserve_stock.lambda_handler({"order_id": order_id}, StepContext())
+
+    assert [(a.location_id, a.quantity) for a in shop.order(order_id).allocations] == [("wh-east", 2)]
+    counted = [point for point in business_points(capsys.readouterr().out) if point[0] == "StockItemsFull"]
+    assert counted == [("StockItemsFull", [], 1.0)]  # no dimension: one alarm for every location
+
+
+def test_a_backorder_fill_that_meets_a_full_stock_item_counts_it(shop, monkeypatch, capsys):
+    # The backorders function's fill took nothing from the full item and waited on, in silence.
+    from functions.adapters import dynamodb
+
+    monkeypatch.setattr(dynamodb, "RESERVATIONS_ROOM", 1)
+    monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "false")
+    shop.container.catalog_repository.put_product(product("HOT", "30.00", allow_backorder=True))
+    waiting = shop.authorized(("HOT", 1))
+    assert shop.reserve_step(waiting) == "OrderBackordered"
+    inventory = shop.container.inventory_repository
+    inventory.adjust("HOT", "wh-sf", 1, "arrival")
+    inventory.reserve("HOT", "wh-sf", hot_key(0), 1)  # another order's: the item is full
+    inventory.adjust("HOT", "wh-sf", 5, "arrival")
+    flush()
+    capsys.readouterr()
+
+    assert shop.container.workflow.fill_backorder(waiting).status is S.BACKORDERED  # nothing taken
+    flush()  # what the backorders function's handler prints when its invocation ends
+
+    counted = [point for point in business_points(capsys.readouterr().out) if point[0] == "StockItemsFull"]
+    assert counted == [("StockItemsFull", [], 1.0)]
