@@ -50,7 +50,11 @@ def test_an_allocated_order_edited_is_sourced_again_with_its_new_lines(
 
     assert edited.status_code == 200, edited.text
     body = edited.json()
-    assert (body["status"], body["allocations"], body["shipments"]) == ("authorized", [], [])
+    # The answer is the order once the replaced authorization was voided after the edit's write,
+    # by when the workflow the edit started may have reserved its lines again (the local stack's
+    # stream runs at once): `authorized` with nothing allocated, or already on its way back. The
+    # edit's own move (allocated -> authorized) is the history's, below.
+    assert body["lines"][0]["quantity"] == 3 and body["status"] in ("authorized", "allocated"), body
     assert body["payment"]["authorized"] == body["totals"]["grand_total"]
     settle(stack)
     again = order_when(api, order["id"], "allocated")
