@@ -177,6 +177,20 @@ def catalog(api: Any) -> Catalog:
     return Catalog(api)
 
 
+def dying_at_the_ship_write(error: Exception) -> Any:
+    """A DynamoOrders.update that raises `error` in place of the write recording a shipment
+    shipped (the ship's function died after asking for its capture), and writes the rest: patch it
+    over DynamoOrders.update."""
+    real = DynamoOrders.update
+
+    def update(self: DynamoOrders, new: Any, expected: Any, entries: Any, **conditions: Any) -> Any:
+        if entries and entries[0].type == "shipment_shipped":
+            raise error
+        return real(self, new, expected, entries, **conditions)
+
+    return update
+
+
 def run_threads(threads: Iterable[threading.Thread]) -> None:
     """Start `threads` and wait for them all, moto serialized meanwhile (moto itself is not
     thread-safe; each request stays atomic, as on AWS)."""

@@ -15,6 +15,7 @@ from core import hookimpl
 from core.money import Money
 from tests.builders import location_body, order_body, product_body
 from tests.e2e.client import assert_error, unsigned
+from tests.integration.conftest import dying_at_the_ship_write
 from tests.integration.in_process import InProcessApi, in_process_api_with_labels
 
 _orders = itertools.count(1)
@@ -239,14 +240,7 @@ def test_a_ship_that_died_after_the_gateway_captured_is_refunded_by_the_cancel_o
     from functions.adapters.dynamodb import DynamoOrders
 
     order = allocated(api, ("MUG", 2))
-    real = DynamoOrders.update
-
-    def dies_recording_the_ship(self, new, expected, entries, **conditions):
-        if entries and entries[0].type == "shipment_shipped":
-            raise TimeoutError("Task timed out")
-        real(self, new, expected, entries, **conditions)
-
-    monkeypatch.setattr(DynamoOrders, "update", dies_recording_the_ship)
+    monkeypatch.setattr(DynamoOrders, "update", dying_at_the_ship_write(TimeoutError("Task timed out")))
     (shipment,) = order["shipments"]
     died = api.post(f"/orders/{order['id']}/shipments/{shipment['id']}/ship", json={})
     monkeypatch.undo()

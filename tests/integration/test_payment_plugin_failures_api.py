@@ -18,6 +18,7 @@ from core import hookimpl
 from plugins import test_payments
 from tests.e2e.client import assert_error
 from tests.integration import test_cancel_units_api
+from tests.integration.conftest import dying_at_the_ship_write
 from tests.integration.in_process import InProcessApi
 from tests.integration.test_cancel_units_api import allocated, cancel, money, ship, stock
 
@@ -400,14 +401,7 @@ def test_a_reject_whose_plugin_fails_refunding_a_dead_ships_capture_is_502_and_r
 
     order = allocated(api, ("MUG", 2))
     (shipment,) = order["shipments"]
-    real = DynamoOrders.update
-
-    def dies_recording_the_ship(self, new, expected, entries, **conditions):
-        if entries and entries[0].type == "shipment_shipped":
-            raise TimeoutError("Task timed out")
-        real(self, new, expected, entries, **conditions)
-
-    monkeypatch.setattr(DynamoOrders, "update", dies_recording_the_ship)
+    monkeypatch.setattr(DynamoOrders, "update", dying_at_the_ship_write(TimeoutError("Task timed out")))
     assert api.post(f"/orders/{order['id']}/shipments/{shipment['id']}/ship", json={}).status_code == 500
     monkeypatch.undo()
     path = f"/orders/{order['id']}/shipments/{shipment['id']}/reject"

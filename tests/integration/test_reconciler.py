@@ -18,7 +18,7 @@ from tests.builders import location_body, place_order, product_body, template_sc
 from tests.conftest import forget_business_metrics
 from tests.fakes import FakeLabels
 from tests.installed import FAILS_TO_IMPORT, Installer, installing
-from tests.integration.conftest import PASS_MACHINE, pass_through_workflow, queries_sent
+from tests.integration.conftest import PASS_MACHINE, dying_at_the_ship_write, pass_through_workflow, queries_sent
 from tests.unit.conftest import a_stored_order
 
 
@@ -1856,15 +1856,8 @@ def test_a_parcel_a_carrier_reported_whose_report_died_before_its_ship_is_shippe
     services = bootstrap(Config.from_env(), label_store=FakeLabels())
     order = allocated_mugs(services, "web-marked", 2)
     shipment_id = services.order_repository.get(order.id).shipments[0].id
-    real = DynamoOrders.update
-
-    def dies_recording_the_ship(self, new, expected, entries, **conditions):
-        if entries and entries[0].type.value == "shipment_shipped":
-            raise RuntimeError("the ship's function died")
-        return real(self, new, expected, entries, **conditions)
-
     with monkeypatch.context() as patched:  # the ship dies after the gateway captured
-        patched.setattr(DynamoOrders, "update", dies_recording_the_ship)
+        patched.setattr(DynamoOrders, "update", dying_at_the_ship_write(RuntimeError("the ship's function died")))
         with pytest.raises(RuntimeError):
             services.actions.ship(order.id, shipment_id, None, actor="key_wh")
     with monkeypatch.context() as patched:  # the carrier's report dies once it marked the parcel
