@@ -81,8 +81,11 @@ def test_a_cursor_of_another_order_or_list_or_none_issued_is_422_and_a_bad_limit
     returns_cursor_shape = cursor  # the same encoding the order's other lists use, bound to the history
 
     assert_error(api.get(f"/orders/{other_id}/history", params={"cursor": cursor}), 422, "invalid_cursor", "cursor")
-    for forged in ("bm90LWEtY3Vyc29y", "!!", returns_cursor_shape[:-3]):
+    for forged in ("bm90LWEtY3Vyc29y", "!!", returns_cursor_shape[:-3], _cursor_at(order_id, 10**30)):
         assert_error(api.get(f"/orders/{order_id}/history", params={"cursor": forged}), 422, "invalid_cursor")
+    # No such order is 404 whatever the cursor: the order is read before the cursor is refused.
+    missing = "ord_" + "z" * 24
+    assert_error(api.get(f"/orders/{missing}/history", params={"cursor": cursor}), 404, "not_found")
     for limit in (0, 101, "5.0"):
         assert_error(api.get(f"/orders/{order_id}/history", params={"limit": limit}), 422, None, "limit")
 
