@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import sys
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -23,6 +24,24 @@ def page(
     start = _position(cursor, order_id, list_name, len(items)) if cursor is not None else 0
     end = start + limit
     return list(items[start:end]), _cursor(order_id, list_name, end) if end < len(items) else None
+
+
+def ranged_page(
+    read: Callable[[int, int], tuple[list[T], int]], order_id: str, list_name: str, limit: int, cursor: str | None
+) -> tuple[list[T], str | None]:
+    """`page` of a list too long to read whole for each page of it: `read(start, stop)` answers its
+    items from `start` up to `stop` (fewer past its end) and its length. A cursor is refused
+    (InvalidCursor, as `page`) once `read` has answered, so what `read` raises comes first (no
+    such order: 404 before a bad cursor's 422)."""
+    try:
+        start = _position(cursor, order_id, list_name, sys.maxsize) if cursor is not None else 0
+    except InvalidCursor:
+        start = 0  # refused below
+    items, size = read(start, start + limit)
+    if cursor is not None:
+        _position(cursor, order_id, list_name, size)
+    end = start + limit
+    return items, _cursor(order_id, list_name, end) if end < size else None
 
 
 def growing_page(

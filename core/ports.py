@@ -100,6 +100,20 @@ class OrderRepository(ABC):
         """The order and its history, oldest first, in one read; None when there is no such order.
         `consistent`: a strongly consistent read (see get)."""
 
+    def history_range(
+        self, order_id: str, start: int, stop: int, *, consistent: bool = False
+    ) -> tuple[Order, list[HistoryEntry], int] | None:
+        """The order, the entries of its history from place `start` up to `stop` (oldest first,
+        fewer past its end) and its length, the order read once; None when there is no such
+        order. A page of the history (GET /orders/{id}/history) reads only what it shows: this
+        default reads the whole history; an adapter that keeps the oldest entries apart reads only
+        what holds the range."""
+        found = self.history(order_id, consistent=consistent)
+        if found is None:
+            return None
+        order, history = found
+        return order, history[max(start, 0) : max(stop, 0)], len(history)
+
     @abstractmethod
     def list(self, where: OrderFilter, limit: int, cursor: str | None) -> tuple[list[Order], str | None]:
         """Orders matching `where`, newest first, and an opaque cursor for the next page.

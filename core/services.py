@@ -646,10 +646,20 @@ class OrderQueries:
         the whole history, which only grows (its oldest entries moving to pages of their own
         changes no place), and is bound to the order: InvalidCursor for one issued for another
         order or list, or naming no place in this one."""
-        # Read consistently, as `get`: a page read straight after a change shows it, and the place a
-        # cursor names is never past the end of a history read a moment behind (422 for a good cursor).
-        found = self.history(order_id, channel, consistent=True)
-        return order_lists.page(found, order_id, "history", limit, cursor)
+
+        def read(start: int, stop: int) -> tuple[list[HistoryEntry], int]:
+            # Read consistently, as `get`: a page read straight after a change shows it, and the place
+            # a cursor names is never past the end of a history read a moment behind (422 for a good
+            # cursor). Only the entries shown are read (a long history's oldest are in pages of their
+            # own), then those the returns owed it, as `history` puts them: after the rest.
+            found = self._orders.history_range(order_id, start, stop, consistent=True)
+            order = visible(found[0] if found else None, order_id, channel)
+            assert found is not None
+            _, entries, length = found
+            owed = self._owed_entries(order) if self._owed_entries is not None else []
+            return entries + owed[max(start - length, 0) : max(stop - length, 0)], length + len(owed)
+
+        return order_lists.ranged_page(read, order_id, "history", limit, cursor)
 
     def list(self, where: OrderFilter, limit: int, cursor: str | None) -> tuple[list[Order], str | None]:
         return self._orders.list(where, limit, cursor)

@@ -763,18 +763,22 @@ class DynamoOrders(OrderRepository):
     def _bound_history_written(self, order_id: str) -> None:
         bound_history_written(self._client, self._table, self._history_table, order_id)
 
-    def _pages(self, order_id: str, moved: int) -> list[dict[str, Any]]:
-        """The stored entries an item's pages hold, oldest first: `moved` of them (pages never
-        change once written, but are read consistently: the item may name one just written)."""
+    def _pages_query(self, order_id: str) -> dict[str, Any]:
+        """The Query of an item's pages (never changed once written, but read consistently: the
+        item may name one just written)."""
         if self._history_table is None:
             raise ValueError(
                 f"order {order_id} has history pages in the Catalog table: DynamoOrders(..., history_table=<its name>)"
                 " (python -m infra.backfill_orders --catalog-table)"
             )
-        query: dict[str, Any] = {
+        return {
             "TableName": self._history_table, "KeyConditionExpression": "pk = :pk", "ConsistentRead": True,
             "ExpressionAttributeValues": {":pk": {"S": HISTORY_PAGE_PK + order_id}},
         }  # fmt: skip
+
+    def _pages(self, order_id: str, moved: int) -> list[dict[str, Any]]:
+        """The stored entries an item's pages hold, oldest first: `moved` of them."""
+        query = self._pages_query(order_id)
         stored: list[dict[str, Any]] = []
         while True:
             response = self._client.query(**query)
@@ -783,6 +787,31 @@ class DynamoOrders(OrderRepository):
                     stored += page["entries"]["L"]
             if "LastEvaluatedKey" not in response:
                 return stored
+            query["ExclusiveStartKey"] = response["LastEvaluatedKey"]
+
+    def _pages_between(self, order_id: str, first: int, stop: int) -> list[dict[str, Any]]:
+        """The stored entries `first` up to `stop` of those an item's pages hold (numbered from 0,
+        oldest first; `stop` at most how many they hold): the page holding the last of them, then
+        each before it back to the one holding `first`, one page a call (a page is ~32 KB of
+        typical entries, ~300: one or two hold a page of the history)."""
+        query = self._pages_query(order_id)
+        query["KeyConditionExpression"] += " AND sk <= :last"
+        query["ExpressionAttributeValues"][":last"] = {"S": f"{stop - 1:010d}"}
+        query.update(ScanIndexForward=False, Limit=1)
+        held: list[list[dict[str, Any]]] = []  # the pages read, newest first
+        # Short of them, the item counts entries no page holds: never so (a move is one transaction).
+        missing = ValueError(f"order {order_id}'s history pages hold no entries {first} to {stop - 1}")
+        while True:
+            response = self._client.query(**query)
+            for page in response.get("Items", []):
+                held.append(page["entries"]["L"])
+                if (start := int(page["sk"]["S"])) <= first:
+                    stored = [entry for entries in reversed(held) for entry in entries][first - start : stop - start]
+                    if len(stored) != stop - first:
+                        raise missing
+                    return stored
+            if "LastEvaluatedKey" not in response:
+                raise missing
             query["ExclusiveStartKey"] = response["LastEvaluatedKey"]
 
     def update_with_stock(
@@ -883,6 +912,26 @@ class DynamoOrders(OrderRepository):
         if moved := _moved(item):
             stored = stored[:1] + self._pages(order_id, moved) + stored[1:]
         return _order(item), _history(stored)
+
+    def history_range(
+        self, order_id: str, start: int, stop: int, *, consistent: bool = False
+    ) -> tuple[Order, list[HistoryEntry], int] | None:
+        """As the port says, reading the item (its first entry and its live tail) and, of its
+        pages, only those holding the range (_pages_between): not the whole history for a page of it."""
+        item = self._get(order_id, f"doc, history, {HISTORY_MOVED}", consistent)
+        if item is None:
+            return None
+        stored, moved = item["history"]["L"], _moved(item)
+        length = len(stored) + moved
+        start, stop = max(start, 0), min(stop, length)
+        # Place 0 is the item's first entry, 1 to `moved` its pages' (entries 0 to moved - 1), and
+        # each place after them the item's entry `place - moved`.
+        picked = stored[:1] if start == 0 < stop else []
+        if (first := max(start, 1)) < (last := min(stop, moved + 1)):
+            picked += self._pages_between(order_id, first - 1, last - 1)
+        if (first := max(start, moved + 1)) < stop:
+            picked += stored[first - moved : stop - moved]
+        return _order(item), _history(picked), length
 
     def list(self, where: OrderFilter, limit: int, cursor: str | None) -> tuple[list[Order], str | None]:
         index, key_value, filters = self._plan(where)

@@ -326,3 +326,35 @@ def test_a_move_that_fails_after_its_write_landed_leaves_the_write_answered_and_
     paged.update(placed, placed, [_noted(31)])
     assert HISTORY_MOVED in _item(aws, placed.id)
     assert [h.actor for h in paged.history(placed.id)[1]] == ["a", *(f"n{n}" for n in range(32))]
+
+
+def test_a_range_of_a_paged_history_is_its_slice_and_reads_only_the_pages_holding_it(capture, aws, paged):
+    placed = capture.place(place_order(), actor="a")
+    for tens in range(7):  # ~84 KB: two moves, a page each, and a live tail in the item
+        paged.update(placed, placed, [_noted(n) for n in range(10 * tens, 10 * tens + 10)])
+    order, whole = paged.history(placed.id, consistent=True)
+    moved = int(_item(aws, placed.id)[HISTORY_MOVED]["N"])
+    starts = sorted(int(page["sk"]["S"]) for page in _pages(aws, placed.id))
+    assert len(starts) == 2 and 0 < starts[1] < moved < len(whole) - 2
+    second = 1 + starts[1]  # the place of the second page's first entry in the whole history
+    read: list[str] = []
+    aws.dynamodb.meta.events.register(
+        "after-call.dynamodb.Query", lambda parsed, **_: read.extend(i["sk"]["S"] for i in parsed["Items"])
+    )
+    length = len(whole)
+    for start, stop, pages_read in (
+        (0, 0, 0), (0, 1, 0), (0, 3, 1), (1, 2, 1), (second - 2, second + 2, 2), (second, second + 1, 1),
+        (second, moved + 1, 1), (moved, moved + 3, 1), (moved + 1, moved + 3, 0), (0, length, 2),
+        (length - 2, length + 5, 0), (length, length + 5, 0), (length + 3, length + 9, 0), (5, 3, 0),
+    ):  # fmt: skip
+        read.clear()
+        found = paged.history_range(placed.id, start, stop, consistent=True)
+        assert found == (order, whole[start:stop], length), (start, stop)
+        assert len(read) == pages_read, (start, stop, read)
+    assert paged.history_range("ord_none", 0, 5) is None
+    # An order never moved reads its item alone.
+    young = capture.place(place_order(external_id="young"), actor="b")
+    paged.update(young, young, [_noted(0)])
+    read.clear()
+    assert paged.history_range(young.id, 1, 9, consistent=True) == (young, paged.history(young.id)[1][1:], 2)
+    assert read == []

@@ -6,8 +6,11 @@ Idempotency-Key)."""
 
 from __future__ import annotations
 
+import base64
+import json
 import secrets
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import boto3
@@ -78,8 +81,11 @@ def test_a_cursor_of_another_order_or_list_or_none_issued_is_422_and_a_bad_limit
     returns_cursor_shape = cursor  # the same encoding the order's other lists use, bound to the history
 
     assert_error(api.get(f"/orders/{other_id}/history", params={"cursor": cursor}), 422, "invalid_cursor", "cursor")
-    for forged in ("bm90LWEtY3Vyc29y", "!!", returns_cursor_shape[:-3]):
+    for forged in ("bm90LWEtY3Vyc29y", "!!", returns_cursor_shape[:-3], _cursor_at(order_id, 10**30)):
         assert_error(api.get(f"/orders/{order_id}/history", params={"cursor": forged}), 422, "invalid_cursor")
+    # No such order is 404 whatever the cursor: the order is read before the cursor is refused.
+    missing = "ord_" + "z" * 24
+    assert_error(api.get(f"/orders/{missing}/history", params={"cursor": cursor}), 404, "not_found")
     for limit in (0, 101, "5.0"):
         assert_error(api.get(f"/orders/{order_id}/history", params={"limit": limit}), 422, None, "limit")
 
@@ -134,3 +140,82 @@ def test_the_history_shows_no_idempotency_key_and_a_retry_under_it_still_finds_i
         assert [e["type"] for e in shown.json()["items"]] == ["created", "on_hold", "released", "cancelled"]
         assert key not in shown.text and cancel_key not in shown.text
         assert all("request_key" not in (entry["detail"] or {}) for entry in shown.json()["items"])
+
+
+@contextmanager
+def _reads() -> Iterator[list[dict[str, Any]]]:
+    """The items each call of the API function's DynamoDB client reads from now on."""
+    from functions.api.dependencies import container
+
+    items: list[dict[str, Any]] = []
+
+    def read(parsed: dict[str, Any], **_: Any) -> None:
+        items.extend([parsed["Item"]] if "Item" in parsed else parsed.get("Items", []))
+
+    events = container().dynamodb.meta.events
+    events.register("after-call.dynamodb", read, unique_id="history-reads")
+    try:
+        yield items
+    finally:
+        events.unregister("after-call.dynamodb", unique_id="history-reads")
+
+
+def _cursor_at(order_id: str, position: int) -> str:
+    """A cursor as the API issues it (core/order_lists.py): the place `position` in the history."""
+    raw = json.dumps({"o": order_id, "l": "history", "n": position}, separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def test_a_page_of_a_long_history_reads_the_order_and_only_the_pages_holding_it(api: InProcessApi):
+    # 1,200 entries built through the adapter (~86 bytes each stored: pages of ~380 entries, ~32 KB).
+    # A page of the history reads the order's item (the first entry and the live tail) and only
+    # the moved pages holding its entries, one or two: it read every page, so a walk was N² reads.
+    from core.models import HistoryEntry, utc_now
+    from functions.adapters.dynamodb import HISTORY_MOVED, HISTORY_PAGE_PK, DynamoOrders
+    from functions.api.dependencies import container
+    from tests.integration.test_order_history_overflow import _item_bytes
+
+    order_id = _placed(api)
+    client, config = container().dynamodb, container().config
+    orders = DynamoOrders(client, config.orders_table, history_table=config.catalog_table)
+    order = orders.get(order_id, consistent=True)
+    at = utc_now()
+
+    def attempts(numbers: range) -> list[HistoryEntry]:
+        detail = {"note": f"declined {secrets.token_hex(16)}"}
+        return [HistoryEntry(at=at, type="payment_capture_failed", actor="workflow", detail={"attempt": n, **detail})
+                for n in numbers]  # fmt: skip
+
+    def item() -> dict[str, Any]:
+        key = {"id": {"S": order_id}}
+        return client.get_item(TableName=config.orders_table, Key=key, ConsistentRead=True)["Item"]
+
+    for hundred in range(12):
+        orders.update(order, order, attempts(range(100 * hundred, 100 * hundred + 100)))
+    written = 1_200
+    while len(item()["history"]["L"]) < 3:  # a live tail in the item (a move may have just taken it all)
+        orders.update(order, order, attempts(range(written, written + 1)))
+        written += 1
+    moved = int(item()[HISTORY_MOVED]["N"])
+    pages = client.query(
+        TableName=config.catalog_table, KeyConditionExpression="pk = :pk",
+        ExpressionAttributeValues={":pk": {"S": HISTORY_PAGE_PK + order_id}},
+    )["Items"]  # fmt: skip
+    assert len(pages) >= 3 and moved > 750
+    second = 1 + sorted(int(page["sk"]["S"]) for page in pages)[1]  # the place of the second page's first entry
+    history = container().orders.history(order_id, consistent=True)
+    assert [entry.detail["attempt"] for entry in history[1:]] == list(range(written))
+
+    # Across two pages, in one, the first entry (the item's) and the first page's, the live tail.
+    for start, pages_read in ((second - 50, 2), (second + 5, 1), (0, 1), (moved + 1, 0)):
+        cursor = {"cursor": _cursor_at(order_id, start)} if start else {}
+        with _reads() as read:
+            page = api.get(f"/orders/{order_id}/history", params={"limit": 100, **cursor})
+        assert page.status_code == 200, page.text
+        shown = [(entry["type"], (entry["detail"] or {}).get("attempt")) for entry in page.json()["items"]]
+        assert shown == [(entry.type, (entry.detail or {}).get("attempt")) for entry in history[start : start + 100]]
+        history_pages = [i for i in read if i.get("pk", {}).get("S", "").startswith(HISTORY_PAGE_PK)]
+        assert len(history_pages) == pages_read, (start, len(history_pages))
+        # What else it reads (the order's item, the caller's key, the order's returns) is small.
+        read_bytes = sum(map(_item_bytes, read))
+        assert read_bytes <= _item_bytes(item()) + sum(map(_item_bytes, history_pages)) + 8_192, (start, read_bytes)

@@ -555,6 +555,31 @@ def test_the_history_read_writes_the_entries_a_dead_writer_owed_the_order_once(w
     assert return_entries(world, order.id) == [(OrderEvent.RETURN_REQUESTED, "key_cs", item.id)]
 
 
+def test_a_history_page_shows_the_entries_a_dead_writer_owed_the_order_after_the_rest_and_writes_them(
+    world, clock, monkeypatch
+):
+    # A page reads only the entries it shows (OrderRepository.history_range): those the returns
+    # owed the order come after them, at their place, on the page that reaches the end.
+    returns, _ = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 2))
+    queries = OrderQueries(world.orders, owed_entries=returns.owed_entries)
+    stored = len(world.history(order.id))
+    _, last = queries.history_page(order.id, None, stored - 1, None)
+    the_next_order_write_dies(world, monkeypatch)
+    with pytest.raises(LambdaDied):
+        returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
+
+    entries, after = queries.history_page(order.id, None, 5, last)
+
+    assert [e.type for e in entries] == [world.history(order.id)[stored - 1].type, OrderEvent.RETURN_REQUESTED]
+    assert after is None and len(world.history(order.id)) == stored + 1
+    walked, cursor = queries.history_page(order.id, None, 2, None)
+    while cursor is not None:
+        more, cursor = queries.history_page(order.id, None, 2, cursor)
+        walked += more
+    assert walked == world.history(order.id)
+
+
 def test_receiving_restocks_resellable_units_only_and_the_order_is_partially_returned(world, clock):
     returns, _ = returns_for(world, clock)
     order = shipped(world, ("TSHIRT", 3))
