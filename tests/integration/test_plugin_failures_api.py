@@ -20,6 +20,7 @@ import pytest
 from core import hookimpl
 from core.money import Money
 from core.pricing_types import Discount, ShippingQuote, TaxRate
+from core.return_models import ReturnPolicyDecision
 from core.workflow_types import CarrierShipment
 from tests.builders import order_body
 from tests.e2e.client import assert_error
@@ -234,6 +235,43 @@ def test_a_return_whose_carrier_plugin_fails_to_label_it_is_502_no_return_and_it
     made = again.json()
     assert made["status"] == "authorized" and made["label_url"].startswith("https://")
     assert [r["id"] for r in api.get(f"/orders/{order['id']}/returns").json()["items"]] == [made["id"]]
+
+
+class NeedsApproval:
+    """A return policy that asks a person to approve every return."""
+
+    @hookimpl(tryfirst=True)
+    def oms_return_policy(self):
+        return ReturnPolicyDecision(needs_approval=True)
+
+
+def test_an_approval_whose_carrier_plugin_fails_to_label_it_is_502_the_return_still_requested_then_approved(
+    api: InProcessApi,
+):
+    order = ship(api, allocated(api, ("MUG", 2)), "wh-west")
+    for manager in managers():
+        manager.register(NeedsApproval(), name="approvals")
+    try:
+        requested = api.post(
+            f"/orders/{order['id']}/returns", json={"lines": [{"line_id": "L1", "quantity": 1, "reason": "too small"}]}
+        )
+    finally:
+        for manager in managers():
+            manager.unregister(name="approvals")
+    assert requested.status_code == 201 and requested.json()["status"] == "requested", requested.text
+    path = f"/returns/{requested.json()['id']}"
+
+    with installed(failing_at("oms_carrier_return_label", CARRIER_FAILURES["label-url-not-https"])):
+        answer = api.post(f"{path}/approve", json={})
+
+    assert_plugin_error(answer, "oms_carrier_return_label")
+    shown = api.get(path).json()
+    assert (shown["status"], shown["label_url"], shown["version"]) == ("requested", None, requested.json()["version"])
+
+    again = api.post(f"{path}/approve", json={})
+
+    assert again.status_code == 200, again.text
+    assert again.json()["status"] == "authorized" and again.json()["label_url"].startswith("https://")
 
 
 # --- The workflow's CreateShipments ---------------------------------------------------------------------
