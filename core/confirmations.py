@@ -5,9 +5,9 @@ Each item runs the very action its single route runs (OrderActions.ship, .delive
 capture per ship, the conditional writes, and the idempotency of each action (a shipment
 confirmed twice, in one batch or across retries, is changed once). An item the domain refuses
 (unknown or another channel's order, a shipment in the wrong state, a capture the gateway
-refused or could not make now) is reported beside the others and stops nothing; anything else
-(a bug, an AWS failure botocore gave up on) propagates and fails the batch, whose items are each
-safe to send again.
+refused or could not make now, a plugin that failed) is reported beside the others and stops
+nothing; anything else (a bug, an AWS failure botocore gave up on) propagates and fails the
+batch, whose items are each safe to send again.
 """
 
 from collections.abc import Callable
@@ -31,7 +31,6 @@ from core.errors import (
     DomainError,
     InvalidRequest,
     NotFound,
-    PaymentPluginFailed,
     PaymentRefused,
     PluginError,
     StaleVersion,
@@ -184,12 +183,12 @@ class Confirmed:
         """Sending this item again later may succeed: the gateway or a carrier was down, or the
         batch ran out of time, or concurrent changes of the order kept winning the write, or the
         gateway refused a capture on an authorization the item sent again renews first (once: not
-        one refused on that renewal), or the payment plugin failed (its capture stands under its
-        key, for the item sent again once the plugin works). A refusal that depends on the order's
-        state would be refused again."""
+        one refused on that renewal), or a plugin failed (nothing it answered was kept; the payment
+        plugin's capture stands under its key, for the item sent again once the plugin works). A
+        refusal that depends on the order's state would be refused again."""
         if isinstance(self.failure, PaymentRefused):
             return self.failure.renewed_when_repeated
-        return isinstance(self.failure, TransientError | StaleVersion | NotAttempted | PaymentPluginFailed)
+        return isinstance(self.failure, TransientError | StaleVersion | NotAttempted | PluginError)
 
 
 def confirm(
@@ -218,14 +217,11 @@ def confirm(
         attempted += 1
         try:
             results.append(Confirmed(item, order=_run(actions, item, actor, channel)))
-        except PaymentPluginFailed as failed:
-            # The payment plugin failed in this item's capture (in its order's history; nothing
-            # recorded as moved): this item is refused as its single route answers it (502), and
-            # the items before it, done already, and after it keep their own answers.
-            results.append(Confirmed(item, failure=failed))
-        except PluginError:
-            raise  # another broken plugin is a bug, answered 500 as on the single routes
         except DomainError as refused:
+            # A plugin that failed (PluginError; the payment plugin in this item's capture,
+            # PaymentPluginFailed, in its order's history with nothing recorded as moved) refuses
+            # this item as its single route answers it (502), as any refusal does: the items
+            # before it, done already, and after it keep their own answers.
             results.append(Confirmed(item, failure=refused))
     return results
 

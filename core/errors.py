@@ -169,7 +169,10 @@ class ParcelNotConfirmed(InvalidTransition):
 
 
 class PluginError(DomainError):
-    """A plugin raised or returned something the core cannot accept. Never the client's fault."""
+    """A plugin raised or returned something the core cannot accept. Never the client's fault: a
+    dependency of the OMS failed, which the API answers 502 `plugin_error` naming the plugin and
+    hook (as a gateway's refusal is 502), with nothing of the plugin's answer kept, so the request
+    repeated once the plugin works finishes it."""
 
     code = "plugin_error"
 

@@ -90,10 +90,12 @@ _DOMAIN_STATUS: list[tuple[type[DomainError], int]] = [
 def described(error: DomainError) -> tuple[int, str, str, list[dict[str, Any]]]:
     """The status, code, message and details a route answers `error` with: the handlers below
     use it, and so does each refused item of a batch (POST /shipments/confirmations)."""
-    if isinstance(error, PaymentRefused | PaymentPluginFailed):
-        return 502, error.code, error.message, error.details
-    if isinstance(error, PaymentGatewayUnavailable):
+    if isinstance(error, PluginUnavailable | PaymentGatewayUnavailable):
         return 503, error.code, error.message, error.details
+    if isinstance(error, PaymentRefused | PluginError):
+        # A dependency of the OMS failed: the gateway refused, or a plugin (payment, pricing, tax,
+        # carrier, ...) raised or answered what the OMS cannot take. Nothing it answered was kept.
+        return 502, error.code, error.message, error.details
     if isinstance(error, TransientError):
         return 503, "temporarily_unavailable", error.message, []
     status = next((s for cls, s in _DOMAIN_STATUS if isinstance(error, cls)), 422)
@@ -138,9 +140,11 @@ def register(app: APIGatewayRestResolver) -> None:
 
     @app.exception_handler(PluginError)
     def _plugin_error(error: PluginError) -> Response:
-        # A broken plugin is a server-side bug: logged with its traceback, answered without one.
+        # A plugin's bug (it raised, or answered what the OMS cannot take): nothing it answered was
+        # kept, so the request repeated once the plugin works finishes it (502, as a payment
+        # plugin's failure is). Logged with its traceback, answered without one.
         logger.exception("plugin failed", extra={"error_code": error.code})
-        return error_response(500, error.code, error.message, error.details)
+        return error_response(*described(error))
 
     @app.exception_handler(PaymentPluginFailed)
     def _payment_plugin_failed(error: PaymentPluginFailed) -> Response:

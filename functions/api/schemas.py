@@ -54,8 +54,10 @@ _DESCRIPTIONS = {
     428: "If-Match is required",
     422: "Validation failed",
     429: "Throttled",
-    502: "The payment gateway refused the operation (`payment_gateway_error`), or the payment plugin failed "
-    "(`payment_plugin_error`): nothing was recorded as done",
+    502: "The payment gateway refused the operation (`payment_gateway_error`), the payment plugin failed "
+    "(`payment_plugin_error`), or another plugin failed (`plugin_error`: a pricing, tax, carrier, sourcing, review "
+    "or return policy plugin raised or answered what the OMS cannot take; `details` names the plugin and hook): "
+    "nothing was recorded as done, and the request may be repeated once the plugin works",
     503: "The payment gateway kept failing (`payment_gateway_unavailable`): nothing was recorded as done; "
     "repeat the request after Retry-After; or a plugin failed to load (`plugin_unavailable`): the error names it; "
     "or the OMS's storage was too busy (`temporarily_unavailable`): repeat the request after Retry-After",

@@ -112,7 +112,7 @@ def test_a_broken_plugin_is_a_clear_error_and_stores_nothing(seeded, aws, plugin
         status, body = api(event("api_place_order.json") | {"headers": {}})
     finally:
         plugins.unregister(plugin)
-    assert status == 500
+    assert status == 502
     assert body["error"]["code"] == "plugin_error"
     assert "Traceback" not in json.dumps(body)
     assert aws.dynamodb.scan(TableName=aws.tables["OrdersTable"])["Count"] == 0

@@ -1,6 +1,6 @@
 """Third-party plugins that raise, or answer what the order cannot keep, at POST /orders, through
-the real handler under moto: the client gets the contract's 500 plugin_error naming the plugin and
-its hook, and nothing is stored."""
+the real handler under moto: the client gets 502 plugin_error (a dependency of the OMS failed, as a
+payment plugin's failure is 502) naming the plugin and its hook, and nothing is stored."""
 
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ def only(hook: str, error: BaseException) -> object:
 def test_a_plugin_that_raises_anything_at_capture_is_a_plugin_error_naming_it_and_nothing_is_stored(aws, hook, error):
     status, body = placed_with(only(hook, error), "hostile")
 
-    assert (status, body["error"]["code"]) == (500, "plugin_error"), body
+    assert (status, body["error"]["code"]) == (502, "plugin_error"), body
     assert body["error"]["message"] == f"plugin hostile failed in {hook}: {type(error).__name__}"
     assert body["error"]["details"] == [{"plugin": "hostile", "hook": hook}]
     assert orders_stored(aws) == 0
@@ -78,7 +78,7 @@ def test_a_tax_rate_written_out_in_more_than_40_decimal_places_is_a_plugin_error
         answering("oms_tax_rate", TaxRate.model_construct(rate=Decimal(rate), name="svc")), "taxes"
     )
 
-    assert (status, body["error"]["code"]) == (500, "plugin_error"), body
+    assert (status, body["error"]["code"]) == (502, "plugin_error"), body
     assert body["error"]["details"] == [{"plugin": "taxes", "hook": "oms_tax_rate"}]
     assert "at most 40 decimal places" in body["error"]["message"]
     assert orders_stored(aws) == 0

@@ -313,7 +313,7 @@ def placed_with(plugin: object, name: str) -> tuple[int, dict]:
 def test_an_answer_built_without_validation_is_a_plugin_error_naming_the_plugin(seeded, aws, hook, answer):
     status, body = placed_with(answering(hook, answer), "sloppy")
 
-    assert status == 500
+    assert status == 502
     assert body["error"]["code"] == "plugin_error"
     assert "plugin sloppy" in body["error"]["message"]
     assert body["error"]["details"] == [{"plugin": "sloppy", "hook": hook}]
@@ -335,7 +335,7 @@ def test_discounts_that_would_swell_the_order_past_what_it_stores_are_a_plugin_e
     # POST /orders failed with an internal error that named no plugin.
     status, body = placed_with(answering("oms_discounts", discounts), "sloppy")
 
-    assert (status, body["error"]["code"]) == (500, "plugin_error")
+    assert (status, body["error"]["code"]) == (502, "plugin_error")
     assert "plugin sloppy" in body["error"]["message"]
     assert body["error"]["details"] == [{"plugin": "sloppy", "hook": "oms_discounts"}]
     assert orders_stored(aws) == 0

@@ -269,15 +269,27 @@ def test_items_past_the_deadline_are_not_attempted_and_may_be_sent_again(world):
     assert world.order(second.id).shipments[0].status is ShipmentStatus.PENDING
 
 
-def test_a_broken_plugin_fails_the_batch_as_it_fails_a_single_route(world, monkeypatch):
-    order = world.allocated(("TSHIRT", 1))
+def test_an_item_a_broken_plugin_fails_is_refused_alone_as_its_single_route_answers_it(world, monkeypatch):
+    # It failed the whole batch (a 500), losing the answers of the items done before it. No hook a
+    # ship calls today fails outside the payment's PaymentPluginFailed: this is any plugin's failure.
+    first, second, third = (world.allocated(("TSHIRT", 1)) for _ in range(3))
+    ship = world.actions.ship
 
-    def broken(*args, **kwargs):
-        raise PluginError("a plugin returned nonsense")
+    def broken_for_the_second(order_id, *args, **kwargs):
+        if order_id == second.id:
+            raise PluginError("plugin acme failed in oms_some_hook: ValueError",
+                              details=[{"plugin": "acme", "hook": "oms_some_hook"}])  # fmt: skip
+        return ship(order_id, *args, **kwargs)
 
-    monkeypatch.setattr(world.actions, "ship", broken)
-    with pytest.raises(PluginError):
-        run(world, (order.id, order.shipments[0].id, "ship"))
+    monkeypatch.setattr(world.actions, "ship", broken_for_the_second)
+    results = run(world, *((o.id, o.shipments[0].id, "ship") for o in (first, second, third)))
+
+    assert [r.shipment_status for r in results] == [ShipmentStatus.SHIPPED, None, ShipmentStatus.SHIPPED]
+    refused = results[1]
+    assert isinstance(refused.failure, PluginError) and refused.failure.code == "plugin_error"
+    assert refused.failure.details == [{"plugin": "acme", "hook": "oms_some_hook"}]
+    assert refused.retry  # sent again once the plugin works: nothing it answered was kept
+    assert world.order(second.id).shipments[0].status is ShipmentStatus.PENDING
 
 
 @pytest.mark.parametrize(

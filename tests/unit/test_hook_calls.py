@@ -243,7 +243,7 @@ class Exits:
 @pytest.mark.parametrize("error", [SystemExit(3), Abandoned("gave up")], ids=["SystemExit", "a BaseException"])
 def test_a_plugin_that_raises_outside_exception_is_a_plugin_error_naming_it(error):
     # Not an Exception, it went past call_hook and every handler's error mapping: the API's Lambda
-    # died (API Gateway's bare 502) instead of answering 500 plugin_error naming the plugin.
+    # died (API Gateway's bare 502) instead of answering 502 plugin_error naming the plugin.
     plugins = build_plugin_manager(load_entry_points=False)
     plugins.register(Exits(error), name="exiting")
 

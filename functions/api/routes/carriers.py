@@ -29,7 +29,10 @@ WITHHELD_HEADERS = frozenset({"authorization", "cookie"})
 @router.post(
     "/carriers/<carrier>/tracking",
     summary="A carrier's tracking webhook: delivered shipments are marked delivered",
-    responses={**ok(200, TrackingReport, "What was done with each update"), **errors(400, 403, 404, 409, 413, 503)},
+    responses={
+        **ok(200, TrackingReport, "What was done with each update"),
+        **errors(400, 403, 404, 409, 413, 502, 503),
+    },
     middlewares=[plugins_loaded],
 )
 @requires(Scope.FULFILLMENT_WRITE)

@@ -73,7 +73,7 @@ IdempotencyKey = Annotated[
 @router.post(
     "/orders",
     summary="Place an order",
-    responses={**ok(201, Order, "The order, pending"), **errors(400, 403, 409, 413, 503)},
+    responses={**ok(201, Order, "The order, pending"), **errors(400, 403, 409, 413, 502, 503)},
     middlewares=[plugins_loaded],
 )
 @requires(Scope.ORDERS_WRITE)
@@ -258,7 +258,7 @@ def edit_order(order_id: OrderIdPath, edit: OrderEdit, if_match: IfMatch) -> Ord
     "Idempotency-Key is honoured (cancelling units twice would cancel twice as many).",
     responses={
         **changed("The order, cancelled (payment `voided`, or still `authorized` if the void failed)"),
-        **errors(400, 403, 404, 409, 413, 503),
+        **errors(400, 403, 404, 409, 413, 502, 503),
     },
     middlewares=[plugins_loaded],
 )

@@ -47,7 +47,7 @@ def _shown(item: Return) -> dict:
     "receipt (no stock, no price, no shipping, its payment method or pickup store no longer taken, or its "
     "external_id taken by an order of the channel) is given up: the received units are refunded instead and the "
     "return shows `exchange_not_placed`.",
-    responses={**ok(201, Return, "The return"), **errors(400, 403, 404, 409, 413)},
+    responses={**ok(201, Return, "The return"), **errors(400, 403, 404, 409, 413, 502)},
     middlewares=[plugins_loaded],
 )
 @requires(Scope.RETURNS_WRITE)
@@ -121,7 +121,7 @@ def get_return(return_id: ReturnIdPath) -> Return:
 @router.post(
     "/returns/<return_id>/approve",
     summary="Approve a requested return: it is authorized and gets its return label",
-    responses={**ok(200, Return, "The return, authorized"), **errors(400, 403, 404, 409, 413)},
+    responses={**ok(200, Return, "The return, authorized"), **errors(400, 403, 404, 409, 413, 502)},
     middlewares=[plugins_loaded],
 )
 @requires(Scope.RETURNS_WRITE)

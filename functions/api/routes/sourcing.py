@@ -65,7 +65,7 @@ def get_sourcing_rules_history(
 @router.post(
     "/sourcing/simulate",
     summary="What sourcing would plan for orders under the current or given rules (reserves nothing)",
-    responses={**ok(200, Simulation, "A plan per order, and their summary"), **errors(400, 403, 413)},
+    responses={**ok(200, Simulation, "A plan per order, and their summary"), **errors(400, 403, 413, 502)},
 )
 @requires(Scope.ORDERS_READ)
 def simulate_sourcing(request: SimulateSourcing) -> Simulation:
