@@ -111,6 +111,7 @@ class Scene:
         assert hook.status_code == 201, hook.text
         self.webhook = hook.json()["id"]
         self.key_a = issue(api, *CHANNEL_SCOPES, channel=self.channel_a)
+        self.initial = self.state()
 
     def state(self) -> Any:
         """What a refused request must leave as it was: both orders (their versions and histories),
@@ -207,12 +208,13 @@ def test_another_channels_thing_named_by_id_is_404_and_changes_nothing(
     headers = {"Idempotency-Key": uuid.uuid4().hex} if with_idempotency_key else {}
     if method == "PATCH":
         headers["If-Match"] = str(api.get(f"/orders/{scene.pending}").json()["version"])
-    before = scene.state()
 
     answer = api.request(method, _fill(scene, path), key=scene.key_a, json=body, headers=headers)
 
     assert_error(answer, 404, "not_found")
-    assert scene.state() == before
+    if method != "GET":
+        # Every request of this module is refused: channel B's things stay as the scene made them.
+        assert scene.state() == scene.initial
 
 
 def test_lists_and_searches_of_a_channel_key_never_show_another_channels_things(scene: Scene):
@@ -235,7 +237,6 @@ def test_lists_and_searches_of_a_channel_key_never_show_another_channels_things(
 
 def test_batches_naming_another_channels_shipments_or_orders_change_and_show_nothing(scene: Scene):
     api, key = scene.api, scene.key_a
-    before = scene.state()
 
     confirmed = api.post("/shipments/confirmations", key=key, json={"items": [
         {"order_id": scene.pending, "shipment_id": scene.pending_shipment, "action": "ship"},
@@ -260,7 +261,7 @@ def test_batches_naming_another_channels_shipments_or_orders_change_and_show_not
     )
     assert scanned.status_code == 200, scanned.text
     assert [update["outcome"] for update in scanned.json()["updates"]] == ["unknown_shipment"]
-    assert scene.state() == before
+    assert scene.state() == scene.initial
 
 
 def test_a_channel_key_cannot_place_or_subscribe_for_another_channel(scene: Scene):
