@@ -904,3 +904,62 @@ def test_a_secret_with_letters_outside_ascii_is_refused_without_a_lookup(api: In
 
     assert_error(answer, 401, "unauthorized")
     assert reads == []
+
+
+@pytest.mark.parametrize("api", [LONG_CACHE], indirect=True, ids=["authorizer-cache-300s"])
+def test_a_key_revoked_while_the_authorizer_is_reading_it_is_refused_after_the_204(
+    api: InProcessApi, monkeypatch: pytest.MonkeyPatch
+):
+    # The authorizer read the key before the revocation and answered after the DELETE's flush: the
+    # gateway cached that Allow, and the revoked key went on working for AuthorizerCacheSeconds (300 s
+    # here). API Gateway caches when the authorizer returns, so the revocation must flush again once
+    # every authorizer run that could have read the key before it has ended (on AWS: its Timeout;
+    # here `settle` lets that run end and be cached, as the wait would).
+    import threading
+
+    from core.access import hash_secret
+    from functions.adapters.api_key_lookup import ApiKeyLookup
+    from functions.api.dependencies import container
+    from functions.authorizer.app import api_keys
+
+    issued = issue(api, "orders:read")
+    target = hash_secret(issued["key"])
+    read, release, cached, go = threading.Event(), threading.Event(), threading.Event(), threading.Event()
+
+    class ReadsBeforeTheRevocation(ApiKeyLookup):
+        def by_hash(self, secret_hash: str):  # type: ignore[override]
+            found = super().by_hash(secret_hash)
+            if secret_hash == target and not read.is_set():
+                read.set()
+                release.wait(10)  # the revocation and its first flush happen now
+            return found
+
+    (authorizer,) = api.gateway.authorizers.values()
+    answer = authorizer._output
+
+    def answered_then_wait(event: Any) -> Any:
+        output = answer(event)  # cached by now
+        if event["headers"].get("Authorization") == f"Bearer {issued['key']}":
+            cached.set()
+            go.wait(10)  # its API call waits for the DELETE to end, as a second one would
+        return output
+
+    def settle() -> None:
+        release.set()
+        assert cached.wait(10)
+
+    monkeypatch.setattr(authorizer, "_output", answered_then_wait)
+    monkeypatch.setattr(container().api_keys, "_settle", settle, raising=False)
+    statuses: list[int] = []
+    with api_keys.override(ReadsBeforeTheRevocation(api_keys()._client, api_keys()._table)):
+        in_flight = threading.Thread(target=lambda: statuses.append(api.get("/orders", key=issued["key"]).status_code))
+        in_flight.start()
+        assert read.wait(10)
+        revoked = api.request("DELETE", f"/api-keys/{issued['id']}")
+        release.set()
+        go.set()
+        in_flight.join(10)
+
+    assert revoked.status_code == 204
+    assert statuses == [200]  # it was authorized before the revocation
+    assert_error(api.get("/orders", key=issued["key"]), 401, "unauthorized")
