@@ -668,10 +668,19 @@ class OrderQueries:
 class ApiKeyService:
     """Issues, lists and revokes API keys. The secret is returned once and stored as a hash."""
 
-    def __init__(self, keys: ApiKeyRepository, clock: Clock = utc_now, authorizer_cache: AuthorizerCache | None = None):
+    def __init__(
+        self,
+        keys: ApiKeyRepository,
+        clock: Clock = utc_now,
+        authorizer_cache: AuthorizerCache | None = None,
+        settle: Callable[[], None] | None = None,
+    ):
+        """`settle` returns once every authorizer run that began before it was called has ended
+        (on AWS: waits the authorizer's Timeout); None when no answer is cached for long."""
         self._keys = keys
         self._clock = clock
         self._authorizer_cache = authorizer_cache
+        self._settle = settle
 
     def issue(self, request: NewApiKey) -> IssuedApiKey:
         secret = new_secret()
@@ -700,7 +709,11 @@ class ApiKeyService:
     def revoke(self, key_id: str, *, stage: ApiStage | None = None) -> ApiKey:
         """Revoked at once: the stored key first, then `stage`'s cache of authorizer answers (where
         the key may still be allowed), so no request after this one is let in by the cache. A
-        repeated revoke flushes again: the retry after a failed flush."""
+        repeated revoke flushes again: the retry after a failed flush.
+
+        An authorizer run that read the key just before the revocation answers after the flush, and
+        API Gateway caches that answer when it comes: the key would work for AuthorizerCacheSeconds
+        more. So the cache is flushed again once every such run has ended (`settle`)."""
         if key_id == ADMIN_KEY_ID:
             raise Conflict(
                 "the bootstrap admin key is not revoked through the API: rotate it with "
@@ -712,6 +725,9 @@ class ApiKeyService:
             raise NotFound(f"no API key {key_id}")
         if stage is not None and self._authorizer_cache is not None:
             self._authorizer_cache.flush(stage)
+            if self._settle is not None:
+                self._settle()
+                self._authorizer_cache.flush(stage)
         return revoked
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from functools import cached_property
@@ -139,6 +140,9 @@ class Config(NamedTuple):
     pickup_expiry_days: float = 7.0  # OMS_PICKUP_EXPIRY_DAYS: 0 never cancels an uncollected pickup
     authorization_valid_days: float = 7.0  # OMS_AUTHORIZATION_VALID_DAYS: older is authorized again at capture
     access_log_queue_url: str = ""  # the API queues each read of an order there (issue 14)
+    # How long an authorizer run can last (its Timeout): a revocation flushes the gateway's cache of
+    # its answers again after it, for a run that read the key before it (0: no second flush).
+    authorizer_settle_seconds: float = 0.0
 
     @classmethod
     def from_env(cls) -> Config:
@@ -175,6 +179,10 @@ class Config(NamedTuple):
             pickup_expiry_days=_number("OMS_PICKUP_EXPIRY_DAYS", 7),
             authorization_valid_days=_number("OMS_AUTHORIZATION_VALID_DAYS", 7),
             access_log_queue_url=os.environ.get("ACCESS_LOG_QUEUE_URL", ""),
+            # With no cache (AuthorizerCacheSeconds 0) no answer outlives its run: nothing to wait for.
+            authorizer_settle_seconds=_number("AUTHORIZER_TIMEOUT_SECONDS", 0)
+            if _number("AUTHORIZER_CACHE_SECONDS", 5) > 0
+            else 0.0,
         )
 
 
@@ -425,7 +433,11 @@ class Container:
 
     @cached_property
     def api_keys(self) -> ApiKeyService:
-        return ApiKeyService(self.api_key_repository, clock=self.clock, authorizer_cache=self.authorizer_cache)
+        seconds = self.config.authorizer_settle_seconds
+        settle = (lambda: time.sleep(seconds)) if seconds > 0 else None
+        return ApiKeyService(
+            self.api_key_repository, clock=self.clock, authorizer_cache=self.authorizer_cache, settle=settle
+        )
 
     @cached_property
     def holds(self) -> Holds:

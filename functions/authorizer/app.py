@@ -38,8 +38,10 @@ def logger() -> Logger:
 # The first invocation of this process is its cold start, as powertools' `cold_start` key means.
 _invocations = itertools.count()
 
-# The scheme in any case and 1*SP before the key (RFC 9110 11.1, RFC 6750 2.1).
-_BEARER = re.compile(rf"bearer +({SECRET_PATTERN})", re.IGNORECASE)
+# The scheme in any case and 1*SP before the key (RFC 9110 11.1, RFC 6750 2.1). Only the scheme is
+# read in any case: a secret's [A-Za-z] under IGNORECASE would match letters that fold to ASCII ones
+# (U+212A KELVIN SIGN for k, U+017F for s, U+0131 for i), none of which a secret holds.
+_BEARER = re.compile(rf"(?i:bearer) +({SECRET_PATTERN})")
 
 
 # Built on first use and kept while the execution environment is warm.
@@ -80,11 +82,21 @@ class RefusedHashes:
 refused: Warm[RefusedHashes] = Warm(RefusedHashes)
 
 
-def _header(event: dict[str, Any], name: str) -> str | None:
-    for key, value in (event.get("headers") or {}).items():
-        if key.lower() == name:
-            return value
-    return None
+def _authorization(event: dict[str, Any]) -> str | None:
+    """The request's one Authorization header, or None when it has none or several. Sent twice (or
+    under two spellings of its name) it names two credentials while API Gateway caches this
+    function's answer under one of them (the single-value map's, the last): answering for either
+    could let the other in for the cache's lifetime. RFC 9110 11.6.2 allows one."""
+    single = [value for name, value in (event.get("headers") or {}).items() if name.lower() == "authorization"]
+    multi = [
+        value
+        for name, values in (event.get("multiValueHeaders") or {}).items()
+        if name.lower() == "authorization"
+        for value in values or ()
+    ]
+    if len(single) > 1 or len(multi) > 1 or (multi and multi != single):
+        return None
+    return single[0] if single else None
 
 
 def _policy(principal: str, effect: str, method_arn: str, context: dict[str, str]) -> dict[str, Any]:
@@ -120,7 +132,8 @@ def _log_refusal(event: dict[str, Any], context: Any, cold_start: bool, reason: 
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     cold_start = next(_invocations) == 0
     # Raising "Unauthorized" is API Gateway's contract for a 401; the header is never logged.
-    match = _BEARER.fullmatch(_header(event, "authorization") or "")
+    header = _authorization(event)
+    match = _BEARER.fullmatch(header) if isinstance(header, str) else None
     if match is None:
         raise Exception("Unauthorized")
     secret_hash = hash_secret(match.group(1))

@@ -841,3 +841,125 @@ def test_behind_the_authorizer_cache_a_revoked_key_is_refused_on_the_very_next_r
     assert_error(api.get("/orders", key=issued["key"]), 401, "unauthorized")
     # Other keys' cached answers went too; they are simply asked for again.
     assert api.get("/orders").status_code == 200
+
+
+# --- 9. Malformed credentials --------------------------------------------------------------------------
+
+
+def _raw(api: InProcessApi, headers: list[tuple[str, str]], path: str = "/orders") -> Answer:
+    """GET `path` with exactly these headers, repeated names and their case as given."""
+    from infra.local.gateway import HttpRequest
+
+    response = api.gateway.handle(HttpRequest(method="GET", path=path, headers=headers))
+    return Answer(response.status_code, response.headers, response.get_data())
+
+
+@pytest.mark.parametrize("api", [LONG_CACHE], indirect=True, ids=["authorizer-cache-300s"])
+@pytest.mark.parametrize(
+    "names", [("Authorization", "Authorization"), ("authorization", "Authorization")], ids=["same case", "two cases"]
+)
+@pytest.mark.parametrize("reader_first", [True, False], ids=["reader first", "reader last"])
+def test_an_authorization_header_sent_twice_is_401_and_makes_no_other_secret_work(
+    api: InProcessApi, names: tuple[str, str], reader_first: bool
+):
+    # The authorizer read the first value while the gateway caches its answer under the last one: a
+    # reader's key first and any well-formed string after it let that string in, as the reader, for
+    # as long as the answer was cached. One request, one credential (RFC 9110 11.6.2).
+    reader = issue(api, "orders:read")["key"]
+    forged = "oms_" + uuid.uuid4().hex
+
+    values = [f"Bearer {reader}", f"Bearer {forged}"][:: 1 if reader_first else -1]
+    twice = _raw(api, list(zip(names, values, strict=True)))
+
+    assert_error(twice, 401, "unauthorized")
+    assert_error(_raw(api, [("Authorization", f"Bearer {forged}")]), 401, "unauthorized")
+    assert _raw(api, [("Authorization", f"Bearer {reader}")]).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "secret",
+    [
+        pytest.param(lambda key: key.replace("k", "\u212a").replace("K", "\u212a"), id="kelvin sign for k"),
+        pytest.param(lambda key: key.replace("s", "\u017f"), id="long s for s"),
+        pytest.param(lambda key: key.replace("i", "\u0131"), id="dotless i for i"),
+    ],
+)
+def test_a_secret_with_letters_outside_ascii_is_refused_without_a_lookup(api: InProcessApi, secret: Any):
+    # [A-Za-z] under re.IGNORECASE also matched the letters that fold to ASCII ones (U+212A KELVIN
+    # SIGN, U+017F, U+0131), so such a "secret" passed for a well-formed one and cost a DynamoDB read.
+    from functions.adapters.api_key_lookup import ApiKeyLookup
+    from functions.authorizer.app import api_keys
+
+    reads: list[str] = []
+
+    class Counting(ApiKeyLookup):
+        def by_hash(self, secret_hash: str):  # type: ignore[override]
+            reads.append(secret_hash)
+            return super().by_hash(secret_hash)
+
+    changed = secret("oms_kKsidemo_" + uuid.uuid4().hex)
+    assert not changed.isascii()
+    with api_keys.override(Counting(api_keys()._client, api_keys()._table)):
+        answer = _raw(api, [("Authorization", f"Bearer {changed}")])
+
+    assert_error(answer, 401, "unauthorized")
+    assert reads == []
+
+
+@pytest.mark.parametrize("api", [LONG_CACHE], indirect=True, ids=["authorizer-cache-300s"])
+def test_a_key_revoked_while_the_authorizer_is_reading_it_is_refused_after_the_204(
+    api: InProcessApi, monkeypatch: pytest.MonkeyPatch
+):
+    # The authorizer read the key before the revocation and answered after the DELETE's flush: the
+    # gateway cached that Allow, and the revoked key went on working for AuthorizerCacheSeconds (300 s
+    # here). API Gateway caches when the authorizer returns, so the revocation must flush again once
+    # every authorizer run that could have read the key before it has ended (on AWS: its Timeout;
+    # here `settle` lets that run end and be cached, as the wait would).
+    import threading
+
+    from core.access import hash_secret
+    from functions.adapters.api_key_lookup import ApiKeyLookup
+    from functions.api.dependencies import container
+    from functions.authorizer.app import api_keys
+
+    issued = issue(api, "orders:read")
+    target = hash_secret(issued["key"])
+    read, release, cached, go = threading.Event(), threading.Event(), threading.Event(), threading.Event()
+
+    class ReadsBeforeTheRevocation(ApiKeyLookup):
+        def by_hash(self, secret_hash: str):  # type: ignore[override]
+            found = super().by_hash(secret_hash)
+            if secret_hash == target and not read.is_set():
+                read.set()
+                release.wait(10)  # the revocation and its first flush happen now
+            return found
+
+    (authorizer,) = api.gateway.authorizers.values()
+    answer = authorizer._output
+
+    def answered_then_wait(event: Any) -> Any:
+        output = answer(event)  # cached by now
+        if event["headers"].get("Authorization") == f"Bearer {issued['key']}":
+            cached.set()
+            go.wait(10)  # its API call waits for the DELETE to end, as a second one would
+        return output
+
+    def settle() -> None:
+        release.set()
+        assert cached.wait(10)
+
+    monkeypatch.setattr(authorizer, "_output", answered_then_wait)
+    monkeypatch.setattr(container().api_keys, "_settle", settle, raising=False)
+    statuses: list[int] = []
+    with api_keys.override(ReadsBeforeTheRevocation(api_keys()._client, api_keys()._table)):
+        in_flight = threading.Thread(target=lambda: statuses.append(api.get("/orders", key=issued["key"]).status_code))
+        in_flight.start()
+        assert read.wait(10)
+        revoked = api.request("DELETE", f"/api-keys/{issued['id']}")
+        release.set()
+        go.set()
+        in_flight.join(10)
+
+    assert revoked.status_code == 204
+    assert statuses == [200]  # it was authorized before the revocation
+    assert_error(api.get("/orders", key=issued["key"]), 401, "unauthorized")

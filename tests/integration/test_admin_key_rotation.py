@@ -29,7 +29,9 @@ def _rotate(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
 def _authorize(secret: str) -> dict:
     from functions.authorizer.app import lambda_handler
 
-    return lambda_handler({**AUTHORIZER_EVENT, "headers": {"Authorization": f"Bearer {secret}"}}, Context())
+    header = f"Bearer {secret}"
+    evt = {**AUTHORIZER_EVENT, "headers": {"Authorization": header}, "multiValueHeaders": {"Authorization": [header]}}
+    return lambda_handler(evt, Context())
 
 
 def test_rotating_the_admin_key_retires_the_previous_secret(aws, monkeypatch, capsys):

@@ -335,6 +335,37 @@ def test_a_cancel_whose_payment_plugin_was_removed_answers_200_with_the_refused_
     assert "no payment plugin takes method 'test'" in failed.detail["message"]
 
 
+def with_authorization(evt: dict, header: str | None) -> dict:
+    """The authorizer event with this Authorization header (none for None), in both header maps as
+    API Gateway sends them."""
+    evt["headers"] = {} if header is None else {"Authorization": header}
+    evt["multiValueHeaders"] = {} if header is None else {"Authorization": [header]}
+    return evt
+
+
+@pytest.mark.parametrize(
+    ("headers", "multi"),
+    [
+        pytest.param({"Authorization": "Bearer oms_sample_admin_key_0123456789"},
+                     {"Authorization": ["Bearer oms_other_key_0123456789", "Bearer oms_sample_admin_key_0123456789"]},
+                     id="twice, the single-value map naming the last"),
+        pytest.param({"authorization": "Bearer oms_sample_admin_key_0123456789",
+                      "Authorization": "Bearer oms_other_key_0123456789"}, None, id="two spellings"),
+        pytest.param({"Authorization": "Bearer oms_sample_admin_key_0123456789"},
+                     {"Authorization": ["Bearer oms_other_key_0123456789"]}, id="maps that disagree"),
+    ],
+)  # fmt: skip
+def test_the_authorizer_refuses_an_authorization_header_sent_twice(aws, headers, multi):
+    from functions.authorizer.app import lambda_handler
+
+    ensure_admin_key("oms_sample_admin_key_0123456789")
+    evt = event("authorizer_request.json")
+    evt["headers"], evt["multiValueHeaders"] = headers, multi
+
+    with pytest.raises(Exception, match=r"^Unauthorized$"):
+        lambda_handler(evt, Context())
+
+
 def test_the_authorizer_allows_a_stored_key_and_passes_the_caller(aws):
     from functions.authorizer.app import lambda_handler
 
@@ -353,7 +384,7 @@ def test_the_authorizer_refuses_missing_malformed_and_unknown_keys(aws, header):
 
     ensure_admin_key("oms_sample_admin_key_0123456789")
     evt = event("authorizer_request.json")
-    evt["headers"] = {} if header is None else {"Authorization": header}
+    with_authorization(evt, header)
     with pytest.raises(Exception, match=r"^Unauthorized$"):
         lambda_handler(evt, Context())
 
@@ -365,7 +396,7 @@ def test_the_authorizer_reads_the_bearer_scheme_in_any_case(aws, prefix):
 
     ensure_admin_key("oms_sample_admin_key_0123456789")
     evt = event("authorizer_request.json")
-    evt["headers"] = {"Authorization": prefix + "oms_sample_admin_key_0123456789"}
+    with_authorization(evt, prefix + "oms_sample_admin_key_0123456789")
 
     assert lambda_handler(evt, Context())["principalId"] == "key_admin"
 
@@ -390,7 +421,7 @@ def test_a_bad_key_retried_costs_one_dynamodb_read_until_its_refusal_expires(aws
 
     now = [0.0]
     evt = event("authorizer_request.json")
-    evt["headers"] = {"Authorization": "Bearer wrong_key_0123456789"}
+    with_authorization(evt, "Bearer wrong_key_0123456789")
     lookup = CountingLookup(aws.dynamodb, aws.tables["CatalogTable"])
     with api_keys.override(lookup), refused.override(RefusedHashes(ttl_seconds=30, clock=lambda: now[0])):
         for _ in range(5):
@@ -419,7 +450,7 @@ def test_a_revoked_key_is_refused_and_remembered_without_a_second_read(aws):
             return super().by_hash(secret_hash)
 
     evt = event("authorizer_request.json")
-    evt["headers"] = {"Authorization": f"Bearer {issued.key}"}
+    with_authorization(evt, f"Bearer {issued.key}")
     with api_keys.override(CountingLookup(aws.dynamodb, aws.tables["CatalogTable"])), refused.override(RefusedHashes()):
         for _ in range(3):
             with pytest.raises(Exception, match=r"^Unauthorized$"):

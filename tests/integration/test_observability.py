@@ -278,6 +278,7 @@ def test_the_authorizer_logs_under_the_request_id_the_api_function_will_log(aws,
 
     evt = event("authorizer_request.json")
     evt["headers"] = {**evt["headers"], "Authorization": "Bearer oms_no_such_key_0123456789"}
+    evt["multiValueHeaders"] = {**evt["multiValueHeaders"], "Authorization": ["Bearer oms_no_such_key_0123456789"]}
 
     with pytest.raises(Exception, match="Unauthorized"):
         lambda_handler(evt, context("AuthorizerFunction"))

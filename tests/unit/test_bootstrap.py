@@ -305,3 +305,30 @@ def test_a_switch_is_taken_as_true_or_false(monkeypatch: pytest.MonkeyPatch, raw
     monkeypatch.setenv("OMS_ENABLE_TEST_PAYMENTS", raw)
 
     assert Config.from_env().enable_test_payments is taken
+
+
+@pytest.mark.parametrize(("cache", "expected"), [("300", 5.0), ("5", 5.0), ("0", 0.0), (None, 5.0)])
+def test_a_revocation_waits_the_authorizers_timeout_only_where_its_answers_are_cached(
+    monkeypatch: pytest.MonkeyPatch, cache: str | None, expected: float
+):
+    for name, value in {"ORDERS_TABLE": "o", "INVENTORY_TABLE": "i", "CATALOG_TABLE": "c", "IDEMPOTENCY_TABLE": "d",
+                        "AUTHORIZER_TIMEOUT_SECONDS": "5"}.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+    if cache is None:
+        monkeypatch.delenv("AUTHORIZER_CACHE_SECONDS", raising=False)
+    else:
+        monkeypatch.setenv("AUTHORIZER_CACHE_SECONDS", cache)
+
+    assert Config.from_env().authorizer_settle_seconds == expected
+    monkeypatch.delenv("AUTHORIZER_TIMEOUT_SECONDS")
+    assert Config.from_env().authorizer_settle_seconds == 0  # not told how long a run lasts: one flush
+
+
+def test_the_api_function_is_told_the_authorizers_timeout_and_the_stages_cache():
+    from infra.local.template import Template
+
+    functions = Template.load().functions()
+    told = functions["ApiFunction"]["Environment"]["Variables"]
+
+    assert told["AUTHORIZER_TIMEOUT_SECONDS"] == str(functions["AuthorizerFunction"]["Timeout"])
+    assert told["AUTHORIZER_CACHE_SECONDS"] == {"Ref": "AuthorizerCacheSeconds"}
