@@ -354,6 +354,11 @@ class Workflow:
                     self._backorders.recorded(sku, entry)
                 return
         if order.status != S.AUTHORIZED or order.allocations:
+            if order.status is S.CANCELLED:
+                # A run of this step that reserved after the cancel's release and died before its
+                # write (which would have failed and undone it) left those units held: this retry
+                # is the last step that knows to look (the execution ends OrderAlreadyClosed).
+                self._cancellation.release_stock(order)
             if order.status in STOPPED:
                 raise stopped(order)
             _check_authorized_visible(order)
