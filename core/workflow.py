@@ -486,6 +486,9 @@ class Workflow:
             stock = self._inventory.levels(
                 {line.sku for line in order.lines}, [loc.location_id for loc in eligible], consistent=consistent
             )
+        # Safety stock is held back from the units available to orders, never out of those this
+        # order holds already (an edit sends it back to be sourced): they stay its own.
+        stock = rules.for_orders(stock)
         for sku, levels in stock.items():
             stock[sku] = [
                 level.model_copy(
@@ -494,7 +497,6 @@ class Workflow:
                 )
                 for level in levels
             ]  # fmt: skip
-        stock = rules.for_orders(stock)  # safety stock is held back from orders
         # Units that arrived for older backordered orders are theirs, though no arrival gave them yet;
         # the units this order holds are its own, whoever older waits (an edit asks for no fewer).
         own: dict[tuple[str, str], int] = defaultdict(int)
