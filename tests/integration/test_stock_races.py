@@ -458,3 +458,47 @@ def test_a_reserve_task_that_died_after_reserving_for_an_order_cancelled_meanwhi
 
     assert shop.held("LAST", "wh-east", order_id) == 0
     assert shop.level("LAST", "wh-east") == (1, 0, 1)
+
+
+def test_a_twin_reserve_run_that_gave_back_the_winners_units_before_losing_its_write_holds_them_again(
+    shop, monkeypatch
+):
+    # tests/unit/test_sourcing_rules.py plays the race on the fakes; here on DynamoDB: A reserves
+    # at one warehouse, the rules then exclude it, B (counting A's units as the order's own) plans
+    # the other, gives A's units back, and loses its write to A's.
+    from core.sourcing_rules import SourcingRulesInput
+
+    shop.container.catalog_repository.put_location(location("wh-west", latitude=39.53, longitude=-119.81))
+    shop.container.inventory.count("LAST", "wh-east", 3)
+    shop.container.inventory.count("LAST", "wh-west", 3)
+    order_id = shop.placed("LAST", 2)
+    nearest = shop.container.workflow
+    repository = shop.container.order_repository
+    real_update = repository.update
+    writes: list[tuple] = []
+
+    def update(new: Any, expected: Any, entries: Any, **conditions: Any) -> Any:
+        if not writes:  # A's write: B runs before it lands
+            writes.append((new, expected, entries, conditions))
+            first = shop.order(order_id)
+            assert first.status is S.AUTHORIZED
+            [a_location] = {a.location_id for a in new.allocations}
+            shop.container.sourcing_rules_service.replace(
+                SourcingRulesInput(prefer="nearest", excluded_locations=[a_location]), by="key_admin"
+            )
+            with pytest.raises(TransientError):
+                nearest.reserve_stock(order_id)
+            return None  # landed inside B's run
+        if len(writes) == 1:  # B's write: A's lands just before it
+            writes.append((new, expected, entries, conditions))
+            a_new, a_expected, a_entries, a_conditions = writes[0]
+            real_update(a_new, a_expected, a_entries, **a_conditions)
+        return real_update(new, expected, entries, **conditions)
+
+    monkeypatch.setattr(repository, "update", update)
+    nearest.reserve_stock(order_id)
+
+    [allocation] = shop.order(order_id).allocations
+    other = "wh-west" if allocation.location_id == "wh-east" else "wh-east"
+    assert shop.held("LAST", allocation.location_id, order_id) == 2 and shop.held("LAST", other, order_id) == 0
+    assert shop.level("LAST", allocation.location_id) == (3, 2, 1) and shop.level("LAST", other) == (3, 0, 3)
