@@ -183,6 +183,13 @@ class Cancellation:
                 pass
         return order
 
+    def release_stock(self, order: Order) -> None:
+        """Give back what the inventory still holds for the cancelled `order`, as its cancel did
+        (idempotent): a workflow step that read the order before the cancel, reserved after the
+        cancel's release had run and died before its write could fail (and undo it) left units
+        held that nothing else gives back."""
+        self._release(order, written_off=written_off_stock(order))
+
     def _release(self, order: Order, written_off: Mapping[StockItem, int]) -> None:
         # Release by what the inventory holds for this order, not only what the order recorded: a
         # step that crashed between reserving and recording leaves nothing behind either, nor does

@@ -550,8 +550,10 @@ class CaptureService:
         sources = sources - set(rules.excluded_locations)
         skus = set(wanted) if planned else short_skus
         levels = self._inventory.levels(skus, sources, consistent=consistent) if sources else {}
+        levels = rules.for_orders(levels)
         if held:
-            # As ReserveStock counts them: the order's own units are available to it again.
+            # As ReserveStock counts them: the order's own units are available to it again, the
+            # safety stock kept back from the rest only.
             own = held.get
             levels = {
                 sku: [
@@ -560,7 +562,6 @@ class CaptureService:
                 ]
                 for sku, found in levels.items()
             }
-        levels = rules.for_orders(levels)
         available = {
             sku: sum(max(level.available, 0) for level in levels.get(sku, []) if level.location_id in sources)
             for sku in short_skus

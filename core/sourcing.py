@@ -587,7 +587,7 @@ class Simulator:
         items = []
         for order_id, order in orders:
             own = self._held(order, locations) if order_id is not None else {}
-            on = _behind_older(order, rules.for_orders(_with_own(levels, own)) if own else stock, owed, own)
+            on = _behind_older(order, _with_own(stock, own) if own else stock, owed, own)
             items.append(self._plan(order_id, order, locations, on, rules, cannot_wait, changed))
         return Simulation(rules=rules, items=items, summary=_summary(items))
 
@@ -780,8 +780,9 @@ def held_back(
 
 
 def _with_own(levels: dict[str, list[StockLevel]], held: dict[tuple[str, str], int]) -> dict[str, list[StockLevel]]:
-    """`levels` with the units an order holds (`held`, by (sku, location_id)) available to it
-    again, as ReserveStock counts them."""
+    """`levels` (the units orders may take: less the safety stock) with the units an order holds
+    (`held`, by (sku, location_id)) available to it again, as ReserveStock counts them: safety
+    stock is kept back from what is available, never out of what the order holds already."""
     return {
         sku: [
             level.model_copy(update={"available": max(level.available, 0) + held[(sku, level.location_id)]})

@@ -354,6 +354,11 @@ class Workflow:
                     self._backorders.recorded(sku, entry)
                 return
         if order.status != S.AUTHORIZED or order.allocations:
+            if order.status is S.CANCELLED:
+                # A run of this step that reserved after the cancel's release and died before its
+                # write (which would have failed and undone it) left those units held: this retry
+                # is the last step that knows to look (the execution ends OrderAlreadyClosed).
+                self._cancellation.release_stock(order)
             if order.status in STOPPED:
                 raise stopped(order)
             _check_authorized_visible(order)
@@ -481,6 +486,9 @@ class Workflow:
             stock = self._inventory.levels(
                 {line.sku for line in order.lines}, [loc.location_id for loc in eligible], consistent=consistent
             )
+        # Safety stock is held back from the units available to orders, never out of those this
+        # order holds already (an edit sends it back to be sourced): they stay its own.
+        stock = rules.for_orders(stock)
         for sku, levels in stock.items():
             stock[sku] = [
                 level.model_copy(
@@ -489,7 +497,6 @@ class Workflow:
                 )
                 for level in levels
             ]  # fmt: skip
-        stock = rules.for_orders(stock)  # safety stock is held back from orders
         # Units that arrived for older backordered orders are theirs, though no arrival gave them yet;
         # the units this order holds are its own, whoever older waits (an edit asks for no fewer).
         own: dict[tuple[str, str], int] = defaultdict(int)
@@ -525,6 +532,31 @@ class Workflow:
         for item in done:
             if item not in recorded:
                 self._inventory.release(*item)
+        if current.status in (S.AUTHORIZED, S.BACKORDERED) and current.allocations:
+            self._hold_recorded(current)
+
+    def _hold_recorded(self, order: Order) -> None:
+        """Make the inventory hold what `order`, written by a twin run of this step that won, records
+        (no shipment yet: authorized or backordered). This run counted the twin's fresh reservations
+        as the order's own and may have given them back, shrunk or moved them before it lost (its
+        plan differed: the rules or the stock changed between the two reads); left so, the order's
+        parcel would ship units nothing holds, which on_hand never loses. Restored where the units
+        are still there (the same conditional writes as a reservation's); one read when all is held."""
+        sku_of = {line.line_id: line.sku for line in order.lines}
+        recorded: dict[tuple[str, str, str], int] = defaultdict(int)
+        for allocation in order.allocations:
+            key = reservation_key(order.id, allocation.line_id)
+            recorded[(sku_of[allocation.line_id], allocation.location_id, key)] += allocation.quantity
+        keys: dict[tuple[str, str], list[str]] = defaultdict(list)
+        for sku, location_id, key in recorded:
+            keys[(sku, location_id)].append(key)
+        held = self._inventory.reservations(dict(keys))
+        for (sku, location_id, key), quantity in sorted(recorded.items()):
+            have = held.get((sku, location_id, key), 0)
+            if have != quantity:
+                # Taken by another order meanwhile: nothing this run can do but leave it as it is.
+                with contextlib.suppress(InsufficientStock, ReservationsFull):
+                    self._inventory.rearrange(sku, location_id, {key: have} if have else {}, {key: quantity})
 
     # --- Backorders ------------------------------------------------------------------------------
     def _cannot_wait(self, skus: set[str]) -> set[str]:

@@ -421,3 +421,38 @@ def test_a_what_if_for_a_cancelled_order_plans_the_units_its_cancel_took(api: In
         (network["east"], [{"line_id": line_id, "sku": sku, "quantity": 4}])
     ]
     assert item["unfillable"] == []
+
+
+@pytest.mark.parametrize("allow_backorder", [False, True])
+def test_safety_stock_set_after_an_order_reserved_its_units_does_not_take_them_from_it_when_it_is_edited(
+    api: InProcessApi, network, allow_backorder
+):
+    # Safety stock is held back from orders' *available* units; the units an order holds are its
+    # own. Set after an order took the last units at a location, it must not stop the order's edit
+    # (a new address) nor, sourced again, make it give them back and wait or end out of stock.
+    from infra.local.stack import forget_warm_containers
+
+    catalog = Catalog(api)
+    sku = catalog.product("8.00", allow_backorder=allow_backorder)
+    catalog.stock(sku, network["west"], 2)
+    order = run_to_allocated(api, api.post("/orders", json=order_body((sku, 2))).json()["id"])
+    put_rules(api, safety_stock={network["west"]: 2})
+    forget_warm_containers()  # the API reads the rules now
+    try:
+        address = {**order["shipping_address"], "line1": "2 Market St"}
+        edited = api.request(
+            "PATCH", f"/orders/{order['id']}", json={"shipping_address": address},
+            headers={"If-Match": str(order["version"])},
+        )  # fmt: skip
+        assert edited.status_code == 200, edited.text
+
+        again = run_to_allocated(api, order["id"])  # sourced again: the workflow the edit started
+
+        assert [(a["location_id"], a["quantity"]) for a in again["allocations"]] == [(network["west"], 2)]
+        [level] = api.get(f"/inventory/{sku}").json()["locations"]
+        assert (level["on_hand"], level["reserved"], level["available"]) == (2, 2, 0)
+        [simulated] = api.post("/sourcing/simulate", json={"orders": [order["id"]]}).json()["items"]
+        assert simulated["unfillable"] == [] and [s["location_id"] for s in simulated["shipments"]] == [network["west"]]
+    finally:
+        put_rules(api)  # back to the defaults for the other tests
+        forget_warm_containers()

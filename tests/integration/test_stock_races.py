@@ -14,7 +14,15 @@ from typing import Any
 
 import pytest
 
-from core.errors import Backordered, Conflict, InsufficientStock, InvalidTransition, OutOfStock, TransientError
+from core.errors import (
+    Backordered,
+    Conflict,
+    InsufficientStock,
+    InvalidTransition,
+    OrderClosed,
+    OutOfStock,
+    TransientError,
+)
 from core.ids import reservation_key
 from core.pickups import PickupExpiry
 from core.status import OrderStatus, ShipmentStatus
@@ -407,3 +415,90 @@ def test_units_that_arrived_for_a_backordered_order_are_not_taken_by_a_newer_ord
 
     assert shop.held("PRE", "wh-east", older) == 2 and shop.held("PRE", "wh-east", newer) == 0
     assert shop.level("PRE", "wh-east") == (2, 2, 0)
+
+
+# --- A cancel while the reservation is being made -----------------------------------------------------
+
+
+class Died(Exception):
+    """The reserve task's process dying (a Lambda timeout, the runtime killed) after its reservation."""
+
+
+def test_a_reserve_task_that_died_after_reserving_for_an_order_cancelled_meanwhile_gives_the_units_back_on_its_retry(
+    shop, monkeypatch
+):
+    # The cancel lands after the task read the order and before it reserved: the cancel's release
+    # (and the clean-up execution the outbox starts for it) finds nothing held yet. The task then
+    # reserves and dies before its write would have told it the order was cancelled. Step Functions
+    # runs the task again (its Retry): that run finds the order cancelled, and must not leave the
+    # unit held for an order that will never ship it.
+    shop.container.inventory.count("LAST", "wh-east", 1)
+    order_id = shop.placed("LAST", 1)
+    actions, inventory = shop.container.actions, shop.container.inventory_repository
+    cancelled = before_the_write(
+        monkeypatch, inventory, "reserve", lambda: actions.cancel(order_id, "customer_request", actor="key_web")
+    )
+    repository = shop.container.order_repository
+    real_update = repository.update
+
+    def update(new: Any, expected: Any, entries: Any, **conditions: Any) -> Any:
+        if entries and entries[0].type == "stock_reserved":
+            raise Died  # the write that would have lost to the cancel
+        return real_update(new, expected, entries, **conditions)
+
+    with monkeypatch.context() as dying:
+        dying.setattr(repository, "update", update)
+        with pytest.raises(Died):
+            shop.container.workflow.reserve_stock(order_id)
+    assert cancelled[0].status is S.CANCELLED
+    assert shop.level("LAST", "wh-east") == (1, 1, 0)  # held by the run that died
+
+    with pytest.raises(OrderClosed):  # the retry: the execution ends OrderAlreadyClosed
+        shop.container.workflow.reserve_stock(order_id)
+
+    assert shop.held("LAST", "wh-east", order_id) == 0
+    assert shop.level("LAST", "wh-east") == (1, 0, 1)
+
+
+def test_a_twin_reserve_run_that_gave_back_the_winners_units_before_losing_its_write_holds_them_again(
+    shop, monkeypatch
+):
+    # tests/unit/test_sourcing_rules.py plays the race on the fakes; here on DynamoDB: A reserves
+    # at one warehouse, the rules then exclude it, B (counting A's units as the order's own) plans
+    # the other, gives A's units back, and loses its write to A's.
+    from core.sourcing_rules import SourcingRulesInput
+
+    shop.container.catalog_repository.put_location(location("wh-west", latitude=39.53, longitude=-119.81))
+    shop.container.inventory.count("LAST", "wh-east", 3)
+    shop.container.inventory.count("LAST", "wh-west", 3)
+    order_id = shop.placed("LAST", 2)
+    nearest = shop.container.workflow
+    repository = shop.container.order_repository
+    real_update = repository.update
+    writes: list[tuple] = []
+
+    def update(new: Any, expected: Any, entries: Any, **conditions: Any) -> Any:
+        if not writes:  # A's write: B runs before it lands
+            writes.append((new, expected, entries, conditions))
+            first = shop.order(order_id)
+            assert first.status is S.AUTHORIZED
+            [a_location] = {a.location_id for a in new.allocations}
+            shop.container.sourcing_rules_service.replace(
+                SourcingRulesInput(prefer="nearest", excluded_locations=[a_location]), by="key_admin"
+            )
+            with pytest.raises(TransientError):
+                nearest.reserve_stock(order_id)
+            return None  # landed inside B's run
+        if len(writes) == 1:  # B's write: A's lands just before it
+            writes.append((new, expected, entries, conditions))
+            a_new, a_expected, a_entries, a_conditions = writes[0]
+            real_update(a_new, a_expected, a_entries, **a_conditions)
+        return real_update(new, expected, entries, **conditions)
+
+    monkeypatch.setattr(repository, "update", update)
+    nearest.reserve_stock(order_id)
+
+    [allocation] = shop.order(order_id).allocations
+    other = "wh-west" if allocation.location_id == "wh-east" else "wh-east"
+    assert shop.held("LAST", allocation.location_id, order_id) == 2 and shop.held("LAST", other, order_id) == 0
+    assert shop.level("LAST", allocation.location_id) == (3, 2, 1) and shop.level("LAST", other) == (3, 0, 3)

@@ -1179,3 +1179,39 @@ def test_an_order_the_rules_leave_out_of_stock_names_their_version_in_its_histor
     [cancelled] = [entry for entry in world.history(order_id) if entry.type == "cancelled"]
     assert world.order(order_id).status is OrderStatus.CANCELLED and cancelled.detail["reason"] == "out_of_stock"
     assert "sourcing rules v1" in cancelled.detail["message"], cancelled.detail
+
+
+def test_a_twin_run_sourced_under_new_rules_that_loses_its_write_leaves_the_winners_reservations_held():
+    # Two executions of ReserveStock for one order (Express runs at least once; a stream record
+    # redelivered to the outbox starts another): A reserves at the west warehouse; the rules then
+    # exclude it, and B, counting A's reservation as the order's own, plans the east and gives the
+    # west units back. A records the west first; B loses its write. What the order records must be
+    # what the inventory holds for it: otherwise its west parcel ships units nothing reserved
+    # (on_hand never falls) and they are sold twice.
+    world, rules = a_world([("TSHIRT", "wh-west", 5), ("TSHIRT", "wh-east", 5)])
+    order_id = world.place(("TSHIRT", 2))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    real = world.orders.update
+    writes: list[tuple] = []
+
+    def update(order, expected, entries, **conditions):
+        if not writes:  # A's write: B runs before it lands
+            writes.append((order, expected, entries, conditions))
+            put(rules, prefer="nearest", excluded_locations=["wh-west"])
+            with contextlib.suppress(Exception):
+                world.workflow.reserve_stock(order_id)
+            return None  # landed already, inside B's run
+        if len(writes) == 1:  # B's write: A's lands just before it
+            writes.append((order, expected, entries, conditions))
+            a_order, a_expected, a_entries, a_conditions = writes[0]
+            real(a_order, a_expected, a_entries, **a_conditions)
+        return real(order, expected, entries, **conditions)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(world.orders, "update", update)
+        world.workflow.reserve_stock(order_id)
+
+    order = world.order(order_id)
+    assert [(a.location_id, a.quantity) for a in order.allocations] == [("wh-west", 2)]  # A's
+    assert reserved_at(world, order_id) == {"wh-west": 2}
+    assert world.level("TSHIRT", "wh-west") == (5, 2, 3) and world.level("TSHIRT", "wh-east") == (5, 0, 5)
