@@ -23,15 +23,17 @@ the gateway, so the pass marks it refunded as its step would (Returns.refund, or
 Returns.exchange, which finds its replacement and the rest of its credit refunded: the same
 transition, conditional on status and version, its event sent by that write), once; but not an
 exchange whose step stopped on a refused refund (RefundNotDone: a draw on an earlier order's credit
-is refused on that order). While its refund is still pending it is set aside under its payment
-method, as one waiting for its plugin is (read after the received returns), until the
-pending-refund pass has made it (marked then) or seen it refused (left to the person).
+is refused on that order), nor one of a replacement's units (its mark may draw on the earlier
+credit: a refusal there, outside any workflow, would be asked again every pass). While its refund
+is still pending it is set aside under its payment method, as one waiting for its plugin is (read
+after the received returns), until the pending-refund pass has made it (marked then) or seen it
+refused (left to the person).
 Nor is an exchange stuck midway with no refund of it refused or failed (its Exchange step died at
 the same write on every retry: deciding, putting, recording or linking its replacement, beginning
 the rest of its credit's refund): every step skips what is done (the replacement's id derives from
 the return, its put is conditional; the rest is refunded under the step's keys), so the pass starts
 its workflow again and sets it aside while it runs; stuck again, the compensation's write lists it
-again. Stuck a time more than MAX_EXCHANGE_RESTARTS since its last change shown, it is left to the
+again. Once stuck MAX_EXCHANGE_RESTARTS + 1 times since its last change shown, it is left to the
 person the alarm called.
 
 The index (ReceivedReturns: the received returns only) finds candidates by when they were
@@ -263,7 +265,9 @@ class ReturnReconciler:
         refused = (history[stuck[-1]].detail or {}).get("error") == REFUSED
         if (
             self._mark_refunded is not None
-            and (item.exchange is None or not refused)
+            # An exchange's mark asks nothing of the gateway but on an original that is itself a
+            # replacement (it draws the rest on the earlier credit): that one's workflow marks it.
+            and (item.exchange is None or not (refused or order.exchange_of))
             and any(refund.status == "succeeded" for refund in mine)
             and not any(refund.status == "pending" for refund in mine)
         ):
