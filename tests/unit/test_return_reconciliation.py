@@ -14,7 +14,7 @@ from core.payments import Payments
 from core.plugin_manager import build_plugin_manager
 from core.reconciliation import MAX_REFUSED_STARTS
 from core.refund_service import RefundService
-from core.return_models import ReceiveReturn, RequestReturn
+from core.return_models import ReceiveReturn, RequestReturn, Return
 from core.return_reconciliation import ReturnReconciler
 from core.returns import RefundNotDone
 from core.status import ReturnStatus
@@ -37,8 +37,16 @@ def reconciler(
     return ReturnReconciler(
         InMemoryReceivedReturns(world.returns), world.returns, world.orders, workflow, clock,
         restart_after=timedelta(minutes=15), limit=limit, max_reads=max_reads, payment_methods=payment_methods,
-        mark_refunded=lambda return_id: workflow.returns.refund(return_id, "reconciler"),
+        mark_refunded=lambda return_id: marked(workflow, return_id),
     )  # fmt: skip
+
+
+def marked(workflow: InlineReturnWorkflow, return_id: str) -> Return:
+    """The reconciler's mark of a stuck return refunded since (functions/bootstrap.py): its refund
+    step's, then its Exchange step's (each leaves the other's return as it is)."""
+    assert workflow.returns is not None
+    workflow.returns.refund(return_id, "reconciler")
+    return workflow.returns.exchange(return_id, "reconciler")
 
 
 def test_a_receipt_whose_workflow_never_started_is_restarted_and_finished_once(world):
@@ -487,3 +495,47 @@ def test_a_return_stuck_on_a_gateway_outage_is_marked_refunded_once_the_pending_
     assert (done.status, done.refund) == (R.REFUNDED, made.amount)
     assert world.order(item.order_id).payment.refunded == made.amount
     assert len(world.gateway.keys("refund")) == asked and workflow.started == []
+
+
+def test_a_stuck_exchange_of_a_replacements_units_is_started_again_never_marked_asking_a_refusal_each_pass(
+    monkeypatch,
+):
+    # B replaced A's T-shirt; B's T-shirt exchanged for a CAP: the rest of its credit is refunded on
+    # B and drawn from A's credit for what B's captures cannot give. The step died at the draw's
+    # write on A, its own refund on B made: stuck. Marked by the pass, the draw would be asked
+    # outside any workflow, and a refusal asked again every pass; its workflow asks it once.
+    from tests.builders import NOW
+    from tests.unit.test_returns import STOCK as RETURNS_STOCK
+    from tests.unit.test_returns import delivered, exchange_of, exchanged, receipt, returns_for
+
+    world = build_world(RETURNS_STOCK)
+    clock = Clock(NOW + timedelta(days=3))
+    _, a, first = exchanged(world, clock, ("TSHIRT", 1), ("TSHIRT", 1))
+    b = delivered(world, world.run(first.exchange_order_id or ""))
+    returns, _ = returns_for(world, clock, world.gateway)
+    item = returns.request(b.id, exchange_of("L1", 1, ("CAP", 1)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    real = world.orders.update
+
+    def update(order, expected, entries, **conditions):
+        if order.id == a.id and len(order.payment.refunds) > len(expected.payment.refunds):
+            raise TransientError("the orders table stayed throttled")
+        real(order, expected, entries, **conditions)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(world.orders, "update", update)
+        with pytest.raises(TransientError):
+            returns.settle(item.id, actor="returns-workflow")
+    returns.stuck(item.id, "TransientError", "the orders table stayed throttled", actor="returns-workflow")
+    assert [r.status for r in world.order(b.id).payment.refunds if r.return_id == item.id] == ["succeeded"]
+    world.gateway.script("refund", "refuse")
+    asked = len(world.gateway.keys("refund"))
+    clock.advance(hours=1)
+    workflow = InlineReturnWorkflow(returns)
+
+    for _ in range(2):
+        assert reconciler(world, clock, workflow).run() in ([item.id], [])
+
+    assert workflow.started == [item.id]
+    assert len(world.gateway.keys("refund")) == asked + 1  # the workflow's draw, refused: then a person's
+    assert world.returns.get(item.id).status is R.RECEIVED
