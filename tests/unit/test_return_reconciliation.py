@@ -16,7 +16,7 @@ from core.reconciliation import MAX_REFUSED_STARTS
 from core.refund_service import RefundService
 from core.return_models import ReceiveReturn, RequestReturn, Return
 from core.return_reconciliation import ReturnReconciler
-from core.returns import RefundNotDone
+from core.returns import RefundNotDone, Returns
 from core.status import ReturnStatus
 from core.workflow_types import PaymentResult
 from plugins.testing.memory import InMemoryReceivedReturns
@@ -47,6 +47,15 @@ def marked(workflow: InlineReturnWorkflow, return_id: str) -> Return:
     assert workflow.returns is not None
     workflow.returns.refund(return_id, "reconciler")
     return workflow.returns.exchange(return_id, "reconciler")
+
+
+def stuck_on(returns: Returns, return_id: str, step: str, error: type[Exception], cause: str, tries: int = 1) -> None:
+    """The workflow's `step` (refund, exchange) raising `error` on each of its `tries`, then its
+    ReturnStuck state recording the return stuck (`cause`) on the order's history."""
+    for _ in range(tries):
+        with pytest.raises(error):
+            getattr(returns, step)(return_id, "returns-workflow")
+    returns.stuck(return_id, error.__name__, cause, actor="returns-workflow")
 
 
 def test_a_receipt_whose_workflow_never_started_is_restarted_and_finished_once(world):
@@ -216,10 +225,8 @@ def test_a_return_stuck_for_want_of_its_payment_plugin_is_resumed_once_the_plugi
     item = one_mug_returned(world, returns)
     plugin.gone = True
     returns.receive(item.id, RECEIPT, "key_wh")
-    for _ in range(3):  # the workflow's Refund step and its retries, then its ReturnStuck state
-        with pytest.raises(RefundNotDone):
-            returns.refund(item.id, "returns-workflow")
-    returns.stuck(item.id, "RefundNotDone", "the refund is failed; it is tried again", actor="returns-workflow")
+    # The workflow's Refund step and its retries, then its ReturnStuck state.
+    stuck_on(returns, item.id, "refund", RefundNotDone, "the refund is failed; it is tried again", tries=3)
     clock.advance(hours=1)
     methods = Payments(build_plugin_manager(plugin, enable_test_payments=True)).methods
 
@@ -240,15 +247,11 @@ def test_a_return_stuck_on_a_refusal_after_its_plugin_came_back_is_left_to_a_per
     item = one_mug_returned(world, returns)
     plugin.gone = True
     returns.receive(item.id, RECEIPT, "key_wh")
-    with pytest.raises(RefundNotDone):
-        returns.refund(item.id, "returns-workflow")
-    returns.stuck(item.id, "RefundNotDone", "the refund is failed; it is tried again", actor="returns-workflow")
+    stuck_on(returns, item.id, "refund", RefundNotDone, "the refund is failed; it is tried again")
     clock.advance(hours=1)
     plugin.gone = False
     world.gateway.script("refund", "refuse")
-    with pytest.raises(RefundNotDone):
-        returns.refund(item.id, "returns-workflow")
-    returns.stuck(item.id, "RefundNotDone", "the gateway refused the refund", actor="returns-workflow")
+    stuck_on(returns, item.id, "refund", RefundNotDone, "the gateway refused the refund")
     clock.advance(hours=1)
 
     methods = Payments(build_plugin_manager(plugin, enable_test_payments=True)).methods
@@ -269,9 +272,7 @@ def test_an_exchange_given_up_for_its_removed_payment_plugin_is_refunded_once_th
     item = returns.request(order.id, RequestReturn.model_validate(swap), actor="key_cs")
     plugin.gone = True
     returns.receive(item.id, RECEIPT, "key_wh")
-    with pytest.raises(RefundNotDone):
-        returns.exchange(item.id, "returns-workflow")
-    returns.stuck(item.id, "RefundNotDone", "the refund is failed; it is tried again", actor="returns-workflow")
+    stuck_on(returns, item.id, "exchange", RefundNotDone, "the refund is failed; it is tried again")
     clock.advance(hours=1)
     methods = Payments(build_plugin_manager(plugin, enable_test_payments=True)).methods
     assert reconciler(world, clock, workflow, payment_methods=methods).run() == []
@@ -321,9 +322,7 @@ def test_a_return_set_aside_whose_next_workflow_waits_for_its_plugin_is_resumed_
     item = one_mug_returned(world, returns)
     returns.receive(item.id, RECEIPT, "key_wh")
     world.gateway.script("refund", "refuse")
-    with pytest.raises(RefundNotDone):
-        returns.refund(item.id, "returns-workflow")
-    returns.stuck(item.id, "RefundNotDone", "the gateway refused the refund", actor="returns-workflow")
+    stuck_on(returns, item.id, "refund", RefundNotDone, "the gateway refused the refund")
     world.gateway.script("refund", "approve")
     clock.advance(hours=1)
     methods = Payments(build_plugin_manager(plugin, enable_test_payments=True)).methods
@@ -334,9 +333,7 @@ def test_a_return_set_aside_whose_next_workflow_waits_for_its_plugin_is_resumed_
     # The person receives it again; its new workflow finds the payment plugin removed.
     assert returns.receive(item.id, RECEIPT, "key_wh").version == world.returns.get(item.id).version
     plugin.gone = True
-    with pytest.raises(RefundNotDone):
-        returns.refund(item.id, "returns-workflow")
-    returns.stuck(item.id, "RefundNotDone", "the refund is failed; it is tried again", actor="returns-workflow")
+    stuck_on(returns, item.id, "refund", RefundNotDone, "the refund is failed; it is tried again")
     clock.advance(hours=1)
     assert reconciler(world, clock, workflow, payment_methods=methods).run() == []  # the plugin is not back
     plugin.gone = False
@@ -359,9 +356,7 @@ def test_returns_waiting_for_their_plugin_beyond_a_passs_read_budget_keep_no_los
     plugin.gone = True
     for item in waiting:
         returns.receive(item.id, RECEIPT, "key_wh")
-        with pytest.raises(RefundNotDone):
-            returns.refund(item.id, "returns-workflow")
-        returns.stuck(item.id, "RefundNotDone", "the refund is failed; it is tried again", actor="returns-workflow")
+        stuck_on(returns, item.id, "refund", RefundNotDone, "the refund is failed; it is tried again")
     returns.receive(lost.id, RECEIPT, "key_wh")  # ...and the function died before starting the workflow
     clock.advance(hours=1)
     methods = Payments(build_plugin_manager(plugin, enable_test_payments=True)).methods
@@ -395,10 +390,7 @@ def test_a_return_waiting_for_its_plugin_while_a_plugin_failed_to_load_waits_and
     waiting, lost = one_mug_returned(world, returns), one_mug_returned(world, returns)
     plugin.gone = True
     returns.receive(waiting.id, RECEIPT, "key_wh")
-    for _ in range(3):
-        with pytest.raises(RefundNotDone):
-            returns.refund(waiting.id, "returns-workflow")
-    returns.stuck(waiting.id, "RefundNotDone", "the refund is failed; it is tried again", actor="returns-workflow")
+    stuck_on(returns, waiting.id, "refund", RefundNotDone, "the refund is failed; it is tried again", tries=3)
     returns.receive(lost.id, RECEIPT, "key_wh")  # ...and the function died before starting the workflow
     plugin.gone = False  # the payment plugin is back, but another plugin failed to load
     clock.advance(hours=1)
@@ -473,9 +465,7 @@ def test_a_return_stuck_on_a_gateway_outage_is_marked_refunded_once_the_pending_
     item = one_mug_returned(world, returns)
     returns.receive(item.id, RECEIPT, "key_wh")
     world.gateway.script("refund", "transient")
-    with pytest.raises(PaymentGatewayUnavailable):
-        returns.refund(item.id, "returns-workflow")
-    returns.stuck(item.id, "PaymentGatewayUnavailable", "the gateway is down", actor="returns-workflow")
+    stuck_on(returns, item.id, "refund", PaymentGatewayUnavailable, "the gateway is down")
     clock.advance(hours=1)
     methods = Payments(build_plugin_manager(world.gateway, enable_test_payments=True)).methods
     assert reconciler(world, clock, workflow, payment_methods=methods).run() == []
