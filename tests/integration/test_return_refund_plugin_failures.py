@@ -16,13 +16,13 @@ import pytest
 from core import hookimpl
 from core.errors import PaymentPluginFailed
 from plugins import test_payments
-from tests.integration import test_cancel_units_api
-from tests.integration.return_steps import RECEIPT, later, received, refunds, services, step, stuck
+from tests.integration import return_steps, test_cancel_units_api
+from tests.integration.return_steps import RECEIPT, later, received, refunds, step, stuck
 from tests.integration.test_cancel_units_api import money
 from tests.integration.test_payment_plugin_failures_api import AnswersThenRaises
 
 api = test_cancel_units_api.api  # its catalog (MUG in the west), in this module's account
-__all__ = ["api", "services"]
+services = return_steps.services  # the API's and the return step's services
 
 
 class RefundsThenFails(AnswersThenRaises):

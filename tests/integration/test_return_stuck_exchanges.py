@@ -19,14 +19,14 @@ import pytest
 from core.errors import PaymentPluginFailed, TransientError
 from core.returns import RefundNotDone
 from functions.adapters.dynamodb import DynamoOrders, DynamoReturns
-from tests.integration import test_cancel_units_api
+from tests.integration import return_steps, test_cancel_units_api
 from tests.integration.in_process import InProcessApi
-from tests.integration.return_steps import RECEIPT, later, received, refunds, services, step, stuck
+from tests.integration.return_steps import RECEIPT, later, received, refunds, step, stuck
 from tests.integration.test_cancel_units_api import money
 from tests.integration.test_return_refund_plugin_failures import failing
 
 api = test_cancel_units_api.api  # its catalog (MUG 12.50 in the west, CAP 7.77 in the east)
-__all__ = ["api", "services"]
+services = return_steps.services  # the API's and the return step's services
 
 CAP = [{"sku": "CAP", "quantity": 1}]  # a MUG (12.50) exchanged for a CAP (7.77): the rest refunded
 DIED = TransientError("the write was refused: the table stayed throttled past the retries")
