@@ -32,9 +32,10 @@ Nor is an exchange stuck midway with no refund of it refused or failed (its Exch
 the same write on every retry: deciding, putting, recording or linking its replacement, beginning
 the rest of its credit's refund): every step skips what is done (the replacement's id derives from
 the return, its put is conditional; the rest is refunded under the step's keys), so the pass starts
-its workflow again and sets it aside while it runs; stuck again, the compensation's write lists it
-again. Once stuck MAX_EXCHANGE_RESTARTS + 1 times since its last change shown, it is left to the
-person the alarm called.
+its workflow again, once its last stuck record is as old as a lost receipt the pass starts again
+(restart_after: time for the throttle or outage that stopped it to pass), and sets it aside while
+it runs; stuck again, the compensation's write lists it again. Once stuck MAX_EXCHANGE_RESTARTS + 1
+times since its last change shown, it is left to the person the alarm called.
 
 The index (ReceivedReturns: the received returns only) finds candidates by when they were
 requested (a superset of those received before the moment); each is then judged on its last change
@@ -80,6 +81,7 @@ WAITS_FOR_PLUGIN = "waits_for_plugin"  # set aside by method: started once a plu
 REFUNDED_SINCE = "refunded_since"  # its refund succeeded since it was stuck: marked refunded
 WAITS_FOR_REFUND = "waits_for_refund"  # set aside by method: its refund pending, the pending-refund pass's
 STARTED_AGAIN = "started_again"  # an exchange stuck midway, nothing refused: started, then set aside
+STARTS_LATER = "starts_later"  # such an exchange stuck within restart_after: judged again by a later pass
 # How often the pass starts again the workflow of an exchange stuck midway with nothing refused (a
 # table, a function or a dependency failing through every retry): stuck once more after that, it is
 # left to a person (each stuck execution fired ReturnWorkflowFailedAlarm already).
@@ -192,7 +194,9 @@ class ReturnReconciler:
             # Its step died between finishing other returns' pending refunds and showing them,
             # and may never run again (left to a person): they show what went back now.
             item = show_owed(self._returns, self._orders, item, self._clock())
-        stuck = self._stuck(item)
+        stuck = self._stuck(item, received_before)
+        if stuck is not None and stuck[0] == STARTS_LATER:
+            return False  # its cause (a throttle, an outage) gets restart_after to pass, as a receipt's execution
         if stuck is not None and stuck[0] == REFUNDED_SINCE and self._mark_refunded is not None:
             # Its refund, left pending or refused when it was stuck, succeeded since (the pending-
             # refund pass): nothing is left to ask the gateway, so the refund step's mark finishes it
@@ -239,14 +243,15 @@ class ReturnReconciler:
         for method in sorted(taken):
             yield from self._candidates.waiting_for_plugin(method, received_before)
 
-    def _stuck(self, item: Return) -> tuple[str, str] | None:
+    def _stuck(self, item: Return, received_before: datetime) -> tuple[str, str] | None:
         """Whether a workflow of `item` recorded it stuck, after its receipt, on the order's
         history, and the order's payment method: LEFT_TO_A_PERSON, WAITS_FOR_PLUGIN when its
         refund waits for a payment plugin that is not back yet, WAITS_FOR_REFUND when its own
         refund is pending (the pending-refund pass's), REFUNDED_SINCE when that refund succeeded
         since (the last two only with `mark_refunded`), STARTED_AGAIN for an exchange stuck midway
-        with nothing refused, at most MAX_EXCHANGE_RESTARTS times; None when it is not stuck, or
-        waited for a plugin that is back now."""
+        with nothing refused, at most MAX_EXCHANGE_RESTARTS times (STARTS_LATER until its last stuck
+        record is as old as a receipt the pass restarts: before `received_before`); None when it is
+        not stuck, or waited for a plugin that is back now."""
         found = self._orders.history(item.order_id)
         if found is None:
             return None
@@ -285,7 +290,7 @@ class ReturnReconciler:
                 return WAITS_FOR_REFUND, method
             if item.exchange is not None and not refused and not failures and len(stuck) <= MAX_EXCHANGE_RESTARTS:
                 # An exchange stopped midway, no refund of it refused: its workflow finishes it.
-                return STARTED_AGAIN, method
+                return (STARTED_AGAIN if history[stuck[-1]].at <= received_before else STARTS_LATER), method
             return LEFT_TO_A_PERSON, method
         try:
             taken = self._methods_taken()

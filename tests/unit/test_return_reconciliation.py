@@ -529,3 +529,42 @@ def test_a_stuck_exchange_of_a_replacements_units_is_started_again_never_marked_
     assert workflow.started == [item.id]
     assert len(world.gateway.keys("refund")) == asked + 1  # the workflow's draw, refused: then a person's
     assert world.returns.get(item.id).status is R.RECEIVED
+
+
+def test_an_exchange_stuck_midway_is_started_again_only_once_its_stuck_record_is_as_old_as_a_lost_receipt(
+    world, monkeypatch
+):
+    # Its Exchange step kept failing (the write deciding its replacement refused: a table throttled)
+    # through an execution that ended long after the receipt. Started again at once, the throttle
+    # that stopped it may still be on, spending a restart; it waits as a receipt's own execution is.
+    clock = Clock()
+    returns = returns_service(world, clock)
+    workflow = InlineReturnWorkflow(returns)
+    order = world.allocated(("MUG", 1))
+    for shipment in order.shipments:
+        world.actions.ship(order.id, shipment.id, None, actor="key_wh")
+    swap = {"lines": [{"line_id": "L1", "quantity": 1, "reason": "wrong colour"}],
+            "exchange": {"lines": [{"sku": "MUG", "quantity": 1}]}}  # fmt: skip
+    item = returns.request(order.id, RequestReturn.model_validate(swap), actor="key_cs")
+    returns.receive(item.id, RECEIPT, "key_wh")
+    real = world.returns.update
+
+    def update(new, expected):
+        if new.exchange_placing and not expected.exchange_placing:
+            raise TransientError("the returns table stayed throttled")
+        real(new, expected)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(world.returns, "update", update)
+        clock.advance(minutes=20)
+        stuck_on(returns, item.id, "exchange", TransientError, "the returns table stayed throttled", tries=3)
+        clock.advance(minutes=5)
+        assert reconciler(world, clock, workflow).run() == []  # stuck five minutes ago
+        assert workflow.started == []
+    clock.advance(minutes=11)
+
+    assert reconciler(world, clock, workflow).run() == [item.id]
+
+    assert workflow.started == [item.id]
+    done = world.returns.get(item.id)
+    assert done.status is R.REFUNDED and done.exchange_order_id is not None
