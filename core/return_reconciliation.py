@@ -17,13 +17,25 @@ refused refund again and again. But for one stuck for want of its payment plugin
 attempt at its refund before it was stuck was `no_plugin`), which no person can settle through the
 API: it is started again once a payment plugin takes the order's method again, and not before (a
 pass without the plugin would only record another failed refund).
-Nor is one whose refund (no exchange's: its own, the refund step's) succeeded since it was
-stuck, nothing of it pending (the pending-refund pass made what a gateway outage or a failing
-payment plugin left pending): nothing is left to ask the gateway, so the pass marks it refunded as
-its refund step would (Returns.refund: the same transition, conditional on status and version, its
-event sent by that write), once. While its refund is still pending it is set aside under its
-payment method, as one waiting for its plugin is (read after the received returns), until the
-pending-refund pass has made it (marked then) or seen it refused (left to the person).
+Nor is one whose refund succeeded since it was stuck, nothing of it pending (the pending-refund
+pass made what a gateway outage or a failing payment plugin left pending): nothing is left to ask
+the gateway, so the pass marks it refunded as its step would (Returns.refund, or an exchange's
+Returns.exchange, which finds its replacement and the rest of its credit refunded: the same
+transition, conditional on status and version, its event sent by that write), once; but not an
+exchange whose step stopped on a refused refund (RefundNotDone: a draw on an earlier order's credit
+is refused on that order), nor one of a replacement's units (its mark may draw on the earlier
+credit: a refusal there, outside any workflow, would be asked again every pass). While its refund
+is still pending it is set aside under its payment method, as one waiting for its plugin is (read
+after the received returns), until the pending-refund pass has made it (marked then) or seen it
+refused (left to the person).
+Nor is an exchange stuck midway with no refund of it refused or failed (its Exchange step died at
+the same write on every retry: deciding, putting, recording or linking its replacement, beginning
+the rest of its credit's refund): every step skips what is done (the replacement's id derives from
+the return, its put is conditional; the rest is refunded under the step's keys), so the pass starts
+its workflow again, once its last stuck record is as old as a lost receipt the pass starts again
+(restart_after: time for the throttle or outage that stopped it to pass), and sets it aside while
+it runs; stuck again, the compensation's write lists it again. Once stuck MAX_EXCHANGE_RESTARTS + 1
+times since its last change shown, it is left to the person the alarm called.
 
 The index (ReceivedReturns: the received returns only) finds candidates by when they were
 requested (a superset of those received before the moment); each is then judged on its last change
@@ -68,6 +80,13 @@ LEFT_TO_A_PERSON = "left_to_a_person"  # set aside: only its next write lists it
 WAITS_FOR_PLUGIN = "waits_for_plugin"  # set aside by method: started once a plugin takes it
 REFUNDED_SINCE = "refunded_since"  # its refund succeeded since it was stuck: marked refunded
 WAITS_FOR_REFUND = "waits_for_refund"  # set aside by method: its refund pending, the pending-refund pass's
+STARTED_AGAIN = "started_again"  # an exchange stuck midway, nothing refused: started, then set aside
+STARTS_LATER = "starts_later"  # such an exchange stuck within restart_after: judged again by a later pass
+# How often the pass starts again the workflow of an exchange stuck midway with nothing refused (a
+# table, a function or a dependency failing through every retry): stuck once more after that, it is
+# left to a person (each stuck execution fired ReturnWorkflowFailedAlarm already).
+MAX_EXCHANGE_RESTARTS = 2
+REFUSED = "RefundNotDone"  # the step error of a refund the gateway refused (core.returns.RefundNotDone)
 
 
 def dependency_down(error: Exception) -> bool:
@@ -125,6 +144,7 @@ class ReturnReconciler:
         # a stuck return refunded since is left to a person.
         self._mark_refunded = mark_refunded
         self.marked_refunded: list[str] = []  # the stuck returns the last pass marked refunded
+        self.stuck_started: list[str] = []  # the stuck exchanges whose workflow the last pass started
 
     def run(self, *, time_up: TimeUp = never) -> list[str]:
         """One pass: the ids of the received returns whose workflow was started again, at most
@@ -139,6 +159,7 @@ class ReturnReconciler:
         refused = 0
         self._taken = None  # the payment methods taken, asked once a pass
         self.marked_refunded = []
+        self.stuck_started = []
         candidates = chain(self._candidates.received_before(received_before), self._waited(received_before))
         for return_id in _read(islice(candidates, self._max_reads), restarted, failed):
             if time_up():
@@ -173,14 +194,26 @@ class ReturnReconciler:
             # Its step died between finishing other returns' pending refunds and showing them,
             # and may never run again (left to a person): they show what went back now.
             item = show_owed(self._returns, self._orders, item, self._clock())
-        stuck = self._stuck(item)
+        stuck = self._stuck(item, received_before)
+        if stuck is not None and stuck[0] == STARTS_LATER:
+            return False  # its cause (a throttle, an outage) gets restart_after to pass, as a receipt's execution
         if stuck is not None and stuck[0] == REFUNDED_SINCE and self._mark_refunded is not None:
             # Its refund, left pending or refused when it was stuck, succeeded since (the pending-
             # refund pass): nothing is left to ask the gateway, so the refund step's mark finishes it
-            # (conditional on status and version; refunded, no pass reads it again).
+            # (conditional on status and version; refunded, no pass reads it again). An exchange's
+            # is its Exchange step's, which finds its replacement and its refund made.
             self._mark_refunded(item.id)
             self.marked_refunded.append(item.id)
             return False
+        if stuck is not None and stuck[0] == STARTED_AGAIN:
+            # An exchange stuck midway (deciding, putting or linking its replacement, asking the rest
+            # of its credit): every step skips what is done, so its workflow finishes it. Set aside
+            # once started, so the passes while it runs start no other; stuck again, its compensation
+            # writes it, which lists it again, to be judged on one more stuck record.
+            self._start(item)
+            self.stuck_started.append(item.id)
+            self._candidates.set_aside(item)
+            return True
         if stuck is not None:
             reason, method = stuck
             if not item.shows_owed:
@@ -189,11 +222,15 @@ class ReturnReconciler:
                 # refresh stays, for the next pass to finish that.
                 self._candidates.set_aside(item, waiting_for=None if reason == LEFT_TO_A_PERSON else method)
             return False
+        self._start(item)
+        return True
+
+    def _start(self, item: Return) -> None:
+        """Start the return's workflow; _Refused when Step Functions refused it now."""
         try:
             self._starter.start(item.id, channel=item.channel)
         except TransientError as error:
             raise _Refused(str(error)) from error
-        return True
 
     def _waited(self, received_before: datetime) -> Iterator[str]:
         """The returns set aside as waiting for a payment plugin, of the methods a plugin takes
@@ -206,13 +243,15 @@ class ReturnReconciler:
         for method in sorted(taken):
             yield from self._candidates.waiting_for_plugin(method, received_before)
 
-    def _stuck(self, item: Return) -> tuple[str, str] | None:
+    def _stuck(self, item: Return, received_before: datetime) -> tuple[str, str] | None:
         """Whether a workflow of `item` recorded it stuck, after its receipt, on the order's
         history, and the order's payment method: LEFT_TO_A_PERSON, WAITS_FOR_PLUGIN when its
         refund waits for a payment plugin that is not back yet, WAITS_FOR_REFUND when its own
         refund is pending (the pending-refund pass's), REFUNDED_SINCE when that refund succeeded
-        since (the last two only with `mark_refunded`, for a return without an exchange); None when
-        it is not stuck, or waited for a plugin that is back now."""
+        since (the last two only with `mark_refunded`), STARTED_AGAIN for an exchange stuck midway
+        with nothing refused, at most MAX_EXCHANGE_RESTARTS times (STARTS_LATER until its last stuck
+        record is as old as a receipt the pass restarts: before `received_before`); None when it is
+        not stuck, or waited for a plugin that is back now."""
         found = self._orders.history(item.order_id)
         if found is None:
             return None
@@ -226,9 +265,14 @@ class ReturnReconciler:
         if not stuck:
             return None
         mine = [refund for refund in order.payment.refunds if refund.return_id == item.id]
+        # A refund the gateway refused stopped it (an exchange's draw on an earlier order's credit
+        # is refused on that order: the step's error says so).
+        refused = (history[stuck[-1]].detail or {}).get("error") == REFUSED
         if (
             self._mark_refunded is not None
-            and item.exchange is None
+            # An exchange's mark asks nothing of the gateway but on an original that is itself a
+            # replacement (it draws the rest on the earlier credit): that one's workflow marks it.
+            and (item.exchange is None or not (refused or order.exchange_of))
             and any(refund.status == "succeeded" for refund in mine)
             and not any(refund.status == "pending" for refund in mine)
         ):
@@ -240,10 +284,13 @@ class ReturnReconciler:
         ]  # fmt: skip
         method = order.payment.method
         if not (failures and (failures[-1].detail or {}).get("kind") == "no_plugin"):
-            if self._mark_refunded is not None and item.exchange is None and any(r.status == "pending" for r in mine):
+            if self._mark_refunded is not None and any(r.status == "pending" for r in mine):
                 # Its refund, pending, is the pending-refund pass's to make or see refused: read
                 # again (after the received returns) until then, it is marked or left to a person.
                 return WAITS_FOR_REFUND, method
+            if item.exchange is not None and not refused and not failures and len(stuck) <= MAX_EXCHANGE_RESTARTS:
+                # An exchange stopped midway, no refund of it refused: its workflow finishes it.
+                return (STARTED_AGAIN if history[stuck[-1]].at <= received_before else STARTS_LATER), method
             return LEFT_TO_A_PERSON, method
         try:
             taken = self._methods_taken()

@@ -739,10 +739,12 @@ class Container:
         )
 
     def _mark_refunded(self, return_id: str) -> Return:
-        """A stuck return whose refund succeeded since, marked refunded as its refund step marks it
-        (functions/return_workflow: the payment plugins loaded first, as the step requires)."""
+        """A stuck return whose refund succeeded since, marked refunded as its refund step marks it,
+        or an exchange's as its Exchange step does (functions/return_workflow: the payment plugins
+        loaded first, as the steps require; each step leaves the other's return as it is)."""
         self.plugins.require_loaded()
-        return self.returns.refund(return_id, "reconciler")
+        self.returns.refund(return_id, "reconciler")
+        return self.returns.exchange(return_id, "reconciler")
 
     @cached_property
     def jeopardy_scan(self) -> JeopardyScan:

@@ -602,12 +602,16 @@ def test_pickups_a_pass_expired_before_a_later_page_failed_are_still_logged_and_
 # --- Received returns whose workflow never started ------------------------------------------------
 
 
-def received_return(aws, order_letter: str, minutes_ago: float, *, stuck: bool = False) -> str:
+def received_return(
+    aws, order_letter: str, minutes_ago: float, *, stuck: bool = False, error: str = "RefundNotDone",
+    exchange: dict[str, Any] | None = None,
+) -> str:  # fmt: skip
     """A delivered order with one return received `minutes_ago` and no returns workflow since (the
     receipt's function died before starting it); or, `stuck`, one its workflow left to a person
-    (`return_stuck` on the order's history after the receipt)."""
+    (`return_stuck` on the order's history after the receipt, naming the step's `error`). With
+    `exchange`, the return's exchange."""
     from core.money import Money
-    from core.return_models import Return, ReturnLine
+    from core.return_models import ExchangeInput, Return, ReturnLine
     from core.returns import return_id_for
     from core.status import ReturnStatus
     from functions.adapters.dynamodb import DynamoReturns
@@ -615,7 +619,7 @@ def received_return(aws, order_letter: str, minutes_ago: float, *, stuck: bool =
     at = utc_now() - timedelta(minutes=minutes_ago)
     left = HistoryEntry(
         at=at + timedelta(minutes=1), type="return_stuck", actor="returns-workflow",
-        detail={"return_id": return_id_for(order_id(order_letter), 1), "error": "RefundNotDone"},
+        detail={"return_id": return_id_for(order_id(order_letter), 1), "error": error},
     )  # fmt: skip
     later = (left,) if stuck else ()
     order = store(aws, order_id(order_letter), OrderStatus.DELIVERED, minutes_ago=minutes_ago + 60, later=later)
@@ -625,6 +629,7 @@ def received_return(aws, order_letter: str, minutes_ago: float, *, stuck: bool =
         id=return_id_for(order.id, 1), order_id=order.id, channel=order.channel, ordinal=1,
         status=ReturnStatus.RECEIVED, lines=[line], refund=Money.zero("USD"), fee=Money.zero("USD"),
         received_at_location="wh-west", created_at=at - timedelta(hours=1), updated_at=at, version=2,
+        exchange=ExchangeInput.model_validate(exchange) if exchange else None,
     )  # fmt: skip
     DynamoReturns(aws.dynamodb, aws.tables["ReturnsTable"]).add(item)
     return item.id
@@ -720,6 +725,23 @@ def test_a_table_down_ends_the_returns_pass_at_the_first_return_and_fails_it(
     assert "ReturnsNotReconciled" not in emitted(capsys.readouterr().out)
     [logged] = [r for r in caplog.records if r.getMessage().startswith("reconciler pass failed")]
     assert logged.__dict__["pass"] == "returns"
+
+
+def test_an_exchange_stuck_midway_has_its_workflow_started_again_logged_and_counted(stack, metrics_on, capsys, caplog):
+    # Its Exchange step kept failing (a table throttled), no refund of it refused: before, left to a person.
+    swap = {"lines": [{"sku": "MUG", "quantity": 1}]}
+    stuck = received_return(stack["aws"], "e", minutes_ago=40, stuck=True, error="TransientError", exchange=swap)
+    refused = received_return(stack["aws"], "f", minutes_ago=40, stuck=True, exchange=swap)
+    capsys.readouterr()
+
+    answer = reconcile()
+
+    assert answer["returns_restarted"] == [stuck]  # the one stopped on a refused refund: a person's
+    assert emitted(capsys.readouterr().out).get("ReturnWorkflowsRestarted") == 1
+    [logged] = [r for r in caplog.records if r.getMessage().startswith("stuck exchange's workflow started again")]
+    assert (logged.levelname, logged.return_id) == ("WARNING", stuck)
+    assert refused not in answer["returns_restarted"]
+    assert reconcile()["returns_restarted"] == []  # set aside while its execution runs
 
 
 # --- Refunds left pending by a function that died -------------------------------------------------

@@ -16,13 +16,13 @@ import pytest
 from core import hookimpl
 from core.errors import PaymentPluginFailed
 from plugins import test_payments
-from tests.integration import test_cancel_units_api
-from tests.integration.import_support import context
-from tests.integration.in_process import InProcessApi
-from tests.integration.test_cancel_units_api import allocated, money, ship
+from tests.integration import return_steps, test_cancel_units_api
+from tests.integration.return_steps import RECEIPT, later, received, refunds, step, stuck
+from tests.integration.test_cancel_units_api import money
 from tests.integration.test_payment_plugin_failures_api import AnswersThenRaises
 
 api = test_cancel_units_api.api  # its catalog (MUG in the west), in this module's account
+services = return_steps.services  # the API's and the return step's services
 
 
 class RefundsThenFails(AnswersThenRaises):
@@ -41,28 +41,6 @@ class RefundsThenFails(AnswersThenRaises):
         raise ValueError("the plugin's own bug, after the gateway answered")
 
 
-class Started:
-    """The returns workflow's start, recorded: the tests run its steps through the step handler."""
-
-    def __init__(self) -> None:
-        self.started: list[str] = []
-
-    def start(self, return_id: str, channel: str = "", correlation_id: str = "") -> None:
-        self.started.append(return_id)
-
-
-@pytest.fixture
-def services(api: InProcessApi) -> Iterator[Any]:
-    """The API's and the return step's services, on one account, the receipt's start recorded."""
-    from functions.api.dependencies import container
-    from functions.bootstrap import Config, bootstrap
-    from functions.return_workflow import app as step_app
-
-    built = bootstrap(Config.from_env(), return_workflow=Started())
-    with container.override(built), step_app.container.override(bootstrap(Config.from_env())):
-        yield built
-
-
 @contextmanager
 def failing(services: Any, garbage: bool, only: str | None = None) -> Iterator[None]:
     from functions.return_workflow import app as step_app
@@ -76,38 +54,6 @@ def failing(services: Any, garbage: bool, only: str | None = None) -> Iterator[N
     finally:
         for manager in managers:
             manager.unregister(plugin)
-
-
-def step(name: str, return_id: str, **more: str) -> None:
-    from functions.return_workflow import app as step_app
-
-    step_app.lambda_handler({"step": name, "return_id": return_id, **more}, context("ReturnStepFunction"))
-
-
-def received(api: InProcessApi, exchange: list[dict[str, Any]] | None = None) -> tuple[dict[str, Any], str]:
-    """A delivered order of two MUGs, one of them back at the warehouse (its return `received`,
-    for an exchange of `exchange` when given), the return's steps before its refund done."""
-    order = ship(api, allocated(api, ("MUG", 2)), "wh-west")
-    for shipment in order["shipments"]:
-        done = api.post(f"/orders/{order['id']}/shipments/{shipment['id']}/deliver", json={})
-        assert done.status_code == 200, done.text
-    body: dict[str, Any] = {
-        "lines": [{"line_id": "L1", "quantity": 1, "reason": "too big", "reason_code": "size_or_fit"}]
-    }
-    if exchange is not None:
-        body["exchange"] = {"lines": exchange}
-    made = api.post(f"/orders/{order['id']}/returns", json=body)
-    assert made.status_code == 201, made.text
-    return_id = made.json()["id"]
-    receipt = {"location_id": "wh-west", "lines": [{"line_id": "L1", "quantity": 1, "condition": "resellable"}]}
-    assert api.post(f"/returns/{return_id}/receive", json=receipt).status_code in (200, 202)
-    for name in ("receive", "restock", "record"):
-        step(name, return_id)
-    return order, return_id
-
-
-def refunds(api: InProcessApi, order_id: str) -> list[tuple[str, str]]:
-    return [(r["status"], money(r["amount"])) for r in api.get(f"/orders/{order_id}/refunds").json()["items"]]
 
 
 @pytest.mark.parametrize("garbage", [False, True], ids=["raises", "answers-garbage"])
@@ -138,10 +84,7 @@ def test_a_return_stuck_on_its_refund_plugin_is_refunded_once_by_the_pending_pas
     # left to a person, as a gateway outage leaves it (its refund pending under its key).
     order, return_id = received(api)
     with failing(services, garbage=False):
-        for _ in range(3):
-            with pytest.raises(PaymentPluginFailed):
-                step("refund", return_id)
-    step("stuck", return_id, error="PaymentPluginFailed", cause="the plugin failed", execution="ex-1")
+        stuck(return_id, "refund", PaymentPluginFailed)
     [(status, amount)] = refunds(api, order["id"])
     assert status == "pending"
     assert api.get(f"/returns/{return_id}").json()["status"] == "received"
@@ -149,8 +92,7 @@ def test_a_return_stuck_on_its_refund_plugin_is_refunded_once_by_the_pending_pas
     assert [h["detail"]["kind"] for h in history if h["type"] == "payment_refund_failed"][-1] == "plugin_error"
 
     [finished] = services.refunds.finish_pending(order["id"], "reconciler", unshown=True)  # the pass, plugin fixed
-    receipt = {"location_id": "wh-west", "lines": [{"line_id": "L1", "quantity": 1, "condition": "resellable"}]}
-    assert api.post(f"/returns/{return_id}/receive", json=receipt).status_code in (200, 202)  # the person resumes it
+    assert api.post(f"/returns/{return_id}/receive", json=RECEIPT).status_code in (200, 202)  # the person resumes it
     step("refund", return_id)
     step("exchange", return_id)
 
@@ -159,8 +101,8 @@ def test_a_return_stuck_on_its_refund_plugin_is_refunded_once_by_the_pending_pas
     assert (done["status"], money(done["refund"])) == ("refunded", amount)
     assert refunds(api, order["id"]) == [("succeeded", amount)]
     assert money(api.get(f"/orders/{order['id']}").json()["payment"]["refunded"]) == amount
-    stuck = [h for h in api.get(f"/orders/{order['id']}/history").json()["items"] if h["type"] == "return_stuck"]
-    assert len(stuck) == 1
+    recorded = [h for h in api.get(f"/orders/{order['id']}/history").json()["items"] if h["type"] == "return_stuck"]
+    assert len(recorded) == 1
 
 
 def test_a_return_settled_in_one_go_whose_refund_plugin_fails_stays_received_and_settling_again_refunds_once(
@@ -223,10 +165,9 @@ def test_a_return_whose_step_finishes_another_returns_refund_the_plugin_fails_in
     from core.refunds import refund_id_for
 
     order, a = received(api)
-    receipt = {"location_id": "wh-west", "lines": [{"line_id": "L1", "quantity": 1, "condition": "resellable"}]}
     body = {"lines": [{"line_id": "L1", "quantity": 1, "reason": "too big", "reason_code": "size_or_fit"}]}
     b = api.post(f"/orders/{order['id']}/returns", json=body).json()["id"]
-    assert api.post(f"/returns/{b}/receive", json=receipt).status_code in (200, 202)
+    assert api.post(f"/returns/{b}/receive", json=RECEIPT).status_code in (200, 202)
     for name in ("receive", "restock", "record"):
         step(name, b)
     real = RefundService.issue_decided_refund
@@ -262,33 +203,25 @@ def test_a_return_stuck_on_its_refund_plugin_is_marked_refunded_once_by_the_reco
     # refund once the plugin works. Before: the pass set it aside for a person to receive it again,
     # and it stayed `received`. Now the next returns pass marks it refunded, as its refund step
     # would, without asking the gateway again, once however often it runs.
-    from datetime import timedelta
-
-    from core.models import utc_now
-    from functions.bootstrap import Config, bootstrap
-
     order, return_id = received(api)
     with failing(services, garbage=False):
-        for _ in range(3):
-            with pytest.raises(PaymentPluginFailed):
-                step("refund", return_id)
-        step("stuck", return_id, error="PaymentPluginFailed", cause="the plugin failed", execution="ex-1")
+        stuck(return_id, "refund", PaymentPluginFailed)
         [(_, amount)] = refunds(api, order["id"])
-        later = bootstrap(Config.from_env(), clock=lambda: utc_now() + timedelta(minutes=16), return_workflow=Started())
-        assert later.return_reconciler.run() == []  # its refund still pending: nothing to start or mark
+        reconciler = later()
+        assert reconciler.return_reconciler.run() == []  # its refund still pending: nothing to start or mark
         assert api.get(f"/returns/{return_id}").json()["status"] == "received"
     [finished] = services.refunds.finish_pending(order["id"], "reconciler", unshown=True)  # the pass, plugin fixed
     assert finished.status == "succeeded"
     before = api.get(f"/orders/{order['id']}/history").json()["items"]
 
-    assert later.return_reconciler.run() == []  # nothing to start: its workflow's work is done
-    assert later.return_reconciler.marked_refunded == [return_id]
-    assert later.return_reconciler.run() == []
-    assert later.return_reconciler.marked_refunded == []
+    assert reconciler.return_reconciler.run() == []  # nothing to start: its workflow's work is done
+    assert reconciler.return_reconciler.marked_refunded == [return_id]
+    assert reconciler.return_reconciler.run() == []
+    assert reconciler.return_reconciler.marked_refunded == []
 
     done = api.get(f"/returns/{return_id}").json()
     assert (done["status"], money(done["refund"])) == ("refunded", amount)
     assert refunds(api, order["id"]) == [("succeeded", amount)]
     assert money(api.get(f"/orders/{order['id']}").json()["payment"]["refunded"]) == amount
     assert api.get(f"/orders/{order['id']}/history").json()["items"] == before  # the step's mark: the return's alone
-    assert later.return_workflow.started == []
+    assert reconciler.return_workflow.started == []
