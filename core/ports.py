@@ -267,7 +267,10 @@ class InventoryRepository(ABC):
 
     @abstractmethod
     def ship(self, sku: str, location_id: str, key: str) -> None:
-        """The units reserved under `key` leave: on_hand and reserved both drop. Idempotent."""
+        """The units reserved under `key` leave: on_hand and reserved both drop. Idempotent. Never
+        refused, and never below zero: on_hand below the reservation (a stock take recorded short
+        since, its rejects not landed) was counted after the parcel left, so the count stands and
+        only the reservation goes."""
 
     @abstractmethod
     def restock(self, sku: str, location_id: str, key: str, quantity: int) -> None:

@@ -389,8 +389,10 @@ class InMemoryInventory(InventoryRepository):
         quantity = self._held(sku, location_id).pop(key, None)
         if quantity is not None:
             level = self._get(sku, location_id)
-            self._put(level.model_copy(update={"reserved": level.reserved - quantity,
-                                               "on_hand": level.on_hand - quantity}))  # fmt: skip
+            # Fewer on hand than it carries (a stock take recorded short since): the count stands.
+            gone = quantity if level.on_hand >= quantity else 0
+            self._put(level.model_copy(update={"reserved": level.reserved - quantity, "on_hand": level.on_hand - gone,
+                                               "available": level.available + quantity - gone}))  # fmt: skip
 
     def holds(self, moves: Sequence[StockMove]) -> bool:
         """Whether each move's reservation holds exactly its `held` units (the condition of its write)."""
