@@ -7,6 +7,7 @@ import contextlib
 import json
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -15,6 +16,7 @@ import pluggy
 from core import order_lists
 from core.access import ADMIN_KEY_ID, ApiKey, IssuedApiKey, NewApiKey, Scope, hash_secret, new_secret
 from core.cursors import cursor_document
+from core.deadline import TimeUp, never
 from core.errors import (
     Conflict,
     DuplicateOrder,
@@ -57,6 +59,7 @@ from core.ports import (
     InventoryRepository,
     OrderFilter,
     OrderRepository,
+    ShortCount,
 )
 from core.pricing import PricedOrder, Pricing
 from core.secret_hashes import is_usable_secret
@@ -118,6 +121,15 @@ COUNT_ATTEMPTS = 3  # plans of a stock take below what is reserved, each on the 
 # condition (DynamoDB's expressions are at most 4 KB).
 MAX_COUNT_REJECTS = 25
 MAX_COUNT_RELEASES = 100
+SHORT_COUNTS_PAGE = 25  # the most stock takes recorded short one reconciler pass finishes
+
+
+@dataclass
+class ShortCountsFinished:
+    """What InventoryService.finish_short_counts did, filled as it goes."""
+
+    finished: list[ShortCount] = field(default_factory=list)
+    failed: dict[ShortCount, Exception] = field(default_factory=dict)
 
 
 class InventoryService:
@@ -127,6 +139,7 @@ class InventoryService:
         catalog: CatalogRepository,
         orders: Callable[[], OrderRepository] | None = None,
         reject: Callable[[str, str, str, str], Order] | None = None,
+        clock: Clock = utc_now,
     ):
         """`orders` (the repository, built when first needed: a stock read never reads an order)
         and `reject` (OrderActions.reject: order id, shipment id, reason, actor) let a stock take
@@ -136,6 +149,7 @@ class InventoryService:
         self._catalog = catalog
         self._orders = orders
         self._reject = reject
+        self._clock = clock
 
     def _require(self, sku: str, location_id: str) -> None:
         if self._catalog.get_product(sku) is None:
@@ -148,13 +162,15 @@ class InventoryService:
         same and the pending shipments at that location holding the sku, newest order first, are
         rejected (reason `stock_count`, by `actor`) until what stays reserved fits it: each order is
         sourced again with that location excluded. The count lands first, in a write conditional on
-        the reservations it is to release still being held and the rest fitting: `available` is
-        negative until those releases land, so no order reserves the released units before. A
-        count sent again (or after the function died between the count and the rejects) finds the
-        same count short and rejects what is left. InsufficientStock, recording nothing, when
-        rejecting every such shipment would not make it fit (units held by ready pickups, or by
-        orders not yet allocated or waiting for stock)."""
+        the reservations it is to release still being held and the rest fitting, which marks the
+        stock item short (ShortCount) until what stays reserved fits: `available` is negative until
+        those releases land, so no order reserves the released units before. A count sent again,
+        or the reconciler's pass over the marks (finish_short_counts) after the function died
+        between the count and the rejects, finds the same count short and rejects what is left.
+        InsufficientStock, recording nothing, when rejecting every such shipment would not make it
+        fit (units held by ready pickups, or by orders not yet allocated or waiting for stock)."""
         self._require(sku, location_id)
+        short = ShortCount(sku, location_id, actor, self._clock())
         written = False
         for _ in range(COUNT_ATTEMPTS):
             level, held = self._inventory.held_at(sku, location_id)
@@ -169,25 +185,68 @@ class InventoryService:
                 shipments, releasing = self._to_reject(location_id, held, level.reserved - on_hand)
             except InsufficientStock:
                 if written:  # recorded by this call; a shipment was readied for pickup since
+                    self._inventory.short_count_finished(short)
                     return level
                 raise
             try:
-                level = self._inventory.set_on_hand(sku, location_id, on_hand, reason="stock_take", releasing=releasing)
+                level = self._inventory.set_on_hand(
+                    sku, location_id, on_hand, reason="stock_take", releasing=releasing, short=short
+                )
             except InsufficientStock:
                 continue  # the reservations changed meanwhile
             written = True
-            for order_id, shipment_id in shipments:
-                with contextlib.suppress(Conflict, NotFound):  # moved on (cancelled, shipped): planned again below
-                    self._reject(order_id, shipment_id, STOCK_COUNT_REASON, actor)
+            self._rejected(shipments, actor)
             level, _ = self._inventory.held_at(sku, location_id)
             if level.reserved <= level.on_hand:
+                self._inventory.short_count_finished(short)
                 return level
         if written:  # recorded; what a shipment turned pickup since keeps, a count sent again sends
+            self._inventory.short_count_finished(short)
             return level
         raise InsufficientStock(
             f"cannot count {on_hand}: the units of {sku} reserved at {location_id} keep changing; count again",
             details=[{"field": "on_hand", "message": f"{level.reserved} units are reserved"}],
         )
+
+    def _rejected(self, shipments: list[tuple[str, str]], actor: str) -> None:
+        assert self._reject is not None
+        for order_id, shipment_id in shipments:
+            with contextlib.suppress(Conflict, NotFound):  # moved on (cancelled, shipped): planned again after
+                self._reject(order_id, shipment_id, STOCK_COUNT_REASON, actor)
+
+    def finish_short_counts(
+        self, done: ShortCountsFinished, before: datetime, limit: int = SHORT_COUNTS_PAGE, time_up: TimeUp = never
+    ) -> None:
+        """Finish the stock takes recorded short before `before` whose function died between the
+        count and its rejects (their marks: InventoryRepository.short_counts), oldest first: the
+        pending shipments there are rejected (by the count's actor, reason `stock_count`) until what
+        stays reserved fits what is on hand, as the count sent again would, without writing the
+        count again (an adjustment since stands). A mark is removed once it fits, or once nothing
+        left there may be sent elsewhere (ready pickups: their collection or expiry ends it). The
+        marks finished go in `done.finished`; one whose work raised (a reject's plugin, a table down)
+        in `done.failed`, its mark left for the next pass, and the pass goes on to the next. None
+        is started once `time_up`: the rest wait for the next pass."""
+        for short in self._inventory.short_counts(before, limit):
+            if time_up():
+                return  # the rest to the next pass
+            try:
+                self._finish(short)
+            except Exception as error:  # any: the other marks are still finished
+                done.failed[short] = error
+                continue
+            done.finished.append(short)
+
+    def _finish(self, short: ShortCount) -> None:
+        for _ in range(COUNT_ATTEMPTS):
+            level, held = self._inventory.held_at(short.sku, short.location_id)
+            if level.reserved <= level.on_hand:
+                break
+            try:
+                shipments, _ = self._to_reject(short.location_id, held, level.reserved - level.on_hand)
+            except InsufficientStock:
+                break  # held by orders no count sends elsewhere
+            self._rejected(shipments, short.actor)
+        self._inventory.short_count_finished(short)
 
     def _to_reject(
         self, location_id: str, held: dict[str, int], excess: int

@@ -48,6 +48,7 @@ from core.ports import (
     ReturnFilter,
     ReturnRepository,
     SettlementCaptures,
+    ShortCount,
     SourcingRulesRepository,
     StalledOrder,
     StalledOrders,
@@ -2051,6 +2052,11 @@ ARRIVED = "arrived"
 WITHDRAWN = "withdrawn"
 
 
+# A stock take recorded below the reserved units marks its stock item (the sparse short_counts
+# index: template.yaml) until what stays reserved fits it: the reconciler finishes one whose
+# function died between the count and its rejects.
+SHORT_COUNT, SHORT_COUNTED_AT, SHORT_COUNT_ACTOR = "short_count", "short_counted_at", "short_count_actor"
+SHORT_COUNTS_INDEX = "short_counts"
 # How many times a ship's stock write is decided again when on_hand moves between its two writes.
 SHIP_ATTEMPTS = 5
 
@@ -2087,8 +2093,9 @@ class DynamoInventory(InventoryRepository):
         return self._client.update_item(**request)
 
     def set_on_hand(
-        self, sku: str, location_id: str, on_hand: int, reason: str, releasing: dict[str, int] | None = None
-    ) -> StockLevel:
+        self, sku: str, location_id: str, on_hand: int, reason: str, releasing: dict[str, int] | None = None,
+        short: ShortCount | None = None,
+    ) -> StockLevel:  # fmt: skip
         releasing = releasing or {}
         # A count may be higher than the last one: it is an arrival as far as the filter knows. One
         # below the reserved units is not (available stays negative until the releases land, whose
@@ -2107,8 +2114,11 @@ class DynamoInventory(InventoryRepository):
             values[f":h{i}"] = units
             conditions.append(f"reservations.#k{i} = :h{i}")
         if not releasing:
-            expression += f", {ARRIVED} = :arrived"
+            expression += f", {ARRIVED} = :arrived REMOVE {SHORT_COUNT}, {SHORT_COUNTED_AT}, {SHORT_COUNT_ACTOR}"
             values[":arrived"] = True
+        elif short is not None:  # the mark the reconciler finds it by (short_counts), should its rejects not all land
+            expression += f", {SHORT_COUNT} = :short, {SHORT_COUNTED_AT} = :counted_at, {SHORT_COUNT_ACTOR} = :actor"
+            values.update({":short": SHORT_COUNT, ":counted_at": timestamp(short.counted_at), ":actor": short.actor})
         request: dict[str, Any] = {
             "TableName": self._table,
             "Key": {"sku": {"S": sku}, "location_id": {"S": location_id}},
@@ -2131,6 +2141,35 @@ class DynamoInventory(InventoryRepository):
                 details=[{"field": "on_hand", "message": f"must be at least the {reserved} reserved units"}],
             ) from None
         return _level(from_item(response["Attributes"]))
+
+    def short_counts(self, before: datetime, limit: int) -> list[ShortCount]:
+        response = self._client.query(
+            TableName=self._table,
+            IndexName=SHORT_COUNTS_INDEX,
+            KeyConditionExpression=f"{SHORT_COUNT} = :short AND {SHORT_COUNTED_AT} < :before",
+            ExpressionAttributeValues={":short": {"S": SHORT_COUNT}, ":before": {"S": timestamp(before)}},
+            Limit=limit,
+        )
+        found = [from_item(item) for item in response.get("Items", [])]
+        return [
+            ShortCount(item["sku"], item["location_id"], item.get(SHORT_COUNT_ACTOR, "stock_take"),
+                       datetime.fromisoformat(item[SHORT_COUNTED_AT]))
+            for item in found
+        ]  # fmt: skip
+
+    def short_count_finished(self, count: ShortCount) -> None:
+        try:
+            self._client.update_item(
+                TableName=self._table,
+                Key={"sku": {"S": count.sku}, "location_id": {"S": count.location_id}},
+                UpdateExpression=f"REMOVE {SHORT_COUNT}, {SHORT_COUNTED_AT}, {SHORT_COUNT_ACTOR}",
+                ConditionExpression=f"{SHORT_COUNTED_AT} = :counted_at",
+                ExpressionAttributeValues={":counted_at": {"S": timestamp(count.counted_at)}},
+            )
+        except ClientError as error:
+            if not _is_conditional_failure(error):
+                raise
+            # removed already, or marked by a later count: that one's to finish
 
     def held_at(self, sku: str, location_id: str) -> tuple[StockLevel, dict[str, int]]:
         # A Query (the API function's grant), read consistently.
