@@ -140,11 +140,15 @@ class InventoryService:
         orders: Callable[[], OrderRepository] | None = None,
         reject: Callable[[str, str, str, str], Order] | None = None,
         clock: Clock = utc_now,
+        send_back: Callable[[str, str, str, str], Order] | None = None,
     ):
         """`orders` (the repository, built when first needed: a stock read never reads an order)
         and `reject` (OrderActions.reject: order id, shipment id, reason, actor) let a stock take
         below the reserved units send the shipments it no longer covers to be sourced again;
-        without them such a count is refused (InsufficientStock)."""
+        without them such a count is refused (InsufficientStock). `send_back`
+        (OrderActions.source_backorder_again: order id, location id, reason, actor) sends a
+        backordered order's units there back to be sourced; without it they are kept."""
+        self._send_back = send_back
         self._inventory = inventory
         self._catalog = catalog
         self._orders = orders
@@ -168,7 +172,9 @@ class InventoryService:
         or the reconciler's pass over the marks (finish_short_counts) after the function died
         between the count and the rejects, finds the same count short and rejects what is left.
         InsufficientStock, recording nothing, when rejecting every such shipment would not make it
-        fit (units held by ready pickups, or by orders not yet allocated or waiting for stock)."""
+        fit (units held by ready pickups, or by orders on hold or not yet allocated). Units a
+        backordered order holds there go first (send_back: it is sourced again without that
+        location, reason `stock_count`), newest order first: they are in no parcel yet."""
         self._require(sku, location_id)
         short = ShortCount(sku, location_id, actor, self._clock())
         written = False
@@ -195,7 +201,7 @@ class InventoryService:
             except InsufficientStock:
                 continue  # the reservations changed meanwhile
             written = True
-            self._rejected(shipments, actor)
+            self._rejected(location_id, shipments, actor)
             level, _ = self._inventory.held_at(sku, location_id)
             if level.reserved <= level.on_hand:
                 self._inventory.short_count_finished(short)
@@ -208,11 +214,15 @@ class InventoryService:
             details=[{"field": "on_hand", "message": f"{level.reserved} units are reserved"}],
         )
 
-    def _rejected(self, shipments: list[tuple[str, str]], actor: str) -> None:
+    def _rejected(self, location_id: str, shipments: list[tuple[str, str, bool]], actor: str) -> None:
         assert self._reject is not None
-        for order_id, shipment_id in shipments:
+        for order_id, shipment_id, backordered in shipments:
             with contextlib.suppress(Conflict, NotFound):  # moved on (cancelled, shipped): planned again after
-                self._reject(order_id, shipment_id, STOCK_COUNT_REASON, actor)
+                if backordered:
+                    assert self._send_back is not None
+                    self._send_back(order_id, location_id, STOCK_COUNT_REASON, actor)
+                else:
+                    self._reject(order_id, shipment_id, STOCK_COUNT_REASON, actor)
 
     def finish_short_counts(
         self, done: ShortCountsFinished, before: datetime, limit: int = SHORT_COUNTS_PAGE, time_up: TimeUp = never
@@ -245,12 +255,12 @@ class InventoryService:
                 shipments, _ = self._to_reject(short.location_id, held, level.reserved - level.on_hand)
             except InsufficientStock:
                 break  # held by orders no count sends elsewhere
-            self._rejected(shipments, short.actor)
+            self._rejected(short.location_id, shipments, short.actor)
         self._inventory.short_count_finished(short)
 
     def _to_reject(
         self, location_id: str, held: dict[str, int], excess: int
-    ) -> tuple[list[tuple[str, str]], dict[str, int]]:
+    ) -> tuple[list[tuple[str, str, bool]], dict[str, int]]:
         """The shipments at `location_id` to reject, newest order first, so that `excess` reserved
         units go, and the reservations ({order#line: units}) their rejects release.
         InsufficientStock when rejecting every one the location may still reject falls short."""
@@ -258,30 +268,36 @@ class InventoryService:
         by_order: dict[str, dict[str, int]] = defaultdict(dict)
         for key, units in held.items():
             by_order[key.rpartition("#")[0]][key] = units
-        candidates: list[tuple[Order, str]] = []
+        candidates: list[tuple[Order, str, bool]] = []
         for order_id, order in self._orders().get_many(sorted(by_order)).items():
             shipment_id = shipment_id_for(order_id, location_id)
+            waiting = order.status is OrderStatus.BACKORDERED and self._send_back is not None
+            if waiting and any(a.location_id == location_id for a in order.allocations):
+                candidates.append((order, shipment_id, True))
+                continue
             rejected = location_id in order.excluded_locations and all(s.id != shipment_id for s in order.shipments)
             if not rejected:
                 try:
                     order.rejectable(shipment_id)
                 except (Conflict, NotFound):
                     continue  # not a pending shipment there (a ready pickup, not yet allocated, held, ...)
-            candidates.append((order, shipment_id))
-        candidates.sort(key=lambda found: (found[0].created_at, found[0].id), reverse=True)
-        shipments: list[tuple[str, str]] = []
+            candidates.append((order, shipment_id, False))
+        # A backordered order's units first (they are in no parcel yet: it waits for stock anyway),
+        # then pending shipments; newest order first within each.
+        candidates.sort(key=lambda found: (found[2], found[0].created_at, found[0].id), reverse=True)
+        shipments: list[tuple[str, str, bool]] = []
         releasing: dict[str, int] = {}
-        for order, shipment_id in candidates:
+        for order, shipment_id, backordered in candidates:
             if sum(releasing.values()) >= excess:
                 break
-            shipments.append((order.id, shipment_id))
+            shipments.append((order.id, shipment_id, backordered))
             releasing.update(by_order[order.id])
         if sum(releasing.values()) < excess:
             kept = sum(held.values()) - sum(releasing.values())
             raise InsufficientStock(
                 f"{kept} units reserved at {location_id} are held by orders its count cannot send elsewhere",
                 details=[{"field": "on_hand", "message": f"must be at least the {kept} units held by ready pickups "
-                          "and orders not pending there"}],
+                          "and orders held or not pending there"}],
             )  # fmt: skip
         if len(shipments) > MAX_COUNT_REJECTS or len(releasing) > MAX_COUNT_RELEASES:
             raise InsufficientStock(

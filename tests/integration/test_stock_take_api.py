@@ -103,3 +103,32 @@ def stock_at(api: InProcessApi, sku: str, location_id: str) -> dict[str, int]:
 def rejected_by_count(api: InProcessApi, order_id: str) -> list[dict]:
     entries = api.get(f"/orders/{order_id}/history").json()["items"]
     return [e for e in entries if e["type"] == "shipment_rejected" and e["detail"]["reason"] == "stock_count"]
+
+
+def test_a_count_below_what_a_backordered_order_holds_sends_it_back_to_be_sourced_not_refused(api: InProcessApi):
+    from core.errors import Backordered
+    from functions.bootstrap import Config, bootstrap
+
+    network = put_network(api)
+    catalog = Catalog(api)
+    sku = catalog.product("10.00", allow_backorder=True)
+    catalog.stock(sku, network["west"], 3)
+    placed = api.post("/orders", json=order_body((sku, 5)))
+    assert placed.status_code == 201, placed.text
+    order_id = placed.json()["id"]
+    steps = bootstrap(Config.from_env()).workflow
+    steps.authorize_payment(order_id, attempt=0)
+    with pytest.raises(Backordered):
+        steps.reserve_stock(order_id)  # 3 reserved at west, 2 short: it waits for stock
+    assert stock_at(api, sku, network["west"]) == {"on_hand": 3, "reserved": 3, "available": 0}
+
+    counted = api.put(f"/inventory/{sku}/{network['west']}", json={"on_hand": 1})
+
+    assert counted.status_code == 200, counted.text  # was 409: the backorder's units were kept
+    assert stock_at(api, sku, network["west"]) == {"on_hand": 1, "reserved": 0, "available": 1}
+    order = api.get(f"/orders/{order_id}").json()
+    assert order["status"] == "authorized"  # its workflow sources it again, without west
+    entries = api.get(f"/orders/{order_id}/history").json()["items"]
+    assert [(e["detail"]["reason"], e["detail"]["location_id"]) for e in entries if e["type"] == "sourced_again"] == [
+        ("stock_count", network["west"])
+    ]

@@ -45,7 +45,10 @@ def world() -> World:
 
 
 def service(world: World) -> InventoryService:
-    return InventoryService(world.inventory, world.catalog, orders=lambda: world.orders, reject=world.actions.reject)
+    return InventoryService(
+        world.inventory, world.catalog, orders=lambda: world.orders, reject=world.actions.reject,
+        send_back=world.actions.source_backorder_again,
+    )  # fmt: skip
 
 
 def allocated_later(world: World, *lines: tuple[str, int], **overrides: object):
@@ -236,3 +239,51 @@ def test_an_order_cancelled_between_the_count_and_its_reject_is_left_cancelled(w
     assert world.order(newer.id).status is S.CANCELLED
     assert rejected_by_count(world, newer.id) == []
     assert world.order(older.id) == older
+
+
+def backordered_later(world: World, *lines: tuple[str, int]) -> str:
+    """An order placed a minute later that reserves what there is and waits for the rest."""
+    CLOCKS[id(world)].advance(minutes=1)
+    order_id = world.place(*lines)
+    world.workflow.authorize_payment(order_id, attempt=0)
+    with pytest.raises(Backordered):
+        world.workflow.reserve_stock(order_id)
+    return order_id
+
+
+def sent_back_by_count(world: World, order_id: str) -> list[tuple[str | None, str, dict]]:
+    return [
+        (e.actor, e.to_status, e.detail)
+        for e in world.history(order_id)
+        if e.type is OrderEvent.SOURCED_AGAIN and e.detail.get("reason") == "stock_count"
+    ]
+
+
+def test_a_backordered_orders_units_at_the_location_go_back_to_be_sourced_before_any_shipment_goes(world):
+    older = allocated_later(world, ("BOOK", 2))
+    waiting = backordered_later(world, ("BOOK", 5))  # 2 reserved at wh-west, 3 short
+    assert world.level("BOOK", "wh-west") == (4, 4, 0)
+
+    level = service(world).count("BOOK", "wh-west", 2, actor=KEY)
+
+    assert (level.on_hand, level.reserved, level.available) == (2, 2, 0)
+    assert world.order(older.id) == older  # its parcel is ready to leave: it keeps it
+    assert rejected_by_count(world, older.id) == []
+    ((actor, status, detail),) = sent_back_by_count(world, waiting)
+    assert (actor, status, detail["location_id"]) == (KEY, S.AUTHORIZED, "wh-west")
+    assert world.order(waiting).allocations == []
+    again = sourced_again(world, waiting)
+    assert again.status is S.BACKORDERED  # BOOK is stocked nowhere else: it waits for stock again
+    assert world.level("BOOK", "wh-west") == (2, 2, 0)
+
+
+def test_a_count_below_what_a_backordered_order_holds_there_is_recorded_not_refused(world):
+    older = allocated_later(world, ("BOOK", 2))
+    waiting = backordered_later(world, ("BOOK", 5))
+
+    level = service(world).count("BOOK", "wh-west", 1, actor=KEY)  # was 409: the backorder's 2 kept
+
+    assert (level.on_hand, level.reserved, level.available) == (1, 0, 1)
+    assert [len(rejected_by_count(world, older.id)), len(sent_back_by_count(world, waiting))] == [1, 1]
+    assert service(world).count("BOOK", "wh-west", 1, actor=KEY) == level  # again: nothing more
+    assert [len(rejected_by_count(world, older.id)), len(sent_back_by_count(world, waiting))] == [1, 1]
