@@ -206,8 +206,7 @@ class InventoryService:
             if level.reserved <= level.on_hand:
                 self._inventory.short_count_finished(short)
                 return level
-        if written:  # recorded; what a shipment turned pickup since keeps, a count sent again sends
-            self._inventory.short_count_finished(short)
+        if written:  # recorded, its mark kept: the reconciler's pass (or the count sent again) finishes it
             return level
         raise InsufficientStock(
             f"cannot count {on_hand}: the units of {sku} reserved at {location_id} keep changing; count again",
@@ -240,13 +239,16 @@ class InventoryService:
             if time_up():
                 return  # the rest to the next pass
             try:
-                self._finish(short)
+                finished = self._finish(short)
             except Exception as error:  # any: the other marks are still finished
                 done.failed[short] = error
                 continue
-            done.finished.append(short)
+            if finished:
+                done.finished.append(short)
 
-    def _finish(self, short: ShortCount) -> None:
+    def _finish(self, short: ShortCount) -> bool:
+        """Whether `short` is finished (its mark removed): what stays reserved fits, or nothing left
+        there may be sent elsewhere. Orders that kept moving on meanwhile leave it for the next pass."""
         for _ in range(COUNT_ATTEMPTS):
             level, held = self._inventory.held_at(short.sku, short.location_id)
             if level.reserved <= level.on_hand:
@@ -256,7 +258,12 @@ class InventoryService:
             except InsufficientStock:
                 break  # held by orders no count sends elsewhere
             self._rejected(short.location_id, shipments, short.actor)
+        else:
+            level, _ = self._inventory.held_at(short.sku, short.location_id)
+            if level.reserved > level.on_hand:
+                return False
         self._inventory.short_count_finished(short)
+        return True
 
     def _to_reject(
         self, location_id: str, held: dict[str, int], excess: int

@@ -8,14 +8,16 @@ that could not fit even with every pending shipment rejected is refused and reco
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 
 import pytest
 
-from core.errors import Backordered, InsufficientStock, OutOfStock
+from core.errors import Backordered, InsufficientStock, InvalidTransition, OutOfStock
 from core.events import OrderEvent
-from core.services import InventoryService
+from core.ports import ShortCount
+from core.services import InventoryService, ShortCountsFinished
 from core.status import OrderStatus
-from tests.builders import product
+from tests.builders import NOW, product
 from tests.unit.world import Clock, World, build_world
 
 S = OrderStatus
@@ -287,3 +289,28 @@ def test_a_count_below_what_a_backordered_order_holds_there_is_recorded_not_refu
     assert [len(rejected_by_count(world, older.id)), len(sent_back_by_count(world, waiting))] == [1, 1]
     assert service(world).count("BOOK", "wh-west", 1, actor=KEY) == level  # again: nothing more
     assert [len(rejected_by_count(world, older.id)), len(sent_back_by_count(world, waiting))] == [1, 1]
+
+
+def test_a_count_whose_rejects_keep_losing_keeps_its_mark_for_the_reconcilers_pass(world):
+    older = allocated_later(world, ("TSHIRT", 4))
+    newer = allocated_later(world, ("TSHIRT", 4))
+
+    def lost(*args: object) -> None:
+        raise InvalidTransition("the order moved on meanwhile")
+
+    losing = InventoryService(
+        world.inventory, world.catalog, orders=lambda: world.orders, reject=lost, clock=lambda: NOW
+    )  # fmt: skip
+    level = losing.count("TSHIRT", "wh-west", 5, actor=KEY)
+
+    assert (level.on_hand, level.reserved) == (5, 8)  # recorded; nothing went elsewhere
+    assert world.inventory.short_counts(NOW + timedelta(seconds=1), 10) == [ShortCount("TSHIRT", "wh-west", KEY, NOW)]
+    done = ShortCountsFinished()
+    service(world).finish_short_counts(done, before=NOW + timedelta(minutes=5))
+
+    assert (done.finished, done.failed) == ([ShortCount("TSHIRT", "wh-west", KEY, NOW)], {})
+    assert world.level("TSHIRT", "wh-west") == (5, 4, 1)
+    assert world.order(older.id) == older
+    ((actor, _, _),) = rejected_by_count(world, newer.id)
+    assert actor == KEY
+    assert world.inventory.short_counts(NOW + timedelta(minutes=5), 10) == []
