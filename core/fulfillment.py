@@ -596,6 +596,21 @@ class OrderActions:
             self._release_lines(order, order.lines, [location_id])
         return self._units.cancel_given_up(order, actor)  # the bookings of the parcels it withdrew
 
+    def source_backorder_again(self, order_id: str, location_id: str, reason: str, actor: str) -> Order:
+        """A stock take at `location_id` no longer covers what the backordered order holds there:
+        recorded first (Order.source_again_without: authorized, that location excluded), then its
+        units there are released, as a reject releases them. A repeat finishes the release."""
+        at = self._clock()
+
+        def decide(order: Order):
+            if location_id in order.excluded_locations and all(a.location_id != location_id for a in order.allocations):
+                return None  # sent back already: only the release is finished
+            return order.source_again_without(location_id, reason, at=at, actor=actor)
+
+        order = modify(self._orders, order_id, decide)
+        self._release_lines(order, order.lines, [location_id])
+        return order
+
     def _withdrawn_from(self, order_id: str, shipment_id: str) -> str | None:
         """The location of `shipment_id` if the order had it and a change withdrew it: a reject's or
         an edit's history entry names the allocations it released, and a shipment's id derives from

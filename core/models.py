@@ -3351,6 +3351,24 @@ class Order(Shown):
             **self._sourced_again(),
         )  # fmt: skip
 
+    def source_again_without(self, location_id: str, reason: str, *, at: datetime, actor: str) -> Change:
+        """A backordered order whose units reserved at `location_id` a stock take there no longer
+        covers (`reason`: stock_count) goes back to be sourced without that location, as a reject
+        sends an allocated order (authorized, nothing allocated, the location excluded): the
+        workflow the change starts counts what it holds elsewhere as its own, and reserves the rest
+        elsewhere or waits for stock again. Its units there are released after this write."""
+        if self.status is not OrderStatus.BACKORDERED:
+            raise InvalidTransition(f"an order that is {self.status} is not waiting for stock")
+        if not any(a.location_id == location_id for a in self.allocations):
+            raise InvalidTransition(f"order {self.id} holds no units at {location_id}")
+        return self._next(
+            at=at, actor=actor, type=OrderEvent.SOURCED_AGAIN,
+            detail={"allocations": [a.model_dump() for a in self.allocations], "short": self.short_of(),
+                    "location_id": location_id, "reason": reason,
+                    "reasons": [f"a stock take at {location_id} counted fewer units than it held there"]},
+            excluded_locations=list(dict.fromkeys([*self.excluded_locations, location_id])), **self._sourced_again(),
+        )  # fmt: skip
+
     def reserve_backordered(
         self, allocations: list[Allocation], *, at: datetime, actor: str, rules_version: int | None = None
     ) -> Change:

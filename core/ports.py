@@ -220,18 +220,40 @@ class CatalogRepository(ABC):
         page to the backorder filler (the Catalog stream), as `SourcingRulesRepository.wake_from`."""
 
 
+class ShortCount(NamedTuple):
+    """A stock take recorded below the units reserved at (sku, location_id), whose rejects may not
+    all have landed: by whom (the rejects' actor) and when (its mark, removed only as that count's)."""
+
+    sku: str
+    location_id: str
+    actor: str
+    counted_at: datetime
+
+
 class InventoryRepository(ABC):
     """Stock per (sku, location). Every change is one conditional write: never read-then-write."""
 
     @abstractmethod
     def set_on_hand(
-        self, sku: str, location_id: str, on_hand: int, reason: str, releasing: dict[str, int] | None = None
-    ) -> StockLevel:
+        self, sku: str, location_id: str, on_hand: int, reason: str, releasing: dict[str, int] | None = None,
+        short: ShortCount | None = None,
+    ) -> StockLevel:  # fmt: skip
         """Set the counted units. Raises InsufficientStock when `on_hand` is below what is reserved
         but `releasing` ({order#line: units}, reservations the caller is about to release): the
         write is conditional on each of those keys holding its units still and on the other
         reserved units fitting `on_hand`. Below what is reserved, `available` is negative until
-        those releases land, so nothing reserves the released units in between."""
+        those releases land, so nothing reserves the released units in between. With `releasing`,
+        the same write marks the item with `short` (short_counts lists it until
+        short_count_finished); a count that fits (no `releasing`) removes any mark."""
+
+    @abstractmethod
+    def short_counts(self, before: datetime, limit: int) -> list[ShortCount]:
+        """Stock items marked by a short stock take (set_on_hand's `short`) counted before `before`,
+        oldest first, at most `limit`."""
+
+    @abstractmethod
+    def short_count_finished(self, count: ShortCount) -> None:
+        """Remove `count`'s mark, unless a later count marked the item since (its own stays)."""
 
     @abstractmethod
     def held_at(self, sku: str, location_id: str) -> tuple[StockLevel, dict[str, int]]:
@@ -281,7 +303,10 @@ class InventoryRepository(ABC):
 
     @abstractmethod
     def ship(self, sku: str, location_id: str, key: str) -> None:
-        """The units reserved under `key` leave: on_hand and reserved both drop. Idempotent."""
+        """The units reserved under `key` leave: on_hand and reserved both drop. Idempotent. Never
+        refused, and never below zero: on_hand below the reservation (a stock take recorded short
+        since, its rejects not landed) was counted after the parcel left, so the count stands and
+        only the reservation goes."""
 
     @abstractmethod
     def restock(self, sku: str, location_id: str, key: str, quantity: int) -> None:

@@ -7,6 +7,7 @@ import contextlib
 import json
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -15,6 +16,7 @@ import pluggy
 from core import order_lists
 from core.access import ADMIN_KEY_ID, ApiKey, IssuedApiKey, NewApiKey, Scope, hash_secret, new_secret
 from core.cursors import cursor_document
+from core.deadline import TimeUp, never
 from core.errors import (
     Conflict,
     DuplicateOrder,
@@ -57,6 +59,7 @@ from core.ports import (
     InventoryRepository,
     OrderFilter,
     OrderRepository,
+    ShortCount,
 )
 from core.pricing import PricedOrder, Pricing
 from core.secret_hashes import is_usable_secret
@@ -118,6 +121,15 @@ COUNT_ATTEMPTS = 3  # plans of a stock take below what is reserved, each on the 
 # condition (DynamoDB's expressions are at most 4 KB).
 MAX_COUNT_REJECTS = 25
 MAX_COUNT_RELEASES = 100
+SHORT_COUNTS_PAGE = 25  # the most stock takes recorded short one reconciler pass finishes
+
+
+@dataclass
+class ShortCountsFinished:
+    """What InventoryService.finish_short_counts did, filled as it goes."""
+
+    finished: list[ShortCount] = field(default_factory=list)
+    failed: dict[ShortCount, Exception] = field(default_factory=dict)
 
 
 class InventoryService:
@@ -127,15 +139,21 @@ class InventoryService:
         catalog: CatalogRepository,
         orders: Callable[[], OrderRepository] | None = None,
         reject: Callable[[str, str, str, str], Order] | None = None,
+        clock: Clock = utc_now,
+        send_back: Callable[[str, str, str, str], Order] | None = None,
     ):
         """`orders` (the repository, built when first needed: a stock read never reads an order)
         and `reject` (OrderActions.reject: order id, shipment id, reason, actor) let a stock take
         below the reserved units send the shipments it no longer covers to be sourced again;
-        without them such a count is refused (InsufficientStock)."""
+        without them such a count is refused (InsufficientStock). `send_back`
+        (OrderActions.source_backorder_again: order id, location id, reason, actor) sends a
+        backordered order's units there back to be sourced; without it they are kept."""
+        self._send_back = send_back
         self._inventory = inventory
         self._catalog = catalog
         self._orders = orders
         self._reject = reject
+        self._clock = clock
 
     def _require(self, sku: str, location_id: str) -> None:
         if self._catalog.get_product(sku) is None:
@@ -148,13 +166,17 @@ class InventoryService:
         same and the pending shipments at that location holding the sku, newest order first, are
         rejected (reason `stock_count`, by `actor`) until what stays reserved fits it: each order is
         sourced again with that location excluded. The count lands first, in a write conditional on
-        the reservations it is to release still being held and the rest fitting: `available` is
-        negative until those releases land, so no order reserves the released units before. A
-        count sent again (or after the function died between the count and the rejects) finds the
-        same count short and rejects what is left. InsufficientStock, recording nothing, when
-        rejecting every such shipment would not make it fit (units held by ready pickups, or by
-        orders not yet allocated or waiting for stock)."""
+        the reservations it is to release still being held and the rest fitting, which marks the
+        stock item short (ShortCount) until what stays reserved fits: `available` is negative until
+        those releases land, so no order reserves the released units before. A count sent again,
+        or the reconciler's pass over the marks (finish_short_counts) after the function died
+        between the count and the rejects, finds the same count short and rejects what is left.
+        InsufficientStock, recording nothing, when rejecting every such shipment would not make it
+        fit (units held by ready pickups, or by orders on hold or not yet allocated). Units a
+        backordered order holds there go first (send_back: it is sourced again without that
+        location, reason `stock_count`), newest order first: they are in no parcel yet."""
         self._require(sku, location_id)
+        short = ShortCount(sku, location_id, actor, self._clock())
         written = False
         for _ in range(COUNT_ATTEMPTS):
             level, held = self._inventory.held_at(sku, location_id)
@@ -169,29 +191,83 @@ class InventoryService:
                 shipments, releasing = self._to_reject(location_id, held, level.reserved - on_hand)
             except InsufficientStock:
                 if written:  # recorded by this call; a shipment was readied for pickup since
+                    self._inventory.short_count_finished(short)
                     return level
                 raise
             try:
-                level = self._inventory.set_on_hand(sku, location_id, on_hand, reason="stock_take", releasing=releasing)
+                level = self._inventory.set_on_hand(
+                    sku, location_id, on_hand, reason="stock_take", releasing=releasing, short=short
+                )
             except InsufficientStock:
                 continue  # the reservations changed meanwhile
             written = True
-            for order_id, shipment_id in shipments:
-                with contextlib.suppress(Conflict, NotFound):  # moved on (cancelled, shipped): planned again below
-                    self._reject(order_id, shipment_id, STOCK_COUNT_REASON, actor)
+            self._rejected(location_id, shipments, actor)
             level, _ = self._inventory.held_at(sku, location_id)
             if level.reserved <= level.on_hand:
+                self._inventory.short_count_finished(short)
                 return level
-        if written:  # recorded; what a shipment turned pickup since keeps, a count sent again sends
+        if written:  # recorded, its mark kept: the reconciler's pass (or the count sent again) finishes it
             return level
         raise InsufficientStock(
             f"cannot count {on_hand}: the units of {sku} reserved at {location_id} keep changing; count again",
             details=[{"field": "on_hand", "message": f"{level.reserved} units are reserved"}],
         )
 
+    def _rejected(self, location_id: str, shipments: list[tuple[str, str, bool]], actor: str) -> None:
+        assert self._reject is not None
+        for order_id, shipment_id, backordered in shipments:
+            with contextlib.suppress(Conflict, NotFound):  # moved on (cancelled, shipped): planned again after
+                if backordered:
+                    assert self._send_back is not None
+                    self._send_back(order_id, location_id, STOCK_COUNT_REASON, actor)
+                else:
+                    self._reject(order_id, shipment_id, STOCK_COUNT_REASON, actor)
+
+    def finish_short_counts(
+        self, done: ShortCountsFinished, before: datetime, limit: int = SHORT_COUNTS_PAGE, time_up: TimeUp = never
+    ) -> None:
+        """Finish the stock takes recorded short before `before` whose function died between the
+        count and its rejects (their marks: InventoryRepository.short_counts), oldest first: the
+        pending shipments there are rejected (by the count's actor, reason `stock_count`) until what
+        stays reserved fits what is on hand, as the count sent again would, without writing the
+        count again (an adjustment since stands). A mark is removed once it fits, or once nothing
+        left there may be sent elsewhere (ready pickups: their collection or expiry ends it). The
+        marks finished go in `done.finished`; one whose work raised (a reject's plugin, a table down)
+        in `done.failed`, its mark left for the next pass, and the pass goes on to the next. None
+        is started once `time_up`: the rest wait for the next pass."""
+        for short in self._inventory.short_counts(before, limit):
+            if time_up():
+                return  # the rest to the next pass
+            try:
+                finished = self._finish(short)
+            except Exception as error:  # any: the other marks are still finished
+                done.failed[short] = error
+                continue
+            if finished:
+                done.finished.append(short)
+
+    def _finish(self, short: ShortCount) -> bool:
+        """Whether `short` is finished (its mark removed): what stays reserved fits, or nothing left
+        there may be sent elsewhere. Orders that kept moving on meanwhile leave it for the next pass."""
+        for _ in range(COUNT_ATTEMPTS):
+            level, held = self._inventory.held_at(short.sku, short.location_id)
+            if level.reserved <= level.on_hand:
+                break
+            try:
+                shipments, _ = self._to_reject(short.location_id, held, level.reserved - level.on_hand)
+            except InsufficientStock:
+                break  # held by orders no count sends elsewhere
+            self._rejected(short.location_id, shipments, short.actor)
+        else:
+            level, _ = self._inventory.held_at(short.sku, short.location_id)
+            if level.reserved > level.on_hand:
+                return False
+        self._inventory.short_count_finished(short)
+        return True
+
     def _to_reject(
         self, location_id: str, held: dict[str, int], excess: int
-    ) -> tuple[list[tuple[str, str]], dict[str, int]]:
+    ) -> tuple[list[tuple[str, str, bool]], dict[str, int]]:
         """The shipments at `location_id` to reject, newest order first, so that `excess` reserved
         units go, and the reservations ({order#line: units}) their rejects release.
         InsufficientStock when rejecting every one the location may still reject falls short."""
@@ -199,30 +275,36 @@ class InventoryService:
         by_order: dict[str, dict[str, int]] = defaultdict(dict)
         for key, units in held.items():
             by_order[key.rpartition("#")[0]][key] = units
-        candidates: list[tuple[Order, str]] = []
+        candidates: list[tuple[Order, str, bool]] = []
         for order_id, order in self._orders().get_many(sorted(by_order)).items():
             shipment_id = shipment_id_for(order_id, location_id)
+            waiting = order.status is OrderStatus.BACKORDERED and self._send_back is not None
+            if waiting and any(a.location_id == location_id for a in order.allocations):
+                candidates.append((order, shipment_id, True))
+                continue
             rejected = location_id in order.excluded_locations and all(s.id != shipment_id for s in order.shipments)
             if not rejected:
                 try:
                     order.rejectable(shipment_id)
                 except (Conflict, NotFound):
                     continue  # not a pending shipment there (a ready pickup, not yet allocated, held, ...)
-            candidates.append((order, shipment_id))
-        candidates.sort(key=lambda found: (found[0].created_at, found[0].id), reverse=True)
-        shipments: list[tuple[str, str]] = []
+            candidates.append((order, shipment_id, False))
+        # A backordered order's units first (they are in no parcel yet: it waits for stock anyway),
+        # then pending shipments; newest order first within each.
+        candidates.sort(key=lambda found: (found[2], found[0].created_at, found[0].id), reverse=True)
+        shipments: list[tuple[str, str, bool]] = []
         releasing: dict[str, int] = {}
-        for order, shipment_id in candidates:
+        for order, shipment_id, backordered in candidates:
             if sum(releasing.values()) >= excess:
                 break
-            shipments.append((order.id, shipment_id))
+            shipments.append((order.id, shipment_id, backordered))
             releasing.update(by_order[order.id])
         if sum(releasing.values()) < excess:
             kept = sum(held.values()) - sum(releasing.values())
             raise InsufficientStock(
                 f"{kept} units reserved at {location_id} are held by orders its count cannot send elsewhere",
                 details=[{"field": "on_hand", "message": f"must be at least the {kept} units held by ready pickups "
-                          "and orders not pending there"}],
+                          "and orders held or not pending there"}],
             )  # fmt: skip
         if len(shipments) > MAX_COUNT_REJECTS or len(releasing) > MAX_COUNT_RELEASES:
             raise InsufficientStock(

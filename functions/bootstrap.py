@@ -416,13 +416,17 @@ class Container:
 
     @cached_property
     def inventory(self) -> InventoryService:
-        # A stock take below the reserved units rejects the shipments it no longer covers.
+        # A stock take below the reserved units rejects the shipments it no longer covers, and
+        # sends backordered orders' units there back to be sourced.
         return InventoryService(
             self.inventory_repository,
             self.cached_catalog,
             orders=lambda: self.order_repository,
             reject=lambda order_id, shipment_id, reason, actor: self.actions.reject(
                 order_id, shipment_id, reason, actor
+            ),
+            send_back=lambda order_id, location_id, reason, actor: self.actions.source_backorder_again(
+                order_id, location_id, reason, actor
             ),
         )
 

@@ -48,6 +48,7 @@ from core.ports import (
     ReturnFilter,
     ReturnRepository,
     SettlementCaptures,
+    ShortCount,
     SourcingRulesRepository,
     StalledOrder,
     StalledOrders,
@@ -549,18 +550,32 @@ def order_update(
     }
 
 
-def _stock_moved(table: str, sku: str, location_id: str, moves: list[StockMove]) -> dict[str, Any]:
+def _stock_moved(
+    table: str, sku: str, location_id: str, moves: list[StockMove], on_hand: int | None = None
+) -> dict[str, Any]:
     """One Update of a stock item for all its moves (a transaction may name an item once), each
     conditional on its reservation holding exactly its `held` units: released or shrunk units go
     back to available (the filler's `arrived` marker set, as DynamoInventory.release sets it),
     shipped ones leave on_hand (the markers removed, as DynamoInventory.ship does, unless units
-    were freed with them)."""
+    were freed with them), as DynamoInventory.ship decides, on `on_hand` as read (needed when
+    units ship): when it holds fewer than leave (a stock take recorded short since), the count
+    stands and they go back to available instead; conditional on on_hand still deciding it so."""
     freed = sum(m.held - m.keep for m in moves)
     shipped = sum(m.keep for m in moves if m.ships)
     names: dict[str, str] = {}
     values: dict[str, Any] = {":gone": freed + shipped, ":freed": freed, ":shipped": shipped}
     sets = ["reserved = reserved - :gone", "available = available + :freed", "on_hand = on_hand - :shipped"]
     removes, conditions = [], []
+    if shipped:
+        if on_hand is None:
+            raise ValueError("units that ship need the stock item's on_hand as read")
+        if on_hand >= shipped:
+            conditions.append("on_hand >= :shipped")
+        else:  # counted after the parcels left: the count stands
+            conditions.append("on_hand < :shipped")
+            sets[1:] = ["available = available + :gone"]
+            del values[":freed"]
+            freed += shipped  # back to available: an arrival as far as the filter knows
     for n, move in enumerate(moves):
         names[f"#k{n}"] = move.key
         values[f":h{n}"] = move.held
@@ -835,7 +850,8 @@ class DynamoOrders(OrderRepository):
         inventory = self._inventory_table
         if inventory is None:
             raise ValueError("stock moves need the Inventory table: DynamoOrders(client, table, inventory_table)")
-        stock = [_stock_moved(inventory, *item, group) for item, group in sorted(by_item.items())]
+        on_hand = self._on_hand(inventory, [item for item, group in by_item.items() if any(m.ships for m in group)])
+        stock = [_stock_moved(inventory, *item, group, on_hand.get(item)) for item, group in sorted(by_item.items())]
         room = TRANSACTION_ITEMS - 1
         for start in range(0, len(stock), room):
             last = start + room >= len(stock)
@@ -847,6 +863,14 @@ class DynamoOrders(OrderRepository):
             self._transact(expected, [head, *stock[start : start + room]])
         if order is not None:
             self._bound_history_written(order.id)
+
+    def _on_hand(self, table: str, items: list[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        """on_hand of the stock items `items` (sku, location_id), read consistently: where units
+        ship (written-off parcels' only: rare), _stock_moved decides on it."""
+        keys = [{"sku": {"S": sku}, "location_id": {"S": location_id}} for sku, location_id in sorted(items)]
+        found = batch_get(self._client, table, keys, "sku, location_id, on_hand", consistent=True) if keys else []
+        values = [from_item(item) for item in found]
+        return {(item["sku"], item["location_id"]): int(item.get("on_hand", 0)) for item in values}
 
     @staticmethod
     def _order_check(table: str, expected: Order) -> dict[str, Any]:
@@ -2077,6 +2101,15 @@ ARRIVED = "arrived"
 WITHDRAWN = "withdrawn"
 
 
+# A stock take recorded below the reserved units marks its stock item (the sparse short_counts
+# index: template.yaml) until what stays reserved fits it: the reconciler finishes one whose
+# function died between the count and its rejects.
+SHORT_COUNT, SHORT_COUNTED_AT, SHORT_COUNT_ACTOR = "short_count", "short_counted_at", "short_count_actor"
+SHORT_COUNTS_INDEX = "short_counts"
+# How many times a ship's stock write is decided again when on_hand moves between its two writes.
+SHIP_ATTEMPTS = 5
+
+
 def _level(values: dict[str, Any]) -> StockLevel:
     values = _numbers_to_python(values)
     # Open purchase orders' expected dates (functions.adapters.purchasing.EXPECTED_PREFIX).
@@ -2109,8 +2142,9 @@ class DynamoInventory(InventoryRepository):
         return self._client.update_item(**request)
 
     def set_on_hand(
-        self, sku: str, location_id: str, on_hand: int, reason: str, releasing: dict[str, int] | None = None
-    ) -> StockLevel:
+        self, sku: str, location_id: str, on_hand: int, reason: str, releasing: dict[str, int] | None = None,
+        short: ShortCount | None = None,
+    ) -> StockLevel:  # fmt: skip
         releasing = releasing or {}
         # A count may be higher than the last one: it is an arrival as far as the filter knows. One
         # below the reserved units is not (available stays negative until the releases land, whose
@@ -2129,8 +2163,11 @@ class DynamoInventory(InventoryRepository):
             values[f":h{i}"] = units
             conditions.append(f"reservations.#k{i} = :h{i}")
         if not releasing:
-            expression += f", {ARRIVED} = :arrived"
+            expression += f", {ARRIVED} = :arrived REMOVE {SHORT_COUNT}, {SHORT_COUNTED_AT}, {SHORT_COUNT_ACTOR}"
             values[":arrived"] = True
+        elif short is not None:  # the mark the reconciler finds it by (short_counts), should its rejects not all land
+            expression += f", {SHORT_COUNT} = :short, {SHORT_COUNTED_AT} = :counted_at, {SHORT_COUNT_ACTOR} = :actor"
+            values.update({":short": SHORT_COUNT, ":counted_at": timestamp(short.counted_at), ":actor": short.actor})
         request: dict[str, Any] = {
             "TableName": self._table,
             "Key": {"sku": {"S": sku}, "location_id": {"S": location_id}},
@@ -2153,6 +2190,35 @@ class DynamoInventory(InventoryRepository):
                 details=[{"field": "on_hand", "message": f"must be at least the {reserved} reserved units"}],
             ) from None
         return _level(from_item(response["Attributes"]))
+
+    def short_counts(self, before: datetime, limit: int) -> list[ShortCount]:
+        response = self._client.query(
+            TableName=self._table,
+            IndexName=SHORT_COUNTS_INDEX,
+            KeyConditionExpression=f"{SHORT_COUNT} = :short AND {SHORT_COUNTED_AT} < :before",
+            ExpressionAttributeValues={":short": {"S": SHORT_COUNT}, ":before": {"S": timestamp(before)}},
+            Limit=limit,
+        )
+        found = [from_item(item) for item in response.get("Items", [])]
+        return [
+            ShortCount(item["sku"], item["location_id"], item.get(SHORT_COUNT_ACTOR, "stock_take"),
+                       datetime.fromisoformat(item[SHORT_COUNTED_AT]))
+            for item in found
+        ]  # fmt: skip
+
+    def short_count_finished(self, count: ShortCount) -> None:
+        try:
+            self._client.update_item(
+                TableName=self._table,
+                Key={"sku": {"S": count.sku}, "location_id": {"S": count.location_id}},
+                UpdateExpression=f"REMOVE {SHORT_COUNT}, {SHORT_COUNTED_AT}, {SHORT_COUNT_ACTOR}",
+                ConditionExpression=f"{SHORT_COUNTED_AT} = :counted_at",
+                ExpressionAttributeValues={":counted_at": {"S": timestamp(count.counted_at)}},
+            )
+        except ClientError as error:
+            if not _is_conditional_failure(error):
+                raise
+            # removed already, or marked by a later count: that one's to finish
 
     def held_at(self, sku: str, location_id: str) -> tuple[StockLevel, dict[str, int]]:
         # A Query (the API function's grant), read consistently.
@@ -2405,13 +2471,38 @@ class DynamoInventory(InventoryRepository):
             ) from None
 
     def ship(self, sku: str, location_id: str, key: str) -> None:
-        self._reservation_update(
-            sku, location_id, key,
-            "SET reserved = reserved - reservations.#key, on_hand = on_hand - reservations.#key "
-            f"REMOVE reservations.#key, {ARRIVED}, {WITHDRAWN}",
-            "attribute_exists(reservations.#key)",
-            {},
-        )  # fmt: skip
+        """The parcel left (a fact, never refused here): its reservation goes, and its units leave
+        on_hand when on_hand holds them. Only a stock take recorded below the reserved units, its
+        rejects not landed yet, leaves on_hand below a reservation; a count counts every unit there,
+        so one below this parcel's units was taken after it left: the count stands (on_hand as
+        counted, the reservation's units back to available) and on_hand never goes below zero.
+        Each write conditional on what it read; on_hand changed between them, it is decided again."""
+        for _ in range(SHIP_ATTEMPTS):
+            old = self._reservation_update(
+                sku, location_id, key,
+                "SET reserved = reserved - reservations.#key, on_hand = on_hand - reservations.#key "
+                f"REMOVE reservations.#key, {ARRIVED}, {WITHDRAWN}",
+                "attribute_exists(reservations.#key) AND on_hand >= reservations.#key",
+                {},
+            )  # fmt: skip
+            held = (old or {}).get("reservations", {}).get(key)
+            if old is None or held is None:
+                return  # shipped now, or by an earlier run (or released meanwhile)
+            counted = self._reservation_update(
+                sku, location_id, key,
+                f"SET reserved = reserved - :held, available = available + :held, {ARRIVED} = :arrived "
+                "REMOVE reservations.#key",
+                "reservations.#key = :held AND on_hand < :held",
+                {":held": held, ":arrived": True},
+            )  # fmt: skip
+            if counted is None:
+                logger.warning(
+                    "parcel shipped after a stock take counted fewer units than it carries: the count stands",
+                    extra={"sku": sku, "location_id": location_id, "key": key, "units": int(held),
+                           "on_hand": int(old.get("on_hand", 0))},
+                )  # fmt: skip
+                return
+        raise ReservationsChanged(f"on_hand of {sku} at {location_id} kept changing as a parcel left; ship it again")
 
     def restock(self, sku: str, location_id: str, key: str, quantity: int) -> None:
         """A ledger item (sku `restocked#<key>`, which no real sku can be: `#` is not allowed in

@@ -12,7 +12,9 @@ edits left on orders nobody changes again, and the cancelled orders' own the gat
 (core/authorization_sweep.py); records the settlement captures cancels of units asked for and never
 recorded, which the jeopardy scan never finds on an order shipped since (core/capture_sweep.py's
 run_settlements); recounts from their line markers the imports a worker killed between marking a
-line and counting it left running short (core/import_recount.py). Each run starts with the next
+line and counting it left running short (core/import_recount.py); finishes the stock takes recorded
+below the reserved units whose function died before their rejects (core/services.py's
+InventoryService.finish_short_counts). Each run starts with the next
 pass in turn, and starts none without the time to run it, so a backlog in one keeps none of the
 others from running for good; within a pass, no order or return is started without that time either
 (core/deadline.py): a pass with a backlog stops, is reported, and leaves the rest to the next runs."""
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any, TypeVar
 
 from aws_lambda_powertools import Logger, Metrics
@@ -30,6 +33,7 @@ from core.authorization_sweep import Settled, SettleIncomplete
 from core.capture_sweep import CapturesNotSettled, CapturesSettled
 from core.deadline import Deadline
 from core.log_text import escape_for_log
+from core.models import utc_now
 from core.pickups import PickupsExpired
 from core.reconciliation import Reconciled
 from core.refund_service import (
@@ -43,6 +47,7 @@ from core.refund_service import (
     SweepIncomplete,
 )
 from core.return_reconciliation import ReturnsNotReconciled
+from core.services import ShortCountsFinished
 from functions.bootstrap import WarmContainer
 from functions.business_metrics import emits_business_metrics
 from functions.business_metrics import flush as print_business_metrics
@@ -60,6 +65,9 @@ T = TypeVar("T")
 # pass and the passes before it did, and the next run would find the same backlog. The passes left
 # wait for the runs that start with them; what a pass cut short did not start, for its next run.
 PASS_RESERVE_MILLIS = 15_000
+# A stock take recorded short is finished by the reconciler only this long after it was counted:
+# its own request (the API's 29 seconds) is over by then, dead or done.
+SHORT_COUNT_GRACE = timedelta(minutes=2)
 # What the kept-back pass logs of an order it failed on (a plugin's error, no plugin, a table down),
 # by what the order owed first when it failed (KeptBackRefunded.failed_owing).
 NOT_DONE = {
@@ -85,6 +93,7 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         name: [] for name in (
             "restarted", "parked", "expired", "pickups_held", "returns_restarted", "refunds_finished",
             "kept_back_refunded", "authorizations_settled", "captures_settled", "ships_held", "ships_unconfirmed",
+            "stock_takes_finished",
         )
     }  # fmt: skip
 
@@ -299,11 +308,30 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
             captures_settled=captures.settled, ships_held=captures.held, ships_unconfirmed=captures.unconfirmed
         )
 
+    def stock_takes(time_up: Deadline) -> None:
+        done = ShortCountsFinished()
+        before = utc_now() - SHORT_COUNT_GRACE
+        isolated("stock takes", lambda: container().inventory.finish_short_counts(done, before, time_up=time_up), done)
+        for short in done.finished:
+            logger.warning(
+                "stock take recorded short finished: its function died before its rejects",
+                extra={"sku": short.sku, "location_id": short.location_id, "counted_at": short.counted_at.isoformat()},
+            )
+        for short, error in done.failed.items():
+            logger.error("stock take recorded short not finished: the next pass tries it again",
+                         extra={"sku": short.sku, "location_id": short.location_id}, exc_info=error)  # fmt: skip
+        if done.finished:
+            metrics.add_metric(name="StockTakesFinished", unit=MetricUnit.Count, value=len(done.finished))
+        if done.failed:
+            failures.append(next(iter(done.failed.values())))  # the errors alarm calls a person
+        answer.update(stock_takes_finished=[f"{s.sku}/{s.location_id}" for s in done.finished])
+
     passes = [
         ("stalled orders", stalled_orders), ("pickup expiry", pickup_expiry), ("returns", returns),
         ("carrier work", carrier_work), ("refunds", refunds), ("authorizations", authorizations),
         ("settlement captures", settlement_captures),
         ("imports", lambda time_up: recount_imports(container, isolated, time_up)),
+        ("stock takes", stock_takes),
     ]  # fmt: skip
     first = _first_pass(event, len(passes))
     left = []

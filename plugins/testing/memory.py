@@ -30,6 +30,7 @@ from core.ports import (
     ReceivedReturns,
     ReturnFilter,
     ReturnRepository,
+    ShortCount,
     SourcingRulesRepository,
     StockMove,
     TopUp,
@@ -282,6 +283,7 @@ class InMemoryInventory(InventoryRepository):
         self.restocked: set[str] = set()
         self.refused_restocks: dict[tuple[str, str], int] = {}  # (location, key): units past MAX_ON_HAND
         self.adjusted: dict[tuple[str, str, str], tuple[int, str]] = {}  # what each key counted
+        self.short: dict[tuple[str, str], ShortCount] = {}  # stock takes recorded short, by stock item
 
     def _get(self, sku: str, location_id: str) -> StockLevel:
         return self.stock.get(
@@ -299,8 +301,9 @@ class InMemoryInventory(InventoryRepository):
         self._put(level.model_copy(update={"available": level.on_hand - level.reserved}))
 
     def set_on_hand(
-        self, sku: str, location_id: str, on_hand: int, reason: str, releasing: dict[str, int] | None = None
-    ) -> StockLevel:
+        self, sku: str, location_id: str, on_hand: int, reason: str, releasing: dict[str, int] | None = None,
+        short: ShortCount | None = None,
+    ) -> StockLevel:  # fmt: skip
         level = self._get(sku, location_id)
         releasing = releasing or {}
         held = self._held(sku, location_id)
@@ -308,7 +311,19 @@ class InMemoryInventory(InventoryRepository):
             raise InsufficientStock("the reservations to release changed")
         if on_hand + sum(releasing.values()) < level.reserved:
             raise InsufficientStock("below reserved")
+        if short is not None and releasing:
+            self.short[(sku, location_id)] = short
+        else:
+            self.short.pop((sku, location_id), None)
         return self._put(level.model_copy(update={"on_hand": on_hand, "available": on_hand - level.reserved}))
+
+    def short_counts(self, before: datetime, limit: int) -> list[ShortCount]:
+        marked = sorted((c for c in self.short.values() if c.counted_at < before), key=lambda c: c.counted_at)
+        return marked[:limit]
+
+    def short_count_finished(self, count: ShortCount) -> None:
+        if self.short.get((count.sku, count.location_id)) == count:
+            del self.short[(count.sku, count.location_id)]
 
     def held_at(self, sku: str, location_id: str) -> tuple[StockLevel, dict[str, int]]:
         return self._get(sku, location_id), dict(self.held.get((sku, location_id), {}))
@@ -389,8 +404,10 @@ class InMemoryInventory(InventoryRepository):
         quantity = self._held(sku, location_id).pop(key, None)
         if quantity is not None:
             level = self._get(sku, location_id)
-            self._put(level.model_copy(update={"reserved": level.reserved - quantity,
-                                               "on_hand": level.on_hand - quantity}))  # fmt: skip
+            # Fewer on hand than it carries (a stock take recorded short since): the count stands.
+            gone = quantity if level.on_hand >= quantity else 0
+            self._put(level.model_copy(update={"reserved": level.reserved - quantity, "on_hand": level.on_hand - gone,
+                                               "available": level.available + quantity - gone}))  # fmt: skip
 
     def holds(self, moves: Sequence[StockMove]) -> bool:
         """Whether each move's reservation holds exactly its `held` units (the condition of its write)."""

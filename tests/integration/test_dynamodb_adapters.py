@@ -1325,6 +1325,26 @@ def test_an_orders_write_and_its_stock_moves_land_together(order_and_stock):
     assert _level(inventory, "MUG", "wh-west") == (5, 2, 3)
 
 
+def test_a_written_off_parcels_units_never_take_on_hand_below_a_short_count(order_and_stock):
+    # A stock take recorded 1 where the parcel's reservation held 3 (its rejects not landed): a
+    # count counts every unit there, so the parcel had left before it. The count stands; nothing
+    # goes below zero.
+    orders, inventory, owing = order_and_stock
+    pen, mug = f"{owing.id}#L2", f"{owing.id}#L1"
+    _reserved(inventory, pen, ("PEN", "wh-west", 3))
+    _reserved(inventory, mug, ("MUG", "wh-west", 2))
+    inventory.set_on_hand("PEN", "wh-west", 1, reason="stock_take", releasing={pen: 3})
+    released, _ = owing.stock_released(at=NOW)
+    moves = [StockMove("PEN", "wh-west", pen, held=3, keep=3, ships=True),
+             StockMove("MUG", "wh-west", mug, held=2, keep=2, ships=True)]  # fmt: skip
+
+    orders.update_with_stock(released, owing, [], moves)
+
+    assert _level(inventory, "PEN", "wh-west") == (1, 0, 1)
+    assert _level(inventory, "MUG", "wh-west") == (3, 0, 3)  # covered: its units leave as ever
+    assert orders.get(owing.id, consistent=True) == released
+
+
 def test_an_order_that_moved_on_cancels_the_whole_write(order_and_stock):
     orders, inventory, owing = order_and_stock
     key = f"{owing.id}#L1"

@@ -107,7 +107,7 @@ def did(**done: list[str]) -> dict[str, list[str]]:
     return {
         "restarted": [], "parked": [], "expired": [], "pickups_held": [], "returns_restarted": [],
         "refunds_finished": [], "kept_back_refunded": [], "authorizations_settled": [], "captures_settled": [],
-        "ships_held": [], "ships_unconfirmed": [], **done,
+        "ships_held": [], "ships_unconfirmed": [], "stock_takes_finished": [], **done,
     }  # fmt: skip
 
 
@@ -247,10 +247,12 @@ def test_the_reconciler_queries_the_status_index_and_never_scans(stack, monkeypa
     # and those set aside waiting for a plugin of each method one takes (the test stack's `acme_pay`
     # and `test`); then the orders owing a carrier work, the refunds left pending, what returns
     # kept back, the authorizations edits left and the settlement captures cancels left (the
-    # by_pending_refund index's five partitions); then the imports' listing, for imports left short.
-    assert [operation for operation, _ in calls] == ["query"] * 13
-    *calls, (_, imports) = calls
+    # by_pending_refund index's five partitions); then the imports' listing, for imports left short;
+    # then the stock takes recorded short (the Inventory table's short_counts).
+    assert [operation for operation, _ in calls] == ["query"] * 14
+    *calls, (_, imports), (_, short_counts) = calls
     assert "IndexName" not in imports and imports["ExpressionAttributeValues"][":pk"] == {"S": "IMPORTS"}
+    assert short_counts["IndexName"] == "short_counts"
     assert [kwargs["IndexName"] for _, kwargs in calls] == [
         "by_status_key", "by_status_key", "by_pending_refund", "by_pickup_deadline", *["by_receipt"] * 3,
         *["by_pending_refund"] * 5,
@@ -1448,7 +1450,7 @@ def test_a_return_shows_what_it_kept_back_though_the_run_that_finished_its_refun
 
 PASSES = [
     "stalled orders", "pickup expiry", "returns", "carrier work", "refunds", "authorizations", "settlement captures",
-    "imports",
+    "imports", "stock takes",
 ]  # fmt: skip
 
 
@@ -1463,6 +1465,7 @@ def passes_run(stack, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     from core.reconciliation import Reconciled, Reconciler
     from core.refund_service import KeptBackRefunded, KeptBackSweep, PendingRefundSweep
     from core.return_reconciliation import ReturnReconciler
+    from core.services import InventoryService
 
     ran: list[str] = []
 
@@ -1483,6 +1486,7 @@ def passes_run(stack, monkeypatch: pytest.MonkeyPatch) -> list[str]:
         (UnsettledAuthorizationSweep, "run", "authorizations", Settled()),
         (UnrecordedCaptureSweep, "run_settlements", "settlement captures", CapturesSettled([], [], [])),
         (StuckImportRecount, "run", "imports", Recounted()),
+        (InventoryService, "finish_short_counts", "stock takes", None),
     ):
         monkeypatch.setattr(owner, method, recorded(name, answer))
     return ran
@@ -1493,7 +1497,7 @@ def scheduled(at: str) -> dict[str, Any]:
 
 
 def test_each_scheduled_run_starts_with_the_next_pass_so_a_backlog_in_one_holds_no_other_back(passes_run):
-    # Every pass comes first once in seven runs: a backlog that fills the minute with the passes
+    # Every pass comes first once in nine runs: a backlog that fills the minute with the passes
     # run first never keeps the refunds, voids and settlements from their turn.
     from functions.reconciler.app import lambda_handler
 
@@ -1905,3 +1909,60 @@ def test_a_parcel_a_carrier_reported_whose_report_died_before_its_ship_is_shippe
     assert "ReportedDeliveriesFinished" not in emitted(capsys.readouterr().out)  # once
     item = aws.dynamodb.get_item(TableName=aws.tables["OrdersTable"], Key={"id": {"S": order.id}})["Item"]
     assert "refund_key" not in item
+
+
+# --- Stock takes recorded short whose function died before their rejects ------------------------
+
+
+def test_a_short_count_whose_function_died_before_its_rejects_is_finished_through_its_index(stack):
+    from core.services import InventoryService
+    from functions.adapters.dynamodb import DynamoInventory
+    from functions.bootstrap import Config, bootstrap
+
+    aws = stack["aws"]
+    services = bootstrap(Config.from_env(), label_store=FakeLabels())
+    services.catalog.put_product("MUG", ProductInput.model_validate(product_body("12.50")))
+    services.catalog.put_location("wh-west", LocationInput.model_validate(location_body()))
+    services.inventory.count("MUG", "wh-west", 4)
+    older = allocated(services, place_order(external_id="web-older", lines=[{"sku": "MUG", "quantity": 2}]))
+    newer = allocated(services, place_order(external_id="web-newer", lines=[{"sku": "MUG", "quantity": 2}]))
+
+    def died(*args: object) -> None:
+        raise RuntimeError("the API function timed out after the count")
+
+    counted_at = utc_now() - timedelta(minutes=5)  # its request is long over
+    dying = InventoryService(
+        services.inventory_repository, services.cached_catalog, orders=lambda: services.order_repository,
+        reject=died, clock=lambda: counted_at,
+    )  # fmt: skip
+    with pytest.raises(RuntimeError):
+        dying.count("MUG", "wh-west", 3, actor="key_counter")
+    inventory = DynamoInventory(aws.dynamodb, aws.tables["InventoryTable"])
+    (level,) = inventory.levels({"MUG"}, consistent=True)["MUG"]
+    assert (level.on_hand, level.reserved, level.available) == (3, 4, -1)  # counted, nothing rejected
+
+    assert reconcile() == did(stock_takes_finished=["MUG/wh-west"])
+
+    (level,) = inventory.levels({"MUG"}, consistent=True)["MUG"]
+    assert (level.on_hand, level.reserved, level.available) == (3, 2, 1)
+    assert services.order_repository.get(older.id) == older
+    _, history = services.order_repository.history(newer.id)
+    assert [(e.actor, e.detail["reason"]) for e in history if e.type == "shipment_rejected"] == [
+        ("key_counter", "stock_count")
+    ]
+    assert inventory.short_counts(utc_now(), 10) == []  # its mark removed
+    assert reconcile()["stock_takes_finished"] == []
+
+
+def test_a_short_count_still_in_its_request_is_left_to_it(stack):
+    from core.ports import ShortCount
+    from functions.adapters.dynamodb import DynamoInventory
+
+    inventory = DynamoInventory(stack["aws"].dynamodb, stack["aws"].tables["InventoryTable"])
+    inventory.adjust("MUG", "wh-west", 4, reason="receipt")
+    inventory.reserve("MUG", "wh-west", "ord_x#L1", 4)
+    short = ShortCount("MUG", "wh-west", "key_counter", utc_now())
+    inventory.set_on_hand("MUG", "wh-west", 1, reason="stock_take", releasing={"ord_x#L1": 4}, short=short)
+
+    assert reconcile()["stock_takes_finished"] == []
+    assert inventory.short_counts(utc_now() + timedelta(seconds=1), 10) == [short]

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from core.fulfillment import OrderActions
 from tests.e2e.client import Catalog, order_body, put_network, unique
 from tests.integration.in_process import InProcessApi, in_process_api_with_labels, run_to_allocated
 
@@ -56,4 +57,78 @@ def test_a_count_below_reserved_is_recorded_and_the_newest_order_is_sourced_agai
     assert {**again_counted, "updated_at": None} == {**counted.json(), "updated_at": None}
     assert [(s["id"], s["status"]) for s in api.get(f"/orders/{older['id']}").json()["shipments"]] == [
         (s["id"], s["status"]) for s in older["shipments"]
+    ]
+
+
+def test_a_parcel_shipped_between_a_short_count_and_its_reject_never_takes_on_hand_below_zero(
+    api: InProcessApi, monkeypatch: pytest.MonkeyPatch
+):
+    # The count lands first (available negative until its rejects release), then its function dies
+    # before the reject; the warehouse confirms the parcel left. Counted at 1, the parcel of 4 had
+    # left before the count (a count counts every unit there): the ship takes its reservation, not
+    # units the count never saw, and on_hand stays as counted.
+    network = put_network(api)
+    catalog = Catalog(api)
+    sku = catalog.product("10.00")
+    catalog.stock(sku, network["west"], 4)
+    catalog.stock(sku, network["east"], 10)
+    placed = api.post("/orders", json=order_body((sku, 4)))
+    assert placed.status_code == 201, placed.text
+    order = run_to_allocated(api, placed.json()["id"])
+    (shipment,) = order["shipments"]
+    assert shipment["location_id"] == network["west"]
+
+    def died(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("the function timed out after the count")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(OrderActions, "reject", died)
+        assert api.put(f"/inventory/{sku}/{network['west']}", json={"on_hand": 1}).status_code >= 500
+    shipped = api.post(f"/orders/{order['id']}/shipments/{shipment['id']}/ship", json={})
+
+    assert shipped.status_code == 200, shipped.text
+    assert shipped.json()["shipments"][0]["status"] == "shipped"
+    west = stock_at(api, sku, network["west"])
+    assert west == {"on_hand": 1, "reserved": 0, "available": 1}
+    counted_again = api.put(f"/inventory/{sku}/{network['west']}", json={"on_hand": 1})
+    assert counted_again.status_code == 200, counted_again.text
+    assert rejected_by_count(api, order["id"]) == []
+
+
+def stock_at(api: InProcessApi, sku: str, location_id: str) -> dict[str, int]:
+    (found,) = [loc for loc in api.get(f"/inventory/{sku}").json()["locations"] if loc["location_id"] == location_id]
+    return {name: found[name] for name in ("on_hand", "reserved", "available")}
+
+
+def rejected_by_count(api: InProcessApi, order_id: str) -> list[dict]:
+    entries = api.get(f"/orders/{order_id}/history").json()["items"]
+    return [e for e in entries if e["type"] == "shipment_rejected" and e["detail"]["reason"] == "stock_count"]
+
+
+def test_a_count_below_what_a_backordered_order_holds_sends_it_back_to_be_sourced_not_refused(api: InProcessApi):
+    from core.errors import Backordered
+    from functions.bootstrap import Config, bootstrap
+
+    network = put_network(api)
+    catalog = Catalog(api)
+    sku = catalog.product("10.00", allow_backorder=True)
+    catalog.stock(sku, network["west"], 3)
+    placed = api.post("/orders", json=order_body((sku, 5)))
+    assert placed.status_code == 201, placed.text
+    order_id = placed.json()["id"]
+    steps = bootstrap(Config.from_env()).workflow
+    steps.authorize_payment(order_id, attempt=0)
+    with pytest.raises(Backordered):
+        steps.reserve_stock(order_id)  # 3 reserved at west, 2 short: it waits for stock
+    assert stock_at(api, sku, network["west"]) == {"on_hand": 3, "reserved": 3, "available": 0}
+
+    counted = api.put(f"/inventory/{sku}/{network['west']}", json={"on_hand": 1})
+
+    assert counted.status_code == 200, counted.text  # was 409: the backorder's units were kept
+    assert stock_at(api, sku, network["west"]) == {"on_hand": 1, "reserved": 0, "available": 1}
+    order = api.get(f"/orders/{order_id}").json()
+    assert order["status"] == "authorized"  # its workflow sources it again, without west
+    entries = api.get(f"/orders/{order_id}/history").json()["items"]
+    assert [(e["detail"]["reason"], e["detail"]["location_id"]) for e in entries if e["type"] == "sourced_again"] == [
+        ("stock_count", network["west"])
     ]

@@ -8,14 +8,16 @@ that could not fit even with every pending shipment rejected is refused and reco
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 
 import pytest
 
-from core.errors import Backordered, InsufficientStock, OutOfStock
+from core.errors import Backordered, InsufficientStock, InvalidTransition, OutOfStock
 from core.events import OrderEvent
-from core.services import InventoryService
+from core.ports import ShortCount
+from core.services import InventoryService, ShortCountsFinished
 from core.status import OrderStatus
-from tests.builders import product
+from tests.builders import NOW, product
 from tests.unit.world import Clock, World, build_world
 
 S = OrderStatus
@@ -45,7 +47,10 @@ def world() -> World:
 
 
 def service(world: World) -> InventoryService:
-    return InventoryService(world.inventory, world.catalog, orders=lambda: world.orders, reject=world.actions.reject)
+    return InventoryService(
+        world.inventory, world.catalog, orders=lambda: world.orders, reject=world.actions.reject,
+        send_back=world.actions.source_backorder_again,
+    )  # fmt: skip
 
 
 def allocated_later(world: World, *lines: tuple[str, int], **overrides: object):
@@ -175,10 +180,10 @@ def test_an_order_reserved_between_the_read_and_the_count_is_planned_for(world, 
     real = world.inventory.set_on_hand
     racing: list[str] = []
 
-    def set_on_hand(sku, location_id, on_hand, reason, releasing=None):
+    def set_on_hand(sku, location_id, on_hand, reason, releasing=None, short=None):
         if releasing and not racing:
             racing.append(allocated_later(world, ("TSHIRT", 2)).id)  # reserved at wh-west: 10 now
-        return real(sku, location_id, on_hand, reason, releasing)
+        return real(sku, location_id, on_hand, reason, releasing, short)
 
     monkeypatch.setattr(world.inventory, "set_on_hand", set_on_hand)
     level = service(world).count("TSHIRT", "wh-west", 5, actor=KEY)
@@ -223,8 +228,8 @@ def test_an_order_cancelled_between_the_count_and_its_reject_is_left_cancelled(w
     newer = allocated_later(world, ("TSHIRT", 4))
     real = world.inventory.set_on_hand
 
-    def set_on_hand(sku, location_id, on_hand, reason, releasing=None):
-        level = real(sku, location_id, on_hand, reason, releasing)
+    def set_on_hand(sku, location_id, on_hand, reason, releasing=None, short=None):
+        level = real(sku, location_id, on_hand, reason, releasing, short)
         if releasing:
             world.actions.cancel(newer.id, "customer_request", actor="key_web")
         return level
@@ -236,3 +241,76 @@ def test_an_order_cancelled_between_the_count_and_its_reject_is_left_cancelled(w
     assert world.order(newer.id).status is S.CANCELLED
     assert rejected_by_count(world, newer.id) == []
     assert world.order(older.id) == older
+
+
+def backordered_later(world: World, *lines: tuple[str, int]) -> str:
+    """An order placed a minute later that reserves what there is and waits for the rest."""
+    CLOCKS[id(world)].advance(minutes=1)
+    order_id = world.place(*lines)
+    world.workflow.authorize_payment(order_id, attempt=0)
+    with pytest.raises(Backordered):
+        world.workflow.reserve_stock(order_id)
+    return order_id
+
+
+def sent_back_by_count(world: World, order_id: str) -> list[tuple[str | None, str, dict]]:
+    return [
+        (e.actor, e.to_status, e.detail)
+        for e in world.history(order_id)
+        if e.type is OrderEvent.SOURCED_AGAIN and e.detail.get("reason") == "stock_count"
+    ]
+
+
+def test_a_backordered_orders_units_at_the_location_go_back_to_be_sourced_before_any_shipment_goes(world):
+    older = allocated_later(world, ("BOOK", 2))
+    waiting = backordered_later(world, ("BOOK", 5))  # 2 reserved at wh-west, 3 short
+    assert world.level("BOOK", "wh-west") == (4, 4, 0)
+
+    level = service(world).count("BOOK", "wh-west", 2, actor=KEY)
+
+    assert (level.on_hand, level.reserved, level.available) == (2, 2, 0)
+    assert world.order(older.id) == older  # its parcel is ready to leave: it keeps it
+    assert rejected_by_count(world, older.id) == []
+    ((actor, status, detail),) = sent_back_by_count(world, waiting)
+    assert (actor, status, detail["location_id"]) == (KEY, S.AUTHORIZED, "wh-west")
+    assert world.order(waiting).allocations == []
+    again = sourced_again(world, waiting)
+    assert again.status is S.BACKORDERED  # BOOK is stocked nowhere else: it waits for stock again
+    assert world.level("BOOK", "wh-west") == (2, 2, 0)
+
+
+def test_a_count_below_what_a_backordered_order_holds_there_is_recorded_not_refused(world):
+    older = allocated_later(world, ("BOOK", 2))
+    waiting = backordered_later(world, ("BOOK", 5))
+
+    level = service(world).count("BOOK", "wh-west", 1, actor=KEY)  # was 409: the backorder's 2 kept
+
+    assert (level.on_hand, level.reserved, level.available) == (1, 0, 1)
+    assert [len(rejected_by_count(world, older.id)), len(sent_back_by_count(world, waiting))] == [1, 1]
+    assert service(world).count("BOOK", "wh-west", 1, actor=KEY) == level  # again: nothing more
+    assert [len(rejected_by_count(world, older.id)), len(sent_back_by_count(world, waiting))] == [1, 1]
+
+
+def test_a_count_whose_rejects_keep_losing_keeps_its_mark_for_the_reconcilers_pass(world):
+    older = allocated_later(world, ("TSHIRT", 4))
+    newer = allocated_later(world, ("TSHIRT", 4))
+
+    def lost(*args: object) -> None:
+        raise InvalidTransition("the order moved on meanwhile")
+
+    losing = InventoryService(
+        world.inventory, world.catalog, orders=lambda: world.orders, reject=lost, clock=lambda: NOW
+    )  # fmt: skip
+    level = losing.count("TSHIRT", "wh-west", 5, actor=KEY)
+
+    assert (level.on_hand, level.reserved) == (5, 8)  # recorded; nothing went elsewhere
+    assert world.inventory.short_counts(NOW + timedelta(seconds=1), 10) == [ShortCount("TSHIRT", "wh-west", KEY, NOW)]
+    done = ShortCountsFinished()
+    service(world).finish_short_counts(done, before=NOW + timedelta(minutes=5))
+
+    assert (done.finished, done.failed) == ([ShortCount("TSHIRT", "wh-west", KEY, NOW)], {})
+    assert world.level("TSHIRT", "wh-west") == (5, 4, 1)
+    assert world.order(older.id) == older
+    ((actor, _, _),) = rejected_by_count(world, newer.id)
+    assert actor == KEY
+    assert world.inventory.short_counts(NOW + timedelta(minutes=5), 10) == []

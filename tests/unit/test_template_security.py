@@ -224,6 +224,10 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
         # An expired pickup's units are released as a cancel releases them; those a cancel of
         # units died before releasing, in one transaction with the order's write or check.
         (ORDERS, "dynamodb:ConditionCheckItem"): [DynamoOrders],
+        # A stock take recorded short whose function died: the orders holding units there, whose
+        # shipments the pass rejects (InventoryService.finish_short_counts); its marks are Queried
+        # on the Inventory table's short_counts.
+        (ORDERS, "dynamodb:BatchGetItem"): [DynamoOrders],
         (INVENTORY, "dynamodb:UpdateItem"): [DynamoInventory, DynamoOrders],
         (INVENTORY, "dynamodb:BatchGetItem"): [DynamoInventory],
         (INVENTORY, "dynamodb:Query"): [DynamoInventory],
