@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import pytest
 
 from core import hookimpl
-from core.errors import Conflict, InvalidRequest, NotFound, PluginError, TransientError
+from core.errors import Conflict, InvalidRequest, NotFound, ParcelNotConfirmed, PluginError, TransientError
 from core.models import LineInput, OrderEdit
 from core.services import OrderQueries
 from core.status import OrderStatus, ShipmentStatus
@@ -394,17 +394,37 @@ def test_a_delivered_scan_of_a_pending_parcel_is_kept_once_and_captures_nothing(
     assert len(world.spy.captured) == len(captured) + 1  # the location's ship captured, once
 
 
-def test_a_scan_kept_for_a_parcel_sourced_again_does_not_deliver_the_new_parcel_of_the_same_id(tracking, world):
-    order = world.allocated(("MUG", 1))
+def test_a_scanned_parcel_is_neither_edited_nor_cancelled_by_a_key_that_cannot_confirm_it(tracking, world):
+    order = world.allocated(("MUG", 2))
     (parcel,) = order.shipments
     post(tracking, world, event(order.id, parcel.id))
     current = world.order(order.id)
-    assert current.delivery_scan(parcel.id) is not None
+    edit = OrderEdit(lines=[LineInput(sku="MUG", quantity=1)])
 
-    world.actions.edit(order.id, current.version, OrderEdit(lines=[LineInput(sku="MUG", quantity=2)]), "key_cs")
-    world.run(order.id)
+    with pytest.raises(ParcelNotConfirmed) as edited:
+        world.actions.edit(order.id, current.version, edit, "key_cs")
+    with pytest.raises(ParcelNotConfirmed):
+        world.actions.cancel(order.id, "one is enough", "key_cs", lines={"L1": 1}, confirms_parcels=False)
+    with pytest.raises(ParcelNotConfirmed):
+        world.actions.cancel(order.id, "changed my mind", "key_cs", confirms_parcels=False)
+
+    assert edited.value.details == [
+        {"shipment_id": parcel.id, "message": "scanned delivered by its carrier: its ship is to be confirmed"}
+    ]
+    assert world.order(order.id) == current
+
+
+def test_a_scan_kept_for_a_parcel_booked_again_does_not_deliver_it(tracking, world):
+    """A person (orders:approve) found the parcel never left and cancelled one of its units: it is
+    booked again, and the old booking's scan does not deliver the new parcel of the same id."""
+    order = world.allocated(("MUG", 2))
+    (parcel,) = order.shipments
+    post(tracking, world, event(order.id, parcel.id))
+    assert world.order(order.id).delivery_scan(parcel.id) is not None
+
+    world.actions.cancel(order.id, "one is enough", "key_ops", lines={"L1": 1}, confirms_parcels=True)
     again = world.order(order.id)
-    assert [s.id for s in again.shipments] == [parcel.id]  # the same location: the same shipment id
+    assert [(s.id, s.lines[0].quantity) for s in again.shipments] == [(parcel.id, 1)]
     shipped = world.actions.ship(order.id, parcel.id, None, actor="key_wh")
 
     assert shipped.shipment(parcel.id).status is ShipmentStatus.SHIPPED
