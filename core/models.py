@@ -2151,10 +2151,13 @@ class Order(Shown):
         cancels it. None too while a ship's capture request stands on it (unfinished_ships): a held
         order never ships, so that ship died, and its parcel may have left; the capture sweep makes
         the hold a park (Order.park_for_unfinished_ships), which an expiry that ran first would
-        have cancelled, putting the parcel's units back on sale."""
+        have cancelled, putting the parcel's units back on sale. And None while its carrier's scan
+        says a pending parcel was delivered (parcels_scanned): the hold stops its location's ship,
+        and the expiry's cancel would put the parcel's units back on sale and release the payment
+        for goods the customer has; a person ends it (released, the parcel is shipped)."""
         if self.status is not OrderStatus.ON_HOLD or (self.hold is not None and self.hold.parked):
             return None
-        if self.unfinished_ships():
+        if self.unfinished_ships() or (self.delivery_scans and self.parcels_scanned()):
             return None
         return self.in_status_since
 

@@ -4,20 +4,23 @@ On the unit tests' world, with the built-in flat-rate carrier reading the webhoo
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from core import hookimpl
 from core.errors import Conflict, InvalidRequest, NotFound, ParcelNotConfirmed, PluginError, TransientError
+from core.holds import HoldRequest, Holds
+from core.jeopardy import JeopardyScan, parse_sla
 from core.models import LineInput, OrderEdit
 from core.services import OrderQueries
 from core.status import OrderStatus, ShipmentStatus
 from core.tracking import CarrierTracking, parse_shipment_reference, shipment_reference
 from core.workflow_types import RefusedField, RefusedTrackingEvent, TrackingUpdate
 from plugins.flat_rate_carrier import TRACKING_CARRIER, tracking_number
+from plugins.testing.memory import InMemoryLateOrders
 from tests.builders import NOW
-from tests.unit.world import World, build_world
+from tests.unit.world import Clock, World, build_world
 
 S = OrderStatus
 SCANNED_AT = "2026-11-23T09:30:00Z"
@@ -474,3 +477,27 @@ def test_ids_that_are_no_oms_ids_name_no_shipment_and_are_never_looked_up(plugin
 
     assert [u.outcome for u in report.updates] == ["unknown_shipment"] * 4
     assert asked == []
+
+
+def test_a_hold_on_an_order_whose_parcel_was_scanned_delivered_never_expires_it(tracking):
+    """A person's hold stops the location's ship; expired, the hold would cancel the order, putting
+    the parcel's units back on sale and releasing the payment for goods the carrier delivered. It
+    waits for that person, as a hold on a parcel to confirm does (the scan's late mark finds it)."""
+    clock = Clock()
+    world = build_world(STOCK, clock=clock)
+    order = world.allocated(("MUG", 2))
+    (parcel,) = order.shipments
+    clock.advance(days=1)
+    post(tracking, world, event(order.id, parcel.id))
+    Holds(world.orders, clock=clock).hold(order.id, HoldRequest(reason="customer_request"), actor="key_cs")
+    clock.advance(days=30)
+
+    done = JeopardyScan(
+        InMemoryLateOrders(world.orders), world.orders, world.actions.cancel, clock,
+        sla=parse_sla(""), hold_expiry=timedelta(days=3),
+    ).run()  # fmt: skip
+
+    assert done.expired == []
+    held = world.order(order.id)
+    assert (held.status, held.payment.status) == (S.ON_HOLD, "authorized")
+    assert sum(world.held_for(order.id).values()) == 2 and world.spy.voided == []
