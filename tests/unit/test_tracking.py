@@ -501,3 +501,19 @@ def test_a_hold_on_an_order_whose_parcel_was_scanned_delivered_never_expires_it(
     held = world.order(order.id)
     assert (held.status, held.payment.status) == (S.ON_HOLD, "authorized")
     assert sum(world.held_for(order.id).values()) == 2 and world.spy.voided == []
+
+
+def test_units_of_another_parcel_than_the_scanned_one_are_still_cancelled_by_a_storefront(tracking, world):
+    order = world.allocated(("MUG", 1), ("CAP", 1))
+    west, east = world.shipment_at(order, "wh-west"), world.shipment_at(order, "wh-east")
+    post(tracking, world, event(order.id, east))
+    mug = next(line.line_id for line in order.lines if line.sku == "MUG")
+
+    cancelled = world.actions.cancel(order.id, "no mug", "key_cs", lines={mug: 1}, confirms_parcels=False)
+
+    assert cancelled.shipment(west).status is ShipmentStatus.CANCELLED
+    assert cancelled.shipment(east).status is ShipmentStatus.PENDING
+    assert cancelled.delivery_scan(east) is not None
+    shipped = world.actions.ship(order.id, east, None, actor="key_wh")
+    assert (shipped.status, shipped.shipment(east).status) == (S.DELIVERED, ShipmentStatus.DELIVERED)
+    assert shipped.payment.captured == shipped.totals.grand_total
