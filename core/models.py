@@ -4031,6 +4031,18 @@ class Order(Shown):
         held_from = self.hold.resume_to if self.status is OrderStatus.ON_HOLD and self.hold is not None else None
         return OrderStatus.BACKORDERED in (self.status, held_from)
 
+    def reserved_on_hold(self) -> bool:
+        """Held between ReserveStock and CreateShipments (a park, or a person's hold landing then):
+        stock reserved for it (allocations) and no shipment yet. Its release restarts its workflow,
+        which books the parcels; a cancel of its units sends it back to be sourced, as an edit does."""
+        return (
+            self.status is OrderStatus.ON_HOLD
+            and self.hold is not None
+            and self.hold.resume_to is OrderStatus.AUTHORIZED
+            and bool(self.allocations)
+            and not self.shipments
+        )
+
     def backorder_filled(self) -> bool:
         """Backordered with every unit reserved: it waits for no stock, only for the execution its
         last fill started to create its shipments (CreateShipments allocates it). Should that
@@ -4042,8 +4054,9 @@ class Order(Shown):
         shipped. Only an allocated (held or not), partly shipped or (with `lines`) backordered (held
         or not: waits_for_stock) or not yet sourced (not_sourced) order cancels units
         (InvalidTransition otherwise); a line the order lacks, or more units than a line has, is
-        InvalidRequest; units that have shipped are InvalidTransition (409: they are returned instead)."""
-        waiting = (self.waits_for_stock() or self.not_sourced()) and lines is not None
+        InvalidRequest; units that have shipped are InvalidTransition (409: they are returned instead).
+        Held with stock reserved and no shipment yet (reserved_on_hold) counts as not yet sourced."""
+        waiting = (self.waits_for_stock() or self.not_sourced() or self.reserved_on_hold()) and lines is not None
         if not (self.ships_units_left() or waiting):
             raise InvalidTransition(f"units of an order that is {self.status} cannot be cancelled")
         # A backordered or not yet sourced order has no shipment yet: every unit of it is unshipped.
@@ -4154,7 +4167,7 @@ class Order(Shown):
                                         "to": totals.grand_total.model_dump(mode="json")}, **keyed},
                 lines=lines, totals=totals, promotion_grants=kept_grants, **repriced,
             )  # fmt: skip
-        if self.waits_for_stock():
+        if self.waits_for_stock() or self.reserved_on_hold():
             # Nothing is in a shipment yet: like an edit, the order is sourced again for what is left
             # (its workflow counts its reservations as its own and gives back what it no longer needs).
             # A held one stays on hold, released to `authorized`, which starts that workflow again.

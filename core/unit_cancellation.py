@@ -208,7 +208,7 @@ class UnitCancellation:
                                             writes_off=confirms_parcels)  # fmt: skip
             if _owes_back(new):
                 new = new.owing_settlement()  # with the cancel: should this function die before giving it
-            if not order.waits_for_stock() and not order.not_sourced():
+            if not order.waits_for_stock() and not order.not_sourced() and not order.reserved_on_hold():
                 new = new.owing_stock()  # with the cancel: should this function die before releasing it
             beyond = _beyond_authorization(order, new) if lines is not None else None
             if beyond is not None:
@@ -226,8 +226,8 @@ class UnitCancellation:
                 # Sent back to be sourced: its restarted workflow reconciles the reservations, and
                 # nothing was captured to settle.
                 return new
-            if order.not_sourced() or order.waits_for_stock():  # a held one's workflow waits for its release
-                return self._not_sourced_cancelled(new, actor)
+            if order.not_sourced() or order.waits_for_stock() or order.reserved_on_hold():
+                return self._not_sourced_cancelled(new, actor)  # a held one's workflow waits for its release
             self.cancel_given_up(self.book_labels_due(new, actor), actor)
             return self._settle(new, actor)
         raise StaleVersion(f"order {order_id} kept changing; retry")
@@ -307,7 +307,7 @@ class UnitCancellation:
         units_to_cancel refuses them (InvalidRequest, 422), never taken for every unit."""
         if lines is None or order.status is S.PARTIALLY_SHIPPED:
             return False
-        if not (order.ships_units_left() or order.waits_for_stock() or order.not_sourced()):
+        if not (order.ships_units_left() or order.waits_for_stock() or order.not_sourced() or order.reserved_on_hold()):
             return False
         cancelled = order.units_to_cancel(lines)
         return all(cancelled.get(line.line_id, 0) == line.quantity for line in order.lines)
