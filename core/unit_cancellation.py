@@ -226,8 +226,12 @@ class UnitCancellation:
                 # Sent back to be sourced: its restarted workflow reconciles the reservations, and
                 # nothing was captured to settle.
                 return new
-            if order.not_sourced() or order.waits_for_stock() or order.reserved_on_hold():
-                return self._not_sourced_cancelled(new, actor)  # a held one's workflow waits for its release
+            if order.reserved_on_hold():
+                # Sent back to be sourced as an edit sends it: the bookings a CreateShipments that
+                # failed made are given up, and cancelled with their carrier now, as an edit's are.
+                return self._not_sourced_cancelled(self.cancel_given_up(new, actor), actor)
+            if order.not_sourced() or order.waits_for_stock():  # a held one's workflow waits for its release
+                return self._not_sourced_cancelled(new, actor)
             self.cancel_given_up(self.book_labels_due(new, actor), actor)
             return self._settle(new, actor)
         raise StaleVersion(f"order {order_id} kept changing; retry")
