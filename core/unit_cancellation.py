@@ -176,10 +176,18 @@ class UnitCancellation:
                 continue
             if (lines is None and order.status is not S.PARTIALLY_SHIPPED) or everything:
                 keyed = {"request_key": request_key} if lines and request_key is not None else None
-                cancelled_whole = self._cancellation.cancel(
-                    order_id, reason, actor, channel=channel, detail=keyed, confirms_parcels=confirms_parcels,
-                    writes_off=confirms_parcels,
-                )  # fmt: skip
+                try:
+                    cancelled_whole = self._cancellation.cancel(
+                        order_id, reason, actor, channel=channel, detail=keyed, confirms_parcels=confirms_parcels,
+                        writes_off=confirms_parcels,
+                    )  # fmt: skip
+                except InvalidTransition:
+                    # A parcel's ship overtook the cancel of everything not shipped after its read:
+                    # what is not shipped is cancelled on the order as it is now (the rest), as the
+                    # contract cancels it on a partly shipped order; any other refusal stands.
+                    if lines is not None or not self._shipped_since(order):
+                        raise
+                    continue
                 return self.cancel_given_up(cancelled_whole, actor)
             try:
                 cancelled = order.units_to_cancel(lines)
@@ -235,6 +243,12 @@ class UnitCancellation:
             self.cancel_given_up(self.book_labels_due(new, actor), actor)
             return self._settle(new, actor)
         raise StaleVersion(f"order {order_id} kept changing; retry")
+
+    def _shipped_since(self, read: Order) -> bool:
+        """Whether a parcel of `read` (the order a cancel decided on) shipped since: the order, read
+        consistently, is partly shipped now."""
+        current = self._orders.get(read.id, consistent=True)
+        return current is not None and current.status is S.PARTIALLY_SHIPPED and read.status is not S.PARTIALLY_SHIPPED
 
     def _not_sourced_cancelled(self, order: Order, actor: str) -> Order:
         """After units of an order not yet sourced were cancelled: nothing was captured to settle,
