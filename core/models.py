@@ -2151,10 +2151,13 @@ class Order(Shown):
         cancels it. None too while a ship's capture request stands on it (unfinished_ships): a held
         order never ships, so that ship died, and its parcel may have left; the capture sweep makes
         the hold a park (Order.park_for_unfinished_ships), which an expiry that ran first would
-        have cancelled, putting the parcel's units back on sale."""
+        have cancelled, putting the parcel's units back on sale. And None while its carrier's scan
+        says a pending parcel was delivered (parcels_scanned): the hold stops its location's ship,
+        and the expiry's cancel would put the parcel's units back on sale and release the payment
+        for goods the customer has; a person ends it (released, the parcel is shipped)."""
         if self.status is not OrderStatus.ON_HOLD or (self.hold is not None and self.hold.parked):
             return None
-        if self.unfinished_ships():
+        if self.unfinished_ships() or (self.delivery_scans and self.parcels_scanned()):
             return None
         return self.in_status_since
 
@@ -2188,16 +2191,20 @@ class Order(Shown):
         named = [*self.hold.confirms_ships, *self.hold.ships_to_confirm, *self.unfinished_ships()]
         return list(dict.fromkeys(named))
 
-    def check_parcels_kept(self, what: str, shipment_ids: list[str] | None = None) -> None:
+    def check_parcels_kept(self, what: str, shipment_ids: list[str] | None = None, *, scans: bool = True) -> None:
         """ParcelNotConfirmed (409) when `what` would touch a parcel waiting for a person to confirm
-        whether it left (parcels_to_confirm): those of `shipment_ids`, or with None any (an edit or a
-        reject sends every parcel of the order back to be sourced). InvalidTransition (409) when it
-        would touch one a carrier reported delivered whose ship is not finished (parcels_reported):
-        it left, so its units are not put back on sale."""
+        whether it left (parcels_to_confirm), or, unless not `scans` (a person's cancel, who answers
+        that), one its carrier scanned delivered before its ship was confirmed (parcels_scanned):
+        those of `shipment_ids`, or with None any (an edit or a reject sends every parcel of the
+        order back to be sourced). InvalidTransition (409) when it would touch one a carrier
+        reported delivered whose ship is not finished (parcels_reported): it left, so its units are
+        not put back on sale."""
         self.check_parcels_reported(what, shipment_ids)
         waiting = self.parcels_to_confirm()
         touched = [s for s in waiting if shipment_ids is None or s in shipment_ids]
         if not touched:
+            if scans:
+                self._check_parcels_scanned(what, shipment_ids)
             return
         raise ParcelNotConfirmed(
             f"order {self.id} waits for a person to confirm whether shipment {', '.join(touched)} left with "
@@ -2230,6 +2237,31 @@ class Order(Shown):
                 details=[{"shipment_id": s, "message": "reported delivered by its carrier: it left"}
                          for s in reported],
             )  # fmt: skip
+
+    def parcels_scanned(self) -> list[str]:
+        """The pending parcels their carrier scanned delivered before their location confirmed the
+        ship (delivery_scans): the customer has them, by the carrier's word, which captures nothing
+        (only the location's ship does) but puts nothing back on sale either."""
+        scanned = {scan.shipment_id for scan in self.delivery_scans}
+        return [s.id for s in self.shipments if s.id in scanned and s.status is ShipmentStatus.PENDING]
+
+    def _check_parcels_scanned(self, what: str, shipment_ids: list[str] | None) -> None:
+        """ParcelNotConfirmed (409) when `what` would touch a parcel of parcels_scanned (of
+        `shipment_ids`, or with None any): cancelled, edited or sourced again, its units would go
+        back on sale and its payment be released (or a second parcel sent) for goods the carrier
+        delivered. Its location's ship records it shipped and delivered (its units are returned
+        then); a person who finds it never left cancels it (orders:approve: check_parcels_kept)."""
+        scanned = [s for s in self.parcels_scanned() if shipment_ids is None or s in shipment_ids]
+        if not scanned:
+            return
+        raise ParcelNotConfirmed(
+            f"the carrier scanned shipment {', '.join(scanned)} of order {self.id} delivered before its location "
+            f"confirmed the ship: it cannot be {what}; the location's ship of it "
+            f"(POST /orders/{self.id}/shipments/{scanned[0]}/ship) records it shipped and delivered (return its "
+            "units then), and if it never left a key with orders:approve may cancel it",
+            details=[{"shipment_id": s, "message": "scanned delivered by its carrier: its ship is to be confirmed"}
+                     for s in scanned],
+        )  # fmt: skip
 
     def parcels_refused(self) -> list[str]:
         """The parcels a carrier reported delivered whose ship is not recorded (parcels_reported)
@@ -2369,10 +2401,11 @@ class Order(Shown):
         marks = [_replaced(r, given_up=True) if r is reported else r for r in self.reported_delivered]
         return self._bookkeeping(at=at, reported_delivered=marks)
 
-    def _parcels_kept(self) -> set[str]:
+    def _parcels_kept(self, *, scans: bool = True) -> set[str]:
         """The parcels no cancel of units may take units from: those waiting for a person to confirm
-        whether they left (parcels_to_confirm), and those a carrier reported delivered (parcels_reported)."""
-        return {*self.parcels_to_confirm(), *self.parcels_reported()}
+        whether they left (parcels_to_confirm), those a carrier reported delivered (parcels_reported)
+        and, unless not `scans` (a person's cancel), those it scanned delivered (parcels_scanned)."""
+        return {*self.parcels_to_confirm(), *self.parcels_reported(), *(self.parcels_scanned() if scans else ())}
 
     def delivery_scan(self, shipment_id: str) -> DeliveryScan | None:
         """The carrier's scan of the parcel of `shipment_id` delivered before its ship was confirmed,
@@ -4016,6 +4049,18 @@ class Order(Shown):
         held_from = self.hold.resume_to if self.status is OrderStatus.ON_HOLD and self.hold is not None else None
         return OrderStatus.BACKORDERED in (self.status, held_from)
 
+    def reserved_on_hold(self) -> bool:
+        """Held between ReserveStock and CreateShipments (a park, or a person's hold landing then):
+        stock reserved for it (allocations) and no shipment yet. Its release restarts its workflow,
+        which books the parcels; a cancel of its units sends it back to be sourced, as an edit does."""
+        return (
+            self.status is OrderStatus.ON_HOLD
+            and self.hold is not None
+            and self.hold.resume_to is OrderStatus.AUTHORIZED
+            and bool(self.allocations)
+            and not self.shipments
+        )
+
     def backorder_filled(self) -> bool:
         """Backordered with every unit reserved: it waits for no stock, only for the execution its
         last fill started to create its shipments (CreateShipments allocates it). Should that
@@ -4027,8 +4072,9 @@ class Order(Shown):
         shipped. Only an allocated (held or not), partly shipped or (with `lines`) backordered (held
         or not: waits_for_stock) or not yet sourced (not_sourced) order cancels units
         (InvalidTransition otherwise); a line the order lacks, or more units than a line has, is
-        InvalidRequest; units that have shipped are InvalidTransition (409: they are returned instead)."""
-        waiting = (self.waits_for_stock() or self.not_sourced()) and lines is not None
+        InvalidRequest; units that have shipped are InvalidTransition (409: they are returned instead).
+        Held with stock reserved and no shipment yet (reserved_on_hold) counts as not yet sourced."""
+        waiting = (self.waits_for_stock() or self.not_sourced() or self.reserved_on_hold()) and lines is not None
         if not (self.ships_units_left() or waiting):
             raise InvalidTransition(f"units of an order that is {self.status} cannot be cancelled")
         # A backordered or not yet sourced order has no shipment yet: every unit of it is unshipped.
@@ -4055,15 +4101,16 @@ class Order(Shown):
     def check_units_spare_parcels(self, cancelled: dict[str, int], *, writes_off: bool = False) -> None:
         """ParcelNotConfirmed (409) when the `cancelled` units ({line_id: units}) cannot all come
         from parcels other than those waiting for a person to confirm whether they left
-        (parcels_to_confirm): cancel_units takes them from the others, and never from those.
-        `writes_off` (a person's cancel): the refused parcels whose every unit it names
-        (parcels_written_off) give theirs first."""
+        (parcels_to_confirm), or a carrier reported or scanned delivered (_parcels_kept):
+        cancel_units takes them from the others, and never from those. `writes_off` (a person's
+        cancel): the refused parcels whose every unit it names (parcels_written_off) give theirs
+        first, and the scanned ones are as any other (the person answers whether they left)."""
         off = self.parcels_written_off(cancelled) if writes_off else []
         if off:
             cancelled = dict(cancelled)
             for item in (item for s in self.shipments if s.id in off for item in s.lines):
                 cancelled[item.line_id] -= item.quantity
-        waiting = self._parcels_kept() - set(off)
+        waiting = self._parcels_kept(scans=not writes_off) - set(off)
         if not waiting:
             return
         # A capture request standing on the hold is settled before any units are cancelled (refunded,
@@ -4082,7 +4129,7 @@ class Order(Shown):
                     spare[item.line_id] += item.quantity
         short = [line_id for line_id, units in cancelled.items() if units > spare[line_id]]
         touched = [shipment_id for line_id in short for shipment_id in holding[line_id]]
-        self.check_parcels_kept("cancelled in part", list(dict.fromkeys(touched)))
+        self.check_parcels_kept("cancelled in part", list(dict.fromkeys(touched)), scans=not writes_off)
 
     def cancel_units(
         self, cancelled: dict[str, int], priced: dict[str, OrderLine], totals: Totals, *, reason: str, at: datetime,
@@ -4138,7 +4185,7 @@ class Order(Shown):
                                         "to": totals.grand_total.model_dump(mode="json")}, **keyed},
                 lines=lines, totals=totals, promotion_grants=kept_grants, **repriced,
             )  # fmt: skip
-        if self.waits_for_stock():
+        if self.waits_for_stock() or self.reserved_on_hold():
             # Nothing is in a shipment yet: like an edit, the order is sourced again for what is left
             # (its workflow counts its reservations as its own and gives back what it no longer needs).
             # A held one stays on hold, released to `authorized`, which starts that workflow again.
@@ -4155,7 +4202,7 @@ class Order(Shown):
         # carrier's van, and its units must not go back on sale.
         self.check_units_spare_parcels(cancelled, writes_off=writes_off)
         off = self.parcels_written_off(cancelled) if writes_off else []
-        waiting = self._parcels_kept() - set(off)
+        waiting = self._parcels_kept(scans=not writes_off) - set(off)
         taking = dict(cancelled)
         removed: dict[tuple[str, str], int] = {}
         shrunk: list[str] = []

@@ -176,10 +176,18 @@ class UnitCancellation:
                 continue
             if (lines is None and order.status is not S.PARTIALLY_SHIPPED) or everything:
                 keyed = {"request_key": request_key} if lines and request_key is not None else None
-                cancelled_whole = self._cancellation.cancel(
-                    order_id, reason, actor, channel=channel, detail=keyed, confirms_parcels=confirms_parcels,
-                    writes_off=confirms_parcels,
-                )  # fmt: skip
+                try:
+                    cancelled_whole = self._cancellation.cancel(
+                        order_id, reason, actor, channel=channel, detail=keyed, confirms_parcels=confirms_parcels,
+                        writes_off=confirms_parcels,
+                    )  # fmt: skip
+                except InvalidTransition:
+                    # A parcel's ship overtook the cancel of everything not shipped after its read:
+                    # what is not shipped is cancelled on the order as it is now (the rest), as the
+                    # contract cancels it on a partly shipped order; any other refusal stands.
+                    if lines is not None or not self._shipped_since(order):
+                        raise
+                    continue
                 return self.cancel_given_up(cancelled_whole, actor)
             try:
                 cancelled = order.units_to_cancel(lines)
@@ -208,7 +216,7 @@ class UnitCancellation:
                                             writes_off=confirms_parcels)  # fmt: skip
             if _owes_back(new):
                 new = new.owing_settlement()  # with the cancel: should this function die before giving it
-            if not order.waits_for_stock() and not order.not_sourced():
+            if not order.waits_for_stock() and not order.not_sourced() and not order.reserved_on_hold():
                 new = new.owing_stock()  # with the cancel: should this function die before releasing it
             beyond = _beyond_authorization(order, new) if lines is not None else None
             if beyond is not None:
@@ -226,11 +234,21 @@ class UnitCancellation:
                 # Sent back to be sourced: its restarted workflow reconciles the reservations, and
                 # nothing was captured to settle.
                 return new
+            if order.reserved_on_hold():
+                # Sent back to be sourced as an edit sends it: the bookings a CreateShipments that
+                # failed made are given up, and cancelled with their carrier now, as an edit's are.
+                return self._not_sourced_cancelled(self.cancel_given_up(new, actor), actor)
             if order.not_sourced() or order.waits_for_stock():  # a held one's workflow waits for its release
                 return self._not_sourced_cancelled(new, actor)
             self.cancel_given_up(self.book_labels_due(new, actor), actor)
             return self._settle(new, actor)
         raise StaleVersion(f"order {order_id} kept changing; retry")
+
+    def _shipped_since(self, read: Order) -> bool:
+        """Whether a parcel of `read` (the order a cancel decided on) shipped since: the order, read
+        consistently, is partly shipped now."""
+        current = self._orders.get(read.id, consistent=True)
+        return current is not None and current.status is S.PARTIALLY_SHIPPED and read.status is not S.PARTIALLY_SHIPPED
 
     def _not_sourced_cancelled(self, order: Order, actor: str) -> Order:
         """After units of an order not yet sourced were cancelled: nothing was captured to settle,
@@ -307,7 +325,7 @@ class UnitCancellation:
         units_to_cancel refuses them (InvalidRequest, 422), never taken for every unit."""
         if lines is None or order.status is S.PARTIALLY_SHIPPED:
             return False
-        if not (order.ships_units_left() or order.waits_for_stock() or order.not_sourced()):
+        if not (order.ships_units_left() or order.waits_for_stock() or order.not_sourced() or order.reserved_on_hold()):
             return False
         cancelled = order.units_to_cancel(lines)
         return all(cancelled.get(line.line_id, 0) == line.quantity for line in order.lines)

@@ -375,7 +375,8 @@ BACKORDER_FILLED_KEY = "backorder_filled"
 # its hold began, in the same `collect_by` (the jeopardy scan's hold expiry: Order.
 # hold_expiry_counts_from). A park (Order.park), as an order held to confirm whether its parcel
 # left (Order.hold_unfinished_ships), is never expired and has no entry (Hold.parked), nor has a
-# held order a ship of which died after asking for its capture, until the sweep parks it. The two never
+# held order a ship of which died after asking for its capture, until the sweep parks it, nor one whose
+# carrier scanned a pending parcel delivered before its ship (Order.parcels_scanned). The two never
 # meet: a held order's pickup waits (Order.pickup_deadline). Only held orders and waiting pickups
 # are in it: the typical order writes no entry.
 PICKUP_PK = "ready_for_pickup"

@@ -602,3 +602,60 @@ def test_a_cancel_whose_payment_plugin_crashes_in_the_void_answers_the_cancelled
     assert "failed in oms_payment_void: ValueError" in failed["detail"]["message"]
     again = cancel(api, order["id"], lines if lines is None else None)  # the plugin works again: voided
     assert (again.status_code, again.json()["payment"]["status"]) == (200, "voided"), again.text
+
+
+def test_units_of_an_order_parked_between_reserving_and_booking_its_parcels_are_cancelled(api):
+    """The workflow reserved the stock, then could not book the parcels (the carrier down past its
+    retries) and parked the order for a person: it is held from `authorized` with its allocations
+    and no shipment. A cancel of units is the customer's to make as on any held order (it was 409
+    invalid_transition): the order stays held, what its lines no longer want is given back at once,
+    and its release sources it again for what is left."""
+    from functions.bootstrap import Config, bootstrap
+
+    body = order_body(external_id=f"web-c{next(_orders)}", lines=[{"sku": "MUG", "quantity": 3}])
+    placed = api.post("/orders", json=body)
+    assert placed.status_code == 201, placed.text
+    order_id = placed.json()["id"]
+    workflow = bootstrap(Config.from_env()).workflow
+    workflow.authorize_payment(order_id, attempt=0)
+    workflow.reserve_stock(order_id)
+    before = stock(api, "MUG", "wh-west")
+    assert workflow.park_after_failure(order_id, "CarrierUnavailable", "the carrier is down")
+
+    answer = cancel(api, order_id, [("L1", 2)])
+
+    assert answer.status_code == 200, answer.text
+    order = answer.json()
+    assert (order["status"], order["hold"]["reason"], order["allocations"]) == ("on_hold", "other", [])
+    assert [(line["quantity"], line["cancelled_quantity"]) for line in order["lines"]] == [(1, 2)]
+    assert stock(api, "MUG", "wh-west")[1] == before[1] - 2
+    released = api.post(f"/orders/{order_id}/release", json={})
+    assert (released.status_code, released.json()["status"]) == (200, "authorized"), released.text
+    workflow.reserve_stock(order_id)
+    workflow.create_shipments(order_id)
+    sourced = api.get(f"/orders/{order_id}").json()
+    assert (sourced["status"], [s["lines"] for s in sourced["shipments"]]) == (
+        "allocated",
+        [[{"line_id": "L1", "quantity": 1}]],
+    )
+    assert stock(api, "MUG", "wh-west")[1] == before[1] - 2
+
+
+def test_every_unit_of_an_order_parked_between_reserving_and_booking_cancelled_cancels_it(api):
+    from functions.bootstrap import Config, bootstrap
+
+    body = order_body(external_id=f"web-c{next(_orders)}", lines=[{"sku": "MUG", "quantity": 2}])
+    placed = api.post("/orders", json=body)
+    assert placed.status_code == 201, placed.text
+    order_id = placed.json()["id"]
+    workflow = bootstrap(Config.from_env()).workflow
+    workflow.authorize_payment(order_id, attempt=0)
+    before = stock(api, "MUG", "wh-west")
+    workflow.reserve_stock(order_id)
+    assert workflow.park_after_failure(order_id, "CarrierUnavailable", "the carrier is down")
+
+    answer = cancel(api, order_id, [("L1", 2)])
+
+    assert answer.status_code == 200, answer.text
+    assert (answer.json()["status"], answer.json()["payment"]["status"]) == ("cancelled", "voided")
+    assert stock(api, "MUG", "wh-west") == before

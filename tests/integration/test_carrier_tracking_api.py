@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from plugins.flat_rate_carrier import tracking_number
-from tests.e2e.client import stocked_sku, unsigned
+from tests.e2e.client import assert_error, stocked_sku, unsigned
 from tests.integration.in_process import InProcessApi, allocated, in_process_api_with_labels, issue
 
 PATH = "/carriers/oms-flat-rate/tracking"
@@ -150,3 +150,65 @@ def test_a_time_that_leaves_the_calendar_in_utc_is_refused_alone_not_a_500(api, 
         (0, ["events[0].at"])
     ]
     assert [(u["position"], u["outcome"]) for u in report["updates"]] == [(1, "delivered")]
+
+
+def scanned_before_its_ship(api: InProcessApi, sku: str, **overrides: Any) -> tuple[dict[str, Any], str]:
+    """A new order of two units of `sku`, allocated in one parcel, whose carrier scanned that parcel
+    delivered before its location confirmed the ship: the order as it then is, and the parcel's id."""
+    order_id, shipment_id = allocated(api, sku, lines=[{"sku": sku, "quantity": 2}], **overrides)
+    delivered_at = api.get(f"/orders/{order_id}").json()["created_at"]
+    report = api.post(PATH, key=issue(api, "fulfillment:write"),
+                      json={"events": [scan(order_id, shipment_id, at=delivered_at)]})  # fmt: skip
+    assert [u["outcome"] for u in report.json()["updates"]] == ["not_shipped"], report.text
+    return api.get(f"/orders/{order_id}").json(), shipment_id
+
+
+def test_a_parcel_scanned_delivered_before_its_ship_is_not_cancelled_edited_or_rejected(api, sku):
+    """The carrier delivered it: a storefront's cancel, of the order or of its units, or an edit,
+    would put its units back on sale and release the payment for goods the customer has (or send
+    them a second parcel); a reject would source it again. 409 naming the parcel, nothing changed;
+    the location's ship then records it shipped and delivered, and captures it."""
+    storefront = issue(api, "orders:write", "orders:read")
+    order, shipment_id = scanned_before_its_ship(api, sku)
+    order_id = order["id"]
+    held = api.get(f"/inventory/{sku}").json()["locations"][0]["reserved"]
+
+    whole = {"reason": "changed my mind"}
+    units = {"reason": "one is enough", "lines": [{"line_id": "L1", "quantity": 1}]}
+    edit = {"lines": [{"sku": sku, "quantity": 1}]}
+    answers = [
+        api.post(f"/orders/{order_id}/cancel", key=storefront, json=whole),
+        api.post(f"/orders/{order_id}/cancel", key=storefront, json=units),
+        api.request(
+            "PATCH", f"/orders/{order_id}", key=storefront, json=edit, headers={"If-Match": str(order["version"])}
+        ),
+        api.post(
+            f"/orders/{order_id}/shipments/{shipment_id}/reject",
+            key=issue(api, "fulfillment:write"),
+            json={"reason": "no staff"},
+        ),
+    ]
+
+    for answer in answers:
+        error = assert_error(answer, 409, "parcel_not_confirmed")
+        assert [d["shipment_id"] for d in error["details"]] == [shipment_id], error
+    assert unsigned(api.get(f"/orders/{order_id}").json()) == unsigned(order)
+    assert api.get(f"/inventory/{sku}").json()["locations"][0]["reserved"] == held
+    shipped = api.post(f"/orders/{order_id}/shipments/{shipment_id}/ship", json={})
+    assert shipped.status_code == 200, shipped.text
+    done = shipped.json()
+    assert (done["status"], done["payment"]["captured"]) == ("delivered", done["totals"]["grand_total"])
+
+
+def test_a_person_who_finds_a_scanned_parcel_never_left_may_cancel_it(api, sku):
+    """The way out when the scan was wrong: a key that may release a hold (orders:approve) answers
+    whether the parcel left, as for a parcel whose ship died; its cancel puts the units back."""
+    person = issue(api, "orders:write", "orders:read", "orders:approve")
+    order, _ = scanned_before_its_ship(api, sku)
+    reserved = api.get(f"/inventory/{sku}").json()["locations"][0]["reserved"]
+
+    answer = api.post(f"/orders/{order['id']}/cancel", key=person, json={"reason": "the scan was wrong"})
+
+    assert answer.status_code == 200, answer.text
+    assert (answer.json()["status"], answer.json()["payment"]["status"]) == ("cancelled", "voided")
+    assert api.get(f"/inventory/{sku}").json()["locations"][0]["reserved"] == reserved - 2

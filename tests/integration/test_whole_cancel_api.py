@@ -192,3 +192,34 @@ def test_a_cancel_naming_more_than_the_order_has_is_422_and_cancels_nothing(api,
     assert [detail["field"] for detail in refused["details"]] == [field]
     after = api.get(f"/orders/{order['id']}").json()
     assert (after["status"], units(after), reserved(api, "MUG")) == ("allocated", [(2, 0)], held)
+
+
+def test_a_cancel_of_everything_not_shipped_that_a_parcels_ship_overtakes_cancels_the_rest(api, monkeypatch):
+    """The customer cancels while the first of two parcels is being shipped, the ship landing just
+    after the cancel read the order: the order is partly shipped by the cancel's write. The cancel
+    of what is not shipped is what the contract does then, not a 409 the client must repeat."""
+    from core.cancellation import Cancellation
+
+    west = location_body(name="West warehouse", latitude=39.53, longitude=-119.81)
+    assert api.put("/locations/wh-west", json=west).status_code in (200, 201)
+    assert api.put("/products/HAT", json=product_body("9.00")).status_code in (200, 201)
+    assert api.put("/inventory/HAT/wh-west", json={"on_hand": 10}).status_code == 200
+    order = allocated(api, ("MUG", 1), ("HAT", 1))
+    east = next(s for s in order["shipments"] if s["location_id"] == "wh-east")
+    whole = Cancellation.cancel
+
+    def overtaken(self: Cancellation, order_id: str, *args: Any, **kwargs: Any) -> Any:
+        monkeypatch.setattr(Cancellation, "cancel", whole)
+        shipped = api.post(f"/orders/{order_id}/shipments/{east['id']}/ship", json={})
+        assert shipped.status_code == 200, shipped.text
+        return whole(self, order_id, *args, **kwargs)
+
+    monkeypatch.setattr(Cancellation, "cancel", overtaken)
+
+    done = cancel(api, order["id"])
+
+    assert done["status"] == "shipped"
+    assert {line["sku"]: (line["quantity"], line["cancelled_quantity"], line["shipped_quantity"])
+            for line in done["lines"]} == {"MUG": (1, 0, 1), "HAT": (0, 1, 0)}  # fmt: skip
+    assert done["payment"]["captured"] == done["totals"]["grand_total"]
+    assert reserved(api, "HAT") == 0

@@ -604,3 +604,17 @@ def test_an_order_parked_before_its_stock_was_reserved_keeps_no_booking_maybe_ma
 
 def test_the_built_in_carrier_answers_for_a_booking_maybe_made():
     assert flat_rate_carrier.oms_carrier_cancel_shipment(carrier=None) is True
+
+
+def test_a_booking_made_before_createshipments_failed_is_cancelled_when_units_of_the_parked_order_are(
+    world, carrier, clock
+):
+    order_id, east = booked_one_of_two(world, carrier)
+    mug = next(line.line_id for line in world.order(order_id).lines if line.sku == "MUG")
+
+    world.actions.cancel(order_id, "one is enough", actor="key_web", lines={mug: 1})
+
+    assert carrier.cancelled == [(f"ACME-{east}", east, order_id)]  # by the cancel's own request, as an edit's
+    cancelled = world.order(order_id)
+    assert (cancelled.status, cancelled.allocations, cancelled.unrecorded_bookings, cancelled.bookings_to_cancel) == (
+        S.ON_HOLD, [], [], [])  # fmt: skip

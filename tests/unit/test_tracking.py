@@ -4,20 +4,23 @@ On the unit tests' world, with the built-in flat-rate carrier reading the webhoo
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from core import hookimpl
-from core.errors import Conflict, InvalidRequest, NotFound, PluginError, TransientError
+from core.errors import Conflict, InvalidRequest, NotFound, ParcelNotConfirmed, PluginError, TransientError
+from core.holds import HoldRequest, Holds
+from core.jeopardy import JeopardyScan, parse_sla
 from core.models import LineInput, OrderEdit
 from core.services import OrderQueries
 from core.status import OrderStatus, ShipmentStatus
 from core.tracking import CarrierTracking, parse_shipment_reference, shipment_reference
 from core.workflow_types import RefusedField, RefusedTrackingEvent, TrackingUpdate
 from plugins.flat_rate_carrier import TRACKING_CARRIER, tracking_number
+from plugins.testing.memory import InMemoryLateOrders
 from tests.builders import NOW
-from tests.unit.world import World, build_world
+from tests.unit.world import Clock, World, build_world
 
 S = OrderStatus
 SCANNED_AT = "2026-11-23T09:30:00Z"
@@ -394,17 +397,37 @@ def test_a_delivered_scan_of_a_pending_parcel_is_kept_once_and_captures_nothing(
     assert len(world.spy.captured) == len(captured) + 1  # the location's ship captured, once
 
 
-def test_a_scan_kept_for_a_parcel_sourced_again_does_not_deliver_the_new_parcel_of_the_same_id(tracking, world):
-    order = world.allocated(("MUG", 1))
+def test_a_scanned_parcel_is_neither_edited_nor_cancelled_by_a_key_that_cannot_confirm_it(tracking, world):
+    order = world.allocated(("MUG", 2))
     (parcel,) = order.shipments
     post(tracking, world, event(order.id, parcel.id))
     current = world.order(order.id)
-    assert current.delivery_scan(parcel.id) is not None
+    edit = OrderEdit(lines=[LineInput(sku="MUG", quantity=1)])
 
-    world.actions.edit(order.id, current.version, OrderEdit(lines=[LineInput(sku="MUG", quantity=2)]), "key_cs")
-    world.run(order.id)
+    with pytest.raises(ParcelNotConfirmed) as edited:
+        world.actions.edit(order.id, current.version, edit, "key_cs")
+    with pytest.raises(ParcelNotConfirmed):
+        world.actions.cancel(order.id, "one is enough", "key_cs", lines={"L1": 1}, confirms_parcels=False)
+    with pytest.raises(ParcelNotConfirmed):
+        world.actions.cancel(order.id, "changed my mind", "key_cs", confirms_parcels=False)
+
+    assert edited.value.details == [
+        {"shipment_id": parcel.id, "message": "scanned delivered by its carrier: its ship is to be confirmed"}
+    ]
+    assert world.order(order.id) == current
+
+
+def test_a_scan_kept_for_a_parcel_booked_again_does_not_deliver_it(tracking, world):
+    """A person (orders:approve) found the parcel never left and cancelled one of its units: it is
+    booked again, and the old booking's scan does not deliver the new parcel of the same id."""
+    order = world.allocated(("MUG", 2))
+    (parcel,) = order.shipments
+    post(tracking, world, event(order.id, parcel.id))
+    assert world.order(order.id).delivery_scan(parcel.id) is not None
+
+    world.actions.cancel(order.id, "one is enough", "key_ops", lines={"L1": 1}, confirms_parcels=True)
     again = world.order(order.id)
-    assert [s.id for s in again.shipments] == [parcel.id]  # the same location: the same shipment id
+    assert [(s.id, s.lines[0].quantity) for s in again.shipments] == [(parcel.id, 1)]
     shipped = world.actions.ship(order.id, parcel.id, None, actor="key_wh")
 
     assert shipped.shipment(parcel.id).status is ShipmentStatus.SHIPPED
@@ -454,3 +477,43 @@ def test_ids_that_are_no_oms_ids_name_no_shipment_and_are_never_looked_up(plugin
 
     assert [u.outcome for u in report.updates] == ["unknown_shipment"] * 4
     assert asked == []
+
+
+def test_a_hold_on_an_order_whose_parcel_was_scanned_delivered_never_expires_it(tracking):
+    """A person's hold stops the location's ship; expired, the hold would cancel the order, putting
+    the parcel's units back on sale and releasing the payment for goods the carrier delivered. It
+    waits for that person, as a hold on a parcel to confirm does (the scan's late mark finds it)."""
+    clock = Clock()
+    world = build_world(STOCK, clock=clock)
+    order = world.allocated(("MUG", 2))
+    (parcel,) = order.shipments
+    clock.advance(days=1)
+    post(tracking, world, event(order.id, parcel.id))
+    Holds(world.orders, clock=clock).hold(order.id, HoldRequest(reason="customer_request"), actor="key_cs")
+    clock.advance(days=30)
+
+    done = JeopardyScan(
+        InMemoryLateOrders(world.orders), world.orders, world.actions.cancel, clock,
+        sla=parse_sla(""), hold_expiry=timedelta(days=3),
+    ).run()  # fmt: skip
+
+    assert done.expired == []
+    held = world.order(order.id)
+    assert (held.status, held.payment.status) == (S.ON_HOLD, "authorized")
+    assert sum(world.held_for(order.id).values()) == 2 and world.spy.voided == []
+
+
+def test_units_of_another_parcel_than_the_scanned_one_are_still_cancelled_by_a_storefront(tracking, world):
+    order = world.allocated(("MUG", 1), ("CAP", 1))
+    west, east = world.shipment_at(order, "wh-west"), world.shipment_at(order, "wh-east")
+    post(tracking, world, event(order.id, east))
+    mug = next(line.line_id for line in order.lines if line.sku == "MUG")
+
+    cancelled = world.actions.cancel(order.id, "no mug", "key_cs", lines={mug: 1}, confirms_parcels=False)
+
+    assert cancelled.shipment(west).status is ShipmentStatus.CANCELLED
+    assert cancelled.shipment(east).status is ShipmentStatus.PENDING
+    assert cancelled.delivery_scan(east) is not None
+    shipped = world.actions.ship(order.id, east, None, actor="key_wh")
+    assert (shipped.status, shipped.shipment(east).status) == (S.DELIVERED, ShipmentStatus.DELIVERED)
+    assert shipped.payment.captured == shipped.totals.grand_total

@@ -217,7 +217,8 @@ IfMatch = Annotated[str, if_match_header("The order's `version` you read.")]
     "(reason in `hold`, actor `review_rules` in the history) and waits for its release. Once a shipment has "
     "shipped (or a pickup is ready) 409. An order held for a person to confirm whether a parcel left (its ship "
     "died after its capture) is 409 `parcel_not_confirmed`, `details` naming the shipment, until its hold is "
-    "released.",
+    "released. So is an order one of whose pending parcels its carrier scanned delivered before its location confirmed "
+    "the ship (`delivery_scan_kept`): the location's ship records it delivered.",
     responses={**changed("The order, priced again"), **errors(400, 403, 404, 409, 413, 428, 502, 503)},
     middlewares=[plugins_loaded],
 )
@@ -255,6 +256,9 @@ def edit_order(order_id: OrderIdPath, edit: OrderEdit, if_match: IfMatch) -> Ord
     "after its capture), units that would come from that parcel, or any units while its capture still stands, are "
     "409 `parcel_not_confirmed`, `details` naming the shipment: they may be with the carrier; so is a cancel of the "
     "whole order by a key without `orders:approve` (a person who may release its hold answers whether it left). "
+    "A pending parcel its carrier scanned delivered before its location confirmed the ship (`delivery_scan_kept`) is "
+    "treated the same way: units from it, or the whole order, are 409 `parcel_not_confirmed` for a key without "
+    "`orders:approve`, whose cancel is a person's answer that it never left. "
     "Idempotency-Key is honoured (cancelling units twice would cancel twice as many).",
     responses={
         **changed("The order, cancelled (payment `voided`, or still `authorized` if the void failed)"),

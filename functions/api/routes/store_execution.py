@@ -25,7 +25,8 @@ router = Router()
     "meanwhile (its location is excluded too). A held allocated order's shipment is rejected the same way, and the "
     "order stays `on_hold` until its release sends it to be sourced again. 409 once the shipment is not pending or "
     "anything of the order left; 409 `parcel_not_confirmed` (`details` naming the shipment) while the order is "
-    "held for a person to confirm whether one of its parcels left (its ship died after its capture). A capture a "
+    "held for a person to confirm whether one of its parcels left (its ship died after its capture), and while its "
+    "carrier has scanned one of its pending parcels delivered (`delivery_scan_kept`: ship that one). A capture a "
     "ship of the order asked for and never recorded is refunded first: a gateway that keeps failing then answers "
     "503, a payment plugin that fails 502 `payment_plugin_error`, and the shipment is not rejected (repeat it).",
     responses={**changed("The order, authorized again"), **errors(400, 403, 404, 409, 413, 502, 503)},
