@@ -14,8 +14,8 @@ import pytest
 
 from core.models import utc_now
 from functions.adapters.dynamodb import timestamp
-from tests.e2e.client import Catalog, assert_error, document_attribute, order_body, stored_document, unique
-from tests.integration.in_process import InProcessApi, in_process_api_with_labels, run_to_allocated
+from tests.e2e.client import ADMIN, Catalog, assert_error, document_attribute, order_body, stored_document, unique
+from tests.integration.in_process import InProcessApi, in_process_api_with_labels, issue, run_to_allocated
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +105,71 @@ def test_a_retry_whose_first_attempt_took_the_last_units_answers_that_order(api:
     assert again.status_code == 201, again.text
     assert (again.json()["id"], again.json()["status"]) == (first.json()["id"], "allocated")
     assert [order["id"] for order in api.orders_of(body["customer"]["id"])] == [first.json()["id"]]
+
+
+def test_a_retry_of_an_order_with_an_external_id_whose_first_attempt_left_no_record_answers_that_order(
+    api: InProcessApi, sku: str
+):
+    # The first attempt wrote the order and died before its idempotency record said so (a timeout,
+    # the record's write failing): the retry under the same key and body was answered 409
+    # duplicate_order, and the client, told its order failed, told the customer so while the
+    # order was charged and shipped. The same key and body return the first response (API.md).
+    body = order_body((sku, 1))
+    key = {"Idempotency-Key": unique("idem")}
+    first = api.post("/orders", json=body, headers=key)
+    assert first.status_code == 201, first.text
+    forget_idempotency_records()
+
+    again = api.post("/orders", json=body, headers=key)
+
+    assert again.status_code == 201, again.text
+    assert again.json() == first.json()
+    assert [order["id"] for order in api.orders_of(body["customer"]["id"])] == [first.json()["id"]]
+    history = api.get(f"/orders/{first.json()['id']}/history").json()["items"]
+    assert "request_key" not in history[0]["detail"], history[0]  # the client's key is not shown
+
+
+@pytest.mark.parametrize("other", ["key", "body", "api-key", "none"])
+def test_without_a_record_an_external_id_placed_by_another_request_is_still_409_duplicate_order(
+    api: InProcessApi, sku: str, other: str
+):
+    body = order_body((sku, 1))
+    key = {"Idempotency-Key": unique("idem")}
+    first = api.post("/orders", json=body, headers=key)
+    assert first.status_code == 201, first.text
+    forget_idempotency_records()
+    again, headers, api_key = dict(body), dict(key), ADMIN
+    if other == "key":
+        headers = {"Idempotency-Key": unique("idem")}
+    elif other == "body":
+        again["lines"] = [{"sku": sku, "quantity": 2}]
+    elif other == "api-key":
+        api_key = issue(api, "orders:write", "orders:read")
+    else:
+        headers = {}
+
+    answer = api.post("/orders", json=again, headers=headers, key=api_key)
+
+    error = assert_error(answer, 409, "duplicate_order")
+    assert error["details"][0]["order_id"] == first.json()["id"]
+    assert [order["id"] for order in api.orders_of(body["customer"]["id"])] == [first.json()["id"]]
+
+
+def test_an_order_with_an_external_id_sent_again_after_24_hours_under_its_key_is_409_duplicate_order(
+    api: InProcessApi, sku: str
+):
+    # The key is honoured for 24 h; the external id for good.
+    body = order_body((sku, 1))
+    key = {"Idempotency-Key": unique("idem")}
+    first = api.post("/orders", json=body, headers=key)
+    assert first.status_code == 201, first.text
+    placed_a_day_ago(first.json()["id"])
+    forget_idempotency_records()
+
+    again = api.post("/orders", json=body, headers=key)
+
+    error = assert_error(again, 409, "duplicate_order")
+    assert error["details"][0]["order_id"] == first.json()["id"]
 
 
 def placed_a_day_ago(order_id: str) -> None:
