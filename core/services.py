@@ -368,10 +368,15 @@ class CaptureService:
         # could only cancel: no plan ships it from that few locations.
         self._sourcing = sourcing
 
-    def place(self, cmd: PlaceOrder, actor: str, request_id: str | None = None, order_id: str | None = None) -> Order:
+    def place(
+        self, cmd: PlaceOrder, actor: str, request_id: str | None = None, order_id: str | None = None,
+        request_key: str | None = None,
+    ) -> Order:  # fmt: skip
         """Store a new pending order; the order workflow takes it from there. `request_id` (the
         API request that placed it) is kept on the created entry: the outbox passes it to the
         workflow, whose steps log it, so one order is followed from its request to its end.
+        `request_key` (a client's Idempotency-Key with its key id and the body sent: placed_under)
+        is kept there too, never shown: a retry of that request finds the order it placed.
         `order_id` names an order without an external id (ids.order_id_for_request); DuplicateOrder
         when it is taken, as for an external id, even when today's catalog or stock would refuse it:
         an order sent again (a file imported again, a message or request retried) is the order
@@ -386,7 +391,17 @@ class CaptureService:
             if placed_id is not None and self._orders.get(placed_id, consistent=True) is not None:
                 raise DuplicateOrder(placed_id) from None
             raise
-        return self._placed(cmd, priced, self._clock(), actor, request_id, order_id=order_id)
+        return self._placed(cmd, priced, self._clock(), actor, request_id, order_id=order_id, request_key=request_key)
+
+    def placed_under(self, order_id: str, request_key: str) -> Order | None:
+        """The order `order_id` if the request `request_key` names placed it (its created entry
+        keeps that key), read consistently: its write may be a moment old. None otherwise."""
+        found = self._orders.history_range(order_id, 0, 1, consistent=True)
+        if found is None or not found[1]:
+            return None
+        order, (created, *_), _ = found
+        placed = created.type is OrderEvent.CREATED and (created.detail or {}).get("request_key") == request_key
+        return order if placed else None
 
     def place_exchange(
         self, cmd: PlaceOrder, credit: Money, original_id: str, return_id: str, actor: str
@@ -517,7 +532,7 @@ class CaptureService:
 
     def _placed(
         self, cmd: PlaceOrder, priced: PricedOrder, now: datetime, actor: str, request_id: str | None = None,
-        exchange: dict[str, Any] | None = None, order_id: str | None = None,
+        exchange: dict[str, Any] | None = None, order_id: str | None = None, request_key: str | None = None,
     ) -> Order:  # fmt: skip
         zero = Money.zero(cmd.currency)
         order = Order(
@@ -553,6 +568,7 @@ class CaptureService:
             detail={
                 "grand_total": order.totals.grand_total.model_dump(mode="json"),
                 **({"request_id": request_id} if request_id else {}),
+                **({"request_key": request_key} if request_key else {}),
                 **({"exchange": _exchange_detail(exchange)} if exchange else {}),
             },
         )

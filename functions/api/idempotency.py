@@ -16,10 +16,14 @@ from aws_lambda_powertools.utilities.idempotency import (
 )
 from aws_lambda_powertools.utilities.idempotency.exceptions import (
     IdempotencyAlreadyInProgressError,
+    IdempotencyPersistenceLayerError,
     IdempotencyValidationError,
 )
+from botocore.exceptions import ClientError
 
-from core.errors import Conflict
+from core.errors import Conflict, TransientError
+from functions.adapters.aws_errors import busy
+from functions.api.app import logger
 from functions.api.dependencies import container
 
 TTL_SECONDS = 24 * 60 * 60
@@ -57,8 +61,36 @@ def once(
     runner, config = _runner(container().idempotency_store)
     # Lets powertools expire an in-progress record when this invocation times out.
     config.register_lambda_context(lambda_context)
+    outcome: dict[str, Any] = {}
+
+    def computed() -> dict[str, Any]:
+        try:
+            outcome["result"] = compute()
+        except Exception as error:
+            outcome["error"] = error
+            raise
+        return outcome["result"]
+
     try:
-        return runner(request=request, compute=compute)
+        return runner(request=request, compute=computed)
+    except IdempotencyPersistenceLayerError as failed:
+        # The idempotency table failed the request (throttled, down) around `compute`, not within it.
+        if "error" in outcome:
+            # Its refusal stands (it changed nothing); only its record could not be deleted, which
+            # expires with this invocation: a retry meanwhile is 409 request_in_progress.
+            raise outcome["error"] from None
+        if "result" in outcome:
+            # Made, and only the record saying so was not saved: the answer is what it made, never a
+            # 500 read as "failed" (an order placed, a refund made). The record left in progress
+            # expires with this invocation; a retry after it runs again and finds that change by its
+            # own keys (the order's id or created entry, the cancel's or hold's entry, the refund's id).
+            logger.warning("idempotency record not saved: the request's change is answered", extra={"route": route})
+            return outcome["result"]
+        cause = failed.__cause__
+        if isinstance(cause, ClientError) and busy(cause):
+            # Not started: nothing was changed, and the same request may be repeated (503, Retry-After).
+            raise TransientError("the OMS is busy: repeat the request shortly") from failed
+        raise
     except IdempotencyValidationError:
         raise Conflict(
             "this Idempotency-Key was used with a different request body",

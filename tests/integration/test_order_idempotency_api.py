@@ -8,14 +8,16 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from datetime import timedelta
+from typing import Any
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError
 
 from core.models import utc_now
 from functions.adapters.dynamodb import timestamp
-from tests.e2e.client import Catalog, assert_error, document_attribute, order_body, stored_document, unique
-from tests.integration.in_process import InProcessApi, in_process_api_with_labels, run_to_allocated
+from tests.e2e.client import ADMIN, Catalog, assert_error, document_attribute, order_body, stored_document, unique
+from tests.integration.in_process import InProcessApi, in_process_api_with_labels, issue, run_to_allocated
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +107,146 @@ def test_a_retry_whose_first_attempt_took_the_last_units_answers_that_order(api:
     assert again.status_code == 201, again.text
     assert (again.json()["id"], again.json()["status"]) == (first.json()["id"], "allocated")
     assert [order["id"] for order in api.orders_of(body["customer"]["id"])] == [first.json()["id"]]
+
+
+def test_a_retry_of_an_order_with_an_external_id_whose_first_attempt_left_no_record_answers_that_order(
+    api: InProcessApi, sku: str
+):
+    # The first attempt wrote the order and died before its idempotency record said so (a timeout,
+    # the record's write failing): the retry under the same key and body was answered 409
+    # duplicate_order, and the client, told its order failed, told the customer so while the
+    # order was charged and shipped. The same key and body return the first response (API.md).
+    body = order_body((sku, 1))
+    key = {"Idempotency-Key": unique("idem")}
+    first = api.post("/orders", json=body, headers=key)
+    assert first.status_code == 201, first.text
+    forget_idempotency_records()
+
+    again = api.post("/orders", json=body, headers=key)
+
+    assert again.status_code == 201, again.text
+    assert again.json() == first.json()
+    assert [order["id"] for order in api.orders_of(body["customer"]["id"])] == [first.json()["id"]]
+    history = api.get(f"/orders/{first.json()['id']}/history").json()["items"]
+    assert "request_key" not in history[0]["detail"], history[0]  # the client's key is not shown
+
+
+@pytest.mark.parametrize("other", ["key", "body", "api-key", "none"])
+def test_without_a_record_an_external_id_placed_by_another_request_is_still_409_duplicate_order(
+    api: InProcessApi, sku: str, other: str
+):
+    body = order_body((sku, 1))
+    key = {"Idempotency-Key": unique("idem")}
+    first = api.post("/orders", json=body, headers=key)
+    assert first.status_code == 201, first.text
+    forget_idempotency_records()
+    again, headers, api_key = dict(body), dict(key), ADMIN
+    if other == "key":
+        headers = {"Idempotency-Key": unique("idem")}
+    elif other == "body":
+        again["lines"] = [{"sku": sku, "quantity": 2}]
+    elif other == "api-key":
+        api_key = issue(api, "orders:write", "orders:read")
+    else:
+        headers = {}
+
+    answer = api.post("/orders", json=again, headers=headers, key=api_key)
+
+    error = assert_error(answer, 409, "duplicate_order")
+    assert error["details"][0]["order_id"] == first.json()["id"]
+    assert [order["id"] for order in api.orders_of(body["customer"]["id"])] == [first.json()["id"]]
+
+
+def test_an_order_with_an_external_id_sent_again_after_24_hours_under_its_key_is_409_duplicate_order(
+    api: InProcessApi, sku: str
+):
+    # The key is honoured for 24 h; the external id for good.
+    body = order_body((sku, 1))
+    key = {"Idempotency-Key": unique("idem")}
+    first = api.post("/orders", json=body, headers=key)
+    assert first.status_code == 201, first.text
+    placed_a_day_ago(first.json()["id"])
+    forget_idempotency_records()
+
+    again = api.post("/orders", json=body, headers=key)
+
+    error = assert_error(again, 409, "duplicate_order")
+    assert error["details"][0]["order_id"] == first.json()["id"]
+
+
+THROTTLED = {"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "Rate of requests exceeds"}}
+
+
+def idempotency_table_failing(operation: str) -> Any:
+    """Make the API's DynamoDB client fail its next `operation` on the idempotency table, throttled
+    beyond botocore's retries (moto never throttles). Undone by the returned function."""
+    from functions.api.dependencies import container
+
+    events, calls = container().dynamodb.meta.events, {"left": 1}
+
+    def fail(params: dict[str, Any], **_: Any) -> None:
+        if calls["left"] and params.get("TableName") == os.environ["IDEMPOTENCY_TABLE"]:
+            calls["left"] -= 1
+            raise ClientError(THROTTLED, operation)
+
+    events.register(f"before-parameter-build.dynamodb.{operation}", fail)
+    return lambda: events.unregister(f"before-parameter-build.dynamodb.{operation}", fail)
+
+
+@pytest.mark.parametrize("keyless", [True, False], ids=["no-external-id", "external-id"])
+def test_an_order_placed_whose_idempotency_record_could_not_be_saved_is_answered_201(
+    api: InProcessApi, sku: str, keyless: bool
+):
+    # The order is written; only the record saying so met a throttled table. It was a 500
+    # internal_error: the client, told the order failed, told the customer so while it was charged
+    # and shipped. The answer is the order placed; a retry finds it by its id or its created entry.
+    body = keyless_order(sku) if keyless else order_body((sku, 1))
+    key = {"Idempotency-Key": unique("idem")}
+    restore = idempotency_table_failing("UpdateItem")  # powertools marks its record done with UpdateItem
+    try:
+        placed = api.post("/orders", json=body, headers=key)
+    finally:
+        restore()
+
+    assert placed.status_code == 201, placed.text
+    assert [order["id"] for order in api.orders_of(body["customer"]["id"])] == [placed.json()["id"]]
+    forget_idempotency_records()  # the record left in progress expires with the invocation
+    again = api.post("/orders", json=body, headers=key)
+    assert (again.status_code, again.json()["id"]) == (201, placed.json()["id"]), again.text
+
+
+def test_an_order_whose_idempotency_record_could_not_be_started_is_503_and_places_nothing(api: InProcessApi, sku: str):
+    # The table was too busy to record the request in progress: nothing was placed, and the
+    # client may repeat it (503 with Retry-After), not a 500 that reads as a bug.
+    body = order_body((sku, 1))
+    key = {"Idempotency-Key": unique("idem")}
+    restore = idempotency_table_failing("PutItem")
+    try:
+        busy = api.post("/orders", json=body, headers=key)
+    finally:
+        restore()
+
+    assert_error(busy, 503, "temporarily_unavailable")
+    assert busy.headers.get("Retry-After")
+    assert api.orders_of(body["customer"]["id"]) == []
+    again = api.post("/orders", json=body, headers=key)
+    assert again.status_code == 201, again.text
+
+
+def test_a_refused_order_whose_idempotency_record_could_not_be_deleted_keeps_its_own_answer(
+    api: InProcessApi, sku: str
+):
+    # Refused (422 unknown_sku), nothing placed; the record in progress could not be deleted. The
+    # answer was a 500 internal_error in place of the refusal that tells the client what to fix.
+    body = order_body(("NO-SUCH-SKU", 1))
+    restore = idempotency_table_failing("DeleteItem")
+    try:
+        refused = api.post("/orders", json=body, headers={"Idempotency-Key": unique("idem")})
+    finally:
+        restore()
+
+    assert_error(refused, 422, "unknown_sku", "lines[0].sku")
+    assert api.orders_of(body["customer"]["id"]) == []
 
 
 def placed_a_day_ago(order_id: str) -> None:

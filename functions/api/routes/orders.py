@@ -12,7 +12,7 @@ from aws_lambda_powertools.event_handler.openapi.params import Body, Header, Que
 
 from core.access import Caller, Scope, allows
 from core.errors import DuplicateOrder
-from core.ids import order_id_for_request
+from core.ids import order_id_for_request, short_hash
 from core.models import IDENTIFIER_PATTERN, CancelRequest, HistoryPage, Order, OrderEdit, PlaceOrder, ShipRequest
 from core.ports import OrderFilter
 from core.shown_references import history_shown
@@ -88,12 +88,20 @@ def place_order(order: PlaceOrder, idempotency_key: IdempotencyKey = None) -> Re
     # Without an external id, the id comes from the request (key, Idempotency-Key and body): a retry
     # whose first attempt was written but whose answer (and idempotency record) was lost finds that
     # order, as the same key and body find the first answer, instead of placing a second one.
-    order_id = None
-    if idempotency_key is not None and order.external_id is None:
-        order_id = order_id_for_request(who.key_id, idempotency_key, json.dumps(payload, sort_keys=True))
+    # With one, the order's id comes from its channel and external id, taken by whatever placed it
+    # first: its created entry keeps this request (`request_key`, never shown), by which such a retry
+    # tells its own order from another request's (409 duplicate_order).
+    order_id = request_key = None
+    if idempotency_key is not None:
+        request = json.dumps(payload, sort_keys=True)
+        request_key = f"api:{who.key_id}:{idempotency_key}#{short_hash(request)}"
+        if order.external_id is None:
+            order_id = order_id_for_request(who.key_id, idempotency_key, request)
 
     def place(order_id: str | None = order_id) -> Order:
-        placed = container().capture.place(order, actor=who.key_id, request_id=request_id, order_id=order_id)
+        placed = container().capture.place(
+            order, actor=who.key_id, request_id=request_id, order_id=order_id, request_key=request_key
+        )
         placed_here.append(placed)
         # The first line of an order's trail: its id beside the request id (`correlation_id`).
         logger.append_keys(order_id=placed.id)
@@ -111,17 +119,23 @@ def place_order(order: PlaceOrder, idempotency_key: IdempotencyKey = None) -> Re
         def place_once() -> dict[str, Any]:
             try:
                 return place().model_dump(mode="json")
-            except DuplicateOrder:
-                if order_id is None:
-                    raise
+            except DuplicateOrder as duplicate:
                 # That attempt's order (read consistently: its write may be a moment old), whatever
-                # placing it again would say now (CaptureService.place).
-                first = container().order_repository.get(order_id, consistent=True)
+                # placing it again would say now (CaptureService.place). With an external id, only
+                # if this request placed it: another's (or this key's with another body) stays 409.
+                if order_id is None:
+                    assert request_key is not None
+                    first = container().capture.placed_under(duplicate.order_id, request_key)
+                else:
+                    first = container().order_repository.get(order_id, consistent=True)
                 if first is None:
                     raise
                 if first.created_at <= container().clock() - timedelta(seconds=TTL_SECONDS):
                     # The key is honoured for 24 h: placed before that, it is an earlier order, and
-                    # this one is new (its id random, as without a key).
+                    # this one is new (its id random, as without a key); with an external id, a
+                    # second order of it (409), as without a key.
+                    if order_id is None:
+                        raise
                     return place(None).model_dump(mode="json")
                 return first.model_dump(mode="json")
 
