@@ -232,7 +232,8 @@ class NoPaymentPlugin(PaymentRefused):
 
 class PluginUnavailable(PluginError):
     """A plugin failed to load, so no hook may run: any of them could have been the one it
-    implements. `details` names each broken plugin and why it failed."""
+    implements. `details` names each broken plugin and its exception's type, never the
+    exception's message (it can hold the plugin's configuration): see plugin_manager.shown_reason."""
 
     code = "plugin_unavailable"
 

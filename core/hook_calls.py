@@ -139,9 +139,9 @@ def call_hook(hook: Any, accept: Accept | None = None, /, **kwargs: Any) -> Any:
     return items
 
 
-# A plugin's words on its failure (a TransientError's, why it failed to load) reach the client's 503
-# (and a payment's history, a workflow step's error, GET /plugins): its controls and bidi overrides
-# made visible, cut as history entries cut such words.
+# A plugin's words on its failure (a TransientError's) reach the client's 503 (and a payment's
+# history, a workflow step's error; why one failed to load, GET /plugins and the log alone): its
+# controls and bidi overrides made visible, cut as history entries cut such words.
 MAX_PLUGIN_WORDS_CHARS = 500
 _WORDS = TypeAdapter(Annotated[str, VisibleText])
 

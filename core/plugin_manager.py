@@ -38,7 +38,22 @@ class PluginInfo(Shown):
     ignored_hooks: list[str] = Field(
         default_factory=empty_list, description="optionalhook implementations of hooks this OMS does not have"
     )
-    reason: str | None = Field(default=None, description="Why it is disabled or broken")
+    reason: str | None = Field(
+        default=None,
+        description="Why it is disabled or broken: a broken plugin's exception and its message, which can hold "
+        "its configuration (a connection string, a host), so only this admin report and the log show it",
+    )
+    error: str | None = Field(default=None, description="A broken plugin's exception type (ModuleNotFoundError)")
+
+
+def shown_reason(broken: PluginInfo) -> str:
+    """Why `broken` failed to load as GET /health (anyone) and plugin_unavailable (any key) say
+    it: its exception's type and where the reason is, never the exception's message, which can
+    hold the plugin's configuration (a password in a connection string, a secret, a host name)."""
+    return (
+        f"{broken.error or 'an exception'} while loading: the reason is in the log line `plugin failed to load` "
+        "and in GET /plugins (admin key)"
+    )
 
 
 class HookCall(BaseModel, defer_build=True):
@@ -86,6 +101,7 @@ class OmsPluginManager(pluggy.PluginManager):
         self.add_hookspecs(hookspecs)
         self.broken: list[PluginInfo] = []
         self.disabled: dict[str, str] = {}  # name -> why
+        self._load_errors: dict[str, BaseException] = {}  # a broken plugin's name -> what its load raised
         # name -> its entry point; the distribution and version are read from it only for GET
         # /plugins: parsing every distribution's metadata costs a cold start ~10 ms a plugin.
         self._entry_points: dict[str, importlib.metadata.EntryPoint] = {}
@@ -115,16 +131,21 @@ class OmsPluginManager(pluggy.PluginManager):
             except KeyboardInterrupt:
                 raise
             except BaseException as exc:  # an import can raise anything, sys.exit too; none may stop the others
-                reason = plugin_words(f"{type(exc).__name__}: {exc}")
+                error = plugin_words(type(exc).__name__)
                 distribution, version = _origin(entry_point)
                 self.broken.append(
                     PluginInfo(
                         name=entry_point.name, distribution=distribution, version=version, status="broken",
-                        reason=reason,
+                        reason=plugin_words(f"{error}: {_message(exc)}"), error=error,
                     )
                 )  # fmt: skip
+                self._load_errors[entry_point.name] = exc
                 continue
             self._entry_points[entry_point.name] = entry_point
+
+    def load_error(self, name: str) -> BaseException | None:
+        """What loading the broken plugin `name` raised, its traceback with it (for the log)."""
+        return self._load_errors.get(name)
 
     def register(self, plugin: Any, name: str | None = None) -> str | None:
         """As pluggy's, but a hook name with no spec (a typo, or a hook of another OMS version) is
@@ -192,7 +213,9 @@ class OmsPluginManager(pluggy.PluginManager):
             raise PluginUnavailable(
                 f"plugins failed to load: {names}. Nothing that calls a plugin runs until they load "
                 "(fix or remove them) or are disabled (OMS_DISABLED_PLUGINS)",
-                details=[{"plugin": p.name, "distribution": p.distribution, "message": p.reason} for p in self.broken],
+                details=[
+                    {"plugin": p.name, "distribution": p.distribution, "message": shown_reason(p)} for p in self.broken
+                ],
             )
 
     def only_built_ins(self, impls: Sequence[Any]) -> bool:
@@ -253,6 +276,14 @@ class OmsPluginManager(pluggy.PluginManager):
             if isinstance(caller, pluggy.HookCaller) and caller.has_spec()
         }  # fmt: skip
         return PluginReport(plugins=[*loaded, *disabled, *self.broken], call_order=call_order)
+
+
+def _message(exc: BaseException) -> str:
+    """str(exc), or what it is when its own __str__ raises (a plugin's exception class may)."""
+    try:
+        return str(exc)
+    except Exception as failure:
+        return f"<unprintable: its __str__ raised {type(failure).__name__}>"
 
 
 def _after_call(*_: object) -> None:

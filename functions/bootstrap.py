@@ -282,10 +282,15 @@ class Container:
             disabled=config.disabled_plugins, enable_test_payments=config.enable_test_payments
         )
         for broken in plugins.broken:
+            # The only place besides GET /plugins (admin) that says why: /health and
+            # plugin_unavailable show the exception's type alone. With the traceback, which has
+            # its whole message where `reason` is cut to 500 characters.
             logger.error(
                 "plugin failed to load",
-                extra={"plugin": broken.name, "distribution": broken.distribution, "reason": broken.reason},
-            )
+                extra={"plugin": broken.name, "distribution": broken.distribution, "error": broken.error,
+                       "reason": broken.reason},
+                exc_info=plugins.load_error(broken.name),
+            )  # fmt: skip
         for name, reason in plugins.disabled.items():
             logger.info("plugin disabled", extra={"plugin": name, "reason": reason})
         return plugins

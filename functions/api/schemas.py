@@ -59,7 +59,8 @@ _DESCRIPTIONS = {
     "or return policy plugin raised or answered what the OMS cannot take; `details` names the plugin and hook): "
     "nothing was recorded as done, and the request may be repeated once the plugin works",
     503: "The payment gateway kept failing (`payment_gateway_unavailable`): nothing was recorded as done; "
-    "repeat the request after Retry-After; or a plugin failed to load (`plugin_unavailable`): the error names it; "
+    "repeat the request after Retry-After; or a plugin failed to load (`plugin_unavailable`): `details` names "
+    "each one and its exception's type (why it failed is in the logs and GET /plugins); "
     "or the OMS's storage was too busy (`temporarily_unavailable`): repeat the request after Retry-After",
 }
 

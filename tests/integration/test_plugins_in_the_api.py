@@ -25,6 +25,11 @@ from tests.integration.test_handlers import Context, api, event
 ORDER = "ord_kz5wpvn5t25my2wrcpwjmhpn"
 SHIPMENT = "shp_aaaaaaaaaaaaaaaaaaaaaaaa"
 BROKEN_REASON = "ModuleNotFoundError: No module named 'oms_no_such_dependency'"
+# What an anonymous caller (/health) and any key (plugin_unavailable) are shown of it.
+BROKEN_SHOWN = (
+    "ModuleNotFoundError while loading: the reason is in the log line `plugin failed to load` "
+    "and in GET /plugins (admin key)"
+)
 
 
 def request(method: str, resource: str, body: dict | None = None, *, scopes: str = "admin", **params: str) -> dict:
@@ -91,6 +96,7 @@ def test_get_plugins_lists_distribution_version_hooks_and_call_order(aws):
         "hooks": ["oms_tax_rate"],
         "ignored_hooks": [],
         "reason": None,
+        "error": None,
     }
     assert plugins["test_payments"]["status"] == "loaded"  # the tests' environment turns it on
     # Only the built-ins: `make` also installs the example package (plugins/examples/oms-acme).
@@ -118,7 +124,7 @@ def test_health_names_a_plugin_that_failed_to_load_and_the_log_says_why(broken, 
 
     assert (status, body) == (
         503,
-        {"status": "degraded", "broken_plugins": [{"name": "acme_tax", "reason": BROKEN_REASON}]},
+        {"status": "degraded", "broken_plugins": [{"name": "acme_tax", "reason": BROKEN_SHOWN}]},
     )
     (failure,) = [r for r in caplog.records if r.getMessage() == "plugin failed to load"]
     assert (failure.levelname, failure.plugin, failure.distribution, failure.reason) == (
@@ -127,6 +133,60 @@ def test_health_names_a_plugin_that_failed_to_load_and_the_log_says_why(broken, 
         "oms-acme",
         BROKEN_REASON,
     )
+
+
+# A plugin whose import fails with its configuration in the message, as a driver's error does.
+SECRET = "hunter2-s3cr3t"
+LEAKS_ON_IMPORT = """
+    raise RuntimeError("cannot connect to postgresql://acme:hunter2-s3cr3t@prices-db.internal.acme:5432/prices")
+"""
+
+
+def anonymous(evt: dict) -> dict:
+    """`evt` as API Gateway passes a request that carried no key (a public route runs no authorizer)."""
+    evt["requestContext"].pop("authorizer", None)
+    return evt
+
+
+def from_channel_key(evt: dict) -> dict:
+    evt["requestContext"]["authorizer"].update(principalId="key_web", key_id="key_web", scopes="orders:write",
+                                               channel="web")  # fmt: skip
+    return evt
+
+
+def test_why_a_plugin_failed_to_load_is_shown_to_admins_and_the_log_never_to_anonymous_callers_or_channels(
+    seeded, installer, aws, caplog
+):
+    # Its exception's message can hold a password, a secret or an internal host: /health answers
+    # anyone on the internet, plugin_unavailable every channel's key. Both name the plugin and
+    # the exception's type, and point at where the reason is.
+    installer.install("oms-acme", "2.1.0", {"acme_tax": LEAKS_ON_IMPORT})
+    forget_warm_containers()
+    shown = BROKEN_SHOWN.replace("ModuleNotFoundError", "RuntimeError")
+
+    status, health = api(anonymous(request("GET", "/health")))
+    assert (status, health) == (503, {"status": "degraded", "broken_plugins": [{"name": "acme_tax", "reason": shown}]})
+    placed = event("api_place_order.json")
+    placed["headers"].pop("Idempotency-Key", None)
+    for evt in (
+        from_channel_key(placed),
+        from_channel_key(request("POST", "/orders/{order_id}/cancel", {"reason": "x"}, order_id=ORDER)),
+    ):
+        status, refused = api(evt)
+        assert (status, refused["error"]["code"]) == (503, "plugin_unavailable")
+        assert refused["error"]["details"] == [{"plugin": "acme_tax", "distribution": "oms-acme", "message": shown}]
+        assert SECRET not in json.dumps(refused)
+
+    status, report_ = api(request("GET", "/plugins"))
+    (acme,) = [p for p in report_["plugins"] if p["name"] == "acme_tax"]
+    assert (status, acme["status"], acme["error"]) == (200, "broken", "RuntimeError")
+    assert acme["reason"] == (
+        "RuntimeError: cannot connect to postgresql://acme:hunter2-s3cr3t@prices-db.internal.acme:5432/prices"
+    )
+    (failure,) = [r for r in caplog.records if r.getMessage() == "plugin failed to load"]
+    assert (failure.levelname, failure.plugin, failure.error, failure.reason) == ("ERROR", "acme_tax", "RuntimeError",
+                                                                                  acme["reason"])  # fmt: skip
+    assert failure.exc_info is not None and SECRET in str(failure.exc_info[1])  # the traceback, where it raised
 
 
 ROUTES_THAT_CALL_PLUGINS = [
@@ -149,7 +209,7 @@ def test_routes_that_call_plugins_answer_503_naming_the_broken_plugin(broken, aw
     assert status == 503
     assert answer["error"]["code"] == "plugin_unavailable"
     assert "acme_tax" in answer["error"]["message"]
-    assert answer["error"]["details"] == [{"plugin": "acme_tax", "distribution": "oms-acme", "message": BROKEN_REASON}]
+    assert answer["error"]["details"] == [{"plugin": "acme_tax", "distribution": "oms-acme", "message": BROKEN_SHOWN}]
     assert orders_stored(aws) == 0
 
 
@@ -162,7 +222,8 @@ def test_everything_that_calls_no_plugin_keeps_working(broken):
     status, body = api(request("GET", "/plugins"))
     assert status == 200
     assert {"name": "acme_tax", "distribution": "oms-acme", "version": "2.1.0", "status": "broken", "hooks": [],
-            "ignored_hooks": [], "reason": BROKEN_REASON} in body["plugins"]  # fmt: skip
+            "ignored_hooks": [], "reason": BROKEN_REASON, "error": "ModuleNotFoundError"
+            } in body["plugins"]  # fmt: skip
 
 
 def test_disabling_the_broken_plugin_restores_the_routes(broken, aws, monkeypatch):

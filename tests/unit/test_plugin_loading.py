@@ -90,7 +90,7 @@ GARBLED_IMPORT = """
 
 
 def test_why_a_plugin_failed_to_import_is_kept_visible_and_cut_to_500_characters(installer):
-    # Shown by GET /plugins and in every 503 plugin_unavailable while it stays broken.
+    # Shown by GET /plugins (admin) and logged; /health and plugin_unavailable show its type alone.
     installer.install("oms-acme", "2.1.0", {"acme_tax": GARBLED_IMPORT})
 
     (broken,) = build_plugin_manager().broken
@@ -132,6 +132,27 @@ def test_a_plugin_whose_import_raises_outside_exception_is_recorded_broken_and_t
     assert plugins.has_plugin("acme_prices") and plugins.has_plugin("tax_table")
 
 
+UNPRINTABLE_ON_IMPORT = """
+    class Unprintable(Exception):
+        def __str__(self):
+            raise ValueError("no")
+
+    raise Unprintable()
+"""
+
+
+def test_a_plugin_whose_import_raises_an_exception_that_cannot_be_printed_is_recorded_broken(installer):
+    # Its __str__ raising inside the loader's own handler ended the cold start (the API down).
+    installer.install("oms-acme", "2.1.0", {"acme_prices": GOOD, "acme_tax": UNPRINTABLE_ON_IMPORT})
+
+    plugins = build_plugin_manager()
+
+    assert [(p.name, p.error, p.reason) for p in plugins.broken] == [
+        ("acme_tax", "Unprintable", "Unprintable: <unprintable: its __str__ raised ValueError>")
+    ]
+    assert plugins.has_plugin("acme_prices")
+
+
 def test_no_hook_runs_while_a_plugin_is_broken_and_the_error_names_it(installer):
     installer.install("oms-acme", "2.1.0", {"acme_tax": FAILS_TO_IMPORT})
     plugins = build_plugin_manager()
@@ -144,7 +165,9 @@ def test_no_hook_runs_while_a_plugin_is_broken_and_the_error_names_it(installer)
         {
             "plugin": "acme_tax",
             "distribution": "oms-acme",
-            "message": "ModuleNotFoundError: No module named 'oms_no_such_dependency'",
+            # Its type and where the reason is: the message can hold the plugin's configuration.
+            "message": "ModuleNotFoundError while loading: the reason is in the log line `plugin failed to load` "
+            "and in GET /plugins (admin key)",
         }
     ]
     with pytest.raises(PluginUnavailable):

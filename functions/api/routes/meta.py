@@ -9,8 +9,9 @@ from typing import Any, Literal
 
 from aws_lambda_powertools.event_handler import Response, content_types
 from aws_lambda_powertools.event_handler.api_gateway import Router
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
+from core.plugin_manager import shown_reason
 from functions.api.access import PUBLIC, requires
 from functions.api.dependencies import container
 from functions.api.schemas import error_responses, ok
@@ -36,8 +37,11 @@ class Health(BaseModel, defer_build=True):
 
 
 class BrokenPlugin(BaseModel, defer_build=True):
-    name: str
-    reason: str
+    name: str = Field(description="The plugin's entry-point name")
+    reason: str = Field(
+        description="Its exception's type and where the reason is: the log line `plugin failed to load` and "
+        "GET /plugins (admin key). Never the exception's message, which can hold the plugin's configuration"
+    )
 
 
 class Degraded(BaseModel, defer_build=True):
@@ -63,7 +67,7 @@ def health():
     if not broken:
         return Response(200, content_types.APPLICATION_JSON, Health(status="ok").model_dump_json())
     degraded = Degraded(
-        status="degraded", broken_plugins=[BrokenPlugin(name=p.name, reason=p.reason or "") for p in broken]
+        status="degraded", broken_plugins=[BrokenPlugin(name=p.name, reason=shown_reason(p)) for p in broken]
     )
     return Response(503, content_types.APPLICATION_JSON, degraded.model_dump_json())
 
