@@ -373,12 +373,26 @@ def oms_carrier_tracking_update(
 
 @hookspec(firstresult=True)
 def oms_carrier_return_label(
-    order: Order, return_id: str, destination: Location, lines: list[ShipmentLine], weight_grams: int
+    order: Order,
+    return_id: str,
+    booking_key: str,
+    destination: Location,
+    lines: list[ShipmentLine],
+    weight_grams: int,
 ) -> CarrierShipment | None:
     """Book a return parcel from the customer back to `destination` and return its label.
 
     :param order: the order being returned (its `shipping_address` is where the parcel leaves from).
-    :param return_id: the OMS's id for the return (`rma_...`); the same on every retry.
+    :param return_id: the OMS's id for the return (`rma_...`), the one to print: it comes from the
+        return's number on its order, so a request whose booking failed and that is made again
+        with other lines, or that lost that number to a concurrent request, books under the same
+        `return_id` with other contents.
+    :param booking_key: the key to ask the carrier idempotently under: the return's id and a hash
+        of the parcel (`destination`, `lines`, `weight_grams`), so the same on every retry of the
+        same parcel and a new one for other contents (core.returns.return_booking_key). Key
+        idempotency on this, never on `return_id`, or the carrier answers the earlier booking's
+        label, contents and weight. Added after the hook: a plugin that does not name it is
+        called as before.
     :param destination: the location the units go back to (the one they shipped from).
     :param lines: the order lines (and quantities) the customer sends back.
     :param weight_grams: the parcel's weight from the products' `weight_grams`.

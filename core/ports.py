@@ -393,7 +393,7 @@ class LabelStore(ABC):
     @abstractmethod
     def put_label(self, order_id: str, shipment_id: str, document: bytes, content_type: str) -> str:
         """Store a shipping label (idempotent by `shipment_id`: a shipment's booking key, or a
-        return's id) and return its key, what the order keeps."""
+        return label's, core.returns.return_booking_key) and return its key, what the order keeps."""
 
     @abstractmethod
     def link(self, key: str) -> str:

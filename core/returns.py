@@ -11,7 +11,7 @@ the next read of the order's history (owed_entries)."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -142,6 +142,18 @@ def return_id_for(order_id: str, ordinal: int) -> str:
     """A return's id, derived from its order and ordinal: two requests racing for the same ordinal
     race for the same id, and one conditional put lets only one of them have it."""
     return "rma_" + short_hash(f"{order_id}#return#{ordinal}")
+
+
+def return_booking_key(return_id: str, destination_id: str, lines: Iterable[tuple[str, int]], weight_grams: int) -> str:
+    """The key a return label is booked under (oms_carrier_return_label's `booking_key`): the
+    return's id and a hash of the parcel booked (where it goes back to, its lines and units, in any
+    order, and its weight). A return's id names its order's next ordinal, not a parcel: a request
+    whose booking failed and is made again with other lines, or that lost the ordinal to a
+    concurrent request, books under the same id with other contents, and a carrier keyed on the id
+    would answer the first booking's label. A retry of the same parcel asks under the same key."""
+    parcel = "\x1e".join(f"{line_id}\x1f{quantity}" for line_id, quantity in sorted(lines))
+    booked = "\x1f".join(["return-label", destination_id, parcel, str(weight_grams)])
+    return f"{return_id}-{short_hash(booked)[:16]}"
 
 
 def restock_key(return_id: str, line_id: str) -> str:
@@ -276,7 +288,9 @@ class Returns:
             })  # fmt: skip
             if item.status is R.AUTHORIZED:
                 # Booked before the return is stored, so an authorized return never lacks the label
-                # a failed booking would have left out; the booking is keyed by the return's id.
+                # a failed booking would have left out; the booking is keyed by the return's id and
+                # its parcel (return_booking_key): a request made again with other lines after a
+                # failed booking, or counted again after losing its ordinal, asks under a new key.
                 item = self._with_label(item, order)
             try:
                 self._returns.add(item)
@@ -369,10 +383,10 @@ class Returns:
     # --- Approve, reject --------------------------------------------------------------------
     def approve(self, return_id: str, note: str | None, actor: str, channel: str | None = None) -> Return:
         """Authorize a requested return with its label in the same write. The label is booked
-        first (keyed by the return's id), as at request: a booking that fails leaves the return
-        `requested`, so approving again books it; written after, a failed booking left an
-        authorized return without a label for good (approving again is 409). A repeat (409)
-        first writes the order's entries a first run died before writing."""
+        first (keyed by the return's id and parcel: return_booking_key), as at request: a booking
+        that fails leaves the return `requested`, so approving again books it; written after, a
+        failed booking left an authorized return without a label for good (approving again is
+        409). A repeat (409) first writes the order's entries a first run died before writing."""
         current = self.get(return_id, channel)
         booked = current
         order = self._orders.get(current.order_id)
@@ -491,14 +505,17 @@ class Returns:
         weight = sum(
             (products[sku_of[x.line_id]].weight_grams or 0) * x.quantity for x in lines if sku_of[x.line_id] in products
         )
+        key = return_booking_key(item.id, destination.location_id, [(x.line_id, x.quantity) for x in lines], weight)
         booked = call_hook(
             self._hook.oms_carrier_return_label,
-            order=order, return_id=item.id, destination=destination, lines=lines, weight_grams=weight,
+            order=order, return_id=item.id, booking_key=key, destination=destination, lines=lines, weight_grams=weight,
         )  # fmt: skip
         if booked is None:
             return item
-        key = stored_label(self._labels, booked, order.id, item.id)
-        return item.labelled(booked.carrier, booked.tracking_number, key)
+        # Stored under the booking's key, as a shipment's: a request that lost the return's id to a
+        # concurrent one stored its label under that id too, and would replace the winner's.
+        stored = stored_label(self._labels, booked, order.id, key)
+        return item.labelled(booked.carrier, booked.tracking_number, stored)
 
     # --- Receive ----------------------------------------------------------------------------
     def receive(self, return_id: str, receipt: ReceiveReturn, actor: str, channel: str | None = None) -> Return:

@@ -86,7 +86,7 @@ def book_parcel(
 
 
 def stored_label(labels: LabelStore, booked: CarrierShipment, order_id: str, item_id: str) -> str:
-    """What a shipment (`item_id` its booking key) or a return (its id) keeps of its label: the
+    """What a shipment (`item_id` its booking key) or a return (its booking key) keeps of its label: the
     carrier's link when the carrier hosts it, else the key of the document put in the label store."""
     if booked.label_url is not None:
         return booked.label_url

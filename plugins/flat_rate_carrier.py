@@ -273,7 +273,9 @@ def oms_carrier_return_label(
     order: Order, return_id: str, destination: Location, lines: list[ShipmentLine], weight_grams: int
 ) -> CarrierShipment:
     """The return's tracking number is derived from its RMA id like a shipment's from its id, so a
-    retried request books the same label."""
+    retried request books the same label. It keeps no bookings, so it needs no `booking_key`: every
+    call renders the lines and weight it is given (a request made again with other lines after a
+    failed booking shows what it now holds)."""
     if weight_grams < 0:
         raise ValueError("a parcel cannot weigh less than nothing")
     tracking = tracking_number(return_id)

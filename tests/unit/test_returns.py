@@ -32,7 +32,7 @@ from core.plugin_manager import build_plugin_manager
 from core.pricing_types import PricingDraft, ShippingQuote
 from core.refund_service import PendingRefundSweep, RefundService
 from core.return_models import ReceiveReturn, RequestReturn, Return, ReturnLine, ReturnPolicyDecision
-from core.returns import ExchangeIdTaken, RefundNotDone, ReturnNotReceived, Returns, return_id_for
+from core.returns import ExchangeIdTaken, RefundNotDone, ReturnNotReceived, Returns, return_booking_key, return_id_for
 from core.services import OrderQueries
 from core.status import RETURN_TRANSITIONS, OrderStatus, ReturnStatus
 from plugins import test_payments
@@ -157,8 +157,9 @@ def test_a_return_of_delivered_units_is_authorized_at_once_with_a_return_label(w
     assert (item.status, item.ordinal, item.return_to, item.channel) == (R.AUTHORIZED, 1, "wh-west", order.channel)
     assert item.fee == Money.zero("USD") and item.refund == Money.zero("USD") and not item.refund_shipping
     assert item.carrier == "OMS Flat Rate" and item.tracking_number.startswith("OMS")
-    assert item.label_url == f"labels/{order.id}/{item.id}"
-    assert world.labels.labels[item.id].startswith(b"%PDF")
+    key = return_booking_key(item.id, "wh-west", [("L1", 1)], 200)  # stored under its booking's key
+    assert item.label_url == f"labels/{order.id}/{key}"
+    assert world.labels.labels[key].startswith(b"%PDF")
     requested = [e for e in world.history(order.id) if e.type is OrderEvent.RETURN_REQUESTED]
     assert [(e.actor, e.detail["return_id"]) for e in requested] == [("key_cs", item.id)]
 
@@ -387,7 +388,8 @@ def test_a_policy_asking_for_approval_makes_a_requested_return_without_a_label_u
     approved = returns.approve(item.id, "ok by Sam", actor="key_lead")
 
     assert (approved.status, approved.note) == (R.AUTHORIZED, "ok by Sam")
-    assert approved.label_url == f"labels/{order.id}/{item.id}" and item.id in world.labels.labels
+    key = return_booking_key(item.id, "wh-west", [("L1", 1)], 200)
+    assert approved.label_url == f"labels/{order.id}/{key}" and key in world.labels.labels
     with pytest.raises(InvalidTransition):
         returns.reject(item.id, None, actor="key_lead")
 
@@ -418,7 +420,8 @@ def test_an_approval_whose_label_cannot_be_booked_leaves_the_return_requested_an
 
     approved = returns.approve(item.id, "ok by Sam", actor="key_lead")
 
-    assert (approved.status, approved.label_url) == (R.AUTHORIZED, f"labels/{order.id}/{item.id}")
+    key = return_booking_key(item.id, "wh-west", [("L1", 1)], 200)
+    assert (approved.status, approved.label_url) == (R.AUTHORIZED, f"labels/{order.id}/{key}")
     assert store.get(item.id) == approved and approved.version == item.version + 1
     authorized = [e for e in world.history(order.id) if e.type is OrderEvent.RETURN_AUTHORIZED]
     assert [e.detail["return_id"] for e in authorized] == [item.id]
