@@ -273,6 +273,15 @@ class Cancellation:
         if payment.status is PaymentStatus.PENDING:
             return self.release_lost_authorizations(order, actor, unrecorded=own_authorization_keys(order))
         authorization = payment.authorization
+        if payment.status is PaymentStatus.AUTHORIZED and authorization is None and order.authorized_nothing():
+            # Authorized for nothing with no gateway asked (it owed nothing): voided with no gateway asked.
+            at = self._clock()
+            return modify(
+                self._orders, order.id,
+                lambda current: current.record_void(None, None, at=at, actor=actor)
+                if current.payment.status is PaymentStatus.AUTHORIZED and current.authorized_nothing()
+                else None,
+            )  # fmt: skip
         if payment.status is not PaymentStatus.AUTHORIZED or not authorization:
             return order
         result = self._void(order, authorization, actor)

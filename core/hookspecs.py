@@ -106,8 +106,9 @@ def oms_payment_authorize(
 
     :param method: the order's `payment.method`; answer only for your own.
     :param token: the payment token the client sent (never a card number).
-    :param amount: the order's grand total; when an authorization is renewed, what the old one
-        had left to capture.
+    :param amount: the order's grand total (less an exchange's credit); when an authorization is
+        renewed, what the old one had left to capture. Never zero: an order that owes nothing is
+        authorized without asking the gateway (many refuse an amount under their minimum).
     :param order_id: the order being paid.
     :param idempotency_key: the same for every retry of this authorization; pass it to the
         gateway so a retry never authorizes twice. An edit writes the authorization it asks for

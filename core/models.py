@@ -1019,6 +1019,10 @@ class PaymentRefund(Shown):
 # What the reason of the refund of the credit an exchange's replacement did not use
 # (ExchangeCredits.give_back) says, on the original and on each order up the chain it drew from.
 CREDIT_NOT_USED = "did not use its credit"
+# The reason of the `payment_authorized` entry of an order that owes nothing: no gateway was asked.
+NOTHING_TO_AUTHORIZE = "nothing to pay: no authorization needed"
+# ... and of the `payment_voided` entry that cancels it.
+NOTHING_TO_VOID = "nothing to pay: nothing was authorized at the gateway"
 
 
 def draws_on_credit(refund: PaymentRefund) -> bool:
@@ -1068,7 +1072,7 @@ class Payment(BaseModel):
     def refund_by_id(self, refund_id: str) -> PaymentRefund | None:
         return next((r for r in self.refunds if r.id == refund_id), None)
 
-    def authorized_for(self, amount: Money, reference: str) -> "Payment":
+    def authorized_for(self, amount: Money, reference: str | None) -> "Payment":
         return _replaced(self, status=PaymentStatus.AUTHORIZED, authorized=amount, authorization=reference)
 
     def with_capture(self, amount: Money, grand_total: Money) -> "Payment":
@@ -3268,17 +3272,23 @@ class Order(Shown):
         return self._bookkeeping(at=at, own_void_owed=False)
 
     def authorize(
-        self, amount: Money, reference: str, *, at: datetime, actor: str, keys_given_up: list[str] | None = None
+        self, amount: Money, reference: str | None, *, at: datetime, actor: str, keys_given_up: list[str] | None = None
     ) -> Change:
-        """The gateway authorized `amount` as `reference`. `keys_given_up`: earlier keys of the order
-        whose release failed before it (`authorization_keys_given_up`), named by this write."""
+        """The gateway authorized `amount` as `reference`; or, with no `reference`, the order owes
+        nothing (`amount` zero) and no gateway was asked: authorized with nothing to capture, void or
+        refund (every such path does nothing for a payment without a reference). `keys_given_up`:
+        earlier keys of the order whose release failed before it (`authorization_keys_given_up`),
+        named by this write."""
+        if reference is None and amount.amount != 0:
+            raise InvalidTransition(f"only an order that owes nothing is authorized without the gateway, not {amount}")
         given_up = {"authorization_keys_given_up": list(keys_given_up)} if keys_given_up else {}
+        why = {"reason": NOTHING_TO_AUTHORIZE} if reference is None else {}
         if self.waits_for_authorization_on_hold():
             # The authorization raced a hold placed while pending and lost the write: recorded on
             # the held order, so neither is lost (a cancel voids it; a release resumes after it).
             return self._next(
                 at=at, actor=actor, type=OrderEvent.PAYMENT_AUTHORIZED,
-                detail={"amount": amount.model_dump(mode="json"), "reference": reference},
+                detail={"amount": amount.model_dump(mode="json"), "reference": reference, **why},
                 payment=self.payment.authorized_for(amount, reference), authorized_at=at,
                 hold=_replaced(self.hold, resume_to=OrderStatus.AUTHORIZED), **given_up,
             )  # fmt: skip
@@ -3286,7 +3296,7 @@ class Order(Shown):
             raise InvalidTransition(f"an order that is {self.status} is not waiting for its authorization")
         return self._next(
             at=at, actor=actor, type=OrderEvent.PAYMENT_AUTHORIZED, to=OrderStatus.AUTHORIZED,
-            detail={"amount": amount.model_dump(mode="json"), "reference": reference},
+            detail={"amount": amount.model_dump(mode="json"), "reference": reference, **why},
             payment=self.payment.authorized_for(amount, reference), authorized_at=at, **given_up,
         )  # fmt: skip
 
@@ -3438,7 +3448,8 @@ class Order(Shown):
         carrier reported delivered (reported_delivered) left by the time it gave."""
         shipment = self.ready_to_ship(shipment_id)
         payment = self.payment
-        if payment.authorization:
+        if payment.authorization or self.authorized_nothing():
+            # One that owed nothing captures nothing: paid in full, no gateway asked (authorized_nothing).
             payment = payment.with_capture(captured, self.payable())
         reported = self.reported(shipment_id) if self.reported_delivered else None
         scan = self.delivery_scan(shipment_id) if self.delivery_scans else None
@@ -3613,7 +3624,8 @@ class Order(Shown):
         """The customer collected the pickup, and `captured` (what the gateway approved for it) is recorded."""
         self.ready_to_collect(shipment_id)
         payment = self.payment
-        if payment.authorization:
+        if payment.authorization or self.authorized_nothing():
+            # One that owed nothing captures nothing: paid in full, no gateway asked (authorized_nothing).
             payment = payment.with_capture(captured, self.payable())
         shipments = [
             _replaced(s, status=ShipmentStatus.DELIVERED, delivered_at=at, captured=captured)
@@ -4001,8 +4013,10 @@ class Order(Shown):
             captures_requested=self._requests_besides(shipment_id),
         )  # fmt: skip
 
-    def record_void(self, authorization: str, reference: str, *, at: datetime, actor: str) -> Change:
-        """The gateway released the authorization of this cancelled order."""
+    def record_void(self, authorization: str | None, reference: str | None, *, at: datetime, actor: str) -> Change:
+        """The gateway released the authorization of this cancelled order; or, with no
+        `authorization`, the order was authorized for nothing with no gateway asked (authorized_nothing),
+        and is voided with none asked either."""
         payment = self.payment
         if self.status is not OrderStatus.CANCELLED:
             raise InvalidTransition(f"only a cancelled order's authorization is voided, not a {self.status} one's")
@@ -4010,10 +4024,22 @@ class Order(Shown):
             raise InvalidTransition(
                 f"the payment is {payment.status} under {_shown_reference(payment.authorization)}; nothing to void"
             )
+        if authorization is None and (reference is not None or not self.authorized_nothing()):
+            raise InvalidTransition(f"order {self.id} holds an authorization: the gateway voids it")
+        why = {"reason": NOTHING_TO_VOID} if authorization is None else {}
         return self._next(
             at=at, actor=actor, type=OrderEvent.PAYMENT_VOIDED,
-            detail={"authorization": authorization, "reference": reference}, payment=payment.voided(),
+            detail={"authorization": authorization, "reference": reference, **why}, payment=payment.voided(),
             own_void_owed=False,
+        )  # fmt: skip
+
+    def authorized_nothing(self) -> bool:
+        """Authorized with no gateway asked: it owed nothing (Order.authorize with no reference), and
+        no edit since authorized anything (payment.authorization stays None until one does)."""
+        payment = self.payment
+        return (
+            payment.status is PaymentStatus.AUTHORIZED and payment.authorization is None
+            and payment.authorized.amount == 0 and payment.captured.amount == 0
         )  # fmt: skip
 
     # --- Cancelling units that have not shipped -----------------------------------------------

@@ -238,6 +238,14 @@ class Workflow:
             except NOT_MADE:  # refused, the gateway down, or the payment plugin failed (PaymentPluginFailed)
                 given_up = self._cancellation.unreleased_authorization_keys(order)
         amount = order.payable()  # an exchange's credit paid the rest
+        if amount.amount <= 0:
+            # Nothing to pay (a free pickup, a 100% promotion, a replacement its credit paid for):
+            # no gateway is asked, since many refuse an amount under their minimum and would end a
+            # free order payment_failed. Authorized for 0.00 with no reference, so nothing is
+            # captured, voided or refunded for it; an edit that makes it owe something authorizes
+            # that through the gateway as any edit does (core.fulfillment).
+            self._authorize_nothing(order, given_up)
+            return
         # Keyed by the version that priced the order: a retry of this same read reuses the
         # authorization, and so does the execution a release starts after a hold placed while
         # pending (a hold changes the version, not the price), while a retry after an edit gets a
@@ -285,6 +293,30 @@ class Workflow:
                 raise OrderHeld(f"order {order_id} was put on hold while it was being authorized") from None
             if stored.status in STOPPED:
                 raise stopped(stored) from None  # its cancel voids what it recorded
+
+    def _authorize_nothing(self, read: Order, given_up: list[str]) -> None:
+        """Record the authorization of an order that owes nothing (Order.authorize with no
+        reference), on the order as read, or again on a consistent read while it still waits for
+        it owing nothing; an order moved on meanwhile (held, cancelled, edited) is left as the
+        authorization with a reference would leave it (_kept)."""
+        at = self._clock()
+
+        def decide(order: Order):
+            waits = order.waits_for_authorization_on_hold() or (
+                order.status is S.PENDING and order.payment.status is PaymentStatus.PENDING
+            )
+            if not waits or order.payable().amount > 0:
+                return None
+            return order.authorize(order.payable(), None, at=at, actor=WORKFLOW_ACTOR, keys_given_up=given_up)
+
+        stored = modify(self._orders, read.id, decide, read=read)
+        if stored.status is S.ON_HOLD:
+            raise OrderHeld(f"order {read.id} was put on hold while it was being authorized")
+        if stored.status in STOPPED:
+            raise stopped(stored)
+        if stored.payment.status is PaymentStatus.PENDING:
+            # Edited to owe something meanwhile: the retry authorizes that through the gateway.
+            raise TransientError(f"order {read.id} changed while this step ran")
 
     def _release_lost_authorizations(self, order: Order, *, own: bool = True) -> None:
         # An earlier attempt may have died after the gateway approved, leaving nothing in the history.

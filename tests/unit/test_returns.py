@@ -1021,6 +1021,26 @@ def test_an_exchange_that_costs_less_refunds_the_rest_once_and_authorizes_nothin
     assert world.order(replacement.id).payment.captured == Money.zero("USD")
 
 
+def test_a_replacement_its_credit_paid_for_in_full_asks_the_gateway_nothing_shipped_or_cancelled(world, clock):
+    # A gateway asked to authorize 0.00 may refuse it (Stripe's minimum is 0.50 USD): the
+    # replacement ended payment_failed. It owes nothing, so no gateway is asked.
+    _, _, settled = exchanged(world, clock, ("MUG", 2), ("CAP", 1))
+    _, _, other = exchanged(world, clock, ("MUG", 1), ("CAP", 1))
+    asked = list(world.spy.authorized)
+
+    allocated = world.run(settled.exchange_order_id or "")
+    kept = world.run(other.exchange_order_id or "")
+
+    assert allocated.payment.authorization is None and allocated.payment.authorized == Money.zero("USD")
+    assert (allocated.status, allocated.payment.status) == (S.ALLOCATED, "authorized")
+    assert world.spy.authorized == asked
+    done = delivered(world, allocated)
+    assert (done.status, done.payment.status, done.payment.captured) == (S.DELIVERED, "captured", Money.zero("USD"))
+    cancelled = world.actions.cancel(kept.id, "customer asked", actor="key_cs")
+    assert (cancelled.status, cancelled.payment.status) == (S.CANCELLED, "voided")
+    assert (world.spy.authorized, world.spy.voided) == (asked, [])
+
+
 @pytest.mark.parametrize(("currency", "total", "credit", "payable"), [
     ("USD", "31.07", "21.59", "9.48"), ("USD", "12.00", "21.59", "0.00"), ("JPY", "3000", "2999", "1"),
     ("KWD", "10.125", "10.125", "0.000"),
