@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.builders import location_body, order_body, product_body
+from tests.builders import address_body, location_body, order_body, product_body
 from tests.integration.in_process import InProcessApi, in_process_api_with_labels, run_to_allocated
 
 _orders = itertools.count(1)
@@ -103,3 +103,42 @@ def test_an_edit_up_to_a_codes_minimum_is_refused_its_stacking_as_capture_refuse
     as_new = api.post("/orders", json=body(("BIG", 2), promo_codes=["WELCOME10", "BIGBASKET20"]))
     assert (as_new.status_code, as_new.json()["error"]["code"]) == (422, "promo_codes_do_not_stack")
     assert api.get(f"/orders/{order['id']}").json() == order
+
+
+# --- An edit that changes nothing -------------------------------------------------------------
+
+
+def test_an_edit_that_changes_nothing_is_200_with_the_order_as_it_is_and_writes_nothing(api):
+    order = allocated(api, ("BIG", 1), ("MUG", 2), promo_codes=["WELCOME10"])
+    before = history(api, order["id"])
+
+    assert order["shipping_method"] == "standard"
+    lines = [{"sku": "BIG", "quantity": 1}, {"sku": "MUG", "quantity": 2}]
+    same = edit(api, order, {"lines": lines, "shipping_address": address_body(), "shipping_method": "standard"})
+
+    assert same == order
+    assert api.get(f"/orders/{order['id']}").json() == order  # still allocated, its parcels as they were booked
+    assert history(api, order["id"]) == before
+
+
+def test_an_edit_that_changes_nothing_on_a_stale_version_is_409(api):
+    order = allocated(api, ("MUG", 2))
+    moved = edit(api, order, {"lines": [{"sku": "MUG", "quantity": 3}]})
+
+    edit(api, order, {"lines": [{"sku": "MUG", "quantity": 3}]}, status=409)
+    edit(api, {**order, "version": moved["version"] + 1}, {"lines": [{"sku": "MUG", "quantity": 3}]}, status=409)
+
+    assert api.get(f"/orders/{order['id']}").json()["version"] == moved["version"]
+
+
+def test_an_edit_naming_its_lines_unchanged_and_a_new_address_changes_the_address_only(api):
+    order = allocated(api, ("MUG", 2))
+    moved = address_body(line1="9 Other Street")
+
+    edited = edit(api, order, {"lines": [{"sku": "MUG", "quantity": 2}], "shipping_address": moved})
+
+    assert edited["status"] == "authorized"  # sourced again
+    assert edited["shipping_address"]["line1"] == "9 Other Street"
+    assert [line["line_id"] for line in edited["lines"]] == [line["line_id"] for line in order["lines"]]
+    (entry,) = [h for h in history(api, order["id"]) if h["type"] == "edited"]
+    assert entry["detail"]["changed"] == ["shipping_address"]
