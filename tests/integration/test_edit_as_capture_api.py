@@ -142,3 +142,14 @@ def test_an_edit_naming_its_lines_unchanged_and_a_new_address_changes_the_addres
     assert [line["line_id"] for line in edited["lines"]] == [line["line_id"] for line in order["lines"]]
     (entry,) = [h for h in history(api, order["id"]) if h["type"] == "edited"]
     assert entry["detail"]["changed"] == ["shipping_address"]
+
+
+def test_a_cancel_of_units_that_loses_a_codes_minimum_and_raises_the_total_is_409_and_changes_nothing(api):
+    # 110.00 earned 22.00 off (88.00); one mug fewer is 97.50 with nothing off: more than authorized.
+    order = allocated(api, ("BIG", 1), ("MUG", 4), promo_codes=["BIGBASKET20"])
+
+    answer = api.post(f"/orders/{order['id']}/cancel", json={"reason": "one mug less",
+                                                              "lines": [{"line_id": "L2", "quantity": 1}]})  # fmt: skip
+
+    assert (answer.status_code, answer.json()["error"]["code"]) == (409, "invalid_transition"), answer.text
+    assert api.get(f"/orders/{order['id']}").json() == order
