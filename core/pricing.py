@@ -248,7 +248,7 @@ class Pricing:
         if as_sold is not None:  # its units changed: asked as it was sold too
             before = {line.line_id: line.subtotal for line in as_sold.lines}
             was: list[Discount] = call_hook(self._hook.oms_discounts, _discount_in(currency, before), draft=as_sold)
-            lapsed = _lapsed(granted, draft, was, as_sold)
+            lapsed = _lapsed(granted, draft, was, as_sold) | _granting_nothing_now(granted, placed_with, draft)
             placed_with = [grant for grant in placed_with if grant.code not in lapsed]
         claimed = {d.code.upper() for d in granted} | {grant.code for grant in placed_with}
         # A code whose terms the edited units changed is judged as capture judges it, its stacking
@@ -499,6 +499,27 @@ def _lapsed(granted: list[Discount], draft: PricingDraft, was: list[Discount], a
                 lapsed.add(rule)
                 break
     return lapsed
+
+
+def _granting_nothing_now(
+    granted: list[Discount], placed_with: Sequence[PromotionGrant], draft: PricingDraft
+) -> set[str]:  # fmt: skip
+    """The order's promo codes the plugins answer for the order as it now is (`granted` for `draft`)
+    with nothing (no amount, no free shipping: a condition, a minimum say, it does not meet today)
+    though they granted it something when it was sold (`placed_with`): nothing, as capture gives
+    it, even when the order as it was sold would not meet today's terms either (a minimum raised
+    since). A code no plugin answers for (its promotion ended) is not among them."""
+    answered: set[str] = set()
+    giving: set[str] = set()
+    for discount in granted:
+        code = discount.code.upper()
+        if code in draft.promo_codes:
+            answered.add(code)
+            if discount.free_shipping or (discount.amount is not None and discount.amount.amount > 0):
+                giving.add(code)
+    gave = {grant.code for grant in placed_with
+            if grant.free_shipping or (grant.amount is not None and grant.amount.amount > 0)}  # fmt: skip
+    return (answered - giving) & gave
 
 
 def _rule_terms(granted: list[Discount], draft: PricingDraft) -> dict[str, tuple[dict[str, Decimal], Decimal, bool]]:
