@@ -39,6 +39,7 @@ from core.events import OrderEvent
 from core.holds import give_back_or_note, give_back_surplus
 from core.ids import reservation_key, shipment_id_for
 from core.models import (
+    Address,
     Change,
     LineInput,
     Order,
@@ -795,6 +796,14 @@ class OrderActions:
             )  # fmt: skip
         except ValidationError as error:
             raise refused_as_kept(error) from None  # what the edit keeps (address, customer), as a new order's
+        # What it names as the order has it already is no change: an edit that changes nothing is
+        # the order as it is (no write, no event, an allocated order not sourced and booked again);
+        # one that changes something re-sources as any edit does, naming only what it changed.
+        edit = _unchanged_left_out(order, edit, kept, cmd.shipping_address)
+        if (edit.lines, edit.shipping_address, edit.shipping_method) == (None, None, None) and (
+            order.version == expected_version and order.authorization_requested is None
+        ):
+            return order
         # Checked against the stock sourcing may use again: the order's own units count, a
         # location that rejected a shipment of it does not. Read whatever its status: an order
         # sent back to be sourced (an earlier edit, a reject) holds its units until its workflow
@@ -975,6 +984,20 @@ class OrderActions:
         else:
             key = payment_keys.authorize(order.id, asked.authorizes_version) if asked is not None else None
             self._cancellation.void_unrecorded(order, reference, actor, key=key)
+
+
+def _unchanged_left_out(order: Order, edit: OrderEdit, kept: list[OrderLine], address: Address) -> OrderEdit:
+    """`edit` without the parts that name what `order` has already: the lines with units (`kept`),
+    the same skus and quantities in the same order; the address (`address`, as the edit's is
+    stored); the shipping method."""
+    same: dict[str, None] = {}
+    if edit.lines is not None and [(x.sku, x.quantity) for x in edit.lines] == [(x.sku, x.quantity) for x in kept]:
+        same["lines"] = None
+    if edit.shipping_address is not None and address.model_dump() == order.shipping_address.model_dump():
+        same["shipping_address"] = None
+    if edit.shipping_method is not None and edit.shipping_method == order.shipping_method:
+        same["shipping_method"] = None
+    return edit.model_copy(update=same) if same else edit
 
 
 def _priced_in_place(lines: list[OrderLine], kept: list[OrderLine], priced: list[OrderLine]) -> list[OrderLine]:

@@ -245,12 +245,15 @@ class Pricing:
         subtotals = {line.line_id: line.subtotal for line in draft.lines}
         granted: list[Discount] = call_hook(self._hook.oms_discounts, _discount_in(currency, subtotals), draft=draft)
         lapsed: set[str] = set()
-        if as_sold is not None and _any_rule(granted, placed_with, draft):  # asked as it was sold too
+        if as_sold is not None:  # its units changed: asked as it was sold too
             before = {line.line_id: line.subtotal for line in as_sold.lines}
             was: list[Discount] = call_hook(self._hook.oms_discounts, _discount_in(currency, before), draft=as_sold)
-            lapsed = _lapsed(granted, draft, was, as_sold)
+            lapsed = _lapsed(granted, draft, was, as_sold) | _granting_nothing_now(granted, placed_with, draft)
             placed_with = [grant for grant in placed_with if grant.code not in lapsed]
         claimed = {d.code.upper() for d in granted} | {grant.code for grant in placed_with}
+        # A code whose terms the edited units changed is judged as capture judges it, its stacking
+        # too: one that now applies does not combine with another today's plugins say it does not.
+        answered = {d.code.upper() for d in granted if d.exclusive} if lapsed else set()
         # The codes an order priced again was placed with keep the terms they were sold with
         # (_kept_terms), whatever their promotions say today; today's count only for units added.
         granted = [*_todays_terms(granted, placed_with, draft, sold_units, lapsed), *_kept_terms(placed_with, draft)]
@@ -261,7 +264,7 @@ class Pricing:
         ]
         if unknown:
             raise InvalidRequest("unknown promo code", code="unknown_promo_code", details=unknown)
-        exclusive = {d.code.upper() for d in granted if d.exclusive}
+        exclusive = {d.code.upper() for d in granted if d.exclusive} | answered
         clashing = [i for i, code in enumerate(sent) if code in exclusive]
         if len({sent[i] for i in clashing}) > 1:
             raise InvalidRequest(
@@ -468,21 +471,16 @@ def _as_sold(
     return draft.model_copy(update={"lines": lines})
 
 
-def _any_rule(granted: list[Discount], placed_with: Sequence[PromotionGrant], draft: PricingDraft) -> bool:
-    """Whether a plugin's own rule (a code that is none of the draft's promo codes) is among the
-    discounts `granted` today or the grants the order keeps (`placed_with`)."""
-    codes = set(draft.promo_codes)
-    return any(d.code.upper() not in codes for d in granted) or any(g.code not in codes for g in placed_with)
-
-
 def _lapsed(granted: list[Discount], draft: PricingDraft, was: list[Discount], as_sold: PricingDraft) -> set[str]:
-    """The plugins' own rules (no promo code of the draft) that the plugins apply to the order as it
+    """The order's promo codes and the plugins' own rules that the plugins apply to the order as it
     now is (`granted` for `draft`) otherwise than to the order as it was sold (`was` for `as_sold`):
     another amount per unit of a line the two share (within what rounding each line's amount
-    explains), another amount off the order, free shipping or not. Such a rule's terms depend on
-    the units that changed (a volume rule the units left no longer qualify for, another tier): the
-    order gets what the rule gives it today. One applied alike, or no longer at all (ended), keeps
-    what it granted the units sold (_kept_terms)."""
+    explains), another amount off the order, free shipping or not. Such a code's or rule's terms
+    depend on the units that changed (a minimum subtotal the order edited no longer reaches, or now
+    reaches; a volume rule the units left no longer qualify for, another tier): the order gets what
+    it gives it today, as capture would give the order as it now is (otherwise a code's minimum met
+    with units edited away later would keep its discount). One applied alike, or no longer at all
+    (ended), keeps what it granted the units sold (_kept_terms)."""
     now, before = _rule_terms(granted, draft), _rule_terms(was, as_sold)
     units = {line.product.sku: line.quantity for line in draft.lines}
     sold = {line.product.sku: line.quantity for line in as_sold.lines}
@@ -503,15 +501,34 @@ def _lapsed(granted: list[Discount], draft: PricingDraft, was: list[Discount], a
     return lapsed
 
 
+def _granting_nothing_now(
+    granted: list[Discount], placed_with: Sequence[PromotionGrant], draft: PricingDraft
+) -> set[str]:  # fmt: skip
+    """The order's promo codes the plugins answer for the order as it now is (`granted` for `draft`)
+    with nothing (no amount, no free shipping: a condition, a minimum say, it does not meet today)
+    though they granted it something when it was sold (`placed_with`): nothing, as capture gives
+    it, even when the order as it was sold would not meet today's terms either (a minimum raised
+    since). A code no plugin answers for (its promotion ended) is not among them."""
+    answered: set[str] = set()
+    giving: set[str] = set()
+    for discount in granted:
+        code = discount.code.upper()
+        if code in draft.promo_codes:
+            answered.add(code)
+            if discount.free_shipping or (discount.amount is not None and discount.amount.amount > 0):
+                giving.add(code)
+    gave = {grant.code for grant in placed_with
+            if grant.free_shipping or (grant.amount is not None and grant.amount.amount > 0)}  # fmt: skip
+    return (answered - giving) & gave
+
+
 def _rule_terms(granted: list[Discount], draft: PricingDraft) -> dict[str, tuple[dict[str, Decimal], Decimal, bool]]:
-    """What each of the plugins' own rules in `granted` gives `draft`: by sku, off the order, free
-    shipping."""
+    """What each promo code and each of the plugins' own rules in `granted` gives `draft`: by sku,
+    off the order, free shipping."""
     skus = {line.line_id: line.product.sku for line in draft.lines}
     terms: dict[str, tuple[dict[str, Decimal], Decimal, bool]] = {}
     for discount in granted:
         rule = discount.code.upper()
-        if rule in draft.promo_codes:
-            continue
         by_sku, off, free = terms.get(rule, ({}, Decimal(0), False))
         amount = discount.amount.amount if discount.amount is not None else Decimal(0)
         if discount.line_id is not None:

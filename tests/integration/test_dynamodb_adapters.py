@@ -1165,7 +1165,7 @@ def test_a_parcel_booked_again_before_booking_keys_were_kept_is_cancelled_under_
     services.workflow.create_shipments(placed.id)
     edited = services.actions.edit(
         placed.id, services.order_repository.get(placed.id).version,
-        OrderEdit(lines=[LineInput(sku="TSHIRT", quantity=2)]), actor="key_web",
+        OrderEdit(lines=[LineInput(sku="TSHIRT", quantity=3)]), actor="key_web",
     )  # fmt: skip
     services.workflow.reserve_stock(edited.id)
     services.workflow.create_shipments(edited.id)

@@ -364,7 +364,8 @@ def test_units_cancelled_on_hold_after_an_edit_give_back_the_stock_they_held(wor
     # Edited, the order went back to `authorized` keeping its units for the workflow, which the
     # hold puts off: the units cancelled would stay reserved for as long as the hold lasts.
     order = world.allocated(("MUG", 2))
-    edited = world.actions.edit(order.id, order.version, OrderEdit(lines=[LineInput(sku="MUG", quantity=2)]), "key_cs")
+    moved = OrderEdit.model_validate({"shipping_address": {**order.shipping_address.model_dump(), "line2": "Apt 4"}})
+    edited = world.actions.edit(order.id, order.version, moved, "key_cs")  # an edit that changes nothing is none
     holds = Holds(world.orders, clock=lambda: NOW, inventory=world.inventory, catalog=world.catalog)
     held = holds.hold(order.id, HoldRequest(reason="customer_request"), actor="key_ops")
     assert (edited.status, held.status, world.held_for(order.id)) == (S.AUTHORIZED, S.ON_HOLD, {

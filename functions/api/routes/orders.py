@@ -232,7 +232,10 @@ IfMatch = Annotated[str, if_match_header("The order's `version` you read.")]
     "shipped (or a pickup is ready) 409. An order held for a person to confirm whether a parcel left (its ship "
     "died after its capture) is 409 `parcel_not_confirmed`, `details` naming the shipment, until its hold is "
     "released. So is an order one of whose pending parcels its carrier scanned delivered before its location confirmed "
-    "the ship (`delivery_scan_kept`): the location's ship records it delivered.",
+    "the ship (`delivery_scan_kept`): the location's ship records it delivered. Totals are priced exactly as "
+    "capture prices the edited order (a promo code's minimum no longer reached drops its discount). An edit whose "
+    "lines, address and method are those the order has is 200 with the order as it is, nothing written (a stale "
+    "`If-Match` is still 409).",
     responses={**changed("The order, priced again"), **errors(400, 403, 404, 409, 413, 428, 502, 503)},
     middlewares=[plugins_loaded],
 )
