@@ -28,14 +28,17 @@ credit: a refusal there, outside any workflow, would be asked again every pass).
 is still pending it is set aside under its payment method, as one waiting for its plugin is (read
 after the received returns), until the pending-refund pass has made it (marked then) or seen it
 refused (left to the person).
-Nor is an exchange stuck midway with no refund of it refused or failed (its Exchange step died at
-the same write on every retry: deciding, putting, recording or linking its replacement, beginning
-the rest of its credit's refund): every step skips what is done (the replacement's id derives from
-the return, its put is conditional; the rest is refunded under the step's keys), so the pass starts
-its workflow again, once its last stuck record is as old as a lost receipt the pass starts again
-(restart_after: time for the throttle or outage that stopped it to pass), and sets it aside while
-it runs; stuck again, the compensation's write lists it again. Once stuck MAX_EXCHANGE_RESTARTS + 1
-times since its last change shown, it is left to the person the alarm called.
+Nor is a return stuck midway with no refund of it refused, failed or pending: a plain return's
+Restock, RecordOnOrder or Refund step, or an exchange's Exchange step, died at the same write on
+every retry or timed out (restocking it, counting it on the order, beginning its refund; deciding,
+putting, recording or linking a replacement, beginning the rest of its credit's refund). Every step
+skips what is done (a restock is keyed by return and line, the order counts a return once, a refund
+is asked under the return's key and attempt; a replacement's id derives from the return, its put is
+conditional), so the pass starts its workflow again, once its last stuck record is as old as a lost
+receipt the pass starts again (restart_after: time for the throttle or outage that stopped it to
+pass), and sets it aside while it runs; stuck again, the compensation's write lists it again. Once
+stuck MAX_STUCK_RESTARTS + 1 times since its last change shown, it is left to the person the alarm
+called.
 
 The index (ReceivedReturns: the received returns only) finds candidates by when they were
 requested (a superset of those received before the moment); each is then judged on its last change
@@ -80,12 +83,13 @@ LEFT_TO_A_PERSON = "left_to_a_person"  # set aside: only its next write lists it
 WAITS_FOR_PLUGIN = "waits_for_plugin"  # set aside by method: started once a plugin takes it
 REFUNDED_SINCE = "refunded_since"  # its refund succeeded since it was stuck: marked refunded
 WAITS_FOR_REFUND = "waits_for_refund"  # set aside by method: its refund pending, the pending-refund pass's
-STARTED_AGAIN = "started_again"  # an exchange stuck midway, nothing refused: started, then set aside
-STARTS_LATER = "starts_later"  # such an exchange stuck within restart_after: judged again by a later pass
-# How often the pass starts again the workflow of an exchange stuck midway with nothing refused (a
-# table, a function or a dependency failing through every retry): stuck once more after that, it is
-# left to a person (each stuck execution fired ReturnWorkflowFailedAlarm already).
-MAX_EXCHANGE_RESTARTS = 2
+STARTED_AGAIN = "started_again"  # a return stuck midway, no refund of it refused: started, then set aside
+STARTS_LATER = "starts_later"  # such a return stuck within restart_after: judged again by a later pass
+# How often the pass starts again the workflow of a return (plain or an exchange) stuck midway with
+# no refund of it refused, failed or pending (a table, a function or a dependency failing through
+# every retry): stuck once more after that, it is left to a person (each stuck execution fired
+# ReturnWorkflowFailedAlarm already).
+MAX_STUCK_RESTARTS = 2
 REFUSED = "RefundNotDone"  # the step error of a refund the gateway refused (core.returns.RefundNotDone)
 
 
@@ -144,7 +148,7 @@ class ReturnReconciler:
         # a stuck return refunded since is left to a person.
         self._mark_refunded = mark_refunded
         self.marked_refunded: list[str] = []  # the stuck returns the last pass marked refunded
-        self.stuck_started: list[str] = []  # the stuck exchanges whose workflow the last pass started
+        self.stuck_started: list[str] = []  # the stuck returns whose workflow the last pass started
 
     def run(self, *, time_up: TimeUp = never) -> list[str]:
         """One pass: the ids of the received returns whose workflow was started again, at most
@@ -206,8 +210,9 @@ class ReturnReconciler:
             self.marked_refunded.append(item.id)
             return False
         if stuck is not None and stuck[0] == STARTED_AGAIN:
-            # An exchange stuck midway (deciding, putting or linking its replacement, asking the rest
-            # of its credit): every step skips what is done, so its workflow finishes it. Set aside
+            # A return stuck midway (restocking, counting, beginning its refund; an exchange deciding,
+            # putting or linking its replacement, asking the rest of its credit): every step skips
+            # what is done, so its workflow finishes it. Set aside
             # once started, so the passes while it runs start no other; stuck again, its compensation
             # writes it, which lists it again, to be judged on one more stuck record.
             self._start(item)
@@ -248,8 +253,8 @@ class ReturnReconciler:
         history, and the order's payment method: LEFT_TO_A_PERSON, WAITS_FOR_PLUGIN when its
         refund waits for a payment plugin that is not back yet, WAITS_FOR_REFUND when its own
         refund is pending (the pending-refund pass's), REFUNDED_SINCE when that refund succeeded
-        since (the last two only with `mark_refunded`), STARTED_AGAIN for an exchange stuck midway
-        with nothing refused, at most MAX_EXCHANGE_RESTARTS times (STARTS_LATER until its last stuck
+        since (the last two only with `mark_refunded`), STARTED_AGAIN for a return stuck midway with
+        no refund of it refused, failed or pending, at most MAX_STUCK_RESTARTS times (STARTS_LATER until its last stuck
         record is as old as a receipt the pass restarts: before `received_before`); None when it is
         not stuck, or waited for a plugin that is back now."""
         found = self._orders.history(item.order_id)
@@ -288,8 +293,10 @@ class ReturnReconciler:
                 # Its refund, pending, is the pending-refund pass's to make or see refused: read
                 # again (after the received returns) until then, it is marked or left to a person.
                 return WAITS_FOR_REFUND, method
-            if item.exchange is not None and not refused and not failures and len(stuck) <= MAX_EXCHANGE_RESTARTS:
-                # An exchange stopped midway, no refund of it refused: its workflow finishes it.
+            pending = any(refund.status == "pending" for refund in mine)
+            if not (refused or failures or pending) and len(stuck) <= MAX_STUCK_RESTARTS:
+                # Stopped midway (a plain return's restock, count or refund's record, an exchange's
+                # replacement), no refund of it refused, failed or pending: its workflow finishes it.
                 return (STARTED_AGAIN if history[stuck[-1]].at <= received_before else STARTS_LATER), method
             return LEFT_TO_A_PERSON, method
         try:

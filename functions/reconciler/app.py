@@ -169,7 +169,7 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         for return_id in reconciler.marked_refunded if reconciler is not None else []:
             logger.warning("stuck return marked refunded: its refund succeeded since", extra={"return_id": return_id})
         for return_id in reconciler.stuck_started if reconciler is not None else []:
-            logger.warning("stuck exchange's workflow started again: it stopped midway, nothing refused",
+            logger.warning("stuck return's workflow started again: it stopped midway, nothing refused",
                            extra={"return_id": return_id})  # fmt: skip
         if returns_restarted:
             metrics.add_metric(name="ReturnWorkflowsRestarted", unit=MetricUnit.Count, value=len(returns_restarted))

@@ -56,11 +56,12 @@ def stuck(return_id: str, name: str, error: type[Exception], execution: str = "e
 
 
 def received(
-    api: InProcessApi, exchange: list[dict[str, Any]] | None = None, **overrides: Any
+    api: InProcessApi, exchange: list[dict[str, Any]] | None = None,
+    steps: tuple[str, ...] = ("receive", "restock", "record"), **overrides: Any,
 ) -> tuple[dict[str, Any], str]:  # fmt: skip
     """A delivered order of two MUGs (`overrides`: its body's overrides), one of them back at the
-    warehouse (its return `received`, for an exchange of `exchange` when given), the return's steps
-    before its refund done."""
+    warehouse (its return `received`, for an exchange of `exchange` when given), the return's
+    `steps` done (by default those before its refund)."""
     order = ship(api, allocated(api, ("MUG", 2), **overrides), "wh-west")
     for shipment in order["shipments"]:
         done = api.post(f"/orders/{order['id']}/shipments/{shipment['id']}/deliver", json={})
@@ -74,7 +75,7 @@ def received(
     assert made.status_code == 201, made.text
     return_id = made.json()["id"]
     assert api.post(f"/returns/{return_id}/receive", json=RECEIPT).status_code in (200, 202)
-    for name in ("receive", "restock", "record"):
+    for name in steps:
         step(name, return_id)
     return order, return_id
 

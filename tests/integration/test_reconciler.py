@@ -740,7 +740,7 @@ def test_an_exchange_stuck_midway_has_its_workflow_started_again_logged_and_coun
 
     assert answer["returns_restarted"] == [stuck]  # the one stopped on a refused refund: a person's
     assert emitted(capsys.readouterr().out).get("ReturnWorkflowsRestarted") == 1
-    [logged] = [r for r in caplog.records if r.getMessage().startswith("stuck exchange's workflow started again")]
+    [logged] = [r for r in caplog.records if r.getMessage().startswith("stuck return's workflow started again")]
     assert (logged.levelname, logged.return_id) == ("WARNING", stuck)
     assert refused not in answer["returns_restarted"]
     assert reconcile()["returns_restarted"] == []  # set aside while its execution runs

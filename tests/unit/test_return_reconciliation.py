@@ -568,3 +568,29 @@ def test_an_exchange_stuck_midway_is_started_again_only_once_its_stuck_record_is
     assert workflow.started == [item.id]
     done = world.returns.get(item.id)
     assert done.status is R.REFUNDED and done.exchange_order_id is not None
+
+
+def test_a_plain_return_stuck_midway_is_started_again_once_its_stuck_record_is_as_old_as_a_lost_receipt(world):
+    # Its Restock step timed out on every retry (States.Timeout) through an execution that ended
+    # long after the receipt: nothing refunded, refused or pending. Before: left to a person, though
+    # every step skips what is done. Started at once, what stopped it may still be on: it waits as a
+    # receipt's own execution is, then its workflow is started and refunds it once.
+    clock = Clock()
+    returns = returns_service(world, clock)
+    workflow = InlineReturnWorkflow(returns)
+    item = one_mug_returned(world, returns)
+    returns.receive(item.id, RECEIPT, "key_wh")
+    clock.advance(minutes=20)
+    returns.stuck(item.id, "States.Timeout", "the task timed out", actor="returns-workflow", execution="x1")
+    clock.advance(minutes=5)
+    assert reconciler(world, clock, workflow).run() == []  # stuck five minutes ago
+    clock.advance(minutes=11)
+
+    assert reconciler(world, clock, workflow).run() == [item.id]
+
+    assert workflow.started == [item.id]
+    done = world.returns.get(item.id)
+    assert done.status is R.REFUNDED and done.refund.amount > 0
+    paid = world.order(item.order_id).payment
+    assert [refund.status for refund in paid.refunds] == ["succeeded"] and paid.refunded == done.refund
+    assert reconciler(world, clock, workflow).run() == []

@@ -3339,8 +3339,9 @@ def test_a_refund_step_retried_while_what_its_return_kept_back_is_pending_refund
 def test_the_workflow_the_receipt_starts_finds_it_received_while_plain_reads_of_returns_lag(world, clock, monkeypatch):
     # POST /returns/{id}/receive writes the receipt, then starts the returns workflow at once: its
     # steps' plain reads may still show the return authorized. ReturnNotReceived is not retried (the
-    # execution records the return stuck for a person, and the reconciler leaves it to them), so a
-    # step says "not received" only on a read that shows every write acknowledged before it.
+    # execution records the return stuck and the alarm calls a person; the reconciler starts it again
+    # only ReconcileAfterMinutes later), so a step says "not received" only on a read that shows
+    # every write acknowledged before it.
     returns, store = returns_for(world, clock)
     order = shipped(world, ("TSHIRT", 2))
     item = returns.request(order.id, ask(("L1", 2, None)), actor="key_cs")
