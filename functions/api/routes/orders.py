@@ -90,13 +90,15 @@ def place_order(order: PlaceOrder, idempotency_key: IdempotencyKey = None) -> Re
     # order, as the same key and body find the first answer, instead of placing a second one.
     # With one, the order's id comes from its channel and external id, taken by whatever placed it
     # first: its created entry keeps this request (`request_key`, never shown), by which such a retry
-    # tells its own order from another request's (409 duplicate_order).
+    # tells its own order from another request's (409 duplicate_order). Only then: the order item is
+    # written ~7 times an order and billed per started KB, and an id from the request says it already.
     order_id = request_key = None
     if idempotency_key is not None:
         request = json.dumps(payload, sort_keys=True)
-        request_key = f"api:{who.key_id}:{idempotency_key}#{short_hash(request)}"
         if order.external_id is None:
             order_id = order_id_for_request(who.key_id, idempotency_key, request)
+        else:
+            request_key = f"api:{who.key_id}:{idempotency_key}#{short_hash(request)}"
 
     def place(order_id: str | None = order_id) -> Order:
         placed = container().capture.place(
