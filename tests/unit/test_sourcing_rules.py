@@ -728,7 +728,7 @@ AGREEING = given(
 
 
 @settings(
-    max_examples=50, derandomize=True, deadline=None,
+    max_examples=25, derandomize=True, deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.filter_too_much],
 )  # fmt: skip
 @AGREEING
@@ -803,7 +803,7 @@ FILLING = given(
 
 
 @settings(
-    max_examples=40, derandomize=True, deadline=None,
+    max_examples=20, derandomize=True, deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.filter_too_much],
 )  # fmt: skip
 @FILLING
@@ -954,7 +954,7 @@ BEHIND_OLDER = given(
 
 
 @settings(
-    max_examples=40, derandomize=True, deadline=None,
+    max_examples=20, derandomize=True, deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.filter_too_much],
 )  # fmt: skip
 @BEHIND_OLDER
