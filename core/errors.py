@@ -252,7 +252,9 @@ class InvalidCursor(InvalidRequest):
 
 
 class TransientError(DomainError):
-    """Worth retrying: a gateway or carrier is briefly unavailable. Plugins raise it."""
+    """Worth retrying: a gateway or carrier is briefly unavailable. Plugins raise it; a plugin's
+    reaches its caller with a message naming the plugin, hook and type alone, and `details`
+    [{"plugin", "hook"}]: its own words go to the log (core.hook_calls.unavailable)."""
 
     code = "transient_error"
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import datetime
 import functools
 import inspect
+import logging
 import types
 import typing
 from collections.abc import Callable, Iterable
@@ -32,9 +33,12 @@ from typing import Annotated, Any, NamedTuple
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
 from core.errors import PluginError, PluginUnavailable, TransientError
+from core.log_text import escape_for_log
 from core.models import VisibleText
 
 Accept = Callable[[Any], Any]
+
+logger = logging.getLogger(__name__)
 
 
 class _Answer(NamedTuple):
@@ -87,39 +91,45 @@ def call_hook(hook: Any, accept: Accept | None = None, /, **kwargs: Any) -> Any:
     reported against the plugin that gave the item.
 
     A plugin that raises becomes PluginError naming it, whatever it raises (SystemExit and other
-    BaseExceptions too) but KeyboardInterrupt; PluginUnavailable passes through
-    unchanged, and TransientError (a gateway briefly down) with its message made visible and cut
-    to 500 characters (plugin_words), as is the TransientError a TimeoutError or
-    ConnectionError becomes."""
+    BaseExceptions too) but KeyboardInterrupt; the manager's PluginUnavailable (a plugin failed to
+    load) passes through unchanged. A plugin's TransientError (a gateway briefly down) passes on,
+    of its class, and a TimeoutError or ConnectionError becomes one: either names the plugin, the
+    hook and the exception's type alone (`unavailable`), its words going to the log line
+    `plugin temporarily unavailable`, never to the client, the order's history or a workflow's
+    error: a client library's words often hold what it connected to (a connection string with
+    its password, an internal host, a token)."""
     name: str = hook.name
     answers: list[_Answer] = []
     token = _answers.set(answers)
     try:
         result = hook(**kwargs)
-    except PluginUnavailable:
-        raise
+    except PluginUnavailable as exc:
+        plugin = _raised_by(hook, exc)
+        if plugin == "(unknown)":
+            raise  # the manager's own: a plugin failed to load, named as shown_reason says
+        # A plugin's own, which it has no business raising: its words would go to any key.
+        raise _failed(plugin, name, exc) from exc
     except TransientError as exc:
-        # The plugin's own error goes on, mended: its class may be what a caller or a retry matches.
-        exc.message = plugin_words(str(exc.message))
+        # The plugin's own error goes on, its words replaced: its class may be what a caller or a
+        # retry matches.
+        plugin = _raised_by(hook, exc)
+        exc.message = unavailable(plugin, name, exc, "said it is temporarily unavailable")
         exc.args = (exc.message,)
+        exc.details = [{"plugin": plugin, "hook": name}]
         raise
     except (TimeoutError, ConnectionError) as exc:
         # A remote service (gateway, carrier, tax service) did not answer: worth retrying, and safe
         # to, because every hook that changes something remotely is given an idempotency key.
         plugin = _raised_by(hook, exc)
         raise TransientError(
-            plugin_words(f"plugin {plugin} got no answer in {name}: {type(exc).__name__} {exc}")
+            unavailable(plugin, name, exc, "got no answer"), details=[{"plugin": plugin, "hook": name}]
         ) from exc
     except KeyboardInterrupt:
         raise  # the operator's Ctrl-C, not the plugin's answer
     except BaseException as exc:
         # SystemExit (a library's sys.exit) or any class of the plugin's own outside Exception too:
         # past here nothing maps it, and the Lambda would die without the contract's error shape.
-        plugin = _raised_by(hook, exc)
-        raise PluginError(
-            f"plugin {plugin} failed in {name}: {type(exc).__name__}",
-            details=[{"plugin": plugin, "hook": name}],
-        ) from exc
+        raise _failed(_raised_by(hook, exc), name, exc) from exc
     finally:
         _answers.reset(token)
 
@@ -139,10 +149,44 @@ def call_hook(hook: Any, accept: Accept | None = None, /, **kwargs: Any) -> Any:
     return items
 
 
-# A plugin's words on its failure (a TransientError's) reach the client's 503 (and a payment's
-# history, a workflow step's error; why one failed to load, GET /plugins and the log alone): its
-# controls and bidi overrides made visible, cut as history entries cut such words.
+def _failed(plugin: str, hook: str, exc: BaseException) -> PluginError:
+    return PluginError(
+        f"plugin {plugin} failed in {hook}: {type(exc).__name__}", details=[{"plugin": plugin, "hook": hook}]
+    )
+
+
+def unavailable(plugin: str, hook: str, exc: BaseException, said: str) -> str:
+    """What the client, the order's history and a workflow's error are told of `exc`, a plugin's
+    failure worth retrying: the plugin, the hook and the exception's type. Its words, which may
+    hold a password or a host, go to the log line `plugin temporarily unavailable` (WARNING, with
+    `plugin`, `hook`, `error` and `reason`: the words escaped, at most MAX_LOGGED_WORDS_CHARS)."""
+    error = plugin_words(type(exc).__name__)
+    words = exc.message if isinstance(exc, TransientError) else exc
+    reason = escape_for_log(_printed(words))
+    if len(reason) > MAX_LOGGED_WORDS_CHARS:
+        reason = reason[: MAX_LOGGED_WORDS_CHARS - 1] + "…"
+    logger.warning(
+        "plugin temporarily unavailable", extra={"plugin": plugin, "hook": hook, "error": error, "reason": reason}
+    )
+    return f"plugin {plugin} {said} in {hook}: {error}; its words are in the log line `plugin temporarily unavailable`"
+
+
+def _printed(words: object) -> str:
+    """str(words), or what it is when its own __str__ raises (a client library's exception may)."""
+    try:
+        return str(words)
+    except Exception as failure:
+        return f"<unprintable: its __str__ raised {type(failure).__name__}>"
+
+
+# A plugin's words: a gateway's on a refusal (PaymentResult.message) reach the client's 502 and
+# the order's history; a failure's (a TransientError's), the log alone (`unavailable`); why one
+# failed to load, GET /plugins and the log alone. Their controls and bidi overrides made visible,
+# cut as history entries cut such words.
 MAX_PLUGIN_WORDS_CHARS = 500
+# A failure's words in the log line: enough for any client library's message, well within what
+# a CloudWatch log event holds (256 KB).
+MAX_LOGGED_WORDS_CHARS = 10_000
 _WORDS = TypeAdapter(Annotated[str, VisibleText])
 
 

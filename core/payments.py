@@ -77,7 +77,11 @@ class Payments:
                     raise PaymentGatewayUnavailable(
                         f"the payment gateway did not complete the {operation} after {self._attempts} attempts; "
                         "nothing was recorded as done, and repeating the request is safe",
-                        details=[{"operation": operation, "attempts": self._attempts, "message": error.message}],
+                        # The plugin and hook (call_hook's details), as a payment_plugin_error names them.
+                        details=[
+                            {"operation": operation, "attempts": self._attempts, "message": error.message}
+                            | (error.details[0] if error.details else {})
+                        ],
                     ) from error
                 self._sleep(self._backoff * 2**attempt)
             except NoPaymentPlugin as unanswered:

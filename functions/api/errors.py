@@ -97,7 +97,9 @@ def described(error: DomainError) -> tuple[int, str, str, list[dict[str, Any]]]:
         # carrier, ...) raised or answered what the OMS cannot take. Nothing it answered was kept.
         return 502, error.code, error.message, error.details
     if isinstance(error, TransientError):
-        return 503, "temporarily_unavailable", error.message, []
+        # A plugin's is named by its plugin and hook alone (core.hook_calls.unavailable); the
+        # OMS's own (DynamoDB busy, an order changing under the step) carry no details.
+        return 503, "temporarily_unavailable", error.message, error.details
     status = next((s for cls, s in _DOMAIN_STATUS if isinstance(error, cls)), 422)
     return status, error.code, error.message, error.details
 

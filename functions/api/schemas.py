@@ -61,7 +61,9 @@ _DESCRIPTIONS = {
     503: "The payment gateway kept failing (`payment_gateway_unavailable`): nothing was recorded as done; "
     "repeat the request after Retry-After; or a plugin failed to load (`plugin_unavailable`): `details` names "
     "each one and its exception's type (why it failed is in the logs and GET /plugins); "
-    "or the OMS's storage was too busy (`temporarily_unavailable`): repeat the request after Retry-After",
+    "or the OMS's storage was too busy, or a plugin's service was briefly down (`temporarily_unavailable`; a "
+    "plugin's names it and its hook in `details`, and its exception's type, never its message, which is in the "
+    "logs): repeat the request after Retry-After",
 }
 
 

@@ -8,8 +8,15 @@ import pytest
 from pydantic import model_validator
 
 from core import hookimpl
-from core.errors import PaymentDeclined, PaymentGatewayUnavailable, PaymentRefused, PluginError, TransientError
-from core.hook_calls import call_hook
+from core.errors import (
+    PaymentDeclined,
+    PaymentGatewayUnavailable,
+    PaymentRefused,
+    PluginError,
+    PluginUnavailable,
+    TransientError,
+)
+from core.hook_calls import MAX_LOGGED_WORDS_CHARS, call_hook
 from core.models import Allocation
 from core.money import Money
 from core.payments import Payments
@@ -278,22 +285,35 @@ def test_a_failing_wrapper_is_named():
         call_hook(plugins.hook.oms_unit_price, **HOOK_ARGUMENTS["oms_unit_price"])
 
 
-def test_transient_errors_pass_through_for_a_retry():
+def test_transient_errors_pass_through_for_a_retry_naming_the_plugin_the_hook_and_the_type():
+    class GatewayBusy(TransientError):
+        """A plugin's own class, which its retry or a caller may match."""
+
     class Unavailable:
         @hookimpl
         def oms_payment_capture(self):
-            raise TransientError("gateway busy")
+            raise GatewayBusy("gateway busy")
 
-    with pytest.raises(TransientError, match="gateway busy"):
+    with pytest.raises(GatewayBusy) as raised:
         call("oms_payment_capture", Unavailable())
 
+    assert raised.value.message == (
+        "plugin sloppy said it is temporarily unavailable in oms_payment_capture: GatewayBusy; "
+        "its words are in the log line `plugin temporarily unavailable`"
+    )
+    assert raised.value.details == [{"plugin": "sloppy", "hook": "oms_payment_capture"}]
 
-def test_a_gateways_words_on_a_transient_failure_are_kept_visible_and_cut_to_500_characters():
-    # They reach the client's 503 (PaymentGatewayUnavailable's details) and the order's history.
+
+SECRET_WORDS = "cannot reach postgresql://acme:hunter2@prices-db.internal/prices"
+
+
+def test_a_gateways_words_on_a_transient_failure_reach_the_log_escaped_never_the_client_or_the_history(caplog):
+    # They reached the client's 503 (PaymentGatewayUnavailable's details) and the order's history,
+    # which any key of the order's channel reads: a password in a connection string with them.
     class Garbling:
         @hookimpl
         def oms_payment_capture(self):
-            raise TransientError("gateway busy\x1b[2J\u202e" + "x" * 100_000)
+            raise TransientError(SECRET_WORDS + "\n\x1b[2J\u202e" + "x" * 100_000)
 
     plugins = build_plugin_manager(load_entry_points=False)
     plugins.register(Garbling(), name="garbling")
@@ -306,8 +326,67 @@ def test_a_gateways_words_on_a_transient_failure_are_kept_visible_and_cut_to_500
         )
 
     (detail,) = raised.value.details
-    assert detail["message"] == "gateway busy\ufffd[2J\ufffd" + "x" * 482 + "…"
-    assert [failure.message for failure in failures] == [detail["message"]] * 3
+    shown = (
+        "plugin garbling said it is temporarily unavailable in oms_payment_capture: TransientError; "
+        "its words are in the log line `plugin temporarily unavailable`"
+    )
+    assert detail == {
+        "operation": "capture", "attempts": 3, "message": shown, "plugin": "garbling", "hook": "oms_payment_capture"
+    }  # fmt: skip
+    assert [failure.message for failure in failures] == [shown] * 3
+    logged = [r for r in caplog.records if r.getMessage() == "plugin temporarily unavailable"]
+    assert [(r.plugin, r.hook, r.error) for r in logged] == [("garbling", "oms_payment_capture", "TransientError")] * 3
+    reason = logged[0].reason
+    assert reason.startswith(SECRET_WORDS + "\\n\\x1b[2J\\u202e" + "xxx") and reason.endswith("…")
+    assert len(reason) == MAX_LOGGED_WORDS_CHARS
+
+
+class Unprintable(ConnectionError):
+    def __str__(self) -> str:
+        raise RuntimeError("a client library's exception that cannot be printed")
+
+
+def test_a_connection_error_that_cannot_be_printed_is_transient_and_named(caplog):
+    # Printing it for the message raised inside call_hook's handler: a RuntimeError, a 500.
+    class Remote:
+        @hookimpl
+        def oms_unit_price(self):
+            raise Unprintable()
+
+    with pytest.raises(TransientError, match="plugin remote got no answer in oms_unit_price: Unprintable;"):
+        call("oms_unit_price", Remote(), name="remote")
+
+    (logged,) = [r for r in caplog.records if r.getMessage() == "plugin temporarily unavailable"]
+    assert logged.reason == "<unprintable: its __str__ raised RuntimeError>"
+
+
+def test_a_transient_error_of_a_plugin_keeps_none_of_its_own_details():
+    # A plugin's PaymentGatewayUnavailable (a TransientError) is answered with its details.
+    class Remote:
+        @hookimpl
+        def oms_payment_capture(self):
+            raise PaymentGatewayUnavailable("down", details=[{"dsn": SECRET_WORDS}])
+
+    with pytest.raises(PaymentGatewayUnavailable) as raised:
+        call("oms_payment_capture", Remote(), name="remote")
+
+    assert raised.value.details == [{"plugin": "remote", "hook": "oms_payment_capture"}]
+    assert "hunter2" not in raised.value.message
+
+
+def test_a_plugin_that_raises_plugin_unavailable_itself_is_a_plugin_error_naming_it():
+    # Passed through as the manager's own: its message and details answered to any key.
+    class Remote:
+        @hookimpl
+        def oms_unit_price(self):
+            raise PluginUnavailable(SECRET_WORDS, details=[{"plugin": "db", "message": SECRET_WORDS}])
+
+    with pytest.raises(PluginError) as raised:
+        call("oms_unit_price", Remote(), name="remote")
+
+    assert type(raised.value) is PluginError
+    assert raised.value.message == "plugin remote failed in oms_unit_price: PluginUnavailable"
+    assert raised.value.details == [{"plugin": "remote", "hook": "oms_unit_price"}]
 
 
 def test_pricing_names_the_plugin_whose_money_is_in_another_currency():
