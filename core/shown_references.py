@@ -86,7 +86,7 @@ def _has_unsafe(value: Any, key: Any = None) -> bool:
 
 # The keys of a history entry's detail only the system reads, never shown: `request_key`, the
 # Idempotency-Key a client sent with the change and its key id (`api:<key id>:<key>`; an order's
-# created entry adds `#` and a hash of the body it was placed with), by which a retry under it finds
+# created entry keeps a hash of them and of the body it was placed with), by which a retry under it finds
 # the change it made (core/holds.py, core/unit_cancellation.py, CaptureService.placed_under). Any key of
 # the order's channel with orders:read reads its history; a client's idempotency keys are its own
 # (they may carry its own references, and are no part of what the change did).

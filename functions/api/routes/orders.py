@@ -97,8 +97,8 @@ def place_order(order: PlaceOrder, idempotency_key: IdempotencyKey = None) -> Re
         request = json.dumps(payload, sort_keys=True)
         if order.external_id is None:
             order_id = order_id_for_request(who.key_id, idempotency_key, request)
-        else:
-            request_key = f"api:{who.key_id}:{idempotency_key}#{short_hash(request)}"
+        else:  # 24 characters whatever the Idempotency-Key's length (up to 255): the item is billed per KB
+            request_key = "api:" + short_hash(f"{who.key_id}:{idempotency_key}#{request}")
 
     def place(order_id: str | None = order_id) -> Order:
         placed = container().capture.place(
