@@ -162,7 +162,7 @@ def unavailable(plugin: str, hook: str, exc: BaseException, said: str) -> str:
     `plugin`, `hook`, `error` and `reason`: the words escaped, at most MAX_LOGGED_WORDS_CHARS)."""
     error = plugin_words(type(exc).__name__)
     words = exc.message if isinstance(exc, TransientError) else exc
-    reason = escape_for_log(_printed(words))
+    reason = escape_for_log(printed(words))
     if len(reason) > MAX_LOGGED_WORDS_CHARS:
         reason = reason[: MAX_LOGGED_WORDS_CHARS - 1] + "…"
     logger.warning(
@@ -171,8 +171,9 @@ def unavailable(plugin: str, hook: str, exc: BaseException, said: str) -> str:
     return f"plugin {plugin} {said} in {hook}: {error}; its words are in the log line `plugin temporarily unavailable`"
 
 
-def _printed(words: object) -> str:
-    """str(words), or what it is when its own __str__ raises (a client library's exception may)."""
+def printed(words: object) -> str:
+    """str(words), or what it is when its own __str__ raises (a plugin's or a client library's
+    exception class may)."""
     try:
         return str(words)
     except Exception as failure:

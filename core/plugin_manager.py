@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field
 from core import PROJECT, hookspecs
 from core.errors import PluginUnavailable
 from core.fields import empty_list
-from core.hook_calls import plugin_words, recording
+from core.hook_calls import plugin_words, printed, recording
 from core.models import Shown
 from core.money import Money
 
@@ -136,7 +136,7 @@ class OmsPluginManager(pluggy.PluginManager):
                 self.broken.append(
                     PluginInfo(
                         name=entry_point.name, distribution=distribution, version=version, status="broken",
-                        reason=plugin_words(f"{error}: {_message(exc)}"), error=error,
+                        reason=plugin_words(f"{error}: {printed(exc)}"), error=error,
                     )
                 )  # fmt: skip
                 self._load_errors[entry_point.name] = exc
@@ -276,14 +276,6 @@ class OmsPluginManager(pluggy.PluginManager):
             if isinstance(caller, pluggy.HookCaller) and caller.has_spec()
         }  # fmt: skip
         return PluginReport(plugins=[*loaded, *disabled, *self.broken], call_order=call_order)
-
-
-def _message(exc: BaseException) -> str:
-    """str(exc), or what it is when its own __str__ raises (a plugin's exception class may)."""
-    try:
-        return str(exc)
-    except Exception as failure:
-        return f"<unprintable: its __str__ raised {type(failure).__name__}>"
 
 
 def _after_call(*_: object) -> None:
