@@ -40,6 +40,9 @@ def services(api: InProcessApi) -> Iterator[Any]:
         yield built
 
 
+AFTER_RECEIPT = ("receive", "restock", "record", "refund", "exchange")  # a restarted execution's steps
+
+
 def step(name: str, return_id: str, **more: str) -> None:
     from functions.return_workflow import app as step_app
 
@@ -91,3 +94,13 @@ def later() -> Any:
     from functions.bootstrap import Config, bootstrap
 
     return bootstrap(Config.from_env(), clock=lambda: utc_now() + timedelta(minutes=16), return_workflow=Started())
+
+
+def started_again(reconciler: Any, return_id: str) -> None:
+    """The reconciler's pass starts the stuck return's workflow (before: left to a person), sets it
+    aside while that execution runs, and the execution runs every step after the receipt."""
+    assert reconciler.return_reconciler.run() == [return_id]  # before: left to a person
+    assert reconciler.return_reconciler.stuck_started == [return_id]
+    assert reconciler.return_reconciler.run() == []  # set aside while the execution it started runs
+    for name in AFTER_RECEIPT:  # the execution it started, the table back
+        step(name, return_id)

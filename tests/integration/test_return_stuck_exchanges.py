@@ -21,7 +21,7 @@ from core.returns import RefundNotDone
 from functions.adapters.dynamodb import DynamoOrders, DynamoReturns
 from tests.integration import return_steps, test_cancel_units_api
 from tests.integration.in_process import InProcessApi
-from tests.integration.return_steps import RECEIPT, later, received, refunds, step, stuck
+from tests.integration.return_steps import AFTER_RECEIPT, RECEIPT, later, received, refunds, started_again, step, stuck
 from tests.integration.test_cancel_units_api import money
 from tests.integration.test_return_refund_plugin_failures import failing
 
@@ -30,7 +30,6 @@ services = return_steps.services  # the API's and the return step's services
 
 CAP = [{"sku": "CAP", "quantity": 1}]  # a MUG (12.50) exchanged for a CAP (7.77): the rest refunded
 DIED = TransientError("the write was refused: the table stayed throttled past the retries")
-AFTER_RECEIPT = ("receive", "restock", "record", "refund", "exchange")  # a restarted execution's steps
 
 
 def returns_write(when: Callable[[Any, Any], bool]) -> Callable[..., None]:
@@ -131,11 +130,7 @@ def test_an_exchange_stuck_at_a_write_between_is_started_again_by_the_reconciler
     assert all(status != "succeeded" for status, _ in refunds(api, order["id"]))
     reconciler = later()
 
-    assert reconciler.return_reconciler.run() == [return_id]  # before: left to a person
-    assert reconciler.return_reconciler.stuck_started == [return_id]
-    assert reconciler.return_reconciler.run() == []  # set aside while the execution it started runs
-    for name in AFTER_RECEIPT:  # the execution it started, the table back
-        step(name, return_id)
+    started_again(reconciler, return_id)
 
     finished_once(api, order, return_id)
     assert reconciler.return_reconciler.run() == []  # refunded: nothing left to start

@@ -20,14 +20,13 @@ from core.errors import TransientError
 from functions.adapters.dynamodb import DynamoInventory, DynamoOrders, DynamoReturns
 from tests.integration import return_steps, test_cancel_units_api
 from tests.integration.in_process import InProcessApi
-from tests.integration.return_steps import RECEIPT, later, received, refunds, step
+from tests.integration.return_steps import AFTER_RECEIPT, RECEIPT, later, received, refunds, started_again, step
 from tests.integration.test_cancel_units_api import money, stock
 
 api = test_cancel_units_api.api  # its catalog (MUG 12.50 in the west, 100 on hand)
 services = return_steps.services  # the API's and the return step's services
 
 DIED = TransientError("the write was refused: the table stayed throttled past the retries")
-AFTER_RECEIPT = ("receive", "restock", "record", "refund", "exchange")  # a restarted execution's steps
 
 
 def restock_write(after: bool) -> Callable[..., None]:
@@ -126,11 +125,7 @@ def test_a_plain_return_stuck_at_a_write_of_its_steps_is_started_again_by_the_re
     assert refunds(api, order["id"]) == []  # nothing asked of the gateway, nothing recorded as moved
     reconciler = later()
 
-    assert reconciler.return_reconciler.run() == [return_id]  # before: left to a person
-    assert reconciler.return_reconciler.stuck_started == [return_id]
-    assert reconciler.return_reconciler.run() == []  # set aside while the execution it started runs
-    for each in AFTER_RECEIPT:  # the execution it started, the table back
-        step(each, return_id)
+    started_again(reconciler, return_id)
 
     finished_once(api, order, return_id, on_hand)
     assert reconciler.return_reconciler.run() == []  # refunded: nothing left to start
