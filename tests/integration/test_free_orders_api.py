@@ -177,6 +177,21 @@ def test_a_free_order_cancelled_while_pending_looks_nothing_up_at_the_gateway_an
     assert not any(h["type"].endswith("_failed") for h in history(api, order["id"]))
 
 
+def test_a_free_order_edited_while_pending_and_still_free_looks_nothing_up_at_the_gateway(api, gateway, caplog):
+    # An edit of a pending order releases what an attempt under its old version's key may hold:
+    # owing nothing, that version was never sent to the gateway, so there is nothing to look up.
+    order = free_pickup(api)
+
+    with registered(LooksNothingUp()), caplog.at_level(logging.WARNING):
+        edited = api.request("PATCH", f"/orders/{order['id']}", json={"lines": [{"sku": "SAMPLE", "quantity": 2}]},
+                             headers={"If-Match": str(order["version"])})  # fmt: skip
+
+    assert edited.status_code == 200, edited.text
+    assert (edited.json()["status"], edited.json()["lines"][0]["quantity"]) == ("pending", 2)
+    assert gateway.of(order["id"]) == []
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
 def test_a_free_order_edited_to_owe_something_is_authorized_for_it_through_the_gateway(api, gateway):
     order = allocated_free(api)
 
