@@ -271,10 +271,7 @@ class Cancellation:
     def _void_own(self, order: Order, actor: str) -> Order:
         payment = order.payment
         if payment.status is PaymentStatus.PENDING:
-            owed = owed_when_cancelled(order, self._orders.history(order.id))
-            # Cancelled owing nothing before it was authorized: no gateway was ever asked under its key.
-            unrecorded = own_authorization_keys(order) if owed is None or owed.amount > 0 else []
-            return self.release_lost_authorizations(order, actor, unrecorded=unrecorded)
+            return self.release_lost_authorizations(order, actor, unrecorded=self.own_keys_asked(order))
         authorization = payment.authorization
         if payment.status is PaymentStatus.AUTHORIZED and authorization is None and order.authorized_nothing():
             # Authorized for nothing with no gateway asked (it owed nothing): voided with no gateway asked.
@@ -295,6 +292,16 @@ class Cancellation:
             if current.payment.status is PaymentStatus.AUTHORIZED and current.payment.authorization == authorization
             else None,
         )  # fmt: skip
+
+    def own_keys_asked(self, order: Order) -> list[str]:
+        """The keys the order's own authorization may have been asked under (own_authorization_keys),
+        but none for one cancelled owing nothing before it was authorized (owed_when_cancelled): no
+        gateway was ever asked under its key."""
+        if order.status is OrderStatus.CANCELLED and order.payment.status is PaymentStatus.PENDING:
+            owed = owed_when_cancelled(order, self._orders.history(order.id))
+            if owed is not None and owed.amount <= 0:
+                return []
+        return own_authorization_keys(order)
 
     def release_lost_authorizations(self, order: Order, actor: str, unrecorded: Collection[str] = ()) -> Order:
         """Release what the gateway may hold for an order that never recorded an authorization
