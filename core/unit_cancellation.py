@@ -59,7 +59,6 @@ from core.ports import (
 from core.refund_service import RefundService, returns_shown, show_refunded_in_all
 from core.refunds import (
     KEPT_BACK_REFUSALS,
-    cumulative_share,
     kept_back_owed,
     kept_back_refusals,
     left_to_a_person,
@@ -828,11 +827,12 @@ def _before_its_shipments(order: Order) -> bool:
 
 def kept_as_sold(order: Order, cancelled: dict[str, int]) -> tuple[dict[str, OrderLine], Totals]:
     """The lines with units left once `cancelled` ({line_id: units}) go, and the order's totals, as
-    they were sold: each keeps its unit price, its discount in proportion (rounded half-even), and
-    the total of its units left (the first units' share of its total, core.refunds.cumulative_share,
-    its tax what that leaves); the shipping as charged. So the cancelled units come off at their
-    share of their lines' totals, as a return would refund them, and the order never costs more
-    than it did. A cancel whose repricing would raise the total takes these instead."""
+    they were sold: each keeps its unit price, and its discount and its tax in proportion to the
+    units left (each rounded half-even: neither can go below zero, as a total's share less a
+    rounded discount could), its total what those make; the shipping as charged. So the cancelled
+    units come off at their share of their lines' totals (to the cent a return's share rounds
+    otherwise), and the order never costs more than it did. A cancel whose repricing would raise
+    the total takes these instead."""
     currency = order.currency
     lines: dict[str, OrderLine] = {}
     for line in order.lines:
@@ -843,8 +843,8 @@ def kept_as_sold(order: Order, cancelled: dict[str, int]) -> tuple[dict[str, Ord
             lines[line.line_id] = line
             continue
         discount = Money.of(line.discount.amount * left / line.quantity, currency)
-        total = cumulative_share(line, left)
-        tax = total - line.unit_price.times(left) + discount
+        tax = Money.of(line.tax.amount * left / line.quantity, currency)
+        total = line.unit_price.times(left) - discount + tax
         lines[line.line_id] = line.model_validate(
             {**dict(line), "quantity": left, "discount": discount, "tax": tax, "total": total}
         )

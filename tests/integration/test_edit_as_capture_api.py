@@ -154,7 +154,8 @@ def test_a_cancel_of_units_that_loses_a_codes_minimum_keeps_the_discount_granted
     # (each line's discount and tax in proportion, the shipping as charged): the mug comes off at
     # its share, as a return would refund it, and nothing beyond the authorization is ever captured.
     from core.models import OrderLine
-    from core.refunds import cumulative_share, units_share
+    from core.money import Money
+    from core.refunds import units_share
 
     order = allocated(api, ("BIG", 1), ("MUG", 4), promo_codes=["BIGBASKET20"])
     mugs = OrderLine.model_validate(order["lines"][1])
@@ -168,8 +169,9 @@ def test_a_cancel_of_units_that_loses_a_codes_minimum_keeps_the_discount_granted
     assert done["lines"][0] == order["lines"][0]  # untouched
     kept = done["lines"][1]
     assert (kept["quantity"], kept["cancelled_quantity"], kept["unit_price"]) == (3, 1, order["lines"][1]["unit_price"])
-    assert kept["discount"]["amount"] == str(mugs.discount.times(Decimal(3) / Decimal(4)).amount)
-    assert kept["total"] == cumulative_share(mugs, 3).model_dump(mode="json")  # the first three units' share
+    assert (kept["discount"]["amount"], kept["tax"]["amount"]) == (
+        str(Money.of(mugs.discount.amount * 3 / 4, "USD").amount), str(Money.of(mugs.tax.amount * 3 / 4, "USD").amount)
+    )  # fmt: skip
     three = Decimal(kept["unit_price"]["amount"]) * 3
     assert Decimal(kept["total"]["amount"]) == three - Decimal(kept["discount"]["amount"]) + Decimal(
         kept["tax"]["amount"]
@@ -177,7 +179,7 @@ def test_a_cancel_of_units_that_loses_a_codes_minimum_keeps_the_discount_granted
     assert done["totals"]["shipping"] == order["totals"]["shipping"]
     assert done["totals"]["discount"]["amount"] == "19.50"
     was, now = (Decimal(o["totals"]["grand_total"]["amount"]) for o in (order, done))
-    assert was - now == units_share(mugs, 1, before=3).amount  # the last unit's share, as a return refunds it
+    assert abs(was - now - units_share(mugs, 1, before=3).amount) <= Decimal("0.01")  # the mug's share, as a return
     (entry,) = [h for h in history(api, order["id"]) if h["type"] == "units_cancelled"]
     assert entry["detail"]["grand_total"]["to"] == done["totals"]["grand_total"]
     (shipment,) = done["shipments"]
