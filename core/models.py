@@ -3399,8 +3399,10 @@ class Order(Shown):
         covers (`reason`: stock_count) goes back to be sourced without that location, as a reject
         sends an allocated order (authorized, nothing allocated, the location excluded): the
         workflow the change starts counts what it holds elsewhere as its own, and reserves the rest
-        elsewhere or waits for stock again. Its units there are released after this write."""
-        if self.status is not OrderStatus.BACKORDERED:
+        elsewhere or waits for stock again. Its units there are released after this write. One
+        held while backordered (waits_for_stock) stays on hold, to be released to `authorized`
+        (_sourced_again): a count counts what is there, whatever holds the order."""
+        if not self.waits_for_stock():
             raise InvalidTransition(f"an order that is {self.status} is not waiting for stock")
         if not any(a.location_id == location_id for a in self.allocations):
             raise InvalidTransition(f"order {self.id} holds no units at {location_id}")

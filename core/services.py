@@ -278,7 +278,8 @@ class InventoryService:
         candidates: list[tuple[Order, str, bool]] = []
         for order_id, order in self._orders().get_many(sorted(by_order)).items():
             shipment_id = shipment_id_for(order_id, location_id)
-            waiting = order.status is OrderStatus.BACKORDERED and self._send_back is not None
+            # Backordered, or held while backordered: its units are in no parcel, and the hold stays.
+            waiting = order.waits_for_stock() and self._send_back is not None
             if waiting and any(a.location_id == location_id for a in order.allocations):
                 candidates.append((order, shipment_id, True))
                 continue
