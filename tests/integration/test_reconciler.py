@@ -1966,3 +1966,35 @@ def test_a_short_count_still_in_its_request_is_left_to_it(stack):
 
     assert reconcile()["stock_takes_finished"] == []
     assert inventory.short_counts(utc_now() + timedelta(seconds=1), 10) == [short]
+
+
+def test_short_counts_past_the_first_page_are_finished_though_the_first_keep_failing(
+    stack, monkeypatch, metrics_on, capsys
+):
+    # The pass read the 25 oldest marks, one query and no more: while those kept failing (a reject's
+    # plugin, an order no reject may move), the 26th waited for good. It pages on now.
+    from core.ports import ShortCount
+    from functions.adapters.dynamodb import DynamoInventory
+
+    inventory = DynamoInventory(stack["aws"].dynamodb, stack["aws"].tables["InventoryTable"])
+    counted = utc_now() - timedelta(minutes=30)
+    skus = [f"SKU{n:02}" for n in range(26)]
+    for n, sku in enumerate(skus):
+        inventory.adjust(sku, "wh-west", 4, reason="receipt")
+        inventory.reserve(sku, "wh-west", f"{order_id('x')}#L1", 4)
+        short = ShortCount(sku, "wh-west", "key_counter", counted + timedelta(seconds=n))
+        inventory.set_on_hand(sku, "wh-west", 1, reason="stock_take", releasing={f"{order_id('x')}#L1": 4}, short=short)
+    failing = set(skus[:25])  # the oldest
+    real_held_at = DynamoInventory.held_at
+
+    def held_at(self: DynamoInventory, sku: str, location_id: str) -> Any:
+        if sku in failing:
+            raise RuntimeError("the reject's plugin failed")
+        return real_held_at(self, sku, location_id)
+
+    monkeypatch.setattr(DynamoInventory, "held_at", held_at)
+    with pytest.raises(RuntimeError):  # the errors alarm calls a person for the 25
+        reconcile()
+
+    assert [s.sku for s in inventory.short_counts(utc_now(), 100)] == skus[:25]  # the 26th's mark removed
+    assert emitted(capsys.readouterr().out).get("StockTakesFinished") == 1
