@@ -1019,6 +1019,9 @@ class PaymentRefund(Shown):
 # What the reason of the refund of the credit an exchange's replacement did not use
 # (ExchangeCredits.give_back) says, on the original and on each order up the chain it drew from.
 CREDIT_NOT_USED = "did not use its credit"
+# A `sourced_again` entry's reason when units the order recorded as reserved were no longer held for
+# it (Order.source_again_lost); the business metrics count it (ReservationsLost).
+RESERVATIONS_LOST = "reservations_lost"
 # The reason of the `payment_authorized` entry of an order that owes nothing: no gateway was asked.
 NOTHING_TO_AUTHORIZE = "nothing to pay: no authorization needed"
 # ... and of the `payment_voided` entry that cancels it.
@@ -3412,6 +3415,40 @@ class Order(Shown):
                     "location_id": location_id, "reason": reason,
                     "reasons": [f"a stock take at {location_id} counted fewer units than it held there"]},
             excluded_locations=list(dict.fromkeys([*self.excluded_locations, location_id])), **self._sourced_again(),
+        )  # fmt: skip
+
+    def lost_reservations_resourceable(self) -> bool:
+        """Whether units this order records as reserved that no stock item holds for it may be
+        sourced again (source_again_lost): it records allocations, and none has left yet
+        (authorized or backordered, or allocated with every parcel pending)."""
+        if not self.allocations:
+            return False
+        if self.status in (OrderStatus.AUTHORIZED, OrderStatus.BACKORDERED):
+            return True
+        return self.status is OrderStatus.ALLOCATED and all(s.status is ShipmentStatus.PENDING for s in self.shipments)
+
+    def source_again_lost(self, lost: list[dict[str, Any]], *, at: datetime, actor: str) -> Change:
+        """Units the order records as reserved (`lost`: sku, location_id, recorded, held) that no
+        stock item holds for it any more (a twin ReserveStock run gave them back before it lost its
+        write, and another order took them): shipped so, they would be sold twice. The order goes
+        back to be sourced (`sourced_again`, reason RESERVATIONS_LOST: authorized, nothing
+        allocated, its pending parcels gone, where it held units kept in `held_before`, no location
+        excluded), as a reject sends it; the workflow then counts what its keys still hold as its
+        own and reserves the rest, waits backordered or cancels it out_of_stock."""
+        if not self.lost_reservations_resourceable():
+            raise InvalidTransition(f"an order that is {self.status} cannot be sourced again for lost reservations")
+        fields: dict[str, Any] = self._sourced_again()
+        if self.status is OrderStatus.AUTHORIZED:
+            held_before = sorted({*self.held_before, *(a.location_id for a in self.allocations)})
+            fields = {"allocations": [], "held_before": held_before}
+        elif self.shipments:
+            fields["rebookings"] = self.rebookings + 1  # the parcels booked are given up: new keys
+        return self._next(
+            at=at, actor=actor, type=OrderEvent.SOURCED_AGAIN,
+            detail={"allocations": [a.model_dump() for a in self.allocations], "short": self.short_of(),
+                    "reason": RESERVATIONS_LOST, "lost": lost,
+                    "reasons": ["units it recorded as reserved were no longer held for it"]},
+            **fields,
         )  # fmt: skip
 
     def reserve_backordered(
