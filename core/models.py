@@ -30,7 +30,15 @@ from pydantic import (
     model_validator,
 )
 
-from core.errors import InvalidRequest, InvalidTransition, NotFound, ParcelNotConfirmed, RefundExceedsCaptured
+from core.actors import WORKFLOW_ACTOR
+from core.errors import (
+    InvalidRequest,
+    InvalidTransition,
+    NotFound,
+    OutOfStock,
+    ParcelNotConfirmed,
+    RefundExceedsCaptured,
+)
 from core.events import OrderEvent
 from core.fields import empty_list
 from core.ids import booking_key, shipment_id_for
@@ -1861,6 +1869,9 @@ class Order(Shown):
     # releases them and clears this (UnitCancellation.release_owed); without it only a client
     # repeating the cancel would, and the units would stay reserved for no one (and leave on_hand
     # with the last parcel's ship). Never set on the typical order. The system's own: stored, never shown.
+    # Written too with a cancel that lands while a ReserveStock run may be reserving for the order
+    # (Order.cancel: reserving_maybe), so the same pass gives back what such a run reserved after
+    # the cancel's release and died before its write, which nothing else would ever release.
     stock_owed: bool = Field(default=False, exclude=True)
     # The parcels a carrier reported delivered while their ships, dead after asking for their
     # captures, had not recorded them (Order.report_delivered): written with the report's release
@@ -3726,11 +3737,23 @@ class Order(Shown):
         if off:
             detail = {**(detail or {}), "written_off": off}
         lines, totals, units = self._everything_cancelled()
+        # Its workflow's own out-of-stock cancel follows a ReserveStock run that reserved nothing.
+        owed = self.reserving_maybe() and not (actor == WORKFLOW_ACTOR and reason == OutOfStock.code)
         return self._next(
             at=at, actor=actor, type=OrderEvent.CANCELLED, to=OrderStatus.CANCELLED,
             detail={"reason": reason, **(detail or {}), **units}, hold=None, shipments=self._shipments_withdrawn(),
-            lines=lines, totals=totals, allocations=[],
+            lines=lines, totals=totals, allocations=[], **({"stock_owed": True} if owed else {}),
         )  # fmt: skip
+
+    def reserving_maybe(self) -> bool:
+        """Whether a ReserveStock run may be reserving for this order now: authorized with nothing
+        allocated (or held so: a run that read it before the hold goes on). Such a run that
+        reserves after a cancel's release and dies before its write (which would fail and give the
+        units back) leaves them held for no one, and no retry of it may come: the cancel records
+        the release owed (stock_owed), which the reconciler's kept-back pass makes once the order
+        has not changed for ReconcileAfterMinutes, longer than an Express execution lives."""
+        resumes_to = self.hold.resume_to if self.status is OrderStatus.ON_HOLD and self.hold else self.status
+        return resumes_to is OrderStatus.AUTHORIZED and not self.allocations
 
     def _everything_cancelled(self) -> tuple[list[OrderLine], Totals, dict[str, Any]]:
         """The lines and totals of this order, nothing of which has shipped, once every unit is
