@@ -2051,3 +2051,32 @@ def test_units_a_reserve_run_took_for_an_order_cancelled_meanwhile_then_died_for
     assert not services.order_repository.get(order.id).stock_owed
     assert emitted(printed) == {"OwedStockReleased": 1}
     assert "OwedStockReleased" not in emitted(capsys.readouterr().out)  # once
+
+
+def test_short_counts_a_pass_does_not_start_are_counted_as_left(stack):
+    # Past its read (one more than `limit` is read to know) or its time, a mark waits for the next
+    # pass: the reconciler logs and counts how many (StockTakesLeft).
+    from core.ports import ShortCount
+    from core.services import ShortCountsFinished
+    from functions.adapters.dynamodb import DynamoInventory
+    from functions.bootstrap import Config, bootstrap
+
+    inventory = DynamoInventory(stack["aws"].dynamodb, stack["aws"].tables["InventoryTable"])
+    counted = utc_now() - timedelta(minutes=30)
+    skus = [f"SKU{n}" for n in range(4)]
+    for n, sku in enumerate(skus):
+        inventory.adjust(sku, "wh-west", 4, reason="receipt")
+        inventory.reserve(sku, "wh-west", f"{order_id('x')}#L1", 4)
+        short = ShortCount(sku, "wh-west", "key_counter", counted + timedelta(seconds=n))
+        inventory.set_on_hand(sku, "wh-west", 1, reason="stock_take", releasing={f"{order_id('x')}#L1": 4}, short=short)
+    service = bootstrap(Config.from_env(), label_store=FakeLabels()).inventory
+
+    past_the_read = ShortCountsFinished()
+    service.finish_short_counts(past_the_read, utc_now(), limit=2)
+    assert ([s.sku for s in past_the_read.finished], past_the_read.left) == (skus[:2], 1)
+
+    starts = iter([False, True])
+    out_of_time = ShortCountsFinished()
+    service.finish_short_counts(out_of_time, utc_now(), time_up=lambda: next(starts))
+    assert ([s.sku for s in out_of_time.finished], out_of_time.left) == (skus[2:3], 1)
+    assert [s.sku for s in inventory.short_counts(utc_now(), 10)] == skus[3:]
