@@ -30,7 +30,15 @@ from pydantic import (
     model_validator,
 )
 
-from core.errors import InvalidRequest, InvalidTransition, NotFound, ParcelNotConfirmed, RefundExceedsCaptured
+from core.actors import WORKFLOW_ACTOR
+from core.errors import (
+    InvalidRequest,
+    InvalidTransition,
+    NotFound,
+    OutOfStock,
+    ParcelNotConfirmed,
+    RefundExceedsCaptured,
+)
 from core.events import OrderEvent
 from core.fields import empty_list
 from core.ids import booking_key, shipment_id_for
@@ -1019,6 +1027,9 @@ class PaymentRefund(Shown):
 # What the reason of the refund of the credit an exchange's replacement did not use
 # (ExchangeCredits.give_back) says, on the original and on each order up the chain it drew from.
 CREDIT_NOT_USED = "did not use its credit"
+# A `sourced_again` entry's reason when units the order recorded as reserved were no longer held for
+# it (Order.source_again_lost); the business metrics count it (ReservationsLost).
+RESERVATIONS_LOST = "reservations_lost"
 # The reason of the `payment_authorized` entry of an order that owes nothing: no gateway was asked.
 NOTHING_TO_AUTHORIZE = "nothing to pay: no authorization needed"
 # ... and of the `payment_voided` entry that cancels it.
@@ -1858,6 +1869,9 @@ class Order(Shown):
     # releases them and clears this (UnitCancellation.release_owed); without it only a client
     # repeating the cancel would, and the units would stay reserved for no one (and leave on_hand
     # with the last parcel's ship). Never set on the typical order. The system's own: stored, never shown.
+    # Written too with a cancel that lands while a ReserveStock run may be reserving for the order
+    # (Order.cancel: reserving_maybe), so the same pass gives back what such a run reserved after
+    # the cancel's release and died before its write, which nothing else would ever release.
     stock_owed: bool = Field(default=False, exclude=True)
     # The parcels a carrier reported delivered while their ships, dead after asking for their
     # captures, had not recorded them (Order.report_delivered): written with the report's release
@@ -3399,8 +3413,10 @@ class Order(Shown):
         covers (`reason`: stock_count) goes back to be sourced without that location, as a reject
         sends an allocated order (authorized, nothing allocated, the location excluded): the
         workflow the change starts counts what it holds elsewhere as its own, and reserves the rest
-        elsewhere or waits for stock again. Its units there are released after this write."""
-        if self.status is not OrderStatus.BACKORDERED:
+        elsewhere or waits for stock again. Its units there are released after this write. One
+        held while backordered (waits_for_stock) stays on hold, to be released to `authorized`
+        (_sourced_again): a count counts what is there, whatever holds the order."""
+        if not self.waits_for_stock():
             raise InvalidTransition(f"an order that is {self.status} is not waiting for stock")
         if not any(a.location_id == location_id for a in self.allocations):
             raise InvalidTransition(f"order {self.id} holds no units at {location_id}")
@@ -3410,6 +3426,40 @@ class Order(Shown):
                     "location_id": location_id, "reason": reason,
                     "reasons": [f"a stock take at {location_id} counted fewer units than it held there"]},
             excluded_locations=list(dict.fromkeys([*self.excluded_locations, location_id])), **self._sourced_again(),
+        )  # fmt: skip
+
+    def lost_reservations_resourceable(self) -> bool:
+        """Whether units this order records as reserved that no stock item holds for it may be
+        sourced again (source_again_lost): it records allocations, and none has left yet
+        (authorized or backordered, or allocated with every parcel pending)."""
+        if not self.allocations:
+            return False
+        if self.status in (OrderStatus.AUTHORIZED, OrderStatus.BACKORDERED):
+            return True
+        return self.status is OrderStatus.ALLOCATED and all(s.status is ShipmentStatus.PENDING for s in self.shipments)
+
+    def source_again_lost(self, lost: list[dict[str, Any]], *, at: datetime, actor: str) -> Change:
+        """Units the order records as reserved (`lost`: sku, location_id, recorded, held) that no
+        stock item holds for it any more (a twin ReserveStock run gave them back before it lost its
+        write, and another order took them): shipped so, they would be sold twice. The order goes
+        back to be sourced (`sourced_again`, reason RESERVATIONS_LOST: authorized, nothing
+        allocated, its pending parcels gone, where it held units kept in `held_before`, no location
+        excluded), as a reject sends it; the workflow then counts what its keys still hold as its
+        own and reserves the rest, waits backordered or cancels it out_of_stock."""
+        if not self.lost_reservations_resourceable():
+            raise InvalidTransition(f"an order that is {self.status} cannot be sourced again for lost reservations")
+        fields: dict[str, Any] = self._sourced_again()
+        if self.status is OrderStatus.AUTHORIZED:
+            held_before = sorted({*self.held_before, *(a.location_id for a in self.allocations)})
+            fields = {"allocations": [], "held_before": held_before}
+        elif self.shipments:
+            fields["rebookings"] = self.rebookings + 1  # the parcels booked are given up: new keys
+        return self._next(
+            at=at, actor=actor, type=OrderEvent.SOURCED_AGAIN,
+            detail={"allocations": [a.model_dump() for a in self.allocations], "short": self.short_of(),
+                    "reason": RESERVATIONS_LOST, "lost": lost,
+                    "reasons": ["units it recorded as reserved were no longer held for it"]},
+            **fields,
         )  # fmt: skip
 
     def reserve_backordered(
@@ -3687,11 +3737,23 @@ class Order(Shown):
         if off:
             detail = {**(detail or {}), "written_off": off}
         lines, totals, units = self._everything_cancelled()
+        # Its workflow's own out-of-stock cancel follows a ReserveStock run that reserved nothing.
+        owed = self.reserving_maybe() and not (actor == WORKFLOW_ACTOR and reason == OutOfStock.code)
         return self._next(
             at=at, actor=actor, type=OrderEvent.CANCELLED, to=OrderStatus.CANCELLED,
             detail={"reason": reason, **(detail or {}), **units}, hold=None, shipments=self._shipments_withdrawn(),
-            lines=lines, totals=totals, allocations=[],
+            lines=lines, totals=totals, allocations=[], **({"stock_owed": True} if owed else {}),
         )  # fmt: skip
+
+    def reserving_maybe(self) -> bool:
+        """Whether a ReserveStock run may be reserving for this order now: authorized with nothing
+        allocated (or held so: a run that read it before the hold goes on). Such a run that
+        reserves after a cancel's release and dies before its write (which would fail and give the
+        units back) leaves them held for no one, and no retry of it may come: the cancel records
+        the release owed (stock_owed), which the reconciler's kept-back pass makes once the order
+        has not changed for ReconcileAfterMinutes, longer than an Express execution lives."""
+        resumes_to = self.hold.resume_to if self.status is OrderStatus.ON_HOLD and self.hold else self.status
+        return resumes_to is OrderStatus.AUTHORIZED and not self.allocations
 
     def _everything_cancelled(self) -> tuple[list[OrderLine], Totals, dict[str, Any]]:
         """The lines and totals of this order, nothing of which has shipped, once every unit is

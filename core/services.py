@@ -121,7 +121,9 @@ COUNT_ATTEMPTS = 3  # plans of a stock take below what is reserved, each on the 
 # condition (DynamoDB's expressions are at most 4 KB).
 MAX_COUNT_REJECTS = 25
 MAX_COUNT_RELEASES = 100
-SHORT_COUNTS_PAGE = 25  # the most stock takes recorded short one reconciler pass finishes
+# The most stock takes recorded short one reconciler pass reads (oldest first, paged), each finished
+# unless its time is up: those that keep failing are passed over, never in the way of the later ones.
+SHORT_COUNTS_READ = 500
 
 
 @dataclass
@@ -130,6 +132,9 @@ class ShortCountsFinished:
 
     finished: list[ShortCount] = field(default_factory=list)
     failed: dict[ShortCount, Exception] = field(default_factory=dict)
+    # Marks not started: the pass's time was up, or more were marked than one pass reads (counted
+    # as one then: the rest are not read). They wait for the next pass.
+    left: int = 0
 
 
 class InventoryService:
@@ -224,7 +229,7 @@ class InventoryService:
                     self._reject(order_id, shipment_id, STOCK_COUNT_REASON, actor)
 
     def finish_short_counts(
-        self, done: ShortCountsFinished, before: datetime, limit: int = SHORT_COUNTS_PAGE, time_up: TimeUp = never
+        self, done: ShortCountsFinished, before: datetime, limit: int = SHORT_COUNTS_READ, time_up: TimeUp = never
     ) -> None:
         """Finish the stock takes recorded short before `before` whose function died between the
         count and its rejects (their marks: InventoryRepository.short_counts), oldest first: the
@@ -233,10 +238,14 @@ class InventoryService:
         count again (an adjustment since stands). A mark is removed once it fits, or once nothing
         left there may be sent elsewhere (ready pickups: their collection or expiry ends it). The
         marks finished go in `done.finished`; one whose work raised (a reject's plugin, a table down)
-        in `done.failed`, its mark left for the next pass, and the pass goes on to the next. None
-        is started once `time_up`: the rest wait for the next pass."""
-        for short in self._inventory.short_counts(before, limit):
+        in `done.failed`, its mark left for the next pass, and the pass goes on to the next: at most
+        `limit` are read (paged), so those that keep failing never keep the later ones waiting. None
+        is started once `time_up`: the rest wait for the next pass (`done.left`, with one more
+        when more than `limit` are marked)."""
+        marked = self._inventory.short_counts(before, limit + 1)
+        for n, short in enumerate(marked[:limit]):
             if time_up():
+                done.left = len(marked) - n
                 return  # the rest to the next pass
             try:
                 finished = self._finish(short)
@@ -245,6 +254,7 @@ class InventoryService:
                 continue
             if finished:
                 done.finished.append(short)
+        done.left = len(marked) - limit if len(marked) > limit else 0
 
     def _finish(self, short: ShortCount) -> bool:
         """Whether `short` is finished (its mark removed): what stays reserved fits, or nothing left
@@ -278,7 +288,8 @@ class InventoryService:
         candidates: list[tuple[Order, str, bool]] = []
         for order_id, order in self._orders().get_many(sorted(by_order)).items():
             shipment_id = shipment_id_for(order_id, location_id)
-            waiting = order.status is OrderStatus.BACKORDERED and self._send_back is not None
+            # Backordered, or held while backordered: its units are in no parcel, and the hold stays.
+            waiting = order.waits_for_stock() and self._send_back is not None
             if waiting and any(a.location_id == location_id for a in order.allocations):
                 candidates.append((order, shipment_id, True))
                 continue

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Collection
@@ -89,6 +90,7 @@ if TYPE_CHECKING:
 
 S = OrderStatus
 Clock = Callable[[], datetime]
+logger = logging.getLogger(__name__)
 
 # Which status each task of infra/order_workflow.asl.json writes (None: it records without
 # moving the status). tests/unit/test_workflow_definition.py checks the ASL against this and
@@ -564,16 +566,18 @@ class Workflow:
         for item in done:
             if item not in recorded:
                 self._inventory.release(*item)
-        if current.status in (S.AUTHORIZED, S.BACKORDERED) and current.allocations:
+        if current.lost_reservations_resourceable():
             self._hold_recorded(current)
 
     def _hold_recorded(self, order: Order) -> None:
         """Make the inventory hold what `order`, written by a twin run of this step that won, records
-        (no shipment yet: authorized or backordered). This run counted the twin's fresh reservations
-        as the order's own and may have given them back, shrunk or moved them before it lost (its
-        plan differed: the rules or the stock changed between the two reads); left so, the order's
-        parcel would ship units nothing holds, which on_hand never loses. Restored where the units
-        are still there (the same conditional writes as a reservation's); one read when all is held."""
+        (nothing left yet: authorized, backordered, or allocated by the twin's CreateShipments with
+        every parcel pending). This run counted the twin's fresh reservations as the order's own and
+        may have given them back, shrunk or moved them before it lost (its plan differed: the rules
+        or the stock changed between the two reads); left so, the order's parcel would ship units
+        nothing holds, which on_hand never loses. Restored where the units are still there (the same
+        conditional writes as a reservation's); one read when all is held. Where another order took
+        them meanwhile, the order is sent back to be sourced (_send_back_lost)."""
         sku_of = {line.line_id: line.sku for line in order.lines}
         recorded: dict[tuple[str, str, str], int] = defaultdict(int)
         for allocation in order.allocations:
@@ -583,12 +587,47 @@ class Workflow:
         for sku, location_id, key in recorded:
             keys[(sku, location_id)].append(key)
         held = self._inventory.reservations(dict(keys))
+        lost: list[dict[str, object]] = []
         for (sku, location_id, key), quantity in sorted(recorded.items()):
             have = held.get((sku, location_id, key), 0)
             if have != quantity:
-                # Taken by another order meanwhile: nothing this run can do but leave it as it is.
-                with contextlib.suppress(InsufficientStock, ReservationsFull):
+                try:
                     self._inventory.rearrange(sku, location_id, {key: have} if have else {}, {key: quantity})
+                except (InsufficientStock, ReservationsFull):
+                    # Taken by another order meanwhile (or no room left there for the key).
+                    lost.append({"sku": sku, "location_id": location_id, "recorded": quantity, "held": have})
+        if lost:
+            self._send_back_lost(order, lost)
+
+    def _send_back_lost(self, order: Order, lost: list[dict[str, object]]) -> None:
+        """`order` records units no stock item holds for it (`lost`), and holding them again was
+        refused: its parcels would ship units sold to another order. Sent back to be sourced
+        (Order.source_again_lost), in a write conditional on the order still recording what was
+        checked; this run's retry (and the execution the change starts, from allocated or
+        backordered: functions/outbox) sources it again where units are. Logged at WARNING with the
+        order's id and what was lost; at ERROR when the order could not be written."""
+        at = self._clock()
+
+        def decide(current: Order):
+            same = current.status is order.status and current.allocations == order.allocations
+            if not same or not current.lost_reservations_resourceable():
+                return None  # moved on meanwhile: what moved it decides what it holds
+            return current.source_again_lost(lost, at=at, actor=WORKFLOW_ACTOR)
+
+        written: list[Order] = []
+        try:
+            modify(self._orders, order.id, decide, consistent=True, written=written)
+        except StaleVersion:
+            logger.error(
+                "order %s records units no stock item holds for it, and could not be sent back to be sourced",
+                order.id, extra={"order_id": order.id, "lost": lost},
+            )  # fmt: skip
+            raise
+        if written:
+            logger.warning(
+                "order %s sent back to be sourced: units it recorded as reserved were no longer held for it",
+                order.id, extra={"order_id": order.id, "lost": lost},
+            )  # fmt: skip
 
     # --- Backorders ------------------------------------------------------------------------------
     def _cannot_wait(self, skus: set[str]) -> set[str]:

@@ -30,7 +30,7 @@ from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
 from core.actors import SCAN_ACTOR, WORKFLOW_ACTOR
 from core.errors import ReservationsFull
 from core.events import OrderEvent
-from core.models import CREDIT_NOT_USED, HistoryEntry, Order
+from core.models import CREDIT_NOT_USED, RESERVATIONS_LOST, HistoryEntry, Order
 
 # Callers cancel with free text; a dimension value per text would be a metric per text. The
 # workflow's reasons and the jeopardy scan's are the system's own few codes (out_of_stock,
@@ -152,6 +152,10 @@ def entry_recorded(order: Order, entry: HistoryEntry) -> None:
         # captures, refused (or taken by no plugin). Nothing asks it again by itself, and the
         # parcels have left: a person asks again or recovers it (SettlementCapturesNotMadeAlarm).
         record("SettlementCapturesNotMade")
+    elif entry.type is OrderEvent.SOURCED_AGAIN and detail.get("reason") == RESERVATIONS_LOST:
+        # Units the order recorded as reserved were no longer held for it (a twin ReserveStock run
+        # gave them back and another order took them): sourced again, never shipped twice.
+        record("ReservationsLost")
     elif entry.type is OrderEvent.DELIVERY_NOT_RECORDED:
         # A parcel a carrier reported delivered was refused its capture: it left, unpaid for.
         record("DeliveriesNotRecorded")

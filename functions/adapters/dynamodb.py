@@ -2193,14 +2193,21 @@ class DynamoInventory(InventoryRepository):
         return _level(from_item(response["Attributes"]))
 
     def short_counts(self, before: datetime, limit: int) -> list[ShortCount]:
-        response = self._client.query(
-            TableName=self._table,
-            IndexName=SHORT_COUNTS_INDEX,
-            KeyConditionExpression=f"{SHORT_COUNT} = :short AND {SHORT_COUNTED_AT} < :before",
-            ExpressionAttributeValues={":short": {"S": SHORT_COUNT}, ":before": {"S": timestamp(before)}},
-            Limit=limit,
-        )
-        found = [from_item(item) for item in response.get("Items", [])]
+        # Paged on until `limit` marks are read: a query's page stops at 1 MB, and those past it
+        # must not wait behind older marks that keep failing.
+        query: dict[str, Any] = {
+            "TableName": self._table,
+            "IndexName": SHORT_COUNTS_INDEX,
+            "KeyConditionExpression": f"{SHORT_COUNT} = :short AND {SHORT_COUNTED_AT} < :before",
+            "ExpressionAttributeValues": {":short": {"S": SHORT_COUNT}, ":before": {"S": timestamp(before)}},
+        }
+        found: list[dict[str, Any]] = []
+        while len(found) < limit:
+            response = self._client.query(**query, Limit=limit - len(found))
+            found += [from_item(item) for item in response.get("Items", [])]
+            if "LastEvaluatedKey" not in response:
+                break
+            query["ExclusiveStartKey"] = response["LastEvaluatedKey"]
         return [
             ShortCount(item["sku"], item["location_id"], item.get(SHORT_COUNT_ACTOR, "stock_take"),
                        datetime.fromisoformat(item[SHORT_COUNTED_AT]))

@@ -322,6 +322,10 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
                          extra={"sku": short.sku, "location_id": short.location_id}, exc_info=error)  # fmt: skip
         if done.finished:
             metrics.add_metric(name="StockTakesFinished", unit=MetricUnit.Count, value=len(done.finished))
+        if done.left:
+            # No error: the next passes take them (oldest first, past any that keep failing).
+            logger.warning("stock takes recorded short left to the next pass", extra={"left": done.left})
+            metrics.add_metric(name="StockTakesLeft", unit=MetricUnit.Count, value=done.left)
         if done.failed:
             failures.append(next(iter(done.failed.values())))  # the errors alarm calls a person
         answer.update(stock_takes_finished=[f"{s.sku}/{s.location_id}" for s in done.finished])

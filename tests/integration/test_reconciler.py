@@ -1030,7 +1030,10 @@ def test_a_cancelled_orders_own_void_the_gateway_could_not_make_is_made_through_
     services.inventory.count("TSHIRT", "wh-east", 10)
     typical, down = (services.capture.place(place_order(external_id=e), actor="key_web") for e in ("web-1", "web-2"))
     for placed in (typical, down):
+        # Reserved: a cancel of an order authorized with nothing reserved yet, while its ReserveStock
+        # may be reserving, records the release owed for the kept-back pass (Order.reserving_maybe).
         services.workflow.authorize_payment(placed.id, attempt=0)
+        services.workflow.reserve_stock(placed.id)
     writes: list[dict[str, Any]] = []
     real = BaseClient._make_api_call
 
@@ -1966,3 +1969,114 @@ def test_a_short_count_still_in_its_request_is_left_to_it(stack):
 
     assert reconcile()["stock_takes_finished"] == []
     assert inventory.short_counts(utc_now() + timedelta(seconds=1), 10) == [short]
+
+
+def test_short_counts_past_the_first_page_are_finished_though_the_first_keep_failing(
+    stack, monkeypatch, metrics_on, capsys
+):
+    # The pass read the 25 oldest marks, one query and no more: while those kept failing (a reject's
+    # plugin, an order no reject may move), the 26th waited for good. It pages on now.
+    from core.ports import ShortCount
+    from functions.adapters.dynamodb import DynamoInventory
+
+    inventory = DynamoInventory(stack["aws"].dynamodb, stack["aws"].tables["InventoryTable"])
+    counted = utc_now() - timedelta(minutes=30)
+    skus = [f"SKU{n:02}" for n in range(26)]
+    for n, sku in enumerate(skus):
+        inventory.adjust(sku, "wh-west", 4, reason="receipt")
+        inventory.reserve(sku, "wh-west", f"{order_id('x')}#L1", 4)
+        short = ShortCount(sku, "wh-west", "key_counter", counted + timedelta(seconds=n))
+        inventory.set_on_hand(sku, "wh-west", 1, reason="stock_take", releasing={f"{order_id('x')}#L1": 4}, short=short)
+    failing = set(skus[:25])  # the oldest
+    real_held_at = DynamoInventory.held_at
+
+    def held_at(self: DynamoInventory, sku: str, location_id: str) -> Any:
+        if sku in failing:
+            raise RuntimeError("the reject's plugin failed")
+        return real_held_at(self, sku, location_id)
+
+    monkeypatch.setattr(DynamoInventory, "held_at", held_at)
+    with pytest.raises(RuntimeError):  # the errors alarm calls a person for the 25
+        reconcile()
+
+    assert [s.sku for s in inventory.short_counts(utc_now(), 100)] == skus[:25]  # the 26th's mark removed
+    assert emitted(capsys.readouterr().out).get("StockTakesFinished") == 1
+
+
+def test_units_a_reserve_run_took_for_an_order_cancelled_meanwhile_then_died_for_good_are_released_by_the_pass(
+    stack, metrics_on, capsys, monkeypatch
+):
+    # The cancel lands after ReserveStock read the order authorized and before it reserved, so the
+    # cancel's release (and the clean-up execution the outbox starts for it) finds nothing held; the
+    # run then reserves and its execution dies for good (Express's 5 minutes, no retry left). Only a
+    # retry of it would have looked: the units stayed held by the cancelled order forever.
+    from functions.bootstrap import Config, bootstrap
+    from functions.reconciler import app
+
+    class Died(Exception):
+        """The reserve task's process dying (a Lambda timeout) after its reservation."""
+
+    services = bootstrap(Config.from_env(), label_store=FakeLabels())
+    services.catalog.put_product("MUG", ProductInput.model_validate(product_body("12.50")))
+    services.catalog.put_location("wh-west", LocationInput.model_validate(location_body()))
+    services.inventory.count("MUG", "wh-west", 5)
+    order = services.capture.place(place_order(external_id="web-dies", lines=[{"sku": "MUG", "quantity": 2}]),
+                                   actor="key_web")  # fmt: skip
+    services.workflow.authorize_payment(order.id, attempt=0)
+    inventory = services.inventory_repository
+    real_reserve = inventory.reserve
+
+    def reserve(*args: Any, **kwargs: Any) -> None:
+        services.actions.cancel(order.id, "customer_request", actor="key_web")
+        real_reserve(*args, **kwargs)
+        raise Died
+
+    with monkeypatch.context() as dying:
+        dying.setattr(inventory, "reserve", reserve)
+        with pytest.raises(Died):
+            services.workflow.reserve_stock(order.id)
+    assert services.order_repository.get(order.id).status is OrderStatus.CANCELLED
+    assert services.inventory.summary("MUG").available == 3  # held for a cancelled order
+    capsys.readouterr()
+
+    assert reconcile()["kept_back_refunded"] == []  # an execution may still be running for it
+    assert services.inventory.summary("MUG").available == 3
+    later = utc_now() + timedelta(minutes=16)
+    with app.container.override(bootstrap(Config.from_env(), clock=lambda: later)):
+        reconcile()
+        printed = capsys.readouterr().out
+        reconcile()
+
+    assert services.inventory.summary("MUG").available == 5
+    assert not services.order_repository.get(order.id).stock_owed
+    assert emitted(printed) == {"OwedStockReleased": 1}
+    assert "OwedStockReleased" not in emitted(capsys.readouterr().out)  # once
+
+
+def test_short_counts_a_pass_does_not_start_are_counted_as_left(stack):
+    # Past its read (one more than `limit` is read to know) or its time, a mark waits for the next
+    # pass: the reconciler logs and counts how many (StockTakesLeft).
+    from core.ports import ShortCount
+    from core.services import ShortCountsFinished
+    from functions.adapters.dynamodb import DynamoInventory
+    from functions.bootstrap import Config, bootstrap
+
+    inventory = DynamoInventory(stack["aws"].dynamodb, stack["aws"].tables["InventoryTable"])
+    counted = utc_now() - timedelta(minutes=30)
+    skus = [f"SKU{n}" for n in range(4)]
+    for n, sku in enumerate(skus):
+        inventory.adjust(sku, "wh-west", 4, reason="receipt")
+        inventory.reserve(sku, "wh-west", f"{order_id('x')}#L1", 4)
+        short = ShortCount(sku, "wh-west", "key_counter", counted + timedelta(seconds=n))
+        inventory.set_on_hand(sku, "wh-west", 1, reason="stock_take", releasing={f"{order_id('x')}#L1": 4}, short=short)
+    service = bootstrap(Config.from_env(), label_store=FakeLabels()).inventory
+
+    past_the_read = ShortCountsFinished()
+    service.finish_short_counts(past_the_read, utc_now(), limit=2)
+    assert ([s.sku for s in past_the_read.finished], past_the_read.left) == (skus[:2], 1)
+
+    starts = iter([False, True])
+    out_of_time = ShortCountsFinished()
+    service.finish_short_counts(out_of_time, utc_now(), time_up=lambda: next(starts))
+    assert ([s.sku for s in out_of_time.finished], out_of_time.left) == (skus[2:3], 1)
+    assert [s.sku for s in inventory.short_counts(utc_now(), 10)] == skus[3:]

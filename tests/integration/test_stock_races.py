@@ -6,6 +6,7 @@ AWS) or by running one request between another's read and its write."""
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from core.pickups import PickupExpiry
 from core.status import OrderStatus, ShipmentStatus
 from functions.adapters.dynamodb import DynamoDuePickups, DynamoInventory
 from functions.bootstrap import Config, Container, bootstrap
+from functions.business_metrics import flush
 from tests.builders import NOW, location, place_order, product
 from tests.fakes import FakeLabels
 from tests.integration.conftest import pass_through_workflow, run_threads
@@ -502,3 +504,71 @@ def test_a_twin_reserve_run_that_gave_back_the_winners_units_before_losing_its_w
     other = "wh-west" if allocation.location_id == "wh-east" else "wh-east"
     assert shop.held("LAST", allocation.location_id, order_id) == 2 and shop.held("LAST", other, order_id) == 0
     assert shop.level("LAST", allocation.location_id) == (3, 2, 1) and shop.level("LAST", other) == (3, 0, 3)
+
+
+def test_a_twin_reserve_run_that_cannot_hold_the_winners_units_again_sends_the_order_back_to_be_sourced(
+    shop, monkeypatch, caplog, capsys
+):
+    # As above, but another order takes the units B gave back before B can hold them again for A's
+    # record: the order recorded units no stock item held for it (its parcel would ship units sold
+    # to that other order), in silence. It goes back to be sourced instead (`sourced_again`, reason
+    # `reservations_lost`, logged with its id), and B's retry sources it where units are.
+    from core.sourcing_rules import SourcingRulesInput
+
+    shop.container.catalog_repository.put_location(location("wh-west", latitude=39.53, longitude=-119.81))
+    shop.container.inventory.count("LAST", "wh-east", 3)
+    shop.container.inventory.count("LAST", "wh-west", 3)
+    order_id = shop.placed("LAST", 2)
+    other_id = shop.placed("LAST", 2)
+    nearest = shop.container.workflow
+    repository = shop.container.order_repository
+    real_update = repository.update
+    writes: list[tuple] = []
+    taken: list[str] = []
+
+    def update(new: Any, expected: Any, entries: Any, **conditions: Any) -> Any:
+        if new.id != order_id or len(writes) >= 2:
+            return real_update(new, expected, entries, **conditions)
+        if not writes:  # A's write: B runs before it lands
+            writes.append((new, expected, entries, conditions))
+            [a_location] = {a.location_id for a in new.allocations}
+            taken.append(a_location)
+            shop.container.sourcing_rules_service.replace(
+                SourcingRulesInput(prefer="nearest", excluded_locations=[a_location]), by="key_admin"
+            )
+            with pytest.raises(TransientError):
+                nearest.reserve_stock(order_id)
+            return None  # landed inside B's run
+        # B's write: A's lands just before it, and the other order takes the units B gave back.
+        writes.append((new, expected, entries, conditions))
+        a_new, a_expected, a_entries, a_conditions = writes[0]
+        real_update(a_new, a_expected, a_entries, **a_conditions)
+        shop.container.inventory_repository.reserve("LAST", taken[0], reservation_key(other_id, "L1"), 2)
+        return real_update(new, expected, entries, **conditions)
+
+    monkeypatch.setattr(repository, "update", update)
+    monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "false")
+    flush()  # the placing's points: this test reads ReserveStock's
+    capsys.readouterr()
+    with caplog.at_level("WARNING"):
+        nearest.reserve_stock(order_id)
+    flush()  # what the task's handler prints when its invocation ends
+
+    printed = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
+    assert [record.get("ReservationsLost") for record in printed if "ReservationsLost" in record] == [[1.0]]
+
+    order = shop.order(order_id)
+    assert order.status is S.AUTHORIZED and order.allocations == []  # records nothing it does not hold
+    lost = [e for e in repository.history(order_id, consistent=True)[1] if e.type == "sourced_again"]
+    assert [e.detail["reason"] for e in lost] == ["reservations_lost"], lost
+    logged = [r for r in caplog.records if r.name == "core.workflow" and r.levelname == "WARNING"]
+    assert [(r.__dict__.get("order_id"), order_id in r.getMessage()) for r in logged] == [(order_id, True)]
+    assert shop.held("LAST", taken[0], order_id) == 0
+    assert shop.level("LAST", taken[0]) == (3, 2, 1)  # the other order's
+
+    nearest.reserve_stock(order_id)  # the retry of the run whose restore failed
+
+    [allocation] = shop.order(order_id).allocations
+    assert allocation.location_id != taken[0] and allocation.quantity == 2
+    assert shop.held("LAST", allocation.location_id, order_id) == 2
+    assert shop.level("LAST", allocation.location_id) == (3, 2, 1)

@@ -132,3 +132,48 @@ def test_a_count_below_what_a_backordered_order_holds_sends_it_back_to_be_source
     assert [(e["detail"]["reason"], e["detail"]["location_id"]) for e in entries if e["type"] == "sourced_again"] == [
         ("stock_count", network["west"])
     ]
+
+
+def test_a_count_below_what_a_held_backordered_order_holds_sends_it_back_to_be_sourced_keeping_the_hold(
+    api: InProcessApi,
+):
+    # A count counts what is there: the units a backordered order on hold holds are no more there
+    # than a backordered one's. It was 409 (held, the order was no candidate). Its hold stays; the
+    # release sources it again without that location.
+    from core.errors import Backordered
+    from functions.bootstrap import Config, bootstrap
+
+    network = put_network(api)
+    catalog = Catalog(api)
+    sku = catalog.product("10.00", allow_backorder=True)
+    catalog.stock(sku, network["west"], 3)
+    catalog.stock(sku, network["east"], 1)
+    placed = api.post("/orders", json=order_body((sku, 5)))
+    assert placed.status_code == 201, placed.text
+    order_id = placed.json()["id"]
+    steps = bootstrap(Config.from_env()).workflow
+    steps.authorize_payment(order_id, attempt=0)
+    with pytest.raises(Backordered):
+        steps.reserve_stock(order_id)  # 3 at west and 1 at east reserved, 1 short: it waits for stock
+    held = api.post(f"/orders/{order_id}/hold", json={"reason": "fraud_review", "note": "check"})
+    assert held.status_code == 200, held.text
+
+    counted = api.put(f"/inventory/{sku}/{network['west']}", json={"on_hand": 1})
+
+    assert counted.status_code == 200, counted.text
+    assert stock_at(api, sku, network["west"]) == {"on_hand": 1, "reserved": 0, "available": 1}
+    assert stock_at(api, sku, network["east"]) == {"on_hand": 1, "reserved": 1, "available": 0}  # still its own
+    order = api.get(f"/orders/{order_id}").json()
+    assert order["status"] == "on_hold" and order["hold"]["reason"] == "fraud_review"
+    entries = api.get(f"/orders/{order_id}/history").json()["items"]
+    assert [(e["detail"]["reason"], e["detail"]["location_id"]) for e in entries if e["type"] == "sourced_again"] == [
+        ("stock_count", network["west"])
+    ]
+
+    released = api.post(f"/orders/{order_id}/release", json={})
+    assert released.status_code == 200, released.text
+    assert released.json()["status"] == "authorized"  # its workflow sources it again, without west
+    with pytest.raises(Backordered):
+        steps.reserve_stock(order_id)
+    assert stock_at(api, sku, network["west"]) == {"on_hand": 1, "reserved": 0, "available": 1}
+    assert stock_at(api, sku, network["east"]) == {"on_hand": 1, "reserved": 1, "available": 0}

@@ -1215,3 +1215,49 @@ def test_a_twin_run_sourced_under_new_rules_that_loses_its_write_leaves_the_winn
     assert [(a.location_id, a.quantity) for a in order.allocations] == [("wh-west", 2)]  # A's
     assert reserved_at(world, order_id) == {"wh-west": 2}
     assert world.level("TSHIRT", "wh-west") == (5, 2, 3) and world.level("TSHIRT", "wh-east") == (5, 0, 5)
+
+
+def test_a_twin_run_whose_winner_allocated_sends_the_order_back_when_its_units_went_to_another_order():
+    # As above, but A's execution goes on to CreateShipments before B loses its write, and another
+    # order takes the west units B gave back: the allocated order's west parcel would ship units sold
+    # to that order. B sends it back to be sourced (its parcel and booking given up, a new booking
+    # key), and the sourcing that follows ships it from the east.
+    world, rules = a_world([("TSHIRT", "wh-west", 3), ("TSHIRT", "wh-east", 5)])
+    order_id = world.place(("TSHIRT", 2))
+    other_id = world.place(("TSHIRT", 2))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    real = world.orders.update
+    writes: list[tuple] = []
+
+    def update(order, expected, entries, **conditions):
+        if order.id != order_id or len(writes) >= 2:
+            return real(order, expected, entries, **conditions)
+        if not writes:  # A's write: B runs before it lands
+            writes.append((order, expected, entries, conditions))
+            put(rules, prefer="nearest", excluded_locations=["wh-west"])
+            with contextlib.suppress(Exception):
+                world.workflow.reserve_stock(order_id)
+            return None
+        writes.append((order, expected, entries, conditions))  # B's: A's lands first, then its parcel
+        a_order, a_expected, a_entries, a_conditions = writes[0]
+        real(a_order, a_expected, a_entries, **a_conditions)
+        world.workflow.create_shipments(order_id)
+        world.inventory.reserve("TSHIRT", "wh-west", f"{other_id}#L1", 2)  # another order's
+        return real(order, expected, entries, **conditions)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(world.orders, "update", update)
+        world.workflow.reserve_stock(order_id)
+
+    sent_back = world.order(order_id)
+    assert sent_back.status is OrderStatus.AUTHORIZED
+    assert (sent_back.allocations, sent_back.shipments, sent_back.rebookings) == ([], [], 1)
+    [entry] = [e for e in world.history(order_id) if e.type == "sourced_again"]
+    assert entry.detail["reason"] == "reservations_lost"
+    assert entry.detail["lost"] == [{"sku": "TSHIRT", "location_id": "wh-west", "recorded": 2, "held": 0}]
+    assert reserved_at(world, order_id) == {}
+    world.workflow.reserve_stock(order_id)  # the execution the change starts (and B's retry)
+    world.workflow.create_shipments(order_id)
+    assert [s.location_id for s in world.order(order_id).shipments] == ["wh-east"]
+    assert reserved_at(world, order_id) == {"wh-east": 2}
+    assert world.level("TSHIRT", "wh-west") == (3, 2, 1)  # the other order's, never shipped twice

@@ -35,16 +35,17 @@ def _level_shown(level: StockLevel) -> StockLevel:
     "/inventory/<sku>/<location_id>",
     summary="Set the counted units on hand (a stock take)",
     description="A count below the units reserved there (held by orders not yet shipped) is recorded, and the "
-    "units backordered orders hold there, then the pending shipments at that location holding the sku, newest "
-    "order first within each, are sent elsewhere until what stays reserved fits the count (a backordered order: "
-    "`sourced_again`, reason `stock_count`; then as a reject): each order goes back to be sourced without that "
-    "location (from another one, else "
+    "units backordered orders hold there (on hold or not: a held one stays held), then the pending shipments at "
+    "that location holding the sku, newest order first within each, are sent elsewhere until what stays reserved "
+    "fits the count (a backordered order: `sourced_again`, reason `stock_count`; then as a reject): each order "
+    "goes back to be sourced without that location (from another one, else "
     "`backordered` or `cancelled` `out_of_stock`, as for `POST /orders/{id}/shipments/{shipment_id}/reject`), its "
     "history saying why (`shipment_rejected`, reason `stock_count`, the key as actor). The released units are "
     "never reserved by another order first. The same count sent again changes nothing, and finishes one whose "
     "answer was lost. 409 `insufficient_stock`, recording nothing, when even rejecting every such shipment would "
-    "leave more reserved than counted (units held by ready pickups, or by orders on hold or not allocated there "
-    f"yet), or when it would send more than {MAX_COUNT_REJECTS} orders elsewhere (count in steps).",
+    "leave more reserved than counted (units held by ready pickups, or by orders on hold, but those held while "
+    f"backordered, or not allocated there yet), or when it would send more than {MAX_COUNT_REJECTS} orders "
+    "elsewhere (count in steps).",
     responses={**ok(200, StockLevel, "The stock record"), **errors(400, 403, 404, 409, 413)},
 )
 @requires(Scope.INVENTORY_WRITE)
