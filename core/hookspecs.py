@@ -335,7 +335,11 @@ def oms_carrier_cancel_shipment(
 
     Stops at first non-None result. The OMS asks when a booking is given up: the order cancelled,
     a pending parcel gone (all its units cancelled, or the order sent back to be sourced by an edit
-    or a reject) or booked again after a cancel of some of its units. The give-up is written first
+    or a reject) or booked again after a cancel of some of its units; and for a return label
+    (oms_carrier_return_label's `booking_key`) no return uses (a request made again with other
+    lines after its answer was lost, or that lost its return's number; an approval that lost to a
+    rejection; one maybe made for a return rejected or expired since) or an expired return's own.
+    The give-up is written first
     and stands whatever the carrier answers: a plugin that raises is asked again by the reconciler's
     next pass (every five minutes) until it answers, so make the call idempotent. True or False
     settles it (history `carrier_booking_cancelled` or `carrier_booking_not_cancelled`); so does no
@@ -401,7 +405,8 @@ def oms_carrier_return_label(
         carrier's `label_url`, as for oms_carrier_create_shipment), or None.
 
     Stops at first non-None result. When no plugin answers, the return is authorized without a
-    label (`label_url` null) and the customer ships it back their own way.
+    label (`label_url` null) and the customer ships it back their own way. A booking no return
+    uses, and an expired return's label, is cancelled under its key (oms_carrier_cancel_shipment).
     """
 
 
