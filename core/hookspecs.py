@@ -319,15 +319,17 @@ def oms_carrier_cancel_shipment(
 ) -> bool | None:
     """Cancel a booking no parcel will use, so the carrier does not charge for its label.
 
-    :param carrier: the `carrier` your oms_carrier_create_shipment answered for the booking;
+    :param carrier: the `carrier` your oms_carrier_create_shipment (or _return_label) answered;
         return None for any other. None when the OMS never heard the answer: a CreateShipments
         step killed (timed out) mid-call, then the order parked and given up, may or may not have
-        had a booking made under `booking_key`. Cancel yours under that key if you made one
+        had a booking made under `booking_key`; so may a return label's whose answer was lost.
+        Cancel yours under that key if you made one
         (True), answer False if you will not, and None if you made none, so the next plugin is asked.
     :param tracking_number: the booking's tracking number (None with `carrier` None).
     :param booking_key: the key the booking was asked under (oms_carrier_create_shipment's
-        `booking_key`): a parcel booked again has the same shipment id, often the same reference,
-        and a new key, so cancel the booking made under this key, never the parcel's newer one.
+        `booking_key`, or oms_carrier_return_label's for a return label): a parcel booked again has
+        the same shipment id, often the same reference, and a new key, so cancel the booking made
+        under this key, never the parcel's newer one.
     :param order_id: the order the booking was for.
     :return: True once the booking is cancelled (or was already, or never cost anything), False
         when the carrier will not cancel it (scanned already, its void window past), or None when
