@@ -377,3 +377,22 @@ def test_a_label_cancel_the_carrier_fails_is_owed_and_made_by_the_reconcilers_pa
     world.actions.finish_carrier_work(world.order(order.id), "reconciler")
 
     assert carrier.cancelled == [carrier.label_of(item)] and not world.order(order.id).owes_carrier_work()
+
+
+def test_a_booking_whose_label_could_not_be_stored_is_cancelled_once_another_parcel_takes_its_return(
+    world, clock, monkeypatch
+):
+    carrier = KeyedCarrier()
+    returns, _ = returns_for(world, clock, carrier)
+    order = shipped(world, ("TSHIRT", 2), ("MUG", 1))
+    with monkeypatch.context() as patched:
+        patched.setattr(world.labels, "put_label", lambda *args: (_ for _ in ()).throw(ConnectionError("S3 down")))
+        with pytest.raises(ConnectionError):
+            returns.request(order.id, ask(("L1", 2, None)), actor="key_cs")
+    (first,) = world.order(order.id).unrecorded_return_labels
+    assert (first.carrier, first.tracking_number, carrier.cancelled) == ("Acme", "ACME1", [])
+
+    item = returns.request(order.id, ask(("L2", 1, None)), actor="key_cs")
+
+    assert carrier.cancelled == [first.booking_key] and item.tracking_number == "ACME2"
+    assert cancel_entries(world, order.id) == [first.model_dump()]
