@@ -545,8 +545,11 @@ class Returns:
         # entry: should this die in between, or keep losing its write to another change of the
         # order, the next reader of the order's history writes it. The return is cancelled either
         # way, and the scan goes on to the next one.
+        # The label bookings this gives up (its own label's, Returns._note) are owed on the order and
+        # cancelled by the reconciler's carrier pass, not here: a slow or down carrier would hold up
+        # the scan, which expires up to a hundred returns a pass.
         with contextlib.suppress(StaleVersion):
-            self._noted(item, actor)
+            self._note(item)
         return True
 
     # --- Label ------------------------------------------------------------------------------

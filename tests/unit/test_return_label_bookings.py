@@ -344,8 +344,9 @@ def test_an_approval_that_loses_to_the_same_approval_cancels_nothing(world, cloc
     assert other[0].tracking_number == "ACME1" and carrier.cancelled == [] and owed(world, order.id) == []
 
 
-def test_an_expired_return_has_its_label_cancelled_once(world, clock):
+def test_an_expired_return_has_its_label_cancelled_once_by_the_reconcilers_pass(clock):
     carrier = KeyedCarrier()
+    world = build_world(STOCK, carrier)  # the reconciler's pass asks the carrier plugins the world has
     returns, _ = returns_for(world, clock, carrier)
     order = shipped(world, ("TSHIRT", 2))
     item = returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
@@ -354,8 +355,11 @@ def test_an_expired_return_has_its_label_cancelled_once(world, clock):
     assert returns.expire(item.id, clock.now - timedelta(days=30), actor="jeopardy_scan") is True
     assert returns.expire(item.id, clock.now - timedelta(days=30), actor="jeopardy_scan") is False
     returns.owed_entries(world.order(order.id))  # what a reader of the history does
+    assert carrier.cancelled == [] and owed(world, order.id) == [carrier.label_of(item)]  # the scan asks no carrier
+    world.actions.finish_carrier_work(world.order(order.id), "reconciler")
+    world.actions.finish_carrier_work(world.order(order.id), "reconciler")
 
-    assert carrier.cancelled == [carrier.label_of(item)]
+    assert carrier.cancelled == [carrier.label_of(item)] and not world.order(order.id).owes_carrier_work()
     assert cancel_entries(world, order.id) == [{
         "shipment_id": item.id, "carrier": "Acme", "tracking_number": item.tracking_number,
         "booking_key": carrier.label_of(item),
@@ -369,8 +373,9 @@ def test_a_label_cancel_the_carrier_fails_is_owed_and_made_by_the_reconcilers_pa
     order = shipped(world, ("TSHIRT", 2))
     item = returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
     clock.now += timedelta(days=40)
-    carrier.down = True
     assert returns.expire(item.id, clock.now - timedelta(days=30), actor="jeopardy_scan") is True
+    carrier.down = True
+    world.actions.finish_carrier_work(world.order(order.id), "reconciler")
     assert owed(world, order.id) == [carrier.label_of(item)] and world.order(order.id).owes_carrier_work()
 
     carrier.down = False
