@@ -50,9 +50,12 @@ class CarrierBookings:
         self._hook = hook
         self._clock = clock
 
-    def cancel_given_up(self, order: Order, actor: str, down: set[str] | None = None) -> CarrierWork:
+    def cancel_given_up(
+        self, order: Order, actor: str, down: set[str] | None = None, *, only: list[GivenUpBooking] | None = None
+    ) -> CarrierWork:
         """Ask the carrier plugins (oms_carrier_cancel_shipment) to cancel each booking `order`
-        gave up, and record each answer (Order.booking_settled): cancelled, refused for good, or
+        gave up (of those in `only`, when given), and record each answer (Order.booking_settled):
+        cancelled, refused for good, or
         nobody's (no plugin answers for its carrier; for a booking only maybe made, none made it).
         One whose plugin raises (the carrier down) stays owed for the reconciler's next pass:
         whatever the carrier does, the change that gave the booking up stands. A carrier in `down`
@@ -60,7 +63,7 @@ class CarrierBookings:
         done = CarrierWork()
         down = set() if down is None else down
         for booking in order.bookings_to_cancel:
-            if booking.carrier in down:
+            if booking.carrier in down or (only is not None and booking not in only):
                 continue
             try:
                 answer = call_hook(

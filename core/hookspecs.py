@@ -319,15 +319,17 @@ def oms_carrier_cancel_shipment(
 ) -> bool | None:
     """Cancel a booking no parcel will use, so the carrier does not charge for its label.
 
-    :param carrier: the `carrier` your oms_carrier_create_shipment answered for the booking;
+    :param carrier: the `carrier` your oms_carrier_create_shipment (or _return_label) answered;
         return None for any other. None when the OMS never heard the answer: a CreateShipments
         step killed (timed out) mid-call, then the order parked and given up, may or may not have
-        had a booking made under `booking_key`. Cancel yours under that key if you made one
+        had a booking made under `booking_key`; so may a return label's whose answer was lost.
+        Cancel yours under that key if you made one
         (True), answer False if you will not, and None if you made none, so the next plugin is asked.
     :param tracking_number: the booking's tracking number (None with `carrier` None).
     :param booking_key: the key the booking was asked under (oms_carrier_create_shipment's
-        `booking_key`): a parcel booked again has the same shipment id, often the same reference,
-        and a new key, so cancel the booking made under this key, never the parcel's newer one.
+        `booking_key`, or oms_carrier_return_label's for a return label): a parcel booked again has
+        the same shipment id, often the same reference, and a new key, so cancel the booking made
+        under this key, never the parcel's newer one.
     :param order_id: the order the booking was for.
     :return: True once the booking is cancelled (or was already, or never cost anything), False
         when the carrier will not cancel it (scanned already, its void window past), or None when
@@ -335,7 +337,11 @@ def oms_carrier_cancel_shipment(
 
     Stops at first non-None result. The OMS asks when a booking is given up: the order cancelled,
     a pending parcel gone (all its units cancelled, or the order sent back to be sourced by an edit
-    or a reject) or booked again after a cancel of some of its units. The give-up is written first
+    or a reject) or booked again after a cancel of some of its units; and for a return label
+    (oms_carrier_return_label's `booking_key`) no return uses (a request made again with other
+    lines after its answer was lost, or that lost its return's number; an approval that lost to a
+    rejection; one maybe made for a return rejected or expired since) or an expired return's own.
+    The give-up is written first
     and stands whatever the carrier answers: a plugin that raises is asked again by the reconciler's
     next pass (every five minutes) until it answers, so make the call idempotent. True or False
     settles it (history `carrier_booking_cancelled` or `carrier_booking_not_cancelled`); so does no
@@ -401,7 +407,8 @@ def oms_carrier_return_label(
         carrier's `label_url`, as for oms_carrier_create_shipment), or None.
 
     Stops at first non-None result. When no plugin answers, the return is authorized without a
-    label (`label_url` null) and the customer ships it back their own way.
+    label (`label_url` null) and the customer ships it back their own way. A booking no return
+    uses, and an expired return's label, is cancelled under its key (oms_carrier_cancel_shipment).
     """
 
 

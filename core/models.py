@@ -1252,7 +1252,9 @@ class GivenUpBooking(BaseModel, defer_build=True):
     sourced by an edit or a reject) or when it was booked again (Order.relabel). It is owed a
     cancel with its carrier (core.carrier_bookings), or the merchant pays for a label never used.
     `carrier` and `tracking_number` are None for a booking only maybe made: asked for under its key
-    by a CreateShipments that died before it heard the answer (Order.park)."""
+    by a CreateShipments that died before it heard the answer (Order.park), or a return label's
+    whose answer was lost. A return label's booking (core.returns: one no return uses, or an
+    expired return's) names its return's id (`rma_...`) as `shipment_id`."""
 
     shipment_id: str
     carrier: str | None = None
@@ -1705,6 +1707,13 @@ class Order(Shown):
     # booked under new keys, the parcel no longer waiting for one: `_next`), else that booking is
     # recorded nowhere. The system's own: stored, never shown.
     unrecorded_bookings: list[GivenUpBooking] = Field(default_factory=empty_list, exclude=True)
+    # Return label bookings made (or maybe made: the answer lost) that no return records yet, each
+    # under its return's id (`shipment_id`): a request or approval that failed after asking the
+    # carrier, or lost its write. Judged on that return once it is stored or changes
+    # (core.returns.judged_labels): used by it, owed a cancel (`bookings_to_cancel`), or kept
+    # while a retry may still ask for it under its key. Empty on nearly every order. The system's
+    # own: stored, never shown.
+    unrecorded_return_labels: list[GivenUpBooking] = Field(default_factory=empty_list, exclude=True)
     # Lines edits replaced whose reservations are owed a release (Order.reservation_lines): the edit
     # releases them after its write; what it could not (the inventory unavailable) the order's
     # sourcing (ReserveStock, whose write clears them) or its cancel releases, or they would stay
@@ -1929,6 +1938,8 @@ class Order(Shown):
             system["bookings_to_cancel"] = [b.model_dump(mode="json") for b in self.bookings_to_cancel]
         if self.unrecorded_bookings:
             system["unrecorded_bookings"] = [b.model_dump(mode="json") for b in self.unrecorded_bookings]
+        if self.unrecorded_return_labels:
+            system["unrecorded_return_labels"] = [b.model_dump(mode="json") for b in self.unrecorded_return_labels]
         if self.replaced_lines:
             system["replaced_lines"] = [line.model_dump(mode="json") for line in self.replaced_lines]
         if self.held_before:
@@ -4599,15 +4610,51 @@ class Order(Shown):
         return f"{return_id}:{type.value}" in self.return_entries
 
     def return_noted(
-        self, return_id: str, type: OrderEvent, *, at: datetime, actor: str, detail: dict[str, Any]
-    ) -> Change | None:
+        self, return_id: str, type: OrderEvent, *, at: datetime, actor: str, detail: dict[str, Any],
+        unrecorded_labels: list[GivenUpBooking] | None = None, labels_given_up: list[GivenUpBooking] | None = None,
+    ) -> Change | None:  # fmt: skip
         """The entry `type` of return `return_id` (its request, approval, rejection or expiry,
         core.return_models.OrderEntry) on the history, in a version that remembers it; None when
-        the history has it already, so a writer that repeats one after another died writes it once."""
+        the history has it already, so a writer that repeats one after another died writes it once.
+        With it, the return label bookings judged on the return (core.returns.judged_labels): those
+        still `unrecorded_labels`, and those `labels_given_up`, owed a cancel (`bookings_to_cancel`)."""
         if self.has_return_entry(return_id, type):
             return None
         key = f"{return_id}:{type.value}"
-        return self._next(at=at, actor=actor, type=type, detail=detail, return_entries=[*self.return_entries, key])
+        return self._next(
+            at=at, actor=actor, type=type, detail=detail, return_entries=[*self.return_entries, key],
+            **self._return_labels(unrecorded_labels, labels_given_up or []),
+        )  # fmt: skip
+
+    def return_label_unrecorded(self, booking: GivenUpBooking, *, at: datetime) -> Bookkeeping | None:
+        """A return label booking made, or maybe made, that its return does not record (its request
+        or approval failed after asking the carrier, or lost its write), kept
+        (`unrecorded_return_labels`) until the return is judged on (core.returns.judged_labels).
+        A booking known now replaces one kept as maybe made under its key. None when kept already."""
+        same_key = [b for b in self.unrecorded_return_labels if b.booking_key == booking.booking_key]
+        if booking in self.bookings_to_cancel or booking in same_key or (booking.carrier is None and same_key):
+            return None
+        kept = [b for b in self.unrecorded_return_labels if b not in same_key]
+        return self._bookkeeping(at=at, unrecorded_return_labels=[*kept, booking])
+
+    def return_labels_judged(
+        self, unrecorded: list[GivenUpBooking], given_up: list[GivenUpBooking], *, at: datetime
+    ) -> Bookkeeping | None:
+        """The return label bookings judged on a return (core.returns.judged_labels): those still
+        `unrecorded`, and those `given_up`, owed a cancel. None when that changes nothing."""
+        changes = self._return_labels(unrecorded, given_up)
+        return self._bookkeeping(at=at, **changes) if changes else None
+
+    def _return_labels(
+        self, unrecorded: list[GivenUpBooking] | None, given_up: list[GivenUpBooking]
+    ) -> dict[str, list[GivenUpBooking]]:
+        changes: dict[str, list[GivenUpBooking]] = {}
+        if unrecorded is not None and unrecorded != self.unrecorded_return_labels:
+            changes["unrecorded_return_labels"] = unrecorded
+        owed = [booking for booking in given_up if booking not in self.bookings_to_cancel]
+        if owed:
+            changes["bookings_to_cancel"] = [*self.bookings_to_cancel, *owed]
+        return changes
 
     def claim_shipping(self, return_id: str, amount: Money, *, at: datetime) -> Bookkeeping:
         """`amount` of the order's shipping is given back by return `return_id`'s exchange credit,

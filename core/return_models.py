@@ -173,6 +173,10 @@ class Return(BaseModel):
     label_url: str | None = None
     carrier: str | None = None
     tracking_number: str | None = None
+    # The label's booking: the parcel's hash its carrier booking was asked under, after the return's
+    # id (core.returns.return_booking_key; `label_booking_key`), what a cancel of it names. None
+    # without a label, or for one booked before it was kept. The system's own: stored, never shown.
+    booking: str | None = Field(default=None, exclude=True)
     # Where the units go back to: the location they shipped from (the label's address).
     return_to: str | None = None
     received_at_location: str | None = None
@@ -226,6 +230,8 @@ class Return(BaseModel):
             system["order_entries"] = [entry.model_dump(mode="json") for entry in self.order_entries]
         if self.request_key is not None:
             system["request_key"] = self.request_key
+        if self.booking is not None:
+            system["booking"] = self.booking
         if self.authorized_at is not None:
             system["authorized_at"] = self.authorized_at.isoformat()
         if self.exchange_placing:
@@ -266,13 +272,21 @@ class Return(BaseModel):
             return self.authorized_at or self.updated_at
         return self.created_at
 
-    def labelled(self, carrier: str | None, tracking_number: str | None, label_url: str | None) -> "Return":
-        """This version with the label booked for it (as it is without one, `label_url` None): the
-        same version, as the label belongs to the change that authorizes the return."""
+    def labelled(
+        self, carrier: str | None, tracking_number: str | None, label_url: str | None, booking: str | None = None
+    ) -> "Return":
+        """This version with the label booked for it (as it is without one, `label_url` None) and
+        the `booking` it was asked under (see the field): the same version, as the label belongs to
+        the change that authorizes the return."""
         if label_url is None:
             return self
-        changes = {"carrier": carrier, "tracking_number": tracking_number, "label_url": label_url}
+        changes = {"carrier": carrier, "tracking_number": tracking_number, "label_url": label_url, "booking": booking}
         return Return.model_validate({**dict(self), **changes})
+
+    def label_booking_key(self) -> str | None:
+        """The key the carrier booking of its label was asked under (oms_carrier_return_label's
+        `booking_key`), or None when it has no label or was labelled before that was kept."""
+        return f"{self.id}-{self.booking}" if self.label_url is not None and self.booking is not None else None
 
     def approve(self, note: str | None, *, at: datetime) -> "Return":
         if self.status is not ReturnStatus.REQUESTED:

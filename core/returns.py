@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from core import order_lists
+from core.carrier_bookings import CarrierBookings
 from core.errors import (
     Conflict,
     DomainError,
@@ -47,6 +48,7 @@ from core.hook_calls import call_hook
 from core.ids import order_id_for, short_hash
 from core.models import (
     Bookkeeping,
+    GivenUpBooking,
     HistoryEntry,
     Order,
     PaymentInput,
@@ -151,9 +153,53 @@ def return_booking_key(return_id: str, destination_id: str, lines: Iterable[tupl
     whose booking failed and is made again with other lines, or that lost the ordinal to a
     concurrent request, books under the same id with other contents, and a carrier keyed on the id
     would answer the first booking's label. A retry of the same parcel asks under the same key."""
+    return f"{return_id}-{_parcel_hash(destination_id, lines, weight_grams)}"
+
+
+def _parcel_hash(destination_id: str, lines: Iterable[tuple[str, int]], weight_grams: int) -> str:
+    """What a return label's booking key adds to the return's id (return_booking_key), and what the
+    return keeps of it (Return.booking): 16 characters."""
     parcel = "\x1e".join(f"{line_id}\x1f{quantity}" for line_id, quantity in sorted(lines))
     booked = "\x1f".join(["return-label", destination_id, parcel, str(weight_grams)])
-    return f"{return_id}-{short_hash(booked)[:16]}"
+    return short_hash(booked)[:16]
+
+
+def label_booking(item: Return) -> GivenUpBooking | None:
+    """The carrier booking of the label `item` shows, as a cancel names it; None without a label,
+    or for one labelled before its key was kept."""
+    key = item.label_booking_key()
+    if key is None:
+        return None
+    return GivenUpBooking(
+        shipment_id=item.id, carrier=item.carrier, tracking_number=item.tracking_number, booking_key=key
+    )
+
+
+def judged_labels(item: Return, unrecorded: list[GivenUpBooking]) -> tuple[list[GivenUpBooking], list[GivenUpBooking]]:
+    """The order's return label bookings no return records (Order.unrecorded_return_labels) judged
+    on return `item` as it now is: (those still kept, those given up: owed a cancel). Of those
+    booked under its id, none while it waits for approval (approving asks again under the key of
+    its parcel: a booking maybe made then is its label); all once it is rejected or cancelled
+    (nothing asks under its id again); else all but the one whose label it shows, dropped. One it
+    may show (labelled before keys were kept, the same tracking number) is never given up: a cancel
+    of the label its customer holds would void it."""
+    mine = [booking for booking in unrecorded if booking.shipment_id == item.id]
+    if not mine or item.status is R.REQUESTED:
+        return unrecorded, []
+    kept = [booking for booking in unrecorded if booking.shipment_id != item.id]
+    if item.status in CLOSED:
+        return kept, mine
+    return kept, [booking for booking in mine if not _may_show(item, booking)]
+
+
+def _may_show(item: Return, booking: GivenUpBooking) -> bool:
+    if item.label_url is None:
+        return False
+    same_label = booking.carrier is not None and booking.carrier == item.carrier
+    if same_label and booking.tracking_number == item.tracking_number:
+        return True
+    key = item.label_booking_key()
+    return key is None or key == booking.booking_key
 
 
 def restock_key(return_id: str, line_id: str) -> str:
@@ -189,6 +235,7 @@ class Returns:
         self._hook = hook
         self._refunds = refunds
         self._credits = ExchangeCredits(returns, refunds, orders, clock)
+        self._bookings = CarrierBookings(orders, hook, clock)
         self._clock = clock
 
     # --- Reading ----------------------------------------------------------------------------
@@ -247,7 +294,7 @@ class Returns:
             keyed = [r for r in earlier if request_key is not None and r.request_key == request_key]
             made = next((r for r in keyed if r.created_at > since), None)
             if made is not None:
-                return self._requested_again(made, cmd, order)
+                return self._requested_again(made, cmd, order, actor)
             if not exchange_checked:
                 # Only for a return to make: a retry answers the one made, whatever the shop changed since.
                 self._check_exchange(cmd, order)
@@ -291,25 +338,31 @@ class Returns:
                 # a failed booking would have left out; the booking is keyed by the return's id and
                 # its parcel (return_booking_key): a request made again with other lines after a
                 # failed booking, or counted again after losing its ordinal, asks under a new key.
-                item = self._with_label(item, order)
+                item = self._with_label(item, order, actor)
             try:
                 self._returns.add(item)
             except StaleVersion:
-                continue  # another return of this order took the ordinal: count again
+                # Another return of this order took the ordinal: count again. The label booked
+                # for it is that return's (the same parcel: the same key) or owed a cancel.
+                self._label_unused(item, actor)
+                continue
+            except Exception:  # any: the write may have landed or not, the return stored decides
+                self._label_unused(item, actor)
+                raise
             break
         else:
             raise StaleVersion(f"returns of order {order_id} kept changing; retry")
-        self._note(item, order)
+        self._noted(item, actor, order)
         return item
 
-    def _requested_again(self, made: Return, cmd: RequestReturn, order: Order) -> Return:
+    def _requested_again(self, made: Return, cmd: RequestReturn, order: Order, actor: str) -> Return:
         if not made.made_by(cmd):
             raise Conflict(
                 "this Idempotency-Key was used with a different request body",
                 code="idempotency_key_reused",
                 details=[{"field": "Idempotency-Key", "message": "reuse a key only to retry the same request"}],
             )
-        self._note(made, order)
+        self._noted(made, actor, order)
         return made
 
     def _check_exchange(self, cmd: RequestReturn, order: Order) -> None:
@@ -391,17 +444,22 @@ class Returns:
         booked = current
         order = self._orders.get(current.order_id)
         if current.status is R.REQUESTED and order is not None:
-            booked = self._with_label(current, order)
+            booked = self._with_label(current, order, actor)
         else:
-            self._note(current, order)  # a repeat (409): the entries a first run died before writing
+            self._noted(current, actor, order)  # a repeat (409): the entries a first run died before writing
         at = self._clock()
-        item = self._change(
-            return_id, channel,
-            lambda r: r.approve(note, at=at)
-            .labelled(booked.carrier, booked.tracking_number, booked.label_url)
-            .owing(OrderEvent.RETURN_AUTHORIZED, actor=actor, detail={"return_id": r.id, "note": note}),
-        )  # fmt: skip
-        self._note(item, order)
+        try:
+            item = self._change(
+                return_id, channel,
+                lambda r: r.approve(note, at=at)
+                .labelled(booked.carrier, booked.tracking_number, booked.label_url, booked.booking)
+                .owing(OrderEvent.RETURN_AUTHORIZED, actor=actor, detail={"return_id": r.id, "note": note}),
+            )  # fmt: skip
+        except Exception:  # any (a rejection or expiry first, say): the return as stored decides
+            if booked is not current:
+                self._label_unused(booked, actor)
+            raise
+        self._noted(item, actor, order)
         return item
 
     def reject(self, return_id: str, note: str | None, actor: str, channel: str | None = None) -> Return:
@@ -409,7 +467,7 @@ class Returns:
         repeat (409) first writes the order's entries a first run died before writing."""
         current = self.get(return_id, channel)
         if current.status is not R.REQUESTED:
-            self._note(current)
+            self._noted(current, actor)
         at = self._clock()
         item = self._change(
             return_id, channel,
@@ -417,7 +475,7 @@ class Returns:
                 OrderEvent.RETURN_REJECTED, actor=actor, detail={"return_id": r.id, "note": note}
             ),
         )  # fmt: skip
-        self._note(item)
+        self._noted(item, actor)
         return item
 
     def _change(self, return_id: str, channel: str | None, decide: Callable[[Return], Return]) -> Return:
@@ -487,15 +545,20 @@ class Returns:
         # entry: should this die in between, or keep losing its write to another change of the
         # order, the next reader of the order's history writes it. The return is cancelled either
         # way, and the scan goes on to the next one.
+        # The label bookings this gives up (its own label's, Returns._note) are owed on the order and
+        # cancelled by the reconciler's carrier pass, not here: a slow or down carrier would hold up
+        # the scan, which expires up to a hundred returns a pass.
         with contextlib.suppress(StaleVersion):
             self._note(item)
         return True
 
     # --- Label ------------------------------------------------------------------------------
-    def _with_label(self, item: Return, order: Order) -> Return:
+    def _with_label(self, item: Return, order: Order, actor: str) -> Return:
         """`item` with the label the carrier plugin booked for it (stored in the label store), or
         as it is when no plugin answers or it has nowhere to go back to. Same version: the label
-        belongs to the change that authorizes the return."""
+        belongs to the change that authorizes the return. A booking that fails may have been made
+        (the answer lost), and one whose label could not be stored was: either is kept on the
+        order as made for the return (_label_unrecorded) before the failure goes on."""
         destination = self._catalog.get_location(item.return_to) if item.return_to else None
         if destination is None:
             return item
@@ -505,17 +568,73 @@ class Returns:
         weight = sum(
             (products[sku_of[x.line_id]].weight_grams or 0) * x.quantity for x in lines if sku_of[x.line_id] in products
         )
-        key = return_booking_key(item.id, destination.location_id, [(x.line_id, x.quantity) for x in lines], weight)
-        booked = call_hook(
-            self._hook.oms_carrier_return_label,
-            order=order, return_id=item.id, booking_key=key, destination=destination, lines=lines, weight_grams=weight,
-        )  # fmt: skip
+        parcel = _parcel_hash(destination.location_id, [(x.line_id, x.quantity) for x in lines], weight)
+        key = f"{item.id}-{parcel}"  # return_booking_key
+        try:
+            booked = call_hook(
+                self._hook.oms_carrier_return_label, order=order, return_id=item.id, booking_key=key,
+                destination=destination, lines=lines, weight_grams=weight,
+            )  # fmt: skip
+        except Exception:  # any: the carrier may have booked it all the same
+            self._label_unrecorded(order.id, GivenUpBooking(shipment_id=item.id, booking_key=key), actor)
+            raise
         if booked is None:
             return item
         # Stored under the booking's key, as a shipment's: a request that lost the return's id to a
         # concurrent one stored its label under that id too, and would replace the winner's.
-        stored = stored_label(self._labels, booked, order.id, key)
-        return item.labelled(booked.carrier, booked.tracking_number, stored)
+        try:
+            stored = stored_label(self._labels, booked, order.id, key)
+        except Exception:  # any: booked, and not kept
+            made = GivenUpBooking(
+                shipment_id=item.id, carrier=booked.carrier, tracking_number=booked.tracking_number, booking_key=key
+            )
+            self._label_unrecorded(order.id, made, actor)
+            raise
+        return item.labelled(booked.carrier, booked.tracking_number, stored, parcel)
+
+    def _label_unused(self, item: Return, actor: str) -> None:
+        """`item`'s label booking, which a failed or lost write did not store, kept on the order as
+        made for its return (_label_unrecorded); nothing without one."""
+        booking = label_booking(item)
+        if booking is not None:
+            self._label_unrecorded(item.order_id, booking, actor)
+
+    def _label_unrecorded(self, order_id: str, booking: GivenUpBooking, actor: str) -> None:
+        """A return label booking made, or maybe made, that no return records: kept on the order
+        (Order.return_label_unrecorded), then judged on its return if that is stored (it may have
+        been before the booking was kept, and judged with the order as it was): used, owed a
+        cancel (asked at once), or kept until the return is stored or changes (Returns._noted
+        judges it then). Kept first, so either this or that change's write sees it."""
+        at = self._clock()
+        with contextlib.suppress(NotFound, StaleVersion):
+            modify(self._orders, order_id, lambda order: order.return_label_unrecorded(booking, at=at))
+        stored = self._returns.get(booking.shipment_id, consistent=True)
+        if stored is not None:
+            self._cancel_labels(order_id, self._labels_judged(stored), actor)
+
+    def _labels_judged(self, item: Return) -> list[GivenUpBooking]:
+        """The order's return label bookings no return records, judged on `item` (judged_labels) in
+        a write of their own; those given up."""
+        at = self._clock()
+        given_up: list[GivenUpBooking] = []
+
+        def decide(order: Order) -> Bookkeeping | None:
+            unrecorded, given_up[:] = judged_labels(item, order.unrecorded_return_labels)
+            return order.return_labels_judged(unrecorded, given_up, at=at)
+
+        written: list[Order] = []
+        with contextlib.suppress(NotFound, StaleVersion):
+            modify(self._orders, item.order_id, decide, consistent=True, written=written)
+        return given_up if written else []
+
+    def _cancel_labels(self, order_id: str, bookings: list[GivenUpBooking], actor: str) -> None:
+        """Ask the carrier at once to cancel `bookings`, given up by a write a moment ago (one it
+        fails stays owed for the reconciler's pass, core.carrier_bookings)."""
+        if not bookings:
+            return
+        order = self._orders.get(order_id, consistent=True)
+        if order is not None:
+            self._bookings.cancel_given_up(order, actor, only=bookings)
 
     # --- Receive ----------------------------------------------------------------------------
     def receive(self, return_id: str, receipt: ReceiveReturn, actor: str, channel: str | None = None) -> Return:
@@ -1280,26 +1399,55 @@ class Returns:
             written += self._note(item, order)
         return written
 
-    def _note(self, item: Return, order: Order | None = None) -> list[HistoryEntry]:
+    def _noted(self, item: Return, actor: str, order: Order | None = None) -> None:
+        """_note, then the label bookings it gave up cancelled with the carrier at once."""
+        given_up: list[GivenUpBooking] = []
+        self._note(item, order, given_up)
+        self._cancel_labels(item.order_id, given_up, actor)
+
+    def _note(
+        self, item: Return, order: Order | None = None, given_up: list[GivenUpBooking] | None = None
+    ) -> list[HistoryEntry]:
         """Each entry `item` owes its order (Return.order_entries) on the order's history, once
         (Order.return_noted); the entries written by this call. `order`: the order as read, which
-        spares a read when it has them all (one it lacks is decided on the order as written)."""
+        spares a read when it has them all (one it lacks is decided on the order as written).
+        Each such write judges the order's return label bookings no return records on `item`
+        (judged_labels), and the expiry's gives up the label the return shows: those given up are
+        added to `given_up`. Bookings kept after those writes (or with no entry owed) are judged
+        in a write of their own."""
         if not item.order_entries:
             return []
         order = order or self._orders.get(item.order_id)
         written: list[HistoryEntry] = []
+        gone: list[GivenUpBooking] = []
         for entry in item.order_entries:
             if order is not None and order.has_return_entry(item.id, entry.type):
                 continue
             at = self._clock()
 
             def decide(order: Order, entry: OrderEntry = entry, at: datetime = at):
-                change = order.return_noted(item.id, entry.type, at=at, actor=entry.actor, detail=entry.detail)
-                if change is not None:
+                unrecorded, gone[:] = judged_labels(item, order.unrecorded_return_labels)
+                own = label_booking(item) if entry.type is OrderEvent.RETURN_CANCELLED else None
+                if own is not None and own.booking_key not in {booking.booking_key for booking in gone}:
+                    gone.append(own)  # an expired return's label: nothing will use it
+                change = order.return_noted(
+                    item.id, entry.type, at=at, actor=entry.actor, detail=entry.detail,
+                    unrecorded_labels=unrecorded, labels_given_up=gone,
+                )  # fmt: skip
+                if change is None:
+                    gone.clear()
+                else:
                     written.append(change[1])
                 return change
 
-            modify(self._orders, item.order_id, decide)
+            order = modify(self._orders, item.order_id, decide)
+            if given_up is not None:
+                given_up += gone
+        unrecorded = order.unrecorded_return_labels if order is not None else []
+        if judged_labels(item, unrecorded)[0] != unrecorded:
+            gone = self._labels_judged(item)
+            if given_up is not None:
+                given_up += gone
         return written
 
 

@@ -274,6 +274,51 @@ def test_an_approval_whose_carrier_plugin_fails_to_label_it_is_502_the_return_st
     assert again.json()["status"] == "authorized" and again.json()["label_url"].startswith("https://")
 
 
+class LosingCarrier:
+    """A carrier idempotent on the booking key that books the first return label and loses its
+    answer (a read timeout), and records the cancels it is asked for."""
+
+    def __init__(self) -> None:
+        self.booked: dict[str, str] = {}  # tracking number by booking key
+        self.cancelled: list[str] = []
+
+    @hookimpl(tryfirst=True)
+    def oms_carrier_return_label(self, booking_key):
+        first = not self.booked
+        number = self.booked.setdefault(booking_key, f"ACME{len(self.booked) + 1}")
+        if first:
+            raise TimeoutError("the carrier's answer never came")
+        return label(carrier="acme", tracking_number=number, label_url=f"https://acme.test/{number}")
+
+    @hookimpl(tryfirst=True)
+    def oms_carrier_cancel_shipment(self, carrier, booking_key):
+        if carrier not in ("acme", None) or booking_key not in self.booked:
+            return None
+        self.cancelled.append(booking_key)
+        return True
+
+
+def test_a_return_label_booked_though_its_answer_was_lost_is_cancelled_once_the_request_made_again_books_others(
+    api: InProcessApi,
+):
+    order = ship(api, allocated(api, ("MUG", 2)), "wh-west")
+    carrier = LosingCarrier()
+
+    with installed(carrier):
+        lost = api.post(
+            f"/orders/{order['id']}/returns", json={"lines": [{"line_id": "L1", "quantity": 2, "reason": "x"}]}
+        )
+        made = api.post(
+            f"/orders/{order['id']}/returns", json={"lines": [{"line_id": "L1", "quantity": 1, "reason": "x"}]}
+        )
+
+    assert lost.status_code == 503 and made.status_code == 201, made.text  # the carrier unavailable: retry
+    first_key, _ = carrier.booked
+    assert carrier.cancelled == [first_key] and made.json()["label_url"] == "https://acme.test/ACME2"
+    history = api.get(f"/orders/{order['id']}/history").json()["items"]
+    assert [e["detail"]["booking_key"] for e in history if e["type"] == "carrier_booking_cancelled"] == [first_key]
+
+
 # --- The workflow's CreateShipments ---------------------------------------------------------------------
 
 

@@ -164,3 +164,30 @@ def test_an_entry_the_scan_died_before_writing_is_on_the_history_the_api_reads_o
     assert [e.type for e in read] == [OrderEvent.CREATED, OrderEvent.RETURN_CANCELLED]
     assert (read[1].actor, read[1].detail["return_id"]) == ("jeopardy_scan", item.id)
     assert orders.history("ord_d")[1] == read == bootstrap(Config.from_env()).orders.history("ord_d")
+
+
+def test_an_expired_returns_label_is_owed_a_cancel_under_the_key_it_was_booked_under(aws, scan):
+    from plugins.flat_rate_carrier import CARRIER
+
+    delivered_order(aws, "ord_e")
+    item = stored_return(aws, "ord_e", 1, R.AUTHORIZED, utc_now() - timedelta(days=31))
+    returns = DynamoReturns(aws.dynamodb, aws.tables["ReturnsTable"])
+    label = {"carrier": CARRIER, "tracking_number": "OMS123", "label_url": "labels/ord_e/x.pdf"}
+    returns.update(Return.model_validate({**dict(item), **label, "booking": "0123456789abcdef", "version": 2}), item)
+
+    assert scan()["returns_expired"] == [item.id]
+    assert scan()["returns_expired"] == []
+
+    # Owed on the order, for the reconciler's carrier pass (the scan asks no carrier), which finds
+    # it in the index's carrier partition.
+    stored = aws.dynamodb.get_item(TableName=aws.tables["OrdersTable"], Key={"id": {"S": "ord_e"}})["Item"]
+    assert stored["refund_key"] == {"S": "carrier"}
+    owing = DynamoOrders(aws.dynamodb, aws.tables["OrdersTable"]).get("ord_e", consistent=True)
+    assert owing.owes_carrier_work() and [b.model_dump() for b in owing.bookings_to_cancel] == [
+        {
+            "shipment_id": item.id,
+            "carrier": CARRIER,
+            "tracking_number": "OMS123",
+            "booking_key": f"{item.id}-0123456789abcdef",
+        }
+    ]
