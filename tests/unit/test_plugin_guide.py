@@ -30,6 +30,15 @@ def test_every_hook_is_documented_with_its_parameters():
         assert params == list(inspect.signature(fn).parameters), f"{name}'s documented signature drifted"
 
 
+def test_every_hook_is_documented_with_the_answer_its_spec_declares():
+    # Before: oms_carrier_tracking_update was documented as answering list[TrackingUpdate] | None,
+    # while its spec (and the prose under it) takes a RefusedTrackingEvent in the place of an event.
+    documented = dict(re.findall(r"^`(oms_\w+)\([^)]*\) -> ([^`]+)`", README, flags=re.M))
+    for name, fn in _hooks().items():
+        answer = inspect.signature(fn).return_annotation  # a string: hookspecs postpones annotations
+        assert documented.get(name) == (answer if isinstance(answer, str) else inspect.formatannotation(answer)), name
+
+
 def test_every_hook_has_a_docstring_and_firstresult_hooks_say_so():
     for name, fn in _hooks().items():
         doc = inspect.getdoc(fn) or ""
