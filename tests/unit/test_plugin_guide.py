@@ -98,3 +98,41 @@ def test_an_order_only_vetoed_locations_could_supply_is_out_of_stock(monkeypatch
 
     with pytest.raises(OutOfStock):
         world.workflow.reserve_stock(order_id)
+
+
+# --- What the guide says of the built-in plugins ----------------------------------------------------
+
+
+def builtin_plugins() -> dict[str, types.ModuleType]:
+    """The built-in plugins by entry-point name (pyproject.toml's `oms` group)."""
+    import importlib
+    import tomllib
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+    return {
+        name: importlib.import_module(module) for name, module in pyproject["project"]["entry-points"]["oms"].items()
+    }
+
+
+def test_the_built_in_fallbacks_the_plugin_order_names_are_those_with_trylast_implementations():
+    # Before: the list left out return_policy, whose oms_return_policy is trylast too.
+    (sentence,) = re.findall(r"The built-in fallbacks are `trylast`\s*\(([^)]*)\)", README)
+    named = set(re.findall(r"`(\w+)`", sentence))
+    trylast = {
+        name
+        for name, module in builtin_plugins().items()
+        if any(getattr(fn, "oms_impl", {}).get("trylast") for fn in vars(module).values())
+    }
+    assert "catalog_price" in trylast and named == trylast
+
+
+def test_the_sample_promotion_codes_the_guide_lists_are_those_of_the_packaged_file():
+    # Before: APP15 (15 % off in the mobile app) was in the file and not in the list.
+    import json
+
+    from plugins.data_files import DATA_DIR
+
+    (cell,) = re.findall(r"Sample codes: ([^|]*)\|", README)
+    listed = set(re.findall(r"`([A-Z0-9]+)`", cell))
+    codes = {promotion["code"] for promotion in json.loads((DATA_DIR / "promotions.json").read_text())["promotions"]}
+    assert "WELCOME10" in codes and listed == codes
