@@ -312,3 +312,19 @@ def test_every_file_of_the_repository_the_readme_names_exists():
     named = set(re.findall(r"\b((?:functions|core|plugins|infra|tests|bench|events)/[\w/.-]+\.\w+)\b", README))
     assert "functions/business_metrics.py" in named
     assert sorted(path for path in named if not (ROOT / path).exists()) == []
+
+
+def test_make_fuzz_and_the_readme_name_every_test_file_with_a_fuzz_test_and_no_other():
+    # Before: the README's `make fuzz` paragraph left out the backorder state machine
+    # (tests/unit/test_backorders.py), which the Makefile's fuzz target runs at length.
+    fuzzed = {
+        str(path.relative_to(ROOT))
+        for path in (ROOT / "tests").rglob("test_*.py")
+        if re.search(r"^(@pytest\.mark\.fuzz|from tests\.properties import)", path.read_text(), flags=re.M)
+    }
+    makefile = (ROOT / "Makefile").read_text()
+    target = makefile[makefile.index("\nfuzz:") :].split("\n\n", 1)[0]
+    paragraph = section("## Tests")[section("## Tests").index("`make fuzz`") :]
+    assert "tests/unit/test_money_invariants.py" in fuzzed
+    assert set(re.findall(r"tests/\S+/test_\w+\.py", target)) == fuzzed
+    assert set(re.findall(r"tests/\S+/test_\w+\.py", paragraph)) == fuzzed
