@@ -131,6 +131,25 @@ def test_a_variable_the_template_sets_has_the_templates_default(name: str):
             assert documented_default(name) == "set by the template"
 
 
+def test_the_template_parameter_a_row_names_is_the_one_that_sets_its_variable():
+    # Each row's "(template parameter `P`)" is the parameter the template's `!Ref` gives the
+    # variable (or, for `make run`'s own variables, the one infra/local/stack.py sets from it).
+    from infra.local.stack import PARAMETER_ENV
+
+    checked = 0
+    for row in CONFIGURATION:
+        named = re.search(r"template parameters? ((?:`\w+`(?:, )?)+)", row[1])
+        if named is None:
+            continue
+        names, parameters = re.findall(r"`([A-Z][A-Z0-9_]+)`", row[0]), re.findall(r"`(\w+)`", named.group(1))
+        for position, name in enumerate(names):
+            parameter = parameters[position] if len(parameters) == len(names) else parameters[0]
+            refs = {v["Ref"] for v in TEMPLATE_VARIABLES.get(name, {}).values() if isinstance(v, dict) and "Ref" in v}
+            assert refs | ({PARAMETER_ENV[name]} if name in PARAMETER_ENV else set()) == {parameter}, name
+            checked += 1
+    assert checked >= 15
+
+
 def plain(value: object) -> str:
     """A number as the table writes it (`10`, not `10.0`); anything else as it is."""
     try:
