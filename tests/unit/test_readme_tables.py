@@ -347,3 +347,11 @@ def test_make_fuzz_and_the_readme_name_every_test_file_with_a_fuzz_test_and_no_o
     assert "tests/unit/test_money_invariants.py" in fuzzed
     assert set(re.findall(r"tests/\S+/test_\w+\.py", target)) == fuzzed
     assert set(re.findall(r"tests/\S+/test_\w+\.py", paragraph)) == fuzzed
+
+
+def test_the_events_section_opens_with_every_event_type_there_is():
+    # Before: `inventory.low` (a stock item below its reorder point) was missing from the list.
+    from core.domain_events import EventType
+
+    opening = " ".join(section("## Events and webhooks").split("\n\n")[1].split()).split(" They go to ")[0]
+    assert set(re.findall(r"`([a-z]+\.[a-z_]+)`", opening)) == {str(kind) for kind in EventType}
