@@ -355,3 +355,11 @@ def test_the_events_section_opens_with_every_event_type_there_is():
 
     opening = " ".join(section("## Events and webhooks").split("\n\n")[1].split()).split(" They go to ")[0]
     assert set(re.findall(r"`([a-z]+\.[a-z_]+)`", opening)) == {str(kind) for kind in EventType}
+
+
+def test_the_security_table_has_a_row_for_every_scope_and_no_other():
+    from core.access import Scope
+
+    rows = table(section("## Security: who can do what"), "| scope | may |")
+    named = {row[0].strip("`") for row in rows if row[0].startswith("`")}
+    assert named == {scope.value for scope in Scope}
