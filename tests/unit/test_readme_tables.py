@@ -363,3 +363,66 @@ def test_the_security_table_has_a_row_for_every_scope_and_no_other():
     rows = table(section("## Security: who can do what"), "| scope | may |")
     named = {row[0].strip("`") for row in rows if row[0].startswith("`")}
     assert named == {scope.value for scope in Scope}
+
+
+# --- The README's own commands --------------------------------------------------------------------
+
+
+def readme_curls() -> list[tuple[str, str, set[str], str]]:
+    """(method, path, query parameter names, line) of each curl in the README's ```sh blocks that
+    calls the API: its `-X` method (else POST with `-d`, else GET), and its path with each shell
+    variable as one segment."""
+    found = []
+    for block in re.findall(r"```(?:sh|bash)\n(.*?)```", README, flags=re.DOTALL):
+        for line in block.replace("\\\n", " ").splitlines():
+            for call in re.findall(r"curl\b(.*?)(?=$|\||;|&&)", line):
+                url = re.search(r"""(?:https?://[^/\s"']+|\$API|\.\.\.)(/[^\s"'?]*)(?:\?([^\s"']*))?""", call)
+                if url is None:
+                    continue
+                method = re.search(r"-X\s+(\w+)", call)
+                verb = method.group(1) if method else "POST" if re.search(r"\s-d\s", call) else "GET"
+                path = re.sub(r"\$\{?\w+\}?", "$", url.group(1)).rstrip("/")
+                query = {pair.split("=")[0] for pair in (url.group(2) or "").split("&") if pair}
+                found.append((verb, path, query, line.strip()))
+    return found
+
+
+def route_of(method: str, path: str) -> str | None:
+    """The route (its path as the app declares it) that `method` `path` reaches: a `{parameter}` of
+    a route takes any one segment (a shell variable, `$`, included), a literal segment first."""
+    from functions.api.app import _scope_table
+
+    segments = path.strip("/").split("/")
+    matches = []
+    for verb, template in _scope_table().routes():
+        parts = template.strip("/").split("/")
+        if verb == method and len(parts) == len(segments):
+            pairs = list(zip(parts, segments, strict=True))
+            if all(part.startswith("{") or part == segment for part, segment in pairs):
+                matches.append((sum(part == segment for part, segment in pairs), template))
+    return max(matches)[1] if matches else None
+
+
+def test_every_curl_the_readme_shows_calls_a_route_the_api_has_with_parameters_it_declares():
+    # A query parameter a route does not declare is 422 (Security, "Unknown query parameters").
+    from functions.api.app import _scope_table
+
+    curls = readme_curls()
+    assert len(curls) > 50 and sum(1 for _, _, query, _ in curls if query) >= 5
+    assert [line for method, path, _, line in curls if route_of(method, path) is None] == []
+    declared = _scope_table().query_parameters
+    assert [line for method, path, query, line in curls if not query <= declared(method, route_of(method, path))] == []
+
+
+def test_the_query_parameters_the_api_overview_shows_are_the_routes():
+    from functions.api.app import _scope_table
+
+    shown = [
+        route
+        for cell, *_ in OVERVIEW
+        for route in re.findall(r"`(GET|POST|PUT|PATCH|DELETE) (/[^`?]*)\?([^`]*)`", cell)
+    ]
+    assert len(shown) >= 5
+    for method, path, query in shown:
+        named = {pair.split("=")[0] for pair in query.split("&") if pair}
+        assert named <= _scope_table().query_parameters(method, route_of(method, path)), (method, path, query)
