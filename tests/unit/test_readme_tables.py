@@ -426,3 +426,38 @@ def test_the_query_parameters_the_api_overview_shows_are_the_routes():
     for method, path, query in shown:
         named = {pair.split("=")[0] for pair in query.split("&") if pair}
         assert named <= _scope_table().query_parameters(method, route_of(method, path)), (method, path, query)
+
+
+def readme_bodies() -> list[tuple[str, str, str]]:
+    """(method, path, JSON body) of each curl of the README's ```sh blocks that sends one with `-d
+    '...'`, a shell variable spliced into it (`'"$TRACKING"'`, `'$ORDER'`) read as the string X."""
+    found = []
+    for block in re.findall(r"```(?:sh|bash)\n(.*?)```", README, flags=re.DOTALL):
+        for call in re.findall(r"curl\b(.*?)(?=\ncurl|\n[A-Z]+=|\n#|\Z)", block.replace("\\\n", " "), flags=re.DOTALL):
+            url = re.search(r"""(?:https?://[^/\s"']+|\$API|\.\.\.)(/[^\s"'?]*)""", call)
+            body = re.search(r"-d\s+'(.*?)'(?=\s|$)", call, flags=re.DOTALL)
+            if url and body:
+                method = re.search(r"-X\s+(\w+)", call)
+                path = re.sub(r"\$\{?\w+\}?", "$", url.group(1)).rstrip("/")
+                spliced = re.sub(r"""'"?\$\{?\w+\}?"?'""", "X", body.group(1))
+                found.append((method.group(1) if method else "POST", path, spliced))
+    return found
+
+
+def test_every_body_the_readme_sends_names_only_fields_its_route_takes_and_every_field_it_needs():
+    import json
+
+    from pydantic import ValidationError
+
+    from functions.api.app import _scope_table
+
+    checked = 0
+    for method, path, body in readme_bodies():
+        for model in _scope_table().body_models(method, route_of(method, path)):
+            try:
+                model.model_validate(json.loads(body))
+            except ValidationError as invalid:
+                wrong = [(e["type"], e["loc"]) for e in invalid.errors() if e["type"] in ("extra_forbidden", "missing")]
+                assert wrong == [], (method, path, body)
+            checked += 1
+    assert checked >= 25
