@@ -461,3 +461,20 @@ def test_every_body_the_readme_sends_names_only_fields_its_route_takes_and_every
                 assert wrong == [], (method, path, body)
             checked += 1
     assert checked >= 25
+
+
+def test_every_make_target_the_readme_runs_is_one_of_the_makefiles():
+    prose = re.sub(r"```.*?```", "", README, flags=re.DOTALL)
+    commands = re.findall(r"`([^`\n]+)`", prose) + [
+        line
+        for block in re.findall(r"```(?:sh|bash)\n(.*?)```", README, flags=re.DOTALL)
+        for line in block.splitlines()
+    ]
+    named = {
+        target
+        for command in commands
+        for target in re.findall(r"(?:^|&& )(?:[A-Z_]+=\S* )*make ([a-z][\w-]*)(?=\s|$)", command.strip())
+    }
+    targets = set(re.findall(r"^([a-z][\w-]*):", (ROOT / "Makefile").read_text(), flags=re.MULTILINE))
+    assert {"run", "test", "build", "import", "fuzz", "bench"} <= named
+    assert sorted(named - targets) == []
