@@ -47,6 +47,16 @@ def test_every_hook_has_a_docstring_and_firstresult_hooks_say_so():
         assert firstresult == ("Stops at first non-None result" in doc), name
 
 
+def test_the_guide_says_stops_at_first_non_none_result_exactly_of_the_firstresult_hooks():
+    guide = README[README.index("### Hooks") : README.index("### What a plugin receives")]
+    entries = re.split(r"^`(oms_\w+)\(", guide, flags=re.M)[1:]
+    described = {name: " ".join(text.split()) for name, text in zip(entries[::2], entries[1::2], strict=True)}
+    assert set(described) == set(_hooks())
+    for name, fn in _hooks().items():
+        firstresult = getattr(fn, "oms_spec", {}).get("firstresult", False)
+        assert ("Stops at first non-None result" in described[name]) == firstresult, name
+
+
 # --- The guide's examples run as written --------------------------------------------------------
 
 
