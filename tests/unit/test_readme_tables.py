@@ -478,3 +478,25 @@ def test_every_make_target_the_readme_runs_is_one_of_the_makefiles():
     targets = set(re.findall(r"^([a-z][\w-]*):", (ROOT / "Makefile").read_text(), flags=re.MULTILINE))
     assert {"run", "test", "build", "import", "fuzz", "bench"} <= named
     assert sorted(named - targets) == []
+
+
+def test_the_quick_starts_first_order_is_the_banners_with_the_differences_the_readme_names():
+    # The Quick start's note: the banner's curl places the same order under the same key, without
+    # the promo code and to another address (so after it, the README's body is idempotency_key_reused).
+    import inspect
+    import json
+
+    from core.ids import order_id_for
+    from infra.local.__main__ import FIRST_ORDER, banner
+
+    quick_start = section("## Quick start")
+    ((key, body),) = re.findall(r'-H "Idempotency-Key: ([\w-]+)" \\\n\s+-d \'(.*?)\'', quick_start, flags=re.DOTALL)
+    ours = json.loads(body)
+    assert key == "first-order" and '-H "Idempotency-Key: first-order"' in inspect.getsource(banner)
+    assert {name for name in ours.keys() | FIRST_ORDER.keys() if ours.get(name) != FIRST_ORDER.get(name)} == {
+        "promo_codes",
+        "shipping_address",
+    }
+    (shown,) = re.findall(r"^ORDER=(ord_\w+)", quick_start, flags=re.MULTILINE)
+    assert shown == order_id_for(ours["channel"], ours["external_id"])
+    assert "idempotency_key_reused" in quick_start
