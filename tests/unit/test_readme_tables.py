@@ -500,3 +500,26 @@ def test_the_quick_starts_first_order_is_the_banners_with_the_differences_the_re
     (shown,) = re.findall(r"^ORDER=(ord_\w+)", quick_start, flags=re.MULTILINE)
     assert shown == order_id_for(ours["channel"], ours["external_id"])
     assert "idempotency_key_reused" in quick_start
+
+
+def test_the_overviews_status_codes_name_every_error_status_the_api_documents():
+    # Before: 428 (an edit without If-Match, `if_match_required`) was missing from the list.
+    import json
+
+    from functions.api.app import every_route
+
+    document = json.loads(every_route().get_openapi_json_schema())
+    documented = {
+        int(status)
+        for item in document["paths"].values()
+        for operation in item.values()
+        if isinstance(operation, dict)
+        for status in operation.get("responses", {})
+        if status[0] in "45"
+    }
+    overview = section("## API overview")
+    listed = {
+        int(status) for status in re.findall(r"(?:^|[ ,(])([45]\d\d) ", overview[overview.index("Status codes:") :])
+    }
+    assert {401, 422, 503} <= documented
+    assert sorted(documented - listed) == []
