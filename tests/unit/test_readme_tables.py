@@ -523,3 +523,33 @@ def test_the_overviews_status_codes_name_every_error_status_the_api_documents():
     }
     assert {401, 422, 503} <= documented
     assert sorted(documented - listed) == []
+
+
+def body_fields(shape: str) -> set[str]:
+    """The top-level field names of a body as the overview writes it: `{reason, lines: [...], note?}`."""
+    depth, fields, current = 0, [], ""
+    for character in shape[1:-1]:
+        depth += (character in "[{") - (character in "]}")
+        if character == "," and depth == 0:
+            fields.append(current)
+            current = ""
+        else:
+            current += character
+    return {re.match(r"\s*(\w+)", field).group(1) for field in [*fields, current] if field.strip()}
+
+
+def test_the_body_an_overview_row_opens_with_has_the_fields_of_its_routes_model():
+    from functions.api.app import _scope_table
+
+    checked = 0
+    for cell, *rest in OVERVIEW:
+        what = "|".join(rest).replace("\\|", "|")
+        shape = re.match(r"\s*`(\{.*?\})`", what)
+        if shape is None:
+            continue
+        for method, path in row_routes(cell):
+            models = _scope_table().body_models(method, route_of(method, path)) if method != "GET" else []
+            for model in models:
+                assert body_fields(shape.group(1)) == set(model.model_fields), (method, path)
+                checked += 1
+    assert checked >= 8
