@@ -271,7 +271,7 @@ class Cancellation:
     def _void_own(self, order: Order, actor: str) -> Order:
         payment = order.payment
         if payment.status is PaymentStatus.PENDING:
-            return self.release_lost_authorizations(order, actor, unrecorded=own_authorization_keys(order))
+            return self.release_lost_authorizations(order, actor, unrecorded=self.own_keys_asked(order))
         authorization = payment.authorization
         if payment.status is PaymentStatus.AUTHORIZED and authorization is None and order.authorized_nothing():
             # Authorized for nothing with no gateway asked (it owed nothing): voided with no gateway asked.
@@ -292,6 +292,16 @@ class Cancellation:
             if current.payment.status is PaymentStatus.AUTHORIZED and current.payment.authorization == authorization
             else None,
         )  # fmt: skip
+
+    def own_keys_asked(self, order: Order) -> list[str]:
+        """The keys the order's own authorization may have been asked under (own_authorization_keys),
+        but none for one cancelled owing nothing before it was authorized (owed_when_cancelled): no
+        gateway was ever asked under its key."""
+        if order.status is OrderStatus.CANCELLED and order.payment.status is PaymentStatus.PENDING:
+            owed = owed_when_cancelled(order, self._orders.history(order.id))
+            if owed is not None and owed.amount <= 0:
+                return []
+        return own_authorization_keys(order)
 
     def release_lost_authorizations(self, order: Order, actor: str, unrecorded: Collection[str] = ()) -> Order:
         """Release what the gateway may hold for an order that never recorded an authorization
@@ -1278,8 +1288,32 @@ def _trailing_declines(history: list[HistoryEntry]) -> list[HistoryEntry]:
 
 
 def own_authorization_keys(order: Order) -> list[str]:
-    """The keys the order's own authorization may have been asked under (Order.authorization_versions)."""
+    """The keys the order's own authorization may have been asked under (Order.authorization_versions).
+    None for an open order whose priced version owes nothing (a free order, or a replacement its
+    credit pays for): AuthorizePayment asks no gateway for it, so nothing can be held under its key,
+    and looking it up would only ask the gateway about an order it never saw (and, behind a plugin
+    without oms_payment_find_authorization, warn of a hold that cannot exist). A closed order's
+    totals are zero: whether it owed anything is its closing entry's to say (owed_when_cancelled)."""
+    if order.status not in TERMINAL and order.priced_version is not None and order.payable().amount <= 0:
+        return []
     return [payment_keys.authorize(order.id, version) for version in order.authorization_versions()]
+
+
+def owed_when_cancelled(order: Order, found: tuple[Order, list[HistoryEntry]] | None) -> Money | None:
+    """What the cancelled order owed as it was priced when it was cancelled (its `cancelled` entry's
+    old grand total, less an exchange's credit, never below zero), from `found` (its history); None
+    when that cannot be told: an order stored before `priced_version` (each attempt was keyed by
+    the version it read, priced as it then was), or no such entry."""
+    if order.priced_version is None or found is None:
+        return None
+    closing = next((e for e in reversed(found[1]) if e.type is OrderEvent.CANCELLED), None)
+    total = ((closing.detail or {}).get("grand_total") or {}).get("from") if closing is not None else None
+    if not isinstance(total, dict):
+        return None
+    owed = Money.model_validate(total)
+    if order.exchange_credit is not None:
+        owed = owed - order.exchange_credit
+    return owed if owed.amount > 0 else Money.zero(order.currency)
 
 
 def _authorization_keys(history: list[HistoryEntry]) -> tuple[dict[str, Money], set[str], set[str]]:

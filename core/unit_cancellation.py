@@ -65,7 +65,7 @@ from core.refunds import (
     payment_holds,
 )
 from core.services import CaptureService
-from core.status import NOT_LEFT, OrderStatus, PaymentStatus, ShipmentStatus
+from core.status import NOT_LEFT, OrderStatus, ShipmentStatus
 from core.workflow_types import CarrierShipment, book_parcel, stored_label
 
 if TYPE_CHECKING:
@@ -211,6 +211,12 @@ class UnitCancellation:
                 consistent = True
                 continue
             priced, totals, grants = self._priced(order, cancelled)
+            if totals.grand_total > order.totals.grand_total:
+                # Priced again, the units left would cost more than the order did (a promo code's
+                # minimum, a volume price or a free-shipping threshold lost with the units): nobody
+                # pays more for cancelling. They keep what they were sold at, the terms with them.
+                priced, totals = kept_as_sold(order, cancelled)
+                grants = None
             new, entry = order.cancel_units(cancelled, priced, totals, reason=reason, at=self._clock(), actor=actor,
                                             grants=grants, request_key=request_key if lines else None,
                                             writes_off=confirms_parcels)  # fmt: skip
@@ -218,13 +224,6 @@ class UnitCancellation:
                 new = new.owing_settlement()  # with the cancel: should this function die before giving it
             if not order.waits_for_stock() and not order.not_sourced() and not order.reserved_on_hold():
                 new = new.owing_stock()  # with the cancel: should this function die before releasing it
-            beyond = _beyond_authorization(order, new) if lines is not None else None
-            if beyond is not None:
-                if not consistent:
-                    consistent = True
-                    continue
-                self._record_settlement(order, actor)
-                raise beyond
             try:
                 self._orders.update(new, order, [entry])
             except StaleVersion:
@@ -826,32 +825,38 @@ def _before_its_shipments(order: Order) -> bool:
     return resumes_to in (S.PENDING, S.AUTHORIZED, S.BACKORDERED)
 
 
-def _beyond_authorization(order: Order, new: Order) -> InvalidTransition | None:
-    """The refusal (409 invalid_transition) of a cancel of units that raises what the order costs
-    (a volume price or a free-shipping minimum lost with the units) beyond what its authorization
-    can still capture (None: it does not). Such a cancel is not authorized again as an edit is:
-    stored, the capture of the order's last parcel would be refused and it would never ship. An
-    order not yet authorized is authorized for its new total by its workflow; a cancel of the
-    rest of a partly shipped order (no `lines`) is not asked: nothing is left to ship, and a
-    settlement capture refused is in the history."""
-    payment = new.payment
-    if payment.status is PaymentStatus.PENDING or not payment.authorization:
-        return None
-    if new.payable().amount <= order.payable().amount:
-        return None
-    due = new.payable() - payment_holds(new)
-    if new.exchange_credit is not None:
-        due = min(due, beyond_credit(new))
-    left = new.authorization_covers() - payment.captured
-    if due.amount <= left.amount:
-        return None
-    return InvalidTransition(
-        f"cancelling these units raises the order's total to {new.payable().amount} {new.currency}, more than its"
-        f" payment authorization has left to capture ({left.amount} {new.currency}): cancel the whole order"
-        f" (without lines: everything not shipped) or edit it before anything ships (PATCH /orders/{new.id}),"
-        " which authorizes the new total",
-        details=[{"field": "lines", "message": f"the order would cost {new.payable().amount} {new.currency}"}],
-    )
+def kept_as_sold(order: Order, cancelled: dict[str, int]) -> tuple[dict[str, OrderLine], Totals]:
+    """The lines with units left once `cancelled` ({line_id: units}) go, and the order's totals, as
+    they were sold: each keeps its unit price, and its discount and its tax in proportion to the
+    units left (each rounded half-even: neither can go below zero, as a total's share less a
+    rounded discount could), its total what those make; the shipping as charged. So the cancelled
+    units come off at their share of their lines' totals (to the cent a return's share rounds
+    otherwise), and the order never costs more than it did. A cancel whose repricing would raise
+    the total takes these instead."""
+    currency = order.currency
+    lines: dict[str, OrderLine] = {}
+    for line in order.lines:
+        left = line.quantity - cancelled.get(line.line_id, 0)
+        if not left:
+            continue
+        if left == line.quantity:
+            lines[line.line_id] = line
+            continue
+        discount = Money.of(line.discount.amount * left / line.quantity, currency)
+        tax = Money.of(line.tax.amount * left / line.quantity, currency)
+        total = line.unit_price.times(left) - discount + tax
+        lines[line.line_id] = line.model_validate(
+            {**dict(line), "quantity": left, "discount": discount, "tax": tax, "total": total}
+        )
+    kept = list(lines.values())
+    zero = Money.zero(currency)
+    shipping = order.totals.shipping
+    totals = Totals(
+        subtotal=sum((line.unit_price.times(line.quantity) for line in kept), zero),
+        discount=sum((line.discount for line in kept), zero), shipping=shipping,
+        tax=sum((line.tax for line in kept), zero), grand_total=sum((line.total for line in kept), zero) + shipping,
+    )  # fmt: skip
+    return lines, totals
 
 
 def held_beyond_total(order: Order) -> Money:

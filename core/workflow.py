@@ -320,7 +320,7 @@ class Workflow:
 
     def _release_lost_authorizations(self, order: Order, *, own: bool = True) -> None:
         # An earlier attempt may have died after the gateway approved, leaving nothing in the history.
-        unrecorded = own_authorization_keys(order) if own else ()
+        unrecorded = self._cancellation.own_keys_asked(order) if own else ()
         try:
             self._cancellation.release_lost_authorizations(order, WORKFLOW_ACTOR, unrecorded=unrecorded)
         except PaymentRefused:

@@ -50,7 +50,7 @@ def scene(stack: EmbeddedStack) -> dict[str, Any]:
         api.close()
 
 
-def until_settled(stack: EmbeddedStack, order_ids: list[str], timeout: float = 30) -> bool:
+def until_settled(stack: EmbeddedStack, order_ids: list[str], timeout: float = 120) -> bool:
     api = Api(stack.api_url, stack.admin_key)
     try:
         deadline = time.monotonic() + timeout

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -146,12 +147,44 @@ def test_an_edit_naming_its_lines_unchanged_and_a_new_address_changes_the_addres
     assert entry["detail"]["changed"] == ["shipping_address"]
 
 
-def test_a_cancel_of_units_that_loses_a_codes_minimum_and_raises_the_total_is_409_and_changes_nothing(api):
-    # 110.00 earned 22.00 off (88.00); one mug fewer is 97.50 with nothing off: more than authorized.
+def test_a_cancel_of_units_that_loses_a_codes_minimum_keeps_the_discount_granted_and_never_raises_the_total(api):
+    # 110.00 earned 22.00 off (88.00 before tax and shipping); priced again without the mug, 97.50
+    # reaches no minimum and would cost more than before: the customer would pay more for cancelling,
+    # beyond the authorization (409 before). The units left keep what they were sold at instead
+    # (each line's discount and tax in proportion, the shipping as charged): the mug comes off at
+    # its share, as a return would refund it, and nothing beyond the authorization is ever captured.
+    from core.models import OrderLine
+    from core.money import Money
+    from core.refunds import units_share
+
     order = allocated(api, ("BIG", 1), ("MUG", 4), promo_codes=["BIGBASKET20"])
+    mugs = OrderLine.model_validate(order["lines"][1])
+    assert (order["totals"]["discount"]["amount"], mugs.discount.amount) == ("22.00", Decimal("10.00"))
 
     answer = api.post(f"/orders/{order['id']}/cancel", json={"reason": "one mug less",
                                                               "lines": [{"line_id": "L2", "quantity": 1}]})  # fmt: skip
 
-    assert (answer.status_code, answer.json()["error"]["code"]) == (409, "invalid_transition"), answer.text
-    assert unsigned(api.get(f"/orders/{order['id']}").json()) == unsigned(order)
+    assert answer.status_code == 200, answer.text
+    done = answer.json()
+    assert done["lines"][0] == order["lines"][0]  # untouched
+    kept = done["lines"][1]
+    assert (kept["quantity"], kept["cancelled_quantity"], kept["unit_price"]) == (3, 1, order["lines"][1]["unit_price"])
+    assert (kept["discount"]["amount"], kept["tax"]["amount"]) == (
+        str(Money.of(mugs.discount.amount * 3 / 4, "USD").amount), str(Money.of(mugs.tax.amount * 3 / 4, "USD").amount)
+    )  # fmt: skip
+    three = Decimal(kept["unit_price"]["amount"]) * 3
+    assert Decimal(kept["total"]["amount"]) == three - Decimal(kept["discount"]["amount"]) + Decimal(
+        kept["tax"]["amount"]
+    )
+    assert done["totals"]["shipping"] == order["totals"]["shipping"]
+    assert done["totals"]["discount"]["amount"] == "19.50"
+    was, now = (Decimal(o["totals"]["grand_total"]["amount"]) for o in (order, done))
+    assert abs(was - now - units_share(mugs, 1, before=3).amount) <= Decimal("0.01")  # the mug's share, as a return
+    (entry,) = [h for h in history(api, order["id"]) if h["type"] == "units_cancelled"]
+    assert entry["detail"]["grand_total"]["to"] == done["totals"]["grand_total"]
+    (shipment,) = done["shipments"]
+    shipped = api.post(f"/orders/{order['id']}/shipments/{shipment['id']}/ship", json={})
+    assert shipped.status_code == 200, shipped.text
+    payment = shipped.json()["payment"]
+    assert (payment["status"], payment["captured"]) == ("captured", done["totals"]["grand_total"])
+    assert Decimal(payment["captured"]["amount"]) < Decimal(order["payment"]["authorized"]["amount"])

@@ -5,6 +5,7 @@ and an edit that makes it owe something authorizes that through the gateway as a
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,7 +17,7 @@ from core.workflow_types import PaymentResult
 from plugins import test_payments
 from tests.builders import location_body, order_body, product_body
 from tests.integration.in_process import InProcessApi, in_process_api_with_labels
-from tests.integration.test_payment_plugin_failures_api import registered
+from tests.integration.test_payment_plugin_failures_api import LooksNothingUp, registered
 
 PICKUP = {"type": "pickup", "location_id": "store-sf"}
 
@@ -152,6 +153,43 @@ def test_a_free_order_cancelled_asks_the_gateway_nothing(api, gateway):
     [voided] = [h["detail"] for h in entries if h["type"] == "payment_voided"]
     assert (voided["authorization"], voided["reference"]) == (None, None)
     assert voided["reason"] == "nothing to pay: nothing was authorized at the gateway"
+
+
+def test_a_free_order_cancelled_while_pending_looks_nothing_up_at_the_gateway_and_warns_of_nothing(
+    api, gateway, caplog
+):  # fmt: skip
+    # Still pending, it was never authorized: owing nothing, it never will be through the gateway
+    # (AuthorizePayment asks none), so no attempt under its key can have left a hold to release.
+    # Before, the cancel looked that key up, and behind a plugin without the lookup hook it
+    # logged a WARNING that an authorization might be left at the gateway, for every such cancel.
+    order = free_pickup(api)
+
+    with registered(LooksNothingUp()), caplog.at_level(logging.WARNING):
+        answer = api.post(f"/orders/{order['id']}/cancel", json={"reason": "customer asked"})
+
+    assert answer.status_code == 200, answer.text
+    done = answer.json()
+    assert (done["status"], done["payment"]["status"], done["payment"]["captured"]["amount"]) == (
+        "cancelled", "pending", "0.00",
+    )  # fmt: skip
+    assert gateway.of(order["id"]) == []
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+    assert not any(h["type"].endswith("_failed") for h in history(api, order["id"]))
+
+
+def test_a_free_order_edited_while_pending_and_still_free_looks_nothing_up_at_the_gateway(api, gateway, caplog):
+    # An edit of a pending order releases what an attempt under its old version's key may hold:
+    # owing nothing, that version was never sent to the gateway, so there is nothing to look up.
+    order = free_pickup(api)
+
+    with registered(LooksNothingUp()), caplog.at_level(logging.WARNING):
+        edited = api.request("PATCH", f"/orders/{order['id']}", json={"lines": [{"sku": "SAMPLE", "quantity": 2}]},
+                             headers={"If-Match": str(order["version"])})  # fmt: skip
+
+    assert edited.status_code == 200, edited.text
+    assert (edited.json()["status"], edited.json()["lines"][0]["quantity"]) == ("pending", 2)
+    assert gateway.of(order["id"]) == []
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
 def test_a_free_order_edited_to_owe_something_is_authorized_for_it_through_the_gateway(api, gateway):

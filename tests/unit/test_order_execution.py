@@ -555,6 +555,34 @@ def test_a_reject_with_no_other_location_ends_the_order_out_of_stock(world):
     assert world.level("TSHIRT", "store-sf") == (5, 0, 5)
 
 
+def test_a_pickup_rejected_by_its_store_ends_out_of_stock_even_when_its_product_may_wait(world):
+    # The store is the only place a pickup order is sourced from: once it rejected, no arrival
+    # anywhere could fill the order, so waiting backordered would be waiting for ever.
+    from tests.builders import product
+
+    world.catalog.put_product(product("TSHIRT", "19.99", allow_backorder=True))
+    order = world.allocated(("TSHIRT", 1), **PICKUP)
+    (shipment,) = order.shipments
+    world.actions.reject(order.id, shipment.id, "damaged stock", actor="key_store")
+
+    with pytest.raises(OutOfStock):
+        world.workflow.reserve_stock(order.id)
+
+
+def test_a_pickup_ready_for_its_customer_is_not_rejected_and_stays_ready(world):
+    # Only a pending shipment is rejected (API.md): one the store picked waits for its customer,
+    # and the store's way out is the expiry, or a cancel of the order.
+    order = world.allocated(("TSHIRT", 1), **PICKUP)
+    (shipment,) = order.shipments
+    ready = world.actions.ready(order.id, shipment.id, actor="key_store")
+
+    with pytest.raises(InvalidTransition, match="only a pending one can be rejected"):
+        world.actions.reject(order.id, shipment.id, "damaged stock", actor="key_store")
+
+    assert world.order(order.id) == ready
+    assert world.level("TSHIRT", "store-sf") == (5, 1, 4)
+
+
 def test_rejecting_again_changes_nothing(world):
     order = world.allocated(("TSHIRT", 2))
     (shipment,) = order.shipments

@@ -2049,9 +2049,13 @@ class CheapFromThree:
 
 
 @pytest.mark.parametrize("sourced", [False, True], ids=["authorized", "allocated"])
-def test_a_cancel_of_units_raising_the_total_beyond_the_authorization_is_refused_and_the_order_still_ships(sourced):
-    # Three mugs at 2.00 authorized for 11.44; one cancelled would leave two at 12.50 (31.81), which
-    # the authorization cannot capture: the order would stay allocated, unshippable, nobody told.
+def test_a_cancel_of_units_that_would_raise_the_total_keeps_the_units_left_at_what_they_were_sold_for(sourced):
+    # Three mugs at 2.00 authorized for 11.44; priced again, the two left would cost 12.50 each
+    # (31.81), beyond the authorization: 409 before, and the customer could only cancel everything.
+    # Nobody pays more for cancelling: the two keep the 2.00 they were sold at, the third comes off
+    # at its share of the line, and the order ships, capturing no more than its new total.
+    from core.refunds import units_share
+
     world = build_world(STOCK, CheapFromThree())
     order_id = world.place(("MUG", 3))
     world.workflow.authorize_payment(order_id, attempt=0)
@@ -2061,36 +2065,67 @@ def test_a_cancel_of_units_raising_the_total_beyond_the_authorization_is_refused
     before = world.order(order_id)
     assert before.payment.authorized == before.totals.grand_total == Money.of("11.44", "USD")
 
-    with pytest.raises(InvalidTransition, match="cancel the whole order") as refused:
-        world.actions.cancel(order_id, "two are enough", actor="key_web", lines={"L1": 1})
+    done = world.actions.cancel(order_id, "two are enough", actor="key_web", lines={"L1": 1})
 
-    assert refused.value.code == "invalid_transition"
-    after = world.order(order_id)
-    assert (after.version, after.lines, after.totals) == (before.version, before.lines, before.totals)
+    mugs = done.lines[0]
+    assert (mugs.quantity, mugs.cancelled_quantity, mugs.unit_price) == (2, 1, Money.of("2.00", "USD"))
+    assert done.totals.shipping == before.totals.shipping
+    off = before.totals.grand_total - done.totals.grand_total  # the mug's share, as a return would refund it
+    assert abs((off - units_share(before.lines[0], 1, before=2)).amount) <= Decimal("0.01")
+    assert mugs.total == mugs.unit_price.times(2) - mugs.discount + mugs.tax
     if not sourced:
         world.workflow.reserve_stock(order_id)
         world.workflow.create_shipments(order_id)
     allocated = world.order(order_id)
-    assert world.held_for(order_id) == {("MUG", "wh-west", f"{order_id}#L1"): 3}
+    assert world.held_for(order_id) == {("MUG", "wh-west", f"{order_id}#L1"): 2}
     shipped = world.actions.ship(order_id, allocated.shipments[0].id, None, actor="key_wh")
-    assert shipped.status is S.SHIPPED and shipped.payment.captured == Money.of("11.44", "USD")
+    assert shipped.status is S.SHIPPED
+    after = world.order(order_id)
+    assert after.payment.captured - after.payment.refunded == done.totals.grand_total
+    assert after.payment.status is PaymentStatus.CAPTURED and after.payment.authorized == after.payment.captured
 
 
-def test_a_partly_shipped_orders_cancel_of_units_beyond_the_authorization_is_refused_the_rest_cancels():
+def test_units_kept_at_what_they_were_sold_for_never_show_a_negative_tax():
+    # Two pens at 3.33 with 0.01 off and no tax: the pen left keeps half the discount (0.005, to
+    # 0.00 half-even) and no tax. Its total taken as its share of the line's (6.65 / 2, to 3.32)
+    # would have left it a tax of -0.01.
+    from core.unit_cancellation import kept_as_sold
+
+    order = build_world([("PEN", "wh-east", 2)]).allocated(("PEN", 2))
+    zero, cent = Money.of("0.00", "USD"), Money.of("0.01", "USD")
+    line = order.lines[0].model_validate(
+        {**dict(order.lines[0]), "discount": cent, "tax": zero, "total": Money.of("6.65", "USD")}
+    )
+    sold = order.model_validate({**dict(order), "lines": [line]})
+
+    lines, totals = kept_as_sold(sold, {"L1": 1})
+
+    (pen,) = lines.values()
+    assert (pen.quantity, pen.discount, pen.tax, pen.total) == (1, zero, zero, Money.of("3.33", "USD"))
+    assert totals.grand_total == pen.total + sold.totals.shipping
+
+
+def test_a_partly_shipped_orders_cancel_that_would_raise_the_total_keeps_the_price_sold_and_the_rest_cancels():
     # One mug of three (at 2.00 from three) shipped from the west, two waiting in the east: one of
-    # them cancelled would leave the last parcel's capture refused, so it is refused; the rest
-    # cancelled leaves nothing to ship, and the settlement's refusal is in the history.
+    # them cancelled keeps 2.00 a unit for the two left (priced again, the waiting one's capture
+    # would be refused); the rest cancelled leaves the shipped mug, paid what it was sold for.
     world = build_world([("MUG", "wh-west", 1), ("MUG", "wh-east", 2)], CheapFromThree())
     order = world.allocated(("MUG", 3))
     world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
-    before = world.order(order.id)
 
-    with pytest.raises(InvalidTransition, match="cancel the whole order"):
-        world.actions.cancel(order.id, "one more is enough", actor="key_web", lines={"L1": 1})
+    one = world.actions.cancel(order.id, "one more is enough", actor="key_web", lines={"L1": 1})
 
-    assert world.order(order.id).version == before.version
+    assert (one.status, one.lines[0].quantity, one.lines[0].unit_price) == (
+        S.PARTIALLY_SHIPPED,
+        2,
+        Money.of("2.00", "USD"),
+    )
+    assert one.totals.grand_total < order.totals.grand_total
     done = world.actions.cancel(order.id, "the rest is not needed", actor="key_web")
     assert done.status is S.SHIPPED and done.lines[0].quantity == 1
+    assert done.lines[0].unit_price == Money.of("2.00", "USD")
+    after = world.order(order.id)
+    assert after.payment.captured - after.payment.refunded == after.totals.grand_total
 
 
 def no_plugin_captures(world: World, order_id: str) -> list[str]:

@@ -910,6 +910,25 @@ def test_without_a_lookup_hook_a_cancel_leaves_an_unrecorded_authorization_and_l
     )  # fmt: skip
 
 
+def test_a_retried_authorization_of_a_free_order_cancelled_meanwhile_looks_nothing_up(caplog):
+    # A retry of AuthorizePayment that finds the order cancelled releases what an earlier attempt
+    # under its key may hold: one that owed nothing never asked the gateway, so nothing can be there
+    # (and, behind a plugin without the lookup hook, a WARNING said otherwise).
+    from tests.builders import product
+
+    world = build_world([("SAMPLE", "store-sf", 5)], NoLookup())
+    world.catalog.put_product(product("SAMPLE", "0.00"))
+    order_id = world.place(("SAMPLE", 1), fulfillment={"type": "pickup", "location_id": "store-sf"})
+    assert world.order(order_id).totals.grand_total == Money.of("0.00", "USD")  # a free pickup
+    world.actions.cancel(order_id, "changed my mind", "key_web")
+
+    with caplog.at_level("WARNING", logger="core.cancellation"), pytest.raises(OrderClosed):
+        world.workflow.authorize_payment(order_id, attempt=1)
+
+    assert world.order(order_id).status is S.CANCELLED
+    assert [r.getMessage() for r in caplog.records if r.name == "core.cancellation"] == []
+
+
 class LookupDown:
     """The gateway cannot answer a lookup `times` times (each a TransientError), then can."""
 
