@@ -555,3 +555,15 @@ def test_the_body_an_overview_row_opens_with_has_the_fields_of_its_routes_model(
                 assert body_fields(shape.group(1)) == set(model.model_fields), (method, path)
                 checked += 1
     assert checked >= 8
+
+
+def test_every_test_the_readme_names_exists():
+    named = set(re.findall(r"`(test_\w+)`", README)) - {"test_payments"}  # the built-in plugin
+    defined = {
+        name
+        for folder in (ROOT / "tests", ROOT / "plugins" / "examples")
+        for path in folder.rglob("test_*.py")
+        for name in re.findall(r"^(?:async )?def (test_\w+)", path.read_text(), flags=re.MULTILINE)
+    }
+    assert "test_the_whole_workflow_again_after_allocation_changes_nothing" in named
+    assert sorted(named - defined) == []
