@@ -567,3 +567,13 @@ def test_every_test_the_readme_names_exists():
     }
     assert "test_the_whole_workflow_again_after_allocation_changes_nothing" in named
     assert sorted(named - defined) == []
+
+
+def test_every_oms_or_powertools_variable_the_local_stack_reads_has_a_row():
+    # Before: POWERTOOLS_TRACE_DISABLED and POWERTOOLS_METRICS_DISABLED, which `make run` sets to
+    # true unless the shell sets them, had none.
+    read = set()
+    for path in (ROOT / "infra").rglob("*.py"):
+        read |= set(re.findall(r'"((?:OMS|POWERTOOLS)_[A-Z0-9_]+)"', path.read_text()))
+    assert {"OMS_PORT", "POWERTOOLS_METRICS_DISABLED"} <= read
+    assert sorted(name for name in read if not documented(name)) == []
