@@ -577,3 +577,11 @@ def test_every_oms_or_powertools_variable_the_local_stack_reads_has_a_row():
         read |= set(re.findall(r'"((?:OMS|POWERTOOLS)_[A-Z0-9_]+)"', path.read_text()))
     assert {"OMS_PORT", "POWERTOOLS_METRICS_DISABLED"} <= read
     assert sorted(name for name in read if not documented(name)) == []
+
+
+def test_the_benchmarks_section_names_every_variable_the_bench_reads():
+    # Before: BENCH_ORDERS, BENCH_PROFILE_ORDERS, BENCH_WORKFLOW_RUNS, BENCH_STEADY_ORDERS and
+    # BENCH_RETURNS were read by bench/ and named nowhere.
+    read = set(re.findall(r'environ\.get\("(BENCH_\w+)"', "\n".join(sources("bench").values())))
+    assert {"BENCH_RUNS", "BENCH_IMPORT_SIZES"} <= read
+    assert sorted(read - set(re.findall(r"`(BENCH_\w+)", section("## Benchmarks")))) == []
