@@ -144,6 +144,26 @@ def test_a_batch_with_an_item_worth_retrying_is_not_kept_under_its_key(api, sku,
     assert back["error"] is None and back["status"] == "shipped"
 
 
+def test_dynamodb_busy_past_its_retries_fails_the_whole_batch_503_and_the_batch_sent_again_ships(api, sku):
+    """README's "What fails the batch" said such a batch is answered 500: it is 503
+    `temporarily_unavailable` with Retry-After, as on the single routes, and sending it again works."""
+    from tests.integration.test_dynamodb_busy import THROTTLED, failing_once
+
+    order_id, shipment_id = allocated(api, sku)
+    body = {"items": [item(order_id, shipment_id, "ship")]}
+    restore = failing_once("GetItem", THROTTLED)
+    try:
+        busy = api.post(PATH, json=body)
+    finally:
+        restore()
+
+    assert_error(busy, 503, "temporarily_unavailable")
+    assert busy.headers["Retry-After"] == "1"
+    assert api.get(f"/orders/{order_id}").json()["status"] == "allocated"
+    (again,) = api.post(PATH, json=body).json()["items"]
+    assert again["error"] is None and again["status"] == "shipped"
+
+
 @pytest.mark.parametrize(
     ("body", "field"),
     [

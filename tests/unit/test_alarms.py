@@ -207,6 +207,14 @@ def test_every_runbook_heading_names_alarms_that_exist():
     assert named == set(ALARMS)
 
 
+def test_every_alarms_runbook_entry_says_what_it_means_how_to_look_and_how_to_recover():
+    entries = [entry for entry in RUNBOOKS.split("\n### ")[1:] if "Alarm`" in entry.splitlines()[0]]
+    assert len(entries) >= 30
+    for entry in entries:
+        for part in ("**Means**", "**Look**", "**Recover**"):
+            assert part in entry, f"{entry.splitlines()[0]} has no {part}"
+
+
 # --- The dashboard ----------------------------------------------------------------------------------
 
 DASHBOARD = RESOURCES["OperationsDashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]

@@ -52,3 +52,15 @@ def test_the_bounds_the_deploy_guide_states_are_the_templates():
             assert int(high) == parameter.get("MaxValue"), row[0]
             stated += 1
     assert stated >= 10
+
+
+def test_the_point_in_time_recovery_row_names_every_table_the_parameter_turns_it_on_for():
+    # Before: the row named the Orders, Inventory and Catalog tables; the Returns table has it too.
+    (row,) = [row for row in _rows("| parameter |") if row[0] == "`PointInTimeRecovery`"]
+    named = set(re.findall(r"\b([A-Z][a-z]+)\b(?=,| and| tables)", row[2]))
+    recovered = {
+        logical_id.removesuffix("Table")
+        for logical_id, resource in TEMPLATE["Resources"].items()
+        if resource["Type"] == "AWS::DynamoDB::Table" and "PointInTimeRecoverySpecification" in resource["Properties"]
+    }
+    assert "Orders" in recovered and named == recovered

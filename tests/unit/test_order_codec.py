@@ -8,6 +8,7 @@ import base64
 import hashlib
 import io
 import json
+import re
 import zlib
 
 import pytest
@@ -107,3 +108,14 @@ def test_a_page_of_a_long_history_reads_decoded_too(monkeypatch, capsys):
     main()
     (shown,) = json.loads(capsys.readouterr().out)["Items"]
     assert shown["entries"] == [{"type": "on_hold"}]
+
+
+def test_the_readmes_one_line_decoder_without_the_repository_reads_a_stored_value():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    (expression,) = re.findall(r"`(zlib\.decompressobj\([^`]*\))`", readme)
+    document = json.dumps({"id": "ord_1", "status": "pending", "lines": [{"sku": "TSHIRT", "quantity": 2}]}).encode()
+    value = order_codec.compress(document)
+
+    assert eval(expression, {"zlib": zlib, "DICTIONARIES": order_codec.DICTIONARIES, "value": value}) == document

@@ -30,12 +30,31 @@ def test_every_hook_is_documented_with_its_parameters():
         assert params == list(inspect.signature(fn).parameters), f"{name}'s documented signature drifted"
 
 
+def test_every_hook_is_documented_with_the_answer_its_spec_declares():
+    # Before: oms_carrier_tracking_update was documented as answering list[TrackingUpdate] | None,
+    # while its spec (and the prose under it) takes a RefusedTrackingEvent in the place of an event.
+    documented = dict(re.findall(r"^`(oms_\w+)\([^)]*\) -> ([^`]+)`", README, flags=re.M))
+    for name, fn in _hooks().items():
+        answer = inspect.signature(fn).return_annotation  # a string: hookspecs postpones annotations
+        assert documented.get(name) == (answer if isinstance(answer, str) else inspect.formatannotation(answer)), name
+
+
 def test_every_hook_has_a_docstring_and_firstresult_hooks_say_so():
     for name, fn in _hooks().items():
         doc = inspect.getdoc(fn) or ""
         assert ":return:" in doc, name
         firstresult = getattr(fn, "oms_spec", {}).get("firstresult", False)
         assert firstresult == ("Stops at first non-None result" in doc), name
+
+
+def test_the_guide_says_stops_at_first_non_none_result_exactly_of_the_firstresult_hooks():
+    guide = README[README.index("### Hooks") : README.index("### What a plugin receives")]
+    entries = re.split(r"^`(oms_\w+)\(", guide, flags=re.M)[1:]
+    described = {name: " ".join(text.split()) for name, text in zip(entries[::2], entries[1::2], strict=True)}
+    assert set(described) == set(_hooks())
+    for name, fn in _hooks().items():
+        firstresult = getattr(fn, "oms_spec", {}).get("firstresult", False)
+        assert ("Stops at first non-None result" in described[name]) == firstresult, name
 
 
 # --- The guide's examples run as written --------------------------------------------------------
@@ -89,3 +108,41 @@ def test_an_order_only_vetoed_locations_could_supply_is_out_of_stock(monkeypatch
 
     with pytest.raises(OutOfStock):
         world.workflow.reserve_stock(order_id)
+
+
+# --- What the guide says of the built-in plugins ----------------------------------------------------
+
+
+def builtin_plugins() -> dict[str, types.ModuleType]:
+    """The built-in plugins by entry-point name (pyproject.toml's `oms` group)."""
+    import importlib
+    import tomllib
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+    return {
+        name: importlib.import_module(module) for name, module in pyproject["project"]["entry-points"]["oms"].items()
+    }
+
+
+def test_the_built_in_fallbacks_the_plugin_order_names_are_those_with_trylast_implementations():
+    # Before: the list left out return_policy, whose oms_return_policy is trylast too.
+    (sentence,) = re.findall(r"The built-in fallbacks are `trylast`\s*\(([^)]*)\)", README)
+    named = set(re.findall(r"`(\w+)`", sentence))
+    trylast = {
+        name
+        for name, module in builtin_plugins().items()
+        if any(getattr(fn, "oms_impl", {}).get("trylast") for fn in vars(module).values())
+    }
+    assert "catalog_price" in trylast and named == trylast
+
+
+def test_the_sample_promotion_codes_the_guide_lists_are_those_of_the_packaged_file():
+    # Before: APP15 (15 % off in the mobile app) was in the file and not in the list.
+    import json
+
+    from plugins.data_files import DATA_DIR
+
+    (cell,) = re.findall(r"Sample codes: ([^|]*)\|", README)
+    listed = set(re.findall(r"`([A-Z0-9]+)`", cell))
+    codes = {promotion["code"] for promotion in json.loads((DATA_DIR / "promotions.json").read_text())["promotions"]}
+    assert "WELCOME10" in codes and listed == codes

@@ -131,6 +131,25 @@ def test_a_variable_the_template_sets_has_the_templates_default(name: str):
             assert documented_default(name) == "set by the template"
 
 
+def test_the_template_parameter_a_row_names_is_the_one_that_sets_its_variable():
+    # Each row's "(template parameter `P`)" is the parameter the template's `!Ref` gives the
+    # variable (or, for `make run`'s own variables, the one infra/local/stack.py sets from it).
+    from infra.local.stack import PARAMETER_ENV
+
+    checked = 0
+    for row in CONFIGURATION:
+        named = re.search(r"template parameters? ((?:`\w+`(?:, )?)+)", row[1])
+        if named is None:
+            continue
+        names, parameters = re.findall(r"`([A-Z][A-Z0-9_]+)`", row[0]), re.findall(r"`(\w+)`", named.group(1))
+        for position, name in enumerate(names):
+            parameter = parameters[position] if len(parameters) == len(names) else parameters[0]
+            refs = {v["Ref"] for v in TEMPLATE_VARIABLES.get(name, {}).values() if isinstance(v, dict) and "Ref" in v}
+            assert refs | ({PARAMETER_ENV[name]} if name in PARAMETER_ENV else set()) == {parameter}, name
+            checked += 1
+    assert checked >= 15
+
+
 def plain(value: object) -> str:
     """A number as the table writes it (`10`, not `10.0`); anything else as it is."""
     try:
@@ -184,24 +203,30 @@ def test_a_row_names_every_function_the_template_gives_its_variable_to(name: str
 # --- The API overview -------------------------------------------------------------------------------
 
 
-def overview_routes() -> set[tuple[str, str]]:
-    """(method, path with its parameters as {}) of each route the overview lists. A cell may go on
-    with `/last-segment` (the same method, another last segment) or a bare `DELETE` (the same path)."""
+OVERVIEW = table(section("## API overview"), "| method and path |")
+
+
+def row_routes(cell: str) -> set[tuple[str, str]]:
+    """(method, path with its parameters as {}) of each route an overview row's first cell lists. It
+    may go on with `/last-segment` (the same method, another last segment) or a bare `DELETE` (the same path)."""
     found = set()
-    for row in table(section("## API overview"), "| method and path |"):
-        method = path = ""
-        for token in re.findall(r"`([^`]+)`", row[0]):
-            token = token.split("?")[0]
-            if match := re.fullmatch(r"(GET|POST|PUT|PATCH|DELETE) (/\S*)", token):
-                method, path = match.groups()
-            elif token.startswith("/"):
-                path = path.rsplit("/", 1)[0] + token
-            elif token in ("GET", "POST", "PUT", "PATCH", "DELETE"):
-                method = token
-            else:
-                raise AssertionError(f"not a route: {token!r} in {row[0]!r}")
-            found.add((method, re.sub(r"\{[^}]+\}", "{}", path)))
+    method = path = ""
+    for token in re.findall(r"`([^`]+)`", cell):
+        token = token.split("?")[0]
+        if match := re.fullmatch(r"(GET|POST|PUT|PATCH|DELETE) (/\S*)", token):
+            method, path = match.groups()
+        elif token.startswith("/"):
+            path = path.rsplit("/", 1)[0] + token
+        elif token in ("GET", "POST", "PUT", "PATCH", "DELETE"):
+            method = token
+        else:
+            raise AssertionError(f"not a route: {token!r} in {cell!r}")
+        found.add((method, re.sub(r"\{[^}]+\}", "{}", path)))
     return found
+
+
+def overview_routes() -> set[tuple[str, str]]:
+    return {route for row in OVERVIEW for route in row_routes(row[0])}
 
 
 def app_routes() -> set[tuple[str, str]]:
@@ -211,6 +236,28 @@ def app_routes() -> set[tuple[str, str]]:
         methods = route.method if isinstance(route.method, list | tuple | set) else [route.method]
         found |= {(method.upper(), re.sub(r"\{[^}]+\}", "{}", route.openapi_path)) for method in methods}
     return found
+
+
+def test_what_an_overview_row_says_a_route_needs_is_what_the_route_declares():
+    # Before: the returns row gave `returns:write` for `GET /orders/{id}/returns` too, which takes
+    # `orders:read` (as every read of an order does). A row naming no scope is left to Security's table.
+    from functions.api.app import _scope_table
+
+    declared = {
+        (method, re.sub(r"\{[^}]+\}", "{}", path)): getattr(requirement, "value", repr(requirement))
+        for (method, path), requirement in _scope_table().routes().items()
+    }
+    checked = 0
+    for cell, *rest in OVERVIEW:
+        what = "|".join(rest)  # a cell's escaped `\\|` splits it
+        stated = set(re.findall(r"scope `([a-z]+:[a-z]+|admin)`", what))
+        stated |= {"admin"} if what.startswith("(admin)") else set()
+        stated |= {"PUBLIC"} if "no key" in what else set()
+        if stated:
+            needs = {declared[route] for route in row_routes(cell)}
+            assert needs == stated, cell
+            checked += 1
+    assert checked >= 15
 
 
 def test_the_api_overview_lists_every_route_of_the_app_and_no_other():
@@ -282,5 +329,259 @@ def test_the_business_metrics_table_gives_each_metrics_unit_and_dimensions_as_re
 
 def test_every_file_of_the_repository_the_readme_names_exists():
     named = set(re.findall(r"\b((?:functions|core|plugins|infra|tests|bench|events)/[\w/.-]+\.\w+)\b", README))
-    assert "functions/business_metrics.py" in named
+    # and the folders it names in backquotes (`functions/outbox`, `infra/local/moto_patches/`)
+    named |= set(re.findall(r"`((?:functions|core|plugins|infra|tests|bench|events)/[\w/-]*)`", README))
+    assert "functions/business_metrics.py" in named and "functions/outbox" in named
     assert sorted(path for path in named if not (ROOT / path).exists()) == []
+
+
+def test_make_fuzz_and_the_readme_name_every_test_file_with_a_fuzz_test_and_no_other():
+    # Before: the README's `make fuzz` paragraph left out the backorder state machine
+    # (tests/unit/test_backorders.py), which the Makefile's fuzz target runs at length.
+    fuzzed = {
+        str(path.relative_to(ROOT))
+        for path in (ROOT / "tests").rglob("test_*.py")
+        if re.search(r"^(@pytest\.mark\.fuzz|from tests\.properties import)", path.read_text(), flags=re.M)
+    }
+    makefile = (ROOT / "Makefile").read_text()
+    target = makefile[makefile.index("\nfuzz:") :].split("\n\n", 1)[0]
+    paragraph = section("## Tests")[section("## Tests").index("`make fuzz`") :]
+    assert "tests/unit/test_money_invariants.py" in fuzzed
+    assert set(re.findall(r"tests/\S+/test_\w+\.py", target)) == fuzzed
+    assert set(re.findall(r"tests/\S+/test_\w+\.py", paragraph)) == fuzzed
+
+
+def test_the_events_section_opens_with_every_event_type_there_is():
+    # Before: `inventory.low` (a stock item below its reorder point) was missing from the list.
+    from core.domain_events import EventType
+
+    opening = " ".join(section("## Events and webhooks").split("\n\n")[1].split()).split(" They go to ")[0]
+    assert set(re.findall(r"`([a-z]+\.[a-z_]+)`", opening)) == {str(kind) for kind in EventType}
+
+
+def test_the_security_table_has_a_row_for_every_scope_and_no_other():
+    from core.access import Scope
+
+    rows = table(section("## Security: who can do what"), "| scope | may |")
+    named = {row[0].strip("`") for row in rows if row[0].startswith("`")}
+    assert named == {scope.value for scope in Scope}
+
+
+# --- The README's own commands --------------------------------------------------------------------
+
+
+def readme_curls() -> list[tuple[str, str, set[str], str]]:
+    """(method, path, query parameter names, line) of each curl in the README's ```sh blocks that
+    calls the API: its `-X` method (else POST with `-d`, else GET), and its path with each shell
+    variable as one segment."""
+    found = []
+    for block in re.findall(r"```(?:sh|bash)\n(.*?)```", README, flags=re.DOTALL):
+        for line in block.replace("\\\n", " ").splitlines():
+            for call in re.findall(r"curl\b(.*?)(?=$|\||;|&&)", line):
+                url = re.search(r"""(?:https?://[^/\s"']+|\$API|\.\.\.)(/[^\s"'?]*)(?:\?([^\s"']*))?""", call)
+                if url is None:
+                    continue
+                method = re.search(r"-X\s+(\w+)", call)
+                verb = method.group(1) if method else "POST" if re.search(r"\s-d\s", call) else "GET"
+                path = re.sub(r"\$\{?\w+\}?", "$", url.group(1)).rstrip("/")
+                query = {pair.split("=")[0] for pair in (url.group(2) or "").split("&") if pair}
+                found.append((verb, path, query, line.strip()))
+    return found
+
+
+def route_of(method: str, path: str) -> str | None:
+    """The route (its path as the app declares it) that `method` `path` reaches: a `{parameter}` of
+    a route takes any one segment (a shell variable, `$`, included), a literal segment first."""
+    from functions.api.app import _scope_table
+
+    segments = path.strip("/").split("/")
+    matches = []
+    for verb, template in _scope_table().routes():
+        parts = template.strip("/").split("/")
+        if verb == method and len(parts) == len(segments):
+            pairs = list(zip(parts, segments, strict=True))
+            if all(part.startswith("{") or part == segment for part, segment in pairs):
+                matches.append((sum(part == segment for part, segment in pairs), template))
+    return max(matches)[1] if matches else None
+
+
+def test_every_curl_the_readme_shows_calls_a_route_the_api_has_with_parameters_it_declares():
+    # A query parameter a route does not declare is 422 (Security, "Unknown query parameters").
+    from functions.api.app import _scope_table
+
+    curls = readme_curls()
+    assert len(curls) > 50 and sum(1 for _, _, query, _ in curls if query) >= 5
+    assert [line for method, path, _, line in curls if route_of(method, path) is None] == []
+    declared = _scope_table().query_parameters
+    assert [line for method, path, query, line in curls if not query <= declared(method, route_of(method, path))] == []
+
+
+def test_the_query_parameters_the_api_overview_shows_are_the_routes():
+    from functions.api.app import _scope_table
+
+    shown = [
+        route
+        for cell, *_ in OVERVIEW
+        for route in re.findall(r"`(GET|POST|PUT|PATCH|DELETE) (/[^`?]*)\?([^`]*)`", cell)
+    ]
+    assert len(shown) >= 5
+    for method, path, query in shown:
+        named = {pair.split("=")[0] for pair in query.split("&") if pair}
+        assert named <= _scope_table().query_parameters(method, route_of(method, path)), (method, path, query)
+
+
+def readme_bodies() -> list[tuple[str, str, str]]:
+    """(method, path, JSON body) of each curl of the README's ```sh blocks that sends one with `-d
+    '...'`, a shell variable spliced into it (`'"$TRACKING"'`, `'$ORDER'`) read as the string X."""
+    found = []
+    for block in re.findall(r"```(?:sh|bash)\n(.*?)```", README, flags=re.DOTALL):
+        for call in re.findall(r"curl\b(.*?)(?=\ncurl|\n[A-Z]+=|\n#|\Z)", block.replace("\\\n", " "), flags=re.DOTALL):
+            url = re.search(r"""(?:https?://[^/\s"']+|\$API|\.\.\.)(/[^\s"'?]*)""", call)
+            body = re.search(r"-d\s+'(.*?)'(?=\s|$)", call, flags=re.DOTALL)
+            if url and body:
+                method = re.search(r"-X\s+(\w+)", call)
+                path = re.sub(r"\$\{?\w+\}?", "$", url.group(1)).rstrip("/")
+                spliced = re.sub(r"""'"?\$\{?\w+\}?"?'""", "X", body.group(1))
+                found.append((method.group(1) if method else "POST", path, spliced))
+    return found
+
+
+def test_every_body_the_readme_sends_names_only_fields_its_route_takes_and_every_field_it_needs():
+    import json
+
+    from pydantic import ValidationError
+
+    from functions.api.app import _scope_table
+
+    checked = 0
+    for method, path, body in readme_bodies():
+        for model in _scope_table().body_models(method, route_of(method, path)):
+            try:
+                model.model_validate(json.loads(body))
+            except ValidationError as invalid:
+                wrong = [(e["type"], e["loc"]) for e in invalid.errors() if e["type"] in ("extra_forbidden", "missing")]
+                assert wrong == [], (method, path, body)
+            checked += 1
+    assert checked >= 25
+
+
+def test_every_make_target_the_readme_runs_is_one_of_the_makefiles():
+    prose = re.sub(r"```.*?```", "", README, flags=re.DOTALL)
+    commands = re.findall(r"`([^`\n]+)`", prose) + [
+        line
+        for block in re.findall(r"```(?:sh|bash)\n(.*?)```", README, flags=re.DOTALL)
+        for line in block.splitlines()
+    ]
+    named = {
+        target
+        for command in commands
+        for target in re.findall(r"(?:^|&& )(?:[A-Z_]+=\S* )*make ([a-z][\w-]*)(?=\s|$)", command.strip())
+    }
+    targets = set(re.findall(r"^([a-z][\w-]*):", (ROOT / "Makefile").read_text(), flags=re.MULTILINE))
+    assert {"run", "test", "build", "import", "fuzz", "bench"} <= named
+    assert sorted(named - targets) == []
+
+
+def test_the_quick_starts_first_order_is_the_banners_with_the_differences_the_readme_names():
+    # The Quick start's note: the banner's curl places the same order under the same key, without
+    # the promo code and to another address (so after it, the README's body is idempotency_key_reused).
+    import inspect
+    import json
+
+    from core.ids import order_id_for
+    from infra.local.__main__ import FIRST_ORDER, banner
+
+    quick_start = section("## Quick start")
+    ((key, body),) = re.findall(r'-H "Idempotency-Key: ([\w-]+)" \\\n\s+-d \'(.*?)\'', quick_start, flags=re.DOTALL)
+    ours = json.loads(body)
+    assert key == "first-order" and '-H "Idempotency-Key: first-order"' in inspect.getsource(banner)
+    assert {name for name in ours.keys() | FIRST_ORDER.keys() if ours.get(name) != FIRST_ORDER.get(name)} == {
+        "promo_codes",
+        "shipping_address",
+    }
+    (shown,) = re.findall(r"^ORDER=(ord_\w+)", quick_start, flags=re.MULTILINE)
+    assert shown == order_id_for(ours["channel"], ours["external_id"])
+    assert "idempotency_key_reused" in quick_start
+
+
+def test_the_overviews_status_codes_name_every_error_status_the_api_documents():
+    # Before: 428 (an edit without If-Match, `if_match_required`) was missing from the list.
+    import json
+
+    from functions.api.app import every_route
+
+    document = json.loads(every_route().get_openapi_json_schema())
+    documented = {
+        int(status)
+        for item in document["paths"].values()
+        for operation in item.values()
+        if isinstance(operation, dict)
+        for status in operation.get("responses", {})
+        if status[0] in "45"
+    }
+    overview = section("## API overview")
+    listed = {
+        int(status) for status in re.findall(r"(?:^|[ ,(])([45]\d\d) ", overview[overview.index("Status codes:") :])
+    }
+    assert {401, 422, 503} <= documented
+    assert sorted(documented - listed) == []
+
+
+def body_fields(shape: str) -> set[str]:
+    """The top-level field names of a body as the overview writes it: `{reason, lines: [...], note?}`."""
+    depth, fields, current = 0, [], ""
+    for character in shape[1:-1]:
+        depth += (character in "[{") - (character in "]}")
+        if character == "," and depth == 0:
+            fields.append(current)
+            current = ""
+        else:
+            current += character
+    return {re.match(r"\s*(\w+)", field).group(1) for field in [*fields, current] if field.strip()}
+
+
+def test_the_body_an_overview_row_opens_with_has_the_fields_of_its_routes_model():
+    from functions.api.app import _scope_table
+
+    checked = 0
+    for cell, *rest in OVERVIEW:
+        what = "|".join(rest).replace("\\|", "|")
+        shape = re.match(r"\s*`(\{.*?\})`", what)
+        if shape is None:
+            continue
+        for method, path in row_routes(cell):
+            models = _scope_table().body_models(method, route_of(method, path)) if method != "GET" else []
+            for model in models:
+                assert body_fields(shape.group(1)) == set(model.model_fields), (method, path)
+                checked += 1
+    assert checked >= 8
+
+
+def test_every_test_the_readme_names_exists():
+    named = set(re.findall(r"`(test_\w+)`", README)) - {"test_payments"}  # the built-in plugin
+    defined = {
+        name
+        for folder in (ROOT / "tests", ROOT / "plugins" / "examples")
+        for path in folder.rglob("test_*.py")
+        for name in re.findall(r"^(?:async )?def (test_\w+)", path.read_text(), flags=re.MULTILINE)
+    }
+    assert "test_the_whole_workflow_again_after_allocation_changes_nothing" in named
+    assert sorted(named - defined) == []
+
+
+def test_every_oms_or_powertools_variable_the_local_stack_reads_has_a_row():
+    # Before: POWERTOOLS_TRACE_DISABLED and POWERTOOLS_METRICS_DISABLED, which `make run` sets to
+    # true unless the shell sets them, had none.
+    read = set()
+    for path in (ROOT / "infra").rglob("*.py"):
+        read |= set(re.findall(r'"((?:OMS|POWERTOOLS)_[A-Z0-9_]+)"', path.read_text()))
+    assert {"OMS_PORT", "POWERTOOLS_METRICS_DISABLED"} <= read
+    assert sorted(name for name in read if not documented(name)) == []
+
+
+def test_the_benchmarks_section_names_every_variable_the_bench_reads():
+    # Before: BENCH_ORDERS, BENCH_PROFILE_ORDERS, BENCH_WORKFLOW_RUNS, BENCH_STEADY_ORDERS and
+    # BENCH_RETURNS were read by bench/ and named nowhere.
+    read = set(re.findall(r'environ\.get\("(BENCH_\w+)"', "\n".join(sources("bench").values())))
+    assert {"BENCH_RUNS", "BENCH_IMPORT_SIZES"} <= read
+    assert sorted(read - set(re.findall(r"`(BENCH_\w+)", section("## Benchmarks")))) == []

@@ -4,6 +4,7 @@ calls against the local stack.)"""
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 import shlex
@@ -172,3 +173,53 @@ def test_every_logical_id_a_runbook_command_names_is_a_resource_of_the_template(
     assert {"ApiFunction", "OutboxFailureQueue"} <= named and "ImportWorkerFunction" in logged
     assert sorted(named - set(resources)) == []
     assert sorted(name for name in logged if resources.get(name, {}).get("Type") != "AWS::Serverless::Function") == []
+
+
+# --- The log lines the README's Logs Insights filters look for --------------------------------------
+
+LEVELS = {"debug": "DEBUG", "info": "INFO", "warning": "WARNING", "error": "ERROR", "exception": "ERROR"}
+
+
+def logged_messages() -> list[tuple[str, str]]:
+    """(level, message) of each logger call in core/, functions/ and plugins/ whose message is
+    written out: a `%s` stays as written, an f-string's value is a NUL, so no filter matches across it."""
+    found = []
+    for folder in ("core", "functions", "plugins"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            for call in ast.walk(ast.parse(path.read_text())):
+                if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute) and call.args):
+                    continue
+                level, message = LEVELS.get(call.func.attr), call.args[0]
+                if level is None:
+                    continue
+                if isinstance(message, ast.Constant) and isinstance(message.value, str):
+                    found.append((level, message.value))
+                elif isinstance(message, ast.JoinedStr):
+                    parts = [part.value if isinstance(part, ast.Constant) else "\0" for part in message.values]
+                    found.append((level, "".join(parts)))
+    return found
+
+
+def readme_filters() -> list[tuple[str, str]]:
+    """(function logical id, filter) of each `logs <Function> '<filter>'` the README tells an operator to run."""
+    return [(name, " ".join(text.split())) for name, text in re.findall(r"\blogs (\w+) '([^']*)'", README)]
+
+
+def test_every_message_a_logs_insights_filter_of_the_readme_looks_for_is_logged_by_the_code_at_that_level():
+    from core.models import CREDIT_NOT_USED
+
+    # A phrase a line gets from its arguments, and the line's own words around it: a refund's reason
+    # (`exchange <id> did not use its credit`) fills that message's `(%s)`.
+    through_arguments = {CREDIT_NOT_USED: "not given back (%s): left to a person"}
+    logged = logged_messages()
+    assert ("ERROR", "unhandled error") in logged and ("WARNING", "AWS busy") in logged
+    filters = readme_filters()
+    assert len(filters) >= 8
+    for function, query in filters:
+        level = re.search(r'level = "(\w+)" and', query)
+        levels = {level.group(1)} if level else set(LEVELS.values())
+        for exact in re.findall(r'message = "([^"]+)"', query):
+            assert any(message == exact for at, message in logged if at in levels), (function, query)
+        for part in re.findall(r"message like /([^/]+)/", query):
+            part = through_arguments.get(part, part)
+            assert any(part in message for at, message in logged if at in levels), (function, query)
