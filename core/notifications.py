@@ -2,7 +2,7 @@
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -134,10 +134,19 @@ def notifications(old: dict[str, Any] | None, new: dict[str, Any]) -> list[Notif
             )  # fmt: skip
     for shipment in _ready_shipments(old, new):
         text = f"Your order {order_id} is ready for pickup at {shipment['location_id']}."
+        collect_by = _collect_by(shipment)
+        if collect_by is not None:
+            # The pickup expiry cancels it once past this moment: the customer hears of it only here.
+            # To the minute, cut down: never later than the deadline itself.
+            text += (
+                f" Please collect it by {collect_by.strftime('%Y-%m-%d %H:%M')} UTC: an order not collected by"
+                " then is cancelled."
+            )
         note(
             ready_for_pickup_id(order_id, version, shipment["id"]),
             NotificationKind.READY_FOR_PICKUP, f"Your order {order_id} is ready for pickup", text,
             shipment_id=shipment["id"], location_id=shipment["location_id"],
+            collect_by=_rfc3339(collect_by) if collect_by is not None else None,
         )  # fmt: skip
     return found
 
@@ -146,6 +155,21 @@ def _held_for_the_customer(order: dict[str, Any]) -> bool:
     """Whether the order is late for a hold its customer asked for (on_hold, `customer_request`)."""
     late, hold = order.get("jeopardy") or {}, order.get("hold") or {}
     return late.get("status") == OrderStatus.ON_HOLD and hold.get("reason") == "customer_request"
+
+
+def _collect_by(shipment: dict[str, Any]) -> datetime | None:
+    """When the ready pickup stops being collectable (its `collect_by`, in UTC); None without one
+    (OMS_PICKUP_EXPIRY_DAYS 0: nothing expires it)."""
+    value = shipment.get("collect_by")
+    if not value:
+        return None
+    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
+    return moment.astimezone(UTC)
+
+
+def _rfc3339(moment: datetime) -> str:
+    """As the API shows a time (RFC 3339 in UTC, `Z`)."""
+    return moment.isoformat().replace("+00:00", "Z")
 
 
 def _ready_shipments(old: dict[str, Any] | None, new: dict[str, Any]) -> list[dict[str, Any]]:
