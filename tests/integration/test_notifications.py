@@ -114,6 +114,36 @@ def _readied(oid: str, collect_by: datetime | None) -> tuple[Order, Order]:
 
 
 @pytest.mark.usefixtures("wired")
+def test_a_ready_pickup_tells_the_customer_which_store_by_its_name_and_address(aws):
+    # The location id (a code such as store-sf) means nothing to a customer: the store's name and
+    # street are read from the catalog; a store the catalog no longer has is named by its id.
+    from functions.adapters.dynamodb import DynamoOrders
+    from functions.events.app import container, lambda_handler
+    from tests.builders import address_body, location
+
+    store = location(
+        "store-sf", name="SF store", type="store", ships=False, pickup=True,
+        address=address_body(name="SF store", line1="1 Market St", city="San Francisco"),
+    )  # fmt: skip
+    container().cached_catalog.put_location(store)
+    orders = DynamoOrders(aws.dynamodb, aws.tables["OrdersTable"])
+    allocated, ready = _readied("ord_" + "s" * 24, None)
+    orders.add(allocated, HistoryEntry(at=AT, type="created", to_status=OrderStatus.PENDING, actor="key_1"), "tok")
+    before = stored_item(aws, allocated.id)
+    orders.update(ready, allocated, [])
+    mailer = Mailer()
+    container().plugins.register(mailer, name=f"test_mailer_{allocated.id}")
+
+    assert lambda_handler(stream_event(("MODIFY", before, stored_item(aws, allocated.id))), Context()) == {
+        "batchItemFailures": []
+    }
+
+    (sent,) = mailer.sent
+    assert "is ready for pickup at SF store, 1 Market St, San Francisco." in sent.body
+    assert (sent.details["location_id"], sent.details["location_name"]) == ("store-sf", "SF store")
+
+
+@pytest.mark.usefixtures("wired")
 @pytest.mark.parametrize(
     ("collect_by", "told"),
     [(datetime(2026, 12, 8, 12, 0, 59, 123456, tzinfo=UTC), "Please collect it by 2026-12-08 12:00 UTC"), (None, None)],
