@@ -2,7 +2,7 @@
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -12,7 +12,7 @@ from core.domain_events import EventType, order_events
 from core.fields import empty_list
 from core.hook_calls import call_hook
 from core.ids import short_hash
-from core.models import Shown, VisibleText
+from core.models import Location, Shown, VisibleText
 from core.services import OrderQueries
 from core.status import OrderStatus
 
@@ -75,11 +75,15 @@ def ready_for_pickup_id(order_id: str, version: int, shipment_id: str) -> str:
     return "evt_" + short_hash(f"{order_id}\x1f{version}\x1fshipment.ready_for_pickup\x1f{shipment_id}")
 
 
-def notifications(old: dict[str, Any] | None, new: dict[str, Any]) -> list[Notification]:
+def notifications(
+    old: dict[str, Any] | None, new: dict[str, Any], locations: Callable[[str], Location | None] | None = None
+) -> list[Notification]:
     """The notifications one order change means (`old`, `new`: the order documents before and
     after it), from the same events webhooks get: shipment.shipped, order.jeopardy (save one for a
     hold the customer asked for) and refund.succeeded, plus a pickup shipment that became
-    ready_for_pickup."""
+    ready_for_pickup. `locations` (the catalog's get_location) names a pickup's store to its
+    customer by its name and street, asked only for a pickup readied; without it, or for a store
+    the catalog no longer has, it is named by its id."""
     events = order_events(old, new)
     if not events and not _ready_shipments(old, new):
         return []
@@ -133,11 +137,23 @@ def notifications(old: dict[str, Any] | None, new: dict[str, Any]) -> list[Notif
                 refund_id=event.data["refund"]["id"], amount=amount["amount"], currency=amount["currency"],
             )  # fmt: skip
     for shipment in _ready_shipments(old, new):
-        text = f"Your order {order_id} is ready for pickup at {shipment['location_id']}."
+        store = locations(shipment["location_id"]) if locations is not None else None
+        place = f"{store.name}, {store.address.line1}, {store.address.city}" if store else shipment["location_id"]
+        text = f"Your order {order_id} is ready for pickup at {place}."
+        collect_by = _collect_by(shipment)
+        if collect_by is not None:
+            # The pickup expiry cancels it once past this moment: the customer hears of it only here.
+            # To the minute, cut down: never later than the deadline itself.
+            text += (
+                f" Please collect it by {collect_by.strftime('%Y-%m-%d %H:%M')} UTC: an order not collected by"
+                " then is cancelled."
+            )
         note(
             ready_for_pickup_id(order_id, version, shipment["id"]),
             NotificationKind.READY_FOR_PICKUP, f"Your order {order_id} is ready for pickup", text,
             shipment_id=shipment["id"], location_id=shipment["location_id"],
+            location_name=store.name if store else None,
+            collect_by=_rfc3339(collect_by) if collect_by is not None else None,
         )  # fmt: skip
     return found
 
@@ -146,6 +162,21 @@ def _held_for_the_customer(order: dict[str, Any]) -> bool:
     """Whether the order is late for a hold its customer asked for (on_hold, `customer_request`)."""
     late, hold = order.get("jeopardy") or {}, order.get("hold") or {}
     return late.get("status") == OrderStatus.ON_HOLD and hold.get("reason") == "customer_request"
+
+
+def _collect_by(shipment: dict[str, Any]) -> datetime | None:
+    """When the ready pickup stops being collectable (its `collect_by`, in UTC); None without one
+    (OMS_PICKUP_EXPIRY_DAYS 0: nothing expires it)."""
+    value = shipment.get("collect_by")
+    if not value:
+        return None
+    moment = datetime.fromisoformat(value) if isinstance(value, str) else value
+    return moment.astimezone(UTC)
+
+
+def _rfc3339(moment: datetime) -> str:
+    """As the API shows a time (RFC 3339 in UTC, `Z`)."""
+    return moment.isoformat().replace("+00:00", "Z")
 
 
 def _ready_shipments(old: dict[str, Any] | None, new: dict[str, Any]) -> list[dict[str, Any]]:
@@ -163,15 +194,19 @@ class Notifier:
     recorded and sent already is skipped; one recorded but not yet sent (the plugins failed, the
     stream redelivers) is handed to them again, so they dedupe by its id."""
 
-    def __init__(self, store: NotificationStore, hook: Any, clock: Callable[[], datetime]):
+    def __init__(
+        self, store: NotificationStore, hook: Any, clock: Callable[[], datetime],
+        locations: Callable[[str], Location | None] | None = None,
+    ):  # fmt: skip
         self._store = store
         self._hook = hook
         self._clock = clock
+        self._locations = locations
 
     def notify(self, old: dict[str, Any] | None, new: dict[str, Any]) -> list[Notification]:
         """The notifications sent now (none when the change means none or all went out before)."""
         sent = []
-        for notification in notifications(old, new):
+        for notification in notifications(old, new, self._locations):
             recorded = self._store.add(notification)
             if recorded.sent_at is not None:
                 continue

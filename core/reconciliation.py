@@ -33,12 +33,12 @@ from core.errors import TransientError
 from core.models import Order
 from core.ports import OrderRepository, StalledOrders, WorkflowStarter
 from core.status import OrderStatus
-from core.workflow import Workflow
+from core.workflow import WORKFLOW_STALLED, Workflow
 
 # The statuses the workflow moves an order out of within one execution (and a backordered order
 # with every unit reserved, read apart: StalledOrders.filled_backorders).
 WORKFLOW_STATUSES = (OrderStatus.PENDING, OrderStatus.AUTHORIZED)
-STALLED = "WorkflowStalled"  # the error a parked order's hold note names
+STALLED = WORKFLOW_STALLED  # the error a parked order's hold note names
 # A pass stops restarting after this many starts Step Functions refused (TransientError): it is
 # throttling or down, each refusal costs the invocation the client's retries (seconds), and a pass
 # over a hundred stalled orders would run out of time before the reconciler's other work. The rest

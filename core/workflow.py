@@ -27,6 +27,7 @@ from core.cancellation import NOT_MADE, Cancellation, own_authorization_keys
 from core.carrier_bookings import give_up_unrecorded
 from core.errors import (
     Backordered,
+    DomainError,
     InsufficientStock,
     NotFound,
     OrderClosed,
@@ -1037,7 +1038,8 @@ class Workflow:
             )
             if not parked:
                 return None
-            change = order.park(error=error, message=_message(cause), at=at, actor=WORKFLOW_ACTOR, execution=execution)
+            message = _message(cause) if _own_error(error) else ""
+            change = order.park(error=error, message=message, at=at, actor=WORKFLOW_ACTOR, execution=execution)
             tried.append(change[0])
             return change
 
@@ -1094,6 +1096,28 @@ def _allocations(order: Order, held: dict[tuple[str, str, str], int]) -> list[Al
         for (_, location_id, key), quantity in sorted(held.items(), key=lambda kv: (line_of[kv[0][2]], kv[0][1]))
         if quantity > 0
     ]
+
+
+# The error a park for an order the workflow left stalled names (core.reconciliation).
+WORKFLOW_STALLED = "WorkflowStalled"
+
+
+def _own_error(error: str) -> bool:
+    """Whether `error` (the Catch's errorType) is one the OMS raises itself (core.errors' classes,
+    WORKFLOW_STALLED), whose message it writes for the person who releases a parked order. Any
+    other's (botocore's, Lambda's or Step Functions' own, a bug's) may name the AWS account, roles
+    and tables, and a park's note and entry are shown to whoever may read the order (a storefront's
+    key, its webhooks): it is named by its type only. Its message stays where operators read it: the
+    failing step's log line and the execution's history (the park's entry names the execution)."""
+    if error == WORKFLOW_STALLED:
+        return True
+    pending: list[type[DomainError]] = [DomainError]
+    while pending:
+        kind = pending.pop()
+        if kind.__name__ == error:
+            return True
+        pending.extend(kind.__subclasses__())
+    return False
 
 
 def _message(cause: str) -> str:

@@ -881,7 +881,8 @@ class Container:
     def notifier(self) -> Notifier:
         from core.notifications import Notifier
 
-        return Notifier(self.notification_store, self.plugins.hook, self.clock)
+        # A pickup readied names its store by name and street (one catalog read, cached a while).
+        return Notifier(self.notification_store, self.plugins.hook, self.clock, self.cached_catalog.get_location)
 
     @cached_property
     def order_notifications(self) -> OrderNotifications:

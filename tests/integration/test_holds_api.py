@@ -366,3 +366,57 @@ def test_a_release_retried_under_its_idempotency_key_once_a_delivery_report_ende
     assert_error(api.post(f"{path}/release", json={"note": "address checked"}), 409, "invalid_transition")
     assert_error(api.post(f"{path}/release", json={"note": "another"}, headers=key), 409, "idempotency_key_reused")
     assert api.get(path).json()["version"] == delivered.json()["version"]
+
+
+class ParkContext:
+    function_name = "ParkOrderFunction"
+    memory_limit_in_mb = 256
+    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:ParkOrderFunction"
+    aws_request_id = "park-request"
+
+    def get_remaining_time_in_millis(self) -> int:
+        return 10_000
+
+
+DENIED = (
+    "An error occurred (AccessDeniedException) when calling the UpdateItem operation: User: "
+    "arn:aws:sts::210987654321:assumed-role/oms-ReserveStockRole-1AB2C3/oms-ReserveStock is not authorized to "
+    "perform: dynamodb:UpdateItem on resource: arn:aws:dynamodb:us-east-1:210987654321:table/oms-Inventory-9XYZ"
+)
+
+
+@pytest.mark.parametrize(
+    ("error", "message", "note"),
+    [
+        # Another's error (botocore's here; Lambda's, a bug's): its message may name the account, roles
+        # and tables, which are no storefront's to read: named by its type only.
+        ("ClientError", DENIED, "order workflow failed after retries: ClientError"),
+        ("Lambda.TooManyRequestsException", "Rate exceeded", "order workflow failed after retries: "
+         "Lambda.TooManyRequestsException"),
+        # The OMS's own, whose message it writes for the person who releases the order: kept.
+        ("ReservationsFull", "the stock item of S at L holds as many open reservations as it takes",
+         "order workflow failed after retries: ReservationsFull: the stock item of S at L holds as many open "
+         "reservations as it takes"),
+    ],
+)  # fmt: skip
+def test_a_parked_orders_hold_shows_a_storefront_no_infrastructure_message(
+    api: InProcessApi, sku: str, error: str, message: str, note: str
+):
+    import json
+
+    from functions.workflow.park_order import lambda_handler
+
+    storefront = issue(api, "orders:write", "orders:read", channel="web")
+    order = place(api, sku)
+    cause = json.dumps({"errorType": error, "errorMessage": message, "trace": ["File ..."]})
+
+    lambda_handler({"order_id": order["id"], "error": error, "cause": cause, "execution": "run-1"}, ParkContext())
+
+    shown = api.get(f"/orders/{order['id']}", key=storefront)
+    assert shown.status_code == 200, shown.text
+    assert (shown.json()["status"], shown.json()["hold"]["note"]) == ("on_hold", note)
+    history = api.get(f"/orders/{order['id']}/history", key=storefront)
+    parked = history.json()["items"][-1]
+    assert (parked["type"], parked["detail"]["error"]) == ("on_hold", error)
+    if error != "ReservationsFull":
+        assert message not in shown.text + history.text and "210987654321" not in shown.text + history.text

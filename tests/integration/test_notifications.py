@@ -97,6 +97,84 @@ def test_a_wrong_way_or_time_is_refused_and_the_recorded_notification_stays_read
     assert recorded.sent_via == ["email"] and recorded.sent_at == AT
 
 
+def _readied(oid: str, collect_by: datetime | None) -> tuple[Order, Order]:
+    """A pickup order allocated at its store, then readied there (Order.ready_for_pickup) with `collect_by`."""
+    from core.models import Fulfillment
+
+    pending = Shipment(
+        id="shp_" + "p" * 24, location_id="store-sf", lines=[ShipmentLine(line_id="L1", quantity=1)],
+        carrier="oms-flat-rate", service="Store pickup", tracking_number="FLAT124",
+    )  # fmt: skip
+    allocated = a_stored_order(
+        ("TSHIRT", 1), id=oid, status=OrderStatus.ALLOCATED, shipments=[pending],
+        fulfillment=Fulfillment(type="pickup", location_id="store-sf"),
+    )  # fmt: skip
+    ready, _ = allocated.ready_for_pickup(pending.id, collect_by=collect_by, at=AT, actor="key_store")
+    return allocated, ready
+
+
+@pytest.mark.usefixtures("wired")
+def test_a_ready_pickup_tells_the_customer_which_store_by_its_name_and_address(aws):
+    # The location id (a code such as store-sf) means nothing to a customer: the store's name and
+    # street are read from the catalog; a store the catalog no longer has is named by its id.
+    from functions.adapters.dynamodb import DynamoOrders
+    from functions.events.app import container, lambda_handler
+    from tests.builders import address_body, location
+
+    store = location(
+        "store-sf", name="SF store", type="store", ships=False, pickup=True,
+        address=address_body(name="SF store", line1="1 Market St", city="San Francisco"),
+    )  # fmt: skip
+    container().cached_catalog.put_location(store)
+    orders = DynamoOrders(aws.dynamodb, aws.tables["OrdersTable"])
+    allocated, ready = _readied("ord_" + "s" * 24, None)
+    orders.add(allocated, HistoryEntry(at=AT, type="created", to_status=OrderStatus.PENDING, actor="key_1"), "tok")
+    before = stored_item(aws, allocated.id)
+    orders.update(ready, allocated, [])
+    mailer = Mailer()
+    container().plugins.register(mailer, name=f"test_mailer_{allocated.id}")
+
+    assert lambda_handler(stream_event(("MODIFY", before, stored_item(aws, allocated.id))), Context()) == {
+        "batchItemFailures": []
+    }
+
+    (sent,) = mailer.sent
+    assert "is ready for pickup at SF store, 1 Market St, San Francisco." in sent.body
+    assert (sent.details["location_id"], sent.details["location_name"]) == ("store-sf", "SF store")
+
+
+@pytest.mark.usefixtures("wired")
+@pytest.mark.parametrize(
+    ("collect_by", "told"),
+    [(datetime(2026, 12, 8, 12, 0, 59, 123456, tzinfo=UTC), "Please collect it by 2026-12-08 12:00 UTC"), (None, None)],
+)
+def test_a_ready_pickup_tells_the_customer_until_when_it_may_be_collected(aws, collect_by, told):
+    # Uncollected by its collect_by, the pickup expiry cancels the order: the customer is told that
+    # deadline with the news, the only time it is told (OMS_PICKUP_EXPIRY_DAYS 0: no deadline, none told).
+    from functions.adapters.dynamodb import DynamoOrders
+    from functions.events.app import container, lambda_handler
+
+    orders = DynamoOrders(aws.dynamodb, aws.tables["OrdersTable"])
+    allocated, ready = _readied("ord_" + ("p" if collect_by else "q") * 24, collect_by)
+    orders.add(allocated, HistoryEntry(at=AT, type="created", to_status=OrderStatus.PENDING, actor="key_1"), "tok")
+    before = stored_item(aws, allocated.id)
+    orders.update(ready, allocated, [])
+    mailer = Mailer()
+    container().plugins.register(mailer, name=f"test_mailer_{allocated.id}")
+
+    assert lambda_handler(stream_event(("MODIFY", before, stored_item(aws, allocated.id))), Context()) == {
+        "batchItemFailures": []
+    }
+
+    (sent,) = mailer.sent
+    assert sent.kind == "ready_for_pickup" and "store-sf" in sent.body
+    if told is None:
+        assert "collect_by" not in sent.details and "collect it by" not in sent.body
+    else:
+        assert told in sent.body and "cancelled" in sent.body
+        assert sent.details["collect_by"] == "2026-12-08T12:00:59.123456Z"
+
+
 @pytest.fixture(scope="module")
 def api() -> Iterator[InProcessApi]:
     with in_process_api() as started:

@@ -409,7 +409,9 @@ def test_a_task_that_keeps_crashing_is_retried_then_parks_the_order_on_hold(
     assert result["states"][-3:] == [step, "ParkOrder", "OrderParked"]
     assert faults.count(order_id)[step] == 1 + RETRIES
     order = assert_parked(api, order_id, "RuntimeError")
-    assert "injected" in order["hold"]["note"]
+    # A bug's message is not the OMS's to show whoever reads the order: its type only (the step's
+    # log line and the execution's history keep the message).
+    assert order["hold"]["note"] == "order workflow failed after retries: RuntimeError"
     assert order["shipments"] == []
     if step == "AuthorizePayment":
         assert order["payment"]["status"] == "pending"
@@ -474,7 +476,8 @@ def test_dynamodb_throttling_that_outlives_every_retry_parks_the_order(
     assert result["states"][-2:] == ["ParkOrder", "OrderParked"]
     assert faults.count(order_id)["CreateShipments"] == 1 + RETRIES
     order = assert_parked(api, order_id, "ClientError")
-    assert "ProvisionedThroughputExceededException" in order["hold"]["note"]
+    # botocore's message may name the account, roles and tables: the type only.
+    assert order["hold"]["note"] == "order workflow failed after retries: ClientError"
     assert order["payment"]["status"] == "authorized"
 
 

@@ -21,8 +21,9 @@ router = Router()
     "/orders/<order_id>/hold",
     summary="Put an order that has not shipped on hold for review",
     description="A `pending`, `authorized`, `backordered` or `allocated` order goes `on_hold`: its workflow stops "
-    "before its next step, and nothing is authorized, reserved, captured or shipped until it is released "
-    "(shipping it is 409). "
+    "before its next step, and nothing is reserved, captured, shipped or collected until it is released "
+    "(shipping it, or handing over its pickup, is 409). Its payment is authorized while it is held only by an "
+    "authorization under way when the hold landed (recorded, not asked again) or by an edit that grows its total. "
     "An order on hold already, shipped or closed is 409. The history names the caller, the reason and the note. "
     "With `Idempotency-Key` a retry answers the first answer again (another reason or note under the key is 409 "
     "`idempotency_key_reused`), even when the first answer was lost before it was stored (the key is kept in the "
