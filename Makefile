@@ -47,7 +47,7 @@ test: lint check-template
 	PYTHONDONTWRITEBYTECODE= $(BIN)/python -m pytest -n 3 --dist loadfile
 	$(BIN)/python -m pytest $(EXAMPLE)/tests
 
-# Schemathesis at length (every phase, SCHEMATHESIS_MAX_EXAMPLES per operation, default 100), the
+# Schemathesis at length (every phase, SCHEMATHESIS_MAX_EXAMPLES per operation, default 300), the
 # sourcing properties and the hostile request bodies at length (tests/properties.py), and the state
 # machines (inventory, backorders, the payment's money) with random steps (OMS_STATEFUL_EXAMPLES,
 # OMS_STATEFUL_STEPS): minutes, not part of `make test`.
