@@ -51,7 +51,6 @@ def banner(stack: EmbeddedStack, started: float) -> str:
     auth = f'-H "Authorization: Bearer {stack.admin_key}"'
     body = shlex.quote(json.dumps(FIRST_ORDER, separators=(",", ":")))
     order_id = order_id_for(FIRST_ORDER["channel"], FIRST_ORDER["external_id"])
-    orders_table = stack.table_names.get("OrdersTable", next(iter(stack.table_names.values()), "<table>"))
     aws = f"AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test aws --endpoint-url {stack.aws_endpoint} --region {REGION}"
     routes = len(stack.gateway.router.routes) if stack.gateway else 0
     workflows = "".join(
@@ -60,10 +59,9 @@ def banner(stack: EmbeddedStack, started: float) -> str:
         f"  {aws} stepfunctions list-executions --state-machine-arn {arn}"
         for logical_id, arn in stack.state_machine_arns.items()
     )
-    if stack.mappings:
-        workflows += f"\n\nEvent sources ({'running' if stack.event_sources else 'paused (OMS_EVENT_SOURCES=0)'}):"
-        for mapping in stack.mappings.values():
-            workflows += f"\n  {mapping.kind:<8} {mapping.source_label} -> {mapping.function_logical_id}"
+    workflows += f"\n\nEvent sources ({'running' if stack.event_sources else 'paused (OMS_EVENT_SOURCES=0)'}):"
+    for mapping in stack.mappings.values():
+        workflows += f"\n  {mapping.kind:<8} {mapping.source_label} -> {mapping.function_logical_id}"
     return f"""\
 OMS local stack ready in {time.monotonic() - started:.1f} s ({len(stack.table_names)} tables, {routes} routes\
 {", demo data loaded" if stack.seeded else ""})
@@ -79,7 +77,7 @@ Place a first order:
 Read it back:
   curl -sS {stack.api_url}/orders/{order_id} {auth}
 Look inside DynamoDB:
-  {aws} dynamodb scan --table-name {orders_table}{workflows}
+  {aws} dynamodb scan --table-name {stack.table_names["OrdersTable"]}{workflows}
 
 Import a file of orders (CSV or JSON Lines) and follow it:
   make import FILE=events/orders-sample.csv

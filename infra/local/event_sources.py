@@ -156,7 +156,6 @@ class EventSourceMapping:
     batching_window: float = 0.0  # seconds: MaximumBatchingWindowInSeconds times the stack's scale
 
     def __post_init__(self) -> None:
-        self.stats = {"filtered_out": 0, "sent_to_on_failure": 0}
         self._stopping, self._paused = threading.Event(), threading.Event()
         self._arrived = threading.Event()  # set by wake(): the source may hold a record its last look did not see
         self._busy, self._drained = False, False
@@ -307,8 +306,6 @@ class EventSourceMapping:
                 self.client("sqs").send_message(QueueUrl=self.on_failure.queue_url, MessageBody=record)
             except Exception:  # discarded, as Lambda discards what its error handling fails to keep: the rest goes on
                 logger.exception("%s: cannot send to %s, dropped: %s", self.name, self.on_failure.arn, record)
-                return
-            self.stats["sent_to_on_failure"] += 1
 
     def _failure_record(self, batch: list[Record], attempts: int, error: BaseException | None) -> dict[str, Any]:
         request = {
@@ -356,7 +353,6 @@ class DynamoDBStreamMapping(EventSourceMapping):
             kept = [record for record in shaped if matches_filters(self.filters, record)]
             # Moved on once shaped: what fails before the function is invoked is read again (Lambda retries it).
             self._iterator = answer["NextShardIterator"]
-            self.stats["filtered_out"] += len(shaped) - len(kept)
             self._pending.extend(kept)
             if len(shaped) < STREAM_PAGE:
                 break

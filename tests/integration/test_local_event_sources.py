@@ -374,7 +374,6 @@ def test_stream_mapping_delivers_only_what_the_filter_lets_through(stack, ddb, c
     assert isinstance(first["dynamodb"]["ApproximateCreationDateTime"], float)
     assert int(records[1]["dynamodb"]["SequenceNumber"]) > int(first["dynamodb"]["SequenceNumber"])
     assert first["dynamodb"]["SizeBytes"] > 0
-    assert stack.mappings["FilteredConsumer.Stream"].stats["filtered_out"] >= 2
 
 
 def test_partial_batch_failure_is_retried_from_the_first_failed_record(stack, consumers):
@@ -423,7 +422,6 @@ def test_poison_record_is_bisected_out_and_sent_to_the_on_failure_queue(stack, c
     assert failure["requestContext"]["functionArn"] == stack.function_arns["PoisonConsumer"]
     assert failure["requestContext"]["approximateInvokeCount"] == 3
     assert failure["responseContext"]["functionError"] == "Unhandled"
-    assert stack.mappings["PoisonConsumer.Stream"].stats["sent_to_on_failure"] == 1
 
 
 def test_a_give_up_the_on_failure_queue_refuses_loses_nothing_after_it(stack, ddb, consumers, monkeypatch, caplog):
@@ -816,7 +814,6 @@ def test_a_failing_s3_event_is_retried_then_sent_to_the_on_failure_destination(s
     assert any("fail_on_poison" in line for line in record["responsePayload"]["stackTrace"])  # the handler's
     mapping = next(m for m in stack.mappings.values() if m.function_logical_id == "UploadConsumer")
     assert mapping.on_failure.arn == stack.atts["UploadFailures.Arn"]
-    assert mapping.stats["sent_to_on_failure"] == 1
 
 
 def test_an_asynchronous_invoke_of_a_function_with_an_s3_event_is_queued_retried_and_sent_on(stack, consumers):
