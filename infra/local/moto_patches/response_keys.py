@@ -6,7 +6,9 @@ members of every DynamoDB AttributeValue, for one) `ResponseSerializer.get_value
 and its `XFormedAttributePicker` instantiates six alias providers, asks each whether it has an
 alias and yields it and its `xform_name`. Profiled, serializing was 44 % of moto's time in
 tests/integration/test_reorder_points.py (stream records: every image's every attribute), 20 % in
-test_dynamodb_adapters.py, 4-6 % in an API or import worker file.
+test_dynamodb_adapters.py, 4-6 % in an API or import worker file. With the patch, those four files
+(reorder points, DynamoDB adapters, import worker, returns API) took 90.6 s of CPU instead of
+99.6 s (user+sys, medians of 3 runs; the reorder points file alone 34.8 s instead of 40.4 s).
 
 When the result is a plain `dict` (every DynamoDB, DynamoDB Streams and SQS answer is built of them)
 and the picker is moto's own (its default providers, no response transformers), the keys a member
