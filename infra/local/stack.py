@@ -31,6 +31,7 @@ from infra.local.moto_patches import (
     lambda_invoke,
     lock,
     memory,
+    response_keys,
     retry_delay,
     s3_notifications,
     sqs,
@@ -318,7 +319,8 @@ class EmbeddedStack:
         for name in ("POWERTOOLS_TRACE_DISABLED", "POWERTOOLS_METRICS_DISABLED"):
             if name not in os.environ:
                 self.process.set_env({name: "true"})
-        for patch in (lock.PATCH, sqs.PATCH, memory.PATCH, transactions.PATCH, streams.PATCH, asl_parse.PATCH):
+        patches = (lock, sqs, memory, transactions, streams, asl_parse, response_keys)
+        for patch in (module.PATCH for module in patches):
             self.process.enter(patch.registered())
         self.process.callback(keep_functions_apart())
         # The ASL interpreter runs state machines for real; it costs nothing until one starts.
