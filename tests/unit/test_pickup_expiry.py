@@ -405,3 +405,27 @@ def test_a_release_retried_moves_the_deadline_once(world, monkeypatch):
     assert [e.type for e in world.history(order.id)].count("released") == 1
     with pytest.raises(InvalidTransition):
         again.release(order.id, ReleaseRequest(), actor="key_ops")
+
+
+def test_a_release_that_leaves_a_collect_to_confirm_held_moves_the_deadline_by_each_hold_in_turn(world, monkeypatch):
+    # The collect died after its capture; a person held the order and released it, which left the
+    # system's hold for a person to confirm the collect (Order.release). Both holds stopped the
+    # customer: the deadline moves by the time of each, ending later by the whole time held.
+    from tests.unit.world import Died, dies_before_recording
+
+    order = world.allocated(("TSHIRT", 2), **PICKUP)
+    (shipment,) = order.shipments
+    world.actions.ready(order.id, shipment.id, actor="key_store")
+    with monkeypatch.context() as patched:
+        dies_before_recording(world, patched, "shipment_delivered")
+        with pytest.raises(Died):
+            world.actions.collect(order.id, shipment.id, actor="key_store")
+    Holds(world.orders, clock=lambda: NOW + DAY).hold(order.id, HoldRequest(reason="fraud_review"), actor="key_ops")
+
+    Holds(world.orders, clock=lambda: NOW + 3 * DAY).release(order.id, ReleaseRequest(), actor="key_ops")
+    still = world.order(order.id)
+    assert (still.status, still.shipments[0].collect_by) == (S.ON_HOLD, DEADLINE + 2 * DAY)
+    Holds(world.orders, clock=lambda: NOW + 4 * DAY).release(order.id, ReleaseRequest(note="checked"), actor="key_ops")
+
+    released = world.order(order.id)
+    assert (released.status, released.shipments[0].collect_by) == (S.ALLOCATED, DEADLINE + 3 * DAY)
