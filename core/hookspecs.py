@@ -463,7 +463,8 @@ def oms_notify(notification: Notification) -> list[str] | None:
     :param notification: `to` (email, name), `subject`, `body` (plain text), `kind`, `order_id`,
         `channel` and `details` (the facts a template may use: carrier, tracking_number, amount,
         currency, location_id, location_name, collect_by). It never holds a payment token or any
-        secret.
+        secret. A `ready_for_pickup` comes again, under a new id, when the release of a hold moved
+        its `collect_by` (the time held does not count against the customer).
     :return: the ways it was sent (e.g. ["email"]), or None when this plugin did not send it.
 
     Every plugin is called, from the Orders stream consumer, after the OMS has recorded the

@@ -1342,6 +1342,12 @@ class Hold(Shown):
 # as long as an Idempotency-Key is honoured (API.md).
 RELEASE_RETRY_WINDOW = timedelta(hours=24)
 
+# The least time a released order's customer has to collect a pickup whose deadline its hold took
+# time from (Order.pickups_after_hold): told the new deadline only at the release, one with the
+# minutes they had left when the hold began could not come in time. Never more than the wait the
+# store gave them when it readied the pickup.
+PICKUP_AFTER_RELEASE = timedelta(hours=24)
+
 
 class Jeopardy(BaseModel, defer_build=True):
     """An order past its deadline for its current status (OMS_SLA): since when it is late, and
@@ -3970,12 +3976,18 @@ class Order(Shown):
         for one a carrier reported delivered (reported_delivered): it left, and the reconciler's
         kept-back pass ships it once the order is released (reported_to_finish).
         `request_key` (a client's Idempotency-Key, scoped to its API key) is kept in the entry, so
-        a retry of this release finds it once the order is no longer held (Holds.release)."""
+        a retry of this release finds it once the order is no longer held (Holds.release). Either
+        way a pickup waiting at its store gets back the time held (pickups_after_hold), in this
+        same write: a retry, which writes nothing, moves no deadline again."""
         keyed = {"request_key": request_key} if request_key is not None else {}
         if self.status is not OrderStatus.ON_HOLD or self.hold is None:
             raise InvalidTransition(f"an order that is {self.status} is not on hold")
         if self.hold.resume_to is None:
             raise InvalidTransition(f"order {self.id} was read without the status its hold resumes to")
+        # The time held does not count against a pickup's customer (pickups_after_hold).
+        shipments, collect_by = self.pickups_after_hold(at=at)
+        moved: dict[str, Any] = {"collect_by": collect_by} if collect_by else {}
+        resumed: dict[str, Any] = {"shipments": shipments} if collect_by else {}
         # A parcel a carrier reported delivered (reported_delivered) is confirmed: it left.
         unnamed = [s for s in self.unfinished_ships() if s not in self.hold.confirms_ships and self.reported(s) is None]
         if self.hold.ships_to_confirm or unnamed:
@@ -3986,13 +3998,36 @@ class Order(Shown):
             return self._next(
                 at=at, actor=actor, type=OrderEvent.RELEASED,
                 detail={"reason": self.hold.reason, **({"note": note} if note else {}), "shipment_ids": shipment_ids,
-                        **keyed},
-                hold=to_confirm,
+                        **keyed, **moved},
+                hold=to_confirm, **resumed,
             )  # fmt: skip
         return self._next(
             at=at, actor=actor, type=OrderEvent.RELEASED, to=self.hold.resume_to,
-            detail={"reason": self.hold.reason, **({"note": note} if note else {}), **keyed}, hold=None,
+            detail={"reason": self.hold.reason, **({"note": note} if note else {}), **keyed, **moved}, hold=None,
+            **resumed,
         )  # fmt: skip
+
+    def pickups_after_hold(self, *, at: datetime) -> tuple[list[Shipment], dict[str, str]]:
+        """The shipments once this order's hold ends at `at`, each pickup waiting at its store given
+        back the time the hold took from its customer, and the new deadlines by shipment id ({} when
+        none moved). A held order hands nothing over (ready_to_collect) and nothing expires it, so a
+        customer who came meanwhile was turned away: each `collect_by` after the hold began moves
+        later by the time held (the customer has, from the release, what they had left when it
+        began), and to no sooner than PICKUP_AFTER_RELEASE after the release (at most the wait they
+        were given), so a customer told of it then can still come. A hold that began past the
+        deadline took nothing from them: that pickup expires on the next pass."""
+        assert self.hold is not None
+        since, shipments, moved = self.hold.since, [], {}
+        for shipment in self.shipments:
+            deadline = shipment.collect_by
+            if shipment.status is ShipmentStatus.READY_FOR_PICKUP and deadline is not None and since < deadline:
+                wait = deadline - shipment.ready_at if shipment.ready_at is not None else PICKUP_AFTER_RELEASE
+                later = max(deadline + (at - since), at + min(PICKUP_AFTER_RELEASE, wait))
+                if later > deadline:
+                    moved[shipment.id] = later.isoformat()
+                    shipment = _replaced(shipment, collect_by=later)
+            shipments.append(shipment)
+        return shipments, moved
 
     def edit(
         self, *, lines: list[OrderLine], totals: Totals, shipping_address: Address, shipping_method: str | None,

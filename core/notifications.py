@@ -180,11 +180,19 @@ def _rfc3339(moment: datetime) -> str:
 
 
 def _ready_shipments(old: dict[str, Any] | None, new: dict[str, Any]) -> list[dict[str, Any]]:
-    was = {item.get("id"): item.get("status") for item in (old or {}).get("shipments") or []}
+    """The pickups this change made ready, and those waiting whose `collect_by` a release moved
+    (Order.pickups_after_hold): the customer was told the old deadline, and may have been turned
+    away at the counter while the order was held; told again that it is ready, and until when."""
+    was = {item.get("id"): item for item in (old or {}).get("shipments") or []}
+    held = new.get("status") == OrderStatus.ON_HOLD
     return [
         shipment
         for shipment in new.get("shipments") or []
-        if shipment.get("status") == "ready_for_pickup" and was.get(shipment.get("id")) != "ready_for_pickup"
+        if shipment.get("status") == "ready_for_pickup"
+        and (
+            (was.get(shipment.get("id")) or {}).get("status") != "ready_for_pickup"
+            or (not held and (was.get(shipment.get("id")) or {}).get("collect_by") != shipment.get("collect_by"))
+        )
     ]
 
 

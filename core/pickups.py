@@ -3,12 +3,14 @@
 Found without a table scan: an order carries index keys (a sparse index, by_pickup_deadline)
 only while a pickup of it waits at its store and it is not on hold, keyed by the earliest
 `collect_by`; the scheduled reconciler asks that index for the deadlines already past. A hold is a
-person stopping the automation, so nothing expires a held order's pickup: released, the order is
-back in the index with its deadline as it was, and a pickup overdue by then expires on the next
-pass (the person who releases it may still hand it over first). Nor one a collect asked a capture
-for and never recorded (the customer was at the counter): the collect repeated records it, or the
-jeopardy scan holds the order for a person (core/capture_sweep.py); until then a pass reads past
-it, as past a held one, to the pickups behind it. Storing the deadline on the shipment
+person stopping the automation, so nothing expires a held order's pickup, nor hands it over:
+released, the order is back in the index with each deadline moved later by the time held
+(Order.pickups_after_hold: the time held does not count against the customer), and a pickup held
+only once overdue expires on the next pass (the person who releases it may still hand it over
+first). Nor one a collect asked a capture for and never recorded (the customer was at the
+counter): the collect repeated records it, or the jeopardy scan holds the order for a person
+(core/capture_sweep.py); until then a pass reads past it, as past a held one, to the pickups
+behind it. Storing the deadline on the shipment
 when it is readied (rather than computing ready_at + days at expiry) fixes the customer's
 promise at that moment: changing OMS_PICKUP_EXPIRY_DAYS later moves no deadline already given.
 """

@@ -175,6 +175,41 @@ def test_a_ready_pickup_tells_the_customer_until_when_it_may_be_collected(aws, c
         assert sent.details["collect_by"] == "2026-12-08T12:00:59.123456Z"
 
 
+@pytest.mark.usefixtures("wired")
+def test_a_release_that_moves_a_ready_pickups_deadline_tells_the_customer_the_new_one(aws):
+    # Held on day 1 of 7 and released on day 9, the pickup's collect_by moved by the 8 days held: the
+    # customer, told day 7 (and maybe turned away at the counter meanwhile), hears it is ready again
+    # until when. The hold itself tells them nothing of the pickup.
+    from datetime import timedelta
+
+    from functions.adapters.dynamodb import DynamoOrders
+    from functions.events.app import container, lambda_handler
+
+    orders = DynamoOrders(aws.dynamodb, aws.tables["OrdersTable"])
+    deadline = AT + timedelta(days=7)
+    allocated, ready = _readied("ord_" + "r" * 24, deadline)
+    orders.add(allocated, HistoryEntry(at=AT, type="created", to_status=OrderStatus.PENDING, actor="key_1"), "tok")
+    orders.update(ready, allocated, [])
+    held, entry = ready.hold_for("fraud_review", None, at=AT + timedelta(days=1), actor="key_ops")
+    orders.update(held, ready, [entry])
+    before = stored_item(aws, allocated.id)
+    released, entry = held.release(note=None, at=AT + timedelta(days=9), actor="key_ops")
+    orders.update(released, held, [entry])
+    mailer = Mailer()
+    container().plugins.register(mailer, name=f"test_mailer_{allocated.id}")
+
+    assert lambda_handler(stream_event(("MODIFY", before, stored_item(aws, allocated.id))), Context()) == {
+        "batchItemFailures": []
+    }
+
+    (sent,) = mailer.sent
+    assert sent.kind == "ready_for_pickup" and sent.details["collect_by"] == "2026-12-16T12:00:00Z"
+    assert "Please collect it by 2026-12-16 12:00 UTC" in sent.body
+    after = stored_item(aws, allocated.id)
+    assert lambda_handler(stream_event(("MODIFY", after, after)), Context()) == {"batchItemFailures": []}
+    assert len(mailer.sent) == 1  # a change that moves no deadline tells nothing again
+
+
 @pytest.fixture(scope="module")
 def api() -> Iterator[InProcessApi]:
     with in_process_api() as started:

@@ -511,8 +511,36 @@ def test_a_held_pickup_past_its_deadline_leaves_the_index_and_expires_once_relea
 
     holds.release(due.id, ReleaseRequest(), actor="key_ops")
 
-    assert index_keys(aws, due.id) == before  # back in the index, its deadline as it was
+    assert index_keys(aws, due.id) == before  # held once overdue: back in the index, its deadline as it was
     assert reconcile() == did(expired=[due.id])
+
+
+def test_a_pickup_held_past_its_deadline_is_not_cancelled_by_the_pass_after_its_release(stack):
+    # Held on day 1 of 7 and released on day 9: the first pass after the release cancelled it, the
+    # customer's remaining 6 days spent on a hold. Released, its deadline moves by the time held,
+    # and so does the index key the pass reads.
+    from core.holds import HoldRequest, ReleaseRequest
+    from functions.adapters.dynamodb import DynamoOrders, timestamp
+    from functions.bootstrap import Config, bootstrap
+    from functions.reconciler import app
+
+    aws = stack["aws"]
+    waiting = ready_pickup(aws, days=7, external_id="web-held-long")
+    (shipment,) = waiting.shipments
+    held_at, released_at = waiting.updated_at + timedelta(days=1), waiting.updated_at + timedelta(days=9)
+    bootstrap(Config.from_env(), clock=lambda: held_at).holds.hold(
+        waiting.id, HoldRequest(reason="fraud_review"), actor="key_ops"
+    )
+    bootstrap(Config.from_env(), clock=lambda: released_at).holds.release(waiting.id, ReleaseRequest(), actor="key_ops")
+
+    moved = shipment.collect_by + timedelta(days=8)
+    assert index_keys(aws, waiting.id) == {"pickup_pk": "ready_for_pickup", "collect_by": timestamp(moved)}
+    with app.container.override(bootstrap(Config.from_env(), clock=lambda: released_at + timedelta(minutes=5))):
+        assert reconcile() == did()
+    orders = DynamoOrders(aws.dynamodb, aws.tables["OrdersTable"])
+    assert orders.get(waiting.id).status is OrderStatus.ALLOCATED
+    with app.container.override(bootstrap(Config.from_env(), clock=lambda: moved + timedelta(minutes=5))):
+        assert reconcile() == did(expired=[waiting.id])
 
 
 @pytest.fixture

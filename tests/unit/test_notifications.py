@@ -252,3 +252,21 @@ def test_a_notification_recorded_as_sent_refuses_a_way_that_is_not_text_or_a_tim
     sent = notification.as_sent(["email"], NOW)
     assert sent.sent_via == ["email"] and sent.sent_at == NOW
     assert sent.model_dump(exclude={"sent_via", "sent_at"}) == notification.model_dump(exclude={"sent_via", "sent_at"})
+
+
+def test_a_moved_collect_by_is_told_once_the_order_is_off_hold_and_not_while_it_stays_held():
+    # A person's release that leaves the system's hold for a collect to confirm (Order.release) moves
+    # the deadline with the order still held: the customer could not collect it yet, so nothing is
+    # told until the release that lets them, with the deadline then.
+    pickup = {"type": "pickup", "location_id": "wh1"}
+    waiting = {**shipment("ready_for_pickup"), "collect_by": "2026-12-08T12:00:00Z"}
+    held = order_doc(status="on_hold", fulfillment=pickup, shipments=[waiting])
+    still_held = next_version(held, shipments=[{**waiting, "collect_by": "2026-12-10T12:00:00Z"}])
+    released = next_version(
+        still_held, status="allocated", shipments=[{**waiting, "collect_by": "2026-12-11T12:00:00Z"}]
+    )
+
+    assert kinds(held, still_held) == []
+    (note,) = notifications(still_held, released)
+    assert (note.kind, note.details["collect_by"]) == (NotificationKind.READY_FOR_PICKUP, "2026-12-11T12:00:00Z")
+    assert note.id == ready_for_pickup_id(ORDER, released["version"], "shp_1")

@@ -324,3 +324,108 @@ def test_the_pickups_a_pass_expired_before_a_later_page_failed_are_in_the_result
 
     assert raised.value is throttled
     assert (done.expired, world.order(order_id).status) == ([order_id], S.CANCELLED)
+
+
+# --- The time a pickup was held does not count against its customer ------------------------------
+DAY = timedelta(days=1)
+DEADLINE = NOW + timedelta(days=7)  # a pickup readied at NOW waits 7 days by default
+
+
+def held_and_released(world: World, monkeypatch: pytest.MonkeyPatch, held_at, released_at) -> tuple[str, str]:
+    """A pickup readied at NOW, held by a person at `held_at` and released at `released_at`."""
+    order = world.allocated(("TSHIRT", 2), **PICKUP)
+    (shipment,) = order.shipments
+    world.actions.ready(order.id, shipment.id, actor="key_store")
+    Holds(world.orders, clock=lambda: held_at).hold(order.id, HoldRequest(reason="fraud_review"), actor="key_ops")
+    Holds(world.orders, clock=lambda: released_at).release(order.id, ReleaseRequest(), actor="key_ops")
+    return order.id, shipment.id
+
+
+def a_pass_at(world: World, monkeypatch: pytest.MonkeyPatch, order_id: str, at) -> PickupsExpired:
+    monkeypatch.setattr(world.actions, "_clock", lambda: at)
+    return PickupExpiry(ListedDue(order_id), world.orders, world.actions, lambda: at).run()
+
+
+def test_a_hold_that_outlasts_the_collect_by_moves_it_by_the_time_held_and_no_pass_cancels_it_before(
+    world, monkeypatch
+):
+    # Held on day 2 of 7 and released on day 10: the next pass cancelled the order, though the
+    # customer had 5 days left when a person stopped it (and a customer who came meanwhile was
+    # turned away: a held order hands nothing over). The 8 days held no longer count.
+    order_id, shipment_id = held_and_released(world, monkeypatch, NOW + 2 * DAY, NOW + 10 * DAY)
+
+    released = world.order(order_id)
+    assert (released.status, released.shipments[0].collect_by) == (S.ALLOCATED, DEADLINE + 8 * DAY)
+    assert released.pickup_deadline() == DEADLINE + 8 * DAY  # the expiry's index key moves with it
+    entry = world.history(order_id)[-1]
+    assert entry.type == "released" and entry.detail["collect_by"] == {shipment_id: (DEADLINE + 8 * DAY).isoformat()}
+
+    assert a_pass_at(world, monkeypatch, order_id, NOW + 10 * DAY + timedelta(seconds=1)).expired == []
+    assert world.order(order_id).status is S.ALLOCATED
+    assert a_pass_at(world, monkeypatch, order_id, DEADLINE + 8 * DAY).expired == []  # collectable until then
+    assert a_pass_at(world, monkeypatch, order_id, DEADLINE + 8 * DAY + timedelta(seconds=1)).expired == [order_id]
+
+
+def test_a_release_leaves_the_customer_at_least_a_day_to_come_for_the_pickup(world, monkeypatch):
+    # Held an hour before its deadline: the hour left would not let a customer told of the new
+    # deadline come for it. A day after the release, never more than the wait they were given.
+    order_id, _ = held_and_released(world, monkeypatch, DEADLINE - timedelta(hours=1), DEADLINE + 2 * DAY)
+
+    assert world.order(order_id).shipments[0].collect_by == DEADLINE + 3 * DAY
+
+
+def test_a_short_hold_well_before_the_deadline_moves_it_by_the_time_held_only(world, monkeypatch):
+    order_id, _ = held_and_released(world, monkeypatch, NOW + DAY, NOW + DAY + timedelta(minutes=5))
+
+    assert world.order(order_id).shipments[0].collect_by == DEADLINE + timedelta(minutes=5)
+
+
+def test_a_hold_placed_after_the_deadline_took_no_time_from_the_customer_and_moves_nothing(world, monkeypatch):
+    # Past its collect_by before the pass ran: the customer had every day they were promised.
+    order_id, _ = held_and_released(world, monkeypatch, DEADLINE + timedelta(minutes=1), DEADLINE + DAY)
+
+    assert world.order(order_id).shipments[0].collect_by == DEADLINE
+    assert "collect_by" not in world.history(order_id)[-1].detail
+    assert a_pass_at(world, monkeypatch, order_id, DEADLINE + DAY).expired == [order_id]
+
+
+def test_a_release_retried_moves_the_deadline_once(world, monkeypatch):
+    order = world.allocated(("TSHIRT", 2), **PICKUP)
+    (shipment,) = order.shipments
+    world.actions.ready(order.id, shipment.id, actor="key_store")
+    Holds(world.orders, clock=lambda: NOW + DAY).hold(order.id, HoldRequest(reason="fraud_review"), actor="key_ops")
+    first = Holds(world.orders, clock=lambda: NOW + 3 * DAY)
+    again = Holds(world.orders, clock=lambda: NOW + 3 * DAY + timedelta(minutes=1))
+
+    released = first.release(order.id, ReleaseRequest(), actor="key_ops", request_key="k1")
+    retried = again.release(order.id, ReleaseRequest(), actor="key_ops", request_key="k1")
+
+    assert released.shipments[0].collect_by == retried.shipments[0].collect_by == DEADLINE + 2 * DAY
+    assert world.order(order.id).shipments[0].collect_by == DEADLINE + 2 * DAY
+    assert [e.type for e in world.history(order.id)].count("released") == 1
+    with pytest.raises(InvalidTransition):
+        again.release(order.id, ReleaseRequest(), actor="key_ops")
+
+
+def test_a_release_that_leaves_a_collect_to_confirm_held_moves_the_deadline_by_each_hold_in_turn(world, monkeypatch):
+    # The collect died after its capture; a person held the order and released it, which left the
+    # system's hold for a person to confirm the collect (Order.release). Both holds stopped the
+    # customer: the deadline moves by the time of each, ending later by the whole time held.
+    from tests.unit.world import Died, dies_before_recording
+
+    order = world.allocated(("TSHIRT", 2), **PICKUP)
+    (shipment,) = order.shipments
+    world.actions.ready(order.id, shipment.id, actor="key_store")
+    with monkeypatch.context() as patched:
+        dies_before_recording(world, patched, "shipment_delivered")
+        with pytest.raises(Died):
+            world.actions.collect(order.id, shipment.id, actor="key_store")
+    Holds(world.orders, clock=lambda: NOW + DAY).hold(order.id, HoldRequest(reason="fraud_review"), actor="key_ops")
+
+    Holds(world.orders, clock=lambda: NOW + 3 * DAY).release(order.id, ReleaseRequest(), actor="key_ops")
+    still = world.order(order.id)
+    assert (still.status, still.shipments[0].collect_by) == (S.ON_HOLD, DEADLINE + 2 * DAY)
+    Holds(world.orders, clock=lambda: NOW + 4 * DAY).release(order.id, ReleaseRequest(note="checked"), actor="key_ops")
+
+    released = world.order(order.id)
+    assert (released.status, released.shipments[0].collect_by) == (S.ALLOCATED, DEADLINE + 3 * DAY)

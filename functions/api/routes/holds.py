@@ -56,7 +56,10 @@ def hold_order(
     summary="Release an order from its hold",
     description="The order goes back to the status it was held from and carries on where it stopped: a `pending` "
     "or `authorized` order's workflow starts again within seconds (it skips what is done, and a payment authorized "
-    "before the hold is not authorized again). An order that is not on hold is 409. A person's hold on an order "
+    "before the hold is not authorized again). A pickup waiting at its store gets back the time the order was "
+    "held: its `collect_by` moves later by it (to at least 24 hours after the release, never more than the wait it "
+    "was given; not for a hold placed once it was past), and its customer is told again until when. An order that "
+    "is not on hold is 409. A person's hold on an order "
     "whose ship died after asking for its capture ends alone: the order stays `on_hold` (reason `other`, the note "
     "naming the shipments) until a person confirms whether the parcel left with a release of that hold; the same "
     "release sent again (same caller, same note, within 24 h: a blind retry) answers the order as it stands. With "

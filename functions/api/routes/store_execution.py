@@ -44,8 +44,9 @@ def reject_shipment(order_id: OrderIdPath, shipment_id: ShipmentIdPath, request:
     description="Only a pickup order's pending shipment. The shipment shows `ready_at` and `collect_by` (after "
     "`OMS_PICKUP_EXPIRY_DAYS`, default 7; null when it is 0, which never expires a pickup); `POST .../deliver` "
     "records the collection and captures its share of the payment then. Uncollected by `collect_by`, the scheduled "
-    "reconciler cancels it (`pickup_expired`) and its units go back, unless the order is on hold then (released "
-    "past `collect_by`, the next pass cancels it) or a collect of it asked for the capture and did not record it "
+    "reconciler cancels it (`pickup_expired`) and its units go back, unless the order is on hold then (the time "
+    "held does not count: its release moves `collect_by` later by it, to at least 24 hours after the release, and "
+    "the customer is told again) or a collect of it asked for the capture and did not record it "
     "(collected again, it is; otherwise the order is held for a person once late). Readying it again answers the "
     "order unchanged.",
     responses={**changed("The order"), **errors(400, 403, 404, 409, 413)},
