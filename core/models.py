@@ -997,7 +997,8 @@ class PaymentRefund(Shown):
     )
     shipping: Money | None = Field(
         default=None,
-        description="A return's refund: what of it is the order's shipping given back (null when none is)",
+        description="A return's refund: the order's shipping it gives back, with what of it the refund "
+        "keeps back or its fee takes (null when none is)",
     )
     kept_back: Money | None = Field(
         default=None,

@@ -887,7 +887,11 @@ class Returns:
                     return None
                 if shares is None:
                     return key, amount
-                back = min(shipping(current), amount, key=lambda money: money.amount) if shipping else None
+                # All the shipping the return gives back, not only what of it this refund's amount
+                # covers: the rest is in what it keeps back (refunded once a capture makes it
+                # refundable), in its draw on an exchange's credit, in what a refused split attempt
+                # gave back or in its fee, so no other return is owed that shipping again.
+                back = shipping(current) if shipping else None
                 back = back if back is not None and back.amount > 0 else None
                 held = _kept_back(current, item.id, amount, went, uncapped) if beyond is None else None
                 if held is not None:
