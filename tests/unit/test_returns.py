@@ -2315,6 +2315,29 @@ def test_shipping_a_capped_refund_kept_back_is_given_back_once_not_again_with_th
     assert after.payment.captured - after.payment.refunded == order.totals.grand_total - mugs - shipping - goodwill
 
 
+def test_shipping_a_return_kept_back_whole_is_given_back_once_not_again_with_the_next_return(world, clock):
+    # The goodwill took all the MUGs were captured for: the first wrong-item return's refund gave
+    # nothing and kept its unit and the shipping back on the order, refunded once the CAPs were
+    # captured; nothing counted that shipping, and the next wrong-item return gave it back again.
+    returns, _ = returns_for(world, clock, ShippingBackForWrongItems())
+    order = world.allocated(("MUG", 2), ("CAP", 4))
+    world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
+    goodwill = world.order(order.id).payment.captured
+    world.refunds.issue_refund(order.id, goodwill, "goodwill", "appease-1", actor="key_cs")
+    first = returns.request(order.id, ask(("L1", 1, "wrong_item")), actor="key_cs")
+    returns.receive(first.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    assert returns.settle(first.id, actor="key_wh").refund == Money.zero("USD")
+    world.actions.ship(order.id, world.shipment_at(order, "wh-east"), None, actor="key_wh")
+    second = returns.request(order.id, ask(("L1", 1, "wrong_item")), actor="key_cs")
+    returns.receive(second.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    returns.settle(second.id, actor="key_wh")
+
+    after = world.order(order.id)
+    mugs, shipping = order.lines[0].total, order.totals.shipping
+    assert returns.get(first.id).refund + returns.get(second.id).refund == mugs + shipping
+    assert after.payment.captured - after.payment.refunded == order.totals.grand_total - mugs - shipping - goodwill
+
+
 def test_an_appeasement_worded_as_a_top_up_does_not_take_from_what_the_return_kept_back(world, clock):
     # Top-ups were told from the order's other refunds by their reason, a text an appeasement's
     # request may also carry: worded so, the 0.50 appeasement the return's refund kept back was
