@@ -997,7 +997,8 @@ class PaymentRefund(Shown):
     )
     shipping: Money | None = Field(
         default=None,
-        description="A return's refund: what of it is the order's shipping given back (null when none is)",
+        description="A return's refund: the order's shipping it gives back, with what of it the refund "
+        "keeps back or its fee takes (null when none is)",
     )
     kept_back: Money | None = Field(
         default=None,
@@ -1842,8 +1843,9 @@ class Order(Shown):
     # system's own: stored, never shown.
     credit_refunded_shares: dict[str, list[RefundedUnits]] = Field(default_factory=dict, exclude=True)
     # The order's shipping an exchange's credit gives back (by return id), claimed before the
-    # replacement is placed, so a refund deciding the shipping meanwhile counts it (as it counts
-    # PaymentRefund.shipping). The system's own: stored, never shown.
+    # replacement is placed, or a return's refund that gave nothing keeps back (Order.keep_back),
+    # so a refund deciding the shipping meanwhile counts it (as it counts PaymentRefund.shipping).
+    # The system's own: stored, never shown.
     shipping_claims: dict[str, Money] = Field(default_factory=dict, exclude=True)
     # What each exchange's credit (by return id) takes of this order's captured money to pay for its
     # replacement, held before the replacement is placed, so a refund deciding meanwhile cannot
@@ -4724,14 +4726,27 @@ class Order(Shown):
         kept = {**self.returns_kept_back, return_id: kept_back} if kept_back else self.returns_kept_back
         return self._bookkeeping(at=at, credit_holds={**self.credit_holds, return_id: amount}, returns_kept_back=kept)
 
-    def keep_back(self, return_id: str, amount: Money, *, at: datetime) -> Bookkeeping | None:
+    def keep_back(
+        self, return_id: str, amount: Money, *, at: datetime, shipping: Money | None = None
+    ) -> Bookkeeping | None:  # fmt: skip
         """Return `return_id`'s refund gave nothing back of `amount`, the units' worth, as nothing was
-        refundable (returns_kept_back). None when it is recorded so already."""
-        if self.returns_kept_back.get(return_id) == amount:
+        refundable (returns_kept_back). `shipping`: what of it is the order's shipping, claimed in
+        the same write (shipping_claims, as an exchange's credit claims it), so that no other
+        return's refund gives that shipping back again while this one owes it. None when it is
+        recorded so already."""
+        claimed = (
+            shipping if shipping is not None and shipping.amount > 0 and return_id not in self.shipping_claims else None
+        )
+        if self.returns_kept_back.get(return_id) == amount and claimed is None:
             return None
         if amount.currency != self.currency or amount.amount <= 0:
             raise InvalidTransition(f"what is kept back is a positive amount in {self.currency}")
-        return self._bookkeeping(at=at, returns_kept_back={**self.returns_kept_back, return_id: amount})
+        if claimed is not None and claimed.currency != self.currency:
+            raise InvalidTransition(f"a shipping claim is a positive amount in {self.currency}")
+        claims = {**self.shipping_claims, return_id: claimed} if claimed is not None else self.shipping_claims
+        return self._bookkeeping(
+            at=at, returns_kept_back={**self.returns_kept_back, return_id: amount}, shipping_claims=claims
+        )
 
     def refunded_from_credit(self, return_id: str, shares: list[RefundedUnits], *, at: datetime) -> Bookkeeping | None:
         """Return `return_id` of this replacement's units, worth `shares` for each line's units, was

@@ -887,7 +887,11 @@ class Returns:
                     return None
                 if shares is None:
                     return key, amount
-                back = min(shipping(current), amount, key=lambda money: money.amount) if shipping else None
+                # All the shipping the return gives back, not only what of it this refund's amount
+                # covers: the rest is in what it keeps back (refunded once a capture makes it
+                # refundable), in its draw on an exchange's credit, in what a refused split attempt
+                # gave back or in its fee, so no other return is owed that shipping again.
+                back = shipping(current) if shipping else None
                 back = back if back is not None and back.amount > 0 else None
                 held = _kept_back(current, item.id, amount, went, uncapped) if beyond is None else None
                 if held is not None:
@@ -911,7 +915,7 @@ class Returns:
                     lambda current: current.refunded_from_credit(item.id, shares(current), at=at),
                 )  # fmt: skip
             if refund is None and beyond is None and uncapped is not None:
-                self._keep_back(item, uncapped)
+                self._keep_back(item, uncapped, shipping)
                 kept.append(True)
             amount = refund.amount if refund is not None else Money.zero(order.currency)
         else:
@@ -1017,19 +1021,25 @@ class Returns:
             return new
         return item
 
-    def _keep_back(self, item: Return, uncapped: Callable[[Order], Money]) -> None:
+    def _keep_back(
+        self, item: Return, uncapped: Callable[[Order], Money], shipping: Callable[[Order], Money] | None = None
+    ) -> None:  # fmt: skip
         """A return whose refund gave nothing, nothing being refundable while its units were worth
         something (an appeasement took what they were captured for): what they were worth is kept
         back on the order (Order.keep_back, decided on the order as it is written), to be refunded
         once a later parcel's capture makes it refundable, as a refund that gave part keeps the rest
-        (one captured since the refund decided is refunded by the next ship or delivery)."""
+        (one captured since the refund decided is refunded by the next ship or delivery). What of
+        it is the order's shipping (`shipping(order)`) is claimed with it, so that it goes back once:
+        a refund that gave part records it as its `shipping`."""
         at = self._clock()
 
         def keep(current: Order) -> Bookkeeping | None:
             if any(r.return_id == item.id and r.status != "failed" for r in current.payment.refunds):
                 return None  # a refund of it is under way or made: what it keeps back is its own
             kept = uncapped(current) - _went_back_before(current, item.id)
-            return current.keep_back(item.id, kept, at=at) if kept.amount > 0 else None
+            if kept.amount <= 0:
+                return None
+            return current.keep_back(item.id, kept, at=at, shipping=shipping(current) if shipping else None)
 
         modify(self._orders, item.order_id, keep)
 
