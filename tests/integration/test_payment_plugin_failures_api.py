@@ -13,8 +13,10 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from pydantic import field_validator
 
 from core import hookimpl
+from core.workflow_types import PaymentResult
 from plugins import test_payments
 from tests.e2e.client import assert_error
 from tests.integration import test_cancel_units_api
@@ -476,3 +478,43 @@ def test_a_payment_plugins_exception_words_reach_no_storefront_only_its_type(api
     assert failed["kind"] == "plugin_error" and failed["message"].endswith(f"oms_payment_{operation}: ValueError")
     shown = read.text + ("" if answer is None else answer.text)
     assert BUG not in shown and "own bug" not in shown, shown
+
+
+class _RefusingResult(PaymentResult):
+    """A payment plugin's own answer class whose validator raises with its client library's words
+    when the core validates the answer again (the plugin built it without validation)."""
+
+    @field_validator("reference")
+    @classmethod
+    def _known(cls, reference: str) -> str:
+        raise ValueError(f"reference lookup failed: postgresql://acme:{BUG}@refs.internal/db")
+
+
+class AnswersItsOwnClass:
+    @hookimpl(tryfirst=True)
+    def oms_payment_capture(self, method, authorization, amount, idempotency_key):
+        made = test_payments.oms_payment_capture(
+            method=method, authorization=authorization, amount=amount, idempotency_key=idempotency_key
+        )
+        return _RefusingResult.model_construct(outcome=made.outcome, reference=made.reference)
+
+
+def test_a_payment_plugins_own_validators_words_reach_no_storefront_only_its_type(api):
+    """A validator of the plugin's own subclass of PaymentResult is the plugin's code: the words of
+    what it raises are no storefront's to read, in the 502 or the payment_capture_failed entry."""
+    from tests.integration.in_process import issue
+
+    storefront = issue(api, "orders:write", "orders:read", "fulfillment:write", channel="web")
+    order = allocated(api, ("MUG", 2))
+
+    with registered(AnswersItsOwnClass()):
+        answer = api.post(
+            f"/orders/{order['id']}/shipments/{order['shipments'][0]['id']}/ship", json={}, key=storefront
+        )
+
+    assert_plugin_failed(answer, "capture")
+    read = api.get(f"/orders/{order['id']}/history", key=storefront)
+    [failed] = [h["detail"] for h in read.json()["items"] if h["type"] == "payment_capture_failed"]
+    assert "returned a malformed PaymentResult: reference: its validator raised ValueError" in failed["message"]
+    shown = read.text + answer.text
+    assert BUG not in shown and "postgresql://" not in shown, shown
