@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +35,30 @@ class DomainError(Exception):
         if code:
             self.code = code
         self.details = details or []
+
+
+def is_own_error(name: str) -> bool:
+    """Whether `name` (a Catch's Error: a Lambda's errorType, or a States.* error) is one of the
+    OMS's own errors (DomainError's classes, wherever defined), whose message it writes for the
+    person who looks at an order or a return. Another's (botocore's, Lambda's or Step Functions'
+    own, a bug's) may name the AWS account, roles and tables."""
+    pending: list[type[DomainError]] = [DomainError]
+    while pending:
+        kind = pending.pop()
+        if kind.__name__ == name:
+            return True
+        pending.extend(kind.__subclasses__())
+    return False
+
+
+def caught_message(cause: str) -> str:
+    """The message of a Catch's Cause, the Lambda's error JSON (errorMessage, errorType,
+    requestId, stackTrace): its errorMessage alone (a Cause that is no such JSON, as it is),
+    at most 500 characters. Never the stack trace, which names the function's files."""
+    try:
+        return str(json.loads(cause).get("errorMessage", ""))[:500]
+    except (ValueError, AttributeError, TypeError):
+        return (cause or "")[:500]
 
 
 class InvalidRequest(DomainError):

@@ -240,8 +240,23 @@ def _refused(plugin: str, hook: str, problem: str) -> PluginError:
 
 
 def _validation_problem(error: Any) -> str:
+    """One validation error as a refusal names it: its field and pydantic's words, or, for what a
+    validator of the plugin's own code raised (a subclass of the OMS's model), the exception's type
+    alone: its words are the plugin's, which may hold what its client library connected to, and a
+    refusal reaches the client and the order's history."""
     where = ".".join(str(part) for part in error.get("loc", ()))
-    return f"{where}: {error.get('msg', 'invalid')}" if where else str(error.get("msg", "invalid"))
+    raised = (error.get("ctx") or {}).get("error")
+    problem = str(error.get("msg", "invalid"))
+    if isinstance(raised, BaseException) and not _the_oms_raised(raised):
+        problem = f"its validator raised {type(raised).__name__}"
+    return f"{where}: {problem}" if where else problem
+
+
+def _the_oms_raised(exc: BaseException) -> bool:
+    """Whether the validator that raised `exc` is the OMS's own: the outermost frame of its
+    traceback is the validator pydantic called (pydantic-core runs no Python frame of its own)."""
+    traceback = exc.__traceback__
+    return traceback is not None and str(traceback.tb_frame.f_globals.get("__name__", "")).startswith("core.")
 
 
 # Exact types that are no float and hold nothing: the walks below take them as they are, without

@@ -40,6 +40,8 @@ from core.errors import (
     UnknownPaymentMethod,
     UnknownShippingMethod,
     UnknownSku,
+    caught_message,
+    is_own_error,
     refused_as_kept,
 )
 from core.events import OrderEvent
@@ -1361,7 +1363,12 @@ class Returns:
         item = self.get(return_id)
         if not (execution and self._stuck_recorded(item, execution)):
             at = self._clock()
-            detail = {"return_id": item.id, "status": item.status.value, "error": error[:200], "cause": cause[:500]}
+            # The Catch's Cause is the Lambda's error JSON, its stack trace in it: only the message
+            # of the OMS's own errors is kept. Another's (botocore's, Lambda's, a bug's) may name the
+            # AWS account, roles and tables, and the order's history is a storefront's to read: it
+            # stays in the step's log line and the execution's history.
+            message = caught_message(cause) if is_own_error(error) else ""
+            detail = {"return_id": item.id, "status": item.status.value, "error": error[:200], "message": message}
             if execution:
                 detail["execution"] = execution
             modify(

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import logging
 import time
 from collections import defaultdict
@@ -27,7 +26,6 @@ from core.cancellation import NOT_MADE, Cancellation, own_authorization_keys
 from core.carrier_bookings import give_up_unrecorded
 from core.errors import (
     Backordered,
-    DomainError,
     InsufficientStock,
     NotFound,
     OrderClosed,
@@ -40,6 +38,8 @@ from core.errors import (
     ReservationsFull,
     StaleVersion,
     TransientError,
+    caught_message,
+    is_own_error,
 )
 from core.events import OrderEvent
 from core.ids import booking_key, reservation_key, shipment_id_for
@@ -956,11 +956,11 @@ class Workflow:
         before an edit keyed the next one anew); an exchange's replacement gives its credit back on
         the original order (a gateway that cannot look up, void or refund right now: TransientError,
         run again)."""
-        at = self._clock()
+        at, message = self._clock(), caught_message(cause)
         try:
             order = modify(
                 self._orders, order_id,
-                lambda order: order.decline_payment(error=error, message=_message(cause), at=at, actor=WORKFLOW_ACTOR)
+                lambda order: order.decline_payment(error=error, message=message, at=at, actor=WORKFLOW_ACTOR)
                 if order.status is S.PENDING else None,  # failed already, or closed by someone else
             )  # fmt: skip
         except StaleVersion:
@@ -988,7 +988,7 @@ class Workflow:
         reason = "out_of_stock" if error == "OutOfStock" else "workflow_error"
         try:
             self._cancellation.cancel(
-                order_id, reason, WORKFLOW_ACTOR, detail={"error": error, "message": _message(cause)},
+                order_id, reason, WORKFLOW_ACTOR, detail={"error": error, "message": caught_message(cause)},
                 closed_ok=True, retry_void_later=True, spare_held=True,
             )  # fmt: skip
         except StaleVersion:
@@ -1038,7 +1038,7 @@ class Workflow:
             )
             if not parked:
                 return None
-            message = _message(cause) if _own_error(error) else ""
+            message = caught_message(cause) if _own_error(error) else ""
             change = order.park(error=error, message=message, at=at, actor=WORKFLOW_ACTOR, execution=execution)
             tried.append(change[0])
             return change
@@ -1103,26 +1103,11 @@ WORKFLOW_STALLED = "WorkflowStalled"
 
 
 def _own_error(error: str) -> bool:
-    """Whether `error` (the Catch's errorType) is one the OMS raises itself (core.errors' classes,
-    WORKFLOW_STALLED), whose message it writes for the person who releases a parked order. Any
-    other's (botocore's, Lambda's or Step Functions' own, a bug's) may name the AWS account, roles
-    and tables, and a park's note and entry are shown to whoever may read the order (a storefront's
-    key, its webhooks): it is named by its type only. Its message stays where operators read it: the
-    failing step's log line and the execution's history (the park's entry names the execution)."""
-    if error == WORKFLOW_STALLED:
-        return True
-    pending: list[type[DomainError]] = [DomainError]
-    while pending:
-        kind = pending.pop()
-        if kind.__name__ == error:
-            return True
-        pending.extend(kind.__subclasses__())
-    return False
-
-
-def _message(cause: str) -> str:
-    # The Catch's Cause is the Lambda's error JSON; only its message is worth keeping.
-    try:
-        return str(json.loads(cause).get("errorMessage", ""))[:500]
-    except (ValueError, AttributeError, TypeError):
-        return (cause or "")[:500]
+    """Whether `error` (the Catch's errorType) is one the OMS raises itself (core.errors'
+    is_own_error, WORKFLOW_STALLED), whose message it writes for the person who releases a parked
+    order. Any other's (botocore's, Lambda's or Step Functions' own, a bug's) may name the AWS
+    account, roles and tables, and a park's note and entry are shown to whoever may read the order (a
+    storefront's key, its webhooks): it is named by its type only. Its message stays where operators
+    read it: the failing step's log line and the execution's history (the park's entry names the
+    execution)."""
+    return error == WORKFLOW_STALLED or is_own_error(error)

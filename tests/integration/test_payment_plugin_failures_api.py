@@ -13,8 +13,10 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from pydantic import field_validator
 
 from core import hookimpl
+from core.workflow_types import PaymentResult
 from plugins import test_payments
 from tests.e2e.client import assert_error
 from tests.integration import test_cancel_units_api
@@ -440,3 +442,79 @@ def test_an_edit_whose_payment_plugin_failed_repeated_once_it_works_records_the_
     assert test_payments._held[made].amount.amount == Decimal(money(edited["totals"]["grand_total"]))
     assert test_payments._held[replaced].voided
     assert len([key for key in test_payments._authorized if key.startswith(order["id"])]) == 2  # no third hold
+
+
+@pytest.mark.parametrize("operation", ["capture", "refund", "void", "authorize"])
+def test_a_payment_plugins_exception_words_reach_no_storefront_only_its_type(api, operation):
+    """A failed attempt's history entry (payment_<operation>_failed, kind plugin_error) and the 502
+    name the plugin, the hook and the exception's type: the plugin's own words (BUG here; a client
+    library's may hold a connection string) are no storefront's to read."""
+    from core.models import PAYMENT_FAILURE_EVENTS
+    from tests.integration.in_process import issue
+
+    storefront = issue(api, "orders:write", "orders:read", "fulfillment:write", "refunds:write", channel="web")
+    order = allocated(api, ("MUG", 2)) if operation != "authorize" else {"id": placed(api)}
+    if operation == "refund":
+        order = ship(api, order, "wh-west")
+    with failing(operation):
+        if operation == "capture":
+            answer = api.post(
+                f"/orders/{order['id']}/shipments/{order['shipments'][0]['id']}/ship", json={}, key=storefront
+            )
+        elif operation == "refund":
+            body = {"amount": {"amount": "5.00", "currency": "USD"}, "reason": "late delivery"}
+            answer = api.post(
+                f"/orders/{order['id']}/refunds", json=body, headers={"Idempotency-Key": "k1"}, key=storefront
+            )
+        elif operation == "void":
+            answer = cancel(api, order["id"], key=storefront)
+        else:
+            authorize_step(order["id"])
+            answer = None
+
+    read = api.get(f"/orders/{order['id']}/history", key=storefront)
+    assert read.status_code == 200, read.text
+    [failed] = [h["detail"] for h in read.json()["items"] if h["type"] == PAYMENT_FAILURE_EVENTS[operation]]
+    assert failed["kind"] == "plugin_error" and failed["message"].endswith(f"oms_payment_{operation}: ValueError")
+    shown = read.text + ("" if answer is None else answer.text)
+    assert BUG not in shown and "own bug" not in shown, shown
+
+
+class _RefusingResult(PaymentResult):
+    """A payment plugin's own answer class whose validator raises with its client library's words
+    when the core validates the answer again (the plugin built it without validation)."""
+
+    @field_validator("reference")
+    @classmethod
+    def _known(cls, reference: str) -> str:
+        raise ValueError(f"reference lookup failed: postgresql://acme:{BUG}@refs.internal/db")
+
+
+class AnswersItsOwnClass:
+    @hookimpl(tryfirst=True)
+    def oms_payment_capture(self, method, authorization, amount, idempotency_key):
+        made = test_payments.oms_payment_capture(
+            method=method, authorization=authorization, amount=amount, idempotency_key=idempotency_key
+        )
+        return _RefusingResult.model_construct(outcome=made.outcome, reference=made.reference)
+
+
+def test_a_payment_plugins_own_validators_words_reach_no_storefront_only_its_type(api):
+    """A validator of the plugin's own subclass of PaymentResult is the plugin's code: the words of
+    what it raises are no storefront's to read, in the 502 or the payment_capture_failed entry."""
+    from tests.integration.in_process import issue
+
+    storefront = issue(api, "orders:write", "orders:read", "fulfillment:write", channel="web")
+    order = allocated(api, ("MUG", 2))
+
+    with registered(AnswersItsOwnClass()):
+        answer = api.post(
+            f"/orders/{order['id']}/shipments/{order['shipments'][0]['id']}/ship", json={}, key=storefront
+        )
+
+    assert_plugin_failed(answer, "capture")
+    read = api.get(f"/orders/{order['id']}/history", key=storefront)
+    [failed] = [h["detail"] for h in read.json()["items"] if h["type"] == "payment_capture_failed"]
+    assert "returned a malformed PaymentResult: reference: its validator raised ValueError" in failed["message"]
+    shown = read.text + answer.text
+    assert BUG not in shown and "postgresql://" not in shown, shown
