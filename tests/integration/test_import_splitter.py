@@ -575,20 +575,26 @@ def test_a_running_total_is_never_lowered_by_a_duplicate_continuation_handing_of
     assert report("imp_twice")["total"] == 3000
 
 
+# The file split_interrupted_at_its_end imports: its orders, and the bad rows among them.
+ORDERS = 20
+BAD = 6
+
+
 def split_interrupted_at_its_end(
     stack: ImportAws, monkeypatch: pytest.MonkeyPatch, *, lose_last_error: bool
 ) -> tuple[str, dict[str, Any], list[int]]:
-    """A file of 200 orders, 60 of them bad rows (30 in each 100), whose first split recorded every
+    """A file of ORDERS orders, BAD of them bad rows (3 in each 10), whose first split recorded every
     bad row and was interrupted at its end: by its last write, or (`lose_last_error`) by DynamoDB
     refusing the last bad row's error and that error's fallback onto the row's marker. The import
-    id, the file's event and the bad rows' lines; a split writes its progress every 100 orders."""
+    id, the file's event and the bad rows' lines; a split writes its progress every 10 orders (two
+    progress writes, as 200 orders at every 100 were, at a tenth of the orders and writes)."""
     from botocore.exceptions import ClientError
 
     from functions.import_splitter.app import container, lambda_handler
 
-    monkeypatch.setattr("core.import_service.PROGRESS_EVERY", 100)
-    rows = [csv_row(f"ext-{i:03d}", quantity="x" if i % 10 < 3 else "1") for i in range(200)]
-    bad_lines = [i + 2 for i in range(200) if i % 10 < 3]
+    monkeypatch.setattr("core.import_service.PROGRESS_EVERY", ORDERS // 2)
+    rows = [csv_row(f"ext-{i:03d}", quantity="x" if i % 10 < 3 else "1") for i in range(ORDERS)]
+    bad_lines = [i + 2 for i in range(ORDERS) if i % 10 < 3]
     import_id = stack.put_file("incoming/orders.csv", csv_file(*rows))
     event = stack.s3_event("incoming/orders.csv")
     ledger = container().import_ledger
@@ -615,8 +621,8 @@ def split_interrupted_at_its_end(
         lambda_handler(event, context("ImportSplitterFunction", 900))
     assert refused == (["error", "fallback"] if lose_last_error else ["finish_reading"])
     interrupted = report(import_id)
-    assert interrupted["failed"] == 60
-    assert len([e for e in interrupted["errors"] if e["line"]]) == (59 if lose_last_error else 60)
+    assert interrupted["failed"] == BAD
+    assert len([e for e in interrupted["errors"] if e["line"]]) == (BAD - 1 if lose_last_error else BAD)
     return import_id, event, bad_lines
 
 
@@ -640,7 +646,7 @@ def test_a_retried_split_reads_its_import_once_per_progress_not_once_per_bad_row
     stack: ImportAws, monkeypatch: pytest.MonkeyPatch, lose_last_error: bool
 ):
     # The retry finds each bad row recorded, and read the import's item, the row's marker and
-    # (with an error missing) the import's errors once for each: 60 of each here, 10,000 for a
+    # (with an error missing) the import's errors once for each: BAD of each here, 10,000 for a
     # file of 100,000 orders with 10,000 bad rows.
     from functions.import_splitter.app import container, lambda_handler
 
@@ -652,14 +658,14 @@ def test_a_retried_split_reads_its_import_once_per_progress_not_once_per_bad_row
     resumed = report(import_id)
     assert (resumed["status"], resumed["total"], resumed["total_final"], resumed["failed"]) == (
         "running",
-        200,
+        ORDERS,
         True,
-        60,
+        BAD,
     )
     assert [(e["line"], e["code"]) for e in resumed["errors"]] == [(n, "invalid_number") for n in bad_lines]
-    # begin()'s read, then one for each 100 orders' bad rows; their markers only while the report
+    # begin()'s read, then one for each progress's bad rows; their markers only while the report
     # is short of an error (the last row's: every marker is read up to it).
-    assert (reads["import"], reads["marker"]) == (3, 60 if lose_last_error else 0)
+    assert (reads["import"], reads["marker"]) == (3, BAD if lose_last_error else 0)
     assert reads["query"] <= 2
     lambda_handler(event, context("ImportSplitterFunction", 900))  # a duplicate delivery: nothing more
     assert report(import_id)["errors"] == resumed["errors"]
@@ -685,16 +691,16 @@ def test_bad_rows_a_retried_split_found_recorded_and_died_before_handing_over_ar
     monkeypatch.setattr(ledger, "keep_lost_errors", dies_handing_over_the_last)
     with pytest.raises(ConnectionError):
         lambda_handler(event, context("ImportSplitterFunction", 900))  # Lambda's retry, killed
-    assert died == [bad_lines[30:]]  # the second 100 orders' bad rows, the lost one among them
+    assert died == [bad_lines[BAD // 2 :]]  # the second progress's bad rows, the lost one among them
     interrupted = report(import_id)
     assert interrupted["status"] == "failed"
     assert [e["code"] for e in interrupted["errors"] if e["line"] is None] == ["split_interrupted"]
-    assert len([e for e in interrupted["errors"] if e["line"]]) == 59
+    assert len([e for e in interrupted["errors"] if e["line"]]) == BAD - 1
 
     lambda_handler(event, context("ImportSplitterFunction", 900))  # and its next retry
 
     resumed = report(import_id)
-    assert (resumed["status"], resumed["total_final"], resumed["failed"]) == ("running", True, 60)
+    assert (resumed["status"], resumed["total_final"], resumed["failed"]) == ("running", True, BAD)
     assert [(e["line"], e["code"]) for e in resumed["errors"]] == [(n, "invalid_number") for n in bad_lines]
 
 

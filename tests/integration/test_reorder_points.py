@@ -6,6 +6,7 @@ through the in-process API."""
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 from collections.abc import Iterator
@@ -40,6 +41,15 @@ REGION = "us-east-1"
 COST = Money.of("4.00", "USD")
 
 
+@functools.cache
+def backorder_stream_filters() -> list[dict[str, Any]] | None:
+    """The template's filters on the BackorderFunction's Inventory stream, compiled once per test
+    process: loading template.yaml (a deep copy of the parsed document) cost more than the rest of
+    a test's stream set-up, and the template does not change while the tests run."""
+    events = Template.load().properties("AWS::Serverless::Function")["BackorderFunction"]["Events"]
+    return compile_filters(events["InventoryStream"]["Properties"]["FilterCriteria"], "test")
+
+
 class InventoryStream:
     """The Inventory table's stream as the BackorderFunction mapping hands it over: each new record
     in Lambda's shape, kept only when the template's filters pass it."""
@@ -51,8 +61,7 @@ class InventoryStream:
         self._iterator = self._streams.get_shard_iterator(
             StreamArn=arn, ShardId=shard, ShardIteratorType="TRIM_HORIZON"
         )["ShardIterator"]
-        events = Template.load().properties("AWS::Serverless::Function")["BackorderFunction"]["Events"]
-        self._filters = compile_filters(events["InventoryStream"]["Properties"]["FilterCriteria"], "test")
+        self._filters = backorder_stream_filters()
 
     def records(self) -> list[dict[str, Any]]:
         answer = self._streams.get_records(ShardIterator=self._iterator, Limit=1000)
@@ -99,6 +108,10 @@ class Buyer:
         self.container.inventory_repository.set_on_hand(sku, "wh-east", units, reason="stock_take")
 
     def reserve(self, orders: int, sku: str = "MUG", first: int = 0, each: int = 1) -> None:
+        """`orders` reservations of `each` units. Each one's stream record carries the item's whole
+        map of open reservations, twice (its old and new image): a fall whose number of orders is
+        not what a test is about takes a few of several units, not dozens of one (moto's reading
+        of 30 such records was half of a test's time)."""
         for n in range(first, first + orders):
             self.container.inventory_repository.reserve(sku, "wh-east", reservation_key(f"ord_{n:024d}", "l1"), each)
 
@@ -236,7 +249,7 @@ def test_a_second_fall_the_draft_covers_grows_nothing_another_sku_joins_it_and_a
     assert submitted.status is PO.OPEN
     receipt = Receipt.model_validate({"lines": [{"sku": "MUG", "quantity": 20}, {"sku": "CUP", "quantity": 20}]})
     buyer.container.purchasing.receive(submitted.id, receipt, "all of it")  # MUG 3 -> 23, nothing on order
-    buyer.reserve(20, first=300)  # 23 -> 3
+    buyer.reserve(4, first=300, each=5)  # 23 -> 3
     buyer.consume(buyer.stream.records())
     [second] = buyer.drafts()
     assert second.id != grown.id and [(line.sku, line.quantity) for line in second.lines] == [("MUG", 20)]
@@ -248,11 +261,11 @@ def test_a_second_fall_the_draft_does_not_cover_grows_it(buyer: Buyer):
     falls past it again, so the draft grows by reorder_quantity (API.md: the open draft grows)."""
     buyer.stock(units=40)
     buyer.point(reorder_point=30)
-    buyer.reserve(11)  # 40 -> 29: a draft of 20
+    buyer.reserve(1, each=11)  # 40 -> 29: a draft of 20
     buyer.consume(buyer.stream.records())
     [first] = buyer.drafts()
     buyer.container.inventory_repository.adjust("MUG", "wh-east", 6, reason="receipt")  # 29 -> 35
-    buyer.reserve(30, first=100)  # 35 -> 5: 5 + 20 drafted is short of 30
+    buyer.reserve(6, first=100, each=5)  # 35 -> 5: 5 + 20 drafted is short of 30
 
     buyer.consume(buyer.stream.records())
 
@@ -1254,11 +1267,11 @@ def test_a_crossing_the_draft_cannot_take_is_logged_and_counted_and_still_low(
 
     buyer.stock(units=40)
     buyer.point(unit_cost=DEAR, reorder_point=30)
-    buyer.reserve(11)  # 40 -> 29: a draft of 20
+    buyer.reserve(1, each=11)  # 40 -> 29: a draft of 20
     buyer.consume(buyer.stream.records())
     [first] = buyer.drafts()
     buyer.container.inventory_repository.adjust("MUG", "wh-east", 6, reason="receipt")  # 29 -> 35
-    buyer.reserve(30, first=100)  # 35 -> 5: crossed again, 5 + 20 short of 30, and 40 would bill 1.6x10^15
+    buyer.reserve(6, first=100, each=5)  # 35 -> 5: crossed again, 5 + 20 short of 30, and 40 would bill 1.6x10^15
     records = buyer.stream.records()
     capsys.readouterr()
 
