@@ -113,21 +113,14 @@ def _readied(oid: str, collect_by: datetime | None) -> tuple[Order, Order]:
     return allocated, ready
 
 
-@pytest.mark.usefixtures("wired")
-def test_a_ready_pickup_tells_the_customer_which_store_by_its_name_and_address(aws):
-    # The location id (a code such as store-sf) means nothing to a customer: the store's name and
-    # street are read from the catalog; a store the catalog no longer has is named by its id.
+def _told_ready(aws: Any, oid: str, collect_by: datetime | None) -> Any:
+    """What the events handler tells the customer (a Mailer's one message) of the pickup order `oid`
+    readied at store-sf with `collect_by`, from the stream record of that change."""
     from functions.adapters.dynamodb import DynamoOrders
     from functions.events.app import container, lambda_handler
-    from tests.builders import address_body, location
 
-    store = location(
-        "store-sf", name="SF store", type="store", ships=False, pickup=True,
-        address=address_body(name="SF store", line1="1 Market St", city="San Francisco"),
-    )  # fmt: skip
-    container().cached_catalog.put_location(store)
     orders = DynamoOrders(aws.dynamodb, aws.tables["OrdersTable"])
-    allocated, ready = _readied("ord_" + "s" * 24, None)
+    allocated, ready = _readied(oid, collect_by)
     orders.add(allocated, HistoryEntry(at=AT, type="created", to_status=OrderStatus.PENDING, actor="key_1"), "tok")
     before = stored_item(aws, allocated.id)
     orders.update(ready, allocated, [])
@@ -137,8 +130,23 @@ def test_a_ready_pickup_tells_the_customer_which_store_by_its_name_and_address(a
     assert lambda_handler(stream_event(("MODIFY", before, stored_item(aws, allocated.id))), Context()) == {
         "batchItemFailures": []
     }
-
     (sent,) = mailer.sent
+    return sent
+
+
+@pytest.mark.usefixtures("wired")
+def test_a_ready_pickup_tells_the_customer_which_store_by_its_name_and_address(aws):
+    # The location id (a code such as store-sf) means nothing to a customer: the store's name and
+    # street are read from the catalog; a store the catalog no longer has is named by its id.
+    from functions.events.app import container
+    from tests.builders import address_body, location
+
+    store = location(
+        "store-sf", name="SF store", type="store", ships=False, pickup=True,
+        address=address_body(name="SF store", line1="1 Market St", city="San Francisco"),
+    )  # fmt: skip
+    container().cached_catalog.put_location(store)
+    sent = _told_ready(aws, "ord_" + "s" * 24, None)
     assert "is ready for pickup at SF store, 1 Market St, San Francisco." in sent.body
     assert (sent.details["location_id"], sent.details["location_name"]) == ("store-sf", "SF store")
 
@@ -151,22 +159,7 @@ def test_a_ready_pickup_tells_the_customer_which_store_by_its_name_and_address(a
 def test_a_ready_pickup_tells_the_customer_until_when_it_may_be_collected(aws, collect_by, told):
     # Uncollected by its collect_by, the pickup expiry cancels the order: the customer is told that
     # deadline with the news, the only time it is told (OMS_PICKUP_EXPIRY_DAYS 0: no deadline, none told).
-    from functions.adapters.dynamodb import DynamoOrders
-    from functions.events.app import container, lambda_handler
-
-    orders = DynamoOrders(aws.dynamodb, aws.tables["OrdersTable"])
-    allocated, ready = _readied("ord_" + ("p" if collect_by else "q") * 24, collect_by)
-    orders.add(allocated, HistoryEntry(at=AT, type="created", to_status=OrderStatus.PENDING, actor="key_1"), "tok")
-    before = stored_item(aws, allocated.id)
-    orders.update(ready, allocated, [])
-    mailer = Mailer()
-    container().plugins.register(mailer, name=f"test_mailer_{allocated.id}")
-
-    assert lambda_handler(stream_event(("MODIFY", before, stored_item(aws, allocated.id))), Context()) == {
-        "batchItemFailures": []
-    }
-
-    (sent,) = mailer.sent
+    sent = _told_ready(aws, "ord_" + ("p" if collect_by else "q") * 24, collect_by)
     assert sent.kind == "ready_for_pickup" and "store-sf" in sent.body
     if told is None:
         assert "collect_by" not in sent.details and "collect it by" not in sent.body
