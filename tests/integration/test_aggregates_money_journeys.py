@@ -89,6 +89,10 @@ def api() -> Iterator[InProcessApi]:
         assert started.put("/locations/wh-west", json=west).status_code == 201
         assert started.put("/inventory/MUG/wh-west", json={"on_hand": 1000}).status_code == 200
         assert started.put("/inventory/CAP/wh-west", json={"on_hand": 1000}).status_code == 200
+        # PEN only in the east: an order of MUGs and PENs ships in two parcels.
+        assert started.put("/products/PEN", json=product_body("3.33")).status_code == 201
+        assert started.put("/locations/wh-east", json=location_body()).status_code == 201
+        assert started.put("/inventory/PEN/wh-east", json={"on_hand": 1000}).status_code == 200
         yield started
 
 
@@ -343,3 +347,25 @@ def test_a_replacement_cut_below_its_credit_by_a_cancel_of_units_keeps_ordered_l
     assert shopper.report("products") == [("MUG", 1, "12.50"), ("CAP", 1, "7.77")]
     assert Decimal(ordered) - Decimal(refunds) == kept_by_payments(api, order["id"], replacement_id)
     assert Decimal(refunds) == refunded(api, order["id"]) + refunded(api, replacement_id)
+
+
+def test_a_return_of_a_shipped_parcel_then_a_cancel_of_the_rest_counts_what_was_kept(api, stream, services):  # noqa: F811
+    shopper = Shopper(api)
+    order = shopper.place(("MUG", 2), ("PEN", 3))
+    west = next(s for s in order["shipments"] if s["location_id"] == "wh-west")
+    shopper.post(f"/orders/{order['id']}/shipments/{west['id']}/ship", {})
+    shopper.post(f"/orders/{order['id']}/shipments/{west['id']}/deliver", {})
+    consume(stream.new_records())
+    returned(shopper, shopper.order(order["id"]), {"L1": 1}, code="size_or_fit")
+    consume(stream.new_records())
+
+    done = shopper.cancel(order["id"])  # the PENs, never shipped
+
+    consume(stream.new_records())
+    assert done["status"] in ("delivered", "partially_returned"), done["status"]
+    assert shopper.report("products") == [("MUG", 1, str(line_revenue(done["lines"][0])))]
+    assert shopper.report("customers") == [(shopper.customer, 1, str(line_revenue(done["lines"][0])))]
+    ordered, refunds = shopper.customer_totals()
+    assert ordered == done["totals"]["grand_total"]["amount"]
+    assert Decimal(refunds) == refunded(api, order["id"])
+    assert Decimal(ordered) - Decimal(refunds) == kept_by_payments(api, order["id"])
