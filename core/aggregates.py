@@ -106,6 +106,15 @@ class CustomerSeen:
 
 
 @dataclass(frozen=True)
+class WentBy:
+    """What changes of an order read of its filing and went by (None: none read it): the day its
+    revenue was filed under, and whether its exchange credit was counted out of `ordered`."""
+
+    day: str | None = None
+    credit: bool | None = None
+
+
+@dataclass(frozen=True)
 class AggregateChange:
     order_id: str
     version: int
@@ -120,6 +129,9 @@ class AggregateChange:
     # The change begins counting an exchange credit out of the customer's `ordered` (a replacement's
     # first record): recorded with the counters, read back by a later change that moves it.
     credit_counted: bool = False
+    # What the change read of the order's filing and went by, kept on its marker: a change applied
+    # late (a parked record replayed) goes by what the changes applied after it went by.
+    went_by: WentBy = WentBy()
 
     @property
     def empty(self) -> bool:
@@ -269,34 +281,56 @@ def aggregate_change(
     old: Mapping[str, Any] | None,
     new: Mapping[str, Any],
     filing: Callable[[str], Filing] = lambda order_id: Filing(),
+    later: Callable[[str, int], WentBy] = lambda order_id, version: WentBy(),
 ) -> AggregateChange:
     """The counter updates an order change means (`old` None for a new order): only the
     counters that differ, each as an atomic ADD of the difference. A change that begins counting
     the order's revenue files it under its own day; one of an order already counting moves it on
     the day it was filed under. `filing(order_id)` says that day, and whether a replacement's
     credit is counted; it is asked only by a change that moves either (a cancel, units returned
-    or cancelled), never by a ship or a delivery, which move neither."""
+    or cancelled), never by a ship or a delivery, which move neither.
+
+    A change that would record a filing (a day other than the order's placing, a replacement's
+    credit) asks `later(order_id, version)` what the changes of the order already applied after
+    it went by: none, but for a parked record replayed after them (EventsFailuresAlarm's runbook),
+    which then goes by the same (a cancel applied first took the revenue out of the day it was
+    placed, or the replacement's whole grand total out of `ordered`), so each amount comes out of
+    where it went in, whatever order the records were applied in."""
+    order_id, version = str(new["id"]), int(new.get("version", 0))
     found: list[Filing] = []
+    read: dict[str, Any] = {}
 
     def recorded() -> Filing:
         if not found:
-            found.append(filing(str(new["id"])))
+            found.append(filing(order_id))
         return found[0]
 
-    credit = old is None or (credit_in_use(old) != credit_in_use(new) and recorded().credit)
+    credit = old is None
+    if old is not None and credit_in_use(old) != credit_in_use(new):
+        credit = read["credit"] = recorded().credit
     credit_counted = old is None and bool(new.get("exchange_credit"))
+    asked: list[WentBy] = []
+
+    def went_by_later() -> WentBy:
+        if not asked:
+            asked.append(later(order_id, version))
+        return asked[0]
+
+    if credit_counted and went_by_later().credit is False:
+        credit = credit_counted = False  # a later change applied first went by no credit counted
     was_counted, counted = old is not None and counts_revenue(old), counts_revenue(new)
     filed_on, day = None, _FILED
     if was_counted:
         deltas = _deltas(contribution(old, _FILED, credit), contribution(new, _FILED, credit))
         if any(key[0].startswith("report#") for key in deltas):
-            day = recorded().day or placed_day(new)
+            day = read["day"] = recorded().day or placed_day(new)
             deltas = _deltas(contribution(old, day, credit), contribution(new, day, credit))
     else:
         day = _changed_day(new)
-        deltas = _deltas(contribution(old, "", credit), contribution(new, day, credit))
         if counted and day != placed_day(new):
-            filed_on = day
+            day = went_by_later().day or day
+            filed_on = day if day != placed_day(new) else None
+        deltas = _deltas(contribution(old, "", credit), contribution(new, day, credit))
     customer = new["customer"]
     updates: list[CounterUpdate] = []
     for key, delta in deltas.items():
@@ -313,9 +347,7 @@ def aggregate_change(
         seen = CustomerSeen(
             customer["id"], new["channel"], customer["email"], _fixed_time(new["created_at"]), customer.get("name")
         )
-    return AggregateChange(
-        str(new["id"]), int(new.get("version", 0)), updates, seen, report_days, filed_on, credit_counted
-    )
+    return AggregateChange(order_id, version, updates, seen, report_days, filed_on, credit_counted, WentBy(**read))
 
 
 # --- Read side --------------------------------------------------------------------------------
@@ -443,11 +475,16 @@ def top_rows(
 class AggregateStore(Protocol):
     def apply(self, change: AggregateChange) -> bool:
         """Apply the change's counters once per (order, version), with its `filed_on` day and
-        `credit_counted` when it has them: False when already applied."""
+        `credit_counted` when it has them, and what it `went_by` kept with its marker: False when
+        already applied."""
 
     def filing(self, order_id: str) -> Filing:
         """The last `filed_on` day applied for the order (None when none was: its revenue is
         filed under the day it was placed), and whether a change with `credit_counted` was."""
+
+    def went_by(self, order_id: str, version: int) -> WentBy:
+        """What the changes of the order applied after `version` went by (`AggregateChange.went_by`,
+        the earliest that read each): the day, and the credit."""
 
     def customer_items(self, customer_id: str) -> dict[str, dict[str, Any]]:
         """The customer's rows by channel (one partition)."""

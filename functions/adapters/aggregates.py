@@ -13,6 +13,7 @@ from core.aggregates import (
     AggregateChange,
     CounterUpdate,
     Filing,
+    WentBy,
     customer_key,
     email_key,
     email_partitions,
@@ -74,6 +75,9 @@ class DynamoAggregates:
         marker = {
             **marker_key(change.order_id, change.version, part),
             "expires_at": {"N": str(int(self._now()) + MARKER_TTL_SECONDS)},
+            # What the change read of the filing and went by: a parked record replayed after it goes by the same.
+            **({"went_by_day": {"S": change.went_by.day}} if change.went_by.day is not None else {}),
+            **({"went_by_credit": {"BOOL": change.went_by.credit}} if change.went_by.credit is not None else {}),
         }
         items: list[dict[str, Any]] = [
             {"Put": {"TableName": self._table, "Item": marker, "ConditionExpression": "attribute_not_exists(pk)"}}
@@ -204,6 +208,27 @@ class DynamoAggregates:
         return Filing(
             day=found["day"]["S"] if "day" in found else None, credit=bool(found.get("credit", {}).get("BOOL"))
         )
+
+    def went_by(self, order_id: str, version: int) -> WentBy:
+        """The markers of the order's changes after `version`, read consistently (the stream's
+        records of one order come one after another): asked only by a change that would record a
+        filing, so a typical order never reads them."""
+        pk = marker_key(order_id, version + 1, 0)["pk"]
+        day: str | None = None
+        credit: bool | None = None
+        pages = self._client.get_paginator("query").paginate(
+            TableName=self._table,
+            KeyConditionExpression="pk = :pk AND sk >= :after",
+            ExpressionAttributeValues={":pk": pk, ":after": {"S": f"v{version + 1:012d}"}},
+            ConsistentRead=True,
+        )
+        for page in pages:
+            for item in page["Items"]:  # oldest first: the earliest change that read each wins
+                if day is None and "went_by_day" in item:
+                    day = item["went_by_day"]["S"]
+                if credit is None and "went_by_credit" in item:
+                    credit = item["went_by_credit"]["BOOL"]
+        return WentBy(day, credit)
 
     def customer_items(self, customer_id: str) -> dict[str, dict[str, Any]]:
         pk, _ = customer_key(customer_id, "")

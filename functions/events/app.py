@@ -135,7 +135,7 @@ def update_aggregates(old: dict[str, Any] | None, new: dict[str, Any]) -> None:
     if not str(new.get("id", "")).startswith("ord_") or "status" not in new:
         return
     store = container().aggregate_store
-    change = aggregate_change(old, new, store.filing)
+    change = aggregate_change(old, new, store.filing, store.went_by)
     if not change.empty and store.apply(change):
         metrics.add_metric(name="AggregateUpdates", unit=MetricUnit.Count, value=len(change.updates))
 

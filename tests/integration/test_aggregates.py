@@ -426,3 +426,63 @@ def test_an_address_indexed_decomposed_before_addresses_were_normalized_is_still
                 break
         assert pages == [["cus_both"], ["cus_new"], ["cus_old1"], ["cus_old2"]]
     assert store.customer_ids("zoe@example.com", None, 25, None) == ([], None)  # another address
+
+
+def test_a_parked_allocation_replayed_after_the_cancel_leaves_every_day_as_it_was(aws, wired):  # noqa: F811
+    # EventsFailuresAlarm's runbook replays a parked record after the mapping went on with the
+    # order's later ones: the cancel, applied first, took the backorder's revenue out of the day it
+    # was placed (no filing yet), and the allocation then counted it on its own day: the 1st showed
+    # -22.00 for the T-shirts, the 20th +22.00, for an order that counts nowhere.
+    from functions.adapters.dynamodb import DynamoOrders
+    from functions.events.app import container, lambda_handler
+
+    orders = DynamoOrders(aws.dynamodb, aws.tables["OrdersTable"])
+    placed = priced_order(id="ord_parked1", status=OrderStatus.BACKORDERED)
+    orders.add(placed, HistoryEntry(at=UPDATED_AT, type="created", to_status=placed.status, actor="k"), "tok")
+    created = stored_item(aws, placed.id)
+    allocated_on = UPDATED_AT + timedelta(days=19)
+    allocated = placed.model_copy(update={"status": OrderStatus.ALLOCATED, "version": 2, "updated_at": allocated_on})
+    orders.update(allocated, placed, [])
+    allocated_item = stored_item(aws, placed.id)
+    cancelled = allocated.model_copy(
+        update={"status": OrderStatus.CANCELLED, "version": 3, "updated_at": allocated_on + timedelta(days=1)}
+    )
+    orders.update(cancelled, allocated, [])
+    aggregates = container().aggregates
+
+    for batch in [(("INSERT", None, created),), (("MODIFY", allocated_item, stored_item(aws, placed.id)),),
+                  (("MODIFY", created, allocated_item),)]:  # fmt: skip
+        assert lambda_handler(stream_event(*batch), Context()) == {"batchItemFailures": []}
+
+    for day in (DAY, allocated_on.date(), allocated_on.date() + timedelta(days=1)):
+        for kind in ReportKind:
+            assert aggregates.report(kind, "USD", start=day, end=day, channel=None, limit=10) == [], (day, kind)
+    assert aggregates.customer("cus_1", None).totals[0].ordered.amount == Decimal("0.00")
+
+
+def test_a_replacements_first_record_replayed_after_its_cancel_leaves_ordered_as_it_was(aws, wired):  # noqa: F811
+    # The same runbook's replay, of a replacement's first record after its cancel: the cancel,
+    # finding no credit on record, took its whole grand total out of `ordered`, and the first
+    # record then counted it less its credit: 9.50 less ordered than the customer's payments keep.
+    from functions.adapters.dynamodb import DynamoOrders
+    from functions.events.app import container, lambda_handler
+
+    orders = DynamoOrders(aws.dynamodb, aws.tables["OrdersTable"])
+    placed = priced_order(
+        id="ord_parked2", status=OrderStatus.AUTHORIZED, exchange_of="rma_1", exchange_credit=usd("9.50")
+    )
+    orders.add(placed, HistoryEntry(at=UPDATED_AT, type="created", to_status=placed.status, actor="k"), "tok")
+    created = stored_item(aws, placed.id)
+    allocated = placed.model_copy(update={"status": OrderStatus.ALLOCATED, "version": 2})
+    orders.update(allocated, placed, [])
+    allocated_item = stored_item(aws, placed.id)
+    orders.update(allocated.model_copy(update={"status": OrderStatus.CANCELLED, "version": 3}), allocated, [])
+    aggregates = container().aggregates
+
+    for batch in [(("MODIFY", created, allocated_item),), (("MODIFY", allocated_item, stored_item(aws, placed.id)),),
+                  (("INSERT", None, created),)]:  # fmt: skip
+        assert lambda_handler(stream_event(*batch), Context()) == {"batchItemFailures": []}
+
+    total = aggregates.customer("cus_1", None).totals[0]
+    assert (total.ordered.amount, total.refunded.amount) == (Decimal("0.00"), Decimal("0.00"))
+    assert aggregates.report(ReportKind.PRODUCTS, "USD", start=DAY, end=DAY, channel=None, limit=10) == []

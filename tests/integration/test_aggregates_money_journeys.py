@@ -1,0 +1,371 @@
+"""Customers' totals and reports' revenue after the money changes of real journeys, in-process on
+moto: orders placed, cancelled in part, edited, returned and exchanged over HTTP (the workflow's
+own steps run here), the Orders table's stream records as moto recorded them handed to the events
+function (each batch twice: a redelivery counts once), and GET /customers and GET /reports read
+back against what the orders and their refunds say."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+import boto3
+import pytest
+
+from core import hookimpl
+from core.money import Money
+from tests.builders import location_body, order_body, product_body
+from tests.integration.import_support import context
+from tests.integration.in_process import InProcessApi, in_process_api_with_labels
+from tests.integration.return_steps import services  # noqa: F401
+
+_channels = itertools.count(1)
+
+
+class OrdersStream:
+    """The Orders table's stream as the events function's mapping reads it (INSERT and MODIFY)."""
+
+    def __init__(self) -> None:
+        table = boto3.client("dynamodb", region_name="us-east-1").describe_table(TableName=_table())["Table"]
+        self._arn = table["LatestStreamArn"]
+        self._streams = boto3.client("dynamodbstreams", region_name="us-east-1")
+        self._seen: set[str] = set()
+
+    def new_records(self) -> list[dict[str, Any]]:
+        shards = self._streams.describe_stream(StreamArn=self._arn)["StreamDescription"]["Shards"]
+        records = []
+        for shard in shards:
+            iterator = self._streams.get_shard_iterator(
+                StreamArn=self._arn, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
+            )["ShardIterator"]
+            while iterator:
+                read = self._streams.get_records(ShardIterator=iterator, Limit=1000)
+                if not read["Records"]:
+                    break
+                records += read["Records"]
+                iterator = read.get("NextShardIterator")
+        fresh = [r for r in records if r["dynamodb"]["SequenceNumber"] not in self._seen]
+        self._seen |= {r["dynamodb"]["SequenceNumber"] for r in fresh}
+        return [r for r in fresh if r["eventName"] in ("INSERT", "MODIFY")]
+
+
+def _table() -> str:
+    import os
+
+    return os.environ["ORDERS_TABLE"]
+
+
+def consume(records: list[dict[str, Any]]) -> None:
+    """The events function handed `records`, twice (the stream delivering the batch again)."""
+    from functions.events.app import lambda_handler
+
+    for _ in range(2):
+        assert lambda_handler({"Records": records}, context("EventsFunction")) == {"batchItemFailures": []}
+
+
+class CheapFromThree:
+    """A volume price: three MUGs or more at 2.00 each."""
+
+    @hookimpl(tryfirst=True)
+    def oms_unit_price(self, product, quantity: int, currency: str) -> Money | None:
+        return Money.of("2.00", currency) if product.sku == "MUG" and quantity >= 3 else None
+
+
+@pytest.fixture(scope="module")
+def api() -> Iterator[InProcessApi]:
+    with in_process_api_with_labels() as started, pytest.MonkeyPatch.context() as env:
+        from functions.bootstrap import forget_warm_containers
+
+        sqs = boto3.client("sqs", region_name="us-east-1")
+        boto3.client("events", region_name="us-east-1").create_event_bus(Name="test-events")
+        env.setenv("EVENT_BUS_NAME", "test-events")
+        env.setenv("WEBHOOK_QUEUE_URL", sqs.create_queue(QueueName="webhook-deliveries")["QueueUrl"])
+        forget_warm_containers()
+        for sku, price in (("MUG", "12.50"), ("CAP", "7.77")):
+            assert started.put(f"/products/{sku}", json=product_body(price)).status_code == 201
+        west = location_body(name="West warehouse", latitude=39.53, longitude=-119.81)
+        assert started.put("/locations/wh-west", json=west).status_code == 201
+        assert started.put("/inventory/MUG/wh-west", json={"on_hand": 1000}).status_code == 200
+        assert started.put("/inventory/CAP/wh-west", json={"on_hand": 1000}).status_code == 200
+        # PEN only in the east: an order of MUGs and PENs ships in two parcels.
+        assert started.put("/products/PEN", json=product_body("3.33")).status_code == 201
+        assert started.put("/locations/wh-east", json=location_body()).status_code == 201
+        assert started.put("/inventory/PEN/wh-east", json={"on_hand": 1000}).status_code == 200
+        yield started
+
+
+@pytest.fixture
+def stream(api: InProcessApi) -> OrdersStream:
+    found = OrdersStream()
+    found.new_records()  # what earlier tests wrote
+    return found
+
+
+@pytest.fixture
+def cheap_from_three(api: InProcessApi) -> Iterator[None]:
+    from functions.api.dependencies import container
+    from functions.bootstrap import forget_warm_containers
+
+    plugin = CheapFromThree()
+    container().plugins.register(plugin)
+    yield
+    container().plugins.unregister(plugin)
+    forget_warm_containers()
+
+
+class Shopper:
+    """One customer in a channel of their own: the reports of that channel are theirs alone."""
+
+    def __init__(self, api: InProcessApi):
+        number = next(_channels)
+        self.api = api
+        self.channel = f"money{number}"
+        self.customer = f"cus_money{number}"
+        self._orders = itertools.count(1)
+
+    def place(self, *lines: tuple[str, int], **overrides: Any) -> dict[str, Any]:
+        body = order_body(
+            channel=self.channel,
+            external_id=f"{self.channel}-{next(self._orders)}",
+            customer={"id": self.customer, "email": f"{self.customer}@example.com", "name": "Ada"},
+            lines=[{"sku": sku, "quantity": quantity} for sku, quantity in lines],
+            **overrides,
+        )
+        placed = self.api.post("/orders", json=body)
+        assert placed.status_code == 201, placed.text
+        return self.allocate(placed.json()["id"])
+
+    def allocate(self, order_id: str) -> dict[str, Any]:
+        from functions.bootstrap import Config, bootstrap
+
+        workflow = bootstrap(Config.from_env()).workflow
+        workflow.authorize_payment(order_id, attempt=0)
+        workflow.reserve_stock(order_id)
+        workflow.create_shipments(order_id)
+        order = self.order(order_id)
+        assert order["status"] == "allocated", order
+        return order
+
+    def order(self, order_id: str) -> dict[str, Any]:
+        return self.api.get(f"/orders/{order_id}").json()
+
+    def post(self, path: str, body: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        answer = self.api.post(path, json=body, **kwargs)
+        assert answer.status_code in (200, 201, 202), answer.text
+        return answer.json()
+
+    def cancel(self, order_id: str, lines: dict[str, int] | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"reason": "customer asked"}
+        if lines is not None:
+            body["lines"] = [{"line_id": line_id, "quantity": quantity} for line_id, quantity in lines.items()]
+        return self.post(f"/orders/{order_id}/cancel", body)
+
+    def ship_and_deliver(self, order: dict[str, Any]) -> dict[str, Any]:
+        for shipment in order["shipments"]:
+            if shipment["status"] == "pending":
+                self.post(f"/orders/{order['id']}/shipments/{shipment['id']}/ship", {})
+                self.post(f"/orders/{order['id']}/shipments/{shipment['id']}/deliver", {})
+        return self.order(order["id"])
+
+    # --- what the API shows, and what the orders say it should --------------------------------
+
+    def customer_totals(self) -> tuple[str, str]:
+        answer = self.api.get(f"/customers/{self.customer}")
+        assert answer.status_code == 200, answer.text
+        (total,) = answer.json()["totals"]
+        return total["ordered"]["amount"], total["refunded"]["amount"]
+
+    def report(self, kind: str) -> list[tuple[str, int, str]]:
+        answer = self.api.get(f"/reports/top-{kind}", params={"currency": "USD", "channel": self.channel})
+        assert answer.status_code == 200, answer.text
+        count = {"products": "units", "customers": "orders", "regions": "orders"}[kind]
+        key = {"products": "sku", "customers": "customer_id", "regions": "country"}[kind]
+        return [(row[key], row[count], row["revenue"]["amount"]) for row in answer.json()["items"]]
+
+
+def refunded(api: InProcessApi, order_id: str) -> Decimal:
+    """What the gateway gave back on the order, by its refund list."""
+    items = api.get(f"/orders/{order_id}/refunds").json()["items"]
+    return sum((Decimal(r["amount"]["amount"]) for r in items if r["status"] == "succeeded"), Decimal("0.00"))
+
+
+def line_revenue(line: dict[str, Any]) -> Decimal:
+    """API.md: quantity x unit_price - discount, units refunded on a return taken out at their share."""
+    quantity = line["quantity"]
+    if not quantity:
+        return Decimal("0.00")
+    net = Decimal(line["unit_price"]["amount"]) * quantity - Decimal(line["discount"]["amount"])
+    returned = line["returned_quantity"]
+    return net - (net * returned / quantity).quantize(Decimal("0.01"))
+
+
+def test_a_cancel_of_units_kept_as_sold_takes_out_only_their_share(api, stream, cheap_from_three):
+    shopper = Shopper(api)
+    order = shopper.place(("MUG", 3), ("CAP", 1))
+    assert order["lines"][0]["unit_price"]["amount"] == "2.00"
+    consume(stream.new_records())
+    assert shopper.report("products") == [("CAP", 1, "7.77"), ("MUG", 3, "6.00")]
+
+    done = shopper.cancel(order["id"], {"L1": 1})  # priced again the two left would cost 25.00: kept at 2.00
+
+    assert done["lines"][0]["unit_price"]["amount"] == "2.00"
+    consume(stream.new_records())
+    assert shopper.report("products") == [("CAP", 1, "7.77"), ("MUG", 2, "4.00")]
+    assert shopper.report("customers") == [(shopper.customer, 1, "11.77")]
+    assert shopper.customer_totals() == (done["totals"]["grand_total"]["amount"], "0.00")
+    shipped = shopper.ship_and_deliver(done)
+    consume(stream.new_records())
+    assert shopper.customer_totals() == (shipped["totals"]["grand_total"]["amount"], str(refunded(api, order["id"])))
+
+
+def test_a_cancel_of_units_repriced_lower_counts_the_units_left_at_their_new_price(api, stream, cheap_from_three):
+    shopper = Shopper(api)
+    order = shopper.place(("MUG", 5))  # 5 x 2.00
+    consume(stream.new_records())
+
+    done = shopper.cancel(order["id"], {"L1": 2})  # 3 left, still 2.00 each: priced as at capture
+
+    consume(stream.new_records())
+    assert shopper.report("products") == [("MUG", 3, "6.00")]
+    assert shopper.report("regions") == [("US", 1, "6.00")]
+    assert shopper.customer_totals() == (done["totals"]["grand_total"]["amount"], "0.00")
+
+
+def test_an_edit_after_a_partial_cancel_counts_the_edited_lines_once(api, stream):
+    shopper = Shopper(api)
+    order = shopper.place(("MUG", 3), ("CAP", 2))
+    consume(stream.new_records())
+    cancelled = shopper.cancel(order["id"], {"L2": 1})
+    consume(stream.new_records())
+    assert shopper.report("products") == [("MUG", 3, "37.50"), ("CAP", 1, "7.77")]
+
+    edited = api.request("PATCH", f"/orders/{order['id']}", json={"lines": [{"sku": "MUG", "quantity": 1}]},
+                         headers={"If-Match": str(cancelled["version"])})  # fmt: skip
+    assert edited.status_code == 200, edited.text
+    consume(stream.new_records())
+    # Sent back to be sourced: nothing counts until it is allocated again.
+    assert shopper.report("products") == []
+    again = shopper.allocate(order["id"])
+    consume(stream.new_records())
+
+    assert shopper.report("products") == [("MUG", 1, "12.50")]
+    assert shopper.customer_totals() == (again["totals"]["grand_total"]["amount"], str(refunded(api, order["id"])))
+
+
+def returned(shopper: Shopper, order: dict[str, Any], lines: dict[str, int], code: str = "damaged",
+             exchange: list[dict[str, Any]] | None = None) -> str:  # fmt: skip
+    """A return of `lines` of the delivered `order` received (resellable) and run to its refund (an
+    exchange's replacement placed): its id."""
+    from tests.integration.return_steps import step
+
+    body: dict[str, Any] = {"lines": [{"line_id": line_id, "quantity": quantity, "reason": "broken",
+                                       "reason_code": code} for line_id, quantity in lines.items()]}  # fmt: skip
+    if exchange is not None:
+        body["exchange"] = {"lines": exchange}
+    return_id = shopper.post(f"/orders/{order['id']}/returns", body)["id"]
+    receipt = {"location_id": "wh-west", "lines": [
+        {"line_id": line_id, "quantity": quantity, "condition": "resellable"} for line_id, quantity in lines.items()
+    ]}  # fmt: skip
+    shopper.post(f"/returns/{return_id}/receive", receipt)
+    for name in ("receive", "restock", "record", "refund", *(("exchange",) if exchange is not None else ())):
+        step(name, return_id)
+    return return_id
+
+
+def test_a_return_refunded_with_its_shipping_takes_out_the_lines_and_counts_the_whole_refund(api, stream, services):  # noqa: F811
+    shopper = Shopper(api)
+    order = shopper.ship_and_deliver(shopper.place(("MUG", 2), ("CAP", 1)))
+    assert Decimal(order["totals"]["shipping"]["amount"]) > 0
+
+    return_id = returned(shopper, order, {"L1": 2, "L2": 1})  # the whole order, damaged: shipping refunded
+
+    consume(stream.new_records())
+    back = api.get(f"/returns/{return_id}").json()
+    assert Decimal(back["refund"]["amount"]) == Decimal(order["totals"]["grand_total"]["amount"])
+    assert shopper.report("products") == []
+    assert shopper.report("customers") == [(shopper.customer, 1, "0.00")]  # an order still, all its units back
+    assert shopper.customer_totals() == (order["totals"]["grand_total"]["amount"], back["refund"]["amount"])
+    assert refunded(api, order["id"]) == Decimal(back["refund"]["amount"])
+
+
+def test_an_exchange_counts_the_replacement_less_its_credit_and_its_cancel_gives_it_back(api, stream, services):  # noqa: F811
+    shopper = Shopper(api)
+    order = shopper.ship_and_deliver(shopper.place(("MUG", 2)))
+    consume(stream.new_records())
+
+    return_id = returned(shopper, order, {"L1": 1}, code="size_or_fit", exchange=[{"sku": "CAP", "quantity": 1}])
+
+    replacement_id = api.get(f"/returns/{return_id}").json()["exchange_order_id"]
+    replacement = shopper.allocate(replacement_id)
+    consume(stream.new_records())
+    credit = Decimal(replacement["exchange_credit"]["amount"])
+    grand_total = Decimal(replacement["totals"]["grand_total"]["amount"])
+    ordered = Decimal(order["totals"]["grand_total"]["amount"]) + grand_total - min(credit, grand_total)
+    original = shopper.order(order["id"])
+    assert shopper.report("products") == [("MUG", 1, str(line_revenue(original["lines"][0]))), ("CAP", 1, "7.77")]
+    assert shopper.customer_totals() == (str(ordered), str(refunded(api, order["id"])))
+
+    shopper.cancel(replacement_id)
+    consume(stream.new_records())
+
+    assert shopper.report("products") == [("MUG", 1, str(line_revenue(original["lines"][0])))]
+    total_refunded = refunded(api, order["id"]) + refunded(api, replacement_id)
+    assert total_refunded == credit  # the whole credit given back on the original
+    assert shopper.customer_totals() == (order["totals"]["grand_total"]["amount"], str(total_refunded))
+
+
+def kept_by_payments(api: InProcessApi, *order_ids: str) -> Decimal:
+    """What the customer's payments keep: captured less refunded, over their orders."""
+    kept = Decimal("0.00")
+    for order_id in order_ids:
+        payment = api.get(f"/orders/{order_id}").json()["payment"]
+        kept += Decimal(payment["captured"]["amount"]) - Decimal(payment["refunded"]["amount"])
+    return kept
+
+
+def test_a_replacement_cut_below_its_credit_by_a_cancel_of_units_keeps_ordered_less_refunded_what_was_paid(
+    api,
+    stream,
+    services,  # noqa: F811
+):
+    shopper = Shopper(api)
+    order = shopper.ship_and_deliver(shopper.place(("MUG", 2)))
+    return_id = returned(shopper, order, {"L1": 1}, code="size_or_fit", exchange=[{"sku": "CAP", "quantity": 3}])
+    replacement_id = api.get(f"/returns/{return_id}").json()["exchange_order_id"]
+    replacement = shopper.allocate(replacement_id)
+    credit = Decimal(replacement["exchange_credit"]["amount"])
+    assert Decimal(replacement["totals"]["grand_total"]["amount"]) > credit  # the difference authorized on it
+
+    cut = shopper.cancel(replacement_id, {"L1": 2})  # one CAP left: less than the credit
+    assert Decimal(cut["totals"]["grand_total"]["amount"]) < credit
+    shopper.ship_and_deliver(cut)
+    consume(stream.new_records())
+
+    ordered, refunds = shopper.customer_totals()
+    assert shopper.report("products") == [("MUG", 1, "12.50"), ("CAP", 1, "7.77")]
+    assert Decimal(ordered) - Decimal(refunds) == kept_by_payments(api, order["id"], replacement_id)
+    assert Decimal(refunds) == refunded(api, order["id"]) + refunded(api, replacement_id)
+
+
+def test_a_return_of_a_shipped_parcel_then_a_cancel_of_the_rest_counts_what_was_kept(api, stream, services):  # noqa: F811
+    shopper = Shopper(api)
+    order = shopper.place(("MUG", 2), ("PEN", 3))
+    west = next(s for s in order["shipments"] if s["location_id"] == "wh-west")
+    shopper.post(f"/orders/{order['id']}/shipments/{west['id']}/ship", {})
+    shopper.post(f"/orders/{order['id']}/shipments/{west['id']}/deliver", {})
+    consume(stream.new_records())
+    returned(shopper, shopper.order(order["id"]), {"L1": 1}, code="size_or_fit")
+    consume(stream.new_records())
+
+    done = shopper.cancel(order["id"])  # the PENs, never shipped
+
+    consume(stream.new_records())
+    assert done["status"] in ("delivered", "partially_returned"), done["status"]
+    assert shopper.report("products") == [("MUG", 1, str(line_revenue(done["lines"][0])))]
+    assert shopper.report("customers") == [(shopper.customer, 1, str(line_revenue(done["lines"][0])))]
+    ordered, refunds = shopper.customer_totals()
+    assert ordered == done["totals"]["grand_total"]["amount"]
+    assert Decimal(refunds) == refunded(api, order["id"])
+    assert Decimal(ordered) - Decimal(refunds) == kept_by_payments(api, order["id"])
