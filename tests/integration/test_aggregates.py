@@ -6,13 +6,11 @@ from __future__ import annotations
 import itertools
 import random
 import threading
-from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import boto3
-import pytest
 
 from core.aggregates import (
     AggregateChange,
@@ -150,21 +148,7 @@ def test_a_replacements_credit_and_later_filing_day_are_both_on_record_for_its_c
     assert service.report(ReportKind.PRODUCTS, "USD", start=day, end=day, channel=None, limit=5) == []
 
 
-@pytest.fixture
-def tables_not_copied() -> Iterator[None]:
-    """moto deep-copies every table a transaction names before it starts (every item and stream
-    record): the local runtime's patch saves only the items named and undoes a cancelled transaction
-    as moto does (tests/integration/test_moto_patches.py)."""
-    from infra.local.moto_patches import transactions
-
-    transactions.PATCH.apply()
-    try:
-        yield
-    finally:
-        transactions.PATCH.undo()
-
-
-def test_a_change_of_more_counters_than_one_transaction_holds_applies_in_parts_each_once(aws, tables_not_copied):
+def test_a_change_of_more_counters_than_one_transaction_holds_applies_in_parts_each_once(aws):
     store = DynamoAggregates(aws.dynamodb, aws.tables["CatalogTable"])
     pk = "report#products#USD#web#2025-01-01"
     change = AggregateChange(

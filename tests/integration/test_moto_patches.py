@@ -9,8 +9,10 @@ import gc
 import inspect
 import weakref
 from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import boto3
 import pytest
@@ -346,9 +348,27 @@ def test_the_readme_lists_every_patch() -> None:
     assert readme_list() in readme, "README's list of moto patches is stale; paste readme_list():\n" + readme_list()
 
 
+@contextmanager
+def _moto_s_own_transactions() -> Iterator[None]:
+    """moto's own TransactWriteItems for the block, inside the suite's mock_aws (which applies the
+    `transactions` patch, tests/conftest.py)."""
+    from moto.dynamodb import models
+
+    originals = moto_transactions.PATCH.targets()
+    with (
+        mock.patch.object(models, "copy", originals["moto.dynamodb.models.copy"]),
+        mock.patch.object(
+            models.DynamoDBBackend,
+            "transact_write_items",
+            originals["moto.dynamodb.models.DynamoDBBackend.transact_write_items"],
+        ),
+    ):
+        yield
+
+
 def _cancelled_transaction(monkeypatch: pytest.MonkeyPatch, patched: bool) -> tuple[list[dict], int]:
     """A streamed table, then a transaction that updates, puts and deletes before its last check
-    fails: what the table and its stream hold afterwards."""
+    fails (with the patch, or moto's own): what the table and its stream hold afterwards."""
     from moto.dynamodb.models import dynamodb_backends
     from moto.dynamodb.models.table import Table
 
@@ -371,7 +391,10 @@ def _cancelled_transaction(monkeypatch: pytest.MonkeyPatch, patched: bool) -> tu
             )
             moto_transactions.PATCH.apply()
         try:
-            with pytest.raises(dynamodb.exceptions.TransactionCanceledException):
+            with (
+                nullcontext() if patched else _moto_s_own_transactions(),
+                pytest.raises(dynamodb.exceptions.TransactionCanceledException),
+            ):
                 dynamodb.transact_write_items(TransactItems=[
                     {"Update": {"TableName": "t", "Key": key("a"), "UpdateExpression": "SET n = n + :one",
                                 "ExpressionAttributeValues": {":one": {"N": "1"}}}},
@@ -393,6 +416,21 @@ def test_a_cancelled_transaction_is_undone_as_moto_undoes_it_without_copying_a_t
     by_moto = _cancelled_transaction(monkeypatch, patched=False)
     assert by_moto == ([{"pk": {"S": "a"}, "sk": {"S": "1"}, "n": {"N": "1"}}, {"pk": {"S": "b"}, "sk": {"S": "1"}}], 2)
     assert _cancelled_transaction(monkeypatch, patched=True) == by_moto
+
+
+def test_the_suite_s_mock_aws_applies_the_transactions_patch_from_its_start_to_its_stop() -> None:
+    from moto.dynamodb.models import DynamoDBBackend
+
+    moto_own = moto_transactions.PATCH.targets()["moto.dynamodb.models.DynamoDBBackend.transact_write_items"]
+    assert not moto_transactions.PATCH.is_applied()
+    with mock_aws():
+        assert moto_transactions.PATCH.is_applied()
+        assert DynamoDBBackend.__dict__["transact_write_items"] is not moto_own
+        with mock_aws():
+            assert moto_transactions.PATCH.is_applied()
+        assert moto_transactions.PATCH.is_applied()
+    assert not moto_transactions.PATCH.is_applied()
+    assert DynamoDBBackend.__dict__["transact_write_items"] is moto_own
 
 
 def test_canary_moto_still_copies_every_table_a_transaction_names(monkeypatch: pytest.MonkeyPatch) -> None:

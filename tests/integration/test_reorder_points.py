@@ -26,7 +26,6 @@ from core.status import PurchaseOrderStatus
 from core.webhooks import MAX_WEBHOOKS, IssuedWebhook
 from functions.bootstrap import Config, Container, bootstrap
 from infra.local.event_sources import compile_filters, matches_filters
-from infra.local.moto_patches import transactions as moto_transactions
 from infra.local.template import Template
 from tests.builders import location, product
 from tests.e2e.client import ADMIN, Catalog, assert_error, put_network, unique
@@ -155,14 +154,9 @@ def buyer(aws, monkeypatch: pytest.MonkeyPatch) -> Iterator[Buyer]:
         MAX_WEBHOOKS,
     )
     stream = InventoryStream(aws)
-    # moto deep-copies every table a transaction names (every item and stream record) before it
-    # starts: a draft's 100 lines cost ~0.6 s a buy. The local runtime's patch saves only the items
-    # named and undoes a cancelled transaction as moto does (tests/integration/test_moto_patches.py).
-    moto_transactions.PATCH.apply()
-    try:
-        yield Buyer(container, stream, sqs, tap, deliveries)
-    finally:
-        moto_transactions.PATCH.undo()
+    # The suite's mock_aws applies the local runtime's `transactions` patch (tests/conftest.py): moto
+    # alone deep-copies every table a transaction names, a draft's 100 lines ~0.6 s a buy.
+    yield Buyer(container, stream, sqs, tap, deliveries)
 
 
 def test_a_fall_below_the_point_makes_a_draft_and_inventory_low_once_even_when_redelivered(buyer: Buyer):
