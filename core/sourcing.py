@@ -733,6 +733,8 @@ class Simulator:
         ]
         if unfillable and not eligible:
             reasons.append("no location may supply this order under these rules")
+        if plan is not None and unfillable:
+            reasons.append("allocation would hold what is planned and wait backordered for the unfillable units")
         if plan is None and unfillable:
             reasons.append(
                 "allocation would cancel this order out_of_stock: no plan covers, from the locations "

@@ -501,3 +501,24 @@ def test_a_channel_key_simulates_bodies_of_its_own_channel_only_as_it_places_the
     error = assert_error(simulated, 403, "forbidden")
     assert error["details"] == [{"field": "orders[1].channel", "message": "this API key simulates channel pos only"}]
     assert planned.status_code == 200, planned.text
+
+
+def test_the_what_if_of_an_order_that_would_wait_backordered_says_so(api: InProcessApi, network):
+    # Its only reasons were the rules' name and the plugin's for the part in stock, none of which
+    # said that the rest would wait (rather than be cancelled, whose reason is given); with no part
+    # in stock, the plugin's one reason is "the order has no units to source".
+    catalog = Catalog(api)
+    sku = catalog.product("6.00", allow_backorder=True)
+    catalog.stock(sku, network["west"], 1)
+
+    short, whole = (
+        api.post("/sourcing/simulate", json={"orders": [order_body((sku, quantity))]}).json()["items"][0]
+        for quantity in (3, 1)
+    )
+    west_excluded = {"orders": [order_body((sku, 3))], "rules": {"excluded_locations": [network["west"]]}}
+    nothing_now = api.post("/sourcing/simulate", json=west_excluded).json()["items"][0]
+
+    waits = "allocation would hold what is planned and wait backordered for the unfillable units"
+    assert waits in short["reasons"] and short["unfillable"][0]["quantity"] == 2
+    assert waits in nothing_now["reasons"] and nothing_now["shipments"] == []
+    assert waits not in whole["reasons"] and whole["unfillable"] == []
