@@ -522,3 +522,22 @@ def test_the_what_if_of_an_order_that_would_wait_backordered_says_so(api: InProc
     assert waits in short["reasons"] and short["unfillable"][0]["quantity"] == 2
     assert waits in nothing_now["reasons"] and nothing_now["shipments"] == []
     assert waits not in whole["reasons"] and whole["unfillable"] == []
+
+
+def test_a_safety_stock_of_zero_is_no_safety_stock_and_makes_no_version(api: InProcessApi, network):
+    # {"loc": 0} holds nothing back, as {} does, but was kept as other rules: a PUT of it made a
+    # version (and woke every backordered order) that changed nothing, and so did the PUT of {} after.
+    current = put_rules(api)
+
+    zero = put_rules(api, safety_stock={network["west"]: 0, network["east"]: 2})
+
+    assert zero["version"] == current["version"] + 1 and zero["safety_stock"] == {network["east"]: 2}
+    assert put_rules(api, safety_stock={network["east"]: 2})["version"] == zero["version"]
+    sku = Catalog(api).product("2.00")
+    Catalog(api).stock(sku, network["east"], 1)
+    what_if = {"orders": [order_body((sku, 1))], "rules": {"safety_stock": {network["east"]: 0}}}
+    simulated = api.post("/sourcing/simulate", json=what_if).json()
+    assert simulated["rules"]["safety_stock"] == {} and simulated["items"][0]["reasons"][0] == (
+        f"sourcing rules v{zero['version']} with safety_stock as given"
+    )
+    put_rules(api)  # back to the defaults for the other tests
