@@ -39,6 +39,13 @@ class SourcingRulesInput(Strict):
             raise ValueError("excluded_locations names a location twice")
         return ids
 
+    @field_validator("safety_stock")
+    @classmethod
+    def _holding_back(cls, units: dict[str, int]) -> dict[str, int]:
+        # 0 holds nothing back: kept, {"loc": 0} was rules other than {} (a version that changed
+        # nothing, and woke every backordered order). Dropped, it names no location to check.
+        return {location_id: n for location_id, n in units.items() if n}
+
 
 class NewSourcingRules(SourcingRulesInput):
     """The body of PUT /sourcing/rules: `prefer` is required (API.md), the other rules default."""

@@ -668,6 +668,17 @@ class Workflow:
         filled = self.fill_backorder(order.id)
         if filled.status in STOPPED:
             raise stopped(filled)
+        if filled.short_of() and filled.status is S.BACKORDERED:
+            # The rules or the network may have changed since this plan read them (a location
+            # excluded, or no longer shipping), and their wake may have walked the backordered
+            # orders before this one was: when they leave it nowhere to take more units, no arrival
+            # nor reorder point would fill it. Sent back as the wake sends such an order; the
+            # workflow that change starts sources it under them. Under what it was planned on, an
+            # order backordered always has somewhere to take more.
+            if stranded(filled, self._catalog.list_locations(), self._rules()):
+                filled = self.source_again(order.id)
+            if filled.status is S.AUTHORIZED:
+                raise Backordered(f"order {order.id} was sent back to be sourced under the sourcing rules changed")
         if filled.short_of():
             raise Backordered(f"order {order.id} waits for stock")
 

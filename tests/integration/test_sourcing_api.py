@@ -456,3 +456,88 @@ def test_safety_stock_set_after_an_order_reserved_its_units_does_not_take_them_f
     finally:
         put_rules(api)  # back to the defaults for the other tests
         forget_warm_containers()
+
+
+def test_a_what_if_plans_at_most_500_order_lines_in_all_whether_bodies_or_stored_orders(api: InProcessApi, network):
+    # Bounded only by 100 orders and 256 KiB, a body of 100 orders of 45 lines each, over 12
+    # locations that each have a part of every line, planned for 4.7 s on this machine's two cores
+    # (a set-cover search per order): the API function has 10 s on a third of a core (512 MB), so
+    # any `orders:read` key could make the what-if time out, a 5xx. 500 lines take a ninth of that.
+    catalog = Catalog(api)
+    sku = catalog.product("2.00")
+    catalog.stock(sku, network["west"], 500)
+    long_body = order_body(*[(sku, 1)] * 100)
+    placed = api.post("/orders", json=long_body)
+    assert placed.status_code == 201, placed.text
+    stored = placed.json()["id"]
+
+    bodies_at_the_bound = api.post("/sourcing/simulate", json={"orders": [long_body] * 5})
+    ids_at_the_bound = api.post("/sourcing/simulate", json={"orders": [stored] * 5})
+    too_many_bodies = api.post("/sourcing/simulate", json={"orders": [long_body] * 5 + [order_body((sku, 1))]})
+    too_many_ids = api.post("/sourcing/simulate", json={"orders": [stored] * 6})
+
+    assert bodies_at_the_bound.status_code == ids_at_the_bound.status_code == 200, bodies_at_the_bound.text
+    assert bodies_at_the_bound.json()["summary"]["unfillable_units"] == 0
+    for refused in (too_many_bodies, too_many_ids):
+        error = assert_error(refused, 422, "validation_error")
+        assert error["details"] == [{"field": "orders", "message": "at most 500 order lines in all"}]
+
+
+def test_a_channel_key_simulates_bodies_of_its_own_channel_only_as_it_places_them(api: InProcessApi, network):
+    # POST /orders answers such a key 403 for another channel's body; the what-if planned it (and
+    # a sourcing plugin may source one channel's orders apart from another's).
+    catalog = Catalog(api)
+    sku = catalog.product("3.00")
+    catalog.stock(sku, network["west"], 5)
+    own, other = order_body((sku, 1), channel="pos"), order_body((sku, 1), channel="web")
+
+    reader = issue(api, "orders:read", channel="pos")
+
+    placed = api.post("/orders", json=other, key=issue(api, "orders:write", channel="pos"))
+    simulated = api.post("/sourcing/simulate", json={"orders": [own, other]}, key=reader)
+    planned = api.post("/sourcing/simulate", json={"orders": [own]}, key=reader)
+
+    assert_error(placed, 403, "forbidden")
+    error = assert_error(simulated, 403, "forbidden")
+    assert error["details"] == [{"field": "orders[1].channel", "message": "this API key simulates channel pos only"}]
+    assert planned.status_code == 200, planned.text
+
+
+def test_the_what_if_of_an_order_that_would_wait_backordered_says_so(api: InProcessApi, network):
+    # Its only reasons were the rules' name and the plugin's for the part in stock, none of which
+    # said that the rest would wait (rather than be cancelled, whose reason is given); with no part
+    # in stock, the plugin's one reason is "the order has no units to source".
+    catalog = Catalog(api)
+    sku = catalog.product("6.00", allow_backorder=True)
+    catalog.stock(sku, network["west"], 1)
+
+    short, whole = (
+        api.post("/sourcing/simulate", json={"orders": [order_body((sku, quantity))]}).json()["items"][0]
+        for quantity in (3, 1)
+    )
+    west_excluded = {"orders": [order_body((sku, 3))], "rules": {"excluded_locations": [network["west"]]}}
+    nothing_now = api.post("/sourcing/simulate", json=west_excluded).json()["items"][0]
+
+    waits = "allocation would hold what is planned and wait backordered for the unfillable units"
+    assert waits in short["reasons"] and short["unfillable"][0]["quantity"] == 2
+    assert waits in nothing_now["reasons"] and nothing_now["shipments"] == []
+    assert waits not in whole["reasons"] and whole["unfillable"] == []
+
+
+def test_a_safety_stock_of_zero_is_no_safety_stock_and_makes_no_version(api: InProcessApi, network):
+    # {"loc": 0} holds nothing back, as {} does, but was kept as other rules: a PUT of it made a
+    # version (and woke every backordered order) that changed nothing, and so did the PUT of {} after.
+    current = put_rules(api)
+
+    zero = put_rules(api, safety_stock={network["west"]: 0, network["east"]: 2})
+
+    assert zero["version"] == current["version"] + 1 and zero["safety_stock"] == {network["east"]: 2}
+    assert put_rules(api, safety_stock={network["east"]: 2})["version"] == zero["version"]
+    sku = Catalog(api).product("2.00")
+    Catalog(api).stock(sku, network["east"], 1)
+    what_if = {"orders": [order_body((sku, 1))], "rules": {"safety_stock": {network["east"]: 0}}}
+    simulated = api.post("/sourcing/simulate", json=what_if).json()
+    assert simulated["rules"]["safety_stock"] == {} and simulated["items"][0]["reasons"][0] == (
+        f"sourcing rules v{zero['version']} with safety_stock as given"
+    )
+    put_rules(api)  # back to the defaults for the other tests

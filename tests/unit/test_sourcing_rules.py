@@ -22,7 +22,7 @@ from core.sourcing import MAX_REASON_CHARS, SimulateSourcing, Simulator, Sourcin
 from core.sourcing_rules import Prefer, SourcingRules, SourcingRulesInput
 from core.status import OrderStatus
 from core.workflow_types import SourcingPlan
-from plugins.testing.memory import InMemorySourcingRules
+from plugins.testing.memory import InMemoryCatalog, InMemorySourcingRules
 from tests.builders import NOW, location, order_body, place_order, product
 from tests.fakes import FakeCatalog
 from tests.properties import at_length
@@ -684,6 +684,56 @@ def test_units_a_backorder_holds_at_a_location_excluded_since_stay_its_own_when_
     assert reserved_at(world, order_id) == {"wh-west": 1, "wh-east": 2}
     assert sorted((a.location_id, a.quantity) for a in order.allocations) == [("wh-east", 2), ("wh-west", 1)]
     assert order.short_of() == {}
+
+
+def test_an_order_backordered_under_rules_changed_meanwhile_that_strand_it_is_sent_back_to_be_sourced(monkeypatch):
+    """ReserveStock sourced it under v0 (one PREORDER at wh-west) while v1 was written (wh-west
+    excluded, max_shipments 1): v1's wake had walked the backordered orders before this one was
+    written backordered, and its own look at stock (under v1) found nowhere to take the rest. It
+    waited, its execution ended, for an arrival no reorder point buys it (v1 lets it take units
+    nowhere): sent back to be sourced, as the wake sends the orders it finds so."""
+    world, store = a_world([("PREORDER", "wh-west", 1)])
+    world.catalog.put_product(product("PREORDER", "30.00", allow_backorder=True))
+    order_id = world.place(("PREORDER", 3))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    put(store, excluded_locations=["wh-west"], max_shipments=1)
+    reads = iter([SourcingRules()])  # the first read, ReserveStock's plan's, is of v0
+    monkeypatch.setattr(store, "current", lambda: next(reads, None) or InMemorySourcingRules.current(store))
+
+    with pytest.raises(Backordered):
+        world.workflow.reserve_stock(order_id)
+
+    order = world.order(order_id)
+    assert order.status is S.AUTHORIZED and order.allocations == []
+    assert [e.type for e in world.history(order_id)][-2:] == ["backordered", "sourced_again"]
+    assert world.history(order_id)[-1].detail["sourcing_rules_version"] == 1
+    with pytest.raises(Backordered):  # the execution the change starts: sourced under v1
+        world.workflow.reserve_stock(order_id)
+    assert reserved_at(world, order_id) == {} and world.order(order_id).short_of() == {"L1": 3}
+
+
+def test_an_order_backordered_as_the_one_location_it_holds_units_at_stops_shipping_is_sent_back(monkeypatch):
+    """The same under max_shipments 1 for a location that stops shipping (PUT /locations, ships
+    false) while ReserveStock plans there: the network's wake may have walked the waiting orders
+    before this one, which held units only where no fill may add any."""
+    world, store = a_world([("PREORDER", "wh-west", 1)])
+    world.catalog.put_product(product("PREORDER", "30.00", allow_backorder=True))
+    put(store, max_shipments=1)
+    order_id = world.place(("PREORDER", 3))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    before = world.catalog.list_locations()  # what ReserveStock's plan reads
+    west = world.catalog.get_location("wh-west")
+    world.catalog.put_location(west.model_copy(update={"ships": False}))
+    reads = iter([before])
+    monkeypatch.setattr(
+        world.catalog, "list_locations", lambda: next(reads, None) or InMemoryCatalog.list_locations(world.catalog)
+    )
+
+    with pytest.raises(Backordered):
+        world.workflow.reserve_stock(order_id)
+
+    assert world.order(order_id).status is S.AUTHORIZED
+    assert [e.type for e in world.history(order_id)][-2:] == ["backordered", "sourced_again"]
 
 
 def test_a_simulation_counts_what_a_line_an_edit_replaced_holds_as_the_orders_own_as_reservestock_does(monkeypatch):

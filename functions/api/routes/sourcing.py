@@ -8,10 +8,12 @@ from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.openapi.params import Query
 
 from core.access import Scope
+from core.models import PlaceOrder
 from core.sourcing import SimulateSourcing, Simulation
 from core.sourcing_rules import NewSourcingRules, SourcingRules, SourcingRulesHistory
 from functions.api.access import ANY_KEY, caller, requires
 from functions.api.dependencies import container
+from functions.api.errors import ApiError
 from functions.api.queries import Limit
 from functions.api.schemas import errors, ok
 from functions.api.versions import if_match_header, version_in
@@ -65,8 +67,20 @@ def get_sourcing_rules_history(
 @router.post(
     "/sourcing/simulate",
     summary="What sourcing would plan for orders under the current or given rules (reserves nothing)",
+    description="At most 500 order lines in all (422 naming `orders`); a key bound to a channel simulates its "
+    "channel's orders and bodies only.",
     responses={**ok(200, Simulation, "A plan per order, and their summary"), **errors(400, 403, 413, 502)},
 )
 @requires(Scope.ORDERS_READ)
 def simulate_sourcing(request: SimulateSourcing) -> Simulation:
-    return container().simulator.simulate(request, caller(router).channel)
+    channel = caller(router).channel
+    if channel is not None:
+        # As POST /orders refuses it such a body: a sourcing plugin may source channels apart.
+        others = [
+            {"field": f"orders[{index}].channel", "message": f"this API key simulates channel {channel} only"}
+            for index, each in enumerate(request.orders)
+            if isinstance(each, PlaceOrder) and each.channel != channel
+        ]
+        if others:
+            raise ApiError(403, "forbidden", f"this API key simulates orders of channel {channel} only", others)
+    return container().simulator.simulate(request, channel)
