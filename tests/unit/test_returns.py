@@ -2291,42 +2291,32 @@ class ShippingBackForWrongItems:
         return ReturnPolicyDecision(refund_shipping=any(line.reason_code == "wrong_item" for line in lines))
 
 
-def test_shipping_a_capped_refund_kept_back_is_given_back_once_not_again_with_the_next_return(world, clock):
-    # A return granted the shipping whose refund the goodwill capped at 2.00 recorded only those
-    # 2.00 as shipping, though what it kept back (the rest of its unit and of the shipping) was
-    # refunded once the CAPs were captured: the next wrong-item return then gave the other 3.00 of
-    # the shipping back again, 8.00 of shipping refunded for 5.00 paid.
+@pytest.mark.parametrize(
+    ("goodwill_leaves", "first_refund"),
+    [
+        # A return granted the shipping whose refund the goodwill capped at 2.00 recorded only those
+        # 2.00 as shipping, though what it kept back (the rest of its unit and of the shipping) was
+        # refunded once the CAPs were captured: the next wrong-item return then gave the other 3.00
+        # of the shipping back again, 8.00 of shipping refunded for 5.00 paid.
+        ("2.00", "2.00"),
+        # The goodwill took all the MUGs were captured for: the first wrong-item return's refund gave
+        # nothing and kept its unit and the shipping back on the order, refunded once the CAPs were
+        # captured; nothing counted that shipping, and the next wrong-item return gave it back again.
+        ("0.00", "0.00"),
+    ],
+    ids=["capped_refund_kept_back_in_part", "refund_kept_back_whole"],
+)
+def test_shipping_a_return_kept_back_is_given_back_once_not_again_with_the_next_return(
+    world, clock, goodwill_leaves, first_refund
+):
     returns, _ = returns_for(world, clock, ShippingBackForWrongItems())
     order = world.allocated(("MUG", 2), ("CAP", 4))
     world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
-    goodwill = world.order(order.id).payment.captured - Money.of("2.00", "USD")
+    goodwill = world.order(order.id).payment.captured - Money.of(goodwill_leaves, "USD")
     world.refunds.issue_refund(order.id, goodwill, "goodwill", "appease-1", actor="key_cs")
     first = returns.request(order.id, ask(("L1", 1, "wrong_item")), actor="key_cs")
     returns.receive(first.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
-    assert returns.settle(first.id, actor="key_wh").refund == Money.of("2.00", "USD")
-    world.actions.ship(order.id, world.shipment_at(order, "wh-east"), None, actor="key_wh")
-    second = returns.request(order.id, ask(("L1", 1, "wrong_item")), actor="key_cs")
-    returns.receive(second.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
-    returns.settle(second.id, actor="key_wh")
-
-    after = world.order(order.id)
-    mugs, shipping = order.lines[0].total, order.totals.shipping
-    assert returns.get(first.id).refund + returns.get(second.id).refund == mugs + shipping
-    assert after.payment.captured - after.payment.refunded == order.totals.grand_total - mugs - shipping - goodwill
-
-
-def test_shipping_a_return_kept_back_whole_is_given_back_once_not_again_with_the_next_return(world, clock):
-    # The goodwill took all the MUGs were captured for: the first wrong-item return's refund gave
-    # nothing and kept its unit and the shipping back on the order, refunded once the CAPs were
-    # captured; nothing counted that shipping, and the next wrong-item return gave it back again.
-    returns, _ = returns_for(world, clock, ShippingBackForWrongItems())
-    order = world.allocated(("MUG", 2), ("CAP", 4))
-    world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
-    goodwill = world.order(order.id).payment.captured
-    world.refunds.issue_refund(order.id, goodwill, "goodwill", "appease-1", actor="key_cs")
-    first = returns.request(order.id, ask(("L1", 1, "wrong_item")), actor="key_cs")
-    returns.receive(first.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
-    assert returns.settle(first.id, actor="key_wh").refund == Money.zero("USD")
+    assert returns.settle(first.id, actor="key_wh").refund == Money.of(first_refund, "USD")
     world.actions.ship(order.id, world.shipment_at(order, "wh-east"), None, actor="key_wh")
     second = returns.request(order.id, ask(("L1", 1, "wrong_item")), actor="key_cs")
     returns.receive(second.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
