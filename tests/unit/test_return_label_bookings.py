@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
@@ -145,14 +146,25 @@ def test_a_request_that_lost_its_ordinal_to_a_concurrent_one_leaves_the_winner_i
     assert stored_document(world, b).endswith(b"[('L2', 1)] 350 g")
 
 
-def test_an_approval_books_under_the_key_of_the_parcel_the_return_holds(world, clock):
+def awaiting_approval(world: World, clock: Clock) -> tuple[KeyedCarrier, Any, Any, Return]:
+    """A return of one MUG of a shipped order, requested under a policy that wants approval, whose
+    label the approval books with a carrier keyed on the booking key: (carrier, returns, order, return)."""
     carrier = KeyedCarrier()
     returns, _ = returns_for(world, clock, ApprovalPolicy(), carrier)
     order = shipped(world, ("TSHIRT", 2), ("MUG", 1))
-    item = returns.request(order.id, ask(("L2", 1, None)), actor="key_cs")
+    return carrier, returns, order, returns.request(order.id, ask(("L2", 1, None)), actor="key_cs")
+
+
+def approval_answer_lost(returns: Any, carrier: KeyedCarrier, item: Return) -> None:
+    """The approval's booking is made by the carrier, its answer lost (TransientError)."""
     carrier.lose_next_answer = True
     with pytest.raises(TransientError):
         returns.approve(item.id, None, actor="key_lead")
+
+
+def test_an_approval_books_under_the_key_of_the_parcel_the_return_holds(world, clock):
+    carrier, returns, _, item = awaiting_approval(world, clock)
+    approval_answer_lost(returns, carrier, item)
 
     approved = returns.approve(item.id, None, actor="key_lead")
 
@@ -286,13 +298,8 @@ def test_a_request_that_lost_its_ordinal_to_the_same_parcel_cancels_nothing(worl
 
 
 def test_an_approval_whose_answer_was_lost_has_its_booking_cancelled_when_the_return_is_rejected(world, clock):
-    carrier = KeyedCarrier()
-    returns, _ = returns_for(world, clock, ApprovalPolicy(), carrier)
-    order = shipped(world, ("TSHIRT", 2), ("MUG", 1))
-    item = returns.request(order.id, ask(("L2", 1, None)), actor="key_cs")
-    carrier.lose_next_answer = True
-    with pytest.raises(TransientError):
-        returns.approve(item.id, None, actor="key_lead")
+    carrier, returns, order, item = awaiting_approval(world, clock)
+    approval_answer_lost(returns, carrier, item)
     assert carrier.cancelled == []  # approving again would use it
 
     returns.reject(item.id, "not ours", actor="key_lead")
@@ -302,13 +309,8 @@ def test_an_approval_whose_answer_was_lost_has_its_booking_cancelled_when_the_re
 
 
 def test_an_approval_whose_answer_was_lost_has_its_booking_used_by_the_next_approval(world, clock):
-    carrier = KeyedCarrier()
-    returns, _ = returns_for(world, clock, ApprovalPolicy(), carrier)
-    order = shipped(world, ("TSHIRT", 2), ("MUG", 1))
-    item = returns.request(order.id, ask(("L2", 1, None)), actor="key_cs")
-    carrier.lose_next_answer = True
-    with pytest.raises(TransientError):
-        returns.approve(item.id, None, actor="key_lead")
+    carrier, returns, order, item = awaiting_approval(world, clock)
+    approval_answer_lost(returns, carrier, item)
 
     approved = returns.approve(item.id, None, actor="key_lead")
 
@@ -317,10 +319,7 @@ def test_an_approval_whose_answer_was_lost_has_its_booking_used_by_the_next_appr
 
 
 def test_an_approval_that_loses_to_a_rejection_has_its_booking_cancelled(world, clock):
-    carrier = KeyedCarrier()
-    returns, _ = returns_for(world, clock, ApprovalPolicy(), carrier)
-    order = shipped(world, ("TSHIRT", 2), ("MUG", 1))
-    item = returns.request(order.id, ask(("L2", 1, None)), actor="key_cs")
+    carrier, returns, order, item = awaiting_approval(world, clock)
     carrier.after_booking = lambda: returns.reject(item.id, "no", actor="key_other_lead")
 
     with pytest.raises(Conflict):
@@ -331,10 +330,7 @@ def test_an_approval_that_loses_to_a_rejection_has_its_booking_cancelled(world, 
 
 
 def test_an_approval_that_loses_to_the_same_approval_cancels_nothing(world, clock):
-    carrier = KeyedCarrier()
-    returns, _ = returns_for(world, clock, ApprovalPolicy(), carrier)
-    order = shipped(world, ("TSHIRT", 2), ("MUG", 1))
-    item = returns.request(order.id, ask(("L2", 1, None)), actor="key_cs")
+    carrier, returns, order, item = awaiting_approval(world, clock)
     other: list[Return] = []
     carrier.after_booking = lambda: other.append(returns.approve(item.id, None, actor="key_other_lead"))
 
