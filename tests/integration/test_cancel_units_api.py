@@ -39,8 +39,8 @@ def api() -> Iterator[InProcessApi]:
         yield started
 
 
-def allocated(api: InProcessApi, *lines: tuple[str, int], **overrides: Any) -> dict[str, Any]:
-    """Placed over HTTP and taken to `allocated` by the workflow's own steps."""
+def authorized(api: InProcessApi, *lines: tuple[str, int], **overrides: Any) -> tuple[str, Any]:
+    """Placed over HTTP and authorized by the workflow's own step: (its id, the workflow)."""
     from functions.bootstrap import Config, bootstrap
 
     body = order_body(
@@ -51,6 +51,12 @@ def allocated(api: InProcessApi, *lines: tuple[str, int], **overrides: Any) -> d
     workflow = bootstrap(Config.from_env()).workflow
     order_id = placed.json()["id"]
     workflow.authorize_payment(order_id, attempt=0)
+    return order_id, workflow
+
+
+def allocated(api: InProcessApi, *lines: tuple[str, int], **overrides: Any) -> dict[str, Any]:
+    """Placed over HTTP and taken to `allocated` by the workflow's own steps."""
+    order_id, workflow = authorized(api, *lines, **overrides)
     workflow.reserve_stock(order_id)
     workflow.create_shipments(order_id)
     order = api.get(f"/orders/{order_id}").json()
@@ -613,14 +619,7 @@ def test_units_of_an_order_parked_between_reserving_and_booking_its_parcels_are_
     and no shipment. A cancel of units is the customer's to make as on any held order (it was 409
     invalid_transition): the order stays held, what its lines no longer want is given back at once,
     and its release sources it again for what is left."""
-    from functions.bootstrap import Config, bootstrap
-
-    body = order_body(external_id=f"web-c{next(_orders)}", lines=[{"sku": "MUG", "quantity": 3}])
-    placed = api.post("/orders", json=body)
-    assert placed.status_code == 201, placed.text
-    order_id = placed.json()["id"]
-    workflow = bootstrap(Config.from_env()).workflow
-    workflow.authorize_payment(order_id, attempt=0)
+    order_id, workflow = authorized(api, ("MUG", 3))
     workflow.reserve_stock(order_id)
     before = stock(api, "MUG", "wh-west")
     assert workflow.park_after_failure(order_id, "CarrierUnavailable", "the carrier is down")
@@ -645,14 +644,7 @@ def test_units_of_an_order_parked_between_reserving_and_booking_its_parcels_are_
 
 
 def test_every_unit_of_an_order_parked_between_reserving_and_booking_cancelled_cancels_it(api):
-    from functions.bootstrap import Config, bootstrap
-
-    body = order_body(external_id=f"web-c{next(_orders)}", lines=[{"sku": "MUG", "quantity": 2}])
-    placed = api.post("/orders", json=body)
-    assert placed.status_code == 201, placed.text
-    order_id = placed.json()["id"]
-    workflow = bootstrap(Config.from_env()).workflow
-    workflow.authorize_payment(order_id, attempt=0)
+    order_id, workflow = authorized(api, ("MUG", 2))
     before = stock(api, "MUG", "wh-west")
     workflow.reserve_stock(order_id)
     assert workflow.park_after_failure(order_id, "CarrierUnavailable", "the carrier is down")
