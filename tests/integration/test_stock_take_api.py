@@ -6,6 +6,7 @@ here (no event sources): the test runs the order's steps itself."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -105,21 +106,30 @@ def rejected_by_count(api: InProcessApi, order_id: str) -> list[dict]:
     return [e for e in entries if e["type"] == "shipment_rejected" and e["detail"]["reason"] == "stock_count"]
 
 
-def test_a_count_below_what_a_backordered_order_holds_sends_it_back_to_be_sourced_not_refused(api: InProcessApi):
+def backordered(api: InProcessApi, **units: int) -> tuple[dict[str, str], str, str, Any]:
+    """An order of 5 units of a backorderable product stocked with `units` ({"west": 3, ...}) at
+    the network's locations, authorized and reserving what there is by the workflow's own steps,
+    waiting backordered for the rest: (the network, the sku, the order's id, the workflow)."""
     from core.errors import Backordered
     from functions.bootstrap import Config, bootstrap
 
     network = put_network(api)
     catalog = Catalog(api)
     sku = catalog.product("10.00", allow_backorder=True)
-    catalog.stock(sku, network["west"], 3)
+    for name, count in units.items():
+        catalog.stock(sku, network[name], count)
     placed = api.post("/orders", json=order_body((sku, 5)))
     assert placed.status_code == 201, placed.text
     order_id = placed.json()["id"]
     steps = bootstrap(Config.from_env()).workflow
     steps.authorize_payment(order_id, attempt=0)
     with pytest.raises(Backordered):
-        steps.reserve_stock(order_id)  # 3 reserved at west, 2 short: it waits for stock
+        steps.reserve_stock(order_id)
+    return network, sku, order_id, steps
+
+
+def test_a_count_below_what_a_backordered_order_holds_sends_it_back_to_be_sourced_not_refused(api: InProcessApi):
+    network, sku, order_id, _ = backordered(api, west=3)  # 3 reserved at west, 2 short: it waits for stock
     assert stock_at(api, sku, network["west"]) == {"on_hand": 3, "reserved": 3, "available": 0}
 
     counted = api.put(f"/inventory/{sku}/{network['west']}", json={"on_hand": 1})
@@ -141,20 +151,8 @@ def test_a_count_below_what_a_held_backordered_order_holds_sends_it_back_to_be_s
     # than a backordered one's. It was 409 (held, the order was no candidate). Its hold stays; the
     # release sources it again without that location.
     from core.errors import Backordered
-    from functions.bootstrap import Config, bootstrap
 
-    network = put_network(api)
-    catalog = Catalog(api)
-    sku = catalog.product("10.00", allow_backorder=True)
-    catalog.stock(sku, network["west"], 3)
-    catalog.stock(sku, network["east"], 1)
-    placed = api.post("/orders", json=order_body((sku, 5)))
-    assert placed.status_code == 201, placed.text
-    order_id = placed.json()["id"]
-    steps = bootstrap(Config.from_env()).workflow
-    steps.authorize_payment(order_id, attempt=0)
-    with pytest.raises(Backordered):
-        steps.reserve_stock(order_id)  # 3 at west and 1 at east reserved, 1 short: it waits for stock
+    network, sku, order_id, steps = backordered(api, west=3, east=1)  # 4 reserved, 1 short: it waits for stock
     held = api.post(f"/orders/{order_id}/hold", json={"reason": "fraud_review", "note": "check"})
     assert held.status_code == 200, held.text
 
