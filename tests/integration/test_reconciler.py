@@ -1999,22 +1999,29 @@ def test_a_short_count_still_in_its_request_is_left_to_it(stack):
     assert inventory.short_counts(utc_now() + timedelta(seconds=1), 10) == [short]
 
 
-def test_short_counts_past_the_first_page_are_finished_though_the_first_keep_failing(
-    stack, monkeypatch, metrics_on, capsys
-):
-    # The pass read the 25 oldest marks, one query and no more: while those kept failing (a reject's
-    # plugin, an order no reject may move), the 26th waited for good. It pages on now.
+def counted_short(inventory: Any, skus: list[str]) -> None:
+    """Each of `skus` holding 4 units at wh-west, all reserved, counted 1 half an hour ago (a second
+    apart, oldest first) by a stock take whose function died before its rejects: marked short."""
     from core.ports import ShortCount
-    from functions.adapters.dynamodb import DynamoInventory
 
-    inventory = DynamoInventory(stack["aws"].dynamodb, stack["aws"].tables["InventoryTable"])
     counted = utc_now() - timedelta(minutes=30)
-    skus = [f"SKU{n:02}" for n in range(26)]
     for n, sku in enumerate(skus):
         inventory.adjust(sku, "wh-west", 4, reason="receipt")
         inventory.reserve(sku, "wh-west", f"{order_id('x')}#L1", 4)
         short = ShortCount(sku, "wh-west", "key_counter", counted + timedelta(seconds=n))
         inventory.set_on_hand(sku, "wh-west", 1, reason="stock_take", releasing={f"{order_id('x')}#L1": 4}, short=short)
+
+
+def test_short_counts_past_the_first_page_are_finished_though_the_first_keep_failing(
+    stack, monkeypatch, metrics_on, capsys
+):
+    # The pass read the 25 oldest marks, one query and no more: while those kept failing (a reject's
+    # plugin, an order no reject may move), the 26th waited for good. It pages on now.
+    from functions.adapters.dynamodb import DynamoInventory
+
+    inventory = DynamoInventory(stack["aws"].dynamodb, stack["aws"].tables["InventoryTable"])
+    skus = [f"SKU{n:02}" for n in range(26)]
+    counted_short(inventory, skus)
     failing = set(skus[:25])  # the oldest
     real_held_at = DynamoInventory.held_at
 
@@ -2084,19 +2091,13 @@ def test_units_a_reserve_run_took_for_an_order_cancelled_meanwhile_then_died_for
 def test_short_counts_a_pass_does_not_start_are_counted_as_left(stack):
     # Past its read (one more than `limit` is read to know) or its time, a mark waits for the next
     # pass: the reconciler logs and counts how many (StockTakesLeft).
-    from core.ports import ShortCount
     from core.services import ShortCountsFinished
     from functions.adapters.dynamodb import DynamoInventory
     from functions.bootstrap import Config, bootstrap
 
     inventory = DynamoInventory(stack["aws"].dynamodb, stack["aws"].tables["InventoryTable"])
-    counted = utc_now() - timedelta(minutes=30)
     skus = [f"SKU{n}" for n in range(4)]
-    for n, sku in enumerate(skus):
-        inventory.adjust(sku, "wh-west", 4, reason="receipt")
-        inventory.reserve(sku, "wh-west", f"{order_id('x')}#L1", 4)
-        short = ShortCount(sku, "wh-west", "key_counter", counted + timedelta(seconds=n))
-        inventory.set_on_hand(sku, "wh-west", 1, reason="stock_take", releasing={f"{order_id('x')}#L1": 4}, short=short)
+    counted_short(inventory, skus)
     service = bootstrap(Config.from_env(), label_store=FakeLabels()).inventory
 
     past_the_read = ShortCountsFinished()
