@@ -14,12 +14,11 @@ from typing import Any
 import boto3
 import pytest
 
-from core import hookimpl
-from core.money import Money
 from tests.builders import location_body, order_body, product_body
 from tests.integration.import_support import context
 from tests.integration.in_process import InProcessApi, in_process_api_with_labels
 from tests.integration.return_steps import services  # noqa: F401
+from tests.integration.test_cancel_units_api import CheapFromThree  # a volume price: 3 MUGs or more at 2.00
 
 _channels = itertools.count(1)
 
@@ -63,14 +62,6 @@ def consume(records: list[dict[str, Any]]) -> None:
 
     for _ in range(2):
         assert lambda_handler({"Records": records}, context("EventsFunction")) == {"batchItemFailures": []}
-
-
-class CheapFromThree:
-    """A volume price: three MUGs or more at 2.00 each."""
-
-    @hookimpl(tryfirst=True)
-    def oms_unit_price(self, product, quantity: int, currency: str) -> Money | None:
-        return Money.of("2.00", currency) if product.sku == "MUG" and quantity >= 3 else None
 
 
 @pytest.fixture(scope="module")
