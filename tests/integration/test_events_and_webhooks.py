@@ -914,3 +914,48 @@ def test_the_last_page_of_a_subscriptions_deliveries_has_no_next_cursor(aws, mon
     assert ([r.event_id for r in rest], cursor) == (["evt_0"], None)
     last, cursor = store.deliveries(webhook_id, 1, store.deliveries(webhook_id, 2, None)[1])
     assert ([r.event_id for r in last], cursor) == (["evt_0"], None)
+
+
+def test_a_tracking_number_learnt_after_the_ship_reaches_shipment_shipped_subscribers_and_the_customer(aws, wired):
+    """A location ships a parcel without naming its number (it keeps its label's), then names the
+    carrier's number in a later ship (Order.set_tracking_number): that change went out as no event,
+    so a subscriber following shipment.shipped (and the customer, told through the same events)
+    never learnt the number the parcel travels under. It is shipment.shipped again, the shipment as
+    it is now, under an event id of its own; the bus gets it too."""
+    from core.models import Shipment, ShipmentLine
+    from functions.adapters.dynamodb import DynamoOrders
+    from functions.events.app import container, lambda_handler
+    from tests.unit.conftest import usd
+
+    orders = DynamoOrders(aws.dynamodb, aws.tables["OrdersTable"])
+    at = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+    parcel = Shipment(
+        id="shp_" + "t" * 24, location_id="wh1", lines=[ShipmentLine(line_id="L1", quantity=1)],
+        carrier="oms-flat-rate", service="Ground", tracking_number="OMS0000000001",
+    )  # fmt: skip
+    allocated = a_stored_order(("TSHIRT", 1), id="ord_" + "t" * 24, status=OrderStatus.ALLOCATED, shipments=[parcel])
+    orders.add(allocated, HistoryEntry(at=at, type="created", to_status=OrderStatus.PENDING, actor="key_1"), "tok")
+    images = [stored_item(aws, allocated.id)]
+    shipped, entry = allocated.ship(
+        parcel.id, tracking_number=None, captured=usd("0.00"), capture_reference=None, at=at, actor="key_wh"
+    )
+    orders.update(shipped, allocated, [entry])
+    images.append(stored_item(aws, allocated.id))
+    numbered, entry = shipped.set_tracking_number(parcel.id, "1ZLATER0001", at=at + timedelta(hours=2), actor="key_wh")
+    orders.update(numbered, shipped, [entry])
+    images.append(stored_item(aws, allocated.id))
+    follower = subscribe("http://127.0.0.1:9/shipments", ["shipment.shipped"])
+
+    stream = stream_event(("MODIFY", images[0], images[1]), ("MODIFY", images[1], images[2]))
+    assert lambda_handler(stream, Context()) == {"batchItemFailures": []}
+
+    on_bus = [json.loads(m["Body"])["detail"] for m in drain(wired["sqs"], wired["tap"])]
+    shipment_events = [e for e in on_bus if e["type"] == "shipment.shipped"]
+    assert [e["data"]["shipment"]["tracking_number"] for e in shipment_events] == ["OMS0000000001", "1ZLATER0001"]
+    assert len({e["id"] for e in shipment_events}) == 2
+    assert len(drain(wired["sqs"], wired["deliveries"])) == 2
+    records, _ = container().webhook_store.deliveries(follower.id, 10, None)
+    bodies = {json.loads(r.body)["id"]: json.loads(r.body) for r in records}
+    assert bodies[shipment_events[1]["id"]]["data"]["shipment"]["tracking_number"] == "1ZLATER0001"
+    told, _ = container().notification_store.list(allocated.id, 10, None)
+    assert sorted(n.details.get("tracking_number") for n in told) == ["1ZLATER0001", "OMS0000000001"]
