@@ -959,3 +959,51 @@ def test_a_tracking_number_learnt_after_the_ship_reaches_shipment_shipped_subscr
     assert bodies[shipment_events[1]["id"]]["data"]["shipment"]["tracking_number"] == "1ZLATER0001"
     told, _ = container().notification_store.list(allocated.id, 10, None)
     assert sorted(n.details.get("tracking_number") for n in told) == ["1ZLATER0001", "OMS0000000001"]
+
+
+class KeptAlive(BaseHTTPRequestHandler):
+    """A receiver speaking HTTP/1.1 that answers 200 without a Content-Length (a common slip: its
+    framework adds none for an empty answer) and keeps the connection open for the next request."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_a_2xx_answered_in_time_is_delivered_whatever_its_body_does_after(aws, wired):
+    """The answer is the status line: the attempt then waited for a body nobody owed it. A receiver
+    answering 200 at once but with no Content-Length on a kept-alive connection (or a Content-Length
+    it never sends in full) held the attempt until its timeout: recorded `timed out`, the event sent
+    again and again for 24 hours though it had been taken each time, then `failed` and alarmed on."""
+    from core.webhooks import DeliveryWorker
+    from functions.events.app import lambda_handler as events_handler
+    from functions.webhook_delivery.app import container, lambda_handler
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), KeptAlive)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        webhook = subscribe(f"http://127.0.0.1:{server.server_address[1]}/hook", ["order.created"])
+        created, _, _ = an_order_allocated(aws)
+        events_handler(stream_event(("INSERT", None, created)), Context())
+        (queued,) = drain(wired["sqs"], wired["deliveries"])
+        message = DeliveryMessage.from_json(queued["Body"])
+        c = container()
+        worker = DeliveryWorker(
+            c.webhook_store, c.webhook_queue, c.webhook_sender, c.check_webhook_url,
+            lambda: datetime.now(UTC), c.retry_schedule, lambda: 1.0, timeout=2.0,
+        )  # fmt: skip
+        with container.override(type(c)(c.config)) as fresh:
+            fresh.__dict__["delivery_worker"] = worker
+            assert lambda_handler(sqs_event(message), Context()) == {"batchItemFailures": []}
+    finally:
+        server.shutdown()
+        server.server_close()
+    record = c.webhook_store.get_delivery(webhook.id, message.delivery_id)
+    assert (record.status, record.attempts, record.last_status_code, record.last_error) == ("delivered", 1, 200, None)
+    assert drain(wired["sqs"], wired["deliveries"]) == []
