@@ -132,9 +132,10 @@ def order_events(old: dict[str, Any] | None, new: dict[str, Any]) -> list[Domain
     after it (`old` None for a new order). Only what differs between them produces events, so
     the same pair always gives the same events with the same ids, and a change that only
     appends history gives none. A shipped or delivered shipment that took another tracking
-    number is its status's event again (_renumbered). Returns, refunds and jeopardy are read from the fields the
-    order document carries for them (`returns`, `refunds` or `payment.refunds`, `jeopardy`), a
-    rejected shipment from the location the reject excludes (`excluded_locations`)."""
+    number is its status's event again (_renumbered). Returns, refunds and jeopardy are read
+    from the fields the order document carries for them (`returns`, `refunds` or
+    `payment.refunds`, `jeopardy`), a rejected shipment from the location the reject excludes
+    (`excluded_locations`)."""
     if not str(new.get("id", "")).startswith("ord_") or "status" not in new:
         return []  # not an order (another kind of item on the table)
     before = old or {}
