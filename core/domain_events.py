@@ -131,9 +131,11 @@ def order_events(old: dict[str, Any] | None, new: dict[str, Any]) -> list[Domain
     """The events one order change means: `old` and `new` are the order documents before and
     after it (`old` None for a new order). Only what differs between them produces events, so
     the same pair always gives the same events with the same ids, and a change that only
-    appends history gives none. Returns, refunds and jeopardy are read from the fields the
-    order document carries for them (`returns`, `refunds` or `payment.refunds`, `jeopardy`), a
-    rejected shipment from the location the reject excludes (`excluded_locations`)."""
+    appends history gives none. A shipped or delivered shipment that took another tracking
+    number is its status's event again (_renumbered). Returns, refunds and jeopardy are read
+    from the fields the order document carries for them (`returns`, `refunds` or
+    `payment.refunds`, `jeopardy`), a rejected shipment from the location the reject excludes
+    (`excluded_locations`)."""
     if not str(new.get("id", "")).startswith("ord_") or "status" not in new:
         return []  # not an order (another kind of item on the table)
     before = old or {}
@@ -163,6 +165,8 @@ def order_events(old: dict[str, Any] | None, new: dict[str, Any]) -> list[Domain
     for type_ in _order_level(old, new):
         emit(type_)
     for type_, shipment in _changed(before.get("shipments"), new.get("shipments"), _SHIPMENT_EVENTS):
+        emit(type_, shipment["id"], shipment=_shown_shipment(order(), shipment["id"]))
+    for type_, shipment in _renumbered(before.get("shipments"), new.get("shipments")):
         emit(type_, shipment["id"], shipment=_shown_shipment(order(), shipment["id"]))
     for shipment in _rejected_shipments(before, new):
         emit(EventType.SHIPMENT_REJECTED, shipment["id"], shipment=shipment)
@@ -213,6 +217,28 @@ def _changed(
         status = item.get("status")
         if status != was.get(item.get("id")) and status in events:
             yield events[status], item
+
+
+def _renumbered(
+    before: list[dict[str, Any]] | None, after: list[dict[str, Any]] | None
+) -> Iterator[tuple[EventType, dict[str, Any]]]:
+    """Each shipped or delivered shipment of `after` that kept its status and took another tracking
+    number (Order.set_tracking_number: its ship named none, and its location learnt the carrier's
+    number later), with the event of its status. The contract's types are fixed and name no
+    `shipment.updated`: the shipment's event is sent again (under this version's id), the shipment
+    as it is now, so a subscriber following shipment.shipped, and the customer, learn the number
+    the parcel travels under. A pending parcel's number (a new label) is told by its ship."""
+    was = {item.get("id"): item for item in before or []}
+    for item in after or []:
+        previous = was.get(item.get("id"))
+        status = item.get("status")
+        if (
+            previous is not None
+            and status in _SHIPMENT_EVENTS
+            and previous.get("status") == status
+            and previous.get("tracking_number") != item.get("tracking_number")
+        ):
+            yield _SHIPMENT_EVENTS[status], item
 
 
 def _shown_shipment(order: dict[str, Any], shipment_id: str) -> dict[str, Any]:

@@ -115,11 +115,17 @@ def notifications(
         if event.type is EventType.SHIPMENT_SHIPPED:
             shipment = event.data["shipment"]
             tracking = shipment.get("tracking_number")
+            subject = f"Your order {order_id} has shipped"
             text = f"Part of your order {order_id} has shipped with {shipment['carrier']}."
-            if tracking:
+            if tracking and shipment["id"] in _shipped_before(old):
+                # Its location learnt the carrier's number after the ship (core.domain_events._renumbered).
+                subject = f"The tracking number of your order {order_id}"
+                carrier = shipment["carrier"]
+                text = f"Part of your order {order_id}, shipped with {carrier}, has the tracking number {tracking}."
+            elif tracking:
                 text += f" Tracking number: {tracking}."
             note(
-                event.id, NotificationKind.SHIPPED, f"Your order {order_id} has shipped", text,
+                event.id, NotificationKind.SHIPPED, subject, text,
                 shipment_id=shipment["id"], carrier=shipment["carrier"], tracking_number=tracking,
             )  # fmt: skip
         elif event.type is EventType.ORDER_JEOPARDY:
@@ -156,6 +162,11 @@ def notifications(
             collect_by=_rfc3339(collect_by) if collect_by is not None else None,
         )  # fmt: skip
     return found
+
+
+def _shipped_before(old: dict[str, Any] | None) -> set[str]:
+    """The ids of the shipments `old` shows shipped already."""
+    return {s.get("id") for s in (old or {}).get("shipments") or [] if s.get("status") == "shipped"}
 
 
 def _held_for_the_customer(order: dict[str, Any]) -> bool:

@@ -914,3 +914,96 @@ def test_the_last_page_of_a_subscriptions_deliveries_has_no_next_cursor(aws, mon
     assert ([r.event_id for r in rest], cursor) == (["evt_0"], None)
     last, cursor = store.deliveries(webhook_id, 1, store.deliveries(webhook_id, 2, None)[1])
     assert ([r.event_id for r in last], cursor) == (["evt_0"], None)
+
+
+def test_a_tracking_number_learnt_after_the_ship_reaches_shipment_shipped_subscribers_and_the_customer(aws, wired):
+    """A location ships a parcel without naming its number (it keeps its label's), then names the
+    carrier's number in a later ship (Order.set_tracking_number): that change went out as no event,
+    so a subscriber following shipment.shipped (and the customer, told through the same events)
+    never learnt the number the parcel travels under. It is shipment.shipped again, the shipment as
+    it is now, under an event id of its own; the bus gets it too."""
+    from core.models import Shipment, ShipmentLine
+    from functions.adapters.dynamodb import DynamoOrders
+    from functions.events.app import container, lambda_handler
+    from tests.unit.conftest import usd
+
+    orders = DynamoOrders(aws.dynamodb, aws.tables["OrdersTable"])
+    at = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+    parcel = Shipment(
+        id="shp_" + "t" * 24, location_id="wh1", lines=[ShipmentLine(line_id="L1", quantity=1)],
+        carrier="oms-flat-rate", service="Ground", tracking_number="OMS0000000001",
+    )  # fmt: skip
+    allocated = a_stored_order(("TSHIRT", 1), id="ord_" + "t" * 24, status=OrderStatus.ALLOCATED, shipments=[parcel])
+    orders.add(allocated, HistoryEntry(at=at, type="created", to_status=OrderStatus.PENDING, actor="key_1"), "tok")
+    images = [stored_item(aws, allocated.id)]
+    shipped, entry = allocated.ship(
+        parcel.id, tracking_number=None, captured=usd("0.00"), capture_reference=None, at=at, actor="key_wh"
+    )
+    orders.update(shipped, allocated, [entry])
+    images.append(stored_item(aws, allocated.id))
+    numbered, entry = shipped.set_tracking_number(parcel.id, "1ZLATER0001", at=at + timedelta(hours=2), actor="key_wh")
+    orders.update(numbered, shipped, [entry])
+    images.append(stored_item(aws, allocated.id))
+    follower = subscribe("http://127.0.0.1:9/shipments", ["shipment.shipped"])
+
+    stream = stream_event(("MODIFY", images[0], images[1]), ("MODIFY", images[1], images[2]))
+    assert lambda_handler(stream, Context()) == {"batchItemFailures": []}
+
+    on_bus = [json.loads(m["Body"])["detail"] for m in drain(wired["sqs"], wired["tap"])]
+    shipment_events = [e for e in on_bus if e["type"] == "shipment.shipped"]
+    assert [e["data"]["shipment"]["tracking_number"] for e in shipment_events] == ["OMS0000000001", "1ZLATER0001"]
+    assert len({e["id"] for e in shipment_events}) == 2
+    assert len(drain(wired["sqs"], wired["deliveries"])) == 2
+    records, _ = container().webhook_store.deliveries(follower.id, 10, None)
+    bodies = {json.loads(r.body)["id"]: json.loads(r.body) for r in records}
+    assert bodies[shipment_events[1]["id"]]["data"]["shipment"]["tracking_number"] == "1ZLATER0001"
+    told, _ = container().notification_store.list(allocated.id, 10, None)
+    assert sorted(n.details.get("tracking_number") for n in told) == ["1ZLATER0001", "OMS0000000001"]
+
+
+class KeptAlive(BaseHTTPRequestHandler):
+    """A receiver speaking HTTP/1.1 that answers 200 without a Content-Length (a common slip: its
+    framework adds none for an empty answer) and keeps the connection open for the next request."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_a_2xx_answered_in_time_is_delivered_whatever_its_body_does_after(aws, wired):
+    """The answer is the status line: the attempt then waited for a body nobody owed it. A receiver
+    answering 200 at once but with no Content-Length on a kept-alive connection (or a Content-Length
+    it never sends in full) held the attempt until its timeout: recorded `timed out`, the event sent
+    again and again for 24 hours though it had been taken each time, then `failed` and alarmed on."""
+    from core.webhooks import DeliveryWorker
+    from functions.events.app import lambda_handler as events_handler
+    from functions.webhook_delivery.app import container, lambda_handler
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), KeptAlive)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        webhook = subscribe(f"http://127.0.0.1:{server.server_address[1]}/hook", ["order.created"])
+        created, _, _ = an_order_allocated(aws)
+        events_handler(stream_event(("INSERT", None, created)), Context())
+        (queued,) = drain(wired["sqs"], wired["deliveries"])
+        message = DeliveryMessage.from_json(queued["Body"])
+        c = container()
+        worker = DeliveryWorker(
+            c.webhook_store, c.webhook_queue, c.webhook_sender, c.check_webhook_url,
+            lambda: datetime.now(UTC), c.retry_schedule, lambda: 1.0, timeout=2.0,
+        )  # fmt: skip
+        with container.override(type(c)(c.config)) as fresh:
+            fresh.__dict__["delivery_worker"] = worker
+            assert lambda_handler(sqs_event(message), Context()) == {"batchItemFailures": []}
+    finally:
+        server.shutdown()
+        server.server_close()
+    record = c.webhook_store.get_delivery(webhook.id, message.delivery_id)
+    assert (record.status, record.attempts, record.last_status_code, record.last_error) == ("delivered", 1, 200, None)
+    assert drain(wired["sqs"], wired["deliveries"]) == []

@@ -603,3 +603,36 @@ def test_an_event_leaves_out_no_list_that_is_empty():
     event.data["order"]["payment"]["refunds"] = []
     slim = fitted(event, weight(event) - 1).event
     assert slim.data["omitted"] == ["order.shipments"] and slim.data["order"]["payment"]["refunds"] == []
+
+
+def numbered(status: str, tracking_number: str | None, shipment_id: str = "shp_1") -> dict[str, Any]:
+    return {**shipment(status, shipment_id), "tracking_number": tracking_number}
+
+
+@pytest.mark.parametrize(("status", "expected"), [("shipped", "shipment.shipped"), ("delivered", "shipment.delivered")])
+def test_a_tracking_number_set_after_the_ship_is_the_shipments_event_again_with_the_number(status: str, expected: str):
+    """A parcel shipped without naming its number (it kept its label's, or had none) takes the one
+    its location learns later (Order.set_tracking_number): no event said so, and a subscriber that
+    follows shipment.shipped never learnt the number. The contract's types are fixed and it has no
+    `shipment.updated`, so the change is the event of the shipment's status sent again (data.shipment
+    as it is now, its number the new one), under an id of its own (another version)."""
+    old = order_doc(status="shipped", shipments=[numbered(status, "OMS0000000001"), numbered("shipped", None, "shp_2")])
+    numbered_now = next_version(old, shipments=[numbered(status, "1ZLATER0001"), numbered("shipped", None, "shp_2")])
+
+    (event,) = order_events(old, numbered_now)
+
+    assert event.type.value == expected
+    assert event.data["shipment"]["id"] == "shp_1" and event.data["shipment"]["tracking_number"] == "1ZLATER0001"
+    assert event.data["shipment"]["status"] == status
+    first = order_events(order_doc(status="allocated", shipments=[numbered("pending", "OMS0000000001")]), old)
+    assert event.id not in {e.id for e in first}
+    assert [e.id for e in order_events(old, numbered_now)] == [event.id]  # a redelivered change: the same id
+
+
+def test_a_tracking_number_unchanged_or_on_a_parcel_not_yet_shipped_is_no_shipment_event():
+    pending = order_doc(status="allocated", shipments=[numbered("pending", "OMS0000000001")])
+    relabelled = next_version(pending, shipments=[numbered("pending", "OMS0000000002")])
+    shipped = order_doc(status="shipped", shipments=[numbered("shipped", "1Z1")])
+    again = next_version(shipped, shipments=[numbered("shipped", "1Z1")])
+    assert types(pending, relabelled) == []  # its shipped event will carry the number it leaves with
+    assert types(shipped, again) == []

@@ -270,3 +270,19 @@ def test_a_moved_collect_by_is_told_once_the_order_is_off_hold_and_not_while_it_
     (note,) = notifications(still_held, released)
     assert (note.kind, note.details["collect_by"]) == (NotificationKind.READY_FOR_PICKUP, "2026-12-11T12:00:00Z")
     assert note.id == ready_for_pickup_id(ORDER, released["version"], "shp_1")
+
+
+def test_a_tracking_number_learnt_after_the_ship_is_told_as_the_parcels_number_not_as_a_second_shipping():
+    """A parcel shipped under its label's number takes the carrier's later (shipment.shipped again,
+    core.domain_events._renumbered): the customer is told the number it travels under, and not
+    that the parcel has shipped once more."""
+    old = order_doc(status="shipped", shipments=[{**shipment("shipped"), "tracking_number": "OMS0000000001"}])
+    new = next_version(old, shipments=[{**shipment("shipped"), "tracking_number": "1ZLATER0001"}])
+
+    (note,) = notifications(old, new)
+
+    assert note.kind is NotificationKind.SHIPPED
+    assert note.id == event_id(ORDER, 2, EventType.SHIPMENT_SHIPPED, "shp_1")
+    assert note.details == {"shipment_id": "shp_1", "carrier": "flat", "tracking_number": "1ZLATER0001"}
+    assert "tracking number" in note.subject.lower() and ORDER in note.subject
+    assert "1ZLATER0001" in note.body and "OMS0000000001" not in note.body and "has shipped" not in note.body

@@ -331,7 +331,8 @@ def cancel_order(
     "cancelled meanwhile is refunded at once (409). A pickup order's shipment is never shipped (409): it is made "
     "ready, then collected (`POST .../deliver`). A shipment shipped already answers 200 and changes nothing, unless "
     "the call names another `tracking_number` than the one recorded: one shipped without naming a number (it kept "
-    "its label's) takes it, once (history `shipment_tracking_number_set`); otherwise 409 "
+    "its label's) takes it, once (history `shipment_tracking_number_set`; `shipment.shipped` goes out again with "
+    "it); otherwise 409 "
     "`tracking_number_conflict`, whose `details` name the `shipment_id` and the recorded `tracking_number`.",
     responses={**changed("The order"), **errors(400, 403, 404, 409, 413, 502, 503)},
     middlewares=[plugins_loaded],
