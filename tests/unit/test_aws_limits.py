@@ -1,15 +1,19 @@
 """template.yaml against what AWS does and moto does not show: an SQS mapping's queue hides a batch
 for as long as Lambda may still be working on it, and its dead letters outlive the messages they
-came from."""
+came from; an Express execution, which AWS stops at five minutes without running any Catch, parks
+its order (or records its return stuck) before then however its steps fail."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from infra.local.template import load_template
 
+ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = load_template()
 RESOURCES: dict[str, dict[str, Any]] = TEMPLATE["Resources"]
 GLOBALS = TEMPLATE["Globals"]["Function"]
@@ -75,3 +79,119 @@ def test_a_polled_queue_gives_up_after_a_few_receives_to_a_dead_letter_queue_tha
     assert attribute == "Arn"
     kept = queue.get("MessageRetentionPeriod", 345600)
     assert RESOURCES[dead]["Properties"].get("MessageRetentionPeriod", 345600) > kept, (function, dead)
+
+
+# --- Express state machines end at five minutes ----------------------------------------------------
+
+EXPRESS_LIMIT = 300  # seconds: an Express execution still running then is stopped, no Catch runs
+OUT_OF_TIME = "WorkflowOutOfTime"
+EXPRESS = {
+    name: json.loads((ROOT / r["Properties"]["DefinitionUri"]).read_text())
+    for name, r in RESOURCES.items()
+    if r["Type"] == "AWS::Serverless::StateMachine" and r["Properties"]["Type"] == "EXPRESS"
+}
+
+
+def _waits(retrier: dict[str, Any]) -> list[float]:
+    """The longest wait before each retry (FULL jitter only shortens them), as ASL defines them."""
+    interval, rate, cap = (
+        retrier.get("IntervalSeconds", 1),
+        retrier.get("BackoffRate", 2.0),
+        retrier.get("MaxDelaySeconds"),
+    )
+    waits = [interval * rate**n for n in range(retrier.get("MaxAttempts", 3))]
+    return [min(w, cap) if cap else w for w in waits]
+
+
+def _tasks(definition: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {name: state for name, state in definition["States"].items() if state["Type"] == "Task"}
+
+
+def _budget(task: dict[str, Any]) -> int | None:
+    """The seconds a main step's retries may run from the execution's start (None: a step that must
+    run to its end however late, a compensation)."""
+    parameters = task.get("Parameters", {})
+    if "retry_for_seconds" not in parameters:
+        return None
+    assert parameters["started.$"] == "$$.Execution.StartTime"
+    return parameters["retry_for_seconds"]
+
+
+def _worst(task: dict[str, Any]) -> float:
+    """Every retrier spent, every attempt running to the task's TimeoutSeconds (Step Functions keeps
+    one count per retrier, so a step that times out and errs in turn gets all of them)."""
+    retries = task.get("Retry", [])
+    attempts = 1 + sum(r.get("MaxAttempts", 3) for r in retries)
+    return attempts * task["TimeoutSeconds"] + sum(sum(_waits(r)) for r in retries)
+
+
+def _reachable(definition: dict[str, Any], start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        state = definition["States"][name]
+        todo += [state["Next"]] if "Next" in state else []
+        todo += [c["Next"] for c in state.get("Catch", []) + state.get("Choices", [])]
+        todo += [state["Default"]] if "Default" in state else []
+    return seen
+
+
+def test_the_template_has_express_machines_to_check():
+    assert set(EXPRESS) == {"OrderWorkflow", "ReturnWorkflow"}
+
+
+@pytest.mark.parametrize("machine", sorted(EXPRESS))
+def test_a_main_step_stops_retrying_when_its_execution_is_out_of_time_and_never_retries_that(machine: str):
+    definition = EXPRESS[machine]
+    tasks = _tasks(definition)
+    main = {name for name, task in tasks.items() if _budget(task) is not None}
+    assert main, machine
+    for name in main:
+        retries = tasks[name]["Retry"]
+        (refused,) = [n for n, r in enumerate(retries) if OUT_OF_TIME in r["ErrorEquals"]]
+        assert retries[refused]["MaxAttempts"] == 0, name
+        assert retries[-1]["ErrorEquals"] == ["States.ALL"] and refused < len(retries) - 1, name
+        assert tasks[name]["Catch"][-1]["ErrorEquals"] == ["States.ALL"], name
+    # What runs after a main step (a park, a compensation, a record of a stuck return) runs to its
+    # end and never leads back to a main step, whose budget would be spent already.
+    for name in set(tasks) - main:
+        assert not (_reachable(definition, name) & main), name
+
+
+@pytest.mark.parametrize("machine", sorted(EXPRESS))
+def test_every_execution_ends_within_express_five_minutes_however_its_steps_fail(machine: str):
+    """The worst case, from the ASL: once a main step's budget (retry_for_seconds from the
+    execution's start) has passed, the attempt running then ends within its TimeoutSeconds; the
+    step then waits at most its longest retry wait and its next attempt (or the next main step's
+    first) raises WorkflowOutOfTime within its TimeoutSeconds; what that leads to (ParkOrder,
+    ReturnStuck, a compensation) runs every retry of its own, each attempt to its TimeoutSeconds.
+    An execution that takes no main step (one finishing a cancel) runs a compensation alone."""
+    definition = EXPRESS[machine]
+    tasks = _tasks(definition)
+    main = {name: _budget(task) for name, task in tasks.items() if _budget(task) is not None}
+    after = {name: task for name, task in tasks.items() if name not in main}
+    tail_runs = max(_worst(task) for task in after.values())
+    for name, budget in main.items():
+        task = tasks[name]
+        longest_wait = max(max(_waits(r), default=0) for r in task["Retry"])
+        following = [tasks[task["Next"]]["TimeoutSeconds"]] if task.get("Next") in main else []
+        tail = task["TimeoutSeconds"] + max([longest_wait + task["TimeoutSeconds"], *following])
+        assert budget + tail + tail_runs < EXPRESS_LIMIT, (machine, name, budget, tail, tail_runs)
+    for name, task in after.items():
+        assert _worst(task) < EXPRESS_LIMIT, (machine, name)
+
+
+@pytest.mark.parametrize("machine", sorted(EXPRESS))
+def test_a_step_failing_from_the_start_is_still_retried_for_about_a_minute_and_a_half(machine: str):
+    """The budget cuts retries short only for an execution that is late already: one step that
+    keeps failing from the execution's start gets its first five retries (3, 6, 12, 24 and 45 s)."""
+    tasks = _tasks(EXPRESS[machine])
+    for name, task in tasks.items():
+        budget = _budget(task)
+        if budget is not None:
+            rest = task["Retry"][-1]
+            assert rest["ErrorEquals"] == ["States.ALL"], name
+            assert sum(_waits(rest)[:5]) <= budget, (machine, name)
