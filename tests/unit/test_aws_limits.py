@@ -1,7 +1,8 @@
 """template.yaml against what AWS does and moto does not show: an SQS mapping's queue hides a batch
 for as long as Lambda may still be working on it, and its dead letters outlive the messages they
-came from; an Express execution, which AWS stops at five minutes without running any Catch, parks
-its order (or records its return stuck) before then however its steps fail."""
+came from; a stream is read by at most two mappings, each bounded and recording what it gives up;
+an Express execution, which AWS stops at five minutes without running any Catch, parks its order
+(or records its return stuck) before then however its steps fail."""
 
 from __future__ import annotations
 
@@ -79,6 +80,46 @@ def test_a_polled_queue_gives_up_after_a_few_receives_to_a_dead_letter_queue_tha
     assert attribute == "Arn"
     kept = queue.get("MessageRetentionPeriod", 345600)
     assert RESOURCES[dead]["Properties"].get("MessageRetentionPeriod", 345600) > kept, (function, dead)
+
+
+# --- DynamoDB stream mappings ------------------------------------------------------------------------
+
+STREAM_MAPPINGS = [
+    (function, event, spec["Properties"])
+    for function, props in FUNCTIONS.items()
+    for event, spec in (props.get("Events") or {}).items()
+    if spec["Type"] == "DynamoDB"
+]
+
+
+def test_no_stream_has_more_than_two_mappings_reading_it():
+    """DynamoDB Streams serves a shard to at most two readers at once without throttling them (AWS's
+    limit; moto serves any number): a third mapping on a table's stream would slow all three."""
+    readers: dict[str, list[str]] = {}
+    for function, event, mapping in STREAM_MAPPINGS:
+        (table, attribute) = mapping["Stream"]["Fn::GetAtt"]
+        assert attribute == "StreamArn"
+        readers.setdefault(table, []).append(f"{function}.{event}")
+    assert readers and all(len(names) <= 2 for names in readers.values()), readers
+
+
+@pytest.mark.parametrize(
+    ("function", "event", "mapping"), STREAM_MAPPINGS, ids=[f"{f}.{e}" for f, e, _ in STREAM_MAPPINGS]
+)
+def test_a_stream_mapping_splits_a_failing_batch_retries_a_few_times_then_records_it(
+    function: str, event: str, mapping: dict[str, Any]
+):
+    """Without a bound, a batch Lambda cannot process blocks its shard for the stream's 24 hours; with
+    MaximumRetryAttempts and no OnFailure destination, it would be dropped without a trace. At most
+    5 filters a mapping (AWS's quota), each a JSON pattern on the record."""
+    assert mapping["BisectBatchOnFunctionError"] is True, function
+    assert 1 <= mapping["MaximumRetryAttempts"] <= 10, function
+    assert mapping["FunctionResponseTypes"] == ["ReportBatchItemFailures"], function
+    assert mapping["DestinationConfig"]["OnFailure"]["Type"] == "SQS", function
+    filters = mapping.get("FilterCriteria", {}).get("Filters", [])
+    assert len(filters) <= 5, function
+    for pattern in filters:
+        assert isinstance(json.loads(pattern["Pattern"]), dict), (function, pattern)
 
 
 # --- Express state machines end at five minutes ----------------------------------------------------
