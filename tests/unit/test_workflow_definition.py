@@ -97,7 +97,8 @@ def test_business_outcomes_are_never_retried_and_everything_else_is_retried_for_
         rest = retries[-1]
         assert rest["ErrorEquals"] == ["States.ALL"], step
         assert rest["BackoffRate"] > 1 and rest.get("JitterStrategy") == "FULL", step
-        # Throttles, Lambda errors, a TransientError, a botocore error: about two minutes of backoff.
+        # Throttles, Lambda errors, a TransientError, a botocore error: about two minutes of backoff,
+        # cut short once the execution has retried for its retry_for_seconds (test_aws_limits.py).
         assert 120 <= sum(_waits(rest)) <= 150, step
         timeouts = next(r for r in retries if "States.Timeout" in r["ErrorEquals"])
         assert "Sandbox.Timedout" in timeouts["ErrorEquals"] and timeouts["MaxAttempts"] >= 2, step
