@@ -306,6 +306,15 @@ class Backordered(DomainError):
     code = "backordered"
 
 
+class WorkflowOutOfTime(DomainError):
+    """A main step of an Express workflow asked once its execution's retries had run their time
+    (the ASL's `retry_for_seconds` from `$$.Execution.StartTime`): never retried, it hands the
+    order to ParkOrder (the return to ReturnStuck) while the execution still has the time to, as
+    AWS stops an Express execution at five minutes without running any Catch."""
+
+    code = "workflow_out_of_time"
+
+
 class OrderClosed(DomainError):
     """The order moved on (cancelled, or already past this step): nothing left to do here."""
 

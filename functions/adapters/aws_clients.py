@@ -12,14 +12,14 @@ from botocore.config import Config
 from botocore.exceptions import DataNotFoundError
 from botocore.loaders import Loader, instance_cache
 
-# The functions run for 10 s (Globals in template.yaml; the authorizer 5 s). A DynamoDB, S3, SQS or
-# Step Functions call answers in milliseconds; one that has not connected within 1 s or answered
-# within 2 s will not, and is better retried on a new connection than waited for: three attempts
-# of 3 s fit in the 10 s. botocore's defaults (60 s each, "legacy" retries) let one stuck call
-# outlive the function, which then dies on its own timeout with nothing said about why. "standard"
-# retries (jittered exponential backoff, a retry quota) also retry throttling and transient errors
-# of every service, not only DynamoDB's, and what still fails surfaces as an error the caller (the
-# API's error mapping, the state machine's Retry) handles.
+# The functions run for 10 s (Globals in template.yaml; the authorizer, 5 s, asks less of its one
+# client). A DynamoDB, S3, SQS or Step Functions call answers in milliseconds; one that has not
+# connected within 1 s or answered within 2 s will not, and is better retried on a new connection
+# than waited for: three attempts of 3 s fit in the 10 s. botocore's defaults (60 s each, "legacy"
+# retries) let one stuck call outlive the function, which then dies on its own timeout with nothing
+# said about why. "standard" retries (jittered exponential backoff, a retry quota) also retry
+# throttling and transient errors of every service, not only DynamoDB's, and what still fails
+# surfaces as an error the caller (the API's error mapping, the state machine's Retry) handles.
 CONNECT_TIMEOUT = 1.0
 READ_TIMEOUT = 2.0
 MAX_ATTEMPTS = 3  # in all, the first included

@@ -4,19 +4,19 @@ set of grants), told which step by the state machine's Parameters."""
 from typing import Annotated, Any, Literal
 
 from aws_lambda_powertools import Logger
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from core.log_text import escape_for_log
 from functions.bootstrap import WarmContainer
 from functions.business_metrics import emits_business_metrics
-from functions.workflow.step import ExecutionTrace, untraced
+from functions.workflow.step import ExecutionTrace, RetryBudget, untraced
 
 logger = Logger()
 container = WarmContainer()
 ACTOR = "returns-workflow"
 
 
-class ReturnStepInput(BaseModel):
+class ReturnStepInput(RetryBudget):
     """The Parameters the state machine passes (see infra/return_workflow.asl.json)."""
 
     model_config = ConfigDict(defer_build=True, extra="forbid")
@@ -39,6 +39,7 @@ def lambda_handler(event: dict[str, Any], context: Any) -> None:
     logger.set_correlation_id(task.trace.correlation_id or None)
     returns = container().returns
     try:
+        task.refuse_when_out_of_time(container().clock())
         if task.step == "receive":
             returns.check_received(task.return_id)
         elif task.step == "restock":

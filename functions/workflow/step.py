@@ -1,11 +1,13 @@
 """What every order workflow task shares: its input, and the handler around the service call."""
 
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from aws_lambda_powertools import Logger
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
+from core.errors import WorkflowOutOfTime
 from core.log_text import escape_for_log
 from core.workflow import Workflow
 from functions.bootstrap import WarmContainer
@@ -33,7 +35,30 @@ def untraced() -> ExecutionTrace:
     return ExecutionTrace.model_construct()
 
 
-class StepInput(BaseModel):
+class RetryBudget(BaseModel):
+    """What a main step of an Express workflow is passed besides its work: when its execution
+    started (`$$.Execution.StartTime`) and how long from then its steps may be retried. AWS stops an
+    Express execution at five minutes and runs no Catch then, so a step asked later than that
+    refuses at once (WorkflowOutOfTime, never retried) and the execution parks the order, or
+    records the return stuck, while it has the time to (tests/unit/test_aws_limits.py sums the
+    worst case from the ASL). A step not passed them (a compensation, a run by hand) has no budget."""
+
+    model_config = ConfigDict(defer_build=True)
+
+    started: AwareDatetime | None = None  # Step Functions writes it in UTC, "...Z"
+    retry_for_seconds: Annotated[int, Field(gt=0)] | None = None
+
+    def refuse_when_out_of_time(self, now: datetime) -> None:
+        if self.started is None or self.retry_for_seconds is None:
+            return
+        if now - self.started >= timedelta(seconds=self.retry_for_seconds):
+            raise WorkflowOutOfTime(
+                f"the workflow's steps may be retried for {self.retry_for_seconds} s from its start"
+                f" ({self.started.astimezone(UTC):%Y-%m-%dT%H:%M:%SZ}), and that time has run out"
+            )
+
+
+class StepInput(RetryBudget):
     """The Parameters the state machine passes (see infra/order_workflow.asl.json)."""
 
     model_config = ConfigDict(defer_build=True, extra="forbid")
@@ -64,6 +89,7 @@ def step_handler(
         logger.append_keys(order_id=step.order_id, channel=step.trace.channel or None)
         logger.set_correlation_id(step.trace.correlation_id or None)
         try:
+            step.refuse_when_out_of_time(container().clock())
             if calls_plugins:
                 container().plugins.require_loaded()
             run(container().workflow, step)

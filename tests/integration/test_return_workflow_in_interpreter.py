@@ -15,6 +15,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
@@ -266,6 +267,45 @@ def test_a_step_that_keeps_failing_is_recorded_stuck_and_receiving_again_resumes
         ("returns-workflow", rma, "RuntimeError")
     ]
     assert stuck[0]["detail"]["execution"].startswith(f"{rma}-")  # its execution's name: once per execution
+
+    faults.clear(rma)
+    receive(api, rma, network["west"])
+
+    assert wait(stack, "ReturnWorkflow", rma)[-1]["status"] == "SUCCEEDED"
+    settled(api, order_id, rma, sku, network["west"], before)
+
+
+def late(seconds: float) -> Fault:
+    """The real step, asked `seconds` after its execution started (the StartTime the interpreter
+    passed, moved back): a step late in an execution whose earlier steps took their retries."""
+
+    def fault(event: dict[str, Any], context: Any, real: Handler) -> Any:
+        started = datetime.fromisoformat(str(event["started"]).replace("Z", "+00:00"))
+        return real({**event, "started": (started - timedelta(seconds=seconds)).isoformat()}, context)
+
+    return fault
+
+
+@pytest.mark.parametrize("step", ["restock", "refund"])
+def test_a_step_asked_once_its_execution_is_out_of_time_is_recorded_stuck_at_once(
+    stack: EmbeddedStack, api: Api, network, faults: Faults, step: str
+):
+    """AWS stops an Express execution at five minutes without running ReturnStuck: a step asked
+    after its retries' time refuses at once (WorkflowOutOfTime, never retried), so the return is
+    recorded stuck for a person while the execution can still do it; receiving it again resumes it."""
+    order_id, sku = delivered_order(stack, api, network)
+    rma = a_return(api, order_id)
+    before = on_hand(api, sku, network["west"])
+    faults.inject(step, rma, late(seconds=91))
+
+    receive(api, rma, network["west"])
+
+    (run,) = wait(stack, "ReturnWorkflow", rma)
+    assert run["status"] == "FAILED" and run["states"][-2:] == ["ReturnStuck", "ReturnWorkflowFailed"]
+    assert faults.calls[(step, rma)] == 1  # never retried
+    stuck = [e for e in api.get(f"/orders/{order_id}/history").json()["items"] if e["type"] == "return_stuck"]
+    assert [(e["detail"]["return_id"], e["detail"]["error"]) for e in stuck] == [(rma, "WorkflowOutOfTime")]
+    assert stuck[0]["detail"]["message"].startswith("the workflow's steps may be retried for 90 s")
 
     faults.clear(rma)
     receive(api, rma, network["west"])

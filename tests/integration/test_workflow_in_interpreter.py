@@ -17,6 +17,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -453,6 +454,51 @@ def test_a_failure_that_stays_transient_parks_the_order_after_the_retries(
     assert result["states"][-2:] == ["ParkOrder", "OrderParked"]
     assert faults.count(order_id)["ReserveStock"] == 1 + RETRIES
     assert assert_parked(api, order_id, "TransientError")["payment"]["status"] == "authorized"
+
+
+def late(seconds: float) -> Fault:
+    """The real task, asked `seconds` after its execution started (Step Functions' StartTime, as
+    the interpreter passed it, moved back): how a step runs late in an execution whose earlier
+    steps took their retries, without waiting for them."""
+
+    def fault(event: dict[str, Any], context: Any, real: Handler) -> Any:
+        started = datetime.fromisoformat(str(event["started"]).replace("Z", "+00:00"))
+        return real({**event, "started": (started - timedelta(seconds=seconds)).isoformat()}, context)
+
+    return fault
+
+
+@pytest.mark.parametrize("step", ["AuthorizePayment", "ReserveStock", "CreateShipments"])
+def test_a_step_asked_once_its_execution_is_out_of_time_parks_the_order_at_once(
+    stack: EmbeddedStack, api: Api, faults: Faults, stocked, step: str
+):
+    """AWS stops an Express execution at five minutes and runs no Catch then: a main step asked
+    after its retries' time (the ASL's retry_for_seconds) refuses without retrying, so ParkOrder
+    runs while the execution still has the time to, and the order waits on hold for a person."""
+    skus = stocked["skus"]
+    order_id = place(api, order_body((skus[0], 1)))
+    faults.inject(step, order_id, late(seconds=91))
+
+    result = run(stack, order_id)
+
+    assert result["described"]["status"] == "SUCCEEDED"
+    assert result["states"][-3:] == [step, "ParkOrder", "OrderParked"]
+    assert faults.count(order_id)[step] == 1  # never retried
+    order = assert_parked(api, order_id, "WorkflowOutOfTime")
+    assert order["hold"]["note"].startswith(
+        "order workflow failed after retries: WorkflowOutOfTime: the workflow's steps may be retried for 90 s"
+    )
+    assert order["payment"]["status"] == ("pending" if step == "AuthorizePayment" else "authorized")
+
+
+def test_a_step_asked_within_its_executions_time_runs_as_usual(stack: EmbeddedStack, api: Api, faults: Faults, stocked):
+    skus = stocked["skus"]
+    order_id = place(api, order_body((skus[0], 1)))
+    for step in ("AuthorizePayment", "ReserveStock", "CreateShipments"):
+        faults.inject(step, order_id, late(seconds=85))
+
+    assert run(stack, order_id)["states"][-1] == "OrderAllocated"
+    assert get_order(api, order_id)["status"] == "allocated"
 
 
 def test_dynamodb_throttling_that_outlives_every_retry_parks_the_order(

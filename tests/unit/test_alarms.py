@@ -296,3 +296,30 @@ def test_every_function_is_on_the_dashboards_error_throttle_and_duration_graphs(
     for metric in ("Errors", "Throttles", "Duration"):
         shown = {entry[3] for entry in dashboard_metrics() if entry[:3] == ["AWS/Lambda", metric, "FunctionName"]}
         assert shown == {f"dummy-{function}" for function in of_type(*FUNCTION_TYPES)}, metric
+
+
+def _business_dimensions(name: str) -> set[frozenset[str]]:
+    """The dimension names each `record("<name>", ...)` of functions/business_metrics.py gives it
+    (printed without powertools' `service`), one set per call."""
+    source = (ROOT / "functions" / "business_metrics.py").read_text()
+    calls = re.findall(rf'record\(\s*"{name}"((?:[^()]|\([^()]*\))*)\)', source)
+    return {frozenset(re.findall(r"\b(\w+)=", args)) for args in calls}
+
+
+@pytest.mark.parametrize(
+    ("alarm", "metric"), [(name, metric) for name, metric in ALARMED if metric[0] == NAMESPACE], ids=str
+)
+def test_an_alarm_on_the_oms_own_metric_names_it_with_the_dimensions_it_is_emitted_with(alarm: str, metric: Metric):
+    """CloudWatch keeps a metric apart per dimension set: an alarm naming one the code never emits
+    (a misspelt name, `service` where the business metrics print none, or the reverse) never fires.
+    The business metrics (functions/business_metrics.py) carry only their own dimensions; every other
+    metric is a powertools Metrics', which adds the service."""
+    _, name, dimensions = metric
+    assert any(emitted.fullmatch(name) for emitted in EMITTED), f"{alarm} watches {name}, which no handler emits"
+    business = _business_dimensions(name)
+    if business:
+        assert set(dimensions) in business, (alarm, name, dimensions)
+    else:
+        assert re.search(rf'add_metric\(\s*name="{name}"', CODE), (alarm, name)
+        service = TEMPLATE["Globals"]["Function"]["Environment"]["Variables"]["POWERTOOLS_SERVICE_NAME"]
+        assert dimensions == {"service": service}, (alarm, name)

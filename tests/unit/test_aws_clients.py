@@ -141,6 +141,42 @@ def test_every_attempt_ends_well_within_every_function_timeout_and_all_attempts_
     assert per_attempt * aws_clients.MAX_ATTEMPTS < default
 
 
+def _longest_call(config: Config) -> float:
+    """The longest one call of a client with `config` can take before it raises: every attempt
+    waiting out its connect and read timeouts, and the backoff before each retry (botocore's
+    standard mode: at most 50 ms x 2**i after a timeout, or 1 s x 2**i after a throttle, an error
+    answered at once)."""
+    attempts = config.retries["total_max_attempts"]
+    attempt = config.connect_timeout + config.read_timeout
+    return attempt + sum(max(attempt + 0.05 * 2**i, 2**i) for i in range(attempts - 1))
+
+
+def test_the_authorizers_key_lookup_raises_well_before_its_function_times_out(monkeypatch):
+    """The authorizer has 5 s (AUTHORIZER_TIMEOUT_SECONDS: a revoked key's second cache flush waits
+    for it), not the 10 s the default client's three attempts of 3 s are made for: a stuck
+    DynamoDB read would have Lambda kill it (Task timed out, a new container for the next request)
+    before botocore's last attempt, where a client that fits answers from its second attempt or
+    raises its own error in time."""
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("CATALOG_TABLE", "test-CatalogTable")
+    from functions.authorizer import app
+
+    app.api_keys.forget()
+    try:
+        config = app.api_keys()._client.meta.config
+    finally:
+        app.api_keys.forget()
+    assert config.retries["mode"] == "standard" and config.retries["total_max_attempts"] >= 2
+    assert _longest_call(config) < _function_timeouts()["AuthorizerFunction"] - 1
+
+
+def test_a_default_clients_call_raises_before_any_other_function_times_out(monkeypatch):
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    config = aws_client("dynamodb").meta.config
+    timeouts = _function_timeouts()
+    assert _longest_call(config) < min(t for name, t in timeouts.items() if name != "AuthorizerFunction")
+
+
 def test_a_refused_exchange_waits_past_every_run_that_could_still_place_it_and_less_than_its_retry():
     # Returns._given_up_after_refusal: a run that read the return before the refusal puts its
     # replacement within the returns step function's Timeout; the Exchange step's retry of
