@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +41,7 @@ from core.ids import reservation_key, shipment_id_for
 from core.models import (
     Address,
     Change,
+    HistoryEntry,
     LineInput,
     Order,
     OrderEdit,
@@ -64,7 +65,7 @@ from core.payments import Payments
 from core.ports import CatalogRepository, InventoryRepository, LabelStore, OrderRepository, ReturnRepository
 from core.refund_service import RefundService
 from core.refunds import KEPT_BACK_REFUSALS
-from core.services import REVIEW_ACTOR, CaptureService
+from core.services import REVIEW_ACTOR, STOCK_COUNT_REASON, CaptureService
 from core.status import TERMINAL, OrderStatus, PaymentStatus, ShipmentStatus
 from core.unit_cancellation import UnitCancellation, owes_settlement_after_last_parcel
 from core.workflow_types import PaymentResult
@@ -179,9 +180,10 @@ class OrderActions:
             if current.fulfillment.type == "pickup" or current.shipment(shipment_id).status not in done:
                 current.ready_to_ship(shipment_id)
 
-        order = self._checked(order_id, channel, shippable)
-        shipping = order.shipment(shipment_id).status not in done  # this ship records it (or a concurrent one)
-        shipped = self._hand_over(order, shipment_id, actor, channel, done, record)
+        with self._refused_if_withdrawn(order_id, shipment_id, channel):
+            order = self._checked(order_id, channel, shippable)
+            shipping = order.shipment(shipment_id).status not in done  # this ship records it (or a concurrent one)
+            shipped = self._hand_over(order, shipment_id, actor, channel, done, record)
         if tracking_number is not None and (
             not shipping or shipped.shipment(shipment_id).tracking_number != tracking_number
         ):
@@ -246,6 +248,30 @@ class OrderActions:
             order = visible(self._orders.get(order_id, consistent=True), order_id, channel)
             check(order)
         return order
+
+    @contextlib.contextmanager
+    def _refused_if_withdrawn(self, order_id: str, shipment_id: str, channel: str | None) -> Iterator[None]:
+        """A location's confirmation (ship, deliver, ready) of a parcel its order had until a change
+        withdrew it (a stock take that counted fewer units than it held, its own or another
+        location's reject, an edit: the order went back to be sourced) is refused as the ship that
+        change overtook is (_still_there: InvalidTransition, 409), naming the change in the
+        history (`withdrawn_by`), not as an unknown id (404): the parcel may have left, and a
+        warehouse answered `not_found` checks its ids instead of calling a person. Read only on the
+        refusal (the order's history, consistently); the shipment an order never had, and another
+        channel's order, stay NotFound."""
+        try:
+            yield
+        except NotFound:
+            found = self._orders.history(order_id, consistent=True)
+            if found is None or (channel is not None and found[0].channel != channel):
+                raise
+            order, history = found
+            if any(s.id == shipment_id for s in order.shipments):
+                raise  # back on the order meanwhile (sourced again from the same location)
+            withdrawn = _withdrawal(order, history, shipment_id)
+            if withdrawn is None:
+                raise
+            raise withdrawn from None
 
     def _hand_over(
         self, order: Order, shipment_id: str, actor: str, channel: str | None,
@@ -357,11 +383,13 @@ class OrderActions:
         for collect to decide, on a consistent read when a plain one shows it pending). A carrier's
         tracking calls `deliver` only: no carrier hands over a pickup, so its webhook can never
         capture one. A collected pickup goes to `collect` again, which finishes what the first
-        collect left undone."""
-        order = self._order(order_id, channel)
-        if order.fulfillment.type == "pickup":
-            return self.collect(order_id, shipment_id, actor, channel)
-        return self.deliver(order_id, shipment_id, actor, channel, read=order)
+        collect left undone. A parcel a change withdrew from the order is refused as a ship of it is
+        (_refused_if_withdrawn)."""
+        with self._refused_if_withdrawn(order_id, shipment_id, channel):
+            order = self._order(order_id, channel)
+            if order.fulfillment.type == "pickup":
+                return self.collect(order_id, shipment_id, actor, channel)
+            return self.deliver(order_id, shipment_id, actor, channel, read=order)
 
     def deliver(self, order_id: str, shipment_id: str, actor: str, channel: str | None = None,
                 delivered_at: datetime | None = None, read: Order | None = None) -> Order:  # fmt: skip
@@ -636,7 +664,8 @@ class OrderActions:
 
     def ready(self, order_id: str, shipment_id: str, actor: str, channel: str | None = None) -> Order:
         """The store has picked a pickup: it waits `ready_for_pickup` until collected or expired
-        (its `collect_by`; none without a pickup expiry, and then nothing expires it)."""
+        (its `collect_by`; none without a pickup expiry, and then nothing expires it). A pickup a
+        change withdrew from the order is refused as a ship of a parcel is (_refused_if_withdrawn)."""
         at = self._clock()
         collect_by = at + self._pickup_expiry if self._pickup_expiry is not None else None
 
@@ -645,7 +674,8 @@ class OrderActions:
                 return None
             return order.ready_for_pickup(shipment_id, collect_by=collect_by, at=at, actor=actor)
 
-        return modify(self._orders, order_id, decide, channel=channel)
+        with self._refused_if_withdrawn(order_id, shipment_id, channel):
+            return modify(self._orders, order_id, decide, channel=channel)
 
     def collect(self, order_id: str, shipment_id: str, actor: str, channel: str | None = None) -> Order:
         """The customer collected a pickup: its share of the payment is requested and captured
@@ -1017,6 +1047,48 @@ def _still_there(order: Order, shipment_id: str) -> None:
     rejected, and sent back to be sourced) is a conflict: the caller refunds the capture."""
     if not any(s.id == shipment_id for s in order.shipments):
         raise InvalidTransition(f"shipment {shipment_id} was withdrawn: its order is being sourced again")
+
+
+# What an order's change that withdrew its parcels did, as a refused confirmation of one says it.
+_WITHDRAWN_BY = {
+    OrderEvent.EDITED: "the order was edited",
+    OrderEvent.UNITS_CANCELLED: "units of the order were cancelled",
+}
+
+
+def _rejected_because(reason: object) -> str:
+    if reason == STOCK_COUNT_REASON:
+        return "a stock take at its location counted fewer units than it held"
+    return f"its location rejected it, reason: {reason}"
+
+
+def _withdrawal(order: Order, history: list[HistoryEntry], shipment_id: str) -> InvalidTransition | None:
+    """The refusal of a confirmation of `shipment_id`, which `order` no longer has, by the last
+    entry of its `history` that withdrew it (a reject names its parcel and the allocations it
+    released, an edit or a cancel of units that sent the order back to be sourced the allocations);
+    None when no entry did (the order never had it). A shipment's id derives from its order and
+    location (core.ids.shipment_id_for)."""
+    for entry in reversed(history):
+        detail = entry.detail or {}
+        released = [r.get("location_id") for r in detail.get("released") or [] if isinstance(r, dict)]
+        location_id = next((loc for loc in released if loc and shipment_id_for(order.id, loc) == shipment_id), None)
+        rejected = entry.type is OrderEvent.SHIPMENT_REJECTED and detail.get("shipment_id") == shipment_id
+        if rejected:
+            location_id = detail.get("location_id") or location_id
+            why = _rejected_because(detail.get("reason"))
+        elif location_id is None:
+            continue
+        elif entry.type is OrderEvent.SHIPMENT_REJECTED:
+            why = f"another parcel of the order, {detail.get('shipment_id')}, was rejected: "
+            why += _rejected_because(detail.get("reason"))
+        else:
+            why = _WITHDRAWN_BY.get(entry.type, f"the order's change {entry.type.value}")
+        return InvalidTransition(
+            f"shipment {shipment_id} was withdrawn ({why}): its order went back to be sourced; if the parcel "
+            "left all the same, a person is to settle it",
+            details=[{"shipment_id": shipment_id, "location_id": location_id, "withdrawn_by": entry.type.value}],
+        )
+    return None
 
 
 # The entries of a parcel's refused capture, and of a delivery report it stopped (_delivery_not_recorded).

@@ -10,7 +10,7 @@ from datetime import timedelta
 import pytest
 
 from core import hookimpl, payment_keys
-from core.errors import InvalidTransition, NotFound, PaymentGatewayUnavailable, PaymentRefused
+from core.errors import InvalidTransition, PaymentGatewayUnavailable, PaymentRefused
 from core.models import CaptureRequest, LineInput, Order, OrderEdit
 from core.money import Money
 from core.status import OrderStatus, PaymentStatus, ShipmentStatus
@@ -206,7 +206,8 @@ def test_a_renewal_an_edit_overtakes_is_voided_and_the_edits_authorization_kept(
         world.actions.edit(order.id, current.version, OrderEdit(lines=[LineInput(sku="TSHIRT", quantity=3)]), "key_cs")
 
     before_the_next_write(world, monkeypatch, edit, skip=1)  # after the renewal is requested
-    with pytest.raises(NotFound):  # the edit sent the order back to be sourced: its shipment went
+    # The edit sent the order back to be sourced: its shipment went, and the ship says so (409).
+    with pytest.raises(InvalidTransition, match="was withdrawn"):
         world.actions.ship(order.id, shipment.id, tracking_number=None, actor="key_wh")
 
     after = world.order(order.id)

@@ -13,7 +13,7 @@ import pytest
 from core import payment_keys
 from core.authorization_sweep import Settled, SettleIncomplete, UnsettledAuthorizationSweep
 from core.cancellation import Cancellation
-from core.errors import Conflict, NotFound, OrderClosed, PaymentDeclined, StaleVersion, TransientError
+from core.errors import Conflict, InvalidTransition, OrderClosed, PaymentDeclined, StaleVersion, TransientError
 from core.events import OrderEvent
 from core.models import LineInput, Order, OrderEdit
 from core.order_changes import outage_noted_once
@@ -579,7 +579,8 @@ def test_a_renewal_an_edit_overtook_that_could_not_be_voided_is_voided_by_the_pa
         world.gateway.script("void", "transient")
 
     before_the_next_write(world, monkeypatch, edit, skip=1)  # after the renewal is requested
-    with pytest.raises(NotFound):  # the edit sent the order back to be sourced: its shipment went
+    # The edit sent the order back to be sourced: its shipment went, and the ship says so (409).
+    with pytest.raises(InvalidTransition, match="was withdrawn"):
         world.actions.ship(order.id, shipment.id, tracking_number=None, actor="key_wh")
     monkeypatch.undo()
     renewal = reference(AUTHORIZATION, payment_keys.renewal(order.id, order.payment.authorization))

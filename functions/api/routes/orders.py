@@ -333,7 +333,11 @@ def cancel_order(
     "the call names another `tracking_number` than the one recorded: one shipped without naming a number (it kept "
     "its label's) takes it, once (history `shipment_tracking_number_set`; `shipment.shipped` goes out again with "
     "it); otherwise 409 "
-    "`tracking_number_conflict`, whose `details` name the `shipment_id` and the recorded `tracking_number`.",
+    "`tracking_number_conflict`, whose `details` name the `shipment_id` and the recorded `tracking_number`. A "
+    "shipment a change withdrew from its order (a stock take that counted fewer units than it held, a reject, an "
+    "edit: the order went back to be sourced) is 409 `invalid_transition`, `details` `[{shipment_id, location_id, "
+    "withdrawn_by}]` (the history entry that withdrew it), as is a ship that change overtakes; one the order never "
+    "had is 404.",
     responses={**changed("The order"), **errors(400, 403, 404, 409, 413, 502, 503)},
     middlewares=[plugins_loaded],
 )
@@ -358,7 +362,8 @@ def ship_shipment(
     "still standing): the report is proof it left, and it is shipped (captured as a ship captures) and delivered. A "
     "hold that names other parcels too stays on for them (409, the report recorded: the parcel is shipped and "
     "delivered once that hold ends); until then nothing puts the parcel's units back on sale (a reject, an edit or a "
-    "cancel touching it is 409).",
+    "cancel touching it is 409). A shipment a change withdrew from its order is 409 `invalid_transition`, as its "
+    "ship is.",
     responses={**changed("The order"), **errors(400, 403, 404, 409, 413, 502, 503)},
     middlewares=[plugins_loaded],
 )
