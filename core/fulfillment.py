@@ -635,6 +635,11 @@ class OrderActions:
                 if self._rejected_at(order, shipment_id) is not None:
                     break  # a twin of this reject wrote it meanwhile
                 order.rejectable_in_part(shipment_id)
+                if order.capture_request(shipment_id) is not None:
+                    # A ship of it asked for its capture since this reject settled the requests (or
+                    # died doing so): refunded first, as above, then decided again.
+                    self._cancellation.settle_capture_requests(order, actor)
+                    continue
                 sourced = self._resourcing.source_parcel_again(order, shipment_id)
                 made.extend(sourced.bookings)
                 at = self._clock()

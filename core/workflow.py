@@ -913,8 +913,9 @@ class Workflow:
         locations (an earlier attempt that died before its write) counts as its own, and what the
         plan no longer keeps of it is released. Each parcel is booked under a key of this version of
         the order (sourced_again_key): an attempt that loses its write books again under the next
-        version's. Raises TransientError when the stock changed while it was being reserved (the
-        reject is repeated), having released what it reserved."""
+        version's. Raises TransientError when the stock changed while it was being reserved (503:
+        the reject is repeated), and ReservationsFull as ReserveStock does, having released what it
+        reserved."""
         parcel = order.shipment(shipment_id)
         units: dict[str, int] = defaultdict(int)
         for item in parcel.lines:
@@ -951,8 +952,10 @@ class Workflow:
                 keep = rules.kept_back(location_id)
                 self._inventory.reserve(sku, location_id, key, quantity, **({"keep": keep} if keep else {}))
                 done.append((sku, location_id, key))
-        except InsufficientStock:
+        except (InsufficientStock, ReservationsFull) as refused:
             self.release_unrecorded_parcels(order.id, done)
+            if isinstance(refused, ReservationsFull):
+                raise
             raise TransientError(f"stock for order {order.id} changed while it was being reserved") from None
         try:
             shipments, made = self._book_again(order, allocations, locations)

@@ -238,3 +238,27 @@ def test_a_reject_that_lost_its_write_after_reserving_elsewhere_reserves_once_wh
     final = ship(api, done, "wh-east")
     assert final["status"] == "shipped" and stock(api, cap, "wh-east") == (7, 0)
     assert amount(final["payment"]["captured"]) == amount(final["totals"]["grand_total"])
+
+
+def test_a_parcel_whose_ship_died_after_its_capture_has_the_capture_refunded_before_it_is_sourced_again(
+    api, monkeypatch
+):
+    from tests.integration.conftest import dying_at_the_ship_write
+
+    mug = stocked(api, "MUG7", "12.50", {"wh-west": 10})
+    cap = stocked(api, "CAP7", "7.77", {"wh-north": 10, "wh-east": 10})
+    order = partly_shipped(api, (mug, 2), (cap, 3))
+    rejected = parcel(order, "wh-north")
+    with monkeypatch.context() as patched:  # the gateway captured, the ship's write never landed
+        patched.setattr(DynamoOrders, "update", dying_at_the_ship_write(RuntimeError("died")))
+        assert api.post(f"/orders/{order['id']}/shipments/{rejected['id']}/ship", json={}).status_code == 500
+
+    answer = reject(api, order, rejected["id"])
+
+    assert answer.status_code == 200, answer.text
+    done = answer.json()
+    assert settled(done) == amount(order["payment"]["captured"])  # the dead ship's capture given back
+    assert parcel(done, "wh-east")["lines"] == rejected["lines"]
+    assert stock(api, cap, "wh-north") == (10, 0)
+    final = ship(api, done, "wh-east")
+    assert final["status"] == "shipped" and settled(final) == amount(final["totals"]["grand_total"])
