@@ -21,12 +21,14 @@ _orders = itertools.count(1)
 @pytest.fixture(scope="module")
 def api() -> Iterator[InProcessApi]:
     with in_process_api_with_labels() as started:
-        # The order ships to San Francisco: Reno (west) is nearest, Seattle (north) next, Newark (east) last.
+        # The order ships to San Francisco: Reno (west) is nearest, then Seattle (north), Newark (east), Miami.
         west = location_body(name="West warehouse", latitude=39.53, longitude=-119.81)
         north = location_body(name="North warehouse", latitude=47.61, longitude=-122.33)
         assert started.put("/locations/wh-east", json=location_body()).status_code == 201
         assert started.put("/locations/wh-west", json=west).status_code == 201
         assert started.put("/locations/wh-north", json=north).status_code == 201
+        south = location_body(name="South warehouse", latitude=25.76, longitude=-80.19)
+        assert started.put("/locations/wh-south", json=south).status_code == 201
         yield started
 
 
@@ -262,3 +264,36 @@ def test_a_parcel_whose_ship_died_after_its_capture_has_the_capture_refunded_bef
     assert stock(api, cap, "wh-north") == (10, 0)
     final = ship(api, done, "wh-east")
     assert final["status"] == "shipped" and settled(final) == amount(final["totals"]["grand_total"])
+
+
+def test_a_rejected_parcel_sourced_again_from_two_locations_ships_in_two_parcels_that_capture_the_rest(api):
+    mug = stocked(api, "MUG8", "12.50", {"wh-west": 10})
+    cap = stocked(api, "CAP8", "7.77", {"wh-north": 10, "wh-east": 10})
+    hat = stocked(api, "HAT8", "5.00", {"wh-north": 10, "wh-south": 10})
+    order = partly_shipped(api, (mug, 1), (cap, 2), (hat, 3))
+
+    done = reject(api, order, parcel(order, "wh-north")["id"]).json()
+
+    assert done["status"] == "partially_shipped"
+    assert sorted(s["location_id"] for s in done["shipments"]) == ["wh-east", "wh-south", "wh-west"]
+    assert stock(api, cap, "wh-east") == (10, 2) and stock(api, hat, "wh-south") == (10, 3)
+    assert stock(api, cap, "wh-north") == (10, 0) and stock(api, hat, "wh-north") == (10, 0)
+    halfway = ship(api, done, "wh-south")
+    assert halfway["status"] == "partially_shipped"
+    final = ship(api, halfway, "wh-east")
+    assert final["status"] == "shipped" and final["payment"]["status"] == "captured"
+    assert amount(final["payment"]["captured"]) == amount(final["totals"]["grand_total"])
+    assert stock(api, cap, "wh-east") == (8, 0) and stock(api, hat, "wh-south") == (7, 0)
+
+
+def test_the_units_cancelled_with_the_last_parcel_of_an_order_whose_other_arrived_leave_it_delivered(api):
+    mug = stocked(api, "MUG9", "12.50", {"wh-west": 10})
+    hat = stocked(api, "HAT9", "5.00", {"wh-east": 10})
+    order = partly_shipped(api, (mug, 1), (hat, 2))
+    arrived = api.post(f"/orders/{order['id']}/shipments/{parcel(order, 'wh-west')['id']}/deliver", json={})
+    assert arrived.status_code == 200 and arrived.json()["status"] == "partially_shipped", arrived.text
+
+    done = reject(api, order, parcel(order, "wh-east")["id"]).json()
+
+    assert done["status"] == "delivered"
+    assert settled(done) == amount(done["totals"]["grand_total"]) and stock(api, hat, "wh-east") == (10, 0)
