@@ -585,13 +585,14 @@ class OrderActions:
         # or one of a parcel no longer on the order (rejected already, or withdrawn), changes no
         # parcel and leaves that ship to record it.
         checked = self._checked(order_id, channel, rejectable)
+        if checked.status is S.PARTIALLY_SHIPPED and any(s.id == shipment_id for s in checked.shipments):
+            # Only that parcel changes: another's ship in flight is left alone (_reject_in_part).
+            return self._reject_in_part(order_id, shipment_id, reason, actor, channel)
         if checked.captures_requested:
             checked = visible(self._orders.get(order_id, consistent=True), order_id, channel)
             rejectable(checked)
             if any(s.id == shipment_id for s in checked.shipments):
-                checked = self._cancellation.settle_capture_requests(checked, actor)
-        if checked.status is S.PARTIALLY_SHIPPED and any(s.id == shipment_id for s in checked.shipments):
-            return self._reject_in_part(order_id, shipment_id, reason, actor, channel)
+                self._cancellation.settle_capture_requests(checked, actor)
         at = self._clock()
 
         def decide(order: Order):
@@ -636,9 +637,10 @@ class OrderActions:
                     break  # a twin of this reject wrote it meanwhile
                 order.rejectable_in_part(shipment_id)
                 if order.capture_request(shipment_id) is not None:
-                    # A ship of it asked for its capture since this reject settled the requests (or
-                    # died doing so): refunded first, as above, then decided again.
-                    self._cancellation.settle_capture_requests(order, actor)
+                    # A ship of it asked for its capture (in flight, or it died): refunded first, as
+                    # a reject of an allocated order refunds it, then decided again on the order as
+                    # that leaves it. Another parcel's is left to its ship: this changes no other.
+                    self._cancellation.settle_capture_requests(order, actor, shipment_id=shipment_id)
                     continue
                 sourced = self._resourcing.source_parcel_again(order, shipment_id)
                 made.extend(sourced.bookings)
