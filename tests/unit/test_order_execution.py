@@ -17,6 +17,7 @@ from core.errors import (
     OutOfStock,
     TransientError,
 )
+from core.events import OrderEvent
 from core.holds import HoldRequest, Holds, ReleaseRequest
 from core.models import Address, Allocation, LineInput, Order, OrderEdit
 from core.money import Money
@@ -997,6 +998,33 @@ def test_a_reject_of_another_parcel_of_a_partly_shipped_order_leaves_a_parcels_s
     shipped = world.actions.ship(order.id, east, None, actor="key_wh")
     assert (shipped.status, shipped.payment.captured) == (S.SHIPPED, shipped.totals.grand_total)
     assert world.spy.refunded == []
+
+
+def test_two_rejects_of_a_partly_shipped_orders_parcel_at_once_source_it_again_once(world, monkeypatch):
+    # The location's retry lands between the first reject's sourcing and its write: both reserved
+    # under the same keys at the same location, and both booked under the same version's key.
+    world.inventory.set_on_hand("MUG", "wh-west", 0, reason="count")
+    world.catalog.put_location(location("wh-north", name="North warehouse", latitude=47.61, longitude=-122.33))
+    world.inventory.set_on_hand("MUG", "wh-north", 3, reason="count")
+    order = world.allocated(("MUG", 1), ("PEN", 1))  # north: MUG, east: PEN
+    world.inventory.set_on_hand("PEN", "wh-west", 5, reason="count")  # where the rejected PEN can go
+    east, north = world.shipment_at(order, "wh-east"), world.shipment_at(order, "wh-north")
+    world.actions.ship(order.id, north, None, actor="key_wh")
+    twin: list[Order] = []
+    before_the_next_write(
+        world, monkeypatch, lambda: twin.append(world.actions.reject(order.id, east, "no staff", actor="key_store"))
+    )
+
+    first = world.actions.reject(order.id, east, "no staff", actor="key_store")
+
+    monkeypatch.undo()
+    assert twin and first.version == twin[0].version
+    assert [s.location_id for s in first.shipments if s.status is ShipmentStatus.PENDING] == ["wh-west"]
+    assert world.held_for(order.id) == {("PEN", "wh-west", f"{order.id}#L2"): 1}
+    assert [e.type for e in world.history(order.id)].count(OrderEvent.SHIPMENT_REJECTED) == 1
+    shipped = world.actions.ship(order.id, world.shipment_at(first, "wh-west"), None, actor="key_wh")
+    assert (shipped.status, shipped.payment.captured) == (S.SHIPPED, shipped.totals.grand_total)
+    assert world.level("PEN", "wh-west") == (4, 0, 4) and world.level("PEN", "wh-east") == (20, 0, 20)
 
 
 def test_a_reject_of_the_parcel_being_shipped_on_a_partly_shipped_order_refunds_its_capture_first(world, monkeypatch):
