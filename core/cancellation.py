@@ -939,7 +939,9 @@ class Cancellation:
             written=written,
         )  # fmt: skip
 
-    def settle_capture_requests(self, order: Order, actor: str, *, written: list[Order] | None = None) -> Order:
+    def settle_capture_requests(
+        self, order: Order, actor: str, *, written: list[Order] | None = None, shipment_id: str | None = None
+    ) -> Order:
         """Settle every capture the order asked for and never recorded (Order.captures_requested: a
         ship, collect or settlement that died between the gateway's answer and its write, or one in
         flight), before its authorization is voided or the shipment changes. A shipment's is first
@@ -955,11 +957,14 @@ class Cancellation:
         (none when another caller settled them meanwhile). The request of a parcel its carrier
         reported delivered stands (Order.captures_to_settle): it left, and its ship finishes it
         under the same key (nothing else reaches one: a reject, an edit or a cancel touching such a
-        parcel is refused first, Order.check_parcels_reported)."""
+        parcel is refused first, Order.check_parcels_reported). `shipment_id`: only that parcel's
+        (a reject of one parcel of a partly shipped order, which changes no other)."""
         if not order.captures_to_settle():
             return order
         order = self._orders.get(order.id, consistent=True) or order
         for request in order.captures_to_settle():
+            if shipment_id is not None and request.shipment_id != shipment_id:
+                continue
             if request.shipment_id is not None:
                 order = self._settle(order, request.shipment_id, actor, written)
                 continue

@@ -21,7 +21,7 @@ from core.cancellation import (
     parcel_units,
     units_leave,
 )
-from core.carrier_bookings import CarrierWork
+from core.carrier_bookings import CarrierWork, give_up_unrecorded
 from core.errors import (
     Conflict,
     InvalidTransition,
@@ -41,6 +41,7 @@ from core.ids import reservation_key, shipment_id_for
 from core.models import (
     Address,
     Change,
+    GivenUpBooking,
     HistoryEntry,
     LineInput,
     Order,
@@ -54,6 +55,7 @@ from core.models import (
 )
 from core.money import Money
 from core.order_changes import (
+    ATTEMPTS,
     answers_known,
     failure_recorder,
     modify,
@@ -72,6 +74,7 @@ from core.workflow_types import PaymentResult
 
 if TYPE_CHECKING:
     from core.exchange_credit import ExchangeCredits
+    from core.workflow import Workflow
 
 logger = logging.getLogger(__name__)
 S = OrderStatus
@@ -96,8 +99,12 @@ class OrderActions:
         hook: Any | None = None,
         labels: LabelStore | None = None,
         returns: ReturnRepository | None = None,
+        resourcing: Workflow | None = None,
     ):
         self._orders = orders
+        # What sources a rejected parcel of a partly shipped order again (the workflow's sourcing);
+        # None: such a reject is refused (409), as for any order that shipped something.
+        self._resourcing = resourcing
         self._catalog = catalog
         self._inventory = inventory
         self._payments = payments
@@ -593,7 +600,10 @@ class OrderActions:
             if self._rejected_at(order, shipment_id) is not None:
                 return
             if any(s.id == shipment_id for s in order.shipments):
-                order.rejectable(shipment_id)
+                if order.status is S.PARTIALLY_SHIPPED and self._resourcing is not None:
+                    order.rejectable_in_part(shipment_id)
+                else:
+                    order.rejectable(shipment_id)
             elif self._withdrawn_from(order_id, shipment_id) is None:
                 order.shipment(shipment_id)  # NotFound
 
@@ -603,6 +613,9 @@ class OrderActions:
         # or one of a parcel no longer on the order (rejected already, or withdrawn), changes no
         # parcel and leaves that ship to record it.
         checked = self._checked(order_id, channel, rejectable)
+        if checked.status is S.PARTIALLY_SHIPPED and any(s.id == shipment_id for s in checked.shipments):
+            # Only that parcel changes: another's ship in flight is left alone (_reject_in_part).
+            return self._reject_in_part(order_id, shipment_id, reason, actor, channel)
         if checked.captures_requested:
             checked = visible(self._orders.get(order_id, consistent=True), order_id, channel)
             rejectable(checked)
@@ -623,7 +636,68 @@ class OrderActions:
         location_id = self._rejected_at(order, shipment_id)
         if location_id is not None:
             self._release_lines(order, order.lines, [location_id])
+        if any(s.status in (ShipmentStatus.SHIPPED, ShipmentStatus.DELIVERED) for s in order.shipments):
+            # A reject of a partly shipped order's parcel sent again: it finishes what it left.
+            return self._units.settle_after_reject(order, actor)
         return self._units.cancel_given_up(order, actor)  # the bookings of the parcels it withdrew
+
+    def _reject_in_part(self, order_id: str, shipment_id: str, reason: str, actor: str, channel: str | None) -> Order:
+        """The reject of a pending parcel of a partly shipped order. Its units are sourced again
+        first, at locations that have no parcel of the order, reserved and booked
+        (Workflow.source_parcel_again), and what none has is priced out as a cancel of units
+        (UnitCancellation.out_of_stock); then one write conditional on the order's status and
+        version records it all (Order.reject_in_part: the parcel replaced by the new ones, its
+        location excluded, the units none has cancelled out_of_stock, the order partially_shipped
+        still, or shipped when nothing is left to go), and after it the rejected parcel's units are
+        released, its booking cancelled and the payment settled to the new total
+        (UnitCancellation.settle_after_reject). A write lost to another change gives back what this
+        attempt reserved and decides again on the order as it is. A request that dies before the
+        write leaves reservations and a booking no version records: the reject sent again counts
+        them as its own and gets the same booking (the same version, the same key); after the
+        write, the reject sent again (or the reconciler's kept-back pass, for what the write
+        recorded owed) finishes the rest."""
+        assert self._resourcing is not None
+        made: list[GivenUpBooking] = []
+        try:
+            for _ in range(ATTEMPTS):
+                order = visible(self._orders.get(order_id, consistent=True), order_id, channel)
+                if self._rejected_at(order, shipment_id) is not None:
+                    break  # a twin of this reject wrote it meanwhile
+                order.rejectable_in_part(shipment_id)
+                if order.capture_request(shipment_id) is not None:
+                    # A ship of it asked for its capture (in flight, or it died): refunded first, as
+                    # a reject of an allocated order refunds it, then decided again on the order as
+                    # that leaves it. Another parcel's is left to its ship: this changes no other.
+                    self._cancellation.settle_capture_requests(order, actor, shipment_id=shipment_id)
+                    continue
+                sourced = self._resourcing.source_parcel_again(order, shipment_id)
+                made.extend(sourced.bookings)
+                at = self._clock()
+                try:
+                    cancelled = (
+                        self._units.out_of_stock(order, shipment_id, sourced.short, at=at, actor=actor)
+                        if sourced.short else None
+                    )  # fmt: skip
+                    new, entries = order.reject_in_part(
+                        shipment_id, reason, shipments=sourced.shipments, allocations=sourced.allocations,
+                        cancelled=cancelled, at=at, actor=actor,
+                    )  # fmt: skip
+                    self._orders.update(self._units.owing_after_reject(new), order, entries)
+                except StaleVersion:
+                    self._resourcing.release_unrecorded_parcels(order_id, sourced.reserved)
+                    continue
+                except Exception:
+                    self._resourcing.release_unrecorded_parcels(order_id, sourced.reserved)
+                    raise
+                break
+            else:
+                raise StaleVersion(f"order {order_id} kept changing; retry")
+        finally:
+            if made:
+                # Those no version uses (an attempt that lost its write) are owed a cancel.
+                give_up_unrecorded(self._orders, order_id, made, self._clock)
+        return self._units.settle_after_reject(visible(self._orders.get(order_id, consistent=True), order_id, channel),
+                                               actor)  # fmt: skip
 
     def source_backorder_again(self, order_id: str, location_id: str, reason: str, actor: str) -> Order:
         """A stock take at `location_id` no longer covers what the backordered order holds there:

@@ -62,6 +62,14 @@ def booking_key(shipment_id: str, rebookings: int) -> str:
     return shipment_id if not rebookings else f"{shipment_id}-{rebookings}"
 
 
+def sourced_again_key(shipment_id: str, version: int) -> str:
+    """The key a parcel sourced again for a reject of a partly shipped order is booked under: new
+    for each version of the order it is asked on, so a booking an attempt gave up (a write of the
+    order that records it owed a cancel) is never the answer a later attempt gets. Never one that
+    booking_key gives (`-v`, not a number after the dash)."""
+    return f"{shipment_id}-v{version}"
+
+
 def reservation_key(order_id: str, line_id: str) -> str:
     """The key an order line's units are reserved under, at whatever location holds them."""
     return f"{order_id}#{line_id}"

@@ -41,7 +41,7 @@ from core.errors import (
 )
 from core.events import OrderEvent
 from core.fields import empty_list
-from core.ids import booking_key, shipment_id_for
+from core.ids import booking_key, shipment_id_for, sourced_again_key
 from core.log_text import shown_reference
 from core.money import Currency, Money
 from core.status import (
@@ -3634,6 +3634,70 @@ class Order(Shown):
         else:
             self._check_resourceable("sourced again")
         return shipment
+
+    def rejectable_in_part(self, shipment_id: str) -> Shipment:
+        """The pending shipment of a partly shipped order, if its location may reject it now: only
+        that parcel is sourced again (reject_in_part), so only it must not be one a carrier reported
+        or scanned delivered, or one waiting for a person to confirm whether it left;
+        InvalidTransition otherwise."""
+        shipment = self.shipment(shipment_id)
+        if self.status is not OrderStatus.PARTIALLY_SHIPPED:
+            raise InvalidTransition(f"an order that is {self.status} has no parcel sourced again alone")
+        if shipment.status is not ShipmentStatus.PENDING:
+            raise InvalidTransition(f"shipment {shipment_id} is {shipment.status}; only a pending one can be rejected")
+        self.check_parcels_kept("sourced again", [shipment_id])
+        self.check_write_off_finished("sourced again")
+        return shipment
+
+    def reject_in_part(
+        self, shipment_id: str, reason: str, *, shipments: list[Shipment], allocations: list[Allocation],
+        cancelled: Change | None, at: datetime, actor: str,
+    ) -> "tuple[Order, list[HistoryEntry]]":  # fmt: skip
+        """The location cannot fulfil this pending parcel of a partly shipped order: the parcel
+        leaves the order, replaced by `shipments` (its units sourced again at other locations and
+        booked there: Workflow.source_parcel_again) holding `allocations`, and the location is
+        excluded for the order. The status stays partially_shipped: what left stays as it is, and
+        an order that shipped something is never `authorized` again. The units no location has are
+        cancelled out_of_stock in the same version: `cancelled` is this order's cancel_units of
+        them, decided with this parcel last among the pending ones (cancelling_first), so it took
+        them from this parcel alone; it may end the order shipped (or delivered). One write, two
+        entries (shipment_rejected, then units_cancelled); the release of what the parcel held at
+        its location is owed from it (owing_stock: UnitCancellation.settle_after_reject)."""
+        parcel = self.rejectable_in_part(shipment_id)
+        base = self
+        entries: list[HistoryEntry] = []
+        if cancelled is not None:
+            base, cancel_entry = cancelled
+            others = {s.id: s for s in base.shipments if s.id != shipment_id}
+            if others != {s.id: s for s in self.shipments if s.id != shipment_id}:
+                raise InvalidTransition(f"the units cancelled with shipment {shipment_id} came from another parcel")
+            entries.append(cancel_entry)
+            # The parcel goes: a label the cancel made it due (fewer units) is never booked.
+            base = _replaced(base, labels_due=[d for d in base.labels_due if d != shipment_id])
+        order_of = {s.id: index for index, s in enumerate(self.shipments)}
+        kept = sorted((s for s in base.shipments if s.id != shipment_id), key=lambda s: order_of[s.id])
+        if any(s.id in order_of for s in shipments):
+            raise InvalidTransition(f"a parcel sourced again for {shipment_id} has the id of one the order has")
+        keys = {**base.booking_keys, **{s.id: sourced_again_key(s.id, self.version) for s in shipments}}
+        moved, entry = base._next(
+            at=at, actor=actor, type=OrderEvent.SHIPMENT_REJECTED,
+            detail={"shipment_id": shipment_id, "location_id": parcel.location_id, "reason": reason,
+                    "released": [a.model_dump() for a in self.allocations if a.location_id == parcel.location_id],
+                    "sourced": [a.model_dump() for a in allocations], "shipments": [s.id for s in shipments]},
+            excluded_locations=list(dict.fromkeys([*self.excluded_locations, parcel.location_id])),
+            shipments=[*kept, *shipments], booking_keys=keys,
+            allocations=[*(a for a in base.allocations if a.location_id != parcel.location_id), *allocations],
+        )  # fmt: skip
+        new = _replaced(moved.owing_stock(), version=self.version + 1)
+        check_successor(self, new)
+        return new, [entry, *entries]
+
+    def cancelling_first(self, shipment_id: str) -> "Order":
+        """This order with pending parcel `shipment_id` last among its parcels, as cancel_units takes
+        units from the last pending parcels first: so a cancel of units it holds takes them from it
+        (reject_in_part). Only decided on, never stored."""
+        last = self.shipment(shipment_id)
+        return _replaced(self, shipments=[*(s for s in self.shipments if s.id != shipment_id), last])
 
     def reject_withdrawn(self, shipment_id: str, location_id: str, reason: str, *, at: datetime, actor: str) -> Change:
         """A location rejects a shipment of this order that an earlier change withdrew before the

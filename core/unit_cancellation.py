@@ -27,6 +27,7 @@ from core.errors import (
     InvalidTransition,
     NoPaymentPlugin,
     NotFound,
+    OutOfStock,
     PaymentRefused,
     StaleVersion,
     refused_as_kept,
@@ -36,6 +37,7 @@ from core.exchange_credit import beyond_credit, owes_credit_back
 from core.holds import give_back_or_note, give_back_surplus
 from core.ids import booking_key, reservation_key
 from core.models import (
+    Change,
     GivenUpBooking,
     LineInput,
     Order,
@@ -242,6 +244,39 @@ class UnitCancellation:
             self.cancel_given_up(self.book_labels_due(new, actor), actor)
             return self._settle(new, actor)
         raise StaleVersion(f"order {order_id} kept changing; retry")
+
+    # --- A rejected parcel of a partly shipped order (OrderActions.reject) -----------------------
+    def out_of_stock(self, order: Order, shipment_id: str, short: dict[str, int], *, at: datetime,
+                     actor: str) -> Change:  # fmt: skip
+        """`order`'s cancel of the `short` units (by line) of its pending parcel `shipment_id` no other
+        location has, reason out_of_stock, priced again as a cancel of units prices them (never to
+        more than the order cost: kept_as_sold) and taken from that parcel alone
+        (Order.cancelling_first): for the reject's write (Order.reject_in_part), settled after it
+        (settle_after_reject)."""
+        staged = order.cancelling_first(shipment_id)
+        priced, totals, grants = self._priced(staged, short)
+        if totals.grand_total > order.totals.grand_total:
+            priced, totals = kept_as_sold(staged, short)
+            grants = None
+        return staged.cancel_units(short, priced, totals, reason=OutOfStock.code, at=at, actor=actor, grants=grants)
+
+    @staticmethod
+    def owing_after_reject(order: Order) -> Order:
+        """The version a reject of a partly shipped order writes, recording the settlement owed when
+        the units it cancelled leave one (as a cancel of units records it: _owes_back), so the
+        reconciler's kept-back pass settles it should the function die before settle_after_reject."""
+        return order.owing_settlement() if _owes_back(order) else order
+
+    def settle_after_reject(self, order: Order, actor: str) -> Order:
+        """After a reject of a partly shipped order's parcel was written (or sent again): the
+        bookings it gave up (the rejected parcel's) cancelled with the carrier, what the parcel
+        held at its location released (the stock step brings the order's reservations down to what
+        its pending parcels need), and, when it cancelled units, the payment settled to the new
+        total as after a cancel of units (_settle). Each part idempotent: a reject sent again
+        finishes what a death left, and so does the reconciler's kept-back pass for what the write
+        recorded owed (stock_owed, settlement_owed). Returns the order as it then is."""
+        self.cancel_given_up(order, actor)
+        return self._settle(self._current(order.id), actor)
 
     def _shipped_since(self, read: Order) -> bool:
         """Whether a parcel of `read` (the order a cancel decided on) shipped since: the order, read

@@ -15,6 +15,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Collection
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -42,7 +43,7 @@ from core.errors import (
     is_own_error,
 )
 from core.events import OrderEvent
-from core.ids import booking_key, reservation_key, shipment_id_for
+from core.ids import booking_key, reservation_key, shipment_id_for, sourced_again_key
 from core.models import (
     Address,
     Allocation,
@@ -151,6 +152,20 @@ def stopped(order: Order) -> OrderClosed:
     if order.status is S.ON_HOLD:
         return OrderHeld(f"order {order.id} is on hold")
     return OrderClosed(f"order {order.id} is {order.status}")
+
+
+@dataclass(frozen=True)
+class SourcedAgain:
+    """A rejected parcel's units sourced again (Workflow.source_parcel_again): the new pending
+    `shipments`, booked, and the `allocations` reserved for them; `short`, units by line no other
+    location has; what this attempt `reserved` and the `bookings` it made, to give back should its
+    write not happen."""
+
+    shipments: list[Shipment]
+    allocations: list[Allocation]
+    short: dict[str, int]
+    reserved: list[tuple[str, str, str]]
+    bookings: list[GivenUpBooking]
 
 
 class Workflow:
@@ -511,12 +526,13 @@ class Workflow:
     def _plan(
         self, order: Order, eligible: list[Location], locations: list[Location], rules: SourcingRules,
         mine: dict[tuple[str, str, str], int], full: Collection[tuple[str, str]] = (), *, consistent: bool = False,
-        stock: dict[str, list[StockLevel]] | None = None,
+        stock: dict[str, list[StockLevel]] | None = None, cannot_wait: Callable[[set[str]], set[str]] | None = None,
     ) -> SourcingPlan | None:  # fmt: skip
         """The sourcing plugins' plan for `order` at `eligible` locations on the stock there now
         (`stock`, the levels there when read already), counting what the order holds (`mine`) as
         its own, and nothing more at the stock items `full` (no room for another reservation);
-        None when they cannot cover it."""
+        None when they cannot cover it. `cannot_wait`: which skus may not be left short (by
+        default those that do not allow backorder: _cannot_wait)."""
         if stock is None:
             stock = self._inventory.levels(
                 {line.sku for line in order.lines}, [loc.location_id for loc in eligible], consistent=consistent
@@ -538,9 +554,8 @@ class Workflow:
         for (sku, location_id, _), quantity in mine.items():
             own[(sku, location_id)] += quantity
         stock = self._behind_older(order, stock, locations, rules, own=own)
-        return allocation_plan(
-            self._hook, order, eligible, stock, destination_of(order, locations), rules, self._cannot_wait
-        )
+        destination = destination_of(order, locations)
+        return allocation_plan(self._hook, order, eligible, stock, destination, rules, cannot_wait or self._cannot_wait)
 
     def _release_unrecorded(
         self, order_id: str, done: list[tuple[str, str, str]], held_before: set[tuple[str, str, str]] | None = None
@@ -881,6 +896,129 @@ class Workflow:
             for location_id in location_ids:
                 keys[(sku, location_id)].append(reservation_key(order.id, line_id))
         return dict(keys)
+
+    # --- A parcel of a partly shipped order sourced again (OrderActions.reject) ----------------
+    def source_parcel_again(self, order: Order, shipment_id: str) -> SourcedAgain:
+        """The units of `order`'s pending parcel `shipment_id`, whose location rejects it while
+        another parcel of the order has left, sourced again as ReserveStock sources an order (the
+        sourcing plugins, the rules in force, safety stock kept back, older backorders' units left
+        to them) and reserved, then booked with the carrier as CreateShipments books (one parcel
+        per location), for the reject's write to record (Order.reject_in_part). Never at the
+        rejecting location, one excluded before, nor one that has a parcel of the order: a parcel's
+        id is its order's and location's (shipment_id_for) and its units are reserved under the
+        order's line keys there, so a second parcel at a location that shipped one would share its
+        id, and a ship of the first sent again would take the second's units. What no other
+        location has is `short` (units by line): nothing of a partly shipped order waits
+        backordered, so the reject cancels them out_of_stock. What the order already holds at those
+        locations (an earlier attempt that died before its write) counts as its own, and what the
+        plan no longer keeps of it is released. Each parcel is booked under a key of this version of
+        the order (sourced_again_key): an attempt that loses its write books again under the next
+        version's. Raises TransientError when the stock changed while it was being reserved (503:
+        the reject is repeated), and ReservationsFull as ReserveStock does, having released what it
+        reserved."""
+        parcel = order.shipment(shipment_id)
+        units: dict[str, int] = defaultdict(int)
+        for item in parcel.lines:
+            units[item.line_id] += item.quantity
+        part = order.model_copy(update={
+            "lines": [line.model_copy(update={"quantity": units[line.line_id]})
+                      for line in order.lines if units.get(line.line_id)],
+            "allocations": [], "replaced_lines": [],
+            "excluded_locations": [*order.excluded_locations, *(s.location_id for s in order.shipments)],
+        })  # fmt: skip
+        locations = self._catalog.list_locations()
+        rules = self._rules()
+        eligible = sourceable(part, locations, rules)
+        mine, stock = self._inventory.holdings(
+            self._reservation_keys(part, [loc.location_id for loc in eligible]), {line.sku for line in part.lines},
+            [loc.location_id for loc in eligible],
+        )  # fmt: skip
+        # Everything may be left short here: what no location has is cancelled, not waited for.
+        plan = self._plan(part, eligible, locations, rules, mine, stock=stock, cannot_wait=lambda skus: set())
+        allocations = list(plan.allocations) if plan is not None else []
+        short = {line.line_id: line.quantity for line in part.lines}
+        for allocation in allocations:
+            short[allocation.line_id] -= allocation.quantity
+        sku_of = {line.line_id: line.sku for line in order.lines}
+        wanted = {
+            (sku_of[a.line_id], a.location_id, reservation_key(order.id, a.line_id)): a.quantity for a in allocations
+        }
+        for item, quantity in mine.items():
+            if wanted.get(item) != quantity:
+                self._inventory.release(*item)
+        done: list[tuple[str, str, str]] = []
+        try:
+            for (sku, location_id, key), quantity in wanted.items():
+                keep = rules.kept_back(location_id)
+                self._inventory.reserve(sku, location_id, key, quantity, **({"keep": keep} if keep else {}))
+                done.append((sku, location_id, key))
+        except (InsufficientStock, ReservationsFull) as refused:
+            self.release_unrecorded_parcels(order.id, done)
+            if isinstance(refused, ReservationsFull):
+                raise
+            raise TransientError(f"stock for order {order.id} changed while it was being reserved") from None
+        try:
+            shipments, made = self._book_again(order, allocations, locations)
+        except Exception:
+            self.release_unrecorded_parcels(order.id, done)
+            raise
+        return SourcedAgain(
+            shipments=shipments, allocations=allocations, short={k: v for k, v in short.items() if v},
+            reserved=done, bookings=made,
+        )  # fmt: skip
+
+    def _book_again(
+        self, order: Order, allocations: list[Allocation], locations: list[Location]
+    ) -> tuple[list[Shipment], list[GivenUpBooking]]:
+        """One pending parcel per location of `allocations`, booked under sourced_again_key, and
+        the bookings made. A failure after a booking keeps those it made owed a cancel (the next
+        attempt books under another key: the failure's write is a new version), as CreateShipments
+        keeps them."""
+        by_location: dict[str, list[ShipmentLine]] = defaultdict(list)
+        for allocation in allocations:
+            by_location[allocation.location_id].append(
+                ShipmentLine(line_id=allocation.line_id, quantity=allocation.quantity)
+            )
+        where = {loc.location_id: loc for loc in locations}
+        products = self._catalog.get_products({line.sku for line in order.lines})
+        line_sku = {line.line_id: line.sku for line in order.lines}
+        shipments: list[Shipment] = []
+        made: list[GivenUpBooking] = []
+        asking: GivenUpBooking | None = None
+        try:
+            for location_id in sorted(by_location):
+                lines = by_location[location_id]
+                shipment_id = shipment_id_for(order.id, location_id)
+                weight = sum((products[line_sku[x.line_id]].weight_grams or 0) * x.quantity for x in lines)
+                key = sourced_again_key(shipment_id, order.version)
+                asking = GivenUpBooking(shipment_id=shipment_id, booking_key=key)
+                booked = self._book(order, shipment_id, key, where[location_id], lines, weight)
+                asking = None
+                if booked.tracking_number:
+                    made.append(GivenUpBooking(shipment_id=shipment_id, carrier=booked.carrier,
+                                               tracking_number=booked.tracking_number, booking_key=key))  # fmt: skip
+                shipments.append(
+                    Shipment(
+                        id=shipment_id, location_id=location_id, lines=lines, carrier=booked.carrier,
+                        service=booked.service, tracking_number=booked.tracking_number,
+                        label_url=stored_label(self._labels, booked, order.id, key),
+                    )
+                )  # fmt: skip
+        except Exception:
+            if made or asking is not None:
+                give_up_unrecorded(self._orders, order.id, [*made, *([asking] if asking else [])], self._clock)
+            raise
+        return shipments, made
+
+    def release_unrecorded_parcels(self, order_id: str, reserved: list[tuple[str, str, str]]) -> None:
+        """Give back what source_parcel_again `reserved` for an attempt whose write did not happen,
+        but at a location where the order, read consistently, has a parcel now (a twin attempt of
+        the same reject that won: the same keys, the same units)."""
+        current = self._orders.get(order_id, consistent=True)
+        recorded = {s.location_id for s in current.shipments} if current is not None else set()
+        for item in reserved:
+            if item[1] not in recorded or (current is not None and current.status in TERMINAL):
+                self._inventory.release(*item)
 
     # --- CreateShipments --------------------------------------------------------------------
     def create_shipments(self, order_id: str) -> None:

@@ -477,6 +477,7 @@ class Container:
             hook=self.plugins.hook,
             labels=self.label_store,
             returns=self.return_repository if self.config.returns_table else None,
+            resourcing=self.workflow,
         )
 
     @cached_property

@@ -2109,3 +2109,46 @@ def test_short_counts_a_pass_does_not_start_are_counted_as_left(stack):
     service.finish_short_counts(out_of_time, utc_now(), time_up=lambda: next(starts))
     assert ([s.sku for s in out_of_time.finished], out_of_time.left) == (skus[2:3], 1)
     assert [s.sku for s in inventory.short_counts(utc_now(), 10)] == skus[3:]
+
+
+def test_a_partly_shipped_orders_reject_that_died_after_its_write_is_finished_by_the_kept_back_pass(stack, monkeypatch):
+    # The reject of the pending parcel no other location has cancelled its units out_of_stock in
+    # its write, and died before releasing them and settling the payment: nobody sends it again.
+    from core.unit_cancellation import UnitCancellation
+    from functions.bootstrap import Config, bootstrap
+    from functions.reconciler import app
+
+    services = bootstrap(Config.from_env(), label_store=FakeLabels())
+    services.catalog.put_product("MUG", ProductInput.model_validate(product_body("12.50")))
+    services.catalog.put_product("HAT", ProductInput.model_validate(product_body("5.00")))
+    west = location_body(name="West warehouse", latitude=39.53, longitude=-119.81)
+    services.catalog.put_location("wh-west", LocationInput.model_validate(west))
+    services.catalog.put_location("wh-east", LocationInput.model_validate(location_body()))
+    services.inventory.count("MUG", "wh-west", 5)
+    services.inventory.count("HAT", "wh-east", 5)
+    order = allocated(services, place_order(external_id="web-rejected", lines=[
+        {"sku": "MUG", "quantity": 1}, {"sku": "HAT", "quantity": 2}]))  # fmt: skip
+    by_location = {s.location_id: s.id for s in order.shipments}
+    services.actions.ship(order.id, by_location["wh-west"], None, actor="key_wh")
+    with monkeypatch.context() as patched:
+        patched.setattr(UnitCancellation, "settle_after_reject", lambda self, order, actor: order)
+        services.actions.reject(order.id, by_location["wh-east"], "stock damaged", actor="key_wh")
+    written = services.order_repository.get(order.id)
+    assert written.status is OrderStatus.SHIPPED and written.stock_owed and written.settlement_owed
+    assert hats(services) == (5, 2)
+
+    later = utc_now() + timedelta(minutes=16)
+    with app.container.override(bootstrap(Config.from_env(), clock=lambda: later, label_store=FakeLabels())):
+        reconcile()
+
+    done = services.order_repository.get(order.id)
+    assert not done.stock_owed and not done.settlement_owed
+    assert hats(services) == (5, 0)
+    assert done.payment.status is PaymentStatus.CAPTURED
+    assert done.payment.captured - done.payment.refunded == done.totals.grand_total
+
+
+def hats(services: Any) -> tuple[int, int]:
+    """HAT at wh-east: (on_hand, reserved)."""
+    east = next(loc for loc in services.inventory.summary("HAT").locations if loc.location_id == "wh-east")
+    return east.on_hand, east.reserved

@@ -636,3 +636,32 @@ def test_a_tracking_number_unchanged_or_on_a_parcel_not_yet_shipped_is_no_shipme
     again = next_version(shipped, shipments=[numbered("shipped", "1Z1")])
     assert types(pending, relabelled) == []  # its shipped event will carry the number it leaves with
     assert types(shipped, again) == []
+
+
+def test_a_partly_shipped_orders_rejected_parcel_is_shipment_rejected_and_the_order_lists_what_replaces_it():
+    at = datetime(2026, 12, 1, 11, 0, tzinfo=UTC)
+
+    def parcel(shipment_id: str, location_id: str, **changes: Any) -> Shipment:
+        return Shipment(
+            id=shipment_id, location_id=location_id, lines=[ShipmentLine(line_id="L1", quantity=1)], carrier="flat",
+            service="ground", label_url=f"labels/ord/{shipment_id}.pdf", **changes,
+        )  # fmt: skip
+
+    partly = a_stored_order(
+        ("TSHIRT", 2), id="ord_aaaaaaaaaaaaaaaaaaaaaaaa", status=OrderStatus.PARTIALLY_SHIPPED,
+        shipments=[parcel("shp_0", "wh0", status="shipped", shipped_at=at), parcel("shp_1", "wh1")],
+        allocations=[Allocation(line_id="L1", location_id="wh1", quantity=1)],
+    )  # fmt: skip
+    rejected, entries = partly.reject_in_part(
+        "shp_1", "damaged stock", shipments=[parcel("shp_2", "wh2")],
+        allocations=[Allocation(line_id="L1", location_id="wh2", quantity=1)], cancelled=None, at=at, actor="key_wh",
+    )  # fmt: skip
+    old, new = (json.loads(order.stored_json()) for order in (partly, rejected))
+
+    events = order_events(old, new)
+
+    assert [e.type.value for e in events] == ["shipment.rejected"]
+    assert (events[0].data["shipment"]["id"], events[0].data["shipment"]["status"]) == ("shp_1", "cancelled")
+    assert [s["id"] for s in events[0].data["order"]["shipments"]] == ["shp_0", "shp_2"]
+    assert rejected.status is OrderStatus.PARTIALLY_SHIPPED and rejected.excluded_locations == ["wh1"]
+    assert [e.type.value for e in entries] == ["shipment_rejected"] and rejected.stock_owed

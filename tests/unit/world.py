@@ -203,7 +203,7 @@ def build_world(
         sourcing_rules=sourcing_rules, credits=credits,
     )  # fmt: skip
     actions = OrderActions(orders, catalog, inventory, payments, capture, clock=clock, refunds=refunds, credits=credits,
-                           hook=plugins.hook, labels=labels, returns=returns)  # fmt: skip
+                           hook=plugins.hook, labels=labels, returns=returns, resourcing=workflow)  # fmt: skip
     return World(
         fake, catalog, inventory, labels, spy, gateway, capture, workflow, actions, refunds, backorders=backorders,
         returns=returns,

@@ -23,13 +23,20 @@ router = Router()
     "`cancelled` with reason `out_of_stock`. The reason is in the history (`shipment_rejected`). Rejecting the same "
     "shipment again answers the order unchanged, and so does rejecting one that another location's reject withdrew "
     "meanwhile (its location is excluded too). A held allocated order's shipment is rejected the same way, and the "
-    "order stays `on_hold` until its release sends it to be sourced again. 409 once the shipment is not pending or "
-    "anything of the order left; 409 `parcel_not_confirmed` (`details` naming the shipment) while the order is "
-    "held for a person to confirm whether one of its parcels left (its ship died after its capture), and while its "
-    "carrier has scanned one of its pending parcels delivered (`delivery_scan_kept`: ship that one). A capture a "
-    "ship of the order asked for and never recorded is refunded first: a gateway that keeps failing then answers "
-    "503, a payment plugin that fails 502 `payment_plugin_error`, and the shipment is not rejected (repeat it).",
-    responses={**changed("The order, authorized again"), **errors(400, 403, 404, 409, 413, 502, 503)},
+    "order stays `on_hold` until its release sends it to be sourced again. On a `partially_shipped` order only that "
+    "parcel's units are sourced again, in the request (never at a location that has a parcel of the order): new "
+    "pending parcels replace it, the order stays `partially_shipped`, and the units no location has are cancelled "
+    "`out_of_stock` (`units_cancelled`), the payment settled to the new total as for a cancel of units (the order "
+    "`shipped` when nothing is left to go). 409 once the shipment is not pending; 409 `parcel_not_confirmed` "
+    "(`details` naming the shipment) while the order is held for a person to confirm whether one of its parcels "
+    "left (its ship died after its capture), and while its carrier has scanned one of its pending parcels delivered "
+    "(`delivery_scan_kept`: ship that one). A capture a ship of the order asked for and never recorded is refunded "
+    "first: a gateway that keeps failing then answers 503, a payment plugin that fails 502 `payment_plugin_error`, "
+    "and the shipment is not rejected (repeat it).",
+    responses={
+        **changed("The order, authorized again (or its parcel replaced)"),
+        **errors(400, 403, 404, 409, 413, 502, 503),
+    },
 )
 @requires(Scope.FULFILLMENT_WRITE)
 def reject_shipment(order_id: OrderIdPath, shipment_id: ShipmentIdPath, request: RejectRequest) -> Order | OrderReceipt:
