@@ -113,19 +113,20 @@ class World:
             )
             assert rules.status_code == 200, rules.text
         self.order = self.delivered()
+        self.channel_keys: dict[str, tuple[str, str]] = {}  # by list: the keys of two channels with items in it
         assert api.post("/orders", json=order_body((self.sku, 1))).status_code == 201
 
     def purchase(self, vendor: str, quantity: int) -> dict[str, Any]:
         line = {"sku": self.sku, "quantity": quantity, "unit_cost": {"amount": "1.00", "currency": "USD"}}
         return {"vendor_id": vendor, "location_id": self.location, "lines": [line]}
 
-    def allocated(self, quantity: int = 3) -> dict[str, Any]:
-        placed = self.api.post("/orders", json=order_body((self.sku, quantity)))
+    def allocated(self, quantity: int = 3, channel: str = "web") -> dict[str, Any]:
+        placed = self.api.post("/orders", json=order_body((self.sku, quantity), channel=channel))
         assert placed.status_code == 201, placed.text
         return run_to_allocated(self.api, placed.json()["id"])
 
-    def delivered(self) -> str:
-        order = self.allocated()
+    def delivered(self, channel: str = "web") -> str:
+        order = self.allocated(channel=channel)
         for action in ("ship", "deliver"):
             done = self.api.post(f"/orders/{order['id']}/shipments/{order['shipments'][0]['id']}/{action}", json={})
             assert done.status_code == 200, done.text
@@ -259,9 +260,18 @@ def _webhooks_of(api: InProcessApi, world: World, key: str, channel: str) -> Non
         assert made.status_code == 201, made.text
 
 
+def _returns_of(api: InProcessApi, world: World, key: str, channel: str) -> None:
+    order = world.delivered(channel)  # of 3 units: a return of one, twice
+    for _ in range(2):
+        line = {"line_id": "L1", "quantity": 1, "reason": "too big", "reason_code": "size_or_fit"}
+        made = api.post(f"/orders/{order}/returns", key=key, json={"lines": [line]})
+        assert made.status_code == 201, made.text
+
+
 # The lists a channel key sees its channel's part of, and how to give a channel two items in one.
 CHANNEL_LISTS: dict[str, Callable[[InProcessApi, World, str, str], None]] = {
     "/orders": _orders_of,
+    "/returns": _returns_of,
     "/webhooks": _webhooks_of,
 }
 
@@ -271,11 +281,13 @@ CHANNEL_LISTS: dict[str, Callable[[InProcessApi, World, str, str], None]] = {
 def test_a_cursor_given_to_another_caller_is_422_to_a_channel_key(
     api: InProcessApi, world: World, path: str, given_to: str
 ):
-    keys = {}
-    for channel in (f"a-{uuid.uuid4().hex[:8]}", f"b-{uuid.uuid4().hex[:8]}"):
-        keys[channel] = issue(api, "orders:write", "orders:read", "webhooks:write", channel=channel)
-        CHANNEL_LISTS[path](api, world, keys[channel], channel)
-    mine, theirs = keys.values()
+    if path not in world.channel_keys:  # two channels' keys, each with two items in the list
+        keys = []
+        for channel in (f"a-{uuid.uuid4().hex[:8]}", f"b-{uuid.uuid4().hex[:8]}"):
+            keys.append(issue(api, "orders:write", "orders:read", "returns:write", "webhooks:write", channel=channel))
+            CHANNEL_LISTS[path](api, world, keys[-1], channel)
+        world.channel_keys[path] = (keys[0], keys[1])
+    mine, theirs = world.channel_keys[path]
     first = api.get(path, params={"limit": 1}, **({} if given_to == "the admin" else {"key": theirs}))
     assert first.json()["next_cursor"], first.text
 
