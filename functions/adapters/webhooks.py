@@ -116,14 +116,17 @@ class DynamoWebhooks(WebhookStore):
         else:
             query["FilterExpression"] = "channel = :channel"
             query["ExpressionAttributeValues"][":channel"] = {"S": channel}
+        # Bound to the channel read for, as the orders' and customers' lists are: a cursor another
+        # channel's key (or the admin) was given is refused, never read as a place in this list.
+        scope = "webhooks" if channel is None else f"webhooks&channel={channel}"
         if cursor is not None:
-            query["ExclusiveStartKey"] = decode_cursor(cursor, "webhooks", {"pk", "sk"}, {"pk": WEBHOOKS_PK})
+            query["ExclusiveStartKey"] = decode_cursor(cursor, scope, {"pk", "sk"}, {"pk": WEBHOOKS_PK})
         shown: list[Webhook] = []
         while True:
             response = self._client.query(**query)
             for item in response["Items"]:
                 if len(shown) == limit:
-                    return shown, encode_cursor("webhooks", {"pk": {"S": WEBHOOKS_PK}, "sk": {"S": shown[-1].id}})
+                    return shown, encode_cursor(scope, {"pk": {"S": WEBHOOKS_PK}, "sk": {"S": shown[-1].id}})
                 shown.append(Webhook.model_validate(_webhook(item).model_dump(exclude={"secret"})))
             if "LastEvaluatedKey" not in response:
                 return shown, None

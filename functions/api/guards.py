@@ -140,8 +140,27 @@ def parsed_body(text: str) -> Any:
         raise json.JSONDecodeError(str(error), text, 0) from None
 
 
+def merge_header_cases(event: dict[str, Any]) -> None:
+    """One header under names that differ only in case (RFC 9110: names are case-insensitive) is
+    one header sent that many times: its values are joined under the first name, so a route's
+    header parameter sees them all ("given 2 times", 400) where the resolver, reading the names
+    case-insensitively, kept the last and dropped the rest."""
+    many: dict[str, list[str]] = event.get("multiValueHeaders") or {}
+    first: dict[str, str] = {}
+    for name in list(many):
+        kept = first.setdefault(name.lower(), name)
+        if kept != name:
+            many[kept] = [*(many[kept] or []), *(many.pop(name) or [])]
+    single: dict[str, str] = event.get("headers") or {}
+    for name in list(single):
+        kept = first.get(name.lower(), name)
+        if kept != name:
+            single[kept] = single.pop(name)  # the last value, as the single-value map keeps it
+
+
 def check_request(event: dict[str, Any], scopes: ScopeTable) -> None:
     _parsed.set(None)
+    merge_header_cases(event)
     raw = body_bytes(event)
     if len(raw) > MAX_BODY_BYTES:
         raise ApiError(413, "payload_too_large", "request body is over 256 KiB")

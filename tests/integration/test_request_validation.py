@@ -369,3 +369,19 @@ def test_a_header_given_twice_is_400_saying_so_and_changes_nothing(api: InProces
             {"field": header, "message": "given 2 times: send it once"}
         ]
     assert_no_orders(api, body)
+
+
+def test_a_header_given_twice_under_names_differing_in_case_is_400_saying_so(api: InProcessApi, sku: str):
+    # Header names are case-insensitive (RFC 9110 5.1): Idempotency-Key and idempotency-key are one
+    # header sent twice. The resolver read them as one name, the second value silently winning, so
+    # such an order was placed under one of two keys nobody could tell apart.
+    body = order_body((sku, 1))
+    placed = sent(api, "POST", "/orders", headers=(("Idempotency-Key", "k1"), ("idempotency-key", "k2")), body=body)
+    edit = sent(api, "PATCH", f"/orders/ord_{'a' * 24}", headers=(("If-Match", "1"), ("IF-MATCH", "2")),
+                body={"shipping_method": "express"})  # fmt: skip
+
+    for response, header in ((placed, "Idempotency-Key"), (edit, "If-Match")):
+        assert assert_error(response, 400, "malformed_header")["details"] == [
+            {"field": header, "message": "given 2 times: send it once"}
+        ]
+    assert_no_orders(api, body)

@@ -62,6 +62,26 @@ def test_a_channel_key_pages_through_its_own_subscriptions_and_no_cursor_names_a
     assert {hook["id"] for hook in everyone["items"]} == own | others
 
 
+@pytest.mark.parametrize("holder", ["another channel's key", "the admin"])
+def test_a_channel_key_sending_a_webhooks_cursor_another_caller_was_given_is_422(api: InProcessApi, holder: str):
+    # API.md: a cursor is the list's, for the caller it was given to. The orders', returns' and
+    # customers' cursors are bound to the channel they were read for; the subscriptions' were not:
+    # a channel key sent another's answered 200 with its own page after the other's subscription.
+    _, mine = new_key(api, channel=unique("mine"))
+    _, theirs = new_key(api, channel=unique("theirs"))
+    for key in (mine, mine, theirs, theirs):
+        subscribe(api, key)
+    given = api.get("/webhooks", params={"limit": 1}, **({} if holder == "the admin" else {"key": theirs}))
+    cursor = given.json()["next_cursor"]
+    assert cursor is not None, given.text
+
+    answer = api.get("/webhooks", params={"limit": 1, "cursor": cursor}, key=mine)
+
+    assert_error(answer, 422, "invalid_cursor", "cursor")
+    own = api.get("/webhooks", params={"limit": 1}, key=mine).json()["next_cursor"]
+    assert api.get("/webhooks", params={"limit": 1, "cursor": own}, key=mine).status_code == 200
+
+
 @pytest.mark.parametrize("events", [["import.completed"], ["order.created", "inventory.low"]])
 def test_a_channel_key_subscribing_to_events_that_carry_no_channel_is_422_naming_the_entry(api: InProcessApi, events):
     # An import or a low stock belongs to no channel, so a subscription bound to one never gets

@@ -5,19 +5,21 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from aws_lambda_powertools.event_handler.api_gateway import Router
-from aws_lambda_powertools.event_handler.openapi.params import Body, Path
+from aws_lambda_powertools.event_handler.openapi.params import Body
 
 from core.access import Scope
 from core.tracking import CarrierTracking, TrackingReport
 from functions.api.access import caller, requires
 from functions.api.dependencies import container
+from functions.api.paths import existing
 from functions.api.routes.plugins import plugins_loaded
 from functions.api.schemas import errors, ok
 
 router = Router()
 
-# No pattern: a carrier no plugin answers for is 404, whatever it looks like.
-CarrierPath = Annotated[str, Path(max_length=64, description="The carrier's name, e.g. oms-flat-rate")]
+# Any name of up to 64 characters: a carrier no plugin answers for is 404, whatever it looks like,
+# and so is a name longer than any carrier's (a length bound answered it 422, as if invalid).
+CarrierPath = existing("carrier", r"^.{1,64}$", "The carrier's name, e.g. oms-flat-rate")
 Webhook = Annotated[
     dict[str, Any] | list[Any],
     Body(description="The carrier's webhook body, as its plugin documents it (a JSON object or array)"),
