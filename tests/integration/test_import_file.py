@@ -225,3 +225,9 @@ def test_an_import_counted_whole_and_not_yet_marked_completed_is_followed_to_its
     report = follow_polled_a_minute_apart(monkeypatch, reports)
 
     assert report["status"] == "completed" and reports.polls == 4
+    # Should it stay so (a worker killed between the two writes, until its message comes again),
+    # the following ends after STALLED_PATIENCE saying so, never that orders wait in the DLQ.
+    stuck = Reports(short_report(1), counted)
+    assert follow_polled_a_minute_apart(monkeypatch, stuck)["status"] == "running"
+    said = import_file.stalled({"api_url": "https://api.example.com/v1"}, counted)
+    assert "counted all 3 of its orders and is not marked completed yet" in said and "dead-letter" not in said
