@@ -158,7 +158,7 @@ def follow(
                 parked = sum(1 for error in report.get("errors") or [] if error.get("code") == DEAD_LETTERED)
                 if not report["total_final"] or report["status"] != "running":
                     counts = None
-                elif done + parked >= report["total"]:
+                elif parked and done + parked >= report["total"]:
                     return report  # every order not counted waits in the dead-letter queue (see stalled())
                 elif counts != (done, report["total"]):
                     counts, counted_since = (done, report["total"]), elapsed
@@ -173,9 +173,18 @@ def stalled(stack: dict[str, str | None], report: dict[str, Any]) -> str:
     """What `make import` says of an import it stopped following short of its total."""
     done = report["imported"] + report["duplicates"] + report["failed"]
     parked = sum(1 for error in report.get("errors") or [] if error.get("code") == DEAD_LETTERED)
+    if done >= report["total"]:
+        # Every order counted, the import not marked completed: the write that counts its last order
+        # and the one that completes it are two, and a worker that died between them completes it
+        # when its message is delivered again.
+        return (
+            f"import {report['id']} has counted all {report['total']} of its orders and is not marked "
+            f"completed yet: it is once the last order's message is delivered again (GET {stack['api_url']}"
+            f"/imports/{report['id']})"
+        )
     where = (
         f"the other {report['total'] - done} wait in the import dead-letter queue ({DEAD_LETTERED} above)"
-        if done + parked >= report["total"]
+        if parked and done + parked >= report["total"]
         else f"none counted for {STALLED_PATIENCE / 60:.0f} minutes: the rest most likely wait in the import "
         "dead-letter queue"
     )

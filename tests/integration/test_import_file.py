@@ -212,3 +212,22 @@ def test_an_import_whose_uncounted_orders_all_wait_in_the_dlq_ends_the_following
     assert "counted 2 of its 3 orders, the other 1 wait in the import dead-letter queue" in said
     # Listed, not counted among the failed: "first errors (1 of 0)" otherwise.
     assert "first errors (1 of 1):" in import_file.summary(report, 10)
+
+
+def test_an_import_counted_whole_and_not_yet_marked_completed_is_followed_to_its_end(monkeypatch):
+    """The last line's count and the import's completion are two writes (whoever sees the total
+    reached completes it): a poll between them read `running` with every order counted, and
+    `make import` stopped there, said "the other 0 wait in the import dead-letter queue" and exited 1
+    (seen on make run with events/orders-sample.jsonl) while the import completed a moment later."""
+    counted = short_report(3)
+    reports = Reports(short_report(1), counted, counted, {**counted, "status": "completed"})
+
+    report = follow_polled_a_minute_apart(monkeypatch, reports)
+
+    assert report["status"] == "completed" and reports.polls == 4
+    # Should it stay so (a worker killed between the two writes, until its message comes again),
+    # the following ends after STALLED_PATIENCE saying so, never that orders wait in the DLQ.
+    stuck = Reports(short_report(1), counted)
+    assert follow_polled_a_minute_apart(monkeypatch, stuck)["status"] == "running"
+    said = import_file.stalled({"api_url": "https://api.example.com/v1"}, counted)
+    assert "counted all 3 of its orders and is not marked completed yet" in said and "dead-letter" not in said
