@@ -73,7 +73,7 @@ from core.deadline import TimeUp, never
 from core.errors import PluginUnavailable, TransientError
 from core.events import OrderEvent
 from core.ports import OrderRepository, ReceivedReturns, ReturnRepository, ReturnWorkflowStarter
-from core.reconciliation import MAX_REFUSED_STARTS
+from core.reconciliation import MAX_REFUSED_STARTS, dependency_down
 from core.refund_service import show_owed
 from core.return_models import Return
 from core.status import ReturnStatus
@@ -91,12 +91,6 @@ STARTS_LATER = "starts_later"  # such a return stuck within restart_after: judge
 # ReturnWorkflowFailedAlarm already).
 MAX_STUCK_RESTARTS = 2
 REFUSED = "RefundNotDone"  # the step error of a refund the gateway refused (core.returns.RefundNotDone)
-
-
-def dependency_down(error: Exception) -> bool:
-    """The errors core itself knows say a dependency is down rather than a return is bad: a
-    gateway, carrier or Step Functions briefly unavailable, the payment plugins not loaded."""
-    return isinstance(error, (TransientError, PluginUnavailable))
 
 
 class ReturnsNotReconciled(Exception):

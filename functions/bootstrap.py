@@ -597,7 +597,8 @@ class Container:
 
     @cached_property
     def reconciler(self) -> Reconciler:
-        from core.reconciliation import Reconciler
+        from core.reconciliation import Reconciler, dependency_down
+        from functions.adapters import aws_errors
 
         config = self.config
         return Reconciler(
@@ -608,6 +609,8 @@ class Container:
             self.clock,
             restart_after=self._reconcile_after,
             park_after=self._park_after,
+            # An AWS service down is no order's own failure: the pass stops on it.
+            outage=lambda error: dependency_down(error) or aws_errors.dependency_down(error),
         )
 
     @cached_property
@@ -731,7 +734,8 @@ class Container:
     @cached_property
     def return_reconciler(self) -> ReturnReconciler:
         """The reconciler's third job: start the workflow of received returns that have none."""
-        from core.return_reconciliation import ReturnReconciler, dependency_down
+        from core.reconciliation import dependency_down
+        from core.return_reconciliation import ReturnReconciler
         from functions.adapters import aws_errors
 
         return ReturnReconciler(

@@ -35,7 +35,7 @@ from core.deadline import Deadline
 from core.log_text import escape_for_log
 from core.models import utc_now
 from core.pickups import PickupsExpired
-from core.reconciliation import Reconciled
+from core.reconciliation import OrdersNotReconciled, Reconciled
 from core.refund_service import (
     OWED_KEPT_BACK,
     OWED_REPORTED,
@@ -123,6 +123,12 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         if done.parked:
             # The same metric the ParkOrder task emits: OrdersParkedAlarm covers both.
             metrics.add_metric(name="OrdersParked", unit=MetricUnit.Count, value=len(done.parked))
+        for order_id, failure in done.failed.items():
+            logger.error("stalled order not reconciled: its own work failed, the next pass tries it again",
+                         extra={"order_id": order_id}, exc_info=failure)  # fmt: skip
+        if done.failed:
+            metrics.add_metric(name="OrdersNotReconciled", unit=MetricUnit.Count, value=len(done.failed))
+            incomplete["stalled orders"] = OrdersNotReconciled(done)
         answer.update(restarted=done.restarted, parked=done.parked)
 
     def pickup_expiry(time_up: Deadline) -> None:
@@ -358,7 +364,14 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         metrics.add_metric(name="ReconcilerPassesLeft", unit=MetricUnit.Count, value=len(left))
     raised = [
         incomplete.get(name)
-        for name in ("pending refunds", "authorizations", "settlement captures", "kept back", "returns")
+        for name in (
+            "pending refunds",
+            "authorizations",
+            "settlement captures",
+            "kept back",
+            "returns",
+            "stalled orders",
+        )
     ]
     for error in (*raised, *failures):
         if error is not None:
