@@ -483,10 +483,14 @@ class Container:
     def pickup_expiry(self) -> PickupExpiry:
         """The reconciler's second job: cancel pickups nobody collected in time."""
         from core.pickups import PickupExpiry
+        from core.reconciliation import dependency_down
+        from functions.adapters import aws_errors
 
         return PickupExpiry(
-            DynamoDuePickups(self.dynamodb, self.config.orders_table), self.order_repository, self.actions, self.clock
-        )
+            DynamoDuePickups(self.dynamodb, self.config.orders_table), self.order_repository, self.actions, self.clock,
+            # An AWS service down is no order's own failure: the pass stops on it.
+            outage=lambda error: dependency_down(error) or aws_errors.dependency_down(error),
+        )  # fmt: skip
 
     @cached_property
     def refunds(self) -> RefundService:

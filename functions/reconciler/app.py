@@ -34,7 +34,7 @@ from core.capture_sweep import CapturesNotSettled, CapturesSettled
 from core.deadline import Deadline
 from core.log_text import escape_for_log
 from core.models import utc_now
-from core.pickups import PickupsExpired
+from core.pickups import PickupsExpired, PickupsNotExpired
 from core.reconciliation import OrdersNotReconciled, Reconciled
 from core.refund_service import (
     OWED_KEPT_BACK,
@@ -148,6 +148,16 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
             logger.info("pickup past its deadline left alone: the order is on hold", extra={"order_id": order_id})
         if expired:
             metrics.add_metric(name="PickupsExpired", unit=MetricUnit.Count, value=len(expired))
+        for order_id, failure in pickups.failed.items():
+            if order_id in expired:  # cancelled: no pass reads it again
+                logger.error("pickup expired, its clean-up failed: the cancel's own execution finishes it",
+                             extra={"order_id": order_id}, exc_info=failure)  # fmt: skip
+            else:
+                logger.error("pickup not expired: its own work failed, the next pass tries it again",
+                             extra={"order_id": order_id}, exc_info=failure)  # fmt: skip
+        if pickups.failed:
+            metrics.add_metric(name="PickupsNotExpired", unit=MetricUnit.Count, value=len(pickups.failed))
+            incomplete["pickup expiry"] = PickupsNotExpired(pickups)
         answer.update(expired=expired, pickups_held=pickups.held)
 
     def returns(time_up: Deadline) -> None:
@@ -371,6 +381,7 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
             "kept back",
             "returns",
             "stalled orders",
+            "pickup expiry",
         )
     ]
     for error in (*raised, *failures):

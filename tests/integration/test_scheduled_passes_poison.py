@@ -12,11 +12,14 @@ import pytest
 from botocore.exceptions import ClientError
 
 from core.status import OrderStatus
+from tests.conftest import forget_business_metrics
 from tests.integration.test_reconciler import (  # noqa: F401 (fixtures)
+    DUE_AT_ONCE,
     emitted,
     metrics_on,
     only_granted_calls,
     order_id,
+    ready_pickup,
     reconcile,
     stack,
     started,
@@ -88,3 +91,59 @@ def test_a_table_down_still_ends_the_stalled_orders_pass_at_the_first_order(stac
     assert asked == [first]  # nothing read past it
     [logged] = [r for r in caplog.records if r.getMessage().startswith("reconciler pass failed")]
     assert logged.__dict__["pass"] == "stalled orders"
+
+
+def test_a_due_pickup_that_no_longer_reads_keeps_no_due_pickup_behind_it_waiting(
+    stack, metrics_on, capsys, caplog  # noqa: F811 (fixtures)
+):  # fmt: skip
+    # Before: the pass raised on the earliest deadline every run; no pickup behind it was expired.
+    from core.pickups import PickupsNotExpired
+    from functions.adapters.dynamodb import DynamoOrders
+
+    aws = stack["aws"]
+    poison = ready_pickup(aws, days=DUE_AT_ONCE, external_id="web-poison")
+    due = ready_pickup(aws, days=DUE_AT_ONCE, external_id="web-due")
+    unreadable(aws, poison.id)
+    forget_business_metrics()  # the placing and readying, done here without a handler
+    capsys.readouterr()
+
+    with pytest.raises(PickupsNotExpired) as raised:
+        reconcile()  # the errors alarm calls a person
+
+    assert list(raised.value.failed) == [poison.id] and raised.value.done.expired == [due.id]
+    assert DynamoOrders(aws.dynamodb, aws.tables["OrdersTable"]).get(due.id).status is OrderStatus.CANCELLED
+    assert emitted(capsys.readouterr().out) == {"PickupsExpired": 1, "PickupsNotExpired": 1}
+    [logged] = [r for r in caplog.records if r.getMessage().startswith("pickup not expired")]
+    assert (logged.levelname, logged.order_id) == ("ERROR", poison.id)
+    assert not [r for r in caplog.records if r.getMessage().startswith("reconciler pass failed")]
+
+
+def test_a_pickup_whose_clean_up_raises_is_reported_expired_and_the_pickups_behind_it_expire(
+    stack, metrics_on, capsys, caplog, monkeypatch  # noqa: F811 (fixtures)
+):  # fmt: skip
+    # The expiry's write landed (the order is cancelled, out of the index); its release and void
+    # raised: the cancel's own execution finishes it, and the pass goes on.
+    from core.fulfillment import OrderActions
+    from core.pickups import PickupsNotExpired
+
+    aws = stack["aws"]
+    broken = ready_pickup(aws, days=DUE_AT_ONCE, external_id="web-broken")
+    due = ready_pickup(aws, days=DUE_AT_ONCE, external_id="web-due")
+    real = OrderActions.expire_pickup
+
+    def raising_for_broken(self: Any, order: str, *args: Any, **kwargs: Any) -> Any:
+        if order == broken.id:
+            raise RuntimeError("a plugin's bug")
+        return real(self, order, *args, **kwargs)
+
+    monkeypatch.setattr(OrderActions, "expire_pickup", raising_for_broken)
+    forget_business_metrics()
+    capsys.readouterr()
+
+    with pytest.raises(PickupsNotExpired) as raised:
+        reconcile()
+
+    assert list(raised.value.failed) == [broken.id] and raised.value.done.expired == [broken.id, due.id]
+    assert emitted(capsys.readouterr().out) == {"PickupsExpired": 2, "PickupsNotExpired": 1}
+    [logged] = [r for r in caplog.records if r.getMessage().startswith("pickup expired, its clean-up failed")]
+    assert logged.order_id == broken.id
