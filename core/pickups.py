@@ -24,12 +24,11 @@ from datetime import datetime
 from itertools import islice
 
 from core.deadline import TimeUp, never
-from core.errors import InvalidTransition, StaleVersion
+from core.errors import InvalidTransition, StaleVersion, dependency_down
 from core.fulfillment import OrderActions
 from core.models import Order
 from core.order_changes import modify
 from core.ports import DuePickups, OrderRepository
-from core.reconciliation import dependency_down
 from core.status import OrderStatus, ShipmentStatus
 
 EXPIRY_ACTOR = "pickup_expiry"

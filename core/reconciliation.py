@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from core.deadline import TimeUp, never
-from core.errors import PluginUnavailable, TransientError
+from core.errors import TransientError, dependency_down
 from core.models import Order
 from core.ports import OrderRepository, StalledOrders, WorkflowStarter
 from core.status import OrderStatus
@@ -45,12 +45,6 @@ STALLED = WORKFLOW_STALLED  # the error a parked order's hold note names
 # over a hundred stalled orders would run out of time before the reconciler's other work. The rest
 # are the next pass's; parks (DynamoDB writes) go on.
 MAX_REFUSED_STARTS = 3
-
-
-def dependency_down(error: Exception) -> bool:
-    """The errors core itself knows say a dependency is down rather than that a candidate is bad:
-    a gateway, carrier or Step Functions briefly unavailable, the payment plugins not loaded."""
-    return isinstance(error, (TransientError, PluginUnavailable))
 
 
 @dataclass

@@ -70,10 +70,10 @@ from datetime import datetime, timedelta
 from itertools import chain, islice
 
 from core.deadline import TimeUp, never
-from core.errors import PluginUnavailable, TransientError
+from core.errors import PluginUnavailable, TransientError, dependency_down
 from core.events import OrderEvent
 from core.ports import OrderRepository, ReceivedReturns, ReturnRepository, ReturnWorkflowStarter
-from core.reconciliation import MAX_REFUSED_STARTS, dependency_down
+from core.reconciliation import MAX_REFUSED_STARTS
 from core.refund_service import show_owed
 from core.return_models import Return
 from core.status import ReturnStatus

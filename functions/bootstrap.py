@@ -482,8 +482,8 @@ class Container:
     @cached_property
     def pickup_expiry(self) -> PickupExpiry:
         """The reconciler's second job: cancel pickups nobody collected in time."""
+        from core.errors import dependency_down
         from core.pickups import PickupExpiry
-        from core.reconciliation import dependency_down
         from functions.adapters import aws_errors
 
         return PickupExpiry(
@@ -601,7 +601,8 @@ class Container:
 
     @cached_property
     def reconciler(self) -> Reconciler:
-        from core.reconciliation import Reconciler, dependency_down
+        from core.errors import dependency_down
+        from core.reconciliation import Reconciler
         from functions.adapters import aws_errors
 
         config = self.config
@@ -738,7 +739,7 @@ class Container:
     @cached_property
     def return_reconciler(self) -> ReturnReconciler:
         """The reconciler's third job: start the workflow of received returns that have none."""
-        from core.reconciliation import dependency_down
+        from core.errors import dependency_down
         from core.return_reconciliation import ReturnReconciler
         from functions.adapters import aws_errors
 
@@ -765,7 +766,9 @@ class Container:
 
     @cached_property
     def jeopardy_scan(self) -> JeopardyScan:
+        from core.errors import dependency_down
         from core.jeopardy import JeopardyScan, parse_sla
+        from functions.adapters import aws_errors
 
         config = self.config
         hold_expiry = _expiry(config.hold_expiry_days, "OMS_HOLD_EXPIRY_DAYS")
@@ -786,6 +789,8 @@ class Container:
             expire_return=self.returns.expire if expires_returns else None,
             return_expiry=return_expiry,
             captures_after=self._reconcile_after,
+            # An AWS service down is no order's own failure: the part stops on it.
+            outage=lambda error: dependency_down(error) or aws_errors.dependency_down(error),
         )
 
     @cached_property
