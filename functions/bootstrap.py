@@ -482,14 +482,13 @@ class Container:
     @cached_property
     def pickup_expiry(self) -> PickupExpiry:
         """The reconciler's second job: cancel pickups nobody collected in time."""
-        from core.errors import dependency_down
         from core.pickups import PickupExpiry
         from functions.adapters import aws_errors
 
         return PickupExpiry(
             DynamoDuePickups(self.dynamodb, self.config.orders_table), self.order_repository, self.actions, self.clock,
             # An AWS service down is no order's own failure: the pass stops on it.
-            outage=lambda error: dependency_down(error) or aws_errors.dependency_down(error),
+            outage=aws_errors.pass_stopper,
         )  # fmt: skip
 
     @cached_property
@@ -601,7 +600,6 @@ class Container:
 
     @cached_property
     def reconciler(self) -> Reconciler:
-        from core.errors import dependency_down
         from core.reconciliation import Reconciler
         from functions.adapters import aws_errors
 
@@ -615,7 +613,7 @@ class Container:
             restart_after=self._reconcile_after,
             park_after=self._park_after,
             # An AWS service down is no order's own failure: the pass stops on it.
-            outage=lambda error: dependency_down(error) or aws_errors.dependency_down(error),
+            outage=aws_errors.pass_stopper,
         )
 
     @cached_property
@@ -717,8 +715,14 @@ class Container:
         """The reconciler's imports pass: imports left running short by a line marked and never
         counted, recounted from their line markers (core/import_recount.py)."""
         from core.import_recount import StuckImportRecount
+        from functions.adapters import aws_errors
 
-        return StuckImportRecount(self.import_ledger, self.clock)
+        return StuckImportRecount(
+            self.import_ledger,
+            self.clock,
+            # An AWS service down is no import's own failure: the pass stops on it.
+            outage=aws_errors.pass_stopper,
+        )
 
     @cached_property
     def kept_back_sweep(self) -> KeptBackSweep:
@@ -739,7 +743,6 @@ class Container:
     @cached_property
     def return_reconciler(self) -> ReturnReconciler:
         """The reconciler's third job: start the workflow of received returns that have none."""
-        from core.errors import dependency_down
         from core.return_reconciliation import ReturnReconciler
         from functions.adapters import aws_errors
 
@@ -752,7 +755,7 @@ class Container:
             restart_after=self._reconcile_after,
             payment_methods=self.payments.methods,
             # An AWS service down is no return's own failure: the pass stops on it.
-            outage=lambda error: dependency_down(error) or aws_errors.dependency_down(error),
+            outage=aws_errors.pass_stopper,
             mark_refunded=self._mark_refunded,
         )
 
@@ -766,7 +769,6 @@ class Container:
 
     @cached_property
     def jeopardy_scan(self) -> JeopardyScan:
-        from core.errors import dependency_down
         from core.jeopardy import JeopardyScan, parse_sla
         from functions.adapters import aws_errors
 
@@ -790,7 +792,7 @@ class Container:
             return_expiry=return_expiry,
             captures_after=self._reconcile_after,
             # An AWS service down is no order's own failure: the part stops on it.
-            outage=lambda error: dependency_down(error) or aws_errors.dependency_down(error),
+            outage=aws_errors.pass_stopper,
         )
 
     @cached_property
