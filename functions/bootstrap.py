@@ -729,6 +729,7 @@ class Container:
         """The reconciler's eighth job: refund what returns kept back, once the captures make it
         refundable, on orders whose last ship, delivery or cancel of units did not."""
         from core.refund_service import KeptBackSweep
+        from functions.adapters import aws_errors
         from functions.adapters.dynamodb import DynamoKeptBackRefunds
 
         return KeptBackSweep(
@@ -738,6 +739,7 @@ class Container:
             self.clock,
             release_stock=self.actions.release_owed_stock,
             after=self._reconcile_after,
+            outage=aws_errors.pass_stopper,  # a table down ends the pass; a record that no longer reads does not
         )
 
     @cached_property
