@@ -700,6 +700,7 @@ class Container:
         """The reconciler's sixth job: what carriers are still owed (a parcel due a new label, a
         given-up booking to cancel)."""
         from core.carrier_bookings import CarrierWorkSweep
+        from functions.adapters import aws_errors
         from functions.adapters.dynamodb import DynamoOrdersOwingCarrier
 
         return CarrierWorkSweep(
@@ -708,6 +709,7 @@ class Container:
             self.actions,
             self.clock,
             after=self._reconcile_after,
+            outage=aws_errors.pass_stopper,  # a table down ends the pass; a record that no longer reads does not
         )
 
     @cached_property

@@ -19,6 +19,7 @@ from tests.fakes import FakeLabels
 from tests.integration.test_reconciler import (  # noqa: F401 (fixtures)
     DUE_AT_ONCE,
     allocated_mugs,
+    allocated_tshirt,
     emitted,
     metrics_on,
     only_granted_calls,
@@ -210,3 +211,36 @@ def test_an_order_owing_that_no_longer_reads_keeps_no_order_owing_behind_it_wait
     [logged] = [r for r in caplog.records if r.levelname == "ERROR" and r.__dict__.get("order_id") == poison.id]
     assert logged.getMessage() == "refund of what a return kept back not made"
     assert not [r for r in caplog.records if r.getMessage().startswith("reconciler pass failed")]
+
+
+def test_an_order_owing_its_carrier_that_no_longer_reads_keeps_no_booking_behind_it_uncancelled(
+    stack, metrics_on, capsys, caplog, monkeypatch  # noqa: F811 (fixtures)
+):  # fmt: skip
+    # Before: the carrier pass raised on the oldest order owing its carrier every run ("reconciler
+    # pass failed", naming no order); the booking behind it was never cancelled (a label paid for).
+    from core import carrier_bookings
+    from functions.bootstrap import Config, bootstrap
+    from functions.reconciler import app
+
+    services = bootstrap(Config.from_env(), label_store=FakeLabels())
+    poison, owing = allocated_tshirt(services, "web-poison"), allocated_tshirt(services, "web-owing")
+
+    def down(*args: Any, **kwargs: Any) -> None:
+        raise ConnectionError("carrier API unreachable")
+
+    with monkeypatch.context() as patched:  # each cancelled while its carrier was down
+        patched.setattr(carrier_bookings, "call_hook", down)
+        for order in (poison, owing):
+            services.actions.cancel(order.id, "changed my mind", actor="key_web")
+    assert services.order_repository.get(owing.id).owes_carrier_work()
+    unreadable(stack["aws"], poison.id)
+    capsys.readouterr()
+
+    later = utc_now() + timedelta(minutes=16)
+    with app.container.override(bootstrap(Config.from_env(), clock=lambda: later)):
+        reconcile()
+
+    assert not services.order_repository.get(owing.id).owes_carrier_work()
+    assert emitted(capsys.readouterr().out) == {"CarrierBookingsSettled": 1, "CarrierWorkFailed": 1}
+    [logged] = [r for r in caplog.records if r.getMessage().startswith("carrier work still owed")]
+    assert logged.order_id == poison.id and "ValidationError" in logged.failure
