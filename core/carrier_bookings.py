@@ -17,7 +17,7 @@ from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from core.deadline import TimeUp, never
-from core.errors import InvalidTransition, NotFound, StaleVersion
+from core.errors import InvalidTransition, NotFound, StaleVersion, dependency_down
 from core.hook_calls import call_hook
 from core.models import GivenUpBooking, Order
 from core.order_changes import modify
@@ -119,7 +119,9 @@ class CarrierWorkSweep:
     def __init__(
         self, owing: OrdersOwingCarrier, orders: OrderRepository, actions: OrderActions,
         clock: Callable[[], datetime], *, after: timedelta, limit: int = 100, max_reads: int = 1000,
+        outage: Callable[[Exception], bool] = dependency_down,
     ):  # fmt: skip
+        self._outage = outage  # whether a read's error says a dependency is down (not the order's own)
         self._owing = owing
         self._orders = orders
         self._actions = actions
@@ -137,7 +139,15 @@ class CarrierWorkSweep:
         for order_id in islice(self._owing.owing_since_before(unchanged_since), self._max_reads):
             if time_up():
                 break
-            order = self._orders.get(order_id, consistent=True)
+            try:
+                order = self._orders.get(order_id, consistent=True)
+            except Exception as failure:  # any: the order's own (a record that no longer reads), unless
+                if self._outage(failure):  # it says a dependency is down: each read after it would fail alike
+                    raise
+                # Read past, reported with the carriers' failures: it stays the oldest owing, so a pass
+                # it stopped would stop there every run.
+                done[order_id] = CarrierWork(failed=[f"{type(failure).__name__}: {failure}"])
+                continue
             if order is None or not order.owes_carrier_work():
                 continue
             if not order.labels_due and all(booking.carrier in down for booking in order.bookings_to_cancel):

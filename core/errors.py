@@ -284,6 +284,14 @@ class TransientError(DomainError):
     code = "transient_error"
 
 
+def dependency_down(error: Exception) -> bool:
+    """The errors core itself knows say a dependency is down rather than that what a scheduled
+    pass was doing (an order, a return) is bad: a gateway, carrier or Step Functions briefly
+    unavailable, the payment plugins not loaded. A pass stops at such an error, and reads past any
+    other (functions/adapters/aws_errors.py says the same of AWS's)."""
+    return isinstance(error, (TransientError, PluginUnavailable))
+
+
 class PaymentGatewayUnavailable(TransientError):
     """The payment gateway kept failing transiently within one request (503 with Retry-After):
     nothing was recorded as moved, and repeating the request is safe (the same idempotency key)."""

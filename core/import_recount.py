@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 
 from core.deadline import TimeUp, never
+from core.errors import dependency_down
 
 # An import whose counters have not moved for this long is recounted: far past a worker's 30 s and
 # the splitter's 15 minutes, and past a message's five receives (6 x 30 s visibility each).
@@ -56,19 +57,49 @@ class Recounted:
     completed: list[str] = field(default_factory=list)
     waiting: list[str] = field(default_factory=list)
     cut_short: list[str] = field(default_factory=list)
+    # The imports whose own recount raised (a marker or record no version reads), by id: read
+    # past, nothing written, recounted again by the next pass.
+    failed: dict[str, Exception] = field(default_factory=dict)
+
+
+class ImportsNotRecounted(Exception):
+    """An import recount went on past imports whose own recount raised (`failed`, by import id);
+    what it did all the same is `done`. The caller reports both, then fails, so the errors alarm
+    calls a person."""
+
+    def __init__(self, done: Recounted):
+        super().__init__(f"{len(done.failed)} import(s) not recounted: {sorted(done.failed)}")
+        self.done = done
+        self.failed = done.failed
 
 
 class StuckImportRecount:
-    def __init__(self, counts: ImportCounts, clock: Callable[[], datetime]):
+    def __init__(
+        self,
+        counts: ImportCounts,
+        clock: Callable[[], datetime],
+        *,
+        outage: Callable[[Exception], bool] = dependency_down,
+    ):
         self._counts = counts
         self._clock = clock
+        self._outage = outage  # whether an error says a dependency is down (not the import's own)
 
     def run(self, done: Recounted | None = None, time_up: TimeUp = never) -> Recounted:
+        """One pass over the stuck imports, oldest first. An import whose own recount raises is
+        read past, in `done.failed`: stuck imports are taken oldest first, so one that stopped the
+        pass would stop it every run; a dependency found down (`outage`) ends the pass there."""
         done = done if done is not None else Recounted()
         for import_id in self._counts.stuck(self._clock(), RECOUNT_IDLE, RECOUNT_AGAIN):
             if time_up():
                 break
-            result = self._counts.recount(import_id, self._clock(), time_up)
+            try:
+                result = self._counts.recount(import_id, self._clock(), time_up)
+            except Exception as error:  # any: the import's own, unless it says a dependency is down
+                if self._outage(error):
+                    raise
+                done.failed[import_id] = error
+                continue
             if result is Recount.COMPLETED:
                 done.completed.append(import_id)
             elif result is Recount.WAITING:

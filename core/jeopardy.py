@@ -53,13 +53,14 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 from itertools import islice
 from typing import TypeVar
 
 from core.actors import SCAN_ACTOR
 from core.capture_sweep import refund_refused_since
 from core.deadline import LONGEST, TimeUp, never
-from core.errors import StaleVersion
+from core.errors import StaleVersion, dependency_down
 from core.models import REFUND_REFUSED_REASON, Order
 from core.order_changes import modify
 from core.ports import LateOrders, OrderRepository, UnreceivedReturns
@@ -144,17 +145,25 @@ class Scanned:
     # deadline): a capture asked of the gateway and never recorded, by a request over.
     captures_left: list[str] = field(default_factory=list)
     in_jeopardy: int | None = 0  # orders marked late now open, after this pass (None: the count failed)
+    # The candidates whose own work raised (a record that no longer reads, an item its table
+    # refuses, a cancel's clean-up), by id: read past, judged again by the next pass.
+    failed: dict[str, Exception] = field(default_factory=dict)  # orders
+    returns_failed: dict[str, Exception] = field(default_factory=dict)
 
 
 class ScanIncomplete(Exception):
-    """Parts of a pass failed outright (a table throttled past its retries, a bug), each named with
-    its error (`failed`: the holds, returns <status>, late <status>, partly shipped or the count);
-    the other parts ran, and what all of them did is `done` (in_jeopardy None when the count
-    failed). The caller reports `done` as ever, then fails, so the errors alarm calls a person."""
+    """Parts of a pass failed outright (a table throttled past its retries), each named with its
+    error (`failed`: the holds, returns <status>, late <status>, partly shipped or the count), or
+    went on past candidates whose own work raised (`done.failed`, `done.returns_failed`); the
+    other parts ran, and what all of them did is `done` (in_jeopardy None when the count failed).
+    The caller reports `done` as ever, then fails, so the errors alarm calls a person."""
 
     def __init__(self, done: Scanned, failed: list[tuple[str, Exception]]):
         names = ", ".join(f"{name} ({type(error).__name__}: {error})" for name, error in failed)
-        super().__init__(f"jeopardy scan parts failed: {names}")
+        passed = ", ".join(
+            f"{key} ({type(error).__name__}: {error})" for key, error in {**done.failed, **done.returns_failed}.items()
+        )
+        super().__init__(f"jeopardy scan parts failed: {names or 'none'}; candidates read past: {passed or 'none'}")
         self.done = done
         self.failed = failed
 
@@ -175,6 +184,7 @@ class JeopardyScan:
         captures_after: timedelta = timedelta(minutes=15),
         limit: int = 100,
         max_reads: int = 1000,
+        outage: Callable[[Exception], bool] = dependency_down,
     ):
         self._late = late
         self._orders = orders
@@ -189,6 +199,7 @@ class JeopardyScan:
         self._captures_after = captures_after
         self._limit = limit
         self._max_reads = max_reads  # returns judged per status and pass, each one read
+        self._outage = outage  # whether an error says a dependency is down (not the candidate's own)
 
     def run(self, *, expire_holds: bool = True, time_up: TimeUp = never, turn: int = 0) -> Scanned:
         """One pass: at most `limit` orders marked per status, `limit` holds expired (held longest
@@ -205,7 +216,10 @@ class JeopardyScan:
 
         A part that fails outright does not end the pass: the others run and the late orders are
         counted, then ScanIncomplete carries what was done and each failed part's error (a part that
-        raised lost what the parts before it did from the run's report, and the count)."""
+        raised lost what the parts before it did from the run's report, and the count). Within a
+        part, a candidate whose own work raises (a record that no longer reads) is read past, in
+        `done.failed` (`done.returns_failed`): it stays the oldest of its index, so a part it
+        stopped would stop there every run; a dependency found down (`outage`) ends the part."""
         now = self._clock()
         done = Scanned()
         failed: list[tuple[str, Exception]] = []
@@ -223,9 +237,21 @@ class JeopardyScan:
         except Exception as error:  # any: what the parts did is still reported
             done.in_jeopardy = None
             failed.append(("count", error))
-        if failed:
+        if failed or done.failed or done.returns_failed:
             raise ScanIncomplete(done, failed)
         return done
+
+    def _judged(self, failures: dict[str, Exception], key: str, judge: Callable[[], T]) -> T | None:
+        """What `judge` answers of the candidate `key`; None when its own work raised, the error
+        then in `failures` (the part reads past it). An error saying a dependency is down ends the
+        part: each candidate after it would fail alike."""
+        try:
+            return judge()
+        except Exception as error:  # any: the candidate's own, unless it says a dependency is down
+            if self._outage(error):
+                raise
+            failures[key] = error
+            return None
 
     def count_ships_to_confirm(self) -> int:
         """How many orders are held now while a person is to confirm whether a parcel left after
@@ -244,8 +270,7 @@ class JeopardyScan:
 
             def holds() -> None:
                 for order_id in _while(self._late.held_since_before(held_before, self._limit), time_up):
-                    if self._expire(order_id, held_before):
-                        done.expired.append(order_id)
+                    self._judged(done.failed, order_id, partial(self._expire, order_id, held_before, done))
 
             parts.append(("holds", holds))
         if self._return_expiry is not None and self._unreceived is not None and self._expire_return is not None:
@@ -256,8 +281,11 @@ class JeopardyScan:
                     assert self._unreceived is not None and self._expire_return is not None
                     expired = 0
                     candidates = islice(self._unreceived.created_before(status, started_before), self._max_reads)
+                    expire = self._expire_return
                     for return_id in _while(candidates, time_up):
-                        if self._expire_return(return_id, started_before, SCAN_ACTOR):
+                        if self._judged(
+                            done.returns_failed, return_id, partial(expire, return_id, started_before, SCAN_ACTOR)
+                        ):
                             done.returns_expired.append(return_id)
                             expired += 1
                             if expired == self._limit:
@@ -269,7 +297,7 @@ class JeopardyScan:
             def marks(status: OrderStatus = status) -> None:
                 deadline = self._sla[status]
                 for order_id in _while(self._late.unmarked_since_before(status, now - deadline, self._limit), time_up):
-                    marked = self._mark(order_id, status, deadline)
+                    marked = self._judged(done.failed, order_id, partial(self._mark, order_id, status, deadline))
                     if marked is None:
                         continue
                     if marked.listed_late:
@@ -301,25 +329,32 @@ class JeopardyScan:
         found = 0
         unread = self._late.unmarked_since_before(S.PARTIALLY_SHIPPED, since_before, self._max_reads, unread=True)
         for order_id in _while(unread, time_up):
-            order = self._orders.get(order_id)
-            if order is not None and order.status is S.PARTIALLY_SHIPPED and not order.captures_to_settle():
-                self._note_read(order)
-                continue
-            if (
-                order is not None and order.status is S.PARTIALLY_SHIPPED and order.captures_to_settle()
-                and order.last_changed <= now - self._captures_after
-            ):  # fmt: skip
-                marked = self._mark_refund_refused(
-                    order_id, S.PARTIALLY_SHIPPED, self._sla[S.ALLOCATED], on_deadline=False
-                )  # the status has no deadline: the mark is for the refund alone
-                if marked is not None:
-                    done.marked.append(order_id)
-                    done.for_refund.append(order_id)
-                else:
-                    done.captures_left.append(order_id)
+            if self._judged(done.failed, order_id, partial(self._partly_shipped, order_id, now, done)):
                 found += 1
                 if found == self._limit:
                     break
+
+    def _partly_shipped(self, order_id: str, now: datetime, done: Scanned) -> bool:
+        """Judge one partly shipped candidate (_partly_shipped_with_captures_left): whether it was
+        handed on or marked."""
+        order = self._orders.get(order_id)
+        if order is not None and order.status is S.PARTIALLY_SHIPPED and not order.captures_to_settle():
+            self._note_read(order)
+            return False
+        if not (
+            order is not None and order.status is S.PARTIALLY_SHIPPED and order.captures_to_settle()
+            and order.last_changed <= now - self._captures_after
+        ):  # fmt: skip
+            return False
+        marked = self._mark_refund_refused(
+            order_id, S.PARTIALLY_SHIPPED, self._sla[S.ALLOCATED], on_deadline=False
+        )  # the status has no deadline: the mark is for the refund alone
+        if marked is not None:
+            done.marked.append(order_id)
+            done.for_refund.append(order_id)
+        else:
+            done.captures_left.append(order_id)
+        return True
 
     def _note_read(self, order: Order) -> None:
         """Note `order` (as read, with no capture request standing) read, on the condition of that
@@ -423,7 +458,9 @@ class JeopardyScan:
             return None
         return order if marked else None
 
-    def _expire(self, order_id: str, held_before: datetime) -> bool:
+    def _expire(self, order_id: str, held_before: datetime, done: Scanned) -> None:
+        """Cancel the order held since before `held_before` (in `done.expired` once this write
+        cancelled it, before its clean-up, which may raise)."""
         at = self._clock()
         expired = False
 
@@ -444,8 +481,9 @@ class JeopardyScan:
         try:
             modify(self._orders, order_id, decide)
         except StaleVersion:
-            return False
+            return
         if expired:
+            done.expired.append(order_id)
             # Recorded; now the clean-up every cancel does (release the stock, void the
             # authorization), which finds the order cancelled already and only finishes it. Should
             # this Lambda die first, or the clean-up keep losing its writes to another change of
@@ -454,7 +492,6 @@ class JeopardyScan:
             # the pass: the holds and marks after this one are as due.
             with contextlib.suppress(StaleVersion):
                 self._cancel(order_id, HOLD_EXPIRED, SCAN_ACTOR)
-        return expired
 
 
 def _while(candidates: Iterable[T], time_up: TimeUp) -> Iterator[T]:

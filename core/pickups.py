@@ -24,7 +24,7 @@ from datetime import datetime
 from itertools import islice
 
 from core.deadline import TimeUp, never
-from core.errors import InvalidTransition, StaleVersion
+from core.errors import InvalidTransition, StaleVersion, dependency_down
 from core.fulfillment import OrderActions
 from core.models import Order
 from core.order_changes import modify
@@ -38,6 +38,20 @@ EXPIRY_ACTOR = "pickup_expiry"
 class PickupsExpired:
     expired: list[str] = field(default_factory=list)
     held: list[str] = field(default_factory=list)  # due, but on hold: left to the person holding them
+    # The due orders whose own work raised (a record that no longer reads, a clean-up's plugin), by
+    # id: read past, judged again by the next pass.
+    failed: dict[str, Exception] = field(default_factory=dict)
+
+
+class PickupsNotExpired(Exception):
+    """A pickup-expiry pass went on past due orders whose own work raised (`failed`, by order id);
+    what it did all the same is `done`. The caller reports both, then fails, so the errors alarm
+    calls a person."""
+
+    def __init__(self, done: PickupsExpired):
+        super().__init__(f"the pickups of {len(done.failed)} order(s) not expired: {sorted(done.failed)}")
+        self.done = done
+        self.failed = done.failed
 
 
 class PickupExpiry:
@@ -50,6 +64,7 @@ class PickupExpiry:
         *,
         limit: int = 100,
         max_reads: int = 1000,
+        outage: Callable[[Exception], bool] = dependency_down,
     ):
         self._due = due
         self._orders = orders
@@ -57,6 +72,7 @@ class PickupExpiry:
         self._clock = clock
         self._limit = limit
         self._max_reads = max_reads
+        self._outage = outage  # whether an error says a dependency is down (not the order's own)
 
     def run(self, done: PickupsExpired | None = None, *, time_up: TimeUp = never) -> PickupsExpired:
         """One pass: the orders whose waiting pickups this pass cancelled, and apart those due but
@@ -68,6 +84,9 @@ class PickupExpiry:
         order collected or changed since the index was read is left as it is, and not counted.
         `done` is filled as the pass goes (a new one without it): a caller whose pass then fails
         outright (a later page's Query, a read) still reports what it expired (no later pass's).
+        An order whose own work raises (a record that no longer reads) is read past, in
+        `done.failed`: it stays the earliest due, so a pass it stopped would stop there every run;
+        a dependency found down (`outage`) ends the pass there.
         Once `time_up` says so, no other order is read: the rest are the next pass's."""
         now = self._clock()
         done = done if done is not None else PickupsExpired()
@@ -75,34 +94,44 @@ class PickupExpiry:
         for order_id in islice(self._due.due(now), self._max_reads):
             if time_up():
                 break
-            order = self._orders.get(order_id)
-            if order is None:
-                continue
-            if order.status is OrderStatus.ON_HOLD:
-                done.held.append(order_id)
-                continue
-            due = [
-                shipment.id
-                for shipment in order.shipments
-                if shipment.status is ShipmentStatus.READY_FOR_PICKUP
-                and shipment.collect_by is not None
-                and shipment.collect_by < now
-                and order.capture_request(shipment.id) is None  # being collected: read past
-            ]
-            for shipment_id in due:
-                if self._expire(order_id, shipment_id):
-                    done.expired.append(order_id)
-            tried += bool(due)
+            try:
+                tried += self._expire_due(order_id, now, done)
+            except Exception as error:  # any: the order's own, unless it says a dependency is down
+                if self._outage(error):
+                    raise  # each order after it would fail alike: the pass stops here
+                done.failed[order_id] = error  # the pickups behind it are expired all the same
+                tried += 1
             if tried == self._limit:
                 break
         return done
 
-    def _expire(self, order_id: str, shipment_id: str) -> bool:
+    def _expire_due(self, order_id: str, now: datetime, done: PickupsExpired) -> bool:
+        """Expire the order's pickups due at `now`: whether it had any to try."""
+        order = self._orders.get(order_id)
+        if order is None:
+            return False
+        if order.status is OrderStatus.ON_HOLD:
+            done.held.append(order_id)
+            return False
+        due = [
+            shipment.id
+            for shipment in order.shipments
+            if shipment.status is ShipmentStatus.READY_FOR_PICKUP
+            and shipment.collect_by is not None
+            and shipment.collect_by < now
+            and order.capture_request(shipment.id) is None  # being collected: read past
+        ]
+        for shipment_id in due:
+            self._expire(order_id, shipment_id, done)
+        return bool(due)
+
+    def _expire(self, order_id: str, shipment_id: str, done: PickupsExpired) -> None:
         """Cancel the waiting pickup in one conditional write, judged again on the order as it is
         written (Order.expire_pickup); then the clean-up every cancel does (release its units,
         void the authorization: OrderActions.expire_pickup, which finds it expired and only
-        finishes it). True only when this write expired it: one collected or cancelled meanwhile
-        (the write lost its race and changed nothing) is not."""
+        finishes it). In `done.expired` only when this write expired it (before its clean-up, which
+        may raise): one collected or cancelled meanwhile (the write lost its race and changed
+        nothing) is not."""
         at = self._clock()
         expired = False
 
@@ -122,11 +151,11 @@ class PickupExpiry:
         try:
             modify(self._orders, order_id, decide)
         except (InvalidTransition, StaleVersion):
-            return False  # still changing: the next pass looks again
+            return  # still changing: the next pass looks again
         if expired:
+            done.expired.append(order_id)
             # Should this Lambda die first, or the clean-up keep losing races, the execution the
             # cancel's stream record starts finishes it (functions/outbox, CancelOrder), as for any
             # cancel: the pass goes on to the next pickup.
             with contextlib.suppress(StaleVersion):
                 self._actions.expire_pickup(order_id, shipment_id, actor=EXPIRY_ACTOR)
-        return expired

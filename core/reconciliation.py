@@ -24,12 +24,13 @@ left to the execution that moved it, and one the scan marked late is not put off
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from core.deadline import TimeUp, never
-from core.errors import TransientError
+from core.errors import TransientError, dependency_down
 from core.models import Order
 from core.ports import OrderRepository, StalledOrders, WorkflowStarter
 from core.status import OrderStatus
@@ -50,6 +51,20 @@ MAX_REFUSED_STARTS = 3
 class Reconciled:
     restarted: list[str] = field(default_factory=list)
     parked: list[str] = field(default_factory=list)
+    # The orders whose own work raised (a record that no longer reads, an item its table refuses),
+    # by id: read past, judged again by the next pass.
+    failed: dict[str, Exception] = field(default_factory=dict)
+
+
+class OrdersNotReconciled(Exception):
+    """A stalled-orders pass went on past orders whose own work raised (`failed`, by order id);
+    what it did all the same is `done`. The caller reports both, then fails, so the errors alarm
+    calls a person."""
+
+    def __init__(self, done: Reconciled):
+        super().__init__(f"{len(done.failed)} stalled order(s) not reconciled: {sorted(done.failed)}")
+        self.done = done
+        self.failed = done.failed
 
 
 class Reconciler:
@@ -64,6 +79,7 @@ class Reconciler:
         restart_after: timedelta,
         park_after: timedelta,
         limit: int = 100,
+        outage: Callable[[Exception], bool] = dependency_down,
     ):
         if not timedelta(minutes=5) < restart_after < park_after:
             # Younger than five minutes, an order's first execution may still be running.
@@ -76,6 +92,7 @@ class Reconciler:
         self._restart_after = restart_after
         self._park_after = park_after
         self._limit = limit
+        self._outage = outage  # whether an error says a dependency is down (not the order's own)
 
     def run(self, done: Reconciled | None = None, *, time_up: TimeUp = never) -> Reconciled:
         """One pass: each stalled order is restarted once, or parked when it is too old for that.
@@ -87,8 +104,11 @@ class Reconciler:
         one such order does not stop the pass, nor the reconciler's other work; after
         MAX_REFUSED_STARTS refused starts the pass restarts no more (it still parks). `done` is
         filled as the pass goes (a new one without it): a caller whose pass then fails outright
-        still reports what it restarted and parked (a parked order is no later pass's). Once
-        `time_up` says so, no other order is read: the rest are the next pass's."""
+        still reports what it restarted and parked (a parked order is no later pass's). An order
+        whose own work raises (a record that no longer reads) is read past, in `done.failed`: it
+        stays the oldest of its status, so a pass it stopped would stop there every run; a
+        dependency found down (`outage`) ends the pass there. Once `time_up` says so, no other
+        order is read: the rest are the next pass's."""
         now = self._clock()
         rerun = "restart-" + now.strftime("%Y%m%dT%H%M%S")  # one name per pass, well within 80 characters
         done = done if done is not None else Reconciled()
@@ -97,28 +117,38 @@ class Reconciler:
             for order_id in candidates:
                 if time_up():
                     return done
-                order = self._orders.get(order_id)
-                if order is None or not stalled_in(order, status) or order.last_changed > now - self._restart_after:
-                    continue  # moved on since the index was read, or recently enough to be running
-                if order.last_changed <= now - self._park_after:
-                    minutes = int(self._park_after.total_seconds() // 60)
-                    still = "backordered with every unit reserved" if status is OrderStatus.BACKORDERED else status
-                    cause = f"still {still} {minutes} minutes after its last change, though its workflow was restarted"
-                    judged = (status, now - self._park_after)
-                    try:
-                        if self._workflow.park_after_failure(order.id, STALLED, cause, stalled=judged):
-                            done.parked.append(order.id)
-                    except TransientError:
-                        continue  # the next pass finds it again
-                elif refused < MAX_REFUSED_STARTS:
-                    try:
-                        started = self._starter.start(order.id, channel=order.channel, rerun=rerun)
-                    except TransientError:
-                        refused += 1
-                        continue  # the next pass finds it again
-                    if started:  # False: a pass running alongside started it under this name
-                        done.restarted.append(order.id)
+                try:
+                    refused += self._reconcile(order_id, status, now, rerun, done, start=refused < MAX_REFUSED_STARTS)
+                except Exception as error:  # any: the order's own, unless it says a dependency is down
+                    if self._outage(error):
+                        raise  # each order after it would fail alike: the pass stops here
+                    done.failed[order_id] = error  # the orders behind it are judged all the same
         return done
+
+    def _reconcile(
+        self, order_id: str, status: OrderStatus, now: datetime, rerun: str, done: Reconciled, *, start: bool
+    ) -> bool:
+        """Judge one candidate: park it, restart it (when `start`), or leave it (moved on, or
+        changed recently). True when Step Functions refused its start."""
+        order = self._orders.get(order_id)
+        if order is None or not stalled_in(order, status) or order.last_changed > now - self._restart_after:
+            return False  # moved on since the index was read, or recently enough to be running
+        if order.last_changed <= now - self._park_after:
+            minutes = int(self._park_after.total_seconds() // 60)
+            still = "backordered with every unit reserved" if status is OrderStatus.BACKORDERED else status
+            cause = f"still {still} {minutes} minutes after its last change, though its workflow was restarted"
+            judged = (status, now - self._park_after)
+            with contextlib.suppress(TransientError):  # kept losing races: the next pass finds it again
+                if self._workflow.park_after_failure(order.id, STALLED, cause, stalled=judged):
+                    done.parked.append(order.id)
+        elif start:
+            try:
+                started = self._starter.start(order.id, channel=order.channel, rerun=rerun)
+            except TransientError:
+                return True  # the next pass finds it again
+            if started:  # False: a pass running alongside started it under this name
+                done.restarted.append(order.id)
+        return False
 
     def _candidates(self, changed_before: datetime) -> Iterator[tuple[OrderStatus, list[str]]]:
         """The ids each query finds, by status: each query made only once the orders before it are

@@ -10,7 +10,14 @@ from itertools import chain, islice
 
 from core import order_lists, payment_keys
 from core.deadline import TimeUp, never
-from core.errors import Conflict, NoPaymentPlugin, PaymentGatewayUnavailable, PaymentRefused, StaleVersion
+from core.errors import (
+    Conflict,
+    NoPaymentPlugin,
+    PaymentGatewayUnavailable,
+    PaymentRefused,
+    StaleVersion,
+    dependency_down,
+)
 from core.events import OrderEvent
 from core.models import (
     CREDIT_NOT_USED,
@@ -785,8 +792,9 @@ class KeptBackSweep:
     def __init__(
         self, owed: KeptBackRefunds, orders: OrderRepository, top_up: Callable[[Order, str], Order],
         clock: Callable[[], datetime], *, release_stock: Callable[[Order], Order], after: timedelta,
-        limit: int = 100, max_reads: int = 1000,
+        limit: int = 100, max_reads: int = 1000, outage: Callable[[Exception], bool] = dependency_down,
     ):  # fmt: skip
+        self._outage = outage  # whether a read's error says a dependency is down (not the order's own)
         self._owed = owed
         self._orders = orders
         self._top_up = top_up
@@ -820,7 +828,15 @@ class KeptBackSweep:
             if order_id not in just_finished and time_up():
                 break
             seen.add(order_id)
-            order = self._orders.get(order_id, consistent=True)
+            try:
+                order = self._orders.get(order_id, consistent=True)
+            except Exception as error:  # any: the order's own (a record that no longer reads), unless
+                if self._outage(error):  # it says a dependency is down: each read after it would fail alike
+                    raise
+                # Read past, reported once the pass is done: it stays the oldest owing, so a pass it
+                # stopped would stop there every run.
+                done.failed[order_id] = error
+                continue
             if order is None:
                 continue
             if order.payment.method in down:

@@ -70,7 +70,7 @@ from datetime import datetime, timedelta
 from itertools import chain, islice
 
 from core.deadline import TimeUp, never
-from core.errors import PluginUnavailable, TransientError
+from core.errors import PluginUnavailable, TransientError, dependency_down
 from core.events import OrderEvent
 from core.ports import OrderRepository, ReceivedReturns, ReturnRepository, ReturnWorkflowStarter
 from core.reconciliation import MAX_REFUSED_STARTS
@@ -91,12 +91,6 @@ STARTS_LATER = "starts_later"  # such a return stuck within restart_after: judge
 # ReturnWorkflowFailedAlarm already).
 MAX_STUCK_RESTARTS = 2
 REFUSED = "RefundNotDone"  # the step error of a refund the gateway refused (core.returns.RefundNotDone)
-
-
-def dependency_down(error: Exception) -> bool:
-    """The errors core itself knows say a dependency is down rather than a return is bad: a
-    gateway, carrier or Step Functions briefly unavailable, the payment plugins not loaded."""
-    return isinstance(error, (TransientError, PluginUnavailable))
 
 
 class ReturnsNotReconciled(Exception):

@@ -484,10 +484,13 @@ class Container:
     def pickup_expiry(self) -> PickupExpiry:
         """The reconciler's second job: cancel pickups nobody collected in time."""
         from core.pickups import PickupExpiry
+        from functions.adapters import aws_errors
 
         return PickupExpiry(
-            DynamoDuePickups(self.dynamodb, self.config.orders_table), self.order_repository, self.actions, self.clock
-        )
+            DynamoDuePickups(self.dynamodb, self.config.orders_table), self.order_repository, self.actions, self.clock,
+            # An AWS service down is no order's own failure: the pass stops on it.
+            outage=aws_errors.pass_stopper,
+        )  # fmt: skip
 
     @cached_property
     def refunds(self) -> RefundService:
@@ -599,6 +602,7 @@ class Container:
     @cached_property
     def reconciler(self) -> Reconciler:
         from core.reconciliation import Reconciler
+        from functions.adapters import aws_errors
 
         config = self.config
         return Reconciler(
@@ -609,6 +613,8 @@ class Container:
             self.clock,
             restart_after=self._reconcile_after,
             park_after=self._park_after,
+            # An AWS service down is no order's own failure: the pass stops on it.
+            outage=aws_errors.pass_stopper,
         )
 
     @cached_property
@@ -695,6 +701,7 @@ class Container:
         """The reconciler's sixth job: what carriers are still owed (a parcel due a new label, a
         given-up booking to cancel)."""
         from core.carrier_bookings import CarrierWorkSweep
+        from functions.adapters import aws_errors
         from functions.adapters.dynamodb import DynamoOrdersOwingCarrier
 
         return CarrierWorkSweep(
@@ -703,6 +710,7 @@ class Container:
             self.actions,
             self.clock,
             after=self._reconcile_after,
+            outage=aws_errors.pass_stopper,  # a table down ends the pass; a record that no longer reads does not
         )
 
     @cached_property
@@ -710,14 +718,21 @@ class Container:
         """The reconciler's imports pass: imports left running short by a line marked and never
         counted, recounted from their line markers (core/import_recount.py)."""
         from core.import_recount import StuckImportRecount
+        from functions.adapters import aws_errors
 
-        return StuckImportRecount(self.import_ledger, self.clock)
+        return StuckImportRecount(
+            self.import_ledger,
+            self.clock,
+            # An AWS service down is no import's own failure: the pass stops on it.
+            outage=aws_errors.pass_stopper,
+        )
 
     @cached_property
     def kept_back_sweep(self) -> KeptBackSweep:
         """The reconciler's eighth job: refund what returns kept back, once the captures make it
         refundable, on orders whose last ship, delivery or cancel of units did not."""
         from core.refund_service import KeptBackSweep
+        from functions.adapters import aws_errors
         from functions.adapters.dynamodb import DynamoKeptBackRefunds
 
         return KeptBackSweep(
@@ -727,12 +742,13 @@ class Container:
             self.clock,
             release_stock=self.actions.release_owed_stock,
             after=self._reconcile_after,
+            outage=aws_errors.pass_stopper,  # a table down ends the pass; a record that no longer reads does not
         )
 
     @cached_property
     def return_reconciler(self) -> ReturnReconciler:
         """The reconciler's third job: start the workflow of received returns that have none."""
-        from core.return_reconciliation import ReturnReconciler, dependency_down
+        from core.return_reconciliation import ReturnReconciler
         from functions.adapters import aws_errors
 
         return ReturnReconciler(
@@ -744,7 +760,7 @@ class Container:
             restart_after=self._reconcile_after,
             payment_methods=self.payments.methods,
             # An AWS service down is no return's own failure: the pass stops on it.
-            outage=lambda error: dependency_down(error) or aws_errors.dependency_down(error),
+            outage=aws_errors.pass_stopper,
             mark_refunded=self._mark_refunded,
         )
 
@@ -759,6 +775,7 @@ class Container:
     @cached_property
     def jeopardy_scan(self) -> JeopardyScan:
         from core.jeopardy import JeopardyScan, parse_sla
+        from functions.adapters import aws_errors
 
         config = self.config
         hold_expiry = _expiry(config.hold_expiry_days, "OMS_HOLD_EXPIRY_DAYS")
@@ -779,6 +796,8 @@ class Container:
             expire_return=self.returns.expire if expires_returns else None,
             return_expiry=return_expiry,
             captures_after=self._reconcile_after,
+            # An AWS service down is no order's own failure: the part stops on it.
+            outage=aws_errors.pass_stopper,
         )
 
     @cached_property

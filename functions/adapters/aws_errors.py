@@ -50,3 +50,13 @@ def dependency_down(error: Exception) -> bool:
         status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
         return busy(error) or code in _DOWN_CODES or code in _DENIED_CODES or status >= 500
     return isinstance(error, (BotoConnectionError, HTTPClientError, NoCredentialsError))
+
+
+def pass_stopper(error: Exception) -> bool:
+    """Whether a scheduled pass stops at `error` rather than reading past the order, return or
+    import it met it on: a dependency down as core knows it (core.errors.dependency_down: a
+    gateway, a carrier, Step Functions refusing for now, the plugins not loaded) or as AWS says it
+    (dependency_down)."""
+    from core.errors import dependency_down as core_dependency_down
+
+    return core_dependency_down(error) or dependency_down(error)

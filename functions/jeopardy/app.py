@@ -69,6 +69,17 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         logger.warning("order cancelled: its hold expired", extra={"order_id": order_id})
     for return_id in done.returns_expired:
         logger.info("return cancelled: nothing received in time", extra={"return_id": return_id})
+    # Read past, each: its own work raised (a record that no longer reads, an item its table refuses).
+    for order_id, failure in done.failed.items():
+        if order_id in done.expired:  # cancelled: no scan reads it again
+            logger.error("hold expired, its clean-up failed: the cancel's own execution finishes it",
+                         extra={"order_id": order_id}, exc_info=failure)  # fmt: skip
+        else:
+            logger.error("order not scanned: its own work failed, the next scan tries it again",
+                         extra={"order_id": order_id}, exc_info=failure)  # fmt: skip
+    for return_id, failure in done.returns_failed.items():
+        logger.error("return not scanned: its own work failed, the next scan tries it again",
+                     extra={"return_id": return_id}, exc_info=failure)  # fmt: skip
     # Every pass, zero included: OrdersInJeopardyAlarm fires while any late order is open (none
     # when the count failed: a zero would clear it).
     if done.in_jeopardy is not None:
@@ -79,6 +90,10 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         metrics.add_metric(name="HoldsExpired", unit=MetricUnit.Count, value=len(done.expired))
     if done.returns_expired:
         metrics.add_metric(name="ReturnsExpired", unit=MetricUnit.Count, value=len(done.returns_expired))
+    if done.failed:
+        metrics.add_metric(name="OrdersNotScanned", unit=MetricUnit.Count, value=len(done.failed))
+    if done.returns_failed:
+        metrics.add_metric(name="ReturnsNotScanned", unit=MetricUnit.Count, value=len(done.returns_failed))
     captures, failed = CapturesSettled(settled=[], held=[], unconfirmed=[]), None
     deadline = None
     if done.captures_left:

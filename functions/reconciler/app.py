@@ -31,11 +31,12 @@ from aws_lambda_powertools.metrics import MetricUnit
 
 from core.authorization_sweep import Settled, SettleIncomplete
 from core.capture_sweep import CapturesNotSettled, CapturesSettled
-from core.deadline import Deadline
+from core.deadline import Deadline, TimeUp
+from core.import_recount import ImportsNotRecounted, Recounted
 from core.log_text import escape_for_log
 from core.models import utc_now
-from core.pickups import PickupsExpired
-from core.reconciliation import Reconciled
+from core.pickups import PickupsExpired, PickupsNotExpired
+from core.reconciliation import OrdersNotReconciled, Reconciled
 from core.refund_service import (
     OWED_KEPT_BACK,
     OWED_REPORTED,
@@ -123,6 +124,12 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         if done.parked:
             # The same metric the ParkOrder task emits: OrdersParkedAlarm covers both.
             metrics.add_metric(name="OrdersParked", unit=MetricUnit.Count, value=len(done.parked))
+        for order_id, failure in done.failed.items():
+            logger.error("stalled order not reconciled: its own work failed, the next pass tries it again",
+                         extra={"order_id": order_id}, exc_info=failure)  # fmt: skip
+        if done.failed:
+            metrics.add_metric(name="OrdersNotReconciled", unit=MetricUnit.Count, value=len(done.failed))
+            incomplete["stalled orders"] = OrdersNotReconciled(done)
         answer.update(restarted=done.restarted, parked=done.parked)
 
     def pickup_expiry(time_up: Deadline) -> None:
@@ -142,6 +149,16 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
             logger.info("pickup past its deadline left alone: the order is on hold", extra={"order_id": order_id})
         if expired:
             metrics.add_metric(name="PickupsExpired", unit=MetricUnit.Count, value=len(expired))
+        for order_id, failure in pickups.failed.items():
+            if order_id in expired:  # cancelled: no pass reads it again
+                logger.error("pickup expired, its clean-up failed: the cancel's own execution finishes it",
+                             extra={"order_id": order_id}, exc_info=failure)  # fmt: skip
+            else:
+                logger.error("pickup not expired: its own work failed, the next pass tries it again",
+                             extra={"order_id": order_id}, exc_info=failure)  # fmt: skip
+        if pickups.failed:
+            metrics.add_metric(name="PickupsNotExpired", unit=MetricUnit.Count, value=len(pickups.failed))
+            incomplete["pickup expiry"] = PickupsNotExpired(pickups)
         answer.update(expired=expired, pickups_held=pickups.held)
 
     def returns(time_up: Deadline) -> None:
@@ -330,11 +347,16 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
             failures.append(next(iter(done.failed.values())))  # the errors alarm calls a person
         answer.update(stock_takes_finished=[f"{s.sku}/{s.location_id}" for s in done.finished])
 
+    def imports(time_up: Deadline) -> None:
+        done = recount_imports(container, isolated, time_up)
+        if done.failed:
+            incomplete["imports"] = ImportsNotRecounted(done)
+
     passes = [
         ("stalled orders", stalled_orders), ("pickup expiry", pickup_expiry), ("returns", returns),
         ("carrier work", carrier_work), ("refunds", refunds), ("authorizations", authorizations),
         ("settlement captures", settlement_captures),
-        ("imports", lambda time_up: recount_imports(container, isolated, time_up)),
+        ("imports", imports),
         ("stock takes", stock_takes),
     ]  # fmt: skip
     first = _first_pass(event, len(passes))
@@ -358,7 +380,16 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         metrics.add_metric(name="ReconcilerPassesLeft", unit=MetricUnit.Count, value=len(left))
     raised = [
         incomplete.get(name)
-        for name in ("pending refunds", "authorizations", "settlement captures", "kept back", "returns")
+        for name in (
+            "pending refunds",
+            "authorizations",
+            "settlement captures",
+            "kept back",
+            "returns",
+            "stalled orders",
+            "pickup expiry",
+            "imports",
+        )
     ]
     for error in (*raised, *failures):
         if error is not None:
@@ -366,9 +397,9 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     return answer
 
 
-def recount_imports(container: WarmContainer, isolated: Callable[..., Any], time_up: Deadline) -> None:
-    """Imports left running short by a line marked and never counted (core/import_recount.py)."""
-    from core.import_recount import Recounted
+def recount_imports(container: WarmContainer, isolated: Callable[..., Any], time_up: TimeUp) -> Recounted:
+    """Imports left running short by a line marked and never counted (core/import_recount.py): what
+    the pass did, logged and counted."""
 
     done = Recounted()
     isolated("imports", lambda: container().import_recount.run(done, time_up=time_up), done)
@@ -378,6 +409,12 @@ def recount_imports(container: WarmContainer, isolated: Callable[..., Any], time
         logger.info("import recount cut short: the next run goes on", extra={"import_id": import_id})
     if done.completed:
         metrics.add_metric(name="ImportsRecounted", unit=MetricUnit.Count, value=len(done.completed))
+    for import_id, failure in done.failed.items():
+        logger.error("import not recounted: its own recount failed, the next pass tries it again",
+                     extra={"import_id": import_id}, exc_info=failure)  # fmt: skip
+    if done.failed:
+        metrics.add_metric(name="ImportsNotRecounted", unit=MetricUnit.Count, value=len(done.failed))
+    return done
 
 
 def _print_metrics() -> None:

@@ -1336,10 +1336,11 @@ def recount(minutes_later: float = 31) -> Any:
 
     from core.import_recount import StuckImportRecount
     from core.models import utc_now
+    from functions.adapters.aws_errors import pass_stopper
     from functions.import_worker.app import container
 
     later = utc_now() + timedelta(minutes=minutes_later)
-    return StuckImportRecount(container().import_ledger, lambda: later).run()
+    return StuckImportRecount(container().import_ledger, lambda: later, outage=pass_stopper).run()
 
 
 def test_a_line_marked_by_a_worker_killed_before_counting_it_is_counted_by_the_recount_once(
