@@ -297,3 +297,51 @@ def test_the_units_cancelled_with_the_last_parcel_of_an_order_whose_other_arrive
 
     assert done["status"] == "delivered"
     assert settled(done) == amount(done["totals"]["grand_total"]) and stock(api, hat, "wh-east") == (10, 0)
+
+
+def test_a_stock_take_below_what_a_partly_shipped_orders_pending_parcel_holds_sources_that_parcel_again(api):
+    mug = stocked(api, "MUG10", "12.50", {"wh-west": 10})
+    cap = stocked(api, "CAP10", "7.77", {"wh-north": 10, "wh-east": 10})
+    order = partly_shipped(api, (mug, 2), (cap, 3))
+    counted_short = parcel(order, "wh-north")
+
+    counted = api.put(f"/inventory/{cap}/wh-north", json={"on_hand": 1})
+
+    # Was 409 insufficient_stock: the parcel was not one the count could send elsewhere.
+    assert counted.status_code == 200, counted.text
+    assert stock(api, cap, "wh-north") == (1, 0) and stock(api, cap, "wh-east") == (10, 3)
+    done = api.get(f"/orders/{order['id']}").json()
+    assert done["status"] == "partially_shipped"
+    assert [s["location_id"] for s in done["shipments"]] == ["wh-west", "wh-east"]
+    assert parcel(done, "wh-east")["lines"] == counted_short["lines"] and parcel(done, "wh-east")["status"] == "pending"
+    (entry,) = [e for e in history(api, order["id"]) if e["type"] == "shipment_rejected"]
+    assert (entry["detail"]["reason"], entry["detail"]["location_id"]) == ("stock_count", "wh-north")
+    assert entry["detail"]["shipment_id"] == counted_short["id"]
+    # The same count sent again changes nothing more.
+    assert api.put(f"/inventory/{cap}/wh-north", json={"on_hand": 1}).status_code == 200
+    assert api.get(f"/orders/{order['id']}").json()["version"] == done["version"]
+
+    final = ship(api, done, "wh-east")
+
+    assert final["status"] == "shipped" and final["payment"]["status"] == "captured"
+    assert amount(final["payment"]["captured"]) == amount(final["totals"]["grand_total"])
+    assert stock(api, cap, "wh-east") == (7, 0) and stock(api, cap, "wh-north") == (1, 0)
+
+
+def test_a_stock_take_that_leaves_a_partly_shipped_orders_units_nowhere_cancels_them_out_of_stock_and_settles(api):
+    mug = stocked(api, "MUG11", "12.50", {"wh-west": 10})
+    hat = stocked(api, "HAT11", "5.00", {"wh-east": 10})
+    order = partly_shipped(api, (mug, 1), (hat, 2))
+
+    counted = api.put(f"/inventory/{hat}/wh-east", json={"on_hand": 0})
+
+    assert counted.status_code == 200, counted.text
+    assert stock(api, hat, "wh-east") == (0, 0)
+    done = api.get(f"/orders/{order['id']}").json()
+    assert done["status"] == "shipped"
+    assert [s["id"] for s in done["shipments"]] == [parcel(order, "wh-west")["id"]]
+    line = next(x for x in done["lines"] if x["sku"] == hat)
+    assert (line["quantity"], line["cancelled_quantity"]) == (0, 2)
+    assert settled(done) == amount(done["totals"]["grand_total"])
+    cancelled = next(e for e in history(api, order["id"]) if e["type"] == "units_cancelled")
+    assert cancelled["detail"]["reason"] == "out_of_stock"
