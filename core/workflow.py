@@ -84,7 +84,7 @@ from core.sourcing import (
     stranded,
 )
 from core.sourcing_rules import SourcingRules
-from core.status import TERMINAL, OrderStatus, PaymentStatus, can_transition
+from core.status import TERMINAL, OrderStatus, PaymentStatus, ShipmentStatus, can_transition
 from core.workflow_types import CarrierShipment, SourcingPlan, book_parcel, stored_label
 
 if TYPE_CHECKING:
@@ -152,6 +152,16 @@ def stopped(order: Order) -> OrderClosed:
     if order.status is S.ON_HOLD:
         return OrderHeld(f"order {order.id} is on hold")
     return OrderClosed(f"order {order.id} is {order.status}")
+
+
+def parcels_room(order: Order, shipment_id: str, rules: SourcingRules) -> int | None:
+    """How many locations `rules`' max_shipments leaves for `order`'s parcel `shipment_id` sourced
+    again: the limit less the parcels the order keeps beside it, shipped, delivered or pending (the
+    rejected one leaves; a cancelled one ships nothing). None without a limit; 0 or less: none."""
+    if rules.max_shipments is None:
+        return None
+    kept = {s.location_id for s in order.shipments if s.id != shipment_id and s.status is not ShipmentStatus.CANCELLED}
+    return rules.max_shipments - len(kept)
 
 
 @dataclass(frozen=True)
@@ -527,12 +537,15 @@ class Workflow:
         self, order: Order, eligible: list[Location], locations: list[Location], rules: SourcingRules,
         mine: dict[tuple[str, str, str], int], full: Collection[tuple[str, str]] = (), *, consistent: bool = False,
         stock: dict[str, list[StockLevel]] | None = None, cannot_wait: Callable[[set[str]], set[str]] | None = None,
+        within: SourcingRules | None = None,
     ) -> SourcingPlan | None:  # fmt: skip
         """The sourcing plugins' plan for `order` at `eligible` locations on the stock there now
         (`stock`, the levels there when read already), counting what the order holds (`mine`) as
         its own, and nothing more at the stock items `full` (no room for another reservation);
         None when they cannot cover it. `cannot_wait`: which skus may not be left short (by
-        default those that do not allow backorder: _cannot_wait)."""
+        default those that do not allow backorder: _cannot_wait). `within`: the rules the plan
+        itself keeps, when not `rules` (a parcel sourced again: `max_shipments` the room left beside
+        the order's other parcels); older backorders' units are held back under `rules`."""
         if stock is None:
             stock = self._inventory.levels(
                 {line.sku for line in order.lines}, [loc.location_id for loc in eligible], consistent=consistent
@@ -555,7 +568,9 @@ class Workflow:
             own[(sku, location_id)] += quantity
         stock = self._behind_older(order, stock, locations, rules, own=own)
         destination = destination_of(order, locations)
-        return allocation_plan(self._hook, order, eligible, stock, destination, rules, cannot_wait or self._cannot_wait)
+        return allocation_plan(
+            self._hook, order, eligible, stock, destination, within or rules, cannot_wait or self._cannot_wait
+        )
 
     def _release_unrecorded(
         self, order_id: str, done: list[tuple[str, str, str]], held_before: set[tuple[str, str, str]] | None = None
@@ -909,11 +924,12 @@ class Workflow:
         order's line keys there, so a second parcel at a location that shipped one would share its
         id, and a ship of the first sent again would take the second's units. What no other
         location has is `short` (units by line): nothing of a partly shipped order waits
-        backordered, so the reject cancels them out_of_stock. What the order already holds at those
-        locations (an earlier attempt that died before its write) counts as its own, and what the
-        plan no longer keeps of it is released. Each parcel is booked under a key of this version of
-        the order (sourced_again_key): an attempt that loses its write books again under the next
-        version's. Raises TransientError when the stock changed while it was being reserved (503:
+        backordered, so the reject cancels them out_of_stock; so too what does not fit within the
+        room max_shipments leaves beside the parcels the order keeps (parcels_room). What the order
+        already holds at those locations (an earlier attempt that died before its write) counts as
+        its own, and what the plan no longer keeps of it is released. Each parcel is booked under a
+        key of this version of the order (sourced_again_key): an attempt that loses its write books
+        again under the next version's. Raises TransientError when the stock changed while it was being reserved (503:
         the reject is repeated), and ReservationsFull as ReserveStock does, having released what it
         reserved."""
         parcel = order.shipment(shipment_id)
@@ -934,7 +950,16 @@ class Workflow:
             [loc.location_id for loc in eligible],
         )  # fmt: skip
         # Everything may be left short here: what no location has is cancelled, not waited for.
-        plan = self._plan(part, eligible, locations, rules, mine, stock=stock, cannot_wait=lambda skus: set())
+        # max_shipments counts the parcels the order keeps (shipped or not): the new ones fill the
+        # room beside them, and with none left the units are short (an order never has more parcels
+        # in all than the rules allow).
+        room = parcels_room(order, shipment_id, rules)
+        plan = None
+        if room is None or room > 0:
+            within = rules if room is None else rules.model_copy(update={"max_shipments": room})
+            plan = self._plan(
+                part, eligible, locations, rules, mine, stock=stock, cannot_wait=lambda skus: set(), within=within
+            )
         allocations = list(plan.allocations) if plan is not None else []
         short = {line.line_id: line.quantity for line in part.lines}
         for allocation in allocations:

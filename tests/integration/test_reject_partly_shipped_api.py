@@ -345,3 +345,45 @@ def test_a_stock_take_that_leaves_a_partly_shipped_orders_units_nowhere_cancels_
     assert settled(done) == amount(done["totals"]["grand_total"])
     cancelled = next(e for e in history(api, order["id"]) if e["type"] == "units_cancelled")
     assert cancelled["detail"]["reason"] == "out_of_stock"
+
+
+def test_max_shipments_counts_the_parcels_the_order_has_when_a_rejected_parcel_is_sourced_again(api):
+    mug = stocked(api, "MUG12", "12.50", {"wh-west": 10})
+    cap = stocked(api, "CAP12", "7.77", {"wh-north": 10, "wh-east": 10})
+    hat = stocked(api, "HAT12", "5.00", {"wh-north": 10, "wh-south": 10})
+    rules = api.put("/sourcing/rules", json={"prefer": "nearest", "max_shipments": 2})
+    assert rules.status_code == 200, rules.text
+    try:
+        order = partly_shipped(api, (mug, 1), (cap, 2), (hat, 3))
+
+        done = reject(api, order, parcel(order, "wh-north")["id"]).json()
+    finally:
+        assert api.put("/sourcing/rules", json={"prefer": "nearest"}).status_code == 200
+
+    # The shipped parcel counts: one location more, the one that supplies the most of the rest
+    # (wh-south, 3 hats); the caps only wh-east has are cancelled out_of_stock, not a third parcel.
+    assert done["status"] == "partially_shipped"
+    assert sorted(s["location_id"] for s in done["shipments"]) == ["wh-south", "wh-west"]
+    line = next(x for x in done["lines"] if x["sku"] == cap)
+    assert (line["quantity"], line["cancelled_quantity"]) == (0, 2)
+    assert stock(api, cap, "wh-east") == (10, 0) and stock(api, hat, "wh-south") == (10, 3)
+    assert stock(api, cap, "wh-north") == (10, 0) and stock(api, hat, "wh-north") == (10, 0)
+    final = ship(api, done, "wh-south")
+    assert final["status"] == "shipped" and settled(final) == amount(final["totals"]["grand_total"])
+
+
+def test_a_rejected_parcel_whose_order_has_max_shipments_parcels_already_has_its_units_cancelled(api):
+    mug = stocked(api, "MUG13", "12.50", {"wh-west": 10})
+    cap = stocked(api, "CAP13", "7.77", {"wh-north": 10, "wh-east": 10})
+    order = partly_shipped(api, (mug, 1), (cap, 2))
+    # Lowered after the order was sourced: the two parcels it has are all the rules allow now.
+    assert api.put("/sourcing/rules", json={"prefer": "nearest", "max_shipments": 1}).status_code == 200
+    try:
+        done = reject(api, order, parcel(order, "wh-north")["id"]).json()
+    finally:
+        assert api.put("/sourcing/rules", json={"prefer": "nearest"}).status_code == 200
+
+    assert done["status"] == "shipped"
+    assert [s["location_id"] for s in done["shipments"]] == ["wh-west"]
+    assert next(x for x in done["lines"] if x["sku"] == cap)["cancelled_quantity"] == 2
+    assert stock(api, cap, "wh-east") == (10, 0) and settled(done) == amount(done["totals"]["grand_total"])
