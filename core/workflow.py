@@ -15,7 +15,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -176,6 +176,10 @@ class SourcedAgain:
     short: dict[str, int]
     reserved: list[tuple[str, str, str]]
     bookings: list[GivenUpBooking]
+    # Bookings an earlier attempt of this reject, killed before its write, may have made at the
+    # locations whose units it reserved and this plan no longer uses (its reservations there show
+    # it): owed a cancel from this attempt's write (Order.reject_in_part).
+    maybe_booked: list[GivenUpBooking] = field(default_factory=list)
 
 
 class Workflow:
@@ -971,6 +975,15 @@ class Workflow:
         for item, quantity in mine.items():
             if wanted.get(item) != quantity:
                 self._inventory.release(*item)
+        # An attempt killed after booking, before its write, ran no failure path: where it reserved
+        # and this plan sends nothing, it may have booked under this version's key (an attempt on
+        # another version of the order is not known here: see the README).
+        dropped = {location_id for (_, location_id, _), quantity in mine.items() if quantity > 0}
+        dropped -= {allocation.location_id for allocation in allocations}
+        maybe_booked = [
+            GivenUpBooking(shipment_id=sid, booking_key=sourced_again_key(sid, order.version))
+            for sid in (shipment_id_for(order.id, location_id) for location_id in sorted(dropped))
+        ]
         done: list[tuple[str, str, str]] = []
         try:
             for (sku, location_id, key), quantity in wanted.items():
@@ -989,7 +1002,7 @@ class Workflow:
             raise
         return SourcedAgain(
             shipments=shipments, allocations=allocations, short={k: v for k, v in short.items() if v},
-            reserved=done, bookings=made,
+            reserved=done, bookings=made, maybe_booked=maybe_booked,
         )  # fmt: skip
 
     def _book_again(

@@ -387,3 +387,50 @@ def test_a_rejected_parcel_whose_order_has_max_shipments_parcels_already_has_its
     assert [s["location_id"] for s in done["shipments"]] == ["wh-west"]
     assert next(x for x in done["lines"] if x["sku"] == cap)["cancelled_quantity"] == 2
     assert stock(api, cap, "wh-east") == (10, 0) and settled(done) == amount(done["totals"]["grand_total"])
+
+
+def test_a_booking_a_reject_killed_before_its_write_made_where_its_retry_sources_nothing_is_cancelled(api, monkeypatch):
+    from core import fulfillment
+    from core.ids import shipment_id_for, sourced_again_key
+    from core.workflow import Workflow
+
+    mug = stocked(api, "MUG14", "12.50", {"wh-west": 10})
+    cap = stocked(api, "CAP14", "7.77", {"wh-north": 10, "wh-east": 10, "wh-south": 10})
+    hat = stocked(api, "HAT14", "5.00", {"wh-north": 10, "wh-south": 10})
+    order = partly_shipped(api, (mug, 1), (cap, 2), (hat, 3))
+    rejected = parcel(order, "wh-north")
+    real = DynamoOrders.update
+
+    def killed(self: DynamoOrders, new: Any, expected: Any, entries: Any, **conditions: Any) -> Any:
+        if entries and entries[0].type == "shipment_rejected":
+            raise RuntimeError("the function timed out at the reject's write")
+        return real(self, new, expected, entries, **conditions)
+
+    # Killed (a timeout) after booking wh-east (the caps) and wh-south (the hats): nothing after runs.
+    with monkeypatch.context() as patched:
+        patched.setattr(DynamoOrders, "update", killed)
+        patched.setattr(fulfillment, "give_up_unrecorded", lambda *args, **kwargs: None)
+        patched.setattr(Workflow, "release_unrecorded_parcels", lambda *args, **kwargs: None)
+        assert reject(api, order, rejected["id"]).status_code == 500
+    assert stock(api, cap, "wh-east") == (10, 2) and stock(api, hat, "wh-south") == (10, 3)
+    # The retry plans otherwise: wh-south has it all, and the rules now prefer fewer parcels.
+    assert api.put("/sourcing/rules", json={"prefer": "fewest_shipments"}).status_code == 200
+    try:
+        answer = reject(api, order, rejected["id"])
+    finally:
+        assert api.put("/sourcing/rules", json={"prefer": "nearest"}).status_code == 200
+
+    assert answer.status_code == 200, answer.text
+    done = answer.json()
+    assert sorted(s["location_id"] for s in done["shipments"]) == ["wh-south", "wh-west"]
+    assert stock(api, cap, "wh-east") == (10, 0) and stock(api, cap, "wh-south") == (10, 2)
+    # The wh-east booking no version records is cancelled with the carrier (was never asked).
+    east_key = sourced_again_key(shipment_id_for(order["id"], "wh-east"), order["version"])
+    cancelled = [
+        e["detail"]["booking_key"] for e in history(api, order["id"]) if e["type"] == "carrier_booking_cancelled"
+    ]
+    assert east_key in cancelled
+    south_key = sourced_again_key(parcel(done, "wh-south")["id"], order["version"])
+    assert south_key not in cancelled  # the booking the retry uses (the same key) stands
+    final = ship(api, done, "wh-south")
+    assert final["status"] == "shipped" and settled(final) == amount(final["totals"]["grand_total"])
