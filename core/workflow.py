@@ -949,8 +949,14 @@ class Workflow:
         locations = self._catalog.list_locations()
         rules = self._rules()
         eligible = sourceable(part, locations, rules)
+        # What an earlier attempt killed before its write holds is read at the locations eligible
+        # now and at those only the rules exclude (they may have changed since): released unless
+        # the plan keeps it, and its booking there given up (maybe_booked below).
+        ruled_out = set(rules.excluded_locations) - set(part.excluded_locations)
+        held_at = [loc.location_id for loc in eligible]
+        held_at += sorted({loc.location_id for loc in locations if loc.location_id in ruled_out} - set(held_at))
         mine, stock = self._inventory.holdings(
-            self._reservation_keys(part, [loc.location_id for loc in eligible]), {line.sku for line in part.lines},
+            self._reservation_keys(part, held_at), {line.sku for line in part.lines},
             [loc.location_id for loc in eligible],
         )  # fmt: skip
         # Everything may be left short here: what no location has is cancelled, not waited for.

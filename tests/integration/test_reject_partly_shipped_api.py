@@ -389,14 +389,21 @@ def test_a_rejected_parcel_whose_order_has_max_shipments_parcels_already_has_its
     assert stock(api, cap, "wh-east") == (10, 0) and settled(done) == amount(done["totals"]["grand_total"])
 
 
-def test_a_booking_a_reject_killed_before_its_write_made_where_its_retry_sources_nothing_is_cancelled(api, monkeypatch):
+@pytest.mark.parametrize(
+    "n, rules",
+    [(14, {"prefer": "fewest_shipments"}), (15, {"prefer": "nearest", "excluded_locations": ["wh-east"]})],
+    ids=["fewer parcels preferred", "the location excluded"],
+)
+def test_a_booking_a_reject_killed_before_its_write_made_where_its_retry_sources_nothing_is_cancelled(
+    api, monkeypatch, n: int, rules: dict[str, Any]
+):
     from core import fulfillment
     from core.ids import shipment_id_for, sourced_again_key
     from core.workflow import Workflow
 
-    mug = stocked(api, "MUG14", "12.50", {"wh-west": 10})
-    cap = stocked(api, "CAP14", "7.77", {"wh-north": 10, "wh-east": 10, "wh-south": 10})
-    hat = stocked(api, "HAT14", "5.00", {"wh-north": 10, "wh-south": 10})
+    mug = stocked(api, f"MUG{n}", "12.50", {"wh-west": 10})
+    cap = stocked(api, f"CAP{n}", "7.77", {"wh-north": 10, "wh-east": 10, "wh-south": 10})
+    hat = stocked(api, f"HAT{n}", "5.00", {"wh-north": 10, "wh-south": 10})
     order = partly_shipped(api, (mug, 1), (cap, 2), (hat, 3))
     rejected = parcel(order, "wh-north")
     real = DynamoOrders.update
@@ -413,8 +420,9 @@ def test_a_booking_a_reject_killed_before_its_write_made_where_its_retry_sources
         patched.setattr(Workflow, "release_unrecorded_parcels", lambda *args, **kwargs: None)
         assert reject(api, order, rejected["id"]).status_code == 500
     assert stock(api, cap, "wh-east") == (10, 2) and stock(api, hat, "wh-south") == (10, 3)
-    # The retry plans otherwise: wh-south has it all, and the rules now prefer fewer parcels.
-    assert api.put("/sourcing/rules", json={"prefer": "fewest_shipments"}).status_code == 200
+    # The retry plans otherwise: wh-south has it all, and the rules now prefer fewer parcels, or
+    # exclude wh-east.
+    assert api.put("/sourcing/rules", json=rules).status_code == 200
     try:
         answer = reject(api, order, rejected["id"])
     finally:
