@@ -680,7 +680,7 @@ class OrderActions:
                     )  # fmt: skip
                     new, entries = order.reject_in_part(
                         shipment_id, reason, shipments=sourced.shipments, allocations=sourced.allocations,
-                        cancelled=cancelled, at=at, actor=actor,
+                        cancelled=cancelled, at=at, actor=actor, maybe_booked=sourced.maybe_booked,
                     )  # fmt: skip
                     self._orders.update(self._units.owing_after_reject(new), order, entries)
                 except StaleVersion:

@@ -246,7 +246,9 @@ def oms_source_order(
         and safety stock are applied already. A plugin written before this argument existed
         simply does not name it (pluggy passes only the arguments an implementation names).
         For a backorder fill, `order` holds only the units still needed, `locations` only those
-        the order does not ship from yet, and `max_shipments` is the room left beside them.
+        the order does not ship from yet, and `max_shipments` is the room left beside them; so
+        too for the rejected parcel of a partly shipped order sourced again (its units alone, at
+        locations with no parcel of the order, beside the parcels the order keeps).
     :return: a SourcingPlan covering every unit of every line, or None when this plugin cannot
         source the order (the order then ends cancelled, reason out_of_stock).
 

@@ -3651,7 +3651,7 @@ class Order(Shown):
 
     def reject_in_part(
         self, shipment_id: str, reason: str, *, shipments: list[Shipment], allocations: list[Allocation],
-        cancelled: Change | None, at: datetime, actor: str,
+        cancelled: Change | None, at: datetime, actor: str, maybe_booked: list[GivenUpBooking] | None = None,
     ) -> "tuple[Order, list[HistoryEntry]]":  # fmt: skip
         """The location cannot fulfil this pending parcel of a partly shipped order: the parcel
         leaves the order, replaced by `shipments` (its units sourced again at other locations and
@@ -3662,7 +3662,10 @@ class Order(Shown):
         them, decided with this parcel last among the pending ones (cancelling_first), so it took
         them from this parcel alone; it may end the order shipped (or delivered). One write, two
         entries (shipment_rejected, then units_cancelled); the release of what the parcel held at
-        its location is owed from it (owing_stock: UnitCancellation.settle_after_reject)."""
+        its location is owed from it (owing_stock: UnitCancellation.settle_after_reject).
+        `maybe_booked`: bookings an earlier attempt killed before its write may have made at
+        locations this one does not use, judged as unrecorded bookings are (_next): owed a cancel
+        from this write, but one a parcel of the order uses, or owed already."""
         parcel = self.rejectable_in_part(shipment_id)
         base = self
         entries: list[HistoryEntry] = []
@@ -3679,6 +3682,8 @@ class Order(Shown):
         if any(s.id in order_of for s in shipments):
             raise InvalidTransition(f"a parcel sourced again for {shipment_id} has the id of one the order has")
         keys = {**base.booking_keys, **{s.id: sourced_again_key(s.id, self.version) for s in shipments}}
+        known = {(b.shipment_id, b.booking_key) for b in [*base.bookings_to_cancel, *base.unrecorded_bookings]}
+        maybe = [b for b in maybe_booked or [] if (b.shipment_id, b.booking_key) not in known]
         moved, entry = base._next(
             at=at, actor=actor, type=OrderEvent.SHIPMENT_REJECTED,
             detail={"shipment_id": shipment_id, "location_id": parcel.location_id, "reason": reason,
@@ -3687,6 +3692,7 @@ class Order(Shown):
             excluded_locations=list(dict.fromkeys([*self.excluded_locations, parcel.location_id])),
             shipments=[*kept, *shipments], booking_keys=keys,
             allocations=[*(a for a in base.allocations if a.location_id != parcel.location_id), *allocations],
+            **({"unrecorded_bookings": [*base.unrecorded_bookings, *maybe]} if maybe else {}),
         )  # fmt: skip
         new = _replaced(moved.owing_stock(), version=self.version + 1)
         check_successor(self, new)

@@ -170,8 +170,10 @@ class InventoryService:
         """Record the counted units. Below what is reserved there, the count is recorded all the
         same and the pending shipments at that location holding the sku, newest order first, are
         rejected (reason `stock_count`, by `actor`) until what stays reserved fits it: each order is
-        sourced again with that location excluded. The count lands first, in a write conditional on
-        the reservations it is to release still being held and the rest fitting, which marks the
+        sourced again with that location excluded (a partly shipped order: only that parcel's units,
+        those no other location has cancelled out_of_stock, as its reject does). The count lands
+        first, in a write conditional on the reservations it is to release still being held and the
+        rest fitting, which marks the
         stock item short (ShortCount) until what stays reserved fits: `available` is negative until
         those releases land, so no order reserves the released units before. A count sent again,
         or the reconciler's pass over the marks (finish_short_counts) after the function died
@@ -296,7 +298,12 @@ class InventoryService:
             rejected = location_id in order.excluded_locations and all(s.id != shipment_id for s in order.shipments)
             if not rejected:
                 try:
-                    order.rejectable(shipment_id)
+                    # A partly shipped order's parcel is sourced again alone, as its reject decides
+                    # (OrderActions.reject: Order.rejectable_in_part); any other order's all of it.
+                    if order.status is OrderStatus.PARTIALLY_SHIPPED:
+                        order.rejectable_in_part(shipment_id)
+                    else:
+                        order.rejectable(shipment_id)
                 except (Conflict, NotFound):
                     continue  # not a pending shipment there (a ready pickup, not yet allocated, held, ...)
             candidates.append((order, shipment_id, False))

@@ -15,7 +15,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -84,7 +84,7 @@ from core.sourcing import (
     stranded,
 )
 from core.sourcing_rules import SourcingRules
-from core.status import TERMINAL, OrderStatus, PaymentStatus, can_transition
+from core.status import TERMINAL, OrderStatus, PaymentStatus, ShipmentStatus, can_transition
 from core.workflow_types import CarrierShipment, SourcingPlan, book_parcel, stored_label
 
 if TYPE_CHECKING:
@@ -154,6 +154,16 @@ def stopped(order: Order) -> OrderClosed:
     return OrderClosed(f"order {order.id} is {order.status}")
 
 
+def parcels_room(order: Order, shipment_id: str, rules: SourcingRules) -> int | None:
+    """How many locations `rules`' max_shipments leaves for `order`'s parcel `shipment_id` sourced
+    again: the limit less the parcels the order keeps beside it, shipped, delivered or pending (the
+    rejected one leaves; a cancelled one ships nothing). None without a limit; 0 or less: none."""
+    if rules.max_shipments is None:
+        return None
+    kept = {s.location_id for s in order.shipments if s.id != shipment_id and s.status is not ShipmentStatus.CANCELLED}
+    return rules.max_shipments - len(kept)
+
+
 @dataclass(frozen=True)
 class SourcedAgain:
     """A rejected parcel's units sourced again (Workflow.source_parcel_again): the new pending
@@ -166,6 +176,10 @@ class SourcedAgain:
     short: dict[str, int]
     reserved: list[tuple[str, str, str]]
     bookings: list[GivenUpBooking]
+    # Bookings an earlier attempt of this reject, killed before its write, may have made at the
+    # locations whose units it reserved and this plan no longer uses (its reservations there show
+    # it): owed a cancel from this attempt's write (Order.reject_in_part).
+    maybe_booked: list[GivenUpBooking] = field(default_factory=list)
 
 
 class Workflow:
@@ -527,12 +541,15 @@ class Workflow:
         self, order: Order, eligible: list[Location], locations: list[Location], rules: SourcingRules,
         mine: dict[tuple[str, str, str], int], full: Collection[tuple[str, str]] = (), *, consistent: bool = False,
         stock: dict[str, list[StockLevel]] | None = None, cannot_wait: Callable[[set[str]], set[str]] | None = None,
+        within: SourcingRules | None = None,
     ) -> SourcingPlan | None:  # fmt: skip
         """The sourcing plugins' plan for `order` at `eligible` locations on the stock there now
         (`stock`, the levels there when read already), counting what the order holds (`mine`) as
         its own, and nothing more at the stock items `full` (no room for another reservation);
         None when they cannot cover it. `cannot_wait`: which skus may not be left short (by
-        default those that do not allow backorder: _cannot_wait)."""
+        default those that do not allow backorder: _cannot_wait). `within`: the rules the plan
+        itself keeps, when not `rules` (a parcel sourced again: `max_shipments` the room left beside
+        the order's other parcels); older backorders' units are held back under `rules`."""
         if stock is None:
             stock = self._inventory.levels(
                 {line.sku for line in order.lines}, [loc.location_id for loc in eligible], consistent=consistent
@@ -555,7 +572,9 @@ class Workflow:
             own[(sku, location_id)] += quantity
         stock = self._behind_older(order, stock, locations, rules, own=own)
         destination = destination_of(order, locations)
-        return allocation_plan(self._hook, order, eligible, stock, destination, rules, cannot_wait or self._cannot_wait)
+        return allocation_plan(
+            self._hook, order, eligible, stock, destination, within or rules, cannot_wait or self._cannot_wait
+        )
 
     def _release_unrecorded(
         self, order_id: str, done: list[tuple[str, str, str]], held_before: set[tuple[str, str, str]] | None = None
@@ -909,11 +928,12 @@ class Workflow:
         order's line keys there, so a second parcel at a location that shipped one would share its
         id, and a ship of the first sent again would take the second's units. What no other
         location has is `short` (units by line): nothing of a partly shipped order waits
-        backordered, so the reject cancels them out_of_stock. What the order already holds at those
-        locations (an earlier attempt that died before its write) counts as its own, and what the
-        plan no longer keeps of it is released. Each parcel is booked under a key of this version of
-        the order (sourced_again_key): an attempt that loses its write books again under the next
-        version's. Raises TransientError when the stock changed while it was being reserved (503:
+        backordered, so the reject cancels them out_of_stock; so too what does not fit within the
+        room max_shipments leaves beside the parcels the order keeps (parcels_room). What the order
+        already holds at those locations (an earlier attempt that died before its write) counts as
+        its own, and what the plan no longer keeps of it is released. Each parcel is booked under a
+        key of this version of the order (sourced_again_key): an attempt that loses its write books
+        again under the next version's. Raises TransientError when the stock changed while it was being reserved (503:
         the reject is repeated), and ReservationsFull as ReserveStock does, having released what it
         reserved."""
         parcel = order.shipment(shipment_id)
@@ -929,12 +949,27 @@ class Workflow:
         locations = self._catalog.list_locations()
         rules = self._rules()
         eligible = sourceable(part, locations, rules)
+        # What an earlier attempt killed before its write holds is read at the locations eligible
+        # now and at those only the rules exclude (they may have changed since): released unless
+        # the plan keeps it, and its booking there given up (maybe_booked below).
+        ruled_out = set(rules.excluded_locations) - set(part.excluded_locations)
+        held_at = [loc.location_id for loc in eligible]
+        held_at += sorted({loc.location_id for loc in locations if loc.location_id in ruled_out} - set(held_at))
         mine, stock = self._inventory.holdings(
-            self._reservation_keys(part, [loc.location_id for loc in eligible]), {line.sku for line in part.lines},
+            self._reservation_keys(part, held_at), {line.sku for line in part.lines},
             [loc.location_id for loc in eligible],
         )  # fmt: skip
         # Everything may be left short here: what no location has is cancelled, not waited for.
-        plan = self._plan(part, eligible, locations, rules, mine, stock=stock, cannot_wait=lambda skus: set())
+        # max_shipments counts the parcels the order keeps (shipped or not): the new ones fill the
+        # room beside them, and with none left the units are short (an order never has more parcels
+        # in all than the rules allow).
+        room = parcels_room(order, shipment_id, rules)
+        plan = None
+        if room is None or room > 0:
+            within = rules if room is None else rules.model_copy(update={"max_shipments": room})
+            plan = self._plan(
+                part, eligible, locations, rules, mine, stock=stock, cannot_wait=lambda skus: set(), within=within
+            )
         allocations = list(plan.allocations) if plan is not None else []
         short = {line.line_id: line.quantity for line in part.lines}
         for allocation in allocations:
@@ -946,6 +981,15 @@ class Workflow:
         for item, quantity in mine.items():
             if wanted.get(item) != quantity:
                 self._inventory.release(*item)
+        # An attempt killed after booking, before its write, ran no failure path: where it reserved
+        # and this plan sends nothing, it may have booked under this version's key (an attempt on
+        # another version of the order is not known here: see the README).
+        dropped = {location_id for (_, location_id, _), quantity in mine.items() if quantity > 0}
+        dropped -= {allocation.location_id for allocation in allocations}
+        maybe_booked = [
+            GivenUpBooking(shipment_id=sid, booking_key=sourced_again_key(sid, order.version))
+            for sid in (shipment_id_for(order.id, location_id) for location_id in sorted(dropped))
+        ]
         done: list[tuple[str, str, str]] = []
         try:
             for (sku, location_id, key), quantity in wanted.items():
@@ -964,7 +1008,7 @@ class Workflow:
             raise
         return SourcedAgain(
             shipments=shipments, allocations=allocations, short={k: v for k, v in short.items() if v},
-            reserved=done, bookings=made,
+            reserved=done, bookings=made, maybe_booked=maybe_booked,
         )  # fmt: skip
 
     def _book_again(

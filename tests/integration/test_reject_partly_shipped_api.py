@@ -297,3 +297,148 @@ def test_the_units_cancelled_with_the_last_parcel_of_an_order_whose_other_arrive
 
     assert done["status"] == "delivered"
     assert settled(done) == amount(done["totals"]["grand_total"]) and stock(api, hat, "wh-east") == (10, 0)
+
+
+def test_a_stock_take_below_what_a_partly_shipped_orders_pending_parcel_holds_sources_that_parcel_again(api):
+    mug = stocked(api, "MUG10", "12.50", {"wh-west": 10})
+    cap = stocked(api, "CAP10", "7.77", {"wh-north": 10, "wh-east": 10})
+    order = partly_shipped(api, (mug, 2), (cap, 3))
+    counted_short = parcel(order, "wh-north")
+
+    counted = api.put(f"/inventory/{cap}/wh-north", json={"on_hand": 1})
+
+    # Was 409 insufficient_stock: the parcel was not one the count could send elsewhere.
+    assert counted.status_code == 200, counted.text
+    assert stock(api, cap, "wh-north") == (1, 0) and stock(api, cap, "wh-east") == (10, 3)
+    done = api.get(f"/orders/{order['id']}").json()
+    assert done["status"] == "partially_shipped"
+    assert [s["location_id"] for s in done["shipments"]] == ["wh-west", "wh-east"]
+    assert parcel(done, "wh-east")["lines"] == counted_short["lines"] and parcel(done, "wh-east")["status"] == "pending"
+    (entry,) = [e for e in history(api, order["id"]) if e["type"] == "shipment_rejected"]
+    assert (entry["detail"]["reason"], entry["detail"]["location_id"]) == ("stock_count", "wh-north")
+    assert entry["detail"]["shipment_id"] == counted_short["id"]
+    # The same count sent again changes nothing more.
+    assert api.put(f"/inventory/{cap}/wh-north", json={"on_hand": 1}).status_code == 200
+    assert api.get(f"/orders/{order['id']}").json()["version"] == done["version"]
+
+    final = ship(api, done, "wh-east")
+
+    assert final["status"] == "shipped" and final["payment"]["status"] == "captured"
+    assert amount(final["payment"]["captured"]) == amount(final["totals"]["grand_total"])
+    assert stock(api, cap, "wh-east") == (7, 0) and stock(api, cap, "wh-north") == (1, 0)
+
+
+def test_a_stock_take_that_leaves_a_partly_shipped_orders_units_nowhere_cancels_them_out_of_stock_and_settles(api):
+    mug = stocked(api, "MUG11", "12.50", {"wh-west": 10})
+    hat = stocked(api, "HAT11", "5.00", {"wh-east": 10})
+    order = partly_shipped(api, (mug, 1), (hat, 2))
+
+    counted = api.put(f"/inventory/{hat}/wh-east", json={"on_hand": 0})
+
+    assert counted.status_code == 200, counted.text
+    assert stock(api, hat, "wh-east") == (0, 0)
+    done = api.get(f"/orders/{order['id']}").json()
+    assert done["status"] == "shipped"
+    assert [s["id"] for s in done["shipments"]] == [parcel(order, "wh-west")["id"]]
+    line = next(x for x in done["lines"] if x["sku"] == hat)
+    assert (line["quantity"], line["cancelled_quantity"]) == (0, 2)
+    assert settled(done) == amount(done["totals"]["grand_total"])
+    cancelled = next(e for e in history(api, order["id"]) if e["type"] == "units_cancelled")
+    assert cancelled["detail"]["reason"] == "out_of_stock"
+
+
+def test_max_shipments_counts_the_parcels_the_order_has_when_a_rejected_parcel_is_sourced_again(api):
+    mug = stocked(api, "MUG12", "12.50", {"wh-west": 10})
+    cap = stocked(api, "CAP12", "7.77", {"wh-north": 10, "wh-east": 10})
+    hat = stocked(api, "HAT12", "5.00", {"wh-north": 10, "wh-south": 10})
+    rules = api.put("/sourcing/rules", json={"prefer": "nearest", "max_shipments": 2})
+    assert rules.status_code == 200, rules.text
+    try:
+        order = partly_shipped(api, (mug, 1), (cap, 2), (hat, 3))
+
+        done = reject(api, order, parcel(order, "wh-north")["id"]).json()
+    finally:
+        assert api.put("/sourcing/rules", json={"prefer": "nearest"}).status_code == 200
+
+    # The shipped parcel counts: one location more, the one that supplies the most of the rest
+    # (wh-south, 3 hats); the caps only wh-east has are cancelled out_of_stock, not a third parcel.
+    assert done["status"] == "partially_shipped"
+    assert sorted(s["location_id"] for s in done["shipments"]) == ["wh-south", "wh-west"]
+    line = next(x for x in done["lines"] if x["sku"] == cap)
+    assert (line["quantity"], line["cancelled_quantity"]) == (0, 2)
+    assert stock(api, cap, "wh-east") == (10, 0) and stock(api, hat, "wh-south") == (10, 3)
+    assert stock(api, cap, "wh-north") == (10, 0) and stock(api, hat, "wh-north") == (10, 0)
+    final = ship(api, done, "wh-south")
+    assert final["status"] == "shipped" and settled(final) == amount(final["totals"]["grand_total"])
+
+
+def test_a_rejected_parcel_whose_order_has_max_shipments_parcels_already_has_its_units_cancelled(api):
+    mug = stocked(api, "MUG13", "12.50", {"wh-west": 10})
+    cap = stocked(api, "CAP13", "7.77", {"wh-north": 10, "wh-east": 10})
+    order = partly_shipped(api, (mug, 1), (cap, 2))
+    # Lowered after the order was sourced: the two parcels it has are all the rules allow now.
+    assert api.put("/sourcing/rules", json={"prefer": "nearest", "max_shipments": 1}).status_code == 200
+    try:
+        done = reject(api, order, parcel(order, "wh-north")["id"]).json()
+    finally:
+        assert api.put("/sourcing/rules", json={"prefer": "nearest"}).status_code == 200
+
+    assert done["status"] == "shipped"
+    assert [s["location_id"] for s in done["shipments"]] == ["wh-west"]
+    assert next(x for x in done["lines"] if x["sku"] == cap)["cancelled_quantity"] == 2
+    assert stock(api, cap, "wh-east") == (10, 0) and settled(done) == amount(done["totals"]["grand_total"])
+
+
+@pytest.mark.parametrize(
+    "n, rules",
+    [(14, {"prefer": "fewest_shipments"}), (15, {"prefer": "nearest", "excluded_locations": ["wh-east"]})],
+    ids=["fewer parcels preferred", "the location excluded"],
+)
+def test_a_booking_a_reject_killed_before_its_write_made_where_its_retry_sources_nothing_is_cancelled(
+    api, monkeypatch, n: int, rules: dict[str, Any]
+):
+    from core import fulfillment
+    from core.ids import shipment_id_for, sourced_again_key
+    from core.workflow import Workflow
+
+    mug = stocked(api, f"MUG{n}", "12.50", {"wh-west": 10})
+    cap = stocked(api, f"CAP{n}", "7.77", {"wh-north": 10, "wh-east": 10, "wh-south": 10})
+    hat = stocked(api, f"HAT{n}", "5.00", {"wh-north": 10, "wh-south": 10})
+    order = partly_shipped(api, (mug, 1), (cap, 2), (hat, 3))
+    rejected = parcel(order, "wh-north")
+    real = DynamoOrders.update
+
+    def killed(self: DynamoOrders, new: Any, expected: Any, entries: Any, **conditions: Any) -> Any:
+        if entries and entries[0].type == "shipment_rejected":
+            raise RuntimeError("the function timed out at the reject's write")
+        return real(self, new, expected, entries, **conditions)
+
+    # Killed (a timeout) after booking wh-east (the caps) and wh-south (the hats): nothing after runs.
+    with monkeypatch.context() as patched:
+        patched.setattr(DynamoOrders, "update", killed)
+        patched.setattr(fulfillment, "give_up_unrecorded", lambda *args, **kwargs: None)
+        patched.setattr(Workflow, "release_unrecorded_parcels", lambda *args, **kwargs: None)
+        assert reject(api, order, rejected["id"]).status_code == 500
+    assert stock(api, cap, "wh-east") == (10, 2) and stock(api, hat, "wh-south") == (10, 3)
+    # The retry plans otherwise: wh-south has it all, and the rules now prefer fewer parcels, or
+    # exclude wh-east.
+    assert api.put("/sourcing/rules", json=rules).status_code == 200
+    try:
+        answer = reject(api, order, rejected["id"])
+    finally:
+        assert api.put("/sourcing/rules", json={"prefer": "nearest"}).status_code == 200
+
+    assert answer.status_code == 200, answer.text
+    done = answer.json()
+    assert sorted(s["location_id"] for s in done["shipments"]) == ["wh-south", "wh-west"]
+    assert stock(api, cap, "wh-east") == (10, 0) and stock(api, cap, "wh-south") == (10, 2)
+    # The wh-east booking no version records is cancelled with the carrier (was never asked).
+    east_key = sourced_again_key(shipment_id_for(order["id"], "wh-east"), order["version"])
+    cancelled = [
+        e["detail"]["booking_key"] for e in history(api, order["id"]) if e["type"] == "carrier_booking_cancelled"
+    ]
+    assert east_key in cancelled
+    south_key = sourced_again_key(parcel(done, "wh-south")["id"], order["version"])
+    assert south_key not in cancelled  # the booking the retry uses (the same key) stands
+    final = ship(api, done, "wh-south")
+    assert final["status"] == "shipped" and settled(final) == amount(final["totals"]["grand_total"])
