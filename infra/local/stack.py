@@ -37,6 +37,7 @@ from infra.local.moto_patches import (
     sqs,
     streams,
     transactions,
+    update_expressions,
 )
 from infra.local.process import AWS_ENVIRONMENT, AWS_ENVIRONMENT_REMOVED, ProcessEnvironment
 from infra.local.resources import Resources
@@ -319,7 +320,7 @@ class EmbeddedStack:
         for name in ("POWERTOOLS_TRACE_DISABLED", "POWERTOOLS_METRICS_DISABLED"):
             if name not in os.environ:
                 self.process.set_env({name: "true"})
-        patches = (lock, sqs, memory, transactions, streams, asl_parse, response_keys)
+        patches = (lock, sqs, memory, transactions, streams, asl_parse, response_keys, update_expressions)
         for patch in (module.PATCH for module in patches):
             self.process.enter(patch.registered())
         self.process.callback(keep_functions_apart())
