@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gc
 import inspect
+import re
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -695,3 +696,51 @@ def test_the_clause_count_pass_counts_each_node_s_clauses_once(monkeypatch: pyte
             ActionCountValidator().traverse(twice)
     finally:
         moto_update_expressions.PATCH.undo()
+
+
+# --- action_names ---------------------------------------------------------------------------------
+
+
+def _response_classes() -> list[type]:
+    from moto.core.responses import BaseResponse
+    from moto.dynamodb.responses import DynamoHandler
+    from moto.events.responses import EventsHandler
+    from moto.s3.responses import S3Response
+    from moto.sqs.responses import SQSResponse
+    from moto.stepfunctions.responses import StepFunctionResponse
+
+    return [BaseResponse, DynamoHandler, EventsHandler, S3Response, SQSResponse, StepFunctionResponse]
+
+
+def test_action_names_answer_as_moto_s_list_of_the_class_s_functions() -> None:
+    from infra.local.moto_patches.action_names import FunctionNames
+
+    own = PATCHES["action_names"].targets()["moto.core.responses.method_names_from_class"]
+    for response in _response_classes():
+        listed = own(response)
+        assert "update_item" in listed or response.__name__ != "DynamoHandler"  # the list has the actions
+        names = {*dir(response), *dir(type(response)), "not_an_action", "", "mro", "__init__", "__dict__"}
+        for name in sorted(names):
+            assert (name in FunctionNames(response)) == (name in listed), f"{response.__name__}.{name}"
+
+
+def test_moto_serves_a_request_without_listing_the_response_class_s_functions(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with mock_aws():
+        dynamodb = boto3.client("dynamodb", region_name="us-east-1")
+        monkeypatch.setattr(inspect, "getmembers", lambda *_, **__: pytest.fail("the class's functions were listed"))
+        assert dynamodb.list_tables()["TableNames"] == []
+        with pytest.raises(dynamodb.exceptions.ResourceNotFoundException):
+            dynamodb.describe_table(TableName="nowhere")
+
+
+def test_canary_moto_only_asks_whether_the_action_is_among_the_class_s_functions() -> None:
+    """Canary of `action_names`: call_action is the one caller and only tests membership."""
+    from moto.core import responses
+
+    source = inspect.getsource(responses)
+    assert source.count("method_names_from_class(") == 1
+    call_action = inspect.getsource(responses.BaseResponse.call_action)
+    assert "method_names = method_names_from_class(self.__class__)" in call_action
+    assert len(re.findall(r"\bmethod_names\b", call_action)) == 2 and "if action in method_names:" in call_action

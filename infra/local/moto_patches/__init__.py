@@ -125,7 +125,7 @@ def describe(value: Any) -> str:
 
 
 _MODULES = ("lock", "sqs", "memory", "transactions", "streams", "asl_parse", "response_keys", "update_expressions",
-            "lambda_invoke", "s3_notifications", "arrivals", "apigateway", "retry_delay")  # fmt: skip
+            "action_names", "lambda_invoke", "s3_notifications", "arrivals", "apigateway", "retry_delay")  # fmt: skip
 
 
 def all_patches() -> list[MotoPatch]:
