@@ -25,6 +25,7 @@ from infra.local.event_sources import ScheduleMapping
 from infra.local.gateway import ApiGateway
 from infra.local.lambdas import Handler, LambdaService, keep_functions_apart
 from infra.local.moto_patches import (
+    action_names,
     apigateway,
     arrivals,
     asl_parse,
@@ -37,6 +38,7 @@ from infra.local.moto_patches import (
     sqs,
     streams,
     transactions,
+    update_expressions,
 )
 from infra.local.process import AWS_ENVIRONMENT, AWS_ENVIRONMENT_REMOVED, ProcessEnvironment
 from infra.local.resources import Resources
@@ -319,7 +321,7 @@ class EmbeddedStack:
         for name in ("POWERTOOLS_TRACE_DISABLED", "POWERTOOLS_METRICS_DISABLED"):
             if name not in os.environ:
                 self.process.set_env({name: "true"})
-        patches = (lock, sqs, memory, transactions, streams, asl_parse, response_keys)
+        patches = (lock, sqs, memory, transactions, streams, asl_parse, response_keys, update_expressions, action_names)
         for patch in (module.PATCH for module in patches):
             self.process.enter(patch.registered())
         self.process.callback(keep_functions_apart())

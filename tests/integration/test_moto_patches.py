@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gc
 import inspect
+import re
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -22,6 +23,7 @@ import infra.local.moto_patches.memory as moto_memory
 import infra.local.moto_patches.sqs as moto_sqs
 import infra.local.moto_patches.streams as moto_streams
 import infra.local.moto_patches.transactions as moto_transactions
+import infra.local.moto_patches.update_expressions as moto_update_expressions
 from infra.local.moto_patches import MOTO_VERSION, all_patches, describe, readme_list
 
 COUNTS = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible", "ApproximateNumberOfMessagesDelayed"]
@@ -555,3 +557,190 @@ def test_the_shard_iterator_last_read_reads_the_same_records_again(streams_reach
     assert [r["dynamodb"]["Keys"]["pk"]["S"] for r in answer["Records"]] == ["a"]
     assert [r["dynamodb"]["Keys"]["pk"]["S"] for r in following["Records"]] == ["b"]
     assert held == 2
+
+
+# --- update_expressions ---------------------------------------------------------------------------
+
+# (expression, names, values): arithmetic, functions, every clause, and refusals moto makes while
+# parsing (not kept) and while validating (the kept tree must come back unchanged).
+_UPDATES = [
+    ("SET n = if_not_exists(n, :zero) + :one, tags = list_append(if_not_exists(tags, :none), :tag)", {},
+     ["zero", "one", "none", "tag"]),
+    ("SET #n = #n - :one REMOVE gone ADD seen :set", {"#n": "n"}, ["one", "set"]),
+    ("SET n = :one, n = :zero", {}, ["one", "zero"]),
+    ("SET n = :one SET m = :zero", {}, ["one", "zero"]),
+    ("ADD n :tag", {}, ["tag"]),
+    ("ADD n :one REMOVE gone ADD m :one SET a = :zero SET b = :zero", {}, ["one", "zero"]),
+    ("REMOVE a, b REMOVE c", {}, []),
+    ("SET n = = :one", {}, ["one"]),
+]  # fmt: skip
+_VALUES = {
+    ":zero": {"N": "0"},
+    ":one": {"N": "1"},
+    ":none": {"L": []},
+    ":tag": {"L": [{"S": "t"}]},
+    ":set": {"SS": ["x"]},
+}
+
+
+@contextmanager
+def _moto_s_own_update_expressions() -> Iterator[None]:
+    """moto's own parser and passes for the block, inside the suite's mock_aws (which applies the
+    `update_expressions` patch, tests/conftest.py)."""
+    from moto.dynamodb.parsing.ast_nodes import DepthFirstTraverser
+    from moto.dynamodb.parsing.expressions import UpdateExpressionParser
+    from moto.dynamodb.parsing.validators import ActionCountValidator
+
+    originals = PATCHES["update_expressions"].targets()
+    parser = originals["moto.dynamodb.parsing.expressions.UpdateExpressionParser.make"]
+    walk = "moto.dynamodb.parsing.ast_nodes.DepthFirstTraverser."
+    with (
+        mock.patch.object(UpdateExpressionParser, "make", parser),
+        mock.patch.object(DepthFirstTraverser, "nodes_to_be_processed", originals[f"{walk}nodes_to_be_processed"]),
+        mock.patch.object(DepthFirstTraverser, "process", originals[f"{walk}process"]),
+        mock.patch.object(
+            ActionCountValidator,
+            "verify_action_counts",
+            originals["moto.dynamodb.parsing.validators.ActionCountValidator.verify_action_counts"],
+        ),
+    ):
+        yield
+
+
+def _tree_shape(node: Any) -> Any:
+    from moto.dynamodb.parsing.ast_nodes import Node
+
+    if not isinstance(node, Node):
+        return repr(node)
+    return type(node).__name__, tuple(_tree_shape(child) for child in node.children or ())
+
+
+def _updated(patched: bool) -> list[Any]:
+    """Each of _UPDATES applied twice to one item (with the patch, or moto's own): the item after
+    each, or the refusal's code and message."""
+    seen: list[Any] = []
+    with mock_aws(), nullcontext() if patched else _moto_s_own_update_expressions():
+        dynamodb = boto3.client("dynamodb", region_name="us-east-1")
+        dynamodb.create_table(
+            TableName="u", BillingMode="PAY_PER_REQUEST",
+            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"}],
+        )  # fmt: skip
+        for expression, names, values in _UPDATES * 2:
+            request = {"TableName": "u", "Key": {"pk": {"S": "a"}}, "UpdateExpression": expression}
+            request["ExpressionAttributeValues"] = {f":{name}": _VALUES[f":{name}"] for name in values}
+            if names:
+                request["ExpressionAttributeNames"] = names
+            try:
+                seen.append(dynamodb.update_item(**request, ReturnValues="ALL_NEW")["Attributes"])
+            except dynamodb.exceptions.ClientError as refused:
+                seen.append((refused.response["Error"]["Code"], refused.response["Error"]["Message"]))
+    return seen
+
+
+def test_update_expressions_are_answered_as_moto_answers_them_from_trees_kept_unchanged() -> None:
+    from moto.dynamodb.parsing.expressions import UpdateExpressionParser
+
+    update_expressions = moto_update_expressions.PATCH
+    by_moto = _updated(patched=False)
+    assert {type(answer) for answer in by_moto} == {dict, tuple}  # some applied, some refused
+    moto_update_expressions.forget()
+    assert _updated(patched=True) == by_moto
+    with _moto_s_own_update_expressions():
+        fresh = {expression: _tree_shape(UpdateExpressionParser.make(expression)) for expression, *_ in _UPDATES[:-1]}
+    update_expressions.apply()
+    try:
+        for expression, shape in fresh.items():
+            kept = UpdateExpressionParser.make(expression)
+            assert kept is UpdateExpressionParser.make(expression), expression  # read from the kept tree
+            assert _tree_shape(kept) == shape, f"moto changed the tree it handed out: {expression}"
+    finally:
+        update_expressions.undo()
+
+
+def test_a_validation_pass_builds_its_map_of_node_types_once() -> None:
+    from moto.dynamodb.parsing.ast_nodes import DepthFirstTraverser, ExpressionAttributeValue
+    from moto.dynamodb.parsing.expressions import UpdateExpressionParser
+
+    class Counting(DepthFirstTraverser):
+        built = 0
+
+        def _processing_map(self) -> dict:
+            Counting.built += 1
+            return {ExpressionAttributeValue: lambda node: node}
+
+    tree = UpdateExpressionParser.make("SET a = :one, b = :two REMOVE c")
+    moto_update_expressions.PATCH.apply()
+    try:
+        assert Counting().traverse(tree) is tree
+    finally:
+        moto_update_expressions.PATCH.undo()
+    assert Counting.built == 1
+
+
+def test_the_clause_count_pass_counts_each_node_s_clauses_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """moto's pass asked every nested UpdateExpression (each clause and action is one) for all its
+    clauses again: quadratic in the expression's length."""
+    from moto.dynamodb.exceptions import TooManyClauses
+    from moto.dynamodb.parsing.ast_nodes import Node
+    from moto.dynamodb.parsing.expressions import UpdateExpressionParser
+    from moto.dynamodb.parsing.validators import ActionCountValidator
+
+    fine = UpdateExpressionParser.make("SET a = :one, b = list_append(b, :two) REMOVE c, d ADD e :one DELETE f :s")
+    twice = UpdateExpressionParser.make("SET a = :one REMOVE c SET b = :two")
+    moto_update_expressions.PATCH.apply()
+    try:
+        monkeypatch.setattr(Node, "find_clauses", lambda *_: pytest.fail("a subtree's clauses were searched"))
+        assert ActionCountValidator().traverse(fine) is fine
+        with pytest.raises(TooManyClauses, match="SET"):
+            ActionCountValidator().traverse(twice)
+    finally:
+        moto_update_expressions.PATCH.undo()
+
+
+# --- action_names ---------------------------------------------------------------------------------
+
+
+def _response_classes() -> list[type]:
+    from moto.core.responses import BaseResponse
+    from moto.dynamodb.responses import DynamoHandler
+    from moto.events.responses import EventsHandler
+    from moto.s3.responses import S3Response
+    from moto.sqs.responses import SQSResponse
+    from moto.stepfunctions.responses import StepFunctionResponse
+
+    return [BaseResponse, DynamoHandler, EventsHandler, S3Response, SQSResponse, StepFunctionResponse]
+
+
+def test_action_names_answer_as_moto_s_list_of_the_class_s_functions() -> None:
+    from infra.local.moto_patches.action_names import FunctionNames
+
+    own = PATCHES["action_names"].targets()["moto.core.responses.method_names_from_class"]
+    for response in _response_classes():
+        listed = own(response)
+        assert "update_item" in listed or response.__name__ != "DynamoHandler"  # the list has the actions
+        names = {*dir(response), *dir(type(response)), "not_an_action", "", "mro", "__init__", "__dict__"}
+        for name in sorted(names):
+            assert (name in FunctionNames(response)) == (name in listed), f"{response.__name__}.{name}"
+
+
+def test_moto_serves_a_request_without_listing_the_response_class_s_functions(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with mock_aws():
+        dynamodb = boto3.client("dynamodb", region_name="us-east-1")
+        monkeypatch.setattr(inspect, "getmembers", lambda *_, **__: pytest.fail("the class's functions were listed"))
+        assert dynamodb.list_tables()["TableNames"] == []
+        with pytest.raises(dynamodb.exceptions.ResourceNotFoundException):
+            dynamodb.describe_table(TableName="nowhere")
+
+
+def test_canary_moto_only_asks_whether_the_action_is_among_the_class_s_functions() -> None:
+    """Canary of `action_names`: call_action is the one caller and only tests membership."""
+    from moto.core import responses
+
+    source = inspect.getsource(responses)
+    assert source.count("method_names_from_class(") == 1
+    call_action = inspect.getsource(responses.BaseResponse.call_action)
+    assert "method_names = method_names_from_class(self.__class__)" in call_action
+    assert len(re.findall(r"\bmethod_names\b", call_action)) == 2 and "if action in method_names:" in call_action

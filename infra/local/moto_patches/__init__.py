@@ -124,8 +124,8 @@ def describe(value: Any) -> str:
     return type(value).__name__
 
 
-_MODULES = ("lock", "sqs", "memory", "transactions", "streams", "asl_parse", "response_keys", "lambda_invoke",
-            "s3_notifications", "arrivals", "apigateway", "retry_delay")  # fmt: skip
+_MODULES = ("lock", "sqs", "memory", "transactions", "streams", "asl_parse", "response_keys", "update_expressions",
+            "action_names", "lambda_invoke", "s3_notifications", "arrivals", "apigateway", "retry_delay")  # fmt: skip
 
 
 def all_patches() -> list[MotoPatch]:
