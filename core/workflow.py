@@ -1018,12 +1018,27 @@ class Workflow:
         the bookings made. A failure after a booking keeps those it made owed a cancel (the next
         attempt books under another key: the failure's write is a new version), as CreateShipments
         keeps them."""
+        where = {loc.location_id: loc for loc in locations}
+        return self._book_parcels(
+            order, allocations, where, lambda shipment_id: sourced_again_key(shipment_id, order.version)
+        )
+
+    def _book_parcels(
+        self, order: Order, allocations: list[Allocation], locations: dict[str, Location], key_for: Callable[[str], str]
+    ) -> tuple[list[Shipment], list[GivenUpBooking]]:
+        """One pending parcel per location of `allocations`, each booked with the carrier under
+        `key_for(its shipment id)`, its label stored under that key, and the bookings made. The
+        bookings made, owed a cancel once no retry will ask for them again (the order cancelled,
+        or edited: its parcels are booked under another key) should the caller not record them,
+        are kept on the order (Order.unrecorded_bookings_given_up) by a failure after one (the
+        next parcel's booking raising), as by a lost write, so a park then a cancel gives them up
+        too. So is the booking that raised, as maybe made (its answer may be what was lost: a
+        read timeout after the carrier booked)."""
         by_location: dict[str, list[ShipmentLine]] = defaultdict(list)
         for allocation in allocations:
             by_location[allocation.location_id].append(
                 ShipmentLine(line_id=allocation.line_id, quantity=allocation.quantity)
             )
-        where = {loc.location_id: loc for loc in locations}
         products = self._catalog.get_products({line.sku for line in order.lines})
         line_sku = {line.line_id: line.sku for line in order.lines}
         shipments: list[Shipment] = []
@@ -1034,13 +1049,16 @@ class Workflow:
                 lines = by_location[location_id]
                 shipment_id = shipment_id_for(order.id, location_id)
                 weight = sum((products[line_sku[x.line_id]].weight_grams or 0) * x.quantity for x in lines)
-                key = sourced_again_key(shipment_id, order.version)
+                key = key_for(shipment_id)
                 asking = GivenUpBooking(shipment_id=shipment_id, booking_key=key)
-                booked = self._book(order, shipment_id, key, where[location_id], lines, weight)
+                booked = self._book(order, shipment_id, key, locations[location_id], lines, weight)
                 asking = None
                 if booked.tracking_number:
                     made.append(GivenUpBooking(shipment_id=shipment_id, carrier=booked.carrier,
                                                tracking_number=booked.tracking_number, booking_key=key))  # fmt: skip
+                # Stored under the booking's key: a booking made for the order as it was, by a step
+                # that lost its write to the change, never overwrites the label of the booking made
+                # after it.
                 shipments.append(
                     Shipment(
                         id=shipment_id, location_id=location_id, lines=lines, carrier=booked.carrier,
@@ -1048,7 +1066,7 @@ class Workflow:
                         label_url=stored_label(self._labels, booked, order.id, key),
                     )
                 )  # fmt: skip
-        except Exception:
+        except Exception:  # any: what was booked before it is kept, the failure goes on to the caller
             if made or asking is not None:
                 give_up_unrecorded(self._orders, order.id, [*made, *([asking] if asking else [])], self._clock)
             raise
@@ -1082,48 +1100,9 @@ class Workflow:
         if not order.allocations:
             raise TransientError(f"order {order_id} has no reservations yet")
         locations = {loc.location_id: loc for loc in self._catalog.list_locations()}
-        products = self._catalog.get_products({line.sku for line in order.lines})
-        line_sku = {line.line_id: line.sku for line in order.lines}
-        by_location: dict[str, list[ShipmentLine]] = defaultdict(list)
-        for allocation in order.allocations:
-            by_location[allocation.location_id].append(
-                ShipmentLine(line_id=allocation.line_id, quantity=allocation.quantity)
-            )
-        shipments = []
-        # The bookings made, owed a cancel once no retry will ask for them again (the order
-        # cancelled, or edited: its parcels are booked under another key) should this step not
-        # record them: kept on the order (Order.unrecorded_bookings_given_up) by a failure after
-        # one (the next parcel's booking raising), as by a lost write, so a park then a cancel
-        # gives them up too. So is the booking that raised, as maybe made (its answer may be what
-        # was lost: a read timeout after the carrier booked).
-        made: list[GivenUpBooking] = []
-        asking: GivenUpBooking | None = None
-        try:
-            for location_id in sorted(by_location):
-                lines = by_location[location_id]
-                shipment_id = shipment_id_for(order.id, location_id)
-                weight = sum((products[line_sku[x.line_id]].weight_grams or 0) * x.quantity for x in lines)
-                key = booking_key(shipment_id, order.rebookings)
-                asking = GivenUpBooking(shipment_id=shipment_id, booking_key=key)
-                booked = self._book(order, shipment_id, key, locations[location_id], lines, weight)
-                asking = None
-                if booked.tracking_number:
-                    made.append(GivenUpBooking(shipment_id=shipment_id, carrier=booked.carrier,
-                                               tracking_number=booked.tracking_number, booking_key=key))  # fmt: skip
-                # Stored under the booking's key: a booking made for the order as it was, by a step
-                # that lost its write to the change, never overwrites the label of the booking made
-                # after it.
-                label_key = stored_label(self._labels, booked, order.id, key)
-                shipments.append(
-                    Shipment(
-                        id=shipment_id, location_id=location_id, lines=lines, carrier=booked.carrier,
-                        service=booked.service, tracking_number=booked.tracking_number, label_url=label_key,
-                    )
-                )  # fmt: skip
-        except Exception:  # any: what was booked before it is kept, the failure goes on to Step Functions
-            if made or asking is not None:
-                give_up_unrecorded(self._orders, order_id, [*made, *([asking] if asking else [])], self._clock)
-            raise
+        shipments, made = self._book_parcels(
+            order, order.allocations, locations, lambda shipment_id: booking_key(shipment_id, order.rebookings)
+        )
         new, entry = order.allocate(shipments, at=self._clock(), actor=WORKFLOW_ACTOR)
         try:
             self._orders.update(new, order, [entry])
