@@ -103,7 +103,9 @@ class Reconciler:
         self._outage = outage  # whether an error says a dependency is down (not the order's own)
 
     def run(self, done: Reconciled | None = None, *, time_up: TimeUp = never) -> Reconciled:
-        """One pass: each stalled order is restarted once, or parked when it is too old for that.
+        """One pass: each stalled order is restarted once, or parked once still stalled
+        `park_after - restart_after` after the first restart of its stall (never one no pass
+        restarted: Order.restarted_since_change).
         A start the service refused as a duplicate of its name (a pass running alongside, in the
         same second) is that pass's restart, not counted here. Every stalled order, oldest first,
         the statuses in turn (pending, authorized, backordered with every unit reserved, and
