@@ -218,7 +218,7 @@ def test_a_backlog_of_stalled_orders_over_an_index_page_is_restarted_in_one_pass
     A pass reads page after page while its run has time (a deadline cuts it short, tested in
     tests/unit/test_pass_deadlines.py), each status in turn so none waits behind another's backlog."""
     aws = stack["aws"]
-    pending = [f"ord_p{i:023d}" for i in range(230)]
+    pending = [f"ord_p{i:023d}" for i in range(120)]  # over a page of 100
     authorized = [f"ord_a{i:023d}" for i in range(5)]
     for i, each in enumerate(pending):
         store(aws, each, OrderStatus.PENDING, minutes_ago=50 - i / 10)  # oldest first
