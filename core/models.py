@@ -1672,6 +1672,12 @@ class Order(Shown):
     # a ship may have left a capture on, however many wait. Goes when it leaves the status. Never
     # on the typical order (partly shipped for that long is rare); the system's own: stored, never shown.
     scan_read: bool = Field(default=False, exclude=True)
+    # When the reconciler first restarted the order's workflow (core/reconciliation.py) in the stall
+    # it is in: a stall's park threshold counts from it, so no order is parked "though its workflow
+    # was restarted" that no pass restarted (an outage outlasting the threshold, a backlog the passes
+    # had not reached). A mark of an earlier stall (before the order's last change) is none
+    # (`restarted_since_change`). The system's own: stored, never shown.
+    restarted_at: datetime | None = Field(default=None, exclude=True)
     totals: Totals
     payment: Payment
     allocations: list[Allocation] = Field(default_factory=empty_list)
@@ -1932,6 +1938,8 @@ class Order(Shown):
             system["jeopardy_on_deadline"] = True
         if self.scan_read:
             system["scan_read"] = True
+        if self.restarted_at is not None:
+            system["restarted_at"] = _TIMES.dump_python(self.restarted_at, mode="json")
         if self.excluded_locations:
             system["excluded_locations"] = list(self.excluded_locations)
         if self.reversed_captures:
@@ -2095,6 +2103,13 @@ class Order(Shown):
     def last_changed(self) -> datetime:
         """When the order last changed, a jeopardy mark aside (see `changed_before_mark`)."""
         return self.changed_before_mark if self.changed_before_mark is not None else self.updated_at
+
+    @property
+    def restarted_since_change(self) -> datetime | None:
+        """When the reconciler first restarted the workflow since the order last changed (a jeopardy
+        mark aside: `last_changed`), or None when no pass has in this stall."""
+        at = self.restarted_at
+        return at if at is not None and at >= self.last_changed else None
 
     @property
     def listed_late(self) -> bool:
@@ -4004,6 +4019,17 @@ class Order(Shown):
         if late is None or late.status is not self.status or not self.jeopardy_for_refund or self.jeopardy_on_deadline:
             raise InvalidTransition(f"order {self.id} is not marked late for a refused refund alone")
         new = _replaced(self, jeopardy_on_deadline=True, version=self.version + 1)
+        check_successor(self, new)
+        return new, None
+
+    def mark_restarted(self, *, at: datetime) -> Bookkeeping:
+        """The reconciler restarted this stalled order's workflow at `at`, the first time since it
+        last changed (`restarted_since_change`): the park threshold counts from it. Bookkeeping
+        that changes nothing else, not even when the order last changed (`updated_at`): the
+        execution restarted, the jeopardy scan and the reconciler's next passes judge it as before."""
+        if self.restarted_since_change is not None:
+            raise InvalidTransition(f"order {self.id} is marked restarted in this stall already")
+        new = _replaced(self, restarted_at=at, version=self.version + 1)
         check_successor(self, new)
         return new, None
 

@@ -412,14 +412,17 @@ class StalledOrders(ABC):
     """Orders still in a status their workflow should have moved them out of, oldest first."""
 
     @abstractmethod
-    def stalled(self, status: OrderStatus, created_before: datetime, limit: int) -> list[StalledOrder]:
-        """Up to `limit` orders in `status` placed before `created_before`, read through an index."""
+    def stalled(self, status: OrderStatus, created_before: datetime) -> Iterator[StalledOrder]:
+        """The orders in `status` placed before `created_before`, oldest first, read through an
+        index a page at a time as the caller takes them (a page is read only once the orders before
+        it are taken: a pass out of time reads no further)."""
 
     @abstractmethod
-    def filled_backorders(self, changed_before: datetime, limit: int) -> list[str]:
-        """Ids of up to `limit` backordered orders with every unit reserved (Order.backorder_filled)
+    def filled_backorders(self, changed_before: datetime) -> Iterator[str]:
+        """Ids of the backordered orders with every unit reserved (Order.backorder_filled)
         unchanged since before `changed_before` (Order.last_changed), longest unchanged first, read
-        through an index that holds no backordered order still waiting for stock."""
+        through an index that holds no backordered order still waiting for stock, a page at a time
+        as the caller takes them."""
 
 
 class LateOrders(ABC):

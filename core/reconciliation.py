@@ -8,7 +8,16 @@ on (an Express execution ends within five minutes), and starts their workflow ag
 however often it happens: Express does not refuse a second execution for the same order, but
 every step is idempotent (keyed by order and step) and a step finding its work done does nothing.
 An order still stalled long after it was placed is not restarted forever: it is parked on hold,
-as the workflow parks an order whose failure outlived its retries.
+as the workflow parks an order whose failure outlived its retries. Only one the reconciler
+restarted, though: the first restart of a stall is marked on the order (Order.restarted_at, once
+Step Functions took the start), and the order is parked once still stalled `park_after -
+restart_after` after it (in quiet times, about `park_after` after its last change). An order no
+pass restarted (an outage of Step Functions or Lambda outlasting the threshold, a backlog the passes
+had not reached yet) is restarted first, and gets the span of restarts any other stall gets.
+
+After such an outage thousands of orders may be stalled at once: a pass reads its indexes page
+after page while its run has time (`time_up`), taking the statuses in turn (one pending order, one
+authorized, one backordered, and again) so no status waits behind another's backlog.
 
 So is a backordered order whose every unit is reserved (Order.backorder_filled): the fill that
 completed it started its workflow, whose CreateShipments allocates it, and should that execution
@@ -30,11 +39,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from core.deadline import TimeUp, never
-from core.errors import TransientError, dependency_down
+from core.errors import StaleVersion, TransientError, dependency_down
 from core.models import Order
+from core.order_changes import modify
 from core.ports import OrderRepository, StalledOrders, WorkflowStarter
 from core.status import OrderStatus
-from core.workflow import WORKFLOW_STALLED, Workflow
+from core.workflow import WORKFLOW_STALLED, Stall, Workflow
 
 # The statuses the workflow moves an order out of within one execution (and a backordered order
 # with every unit reserved, read apart: StalledOrders.filled_backorders).
@@ -78,7 +88,6 @@ class Reconciler:
         *,
         restart_after: timedelta,
         park_after: timedelta,
-        limit: int = 100,
         outage: Callable[[Exception], bool] = dependency_down,
     ):
         if not timedelta(minutes=5) < restart_after < park_after:
@@ -91,16 +100,17 @@ class Reconciler:
         self._clock = clock
         self._restart_after = restart_after
         self._park_after = park_after
-        self._limit = limit
         self._outage = outage  # whether an error says a dependency is down (not the order's own)
 
     def run(self, done: Reconciled | None = None, *, time_up: TimeUp = never) -> Reconciled:
-        """One pass: each stalled order is restarted once, or parked when it is too old for that.
+        """One pass: each stalled order is restarted once, or parked once still stalled
+        `park_after - restart_after` after the first restart of its stall (never one no pass
+        restarted: Order.restarted_since_change).
         A start the service refused as a duplicate of its name (a pass running alongside, in the
-        same second) is that pass's restart, not counted here. At most `limit` orders per status
-        (and `limit` backordered ones with every unit reserved);
-        the rest are the next pass's, oldest first, and so is
-        an order whose start Step Functions refused or whose park kept losing races (TransientError):
+        same second) is that pass's restart, not counted here. Every stalled order, oldest first,
+        the statuses in turn (pending, authorized, backordered with every unit reserved, and
+        again), read page after page while there is time; an order whose start Step Functions
+        refused or whose park kept losing races (TransientError) is the next pass's:
         one such order does not stop the pass, nor the reconciler's other work; after
         MAX_REFUSED_STARTS refused starts the pass restarts no more (it still parks). `done` is
         filled as the pass goes (a new one without it): a caller whose pass then fails outright
@@ -113,16 +123,13 @@ class Reconciler:
         rerun = "restart-" + now.strftime("%Y%m%dT%H%M%S")  # one name per pass, well within 80 characters
         done = done if done is not None else Reconciled()
         refused = 0
-        for status, candidates in self._candidates(now - self._restart_after):
-            for order_id in candidates:
-                if time_up():
-                    return done
-                try:
-                    refused += self._reconcile(order_id, status, now, rerun, done, start=refused < MAX_REFUSED_STARTS)
-                except Exception as error:  # any: the order's own, unless it says a dependency is down
-                    if self._outage(error):
-                        raise  # each order after it would fail alike: the pass stops here
-                    done.failed[order_id] = error  # the orders behind it are judged all the same
+        for status, order_id in self._candidates(now - self._restart_after, time_up):
+            try:
+                refused += self._reconcile(order_id, status, now, rerun, done, start=refused < MAX_REFUSED_STARTS)
+            except Exception as error:  # any: the order's own, unless it says a dependency is down
+                if self._outage(error):
+                    raise  # each order after it would fail alike: the pass stops here
+                done.failed[order_id] = error  # the orders behind it are judged all the same
         return done
 
     def _reconcile(
@@ -133,11 +140,12 @@ class Reconciler:
         order = self._orders.get(order_id)
         if order is None or not stalled_in(order, status) or order.last_changed > now - self._restart_after:
             return False  # moved on since the index was read, or recently enough to be running
-        if order.last_changed <= now - self._park_after:
+        restarted = order.restarted_since_change
+        if restarted is not None and restarted <= now - self._restart_span and not self._changed_since_park(order, now):
             minutes = int(self._park_after.total_seconds() // 60)
             still = "backordered with every unit reserved" if status is OrderStatus.BACKORDERED else status
             cause = f"still {still} {minutes} minutes after its last change, though its workflow was restarted"
-            judged = (status, now - self._park_after)
+            judged = Stall(status, now - self._park_after, now - self._restart_span)
             with contextlib.suppress(TransientError):  # kept losing races: the next pass finds it again
                 if self._workflow.park_after_failure(order.id, STALLED, cause, stalled=judged):
                     done.parked.append(order.id)
@@ -146,16 +154,63 @@ class Reconciler:
                 started = self._starter.start(order.id, channel=order.channel, rerun=rerun)
             except TransientError:
                 return True  # the next pass finds it again
-            if started:  # False: a pass running alongside started it under this name
+            if started:  # False: a pass running alongside started it under this name (and marks it)
                 done.restarted.append(order.id)
+                if restarted is None:
+                    self._mark_restarted(order, status, now)
         return False
 
-    def _candidates(self, changed_before: datetime) -> Iterator[tuple[OrderStatus, list[str]]]:
-        """The ids each query finds, by status: each query made only once the orders before it are
-        judged (a pass out of time reads no further)."""
-        for status in WORKFLOW_STATUSES:
-            yield status, [each.order_id for each in self._stalled.stalled(status, changed_before, self._limit)]
-        yield OrderStatus.BACKORDERED, self._stalled.filled_backorders(changed_before, self._limit)
+    def _changed_since_park(self, order: Order, now: datetime) -> bool:
+        # Restarted `restart_after` after its last change at the earliest: never true but for clocks apart.
+        return order.last_changed > now - self._park_after
+
+    @property
+    def _restart_span(self) -> timedelta:
+        """How long after its first restart a stalled order is parked: the span of restarts an
+        order stalled in quiet times gets (restarted `restart_after` after its last change, parked
+        `park_after` after it), whenever the first restart came."""
+        return self._park_after - self._restart_after
+
+    def _mark_restarted(self, order: Order, status: OrderStatus, now: datetime) -> None:
+        """Mark the first restart of the order's stall, after Step Functions took it: a start it
+        refused marks nothing, so no park follows a restart that never was. Written on the condition
+        of the version read: an order its execution moved meanwhile is no longer stalled (a lost
+        race: nothing to mark), and one not marked is restarted again by the next pass, then marked."""
+
+        def decide(found: Order):
+            if not stalled_in(found, status) or found.restarted_since_change is not None:
+                return None
+            return found.mark_restarted(at=now)
+
+        with contextlib.suppress(StaleVersion):  # kept changing: the next pass restarts it again, then marks it
+            modify(self._orders, order.id, decide, read=order)
+
+    def _candidates(self, changed_before: datetime, time_up: TimeUp) -> Iterator[tuple[OrderStatus, str]]:
+        """Each status's candidates, oldest first, one of each status in turn until every status's
+        run out, or until `time_up` says so: nothing is read after that (an index page is read only
+        once the candidates before it are judged)."""
+        queues: list[tuple[OrderStatus, Iterator[str]]] = [
+            *((status, self._ids(status, changed_before)) for status in WORKFLOW_STATUSES),
+            (OrderStatus.BACKORDERED, self._filled_backorders(changed_before)),
+        ]
+        while queues:
+            for queue in list(queues):
+                if time_up():
+                    return
+                status, ids = queue
+                order_id = next(ids, None)
+                if order_id is None:
+                    queues.remove(queue)
+                else:
+                    yield status, order_id
+
+    # Generators: each index is asked only once the first of its candidates is wanted.
+    def _ids(self, status: OrderStatus, changed_before: datetime) -> Iterator[str]:
+        for each in self._stalled.stalled(status, changed_before):
+            yield each.order_id
+
+    def _filled_backorders(self, changed_before: datetime) -> Iterator[str]:
+        yield from self._stalled.filled_backorders(changed_before)
 
 
 def stalled_in(order: Order, status: OrderStatus) -> bool:

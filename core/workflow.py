@@ -165,6 +165,18 @@ def parcels_room(order: Order, shipment_id: str, rules: SourcingRules) -> int | 
 
 
 @dataclass(frozen=True)
+class Stall:
+    """How the reconciler judged an order stalled (Workflow.park_after_failure's `stalled`): in
+    `status` (backordered: with every unit reserved), unchanged since `changed_before` at the
+    latest, and first restarted by the reconciler in this stall (Order.restarted_since_change) by
+    `restarted_before` at the latest."""
+
+    status: OrderStatus
+    changed_before: datetime
+    restarted_before: datetime
+
+
+@dataclass(frozen=True)
 class SourcedAgain:
     """A rejected parcel's units sourced again (Workflow.source_parcel_again): the new pending
     `shipments`, booked, and the `allocations` reserved for them; `short`, units by line no other
@@ -1172,7 +1184,7 @@ class Workflow:
         error: str,
         cause: str,
         *,
-        stalled: tuple[OrderStatus, datetime] | None = None,
+        stalled: Stall | None = None,
         execution: str = "",
     ) -> bool:
         """Put the order the workflow could not finish on hold for a person. Reservations and the
@@ -1181,12 +1193,14 @@ class Workflow:
         (parked already by an earlier run, or finished or closed by someone else meanwhile). A
         backordered order is parked too: one whose every unit is reserved but whose shipments
         could not be created would otherwise wait, unseen, for an arrival that may never come.
-        `stalled` (the reconciler's: a status, and a time) parks the order only while it is still
-        in that status (backordered: with every unit reserved) with no change since that time: one
-        that moved on after it was judged stalled (the execution a pass restarted wrote) is left to
-        what moves it. `execution` (the ParkOrder task's: its workflow execution's name) is named in
-        the park's entry, and a park that execution made already is this call's too (True): its
-        task is run again when it died after the write, before its caller counted it (OrdersParked)."""
+        `stalled` (the reconciler's: Stall) parks the order only while it is still in that status
+        (backordered: with every unit reserved) with no change since the stall's time, first
+        restarted by the reconciler in this stall by its other time: one that moved on after it was
+        judged stalled (the execution a pass restarted wrote) is left to what moves it, and one no
+        pass restarted is never parked as though one had. `execution` (the ParkOrder task's: its
+        workflow execution's name) is named in the park's entry, and a park that execution made
+        already is this call's too (True): its task is run again when it died after the write,
+        before its caller counted it (OrdersParked)."""
         at = self._clock()
         parked = False
         tried: list[Order] = []  # the version this call wrote
@@ -1202,8 +1216,10 @@ class Workflow:
             parked = order.status in (S.PENDING, S.AUTHORIZED, S.BACKORDERED) and (
                 stalled is None
                 or (
-                    order.status is stalled[0]
-                    and order.last_changed <= stalled[1]
+                    order.status is stalled.status
+                    and order.last_changed <= stalled.changed_before
+                    and (restarted := order.restarted_since_change) is not None
+                    and restarted <= stalled.restarted_before
                     # Judged with every unit reserved: one short again waits for stock, no execution.
                     and (order.status is not S.BACKORDERED or order.backorder_filled())
                 )

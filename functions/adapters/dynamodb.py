@@ -1329,36 +1329,37 @@ class DynamoStalledOrders(StalledOrders):
     """The reconciler's queries: the sparse by_status_key index (id, status_key, created_at and the
     jeopardy attributes), one status, oldest first, placed before a moment; and the sparse
     by_pending_refund index's BACKORDER_FILLED_KEY partition, by last change. A Query on one
-    partition, never a Scan; one page is enough, since the reconciler takes the rest on its next
-    pass."""
+    partition, never a Scan, a page of `page_size` at a time as the reconciler takes the orders:
+    after an outage thousands may be stalled, and a pass goes on while its run has time."""
 
-    def __init__(self, client: Any, table: str):
+    def __init__(self, client: Any, table: str, *, page_size: int = 100):
         self._client = client
         self._table = table
+        self._page_size = page_size
 
-    def stalled(self, status: OrderStatus, created_before: datetime, limit: int) -> list[StalledOrder]:
+    def stalled(self, status: OrderStatus, created_before: datetime) -> Iterator[StalledOrder]:
         if status not in INDEXED_STATUSES:
             raise ValueError(f"{status} orders are not in the by_status_key index")
-        response = self._client.query(
-            TableName=self._table,
-            IndexName="by_status_key",
-            KeyConditionExpression="status_key = :status AND created_at < :before",
-            ExpressionAttributeValues={":status": {"S": status.value}, ":before": {"S": timestamp(created_before)}},
-            ScanIndexForward=True,
-            Limit=limit,
-        )
-        return [
+        query = {
+            "TableName": self._table,
+            "IndexName": "by_status_key",
+            "KeyConditionExpression": "status_key = :status AND created_at < :before",
+            "ExpressionAttributeValues": {":status": {"S": status.value}, ":before": {"S": timestamp(created_before)}},
+            "ScanIndexForward": True,
+            "Limit": self._page_size,
+        }
+        return (
             StalledOrder(
                 order_id=item["id"]["S"],
                 status=OrderStatus(item["status_key"]["S"]),
                 created_at=datetime.strptime(item["created_at"]["S"], TIME_FORMAT).replace(tzinfo=UTC),
             )
-            for item in response.get("Items", [])
-        ]
+            for item in _paged_items(self._client, query)
+        )
 
-    def filled_backorders(self, changed_before: datetime, limit: int) -> list[str]:
-        query = _partition_query(self._table, BACKORDER_FILLED_KEY, changed_before, limit)
-        return [item["id"]["S"] for item in self._client.query(**query).get("Items", [])]
+    def filled_backorders(self, changed_before: datetime) -> Iterator[str]:
+        query = _partition_query(self._table, BACKORDER_FILLED_KEY, changed_before, self._page_size)
+        return _paged_ids(self._client, query)
 
 
 class DynamoBackorderedOrders(BackorderedOrders):
@@ -1556,10 +1557,16 @@ class DynamoLateOrders(LateOrders):
 def _paged_ids(client: Any, query: dict[str, Any]) -> Iterator[str]:
     """The `id`s a Query finds, a page at a time as the caller takes them: a page is read only
     when the ids before it are taken."""
+    return (item["id"]["S"] for item in _paged_items(client, query))
+
+
+def _paged_items(client: Any, query: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The items a Query finds, a page at a time as the caller takes them: a page is read only
+    when the items before it are taken."""
     query = dict(query)
     while True:
         page = client.query(**query)
-        yield from (item["id"]["S"] for item in page.get("Items", []))
+        yield from page.get("Items", [])
         if "LastEvaluatedKey" not in page:
             return
         query["ExclusiveStartKey"] = page["LastEvaluatedKey"]

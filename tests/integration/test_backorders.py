@@ -215,11 +215,11 @@ def test_an_arrival_fills_the_oldest_orders_and_starts_the_workflow_of_those_com
     # And found by the reconciler, should that execution die (the fill's write adds its index
     # entry; the order still waiting for stock has none).
     stalled = DynamoStalledOrders(shop.container.dynamodb, shop.container.config.orders_table)
-    assert stalled.filled_backorders(NOW + timedelta(days=1), 10) == [first]
+    assert list(stalled.filled_backorders(NOW + timedelta(days=1))) == [first]
     shop.container.workflow.create_shipments(first)  # what the started execution runs
     assert shop.order(first).status is S.ALLOCATED
     assert [e.order_id for e in shop.backorders.waiting("PREORDER", None, 10)] == [second]
-    assert stalled.filled_backorders(NOW + timedelta(days=1), 10) == []  # its allocation removed the entry
+    assert list(stalled.filled_backorders(NOW + timedelta(days=1))) == []  # its allocation removed the entry
     assert shop.order(second).status is S.BACKORDERED
 
 

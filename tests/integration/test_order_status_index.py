@@ -90,15 +90,19 @@ def test_shipped_orders_are_listed_from_all_orders_filtered_across_pages(aws, ca
 def test_the_reconciler_finds_stalled_orders_through_the_status_index(aws, capture, orders):
     first = capture.place(place_order(external_id="a"), actor="k")
     second = capture.place(place_order(external_id="b"), actor="k")
+    third = capture.place(place_order(external_id="c"), actor="k")
     move(aws, second, S.AUTHORIZED)
-    stalled = DynamoStalledOrders(aws.dynamodb, aws.tables["OrdersTable"])
+    # A page of one: the reconciler reads on, page after page (an outage stalls thousands at once).
+    stalled = DynamoStalledOrders(aws.dynamodb, aws.tables["OrdersTable"], page_size=1)
 
-    found = stalled.stalled(S.PENDING, NOW + timedelta(hours=1), 10)
-    assert [(s.order_id, s.status, s.created_at) for s in found] == [(first.id, S.PENDING, first.created_at)]
-    assert [s.order_id for s in stalled.stalled(S.AUTHORIZED, NOW + timedelta(hours=1), 10)] == [second.id]
-    assert stalled.stalled(S.PENDING, first.created_at, 10) == []  # placed before the moment only
+    found = list(stalled.stalled(S.PENDING, NOW + timedelta(hours=1)))
+    assert [(s.order_id, s.status, s.created_at) for s in found] == [
+        (first.id, S.PENDING, first.created_at), (third.id, S.PENDING, third.created_at),
+    ]  # fmt: skip
+    assert [s.order_id for s in stalled.stalled(S.AUTHORIZED, NOW + timedelta(hours=1))] == [second.id]
+    assert list(stalled.stalled(S.PENDING, first.created_at)) == []  # placed before the moment only
     with pytest.raises(ValueError):
-        stalled.stalled(S.SHIPPED, NOW, 10)  # not in the index: the question has no answer there
+        stalled.stalled(S.SHIPPED, NOW)  # not in the index: the question has no answer there
 
 
 def test_the_backfill_gives_orders_stored_before_the_index_their_attributes(aws, capture, orders):

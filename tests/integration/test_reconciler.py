@@ -74,11 +74,18 @@ def only_granted_calls(request: pytest.FixtureRequest, monkeypatch: pytest.Monke
         yield
 
 
-def store(aws, order_id: str, status: OrderStatus, minutes_ago: float, later: tuple[HistoryEntry, ...] = ()) -> Order:
+def store(
+    aws, order_id: str, status: OrderStatus, minutes_ago: float, later: tuple[HistoryEntry, ...] = (),
+    *, restarted_minutes_ago: float | None = None,
+) -> Order:  # fmt: skip
+    """An order placed and last changed `minutes_ago`; `restarted_minutes_ago`: first restarted by a
+    reconciler pass that long ago (Order.restarted_at)."""
     from functions.adapters.dynamodb import DynamoOrders
 
     placed = utc_now() - timedelta(minutes=minutes_ago)
-    order = a_stored_order(("TSHIRT", 1), id=order_id, status=status, created_at=placed, updated_at=placed)
+    restarted = None if restarted_minutes_ago is None else utc_now() - timedelta(minutes=restarted_minutes_ago)
+    order = a_stored_order(("TSHIRT", 1), id=order_id, status=status, created_at=placed, updated_at=placed,
+                           restarted_at=restarted)  # fmt: skip
     created = HistoryEntry(at=placed, type="created", to_status=OrderStatus.PENDING, actor="key_admin")
     DynamoOrders(aws.dynamodb, aws.tables["OrdersTable"]).add(
         order, created, payment_token="tok_approve", later_entries=later
@@ -160,10 +167,10 @@ def test_each_pass_restarts_again_and_the_steps_make_that_harmless(stack):
     assert len(names) == 2
 
 
-def test_an_order_stuck_past_the_park_threshold_is_parked_on_hold_not_restarted(stack):
+def test_an_order_stuck_past_the_park_threshold_though_restarted_is_parked_on_hold_not_restarted(stack):
     aws = stack["aws"]
     old = order_id("h")
-    store(aws, old, OrderStatus.AUTHORIZED, minutes_ago=90)
+    store(aws, old, OrderStatus.AUTHORIZED, minutes_ago=90, restarted_minutes_ago=70)
 
     assert reconcile() == did(parked=[old])
 
@@ -180,15 +187,65 @@ def test_an_order_stuck_past_the_park_threshold_is_parked_on_hold_not_restarted(
     assert reconcile() == did()
 
 
-def store_backordered(aws, order_id: str, minutes_ago: float, *, reserved: int) -> Order:
-    """A backordered order of two PREORDER units holding `reserved` of them, last changed `minutes_ago`."""
+def test_an_order_no_pass_restarted_is_restarted_before_it_is_parked_however_long_it_stalled(stack):
+    """An outage of Step Functions or Lambda longer than the park threshold (or a backlog the passes
+    did not reach): the order stalled 90 minutes ago was never restarted. It was parked at once,
+    its hold saying "though its workflow was restarted". It is restarted now; the park threshold
+    counts from that first restart (ParkStalledAfterMinutes - ReconcileAfterMinutes: the span of
+    restarts an order stalled in quiet times gets), and only an order still stuck then is parked."""
+    from functions.bootstrap import Config, bootstrap
+    from functions.reconciler import app
+
+    aws = stack["aws"]
+    old = order_id("h")
+    store(aws, old, OrderStatus.AUTHORIZED, minutes_ago=90)
+
+    assert reconcile() == did(restarted=[old])
+    assert app.container().order_repository.get(old).status is OrderStatus.AUTHORIZED
+    for minutes, answer in ((44, did(restarted=[old])), (46, did(parked=[old]))):
+        later = utc_now() + timedelta(minutes=minutes)
+        with app.container.override(bootstrap(Config.from_env(), clock=lambda at=later: at)):
+            assert reconcile() == answer
+    order = app.container().order_repository.get(old)
+    assert order.status is OrderStatus.ON_HOLD
+    assert "though its workflow was restarted" in order.hold.note
+    assert started(stack) == {old: 2}
+
+
+def test_a_backlog_of_stalled_orders_over_an_index_page_is_restarted_in_one_pass_oldest_first(stack):
+    """Thousands of orders stall at once in an outage. A pass read one index page (100) per status:
+    at 12 runs an hour, more than 1,200 an hour were never restarted before the park threshold.
+    A pass reads page after page while its run has time (a deadline cuts it short, tested in
+    tests/unit/test_pass_deadlines.py), each status in turn so none waits behind another's backlog."""
+    aws = stack["aws"]
+    pending = [f"ord_p{i:023d}" for i in range(120)]  # over a page of 100
+    authorized = [f"ord_a{i:023d}" for i in range(5)]
+    for i, each in enumerate(pending):
+        store(aws, each, OrderStatus.PENDING, minutes_ago=50 - i / 10)  # oldest first
+    for i, each in enumerate(authorized):
+        store(aws, each, OrderStatus.AUTHORIZED, minutes_ago=50 - i / 10)
+
+    restarted = reconcile()["restarted"]
+
+    assert sorted(restarted) == sorted(pending + authorized)
+    assert [each for each in restarted if each in pending] == pending
+    assert restarted[:10] == [item for pair in zip(pending, authorized, strict=False) for item in pair]
+
+
+def store_backordered(
+    aws, order_id: str, minutes_ago: float, *, reserved: int, restarted_minutes_ago: float | None = None
+) -> Order:
+    """A backordered order of two PREORDER units holding `reserved` of them, last changed `minutes_ago`
+    (and first restarted `restarted_minutes_ago`, as `store`)."""
     from core.models import Allocation
     from functions.adapters.dynamodb import DynamoOrders
 
     placed = utc_now() - timedelta(minutes=minutes_ago)
+    restarted = None if restarted_minutes_ago is None else utc_now() - timedelta(minutes=restarted_minutes_ago)
     held = [Allocation(line_id="L1", location_id="wh-east", quantity=reserved)]
     order = a_stored_order(("PREORDER", 2), id=order_id, status=OrderStatus.BACKORDERED, allocations=held,
-                           created_at=placed - timedelta(days=3), updated_at=placed)  # fmt: skip
+                           created_at=placed - timedelta(days=3), updated_at=placed,
+                           restarted_at=restarted)  # fmt: skip
     created = HistoryEntry(at=order.created_at, type="created", to_status=OrderStatus.PENDING, actor="key_admin")
     DynamoOrders(aws.dynamodb, aws.tables["OrdersTable"]).add(order, created, payment_token="tok_approve")
     return order
@@ -203,7 +260,7 @@ def test_a_backordered_order_every_unit_of_which_is_reserved_is_restarted_then_p
     aws = stack["aws"]
     stalled, old, waiting = order_id("s"), order_id("t"), order_id("u")
     filled = store_backordered(aws, stalled, minutes_ago=20, reserved=2)
-    store_backordered(aws, old, minutes_ago=90, reserved=2)
+    store_backordered(aws, old, minutes_ago=90, reserved=2, restarted_minutes_ago=50)
     store_backordered(aws, waiting, minutes_ago=90, reserved=1)
     store_backordered(aws, order_id("v"), minutes_ago=2, reserved=2)  # its execution may still be running
     assert refund_index(aws, stalled) == {
@@ -316,7 +373,7 @@ def test_park_order_emits_orders_parked_once_per_order_it_parked(stack, metrics_
 def test_the_reconciler_emits_what_it_restarted_and_parked(stack, metrics_on, capsys):
     store(stack["aws"], order_id("k"), OrderStatus.PENDING, minutes_ago=20)
     store(stack["aws"], order_id("l"), OrderStatus.PENDING, minutes_ago=25)
-    store(stack["aws"], order_id("m"), OrderStatus.AUTHORIZED, minutes_ago=120)
+    store(stack["aws"], order_id("m"), OrderStatus.AUTHORIZED, minutes_ago=120, restarted_minutes_ago=100)
     capsys.readouterr()
 
     reconcile()
@@ -333,7 +390,7 @@ def test_orders_a_pass_parked_before_it_failed_outright_are_still_reported(stack
     from functions.reconciler.app import container
 
     parked = order_id("n")
-    store(stack["aws"], parked, OrderStatus.PENDING, minutes_ago=120)
+    store(stack["aws"], parked, OrderStatus.PENDING, minutes_ago=120, restarted_minutes_ago=100)
     busy = ClientError({"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "slow"}}, "Query")
     stalled = container().reconciler._stalled
     real = stalled.stalled
@@ -1668,11 +1725,12 @@ def test_a_pass_with_a_backlog_stops_within_its_time_reports_what_it_did_and_the
     own = ("service",) if metrics.service else ()
     stuck = [order_id(letter) for letter in "pqr"]
     for minutes, stuck_id in zip((120, 110, 100), stuck, strict=True):
-        store(stack["aws"], stuck_id, OrderStatus.AUTHORIZED, minutes_ago=minutes)
+        store(stack["aws"], stuck_id, OrderStatus.AUTHORIZED, minutes_ago=minutes, restarted_minutes_ago=minutes - 20)
     capsys.readouterr()
 
-    # By hand (stalled orders first): time to start the pass, and its first order, then no more.
-    answer = lambda_handler({}, Ticking(checks=2))
+    # By hand (stalled orders first): time to start the pass, to find no pending order, and its
+    # first authorized one, then no more.
+    answer = lambda_handler({}, Ticking(checks=3))
 
     assert answer == did(parked=stuck[:1])
     assert emitted(capsys.readouterr().out, own) == {
@@ -1727,6 +1785,7 @@ def test_the_upgrade_marks_a_return_left_short_by_an_earlier_version_and_the_rec
     with app.container.override(bootstrap(Config.from_env(), clock=lambda: later)):
         reconcile()
     assert services.returns.get(return_id).refund == shown  # short, and nothing reads the order again
+    typical = services.order_repository.get(typical.id)  # stalled pending here: the pass restarted it (marked)
 
     assert backfill_returns_to_show(aws.dynamodb, orders_table, returns_table, page_size=1) == (1, 1)
     assert services.order_repository.get(order.id).returns_to_show == [return_id]

@@ -56,7 +56,7 @@ def test_a_stalled_order_that_no_longer_reads_keeps_no_stalled_order_behind_it_w
     poison, stuck, old = order_id("p"), order_id("q"), order_id("r")
     store(aws, poison, OrderStatus.PENDING, minutes_ago=50)
     store(aws, stuck, OrderStatus.PENDING, minutes_ago=20)
-    store(aws, old, OrderStatus.AUTHORIZED, minutes_ago=120)
+    store(aws, old, OrderStatus.AUTHORIZED, minutes_ago=120, restarted_minutes_ago=100)
     unreadable(aws, poison)
     capsys.readouterr()
 

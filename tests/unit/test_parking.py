@@ -258,15 +258,15 @@ def test_the_response_shows_the_contract_hold_and_the_store_keeps_the_status_to_
 class Stalled(StalledOrders):
     def __init__(self, world: World):
         self.world = world
-        self.asked: list[tuple[OrderStatus, object, int]] = []
+        self.asked: list[tuple[OrderStatus, object]] = []
 
-    def stalled(self, status, created_before, limit):
-        self.asked.append((status, created_before, limit))
+    def stalled(self, status, created_before):
+        self.asked.append((status, created_before))
         found = [o for o in self.world.orders.orders.values() if o.status is status and o.created_at < created_before]
-        return [StalledOrder(o.id, o.status, o.created_at) for o in found][:limit]
+        return iter([StalledOrder(o.id, o.status, o.created_at) for o in found])
 
-    def filled_backorders(self, changed_before, limit):
-        return []  # no order here is backordered (tests/unit/test_reconciliation_backorders.py)
+    def filled_backorders(self, changed_before):
+        return iter([])  # no order here is backordered (tests/unit/test_reconciliation_backorders.py)
 
 
 class Starter(WorkflowStarter):
@@ -297,10 +297,14 @@ def test_the_reconciler_restarts_pending_and_authorized_orders_past_the_threshol
     done = run.run()
     assert (done.restarted, done.parked) == ([pending, authorized], [])
     assert starter.started == [(pending, "restart-20261122T122000"), (authorized, "restart-20261122T122000")]
-    assert [status for status, _, _ in stalled.asked] == [S.PENDING, S.AUTHORIZED]
+    assert [status for status, _ in stalled.asked] == [S.PENDING, S.AUTHORIZED]
     assert world.order(allocated).status is S.ALLOCATED
+    assert world.order(pending).restarted_at == NOW + timedelta(minutes=20)  # the first restart of its stall
 
-    late = reconciler(world, minutes_later=61)
+    # Parked once still stuck 45 minutes (60 - 15) after the first restart: the span of restarts every stall gets.
+    assert reconciler(world, minutes_later=64)[0].run() == Reconciled(restarted=[pending, authorized])
+    assert world.order(pending).restarted_at == NOW + timedelta(minutes=20)  # the first, not the last
+    late = reconciler(world, minutes_later=65)
     done = late[0].run()
     assert (done.restarted, sorted(done.parked)) == ([], sorted([pending, authorized]))
     assert world.order(authorized).hold.note.startswith("order workflow failed after retries: WorkflowStalled")
@@ -336,6 +340,7 @@ def test_a_start_step_functions_refuses_or_a_park_that_keeps_losing_races_waits_
         return real(order_id, error, cause, **judged)
 
     monkeypatch.setattr(world.workflow, "park_after_failure", keeps_changing)
+    assert reconciler(world, minutes_later=16)[0].run().restarted == [throttled, restarted, raced, parked]
     done = reconciler(world, minutes_later=61)[0].run()
 
     assert raced not in done.parked and parked in done.parked
@@ -376,7 +381,8 @@ def test_the_reconciler_judges_an_order_by_its_last_change_not_when_it_was_place
 def test_a_jeopardy_mark_is_no_change_that_puts_off_the_restart_or_the_park(world, minutes_later, expected):
     """The scan marks a pending order late at +7 minutes (pending=5m): the mark changes the order's
     `updated_at`, but it is the scan's observation, not a sign of an execution moving the order, so
-    the reconciler still restarts it 15 minutes after its last change and parks it after 60."""
+    the reconciler still restarts it 15 minutes after its last change and parks it after 60 (45
+    minutes after that first restart)."""
     order_id = world.place(("TSHIRT", 1))
     at = NOW + timedelta(minutes=7)
     marked = JeopardyScan(
@@ -386,6 +392,8 @@ def test_a_jeopardy_mark_is_no_change_that_puts_off_the_restart_or_the_park(worl
 
     stored = Order.model_validate_json(world.order(order_id).stored_json())
     assert (stored.last_changed, stored.updated_at) == (NOW, at)
+    if minutes_later > 16:
+        assert reconciler(world, minutes_later=16)[0].run().restarted == [order_id]
 
     run, _, _ = reconciler(world, minutes_later=minutes_later)
     done = run.run()
@@ -419,6 +427,7 @@ def test_the_reconciler_never_parks_an_order_that_moved_on_after_it_was_judged_s
     now = [NOW]
     world = build_world(STOCK, clock=lambda: now[0])
     order_id = world.place(("TSHIRT", 1))
+    assert reconciler(world, minutes_later=16)[0].run().restarted == [order_id]
     now[0] = NOW + timedelta(minutes=61)
     before_the_next_write(world, monkeypatch, lambda: world.workflow.authorize_payment(order_id, attempt=0))
 
@@ -481,6 +490,7 @@ def test_a_pass_stops_asking_step_functions_once_it_keeps_refusing_and_still_par
     now = [NOW]
     world = build_world([("TSHIRT", "wh-west", 50)], clock=lambda: now[0])
     old = world.place(("TSHIRT", 1))
+    assert reconciler(world, minutes_later=16)[0].run().restarted == [old]
     now[0] = NOW + timedelta(minutes=45)
     stalled = [world.place(("TSHIRT", 1)) for _ in range(10)]
     now[0] = NOW + timedelta(minutes=61)
@@ -509,3 +519,41 @@ def test_a_restart_the_service_refused_as_a_duplicate_is_not_counted_as_restarte
 
     assert run.run() == Reconciled(restarted=[started])
     assert [order_id for order_id, _ in starter.started] == [started, duplicate]
+
+
+def test_an_order_whose_every_start_step_functions_refused_is_never_parked_as_restarted(world):
+    """Step Functions refusing starts for longer than the park threshold: no pass restarted the
+    order, so none parks it with a note saying its workflow was restarted. Only a start the service
+    took marks the order (Order.restarted_at), and its first successful restart starts the span."""
+    order_id = world.place(("TSHIRT", 1))
+
+    class Refusing(WorkflowStarter):
+        def start(self, order_id, channel="", correlation_id="", rerun=None):
+            raise TransientError("the order workflow could not be started: ServiceUnavailable")
+
+    for minutes in (20, 61, 120):
+        clock = lambda at=NOW + timedelta(minutes=minutes): at  # noqa: E731
+        limits = {"restart_after": timedelta(minutes=15), "park_after": timedelta(minutes=60)}
+        run = Reconciler(Stalled(world), world.orders, Refusing(), world.workflow, clock, **limits)
+        assert run.run() == Reconciled()
+    assert world.order(order_id).restarted_at is None
+
+    assert reconciler(world, minutes_later=125)[0].run() == Reconciled(restarted=[order_id])
+    assert reconciler(world, minutes_later=169)[0].run() == Reconciled(restarted=[order_id])
+    assert reconciler(world, minutes_later=170)[0].run() == Reconciled(parked=[order_id])
+    assert world.order(order_id).status is S.ON_HOLD
+
+
+def test_a_restart_mark_is_the_stall_it_was_made_in_only(world):
+    """Restarted while pending, then moved on (authorized) and stalled there: the mark of the
+    first stall makes no restart of the second, which gets its own span before any park."""
+    order_id = world.place(("TSHIRT", 1))
+    assert reconciler(world, minutes_later=20)[0].run() == Reconciled(restarted=[order_id])
+    authorized = world.order(order_id)
+    moved = authorized.model_copy(update={"status": S.AUTHORIZED, "updated_at": NOW + timedelta(minutes=21)})
+    world.orders.orders[order_id] = moved
+    assert moved.restarted_at == NOW + timedelta(minutes=20) and moved.restarted_since_change is None
+
+    assert reconciler(world, minutes_later=90)[0].run() == Reconciled(restarted=[order_id])
+    assert world.order(order_id).restarted_since_change == NOW + timedelta(minutes=90)
+    assert reconciler(world, minutes_later=135)[0].run() == Reconciled(parked=[order_id])

@@ -27,8 +27,8 @@ BACKLOG = ["id_1", "id_2", "id_3", "id_4"]
 class Backlog:
     """Every index a pass reads, each holding BACKLOG, oldest first."""
 
-    def stalled(self, status: OrderStatus, created_before: datetime, limit: int) -> list[StalledOrder]:
-        return [StalledOrder(order_id=f"{status}-{i}", status=status, created_at=created_before) for i in BACKLOG]
+    def stalled(self, status: OrderStatus, created_before: datetime) -> Iterator[StalledOrder]:
+        return iter([StalledOrder(order_id=f"{status}-{i}", status=status, created_at=created_before) for i in BACKLOG])
 
     def __getattr__(self, name: str) -> Callable[..., Iterator[str]]:
         # created_before, due, owing_since_before, pending_since_before, owed_since_before, filled_backorders,

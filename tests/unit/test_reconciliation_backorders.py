@@ -16,6 +16,7 @@ from core.errors import Backordered, TransientError
 from core.ports import StalledOrder, StalledOrders, WorkflowStarter
 from core.reconciliation import STALLED, Reconciled, Reconciler
 from core.status import OrderStatus
+from core.workflow import Stall
 from functions.adapters.dynamodb import BACKORDER_FILLED_KEY, index_attributes, timestamp
 from tests.builders import NOW, product
 from tests.unit.world import Clock, World, before_the_next_write, build_world
@@ -30,16 +31,16 @@ class Stalled(StalledOrders):
         self.world = world
         self.asked: list[str] = []
 
-    def stalled(self, status, created_before, limit):
+    def stalled(self, status, created_before):
         self.asked.append(status.value)
         found = [o for o in self.world.orders.orders.values() if o.status is status and o.created_at < created_before]
-        return [StalledOrder(o.id, o.status, o.created_at) for o in found][:limit]
+        return iter([StalledOrder(o.id, o.status, o.created_at) for o in found])
 
-    def filled_backorders(self, changed_before, limit):
+    def filled_backorders(self, changed_before):
         self.asked.append("filled backorders")
         orders = self.world.orders.orders.values()
         found = [o for o in orders if o.backorder_filled() and o.last_changed < changed_before]
-        return [o.id for o in sorted(found, key=lambda o: o.last_changed)][:limit]
+        return iter([o.id for o in sorted(found, key=lambda o: o.last_changed)])
 
 
 class DeadStarter(WorkflowStarter):
@@ -126,8 +127,9 @@ def test_a_filled_backorder_whose_execution_died_is_restarted_then_allocated_by_
 def test_a_filled_backorder_still_stalled_after_the_park_threshold_is_parked_for_a_person(world, clock):
     order_id = backordered(world, ("PREORDER", 2))
     filled_by_an_arrival(world, clock)
+    assert reconciler(world, minutes_later=62)[0].run() == Reconciled(restarted=[order_id])  # none restarted it yet
 
-    run, _, starter = reconciler(world, minutes_later=62)
+    run, _, starter = reconciler(world, minutes_later=107)  # still stalled 45 (60 - 15) minutes after
     assert (run.run(), starter.started) == (Reconciled(parked=[order_id]), [])
 
     order = world.order(order_id)
@@ -147,10 +149,10 @@ def test_a_backordered_order_still_waiting_for_stock_is_neither_restarted_nor_pa
     assert reconciler(world, minutes_later=90)[0].run() == Reconciled()
     # Read filled by an index a fill had not reached yet (short again since): judged on the order read.
     run, stalled, starter = reconciler(world, minutes_later=30)
-    stalled.filled_backorders = lambda changed_before, limit: [waiting]  # type: ignore[method-assign]
+    stalled.filled_backorders = lambda changed_before: iter([waiting])  # type: ignore[method-assign]
     assert (run.run(), starter.started) == (Reconciled(), [])
     # Judged filled, then short again before the park: the park's own condition leaves it waiting.
-    judged = (S.BACKORDERED, NOW + timedelta(minutes=90))
+    judged = Stall(S.BACKORDERED, NOW + timedelta(minutes=90), NOW + timedelta(minutes=90))
     assert not world.workflow.park_after_failure(waiting, STALLED, "stalled", stalled=judged)
     assert world.order(waiting).status is S.BACKORDERED
 
