@@ -9,7 +9,7 @@ import json
 import re
 import unicodedata
 from collections import defaultdict
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any, Literal, TypeVar
@@ -1686,6 +1686,12 @@ class Order(Shown):
     # Locations that rejected a shipment of this order: sourcing never uses them for it again.
     # The system's own, like Hold.resume_to: stored (stored_json), never in a response.
     excluded_locations: list[str] = Field(default_factory=empty_list, exclude=True)
+    # The skus it was sold to wait backordered for (their product allowed backorder when it was
+    # placed, or when an edit last asked for more of them): a product that stops allowing backorder
+    # stops new orders, not these units, which the order may still wait for when it is sourced
+    # again (an edit, a reject, a change of the network). Stored before this was kept: empty, and
+    # the product decides, as it did. The system's own: stored (stored_json), never shown.
+    may_wait: list[str] = Field(default_factory=empty_list, exclude=True)
     # A shipment id per capture given back because the order changed while it shipped (the id
     # comes back when the order is sourced from that location again): its next capture takes a new
     # gateway key (core/payment_keys.py). The system's own: stored, never shown.
@@ -1934,6 +1940,8 @@ class Order(Shown):
             system["scan_read"] = True
         if self.excluded_locations:
             system["excluded_locations"] = list(self.excluded_locations)
+        if self.may_wait:
+            system["may_wait"] = list(self.may_wait)
         if self.reversed_captures:
             system["reversed_captures"] = list(self.reversed_captures)
         if self.rebookings:
@@ -4034,11 +4042,12 @@ class Order(Shown):
     def edit(
         self, *, lines: list[OrderLine], totals: Totals, shipping_address: Address, shipping_method: str | None,
         changed: list[str], reauthorized: tuple[Money, str] | None, at: datetime, actor: str,
-        grants: list[PromotionGrant] | None = None,
+        grants: list[PromotionGrant] | None = None, may_wait: Sequence[str] | None = None,
     ) -> Change:  # fmt: skip
         """New lines, address or shipping method, priced again (`grants`: what its codes and the
         plugins' rules grant the order as edited, its `promotion_grants` from now on, so units the edit
-        adds keep the terms they were bought under; None: as they were); `reauthorized` is the (amount,
+        adds keep the terms they were bought under; None: as they were; `may_wait`: the skus the
+        edited order may wait backordered for, None: as they were); `reauthorized` is the (amount,
         reference) of an authorization the gateway approved for a grown total, which the order
         requested (request_reauthorization): a request standing is recorded by this edit or settled
         before it (InvalidTransition otherwise), and the authorization it replaces is named in
@@ -4079,7 +4088,8 @@ class Order(Shown):
             priced_version=self.version + 1, rebookings=self.rebookings + 1, authorization_requested=None,
             replaced_authorizations=replaced, later_authorizations=later, spent_authorizations=spent,
             authorized_at=authorized_at,
-            promotion_grants=self.promotion_grants if grants is None else grants, **again,
+            promotion_grants=self.promotion_grants if grants is None else grants,
+            may_wait=self.may_wait if may_wait is None else list(may_wait), **again,
         )  # fmt: skip
 
     def record_replaced_voided(

@@ -499,9 +499,10 @@ class CaptureService:
                 before = None
             if before is not None and before.totals.shipping == priced.totals.shipping:
                 priced = _shipped_for(priced, shipped_for)
+        may_wait = _may_wait(cmd, products, of)
         if check_stock:
-            self._check_stock(cmd, products, sources, held or {}, set(excluded), consistent=consistent_stock)
-        return priced
+            self._check_stock(cmd, products, sources, held or {}, set(excluded), may_wait, consistent=consistent_stock)
+        return priced._replace(may_wait=may_wait)
 
     def check_payment_method(self, cmd: PlaceOrder) -> None:
         """UnknownPaymentMethod (422) unless a payment plugin takes `cmd`'s method for new money:
@@ -569,6 +570,7 @@ class CaptureService:
             status_since=now,
             exchange_of=exchange["return_id"] if exchange else None,
             exchange_credit=exchange["credit"] if exchange else None,
+            may_wait=list(priced.may_wait),
         )
         created = HistoryEntry(
             at=now,
@@ -632,7 +634,7 @@ class CaptureService:
 
     def _check_stock(
         self, cmd: PlaceOrder, products: dict[str, Product], sources: set[str] | None,
-        held: dict[tuple[str, str], int], excluded: set[str], *, consistent: bool = False,
+        held: dict[tuple[str, str], int], excluded: set[str], may_wait: tuple[str, ...], *, consistent: bool = False,
     ) -> None:  # fmt: skip
         if sources is None:
             sources = {loc.location_id for loc in self._catalog.list_locations() if loc.ships}
@@ -640,7 +642,7 @@ class CaptureService:
         wanted: dict[str, int] = defaultdict(int)
         for line in cmd.lines:
             wanted[line.sku] += line.quantity
-        short_skus = {sku for sku in wanted if not products[sku].allow_backorder}
+        short_skus = {sku for sku in wanted if sku not in may_wait}
         rules = self._sourcing_rules() if self._sourcing_rules is not None else SourcingRules()
         if not sources - set(rules.excluded_locations):
             # ReserveStock would find no location to source it from and end it out of stock, after
@@ -687,10 +689,10 @@ class CaptureService:
             raise InsufficientStock("not enough stock for this order", details=short)
         if planned:
             eligible = [loc for loc in self._catalog.list_locations() if loc.location_id in sources]
-            self._check_plan(cmd, products, eligible, levels, rules)
+            self._check_plan(cmd, may_wait, eligible, levels, rules)
 
     def _check_plan(
-        self, cmd: PlaceOrder, products: dict[str, Product], eligible: list[Location],
+        self, cmd: PlaceOrder, may_wait: tuple[str, ...], eligible: list[Location],
         levels: dict[str, list[StockLevel]], rules: SourcingRules,
     ) -> None:  # fmt: skip
         """Refuse (409) an order ReserveStock would end out of stock on this stock: units enough in
@@ -703,14 +705,14 @@ class CaptureService:
         order = unplaced(cmd)
         plan = allocation_plan(
             self._sourcing.hook, order, eligible, levels, destination_of(order, eligible), rules,
-            lambda skus: {sku for sku in skus if not products[sku].allow_backorder},
+            lambda skus: {sku for sku in skus if sku not in may_wait},
         )  # fmt: skip
         if plan is not None:
             return
         message = f"no plan ships it from at most {rules.max_shipments} location(s) (sourcing rules v{rules.version})"
         # What cannot wait is named; an order of products that may all wait fails only for want of
         # any location that may supply it, which every line needs.
-        lines = [i for i, line in enumerate(cmd.lines) if not products[line.sku].allow_backorder]
+        lines = [i for i, line in enumerate(cmd.lines) if line.sku not in may_wait]
         raise InsufficientStock(
             "not enough stock for this order within the sourcing rules",
             details=[{"field": f"lines[{i}].quantity", "message": message} for i in lines or range(len(cmd.lines))],
@@ -854,6 +856,24 @@ def _sold_prices(order: Order, cmd: PlaceOrder) -> tuple[dict[str, Money], dict[
     sold = {line.sku: line.unit_price for line in order.lines if line.quantity}
     kept = {sku: price for sku, price in sold.items() if wanted[sku] == has[sku]}
     return kept, {sku: price for sku, price in sold.items() if wanted[sku] <= has[sku]}
+
+
+def _may_wait(cmd: PlaceOrder, products: dict[str, Product], of: Order | None) -> tuple[str, ...]:
+    """The skus of `cmd` its order may wait backordered for: those whose product allows backorder
+    today, and, for an edit of the order `of`, those it was sold to wait for (Order.may_wait) whose
+    units the edit does not grow: a product that stopped allowing backorder since refuses more
+    units, not the units the customer bought to wait for."""
+    wanted = _units_asked(cmd)
+    had = _units(of) if of is not None else {}
+    kept = {sku for sku in (of.may_wait if of is not None else ()) if wanted.get(sku, 0) <= had.get(sku, 0)}
+    return tuple(sorted(sku for sku in wanted if products[sku].allow_backorder or sku in kept))
+
+
+def _units_asked(cmd: PlaceOrder) -> dict[str, int]:
+    units: dict[str, int] = defaultdict(int)
+    for line in cmd.lines:
+        units[line.sku] += line.quantity
+    return units
 
 
 def _units(order: Order) -> dict[str, int]:

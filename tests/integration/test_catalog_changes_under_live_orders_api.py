@@ -1,0 +1,123 @@
+"""A merchant's catalog changes meeting orders already placed, in-process on moto: a product that
+stops (or starts) allowing backorder while orders wait for it or are on their way to be sourced."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from core.errors import Backordered
+from tests.builders import location_body, order_body, product_body
+from tests.integration.in_process import InProcessApi, in_process_api_with_labels
+
+_orders = itertools.count(1)
+
+
+@pytest.fixture
+def api() -> Iterator[InProcessApi]:
+    with in_process_api_with_labels() as started:
+        assert started.put("/products/KITE", json=product_body("30.00", allow_backorder=True)).status_code == 201
+        assert started.put("/products/MUG", json=product_body("12.50")).status_code == 201
+        assert started.put("/locations/wh-east", json=location_body()).status_code == 201
+        assert started.put("/inventory/KITE/wh-east", json={"on_hand": 1}).status_code == 200
+        assert started.put("/inventory/MUG/wh-east", json={"on_hand": 10}).status_code == 200
+        yield started
+
+
+def steps():
+    from functions.bootstrap import Config, bootstrap
+
+    return bootstrap(Config.from_env()).workflow
+
+
+def placed(api: InProcessApi, *lines: tuple[str, int]) -> dict[str, Any]:
+    body = order_body(external_id=f"web-c{next(_orders)}", lines=[{"sku": s, "quantity": q} for s, q in lines])
+    answer = api.post("/orders", json=body)
+    assert answer.status_code == 201, answer.text
+    return answer.json()
+
+
+def backordered(api: InProcessApi, *lines: tuple[str, int]) -> dict[str, Any]:
+    order_id = placed(api, *lines)["id"]
+    steps().authorize_payment(order_id, attempt=0)
+    with pytest.raises(Backordered):
+        steps().reserve_stock(order_id)
+    order = api.get(f"/orders/{order_id}").json()
+    assert order["status"] == "backordered", order
+    return order
+
+
+def stop_backorders(api: InProcessApi) -> None:
+    answer = api.put("/products/KITE", json=product_body("30.00", allow_backorder=False))
+    assert answer.status_code == 200, answer.text
+
+
+def edit(api: InProcessApi, order: dict[str, Any], body: dict[str, Any], status: int = 200) -> dict[str, Any]:
+    answer = api.request("PATCH", f"/orders/{order['id']}", json=body, headers={"If-Match": str(order["version"])})
+    assert answer.status_code == status, answer.text
+    return answer.json()
+
+
+def test_a_backordered_order_whose_product_stopped_taking_backorders_may_still_change_its_address(api):
+    order = backordered(api, ("KITE", 3))
+    stop_backorders(api)
+
+    address = {**order["shipping_address"], "line1": "2 Market St"}
+    edited = edit(api, order, {"shipping_address": address})
+    assert (edited["status"], edited["shipping_address"]["line1"]) == ("authorized", "2 Market St")
+    with pytest.raises(Backordered):  # the workflow the edit starts again: it waits as it was sold to
+        steps().reserve_stock(order["id"])
+
+    waiting = api.get(f"/orders/{order['id']}").json()
+    assert (waiting["status"], waiting["payment"]["status"]) == ("backordered", "authorized")
+    assert sum(a["quantity"] for a in waiting["allocations"]) == 1
+    assert waiting["awaiting_stock"]["lines"][0]["waiting_quantity"] == 2
+
+
+def test_an_edit_that_asks_for_more_units_than_were_sold_to_wait_is_checked_as_a_new_order(api):
+    order = backordered(api, ("KITE", 3))
+    stop_backorders(api)
+
+    refused = edit(api, order, {"lines": [{"sku": "KITE", "quantity": 4}]}, status=409)
+    assert refused["error"]["code"] == "insufficient_stock"
+    fewer = edit(api, order, {"lines": [{"sku": "KITE", "quantity": 2}, {"sku": "MUG", "quantity": 1}]})
+    assert fewer["status"] == "authorized"
+    with pytest.raises(Backordered):
+        steps().reserve_stock(fewer["id"])
+    assert api.get(f"/orders/{order['id']}").json()["status"] == "backordered"
+
+
+def test_an_order_placed_to_wait_still_waits_when_backorders_stop_before_it_is_sourced(api):
+    order_id = placed(api, ("KITE", 3))["id"]  # 1 in stock: accepted because the product may wait
+    stop_backorders(api)
+    steps().authorize_payment(order_id, attempt=0)
+
+    with pytest.raises(Backordered):
+        steps().reserve_stock(order_id)
+
+    waiting = api.get(f"/orders/{order_id}").json()
+    assert (waiting["status"], waiting["payment"]["status"]) == ("backordered", "authorized")
+
+
+def test_a_new_order_for_a_product_that_stopped_taking_backorders_is_refused_beyond_the_stock(api):
+    stop_backorders(api)
+
+    answer = api.post("/orders", json=order_body(external_id="web-new", lines=[{"sku": "KITE", "quantity": 2}]))
+
+    assert (answer.status_code, answer.json()["error"]["code"]) == (409, "insufficient_stock")
+
+
+def test_the_what_if_plans_an_order_sold_to_wait_as_allocation_would_source_it(api):
+    order_id = placed(api, ("KITE", 3))["id"]
+    stop_backorders(api)
+
+    answer = api.post("/sourcing/simulate", json={"orders": [order_id]})
+
+    assert answer.status_code == 200, answer.text
+    (item,) = answer.json()["items"]
+    assert [line["quantity"] for line in item["unfillable"]] == [2]
+    assert any("wait backordered" in reason for reason in item["reasons"]), item["reasons"]
+    assert not any("cancel" in reason for reason in item["reasons"]), item["reasons"]
