@@ -439,10 +439,10 @@ class CaptureService:
         promotions say today. Its payment method is not checked: it was taken when the order was
         placed, and the orders paid with it are still captured and refunded through it (an edit
         that grows the total checks it, check_payment_method). A sku of `of` whose units the edit
-        leaves as they are keeps the unit price it was sold at, as does one it takes units from
-        that no plugin prices any more (_sold_prices): an edit that leaves a line be does not need,
-        nor charge, today's price of it; nor, while the tax address stays (the shipping address,
-        or a pickup order's store), today's tax rate of it (an address edited is taxed where the
+        leaves as they are, or fewer, keeps the unit price it was sold at (_sold_prices): an edit
+        that adds no units of it does not need, nor charge, today's price of it; nor, while the tax
+        address stays (the shipping address, or a pickup order's store), today's tax rate of it (an
+        address edited is taxed where the
         order now goes, as a new order there); while the edit changes neither the shipping method nor
         the address, the shipping costs what the order was charged unless the edited units change
         today's quote (a method no plugin quotes any more, a rate changed since: its parcels go as
@@ -465,7 +465,7 @@ class CaptureService:
         sources, tax_address = self._sources(cmd, placed=of is not None)
         unit_prices = sold_at = shipped_for = sold_units = taxed_at = None
         if of is not None:
-            unit_prices, sold_at = _sold_prices(of, cmd)
+            unit_prices = sold_at = _sold_prices(of, cmd, products, self._pricing)
             sold_units = _units(of)
             same_address = cmd.shipping_address.model_dump() == of.shipping_address.model_dump()
             shipped_for = of.totals.shipping if same_address and cmd.shipping_method == of.shipping_method else None
@@ -490,7 +490,7 @@ class CaptureService:
             products = products | self._catalog.get_products({line.sku for line in as_it_was.lines} - set(products))
             try:
                 before = self._pricing.price(
-                    as_it_was, products, tax_address, _sold_prices(of, as_it_was)[0], placed_with,
+                    as_it_was, products, tax_address, _sold_prices(of, as_it_was), placed_with,
                     shipped_for=shipped_for, sold_at=sold_at, sold_units=sold_units,
                 )  # fmt: skip
             except AmountTooLarge:
@@ -843,19 +843,30 @@ class ApiKeyService:
         return revoked
 
 
-def _sold_prices(order: Order, cmd: PlaceOrder) -> tuple[dict[str, Money], dict[str, Money]]:
-    """The unit prices `order` sold its skus at that an edit to `cmd` keeps: those of the skus it
-    leaves as they are (their units are sold: what the catalog says today does not change what
-    they cost), and, as a fallback for a sku no plugin prices any more, those of the skus it asks
-    no more units of (Pricing.price unit_prices, sold_at). A sku it adds units to is priced as a
-    new order's would be."""
+def _sold_prices(
+    order: Order, cmd: PlaceOrder, products: Mapping[str, Product] | None = None, pricing: Pricing | None = None
+) -> dict[str, Money]:  # fmt: skip
+    """The unit prices `order` sold its skus at that an edit to `cmd` keeps (Pricing.price
+    unit_prices, sold_at): those of the skus it asks no more units of, left as they are or fewer.
+    Their units are sold: what the catalog says today does not change what they cost, as a cancel
+    of units keeps it (a price raised since would charge the customer more for fewer units, one
+    lowered since would give an edit what a cancel does not). As for a cancel too, a sku it asks
+    fewer units of whose new quantity the plugins (`pricing`) price otherwise than its old one today
+    (a volume price lost with the units) is priced as a new order's would be, as is a sku it adds
+    units to."""
     has = _units(order)
-    wanted: dict[str, int] = defaultdict(int)
-    for line in cmd.lines:
-        wanted[line.sku] += line.quantity
+    wanted = _units_asked(cmd)
     sold = {line.sku: line.unit_price for line in order.lines if line.quantity}
-    kept = {sku: price for sku, price in sold.items() if wanted[sku] == has[sku]}
-    return kept, {sku: price for sku, price in sold.items() if wanted[sku] <= has[sku]}
+    kept = {sku: price for sku, price in sold.items() if wanted.get(sku, 0) <= has[sku]}
+    if pricing is None or products is None:
+        return kept
+    fewer = [sku for sku in kept if 0 < wanted.get(sku, 0) < has[sku] and sku in products]
+    for sku in fewer:
+        with contextlib.suppress(AmountTooLarge):  # unable to ask: the units keep what they were sold at
+            now = pricing.todays_unit_price(cmd, products[sku], wanted[sku])
+            if now is not None and now != pricing.todays_unit_price(cmd, products[sku], has[sku]):
+                del kept[sku]
+    return kept
 
 
 def _may_wait(cmd: PlaceOrder, products: dict[str, Product], of: Order | None) -> tuple[str, ...]:

@@ -121,3 +121,28 @@ def test_the_what_if_plans_an_order_sold_to_wait_as_allocation_would_source_it(a
     assert [line["quantity"] for line in item["unfillable"]] == [2]
     assert any("wait backordered" in reason for reason in item["reasons"]), item["reasons"]
     assert not any("cancel" in reason for reason in item["reasons"]), item["reasons"]
+
+
+def allocated(api: InProcessApi, *lines: tuple[str, int]) -> dict[str, Any]:
+    from tests.integration.in_process import run_to_allocated
+
+    return run_to_allocated(api, placed(api, *lines)["id"])
+
+
+@pytest.mark.parametrize("today", ["20.00", "9.00"])
+def test_an_edit_down_keeps_the_price_the_units_left_were_sold_at_as_a_cancel_of_units_does(api, today):
+    """3 mugs sold at 12.50; the shop reprices them. Asking for 2 by an edit or by cancelling one
+    leaves the same 2 mugs bought at 12.50: neither charges the customer today's price for them (a
+    rise would have the card asked for more for fewer mugs), nor gives a drop to an edit alone."""
+    edited, cancelled = allocated(api, ("MUG", 3)), allocated(api, ("MUG", 3))
+    assert api.put("/products/MUG", json=product_body(today)).status_code == 200
+
+    fewer = edit(api, edited, {"lines": [{"sku": "MUG", "quantity": 2}]})
+    line_id = cancelled["lines"][0]["line_id"]
+    answer = api.post(f"/orders/{cancelled['id']}/cancel", json={"reason": "fewer", "lines": [
+        {"line_id": line_id, "quantity": 1}]})  # fmt: skip
+    assert answer.status_code == 200, answer.text
+
+    assert fewer["lines"][0]["unit_price"] == {"amount": "12.50", "currency": "USD"}
+    assert fewer["totals"] == answer.json()["totals"]
+    assert fewer["payment"]["authorized"] == edited["payment"]["authorized"]  # nothing more asked of the card
