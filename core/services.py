@@ -71,11 +71,22 @@ REVIEW_ACTOR = "review_rules"  # the history's actor of a hold a review rule ask
 
 
 class CatalogService:
-    def __init__(self, catalog: CatalogRepository, clock: Clock = utc_now):
+    """`stored`: the catalog read without a cache (consistently), to tell a PUT that changes
+    nothing (a cached copy may be another container's write behind); `catalog` by default."""
+
+    def __init__(self, catalog: CatalogRepository, clock: Clock = utc_now, stored: CatalogRepository | None = None):
         self._catalog = catalog
         self._clock = clock
+        self._stored = stored or catalog
 
     def put_product(self, sku: str, data: ProductInput) -> tuple[Product, bool]:
+        """The product as `data` says, replacing the one stored; one that `data` would not change
+        is answered as it is (its updated_at too) and nothing is written: a catalog sync that sends
+        every product again changes none it leaves be. (A write racing this read wins either way,
+        as it would the PUT's own.)"""
+        current = self._stored.get_product(sku)
+        if current is not None and _unchanged(current, data):
+            return current, False
         product = Product(sku=sku, updated_at=self._clock(), **data.model_dump())
         return product, self._catalog.put_product(product)
 
@@ -86,6 +97,11 @@ class CatalogService:
         return product
 
     def put_location(self, location_id: str, data: LocationInput) -> tuple[Location, bool]:
+        """As put_product: a location `data` would not change is answered as it is, and the
+        network's item is not written (its stream wakes no backorder function for nothing)."""
+        current = self._stored.get_location(location_id)
+        if current is not None and _unchanged(current, data):
+            return current, False
         location = Location(location_id=location_id, updated_at=self._clock(), **data.model_dump())
         return location, self._catalog.put_location(location)
 
@@ -99,6 +115,11 @@ class CatalogService:
             return page, None
         raw = json.dumps({"l": "locations", "after": page[-1].location_id}, separators=(",", ":"))
         return page, base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def _unchanged(stored: Product | Location, data: ProductInput | LocationInput) -> bool:
+    """Whether a PUT of `data` would store what `stored` holds, but for its updated_at."""
+    return stored.model_dump(include=set(type(data).model_fields)) == data.model_dump()
 
 
 def _location_after(cursor: str) -> str:

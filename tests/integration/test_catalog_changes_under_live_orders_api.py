@@ -146,3 +146,24 @@ def test_an_edit_down_keeps_the_price_the_units_left_were_sold_at_as_a_cancel_of
     assert fewer["lines"][0]["unit_price"] == {"amount": "12.50", "currency": "USD"}
     assert fewer["totals"] == answer.json()["totals"]
     assert fewer["payment"]["authorized"] == edited["payment"]["authorized"]  # nothing more asked of the card
+
+
+def test_a_product_or_location_put_again_as_it_is_changes_nothing(api):
+    """A catalog sync sends every product and location again each night: one that did not change
+    is answered 200 as it is stored (its updated_at too), and nothing is written (the network's
+    item unchanged, so its stream hands the backorder function no record of it)."""
+    from functions.bootstrap import Config, bootstrap
+
+    product, location = api.get("/products/KITE").json(), api.get("/locations").json()["items"][0]
+    catalog = bootstrap(Config.from_env()).catalog_repository
+    network_before = catalog.list_locations()
+
+    again = api.put("/products/KITE", json=product_body("30.00", allow_backorder=True))
+    moved = api.put(f"/locations/{location['location_id']}", json=location_body())
+
+    assert (again.status_code, again.json()) == (200, product)
+    assert (moved.status_code, moved.json()) == (200, location)
+    assert api.get("/products/KITE").json() == product
+    assert catalog.list_locations() == network_before
+    changed = api.put("/products/KITE", json=product_body("31.00", allow_backorder=True))
+    assert changed.status_code == 200 and changed.json()["updated_at"] > product["updated_at"]
