@@ -839,7 +839,7 @@ class OrderActions:
                 totals=priced.totals, shipping_address=cmd.shipping_address,
                 shipping_method=priced.shipping_method, changed=changes,
                 reauthorized=(total, reauthorized.reference) if reauthorized else None, at=at, actor=actor,
-                grants=priced.grants, may_wait=priced.may_wait,
+                grants=priced.grants,
             )  # fmt: skip
 
         # Reviewed again as at capture, so an order edited up past a review threshold is not sourced

@@ -1686,11 +1686,11 @@ class Order(Shown):
     # Locations that rejected a shipment of this order: sourcing never uses them for it again.
     # The system's own, like Hold.resume_to: stored (stored_json), never in a response.
     excluded_locations: list[str] = Field(default_factory=empty_list, exclude=True)
-    # The skus it was sold to wait backordered for (their product allowed backorder when it was
-    # placed, or when an edit last asked for more of them): a product that stops allowing backorder
-    # stops new orders, not these units, which the order may still wait for when it is sourced
-    # again (an edit, a reject, a change of the network). Stored before this was kept: empty, and
-    # the product decides, as it did. The system's own: stored (stored_json), never shown.
+    # The skus it has waited backordered for (Order.backorder): a product that stops allowing
+    # backorder stops new orders, not the ones waiting, which may still wait for those units when
+    # sourced again (an edit that asks for no more of them, a reject, a change of the network).
+    # Stored before this was kept: empty, and the product decides, as it did. The system's own:
+    # stored (stored_json), never shown.
     may_wait: list[str] = Field(default_factory=empty_list, exclude=True)
     # A shipment id per capture given back because the order changed while it shipped (the id
     # comes back when the order is sourced from that location again): its next capture takes a new
@@ -3419,6 +3419,7 @@ class Order(Shown):
             detail={"allocations": [a.model_dump() for a in allocations], "short": short, "reasons": reasons,
                     **_rules_named(rules_version)},
             allocations=allocations, replaced_lines=[], held_before=[],
+            may_wait=sorted({*self.may_wait, *(line.sku for line in self.lines if line.line_id in short)}),
         )  # fmt: skip
 
     def source_again(self, *, rules_version: int | None, at: datetime, actor: str) -> Change:
@@ -4042,12 +4043,11 @@ class Order(Shown):
     def edit(
         self, *, lines: list[OrderLine], totals: Totals, shipping_address: Address, shipping_method: str | None,
         changed: list[str], reauthorized: tuple[Money, str] | None, at: datetime, actor: str,
-        grants: list[PromotionGrant] | None = None, may_wait: Sequence[str] | None = None,
+        grants: list[PromotionGrant] | None = None,
     ) -> Change:  # fmt: skip
         """New lines, address or shipping method, priced again (`grants`: what its codes and the
         plugins' rules grant the order as edited, its `promotion_grants` from now on, so units the edit
-        adds keep the terms they were bought under; None: as they were; `may_wait`: the skus the
-        edited order may wait backordered for, None: as they were); `reauthorized` is the (amount,
+        adds keep the terms they were bought under; None: as they were); `reauthorized` is the (amount,
         reference) of an authorization the gateway approved for a grown total, which the order
         requested (request_reauthorization): a request standing is recorded by this edit or settled
         before it (InvalidTransition otherwise), and the authorization it replaces is named in
@@ -4089,8 +4089,19 @@ class Order(Shown):
             replaced_authorizations=replaced, later_authorizations=later, spent_authorizations=spent,
             authorized_at=authorized_at,
             promotion_grants=self.promotion_grants if grants is None else grants,
-            may_wait=self.may_wait if may_wait is None else list(may_wait), **again,
+            may_wait=self.may_still_wait(lines), **again,
         )  # fmt: skip
+
+    def may_still_wait(self, lines: Sequence[OrderLine | LineInput]) -> list[str]:
+        """The skus it has waited for (`may_wait`) that an edit to `lines` asks no more units of:
+        those units may wait again whatever their product allows now; more are a new order's."""
+        had: dict[str, int] = defaultdict(int)
+        wanted: dict[str, int] = defaultdict(int)
+        for line in self.lines:
+            had[line.sku] += line.quantity
+        for line in lines:
+            wanted[line.sku] += line.quantity
+        return [sku for sku in self.may_wait if wanted[sku] <= had[sku]]
 
     def record_replaced_voided(
         self, authorization: str, reference: str, *, at: datetime, actor: str,

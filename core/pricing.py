@@ -31,9 +31,6 @@ class PricedOrder(NamedTuple):
     # than validating the client's CustomerInput and AddressInput a second time.
     customer: Customer
     shipping_address: Address
-    # The skus the order may wait backordered for (CaptureService.quote; Order.may_wait): pricing
-    # leaves it empty.
-    may_wait: tuple[str, ...] = ()
 
 
 def _money_in(currency: str) -> Callable[[Money], Money]:

@@ -463,8 +463,8 @@ class CaptureService:
         leaves as they are, or fewer, keeps the unit price it was sold at (_sold_prices): an edit
         that adds no units of it does not need, nor charge, today's price of it; nor, while the tax
         address stays (the shipping address, or a pickup order's store), today's tax rate of it (an
-        address edited is taxed where the
-        order now goes, as a new order there); while the edit changes neither the shipping method nor
+        address edited is taxed where the order now goes, as a new order there); while the edit
+        changes neither the shipping method nor
         the address, the shipping costs what the order was charged unless the edited units change
         today's quote (a method no plugin quotes any more, a rate changed since: its parcels go as
         they were booked); its pickup store need not take new pickup orders any more. `consistent_stock`:
@@ -523,7 +523,7 @@ class CaptureService:
         may_wait = _may_wait(cmd, products, of)
         if check_stock:
             self._check_stock(cmd, products, sources, held or {}, set(excluded), may_wait, consistent=consistent_stock)
-        return priced._replace(may_wait=may_wait)
+        return priced
 
     def check_payment_method(self, cmd: PlaceOrder) -> None:
         """UnknownPaymentMethod (422) unless a payment plugin takes `cmd`'s method for new money:
@@ -591,7 +591,6 @@ class CaptureService:
             status_since=now,
             exchange_of=exchange["return_id"] if exchange else None,
             exchange_credit=exchange["credit"] if exchange else None,
-            may_wait=list(priced.may_wait),
         )
         created = HistoryEntry(
             at=now,
@@ -883,22 +882,19 @@ def _sold_prices(
         return kept
     fewer = [sku for sku in kept if 0 < wanted.get(sku, 0) < has[sku] and sku in products]
     for sku in fewer:
-        with contextlib.suppress(AmountTooLarge):  # unable to ask: the units keep what they were sold at
-            now = pricing.todays_unit_price(cmd, products[sku], wanted[sku])
-            if now is not None and now != pricing.todays_unit_price(cmd, products[sku], has[sku]):
-                del kept[sku]
+        now = pricing.todays_unit_price(cmd, products[sku], wanted[sku])
+        if now is not None and now != pricing.todays_unit_price(cmd, products[sku], has[sku]):
+            del kept[sku]
     return kept
 
 
 def _may_wait(cmd: PlaceOrder, products: dict[str, Product], of: Order | None) -> tuple[str, ...]:
     """The skus of `cmd` its order may wait backordered for: those whose product allows backorder
-    today, and, for an edit of the order `of`, those it was sold to wait for (Order.may_wait) whose
-    units the edit does not grow: a product that stopped allowing backorder since refuses more
-    units, not the units the customer bought to wait for."""
-    wanted = _units_asked(cmd)
-    had = _units(of) if of is not None else {}
-    kept = {sku for sku in (of.may_wait if of is not None else ()) if wanted.get(sku, 0) <= had.get(sku, 0)}
-    return tuple(sorted(sku for sku in wanted if products[sku].allow_backorder or sku in kept))
+    today, and, for an edit of the order `of`, those it has waited for whose units the edit does
+    not grow (Order.may_still_wait): a product that stopped allowing backorder since refuses more
+    units, not the units a customer was told would come."""
+    kept = set(of.may_still_wait(cmd.lines)) if of is not None else set()
+    return tuple(sorted({line.sku for line in cmd.lines if products[line.sku].allow_backorder or line.sku in kept}))
 
 
 def _units_asked(cmd: PlaceOrder) -> dict[str, int]:

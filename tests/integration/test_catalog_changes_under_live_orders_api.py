@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from core.errors import Backordered
+from core.errors import Backordered, OutOfStock
 from tests.builders import location_body, order_body, product_body
 from tests.integration.in_process import InProcessApi, in_process_api_with_labels
 
@@ -90,16 +90,15 @@ def test_an_edit_that_asks_for_more_units_than_were_sold_to_wait_is_checked_as_a
     assert api.get(f"/orders/{order['id']}").json()["status"] == "backordered"
 
 
-def test_an_order_placed_to_wait_still_waits_when_backorders_stop_before_it_is_sourced(api):
+def test_an_order_not_yet_waiting_when_backorders_stop_is_sourced_as_the_product_says(api):
+    """The contract: an order short when it is allocated waits where the product allows backorder,
+    else ends out_of_stock. Only an order that has waited keeps its place when backorders stop."""
     order_id = placed(api, ("KITE", 3))["id"]  # 1 in stock: accepted because the product may wait
     stop_backorders(api)
     steps().authorize_payment(order_id, attempt=0)
 
-    with pytest.raises(Backordered):
+    with pytest.raises(OutOfStock):
         steps().reserve_stock(order_id)
-
-    waiting = api.get(f"/orders/{order_id}").json()
-    assert (waiting["status"], waiting["payment"]["status"]) == ("backordered", "authorized")
 
 
 def test_a_new_order_for_a_product_that_stopped_taking_backorders_is_refused_beyond_the_stock(api):
@@ -110,8 +109,8 @@ def test_a_new_order_for_a_product_that_stopped_taking_backorders_is_refused_bey
     assert (answer.status_code, answer.json()["error"]["code"]) == (409, "insufficient_stock")
 
 
-def test_the_what_if_plans_an_order_sold_to_wait_as_allocation_would_source_it(api):
-    order_id = placed(api, ("KITE", 3))["id"]
+def test_the_what_if_plans_an_order_that_has_waited_as_allocation_would_source_it(api):
+    order_id = backordered(api, ("KITE", 3))["id"]
     stop_backorders(api)
 
     answer = api.post("/sourcing/simulate", json={"orders": [order_id]})
