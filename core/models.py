@@ -9,7 +9,7 @@ import json
 import re
 import unicodedata
 from collections import defaultdict
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any, Literal, TypeVar
@@ -1692,6 +1692,12 @@ class Order(Shown):
     # Locations that rejected a shipment of this order: sourcing never uses them for it again.
     # The system's own, like Hold.resume_to: stored (stored_json), never in a response.
     excluded_locations: list[str] = Field(default_factory=empty_list, exclude=True)
+    # The skus it has waited backordered for (Order.backorder): a product that stops allowing
+    # backorder stops new orders, not the ones waiting, which may still wait for those units when
+    # sourced again (an edit that asks for no more of them, a reject, a change of the network).
+    # Stored before this was kept: empty, and the product decides, as it did. The system's own:
+    # stored (stored_json), never shown.
+    may_wait: list[str] = Field(default_factory=empty_list, exclude=True)
     # A shipment id per capture given back because the order changed while it shipped (the id
     # comes back when the order is sourced from that location again): its next capture takes a new
     # gateway key (core/payment_keys.py). The system's own: stored, never shown.
@@ -1942,6 +1948,8 @@ class Order(Shown):
             system["restarted_at"] = _TIMES.dump_python(self.restarted_at, mode="json")
         if self.excluded_locations:
             system["excluded_locations"] = list(self.excluded_locations)
+        if self.may_wait:
+            system["may_wait"] = list(self.may_wait)
         if self.reversed_captures:
             system["reversed_captures"] = list(self.reversed_captures)
         if self.rebookings:
@@ -3426,6 +3434,7 @@ class Order(Shown):
             detail={"allocations": [a.model_dump() for a in allocations], "short": short, "reasons": reasons,
                     **_rules_named(rules_version)},
             allocations=allocations, replaced_lines=[], held_before=[],
+            may_wait=sorted({*self.may_wait, *(line.sku for line in self.lines if line.line_id in short)}),
         )  # fmt: skip
 
     def source_again(self, *, rules_version: int | None, at: datetime, actor: str) -> Change:
@@ -4175,8 +4184,20 @@ class Order(Shown):
             priced_version=self.version + 1, rebookings=self.rebookings + 1, authorization_requested=None,
             replaced_authorizations=replaced, later_authorizations=later, spent_authorizations=spent,
             authorized_at=authorized_at,
-            promotion_grants=self.promotion_grants if grants is None else grants, **again,
+            promotion_grants=self.promotion_grants if grants is None else grants,
+            may_wait=self.may_still_wait(lines), **again,
         )  # fmt: skip
+
+    def may_still_wait(self, lines: Sequence[OrderLine | LineInput]) -> list[str]:
+        """The skus it has waited for (`may_wait`) that an edit to `lines` asks no more units of:
+        those units may wait again whatever their product allows now; more are a new order's."""
+        had: dict[str, int] = defaultdict(int)
+        wanted: dict[str, int] = defaultdict(int)
+        for line in self.lines:
+            had[line.sku] += line.quantity
+        for line in lines:
+            wanted[line.sku] += line.quantity
+        return [sku for sku in self.may_wait if wanted[sku] <= had[sku]]
 
     def record_replaced_voided(
         self, authorization: str, reference: str, *, at: datetime, actor: str,

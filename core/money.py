@@ -92,6 +92,9 @@ Currency = Annotated[
 # ASCII digits only, at most 15 before the point: far beyond any order total, and well inside
 # Decimal's 28-digit context, so quantizing never raises.
 _AMOUNT = re.compile(r"-?[0-9]{1,15}(\.[0-9]{1,6})?")
+# Well formed but with more digits before the point: too large, which the refusal says (bounded,
+# so a megabyte of digits is not matched through).
+_LARGE_AMOUNT = re.compile(r"-?[0-9]{16,64}(\.[0-9]{1,6})?")
 MAX_ABS_AMOUNT = Decimal("1e15")
 
 
@@ -107,6 +110,8 @@ def _parse_amount(value: Any) -> Decimal:
             raise ValueError("amount must be a finite number below 10^15")
         return value
     if isinstance(value, str):
+        if _LARGE_AMOUNT.fullmatch(value):
+            raise ValueError(f"amount {value[:40]!r} is not below 10^15, the most the OMS records")
         if not _AMOUNT.fullmatch(value):
             raise ValueError(f'amount {value[:40]!r} is not a decimal string such as "12.34"')
         return Decimal(value)

@@ -118,6 +118,14 @@ class Pricing:
     def __init__(self, plugins: pluggy.PluginManager):
         self._hook = plugins.hook
 
+    def todays_unit_price(self, cmd: PlaceOrder, product: Product, quantity: int) -> Money | None:
+        """What the plugins price `quantity` units of `product` at for `cmd` (hook oms_unit_price,
+        checked): None when none prices it in the order's currency."""
+        return call_hook(
+            self._hook.oms_unit_price, _money_in(cmd.currency), product=product, quantity=quantity,
+            currency=cmd.currency, channel=cmd.channel, customer=cmd.customer,
+        )  # fmt: skip
+
     def price(
         self, cmd: PlaceOrder, products: dict[str, Product], tax_address: Address,
         unit_prices: Mapping[str, Money] | None = None, placed_with: Sequence[PromotionGrant] = (),
@@ -154,15 +162,7 @@ class Pricing:
             quantity = sum(cmd.lines[i].quantity for i in indexes)
             unit = kept.get(sku)
             if unit is None:
-                unit = call_hook(
-                    self._hook.oms_unit_price,
-                    _money_in(currency),
-                    product=product,
-                    quantity=quantity,
-                    currency=currency,
-                    channel=cmd.channel,
-                    customer=cmd.customer,
-                )
+                unit = self.todays_unit_price(cmd, product, quantity)
             if unit is None and sold_at is not None:
                 unit = sold_at.get(sku)
             if unit is None:

@@ -71,11 +71,22 @@ REVIEW_ACTOR = "review_rules"  # the history's actor of a hold a review rule ask
 
 
 class CatalogService:
-    def __init__(self, catalog: CatalogRepository, clock: Clock = utc_now):
+    """`stored`: the catalog read without a cache (consistently), to tell a PUT that changes
+    nothing (a cached copy may be another container's write behind); `catalog` by default."""
+
+    def __init__(self, catalog: CatalogRepository, clock: Clock = utc_now, stored: CatalogRepository | None = None):
         self._catalog = catalog
         self._clock = clock
+        self._stored = stored or catalog
 
     def put_product(self, sku: str, data: ProductInput) -> tuple[Product, bool]:
+        """The product as `data` says, replacing the one stored; one that `data` would not change
+        is answered as it is (its updated_at too) and nothing is written: a catalog sync that sends
+        every product again changes none it leaves be. (A write racing this read wins either way,
+        as it would the PUT's own.)"""
+        current = self._stored.get_product(sku)
+        if current is not None and _unchanged(current, data):
+            return current, False
         product = Product(sku=sku, updated_at=self._clock(), **data.model_dump())
         return product, self._catalog.put_product(product)
 
@@ -86,6 +97,11 @@ class CatalogService:
         return product
 
     def put_location(self, location_id: str, data: LocationInput) -> tuple[Location, bool]:
+        """As put_product: a location `data` would not change is answered as it is, and the
+        network's item is not written (its stream wakes no backorder function for nothing)."""
+        current = self._stored.get_location(location_id)
+        if current is not None and _unchanged(current, data):
+            return current, False
         location = Location(location_id=location_id, updated_at=self._clock(), **data.model_dump())
         return location, self._catalog.put_location(location)
 
@@ -99,6 +115,11 @@ class CatalogService:
             return page, None
         raw = json.dumps({"l": "locations", "after": page[-1].location_id}, separators=(",", ":"))
         return page, base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def _unchanged(stored: Product | Location, data: ProductInput | LocationInput) -> bool:
+    """Whether a PUT of `data` would store what `stored` holds, but for its updated_at."""
+    return stored.model_dump(include=set(type(data).model_fields)) == data.model_dump()
 
 
 def _location_after(cursor: str) -> str:
@@ -446,11 +467,11 @@ class CaptureService:
         promotions say today. Its payment method is not checked: it was taken when the order was
         placed, and the orders paid with it are still captured and refunded through it (an edit
         that grows the total checks it, check_payment_method). A sku of `of` whose units the edit
-        leaves as they are keeps the unit price it was sold at, as does one it takes units from
-        that no plugin prices any more (_sold_prices): an edit that leaves a line be does not need,
-        nor charge, today's price of it; nor, while the tax address stays (the shipping address,
-        or a pickup order's store), today's tax rate of it (an address edited is taxed where the
-        order now goes, as a new order there); while the edit changes neither the shipping method nor
+        leaves as they are, or fewer, keeps the unit price it was sold at (_sold_prices): an edit
+        that adds no units of it does not need, nor charge, today's price of it; nor, while the tax
+        address stays (the shipping address, or a pickup order's store), today's tax rate of it (an
+        address edited is taxed where the order now goes, as a new order there); while the edit
+        changes neither the shipping method nor
         the address, the shipping costs what the order was charged unless the edited units change
         today's quote (a method no plugin quotes any more, a rate changed since: its parcels go as
         they were booked); its pickup store need not take new pickup orders any more. `consistent_stock`:
@@ -472,7 +493,7 @@ class CaptureService:
         sources, tax_address = self._sources(cmd, placed=of is not None)
         unit_prices = sold_at = shipped_for = sold_units = taxed_at = None
         if of is not None:
-            unit_prices, sold_at = _sold_prices(of, cmd)
+            unit_prices = sold_at = _sold_prices(of, cmd, products, self._pricing)
             sold_units = _units(of)
             same_address = cmd.shipping_address.model_dump() == of.shipping_address.model_dump()
             shipped_for = of.totals.shipping if same_address and cmd.shipping_method == of.shipping_method else None
@@ -497,7 +518,7 @@ class CaptureService:
             products = products | self._catalog.get_products({line.sku for line in as_it_was.lines} - set(products))
             try:
                 before = self._pricing.price(
-                    as_it_was, products, tax_address, _sold_prices(of, as_it_was)[0], placed_with,
+                    as_it_was, products, tax_address, _sold_prices(of, as_it_was), placed_with,
                     shipped_for=shipped_for, sold_at=sold_at, sold_units=sold_units,
                 )  # fmt: skip
             except AmountTooLarge:
@@ -506,8 +527,9 @@ class CaptureService:
                 before = None
             if before is not None and before.totals.shipping == priced.totals.shipping:
                 priced = _shipped_for(priced, shipped_for)
+        may_wait = _may_wait(cmd, products, of)
         if check_stock:
-            self._check_stock(cmd, products, sources, held or {}, set(excluded), consistent=consistent_stock)
+            self._check_stock(cmd, products, sources, held or {}, set(excluded), may_wait, consistent=consistent_stock)
         return priced
 
     def check_payment_method(self, cmd: PlaceOrder) -> None:
@@ -639,7 +661,7 @@ class CaptureService:
 
     def _check_stock(
         self, cmd: PlaceOrder, products: dict[str, Product], sources: set[str] | None,
-        held: dict[tuple[str, str], int], excluded: set[str], *, consistent: bool = False,
+        held: dict[tuple[str, str], int], excluded: set[str], may_wait: tuple[str, ...], *, consistent: bool = False,
     ) -> None:  # fmt: skip
         if sources is None:
             sources = {loc.location_id for loc in self._catalog.list_locations() if loc.ships}
@@ -647,7 +669,7 @@ class CaptureService:
         wanted: dict[str, int] = defaultdict(int)
         for line in cmd.lines:
             wanted[line.sku] += line.quantity
-        short_skus = {sku for sku in wanted if not products[sku].allow_backorder}
+        short_skus = {sku for sku in wanted if sku not in may_wait}
         rules = self._sourcing_rules() if self._sourcing_rules is not None else SourcingRules()
         if not sources - set(rules.excluded_locations):
             # ReserveStock would find no location to source it from and end it out of stock, after
@@ -694,10 +716,10 @@ class CaptureService:
             raise InsufficientStock("not enough stock for this order", details=short)
         if planned:
             eligible = [loc for loc in self._catalog.list_locations() if loc.location_id in sources]
-            self._check_plan(cmd, products, eligible, levels, rules)
+            self._check_plan(cmd, may_wait, eligible, levels, rules)
 
     def _check_plan(
-        self, cmd: PlaceOrder, products: dict[str, Product], eligible: list[Location],
+        self, cmd: PlaceOrder, may_wait: tuple[str, ...], eligible: list[Location],
         levels: dict[str, list[StockLevel]], rules: SourcingRules,
     ) -> None:  # fmt: skip
         """Refuse (409) an order ReserveStock would end out of stock on this stock: units enough in
@@ -710,14 +732,14 @@ class CaptureService:
         order = unplaced(cmd)
         plan = allocation_plan(
             self._sourcing.hook, order, eligible, levels, destination_of(order, eligible), rules,
-            lambda skus: {sku for sku in skus if not products[sku].allow_backorder},
+            lambda skus: {sku for sku in skus if sku not in may_wait},
         )  # fmt: skip
         if plan is not None:
             return
         message = f"no plan ships it from at most {rules.max_shipments} location(s) (sourcing rules v{rules.version})"
         # What cannot wait is named; an order of products that may all wait fails only for want of
         # any location that may supply it, which every line needs.
-        lines = [i for i, line in enumerate(cmd.lines) if not products[line.sku].allow_backorder]
+        lines = [i for i, line in enumerate(cmd.lines) if line.sku not in may_wait]
         raise InsufficientStock(
             "not enough stock for this order within the sourcing rules",
             details=[{"field": f"lines[{i}].quantity", "message": message} for i in lines or range(len(cmd.lines))],
@@ -848,19 +870,45 @@ class ApiKeyService:
         return revoked
 
 
-def _sold_prices(order: Order, cmd: PlaceOrder) -> tuple[dict[str, Money], dict[str, Money]]:
-    """The unit prices `order` sold its skus at that an edit to `cmd` keeps: those of the skus it
-    leaves as they are (their units are sold: what the catalog says today does not change what
-    they cost), and, as a fallback for a sku no plugin prices any more, those of the skus it asks
-    no more units of (Pricing.price unit_prices, sold_at). A sku it adds units to is priced as a
-    new order's would be."""
+def _sold_prices(
+    order: Order, cmd: PlaceOrder, products: Mapping[str, Product] | None = None, pricing: Pricing | None = None
+) -> dict[str, Money]:  # fmt: skip
+    """The unit prices `order` sold its skus at that an edit to `cmd` keeps (Pricing.price
+    unit_prices, sold_at): those of the skus it asks no more units of, left as they are or fewer.
+    Their units are sold: what the catalog says today does not change what they cost, as a cancel
+    of units keeps it (a price raised since would charge the customer more for fewer units, one
+    lowered since would give an edit what a cancel does not). As for a cancel too, a sku it asks
+    fewer units of whose new quantity the plugins (`pricing`) price otherwise than its old one today
+    (a volume price lost with the units) is priced as a new order's would be, as is a sku it adds
+    units to."""
     has = _units(order)
-    wanted: dict[str, int] = defaultdict(int)
-    for line in cmd.lines:
-        wanted[line.sku] += line.quantity
+    wanted = _units_asked(cmd)
     sold = {line.sku: line.unit_price for line in order.lines if line.quantity}
-    kept = {sku: price for sku, price in sold.items() if wanted[sku] == has[sku]}
-    return kept, {sku: price for sku, price in sold.items() if wanted[sku] <= has[sku]}
+    kept = {sku: price for sku, price in sold.items() if wanted.get(sku, 0) <= has[sku]}
+    if pricing is None or products is None:
+        return kept
+    fewer = [sku for sku in kept if 0 < wanted.get(sku, 0) < has[sku] and sku in products]
+    for sku in fewer:
+        now = pricing.todays_unit_price(cmd, products[sku], wanted[sku])
+        if now is not None and now != pricing.todays_unit_price(cmd, products[sku], has[sku]):
+            del kept[sku]
+    return kept
+
+
+def _may_wait(cmd: PlaceOrder, products: dict[str, Product], of: Order | None) -> tuple[str, ...]:
+    """The skus of `cmd` its order may wait backordered for: those whose product allows backorder
+    today, and, for an edit of the order `of`, those it has waited for whose units the edit does
+    not grow (Order.may_still_wait): a product that stopped allowing backorder since refuses more
+    units, not the units a customer was told would come."""
+    kept = set(of.may_still_wait(cmd.lines)) if of is not None else set()
+    return tuple(sorted({line.sku for line in cmd.lines if products[line.sku].allow_backorder or line.sku in kept}))
+
+
+def _units_asked(cmd: PlaceOrder) -> dict[str, int]:
+    units: dict[str, int] = defaultdict(int)
+    for line in cmd.lines:
+        units[line.sku] += line.quantity
+    return units
 
 
 def _units(order: Order) -> dict[str, int]:

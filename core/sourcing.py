@@ -597,7 +597,10 @@ class Simulator:
         for order_id, order in orders:
             own = self._held(order, locations) if order_id is not None else {}
             on = _behind_older(order, _with_own(stock, own) if own else stock, owed, own)
-            items.append(self._plan(order_id, order, locations, on, rules, cannot_wait, changed))
+            # A stored order waits for the skus it was sold to wait for, as ReserveStock lets it.
+            may_wait = set(order.may_wait)
+            waits = cannot_wait if not may_wait else lambda asked, may_wait=may_wait: cannot_wait(asked) - may_wait
+            items.append(self._plan(order_id, order, locations, on, rules, waits, changed))
         return Simulation(rules=rules, items=items, summary=_summary(items))
 
     def _owed(

@@ -585,8 +585,9 @@ class Workflow:
         stock = self._behind_older(order, stock, locations, rules, own=own)
         destination = destination_of(order, locations)
         return allocation_plan(
-            self._hook, order, eligible, stock, destination, within or rules, cannot_wait or self._cannot_wait
-        )
+            self._hook, order, eligible, stock, destination, within or rules,
+            cannot_wait or (lambda skus: self._cannot_wait(skus, order)),
+        )  # fmt: skip
 
     def _release_unrecorded(
         self, order_id: str, done: list[tuple[str, str, str]], held_before: set[tuple[str, str, str]] | None = None
@@ -677,14 +678,17 @@ class Workflow:
             )  # fmt: skip
 
     # --- Backorders ------------------------------------------------------------------------------
-    def _cannot_wait(self, skus: set[str]) -> set[str]:
-        """The skus of `skus` an order may not wait backordered for: those that do not allow
-        backorder, or all when no queue can wake the order (a shortage then ends out_of_stock as
-        for any product). One read of the products."""
+    def _cannot_wait(self, skus: set[str], order: Order) -> set[str]:
+        """The skus of `skus` `order` may not wait backordered for: those whose product does not
+        allow backorder and that the order was not sold to wait for (Order.may_wait: a product
+        that stopped allowing it since keeps no customer from the units bought to wait), or all
+        when no queue can wake the order (a shortage then ends out_of_stock as for any product).
+        One read of the products."""
         if self._backorders is None:
             return set(skus)
         products = self._catalog.get_products(skus)
-        return {sku for sku in skus if sku not in products or not products[sku].allow_backorder}
+        allowed = {sku for sku, product in products.items() if product.allow_backorder}
+        return set(skus) - allowed - set(order.may_wait)
 
     def _wait_for_stock(
         self, order: Order, plan: SourcingPlan, done: list[tuple[str, str, str]], short: set[str], rules: SourcingRules,

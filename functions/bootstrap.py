@@ -417,7 +417,7 @@ class Container:
 
     @cached_property
     def catalog(self) -> CatalogService:
-        return CatalogService(self.cached_catalog, clock=self.clock)
+        return CatalogService(self.cached_catalog, clock=self.clock, stored=self.catalog_repository)
 
     @cached_property
     def inventory(self) -> InventoryService:

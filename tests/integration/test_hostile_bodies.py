@@ -158,6 +158,8 @@ def test_a_price_at_or_above_10_to_the_15_is_422(api: InProcessApi, amount: str)
     response = api.put("/products/HOSTILE-2", json={"name": "x", "price": {"amount": amount, "currency": "USD"}})
 
     assert_error(response, 422, "validation_error", "price.amount")
+    # Said as the contract says it, not as a malformed string: the amount is well formed, too large.
+    assert "below 10^15" in response.json()["error"]["details"][0]["message"]
 
 
 @pytest.mark.parametrize("content_type", ["Application/JSON", "APPLICATION/JSON; charset=UTF-8"])

@@ -168,18 +168,21 @@ class SubtotalRule:
 
 
 def test_an_edit_whose_order_as_sold_reaches_10_to_the_15_at_todays_price_keeps_the_rules_terms(world):
-    """Four mugs sold at 12.50 under the rule; the mug now costs 2.6 x 10^14. Three mugs at that
-    price are an order the OMS records; the four sold, asked of the rule at today's price, are
-    not (1.04 x 10^15): the edit was refused 422 `amount_too_large` for an amount it never
-    charges. The three keep what the rule granted them when they were sold."""
-    order = world.allocated(("MUG", 4))
-    world.catalog.put_product(product("MUG", "260000000000000.00", weight_grams=350))
+    """Four mugs sold at 2.4 x 10^14 under the rule (9.6 x 10^13 off), and a cap; the cap now costs
+    10^14. One mug (at the price it was sold at) and two caps at today's are an order the OMS
+    records; the four mugs and the cap sold, asked of the rule with the cap at today's price, are not
+    (1.06 x 10^15): the edit was refused 422 `amount_too_large` for an amount it never charges. The
+    mug left keeps what the rule granted it when it was sold."""
+    world.catalog.put_product(product("MUG", "240000000000000.00", weight_grams=350))
+    order = world.allocated(("MUG", 4), ("CAP", 1))
+    world.catalog.put_product(product("CAP", "100000000000000.00", weight_grams=90))
 
-    edit = OrderEdit.model_validate({"lines": [{"sku": "MUG", "quantity": 3}]})
+    edit = OrderEdit.model_validate({"lines": [{"sku": "MUG", "quantity": 1}, {"sku": "CAP", "quantity": 2}]})
     done = world.actions.edit(order.id, order.version, edit, actor="key_web")
 
-    assert (done.lines[0].quantity, done.lines[0].unit_price) == (3, usd("260000000000000.00"))
-    assert done.lines[0].discount == usd("3.75")  # three quarters of the 5.00 the four were granted
+    assert [(line.quantity, line.unit_price) for line in done.lines] == [
+        (1, usd("240000000000000.00")), (2, usd("100000000000000.00"))]  # fmt: skip
+    assert done.lines[0].discount == usd("24000000000000.00")  # a quarter of what the four were granted
 
 
 def test_an_edit_whose_order_as_sold_adds_up_to_10_to_the_15_is_no_plugins_failure():
@@ -187,13 +190,13 @@ def test_an_edit_whose_order_as_sold_adds_up_to_10_to_the_15_is_no_plugins_failu
     that reads the draft's subtotal raised AmountTooLarge, and the edit failed as the plugin's
     error (500 `plugin_error`) though the edited order is one the OMS records."""
     world = build_world(STOCK, SubtotalRule())
-    order = world.allocated(("MUG", 2), ("CAP", 2))
-    assert order.totals.discount == usd("2.03")  # 5% of 40.54
     world.catalog.put_product(product("MUG", "300000000000000.00", weight_grams=350))
+    order = world.allocated(("MUG", 2), ("CAP", 2))
+    assert order.totals.discount == usd("30000000000000.78")  # 5% of 600000000000015.54
     world.catalog.put_product(product("CAP", "300000000000000.00", weight_grams=90))
 
-    edit = OrderEdit.model_validate({"lines": [{"sku": "MUG", "quantity": 1}, {"sku": "CAP", "quantity": 1}]})
+    edit = OrderEdit.model_validate({"lines": [{"sku": "CAP", "quantity": 3}]})
     done = world.actions.edit(order.id, order.version, edit, actor="key_web")
 
-    assert [line.quantity for line in done.lines] == [1, 1]
-    assert done.totals.subtotal == usd("600000000000000.00")
+    assert [line.quantity for line in done.lines] == [3]
+    assert done.totals.subtotal == usd("900000000000000.00")

@@ -16,7 +16,7 @@ from core.status import OrderStatus
 from plugins.tax_table import TAX_RATES_FILE_ENV
 from tests.builders import product
 from tests.unit.test_returns import RetiredWallet, with_one_coordinate
-from tests.unit.test_unit_cancellation import CourierShipping, RetiringShipping
+from tests.unit.test_unit_cancellation import CourierShipping, RetiringShipping, VolumePrice
 from tests.unit.world import build_world
 
 S = OrderStatus
@@ -169,6 +169,36 @@ def test_an_edit_that_changes_a_lines_units_prices_that_line_as_a_new_order_woul
     assert [line.unit_price for line in done.lines] == [Money.of("15.00", "USD"), order.lines[1].unit_price]
 
 
+@pytest.mark.parametrize("today", ["15.00", "9.00"])
+def test_an_edit_that_asks_for_fewer_units_keeps_the_price_they_were_sold_at_as_a_cancel_does(world, today):
+    """Three mugs sold at 12.50, repriced since: two of them cost what they were sold at, whether
+    an edit or a cancel of units leaves them (today's price neither charges more for units bought
+    nor gives an edit down a cut a cancel does not)."""
+    edited, cancelled = world.allocated(("MUG", 3), ("CAP", 2)), world.allocated(("MUG", 3), ("CAP", 2))
+    world.catalog.put_product(product("MUG", today, weight_grams=350))
+
+    fewer = OrderEdit.model_validate({"lines": [{"sku": "MUG", "quantity": 2}, {"sku": "CAP", "quantity": 2}]})
+    done = world.actions.edit(edited.id, edited.version, fewer, actor="key_web")
+    left = world.actions.cancel(cancelled.id, "one less", actor="key_web", lines={"L1": 1})
+
+    assert done.lines[0].unit_price == Money.of("12.50", "USD")
+    assert (done.totals, [line.total for line in done.lines]) == (left.totals, [line.total for line in left.lines])
+
+
+@pytest.mark.parametrize(("mugs", "price"), [(2, "12.50"), (4, "10.00")])
+def test_an_edit_down_that_loses_a_volume_price_prices_the_units_left_as_a_cancel_of_units_does(mugs, price):
+    world = build_world([("MUG", "wh-west", 10), ("CAP", "wh-east", 5)], VolumePrice())
+    edited, cancelled = world.allocated(("MUG", 5), ("CAP", 1)), world.allocated(("MUG", 5), ("CAP", 1))
+    assert edited.lines[0].unit_price == Money.of("10.00", "USD")
+
+    fewer = OrderEdit.model_validate({"lines": [{"sku": "MUG", "quantity": mugs}, {"sku": "CAP", "quantity": 1}]})
+    done = world.actions.edit(edited.id, edited.version, fewer, actor="key_web")
+    left = world.actions.cancel(cancelled.id, "fewer", actor="key_web", lines={"L1": 5 - mugs})
+
+    assert done.lines[0].unit_price == left.lines[0].unit_price == Money.of(price, "USD")
+    assert done.totals == left.totals
+
+
 def test_an_edit_of_the_lines_after_the_shop_raised_its_shipping_rate_keeps_the_shipping_charged():
     courier = CourierShipping()
     world = build_world(STOCK, courier)
@@ -194,10 +224,10 @@ def test_an_edit_whose_units_change_the_shipping_quote_is_charged_todays_quote()
 
 
 def test_an_edit_of_other_lines_keeps_the_tax_rate_a_sku_left_as_it_is_was_sold_at(world, monkeypatch, tmp_path):
-    """California's rate changes after the order was placed: an edit that takes a cap off does not
-    tax the three mugs it leaves as they are again at the new rate (they were sold, and charged, at
-    the old one), nor does a change of shipping method; the cap whose units it changes is taxed as a
-    new order's would be."""
+    """California's rate changes after the order was placed: an edit that adds a cap does not tax
+    the three mugs it leaves as they are again at the new rate (they were sold, and charged, at the
+    old one), nor does a change of shipping method; the cap it adds units to is taxed as a new
+    order's would be."""
     order = world.allocated(("MUG", 3), ("CAP", 2))
     sold_at = order.lines[0].tax_rate
     assert sold_at is not None and sold_at.rate == Decimal("0.0725")
@@ -205,7 +235,7 @@ def test_an_edit_of_other_lines_keeps_the_tax_rate_a_sku_left_as_it_is_was_sold_
     rates.write_text(json.dumps({"US": {"regions": {"CA": {"standard": "0.25"}}}}))
     monkeypatch.setenv(TAX_RATES_FILE_ENV, str(rates))
 
-    edit = OrderEdit.model_validate({"lines": [{"sku": "MUG", "quantity": 3}, {"sku": "CAP", "quantity": 1}]})
+    edit = OrderEdit.model_validate({"lines": [{"sku": "MUG", "quantity": 3}, {"sku": "CAP", "quantity": 3}]})
     done = world.actions.edit(order.id, order.version, edit, actor="key_web")
 
     mug, cap = done.lines
@@ -229,10 +259,11 @@ def test_an_edit_of_the_address_taxes_the_order_at_the_rate_of_its_new_address(w
 
 def test_an_edit_whose_order_as_it_was_reaches_10_to_the_15_at_todays_tax_rate_is_priced(monkeypatch, tmp_path):
     """Two mugs of 4.6 x 10^14 sold under California's 7.25% (below 10^15 in all); then the rate is
-    10% and the courier charges 9.00. Taking a mug off is an order the OMS records; the order as it
-    was, priced again at today's rate only to learn whether the edit changes today's shipping quote,
-    is not: the edit was refused 422 `amount_too_large` for an amount nobody is charged. Unable to
-    ask, the edited order gets today's quote, as one whose units change it does."""
+    10% and the courier charges 9.00. Taking a mug off is an order the OMS records (the mug left
+    keeps the rate it was sold at, as a cancel of units leaves it); the order as it was, priced
+    again at today's rate only to learn whether the edit changes today's shipping quote, is not: the
+    edit was refused 422 `amount_too_large` for an amount nobody is charged. Unable to ask, the
+    edited order gets today's quote, as one whose units change it does."""
     courier = CourierShipping()
     world = build_world(STOCK, courier)
     world.catalog.put_product(product("MUG", "460000000000000.00", weight_grams=350))
@@ -248,7 +279,8 @@ def test_an_edit_whose_order_as_it_was_reaches_10_to_the_15_at_todays_tax_rate_i
 
     assert done.lines[0].quantity == 1
     assert done.totals.shipping == Money.of("9.00", "USD")
-    assert done.totals.grand_total == Money.of("506000000000009.00", "USD")
+    assert done.lines[0].tax_rate == order.lines[0].tax_rate
+    assert done.totals.grand_total == Money.of("493350000000009.00", "USD")  # 460 x 10^12 at 7.25%, 9.00
 
 
 def test_an_edit_of_lines_whose_stored_address_todays_rules_refuse_is_422_naming_it(world):
