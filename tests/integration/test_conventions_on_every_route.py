@@ -308,14 +308,20 @@ RAW_BODIES: dict[str, tuple[bytes, int, str]] = {
 }
 
 
-@pytest.mark.parametrize("kind", sorted(RAW_BODIES))
-@pytest.mark.parametrize("route", KEYED, ids=[_id(r) for r in KEYED])
+# A carrier's webhook may be an array (its plugin's format): that one pair is not a refusal.
+NOT_ONE_OBJECT = [
+    pytest.param(route, kind, id=f"{kind}-{_id(route)}")
+    for route in KEYED
+    for kind in sorted(RAW_BODIES)
+    if not (route == CARRIER_WEBHOOK and kind == "an array")
+]
+
+
+@pytest.mark.parametrize(("route", "kind"), NOT_ONE_OBJECT)
 def test_a_body_that_is_not_one_json_object_is_refused_before_the_route(
     api: InProcessApi, route: tuple[str, str], kind: str
 ):
     raw, status, code = RAW_BODIES[kind]
-    if route == CARRIER_WEBHOOK and kind == "an array":
-        pytest.skip("a carrier's webhook may be an array (its plugin's format)")
     method, path = route
 
     answer = api.request(
