@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from infra.local.template import load_template
+from tests.unit.test_workflow_definition import _waits  # the waits before each retry, as ASL defines them
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = load_template()
@@ -131,17 +132,6 @@ EXPRESS = {
     for name, r in RESOURCES.items()
     if r["Type"] == "AWS::Serverless::StateMachine" and r["Properties"]["Type"] == "EXPRESS"
 }
-
-
-def _waits(retrier: dict[str, Any]) -> list[float]:
-    """The longest wait before each retry (FULL jitter only shortens them), as ASL defines them."""
-    interval, rate, cap = (
-        retrier.get("IntervalSeconds", 1),
-        retrier.get("BackoffRate", 2.0),
-        retrier.get("MaxDelaySeconds"),
-    )
-    waits = [interval * rate**n for n in range(retrier.get("MaxAttempts", 3))]
-    return [min(w, cap) if cap else w for w in waits]
 
 
 def _tasks(definition: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -23,7 +23,7 @@ from core.models import Address, Allocation, LineInput, Order, OrderEdit
 from core.money import Money
 from core.status import OrderStatus, ShipmentStatus, can_transition
 from tests.builders import NOW, address_body, location, place_order, product
-from tests.unit.world import Died, World, before_the_next_write, dies_before_recording
+from tests.unit.world import Died, World, before_the_next_write, dies_before_recording, ships_died
 
 S = OrderStatus
 H = ShipmentStatus
@@ -958,10 +958,7 @@ def test_a_refused_reject_leaves_a_parcels_ship_in_flight_alone(world, monkeypat
     order = world.allocated(("MUG", 1), ("PEN", 1))
     west, east = world.shipment_at(order, "wh-west"), world.shipment_at(order, "wh-east")
     world.actions.ship(order.id, west, None, actor="key_wh")
-    dies_before_recording(world, monkeypatch, "shipment_shipped")
-    with pytest.raises(Died):
-        world.actions.ship(order.id, east, None, actor="key_wh")
-    monkeypatch.undo()
+    ships_died(world, monkeypatch, order.id, [east])
     before = world.order(order.id)
     parcel = world.shipment_at(order, rejected) if rejected.startswith("wh-") else rejected
 
@@ -985,10 +982,7 @@ def test_a_reject_of_another_parcel_of_a_partly_shipped_order_leaves_a_parcels_s
     west, east = world.shipment_at(order, "wh-west"), world.shipment_at(order, "wh-east")
     north = world.shipment_at(order, "wh-north")
     world.actions.ship(order.id, west, None, actor="key_wh")
-    dies_before_recording(world, monkeypatch, "shipment_shipped")
-    with pytest.raises(Died):
-        world.actions.ship(order.id, east, None, actor="key_wh")
-    monkeypatch.undo()
+    ships_died(world, monkeypatch, order.id, [east])
 
     rejected = world.actions.reject(order.id, north, "damaged stock", actor="key_store")
 
@@ -1031,10 +1025,7 @@ def test_a_reject_of_the_parcel_being_shipped_on_a_partly_shipped_order_refunds_
     order = world.allocated(("MUG", 1), ("PEN", 1))
     west, east = world.shipment_at(order, "wh-west"), world.shipment_at(order, "wh-east")
     world.actions.ship(order.id, west, None, actor="key_wh")
-    dies_before_recording(world, monkeypatch, "shipment_shipped")
-    with pytest.raises(Died):
-        world.actions.ship(order.id, east, None, actor="key_wh")
-    monkeypatch.undo()
+    ships_died(world, monkeypatch, order.id, [east])
     captured_for_east = world.order(order.id).capture_request(east)
     assert captured_for_east is not None
 
@@ -1087,10 +1078,7 @@ def west_shipped_while_the_easts_ship_waits(
 
     order = world.allocated(*lines)
     west, east = world.shipment_at(order, "wh-west"), world.shipment_at(order, "wh-east")
-    dies_before_recording(world, monkeypatch, "shipment_shipped")
-    with pytest.raises(Died):
-        world.actions.ship(order.id, east, None, actor="key_wh")
-    monkeypatch.undo()
+    ships_died(world, monkeypatch, order.id, [east])
     lagging_reads(world, monkeypatch)
     world.actions.ship(order.id, west, None, actor="key_wh")
     return order, west, east

@@ -42,6 +42,7 @@ from tests.unit.world import (
     before_the_next_write,
     build_world,
     dies_before_recording,
+    ships_died,
 )
 
 S, P = OrderStatus, PaymentStatus
@@ -1978,10 +1979,7 @@ def test_a_refused_cancel_of_units_leaves_a_parcels_ship_in_flight_alone(world, 
     order = world.allocated(("MUG", 1), ("CAP", 2))
     west, east = world.shipment_at(order, "wh-west"), world.shipment_at(order, "wh-east")
     world.actions.ship(order.id, west, None, actor="key_wh")
-    dies_before_recording(world, monkeypatch, "shipment_shipped")
-    with pytest.raises(Died):
-        world.actions.ship(order.id, east, None, actor="key_wh")
-    monkeypatch.undo()
+    ships_died(world, monkeypatch, order.id, [east])
     before = world.order(order.id)
 
     with pytest.raises(refused):
@@ -2184,10 +2182,7 @@ def test_a_dead_ships_capture_asked_again_by_its_ship_repeated_while_its_plugin_
     order = world.allocated(("MUG", 1), ("CAP", 3))
     west, east = world.shipment_at(order, "wh-west"), world.shipment_at(order, "wh-east")
     world.actions.ship(order.id, west, None, actor="key_wh")
-    dies_before_recording(world, monkeypatch, "shipment_shipped")
-    with pytest.raises(Died):
-        world.actions.ship(order.id, east, None, actor="key_wh")
-    monkeypatch.undo()
+    ships_died(world, monkeypatch, order.id, [east])
     removed.gone = True
     with pytest.raises(PaymentRefused):
         world.actions.ship(order.id, east, None, actor="key_wh")
