@@ -60,6 +60,16 @@ def banner(stack: EmbeddedStack, started: float) -> str:
         for logical_id, arn in stack.state_machine_arns.items()
     )
     workflows += f"\n\nEvent sources ({'running' if stack.event_sources else 'paused (OMS_EVENT_SOURCES=0)'}):"
+    # The first order pays with the built-in `test` method, which OMS_ENABLE_TEST_PAYMENTS=false turns off.
+    test_payments = str(stack.template.parameter_overrides.get("EnableTestPayments", "")).lower() == "true"
+    pay = (
+        ""
+        if test_payments
+        else (
+            " (test payments are off, OMS_ENABLE_TEST_PAYMENTS=false: put your payment plugin's method and token"
+            " in its `payment`)"
+        )
+    )
     for mapping in stack.mappings.values():
         workflows += f"\n  {mapping.kind:<8} {mapping.source_label} -> {mapping.function_logical_id}"
     return f"""\
@@ -71,7 +81,7 @@ OMS local stack ready in {time.monotonic() - started:.1f} s ({len(stack.table_na
   AWS        {stack.aws_endpoint}  (region us-east-1, any credentials)
   Admin key  {stack.admin_key}
 
-Place a first order:
+Place a first order{pay}:
   curl -sS -X POST {stack.api_url}/orders {auth} -H "Content-Type: application/json" \
 -H "Idempotency-Key: first-order" -d {body}
 Read it back:

@@ -1466,6 +1466,19 @@ def test_the_make_run_banner_says_where_everything_is_and_how_to_place_a_first_o
     for mapping in stack.mappings.values():
         assert f"{mapping.source_label} -> {mapping.function_logical_id}" in text
     assert text.endswith("make import FILE=events/orders-sample.csv\n\nCtrl-C stops it (everything is in memory).")
+    assert "\nPlace a first order:\n" in text  # the stack pays with the built-in test method
+
+
+def test_the_make_run_banner_says_its_first_order_needs_another_method_when_test_payments_are_off(stack, monkeypatch):
+    import time
+
+    from infra.local.__main__ import banner
+
+    monkeypatch.setitem(stack.template.parameter_overrides, "EnableTestPayments", "false")
+
+    text = banner(stack, time.monotonic())
+
+    assert "Place a first order (test payments are off, OMS_ENABLE_TEST_PAYMENTS=false:" in text
 
 
 def test_the_functions_retry_webhooks_on_the_local_stacks_minute_while_the_template_keeps_a_day(stack):
