@@ -225,10 +225,11 @@ class DeliveryStatus(StrEnum):
 
 
 # A delivery is attempted until a subscriber answers 2xx or its retry window closes; a manual
-# retry (POST .../retry) sends a delivered or failed one again.
+# retry (POST .../retry) puts a failed one back to pending for one attempt. A delivered one stays
+# delivered for good: the subscriber had it, whatever a manual resend of it meets later.
 DELIVERY_TRANSITIONS: dict[DeliveryStatus, frozenset[DeliveryStatus]] = {
     DeliveryStatus.PENDING: frozenset({DeliveryStatus.DELIVERED, DeliveryStatus.FAILED}),
-    DeliveryStatus.DELIVERED: frozenset({DeliveryStatus.PENDING}),
+    DeliveryStatus.DELIVERED: frozenset(),
     DeliveryStatus.FAILED: frozenset({DeliveryStatus.PENDING}),
 }
 

@@ -477,8 +477,10 @@ class Webhooks:
         return [record.shown() for record in records], next_cursor
 
     def retry(self, webhook_id: str, delivery_id_: str, channel: str | None) -> Delivery:
-        """Send a delivery again now. A failed or delivered one gets one attempt (a failure leaves
-        it failed again); a pending one is tried now and keeps its schedule.
+        """Send a delivery again now. A failed one is pending for one attempt (a failure leaves it
+        failed again); a pending one is tried now and keeps its schedule; a delivered one stays
+        delivered, its resend due now (`next_attempt_at`), whose answer is recorded on it without
+        changing its status: the subscriber had it, so a resend meeting it down missed nothing.
         The new generation's message is queued before the generation is written: a send that
         fails writes nothing (the schedule's message still counts), and a write that never lands
         leaves a message the worker drops once it cannot come (DeliveryWorker.handle). Written
@@ -489,10 +491,11 @@ class Webhooks:
             if record is None:
                 raise NotFound(f"no delivery {delivery_id_} of webhook {webhook_id}")
             now = self._clock()
-            check_delivery_step(record.status, DeliveryStatus.PENDING)
+            status = DeliveryStatus.DELIVERED if record.status is DeliveryStatus.DELIVERED else DeliveryStatus.PENDING
+            check_delivery_step(record.status, status)
             again = _replace(
                 record,
-                status=DeliveryStatus.PENDING,
+                status=status,
                 generation=record.generation + 1,
                 next_attempt_at=now,
                 # A delivered or failed one gets this one attempt: its window closes now, even when
@@ -505,6 +508,14 @@ class Webhooks:
                 return again.shown()
         # The delivery exists: attempts kept being recorded between the read and the write.
         raise StaleVersion(f"delivery {delivery_id_} of webhook {webhook_id} kept changing; retry")
+
+
+def _sending(record: DeliveryRecord) -> bool:
+    """Whether `record` has a send to make: pending, or delivered with a manual resend queued
+    (Webhooks.retry sets its `next_attempt_at`; the resend's attempt clears it)."""
+    return record.status is DeliveryStatus.PENDING or (
+        record.status is DeliveryStatus.DELIVERED and record.next_attempt_at is not None
+    )
 
 
 def _replace(record: DeliveryRecord, **changes: Any) -> DeliveryRecord:
@@ -612,8 +623,10 @@ class DeliveryWorker:
         self._timeout = timeout
 
     def handle(self, message: DeliveryMessage, message_id: str | None = None) -> str:
-        """What became of the message: "stale", "waiting", "delivered", "retrying", "failed" or
-        "unsubscribed" (failed because its webhook was deleted: nobody is left to miss it).
+        """What became of the message: "stale", "waiting", "delivered", "retrying", "failed",
+        "unsubscribed" (its webhook was deleted: ended without a call, nobody is left to miss it),
+        or for a manual resend of a delivered delivery (which stays delivered) "resent" (a 2xx)
+        or "resend_failed".
         `message_id` is the queue's id of the message (the same each time it is handed out).
         A manual retry's message one generation ahead of the delivery waits for the retry's write
         (Webhooks.retry queues it first) for RETRY_WRITE_SECONDS, then is stale."""
@@ -625,7 +638,7 @@ class DeliveryWorker:
             waited = int(now.timestamp()) - (message.retry_sent_at or 0)
             self._queue.send(message, max(1, min(waited, RETRY_WRITE_SECONDS - waited)))
             return "waiting"
-        if record.status != DeliveryStatus.PENDING:
+        if not _sending(record):
             return "stale"
         if (record.generation, record.attempts) != (message.generation, message.attempts):
             if (
@@ -638,17 +651,20 @@ class DeliveryWorker:
                 self._queue_next(record, now)
                 return "waiting"
             return "stale"
+        # Read at every hop, a wait's too (one read, no write): a deleted webhook's delivery ends at
+        # its next message, not up to an hour later when its attempt came due.
+        webhook = self._store.get(record.webhook_id)
+        if webhook is None:
+            return self._unsubscribed(record, message_id)
         if record.next_attempt_at is not None and record.next_attempt_at > now:
             wait = (record.next_attempt_at - now).total_seconds()
             self._queue.send(message, min(MAX_QUEUE_DELAY, max(1, int(wait + 0.999))))
             return "waiting"
-        webhook = self._store.get(record.webhook_id)
-        result = self._attempt(webhook, record, now) if webhook else SendResult(None, "the webhook was deleted")
+        result = self._attempt(webhook, record, now)
         failures = record.attempts + 1
-        if result.delivered:
+        resend = record.status is DeliveryStatus.DELIVERED
+        if result.delivered or resend:
             outcome, next_at = DeliveryStatus.DELIVERED, None
-        elif webhook is None:
-            outcome, next_at = DeliveryStatus.FAILED, None
         else:
             next_at = self._schedule.next_attempt(record, failures, now, self._random)
             outcome = DeliveryStatus.PENDING if next_at is not None else DeliveryStatus.FAILED
@@ -667,7 +683,24 @@ class DeliveryWorker:
         if next_at is not None:
             self._queue_next(updated, now)
             return "retrying"
-        return "unsubscribed" if webhook is None else outcome.value
+        if resend:
+            return "resent" if result.delivered else "resend_failed"
+        return outcome.value
+
+    def _unsubscribed(self, record: DeliveryRecord, message_id: str | None) -> str:
+        """End `record`, whose webhook was deleted, without a call: a pending one failed, a
+        delivered one (its resend queued) still delivered; no attempt counted, none was made."""
+        outcome = DeliveryStatus.DELIVERED if record.status is DeliveryStatus.DELIVERED else DeliveryStatus.FAILED
+        check_delivery_step(record.status, outcome)
+        ended = _replace(
+            record,
+            status=outcome,
+            last_status_code=None,
+            last_error="the webhook was deleted",
+            next_attempt_at=None,
+            attempted_by=message_id,
+        )
+        return "unsubscribed" if self._store.update_delivery(ended, record) else "stale"
 
     @staticmethod
     def _retry_unwritten(record: DeliveryRecord, message: DeliveryMessage, now: datetime) -> bool:

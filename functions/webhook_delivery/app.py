@@ -27,8 +27,9 @@ def deliver(record: SQSRecord) -> None:
     with logger.append_context_keys(webhook_id=message.webhook_id, delivery_id=message.delivery_id):
         outcome = container().delivery_worker.handle(message, record.message_id)
         logger.info("webhook delivery", extra={"outcome": outcome, "attempts": message.attempts})
-    # A delivery ended by a deleted webhook is no subscriber's loss: not counted as failed, which
-    # WebhookDeliveriesFailedAlarm watches.
+    # A delivery ended by a deleted webhook is no subscriber's loss, nor a manual resend of a
+    # delivered one ("resent", "resend_failed": the subscriber had it): neither is counted as
+    # failed (what WebhookDeliveriesFailedAlarm watches) or delivered.
     if outcome == "failed":
         metrics.add_metric(name="WebhookDeliveriesFailed", unit=MetricUnit.Count, value=1)
     elif outcome == "delivered":
