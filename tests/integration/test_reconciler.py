@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from datetime import timedelta
-from functools import partial
+from functools import cache, partial
 from typing import Any
 
 import pytest
@@ -32,6 +32,11 @@ class Context:
         return 60_000
 
 
+# The reconciler's period as template.yaml sets it, read once per test process: a read loads (a copy
+# of) the whole template, ~10 ms of CPU at every test, and the template does not change meanwhile.
+reconciler_schedule = cache(partial(template_schedule, "ReconcilerFunction"))
+
+
 @pytest.fixture
 def stack(aws, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
     sfn, arn = pass_through_workflow(monkeypatch)
@@ -42,7 +47,7 @@ def stack(aws, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
     monkeypatch.setenv("RETURN_WORKFLOW_ARN", return_arn)
     monkeypatch.setenv("RECONCILE_AFTER_MINUTES", "15")
     monkeypatch.setenv("RECONCILE_PARK_AFTER_MINUTES", "60")
-    monkeypatch.setenv(*template_schedule("ReconcilerFunction"))
+    monkeypatch.setenv(*reconciler_schedule())
     from functions.reconciler import app
 
     app.container.forget()
