@@ -18,7 +18,7 @@ from tests.builders import location_body, order_body, product_body
 from tests.integration.import_support import context
 from tests.integration.in_process import InProcessApi, in_process_api_with_labels
 from tests.integration.return_steps import services  # noqa: F401
-from tests.integration.test_cancel_units_api import CheapFromThree  # a volume price: 3 MUGs or more at 2.00
+from tests.integration.test_cancel_units_api import cheap_from_three  # noqa: F401 (a fixture: 3 MUGs or more at 2.00)
 
 _channels = itertools.count(1)
 
@@ -92,18 +92,6 @@ def stream(api: InProcessApi) -> OrdersStream:
     found = OrdersStream()
     found.new_records()  # what earlier tests wrote
     return found
-
-
-@pytest.fixture
-def cheap_from_three(api: InProcessApi) -> Iterator[None]:
-    from functions.api.dependencies import container
-    from functions.bootstrap import forget_warm_containers
-
-    plugin = CheapFromThree()
-    container().plugins.register(plugin)
-    yield
-    container().plugins.unregister(plugin)
-    forget_warm_containers()
 
 
 class Shopper:
@@ -192,7 +180,8 @@ def line_revenue(line: dict[str, Any]) -> Decimal:
     return net - (net * returned / quantity).quantize(Decimal("0.01"))
 
 
-def test_a_cancel_of_units_kept_as_sold_takes_out_only_their_share(api, stream, cheap_from_three):
+@pytest.mark.usefixtures("cheap_from_three")
+def test_a_cancel_of_units_kept_as_sold_takes_out_only_their_share(api, stream):
     shopper = Shopper(api)
     order = shopper.place(("MUG", 3), ("CAP", 1))
     assert order["lines"][0]["unit_price"]["amount"] == "2.00"
@@ -211,7 +200,8 @@ def test_a_cancel_of_units_kept_as_sold_takes_out_only_their_share(api, stream, 
     assert shopper.customer_totals() == (shipped["totals"]["grand_total"]["amount"], str(refunded(api, order["id"])))
 
 
-def test_a_cancel_of_units_repriced_lower_counts_the_units_left_at_their_new_price(api, stream, cheap_from_three):
+@pytest.mark.usefixtures("cheap_from_three")
+def test_a_cancel_of_units_repriced_lower_counts_the_units_left_at_their_new_price(api, stream):
     shopper = Shopper(api)
     order = shopper.place(("MUG", 5))  # 5 x 2.00
     consume(stream.new_records())

@@ -511,12 +511,16 @@ class CheapFromThree:
 
 @pytest.fixture
 def cheap_from_three(api: InProcessApi) -> Iterator[None]:
+    """CheapFromThree registered on the API's plugins for one test; the warm containers dropped
+    after, so no function keeps a price it quoted under it."""
     from functions.api.dependencies import container
+    from functions.bootstrap import forget_warm_containers
 
     plugin = CheapFromThree()
     container().plugins.register(plugin)
     yield
     container().plugins.unregister(plugin)
+    forget_warm_containers()
 
 
 def test_a_cancel_of_units_that_would_raise_the_total_keeps_the_price_the_units_left_were_sold_at(

@@ -4,7 +4,6 @@ the pending parcel's units are sourced again at another location (a new parcel),
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
@@ -12,10 +11,9 @@ from typing import Any
 import pytest
 
 from functions.adapters.dynamodb import DynamoOrders
-from tests.builders import location_body, order_body, product_body
+from tests.builders import location_body, product_body
 from tests.integration.in_process import InProcessApi, in_process_api_with_labels
-
-_orders = itertools.count(1)
+from tests.integration.test_cancel_units_api import allocated, ship
 
 
 @pytest.fixture(scope="module")
@@ -41,18 +39,8 @@ def stocked(api: InProcessApi, sku: str, price: str, at: dict[str, int], **produ
 
 def partly_shipped(api: InProcessApi, *lines: tuple[str, int]) -> dict[str, Any]:
     """Placed, taken to `allocated` by the workflow's own steps, and its parcel from wh-west shipped."""
-    from functions.bootstrap import Config, bootstrap
-
-    body = order_body(external_id=f"web-r{next(_orders)}", lines=[{"sku": s, "quantity": q} for s, q in lines])
-    placed = api.post("/orders", json=body)
-    assert placed.status_code == 201, placed.text
-    order_id = placed.json()["id"]
-    workflow = bootstrap(Config.from_env()).workflow
-    workflow.authorize_payment(order_id, attempt=0)
-    workflow.reserve_stock(order_id)
-    workflow.create_shipments(order_id)
-    order = api.get(f"/orders/{order_id}").json()
-    assert order["status"] == "allocated" and len(order["shipments"]) == 2, order
+    order = allocated(api, *lines)
+    assert len(order["shipments"]) == 2, order
     shipped = ship(api, order, "wh-west")
     assert shipped["status"] == "partially_shipped", shipped
     return shipped
@@ -60,12 +48,6 @@ def partly_shipped(api: InProcessApi, *lines: tuple[str, int]) -> dict[str, Any]
 
 def parcel(order: dict[str, Any], location_id: str) -> dict[str, Any]:
     return next(s for s in order["shipments"] if s["location_id"] == location_id)
-
-
-def ship(api: InProcessApi, order: dict[str, Any], location_id: str) -> dict[str, Any]:
-    answer = api.post(f"/orders/{order['id']}/shipments/{parcel(order, location_id)['id']}/ship", json={})
-    assert answer.status_code == 200, answer.text
-    return answer.json()
 
 
 def reject(api: InProcessApi, order: dict[str, Any], shipment_id: str):
