@@ -340,13 +340,20 @@ def test_an_approval_that_loses_to_the_same_approval_cancels_nothing(world, cloc
     assert other[0].tracking_number == "ACME1" and carrier.cancelled == [] and owed(world, order.id) == []
 
 
-def test_an_expired_return_has_its_label_cancelled_once_by_the_reconcilers_pass(clock):
+def labelled_return_past_its_window(clock: Clock) -> tuple[KeyedCarrier, World, Any, Any, Return]:
+    """A labelled return of a shipped order, 40 days on (past a 30-day window): its carrier, world
+    (whose reconciler's pass asks the carrier plugins the world has), returns service, order and return."""
     carrier = KeyedCarrier()
-    world = build_world(STOCK, carrier)  # the reconciler's pass asks the carrier plugins the world has
+    world = build_world(STOCK, carrier)
     returns, _ = returns_for(world, clock, carrier)
     order = shipped(world, ("TSHIRT", 2))
     item = returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
     clock.now += timedelta(days=40)
+    return carrier, world, returns, order, item
+
+
+def test_an_expired_return_has_its_label_cancelled_once_by_the_reconcilers_pass(clock):
+    carrier, world, returns, order, item = labelled_return_past_its_window(clock)
 
     assert returns.expire(item.id, clock.now - timedelta(days=30), actor="jeopardy_scan") is True
     assert returns.expire(item.id, clock.now - timedelta(days=30), actor="jeopardy_scan") is False
@@ -363,12 +370,7 @@ def test_an_expired_return_has_its_label_cancelled_once_by_the_reconcilers_pass(
 
 
 def test_a_label_cancel_the_carrier_fails_is_owed_and_made_by_the_reconcilers_pass(clock):
-    carrier = KeyedCarrier()
-    world = build_world(STOCK, carrier)  # the reconciler's pass asks the carrier plugins the world has
-    returns, _ = returns_for(world, clock, carrier)
-    order = shipped(world, ("TSHIRT", 2))
-    item = returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
-    clock.now += timedelta(days=40)
+    carrier, world, returns, order, item = labelled_return_past_its_window(clock)
     assert returns.expire(item.id, clock.now - timedelta(days=30), actor="jeopardy_scan") is True
     carrier.down = True
     world.actions.finish_carrier_work(world.order(order.id), "reconciler")
