@@ -284,6 +284,17 @@ class TransientError(DomainError):
     code = "transient_error"
 
 
+class CandidatesReadPast(Exception):
+    """A scheduled pass went on past candidates whose own work raised (`done.failed`, by id); what
+    it did all the same is `done`. The caller reports both, then fails, so the errors alarm calls a
+    person. `what`: the message's words before the ids ("3 stalled order(s) not reconciled")."""
+
+    def __init__(self, done: Any, what: str):
+        super().__init__(f"{what}: {sorted(done.failed)}")
+        self.done = done
+        self.failed = done.failed
+
+
 def dependency_down(error: Exception) -> bool:
     """The errors core itself knows say a dependency is down rather than that what a scheduled
     pass was doing (an order, a return) is bad: a gateway, carrier or Step Functions briefly

@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 
 from core.deadline import TimeUp, never
-from core.errors import dependency_down
+from core.errors import CandidatesReadPast, dependency_down
 
 # An import whose counters have not moved for this long is recounted: far past a worker's 30 s and
 # the splitter's 15 minutes, and past a message's five receives (6 x 30 s visibility each).
@@ -62,15 +62,11 @@ class Recounted:
     failed: dict[str, Exception] = field(default_factory=dict)
 
 
-class ImportsNotRecounted(Exception):
-    """An import recount went on past imports whose own recount raised (`failed`, by import id);
-    what it did all the same is `done`. The caller reports both, then fails, so the errors alarm
-    calls a person."""
+class ImportsNotRecounted(CandidatesReadPast):
+    """An import recount went on past imports whose own work raised (CandidatesReadPast)."""
 
     def __init__(self, done: Recounted):
-        super().__init__(f"{len(done.failed)} import(s) not recounted: {sorted(done.failed)}")
-        self.done = done
-        self.failed = done.failed
+        super().__init__(done, f"{len(done.failed)} import(s) not recounted")
 
 
 class StuckImportRecount:

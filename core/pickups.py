@@ -24,7 +24,7 @@ from datetime import datetime
 from itertools import islice
 
 from core.deadline import TimeUp, never
-from core.errors import InvalidTransition, StaleVersion, dependency_down
+from core.errors import CandidatesReadPast, InvalidTransition, StaleVersion, dependency_down
 from core.fulfillment import OrderActions
 from core.models import Order
 from core.order_changes import modify
@@ -43,15 +43,11 @@ class PickupsExpired:
     failed: dict[str, Exception] = field(default_factory=dict)
 
 
-class PickupsNotExpired(Exception):
-    """A pickup-expiry pass went on past due orders whose own work raised (`failed`, by order id);
-    what it did all the same is `done`. The caller reports both, then fails, so the errors alarm
-    calls a person."""
+class PickupsNotExpired(CandidatesReadPast):
+    """A pickup-expiry pass went on past due orders whose own work raised (CandidatesReadPast)."""
 
     def __init__(self, done: PickupsExpired):
-        super().__init__(f"the pickups of {len(done.failed)} order(s) not expired: {sorted(done.failed)}")
-        self.done = done
-        self.failed = done.failed
+        super().__init__(done, f"the pickups of {len(done.failed)} order(s) not expired")
 
 
 class PickupExpiry:

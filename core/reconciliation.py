@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from core.deadline import TimeUp, never
-from core.errors import StaleVersion, TransientError, dependency_down
+from core.errors import CandidatesReadPast, StaleVersion, TransientError, dependency_down
 from core.models import Order
 from core.order_changes import modify
 from core.ports import OrderRepository, StalledOrders, WorkflowStarter
@@ -66,15 +66,11 @@ class Reconciled:
     failed: dict[str, Exception] = field(default_factory=dict)
 
 
-class OrdersNotReconciled(Exception):
-    """A stalled-orders pass went on past orders whose own work raised (`failed`, by order id);
-    what it did all the same is `done`. The caller reports both, then fails, so the errors alarm
-    calls a person."""
+class OrdersNotReconciled(CandidatesReadPast):
+    """A stalled-orders pass went on past orders whose own work raised (CandidatesReadPast)."""
 
     def __init__(self, done: Reconciled):
-        super().__init__(f"{len(done.failed)} stalled order(s) not reconciled: {sorted(done.failed)}")
-        self.done = done
-        self.failed = done.failed
+        super().__init__(done, f"{len(done.failed)} stalled order(s) not reconciled")
 
 
 class Reconciler:
