@@ -555,7 +555,11 @@ class OrderImporter:
         self._keys: dict[str, str] = {}  # signing keys of imports seen, oldest first
         self._keys_lock = threading.Lock()  # the worker may import in threads
 
-    def import_order(self, body: str, origin: OrderOrigin | None, sender: str) -> ImportResult:
+    def import_order(self, body: str, origin: OrderOrigin | None, sender: str, message_id: str = "") -> ImportResult:
+        """`message_id`: the queue's id of the message, the same on each of its deliveries; a body
+        sent directly keeps it on the order it places (never shown), so that its redelivery (a
+        worker killed after the order's put) finds the order its own, imported, where another
+        message of the same order is a duplicate. A line of an import is known by its line."""
         if origin is not None and not self._made_by_the_splitter(origin, body, sender):
             logger.warning("import attributes the splitter did not make", extra={"sender": sender})
             origin = None
@@ -566,7 +570,7 @@ class OrderImporter:
             return ImportResult(None)
         # The order's history names who created it: the import and line, or the queue's sender.
         actor = f"{origin.import_id}:{origin.line}" if origin is not None else f"sqs:{sender}"
-        result = self._place(body, origin, actor, sender)
+        result = self._place(body, origin, actor, sender, message_id)
         # Under the order's first line, whichever line its error names: a redelivery finds it.
         if (
             origin is not None
@@ -621,7 +625,7 @@ class OrderImporter:
                 self._keys[import_id] = key
         return key
 
-    def _place(self, body: str, origin: OrderOrigin | None, actor: str, sender: str) -> ImportResult:
+    def _place(self, body: str, origin: OrderOrigin | None, actor: str, sender: str, message_id: str) -> ImportResult:
         line = origin.line if origin is not None else 0
         line_numbers = origin.line_numbers if origin is not None else ()
         file_format = origin.format if origin is not None else None
@@ -662,12 +666,17 @@ class OrderImporter:
                 command.external_id,
                 "channel",
             )
+        # A direct body's message, on the order's created entry as an API request's key is.
+        request_key = f"sqs:{message_id}" if origin is None and message_id else None
         try:
-            order = self._capture.place(command, actor)
+            order = self._capture.place(command, actor, request_key=request_key)
         except DuplicateOrder as duplicate:
-            # Two deliveries of one message may run at once: the one that loses the put must not
-            # call the order the other just imported a duplicate. Its history names its creator.
+            # Two deliveries of one message may run at once, or the first died after its put: the
+            # one that finds the order must not call the order the other imported a duplicate.
+            # Its history names its creator (an import's line), or keeps the direct message's id.
             if origin is not None and self._created_by(duplicate.order_id, actor):
+                return ImportResult(Outcome.IMPORTED, order_id=duplicate.order_id)
+            if request_key is not None and self._capture.placed_under(duplicate.order_id, request_key) is not None:
                 return ImportResult(Outcome.IMPORTED, order_id=duplicate.order_id)
             return ImportResult(Outcome.DUPLICATE, order_id=duplicate.order_id)
         except (PluginError, TransientError):

@@ -41,7 +41,9 @@ def _import_order(record: SQSRecord, origin: OrderOrigin | None) -> None:
         # A plugin that failed to load fails the message before anything is captured: SQS delivers
         # it again once the deployment is fixed (or the plugin disabled).
         container().plugins.require_loaded()
-        result = container().importer.import_order(record.body, origin, sender=record.attributes.sender_id or "")
+        result = container().importer.import_order(
+            record.body, origin, sender=record.attributes.sender_id or "", message_id=record.message_id or ""
+        )
     except Exception as error:
         receives = int(record.attributes.approximate_receive_count or 0)
         last = 0 < container().config.import_queue_max_receives <= receives
@@ -63,6 +65,13 @@ def _import_order(record: SQSRecord, origin: OrderOrigin | None) -> None:
     if result.outcome is None:
         return  # recorded by an earlier delivery of the same message
     metrics.add_metric(name=_METRICS[result.outcome], unit=MetricUnit.Count, value=1)
+    if origin is None and result.outcome is Outcome.DUPLICATE:
+        # Sent directly, as another message of an order already placed (or its external_id reused
+        # for another order): said here, where its sender can find it, not only in a metric.
+        logger.info(
+            "order from the import queue already placed",
+            extra={"message_id": record.message_id, "order_id": result.order_id},
+        )
     if origin is None and result.error is not None:
         # Sent directly by another system: there is no import to record it on, so it is logged.
         logger.warning(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -361,6 +362,51 @@ def test_a_direct_order_without_an_external_id_is_refused_so_a_redelivery_cannot
     from functions.import_worker.app import container
 
     assert container().orders.list(OrderFilter(channel="erp"), 10, None)[0] == []
+
+
+def test_a_direct_order_redelivered_after_its_worker_died_past_the_put_counts_imported_and_a_resent_one_is_logged(
+    stack: ImportAws, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    # A body another system sent has no import: its outcome is only the worker's metrics and log.
+    # SQS delivers it again when the worker dies after the order's put (its timeout): that
+    # redelivery found the order and counted it DuplicateOrders, logging nothing, as if the
+    # sender had sent the order twice; a body sent again under an order already placed (its
+    # external_id reused) left no trace but that metric.
+    from core.services import CaptureService
+    from functions.import_worker import app
+
+    counted: list[str] = []
+    add_metric = app.metrics.add_metric
+
+    def counting(**metric: Any) -> None:
+        counted.append(metric["name"])
+        add_metric(**metric)
+
+    monkeypatch.setattr(app.metrics, "add_metric", counting)
+    body = json.dumps(order_body(channel="erp", external_id="erp-9", lines=[{"sku": "TSHIRT", "quantity": 1}]))
+    stack.sqs.send_message(QueueUrl=stack.queue_url, MessageBody=body)
+    place = CaptureService.place
+
+    def placed_then_killed(self: CaptureService, *args: Any, **kwargs: Any) -> Any:
+        place(self, *args, **kwargs)
+        raise TimeoutError("the worker ran out of time")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(CaptureService, "place", placed_then_killed)
+        _, failed = stack.deliver_once(worker)
+    assert len(failed) == 1 and stored_order("erp", "erp-9") is not None
+
+    stack.drain(worker)  # the redelivery of the same message
+
+    assert counted == ["ImportedOrders"]
+
+    stack.sqs.send_message(QueueUrl=stack.queue_url, MessageBody=body)  # sent again: a new message
+    caplog.set_level(logging.INFO)
+    stack.drain(worker)
+
+    assert counted == ["ImportedOrders", "DuplicateOrders"]
+    said = [r for r in caplog.records if r.getMessage() == "order from the import queue already placed"]
+    assert [getattr(r, "order_id", None) for r in said] == [order_id_for("erp", "erp-9")]
 
 
 def test_concurrent_workers_never_lose_or_double_a_count(stack: ImportAws):
