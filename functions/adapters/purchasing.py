@@ -25,6 +25,7 @@ from functions.adapters.dynamodb import (
     cancellation_reasons,
     decode_cursor,
     encode_cursor,
+    query_page,
     timestamp,
     to_item,
 )
@@ -76,6 +77,9 @@ class DynamoPurchasing(PurchasingRepository):
     """Vendors and POs live in the Catalog table (as API keys and webhooks do), each in one
     partition (`VENDORS`, `PURCHASE_ORDERS`) sorted by id: POs are few beside orders. A PO is its
     JSON document (`doc`) beside the attributes that conditions and list filters need."""
+
+    # The most items a filtered page reads (one Query; DynamoDB's 1 MB a Query may stop it sooner).
+    READ_PER_PAGE = 1000
 
     def __init__(self, client: Any, catalog_table: str, inventory_table: str):
         self._client = client
@@ -269,32 +273,29 @@ class DynamoPurchasing(PurchasingRepository):
         names: dict[str, str],
         values: dict[str, Any],
     ) -> tuple[list[dict[str, Any]], str | None]:
-        """Up to `limit` items of one partition in id order, filtered; a cursor when more may follow."""
+        """Up to `limit` items of one partition in id order, filtered, with one Query: a cursor when
+        more may follow. Filtered, it reads up to READ_PER_PAGE items (a filter may match few of
+        them), so a page may hold fewer than `limit`, and its cursor goes on after the last item it
+        read: filling the page Query after Query read the whole partition in one request when the
+        filter matched few of the POs kept (received and cancelled ones stay for good)."""
         request: dict[str, Any] = {
             "TableName": self._table,
             "KeyConditionExpression": "pk = :pk",
             "ExpressionAttributeValues": {":pk": {"S": pk}, **values},
-            "Limit": limit,
         }
-        if condition:
-            request["FilterExpression"] = condition
         if names:
             request["ExpressionAttributeNames"] = names
         if cursor is not None:
             request["ExclusiveStartKey"] = decode_cursor(cursor, scope, {"pk", "sk"}, {"pk": pk})
-        found: list[dict[str, Any]] = []
-        while True:
-            response = self._client.query(**request)
-            found.extend(response.get("Items", []))
-            last = response.get("LastEvaluatedKey")
-            if len(found) >= limit:
-                kept = found[:limit]
-                more = len(found) > limit or last is not None
-                key = {"pk": kept[-1]["pk"], "sk": kept[-1]["sk"]}
-                return kept, encode_cursor(scope, key) if more else None
-            if last is None:
-                return found, None
-            request["ExclusiveStartKey"] = last
+        if condition is None:
+            found, last = query_page(self._client, request, limit, {"pk", "sk"})
+            return found, encode_cursor(scope, last) if last else None
+        request["FilterExpression"] = condition
+        response = self._client.query(**request, Limit=max(limit + 1, self.READ_PER_PAGE))
+        found, last = response.get("Items", []), response.get("LastEvaluatedKey")
+        if len(found) > limit:
+            found, last = found[:limit], {"pk": found[limit - 1]["pk"], "sk": found[limit - 1]["sk"]}
+        return found, encode_cursor(scope, last) if last else None
 
     # --- Reorder points (issue 15 item 3) --------------------------------------------------------
     def set_reorder(self, sku: str, location_id: str, settings: ReorderSettings | None) -> None:

@@ -237,6 +237,43 @@ def test_purchase_orders_and_vendors_list_by_filter_a_page_at_a_time(buyer: Shop
     assert [v.vendor_id for v in purchasing.vendors(10, None)[0]] == ["acme", "zeta"]
 
 
+def test_a_filtered_page_reads_the_partition_once_however_few_pos_match(buyer: Shop, monkeypatch):
+    # A filter that matched few of the POs kept (received and cancelled ones stay for good) read the
+    # partition `limit` items a Query until the page filled: `?vendor_id=<a typo>&limit=1` made one
+    # Query per PO kept, in one request, past the API's time limit once the POs ran to thousands. Now
+    # one Query a page, of up to READ_PER_PAGE items (here 10, of 30 POs): a page may hold fewer than
+    # `limit`, and its cursor goes on after the last PO it read.
+    repository = buyer.container.purchasing_repository
+    monkeypatch.setattr(type(repository), "READ_PER_PAGE", 10, raising=False)
+    purchasing = buyer.container.purchasing
+    purchasing.put_vendor("zeta", VendorRequest(name="Zeta", lead_time_days=1))
+    acme = [purchasing.create(new_po()).id for _ in range(29)]
+    zeta = purchasing.create(new_po().model_copy(update={"vendor_id": "zeta"})).id
+    queries: list[dict[str, Any]] = []
+    real_query = repository._client.query
+    monkeypatch.setattr(repository._client, "query", lambda **request: queries.append(request) or real_query(**request))
+
+    def pages(where: PurchaseOrderFilter, limit: int) -> list[list[str]]:
+        found, cursor = [], None
+        while True:
+            before = len(queries)
+            items, cursor = purchasing.list(where, limit, cursor)
+            assert len(queries) - before == 1, "one Query a page"
+            found.append([po.id for po in items])
+            if cursor is None:
+                return found
+
+    listed = pages(PurchaseOrderFilter(vendor_id="zeta"), 1)
+    assert [i for page in listed for i in page] == [zeta] and len(listed) <= 4
+    assert pages(PurchaseOrderFilter(vendor_id="nobody"), 1) == [[]] * len(listed)
+    everything = pages(PurchaseOrderFilter(status=PO.OPEN), 25)
+    assert sorted(i for page in everything for i in page) == sorted([*acme, zeta])
+    assert [len(page) for page in everything] == [25, 5]  # a filter most POs pass fills its pages
+    # Unfiltered, a page is `limit` POs, in id order (and one read past them tells whether more follow).
+    ids = sorted([*acme, zeta])
+    assert pages(PurchaseOrderFilter(), 7) == [ids[i : i + 7] for i in range(0, 30, 7)]
+
+
 def test_a_receipt_allocates_a_backordered_order_through_the_inventory_stream(buyer: Shop):
     waiting = buyer.backordered(2)
     purchasing = buyer.container.purchasing

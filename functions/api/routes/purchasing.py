@@ -92,6 +92,8 @@ def create_purchase_order(request: NewPurchaseOrder, idempotency_key: Idempotenc
 @router.get(
     "/purchase-orders",
     summary="List purchase orders, in id order, by status and vendor",
+    description="Filtered, a page may hold fewer than `limit` POs (each page reads up to 1,000 of them): follow "
+    "`next_cursor` until it is null.",
     responses={**ok(200, PurchaseOrderPage, "A page of purchase orders"), **errors(403)},
 )
 @requires(Scope.PURCHASING_WRITE)
