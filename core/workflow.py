@@ -424,7 +424,7 @@ class Workflow:
                 # is passed over), with no other record to buy them again. Bought once: a buy
                 # counts what is there and on order.
                 short = order.short_of()
-                entry = WaitingOrder(created_at=order.created_at, order_id=order.id)
+                entry = WaitingOrder.for_order(order)
                 for sku in sorted({line.sku for line in order.lines if line.line_id in short}):
                     self._backorders.add(sku, entry)
                     self._backorders.recorded(sku, entry)
@@ -701,7 +701,7 @@ class Workflow:
         undoes this run's reservations but what the order held before it (`held_before`), as
         ReserveStock's own lost write does."""
         assert self._backorders is not None
-        entry = WaitingOrder(created_at=order.created_at, order_id=order.id)
+        entry = WaitingOrder.for_order(order)
         for sku in sorted(short):
             self._backorders.add(sku, entry)
         new, history = order.backorder(
