@@ -890,6 +890,7 @@ class Workflow:
         if self._backorders is None:
             return stock
         behind = WaitingOrder(created_at=order.created_at, order_id=order.id)
+        by_id = {loc.location_id: loc for loc in locations}
         held: dict[tuple[str, str], int] = defaultdict(int)
         for sku, levels in stock.items():
             if sku == served:
@@ -907,6 +908,8 @@ class Workflow:
                     if entry >= behind or not free:
                         free = {}
                         break
+                    if not any(entry.may_take_at(by_id.get(location_id)) for location_id in free):
+                        continue  # it may take none of these units (its entry says so): not read
                     older = self._orders.get(entry.order_id, consistent=True)
                     if older is None or older.status is not S.BACKORDERED:
                         continue
