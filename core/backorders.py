@@ -110,7 +110,15 @@ class BackorderAllocator:
         after: WaitingOrder | None = None
         while page := self._queue.waiting(sku, after, PAGE):
             locations = locations or self._catalog.list_locations()  # read only when someone waits
+            here = next((loc for loc in locations if loc.location_id == location_id), None)
             for entry in page:
+                if not entry.may_take_at(here):
+                    # Its entry says where it may take units (a ship order, at a location that
+                    # ships; a pickup, at its store): passed over unread, as the order would be
+                    # below. Read, a long queue of such orders (units counted at a store that ships
+                    # nothing) ran the walk past its function's time limit, failing the batch over
+                    # and over, and the order that could take the units waited behind them.
+                    continue
                 # Read consistently: leaving the queue and skipping an order are decided by no
                 # conditional write, and a plain read just after the order went backordered may
                 # still show it authorized (skipped: a younger order took its units) or pending

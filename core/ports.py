@@ -458,11 +458,39 @@ class LateOrders(ABC):
 class WaitingOrder:
     """One entry of a sku's backorder queue: oldest first is `created_at`, then the id.
     `bought_at`, read with the entry and no part of what names it: the location whose reorder point
-    buys what the order lacks of the sku, once one was chosen (`Backorders.record_bought_at`)."""
+    buys what the order lacks of the sku, once one was chosen (`Backorders.record_bought_at`).
+    `supplied_by`, written with the entry (`for_order`) and no part of what names it either: where
+    its order may take units, its pickup store's id or SHIPPING (any location that ships), so an
+    arrival passes over, without reading it, an order that may not take units where they arrived
+    (`may_take_at`); None on an entry written before entries said so (the order is read)."""
 
     created_at: datetime
     order_id: str
     bought_at: str | None = field(default=None, compare=False)
+    supplied_by: str | None = field(default=None, compare=False)
+
+    @classmethod
+    def for_order(cls, order: Order) -> WaitingOrder:
+        """The entry of `order` in the queue of each sku it waits for. A fulfilment never changes
+        (an edit names no fulfilment), so what the entry says of it stays true."""
+        pickup = order.fulfillment.type == "pickup"
+        supplied_by = order.fulfillment.location_id if pickup else SHIPPING
+        return cls(created_at=order.created_at, order_id=order.id, supplied_by=supplied_by)
+
+    def may_take_at(self, location: Location | None) -> bool:
+        """Whether the entry's order may take units at `location` (None: not in the network, where
+        no order takes any), as `core.sourcing.eligible_locations` decides: its pickup store, or a
+        location that ships. True when the entry does not say (the order decides)."""
+        if self.supplied_by is None:
+            return True
+        if location is None:
+            return False
+        return location.ships if self.supplied_by == SHIPPING else location.location_id == self.supplied_by
+
+
+# What a queue entry of an order to be shipped says it may be supplied by: any location that ships
+# (no location id starts with "*").
+SHIPPING = "*"
 
 
 class TopUp(NamedTuple):

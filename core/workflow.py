@@ -424,7 +424,7 @@ class Workflow:
                 # is passed over), with no other record to buy them again. Bought once: a buy
                 # counts what is there and on order.
                 short = order.short_of()
-                entry = WaitingOrder(created_at=order.created_at, order_id=order.id)
+                entry = WaitingOrder.for_order(order)
                 for sku in sorted({line.sku for line in order.lines if line.line_id in short}):
                     self._backorders.add(sku, entry)
                     self._backorders.recorded(sku, entry)
@@ -701,7 +701,7 @@ class Workflow:
         undoes this run's reservations but what the order held before it (`held_before`), as
         ReserveStock's own lost write does."""
         assert self._backorders is not None
-        entry = WaitingOrder(created_at=order.created_at, order_id=order.id)
+        entry = WaitingOrder.for_order(order)
         for sku in sorted(short):
             self._backorders.add(sku, entry)
         new, history = order.backorder(
@@ -890,6 +890,7 @@ class Workflow:
         if self._backorders is None:
             return stock
         behind = WaitingOrder(created_at=order.created_at, order_id=order.id)
+        by_id = {loc.location_id: loc for loc in locations}
         held: dict[tuple[str, str], int] = defaultdict(int)
         for sku, levels in stock.items():
             if sku == served:
@@ -907,6 +908,8 @@ class Workflow:
                     if entry >= behind or not free:
                         free = {}
                         break
+                    if not any(entry.may_take_at(by_id.get(location_id)) for location_id in free):
+                        continue  # it may take none of these units (its entry says so): not read
                     older = self._orders.get(entry.order_id, consistent=True)
                     if older is None or older.status is not S.BACKORDERED:
                         continue

@@ -2727,14 +2727,17 @@ class DynamoBackorders(Backorders):
         # An entry written again (its order backordered again after an edit) keeps where it is
         # bought for (`bought_at`: bought there, it is not bought elsewhere again) and loses its
         # mark, so that being written backordered again marks it anew (what it lacks may differ).
+        values = {":order_id": {"S": entry.order_id}, ":created_at": {"S": timestamp(entry.created_at)}}
+        sets = "SET order_id = :order_id, created_at = :created_at"
+        if entry.supplied_by is not None:
+            # Where its order may take units: an arrival elsewhere passes it over unread.
+            sets += ", supplied_by = :supplied_by"
+            values[":supplied_by"] = {"S": entry.supplied_by}
         self._client.update_item(
             TableName=self._table,
             Key=self._key(sku, entry),
-            UpdateExpression=f"SET order_id = :order_id, created_at = :created_at REMOVE {BACKORDER_RECORDED}",
-            ExpressionAttributeValues={
-                ":order_id": {"S": entry.order_id},
-                ":created_at": {"S": timestamp(entry.created_at)},
-            },
+            UpdateExpression=f"{sets} REMOVE {BACKORDER_RECORDED}",
+            ExpressionAttributeValues=values,
         )
 
     def remove(self, sku: str, entry: WaitingOrder) -> None:
@@ -2769,7 +2772,7 @@ class DynamoBackorders(Backorders):
             "TableName": self._table,
             "KeyConditionExpression": "sku = :sku AND begins_with(location_id, :prefix)",
             "ExpressionAttributeValues": {":sku": {"S": sku}, ":prefix": {"S": BACKORDER_PREFIX}},
-            "ProjectionExpression": "order_id, created_at, bought_at",
+            "ProjectionExpression": "order_id, created_at, bought_at, supplied_by",
             "Limit": limit,
         }
         if after is not None:
@@ -2780,6 +2783,7 @@ class DynamoBackorders(Backorders):
                 created_at=datetime.strptime(item["created_at"]["S"], TIME_FORMAT).replace(tzinfo=UTC),
                 order_id=item["order_id"]["S"],
                 bought_at=item["bought_at"]["S"] if "bought_at" in item else None,
+                supplied_by=item["supplied_by"]["S"] if "supplied_by" in item else None,
             )
             for item in items
         ]

@@ -519,7 +519,8 @@ class InMemoryBackorders(Backorders):
     def add(self, sku: str, entry: WaitingOrder) -> None:
         # Written again: it keeps where it is bought for and loses its mark (DynamoBackorders.add).
         self.marked.discard((sku, entry))
-        self.entries.setdefault(sku, set()).add(entry)
+        self.entries.setdefault(sku, set()).discard(entry)  # written again: what it says now
+        self.entries[sku].add(entry)
 
     def remove(self, sku: str, entry: WaitingOrder) -> None:
         self.entries.get(sku, set()).discard(entry)

@@ -565,3 +565,78 @@ def test_a_location_that_starts_shipping_again_fills_the_orders_waiting_for_the_
 
     assert (shop.held(waiting), shop.executions()) == (2, [waiting])  # its workflow goes on
     assert shop.level("wh-west") == (5, 2, 3)
+
+
+def test_an_arrival_reads_no_order_that_may_not_take_units_where_they_arrived(shop):
+    """Units counted at a store that ships nothing can go to its own pickup orders only. The walk
+    read every waiting order of the sku (one consistent GetItem each) to learn it was a ship order
+    or another store's pickup: a long queue of them ran the function past its 10 s, failed the
+    stream's batch over and over, and the pickup order behind them never got the units."""
+    shop.container.catalog_repository.put_location(
+        location("store-sf", name="SF store", type="store", ships=False, pickup=True)
+    )
+    ships = [shop.backordered(1) for _ in range(3)]
+    shop.counter += 1
+    body = {"external_id": f"pre-{shop.counter}", "lines": [{"sku": "PREORDER", "quantity": 1}],
+            "fulfillment": {"type": "pickup", "location_id": "store-sf"}}  # fmt: skip
+    pickup = shop.container.capture.place(place_order(**body), actor="key_web").id
+    shop.container.workflow.authorize_payment(pickup, attempt=0)
+    with pytest.raises(Backordered):
+        shop.container.workflow.reserve_stock(pickup)
+    shop.inventory.set_on_hand("PREORDER", "store-sf", 1, reason="stock take")
+    read: list[str] = []
+
+    def order_read(params: dict[str, Any], **_: Any) -> None:
+        if params.get("TableName") == shop.container.config.orders_table:
+            read.append(params["Key"]["id"]["S"])
+
+    events = shop.container.dynamodb.meta.events
+    events.register("provide-client-params.dynamodb.GetItem", order_read)
+    try:
+        assert consume(shop, record("store-sf", 0, 1)) == {"batchItemFailures": []}
+    finally:
+        events.unregister("provide-client-params.dynamodb.GetItem", order_read)
+
+    assert shop.held(pickup) == 1 and shop.executions() == [pickup]
+    assert set(read) == {pickup}
+    assert [shop.held(order_id) for order_id in ships] == [0, 0, 0]
+
+
+def test_a_new_order_reads_no_older_order_that_may_not_take_the_units_it_looks_at(shop):
+    """ReserveStock leaves older backordered orders the units they may take where it sources; it
+    read every older entry (up to 200 consistent GetItems in the step) to learn that a store's
+    pickup order may take nothing at a warehouse."""
+    shop.container.catalog_repository.put_location(
+        location("store-sf", name="SF store", type="store", ships=False, pickup=True)
+    )
+    pickups = []
+    for _ in range(2):
+        shop.counter += 1
+        body = {"external_id": f"pre-{shop.counter}", "lines": [{"sku": "PREORDER", "quantity": 1}],
+                "fulfillment": {"type": "pickup", "location_id": "store-sf"}}  # fmt: skip
+        pickups.append(shop.container.capture.place(place_order(**body), actor="key_web").id)
+        shop.container.workflow.authorize_payment(pickups[-1], attempt=0)
+        with pytest.raises(Backordered):
+            shop.container.workflow.reserve_stock(pickups[-1])
+    older = shop.backordered(3)
+    shop.inventory.adjust("PREORDER", "wh-east", 4, reason="receipt")  # its record not consumed yet
+    shop.counter += 1
+    body = {"external_id": f"pre-{shop.counter}", "lines": [{"sku": "PREORDER", "quantity": 2}]}
+    newer = shop.container.capture.place(place_order(**body), actor="key_web").id
+    shop.container.workflow.authorize_payment(newer, attempt=0)
+    read: list[str] = []
+
+    def order_read(params: dict[str, Any], **_: Any) -> None:
+        if params.get("TableName") == shop.container.config.orders_table:
+            read.append(params["Key"]["id"]["S"])
+
+    events = shop.container.dynamodb.meta.events
+    events.register("provide-client-params.dynamodb.GetItem", order_read)
+    try:
+        with pytest.raises(Backordered):
+            shop.container.workflow.reserve_stock(newer)  # 3 of the 4 units are the older order's
+    finally:
+        events.unregister("provide-client-params.dynamodb.GetItem", order_read)
+
+    assert (shop.held(older), shop.held(newer)) == (0, 1)
+    assert not set(read) & set(pickups)
