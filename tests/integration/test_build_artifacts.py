@@ -4,10 +4,11 @@ The layer is built for the declared platform (manylinux2014 aarch64, CPython 3.1
 cache makes reruns quick), with the repository's plugins.txt and one more plugin, a local package
 that requires `oms`. Its wheels and binaries are checked for the platform. An aarch64
 pydantic_core cannot be imported on an x86-64 machine, so the import check uses a host variant of
-the layer: a copy of it, its .pyc included, with each distribution built for the platform installed
-again at the same version, the same way, for this machine; its file list is shown to match the real
-layer's. Each handler is then imported in a fresh isolated interpreter that sees only the function's
-artifact, that layer and the standard library.
+the layer: a copy of it, its .pyc included, with each distribution built for the platform replaced
+by the same version's files pip installed for this machine in the interpreter running the tests
+(the layer is pinned to those versions); its file list is shown to match the real layer's. Each
+handler is then imported in a fresh isolated interpreter that sees only the function's artifact,
+that layer and the standard library.
 """
 
 from __future__ import annotations
