@@ -21,14 +21,15 @@ What `make test` keeps, read side by side with tests/integration/test_convention
 (the in-process matrix, some 1,000 deterministic cases over every operation of the same document):
 - every operation, with each explicit example in the document and 2 generated valid requests
   (`--mode positive`: hypothesis' simplest, then one more), every check on each answer: no 5xx;
-  status, content type, headers and body as documented; a valid request accepted; a missing key
-  or required header refused. The matrix never checks a success against the document's schema,
-  nor that valid data is taken: these are schemathesis' own here;
+  status, content type, headers and body as documented; a valid request accepted; a success sent
+  again without the key refused (ignored_auth). The matrix never checks a success against the
+  document's schema, nor that valid data is taken: these are schemathesis' own here;
 - the stateful phase: it follows the document's links from a placed order, a stored product and an
   issued key (a resource exists once created); test_api_document.py checks only that each link
   names an operation and its parameters, no other test follows them.
-What `make fuzz` alone runs: schema-invalid requests (`--mode negative`) and the coverage phase's
-boundary values. For every operation the matrix sends, deterministically, a body that is not one
+What `make fuzz` alone runs: schema-invalid requests (`--mode negative`) and the coverage phase
+(boundary values, and each required header left out: missing_required_header runs only there, so
+the old smoke never ran it either). For every operation the matrix sends, deterministically, a body that is not one
 JSON object, an unknown field, each field with a value of another JSON type, Money in other minor
 units, a limit out of 1-100, a cursor the list never issued, a malformed Idempotency-Key or
 If-Match, a key reused with another body; test_api_paths.py sends malformed and unknown ids on
