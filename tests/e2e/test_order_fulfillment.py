@@ -136,9 +136,9 @@ def dec(money: dict[str, str]) -> Decimal:
     return Decimal(money["amount"])
 
 
-@pytest.fixture
-def split_order(stack: EmbeddedStack, api: Api, catalog: Catalog, network: dict[str, str]) -> dict[str, Any]:
+def allocated_split_order(stack: EmbeddedStack, api: Api, network: dict[str, str]) -> dict[str, Any]:
     """An allocated order with one shipment from each warehouse: 2 of `west_sku`, 3 of `east_sku`."""
+    catalog = Catalog(api)
     west, east = network["west"], network["east"]
     west_sku, east_sku = catalog.product("19.99"), catalog.product("5.55")
     catalog.stock(west_sku, west, 10)
@@ -147,6 +147,20 @@ def split_order(stack: EmbeddedStack, api: Api, catalog: Catalog, network: dict[
     assert len(order["shipments"]) == 2
     shipments = {s["location_id"]: s for s in order["shipments"]}
     return {"order": order, "west": shipments[west], "east": shipments[east], "skus": (west_sku, east_sku)}
+
+
+@pytest.fixture
+def split_order(stack: EmbeddedStack, api: Api, network: dict[str, str]) -> dict[str, Any]:
+    """allocated_split_order(), this test's own: for the tests that ship, deliver, cancel or edit it."""
+    return allocated_split_order(stack, api, network)
+
+
+@pytest.fixture(scope="module")
+def refused_split_order(stack: EmbeddedStack, api: Api, network: dict[str, str]) -> dict[str, Any]:
+    """allocated_split_order(), shared by the tests of a request that must be refused and change
+    nothing: each of them asserts the order is still the one allocated, so one order (one run of
+    the workflow) serves them all."""
+    return allocated_split_order(stack, api, network)
 
 
 # --- Ship and deliver ---------------------------------------------------------------------------------
@@ -371,30 +385,30 @@ def test_a_carriers_tracking_webhook_delivers_the_shipments_it_names(api: Api, s
     assert unsigned(get_order(api, order_id)) == unsigned(order)
 
 
-def test_delivering_a_pending_shipment_is_409(api: Api, split_order: dict[str, Any]):
-    order = split_order["order"]
+def test_delivering_a_pending_shipment_is_409(api: Api, refused_split_order: dict[str, Any]):
+    order = refused_split_order["order"]
 
-    response = deliver(api, order["id"], split_order["west"]["id"])
+    response = deliver(api, order["id"], refused_split_order["west"]["id"])
 
     assert_error(response, 409, "invalid_transition")
     assert unsigned(get_order(api, order["id"])) == unsigned(order)
 
 
 def test_an_unknown_shipment_or_order_is_404(
-    stack: EmbeddedStack, api: Api, catalog: Catalog, network: dict[str, str], split_order: dict[str, Any]
+    stack: EmbeddedStack, api: Api, catalog: Catalog, network: dict[str, str], refused_split_order: dict[str, Any]
 ):
-    order = split_order["order"]
+    order = refused_split_order["order"]
     sku = catalog.product("3.00")
     catalog.stock(sku, network["west"], 2)
     other = allocated_order(stack, api, order_body((sku, 1)))
 
     assert_error(ship(api, order["id"], UNKNOWN_SHIPMENT), 404)
     assert_error(deliver(api, order["id"], UNKNOWN_SHIPMENT), 404)
-    assert_error(ship(api, UNKNOWN_ORDER, split_order["west"]["id"]), 404)
+    assert_error(ship(api, UNKNOWN_ORDER, refused_split_order["west"]["id"]), 404)
     assert_error(cancel(api, UNKNOWN_ORDER), 404)
     # A shipment of one order is unknown on another.
-    assert_error(ship(api, other["id"], split_order["west"]["id"]), 404)
-    assert_error(deliver(api, other["id"], split_order["east"]["id"]), 404)
+    assert_error(ship(api, other["id"], refused_split_order["west"]["id"]), 404)
+    assert_error(deliver(api, other["id"], refused_split_order["east"]["id"]), 404)
     assert unsigned(get_order(api, order["id"])) == unsigned(order)
     assert unsigned(get_order(api, other["id"])) == unsigned(other)
 
@@ -460,12 +474,12 @@ def test_cancelling_units_that_shipped_is_409(api: Api, network: dict[str, str],
 
 
 def test_another_channels_key_cannot_see_or_change_an_order(
-    api: Api, other_channel: dict[str, Any], split_order: dict[str, Any]
+    api: Api, other_channel: dict[str, Any], refused_split_order: dict[str, Any]
 ):
-    order = split_order["order"]
+    order = refused_split_order["order"]
     assert order["channel"] != other_channel["channel"]
     key = other_channel["key"]
-    order_id, shipment_id = order["id"], split_order["west"]["id"]
+    order_id, shipment_id = order["id"], refused_split_order["west"]["id"]
 
     for response in (
         ship(api, order_id, shipment_id, key=key),
@@ -506,8 +520,8 @@ def patch(api: Api, order_id: str, body: dict[str, Any], version: Any = None, **
     return api.request("PATCH", f"/orders/{order_id}", headers=headers, json=body, **kwargs)
 
 
-def test_an_edit_without_if_match_is_428(api: Api, split_order: dict[str, Any]):
-    order = split_order["order"]
+def test_an_edit_without_if_match_is_428(api: Api, refused_split_order: dict[str, Any]):
+    order = refused_split_order["order"]
 
     assert_error(patch(api, order["id"], {"shipping_method": "express"}), 428, "if_match_required", "If-Match")
     assert unsigned(get_order(api, order["id"])) == unsigned(order)

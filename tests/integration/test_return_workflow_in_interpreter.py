@@ -137,12 +137,17 @@ def wait(stack: EmbeddedStack, machine: str, prefix: str) -> list[dict[str, Any]
     """Every execution of `machine` whose name starts with `prefix`, once none is running: each
     with its description and the states it entered, oldest first."""
     sfn = stack.client("stepfunctions")
+    arn = stack.state_machine_arns[machine]
     deadline = time.monotonic() + RUN_SECONDS
     while True:
-        listed = sfn.list_executions(stateMachineArn=stack.state_machine_arns[machine], maxResults=1000)["executions"]
-        mine = [e for e in listed if e["name"].startswith(prefix)]
-        if mine and all(e["status"] != "RUNNING" for e in mine):
-            break
+        # While one of them runs, only the running executions are listed: every execution of the
+        # module's earlier tests, listed and parsed at each look, cost more than the runs waited on.
+        running = sfn.list_executions(stateMachineArn=arn, statusFilter="RUNNING", maxResults=1000)["executions"]
+        if not any(e["name"].startswith(prefix) for e in running):
+            listed = sfn.list_executions(stateMachineArn=arn, maxResults=1000)["executions"]
+            mine = [e for e in listed if e["name"].startswith(prefix)]
+            if mine and all(e["status"] != "RUNNING" for e in mine):
+                break
         assert time.monotonic() < deadline, f"executions {prefix}* still running"
         time.sleep(0.02)
     runs = []
