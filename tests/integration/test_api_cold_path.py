@@ -107,6 +107,10 @@ OTHER_SERVICES = [
     "core.reconciliation",
     "core.refund_service",
     "core.reorder",
+    # The returns' models (a return, its lines, what a client sends): the ports, the hook specs and
+    # the order repository name them for type checkers only; the return policy's answer, which the
+    # built-in return policy plugin makes and call_hook checks, is core.return_decisions.
+    "core.return_models",
     "core.returns",
     "core.sourcing",
     "core.webhooks",
