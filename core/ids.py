@@ -73,3 +73,21 @@ def sourced_again_key(shipment_id: str, version: int) -> str:
 def reservation_key(order_id: str, line_id: str) -> str:
     """The key an order line's units are reserved under, at whatever location holds them."""
     return f"{order_id}#{line_id}"
+
+
+# The reference a carrier plugin books a shipment with, and reads back from its tracking webhook
+# (core.tracking): the OMS has no index from tracking numbers to shipments.
+REFERENCE_SEPARATOR = "/"
+
+
+def shipment_reference(order_id: str, shipment_id: str) -> str:
+    """The reference a carrier plugin books a shipment with: "ord_…/shp_…"."""
+    return f"{order_id}{REFERENCE_SEPARATOR}{shipment_id}"
+
+
+def parse_shipment_reference(reference: str) -> tuple[str, str] | None:
+    """(order_id, shipment_id) from a reference made by shipment_reference, or None."""
+    order_id, separator, shipment_id = reference.strip().partition(REFERENCE_SEPARATOR)
+    if not separator or not order_id or not shipment_id or REFERENCE_SEPARATOR in shipment_id:
+        return None
+    return order_id, shipment_id

@@ -11,6 +11,7 @@ from core.events import OrderEvent
 from core.fields import empty_list
 from core.models import Identifier, LineInput, Note, Strict, Text, VisibleText
 from core.money import Money
+from core.return_decisions import ReturnPolicyDecision as ReturnPolicyDecision  # plugins import it from here too
 from core.status import UNRECEIVED_RETURNS, ReturnStatus, can_transition
 
 ReasonCode = Literal[
@@ -117,23 +118,6 @@ class ReturnLine(BaseModel):
                 f"of {self.quantity} authorized"
             )
         return self
-
-
-class ReturnPolicyDecision(BaseModel):
-    """A return policy's answer (oms_return_policy), checked and kept on the Return."""
-
-    model_config = ConfigDict(frozen=True, defer_build=True)
-
-    allowed: bool = True
-    # When not allowed: the 422's error code and message.
-    code: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")] = "return_not_allowed"
-    message: Annotated[str, StringConstraints(max_length=500), VisibleText] = ""
-    needs_approval: bool = False
-    fee: Money | None = None  # a restocking fee kept back from the refund; None: no fee
-    refund_shipping: bool = False
-    # Shipping back with the refund of the return that brings the order's last unit back, when every
-    # unit came back on returns decided so: known only as each arrives (one asked for may never).
-    refund_shipping_with_whole_order: bool = False
 
 
 class OrderEntry(BaseModel):

@@ -21,25 +21,15 @@ from core.errors import InvalidRequest, InvalidTransition, NoPaymentPlugin, NotF
 from core.fields import empty_list
 from core.hook_calls import call_hook
 from core.ids import ORDER_ID, SHIPMENT_ID
+
+# The references live in core.ids: the built-in carrier plugin, which every new API container loads,
+# reads them without this module. Carrier plugins import them from here too (the plugin guide).
+from core.ids import parse_shipment_reference as parse_shipment_reference
+from core.ids import shipment_reference as shipment_reference
 from core.models import Shown
 from core.workflow_types import RefusedField, RefusedTrackingEvent, TrackingUpdate
 
-REFERENCE_SEPARATOR = "/"
-
 Outcome = Literal["delivered", "not_recorded", "unknown_shipment", "not_shipped", "payment_refused"]
-
-
-def shipment_reference(order_id: str, shipment_id: str) -> str:
-    """The reference a carrier plugin books a shipment with: "ord_…/shp_…"."""
-    return f"{order_id}{REFERENCE_SEPARATOR}{shipment_id}"
-
-
-def parse_shipment_reference(reference: str) -> tuple[str, str] | None:
-    """(order_id, shipment_id) from a reference made by shipment_reference, or None."""
-    order_id, separator, shipment_id = reference.strip().partition(REFERENCE_SEPARATOR)
-    if not separator or not order_id or not shipment_id or REFERENCE_SEPARATOR in shipment_id:
-        return None
-    return order_id, shipment_id
 
 
 class AppliedTrackingUpdate(BaseModel, defer_build=True):

@@ -20,7 +20,7 @@ whose numbers nobody looks up; a real carrier issues unique ones.
 Services by the order's `shipping_method`: standard and ground → "Ground", express → "Express",
 pickup (or a pickup order) → "Store pickup", anything else title-cased ("two_day" → "Two Day").
 
-Tracking: the label prints the booking's reference ("ord_…/shp_…", core.tracking.shipment_reference).
+Tracking: the label prints the booking's reference ("ord_…/shp_…", core.ids.shipment_reference).
 Whoever scans the parcel (a courier app, a relay, a person) posts to
 `POST /carriers/oms-flat-rate/tracking`:
 
@@ -43,8 +43,8 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 
 from core import hookimpl
 from core.errors import InvalidRequest, field_path
+from core.ids import parse_shipment_reference, shipment_reference
 from core.models import Address, Location, Order, ShipmentLine
-from core.tracking import parse_shipment_reference, shipment_reference
 from core.workflow_types import CarrierShipment, RefusedField, RefusedTrackingEvent, TrackingUpdate, UtcTime
 
 CARRIER = "OMS Flat Rate"

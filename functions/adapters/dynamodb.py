@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
@@ -59,13 +59,16 @@ from core.ports import (
     WaitingOrder,
 )
 from core.refunds import owes_kept_back
-from core.return_models import Return
 from core.sourcing_rules import SourcingRules
 from core.status import WATCHED, OrderStatus, PaymentStatus, ReturnStatus, check_successor
 from functions.adapters import order_codec
 from functions.adapters.api_key_lookup import lookup_key
 from functions.adapters.aws_errors import dependency_down
 from functions.adapters.labels import with_booking_keys_from_labels
+
+if TYPE_CHECKING:
+    # Read in _return: the returns' models stay out of a new API container, which never reads one.
+    from core.return_models import Return
 
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
@@ -1092,6 +1095,8 @@ WAITING_KEY_PREFIX = "waits_for_plugin#"
 
 
 def _return(item: dict[str, Any]) -> Return:
+    from core.return_models import Return  # here: the returns' models stay out of a new API container
+
     return Return.model_validate_json(item["doc"]["S"])
 
 

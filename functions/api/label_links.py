@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from core.models import Order
 from core.refunds import with_refunds_shown
-from core.return_models import Return
 from core.shown_references import with_references_shown
 from core.status import ShipmentStatus
 from functions.api.dependencies import container
+
+if TYPE_CHECKING:
+    # The returns' models stay out of a new API container, whose first order links its labels here.
+    from core.return_models import Return
 
 
 def with_label_links(order: Order) -> Order:

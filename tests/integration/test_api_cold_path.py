@@ -12,12 +12,15 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 # A fresh interpreter, as a new container is: the moto account, the catalog seeded through the
-# container (no route), then the sample POST /orders through the real handler.
+# container (no route), then the sample POST /orders through the real handler. The plugins are a
+# deployment's, as bench cold measures them: the example plugins the tests install (plugins/examples/)
+# are disabled unless plugins.txt names them.
 FIRST_ORDER = """
 import json, os, sys
 SERVICES, MODELS = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 from tests.integration.conftest import ENV_BY_TABLE, FUNCTION_ENV
-os.environ.update(FUNCTION_ENV)
+from bench.__main__ import examples_not_deployed
+os.environ.update(FUNCTION_ENV, OMS_DISABLED_PLUGINS=examples_not_deployed())
 import boto3
 from moto import mock_aws
 from infra.local.template import Template, create_table_request
@@ -107,8 +110,15 @@ OTHER_SERVICES = [
     "core.reconciliation",
     "core.refund_service",
     "core.reorder",
+    # The returns' models (a return, its lines, what a client sends): the ports, the hook specs and
+    # the order repository name them for type checkers only; the return policy's answer, which the
+    # built-in return policy plugin makes and call_hook checks, is core.return_decisions.
+    "core.return_models",
     "core.returns",
     "core.sourcing",
+    # The carriers' tracking webhooks: the built-in carrier plugin makes and reads its bookings'
+    # references with core.ids' shipment_reference and parse_shipment_reference.
+    "core.tracking",
     "core.webhooks",
     "core.workflow",
     "functions.adapters.api_gateway",

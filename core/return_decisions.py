@@ -1,0 +1,27 @@
+"""A return policy's answer (oms_return_policy), apart from the returns' other models
+(core.return_models): the hook specs resolve it when the hook is called, and the built-in return
+policy plugin makes it, so both are loaded by every new API container, which never needs a Return."""
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, StringConstraints
+
+from core.models import VisibleText
+from core.money import Money
+
+
+class ReturnPolicyDecision(BaseModel):
+    """A return policy's answer (oms_return_policy), checked and kept on the Return."""
+
+    model_config = ConfigDict(frozen=True, defer_build=True)
+
+    allowed: bool = True
+    # When not allowed: the 422's error code and message.
+    code: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")] = "return_not_allowed"
+    message: Annotated[str, StringConstraints(max_length=500), VisibleText] = ""
+    needs_approval: bool = False
+    fee: Money | None = None  # a restocking fee kept back from the refund; None: no fee
+    refund_shipping: bool = False
+    # Shipping back with the refund of the return that brings the order's last unit back, when every
+    # unit came back on returns decided so: known only as each arrives (one asked for may never).
+    refund_shipping_with_whole_order: bool = False
