@@ -309,3 +309,22 @@ def test_a_parcel_shipped_naming_its_number_keeps_it(api, sku):
 
     assert corrected.status_code == 409
     assert corrected.json()["error"]["details"][0]["tracking_number"] == booked
+
+
+def test_usps_numbers_written_in_fours_are_taken_on_the_route_and_in_a_batch(api, sku):
+    """A 22-digit USPS number written in groups of 4 holds stretches of 13 to 19 digits of whole
+    groups that have a card's prefix and pass Luhn (these two do; 6 % of such numbers did): a
+    number that goes on in groups of 4 is one longer number, not a card (core.card_numbers)."""
+    (single, one), (batched, two) = allocated(api, sku), allocated(api, sku)
+    numbers = ["9400 1029 5826 8770 3876 31", "9400 1679 3814 4494 5443 74"]
+
+    shipped = api.post(f"/orders/{single}/shipments/{one}/ship", json={"tracking_number": numbers[0]})
+    wave = api.post(PATH, json={"items": [item(batched, two, "ship", tracking_number=numbers[1])]})
+
+    assert shipped.status_code == 200, shipped.text
+    assert shipped.json()["shipments"][0]["tracking_number"] == numbers[0]
+    assert wave.status_code == 200, wave.text
+    assert [r["error"] for r in wave.json()["items"]] == [None]
+    assert api.get(f"/orders/{batched}").json()["shipments"][0]["tracking_number"] == numbers[1]
+    card = api.post(f"/orders/{single}/shipments/{one}/ship", json={"tracking_number": "9400 4111111111111111"})
+    assert_error(card, 422, "card_data_rejected", "tracking_number")
