@@ -50,6 +50,7 @@ from core.models import (
     PaymentInput,
     PlaceOrder,
     reported_delivered_note,
+    same_tracking_number,
     tracking_number_named,
     utc_now,
 )
@@ -192,7 +193,7 @@ class OrderActions:
             shipping = order.shipment(shipment_id).status not in done  # this ship records it (or a concurrent one)
             shipped = self._hand_over(order, shipment_id, actor, channel, done, record)
         if tracking_number is not None and (
-            not shipping or shipped.shipment(shipment_id).tracking_number != tracking_number
+            not shipping or not same_tracking_number(shipped.shipment(shipment_id).tracking_number, tracking_number)
         ):
             shipped = self._numbered_as_asked(shipped, shipment_id, tracking_number, actor, channel)
         if shipped.reported_delivered and shipped.reported(shipment_id) is not None:
@@ -220,14 +221,15 @@ class OrderActions:
         recorded = order.shipment(shipment_id).tracking_number
         found = self._orders.history(order.id, consistent=True)
         named = found is None or tracking_number_named(found[1], shipment_id, recorded)
-        if tracking_number == recorded:
+        if same_tracking_number(tracking_number, recorded):
+            # The same number, in whatever case or spacing (same_tracking_number): kept as first stored.
             if not named:
                 # The label's number, named now: confirmed, so no later number replaces it. An
                 # entry, no new version: the order is unchanged, as a ship sent again leaves it.
-                confirmed = {"shipment_id": shipment_id, "tracking_number": tracking_number}
+                confirmed = {"shipment_id": shipment_id, "tracking_number": recorded}
                 modify(self._orders, order.id, lambda current: current.noted(
                     OrderEvent.SHIPMENT_TRACKING_NUMBER_CONFIRMED, at=self._clock(), actor=actor, detail=confirmed,
-                ) if current.shipment(shipment_id).tracking_number == tracking_number else None,
+                ) if current.shipment(shipment_id).tracking_number == recorded else None,
                     channel=channel)  # fmt: skip
             return order
         if named:
@@ -236,7 +238,7 @@ class OrderActions:
 
         def decide(current: Order):
             now = current.shipment(shipment_id).tracking_number
-            if now == tracking_number:
+            if same_tracking_number(now, tracking_number):
                 return None  # a concurrent ship set it
             if now != recorded:
                 raise TrackingNumberConflict(shipment_id, now)  # a concurrent ship set another

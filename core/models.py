@@ -1454,6 +1454,15 @@ def _marks_settled(new: "Order") -> "Order":
     return _replaced(new, jeopardy=plain, **settled)
 
 
+def same_tracking_number(one: str | None, other: str | None) -> bool:
+    """Whether two tracking numbers are the same parcel's: carriers' numbers are case-insensitive
+    ("1z999aa10123456784" is "1Z999AA10123456784") and are written with spaces or without
+    ("9400 1000 0000 0000 0000 00"), so they are compared without either."""
+    if one is None or other is None:
+        return one is other
+    return "".join(one.split()).casefold() == "".join(other.split()).casefold()
+
+
 def tracking_number_named(history: list[HistoryEntry], shipment_id: str, recorded: str | None) -> bool:
     """Whether the parcel of `shipment_id`, its tracking number `recorded`, has a number a location
     named (its ship named one, or a later ship set or confirmed it: Order.set_tracking_number,

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import pluggy
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, TypeAdapter, model_validator
 
-from core.errors import InvalidRequest, PluginError, StaleVersion, UnknownSku
+from core.errors import InvalidRequest, NoPrice, PluginError, StaleVersion, UnknownSku
 from core.events import OrderEvent
 from core.hook_calls import call_hook
 from core.ids import reservation_key
@@ -38,6 +38,7 @@ from core.ports import (
     SourcingRulesRepository,
     WaitingOrder,
 )
+from core.pricing import Pricing
 from core.sourcing_rules import (
     SourcingRules,
     SourcingRulesHistory,
@@ -553,6 +554,7 @@ class Simulator:
         self._inventory = inventory
         self._rules = rules
         self._hook = plugins.hook
+        self._pricing = Pricing(plugins)
         self._backorders = backorders
 
     def simulate(self, request: SimulateSourcing, channel: str | None = None) -> Simulation:
@@ -583,6 +585,7 @@ class Simulator:
         products = self._catalog.get_products(skus) if needed else None
         if products is not None:
             self._check_skus(request, products)
+            self._check_prices(request, products)
 
         def cannot_wait(asked: set[str]) -> set[str]:
             nonlocal products
@@ -687,6 +690,33 @@ class Simulator:
         ]
         if unknown:
             raise UnknownSku("unknown sku", details=unknown)
+
+    def _check_prices(self, request: SimulateSourcing, products: dict[str, Product]) -> None:
+        """Raise 422 `no_price` naming each body's line whose product no pricing plugin prices in
+        the body's currency, as placing that body would (Pricing.price: its lines of one sku priced
+        as one, their quantities summed), with its message for the first: a plan for it would answer
+        a question no order can ask."""
+        unpriced: list[tuple[str, str, list[str]]] = []
+        for index, body in enumerate(request.orders):
+            if not isinstance(body, PlaceOrder):
+                continue
+            by_sku: dict[str, list[int]] = {}
+            for n, line in enumerate(body.lines):
+                by_sku.setdefault(line.sku, []).append(n)
+            for sku, lines in by_sku.items():
+                quantity = sum(body.lines[n].quantity for n in lines)
+                if self._pricing.todays_unit_price(body, products[sku], quantity) is None:
+                    unpriced.append((sku, body.currency, [f"orders[{index}].lines[{n}].sku" for n in lines]))
+        if unpriced:
+            sku, currency, _ = unpriced[0]
+            raise NoPrice(
+                f"no price for {sku} in {currency}",
+                details=[
+                    {"field": field, "message": f"no price in {in_currency}"}
+                    for _, in_currency, fields in unpriced
+                    for field in fields
+                ],
+            )
 
     def _stored(self, order_id: str, index: int, channel: str | None) -> tuple[str, Order]:
         """The stored order `orders[index]` names; 422 naming that field when it names none the

@@ -453,10 +453,15 @@ class Webhooks:
         return webhook
 
     def get(self, webhook_id: str, channel: str | None) -> Webhook:
+        return Webhook.model_validate(self.issued(webhook_id, channel).model_dump(exclude={"secret"}))
+
+    def issued(self, webhook_id: str, channel: str | None) -> IssuedWebhook:
+        """The subscription with its secret: what its create answered, answered again to that
+        create retried under its Idempotency-Key. NotFound for one deleted, or another channel's."""
         webhook = self._store.get(webhook_id)
         if webhook is None or (channel is not None and webhook.channel != channel):
             raise NotFound(f"no webhook {webhook_id}")
-        return Webhook.model_validate(webhook.model_dump(exclude={"secret"}))
+        return webhook
 
     def list(self, channel: str | None, limit: int, cursor: str | None) -> tuple[list[Webhook], str | None]:
         return self._store.list(channel, limit, cursor)

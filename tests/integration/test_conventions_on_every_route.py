@@ -553,6 +553,11 @@ REUSES: dict[tuple[str, str], Reuse] = {
     ("POST", "/orders/{order_id}/returns"): _return,
     ("POST", "/purchase-orders/{po_id}/receive"): _receive,
     ("POST", "/shipments/confirmations"): _confirm,
+    ("POST", "/webhooks"): lambda w: (
+        "/webhooks",
+        {"url": "http://127.0.0.1:9/hook", "events": ["order.created"]},
+        {"url": "http://127.0.0.1:9/hook", "events": ["shipment.shipped"]},
+    ),
 }
 
 

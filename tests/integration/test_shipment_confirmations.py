@@ -309,3 +309,53 @@ def test_a_parcel_shipped_naming_its_number_keeps_it(api, sku):
 
     assert corrected.status_code == 409
     assert corrected.json()["error"]["details"][0]["tracking_number"] == booked
+
+
+def test_a_number_sent_again_in_another_case_is_the_same_number_and_changes_nothing(api, sku):
+    """Carriers' numbers are case-insensitive: a warehouse that sends the number it shipped with
+    again in another case ("1z999aa…" for "1Z999AA…") repeats itself; the number stays as first
+    stored, no `shipment_tracking_number_set` entry is made (no `shipment.shipped` again) and no
+    409 answers it. The label's number named in another case confirms it, as named in its own."""
+    (learnt, one), (labelled, two), (batched, three) = allocated(api, sku), allocated(api, sku), allocated(api, sku)
+    booked = api.get(f"/orders/{labelled}").json()["shipments"][0]["tracking_number"]
+    for order_id, shipment_id in ((learnt, one), (labelled, two), (batched, three)):
+        assert api.post(f"/orders/{order_id}/shipments/{shipment_id}/ship", json={}).status_code == 200
+    first = api.post(f"/orders/{learnt}/shipments/{one}/ship", json={"tracking_number": "1Z999AA10123456784"})
+    assert first.status_code == 200, first.text
+
+    again = api.post(f"/orders/{learnt}/shipments/{one}/ship", json={"tracking_number": "1z999aa10123456784"})
+    label = api.post(f"/orders/{labelled}/shipments/{two}/ship", json={"tracking_number": booked.lower()})
+    numbers = ("1Z999AA10123456785", "1z999Aa10123456785")
+    ships = [item(batched, three, "ship", tracking_number=number) for number in numbers]
+    wave = api.post(PATH, json={"items": ships})
+
+    assert (again.status_code, again.json()["version"]) == (200, first.json()["version"]), again.text
+    assert again.json()["shipments"][0]["tracking_number"] == "1Z999AA10123456784"
+    assert label.status_code == 200, label.text
+    assert label.json()["shipments"][0]["tracking_number"] == booked
+    assert [r["error"] for r in wave.json()["items"]] == [None, None]
+    assert api.get(f"/orders/{batched}").json()["shipments"][0]["tracking_number"] == "1Z999AA10123456785"
+    for order_id, sets in ((learnt, 1), (labelled, 0), (batched, 1)):
+        types = [e["type"] for e in api.get(f"/orders/{order_id}/history").json()["items"]]
+        assert types.count("shipment_tracking_number_set") == sets, (order_id, types)
+    later = api.post(f"/orders/{labelled}/shipments/{two}/ship", json={"tracking_number": "1ZLATER0004"})
+    assert_error(later, 409, "tracking_number_conflict")  # the label's number, named: confirmed
+
+
+def test_usps_numbers_written_in_fours_are_taken_on_the_route_and_in_a_batch(api, sku):
+    """A 22-digit USPS number written in groups of 4 holds stretches of 13 to 19 digits of whole
+    groups that have a card's prefix and pass Luhn (these two do; 6 % of such numbers did): a
+    number that goes on in groups of 4 is one longer number, not a card (core.card_numbers)."""
+    (single, one), (batched, two) = allocated(api, sku), allocated(api, sku)
+    numbers = ["9400 1029 5826 8770 3876 31", "9400 1679 3814 4494 5443 74"]
+
+    shipped = api.post(f"/orders/{single}/shipments/{one}/ship", json={"tracking_number": numbers[0]})
+    wave = api.post(PATH, json={"items": [item(batched, two, "ship", tracking_number=numbers[1])]})
+
+    assert shipped.status_code == 200, shipped.text
+    assert shipped.json()["shipments"][0]["tracking_number"] == numbers[0]
+    assert wave.status_code == 200, wave.text
+    assert [r["error"] for r in wave.json()["items"]] == [None]
+    assert api.get(f"/orders/{batched}").json()["shipments"][0]["tracking_number"] == numbers[1]
+    card = api.post(f"/orders/{single}/shipments/{one}/ship", json={"tracking_number": "9400 4111111111111111"})
+    assert_error(card, 422, "card_data_rejected", "tracking_number")

@@ -135,6 +135,32 @@ def test_a_what_if_for_a_body_with_an_unknown_sku_is_422_as_placing_it_is(api: I
     assert refused["details"][0]["field"] == "orders[0].lines[0].sku"
 
 
+def test_a_what_if_for_a_body_in_a_currency_a_product_has_no_price_in_is_422_as_placing_it_is(
+    api: InProcessApi, network
+):
+    catalog = Catalog(api)
+    priced, unpriced = catalog.product("4.00", "EUR"), catalog.product("5.00")
+    for sku in (priced, unpriced):
+        catalog.stock(sku, network["east"], 10)
+    body = order_body((priced, 1), (unpriced, 1), (unpriced, 2), currency="EUR")
+
+    placed = assert_error(api.post("/orders", json=body), 422, "no_price")
+    bodies = [order_body((priced, 1), currency="EUR"), body, order_body((priced, 3))]
+    refused = assert_error(api.post("/sourcing/simulate", json={"orders": bodies}), 422, "no_price")
+
+    assert refused["message"] == placed["message"] == f"no price for {unpriced} in EUR"
+    assert placed["details"] == [
+        {"field": "lines[1].sku", "message": "no price in EUR"},
+        {"field": "lines[2].sku", "message": "no price in EUR"},
+    ]
+    assert refused["details"] == [
+        *[{**detail, "field": f"orders[1].{detail['field']}"} for detail in placed["details"]],
+        {"field": "orders[2].lines[0].sku", "message": "no price in USD"},  # the EUR product, in USD
+    ]
+    plan = api.post("/sourcing/simulate", json={"orders": bodies[:1]})
+    assert plan.status_code == 200, plan.text
+
+
 def test_a_what_if_for_an_unknown_order_id_names_it_in_the_details(api: InProcessApi, network):
     # The 422 had no details at all, where API.md's error shape names the offending field: a
     # client simulating many orders had to read the message to find which id was wrong.

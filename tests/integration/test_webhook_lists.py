@@ -11,6 +11,7 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
+import boto3
 import pytest
 
 from tests.e2e.client import assert_error, unique
@@ -223,3 +224,34 @@ def test_who_subscribes_is_logged_with_the_host_the_events_go_to(api: InProcessA
     assert (logged.webhook_id, logged.key_id, logged.host) == (made.json()["id"], maker_id, "127.0.0.1")
     assert (logged.events, logged.webhook_channel) == (["*"], None)
     assert "kept-out" not in str(vars(logged))
+
+
+def test_a_subscribe_retried_with_its_idempotency_key_answers_the_first_subscription_and_makes_no_second(
+    api: InProcessApi, caplog: pytest.LogCaptureFixture
+):
+    """A client whose create timed out sends it again under its Idempotency-Key: the same
+    subscription and secret (read from the subscription itself: the idempotency record keeps only
+    its id), not a second subscription sending every event twice; another body under the key is
+    409; once the subscription is deleted, the key answers 404, not a secret no longer used."""
+    caplog.set_level(logging.INFO)
+    key = issue(api, "webhooks:write")
+    body = {"url": f"http://127.0.0.1:9/{unique('hook')}", "events": ["order.created"]}
+    headers = {"Idempotency-Key": unique("retry")}
+
+    first = api.post("/webhooks", json=body, headers=headers, key=key)
+    again = api.post("/webhooks", json=body, headers=headers, key=key)
+    other = api.post("/webhooks", json={**body, "events": ["*"]}, headers=headers, key=key)
+
+    assert first.status_code == 201, first.text
+    assert (again.status_code, again.json()) == (201, first.json())
+    assert first.json()["secret"].startswith("whsec_")
+    assert_error(other, 409, "idempotency_key_reused", "Idempotency-Key")
+    mine = [w for w in api.get("/webhooks", params={"limit": 100}, key=key).json()["items"] if w["url"] == body["url"]]
+    assert [w["id"] for w in mine] == [first.json()["id"]]
+    subscribed = [r for r in caplog.records if r.getMessage() == "webhook subscribed"]
+    assert [r.webhook_id for r in subscribed] == [first.json()["id"]]  # made once, logged once
+    records = boto3.client("dynamodb").scan(TableName=os.environ["IDEMPOTENCY_TABLE"])["Items"]
+    assert first.json()["id"] in json.dumps(records)
+    assert first.json()["secret"] not in json.dumps(records)
+    assert api.request("DELETE", f"/webhooks/{first.json()['id']}", key=key).status_code == 204
+    assert_error(api.post("/webhooks", json=body, headers=headers, key=key), 404, "not_found")

@@ -319,7 +319,8 @@ def test_no_flat_rate_tracking_number_looks_like_a_card_number():
 
 def spans_of_every_stretch(text: str) -> list[tuple[int, int]]:
     """The oracle: every stretch of whole digit groups of every run built and checked as a number,
-    as the scan did before it tried only the lengths a network allows."""
+    as the scan did before it tried only the lengths a network allows; a stretch of several groups
+    that its run goes on from in a group of 4 digits is part of a longer number written in 4s."""
     import re
 
     from core.card_numbers import _glued_to_letter, _is_card, _merged
@@ -332,6 +333,11 @@ def spans_of_every_stretch(text: str) -> list[tuple[int, int]]:
                 start, end = groups[first][0], groups[last][1]
                 digits = "".join(str(int(c)) for s, e in groups[first : last + 1] for c in text[s:e])
                 if len(digits) == 13 and _glued_to_letter(text, start, end):
+                    continue
+                goes_on_in_fours = any(
+                    0 <= n < len(groups) and groups[n][1] - groups[n][0] == 4 for n in (first - 1, last + 1)
+                )
+                if first != last and goes_on_in_fours:
                     continue
                 if _is_card(digits):
                     spans.append((start, end))
@@ -405,3 +411,74 @@ def test_every_card_field_is_named_by_its_whole_path_in_document_order():
     assert card_number_fields([card, {"a": card}]) == ["[0]", "[1].a"]
     assert card_number_fields(card) == [""]
     assert card_number_fields({"a": [1, "b", {"c": None}]}) == []
+
+
+# --- Carriers' tracking numbers never trip the rule ------------------------------------------------
+
+TRACKING_NUMBERS = {
+    # USPS, 22 and 20 digits written in groups of 4: each of these holds a stretch of whole groups
+    # with a card's prefix, length and Luhn sum ("5826 8770 3876 31", a Maestro's shape)
+    "usps-22-a": "9400 1029 5826 8770 3876 31",
+    "usps-22-b": "9400 1679 3814 4494 5443 74",
+    "usps-22-c": "9400 1521 3854 3525 5667 38",
+    "usps-22-dashes": "9400-1897-5034-2810-0118-38",
+    "usps-22-plain": "9400102958268770387631",
+    "usps-22-brief": "9400 1000 0000 0000 0000 00",
+    "usps-22-priority": "9205 5000 0000 0000 0000 00",
+    "usps-20": "9400 1000 0000 0000 0000",
+    "usps-impb": "420 90210 9400 1029 5826 8770 3876 31",
+    "usps-intl": "EA 123 456 785 US",
+    "ups": "1Z999AA10123456784",
+    "ups-spaced": "1Z 999 AA1 01 2345 678 4",
+    "fedex-12": "7489 8253 4413",
+    "fedex-12-plain": "748982534413",
+    "fedex-20": "9611 0191 2345 6789 0128",
+    "fedex-22": "9612 0191 2345 6789 0123 45",
+    "fedex-22-plain": "9612019123456789012345",
+}
+
+
+@pytest.mark.parametrize("number", TRACKING_NUMBERS.values(), ids=TRACKING_NUMBERS.keys())
+def test_common_carriers_tracking_numbers_are_not_card_numbers(number: str):
+    assert not contains_card_number(number)
+    assert mask_card_numbers(number) == number
+
+
+CARD_SHAPED = {
+    "grouped": "4111 1111 1111 1111",
+    "after-a-short-group": "order-12-4111-1111-1111-1111",
+    "amex-grouping": "ref 3782 822463 10005",
+    "one-stretch-after-4-digits": "9400 4111111111111111",
+    "one-stretch-before-4-digits": "4111111111111111 9400",
+    "grouped-then-a-cvv": "4111 1111 1111 1111 737",
+    "mixed-separators": "5555-5555 5555-4444",
+}
+
+
+@pytest.mark.parametrize("text", CARD_SHAPED.values(), ids=CARD_SHAPED.keys())
+def test_card_shaped_strings_beside_tracking_numbers_are_still_refused(text: str):
+    assert contains_card_number(text)
+
+
+def usps_check_digit(digits: str) -> str:
+    """USPS's mod 10: weights 3 and 1 from the right."""
+    total = sum(int(char) * (3 if index % 2 == 0 else 1) for index, char in enumerate(reversed(digits)))
+    return str((10 - total % 10) % 10)
+
+
+@pytest.mark.parametrize("length", [20, 22])
+def test_no_usps_number_written_in_fours_looks_like_a_card_number(length: int):
+    # 22 digits in 4s: 6 % of these passed as a card (a stretch of 4 or 4½ groups inside them).
+    import random
+
+    shuffled = random.Random(length)
+    tripped = []
+    for prefix in ("94001", "92055", "94055", "93612", "92701"):
+        for _ in range(2_000):
+            body = prefix + "".join(shuffled.choice("0123456789") for _ in range(length - 1 - len(prefix)))
+            number = body + usps_check_digit(body)
+            written = " ".join(number[i : i + 4] for i in range(0, length, 4))
+            if contains_card_number(written):
+                tripped.append(written)
+
+    assert tripped == []

@@ -68,7 +68,9 @@ def get_sourcing_rules_history(
     "/sourcing/simulate",
     summary="What sourcing would plan for orders under the current or given rules (reserves nothing)",
     description="At most 500 order lines in all (422 naming `orders`); a key bound to a channel simulates its "
-    "channel's orders and bodies only.",
+    "channel's orders and bodies only. A body POST /orders would refuse for a sku is refused as it is: 422 "
+    "`unknown_sku` for a sku the catalog lacks, 422 `no_price` for one no pricing plugin prices in the body's "
+    "`currency`, each such line named (`orders[1].lines[0].sku`).",
     responses={**ok(200, Simulation, "A plan per order, and their summary"), **errors(400, 403, 413, 502)},
 )
 @requires(Scope.ORDERS_READ)

@@ -16,6 +16,7 @@ from functions.api.dependencies import container
 from functions.api.errors import ApiError
 from functions.api.paths import existing
 from functions.api.queries import Limit
+from functions.api.routes.orders import IdempotencyKey
 from functions.api.schemas import errors, ok
 
 router = Router()
@@ -40,30 +41,51 @@ class DeliveryPage(Shown):
     summary="Subscribe a URL to events (the signing secret is shown only in this response)",
     description=(
         f"A channel holds at most {MAX_WEBHOOKS} live subscriptions, and the unbound ones together as many (one "
-        "subscription takes any set of types): past that it is 409 `too_many_webhooks`; delete one first."
+        "subscription takes any set of types): past that it is 409 `too_many_webhooks`; delete one first. With an "
+        "`Idempotency-Key`, a retry (same key and body) answers the first subscription, its secret included, "
+        "instead of making a second one that would get every event twice; the key's record keeps only the "
+        "subscription's id, the secret being read from the subscription itself, so once it is deleted the key "
+        "answers 404 `not_found`."
     ),
-    responses={**ok(201, IssuedWebhook, "The subscription, with its secret"), **errors(400, 403, 409, 413)},
+    responses={**ok(201, IssuedWebhook, "The subscription, with its secret"), **errors(400, 403, 404, 409, 413)},
 )
 @requires(Scope.WEBHOOKS_WRITE)
-def subscribe(request: NewWebhook) -> Response[IssuedWebhook]:
+def subscribe(request: NewWebhook, idempotency_key: IdempotencyKey = None) -> Response[IssuedWebhook]:
     who = caller(router)
     if who.channel is not None:
         if request.channel not in (None, who.channel):
             raise ApiError(403, "forbidden", f"this API key subscribes to channel {who.channel}'s events only")
         request = request.model_copy(update={"channel": who.channel})
-    webhook = container().webhooks.subscribe(request, created_by=who.key_id)
-    # Who sent which events where: the host only (a URL's path or query may hold the receiver's token).
-    logger.info(
-        "webhook subscribed",
-        extra={
-            "webhook_id": webhook.id,
-            "key_id": who.key_id,
-            "host": _host(webhook.url),
-            "events": webhook.events,
-            "webhook_channel": webhook.channel,
-        },
-    )
-    return Response(201, content_types.APPLICATION_JSON, webhook)
+    made: list[IssuedWebhook] = []
+
+    def create() -> dict:
+        webhook = container().webhooks.subscribe(request, created_by=who.key_id)
+        made.append(webhook)
+        # Who sent which events where: the host only (a URL's path or query may hold the receiver's token).
+        logger.info(
+            "webhook subscribed",
+            extra={
+                "webhook_id": webhook.id,
+                "key_id": who.key_id,
+                "host": _host(webhook.url),
+                "events": webhook.events,
+                "webhook_channel": webhook.channel,
+            },
+        )
+        # What the Idempotency-Key's record keeps: the id, never the secret (a credential kept in
+        # the webhooks table alone, not copied to a second table for 24 h).
+        return {"id": webhook.id}
+
+    if idempotency_key is None:
+        create()
+    else:
+        from functions.api.idempotency import once
+
+        first = once("POST /webhooks", who.key_id, idempotency_key, request.model_dump(mode="json"), create,
+                     router.lambda_context)  # fmt: skip
+        if not made:  # a retry: the subscription the key made, read with its secret
+            made.append(container().webhooks.issued(first["id"], who.channel))
+    return Response(201, content_types.APPLICATION_JSON, made[0])
 
 
 @router.get(
