@@ -11,7 +11,6 @@ from pathlib import Path
 import boto3
 import botocore.session
 import pytest
-import yaml
 from botocore.config import Config
 from botocore.exceptions import UnknownServiceError
 from botocore.loaders import Loader
@@ -19,6 +18,7 @@ from botocore.loaders import Loader
 from core.returns import PUT_WINDOW
 from functions.adapters import aws_clients
 from functions.adapters.aws_clients import aws_client
+from infra.local.template import load_template
 
 ROOT = Path(__file__).resolve().parents[2]
 BUILDER = ROOT / "functions" / "adapters" / "aws_clients.py"
@@ -120,11 +120,7 @@ def test_a_botocore_without_the_members_the_loader_reads_leaves_the_loading_to_b
 
 
 def _function_timeouts() -> dict[str, int]:
-    class Loader(yaml.SafeLoader):
-        pass
-
-    Loader.add_multi_constructor("!", lambda loader, suffix, node: None)
-    template = yaml.load((ROOT / "template.yaml").read_text(), Loader=Loader)
+    template = load_template(ROOT / "template.yaml")
     default = template["Globals"]["Function"]["Timeout"]
     return {
         name: resource["Properties"].get("Timeout", default)
