@@ -228,9 +228,12 @@ def ddb(stack: Any) -> Any:
 
 
 def put_as_one_batch(stack: Any, table: str, ids: tuple[str, ...]) -> None:
-    """Items put while the mappings are paused, so a stream's poller reads them in one batch."""
+    """Items put while the mappings are paused, so a stream's poller reads them in one batch. A
+    poller that began a look before the pause finishes it (pause() stops only new ones): the items
+    are put once none is looking, or one could read the first alone (seen under load)."""
     stack.pause_mappings()
     try:
+        assert stack.wait_until_idle(5)
         for key in ids:
             stack.client("dynamodb").put_item(TableName=stack.table_names[table], Item={"id": {"S": key}})
     finally:
