@@ -1,0 +1,391 @@
+"""The features together, through the real handlers: a hypothesis state machine over the in-process
+API on moto and the order workflow's own steps, in a small world (2 products, one of them
+backorderable; 3 warehouses; the `test` payment method, told by its token to decline an
+authorization, a capture, a void or a refund).
+
+Orders are placed (1-2 lines of 1-3 units), run through the workflow's steps as its state machine
+would, shipped, delivered, rejected by their location, cancelled whole or in part, edited, held and
+released; stock is counted and received; delivered units come back on a return. Every request may
+be sent twice, as a retrying client would (the same Idempotency-Key where the contract has one).
+After every step, through the API's reads and the tables:
+- no answer is a 5xx, and every error has the contract's shape;
+- on_hand and reserved are never negative, reserved <= on_hand, reserved is the sum of the item's
+  `reservations` map (keyed `order#line`), and each order's reservations at a location are the
+  units of its parcels there that have not left (an allocated order), or its allocations (a
+  backordered one), and nothing for an order that holds no stock;
+- no line ships more units than it has (quantity is what is left after cancels);
+- captured - refunded never exceeds grand_total, is grand_total once everything left is shipped
+  or delivered (when the gateway approves captures), and nothing net for an order cancelled with
+  nothing shipped; a gateway that refuses captures (refunds) leaves captured (refunded) at 0;
+- every history entry's status change is one the transition table allows, from the last.
+
+`make test` runs `in_make_test(3, 10)`; `make fuzz` runs the `fuzz` twin at length:
+    OMS_STATEFUL_EXAMPLES=200 OMS_STATEFUL_STEPS=40 \
+        .venv/bin/python -m pytest -m fuzz tests/integration/test_cross_feature_stateful.py -p no:warnings
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import defaultdict
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any, ClassVar
+
+import boto3
+import pytest
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
+
+from core.errors import Backordered, OrderClosed, OutOfStock, PaymentDeclined
+from core.status import TRANSITIONS, OrderStatus
+from functions.adapters.dynamodb import from_item
+from tests.builders import location_body, order_body, product_body
+from tests.e2e.client import assert_error
+from tests.fakes import InlineReturnWorkflow
+from tests.integration.in_process import InProcessApi, in_process_api
+from tests.stateful import at_length, in_make_test
+
+LOCATIONS = {
+    "xf-east": location_body(name="East", latitude=40.73, longitude=-74.17),
+    "xf-west": location_body(name="West", latitude=39.53, longitude=-119.81),
+    "xf-mid": location_body(name="Mid", latitude=39.74, longitude=-104.99),
+}
+TOKENS = ["tok_approve", "tok_approve", "tok_approve", "tok_decline", "tok_capture_decline", "tok_refund_decline"]
+# An order sent back to be sourced (an edit, a reject, a cancel of units of a backordered order)
+# keeps what it holds until its workflow runs again, which keeps what it still needs where it may
+# ship and gives back the rest (README, "Changes after allocation"); a held one, until released.
+SOURCED_AGAIN = {"authorized", "on_hold"}
+# The routes that honour Idempotency-Key, by their path's last part (POST /orders is `place`'s).
+KEYED = {"cancel", "hold", "release", "adjustments", "returns"}
+NOT_LEFT = {"pending", "ready_for_pickup"}
+_worlds = itertools.count(1)
+_keys = itertools.count(1)
+
+times = st.integers(min_value=1, max_value=2)  # 2: the same request again, as a retrying client sends it
+
+
+def first(pair: tuple[int, int]) -> int:
+    return pair[0]
+
+
+def amount(money: dict[str, str]) -> Decimal:
+    return Decimal(money["amount"])
+
+
+class CrossFeatureMachine(RuleBasedStateMachine):
+    """One world per example: its own two skus on the module's three warehouses."""
+
+    api: ClassVar[InProcessApi]
+    table: ClassVar[str]
+
+    def __init__(self) -> None:
+        super().__init__()
+        world = next(_worlds)
+        self.plain, self.backorderable = f"XA{world}", f"XB{world}"
+        self.skus = [self.plain, self.backorderable]
+        self.put(f"/products/{self.plain}", product_body("12.50"), 201)
+        self.put(f"/products/{self.backorderable}", product_body("7.77", allow_backorder=True), 201)
+        for sku, location_id, units in (
+            (self.plain, "xf-east", 2), (self.plain, "xf-west", 3), (self.backorderable, "xf-mid", 1),
+        ):  # fmt: skip
+            self.put(f"/inventory/{sku}/{location_id}", {"on_hand": units}, 200)
+        self.orders: dict[str, str] = {}  # order id -> its payment token
+        self.returns: list[tuple[str, str]] = []  # (order id, return id) not received yet
+        self.seen: dict[str, int] = {}  # order id -> history entries checked
+
+    # --- Requests -----------------------------------------------------------------------------
+
+    def send(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None) -> Any:
+        answer = self.api.request(method, path, json=body, headers=headers)
+        assert answer.status_code < 500, f"{method} {path} {body}: {answer.status_code} {answer.text[:800]}"
+        if answer.status_code >= 400:
+            assert_error(answer, answer.status_code)
+        return answer
+
+    def put(self, path: str, body: Any, status: int) -> Any:
+        answer = self.send("PUT", path, body)
+        assert answer.status_code == status, answer.text
+        return answer.json()
+
+    def order(self, order_id: str) -> dict[str, Any]:
+        answer = self.send("GET", f"/orders/{order_id}")
+        assert answer.status_code == 200, answer.text
+        return answer.json()
+
+    def twice(self, count: int, method: str, path: str, body: Any = None, headers: Any = None) -> Any:
+        """The request sent `count` times: under one Idempotency-Key where the route honours one (a
+        retry answers the first answer again), else as it is (a retry may be refused, never a 5xx)."""
+        keyed = method == "POST" and path.rsplit("/", 1)[-1] in KEYED
+        sent = {**(headers or {}), **({"Idempotency-Key": f"xf-{next(_keys)}"} if keyed else {})}
+        first = self.send(method, path, body, sent)
+        for _ in range(count - 1):
+            again = self.send(method, path, body, sent)
+            if keyed:
+                assert (again.status_code, again.json()) == (first.status_code, first.json()), (first.text, again.text)
+        return first
+
+    # --- Rules --------------------------------------------------------------------------------
+
+    @rule(
+        lines=st.lists(st.tuples(st.integers(0, 1), st.integers(1, 3)), min_size=1, max_size=2, unique_by=first),
+        token=st.sampled_from(TOKENS), count=times,
+    )  # fmt: skip
+    def place(self, lines: list[tuple[int, int]], token: str, count: int) -> None:
+        key = f"xf-{next(_keys)}"
+        body = order_body(
+            external_id=key, lines=[{"sku": self.skus[i], "quantity": q} for i, q in lines],
+            payment={"method": "test", "token": token},
+        )  # fmt: skip
+        first = self.send("POST", "/orders", body, {"Idempotency-Key": key})
+        for _ in range(count - 1):
+            again = self.send("POST", "/orders", body, {"Idempotency-Key": key})
+            assert (again.status_code, again.json()) == (first.status_code, first.json())
+        if first.status_code == 201:
+            self.orders[first.json()["id"]] = token
+        else:
+            assert_error(first, 409, "insufficient_stock")
+
+    def _pick(self, data: st.DataObject, statuses: set[str] | None = None) -> dict[str, Any] | None:
+        order = self.order(data.draw(st.sampled_from(list(self.orders))))  # placed first, first: ids are random
+        return order if statuses is None or order["status"] in statuses else None
+
+    @precondition(lambda self: self.orders)
+    @rule(data=st.data(), count=times)
+    def run_workflow(self, data: st.DataObject, count: int) -> None:
+        order = self._pick(data)
+        for _ in range(count):
+            self._run(order["id"])
+
+    def _run(self, order_id: str) -> None:
+        from functions.bootstrap import Config, bootstrap
+
+        steps = bootstrap(Config.from_env()).workflow
+        try:
+            try:
+                steps.authorize_payment(order_id, attempt=0)
+            except PaymentDeclined as declined:
+                steps.fail_payment(order_id, "PaymentDeclined", str(declined))
+                return
+            for step in (steps.reserve_stock, steps.create_shipments):
+                try:
+                    step(order_id)
+                except OutOfStock as out:
+                    steps.cancel_after_failure(order_id, "OutOfStock", str(out))
+                    return
+        except (OrderClosed, Backordered):  # OrderHeld is an OrderClosed: the execution ends there
+            return
+
+    def _shipment(self, data: st.DataObject, statuses: set[str]) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        order = self._pick(data)
+        chosen = [s for s in order["shipments"] if s["status"] in statuses]
+        if not chosen:
+            return None
+        return order, data.draw(st.sampled_from(chosen))
+
+    @precondition(lambda self: self.orders)
+    @rule(data=st.data(), count=times)
+    def ship(self, data: st.DataObject, count: int) -> None:
+        if picked := self._shipment(data, {"pending"}):
+            order, shipment = picked
+            self.twice(count, "POST", f"/orders/{order['id']}/shipments/{shipment['id']}/ship", {})
+
+    @precondition(lambda self: self.orders)
+    @rule(data=st.data(), count=times)
+    def deliver(self, data: st.DataObject, count: int) -> None:
+        if picked := self._shipment(data, {"shipped"}):
+            order, shipment = picked
+            self.twice(count, "POST", f"/orders/{order['id']}/shipments/{shipment['id']}/deliver", {})
+
+    @precondition(lambda self: self.orders)
+    @rule(data=st.data(), count=times)
+    def reject(self, data: st.DataObject, count: int) -> None:
+        if picked := self._shipment(data, {"pending"}):
+            order, shipment = picked
+            path = f"/orders/{order['id']}/shipments/{shipment['id']}/reject"
+            self.twice(count, "POST", path, {"reason": "damaged stock"})
+
+    @precondition(lambda self: self.orders)
+    @rule(data=st.data(), count=times)
+    def cancel(self, data: st.DataObject, count: int) -> None:
+        order = self._pick(data)
+        self.twice(count, "POST", f"/orders/{order['id']}/cancel", {"reason": "customer asked"})
+
+    @precondition(lambda self: self.orders)
+    @rule(data=st.data(), count=times)
+    def cancel_units(self, data: st.DataObject, count: int) -> None:
+        order = self._pick(data)
+        line = data.draw(st.sampled_from(order["lines"]))
+        quantity = data.draw(st.integers(1, max(1, line["quantity"])))
+        body = {"reason": "customer asked", "lines": [{"line_id": line["line_id"], "quantity": quantity}]}
+        self.twice(count, "POST", f"/orders/{order['id']}/cancel", body)
+
+    @precondition(lambda self: self.orders)
+    @rule(data=st.data(), quantity=st.integers(1, 3), count=times)
+    def edit(self, data: st.DataObject, quantity: int, count: int) -> None:
+        order = self._pick(data)
+        line = data.draw(st.integers(0, len(order["lines"]) - 1))
+        lines = [{"sku": x["sku"], "quantity": x["quantity"]} for x in order["lines"]]
+        lines[line]["quantity"] = quantity
+        if any(x["quantity"] < 1 for x in lines):
+            return
+        headers = {"If-Match": str(order["version"])}
+        self.twice(count, "PATCH", f"/orders/{order['id']}", {"lines": lines}, headers)
+
+    @precondition(lambda self: self.orders)
+    @rule(data=st.data(), count=times)
+    def hold(self, data: st.DataObject, count: int) -> None:
+        order = self._pick(data)
+        self.twice(count, "POST", f"/orders/{order['id']}/hold", {"reason": "other"})
+
+    @precondition(lambda self: self.orders)
+    @rule(data=st.data(), count=times)
+    def release(self, data: st.DataObject, count: int) -> None:
+        order = self._pick(data)
+        self.twice(count, "POST", f"/orders/{order['id']}/release", {})
+
+    @rule(sku=st.integers(0, 1), location_id=st.sampled_from(sorted(LOCATIONS)), on_hand=st.integers(0, 5), count=times)
+    def stock_take(self, sku: int, location_id: str, on_hand: int, count: int) -> None:
+        self.twice(count, "PUT", f"/inventory/{self.skus[sku]}/{location_id}", {"on_hand": on_hand})
+
+    @rule(sku=st.integers(0, 1), location_id=st.sampled_from(sorted(LOCATIONS)), delta=st.integers(1, 3), count=times)
+    def receive_units(self, sku: int, location_id: str, delta: int, count: int) -> None:
+        path = f"/inventory/{self.skus[sku]}/{location_id}/adjustments"
+        self.twice(count, "POST", path, {"delta": delta, "reason": "receipt"})
+
+    @precondition(lambda self: self.orders)
+    @rule(data=st.data(), count=times)
+    def create_return(self, data: st.DataObject, count: int) -> None:
+        order = self._pick(data)
+        lines = [x for x in order["lines"] if x["shipped_quantity"] > x["returned_quantity"]]
+        if not lines:
+            return
+        line = data.draw(st.sampled_from(lines))
+        quantity = data.draw(st.integers(1, line["shipped_quantity"] - line["returned_quantity"]))
+        body = {"lines": [{"line_id": line["line_id"], "quantity": quantity, "reason": "too big"}]}
+        made = self.twice(count, "POST", f"/orders/{order['id']}/returns", body)
+        if made.status_code == 201:
+            self.returns.append((order["id"], made.json()["id"]))
+
+    @precondition(lambda self: self.returns)
+    @rule(data=st.data(), resellable=st.booleans(), count=times)
+    def receive_return(self, data: st.DataObject, resellable: bool, count: int) -> None:
+        order_id, return_id = data.draw(st.sampled_from(self.returns))
+        rma = self.send("GET", f"/returns/{return_id}").json()
+        condition = "resellable" if resellable else "damaged"
+        lines = [{"line_id": x["line_id"], "quantity": x["quantity"], "condition": condition} for x in rma["lines"]]
+        body = {"location_id": data.draw(st.sampled_from(sorted(LOCATIONS))), "lines": lines}
+        done = self.twice(count, "POST", f"/returns/{return_id}/receive", body)
+        if done.status_code < 300:
+            self.returns.remove((order_id, return_id))
+
+    # --- Invariants ---------------------------------------------------------------------------
+
+    @invariant()
+    def the_world_holds_together(self) -> None:
+        orders = {order_id: self.order(order_id) for order_id in self.orders}
+        held = self._reservations()
+        expected: dict[tuple[str, str, str], int] = defaultdict(int)
+        for order_id, order in orders.items():
+            self._check_order(order, self.orders[order_id])
+            skus = {line["line_id"]: line["sku"] for line in order["lines"]}
+            if order["status"] in SOURCED_AGAIN:
+                held = {key: q for key, q in held.items() if not key[2].startswith(f"{order_id}#")}
+            elif order["status"] == "backordered":
+                for a in order["allocations"]:
+                    expected[(skus[a["line_id"]], a["location_id"], f"{order_id}#{a['line_id']}")] += a["quantity"]
+            else:
+                for shipment in order["shipments"]:
+                    if shipment["status"] in NOT_LEFT:
+                        for x in shipment["lines"]:
+                            key = (skus[x["line_id"]], shipment["location_id"], f"{order_id}#{x['line_id']}")
+                            expected[key] += x["quantity"]
+        assert held == dict(expected), {"orders": orders, "held": held}
+
+    def _reservations(self) -> dict[tuple[str, str, str], int]:
+        held: dict[tuple[str, str, str], int] = {}
+        for sku in self.skus:
+            shown = self.send("GET", f"/inventory/{sku}").json()
+            for level in shown["locations"]:
+                assert level["on_hand"] >= 0 and level["reserved"] >= 0, shown
+                assert level["available"] == level["on_hand"] - level["reserved"] >= 0, shown
+            assert shown["available"] == sum(level["available"] for level in shown["locations"]), shown
+        client = boto3.client("dynamodb", region_name="us-east-1")
+        for item in client.scan(TableName=self.table)["Items"]:
+            values = from_item(item)
+            if values.get("sku") not in self.skus or "on_hand" not in values:  # a stock item, not a marker
+                continue
+            reservations = {key: int(q) for key, q in (values.get("reservations") or {}).items()}
+            assert int(values["reserved"]) == sum(reservations.values()), values
+            assert 0 <= int(values["reserved"]) <= int(values["on_hand"]), values
+            for key, quantity in reservations.items():
+                if quantity:
+                    held[(values["sku"], values["location_id"], key)] = quantity
+        return held
+
+    def _check_order(self, order: dict[str, Any], token: str) -> None:
+        shipped: dict[str, int] = defaultdict(int)
+        for shipment in order["shipments"]:
+            if shipment["status"] in ("shipped", "delivered"):
+                for x in shipment["lines"]:
+                    shipped[x["line_id"]] += x["quantity"]
+        for line in order["lines"]:
+            assert line["quantity"] >= 0 and line["shipped_quantity"] == shipped[line["line_id"]], order
+            assert line["shipped_quantity"] <= line["quantity"], order
+            assert line["returned_quantity"] <= line["shipped_quantity"], order
+        payment, grand_total = order["payment"], amount(order["totals"]["grand_total"])
+        captured, refunded = amount(payment["captured"]), amount(payment["refunded"])
+        assert Decimal(0) <= refunded <= captured and captured - refunded <= grand_total, order
+        if token == "tok_capture_decline":
+            assert captured == 0, order
+        if token == "tok_refund_decline":
+            assert refunded == 0, order
+        if token == "tok_approve" and order["status"] in ("shipped", "delivered"):
+            assert captured - refunded == grand_total, order
+        if order["status"] == "cancelled" and not any(shipped.values()):
+            assert captured - refunded == 0, order
+        entries = self.send("GET", f"/orders/{order['id']}/history").json()["items"]
+        status = None
+        for entry in entries:
+            came, went = entry.get("from_status"), entry.get("to_status")
+            if went is None:
+                continue
+            if status is not None:
+                assert came == status, entries
+                assert went == came or OrderStatus(went) in TRANSITIONS[OrderStatus(came)], entries
+            status = went
+        assert status == order["status"], entries
+
+
+@pytest.fixture(scope="module")
+def api() -> Iterator[InProcessApi]:
+    """The in-process API with labels and the returns workflow's steps run inline, the three warehouses."""
+    from functions.api.dependencies import container
+    from functions.bootstrap import Config, bootstrap
+
+    with in_process_api() as started, pytest.MonkeyPatch.context() as env:
+        boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="test-labels")
+        env.setenv("LABELS_BUCKET", "test-labels")
+        workflow = InlineReturnWorkflow()
+        built = bootstrap(Config.from_env(), return_workflow=workflow)
+        workflow.returns = built.returns
+        with container.override(built):
+            for location_id, body in LOCATIONS.items():
+                assert started.put(f"/locations/{location_id}", json=body).status_code == 201
+            yield started
+
+
+def machine_on(api: InProcessApi) -> type[CrossFeatureMachine]:
+    import os
+
+    attributes = {"api": api, "table": os.environ["INVENTORY_TABLE"]}
+    return type("CrossFeatures", (CrossFeatureMachine,), attributes)
+
+
+def test_the_features_hold_together(api):
+    run_state_machine_as_test(machine_on(api), settings=in_make_test(3, 10))
+
+
+@pytest.mark.fuzz
+def test_the_features_hold_together_at_length(api):
+    run_state_machine_as_test(machine_on(api), settings=at_length(100, 30))
