@@ -696,3 +696,28 @@ def test_an_arrival_behind_a_long_run_of_held_orders_reads_a_few_and_hands_its_w
     assert [shop.held(order_id) for order_id in held] == [0] * 7
     assert [shop.order(order_id).status for order_id in held] == [S.ON_HOLD] * 7
     assert shop.level() == (1, 1, 0)
+
+
+def test_a_redelivered_arrival_hands_its_walk_on_once(shop, monkeypatch):
+    """Its hand-on names the record (`walk_by`): a redelivery writes no second one, so the walk it
+    started goes on once, not twice over the rest of the queue."""
+    from core.holds import HoldRequest
+
+    monkeypatch.setattr("core.backorders.WALK_READS", 1)
+    held = shop.backordered(1)
+    shop.container.holds.hold(held, HoldRequest(reason="fraud_review"), actor="key_ops")
+    waiting = shop.backordered(1)
+    shop.inventory.adjust("PREORDER", "wh-east", 1, reason="receipt")
+    client = boto3.client("dynamodb", region_name="us-east-1")
+    arn = client.describe_table(TableName=shop.container.config.inventory_table)["Table"]["LatestStreamArn"]
+    streams = boto3.client("dynamodbstreams", region_name="us-east-1")
+    shard = streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"][0]["ShardId"]
+    iterator = streams.get_shard_iterator(StreamArn=arn, ShardId=shard, ShardIteratorType="LATEST")["ShardIterator"]
+
+    consume(shop, record("wh-east", 0, 1))
+    consume(shop, record("wh-east", 0, 1))
+
+    changes = [r["dynamodb"] for r in streams.get_records(ShardIterator=iterator)["Records"]]
+    handed = [c["NewImage"]["walk_after"]["S"] for c in changes if "walk_by" in c.get("NewImage", {})]
+    assert len(handed) == 1 and handed[0].endswith(f"#{held}")
+    assert shop.held(waiting) == 0  # until the walk handed on goes on
