@@ -2103,7 +2103,8 @@ ADJUSTMENT_KEY_SECONDS = 24 * 3600
 # carrying this marker: every write that can raise `available` sets it (true), every write that
 # lowers `available` or leaves it alone removes it, so reservations and shipments (most of the
 # stream) never invoke the filler. A write that names neither leaves it as it was, which can only
-# invoke the filler for nothing (its own check compares both images), never miss an arrival.
+# invoke the filler for nothing (its own check compares both images), never miss an arrival. One
+# write sets it and leaves `available` alone: an arrival's walk handed on (DynamoBackorders.walk_from).
 # A boolean, matched exactly: the filter does not rest on numeric matching of the strings a
 # stream record carries DynamoDB numbers as.
 ARRIVED = "arrived"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from typing import Any
+from uuid import uuid4
 
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
@@ -75,7 +76,9 @@ def arrival(record: DynamoDBRecord) -> None:
         after = wake_after(str(new[WALK_AFTER]))  # a walk handed on: it goes on from there
     if not container().backorders.waiting(sku, after, 1):
         return  # nobody waits for this sku (after there): one Query, and no plugin is loaded for it
-    by = str(record.dynamodb.sequence_number)
+    # Its place in the stream, the same for a redelivery (which hands on nothing again); a record
+    # replayed by hand carries none, and is a walk of its own.
+    by = str(record.dynamodb.sequence_number or f"replay-{uuid4().hex}")
 
     def hand_on(last: WaitingOrder) -> None:
         # On the stock item, as a change the stream's filter passes: the rest of the walk is a

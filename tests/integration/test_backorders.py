@@ -642,6 +642,17 @@ def test_a_new_order_reads_no_older_order_that_may_not_take_the_units_it_looks_a
     assert not set(read) & set(pickups)
 
 
+def inventory_stream(shop: Shop) -> tuple[Any, str]:
+    """The Inventory table's stream client and an iterator at its end: the changes from now on."""
+    client = boto3.client("dynamodb", region_name="us-east-1")
+    arn = client.describe_table(TableName=shop.container.config.inventory_table)["Table"]["LatestStreamArn"]
+    streams = boto3.client("dynamodbstreams", region_name="us-east-1")
+    shard = streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"][0]["ShardId"]
+    return streams, streams.get_shard_iterator(StreamArn=arn, ShardId=shard, ShardIteratorType="LATEST")[
+        "ShardIterator"
+    ]
+
+
 def test_an_arrival_behind_a_long_run_of_held_orders_reads_a_few_and_hands_its_walk_on(shop, monkeypatch):
     """A fraud wave put the backordered orders of a hot sku on hold: the walk read every one of
     them (a consistent GetItem each) before reaching the order that could take the units, so a long
@@ -656,11 +667,7 @@ def test_an_arrival_behind_a_long_run_of_held_orders_reads_a_few_and_hands_its_w
     for order_id in held:
         shop.container.holds.hold(order_id, HoldRequest(reason="fraud_review"), actor="key_ops")
     waiting = shop.backordered(1)
-    client = boto3.client("dynamodb", region_name="us-east-1")
-    arn = client.describe_table(TableName=shop.container.config.inventory_table)["Table"]["LatestStreamArn"]
-    streams = boto3.client("dynamodbstreams", region_name="us-east-1")
-    shard = streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"][0]["ShardId"]
-    iterator = streams.get_shard_iterator(StreamArn=arn, ShardId=shard, ShardIteratorType="LATEST")["ShardIterator"]
+    streams, iterator = inventory_stream(shop)
     events = Template.load().functions()["BackorderFunction"]["Events"]
     patterns = compile_filters(events["InventoryStream"]["Properties"]["FilterCriteria"], "test")
     reads: list[list[str]] = []
@@ -708,11 +715,7 @@ def test_a_redelivered_arrival_hands_its_walk_on_once(shop, monkeypatch):
     shop.container.holds.hold(held, HoldRequest(reason="fraud_review"), actor="key_ops")
     waiting = shop.backordered(1)
     shop.inventory.adjust("PREORDER", "wh-east", 1, reason="receipt")
-    client = boto3.client("dynamodb", region_name="us-east-1")
-    arn = client.describe_table(TableName=shop.container.config.inventory_table)["Table"]["LatestStreamArn"]
-    streams = boto3.client("dynamodbstreams", region_name="us-east-1")
-    shard = streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"][0]["ShardId"]
-    iterator = streams.get_shard_iterator(StreamArn=arn, ShardId=shard, ShardIteratorType="LATEST")["ShardIterator"]
+    streams, iterator = inventory_stream(shop)
 
     consume(shop, record("wh-east", 0, 1))
     consume(shop, record("wh-east", 0, 1))
@@ -721,3 +724,24 @@ def test_a_redelivered_arrival_hands_its_walk_on_once(shop, monkeypatch):
     handed = [c["NewImage"]["walk_after"]["S"] for c in changes if "walk_by" in c.get("NewImage", {})]
     assert len(handed) == 1 and handed[0].endswith(f"#{held}")
     assert shop.held(waiting) == 0  # until the walk handed on goes on
+
+
+def test_an_arrival_replayed_by_hand_twice_hands_its_walk_on_each_time(shop, monkeypatch):
+    """The runbook's replay carries no SequenceNumber: each replay is a walk of its own, whose hand-on
+    a former replay's must not swallow (the walk it names may have failed)."""
+    from core.holds import HoldRequest
+
+    monkeypatch.setattr("core.backorders.WALK_READS", 1)
+    held = shop.backordered(1)
+    shop.container.holds.hold(held, HoldRequest(reason="fraud_review"), actor="key_ops")
+    shop.backordered(1)
+    shop.inventory.adjust("PREORDER", "wh-east", 1, reason="receipt")
+    replay = record("wh-east", 0, 1)
+    del replay["dynamodb"]["SequenceNumber"]
+    streams, iterator = inventory_stream(shop)
+
+    consume(shop, replay)
+    consume(shop, replay)
+
+    changes = [r["dynamodb"] for r in streams.get_records(ShardIterator=iterator)["Records"]]
+    assert len([c for c in changes if "walk_by" in c.get("NewImage", {})]) == 2
