@@ -34,6 +34,11 @@ from core.workflow import Workflow, eligible_locations
 
 S = OrderStatus
 PAGE = 25
+# At most WALK_READS orders read (one consistent GetItem each, some then filled or sourced again) and
+# WALK_PAGES pages of the queue by one arrival's walk: the rest is handed on (`arrived`), so a long
+# run of orders that take nothing (held, or kept off the location) never runs a stream batch of 25
+# records past the function's time limit.
+WALK_READS, WALK_PAGES = PAGE, 8
 # At most 200 waiting orders read for the demand behind a reorder point, 100 at a time (a BatchGetItem's most).
 DEMAND_PAGE, DEMAND_PAGES = 100, 2
 # An order in these statuses may still be (or become) backordered: its queue entry stays.
@@ -98,17 +103,30 @@ class BackorderAllocator:
         # None: a change of the rules wakes no one.
         self._backordered = backordered
 
-    def arrived(self, sku: str, location_id: str) -> Arrival:
-        """Fill the orders waiting for `sku` that may take it from `location_id`, oldest first.
+    def arrived(
+        self, sku: str, location_id: str, after: WaitingOrder | None = None,
+        hand_on: Callable[[WaitingOrder], None] | None = None,
+    ) -> Arrival:  # fmt: skip
+        """Fill the orders waiting for `sku` that may take it from `location_id`, oldest first,
+        after `after` (from the oldest when None: a walk handed on goes on where it stopped).
         Stops at the first such order still short of `sku` after its fill that the sourcing rules
         let take units there: the location had no more, so no younger order may get units an older
         one is waiting for. One that `max_shipments` keeps from a new location does not stop them;
-        one the rules leave nowhere to take more units is sent back to be sourced (as their wake sends it)."""
+        one the rules leave nowhere to take more units is sent back to be sourced (as their wake sends it).
+        Reads at most WALK_READS orders and WALK_PAGES pages of the queue: with entries left, it
+        stops after the last one it dealt with and hands the walk on from there (`hand_on`, None:
+        not), whose every entry before is dealt with (filled, or left as it must wait), so nothing
+        is skipped for good and a fill, conditional as ever, reserves nothing twice."""
         result = Arrival()
         locations = None
         rules: SourcingRules | None = None
-        after: WaitingOrder | None = None
-        while page := self._queue.waiting(sku, after, PAGE):
+        reads = pages = 0
+        while True:
+            if pages == WALK_PAGES:
+                return self._handed_on(result, after, hand_on)
+            if not (page := self._queue.waiting(sku, after, PAGE)):
+                return result
+            pages += 1
             locations = locations or self._catalog.list_locations()  # read only when someone waits
             here = next((loc for loc in locations if loc.location_id == location_id), None)
             for entry in page:
@@ -118,7 +136,12 @@ class BackorderAllocator:
                     # below. Read, a long queue of such orders (units counted at a store that ships
                     # nothing) ran the walk past its function's time limit, failing the batch over
                     # and over, and the order that could take the units waited behind them.
+                    after = entry
                     continue
+                if reads == WALK_READS:
+                    return self._handed_on(result, after, hand_on)  # every entry up to `after` dealt with
+                reads += 1
+                after = entry  # dealt with below, whatever it comes to (or the walk stops here)
                 # Read consistently: leaving the queue and skipping an order are decided by no
                 # conditional write, and a plain read just after the order went backordered may
                 # still show it authorized (skipped: a younger order took its units) or pending
@@ -157,7 +180,16 @@ class BackorderAllocator:
                 skus_short = {line.sku for line in order.lines if line.line_id in short}
                 if sku in skus_short and rules.admits(location_id, {a.location_id for a in order.allocations}):
                     return result
-            after = page[-1]
+            if len(page) < PAGE:
+                return result  # the end of the queue
+
+    @staticmethod
+    def _handed_on(
+        result: Arrival, after: WaitingOrder | None, hand_on: Callable[[WaitingOrder], None] | None
+    ) -> Arrival:
+        """The walk stopped at its budget: the rest from after `after` is handed on."""
+        if after is not None and hand_on is not None:
+            hand_on(after)
         return result
 
     def rules_changed(self, version: int, after: WaitingOrder | None = None) -> Arrival:

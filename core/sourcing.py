@@ -613,8 +613,10 @@ class Simulator:
         waiting in its queue, oldest first, each with the units it lacks and the locations it may
         take them at (`lacks_at`). Read as ReserveStock reads them (Workflow._behind_older): at most
         BEHIND_PAGES pages of the queue, each page's orders in one batched read, and no further
-        than those orders' claims cover the units there; held orders are passed over."""
+        than those orders' claims cover the units there; held orders are passed over, and so are,
+        unread, those whose entry says they may take none of the units there (`may_take_at`)."""
         owed: dict[str, list[tuple[WaitingOrder, int, set[str]]]] = {}
+        by_id = {loc.location_id: loc for loc in locations}
         for sku, levels in stock.items():
             free = {level.location_id: level.available for level in levels if level.available > 0}
             claims: list[tuple[WaitingOrder, int, set[str]]] = []
@@ -622,8 +624,11 @@ class Simulator:
             for _ in range(BEHIND_PAGES):
                 if not free or not (page := self._backorders.waiting(sku, after, BACKORDER_PAGE)):
                     break
-                waiting = self._orders.get_many([entry.order_id for entry in page])
-                for entry in page:
+                # A store's pickup order where only warehouses hold units, or a ship order where
+                # only stores that ship nothing do: it may take none of them, and is not read.
+                takers = [entry for entry in page if any(entry.may_take_at(by_id.get(at)) for at in free)]
+                waiting = self._orders.get_many([entry.order_id for entry in takers]) if takers else {}
+                for entry in takers:
                     older = waiting.get(entry.order_id)
                     if older is None or older.status is not OrderStatus.BACKORDERED:
                         continue

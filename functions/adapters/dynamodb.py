@@ -2103,7 +2103,8 @@ ADJUSTMENT_KEY_SECONDS = 24 * 3600
 # carrying this marker: every write that can raise `available` sets it (true), every write that
 # lowers `available` or leaves it alone removes it, so reservations and shipments (most of the
 # stream) never invoke the filler. A write that names neither leaves it as it was, which can only
-# invoke the filler for nothing (its own check compares both images), never miss an arrival.
+# invoke the filler for nothing (its own check compares both images), never miss an arrival. One
+# write sets it and leaves `available` alone: an arrival's walk handed on (DynamoBackorders.walk_from).
 # A boolean, matched exactly: the filter does not rest on numeric matching of the strings a
 # stream record carries DynamoDB numbers as.
 ARRIVED = "arrived"
@@ -2706,6 +2707,9 @@ class DynamoInventory(InventoryRepository):
 BACKORDER_PREFIX = "#backorder#"
 # Set on a queue entry once its order is written backordered (DynamoBackorders.recorded).
 BACKORDER_RECORDED = "reorder_watch"
+# On a stock item: the queue entry after which an arrival's walk there goes on, and the stream record
+# that handed it on (DynamoBackorders.walk_from; read back with `wake_after`).
+WALK_AFTER, WALK_BY = "walk_after", "walk_by"
 
 
 class DynamoBackorders(Backorders):
@@ -2792,6 +2796,29 @@ class DynamoBackorders(Backorders):
             )
             for item in items
         ]
+
+    def walk_from(self, sku: str, location_id: str, after: WaitingOrder, by: str) -> None:
+        """Hand an arrival's walk of `sku`'s queue on from after `after` (BackorderAllocator.arrived):
+        `walk_after` names the entry and `walk_by` the stream record handing it on (`by`, its
+        sequence number) on the stock item the units arrived at, with ARRIVED, so that the change
+        is a record the stream's filter passes and the function goes on from there
+        (functions/backorders). Nothing when that record handed it on already (redelivered: the
+        walk it started goes on once), nor when the stock item is gone (no units to give)."""
+        try:
+            self._client.update_item(
+                TableName=self._table,
+                Key={"sku": {"S": sku}, "location_id": {"S": location_id}},
+                UpdateExpression=f"SET {WALK_AFTER} = :after, {WALK_BY} = :by, {ARRIVED} = :arrived",
+                ConditionExpression=f"attribute_exists(sku) AND (attribute_not_exists({WALK_BY}) OR {WALK_BY} <> :by)",
+                ExpressionAttributeValues={
+                    ":after": {"S": f"{timestamp(after.created_at)}#{after.order_id}"},
+                    ":by": {"S": by},
+                    ":arrived": {"BOOL": True},
+                },
+            )
+        except ClientError as error:
+            if not _is_conditional_failure(error):
+                raise
 
     def _top_ups(self, sku: str, location_id: str, top_ups: list[TopUp]) -> dict[str, Any]:
         """One Update of a stock item for all its top-ups (a transaction may name an item once)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from typing import Any
+from uuid import uuid4
 
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
@@ -18,10 +19,19 @@ from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import 
 
 from core.backorders import Arrival, Demand
 from core.models import Location, ReorderSettings, StockLevel
+from core.ports import WaitingOrder
 from core.purchasing import PurchaseOrder
 from core.reorder import DraftAtTheLimit, crossing, lacking, low_stock_event
 from core.sourcing_rules import SourcingRules
-from functions.adapters.dynamodb import BACKORDER_PREFIX, NETWORK_KEY, SOURCING_RULES_PK, WAKE_AFTER, wake_after
+from functions.adapters.dynamodb import (
+    BACKORDER_PREFIX,
+    NETWORK_KEY,
+    SOURCING_RULES_PK,
+    WAKE_AFTER,
+    WALK_AFTER,
+    WALK_BY,
+    wake_after,
+)
 from functions.backorders.low_stock import backorder_marked, crossing_of, point_set, stock_change
 from functions.bootstrap import WarmContainer
 from functions.business_metrics import emits_business_metrics
@@ -58,12 +68,27 @@ def arrival(record: DynamoDBRecord) -> None:
     sku, location_id = str(keys.get("sku", "")), str(keys.get("location_id", ""))
     if not sku or location_id.startswith(BACKORDER_PREFIX[0]):
         return  # a backorder queue entry, not stock
-    if _available(record.dynamodb.new_image) <= _available(record.dynamodb.old_image):
-        return  # reserved or shipped: nothing arrived
-    if not container().backorders.waiting(sku, None, 1):
-        return  # nobody waits for this sku: one Query, and no plugin is loaded for it
+    new, old = record.dynamodb.new_image or {}, record.dynamodb.old_image or {}
+    after = None  # units arrived: the walk starts from the oldest
+    if _available(new) <= _available(old):
+        if not new.get(WALK_AFTER) or new.get(WALK_BY) == old.get(WALK_BY):
+            return  # reserved or shipped: nothing arrived
+        after = wake_after(str(new[WALK_AFTER]))  # a walk handed on: it goes on from there
+    if not container().backorders.waiting(sku, after, 1):
+        return  # nobody waits for this sku (after there): one Query, and no plugin is loaded for it
+    # Its place in the stream, the same for a redelivery (which hands on nothing again); a record
+    # replayed by hand carries none, and is a walk of its own.
+    by = str(record.dynamodb.sequence_number or f"replay-{uuid4().hex}")
+
+    def hand_on(last: WaitingOrder) -> None:
+        # On the stock item, as a change the stream's filter passes: the rest of the walk is a
+        # record of its own, in order with the sku's other changes there, and a failure before
+        # it is written fails this record, whose retry walks again (its fills reserve nothing twice).
+        container().backorders.walk_from(sku, location_id, last, by)
+        logger.info("backorder walk handed on", extra={"after": last.order_id})
+
     with logger.append_context_keys(sku=sku, location_id=location_id):
-        _report(container().backorder_allocator.arrived(sku, location_id))
+        _report(container().backorder_allocator.arrived(sku, location_id, after, hand_on))
 
 
 def _level_after_draft(sku: str, location_id: str, settings: ReorderSettings | None) -> tuple[StockLevel | None, int]:

@@ -640,3 +640,108 @@ def test_a_new_order_reads_no_older_order_that_may_not_take_the_units_it_looks_a
 
     assert (shop.held(older), shop.held(newer)) == (0, 1)
     assert not set(read) & set(pickups)
+
+
+def inventory_stream(shop: Shop) -> tuple[Any, str]:
+    """The Inventory table's stream client and an iterator at its end: the changes from now on."""
+    client = boto3.client("dynamodb", region_name="us-east-1")
+    arn = client.describe_table(TableName=shop.container.config.inventory_table)["Table"]["LatestStreamArn"]
+    streams = boto3.client("dynamodbstreams", region_name="us-east-1")
+    shard = streams.describe_stream(StreamArn=arn)["StreamDescription"]["Shards"][0]["ShardId"]
+    return streams, streams.get_shard_iterator(StreamArn=arn, ShardId=shard, ShardIteratorType="LATEST")[
+        "ShardIterator"
+    ]
+
+
+def test_an_arrival_behind_a_long_run_of_held_orders_reads_a_few_and_hands_its_walk_on(shop, monkeypatch):
+    """A fraud wave put the backordered orders of a hot sku on hold: the walk read every one of
+    them (a consistent GetItem each) before reaching the order that could take the units, so a long
+    run ran the function past its time limit, failed the stream's batch over and over, and that
+    order never got them. Now each invocation reads at most WALK_READS orders and hands the rest of
+    the walk on through a record of the stock item (which the template's filter passes), taken
+    from where it stopped: the order behind them is filled, once, by a later invocation."""
+    from core.holds import HoldRequest
+
+    monkeypatch.setattr("core.backorders.WALK_READS", 3, raising=False)
+    held = [shop.backordered(1) for _ in range(7)]
+    for order_id in held:
+        shop.container.holds.hold(order_id, HoldRequest(reason="fraud_review"), actor="key_ops")
+    waiting = shop.backordered(1)
+    streams, iterator = inventory_stream(shop)
+    events = Template.load().functions()["BackorderFunction"]["Events"]
+    patterns = compile_filters(events["InventoryStream"]["Properties"]["FilterCriteria"], "test")
+    reads: list[list[str]] = []
+
+    def order_read(params: dict[str, Any], **_: Any) -> None:
+        if params.get("TableName") == shop.container.config.orders_table:
+            reads[-1].append(params["Key"]["id"]["S"])
+
+    shop.inventory.adjust("PREORDER", "wh-east", 1, reason="receipt")
+    hooks = shop.container.dynamodb.meta.events
+    hooks.register("provide-client-params.dynamodb.GetItem", order_read)
+    try:
+        for _ in range(10):  # each invocation as Lambda delivers the stream's records, until none passes
+            answer = streams.get_records(ShardIterator=iterator)
+            iterator = answer["NextShardIterator"]
+            # As Lambda delivers them: the creation time in epoch seconds (boto3 parses it to a datetime).
+            records = [{"eventName": r["eventName"], "eventSource": "aws:dynamodb", "eventID": r["eventID"],
+                        "dynamodb": {**r["dynamodb"], "ApproximateCreationDateTime":
+                                     r["dynamodb"]["ApproximateCreationDateTime"].timestamp()}}
+                       for r in answer["Records"]]  # fmt: skip
+            passed = [r for r in records if matches_filters(patterns, r)]
+            if not passed:
+                break
+            reads.append([])
+            assert consume(shop, *passed) == {"batchItemFailures": []}
+            assert len(set(reads[-1]) & set(held)) <= 3  # never more than its budget of the held ones
+    finally:
+        hooks.unregister("provide-client-params.dynamodb.GetItem", order_read)
+
+    assert len(reads) == 3  # 3 held orders read, 3 more, then the last held one and the waiting one
+    assert [order_id for each in reads for order_id in each if order_id in held] == held  # each once, in order
+    assert shop.held(waiting) == 1 and shop.executions() == [waiting]
+    assert [shop.held(order_id) for order_id in held] == [0] * 7
+    assert [shop.order(order_id).status for order_id in held] == [S.ON_HOLD] * 7
+    assert shop.level() == (1, 1, 0)
+
+
+def test_a_redelivered_arrival_hands_its_walk_on_once(shop, monkeypatch):
+    """Its hand-on names the record (`walk_by`): a redelivery writes no second one, so the walk it
+    started goes on once, not twice over the rest of the queue."""
+    from core.holds import HoldRequest
+
+    monkeypatch.setattr("core.backorders.WALK_READS", 1)
+    held = shop.backordered(1)
+    shop.container.holds.hold(held, HoldRequest(reason="fraud_review"), actor="key_ops")
+    waiting = shop.backordered(1)
+    shop.inventory.adjust("PREORDER", "wh-east", 1, reason="receipt")
+    streams, iterator = inventory_stream(shop)
+
+    consume(shop, record("wh-east", 0, 1))
+    consume(shop, record("wh-east", 0, 1))
+
+    changes = [r["dynamodb"] for r in streams.get_records(ShardIterator=iterator)["Records"]]
+    handed = [c["NewImage"]["walk_after"]["S"] for c in changes if "walk_by" in c.get("NewImage", {})]
+    assert len(handed) == 1 and handed[0].endswith(f"#{held}")
+    assert shop.held(waiting) == 0  # until the walk handed on goes on
+
+
+def test_an_arrival_replayed_by_hand_twice_hands_its_walk_on_each_time(shop, monkeypatch):
+    """The runbook's replay carries no SequenceNumber: each replay is a walk of its own, whose hand-on
+    a former replay's must not swallow (the walk it names may have failed)."""
+    from core.holds import HoldRequest
+
+    monkeypatch.setattr("core.backorders.WALK_READS", 1)
+    held = shop.backordered(1)
+    shop.container.holds.hold(held, HoldRequest(reason="fraud_review"), actor="key_ops")
+    shop.backordered(1)
+    shop.inventory.adjust("PREORDER", "wh-east", 1, reason="receipt")
+    replay = record("wh-east", 0, 1)
+    del replay["dynamodb"]["SequenceNumber"]
+    streams, iterator = inventory_stream(shop)
+
+    consume(shop, replay)
+    consume(shop, replay)
+
+    changes = [r["dynamodb"] for r in streams.get_records(ShardIterator=iterator)["Records"]]
+    assert len([c for c in changes if "walk_by" in c.get("NewImage", {})]) == 2

@@ -320,6 +320,42 @@ def test_a_new_order_may_still_take_what_older_backorders_may_not_take_there():
     assert world.order(pickup).allocations == []
 
 
+def test_a_walk_past_a_long_run_of_entries_it_passes_over_unread_hands_on_after_its_pages(monkeypatch):
+    """Orders that may take no units where they arrived (a store's pickups, at a warehouse) are
+    passed over unread, but each page of them is a Query: a walk reads WALK_PAGES pages at most and
+    hands on from the last entry it dealt with; the walk handed on fills the order behind them."""
+    world, allocator, _ = make_world([])
+    pickups = [
+        backordered(world, ("PREORDER", 1), fulfillment={"type": "pickup", "location_id": "store-sf"}) for _ in range(4)
+    ]
+    shipped = backordered(world, ("PREORDER", 1))
+    world.inventory.adjust("PREORDER", "wh-west", 1, reason="receipt")
+    monkeypatch.setattr("core.backorders.PAGE", 1)
+    monkeypatch.setattr("core.backorders.WALK_PAGES", 3)
+    handed: list[WaitingOrder] = []
+
+    first = allocator.arrived("PREORDER", "wh-west", hand_on=handed.append)
+
+    assert first.filled == [] and [entry.order_id for entry in handed] == [pickups[2]]
+    second = allocator.arrived("PREORDER", "wh-west", handed[0], hand_on=handed.append)
+    assert second.filled == [shipped] and len(handed) == 1  # the queue's end: nothing more to hand on
+    assert world.order(shipped).status is S.ALLOCATED
+    assert [world.order(order_id).allocations for order_id in pickups] == [[]] * 4
+
+
+def test_a_walk_that_stops_at_an_order_still_short_hands_nothing_on(monkeypatch):
+    world, allocator, _ = make_world([])
+    older, younger = backordered(world, ("PREORDER", 2)), backordered(world, ("PREORDER", 1))
+    world.inventory.adjust("PREORDER", "wh-west", 1, reason="receipt")
+    monkeypatch.setattr("core.backorders.WALK_READS", 1)
+    handed: list[WaitingOrder] = []
+
+    result = allocator.arrived("PREORDER", "wh-west", hand_on=handed.append)
+
+    assert result.filled == [older] and handed == []  # the units are gone: no younger order may take any
+    assert world.held_for(younger) == {}
+
+
 def test_a_restarted_backordered_order_does_not_fill_ahead_of_older_ones():
     """ReserveStock run again for a backordered order (a release from hold, a retry) fills it with
     what has arrived: not with units an older order in the queue is due first."""

@@ -1067,6 +1067,41 @@ def test_the_what_if_reads_each_queue_once_whatever_the_number_of_orders():
     assert result.summary.unfillable_units == 100  # each body gets the 2 units the older orders are not owed
 
 
+def test_the_what_if_reads_no_older_order_that_may_not_take_the_units_it_looks_at():
+    """A store's pickup orders waiting for a sku may take none of its units at a warehouse: their
+    queue entries say so (`supplied_by`), and ReserveStock passes them over unread. The what-if
+    read them all (the queue's oldest 200 orders in each batched read) to learn as much."""
+    world, store = a_world_in_time()
+    world.catalog.put_location(location("store-sf", name="SF store", type="store", ships=False, pickup=True))
+    world.catalog.put_product(product("PREORDER", "30.00", allow_backorder=True))
+    pickups = []
+    for _ in range(3):
+        pickups.append(world.place(("PREORDER", 1), fulfillment={"type": "pickup", "location_id": "store-sf"}))
+        world.workflow.authorize_payment(pickups[-1], attempt=0)
+        with pytest.raises(Backordered):
+            world.workflow.reserve_stock(pickups[-1])
+    older = world.place(("PREORDER", 3))
+    world.workflow.authorize_payment(older, attempt=0)
+    with pytest.raises(Backordered):
+        world.workflow.reserve_stock(older)
+    world.inventory.adjust("PREORDER", "wh-west", 4, reason="receipt")  # not handed to the queue yet
+    sim, _, _ = simulator(world, store)
+    read: list[str] = []
+    get_many = world.orders.get_many
+
+    def counted(order_ids, *args, **kwargs):
+        read.extend(order_ids)
+        return get_many(order_ids, *args, **kwargs)
+
+    sim._orders = Counting(world.orders)
+    sim._orders.get_many = counted
+
+    [planned] = what_if(sim, *bodies([("PREORDER", 2)])).items
+
+    assert read == [older]
+    assert planned_lines(planned) == ([("wh-west", "L1", 1)], [("L1", 1)])  # 3 of the 4 units are the older order's
+
+
 def test_the_what_if_of_an_order_reservestock_cancels_for_a_product_that_may_not_wait_ships_nothing():
     """MUG may not wait and the locations lack one: ReserveStock cancels the order out_of_stock,
     the what-if showed a shipment of what is in stock."""
