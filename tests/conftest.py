@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
+import moto.core.custom_responses_mock as moto_responses
+import moto.core.models as moto_models
 import pytest
 from hypothesis import settings
 from moto.core.models import MockAWS
@@ -129,6 +131,26 @@ def _disable_patching_with_suite_patches(self: MockAWS, *args: Any, **kwargs: An
 _enable_patching, _disable_patching = MockAWS._enable_patching, MockAWS._disable_patching
 MockAWS._enable_patching = _enable_patching_with_suite_patches  # type: ignore[method-assign]
 MockAWS._disable_patching = _disable_patching_with_suite_patches  # type: ignore[method-assign]
+
+
+# moto's every start (each `aws` test, in-process API and local stack) registered ~1,300 new
+# CallbackResponse objects with `responses` (one for each of its URL patterns and HTTP methods), ~5 ms
+# of CPU, the same ones every time: each is made once per process and registered again, its record
+# of the calls made through it emptied as a new one's is. Kept by what moto makes it of.
+_callback_responses: dict[tuple[Any, ...], moto_responses.CallbackResponse] = {}
+
+
+def _callback_response(method: str, url: Any, callback: Callable[..., Any]) -> moto_responses.CallbackResponse:
+    key = (method, url, callback)
+    response = _callback_responses.get(key)
+    if response is None:
+        response = _callback_responses[key] = moto_responses.CallbackResponse(method=method, url=url, callback=callback)
+    else:
+        response.calls.reset()
+    return response
+
+
+moto_models.CallbackResponse = _callback_response  # type: ignore[assignment,misc]
 
 
 def forget_business_metrics() -> None:
