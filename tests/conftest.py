@@ -11,8 +11,6 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
-import moto.core.custom_responses_mock as moto_responses
-import moto.core.models as moto_models
 import pytest
 from hypothesis import settings
 from moto.core.models import MockAWS
@@ -20,7 +18,7 @@ from moto.core.models import MockAWS
 import infra.check_template as check_template_module
 import infra.local.template as template_module
 from core import plugin_manager
-from infra.local.moto_patches import action_names, response_keys, transactions, update_expressions
+from infra.local.moto_patches import action_names, callback_responses, response_keys, transactions, update_expressions
 from infra.local.stack import EmbeddedStack
 
 # No per-example deadline: on a loaded 2-core machine a 200 ms example is a scheduling accident, not
@@ -103,8 +101,12 @@ check_template_module.translate = _translate_once
 # h438 measured 2 %) and `update_expressions` (moto parses every UpdateExpression twice per
 # UpdateItem and validates it in passes that rebuild their maps at every node: 17 % less CPU per
 # UpdateItem of five actions) and `action_names` (moto listed every function of the response class,
-# through inspect.getmembers, for every request it served).
-SUITE_PATCHES = (response_keys.PATCH, transactions.PATCH, update_expressions.PATCH, action_names.PATCH)
+# through inspect.getmembers, for every request it served) and `callback_responses` (each start
+# registers the ~1,300 response objects the first one made instead of making them again: 200 empty
+# mock_aws() starts and stops took 1.4 ms of CPU each instead of 3.4; the suite's alone, as the
+# stack, in `make run`, starts moto once).
+SUITE_PATCHES = (response_keys.PATCH, transactions.PATCH, update_expressions.PATCH, action_names.PATCH,
+                 callback_responses.PATCH)  # fmt: skip
 
 
 def _enable_patching_with_suite_patches(self: MockAWS, *args: Any, **kwargs: Any) -> None:
@@ -131,26 +133,6 @@ def _disable_patching_with_suite_patches(self: MockAWS, *args: Any, **kwargs: An
 _enable_patching, _disable_patching = MockAWS._enable_patching, MockAWS._disable_patching
 MockAWS._enable_patching = _enable_patching_with_suite_patches  # type: ignore[method-assign]
 MockAWS._disable_patching = _disable_patching_with_suite_patches  # type: ignore[method-assign]
-
-
-# moto's every start (each `aws` test, in-process API and local stack) registered ~1,300 new
-# CallbackResponse objects with `responses` (one for each of its URL patterns and HTTP methods), ~5 ms
-# of CPU, the same ones every time: each is made once per process and registered again, its record
-# of the calls made through it emptied as a new one's is. Kept by what moto makes it of.
-_callback_responses: dict[tuple[Any, ...], moto_responses.CallbackResponse] = {}
-
-
-def _callback_response(method: str, url: Any, callback: Callable[..., Any]) -> moto_responses.CallbackResponse:
-    key = (method, url, callback)
-    response = _callback_responses.get(key)
-    if response is None:
-        response = _callback_responses[key] = moto_responses.CallbackResponse(method=method, url=url, callback=callback)
-    else:
-        response.calls.reset()
-    return response
-
-
-moto_models.CallbackResponse = _callback_response  # type: ignore[assignment,misc]
 
 
 def forget_business_metrics() -> None:
