@@ -18,7 +18,7 @@ from moto.core.models import MockAWS
 import infra.check_template as check_template_module
 import infra.local.template as template_module
 from core import plugin_manager
-from infra.local.moto_patches import action_names, response_keys, transactions, update_expressions
+from infra.local.moto_patches import action_names, callback_responses, response_keys, transactions, update_expressions
 from infra.local.stack import EmbeddedStack
 
 # No per-example deadline: on a loaded 2-core machine a 200 ms example is a scheduling accident, not
@@ -101,8 +101,12 @@ check_template_module.translate = _translate_once
 # h438 measured 2 %) and `update_expressions` (moto parses every UpdateExpression twice per
 # UpdateItem and validates it in passes that rebuild their maps at every node: 17 % less CPU per
 # UpdateItem of five actions) and `action_names` (moto listed every function of the response class,
-# through inspect.getmembers, for every request it served).
-SUITE_PATCHES = (response_keys.PATCH, transactions.PATCH, update_expressions.PATCH, action_names.PATCH)
+# through inspect.getmembers, for every request it served) and `callback_responses` (each start
+# registers the ~1,300 response objects the first one made instead of making them again: 200 empty
+# mock_aws() starts and stops in a process with this conftest took 1.5 ms of CPU each instead of
+# 4.8; the suite's alone: a stack start takes 450-650 ms, and `make run` starts moto once).
+SUITE_PATCHES = (response_keys.PATCH, transactions.PATCH, update_expressions.PATCH, action_names.PATCH,
+                 callback_responses.PATCH)  # fmt: skip
 
 
 def _enable_patching_with_suite_patches(self: MockAWS, *args: Any, **kwargs: Any) -> None:

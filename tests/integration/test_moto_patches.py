@@ -744,3 +744,78 @@ def test_canary_moto_only_asks_whether_the_action_is_among_the_class_s_functions
     call_action = inspect.getsource(responses.BaseResponse.call_action)
     assert "method_names = method_names_from_class(self.__class__)" in call_action
     assert len(re.findall(r"\bmethod_names\b", call_action)) == 2 and "if action in method_names:" in call_action
+
+
+# --- callback_responses ---------------------------------------------------------------------------
+
+
+def _registered_with_responses() -> list[Any]:
+    from moto.core.models import responses_mock
+
+    return responses_mock.registered()
+
+
+def _made_of(response: Any) -> dict[str, Any]:
+    """Everything a response holds but the record of the calls it answered."""
+    return {name: value for name, value in vars(response).items() if name != "_calls"}
+
+
+@contextmanager
+def _moto_s_own_callback_responses() -> Iterator[None]:
+    """moto's own CallbackResponse for the block, inside the suite's mock_aws (which applies the
+    `callback_responses` patch, tests/conftest.py: applied here first, a start only counts it)."""
+    import moto.core.models as models
+
+    patch = PATCHES["callback_responses"]
+    own = patch.targets()["moto.core.models.CallbackResponse"]
+    patch.apply()
+    try:
+        with mock.patch.object(models, "CallbackResponse", own):
+            yield
+    finally:
+        patch.undo()
+
+
+def test_each_start_registers_moto_s_responses_again_with_no_call_recorded() -> None:
+    import requests
+
+    with _moto_s_own_callback_responses(), mock_aws():
+        by_moto = [_made_of(response) for response in _registered_with_responses()]
+    starts = []
+    for _ in range(2):
+        with mock_aws():
+            registered = _registered_with_responses()
+            assert [_made_of(response) for response in registered] == by_moto  # what moto makes, in its order
+            assert [len(response.calls) for response in registered] == [0] * len(registered)
+            assert requests.get("https://s3.us-east-1.amazonaws.com/", timeout=5).status_code == 200
+            assert sum(len(response.calls) for response in registered) == 1  # recorded where it matched
+            starts.append(registered)
+    first, second = starts
+    assert all(kept is again for kept, again in zip(first, second, strict=True))  # made once, registered again
+    # One object per method and URL pattern: moto lists two patterns twice (elb and elbv2, ses and
+    # sesv2), whose second, equal response never matches first, so never answers.
+    assert len({id(response) for response in second}) == len({(r.method, r.url.pattern) for r in second}) > 1000
+
+
+def test_canary_moto_s_start_makes_its_callback_responses_after_dropping_the_last_registry() -> None:
+    """Canary of `callback_responses`: the name is called only by `_enable_patching`, after its reset
+    dropped the registry holding the last start's objects; a response holds only what its
+    constructor made and its record of calls. If responses adds state it gathers, or moto registers
+    responses another way, revisit the patch."""
+    from moto.core import custom_responses_mock, models
+
+    assert inspect.getsource(models).count("CallbackResponse(") == 2
+    own = inspect.getsource(models.MockAWS)  # the file's text: the suite wraps _enable_patching
+    enable = own[own.index("    def _enable_patching(") : own.index("    def _disable_patching(")]
+    assert enable.count("CallbackResponse(") == 2
+    assert "if reset:\n            self.reset()" in enable and enable.index("self.reset()") < enable.index(
+        "CallbackResponse("
+    )
+    assert "reset_responses_mock(responses_mock)" in inspect.getsource(models.MockAWS.reset)
+    assert "_nested_count == 1:\n                self._enable_patching(" in own  # under _mock_init_lock
+    assert "with MockAWS._mock_init_lock:" in inspect.getsource(models.MockAWS.start)
+    made = custom_responses_mock.CallbackResponse(method="GET", url=re.compile("https://x"), callback=print)
+    assert sorted(vars(made)) == [
+        "_calls", "body", "callback", "content_type", "match", "method", "passthrough", "status", "stream", "url",
+    ]  # fmt: skip
+    assert (made.match, made.passthrough) == ((), False)

@@ -125,11 +125,12 @@ def describe(value: Any) -> str:
 
 
 _MODULES = ("lock", "sqs", "memory", "transactions", "streams", "asl_parse", "response_keys", "update_expressions",
-            "action_names", "lambda_invoke", "s3_notifications", "arrivals", "apigateway", "retry_delay")  # fmt: skip
+            "action_names", "lambda_invoke", "s3_notifications", "arrivals", "apigateway", "retry_delay",
+            "callback_responses")  # fmt: skip
 
 
 def all_patches() -> list[MotoPatch]:
-    """Every patch, in the order the stack applies them."""
+    """Every patch: the stack's, in the order it applies them, then those only the suite applies."""
     return [importlib.import_module(f"{__name__}.{module}").PATCH for module in _MODULES]
 
 
