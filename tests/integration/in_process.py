@@ -22,6 +22,7 @@ from infra.local.lambdas import LocalFunction
 from infra.local.moto_patches import apigateway
 from infra.local.template import Template, create_table_request
 from tests.e2e.client import ADMIN, order_body, unique
+from tests.fakes import InlineReturnWorkflow
 from tests.integration.conftest import ENV_BY_TABLE, FUNCTION_ENV, KEEP_BOTO3_SESSION, access_log_queue
 from tests.template_iam import not_granted_message, unwatch, watch
 
@@ -206,16 +207,31 @@ def in_process_api_with_webhooks(**parameter_overrides: Any) -> Iterator[InProce
 
 
 @contextmanager
-def in_process_api_with_labels(**parameter_overrides: Any) -> Iterator[InProcessApi]:
-    """in_process_api with a labels bucket: the workflow's steps these tests run in process book
-    parcels, whose shipping labels go there."""
+def in_process_api_with_labels(webhooks: bool = False, **parameter_overrides: Any) -> Iterator[InProcessApi]:
+    """in_process_api (in_process_api_with_webhooks when `webhooks`) with a labels bucket: the
+    workflow's steps these tests run in process book parcels, whose shipping labels go there."""
     from functions.bootstrap import forget_warm_containers
 
-    with in_process_api(**parameter_overrides) as started, pytest.MonkeyPatch.context() as env:
+    api = in_process_api_with_webhooks if webhooks else in_process_api
+    with api(**parameter_overrides) as started, pytest.MonkeyPatch.context() as env:
         boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="test-labels")
         env.setenv("LABELS_BUCKET", "test-labels")
         forget_warm_containers()
         yield started
+
+
+@contextmanager
+def returns_run_inline() -> Iterator[None]:
+    """The API function's container built from the environment with the returns workflow's steps
+    run inline in the request (tests.fakes.InlineReturnWorkflow), not started on Step Functions."""
+    from functions.api.dependencies import container
+    from functions.bootstrap import Config, bootstrap
+
+    workflow = InlineReturnWorkflow()
+    built = bootstrap(Config.from_env(), return_workflow=workflow)
+    workflow.returns = built.returns
+    with container.override(built):
+        yield
 
 
 def issue(api: InProcessApi, *scopes: str, channel: str | None = None) -> str:

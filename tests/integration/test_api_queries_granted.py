@@ -11,13 +11,11 @@ from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
-import boto3
 import pytest
 
 from tests.builders import order_body
 from tests.e2e.client import Catalog
-from tests.fakes import InlineReturnWorkflow
-from tests.integration.in_process import InProcessApi, in_process_api
+from tests.integration.in_process import InProcessApi, in_process_api_with_labels, returns_run_inline
 from tests.template_iam import calls_by_function, granted
 from tests.unit.test_template_security import QUERIED_INDEXES
 
@@ -29,17 +27,9 @@ TABLES = ("OrdersTable", "ReturnsTable", "InventoryTable", "CatalogTable", "Idem
 @pytest.fixture(scope="module")
 def api() -> Iterator[InProcessApi]:
     """The in-process API with a labels bucket, and the returns workflow's steps run inline."""
-    from functions.api.dependencies import container
-    from functions.bootstrap import Config, bootstrap
-
-    with pytest.MonkeyPatch.context() as env, in_process_api() as started:
+    with pytest.MonkeyPatch.context() as env:
         env.setenv("WEBHOOK_QUEUE_URL", WEBHOOK_QUEUE)  # named, never sent to by these reads
-        boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="test-labels")
-        env.setenv("LABELS_BUCKET", "test-labels")
-        workflow = InlineReturnWorkflow()
-        built = bootstrap(Config.from_env(), return_workflow=workflow)
-        workflow.returns = built.returns
-        with container.override(built):
+        with in_process_api_with_labels() as started, returns_run_inline():
             yield started
 
 

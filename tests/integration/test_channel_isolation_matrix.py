@@ -12,14 +12,17 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import boto3
 import pytest
 
 from plugins.flat_rate_carrier import tracking_number
 from tests.builders import order_body
 from tests.e2e.client import Catalog, assert_error
-from tests.fakes import InlineReturnWorkflow
-from tests.integration.in_process import InProcessApi, in_process_api_with_webhooks, issue
+from tests.integration.in_process import (
+    InProcessApi,
+    in_process_api_with_labels,
+    issue,
+    returns_run_inline,
+)
 
 # Every scope a key bound to a channel may hold (admin sees every channel, so it cannot be bound).
 CHANNEL_SCOPES = (
@@ -40,17 +43,8 @@ CHANNEL_SCOPES = (
 
 @pytest.fixture(scope="module")
 def api() -> Iterator[InProcessApi]:
-    from functions.api.dependencies import container
-    from functions.bootstrap import Config, bootstrap
-
-    with in_process_api_with_webhooks() as started, pytest.MonkeyPatch.context() as env:
-        boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="test-labels")
-        env.setenv("LABELS_BUCKET", "test-labels")
-        workflow = InlineReturnWorkflow()
-        built = bootstrap(Config.from_env(), return_workflow=workflow)
-        workflow.returns = built.returns
-        with container.override(built):
-            yield started
+    with in_process_api_with_labels(webhooks=True) as started, returns_run_inline():
+        yield started
 
 
 def _run_workflow(order_id: str) -> None:

@@ -16,14 +16,18 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import boto3
 import pytest
 
 from functions.api.access import PUBLIC, ScopeTable
 from functions.api.app import every_route
 from tests.e2e.client import Catalog, assert_error, order_body
-from tests.fakes import InlineReturnWorkflow
-from tests.integration.in_process import InProcessApi, in_process_api_with_webhooks, issue, run_to_allocated
+from tests.integration.in_process import (
+    InProcessApi,
+    in_process_api_with_labels,
+    issue,
+    returns_run_inline,
+    run_to_allocated,
+)
 from tests.integration.test_api_paths import WELL_FORMED as LOOKED_UP
 
 DOCUMENT: dict[str, Any] = json.loads(every_route().get_openapi_json_schema())
@@ -144,17 +148,8 @@ class World:
 
 @pytest.fixture(scope="module")
 def api() -> Iterator[InProcessApi]:
-    from functions.api.dependencies import container
-    from functions.bootstrap import Config, bootstrap
-
-    with in_process_api_with_webhooks() as started, pytest.MonkeyPatch.context() as env:
-        boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="conventions-labels")
-        env.setenv("LABELS_BUCKET", "conventions-labels")  # the shipments made in-process book labels there
-        workflow = InlineReturnWorkflow()
-        built = bootstrap(Config.from_env(), return_workflow=workflow)
-        workflow.returns = built.returns
-        with container.override(built):
-            yield started
+    with in_process_api_with_labels(webhooks=True) as started, returns_run_inline():
+        yield started
 
 
 @pytest.fixture(scope="module")

@@ -42,8 +42,7 @@ from core.status import TRANSITIONS, OrderStatus
 from functions.adapters.dynamodb import from_item
 from tests.builders import location_body, order_body, product_body
 from tests.e2e.client import assert_error
-from tests.fakes import InlineReturnWorkflow
-from tests.integration.in_process import InProcessApi, in_process_api
+from tests.integration.in_process import InProcessApi, in_process_api_with_labels, returns_run_inline
 from tests.stateful import at_length, in_make_test
 
 LOCATIONS = {
@@ -360,19 +359,10 @@ class CrossFeatureMachine(RuleBasedStateMachine):
 @pytest.fixture(scope="module")
 def api() -> Iterator[InProcessApi]:
     """The in-process API with labels and the returns workflow's steps run inline, the three warehouses."""
-    from functions.api.dependencies import container
-    from functions.bootstrap import Config, bootstrap
-
-    with in_process_api() as started, pytest.MonkeyPatch.context() as env:
-        boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="test-labels")
-        env.setenv("LABELS_BUCKET", "test-labels")
-        workflow = InlineReturnWorkflow()
-        built = bootstrap(Config.from_env(), return_workflow=workflow)
-        workflow.returns = built.returns
-        with container.override(built):
-            for location_id, body in LOCATIONS.items():
-                assert started.put(f"/locations/{location_id}", json=body).status_code == 201
-            yield started
+    with in_process_api_with_labels() as started, returns_run_inline():
+        for location_id, body in LOCATIONS.items():
+            assert started.put(f"/locations/{location_id}", json=body).status_code == 201
+        yield started
 
 
 def machine_on(api: InProcessApi) -> type[CrossFeatureMachine]:

@@ -14,25 +14,15 @@ import pytest
 
 from tests.builders import order_body
 from tests.e2e.client import Catalog, assert_error
-from tests.fakes import InlineReturnWorkflow
-from tests.integration.in_process import InProcessApi, in_process_api
+from tests.integration.in_process import InProcessApi, in_process_api_with_labels, returns_run_inline
 
 
 @pytest.fixture(scope="module")
 def api() -> Iterator[InProcessApi]:
     """The in-process API, with the returns workflow's steps run inline when a receipt starts it
     (the state machine itself runs in tests/integration/test_return_workflow_in_interpreter.py)."""
-    from functions.api.dependencies import container
-    from functions.bootstrap import Config, bootstrap
-
-    with in_process_api() as started, pytest.MonkeyPatch.context() as env:
-        boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="test-labels")
-        env.setenv("LABELS_BUCKET", "test-labels")
-        workflow = InlineReturnWorkflow()
-        built = bootstrap(Config.from_env(), return_workflow=workflow)
-        workflow.returns = built.returns
-        with container.override(built):
-            yield started
+    with in_process_api_with_labels() as started, returns_run_inline():
+        yield started
 
 
 def run_workflow(order_id: str) -> None:
