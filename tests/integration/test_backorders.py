@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -63,14 +64,34 @@ class Shop:
     backorders: DynamoBackorders
     counter: int = 0
 
-    def backordered(self, quantity: int) -> str:
+    def backordered(self, quantity: int, **extra: Any) -> str:
         self.counter += 1
-        body = {"external_id": f"pre-{self.counter}", "lines": [{"sku": "PREORDER", "quantity": quantity}]}
+        body = {"external_id": f"pre-{self.counter}", "lines": [{"sku": "PREORDER", "quantity": quantity}], **extra}
         order_id = self.container.capture.place(place_order(**body), actor="key_web").id
         self.container.workflow.authorize_payment(order_id, attempt=0)
         with pytest.raises(Backordered):
             self.container.workflow.reserve_stock(order_id)
         return order_id
+
+    def backordered_pickup(self, store: str) -> str:
+        """A pickup order of one unit at `store`, backordered."""
+        return self.backordered(1, fulfillment={"type": "pickup", "location_id": store})
+
+    @contextmanager
+    def orders_read(self) -> Iterator[list[str]]:
+        """The ids of the orders the container reads (GetItem on the Orders table) meanwhile, in order."""
+        read: list[str] = []
+
+        def order_read(params: dict[str, Any], **_: Any) -> None:
+            if params.get("TableName") == self.container.config.orders_table:
+                read.append(params["Key"]["id"]["S"])
+
+        events = self.container.dynamodb.meta.events
+        events.register("provide-client-params.dynamodb.GetItem", order_read)
+        try:
+            yield read
+        finally:
+            events.unregister("provide-client-params.dynamodb.GetItem", order_read)
 
     def order(self, order_id: str):
         return self.container.order_repository.get(order_id)
@@ -576,26 +597,11 @@ def test_an_arrival_reads_no_order_that_may_not_take_units_where_they_arrived(sh
         location("store-sf", name="SF store", type="store", ships=False, pickup=True)
     )
     ships = [shop.backordered(1) for _ in range(3)]
-    shop.counter += 1
-    body = {"external_id": f"pre-{shop.counter}", "lines": [{"sku": "PREORDER", "quantity": 1}],
-            "fulfillment": {"type": "pickup", "location_id": "store-sf"}}  # fmt: skip
-    pickup = shop.container.capture.place(place_order(**body), actor="key_web").id
-    shop.container.workflow.authorize_payment(pickup, attempt=0)
-    with pytest.raises(Backordered):
-        shop.container.workflow.reserve_stock(pickup)
+    pickup = shop.backordered_pickup("store-sf")
     shop.inventory.set_on_hand("PREORDER", "store-sf", 1, reason="stock take")
-    read: list[str] = []
 
-    def order_read(params: dict[str, Any], **_: Any) -> None:
-        if params.get("TableName") == shop.container.config.orders_table:
-            read.append(params["Key"]["id"]["S"])
-
-    events = shop.container.dynamodb.meta.events
-    events.register("provide-client-params.dynamodb.GetItem", order_read)
-    try:
+    with shop.orders_read() as read:
         assert consume(shop, record("store-sf", 0, 1)) == {"batchItemFailures": []}
-    finally:
-        events.unregister("provide-client-params.dynamodb.GetItem", order_read)
 
     assert shop.held(pickup) == 1 and shop.executions() == [pickup]
     assert set(read) == {pickup}
@@ -609,34 +615,15 @@ def test_a_new_order_reads_no_older_order_that_may_not_take_the_units_it_looks_a
     shop.container.catalog_repository.put_location(
         location("store-sf", name="SF store", type="store", ships=False, pickup=True)
     )
-    pickups = []
-    for _ in range(2):
-        shop.counter += 1
-        body = {"external_id": f"pre-{shop.counter}", "lines": [{"sku": "PREORDER", "quantity": 1}],
-                "fulfillment": {"type": "pickup", "location_id": "store-sf"}}  # fmt: skip
-        pickups.append(shop.container.capture.place(place_order(**body), actor="key_web").id)
-        shop.container.workflow.authorize_payment(pickups[-1], attempt=0)
-        with pytest.raises(Backordered):
-            shop.container.workflow.reserve_stock(pickups[-1])
+    pickups = [shop.backordered_pickup("store-sf") for _ in range(2)]
     older = shop.backordered(3)
     shop.inventory.adjust("PREORDER", "wh-east", 4, reason="receipt")  # its record not consumed yet
     shop.counter += 1
     body = {"external_id": f"pre-{shop.counter}", "lines": [{"sku": "PREORDER", "quantity": 2}]}
     newer = shop.container.capture.place(place_order(**body), actor="key_web").id
     shop.container.workflow.authorize_payment(newer, attempt=0)
-    read: list[str] = []
-
-    def order_read(params: dict[str, Any], **_: Any) -> None:
-        if params.get("TableName") == shop.container.config.orders_table:
-            read.append(params["Key"]["id"]["S"])
-
-    events = shop.container.dynamodb.meta.events
-    events.register("provide-client-params.dynamodb.GetItem", order_read)
-    try:
-        with pytest.raises(Backordered):
-            shop.container.workflow.reserve_stock(newer)  # 3 of the 4 units are the older order's
-    finally:
-        events.unregister("provide-client-params.dynamodb.GetItem", order_read)
+    with shop.orders_read() as read, pytest.raises(Backordered):
+        shop.container.workflow.reserve_stock(newer)  # 3 of the 4 units are the older order's
 
     assert (shop.held(older), shop.held(newer)) == (0, 1)
     assert not set(read) & set(pickups)
@@ -670,16 +657,10 @@ def test_an_arrival_behind_a_long_run_of_held_orders_reads_a_few_and_hands_its_w
     streams, iterator = inventory_stream(shop)
     events = Template.load().functions()["BackorderFunction"]["Events"]
     patterns = compile_filters(events["InventoryStream"]["Properties"]["FilterCriteria"], "test")
-    reads: list[list[str]] = []
-
-    def order_read(params: dict[str, Any], **_: Any) -> None:
-        if params.get("TableName") == shop.container.config.orders_table:
-            reads[-1].append(params["Key"]["id"]["S"])
+    reads: list[list[str]] = []  # by invocation
 
     shop.inventory.adjust("PREORDER", "wh-east", 1, reason="receipt")
-    hooks = shop.container.dynamodb.meta.events
-    hooks.register("provide-client-params.dynamodb.GetItem", order_read)
-    try:
+    with shop.orders_read() as read:
         for _ in range(10):  # each invocation as Lambda delivers the stream's records, until none passes
             answer = streams.get_records(ShardIterator=iterator)
             iterator = answer["NextShardIterator"]
@@ -691,11 +672,10 @@ def test_an_arrival_behind_a_long_run_of_held_orders_reads_a_few_and_hands_its_w
             passed = [r for r in records if matches_filters(patterns, r)]
             if not passed:
                 break
-            reads.append([])
+            before = len(read)
             assert consume(shop, *passed) == {"batchItemFailures": []}
+            reads.append(read[before:])
             assert len(set(reads[-1]) & set(held)) <= 3  # never more than its budget of the held ones
-    finally:
-        hooks.unregister("provide-client-params.dynamodb.GetItem", order_read)
 
     assert len(reads) == 3  # 3 held orders read, 3 more, then the last held one and the waiting one
     assert [order_id for each in reads for order_id in each if order_id in held] == held  # each once, in order
