@@ -196,6 +196,11 @@ class EventSourceMapping:
         if not self.paused:
             self._arrived.set()
 
+    def wants(self, record: Record) -> bool:
+        """Whether a record that arrived at the source (as the source's API answers it) may be
+        delivered: a mapping that would leave it out is not woken for it (moto_patches/arrivals.py)."""
+        return True
+
     @property
     def paused(self) -> bool:
         return self._paused.is_set()
@@ -361,6 +366,11 @@ class DynamoDBStreamMapping(EventSourceMapping):
     def _delivered(self, batch: list[Record]) -> None:
         for _ in batch:
             self._pending.popleft()
+
+    def wants(self, record: Record) -> bool:
+        """A record its FilterCriteria leave out is read, and dropped, by the next look a record they
+        let through wakes: the stream's order and what is delivered are as if it had woken the mapping."""
+        return self.filters is None or matches_filters(self.filters, self.event_record(record))
 
     def event_record(self, record: Mapping[str, Any]) -> Record:
         """A GetRecords record as Lambda hands it over (epoch seconds, the stream's ARN)."""
