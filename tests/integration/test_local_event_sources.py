@@ -771,6 +771,27 @@ def test_a_delayed_message_is_delivered_once_its_delay_ends_with_nothing_else_se
     assert [[record["body"] for record in event["Records"]] for event in consumer.events] == [["later"]]
 
 
+def test_a_mapping_waiting_for_a_delayed_message_looks_again_when_its_delay_ends(stack, consumers, monkeypatch):
+    # It looked ten times a second while the delay ran (a ReceiveMessage and a GetQueueAttributes
+    # each): the webhook retries' delays kept e2e pollers busy (76 looks for 16 deliveries in
+    # test_webhooks.py). moto tells the mapping when the message it adds becomes visible.
+    consumer, mapping = consumers["InboxConsumer"], stack.mappings["InboxConsumer.Inbox"]
+    assert stack.wait_until_idle(5)
+    consumer.reset()
+    looked: list[str] = []
+    real_client = mapping.client
+    monkeypatch.setattr(mapping, "client", lambda service: looked.append(service) or real_client(service))
+    stack.client("sqs").send_message(QueueUrl=stack.queue_urls["InboxQueue"], MessageBody="later", DelaySeconds=1)
+    deadline = time.monotonic() + 10
+    while not consumer.events and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert stack.wait_until_idle(5)
+    assert [[record["body"] for record in event["Records"]] for event in consumer.events] == [["later"]]
+    # Its client is asked once a look and once for the delete: a look when the message was sent,
+    # one when its delay ended, the delete, one finding the queue drained (13 before: a look each 0.1 s).
+    assert len(looked) <= 5, looked
+
+
 # --- S3 ---------------------------------------------------------------------------------------------
 
 

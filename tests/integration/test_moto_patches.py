@@ -8,6 +8,7 @@ from __future__ import annotations
 import gc
 import inspect
 import re
+import time
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -487,13 +488,13 @@ def test_a_message_or_stream_record_wakes_only_the_mappings_reading_its_source(a
 
     class Mapping:
         def __init__(self, source_arn: str, wanted: str = "") -> None:
-            self.source_arn, self.woken, self.wanted = source_arn, 0, wanted
+            self.source_arn, self.woken, self.wanted, self.visible_at = source_arn, 0, wanted, 0.0
 
         def wants(self, record: dict) -> bool:  # a stream record as GetRecords answers it
             return not self.wanted or record["eventName"] == self.wanted
 
-        def wake(self) -> None:
-            self.woken += 1
+        def wake(self, visible_at: float = 0.0) -> None:
+            self.woken, self.visible_at = self.woken + 1, visible_at
 
     sqs, dynamodb = boto3.client("sqs", region_name="us-east-1"), boto3.client("dynamodb", region_name="us-east-1")
     dlq = sqs.create_queue(QueueName="dlq")["QueueUrl"]
@@ -513,8 +514,11 @@ def test_a_message_or_stream_record_wakes_only_the_mappings_reading_its_source(a
         assert (stream.woken, removals.woken) == (1, 0)
         dynamodb.delete_item(TableName="t", Key={"pk": {"S": "a"}})
         assert (queue.woken, dead.woken, stream.woken, removals.woken) == (1, 1, 2, 1)
+        sent = time.time()
+        sqs.send_message(QueueUrl=url, MessageBody="delayed", DelaySeconds=5)  # told when it becomes visible
+        assert queue.woken == 2 and sent + 4 < queue.visible_at < time.time() + 6
     sqs.send_message(QueueUrl=url, MessageBody="after")  # the patch's block ended: nobody is woken
-    assert (queue.woken, dead.woken, stream.woken, removals.woken) == (1, 1, 2, 1)
+    assert (queue.woken, dead.woken, stream.woken, removals.woken) == (2, 1, 2, 1)
     assert [m["Body"] for m in sqs.receive_message(QueueUrl=dlq)["Messages"]] == ["m"]  # moto's own, unchanged
 
 

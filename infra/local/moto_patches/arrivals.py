@@ -9,12 +9,13 @@ from typing import Any
 from infra.local.moto_patches import MotoPatch, Replacements
 
 
-def _wake(source_arn: str, record: Any = None) -> None:
+def _wake(source_arn: str, record: Any = None, visible_at: float = 0.0) -> None:
     """Wakes the mappings reading `source_arn`; given the stream record that arrived, only those whose
-    filters let it through (EventSourceMapping.wants): another would read it only to leave it out."""
+    filters let it through (EventSourceMapping.wants): another would read it only to leave it out.
+    `visible_at`: when a delayed message becomes visible (epoch seconds)."""
     for mapping in PATCH.registrations():
         if mapping.source_arn == source_arn and (record is None or mapping.wants(record)):
-            mapping.wake()
+            mapping.wake(visible_at)
 
 
 def _replacements() -> Replacements:
@@ -25,7 +26,7 @@ def _replacements() -> Replacements:
 
     def queued(queue: Any, message: Any) -> None:
         add_message(queue, message)
-        _wake(queue.queue_arn)
+        _wake(queue.queue_arn, visible_at=message.delayed_until / 1000)  # moto's epoch milliseconds
 
     def streamed(shard: Any, old: Any, new: Any) -> None:
         add_record(shard, old, new)
@@ -41,7 +42,8 @@ PATCH = MotoPatch(
     "stream also wakes the local mappings that read it, so an idle mapping sleeps instead of polling moto "
     "(each of them ten times a second, so an idle stack used a sixth of a core); a stream record wakes only "
     "the mappings whose FilterCriteria let it through (the others read it with their next batch and leave "
-    "it out, as before).",
+    "it out, as before); a delayed message tells them when its delay ends, so they look then instead of "
+    "ten times a second meanwhile.",
     expects={
         "moto.sqs.models.Queue.add_message": "(self, message)",
         "moto.dynamodb.models.table.StreamShard.add": "(self, old, new)",
