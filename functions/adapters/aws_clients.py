@@ -55,9 +55,10 @@ class ServiceLoader(Loader):
         return model
 
 
-def _botocore_session() -> botocore.session.Session:
+def botocore_session() -> botocore.session.Session:
     """botocore's session as boto3 makes its default one, with the ServiceLoader in place of the
-    data loader botocore would make (on the same search paths: AWS_DATA_PATH, then its own)."""
+    data loader botocore would make (on the same search paths: AWS_DATA_PATH, then its own). The
+    local runtime builds its default session with it too (infra/local/process.py)."""
     session = botocore.session.get_session()
     data_path = session.get_config_variable("data_path")
     extra = [os.path.expanduser(os.path.expandvars(p)) for p in data_path.split(os.pathsep)] if data_path else None
@@ -70,5 +71,5 @@ def aws_client(service: str, *, config: Config | None = None, **kwargs: Any) -> 
     any other client arguments (an endpoint_url), from boto3's default session (made here first,
     with the ServiceLoader, unless something made it before)."""
     if boto3.DEFAULT_SESSION is None:
-        boto3.setup_default_session(botocore_session=_botocore_session())
+        boto3.setup_default_session(botocore_session=botocore_session())
     return boto3.client(service, config=DEFAULTS.merge(config) if config is not None else DEFAULTS, **kwargs)

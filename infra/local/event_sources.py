@@ -11,6 +11,7 @@ template may say.
 from __future__ import annotations
 
 import base64
+import heapq
 import json
 import logging
 import os
@@ -158,6 +159,8 @@ class EventSourceMapping:
     def __post_init__(self) -> None:
         self._stopping, self._paused = threading.Event(), threading.Event()
         self._arrived = threading.Event()  # set by wake(): the source may hold a record its last look did not see
+        self._visible_at: list[float] = []  # a heap: when records wake() was told of become readable (epoch s)
+        self._visible_at_lock = threading.Lock()
         self._busy, self._drained = False, False
         # Held while the poller turns a wake into a look (clears _arrived, sets _busy) and while
         # is_idle() reads the three: between the two steps it read a woken mapping as idle.
@@ -189,12 +192,30 @@ class EventSourceMapping:
         self._paused.clear()
         self._arrived.set()
 
-    def wake(self) -> None:
+    def wake(self, visible_at: float = 0.0) -> None:
         """A record may have arrived at the source: the mapping looks now. A paused one is left
         asleep (resume() has it look for what arrived meanwhile): woken by every record of a
-        busy stream, each of its pollers cost a thread switch for nothing."""
+        busy stream, each of its pollers cost a thread switch for nothing. `visible_at`: when the
+        record becomes readable (epoch seconds: an SQS message's DelaySeconds), kept for
+        _next_visible()."""
+        if visible_at > time.time():
+            with self._visible_at_lock:
+                heapq.heappush(self._visible_at, visible_at)
         if not self.paused:
             self._arrived.set()
+
+    def _next_visible(self) -> float | None:
+        """Seconds until the next record wake() was told of becomes readable; None: none is waiting."""
+        now = time.time()
+        with self._visible_at_lock:
+            while self._visible_at and self._visible_at[0] <= now:
+                heapq.heappop(self._visible_at)
+            return self._visible_at[0] - now if self._visible_at else None
+
+    def wants(self, record: Record) -> bool:
+        """Whether a record that arrived at the source (as the source's API answers it) may be
+        delivered: a mapping that would leave it out is not woken for it (moto_patches/arrivals.py)."""
+        return True
 
     @property
     def paused(self) -> bool:
@@ -362,6 +383,11 @@ class DynamoDBStreamMapping(EventSourceMapping):
         for _ in batch:
             self._pending.popleft()
 
+    def wants(self, record: Record) -> bool:
+        """A record its FilterCriteria leave out is read, and dropped, by the next look a record they
+        let through wakes: the stream's order and what is delivered are as if it had woken the mapping."""
+        return self.filters is None or matches_filters(self.filters, self.event_record(record))
+
     def event_record(self, record: Mapping[str, Any]) -> Record:
         """A GetRecords record as Lambda hands it over (epoch seconds, the stream's ARN)."""
         dynamodb = dict(record["dynamodb"])
@@ -427,7 +453,12 @@ class SqsMapping(EventSourceMapping):
         return None if in_flight or visible else []  # delayed messages wait like a paused mapping's: drained
 
     def _look_again_in(self) -> float | None:
-        return POLL_INTERVAL if self._delayed else super()._look_again_in()  # no wake when one's delay ends
+        if not self._drained or not self._delayed:  # in flight: visible again after its timeout, polled
+            return super()._look_again_in()
+        # No wake comes when a message's delay ends: the look is made then, as moto said when it
+        # added the message (a millisecond on: moto counts whole ms); a delay it did not say, polled.
+        due = self._next_visible()
+        return POLL_INTERVAL if due is None else due + 0.001
 
     def _deliver(self, batch: list[Record]) -> None:
         self._received.clear()  # the invocation's now: what it does not delete comes back after the visibility timeout

@@ -40,7 +40,12 @@ from infra.local.moto_patches import (
     transactions,
     update_expressions,
 )
-from infra.local.process import AWS_ENVIRONMENT, AWS_ENVIRONMENT_REMOVED, ProcessEnvironment
+from infra.local.process import (
+    AWS_ENVIRONMENT,
+    AWS_ENVIRONMENT_REMOVED,
+    ProcessEnvironment,
+    default_session_sharing_models,
+)
 from infra.local.resources import Resources
 from infra.local.seed import DEMO_SEED, seed_demo_data
 from infra.local.servers import Servers
@@ -329,6 +334,7 @@ class EmbeddedStack:
         mock = mock_aws(config={"stepfunctions": {"execute_state_machine": True}})
         mock.start()
         self.process.callback(mock.stop)
+        self.process.enter(default_session_sharing_models())
 
     def stop(self) -> None:
         """Idempotent; safe after a failed start()."""

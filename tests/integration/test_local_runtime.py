@@ -1503,6 +1503,41 @@ def test_the_functions_retry_webhooks_on_the_local_stacks_minute_while_the_templ
     assert bootstrap(Config.from_env()).retry_schedule == RetrySchedule(2, 8, 60)
 
 
+def test_a_stack_reads_botocore_s_service_models_once_per_process(monkeypatch: pytest.MonkeyPatch):
+    # moto's mock (one per stack) sets boto3's default session aside, so each stack's clients and
+    # its functions' clients made a new session whose loader parsed every service's JSON model
+    # again: 0.1 to 0.2 s of CPU per stack started, some 60 of them in a test run.
+    import boto3
+    import botocore.loaders
+
+    from functions.adapters.aws_clients import aws_client
+    from infra.local.stack import running_stack
+
+    services = ("dynamodb", "dynamodbstreams", "sqs", "s3", "stepfunctions", "events")
+    options = {"handlers": {"ApiFunction": ok, "AuthorizerFunction": fake_authorizer_handler}}
+    default_session = boto3.DEFAULT_SESSION
+    with running_stack(**options, admin_key_bootstrap=lambda secret: None, event_sources=False) as first:
+        earlier = [first.client(service) for service in services] + [aws_client(service) for service in services]
+    loaded: list[str] = []
+    load_file = botocore.loaders.JSONFileLoader.load_file
+
+    def recorded(loader: Any, path: str) -> Any:
+        data = load_file(loader, path)
+        if data is not None:
+            loaded.append(path.rsplit("/data/", 1)[-1])
+        return data
+
+    monkeypatch.setattr(botocore.loaders.JSONFileLoader, "load_file", recorded)
+    with running_stack(**options, admin_key_bootstrap=lambda secret: None, event_sources=False) as second:
+        later = [second.client(service) for service in services] + [aws_client(service) for service in services]
+        dynamodb = second.client("dynamodb")
+        assert sorted(dynamodb.list_tables()["TableNames"]) == sorted(second.table_names.values())
+        assert sorted(aws_client("dynamodb").list_tables()["TableNames"]) == sorted(second.table_names.values())
+    assert loaded == []
+    assert not {id(client) for client in earlier} & {id(client) for client in later}  # each stack's own clients
+    assert boto3.DEFAULT_SESSION is default_session
+
+
 def test_stack_stop_restores_the_environment_and_frees_the_ports():
     from functions.bootstrap import Config, WarmContainer, bootstrap
     from infra.local.stack import running_stack

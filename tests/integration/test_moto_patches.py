@@ -8,6 +8,7 @@ from __future__ import annotations
 import gc
 import inspect
 import re
+import time
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -486,11 +487,14 @@ def test_a_message_or_stream_record_wakes_only_the_mappings_reading_its_source(a
     from infra.local.moto_patches import arrivals
 
     class Mapping:
-        def __init__(self, source_arn: str) -> None:
-            self.source_arn, self.woken = source_arn, 0
+        def __init__(self, source_arn: str, wanted: str = "") -> None:
+            self.source_arn, self.woken, self.wanted, self.visible_at = source_arn, 0, wanted, 0.0
 
-        def wake(self) -> None:
-            self.woken += 1
+        def wants(self, record: dict) -> bool:  # a stream record as GetRecords answers it
+            return not self.wanted or record["eventName"] == self.wanted
+
+        def wake(self, visible_at: float = 0.0) -> None:
+            self.woken, self.visible_at = self.woken + 1, visible_at
 
     sqs, dynamodb = boto3.client("sqs", region_name="us-east-1"), boto3.client("dynamodb", region_name="us-east-1")
     dlq = sqs.create_queue(QueueName="dlq")["QueueUrl"]
@@ -499,17 +503,22 @@ def test_a_message_or_stream_record_wakes_only_the_mappings_reading_its_source(a
     url = sqs.create_queue(QueueName="q", Attributes={"RedrivePolicy": redrive, "VisibilityTimeout": "0"})["QueueUrl"]
     stream_arn = _streamed_table(dynamodb, "t")
     queue, dead, stream = Mapping(dlq_arn.replace(":dlq", ":q")), Mapping(dlq_arn), Mapping(stream_arn)
-    with arrivals.PATCH.registered(queue, dead, stream):
+    removals = Mapping(stream_arn, wanted="REMOVE")  # a filtered mapping: woken only by what it lets through
+    with arrivals.PATCH.registered(queue, dead, stream, removals):
         sqs.send_message(QueueUrl=url, MessageBody="m")
         assert (queue.woken, dead.woken, stream.woken) == (1, 0, 0)
         sqs.receive_message(QueueUrl=url)  # received once, then moved to the DLQ by the next receive
         assert sqs.receive_message(QueueUrl=url).get("Messages") is None
         assert (queue.woken, dead.woken, stream.woken) == (1, 1, 0)
         dynamodb.put_item(TableName="t", Item={"pk": {"S": "a"}})
+        assert (stream.woken, removals.woken) == (1, 0)
         dynamodb.delete_item(TableName="t", Key={"pk": {"S": "a"}})
-        assert (queue.woken, dead.woken, stream.woken) == (1, 1, 2)
+        assert (queue.woken, dead.woken, stream.woken, removals.woken) == (1, 1, 2, 1)
+        sent = time.time()
+        sqs.send_message(QueueUrl=url, MessageBody="delayed", DelaySeconds=5)  # told when it becomes visible
+        assert queue.woken == 2 and sent + 4 < queue.visible_at < time.time() + 6
     sqs.send_message(QueueUrl=url, MessageBody="after")  # the patch's block ended: nobody is woken
-    assert (queue.woken, dead.woken, stream.woken) == (1, 1, 2)
+    assert (queue.woken, dead.woken, stream.woken, removals.woken) == (2, 1, 2, 1)
     assert [m["Body"] for m in sqs.receive_message(QueueUrl=dlq)["Messages"]] == ["m"]  # moto's own, unchanged
 
 
