@@ -745,3 +745,47 @@ def test_an_arrival_replayed_by_hand_twice_hands_its_walk_on_each_time(shop, mon
 
     changes = [r["dynamodb"] for r in streams.get_records(ShardIterator=iterator)["Records"]]
     assert len([c for c in changes if "walk_by" in c.get("NewImage", {})]) == 2
+
+
+def test_units_arriving_while_a_walk_handed_on_is_pending_fill_each_order_once_oldest_first(shop, monkeypatch):
+    """A second arrival lands behind a walk's hand-on, and a reservation of other units in between:
+    two walks then run over the queue at once (the one handed on, from where it stopped, and the
+    arrival's, from the oldest). Each waiting order is filled once, the older first, nothing is
+    reserved twice or skipped, and the held orders take nothing."""
+    from core.holds import HoldRequest
+
+    monkeypatch.setattr("core.backorders.WALK_READS", 2)
+    held = [shop.backordered(1) for _ in range(4)]
+    for order_id in held:
+        shop.container.holds.hold(order_id, HoldRequest(reason="fraud_review"), actor="key_ops")
+    older, younger = shop.backordered(1), shop.backordered(1)
+    streams, iterator = inventory_stream(shop)
+    events = Template.load().functions()["BackorderFunction"]["Events"]
+    patterns = compile_filters(events["InventoryStream"]["Properties"]["FilterCriteria"], "test")
+
+    def deliver() -> int:
+        nonlocal iterator
+        answer = streams.get_records(ShardIterator=iterator)
+        iterator = answer["NextShardIterator"]
+        records = [{"eventName": r["eventName"], "eventSource": "aws:dynamodb", "eventID": r["eventID"],
+                    "dynamodb": {**r["dynamodb"], "ApproximateCreationDateTime":
+                                 r["dynamodb"]["ApproximateCreationDateTime"].timestamp()}}
+                   for r in answer["Records"]]  # fmt: skip
+        passed = [r for r in records if matches_filters(patterns, r)]
+        if passed:
+            assert consume(shop, *passed) == {"batchItemFailures": []}
+        return len(passed)
+
+    shop.inventory.adjust("PREORDER", "wh-east", 1, reason="receipt")
+    assert deliver() == 1  # the arrival: 2 held orders read, the walk handed on
+    assert (shop.held(older), shop.held(younger)) == (0, 0)
+    shop.inventory.adjust("PREORDER", "wh-east", 2, reason="receipt")  # behind the hand-on record
+    shop.inventory.reserve("PREORDER", "wh-east", "another-writer", 1)  # a reservation: `arrived` removed
+    for _ in range(10):
+        if not deliver():
+            break
+
+    assert (shop.held(older), shop.held(younger)) == (1, 1)
+    assert shop.executions() == sorted([older, younger])
+    assert [shop.held(order_id) for order_id in held] == [0] * 4
+    assert shop.level() == (3, 3, 0)
