@@ -329,26 +329,31 @@ def spans_of_every_stretch(text: str) -> list[tuple[int, int]]:
     for run in re.finditer(r"\d+(?:[ .\-]\d+)*", text):
         groups = [(run.start() + m.start(), run.start() + m.end()) for m in re.finditer(r"\d+", run.group(0))]
         widths = [end - start for start, end in groups]
+        run_digits = "".join(str(int(c)) for s, e in groups for c in text[s:e])
         for first in range(len(groups)):
             for last in range(first, len(groups)):
                 start, end = groups[first][0], groups[last][1]
                 digits = "".join(str(int(c)) for s, e in groups[first : last + 1] for c in text[s:e])
                 if len(digits) == 13 and _glued_to_letter(text, start, end):
                     continue
-                if first != last and first >= carrier_number_from(widths):
+                if first != last and first >= carrier_number_from(widths, run_digits):
                     continue
                 if _is_card(digits):
                     spans.append((start, end))
     return _merged(spans)
 
 
-def carrier_number_from(widths: list[int]) -> int:
+def carrier_number_from(widths: list[int], digits: str) -> int:
     """The group a run's last 20 or 22 digits written in 4s (but a last 2) begin at, the whole of
-    the 4s there; len(widths) when it ends in no such number."""
+    the 4s there, with USPS's check digit (FedEx Ground's 96 numbers: over their last 15);
+    len(widths) when it ends in no such number."""
     for shape in ([4] * 5, [4] * 5 + [2]):
         start = len(widths) - len(shape)
         if start >= 0 and widths[start:] == shape and (start == 0 or widths[start - 1] != 4):
-            return start
+            number = digits[-sum(shape) :]
+            checked = number[7:] if len(number) == 22 and number.startswith("96") else ""
+            if any(n and usps_check_digit(n[:-1]) == n[-1] for n in (number, checked)):
+                return start
     return len(widths)
 
 
@@ -476,13 +481,16 @@ def test_card_shaped_strings_beside_tracking_numbers_are_still_refused(text: str
     assert contains_card_number(text)
 
 
-def test_a_card_and_one_group_of_4_are_a_20_digit_number_in_4s_and_pass():
+def test_a_card_and_one_group_of_4_pass_only_with_a_carriers_check_digit():
     # The trade-off README's "No card data" states: a 16-digit card written in 4s with one more
     # group of 4 before or after it (an expiry written as MMYY), and nothing else in its run, has
-    # the shape of a USPS or FedEx 20-digit number in 4s, which this rule lets pass. Written any
-    # other way the card is refused.
-    assert not contains_card_number("2026 4111 1111 1111 1111")
-    assert not contains_card_number("4111 1111 1111 1111 1225")
+    # the shape of a USPS or FedEx 20-digit number in 4s; it passes when its last digit is also
+    # USPS's check digit of the 19 before (one such text in ten). Written any other way the card
+    # is refused.
+    assert contains_card_number("4111 1111 1111 1111 1225")
+    assert contains_card_number("2026 4111 1111 1111 1111")
+    assert not contains_card_number("4111 1111 1111 1111 0825")
+    assert not contains_card_number("2027 4111 1111 1111 1111")
     assert contains_card_number("4111 1111 1111 1111 12/25")
     assert contains_card_number("4111 1111 1111 1111 1225 8")
     assert contains_card_number("4111111111111111 1225")
@@ -492,6 +500,23 @@ def usps_check_digit(digits: str) -> str:
     """USPS's mod 10: weights 3 and 1 from the right."""
     total = sum(int(char) * (3 if index % 2 == 0 else 1) for index, char in enumerate(reversed(digits)))
     return str((10 - total % 10) % 10)
+
+
+def test_no_fedex_ground_96_number_written_in_fours_looks_like_a_card_number():
+    # 96 and 20 digits, whose check digit is USPS's over its last 15 (the number FedEx shows): the
+    # 22 digits end in a check digit of their own one time in ten only.
+    import random
+
+    shuffled = random.Random(96)
+    tripped = []
+    for _ in range(5_000):
+        body = "96" + "".join(shuffled.choice("0123456789") for _ in range(19))
+        number = body + usps_check_digit(body[7:])
+        written = " ".join(number[i : i + 4] for i in range(0, 22, 4))
+        if contains_card_number(written):
+            tripped.append(written)
+
+    assert tripped == []
 
 
 @pytest.mark.parametrize("length", [20, 22])
