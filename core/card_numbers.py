@@ -9,7 +9,7 @@ from typing import Any
 # Digit groups joined by one common separator: "4111 1111 1111 1111", "4111.1111.1111.1111",
 # "4111-1111-1111-1111". A run is found wherever it sits in text, glued to letters or not
 # ("web-4111111111111111", "card4111111111111111x"); a card is any stretch of whole groups of it
-# that the run does not go on from in a group of 4 digits (a longer number written in 4s).
+# but one of several groups inside the carrier's tracking number the run ends in (_carrier_from).
 _SEPARATORS = " .-"
 _RUN = re.compile(r"\d+(?:[ .\-]\d+)*")
 _CANDIDATE = re.compile(r"^\d+(?:[ .\-]\d+)*$")
@@ -18,7 +18,11 @@ _DIGIT_GROUP = re.compile(r"\d+")
 MIN_DIGITS = 13
 MAX_DIGITS = 19
 MASK = "[card number]"
-_GROUP_WIDTH = 4  # the digits in each group a card number is written in, but its last (and Amex's middle)
+# The widths of the groups a carrier's tracking number of 20 or 22 digits is written in (USPS's,
+# FedEx's): 4s, and a last 2 for 22 digits.
+_CARRIER_SHAPES = ((4,) * 5, (4,) * 5 + (2,))
+# FedEx Ground's 22-digit barcode numbers: "96", then 5 digits, then the 15 (check digit last) it shows.
+_GROUND_96, _GROUND_96_SHOWN = "96", 15
 
 # (prefix ranges, allowed lengths) of the major networks. Requiring a network's prefix and length
 # on top of the Luhn check keeps false positives rare: one random 16-digit id in ten passes Luhn
@@ -108,7 +112,7 @@ def _card_spans(text: str) -> list[tuple[int, int]]:
         for j, value in enumerate(values):
             odd_doubled.append(odd_doubled[-1] + (_DOUBLED[value] if j % 2 else value))
             even_doubled.append(even_doubled[-1] + (value if j % 2 else _DOUBLED[value]))
-        fours = [end - start == _GROUP_WIDTH for start, end in groups]
+        carrier_from = _carrier_from([end - start for start, end in groups], digits)
         begins, last_ending_at, count = [], {}, 0
         for index, (start, end) in enumerate(groups):
             begins.append(count)
@@ -125,17 +129,45 @@ def _card_spans(text: str) -> list[tuple[int, int]]:
                 start, end = groups[first][0], groups[last][1]
                 if length == MIN_DIGITS and _glued_to_letter(text, start, end):
                     continue
-                if first != last and ((first and fours[first - 1]) or (last + 1 < len(groups) and fours[last + 1])):
-                    # The run goes on in another group of 4 digits: the groups a card is written in
-                    # are a number of their own, and one that goes on in 4s is a longer number
-                    # written in 4s (a USPS tracking number, 20 or 22 digits: "9205 5000 1234 5678
-                    # 9012 34"), whose stretches of 13 to 19 digits are a card's shape one time in
-                    # ten. A card written as one group is a card wherever it sits.
+                if first != last and first >= carrier_from:
+                    # Several groups inside the tracking number the run ends in ("9205 5000 1234
+                    # 5678 9012 34"), whose stretches of 13 to 19 digits are a card's shape one time
+                    # in ten. A card written as one group is a card wherever it sits.
                     continue
                 sums = even_doubled if finish % 2 == 0 else odd_doubled
                 if (sums[finish] - sums[begin]) % 10 == 0:
                     spans.append((start, end))
     return _merged(spans)
+
+
+def _carrier_from(widths: list[int], digits: str) -> int:
+    """The group at which the carrier's tracking number a run of groups of these `widths` (and
+    these `digits`) ends in begins: its last 20 digits written in 4s, or 22 in 4s and a last 2, the
+    whole of the 4s there (after a group of another width, or none: USPS's "420 90210 9400 1029
+    5826 8770 3876 31" is a ZIP code and its number), ending in its check digit (_carrier_checked).
+    len(widths) when it ends in none: a card with a group of 4 beside it and more ("1234 4111 1111
+    1111 1111 5678", "4111 1111 1111 1111 1225 737"), or with one whose last digit is no check digit
+    ("4111 1111 1111 1111 1225", nine in ten such expiries), is a card."""
+    for shape in _CARRIER_SHAPES:
+        start = len(widths) - len(shape)
+        if start >= 0 and tuple(widths[start:]) == shape and (start == 0 or widths[start - 1] != shape[0]):
+            return start if _carrier_checked(digits[-sum(shape) :]) else len(widths)
+    return len(widths)
+
+
+def _carrier_checked(number: str) -> bool:
+    """Whether a 20- or 22-digit `number` ends in USPS's check digit (mod 10, weights 3 and 1 from
+    the right; USPS's numbers and FedEx's SmartPost and SSCC ones), or is FedEx Ground's 96 number
+    whose 15 digits shown end in theirs."""
+    if len(number) == 22 and number.startswith(_GROUND_96) and _mod10_checked(number[-_GROUND_96_SHOWN:]):
+        return True
+    return _mod10_checked(number)
+
+
+def _mod10_checked(number: str) -> bool:
+    body = number[:-1]
+    total = sum(int(char) * (3 if index % 2 == 0 else 1) for index, char in enumerate(reversed(body)))
+    return (10 - total % 10) % 10 == int(number[-1])
 
 
 def _glued_to_letter(text: str, start: int, end: int) -> bool:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -654,26 +654,15 @@ def test_an_arrival_behind_a_long_run_of_held_orders_reads_a_few_and_hands_its_w
     for order_id in held:
         shop.container.holds.hold(order_id, HoldRequest(reason="fraud_review"), actor="key_ops")
     waiting = shop.backordered(1)
-    streams, iterator = inventory_stream(shop)
-    events = Template.load().functions()["BackorderFunction"]["Events"]
-    patterns = compile_filters(events["InventoryStream"]["Properties"]["FilterCriteria"], "test")
+    deliver = stream_delivery(shop)
     reads: list[list[str]] = []  # by invocation
 
     shop.inventory.adjust("PREORDER", "wh-east", 1, reason="receipt")
     with shop.orders_read() as read:
         for _ in range(10):  # each invocation as Lambda delivers the stream's records, until none passes
-            answer = streams.get_records(ShardIterator=iterator)
-            iterator = answer["NextShardIterator"]
-            # As Lambda delivers them: the creation time in epoch seconds (boto3 parses it to a datetime).
-            records = [{"eventName": r["eventName"], "eventSource": "aws:dynamodb", "eventID": r["eventID"],
-                        "dynamodb": {**r["dynamodb"], "ApproximateCreationDateTime":
-                                     r["dynamodb"]["ApproximateCreationDateTime"].timestamp()}}
-                       for r in answer["Records"]]  # fmt: skip
-            passed = [r for r in records if matches_filters(patterns, r)]
-            if not passed:
-                break
             before = len(read)
-            assert consume(shop, *passed) == {"batchItemFailures": []}
+            if not deliver():
+                break
             reads.append(read[before:])
             assert len(set(reads[-1]) & set(held)) <= 3  # never more than its budget of the held ones
 
@@ -725,3 +714,82 @@ def test_an_arrival_replayed_by_hand_twice_hands_its_walk_on_each_time(shop, mon
 
     changes = [r["dynamodb"] for r in streams.get_records(ShardIterator=iterator)["Records"]]
     assert len([c for c in changes if "walk_by" in c.get("NewImage", {})]) == 2
+
+
+def stream_delivery(shop: Shop) -> Callable[[], int]:
+    """Delivers the Inventory stream's next records that the BackorderFunction's filter passes to
+    its handler, as Lambda does, from now on; answers how many passed (0: none left)."""
+    streams, iterator = inventory_stream(shop)
+    events = Template.load().functions()["BackorderFunction"]["Events"]
+    patterns = compile_filters(events["InventoryStream"]["Properties"]["FilterCriteria"], "test")
+
+    def deliver() -> int:
+        nonlocal iterator
+        answer = streams.get_records(ShardIterator=iterator)
+        iterator = answer["NextShardIterator"]
+        records = [{"eventName": r["eventName"], "eventSource": "aws:dynamodb", "eventID": r["eventID"],
+                    "dynamodb": {**r["dynamodb"], "ApproximateCreationDateTime":
+                                 r["dynamodb"]["ApproximateCreationDateTime"].timestamp()}}
+                   for r in answer["Records"]]  # fmt: skip
+        passed = [r for r in records if matches_filters(patterns, r)]
+        if passed:
+            assert consume(shop, *passed) == {"batchItemFailures": []}
+        return len(passed)
+
+    return deliver
+
+
+def test_units_arriving_while_a_walk_handed_on_is_pending_fill_each_order_once_oldest_first(shop, monkeypatch):
+    """A second arrival lands behind a walk's hand-on, and a reservation of other units in between:
+    two walks then run over the queue at once (the one handed on, from where it stopped, and the
+    arrival's, from the oldest). Each waiting order is filled once, the older first, nothing is
+    reserved twice or skipped, and the held orders take nothing."""
+    from core.holds import HoldRequest
+
+    monkeypatch.setattr("core.backorders.WALK_READS", 2)
+    held = [shop.backordered(1) for _ in range(4)]
+    for order_id in held:
+        shop.container.holds.hold(order_id, HoldRequest(reason="fraud_review"), actor="key_ops")
+    older, younger = shop.backordered(1), shop.backordered(1)
+    deliver = stream_delivery(shop)
+
+    shop.inventory.adjust("PREORDER", "wh-east", 1, reason="receipt")
+    assert deliver() == 1  # the arrival: 2 held orders read, the walk handed on
+    assert (shop.held(older), shop.held(younger)) == (0, 0)
+    shop.inventory.adjust("PREORDER", "wh-east", 2, reason="receipt")  # behind the hand-on record
+    shop.inventory.reserve("PREORDER", "wh-east", "another-writer", 1)  # a reservation: `arrived` removed
+    for _ in range(10):
+        if not deliver():
+            break
+
+    assert (shop.held(older), shop.held(younger)) == (1, 1)
+    assert shop.executions() == sorted([older, younger])
+    assert [shop.held(order_id) for order_id in held] == [0] * 4
+    assert shop.level() == (3, 3, 0)
+
+
+def test_a_walk_handed_on_after_an_entry_that_left_the_queue_meanwhile_goes_on_from_its_place(shop, monkeypatch):
+    """The order a walk was handed on after left the queue before the hand-on ran (cancelled: its
+    entries removed): the walk goes on from that entry's place in the queue, reading none of the
+    orders before it again, and the order behind is filled."""
+    from core.holds import HoldRequest
+
+    monkeypatch.setattr("core.backorders.WALK_READS", 2)
+    held = [shop.backordered(1) for _ in range(3)]
+    for order_id in held:
+        shop.container.holds.hold(order_id, HoldRequest(reason="fraud_review"), actor="key_ops")
+    waiting = shop.backordered(1)
+    deliver = stream_delivery(shop)
+    shop.inventory.adjust("PREORDER", "wh-east", 1, reason="receipt")
+    assert deliver() == 1  # the first two held orders read, the walk handed on after the second
+    [gone] = [e for e in shop.container.backorders.waiting("PREORDER", None, 10) if e.order_id == held[1]]
+    shop.container.backorders.remove("PREORDER", gone)
+    with shop.orders_read() as read:
+        for _ in range(5):
+            if not deliver():
+                break
+
+    assert held[0] not in read and held[2] in read
+    assert shop.held(waiting) == 1 and shop.executions() == [waiting]
+    assert [shop.held(order_id) for order_id in held] == [0, 0, 0]
+    assert shop.level() == (1, 1, 0)

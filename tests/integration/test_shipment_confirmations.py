@@ -359,3 +359,22 @@ def test_usps_numbers_written_in_fours_are_taken_on_the_route_and_in_a_batch(api
     assert api.get(f"/orders/{batched}").json()["shipments"][0]["tracking_number"] == numbers[1]
     card = api.post(f"/orders/{single}/shipments/{one}/ship", json={"tracking_number": "9400 4111111111111111"})
     assert_error(card, 422, "card_data_rejected", "tracking_number")
+
+
+def test_a_card_beside_groups_of_4_that_are_no_carriers_number_is_refused(api, sku):
+    """A card in 4s with a group of 4 beside it and more in its run is no 20- or 22-digit number in
+    4s (core.card_numbers): refused on the route and in a batch (the whole body), where any group of 4 beside the
+    card let it through."""
+    (single, one), (batched, two) = allocated(api, sku), allocated(api, sku)
+
+    shipped = api.post(
+        f"/orders/{single}/shipments/{one}/ship", json={"tracking_number": "1234 4111 1111 1111 1111 5678"}
+    )
+    wave = api.post(PATH, json={"items": [item(batched, two, "ship", tracking_number="4111 1111 1111 1111 1225 737")]})
+
+    assert_error(shipped, 422, "card_data_rejected", "tracking_number")
+    assert_error(wave, 422, "card_data_rejected", "items[0].tracking_number")
+    for order in (single, batched):
+        shipment = api.get(f"/orders/{order}").json()["shipments"][0]
+        assert shipment["status"] != "shipped"
+        assert "4111" not in (shipment["tracking_number"] or "")

@@ -320,7 +320,7 @@ def test_no_flat_rate_tracking_number_looks_like_a_card_number():
 def spans_of_every_stretch(text: str) -> list[tuple[int, int]]:
     """The oracle: every stretch of whole digit groups of every run built and checked as a number,
     as the scan did before it tried only the lengths a network allows; a stretch of several groups
-    that its run goes on from in a group of 4 digits is part of a longer number written in 4s."""
+    inside the carrier's number a run ends in is part of that number (carrier_number_from)."""
     import re
 
     from core.card_numbers import _glued_to_letter, _is_card, _merged
@@ -328,20 +328,33 @@ def spans_of_every_stretch(text: str) -> list[tuple[int, int]]:
     spans = []
     for run in re.finditer(r"\d+(?:[ .\-]\d+)*", text):
         groups = [(run.start() + m.start(), run.start() + m.end()) for m in re.finditer(r"\d+", run.group(0))]
+        widths = [end - start for start, end in groups]
+        run_digits = "".join(str(int(c)) for s, e in groups for c in text[s:e])
         for first in range(len(groups)):
             for last in range(first, len(groups)):
                 start, end = groups[first][0], groups[last][1]
                 digits = "".join(str(int(c)) for s, e in groups[first : last + 1] for c in text[s:e])
                 if len(digits) == 13 and _glued_to_letter(text, start, end):
                     continue
-                goes_on_in_fours = any(
-                    0 <= n < len(groups) and groups[n][1] - groups[n][0] == 4 for n in (first - 1, last + 1)
-                )
-                if first != last and goes_on_in_fours:
+                if first != last and first >= carrier_number_from(widths, run_digits):
                     continue
                 if _is_card(digits):
                     spans.append((start, end))
     return _merged(spans)
+
+
+def carrier_number_from(widths: list[int], digits: str) -> int:
+    """The group a run's last 20 or 22 digits written in 4s (but a last 2) begin at, the whole of
+    the 4s there, with USPS's check digit (FedEx Ground's 96 numbers: over their last 15);
+    len(widths) when it ends in no such number."""
+    for shape in ([4] * 5, [4] * 5 + [2]):
+        start = len(widths) - len(shape)
+        if start >= 0 and widths[start:] == shape and (start == 0 or widths[start - 1] != 4):
+            number = digits[-sum(shape) :]
+            checked = number[7:] if len(number) == 22 and number.startswith("96") else ""
+            if any(n and usps_check_digit(n[:-1]) == n[-1] for n in (number, checked)):
+                return start
+    return len(widths)
 
 
 def masked_as_the_oracle_would(text: str) -> str:
@@ -452,6 +465,14 @@ CARD_SHAPED = {
     "one-stretch-before-4-digits": "4111111111111111 9400",
     "grouped-then-a-cvv": "4111 1111 1111 1111 737",
     "mixed-separators": "5555-5555 5555-4444",
+    # A run that goes on in groups of 4 but is no carrier's number: 20 or 22 digits, all in 4s but
+    # a last 2, ending the run. Each of these passed while any group of 4 beside a card exempted it.
+    "between-two-groups-of-4": "1234 4111 1111 1111 1111 5678",
+    "then-an-expiry-and-a-cvv": "4111 1111 1111 1111 1225 737",
+    "then-a-phone-number": "4111 1111 1111 1111 0207 946 0000",
+    "then-a-phone-number-in-4s": "5555 5555 5555 4444 0612 3456 7890",
+    "after-two-groups-of-4": "ref 2026 0001 4111-1111-1111-1111",
+    "amex-then-a-group-of-4": "3782 822463 10005 1225",
 }
 
 
@@ -460,10 +481,42 @@ def test_card_shaped_strings_beside_tracking_numbers_are_still_refused(text: str
     assert contains_card_number(text)
 
 
+def test_a_card_and_one_group_of_4_pass_only_with_a_carriers_check_digit():
+    # The trade-off README's "No card data" states: a 16-digit card written in 4s with one more
+    # group of 4 before or after it (an expiry written as MMYY), and nothing else in its run, has
+    # the shape of a USPS or FedEx 20-digit number in 4s; it passes when its last digit is also
+    # USPS's check digit of the 19 before (one such text in ten). Written any other way the card
+    # is refused.
+    assert contains_card_number("4111 1111 1111 1111 1225")
+    assert contains_card_number("2026 4111 1111 1111 1111")
+    assert not contains_card_number("4111 1111 1111 1111 0825")
+    assert not contains_card_number("2027 4111 1111 1111 1111")
+    assert contains_card_number("4111 1111 1111 1111 12/25")
+    assert contains_card_number("4111 1111 1111 1111 1225 8")
+    assert contains_card_number("4111111111111111 1225")
+
+
 def usps_check_digit(digits: str) -> str:
     """USPS's mod 10: weights 3 and 1 from the right."""
     total = sum(int(char) * (3 if index % 2 == 0 else 1) for index, char in enumerate(reversed(digits)))
     return str((10 - total % 10) % 10)
+
+
+def test_no_fedex_ground_96_number_written_in_fours_looks_like_a_card_number():
+    # 96 and 20 digits, whose check digit is USPS's over its last 15 (the number FedEx shows): the
+    # 22 digits end in a check digit of their own one time in ten only.
+    import random
+
+    shuffled = random.Random(96)
+    tripped = []
+    for _ in range(5_000):
+        body = "96" + "".join(shuffled.choice("0123456789") for _ in range(19))
+        number = body + usps_check_digit(body[7:])
+        written = " ".join(number[i : i + 4] for i in range(0, 22, 4))
+        if contains_card_number(written):
+            tripped.append(written)
+
+    assert tripped == []
 
 
 @pytest.mark.parametrize("length", [20, 22])
