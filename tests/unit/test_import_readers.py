@@ -126,6 +126,8 @@ def test_a_quantity_that_is_not_a_whole_number_is_invalid_number(quantity: str):
 
     assert errors_of([order]) == [(2, "ext-1", "invalid_number")]
     assert quantity not in order.error.message  # values are never echoed back
+    # "-1" is a whole number: the message says what is asked (it said "a whole number").
+    assert order.error.message.startswith("quantity must be a positive whole number written in digits")
 
 
 def test_a_quantity_with_spaces_or_a_plus_sign_is_a_number_and_range_is_left_to_validation():
