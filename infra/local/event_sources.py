@@ -482,8 +482,10 @@ class SqsMapping(EventSourceMapping):
         # No wake comes when a message's delay or visibility timeout ends: the look is made then, as
         # moto said when it added or received the message or changed its visibility (a millisecond
         # on: moto's clock is in ms); a message nobody told the mapping of (received before the
-        # stack registered it), polled. A deadline of a message another consumer deleted costs a look.
-        dues = [due for due in (self._next_visible(), self._next_in_flight()) if due is not None]
+        # stack registered it), polled. A deadline of a message another consumer deleted costs a look
+        # while others are in flight (drained, none is).
+        in_flight = None if self._drained else self._next_in_flight()
+        dues = [due for due in (self._next_visible(), in_flight) if due is not None]
         return min(dues) + 0.001 if dues else POLL_INTERVAL
 
     def _deliver(self, batch: list[Record]) -> None:
