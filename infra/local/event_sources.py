@@ -35,7 +35,7 @@ from infra.local.template import ACCOUNT_ID, REGION
 
 logger = logging.getLogger("infra.local.events")
 
-POLL_INTERVAL = 0.1  # seconds between looks at a source that is not drained (SQS messages in flight or delayed)
+POLL_INTERVAL = 0.1  # seconds between looks at a source not drained whose next record moto did not time
 RETRY_DELAY = 0.2  # seconds between retries of a failed batch (AWS backs off exponentially)
 STREAM_PAGE = 1000  # records a stream poller's GetRecords asks for (AWS's most)
 ASYNC_RETRIES = 2  # Lambda retries an asynchronous invocation (S3, EventBridge) twice by default
@@ -426,10 +426,14 @@ class SqsMapping(EventSourceMapping):
     kind = "SQS"
     queue_url: str
     _delayed: int = field(default=0, init=False, repr=False)
+    _only_in_flight: bool = field(default=False, init=False, repr=False)  # the last look's counts
+    # Messages in flight -> when moto makes each visible again (epoch s), as visible_again() was told;
+    # those the mapping deletes leave it, the others once their deadline has passed.
+    _in_flight: dict[str, float] = field(default_factory=dict, init=False, repr=False)
     _received: list[Record] = field(default_factory=list, init=False, repr=False)  # the batch being gathered
 
     def _fetch(self) -> list[Record] | None:
-        sqs = self.client("sqs")
+        sqs, self._only_in_flight = self.client("sqs"), False
         if len(self._received) < self.batch_size:
             messages = sqs.receive_message(
                 QueueUrl=self.queue_url,
@@ -450,15 +454,39 @@ class SqsMapping(EventSourceMapping):
         ]
         counts = sqs.get_queue_attributes(QueueUrl=self.queue_url, AttributeNames=names)["Attributes"]
         in_flight, visible, self._delayed = (int(counts.get(name) or 0) for name in names)
+        self._only_in_flight = bool(in_flight) and not visible
         return None if in_flight or visible else []  # delayed messages wait like a paused mapping's: drained
 
+    def visible_again(self, message_id: str, visible_at: float) -> None:
+        """A message of the queue was received, or its visibility changed: moto makes it visible again
+        at `visible_at` (epoch seconds). The mapping looks now, so that one sleeping (drained, or
+        until a later deadline) waits for it instead; its own receive is not a wake: its thread
+        looks again once the batch is delivered."""
+        with self._visible_at_lock:
+            self._in_flight[message_id] = visible_at
+        if not self.paused and threading.current_thread() is not self._thread:
+            self._arrived.set()
+
+    def _next_in_flight(self) -> float | None:
+        """Seconds until the first message in flight is visible again; None: no deadline is known."""
+        now = time.time()
+        with self._visible_at_lock:
+            self._in_flight = {message: at for message, at in self._in_flight.items() if at > now}
+            return min(self._in_flight.values()) - now if self._in_flight else None
+
     def _look_again_in(self) -> float | None:
-        if not self._drained or not self._delayed:  # in flight: visible again after its timeout, polled
-            return super()._look_again_in()
-        # No wake comes when a message's delay ends: the look is made then, as moto said when it
-        # added the message (a millisecond on: moto counts whole ms); a delay it did not say, polled.
-        due = self._next_visible()
-        return POLL_INTERVAL if due is None else due + 0.001
+        if self._drained and not self._delayed:
+            return None
+        if not self._drained and not self._only_in_flight:  # visible, not received (its timeout ended
+            return POLL_INTERVAL  # since), or the look failed: polled
+        # No wake comes when a message's delay or visibility timeout ends: the look is made then, as
+        # moto said when it added or received the message or changed its visibility (a millisecond
+        # on: moto's clock is in ms); a message nobody told the mapping of (received before the
+        # stack registered it), polled. A deadline of a message another consumer deleted costs a look
+        # while others are in flight (drained, none is).
+        in_flight = None if self._drained else self._next_in_flight()
+        dues = [due for due in (self._next_visible(), in_flight) if due is not None]
+        return min(dues) + 0.001 if dues else POLL_INTERVAL
 
     def _deliver(self, batch: list[Record]) -> None:
         self._received.clear()  # the invocation's now: what it does not delete comes back after the visibility timeout
@@ -471,6 +499,9 @@ class SqsMapping(EventSourceMapping):
         ]
         if done:
             self.client("sqs").delete_message_batch(QueueUrl=self.queue_url, Entries=done)
+            with self._visible_at_lock:  # gone: their deadlines are no reason to look
+                for entry in done:
+                    self._in_flight.pop(entry["Id"], None)
 
     def event_record(self, message: Mapping[str, Any]) -> Record:
         attributes = {

@@ -139,6 +139,11 @@ Resources:
     Type: AWS::Serverless::Function
     Properties:
       Handler: fake.inbox
+      Policies:
+        - Statement:
+            - Effect: Allow
+              Action: sqs:ChangeMessageVisibility  # a test's function keeps its message longer
+              Resource: !GetAtt InboxQueue.Arn
       Events:
         Inbox:
           Type: SQS
@@ -979,6 +984,71 @@ def test_a_message_visible_again_between_the_receive_and_the_count_is_not_taken_
     stack.client("sqs").send_message(QueueUrl=stack.queue_urls["InboxQueue"], MessageBody="late")
     assert stack.wait_until_idle(8)
     assert [[record["body"] for record in event["Records"]] for event in consumer.events] == [["late"], ["late"]]
+    assert taken(stack, "InboxQueue") == [] and taken(stack, "InboxDeadLetters") == []
+
+
+def test_a_mapping_waiting_out_a_failed_message_s_visibility_timeout_looks_again_when_it_ends(
+    stack, consumers, monkeypatch
+):
+    # It looked ten times a second until the failed message came back (the product's queues keep
+    # one invisible for 61 to 180 s: 600 to 1,800 looks, 2 to 5 s of CPU per failure under `make
+    # run`). moto tells the mapping when a message it receives becomes visible again.
+    consumer, mapping = consumers["InboxConsumer"], stack.mappings["InboxConsumer.Inbox"]
+
+    def fail_first(event: dict[str, Any], number: int) -> None:
+        if number == 1:
+            raise RuntimeError("first delivery fails")
+
+    assert stack.wait_until_idle(5)
+    consumer.reset(fail_first)
+    looked: list[str] = []
+    real_client = mapping.client
+    monkeypatch.setattr(mapping, "client", lambda service: looked.append(service) or real_client(service))
+    stack.client("sqs").send_message(QueueUrl=stack.queue_urls["InboxQueue"], MessageBody="again")
+    assert stack.wait_until_idle(8)
+    assert [[record["body"] for record in event["Records"]] for event in consumer.events] == [["again"], ["again"]]
+    assert consumer.times[1] - consumer.times[0] >= 0.9  # back only after the 1 s visibility timeout
+    # A look that fails it, one finding it in flight, one when it is visible again, the delete, one
+    # finding the queue drained (14 before: a look each 0.1 s while it was in flight).
+    assert len(looked) <= 5, looked
+    assert taken(stack, "InboxQueue") == [] and taken(stack, "InboxDeadLetters") == []
+
+
+def test_a_visibility_the_function_changes_is_waited_for_as_moto_keeps_it(stack, consumers, monkeypatch):
+    # ChangeMessageVisibility moves a message's return: later (the function keeps it 2 s) and
+    # earlier (made visible at once while the mapping waits out 600 s): the mapping looks at each.
+    consumer, mapping = consumers["InboxConsumer"], stack.mappings["InboxConsumer.Inbox"]
+    sqs, queue_url = stack.client("sqs"), stack.queue_urls["InboxQueue"]
+    hold, kept = {1: 2, 3: 600}, threading.Event()  # seconds each failing call keeps its message invisible
+
+    def keep_and_fail(event: dict[str, Any], number: int) -> None:
+        if number in hold:
+            handle = event["Records"][0]["receiptHandle"]
+            sqs.change_message_visibility(QueueUrl=queue_url, ReceiptHandle=handle, VisibilityTimeout=hold[number])
+            kept.set()
+            raise RuntimeError("kept for later")
+
+    assert stack.wait_until_idle(5)
+    consumer.reset(keep_and_fail)
+    looked: list[str] = []
+    real_client = mapping.client
+    monkeypatch.setattr(mapping, "client", lambda service: looked.append(service) or real_client(service))
+    sqs.send_message(QueueUrl=queue_url, MessageBody="kept")
+    assert stack.wait_until_idle(8)
+    assert [[record["body"] for record in event["Records"]] for event in consumer.events] == [["kept"], ["kept"]]
+    assert consumer.times[1] - consumer.times[0] >= 1.9  # not when the queue's 1 s timeout ended
+    # The failing look, one finding it in flight, one at the function's 2 s (the queue's 1 s it
+    # replaced is forgotten), the delete, one finding the queue drained (24 before).
+    assert len(looked) <= 5, looked
+
+    consumer.reset(lambda event, number: keep_and_fail(event, number + 2))  # its first call keeps it 600 s
+    kept.clear()
+    sqs.send_message(QueueUrl=queue_url, MessageBody="released")
+    assert kept.wait(5)
+    handle = consumer.events[0]["Records"][0]["receiptHandle"]
+    sqs.change_message_visibility(QueueUrl=queue_url, ReceiptHandle=handle, VisibilityTimeout=0)  # back now
+    assert stack.wait_until_idle(8)  # not after 600 s
+    assert [[record["body"] for record in event["Records"]] for event in consumer.events] == [["released"]] * 2
     assert taken(stack, "InboxQueue") == [] and taken(stack, "InboxDeadLetters") == []
 
 

@@ -522,6 +522,48 @@ def test_a_message_or_stream_record_wakes_only_the_mappings_reading_its_source(a
     assert [m["Body"] for m in sqs.receive_message(QueueUrl=dlq)["Messages"]] == ["m"]  # moto's own, unchanged
 
 
+def test_a_received_message_tells_the_mappings_reading_its_queue_when_it_is_visible_again(aws: None) -> None:
+    from infra.local.moto_patches import arrivals
+
+    class Mapping:
+        def __init__(self, source_arn: str) -> None:
+            self.source_arn, self.told = source_arn, []
+
+        def wake(self, visible_at: float = 0.0) -> None:
+            pass
+
+        def visible_again(self, message_id: str, visible_at: float) -> None:
+            self.told.append((message_id, visible_at))
+
+    sqs = boto3.client("sqs", region_name="us-east-1")
+    url = sqs.create_queue(QueueName="q", Attributes={"VisibilityTimeout": "30"})["QueueUrl"]
+    other = sqs.create_queue(QueueName="other")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    queue, elsewhere = Mapping(arn), Mapping(arn.replace(":q", ":other"))
+    sent = [sqs.send_message(QueueUrl=url, MessageBody=body)["MessageId"] for body in ("a", "b")]
+    with arrivals.PATCH.registered(queue, elsewhere):
+        before = time.time()
+        received = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=2)["Messages"]
+        assert [message_id for message_id, _ in queue.told] == sent
+        assert all(before + 30 <= at < time.time() + 30 for _, at in queue.told)  # the queue's timeout
+        queue.told.clear()
+        sqs.change_message_visibility(QueueUrl=url, ReceiptHandle=received[0]["ReceiptHandle"], VisibilityTimeout=60)
+        entries = [{"Id": "b", "ReceiptHandle": received[1]["ReceiptHandle"], "VisibilityTimeout": 0}]
+        sqs.change_message_visibility_batch(QueueUrl=url, Entries=entries)
+        assert [message_id for message_id, _ in queue.told] == sent
+        (_, later), (_, now) = queue.told
+        assert before + 60 <= later < time.time() + 60 and before <= now <= time.time()
+        assert [m["Body"] for m in sqs.receive_message(QueueUrl=url, VisibilityTimeout=5)["Messages"]] == ["b"]
+        assert queue.told[-1][0] == sent[1] and elsewhere.told == []  # only the mappings reading the queue
+        told = len(queue.told)
+        sqs.send_message(QueueUrl=other, MessageBody="c")
+        sqs.receive_message(QueueUrl=other)
+        assert len(elsewhere.told) == 1 and len(queue.told) == told
+    queue.told.clear()
+    sqs.change_message_visibility(QueueUrl=url, ReceiptHandle=received[0]["ReceiptHandle"], VisibilityTimeout=1)
+    assert queue.told == []  # the patch's block ended: nobody is told
+
+
 @pytest.fixture
 def streams_reachable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_ACCOUNT_ID_ENDPOINT_MODE", "disabled")  # else DescribeStream answers 404
