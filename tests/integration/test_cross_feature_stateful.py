@@ -5,18 +5,26 @@ authorization, a capture, a void or a refund).
 
 Orders are placed (1-2 lines of 1-3 units), run through the workflow's steps as its state machine
 would, shipped, delivered, rejected by their location, cancelled whole or in part, edited, held and
-released; stock is counted and received; delivered units come back on a return. Every request may
-be sent twice, as a retrying client would (the same Idempotency-Key where the contract has one).
+released; stock is counted and received, by hand or on purchase orders (opened by hand, or drafted
+by the backorderable product's reorder point and submitted); delivered units come back on a return;
+captured money goes back as an appeasement. The Inventory stream's records reach the
+BackorderFunction's handler as Lambda delivers them (through the template's filter), at a step
+of their own: an arrival fills the orders that wait for it, a fall below the point grows a draft.
+Every request may be sent twice, as a retrying client would (the same Idempotency-Key where the
+contract has one).
 After every step, through the API's reads and the tables:
 - no answer is a 5xx, and every error has the contract's shape;
 - on_hand and reserved are never negative, reserved <= on_hand, reserved is the sum of the item's
   `reservations` map (keyed `order#line`), and each order's reservations at a location are the
   units of its parcels there that have not left (an allocated order), or its allocations (a
   backordered one), and nothing for an order that holds no stock;
+- incoming at a location is the units its open purchase orders have not received, and no PO line
+  receives more than it orders;
 - no line ships more units than it has (quantity is what is left after cancels);
-- captured - refunded never exceeds grand_total, is grand_total once everything left is shipped
-  or delivered (when the gateway approves captures), and nothing net for an order cancelled with
-  nothing shipped; a gateway that refuses captures (refunds) leaves captured (refunded) at 0;
+- captured - refunded never exceeds grand_total, is grand_total less the appeasements once
+  everything left is shipped or delivered (when the gateway approves captures), and nothing net
+  for an order cancelled with nothing shipped; a gateway that refuses captures (refunds) leaves
+  captured (refunded) at 0; refunded is the sum of the refunds listed succeeded;
 - every history entry's status change is one the transition table allows, from the last.
 
 `make test` runs `in_make_test(3, 10)`; `make fuzz` runs the `fuzz` twin at length:
@@ -30,6 +38,7 @@ import itertools
 from collections import defaultdict
 from collections.abc import Iterator
 from decimal import Decimal
+from types import SimpleNamespace
 from typing import Any, ClassVar
 
 import boto3
@@ -40,9 +49,12 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from core.errors import Backordered, OrderClosed, OutOfStock, PaymentDeclined
 from core.status import TRANSITIONS, OrderStatus
 from functions.adapters.dynamodb import from_item
+from functions.bootstrap import Config, bootstrap, forget_warm_containers
 from tests.builders import location_body, order_body, product_body
 from tests.e2e.client import assert_error
+from tests.integration.conftest import pass_through_workflow
 from tests.integration.in_process import InProcessApi, in_process_api_with_labels, returns_run_inline
+from tests.integration.test_backorders import stream_delivery
 from tests.stateful import at_length, in_make_test
 
 LOCATIONS = {
@@ -56,7 +68,7 @@ TOKENS = ["tok_approve", "tok_approve", "tok_approve", "tok_decline", "tok_captu
 # ship and gives back the rest (README, "Changes after allocation"); a held one, until released.
 SOURCED_AGAIN = {"authorized", "on_hold"}
 # The routes that honour Idempotency-Key, by their path's last part (POST /orders is `place`'s).
-KEYED = {"cancel", "hold", "release", "adjustments", "returns"}
+KEYED = {"cancel", "hold", "release", "adjustments", "returns", "refunds", "purchase-orders"}
 NOT_LEFT = {"pending", "ready_for_pickup"}
 _worlds = itertools.count(1)
 _keys = itertools.count(1)
@@ -72,6 +84,10 @@ def amount(money: dict[str, str]) -> Decimal:
     return Decimal(money["amount"])
 
 
+def usd(value: str) -> dict[str, str]:
+    return {"amount": value, "currency": "USD"}
+
+
 class CrossFeatureMachine(RuleBasedStateMachine):
     """One world per example: its own two skus on the module's three warehouses."""
 
@@ -83,20 +99,29 @@ class CrossFeatureMachine(RuleBasedStateMachine):
         world = next(_worlds)
         self.plain, self.backorderable = f"XA{world}", f"XB{world}"
         self.skus = [self.plain, self.backorderable]
+        self.vendor = f"xf-vendor-{world}"
+        self.deliver = stream_delivery(SimpleNamespace(container=bootstrap(Config.from_env())))
+        self.put(f"/vendors/{self.vendor}", {"name": "Vendor", "lead_time_days": 3}, 201)
         self.put(f"/products/{self.plain}", product_body("12.50"), 201)
         self.put(f"/products/{self.backorderable}", product_body("7.77", allow_backorder=True), 201)
         for sku, location_id, units in (
             (self.plain, "xf-east", 2), (self.plain, "xf-west", 3), (self.backorderable, "xf-mid", 1),
         ):  # fmt: skip
             self.put(f"/inventory/{sku}/{location_id}", {"on_hand": units}, 200)
+        point = {"reorder_point": 2, "reorder_quantity": 3, "vendor_id": self.vendor, "unit_cost": usd("3.10")}
+        self.put(f"/inventory/{self.backorderable}/xf-mid/reorder", point, 200)
         self.orders: dict[str, str] = {}  # order id -> its payment token
         self.returns: list[tuple[str, str]] = []  # (order id, return id) not received yet
         self.seen: dict[str, int] = {}  # order id -> history entries checked
+        self.purchase_orders: set[str] = set()  # opened by hand, or drafts seen
+        self.appeased: set[str] = set()  # orders sent an appeasement
 
     # --- Requests -----------------------------------------------------------------------------
 
-    def send(self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None) -> Any:
-        answer = self.api.request(method, path, json=body, headers=headers)
+    def send(
+        self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None, params: Any = None
+    ) -> Any:
+        answer = self.api.request(method, path, json=body, headers=headers, params=params)
         assert answer.status_code < 500, f"{method} {path} {body}: {answer.status_code} {answer.text[:800]}"
         if answer.status_code >= 400:
             assert_error(answer, answer.status_code)
@@ -112,10 +137,13 @@ class CrossFeatureMachine(RuleBasedStateMachine):
         assert answer.status_code == 200, answer.text
         return answer.json()
 
-    def twice(self, count: int, method: str, path: str, body: Any = None, headers: Any = None) -> Any:
+    def twice(
+        self, count: int, method: str, path: str, body: Any = None, headers: Any = None, keyed: bool | None = None
+    ) -> Any:
         """The request sent `count` times: under one Idempotency-Key where the route honours one (a
         retry answers the first answer again), else as it is (a retry may be refused, never a 5xx)."""
-        keyed = method == "POST" and path.rsplit("/", 1)[-1] in KEYED
+        if keyed is None:
+            keyed = method == "POST" and path.rsplit("/", 1)[-1] in KEYED
         sent = {**(headers or {}), **({"Idempotency-Key": f"xf-{next(_keys)}"} if keyed else {})}
         first = self.send(method, path, body, sent)
         for _ in range(count - 1):
@@ -157,8 +185,6 @@ class CrossFeatureMachine(RuleBasedStateMachine):
             self._run(order["id"])
 
     def _run(self, order_id: str) -> None:
-        from functions.bootstrap import Config, bootstrap
-
         steps = bootstrap(Config.from_env()).workflow
         try:
             try:
@@ -278,6 +304,58 @@ class CrossFeatureMachine(RuleBasedStateMachine):
         if done.status_code < 300:
             self.returns.remove((order_id, return_id))
 
+    @rule()
+    def stream_delivers(self) -> None:
+        """Lambda hands the BackorderFunction the Inventory stream's records so far, a batch at a
+        time, until none is left (a walk handed on writes a record of its own)."""
+        while self.deliver():
+            pass
+
+    @rule(
+        sku=st.integers(0, 1), location_id=st.sampled_from(sorted(LOCATIONS)), quantity=st.integers(1, 4), count=times
+    )
+    def open_purchase_order(self, sku: int, location_id: str, quantity: int, count: int) -> None:
+        lines = [{"sku": self.skus[sku], "quantity": quantity, "unit_cost": usd("3.10")}]
+        body = {"vendor_id": self.vendor, "location_id": location_id, "lines": lines}
+        made = self.twice(count, "POST", "/purchase-orders", body)
+        assert made.status_code == 201, made.text
+        self.purchase_orders.add(made.json()["id"])
+
+    @rule(data=st.data(), count=times)
+    def submit_draft(self, data: st.DataObject, count: int) -> None:
+        listed = self.send("GET", "/purchase-orders", params={"status": "draft", "vendor_id": self.vendor})
+        assert listed.status_code == 200, listed.text
+        listed = listed.json()["items"]
+        if listed:
+            draft = data.draw(st.sampled_from(listed))
+            self.purchase_orders.add(draft["id"])
+            submitted = self.twice(count, "POST", f"/purchase-orders/{draft['id']}/submit", {})
+            assert submitted.status_code == 200 and submitted.json()["status"] == "open", submitted.text
+
+    @precondition(lambda self: self.purchase_orders)
+    @rule(data=st.data(), count=times)
+    def receive_purchase_order(self, data: st.DataObject, count: int) -> None:
+        po = self.send("GET", f"/purchase-orders/{data.draw(st.sampled_from(sorted(self.purchase_orders)))}").json()
+        line = data.draw(st.sampled_from(po["lines"]))
+        quantity = data.draw(st.integers(1, max(1, line["quantity"] - line["received_quantity"] + 1)))
+        body = {"lines": [{"sku": line["sku"], "quantity": quantity}]}
+        done = self.twice(count, "POST", f"/purchase-orders/{po['id']}/receive", body, keyed=True)
+        if po["status"] in ("open", "partially_received") and quantity <= line["quantity"] - line["received_quantity"]:
+            assert done.status_code == 200, done.text
+        elif done.status_code >= 400:
+            assert done.status_code in (409, 422), done.text
+
+    @precondition(lambda self: self.orders)
+    @rule(data=st.data(), cents=st.integers(1, 6000), count=times)
+    def appease(self, data: st.DataObject, cents: int, count: int) -> None:
+        order = self._pick(data)
+        body = {"amount": usd(str(Decimal(cents) / 100)), "reason": "late delivery"}
+        made = self.twice(count, "POST", f"/orders/{order['id']}/refunds", body)
+        if made.status_code == 201:
+            self.appeased.add(order["id"])
+        else:
+            assert made.status_code in (409, 422), made.text
+
     # --- Invariants ---------------------------------------------------------------------------
 
     @invariant()
@@ -303,9 +381,17 @@ class CrossFeatureMachine(RuleBasedStateMachine):
 
     def _reservations(self) -> dict[tuple[str, str, str], int]:
         held: dict[tuple[str, str, str], int] = {}
+        incoming: dict[tuple[str, str], int] = defaultdict(int)
+        for po_id in self.purchase_orders:
+            po = self.send("GET", f"/purchase-orders/{po_id}").json()
+            for line in po["lines"]:
+                assert 0 <= line["received_quantity"] <= line["quantity"], po
+                if po["status"] in ("open", "partially_received"):
+                    incoming[(line["sku"], po["location_id"])] += line["quantity"] - line["received_quantity"]
         for sku in self.skus:
             shown = self.send("GET", f"/inventory/{sku}").json()
             for level in shown["locations"]:
+                assert level["incoming"] == incoming[(sku, level["location_id"])], (shown, incoming)
                 assert level["on_hand"] >= 0 and level["reserved"] >= 0, shown
                 assert level["available"] == level["on_hand"] - level["reserved"] >= 0, shown
             assert shown["available"] == sum(level["available"] for level in shown["locations"]), shown
@@ -339,8 +425,15 @@ class CrossFeatureMachine(RuleBasedStateMachine):
             assert captured == 0, order
         if token == "tok_refund_decline":
             assert refunded == 0, order
+        appeased = Decimal(0)
+        if order["id"] in self.appeased:
+            refunds = self.send("GET", f"/orders/{order['id']}/refunds", params={"limit": 100}).json()["items"]
+            succeeded = [amount(r["amount"]) for r in refunds if r["status"] == "succeeded"]
+            assert refunded == sum(succeeded, Decimal(0)), (order, refunds)
+            appeased = sum((amount(r["amount"]) for r in refunds if r["status"] == "succeeded" and not r["return_id"]),
+                           Decimal(0))  # fmt: skip
         if token == "tok_approve" and order["status"] in ("shipped", "delivered"):
-            assert captured - refunded == grand_total, order
+            assert captured - refunded + appeased == grand_total, order
         if order["status"] == "cancelled" and not any(shipped.values()):
             assert captured - refunded == 0, order
         entries = self.send("GET", f"/orders/{order['id']}/history").json()["items"]
@@ -359,10 +452,15 @@ class CrossFeatureMachine(RuleBasedStateMachine):
 @pytest.fixture(scope="module")
 def api() -> Iterator[InProcessApi]:
     """The in-process API with labels and the returns workflow's steps run inline, the three warehouses."""
-    with in_process_api_with_labels() as started, returns_run_inline():
-        for location_id, body in LOCATIONS.items():
-            assert started.put(f"/locations/{location_id}", json=body).status_code == 201
-        yield started
+    with in_process_api_with_labels() as started, pytest.MonkeyPatch.context() as env:
+        # The order workflow the BackorderFunction starts for an order it filled: the machine runs
+        # its steps itself (run_workflow), as for every other order.
+        pass_through_workflow(env)
+        forget_warm_containers()
+        with returns_run_inline():
+            for location_id, body in LOCATIONS.items():
+                assert started.put(f"/locations/{location_id}", json=body).status_code == 201
+            yield started
 
 
 def machine_on(api: InProcessApi) -> type[CrossFeatureMachine]:
