@@ -864,7 +864,8 @@ def _order_line(cells: dict[str, str], line: int, external_id: str) -> tuple[dic
     quantity = cells.get("quantity", "")
     if quantity:
         if not _WHOLE_NUMBER.match(quantity):
-            return order_line, LineError(line, external_id, "invalid_number", "quantity must be a positive whole number written in digits")
+            message = "quantity must be a positive whole number written in digits"
+            return order_line, LineError(line, external_id, "invalid_number", message)
         order_line["quantity"] = int(quantity)
     return order_line, None
 
