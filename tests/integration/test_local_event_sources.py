@@ -245,6 +245,14 @@ def put_as_one_batch(stack: Any, table: str, ids: tuple[str, ...]) -> None:
         stack.resume_mappings()
 
 
+def looks_of(mapping: Any, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The services `mapping` takes a client of from now on, one per use: its looks at its source."""
+    looked: list[str] = []
+    real_client = mapping.client
+    monkeypatch.setattr(mapping, "client", lambda service: looked.append(service) or real_client(service))
+    return looked
+
+
 def keys(event: dict[str, Any]) -> list[str]:
     return [record["dynamodb"]["Keys"]["id"]["S"] for record in event["Records"]]
 
@@ -731,9 +739,7 @@ def test_a_stream_record_no_filter_lets_through_does_not_wake_its_mapping(stack,
     ddb.put_item(TableName=stack.table_names[table], Item={"id": {"S": "quiet"}})
     assert stack.wait_until_idle(5)
     consumer.reset()
-    looked: list[str] = []
-    real_client = mapping.client
-    monkeypatch.setattr(mapping, "client", lambda service: looked.append(service) or real_client(service))
+    looked = looks_of(mapping, monkeypatch)
     ddb.put_item(TableName=stack.table_names[table], Item={"id": {"S": "quiet"}, "status": {"S": "paid"}})  # MODIFY
     ddb.delete_item(TableName=stack.table_names[table], Key={"id": {"S": "quiet"}})  # REMOVE
     assert stack.wait_until_idle(5)
@@ -786,9 +792,7 @@ def test_a_mapping_waiting_for_a_delayed_message_looks_again_when_its_delay_ends
     consumer, mapping = consumers["InboxConsumer"], stack.mappings["InboxConsumer.Inbox"]
     assert stack.wait_until_idle(5)
     consumer.reset()
-    looked: list[str] = []
-    real_client = mapping.client
-    monkeypatch.setattr(mapping, "client", lambda service: looked.append(service) or real_client(service))
+    looked = looks_of(mapping, monkeypatch)
     stack.client("sqs").send_message(QueueUrl=stack.queue_urls["InboxQueue"], MessageBody="later", DelaySeconds=1)
     deadline = time.monotonic() + 10
     while not consumer.events and time.monotonic() < deadline:
@@ -1001,9 +1005,7 @@ def test_a_mapping_waiting_out_a_failed_message_s_visibility_timeout_looks_again
 
     assert stack.wait_until_idle(5)
     consumer.reset(fail_first)
-    looked: list[str] = []
-    real_client = mapping.client
-    monkeypatch.setattr(mapping, "client", lambda service: looked.append(service) or real_client(service))
+    looked = looks_of(mapping, monkeypatch)
     stack.client("sqs").send_message(QueueUrl=stack.queue_urls["InboxQueue"], MessageBody="again")
     assert stack.wait_until_idle(8)
     assert [[record["body"] for record in event["Records"]] for event in consumer.events] == [["again"], ["again"]]
@@ -1030,9 +1032,7 @@ def test_a_visibility_the_function_changes_is_waited_for_as_moto_keeps_it(stack,
 
     assert stack.wait_until_idle(5)
     consumer.reset(keep_and_fail)
-    looked: list[str] = []
-    real_client = mapping.client
-    monkeypatch.setattr(mapping, "client", lambda service: looked.append(service) or real_client(service))
+    looked = looks_of(mapping, monkeypatch)
     sqs.send_message(QueueUrl=queue_url, MessageBody="kept")
     assert stack.wait_until_idle(8)
     assert [[record["body"] for record in event["Records"]] for event in consumer.events] == [["kept"], ["kept"]]
