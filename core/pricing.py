@@ -112,6 +112,14 @@ def _named_rate(rate: TaxRate) -> TaxRate:
     return rate
 
 
+def lines_by_sku(cmd: PlaceOrder) -> dict[str, list[int]]:
+    """The indexes of `cmd`'s lines by sku, in the order the skus first appear."""
+    by_sku: dict[str, list[int]] = {}
+    for index, line in enumerate(cmd.lines):
+        by_sku.setdefault(line.sku, []).append(index)
+    return by_sku
+
+
 class Pricing:
     """Prices a PlaceOrder command through the plugin manager's hooks."""
 
@@ -125,6 +133,15 @@ class Pricing:
             self._hook.oms_unit_price, _money_in(cmd.currency), product=product, quantity=quantity,
             currency=cmd.currency, channel=cmd.channel, customer=cmd.customer,
         )  # fmt: skip
+
+    def unpriced(self, cmd: PlaceOrder, products: dict[str, Product]) -> dict[str, list[int]]:
+        """The skus of `cmd` no plugin prices today in its currency, as price() asks (a sku's lines
+        as one, their quantities summed), with the indexes of their lines."""
+        return {
+            sku: indexes
+            for sku, indexes in lines_by_sku(cmd).items()
+            if self.todays_unit_price(cmd, products[sku], sum(cmd.lines[i].quantity for i in indexes)) is None
+        }
 
     def price(
         self, cmd: PlaceOrder, products: dict[str, Product], tax_address: Address,
@@ -153,9 +170,7 @@ class Pricing:
         # its discount and tax are then shared out to the client's lines. Priced one by one, each
         # would be rounded on its own: ten lines of one unit could round a tax to nothing, or a
         # percent-off up, where one line of ten does not. The client's lines and ids stay as sent.
-        by_sku: dict[str, list[int]] = {}
-        for index, line in enumerate(cmd.lines):
-            by_sku.setdefault(line.sku, []).append(index)
+        by_sku = lines_by_sku(cmd)
         draft_lines = []
         for sku, indexes in by_sku.items():
             product = products[sku]

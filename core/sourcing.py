@@ -705,13 +705,8 @@ class Simulator:
         for index, body in enumerate(request.orders):
             if not isinstance(body, PlaceOrder):
                 continue
-            by_sku: dict[str, list[int]] = {}
-            for n, line in enumerate(body.lines):
-                by_sku.setdefault(line.sku, []).append(n)
-            for sku, lines in by_sku.items():
-                quantity = sum(body.lines[n].quantity for n in lines)
-                if self._pricing.todays_unit_price(body, products[sku], quantity) is None:
-                    unpriced.append((sku, body.currency, [f"orders[{index}].lines[{n}].sku" for n in lines]))
+            for sku, lines in self._pricing.unpriced(body, products).items():
+                unpriced.append((sku, body.currency, [f"orders[{index}].lines[{n}].sku" for n in lines]))
         if unpriced:
             sku, currency, _ = unpriced[0]
             raise NoPrice(
