@@ -1705,3 +1705,171 @@ def test_a_continuation_retried_and_delivered_twice_counts_and_reports_every_lin
         (9, "ext-06", "unknown_sku"),
     ]
     assert stored_order("market", "ext-04").lines[0].quantity == 1 and len(stored_order("market", "ext-04").lines) == 2
+
+
+# --- An order number reused with other content -------------------------------------------------------
+
+
+def stored_without_its_request_hash(channel: str, external_id: str) -> None:
+    """The order as one placed before capture kept its request's hash: its created entry without it."""
+    from functions.adapters.dynamodb import _entries
+    from functions.import_worker.app import container
+
+    order_id = order_id_for(channel, external_id)
+    created = container().orders.history(order_id)[0]
+    assert "request_hash" in created.detail  # kept now: what this stands in for had none
+    detail = {key: value for key, value in created.detail.items() if key != "request_hash"}
+    orders = container().order_repository._orders
+    orders._client.update_item(
+        TableName=orders._table,
+        Key={"id": {"S": order_id}},
+        UpdateExpression="SET history[0] = :created",
+        ExpressionAttributeValues={":created": _entries([created.model_copy(update={"detail": detail})])["L"][0]},
+    )
+
+
+@pytest.mark.parametrize(
+    "changed",
+    [
+        {"sku": "MUG"},
+        {"quantity": "3"},
+        {"ship_line1": "9 Other St"},
+        {"customer_email": "grace@example.com"},
+    ],
+    ids=["other sku", "other quantity", "other address", "other customer"],
+)
+def test_a_csv_order_number_reused_with_other_content_is_an_error_on_its_line_and_the_same_content_a_duplicate(
+    stack: ImportAws, changed: dict[str, str]
+):
+    # A feed that reuses order numbers, or a corrected order sent again under its number, was
+    # counted among the duplicates with no line in the report: the merchant never learned that
+    # order was not taken.
+    from core.shown_references import history_shown
+    from functions.import_worker.app import container
+
+    split(stack, "incoming/monday.csv", csv_file(csv_row("ext-1"), csv_row("ext-2")))
+    stack.drain(worker)
+    first = stored_order("market", "ext-1")
+
+    again = split(stack, "incoming/tuesday.csv", csv_file(csv_row("ext-1", **changed), csv_row("ext-2")))
+    stack.drain(worker)
+
+    imported = report(again)
+    assert (imported["status"], imported["imported"], imported["duplicates"], imported["failed"]) == (
+        "completed_with_errors",
+        0,
+        1,
+        1,
+    )
+    (error,) = imported["errors"]
+    assert (error["line"], error["external_id"], error["code"]) == (2, "ext-1", "duplicate_external_id")
+    assert first.id in error["message"] and "other content" in error["message"]
+    assert stored_order("market", "ext-1") == first
+    # The request's hash is the system's own: never shown in the order's history.
+    assert all("request_hash" not in (e.detail or {}) for e in history_shown(container().orders.history(first.id)))
+
+
+def test_a_json_lines_order_number_reused_with_other_content_is_an_error_on_its_line(stack: ImportAws):
+    def jsonl(*bodies: dict[str, Any]) -> bytes:
+        return "".join(json.dumps(body) + "\n" for body in bodies).encode()
+
+    one = order_body(channel="market", external_id="ext-1", lines=[{"sku": "TSHIRT", "quantity": 1}])
+    two = order_body(channel="market", external_id="ext-2", lines=[{"sku": "MUG", "quantity": 1}])
+    split(stack, "incoming/monday.jsonl", jsonl(one, two))
+    stack.drain(worker)
+
+    corrected = {**one, "lines": [{"sku": "TSHIRT", "quantity": 1}, {"sku": "MUG", "quantity": 2}]}
+    # The same order written another way (keys in another order, a default sent) is the same content.
+    same = {"fulfillment": {"type": "ship"}, **dict(reversed(list(two.items())))}
+    again = split(stack, "incoming/tuesday.jsonl", jsonl(same, corrected))
+    stack.drain(worker)
+
+    imported = report(again)
+    assert (imported["status"], imported["imported"], imported["duplicates"], imported["failed"]) == (
+        "completed_with_errors",
+        0,
+        1,
+        1,
+    )
+    assert [(e["line"], e["external_id"], e["code"]) for e in imported["errors"]] == [
+        (2, "ext-1", "duplicate_external_id")
+    ]
+    assert order_id_for("market", "ext-1") in imported["errors"][0]["message"]
+    assert [line.sku for line in stored_order("market", "ext-1").lines] == ["TSHIRT"]
+
+
+def test_an_order_stored_before_requests_were_hashed_stays_a_duplicate_whatever_the_content(stack: ImportAws):
+    split(stack, "incoming/monday.csv", csv_file(csv_row("ext-1")))
+    stack.drain(worker)
+    stored_without_its_request_hash("market", "ext-1")
+
+    again = split(stack, "incoming/tuesday.csv", csv_file(csv_row("ext-1", quantity="3")))
+    stack.drain(worker)
+
+    imported = report(again)
+    assert (imported["status"], imported["imported"], imported["duplicates"], imported["failed"]) == (
+        "completed",
+        0,
+        1,
+        0,
+    )
+
+
+def test_a_line_redelivered_after_its_order_was_put_counts_imported_never_a_reused_number(
+    stack: ImportAws, monkeypatch: pytest.MonkeyPatch
+):
+    # The file imported before holds the order under other content; this import's line placed
+    # nothing (a duplicate)... and a line whose first delivery put its order and died before
+    # recording it is its own order, imported.
+    from functions.adapters.imports import DynamoImportLedger
+
+    import_id = split(stack, "incoming/orders.csv", csv_file(csv_row("ext-1", quantity="2")))
+
+    def killed(*args: Any) -> Any:
+        raise TimeoutError("the worker ran out of time")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(DynamoImportLedger, "record", killed)
+        stack.deliver_once(worker)
+    assert stored_order("market", "ext-1") is not None
+
+    stack.drain(worker)
+
+    imported = report(import_id)
+    assert (imported["status"], imported["imported"], imported["duplicates"], imported["failed"]) == (
+        "completed",
+        1,
+        0,
+        0,
+    )
+
+
+def test_a_direct_order_reusing_a_placed_order_s_number_with_other_content_is_rejected_and_logged(
+    stack: ImportAws, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+):
+    from functions.import_worker import app
+
+    counted: list[str] = []
+    add_metric = app.metrics.add_metric
+
+    def counting(**metric: Any) -> None:
+        counted.append(metric["name"])
+        add_metric(**metric)
+
+    monkeypatch.setattr(app.metrics, "add_metric", counting)
+    body = order_body(channel="erp", external_id="erp-7", lines=[{"sku": "TSHIRT", "quantity": 1}])
+    stack.sqs.send_message(QueueUrl=stack.queue_url, MessageBody=json.dumps(body))
+    stack.drain(worker)
+    placed = stored_order("erp", "erp-7")
+
+    caplog.set_level(logging.INFO)
+    other = {**body, "lines": [{"sku": "MUG", "quantity": 4}]}
+    for sent in (other, body):  # another order under the number; then the same order sent again
+        stack.sqs.send_message(QueueUrl=stack.queue_url, MessageBody=json.dumps(sent))
+        stack.drain(worker)
+
+    assert counted == ["ImportedOrders", "RejectedOrders", "DuplicateOrders"]
+    (rejected,) = [r for r in caplog.records if r.getMessage() == "order from the import queue rejected"]
+    assert (rejected.code, rejected.external_id) == ("duplicate_external_id", "erp-7")
+    assert placed.id in rejected.reason
+    assert stored_order("erp", "erp-7") == placed
