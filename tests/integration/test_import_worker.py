@@ -1873,3 +1873,94 @@ def test_a_direct_order_reusing_a_placed_order_s_number_with_other_content_is_re
     assert (rejected.code, rejected.external_id) == ("duplicate_external_id", "erp-7")
     assert placed.id in rejected.reason
     assert stored_order("erp", "erp-7") == placed
+
+
+# --- A count whose answer was lost -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "attempts",
+    [
+        ["applied, answer lost", "throttled", "throttled"],
+        ["applied, answer lost", "applied"],
+        ["not applied, answer lost", "applied"],
+        ["never sent", "never sent", "never sent"],
+    ],
+    ids=["applied then throttled", "applied then applied again", "not applied", "never sent"],
+)
+def test_a_line_s_count_is_never_applied_twice_nor_lost_when_its_attempts_fail(
+    stack: ImportAws, monkeypatch: pytest.MonkeyPatch, attempts: list[str]
+):
+    # A line's count is an ADD to its import's item. DynamoDB applied it and its answer timed out;
+    # botocore retried it: answered, the line was counted twice; throttled past the retries, its
+    # marker was flagged uncounted and the redelivery counted it again (3 orders of 2, the import
+    # ended early). And an ADD no attempt of which reached DynamoDB (no connection) left the
+    # marker as if counted: the redelivery counted nothing, the import one short until the recount.
+    import botocore.endpoint
+    from botocore.awsrequest import AWSResponse
+    from botocore.exceptions import EndpointConnectionError, ReadTimeoutError
+    from moto.core.botocore_stubber import MockRawResponse
+    from moto.core.models import botocore_stubber
+
+    from functions.import_worker.app import container
+
+    import_id = split(stack, "incoming/orders.csv", csv_file(csv_row("ext-1"), csv_row("ext-2")))
+    made: list[str] = []
+    first: list[bytes] = []  # the first count's request: botocore sends each attempt of it alike
+
+    def attempt(request: Any, **kwargs: Any) -> Any:
+        """Runs before moto, which answers what this leaves: one answered here is kept from it (it
+        sees every request) until the last handler, moto_again."""
+        if "#counter" not in json.loads(request.body or b"{}").get("ExpressionAttributeNames", {}):
+            return None  # anything but a count
+        first[:] = first or [request.body]
+        if request.body != first[0] or len(made) == len(attempts):
+            return None  # another count (the other line's, a redelivery's), or one more attempt
+        made.append(attempts[len(made)])
+        if made[-1] == "never sent":
+            raise EndpointConnectionError(endpoint_url=request.url)
+        if made[-1] == "not applied, answer lost":
+            raise ReadTimeoutError(endpoint_url=request.url)
+        if made[-1] == "throttled":
+            error = {"__type": "com.amazonaws.dynamodb.v20120810#ThrottlingException", "message": "slow down"}
+            answer = AWSResponse(request.url, 400, {}, MockRawResponse(json.dumps(error).encode()))
+        else:
+            answer = botocore_stubber(event_name="before-send.dynamodb.UpdateItem", request=request)
+            if made[-1] == "applied, answer lost":
+                raise ReadTimeoutError(endpoint_url=request.url)
+        botocore_stubber.enabled = False
+        return answer
+
+    def moto_again(**kwargs: Any) -> None:
+        botocore_stubber.enabled = True
+
+    class Clock:  # botocore's backoff between attempts, not slept here
+        time = staticmethod(botocore.endpoint.time.time)
+
+        @staticmethod
+        def sleep(seconds: float) -> None:
+            pass
+
+    monkeypatch.setattr(botocore.endpoint, "time", Clock)
+    events = container().dynamodb.meta.events
+    events.register_first("before-send.dynamodb.UpdateItem", attempt, unique_id="attempt")
+    # moto answers every service's before-send: a handler of that event runs after it, after this one.
+    events.register_last("before-send", moto_again, unique_id="moto-again")
+    try:
+        stack.drain(worker)
+    finally:
+        events.unregister("before-send.dynamodb.UpdateItem", unique_id="attempt")
+        events.unregister("before-send", unique_id="moto-again")
+        botocore_stubber.enabled = True
+
+    if made[0] == "not applied, answer lost":
+        # Not retried (it might have been applied): the line is marked, one short, as when a
+        # worker dies between marking and counting it; the recount of its markers counts it.
+        assert (report(import_id)["status"], report(import_id)["imported"]) == ("running", 1)
+        assert recount().completed == [import_id]
+    done = report(import_id)
+    assert (done["status"], done["total"], done["imported"], done["duplicates"], done["failed"]) == (
+        "completed", 2, 2, 0, 0,
+    )  # fmt: skip
+    if made[0] != "never sent":
+        assert made == made[:1]  # never retried once an attempt may have been applied
