@@ -37,7 +37,7 @@ from core.imports import (
     line_of_field,
 )
 from core.models import PlaceOrder, Shown, utc_now
-from core.services import CaptureService, OrderQueries
+from core.services import CaptureService, request_hash
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +51,8 @@ SPLIT_INTERRUPTED = "split_interrupted"
 # An order whose message failed its last delivery for a reason not its own (a broken plugin, AWS
 # errors) and went to the import dead-letter queue: listed on its import, not counted, until redriven.
 DEAD_LETTERED = "dead_lettered"
+# An order whose channel and external_id name an order placed with other content: not taken.
+DUPLICATE_EXTERNAL_ID = "duplicate_external_id"
 MAX_PARKED_LISTED = 100  # a report lists the first of them by line (a broken plugin can park every order)
 # An SQS message holds 256 KiB with its attributes; a body this large is refused on its line.
 MAX_ORDER_BYTES = 250 * 1024
@@ -539,14 +541,12 @@ class OrderImporter:
         self,
         capture: CaptureService,
         ledger: ImportLedger,
-        orders: OrderQueries,
         clock: Clock = utc_now,
         field_names: FieldNames = lambda field, file_format: field,
         senders: QueueSenders | None = None,
     ):
         self._capture = capture
         self._ledger = ledger
-        self._orders = orders
         self._clock = clock
         self._field_names = field_names
         # None: every sender is trusted, for callers that are the splitter's side themselves (tests,
@@ -671,14 +671,7 @@ class OrderImporter:
         try:
             order = self._capture.place(command, actor, request_key=request_key)
         except DuplicateOrder as duplicate:
-            # Two deliveries of one message may run at once, or the first died after its put: the
-            # one that finds the order must not call the order the other imported a duplicate.
-            # Its history names its creator (an import's line), or keeps the direct message's id.
-            if origin is not None and self._created_by(duplicate.order_id, actor):
-                return ImportResult(Outcome.IMPORTED, order_id=duplicate.order_id)
-            if request_key is not None and self._capture.placed_under(duplicate.order_id, request_key) is not None:
-                return ImportResult(Outcome.IMPORTED, order_id=duplicate.order_id)
-            return ImportResult(Outcome.DUPLICATE, order_id=duplicate.order_id)
+            return self._placed_before(duplicate.order_id, command, origin, actor, request_key)
         except (PluginError, TransientError):
             raise
         except DomainError as error:
@@ -691,13 +684,39 @@ class OrderImporter:
             return failed(error.code, message, external_id, fields[0]["field"] if fields else None)
         return ImportResult(Outcome.IMPORTED, order_id=order.id)
 
-    def _created_by(self, order_id: str, actor: str) -> bool:
-        try:
-            # Consistent: the twin's put won a moment ago, and a lagging read would not show it.
-            history = self._orders.history(order_id, consistent=True)
-        except NotFound:
-            return False
-        return bool(history) and history[0].actor == actor
+    def _placed_before(
+        self, order_id: str, command: PlaceOrder, origin: OrderOrigin | None, actor: str, request_key: str | None
+    ) -> ImportResult:
+        """The outcome of an order whose channel and external id name the order `order_id`.
+
+        Two deliveries of one message may run at once, or the first died after its put: the one
+        that finds the order must not call the order the other imported a duplicate. Its created
+        entry (read consistently: the twin's put may be a moment old) names its creator (an
+        import's line), or keeps the direct message's id. Another's order is a duplicate when it
+        asked the same (request_hash: a file or message sent again), and an error on the line when
+        it asked otherwise (a feed that reuses order numbers, a correction sent under its number):
+        as POST /orders answers 409, nothing of it is taken, and its sender must be told. An order
+        placed before capture kept that hash cannot tell: a duplicate, as before."""
+        created = self._capture.created_entry(order_id)
+        detail = (created.detail or {}) if created is not None else {}
+        if created is not None and (
+            (origin is not None and created.actor == actor)
+            or (request_key is not None and detail.get("request_key") == request_key)
+        ):
+            return ImportResult(Outcome.IMPORTED, order_id=order_id)
+        asked = detail.get("request_hash")
+        if isinstance(asked, str) and asked != request_hash(command):
+            message = (
+                f"an order with this channel and external_id already exists with other content: {order_id}; "
+                "nothing of this one was taken (send it under a new external_id, or change that order)"
+            )
+            at = origin.line if origin is not None else 0
+            return ImportResult(
+                Outcome.FAILED,
+                order_id=order_id,
+                error=LineError(at, command.external_id, DUPLICATE_EXTERNAL_ID, message),
+            )
+        return ImportResult(Outcome.DUPLICATE, order_id=order_id)
 
 
 class ImportQueries:

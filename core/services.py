@@ -30,7 +30,7 @@ from core.errors import (
 )
 from core.events import OrderEvent
 from core.hook_calls import call_hook
-from core.ids import new_id, order_id_for, shipment_id_for
+from core.ids import new_id, order_id_for, shipment_id_for, short_hash
 from core.models import (
     Address,
     HistoryEntry,
@@ -378,6 +378,16 @@ class InventoryService:
         return InventorySummary(sku=sku, available=sum(loc.available for loc in locations), locations=locations)
 
 
+def request_hash(cmd: PlaceOrder) -> str:
+    """What a POST /orders body asks, as capture knows it: the validated command as JSON with its
+    keys sorted (the request the API's Idempotency-Key hashes), without the fields left at their
+    defaults, hashed (ids.short_hash). Two bodies that ask the same order (keys in another order, a
+    default sent or left out, a CSV row or a JSON line) hash alike; and a field added to the body
+    later with a default changes no order's stored hash, so a file imported again after it is still
+    the same content. Kept on the order's created entry (`request_hash`, never shown)."""
+    return short_hash(json.dumps(cmd.model_dump(mode="json", exclude_defaults=True), sort_keys=True))
+
+
 class CaptureService:
     """Capture: validate, price through plugins, check stock, then one conditional put."""
 
@@ -415,11 +425,13 @@ class CaptureService:
         API request that placed it) is kept on the created entry: the outbox passes it to the
         workflow, whose steps log it, so one order is followed from its request to its end.
         `request_key` (a client's Idempotency-Key with its key id and the body sent: placed_under)
-        is kept there too, never shown: a retry of that request finds the order it placed.
-        `order_id` names an order without an external id (ids.order_id_for_request); DuplicateOrder
-        when it is taken, as for an external id, even when today's catalog or stock would refuse it:
-        an order sent again (a file imported again, a message or request retried) is the order
-        placed, whose own reservation may have taken the last units."""
+        is kept there too, never shown: a retry of that request finds the order it placed; and so
+        is the hash of what it asks (request_hash), by which an import tells the same order sent
+        again (a duplicate) from another order under its channel and external id. `order_id` names
+        an order without an external id (ids.order_id_for_request); DuplicateOrder when it is taken,
+        as for an external id, even when today's catalog or stock would refuse it: an order sent
+        again (a file imported again, a message or request retried) is the order placed, whose own
+        reservation may have taken the last units."""
         try:
             priced = self.quote(cmd)
         except (InvalidRequest, Conflict):
@@ -430,17 +442,33 @@ class CaptureService:
             if placed_id is not None and self._orders.get(placed_id, consistent=True) is not None:
                 raise DuplicateOrder(placed_id) from None
             raise
-        return self._placed(cmd, priced, self._clock(), actor, request_id, order_id=order_id, request_key=request_key)
+        return self._placed(
+            cmd, priced, self._clock(), actor, request_id, order_id=order_id, request_key=request_key,
+            content=request_hash(cmd),
+        )  # fmt: skip
 
     def placed_under(self, order_id: str, request_key: str) -> Order | None:
         """The order `order_id` if the request `request_key` names placed it (its created entry
         keeps that key), read consistently: its write may be a moment old. None otherwise."""
+        found = self._created(order_id)
+        if found is None:
+            return None
+        order, created = found
+        return order if (created.detail or {}).get("request_key") == request_key else None
+
+    def created_entry(self, order_id: str) -> HistoryEntry | None:
+        """The entry that created order `order_id` (who placed it, and the `request_key` and
+        `request_hash` of the request that did), read consistently: its write may be a moment old.
+        None when there is no such order."""
+        found = self._created(order_id)
+        return None if found is None else found[1]
+
+    def _created(self, order_id: str) -> tuple[Order, HistoryEntry] | None:
         found = self._orders.history_range(order_id, 0, 1, consistent=True)
         if found is None or not found[1]:
             return None
         order, (created, *_), _ = found
-        placed = created.type is OrderEvent.CREATED and (created.detail or {}).get("request_key") == request_key
-        return order if placed else None
+        return (order, created) if created.type is OrderEvent.CREATED else None
 
     def place_exchange(
         self, cmd: PlaceOrder, credit: Money, original_id: str, return_id: str, actor: str
@@ -573,6 +601,7 @@ class CaptureService:
     def _placed(
         self, cmd: PlaceOrder, priced: PricedOrder, now: datetime, actor: str, request_id: str | None = None,
         exchange: dict[str, Any] | None = None, order_id: str | None = None, request_key: str | None = None,
+        content: str | None = None,
     ) -> Order:  # fmt: skip
         zero = Money.zero(cmd.currency)
         order = Order(
@@ -609,6 +638,7 @@ class CaptureService:
                 "grand_total": order.totals.grand_total.model_dump(mode="json"),
                 **({"request_id": request_id} if request_id else {}),
                 **({"request_key": request_key} if request_key else {}),
+                **({"request_hash": content} if content else {}),
                 **({"exchange": _exchange_detail(exchange)} if exchange else {}),
             },
         )

@@ -89,8 +89,10 @@ def _has_unsafe(value: Any, key: Any = None) -> bool:
 # created entry keeps a hash of them and of the body it was placed with), by which a retry under it finds
 # the change it made (core/holds.py, core/unit_cancellation.py, CaptureService.placed_under). Any key of
 # the order's channel with orders:read reads its history; a client's idempotency keys are its own
-# (they may carry its own references, and are no part of what the change did).
-SYSTEM_KEYS = frozenset({"request_key"})
+# (they may carry its own references, and are no part of what the change did). `request_hash`, the
+# hash of what an order's body asked (services.request_hash), by which an import tells the order sent
+# again from another under its external id: the system's own, and a hash of its payment token too.
+SYSTEM_KEYS = frozenset({"request_key", "request_hash"})
 
 
 def _detail_shown(detail: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -813,12 +813,11 @@ class Container:
         from functions.import_splitter.readers import field_in_file
 
         senders = QueueSenders.parse(self.config.import_splitter_role_id, self.config.import_queue_sender_channels)
-        # The stored history only (who created a duplicate's order): the API's read (`orders`) also
-        # writes what the order's returns owe its history, which reads the Returns table and may
-        # update the order, neither of them the worker's to do (nor granted to it).
-        stored = OrderQueries(self.order_repository)
+        # Who created a duplicate's order, and what it asked, are read from its stored created entry
+        # (CaptureService.created_entry): never the API's read, which also writes what the order's
+        # returns owe its history (neither the worker's to do, nor granted to it).
         return OrderImporter(
-            self.capture, self.import_ledger, stored, clock=self.clock, field_names=field_in_file, senders=senders
+            self.capture, self.import_ledger, clock=self.clock, field_names=field_in_file, senders=senders
         )
 
     # --- Events and webhooks (issue 14) ----------------------------------------------------------

@@ -11,10 +11,12 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
 from botocore.exceptions import ClientError
+from botocore.exceptions import ConnectionError as NeverSent
 
 from core.deadline import TimeUp
 from core.import_recount import ImportCounts, Recount
@@ -54,6 +56,33 @@ LIST_PK = "IMPORTS"
 # messages 4 days (its DLQ 14); a redrive from the DLQ must still find the marker.
 MARKER_DAYS = 15
 _COUNTERS = {Outcome.IMPORTED: "imported", Outcome.DUPLICATE: "duplicates", Outcome.FAILED: "failed"}
+# Set while this thread asks DynamoDB for a line's count (DynamoImportLedger.record): _count_once.
+_counting = threading.local()
+
+
+def _count_once(caught_exception: Exception | None = None, response: Any = None, **kwargs: Any) -> bool | None:
+    """botocore's `needs-retry` for a client's UpdateItems, registered before its retry handler:
+    False (no retry) after an attempt of a line's count whose outcome is unknown. A count is an
+    ADD: DynamoDB may have applied an attempt whose answer was lost (a read timeout, a connection
+    closed, a 5xx), and retried it counted the line twice; or, the retries throttled, the line's
+    marker was flagged uncounted and its redelivery counted it again. Nothing sent (no connection
+    made) and refused (throttled: nothing applied) are retried as botocore retries them; anything
+    else is left to botocore (None)."""
+    if not getattr(_counting, "active", False):
+        return None
+    if caught_exception is not None:
+        return None if isinstance(caught_exception, NeverSent) else False
+    http_response = response[0] if response else None  # (the HTTP response, its parsed body)
+    return False if http_response is not None and http_response.status_code >= 500 else None
+
+
+@contextmanager
+def _asking_a_count() -> Iterator[None]:
+    _counting.active = True
+    try:
+        yield
+    finally:
+        _counting.active = False
 
 
 def _short(values: dict[str, Any]) -> bool:
@@ -162,8 +191,10 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
     A line is recorded once: a marker item (import#<id>#<line>) is put in the Idempotency table on
     attribute_not_exists, and only when that put succeeds are the counters ADDed, in one atomic
     UpdateItem, so concurrent workers never lose a count and a redelivered message never adds one.
-    When DynamoDB refuses that UpdateItem (throttled), the marker is put again flagged `uncounted`:
-    a marker so flagged records nothing, so the redelivery counts the line. When DynamoDB refuses
+    When DynamoDB refuses that UpdateItem (throttled), or no attempt reached it, the marker is put
+    again flagged `uncounted`: a marker so flagged records nothing, so the redelivery counts the
+    line. An attempt whose answer was lost (it may have been applied) is never retried
+    (_count_once): the marker is left as it is, counted once if it was, else by the recount. When DynamoDB refuses
     a counted failure's error item, the marker is put again holding that item (`unkept_error`), and
     whatever finds the line recorded next writes it (the redelivery's complete_if_done, the retried
     split's record, from the marker its refused put returns); when DynamoDB refuses that too, what
@@ -182,6 +213,10 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
 
     def __init__(self, client: Any, catalog_table: str, idempotency_table: str):
         self._client = client
+        # A line's count is never retried once it may have been applied (_count_once); once per client.
+        client.meta.events.register_first(
+            "needs-retry.dynamodb.UpdateItem", _count_once, unique_id=f"{__name__}.{_count_once.__name__}"
+        )
         self._table = catalog_table
         self._markers = idempotency_table
         self._read_errors: OrderedDict[str, list[ImportErrorEntry]] = OrderedDict()  # ordinals 1..n, no gap
@@ -471,23 +506,12 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
         # A line parked in the dead-letter queue (park()), redriven: listed so no more.
         unparks = bool(replaced.get("Attributes", {}).get(_PARKED_FLAG))
         try:
-            response = self._client.update_item(
-                TableName=self._table,
-                Key=_import_key(import_id),
-                UpdateExpression="ADD #counter :one"
-                + (", parked :minus_one" if unparks else "")
-                + " SET updated_at = :now",
-                # Once recounted from its markers (recount()), every marked line is counted: a
-                # worker that marked a line before and counts it only now is refused.
-                ConditionExpression="attribute_exists(pk) AND attribute_not_exists(recounted)",
-                ExpressionAttributeNames={"#counter": _COUNTERS[outcome]},
-                ExpressionAttributeValues={
-                    ":one": {"N": "1"},
-                    ":now": {"S": timestamp(at)},
-                    **({":minus_one": {"N": "-1"}} if unparks else {}),
-                },
-                ReturnValues="ALL_NEW",
-            )
+            with _asking_a_count():
+                response = self._count(import_id, outcome, unparks, at)
+        except NeverSent:
+            # No attempt reached DynamoDB (one that may have would not have been retried: _count_once).
+            self._client.put_item(TableName=self._markers, Item=self._uncounted(marker, unparks))
+            raise
         except ClientError as failure:
             if busy(failure):
                 # Refused, not applied (every line adds to its import's one item, so a burst of
@@ -495,8 +519,7 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
                 # raise brings, which would otherwise find it recorded and leave the import one short.
                 # A parked line's listing stays with it (its count not taken either): the redelivery
                 # that counts the line takes it off.
-                parked = {_PARKED_FLAG: {"BOOL": True}} if unparks else {}
-                self._client.put_item(TableName=self._markers, Item={**marker, "uncounted": {"BOOL": True}, **parked})
+                self._client.put_item(TableName=self._markers, Item=self._uncounted(marker, unparks))
                 raise
             if not _is_conditional_failure(failure):
                 raise
@@ -504,6 +527,8 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
             # an import recounted from its markers, this line's included (recount()).
             logger.warning("no such import to record on", extra={"import_id": escape_for_log(import_id), "line": line})
             return Recorded.REFUSED
+        # An answer lost (_count_once) leaves the marker as it is, the line recorded: counted once if
+        # the count was applied, else the import stays one short until the recount (recount()).
         if unparks:
             # Counted: its listing goes (a worker killed before this leaves it listed while the
             # import has another order parked: README, bulk import, Failures).
@@ -525,6 +550,33 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
             self._mark_past_cap(import_id, line, marker)
         self._complete_if_done(import_id, values, at)
         return Recorded.COUNTED
+
+    def _count(self, import_id: str, outcome: Outcome, unparks: bool, at: datetime) -> dict[str, Any]:
+        """ADD the line's outcome to its import's counters (and take a parked line's listing off
+        `parked`); the import as it is after."""
+        return self._client.update_item(
+            TableName=self._table,
+            Key=_import_key(import_id),
+            UpdateExpression="ADD #counter :one"
+            + (", parked :minus_one" if unparks else "")
+            + " SET updated_at = :now",
+            # Once recounted from its markers (recount()), every marked line is counted: a
+            # worker that marked a line before and counts it only now is refused.
+            ConditionExpression="attribute_exists(pk) AND attribute_not_exists(recounted)",
+            ExpressionAttributeNames={"#counter": _COUNTERS[outcome]},
+            ExpressionAttributeValues={
+                ":one": {"N": "1"},
+                ":now": {"S": timestamp(at)},
+                **({":minus_one": {"N": "-1"}} if unparks else {}),
+            },
+            ReturnValues="ALL_NEW",
+        )
+
+    @staticmethod
+    def _uncounted(marker: dict[str, Any], unparks: bool) -> dict[str, Any]:
+        """The line's marker, its count not applied: the redelivery counts it (and, parked, unlists it)."""
+        parked = {_PARKED_FLAG: {"BOOL": True}} if unparks else {}
+        return {**marker, "uncounted": {"BOOL": True}, **parked}
 
     def park(self, import_id: str, line: int, error: LineError, at: datetime) -> bool:
         # One transaction (a rare path: an order's last delivery failed): the line's marker,

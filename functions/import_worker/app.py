@@ -66,8 +66,8 @@ def _import_order(record: SQSRecord, origin: OrderOrigin | None) -> None:
         return  # recorded by an earlier delivery of the same message
     metrics.add_metric(name=_METRICS[result.outcome], unit=MetricUnit.Count, value=1)
     if origin is None and result.outcome is Outcome.DUPLICATE:
-        # Sent directly, as another message of an order already placed (or its external_id reused
-        # for another order): said here, where its sender can find it, not only in a metric.
+        # Sent directly, as another message of an order already placed (its external_id reused for
+        # other content is rejected, below): said here, where its sender can find it, not only in a metric.
         logger.info(
             "order from the import queue already placed",
             extra={"message_id": record.message_id, "order_id": result.order_id},
