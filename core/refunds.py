@@ -367,12 +367,13 @@ def _whole_order_shipping_owed(order: Order) -> list[KeptBackOwed]:
     the rest of the order was cancelled after they came back, so no receipt brought its last unit
     back (a return's own refund gives it when one does: core.returns._shipping_due). Refunded for
     the last of those returns, once its own refund was made (a refund decided beside it would give
-    the shipping back twice), and never on an exchange's replacement or for an exchange's return,
-    whose credits settle it. [] on the typical order, read in memory only."""
+    the shipping back twice), and never on an exchange's replacement nor on an order with an
+    exchange decided or placed, whose credits settle it. [] on the typical order, read in memory only."""
     returns = order.whole_order_returns
     if not returns or order.status is not OrderStatus.RETURNED or order.exchange_of is not None:
         return []
-    if any(return_id not in returns for return_id in order.received_returns) or order.exchanges:
+    exchanged = order.exchanges or order.credit_holds
+    if exchanged or any(return_id not in returns for return_id in order.received_returns):
         return []
     last = order.received_returns[-1]
     key = f"{last}:shipping"
