@@ -1889,6 +1889,12 @@ class Order(Shown):
     # index and the return would show less than went back, for good. Empty on the typical order.
     # The system's own: stored, never shown.
     returns_to_show: list[str] = Field(default_factory=empty_list, exclude=True)
+    # The received returns whose policy gives the order's shipping back once the whole order is
+    # back (refund_shipping_with_whole_order) and that brought back every unit they asked for, in
+    # the order they were recorded: when the rest of the order is cancelled after they came back
+    # (no receipt brings its last unit back then), the shipping is owed all the same
+    # (core.refunds.kept_back_owed). Empty on the typical order. The system's own: stored, never shown.
+    whole_order_returns: list[str] = Field(default_factory=empty_list, exclude=True)
     # What a cancel of units owes back that its function does after its write: the refund of what
     # the captures hold beyond the new total (a settlement), and for an exchange's replacement left
     # nothing to ship, the give-back of the credit it does not use (on its original order); so does
@@ -2029,6 +2035,8 @@ class Order(Shown):
             }
         if self.returns_to_show:
             system["returns_to_show"] = list(self.returns_to_show)
+        if self.whole_order_returns:
+            system["whole_order_returns"] = list(self.whole_order_returns)
         if self.settlement_owed:
             system["settlement_owed"] = True
         if self.stock_owed:
@@ -4742,12 +4750,14 @@ class Order(Shown):
 
     def record_return(
         self, return_id: str, received: dict[str, int], *, at: datetime, actor: str,
-        detail: dict[str, Any] | None = None,
+        detail: dict[str, Any] | None = None, whole_order_shipping: bool = False,
     ) -> Change | None:  # fmt: skip
         """The units of return `return_id` are back: each line's `returned_quantity` grows by what
         was received, and a shipped or delivered order becomes `partially_returned`, or `returned`
         once every unit that shipped is back and nothing is left to ship. None when this return is
-        recorded already. (An order still partly shipped keeps its status: it has more to ship.)"""
+        recorded already. (An order still partly shipped keeps its status: it has more to ship.)
+        `whole_order_shipping`: the return gives the order's shipping back once the whole order is
+        back, and all it asked for arrived (whole_order_returns)."""
         if return_id in self.received_returns:
             return None
         shipped = self.shipped_units()
@@ -4766,6 +4776,7 @@ class Order(Shown):
             detail={"return_id": return_id,
                     "lines": [{"line_id": k, "quantity": v} for k, v in sorted(received.items())], **(detail or {})},
             lines=lines, received_returns=[*self.received_returns, return_id],
+            **({"whole_order_returns": [*self.whole_order_returns, return_id]} if whole_order_shipping else {}),
         )  # fmt: skip
 
     def has_return_entry(self, return_id: str, type: OrderEvent) -> bool:

@@ -21,6 +21,7 @@ from core.models import (
     VisibleText,
 )
 from core.money import Money
+from core.status import OrderStatus
 
 __all__ = [
     "KEPT_BACK_REFUSALS", "KeptBackOwed", "Refund", "RefundRequest", "appeased_over_capture", "cumulative_share",
@@ -323,7 +324,7 @@ def refused_in_a_row(order: Order, amount: Money) -> int:
 # is a failed refund on the order, and a gateway that refuses for good would add one every pass.
 KEPT_BACK_REFUSALS = 3
 
-KeptBackDecision = Callable[[Order], tuple[str, Money] | None]
+KeptBackDecision = Callable[[Order], tuple[str, Money] | tuple[str, Money, list[RefundedUnits], Money] | None]
 
 
 class KeptBackOwed(NamedTuple):
@@ -357,7 +358,51 @@ def kept_back_owed(order: Order) -> list[KeptBackOwed]:
                      _kept_back_refund(_credit_key(return_id),
                                        lambda current, return_id=return_id: current.returns_kept_back[return_id]))
         for return_id in placed
-    ]  # fmt: skip
+    ] + _whole_order_shipping_owed(order)  # fmt: skip
+
+
+def _whole_order_shipping_owed(order: Order) -> list[KeptBackOwed]:
+    """The order's shipping, owed back once the whole order is back when every return that brought
+    units back was decided so (Order.whole_order_returns), but given back by none of their refunds:
+    the rest of the order was cancelled after they came back, so no receipt brought its last unit
+    back (a return's own refund gives it when one does: core.returns._shipping_due). Refunded for
+    the last of those returns, once its own refund was made (a refund decided beside it would give
+    the shipping back twice), and never on an exchange's replacement nor on an order with an
+    exchange decided or placed, whose credits settle it. [] on the typical order, read in memory only."""
+    returns = order.whole_order_returns
+    if not returns or order.status is not OrderStatus.RETURNED or order.exchange_of is not None:
+        return []
+    exchanged = order.exchanges or order.credit_holds
+    if exchanged or any(return_id not in returns for return_id in order.received_returns):
+        return []
+    last = order.received_returns[-1]
+    key = f"{last}:shipping"
+    top_ups = _top_up_ids(order, key)
+    if not any(r.return_id == last and r.status == "succeeded" and r.id not in top_ups for r in order.payment.refunds):
+        return []
+    reason = f"return {last}: shipping back, the whole order having come back"
+    return [KeptBackOwed(last, last, key, reason, _whole_order_shipping_refund(key))]
+
+
+def _whole_order_shipping_refund(key: str) -> KeptBackDecision:
+    """How the refund of the shipping owed once the whole order is back (_whole_order_shipping_owed)
+    is decided on the order: its key (`key` and how many such refunds the gateway answered, as
+    _kept_back_refund counts them) and amount, the order's shipping less what of it refunds and
+    exchange credits gave back or hold (shipping_refunded, which counts these refunds: each records
+    its amount as `shipping`), as far as it is refundable; None when nothing is owed or refundable."""
+
+    def decide(order: Order) -> tuple[str, Money, list[RefundedUnits], Money] | tuple[str, Money] | None:
+        zero = Money.zero(order.currency)
+        top_ups = _top_up_ids(order, key)
+        answered = sum(1 for r in order.payment.refunds if r.id in top_ups and r.status != "pending")
+        attempt = f"{key}#kept_back#{answered}"
+        if order.payment.refund_by_id(refund_id_for(order.id, attempt)) is not None:
+            return attempt, zero  # carried on with the amount it was written with
+        owed = order.totals.shipping - shipping_refunded(order)
+        amount = min(owed, order.refundable(), key=_amount)
+        return (attempt, amount, [], amount) if amount.amount > 0 else None
+
+    return decide
 
 
 def owes_kept_back(order: Order, *, refusals: int | None = KEPT_BACK_REFUSALS) -> bool:

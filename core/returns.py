@@ -247,6 +247,15 @@ class Returns:
         found = self._returns.get(return_id) or self._returns.get(return_id, consistent=True)
         return visible_return(found, return_id, channel)
 
+    def as_new_as(self, item: Return) -> Return:
+        """The return as stored now, never an older version than `item` (a change just written): a
+        plain read a moment after that write may still show the version before it, and an answer
+        built on it would tell the caller its change was not made. Then it is read consistently."""
+        found = self._returns.get(item.id)
+        if found is None or found.version < item.version:
+            found = self._returns.get(item.id, consistent=True)
+        return found if found is not None and found.version >= item.version else item
+
     def for_order(self, order_id: str, channel: str | None = None) -> list[Return]:
         visible(self._orders.get(order_id), order_id, channel)
         return self._returns.for_order(order_id)
@@ -696,10 +705,12 @@ class Returns:
         if refused:
             detail["not_restocked"] = [{"line_id": line_id, "quantity": units, "reason": StockLimitReached.code}
                                        for line_id, units in sorted(refused.items())]  # fmt: skip
+        asked = {line.line_id: line.quantity for line in item.lines}
         return modify(
             self._orders, item.order_id,
             lambda order: order.record_return(
-                item.id, item.received(), at=at, actor=item.received_by or actor, detail=detail
+                item.id, item.received(), at=at, actor=item.received_by or actor, detail=detail,
+                whole_order_shipping=item.refund_shipping_with_whole_order and item.received() == asked,
             ),
         )  # fmt: skip
 

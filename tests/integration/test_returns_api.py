@@ -327,3 +327,41 @@ def test_a_card_number_sent_as_an_idempotency_key_is_refused_and_kept_on_no_retu
     assert api.get(f"/orders/{order['id']}/refunds").json()["items"] == []
     stored = boto3.client("dynamodb", region_name="us-east-1").scan(TableName="test-ReturnsTable")["Items"]
     assert not [item for item in stored if written in str(item)]
+
+
+def test_a_receipt_answers_the_return_received_while_plain_reads_still_show_it_authorized(
+    api: InProcessApi, monkeypatch: pytest.MonkeyPatch
+):
+    # The receipt is written, the returns workflow started (on AWS it runs after the answer), and
+    # the return read again for the answer. Before, that was a plain read, which just after the
+    # write may still show the return as it was: the warehouse was answered 202 with the return
+    # `authorized` and nothing received, as if its receipt had not been recorded.
+    from functions.adapters.dynamodb import DynamoReturns
+    from functions.api.dependencies import container
+    from functions.bootstrap import Config, bootstrap
+    from tests.integration.return_steps import Started
+
+    order, _, warehouse = an_order(api, 1)
+    rma = api.post(f"/orders/{order['id']}/returns", json=return_body(1)).json()
+    real_get, real_update = DynamoReturns.get, DynamoReturns.update
+    before: dict[str, Any] = {}
+
+    def update(self: DynamoReturns, item: Any, expected: Any) -> None:
+        real_update(self, item, expected)
+        before[item.id] = expected
+
+    def get(self: DynamoReturns, return_id: str, *, consistent: bool = False) -> Any:
+        if consistent or return_id not in before:
+            return real_get(self, return_id, consistent=consistent)
+        return before[return_id]  # a plain read just after the write: the return as it was
+
+    monkeypatch.setattr(DynamoReturns, "update", update)
+    monkeypatch.setattr(DynamoReturns, "get", get)
+    receipt = {"location_id": warehouse, "lines": [{"line_id": "L1", "quantity": 1, "condition": "resellable"}]}
+    started = Started()
+    with container.override(bootstrap(Config.from_env(), return_workflow=started)):
+        received = api.post(f"/returns/{rma['id']}/receive", json=receipt)
+
+    assert received.status_code == 202, received.text
+    assert (received.json()["status"], received.json()["lines"][0]["received_quantity"]) == ("received", 1)
+    assert started.started == [rma["id"]]

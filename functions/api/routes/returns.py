@@ -170,6 +170,6 @@ def receive_return(return_id: ReturnIdPath, request: ReceiveReturn) -> Response[
     if item.status is not ReturnStatus.REFUNDED:
         request_id = (router.current_event.get("requestContext") or {}).get("requestId") or ""
         container().return_workflow.start(item.id, channel=item.channel, correlation_id=request_id)
-        item = returns.get(item.id)
+        item = returns.as_new_as(item)  # the workflow may have refunded it by now
     status = 200 if item.status is ReturnStatus.REFUNDED else 202
     return Response(status, content_types.APPLICATION_JSON, _shown(item))

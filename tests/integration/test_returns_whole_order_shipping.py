@@ -1,0 +1,133 @@
+"""The order's shipping given back when the whole order comes back for the shop's fault, whichever
+comes first: the return of the units that shipped, or the cancel of those that had not (in-process
+API on moto, the returns workflow's steps run inline)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.builders import location_body, product_body
+from tests.integration.in_process import InProcessApi, in_process_api_with_labels, returns_run_inline
+from tests.integration.test_cancel_units_api import allocated, cancel, ship
+
+
+@pytest.fixture(scope="module")
+def api() -> Iterator[InProcessApi]:
+    with in_process_api_with_labels() as started, returns_run_inline():
+        for sku, price in (("MUG", "12.50"), ("CAP", "7.77")):
+            assert started.put(f"/products/{sku}", json=product_body(price)).status_code == 201
+        west = location_body(name="West warehouse", latitude=39.53, longitude=-119.81)
+        assert started.put("/locations/wh-east", json=location_body()).status_code == 201
+        assert started.put("/locations/wh-west", json=west).status_code == 201
+        # MUG only in the west, CAP only in the east: an order of both ships in two parcels.
+        assert started.put("/inventory/MUG/wh-west", json={"on_hand": 100}).status_code == 200
+        assert started.put("/inventory/CAP/wh-east", json={"on_hand": 100}).status_code == 200
+        yield started
+
+
+def mugs_delivered(api: InProcessApi) -> dict[str, Any]:
+    """An order of 2 MUGs (the west parcel, delivered) and 2 CAPs (the east parcel, not shipped)."""
+    order = ship(api, allocated(api, ("MUG", 2), ("CAP", 2)), "wh-west")
+    west = next(s for s in order["shipments"] if s["location_id"] == "wh-west")
+    delivered = api.post(f"/orders/{order['id']}/shipments/{west['id']}/deliver", json={})
+    assert delivered.status_code == 200, delivered.text
+    return delivered.json()
+
+
+def mugs_back(api: InProcessApi, order_id: str, reason_code: str) -> dict[str, Any]:
+    body = {"lines": [{"line_id": "L1", "quantity": 2, "reason": "arrived broken", "reason_code": reason_code}]}
+    made = api.post(f"/orders/{order_id}/returns", json=body)
+    assert made.status_code == 201, made.text
+    receipt = {"location_id": "wh-west", "lines": [{"line_id": "L1", "quantity": 2, "condition": "damaged"}]}
+    received = api.post(f"/returns/{made.json()['id']}/receive", json=receipt)
+    assert received.status_code == 200, received.text
+    return received.json()
+
+
+def refunds(api: InProcessApi, order_id: str) -> list[tuple[str, str, str | None]]:
+    items = api.get(f"/orders/{order_id}/refunds").json()["items"]
+    return [(r["amount"]["amount"], r["status"], r["return_id"]) for r in items]
+
+
+def test_the_shipping_comes_back_once_the_rest_of_a_damaged_order_is_cancelled_after_its_return(api):
+    # The MUGs arrive broken and come back (damaged: the shop's fault), then the customer cancels the
+    # CAPs that had not shipped. The return could not give the shipping back (the CAPs might still
+    # ship and be kept), and nothing did after the cancel: the customer paid 5.00 shipping on an
+    # order that all came back broken, which a cancel made before the return gave back.
+    order = mugs_delivered(api)
+    rma = mugs_back(api, order["id"], "damaged")
+    assert rma["refund"]["amount"] == "26.81"  # the MUGs' line: the CAPs may still ship
+
+    cancelled = cancel(api, order["id"])
+
+    assert cancelled.status_code == 200, cancelled.text
+    after = api.get(f"/orders/{order['id']}").json()
+    assert after["status"] == "returned"
+    assert (after["totals"]["shipping"]["amount"], after["payment"]["captured"]["amount"]) == ("5.00", "31.81")
+    assert after["payment"]["refunded"] == after["payment"]["captured"]
+    assert refunds(api, order["id"]) == [("26.81", "succeeded", rma["id"]), ("5.00", "succeeded", rma["id"])]
+    assert api.get(f"/returns/{rma['id']}").json()["refund"] == {"amount": "31.81", "currency": "USD"}
+    history = api.get(f"/orders/{order['id']}/history").json()["items"]
+    assert [e["detail"]["amount"]["amount"] for e in history if e["type"] == "payment_refunded"] == ["26.81", "5.00"]
+
+    # Given back once: a cancel repeated (409: nothing left to cancel) and a repeated delivery
+    # report (which asks what returns are owed) give nothing more.
+    west = next(s for s in after["shipments"] if s["location_id"] == "wh-west")
+    cancel(api, order["id"])
+    api.post(f"/orders/{order['id']}/shipments/{west['id']}/deliver", json={})
+    assert len(refunds(api, order["id"])) == 2
+    assert api.get(f"/orders/{order['id']}").json()["payment"]["refunded"]["amount"] == "31.81"
+
+
+def test_the_shipping_comes_back_the_same_whichever_of_the_cancel_and_the_return_comes_first(api):
+    order = mugs_delivered(api)
+    assert cancel(api, order["id"]).status_code == 200
+    rma = mugs_back(api, order["id"], "damaged")
+
+    after = api.get(f"/orders/{order['id']}").json()
+    assert (after["status"], rma["refund"]["amount"]) == ("returned", "31.81")
+    assert after["payment"]["refunded"] == after["payment"]["captured"]
+    assert refunds(api, order["id"]) == [("31.81", "succeeded", rma["id"])]
+
+
+def test_units_sent_back_for_no_fault_of_the_shop_keep_the_shipping_charged_when_the_rest_is_cancelled(api):
+    order = mugs_delivered(api)
+    rma = mugs_back(api, order["id"], "size_or_fit")
+
+    assert cancel(api, order["id"]).status_code == 200
+
+    after = api.get(f"/orders/{order['id']}").json()
+    assert after["status"] == "returned"
+    assert (after["payment"]["captured"]["amount"], after["payment"]["refunded"]["amount"]) == ("31.81", "26.81")
+    assert refunds(api, order["id"]) == [("26.81", "succeeded", rma["id"])]
+
+
+def test_a_cancel_that_died_before_giving_the_shipping_back_has_it_given_back_by_the_reconcilers_pass(
+    api, monkeypatch: pytest.MonkeyPatch
+):
+    # The cancel's write leaves the order owing the shipping, so the Orders index of refunds owed
+    # finds it: the kept-back pass gives it back once the order has not changed for 15 minutes.
+    from datetime import timedelta
+
+    from core.models import utc_now
+    from core.unit_cancellation import UnitCancellation
+    from functions.bootstrap import Config, bootstrap
+
+    order = mugs_delivered(api)
+    rma = mugs_back(api, order["id"], "defective")
+    with monkeypatch.context() as dying:
+        dying.setattr(UnitCancellation, "refund_kept_back", lambda self, order, actor, refusals=None: order)
+        assert cancel(api, order["id"]).status_code == 200
+    assert refunds(api, order["id"]) == [("26.81", "succeeded", rma["id"])]
+
+    later = bootstrap(Config.from_env(), clock=lambda: utc_now() + timedelta(minutes=16))
+    passed = later.kept_back_sweep.run("reconciler")
+
+    [shipping] = api.get(f"/orders/{order['id']}/refunds").json()["items"][1:]
+    assert passed.refunded == [shipping["id"]]
+    assert (shipping["amount"]["amount"], shipping["return_id"]) == ("5.00", rma["id"])
+    assert api.get(f"/returns/{rma['id']}").json()["refund"]["amount"] == "31.81"
+    assert later.kept_back_sweep.run("reconciler").refunded == []
