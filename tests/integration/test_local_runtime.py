@@ -1699,6 +1699,29 @@ def test_make_run_refuses_a_setting_in_one_line_naming_it_not_a_traceback(
     assert err.count("\n") == 1
 
 
+def test_make_run_on_a_port_in_use_says_so_in_one_line_and_puts_the_process_back(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+):
+    # The API's port taken (a second `make run`, another server on 8080): the stack has started
+    # moto by then; main() stops it, names the variables to set and exits 1 (a path coverage of the
+    # suite showed never run).
+    from infra.local.__main__ import main
+
+    monkeypatch.setattr("logging.basicConfig", lambda **_: None)  # main's, kept out of the test process
+    monkeypatch.setattr("signal.signal", lambda *_: None)  # Ctrl-C stays the test runner's
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        for name, value in (("OMS_PORT", str(taken.getsockname()[1])), ("OMS_AWS_PORT", "0"), ("OMS_SEED", "0")):
+            monkeypatch.setenv(name, value)
+        environment = dict(os.environ)
+        assert main() == 1
+    err = capsys.readouterr().err
+    assert err.startswith("cannot start the local stack: ") and "Traceback" not in err
+    assert err.endswith("(set OMS_PORT / OMS_AWS_PORT to free ports)\n") and err.count("\n") == 1
+    assert dict(os.environ) == environment  # the stack's variables undone by its stop()
+
+
 @pytest.mark.parametrize("value", ["a/b", "1oms", "-oms", "Oms", "oms_local", "oms.local", "o" * 33])
 def test_a_stack_name_a_deploy_refuses_is_refused_at_start_by_its_variable(monkeypatch: pytest.MonkeyPatch, value: str):
     # CloudFormation takes a letter, then letters, digits and hyphens; the imports bucket the
