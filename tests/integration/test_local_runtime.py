@@ -1586,6 +1586,28 @@ def test_stack_seeds_the_demo_data_through_the_api_when_empty():
     assert all(event["headers"]["Authorization"] == "Bearer good-admin-key-for-tests" for event in received_events)
 
 
+def test_a_seed_call_the_api_refuses_is_a_seed_error_naming_the_call_and_the_answer():
+    # make run warns with it and keeps the stack running (infra/local/__main__.py); the path
+    # (urllib's HTTPError on a 4xx) was never run by the suite.
+    from infra.local.seed import SeedError
+    from infra.local.stack import running_stack
+
+    def refusing_api(event: dict[str, Any], context: Any) -> dict[str, Any]:
+        if event["httpMethod"] == "GET":
+            return {"statusCode": 200, "body": json.dumps({"items": []})}
+        return {"statusCode": 422, "body": json.dumps({"error": {"code": "validation_error"}})}
+
+    with running_stack(
+        handlers={"ApiFunction": refusing_api, "AuthorizerFunction": fake_authorizer_handler},
+        admin_key_bootstrap=lambda secret: None,
+        admin_key="good-admin-key-for-tests",
+    ) as running:
+        with pytest.raises(SeedError) as refused:
+            running.seed_demo_data()
+        assert not running.seeded
+    assert str(refused.value) == ('PUT /products/TSHIRT-BLK-M answered 422: {"error": {"code": "validation_error"}}')
+
+
 def test_a_table_added_to_the_template_is_created(tmp_path: Path):
     import boto3
 
