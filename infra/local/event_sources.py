@@ -212,11 +212,6 @@ class EventSourceMapping:
                 heapq.heappop(self._visible_at)
             return self._visible_at[0] - now if self._visible_at else None
 
-    def wants(self, record: Record) -> bool:
-        """Whether a record that arrived at the source (as the source's API answers it) may be
-        delivered: a mapping that would leave it out is not woken for it (moto_patches/arrivals.py)."""
-        return True
-
     @property
     def paused(self) -> bool:
         return self._paused.is_set()
@@ -384,8 +379,10 @@ class DynamoDBStreamMapping(EventSourceMapping):
             self._pending.popleft()
 
     def wants(self, record: Record) -> bool:
-        """A record its FilterCriteria leave out is read, and dropped, by the next look a record they
-        let through wakes: the stream's order and what is delivered are as if it had woken the mapping."""
+        """Whether a record added to the stream (as GetRecords answers it) may be delivered: a mapping
+        its FilterCriteria would leave it out of is not woken for it (moto_patches/arrivals.py), and
+        reads and drops it with the next look a record they let through wakes: the stream's order and
+        what is delivered are as if it had woken the mapping."""
         return self.filters is None or matches_filters(self.filters, self.event_record(record))
 
     def event_record(self, record: Mapping[str, Any]) -> Record:

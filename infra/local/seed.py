@@ -18,8 +18,8 @@ class SeedError(RuntimeError):
     """The API refused part of the seed data."""
 
 
-def seed_demo_data(api_url: str, admin_key: str, seed_file: Path = DEMO_SEED) -> bool:
-    """Loads `seed_file` when the store has no locations yet. True if it loaded, False if the store
+def seed_demo_data(api_url: str, admin_key: str) -> bool:
+    """Loads DEMO_SEED when the store has no locations yet. True if it loaded, False if the store
     already had data. Raises SeedError when the API refuses a call."""
 
     def call(method: str, path: str, body: Any = None) -> Any:
@@ -39,7 +39,7 @@ def seed_demo_data(api_url: str, admin_key: str, seed_file: Path = DEMO_SEED) ->
 
     if (call("GET", "/locations?limit=1") or {}).get("items"):
         return False
-    seed = json.loads(seed_file.read_text(encoding="utf-8"))
+    seed = json.loads(DEMO_SEED.read_text(encoding="utf-8"))
     for product in seed.get("products", []):
         call("PUT", f"/products/{quote(product['sku'], safe='')}", {k: v for k, v in product.items() if k != "sku"})
     for location in seed.get("locations", []):

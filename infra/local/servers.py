@@ -96,12 +96,15 @@ class Servers:
         return self._serve(gateway, port, GatewayRequestHandler, "oms-local-api")
 
     def _serve(self, app: Any, port: int, handler: type[WSGIRequestHandler], name: str) -> int:
-        server = make_server(self.host, port, app, threaded=True, request_handler=handler)
+        # Bound here: a port in use is then an OSError naming it (make run says which variable sets
+        # it), where werkzeug's own bind prints its advice and calls sys.exit(1).
+        with socket.create_server((self.host, port), backlog=BaseWSGIServer.request_queue_size) as bound:
+            server = make_server(self.host, port, app, threaded=True, request_handler=handler, fd=bound.fileno())
         # poll_interval: how soon shutdown() is noticed.
         thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, name=name, daemon=True)
         thread.start()
         self._running.append((server, thread))
-        return server.server_port
+        return server.port  # the bound one (port 0: a free one)
 
     def stop(self) -> None:
         while self._running:  # the API first, then the AWS endpoint its handlers may call

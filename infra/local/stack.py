@@ -47,7 +47,7 @@ from infra.local.process import (
     default_session_sharing_models,
 )
 from infra.local.resources import Resources
-from infra.local.seed import DEMO_SEED, seed_demo_data
+from infra.local.seed import seed_demo_data
 from infra.local.servers import Servers
 from infra.local.template import ACCOUNT_ID, REGION, Template
 
@@ -379,7 +379,7 @@ class EmbeddedStack:
 
     def seed_demo_data(self) -> bool:
         """The demo data, through the HTTP API as the admin, if the store is empty."""
-        self.seeded = seed_demo_data(self.api_url, self.admin_key, DEMO_SEED)
+        self.seeded = seed_demo_data(self.api_url, self.admin_key)
         return self.seeded
 
 

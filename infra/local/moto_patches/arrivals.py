@@ -13,9 +13,9 @@ _receiving = threading.local()  # `queue`: the moto queue whose messages this th
 
 
 def _wake(source_arn: str, record: Any = None, visible_at: float = 0.0) -> None:
-    """Wakes the mappings reading `source_arn`; given the stream record that arrived, only those whose
-    filters let it through (EventSourceMapping.wants): another would read it only to leave it out.
-    `visible_at`: when a delayed message becomes visible (epoch seconds)."""
+    """Wakes the mappings reading `source_arn`; given the stream record that arrived (a stream's
+    mappings: DynamoDBStreamMapping), only those whose filters let it through (its wants()): another
+    would read it only to leave it out. `visible_at`: when a delayed message becomes visible (epoch seconds)."""
     for mapping in PATCH.registrations():
         if mapping.source_arn == source_arn and (record is None or mapping.wants(record)):
             mapping.wake(visible_at)

@@ -44,11 +44,6 @@ KEPT_RESPONSES = 10_000
 _kept: dict[tuple[Any, ...], Any] = {}
 
 
-def forget() -> None:
-    """Drop every kept response (tests)."""
-    _kept.clear()
-
-
 def _replacements() -> Replacements:
     from moto.core import custom_responses_mock, models
 

@@ -99,16 +99,11 @@ class _CountingRLock:
     def __init__(self) -> None:
         self._lock = threading.RLock()
 
-    def acquire(self) -> bool:
+    def __enter__(self) -> bool:
         if not self._lock.acquire(blocking=False):
             with waited().counting():
                 self._lock.acquire()
         return True
-
-    def release(self) -> None:
-        self._lock.release()
-
-    __enter__ = acquire
 
     def __exit__(self, *exc: object) -> None:
         self._lock.release()
