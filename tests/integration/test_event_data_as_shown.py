@@ -51,7 +51,7 @@ class TableStream:
 
 @pytest.fixture(scope="module")
 def api() -> Iterator[InProcessApi]:
-    with in_process_api_with_labels() as started, pytest.MonkeyPatch.context() as env:
+    with in_process_api_with_labels(webhooks=True) as started, pytest.MonkeyPatch.context() as env:
         from functions.bootstrap import forget_warm_containers
 
         sqs = boto3.client("sqs", region_name="us-east-1")
@@ -87,7 +87,7 @@ class Receiver:
         self.orders.new_records()
         self.returns.new_records()
         self.tap = os.environ["BUS_TAP"]
-        self.ids: dict[tuple[str, str, int, str], str] = {}
+        self.seen: dict[str, str] = {}  # every event id sent, with its type
 
     def events(self) -> list[dict[str, Any]]:
         """The events of what was written since the last call, each stream batch handed twice."""
@@ -104,6 +104,7 @@ class Receiver:
                 event = json.loads(message["Body"])["detail"]
                 # One change, one id: the same id always carries the same event.
                 assert found.setdefault(event["id"], event) == event
+        self.seen |= {event_id: event["type"] for event_id, event in found.items()}
         return list(found.values())
 
     def order_as_shown(self, order_id: str) -> dict[str, Any]:
@@ -137,8 +138,29 @@ class Receiver:
         return events
 
 
+def subscribe(api: InProcessApi, key: str, channel: str | None) -> str:
+    """A subscription to every type made by `key`, naming no channel: a channel key's is its channel's."""
+    body = {"url": "http://127.0.0.1:9/hooks", "events": ["*"]}
+    answer = api.request("POST", "/webhooks", json=body, key=key)
+    assert answer.status_code == 201, answer.text
+    assert answer.json()["channel"] == channel
+    return answer.json()["id"]
+
+
+def logged(api: InProcessApi, webhook_id: str) -> dict[str, str]:
+    """The event ids on a subscription's delivery log, with their types (each must be there once)."""
+    items = api.get(f"/webhooks/{webhook_id}/deliveries", params={"limit": 100}).json()["items"]
+    assert len({item["event_id"] for item in items}) == len(items)
+    return {item["event_id"]: item["event_type"] for item in items}
+
+
 def test_every_event_carries_the_objects_as_the_api_shows_them(api, services):  # noqa: F811
+    from tests.integration.in_process import issue
+
     receiver = Receiver(api)
+    own = subscribe(api, issue(api, "webhooks:write", channel=CHANNEL), CHANNEL)
+    other = subscribe(api, issue(api, "webhooks:write", channel="elsewhere"), "elsewhere")
+    unbound = subscribe(api, api.admin_key, None)
     body = order_body(
         channel=CHANNEL,
         external_id="shown-1",
@@ -188,3 +210,8 @@ def test_every_event_carries_the_objects_as_the_api_shows_them(api, services):  
     for name in ("receive", "restock", "record", "refund"):
         step(name, return_id)
     receiver.check(order_id, {"return.received", "refund.succeeded"})
+
+    # Every event once on the delivery log of the channel's subscription and of the unbound one,
+    # though each stream batch was handed over twice; none on another channel's.
+    assert logged(api, own) == receiver.seen and logged(api, unbound) == receiver.seen
+    assert logged(api, other) == {}
