@@ -102,6 +102,9 @@ _RECEIVED_RETURN = frozenset({"received", "refunded"})
 # What a stored hold keeps for the system alone (Hold's fields no response shows: the status its
 # release resumes to, whether it is a park, the parcels behind a person's hold made one).
 _HOLDS_OWN = tuple(name for name, field in Hold.model_fields.items() if field.exclude)
+# The order's fields a response shows: its stored document adds the system's own beside them
+# (Order.stored_json: booking keys, captures asked of the gateway, excluded locations...).
+_ORDER_SHOWN = frozenset(name for name, field in Order.model_fields.items() if not field.exclude)
 
 
 def api_order(document: dict[str, Any]) -> dict[str, Any]:
@@ -111,12 +114,13 @@ def api_order(document: dict[str, Any]) -> dict[str, Any]:
     and the API signs a short-lived link to it at each read; an event outlives such a link, so
     its `label_url` is null (GET /orders/{id} gives a fresh one). A document this version's model
     cannot read (a status or field added since) is shown as stored, which is the API's JSON plus
-    what only the system reads (the status a hold resumes to, whether it is a park: _HOLDS_OWN), left
-    out here."""
+    what only the system reads, left out here: every top-level field but the Order's shown ones
+    (_ORDER_SHOWN: a field added since is left out too, as this version cannot tell a shown one from
+    the system's), and the hold's own (the status it resumes to, whether it is a park: _HOLDS_OWN)."""
     try:
         order = with_references_shown(with_refunds_shown(Order.model_validate(document))).model_dump(mode="json")
     except ValidationError:
-        order = json.loads(json.dumps(document))
+        order = {name: value for name, value in json.loads(json.dumps(document)).items() if name in _ORDER_SHOWN}
         if isinstance(order.get("hold"), dict):
             for name in _HOLDS_OWN:
                 order["hold"].pop(name, None)

@@ -8,7 +8,8 @@ import secrets
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from typing import Annotated, Any
 from urllib.parse import urlsplit
 
@@ -244,12 +245,42 @@ class RetrySchedule:
         return ceiling / 2 + random() * ceiling / 2
 
     def next_attempt(
-        self, record: DeliveryRecord, failures: int, now: datetime, random: Callable[[], float]
+        self,
+        record: DeliveryRecord,
+        failures: int,
+        now: datetime,
+        random: Callable[[], float],
+        asked: float | None = None,
     ) -> datetime | None:
-        """When to try again after a failure at `now`, or None when the window has closed."""
+        """When to try again after a failure at `now`, or None when the window has closed. `asked`:
+        the seconds the subscriber asked to be left (its Retry-After), waited when the backoff
+        would come sooner, but never longer than the longest wait (a subscriber cannot park its
+        deliveries for days, nor past the window's last attempt)."""
         if now >= record.retry_until:
             return None
-        return min(now + timedelta(seconds=self.delay(failures, random)), record.retry_until)
+        wait = self.delay(failures, random)
+        if asked is not None:
+            wait = max(wait, min(asked, self.max_delay_seconds))
+        return min(now + timedelta(seconds=wait), record.retry_until)
+
+
+def asked_wait(retry_after: str | None, now: datetime) -> float | None:
+    """The seconds from `now` a Retry-After asks (RFC 9110: delay-seconds, or an HTTP date); None
+    for none, a date gone by, or anything else."""
+    value = (retry_after or "").strip()
+    if value.isascii() and value.isdigit():
+        return float(min(int(value), _LONGEST_ASKED))
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    seconds = (when - now).total_seconds()
+    return seconds if seconds > 0 else None
+
+
+_LONGEST_ASKED = 10**9  # seconds: past any longest wait; keeps a subscriber's 400 digits an ordinary float
 
 
 # --- Where a delivery may go (SSRF) ---------------------------------------------------------------
@@ -402,6 +433,9 @@ class EventPublisher(ABC):
 class SendResult:
     status_code: int | None  # None: no HTTP answer (refused, timed out, connection failed)
     error: str | None = None
+    # A failed answer's Retry-After as sent (seconds, or an HTTP date): when the subscriber asks to
+    # be tried again (asked_wait).
+    retry_after: str | None = None
 
     @property
     def delivered(self) -> bool:
@@ -671,7 +705,8 @@ class DeliveryWorker:
         if result.delivered or resend:
             outcome, next_at = DeliveryStatus.DELIVERED, None
         else:
-            next_at = self._schedule.next_attempt(record, failures, now, self._random)
+            asked = asked_wait(result.retry_after, now)
+            next_at = self._schedule.next_attempt(record, failures, now, self._random, asked)
             outcome = DeliveryStatus.PENDING if next_at is not None else DeliveryStatus.FAILED
         check_delivery_step(record.status, outcome)
         updated = _replace(

@@ -447,7 +447,11 @@ class HttpWebhookSender(WebhookSender):
             response = connection.getresponse()
             if expired.is_set():
                 raise TimeoutError("timed out")
-            return SendResult(response.status, None if 200 <= response.status < 300 else f"HTTP {response.status}")
+            if 200 <= response.status < 300:
+                return SendResult(response.status)
+            # When the subscriber asks to be tried again (a 429's or a 503's): the schedule waits for it.
+            retry_after = response.getheader("Retry-After")
+            return SendResult(response.status, f"HTTP {response.status}", retry_after[:100] if retry_after else None)
         except (OSError, http.client.HTTPException) as error:
             timed_out = expired.is_set() or isinstance(error, TimeoutError | socket.timeout)
             return SendResult(None, "timed out" if timed_out else str(error) or type(error).__name__)

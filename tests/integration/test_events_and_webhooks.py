@@ -422,8 +422,8 @@ def test_a_failed_imports_event_carries_its_file_error_even_when_a_read_does_not
 
 
 class Receiver:
-    """Answers each POST with the next of `answers` (an int status, or "slow" to sleep past the
-    client's timeout), recording what it received."""
+    """Answers each POST with the next of `answers` (an int status, a (status, headers) pair, or
+    "slow" to sleep past the client's timeout), recording what it received."""
 
     def __init__(self, *answers: Any):
         self.answers = list(answers)
@@ -438,8 +438,11 @@ class Receiver:
                 if answer == "slow":
                     time.sleep(1.5)
                     answer = 200
+                answer, headers = answer if isinstance(answer, tuple) else (answer, {})
                 try:
                     self.send_response(answer)
+                    for name, value in headers.items():
+                        self.send_header(name, value)
                     self.end_headers()
                 except OSError:
                     pass  # the client gave up
@@ -532,6 +535,55 @@ def test_deliveries_are_signed_posts_over_http_retried_after_a_5xx_and_a_timeout
             assert verify_signature("whsec_test", headers["OMS-Signature"], body, now=int(time.time()))
             assert headers["OMS-Event-Type"] == "order.created"
             assert headers["OMS-Event-Id"] == json.loads(body)["id"]
+    finally:
+        receiver.close()
+
+
+def test_a_subscriber_asking_to_be_tried_later_is_not_tried_sooner_nor_left_past_the_longest_wait(aws, wired):
+    """A 429 or 503 with Retry-After (seconds, or an HTTP date) is a receiver saying when it can take
+    the event again: the next attempt waits that long when the backoff would come sooner, and never
+    longer than the schedule's longest wait (a receiver cannot park its deliveries for days). The
+    delivery was tried again at the backoff's 30 s, and again, while the receiver kept refusing."""
+    from email.utils import format_datetime
+
+    from core.webhooks import DeliveryWorker
+    from functions.events.app import lambda_handler as events_handler
+    from functions.webhook_delivery.app import container, lambda_handler
+
+    receiver = Receiver()
+    try:
+        webhook = subscribe(receiver.url, ["order.created"])
+        created, _, _ = an_order_allocated(aws)
+        events_handler(stream_event(("INSERT", None, created)), Context())
+        (queued,) = drain(wired["sqs"], wired["deliveries"])
+        message = DeliveryMessage.from_json(queued["Body"])
+        now = [(datetime.now(UTC) + timedelta(seconds=1)).replace(microsecond=0)]  # the delivery is due
+        in_ten_minutes = format_datetime(now[0] + timedelta(seconds=630), usegmt=True)
+        receiver.answers = [
+            (429, {"Retry-After": "120"}),
+            (503, {"Retry-After": in_ten_minutes}),
+            (429, {"Retry-After": "86400"}),
+        ]
+        c = container()
+        queue = RecordingQueue(c.sqs, wired["deliveries"])
+        worker = DeliveryWorker(
+            c.webhook_store, queue, c.webhook_sender, c.check_webhook_url,
+            lambda: now[0], c.retry_schedule, lambda: 1.0, timeout=5,
+        )  # fmt: skip
+        waits = []
+        with container.override(type(c)(c.config)) as fresh:
+            fresh.__dict__["delivery_worker"] = worker
+            for _ in range(3):
+                assert lambda_handler(sqs_event(message), Context()) == {"batchItemFailures": []}
+                record = c.webhook_store.get_delivery(webhook.id, message.delivery_id)
+                waits.append((record.next_attempt_at - now[0]).total_seconds())
+                message, _ = queue.sent[-1]
+                now[0] = record.next_attempt_at
+        # 120 s asked (the backoff's 30 s would be sooner); 600 s to the date (after the 120 s
+        # waited); a day asked, the longest wait (1 h) given.
+        assert waits == [120, 510, 3600]
+        assert (record.status, record.attempts, record.last_status_code) == ("pending", 3, 429)
+        assert len(receiver.received) == 3
     finally:
         receiver.close()
 

@@ -158,6 +158,37 @@ def test_a_parks_event_never_shows_what_tells_it_from_a_persons_hold(status: str
     assert event.type is EventType.ORDER_ON_HOLD and event.data["order"]["hold"] == hold
 
 
+def test_an_order_this_version_cannot_read_shows_no_field_of_the_systems_own():
+    """An order this version's model cannot read (a status added since: a rollback's events function
+    meeting a newer API's write) goes out as stored less what only the system reads: its stored
+    document carries the booking keys, the captures asked of the gateway, the returns that owe the
+    whole order's shipping, the locations a reject excluded (Order.stored_json), none of which the
+    API shows. The event sent each of them to every subscriber."""
+    from core.domain_events import api_order
+    from core.models import CaptureRequest
+
+    order = a_stored_order(("TSHIRT", 1), status=OrderStatus.ALLOCATED).model_copy(
+        update={
+            "booking_keys": {"shp_1": "bk_secret"},
+            "captures_requested": [CaptureRequest(shipment_id="shp_1", amount=usd("10.00"))],
+            "whole_order_returns": ["rma_1"],
+            "excluded_locations": ["wh9"],
+            "status_since": datetime(2026, 12, 1, tzinfo=UTC),
+        }
+    )
+    stored = json.loads(order.stored_json())
+    assert {"booking_keys", "captures_requested", "whole_order_returns", "excluded_locations"} <= set(stored)
+    shown = api_order(stored)
+    jeopardy = {"reason": "late", "status": "a_status_added_later", "since": "2026-12-01T10:20:00Z"}
+    later = {**stored, "status": "a_status_added_later", "jeopardy": jeopardy, "version": stored["version"] + 1}
+
+    (event,) = order_events(stored, later)
+
+    assert event.type is EventType.ORDER_JEOPARDY
+    assert set(event.data["order"]) - set(shown) == set()  # nothing the API never shows
+    assert event.data["order"]["lines"][0]["sku"] == "TSHIRT" and event.data["order"]["status"] == later["status"]
+
+
 def test_an_authorization_recorded_on_an_order_held_meanwhile_is_order_authorized():
     # A hold placed while the payment was being authorized: the authorization is recorded on the held
     # order (Order.authorize), whose release resumes to `authorized`, a status it never reaches anew.

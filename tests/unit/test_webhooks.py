@@ -546,6 +546,40 @@ def test_a_5xx_or_a_timeout_is_retried_later_with_the_next_message_queued_for_th
     assert store.get_delivery("whk_1", delivery.id).attempts == 3
 
 
+@pytest.mark.parametrize(
+    ("retry_after", "wait"),
+    [
+        ("600", 600),  # asked for longer than the backoff's 30 s: waits what it asked
+        ("Tue, 01 Dec 2026 12:10:00 GMT", 600),  # an HTTP date (RFC 9110), ten minutes on
+        ("86400", 3600),  # a day asked: the longest wait, so it is tried again within the hour
+        ("10", 30),  # sooner than the backoff: the backoff
+        ("Tue, 01 Dec 2026 11:00:00 GMT", 30),  # a date gone by
+        ("soon", 30),  # not a wait: ignored
+        ("-5", 30),
+        ("9" * 400, 3600),
+    ],
+)
+def test_a_subscriber_asking_to_be_tried_later_waits_what_it_asks_up_to_the_longest_wait(retry_after: str, wait: int):
+    store, clock = FakeStore(), Clock()
+    delivery = stored_delivery(store)
+    worker, queue = worker_for(store, FakeSender(SendResult(429, "HTTP 429", retry_after=retry_after)), clock)
+
+    assert worker.handle(DeliveryMessage("whk_1", delivery.id, 0, 0)) == "retrying"
+
+    assert store.get_delivery("whk_1", delivery.id).next_attempt_at == NOW + timedelta(seconds=wait)
+    assert queue.sent[-1] == (DeliveryMessage("whk_1", delivery.id, 0, 1), min(wait, 900))
+
+
+def test_a_retry_after_past_the_window_leaves_the_last_attempt_at_its_end():
+    store, clock = FakeStore(), Clock()
+    delivery = stored_delivery(store, retry_until=NOW + timedelta(seconds=100))
+    worker, _ = worker_for(store, FakeSender(SendResult(503, "HTTP 503", retry_after="3000")), clock)
+
+    assert worker.handle(DeliveryMessage("whk_1", delivery.id, 0, 0)) == "retrying"
+
+    assert store.get_delivery("whk_1", delivery.id).next_attempt_at == NOW + timedelta(seconds=100)
+
+
 def test_an_attempt_whose_next_message_was_not_queued_queues_it_when_sqs_hands_the_message_out_again():
     """The attempt is recorded, then queueing the next one fails (SQS refused, or the function
     stopped): the message fails, SQS hands the same message (the same id) out again, and it
