@@ -98,7 +98,11 @@ class Servers:
     def _serve(self, app: Any, port: int, handler: type[WSGIRequestHandler], name: str) -> int:
         # Bound here: a port in use is then an OSError naming it (make run says which variable sets
         # it), where werkzeug's own bind prints its advice and calls sys.exit(1).
-        with socket.create_server((self.host, port), backlog=BaseWSGIServer.request_queue_size) as bound:
+        try:
+            bound = socket.create_server((self.host, port), backlog=BaseWSGIServer.request_queue_size)
+        except OSError as error:  # which of the two ports
+            raise OSError(error.errno, f"cannot listen on {self.host}:{port}: {error.strerror}") from None
+        with bound:  # werkzeug serves a duplicate of it
             server = make_server(self.host, port, app, threaded=True, request_handler=handler, fd=bound.fileno())
         # poll_interval: how soon shutdown() is noticed.
         thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.1}, name=name, daemon=True)

@@ -1738,8 +1738,10 @@ def test_make_run_on_a_port_in_use_says_so_in_one_line_and_puts_the_process_back
             monkeypatch.setenv(name, value)
         environment = dict(os.environ)
         assert main() == 1
+        port = taken.getsockname()[1]
     err = capsys.readouterr().err
     assert err.startswith("cannot start the local stack: ") and "Traceback" not in err
+    assert f"cannot listen on 127.0.0.1:{port}: " in err  # which of the two ports
     assert err.endswith("(set OMS_PORT / OMS_AWS_PORT to free ports)\n") and err.count("\n") == 1
     assert dict(os.environ) == environment  # the stack's variables undone by its stop()
 
