@@ -68,3 +68,4 @@ def test_a_replacement_edited_up_after_the_rest_of_its_credit_was_refunded_pays_
     kept = Decimal(money(original["totals"]["grand_total"])) - credit
     assert paid(api, original["id"]) + paid(api, replacement_id) == kept + total
     assert refunds(api, original["id"]) == [("succeeded", "0.07")]
+    assert "credit_rest" not in done  # the system's own record, never shown
