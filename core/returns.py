@@ -1108,9 +1108,7 @@ class Returns:
             return self._refund_instead(self._given_up_after_refusal(item, original, refused, actor), actor)
         zero = Money.zero(original.currency)
         credit = replacement.exchange_credit or zero
-        # What the replacement recorded as placed (an edit since does not change it: its payment
-        # counts on the credit less this); one placed before it recorded it, from its total.
-        rest = replacement.credit_rest or credit - replacement.totals.grand_total
+        rest = credit - replacement.totals.grand_total
         rest = rest if rest.amount > 0 else zero
         at = self._clock()
         original = modify(

@@ -7,6 +7,8 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
+import pytest
+
 from tests.integration import return_steps, test_cancel_units_api
 from tests.integration.in_process import InProcessApi
 from tests.integration.return_steps import received, refunds
@@ -69,3 +71,37 @@ def test_a_replacement_edited_up_after_the_rest_of_its_credit_was_refunded_pays_
     assert paid(api, original["id"]) + paid(api, replacement_id) == kept + total
     assert refunds(api, original["id"]) == [("succeeded", "0.07")]
     assert "credit_rest" not in done  # the system's own record, never shown
+
+
+def test_a_replacement_edited_up_before_its_exchange_step_finished_gets_the_rest_of_its_credit_back(
+    api, services, monkeypatch
+):
+    # The Exchange step placed the replacement and died before it recorded the exchange on the
+    # original (nor refunded the rest); the customer edited the replacement up before its retry.
+    from core.errors import TransientError
+    from core.models import Order
+
+    original, return_id = received(api, exchange=[{"sku": "CAP", "quantity": 1}], steps=EXCHANGED[:-1])
+    with monkeypatch.context() as dying:
+        dying.setattr(Order, "exchanged", lambda *args, **kwargs: (_ for _ in ()).throw(TransientError("died")))
+        with pytest.raises(TransientError):
+            return_steps.step("exchange", return_id)
+    assert refunds(api, original["id"]) == []
+    placed = [o for o in api.get("/orders", params={"limit": 100}).json()["items"] if o.get("exchange_credit")]
+    replacement_id = next(o["id"] for o in placed if o["external_id"] == original["external_id"] + "-x1")
+    allocated(replacement_id)
+    before = api.get(f"/orders/{replacement_id}").json()
+    edited = api.request("PATCH", f"/orders/{replacement_id}", json={"lines": [{"sku": "CAP", "quantity": 3}]},
+                         headers={"If-Match": str(before["version"])})  # fmt: skip
+    assert edited.status_code == 200, edited.text
+
+    return_steps.step("exchange", return_id)  # the state machine's retry
+    allocated(replacement_id)
+    done = shipped(api, replacement_id)
+
+    # The rest of the credit beyond the CAP it was placed for is back, and the card paid the rest.
+    assert refunds(api, original["id"]) == [("succeeded", "0.07")]
+    credit = Decimal(money(done["exchange_credit"]))
+    kept = Decimal(money(original["totals"]["grand_total"])) - credit
+    total = Decimal(money(done["totals"]["grand_total"]))
+    assert paid(api, original["id"]) + paid(api, replacement_id) == kept + total
