@@ -182,13 +182,16 @@ def report_channels_key(currency: str, day: str) -> Key:
 
 
 def credit_in_use(document: Mapping[str, Any]) -> Decimal:
-    """What of an exchange's credit the replacement `document` uses: its credit, at most its grand
-    total (the rest is refunded on the original order), nothing once it is cancelled or failed
-    (the credit is given back on the original then)."""
+    """What of an exchange's credit the replacement `document` uses: its credit less what the
+    exchange refunded of it at once (`credit_rest`, counted as refunded on the original order:
+    Order.usable_credit), at most its grand total (the rest is refunded on the original order),
+    nothing once it is cancelled or failed (the credit is given back on the original then)."""
     credit = document.get("exchange_credit")
     if not credit or document.get("status") in _NOT_ORDERED:
         return Decimal(0)
-    return min(Decimal(credit["amount"]), Decimal(document["totals"]["grand_total"]["amount"]))
+    rest = document.get("credit_rest")
+    usable = Decimal(credit["amount"]) - (Decimal(rest["amount"]) if rest else Decimal(0))
+    return max(min(usable, Decimal(document["totals"]["grand_total"]["amount"])), Decimal(0))
 
 
 def contribution(document: Mapping[str, Any] | None, day: str = "", credit: bool = False) -> Contribution:

@@ -1316,8 +1316,8 @@ def owed_when_cancelled(order: Order, found: tuple[Order, list[HistoryEntry]] | 
     if not isinstance(total, dict):
         return None
     owed = Money.model_validate(total)
-    if order.exchange_credit is not None:
-        owed = owed - order.exchange_credit
+    if order.usable_credit is not None:
+        owed = owed - order.usable_credit
     return owed if owed.amount > 0 else Money.zero(order.currency)
 
 

@@ -63,12 +63,12 @@ def _paid_itself(replacement: Order) -> Money:
 
 
 def beyond_credit(replacement: Order) -> Money:
-    """What of a replacement's total neither its own payment (_paid_itself) nor its whole credit
-    pays: the most a settlement of its own payment may capture (core.unit_cancellation). The credit
-    pays the rest (give_back counts it used), so the card is never asked for it: refused, with
-    nothing left authorized, it would stop the credit's unused rest from being given back; made,
-    it would be paid twice."""
-    credit = replacement.exchange_credit or Money.zero(replacement.currency)
+    """What of a replacement's total neither its own payment (_paid_itself) nor its credit (all of
+    it the exchange did not refund at once: Order.usable_credit) pays: the most a settlement of its
+    own payment may capture (core.unit_cancellation). The credit pays the rest (give_back counts it
+    used), so the card is never asked for it: refused, with nothing left authorized, it would stop
+    the credit's unused rest from being given back; made, it would be paid twice."""
+    credit = replacement.usable_credit or Money.zero(replacement.currency)
     left = replacement.totals.grand_total - _paid_itself(replacement) - credit
     return left if left.amount > 0 else Money.zero(replacement.currency)
 
@@ -208,7 +208,7 @@ class ExchangeCredits(CreditChain):
             paid = _paid_itself(replacement) - (owed_back or Money.zero(credit.currency))
             used = min(credit, replacement.totals.grand_total - paid)
         else:
-            return None  # an edit may still make it dearer, and its payment counts on the whole credit
+            return None  # an edit may still make it dearer, and its payment counts on the credit (usable_credit)
         # Units of it returned before the rest was settled (a parcel back while another waited) were
         # refunded from its own captures, then drew the rest of their share on the credit: `used`
         # counts them whole, so what they drew is counted as not drawn (units_back_of), or the units

@@ -1851,6 +1851,11 @@ class Order(Shown):
     # and that credit. The payment authorizes and captures only `payable()`, the rest is paid.
     exchange_of: str | None = None
     exchange_credit: Money | None = None
+    # What of that credit the exchange refunds at once on the original order: the credit beyond the
+    # replacement's total as it was placed (Returns.exchange). Given back to the customer, it pays
+    # nothing of what an edit adds to the replacement since (usable_credit). The system's own:
+    # stored, never shown. None on a replacement that cost at least its credit (or placed before it).
+    credit_rest: Money | None = Field(default=None, exclude=True)
     # The returns of this order whose replacement was placed (the history names each once).
     exchanges: list[str] = Field(default_factory=empty_list)
     # What each of those returns' units were worth when their value became the replacement's credit
@@ -2011,6 +2016,8 @@ class Order(Shown):
             system["own_void_owed"] = True
         if self.return_entries:
             system["return_entries"] = list(self.return_entries)
+        if self.credit_rest is not None:
+            system["credit_rest"] = self.credit_rest.model_dump(mode="json")
         if self.exchange_shares:
             system["exchange_shares"] = {
                 return_id: [share.model_dump(mode="json") for share in shares]
@@ -2094,13 +2101,25 @@ class Order(Shown):
         so orders stored before `shipped_quantity` existed answer the same)."""
         return _shipped_by_line(self.lines, self.shipments)
 
+    @property
+    def usable_credit(self) -> Money | None:
+        """What of an exchange's credit pays for this replacement (None: it is none): the credit
+        less what the exchange refunded of it at once (`credit_rest`), which the customer has back
+        already: an edit that makes the replacement dearer is paid for by its card, not by it."""
+        credit = self.exchange_credit
+        if credit is None or self.credit_rest is None:
+            return credit
+        usable = credit - self.credit_rest
+        return usable if usable.amount > 0 else Money.zero(self.currency)
+
     def payable(self, totals: Totals | None = None) -> Money:
         """What the payment must cover: the grand total, less an exchange's credit (what the
-        returned units' refund would have been, kept on the original order to pay for this one),
-        never below zero. Authorization, captures and refund arithmetic work on this, so that
-        captured minus refunded equals what the customer still owes on this order."""
+        returned units' refund would have been, kept on the original order to pay for this one;
+        less what of it the exchange refunded at once: usable_credit), never below zero.
+        Authorization, captures and refund arithmetic work on this, so that captured minus refunded
+        equals what the customer still owes on this order."""
         total = (totals or self.totals).grand_total
-        credit = self.exchange_credit
+        credit = self.usable_credit
         if credit is None:
             return total
         due = total - credit

@@ -627,6 +627,7 @@ class CaptureService:
             status_since=now,
             exchange_of=exchange["return_id"] if exchange else None,
             exchange_credit=exchange["credit"] if exchange else None,
+            credit_rest=_credit_rest(exchange["credit"], priced.totals.grand_total) if exchange else None,
         )
         created = HistoryEntry(
             at=now,
@@ -923,6 +924,13 @@ def _sold_prices(
         if now is not None and now != pricing.todays_unit_price(cmd, products[sku], has[sku]):
             del kept[sku]
     return kept
+
+
+def _credit_rest(credit: Money, grand_total: Money) -> Money | None:
+    """What of an exchange's `credit` its replacement of `grand_total`, as placed, leaves over: the
+    rest the exchange refunds at once (Returns.exchange); None when the credit does not cover it."""
+    rest = credit - grand_total
+    return rest if rest.amount > 0 else None
 
 
 def _may_wait(cmd: PlaceOrder, products: dict[str, Product], of: Order | None) -> tuple[str, ...]:

@@ -330,6 +330,29 @@ def test_a_replacement_cut_below_its_credit_by_a_cancel_of_units_keeps_ordered_l
     assert Decimal(refunds) == refunded(api, order["id"]) + refunded(api, replacement_id)
 
 
+def test_a_replacement_edited_up_after_the_rest_of_its_credit_was_refunded_keeps_ordered_less_refunded_what_was_paid(
+    api,
+    stream,
+    services,  # noqa: F811
+):
+    shopper = Shopper(api)
+    order = shopper.ship_and_deliver(shopper.place(("MUG", 2)))
+    return_id = returned(shopper, order, {"L1": 1}, code="size_or_fit", exchange=[{"sku": "CAP", "quantity": 1}])
+    replacement_id = api.get(f"/returns/{return_id}").json()["exchange_order_id"]
+    replacement = shopper.allocate(replacement_id)
+    assert refunded(api, order["id"]) > 0  # the rest of the credit, refunded at once
+
+    edited = api.request("PATCH", f"/orders/{replacement_id}", json={"lines": [{"sku": "CAP", "quantity": 3}]},
+                         headers={"If-Match": str(replacement["version"])})  # fmt: skip
+    assert edited.status_code == 200, edited.text
+    shopper.ship_and_deliver(shopper.allocate(replacement_id))
+    consume(stream.new_records())
+
+    ordered, refunds = shopper.customer_totals()
+    assert Decimal(ordered) - Decimal(refunds) == kept_by_payments(api, order["id"], replacement_id)
+    assert Decimal(refunds) == refunded(api, order["id"]) + refunded(api, replacement_id)
+
+
 def test_a_return_of_a_shipped_parcel_then_a_cancel_of_the_rest_counts_what_was_kept(api, stream, services):  # noqa: F811
     shopper = Shopper(api)
     order = shopper.place(("MUG", 2), ("PEN", 3))
