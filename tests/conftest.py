@@ -32,6 +32,17 @@ settings.load_profile("oms")
 # its own. A shell that exports the variable runs the suite with it.
 os.environ.setdefault("OMS_BATCHING_WINDOW_SCALE", "0")
 
+# The service name every function of the suite runs under, in the process from its start: a
+# function's module builds its Logger and Metrics at import with the POWERTOOLS_SERVICE_NAME it reads
+# then (as on Lambda, where the variable is always set), and stays imported for the rest of the
+# worker's run. Set only by the `aws` fixture, the first test on a worker to import a function
+# decided for all the later ones: one without the fixture left the function's metrics without the
+# `service` dimension its alarms name (tests/integration/test_reconciler.py's metrics failed after
+# test_the_reconcilers_timeout_leaves_its_passes_time_beyond_the_reserve imported the reconciler),
+# and its log lines with "service_undefined". tests/integration/conftest.py's FUNCTION_ENV sets it too.
+FUNCTIONS_SERVICE = "oms-test"
+os.environ["POWERTOOLS_SERVICE_NAME"] = FUNCTIONS_SERVICE
+
 
 _parse_template = template_module.load_template
 _translate = check_template_module.translate

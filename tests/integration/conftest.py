@@ -27,6 +27,7 @@ from functions.adapters.dynamodb import DynamoCatalog, DynamoInventory, DynamoOr
 from infra.local.stack import forget_warm_containers
 from infra.local.template import Template, create_table_request
 from tests.builders import NOW, location, product
+from tests.conftest import FUNCTIONS_SERVICE
 from tests.e2e.client import Catalog
 
 ENV_BY_TABLE = {
@@ -58,7 +59,7 @@ FUNCTION_ENV = {
     "AWS_SECRET_ACCESS_KEY": "testing",
     "AWS_ACCOUNT_ID_ENDPOINT_MODE": "disabled",
     "POWERTOOLS_METRICS_DISABLED": "true",
-    "POWERTOOLS_SERVICE_NAME": "oms-test",
+    "POWERTOOLS_SERVICE_NAME": FUNCTIONS_SERVICE,
     "POWERTOOLS_METRICS_NAMESPACE": "OMS",
     "OMS_ENABLE_TEST_PAYMENTS": "true",
 }

@@ -48,13 +48,15 @@ def scan(aws, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
 
 
 def emitted(output: str) -> dict[str, float]:
-    """The metrics in the EMF lines the handler printed: name -> sum. (Its `service` dimension is
-    set where the module is first imported, which another test may do without the variable.)"""
+    """The handler's own metrics in the EMF lines it printed (by the `service` dimension its alarms
+    name; the business metrics have theirs): name -> sum."""
     totals: dict[str, float] = {}
     for line in output.splitlines():
         if '"_aws"' in line:
             record = json.loads(line)
             for directive in record["_aws"]["CloudWatchMetrics"]:
+                if directive["Dimensions"] != [["service"]]:
+                    continue
                 for metric in directive["Metrics"]:
                     totals[metric["Name"]] = totals.get(metric["Name"], 0) + sum(record[metric["Name"]])
     return totals

@@ -216,19 +216,13 @@ def test_a_hold_whose_stock_could_not_be_given_back_counts_once(world, capsys, m
     assert emitted(capsys) == {("SurplusNotGivenBack", ()): [1.0]}
 
 
-def test_every_function_that_writes_orders_prints_its_business_metrics(monkeypatch):
+def test_every_function_that_writes_orders_prints_its_business_metrics():
     """MeteredOrders records a point per write; only a handler wrapped in emits_business_metrics
     prints them. Unwrapped, a function's points were never printed (the OrdersCancelled of expired
     holds and pickups, the PaymentFailures of their voids) and piled up in its warm container."""
     import importlib
 
-    from tests.template_iam import RESOURCES, TEMPLATE, granted
-
-    # A handler module builds its Metrics at import with the service it reads then, and stays
-    # imported for the rest of this worker's run: imported here without one, its points lost the
-    # `service` dimension in every later test (tests/integration/test_reconciler.py's metrics).
-    variables = TEMPLATE["Globals"]["Function"]["Environment"]["Variables"]
-    monkeypatch.setenv("POWERTOOLS_SERVICE_NAME", variables["POWERTOOLS_SERVICE_NAME"])
+    from tests.template_iam import RESOURCES, granted
 
     writers = [
         (logical_id, resource["Properties"]["Handler"])
@@ -246,6 +240,30 @@ def test_every_function_that_writes_orders_prints_its_business_metrics(monkeypat
             function = getattr(function, "__wrapped__", None)
         # Every wrapper emits_business_metrics makes runs its one code object.
         assert emits_business_metrics(len).__code__ in chain, logical_id
+
+
+def test_every_function_imported_outside_any_fixture_has_the_service_its_alarms_name():
+    """A function's module builds its Logger and Metrics at import with the POWERTOOLS_SERVICE_NAME
+    it reads then, and stays imported for the rest of the worker's run. A test without the `aws`
+    fixture that was first to import one (here, or test_reconciler.py's look at the reconciler's
+    reserve) left its metrics without the `service` dimension its alarms name, and its logs with
+    "service_undefined", in every later test: the reconciler's metric tests failed after it.
+    The suite's process has the variable from its start (tests/conftest.py)."""
+    import importlib
+
+    from aws_lambda_powertools import Logger, Metrics
+
+    from tests.template_iam import RESOURCES
+
+    services = {}
+    for resource in RESOURCES.values():
+        if resource["Type"] == "AWS::Serverless::Function":
+            module_name = resource["Properties"]["Handler"].rpartition(".")[0]
+            for name, made in vars(importlib.import_module(module_name)).items():
+                if isinstance(made, Logger | Metrics):
+                    services[f"{module_name}.{name}"] = made.service
+    assert {"functions.reconciler.app.metrics", "functions.workflow.park_order.metrics"} <= set(services)
+    assert {name: service for name, service in services.items() if service in (None, "", "service_undefined")} == {}
 
 
 def test_a_refund_counts_and_its_value_by_currency(world, capsys):
