@@ -264,3 +264,29 @@ def run_to_allocated(api: InProcessApi, order_id: str) -> dict[str, Any]:
     order = api.get(f"/orders/{order_id}").json()
     assert order["status"] == "allocated", order
     return order
+
+
+class TableStream:
+    """A table's stream as the events function's mappings read it (INSERT and MODIFY)."""
+
+    def __init__(self, table: str) -> None:
+        described = boto3.client("dynamodb", region_name="us-east-1").describe_table(TableName=table)["Table"]
+        self._arn = described["LatestStreamArn"]
+        self._streams = boto3.client("dynamodbstreams", region_name="us-east-1")
+        self._seen: set[str] = set()
+
+    def new_records(self) -> list[dict[str, Any]]:
+        records = []
+        for shard in self._streams.describe_stream(StreamArn=self._arn)["StreamDescription"]["Shards"]:
+            iterator = self._streams.get_shard_iterator(
+                StreamArn=self._arn, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
+            )["ShardIterator"]
+            while iterator:
+                read = self._streams.get_records(ShardIterator=iterator, Limit=1000)
+                if not read["Records"]:
+                    break
+                records += read["Records"]
+                iterator = read.get("NextShardIterator")
+        fresh = [r for r in records if r["dynamodb"]["SequenceNumber"] not in self._seen]
+        self._seen |= {r["dynamodb"]["SequenceNumber"] for r in fresh}
+        return [r for r in fresh if r["eventName"] in ("INSERT", "MODIFY")]

@@ -16,38 +16,11 @@ import pytest
 
 from tests.builders import location_body, order_body, product_body
 from tests.integration.import_support import context
-from tests.integration.in_process import InProcessApi, in_process_api_with_labels
+from tests.integration.in_process import InProcessApi, TableStream, in_process_api_with_labels
 from tests.integration.return_steps import services  # noqa: F401
 from tests.integration.test_cancel_units_api import cheap_from_three  # noqa: F401 (a fixture: 3 MUGs or more at 2.00)
 
 _channels = itertools.count(1)
-
-
-class OrdersStream:
-    """The Orders table's stream as the events function's mapping reads it (INSERT and MODIFY)."""
-
-    def __init__(self) -> None:
-        table = boto3.client("dynamodb", region_name="us-east-1").describe_table(TableName=_table())["Table"]
-        self._arn = table["LatestStreamArn"]
-        self._streams = boto3.client("dynamodbstreams", region_name="us-east-1")
-        self._seen: set[str] = set()
-
-    def new_records(self) -> list[dict[str, Any]]:
-        shards = self._streams.describe_stream(StreamArn=self._arn)["StreamDescription"]["Shards"]
-        records = []
-        for shard in shards:
-            iterator = self._streams.get_shard_iterator(
-                StreamArn=self._arn, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
-            )["ShardIterator"]
-            while iterator:
-                read = self._streams.get_records(ShardIterator=iterator, Limit=1000)
-                if not read["Records"]:
-                    break
-                records += read["Records"]
-                iterator = read.get("NextShardIterator")
-        fresh = [r for r in records if r["dynamodb"]["SequenceNumber"] not in self._seen]
-        self._seen |= {r["dynamodb"]["SequenceNumber"] for r in fresh}
-        return [r for r in fresh if r["eventName"] in ("INSERT", "MODIFY")]
 
 
 def _table() -> str:
@@ -88,8 +61,8 @@ def api() -> Iterator[InProcessApi]:
 
 
 @pytest.fixture
-def stream(api: InProcessApi) -> OrdersStream:
-    found = OrdersStream()
+def stream(api: InProcessApi) -> TableStream:
+    found = TableStream(_table())
     found.new_records()  # what earlier tests wrote
     return found
 

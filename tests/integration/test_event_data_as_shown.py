@@ -17,36 +17,10 @@ import pytest
 
 from tests.builders import location_body, order_body, product_body
 from tests.integration.import_support import context
-from tests.integration.in_process import InProcessApi, in_process_api_with_labels
+from tests.integration.in_process import InProcessApi, TableStream, in_process_api_with_labels
 from tests.integration.return_steps import services, step  # noqa: F401
 
 CHANNEL = "shown"
-
-
-class TableStream:
-    """A table's stream as the events function's mappings read it (INSERT and MODIFY)."""
-
-    def __init__(self, table: str) -> None:
-        described = boto3.client("dynamodb", region_name="us-east-1").describe_table(TableName=table)["Table"]
-        self._arn = described["LatestStreamArn"]
-        self._streams = boto3.client("dynamodbstreams", region_name="us-east-1")
-        self._seen: set[str] = set()
-
-    def new_records(self) -> list[dict[str, Any]]:
-        records = []
-        for shard in self._streams.describe_stream(StreamArn=self._arn)["StreamDescription"]["Shards"]:
-            iterator = self._streams.get_shard_iterator(
-                StreamArn=self._arn, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON"
-            )["ShardIterator"]
-            while iterator:
-                read = self._streams.get_records(ShardIterator=iterator, Limit=1000)
-                if not read["Records"]:
-                    break
-                records += read["Records"]
-                iterator = read.get("NextShardIterator")
-        fresh = [r for r in records if r["dynamodb"]["SequenceNumber"] not in self._seen]
-        self._seen |= {r["dynamodb"]["SequenceNumber"] for r in fresh}
-        return [r for r in fresh if r["eventName"] in ("INSERT", "MODIFY")]
 
 
 @pytest.fixture(scope="module")

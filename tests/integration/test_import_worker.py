@@ -38,6 +38,21 @@ def stack(aws: Any, monkeypatch: pytest.MonkeyPatch) -> ImportAws:
     return imports
 
 
+def metrics_counted(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The names of the import worker's metrics, as it adds them (each still added)."""
+    from functions.import_worker import app
+
+    counted: list[str] = []
+    add_metric = app.metrics.add_metric
+
+    def counting(**metric: Any) -> None:
+        counted.append(metric["name"])
+        add_metric(**metric)
+
+    monkeypatch.setattr(app.metrics, "add_metric", counting)
+    return counted
+
+
 def stored_order(channel: str, external_id: str) -> Any:
     from core.errors import NotFound
     from functions.import_worker.app import container
@@ -373,16 +388,8 @@ def test_a_direct_order_redelivered_after_its_worker_died_past_the_put_counts_im
     # sender had sent the order twice; a body sent again under an order already placed (its
     # external_id reused) left no trace but that metric.
     from core.services import CaptureService
-    from functions.import_worker import app
 
-    counted: list[str] = []
-    add_metric = app.metrics.add_metric
-
-    def counting(**metric: Any) -> None:
-        counted.append(metric["name"])
-        add_metric(**metric)
-
-    monkeypatch.setattr(app.metrics, "add_metric", counting)
+    counted = metrics_counted(monkeypatch)
     body = json.dumps(order_body(channel="erp", external_id="erp-9", lines=[{"sku": "TSHIRT", "quantity": 1}]))
     stack.sqs.send_message(QueueUrl=stack.queue_url, MessageBody=body)
     place = CaptureService.place
@@ -1847,16 +1854,8 @@ def test_a_line_redelivered_after_its_order_was_put_counts_imported_never_a_reus
 def test_a_direct_order_reusing_a_placed_order_s_number_with_other_content_is_rejected_and_logged(
     stack: ImportAws, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ):
-    from functions.import_worker import app
 
-    counted: list[str] = []
-    add_metric = app.metrics.add_metric
-
-    def counting(**metric: Any) -> None:
-        counted.append(metric["name"])
-        add_metric(**metric)
-
-    monkeypatch.setattr(app.metrics, "add_metric", counting)
+    counted = metrics_counted(monkeypatch)
     body = order_body(channel="erp", external_id="erp-7", lines=[{"sku": "TSHIRT", "quantity": 1}])
     stack.sqs.send_message(QueueUrl=stack.queue_url, MessageBody=json.dumps(body))
     stack.drain(worker)
