@@ -4,8 +4,10 @@ gets its tables through CreateTable and the rest get copies of those."""
 
 from __future__ import annotations
 
+import gc
 import json
 import os
+import weakref
 from typing import Any
 
 import boto3
@@ -88,3 +90,106 @@ def _leave_everything_changed(aws: Aws, sqs: Any, queue_url: str, account: int, 
         name=f"own-{account}", definition=json.dumps(PASS_MACHINE), roleArn="arn:aws:iam::123456789012:role/own"
     )
     aws.dynamodb.meta.events.register("before-call.dynamodb", lambda **_: hooked.append("called"))
+
+
+# --- The functions' clients: served again only when nothing holds them and nothing touched them ----
+# (tests/client_pool.py). A client is followed through a weak reference, which neither holds it nor
+# changes it: the same object served in the next account is the pool's doing.
+
+
+def _function_client() -> Any:
+    from functions.access_log.app import container
+
+    return container().dynamodb
+
+
+def _client_in_the_next_account(monkeypatch: pytest.MonkeyPatch, touch: Any) -> tuple[Any, list[str]]:
+    """A function's DynamoDB client built in one account, `touch`ed there (given it and a list to
+    append to); then the function's client in the next account, and what the list heard."""
+    heard: list[str] = []
+    with fresh_account(monkeypatch):
+        client = _function_client()
+        client.describe_table(TableName=os.environ["ORDERS_TABLE"])
+        touch(client, heard)
+        built = weakref.ref(client)
+        del client
+    gc.collect()  # the container held it in a reference cycle: garbage, once the collector has run
+    with fresh_account(monkeypatch):
+        heard.clear()
+        served = _function_client()
+        served.describe_table(TableName=os.environ["ORDERS_TABLE"])
+        assert served.meta.config.retries == {"mode": "standard", "total_max_attempts": 3}
+        return (served is built()), heard
+
+
+def test_an_untouched_client_nothing_holds_is_served_again_in_the_next_account(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    again, _ = _client_in_the_next_account(monkeypatch, lambda client, heard: None)
+    assert again
+
+
+def test_a_client_whose_events_were_hooked_is_never_served_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    def hook(client: Any, heard: list[str]) -> None:
+        client.meta.events.register("before-call.dynamodb", lambda **_: heard.append("called"))
+
+    again, heard = _client_in_the_next_account(monkeypatch, hook)
+    assert not again
+    assert heard == []
+
+    def hook_and_unhook(client: Any, heard: list[str]) -> None:
+        def handler(**_: Any) -> None:
+            heard.append("called")
+
+        client.meta.events.register_first("before-send.dynamodb", handler)
+        client.meta.events.unregister("before-send.dynamodb", handler)
+
+    again, heard = _client_in_the_next_account(monkeypatch, hook_and_unhook)
+    assert not again
+
+
+def test_a_client_left_patched_or_still_held_is_never_served_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    # pytest's monkeypatch undoes after the account has ended: the pool sees the patch then.
+    def patched(client: Any, heard: list[str]) -> None:
+        monkeypatch.setattr(client, "describe_table", lambda **_: heard.append("patched") or {})
+
+    again, heard = _client_in_the_next_account(monkeypatch, patched)
+    assert not again
+    assert heard == []
+
+    def class_patched(client: Any, heard: list[str]) -> None:
+        monkeypatch.setattr(type(client), "can_paginate", lambda self, name: heard.append("patched"))
+
+    assert _client_in_the_next_account(monkeypatch, class_patched) == (False, [])
+
+    kept: list[Any] = []
+    assert _client_in_the_next_account(monkeypatch, lambda client, heard: kept.append(client)) == (False, [])
+    held_events: list[Any] = []
+    events_held = _client_in_the_next_account(monkeypatch, lambda client, _: held_events.append(client.meta.events))
+    assert events_held == (False, [])
+
+
+def test_a_client_whose_retry_quota_was_spent_is_never_served_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    def throttled(client: Any, heard: list[str]) -> None:
+        service = client.meta.service_model.service_id.hyphenize()
+        (handler,) = client.meta.events._emitter._handlers.prefix_search(f"needs-retry.{service}")
+        assert handler.__self__._retry_quota._quota.acquire(5)  # as a retry of a throttled call spends it
+
+    again, _ = _client_in_the_next_account(monkeypatch, throttled)
+    assert not again
+
+
+def test_a_client_built_under_another_aws_environment_is_not_served(monkeypatch: pytest.MonkeyPatch) -> None:
+    with fresh_account(monkeypatch):
+        built = weakref.ref(_function_client())
+    with fresh_account(monkeypatch):
+        monkeypatch.setenv("AWS_MAX_ATTEMPTS", "7")
+        served = _function_client()
+        assert served is not built()
+    monkeypatch.delenv("AWS_MAX_ATTEMPTS")
+    with fresh_account(monkeypatch):
+        monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1")  # a server's connections: never kept
+        first = weakref.ref(_function_client())
+    with fresh_account(monkeypatch):
+        monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1")
+        assert _function_client() is not first()
