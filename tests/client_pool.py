@@ -18,9 +18,11 @@ same AWS_* environment, serves a later test as a new one would, provided:
 - its retry quota (standard mode, per client) is as it was built: a test's throttled calls do not
   leave the next one with fewer retries.
 
-Anything else is built new, as botocore builds it; so is every client with an endpoint URL (its
-connection pool talks to a server that may have stopped). tests/integration/test_aws_fixture.py
-shows each of these isolates and that an untouched client is served again.
+Anything else is built new, as botocore builds it; so is every client with an endpoint URL named
+by AWS_ENDPOINT_URL or its service's AWS_ENDPOINT_URL_* (a local stack names its own for S3 alone),
+or given, unless it is a running local stack's AWS server (moto's interpreter builds a Lambda
+client on it for every task it runs): those are kept until the stack stops (tests/conftest.py).
+tests/integration/test_aws_fixture.py shows each of these isolates and that an untouched client is served again.
 """
 
 from __future__ import annotations
@@ -32,9 +34,11 @@ import threading
 import weakref
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import botocore.hooks
 import botocore.session
+import botocore.utils
 
 # What botocore reads from the environment when it builds a client (and its HTTP session).
 _ENVIRONMENT_PREFIXES = ("AWS_", "BOTO")
@@ -44,6 +48,7 @@ _ENVIRONMENT_WORDS = ("PROXY", "CA_BUNDLE")
 KEPT_PER_KEY = 4
 
 _guard = threading.Lock()
+_live_ports: set[int] = set()  # local stacks' AWS servers (serving, stopped)
 _kept: weakref.WeakKeyDictionary[Any, dict[tuple[Any, ...], list[_Kept]]] = weakref.WeakKeyDictionary()
 _create_client = botocore.session.Session.create_client
 _PARAMETERS = tuple(inspect.signature(_create_client).parameters)[1:]  # after self
@@ -92,11 +97,31 @@ def _key(session: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[A
             if name.startswith(_ENVIRONMENT_PREFIXES) or any(word in name.upper() for word in _ENVIRONMENT_WORDS)
         )
     )
-    if given.get("endpoint_url") or any(name.startswith("AWS_ENDPOINT_URL") for name, _ in environment):
+    if _endpoint_configured(given.get("service_name"), environment):
         return None
+    port = None
+    if given.get("endpoint_url"):
+        endpoint = urlsplit(str(given["endpoint_url"]))
+        if endpoint.hostname not in ("localhost", "127.0.0.1") or endpoint.port not in _live_ports:
+            return None
+        port = endpoint.port
     config = given.pop("config", None)
     options = None if config is None else repr(sorted(config._user_provided_options.items()))
-    return (repr(sorted(given.items())), options, environment)
+    return (port, repr(sorted(given.items())), options, environment)
+
+
+def _endpoint_configured(service: Any, environment: tuple[tuple[str, str], ...]) -> bool:
+    """Whether botocore's environment names an endpoint for `service`: AWS_ENDPOINT_URL, or
+    AWS_ENDPOINT_URL_<its service id> (a local stack sets AWS_ENDPOINT_URL_S3 alone)."""
+    names = {name for name, _ in environment if name.startswith("AWS_ENDPOINT_URL")}
+    if not names:
+        return False
+    if "AWS_ENDPOINT_URL" in names or not isinstance(service, str):
+        return True
+    # As botocore's ConfiguredEndpointProvider names it, from the client's name.
+    name = botocore.utils.SERVICE_NAME_ALIASES.get(service, service)
+    service_id = botocore.utils.CLIENT_NAME_TO_HYPHENIZED_SERVICE_ID_OVERRIDES.get(name, name)
+    return f"AWS_ENDPOINT_URL_{service_id.replace('-', '_').upper()}" in names
 
 
 def _events(client: Any) -> Any:
@@ -156,6 +181,8 @@ def _kept_create_client(self: Any, *args: Any, **kwargs: Any) -> Any:
     counts.built += 1
     client.exceptions  # noqa: B018 (made on first use, by the session's factory: made now, so kept as made)
     with _guard:
+        if key[0] is not None and key[0] not in _live_ports:
+            return client  # its server stopped meanwhile
         entries = _kept.setdefault(self, {}).setdefault(key, [])
         if len(entries) >= KEPT_PER_KEY:
             del entries[0]  # the longest held (by a test, a stack, or garbage the collector has not freed)
@@ -172,6 +199,23 @@ def _kept_create_client(self: Any, *args: Any, **kwargs: Any) -> Any:
         entries.append(entry)
         entry.references = _references(client)  # the caller's `client` stands for the pool's list
     return client
+
+
+def serving(port: int) -> None:
+    """A local stack's AWS server listens on `port` (localhost) until stopped(port): the clients
+    built for it (moto's interpreter's Lambda clients, a test's) are kept meanwhile."""
+    with _guard:
+        _live_ports.add(port)
+
+
+def stopped(port: int) -> None:
+    """The server on `port` stopped: every client kept for it is forgotten (a later server on the
+    same port gets new clients, with new connections)."""
+    with _guard:
+        _live_ports.discard(port)
+        for keyed in list(_kept.values()):
+            for key in [key for key in keyed if key[0] == port]:
+                del keyed[key]
 
 
 def install() -> None:

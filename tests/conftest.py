@@ -237,7 +237,9 @@ def _watched_start(self: EmbeddedStack) -> EmbeddedStack:
     from tests.template_iam import watch
 
     watch(self)
-    return _stack_start(self)
+    started = _stack_start(self)
+    client_pool.serving(self.aws_port)
+    return started
 
 
 def _watched_stop(self: EmbeddedStack) -> None:
@@ -246,6 +248,8 @@ def _watched_stop(self: EmbeddedStack) -> None:
     try:
         _stack_stop(self)
     finally:
+        if self.aws_port is not None:
+            client_pool.stopped(self.aws_port)
         found = unwatch(self)
     assert not found, not_granted_message(found, "made by a local stack's functions before it stopped")
 

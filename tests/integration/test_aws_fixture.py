@@ -193,3 +193,39 @@ def test_a_client_built_under_another_aws_environment_is_not_served(monkeypatch:
     with fresh_account(monkeypatch):
         monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1")
         assert _function_client() is not first()
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+
+
+def test_only_the_service_an_endpoint_variable_names_is_never_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A local stack names its own server for S3 (its presigned label URLs): its other clients are kept.
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://127.0.0.1:1")
+    assert _client_in_the_next_account(monkeypatch, lambda client, heard: None) == (True, [])
+    monkeypatch.setenv("AWS_ENDPOINT_URL_DYNAMODB", "http://127.0.0.1:1")
+    with fresh_account(monkeypatch):
+        built = weakref.ref(_function_client())
+    gc.collect()
+    with fresh_account(monkeypatch):
+        assert _function_client() is not built()
+
+
+def test_a_client_of_a_running_local_stack_s_endpoint_is_kept_until_the_stack_stops(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # moto's Step Functions interpreter builds a Lambda client for every task it runs, on the
+    # stack's server (MOTO_PORT): kept while that server runs, never after it stopped.
+    from tests import client_pool
+
+    port = 1  # no server listens there: nothing below sends a request
+    endpoint = f"http://localhost:{port}"
+    with fresh_account(monkeypatch):
+        built = weakref.ref(boto3.client("lambda", region_name="us-east-1", endpoint_url=endpoint))
+        assert boto3.client("lambda", region_name="us-east-1", endpoint_url=endpoint) is not built()  # no server
+        client_pool.serving(port)
+        try:
+            built = weakref.ref(boto3.client("lambda", region_name="us-east-1", endpoint_url=endpoint))
+            assert boto3.client("lambda", region_name="us-east-1", endpoint_url=endpoint) is built()
+            other = weakref.ref(boto3.client("lambda", region_name="us-east-1", endpoint_url="http://localhost:2"))
+            assert boto3.client("lambda", region_name="us-east-1", endpoint_url="http://localhost:2") is not other()
+        finally:
+            client_pool.stopped(port)
+        assert boto3.client("lambda", region_name="us-east-1", endpoint_url=endpoint) is not built()
