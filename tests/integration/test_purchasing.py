@@ -217,6 +217,37 @@ def test_concurrent_receipts_of_the_last_units_count_them_once(buyer: Shop):
     assert (at(buyer)["on_hand"], at(buyer)["incoming"]) == (3, 0)
 
 
+def test_a_cancel_racing_receipts_leaves_the_stock_as_the_po_says(buyer: Shop):
+    """A clerk receives (twice under one key, once under another) while a buyer cancels the PO:
+    whatever order the writes land in, on hand holds exactly what the PO says was received, once,
+    and nothing of a cancelled PO is still incoming."""
+    purchasing = buyer.container.purchasing
+    po = purchasing.create(new_po(quantity=4))
+    outcomes: list[str] = []
+
+    def receive(key: str) -> None:
+        try:
+            purchasing.receive(po.id, receipt(3), key)
+            outcomes.append("received")
+        except (InvalidRequest, InvalidTransition, StaleVersion) as error:
+            outcomes.append(type(error).__name__)
+
+    def cancel() -> None:
+        purchasing.cancel(po.id)
+        outcomes.append("cancelled")
+
+    run_threads(
+        [threading.Thread(target=receive, args=("same",)), threading.Thread(target=receive, args=("same",)),
+         threading.Thread(target=cancel), threading.Thread(target=receive, args=("other",))]
+    )  # fmt: skip
+
+    final = purchasing.get(po.id)
+    assert final.status is PO.CANCELLED and "cancelled" in outcomes
+    received = final.lines[0].received_quantity
+    assert received in (0, 3)  # one receipt of 3 at most: 3 + 3 passes the 4 ordered
+    assert (at(buyer)["on_hand"], at(buyer)["incoming"], at(buyer)["next_expected_at"]) == (received, 0, None)
+
+
 def test_purchase_orders_and_vendors_list_by_filter_a_page_at_a_time(buyer: Shop):
     purchasing = buyer.container.purchasing
     purchasing.put_vendor("zeta", VendorRequest(name="Zeta", lead_time_days=1))
