@@ -346,3 +346,118 @@ def test_a_return_of_a_shipped_parcel_then_a_cancel_of_the_rest_counts_what_was_
     assert ordered == done["totals"]["grand_total"]["amount"]
     assert Decimal(refunds) == refunded(api, order["id"])
     assert Decimal(ordered) - Decimal(refunds) == kept_by_payments(api, order["id"])
+
+
+def test_a_damaged_parcel_returned_then_the_rest_cancelled_counts_the_shipping_given_back_once(
+    api,
+    stream,
+    services,  # noqa: F811
+):
+    # The MUGs' parcel arrives broken and comes back (damaged: the shop's fault), then the PENs that
+    # had not shipped are cancelled: the cancel gives the whole order's shipping back
+    # (whole_order_returns). Nothing of the order is revenue; the customer was refunded all they paid.
+    shopper = Shopper(api)
+    order = shopper.place(("MUG", 2), ("PEN", 3))
+    west = next(s for s in order["shipments"] if s["location_id"] == "wh-west")
+    shopper.post(f"/orders/{order['id']}/shipments/{west['id']}/ship", {})
+    shopper.post(f"/orders/{order['id']}/shipments/{west['id']}/deliver", {})
+    returned(shopper, shopper.order(order["id"]), {"L1": 2}, code="damaged")
+    consume(stream.new_records())
+
+    done = shopper.cancel(order["id"])
+
+    consume(stream.new_records())
+    after = shopper.order(order["id"])
+    assert after["status"] == "returned", after["status"]
+    assert after["payment"]["refunded"] == after["payment"]["captured"]  # the shipping came back too
+    assert shopper.report("products") == []
+    assert shopper.report("customers") == [(shopper.customer, 1, "0.00")]
+    ordered, refunds = shopper.customer_totals()
+    assert ordered == done["totals"]["grand_total"]["amount"] == after["totals"]["grand_total"]["amount"]
+    assert Decimal(refunds) == refunded(api, order["id"]) == Decimal(after["payment"]["refunded"]["amount"])
+    assert Decimal(ordered) - Decimal(refunds) == kept_by_payments(api, order["id"]) == 0
+
+
+def test_refunds_the_gateway_refused_count_nothing_and_a_payment_failure_orders_nothing(api, stream):
+    from core.errors import PaymentDeclined
+    from functions.bootstrap import Config, bootstrap
+
+    shopper = Shopper(api)
+    refused = shopper.ship_and_deliver(
+        shopper.place(("MUG", 1), payment={"method": "test", "token": "tok_refund_decline"})
+    )
+    sorry = {"amount": {"amount": "5.00", "currency": "USD"}, "reason": "late"}
+    appeasement = api.post(f"/orders/{refused['id']}/refunds", json=sorry)
+    assert (appeasement.status_code, appeasement.json()["status"]) == (201, "failed"), appeasement.text
+    body = order_body(
+        channel=shopper.channel,
+        external_id=f"{shopper.channel}-declined",
+        customer={"id": shopper.customer, "email": f"{shopper.customer}@example.com"},
+        lines=[{"sku": "CAP", "quantity": 1}],
+        payment={"method": "test", "token": "tok_decline"},
+    )
+    declined = api.post("/orders", json=body).json()
+    workflow = bootstrap(Config.from_env()).workflow
+    with pytest.raises(PaymentDeclined):
+        workflow.authorize_payment(declined["id"], attempt=0)
+    workflow.fail_payment(declined["id"], "PaymentDeclined", "declined")  # the state machine's Catch
+    assert shopper.order(declined["id"])["status"] == "payment_failed"
+    consume(stream.new_records())
+
+    customer = api.get(f"/customers/{shopper.customer}").json()
+    assert (customer["orders_count"], customer["payment_failures"]) == (2, 1)
+    nothing = {"amount": "0.00", "currency": "USD"}
+    assert customer["totals"] == [{"currency": "USD", "ordered": refused["totals"]["grand_total"], "refunded": nothing}]
+    assert shopper.report("products") == [("MUG", 1, "12.50")]
+
+
+def test_a_customer_of_two_channels_and_currencies_is_shown_to_each_key_as_its_channel_has_them(api, stream):
+    from tests.integration.in_process import issue
+
+    assert api.put("/products/EURMUG", json=product_body("9.00", "EUR")).status_code == 201
+    assert api.put("/inventory/EURMUG/wh-west", json={"on_hand": 100}).status_code == 200
+    usd, eur = Shopper(api), Shopper(api)
+    eur.customer = usd.customer  # one customer, ordering in two channels, each in its currency
+    in_usd = usd.place(("MUG", 1))
+    in_eur = eur.place(("EURMUG", 2), currency="EUR")
+    consume(stream.new_records())
+
+    everything = api.get(f"/customers/{usd.customer}").json()
+    assert everything["orders_count"] == 2
+    assert everything["totals"] == [
+        {"currency": c, "ordered": o["totals"]["grand_total"], "refunded": {"amount": "0.00", "currency": c}}
+        for c, o in (("EUR", in_eur), ("USD", in_usd))
+    ]
+    usd_key = issue(api, "orders:read", "reports:read", channel=usd.channel)
+    seen = api.get(f"/customers/{usd.customer}", key=usd_key)
+    assert seen.status_code == 200, seen.text
+    assert (seen.json()["orders_count"], [t["currency"] for t in seen.json()["totals"]]) == (1, ["USD"])
+    stranger = issue(api, "orders:read", channel=f"{usd.channel}x")
+    assert api.get(f"/customers/{usd.customer}", key=stranger).status_code == 404
+    found = api.get("/customers", params={"email": f"{usd.customer}@example.com"}, key=stranger)
+    assert (found.status_code, found.json()["items"]) == (200, [])
+    other = api.get("/reports/top-products", params={"currency": "EUR", "channel": eur.channel}, key=usd_key)
+    assert other.status_code == 403
+    own = api.get("/reports/top-products", params={"currency": "EUR"}, key=usd_key)
+    assert (own.status_code, own.json()["items"]) == (200, [])
+    eur_rows = api.get("/reports/top-customers", params={"currency": "EUR"}).json()["items"]
+    assert {"customer_id": eur.customer, "orders": 1, "revenue": {"amount": "18.00", "currency": "EUR"}} in eur_rows
+
+
+def test_a_cancel_after_a_partial_ship_counts_the_parcel_that_left_and_what_its_payment_kept(api, stream):
+    shopper = Shopper(api)
+    order = shopper.place(("MUG", 2), ("PEN", 3))
+    west = next(s for s in order["shipments"] if s["location_id"] == "wh-west")
+    shopper.post(f"/orders/{order['id']}/shipments/{west['id']}/ship", {})
+    consume(stream.new_records())
+
+    done = shopper.cancel(order["id"])  # the PENs, never shipped
+
+    consume(stream.new_records())
+    assert done["status"] == "shipped", done["status"]
+    assert shopper.report("products") == [("MUG", 2, "25.00")]
+    assert shopper.report("regions") == [("US", 1, "25.00")]
+    ordered, refunds = shopper.customer_totals()
+    assert ordered == done["totals"]["grand_total"]["amount"]
+    assert Decimal(refunds) == refunded(api, order["id"])
+    assert Decimal(ordered) - Decimal(refunds) == kept_by_payments(api, order["id"])
