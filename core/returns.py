@@ -705,12 +705,11 @@ class Returns:
         if refused:
             detail["not_restocked"] = [{"line_id": line_id, "quantity": units, "reason": StockLimitReached.code}
                                        for line_id, units in sorted(refused.items())]  # fmt: skip
-        asked = {line.line_id: line.quantity for line in item.lines}
         return modify(
             self._orders, item.order_id,
             lambda order: order.record_return(
                 item.id, item.received(), at=at, actor=item.received_by or actor, detail=detail,
-                whole_order_shipping=item.refund_shipping_with_whole_order and item.received() == asked,
+                whole_order_shipping=item.refund_shipping_with_whole_order,
             ),
         )  # fmt: skip
 

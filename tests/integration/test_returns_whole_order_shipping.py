@@ -5,6 +5,7 @@ API on moto, the returns workflow's steps run inline)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -131,3 +132,48 @@ def test_a_cancel_that_died_before_giving_the_shipping_back_has_it_given_back_by
     assert (shipping["amount"]["amount"], shipping["return_id"]) == ("5.00", rma["id"])
     assert api.get(f"/returns/{rma['id']}").json()["refund"]["amount"] == "31.81"
     assert later.kept_back_sweep.run("reconciler").refunded == []
+
+
+def mug_back(api: InProcessApi, order_id: str, asked: int, arrived: int) -> dict[str, Any]:
+    body = {"lines": [{"line_id": "L1", "quantity": asked, "reason": "arrived broken", "reason_code": "damaged"}]}
+    made = api.post(f"/orders/{order_id}/returns", json=body)
+    assert made.status_code == 201, made.text
+    receipt = {"location_id": "wh-west", "lines": [{"line_id": "L1", "quantity": arrived, "condition": "damaged"}]}
+    received = api.post(f"/returns/{made.json()['id']}/receive", json=receipt)
+    assert received.status_code == 200, received.text
+    return received.json()
+
+
+@pytest.mark.parametrize("cancelled_first", [False, True], ids=["cancel-last", "cancel-between"])
+def test_a_return_short_of_a_unit_counts_what_arrived_once_the_rest_comes_back(api, cancelled_first):
+    # Both MUGs asked back broken, one arrived; the other came back on a second return. The whole
+    # order is back for the shop's fault whichever of the cancel and that return came last: the
+    # shipping comes back, as the return bringing the last unit back gives it (counting the first
+    # by what arrived).
+    order = mugs_delivered(api)
+    short = mug_back(api, order["id"], asked=2, arrived=1)
+    assert short["refund"]["amount"] == "13.40"
+    if cancelled_first:
+        assert cancel(api, order["id"]).status_code == 200
+    rest = mug_back(api, order["id"], asked=1, arrived=1)
+    if not cancelled_first:
+        assert cancel(api, order["id"]).status_code == 200
+
+    after = api.get(f"/orders/{order['id']}").json()
+    assert after["status"] == "returned"
+    assert after["payment"]["refunded"] == after["payment"]["captured"]
+    assert sum(Decimal(amount) for amount, _, _ in refunds(api, order["id"])) == Decimal("31.81")
+    shown = [api.get(f"/returns/{item['id']}").json()["refund"]["amount"] for item in (short, rest)]
+    assert shown == ["13.40", "18.41"]
+
+
+def test_a_return_short_of_a_unit_brings_no_shipping_back_when_the_rest_is_cancelled(api):
+    # One of the two broken MUGs never arrived: the customer has it, the order is not all back.
+    order = mugs_delivered(api)
+    short = mug_back(api, order["id"], asked=2, arrived=1)
+
+    assert cancel(api, order["id"]).status_code == 200
+
+    after = api.get(f"/orders/{order['id']}").json()
+    assert after["status"] == "partially_returned"
+    assert refunds(api, order["id"]) == [(short["refund"]["amount"], "succeeded", short["id"])]
