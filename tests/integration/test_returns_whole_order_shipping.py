@@ -233,3 +233,42 @@ def test_a_return_short_of_a_unit_brings_no_shipping_back_when_the_rest_is_cance
     after = api.get(f"/orders/{order['id']}").json()
     assert after["status"] == "partially_returned"
     assert refunds(api, order["id"]) == [(short["refund"]["amount"], "succeeded", short["id"])]
+
+
+def test_a_cancel_while_an_exchange_is_being_placed_has_the_shipping_given_back_once_it_is_placed(
+    api, monkeypatch: pytest.MonkeyPatch
+):
+    # The exchange's step held the credit and died placing the replacement; the customer cancelled
+    # the CAPs meanwhile. The shipping waits (the credit might yet claim it, or the exchange be given
+    # up and the return refunded with it); once the step, run again, places the replacement, the
+    # order owes it and the reconciler's kept-back pass gives it back on the original.
+    from datetime import timedelta
+
+    from core.models import utc_now
+    from core.services import CaptureService
+    from functions.bootstrap import Config, bootstrap
+
+    order = mugs_delivered(api)
+    body = {"lines": [{"line_id": "L1", "quantity": 2, "reason": "arrived broken", "reason_code": "damaged"}],
+            "exchange": {"lines": [{"sku": "MUG", "quantity": 2}]}}  # fmt: skip
+    rma = api.post(f"/orders/{order['id']}/returns", json=body).json()
+    receipt = {"location_id": "wh-west", "lines": [{"line_id": "L1", "quantity": 2, "condition": "damaged"}]}
+
+    def down(*args: object, **kwargs: object) -> None:
+        raise ConnectionError("the Orders table is unavailable")
+
+    with monkeypatch.context() as dying:
+        dying.setattr(CaptureService, "place_exchange", down)
+        api.post(f"/returns/{rma['id']}/receive", json=receipt)
+    assert api.get(f"/returns/{rma['id']}").json()["exchange_order_id"] is None
+    assert cancel(api, order["id"]).status_code == 200
+    assert refunds(api, order["id"]) == []
+
+    assert api.post(f"/returns/{rma['id']}/receive", json=receipt).status_code == 200
+    assert api.get(f"/returns/{rma['id']}").json()["exchange_order_id"]
+    later = bootstrap(Config.from_env(), clock=lambda: utc_now() + timedelta(minutes=16))
+    later.kept_back_sweep.run("reconciler")
+
+    assert refunds(api, order["id"]) == [("5.00", "succeeded", None)]
+    assert api.get(f"/returns/{rma['id']}").json()["refund"]["amount"] == "5.00"
+    assert later.kept_back_sweep.run("reconciler").refunded == []
