@@ -1895,10 +1895,11 @@ class Order(Shown):
     # The system's own: stored, never shown.
     returns_to_show: list[str] = Field(default_factory=empty_list, exclude=True)
     # The received returns whose policy gives the order's shipping back once the whole order is
-    # back (refund_shipping_with_whole_order) and that brought back every unit they asked for, in
-    # the order they were recorded: when the rest of the order is cancelled after they came back
-    # (no receipt brings its last unit back then), the shipping is owed all the same
-    # (core.refunds.kept_back_owed). Empty on the typical order. The system's own: stored, never shown.
+    # back (refund_shipping_with_whole_order), in the order they were recorded, each counting for
+    # what arrived of it (as core.returns._shipping_due counts them): when the rest of the order is
+    # cancelled after they brought every shipped unit back (no receipt brings its last unit back
+    # then), the shipping is owed all the same (core.refunds.kept_back_owed). Empty on the typical
+    # order. The system's own: stored, never shown.
     whole_order_returns: list[str] = Field(default_factory=empty_list, exclude=True)
     # What a cancel of units owes back that its function does after its write: the refund of what
     # the captures hold beyond the new total (a settlement), and for an exchange's replacement left
@@ -4776,7 +4777,7 @@ class Order(Shown):
         once every unit that shipped is back and nothing is left to ship. None when this return is
         recorded already. (An order still partly shipped keeps its status: it has more to ship.)
         `whole_order_shipping`: the return gives the order's shipping back once the whole order is
-        back, and all it asked for arrived (whole_order_returns)."""
+        back (whole_order_returns)."""
         if return_id in self.received_returns:
             return None
         shipped = self.shipped_units()

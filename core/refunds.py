@@ -363,25 +363,38 @@ def kept_back_owed(order: Order) -> list[KeptBackOwed]:
 
 def _whole_order_shipping_owed(order: Order) -> list[KeptBackOwed]:
     """The order's shipping, owed back once the whole order is back when every return that brought
-    units back was decided so (Order.whole_order_returns), but given back by none of their refunds:
-    the rest of the order was cancelled after they came back, so no receipt brought its last unit
-    back (a return's own refund gives it when one does: core.returns._shipping_due). Refunded for
-    the last of those returns, once its own refund was made (a refund decided beside it would give
-    the shipping back twice), and never on an exchange's replacement nor on an order with an
-    exchange decided or placed, whose credits settle it. [] on the typical order, read in memory only."""
+    units back was decided so (Order.whole_order_returns, each counted by what arrived of it), but
+    given back by none of their refunds nor claimed by an exchange's credit: the rest of the order
+    was cancelled after they came back, so no receipt brought its last unit back (a return's own
+    refund, or its exchange's credit, gives it when one does: core.returns._shipping_due).
+    Refunded on this order for the last of those returns once it is settled: its own refund made,
+    or its exchange's replacement placed (a refund or credit claim decided beside it counts none of
+    that return's refunds, so it would give the shipping back twice); so it waits while any
+    exchange's credit is held for a replacement not placed yet (placed, its claim is decided; given
+    up, the hold is released and its return refunded as a plain one). An exchange's credit that
+    claimed the shipping leaves nothing owed (shipping_refunded counts the claim). Never on an
+    exchange's replacement, whose returns draw on its credit. [] on the typical order, read in
+    memory only."""
     returns = order.whole_order_returns
     if not returns or order.status is not OrderStatus.RETURNED or order.exchange_of is not None:
         return []
-    exchanged = order.exchanges or order.credit_holds
-    if exchanged or any(return_id not in returns for return_id in order.received_returns):
+    deciding = any(return_id not in order.exchanges for return_id in order.credit_holds)
+    if deciding or any(return_id not in returns for return_id in order.received_returns):
         return []
     last = order.received_returns[-1]
     key = f"{last}:shipping"
     top_ups = _top_up_ids(order, key)
-    if not any(r.return_id == last and r.status == "succeeded" and r.id not in top_ups for r in order.payment.refunds):
+    refunded = any(
+        r.return_id == last and r.status == "succeeded" and r.id not in top_ups for r in order.payment.refunds
+    )
+    if not (refunded or last in order.exchanges):
         return []
     reason = f"return {last}: shipping back, the whole order having come back"
-    return [KeptBackOwed(last, last, key, reason, _whole_order_shipping_refund(key))]
+    # An exchange's return's refunds are drawn on its credit (credit_left, Order.refundable): this
+    # refund, which is not, names no return, as what its credit kept back does (refunded_for_return
+    # shows it on the return).
+    names = None if last in order.exchanges else last
+    return [KeptBackOwed(names, last, key, reason, _whole_order_shipping_refund(key))]
 
 
 def _whole_order_shipping_refund(key: str) -> KeptBackDecision:
@@ -455,6 +468,7 @@ def refunded_for_return(order: Order, return_id: str) -> Money:
     if return_id in order.exchanges:
         ids = _top_up_ids(order, _credit_key(return_id))
         ids |= {refund_id_for(order.id, f"{return_id}#{n}") for n in range(len(order.payment.refunds) + 1)}
+        ids |= _top_up_ids(order, f"{return_id}:shipping")  # the whole order's shipping (_whole_order_shipping_owed)
         mine = [
             r for r in order.payment.refunds
             if r.id in ids or (r.return_id == return_id and r.reason.endswith(CREDIT_NOT_USED))

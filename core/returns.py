@@ -705,12 +705,11 @@ class Returns:
         if refused:
             detail["not_restocked"] = [{"line_id": line_id, "quantity": units, "reason": StockLimitReached.code}
                                        for line_id, units in sorted(refused.items())]  # fmt: skip
-        asked = {line.line_id: line.quantity for line in item.lines}
         return modify(
             self._orders, item.order_id,
             lambda order: order.record_return(
                 item.id, item.received(), at=at, actor=item.received_by or actor, detail=detail,
-                whole_order_shipping=item.refund_shipping_with_whole_order and item.received() == asked,
+                whole_order_shipping=item.refund_shipping_with_whole_order,
             ),
         )  # fmt: skip
 
@@ -1311,12 +1310,15 @@ class Returns:
     def _claim_shipping(self, item: Return, original: Order) -> Order:
         """The original with the shipping the exchange's credit gives back claimed (_shipping_due,
         decided in the claim's conditional write, as a refund's is in its own), once: a refund of
-        another return deciding meanwhile counts it, and a retried step finds the claim."""
+        another return deciding meanwhile counts it, and a retried step finds the claim. Never once
+        the credit is held (_hold_credit), which was decided without it: a step that died placing the
+        replacement, retried after the rest of the order was cancelled, would claim a shipping the
+        credit does not give (it is refunded on the order instead: core.refunds.kept_back_owed)."""
         returns = self._returns.for_order(item.order_id)
         at = self._clock()
 
         def claim(current: Order) -> Bookkeeping | None:
-            if item.id in current.shipping_claims:
+            if item.id in current.shipping_claims or item.id in current.credit_holds:
                 return None
             shipping = self._shipping_back(item, current, returns)
             return current.claim_shipping(item.id, shipping, at=at) if shipping.amount > 0 else None
