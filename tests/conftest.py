@@ -18,7 +18,14 @@ from moto.core.models import MockAWS
 import infra.check_template as check_template_module
 import infra.local.template as template_module
 from core import plugin_manager
-from infra.local.moto_patches import action_names, callback_responses, response_keys, transactions, update_expressions
+from infra.local.moto_patches import (
+    action_names,
+    batch_package,
+    callback_responses,
+    response_keys,
+    transactions,
+    update_expressions,
+)
 from infra.local.stack import EmbeddedStack
 from tests import client_pool
 
@@ -145,6 +152,16 @@ def _disable_patching_with_suite_patches(self: MockAWS, *args: Any, **kwargs: An
 _enable_patching, _disable_patching = MockAWS._enable_patching, MockAWS._disable_patching
 MockAWS._enable_patching = _enable_patching_with_suite_patches  # type: ignore[method-assign]
 MockAWS._disable_patching = _disable_patching_with_suite_patches  # type: ignore[method-assign]
+
+
+# moto's Step Functions interpreter imports moto.batch.utils, and moto.batch's own body imports all
+# of moto.ec2 (~1 s of CPU): the `batch_package` patch defers that body to its first use. Applied
+# for the whole test process, from before any test module is imported: the interpreter is imported
+# outside any mock too (infra/asl.py's checks, the tests of moto's interpreter), and the first
+# import decides for the process. PROCESS_PATCHES stay applied after every stack's stop.
+PROCESS_PATCHES = (batch_package.PATCH,)
+for _patch in PROCESS_PATCHES:
+    _patch.apply()
 
 
 # Every botocore client the suite builds (the functions' after each account's reset of the

@@ -29,6 +29,7 @@ from infra.local.moto_patches import (
     apigateway,
     arrivals,
     asl_parse,
+    batch_package,
     lambda_invoke,
     lock,
     memory,
@@ -326,7 +327,8 @@ class EmbeddedStack:
         for name in ("POWERTOOLS_TRACE_DISABLED", "POWERTOOLS_METRICS_DISABLED"):
             if name not in os.environ:
                 self.process.set_env({name: "true"})
-        patches = (lock, sqs, memory, transactions, streams, asl_parse, response_keys, update_expressions, action_names)
+        patches = (batch_package, lock, sqs, memory, transactions, streams, asl_parse, response_keys,
+                   update_expressions, action_names)  # fmt: skip
         for patch in (module.PATCH for module in patches):
             self.process.enter(patch.registered())
         self.process.callback(keep_functions_apart())

@@ -6,8 +6,12 @@ works around), so the patch is revisited, or dropped, on the next moto upgrade."
 from __future__ import annotations
 
 import gc
+import importlib
 import inspect
+import json
 import re
+import subprocess
+import sys
 import time
 import weakref
 from collections.abc import Iterator
@@ -25,7 +29,10 @@ import infra.local.moto_patches.sqs as moto_sqs
 import infra.local.moto_patches.streams as moto_streams
 import infra.local.moto_patches.transactions as moto_transactions
 import infra.local.moto_patches.update_expressions as moto_update_expressions
-from infra.local.moto_patches import MOTO_VERSION, all_patches, describe, readme_list
+from infra.local.moto_patches import MOTO_VERSION, MotoPatch, all_patches, describe, readme_list
+from tests.conftest import PROCESS_PATCHES
+
+ROOT = Path(__file__).resolve().parents[2]
 
 COUNTS = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible", "ApproximateNumberOfMessagesDelayed"]
 
@@ -270,6 +277,11 @@ PATCHES = {patch.name: patch for patch in all_patches()}
 @pytest.mark.parametrize("name", sorted(PATCHES))
 def test_each_patch_is_counted_and_the_last_undo_restores_moto(name: str) -> None:
     patch = PATCHES[name]
+    if patch in PROCESS_PATCHES:  # applied by the suite for the whole process: one more apply() is counted
+        patch.apply()
+        patch.undo()
+        assert patch.is_applied()
+        return
     originals = {(owner, attribute): owner.__dict__[attribute] for owner, attribute in patch.replacements()}
 
     def replaced() -> list[bool]:
@@ -870,3 +882,100 @@ def test_canary_moto_s_start_makes_its_callback_responses_after_dropping_the_las
         "_calls", "body", "callback", "content_type", "match", "method", "passthrough", "status", "stream", "url",
     ]  # fmt: skip
     assert (made.match, made.passthrough) == ((), False)
+
+
+# --- batch_package: moto.batch's own body (its models, and with them moto.ec2) runs at first use --------
+
+
+@pytest.fixture
+def package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A package shaped as moto.batch: its body imports a heavy module and takes a name from it; a
+    light submodule imports a sibling of its own. sys.heavy_runs counts the heavy module's runs."""
+    root = tmp_path / "deferred_pkg_for_test"
+    root.mkdir()
+    (root / "__init__.py").write_text("from .heavy import backends  # noqa: F401\n")
+    heavy = "import sys\nfrom .utils import Status\nsys.heavy_runs += 1\nbackends = {'x': Status}\n"
+    (root / "heavy.py").write_text(heavy)
+    (root / "utils.py").write_text("from .exceptions import Refused\nclass Status:\n    pass\n")
+    (root / "exceptions.py").write_text("class Refused(Exception):\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(sys, "heavy_runs", 0, raising=False)
+    yield "deferred_pkg_for_test"
+    for name in [name for name in sys.modules if name.split(".")[0] == "deferred_pkg_for_test"]:
+        del sys.modules[name]
+
+
+def _deferring(name: str) -> MotoPatch:
+    return MotoPatch("deferring", changes="", expects={}, replacements=dict, deferred=(name,))
+
+
+def test_a_deferred_package_s_submodule_imports_without_its_body_which_runs_once_at_its_first_name(
+    package: str,
+) -> None:
+    patch = _deferring(package)
+    patch.apply()
+    try:
+        from deferred_pkg_for_test.utils import Refused, Status
+
+        assert issubclass(Refused, Exception) and sys.heavy_runs == 0
+        assert f"{package}.heavy" not in sys.modules
+        import deferred_pkg_for_test
+
+        assert deferred_pkg_for_test.backends == {"x": Status}  # the body ran, with the submodule already there
+        assert sys.heavy_runs == 1
+        assert type(deferred_pkg_for_test) is type(sys)  # an ordinary module from then on
+        with pytest.raises(AttributeError):
+            deferred_pkg_for_test.missing  # noqa: B018
+        assert importlib.import_module(package).backends is sys.modules[f"{package}.heavy"].backends
+    finally:
+        patch.undo()
+    assert sys.modules[package] is deferred_pkg_for_test and sys.heavy_runs == 1  # once run, it is the package
+
+
+def test_the_last_undo_takes_out_a_deferred_package_whose_body_never_ran(package: str) -> None:
+    patch = _deferring(package)
+    patch.apply()
+    patch.apply()
+    from deferred_pkg_for_test.utils import Status
+
+    patch.undo()
+    assert type(sys.modules[package]).__name__ == "_Deferred"
+    patch.undo()
+    assert package not in sys.modules and sys.heavy_runs == 0
+    import deferred_pkg_for_test  # as without the patch: the body runs at the import
+
+    assert sys.heavy_runs == 1 and deferred_pkg_for_test.backends == {"x": Status}  # the same submodule's names
+
+
+def test_a_package_already_imported_is_left_as_it_is(package: str) -> None:
+    import deferred_pkg_for_test
+
+    patch = _deferring(package)
+    patch.apply()
+    patch.undo()
+    assert sys.modules[package] is deferred_pkg_for_test and sys.heavy_runs == 1
+
+
+def test_canary_moto_s_interpreter_imports_only_batch_s_utils_and_moto_loads_its_batch_backend_on_use() -> None:
+    """Canary of `batch_package`, in a fresh interpreter (this one has long imported moto's): with
+    the patch applied, moto's Step Functions interpreter imports moto.batch.utils (and its
+    exceptions) and nothing of moto.ec2; moto's get_backend("batch") runs moto.batch's own body and
+    answers its models' backends. If moto's interpreter needs more of Batch, revisit the patch."""
+    code = """
+import json, sys
+from infra.local.moto_patches import batch_package
+batch_package.PATCH.apply()
+import moto.stepfunctions.parser.models
+from moto.stepfunctions.parser.asl.component.state.exec.state_task.service import state_task_service_batch
+before = sorted(name for name in sys.modules if name.startswith(("moto.batch", "moto.ec2", "moto.ecs")))
+from moto.backends import get_backend
+backends = get_backend("batch")
+import moto.batch.models
+print(json.dumps({"before": before, "package": type(sys.modules["moto.batch"]).__name__,
+                  "backend": backends is moto.batch.models.batch_backends is sys.modules["moto.batch"].batch_backends,
+                  "same_status": state_task_service_batch.JobStatus is moto.batch.models.JobStatus}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    found = json.loads(out.stdout)
+    assert found["before"] == ["moto.batch", "moto.batch.exceptions", "moto.batch.utils"]
+    assert found == {**found, "package": "module", "backend": True, "same_status": True}

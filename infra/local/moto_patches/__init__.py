@@ -7,6 +7,11 @@ moto's originals back. Each carries the moto behaviour it changes and what each 
 attribute looked like in MOTO_VERSION (`expects`), which tests/integration/test_moto_patches.py
 compares with the installed moto, so a moto upgrade that moves a target fails there.
 
+A patch may also defer packages of moto (`deferred`): while it is applied, such a package not
+imported yet is a stand-in whose own body (its `__init__`) runs at the first read of one of its
+names, not when one of its submodules is imported (`batch_package`: moto's Step Functions
+interpreter imports moto.batch.utils, and moto.batch's body imports all of moto.ec2).
+
 Patches that route moto to the stack's own objects (Lambda Invoke, S3's Lambda notifications, the
 mappings a new record wakes, the API Gateway cache flush, Step Functions' retry sleeps) read them
 from the patch's registry: `registered(*items)` adds them and applies the patch for a block.
@@ -15,9 +20,12 @@ from the patch's registry: `registered(*items)` adds them and applies the patch 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
+import sys
 import textwrap
 import threading
+import types
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -36,14 +44,19 @@ class MotoPatch:
     read the originals from `owner.__dict__`; an attribute the owner lacks ("missing" in `expects`)
     is added, and the last undo() removes it. `expects` is what each original looked like in
     MOTO_VERSION ("module.Owner.attribute" -> `describe(original)`); `upstream` is moto's issue or
-    documentation for the behaviour, where there is one."""
+    documentation for the behaviour, where there is one. `deferred` names packages whose body the
+    first apply() defers to their first use (module docstring); the last undo() takes out a stand-in
+    whose body never ran (the next import runs moto's own), and leaves one that ran: it is moto's
+    package from then on, whose names moto's other modules hold."""
 
     name: str
     changes: str
     expects: dict[str, str]
     replacements: Callable[[], Replacements]
     upstream: str = ""
+    deferred: tuple[str, ...] = ()
     _originals: Replacements = field(default_factory=dict, init=False, repr=False)
+    _stand_ins: list[types.ModuleType] = field(default_factory=list, init=False, repr=False)
     _count: int = field(default=0, init=False, repr=False)
     _registry: list[Any] = field(default_factory=list, init=False, repr=False)
     _guard: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
@@ -56,6 +69,7 @@ class MotoPatch:
             for (owner, attribute), replacement in self.replacements().items():
                 self._originals[(owner, attribute)] = owner.__dict__.get(attribute, _MISSING)  # a new attribute
                 setattr(owner, attribute, replacement)
+            self._stand_ins = [stand_in for name in self.deferred if (stand_in := _defer(name)) is not None]
 
     def undo(self) -> None:
         """One per apply(); one too many is harmless."""
@@ -71,6 +85,9 @@ class MotoPatch:
                 else:
                     setattr(owner, attribute, original)
             self._originals.clear()
+            for stand_in in reversed(self._stand_ins):
+                _take_out(stand_in)
+            self._stand_ins.clear()
 
     def is_applied(self) -> bool:
         return self._count > 0
@@ -109,6 +126,63 @@ class MotoPatch:
 _MISSING = object()
 
 
+_deferred_guard = threading.RLock()
+_running: set[str] = set()  # the deferred packages whose body is running now
+
+
+class _Deferred(types.ModuleType):
+    """A package with its spec and `__path__` but not its body yet: its submodules import as they
+    would (the import system reads only `__path__`); the first read of a name it does not have,
+    other than a submodule's or a dunder, runs the body into it, once (another thread waits for
+    it), and it is an ordinary module from then on. A body that raises leaves it deferred."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or importlib.util.find_spec(f"{self.__name__}.{name}") is not None:
+            raise AttributeError(f"module {self.__name__!r} has no attribute {name!r}")  # the import system's turn
+        with _deferred_guard:
+            if type(self) is _Deferred and self.__name__ not in _running:
+                _running.add(self.__name__)
+                try:
+                    self.__spec__.loader.exec_module(self)  # type: ignore[union-attr]
+                    self.__class__ = types.ModuleType
+                finally:
+                    _running.discard(self.__name__)
+        if type(self) is _Deferred:  # read by its own body while it runs: not there yet
+            raise AttributeError(f"module {self.__name__!r} has no attribute {name!r}")
+        return getattr(self, name)
+
+
+def _defer(name: str) -> types.ModuleType | None:
+    """A stand-in for the package `name` in sys.modules (and as its parent's attribute), or None if
+    it is imported already."""
+    with _deferred_guard:
+        if name in sys.modules:
+            return None
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.submodule_search_locations is None:
+            raise ValueError(f"{name} is not a package")
+        stand_in = importlib.util.module_from_spec(spec)
+        stand_in.__class__ = _Deferred
+        sys.modules[name] = stand_in
+        parent, _, child = name.rpartition(".")
+        if parent:
+            setattr(sys.modules[parent], child, stand_in)
+        return stand_in
+
+
+def _take_out(stand_in: types.ModuleType) -> None:
+    """The stand-in out of sys.modules and its parent, if its body never ran. Its submodules stay
+    imported: moto's modules hold their names."""
+    with _deferred_guard:
+        name = stand_in.__name__
+        if type(stand_in) is not _Deferred or sys.modules.get(name) is not stand_in:
+            return
+        del sys.modules[name]
+        parent, _, child = name.rpartition(".")
+        if parent and sys.modules[parent].__dict__.get(child) is stand_in:
+            delattr(sys.modules[parent], child)
+
+
 def describe(value: Any) -> str:
     """A function's signature, or the kind of a non-callable attribute (what `expects` records)."""
     if value is _MISSING:
@@ -124,9 +198,9 @@ def describe(value: Any) -> str:
     return type(value).__name__
 
 
-_MODULES = ("lock", "sqs", "memory", "transactions", "streams", "asl_parse", "response_keys", "update_expressions",
-            "action_names", "lambda_invoke", "s3_notifications", "arrivals", "apigateway", "retry_delay",
-            "callback_responses")  # fmt: skip
+_MODULES = ("batch_package", "lock", "sqs", "memory", "transactions", "streams", "asl_parse", "response_keys",
+            "update_expressions", "action_names", "lambda_invoke", "s3_notifications", "arrivals", "apigateway",
+            "retry_delay", "callback_responses")  # fmt: skip
 
 
 def all_patches() -> list[MotoPatch]:
