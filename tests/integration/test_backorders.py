@@ -904,3 +904,49 @@ def test_an_entry_written_again_since_the_write_that_ended_its_wait_stays(shop):
     assert _queued(shop) == [order_id]
     shop.backorders.left(waited, cut.model_copy(update={"version": shop.order(order_id).version + 1}))
     assert _queued(shop) == []
+
+
+def test_a_walk_that_read_an_order_before_it_waited_again_leaves_its_new_entry(shop, monkeypatch):
+    """The walk removes the entries an order left (its CreateShipments died after allocating it).
+    It read the order allocated; before its removal ran, an edit sent the order back and it waits
+    again, its entry written anew: the walk's removal, unconditional, took that entry out, and no
+    arrival would ever find the order again. Now it leaves only entries older than what it read."""
+    from core.models import LineInput, OrderEdit
+
+    order_id = shop.backordered(2)
+    shop.inventory.adjust("PREORDER", "wh-east", 2, reason="receipt")
+    consume(shop, record("wh-east", 0, 2))
+    with monkeypatch.context() as dying:
+        dying.setattr(DynamoBackorders, "leave", lambda *_: (_ for _ in ()).throw(OSError("died")))
+        with pytest.raises(OSError):
+            shop.container.workflow.create_shipments(order_id)  # allocated; died before its entry left
+    assert shop.order(order_id).status is S.ALLOCATED and _queued(shop) == [order_id]
+
+    edited, asked = False, [""]
+
+    def asking(params: dict[str, Any], **_: Any) -> None:
+        asked[0] = params.get("Key", {}).get("id", {}).get("S", "")
+
+    def edit_after_the_walk_read_it(**_: Any) -> None:
+        nonlocal edited
+        if edited or asked[0] != order_id:
+            return
+        edited = True
+        order = shop.container.order_repository.get(order_id, consistent=True)
+        lines = [LineInput(sku="PREORDER", quantity=4)]
+        shop.container.actions.edit(order_id, order.version, OrderEdit(lines=lines), "key_web")
+        with pytest.raises(Backordered):
+            shop.container.workflow.reserve_stock(order_id)  # the execution the edit starts: waits again
+
+    shop.inventory.adjust("PREORDER", "wh-west", 1, reason="receipt")
+    events = shop.container.dynamodb.meta.events
+    events.register("provide-client-params.dynamodb.GetItem", asking)
+    events.register("after-call.dynamodb.GetItem", edit_after_the_walk_read_it)
+    try:
+        consume(shop, record("wh-west", 0, 1))
+    finally:
+        events.unregister("after-call.dynamodb.GetItem", edit_after_the_walk_read_it)
+        events.unregister("provide-client-params.dynamodb.GetItem", asking)
+
+    assert edited and shop.order(order_id).status is S.BACKORDERED
+    assert _queued(shop) == [order_id]
