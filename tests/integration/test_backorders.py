@@ -950,3 +950,23 @@ def test_a_walk_that_read_an_order_before_it_waited_again_leaves_its_new_entry(s
 
     assert edited and shop.order(order_id).status is S.BACKORDERED
     assert _queued(shop) == [order_id]
+
+
+def test_a_line_an_edit_drops_leaves_its_skus_queue_when_the_order_waits_again(shop):
+    from core.models import LineInput, OrderEdit
+
+    shop.container.catalog_repository.put_product(product("LATER", "10.00", allow_backorder=True))
+    lines = [{"sku": "PREORDER", "quantity": 2}, {"sku": "LATER", "quantity": 1}]
+    order_id = shop.container.capture.place(place_order(external_id="edited", lines=lines), actor="key_web").id
+    shop.container.workflow.authorize_payment(order_id, attempt=0)
+    with pytest.raises(Backordered):
+        shop.container.workflow.reserve_stock(order_id)
+    assert (_queued(shop), _queued(shop, "LATER")) == ([order_id], [order_id])
+
+    version = shop.order(order_id).version
+    edit = OrderEdit(lines=[LineInput(sku="LATER", quantity=1)])
+    assert shop.container.actions.edit(order_id, version, edit, "key_web").status is S.AUTHORIZED
+    with pytest.raises(Backordered):
+        shop.container.workflow.reserve_stock(order_id)  # the execution the edit starts
+
+    assert (_queued(shop), _queued(shop, "LATER")) == ([], [order_id])
