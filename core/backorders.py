@@ -148,7 +148,7 @@ class BackorderAllocator:
                 # (its queue entries removed: no arrival would ever find it again).
                 order = self._orders.get(entry.order_id, consistent=True)
                 if order is None or order.status not in STILL_WAITING:
-                    self._leave(order.lines if order else [], entry, sku)  # allocated or cancelled
+                    self._leave(order, entry, sku)  # allocated or cancelled
                     continue
                 if order.status is not S.BACKORDERED:
                     continue  # held, or about to be backordered (that step looks at stock itself)
@@ -320,9 +320,15 @@ class BackorderAllocator:
         # the sku starts it again.
         self._starter.start(order_id, channel=channel, rerun=f"backorder-v{version}")
 
-    def _leave(self, lines: list, entry: WaitingOrder, sku: str | None = None) -> None:
-        for each in sorted({line.sku for line in lines} | ({sku} if sku else set())):
-            self._queue.remove(each, entry)
+    def _leave(self, order: Order | None, entry: WaitingOrder, sku: str) -> None:
+        """The entries an order that no longer waits left (the removal after its write was lost):
+        only those written before the version read, so that one its order wrote since, sent back
+        (an edit) and waiting again, stays. An order gone: unconditionally."""
+        if order is None:
+            self._queue.remove(sku, entry)
+            return
+        for each in sorted({line.sku for line in order.lines} | {sku}):
+            self._queue.leave(each, entry, order.version)
 
 
 class ExpectedArrivals:

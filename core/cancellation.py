@@ -36,7 +36,7 @@ from core.order_changes import (
     refused_keys,
 )
 from core.payments import Failure, Payments
-from core.ports import CatalogRepository, InventoryRepository, OrderRepository, StockMove
+from core.ports import Backorders, CatalogRepository, InventoryRepository, OrderRepository, StockMove
 from core.status import TERMINAL, OrderStatus, PaymentStatus
 from core.workflow_types import PaymentResult
 
@@ -90,8 +90,12 @@ class Cancellation:
         *,
         void_failures: Recorder = failure_recorder,
         authorization_valid_for: timedelta = AUTHORIZATION_VALID_FOR,
+        backorders: Backorders | None = None,
     ):
         self._orders = orders
+        # The backorder queues a cancelled order leaves (the workflow's CancelOrder, which finishes
+        # every cancel); None: left to the arrivals' walks, which remove what they meet.
+        self._backorders = backorders
         # How a failed attempt at a void, at asking for an edit's authorization again, or at
         # settling a capture a request left is recorded: a pass that asks every few minutes notes an
         # outage once (outage_noted_once).
@@ -156,6 +160,8 @@ class Cancellation:
         if order.status is not OrderStatus.CANCELLED:
             return order
         self._release(read[-1] if read else order, written_off=written_off_stock(order))
+        if self._backorders is not None:
+            self._backorders.left(read[-1] if read else order, order)
         try:
             order = self.void(order, actor)
         except PluginUnavailable:

@@ -465,12 +465,17 @@ class WaitingOrder:
     `supplied_by`, written with the entry (`for_order`) and no part of what names it either: where
     its order may take units, its pickup store's id or SHIPPING (any location that ships), so an
     arrival passes over, without reading it, an order that may not take units where they arrived
-    (`may_take_at`); None on an entry written before entries said so (the order is read)."""
+    (`may_take_at`); None on an entry written before entries said so (the order is read).
+    `version`, written with the entry (`for_order`) and no part of what names it: the order's
+    version when it was written, so that a removal after a later write of the order leaves an
+    entry its order wrote again since (`Backorders.leave`); None on an entry written before entries
+    said so, and on the entries `waiting` reads back (no reader needs it)."""
 
     created_at: datetime
     order_id: str
     bought_at: str | None = field(default=None, compare=False)
     supplied_by: str | None = field(default=None, compare=False)
+    version: int | None = field(default=None, compare=False)
 
     @classmethod
     def for_order(cls, order: Order) -> WaitingOrder:
@@ -478,7 +483,7 @@ class WaitingOrder:
         (an edit names no fulfilment), so what the entry says of it stays true."""
         pickup = order.fulfillment.type == "pickup"
         supplied_by = order.fulfillment.location_id if pickup else SHIPPING
-        return cls(created_at=order.created_at, order_id=order.id, supplied_by=supplied_by)
+        return cls(created_at=order.created_at, order_id=order.id, supplied_by=supplied_by, version=order.version)
 
     def may_take_at(self, location: Location | None) -> bool:
         """Whether the entry's order may take units at `location` (None: not in the network, where
@@ -520,6 +525,31 @@ class Backorders(ABC):
 
     @abstractmethod
     def remove(self, sku: str, entry: WaitingOrder) -> None: ...
+
+    @abstractmethod
+    def leave(self, sku: str, entry: WaitingOrder, version: int) -> None:
+        """Remove `entry` unless its order wrote it again at `version` or later: `version` is that
+        of the order's write that ended its wait for `sku` (a cancel, an allocation, a wait that no
+        longer needs it), and an order sent back and waiting again since wrote it anew, at a later
+        version. An entry that does not say its version is removed; none there, nothing."""
+
+    def left(self, before: Order, after: Order) -> None:
+        """After the order's write of `after` over `before`: its entries leave the queues of the
+        skus it no longer waits for (cancelled, allocated, or waiting again without them: a line cut
+        to what it holds), each removal conditional (`leave`), so one that runs late never removes
+        what a later wait wrote. The order's write decided: should a removal be lost, an arrival's
+        walk that meets the entry removes it (core.backorders). Nothing for an order that never
+        waited: `before` had waited (`may_wait`) or waits now. The skus it may have entries for:
+        those it waited for and those of its lines, before and after (an edit forgets the skus it
+        asks more of from `may_wait`)."""
+        if not (before.may_wait or before.waits_for_stock()):
+            return
+        short = after.short_of() if after.waits_for_stock() else {}
+        still = {line.sku for line in after.lines if line.line_id in short}
+        had = {*before.may_wait, *after.may_wait, *(line.sku for line in [*before.lines, *after.lines])}
+        entry = WaitingOrder(created_at=after.created_at, order_id=after.id)
+        for sku in sorted(had - still):
+            self.leave(sku, entry, after.version)
 
     @abstractmethod
     def record_bought_at(self, sku: str, entry: WaitingOrder, location_id: str) -> None:

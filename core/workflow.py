@@ -217,7 +217,11 @@ class Workflow:
         self._payments = Payments(plugins, sleep=sleep)
         self._labels = labels
         self._clock = clock
-        self._cancellation = Cancellation(orders, catalog, inventory, self._payments, clock, credits)
+        # Every cancel's clean-up runs here (CancelOrder; the outbox starts it for a cancel written
+        # elsewhere): that takes a cancelled order out of the backorder queues.
+        self._cancellation = Cancellation(
+            orders, catalog, inventory, self._payments, clock, credits, backorders=backorders
+        )
         self._credits = credits
         # Without a queue nothing could ever wake a backordered order, so a shortage then ends
         # out_of_stock as for any product.
@@ -715,6 +719,9 @@ class Workflow:
             ) from None
         for sku in sorted(short):
             self._backorders.recorded(sku, entry)  # its reorder points buy what it lacks
+        # Out of the queues of the skus it waited for before and no longer lacks (a line cut to
+        # what it holds by a cancel of units, an edit): each would cost every arrival a read.
+        self._backorders.left(order, new)
         filled = self.fill_backorder(order.id)
         if filled.status in STOPPED:
             raise stopped(filled)
@@ -1128,12 +1135,11 @@ class Workflow:
         except StaleVersion:
             undo = functools.partial(give_up_unrecorded, self._orders, order_id, made, self._clock)
             raise self._closed_or_retry(order_id, undo) from None
-        if order.status is S.BACKORDERED and self._backorders is not None:
-            # Out of its skus' queues (an arrival that meets an entry left by a crash here
-            # removes it too).
-            waiting = WaitingOrder(created_at=order.created_at, order_id=order.id)
-            for sku in sorted({line.sku for line in order.lines}):
-                self._backorders.remove(sku, waiting)
+        if self._backorders is not None:
+            # Out of its skus' queues, whether it waited until now or was sent back to be sourced
+            # since (an edit, a cancel of units): an arrival that meets an entry left by a crash
+            # here removes it too.
+            self._backorders.left(order, new)
 
     def _book(
         self, order: Order, shipment_id: str, key: str, origin: Location, lines: list[ShipmentLine], weight: int

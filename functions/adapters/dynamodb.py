@@ -2707,6 +2707,8 @@ class DynamoInventory(InventoryRepository):
 BACKORDER_PREFIX = "#backorder#"
 # Set on a queue entry once its order is written backordered (DynamoBackorders.recorded).
 BACKORDER_RECORDED = "reorder_watch"
+# On a queue entry: its order's version when it wrote the entry (DynamoBackorders.leave).
+ENTRY_VERSION = "order_version"
 # On a stock item: the queue entry after which an arrival's walk there goes on, and the stream record
 # that handed it on (DynamoBackorders.walk_from; read back with `wake_after`).
 WALK_AFTER, WALK_BY = "walk_after", "walk_by"
@@ -2742,6 +2744,11 @@ class DynamoBackorders(Backorders):
             # Where its order may take units: an arrival elsewhere passes it over unread.
             sets += ", supplied_by = :supplied_by"
             values[":supplied_by"] = {"S": entry.supplied_by}
+        if entry.version is not None:
+            # The order's version as it wrote the entry: a removal after a write of the order before
+            # this one leaves it (`leave`).
+            sets += f", {ENTRY_VERSION} = :version"
+            values[":version"] = {"N": str(entry.version)}
         self._client.update_item(
             TableName=self._table,
             Key=self._key(sku, entry),
@@ -2751,6 +2758,19 @@ class DynamoBackorders(Backorders):
 
     def remove(self, sku: str, entry: WaitingOrder) -> None:
         self._client.delete_item(TableName=self._table, Key=self._key(sku, entry))
+
+    def leave(self, sku: str, entry: WaitingOrder, version: int) -> None:
+        try:
+            self._client.delete_item(
+                TableName=self._table,
+                Key=self._key(sku, entry),
+                ConditionExpression=f"attribute_not_exists({ENTRY_VERSION}) OR {ENTRY_VERSION} < :version",
+                ExpressionAttributeValues={":version": {"N": str(version)}},
+            )
+        except ClientError as error:
+            # Refused: its order wrote it again since (it waits again), and it stays.
+            if not _is_conditional_failure(error):
+                raise
 
     def record_bought_at(self, sku: str, entry: WaitingOrder, location_id: str) -> None:
         self._set(sku, entry, "bought_at", {"S": location_id})

@@ -527,6 +527,12 @@ class InMemoryBackorders(Backorders):
         self.marked.discard((sku, entry))
         self.bought.pop((sku, entry), None)
 
+    def leave(self, sku: str, entry: WaitingOrder, version: int) -> None:
+        # Unless its order wrote it again at `version` or later (DynamoBackorders.leave).
+        written = next((e for e in self.entries.get(sku, set()) if e == entry), None)
+        if written is not None and (written.version is None or written.version < version):
+            self.remove(sku, written)
+
     def record_bought_at(self, sku: str, entry: WaitingOrder, location_id: str) -> None:
         if entry in self.entries.get(sku, set()):
             self.bought[(sku, entry)] = location_id
@@ -537,7 +543,7 @@ class InMemoryBackorders(Backorders):
 
     def waiting(self, sku: str, after: WaitingOrder | None, limit: int) -> list[WaitingOrder]:
         waiting = [e for e in sorted(self.entries.get(sku, set())) if after is None or e > after][:limit]
-        return [replace(e, bought_at=self.bought.get((sku, e))) for e in waiting]
+        return [replace(e, bought_at=self.bought.get((sku, e)), version=None) for e in waiting]
 
     def fill(self, order: Order, expected: Order, entries: list[HistoryEntry], top_ups: list[TopUp]) -> None:
         for t in top_ups:

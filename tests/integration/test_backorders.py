@@ -198,6 +198,20 @@ def test_the_queue_is_oldest_first_paged_idempotent_and_invisible_to_stock_reads
     assert queue.waiting("PREORDER", None, 10) == oldest[1:]
 
 
+def test_an_entry_leaves_only_when_written_before_the_write_that_ended_its_wait(shop):
+    queue = shop.backorders
+    old, new = (WaitingOrder(NOW + timedelta(seconds=n), f"ord_{chr(97 + n) * 24}") for n in (0, 1))
+    queue.add("PREORDER", old)  # written before entries said their version
+    queue.add("PREORDER", WaitingOrder(new.created_at, new.order_id, version=4))
+
+    queue.leave("PREORDER", new, 4)  # its order wrote it at the version that ended the wait, or later
+    queue.leave("PREORDER", old, 1)
+    assert queue.waiting("PREORDER", None, 10) == [new]
+    queue.leave("PREORDER", new, 5)
+    queue.leave("PREORDER", new, 5)  # gone: nothing
+    assert queue.waiting("PREORDER", None, 10) == []
+
+
 # --- The stream consumer -------------------------------------------------------------------------------
 
 
@@ -793,3 +807,166 @@ def test_a_walk_handed_on_after_an_entry_that_left_the_queue_meanwhile_goes_on_f
     assert shop.held(waiting) == 1 and shop.executions() == [waiting]
     assert [shop.held(order_id) for order_id in held] == [0, 0, 0]
     assert shop.level() == (1, 1, 0)
+
+
+# --- An order leaves the queues it no longer waits in -------------------------------------------------
+
+
+def _queued(shop: Shop, sku: str = "PREORDER") -> list[str]:
+    return [entry.order_id for entry in shop.backorders.waiting(sku, None, 100)]
+
+
+def _cancel_recorded(shop: Shop, order_id: str) -> None:
+    """A cancel as a request writes it, then the execution the outbox starts for it (CancelOrder)."""
+    from core.workflow import CANCEL_RECORDED
+
+    assert shop.container.actions.cancel(order_id, "fraud_sweep", actor="key_ops").status is S.CANCELLED
+    shop.container.workflow.cancel_after_failure(order_id, CANCEL_RECORDED, "a cancel recorded outside the workflow")
+
+
+def test_cancelled_backorders_leave_the_queue_so_an_arrival_reads_only_the_orders_that_wait(shop):
+    """A fraud sweep cancelled a wave of backorders: their entries stayed until an arrival's walk
+    read each order (a consistent GetItem of its budget of 25) and removed it, so the next arrivals
+    spent their budget on orders that no longer wait and handed on instead of filling real ones.
+    Now the cancel's clean-up removes them."""
+    cancelled = [shop.backordered(1) for _ in range(3)]
+    waiting = shop.backordered(1)
+    for order_id in cancelled:
+        _cancel_recorded(shop, order_id)
+
+    assert _queued(shop) == [waiting]
+    shop.inventory.adjust("PREORDER", "wh-east", 1, reason="receipt")
+    with shop.orders_read() as read:
+        assert consume(shop, record("wh-east", 0, 1)) == {"batchItemFailures": []}
+    assert not set(read) & set(cancelled)
+    assert shop.held(waiting) == 1 and shop.executions() == [waiting]
+
+
+def test_a_cancel_of_a_held_backorder_and_its_clean_up_again_leave_the_queue_once(shop):
+    from core.holds import HoldRequest
+
+    order_id, other = shop.backordered(2), shop.backordered(1)
+    shop.container.holds.hold(order_id, HoldRequest(reason="fraud_review"), actor="key_ops")
+    _cancel_recorded(shop, order_id)
+    _cancel_recorded(shop, order_id)  # a cancel repeated runs its clean-up again: nothing more to remove
+
+    assert _queued(shop) == [other]
+
+
+def test_a_backorder_cut_to_what_it_holds_and_allocated_from_authorized_leaves_the_queue(shop):
+    """Cancelling the units it waits for sends it back to be sourced (`authorized`): allocated from
+    there, its entry stayed for the next arrival's walk to read and remove."""
+    shop.inventory.set_on_hand("PREORDER", "wh-east", 1, reason="count")
+    order_id = shop.backordered(3)
+    line_id = shop.order(order_id).lines[0].line_id
+    assert _queued(shop) == [order_id]
+
+    cut = shop.container.actions.cancel(order_id, "will not wait", actor="key_web", lines={line_id: 2})
+    assert cut.status is S.AUTHORIZED
+    shop.container.workflow.reserve_stock(order_id)  # the execution the outbox starts for it
+    shop.container.workflow.create_shipments(order_id)
+
+    assert shop.order(order_id).status is S.ALLOCATED
+    assert _queued(shop) == []
+
+
+def test_a_line_cut_to_what_it_holds_leaves_that_skus_queue_while_the_order_waits_for_another(shop):
+    shop.container.catalog_repository.put_product(product("LATER", "10.00", allow_backorder=True))
+    shop.inventory.set_on_hand("PREORDER", "wh-east", 1, reason="count")
+    lines = [{"sku": "PREORDER", "quantity": 3}, {"sku": "LATER", "quantity": 1}]
+    body = place_order(external_id="two-skus", lines=lines)
+    order_id = shop.container.capture.place(body, actor="key_web").id
+    shop.container.workflow.authorize_payment(order_id, attempt=0)
+    with pytest.raises(Backordered):
+        shop.container.workflow.reserve_stock(order_id)
+    assert (_queued(shop), _queued(shop, "LATER")) == ([order_id], [order_id])
+    preorder = next(line for line in shop.order(order_id).lines if line.sku == "PREORDER")
+
+    shop.container.actions.cancel(order_id, "will not wait", actor="key_web", lines={preorder.line_id: 2})
+    with pytest.raises(Backordered):
+        shop.container.workflow.reserve_stock(order_id)  # sourced again: it waits for LATER alone
+
+    assert shop.order(order_id).status is S.BACKORDERED
+    assert (_queued(shop), _queued(shop, "LATER")) == ([], [order_id])
+
+
+def test_an_entry_written_again_since_the_write_that_ended_its_wait_stays(shop):
+    """Entries leave after the order's own write, conditionally: a removal that runs late (after
+    the order was sent back and waits again) leaves the entry its new wait wrote."""
+    order_id = shop.backordered(2)
+    waited = shop.order(order_id)
+    line_id = waited.lines[0].line_id
+    cut = shop.container.actions.cancel(order_id, "fewer", actor="key_web", lines={line_id: 1})
+    with pytest.raises(Backordered):
+        shop.container.workflow.reserve_stock(order_id)  # waits again, its entry written again
+
+    shop.backorders.left(waited, cut)  # the cut's removal, late
+    assert _queued(shop) == [order_id]
+    shop.backorders.left(waited, cut.model_copy(update={"version": shop.order(order_id).version + 1}))
+    assert _queued(shop) == []
+
+
+def test_a_walk_that_read_an_order_before_it_waited_again_leaves_its_new_entry(shop, monkeypatch):
+    """The walk removes the entries an order left (its CreateShipments died after allocating it).
+    It read the order allocated; before its removal ran, an edit sent the order back and it waits
+    again, its entry written anew: the walk's removal, unconditional, took that entry out, and no
+    arrival would ever find the order again. Now it leaves only entries older than what it read."""
+    from core.models import LineInput, OrderEdit
+
+    order_id = shop.backordered(2)
+    shop.inventory.adjust("PREORDER", "wh-east", 2, reason="receipt")
+    consume(shop, record("wh-east", 0, 2))
+    with monkeypatch.context() as dying:
+        dying.setattr(DynamoBackorders, "leave", lambda *_: (_ for _ in ()).throw(OSError("died")))
+        with pytest.raises(OSError):
+            shop.container.workflow.create_shipments(order_id)  # allocated; died before its entry left
+    assert shop.order(order_id).status is S.ALLOCATED and _queued(shop) == [order_id]
+
+    edited, asked = False, [""]
+
+    def asking(params: dict[str, Any], **_: Any) -> None:
+        asked[0] = params.get("Key", {}).get("id", {}).get("S", "")
+
+    def edit_after_the_walk_read_it(**_: Any) -> None:
+        nonlocal edited
+        if edited or asked[0] != order_id:
+            return
+        edited = True
+        order = shop.container.order_repository.get(order_id, consistent=True)
+        lines = [LineInput(sku="PREORDER", quantity=4)]
+        shop.container.actions.edit(order_id, order.version, OrderEdit(lines=lines), "key_web")
+        with pytest.raises(Backordered):
+            shop.container.workflow.reserve_stock(order_id)  # the execution the edit starts: waits again
+
+    shop.inventory.adjust("PREORDER", "wh-west", 1, reason="receipt")
+    events = shop.container.dynamodb.meta.events
+    events.register("provide-client-params.dynamodb.GetItem", asking)
+    events.register("after-call.dynamodb.GetItem", edit_after_the_walk_read_it)
+    try:
+        consume(shop, record("wh-west", 0, 1))
+    finally:
+        events.unregister("after-call.dynamodb.GetItem", edit_after_the_walk_read_it)
+        events.unregister("provide-client-params.dynamodb.GetItem", asking)
+
+    assert edited and shop.order(order_id).status is S.BACKORDERED
+    assert _queued(shop) == [order_id]
+
+
+def test_a_line_an_edit_drops_leaves_its_skus_queue_when_the_order_waits_again(shop):
+    from core.models import LineInput, OrderEdit
+
+    shop.container.catalog_repository.put_product(product("LATER", "10.00", allow_backorder=True))
+    lines = [{"sku": "PREORDER", "quantity": 2}, {"sku": "LATER", "quantity": 1}]
+    order_id = shop.container.capture.place(place_order(external_id="edited", lines=lines), actor="key_web").id
+    shop.container.workflow.authorize_payment(order_id, attempt=0)
+    with pytest.raises(Backordered):
+        shop.container.workflow.reserve_stock(order_id)
+    assert (_queued(shop), _queued(shop, "LATER")) == ([order_id], [order_id])
+
+    version = shop.order(order_id).version
+    edit = OrderEdit(lines=[LineInput(sku="LATER", quantity=1)])
+    assert shop.container.actions.edit(order_id, version, edit, "key_web").status is S.AUTHORIZED
+    with pytest.raises(Backordered):
+        shop.container.workflow.reserve_stock(order_id)  # the execution the edit starts
+
+    assert (_queued(shop), _queued(shop, "LATER")) == ([], [order_id])

@@ -152,6 +152,7 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
     "ReserveStockFunction": {
         **_WORKFLOW_ORDERS,
         (INVENTORY, "dynamodb:UpdateItem"): [DynamoInventory, DynamoBackorders],
+        (INVENTORY, "dynamodb:DeleteItem"): [DynamoBackorders],  # the queues an order waiting again leaves
         (INVENTORY, "dynamodb:BatchGetItem"): [DynamoInventory],
         # A sku sourced from more than 100 locations: its stock and reservations, one Query each.
         (INVENTORY, "dynamodb:Query"): [DynamoBackorders, DynamoInventory],
@@ -261,6 +262,7 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
     "CancelOrderFunction": {
         **_WORKFLOW_ORDERS,
         (INVENTORY, "dynamodb:UpdateItem"): [DynamoInventory],
+        (INVENTORY, "dynamodb:DeleteItem"): [DynamoBackorders],  # the queues a cancelled order leaves
         (INVENTORY, "dynamodb:BatchGetItem"): [DynamoInventory],
         (INVENTORY, "dynamodb:Query"): [DynamoInventory],
         (CATALOG, "dynamodb:GetItem"): [DynamoCatalog],
