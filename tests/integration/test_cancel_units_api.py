@@ -21,17 +21,21 @@ from tests.integration.in_process import InProcessApi, in_process_api_with_label
 _orders = itertools.count(1)
 
 
+def stock_two_parcels(api: InProcessApi) -> None:
+    """MUG (12.50) only at wh-west, CAP (7.77) only at wh-east: an order of both ships in two parcels."""
+    for sku, price in (("MUG", "12.50"), ("CAP", "7.77")):
+        assert api.put(f"/products/{sku}", json=product_body(price)).status_code == 201
+    west = location_body(name="West warehouse", latitude=39.53, longitude=-119.81)
+    assert api.put("/locations/wh-east", json=location_body()).status_code == 201
+    assert api.put("/locations/wh-west", json=west).status_code == 201
+    assert api.put("/inventory/MUG/wh-west", json={"on_hand": 100}).status_code == 200
+    assert api.put("/inventory/CAP/wh-east", json={"on_hand": 100}).status_code == 200
+
+
 @pytest.fixture(scope="module")
 def api() -> Iterator[InProcessApi]:
     with in_process_api_with_labels() as started:
-        for sku, price in (("MUG", "12.50"), ("CAP", "7.77")):
-            assert started.put(f"/products/{sku}", json=product_body(price)).status_code == 201
-        west = location_body(name="West warehouse", latitude=39.53, longitude=-119.81)
-        assert started.put("/locations/wh-east", json=location_body()).status_code == 201
-        assert started.put("/locations/wh-west", json=west).status_code == 201
-        # MUG only in the west, CAP only in the east: an order of both ships in two parcels.
-        assert started.put("/inventory/MUG/wh-west", json={"on_hand": 100}).status_code == 200
-        assert started.put("/inventory/CAP/wh-east", json={"on_hand": 100}).status_code == 200
+        stock_two_parcels(started)
         # A store that offers pickup only: ship orders never source from it.
         store = location_body(name="SF store", type="store", ships=False, pickup=True)
         assert started.put("/locations/store-sf", json=store).status_code == 201

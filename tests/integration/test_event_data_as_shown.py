@@ -19,6 +19,7 @@ from tests.builders import location_body, order_body, product_body
 from tests.integration.import_support import context
 from tests.integration.in_process import InProcessApi, TableStream, in_process_api_with_labels
 from tests.integration.return_steps import services, step  # noqa: F401
+from tests.integration.test_cancel_units_api import allocated
 
 CHANNEL = "shown"
 
@@ -199,16 +200,7 @@ def test_a_rejected_parcel_and_a_cancel_carry_the_order_as_the_api_shows_it(api)
     """A location's reject (its parcel leaves the order, which is sourced again without it) and a
     cancel of what is left: the events' order is GET /orders/{id} at their version."""
     receiver = Receiver(api)
-    body = order_body(channel=CHANNEL, external_id="shown-2", lines=[{"sku": "MUG", "quantity": 1}])
-    placed = api.post("/orders", json=body)
-    assert placed.status_code == 201, placed.text
-    order_id = placed.json()["id"]
-    from functions.bootstrap import Config, bootstrap
-
-    workflow = bootstrap(Config.from_env()).workflow
-    workflow.authorize_payment(order_id, attempt=0)
-    workflow.reserve_stock(order_id)
-    workflow.create_shipments(order_id)
+    order_id = allocated(api, ("MUG", 1), channel=CHANNEL)["id"]
     receiver.check(order_id, {"order.created", "order.authorized", "order.allocated"})
 
     (parcel,) = api.get(f"/orders/{order_id}").json()["shipments"]

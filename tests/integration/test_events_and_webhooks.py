@@ -462,6 +462,22 @@ class Receiver:
         self.server.server_close()
 
 
+@contextlib.contextmanager
+def delivery_worker_installed(c: Any, queue: Any, clock: Any, *, timeout: float) -> Iterator[None]:
+    """The webhook delivery function's container for the block, its worker built as the function's own
+    (`c`'s store, sender, URL check and retry schedule) with `queue`, `clock`, no jitter and `timeout`."""
+    from core.webhooks import DeliveryWorker
+    from functions.webhook_delivery.app import container
+
+    worker = DeliveryWorker(
+        c.webhook_store, queue, c.webhook_sender, c.check_webhook_url, clock, c.retry_schedule, lambda: 1.0,
+        timeout=timeout,
+    )  # fmt: skip
+    with container.override(type(c)(c.config)) as fresh:
+        fresh.__dict__["delivery_worker"] = worker
+        yield
+
+
 class RecordingQueue(SqsDeliveryQueue):
     """The real queue, remembering what it was sent (a retry's message is delayed in SQS)."""
 
@@ -491,7 +507,6 @@ def sqs_event(message: DeliveryMessage) -> dict[str, Any]:
 
 
 def test_deliveries_are_signed_posts_over_http_retried_after_a_5xx_and_a_timeout(aws, wired):
-    from core.webhooks import DeliveryWorker
     from functions.events.app import container as events_container
     from functions.events.app import lambda_handler as events_handler
     from functions.webhook_delivery.app import container, lambda_handler
@@ -507,13 +522,8 @@ def test_deliveries_are_signed_posts_over_http_retried_after_a_5xx_and_a_timeout
         queue = RecordingQueue(c.sqs, wired["deliveries"])
         # Each attempt as soon as it is due: the clock jumps to the scheduled time.
         now = [datetime.now(UTC)]
-        worker = DeliveryWorker(
-            c.webhook_store, queue, c.webhook_sender, c.check_webhook_url,
-            lambda: now[0], c.retry_schedule, lambda: 1.0, timeout=0.5,
-        )  # fmt: skip
         errors = []
-        with container.override(type(c)(c.config)) as fresh:
-            fresh.__dict__["delivery_worker"] = worker
+        with delivery_worker_installed(c, queue, lambda: now[0], timeout=0.5):
             for _ in range(3):
                 assert lambda_handler(sqs_event(message), Context()) == {"batchItemFailures": []}
                 record = c.webhook_store.get_delivery(webhook.id, message.delivery_id)
@@ -546,7 +556,6 @@ def test_a_subscriber_asking_to_be_tried_later_is_not_tried_sooner_nor_left_past
     delivery was tried again at the backoff's 30 s, and again, while the receiver kept refusing."""
     from email.utils import format_datetime
 
-    from core.webhooks import DeliveryWorker
     from functions.events.app import lambda_handler as events_handler
     from functions.webhook_delivery.app import container, lambda_handler
 
@@ -566,13 +575,8 @@ def test_a_subscriber_asking_to_be_tried_later_is_not_tried_sooner_nor_left_past
         ]
         c = container()
         queue = RecordingQueue(c.sqs, wired["deliveries"])
-        worker = DeliveryWorker(
-            c.webhook_store, queue, c.webhook_sender, c.check_webhook_url,
-            lambda: now[0], c.retry_schedule, lambda: 1.0, timeout=5,
-        )  # fmt: skip
         waits = []
-        with container.override(type(c)(c.config)) as fresh:
-            fresh.__dict__["delivery_worker"] = worker
+        with delivery_worker_installed(c, queue, lambda: now[0], timeout=5):
             for _ in range(3):
                 assert lambda_handler(sqs_event(message), Context()) == {"batchItemFailures": []}
                 record = c.webhook_store.get_delivery(webhook.id, message.delivery_id)
@@ -611,7 +615,6 @@ def test_a_message_handed_out_again_after_its_next_attempt_was_not_queued_queues
     message fails, SQS hands it out again (the same messageId), and it queues the next attempt."""
     from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
 
-    from core.webhooks import DeliveryWorker
     from functions.webhook_delivery.app import container, lambda_handler
 
     webhook = subscribe("http://127.0.0.1:9/refused", ["order.created"])  # nothing listens: refused
@@ -623,12 +626,7 @@ def test_a_message_handed_out_again_after_its_next_attempt_was_not_queued_queues
     message = DeliveryMessage.from_json(queued["Body"])
     c = container()
     queue = refusing_once(RecordingQueue)(c.sqs, wired["deliveries"])
-    worker = DeliveryWorker(
-        c.webhook_store, queue, c.webhook_sender, c.check_webhook_url, c.clock, c.retry_schedule, lambda: 1.0,
-        timeout=0.5,
-    )  # fmt: skip
-    with container.override(type(c)(c.config)) as fresh:
-        fresh.__dict__["delivery_worker"] = worker
+    with delivery_worker_installed(c, queue, c.clock, timeout=0.5):
         with pytest.raises(BatchProcessingError):  # its only message failed: the invocation fails
             lambda_handler(sqs_event(message), Context())
         assert c.webhook_store.get_delivery(webhook.id, message.delivery_id).attempts == 1
@@ -1033,7 +1031,6 @@ def test_a_2xx_answered_in_time_is_delivered_whatever_its_body_does_after(aws, w
     answering 200 at once but with no Content-Length on a kept-alive connection (or a Content-Length
     it never sends in full) held the attempt until its timeout: recorded `timed out`, the event sent
     again and again for 24 hours though it had been taken each time, then `failed` and alarmed on."""
-    from core.webhooks import DeliveryWorker
     from functions.events.app import lambda_handler as events_handler
     from functions.webhook_delivery.app import container, lambda_handler
 
@@ -1046,12 +1043,7 @@ def test_a_2xx_answered_in_time_is_delivered_whatever_its_body_does_after(aws, w
         (queued,) = drain(wired["sqs"], wired["deliveries"])
         message = DeliveryMessage.from_json(queued["Body"])
         c = container()
-        worker = DeliveryWorker(
-            c.webhook_store, c.webhook_queue, c.webhook_sender, c.check_webhook_url,
-            lambda: datetime.now(UTC), c.retry_schedule, lambda: 1.0, timeout=2.0,
-        )  # fmt: skip
-        with container.override(type(c)(c.config)) as fresh:
-            fresh.__dict__["delivery_worker"] = worker
+        with delivery_worker_installed(c, c.webhook_queue, lambda: datetime.now(UTC), timeout=2.0):
             assert lambda_handler(sqs_event(message), Context()) == {"batchItemFailures": []}
     finally:
         server.shutdown()

@@ -10,22 +10,14 @@ from typing import Any
 
 import pytest
 
-from tests.builders import location_body, product_body
 from tests.integration.in_process import InProcessApi, in_process_api_with_labels, returns_run_inline
-from tests.integration.test_cancel_units_api import allocated, cancel, ship
+from tests.integration.test_cancel_units_api import allocated, cancel, ship, stock_two_parcels
 
 
 @pytest.fixture(scope="module")
 def api() -> Iterator[InProcessApi]:
     with in_process_api_with_labels() as started, returns_run_inline():
-        for sku, price in (("MUG", "12.50"), ("CAP", "7.77")):
-            assert started.put(f"/products/{sku}", json=product_body(price)).status_code == 201
-        west = location_body(name="West warehouse", latitude=39.53, longitude=-119.81)
-        assert started.put("/locations/wh-east", json=location_body()).status_code == 201
-        assert started.put("/locations/wh-west", json=west).status_code == 201
-        # MUG only in the west, CAP only in the east: an order of both ships in two parcels.
-        assert started.put("/inventory/MUG/wh-west", json={"on_hand": 100}).status_code == 200
-        assert started.put("/inventory/CAP/wh-east", json={"on_hand": 100}).status_code == 200
+        stock_two_parcels(started)
         yield started
 
 
