@@ -52,8 +52,8 @@ class ReportKind(StrEnum):
 
 
 # An order's revenue counts once it is allocated (API.md: "counted when the order is allocated"),
-# and stays counted while it ships, is delivered and comes back (returned units are taken out
-# line by line); cancelling takes all of it out.
+# and stays counted while it ships, is delivered and comes back (units refunded on a return are
+# taken out line by line: line_revenue_kept); cancelling takes all of it out.
 _COUNTED = frozenset({"allocated", "partially_shipped", "shipped", "delivered", "partially_returned", "returned"})
 # `ordered` sums the orders that were not cancelled or failed.
 _NOT_ORDERED = frozenset({"cancelled", "payment_failed"})
@@ -222,8 +222,9 @@ def contribution(document: Mapping[str, Any] | None, day: str = "", credit: bool
     address = document.get("shipping_address") or {}
     region = f"{address.get('country', '')}#{address.get('region') or ''}"
     revenue = Decimal(0)
+    refused = units_refund_refused(document)
     for line in document.get("lines") or []:
-        units, line_revenue = line_revenue_kept(line, currency)
+        units, line_revenue = line_revenue_kept(line, currency, refused.get(line["line_id"], 0))
         revenue += line_revenue
         key = (report_pk(ReportKind.PRODUCTS, currency, channel, day), line["sku"])
         result.add(key, "units", units)
@@ -235,16 +236,58 @@ def contribution(document: Mapping[str, Any] | None, day: str = "", credit: bool
     return result
 
 
-def line_revenue_kept(line: Mapping[str, Any], currency: str) -> tuple[int, Decimal]:
-    """Units and revenue (quantity x unit price - discount) a line still counts: units received
-    back on a return are taken out at their share of the line's net, rounded half-even."""
+def line_revenue_kept(line: Mapping[str, Any], currency: str, refund_refused: int = 0) -> tuple[int, Decimal]:
+    """Units and revenue (quantity x unit price - discount) a line still counts: units refunded on
+    a return are taken out at their share of the line's net, rounded half-even. Those are the units
+    received back (`returned_quantity`) but `refund_refused` of them, whose return's refund the
+    gateway refused (units_refund_refused): back, but not refunded, they stay sold."""
     quantity = int(line["quantity"])
     net = Decimal(line["unit_price"]["amount"]) * quantity - Decimal(line["discount"]["amount"])
-    returned = min(int(line.get("returned_quantity") or 0), quantity)
+    received = int(line.get("returned_quantity") or 0)
+    returned = min(max(received - refund_refused, 0), quantity)
     if quantity == 0:
         return 0, Decimal(0)
     taken_out = round_money(net * returned / quantity, currency) if returned else Decimal(0)
     return quantity - returned, net - taken_out
+
+
+# What settles a return's units other than its own refund: an exchange's credit (held for its
+# replacement, or its units' worth once the replacement was placed), a replacement's units refunded
+# from its credit, or a refund that gave nothing as nothing was refundable (its worth kept back,
+# refunded once a capture makes it so). The order document's own fields (core.models.Order).
+_SETTLED_BESIDES_REFUNDS = ("exchange_shares", "credit_holds", "credit_refunded_shares", "returns_kept_back")
+
+
+def units_refund_refused(document: Mapping[str, Any]) -> dict[str, int]:
+    """The units of each line (by line id) back on a return whose refund the gateway refused: every
+    refund recorded for the return failed, none of their parts approved, and nothing else settled
+    its units (_SETTLED_BESIDES_REFUNDS). API.md takes revenue out "when ... units are refunded on
+    return": these were not, so they stay sold until a refund of them goes through (the workflow,
+    or a receipt sent again, asks again). A pending refund counts as refunded, as everywhere
+    (core.refunds.given_back_for_units): only the gateway's refusal keeps units sold, so a typical
+    return moves revenue once. The units are those the return's last refused refund was for
+    (PaymentRefund.lines: each attempt is for the return's units). {} for nearly every order,
+    read from the document alone."""
+    refunds = (document.get("payment") or {}).get("refunds") or []
+    if not any(refund.get("status") == "failed" for refund in refunds):
+        return {}
+    settled = {return_id for name in _SETTLED_BESIDES_REFUNDS for return_id in document.get(name) or {}}
+    refused: dict[str, list[Mapping[str, Any]]] = {}
+    for refund in refunds:
+        return_id = refund.get("return_id")
+        if not return_id or return_id in settled:
+            continue
+        approved = any(part.get("status") == "succeeded" for part in refund.get("parts") or [])
+        if refund.get("status", "succeeded") != "failed" or approved:
+            settled.add(return_id)
+            refused.pop(return_id, None)
+        elif refund.get("lines"):
+            refused[return_id] = refund["lines"]
+    units: dict[str, int] = {}
+    for lines in refused.values():
+        for share in lines:
+            units[share["line_id"]] = units.get(share["line_id"], 0) + int(share["quantity"])
+    return units
 
 
 def _fixed_time(value: Any) -> str:

@@ -461,3 +461,32 @@ def test_a_cancel_after_a_partial_ship_counts_the_parcel_that_left_and_what_its_
     assert ordered == done["totals"]["grand_total"]["amount"]
     assert Decimal(refunds) == refunded(api, order["id"])
     assert Decimal(ordered) - Decimal(refunds) == kept_by_payments(api, order["id"])
+
+
+def test_units_back_whose_refund_the_gateway_refused_stay_in_revenue(api, stream, services):  # noqa: F811
+    # API.md: revenue is "taken out again when it is cancelled or units are refunded on return". A
+    # unit received back whose refund the gateway refused was not refunded: it stays sold.
+    from core.returns import RefundNotDone
+    from tests.integration.return_steps import step
+
+    shopper = Shopper(api)
+    order = shopper.ship_and_deliver(
+        shopper.place(("MUG", 2), ("CAP", 1), payment={"method": "test", "token": "tok_refund_decline"})
+    )
+    body = {"lines": [{"line_id": "L1", "quantity": 1, "reason": "too big", "reason_code": "size_or_fit"}]}
+    return_id = shopper.post(f"/orders/{order['id']}/returns", body)["id"]
+    receipt = {"location_id": "wh-west", "lines": [{"line_id": "L1", "quantity": 1, "condition": "resellable"}]}
+    shopper.post(f"/returns/{return_id}/receive", receipt)
+    for name in ("receive", "restock", "record"):
+        step(name, return_id)
+    with pytest.raises(RefundNotDone):  # the workflow tries it again, the gateway refuses again
+        step("refund", return_id)
+
+    consume(stream.new_records())
+    after = shopper.order(order["id"])
+    assert after["lines"][0]["returned_quantity"] == 1  # the unit is back ...
+    assert [r["status"] for r in api.get(f"/orders/{order['id']}/refunds").json()["items"]] == ["failed"]
+    net = str(Decimal(after["lines"][0]["unit_price"]["amount"]) * 2 - Decimal(after["lines"][0]["discount"]["amount"]))
+    assert shopper.report("products") == [("MUG", 2, net), ("CAP", 1, "7.77")]  # ... and still sold
+    assert shopper.report("customers") == [(shopper.customer, 1, str(Decimal(net) + Decimal("7.77")))]
+    assert shopper.customer_totals() == (after["totals"]["grand_total"]["amount"], "0.00")

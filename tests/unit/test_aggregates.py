@@ -22,6 +22,7 @@ from core.aggregates import (
     email_key,
     line_revenue_kept,
     report_pk,
+    units_refund_refused,
 )
 from core.errors import InvalidRequest, NotFound
 
@@ -404,6 +405,43 @@ def test_refunded_returned_units_leave_the_reports_and_the_refund_shows_on_the_c
     view = service(store).customer("cus_1", None).model_dump(mode="json")
     assert view["totals"] == [{"currency": "USD", "ordered": money("27.50"), "refunded": money("9.50")}]
     assert view["returns_count"] == 1
+
+
+def _return_refund(return_id: str, status: str, units: int = 1, **extra: Any) -> dict[str, Any]:
+    share = {"line_id": "L1", "quantity": units, "amount": money("9.50")}
+    return {"id": f"ref_{return_id}_{status}", "amount": money("9.50"), "reason": "r", "status": status,
+            "kind": "return", "return_id": return_id, "at": "2026-12-02T10:00:00Z", "lines": [share],
+            **extra}  # fmt: skip
+
+
+def test_units_back_whose_refund_the_gateway_refused_stay_sold_until_a_refund_of_them_goes_through():
+    # API.md: revenue comes out "when ... units are refunded on return".
+    store = MemoryStore()
+    allocated = then(order(), status="allocated")
+    back = [line("L1", "TSHIRT", 2, "10.00", "1.00", returned_quantity=1), line("L2", "MUG", 1, "5.50")]
+    refused = then(allocated, status="partially_returned", lines=back, received_returns=["rma_1"],
+                   payment={"refunded": money("0.00"), "refunds": [_return_refund("rma_1", "failed")]})  # fmt: skip
+    replay(store, order(), allocated, refused)
+    assert products(store)[0] == {"sku": "TSHIRT", "units": 2, "revenue": money("19.00")}
+
+    went_through = then(refused, payment={"refunded": money("9.50"), "refunds": [
+        _return_refund("rma_1", "failed"), _return_refund("rma_1", "succeeded")]})  # fmt: skip
+    replay(store, refused, went_through)
+    assert products(store)[0] == {"sku": "TSHIRT", "units": 1, "revenue": money("9.50")}
+
+
+@pytest.mark.parametrize(
+    "settled",
+    [
+        {"payment": {"refunds": [_return_refund("rma_1", "pending")]}},  # on its way: counted as refunded
+        {"payment": {"refunds": [_return_refund("rma_1", "failed", parts=[{"status": "succeeded"}])]}},
+        {"payment": {"refunds": [_return_refund("rma_1", "failed")]}, "exchange_shares": {"rma_1": []}},
+        {"payment": {"refunds": [_return_refund("rma_1", "failed")]}, "returns_kept_back": {"rma_1": money("9.50")}},
+        {"payment": {"refunds": [{"id": "ref_a", "status": "failed", "kind": "appeasement"}]}},  # no return's
+    ],
+)
+def test_units_back_count_as_refunded_unless_every_refund_of_their_return_was_refused(settled):
+    assert units_refund_refused(order(**settled)) == {}
 
 
 def test_a_customer_sums_orders_per_channel_and_overall_and_counts_payment_failures():
