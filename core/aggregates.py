@@ -16,17 +16,12 @@ with its counters, and only a change that moves an order's counted revenue reads
 counted before the filing rule existed (filed under its creation day, with no filing item) reads
 as filed under its creation day, as it was.
 
-An exchange's replacement is paid for in part by its credit, the refund its return's units were
-due (README "Returns"), which was never refunded: that money stays ordered on the original order
-(a return does not lower its grand total). So the customer's `refunded` stays what the refund
-records say the gateway gave back, and `ordered` counts a replacement's grand total less the
-credit it uses (its credit, at most its grand total: what its own payment is asked for,
-`Order.payable`) while it is not cancelled or failed; the rest of the credit is refunded on the
-original (a refund record, in `refunded`), as is all of it when the replacement is cancelled.
-Each unit of money ordered is counted once and `ordered - refunded` is what the customer's
-payments keep. The filing item says the credit was counted (by the replacement's first record):
-a replacement placed before this rule is not (its whole total was counted), so a later change of
-it takes out nothing it never added.
+A customer's `ordered` sums the grand totals of their orders not cancelled or failed (API.md), an
+exchange's replacement as any order, though its credit (the refund its return's units were due,
+README "Returns") pays part of it; `refunded` is what the refund records say the gateway gave back.
+An earlier version counted a replacement's grand total less the credit it used and recorded so on
+its filing item (the replacement's first record): a later change of such a replacement goes by
+that record (Filing.credit), so it takes out exactly what it added.
 """
 
 import unicodedata
@@ -52,8 +47,8 @@ class ReportKind(StrEnum):
 
 
 # An order's revenue counts once it is allocated (API.md: "counted when the order is allocated"),
-# and stays counted while it ships, is delivered and comes back (returned units are taken out
-# line by line); cancelling takes all of it out.
+# and stays counted while it ships, is delivered and comes back (units refunded on a return are
+# taken out line by line: line_revenue_kept); cancelling takes all of it out.
 _COUNTED = frozenset({"allocated", "partially_shipped", "shipped", "delivered", "partially_returned", "returned"})
 # `ordered` sums the orders that were not cancelled or failed.
 _NOT_ORDERED = frozenset({"cancelled", "payment_failed"})
@@ -108,7 +103,9 @@ class CustomerSeen:
 @dataclass(frozen=True)
 class WentBy:
     """What changes of an order read of its filing and went by (None: none read it): the day its
-    revenue was filed under, and whether its exchange credit was counted out of `ordered`."""
+    revenue was filed under, and whether its exchange credit was counted out of `ordered` (by an
+    earlier version: kept on the markers, so that version, rolled back to, replaying a
+    replacement's first record after its later ones goes by what they went by)."""
 
     day: str | None = None
     credit: bool | None = None
@@ -126,9 +123,6 @@ class AggregateChange:
     # order was placed (a backorder allocated days later): written with the counters, read back
     # by a later change that moves that revenue (AggregateStore.filing).
     filed_on: str | None = None
-    # The change begins counting an exchange credit out of the customer's `ordered` (a replacement's
-    # first record): recorded with the counters, read back by a later change that moves it.
-    credit_counted: bool = False
     # What the change read of the order's filing and went by, kept on its marker: a change applied
     # late (a parked record replayed) goes by what the changes applied after it went by.
     went_by: WentBy = WentBy()
@@ -143,7 +137,8 @@ class Filing:
     """What the store recorded of how an order is counted (nothing, for nearly every order)."""
 
     day: str | None = None  # the day its revenue is filed under; None: the day it was placed
-    credit: bool = False  # the exchange credit it uses is counted out of its customer's `ordered`
+    # An earlier version counted the exchange credit it uses out of its customer's `ordered`.
+    credit: bool = False
 
 
 def customer_key(customer_id: str, channel: str) -> Key:
@@ -222,8 +217,9 @@ def contribution(document: Mapping[str, Any] | None, day: str = "", credit: bool
     address = document.get("shipping_address") or {}
     region = f"{address.get('country', '')}#{address.get('region') or ''}"
     revenue = Decimal(0)
+    refused = units_refund_refused(document)
     for line in document.get("lines") or []:
-        units, line_revenue = line_revenue_kept(line, currency)
+        units, line_revenue = line_revenue_kept(line, currency, refused.get(line["line_id"], 0))
         revenue += line_revenue
         key = (report_pk(ReportKind.PRODUCTS, currency, channel, day), line["sku"])
         result.add(key, "units", units)
@@ -235,16 +231,58 @@ def contribution(document: Mapping[str, Any] | None, day: str = "", credit: bool
     return result
 
 
-def line_revenue_kept(line: Mapping[str, Any], currency: str) -> tuple[int, Decimal]:
-    """Units and revenue (quantity x unit price - discount) a line still counts: units received
-    back on a return are taken out at their share of the line's net, rounded half-even."""
+def line_revenue_kept(line: Mapping[str, Any], currency: str, refund_refused: int = 0) -> tuple[int, Decimal]:
+    """Units and revenue (quantity x unit price - discount) a line still counts: units refunded on
+    a return are taken out at their share of the line's net, rounded half-even. Those are the units
+    received back (`returned_quantity`) but `refund_refused` of them, whose return's refund the
+    gateway refused (units_refund_refused): back, but not refunded, they stay sold."""
     quantity = int(line["quantity"])
     net = Decimal(line["unit_price"]["amount"]) * quantity - Decimal(line["discount"]["amount"])
-    returned = min(int(line.get("returned_quantity") or 0), quantity)
+    received = int(line.get("returned_quantity") or 0)
+    returned = min(max(received - refund_refused, 0), quantity)
     if quantity == 0:
         return 0, Decimal(0)
     taken_out = round_money(net * returned / quantity, currency) if returned else Decimal(0)
     return quantity - returned, net - taken_out
+
+
+# What settles a return's units other than its own refund: an exchange's credit (held for its
+# replacement, or its units' worth once the replacement was placed), a replacement's units refunded
+# from its credit, or a refund that gave nothing as nothing was refundable (its worth kept back,
+# refunded once a capture makes it so). The order document's own fields (core.models.Order).
+_SETTLED_BESIDES_REFUNDS = ("exchange_shares", "credit_holds", "credit_refunded_shares", "returns_kept_back")
+
+
+def units_refund_refused(document: Mapping[str, Any]) -> dict[str, int]:
+    """The units of each line (by line id) back on a return whose refund the gateway refused: every
+    refund recorded for the return failed, none of their parts approved, and nothing else settled
+    its units (_SETTLED_BESIDES_REFUNDS). API.md takes revenue out "when ... units are refunded on
+    return": these were not, so they stay sold until a refund of them goes through (the workflow,
+    or a receipt sent again, asks again). A pending refund counts as refunded, as everywhere
+    (core.refunds.given_back_for_units): only the gateway's refusal keeps units sold, so a typical
+    return moves revenue once. The units are those the return's last refused refund was for
+    (PaymentRefund.lines: each attempt is for the return's units). {} for nearly every order,
+    read from the document alone."""
+    refunds = (document.get("payment") or {}).get("refunds") or []
+    if not any(refund.get("status") == "failed" for refund in refunds):
+        return {}
+    settled = {return_id for name in _SETTLED_BESIDES_REFUNDS for return_id in document.get(name) or {}}
+    refused: dict[str, list[Mapping[str, Any]]] = {}
+    for refund in refunds:
+        return_id = refund.get("return_id")
+        if not return_id or return_id in settled:
+            continue
+        approved = any(part.get("status") == "succeeded" for part in refund.get("parts") or [])
+        if refund.get("status", "succeeded") != "failed" or approved:
+            settled.add(return_id)
+            refused.pop(return_id, None)
+        elif refund.get("lines"):
+            refused[return_id] = refund["lines"]
+    units: dict[str, int] = {}
+    for lines in refused.values():
+        for share in lines:
+            units[share["line_id"]] = units.get(share["line_id"], 0) + int(share["quantity"])
+    return units
 
 
 def _fixed_time(value: Any) -> str:
@@ -289,16 +327,15 @@ def aggregate_change(
     """The counter updates an order change means (`old` None for a new order): only the
     counters that differ, each as an atomic ADD of the difference. A change that begins counting
     the order's revenue files it under its own day; one of an order already counting moves it on
-    the day it was filed under. `filing(order_id)` says that day, and whether a replacement's
-    credit is counted; it is asked only by a change that moves either (a cancel, units returned
-    or cancelled), never by a ship or a delivery, which move neither.
+    the day it was filed under. `filing(order_id)` says that day, and whether an earlier version
+    counted a replacement's credit out of `ordered`; it is asked only by a change that moves either
+    (a cancel, units returned or cancelled), never by a ship or a delivery, which move neither.
 
-    A change that would record a filing (a day other than the order's placing, a replacement's
-    credit) asks `later(order_id, version)` what the changes of the order already applied after
-    it went by: none, but for a parked record replayed after them (EventsFailuresAlarm's runbook),
-    which then goes by the same (a cancel applied first took the revenue out of the day it was
-    placed, or the replacement's whole grand total out of `ordered`), so each amount comes out of
-    where it went in, whatever order the records were applied in."""
+    A change that would record a filing (a day other than the order's placing) asks
+    `later(order_id, version)` what the changes of the order already applied after it went by:
+    none, but for a parked record replayed after them (EventsFailuresAlarm's runbook), which then
+    goes by the same (a cancel applied first took the revenue out of the day it was placed), so
+    each amount comes out of where it went in, whatever order the records were applied in."""
     order_id, version = str(new["id"]), int(new.get("version", 0))
     found: list[Filing] = []
     read: dict[str, Any] = {}
@@ -308,10 +345,9 @@ def aggregate_change(
             found.append(filing(order_id))
         return found[0]
 
-    credit = old is None
+    credit = False
     if old is not None and credit_in_use(old) != credit_in_use(new):
         credit = read["credit"] = recorded().credit
-    credit_counted = old is None and bool(new.get("exchange_credit"))
     asked: list[WentBy] = []
 
     def went_by_later() -> WentBy:
@@ -319,8 +355,6 @@ def aggregate_change(
             asked.append(later(order_id, version))
         return asked[0]
 
-    if credit_counted and went_by_later().credit is False:
-        credit = credit_counted = False  # a later change applied first went by no credit counted
     was_counted, counted = old is not None and counts_revenue(old), counts_revenue(new)
     filed_on, day = None, _FILED
     if was_counted:
@@ -350,7 +384,7 @@ def aggregate_change(
         seen = CustomerSeen(
             customer["id"], new["channel"], customer["email"], _fixed_time(new["created_at"]), customer.get("name")
         )
-    return AggregateChange(order_id, version, updates, seen, report_days, filed_on, credit_counted, WentBy(**read))
+    return AggregateChange(order_id, version, updates, seen, report_days, filed_on, WentBy(**read))
 
 
 # --- Read side --------------------------------------------------------------------------------
@@ -477,13 +511,13 @@ def top_rows(
 
 class AggregateStore(Protocol):
     def apply(self, change: AggregateChange) -> bool:
-        """Apply the change's counters once per (order, version), with its `filed_on` day and
-        `credit_counted` when it has them, and what it `went_by` kept with its marker: False when
-        already applied."""
+        """Apply the change's counters once per (order, version), with its `filed_on` day when it
+        has one, and what it `went_by` kept with its marker: False when already applied."""
 
     def filing(self, order_id: str) -> Filing:
         """The last `filed_on` day applied for the order (None when none was: its revenue is
-        filed under the day it was placed), and whether a change with `credit_counted` was."""
+        filed under the day it was placed), and whether an earlier version counted the order's
+        exchange credit out of `ordered` (it recorded so with a replacement's first record)."""
 
     def went_by(self, order_id: str, version: int) -> WentBy:
         """What the changes of the order applied after `version` went by (`AggregateChange.went_by`,

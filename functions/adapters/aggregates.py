@@ -59,7 +59,7 @@ class DynamoAggregates:
         applied = False
         updates = change.updates
         parts = [updates[start : start + _PER_TRANSACTION] for start in range(0, len(updates), _PER_TRANSACTION)]
-        recorded = change.filed_on is not None or change.credit_counted
+        recorded = change.filed_on is not None
         if recorded and (not parts or len(parts[-1]) == _PER_TRANSACTION):
             parts.append([])  # the filing goes with the last part: a full one gets a part of its own
         for part, chunk in enumerate(parts):
@@ -103,20 +103,15 @@ class DynamoAggregates:
         return True
 
     def _filing_update(self, change: AggregateChange) -> dict[str, Any]:
+        """The filing's day (an earlier version also recorded here whether a replacement's credit was
+        counted: Filing.credit, kept as it is)."""
         pk, sk = filing_key(change.order_id)
-        sets, values = [], {}
-        if change.filed_on is not None:
-            sets.append("#day = :day")
-            values[":day"] = {"S": change.filed_on}
-        if change.credit_counted:
-            sets.append("credit = :credit")
-            values[":credit"] = {"BOOL": True}
         return {
             "TableName": self._table,
             "Key": {"pk": {"S": pk}, "sk": {"S": sk}},
-            "UpdateExpression": "SET " + ", ".join(sets),
-            "ExpressionAttributeValues": values,
-            **({"ExpressionAttributeNames": {"#day": "day"}} if change.filed_on is not None else {}),
+            "UpdateExpression": "SET #day = :day",
+            "ExpressionAttributeValues": {":day": {"S": str(change.filed_on)}},
+            "ExpressionAttributeNames": {"#day": "day"},
         }
 
     def _counter_update(self, update: CounterUpdate) -> dict[str, Any]:
@@ -197,7 +192,8 @@ class DynamoAggregates:
     def filing(self, order_id: str) -> Filing:
         """A consistent read: the filing was written by an earlier record of the same order, and
         only a change moving an order's revenue after it was counted, or a replacement's credit
-        (never a typical order's), asks."""
+        (never a typical order's), asks. `credit`: an earlier version counted the replacement's
+        credit out of `ordered` (none since does)."""
         pk, sk = filing_key(order_id)
         found = (
             self._client.get_item(

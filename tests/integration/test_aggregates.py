@@ -17,8 +17,10 @@ from core.aggregates import (
     Aggregates,
     CounterUpdate,
     CustomerSeen,
+    Filing,
     ReportKind,
     aggregate_change,
+    filing_key,
     top_rows,
 )
 from core.models import HistoryEntry, OrderLine, Totals
@@ -120,7 +122,7 @@ def test_a_backorder_allocated_days_later_is_filed_on_that_day_and_its_cancel_ta
     assert (customer.orders_count, customer.totals[0].ordered.amount) == (1, Decimal("0.00"))
 
 
-def test_a_replacements_credit_and_later_filing_day_are_both_on_record_for_its_cancel(aws):
+def test_a_replacements_later_filing_day_is_on_record_for_its_cancel_beside_a_credit_recorded_before(aws):
     from tests.unit.test_aggregates import money, order, then
 
     store = DynamoAggregates(aws.dynamodb, aws.tables["CatalogTable"])
@@ -134,7 +136,8 @@ def test_a_replacements_credit_and_later_filing_day_are_both_on_record_for_its_c
         for _ in range(2):  # redelivered: counted once
             store.apply(change)
     total = service.customer("cus_1", None).totals[0]
-    assert (str(total.ordered.amount), str(total.refunded.amount)) == ("18.00", "0.00")  # 27.50 less its credit
+    assert (str(total.ordered.amount), str(total.refunded.amount)) == ("27.50", "0.00")  # its grand total
+    assert store.filing("ord_x") == Filing("2026-11-03", False)
     day = date(2026, 11, 3)
     assert [r.sku for r in service.report(ReportKind.PRODUCTS, "USD", start=day, end=day, channel=None, limit=5)] == [
         "TSHIRT",
@@ -146,6 +149,13 @@ def test_a_replacements_credit_and_later_filing_day_are_both_on_record_for_its_c
     total = service.customer("cus_1", None).totals[0]
     assert (str(total.ordered.amount), str(total.refunded.amount)) == ("0.00", "0.00")
     assert service.report(ReportKind.PRODUCTS, "USD", start=day, end=day, channel=None, limit=5) == []
+    # An earlier version recorded on the filing that it counted the credit out of `ordered`: read back.
+    pk, sk = filing_key("ord_x")
+    aws.dynamodb.update_item(
+        TableName=aws.tables["CatalogTable"], Key={"pk": {"S": pk}, "sk": {"S": sk}},
+        UpdateExpression="SET credit = :credit", ExpressionAttributeValues={":credit": {"BOOL": True}},
+    )  # fmt: skip
+    assert store.filing("ord_x") == Filing("2026-11-03", True)
 
 
 def test_a_change_of_more_counters_than_one_transaction_holds_applies_in_parts_each_once(aws):

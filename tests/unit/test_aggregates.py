@@ -6,6 +6,7 @@ import copy
 import itertools
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
@@ -22,6 +23,7 @@ from core.aggregates import (
     email_key,
     line_revenue_kept,
     report_pk,
+    units_refund_refused,
 )
 from core.errors import InvalidRequest, NotFound
 
@@ -83,9 +85,7 @@ class MemoryStore:
         self.went.append((change.order_id, change.version, change.went_by))
         was = self.filed.get(change.order_id, Filing())
         if change.filed_on is not None:
-            self.filed[change.order_id] = was = Filing(change.filed_on, was.credit)
-        if change.credit_counted:
-            self.filed[change.order_id] = Filing(was.day, True)
+            self.filed[change.order_id] = Filing(change.filed_on, was.credit)
         for update in change.updates:
             item = self.items[(update.pk, update.sk)]
             for attribute, delta in update.add.items():
@@ -312,24 +312,47 @@ def customer_totals(store: MemoryStore) -> tuple[str, str]:
     return str(total.ordered.amount), str(total.refunded.amount)
 
 
-def test_an_exchange_counts_the_replacement_less_the_credit_it_uses_as_ordered_and_refunds_only_as_refunded():
-    # The customer paid 27.50, then 20.00 - 9.50 = 10.50 for the hoodie: the T-shirt's 9.50 was
-    # ordered on the original and never refunded, so it is not ordered a second time. It showed
-    # 47.50 ordered and nothing refunded: 9.50 more than the customer's payments keep.
+def test_an_exchange_orders_the_replacements_grand_total_as_every_order_does():
+    # API.md: "`ordered` sums the grand totals of the customer's orders that were not cancelled or
+    # failed". Ada ordered 27.50, then a hoodie of 20.00 paid 9.50 by the T-shirt's credit: 47.50.
     store = MemoryStore()
     exchanged(store)
     placed = replacement("20.00")
     replay(store, placed, then(placed, status="allocated"))
 
-    assert customer_totals(store) == ("38.00", "0.00")
+    assert customer_totals(store) == ("47.50", "0.00")
 
 
-def test_a_replacement_its_credit_pays_whole_orders_nothing_more_and_the_rest_of_the_credit_is_refunded():
+def test_a_replacement_its_credit_pays_whole_is_ordered_and_the_rest_of_the_credit_is_refunded():
     store = MemoryStore()
     exchanged(store, original_refunded="3.50")  # 9.50 - 6.00 goes back to the card
     replay(store, replacement("6.00"))
 
-    assert customer_totals(store) == ("27.50", "3.50")  # the card kept 24.00
+    assert customer_totals(store) == ("33.50", "3.50")
+
+
+def test_a_replacement_counted_less_its_credit_by_an_earlier_version_takes_out_what_it_added_when_cancelled():
+    # A replacement whose first record an earlier version counted less its credit (20.00 - 9.50),
+    # recording so on its filing: its cancel takes out those 10.50, not its grand total.
+    store = MemoryStore()
+    returned = exchanged(store)
+    placed = replacement("20.00")
+    first = aggregate_change(None, placed, store.filing)
+    less_credit = {"ordered_USD": Decimal("-9.50")}
+    counted = [
+        replace(u, add={**u.add, "ordered_USD": u.add["ordered_USD"] + less_credit["ordered_USD"]})
+        if "ordered_USD" in u.add
+        else u
+        for u in first.updates
+    ]
+    store.apply(replace(first, updates=counted))
+    store.filed[placed["id"]] = Filing(None, True)
+    assert customer_totals(store) == ("38.00", "0.00")
+
+    store.apply(aggregate_change(placed, then(placed, status="cancelled"), store.filing))
+    replay(store, returned, then(returned, payment={"refunded": money("9.50")}))  # the credit given back
+
+    assert customer_totals(store) == ("27.50", "9.50")
 
 
 def test_a_cancelled_replacement_counts_nothing_and_its_credit_given_back_counts_once():
@@ -404,6 +427,43 @@ def test_refunded_returned_units_leave_the_reports_and_the_refund_shows_on_the_c
     view = service(store).customer("cus_1", None).model_dump(mode="json")
     assert view["totals"] == [{"currency": "USD", "ordered": money("27.50"), "refunded": money("9.50")}]
     assert view["returns_count"] == 1
+
+
+def _return_refund(return_id: str, status: str, units: int = 1, **extra: Any) -> dict[str, Any]:
+    share = {"line_id": "L1", "quantity": units, "amount": money("9.50")}
+    return {"id": f"ref_{return_id}_{status}", "amount": money("9.50"), "reason": "r", "status": status,
+            "kind": "return", "return_id": return_id, "at": "2026-12-02T10:00:00Z", "lines": [share],
+            **extra}  # fmt: skip
+
+
+def test_units_back_whose_refund_the_gateway_refused_stay_sold_until_a_refund_of_them_goes_through():
+    # API.md: revenue comes out "when ... units are refunded on return".
+    store = MemoryStore()
+    allocated = then(order(), status="allocated")
+    back = [line("L1", "TSHIRT", 2, "10.00", "1.00", returned_quantity=1), line("L2", "MUG", 1, "5.50")]
+    refused = then(allocated, status="partially_returned", lines=back, received_returns=["rma_1"],
+                   payment={"refunded": money("0.00"), "refunds": [_return_refund("rma_1", "failed")]})  # fmt: skip
+    replay(store, order(), allocated, refused)
+    assert products(store)[0] == {"sku": "TSHIRT", "units": 2, "revenue": money("19.00")}
+
+    went_through = then(refused, payment={"refunded": money("9.50"), "refunds": [
+        _return_refund("rma_1", "failed"), _return_refund("rma_1", "succeeded")]})  # fmt: skip
+    replay(store, refused, went_through)
+    assert products(store)[0] == {"sku": "TSHIRT", "units": 1, "revenue": money("9.50")}
+
+
+@pytest.mark.parametrize(
+    "settled",
+    [
+        {"payment": {"refunds": [_return_refund("rma_1", "pending")]}},  # on its way: counted as refunded
+        {"payment": {"refunds": [_return_refund("rma_1", "failed", parts=[{"status": "succeeded"}])]}},
+        {"payment": {"refunds": [_return_refund("rma_1", "failed")]}, "exchange_shares": {"rma_1": []}},
+        {"payment": {"refunds": [_return_refund("rma_1", "failed")]}, "returns_kept_back": {"rma_1": money("9.50")}},
+        {"payment": {"refunds": [{"id": "ref_a", "status": "failed", "kind": "appeasement"}]}},  # no return's
+    ],
+)
+def test_units_back_count_as_refunded_unless_every_refund_of_their_return_was_refused(settled):
+    assert units_refund_refused(order(**settled)) == {}
 
 
 def test_a_customer_sums_orders_per_channel_and_overall_and_counts_payment_failures():
