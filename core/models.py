@@ -4652,11 +4652,19 @@ class Order(Shown):
             **self._captured_apart(None, amount, self.payment.with_capture(amount, self.payable())),
         )  # fmt: skip
 
-    def release_authorization(self, reference: str, *, at: datetime, actor: str) -> Change:
+    def release_authorization(self, reference: str, *, at: datetime, actor: str, settled: bool = False) -> Change:
         """The gateway released what the order's authorization held beyond what was captured:
-        nothing is left to ship, so `authorized` drops to `captured` (and `authorized_at` goes: _spent)."""
+        nothing is left to ship, so `authorized` drops to `captured` (and `authorized_at` goes: _spent).
+        `settled`: the payment owes nothing more either way (nothing to capture, nothing to refund:
+        core.unit_cancellation), so one whose every captured cent went back already (an appeasement
+        before a cancel of the rest) is `refunded`, no longer "partially"."""
         payment = self.payment
         released = _replaced(payment, authorized=payment.captured)
+        if (
+            settled and payment.status is PaymentStatus.PARTIALLY_REFUNDED and payment.refunded == payment.captured
+            and not self.captures_requested and all(refund.status != "pending" for refund in payment.refunds)
+        ):  # fmt: skip
+            released = _replaced(released, status=PaymentStatus.REFUNDED)
         return self._next(
             at=at, actor=actor, type=OrderEvent.PAYMENT_VOIDED,
             detail={"authorization": payment.authorization, "reference": reference,

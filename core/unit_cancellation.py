@@ -847,7 +847,9 @@ class UnitCancellation:
         at = self._clock()
         modify(
             self._orders, order.id,
-            lambda current: current.release_authorization(result.reference, at=at, actor=actor)
+            lambda current: current.release_authorization(
+                result.reference, at=at, actor=actor, settled=_owes_nothing(current)
+            )
             if current.payment.authorization == authorization and current.payment.captured < current.payment.authorized
             else None,
         )  # fmt: skip
@@ -945,6 +947,15 @@ def _unsettled_with_nothing_to_ship(order: Order) -> bool:
     if order.exchange_credit is not None:
         due = min(due, beyond_credit(order))
     return due.amount > 0 or payment.captured < payment.authorized
+
+
+def _owes_nothing(order: Order) -> bool:
+    """Whether the order's payment, nothing left to ship, is settled to its total: its captures
+    hold exactly what it costs (nothing to capture, nothing to refund: _settle_payment's `due`)."""
+    due = order.payable() - payment_holds(order)
+    if order.exchange_credit is not None:
+        due = min(due, beyond_credit(order))
+    return due.amount == 0
 
 
 def _over_capture(order: Order) -> tuple[str, Money] | None:

@@ -174,6 +174,25 @@ def test_cancelling_the_rest_of_a_split_order_over_http(api):
     assert "units_cancelled" in history and history[-1] == "payment_voided"
 
 
+def test_a_cancel_of_the_rest_after_everything_captured_went_back_shows_the_payment_refunded(api):
+    # The first parcel (it carries the shipping) is captured, then all of it given back as an
+    # appeasement while the second still waits; cancelling the second leaves the total at what
+    # was captured, and every cent of it refunded: the payment is `refunded`, not "partially".
+    order = allocated(api, ("MUG", 1), ("CAP", 1))
+    shipped = ship(api, order, order["shipments"][0]["location_id"])
+    captured = shipped["payment"]["captured"]
+    appeased = api.post(f"/orders/{order['id']}/refunds", json={"amount": captured, "reason": "late"})
+    assert appeased.status_code == 201 and appeased.json()["status"] == "succeeded", appeased.text
+
+    done = cancel(api, order["id"]).json()
+
+    assert done["status"] == "shipped"
+    payment = done["payment"]
+    assert money(payment["captured"]) == money(payment["refunded"]) == money(done["totals"]["grand_total"])
+    assert payment["status"] == "refunded"
+    assert api.get(f"/orders/{order['id']}").json()["payment"]["status"] == "refunded"
+
+
 def test_shipped_units_are_409_bad_lines_422_and_a_key_replays_the_cancel(api):
     order = allocated(api, ("MUG", 2), ("CAP", 2))
     ship(api, order, "wh-west")
