@@ -4253,14 +4253,35 @@ class Order(Shown):
             replaced_authorizations=[a for a in self.replaced_authorizations if a != authorization],
         )  # fmt: skip
 
+    def as_released(self) -> "Order":
+        """A copy of this order as its release would resume it (the status its hold resumes to, no
+        hold): what the review rules judge of an edited held order (hookspec oms_review_order: a
+        `pending` or `authorized` order). Never stored. The order itself when it is not held."""
+        if self.status is not OrderStatus.ON_HOLD or self.hold is None or self.hold.resume_to is None:
+            return self
+        return self.model_copy(update={"status": self.hold.resume_to, "hold": None})
+
     def held_for_review(
         self, edited: Change, requests: list[ReviewRequest], *, at: datetime, actor: str
     ) -> "tuple[Order, list[HistoryEntry]]":
         """`edited` (this order's edit) on hold in the same version, as a new order is when a review
         rule asks (the first request's reason and note; the requests in the entry, review_detail):
-        one write, so nothing is authorized or sourced for the edited order before a person has looked."""
+        one write, so nothing is authorized or sourced for the edited order before a person has looked.
+        Held already (a person's hold), its hold takes the review's reason and note, keeping when it
+        began and the status it resumes to, with an `on_hold` entry that changes no status: whoever
+        releases it sees what the rules ask, as on a new order they held."""
         new, entry = edited
         first = requests[0]
+        if new.status is OrderStatus.ON_HOLD and new.hold is not None:
+            hold = _replaced(new.hold, reason=first.reason, note=first.note)
+            hold_entry = HistoryEntry(
+                at=at, type=OrderEvent.ON_HOLD, actor=actor,
+                detail={"reason": first.reason, **({"note": first.note} if first.note else {}),
+                        **review_detail(requests)},
+            )  # fmt: skip
+            held = _replaced(new, hold=hold)
+            check_successor(self, held)
+            return held, [entry, hold_entry]
         held, hold_entry = new.hold_for(first.reason, first.note, at=at, actor=actor, detail=review_detail(requests))
         held = _replaced(held, version=self.version + 1)
         check_successor(self, held)
