@@ -1488,7 +1488,7 @@ def tracking_number_named(history: list[HistoryEntry], shipment_id: str, recorde
     return recorded is not None and recorded != booked
 
 
-def _utc_text(moment: datetime) -> str:
+def utc_text(moment: datetime) -> str:
     """`moment` as the API writes a time (RFC 3339 in UTC: "2026-11-23T09:30:00Z"), for a history
     entry's detail."""
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
@@ -2524,7 +2524,7 @@ class Order(Shown):
         scan = DeliveryScan(shipment_id=shipment_id, booking_key=self.booking_key_of(shipment_id), at=delivered_at)
         return self._next(
             at=at, actor=actor, type=OrderEvent.DELIVERY_SCAN_KEPT,
-            detail={"shipment_id": shipment_id, "delivered_at": _utc_text(delivered_at)},
+            detail={"shipment_id": shipment_id, "delivered_at": utc_text(delivered_at)},
             delivery_scans=[*self.delivery_scans, scan],
         )  # fmt: skip
 
@@ -3800,7 +3800,7 @@ class Order(Shown):
         return self._next(
             at=at, actor=actor, type=OrderEvent.SHIPMENT_READY_FOR_PICKUP,
             detail={"shipment_id": shipment_id, "location_id": shipment.location_id,
-                    "collect_by": collect_by.isoformat() if collect_by is not None else None},
+                    "collect_by": utc_text(collect_by) if collect_by is not None else None},
             shipments=shipments, **({"jeopardy": None} if picked else {}),
         )  # fmt: skip
 
@@ -3865,7 +3865,7 @@ class Order(Shown):
         return self._next(
             at=at, actor=actor, type=OrderEvent.PICKUP_EXPIRED, to=OrderStatus.CANCELLED,
             detail={"reason": "pickup_expired", "shipment_id": shipment_id, "location_id": shipment.location_id,
-                    "collect_by": shipment.collect_by.isoformat(), **units},
+                    "collect_by": utc_text(shipment.collect_by), **units},
             shipments=shipments, hold=None, lines=lines, totals=totals, allocations=[],
         )  # fmt: skip
 
@@ -4168,7 +4168,7 @@ class Order(Shown):
                 wait = deadline - shipment.ready_at if shipment.ready_at is not None else PICKUP_AFTER_RELEASE
                 later = max(deadline + (at - since), at + min(PICKUP_AFTER_RELEASE, wait))
                 if later > deadline:
-                    moved[shipment.id] = later.isoformat()
+                    moved[shipment.id] = utc_text(later)
                     shipment = _replaced(shipment, collect_by=later)
             shipments.append(shipment)
         return shipments, moved
