@@ -187,7 +187,9 @@ def _order_level(old: dict[str, Any] | None, new: dict[str, Any]) -> Iterator[Ev
     if old is None:
         yield EventType.ORDER_CREATED
     held, was_held = _held(new), _held(before) if old is not None else False
-    if held and not was_held:
+    if held and (not was_held or _hold_reason(new) != _hold_reason(before)):
+        # On hold again for another reason (a review rule's, over a person's hold an edit took past
+        # it: Order.held_for_review): subscribers to order.on_hold learn what it waits for now.
         yield EventType.ORDER_ON_HOLD
     # Leaving a hold resumes the status it was put on from: that is a release, not the status
     # reached again (a held order that is cancelled is a cancellation).
@@ -206,6 +208,11 @@ def _order_level(old: dict[str, Any] | None, new: dict[str, Any]) -> Iterator[Ev
 
 def _payment_status(document: dict[str, Any]) -> str:
     return str((document.get("payment") or {}).get("status") or "pending")
+
+
+def _hold_reason(document: dict[str, Any]) -> tuple[Any, Any]:
+    hold = document.get("hold") or {}
+    return hold.get("reason"), hold.get("note")
 
 
 def _held(document: dict[str, Any]) -> bool:

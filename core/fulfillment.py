@@ -953,11 +953,13 @@ class OrderActions:
         # order whose address changes is not held again, one whose total grows is). Asked before
         # the gateway, so a rule that fails leaves no authorization behind. The preview leaves out
         # this edit's own authorization request (standing when the edit is repeated): it is never
-        # stored.
+        # stored. A held order is asked too, as it will be released (Order.as_released): a person's
+        # hold for something else (an address) would otherwise let its release send the grown
+        # order on unreviewed.
         preview, _ = edited(order.model_copy(update={"authorization_requested": None}), None)
-        asked = self._capture.reviews(preview) if preview.status is not S.ON_HOLD else []
+        asked = self._capture.reviews(preview.as_released())
         if asked:
-            before = self._capture.reviews(order)
+            before = self._capture.reviews(order.as_released())
             asked = [request for request in asked if request not in before]
         reauthorized = None
         if grows:

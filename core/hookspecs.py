@@ -275,11 +275,12 @@ def oms_review_order(order: Order) -> list[ReviewRequest] | None:
         replaced by U+FFFD (a person's hold note with one is refused).
 
     Every plugin is called, at capture (the API and bulk imports alike), and again with the
-    edited order (`pending` or `authorized`) when an order not on hold is edited. When any asks,
-    the order is stored `on_hold` with the first request's `reason` and `note` (the first 10
-    requests are in the history entry, core.models.review_detail) and waits for
-    `POST /orders/{id}/release`; on an edit, only what the rules did not ask for the order as it
-    was holds it. The built-in rule `review_threshold`
+    edited order (`pending` or `authorized`; a held one as its release would resume it) when an
+    order is edited. When any asks, the order is stored `on_hold` with the first request's
+    `reason` and `note` (the first 10 requests are in the history entry,
+    core.models.review_detail) and waits for `POST /orders/{id}/release`; on an edit, only what
+    the rules did not ask for the order as it was holds it (an order on hold already takes the
+    request's reason and note). The built-in rule `review_threshold`
     holds orders whose grand total reaches `OMS_REVIEW_THRESHOLD` (reason `fraud_review`).
     """
 

@@ -61,7 +61,7 @@ from core.actors import SCAN_ACTOR
 from core.capture_sweep import refund_refused_since
 from core.deadline import LONGEST, TimeUp, never
 from core.errors import StaleVersion, dependency_down
-from core.models import REFUND_REFUSED_REASON, Order
+from core.models import REFUND_REFUSED_REASON, Order, utc_text
 from core.order_changes import modify
 from core.ports import LateOrders, OrderRepository, UnreceivedReturns
 from core.status import UNRECEIVED_RETURNS, WATCHED, OrderStatus, ReturnStatus
@@ -475,7 +475,7 @@ class JeopardyScan:
             if not expired:
                 return None
             return order.cancel(
-                HOLD_EXPIRED, at=at, actor=SCAN_ACTOR, detail={"held_since": order.in_status_since.isoformat()}
+                HOLD_EXPIRED, at=at, actor=SCAN_ACTOR, detail={"held_since": utc_text(order.in_status_since)}
             )
 
         try:

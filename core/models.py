@@ -1488,7 +1488,7 @@ def tracking_number_named(history: list[HistoryEntry], shipment_id: str, recorde
     return recorded is not None and recorded != booked
 
 
-def _utc_text(moment: datetime) -> str:
+def utc_text(moment: datetime) -> str:
     """`moment` as the API writes a time (RFC 3339 in UTC: "2026-11-23T09:30:00Z"), for a history
     entry's detail."""
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
@@ -2524,7 +2524,7 @@ class Order(Shown):
         scan = DeliveryScan(shipment_id=shipment_id, booking_key=self.booking_key_of(shipment_id), at=delivered_at)
         return self._next(
             at=at, actor=actor, type=OrderEvent.DELIVERY_SCAN_KEPT,
-            detail={"shipment_id": shipment_id, "delivered_at": _utc_text(delivered_at)},
+            detail={"shipment_id": shipment_id, "delivered_at": utc_text(delivered_at)},
             delivery_scans=[*self.delivery_scans, scan],
         )  # fmt: skip
 
@@ -3800,7 +3800,7 @@ class Order(Shown):
         return self._next(
             at=at, actor=actor, type=OrderEvent.SHIPMENT_READY_FOR_PICKUP,
             detail={"shipment_id": shipment_id, "location_id": shipment.location_id,
-                    "collect_by": collect_by.isoformat() if collect_by is not None else None},
+                    "collect_by": utc_text(collect_by) if collect_by is not None else None},
             shipments=shipments, **({"jeopardy": None} if picked else {}),
         )  # fmt: skip
 
@@ -3865,7 +3865,7 @@ class Order(Shown):
         return self._next(
             at=at, actor=actor, type=OrderEvent.PICKUP_EXPIRED, to=OrderStatus.CANCELLED,
             detail={"reason": "pickup_expired", "shipment_id": shipment_id, "location_id": shipment.location_id,
-                    "collect_by": shipment.collect_by.isoformat(), **units},
+                    "collect_by": utc_text(shipment.collect_by), **units},
             shipments=shipments, hold=None, lines=lines, totals=totals, allocations=[],
         )  # fmt: skip
 
@@ -4168,7 +4168,7 @@ class Order(Shown):
                 wait = deadline - shipment.ready_at if shipment.ready_at is not None else PICKUP_AFTER_RELEASE
                 later = max(deadline + (at - since), at + min(PICKUP_AFTER_RELEASE, wait))
                 if later > deadline:
-                    moved[shipment.id] = later.isoformat()
+                    moved[shipment.id] = utc_text(later)
                     shipment = _replaced(shipment, collect_by=later)
             shipments.append(shipment)
         return shipments, moved
@@ -4253,14 +4253,35 @@ class Order(Shown):
             replaced_authorizations=[a for a in self.replaced_authorizations if a != authorization],
         )  # fmt: skip
 
+    def as_released(self) -> "Order":
+        """A copy of this order as its release would resume it (the status its hold resumes to, no
+        hold): what the review rules judge of an edited held order (hookspec oms_review_order: a
+        `pending` or `authorized` order). Never stored. The order itself when it is not held."""
+        if self.status is not OrderStatus.ON_HOLD or self.hold is None or self.hold.resume_to is None:
+            return self
+        return self.model_copy(update={"status": self.hold.resume_to, "hold": None})
+
     def held_for_review(
         self, edited: Change, requests: list[ReviewRequest], *, at: datetime, actor: str
     ) -> "tuple[Order, list[HistoryEntry]]":
         """`edited` (this order's edit) on hold in the same version, as a new order is when a review
         rule asks (the first request's reason and note; the requests in the entry, review_detail):
-        one write, so nothing is authorized or sourced for the edited order before a person has looked."""
+        one write, so nothing is authorized or sourced for the edited order before a person has looked.
+        Held already (a person's hold), its hold takes the review's reason and note, keeping when it
+        began and the status it resumes to, with an `on_hold` entry that changes no status: whoever
+        releases it sees what the rules ask, as on a new order they held."""
         new, entry = edited
         first = requests[0]
+        if new.status is OrderStatus.ON_HOLD and new.hold is not None:
+            hold = _replaced(new.hold, reason=first.reason, note=first.note)
+            hold_entry = HistoryEntry(
+                at=at, type=OrderEvent.ON_HOLD, actor=actor,
+                detail={"reason": first.reason, **({"note": first.note} if first.note else {}),
+                        **review_detail(requests)},
+            )  # fmt: skip
+            held = _replaced(new, hold=hold)
+            check_successor(self, held)
+            return held, [entry, hold_entry]
         held, hold_entry = new.hold_for(first.reason, first.note, at=at, actor=actor, detail=review_detail(requests))
         held = _replaced(held, version=self.version + 1)
         check_successor(self, held)

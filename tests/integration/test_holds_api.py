@@ -420,3 +420,34 @@ def test_a_parked_orders_hold_shows_a_storefront_no_infrastructure_message(
     assert (parked["type"], parked["detail"]["error"]) == ("on_hold", error)
     if error != "ReservationsFull":
         assert message not in shown.text + history.text and "210987654321" not in shown.text + history.text
+
+
+def test_an_edit_past_the_review_threshold_of_an_order_a_person_holds_leaves_it_held_for_that_review(
+    api: InProcessApi, sku: str, monkeypatch: pytest.MonkeyPatch
+):
+    # A customer service agent holds a small order to check its address; the customer asks for five
+    # more units on the phone, taking it past OMS_REVIEW_THRESHOLD. The edit skipped the review rules
+    # because the order was held already, so the hold still said `address_review` and the agent's
+    # release sent an order the fraud rule asks to review to be authorized and shipped unseen (placed
+    # that large, or edited that large while not held, it waits on hold for `fraud_review`).
+    monkeypatch.setenv("OMS_REVIEW_THRESHOLD", "USD:100.00")  # the rule reads it at each call
+    order = place(api, sku)
+    path = f"/orders/{order['id']}"
+    held = api.post(f"{path}/hold", json={"reason": "address_review", "note": "flat number missing"})
+    assert held.status_code == 200, held.text
+
+    edited = api.request(
+        "PATCH", path, json={"lines": [{"sku": sku, "quantity": 6}]}, headers={"If-Match": str(held.json()["version"])}
+    )
+
+    assert edited.status_code == 200, edited.text
+    body = edited.json()
+    assert (body["status"], body["hold"]["reason"]) == ("on_hold", "fraud_review"), body["hold"]
+    assert "100.00" in body["hold"]["note"] and body["hold"]["since"] == held.json()["hold"]["since"]
+    entry = api.get(f"{path}/history").json()["items"][-1]
+    assert (entry["type"], entry["actor"], entry["detail"]["reason"]) == ("on_hold", "review_rules", "fraud_review")
+    assert (entry["from_status"], entry["to_status"]) == (None, None)
+    queue = api.get("/orders", params={"status": "on_hold", "limit": 100}).json()["items"]
+    assert [o["hold"]["reason"] for o in queue if o["id"] == order["id"]] == ["fraud_review"]
+    released = api.post(f"{path}/release", json={"note": "large order checked"})
+    assert (released.json()["status"], released.json()["hold"]) == ("pending", None)

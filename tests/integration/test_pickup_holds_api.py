@@ -68,3 +68,32 @@ def test_a_released_pickup_keeps_the_time_it_was_held_and_is_handed_over(api: In
     collected = api.post(f"/orders/{order['id']}/shipments/{shipment_id}/deliver")
     assert collected.status_code == 200, collected.text
     assert collected.json()["status"] == "delivered"
+
+
+def test_the_collect_by_promised_reads_in_the_history_as_on_the_shipment(api: InProcessApi):
+    # API.md: times are RFC 3339 in UTC, and every other time the API shows ends in `Z`. The pickup's
+    # deadline in its history entries (readied, moved by a release, expired) was written with
+    # isoformat()'s `+00:00`, so a store's tool matching the history's promise to the shipment's
+    # `collect_by` found two spellings of one moment.
+    from datetime import timedelta
+
+    from functions.bootstrap import Config, bootstrap
+
+    order, shipment_id = ready_pickup(api, "web-pickup-spelled")
+    path = f"/orders/{order['id']}"
+
+    def entry(kind: str) -> dict[str, Any]:
+        return next(e for e in reversed(api.get(f"{path}/history").json()["items"]) if e["type"] == kind)
+
+    promised = order["shipments"][0]["collect_by"]
+    assert promised.endswith("Z") and entry("shipment_ready_for_pickup")["detail"]["collect_by"] == promised
+    assert api.post(f"{path}/hold", json={"reason": "customer_request"}).status_code == 200
+    released = api.post(f"{path}/release", json={})
+    assert released.status_code == 200, released.text
+    moved = released.json()["shipments"][0]["collect_by"]
+    assert entry("released")["detail"]["collect_by"] == {shipment_id: moved}
+    later = moment(moved) + timedelta(seconds=1)
+
+    assert bootstrap(Config.from_env(), clock=lambda: later).pickup_expiry.run().expired == [order["id"]]
+
+    assert entry("pickup_expired")["detail"]["collect_by"] == moved

@@ -109,6 +109,18 @@ def test_a_new_order_held_by_a_review_rule_is_created_and_on_hold():
     assert types(None, order_doc(status="on_hold", hold=hold)) == ["order.created", "order.on_hold"]
 
 
+def test_a_held_order_whose_hold_takes_a_review_rules_reason_is_on_hold_again():
+    # A person held it for its address; an edit took it past a review rule, whose reason and note its
+    # hold now shows (Order.held_for_review): a fraud system subscribed to order.on_hold heard nothing,
+    # as the order was on hold already. The same hold written again (a release retried) is no event.
+    person = {"reason": "address_review", "note": "flat number missing", "since": "2026-12-01T10:00:00Z",
+              "resume_to": "pending"}  # fmt: skip
+    old = order_doc(status="on_hold", hold=person)
+    review = {**person, "reason": "fraud_review", "note": "grand total 150.00 USD is at or above 100.00"}
+    assert types(old, next_version(old, hold=review)) == ["order.on_hold"]
+    assert types(old, next_version(old, hold=dict(person))) == []
+
+
 @pytest.mark.parametrize(
     ("before", "after", "expected"),
     [

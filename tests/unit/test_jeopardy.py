@@ -317,6 +317,9 @@ def test_a_hold_older_than_the_expiry_is_cancelled_hold_expired_with_its_stock_a
     assert world.held_for(order_id) == {}
     cancelled = next(e for e in world.history(order_id) if e.type == "cancelled")
     assert (cancelled.actor, cancelled.detail["reason"]) == (SCAN_ACTOR, HOLD_EXPIRED)
+    # Spelled as the API shows every time (RFC 3339 in UTC, ending in Z), as the hold's entry shows it.
+    held = next(e for e in world.history(order_id) if e.type == "on_hold")
+    assert cancelled.detail["held_since"] == held.model_dump(mode="json")["at"]
     assert all(line.quantity == 0 and line.cancelled_quantity > 0 for line in order.lines)
     assert order.totals.grand_total.amount == 0
 
