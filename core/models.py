@@ -3177,10 +3177,8 @@ class Order(Shown):
                 f"a refund is a positive amount in {self.currency}",
                 details=[{"field": "amount", "message": f"must be positive, in {self.currency}"}],
             )
-        # A payment refunded in full had captures: nothing of them is left, so any amount is more
-        # than captured minus refunded (422), not a payment with nothing captured (409).
-        if self.payment.status not in REFUNDABLE and self.payment.status is not PaymentStatus.REFUNDED:
-            raise InvalidTransition(f"a payment that is {self.payment.status} has nothing captured to refund")
+        # Nothing captured yet (or everything captured refunded already) leaves 0: any amount is
+        # more than captured minus refunded, the contract's 422, whatever the payment's status.
         refundable = self.refundable(besides_return=return_id)
         if refundable < amount:
             raise RefundExceedsCaptured(
@@ -4984,9 +4982,6 @@ def _shipped_by_line(lines: list[OrderLine], shipments: list[Shipment]) -> dict[
             for item in shipment.lines:
                 shipped[item.line_id] = shipped.get(item.line_id, 0) + item.quantity
     return shipped
-
-
-REFUNDABLE = frozenset({PaymentStatus.PARTIALLY_CAPTURED, PaymentStatus.CAPTURED, PaymentStatus.PARTIALLY_REFUNDED})
 
 
 class HistoryPage(Shown):
