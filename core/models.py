@@ -43,7 +43,7 @@ from core.events import OrderEvent
 from core.fields import empty_list
 from core.ids import booking_key, shipment_id_for, sourced_again_key
 from core.log_text import shown_reference
-from core.money import Currency, Money
+from core.money import Currency, ExactMoney, Money
 from core.status import (
     EDITABLE,
     NOT_LEFT,
@@ -634,7 +634,7 @@ ProductAttributes = Annotated[
 
 class ProductInput(Strict):
     name: Text
-    price: Money
+    price: ExactMoney
 
     @field_validator("price")
     @classmethod
