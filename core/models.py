@@ -43,7 +43,7 @@ from core.events import OrderEvent
 from core.fields import empty_list
 from core.ids import booking_key, shipment_id_for, sourced_again_key
 from core.log_text import shown_reference
-from core.money import Currency, Money
+from core.money import Currency, ExactMoney, Money
 from core.status import (
     EDITABLE,
     NOT_LEFT,
@@ -634,7 +634,7 @@ ProductAttributes = Annotated[
 
 class ProductInput(Strict):
     name: Text
-    price: Money
+    price: ExactMoney
 
     @field_validator("price")
     @classmethod
@@ -1521,14 +1521,16 @@ def _bookings_given_up(old: "Order", new: "Order") -> list[GivenUpBooking]:
     """The carrier bookings of `old`'s pending parcels that `new` no longer uses: the order
     cancelled, the shipment gone or cancelled, or booked again (another tracking number or booking
     key). A parcel that left (or was readied for pickup) used its booking, as did one a cancel wrote
-    off (Order.written_off: it left with its carrier)."""
+    off (Order.written_off: it left with its carrier); but a pickup waiting at its store that an
+    edit withdrew (sent back to be sourced, it is booked anew) gave its booking up."""
     if old.status is OrderStatus.CANCELLED:
         return []  # given up when it was cancelled
     after = {shipment.id: shipment for shipment in new.shipments}
     written_off = {shipment.id for shipment in new.written_off()} if new.reported_delivered else set()
     given_up = []
     for shipment in old.shipments:
-        if shipment.status is not ShipmentStatus.PENDING or not shipment.tracking_number:
+        withdrawn = shipment.status is ShipmentStatus.READY_FOR_PICKUP and shipment.id not in after
+        if (shipment.status is not ShipmentStatus.PENDING and not withdrawn) or not shipment.tracking_number:
             continue
         if shipment.id in written_off:
             continue
@@ -3002,14 +3004,16 @@ class Order(Shown):
         if shipping is not None:
             raise InvalidTransition(f"shipment {shipping} of order {self.id} is being shipped; it cannot be edited")
         if self.status in RESOURCEABLE:
-            self._check_resourceable("edited")
+            # A pickup waiting at its store has not shipped (API.md: edits until the first shipment
+            # ships): the edit withdraws it with the rest, and the store picks the new parcel.
+            self._check_nothing_left("edited", picked_goes=True)
         elif self.hold is not None and self.hold.resume_to is OrderStatus.BACKORDERED:
             # Released, it waits for stock again under its queue entries: edited, it would have to be
             # sourced again, which a release does not do.
             raise InvalidTransition(f"order {self.id} was held while backordered: release it to edit it")
         elif self._held_with_stock():
             # Held for review (an address to fix): edited on hold, so nothing ships before the fix.
-            self._check_nothing_left("edited")
+            self._check_nothing_left("edited", picked_goes=True)
         elif self.status not in EDITABLE or self.allocations:
             raise InvalidTransition(
                 f"an order that is {self.status} and has stock reserved can no longer be edited"
@@ -3022,9 +3026,12 @@ class Order(Shown):
             raise InvalidTransition(f"an order that is {self.status} cannot be {what} now")
         self._check_nothing_left(what)
 
-    def _check_nothing_left(self, what: str) -> None:
-        # A parcel a cancel of units emptied (cancelled) never left: it goes with the pending ones.
-        stay = (ShipmentStatus.PENDING, ShipmentStatus.CANCELLED)
+    def _check_nothing_left(self, what: str, *, picked_goes: bool = False) -> None:
+        # A parcel a cancel of units emptied (cancelled) never left: it goes with the pending ones;
+        # with `picked_goes` (an edit), a pickup waiting at its store too.
+        stay = {ShipmentStatus.PENDING, ShipmentStatus.CANCELLED}
+        if picked_goes:
+            stay.add(ShipmentStatus.READY_FOR_PICKUP)
         left = next((s for s in self.shipments if s.status not in stay), None)
         if left is not None:
             raise InvalidTransition(f"shipment {left.id} is {left.status}: the order can no longer be {what}")
@@ -3177,10 +3184,8 @@ class Order(Shown):
                 f"a refund is a positive amount in {self.currency}",
                 details=[{"field": "amount", "message": f"must be positive, in {self.currency}"}],
             )
-        # A payment refunded in full had captures: nothing of them is left, so any amount is more
-        # than captured minus refunded (422), not a payment with nothing captured (409).
-        if self.payment.status not in REFUNDABLE and self.payment.status is not PaymentStatus.REFUNDED:
-            raise InvalidTransition(f"a payment that is {self.payment.status} has nothing captured to refund")
+        # Nothing captured yet (or everything captured refunded already) leaves 0: any amount is
+        # more than captured minus refunded, the contract's 422, whatever the payment's status.
         refundable = self.refundable(besides_return=return_id)
         if refundable < amount:
             raise RefundExceedsCaptured(
@@ -5013,9 +5018,6 @@ def _shipped_by_line(lines: list[OrderLine], shipments: list[Shipment]) -> dict[
             for item in shipment.lines:
                 shipped[item.line_id] = shipped.get(item.line_id, 0) + item.quantity
     return shipped
-
-
-REFUNDABLE = frozenset({PaymentStatus.PARTIALLY_CAPTURED, PaymentStatus.CAPTURED, PaymentStatus.PARTIALLY_REFUNDED})
 
 
 class HistoryPage(Shown):

@@ -134,6 +134,20 @@ Amount = Annotated[
 ]
 
 
+def _written_exactly(value: Any) -> Any:
+    """A Money as a client writes it (API.md: `amount` is a decimal string with exactly the currency's
+    minor units): "1" or "1.5" is no USD amount, as "1.234" is not. What code and storage pass
+    (Decimal, or strings the OMS wrote) is rounded to the minor units by Money itself."""
+    if isinstance(value, dict):
+        amount, currency = value.get("amount"), value.get("currency")
+        if isinstance(amount, str) and isinstance(currency, str) and currency in MINOR_UNITS:
+            places = len(amount.partition(".")[2])
+            units = MINOR_UNITS[currency]
+            if places != units and _AMOUNT.fullmatch(amount):
+                raise ValueError(f"{currency} amounts have {units} decimal places, got {amount}")
+    return value
+
+
 class AmountTooLarge(InvalidRequest):
     """A computed amount (a line, a tax, a total) at or above 10^15: the order is refused (422)."""
 
@@ -249,3 +263,8 @@ def total(amounts: list[Money], currency: str) -> Money:
     for amount in amounts:
         result = result + amount
     return result
+
+
+# Money in a request body: what Money takes, but an amount string with other than exactly its
+# currency's minor units is refused (422) instead of rounded.
+ExactMoney = Annotated[Money, BeforeValidator(_written_exactly)]

@@ -22,7 +22,7 @@ from core.errors import (
 from core.fields import empty_list
 from core.ids import new_id, short_hash
 from core.models import MAX_ON_HAND, Email, Identifier, ReorderSettings, Shown, Strict, Text, VisibleName
-from core.money import MAX_ABS_AMOUNT, AmountTooLarge, Money
+from core.money import MAX_ABS_AMOUNT, AmountTooLarge, ExactMoney, Money
 from core.ports import CatalogRepository
 from core.status import PurchaseOrderStatus, check_purchase_order_step
 
@@ -49,7 +49,7 @@ def _not_negative(cost: Money) -> Money:
     return cost
 
 
-UnitCost = Annotated[Money, AfterValidator(_not_negative)]
+UnitCost = Annotated[ExactMoney, AfterValidator(_not_negative)]
 
 
 class VendorRequest(Strict):

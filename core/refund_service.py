@@ -99,8 +99,8 @@ class RefundService:
         same_request: bool = False,
     ) -> Refund:
         """Refund `amount` of what was captured, once per `idempotency_key` on this order.
-        RefundExceedsCaptured (422) beyond captured minus refunded; InvalidTransition (409) when
-        nothing was captured; the Refund, `succeeded` or `failed`, once the gateway answered;
+        RefundExceedsCaptured (422) beyond captured minus refunded (any amount when nothing was
+        captured); the Refund, `succeeded` or `failed`, once the gateway answered;
         NoPaymentPlugin for a refund found pending that no plugin can ask again (_ask_gateway).
         With `same_request` (a client's key), a refund found under the key for another amount or
         reason is Conflict (409 `idempotency_key_reused`), before the gateway is asked: the

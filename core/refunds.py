@@ -20,7 +20,7 @@ from core.models import (
     Strict,
     VisibleText,
 )
-from core.money import Money
+from core.money import ExactMoney, Money
 from core.status import OrderStatus
 
 __all__ = [
@@ -644,7 +644,7 @@ class RefundPage(Shown):
 class RefundRequest(Strict):
     """The body of POST /orders/{id}/refunds: an appeasement, a refund without a return."""
 
-    amount: Money
+    amount: ExactMoney
     reason: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), CleanText] = Field(
         description="Why the money goes back, e.g. 'late delivery'."
     )

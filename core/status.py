@@ -169,7 +169,8 @@ def _step(kind: type[E], before: object, after: object, what: str) -> None:
 def check_successor(old: Order, new: Order) -> None:
     """Raise InvalidTransition unless `new` may be written over `old`: the next version whose order,
     payment and shipment statuses each stay or follow their table (a new shipment starts pending,
-    one that left or waits at its store never disappears), or `old` itself unchanged (a write that
+    one that left never disappears, nor one waiting at its store but with every parcel of an order
+    sent back to be sourced), or `old` itself unchanged (a write that
     only appends history).
     The repositories call it on every update, so even a buggy service cannot store a jump."""
     if new.id != old.id:
@@ -189,7 +190,11 @@ def check_successor(old: Order, new: Order) -> None:
         elif shipment.status != ShipmentStatus.PENDING:
             raise InvalidTransition(f"a new shipment starts pending, not {shipment.status}")
     # A pending or cancelled shipment may go (the order sent back to be sourced); one that left never.
-    stays = (ShipmentStatus.PENDING, ShipmentStatus.CANCELLED)
+    # A pickup waiting at its store goes only with every parcel and reservation of an order sent
+    # back to be sourced (an edit: it has not shipped); an expiry or a cancel cancels it instead.
+    stays = {ShipmentStatus.PENDING, ShipmentStatus.CANCELLED}
+    if not new.shipments and not new.allocations:
+        stays.add(ShipmentStatus.READY_FOR_PICKUP)
     gone = [shipment_id for shipment_id, status in before.items() if status not in stays]
     if gone:
         raise InvalidTransition(f"shipment {gone[0]} has left and cannot be removed from order {new.id}")

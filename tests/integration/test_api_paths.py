@@ -72,6 +72,26 @@ def test_a_malformed_id_is_404_not_found_whatever_the_body(
     assert malformed[:100] in error["message"]
 
 
+# The ids the server makes (API.md: "Server ids carry a prefix"); skus, locations, customers and
+# carriers are the client's names, and may hold a slash (test_a_customer_whose_id_has_a_slash...).
+SERVER_PREFIXES = ("ord_", "shp_", "rma_", "imp_", "po_", "whk_", "dlv_", "key_")
+SERVER_IDS = [(m, p, n) for m, p, n in LOOKUPS if WELL_FORMED[n].startswith(SERVER_PREFIXES)]
+
+
+@pytest.mark.parametrize(("method", "path", "name"), SERVER_IDS, ids=[f"{m} {p} {n}" for m, p, n in SERVER_IDS])
+def test_a_server_id_with_an_encoded_slash_is_404_not_found_in_the_contracts_shape(
+    api: InProcessApi, method: str, path: str, name: str
+):
+    # `%2F` decodes to a slash inside the one path segment: an id naming nothing (API.md: 404,
+    # "malformed or not"), never another route, a 400 or a 5xx.
+    body = {} if method in ("POST", "PUT", "PATCH") else None
+
+    response = api.request(method, concrete(path, **{name: "ord_x%2Fy"}), json=body)
+
+    error = assert_error(response, 404, "not_found")
+    assert error["details"] == [] and "ord_x/y" in error["message"]
+
+
 def test_the_issue_s_example_get_orders_ord_doesnotexist_is_404(api: InProcessApi):
     assert_error(api.get("/orders/ord_doesnotexist"), 404, "not_found")
 

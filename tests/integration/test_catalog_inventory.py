@@ -53,10 +53,13 @@ def test_a_products_attributes_are_stored_and_returned_for_plugins_to_read(api: 
     assert api.get(f"/products/{sku}").json()["attributes"] == attributes
 
 
-def test_a_product_price_is_normalised_to_the_currencys_minor_units(api: InProcessApi):
+def test_a_product_price_without_the_currencys_minor_units_is_422_not_rounded(api: InProcessApi):
+    # API.md: `amount` is a decimal string "with exactly the currency's minor units".
     sku = unique("SKU").upper()
 
-    response = api.put(f"/products/{sku}", json=product_body("7"))
+    assert_error(api.put(f"/products/{sku}", json=product_body("7")), 422, "validation_error", "price")
+    assert_error(api.get(f"/products/{sku}"), 404, "not_found")
+    response = api.put(f"/products/{sku}", json=product_body("7.00"))
 
     assert response.status_code == 201, response.text
     assert api.get(f"/products/{sku}").json()["price"] == money("7.00")

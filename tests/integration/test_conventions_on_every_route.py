@@ -433,10 +433,14 @@ MONIES = [
     for route in OPERATIONS
     if (schema := _request_schema(route)) is not None
     for path in _money(schema)
+    # API.md: `amount` has "exactly the currency's minor units": fewer places are as wrong as more.
     for amount in (
         {"amount": "1.234", "currency": "USD"},
         {"amount": "1.5", "currency": "JPY"},
         {"amount": "1.0000", "currency": "KWD"},
+        {"amount": "1", "currency": "USD"},
+        {"amount": "1.5", "currency": "EUR"},
+        {"amount": "1.00", "currency": "KWD"},
     )
 ]
 

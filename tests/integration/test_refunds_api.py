@@ -159,11 +159,15 @@ def test_a_refund_the_gateway_refuses_is_201_failed_and_never_counted(api):
     assert history[-3:] == ["refund_requested", "payment_refund_failed", "refund_failed"]
 
 
-def test_nothing_captured_is_409_and_a_bad_amount_422(api):
+def test_a_refund_of_an_order_with_nothing_captured_is_422_refund_exceeds_captured_and_a_bad_amount_422(api):
+    # API.md: "More than captured minus refunded → 422 `refund_exceeds_captured`". With nothing
+    # captured that is 0, so any amount is more than it: the contract's 422, not a 409.
     oid = order_id(5)
     a_captured_order(oid, captured="0.00")
 
-    assert_error(refund(api, oid, "1.00"), 409, "invalid_transition")
+    assert_error(refund(api, oid, "1.00"), 422, "refund_exceeds_captured", "amount")
+    assert api.get(f"/orders/{oid}/refunds").json()["items"] == []
+    assert api.get(f"/orders/{oid}").json()["payment"]["status"] == "authorized"
     assert_error(refund(api, oid, "0.00"), 422)
     assert_error(refund(api, oid, "1.001"), 422)
 

@@ -13,7 +13,7 @@ from core.errors import Backordered, InvalidTransition, NotFound, OrderHeld, Plu
 from core.holds import HoldRequest, Holds, ReleaseRequest
 from core.models import MAX_REVIEW_REQUESTS, LineInput, Order, OrderEdit, ReviewRequest
 from core.money import Money
-from core.status import OrderStatus
+from core.status import OrderStatus, ShipmentStatus
 from plugins import review_threshold
 from tests.builders import NOW, address_body, product
 from tests.unit.world import World, before_the_next_write, build_world
@@ -715,16 +715,26 @@ def test_a_held_allocated_order_gets_its_address_fixed_and_is_sourced_again_once
     assert len(again.shipments) == 1 and world.spy.voided == []
 
 
-def test_a_held_pickup_waiting_at_its_store_is_still_not_editable(world):
+def test_a_held_pickup_waiting_at_its_store_is_edited_on_hold_and_sourced_again_when_released(world):
+    # API.md: edits "until the first shipment ships"; a pickup waiting at its store has not shipped.
     world.inventory.set_on_hand("MUG", "store-sf", 5, reason="count")
     order = world.allocated(("MUG", 1), fulfillment={"type": "pickup", "location_id": "store-sf"})
     world.actions.ready(order.id, order.shipments[0].id, actor="key_store")
     held = hold(world, order.id)
 
-    with pytest.raises(InvalidTransition):
-        world.actions.edit(order.id, held.version, OrderEdit(shipping_method="express"), actor="key_ops")
+    edited = world.actions.edit(order.id, held.version, OrderEdit(lines=[LineInput(sku="MUG", quantity=2)]), "key_ops")
 
-    assert world.order(order.id) == held
+    assert (edited.status, edited.shipments, edited.allocations) == (S.ON_HOLD, [], [])
+    assert edited.hold is not None and edited.hold.resume_to is S.AUTHORIZED
+    released = release(world, edited.id)
+    assert released.status is S.AUTHORIZED
+    world.workflow.reserve_stock(order.id)
+    world.workflow.create_shipments(order.id)
+    again = world.order(order.id)
+    (parcel,) = again.shipments
+    assert (again.status, parcel.status, parcel.location_id, parcel.lines[0].quantity) == (
+        S.ALLOCATED, ShipmentStatus.PENDING, "store-sf", 2
+    )  # fmt: skip
 
 
 # --- Cancelling units of a held order -------------------------------------------------------------

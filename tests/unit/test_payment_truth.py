@@ -383,7 +383,8 @@ def test_the_same_refund_twice_refunds_once(world):
 def test_nothing_captured_means_nothing_to_refund(world):
     order = world.allocated(("TSHIRT", 2))
 
-    with pytest.raises(InvalidTransition):
+    # Captured minus refunded is 0: any amount is more than it (API.md's 422 `refund_exceeds_captured`).
+    with pytest.raises(RefundExceedsCaptured):
         refund(world, order.id, "k1", usd("1.00"), "early")
 
     assert world.gateway.keys("refund") == []

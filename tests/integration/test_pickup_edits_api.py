@@ -1,0 +1,91 @@
+"""PATCH /orders/{id} of a pickup order whose parcel waits ready at its store, in-process on moto.
+API.md: an edit answers 200 "until the first shipment ships", and a pickup's parcel never ships (it
+goes `ready_for_pickup`, then `delivered` when collected): so the order is sourced again, as any
+allocated order edited is, and its store picks the new parcel. Collected, it is 409."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.builders import location_body, order_body, product_body
+from tests.e2e.client import assert_error
+from tests.integration.in_process import InProcessApi, in_process_api_with_labels, run_to_allocated
+
+STORE = "store-oak"
+
+
+@pytest.fixture(scope="module")
+def api() -> Iterator[InProcessApi]:
+    with in_process_api_with_labels() as started:
+        assert started.put("/products/CUP", json=product_body("8.00")).status_code == 201
+        store = location_body(name="Oakland store", type="store", ships=False, pickup=True)
+        assert started.put(f"/locations/{STORE}", json=store).status_code == 201
+        assert started.put(f"/inventory/CUP/{STORE}", json={"on_hand": 10}).status_code == 200
+        yield started
+
+
+def ready_pickup(api: InProcessApi, external_id: str, quantity: int) -> dict[str, Any]:
+    body = order_body(
+        external_id=external_id, lines=[{"sku": "CUP", "quantity": quantity}],
+        fulfillment={"type": "pickup", "location_id": STORE},
+    )  # fmt: skip
+    placed = api.post("/orders", json=body)
+    assert placed.status_code == 201, placed.text
+    order = run_to_allocated(api, placed.json()["id"])
+    (shipment,) = order["shipments"]
+    ready = api.post(f"/orders/{order['id']}/shipments/{shipment['id']}/ready")
+    assert ready.status_code == 200, ready.text
+    return ready.json()
+
+
+def edit(api: InProcessApi, order: dict[str, Any], quantity: int):
+    body = {"lines": [{"sku": "CUP", "quantity": quantity}]}
+    return api.request("PATCH", f"/orders/{order['id']}", json=body, headers={"If-Match": str(order["version"])})
+
+
+def store_level(api: InProcessApi) -> tuple[int, int]:
+    (level,) = [each for each in api.get("/inventory/CUP").json()["locations"] if each["location_id"] == STORE]
+    return level["on_hand"], level["reserved"]
+
+
+def test_a_pickup_ready_at_its_store_is_edited_and_sourced_again_then_picked_and_collected(api: InProcessApi):
+    before = store_level(api)
+    order = ready_pickup(api, "web-pickup-edit-1", 1)
+    assert store_level(api) == (before[0], before[1] + 1)
+
+    answer = edit(api, order, 3)
+
+    assert answer.status_code == 200, answer.text
+    edited = answer.json()
+    assert (edited["status"], edited["allocations"], edited["shipments"]) == ("authorized", [], [])
+    assert edited["totals"]["subtotal"] == {"amount": "24.00", "currency": "USD"}
+    history = api.get(f"/orders/{order['id']}/history").json()["items"]
+    assert "edited" in [entry["type"] for entry in history]
+    # The withdrawn parcel's booking is given back to the carrier: the new parcel is booked anew.
+    (given_back,) = [entry for entry in history if entry["type"] == "carrier_booking_cancelled"]
+    assert given_back["detail"]["tracking_number"] == order["shipments"][0]["tracking_number"]
+    again = run_to_allocated(api, order["id"])
+    (parcel,) = again["shipments"]
+    assert (parcel["location_id"], parcel["status"], parcel["lines"]) == (
+        STORE, "pending", [{"line_id": "L1", "quantity": 3}]
+    )  # fmt: skip
+    assert store_level(api) == (before[0], before[1] + 3)  # its one unit counted once, two more reserved
+    ready = api.post(f"/orders/{order['id']}/shipments/{parcel['id']}/ready")
+    assert ready.status_code == 200, ready.text
+    collected = api.post(f"/orders/{order['id']}/shipments/{parcel['id']}/deliver")
+    assert collected.status_code == 200, collected.text
+    done = collected.json()
+    assert (done["status"], done["payment"]["captured"]) == ("delivered", done["totals"]["grand_total"])
+    assert store_level(api) == (before[0] - 3, before[1])
+
+
+def test_a_collected_pickup_is_no_longer_edited(api: InProcessApi):
+    order = ready_pickup(api, "web-pickup-edit-2", 1)
+    (parcel,) = order["shipments"]
+    collected = api.post(f"/orders/{order['id']}/shipments/{parcel['id']}/deliver").json()
+
+    assert_error(edit(api, collected, 2), 409)
+    assert api.get(f"/orders/{order['id']}").json()["version"] == collected["version"]
