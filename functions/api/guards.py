@@ -174,9 +174,33 @@ def merge_header_cases(event: dict[str, Any]) -> None:
             single[kept] = single.pop(name)  # the last value, as the single-value map keeps it
 
 
+def refuse_a_second_credential(event: dict[str, Any], scopes: ScopeTable) -> None:
+    """Two Authorization headers are 401 on every route that takes a key, as the authorizer answers
+    them (RFC 9110 11.6.2: one credential). The gateway asks the authorizer only when its cache has
+    no answer under the last value: once that key had been used alone, the request went through as
+    it, the other value unread, and the same request was 401 or 2xx by the cache's state."""
+    method, resource = event.get("httpMethod", "").upper(), event.get("resource", "")
+    if scopes.requirement(method, resource) is PUBLIC:
+        return
+    values = [
+        value
+        for name, many in (event.get("multiValueHeaders") or {}).items()
+        if name.lower() == "authorization"
+        for value in many or ()
+    ]
+    if len(values) > 1:
+        raise ApiError(
+            401,
+            "unauthorized",
+            "send one Authorization header: one request, one API key",
+            [{"field": "Authorization", "message": f"given {len(values)} times: send it once"}],
+        )
+
+
 def check_request(event: dict[str, Any], scopes: ScopeTable) -> None:
     _parsed.set(None)
     merge_header_cases(event)
+    refuse_a_second_credential(event, scopes)
     raw = body_bytes(event)
     if len(raw) > MAX_BODY_BYTES:
         raise ApiError(413, "payload_too_large", "request body is over 256 KiB")
