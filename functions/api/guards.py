@@ -86,18 +86,34 @@ def refuse_unknown_query_parameters(event: dict[str, Any], scopes: ScopeTable) -
         )
 
 
-def _content_type(event: dict[str, Any]) -> str:
+def _content_types(event: dict[str, Any]) -> list[str]:
+    """Every Content-Type the request carries (merge_header_cases joined names differing in case),
+    as media types without parameters; the single-value map keeps only the last of them."""
+    for name, many in (event.get("multiValueHeaders") or {}).items():
+        if name.lower() == "content-type" and many:
+            return [(value or "").split(";")[0].strip().lower() for value in many]
     for name, value in (event.get("headers") or {}).items():
         if name.lower() == "content-type":
-            return (value or "").split(";")[0].strip().lower()
-    return ""
+            return [(value or "").split(";")[0].strip().lower()]
+    return []
 
 
 def require_json(event: dict[str, Any]) -> None:
     """The API speaks application/json only: a form, plain text or another JSON media type
     (application/*+json, whose rules differ) is refused with a clear error instead of being parsed
-    as something else. A body without Content-Type is read as JSON."""
-    content_type = _content_type(event)
+    as something else. A body without Content-Type is read as JSON. Content-Type is one header
+    (RFC 9110, a singleton field): sent twice, the body was judged by the last value alone (plain
+    text then JSON was parsed, the other order 415), so it is a malformed header, as If-Match or
+    Idempotency-Key sent twice are."""
+    content_types = _content_types(event)
+    if len(content_types) > 1:
+        raise ApiError(
+            400,
+            "malformed_header",
+            "a request header is malformed",
+            [{"field": "Content-Type", "message": f"given {len(content_types)} times: send it once"}],
+        )
+    content_type = content_types[0] if content_types else ""
     if content_type and content_type != "application/json":
         raise ApiError(
             415,
@@ -158,9 +174,33 @@ def merge_header_cases(event: dict[str, Any]) -> None:
             single[kept] = single.pop(name)  # the last value, as the single-value map keeps it
 
 
+def refuse_a_second_credential(event: dict[str, Any], scopes: ScopeTable) -> None:
+    """Two Authorization headers are 401 on every route that takes a key, as the authorizer answers
+    them (RFC 9110 11.6.2: one credential). The gateway asks the authorizer only when its cache has
+    no answer under the last value: once that key had been used alone, the request went through as
+    it, the other value unread, and the same request was 401 or 2xx by the cache's state."""
+    method, resource = event.get("httpMethod", "").upper(), event.get("resource", "")
+    if scopes.requirement(method, resource) is PUBLIC:
+        return
+    values = [
+        value
+        for name, many in (event.get("multiValueHeaders") or {}).items()
+        if name.lower() == "authorization"
+        for value in many or ()
+    ]
+    if len(values) > 1:
+        raise ApiError(
+            401,
+            "unauthorized",
+            "send one Authorization header: one request, one API key",
+            [{"field": "Authorization", "message": f"given {len(values)} times: send it once"}],
+        )
+
+
 def check_request(event: dict[str, Any], scopes: ScopeTable) -> None:
     _parsed.set(None)
     merge_header_cases(event)
+    refuse_a_second_credential(event, scopes)
     raw = body_bytes(event)
     if len(raw) > MAX_BODY_BYTES:
         raise ApiError(413, "payload_too_large", "request body is over 256 KiB")

@@ -876,6 +876,27 @@ def test_an_authorization_header_sent_twice_is_401_and_makes_no_other_secret_wor
     assert _raw(api, [("Authorization", f"Bearer {reader}")]).status_code == 200
 
 
+@pytest.mark.parametrize("api", [LONG_CACHE], indirect=True, ids=["authorizer-cache-300s"])
+@pytest.mark.parametrize(
+    "names", [("Authorization", "Authorization"), ("authorization", "Authorization")], ids=["same case", "two cases"]
+)
+def test_an_authorization_header_sent_twice_is_401_even_when_the_last_ones_answer_is_cached(
+    api: InProcessApi, names: tuple[str, str]
+):
+    # The authorizer refuses two credentials, but the gateway asks it only on a cache miss, keyed by
+    # the last value: once the reader's key had been used alone, anything before it went through as
+    # the reader (200), and the same request was 401 or 200 by the cache's state. The API function
+    # refuses it too, whatever the cache holds.
+    reader = issue(api, "orders:read")["key"]
+    forged = "oms_" + uuid.uuid4().hex
+    assert _raw(api, [("Authorization", f"Bearer {reader}")]).status_code == 200  # its Allow now cached
+
+    twice = _raw(api, list(zip(names, [f"Bearer {forged}", f"Bearer {reader}"], strict=True)))
+
+    assert_error(twice, 401, "unauthorized")
+    assert _raw(api, [("Authorization", f"Bearer {reader}")]).status_code == 200
+
+
 @pytest.mark.parametrize(
     "secret",
     [

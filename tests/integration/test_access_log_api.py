@@ -300,6 +300,35 @@ def test_a_much_read_orders_log_is_read_a_page_at_a_time(api):
     consume_queued_reads()
 
 
+# A cursor names the last read a page showed by its request id, which the next page's Query puts in
+# its key condition. Half a UTF-16 pair (\ud800, which JSON can write) has no UTF-8 form: moto
+# answers the Query, DynamoDB stores and compares strings as UTF-8 and refuses it (a client error,
+# which the API answered 500 internal_error). The position is refused as the client's, before any
+# Query is sent.
+@pytest.mark.parametrize(("letter", "request_id"), [("h", "\ud800"), ("i", "req-\udfff"), ("j", "\udc00\ud800")])
+def test_an_access_log_cursor_naming_half_a_character_is_422_before_any_query(api, letter, request_id):
+    import base64
+
+    from functions.api.dependencies import container
+
+    oid = "ord_" + letter * 24
+    stored(oid)
+    at = a_stored_order(("TSHIRT", 1)).created_at.isoformat()
+    raw = json.dumps({"o": oid, "at": at, "k": 1, "key": request_id})  # written as the \u escape JSON has for it
+    cursor = base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+    queries: list[dict] = []
+    events = container().dynamodb.meta.events
+    events.register("provide-client-params.dynamodb.Query", count := lambda params, **_: queries.append(params))
+    try:
+        answer = api.get(f"/orders/{oid}/access-log", params={"cursor": cursor})
+    finally:
+        events.unregister("provide-client-params.dynamodb.Query", count)
+
+    assert_error(answer, 422, "invalid_cursor", "cursor")
+    assert not [q for q in queries if q["ExpressionAttributeValues"].get(":pk") == {"S": f"ACCESS#{oid}"}]
+    consume_queued_reads()
+
+
 def test_listing_orders_or_returns_is_a_read_of_each_order_listed(api):
     # GET /orders answers each order whole (customer, address, signed label links) and GET /returns
     # each return (its label link): the log of every order listed said nothing of either.

@@ -291,3 +291,29 @@ def test_a_404_repeats_an_impossible_id_with_its_controls_and_bidi_overrides_mad
     assert error["message"].isprintable(), error["message"]
     assert not any(0x202A <= ord(char) <= 0x202E or 0x2066 <= ord(char) <= 0x2069 for char in error["message"])
     assert "\\u202e" in error["message"] or "\\x1b" in error["message"] or "\\x00" in error["message"]
+
+
+# Content-Type is one header (RFC 9110: a singleton field). Sent twice, the body was read by the last
+# value alone: `text/plain` then `application/json` made a webhook, the same two the other way round
+# were 415, and `application/json` twice passed. As If-Match or Idempotency-Key sent twice are, it is
+# a malformed header, 400, whatever the values and their order, and nothing is written.
+@pytest.mark.parametrize("route", ["vendor", "po", "receive", "rules", "simulate", "hold", "webhook"])
+@pytest.mark.parametrize(
+    "types",
+    [("text/plain", "application/json"), ("application/json", "text/plain"), ("application/json", "application/json")],
+    ids=["plain then json", "json then plain", "json twice"],
+)
+def test_a_content_type_sent_twice_is_400_naming_it_and_writes_nothing(
+    api: InProcessApi, world: dict[str, Any], route: str, types: tuple[str, str]
+):
+    method, path, body = _routes(world)[route]
+    before = _state()
+
+    # Names differing in case are one header sent twice (RFC 9110), as the gateway hands them on.
+    answer = api.request(
+        method, path, data=json.dumps(body), headers={"Content-Type": types[0], "content-type": types[1]}
+    )
+
+    error = assert_error(answer, 400, "malformed_header", "Content-Type")
+    assert error["details"] == [{"field": "Content-Type", "message": "given 2 times: send it once"}]
+    assert _state() == before
