@@ -48,7 +48,19 @@ class S3Labels(LabelStore):
     @functools.cached_property
     def _s3(self) -> Any:
         # SigV4 links (X-Amz-Expires): some regions and botocore versions would presign with SigV2.
-        return self._client or aws_client("s3", config=Config(signature_version="s3v4"))
+        # Virtual-hosted on the region's own endpoint (<bucket>.s3.<region>.amazonaws.com): botocore
+        # otherwise signs links for the legacy global name (<bucket>.s3.amazonaws.com), which S3
+        # redirects while a bucket outside us-east-1 is new (the signature, made for that host,
+        # then fails) and refuses in the newer regions: the label link would not open. An endpoint
+        # configured instead of AWS's (AWS_ENDPOINT_URL_S3: the local stack) keeps botocore's own
+        # choice, path-style there: a bucket name before its host would not resolve.
+        if self._client is not None:
+            return self._client
+        client = aws_client("s3", config=Config(signature_version="s3v4", s3={"addressing_style": "virtual"}))
+        host = urlsplit(client.meta.endpoint_url).hostname or ""
+        if host.endswith((".amazonaws.com", ".amazonaws.com.cn")):
+            return client
+        return aws_client("s3", config=Config(signature_version="s3v4"))
 
     def _require_bucket(self) -> str:
         if not self._bucket:

@@ -138,21 +138,42 @@ def _log_refusal(event: dict[str, Any], context: Any, cold_start: bool, reason: 
     log.info("rejected API key", extra={"reason": reason})
 
 
+def _count_refusal(invoked_at: float) -> None:
+    """One ApiKeysRefused point (powertools EMF, the functions' namespace and service) for a caller
+    refused: raising "Unauthorized" is an error to Lambda, so each one is in the function's Errors
+    metric, and AuthorizerErrorsAlarm takes these out of it (a bad key is the caller's mistake, not
+    a failure to call a person for). Timestamped at the invocation's start, as Lambda's Errors is,
+    so both land in the same minute. Imported on a refusal only, as the logger is."""
+    from aws_lambda_powertools.metrics import EphemeralMetrics, MetricUnit
+
+    metrics = EphemeralMetrics()
+    metrics.set_timestamp(int(invoked_at * 1000))
+    metrics.add_metric(name="ApiKeysRefused", unit=MetricUnit.Count, value=1)
+    metrics.flush_metrics()
+
+
+_now = time.time  # when an invocation starts (a test's clock in its place)
+
+
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    invoked_at = _now()
     cold_start = next(_invocations) == 0
     # Raising "Unauthorized" is API Gateway's contract for a 401; the header is never logged.
     header = _authorization(event)
     match = _BEARER.fullmatch(header) if isinstance(header, str) else None
     if match is None:
+        _count_refusal(invoked_at)
         raise Exception("Unauthorized")
     secret_hash = hash_secret(match.group(1))
     if secret_hash in refused():
         _log_refusal(event, context, cold_start, "refused lately")
+        _count_refusal(invoked_at)
         raise Exception("Unauthorized")
     key = api_keys().by_hash(secret_hash)
     if key is None or key.revoked:
         refused().add(secret_hash)
         _log_refusal(event, context, cold_start, "unknown" if key is None else "revoked")
+        _count_refusal(invoked_at)
         raise Exception("Unauthorized")
     context = {"key_id": key.key_id, "scopes": " ".join(key.scopes), "channel": key.channel or ""}
     return _policy(key.key_id, "Allow", event["methodArn"], context)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import string
 from datetime import UTC, datetime, timedelta
@@ -387,6 +388,67 @@ def test_the_authorizer_refuses_missing_malformed_and_unknown_keys(aws, header):
     with_authorization(evt, header)
     with pytest.raises(Exception, match=r"^Unauthorized$"):
         lambda_handler(evt, Context())
+
+
+def refusals_counted(printed: str) -> list[dict]:
+    """The EMF records of ApiKeysRefused among what a handler printed."""
+    records = [json.loads(line) for line in printed.splitlines() if line.startswith("{")]
+    return [
+        r
+        for r in records
+        if any(
+            m["Name"] == "ApiKeysRefused" for d in r.get("_aws", {}).get("CloudWatchMetrics", []) for m in d["Metrics"]
+        )
+    ]
+
+
+@pytest.mark.parametrize("header", [None, "Basic abc", "Bearer wrong_key_0123456789", "revoked", "repeated"])
+def test_each_refusal_of_the_authorizer_is_counted_at_the_time_it_was_invoked(aws, capsys, monkeypatch, header):
+    # Raising "Unauthorized" (API Gateway's 401) is a function error to Lambda: every bad or revoked
+    # key was in the authorizer's Errors, and AuthorizerErrorsAlarm called a person for a caller's
+    # typo or a scanner. Each refusal is now a point AuthorizerErrorsAlarm takes out of Errors,
+    # timestamped as Lambda's Errors is (the invocation's start), so both land in the same minute.
+    import functions.authorizer.app as authorizer
+    from core.access import NewApiKey, Scope
+    from functions.api.dependencies import container
+    from functions.authorizer.app import RefusedHashes, lambda_handler, refused
+
+    ensure_admin_key("oms_sample_admin_key_0123456789")
+    if header == "revoked":
+        issued = container().api_keys.issue(NewApiKey(name="gone", scopes=[Scope.ORDERS_READ]))
+        container().api_keys.revoke(issued.id)
+        header = f"Bearer {issued.key}"
+    evt = with_authorization(event("authorizer_request.json"), header)
+    monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "false")  # the suite's default silences EMF
+    clock = iter([1_700_000_000.25, 1_700_000_003.75])
+    monkeypatch.setattr(authorizer, "_now", lambda: next(clock))
+    with refused.override(RefusedHashes()):
+        if header == "repeated":  # refused once from the table, then from the function's memory
+            with_authorization(evt, "Bearer wrong_key_0123456789")
+            with pytest.raises(Exception, match=r"^Unauthorized$"):
+                lambda_handler(evt, Context())
+            capsys.readouterr()
+        with pytest.raises(Exception, match=r"^Unauthorized$"):
+            lambda_handler(evt, Context())
+
+    (record,) = refusals_counted(capsys.readouterr().out)
+    assert record["ApiKeysRefused"] in (1, 1.0, [1.0])
+    # The functions' service and namespace (template.yaml's Globals: oms, OMS), as AuthorizerErrorsAlarm reads it.
+    directive = record["_aws"]["CloudWatchMetrics"][0]
+    assert directive["Dimensions"] == [["service"]] and record["service"] == os.environ["POWERTOOLS_SERVICE_NAME"]
+    assert directive["Namespace"] == os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "OMS")
+    assert record["_aws"]["Timestamp"] == (1_700_000_003_750 if header == "repeated" else 1_700_000_000_250)
+
+
+def test_an_allowed_key_counts_no_refusal(aws, capsys, monkeypatch):
+    from functions.authorizer.app import lambda_handler
+
+    monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "false")
+
+    ensure_admin_key("oms_sample_admin_key_0123456789")
+    lambda_handler(event("authorizer_request.json"), Context())
+
+    assert refusals_counted(capsys.readouterr().out) == []
 
 
 @pytest.mark.parametrize("prefix", ["bearer ", "BEARER ", "Bearer  "], ids=["lower case", "upper case", "two spaces"])

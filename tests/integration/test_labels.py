@@ -78,3 +78,29 @@ def test_a_url_that_is_not_one_of_ours_is_shown_as_stored(s3: Any):
 def test_signing_without_a_bucket_is_a_configuration_error(s3: Any):
     with pytest.raises(RuntimeError, match="LABELS_BUCKET"):
         S3Labels("").link(f"labels/{ORDER}/{SHIPMENT}.pdf")
+
+
+@pytest.mark.parametrize("region", ["eu-north-1", "eu-west-1", "ap-south-1"])
+def test_a_link_names_the_bucket_s_regional_endpoint(s3: Any, monkeypatch: pytest.MonkeyPatch, region: str):
+    # botocore signed for the function's region but on the legacy global endpoint
+    # (labels.s3.amazonaws.com): S3 answers a request there for a bucket outside us-east-1 with a
+    # redirect while the bucket is new (the signature, made for the other host, then fails) and
+    # with SignatureDoesNotMatch or IllegalLocationConstraint in the newer regions, so on AWS the
+    # printer's label link did not open; moto serves any host. The regional name always works.
+    monkeypatch.setenv("AWS_DEFAULT_REGION", region)
+
+    link = urlsplit(S3Labels("labels").link(f"labels/{ORDER}/{SHIPMENT}.pdf"))
+
+    assert link.scheme == "https" and link.hostname == f"labels.s3.{region}.amazonaws.com"
+    assert link.path == f"/labels/{ORDER}/{SHIPMENT}.pdf"
+    assert f"/{region}/s3/aws4_request" in parse_qs(link.query)["X-Amz-Credential"][0]
+
+
+def test_a_link_stays_on_a_configured_endpoint_such_as_the_local_stack_s(s3: Any, monkeypatch: pytest.MonkeyPatch):
+    # The local stack points S3 at its own server (AWS_ENDPOINT_URL_S3): a bucket name before that
+    # host (labels.localhost) would not resolve for whoever follows the link.
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://localhost:4566")
+
+    link = urlsplit(S3Labels("labels").link(f"labels/{ORDER}/{SHIPMENT}.pdf"))
+
+    assert (link.hostname, link.port, link.path) == ("localhost", 4566, f"/labels/labels/{ORDER}/{SHIPMENT}.pdf")

@@ -323,3 +323,26 @@ def test_an_alarm_on_the_oms_own_metric_names_it_with_the_dimensions_it_is_emitt
         assert re.search(rf'add_metric\(\s*name="{name}"', CODE), (alarm, name)
         service = TEMPLATE["Globals"]["Function"]["Environment"]["Variables"]["POWERTOOLS_SERVICE_NAME"]
         assert dimensions == {"service": service}, (alarm, name)
+
+
+def test_the_authorizer_errors_alarm_leaves_out_the_keys_it_refuses():
+    # A Lambda authorizer answers 401 by raising "Unauthorized", which Lambda counts in Errors: the
+    # alarm on Errors >= 1 called a person for every caller's bad or revoked key (a typo, a scanner)
+    # and, firing all the time, hid the authorizer's real failures. It now counts Errors less the
+    # refusals the authorizer records (ApiKeysRefused, timestamped at the invocation's start as Errors
+    # is), over two minutes in a row: a refusal whose point lands in the next minute (a cold start's
+    # init between the invocation and the handler) is +1 then -1, never two breaching minutes.
+    alarm = RESOURCES["AuthorizerErrorsAlarm"]["Properties"]
+    queries = {query["Id"]: query for query in alarm.get("Metrics", [])}
+    assert [q["Expression"] for q in queries.values() if "Expression" in q] == ["FILL(errors, 0) - FILL(refused, 0)"]
+    errors, refused = queries["errors"]["MetricStat"], queries["refused"]["MetricStat"]
+    function = {"Name": "FunctionName", "Value": {"Ref": "AuthorizerFunction"}}
+    assert errors["Metric"] == {"Namespace": "AWS/Lambda", "MetricName": "Errors", "Dimensions": [function]}
+    service = TEMPLATE["Globals"]["Function"]["Environment"]["Variables"]["POWERTOOLS_SERVICE_NAME"]
+    assert refused["Metric"] == {
+        "Namespace": NAMESPACE, "MetricName": "ApiKeysRefused", "Dimensions": [{"Name": "service", "Value": service}]
+    }  # fmt: skip
+    assert (errors["Stat"], errors["Period"]) == (refused["Stat"], refused["Period"]) == ("Sum", 60)
+    assert not queries["errors"].get("ReturnData", True) and not queries["refused"].get("ReturnData", True)
+    assert (alarm["Threshold"], alarm["ComparisonOperator"]) == (1, "GreaterThanOrEqualToThreshold")
+    assert (alarm["EvaluationPeriods"], alarm["DatapointsToAlarm"], alarm["TreatMissingData"]) == (2, 2, "notBreaching")

@@ -38,6 +38,22 @@ def test_the_state_machine_is_traced_and_logs_with_the_retention_parameter():
             assert RESOURCES[group]["Properties"]["RetentionInDays"] == {"Ref": "LogRetentionDays"}
 
 
+def test_a_state_machine_logs_to_a_group_under_aws_vendedlogs():
+    # Step Functions adds each log group it delivers to to the account's CloudWatch Logs resource
+    # policy, which holds 5,120 characters; near it, CloudWatch Logs lets only groups under
+    # /aws/vendedlogs/ through. The workflows' groups had generated names, so a deploy in an account
+    # with a few stacks (or other vended logs) failed to create its state machines, or their logs
+    # stopped: AWS's advice is a name under /aws/vendedlogs/states/ (moto checks none of this).
+    machines = _of_type("AWS::Serverless::StateMachine")
+    assert machines
+    for name, machine in machines.items():
+        for destination in machine["Properties"]["Logging"]["Destinations"]:
+            group = destination["CloudWatchLogsLogGroup"]["LogGroupArn"]["Fn::GetAtt"][0]
+            named = RESOURCES[group]["Properties"].get("LogGroupName", {})
+            assert isinstance(named, dict) and set(named) == {"Fn::Sub"}, f"{name}: {group} has no name of its own"
+            assert named["Fn::Sub"].startswith("/aws/vendedlogs/states/${AWS::StackName}-"), (name, named)
+
+
 def test_the_retention_parameter_offers_only_values_cloudwatch_accepts():
     parameter = TEMPLATE["Parameters"]["LogRetentionDays"]
     assert parameter["Default"] in parameter["AllowedValues"]

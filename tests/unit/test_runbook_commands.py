@@ -223,3 +223,52 @@ def test_every_message_a_logs_insights_filter_of_the_readme_looks_for_is_logged_
         for part in re.findall(r"message like /([^/]+)/", query):
             part = through_arguments.get(part, part)
             assert any(part in message for at, message in logged if at in levels), (function, query)
+
+
+# --- Queue policies the runbooks' sends must get past -----------------------------------------------
+
+
+def _refs(value: object) -> set[str]:
+    """Every name a `Ref` inside `value` names."""
+    if isinstance(value, dict):
+        return {value["Ref"]} if set(value) == {"Ref"} else {n for v in value.values() for n in _refs(v)}
+    if isinstance(value, list):
+        return {n for v in value for n in _refs(v)}
+    return set()
+
+
+def test_a_runbook_that_sends_to_a_queue_whose_policy_refuses_unnamed_senders_says_whom_to_run_it_as():
+    # moto enforces no queue policy. On AWS, ImportQueuePolicy denies sqs:SendMessage to every
+    # principal but the splitter's role and the ARNs of ImportQueueSenders, an administrator too
+    # (an explicit Deny): the import dead-letter runbook's replay (`send-message`, or a message move
+    # task, which sends as its caller) was AccessDenied for an on-call who was not named there, and
+    # the runbook never said so.
+    from infra.local.template import load_template
+
+    template = load_template(ROOT / "template.yaml")
+    resources, parameters = template["Resources"], set(template.get("Parameters", {}))
+    guarded: dict[str, set[str]] = {}  # queue -> the parameters naming who may send to it
+    for policy in (r for r in resources.values() if r["Type"] == "AWS::SQS::QueuePolicy"):
+        for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
+            actions = statement.get("Action") if isinstance(statement, dict) else None
+            actions = actions if isinstance(actions, list) else [actions]
+            condition = (statement.get("Condition") or {}) if isinstance(statement, dict) else {}
+            if statement.get("Effect") == "Deny" and "sqs:SendMessage" in actions and "ArnNotEquals" in condition:
+                for queue in _refs(policy["Properties"]["Queues"]):
+                    guarded.setdefault(queue, set()).update(_refs(condition["ArnNotEquals"]) & parameters)
+    assert guarded == {"ImportQueue": {"ImportQueueSenders"}}
+    # A message move task from a queue's dead-letter queue sends back to it.
+    dead_letters = {
+        queue: resources[queue]["Properties"]["RedrivePolicy"]["deadLetterTargetArn"]["Fn::GetAtt"][0]
+        for queue in guarded
+    }
+    checked = 0
+    for entry in RUNBOOKS.split("\n### ")[1:]:
+        code = "\n".join(re.findall(r"```sh\n(.*?)```", entry, flags=re.DOTALL))
+        for queue, names in guarded.items():
+            sends = re.search(rf"send-message(-batch)? --queue-url \$\(id {queue}\)", code)
+            moves = re.search(rf"start-message-move-task[^\n]*(\\\n[^\n]*)*\$\(id {dead_letters[queue]}\)", code)
+            if sends or moves:
+                checked += 1
+                assert all(f"`{name}`" in entry for name in names), (entry.splitlines()[0], names)
+    assert checked
