@@ -62,9 +62,7 @@ def api() -> Iterator[InProcessApi]:
 
 @pytest.fixture
 def stream(api: InProcessApi) -> TableStream:
-    found = TableStream(_table())
-    found.new_records()  # what earlier tests wrote
-    return found
+    return TableStream(_table(), from_now=True)  # not what earlier tests wrote
 
 
 class Shopper:
