@@ -20,7 +20,7 @@ from moto import mock_aws
 from infra.local.gateway import ApiGateway, HttpRequest
 from infra.local.lambdas import LocalFunction
 from infra.local.moto_patches import apigateway
-from infra.local.template import Template, create_table_request
+from infra.local.template import Template, create_table_request, env_string
 from tests.e2e.client import ADMIN, order_body, unique
 from tests.fakes import InlineReturnWorkflow
 from tests.integration.conftest import ENV_BY_TABLE, FUNCTION_ENV, KEEP_BOTO3_SESSION, access_log_queue
@@ -164,6 +164,11 @@ def in_process_api(**parameter_overrides: Any) -> Iterator[InProcessApi]:
     with pytest.MonkeyPatch.context() as env, mock_aws(config=KEEP_BOTO3_SESSION):
         for name, value in FUNCTION_ENV.items():
             env.setenv(name, value)
+        # A parameter given here reaches the functions as the template passes it (`NAME: !Ref P`),
+        # over the suite's default: the functions read their environment, not the template.
+        for name, parameter in template.parameter_variables():
+            if parameter in parameter_overrides:
+                env.setenv(name, env_string(template.resolve({"Ref": parameter})))
         env.delenv("AWS_ENDPOINT_URL", raising=False)
         client = boto3.client("dynamodb", region_name="us-east-1")
         for logical_id, props in template.properties("AWS::DynamoDB::Table").items():
