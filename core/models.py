@@ -736,6 +736,12 @@ class StockLevel(Shown):
     # The reorder point set on it, if any. An answer shows it to a key that may set it (functions.api.routes.inventory).
     reorder: ReorderSettings | None = Field(default=None, description=REORDER_SHOWN)
 
+    def as_shown(self) -> "StockLevel":
+        """The level as every answer shows it: `available` never negative. The stored one is below
+        zero while a stock take recorded under the reserved units waits for its rejects to release
+        them (core.services.InventoryService.count), so that no order reserves those units first."""
+        return self if self.available >= 0 else self.model_copy(update={"available": 0})
+
 
 class LocationStock(Shown):
     location_id: str

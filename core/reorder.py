@@ -189,7 +189,9 @@ def low_stock_event(crossed: Crossing) -> DomainEvent:
             "inventory": {
                 "sku": crossed.sku,
                 "location_id": crossed.location_id,
-                "available": crossed.available,
+                # Never negative, as every read shows it: a stock take recorded below the reserved
+                # units is stored below zero until its rejects release them (StockLevel.as_shown).
+                "available": max(crossed.available, 0),
                 "reorder_point": crossed.settings.reorder_point,
             }
         },

@@ -210,7 +210,7 @@ class InventoryService:
             level, held = self._inventory.held_at(sku, location_id)
             if level.reserved <= on_hand or self._reject is None:
                 try:
-                    return self._inventory.set_on_hand(sku, location_id, on_hand, reason="stock_take")
+                    return self._inventory.set_on_hand(sku, location_id, on_hand, reason="stock_take").as_shown()
                 except InsufficientStock:
                     if self._reject is None:
                         raise
@@ -220,7 +220,7 @@ class InventoryService:
             except InsufficientStock:
                 if written:  # recorded by this call; a shipment was readied for pickup since
                     self._inventory.short_count_finished(short)
-                    return level
+                    return level.as_shown()
                 raise
             try:
                 level = self._inventory.set_on_hand(
@@ -233,9 +233,9 @@ class InventoryService:
             level, _ = self._inventory.held_at(sku, location_id)
             if level.reserved <= level.on_hand:
                 self._inventory.short_count_finished(short)
-                return level
+                return level.as_shown()
         if written:  # recorded, its mark kept: the reconciler's pass (or the count sent again) finishes it
-            return level
+            return level.as_shown()
         raise InsufficientStock(
             f"cannot count {on_hand}: the units of {sku} reserved at {location_id} keep changing; count again",
             details=[{"field": "on_hand", "message": f"{level.reserved} units are reserved"}],
@@ -355,9 +355,11 @@ class InventoryService:
         return shipments, releasing
 
     def adjust(self, sku: str, location_id: str, delta: int, reason: str, key: str | None = None) -> StockLevel:
-        """`key`: the adjustment's own, derived from a client's Idempotency-Key (counted once)."""
+        """`key`: the adjustment's own, derived from a client's Idempotency-Key (counted once).
+        Answered as shown (StockLevel.as_shown): after a stock take whose rejects are still owed,
+        the stored `available` is below zero."""
         self._require(sku, location_id)
-        return self._inventory.adjust(sku, location_id, delta, reason, key)
+        return self._inventory.adjust(sku, location_id, delta, reason, key).as_shown()
 
     def summary(self, sku: str) -> InventorySummary:
         if self._catalog.get_product(sku) is None:
@@ -368,7 +370,7 @@ class InventoryService:
                 location_id=level.location_id,
                 on_hand=level.on_hand,
                 reserved=level.reserved,
-                available=max(level.available, 0),
+                available=level.as_shown().available,
                 incoming=level.incoming,
                 next_expected_at=level.next_expected_at,
                 reorder=level.reorder,

@@ -122,10 +122,24 @@ class CrossFeatureMachine(RuleBasedStateMachine):
         self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None, params: Any = None
     ) -> Any:
         answer = self.api.request(method, path, json=body, headers=headers, params=params)
-        assert answer.status_code < 500, f"{method} {path} {body}: {answer.status_code} {answer.text[:800]}"
+        if not self._gateway_refused_capture(method, path, answer):
+            assert answer.status_code < 500, f"{method} {path} {body}: {answer.status_code} {answer.text[:800]}"
         if answer.status_code >= 400:
             assert_error(answer, answer.status_code)
         return answer
+
+    def _gateway_refused_capture(self, method: str, path: str, answer: Any) -> bool:
+        """The contract's one 5xx that is no bug: 502 `payment_gateway_error` when the gateway refuses
+        a parcel's capture (an order paid with `tok_capture_decline`: README, quick start), the parcel
+        left pending."""
+        parts = path.split("/")
+        return (
+            answer.status_code == 502
+            and method == "POST"
+            and parts[-1] in ("ship", "deliver")
+            and self.orders.get(parts[2]) == "tok_capture_decline"
+            and answer.json()["error"]["code"] == "payment_gateway_error"
+        )
 
     def put(self, path: str, body: Any, status: int) -> Any:
         answer = self.send("PUT", path, body)
@@ -456,6 +470,12 @@ def api() -> Iterator[InProcessApi]:
         # The order workflow the BackorderFunction starts for an order it filled: the machine runs
         # its steps itself (run_workflow), as for every other order.
         pass_through_workflow(env)
+        # The bus and the webhook queue template.yaml gives the BackorderFunction: a stock change that
+        # crosses a reorder point sends inventory.low through them.
+        boto3.client("events", region_name="us-east-1").create_event_bus(Name="xf-events")
+        env.setenv("EVENT_BUS_NAME", "xf-events")
+        queue = boto3.client("sqs", region_name="us-east-1").create_queue(QueueName="xf-webhook-deliveries")
+        env.setenv("WEBHOOK_QUEUE_URL", queue["QueueUrl"])
         forget_warm_containers()
         with returns_run_inline():
             for location_id, body in LOCATIONS.items():
@@ -477,3 +497,26 @@ def test_the_features_hold_together(api):
 @pytest.mark.fuzz
 def test_the_features_hold_together_at_length(api):
     run_state_machine_as_test(machine_on(api), settings=at_length(100, 30))
+
+
+def test_the_machine_takes_a_reorder_point_crossing_and_a_capture_the_gateway_refuses_as_steps(api):
+    """Two steps the machine's random runs reach (make fuzz did) that failed the machine itself, not
+    the OMS: its world had no webhook queue, which template.yaml gives the BackorderFunction, so an
+    Inventory stream record crossing the reorder point failed in the handler (WEBHOOK_QUEUE_URL is
+    not set) as inventory.low was sent; and a ship of an order paid with tok_capture_decline answers
+    the contract's 502 payment_gateway_error, which `send` took for a bug."""
+    machine = machine_on(api)()
+    machine.stock_take(sku=1, location_id="xf-mid", on_hand=5, count=1)
+    machine.stream_delivers()
+    machine.stock_take(sku=1, location_id="xf-mid", on_hand=1, count=1)  # the point is 2
+    machine.stream_delivers()
+    drafts = machine.send("GET", "/purchase-orders", params={"status": "draft", "vendor_id": machine.vendor})
+    assert [line["quantity"] for po in drafts.json()["items"] for line in po["lines"]] == [3]
+    machine.place(lines=[(0, 1)], token="tok_capture_decline", count=1)
+    [order_id] = machine.orders
+    machine._run(order_id)
+    [shipment] = machine.order(order_id)["shipments"]
+    refused = machine.twice(2, "POST", f"/orders/{order_id}/shipments/{shipment['id']}/ship", {})
+    assert_error(refused, 502, "payment_gateway_error")
+    assert [s["status"] for s in machine.order(order_id)["shipments"]] == ["pending"]
+    machine.the_world_holds_together()

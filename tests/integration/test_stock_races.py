@@ -572,3 +572,42 @@ def test_a_twin_reserve_run_that_cannot_hold_the_winners_units_again_sends_the_o
     assert allocation.location_id != taken[0] and allocation.quantity == 2
     assert shop.held("LAST", allocation.location_id, order_id) == 2
     assert shop.level("LAST", allocation.location_id) == (3, 2, 1)
+
+
+def test_two_orders_for_the_last_unit_of_a_product_that_may_wait_one_reserves_it_the_other_waits_holding_none(
+    shop,
+):
+    shop.container.catalog_repository.put_product(product("LAST", "30.00", allow_backorder=True))
+    shop.container.inventory.count("LAST", "wh-east", 1)
+    first, second = shop.placed("LAST", 1), shop.placed("LAST", 1)
+
+    outcomes = on_threads(*(lambda o=o: shop.container.workflow.reserve_stock(o) for o in (first, second)))
+    for order_id, outcome in zip((first, second), outcomes, strict=True):
+        assert outcome is None or isinstance(outcome, (TransientError, Backordered)), outcome
+        if isinstance(outcome, TransientError):  # lost the write: the retry plans again on the stock as written
+            with pytest.raises(Backordered):
+                shop.container.workflow.reserve_stock(order_id)
+
+    statuses = sorted(shop.order(o).status for o in (first, second))
+    assert statuses == sorted([S.AUTHORIZED, S.BACKORDERED]), statuses
+    [won] = [o for o in (first, second) if shop.order(o).status is S.AUTHORIZED]
+    [waits] = [o for o in (first, second) if o != won]
+    assert shop.held("LAST", "wh-east", won) == 1 and shop.held("LAST", "wh-east", waits) == 0
+    assert shop.level("LAST", "wh-east") == (1, 1, 0)
+
+
+def test_two_orders_for_the_last_unit_above_the_safety_stock_reserve_it_once(shop):
+    from core.sourcing_rules import SourcingRulesInput
+
+    shop.container.sourcing_rules_service.replace(SourcingRulesInput(safety_stock={"wh-east": 1}), by="key_admin")
+    shop.container.inventory.count("LAST", "wh-east", 2)
+    first, second = shop.placed("LAST", 1), shop.placed("LAST", 1)
+    # Both read the same stock: 2 on hand, 1 kept back, so each plans the one unit above it.
+
+    outcomes = on_threads(*(lambda o=o: shop.container.workflow.reserve_stock(o) for o in (first, second)))
+
+    assert sorted(outcome is None for outcome in outcomes) == [False, True], outcomes
+    [lost] = [o for o, outcome in zip((first, second), outcomes, strict=True) if outcome is not None]
+    with pytest.raises(OutOfStock):
+        shop.container.workflow.reserve_stock(lost)
+    assert shop.level("LAST", "wh-east") == (2, 1, 1)  # the safety stock is still there

@@ -175,3 +175,34 @@ def test_a_count_below_what_a_held_backordered_order_holds_sends_it_back_to_be_s
         steps.reserve_stock(order_id)
     assert stock_at(api, sku, network["west"]) == {"on_hand": 1, "reserved": 0, "available": 1}
     assert stock_at(api, sku, network["east"]) == {"on_hand": 1, "reserved": 1, "available": 0}
+
+
+def test_an_adjustment_while_a_short_counts_rejects_are_owed_answers_available_never_negative(
+    api: InProcessApi, monkeypatch: pytest.MonkeyPatch
+):
+    # The count lands first (the stored available negative until its rejects release) and its
+    # function dies before the reject; a receipt of one unit meanwhile answered available -2, with
+    # and without an Idempotency-Key, where GET /inventory shows 0 (API.md: never negative).
+    network = put_network(api)
+    catalog = Catalog(api)
+    sku = catalog.product("10.00")
+    catalog.stock(sku, network["west"], 4)
+    catalog.stock(sku, network["east"], 10)
+    placed = api.post("/orders", json=order_body((sku, 4)))
+    assert placed.status_code == 201, placed.text
+    assert [s["location_id"] for s in run_to_allocated(api, placed.json()["id"])["shipments"]] == [network["west"]]
+
+    def died(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("the function timed out after the count")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(OrderActions, "reject", died)
+        assert api.put(f"/inventory/{sku}/{network['west']}", json={"on_hand": 1}).status_code >= 500
+    path = f"/inventory/{sku}/{network['west']}/adjustments"
+    plain = api.post(path, json={"delta": 1, "reason": "found one"})
+    keyed = api.post(path, json={"delta": 1, "reason": "found another"}, headers={"Idempotency-Key": unique("adj")})
+
+    assert plain.status_code == keyed.status_code == 200, (plain.text, keyed.text)
+    shown = [{name: answer.json()[name] for name in ("on_hand", "reserved", "available")} for answer in (plain, keyed)]
+    assert shown == [{"on_hand": 2, "reserved": 4, "available": 0}, {"on_hand": 3, "reserved": 4, "available": 0}]
+    assert stock_at(api, sku, network["west"]) == shown[-1]

@@ -152,6 +152,14 @@ def test_inventory_low_has_the_contract_shape_and_an_id_of_the_crossing():
     assert low_stock_event(crossing(change(6, 2, change_id="101"))).id != event.id  # another crossing
 
 
+def test_inventory_low_of_a_stock_take_recorded_below_the_reserved_units_shows_available_0_not_negative():
+    # A count under the reserved units is stored with available below zero until its rejects release
+    # them (InventoryService.count): its record crossed the point and the event said "available": -2.
+    event = low_stock_event(crossing(change(6, -2)))
+
+    assert event.data["inventory"]["available"] == 0
+
+
 def test_a_reorder_request_needs_a_point_that_can_be_crossed_and_a_positive_quantity():
     body = {"reorder_point": 5, "reorder_quantity": 20, "vendor_id": "acme"}
     assert ReorderRequest.model_validate(body).unit_cost is None
