@@ -346,3 +346,47 @@ def test_the_authorizer_errors_alarm_leaves_out_the_keys_it_refuses():
     assert not queries["errors"].get("ReturnData", True) and not queries["refused"].get("ReturnData", True)
     assert (alarm["Threshold"], alarm["ComparisonOperator"]) == (1, "GreaterThanOrEqualToThreshold")
     assert (alarm["EvaluationPeriods"], alarm["DatapointsToAlarm"], alarm["TreatMissingData"]) == (2, 2, "notBreaching")
+
+
+# --- The returns workflow's task: a rate, not one throw -----------------------------------------------
+
+RETURN_ASL = json.loads((ROOT / "infra" / "return_workflow.asl.json").read_text())
+
+
+def _attempts(state: dict[str, Any], error: str = "States.ALL") -> int:
+    """How many times a task state runs for one error kind: the first attempt and its retries."""
+    retrier = next(r for r in state.get("Retry", []) if error in r["ErrorEquals"])
+    return 1 + retrier.get("MaxAttempts", 3)
+
+
+def test_the_return_step_errors_alarm_pages_a_failing_function_not_a_throw_its_retry_fixed():
+    # ReturnStepErrorsAlarm was Errors >= 1 a minute: one throw of a returns step that the state
+    # machine's Retry then fixed (a refund the gateway refused once, a throttled write) called a person,
+    # while a return left stuck is ReturnWorkflowFailedAlarm's. The task throws on purpose as the
+    # order workflow's do (RefundNotDone, ReturnNotReceived, InsufficientStock...), so the alarm is a
+    # rate, half its invocations failing over 5 minutes, gated on the errors (returns are few: a gate
+    # on 10 invocations would never open for a small shop) at more than a step fixed by its retries throws.
+    alarm = RESOURCES["ReturnStepErrorsAlarm"]["Properties"]
+    queries = {query["Id"]: query for query in alarm.get("Metrics", [])}
+    (expression,) = [q for q in queries.values() if "Expression" in q]
+    match = re.fullmatch(r"IF\(errors >= (\d+), 100 \* errors / invocations, 0\)", expression["Expression"])
+    assert match, expression
+    floor = int(match[1])
+    function = [{"Name": "FunctionName", "Value": {"Ref": "ReturnStepFunction"}}]
+    for query_id, metric in (("errors", "Errors"), ("invocations", "Invocations")):
+        stat = queries[query_id]["MetricStat"]
+        assert stat["Metric"] == {"Namespace": "AWS/Lambda", "MetricName": metric, "Dimensions": function}
+        assert (stat["Stat"], stat["Period"]) == ("Sum", 300)
+        assert queries[query_id].get("ReturnData") is False
+    assert (alarm["Threshold"], alarm["ComparisonOperator"]) == (50, "GreaterThanOrEqualToThreshold")
+    assert (alarm["EvaluationPeriods"], alarm["TreatMissingData"]) == (1, "notBreaching")
+
+    states = RETURN_ASL["States"]
+    steps = [state for name, state in states.items() if state["Type"] == "Task" and name != "ReturnStuck"]
+    # A step that a retry fixes throws at most its retries' worth for a transient error: never the floor.
+    assert all(_attempts(step) - 1 < floor for step in steps)
+    # A function that fails every invocation throws, on one return, the first step's every attempt
+    # and then ReturnStuck's: in one of the two 5-minute periods they may straddle, the floor at least.
+    first = states[RETURN_ASL["StartAt"]]
+    broken = _attempts(first) + _attempts(states["ReturnStuck"])
+    assert -(-broken // 2) >= floor, (broken, floor)
