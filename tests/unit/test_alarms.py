@@ -390,3 +390,34 @@ def test_the_return_step_errors_alarm_pages_a_failing_function_not_a_throw_its_r
     first = states[RETURN_ASL["StartAt"]]
     broken = _attempts(first) + _attempts(states["ReturnStuck"])
     assert -(-broken // 2) >= floor, (broken, floor)
+
+
+# --- Failure records Lambda could not deliver ---------------------------------------------------------
+
+
+def functions_with_an_on_failure_destination() -> list[str]:
+    """Functions whose failed events (an asynchronous invocation's, or a stream batch's) Lambda sends on."""
+    found = set()
+    for name, function in of_type(*FUNCTION_TYPES).items():
+        props = function["Properties"]
+        if (props.get("EventInvokeConfig") or {}).get("DestinationConfig", {}).get("OnFailure"):
+            found.add(name)
+        for event in (props.get("Events") or {}).values():
+            if (event["Properties"].get("DestinationConfig") or {}).get("OnFailure"):
+                found.add(name)
+    return sorted(found)
+
+
+def test_every_on_failure_destination_delivery_is_alarmed():
+    # When Lambda cannot send a failed batch's or event's record to its destination (the queue's policy
+    # or the role refuses, the queue is gone, the record is too large), the record is lost and only
+    # DestinationDeliveryFailures says so: nothing watched it.
+    assert functions_with_an_on_failure_destination() == [
+        "BackorderFunction", "EventsFunction", "ImportSplitterFunction", "OutboxFunction"
+    ]  # fmt: skip
+    for function in functions_with_an_on_failure_destination():
+        (name,) = alarmed("AWS/Lambda", "DestinationDeliveryFailures", {"FunctionName": {"Ref": function}})
+        props = ALARMS[name]["Properties"]
+        assert (props["Statistic"], props["Period"], props["EvaluationPeriods"]) == ("Sum", 60, 1), name
+        assert (props["Threshold"], props["ComparisonOperator"]) == (1, "GreaterThanOrEqualToThreshold"), name
+        assert props["TreatMissingData"] == "notBreaching", name
