@@ -261,6 +261,8 @@ def test_every_aws_metric_on_the_dashboard_is_of_a_resource_of_the_template():
         namespace, _, *rest = entry
         names_and_values = [item for item in rest if not isinstance(item, dict)]
         dimensions = dict(zip(names_and_values[::2], names_and_values[1::2], strict=True))
+        if not namespace.startswith("AWS/"):
+            continue  # the OMS's own metric: the next test checks that the code emits it
         if namespace == "AWS/ApiGateway":
             assert dimensions == {"ApiName": "dummy-AWS::StackName-api"}, entry
             continue
@@ -421,3 +423,29 @@ def test_every_on_failure_destination_delivery_is_alarmed():
         assert (props["Statistic"], props["Period"], props["EvaluationPeriods"]) == ("Sum", 60, 1), name
         assert (props["Threshold"], props["ComparisonOperator"]) == (1, "GreaterThanOrEqualToThreshold"), name
         assert props["TreatMissingData"] == "notBreaching", name
+
+
+# --- The dashboard shows the authorizer's real errors ---------------------------------------------------
+
+
+def test_the_dashboards_lambda_errors_leave_out_the_keys_the_authorizer_refuses():
+    # The graph counted each 401 of a bad API key as an authorizer error (Lambda counts the raised
+    # "Unauthorized"): it now shows, as AuthorizerErrorsAlarm counts, Errors less ApiKeysRefused.
+    (widget,) = [
+        w["properties"] for w in dashboard()["widgets"] if w.get("properties", {}).get("title") == "Lambda errors"
+    ]
+    entries = widget["metrics"]
+    by_id = {entry[-1]["id"]: entry for entry in entries if isinstance(entry[-1], dict) and "id" in entry[-1]}
+    (shown,) = [entry[0] for entry in entries if isinstance(entry[0], dict) and "expression" in entry[0]]
+    match = re.fullmatch(r"FILL\((\w+), 0\) - FILL\((\w+), 0\)", shown["expression"])
+    assert match and "Authorizer" in shown["label"], shown
+    errors, refused = by_id[match[1]], by_id[match[2]]
+    assert errors[:4] == ["AWS/Lambda", "Errors", "FunctionName", "dummy-AuthorizerFunction"]
+    service = TEMPLATE["Globals"]["Function"]["Environment"]["Variables"]["POWERTOOLS_SERVICE_NAME"]
+    assert refused[:4] == [NAMESPACE, "ApiKeysRefused", "service", service]
+    assert errors[-1]["visible"] is False and refused[-1]["visible"] is False
+    assert (widget["stat"], widget["period"]) == ("Sum", 60)  # as the alarm's
+    hidden = [e for e in entries if isinstance(e[-1], dict) and e[-1].get("visible") is False]
+    raw = [e for e in entries if e[:3] == ["AWS/Lambda", "Errors", "FunctionName"] and e not in hidden]
+    assert "dummy-AuthorizerFunction" not in {e[3] for e in raw}
+    assert len(raw) == len(of_type(*FUNCTION_TYPES)) - 1
