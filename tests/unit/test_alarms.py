@@ -261,6 +261,8 @@ def test_every_aws_metric_on_the_dashboard_is_of_a_resource_of_the_template():
         namespace, _, *rest = entry
         names_and_values = [item for item in rest if not isinstance(item, dict)]
         dimensions = dict(zip(names_and_values[::2], names_and_values[1::2], strict=True))
+        if not namespace.startswith("AWS/"):
+            continue  # the OMS's own metric: the next test checks that the code emits it
         if namespace == "AWS/ApiGateway":
             assert dimensions == {"ApiName": "dummy-AWS::StackName-api"}, entry
             continue
@@ -346,3 +348,104 @@ def test_the_authorizer_errors_alarm_leaves_out_the_keys_it_refuses():
     assert not queries["errors"].get("ReturnData", True) and not queries["refused"].get("ReturnData", True)
     assert (alarm["Threshold"], alarm["ComparisonOperator"]) == (1, "GreaterThanOrEqualToThreshold")
     assert (alarm["EvaluationPeriods"], alarm["DatapointsToAlarm"], alarm["TreatMissingData"]) == (2, 2, "notBreaching")
+
+
+# --- The returns workflow's task: a rate, not one throw -----------------------------------------------
+
+RETURN_ASL = json.loads((ROOT / "infra" / "return_workflow.asl.json").read_text())
+
+
+def _attempts(state: dict[str, Any], error: str = "States.ALL") -> int:
+    """How many times a task state runs for one error kind: the first attempt and its retries."""
+    retrier = next(r for r in state.get("Retry", []) if error in r["ErrorEquals"])
+    return 1 + retrier.get("MaxAttempts", 3)
+
+
+def test_the_return_step_errors_alarm_pages_a_failing_function_not_a_throw_its_retry_fixed():
+    # ReturnStepErrorsAlarm was Errors >= 1 a minute: one throw of a returns step that the state
+    # machine's Retry then fixed (a refund the gateway refused once, a throttled write) called a person,
+    # while a return left stuck is ReturnWorkflowFailedAlarm's. The task throws on purpose as the
+    # order workflow's do (RefundNotDone, ReturnNotReceived, InsufficientStock...), so the alarm is a
+    # rate, half its invocations failing over 5 minutes, gated on the errors (returns are few: a gate
+    # on 10 invocations would never open for a small shop) at more than a step fixed by its retries throws.
+    alarm = RESOURCES["ReturnStepErrorsAlarm"]["Properties"]
+    queries = {query["Id"]: query for query in alarm.get("Metrics", [])}
+    (expression,) = [q for q in queries.values() if "Expression" in q]
+    match = re.fullmatch(r"IF\(errors >= (\d+), 100 \* errors / invocations, 0\)", expression["Expression"])
+    assert match, expression
+    floor = int(match[1])
+    function = [{"Name": "FunctionName", "Value": {"Ref": "ReturnStepFunction"}}]
+    for query_id, metric in (("errors", "Errors"), ("invocations", "Invocations")):
+        stat = queries[query_id]["MetricStat"]
+        assert stat["Metric"] == {"Namespace": "AWS/Lambda", "MetricName": metric, "Dimensions": function}
+        assert (stat["Stat"], stat["Period"]) == ("Sum", 300)
+        assert queries[query_id].get("ReturnData") is False
+    assert (alarm["Threshold"], alarm["ComparisonOperator"]) == (50, "GreaterThanOrEqualToThreshold")
+    assert (alarm["EvaluationPeriods"], alarm["TreatMissingData"]) == (1, "notBreaching")
+
+    states = RETURN_ASL["States"]
+    steps = [state for name, state in states.items() if state["Type"] == "Task" and name != "ReturnStuck"]
+    # A step that a retry fixes throws at most its retries' worth for a transient error: never the floor.
+    assert all(_attempts(step) - 1 < floor for step in steps)
+    # A function that fails every invocation throws, on one return, the first step's every attempt
+    # and then ReturnStuck's: in one of the two 5-minute periods they may straddle, the floor at least.
+    first = states[RETURN_ASL["StartAt"]]
+    broken = _attempts(first) + _attempts(states["ReturnStuck"])
+    assert -(-broken // 2) >= floor, (broken, floor)
+
+
+# --- Failure records Lambda could not deliver ---------------------------------------------------------
+
+
+def functions_with_an_on_failure_destination() -> list[str]:
+    """Functions whose failed events (an asynchronous invocation's, or a stream batch's) Lambda sends on."""
+    found = set()
+    for name, function in of_type(*FUNCTION_TYPES).items():
+        props = function["Properties"]
+        if (props.get("EventInvokeConfig") or {}).get("DestinationConfig", {}).get("OnFailure"):
+            found.add(name)
+        for event in (props.get("Events") or {}).values():
+            if (event["Properties"].get("DestinationConfig") or {}).get("OnFailure"):
+                found.add(name)
+    return sorted(found)
+
+
+def test_every_on_failure_destination_delivery_is_alarmed():
+    # When Lambda cannot send a failed batch's or event's record to its destination (the queue's policy
+    # or the role refuses, the queue is gone, the record is too large), the record is lost and only
+    # DestinationDeliveryFailures says so: nothing watched it.
+    assert functions_with_an_on_failure_destination() == [
+        "BackorderFunction", "EventsFunction", "ImportSplitterFunction", "OutboxFunction"
+    ]  # fmt: skip
+    for function in functions_with_an_on_failure_destination():
+        (name,) = alarmed("AWS/Lambda", "DestinationDeliveryFailures", {"FunctionName": {"Ref": function}})
+        props = ALARMS[name]["Properties"]
+        assert (props["Statistic"], props["Period"], props["EvaluationPeriods"]) == ("Sum", 60, 1), name
+        assert (props["Threshold"], props["ComparisonOperator"]) == (1, "GreaterThanOrEqualToThreshold"), name
+        assert props["TreatMissingData"] == "notBreaching", name
+
+
+# --- The dashboard shows the authorizer's real errors ---------------------------------------------------
+
+
+def test_the_dashboards_lambda_errors_leave_out_the_keys_the_authorizer_refuses():
+    # The graph counted each 401 of a bad API key as an authorizer error (Lambda counts the raised
+    # "Unauthorized"): it now shows, as AuthorizerErrorsAlarm counts, Errors less ApiKeysRefused.
+    (widget,) = [
+        w["properties"] for w in dashboard()["widgets"] if w.get("properties", {}).get("title") == "Lambda errors"
+    ]
+    entries = widget["metrics"]
+    by_id = {entry[-1]["id"]: entry for entry in entries if isinstance(entry[-1], dict) and "id" in entry[-1]}
+    (shown,) = [entry[0] for entry in entries if isinstance(entry[0], dict) and "expression" in entry[0]]
+    match = re.fullmatch(r"FILL\((\w+), 0\) - FILL\((\w+), 0\)", shown["expression"])
+    assert match and "Authorizer" in shown["label"], shown
+    errors, refused = by_id[match[1]], by_id[match[2]]
+    assert errors[:4] == ["AWS/Lambda", "Errors", "FunctionName", "dummy-AuthorizerFunction"]
+    service = TEMPLATE["Globals"]["Function"]["Environment"]["Variables"]["POWERTOOLS_SERVICE_NAME"]
+    assert refused[:4] == [NAMESPACE, "ApiKeysRefused", "service", service]
+    assert errors[-1]["visible"] is False and refused[-1]["visible"] is False
+    assert (widget["stat"], widget["period"]) == ("Sum", 60)  # as the alarm's
+    hidden = [e for e in entries if isinstance(e[-1], dict) and e[-1].get("visible") is False]
+    raw = [e for e in entries if e[:3] == ["AWS/Lambda", "Errors", "FunctionName"] and e not in hidden]
+    assert "dummy-AuthorizerFunction" not in {e[3] for e in raw}
+    assert len(raw) == len(of_type(*FUNCTION_TYPES)) - 1

@@ -272,3 +272,38 @@ def test_a_runbook_that_sends_to_a_queue_whose_policy_refuses_unnamed_senders_sa
                 checked += 1
                 assert all(f"`{name}`" in entry for name in names), (entry.splitlines()[0], names)
     assert checked
+
+
+def test_the_lost_failure_record_runbook_checks_each_functions_own_failure_queue(tmp_path: Path):
+    # The runbook's look names, for each function, the queue its failures go to, then asks IAM whether
+    # the function's role may send there: the pairs must be the template's, and the calls well formed.
+    from infra.local.template import load_template
+
+    resources = load_template(ROOT / "template.yaml")["Resources"]
+    destinations = {}
+    for name, function in resources.items():
+        props = function.get("Properties") or {}
+        configs = [(props.get("EventInvokeConfig") or {}).get("DestinationConfig") or {}]
+        events = (props.get("Events") or {}).values()
+        configs += [event["Properties"].get("DestinationConfig") or {} for event in events]
+        for config in configs:
+            if config.get("OnFailure"):
+                destinations.setdefault(name, set()).add(config["OnFailure"]["Destination"]["Fn::GetAtt"][0])
+    (look,) = runbook_blocks("OutboxDestinationDeliveryFailuresAlarm")
+    pairs = re.findall(r"(\w+Function) (\w+Queue)", look.splitlines()[0].replace("FN=", "").replace("QUEUE=", ""))
+    assert {function: {queue} for function, queue in pairs} == destinations
+
+    calls = run(
+        look,
+        tmp_path,
+        {
+            "answer-lambda-get-function-configuration": "arn:aws:iam::123456789012:role/outbox-role\n",
+            "answer-sqs-get-queue-attributes": "arn:aws:sqs:us-east-1:123456789012:outbox-failures\n",
+        },
+    )
+    (simulate,) = [call for call in calls if call[:2] == ["iam", "simulate-principal-policy"]]
+    assert argument(simulate, "--policy-source-arn") == "arn:aws:iam::123456789012:role/outbox-role"
+    assert argument(simulate, "--resource-arns") == "arn:aws:sqs:us-east-1:123456789012:outbox-failures"
+    assert argument(simulate, "--action-names") == "sqs:SendMessage"
+    mappings = [call for call in calls if call[:2] == ["lambda", "list-event-source-mappings"]]
+    assert mappings and argument(mappings[0], "--function-name") == "id-OutboxFunction"
