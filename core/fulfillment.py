@@ -50,6 +50,7 @@ from core.models import (
     OrderLine,
     PaymentInput,
     PlaceOrder,
+    Shipment,
     reported_delivered_note,
     same_tracking_number,
     tracking_number_named,
@@ -469,6 +470,13 @@ class OrderActions:
 
                 modify(self._orders, order_id, decide, channel=channel)
                 raise
+
+    def parcel(self, order_id: str, shipment_id: str, channel: str | None = None) -> Shipment:
+        """The parcel a carrier's in-transit scan names, read only (such scans are stored nowhere).
+        NotFound for one the caller may not see, or the order never had; ParcelWithdrawn for one a
+        change withdrew from its order (_refused_if_withdrawn): it left all the same, a person settles it."""
+        with self._refused_if_withdrawn(order_id, shipment_id, channel):
+            return self._order(order_id, channel).shipment(shipment_id)
 
     def _ship_reported_delivered(
         self, order_id: str, shipment_id: str, actor: str, channel: str | None, delivered_at: datetime | None

@@ -6,7 +6,8 @@ book with `shipment_reference(order_id, shipment_id)` as that reference and read
 
 Only deliveries are applied: a shipment has no place for in-transit scans, so those are
 reported back to the sender as `not_recorded` and kept nowhere (or as `unknown_shipment`, as a
-delivery would be, when they name no shipment the caller may see). An event the plugin will not
+delivery would be, when they name no shipment the caller may see, or as `withdrawn`, as a delivery
+would be, when they name one a change withdrew from its order). An event the plugin will not
 read (RefusedTrackingEvent) is refused alone, at its position, and the others are applied.
 """
 
@@ -56,8 +57,8 @@ class AppliedTrackingUpdate(BaseModel, defer_build=True):
       capture), and shipping it as the report does, the gateway refused its capture: the order
       records `delivery_not_recorded` for a person (DeliveriesNotRecordedAlarm); sending it again
       meets the same refusal,
-    - `withdrawn`: a delivery of a parcel a change withdrew from its order (an edit, a reject, a
-      stock take sent the order back to be sourced), which the carrier had all the same: nothing
+    - `withdrawn`: a scan (delivered or in transit) of a parcel a change withdrew from its order (an
+      edit, a reject, a stock take sent the order back to be sourced), which the carrier had all the same: nothing
       changed, and a WARNING line names the order, the parcel and what withdrew it, for a person to
       settle (the customer may have these goods and the order's new parcel), as the location's
       delivery of it is answered 409 `invalid_transition` naming the change."""
