@@ -193,6 +193,13 @@ class ParcelNotConfirmed(InvalidTransition):
     code = "parcel_not_confirmed"
 
 
+class ParcelWithdrawn(InvalidTransition):
+    """A confirmation (a ship, a delivery, a carrier's scan) of a parcel a change withdrew from its
+    order (an edit, a reject, a stock take: the order went back to be sourced). Answered as any
+    invalid transition (409 `invalid_transition`, `details` naming what withdrew it), and told apart
+    where the parcel's leaving is news for a person: a carrier's delivery scan of it (core.tracking)."""
+
+
 class PluginError(DomainError):
     """A plugin raised or returned something the core cannot accept. Never the client's fault: a
     dependency of the OMS failed, which the API answers 502 `plugin_error` naming the plugin and

@@ -27,6 +27,7 @@ from core.errors import (
     InvalidTransition,
     NoPaymentPlugin,
     NotFound,
+    ParcelWithdrawn,
     PaymentDeclined,
     PaymentGatewayUnavailable,
     PaymentPluginFailed,
@@ -49,6 +50,7 @@ from core.models import (
     OrderLine,
     PaymentInput,
     PlaceOrder,
+    Shipment,
     reported_delivered_note,
     same_tracking_number,
     tracking_number_named,
@@ -445,26 +447,36 @@ class OrderActions:
         scan instead (Order.keep_delivery_scan, at the carrier's time when it is believable:
         reported_at), so the ship that confirms it delivers it then; nothing is captured on the
         carrier's word. The refusal is raised all the same (InvalidTransition: not shipped), once
-        the scan is kept; a scan sent again changes nothing."""
-        try:
-            return self.deliver(order_id, shipment_id, actor, channel, delivered_at=delivered_at)
-        except InvalidTransition:
-            now = self._clock()
+        the scan is kept; a scan sent again changes nothing. A parcel a change withdrew from its
+        order is refused as its location's delivery is (_refused_if_withdrawn: ParcelWithdrawn,
+        naming what withdrew it), not as an unknown id: the carrier has it, a person settles it."""
+        with self._refused_if_withdrawn(order_id, shipment_id, channel):
+            try:
+                return self.deliver(order_id, shipment_id, actor, channel, delivered_at=delivered_at)
+            except InvalidTransition:
+                now = self._clock()
 
-            def decide(current: Order):
-                shipment = current.shipment(shipment_id)
-                if (
-                    current.fulfillment.type == "pickup" or shipment.status is not ShipmentStatus.PENDING
-                    or current.delivery_scan(shipment_id) is not None or current.reported(shipment_id) is not None
-                    or current.status in TERMINAL
-                ):  # fmt: skip
-                    return None
-                return current.keep_delivery_scan(
-                    shipment_id, reported_at(current, delivered_at, now), at=now, actor=actor
-                )
+                def decide(current: Order):
+                    shipment = current.shipment(shipment_id)
+                    if (
+                        current.fulfillment.type == "pickup" or shipment.status is not ShipmentStatus.PENDING
+                        or current.delivery_scan(shipment_id) is not None or current.reported(shipment_id) is not None
+                        or current.status in TERMINAL
+                    ):  # fmt: skip
+                        return None
+                    return current.keep_delivery_scan(
+                        shipment_id, reported_at(current, delivered_at, now), at=now, actor=actor
+                    )
 
-            modify(self._orders, order_id, decide, channel=channel)
-            raise
+                modify(self._orders, order_id, decide, channel=channel)
+                raise
+
+    def parcel(self, order_id: str, shipment_id: str, channel: str | None = None) -> Shipment:
+        """The parcel a carrier's in-transit scan names, read only (such scans are stored nowhere).
+        NotFound for one the caller may not see, or the order never had; ParcelWithdrawn for one a
+        change withdrew from its order (_refused_if_withdrawn): it left all the same, a person settles it."""
+        with self._refused_if_withdrawn(order_id, shipment_id, channel):
+            return self._order(order_id, channel).shipment(shipment_id)
 
     def _ship_reported_delivered(
         self, order_id: str, shipment_id: str, actor: str, channel: str | None, delivered_at: datetime | None
@@ -1140,7 +1152,7 @@ def _rejected_because(reason: object) -> str:
     return f"its location rejected it, reason: {reason}"
 
 
-def _withdrawal(order: Order, history: list[HistoryEntry], shipment_id: str) -> InvalidTransition | None:
+def _withdrawal(order: Order, history: list[HistoryEntry], shipment_id: str) -> ParcelWithdrawn | None:
     """The refusal of a confirmation of `shipment_id`, which `order` no longer has, by the last
     entry of its `history` that withdrew it (a reject names its parcel and the allocations it
     released, an edit or a cancel of units that sent the order back to be sourced the allocations);
@@ -1161,7 +1173,7 @@ def _withdrawal(order: Order, history: list[HistoryEntry], shipment_id: str) -> 
             why += _rejected_because(detail.get("reason"))
         else:
             why = _WITHDRAWN_BY.get(entry.type, f"the order's change {entry.type.value}")
-        return InvalidTransition(
+        return ParcelWithdrawn(
             f"shipment {shipment_id} was withdrawn ({why}): its order went back to be sourced; if the parcel "
             "left all the same, a person is to settle it",
             details=[{"shipment_id": shipment_id, "location_id": location_id, "withdrawn_by": entry.type.value}],

@@ -6,10 +6,12 @@ book with `shipment_reference(order_id, shipment_id)` as that reference and read
 
 Only deliveries are applied: a shipment has no place for in-transit scans, so those are
 reported back to the sender as `not_recorded` and kept nowhere (or as `unknown_shipment`, as a
-delivery would be, when they name no shipment the caller may see). An event the plugin will not
+delivery would be, when they name no shipment the caller may see, or as `withdrawn`, as a delivery
+would be, when they name one a change withdrew from its order). An event the plugin will not
 read (RefusedTrackingEvent) is refused alone, at its position, and the others are applied.
 """
 
+import logging
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any, Literal
@@ -17,7 +19,15 @@ from typing import Any, Literal
 import pluggy
 from pydantic import AwareDatetime, BaseModel, Field
 
-from core.errors import InvalidRequest, InvalidTransition, NoPaymentPlugin, NotFound, PaymentRefused, PluginError
+from core.errors import (
+    InvalidRequest,
+    InvalidTransition,
+    NoPaymentPlugin,
+    NotFound,
+    ParcelWithdrawn,
+    PaymentRefused,
+    PluginError,
+)
 from core.fields import empty_list
 from core.hook_calls import call_hook
 from core.ids import ORDER_ID, SHIPMENT_ID
@@ -26,10 +36,13 @@ from core.ids import ORDER_ID, SHIPMENT_ID
 # reads them without this module. Carrier plugins import them from here too (the plugin guide).
 from core.ids import parse_shipment_reference as parse_shipment_reference
 from core.ids import shipment_reference as shipment_reference
+from core.log_text import escape_for_log
 from core.models import Shown
 from core.workflow_types import RefusedField, RefusedTrackingEvent, TrackingUpdate
 
-Outcome = Literal["delivered", "not_recorded", "unknown_shipment", "not_shipped", "payment_refused"]
+logger = logging.getLogger(__name__)
+
+Outcome = Literal["delivered", "not_recorded", "unknown_shipment", "not_shipped", "payment_refused", "withdrawn"]
 
 
 class AppliedTrackingUpdate(BaseModel, defer_build=True):
@@ -43,7 +56,12 @@ class AppliedTrackingUpdate(BaseModel, defer_build=True):
     - `payment_refused`: the shipment was not confirmed shipped (its ship died after asking for its
       capture), and shipping it as the report does, the gateway refused its capture: the order
       records `delivery_not_recorded` for a person (DeliveriesNotRecordedAlarm); sending it again
-      meets the same refusal."""
+      meets the same refusal,
+    - `withdrawn`: a scan (delivered or in transit) of a parcel a change withdrew from its order (an
+      edit, a reject, a stock take sent the order back to be sourced), which the carrier had all the same: nothing
+      changed, and a WARNING line names the order, the parcel and what withdrew it, for a person to
+      settle (the customer may have these goods and the order's new parcel), as the location's
+      delivery of it is answered 409 `invalid_transition` naming the change."""
 
     position: int  # the update's place in what the carrier's plugin read: its event's, one per event
     order_id: str
@@ -149,6 +167,13 @@ def _apply(
         deliver(update.order_id, update.shipment_id, update.at)
     except NotFound:
         return "unknown_shipment"
+    except ParcelWithdrawn as withdrawn:
+        logger.warning(
+            "carrier delivered a parcel withdrawn from its order: order %s, shipment %s; a person is to settle it: %s",
+            update.order_id, update.shipment_id, escape_for_log(withdrawn.message),
+            extra={"order_id": update.order_id, "shipment_id": update.shipment_id, "withdrawn": withdrawn.details},
+        )  # fmt: skip
+        return "withdrawn"
     except InvalidTransition:
         return "not_shipped"
     except NoPaymentPlugin:

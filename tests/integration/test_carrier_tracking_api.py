@@ -212,3 +212,33 @@ def test_a_person_who_finds_a_scanned_parcel_never_left_may_cancel_it(api, sku):
     assert answer.status_code == 200, answer.text
     assert (answer.json()["status"], answer.json()["payment"]["status"]) == ("cancelled", "voided")
     assert api.get(f"/inventory/{sku}").json()["locations"][0]["reserved"] == reserved - 2
+
+
+def test_a_scan_of_a_parcel_an_edit_withdrew_is_answered_withdrawn_not_unknown(api, sku, caplog):
+    """The edit sent the order back to be sourced, but the warehouse had handed the parcel over all
+    the same and its carrier delivered it: the customer has goods the order no longer holds. The
+    single deliver route answers such a parcel 409 `invalid_transition` naming what withdrew it, so a
+    person settles it; the webhook answered `unknown_shipment`, as for an id the carrier got wrong,
+    and nobody heard. Its scans (delivered, and in transit: it left all the same) are `withdrawn`,
+    logged for a person with the order, and nothing changes."""
+    order_id, shipment_id = allocated(api, sku)
+    version = api.get(f"/orders/{order_id}").json()["version"]
+    edited = api.request("PATCH", f"/orders/{order_id}", json={"lines": [{"sku": sku, "quantity": 2}]},
+                         headers={"If-Match": str(version)})  # fmt: skip
+    assert edited.status_code == 200, edited.text
+    before = api.get(f"/orders/{order_id}").json()
+    assert shipment_id not in [s["id"] for s in before["shipments"]]
+
+    scans = {"events": [scan(order_id, shipment_id, "in_transit"), scan(order_id, shipment_id)]}
+    with caplog.at_level("WARNING"):
+        report = api.post(PATH, key=issue(api, "fulfillment:write"), json=scans)
+
+    assert report.status_code == 200, report.text
+    assert [(u["shipment_id"], u["outcome"]) for u in report.json()["updates"]] == [(shipment_id, "withdrawn")] * 2
+    assert unsigned(api.get(f"/orders/{order_id}").json()) == unsigned(before)
+    lines = [r for r in caplog.records if "withdrawn" in r.getMessage() and order_id in r.getMessage()]
+    assert [(r.levelname, shipment_id in r.getMessage()) for r in lines] == [("WARNING", True)] * 2
+    # Another channel's key learns nothing of it: unknown, as any order it may not see.
+    other = issue(api, "fulfillment:write", channel="elsewhere")
+    hidden = api.post(PATH, key=other, json=scans)
+    assert [u["outcome"] for u in hidden.json()["updates"]] == ["unknown_shipment"] * 2

@@ -51,5 +51,5 @@ def carrier_tracking(carrier: CarrierPath, webhook: Webhook) -> TrackingReport:
         deliver=lambda order_id, shipment_id, at: c.actions.deliver_scanned(
             order_id, shipment_id, actor=who.key_id, channel=who.channel, delivered_at=at
         ),
-        find=lambda order_id, shipment_id: c.orders.get(order_id, who.channel).shipment(shipment_id),
+        find=lambda order_id, shipment_id: c.actions.parcel(order_id, shipment_id, channel=who.channel),
     )
