@@ -702,9 +702,18 @@ class CaptureService:
             wanted[line.sku] += line.quantity
         short_skus = {sku for sku in wanted if sku not in may_wait}
         rules = self._sourcing_rules() if self._sourcing_rules is not None else SourcingRules()
+        # ReserveStock would find no location to source it from and end it out of stock, after
+        # authorizing it: products that may wait would wait for nothing that can reach it. Said as
+        # it is: the network (no location ships, or those left rejected it) before the rules.
+        if not sources:
+            raise InsufficientStock(
+                "no location that ships orders may supply this order (a location with ships false supplies none)",
+                details=[
+                    {"field": f"lines[{i}].quantity", "message": "no location that ships orders may supply it"}
+                    for i in range(len(cmd.lines))
+                ],
+            )
         if not sources - set(rules.excluded_locations):
-            # ReserveStock would find no location to source it from and end it out of stock, after
-            # authorizing it: products that may wait would wait for nothing that can reach it.
             raise InsufficientStock(
                 "no location may supply this order under the sourcing rules",
                 details=[
