@@ -192,3 +192,16 @@ def test_an_order_the_sourcing_rules_leave_no_location_for_still_names_the_rules
 
     assert refused.status_code == 409, refused.text
     assert "sourcing rules v1" in refused.json()["error"]["details"][0]["message"], refused.text
+
+
+def test_the_what_if_of_an_order_no_location_ships_names_the_network_not_the_rules(api):
+    assert api.put("/locations/wh-east", json=location_body(ships=False)).status_code == 200
+    body = order_body(external_id="web-what-if", lines=[{"sku": "MUG", "quantity": 1}])
+
+    simulated = api.post("/sourcing/simulate", json={"orders": [body]})
+
+    assert simulated.status_code == 200, simulated.text
+    (item,) = simulated.json()["items"]
+    assert item["unfillable"] == [{"line_id": "L1", "sku": "MUG", "quantity": 1}]
+    assert "no location that ships orders may supply this order" in item["reasons"], item
+    assert "no location may supply this order under these rules" not in item["reasons"], item
