@@ -38,6 +38,11 @@ class ApiKey(Shown):
     channel: str | None = None
     created_at: datetime
     revoked_at: datetime | None = None
+    # Who minted or cut off a credential (an admin key may issue more admin keys): API Gateway's
+    # access log names the route, not the key it made or revoked. Null for the bootstrap admin key
+    # and for a key issued or revoked before it was recorded.
+    created_by: str | None = Field(default=None, description="The id of the API key that issued this one.")
+    revoked_by: str | None = Field(default=None, description="The id of the API key that revoked this one.")
 
 
 class Caller(BaseModel, defer_build=True, frozen=True):

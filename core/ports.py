@@ -372,8 +372,9 @@ class ApiKeyRepository(ABC):
     def list(self, limit: int, cursor: str | None) -> tuple[list[ApiKey], str | None]: ...
 
     @abstractmethod
-    def revoke(self, key_id: str, at: datetime) -> ApiKey | None:
-        """Mark the key revoked (idempotent); None when there is no such key."""
+    def revoke(self, key_id: str, at: datetime, by: str | None = None) -> ApiKey | None:
+        """Mark the key revoked at `at` by the key `by` (idempotent: a key revoked already keeps
+        when and by whom it was first); None when there is no such key."""
 
 
 class ApiStage(NamedTuple):

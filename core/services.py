@@ -704,9 +704,18 @@ class CaptureService:
             wanted[line.sku] += line.quantity
         short_skus = {sku for sku in wanted if sku not in may_wait}
         rules = self._sourcing_rules() if self._sourcing_rules is not None else SourcingRules()
+        # ReserveStock would find no location to source it from and end it out of stock, after
+        # authorizing it: products that may wait would wait for nothing that can reach it. Said as
+        # it is: the network (no location ships, or those left rejected it) before the rules.
+        if not sources:
+            raise InsufficientStock(
+                "no location that ships orders may supply this order (a location with ships false supplies none)",
+                details=[
+                    {"field": f"lines[{i}].quantity", "message": "no location that ships orders may supply it"}
+                    for i in range(len(cmd.lines))
+                ],
+            )
         if not sources - set(rules.excluded_locations):
-            # ReserveStock would find no location to source it from and end it out of stock, after
-            # authorizing it: products that may wait would wait for nothing that can reach it.
             raise InsufficientStock(
                 "no location may supply this order under the sourcing rules",
                 details=[
@@ -854,7 +863,8 @@ class ApiKeyService:
         self._authorizer_cache = authorizer_cache
         self._settle = settle
 
-    def issue(self, request: NewApiKey) -> IssuedApiKey:
+    def issue(self, request: NewApiKey, created_by: str | None = None) -> IssuedApiKey:
+        """A new key, issued by the key `created_by`."""
         secret = new_secret()
         key = ApiKey(
             id=new_id("key"),
@@ -862,6 +872,7 @@ class ApiKeyService:
             scopes=request.scopes,
             channel=request.channel,
             created_at=self._clock(),
+            created_by=created_by,
         )
         self._keys.add(key, hash_secret(secret))
         return IssuedApiKey(**key.model_dump(), key=secret)
@@ -878,21 +889,22 @@ class ApiKeyService:
     def list(self, limit: int, cursor: str | None) -> tuple[list[ApiKey], str | None]:
         return self._keys.list(limit, cursor)
 
-    def revoke(self, key_id: str, *, stage: ApiStage | None = None) -> ApiKey:
+    def revoke(self, key_id: str, *, by: str | None = None, stage: ApiStage | None = None) -> ApiKey:
         """Revoked at once: the stored key first, then `stage`'s cache of authorizer answers (where
         the key may still be allowed), so no request after this one is let in by the cache. A
         repeated revoke flushes again: the retry after a failed flush.
 
         An authorizer run that read the key just before the revocation answers after the flush, and
         API Gateway caches that answer when it comes: the key would work for AuthorizerCacheSeconds
-        more. So the cache is flushed again once every such run has ended (`settle`)."""
+        more. So the cache is flushed again once every such run has ended (`settle`). `by`: the key
+        that revokes it, recorded with the first revocation."""
         if key_id == ADMIN_KEY_ID:
             raise Conflict(
                 "the bootstrap admin key is not revoked through the API: rotate it with "
                 "`python -m infra.admin_key` (or OMS_ADMIN_API_KEY locally)",
                 code="admin_key_protected",
             )
-        revoked = self._keys.revoke(key_id, self._clock())
+        revoked = self._keys.revoke(key_id, self._clock(), by)
         if revoked is None:
             raise NotFound(f"no API key {key_id}")
         if stage is not None and self._authorizer_cache is not None:

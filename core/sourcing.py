@@ -765,7 +765,12 @@ class Simulator:
             if line.quantity > planned[line.line_id]
         ]
         if unfillable and not eligible:
-            reasons.append("no location may supply this order under these rules")
+            # Said as it is: the network (no location ships, or those left rejected it) before the rules.
+            network = eligible_locations(order.fulfillment.type, order.fulfillment.location_id, locations)
+            if any(loc.location_id not in order.excluded_locations for loc in network):
+                reasons.append("no location may supply this order under these rules")
+            else:
+                reasons.append("no location that ships orders may supply this order")
         if plan is not None and unfillable:
             reasons.append("allocation would hold what is planned and wait backordered for the unfillable units")
         if plan is None and unfillable:

@@ -2068,25 +2068,34 @@ class DynamoApiKeys(ApiKeyRepository):
         items, last = query_page(self._client, query, limit, {"pk", "sk"})
         return [self._key(item) for item in items], encode_cursor("api_keys", last) if last else None
 
-    def revoke(self, key_id: str, at: datetime) -> ApiKey | None:
+    def revoke(self, key_id: str, at: datetime, by: str | None = None) -> ApiKey | None:
         record = self._record(key_id)
         if record is None:
             return None
+        # Only a key not revoked yet takes `at` and `by`: one revoked already keeps when and by whom
+        # it was first (a second admin's DELETE is not who cut it off).
+        values = {":at": {"S": timestamp(at)}, **({":by": {"S": by}} if by is not None else {})}
         revoke = {
-            "UpdateExpression": "SET revoked_at = if_not_exists(revoked_at, :at)",
-            "ConditionExpression": "attribute_exists(pk)",
-            "ExpressionAttributeValues": {":at": {"S": timestamp(at)}},
+            "UpdateExpression": "SET revoked_at = :at" + (", revoked_by = :by" if by is not None else ""),
+            "ConditionExpression": "attribute_exists(pk) AND attribute_not_exists(revoked_at)",
+            "ExpressionAttributeValues": values,
         }
         try:
             self._client.update_item(TableName=self._table, Key=lookup_key(from_item(record)["secret_hash"]), **revoke)
         except ClientError as error:
-            # A conditional failure means the lookup is gone (replaced by a newer secret): nothing
-            # is left to revoke there.
+            # A conditional failure means the lookup is revoked already, or gone (replaced by a newer
+            # secret): nothing is left to revoke there.
             if not _is_conditional_failure(error):
                 raise
-        response = self._client.update_item(
-            TableName=self._table, Key=_record_key(key_id), ReturnValues="ALL_NEW", **revoke
-        )
+        try:
+            response = self._client.update_item(
+                TableName=self._table, Key=_record_key(key_id), ReturnValues="ALL_NEW", **revoke
+            )
+        except ClientError as error:
+            if not _is_conditional_failure(error):
+                raise
+            revoked = self._record(key_id)  # revoked already (or gone since: None, as it was never there)
+            return self._key(revoked) if revoked is not None else None
         return self._key(response["Attributes"])
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import logging
 import re
 import uuid
 from collections.abc import Iterator
@@ -170,6 +171,30 @@ def test_a_revoked_key_is_401_on_the_very_next_request(api: InProcessApi):
     assert_error(api.get("/orders", key=issued["key"]), 401, "unauthorized")
     listed = next(item for item in all_keys(api)[0] if item["id"] == issued["id"])
     assert listed["revoked_at"] is not None
+
+
+def test_a_key_says_which_key_issued_it_and_which_revoked_it(api: InProcessApi, caplog: pytest.LogCaptureFixture):
+    """An admin key can mint more admin keys and revoke any other: who did it is on the key (as a
+    webhook's `created_by` is), and logged, since API Gateway's access log names the route, not the key."""
+    caplog.set_level(logging.INFO)
+    deputy = issue(api, "admin")
+    minted = api.post("/api-keys", json={"name": "minted", "scopes": ["orders:read"]}, key=deputy["key"])
+    assert minted.status_code == 201, minted.text
+    minted_id = minted.json()["id"]
+
+    assert api.request("DELETE", f"/api-keys/{minted_id}", key=deputy["key"]).status_code == 204
+    assert api.request("DELETE", f"/api-keys/{minted_id}").status_code == 204  # again, by another: the first stays
+
+    assert (deputy["created_by"], deputy["revoked_by"]) == ("key_admin", None)
+    assert (minted.json()["created_by"], minted.json()["revoked_by"]) == (deputy["id"], None)
+    listed = {item["id"]: item for item in all_keys(api)[0]}
+    assert (listed[minted_id]["created_by"], listed[minted_id]["revoked_by"]) == (deputy["id"], deputy["id"])
+    assert (listed[deputy["id"]]["created_by"], listed[deputy["id"]]["revoked_by"]) == ("key_admin", None)
+    issued = [(r.api_key_id, r.key_id) for r in caplog.records if r.getMessage() == "api key issued"]
+    revoked = [(r.api_key_id, r.key_id) for r in caplog.records if r.getMessage() == "api key revoked"]
+    assert (deputy["id"], "key_admin") in issued and (minted_id, deputy["id"]) in issued
+    assert revoked == [(minted_id, deputy["id"]), (minted_id, "key_admin")]
+    assert minted.json()["key"] not in caplog.text and deputy["key"] not in caplog.text
 
 
 def test_revoking_an_unknown_key_is_404(api: InProcessApi):

@@ -166,3 +166,42 @@ def test_a_product_or_location_put_again_as_it_is_changes_nothing(api):
     assert catalog.list_locations() == network_before
     changed = api.put("/products/KITE", json=product_body("31.00", allow_backorder=True))
     assert changed.status_code == 200 and changed.json()["updated_at"] > product["updated_at"]
+
+
+def test_an_order_no_location_ships_is_refused_naming_the_network_not_the_sourcing_rules(api):
+    """The only warehouse stops shipping (closed for a stock move): a new order is 409 as before, but
+    saying why; it blamed the sourcing rules, which exclude nothing, and sent the merchant there."""
+    assert api.put("/locations/wh-east", json=location_body(ships=False)).status_code == 200
+
+    refused = api.post("/orders", json=order_body(external_id="web-closed", lines=[{"sku": "MUG", "quantity": 1}]))
+
+    assert refused.status_code == 409, refused.text
+    error = refused.json()["error"]
+    assert error["code"] == "insufficient_stock"
+    assert "sourcing rules" not in refused.text, refused.text
+    assert "ships" in error["message"], error
+    message = "no location that ships orders may supply it"
+    assert error["details"] == [{"field": "lines[0].quantity", "message": message}]
+
+
+def test_an_order_the_sourcing_rules_leave_no_location_for_still_names_the_rules(api):
+    rules = {"prefer": "nearest", "excluded_locations": ["wh-east"]}
+    assert api.request("PUT", "/sourcing/rules", json=rules).status_code == 200
+
+    refused = api.post("/orders", json=order_body(external_id="web-excluded", lines=[{"sku": "MUG", "quantity": 1}]))
+
+    assert refused.status_code == 409, refused.text
+    assert "sourcing rules v1" in refused.json()["error"]["details"][0]["message"], refused.text
+
+
+def test_the_what_if_of_an_order_no_location_ships_names_the_network_not_the_rules(api):
+    assert api.put("/locations/wh-east", json=location_body(ships=False)).status_code == 200
+    body = order_body(external_id="web-what-if", lines=[{"sku": "MUG", "quantity": 1}])
+
+    simulated = api.post("/sourcing/simulate", json={"orders": [body]})
+
+    assert simulated.status_code == 200, simulated.text
+    (item,) = simulated.json()["items"]
+    assert item["unfillable"] == [{"line_id": "L1", "sku": "MUG", "quantity": 1}]
+    assert "no location that ships orders may supply this order" in item["reasons"], item
+    assert "no location may supply this order under these rules" not in item["reasons"], item

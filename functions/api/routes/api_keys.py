@@ -9,7 +9,8 @@ from aws_lambda_powertools.event_handler.openapi.params import Query
 from core.access import ApiKey, IssuedApiKey, NewApiKey, Scope
 from core.models import Shown
 from core.ports import ApiStage
-from functions.api.access import requires
+from functions.api.access import caller, requires
+from functions.api.app import logger
 from functions.api.dependencies import container
 from functions.api.paths import existing
 from functions.api.queries import Limit
@@ -32,7 +33,20 @@ class ApiKeyPage(Shown):
 )
 @requires(Scope.ADMIN)
 def issue_api_key(request: NewApiKey) -> Response[IssuedApiKey]:
-    return Response(201, content_types.APPLICATION_JSON, container().api_keys.issue(request))
+    who = caller(router)
+    issued = container().api_keys.issue(request, created_by=who.key_id)
+    # Who minted which credential, with what reach (never its secret): API Gateway's access log
+    # names the route only.
+    logger.info(
+        "api key issued",
+        extra={
+            "api_key_id": issued.id,
+            "key_id": who.key_id,
+            "scopes": issued.scopes,
+            "api_key_channel": issued.channel,
+        },
+    )
+    return Response(201, content_types.APPLICATION_JSON, issued)
 
 
 @router.get(
@@ -61,5 +75,7 @@ def revoke_api_key(key_id: KeyIdPath):
     # read from the request, as the API's id cannot be in the function's environment (the API
     # refers to the function, so the function may not refer to the API: a template cycle).
     context = router.current_event.request_context
-    container().api_keys.revoke(key_id, stage=ApiStage(api_id=context.api_id, name=context.stage))
+    who = caller(router)
+    container().api_keys.revoke(key_id, by=who.key_id, stage=ApiStage(api_id=context.api_id, name=context.stage))
+    logger.info("api key revoked", extra={"api_key_id": key_id, "key_id": who.key_id})
     return Response(204, content_types.APPLICATION_JSON, "")
