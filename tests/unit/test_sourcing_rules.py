@@ -712,6 +712,27 @@ def test_an_order_backordered_under_rules_changed_meanwhile_that_strand_it_is_se
     assert reserved_at(world, order_id) == {} and world.order(order_id).short_of() == {"L1": 3}
 
 
+def test_an_order_backordered_as_the_rules_change_to_exclude_every_location_waits_and_is_not_sent_back(monkeypatch):
+    """As above, but v1 excludes every location: sent back, its workflow found no location at all
+    and cancelled it out_of_stock, voiding its payment, over a setting put back as easily."""
+    world, store = a_world([("PREORDER", "wh-west", 1)])
+    world.catalog.put_product(product("PREORDER", "30.00", allow_backorder=True))
+    order_id = world.place(("PREORDER", 3))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    put(store, excluded_locations=["wh-east", "wh-west"])
+    reads = iter([SourcingRules()])  # the first read, ReserveStock's plan's, is of v0
+    monkeypatch.setattr(store, "current", lambda: next(reads, None) or InMemorySourcingRules.current(store))
+
+    with pytest.raises(Backordered):
+        world.workflow.reserve_stock(order_id)
+    world.workflow.reserve_stock(order_id)  # restarted or retried: it still waits
+
+    order = world.order(order_id)
+    assert order.status is S.BACKORDERED and order.payment.status.value == "authorized"
+    assert "sourced_again" not in [e.type for e in world.history(order_id)]
+    assert reserved_at(world, order_id) == {"wh-west": 1}
+
+
 def test_an_order_backordered_as_the_one_location_it_holds_units_at_stops_shipping_is_sent_back(monkeypatch):
     """The same under max_shipments 1 for a location that stops shipping (PUT /locations, ships
     false) while ReserveStock plans there: the network's wake may have walked the waiting orders
