@@ -77,6 +77,7 @@ from core.sourcing import (
     eligible_locations,
     held_back,
     lacks_at,
+    out_of_reach,
     plan_within,
     reduced,
     skus_left_short,
@@ -485,6 +486,17 @@ class Workflow:
             # Out of stock cancels the order and voids its authorization, and is not retried: said
             # only on stock as written, not on a plain read that may not show a restock yet.
             plan = self._plan(order, eligible, locations, rules, mine, full, consistent=True)
+        if (
+            plan is None
+            and out_of_reach(order, locations, rules)
+            and not self._cannot_wait({line.sku for line in order.lines}, order)
+        ):
+            # Only the rules or the network leave it no location (every one excluded or none
+            # shipping, as a merchant's mistake may): it waits backordered for all of it, not
+            # cancelled over a setting; the change that gives it a location wakes and fills it.
+            plan = SourcingPlan(
+                allocations=[], reasons=[f"no location may supply it under {rules.named()}: it waits until one may"]
+            )
         backorder = skus_left_short(order, plan) if plan is not None else set()
         if full and (plan is None or backorder):
             # Short only without a full stock item: no shortage to cancel or wait backordered for
