@@ -27,7 +27,7 @@ from core.ports import (
     WaitingOrder,
     WorkflowStarter,
 )
-from core.sourcing import bought_at, lacks_at, sourceable, stranded
+from core.sourcing import bought_at, lacks_at, sourceable, stranded, to_source_again
 from core.sourcing_rules import SourcingRules
 from core.status import OrderStatus
 from core.workflow import Workflow, eligible_locations
@@ -173,8 +173,11 @@ class BackorderAllocator:
                 rules = rules or (self._rules.current() if self._rules is not None else SourcingRules())
                 if stranded(order, locations, rules):
                     # Left nowhere to take more units by a change of the rules whose wake missed it
-                    # (sourced under the old ones, it was not backordered yet when the wake read them).
-                    if self._workflow.source_again(order.id, actor=BACKORDER_ACTOR).status is not S.BACKORDERED:
+                    # (sourced under the old ones, it was not backordered yet when the wake read them):
+                    # sent back when another location may supply it; with none, it waits (to_source_again).
+                    if to_source_again(order, locations, rules) and (
+                        self._workflow.source_again(order.id, actor=BACKORDER_ACTOR).status is not S.BACKORDERED
+                    ):
                         result.sourced_again.append(order.id)
                     continue
                 skus_short = {line.sku for line in order.lines if line.line_id in short}
@@ -238,11 +241,11 @@ class BackorderAllocator:
                 result.completed.append(order.id)
                 continue
             # The rules may leave it nowhere to take more units (the one location it holds units at
-            # excluded, or no longer shipping, under max_shipments; its pickup store excluded): no
-            # arrival would fill it.
+            # excluded, or no longer shipping, under max_shipments): no arrival would fill it. One
+            # they leave no location at all waits for them to give it one (to_source_again).
             rules = rules or (self._rules.current() if self._rules is not None else SourcingRules())
             locations = locations or self._catalog.list_locations()
-            if stranded(order, locations, rules) and (
+            if to_source_again(order, locations, rules) and (
                 self._workflow.source_again(order.id, actor=BACKORDER_ACTOR).status is not S.BACKORDERED
             ):
                 result.sourced_again.append(order.id)

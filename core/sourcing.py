@@ -166,6 +166,34 @@ def stranded(order: Order, locations: list[Location], rules: SourcingRules) -> b
     return not any(rules.admits(loc.location_id, used) for loc in sourceable(order, locations, rules))
 
 
+def to_source_again(order: Order, locations: list[Location], rules: SourcingRules) -> bool:
+    """Whether a backordered `order` is sent back to be sourced (`Workflow.source_again`): it is
+    `stranded`, and a location may still supply it under `rules` and the network, which
+    `max_shipments` keeps it from adding beside those it holds units at (excluded by the rules, or
+    no longer shipping): sourced again, it ships from the others. One that the rules and the
+    network leave no location at all (every location that ships excluded, none shipping, its
+    pickup store excluded) waits `backordered`, keeping what it holds: a setting is put back as
+    easily as it was made, while a cancel out_of_stock voids the payment for good. The change that
+    gives it a location again wakes it (`BackorderAllocator.rules_changed`, `network_changed`).
+    What an order's own circumstances take from it (a location's reject, a stock take there) sends
+    it back to be sourced at once, and ReserveStock cancels it when no location is left."""
+    return stranded(order, locations, rules) and bool(sourceable(order, locations, rules))
+
+
+def out_of_reach(order: Order, locations: list[Location], rules: SourcingRules) -> bool:
+    """Whether only the sourcing rules and the network leave `order` no location that may supply
+    it (none `sourceable`: every location that ships excluded, none shipping, its pickup store
+    excluded), while a location it has not rejected would supply it once they are put back: its
+    pickup store, or for a shipment any location of the network. False when its own rejects (or
+    stock takes) took every such location from it."""
+    if sourceable(order, locations, rules):
+        return False
+    if order.fulfillment.type == "pickup":
+        store = order.fulfillment.location_id
+        return store not in order.excluded_locations and any(loc.location_id == store for loc in locations)
+    return any(loc.location_id not in order.excluded_locations for loc in locations)
+
+
 def bought_at(order: Order, sku: str, where: set[str], buying: set[str], locations: list[Location]) -> str | None:
     """The one location whose reorder point buys what a backordered `order` lacks of `sku`, so that
     no unit is bought twice: of the locations `where` it may take them at (`lacks_at`) that have a

@@ -77,11 +77,12 @@ from core.sourcing import (
     eligible_locations,
     held_back,
     lacks_at,
+    out_of_reach,
     plan_within,
     reduced,
     skus_left_short,
     sourceable,
-    stranded,
+    to_source_again,
 )
 from core.sourcing_rules import SourcingRules
 from core.status import TERMINAL, OrderStatus, PaymentStatus, ShipmentStatus, can_transition
@@ -485,6 +486,17 @@ class Workflow:
             # Out of stock cancels the order and voids its authorization, and is not retried: said
             # only on stock as written, not on a plain read that may not show a restock yet.
             plan = self._plan(order, eligible, locations, rules, mine, full, consistent=True)
+        if (
+            plan is None
+            and out_of_reach(order, locations, rules)
+            and not self._cannot_wait({line.sku for line in order.lines}, order)
+        ):
+            # Only the rules or the network leave it no location (every one excluded or none
+            # shipping, as a merchant's mistake may): it waits backordered for all of it, not
+            # cancelled over a setting; the change that gives it a location wakes and fills it.
+            plan = SourcingPlan(
+                allocations=[], reasons=[f"no location may supply it under {rules.named()}: it waits until one may"]
+            )
         backorder = skus_left_short(order, plan) if plan is not None else set()
         if full and (plan is None or backorder):
             # Short only without a full stock item: no shortage to cancel or wait backordered for
@@ -732,7 +744,7 @@ class Workflow:
             # nor reorder point would fill it. Sent back as the wake sends such an order; the
             # workflow that change starts sources it under them. Under what it was planned on, an
             # order backordered always has somewhere to take more.
-            if stranded(filled, self._catalog.list_locations(), self._rules()):
+            if to_source_again(filled, self._catalog.list_locations(), self._rules()):
                 filled = self.source_again(order.id)
             if filled.status is S.AUTHORIZED:
                 raise Backordered(f"order {order.id} was sent back to be sourced under the sourcing rules changed")
@@ -797,14 +809,15 @@ class Workflow:
 
     def source_again(self, order_id: str, actor: str = WORKFLOW_ACTOR) -> Order:
         """Send a backordered order the sourcing rules in force leave nowhere to take more units
-        (`stranded`) back to be sourced under them: one write, conditional on its status and version,
+        (`stranded`) while another location may supply it (`to_source_again`: one they leave no
+        location at all waits) back to be sourced under them: one write, conditional on its status and version,
         which starts its workflow again (functions/outbox), as an edit or a reject does. Its
         reservations stay until that ReserveStock keeps or releases them. Returns the order as it
-        is afterwards (unchanged when it is not backordered or not stranded)."""
+        is afterwards (unchanged when it is not backordered or not to be sourced again)."""
         rules, locations, at = self._rules(), self._catalog.list_locations(), self._clock()
 
         def decide(order: Order):
-            if order.status is not S.BACKORDERED or not stranded(order, locations, rules):
+            if order.status is not S.BACKORDERED or not to_source_again(order, locations, rules):
                 return None
             return order.source_again(rules_version=rules.version, at=at, actor=actor)
 

@@ -529,6 +529,59 @@ def test_a_location_that_stops_shipping_sends_back_the_orders_it_leaves_nowhere_
     assert [s.location_id for s in shop.order(first).shipments] == ["wh-east"]
 
 
+def test_rules_that_exclude_every_location_leave_the_backordered_orders_waiting_until_put_back(shop):
+    """A PUT of the rules excluding every location (a mistake, put back a minute later) woke every
+    backordered order, sent each back to be sourced with no location it could use, and its workflow
+    cancelled it out_of_stock and voided its payment: for good, over a setting."""
+    from core.sourcing_rules import SourcingRulesInput
+
+    service = shop.container.sourcing_rules_service
+    shop.inventory.set_on_hand("PREORDER", "wh-west", 1, reason="count")
+    holding, empty = shop.backordered(3), shop.backordered(1)  # the first holds the unit at wh-west
+    service.replace(SourcingRulesInput(excluded_locations=["wh-east", "wh-west"]), by="key_ops")
+
+    assert consume(shop, rules_record(shop, 1)) == {"batchItemFailures": []}
+    shop.inventory.adjust("PREORDER", "wh-east", 50, reason="receipt")
+    assert consume(shop, record("wh-east", 0, 50)) == {"batchItemFailures": []}  # excluded: no fill there
+
+    for order_id in (holding, empty):
+        order = shop.order(order_id)
+        assert order.status is S.BACKORDERED and order.payment.status.value == "authorized"
+        assert "sourced_again" not in [e.type for e in shop.container.order_repository.history(order_id)[1]]
+    assert shop.held(holding) == 1 and shop.held(empty) == 0 and shop.executions() == []
+
+    service.replace(SourcingRulesInput(), by="key_ops")  # put back
+    assert consume(shop, rules_record(shop, 2)) == {"batchItemFailures": []}
+
+    assert (shop.held(holding), shop.held(empty)) == (3, 1)
+    assert shop.executions() == sorted([holding, empty])  # their workflows go on to ship them
+    assert (shop.level("wh-west"), shop.level("wh-east")) == ((1, 1, 0), (50, 3, 47))
+
+
+def test_every_location_that_stops_shipping_leaves_the_backordered_orders_waiting_until_one_ships(shop):
+    """The network's own change (`ships: false` everywhere) sent them back to be cancelled as the rules did."""
+    catalog, table = shop.container.catalog_repository, shop.container.config.catalog_table
+    shop.inventory.set_on_hand("PREORDER", "wh-west", 1, reason="count")
+    order_id = shop.backordered(2)  # holds the unit at wh-west
+    key = {"pk": {"S": "NETWORK"}, "sk": {"S": "LOCATIONS"}}
+    before = shop.container.dynamodb.get_item(TableName=table, Key=key)["Item"]
+    for location_id in ("wh-east", "wh-west"):
+        catalog.put_location(catalog.get_location(location_id).model_copy(update={"ships": False}))
+    stopped = network_record(shop, before)
+    assert consume(shop, stopped) == {"batchItemFailures": []}
+
+    order = shop.order(order_id)
+    assert order.status is S.BACKORDERED and order.payment.status.value == "authorized"
+    assert shop.held(order_id) == 1
+
+    shop.inventory.adjust("PREORDER", "wh-east", 5, reason="receipt")  # stock there, not shipping
+    catalog.put_location(catalog.get_location("wh-east").model_copy(update={"ships": True}))
+    assert consume(shop, network_record(shop, stopped["dynamodb"]["NewImage"])) == {"batchItemFailures": []}
+
+    assert shop.held(order_id) == 2 and shop.executions() == [order_id]
+    assert (shop.level("wh-west"), shop.level("wh-east")) == ((1, 1, 0), (5, 1, 4))
+
+
 def test_a_second_location_that_stops_shipping_wakes_every_page_though_the_first_wake_left_its_mark(shop, monkeypatch):
     """The first wake leaves `wake_after` on the network's item at its last full page; the second
     one's first page may end at the same order (the backlog unchanged): that page is handed on all

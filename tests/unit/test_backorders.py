@@ -1324,24 +1324,27 @@ def test_an_order_that_may_still_be_filled_where_it_holds_units_keeps_waiting_af
     assert world.held_for(order_id) == {("PREORDER", "wh-west", reservation_key(order_id, "L1")): 1}
 
 
-def test_a_backordered_pickup_whose_store_the_rules_exclude_ends_out_of_stock():
+def test_a_backordered_pickup_whose_store_the_rules_exclude_waits_until_they_let_it_supply_the_order_again():
     """Excluded locations supply no order, pickups at an excluded store included (capture refuses a
-    new one: it would be cancelled out_of_stock once authorized); one already waiting waited forever."""
+    new one). One already waiting, paid for, is not cancelled over a setting put back as easily: it
+    waits, keeping what it holds there, and the rules that allow the store again fill it there."""
     world, ruled = ruled_world([("PREORDER", "store-sf", 1)])
     store = ruled._rules
     order_id = backordered(world, ("PREORDER", 2), fulfillment={"type": "pickup", "location_id": "store-sf"})
     store.add(SourcingRules(version=2, excluded_locations=["store-sf"]))
     world.inventory.adjust("PREORDER", "store-sf", 5, reason="receipt")  # no arrival may fill it there now
 
-    assert waking(world, store).rules_changed(2).sourced_again == [order_id]
-    world.workflow.authorize_payment(order_id, attempt=0)
-    with pytest.raises(OutOfStock):
-        world.workflow.reserve_stock(order_id)
-    world.workflow.cancel_after_failure(order_id, "OutOfStock", "{}")
-
+    assert waking(world, store).rules_changed(2).sourced_again == []
+    assert ruled.arrived("PREORDER", "store-sf").sourced_again == []  # the arrival of those 5
     order = world.order(order_id)
-    assert order.status is S.CANCELLED and order.payment.status.value == "voided"
-    assert world.held_for(order_id) == {} and world.level("PREORDER", "store-sf") == (6, 0, 6)
+    assert order.status is S.BACKORDERED and order.payment.status.value == "authorized"
+    assert world.level("PREORDER", "store-sf") == (6, 1, 5)
+
+    store.add(SourcingRules(version=3))
+    woken = waking(world, store).rules_changed(3)
+
+    assert woken.filled == woken.completed == [order_id]
+    assert world.level("PREORDER", "store-sf") == (6, 2, 4)
 
 
 def test_an_order_held_while_the_rules_left_it_nowhere_to_fill_is_sourced_again_when_released():

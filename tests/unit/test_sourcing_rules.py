@@ -22,7 +22,7 @@ from core.sourcing import MAX_REASON_CHARS, SimulateSourcing, Simulator, Sourcin
 from core.sourcing_rules import Prefer, SourcingRules, SourcingRulesInput
 from core.status import OrderStatus
 from core.workflow_types import SourcingPlan
-from plugins.testing.memory import InMemoryCatalog, InMemorySourcingRules
+from plugins.testing.memory import InMemoryBackorderedOrders, InMemoryCatalog, InMemorySourcingRules
 from tests.builders import NOW, location, order_body, place_order, product
 from tests.fakes import FakeCatalog
 from tests.properties import at_length
@@ -710,6 +710,53 @@ def test_an_order_backordered_under_rules_changed_meanwhile_that_strand_it_is_se
     with pytest.raises(Backordered):  # the execution the change starts: sourced under v1
         world.workflow.reserve_stock(order_id)
     assert reserved_at(world, order_id) == {} and world.order(order_id).short_of() == {"L1": 3}
+
+
+def test_an_order_backordered_as_the_rules_change_to_exclude_every_location_waits_and_is_not_sent_back(monkeypatch):
+    """As above, but v1 excludes every location: sent back, its workflow found no location at all
+    and cancelled it out_of_stock, voiding its payment, over a setting put back as easily."""
+    world, store = a_world([("PREORDER", "wh-west", 1)])
+    world.catalog.put_product(product("PREORDER", "30.00", allow_backorder=True))
+    order_id = world.place(("PREORDER", 3))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    put(store, excluded_locations=["wh-east", "wh-west"])
+    reads = iter([SourcingRules()])  # the first read, ReserveStock's plan's, is of v0
+    monkeypatch.setattr(store, "current", lambda: next(reads, None) or InMemorySourcingRules.current(store))
+
+    with pytest.raises(Backordered):
+        world.workflow.reserve_stock(order_id)
+    world.workflow.reserve_stock(order_id)  # restarted or retried: it still waits
+
+    order = world.order(order_id)
+    assert order.status is S.BACKORDERED and order.payment.status.value == "authorized"
+    assert "sourced_again" not in [e.type for e in world.history(order_id)]
+    assert reserved_at(world, order_id) == {"wh-west": 1}
+
+
+def test_an_order_in_flight_as_the_rules_exclude_every_location_waits_backordered_until_they_are_put_back():
+    """Captured just before the change, its ReserveStock found no location at all and cancelled it
+    out_of_stock, voiding its payment: the same mistake, one step earlier. A product that may not
+    wait has no waiting state: that order still ends out_of_stock."""
+    world, store = a_world([("PREORDER", "wh-west", 5), ("MUG", "wh-west", 5)])
+    world.catalog.put_product(product("PREORDER", "30.00", allow_backorder=True))
+    waits, cannot = world.place(("PREORDER", 2)), world.place(("MUG", 1))
+    for order_id in (waits, cannot):
+        world.workflow.authorize_payment(order_id, attempt=0)
+    put(store, excluded_locations=["wh-east", "wh-west"])
+
+    with pytest.raises(Backordered):
+        world.workflow.reserve_stock(waits)
+    with pytest.raises(OutOfStock):
+        world.workflow.reserve_stock(cannot)
+
+    order = world.order(waits)
+    assert order.status is S.BACKORDERED and order.payment.status.value == "authorized"
+    assert order.short_of() == {"L1": 2} and reserved_at(world, waits) == {}
+    rules = put(store)  # put back: its wake fills it at wh-west
+    allocator = BackorderAllocator(world.orders, world.catalog, world.backorders, world.workflow,
+                                   _NoStarter(), store, InMemoryBackorderedOrders(world.orders))  # fmt: skip
+    assert allocator.rules_changed(rules.version).completed == [waits]
+    assert reserved_at(world, waits) == {"wh-west": 2}
 
 
 def test_an_order_backordered_as_the_one_location_it_holds_units_at_stops_shipping_is_sent_back(monkeypatch):
