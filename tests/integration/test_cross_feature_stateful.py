@@ -74,10 +74,26 @@ _worlds = itertools.count(1)
 _keys = itertools.count(1)
 
 times = st.integers(min_value=1, max_value=2)  # 2: the same request again, as a retrying client sends it
+# What a rule picks among what the system has (an order, a shipment, a line, a purchase order, a
+# return) or how many of what it has left (units to cancel, return or receive) is drawn from this
+# fixed range and mapped onto the state read back (`among`, `how_many`), never from a strategy built
+# from the state: hypothesis replays and shrinks an example by its draws, and a draw whose range
+# came from the system's answers drew differently on replay (FlakyStrategyDefinition).
+picks = st.integers(min_value=0, max_value=255)
 
 
 def first(pair: tuple[int, int]) -> int:
     return pair[0]
+
+
+def among(items: list[Any], pick: int) -> Any:
+    """The item `pick` names among `items` (not empty), in their order."""
+    return items[pick % len(items)]
+
+
+def how_many(most: int, pick: int) -> int:
+    """1 to `most` units (1 when `most` is below 1), as `pick` says: 0 shrinks to 1."""
+    return 1 + pick % max(1, most)
 
 
 def amount(money: dict[str, str]) -> Decimal:
@@ -110,11 +126,14 @@ class CrossFeatureMachine(RuleBasedStateMachine):
             self.put(f"/inventory/{sku}/{location_id}", {"on_hand": units}, 200)
         point = {"reorder_point": 2, "reorder_quantity": 3, "vendor_id": self.vendor, "unit_cost": usd("3.10")}
         self.put(f"/inventory/{self.backorderable}/xf-mid/reorder", point, 200)
-        self.orders: dict[str, str] = {}  # order id -> its payment token
+        self.orders: dict[str, str] = {}  # order id -> its payment token, in the order placed
         self.returns: list[tuple[str, str]] = []  # (order id, return id) not received yet
         self.seen: dict[str, int] = {}  # order id -> history entries checked
-        self.purchase_orders: set[str] = set()  # opened by hand, or drafts seen
+        self.purchase_orders: dict[str, None] = {}  # opened by hand, or drafts seen, in that order
         self.appeased: set[str] = set()  # orders sent an appeasement
+        # What the machine has done, whatever the system answered: the preconditions read only
+        # these, so which rules may run next is the same on every replay of the same draws.
+        self.placed = self.asked_return = self.asked_purchase_order = False
 
     # --- Requests -----------------------------------------------------------------------------
 
@@ -173,6 +192,7 @@ class CrossFeatureMachine(RuleBasedStateMachine):
         token=st.sampled_from(TOKENS), count=times,
     )  # fmt: skip
     def place(self, lines: list[tuple[int, int]], token: str, count: int) -> None:
+        self.placed = True
         key = f"xf-{next(_keys)}"
         body = order_body(
             external_id=key, lines=[{"sku": self.skus[i], "quantity": q} for i, q in lines],
@@ -187,16 +207,16 @@ class CrossFeatureMachine(RuleBasedStateMachine):
         else:
             assert_error(first, 409, "insufficient_stock")
 
-    def _pick(self, data: st.DataObject, statuses: set[str] | None = None) -> dict[str, Any] | None:
-        order = self.order(data.draw(st.sampled_from(list(self.orders))))  # placed first, first: ids are random
-        return order if statuses is None or order["status"] in statuses else None
+    def _pick(self, pick: int) -> dict[str, Any] | None:
+        """The order `pick` names among those placed (in the order placed: ids are random), as read now."""
+        return self.order(among(list(self.orders), pick)) if self.orders else None
 
-    @precondition(lambda self: self.orders)
-    @rule(data=st.data(), count=times)
-    def run_workflow(self, data: st.DataObject, count: int) -> None:
-        order = self._pick(data)
-        for _ in range(count):
-            self._run(order["id"])
+    @precondition(lambda self: self.placed)
+    @rule(pick=picks, count=times)
+    def run_workflow(self, pick: int, count: int) -> None:
+        if order := self._pick(pick):
+            for _ in range(count):
+                self._run(order["id"])
 
     def _run(self, order_id: str) -> None:
         steps = bootstrap(Config.from_env()).workflow
@@ -215,73 +235,74 @@ class CrossFeatureMachine(RuleBasedStateMachine):
         except (OrderClosed, Backordered):  # OrderHeld is an OrderClosed: the execution ends there
             return
 
-    def _shipment(self, data: st.DataObject, statuses: set[str]) -> tuple[dict[str, Any], dict[str, Any]] | None:
-        order = self._pick(data)
-        chosen = [s for s in order["shipments"] if s["status"] in statuses]
+    def _shipment(self, pick: int, which: int, statuses: set[str]) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        order = self._pick(pick)
+        chosen = [s for s in order["shipments"] if s["status"] in statuses] if order else []
         if not chosen:
             return None
-        return order, data.draw(st.sampled_from(chosen))
+        return order, among(chosen, which)
 
-    @precondition(lambda self: self.orders)
-    @rule(data=st.data(), count=times)
-    def ship(self, data: st.DataObject, count: int) -> None:
-        if picked := self._shipment(data, {"pending"}):
+    @precondition(lambda self: self.placed)
+    @rule(pick=picks, which=picks, count=times)
+    def ship(self, pick: int, which: int, count: int) -> None:
+        if picked := self._shipment(pick, which, {"pending"}):
             order, shipment = picked
             self.twice(count, "POST", f"/orders/{order['id']}/shipments/{shipment['id']}/ship", {})
 
-    @precondition(lambda self: self.orders)
-    @rule(data=st.data(), count=times)
-    def deliver(self, data: st.DataObject, count: int) -> None:
-        if picked := self._shipment(data, {"shipped"}):
+    @precondition(lambda self: self.placed)
+    @rule(pick=picks, which=picks, count=times)
+    def deliver(self, pick: int, which: int, count: int) -> None:
+        if picked := self._shipment(pick, which, {"shipped"}):
             order, shipment = picked
             self.twice(count, "POST", f"/orders/{order['id']}/shipments/{shipment['id']}/deliver", {})
 
-    @precondition(lambda self: self.orders)
-    @rule(data=st.data(), count=times)
-    def reject(self, data: st.DataObject, count: int) -> None:
-        if picked := self._shipment(data, {"pending"}):
+    @precondition(lambda self: self.placed)
+    @rule(pick=picks, which=picks, count=times)
+    def reject(self, pick: int, which: int, count: int) -> None:
+        if picked := self._shipment(pick, which, {"pending"}):
             order, shipment = picked
             path = f"/orders/{order['id']}/shipments/{shipment['id']}/reject"
             self.twice(count, "POST", path, {"reason": "damaged stock"})
 
-    @precondition(lambda self: self.orders)
-    @rule(data=st.data(), count=times)
-    def cancel(self, data: st.DataObject, count: int) -> None:
-        order = self._pick(data)
-        self.twice(count, "POST", f"/orders/{order['id']}/cancel", {"reason": "customer asked"})
+    @precondition(lambda self: self.placed)
+    @rule(pick=picks, count=times)
+    def cancel(self, pick: int, count: int) -> None:
+        if order := self._pick(pick):
+            self.twice(count, "POST", f"/orders/{order['id']}/cancel", {"reason": "customer asked"})
 
-    @precondition(lambda self: self.orders)
-    @rule(data=st.data(), count=times)
-    def cancel_units(self, data: st.DataObject, count: int) -> None:
-        order = self._pick(data)
-        line = data.draw(st.sampled_from(order["lines"]))
-        quantity = data.draw(st.integers(1, max(1, line["quantity"])))
+    @precondition(lambda self: self.placed)
+    @rule(pick=picks, which=picks, share=picks, count=times)
+    def cancel_units(self, pick: int, which: int, share: int, count: int) -> None:
+        if not (order := self._pick(pick)):
+            return
+        line = among(order["lines"], which)
+        quantity = how_many(line["quantity"], share)
         body = {"reason": "customer asked", "lines": [{"line_id": line["line_id"], "quantity": quantity}]}
         self.twice(count, "POST", f"/orders/{order['id']}/cancel", body)
 
-    @precondition(lambda self: self.orders)
-    @rule(data=st.data(), quantity=st.integers(1, 3), count=times)
-    def edit(self, data: st.DataObject, quantity: int, count: int) -> None:
-        order = self._pick(data)
-        line = data.draw(st.integers(0, len(order["lines"]) - 1))
+    @precondition(lambda self: self.placed)
+    @rule(pick=picks, which=picks, quantity=st.integers(1, 3), count=times)
+    def edit(self, pick: int, which: int, quantity: int, count: int) -> None:
+        if not (order := self._pick(pick)):
+            return
         lines = [{"sku": x["sku"], "quantity": x["quantity"]} for x in order["lines"]]
-        lines[line]["quantity"] = quantity
+        lines[which % len(lines)]["quantity"] = quantity
         if any(x["quantity"] < 1 for x in lines):
             return
         headers = {"If-Match": str(order["version"])}
         self.twice(count, "PATCH", f"/orders/{order['id']}", {"lines": lines}, headers)
 
-    @precondition(lambda self: self.orders)
-    @rule(data=st.data(), count=times)
-    def hold(self, data: st.DataObject, count: int) -> None:
-        order = self._pick(data)
-        self.twice(count, "POST", f"/orders/{order['id']}/hold", {"reason": "other"})
+    @precondition(lambda self: self.placed)
+    @rule(pick=picks, count=times)
+    def hold(self, pick: int, count: int) -> None:
+        if order := self._pick(pick):
+            self.twice(count, "POST", f"/orders/{order['id']}/hold", {"reason": "other"})
 
-    @precondition(lambda self: self.orders)
-    @rule(data=st.data(), count=times)
-    def release(self, data: st.DataObject, count: int) -> None:
-        order = self._pick(data)
-        self.twice(count, "POST", f"/orders/{order['id']}/release", {})
+    @precondition(lambda self: self.placed)
+    @rule(pick=picks, count=times)
+    def release(self, pick: int, count: int) -> None:
+        if order := self._pick(pick):
+            self.twice(count, "POST", f"/orders/{order['id']}/release", {})
 
     @rule(sku=st.integers(0, 1), location_id=st.sampled_from(sorted(LOCATIONS)), on_hand=st.integers(0, 5), count=times)
     def stock_take(self, sku: int, location_id: str, on_hand: int, count: int) -> None:
@@ -292,28 +313,31 @@ class CrossFeatureMachine(RuleBasedStateMachine):
         path = f"/inventory/{self.skus[sku]}/{location_id}/adjustments"
         self.twice(count, "POST", path, {"delta": delta, "reason": "receipt"})
 
-    @precondition(lambda self: self.orders)
-    @rule(data=st.data(), count=times)
-    def create_return(self, data: st.DataObject, count: int) -> None:
-        order = self._pick(data)
-        lines = [x for x in order["lines"] if x["shipped_quantity"] > x["returned_quantity"]]
+    @precondition(lambda self: self.placed)
+    @rule(pick=picks, which=picks, share=picks, count=times)
+    def create_return(self, pick: int, which: int, share: int, count: int) -> None:
+        self.asked_return = True
+        order = self._pick(pick)
+        lines = [x for x in order["lines"] if x["shipped_quantity"] > x["returned_quantity"]] if order else []
         if not lines:
             return
-        line = data.draw(st.sampled_from(lines))
-        quantity = data.draw(st.integers(1, line["shipped_quantity"] - line["returned_quantity"]))
+        line = among(lines, which)
+        quantity = how_many(line["shipped_quantity"] - line["returned_quantity"], share)
         body = {"lines": [{"line_id": line["line_id"], "quantity": quantity, "reason": "too big"}]}
         made = self.twice(count, "POST", f"/orders/{order['id']}/returns", body)
         if made.status_code == 201:
             self.returns.append((order["id"], made.json()["id"]))
 
-    @precondition(lambda self: self.returns)
-    @rule(data=st.data(), resellable=st.booleans(), count=times)
-    def receive_return(self, data: st.DataObject, resellable: bool, count: int) -> None:
-        order_id, return_id = data.draw(st.sampled_from(self.returns))
+    @precondition(lambda self: self.asked_return)
+    @rule(pick=picks, location_id=st.sampled_from(sorted(LOCATIONS)), resellable=st.booleans(), count=times)
+    def receive_return(self, pick: int, location_id: str, resellable: bool, count: int) -> None:
+        if not self.returns:
+            return
+        order_id, return_id = among(self.returns, pick)
         rma = self.send("GET", f"/returns/{return_id}").json()
         condition = "resellable" if resellable else "damaged"
         lines = [{"line_id": x["line_id"], "quantity": x["quantity"], "condition": condition} for x in rma["lines"]]
-        body = {"location_id": data.draw(st.sampled_from(sorted(LOCATIONS))), "lines": lines}
+        body = {"location_id": location_id, "lines": lines}
         done = self.twice(count, "POST", f"/returns/{return_id}/receive", body)
         if done.status_code < 300:
             self.returns.remove((order_id, return_id))
@@ -329,29 +353,33 @@ class CrossFeatureMachine(RuleBasedStateMachine):
         sku=st.integers(0, 1), location_id=st.sampled_from(sorted(LOCATIONS)), quantity=st.integers(1, 4), count=times
     )
     def open_purchase_order(self, sku: int, location_id: str, quantity: int, count: int) -> None:
+        self.asked_purchase_order = True
         lines = [{"sku": self.skus[sku], "quantity": quantity, "unit_cost": usd("3.10")}]
         body = {"vendor_id": self.vendor, "location_id": location_id, "lines": lines}
         made = self.twice(count, "POST", "/purchase-orders", body)
         assert made.status_code == 201, made.text
-        self.purchase_orders.add(made.json()["id"])
+        self.purchase_orders[made.json()["id"]] = None
 
-    @rule(data=st.data(), count=times)
-    def submit_draft(self, data: st.DataObject, count: int) -> None:
+    @rule(pick=picks, count=times)
+    def submit_draft(self, pick: int, count: int) -> None:
+        self.asked_purchase_order = True
         listed = self.send("GET", "/purchase-orders", params={"status": "draft", "vendor_id": self.vendor})
         assert listed.status_code == 200, listed.text
-        listed = listed.json()["items"]
+        listed = sorted(listed.json()["items"], key=lambda po: (po["created_at"], po["id"]))
         if listed:
-            draft = data.draw(st.sampled_from(listed))
-            self.purchase_orders.add(draft["id"])
+            draft = among(listed, pick)
+            self.purchase_orders[draft["id"]] = None
             submitted = self.twice(count, "POST", f"/purchase-orders/{draft['id']}/submit", {})
             assert submitted.status_code == 200 and submitted.json()["status"] == "open", submitted.text
 
-    @precondition(lambda self: self.purchase_orders)
-    @rule(data=st.data(), count=times)
-    def receive_purchase_order(self, data: st.DataObject, count: int) -> None:
-        po = self.send("GET", f"/purchase-orders/{data.draw(st.sampled_from(sorted(self.purchase_orders)))}").json()
-        line = data.draw(st.sampled_from(po["lines"]))
-        quantity = data.draw(st.integers(1, max(1, line["quantity"] - line["received_quantity"] + 1)))
+    @precondition(lambda self: self.asked_purchase_order)
+    @rule(pick=picks, which=picks, share=picks, count=times)
+    def receive_purchase_order(self, pick: int, which: int, share: int, count: int) -> None:
+        if not self.purchase_orders:
+            return
+        po = self.send("GET", f"/purchase-orders/{among(list(self.purchase_orders), pick)}").json()
+        line = among(po["lines"], which)
+        quantity = how_many(line["quantity"] - line["received_quantity"] + 1, share)  # one more than is left, too
         body = {"lines": [{"sku": line["sku"], "quantity": quantity}]}
         done = self.twice(count, "POST", f"/purchase-orders/{po['id']}/receive", body, keyed=True)
         if po["status"] in ("open", "partially_received") and quantity <= line["quantity"] - line["received_quantity"]:
@@ -359,10 +387,11 @@ class CrossFeatureMachine(RuleBasedStateMachine):
         elif done.status_code >= 400:
             assert done.status_code in (409, 422), done.text
 
-    @precondition(lambda self: self.orders)
-    @rule(data=st.data(), cents=st.integers(1, 6000), count=times)
-    def appease(self, data: st.DataObject, cents: int, count: int) -> None:
-        order = self._pick(data)
+    @precondition(lambda self: self.placed)
+    @rule(pick=picks, cents=st.integers(1, 6000), count=times)
+    def appease(self, pick: int, cents: int, count: int) -> None:
+        if not (order := self._pick(pick)):
+            return
         body = {"amount": usd(str(Decimal(cents) / 100)), "reason": "late delivery"}
         made = self.twice(count, "POST", f"/orders/{order['id']}/refunds", body)
         if made.status_code == 201:
