@@ -82,6 +82,20 @@ times = st.integers(min_value=1, max_value=2)  # 2: the same request again, as a
 picks = st.integers(min_value=0, max_value=255)
 
 
+def unsigned(answer: Any) -> Any:
+    """An answer with each `label_url` cut to its object's address: a link is signed when the answer
+    is given (short-lived: the README's "signed at each read"), so the first answer given again under its
+    Idempotency-Key carries the same label under a newer signature once a second has passed."""
+    if isinstance(answer, dict):
+        return {
+            name: value.split("?", 1)[0] if name == "label_url" and isinstance(value, str) else unsigned(value)
+            for name, value in answer.items()
+        }
+    if isinstance(answer, list):
+        return [unsigned(value) for value in answer]
+    return answer
+
+
 def first(pair: tuple[int, int]) -> int:
     return pair[0]
 
@@ -182,7 +196,10 @@ class CrossFeatureMachine(RuleBasedStateMachine):
         for _ in range(count - 1):
             again = self.send(method, path, body, sent)
             if keyed:
-                assert (again.status_code, again.json()) == (first.status_code, first.json()), (first.text, again.text)
+                assert (again.status_code, unsigned(again.json())) == (first.status_code, unsigned(first.json())), (
+                    first.text,
+                    again.text,
+                )
         return first
 
     # --- Rules --------------------------------------------------------------------------------
