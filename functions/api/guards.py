@@ -86,16 +86,24 @@ def refuse_unknown_query_parameters(event: dict[str, Any], scopes: ScopeTable) -
         )
 
 
+def _every_value(event: dict[str, Any], lower_name: str) -> list[str]:
+    """Every value the request carries of a header (its name in lower case): the multi-value map's,
+    or the single-value map's one when an event has no multi-value map (merge_header_cases joined
+    names differing in case; the single-value map keeps only the last value)."""
+    many = [
+        value
+        for name, values in (event.get("multiValueHeaders") or {}).items()
+        if name.lower() == lower_name
+        for value in values or ()
+    ]
+    if many:
+        return many
+    return [value for name, value in (event.get("headers") or {}).items() if name.lower() == lower_name]
+
+
 def _content_types(event: dict[str, Any]) -> list[str]:
-    """Every Content-Type the request carries (merge_header_cases joined names differing in case),
-    as media types without parameters; the single-value map keeps only the last of them."""
-    for name, many in (event.get("multiValueHeaders") or {}).items():
-        if name.lower() == "content-type" and many:
-            return [(value or "").split(";")[0].strip().lower() for value in many]
-    for name, value in (event.get("headers") or {}).items():
-        if name.lower() == "content-type":
-            return [(value or "").split(";")[0].strip().lower()]
-    return []
+    """Every Content-Type the request carries, as media types without parameters."""
+    return [(value or "").split(";")[0].strip().lower() for value in _every_value(event, "content-type")]
 
 
 def require_json(event: dict[str, Any]) -> None:
@@ -182,12 +190,7 @@ def refuse_a_second_credential(event: dict[str, Any], scopes: ScopeTable) -> Non
     method, resource = event.get("httpMethod", "").upper(), event.get("resource", "")
     if scopes.requirement(method, resource) is PUBLIC:
         return
-    values = [
-        value
-        for name, many in (event.get("multiValueHeaders") or {}).items()
-        if name.lower() == "authorization"
-        for value in many or ()
-    ]
+    values = _every_value(event, "authorization")
     if len(values) > 1:
         raise ApiError(
             401,

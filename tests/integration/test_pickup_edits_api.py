@@ -10,9 +10,10 @@ from typing import Any
 
 import pytest
 
-from tests.builders import location_body, order_body, product_body
+from tests.builders import location_body, product_body
 from tests.e2e.client import assert_error
 from tests.integration.in_process import InProcessApi, in_process_api_with_labels, run_to_allocated
+from tests.integration.test_pickup_holds_api import ready_pickup as pickup_ready
 
 STORE = "store-oak"
 
@@ -28,17 +29,7 @@ def api() -> Iterator[InProcessApi]:
 
 
 def ready_pickup(api: InProcessApi, external_id: str, quantity: int) -> dict[str, Any]:
-    body = order_body(
-        external_id=external_id, lines=[{"sku": "CUP", "quantity": quantity}],
-        fulfillment={"type": "pickup", "location_id": STORE},
-    )  # fmt: skip
-    placed = api.post("/orders", json=body)
-    assert placed.status_code == 201, placed.text
-    order = run_to_allocated(api, placed.json()["id"])
-    (shipment,) = order["shipments"]
-    ready = api.post(f"/orders/{order['id']}/shipments/{shipment['id']}/ready")
-    assert ready.status_code == 200, ready.text
-    return ready.json()
+    return pickup_ready(api, external_id, sku="CUP", store=STORE, quantity=quantity)[0]
 
 
 def edit(api: InProcessApi, order: dict[str, Any], quantity: int):

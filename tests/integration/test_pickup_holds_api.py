@@ -25,12 +25,15 @@ def api() -> Iterator[InProcessApi]:
         yield started
 
 
-def ready_pickup(api: InProcessApi, external_id: str) -> tuple[dict[str, Any], str]:
+def ready_pickup(
+    api: InProcessApi, external_id: str, sku: str = "MUG", store: str = "store-sf", quantity: int = 1
+) -> tuple[dict[str, Any], str]:
+    """A pickup order of `quantity` `sku` at `store`, allocated and its parcel ready: (order, shipment id)."""
     from tests.builders import order_body
 
     body = order_body(
-        external_id=external_id, lines=[{"sku": "MUG", "quantity": 1}],
-        fulfillment={"type": "pickup", "location_id": "store-sf"},
+        external_id=external_id, lines=[{"sku": sku, "quantity": quantity}],
+        fulfillment={"type": "pickup", "location_id": store},
     )  # fmt: skip
     placed = api.post("/orders", json=body)
     assert placed.status_code == 201, placed.text

@@ -61,13 +61,11 @@ def test_a_count_below_reserved_is_recorded_and_the_newest_order_is_sourced_agai
     ]
 
 
-def test_a_parcel_shipped_between_a_short_count_and_its_reject_never_takes_on_hand_below_zero(
+def counted_short_with_its_reject_dead(
     api: InProcessApi, monkeypatch: pytest.MonkeyPatch
-):
-    # The count lands first (available negative until its rejects release), then its function dies
-    # before the reject; the warehouse confirms the parcel left. Counted at 1, the parcel of 4 had
-    # left before the count (a count counts every unit there): the ship takes its reservation, not
-    # units the count never saw, and on_hand stays as counted.
+) -> tuple[dict[str, str], str, dict[str, Any]]:
+    """An order of 4 allocated at west (4 there, 10 at east), then west counted at 1 by a stock take
+    whose function dies after the count and before its reject: (network, sku, the allocated order)."""
     network = put_network(api)
     catalog = Catalog(api)
     sku = catalog.product("10.00")
@@ -76,8 +74,7 @@ def test_a_parcel_shipped_between_a_short_count_and_its_reject_never_takes_on_ha
     placed = api.post("/orders", json=order_body((sku, 4)))
     assert placed.status_code == 201, placed.text
     order = run_to_allocated(api, placed.json()["id"])
-    (shipment,) = order["shipments"]
-    assert shipment["location_id"] == network["west"]
+    assert [s["location_id"] for s in order["shipments"]] == [network["west"]]
 
     def died(*args: object, **kwargs: object) -> None:
         raise RuntimeError("the function timed out after the count")
@@ -85,6 +82,18 @@ def test_a_parcel_shipped_between_a_short_count_and_its_reject_never_takes_on_ha
     with monkeypatch.context() as patched:
         patched.setattr(OrderActions, "reject", died)
         assert api.put(f"/inventory/{sku}/{network['west']}", json={"on_hand": 1}).status_code >= 500
+    return network, sku, order
+
+
+def test_a_parcel_shipped_between_a_short_count_and_its_reject_never_takes_on_hand_below_zero(
+    api: InProcessApi, monkeypatch: pytest.MonkeyPatch
+):
+    # The count lands first (available negative until its rejects release), then its function dies
+    # before the reject; the warehouse confirms the parcel left. Counted at 1, the parcel of 4 had
+    # left before the count (a count counts every unit there): the ship takes its reservation, not
+    # units the count never saw, and on_hand stays as counted.
+    network, sku, order = counted_short_with_its_reject_dead(api, monkeypatch)
+    (shipment,) = order["shipments"]
     shipped = api.post(f"/orders/{order['id']}/shipments/{shipment['id']}/ship", json={})
 
     assert shipped.status_code == 200, shipped.text
@@ -183,21 +192,7 @@ def test_an_adjustment_while_a_short_counts_rejects_are_owed_answers_available_n
     # The count lands first (the stored available negative until its rejects release) and its
     # function dies before the reject; a receipt of one unit meanwhile answered available -2, with
     # and without an Idempotency-Key, where GET /inventory shows 0 (API.md: never negative).
-    network = put_network(api)
-    catalog = Catalog(api)
-    sku = catalog.product("10.00")
-    catalog.stock(sku, network["west"], 4)
-    catalog.stock(sku, network["east"], 10)
-    placed = api.post("/orders", json=order_body((sku, 4)))
-    assert placed.status_code == 201, placed.text
-    assert [s["location_id"] for s in run_to_allocated(api, placed.json()["id"])["shipments"]] == [network["west"]]
-
-    def died(*args: object, **kwargs: object) -> None:
-        raise RuntimeError("the function timed out after the count")
-
-    with monkeypatch.context() as patched:
-        patched.setattr(OrderActions, "reject", died)
-        assert api.put(f"/inventory/{sku}/{network['west']}", json={"on_hand": 1}).status_code >= 500
+    network, sku, _ = counted_short_with_its_reject_dead(api, monkeypatch)
     path = f"/inventory/{sku}/{network['west']}/adjustments"
     plain = api.post(path, json={"delta": 1, "reason": "found one"})
     keyed = api.post(path, json={"delta": 1, "reason": "found another"}, headers={"Idempotency-Key": unique("adj")})
