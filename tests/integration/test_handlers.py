@@ -6,6 +6,7 @@ import json
 import os
 import random
 import string
+import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -420,7 +421,10 @@ def test_each_refusal_of_the_authorizer_is_counted_at_the_time_it_was_invoked(aw
         header = f"Bearer {issued.key}"
     evt = with_authorization(event("authorizer_request.json"), header)
     monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "false")  # the suite's default silences EMF
-    clock = iter([1_700_000_000.25, 1_700_000_003.75])
+    # Two invocations a minute ago: a time CloudWatch keeps (powertools warns and CloudWatch
+    # drops a point over 14 days old).
+    start = float(int(time.time()) - 60)
+    clock = iter([start + 0.25, start + 3.75])
     monkeypatch.setattr(authorizer, "_now", lambda: next(clock))
     with refused.override(RefusedHashes()):
         if header == "repeated":  # refused once from the table, then from the function's memory
@@ -437,7 +441,7 @@ def test_each_refusal_of_the_authorizer_is_counted_at_the_time_it_was_invoked(aw
     directive = record["_aws"]["CloudWatchMetrics"][0]
     assert directive["Dimensions"] == [["service"]] and record["service"] == os.environ["POWERTOOLS_SERVICE_NAME"]
     assert directive["Namespace"] == os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "OMS")
-    assert record["_aws"]["Timestamp"] == (1_700_000_003_750 if header == "repeated" else 1_700_000_000_250)
+    assert record["_aws"]["Timestamp"] == int((start + 3.75 if header == "repeated" else start + 0.25) * 1000)
 
 
 def test_an_allowed_key_counts_no_refusal(aws, capsys, monkeypatch):
