@@ -242,6 +242,15 @@ def test_a_return_refunded_with_its_shipping_takes_out_the_lines_and_counts_the_
     assert refunded(api, order["id"]) == Decimal(back["refund"]["amount"])
 
 
+def mug_exchanged_for_caps(shopper: Shopper, caps: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """An order of 2 MUGs delivered, one sent back in exchange for `caps` CAPs (the return run to
+    its end): the original order as delivered and the replacement allocated."""
+    order = shopper.ship_and_deliver(shopper.place(("MUG", 2)))
+    return_id = returned(shopper, order, {"L1": 1}, code="size_or_fit", exchange=[{"sku": "CAP", "quantity": caps}])
+    replacement_id = shopper.api.get(f"/returns/{return_id}").json()["exchange_order_id"]
+    return order, shopper.allocate(replacement_id)
+
+
 def test_an_exchange_orders_the_replacements_grand_total_and_its_cancel_takes_it_out(api, stream, services):  # noqa: F811
     shopper = Shopper(api)
     order = shopper.ship_and_deliver(shopper.place(("MUG", 2)))
@@ -292,10 +301,8 @@ def test_a_replacement_cut_below_its_credit_by_a_cancel_of_units_is_ordered_at_i
     services,  # noqa: F811
 ):
     shopper = Shopper(api)
-    order = shopper.ship_and_deliver(shopper.place(("MUG", 2)))
-    return_id = returned(shopper, order, {"L1": 1}, code="size_or_fit", exchange=[{"sku": "CAP", "quantity": 3}])
-    replacement_id = api.get(f"/returns/{return_id}").json()["exchange_order_id"]
-    replacement = shopper.allocate(replacement_id)
+    order, replacement = mug_exchanged_for_caps(shopper, 3)
+    replacement_id = replacement["id"]
     credit = Decimal(replacement["exchange_credit"]["amount"])
     assert Decimal(replacement["totals"]["grand_total"]["amount"]) > credit  # the difference authorized on it
 
@@ -316,10 +323,8 @@ def test_a_replacement_edited_up_after_the_rest_of_its_credit_was_refunded_is_or
     services,  # noqa: F811
 ):
     shopper = Shopper(api)
-    order = shopper.ship_and_deliver(shopper.place(("MUG", 2)))
-    return_id = returned(shopper, order, {"L1": 1}, code="size_or_fit", exchange=[{"sku": "CAP", "quantity": 1}])
-    replacement_id = api.get(f"/returns/{return_id}").json()["exchange_order_id"]
-    replacement = shopper.allocate(replacement_id)
+    order, replacement = mug_exchanged_for_caps(shopper, 1)
+    replacement_id = replacement["id"]
     assert refunded(api, order["id"]) > 0  # the rest of the credit, refunded at once
 
     edited = api.request("PATCH", f"/orders/{replacement_id}", json={"lines": [{"sku": "CAP", "quantity": 3}]},

@@ -131,6 +131,18 @@ def subscribe(url: str, events: list[str], channel: str | None = None) -> Issued
     return webhook
 
 
+def one_delivery_queued(aws, wired, url: str) -> tuple[IssuedWebhook, DeliveryMessage]:
+    """A subscription at `url` to order.created, an order allocated, and its INSERT read by the events
+    function: the subscription and the one delivery message it queued (drained off the queue)."""
+    from functions.events.app import lambda_handler as events_handler
+
+    webhook = subscribe(url, ["order.created"])
+    created, _, _ = an_order_allocated(aws)
+    events_handler(stream_event(("INSERT", None, created)), Context())
+    (queued,) = drain(wired["sqs"], wired["deliveries"])
+    return webhook, DeliveryMessage.from_json(queued["Body"])
+
+
 def test_order_changes_go_to_the_bus_and_to_matching_subscriptions_once_even_when_redelivered(aws, wired):
     from functions.events.app import container, lambda_handler
 
@@ -508,16 +520,11 @@ def sqs_event(message: DeliveryMessage) -> dict[str, Any]:
 
 def test_deliveries_are_signed_posts_over_http_retried_after_a_5xx_and_a_timeout(aws, wired):
     from functions.events.app import container as events_container
-    from functions.events.app import lambda_handler as events_handler
     from functions.webhook_delivery.app import container, lambda_handler
 
     receiver = Receiver(503, "slow", 204)
     try:
-        webhook = subscribe(receiver.url, ["order.created"])
-        created, _, _ = an_order_allocated(aws)
-        events_handler(stream_event(("INSERT", None, created)), Context())
-        (queued,) = drain(wired["sqs"], wired["deliveries"])
-        message = DeliveryMessage.from_json(queued["Body"])
+        webhook, message = one_delivery_queued(aws, wired, receiver.url)
         c = container()
         queue = RecordingQueue(c.sqs, wired["deliveries"])
         # Each attempt as soon as it is due: the clock jumps to the scheduled time.
@@ -556,16 +563,11 @@ def test_a_subscriber_asking_to_be_tried_later_is_not_tried_sooner_nor_left_past
     delivery was tried again at the backoff's 30 s, and again, while the receiver kept refusing."""
     from email.utils import format_datetime
 
-    from functions.events.app import lambda_handler as events_handler
     from functions.webhook_delivery.app import container, lambda_handler
 
     receiver = Receiver()
     try:
-        webhook = subscribe(receiver.url, ["order.created"])
-        created, _, _ = an_order_allocated(aws)
-        events_handler(stream_event(("INSERT", None, created)), Context())
-        (queued,) = drain(wired["sqs"], wired["deliveries"])
-        message = DeliveryMessage.from_json(queued["Body"])
+        webhook, message = one_delivery_queued(aws, wired, receiver.url)
         now = [(datetime.now(UTC) + timedelta(seconds=1)).replace(microsecond=0)]  # the delivery is due
         in_ten_minutes = format_datetime(now[0] + timedelta(seconds=630), usegmt=True)
         receiver.answers = [
@@ -595,13 +597,7 @@ def test_a_subscriber_asking_to_be_tried_later_is_not_tried_sooner_nor_left_past
 def test_a_subscription_url_that_resolves_privately_is_refused_at_send_time_without_a_call(aws, wired, monkeypatch):
     from functions.webhook_delivery.app import container, lambda_handler
 
-    webhook = subscribe("https://hooks.example.com/x", ["order.created"])
-    created, _, _ = an_order_allocated(aws)
-    from functions.events.app import lambda_handler as events_handler
-
-    events_handler(stream_event(("INSERT", None, created)), Context())
-    (queued,) = drain(wired["sqs"], wired["deliveries"])
-    message = DeliveryMessage.from_json(queued["Body"])
+    webhook, message = one_delivery_queued(aws, wired, "https://hooks.example.com/x")
     c = container()
     c.__dict__["url_resolver"] = lambda host, port: ["169.254.169.254"]  # the metadata service
     assert lambda_handler(sqs_event(message), Context()) == {"batchItemFailures": []}
@@ -617,13 +613,7 @@ def test_a_message_handed_out_again_after_its_next_attempt_was_not_queued_queues
 
     from functions.webhook_delivery.app import container, lambda_handler
 
-    webhook = subscribe("http://127.0.0.1:9/refused", ["order.created"])  # nothing listens: refused
-    created, _, _ = an_order_allocated(aws)
-    from functions.events.app import lambda_handler as events_handler
-
-    events_handler(stream_event(("INSERT", None, created)), Context())
-    (queued,) = drain(wired["sqs"], wired["deliveries"])
-    message = DeliveryMessage.from_json(queued["Body"])
+    webhook, message = one_delivery_queued(aws, wired, "http://127.0.0.1:9/refused")  # nothing listens: refused
     c = container()
     queue = refusing_once(RecordingQueue)(c.sqs, wired["deliveries"])
     with delivery_worker_installed(c, queue, c.clock, timeout=0.5):
@@ -821,14 +811,9 @@ def test_a_delivery_whose_webhook_was_deleted_ends_failed_without_counting_a_mis
     """The runbook of WebhookDeliveriesFailedAlarm ends with "delete a subscription nobody serves
     any more": its pending deliveries end `failed` on their next message, but no subscriber missed
     anything, so WebhookDeliveriesFailed (what the alarm watches) is not counted."""
-    from functions.events.app import lambda_handler as events_handler
     from functions.webhook_delivery.app import container, lambda_handler, metrics
 
-    webhook = subscribe("https://hooks.example.com/gone", ["order.created"])
-    created, _, _ = an_order_allocated(aws)
-    events_handler(stream_event(("INSERT", None, created)), Context())
-    (queued,) = drain(wired["sqs"], wired["deliveries"])
-    message = DeliveryMessage.from_json(queued["Body"])
+    webhook, message = one_delivery_queued(aws, wired, "https://hooks.example.com/gone")
     container().webhook_store.delete(webhook.id)
     monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "false")
     metrics.clear_metrics()
@@ -1031,17 +1016,12 @@ def test_a_2xx_answered_in_time_is_delivered_whatever_its_body_does_after(aws, w
     answering 200 at once but with no Content-Length on a kept-alive connection (or a Content-Length
     it never sends in full) held the attempt until its timeout: recorded `timed out`, the event sent
     again and again for 24 hours though it had been taken each time, then `failed` and alarmed on."""
-    from functions.events.app import lambda_handler as events_handler
     from functions.webhook_delivery.app import container, lambda_handler
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), KeptAlive)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        webhook = subscribe(f"http://127.0.0.1:{server.server_address[1]}/hook", ["order.created"])
-        created, _, _ = an_order_allocated(aws)
-        events_handler(stream_event(("INSERT", None, created)), Context())
-        (queued,) = drain(wired["sqs"], wired["deliveries"])
-        message = DeliveryMessage.from_json(queued["Body"])
+        webhook, message = one_delivery_queued(aws, wired, f"http://127.0.0.1:{server.server_address[1]}/hook")
         c = container()
         with delivery_worker_installed(c, c.webhook_queue, lambda: datetime.now(UTC), timeout=2.0):
             assert lambda_handler(sqs_event(message), Context()) == {"batchItemFailures": []}
