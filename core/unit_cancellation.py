@@ -651,9 +651,7 @@ class UnitCancellation:
                 raise  # nothing else can be settled without the plugin either
             except PaymentRefused:
                 order = self._orders.get(order.id, consistent=True) or order
-        due = order.payable() - payment_holds(order)
-        if order.exchange_credit is not None:
-            due = min(due, beyond_credit(order))  # what the credit pays is not asked of the card
+        due = _due(order)
         # A pickup waiting at its store is still to be collected, and paid for then.
         nothing_to_ship = not any(shipment.status in NOT_LEFT for shipment in order.shipments)
         if due.is_negative():
@@ -943,19 +941,23 @@ def _unsettled_with_nothing_to_ship(order: Order) -> bool:
     payment = order.payment
     if not payment.authorization or any(shipment.status in NOT_LEFT for shipment in order.shipments):
         return False
+    return _due(order).amount > 0 or payment.captured < payment.authorized
+
+
+def _due(order: Order) -> Money:
+    """What the order's payment still owes of what it costs (negative: holds beyond it, to refund):
+    what it is payable less what its captures hold, and of a replacement no more than its card
+    pays beyond its credit (what the credit pays is not asked of the card)."""
     due = order.payable() - payment_holds(order)
     if order.exchange_credit is not None:
         due = min(due, beyond_credit(order))
-    return due.amount > 0 or payment.captured < payment.authorized
+    return due
 
 
 def _owes_nothing(order: Order) -> bool:
     """Whether the order's payment, nothing left to ship, is settled to its total: its captures
     hold exactly what it costs (nothing to capture, nothing to refund: _settle_payment's `due`)."""
-    due = order.payable() - payment_holds(order)
-    if order.exchange_credit is not None:
-        due = min(due, beyond_credit(order))
-    return due.amount == 0
+    return _due(order).amount == 0
 
 
 def _over_capture(order: Order) -> tuple[str, Money] | None:
