@@ -180,3 +180,43 @@ def test_a_lists_reads_travel_in_one_message_split_only_past_the_message_limit(m
     assert [n for message in queue.messages for n in message] == [r.order_id for r in reads]
     assert len(queue.messages) == 3
     assert all(len(message) < 40 for message in queue.messages)
+
+
+def test_reads_dynamodb_leaves_unprocessed_are_written_again_and_a_message_still_short_fails(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    # BatchWriteItem answers 200 with what it did not write (a partition at its limit): taken as
+    # written, those reads were lost without an error, a retry or a dead letter.
+    from functions.adapters import access_log
+    from functions.adapters.access_log import DynamoAccessLog, UnprocessedReads
+
+    class Table:
+        def __init__(self, refusals: int):
+            self.refusals = refusals
+            self.requests: list[int] = []
+            self.stored: set[str] = set()
+
+        def batch_write_item(self, RequestItems: dict) -> dict:
+            (writes,) = RequestItems.values()
+            assert len(writes) <= 25
+            self.requests.append(len(writes))
+            if self.refusals:  # the last write of each request left unprocessed
+                self.refusals -= 1
+                *done, left = writes
+                writes, unprocessed = done, {"UnprocessedItems": {"Catalog": [left]}}
+            else:
+                unprocessed = {"UnprocessedItems": {}}
+            self.stored |= {w["PutRequest"]["Item"]["sk"]["S"] for w in writes}
+            return unprocessed
+
+    waits: list[float] = []
+    monkeypatch.setattr(access_log, "sleep", waits.append)
+    reads = [read(f"r{n:02d}", n) for n in range(30)]
+
+    table = Table(refusals=2)
+    DynamoAccessLog(table, "Catalog").add_all(reads + reads[:3])  # a read named twice: once
+    assert table.requests == [25, 1, 1, 5] and len(table.stored) == 30
+    assert waits == [0.05, 0.1]
+
+    with pytest.raises(UnprocessedReads):
+        DynamoAccessLog(Table(refusals=5), "Catalog").add_all(reads[:1])
