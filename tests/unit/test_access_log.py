@@ -220,3 +220,25 @@ def test_reads_dynamodb_leaves_unprocessed_are_written_again_and_a_message_still
 
     with pytest.raises(UnprocessedReads):
         DynamoAccessLog(Table(refusals=5), "Catalog").add_all(reads[:1])
+
+
+def test_a_queue_that_never_answers_leaves_the_read_time_to_answer_and_to_log_what_it_read(monkeypatch):
+    # The API queues a read once it has its answer. With the default client's three attempts of
+    # 3 s (9.15 s in all) a queue that took connections and never answered had the API function
+    # (10 s) time out after a read that had needed any DynamoDB retry of its own: the read failed
+    # (5xx), and its `read not queued` line, the record a runbook puts back, was never written.
+    from functions.adapters.aws_clients import CONNECT_TIMEOUT, READ_TIMEOUT
+    from functions.bootstrap import Config, bootstrap
+    from tests.unit.test_aws_clients import _function_timeouts, _longest_call
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    for table in ("ORDERS", "INVENTORY", "CATALOG", "IDEMPOTENCY"):
+        monkeypatch.setenv(f"{table}_TABLE", f"test-{table}")
+    monkeypatch.setenv("ACCESS_LOG_QUEUE_URL", "https://sqs.us-east-1.amazonaws.com/123456789012/q")
+    config = bootstrap(Config.from_env()).read_recorder._client.meta.config
+
+    assert config.retries["mode"] == "standard" and config.retries["total_max_attempts"] >= 2
+    # The read's own work, one of its calls having waited out an attempt, the queue's every attempt
+    # and a second to log what was read: within the function's timeout.
+    read_itself = CONNECT_TIMEOUT + READ_TIMEOUT
+    assert read_itself + _longest_call(config) + 1 < _function_timeouts()["ApiFunction"]
