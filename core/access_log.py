@@ -97,6 +97,11 @@ class AccessLogStore(ABC):
     def add(self, read: OrderRead) -> None:
         """Store the read; storing the same request's read again changes nothing."""
 
+    def add_all(self, reads: list[OrderRead]) -> None:
+        """Store each of `reads` (a queued message's: a list's reads travel together)."""
+        for read in reads:
+            self.add(read)
+
     @abstractmethod
     def reads(self, order_id: str) -> list[OrderRead]:
         """Every stored read of the order, oldest first."""

@@ -912,9 +912,10 @@ class Container:
     # --- The access log (issue 14) ----------------------------------------------------------------
     @cached_property
     def read_recorder(self) -> ReadRecorder:
-        from functions.adapters.access_log import SqsReadRecorder
+        from functions.adapters.access_log import RECORDING_CLIENT, SqsReadRecorder
 
-        return SqsReadRecorder(self.sqs, _required(self.config.access_log_queue_url, "ACCESS_LOG_QUEUE_URL"))
+        url = _required(self.config.access_log_queue_url, "ACCESS_LOG_QUEUE_URL")
+        return SqsReadRecorder(aws_client("sqs", config=RECORDING_CLIENT), url)
 
     @cached_property
     def access_log_store(self) -> AccessLogStore:

@@ -24,8 +24,7 @@ def store_read(record: SQSRecord) -> None:
     twice stores it once), then to the dead-letter queue."""
     body = record.body
     reads = _READS.validate_json(body) if body.lstrip().startswith("[") else [OrderRead.model_validate_json(body)]
-    for read in reads:
-        container().access_log_store.add(read)
+    container().access_log_store.add_all(reads)
 
 
 @logger.inject_lambda_context(clear_state=True)

@@ -7,7 +7,6 @@ so is each order (or return) a list answers.
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics
@@ -103,10 +102,11 @@ def _record(event: dict[str, Any], reads: list[tuple[str, str, dict[str, Any] | 
     who = caller_from(event)
     if who is None:
         return
-    context = event.get("requestContext") or {}
-    epoch_ms = context.get("requestTimeEpoch")
-    at = datetime.fromtimestamp(epoch_ms / 1000, UTC) if epoch_ms else datetime.now(UTC)
-    request_id = context.get("requestId") or ""
+    # When the read answered, on the clock the changes' entries are written by: API Gateway's request
+    # time is when the request arrived, and a read that waited (a new container, the authorizer)
+    # while the order changed, then showed the change, was listed before it.
+    at = container().clock()
+    request_id = (event.get("requestContext") or {}).get("requestId") or ""
     recorded = [
         OrderRead(request_id=request_id, order_id=order_id, at=at, actor=who.key_id, action=action, detail=detail)
         for order_id, action, detail in reads

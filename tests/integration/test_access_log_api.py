@@ -442,3 +442,32 @@ def test_simulating_the_sourcing_of_stored_orders_is_a_read_of_each_of_them(api)
         (first, planner_id, "simulate"),
         (second, planner_id, "simulate"),
     ]
+
+
+def test_a_read_that_showed_a_change_comes_after_it_in_the_log(api):
+    # API Gateway's request time is when the request arrived. A read that waited (a new container
+    # starting, the authorizer) while a change was made, and then read the order with it, was
+    # listed before that change: the log said the key saw the order as it was, not as it showed it.
+    import time
+
+    from infra.local.gateway import HttpRequest
+
+    oid = "ord_" + "g" * 24
+    stored(oid)
+    clerk_id, clerk = key(api, "orders:write", "orders:read")
+    consume_queued_reads()
+    arrived = time.time()  # the read arrives; the order is cancelled meanwhile; then it is read
+    assert api.post(f"/orders/{oid}/cancel", json={"reason": "asked"}, key=clerk).status_code == 200
+    asked = HttpRequest(method="GET", path=f"/orders/{oid}", headers=[("Authorization", f"Bearer {clerk}")],
+                        received_at=arrived - 1)  # fmt: skip
+    read = api.gateway.handle(asked)
+    assert read.status_code == 200 and json.loads(read.get_data())["status"] == "cancelled"
+    consume_queued_reads()
+
+    items = api.get(f"/orders/{oid}/access-log", key=key(api, "audit:read")[1]).json()["items"]
+    assert [(i["actor"], i["action"]) for i in items] == [
+        ("key_shop", "created"),
+        (clerk_id, "cancelled"),
+        (clerk_id, "get"),
+    ]
+    consume_queued_reads()

@@ -180,3 +180,65 @@ def test_a_lists_reads_travel_in_one_message_split_only_past_the_message_limit(m
     assert [n for message in queue.messages for n in message] == [r.order_id for r in reads]
     assert len(queue.messages) == 3
     assert all(len(message) < 40 for message in queue.messages)
+
+
+def test_reads_dynamodb_leaves_unprocessed_are_written_again_and_a_message_still_short_fails(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    # BatchWriteItem answers 200 with what it did not write (a partition at its limit): taken as
+    # written, those reads were lost without an error, a retry or a dead letter.
+    from functions.adapters import access_log
+    from functions.adapters.access_log import DynamoAccessLog, UnprocessedReads
+
+    class Table:
+        def __init__(self, refusals: int):
+            self.refusals = refusals
+            self.requests: list[int] = []
+            self.stored: set[str] = set()
+
+        def batch_write_item(self, RequestItems: dict) -> dict:
+            (writes,) = RequestItems.values()
+            assert len(writes) <= 25
+            self.requests.append(len(writes))
+            if self.refusals:  # the last write of each request left unprocessed
+                self.refusals -= 1
+                *done, left = writes
+                writes, unprocessed = done, {"UnprocessedItems": {"Catalog": [left]}}
+            else:
+                unprocessed = {"UnprocessedItems": {}}
+            self.stored |= {w["PutRequest"]["Item"]["sk"]["S"] for w in writes}
+            return unprocessed
+
+    waits: list[float] = []
+    monkeypatch.setattr(access_log, "sleep", waits.append)
+    reads = [read(f"r{n:02d}", n) for n in range(30)]
+
+    table = Table(refusals=2)
+    DynamoAccessLog(table, "Catalog").add_all(reads + reads[:3])  # a read named twice: once
+    assert table.requests == [25, 1, 1, 5] and len(table.stored) == 30
+    assert waits == [0.05, 0.1]
+
+    with pytest.raises(UnprocessedReads):
+        DynamoAccessLog(Table(refusals=5), "Catalog").add_all(reads[:1])
+
+
+def test_a_queue_that_never_answers_leaves_the_read_time_to_answer_and_to_log_what_it_read(monkeypatch):
+    # The API queues a read once it has its answer. With the default client's three attempts of
+    # 3 s (9.15 s in all) a queue that took connections and never answered had the API function
+    # (10 s) time out after a read that had needed any DynamoDB retry of its own: the read failed
+    # (5xx), and its `read not queued` line, the record a runbook puts back, was never written.
+    from functions.adapters.aws_clients import CONNECT_TIMEOUT, READ_TIMEOUT
+    from functions.bootstrap import Config, bootstrap
+    from tests.unit.test_aws_clients import _function_timeouts, _longest_call
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    for table in ("ORDERS", "INVENTORY", "CATALOG", "IDEMPOTENCY"):
+        monkeypatch.setenv(f"{table}_TABLE", f"test-{table}")
+    monkeypatch.setenv("ACCESS_LOG_QUEUE_URL", "https://sqs.us-east-1.amazonaws.com/123456789012/q")
+    config = bootstrap(Config.from_env()).read_recorder._client.meta.config
+
+    assert config.retries["mode"] == "standard" and config.retries["total_max_attempts"] >= 2
+    # The read's own work, one of its calls having waited out an attempt, the queue's every attempt
+    # and a second to log what was read: within the function's timeout.
+    read_itself = CONNECT_TIMEOUT + READ_TIMEOUT
+    assert read_itself + _longest_call(config) + 1 < _function_timeouts()["ApiFunction"]

@@ -239,3 +239,19 @@ def test_a_write_of_an_item_kept_outside_the_orders_table_is_billed_on_the_item_
             assert recorder.usage.wru == 9 + 2 * 4  # a transaction bills each write twice
         finally:
             RUNNING.function = None
+
+
+def test_a_batch_write_is_billed_as_the_puts_it_holds():
+    # The access-log function stores a message's reads with BatchWriteItem: unbilled, the access
+    # log's DynamoDB cost per million reads read 0.
+    from bench.workflow import UsageRecorder
+
+    recorder, usage = UsageRecorder(), Usage()
+    small = {"pk": {"S": "ACCESS#ord_1"}, "sk": {"S": "t#r1"}, "doc": {"S": "x" * 500}}
+    large = {**small, "sk": {"S": "t#r2"}, "doc": {"S": "x" * 1500}}
+    params = {"RequestItems": {"catalog": [{"PutRequest": {"Item": small}}, {"PutRequest": {"Item": large}}]}}
+
+    recorder._capacity(usage, "BatchWriteItem", params, {})
+
+    assert usage.wru == 1 + 2
+    assert recorder.written_keys("dynamodb", "BatchWriteItem", params) == []  # outside a function: not weighed
