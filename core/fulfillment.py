@@ -1153,13 +1153,23 @@ def _rejected_because(reason: object) -> str:
     return f"its location rejected it, reason: {reason}"
 
 
+def _made(entry: HistoryEntry, shipment_id: str) -> bool:
+    """Whether `entry` made the parcel `shipment_id` (an allocation's, or a partly shipped order's
+    reject's parcels sourced again: each names the parcels it made)."""
+    made = (entry.detail or {}).get("shipments") or []
+    return any((parcel.get("id") if isinstance(parcel, dict) else parcel) == shipment_id for parcel in made)
+
+
 def _withdrawal(order: Order, history: list[HistoryEntry], shipment_id: str) -> ParcelWithdrawn | None:
-    """The refusal of a confirmation of `shipment_id`, which `order` no longer has, by the last
-    entry of its `history` that withdrew it (a reject names its parcel and the allocations it
-    released, an edit or a cancel of units that sent the order back to be sourced the allocations);
-    None when no entry did (the order never had it). A shipment's id derives from its order,
-    location and generation (Order.location_of_parcel)."""
-    for entry in reversed(history):
+    """The refusal of a confirmation of `shipment_id`, which `order` no longer has, by the entry of
+    its `history` that withdrew it (a reject names its parcel and the allocations it released, an
+    edit or a cancel of units that sent the order back to be sourced the allocations): the first
+    after the one that made it, so a parcel replaced at its location (Order.parcel_id) names its own
+    withdrawal, not its replacement's; the last one otherwise (a history that does not say which
+    made it). None when no entry did (the order never had it). A shipment's id derives from its
+    order, location and generation (Order.location_of_parcel)."""
+    made = max((n for n, entry in enumerate(history) if _made(entry, shipment_id)), default=None)
+    for entry in history[made + 1 :] if made is not None else reversed(history):
         detail = entry.detail or {}
         released = [r.get("location_id") for r in detail.get("released") or [] if isinstance(r, dict)]
         location_id = order.location_of_parcel(shipment_id, released)

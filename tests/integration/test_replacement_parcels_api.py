@@ -176,3 +176,17 @@ def test_a_late_reject_of_a_replacement_a_second_change_withdrew_excludes_its_lo
     assert (entry["type"], entry["detail"]["shipment_id"], entry["detail"]["location_id"]) == (
         "shipment_rejected", second["id"], second["location_id"],
     )  # fmt: skip
+
+
+def test_a_late_ship_of_the_first_parcel_names_the_change_that_withdrew_it_not_the_replacements(api):
+    """The first parcel went with an edit; its replacement at the same location was rejected since.
+    The first one's late ship names the edit (it was never rejected), the replacement's the reject."""
+    old, order = edited_and_replaced(api)
+    (second,) = order["shipments"]
+    base = f"/orders/{order['id']}/shipments"
+    assert api.post(f"{base}/{second['id']}/reject", json={"reason": "no staff"}).status_code == 200
+
+    assert_withdrawn(api.post(f"{base}/{old['id']}/ship", json={}), old["id"], "edited")
+    late = api.post(f"{base}/{second['id']}/ship", json={})
+    assert_withdrawn(late, second["id"], "shipment_rejected")
+    assert "its location rejected it, reason: no staff" in late.json()["error"]["message"]
