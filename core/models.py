@@ -1720,10 +1720,12 @@ class Order(Shown):
     # its next capture takes a new gateway key (core/payment_keys.py). The system's own: stored, never shown.
     reversed_captures: list[str] = Field(default_factory=empty_list, exclude=True)
     # How many changes (an edit, a location's reject, units cancelled while backordered or from a
-    # pending parcel) may have altered what the order's parcels hold, whose shipments keep their
-    # ids: a parcel booked after one is asked of the carrier under a new key (core.ids.booking_key),
-    # so a carrier idempotent by key books the parcel as it now is instead of answering an earlier
-    # booking again. A retried step, a hold or a release does not change it. The system's own: stored, never shown.
+    # pending parcel) may have altered what the order's parcels hold: a parcel booked after one is
+    # asked of the carrier under a new key (core.ids.booking_key), so a carrier idempotent by key
+    # books the parcel as it now is instead of answering an earlier booking again; a parcel made
+    # after one (sourced again) has a new id too (parcel_id), while a pending parcel a cancel of
+    # units shrank keeps its own. A retried step, a hold or a release does not change it. The
+    # system's own: stored, never shown.
     rebookings: int = Field(default=0, exclude=True)
     # Pending shipments a cancel of units shrank after they were booked: their carrier booking and
     # label still show the old contents and weight until they are booked again under the order's
