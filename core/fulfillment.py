@@ -730,15 +730,15 @@ class OrderActions:
 
     def _withdrawn_from(self, order_id: str, shipment_id: str) -> str | None:
         """The location of `shipment_id` if the order had it and a change withdrew it: a reject's or
-        an edit's history entry names the allocations it released, and a shipment's id derives from
-        its order, location and generation (Order.location_of_parcel). None for a shipment the order never had."""
+        an edit's history entry names the allocations it released (_released), and a shipment's id
+        derives from its order, location and generation (Order.location_of_parcel). None for a
+        shipment the order never had."""
         found = self._orders.history(order_id)
         if found is None:
             return None
         order, history = found
         for entry in history:
-            released = [r.get("location_id") for r in entry.detail.get("released") or [] if isinstance(r, dict)]
-            location_id = order.location_of_parcel(shipment_id, released)
+            location_id = order.location_of_parcel(shipment_id, _released(entry))
             if location_id is not None:
                 return location_id
         return None
@@ -1144,7 +1144,16 @@ def _still_there(order: Order, shipment_id: str) -> None:
 _WITHDRAWN_BY = {
     OrderEvent.EDITED: "the order was edited",
     OrderEvent.UNITS_CANCELLED: "units of the order were cancelled",
+    OrderEvent.SOURCED_AGAIN: "units it recorded as reserved were no longer held for it",
 }
+
+
+def _released(entry: HistoryEntry) -> list[str]:
+    """The locations whose allocations `entry` released, sending the order back to be sourced: a
+    reject's, an edit's or a cancel of units' `released`, a sourcing again's `allocations`."""
+    detail = entry.detail or {}
+    released = detail.get("allocations" if entry.type is OrderEvent.SOURCED_AGAIN else "released") or []
+    return [r.get("location_id") for r in released if isinstance(r, dict)]
 
 
 def _rejected_because(reason: object) -> str:
@@ -1171,8 +1180,7 @@ def _withdrawal(order: Order, history: list[HistoryEntry], shipment_id: str) -> 
     made = max((n for n, entry in enumerate(history) if _made(entry, shipment_id)), default=None)
     for entry in history[made + 1 :] if made is not None else reversed(history):
         detail = entry.detail or {}
-        released = [r.get("location_id") for r in detail.get("released") or [] if isinstance(r, dict)]
-        location_id = order.location_of_parcel(shipment_id, released)
+        location_id = order.location_of_parcel(shipment_id, _released(entry))
         rejected = entry.type is OrderEvent.SHIPMENT_REJECTED and detail.get("shipment_id") == shipment_id
         if rejected:
             location_id = detail.get("location_id") or location_id
