@@ -38,7 +38,7 @@ from core.errors import (
 )
 from core.events import OrderEvent
 from core.holds import give_back_or_note, give_back_surplus
-from core.ids import reservation_key, shipment_id_for
+from core.ids import reservation_key
 from core.models import (
     Address,
     Change,
@@ -730,25 +730,26 @@ class OrderActions:
 
     def _withdrawn_from(self, order_id: str, shipment_id: str) -> str | None:
         """The location of `shipment_id` if the order had it and a change withdrew it: a reject's or
-        an edit's history entry names the allocations it released, and a shipment's id derives from
-        its order and location. None for a shipment the order never had."""
+        an edit's history entry names the allocations it released (_released), and a shipment's id
+        derives from its order, location and generation (Order.location_of_parcel). None for a
+        shipment the order never had."""
         found = self._orders.history(order_id)
         if found is None:
             return None
-        for entry in found[1]:
-            for released in entry.detail.get("released") or []:
-                location_id = released.get("location_id") if isinstance(released, dict) else None
-                if location_id and shipment_id_for(order_id, location_id) == shipment_id:
-                    return location_id
+        order, history = found
+        for entry in history:
+            location_id = order.location_of_parcel(shipment_id, _released(entry))
+            if location_id is not None:
+                return location_id
         return None
 
     @staticmethod
     def _rejected_at(order: Order, shipment_id: str) -> str | None:
-        """The location that rejected `shipment_id` (a shipment's id derives from its order and
-        location); None while it has not."""
+        """The location that rejected `shipment_id` (a shipment's id derives from its order,
+        location and generation: Order.location_of_parcel); None while it has not."""
         if any(s.id == shipment_id for s in order.shipments):
             return None
-        return next((loc for loc in order.excluded_locations if shipment_id_for(order.id, loc) == shipment_id), None)
+        return order.location_of_parcel(shipment_id, order.excluded_locations)
 
     def ready(self, order_id: str, shipment_id: str, actor: str, channel: str | None = None) -> Order:
         """The store has picked a pickup: it waits `ready_for_pickup` until collected or expired
@@ -1143,7 +1144,16 @@ def _still_there(order: Order, shipment_id: str) -> None:
 _WITHDRAWN_BY = {
     OrderEvent.EDITED: "the order was edited",
     OrderEvent.UNITS_CANCELLED: "units of the order were cancelled",
+    OrderEvent.SOURCED_AGAIN: "units it recorded as reserved were no longer held for it",
 }
+
+
+def _released(entry: HistoryEntry) -> list[str]:
+    """The locations whose allocations `entry` released, sending the order back to be sourced: a
+    reject's, an edit's or a cancel of units' `released`, a sourcing again's `allocations`."""
+    detail = entry.detail or {}
+    released = detail.get("allocations" if entry.type is OrderEvent.SOURCED_AGAIN else "released") or []
+    return [r.get("location_id") for r in released if isinstance(r, dict)]
 
 
 def _rejected_because(reason: object) -> str:
@@ -1152,16 +1162,25 @@ def _rejected_because(reason: object) -> str:
     return f"its location rejected it, reason: {reason}"
 
 
+def _made(entry: HistoryEntry, shipment_id: str) -> bool:
+    """Whether `entry` made the parcel `shipment_id` (an allocation's, or a partly shipped order's
+    reject's parcels sourced again: each names the parcels it made)."""
+    made = (entry.detail or {}).get("shipments") or []
+    return any((parcel.get("id") if isinstance(parcel, dict) else parcel) == shipment_id for parcel in made)
+
+
 def _withdrawal(order: Order, history: list[HistoryEntry], shipment_id: str) -> ParcelWithdrawn | None:
-    """The refusal of a confirmation of `shipment_id`, which `order` no longer has, by the last
-    entry of its `history` that withdrew it (a reject names its parcel and the allocations it
-    released, an edit or a cancel of units that sent the order back to be sourced the allocations);
-    None when no entry did (the order never had it). A shipment's id derives from its order and
-    location (core.ids.shipment_id_for)."""
-    for entry in reversed(history):
+    """The refusal of a confirmation of `shipment_id`, which `order` no longer has, by the entry of
+    its `history` that withdrew it (a reject names its parcel and the allocations it released, an
+    edit or a cancel of units that sent the order back to be sourced the allocations): the first
+    after the one that made it, so a parcel replaced at its location (Order.parcel_id) names its own
+    withdrawal, not its replacement's; the last one otherwise (a history that does not say which
+    made it). None when no entry did (the order never had it). A shipment's id derives from its
+    order, location and generation (Order.location_of_parcel)."""
+    made = max((n for n, entry in enumerate(history) if _made(entry, shipment_id)), default=None)
+    for entry in history[made + 1 :] if made is not None else reversed(history):
         detail = entry.detail or {}
-        released = [r.get("location_id") for r in detail.get("released") or [] if isinstance(r, dict)]
-        location_id = next((loc for loc in released if loc and shipment_id_for(order.id, loc) == shipment_id), None)
+        location_id = order.location_of_parcel(shipment_id, _released(entry))
         rejected = entry.type is OrderEvent.SHIPMENT_REJECTED and detail.get("shipment_id") == shipment_id
         if rejected:
             location_id = detail.get("location_id") or location_id

@@ -296,10 +296,10 @@ def oms_carrier_create_shipment(
 
     :param order: the order (its `shipping_address` is the destination, `shipping_method` the
         service the customer chose).
-    :param shipment_id: the OMS's id for this shipment (from the order and the location): an
-        order edited, or sourced again after a location's reject, books its parcel from the same
-        location under the same id, with other contents; so is a pending parcel booked again after
-        a cancel of some of its units.
+    :param shipment_id: the OMS's id for this shipment (from the order, the location and the
+        generation: core.ids.shipment_id_for): a parcel made after an edit or a location's reject
+        has a new one, but a pending parcel booked again after a cancel of some of its units keeps
+        its id, with other contents.
     :param booking_key: the key to ask the carrier idempotently under: the same on every retry,
         and a new one for a parcel booked again after such a change (the first booking's is the
         shipment id). Key idempotency on this, never on `shipment_id`, or the carrier answers the

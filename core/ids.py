@@ -50,9 +50,22 @@ def short_hash(text: str) -> str:
     return _b32(hashlib.sha256(text.encode()).digest()[:15])
 
 
-def shipment_id_for(order_id: str, location_id: str) -> str:
-    """The id of an order's shipment from a location: the same for every run of the step."""
-    return "shp_" + short_hash(f"{order_id}#{location_id}")
+def shipment_id_for(order_id: str, location_id: str, generation: int = 0) -> str:
+    """The id of an order's shipment from a location: the same for every run of the step that
+    makes it. `generation` is the order's `rebookings` when it is made (Order.parcel_id): a parcel
+    a change withdrew (an edit, a reject, units cancelled: each counts one) and the one made after
+    it at the same location have other ids, so a location's late confirmation of the first is
+    refused as withdrawn instead of shipping the second, whose contents and label may be other.
+    Generation 0 is the id every parcel had before there were others."""
+    if not generation:
+        return "shp_" + short_hash(f"{order_id}#{location_id}")
+    return "shp_" + short_hash(f"{order_id}#{location_id}#{generation}")
+
+
+def shipment_ids_for(order_id: str, location_id: str, generations: int) -> list[str]:
+    """Every id a shipment of the order from the location may have had in its first `generations`
+    generations (shipment_id_for), oldest first."""
+    return [shipment_id_for(order_id, location_id, generation) for generation in range(generations)]
 
 
 def booking_key(shipment_id: str, rebookings: int) -> str:

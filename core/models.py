@@ -9,7 +9,7 @@ import json
 import re
 import unicodedata
 from collections import defaultdict
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any, Literal, TypeVar
@@ -41,7 +41,7 @@ from core.errors import (
 )
 from core.events import OrderEvent
 from core.fields import empty_list
-from core.ids import booking_key, shipment_id_for, sourced_again_key
+from core.ids import booking_key, shipment_id_for, shipment_ids_for, sourced_again_key
 from core.log_text import shown_reference
 from core.money import Currency, ExactMoney, Money
 from core.status import (
@@ -1715,15 +1715,17 @@ class Order(Shown):
     # Stored before this was kept: empty, and the product decides, as it did. The system's own:
     # stored (stored_json), never shown.
     may_wait: list[str] = Field(default_factory=empty_list, exclude=True)
-    # A shipment id per capture given back because the order changed while it shipped (the id
-    # comes back when the order is sourced from that location again): its next capture takes a new
-    # gateway key (core/payment_keys.py). The system's own: stored, never shown.
+    # A shipment id per capture given back because the order changed while it shipped (a parcel
+    # sourced again from that location in the same generation, Order.parcel_id, would have the id):
+    # its next capture takes a new gateway key (core/payment_keys.py). The system's own: stored, never shown.
     reversed_captures: list[str] = Field(default_factory=empty_list, exclude=True)
     # How many changes (an edit, a location's reject, units cancelled while backordered or from a
-    # pending parcel) may have altered what the order's parcels hold, whose shipments keep their
-    # ids: a parcel booked after one is asked of the carrier under a new key (core.ids.booking_key),
-    # so a carrier idempotent by key books the parcel as it now is instead of answering an earlier
-    # booking again. A retried step, a hold or a release does not change it. The system's own: stored, never shown.
+    # pending parcel) may have altered what the order's parcels hold: a parcel booked after one is
+    # asked of the carrier under a new key (core.ids.booking_key), so a carrier idempotent by key
+    # books the parcel as it now is instead of answering an earlier booking again; a parcel made
+    # after one (sourced again) has a new id too (parcel_id), while a pending parcel a cancel of
+    # units shrank keeps its own. A retried step, a hold or a release does not change it. The
+    # system's own: stored, never shown.
     rebookings: int = Field(default=0, exclude=True)
     # Pending shipments a cancel of units shrank after they were booked: their carrier booking and
     # label still show the old contents and weight until they are booked again under the order's
@@ -2237,6 +2239,21 @@ class Order(Shown):
         if found is None:
             raise NotFound(f"no shipment {shipment_id} on order {self.id}")
         return found
+
+    def parcel_id(self, location_id: str) -> str:
+        """The id of a parcel made now at `location_id`: the same on every run of the step that
+        makes it, and a new one once a change that may alter what the location packs (`rebookings`:
+        each that withdraws parcels counts one) has passed, so a late confirmation of a parcel it
+        withdrew never lands on the one made after it there (core.ids.shipment_id_for)."""
+        return shipment_id_for(self.id, location_id, self.rebookings)
+
+    def location_of_parcel(self, shipment_id: str, location_ids: Iterable[str]) -> str | None:
+        """Which of `location_ids` a parcel of this order with `shipment_id` was made at, whichever
+        generation it was made in (parcel_id); None when none."""
+        return next(
+            (loc for loc in location_ids if loc and shipment_id in shipment_ids_for(self.id, loc, self.rebookings + 1)),
+            None,
+        )
 
     def booking_key_of(self, shipment_id: str) -> str:
         """The key the shipment's current carrier booking was made under (see `booking_keys`)."""
@@ -3069,9 +3086,10 @@ class Order(Shown):
         units kept (`held_before`). A held one (with stock, or held while backordered: a cancel of
         its units) stays on hold and is released to `authorized`, which starts its workflow again.
         The marks of parcels a cancel wrote off (Order.written_off) go with their shipments: one
-        sourced again from the same location has the same id (shipment_id_for), and would be taken
-        for a parcel its carrier reported delivered (no other mark can stand then: a marked parcel
-        pending keeps the order from being sourced again, check_parcels_kept)."""
+        sourced again from the same location in the same generation (Order.parcel_id) would have
+        the same id, and would be taken for a parcel its carrier reported delivered (no other mark
+        can stand then: a marked parcel pending keeps the order from being sourced again,
+        check_parcels_kept)."""
         self.check_write_off_finished("sourced again")
         held_before = sorted({*self.held_before, *(a.location_id for a in self.allocations)})
         marks: dict[str, Any] = {"reported_delivered": []} if self.reported_delivered else {}
@@ -3993,7 +4011,7 @@ class Order(Shown):
         kept = {(booking.shipment_id, booking.booking_key) for booking in self.unrecorded_bookings}
         maybe = []
         for location_id in sorted({allocation.location_id for allocation in self.allocations}):
-            shipment_id = shipment_id_for(self.id, location_id)
+            shipment_id = self.parcel_id(location_id)
             key = booking_key(shipment_id, self.rebookings)
             if (shipment_id, key) not in kept:
                 maybe.append(GivenUpBooking(shipment_id=shipment_id, booking_key=key))

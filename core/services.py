@@ -30,7 +30,7 @@ from core.errors import (
 )
 from core.events import OrderEvent
 from core.hook_calls import call_hook
-from core.ids import new_id, order_id_for, shipment_id_for, short_hash
+from core.ids import new_id, order_id_for, short_hash
 from core.models import (
     Address,
     HistoryEntry,
@@ -309,8 +309,10 @@ class InventoryService:
         for key, units in held.items():
             by_order[key.rpartition("#")[0]][key] = units
         candidates: list[tuple[Order, str, bool]] = []
-        for order_id, order in self._orders().get_many(sorted(by_order)).items():
-            shipment_id = shipment_id_for(order_id, location_id)
+        for order in self._orders().get_many(sorted(by_order)).values():
+            # Its parcel there, whichever generation (Order.parcel_id); else the id one made now would have.
+            here = (s.id for s in order.shipments if s.location_id == location_id)
+            shipment_id = next(here, None) or order.parcel_id(location_id)
             # Backordered, or held while backordered: its units are in no parcel, and the hold stays.
             waiting = order.waits_for_stock() and self._send_back is not None
             if waiting and any(a.location_id == location_id for a in order.allocations):

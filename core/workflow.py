@@ -43,7 +43,7 @@ from core.errors import (
     is_own_error,
 )
 from core.events import OrderEvent
-from core.ids import booking_key, reservation_key, shipment_id_for, sourced_again_key
+from core.ids import booking_key, reservation_key, sourced_again_key
 from core.models import (
     Address,
     Allocation,
@@ -963,7 +963,7 @@ class Workflow:
         to them) and reserved, then booked with the carrier as CreateShipments books (one parcel
         per location), for the reject's write to record (Order.reject_in_part). Never at the
         rejecting location, one excluded before, nor one that has a parcel of the order: a parcel's
-        id is its order's and location's (shipment_id_for) and its units are reserved under the
+        id is its order's and location's (Order.parcel_id) and its units are reserved under the
         order's line keys there, so a second parcel at a location that shipped one would share its
         id, and a ship of the first sent again would take the second's units. What no other
         location has is `short` (units by line): nothing of a partly shipped order waits
@@ -1027,7 +1027,7 @@ class Workflow:
         dropped -= {allocation.location_id for allocation in allocations}
         maybe_booked = [
             GivenUpBooking(shipment_id=sid, booking_key=sourced_again_key(sid, order.version))
-            for sid in (shipment_id_for(order.id, location_id) for location_id in sorted(dropped))
+            for sid in (order.parcel_id(location_id) for location_id in sorted(dropped))
         ]
         done: list[tuple[str, str, str]] = []
         try:
@@ -1086,7 +1086,7 @@ class Workflow:
         try:
             for location_id in sorted(by_location):
                 lines = by_location[location_id]
-                shipment_id = shipment_id_for(order.id, location_id)
+                shipment_id = order.parcel_id(location_id)
                 weight = sum((products[line_sku[x.line_id]].weight_grams or 0) * x.quantity for x in lines)
                 key = key_for(shipment_id)
                 asking = GivenUpBooking(shipment_id=shipment_id, booking_key=key)

@@ -583,8 +583,8 @@ def test_a_capture_on_a_renewed_authorization_whose_answer_was_lost_is_asked_aga
 def test_a_capture_refused_before_an_edit_authorized_the_grown_total_is_asked_afresh_on_the_new_authorization(clock):
     # The capture was refused (the issuer let the authorization lapse early); the customer then
     # added a shirt, authorized anew for the grown total, and the order was sourced again from the
-    # same warehouse (the same shipment id). Under the same key, a gateway that keeps its first
-    # answers refused the capture on the edit's authorization forever.
+    # same warehouse (under another shipment id now: Order.parcel_id). Under the same key, a gateway
+    # that keeps its first answers refused the capture on the edit's authorization forever.
     world = build_world(STOCK, FirstCaptureAnswers(), clock=clock)
     order = world.allocated(("TSHIRT", 2))
     (shipment,) = order.shipments
@@ -598,14 +598,15 @@ def test_a_capture_refused_before_an_edit_authorized_the_grown_total_is_asked_af
     assert "spent_authorizations" not in edited.stored_json()  # the refused one is replaced: nothing to renew
     world.workflow.reserve_stock(order.id)
     world.workflow.create_shipments(order.id)
-    assert [s.id for s in world.order(order.id).shipments] == [shipment.id]
+    (replacement,) = world.order(order.id).shipments
+    assert (replacement.location_id, replacement.id != shipment.id) == (shipment.location_id, True)
 
-    shipped = world.actions.ship(order.id, shipment.id, tracking_number=None, actor="key_wh")
+    shipped = world.actions.ship(order.id, replacement.id, tracking_number=None, actor="key_wh")
 
     new = edited.payment.authorization
     assert new != order.payment.authorization
     assert world.gateway.keys("capture") == [
-        payment_keys.capture(order.id, shipment.id), payment_keys.capture(order.id, shipment.id, under=new)
+        payment_keys.capture(order.id, shipment.id), payment_keys.capture(order.id, replacement.id, under=new)
     ]  # fmt: skip
     assert shipped.status is OrderStatus.SHIPPED and shipped.payment.captured == edited.totals.grand_total
 

@@ -18,7 +18,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from core.backorders import BackorderAllocator, ExpectedArrivals
 from core.errors import Backordered, InvalidTransition, OrderHeld, OutOfStock, TransientError
 from core.holds import HoldRequest, Holds, ReleaseRequest
-from core.ids import reservation_key
+from core.ids import reservation_key, shipment_id_for
 from core.models import Allocation, LineInput, Order, OrderEdit, StockLevel
 from core.ports import WaitingOrder, WorkflowStarter
 from core.sourcing_rules import SourcingRules
@@ -880,7 +880,10 @@ def test_units_cancelled_while_the_filled_order_is_booked_get_its_parcel_booked_
 
     (shipment,) = again.shipments
     booked, rebooked = carrier.asked
-    assert booked[:3] == (shipment.id, shipment.id, [("L1", 3)])
+    first = shipment_id_for(order_id, "wh-west")  # the parcel the lost write would have recorded
+    assert booked[:3] == (first, first, [("L1", 3)])
+    # Sent back to be sourced by the cancel: a parcel of its own (Order.parcel_id), booked under a new key.
+    assert shipment.id != first and shipment.location_id == "wh-west"
     assert rebooked[0] == shipment.id and rebooked[1] != shipment.id and rebooked[2] == [("L1", 2)]
     assert shipment.label_url == f"labels/{order_id}/{rebooked[1]}"
 

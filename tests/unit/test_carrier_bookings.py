@@ -147,7 +147,8 @@ def test_an_edit_that_sends_the_order_to_be_sourced_again_cancels_its_bookings_a
     assert carrier.cancelled == [(f"ACME-{west}", west, order.id)]
     world.workflow.reserve_stock(order.id)
     world.workflow.create_shipments(order.id)
-    again = booking_key(west, world.order(order.id).rebookings)
+    replaced = world.order(order.id)
+    again = booking_key(world.shipment_at(replaced, "wh-west"), replaced.rebookings)
     world.actions.cancel(order.id, "changed my mind", actor="key_web")
     assert carrier.cancelled[1:] == [(f"ACME-{again}", again, order.id)]
 

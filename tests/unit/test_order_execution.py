@@ -85,7 +85,10 @@ def test_an_allocated_order_edited_goes_back_to_authorized_and_the_workflow_sour
     assert [(a.line_id, a.location_id, a.quantity) for a in again.allocations] == [("L1", "wh-west", 4)]
     assert world.held_for(order.id) == {("TSHIRT", "wh-west", f"{order.id}#L1"): 4}
     assert world.level("TSHIRT", "wh-west") == (10, 4, 6)
-    assert [s.id for s in again.shipments] == [shipment.id]
+    # A new parcel at the same warehouse, under an id of its own: a late confirmation of the one
+    # the edit withdrew is refused as withdrawn, never applied to it (Order.parcel_id).
+    assert [(s.location_id, s.id) for s in again.shipments] == [("wh-west", again.parcel_id("wh-west"))]
+    assert again.shipments[0].id != shipment.id
 
 
 def test_an_edit_that_replaces_a_lines_sku_releases_the_old_units_at_once(world):

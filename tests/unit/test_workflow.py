@@ -1339,10 +1339,11 @@ def test_an_edited_order_booked_again_from_the_same_location_is_booked_under_a_n
     world.workflow.create_shipments(order_id)  # the step run again
 
     (shipment,) = world.order(order_id).shipments
-    assert (shipment.id, shipment.location_id) == (before.id, before.location_id)  # the same shipment id
+    # The same location, a parcel of its own (Order.parcel_id): the same on the step's retry.
+    assert shipment.location_id == before.location_id and shipment.id != before.id
     booked, rebooked, retried = carrier.asked
     assert booked == (before.id, before.id, [("L1", 2)], 400)  # a first booking's key is its shipment id
-    assert rebooked[0] == before.id and rebooked[1] != before.id
+    assert rebooked[0] == shipment.id and rebooked[1] not in (before.id, shipment.id)
     assert rebooked[2:] == ([("L1", 3)], 600)  # the parcel as it is now
     assert retried == rebooked  # a retried step asks under the same key
     # The new booking's label is the one the order keeps; the first one is not served.
@@ -1363,9 +1364,11 @@ def test_a_parcel_booked_again_after_another_location_rejects_is_booked_under_a_
     world.workflow.reserve_stock(first.id)
     world.workflow.create_shipments(first.id)
 
-    again = world.order(first.id).shipment(kept.id)  # the same location ships again, more of the order
-    assert again.lines != kept.lines
-    (key,) = {asked[1] for asked in carrier.asked if asked[0] == kept.id and asked[1] != kept.id}
+    # The same location ships again, more of the order, in a parcel of its own (Order.parcel_id).
+    replaced = world.order(first.id)
+    again = replaced.shipment(world.shipment_at(replaced, kept.location_id))
+    assert again.lines != kept.lines and again.id != kept.id
+    (key,) = {asked[1] for asked in carrier.asked if asked[0] == again.id}
     assert again.label_url == f"labels/{first.id}/{key}"
 
 
