@@ -23,6 +23,7 @@ and a deleted module never lingers in the artifact.
 from __future__ import annotations
 
 import argparse
+import base64
 import compileall
 import csv
 import hashlib
@@ -136,10 +137,27 @@ def build_function(artifacts: Path, root: Path, cache: Path | None = None) -> No
         # importlib.metadata's `files` read it).
         rows = [row for row in csv.reader(io.StringIO(archive.read(record_name).decode())) if row]
         kept_set = set(kept)
+        kept_rows = [row for row in rows if row[0] in kept_set]
+        kept_rows.extend(_endpoints_digest_rows(artifacts))
         lines = io.StringIO()
-        csv.writer(lines, lineterminator="\n").writerows(row for row in rows if row[0] in kept_set)
+        csv.writer(lines, lineterminator="\n").writerows(kept_rows)
         (artifacts / record_name).write_text(lines.getvalue())
     compile_tree(artifacts)
+
+
+def _endpoints_digest_rows(artifacts: Path) -> list[list[str]]:
+    """The function's digest of botocore's endpoint data (functions/adapters/aws_clients.py says
+    why), made from the botocore the layer pins (tested_versions: the one installed here), as its
+    RECORD row."""
+    adapters = artifacts / "functions" / "adapters"
+    if not (adapters / "aws_clients.py").is_file():
+        return []
+    from functions.adapters.aws_clients import write_endpoints_digest
+
+    digest = write_endpoints_digest(adapters)
+    content = digest.read_bytes()
+    sha = base64.urlsafe_b64encode(hashlib.sha256(content).digest()).rstrip(b"=").decode()
+    return [[digest.relative_to(artifacts).as_posix(), f"sha256={sha}", str(len(content))]]
 
 
 def _dist_info_dir(names: list[str]) -> str:

@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import botocore
 import pytest
 
 from infra.build import ARCHITECTURE, LAYER_SUBDIR, RUNTIME, build_function, build_layer, compile_tree
@@ -435,3 +436,14 @@ def test_a_module_left_in_setuptools_build_directory_never_reaches_the_artifact(
     assert (tmp_path / "artifact" / "core" / "kept.py").is_file()
     assert not (tmp_path / "artifact" / "core" / "deleted.py").exists()
     assert list((tmp_path / "wheels").glob("*/*.whl")) == [wheel]  # the same sources: the cached wheel
+
+
+def test_a_function_carries_the_digest_of_botocores_endpoints_its_first_client_reads(tmp_path: Path):
+    build_function(tmp_path / "artifact", ROOT, cache=tmp_path / "wheels")
+
+    digest = tmp_path / "artifact" / "functions" / "adapters" / "botocore-endpoints.json"
+    written = json.loads(digest.read_text())
+    assert written["botocore"] == botocore.__version__
+    assert {"dynamodb", "s3", "sqs", "states"} <= set(written["endpoints"]["partitions"][0]["services"])
+    record = (tmp_path / "artifact" / "oms-0.1.0.dist-info" / "RECORD").read_text()
+    assert "functions/adapters/botocore-endpoints.json," in record

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import json
+import os
 from pathlib import Path
 
 import boto3
@@ -13,7 +14,8 @@ import botocore.session
 import pytest
 from botocore.config import Config
 from botocore.exceptions import UnknownServiceError
-from botocore.loaders import Loader
+from botocore.loaders import JSONFileLoader, Loader
+from botocore.regions import EndpointResolver
 
 from core.returns import PUT_WINDOW
 from functions.adapters import aws_clients
@@ -180,3 +182,108 @@ def test_a_refused_exchange_waits_past_every_run_that_could_still_place_it_and_l
     asl = json.loads((ROOT / "infra" / "return_workflow.asl.json").read_text())
     (retry,) = [r for r in asl["States"]["Exchange"]["Retry"] if r["ErrorEquals"] == ["RefundNotDone"]]
     assert 2 * _function_timeouts()["ReturnStepFunction"] <= PUT_WINDOW.total_seconds() < retry["IntervalSeconds"]
+
+
+# --- botocore's endpoint data, digested by the build ---------------------------------------------
+
+
+def _digested(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The digest the build writes into a function's artifact, where the loader looks for it."""
+    digest = aws_clients.write_endpoints_digest(tmp_path)
+    monkeypatch.setattr(aws_clients, "ENDPOINTS_DIGEST", digest)
+    return digest
+
+
+def _files_read(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    read: list[str] = []
+    load = JSONFileLoader.load_file
+    monkeypatch.setattr(JSONFileLoader, "load_file", lambda self, path: read.append(path) or load(self, path))
+    return read
+
+
+def _whole_endpoints() -> dict:
+    return JSONFileLoader().load_file(os.path.join(Loader.BUILTIN_DATA_PATH, "endpoints"))
+
+
+def test_a_new_containers_first_client_reads_the_builds_endpoint_digest_not_the_whole_file(tmp_path, monkeypatch):
+    # botocore's endpoints.json holds every partition's every service: 1.2 MB of JSON parsed in
+    # each new container's first client, ~100 M instructions of the API's cold path.
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)  # a new container's
+    _digested(tmp_path, monkeypatch)
+    read = _files_read(monkeypatch)
+
+    client = aws_client("dynamodb")
+
+    assert os.path.join(Loader.BUILTIN_DATA_PATH, "endpoints") not in read
+    own = botocore.session.Session().create_client("dynamodb", region_name="eu-west-1")
+    assert client.meta.endpoint_url == own.meta.endpoint_url == "https://dynamodb.eu-west-1.amazonaws.com"
+    assert client.meta.region_name == own.meta.region_name
+    assert client.meta.partition == own.meta.partition
+    assert client.meta.config.signature_version == own.meta.config.signature_version
+
+
+def test_the_digest_resolves_every_service_in_every_partition_as_botocores_whole_file(tmp_path, monkeypatch):
+    _digested(tmp_path, monkeypatch)
+    data, path = aws_clients.ServiceLoader().load_data_with_path("endpoints")
+    assert path == os.path.join(Loader.BUILTIN_DATA_PATH, "endpoints")  # botocore's own: the same resolution rules
+    whole = _whole_endpoints()
+    digested, own = EndpointResolver(data, uses_builtin_data=True), EndpointResolver(whole, uses_builtin_data=True)
+    # A region of each partition, and one of no partition; services digested or not (any other is
+    # read from the whole file when first asked).
+    regions = [next(iter(partition["regions"])) for partition in whole["partitions"]] + ["mars-north-1", None]
+    services = ["dynamodb", "s3", "states", "sqs", "iam", "route53", "sts", "no-such-service"]
+    for service in services:
+        for region in regions:
+            for dualstack, fips in [(False, False), (True, False), (False, True)]:
+                asked = dict(service_name=service, region_name=region, use_dualstack_endpoint=dualstack,
+                             use_fips_endpoint=fips)  # fmt: skip
+                assert _resolved(digested, asked) == _resolved(own, asked), asked
+        assert digested.get_available_endpoints(service) == own.get_available_endpoints(service)
+        assert digested.get_service_endpoints_data(service) == own.get_service_endpoints_data(service)
+
+
+def _resolved(resolver: EndpointResolver, asked: dict) -> object:
+    try:
+        return resolver.construct_endpoint(**asked)
+    except Exception as error:  # the same refusal from both
+        return type(error), str(error)
+
+
+def test_the_digest_holds_every_service_a_function_builds_a_client_of(tmp_path, monkeypatch):
+    named = {
+        node.args[0].value
+        for path in (ROOT / "functions").rglob("*.py")
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8")))
+        if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "aws_client"
+        and node.args and isinstance(node.args[0], ast.Constant)
+    }  # fmt: skip
+    assert named and named <= set(aws_clients.SERVICES)
+    digest = _digested(tmp_path, monkeypatch)
+    session = botocore.session.Session()
+    prefixes = {session.get_service_model(name).endpoint_prefix for name in aws_clients.SERVICES}
+    digested = json.loads(digest.read_text())["endpoints"]["partitions"]
+    whole = _whole_endpoints()["partitions"]
+    assert [set(partition["services"]) for partition in digested] == [
+        prefixes & set(partition["services"]) for partition in whole
+    ]
+    assert [{k: v for k, v in p.items() if k != "services"} for p in digested] == [
+        {k: v for k, v in p.items() if k != "services"} for p in whole
+    ]
+
+
+def test_a_digest_of_another_botocore_or_endpoints_of_ones_own_are_left_to_botocore(tmp_path, monkeypatch):
+    digest = _digested(tmp_path, monkeypatch)
+    written = json.loads(digest.read_text())
+    digest.write_text(json.dumps({**written, "botocore": "0.0.1"}))  # the layer's botocore is not the build's
+    whole = _whole_endpoints()
+    read = _files_read(monkeypatch)
+    assert aws_clients.ServiceLoader().load_data_with_path("endpoints")[0] == whole
+    assert read == [os.path.join(Loader.BUILTIN_DATA_PATH, "endpoints")]
+
+    digest.write_text(json.dumps(written))
+    own = tmp_path / "models"
+    own.mkdir()
+    (own / "endpoints.json").write_text(json.dumps({"partitions": [], "version": 3}))
+    loader = aws_clients.ServiceLoader(extra_search_paths=[str(own)])  # AWS_DATA_PATH's
+    assert loader.load_data_with_path("endpoints") == ({"partitions": [], "version": 3}, str(own / "endpoints"))
