@@ -286,6 +286,46 @@ def test_the_mark_survives_a_change_that_keeps_the_status_and_a_hold_clears_it(w
     assert held.jeopardy is None and held.in_status_since == clock.now  # on_hold's own 24 hours start
 
 
+def test_each_hold_pauses_the_clock_of_the_status_it_stopped_and_its_release_resumes_it(world):
+    """API.md: a release "resumes it where it stopped". The time held (nothing of a held order
+    ships) counts against no deadline of the status it resumes; the time before each hold does."""
+    clock = Clock()
+    for service in (world.capture, world.workflow, world.actions):
+        service._clock = clock
+    order = world.allocated(("MUG", 1))  # allocated at NOW: 48 hours to ship
+    holds = Holds(world.orders, clock=clock)
+    for spent, held in ((20, 3), (20, 5)):
+        clock.advance(hours=spent)
+        holds.hold(order.id, HoldRequest(reason="other"), actor="k")
+        clock.advance(hours=held)
+        released = holds.release(order.id, ReleaseRequest(), actor="k")
+        assert released.in_status_since == NOW + timedelta(hours=held + (3 if held == 5 else 0))
+
+    clock.advance(hours=7, minutes=59)  # 47:59 of its 48 hours allocated
+    assert scan(world, clock).run().marked == []
+    clock.advance(minutes=2)
+    assert scan(world, clock).run().marked == [order.id]
+    assert world.order(order.id).jeopardy.since == NOW + timedelta(hours=48 + 3 + 5)
+
+
+def test_a_held_order_sent_back_to_be_sourced_starts_its_new_status_clock_at_its_release(world):
+    """An edit of a held allocated order sends it back to be sourced: released, it is `authorized`
+    anew (its 15 minutes from the release), not the `allocated` it was held from."""
+    clock = Clock()
+    for service in (world.capture, world.workflow, world.actions):
+        service._clock = clock
+    order = world.allocated(("MUG", 1))
+    clock.advance(hours=40)
+    held = Holds(world.orders, clock=clock).hold(order.id, HoldRequest(reason="other"), actor="k")
+    edited = world.actions.edit(order.id, held.version, OrderEdit(lines=[{"sku": "MUG", "quantity": 2}]), actor="k")
+    assert (edited.status, edited.hold.resume_to, edited.hold.resume_since) == (S.ON_HOLD, S.AUTHORIZED, None)
+    clock.advance(hours=1)
+
+    released = Holds(world.orders, clock=clock).release(order.id, ReleaseRequest(), actor="k")
+
+    assert (released.status, released.in_status_since) == (S.AUTHORIZED, clock.now)
+
+
 # --- Holds that expire -----------------------------------------------------------------------------
 
 
