@@ -40,6 +40,7 @@ def test_a_hold_and_release_of_a_late_allocated_order_pauses_its_deadline_and_th
             clock.now = allocated_at + timedelta(hours=47)
             held = api.post(f"/orders/{order_id}/hold", json={"reason": "other", "note": "why so slow?"})
             assert held.status_code == 200, held.text
+            assert set(held.json()["hold"]) == {"reason", "note", "since"}  # the clock kept is the system's own
             clock.advance(hours=2)
             released = api.post(f"/orders/{order_id}/release", json={})
             assert (released.status_code, released.json()["status"]) == (200, "allocated"), released.text
