@@ -101,11 +101,28 @@ def test_the_template_takes_every_status_an_order_waits_in_and_no_other():
         assert taken is (status in WATCHED), status
 
 
-@pytest.mark.parametrize("text", ["backordered=36501d", "backordered=999999d", "allocated=99999999h"])
-def test_a_deadline_too_long_for_the_scan_to_subtract_is_refused_where_it_is_read(text):
-    # The template's pattern lets these through; the scan would crash on every pass.
+@pytest.mark.parametrize(
+    "text",
+    ["backordered=36501d", "backordered=999999d", "allocated=99999999h", "allocated=876001h",
+     "pending=52560001m", "pending=5m,on_hold=100000d"],
+)  # fmt: skip
+def test_a_deadline_too_long_for_the_scan_to_subtract_is_refused_at_deploy_and_where_it_is_read(text):
+    # The template's pattern let these through: the stack deployed, and every pass of the scan
+    # then failed on it (its holds and returns too), marking no late order, until someone read
+    # its Errors alarm. A "practically never" such as 99999d is the likely one.
+    from tests.template_iam import TEMPLATE
+
+    assert re.fullmatch(TEMPLATE["Parameters"]["Sla"]["AllowedPattern"], text) is None
     with pytest.raises(ValueError, match=r"OMS_SLA: .*longer than 36500d"):
         parse_sla(text)
+
+
+def test_the_template_takes_each_unit_up_to_the_longest_deadline():
+    from tests.template_iam import TEMPLATE
+
+    longest = "backordered=36500d,allocated=876000h,pending=52560000m,on_hold=999999999s,authorized=9d"
+    assert re.fullmatch(TEMPLATE["Parameters"]["Sla"]["AllowedPattern"], longest) is not None
+    assert parse_sla(longest)[S.ALLOCATED] == timedelta(days=36500)
 
 
 def test_the_longest_deadline_is_scanned(world):
