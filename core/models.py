@@ -1320,6 +1320,14 @@ class Hold(Shown):
     # Always stored; None only in an Order read back from a response (POST /orders re-validates
     # its own answer, an Idempotency-Key replays it), which is never written or released.
     resume_to: OrderStatus | None = Field(default=None, exclude=True)
+    # When the order entered `resume_to` before the hold stopped it (its deadline's start, OMS_SLA):
+    # a release resumes that clock where the hold stopped it, the time held added (nothing of a held
+    # order moves on, so the time held counts against no deadline of the status it resumes), as a
+    # pickup's customer gets the time held back (Order.pickups_after_hold). The system's own like
+    # `resume_to`; None when the status it resumes to was not the one held from (a held order sent
+    # back to be sourced resumes to `authorized`, its clock starting at the release) and on holds
+    # stored before it was kept.
+    resume_since: datetime | None = Field(default=None, exclude=True)
     # A hold the system put on for a person after an infrastructure failure, so no hold expiry
     # cancels it (Order.hold_expiry_counts_from): a park (Order.park, the workflow's failure path),
     # or an order whose ship died after its capture, held to confirm whether the parcel left
@@ -1343,6 +1351,13 @@ class Hold(Shown):
     # ships_to_confirm_since) until a person releases it or the order is cancelled. Stored on those
     # holds only.
     confirms_ships: list[str] = Field(default_factory=empty_list, exclude=True)
+
+    def resumed_since(self, at: datetime) -> datetime | None:
+        """When the order entered `resume_to` as a release at `at` resumes its clock: `resume_since`
+        moved on by the time held (never past `at`); None when the hold keeps none."""
+        if self.resume_since is None:
+            return None
+        return min(self.resume_since + max(at - self.since, timedelta(0)), at)
 
 
 # How long the same release sent again is taken for a retry of the one before (Order.repeats_release):
@@ -2069,6 +2084,8 @@ class Order(Shown):
             # Inside the API's `hold`: through a dict (held orders only).
             doc = self.model_dump(mode="json", exclude_none=True, exclude=_NOT_STORED)
             doc["hold"]["resume_to"] = self.hold.resume_to.value
+            if self.hold.resume_since is not None:
+                doc["hold"]["resume_since"] = _TIMES.dump_python(self.hold.resume_since, mode="json")
             if self.hold.parked:
                 doc["hold"]["parked"] = True
             if self.hold.ships_to_confirm:
@@ -2609,7 +2626,7 @@ class Order(Shown):
                 )  # fmt: skip
             return self._next(
                 at=at, actor=actor, type=OrderEvent.RELEASED, to=self.hold.resume_to, detail=detail, hold=None,
-                reported_delivered=marked,
+                reported_delivered=marked, **self._resumed_clock(at),
             )  # fmt: skip
         if reported:
             raise InvalidTransition(f"shipment {shipment_id} is reported delivered already")
@@ -3095,8 +3112,10 @@ class Order(Shown):
         marks: dict[str, Any] = {"reported_delivered": []} if self.reported_delivered else {}
         if self._held_with_stock() or (self.status is OrderStatus.ON_HOLD and self.waits_for_stock()):
             assert self.hold is not None
+            # Sourced again: released to `authorized` anew, its clock starting at the release.
+            resumes = _replaced(self.hold, resume_to=OrderStatus.AUTHORIZED, resume_since=None)
             return {"allocations": [], "shipments": [], "labels_due": [], "held_before": held_before,
-                    "hold": _replaced(self.hold, resume_to=OrderStatus.AUTHORIZED), **marks}  # fmt: skip
+                    "hold": resumes, **marks}  # fmt: skip
         if self.status not in RESOURCEABLE:
             return {}
         return {"to": OrderStatus.AUTHORIZED, "allocations": [], "shipments": [], "labels_due": [],
@@ -3243,7 +3262,8 @@ class Order(Shown):
             raise InvalidTransition(f"an order cannot go from {self.status} to {to}")
         if to is not None and to != self.status:
             # A new status starts its own deadline; leaving the late status clears the jeopardy mark.
-            fields = {**fields, "status_since": at, "jeopardy": None, "scan_read": False}
+            # A release resumes the clock its hold stopped instead (`status_since` given: _resumed_clock).
+            fields = {"status_since": at, **fields, "jeopardy": None, "scan_read": False}
         elif self.status_since is None:
             # Stored before `status_since` existed, `updated_at` stood in for it: pinned before this
             # write moves it, so only a status change restarts the status's clock (a late mark, say,
@@ -3412,7 +3432,7 @@ class Order(Shown):
                 at=at, actor=actor, type=OrderEvent.PAYMENT_AUTHORIZED,
                 detail={"amount": amount.model_dump(mode="json"), "reference": reference, **why},
                 payment=self.payment.authorized_for(amount, reference), authorized_at=at,
-                hold=_replaced(self.hold, resume_to=OrderStatus.AUTHORIZED), **given_up,
+                hold=_replaced(self.hold, resume_to=OrderStatus.AUTHORIZED, resume_since=None), **given_up,
             )  # fmt: skip
         if self.status is not OrderStatus.PENDING:
             raise InvalidTransition(f"an order that is {self.status} is not waiting for its authorization")
@@ -3979,8 +3999,8 @@ class Order(Shown):
         return self._next(
             at=at, actor=actor, type=OrderEvent.ON_HOLD, to=OrderStatus.ON_HOLD,
             detail={"reason": reason, **({"note": note} if note else {}), **(detail or {})},
-            hold=Hold(reason=reason, note=note, since=at, resume_to=self.status, parked=parked,
-                      confirms_ships=list(confirms_ships or [])), **fields,
+            hold=Hold(reason=reason, note=note, since=at, resume_to=self.status, resume_since=self.in_status_since,
+                      parked=parked, confirms_ships=list(confirms_ships or [])), **fields,
         )  # fmt: skip
 
     def park(self, *, error: str, message: str, at: datetime, actor: str, execution: str = "") -> Change:
@@ -4166,7 +4186,8 @@ class Order(Shown):
         if self.hold.ships_to_confirm or unnamed:
             shipment_ids = list(dict.fromkeys([*self.hold.ships_to_confirm, *unnamed]))
             to_confirm = Hold(reason="other", note=_unfinished_ships_note(shipment_ids), since=at,
-                              resume_to=self.hold.resume_to, parked=True, confirms_ships=shipment_ids,
+                              resume_to=self.hold.resume_to, resume_since=self.hold.resumed_since(at),
+                              parked=True, confirms_ships=shipment_ids,
                               left_by_release=ReleaseSent(actor=actor, note=note))  # fmt: skip
             return self._next(
                 at=at, actor=actor, type=OrderEvent.RELEASED,
@@ -4177,7 +4198,7 @@ class Order(Shown):
         return self._next(
             at=at, actor=actor, type=OrderEvent.RELEASED, to=self.hold.resume_to,
             detail={"reason": self.hold.reason, **({"note": note} if note else {}), **keyed, **moved}, hold=None,
-            **resumed,
+            **resumed, **self._resumed_clock(at),
         )  # fmt: skip
 
     def pickups_after_hold(self, *, at: datetime) -> tuple[list[Shipment], dict[str, str]]:
@@ -4281,6 +4302,13 @@ class Order(Shown):
                     "reason": reason},
             replaced_authorizations=[a for a in self.replaced_authorizations if a != authorization],
         )  # fmt: skip
+
+    def _resumed_clock(self, at: datetime) -> dict[str, Any]:
+        """The `status_since` a release at `at` resumes (Hold.resume_since, the time held added), as
+        _next's field; nothing when the hold keeps none (the clock then starts at the release)."""
+        assert self.hold is not None
+        since = self.hold.resumed_since(at)
+        return {} if since is None else {"status_since": since}
 
     def as_released(self) -> "Order":
         """A copy of this order as its release would resume it (the status its hold resumes to, no

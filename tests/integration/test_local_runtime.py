@@ -307,6 +307,9 @@ def test_a_number_an_integer_property_cannot_take_is_refused_naming_its_paramete
         ("EnableTestPayments", "TRUE", "must be one of true, false"),
         ("LogLevel", "debug", "must be one of DEBUG, INFO, WARNING, ERROR"),
         ("Sla", "pending=5x", "must match"),
+        # A status named twice: every pass of the scan failed on it (parse_sla), found by its alarm.
+        ("Sla", "allocated=1d,pending=5m,allocated=2d", "must match"),
+        ("Sla", "backordered=99999d", "must match"),  # over 100 years: the same
         ("ReviewThreshold", "USD 1000", "must match"),
     ],
 )
