@@ -3,6 +3,8 @@
 import collections
 import copy
 import functools
+import gc
+import importlib.metadata
 import os
 import sys
 import threading
@@ -29,6 +31,16 @@ from infra.local.moto_patches import (
 )
 from infra.local.stack import EmbeddedStack
 from tests import client_pool
+
+# The cyclic collector's youngest generation collected every 10,000 allocations net, not 700: a moto
+# request allocates thousands of short-lived objects (werkzeug's request, the parsed and serialized
+# bodies, the validator's trees), and at 700 the collector ran every few requests and promoted whatever
+# was alive mid-request to the older generations, to be walked again there. Measured (gc.callbacks,
+# process time) over tests/integration/test_import_worker.py and test_reconciler.py, -p no:xdist: 4.6 s
+# of 37 s in 2,589 collections, and 1.9 s in 155 at 10,000 (1.8 s at 3,000, 1.5 s at 30,000); as many
+# botocore clients served again (tests/client_pool.py counts a held one by its references). A cycle
+# lives a few thousand allocations longer; nothing in the suite waits on one.
+gc.set_threshold(10_000, *gc.get_threshold()[1:])
 
 # No per-example deadline: on a loaded 2-core machine a 200 ms example is a scheduling accident, not
 # a bug. Properties still fail on what they assert; `make bench` is where time is measured.
@@ -170,6 +182,30 @@ for _patch in PROCESS_PATCHES:
 # same arguments on the same session, once nothing holds it and nothing touched it
 # (tests/client_pool.py): a client cost 3.5-7 ms of CPU, some 8 % of the integration tests' CPU.
 client_pool.install()
+
+
+# The `oms` entry points (core/plugin_manager.py reads them at every plugin manager it builds: every
+# container after each account's reset of the composition root, every in-process API) read once per
+# process while sys.path holds only what it held when this conftest was imported: the venv, the
+# standard library and the project, none of which a test writes a distribution into.
+# importlib.metadata.entry_points parses every installed distribution's metadata at each call: 1.0-3.9
+# % of the CPU of the integration files profiled (py-spy; test_reconciler 3.9 %). With a directory a
+# test put on sys.path (tests/installed.py's plugin distributions), each call reads them all again.
+_STARTING_PATH = frozenset(sys.path)
+_entry_points = importlib.metadata.entry_points
+_read_entry_points: dict[tuple[tuple[str, ...], str | None], Any] = {}
+
+
+def _entry_points_read_once(**params: Any) -> Any:
+    if set(params) != {"group"} or not _STARTING_PATH.issuperset(sys.path):
+        return _entry_points(**params)
+    key = (tuple(sys.path), params.get("group"))
+    if key not in _read_entry_points:
+        _read_entry_points[key] = _entry_points(**params)
+    return _read_entry_points[key]
+
+
+importlib.metadata.entry_points = _entry_points_read_once  # type: ignore[assignment]
 
 
 def forget_business_metrics() -> None:

@@ -5,6 +5,8 @@ works around), so the patch is revisited, or dropped, on the next moto upgrade."
 
 from __future__ import annotations
 
+import collections
+import copy
 import gc
 import importlib
 import inspect
@@ -282,10 +284,11 @@ def test_each_patch_is_counted_and_the_last_undo_restores_moto(name: str) -> Non
         patch.undo()
         assert patch.is_applied()
         return
-    originals = {(owner, attribute): owner.__dict__[attribute] for owner, attribute in patch.replacements()}
+    # An attribute the patch adds ("missing" in its `expects`) is None here, and must be gone again.
+    originals = {(owner, attribute): owner.__dict__.get(attribute) for owner, attribute in patch.replacements()}
 
     def replaced() -> list[bool]:
-        return [owner.__dict__[attribute] is not original for (owner, attribute), original in originals.items()]
+        return [owner.__dict__.get(attribute) is not original for (owner, attribute), original in originals.items()]
 
     patch.apply()
     patch.apply()
@@ -650,7 +653,7 @@ _VALUES = {
 def _moto_s_own_update_expressions() -> Iterator[None]:
     """moto's own parser and passes for the block, inside the suite's mock_aws (which applies the
     `update_expressions` patch, tests/conftest.py)."""
-    from moto.dynamodb.parsing.ast_nodes import DepthFirstTraverser
+    from moto.dynamodb.parsing.ast_nodes import DepthFirstTraverser, Node
     from moto.dynamodb.parsing.expressions import UpdateExpressionParser
     from moto.dynamodb.parsing.validators import ActionCountValidator
 
@@ -666,8 +669,25 @@ def _moto_s_own_update_expressions() -> Iterator[None]:
             "verify_action_counts",
             originals["moto.dynamodb.parsing.validators.ActionCountValidator.verify_action_counts"],
         ),
+        mock.patch.object(
+            DepthFirstTraverser, "traverse_node_recursively", originals[f"{walk}traverse_node_recursively"]
+        ),
+        _without(Node, "__deepcopy__"),  # copy.deepcopy's own round per node
     ):
         yield
+
+
+@contextmanager
+def _without(owner: Any, attribute: str) -> Iterator[None]:
+    """`attribute` taken off `owner` for the block (a patch added it), put back after."""
+    added = owner.__dict__.get(attribute)
+    if added is not None:
+        delattr(owner, attribute)
+    try:
+        yield
+    finally:
+        if added is not None:
+            setattr(owner, attribute, added)
 
 
 def _tree_shape(node: Any) -> Any:
@@ -759,6 +779,67 @@ def test_the_clause_count_pass_counts_each_node_s_clauses_once(monkeypatch: pyte
             ActionCountValidator().traverse(twice)
     finally:
         moto_update_expressions.PATCH.undo()
+
+
+def test_the_validator_s_copy_of_a_tree_is_deepcopy_s_without_its_round_per_node(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """moto's validator deep-copies the kept tree at every UpdateItem: deepcopy's generic
+    __reduce_ex__/_reconstruct per node was a tenth of an UpdateItem-heavy file's CPU."""
+    from moto.dynamodb.parsing.ast_nodes import Node
+    from moto.dynamodb.parsing.expressions import UpdateExpressionParser
+
+    expression, *_ = _UPDATES[0]
+    with _moto_s_own_update_expressions():
+        tree = UpdateExpressionParser.make(expression)
+        by_deepcopy = copy.deepcopy(tree)
+    moto_update_expressions.PATCH.apply()
+    try:
+        monkeypatch.setattr(copy, "_reconstruct", lambda *_: pytest.fail("a node was copied by deepcopy's round"))
+        twin = copy.deepcopy(tree)
+    finally:
+        moto_update_expressions.PATCH.undo()
+
+    def nodes(node: Any) -> list[Any]:
+        below = [nodes(child) for child in node.children or () if isinstance(child, Node)]
+        return [node, *(found for each in below for found in each)]
+
+    assert _tree_shape(twin) == _tree_shape(by_deepcopy) == _tree_shape(tree)
+    assert [vars(node).keys() for node in nodes(twin)] == [vars(node).keys() for node in nodes(by_deepcopy)]
+    assert not {id(node) for node in nodes(twin)} & {id(node) for node in nodes(tree)}  # every node new
+    assert twin.parent is None
+    for node in nodes(twin)[1:]:
+        assert node in node.parent.children  # each parent is the copy's, holding it
+        assert node.type == type(node).__name__
+
+
+def test_a_validation_pass_asks_each_node_type_once_whether_it_processes_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """moto's Node is an ABC: its walk's isinstance checks went through ABCMeta at every node."""
+    from moto.dynamodb.parsing.ast_nodes import DepthFirstTraverser, ExpressionAttributeValue, Node
+    from moto.dynamodb.parsing.expressions import UpdateExpressionParser
+
+    seen: list[Any] = []
+
+    class Values(DepthFirstTraverser):
+        def _processing_map(self) -> dict:
+            return {ExpressionAttributeValue: lambda node: seen.append(node.get_value_name()) or node}
+
+    tree = UpdateExpressionParser.make("SET a = :one, b = :two, c = :three REMOVE d, e, f")
+    checks = collections.Counter()
+    real = type(Node).__instancecheck__
+
+    def counted(cls: type, instance: Any) -> bool:
+        checks[type(instance)] += 1
+        return real(cls, instance)
+
+    moto_update_expressions.PATCH.apply()
+    try:
+        monkeypatch.setattr(type(Node), "__instancecheck__", counted)
+        assert Values().traverse(tree) is tree
+    finally:
+        moto_update_expressions.PATCH.undo()
+    assert seen == [":one", ":two", ":three"]
+    assert max(checks.values()) <= 4, checks  # a node type's answers, once: Node, the map, the pass's types
 
 
 # --- action_names ---------------------------------------------------------------------------------

@@ -21,10 +21,23 @@ instead of 10.6-10.7 ms.
 - The clause count pass (`ActionCountValidator`) counts each node's ADD, REMOVE and SET clauses
   from its children's counts, as `find_clauses` counts them, and refuses at the same node with the
   same clause as moto (its children first; ADD, then REMOVE, then SET).
+- The validator's copy of a tree (`copy.deepcopy`, once per UpdateItem) copies each node as
+  deepcopy does (a new object of its class, its attributes copied under the same memo, its parent
+  found there) without deepcopy's generic `__reduce_ex__`/`_reconstruct` round per node; lists and
+  strings as deepcopy copies them, anything else by deepcopy itself.
+- A pass's walk (`traverse_node_recursively`, ten per UpdateItem) asks whether a node is a Node and
+  one its pass processes once per node type (moto's Node is an ABC: each `isinstance` went through
+  ABCMeta, for every type in the pass's tuple, at every node), and calls `pre_processing_of_child`
+  only for a pass that has one of its own (moto's is a no-op).
+
+Profiled with py-spy in tests/integration/test_dynamodb_adapters.py, test_reconciler.py and
+test_reorder_points.py: the validator's copy was 9.0, 4.2 and 2.1 % of the files' CPU, its walks
+12.4, 6.4 and 5.1 %.
 """
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections import OrderedDict
 from typing import Any
@@ -48,6 +61,7 @@ def _replacements() -> Replacements:
     from moto.dynamodb.parsing.ast_nodes import (
         DepthFirstTraverser,
         Expression,
+        Node,
         UpdateExpressionAddClause,
         UpdateExpressionFunction,
         UpdateExpressionRemoveClause,
@@ -86,10 +100,76 @@ def _replacements() -> Replacements:
         return kept
 
     def process(self: Any, node: Any) -> Any:
-        for class_key, processor in processing_map(self).items():
-            if isinstance(node, class_key):
-                return processor(node)
-        return None
+        found = _kinds(self).get(type(node))
+        if found is None:
+            found = _kind(self, node)
+        key = found[2]
+        return None if key is None else processing_map(self)[key](node)
+
+    def _kinds(self: Any) -> dict[type, tuple[bool, bool, Any]]:
+        kinds = self.__dict__.get("_oms_kinds")
+        if kinds is None:
+            kinds = self.__dict__["_oms_kinds"] = {}
+        return kinds
+
+    def _kind(self: Any, node: Any) -> tuple[bool, bool, Any]:
+        """For `node`'s type, this pass's answers as moto's walk asks them: is it a Node, is it one
+        of the pass's types, and which key of its map processes it (the first it is an instance of)."""
+        key = next((class_key for class_key in processing_map(self) if isinstance(node, class_key)), None)
+        found = (isinstance(node, Node), isinstance(node, nodes_to_be_processed(self)), key)
+        _kinds(self)[type(node)] = found
+        return found
+
+    no_pre_processing = DepthFirstTraverser.__dict__["pre_processing_of_child"]
+
+    def traverse_node_recursively(self: Any, node: Any, child_id: int = -1) -> Any:
+        found = _kinds(self).get(type(node))
+        if found is None:
+            found = _kind(self, node)
+        if found[0]:
+            parent_node = node.parent
+            children = node.children
+            if children is not None:
+                if type(self).pre_processing_of_child is no_pre_processing:
+                    for i, child_node in enumerate(children):
+                        self.traverse_node_recursively(child_node, i)
+                else:
+                    for i, child_node in enumerate(children):
+                        self.pre_processing_of_child(node, i)
+                        self.traverse_node_recursively(child_node, i)
+            if found[1]:
+                node = self.process(node)
+                node.parent = parent_node
+                if parent_node:
+                    parent_node.children[child_id] = node
+        return node
+
+    node_types: dict[type, bool] = {}
+
+    def copied(value: Any, memo: dict[int, Any]) -> Any:
+        kind = type(value)
+        if kind is str or value is None:
+            return value
+        if kind is list:
+            found = memo.get(id(value))
+            if found is None:
+                found = memo[id(value)] = []
+                found.extend([copied(item, memo) for item in value])
+            return found
+        is_node = node_types.get(kind)
+        if is_node is None:
+            is_node = node_types[kind] = issubclass(kind, Node)
+        return node_copy(value, memo) if is_node else copy.deepcopy(value, memo)
+
+    def node_copy(self: Any, memo: dict[int, Any] | None = None) -> Any:
+        memo = {} if memo is None else memo
+        found = memo.get(id(self))
+        if found is not None:
+            return found
+        kind = type(self)
+        twin = memo[id(self)] = kind.__new__(kind)
+        twin.__dict__.update({name: copied(value, memo) for name, value in self.__dict__.items()})
+        return twin
 
     clauses = (
         (UpdateExpressionAddClause, "ADD"),
@@ -123,6 +203,8 @@ def _replacements() -> Replacements:
         (UpdateExpressionParser, "make"): classmethod(kept_make),
         (DepthFirstTraverser, "nodes_to_be_processed"): nodes_to_be_processed,
         (DepthFirstTraverser, "process"): process,
+        (DepthFirstTraverser, "traverse_node_recursively"): traverse_node_recursively,
+        (Node, "__deepcopy__"): node_copy,
         (ActionCountValidator, "verify_action_counts"): verify_action_counts,
     }
 
@@ -133,11 +215,15 @@ PATCH = MotoPatch(
     "tokenized and parsed again (moto parses each one twice per UpdateItem; its validator works on a copy "
     "of the tree), each validation pass builds its map of node types once instead of at every node it "
     "visits, and the clause count pass counts each node's clauses from its children's counts instead of "
-    "searching every nested expression's subtree again (an UpdateItem of five actions: 17 % less CPU).",
+    "searching every nested expression's subtree again (an UpdateItem of five actions: 17 % less CPU); "
+    "the validator's copy of a tree copies its nodes without deepcopy's generic round per node, and each pass "
+    "asks whether a node is one it processes once per node type, not through ABCMeta at every node.",
     expects={
         "moto.dynamodb.parsing.expressions.UpdateExpressionParser.make": "(cls, expression_str)",
         "moto.dynamodb.parsing.ast_nodes.DepthFirstTraverser.nodes_to_be_processed": "(self)",
         "moto.dynamodb.parsing.ast_nodes.DepthFirstTraverser.process": "(self, node)",
+        "moto.dynamodb.parsing.ast_nodes.DepthFirstTraverser.traverse_node_recursively": "(self, node, child_id=-1)",
+        "moto.dynamodb.parsing.ast_nodes.Node.__deepcopy__": "missing",
         "moto.dynamodb.parsing.validators.ActionCountValidator.verify_action_counts": "(self, node)",
     },
     replacements=_replacements,
