@@ -1,12 +1,13 @@
 """The features together, through the real handlers: a hypothesis state machine over the in-process
 API on moto and the order workflow's own steps, in a small world (2 products, one of them
-backorderable; 3 warehouses; the `test` payment method, told by its token to decline an
-authorization, a capture, a void or a refund).
+backorderable; 3 warehouses and a store that hands over pickups; the `test` payment method, told by
+its token to decline an authorization, a capture, a void or a refund).
 
-Orders are placed (1-2 lines of 1-3 units), run through the workflow's steps as its state machine
-would, shipped, delivered, rejected by their location, cancelled whole or in part, edited, held and
-released; stock is counted and received, by hand or on purchase orders (opened by hand, or drafted
-by the backorderable product's reorder point and submitted); delivered units come back on a return;
+Orders are placed (1-2 lines of 1-3 units, shipped or picked up at the store), run through the
+workflow's steps as its state machine would, shipped, delivered, readied and collected (a pickup),
+rejected by their location, cancelled whole or in part, edited, held and released; stock is counted
+and received, by hand or on purchase orders (opened by hand, or drafted by the backorderable
+product's reorder point and submitted; cancelled at any point); delivered units come back on a return;
 captured money goes back as an appeasement. The Inventory stream's records reach the
 BackorderFunction's handler as Lambda delivers them (through the template's filter), at a step
 of their own: an arrival fills the orders that wait for it, a fall below the point grows a draft.
@@ -61,6 +62,9 @@ LOCATIONS = {
     "xf-east": location_body(name="East", latitude=40.73, longitude=-74.17),
     "xf-west": location_body(name="West", latitude=39.53, longitude=-119.81),
     "xf-mid": location_body(name="Mid", latitude=39.74, longitude=-104.99),
+    # A store that only hands over pickups (it ships nothing): a pickup order's parcel waits there
+    # `ready_for_pickup`, its units reserved, until collected.
+    "xf-store": location_body(name="Store", type="store", latitude=40.71, longitude=-74.01, ships=False, pickup=True),
 }
 TOKENS = ["tok_approve", "tok_approve", "tok_approve", "tok_decline", "tok_capture_decline", "tok_refund_decline"]
 # An order sent back to be sourced (an edit, a reject, a cancel of units of a backordered order)
@@ -136,6 +140,7 @@ class CrossFeatureMachine(RuleBasedStateMachine):
         self.put(f"/products/{self.backorderable}", product_body("7.77", allow_backorder=True), 201)
         for sku, location_id, units in (
             (self.plain, "xf-east", 2), (self.plain, "xf-west", 3), (self.backorderable, "xf-mid", 1),
+            (self.plain, "xf-store", 2),
         ):  # fmt: skip
             self.put(f"/inventory/{sku}/{location_id}", {"on_hand": units}, 200)
         point = {"reorder_point": 2, "reorder_quantity": 3, "vendor_id": self.vendor, "unit_cost": usd("3.10")}
@@ -206,14 +211,15 @@ class CrossFeatureMachine(RuleBasedStateMachine):
 
     @rule(
         lines=st.lists(st.tuples(st.integers(0, 1), st.integers(1, 3)), min_size=1, max_size=2, unique_by=first),
-        token=st.sampled_from(TOKENS), count=times,
+        token=st.sampled_from(TOKENS), count=times, pickup=st.booleans(),
     )  # fmt: skip
-    def place(self, lines: list[tuple[int, int]], token: str, count: int) -> None:
+    def place(self, lines: list[tuple[int, int]], token: str, count: int, pickup: bool = False) -> None:
         self.placed = True
         key = f"xf-{next(_keys)}"
         body = order_body(
             external_id=key, lines=[{"sku": self.skus[i], "quantity": q} for i, q in lines],
             payment={"method": "test", "token": token},
+            **({"fulfillment": {"type": "pickup", "location_id": "xf-store"}} if pickup else {}),
         )  # fmt: skip
         first = self.send("POST", "/orders", body, {"Idempotency-Key": key})
         for _ in range(count - 1):
@@ -268,8 +274,17 @@ class CrossFeatureMachine(RuleBasedStateMachine):
 
     @precondition(lambda self: self.placed)
     @rule(pick=picks, which=picks, count=times)
+    def ready(self, pick: int, which: int, count: int) -> None:
+        """The store has picked a pickup (a ship order's parcel answers 409)."""
+        if picked := self._shipment(pick, which, {"pending"}):
+            order, shipment = picked
+            self.twice(count, "POST", f"/orders/{order['id']}/shipments/{shipment['id']}/ready")
+
+    @precondition(lambda self: self.placed)
+    @rule(pick=picks, which=picks, count=times)
     def deliver(self, pick: int, which: int, count: int) -> None:
-        if picked := self._shipment(pick, which, {"shipped"}):
+        """A parcel delivered, or a pickup collected (its share captured then)."""
+        if picked := self._shipment(pick, which, {"shipped", "ready_for_pickup"}):
             order, shipment = picked
             self.twice(count, "POST", f"/orders/{order['id']}/shipments/{shipment['id']}/deliver", {})
 
@@ -404,6 +419,19 @@ class CrossFeatureMachine(RuleBasedStateMachine):
         elif done.status_code >= 400:
             assert done.status_code in (409, 422), done.text
 
+    @precondition(lambda self: self.asked_purchase_order)
+    @rule(pick=picks, count=times)
+    def cancel_purchase_order(self, pick: int, count: int) -> None:
+        """What has not arrived is no longer incoming; a cancel sent again answers the PO as it is."""
+        if not self.purchase_orders:
+            return
+        po = self.send("GET", f"/purchase-orders/{among(list(self.purchase_orders), pick)}").json()
+        done = self.twice(count, "POST", f"/purchase-orders/{po['id']}/cancel", keyed=False)
+        if po["status"] == "received":
+            assert_error(done, 409, "invalid_transition")
+        else:
+            assert done.status_code == 200 and done.json()["status"] == "cancelled", done.text
+
     @precondition(lambda self: self.placed)
     @rule(pick=picks, cents=st.integers(1, 6000), count=times)
     def appease(self, pick: int, cents: int, count: int) -> None:
@@ -455,10 +483,17 @@ class CrossFeatureMachine(RuleBasedStateMachine):
                 assert level["on_hand"] >= 0 and level["reserved"] >= 0, shown
                 assert level["available"] == level["on_hand"] - level["reserved"] >= 0, shown
             assert shown["available"] == sum(level["available"] for level in shown["locations"]), shown
-        client = boto3.client("dynamodb", region_name="us-east-1")
-        for item in client.scan(TableName=self.table)["Items"]:
+        # This world's items by their partition key (the sku), not a scan of the table: the module's
+        # worlds share it, and a scan grew with every example (at length, most of a run's time).
+        pages = boto3.client("dynamodb", region_name="us-east-1").get_paginator("query")
+        items: list[dict[str, Any]] = []
+        for sku in self.skus:
+            query = {"KeyConditionExpression": "sku = :sku", "ExpressionAttributeValues": {":sku": {"S": sku}}}
+            for page in pages.paginate(TableName=self.table, ConsistentRead=True, **query):
+                items.extend(page["Items"])
+        for item in items:
             values = from_item(item)
-            if values.get("sku") not in self.skus or "on_hand" not in values:  # a stock item, not a marker
+            if "on_hand" not in values:  # a stock item, not a marker
                 continue
             reservations = {key: int(q) for key, q in (values.get("reservations") or {}).items()}
             assert int(values["reserved"]) == sum(reservations.values()), values
