@@ -7,17 +7,7 @@ from typing import Any
 
 from core.access_log import OrderRead
 from functions.adapters.access_log import _arrays
-
-
-class Context:
-    function_name = "AccessLogFunction"
-    memory_limit_in_mb = 256
-    invoked_function_arn = "arn:aws:lambda:us-east-1:123456789012:function:AccessLogFunction"
-    aws_request_id = "test-request"
-
-    def get_remaining_time_in_millis(self) -> int:
-        return 10_000
-
+from tests.integration.test_access_log_api import Context
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 

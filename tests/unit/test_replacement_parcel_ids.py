@@ -4,15 +4,13 @@ makes it; parcels made before there were generations keep theirs."""
 
 from __future__ import annotations
 
-import contextlib
-
 import pytest
 
 from core.errors import ParcelWithdrawn
 from core.ids import shipment_id_for, shipment_ids_for, short_hash
 from core.models import LineInput, OrderEdit
 from core.status import OrderStatus
-from tests.unit.test_sourcing_rules import a_world, put
+from tests.unit.test_sourcing_rules import twin_run_whose_units_went_to_another_order
 from tests.unit.world import Died, RecordsBookings, build_world, dies_before_recording
 
 
@@ -62,32 +60,7 @@ def test_a_ship_of_a_parcel_sent_back_for_lost_reservations_is_refused_as_withdr
     """The twin ReserveStock race of tests/unit/test_sourcing_rules.py: the order's west parcel is
     withdrawn (its units went to another order) and it is sourced again from the east. The west
     warehouse's ship of its parcel is refused naming that change, as any withdrawn parcel's is."""
-    world, rules = a_world([("TSHIRT", "wh-west", 3), ("TSHIRT", "wh-east", 5)])
-    order_id = world.place(("TSHIRT", 2))
-    other_id = world.place(("TSHIRT", 2))
-    world.workflow.authorize_payment(order_id, attempt=0)
-    real = world.orders.update
-    writes: list[tuple] = []
-
-    def update(order, expected, entries, **conditions):
-        if order.id != order_id or len(writes) >= 2:
-            return real(order, expected, entries, **conditions)
-        if not writes:
-            writes.append((order, expected, entries, conditions))
-            put(rules, prefer="nearest", excluded_locations=["wh-west"])
-            with contextlib.suppress(Exception):
-                world.workflow.reserve_stock(order_id)
-            return None
-        writes.append((order, expected, entries, conditions))
-        a_order, a_expected, a_entries, a_conditions = writes[0]
-        real(a_order, a_expected, a_entries, **a_conditions)
-        world.workflow.create_shipments(order_id)
-        world.inventory.reserve("TSHIRT", "wh-west", f"{other_id}#L1", 2)
-        return real(order, expected, entries, **conditions)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(world.orders, "update", update)
-        world.workflow.reserve_stock(order_id)
+    world, order_id, _ = twin_run_whose_units_went_to_another_order()
     assert world.order(order_id).shipments == []
     west = shipment_id_for(order_id, "wh-west")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
@@ -1349,11 +1350,11 @@ def test_a_twin_run_sourced_under_new_rules_that_loses_its_write_leaves_the_winn
     assert world.level("TSHIRT", "wh-west") == (5, 2, 3) and world.level("TSHIRT", "wh-east") == (5, 0, 5)
 
 
-def test_a_twin_run_whose_winner_allocated_sends_the_order_back_when_its_units_went_to_another_order():
-    # As above, but A's execution goes on to CreateShipments before B loses its write, and another
-    # order takes the west units B gave back: the allocated order's west parcel would ship units sold
-    # to that order. B sends it back to be sourced (its parcel and booking given up, a new booking
-    # key), and the sourcing that follows ships it from the east.
+def twin_run_whose_units_went_to_another_order() -> tuple[Any, str, str]:
+    """Two ReserveStock runs of one order (A, B) race: A's execution goes on to CreateShipments
+    before B loses its write, and another order takes the west units B gave back, so B sends the
+    allocated order back to be sourced. The world, the order's id and the other order's
+    (tests/unit/test_replacement_parcel_ids.py ships the withdrawn parcel)."""
     world, rules = a_world([("TSHIRT", "wh-west", 3), ("TSHIRT", "wh-east", 5)])
     order_id = world.place(("TSHIRT", 2))
     other_id = world.place(("TSHIRT", 2))
@@ -1381,6 +1382,15 @@ def test_a_twin_run_whose_winner_allocated_sends_the_order_back_when_its_units_w
         patch.setattr(world.orders, "update", update)
         world.workflow.reserve_stock(order_id)
 
+    return world, order_id, other_id
+
+
+def test_a_twin_run_whose_winner_allocated_sends_the_order_back_when_its_units_went_to_another_order():
+    # As above, but A's execution goes on to CreateShipments before B loses its write, and another
+    # order takes the west units B gave back: the allocated order's west parcel would ship units sold
+    # to that order. B sends it back to be sourced (its parcel and booking given up, a new booking
+    # key), and the sourcing that follows ships it from the east.
+    world, order_id, _ = twin_run_whose_units_went_to_another_order()
     sent_back = world.order(order_id)
     assert sent_back.status is OrderStatus.AUTHORIZED
     assert (sent_back.allocations, sent_back.shipments, sent_back.rebookings) == ([], [], 1)
