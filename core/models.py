@@ -1328,6 +1328,12 @@ class Hold(Shown):
     # back to be sourced resumes to `authorized`, its clock starting at the release) and on holds
     # stored before it was kept.
     resume_since: datetime | None = Field(default=None, exclude=True)
+    # The `since` of the late mark of `resume_to` the hold cleared (Order.jeopardy), or of the
+    # lateness a release resumed that the order carried unmarked (Order.late_resumed): a release
+    # that resumes the clock resumes that lateness too, moved by the time held as the clock is
+    # (Order.late_resumed), so its customer is not told of it twice. Kept with `resume_since`
+    # only; the system's own, stored on those holds only.
+    resume_late: datetime | None = Field(default=None, exclude=True)
     # A hold the system put on for a person after an infrastructure failure, so no hold expiry
     # cancels it (Order.hold_expiry_counts_from): a park (Order.park, the workflow's failure path),
     # or an order whose ship died after its capture, held to confirm whether the parcel left
@@ -1358,6 +1364,13 @@ class Hold(Shown):
         if self.resume_since is None:
             return None
         return min(self.resume_since + max(at - self.since, timedelta(0)), at)
+
+    def resumed_late(self, at: datetime) -> datetime | None:
+        """The `since` of the lateness a release at `at` resumes (`resume_late` moved on by the time
+        held, as `resumed_since` moves the clock); None when the hold keeps none."""
+        if self.resume_late is None or self.resume_since is None:
+            return None
+        return self.resume_late + max(at - self.since, timedelta(0))
 
 
 # How long the same release sent again is taken for a retry of the one before (Order.repeats_release):
@@ -1687,6 +1700,12 @@ class Order(Shown):
     # reconciler judges a stalled order by this (`last_changed`). Any later change drops it. The
     # system's own: stored, never shown.
     changed_before_mark: datetime | None = Field(default=None, exclude=True)
+    # A release resumed the clock of the status this order was marked late for before its hold
+    # (Hold.resume_late): the `since` that lateness has now, moved by the time held. The scan's next
+    # mark of it (the same `since`, the deadline unchanged) is an order.jeopardy event as every
+    # mark is, but its customer was told of that lateness already: no second 'delayed' notice
+    # (core.notifications). Goes when the order leaves the status; the system's own: stored, never shown.
+    late_resumed: datetime | None = Field(default=None, exclude=True)
     # The jeopardy mark is the scan's for a capture request standing whose refund the gateway
     # refused (mark_jeopardy's `refund_refused`: a person settles it): settled with the last request
     # standing (the capture refunded, or found never made, by a later pass): a partly shipped
@@ -1984,6 +2003,8 @@ class Order(Shown):
             system["status_since"] = _TIMES.dump_python(self.status_since, mode="json")
         if self.changed_before_mark is not None:
             system["changed_before_mark"] = _TIMES.dump_python(self.changed_before_mark, mode="json")
+        if self.late_resumed is not None:
+            system["late_resumed"] = _TIMES.dump_python(self.late_resumed, mode="json")
         if self.jeopardy_for_refund:
             system["jeopardy_for_refund"] = True
         if self.jeopardy_on_deadline:
@@ -2086,6 +2107,8 @@ class Order(Shown):
             doc["hold"]["resume_to"] = self.hold.resume_to.value
             if self.hold.resume_since is not None:
                 doc["hold"]["resume_since"] = _TIMES.dump_python(self.hold.resume_since, mode="json")
+            if self.hold.resume_late is not None:
+                doc["hold"]["resume_late"] = _TIMES.dump_python(self.hold.resume_late, mode="json")
             if self.hold.parked:
                 doc["hold"]["parked"] = True
             if self.hold.ships_to_confirm:
@@ -3113,7 +3136,7 @@ class Order(Shown):
         if self._held_with_stock() or (self.status is OrderStatus.ON_HOLD and self.waits_for_stock()):
             assert self.hold is not None
             # Sourced again: released to `authorized` anew, its clock starting at the release.
-            resumes = _replaced(self.hold, resume_to=OrderStatus.AUTHORIZED, resume_since=None)
+            resumes = _replaced(self.hold, resume_to=OrderStatus.AUTHORIZED, resume_since=None, resume_late=None)
             return {"allocations": [], "shipments": [], "labels_due": [], "held_before": held_before,
                     "hold": resumes, **marks}  # fmt: skip
         if self.status not in RESOURCEABLE:
@@ -3263,7 +3286,7 @@ class Order(Shown):
         if to is not None and to != self.status:
             # A new status starts its own deadline; leaving the late status clears the jeopardy mark.
             # A release resumes the clock its hold stopped instead (`status_since` given: _resumed_clock).
-            fields = {"status_since": at, **fields, "jeopardy": None, "scan_read": False}
+            fields = {"status_since": at, "late_resumed": None, **fields, "jeopardy": None, "scan_read": False}
         elif self.status_since is None:
             # Stored before `status_since` existed, `updated_at` stood in for it: pinned before this
             # write moves it, so only a status change restarts the status's clock (a late mark, say,
@@ -3432,7 +3455,8 @@ class Order(Shown):
                 at=at, actor=actor, type=OrderEvent.PAYMENT_AUTHORIZED,
                 detail={"amount": amount.model_dump(mode="json"), "reference": reference, **why},
                 payment=self.payment.authorized_for(amount, reference), authorized_at=at,
-                hold=_replaced(self.hold, resume_to=OrderStatus.AUTHORIZED, resume_since=None), **given_up,
+                hold=_replaced(self.hold, resume_to=OrderStatus.AUTHORIZED, resume_since=None, resume_late=None),
+                **given_up,
             )  # fmt: skip
         if self.status is not OrderStatus.PENDING:
             raise InvalidTransition(f"an order that is {self.status} is not waiting for its authorization")
@@ -4000,6 +4024,7 @@ class Order(Shown):
             at=at, actor=actor, type=OrderEvent.ON_HOLD, to=OrderStatus.ON_HOLD,
             detail={"reason": reason, **({"note": note} if note else {}), **(detail or {})},
             hold=Hold(reason=reason, note=note, since=at, resume_to=self.status, resume_since=self.in_status_since,
+                      resume_late=self.late_since(),
                       parked=parked, confirms_ships=list(confirms_ships or [])), **fields,
         )  # fmt: skip
 
@@ -4187,6 +4212,7 @@ class Order(Shown):
             shipment_ids = list(dict.fromkeys([*self.hold.ships_to_confirm, *unnamed]))
             to_confirm = Hold(reason="other", note=_unfinished_ships_note(shipment_ids), since=at,
                               resume_to=self.hold.resume_to, resume_since=self.hold.resumed_since(at),
+                              resume_late=self.hold.resumed_late(at),
                               parked=True, confirms_ships=shipment_ids,
                               left_by_release=ReleaseSent(actor=actor, note=note))  # fmt: skip
             return self._next(
@@ -4304,11 +4330,21 @@ class Order(Shown):
         )  # fmt: skip
 
     def _resumed_clock(self, at: datetime) -> dict[str, Any]:
-        """The `status_since` a release at `at` resumes (Hold.resume_since, the time held added), as
-        _next's field; nothing when the hold keeps none (the clock then starts at the release)."""
+        """The `status_since` a release at `at` resumes (Hold.resume_since, the time held added), and
+        the lateness it resumes with it (Hold.resume_late: late_resumed), as _next's fields; nothing
+        when the hold keeps no clock (the clock then starts at the release, and so would a lateness)."""
         assert self.hold is not None
-        since = self.hold.resumed_since(at)
-        return {} if since is None else {"status_since": since}
+        since, late = self.hold.resumed_since(at), self.hold.resumed_late(at)
+        if since is None:
+            return {}
+        return {"status_since": since, **({"late_resumed": late} if late is not None else {})}
+
+    def late_since(self) -> datetime | None:
+        """Since when the order is late in its current status: its mark's `since`, or, unmarked, that
+        of the lateness a release resumed (late_resumed); None when it is neither."""
+        if self.jeopardy is not None and self.jeopardy.status is self.status:
+            return self.jeopardy.since
+        return self.late_resumed
 
     def as_released(self) -> "Order":
         """A copy of this order as its release would resume it (the status its hold resumes to, no

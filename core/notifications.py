@@ -131,6 +131,8 @@ def notifications(
         elif event.type is EventType.ORDER_JEOPARDY:
             if _held_for_the_customer(new):
                 continue  # late on a hold the customer asked for: nothing is delayed for them
+            if _told_before(new):
+                continue  # the lateness a hold and release resumed: its customer was told of it
             # The jeopardy's reason is the OMS's own wording about its deadlines, not for a customer.
             text = f"Your order {order_id} is taking longer than we planned. We are working on it."
             note(event.id, NotificationKind.DELAYED, f"Your order {order_id} is delayed", text)
@@ -173,6 +175,18 @@ def _held_for_the_customer(order: dict[str, Any]) -> bool:
     """Whether the order is late for a hold its customer asked for (on_hold, `customer_request`)."""
     late, hold = order.get("jeopardy") or {}, order.get("hold") or {}
     return late.get("status") == OrderStatus.ON_HOLD and hold.get("reason") == "customer_request"
+
+
+def _told_before(order: dict[str, Any]) -> bool:
+    """Whether the order's late mark is of the lateness its customer was told of before a hold and
+    release (Order.late_resumed: the release resumed the clock of the status it was marked late
+    for, and that lateness's `since`, moved by the time held, is the mark's)."""
+    late, resumed = order.get("jeopardy") or {}, order.get("late_resumed")
+    return bool(resumed and late.get("since")) and _moment(late["since"]) == _moment(resumed)
+
+
+def _moment(value: str | datetime) -> datetime:
+    return datetime.fromisoformat(value) if isinstance(value, str) else value
 
 
 def _collect_by(shipment: dict[str, Any]) -> datetime | None:

@@ -4,7 +4,9 @@ and the scan invoked as Lambda invokes it, each at a clock the test moves."""
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime, timedelta
+from itertools import pairwise
 
 import functions.jeopardy.app as jeopardy
 from functions.api.dependencies import container
@@ -54,3 +56,56 @@ def test_a_hold_and_release_of_a_late_allocated_order_pauses_its_deadline_and_th
             assert datetime.fromisoformat(late["since"]) == allocated_at + timedelta(hours=48 + 2)
             listed = api.get("/orders", params={"jeopardy": "true"}).json()["items"]
             assert [order["id"] for order in listed] == [order_id]
+
+
+def test_a_late_order_held_and_released_is_marked_again_but_its_customer_is_told_of_the_delay_once():
+    """Allocated 49 hours (marked late, its customer told it is delayed), held an hour and
+    released: late still on the clock the release resumes, the next scan marks it again, an
+    order.jeopardy event as each mark is, but the lateness is the one the customer was told of
+    (its `since` moved by the hour held), so no second 'delayed' notice. Each stored change is
+    handed to the events function's notifier as its stream record would be."""
+    import boto3
+
+    from core.domain_events import EventType, order_events
+    from functions.events.app import notify, order_document
+    from tests.integration.test_events_and_webhooks import lambda_image
+
+    with in_process_api_with_labels() as api:
+        assert api.put("/products/TSHIRT", json=product_body()).status_code == 201
+        assert api.put("/locations/wh-east", json=location_body()).status_code == 201
+        assert api.put("/inventory/TSHIRT/wh-east", json={"on_hand": 10}).status_code == 200
+        clock = Clock(datetime.now(UTC))
+        table = os.environ["ORDERS_TABLE"]
+
+        def stored(order_id: str) -> dict:
+            item = boto3.client("dynamodb").get_item(TableName=table, Key={"id": {"S": order_id}})["Item"]
+            return order_document(lambda_image(item))
+
+        with container.override(bootstrap(Config.from_env(), clock=clock)):
+            placed = api.post("/orders", json=order_body(external_id="told-once"))
+            assert placed.status_code == 201, placed.text
+            order_id = placed.json()["id"]
+            allocated_at = datetime.fromisoformat(run_to_allocated(api, order_id)["updated_at"])
+            versions = [stored(order_id)]
+
+            clock.now = allocated_at + timedelta(hours=49)
+            assert scan_at(clock)["marked"] == [order_id]
+            versions.append(stored(order_id))
+            clock.advance(minutes=10)
+            assert api.post(f"/orders/{order_id}/hold", json={"reason": "other"}).status_code == 200
+            versions.append(stored(order_id))
+            clock.advance(hours=1)
+            assert api.post(f"/orders/{order_id}/release", json={}).json()["jeopardy"] is None
+            versions.append(stored(order_id))
+            clock.advance(minutes=1)
+            assert scan_at(clock)["marked"] == [order_id]
+            versions.append(stored(order_id))
+
+        changes = list(pairwise(versions))
+        for old, new in changes:
+            notify(old, new)
+        marks = [e for old, new in changes for e in order_events(old, new) if e.type is EventType.ORDER_JEOPARDY]
+        assert len(marks) == 2  # each mark is a change: the contract's event, both times
+        told = api.get(f"/orders/{order_id}/notifications").json()["items"]
+        assert [note["kind"] for note in told] == ["delayed"]
+        assert told[0]["id"] == marks[0].id

@@ -1,17 +1,20 @@
 """Jeopardy: OMS_SLA's deadlines, the scan that marks late orders (once, and only while they stay
 late), the mark a status change clears, and holds that expire."""
 
+import json
 import re
 from datetime import timedelta
 
 import pytest
 
 from core import hookimpl
+from core.domain_events import EventType, order_events
 from core.errors import InvalidTransition, StaleVersion
 from core.events import OrderEvent
 from core.holds import HoldRequest, Holds, ReleaseRequest
 from core.jeopardy import DEFAULT_SLA, HOLD_EXPIRED, SCAN_ACTOR, JeopardyScan, ScanIncomplete, parse_duration, parse_sla
 from core.models import Order, OrderEdit
+from core.notifications import notifications
 from core.payments import Payments
 from core.plugin_manager import build_plugin_manager
 from core.ports import OrderFilter
@@ -326,6 +329,37 @@ def test_each_hold_pauses_the_clock_of_the_status_it_stopped_and_its_release_res
     clock.advance(minutes=2)
     assert scan(world, clock).run().marked == [order.id]
     assert world.order(order.id).jeopardy.since == NOW + timedelta(hours=48 + 3 + 5)
+
+
+def test_a_late_order_held_and_released_twice_resumes_the_lateness_its_customer_was_told_of(world):
+    """Marked late, then held and released twice before the next scan (the second hold finds the
+    lateness the first release resumed, unmarked): the scan's next mark is of the same lateness,
+    its `since` moved by the three hours held, so it is an order.jeopardy event but no second
+    'delayed' notice; the order's stored document keeps it until the order leaves the status."""
+    clock = Clock()
+    for service in (world.capture, world.workflow, world.actions):
+        service._clock = clock
+    order = world.allocated(("MUG", 1))  # allocated at NOW: 48 hours to ship
+    clock.advance(hours=49)
+    assert scan(world, clock).run().marked == [order.id]
+    told = world.order(order.id).jeopardy.since
+    holds = Holds(world.orders, clock=clock)
+    for held in (1, 2):
+        holds.hold(order.id, HoldRequest(reason="other"), actor="k")
+        clock.advance(hours=held)
+        released = holds.release(order.id, ReleaseRequest(), actor="k")
+    assert (released.jeopardy, released.late_resumed) == (None, told + timedelta(hours=3))
+
+    clock.advance(minutes=1)
+    assert scan(world, clock).run().marked == [order.id]
+    remarked = world.order(order.id)
+    stored = Order.model_validate_json(remarked.stored_json())
+    assert remarked.jeopardy.since == released.late_resumed == stored.late_resumed
+    old, new = (json.loads(o.stored_json()) for o in (released, remarked))
+    assert [e.type for e in order_events(old, new)] == [EventType.ORDER_JEOPARDY]
+    assert notifications(old, new) == []
+    # Told of nothing else: a first mark of the same order, without the resumed lateness, is.
+    assert [n.kind for n in notifications(old, {**new, "late_resumed": None})] == ["delayed"]
 
 
 def test_a_held_order_sent_back_to_be_sourced_starts_its_new_status_clock_at_its_release(world):
