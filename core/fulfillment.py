@@ -618,8 +618,12 @@ class OrderActions:
                     order.rejectable_in_part(shipment_id)
                 else:
                     order.rejectable(shipment_id)
-            elif self._withdrawn_from(order_id, shipment_id) is None:
-                order.shipment(shipment_id)  # NotFound
+            else:
+                withdrawn_from = self._withdrawn_from(order_id, shipment_id)
+                if withdrawn_from is None:
+                    order.shipment(shipment_id)  # NotFound
+                else:
+                    self._check_withdrawn_rejectable(order, shipment_id, withdrawn_from)
 
         # A capture asked for a parcel of the order (a ship in flight, or one that died) is refunded
         # first, by a reject that goes ahead and sends the order back to be sourced, decided on a
@@ -643,6 +647,7 @@ class OrderActions:
             if not any(s.id == shipment_id for s in order.shipments):
                 withdrawn_from = self._withdrawn_from(order_id, shipment_id)
                 if withdrawn_from is not None:
+                    self._check_withdrawn_rejectable(order, shipment_id, withdrawn_from)
                     return order.reject_withdrawn(shipment_id, withdrawn_from, reason, at=at, actor=actor)
             return order.reject_shipment(shipment_id, reason, at=at, actor=actor)
 
@@ -742,6 +747,21 @@ class OrderActions:
             if location_id is not None:
                 return location_id
         return None
+
+    def _check_withdrawn_rejectable(self, order: Order, shipment_id: str, location_id: str) -> None:
+        """A late reject of `shipment_id`, which a change withdrew from `order`, is refused while its
+        location holds a parcel of the order sourced there since (Order.check_nothing_held_at): as a
+        late ship of it is, 409 naming what withdrew it (_withdrawal), so the warehouse acts on the
+        parcel it holds, which excluding the location would move away unrejected. The history is
+        read only on the refusal."""
+        try:
+            order.check_nothing_held_at(location_id, shipment_id)
+        except InvalidTransition:
+            found = self._orders.history(order.id, consistent=True)
+            refusal = _withdrawal(found[0], found[1], shipment_id) if found is not None else None
+            if refusal is None:
+                raise
+            raise refusal from None
 
     @staticmethod
     def _rejected_at(order: Order, shipment_id: str) -> str | None:

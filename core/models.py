@@ -2287,6 +2287,22 @@ class Order(Shown):
         withdrew never lands on the one made after it there (core.ids.shipment_id_for)."""
         return shipment_id_for(self.id, location_id, self.rebookings)
 
+    def parcel_held_at(self, location_id: str) -> Shipment | None:
+        """The parcel of this order that `location_id` holds to hand over (pending, or a pickup
+        ready at the store); None when it holds none."""
+        held = (ShipmentStatus.PENDING, ShipmentStatus.READY_FOR_PICKUP)
+        return next((s for s in self.shipments if s.location_id == location_id and s.status in held), None)
+
+    def check_nothing_held_at(self, location_id: str, withdrawn_id: str) -> None:
+        """InvalidTransition when `location_id` holds a parcel of this order (parcel_held_at): its
+        late reject of the parcel `withdrawn_id` a change withdrew cannot exclude it (reject_withdrawn)."""
+        held = self.parcel_held_at(location_id)
+        if held is not None:
+            raise InvalidTransition(
+                f"shipment {withdrawn_id} was withdrawn and location {location_id} holds parcel {held.id} of order "
+                f"{self.id} now: reject that one if it cannot be supplied"
+            )
+
     def location_of_parcel(self, shipment_id: str, location_ids: Iterable[str]) -> str | None:
         """Which of `location_ids` a parcel of this order with `shipment_id` was made at, whichever
         generation it was made in (parcel_id); None when none."""
@@ -3843,9 +3859,13 @@ class Order(Shown):
         """A location rejects a shipment of this order that an earlier change withdrew before the
         location heard of it (another location's reject, an edit: the order went back to be
         sourced): the location is excluded for this order all the same, so sourcing never sends
-        the shipment back to it. Only while the order may still be sourced."""
+        the shipment back to it. Only while the order may still be sourced, and only while the
+        location holds no parcel of the order (parcel_held_at): one sourced there again since is
+        the parcel it has to act on (reject that one if it cannot supply it), never excluded from
+        under it."""
         if any(s.id == shipment_id for s in self.shipments):
             raise InvalidTransition(f"shipment {shipment_id} is on order {self.id}: it is rejected as it is")
+        self.check_nothing_held_at(location_id, shipment_id)
         if self.status not in EDITABLE | RESOURCEABLE:
             raise InvalidTransition(f"an order that is {self.status} is not sourced again")
         return self._next(

@@ -190,3 +190,34 @@ def test_a_late_ship_of_the_first_parcel_names_the_change_that_withdrew_it_not_t
     late = api.post(f"{base}/{second['id']}/ship", json={})
     assert_withdrawn(late, second["id"], "shipment_rejected")
     assert "its location rejected it, reason: no staff" in late.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("store", [False, True])
+def test_a_late_reject_of_a_withdrawn_parcel_whose_location_holds_its_replacement_is_409_and_changes_nothing(
+    api, store
+):
+    """The location now holds the order's new parcel (pending, or a pickup ready at the store):
+    excluding it for the order while that parcel stays there to ship would say "never from here" and
+    "ship from here" at once. The warehouse is told which parcel it rejected, and rejects the one it
+    holds if it cannot supply that."""
+    old, order = edited_and_replaced(api, store=store)
+    (new,) = order["shipments"]
+    base = f"/orders/{order['id']}/shipments"
+    if store:
+        ready = api.post(f"{base}/{new['id']}/ready")
+        assert ready.status_code == 200, ready.text
+        order = ready.json()
+
+    late = api.post(f"{base}/{old['id']}/reject", json={"reason": "no staff"})
+
+    assert_withdrawn(late, old["id"], "edited")
+    assert late.json()["error"]["details"][0]["location_id"] == old["location_id"]
+    after = api.get(f"/orders/{order['id']}").json()
+    assert unsigned(after) == unsigned(order)
+    assert api.get(f"/orders/{order['id']}/history").json()["items"][-1]["type"] != "shipment_rejected"
+    # Sent again it is refused the same; the parcel the location holds is rejected as it is.
+    assert_withdrawn(api.post(f"{base}/{old['id']}/reject", json={"reason": "no staff"}), old["id"], "edited")
+    if not store:
+        rejected = api.post(f"{base}/{new['id']}/reject", json={"reason": "no staff"})
+        assert rejected.status_code == 200, rejected.text
+        assert (rejected.json()["status"], rejected.json()["shipments"]) == ("authorized", [])

@@ -544,6 +544,25 @@ def test_both_locations_of_a_split_order_rejecting_at_once_are_both_excluded(wor
         world.actions.reject(order.id, "shp_" + "a" * 24, "unknown", actor="key_wh")
 
 
+def test_a_late_reject_of_a_withdrawn_parcel_is_refused_while_its_location_holds_the_replacement(world):
+    # The edit withdrew the west's parcel and the workflow made a new one there. The west's late
+    # reject of the first excluded the west while the new parcel stayed there to ship: the next
+    # sourcing moved it away without the warehouse ever rejecting it.
+    order = world.allocated(("TSHIRT", 2))
+    (old,) = order.shipments
+    world.actions.edit(order.id, order.version, OrderEdit(lines=[LineInput(sku="TSHIRT", quantity=4)]), actor="key_web")
+    again = resume(world, order.id)
+    assert [s.location_id for s in again.shipments] == ["wh-west"]
+
+    with pytest.raises(InvalidTransition, match=f"shipment {old.id} was withdrawn") as refused:
+        world.actions.reject(order.id, old.id, "no staff", actor="key_wh_west")
+
+    assert refused.value.details == [{"shipment_id": old.id, "location_id": "wh-west", "withdrawn_by": "edited"}]
+    assert world.order(order.id) == again
+    with pytest.raises(InvalidTransition, match="holds parcel"):  # the model refuses it too
+        again.reject_withdrawn(old.id, "wh-west", "no staff", at=NOW, actor="key_wh_west")
+
+
 def test_a_reject_with_no_other_location_ends_the_order_out_of_stock(world):
     order = world.allocated(("TSHIRT", 1), **PICKUP)
     (shipment,) = order.shipments

@@ -17,22 +17,26 @@ router = Router()
 @router.post(
     "/orders/<order_id>/shipments/<shipment_id>/reject",
     summary="A location cannot fulfil a pending shipment: the order is sourced again without it",
-    description="The order goes back to `authorized` with nothing allocated and its pending shipments removed, "
-    "the rejecting location is excluded for this order, the units it held are released, and the order workflow "
-    "sources the order again: from another location, else it waits `backordered` (products that allow it) or ends "
-    "`cancelled` with reason `out_of_stock`. The reason is in the history (`shipment_rejected`). Rejecting the same "
-    "shipment again answers the order unchanged, and so does rejecting one that another location's reject withdrew "
-    "meanwhile (its location is excluded too). A held allocated order's shipment is rejected the same way, and the "
-    "order stays `on_hold` until its release sends it to be sourced again. On a `partially_shipped` order only that "
-    "parcel's units are sourced again, in the request (never at a location that has a parcel of the order): new "
-    "pending parcels replace it, the order stays `partially_shipped`, and the units no location has are cancelled "
-    "`out_of_stock` (`units_cancelled`), the payment settled to the new total as for a cancel of units (the order "
-    "`shipped` when nothing is left to go). 409 once the shipment is not pending; 409 `parcel_not_confirmed` "
-    "(`details` naming the shipment) while the order is held for a person to confirm whether one of its parcels "
-    "left (its ship died after its capture), and while its carrier has scanned one of its pending parcels delivered "
-    "(`delivery_scan_kept`: ship that one). A capture a ship of the order asked for and never recorded is refunded "
-    "first: a gateway that keeps failing then answers 503, a payment plugin that fails 502 `payment_plugin_error`, "
-    "and the shipment is not rejected (repeat it).",
+    description="The order goes back to `authorized` with nothing allocated and its pending shipments removed, the "
+    "rejecting location is excluded for this order, the units it held are released, and the order "
+    "workflow sources the order again: from another location, else it waits `backordered` (products that "
+    "allow it) or ends `cancelled` with reason `out_of_stock`. The reason is in the history "
+    "(`shipment_rejected`). Rejecting the same shipment again answers the order unchanged, and so does "
+    "rejecting one that another location's reject withdrew meanwhile (its location is excluded too), "
+    "unless that location holds a parcel of the order sourced there since: 409 `invalid_transition`, "
+    "`details` `[{shipment_id, location_id, withdrawn_by}]` naming the withdrawal, nothing changed "
+    "(reject the parcel it holds instead). A held allocated order's shipment is rejected the same way, "
+    "and the order stays `on_hold` until its release sends it to be sourced again. On a "
+    "`partially_shipped` order only that parcel's units are sourced again, in the request (never at a "
+    "location that has a parcel of the order): new pending parcels replace it, the order stays "
+    "`partially_shipped`, and the units no location has are cancelled `out_of_stock` (`units_cancelled`),"
+    " the payment settled to the new total as for a cancel of units (the order `shipped` when nothing is "
+    "left to go). 409 once the shipment is not pending; 409 `parcel_not_confirmed` (`details` naming the "
+    "shipment) while the order is held for a person to confirm whether one of its parcels left (its ship "
+    "died after its capture), and while its carrier has scanned one of its pending parcels delivered "
+    "(`delivery_scan_kept`: ship that one). A capture a ship of the order asked for and never recorded is"
+    " refunded first: a gateway that keeps failing then answers 503, a payment plugin that fails 502 "
+    "`payment_plugin_error`, and the shipment is not rejected (repeat it).",
     responses={
         **changed("The order, authorized again (or its parcel replaced)"),
         **errors(400, 403, 404, 409, 413, 502, 503),
