@@ -66,12 +66,17 @@ def _field(loc: tuple[Any, ...]) -> str:
     return field_path(parts) or (str(loc[0]) if loc else "body")
 
 
+def given_more_than_once(count: int) -> str:
+    """What a header or query parameter that must come once is told when it came `count` times."""
+    return f"given {count} times: send it once"
+
+
 def _message(error: dict[str, Any]) -> str:
     """What a validation error tells the sender. A query parameter or header given more than once
     reaches its route as a list of values, which pydantic calls not a string ("Input should be a
     valid integer" for ?limit=5&limit=5): the message says what is wrong instead."""
     if error.get("loc", ("",))[0] in ("query", "header") and isinstance(error.get("input"), list):
-        return f"given {len(error['input'])} times: send it once"
+        return given_more_than_once(len(error["input"]))
     return error.get("msg", "invalid")
 
 

@@ -11,7 +11,7 @@ from typing import Any
 from core import strict_json
 from core.card_numbers import card_number_fields, contains_card_number, mask_card_numbers
 from functions.api.access import PUBLIC, ScopeTable
-from functions.api.errors import ApiError
+from functions.api.errors import ApiError, given_more_than_once
 
 MAX_BODY_BYTES = 256 * 1024
 # A carrier's webhook body is the carrier's format, which may be an array; every other body is an object.
@@ -119,7 +119,7 @@ def require_json(event: dict[str, Any]) -> None:
             400,
             "malformed_header",
             "a request header is malformed",
-            [{"field": "Content-Type", "message": f"given {len(content_types)} times: send it once"}],
+            [{"field": "Content-Type", "message": given_more_than_once(len(content_types))}],
         )
     content_type = content_types[0] if content_types else ""
     if content_type and content_type != "application/json":
@@ -196,7 +196,7 @@ def refuse_a_second_credential(event: dict[str, Any], scopes: ScopeTable) -> Non
             401,
             "unauthorized",
             "send one Authorization header: one request, one API key",
-            [{"field": "Authorization", "message": f"given {len(values)} times: send it once"}],
+            [{"field": "Authorization", "message": given_more_than_once(len(values))}],
         )
 
 
