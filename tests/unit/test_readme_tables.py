@@ -585,3 +585,59 @@ def test_the_benchmarks_section_names_every_variable_the_bench_reads():
     read = set(re.findall(r'environ\.get\("(BENCH_\w+)"', "\n".join(sources("bench").values())))
     assert {"BENCH_RUNS", "BENCH_IMPORT_SIZES"} <= read
     assert sorted(read - set(re.findall(r"`(BENCH_\w+)", section("## Benchmarks")))) == []
+
+
+# --- The bench figures the README states --------------------------------------------------------------
+
+
+def bench_cell(heading: str, first: str, column: int, nth: int = 0) -> str:
+    """The `column`-th cell of the `nth` table row under BENCHMARKS.md's `heading` whose first cell
+    starts with `first`."""
+    text = (ROOT / "BENCHMARKS.md").read_text()
+    part = text[text.index(f"\n## {heading}") :].split("\n## ", 2)[1]
+    rows = [line for line in part.splitlines() if line.startswith(f"| {first}")]
+    return rows[nth].strip("|").split("|")[column].strip()
+
+
+def numbers(text: str) -> list[str]:
+    return re.findall(r"\d+(?:\.\d+)?", text)
+
+
+def test_the_readme_states_the_last_bench_figures():
+    # Before: the Benchmarks section gave the cold path's and POST /orders' figures of the last run
+    # in its prose among the runs before it, and nothing told when `make bench` had rewritten them.
+    rate, cold, ours, cost = (
+        "Orders per second",
+        "Cold start of the API function",
+        "Our own CPU per",
+        "The order workflow",
+    )
+
+    def figure(heading: str, first: str, column: int, nth: int = 0) -> str:
+        return numbers(bench_cell(heading, first, column, nth))[0]
+
+    def target(heading: str, first: str, column: int, nth: int = 0) -> list[str]:
+        return numbers(bench_cell(heading, first, column, nth).partition("target")[2])
+
+    handler, floor = figure(cold, "API handler: import", 2), figure(cold, "the floor:", 2)
+    expected = [
+        (
+            [figure(rate, "ratio: orders / the same calls made raw", 2), figure(rate, "`POST /orders` over", 2),
+             figure(rate, "the same AWS calls made raw", 2)],
+            target(rate, "ratio: orders / the same calls made raw", 2),
+        ),
+        ([figure(ours, "**ours**", 1), figure(ours, "inside AWS calls", 1)], []),
+        (
+            [figure(cold, "ratio |", 2), handler, figure(cold, "boto3: import", 2),
+             figure(cold, "ratio of the floor", 2), f"{float(handler) - float(floor):.3f}"],
+            target(cold, "ratio |", 2),
+        ),
+        ([figure(cold, "ratio |", 2, nth=1)], target(cold, "ratio |", 2, nth=1)),
+        (
+            [figure(cost, "**total, without the optional features**", 1),
+             figure(cost, "**$ per million orders, without the optional features**", 2)],
+            target(cost, "**total, without the optional features**", 1),
+        ),
+    ]  # fmt: skip
+    stated = [(numbers(figures), numbers(goal)) for _, goal, figures in table(section("## Benchmarks"), "| measure |")]
+    assert stated == expected, "README's Benchmarks table differs from BENCHMARKS.md: copy the last run's figures"
