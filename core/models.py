@@ -1759,8 +1759,10 @@ class Order(Shown):
     # asked of the carrier under a new key (core.ids.booking_key), so a carrier idempotent by key
     # books the parcel as it now is instead of answering an earlier booking again; a parcel made
     # after one (sourced again) has a new id too (parcel_id), while a pending parcel a cancel of
-    # units shrank keeps its own. A retried step, a hold or a release does not change it. The
-    # system's own: stored, never shown.
+    # units shrank keeps its own. A retried step, a hold or a release does not change it. Counted
+    # where parcels are sent back to be sourced (_sourced_again); a version that withdraws a parcel
+    # whose id could be made again without counting one is refused (core.status.check_successor).
+    # The system's own: stored, never shown.
     rebookings: int = Field(default=0, exclude=True)
     # Pending shipments a cancel of units shrank after they were booked: their carrier booking and
     # label still show the old contents and weight until they are booked again under the order's
@@ -3145,10 +3147,14 @@ class Order(Shown):
         sourced again from the same location in the same generation (Order.parcel_id) would have
         the same id, and would be taken for a parcel its carrier reported delivered (no other mark
         can stand then: a marked parcel pending keeps the order from being sourced again,
-        check_parcels_kept)."""
+        check_parcels_kept). Parcels withdrawn start a new parcel generation (`rebookings`), so
+        the ones made after them have ids and booking keys of their own (check_successor refuses
+        a version that withdraws them without)."""
         self.check_write_off_finished("sourced again")
         held_before = sorted({*self.held_before, *(a.location_id for a in self.allocations)})
         marks: dict[str, Any] = {"reported_delivered": []} if self.reported_delivered else {}
+        if self.shipments:
+            marks["rebookings"] = self.rebookings + 1
         if self._held_with_stock() or (self.status is OrderStatus.ON_HOLD and self.waits_for_stock()):
             assert self.hold is not None
             # Sourced again: released to `authorized` anew, its clock starting at the release.
@@ -3621,8 +3627,6 @@ class Order(Shown):
         if self.status is OrderStatus.AUTHORIZED:
             held_before = sorted({*self.held_before, *(a.location_id for a in self.allocations)})
             fields = {"allocations": [], "held_before": held_before}
-        elif self.shipments:
-            fields["rebookings"] = self.rebookings + 1  # the parcels booked are given up: new keys
         return self._next(
             at=at, actor=actor, type=OrderEvent.SOURCED_AGAIN,
             detail={"allocations": [a.model_dump() for a in self.allocations], "short": self.short_of(),
@@ -3766,7 +3770,7 @@ class Order(Shown):
             at=at, actor=actor, type=OrderEvent.SHIPMENT_REJECTED,
             detail={"shipment_id": shipment_id, "location_id": shipment.location_id, "reason": reason,
                     "released": [a.model_dump() for a in self.allocations]},
-            excluded_locations=list(dict.fromkeys(excluded)), rebookings=self.rebookings + 1, **self._sourced_again(),
+            excluded_locations=list(dict.fromkeys(excluded)), **self._sourced_again(),
         )  # fmt: skip
 
     def rejectable(self, shipment_id: str) -> Shipment:
@@ -4297,10 +4301,13 @@ class Order(Shown):
         kept = {(line.line_id, line.sku) for line in lines}
         gone = [ReplacedLine(line_id=line_id, sku=sku) for line_id, sku in self.reservation_lines()
                 if (line_id, sku) not in kept]  # fmt: skip
+        # An edit may alter every parcel, made or still to be made: a new parcel generation, whether
+        # or not it withdrew any (sourced again counts the same one).
+        again["rebookings"] = self.rebookings + 1
         return self._next(
             at=at, actor=actor, type=OrderEvent.EDITED, detail=detail, lines=lines, totals=totals, replaced_lines=gone,
             shipping_address=shipping_address, shipping_method=shipping_method, **self._replacing(payment),
-            priced_version=self.version + 1, rebookings=self.rebookings + 1, authorization_requested=None,
+            priced_version=self.version + 1, authorization_requested=None,
             replaced_authorizations=replaced, later_authorizations=later, spent_authorizations=spent,
             authorized_at=authorized_at,
             promotion_grants=self.promotion_grants if grants is None else grants,
@@ -4599,14 +4606,16 @@ class Order(Shown):
             # Nothing is in a shipment yet: like an edit, the order is sourced again for what is left
             # (its workflow counts its reservations as its own and gives back what it no longer needs).
             # A held one stays on hold, released to `authorized`, which starts that workflow again.
+            # Its parcels, made or still to be made, may hold other units: a new parcel generation,
+            # whether or not it withdrew any (sourced again counts the same one).
+            again = {**self._sourced_again(), "rebookings": self.rebookings + 1}
             return self._next(
                 at=at, actor=actor, type=OrderEvent.UNITS_CANCELLED,
                 detail={"reason": reason, "lines": cancelled,
                         "grand_total": {"from": self.totals.grand_total.model_dump(mode="json"),
                                         "to": totals.grand_total.model_dump(mode="json")},
                         "released": [a.model_dump() for a in self.allocations], **keyed},
-                lines=lines, totals=totals, rebookings=self.rebookings + 1, promotion_grants=kept_grants,
-                **self._sourced_again(),
+                lines=lines, totals=totals, promotion_grants=kept_grants, **again,
             )  # fmt: skip
         # Never from a parcel waiting for a person to confirm whether it left: it may be in the
         # carrier's van, and its units must not go back on sale.
