@@ -32,18 +32,18 @@ finding them costs the typical order nothing: no index entry per shipment. An or
 before its ship died is found the same way: while a capture request stands on it, the index
 counts it unmarked (functions/adapters/dynamodb.py), so the scan reads it again and hands it on. A request younger than
 `captures_after` may belong to a ship under way, so such an order is not marked in that pass.
-A partly shipped order is found that way only when OMS_SLA gives `partially_shipped` a deadline
-(the default has none): otherwise the scan reads those partly shipped for longer than the
-allocated deadline, as an allocated order waiting for its parcels is late then, marks none, and
-hands on those a ship left a capture request on (at most `max_reads` read a pass, again each pass
-while they wait: a parcel that has not left in that long is rare). Still no write per shipment.
+A partly shipped order is found the same way: its status has a deadline of its own, the allocated
+one unless OMS_SLA names `partially_shipped` (parse_sla), as the parcels left wait to ship as an
+allocated order's do. Still no write per shipment.
 
 A late order whose capture request stands because the gateway refused to refund that capture (the
 sweep asks it no more until the order changes) is not handed on again: it is marked late with the
 request standing (Order.mark_jeopardy's `refund_refused`), so it is listed (`?jeopardy=true`) and
 counted for the alarm, and, listed, no pass reads it as a candidate again until it changes
 (Order.listed_late). Handed on, it took a candidate's place every pass and showed nowhere (a
-partly shipped one cannot even be held). Only such an order's history is read.
+partly shipped one cannot even be held). Only such an order's history is read. A mark made for such
+a refusal alone (stored by the partly shipped pass of an SLA that gave that status no deadline, before
+it had one by default) is found late on the status's deadline too (Order.mark_late_on_deadline).
 """
 
 from __future__ import annotations
@@ -99,9 +99,10 @@ def format_duration(duration: timedelta) -> str:
 
 
 def parse_sla(text: str | None) -> dict[OrderStatus, timedelta]:
-    """OMS_SLA (`status=duration,...`) over the defaults: a status not named keeps its default.
-    ValueError names what is wrong: an unknown or unwatched status, a status named twice, a
-    malformed duration."""
+    """OMS_SLA (`status=duration,...`) over the defaults: a status not named keeps its default, and
+    `partially_shipped` unnamed has the allocated deadline (the parcels left to ship wait as an
+    allocated order's do), whatever OMS_SLA sets that to. ValueError names what is wrong: an unknown
+    or unwatched status, a status named twice, a malformed duration."""
     deadlines = {status: deadline for status, deadline in _pairs(DEFAULT_SLA)}
     named: set[OrderStatus] = set()
     for status, deadline in _pairs(text or ""):
@@ -109,6 +110,8 @@ def parse_sla(text: str | None) -> dict[OrderStatus, timedelta]:
             raise ValueError(f"OMS_SLA names {status} twice")
         named.add(status)
         deadlines[status] = deadline
+    if S.PARTIALLY_SHIPPED not in named:
+        deadlines[S.PARTIALLY_SHIPPED] = deadlines[S.ALLOCATED]
     return deadlines
 
 
@@ -136,13 +139,9 @@ def _pairs(text: str) -> list[tuple[OrderStatus, timedelta]]:
 @dataclass
 class Scanned:
     marked: list[str] = field(default_factory=list)
-    # Of `marked`, the partly shipped orders marked for a refund the gateway refused alone (their
-    # status has no deadline: the partly shipped pass), which are not past a deadline of their own.
-    for_refund: list[str] = field(default_factory=list)
     expired: list[str] = field(default_factory=list)
     returns_expired: list[str] = field(default_factory=list)
-    # Late orders left unmarked, and partly shipped orders read unmarked (a status with no
-    # deadline): a capture asked of the gateway and never recorded, by a request over.
+    # Late orders left unmarked: a capture asked of the gateway and never recorded, by a request over.
     captures_left: list[str] = field(default_factory=list)
     in_jeopardy: int | None = 0  # orders marked late now open, after this pass (None: the count failed)
     # The candidates whose own work raised (a record that no longer reads, an item its table
@@ -153,7 +152,7 @@ class Scanned:
 
 class ScanIncomplete(Exception):
     """Parts of a pass failed outright (a table throttled past its retries), each named with its
-    error (`failed`: the holds, returns <status>, late <status>, partly shipped or the count), or
+    error (`failed`: the holds, returns <status>, late <status> or the count), or
     went on past candidates whose own work raised (`done.failed`, `done.returns_failed`); the
     other parts ran, and what all of them did is `done` (in_jeopardy None when the count failed).
     The caller reports `done` as ever, then fails, so the errors alarm calls a person."""
@@ -210,7 +209,7 @@ class JeopardyScan:
         Once `time_up` says so, the pass reads no other page of candidates and starts no other
         order or return (what it started it finishes); it still counts the late orders. What it
         did not reach stays in its index, as it was, for the next pass. The pass's parts (the
-        holds, the returns of each status, the orders of each status, the partly shipped) are
+        holds, the returns of each status, the orders of each status) are
         taken in turn from the `turn`-th (the caller's run number): each run starts with the next
         part, so a backlog that fills a run in one part keeps none of the others from its turn.
 
@@ -306,64 +305,7 @@ class JeopardyScan:
                         done.captures_left.append(order_id)
 
             parts.append((f"late {status.value}", marks))
-        if S.PARTIALLY_SHIPPED not in self._sla and S.ALLOCATED in self._sla:
-            since_before = now - self._sla[S.ALLOCATED]
-
-            def partly_shipped() -> None:
-                self._partly_shipped_with_captures_left(since_before, now, time_up, done)
-
-            parts.append(("partly shipped", partly_shipped))
         return parts
-
-    def _partly_shipped_with_captures_left(
-        self, since_before: datetime, now: datetime, time_up: TimeUp, done: Scanned
-    ) -> None:
-        """Hands on (`done.captures_left`) the orders partly shipped since before `since_before`
-        that hold a capture request older than `captures_after` (a ship of theirs died after asking
-        for it): at most `limit` of them, of at most `max_reads` read, oldest first. Nothing is
-        marked late (their status has no deadline), save an order whose request stands because the
-        gateway refused to refund that capture (`done.marked`: _mark_refund_refused). One read with
-        no request standing is noted read (Order.mark_read_by_scan: one conditional write, no entry),
-        so no pass reads it again until a ship of it asks a capture: the next pass reads the next
-        ones, and a newer order whose ship died is reached however many older ones wait."""
-        found = 0
-        unread = self._late.unmarked_since_before(S.PARTIALLY_SHIPPED, since_before, self._max_reads, unread=True)
-        for order_id in _while(unread, time_up):
-            if self._judged(done.failed, order_id, partial(self._partly_shipped, order_id, now, done)):
-                found += 1
-                if found == self._limit:
-                    break
-
-    def _partly_shipped(self, order_id: str, now: datetime, done: Scanned) -> bool:
-        """Judge one partly shipped candidate (_partly_shipped_with_captures_left): whether it was
-        handed on or marked."""
-        order = self._orders.get(order_id)
-        if order is not None and order.status is S.PARTIALLY_SHIPPED and not order.captures_to_settle():
-            self._note_read(order)
-            return False
-        if not (
-            order is not None and order.status is S.PARTIALLY_SHIPPED and order.captures_to_settle()
-            and order.last_changed <= now - self._captures_after
-        ):  # fmt: skip
-            return False
-        marked = self._mark_refund_refused(
-            order_id, S.PARTIALLY_SHIPPED, self._sla[S.ALLOCATED], on_deadline=False
-        )  # the status has no deadline: the mark is for the refund alone
-        if marked is not None:
-            done.marked.append(order_id)
-            done.for_refund.append(order_id)
-        else:
-            done.captures_left.append(order_id)
-        return True
-
-    def _note_read(self, order: Order) -> None:
-        """Note `order` (as read, with no capture request standing) read, on the condition of that
-        version: one that changed meanwhile (a ship asking its capture) is left to the next pass."""
-        if order.scan_read:
-            return  # noted already (an index answering from before that write): nothing to write
-        new, _ = order.mark_read_by_scan(at=self._clock())
-        with contextlib.suppress(StaleVersion):
-            self._orders.update(new, order, [])
 
     def _mark(self, order_id: str, status: OrderStatus, deadline: timedelta) -> Order | None:
         """The order as marked; None when it is not (not late, or it kept changing). A late order
@@ -394,8 +336,9 @@ class JeopardyScan:
                 return None
             if left:
                 if order.jeopardy is not None and order.jeopardy_for_refund and not order.jeopardy_on_deadline:
-                    # Marked for a refused refund alone (the partly shipped pass, before OMS_SLA
-                    # named the status): late on its own deadline too, the mark outlives the refund.
+                    # Marked for a refused refund alone (stored by the partly shipped pass of an
+                    # SLA that gave the status no deadline): late on its own deadline too, the mark
+                    # outlives the refund.
                     return order.mark_late_on_deadline()
                 return None
             reason = f"{status} for longer than {format_duration(deadline)}"
@@ -415,12 +358,10 @@ class JeopardyScan:
         if not marked:
             return None
         if order.captures_to_settle():
-            return self._mark_refund_refused(order_id, status, deadline, on_deadline=True) or order
+            return self._mark_refund_refused(order_id, status, deadline) or order
         return order
 
-    def _mark_refund_refused(
-        self, order_id: str, status: OrderStatus, deadline: timedelta, *, on_deadline: bool
-    ) -> Order | None:
+    def _mark_refund_refused(self, order_id: str, status: OrderStatus, deadline: timedelta) -> Order | None:
         """The order as marked for a person (listed late: Order.listed_late) when the capture request
         standing on it stands because the gateway refused to refund that capture since the order
         last changed; None when it is not. The sweep asks that refund no more (under its key the
@@ -428,9 +369,8 @@ class JeopardyScan:
         each pass and show nowhere (a partly shipped one cannot even be held). Marked, it is listed
         and counted for the alarm, and no candidate until it changes: a change since (a person's)
         makes it one again, and the sweep asks again. Reads its history: only an order with such a
-        request standing, past its deadline, comes here. `on_deadline`: `deadline` is its status's
-        own (a pass of OMS_SLA), so once the refund is made the order is still late and keeps its
-        mark (Order.jeopardy_on_deadline); otherwise (the partly shipped pass) the mark goes then."""
+        request standing, past its deadline, comes here. Once the refund is made the order is still
+        late and keeps its mark (Order.jeopardy_on_deadline)."""
         found = self._orders.history(order_id, consistent=True)
         if found is None:
             return None
@@ -449,7 +389,7 @@ class JeopardyScan:
             assert since is not None
             reason = f"{status} for longer than {format_duration(deadline)}{REFUND_REFUSED_REASON}"
             return order.mark_jeopardy(
-                reason, since + deadline, at=at, actor=SCAN_ACTOR, refund_refused=True, on_deadline=on_deadline
+                reason, since + deadline, at=at, actor=SCAN_ACTOR, refund_refused=True, on_deadline=True
             )
 
         try:

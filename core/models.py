@@ -1472,11 +1472,11 @@ REFUND_REFUSED_REASON = "; the gateway refused to refund a capture a ship that d
 def _marks_settled(new: "Order") -> "Order":
     """`new` once no capture request stands on it (the capture refunded, or found never made) or
     the mark went, with the jeopardy scan's mark for a refused refund (Order.jeopardy_for_refund)
-    settled: a partly shipped order's made by the partly shipped pass goes (marked for the refund
-    alone: its status has no deadline by default); one made by a pass of its status's own deadline
-    (Order.jeopardy_on_deadline: a held order's, or a partly shipped one's once OMS_SLA names that
-    status), late all the same, keeps its mark and its `since` (no second order.jeopardy event, no
-    second notice to the customer) with the plain reason. As it is otherwise. Order._next and
+    settled: a partly shipped order's stored by the partly shipped pass goes (marked for the refund
+    alone, while that status had no deadline by default); one made by a pass of its status's own
+    deadline (Order.jeopardy_on_deadline: every mark the scan makes now), late all the same, keeps
+    its mark and its `since` (no second order.jeopardy event, no second notice to the customer)
+    with the plain reason. As it is otherwise. Order._next and
     Order._bookkeeping make each version through here."""
     if not new.jeopardy_for_refund or (new.jeopardy is not None and new.captures_requested):
         return new
@@ -1708,20 +1708,21 @@ class Order(Shown):
     late_resumed: datetime | None = Field(default=None, exclude=True)
     # The jeopardy mark is the scan's for a capture request standing whose refund the gateway
     # refused (mark_jeopardy's `refund_refused`: a person settles it): settled with the last request
-    # standing (the capture refunded, or found never made, by a later pass): a partly shipped
-    # order's mark goes (its status has no deadline of its own), a held one's stays, plainly
-    # (_marks_settled). Goes with the mark. Rare; the system's own: stored, never shown.
+    # standing (the capture refunded, or found never made, by a later pass): the mark stays, plainly,
+    # but one stored for the refund alone (not jeopardy_on_deadline), which goes (_marks_settled).
+    # Goes with the mark. Rare; the system's own: stored, never shown.
     jeopardy_for_refund: bool = Field(default=False, exclude=True)
-    # That mark (jeopardy_for_refund) was made by a pass of its status's own deadline (OMS_SLA; not
-    # the partly shipped pass of the default SLA, which marks for the refund alone): settled, it
+    # That mark (jeopardy_for_refund) was made by a pass of its status's own deadline (every mark
+    # the scan makes now; not one the partly shipped pass stored while that status had no deadline
+    # by default, a mark for the refund alone: mark_late_on_deadline): settled, it
     # stays, plainly, the order being late all the same (_marks_settled). Goes with the mark. Rare;
     # the system's own: stored, never shown.
     jeopardy_on_deadline: bool = Field(default=False, exclude=True)
     # The jeopardy scan read this partly shipped order past the allocated deadline with no capture
-    # request standing (mark_read_by_scan): while none stands (`read_by_scan`), the scan's partly
-    # shipped pass reads it no more (its index entry says so), so that pass reads only the orders
-    # a ship may have left a capture on, however many wait. Goes when it leaves the status. Never
-    # on the typical order (partly shipped for that long is rare); the system's own: stored, never shown.
+    # request standing: its partly shipped pass noted so while that status had no deadline by
+    # default, and read it no more while none stood (`read_by_scan`, its index entry). The scan notes
+    # none now (its status's deadline pass reads every unmarked order), so only stored orders have
+    # it. Goes when it leaves the status; the system's own: stored, never shown.
     scan_read: bool = Field(default=False, exclude=True)
     # When the reconciler first restarted the order's workflow (core/reconciliation.py) in the stall
     # it is in: a stall's park threshold counts from it, so no order is parked "though its workflow
@@ -1758,8 +1759,10 @@ class Order(Shown):
     # asked of the carrier under a new key (core.ids.booking_key), so a carrier idempotent by key
     # books the parcel as it now is instead of answering an earlier booking again; a parcel made
     # after one (sourced again) has a new id too (parcel_id), while a pending parcel a cancel of
-    # units shrank keeps its own. A retried step, a hold or a release does not change it. The
-    # system's own: stored, never shown.
+    # units shrank keeps its own. A retried step, a hold or a release does not change it. Counted
+    # where parcels are sent back to be sourced (_sourced_again); a version that withdraws a parcel
+    # whose id could be made again without counting one is refused (core.status.check_successor).
+    # The system's own: stored, never shown.
     rebookings: int = Field(default=0, exclude=True)
     # Pending shipments a cancel of units shrank after they were booked: their carrier booking and
     # label still show the old contents and weight until they are booked again under the order's
@@ -2221,10 +2224,9 @@ class Order(Shown):
 
     @property
     def read_by_scan(self) -> bool:
-        """Whether the jeopardy scan's partly shipped pass may leave this order unread: it read it
-        with no capture request standing (mark_read_by_scan), and none stands now (a ship that asks
-        one makes it a candidate again, should that ship die with the money taken; but for a parcel
-        its carrier reported delivered: captures_to_settle)."""
+        """Whether the order keeps the index entry of the scan's old partly shipped pass (`scan_read`):
+        noted read with no capture request standing, and none stands now (a ship that asks one
+        removes it; but for a parcel its carrier reported delivered: captures_to_settle)."""
         return self.scan_read and not self.captures_to_settle()
 
     @property
@@ -3145,10 +3147,14 @@ class Order(Shown):
         sourced again from the same location in the same generation (Order.parcel_id) would have
         the same id, and would be taken for a parcel its carrier reported delivered (no other mark
         can stand then: a marked parcel pending keeps the order from being sourced again,
-        check_parcels_kept)."""
+        check_parcels_kept). Parcels withdrawn start a new parcel generation (`rebookings`), so
+        the ones made after them have ids and booking keys of their own (check_successor refuses
+        a version that withdraws them without)."""
         self.check_write_off_finished("sourced again")
         held_before = sorted({*self.held_before, *(a.location_id for a in self.allocations)})
         marks: dict[str, Any] = {"reported_delivered": []} if self.reported_delivered else {}
+        if self.shipments:
+            marks["rebookings"] = self.rebookings + 1
         if self._held_with_stock() or (self.status is OrderStatus.ON_HOLD and self.waits_for_stock()):
             assert self.hold is not None
             # Sourced again: released to `authorized` anew, its clock starting at the release.
@@ -3621,8 +3627,6 @@ class Order(Shown):
         if self.status is OrderStatus.AUTHORIZED:
             held_before = sorted({*self.held_before, *(a.location_id for a in self.allocations)})
             fields = {"allocations": [], "held_before": held_before}
-        elif self.shipments:
-            fields["rebookings"] = self.rebookings + 1  # the parcels booked are given up: new keys
         return self._next(
             at=at, actor=actor, type=OrderEvent.SOURCED_AGAIN,
             detail={"allocations": [a.model_dump() for a in self.allocations], "short": self.short_of(),
@@ -3766,7 +3770,7 @@ class Order(Shown):
             at=at, actor=actor, type=OrderEvent.SHIPMENT_REJECTED,
             detail={"shipment_id": shipment_id, "location_id": shipment.location_id, "reason": reason,
                     "released": [a.model_dump() for a in self.allocations]},
-            excluded_locations=list(dict.fromkeys(excluded)), rebookings=self.rebookings + 1, **self._sourced_again(),
+            excluded_locations=list(dict.fromkeys(excluded)), **self._sourced_again(),
         )  # fmt: skip
 
     def rejectable(self, shipment_id: str) -> Shipment:
@@ -4148,13 +4152,13 @@ class Order(Shown):
 
     def mark_late_on_deadline(self) -> Bookkeeping:
         """The jeopardy scan found this order, marked late for a refund the gateway refused alone
-        (the partly shipped pass of an SLA that gave its status no deadline: jeopardy_for_refund,
-        not jeopardy_on_deadline), past a deadline of its status's own (OMS_SLA has named the
-        status since): the mark now outlives the refund (jeopardy_on_deadline), as one that pass
-        made would, so no second mark, order.jeopardy event or notice follows it once the refund is
-        made. Bookkeeping that changes nothing else, not even when the order last changed
-        (`updated_at`): the capture sweep and the reconciler judge it as before. Rare: the SLA
-        changed while such a mark stood."""
+        (stored by the partly shipped pass while that status had no deadline by default:
+        jeopardy_for_refund, not jeopardy_on_deadline), past a deadline of its status's own (the
+        default gives it one now, as OMS_SLA may): the mark now outlives the refund
+        (jeopardy_on_deadline), as one that pass made would, so no second mark, order.jeopardy
+        event or notice follows it once the refund is made. Bookkeeping that changes nothing else,
+        not even when the order last changed (`updated_at`): the capture sweep and the reconciler
+        judge it as before. Rare: only such a stored mark."""
         late = self.jeopardy
         if late is None or late.status is not self.status or not self.jeopardy_for_refund or self.jeopardy_on_deadline:
             raise InvalidTransition(f"order {self.id} is not marked late for a refused refund alone")
@@ -4170,20 +4174,6 @@ class Order(Shown):
         if self.restarted_since_change is not None:
             raise InvalidTransition(f"order {self.id} is marked restarted in this stall already")
         new = _replaced(self, restarted_at=at, version=self.version + 1)
-        check_successor(self, new)
-        return new, None
-
-    def mark_read_by_scan(self, *, at: datetime) -> Bookkeeping:
-        """The jeopardy scan read this order partly shipped (past the allocated deadline) with no
-        capture request standing: it need not read it again until a ship asks one (read_by_scan).
-        Bookkeeping that keeps when the order last changed (`changed_before_mark`, as a mark does),
-        so the reconciler and the capture sweep judge it as before."""
-        if self.status is not OrderStatus.PARTIALLY_SHIPPED or self.captures_to_settle() or self.scan_read:
-            raise InvalidTransition(f"order {self.id} is no partly shipped order to note read, or noted already")
-        new = _replaced(
-            self, scan_read=True, version=self.version + 1, updated_at=at, changed_before_mark=self.last_changed,
-            status_since=self.status_since or self.updated_at,
-        )  # fmt: skip
         check_successor(self, new)
         return new, None
 
@@ -4311,10 +4301,13 @@ class Order(Shown):
         kept = {(line.line_id, line.sku) for line in lines}
         gone = [ReplacedLine(line_id=line_id, sku=sku) for line_id, sku in self.reservation_lines()
                 if (line_id, sku) not in kept]  # fmt: skip
+        # An edit may alter every parcel, made or still to be made: a new parcel generation, whether
+        # or not it withdrew any (sourced again counts the same one).
+        again["rebookings"] = self.rebookings + 1
         return self._next(
             at=at, actor=actor, type=OrderEvent.EDITED, detail=detail, lines=lines, totals=totals, replaced_lines=gone,
             shipping_address=shipping_address, shipping_method=shipping_method, **self._replacing(payment),
-            priced_version=self.version + 1, rebookings=self.rebookings + 1, authorization_requested=None,
+            priced_version=self.version + 1, authorization_requested=None,
             replaced_authorizations=replaced, later_authorizations=later, spent_authorizations=spent,
             authorized_at=authorized_at,
             promotion_grants=self.promotion_grants if grants is None else grants,
@@ -4613,14 +4606,16 @@ class Order(Shown):
             # Nothing is in a shipment yet: like an edit, the order is sourced again for what is left
             # (its workflow counts its reservations as its own and gives back what it no longer needs).
             # A held one stays on hold, released to `authorized`, which starts that workflow again.
+            # Its parcels, made or still to be made, may hold other units: a new parcel generation,
+            # whether or not it withdrew any (sourced again counts the same one).
+            again = {**self._sourced_again(), "rebookings": self.rebookings + 1}
             return self._next(
                 at=at, actor=actor, type=OrderEvent.UNITS_CANCELLED,
                 detail={"reason": reason, "lines": cancelled,
                         "grand_total": {"from": self.totals.grand_total.model_dump(mode="json"),
                                         "to": totals.grand_total.model_dump(mode="json")},
                         "released": [a.model_dump() for a in self.allocations], **keyed},
-                lines=lines, totals=totals, rebookings=self.rebookings + 1, promotion_grants=kept_grants,
-                **self._sourced_again(),
+                lines=lines, totals=totals, promotion_grants=kept_grants, **again,
             )  # fmt: skip
         # Never from a parcel waiting for a person to confirm whether it left: it may be in the
         # carrier's van, and its units must not go back on sale.

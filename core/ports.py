@@ -433,12 +433,9 @@ class LateOrders(ABC):
     """The jeopardy scan's questions, answered through an index (never a scan of the table)."""
 
     @abstractmethod
-    def unmarked_since_before(
-        self, status: OrderStatus, before: datetime, limit: int, *, unread: bool = False
-    ) -> list[str]:
+    def unmarked_since_before(self, status: OrderStatus, before: datetime, limit: int) -> list[str]:
         """Ids of up to `limit` orders in `status`, not marked late, that entered it before
-        `before`, oldest placed first. `unread`: not those the scan noted read either
-        (Order.read_by_scan: the partly shipped pass's; a deadline's pass judges them all)."""
+        `before`, oldest placed first."""
 
     @abstractmethod
     def held_since_before(self, before: datetime, limit: int) -> list[str]:

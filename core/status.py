@@ -198,7 +198,28 @@ def check_successor(old: Order, new: Order) -> None:
     gone = [shipment_id for shipment_id, status in before.items() if status not in stays]
     if gone:
         raise InvalidTransition(f"shipment {gone[0]} has left and cannot be removed from order {new.id}")
+    _check_parcel_generation(old, new, withdrawn=before)
     _check_capture_requests(old, new)
+
+
+def _check_parcel_generation(old: Order, new: Order, *, withdrawn: dict[str, ShipmentStatus]) -> None:
+    """The parcel generation (Order.rebookings: shipment ids and booking keys derive from it) never
+    goes back, and a version that takes a parcel off the order (`withdrawn`: its ids) counts a new
+    one unless no parcel made again would take that id (Order.parcel_id): made at a location the
+    order excludes, or in an earlier generation. Otherwise a late confirmation of the withdrawn
+    parcel would land on the one made after it, whose contents and label may be other."""
+    if new.rebookings < old.rebookings:
+        raise InvalidTransition(
+            f"order {new.id}'s parcel generation cannot go from {old.rebookings} to {new.rebookings}"
+        )
+    for shipment in old.shipments:
+        if shipment.id not in withdrawn or shipment.location_id in new.excluded_locations:
+            continue
+        if new.parcel_id(shipment.location_id) == shipment.id:
+            raise InvalidTransition(
+                f"shipment {shipment.id} is withdrawn from order {new.id} with no new parcel generation: a parcel "
+                f"made again at {shipment.location_id} would take its id"
+            )
 
 
 def _check_capture_requests(old: Order, new: Order) -> None:

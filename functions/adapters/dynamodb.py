@@ -312,10 +312,10 @@ INDEXED_STATUSES = frozenset(OrderStatus) - UNINDEXED_STATUSES
 # a pickup waiting with no collect_by, which is never late) and `sla_key` (whether it is marked).
 JEOPARDY_KEY = "jeopardy"
 # The same `sla_key`, with no `sla_at` (so no by_sla entry), on a partly shipped order the jeopardy
-# scan read past the allocated deadline with no capture request standing (Order.read_by_scan):
-# its partly shipped pass (DynamoLateOrders.unmarked_since_before) reads it no more until a ship
-# of it asks a capture, which removes the key. Written once per such order by the scan (a rare
-# order: partly shipped for that long), never by an ordinary write: the typical order has none.
+# scan noted read with no capture request standing (Order.read_by_scan), which its partly shipped
+# pass did while that status had no deadline by default; the scan notes none now, and the pass of
+# the status's deadline reads such an order as any unmarked one. Kept as stored until a ship of it
+# asks a capture, or it leaves the status: the typical order has none.
 READ_KEY = "read"
 # The sparse `by_pending_refund` index keeps an entry only for an order with a refund still pending
 # at the gateway, under PENDING_REFUND_KEY by when its oldest one was begun: the reconciler finishes
@@ -1510,20 +1510,14 @@ class DynamoLateOrders(LateOrders):
         self._page_size = page_size
         self._max_reads = max_reads
 
-    def unmarked_since_before(
-        self, status: OrderStatus, before: datetime, limit: int, *, unread: bool = False
-    ) -> list[str]:
+    def unmarked_since_before(self, status: OrderStatus, before: datetime, limit: int) -> list[str]:
         values = {":status": {"S": status.value}, ":before": {"S": timestamp(before)}, ":late": {"S": JEOPARDY_KEY}}
-        unmarked = "sla_key <> :late"
-        if unread:
-            values[":read"] = {"S": READ_KEY}
-            unmarked += " AND sla_key <> :read"
         query: dict[str, Any] = {
             "TableName": self._table,
             "IndexName": "by_status_key",
             "KeyConditionExpression": "status_key = :status AND created_at < :before",
             # An order written before by_sla became sparse may still hold its status as sla_key.
-            "FilterExpression": f"status_since < :before AND (attribute_not_exists(sla_key) OR ({unmarked}))",
+            "FilterExpression": "status_since < :before AND (attribute_not_exists(sla_key) OR sla_key <> :late)",
             "ExpressionAttributeValues": values,
             "ScanIndexForward": True,
         }  # fmt: skip

@@ -58,13 +58,7 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         # No error: what it did is reported below; what it did not reach, the next scans'.
         logger.warning("jeopardy scan cut short: too little time left, the rest to the next scans")
     for order_id in done.marked:
-        if order_id in done.for_refund:  # partly shipped: a status with no deadline of its own
-            logger.warning(
-                "order in jeopardy: the gateway refused to refund a capture a ship that died took; a person settles it",
-                extra={"order_id": order_id},
-            )
-        else:
-            logger.warning("order in jeopardy: past the deadline of its status", extra={"order_id": order_id})
+        logger.warning("order in jeopardy: past the deadline of its status", extra={"order_id": order_id})
     for order_id in done.expired:
         logger.warning("order cancelled: its hold expired", extra={"order_id": order_id})
     for return_id in done.returns_expired:

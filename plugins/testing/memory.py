@@ -178,16 +178,10 @@ class InMemoryLateOrders(LateOrders):
     def __init__(self, orders: InMemoryOrders) -> None:
         self._orders = orders
 
-    def unmarked_since_before(
-        self, status: OrderStatus, before: datetime, limit: int, *, unread: bool = False
-    ) -> list[str]:
+    def unmarked_since_before(self, status: OrderStatus, before: datetime, limit: int) -> list[str]:
         # As the index: a marked order counts unmarked while a capture its ship asked for stands
         # (unless marked for a person with it standing: Order.listed_late).
-        # `unread`: nor a partly shipped order the scan read with nothing standing (Order.read_by_scan).
-        found = [
-            o for o in self._orders.orders.values()
-            if o.status is status and not o.listed_late and not (unread and o.read_by_scan)
-        ]  # fmt: skip
+        found = [o for o in self._orders.orders.values() if o.status is status and not o.listed_late]
         due = [o for o in found if o.deadline_counts_from is not None and o.deadline_counts_from < before]
         return [o.id for o in sorted(due, key=lambda o: o.created_at)][:limit]
 

@@ -252,7 +252,8 @@ def a_partly_shipped_order(aws, external_id: str, token: str = "tok_approve") ->
 
 
 def test_a_partly_shipped_orders_second_ship_that_died_is_settled_with_the_default_sla(aws, scan, monkeypatch):
-    # API.md's default OMS_SLA gives partially_shipped no deadline: the scan reads the order unmarked.
+    # API.md's default OMS_SLA gives partially_shipped the allocated deadline: the scan hands the
+    # order on unmarked, and the sweep settles it.
     from functions.bootstrap import Config, bootstrap
 
     services, order = a_partly_shipped_order(aws, "web-second-died")
@@ -293,44 +294,24 @@ def test_a_partly_shipped_order_whose_refund_the_gateway_refused_is_listed_and_c
     assert scan(utc_now() + timedelta(hours=48, minutes=30))["marked"] == []
 
 
-def test_a_partly_shipped_order_read_with_nothing_standing_leaves_the_scans_query_until_a_ship_asks_a_capture(
-    aws, scan, monkeypatch
-):
-    # Each pass read the same oldest partly shipped orders (at most 1,000) again: past that many, a
-    # newer one whose second ship died was never reached. Read once with nothing standing, an order
-    # is noted read (sla_key "read", no sla_at: no by_sla entry) and left out of the query until a
-    # ship of it asks a capture, whose write removes the key.
-    from functions.adapters.dynamodb import DynamoLateOrders
-    from functions.bootstrap import Config, bootstrap
-
+def test_a_partly_shipped_order_the_old_pass_noted_read_is_marked_late_on_its_deadline(aws, scan):
+    # While partially_shipped had no deadline by default, the scan's partly shipped pass noted an
+    # order it read with nothing standing (sla_key "read", no sla_at) and left it out of its query.
+    # Stored so, the order is read by the pass of its status's deadline as any unmarked one.
     services, order = a_partly_shipped_order(aws, "web-read")
-    late = DynamoLateOrders(services.dynamodb, services.config.orders_table)
     table = services.config.orders_table
+    noted = order.model_copy(update={"scan_read": True, "version": order.version + 1})
+    services.order_repository.update(noted, order, [])
 
     def item() -> dict[str, Any]:
         return services.dynamodb.get_item(TableName=table, Key={"id": {"S": order.id}}, ConsistentRead=True)["Item"]
 
-    assert "sla_key" not in item()
-    assert scan(utc_now() + timedelta(hours=48, minutes=5))["captures_settled"] == []
-    read = item()
-    assert (read["sla_key"], "sla_at" in read, read["version"]) == ({"S": "read"}, False, {"N": str(order.version + 1)})
-    after = utc_now() + timedelta(days=3)
-    assert late.unmarked_since_before(OrderStatus.PARTIALLY_SHIPPED, after, 10, unread=True) == []
-    assert late.unmarked_since_before(OrderStatus.PARTIALLY_SHIPPED, after, 10) == [order.id]  # for a deadline's pass
-    assert late.count_in_jeopardy() == 0
-    scan(utc_now() + timedelta(hours=48, minutes=10))
-    assert item()["version"] == read["version"]  # not read, so not written, again
+    assert (item()["sla_key"], "sla_at" in item()) == ({"S": "read"}, False)
 
-    with _write_dies(monkeypatch):
-        services.actions.ship(order.id, order.shipments[0].id, None, "key_wh")
-    assert "sla_key" not in item()
-    assert late.unmarked_since_before(OrderStatus.PARTIALLY_SHIPPED, after, 10, unread=True) == [order.id]
+    answer = scan(utc_now() + timedelta(hours=48, minutes=5))  # past allocated=48h
 
-    answer = scan(utc_now() + timedelta(hours=48, minutes=25))
-
-    assert (answer["captures_settled"], answer["ships_unconfirmed"]) == ([order.id], [order.id])
-    settled = bootstrap(Config.from_env()).order_repository.get(order.id)
-    assert (settled.status, settled.captures_requested, settled.jeopardy) == (OrderStatus.PARTIALLY_SHIPPED, [], None)
+    assert (answer["marked"], answer["in_jeopardy"]) == ([order.id], 1)
+    assert item()["sla_key"] == {"S": "jeopardy"} and "sla_at" in item()
 
 
 def a_settlement_that_died(aws, monkeypatch: pytest.MonkeyPatch, external_id: str = "web-settled") -> Order:

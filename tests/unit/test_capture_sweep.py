@@ -19,7 +19,7 @@ from core.errors import TransientError
 from core.events import OrderEvent
 from core.holds import HoldRequest, Holds, ReleaseRequest
 from core.jeopardy import SCAN_ACTOR, JeopardyScan, Scanned, parse_sla
-from core.models import Order
+from core.models import REFUND_REFUSED_REASON, Order
 from core.money import Money
 from core.order_changes import outage_noted_once
 from core.ports import SettlementCaptures
@@ -275,7 +275,7 @@ def partly_shipped_with_a_second_ship_that_died(world: World, monkeypatch: pytes
 def test_a_second_parcels_capture_is_refunded_with_the_default_sla_once_past_the_allocated_deadline(
     world, clock, monkeypatch
 ):
-    # API.md's default OMS_SLA gives partially_shipped no deadline: nothing marks the order late.
+    # API.md's default OMS_SLA gives partially_shipped the allocated deadline, from the first ship.
     before, second = partly_shipped_with_a_second_ship_that_died(world, monkeypatch)
     clock.advance(hours=47)
     assert a_pass(world, clock) == NOTHING  # a parcel may still leave within the allocated deadline
@@ -288,21 +288,22 @@ def test_a_second_parcels_capture_is_refunded_with_the_default_sla_once_past_the
     assert after.jeopardy is None and after.payment.captured == before.payment.captured
     assert [amount for _, amount, _ in world.spy.refunded] == [before.capture_request(second).amount]
     clock.advance(minutes=5)
-    assert a_pass(world, clock) == NOTHING  # settled: not handed on again
+    assert a_pass(world, clock) == NOTHING  # settled: not handed on again...
+    assert world.order(before.id).jeopardy.status is OrderStatus.PARTIALLY_SHIPPED  # ...but marked late as any other
 
 
-def test_a_partly_shipped_order_with_no_capture_request_is_read_and_left_alone(world, clock):
+def test_a_partly_shipped_order_with_no_capture_request_is_marked_late_on_the_allocated_deadline(world, clock):
+    # Its status had no deadline by default: the scan read it, noted it read, and marked nothing,
+    # however long its second parcel waited.
     order = world.allocated(("MUG", 1), ("CAP", 3))
     world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
-    before = world.order(order.id)
-    entries = len(world.history(order.id))
-    clock.advance(hours=72)
+    clock.advance(hours=47)
+    assert scan_pass(world, clock) == (Scanned(), NOTHING)
+    clock.advance(hours=1, minutes=1)
 
-    assert a_pass(world, clock) == NOTHING
-    after = world.order(order.id)  # noted read, and nothing else: no entry, its last change kept
-    assert after.read_by_scan and after.version == before.version + 1
-    assert after.model_dump(exclude={"version", "updated_at"}) == before.model_dump(exclude={"version", "updated_at"})
-    assert after.last_changed == before.last_changed and len(world.history(order.id)) == entries
+    assert scan_pass(world, clock) == (Scanned(marked=[order.id], in_jeopardy=1), NOTHING)
+    after = world.order(order.id)
+    assert after.jeopardy.reason == "partially_shipped for longer than 2d" and not after.scan_read
 
 
 def test_a_cancel_whose_refund_could_not_be_made_is_finished_refund_then_void(world, clock, monkeypatch):
@@ -693,9 +694,10 @@ def scan_pass(world: World, clock: Clock, sla: str = "") -> tuple[Scanned, Captu
 
 
 def test_a_partly_shipped_order_whose_refund_the_gateway_refused_is_listed_late_for_a_person(world, clock, monkeypatch):
-    # It cannot be held, partially_shipped has no deadline by default, and the sweep asks a refused
-    # refund no more: after the pass that met the refusal, nothing listed or counted the order, and
-    # every pass read it and handed it on for nothing.
+    # It cannot be held, and the sweep asks a refused refund no more: after the pass that met the
+    # refusal, nothing listed or counted the order, and every pass read it and handed it on for
+    # nothing. Marked on its status's deadline (the allocated one by default), the mark outlives
+    # the refund.
     before, second = partly_shipped_with_a_second_ship_that_died(world, monkeypatch)
     world.gateway.script("refund", "refuse")
     clock.advance(**LATE)
@@ -705,12 +707,12 @@ def test_a_partly_shipped_order_whose_refund_the_gateway_refused_is_listed_late_
     late = InMemoryLateOrders(world.orders)
     clock.advance(minutes=16)  # its last change (the request taken back from its ship) is over
 
-    # Marked for the refund alone (the handler's log says so, not a deadline its status lacks).
-    assert scan_pass(world, clock) == (Scanned(marked=[before.id], for_refund=[before.id], in_jeopardy=1), NOTHING)
+    assert scan_pass(world, clock) == (Scanned(marked=[before.id], in_jeopardy=1), NOTHING)
 
     after = world.order(before.id)
     assert after.status is OrderStatus.PARTIALLY_SHIPPED and after.capture_request(second) is not None
-    assert after.jeopardy.status is OrderStatus.PARTIALLY_SHIPPED and "refused to refund" in after.jeopardy.reason
+    assert after.jeopardy.status is OrderStatus.PARTIALLY_SHIPPED and after.jeopardy_on_deadline
+    assert after.jeopardy.reason == f"partially_shipped for longer than 2d{REFUND_REFUSED_REASON}"
     assert after.listed_late and late.count_in_jeopardy() == 1
     assert late.unmarked_since_before(OrderStatus.PARTIALLY_SHIPPED, clock(), 100) == []  # read no more
     for _ in range(3):
@@ -826,42 +828,6 @@ def test_a_typical_order_never_has_an_entry_in_the_parcels_partition(world):
     assert [{"sla_key", "sla_at"} & set(attributes) for attributes in seen] == [set()] * 3  # nor a late one's
 
 
-def test_a_partly_shipped_orders_late_mark_for_a_refused_refund_comes_off_once_the_refund_is_made(
-    world, clock, monkeypatch
-):
-    # The mark is for that request: once a later pass (the order changed since) refunds the capture,
-    # the order stayed listed late, counted for the alarm, with a reason saying a person settles a
-    # refund made already, for a status with no deadline, until it shipped or was cancelled.
-    from core.ports import OrderFilter
-    from functions.adapters.dynamodb import index_attributes
-
-    before, _ = partly_shipped_with_a_second_ship_that_died(world, monkeypatch)
-    world.gateway.script("refund", "refuse")
-    clock.advance(**LATE)
-    with pytest.raises(CapturesNotSettled):
-        a_pass(world, clock)
-    clock.advance(minutes=16)
-    assert scan_pass(world, clock)[0].marked == [before.id]
-    marked = world.order(before.id)
-    changed, _ = marked._bookkeeping(at=clock())  # a change since the mark (a person's, say)
-    world.orders.update(changed, marked, [])
-    world.gateway.script("refund", "approve")
-    clock.advance(minutes=16)
-
-    assert scan_pass(world, clock) == (
-        Scanned(captures_left=[before.id]), CapturesSettled(settled=[before.id], held=[], unconfirmed=[])
-    )  # fmt: skip  # reported unconfirmed by the pass that met the refusal
-
-    after = world.order(before.id)
-    assert after.captures_requested == [] and after.jeopardy is None and not after.listed_late
-    assert "sla_key" not in index_attributes(after)  # the by_sla entry goes as the in-memory list's
-    assert not Order.model_validate_json(after.stored_json()).jeopardy_for_refund
-    assert world.orders.list(OrderFilter(jeopardy=True), 10, None)[0] == []
-    assert InMemoryLateOrders(world.orders).count_in_jeopardy() == 0
-    clock.advance(minutes=5)
-    assert scan_pass(world, clock) == (Scanned(), NOTHING)  # partially_shipped has no deadline
-
-
 def test_a_held_orders_late_mark_for_a_refused_refund_stays_plainly_once_the_refund_is_made(world, clock, monkeypatch):
     from functions.adapters.dynamodb import index_attributes
 
@@ -891,16 +857,17 @@ def test_a_held_orders_late_mark_for_a_refused_refund_stays_plainly_once_the_ref
     assert [e.type for e in world.history(order.id)].count(OrderEvent.JEOPARDY) == 1
 
 
-def test_a_partly_shipped_orders_mark_for_a_refused_refund_stays_plainly_when_the_sla_gives_its_status_a_deadline(
-    world, clock, monkeypatch
+@pytest.mark.parametrize("sla", ["", "partially_shipped=48h"])
+def test_a_partly_shipped_orders_mark_for_a_refused_refund_stays_plainly_once_the_refund_is_made(
+    world, clock, monkeypatch, sla
 ):
-    # With OMS_SLA naming partially_shipped, the order is late on its own deadline: once the refund
-    # was made its mark went all the same (as under the default SLA, where the mark is for the
-    # refund alone), and the next pass marked it late again: a second order.jeopardy event and a
-    # second 'delayed' notice to the customer for one lateness.
+    # The order is late on its status's own deadline (the allocated one by default, or OMS_SLA's):
+    # once the refund was made its mark went all the same (under the default SLA, which gave the
+    # status no deadline, the mark was for the refund alone; its status listed late a person
+    # settling a refund made), and the next pass marked it late again: a second order.jeopardy
+    # event and a second 'delayed' notice to the customer for one lateness.
     from functions.adapters.dynamodb import index_attributes
 
-    sla = "partially_shipped=48h"
     before, _ = partly_shipped_with_a_second_ship_that_died(world, monkeypatch)
     world.gateway.script("refund", "refuse")
     clock.advance(**LATE)
@@ -931,13 +898,26 @@ def test_a_partly_shipped_orders_mark_for_a_refused_refund_stays_plainly_when_th
     assert [e.type for e in world.history(before.id)].count(OrderEvent.JEOPARDY) == 1
 
 
-def test_a_partly_shipped_orders_mark_for_a_refused_refund_stays_once_the_sla_gives_its_status_a_deadline_since(
+def marked_for_the_refund_alone(world: World, clock: Clock, order_id: str) -> Order:
+    """The order marked late as the scan's partly shipped pass marked it while partially_shipped had
+    no deadline by default: for a refund the gateway refused alone (jeopardy_for_refund, not
+    jeopardy_on_deadline), past the allocated deadline. A stored order may still carry that mark."""
+    order = world.order(order_id)
+    reason = f"partially_shipped for longer than 2d{REFUND_REFUSED_REASON}"
+    since = order.deadline_counts_from + timedelta(hours=48)
+    marked, entry = order.mark_jeopardy(reason, since, at=clock(), actor=SCAN_ACTOR, refund_refused=True)
+    world.orders.update(marked, order, [entry])
+    assert marked.listed_late and not marked.jeopardy_on_deadline
+    return marked
+
+
+def test_a_partly_shipped_orders_mark_stored_for_a_refused_refund_alone_stays_once_the_refund_is_made(
     world, clock, monkeypatch
 ):
-    # Marked for the refund alone (the default SLA gives partially_shipped no deadline), then
-    # OMS_SLA named partially_shipped: once the refund was made the mark went (made for the refund
-    # alone), though the order was late on its status's own deadline now, and the next pass marked
-    # it again: a second order.jeopardy event and a second 'delayed' notice to the customer for
+    # Marked for the refund alone (stored by the partly shipped pass while the default SLA gave
+    # partially_shipped no deadline), now that the status has one: once the refund was made the mark
+    # went (made for the refund alone), though the order was late on its status's own deadline,
+    # and the next pass marked it again: a second order.jeopardy event and a second 'delayed' notice to the customer for
     # one lateness. The pass of its status's deadline that reads it (a change since the mark left
     # it unlisted) notes it late on that deadline too, with no entry and no change to when it last
     # changed, so the mark stays, plainly, once the refund is made.
@@ -949,15 +929,13 @@ def test_a_partly_shipped_orders_mark_for_a_refused_refund_stays_once_the_sla_gi
     with pytest.raises(CapturesNotSettled):
         scan_pass(world, clock)
     clock.advance(minutes=16)
-    assert scan_pass(world, clock)[0].for_refund == [before.id]  # the default SLA
-    marked = world.order(before.id)
-    assert not marked.jeopardy_on_deadline
+    marked = marked_for_the_refund_alone(world, clock, before.id)
     changed, _ = marked._bookkeeping(at=clock())  # a change since the mark (a person's, say)
     world.orders.update(changed, marked, [])
     entries = len(world.history(before.id))
     world.gateway.script("refund", "approve")
     clock.advance(minutes=16)
-    sla = "partially_shipped=48h"  # named since
+    sla = ""  # the default: the allocated deadline
     settled = CapturesSettled(settled=[before.id], held=[], unconfirmed=[])
 
     assert scan_pass(world, clock, sla) == (Scanned(captures_left=[before.id]), settled)
@@ -978,8 +956,9 @@ def test_a_partly_shipped_orders_mark_for_a_refused_refund_stays_once_the_sla_gi
 def test_a_partly_shipped_order_marked_for_a_refused_refund_changed_and_refused_again_tells_its_customer_once(
     world, clock, monkeypatch, sla
 ):
-    # Marked for the refund alone (the default SLA gives partially_shipped no deadline); OMS_SLA then
-    # named partially_shipped with a deadline other than the allocated one; a change since the mark
+    # Marked for the refund alone (stored by the partly shipped pass while the default SLA gave
+    # partially_shipped no deadline); OMS_SLA names partially_shipped with a deadline other than the
+    # allocated one; a change since the mark
     # (a person's, say), the refund asked again and refused again: the pass of the status's own
     # deadline marked it again, late since another moment, which is a second order.jeopardy event
     # and a second 'delayed' notice to the customer for one lateness. The mark made again keeps
@@ -1006,8 +985,7 @@ def test_a_partly_shipped_order_marked_for_a_refused_refund_changed_and_refused_
     with pytest.raises(CapturesNotSettled):
         scan_pass(world, clock)
     clock.advance(minutes=16)
-    assert scan_pass(world, clock)[0].for_refund == [before.id]  # the default SLA
-    marked = world.order(before.id)
+    marked = marked_for_the_refund_alone(world, clock, before.id)
     assert told.count(EventType.ORDER_JEOPARDY) == 1 and len(delayed) == 1
     changed, _ = marked._bookkeeping(at=clock())  # a change since the mark (a person's, say)
     world.orders.update(changed, marked, [])
@@ -1025,150 +1003,19 @@ def test_a_partly_shipped_order_marked_for_a_refused_refund_changed_and_refused_
     assert [e.type for e in world.history(before.id)].count(OrderEvent.JEOPARDY) == 2  # marked again, in the history
 
 
-def test_a_newer_partly_shipped_orders_dead_ship_is_reached_past_more_old_ones_than_a_pass_reads(clock, monkeypatch):
-    # Each pass read the oldest partly shipped orders past the allocated deadline, at most
-    # `max_reads` of them (1,000), again every pass while they waited: past that many, a newer
-    # order whose second ship died was never reached, its capture never refunded.
-    from functions.adapters.dynamodb import index_attributes
-
-    world = build_world([("MUG", "wh-west", 10), ("CAP", "wh-east", 10)], clock=clock)
-    waiting = []
-    for _ in range(3):
-        order = world.allocated(("MUG", 1), ("CAP", 1))
-        world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
-        waiting.append(order.id)
-    clock.advance(minutes=1)
-    died, _ = partly_shipped_with_a_second_ship_that_died(world, monkeypatch)
-    clock.advance(**LATE)
-    scan = JeopardyScan(
-        InMemoryLateOrders(world.orders), world.orders, world.actions.cancel, clock, sla=parse_sla(""),
-        captures_after=timedelta(minutes=15), max_reads=2,
-    )  # fmt: skip
-    before = {order_id: (world.order(order_id), len(world.history(order_id))) for order_id in waiting}
-
-    handed_on, settled = [], []
-    for _ in range(3):  # each pass as the handler's: the scan, then the sweep over what it handed on
-        left = scan.run().captures_left
-        handed_on += left
-        settled += sweep(world, clock).run(left, ACTOR).settled
-        clock.advance(minutes=5)
-
-    assert handed_on == settled == [died.id]  # the second pass, past the first's two
-    for order_id in waiting:
-        read = world.order(order_id)
-        order, entries = before[order_id]
-        assert read.read_by_scan and read.last_changed == order.last_changed  # the reconciler's clock kept
-        assert len(world.history(order_id)) == entries  # bookkeeping: nothing in its history
-        assert read.jeopardy is None and index_attributes(read)["sla_key"] == {"S": "read"}
-        assert "sla_at" not in index_attributes(read)  # no by_sla entry: not listed, not counted
-    assert world.order(died.id).read_by_scan  # settled, then read by the third pass with nothing standing
-    assert (
-        InMemoryLateOrders(world.orders).unmarked_since_before(OrderStatus.PARTIALLY_SHIPPED, clock(), 10, unread=True)
-        == []
-    )
-
-
-def test_a_partly_shipped_order_noted_read_is_read_again_once_a_ship_of_it_asks_its_capture(world, clock, monkeypatch):
-    from functions.adapters.dynamodb import index_attributes
-
-    order = world.allocated(("MUG", 1), ("CAP", 3))
-    first, second = (world.shipment_at(order, location) for location in ("wh-west", "wh-east"))
-    world.actions.ship(order.id, first, None, actor="key_wh")
-    between = world.order(order.id)
-    clock.advance(hours=47)
-    assert a_pass(world, clock) == NOTHING and world.order(order.id) == between  # between its ships: no write
-    clock.advance(**LATE)
-    assert a_pass(world, clock) == NOTHING
-    assert world.order(order.id).read_by_scan
-    late = InMemoryLateOrders(world.orders)
-    assert late.unmarked_since_before(OrderStatus.PARTIALLY_SHIPPED, clock(), 10, unread=True) == []
-    dies_before_recording(world, monkeypatch, "shipment_shipped")
-    with pytest.raises(Died):
-        world.actions.ship(order.id, second, None, actor="key_wh")
-    monkeypatch.undo()
-
-    asked = world.order(order.id)
-    assert not asked.read_by_scan and "sla_key" not in index_attributes(asked)
-    assert late.unmarked_since_before(OrderStatus.PARTIALLY_SHIPPED, clock(), 10, unread=True) == [order.id]
-    clock.advance(minutes=16)
-    assert a_pass(world, clock) == CapturesSettled(settled=[order.id], held=[], unconfirmed=[order.id])
-    world.actions.ship(order.id, second, None, actor="key_wh")  # a person found the parcel had left
-
-    shipped = world.order(order.id)
-    assert (shipped.status, shipped.scan_read) == (OrderStatus.SHIPPED, False)
-    assert "sla_key" not in index_attributes(shipped)
-
-
-def test_a_partly_shipped_order_noted_read_is_still_marked_late_once_the_sla_gives_its_status_a_deadline(world, clock):
-    # Noted read under the default SLA (no deadline for partially_shipped), it was left out of every
-    # query of its status: once OMS_SLA named partially_shipped, the scan never marked it late.
+def test_a_partly_shipped_order_the_old_pass_noted_read_is_still_marked_late_on_its_deadline(world, clock):
+    # Noted read by the partly shipped pass while the default SLA gave partially_shipped no deadline
+    # (scan_read, stored), it was left out of every query of its status, and never marked late.
     order = world.allocated(("MUG", 1), ("CAP", 3))
     world.actions.ship(order.id, world.shipment_at(order, "wh-west"), None, actor="key_wh")
     clock.advance(**LATE)
-    assert a_pass(world, clock) == NOTHING and world.order(order.id).read_by_scan
-    clock.advance(hours=24)
+    shipped = world.order(order.id)
+    noted = shipped.model_copy(update={"scan_read": True, "version": shipped.version + 1})
+    world.orders.update(noted, shipped, [])
+    assert world.order(order.id).read_by_scan
 
-    scan = JeopardyScan(
-        InMemoryLateOrders(world.orders), world.orders, world.actions.cancel, clock,
-        sla=parse_sla("partially_shipped=72h"),
-    )  # fmt: skip
-
-    assert scan.run().marked == [order.id]
+    assert scan_pass(world, clock) == (Scanned(marked=[order.id], in_jeopardy=1), NOTHING)
     assert world.order(order.id).listed_late
-
-
-def test_a_ship_that_asks_its_capture_while_the_scan_reads_the_order_keeps_it_unread(world, clock, monkeypatch):
-    # The scan's note is written on the condition of the version it read: the ship's request,
-    # landing between that read and the note, wins, and the order stays a candidate.
-    order = world.allocated(("MUG", 1), ("CAP", 3))
-    first, second = (world.shipment_at(order, location) for location in ("wh-west", "wh-east"))
-    world.actions.ship(order.id, first, None, actor="key_wh")
-    clock.advance(**LATE)
-    note = Order.mark_read_by_scan
-
-    def a_ship_first(self: Order, *, at: datetime):
-        with monkeypatch.context() as patched:
-            patched.setattr(Order, "mark_read_by_scan", note)
-            dies_before_recording(world, patched, "shipment_shipped")
-            with pytest.raises(Died):
-                world.actions.ship(order.id, second, None, actor="key_wh")
-        return note(self, at=at)
-
-    monkeypatch.setattr(Order, "mark_read_by_scan", a_ship_first)
-    assert a_pass(world, clock) == NOTHING
-    monkeypatch.undo()
-
-    asked = world.order(order.id)
-    assert asked.capture_request(second) is not None and not asked.scan_read
-    clock.advance(minutes=16)
-    assert a_pass(world, clock) == CapturesSettled(settled=[order.id], held=[], unconfirmed=[order.id])
-
-
-def test_a_ship_whose_order_the_scan_notes_read_between_its_read_and_its_write_still_ships(world, clock, monkeypatch):
-    # The note moves the version the ship's capture request was decided on: that write loses, and
-    # the ship reads the order again and asks its capture on the noted version (no 409 to a
-    # warehouse that did nothing wrong), whose write removes the note.
-    order = world.allocated(("MUG", 1), ("CAP", 3))
-    first, second = (world.shipment_at(order, location) for location in ("wh-west", "wh-east"))
-    world.actions.ship(order.id, first, None, actor="key_wh")
-    clock.advance(**LATE)
-    request = Order.request_capture
-    noted: list[Order] = []
-
-    def the_scan_first(self: Order, *args, **kwargs):
-        if not noted:
-            assert a_pass(world, clock) == NOTHING
-            noted.append(world.order(order.id))
-        return request(self, *args, **kwargs)
-
-    monkeypatch.setattr(Order, "request_capture", the_scan_first)
-    shipped = world.actions.ship(order.id, second, None, actor="key_wh")
-    monkeypatch.undo()
-
-    assert noted[0].read_by_scan and noted[0].version == shipped.version - 2  # the request, then the capture
-    assert shipped.status is OrderStatus.SHIPPED and shipped.shipment(second).status is ShipmentStatus.SHIPPED
-    assert not shipped.scan_read and shipped == world.order(order.id)
-    assert len(world.spy.captured) == 2
 
 
 def test_a_dead_ships_capture_waiting_for_its_payment_plugin_does_not_grow_the_order_a_pass_at_a_time(

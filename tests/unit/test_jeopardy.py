@@ -22,7 +22,7 @@ from core.refund_service import RefundService
 from core.return_models import ReceiveReturn, RequestReturn, Return, ReturnPolicyDecision
 from core.returns import RETURN_EXPIRED, Returns
 from core.services import OrderQueries
-from core.status import OrderStatus, ReturnStatus
+from core.status import WATCHED, OrderStatus, ReturnStatus
 from core.workflow import CANCEL_RECORDED
 from plugins.testing.memory import InMemoryLateOrders, InMemoryUnreceivedReturns
 from tests.builders import NOW
@@ -50,10 +50,20 @@ def test_the_defaults_are_the_contracts():
             S.PENDING: timedelta(minutes=5),
             S.AUTHORIZED: timedelta(minutes=15),
             S.ALLOCATED: timedelta(hours=48),
+            S.PARTIALLY_SHIPPED: timedelta(hours=48),  # the allocated one: each open order has a deadline
             S.BACKORDERED: timedelta(days=14),
             S.ON_HOLD: timedelta(hours=24),
         }
     )
+    assert set(parse_sla("")) == WATCHED
+
+
+def test_partially_shipped_unnamed_follows_the_allocated_deadline_and_named_keeps_its_own():
+    # The parcels left to ship wait as an allocated order's do: a business that gives warehouses
+    # 24 hours gives the rest of a partly shipped order 24 hours too, unless it says otherwise.
+    assert parse_sla("allocated=24h")[S.PARTIALLY_SHIPPED] == timedelta(hours=24)
+    assert parse_sla("partially_shipped=5d,allocated=24h")[S.PARTIALLY_SHIPPED] == timedelta(days=5)
+    assert parse_sla("partially_shipped=5d")[S.ALLOCATED] == timedelta(hours=48)
 
 
 def test_a_status_named_replaces_its_default_and_the_others_keep_theirs():
