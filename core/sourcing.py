@@ -183,15 +183,45 @@ def to_source_again(order: Order, locations: list[Location], rules: SourcingRule
 def out_of_reach(order: Order, locations: list[Location], rules: SourcingRules) -> bool:
     """Whether only the sourcing rules and the network leave `order` no location that may supply
     it (none `sourceable`: every location that ships excluded, none shipping, its pickup store
-    excluded), while a location it has not rejected would supply it once they are put back: its
-    pickup store, or for a shipment any location of the network. False when its own rejects (or
-    stock takes) took every such location from it."""
-    if sourceable(order, locations, rules):
-        return False
+    excluded), while a location it has not rejected would supply it once they are put back
+    (`reach_once_put_back`). False when its own rejects (or stock takes) took every such location
+    from it."""
+    return not sourceable(order, locations, rules) and bool(reach_once_put_back(order, locations))
+
+
+def reach_once_put_back(order: Order, locations: list[Location]) -> list[Location]:
+    """The locations that would supply `order` once the sourcing rules and the network are put
+    back: its pickup store, or for a shipment every location of the network; never one it rejected."""
     if order.fulfillment.type == "pickup":
         store = order.fulfillment.location_id
-        return store not in order.excluded_locations and any(loc.location_id == store for loc in locations)
-    return any(loc.location_id not in order.excluded_locations for loc in locations)
+        return [loc for loc in locations if loc.location_id == store and store not in order.excluded_locations]
+    return [loc for loc in locations if loc.location_id not in order.excluded_locations]
+
+
+def stocked_once_put_back(
+    order: Order,
+    locations: list[Location],
+    levels: dict[str, list[StockLevel]],
+    own: dict[tuple[str, str], int],
+    skus: set[str],
+) -> bool:
+    """Whether the locations that would supply an `out_of_reach` order once the rules and the
+    network are put back (`reach_once_put_back`) have together every unit its lines of `skus` (those
+    that may not wait backordered) ask: on `levels` as the stock items hold them (no safety stock
+    held back, a setting too) and what the order holds there itself (`own`, by (sku, location_id)).
+    Then only a setting keeps it from its units, and ReserveStock parks it for a person (OutOfReach);
+    otherwise it is out of stock whatever the settings, a business outcome that cancels it."""
+    reach = reach_once_put_back(order, locations)
+    available = available_of(order, reach, levels)
+    where = {loc.location_id for loc in reach}
+    for (sku, location_id), units in own.items():
+        if location_id in where and sku in available:
+            available[sku] += units
+    wanted: Counter[str] = Counter()
+    for line in order.lines:
+        if line.sku in skus:
+            wanted[line.sku] += line.quantity
+    return all(available[sku] >= units for sku, units in wanted.items())
 
 
 def bought_at(order: Order, sku: str, where: set[str], buying: set[str], locations: list[Location]) -> str | None:

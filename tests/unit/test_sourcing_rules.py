@@ -14,7 +14,15 @@ from pydantic import ValidationError
 
 from core import hookimpl
 from core.backorders import BackorderAllocator
-from core.errors import Backordered, InsufficientStock, InvalidRequest, OutOfStock, StaleVersion, UnknownSku
+from core.errors import (
+    Backordered,
+    InsufficientStock,
+    InvalidRequest,
+    OutOfReach,
+    OutOfStock,
+    StaleVersion,
+    UnknownSku,
+)
 from core.models import Allocation, LineInput, OrderEdit, StockLevel
 from core.plugin_manager import build_plugin_manager
 from core.pricing import Pricing
@@ -737,7 +745,8 @@ def test_an_order_backordered_as_the_rules_change_to_exclude_every_location_wait
 def test_an_order_in_flight_as_the_rules_exclude_every_location_waits_backordered_until_they_are_put_back():
     """Captured just before the change, its ReserveStock found no location at all and cancelled it
     out_of_stock, voiding its payment: the same mistake, one step earlier. A product that may not
-    wait has no waiting state: that order still ends out_of_stock."""
+    wait has no waiting state: that order, whose units are on the shelf, is parked for a person
+    (OutOfReach, which ParkOrder records), holding nothing, its authorization kept."""
     world, store = a_world([("PREORDER", "wh-west", 5), ("MUG", "wh-west", 5)])
     world.catalog.put_product(product("PREORDER", "30.00", allow_backorder=True))
     waits, cannot = world.place(("PREORDER", 2)), world.place(("MUG", 1))
@@ -747,9 +756,12 @@ def test_an_order_in_flight_as_the_rules_exclude_every_location_waits_backordere
 
     with pytest.raises(Backordered):
         world.workflow.reserve_stock(waits)
-    with pytest.raises(OutOfStock):
+    with pytest.raises(OutOfReach):
         world.workflow.reserve_stock(cannot)
 
+    parked = world.order(cannot)
+    assert parked.status is S.AUTHORIZED and parked.payment.status.value == "authorized"
+    assert reserved_at(world, cannot) == {}
     order = world.order(waits)
     assert order.status is S.BACKORDERED and order.payment.status.value == "authorized"
     assert order.short_of() == {"L1": 2} and reserved_at(world, waits) == {}
