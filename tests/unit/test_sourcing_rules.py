@@ -822,6 +822,38 @@ def test_a_simulation_counts_what_a_line_an_edit_replaced_holds_as_the_orders_ow
     ]
 
 
+def test_an_order_sent_back_holding_the_only_units_is_parked_not_cancelled_when_the_rules_leave_it_no_location(
+    monkeypatch,
+):
+    """Its units are the ones it holds (an edit whose release the inventory refused): no setting
+    would find them on the shelf, yet they are its own. Parked, it gives them back, as it would at
+    any excluded location; the what-if of it says so, not a cancel."""
+    world, store = a_world([("MUG", "wh-west", 2), ("TSHIRT", "wh-west", 3)])
+    order = world.allocated(("MUG", 2))
+
+    def inventory_down(*args: object, **kwargs: object) -> None:
+        raise TimeoutError("the inventory did not answer")
+
+    monkeypatch.setattr(world.inventory, "release", inventory_down)
+    edit = OrderEdit(lines=[LineInput(sku="TSHIRT", quantity=1), LineInput(sku="MUG", quantity=2)])
+    world.actions.edit(order.id, order.version, edit, "key_web")
+    monkeypatch.undo()
+    assert reserved_at(world, order.id) == {"wh-west": 2}
+    put(store, excluded_locations=["wh-east", "wh-west"])
+    sim, _, _ = simulator(world, store)
+
+    [item] = sim.simulate(SimulateSourcing.model_validate({"orders": [order.id]})).items
+    with pytest.raises(OutOfReach):
+        world.workflow.reserve_stock(order.id)
+
+    assert any(reason.startswith("allocation would put this order on hold") for reason in item.reasons), item
+    assert not any("out_of_stock" in reason for reason in item.reasons), item
+    assert world.order(order.id).status is S.AUTHORIZED and reserved_at(world, order.id) == {}
+    world.workflow.park_after_failure(order.id, "OutOfReach", "")
+    parked = world.order(order.id)
+    assert parked.status is S.ON_HOLD and parked.payment.status.value == "authorized"
+
+
 AGREE_LOCATIONS = ["wh-west", "wh-east", "wh-north", "store-sf"]
 AGREE_SKUS = ["MUG", "TSHIRT", "PREORDER", "CAP"]
 
