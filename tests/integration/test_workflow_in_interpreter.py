@@ -891,7 +891,7 @@ def exclude_every_location(api: Api) -> Iterator[Callable[[], dict[str, Any]]]:
 
 
 def test_rules_that_leave_a_paid_order_no_location_park_it_with_its_payment_and_the_release_sources_it_again(
-    stack: EmbeddedStack, api: Api, stocked, exclude_every_location, monkeypatch: pytest.MonkeyPatch
+    stack: EmbeddedStack, api: Api, faults: Faults, stocked, exclude_every_location, monkeypatch: pytest.MonkeyPatch
 ):
     """Captured just before a PUT /sourcing/rules excluding every location, an order of products
     that may not wait backordered was cancelled out_of_stock, its authorization voided, though its
@@ -910,6 +910,8 @@ def test_rules_that_leave_a_paid_order_no_location_park_it_with_its_payment_and_
 
     assert result["described"]["status"] == "SUCCEEDED"
     assert result["states"][-3:] == ["ReserveStock", "ParkOrder", "OrderParked"]
+    # Retried as any failure is (rules put back within the retries would let it go on), then parked.
+    assert faults.count(order_id)["ReserveStock"] == 1 + RETRIES
     assert counted == ["OrdersParked"]
     order = assert_parked(api, order_id, "OutOfReach")
     assert f"no location may supply order {order_id} under sourcing rules v{version}" in order["hold"]["note"]

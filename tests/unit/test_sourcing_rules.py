@@ -772,6 +772,32 @@ def test_an_order_in_flight_as_the_rules_exclude_every_location_waits_backordere
     assert reserved_at(world, waits) == {"wh-west": 2}
 
 
+@pytest.mark.parametrize("left_out", ["its pickup store excluded", "no location shipping"])
+def test_an_order_in_flight_the_settings_leave_no_location_is_parked_whatever_setting_left_it_none(left_out):
+    """The rules excluding a pickup's store, or the network with no location shipping, leave an order
+    no location as surely as rules excluding every location: parked (OutOfReach), not cancelled,
+    and the what-if says so."""
+    world, store = a_world([("MUG", "store-sf", 3), ("MUG", "wh-west", 3)])
+    pickup = left_out == "its pickup store excluded"
+    order_id = world.place(
+        ("MUG", 2), **({"fulfillment": {"type": "pickup", "location_id": "store-sf"}} if pickup else {})
+    )
+    world.workflow.authorize_payment(order_id, attempt=0)
+    if pickup:
+        put(store, excluded_locations=["store-sf"])
+    else:
+        for each in world.catalog.list_locations():
+            world.catalog.put_location(each.model_copy(update={"ships": False}))
+    sim, _, _ = simulator(world, store)
+
+    [item] = sim.simulate(SimulateSourcing.model_validate({"orders": [order_id]})).items
+    with pytest.raises(OutOfReach):
+        world.workflow.reserve_stock(order_id)
+
+    assert any(reason.startswith("allocation would put this order on hold") for reason in item.reasons), item
+    assert world.order(order_id).status is S.AUTHORIZED and reserved_at(world, order_id) == {}
+
+
 def test_an_order_backordered_as_the_one_location_it_holds_units_at_stops_shipping_is_sent_back(monkeypatch):
     """The same under max_shipments 1 for a location that stops shipping (PUT /locations, ships
     false) while ReserveStock plans there: the network's wake may have walked the waiting orders
