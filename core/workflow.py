@@ -505,10 +505,10 @@ class Workflow:
             # (a backorder's fill would meet the same item), but a person's to resolve.
             raise list(full.values())[-1]
         if cannot_wait and self._stocked_once_put_back(order, locations, mine, cannot_wait):
-            # A product that may not wait has no waiting state: parked for a person (ParkOrder,
-            # once the retries spent, which a setting put back meanwhile ends), its authorization
-            # kept. It holds nothing meanwhile, as at any excluded location; its release sources it
-            # under the rules then in force.
+            # A product that may not wait has no waiting state: ParkOrder puts it on hold for a
+            # person once the retries are spent (a setting put back meanwhile lets a retry source
+            # it), its authorization kept. It holds nothing meanwhile, as at any excluded location;
+            # its release sources it under the rules then in force.
             for item in mine:
                 self._inventory.release(*item)
             raise OutOfReach(
