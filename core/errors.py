@@ -325,6 +325,17 @@ class OutOfStock(DomainError):
     code = "out_of_stock"
 
 
+class OutOfReach(DomainError):
+    """Only the sourcing rules and the network leave an order no location that may supply it
+    (core.sourcing.out_of_reach), though the locations they leave out have the units of its
+    products that may not wait backordered: no business outcome, so not OutOfStock. Retried (a
+    setting put back within the retries lets it go on), then parked on hold for a person under this
+    name, its authorization kept, never cancelled: the release sources it under the rules then in
+    force."""
+
+    code = "out_of_reach"
+
+
 class Backordered(DomainError):
     """The order waits `backordered` for stock: a business outcome that ends the execution; the
     backorder allocator (core.backorders) starts the workflow again once every unit is reserved."""

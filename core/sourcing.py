@@ -183,15 +183,45 @@ def to_source_again(order: Order, locations: list[Location], rules: SourcingRule
 def out_of_reach(order: Order, locations: list[Location], rules: SourcingRules) -> bool:
     """Whether only the sourcing rules and the network leave `order` no location that may supply
     it (none `sourceable`: every location that ships excluded, none shipping, its pickup store
-    excluded), while a location it has not rejected would supply it once they are put back: its
-    pickup store, or for a shipment any location of the network. False when its own rejects (or
-    stock takes) took every such location from it."""
-    if sourceable(order, locations, rules):
-        return False
+    excluded), while a location it has not rejected would supply it once they are put back
+    (`reach_once_put_back`). False when its own rejects (or stock takes) took every such location
+    from it."""
+    return not sourceable(order, locations, rules) and bool(reach_once_put_back(order, locations))
+
+
+def reach_once_put_back(order: Order, locations: list[Location]) -> list[Location]:
+    """The locations that would supply `order` once the sourcing rules and the network are put
+    back: its pickup store, or for a shipment every location of the network; never one it rejected."""
     if order.fulfillment.type == "pickup":
         store = order.fulfillment.location_id
-        return store not in order.excluded_locations and any(loc.location_id == store for loc in locations)
-    return any(loc.location_id not in order.excluded_locations for loc in locations)
+        return [loc for loc in locations if loc.location_id == store and store not in order.excluded_locations]
+    return [loc for loc in locations if loc.location_id not in order.excluded_locations]
+
+
+def stocked_once_put_back(
+    order: Order,
+    locations: list[Location],
+    levels: dict[str, list[StockLevel]],
+    own: dict[tuple[str, str], int],
+    skus: set[str],
+) -> bool:
+    """Whether the locations that would supply an `out_of_reach` order once the rules and the
+    network are put back (`reach_once_put_back`) have together every unit its lines of `skus` (those
+    that may not wait backordered) ask: on `levels` as the stock items hold them (no safety stock
+    held back, a setting too) and what the order holds there itself (`own`, by (sku, location_id)).
+    Then only a setting keeps it from its units, and ReserveStock parks it for a person (OutOfReach);
+    otherwise it is out of stock whatever the settings, a business outcome that cancels it."""
+    reach = reach_once_put_back(order, locations)
+    available = available_of(order, reach, levels)
+    where = {loc.location_id for loc in reach}
+    for (sku, location_id), units in own.items():
+        if location_id in where and sku in available:
+            available[sku] += units
+    wanted: Counter[str] = Counter()
+    for line in order.lines:
+        if line.sku in skus:
+            wanted[line.sku] += line.quantity
+    return all(available[sku] >= units for sku, units in wanted.items())
 
 
 def bought_at(order: Order, sku: str, where: set[str], buying: set[str], locations: list[Location]) -> str | None:
@@ -631,7 +661,7 @@ class Simulator:
             # A stored order waits for the skus it was sold to wait for, as ReserveStock lets it.
             may_wait = set(order.may_wait)
             waits = cannot_wait if not may_wait else lambda asked, may_wait=may_wait: cannot_wait(asked) - may_wait
-            items.append(self._plan(order_id, order, locations, on, rules, waits, changed))
+            items.append(self._plan(order_id, order, locations, on, rules, waits, changed, levels=levels, own=own))
         return Simulation(rules=rules, items=items, summary=_summary(items))
 
     def _owed(
@@ -770,11 +800,18 @@ class Simulator:
         rules: SourcingRules,
         cannot_wait: Callable[[set[str]], set[str]],
         changed: list[str],
+        *,
+        levels: dict[str, list[StockLevel]],
+        own: dict[tuple[str, str], int],
     ) -> SimulatedOrder:
+        """`stock`: the units orders may take as ReserveStock counts them; `levels`: as the stock
+        items hold them, and `own`: what the order holds (by (sku, location_id)), which say whether
+        only the settings keep an order they leave no location from its units."""
         eligible = sourceable(order, locations, rules)
         destination = destination_of(order, locations)
-        # The plan ReserveStock makes: none (it cancels the order out_of_stock) when what the
-        # locations lack, or what max_shipments leaves short, may not wait.
+        # The plan ReserveStock makes: none (it cancels the order out_of_stock, unless only the
+        # settings leave it no location) when what the locations lack, or what max_shipments
+        # leaves short, may not wait.
         plan = allocation_plan(self._hook, order, eligible, stock, destination, rules, cannot_wait)
         sku_of = {line.line_id: line.sku for line in order.lines}
         planned: dict[str, int] = defaultdict(int)
@@ -802,10 +839,9 @@ class Simulator:
         if plan is not None and unfillable:
             reasons.append("allocation would hold what is planned and wait backordered for the unfillable units")
         if plan is None and unfillable:
-            reasons.append(
-                "allocation would cancel this order out_of_stock: no plan covers, from the locations "
-                "that may supply it, what may not wait backordered"
-            )
+            # What ReserveStock does when only the rules and the network leave it no location.
+            reach = out_of_reach(order, locations, rules)
+            reasons.append(_out_of_reach_outcome(order, locations, levels, own, cannot_wait) if reach else WOULD_CANCEL)
         point = {loc.location_id: loc for loc in locations}
         shipments = [
             SimulatedShipment(
@@ -814,6 +850,34 @@ class Simulator:
             for location_id, lines in sorted(by_location.items())
         ]
         return SimulatedOrder(order_id=order_id, shipments=shipments, unfillable=unfillable, reasons=reasons)
+
+
+WOULD_CANCEL = (
+    "allocation would cancel this order out_of_stock: no plan covers, from the locations that may supply it, "
+    "what may not wait backordered"
+)
+
+
+def _out_of_reach_outcome(
+    order: Order,
+    locations: list[Location],
+    levels: dict[str, list[StockLevel]],
+    own: dict[tuple[str, str], int],
+    cannot_wait: Callable[[set[str]], set[str]],
+) -> str:
+    """What ReserveStock does with an order only the rules and the network leave no location
+    (`out_of_reach`), said as a what-if's reason: it waits backordered when every product may wait,
+    is parked for a person when the locations left out have the units of those that may not
+    (`stocked_once_put_back`), and is cancelled out_of_stock only when they have not."""
+    cannot = cannot_wait({line.sku for line in order.lines})
+    if not cannot:
+        return "allocation would wait backordered for all of it until the rules or the network give it a location"
+    if stocked_once_put_back(order, locations, levels, own, cannot):
+        return (
+            "allocation would put this order on hold for a person, its payment kept: the locations the rules and "
+            "the network leave out have its units"
+        )
+    return WOULD_CANCEL
 
 
 def _behind_older(

@@ -31,6 +31,7 @@ from core.errors import (
     NotFound,
     OrderClosed,
     OrderHeld,
+    OutOfReach,
     OutOfStock,
     PaymentGatewayUnavailable,
     PaymentRefused,
@@ -79,9 +80,11 @@ from core.sourcing import (
     lacks_at,
     out_of_reach,
     plan_within,
+    reach_once_put_back,
     reduced,
     skus_left_short,
     sourceable,
+    stocked_once_put_back,
     to_source_again,
 )
 from core.sourcing_rules import SourcingRules
@@ -486,22 +489,33 @@ class Workflow:
             # Out of stock cancels the order and voids its authorization, and is not retried: said
             # only on stock as written, not on a plain read that may not show a restock yet.
             plan = self._plan(order, eligible, locations, rules, mine, full, consistent=True)
-        if (
-            plan is None
-            and out_of_reach(order, locations, rules)
-            and not self._cannot_wait({line.sku for line in order.lines}, order)
-        ):
+        cannot_wait: set[str] = set()
+        if plan is None and out_of_reach(order, locations, rules):
             # Only the rules or the network leave it no location (every one excluded or none
-            # shipping, as a merchant's mistake may): it waits backordered for all of it, not
-            # cancelled over a setting; the change that gives it a location wakes and fills it.
-            plan = SourcingPlan(
-                allocations=[], reasons=[f"no location may supply it under {rules.named()}: it waits until one may"]
-            )
+            # shipping, as a merchant's mistake may): never cancelled over a setting.
+            cannot_wait = self._cannot_wait({line.sku for line in order.lines}, order)
+            if not cannot_wait:
+                # It waits backordered for all of it; the change that gives it a location wakes and fills it.
+                plan = SourcingPlan(
+                    allocations=[], reasons=[f"no location may supply it under {rules.named()}: it waits until one may"]
+                )
         backorder = skus_left_short(order, plan) if plan is not None else set()
         if full and (plan is None or backorder):
             # Short only without a full stock item: no shortage to cancel or wait backordered for
             # (a backorder's fill would meet the same item), but a person's to resolve.
             raise list(full.values())[-1]
+        if cannot_wait and self._stocked_once_put_back(order, locations, mine, cannot_wait):
+            # A product that may not wait has no waiting state: ParkOrder puts it on hold for a
+            # person once the retries are spent (a setting put back meanwhile lets a retry source
+            # it), its authorization kept. It holds nothing meanwhile, as at any excluded location;
+            # its release sources it under the rules then in force.
+            for item in mine:
+                self._inventory.release(*item)
+            raise OutOfReach(
+                f"no location may supply order {order.id} under {rules.named()} (excluded by the rules, or not "
+                "shipping), though the locations left out have its units: put the rules or the network back, "
+                "then release the order, or cancel it"
+            )
         if plan is None:
             # Named in the message, which the cancel's history entry keeps: the rules decided it.
             raise OutOfStock(f"the eligible locations cannot cover order {order.id} under {rules.named()}")
@@ -694,6 +708,19 @@ class Workflow:
             )  # fmt: skip
 
     # --- Backorders ------------------------------------------------------------------------------
+    def _stocked_once_put_back(
+        self, order: Order, locations: list[Location], mine: dict[tuple[str, str, str], int], skus: set[str]
+    ) -> bool:
+        """Whether only a setting keeps the `out_of_reach` `order` from the units of `skus` it may
+        not wait for (core.sourcing.stocked_once_put_back), on stock as written: said on a plain
+        read that may not show a restock yet, it would be cancelled out_of_stock for good."""
+        reach = reach_once_put_back(order, locations)
+        levels = self._inventory.levels(skus, [loc.location_id for loc in reach], consistent=True)
+        own: dict[tuple[str, str], int] = defaultdict(int)
+        for (sku, location_id, _), quantity in mine.items():
+            own[(sku, location_id)] += quantity
+        return stocked_once_put_back(order, locations, levels, own, skus)
+
     def _cannot_wait(self, skus: set[str], order: Order) -> set[str]:
         """The skus of `skus` `order` may not wait backordered for: those whose product does not
         allow backorder and that the order was not sold to wait for (Order.may_wait: a product

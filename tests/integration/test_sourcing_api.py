@@ -567,3 +567,36 @@ def test_a_safety_stock_of_zero_is_no_safety_stock_and_makes_no_version(api: InP
         f"sourcing rules v{zero['version']} with safety_stock as given"
     )
     put_rules(api)  # back to the defaults for the other tests
+
+
+def test_the_what_if_of_an_order_the_rules_leave_no_location_says_what_allocation_would_do(api: InProcessApi, network):
+    """Rules excluding every location: it said each would be cancelled out_of_stock, though
+    ReserveStock makes an order whose products may wait wait backordered, and parks one whose units
+    only the settings keep from it; only one whose units are nowhere is cancelled."""
+    catalog = Catalog(api)
+    may_wait, on_the_shelf, nowhere = (
+        catalog.product("6.00", allow_backorder=True),
+        catalog.product("6.00"),
+        catalog.product("6.00"),
+    )
+    catalog.stock(may_wait, network["west"], 5)
+    catalog.stock(on_the_shelf, network["east"], 5)
+    catalog.stock(nowhere, network["east"], 1)
+    locations = api.get("/locations", params={"limit": 100}).json()
+    assert locations["next_cursor"] is None
+    rules = {"excluded_locations": [loc["location_id"] for loc in locations["items"]]}
+    bodies = [order_body((may_wait, 2)), order_body((on_the_shelf, 2)), order_body((nowhere, 2))]
+
+    simulated = api.post("/sourcing/simulate", json={"orders": bodies, "rules": rules})
+
+    assert simulated.status_code == 200, simulated.text
+    waits, parked, cancelled = (item["reasons"] for item in simulated.json()["items"])
+    wait = "allocation would wait backordered for all of it until the rules or the network give it a location"
+    hold = ("allocation would put this order on hold for a person, its payment kept: the locations the rules "
+            "and the network leave out have its units")  # fmt: skip
+    cancel = ("allocation would cancel this order out_of_stock: no plan covers, from the locations that may "
+              "supply it, what may not wait backordered")  # fmt: skip
+    assert "no location may supply this order under these rules" in waits + parked + cancelled
+    assert (wait in waits, hold in waits, cancel in waits) == (True, False, False), waits
+    assert (wait in parked, hold in parked, cancel in parked) == (False, True, False), parked
+    assert (wait in cancelled, hold in cancelled, cancel in cancelled) == (False, False, True), cancelled

@@ -857,3 +857,93 @@ def test_a_hold_at_each_step_ends_the_execution_and_the_release_resumes_it_there
     authorized = [e for e in history(api, order_id) if e["type"] == "payment_authorized"]
     assert len(authorized) == 1  # the steps done before the hold were skipped, not repeated
     assert [e["type"] for e in history(api, order_id)].count("released") == 1
+
+
+# --- Settings that leave an order no location: parked, not cancelled ----------------------------------------------
+
+
+def every_location(api: Api) -> list[str]:
+    ids: list[str] = []
+    cursor = None
+    while True:
+        response = api.get("/locations", params={"limit": 100, **({"cursor": cursor} if cursor else {})})
+        assert response.status_code == 200, response.text
+        ids += [loc["location_id"] for loc in response.json()["items"]]
+        if (cursor := response.json()["next_cursor"]) is None:
+            return ids
+
+
+@pytest.fixture
+def exclude_every_location(api: Api) -> Iterator[Callable[[], dict[str, Any]]]:
+    """Puts sourcing rules excluding every location of the network (a merchant's mistake, or a
+    pause) when called, and returns them; the defaults are put back after the test."""
+
+    def exclude() -> dict[str, Any]:
+        response = api.put("/sourcing/rules", json={"prefer": "nearest", "excluded_locations": every_location(api)})
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    try:
+        yield exclude
+    finally:
+        put_back = api.put("/sourcing/rules", json={"prefer": "nearest"})
+        assert put_back.status_code == 200, put_back.text
+
+
+def test_rules_that_leave_a_paid_order_no_location_park_it_with_its_payment_and_the_release_sources_it_again(
+    stack: EmbeddedStack, api: Api, faults: Faults, stocked, exclude_every_location, monkeypatch: pytest.MonkeyPatch
+):
+    """Captured just before a PUT /sourcing/rules excluding every location, an order of products
+    that may not wait backordered was cancelled out_of_stock, its authorization voided, though its
+    units were on the shelf: a setting is not a business outcome. It is parked for a person instead
+    (OrdersParked, whose alarm calls one), holding nothing, its authorization kept; put back, the
+    rules source it on its release."""
+    from functions.workflow import park_order
+
+    counted: list[str] = []
+    monkeypatch.setattr(park_order.metrics, "add_metric", lambda name, **_: counted.append(name))
+    skus = stocked["skus"]
+    order_id = place(api, order_body((skus[0], 2), (skus[1], 1)))
+    version = exclude_every_location()["version"]
+
+    result = run(stack, order_id)
+
+    assert result["described"]["status"] == "SUCCEEDED"
+    assert result["states"][-3:] == ["ReserveStock", "ParkOrder", "OrderParked"]
+    # Retried as any failure is (rules put back within the retries would let it go on), then parked.
+    assert faults.count(order_id)["ReserveStock"] == 1 + RETRIES
+    assert counted == ["OrdersParked"]
+    order = assert_parked(api, order_id, "OutOfReach")
+    assert f"no location may supply order {order_id} under sourcing rules v{version}" in order["hold"]["note"]
+    assert order["payment"]["status"] == "authorized" and order["allocations"] == []
+    assert inventory(api, *skus) == stocked["start"]  # nothing reserved while parked
+
+    put_back = api.put("/sourcing/rules", json={"prefer": "nearest"})
+    assert put_back.status_code == 200, put_back.text
+    released = api.post(f"/orders/{order_id}/release", json={"note": "rules put back"})
+    assert released.status_code == 200, released.text
+    assert run(stack, order_id)["states"][-2:] == ["CreateShipments", "OrderAllocated"]
+    allocated = get_order(api, order_id)
+    assert allocated["status"] == "allocated" and allocated["payment"]["status"] == "authorized"
+    reserved = [e for e in history(api, order_id) if e["type"] == "stock_reserved"]
+    assert [e["detail"]["sourcing_rules_version"] for e in reserved] == [put_back.json()["version"]]
+
+
+def test_rules_that_leave_an_order_no_location_still_cancel_it_when_no_location_has_its_units(
+    stack: EmbeddedStack, api: Api, stocked, exclude_every_location
+):
+    """No setting keeps it from units that are not there: out of stock under any rules is the
+    business outcome it always was (cancelled out_of_stock, authorization voided)."""
+    skus = stocked["skus"]
+    order_id = place(api, order_body((skus[0], 2)))
+    taken = place(api, order_body((skus[0], 5)))  # every unit there is
+    assert run(stack, taken)["states"][-1] == "OrderAllocated"
+    exclude_every_location()
+    start = inventory(api, skus[0])
+
+    result = run(stack, order_id)
+
+    assert result["states"][-2:] == ["CancelOrder", "OrderCancelled"]
+    order, entry = assert_compensated(api, order_id, start, [skus[0]])
+    assert order["payment"]["status"] == "voided"
+    assert (entry["detail"]["reason"], entry["detail"]["error"]) == ("out_of_stock", "OutOfStock")

@@ -14,7 +14,15 @@ from pydantic import ValidationError
 
 from core import hookimpl
 from core.backorders import BackorderAllocator
-from core.errors import Backordered, InsufficientStock, InvalidRequest, OutOfStock, StaleVersion, UnknownSku
+from core.errors import (
+    Backordered,
+    InsufficientStock,
+    InvalidRequest,
+    OutOfReach,
+    OutOfStock,
+    StaleVersion,
+    UnknownSku,
+)
 from core.models import Allocation, LineInput, OrderEdit, StockLevel
 from core.plugin_manager import build_plugin_manager
 from core.pricing import Pricing
@@ -737,7 +745,8 @@ def test_an_order_backordered_as_the_rules_change_to_exclude_every_location_wait
 def test_an_order_in_flight_as_the_rules_exclude_every_location_waits_backordered_until_they_are_put_back():
     """Captured just before the change, its ReserveStock found no location at all and cancelled it
     out_of_stock, voiding its payment: the same mistake, one step earlier. A product that may not
-    wait has no waiting state: that order still ends out_of_stock."""
+    wait has no waiting state: that order, whose units are on the shelf, is parked for a person
+    (OutOfReach, which ParkOrder records), holding nothing, its authorization kept."""
     world, store = a_world([("PREORDER", "wh-west", 5), ("MUG", "wh-west", 5)])
     world.catalog.put_product(product("PREORDER", "30.00", allow_backorder=True))
     waits, cannot = world.place(("PREORDER", 2)), world.place(("MUG", 1))
@@ -747,9 +756,12 @@ def test_an_order_in_flight_as_the_rules_exclude_every_location_waits_backordere
 
     with pytest.raises(Backordered):
         world.workflow.reserve_stock(waits)
-    with pytest.raises(OutOfStock):
+    with pytest.raises(OutOfReach):
         world.workflow.reserve_stock(cannot)
 
+    parked = world.order(cannot)
+    assert parked.status is S.AUTHORIZED and parked.payment.status.value == "authorized"
+    assert reserved_at(world, cannot) == {}
     order = world.order(waits)
     assert order.status is S.BACKORDERED and order.payment.status.value == "authorized"
     assert order.short_of() == {"L1": 2} and reserved_at(world, waits) == {}
@@ -758,6 +770,32 @@ def test_an_order_in_flight_as_the_rules_exclude_every_location_waits_backordere
                                    _NoStarter(), store, InMemoryBackorderedOrders(world.orders))  # fmt: skip
     assert allocator.rules_changed(rules.version).completed == [waits]
     assert reserved_at(world, waits) == {"wh-west": 2}
+
+
+@pytest.mark.parametrize("left_out", ["its pickup store excluded", "no location shipping"])
+def test_an_order_in_flight_the_settings_leave_no_location_is_parked_whatever_setting_left_it_none(left_out):
+    """The rules excluding a pickup's store, or the network with no location shipping, leave an order
+    no location as surely as rules excluding every location: parked (OutOfReach), not cancelled,
+    and the what-if says so."""
+    world, store = a_world([("MUG", "store-sf", 3), ("MUG", "wh-west", 3)])
+    pickup = left_out == "its pickup store excluded"
+    order_id = world.place(
+        ("MUG", 2), **({"fulfillment": {"type": "pickup", "location_id": "store-sf"}} if pickup else {})
+    )
+    world.workflow.authorize_payment(order_id, attempt=0)
+    if pickup:
+        put(store, excluded_locations=["store-sf"])
+    else:
+        for each in world.catalog.list_locations():
+            world.catalog.put_location(each.model_copy(update={"ships": False}))
+    sim, _, _ = simulator(world, store)
+
+    [item] = sim.simulate(SimulateSourcing.model_validate({"orders": [order_id]})).items
+    with pytest.raises(OutOfReach):
+        world.workflow.reserve_stock(order_id)
+
+    assert any(reason.startswith("allocation would put this order on hold") for reason in item.reasons), item
+    assert world.order(order_id).status is S.AUTHORIZED and reserved_at(world, order_id) == {}
 
 
 def test_an_order_backordered_as_the_one_location_it_holds_units_at_stops_shipping_is_sent_back(monkeypatch):
@@ -808,6 +846,38 @@ def test_a_simulation_counts_what_a_line_an_edit_replaced_holds_as_the_orders_ow
         ("wh-west", "L1", 1),
         ("wh-west", "L2", 2),
     ]
+
+
+def test_an_order_sent_back_holding_the_only_units_is_parked_not_cancelled_when_the_rules_leave_it_no_location(
+    monkeypatch,
+):
+    """Its units are the ones it holds (an edit whose release the inventory refused): no setting
+    would find them on the shelf, yet they are its own. Parked, it gives them back, as it would at
+    any excluded location; the what-if of it says so, not a cancel."""
+    world, store = a_world([("MUG", "wh-west", 2), ("TSHIRT", "wh-west", 3)])
+    order = world.allocated(("MUG", 2))
+
+    def inventory_down(*args: object, **kwargs: object) -> None:
+        raise TimeoutError("the inventory did not answer")
+
+    monkeypatch.setattr(world.inventory, "release", inventory_down)
+    edit = OrderEdit(lines=[LineInput(sku="TSHIRT", quantity=1), LineInput(sku="MUG", quantity=2)])
+    world.actions.edit(order.id, order.version, edit, "key_web")
+    monkeypatch.undo()
+    assert reserved_at(world, order.id) == {"wh-west": 2}
+    put(store, excluded_locations=["wh-east", "wh-west"])
+    sim, _, _ = simulator(world, store)
+
+    [item] = sim.simulate(SimulateSourcing.model_validate({"orders": [order.id]})).items
+    with pytest.raises(OutOfReach):
+        world.workflow.reserve_stock(order.id)
+
+    assert any(reason.startswith("allocation would put this order on hold") for reason in item.reasons), item
+    assert not any("out_of_stock" in reason for reason in item.reasons), item
+    assert world.order(order.id).status is S.AUTHORIZED and reserved_at(world, order.id) == {}
+    world.workflow.park_after_failure(order.id, "OutOfReach", "")
+    parked = world.order(order.id)
+    assert parked.status is S.ON_HOLD and parked.payment.status.value == "authorized"
 
 
 AGREE_LOCATIONS = ["wh-west", "wh-east", "wh-north", "store-sf"]
