@@ -3091,12 +3091,12 @@ class Order(Shown):
             # Held while backordered too (nothing of it has shipped): its hold then resumes to
             # `authorized`, so its release sources it again (_sourced_again), as after a cancel of units.
             self._check_nothing_left("edited", picked_goes=True)
-        elif self.status not in EDITABLE or self.allocations:
-            raise InvalidTransition(
-                f"an order that is {self.status} and has stock reserved can no longer be edited"
-                if self.allocations
-                else f"an order that is {self.status} can no longer be edited"
-            )
+        elif self.status not in EDITABLE:
+            # Once anything has shipped (API.md): named, as the statuses that follow it keep allocations.
+            self._check_nothing_left("edited", picked_goes=True)
+            raise InvalidTransition(f"an order that is {self.status} can no longer be edited")
+        elif self.allocations:
+            raise InvalidTransition(f"an order that is {self.status} and has stock reserved can no longer be edited")
 
     def _check_resourceable(self, what: str) -> None:
         if self.status not in RESOURCEABLE:
