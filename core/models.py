@@ -3072,7 +3072,7 @@ class Order(Shown):
         return shipment
 
     def check_editable(self) -> None:
-        """Editable before stock is reserved, and allocated (held or not) or backordered until
+        """Editable before stock is reserved, and allocated or backordered (held or not) until
         anything left (then it is sourced again). An authorized order in the middle of reserving is
         not: its workflow is about to allocate it, and a moment later it is editable again. Nor is
         one with a shipment's capture requested: that shipment is being shipped (or its ship died,
@@ -3088,19 +3088,17 @@ class Order(Shown):
             # A pickup waiting at its store has not shipped (API.md: edits until the first shipment
             # ships): the edit withdraws it with the rest, and the store picks the new parcel.
             self._check_nothing_left("edited", picked_goes=True)
-        elif self.hold is not None and self.hold.resume_to is OrderStatus.BACKORDERED:
-            # Released, it waits for stock again under its queue entries: edited, it would have to be
-            # sourced again, which a release does not do.
-            raise InvalidTransition(f"order {self.id} was held while backordered: release it to edit it")
-        elif self._held_with_stock():
+        elif self._held_with_stock() or (self.status is OrderStatus.ON_HOLD and self.waits_for_stock()):
             # Held for review (an address to fix): edited on hold, so nothing ships before the fix.
+            # Held while backordered too (nothing of it has shipped): its hold then resumes to
+            # `authorized`, so its release sources it again (_sourced_again), as after a cancel of units.
             self._check_nothing_left("edited", picked_goes=True)
-        elif self.status not in EDITABLE or self.allocations:
-            raise InvalidTransition(
-                f"an order that is {self.status} and has stock reserved can no longer be edited"
-                if self.allocations
-                else f"an order that is {self.status} can no longer be edited"
-            )
+        elif self.status not in EDITABLE:
+            # Once anything has shipped (API.md): named, as the statuses that follow it keep allocations.
+            self._check_nothing_left("edited", picked_goes=True)
+            raise InvalidTransition(f"an order that is {self.status} can no longer be edited")
+        elif self.allocations:
+            raise InvalidTransition(f"an order that is {self.status} and has stock reserved can no longer be edited")
 
     def _check_resourceable(self, what: str) -> None:
         if self.status not in RESOURCEABLE:
@@ -3119,7 +3117,8 @@ class Order(Shown):
 
     def _held_with_stock(self) -> bool:
         """On hold from allocated, or with stock reserved (held between reserving and allocating):
-        an edit sources it again, when it is released. (Held while backordered is not editable.)"""
+        an edit sources it again, when it is released. (Held while backordered is another case:
+        waits_for_stock.)"""
         return (
             self.status is OrderStatus.ON_HOLD
             and self.hold is not None
@@ -3141,8 +3140,9 @@ class Order(Shown):
     def _sourced_again(self) -> dict[str, Any]:
         """The fields that send an allocated or backordered order back to be sourced: authorized,
         nothing allocated, its pending shipments gone (the workflow books new ones), where it held
-        units kept (`held_before`). A held one (with stock, or held while backordered: a cancel of
-        its units) stays on hold and is released to `authorized`, which starts its workflow again.
+        units kept (`held_before`). A held one (with stock, or held while backordered: an edit, a
+        cancel of its units) stays on hold and is released to `authorized`, which starts its
+        workflow again.
         The marks of parcels a cancel wrote off (Order.written_off) go with their shipments: one
         sourced again from the same location in the same generation (Order.parcel_id) would have
         the same id, and would be taken for a parcel its carrier reported delivered (no other mark

@@ -185,13 +185,20 @@ class Pricing:
                     f"no price for {sku} in {currency}",
                     details=[{"field": f"lines[{i}].sku", "message": f"no price in {currency}"} for i in indexes],
                 )
+            try:
+                subtotal = unit.times(quantity)
+            except AmountTooLarge as error:
+                # The sku's units alone reach it (API.md: a 422's details name the field): its lines.
+                said = f"{quantity} × {unit.amount} {currency} reaches 10^15 {currency}"
+                details = [{"field": f"lines[{i}].quantity", "message": said} for i in indexes]
+                raise AmountTooLarge(error.message, details=details) from None
             draft_lines.append(
                 DraftLine(
                     line_id=f"L{indexes[0] + 1}",
                     product=product,
                     quantity=quantity,
                     unit_price=unit,
-                    subtotal=unit.times(quantity),
+                    subtotal=subtotal,
                 )
             )
         zero = Money.zero(currency)

@@ -534,10 +534,17 @@ class CaptureService:
                 # stored before lines kept their rate shows none: the plugins are asked).
                 taxed_at = {line.sku: line.tax_rate for line in of.lines
                             if line.sku in unit_prices and (line.tax_rate or not line.tax.amount)}  # fmt: skip
-        priced = self._pricing.price(
-            cmd, products, tax_address, unit_prices, placed_with, shipped_for=shipped_for, sold_at=sold_at,
-            taxed_at=taxed_at, sold_units=sold_units,
-        )  # fmt: skip
+        try:
+            priced = self._pricing.price(
+                cmd, products, tax_address, unit_prices, placed_with, shipped_for=shipped_for, sold_at=sold_at,
+                taxed_at=taxed_at, sold_units=sold_units,
+            )  # fmt: skip
+        except AmountTooLarge as error:
+            if error.details:
+                raise
+            # Lines each below it whose sum, tax or shipping reaches it: fewer units is the remedy.
+            said = "their amounts (with their tax and the shipping) reach 10^15"
+            raise AmountTooLarge(error.message, details=[{"field": "lines", "message": said}]) from None
         if of is not None and shipped_for is not None and priced.totals.shipping != shipped_for:
             # Sent the same way: when the plugins quote the order as it was as they quote it edited,
             # the edit changes nothing about its shipping, and it keeps what it was charged (a

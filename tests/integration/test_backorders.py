@@ -1023,3 +1023,27 @@ def test_a_line_an_edit_drops_leaves_its_skus_queue_when_the_order_waits_again(s
         shop.container.workflow.reserve_stock(order_id)  # the execution the edit starts
 
     assert (_queued(shop), _queued(shop, "LATER")) == ([], [order_id])
+
+
+def test_a_line_an_edit_of_a_held_backorder_drops_leaves_its_skus_queue_when_the_order_waits_again(shop):
+    # An order held while backordered is edited on hold (API.md: PATCH until the first shipment
+    # ships); its release sends it to be sourced again, as an edit of one not held does.
+    from core.holds import HoldRequest, ReleaseRequest
+    from core.models import LineInput, OrderEdit
+
+    shop.container.catalog_repository.put_product(product("LATER", "10.00", allow_backorder=True))
+    lines = [{"sku": "PREORDER", "quantity": 2}, {"sku": "LATER", "quantity": 1}]
+    order_id = shop.container.capture.place(place_order(external_id="held-edited", lines=lines), actor="key_web").id
+    shop.container.workflow.authorize_payment(order_id, attempt=0)
+    with pytest.raises(Backordered):
+        shop.container.workflow.reserve_stock(order_id)
+    held = shop.container.holds.hold(order_id, HoldRequest(reason="customer_request"), actor="key_cs")
+
+    edit = OrderEdit(lines=[LineInput(sku="LATER", quantity=1)])
+    edited = shop.container.actions.edit(order_id, held.version, edit, "key_cs")
+
+    assert (edited.status, edited.hold.resume_to) == (S.ON_HOLD, S.AUTHORIZED)
+    assert shop.container.holds.release(order_id, ReleaseRequest(), actor="key_cs").status is S.AUTHORIZED
+    with pytest.raises(Backordered):
+        shop.container.workflow.reserve_stock(order_id)  # the execution the release starts
+    assert (_queued(shop), _queued(shop, "LATER")) == ([], [order_id])

@@ -116,6 +116,35 @@ def test_an_edit_repeated_with_the_if_match_it_was_made_on_is_409(api):
     assert api.get(f"/orders/{order['id']}").json()["version"] == made["version"]
 
 
+@pytest.mark.parametrize(
+    ("status", "parcel"), [("partially_shipped", "shipped"), ("shipped", "shipped"), ("delivered", "delivered")]
+)
+def test_an_edit_once_anything_has_shipped_is_409_saying_so_and_changes_nothing(api, status, parcel):
+    # API.md: "Once anything has shipped → 409". Its message said the order "has stock reserved",
+    # which a shipped or delivered order does not: the reason is what has shipped.
+    assert api.put("/products/TEE", json=product_body("9.00")).status_code in (200, 201)
+    assert api.put("/locations/wh-south", json=location_body(name="South warehouse")).status_code in (200, 201)
+    assert api.put("/inventory/TEE/wh-south", json={"on_hand": 100}).status_code == 200
+    lines = [("MUG", 1), ("TEE", 1)] if status == "partially_shipped" else [("MUG", 1)]
+    order = allocated(api, *lines)
+    east = next(s for s in order["shipments"] if s["location_id"] == "wh-east")
+    answer = api.post(f"/orders/{order['id']}/shipments/{east['id']}/ship", json={})
+    if status == "delivered":
+        answer = api.post(f"/orders/{order['id']}/shipments/{east['id']}/deliver", json={})
+    assert answer.status_code == 200, answer.text
+    before = answer.json()
+    assert before["status"] == status
+
+    refused = api.request("PATCH", f"/orders/{order['id']}", json={"shipping_method": "express"},
+                          headers={"If-Match": str(before["version"])})  # fmt: skip
+
+    assert refused.status_code == 409, refused.text
+    error = refused.json()["error"]
+    assert error["code"] == "invalid_transition"
+    assert error["message"] == f"shipment {east['id']} is {parcel}: the order can no longer be edited"
+    assert unsigned(api.get(f"/orders/{order['id']}").json()) == unsigned(before)
+
+
 def test_a_held_order_edited_up_is_sourced_for_its_new_lines_once_released(api):
     order = allocated(api, ("MUG", 2))
     held = api.post(f"/orders/{order['id']}/hold", json={"reason": "customer_request"})

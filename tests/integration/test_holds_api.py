@@ -185,6 +185,40 @@ def test_units_of_an_order_held_while_backordered_are_cancelled_and_its_stock_gi
     assert released.json()["status"] == "authorized"
 
 
+def test_an_order_held_while_backordered_is_edited_on_hold_and_released_to_be_sourced_again(api: InProcessApi):
+    # API.md: PATCH answers 200 "until the first shipment ships"; held while backordered it was 409
+    # invalid_transition ("release it to edit it"), though nothing of it had shipped.
+    from core.errors import Backordered
+    from functions.bootstrap import Config, bootstrap
+
+    network = put_network(api)
+    book = Catalog(api).product("12.00", allow_backorder=True)
+    Catalog(api).stock(book, network["west"], 2)
+    order = place(api, book, lines=[{"sku": book, "quantity": 5}])
+    steps = bootstrap(Config.from_env()).workflow
+    steps.authorize_payment(order["id"], attempt=0)
+    with pytest.raises(Backordered):
+        steps.reserve_stock(order["id"])
+    path = f"/orders/{order['id']}"
+    held = api.post(f"{path}/hold", json={"reason": "customer_request"})
+    assert held.status_code == 200, held.text
+
+    edited = api.request("PATCH", path, json={"lines": [{"sku": book, "quantity": 1}]},
+                         headers={"If-Match": str(held.json()["version"])})  # fmt: skip
+
+    assert edited.status_code == 200, edited.text
+    body = edited.json()
+    assert (body["status"], body["hold"]["reason"], body["allocations"]) == ("on_hold", "customer_request", [])
+    assert body["lines"][0]["quantity"] == 1
+    assert body["totals"]["grand_total"] != held.json()["totals"]["grand_total"]
+    (stock,) = api.get(f"/inventory/{book}").json()["locations"]
+    assert (stock["on_hand"], stock["reserved"]) == (2, 1)  # what it no longer wants is on sale again
+    released = api.post(f"{path}/release")
+    assert released.status_code == 200, released.text
+    assert released.json()["status"] == "authorized"  # the outbox starts its workflow: sourced again
+    assert run_to_allocated(api, order["id"])["allocations"][0]["quantity"] == 1
+
+
 def test_another_channels_order_is_404(api: InProcessApi, sku: str):
     other = issue(api, "orders:approve", channel=f"pos-{uuid.uuid4().hex[:8]}")
     order = place(api, sku)

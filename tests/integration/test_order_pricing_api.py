@@ -195,4 +195,21 @@ def test_an_order_whose_subtotal_reaches_10_to_the_15_is_422_with_a_minimum_subt
     skus = catalog.stocked("99999999999999.99", "99999999999999.98")
     body = order_body((skus[0], 6), (skus[1], 6), promo_codes=["BIGBASKET20"])
 
-    assert_error(api.post("/orders", json=body), 422, "amount_too_large")
+    assert_error(api.post("/orders", json=body), 422, "amount_too_large", "lines")
+
+
+def test_an_edit_whose_lines_reach_10_to_the_15_is_422_naming_the_line_and_changes_nothing(
+    api: InProcessApi, catalog: Catalog
+):
+    # API.md: 422 validation, `details` naming the field (as every other 422 of an edit does).
+    cheap, dear = catalog.stocked("1.00", "600000000000000.00")
+    placed = api.post("/orders", json=order_body((cheap, 1)))
+    assert placed.status_code == 201, placed.text
+    order = placed.json()
+    edit = {"lines": [{"sku": cheap, "quantity": 1}, {"sku": dear, "quantity": 2}]}
+
+    refused = api.request("PATCH", f"/orders/{order['id']}", json=edit, headers={"If-Match": str(order["version"])})
+
+    error = assert_error(refused, 422, "amount_too_large", "lines[1].quantity")
+    assert [detail["field"] for detail in error["details"]] == ["lines[1].quantity"]
+    assert api.get(f"/orders/{order['id']}").json()["version"] == order["version"]

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 
 from core.backorders import BackorderAllocator, ExpectedArrivals
-from core.errors import Backordered, InvalidTransition, OrderHeld, OutOfStock, TransientError
+from core.errors import Backordered, OrderHeld, OutOfStock, TransientError
 from core.holds import HoldRequest, Holds, ReleaseRequest
 from core.ids import reservation_key, shipment_id_for
 from core.models import Allocation, LineInput, Order, OrderEdit, StockLevel
@@ -429,8 +429,6 @@ def test_a_backordered_order_is_held_like_any_order_that_has_not_shipped_and_rel
 
     held = holds.hold(first, HoldRequest(reason="fraud_review"), actor="key_ops")
     assert (held.status, held.allocations) == (S.ON_HOLD, world.order(first).allocations)
-    with pytest.raises(InvalidTransition):  # released, it waits again: it is not sourced again
-        world.actions.edit(first, held.version, OrderEdit(lines=[LineInput(sku="PREORDER", quantity=1)]), "key_web")
 
     # Nothing is reserved for a held order, and it keeps no younger order waiting.
     arrive(world, allocator, "PREORDER", "wh-west", 1)

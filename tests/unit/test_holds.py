@@ -833,6 +833,50 @@ def test_every_unit_of_an_order_held_while_backordered_cancels_it():
     assert world.held_for(order_id) == {}
 
 
+def test_an_order_held_while_backordered_is_edited_on_hold_and_the_release_sources_it_again():
+    # API.md: PATCH answers 200 "until the first shipment ships", and an edited backordered order "is
+    # sourced again"; held while backordered it answered 409 invalid_transition ("release it to edit
+    # it"), so a customer who asked to change a held order waited for its release, and for stock
+    # arriving meanwhile, at the order they no longer wanted.
+    world, order_id = backordered_books(on_hand=6, ordered=10)
+    held = hold(world, order_id, reason="customer_request")
+
+    edited = world.actions.edit(order_id, held.version, OrderEdit(lines=[LineInput(sku="BOOK", quantity=3)]), "key_cs")
+
+    assert (edited.status, edited.hold.reason, edited.hold.resume_to) == (S.ON_HOLD, "customer_request", S.AUTHORIZED)
+    assert (edited.lines[0].quantity, edited.allocations, edited.shipments) == (3, [], [])
+    assert edited.totals.grand_total.amount < held.totals.grand_total.amount
+    assert world.history(order_id)[-1].type == "edited"
+    # What its lines no longer want goes back at once (its workflow waits for the release).
+    assert world.held_for(order_id) == {("BOOK", "wh-west", f"{order_id}#L1"): 3}
+    assert world.level("BOOK", "wh-west") == (6, 3, 3)
+
+    released = release(world, order_id)
+
+    assert released.status is S.AUTHORIZED
+    run_from(world, order_id, 1)
+    allocated = world.order(order_id)
+    assert allocated.status is S.ALLOCATED and sum(a.quantity for a in allocated.allocations) == 3
+    assert world.held_for(order_id) == {("BOOK", "wh-west", f"{order_id}#L1"): 3}
+
+
+def test_an_order_held_while_backordered_edited_to_more_than_there_is_waits_backordered_once_released():
+    world, order_id = backordered_books(on_hand=6, ordered=10)
+    held = hold(world, order_id, reason="customer_request")
+
+    edited = world.actions.edit(order_id, held.version, OrderEdit(lines=[LineInput(sku="BOOK", quantity=12)]), "key_cs")
+
+    assert (edited.status, edited.hold.resume_to, edited.lines[0].quantity) == (S.ON_HOLD, S.AUTHORIZED, 12)
+    assert edited.payment.authorized == edited.totals.grand_total  # a grown total is authorized again first
+    release(world, order_id)
+    world.workflow.authorize_payment(order_id, attempt=0)
+    with pytest.raises(Backordered):
+        world.workflow.reserve_stock(order_id)
+    waiting = world.order(order_id)
+    assert waiting.status is S.BACKORDERED
+    assert world.held_for(order_id) == {("BOOK", "wh-west", f"{order_id}#L1"): 6}
+
+
 def test_a_hold_that_lands_while_an_edited_order_is_sourced_again_leaves_it_holding_no_more_than_it_needs(
     world, monkeypatch
 ):
