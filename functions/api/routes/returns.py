@@ -38,7 +38,9 @@ def _shown(item: Return) -> dict:
     summary="Request a return of shipped units",
     description="The return policy plugin decides at once: `authorized` (with a return label from the carrier "
     "plugin in `label_url`) or `requested` (approve or reject it). More units than shipped minus earlier returns "
-    "is 422; an order with nothing shipped is 409; outside the policy's window 422 `return_window_closed`. With "
+    "is 422; an order with nothing shipped is 409; an order with 100 returns already (rejected and cancelled ones "
+    "counted: each is kept on its record) is 409 `too_many_returns`; outside the policy's window 422 "
+    "`return_window_closed`. With "
     "an `Idempotency-Key`, a retry returns the first answer instead of a second return. With `exchange.lines` "
     "the replacement order is placed through the capture path once the return is received, paid for first by "
     "the refund due (its `exchange_credit`); an unknown sku there is 422 `unknown_sku`, one with no price in the "
