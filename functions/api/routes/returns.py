@@ -13,6 +13,7 @@ from core.status import ReturnStatus
 from functions.api.access import caller, requires
 from functions.api.dependencies import container
 from functions.api.label_links import with_return_label_link
+from functions.api.pages import page_that_fits
 from functions.api.paths import existing
 from functions.api.queries import Limit
 from functions.api.routes.orders import IdempotencyKey, OrderIdPath
@@ -91,8 +92,14 @@ def list_order_returns(
     cursor: Annotated[str | None, Query(max_length=2048)] = None,
 ) -> ReturnPage:
     who = caller(router)
-    items, next_cursor = container().returns.page_for_order(order_id, who.channel, limit, cursor)
-    return ReturnPage(items=[with_return_label_link(item) for item in items], next_cursor=next_cursor)
+
+    def read(size: int) -> tuple[list[Return], str | None]:
+        items, next_cursor = container().returns.page_for_order(order_id, who.channel, size, cursor)
+        return [with_return_label_link(item) for item in items], next_cursor
+
+    # A return of 100 lines with the longest reasons answers ~280 KB: 21 of them pass Lambda's 6 MB.
+    items, next_cursor = page_that_fits(read, limit)
+    return ReturnPage(items=items, next_cursor=next_cursor)
 
 
 @router.get(
@@ -106,8 +113,14 @@ def list_returns(
     limit: Limit = 25,
     cursor: Annotated[str | None, Query(max_length=2048)] = None,
 ) -> ReturnPage:
-    items, next_cursor = container().returns.list(status, caller(router).channel, limit, cursor)
-    return ReturnPage(items=[with_return_label_link(item) for item in items], next_cursor=next_cursor)
+    channel = caller(router).channel
+
+    def read(size: int) -> tuple[list[Return], str | None]:
+        items, next_cursor = container().returns.list(status, channel, size, cursor)
+        return [with_return_label_link(item) for item in items], next_cursor
+
+    items, next_cursor = page_that_fits(read, limit)
+    return ReturnPage(items=items, next_cursor=next_cursor)
 
 
 @router.get(
