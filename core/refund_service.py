@@ -36,6 +36,7 @@ from core.ports import KeptBackRefunds, OrderRepository, PendingRefunds, ReturnR
 from core.refunds import (
     OVER_CAPTURE_REFUSALS,
     Refund,
+    check_room_for_appeasements,
     kept_back_owed,
     over_capture_owed,
     owes_kept_back,
@@ -170,12 +171,17 @@ class RefundService:
             # gateway's refusals left to a person (core.refunds.over_capture_owed): decided here, on
             # the order as it is written, and kept on the refund, so no settlement refunds it again.
             owed = over_capture_owed(order) if kind == "appeasement" else None
-            return order.begin_refund(
+            change = order.begin_refund(
                 refund_id, amount, reason=reason, kind=kind, return_id=return_id,
                 lines=returned[0] if returned else None, shipping=returned[1] if len(returned) > 1 else None,
                 kept_back=returned[2] if len(returned) > 2 else None, at=at, actor=actor,
                 over_capture=min(owed, amount, key=lambda money: money.amount) if owed and owed.amount > 0 else None,
             )  # fmt: skip
+            if kind == "appeasement":
+                # Measured on the order as it would be stored: refused before the write, so the
+                # gateway is never asked for an appeasement the order could not record.
+                check_room_for_appeasements(change[0])
+            return change
 
         # Read consistently: what makes the refund due (a capture, a cancel) is often this request's
         # own write of a moment ago, and nothing found due on a read before it would be asked again.

@@ -7,7 +7,7 @@ from typing import Annotated, Literal, NamedTuple
 
 from pydantic import Field, StringConstraints
 
-from core.errors import InvalidRequest
+from core.errors import Conflict, InvalidRequest
 from core.ids import short_hash
 from core.models import (
     CREDIT_NOT_USED,
@@ -24,12 +24,41 @@ from core.money import ExactMoney, Money
 from core.status import OrderStatus
 
 __all__ = [
-    "KEPT_BACK_REFUSALS", "KeptBackOwed", "Refund", "RefundRequest", "appeased_over_capture", "cumulative_share",
+    "KEPT_BACK_REFUSALS", "MAX_APPEASEMENT_BYTES", "KeptBackOwed", "Refund", "RefundRequest", "appeased_over_capture",
+    "appeasement_bytes", "check_room_for_appeasements", "cumulative_share",
     "given_back_for_units", "kept_back_owed", "kept_back_refusals", "left_to_a_person", "over_capture_owed",
     "owes_kept_back", "payment_holds", "refund_due", "refund_id_for", "refunded_beyond_lines", "refunded_for_return",
     "refunded_short_of_lines", "returns_showing", "shipping_refunded", "units_refunded", "units_share", "went_back",
     "went_back_id", "with_refunds_shown",
 ]  # fmt: skip
+
+
+# An order is one DynamoDB item (400 KB at most) and its refunds are on it. Nothing else bounds
+# appeasements: a cent each, as many as captured minus refunded allows, each with a reason of up
+# to 200 characters (~1 KB of JSON, ~550 bytes stored when random). The order keeps 64 KiB of
+# them (about 65 at their longest, 400 of a short reason); with MAX_RETURNS returns' refunds and
+# the largest order beside them its document stores 153 KB (tests/unit/test_aws_limits_order_item.py).
+MAX_APPEASEMENT_BYTES = 64 * 1024
+
+
+def appeasement_bytes(order: Order) -> int:
+    """The JSON bytes of the order's appeasements, as its document holds them (an upper bound of
+    what they take of the stored, compressed, document)."""
+    return sum(len(r.model_dump_json().encode()) for r in order.payment.refunds if r.kind == "appeasement")
+
+
+def check_room_for_appeasements(order: Order) -> None:
+    """409 `too_many_refunds` when `order` (with the appeasement being added) keeps more than
+    MAX_APPEASEMENT_BYTES of appeasements."""
+    if appeasement_bytes(order) <= MAX_APPEASEMENT_BYTES:
+        return
+    taken = sum(1 for r in order.payment.refunds if r.kind == "appeasement") - 1
+    raise Conflict(
+        f"order {order.id} has {taken} appeasements, as many as it keeps ({MAX_APPEASEMENT_BYTES // 1024} KiB of"
+        " them with their reasons): no more can be recorded on it; its returns are still refunded",
+        code="too_many_refunds",
+        details=[{"field": "amount", "message": f"order {order.id} takes no more appeasements"}],
+    )
 
 
 def cumulative_share(line: OrderLine, units: int) -> Money:

@@ -135,6 +135,13 @@ KEPT_REFUSED = (
     "(a return without an exchange refunds the units)"
 )
 PICKUP_NOT_OFFERED = "pickup_not_offered"
+# An order is one DynamoDB item (400 KB at most) and each of its returns leaves its mark there: the
+# refund, with what it gives back for each line (~9 KB of JSON for 100 lines, ~1.1 KB stored),
+# its received id and entries. Shipped units bound returns only loosely (up to a million an order),
+# so an order takes MAX_RETURNS, rejected and cancelled ones counted (their entries stay): as many
+# as the largest order has lines, each returned on its own. Measured with the largest order, every
+# return of all its lines and MAX_APPEASEMENT_BYTES of appeasements: tests/unit/test_aws_limits_order_item.py.
+MAX_RETURNS = 100
 # How long after a run found the replacement it was decided to place refused the exchange waits
 # before giving it up (Returns._given_up_after_refusal): twice the returns step function's Timeout
 # (10 s), within which a run that read the return before the refusal puts its replacement, and
@@ -213,6 +220,18 @@ def visible_return(item: Return | None, return_id: str, channel: str | None) -> 
     if item is None or (channel is not None and item.channel != channel):
         raise NotFound(f"no return {return_id}")
     return item
+
+
+def _check_room_for_a_return(order_id: str, earlier: list[Return]) -> None:
+    """409 `too_many_returns` when the order has MAX_RETURNS returns already."""
+    if len(earlier) < MAX_RETURNS:
+        return
+    raise Conflict(
+        f"order {order_id} has {len(earlier)} returns, as many as an order takes (rejected and cancelled ones"
+        " counted): return more units on each return",
+        code="too_many_returns",
+        details=[{"field": "lines", "message": f"order {order_id} takes no more returns"}],
+    )
 
 
 class Returns:
@@ -306,6 +325,7 @@ class Returns:
             made = next((r for r in keyed if r.created_at > since), None)
             if made is not None:
                 return self._requested_again(made, cmd, order, actor)
+            _check_room_for_a_return(order_id, earlier)
             if not exchange_checked:
                 # Only for a return to make: a retry answers the one made, whatever the shop changed since.
                 self._check_exchange(cmd, order)

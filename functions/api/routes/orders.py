@@ -22,6 +22,7 @@ from functions.api.app import logger
 from functions.api.dependencies import container
 from functions.api.errors import ApiError
 from functions.api.label_links import with_label_links
+from functions.api.pages import page_that_fits
 from functions.api.paths import existing
 from functions.api.queries import Limit
 from functions.api.routes.plugins import plugins_loaded
@@ -185,14 +186,16 @@ def list_orders(
         if channel not in (None, who.channel):
             raise ApiError(403, "forbidden", f"this API key lists channel {who.channel}'s orders only")
         channel = who.channel
-    items, next_cursor = container().orders.list(
-        OrderFilter(customer_id=customer_id, status=status, channel=channel, jeopardy=jeopardy == "true"),
-        limit,
-        cursor,
-    )
-    # One batched stock read for the page's backordered orders, none when the page has none.
-    items = container().expected_arrivals.shown(items)
-    return OrderPage(items=[with_label_links(order) for order in items], next_cursor=next_cursor)
+    where = OrderFilter(customer_id=customer_id, status=status, channel=channel, jeopardy=jeopardy == "true")
+
+    def read(size: int) -> tuple[list[Order], str | None]:
+        items, next_cursor = container().orders.list(where, size, cursor)
+        # One batched stock read for the page's backordered orders, none when the page has none.
+        return [with_label_links(order) for order in container().expected_arrivals.shown(items)], next_cursor
+
+    # A page of the largest orders (~560 KB of JSON each) would pass Lambda's 6 MB response at 11.
+    items, next_cursor = page_that_fits(read, limit)
+    return OrderPage(items=items, next_cursor=next_cursor)
 
 
 @router.get(

@@ -13,6 +13,7 @@ from core.status import ReturnStatus
 from functions.api.access import caller, requires
 from functions.api.dependencies import container
 from functions.api.label_links import with_return_label_link
+from functions.api.pages import page_that_fits
 from functions.api.paths import existing
 from functions.api.queries import Limit
 from functions.api.routes.orders import IdempotencyKey, OrderIdPath
@@ -38,7 +39,9 @@ def _shown(item: Return) -> dict:
     summary="Request a return of shipped units",
     description="The return policy plugin decides at once: `authorized` (with a return label from the carrier "
     "plugin in `label_url`) or `requested` (approve or reject it). More units than shipped minus earlier returns "
-    "is 422; an order with nothing shipped is 409; outside the policy's window 422 `return_window_closed`. With "
+    "is 422; an order with nothing shipped is 409; an order with 100 returns already (rejected and cancelled ones "
+    "counted: each is kept on its record) is 409 `too_many_returns`; outside the policy's window 422 "
+    "`return_window_closed`. With "
     "an `Idempotency-Key`, a retry returns the first answer instead of a second return. With `exchange.lines` "
     "the replacement order is placed through the capture path once the return is received, paid for first by "
     "the refund due (its `exchange_credit`); an unknown sku there is 422 `unknown_sku`, one with no price in the "
@@ -89,8 +92,14 @@ def list_order_returns(
     cursor: Annotated[str | None, Query(max_length=2048)] = None,
 ) -> ReturnPage:
     who = caller(router)
-    items, next_cursor = container().returns.page_for_order(order_id, who.channel, limit, cursor)
-    return ReturnPage(items=[with_return_label_link(item) for item in items], next_cursor=next_cursor)
+
+    def read(size: int) -> tuple[list[Return], str | None]:
+        items, next_cursor = container().returns.page_for_order(order_id, who.channel, size, cursor)
+        return [with_return_label_link(item) for item in items], next_cursor
+
+    # A return of 100 lines with the longest reasons answers ~280 KB: 21 of them pass Lambda's 6 MB.
+    items, next_cursor = page_that_fits(read, limit)
+    return ReturnPage(items=items, next_cursor=next_cursor)
 
 
 @router.get(
@@ -104,8 +113,14 @@ def list_returns(
     limit: Limit = 25,
     cursor: Annotated[str | None, Query(max_length=2048)] = None,
 ) -> ReturnPage:
-    items, next_cursor = container().returns.list(status, caller(router).channel, limit, cursor)
-    return ReturnPage(items=[with_return_label_link(item) for item in items], next_cursor=next_cursor)
+    channel = caller(router).channel
+
+    def read(size: int) -> tuple[list[Return], str | None]:
+        items, next_cursor = container().returns.list(status, channel, size, cursor)
+        return [with_return_label_link(item) for item in items], next_cursor
+
+    items, next_cursor = page_that_fits(read, limit)
+    return ReturnPage(items=items, next_cursor=next_cursor)
 
 
 @router.get(
