@@ -71,12 +71,17 @@ def check_locations(given: SourcingRulesInput, locations: list[Location], prefix
 
 
 class SourcingRulesService:
+    """`in_force` is told the rules each replace answers (those it wrote, or those already in force):
+    a reader of the rules that caches them (capture's stock check) counts under them at once."""
+
     def __init__(
-        self, rules: SourcingRulesRepository, catalog: CatalogRepository, clock: Callable[[], datetime] = utc_now
-    ):
+        self, rules: SourcingRulesRepository, catalog: CatalogRepository, clock: Callable[[], datetime] = utc_now,
+        in_force: Callable[[SourcingRules], None] | None = None,
+    ):  # fmt: skip
         self._rules = rules
         self._catalog = catalog
         self._clock = clock
+        self._in_force = in_force or (lambda rules: None)
 
     def current(self) -> SourcingRules:
         return self._rules.current()
@@ -88,6 +93,11 @@ class SourcingRulesService:
         the rules again. Rules that are the ones in force already are answered as they are, whatever
         version was read: a PUT sent again (its answer lost) makes no second version, and a change
         to them is none."""
+        answer = self._replaced(given, by, expected_version)
+        self._in_force(answer)
+        return answer
+
+    def _replaced(self, given: SourcingRulesInput, by: str, expected_version: int | None) -> SourcingRules:
         check_locations(given, self._catalog.list_locations())
         current = self._rules.current()
         if current.same_as(given):
