@@ -95,6 +95,8 @@ _REFUND_EVENTS: dict[str, EventType] = {
     "succeeded": EventType.REFUND_SUCCEEDED,
     "failed": EventType.REFUND_FAILED,
 }
+# The statuses an order's returns keep it in when its last parcel arrives (Order.deliver).
+_RETURNED_ORDER = frozenset({"partially_returned", "returned"})
 # A return that was received (and perhaps refunded in the same change) has been received.
 _RECEIVED_RETURN = frozenset({"received", "refunded"})
 
@@ -201,9 +203,20 @@ def _order_level(old: dict[str, Any] | None, new: dict[str, Any]) -> Iterator[Ev
         # A hold placed while the payment was being authorized: the authorization is recorded on
         # the held order (Order.authorize), whose release resumes to `authorized`, never reached anew.
         yield EventType.ORDER_AUTHORIZED
+    elif status in _RETURNED_ORDER and _all_arrived(new) and not _all_arrived(before):
+        # Units back before its last parcel arrived keep the order partially_returned (or returned)
+        # when that parcel arrives (Order.deliver): the order is delivered all the same.
+        yield EventType.ORDER_DELIVERED
     jeopardy, was_in = new.get("jeopardy"), before.get("jeopardy")
     if jeopardy and (not was_in or was_in.get("since") != jeopardy.get("since")):
         yield EventType.ORDER_JEOPARDY
+
+
+def _all_arrived(document: dict[str, Any]) -> bool:
+    """Whether every parcel of the order that was to go has arrived (Order.deliver's
+    `_all_delivered` on the document: one a cancel of units emptied never goes)."""
+    parcels = [s for s in document.get("shipments") or [] if s.get("status") != ShipmentStatus.CANCELLED]
+    return bool(parcels) and all(s.get("status") == ShipmentStatus.DELIVERED for s in parcels)
 
 
 def _payment_status(document: dict[str, Any]) -> str:

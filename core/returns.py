@@ -672,13 +672,14 @@ class Returns:
         """Record what arrived (the workflow's first step, run by the API so a wrong receipt is
         answered at once). A return received already is returned as it is: receiving twice changes
         nothing; another receipt of it is 409 (Return.receive). Units beyond what a line authorized
-        are 422; an unknown location is 422."""
+        are 422; an unknown location is 422 `unknown_location`."""
         item = self.get(return_id, channel)
         if item.status in (R.RECEIVED, R.REFUNDED):
             return item.receive(receipt, at=self._clock(), by=actor)
         if self._catalog.get_location(receipt.location_id) is None:
             raise InvalidRequest(
                 f"no location {receipt.location_id}",
+                code="unknown_location",  # as POST /purchase-orders and PUT /sourcing/rules name it
                 details=[{"field": "location_id", "message": "unknown location"}],
             )
         at = self._clock()

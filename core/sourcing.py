@@ -71,12 +71,17 @@ def check_locations(given: SourcingRulesInput, locations: list[Location], prefix
 
 
 class SourcingRulesService:
+    """`in_force` is told the rules each replace answers (those it wrote, or those already in force):
+    a reader of the rules that caches them (capture's stock check) counts under them at once."""
+
     def __init__(
-        self, rules: SourcingRulesRepository, catalog: CatalogRepository, clock: Callable[[], datetime] = utc_now
-    ):
+        self, rules: SourcingRulesRepository, catalog: CatalogRepository, clock: Callable[[], datetime] = utc_now,
+        in_force: Callable[[SourcingRules], None] | None = None,
+    ):  # fmt: skip
         self._rules = rules
         self._catalog = catalog
         self._clock = clock
+        self._in_force = in_force or (lambda rules: None)
 
     def current(self) -> SourcingRules:
         return self._rules.current()
@@ -88,6 +93,11 @@ class SourcingRulesService:
         the rules again. Rules that are the ones in force already are answered as they are, whatever
         version was read: a PUT sent again (its answer lost) makes no second version, and a change
         to them is none."""
+        answer = self._replaced(given, by, expected_version)
+        self._in_force(answer)
+        return answer
+
+    def _replaced(self, given: SourcingRulesInput, by: str, expected_version: int | None) -> SourcingRules:
         check_locations(given, self._catalog.list_locations())
         current = self._rules.current()
         if current.same_as(given):
@@ -450,7 +460,29 @@ def allocation_plan(
         waits = skus_left_short(order, plan)
     if waits and may_not(waits):
         return None
+    if waits:
+        # The plugins planned the part in stock (`sourced`): their reasons are about it alone ("the
+        # whole order", or with nothing in stock "no units to source", left out), so the history of
+        # an order left short says first what it waits for.
+        said = [_waiting(order, plan, rules, set(lacking)), *(plan.reasons if plan.allocations else [])]
+        plan = _reasons_kept(plan.model_copy(update={"reasons": said}))
     return plan
+
+
+def _waiting(order: Order, plan: SourcingPlan, rules: SourcingRules, lacking: set[str]) -> str:
+    """The reason an order `plan` leaves short waits backordered: its units left short, and that
+    the locations that may supply it (within `max_shipments` when the limit, not their stock, left a
+    sku short) hold no more for it now."""
+    short = left_short(order, plan)
+    units = [f"{line.sku} x{short[line.line_id]} ({line.line_id})" for line in order.lines if line.line_id in short]
+    named = ", ".join(units[:5]) + (f" and {len(units) - 5} more lines" if len(units) > 5 else "")
+    limited = rules.max_shipments is not None and any(
+        line.sku not in lacking for line in order.lines if line.line_id in short
+    )
+    within = f" within max_shipments ({rules.max_shipments})" if limited else ""
+    held = "; the reasons after this one are about the units it holds" if plan.allocations else ""
+    why = "more than the locations that may supply the order hold for it now"
+    return f"waiting backordered for {named}: {why}{within}{held}"
 
 
 def around_what_cannot_wait(

@@ -411,7 +411,7 @@ class Container:
             clock=self.clock,
             payment_methods=self.payments.methods,
             review_rules=self.plugins,
-            sourcing_rules=CachedSourcingRules(self.sourcing_rules, self._catalog_cache_seconds).current,
+            sourcing_rules=self.capture_sourcing_rules.current,
             sourcing=self.plugins,
         )
 
@@ -549,11 +549,19 @@ class Container:
         return DynamoSourcingRules(self.dynamodb, self.config.catalog_table)
 
     @cached_property
+    def capture_sourcing_rules(self) -> CachedSourcingRules:
+        # Capture's stock check reads the rules once per OMS_CATALOG_CACHE_SECONDS, those this
+        # container's PUT /sourcing/rules answers at once.
+        return CachedSourcingRules(self.sourcing_rules, self._catalog_cache_seconds)
+
+    @cached_property
     def sourcing_rules_service(self) -> SourcingRulesService:
         from core.sourcing import SourcingRulesService
 
         # The network read fresh: a location added a second ago may be named at once.
-        return SourcingRulesService(self.sourcing_rules, self.catalog_repository, clock=self.clock)
+        return SourcingRulesService(
+            self.sourcing_rules, self.catalog_repository, clock=self.clock, in_force=self.capture_sourcing_rules.hold
+        )
 
     @cached_property
     def simulator(self) -> Simulator:

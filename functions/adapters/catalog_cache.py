@@ -95,7 +95,8 @@ class CachedSourcingRules:
     """The sourcing rules in force, as capture's stock check reads them: one Query per container
     every `ttl_seconds` instead of one per order. Allocation reads them fresh (a rules change
     applies to the next order allocated); capture may count under rules up to `ttl_seconds` old,
-    the same staleness as its products and network."""
+    the same staleness as its products and network, except for rules this container wrote or
+    answered as in force (`hold`), which count at once, as its catalog writes do."""
 
     def __init__(
         self, inner: SourcingRulesRepository, ttl_seconds: float, clock: Callable[[], float] = time.monotonic
@@ -109,3 +110,9 @@ class CachedSourcingRules:
         if self._held is None or self._clock() - self._held[0] >= self._ttl:
             self._held = (self._clock(), self._inner.current())
         return self._held[1]
+
+    def hold(self, rules: SourcingRules) -> None:
+        """`rules` are in force (this container's PUT /sourcing/rules wrote or answered them),
+        unless it holds a later version already."""
+        if self._held is None or rules.version >= self._held[1].version:
+            self._held = (self._clock(), rules)

@@ -200,6 +200,21 @@ def test_receiving_more_than_authorized_is_422(api: InProcessApi):
     assert api.get(f"/returns/{rma['id']}").json()["status"] == "authorized"
 
 
+def test_a_receipt_at_a_location_the_network_lacks_is_422_unknown_location_as_a_purchase_order_is(
+    api: InProcessApi,
+):
+    # It answered `validation_error`, where POST /purchase-orders and PUT /sourcing/rules answer an
+    # unknown location with `unknown_location`: one mistake, one code to handle.
+    order, _, _ = an_order(api, 2)
+    rma = api.post(f"/orders/{order['id']}/returns", json=return_body(1)).json()
+
+    receipt = {"location_id": "loc-nowhere", "lines": [{"line_id": "L1", "quantity": 1, "condition": "resellable"}]}
+    refused = assert_error(api.post(f"/returns/{rma['id']}/receive", json=receipt), 422, "unknown_location")
+
+    assert refused["details"] == [{"field": "location_id", "message": "unknown location"}]
+    assert api.get(f"/returns/{rma['id']}").json()["status"] == "authorized"
+
+
 def test_a_line_repeated_in_a_request_or_a_receipt_is_422_naming_the_repeating_entry(api: InProcessApi):
     order, _, warehouse = an_order(api, 3)
     twice = {"lines": [*return_body(1)["lines"], *return_body(1)["lines"]]}

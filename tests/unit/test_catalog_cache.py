@@ -123,6 +123,28 @@ def test_the_sourcing_rules_are_read_once_within_the_ttl_and_again_after():
     assert inner.reads == 2
 
 
+def test_sourcing_rules_this_container_answered_are_held_at_once_but_never_over_a_later_version():
+    from core.sourcing_rules import SourcingRules
+    from functions.adapters.catalog_cache import CachedSourcingRules
+
+    class Rules:
+        reads = 0
+
+        def current(self):
+            self.reads += 1
+            return SourcingRules(version=3)
+
+    now, inner = [0.0], Rules()
+    cached = CachedSourcingRules(inner, 10.0, clock=lambda: now[0])
+    assert cached.current().version == 3
+    cached.hold(SourcingRules(version=4))  # this container's PUT /sourcing/rules wrote version 4
+    assert cached.current().version == 4
+    cached.hold(SourcingRules(version=2))  # an answer older than what is held changes nothing
+    assert cached.current().version == 4
+    now[0] = 10.0  # held for the ttl from the PUT, then read again
+    assert cached.current().version == 3 and inner.reads == 2
+
+
 def test_products_no_longer_fresh_are_let_go_so_a_warm_container_does_not_grow_with_the_catalog():
     # A container lives for hours: holding every product it ever read (a large catalog, read a few
     # skus an order) grows its memory until the function runs out of it and its requests fail.

@@ -237,6 +237,23 @@ def test_shipments_shipped_and_delivered_carry_the_shipment_without_a_stored_lab
     assert types(shipped, delivered) == ["shipment.delivered"]
 
 
+@pytest.mark.parametrize("status", ["partially_returned", "returned"])
+def test_the_last_parcel_arriving_after_units_came_back_is_order_delivered_though_the_status_stays(status: str):
+    """Units of a split order returned before its last parcel arrived keep it `partially_returned`
+    (or `returned`) when that parcel arrives (Order.deliver: its returns are what its status says),
+    so the status never became `delivered` and `order.delivered` never went out: a subscriber
+    waiting for the order to arrive never learnt it had. Every parcel arriving is the event; a
+    later change of an order delivered already is not it again."""
+    old = order_doc(status=status, shipments=[shipment("delivered"), shipment("shipped", "shp_2")])
+    arrived = next_version(old, shipments=[shipment("delivered"), shipment("delivered", "shp_2")])
+
+    assert sorted(types(old, arrived)) == ["order.delivered", "shipment.delivered"]
+    assert types(arrived, next_version(arrived, status="returned")) == []
+    # A parcel a cancel of units emptied never goes: the one left arriving delivers the order.
+    emptied = next_version(old, shipments=[shipment("delivered"), shipment("cancelled", "shp_2")])
+    assert types(old, emptied) == ["order.delivered"]
+
+
 def test_a_shipment_its_location_rejects_is_shipment_rejected_though_it_leaves_the_order():
     """A reject sends the order back to be sourced: its pending shipments are removed, so no
     shipment of the new version is `rejected` and the event never went out. The shipment the

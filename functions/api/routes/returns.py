@@ -161,7 +161,8 @@ def reject_return(return_id: ReturnIdPath, request: Annotated[ReturnNote | None,
 @router.post(
     "/returns/<return_id>/receive",
     summary="Receive a return's parcel; the returns workflow restocks, counts and refunds it",
-    description="Each line once per condition; more units than a line authorized is 422. The receipt is "
+    description="Each line once per condition; more units than a line authorized is 422, a `location_id` the "
+    "network does not have 422 `unknown_location`. The receipt is "
     "recorded at once, then the returns workflow puts the resellable units back on hand at `location_id` (damaged "
     "units stay out), counts the units on the order (`returned_quantity`; the order becomes `partially_returned`, "
     "or `returned` once every shipped unit is back) and refunds them through the payment plugin (each unit's share "
