@@ -149,7 +149,7 @@ class DeliveryRecord(Delivery):
     earlier schedule finds it moved on and does nothing; `attempts` names the attempt a message
     is for, so a duplicated message handled after the attempt was recorded never sends twice (two
     copies handled at the same moment may both send: delivery is at least once, and a claim
-    written before each POST would cost a write of the whole record, body and all)."""
+    written before each POST would be a third write per delivery)."""
 
     webhook_id: str
     body: str
@@ -408,8 +408,8 @@ class WebhookStore(ABC):
     def get_delivery(self, webhook_id: str, delivery_id: str) -> DeliveryRecord | None: ...
 
     @abstractmethod
-    def deliveries(self, webhook_id: str, limit: int, cursor: str | None) -> "tuple[list[DeliveryRecord], str | None]":
-        """Newest first."""
+    def deliveries(self, webhook_id: str, limit: int, cursor: str | None) -> "tuple[list[Delivery], str | None]":
+        """Newest first, as the delivery log shows them (without their bodies)."""
 
     @abstractmethod
     def update_delivery(self, record: DeliveryRecord, expected: DeliveryRecord) -> bool:
@@ -512,8 +512,7 @@ class Webhooks:
         self, webhook_id: str, channel: str | None, limit: int, cursor: str | None
     ) -> "tuple[list[Delivery], str | None]":
         self.get(webhook_id, channel)
-        records, next_cursor = self._store.deliveries(webhook_id, limit, cursor)
-        return [record.shown() for record in records], next_cursor
+        return self._store.deliveries(webhook_id, limit, cursor)
 
     def retry(self, webhook_id: str, delivery_id_: str, channel: str | None) -> Delivery:
         """Send a delivery again now. A failed one is pending for one attempt (a failure leaves it

@@ -334,9 +334,8 @@ class FakeStore(WebhookStore):
         return self.records.get((webhook_id, delivery_id))
 
     def deliveries(self, webhook_id, limit, cursor):
-        return sorted(
-            (r for (w, _), r in self.records.items() if w == webhook_id), key=lambda r: r.id, reverse=True
-        ), None
+        held = sorted((r for (w, _), r in self.records.items() if w == webhook_id), key=lambda r: r.id, reverse=True)
+        return [record.shown() for record in held], None
 
     def update_delivery(self, record: DeliveryRecord, expected: DeliveryRecord) -> bool:
         stored = self.records.get((record.webhook_id, record.id))

@@ -1,0 +1,164 @@
+"""What a webhook delivery costs in DynamoDB (issue 10), on the real adapter and moto: the event's
+body is stored once, compressed, for all its subscriptions; each delivery's record, written at
+the fan-out and again after every attempt, is a small item of its own."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from bench.cost import item_bytes, wru_for
+from core.domain_events import fitted, order_events
+from core.webhooks import DeliveryRecord, DeliveryStatus, delivery_id
+
+MADE = datetime(2026, 12, 1, tzinfo=UTC)
+
+
+def an_order_event() -> tuple[Any, str]:
+    """`order.created` of a five-line order, and its body as the fan-out sends it (~3 KB)."""
+    from tests.unit.conftest import a_stored_order
+
+    order = a_stored_order(*((f"SKU-{n}", n) for n in range(1, 6)), id="ord_" + "w" * 24)
+    [event, *_] = order_events(None, order.model_dump(mode="json"))
+    return event, fitted(event).body
+
+
+def a_delivery(webhook_id: str, event: Any, body: str, **changes: Any) -> DeliveryRecord:
+    return DeliveryRecord.model_validate(
+        {
+            "id": delivery_id(webhook_id, event),
+            "event_id": event.id,
+            "event_type": event.type,
+            "status": DeliveryStatus.PENDING,
+            "attempts": 0,
+            "next_attempt_at": MADE,
+            "webhook_id": webhook_id,
+            "body": body,
+            "created_at": MADE,
+            "retry_until": MADE + timedelta(days=1),
+            **changes,
+        }
+    )
+
+
+class WriteUnits:
+    """The write units each write to the Catalog table costs, by DynamoDB's rule (the larger of
+    the item's sizes before and after, per started KB), per written item's partition key kind."""
+
+    def __init__(self, aws: Any, monkeypatch: pytest.MonkeyPatch):
+        self.by_kind: Counter[str] = Counter()
+        self.writes: list[tuple[str, int]] = []
+        client, table = aws.dynamodb, aws.tables["CatalogTable"]
+
+        def size(key: dict[str, Any]) -> int:
+            item = client.get_item(TableName=table, Key=key, ConsistentRead=True).get("Item")
+            return item_bytes(item) if item else 0
+
+        for name in ("put_item", "update_item"):
+            real = getattr(client, name)
+
+            def counted(*, _real: Any = real, **request: Any) -> Any:
+                item = request.get("Item") or request["Key"]
+                key = {"pk": item["pk"], "sk": item["sk"]}
+                before = size(key)
+                try:
+                    return _real(**request)
+                finally:
+                    units = wru_for(max(before, size(key)))
+                    kind = key["pk"]["S"].split("#", 1)[0]
+                    self.by_kind[kind] += units
+                    self.writes.append((kind, units))
+
+            monkeypatch.setattr(client, name, counted)
+
+
+def test_each_write_of_a_delivery_is_one_write_unit_and_its_event_is_stored_once_for_all_subscriptions(
+    aws, monkeypatch
+):
+    """Every delivery's record held the event's whole body, and the record was written whole at the
+    fan-out and after each attempt: a 3 KB order event cost 3 or 4 write units per write, per
+    subscription (issue 10: $24 of DynamoDB per million orders for one subscriber). The body is
+    now stored once per event, compressed, and the record (what the delivery log shows and the
+    schedule needs) is one write unit at every write."""
+    from functions.adapters.webhooks import DynamoWebhooks
+
+    event, body = an_order_event()
+    assert len(body.encode()) > 2 * 1024  # an order's event: the record held it, KB after KB
+    store = DynamoWebhooks(aws.dynamodb, aws.tables["CatalogTable"])
+    units = WriteUnits(aws, monkeypatch)
+    subscribers = [f"whk_{letter * 24}" for letter in "abc"]
+
+    records = [a_delivery(webhook_id, event, body) for webhook_id in subscribers]
+    for record in records:
+        assert store.add_delivery(record)
+    for record in records:  # the first attempt, delivered
+        tried = record.model_copy(
+            update={"status": DeliveryStatus.DELIVERED, "attempts": 1, "last_status_code": 204, "next_attempt_at": None}
+        )
+        assert store.update_delivery(tried, record)
+
+    assert [units for kind, units in units.writes if kind == "WEBHOOK"] == [1] * 6
+    assert units.by_kind["EVENT"] == 1  # the body, compressed, once for the three subscriptions
+    for webhook_id, record in zip(subscribers, records, strict=True):
+        again = store.get_delivery(webhook_id, record.id)
+        assert again is not None and again.body == body  # the very text every attempt signs
+        assert (again.status, again.attempts, again.last_status_code) == (DeliveryStatus.DELIVERED, 1, 204)
+
+
+def test_an_events_body_is_kept_as_long_as_any_of_its_deliveries_a_manual_retry_included(aws):
+    """A delivery's record is kept 30 days past its window, and a manual retry closes the window
+    anew (weeks later, say): the body it sends must still be there then, so the event's body
+    never expires before a delivery of it does."""
+    from functions.adapters.webhooks import DELIVERY_RETENTION, DynamoWebhooks
+
+    event, body = an_order_event()
+    table = aws.tables["CatalogTable"]
+    store = DynamoWebhooks(aws.dynamodb, table)
+    webhook_id = f"whk_{'k' * 24}"
+    record = a_delivery(webhook_id, event, body)
+    assert store.add_delivery(record)
+
+    def expiry(pk: str, sk: str) -> int:
+        key = {"pk": {"S": pk}, "sk": {"S": sk}}
+        return int(aws.dynamodb.get_item(TableName=table, Key=key)["Item"]["expires_at"]["N"])
+
+    def body_outlives_record() -> bool:
+        return expiry(f"EVENT#{event.id}", "BODY") >= expiry(f"WEBHOOK#{webhook_id}", record.id)
+
+    assert body_outlives_record()
+    weeks_later = MADE + timedelta(days=50)
+    retried = record.model_copy(
+        update={"generation": 1, "next_attempt_at": weeks_later, "retry_until": weeks_later + timedelta(days=1)}
+    )
+    assert store.update_delivery(retried, record)
+    assert expiry(f"WEBHOOK#{webhook_id}", record.id) == int((retried.retry_until + DELIVERY_RETENTION).timestamp())
+    assert body_outlives_record()
+    # A fresh container (another function) reads it whole, body and all.
+    assert DynamoWebhooks(aws.dynamodb, table).get_delivery(webhook_id, record.id) == retried
+
+
+def test_a_delivery_stored_with_its_body_before_keeps_it_through_its_attempts(aws):
+    """Records written before the body moved to its event's item carry it themselves: read, they
+    send it, and recording an attempt on one leaves the body in place (a pending one has a day of
+    attempts to go after a deploy)."""
+    from functions.adapters.dynamodb import to_item
+    from functions.adapters.webhooks import DynamoWebhooks
+
+    event, body = an_order_event()
+    table = aws.tables["CatalogTable"]
+    webhook_id = f"whk_{'o' * 24}"
+    record = a_delivery(webhook_id, event, body)
+    stored_before = {"pk": f"WEBHOOK#{webhook_id}", "sk": record.id, **record.model_dump(mode="python")}
+    aws.dynamodb.put_item(TableName=table, Item={**to_item(stored_before), "expires_at": {"N": "1900000000"}})
+    store = DynamoWebhooks(aws.dynamodb, table)
+
+    read = store.get_delivery(webhook_id, record.id)
+    assert read == record
+    failed_once = read.model_copy(update={"attempts": 1, "last_status_code": 503, "last_error": "HTTP 503"})
+    assert store.update_delivery(failed_once, read)
+    assert store.get_delivery(webhook_id, record.id) == failed_once
+    [shown], _ = store.deliveries(webhook_id, 10, None)
+    assert shown == failed_once.shown()
