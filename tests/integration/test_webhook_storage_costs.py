@@ -1,9 +1,11 @@
-"""What a webhook delivery costs in DynamoDB (issue 10), on the real adapter and moto: the event's
-body is stored once, compressed, for all its subscriptions; each delivery's record, written at
-the fan-out and again after every attempt, is a small item of its own."""
+"""What a webhook delivery costs (issue 10), on the real adapters and moto: the event's body is
+stored once, compressed, for all its subscriptions; each delivery's record, written at the fan-out
+and again after every attempt, is a small item of its own; an event's messages to its
+subscriptions are queued in one request."""
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -13,6 +15,14 @@ import pytest
 from bench.cost import item_bytes, wru_for
 from core.domain_events import fitted, order_events
 from core.webhooks import DeliveryRecord, DeliveryStatus, delivery_id
+from tests.integration.test_events_and_webhooks import (  # noqa: F401
+    Context,
+    an_order_allocated,
+    drain,
+    stream_event,
+    subscribe,
+    wired,
+)
 
 MADE = datetime(2026, 12, 1, tzinfo=UTC)
 
@@ -162,3 +172,24 @@ def test_a_delivery_stored_with_its_body_before_keeps_it_through_its_attempts(aw
     assert store.get_delivery(webhook_id, record.id) == failed_once
     [shown], _ = store.deliveries(webhook_id, 10, None)
     assert shown == failed_once.shown()
+
+
+def test_an_events_deliveries_to_its_subscriptions_are_queued_in_one_request(aws, wired):  # noqa: F811
+    """One SendMessage per delivery: a shop with three subscribers paid three SQS requests per
+    event. The messages of one change's deliveries go in SendMessageBatch requests of up to ten
+    (SQS bills a batch of small messages as one request), still one message per delivery, so no
+    subscriber's attempt waits for another's."""
+    from functions.events.app import container, lambda_handler
+
+    created, authorized, _ = an_order_allocated(aws)
+    subscribers = [subscribe(f"http://127.0.0.1:9/{'s' * n}", ["*"]) for n in (1, 2, 3)]
+    requests: list[str] = []
+    container().sqs.meta.events.register("before-call.sqs.*", lambda model, **_: requests.append(model.name))
+
+    stream = stream_event(("INSERT", None, created), ("MODIFY", created, authorized))
+    assert lambda_handler(stream, Context()) == {"batchItemFailures": []}
+
+    assert requests == ["SendMessageBatch", "SendMessageBatch"]  # one per change (its event)
+    queued = [json.loads(m["Body"]) for m in drain(wired["sqs"], wired["deliveries"])]
+    assert sorted(q["webhook_id"] for q in queued) == sorted([s.id for s in subscribers] * 2)
+    assert len({(q["webhook_id"], q["delivery_id"]) for q in queued}) == 6
