@@ -408,8 +408,8 @@ class WebhookStore(ABC):
     def get_delivery(self, webhook_id: str, delivery_id: str) -> DeliveryRecord | None: ...
 
     @abstractmethod
-    def deliveries(self, webhook_id: str, limit: int, cursor: str | None) -> "tuple[list[Delivery], str | None]":
-        """Newest first, as the delivery log shows them (without their bodies)."""
+    def deliveries(self, webhook_id: str, limit: int, cursor: str | None) -> "tuple[list[DeliveryRecord], str | None]":
+        """Newest first."""
 
     @abstractmethod
     def update_delivery(self, record: DeliveryRecord, expected: DeliveryRecord) -> bool:
@@ -519,7 +519,8 @@ class Webhooks:
         self, webhook_id: str, channel: str | None, limit: int, cursor: str | None
     ) -> "tuple[list[Delivery], str | None]":
         self.get(webhook_id, channel)
-        return self._store.deliveries(webhook_id, limit, cursor)
+        records, next_cursor = self._store.deliveries(webhook_id, limit, cursor)
+        return [record.shown() for record in records], next_cursor
 
     def retry(self, webhook_id: str, delivery_id_: str, channel: str | None) -> Delivery:
         """Send a delivery again now. A failed one is pending for one attempt (a failure leaves it

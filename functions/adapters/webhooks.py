@@ -11,14 +11,13 @@ import ssl
 import threading
 import time
 from collections.abc import Iterator
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from botocore.exceptions import ClientError
 
 from core.domain_events import OutgoingEvent
 from core.webhooks import (
-    Delivery,
     DeliveryMessage,
     DeliveryQueue,
     DeliveryRecord,
@@ -61,15 +60,6 @@ def entry_size(entry: dict[str, Any], detail_bytes: int | None = None) -> int:
     return (14 if entry.get("Time") is not None else 0) + sum(len(part.encode()) for part in counted) + detail_bytes
 
 
-# A delivery's record is small and rewritten at every attempt; its event's body, the same for every
-# subscription, is written once (compressed: order_codec) in an item of its own, pk EVENT#<event id>,
-# sk BODY, kept _BODY_MARGIN longer than the last delivery of it that may be read.
-_DELIVERY_FIXED = frozenset({"id", "event_id", "event_type", "webhook_id", "body", "created_at"})
-_DELIVERY_STANDING = tuple(name for name in DeliveryRecord.model_fields if name not in _DELIVERY_FIXED)
-_BODY_MARGIN = timedelta(days=1)
-_BODIES_REMEMBERED = 1024  # event ids a container remembers storing the body of (forgotten together)
-
-
 def _deliveries_pk(webhook_id: str) -> str:
     return f"WEBHOOK#{webhook_id}"
 
@@ -79,8 +69,8 @@ class DynamoWebhooks(WebhookStore):
     readable to sign, so it is protected like the API key records beside it (the table is encrypted
     at rest, only the API and the delivery function may read it, no response shows it after the
     create). A delivery is one item under its subscription (pk WEBHOOK#<id>, sk its id, which sorts
-    by time), expiring DELIVERY_RETENTION after its retry window closes; the body it sends is its
-    event's, stored once for all the event's deliveries (pk EVENT#<event id>, sk BODY). The cap is a counter per
+    by time), expiring DELIVERY_RETENTION after its retry window closes; it holds the body every attempt
+    sends (and signs), compressed. The cap is a counter per
     channel (and one for the unbound subscriptions) that the subscription's put and delete move in
     one transaction with it; a subscription it counted carries `counted`, so deleting one made
     before the cap frees nothing."""
@@ -88,7 +78,6 @@ class DynamoWebhooks(WebhookStore):
     def __init__(self, client: Any, table: str):
         self._client = client
         self._table = table
-        self._bodies_kept: dict[str, int] = {}  # event id -> the expiry (unix seconds) its body was given
 
     # --- Subscriptions ---------------------------------------------------------------------------
     def add(self, webhook: IssuedWebhook, cap: int) -> None:
@@ -184,7 +173,6 @@ class DynamoWebhooks(WebhookStore):
 
     # --- Deliveries ------------------------------------------------------------------------------
     def add_delivery(self, record: DeliveryRecord) -> bool:
-        self._keep_body(record)
         try:
             self._client.put_item(
                 TableName=self._table, Item=_delivery_item(record), ConditionExpression="attribute_not_exists(pk)"
@@ -201,14 +189,9 @@ class DynamoWebhooks(WebhookStore):
             Key={"pk": {"S": _deliveries_pk(webhook_id)}, "sk": {"S": delivery_id}},
             ConsistentRead=True,
         ).get("Item")
-        if item is None:
-            return None
-        values = _delivery_values(item)
-        if "body" not in values:  # stored before bodies moved to their event's item: its own
-            values["body"] = self._body(values["event_id"])
-        return DeliveryRecord.model_validate(values)
+        return _delivery(item) if item else None
 
-    def deliveries(self, webhook_id: str, limit: int, cursor: str | None) -> tuple[list[Delivery], str | None]:
+    def deliveries(self, webhook_id: str, limit: int, cursor: str | None) -> tuple[list[DeliveryRecord], str | None]:
         scope = f"deliveries:{webhook_id}"
         query: dict[str, Any] = {
             "TableName": self._table,
@@ -222,38 +205,22 @@ class DynamoWebhooks(WebhookStore):
         if cursor is not None:
             query["ExclusiveStartKey"] = decode_cursor(cursor, scope, {"pk", "sk"}, {"pk": _deliveries_pk(webhook_id)})
         response = self._client.query(**query)
-        shown = [_shown_delivery(item) for item in response["Items"][:limit]]
+        shown = [_delivery(item) for item in response["Items"][:limit]]
         if len(response["Items"]) > limit:
             last = {"pk": {"S": _deliveries_pk(webhook_id)}, "sk": {"S": shown[-1].id}}
         else:
-            last = response.get("LastEvaluatedKey")  # a page cut at 1 MB (records stored with bodies)
+            last = response.get("LastEvaluatedKey")  # a page cut at 1 MB (bodies of up to 200 KB)
         return shown, encode_cursor(scope, last) if last else None
 
     def update_delivery(self, record: DeliveryRecord, expected: DeliveryRecord) -> bool:
-        # An update of where the delivery stands, not a put: a record stored with its body keeps it.
-        # (DynamoDB bills the larger of the item's sizes before and after: a record without a body
-        # is one write unit.)
-        if _expiry(record) > _expiry(expected):  # a manual retry closed the window anew
-            self._keep_body(record)
-        stands = {name: getattr(record, name) for name in _DELIVERY_STANDING}
-        stands["expires_at"] = int(_expiry(record).timestamp())
-        names = {f"#{name}": name for name in stands}
-        kept = {name: value for name, value in stands.items() if value is not None}
-        values = to_item({f":{name}": value for name, value in kept.items()})
-        expression = "SET " + ", ".join(f"#{name} = :{name}" for name in kept)
-        if gone := [name for name, value in stands.items() if value is None]:
-            expression += " REMOVE " + ", ".join(f"#{name}" for name in gone)
         try:
-            self._client.update_item(
+            self._client.put_item(
                 TableName=self._table,
-                Key={"pk": {"S": _deliveries_pk(record.webhook_id)}, "sk": {"S": record.id}},
-                UpdateExpression=expression,
-                ConditionExpression="#generation = :expected_generation AND #attempts = :expected_attempts",
-                ExpressionAttributeNames={**names, "#generation": "generation", "#attempts": "attempts"},
+                Item=_delivery_item(record),
+                ConditionExpression="generation = :generation AND attempts = :attempts",
                 ExpressionAttributeValues={
-                    **values,
-                    ":expected_generation": {"N": str(expected.generation)},
-                    ":expected_attempts": {"N": str(expected.attempts)},
+                    ":generation": {"N": str(expected.generation)},
+                    ":attempts": {"N": str(expected.attempts)},
                 },
             )
         except ClientError as error:
@@ -261,59 +228,6 @@ class DynamoWebhooks(WebhookStore):
                 return False
             raise
         return True
-
-    # --- Event bodies ----------------------------------------------------------------------------
-    def _keep_body(self, record: DeliveryRecord) -> None:
-        """Store `record`'s body as its event's, or keep the one stored until `record` expires.
-        Every subscription's delivery of an event sends the same body (EventDispatcher), so it is
-        stored once: a container remembers what it stored, and a put finding the body there (another
-        container's, a redelivered stream record's) only moves its expiry later when it must."""
-        needed = int(_expiry(record).timestamp())
-        if self._bodies_kept.get(record.event_id, 0) >= needed:
-            return
-        until = int((_expiry(record) + _BODY_MARGIN).timestamp())
-        if len(self._bodies_kept) >= _BODIES_REMEMBERED:
-            self._bodies_kept.clear()
-        key = _body_key(record.event_id)
-        try:
-            self._client.put_item(
-                TableName=self._table,
-                Item={
-                    **key,
-                    "body": {"B": order_codec.compress(record.body.encode())},
-                    "expires_at": {"N": str(until)},
-                },
-                ConditionExpression="attribute_not_exists(pk)",
-            )
-        except ClientError as error:
-            if error.response["Error"]["Code"] != "ConditionalCheckFailedException":
-                raise
-            try:
-                self._client.update_item(
-                    TableName=self._table,
-                    Key=key,
-                    UpdateExpression="SET expires_at = :until",
-                    ConditionExpression="attribute_exists(pk) AND expires_at < :needed",
-                    ExpressionAttributeValues={":until": {"N": str(until)}, ":needed": {"N": str(needed)}},
-                )
-            except ClientError as late:
-                if late.response["Error"]["Code"] != "ConditionalCheckFailedException":
-                    raise
-                until = needed  # kept at least that long already
-        self._bodies_kept[record.event_id] = until
-
-    def _body(self, event_id: str) -> str:
-        """The event's body. Written before any delivery of it, and never changed: an eventually
-        consistent read (half the read unit) nearly always finds it; one that does not reads again
-        consistently."""
-        key = _body_key(event_id)
-        item = self._client.get_item(TableName=self._table, Key=key).get("Item") or self._client.get_item(
-            TableName=self._table, Key=key, ConsistentRead=True
-        ).get("Item")
-        if item is None:
-            # Kept as long as any delivery of it (_keep_body): a delivery without one is a fault to see.
-            raise LookupError(f"the body of event {event_id} is not stored")
-        return order_codec.decompress(item["body"]["B"]).decode()
 
 
 def _webhook(item: dict[str, Any]) -> IssuedWebhook:
@@ -325,35 +239,26 @@ def _count_key(channel: str | None) -> dict[str, Any]:
     return {"pk": {"S": WEBHOOK_COUNTS_PK}, "sk": {"S": f"channel#{channel}" if channel is not None else "unbound"}}
 
 
-def _body_key(event_id: str) -> dict[str, Any]:
-    return {"pk": {"S": f"EVENT#{event_id}"}, "sk": {"S": "BODY"}}
-
-
-def _expiry(record: DeliveryRecord) -> datetime:
-    return max(record.created_at, record.retry_until) + DELIVERY_RETENTION
-
-
 def _delivery_item(record: DeliveryRecord) -> dict[str, Any]:
+    expires = max(record.created_at, record.retry_until) + DELIVERY_RETENTION
     values = {
         "pk": _deliveries_pk(record.webhook_id),
         "sk": record.id,
         **record.model_dump(mode="python", exclude={"body"}),
-        "expires_at": int(_expiry(record).timestamp()),
+        "expires_at": int(expires.timestamp()),
     }
-    return to_item(values)
+    # The body compressed as an order's document is (order_codec: an event is mostly its order), so
+    # the record, written at the fan-out and again after every attempt, stays one write unit.
+    return {**to_item(values), "body": {"B": order_codec.compress(record.body.encode())}}
 
 
-def _delivery_values(item: dict[str, Any]) -> dict[str, Any]:
-    values = from_item(item)
+def _delivery(item: dict[str, Any]) -> DeliveryRecord:
+    # A record stored before bodies were compressed holds its body as a string (stored_json reads both).
+    values = {**from_item(item), "body": order_codec.stored_json(item["body"]).decode()}
     for name in ("attempts", "generation", "last_status_code"):
         if values.get(name) is not None:
             values[name] = int(values[name])
-    return {k: v for k, v in values.items() if k not in ("pk", "sk", "expires_at")}
-
-
-def _shown_delivery(item: dict[str, Any]) -> Delivery:
-    values = _delivery_values(item)
-    return Delivery.model_validate({k: v for k, v in values.items() if k in Delivery.model_fields})
+    return DeliveryRecord.model_validate({k: v for k, v in values.items() if k not in ("pk", "sk", "expires_at")})
 
 
 class SqsDeliveryQueue(DeliveryQueue):

@@ -37,7 +37,7 @@ from core.money import Money
 from core.status import OrderStatus, PaymentStatus, ShipmentStatus
 from functions.adapters import order_codec
 from functions.adapters.webhooks import PUT_EVENTS_BYTES, EventBridgePublisher, entry_size
-from tests.integration.test_events_and_webhooks import Context, drain, stored_deliveries, subscribe, wired  # noqa: F401
+from tests.integration.test_events_and_webhooks import Context, drain, subscribe, wired  # noqa: F401
 from tests.integration.test_reconciler import emitted
 
 AT = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -227,8 +227,9 @@ def test_the_events_of_one_change_of_the_largest_order_go_out_whole_in_calls_tha
     for event in sent:  # whole: the order as the API shows it
         assert "omitted" not in event["data"] and len(event["data"]["order"]["lines"]) == 100
     assert len(drain(wired["sqs"], wired["deliveries"])) == 2
+    from functions.events.app import container
 
-    records = stored_deliveries(subscriber.id)
+    records, _ = container().webhook_store.deliveries(subscriber.id, 10, None)
     assert sorted(json.loads(record.body)["id"] for record in records) == sorted(event["id"] for event in sent)
 
 
@@ -238,7 +239,7 @@ def test_an_event_over_an_entrys_256_kb_goes_out_without_the_orders_refunds_and_
     (400 KB) holds: the bus refused the call, moto's DynamoDB the record. Its event goes out, to the bus
     and to subscribers alike, without `order.payment.refunds`, `data.omitted` naming it; the refund
     the event is about is whole."""
-    from functions.events.app import lambda_handler
+    from functions.events.app import container, lambda_handler
 
     old = the_largest_order(OrderStatus.DELIVERED, delivered=100, appeasements=999)
     new = the_largest_order(OrderStatus.DELIVERED, delivered=100, appeasements=1000)
@@ -253,7 +254,7 @@ def test_an_event_over_an_entrys_256_kb_goes_out_without_the_orders_refunds_and_
     assert "refunds" not in event["data"]["order"]["payment"]
     assert len(event["data"]["order"]["lines"]) == 100 and len(event["data"]["order"]["shipments"]) == 100
     assert event["data"]["refund"]["id"] == new.payment.refunds[-1].id
-    [record] = stored_deliveries(subscriber.id)
+    [record], _ = container().webhook_store.deliveries(subscriber.id, 10, None)
     assert json.loads(record.body) == event
     assert len(record.body.encode()) <= EVENT_BYTES
 
@@ -324,7 +325,7 @@ def test_each_event_of_the_largest_order_is_serialized_once_for_the_bus_and_its_
     """Each event was serialized three times (weighed against the entry's 256 KB, put on the bus,
     stored as its delivery's body): a 170 KB event of the largest order paid for its JSON thrice in
     billed duration. Now its JSON is made once and the same text weighed, sent and stored."""
-    from functions.events.app import lambda_handler
+    from functions.events.app import container, lambda_handler
 
     old = the_largest_order(OrderStatus.SHIPPED, delivered=99, returned=False)
     new = the_largest_order(OrderStatus.DELIVERED, delivered=100, returned=False)
@@ -335,7 +336,7 @@ def test_each_event_of_the_largest_order_is_serialized_once_for_the_bus_and_its_
 
     sent = [event["id"] for event in bus.taken]
     assert len(sent) == 2 and sorted(serialized) == sorted(sent)
-    records = stored_deliveries(subscriber.id)
+    records, _ = container().webhook_store.deliveries(subscriber.id, 10, None)
     details = {json.loads(entry["Detail"])["id"]: entry["Detail"] for call in bus.calls for entry in call}
     assert {record.event_id: record.body for record in records} == details  # the very same text
 

@@ -309,13 +309,12 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
             for a in ("GetItem", "Query")
         },
         (CATALOG, "dynamodb:PutItem"): [DynamoWebhooks, DynamoAggregates, DynamoNotifications],
-        # DynamoWebhooks: an event's stored body kept as long as a delivery of it made later.
-        (CATALOG, "dynamodb:UpdateItem"): [DynamoAggregates, DynamoWebhooks],
+        (CATALOG, "dynamodb:UpdateItem"): [DynamoAggregates],
         ("WebhookDeliveryQueue", "sqs:SendMessage"): [SqsDeliveryQueue],
         ("EventsFailureQueue", "sqs:SendMessage"): "the stream mappings' on-failure destination",
     },
     "WebhookDeliveryFunction": {
-        **{(CATALOG, f"dynamodb:{a}"): [DynamoWebhooks] for a in ("GetItem", "PutItem", "UpdateItem")},
+        **{(CATALOG, f"dynamodb:{a}"): [DynamoWebhooks] for a in ("GetItem", "PutItem")},
         ("WebhookDeliveryQueue", "sqs:SendMessage"): [SqsDeliveryQueue],
     },
     "AccessLogFunction": {(CATALOG, "dynamodb:BatchWriteItem"): [DynamoAccessLog]},

@@ -334,8 +334,9 @@ class FakeStore(WebhookStore):
         return self.records.get((webhook_id, delivery_id))
 
     def deliveries(self, webhook_id, limit, cursor):
-        held = sorted((r for (w, _), r in self.records.items() if w == webhook_id), key=lambda r: r.id, reverse=True)
-        return [record.shown() for record in held], None
+        return sorted(
+            (r for (w, _), r in self.records.items() if w == webhook_id), key=lambda r: r.id, reverse=True
+        ), None
 
     def update_delivery(self, record: DeliveryRecord, expected: DeliveryRecord) -> bool:
         stored = self.records.get((record.webhook_id, record.id))
