@@ -149,7 +149,7 @@ class DeliveryRecord(Delivery):
     earlier schedule finds it moved on and does nothing; `attempts` names the attempt a message
     is for, so a duplicated message handled after the attempt was recorded never sends twice (two
     copies handled at the same moment may both send: delivery is at least once, and a claim
-    written before each POST would be a third write per delivery)."""
+    written before each POST would double the record's writes)."""
 
     webhook_id: str
     body: str

@@ -69,11 +69,10 @@ class DynamoWebhooks(WebhookStore):
     readable to sign, so it is protected like the API key records beside it (the table is encrypted
     at rest, only the API and the delivery function may read it, no response shows it after the
     create). A delivery is one item under its subscription (pk WEBHOOK#<id>, sk its id, which sorts
-    by time), expiring DELIVERY_RETENTION after its retry window closes; it holds the body every attempt
-    sends (and signs), compressed. The cap is a counter per
-    channel (and one for the unbound subscriptions) that the subscription's put and delete move in
-    one transaction with it; a subscription it counted carries `counted`, so deleting one made
-    before the cap frees nothing."""
+    by time), expiring DELIVERY_RETENTION after its retry window closes; it holds the body every
+    attempt sends (and signs), compressed. The cap is a counter per channel (and one for the
+    unbound subscriptions) that the subscription's put and delete move in one transaction with it;
+    a subscription it counted carries `counted`, so deleting one made before the cap frees nothing."""
 
     def __init__(self, client: Any, table: str):
         self._client = client
