@@ -157,3 +157,31 @@ def test_an_events_deliveries_to_its_subscriptions_are_queued_in_one_request(aws
     queued = [json.loads(m["Body"]) for m in drain(wired["sqs"], wired["deliveries"])]
     assert sorted(q["webhook_id"] for q in queued) == sorted([s.id for s in subscribers] * 2)
     assert len({(q["webhook_id"], q["delivery_id"]) for q in queued}) == 6
+
+
+def test_more_than_ten_messages_go_in_several_batches_and_a_refused_one_fails_the_send(aws, wired):  # noqa: F811
+    """SendMessageBatch takes at most ten entries (moto refuses more, as SQS does): a change
+    reaching a dozen subscriptions is two requests. An entry SQS refuses while taking the others
+    fails the send, so the stream's retry queues every delivery never tried (unit test
+    test_a_delivery_whose_first_message_was_lost_is_queued_again_on_redelivery)."""
+    from core.webhooks import DeliveryMessage
+    from functions.adapters.webhooks import SqsDeliveryQueue
+
+    sqs = wired["sqs"]
+    messages = [DeliveryMessage(f"whk_{n:024d}", f"dlv_{n:030d}", 0, 0) for n in range(12)]
+    requests: list[int] = []
+    sqs.meta.events.register(
+        "before-parameter-build.sqs.SendMessageBatch", lambda params, **_: requests.append(len(params["Entries"]))
+    )
+    SqsDeliveryQueue(sqs, wired["deliveries"]).send_now(messages)
+    assert requests == [10, 2]
+    queued = [DeliveryMessage.from_json(m["Body"]) for m in drain(sqs, wired["deliveries"])]
+    assert sorted(queued, key=lambda m: m.delivery_id) == messages
+
+    class RefusingTheSecond:
+        def send_message_batch(self, QueueUrl: str, Entries: list[dict[str, Any]]) -> dict[str, Any]:
+            refused = [{"Id": Entries[1]["Id"], "SenderFault": False, "Code": "InternalError"}]
+            return {"Successful": [{"Id": e["Id"]} for e in Entries if e is not Entries[1]], "Failed": refused}
+
+    with pytest.raises(RuntimeError, match="refused 1 message"):
+        SqsDeliveryQueue(RefusingTheSecond(), wired["deliveries"]).send_now(messages[:3])
