@@ -116,10 +116,14 @@ def stored_json(value: dict[str, object]) -> bytes:
 
 def readable(item: dict[str, object]) -> dict[str, object]:
     """An Orders item in DynamoDB JSON with its document and history entries decoded, for a person
-    (a page of its history, in the Catalog table, with its `entries`)."""
+    (a page of its history, in the Catalog table, with its `entries`; a webhook delivery there, with
+    the `body` its attempts send)."""
     decoded = dict(item)
     if isinstance(doc := item.get("doc"), dict):
         decoded["doc"] = json.loads(stored_json(doc))
+    pk, body = item.get("pk"), item.get("body")
+    if isinstance(pk, dict) and str(pk.get("S", "")).startswith("WEBHOOK#") and isinstance(body, dict):
+        decoded["body"] = json.loads(stored_json(body))  # a webhook delivery's (DynamoWebhooks)
     for name in ("history", "entries"):
         if isinstance(history := item.get(name), dict):
             decoded[name] = [json.loads(stored_json(entry)) for entry in history.get("L", [])]

@@ -30,6 +30,7 @@ from core.webhooks import (
     WebhookSender,
     WebhookStore,
 )
+from functions.adapters import order_codec
 from functions.adapters.dynamodb import decode_cursor, encode_cursor, from_item, to_item
 
 WEBHOOKS_PK = "WEBHOOKS"
@@ -39,6 +40,7 @@ WEBHOOK_COUNTS_PK = "WEBHOOK_COUNTS"  # sk `channel#<channel>` or `unbound`: `li
 DELIVERY_RETENTION = timedelta(days=30)
 EVENT_SOURCE = "oms"
 _PUT_EVENTS_BATCH = 10  # PutEvents takes at most 10 entries
+_SEND_BATCH = 10  # SendMessageBatch too
 # What EventBridge takes in one PutEvents call, its entries' sizes summed (entry_size); an entry
 # alone may weigh as much (core.domain_events.fitted keeps the events under it).
 PUT_EVENTS_BYTES = 256 * 1024
@@ -67,10 +69,10 @@ class DynamoWebhooks(WebhookStore):
     readable to sign, so it is protected like the API key records beside it (the table is encrypted
     at rest, only the API and the delivery function may read it, no response shows it after the
     create). A delivery is one item under its subscription (pk WEBHOOK#<id>, sk its id, which sorts
-    by time), expiring DELIVERY_RETENTION after its retry window closes. The cap is a counter per
-    channel (and one for the unbound subscriptions) that the subscription's put and delete move in
-    one transaction with it; a subscription it counted carries `counted`, so deleting one made
-    before the cap frees nothing."""
+    by time), expiring DELIVERY_RETENTION after its retry window closes; it holds the body every
+    attempt sends (and signs), compressed. The cap is a counter per channel (and one for the
+    unbound subscriptions) that the subscription's put and delete move in one transaction with it;
+    a subscription it counted carries `counted`, so deleting one made before the cap frees nothing."""
 
     def __init__(self, client: Any, table: str):
         self._client = client
@@ -241,14 +243,17 @@ def _delivery_item(record: DeliveryRecord) -> dict[str, Any]:
     values = {
         "pk": _deliveries_pk(record.webhook_id),
         "sk": record.id,
-        **record.model_dump(mode="python"),
+        **record.model_dump(mode="python", exclude={"body"}),
         "expires_at": int(expires.timestamp()),
     }
-    return to_item(values)
+    # The body compressed as an order's document is (order_codec: an event is mostly its order), so
+    # the record, written at the fan-out and again after every attempt, stays one write unit.
+    return {**to_item(values), "body": {"B": order_codec.compress(record.body.encode())}}
 
 
 def _delivery(item: dict[str, Any]) -> DeliveryRecord:
-    values = from_item(item)
+    # A record stored before bodies were compressed holds its body as a string (stored_json reads both).
+    values = {**from_item(item), "body": order_codec.stored_json(item["body"]).decode()}
     for name in ("attempts", "generation", "last_status_code"):
         if values.get(name) is not None:
             values[name] = int(values[name])
@@ -264,6 +269,17 @@ class SqsDeliveryQueue(DeliveryQueue):
         self._client.send_message(
             QueueUrl=self._queue_url, MessageBody=message.to_json(), DelaySeconds=max(0, min(900, delay_seconds))
         )
+
+    def send_now(self, messages: list[DeliveryMessage]) -> None:
+        # SendMessageBatch takes ten messages (a delivery's is ~150 bytes: far under its 256 KB) and
+        # is billed per 64 KB of them. It may refuse some and take the others: those it refused are
+        # named in the error, and the stream's retry queues every delivery never tried again.
+        for start in range(0, len(messages), _SEND_BATCH):
+            batch = messages[start : start + _SEND_BATCH]
+            entries = [{"Id": str(index), "MessageBody": m.to_json()} for index, m in enumerate(batch)]
+            refused = self._client.send_message_batch(QueueUrl=self._queue_url, Entries=entries).get("Failed")
+            if refused:
+                raise RuntimeError(f"the delivery queue refused {len(refused)} message(s): {json.dumps(refused)[:500]}")
 
 
 class EventBridgePublisher(EventPublisher):

@@ -110,6 +110,22 @@ def test_a_page_of_a_long_history_reads_decoded_too(monkeypatch, capsys):
     assert shown["entries"] == [{"type": "on_hold"}]
 
 
+def test_a_webhook_deliverys_body_reads_decoded_too(monkeypatch, capsys):
+    # `aws dynamodb query` of pk WEBHOOK#<id> in the Catalog table: each delivery's body, the event
+    # every attempt sends, compressed as an order's document is (an older record's is a string).
+    from functions.adapters.order_codec import main
+
+    event = {"id": "evt_1", "type": "order.created", "data": {"order": {"id": "ord_1"}}}
+    stored = {
+        "pk": {"S": "WEBHOOK#whk_1"},
+        "body": {"B": base64.b64encode(order_codec.compress(json.dumps(event).encode())).decode()},
+    }
+    older = {"pk": {"S": "WEBHOOK#whk_1"}, "body": {"S": json.dumps(event)}}
+    monkeypatch.setattr("sys.stdin", io.StringIO(json.dumps({"Items": [stored, older]})))
+    main()
+    assert [item["body"] for item in json.loads(capsys.readouterr().out)["Items"]] == [event, event]
+
+
 def test_the_readmes_one_line_decoder_without_the_repository_reads_a_stored_value():
     from pathlib import Path
 
