@@ -694,7 +694,15 @@ class CaptureService:
                 details=[{"field": "fulfillment.location_id", "message": "required for pickup"}],
             )
         location = self._catalog.get_location(fulfillment.location_id)
-        if location is None or not (location.pickup or placed):
+        if location is None:
+            # As POST /purchase-orders, PUT /sourcing/rules and a return's receipt name a location
+            # the network does not have.
+            raise PickupNotOffered(
+                f"no location {fulfillment.location_id}",
+                code="unknown_location",
+                details=[{"field": "fulfillment.location_id", "message": "not a location of the network"}],
+            )
+        if not (location.pickup or placed):
             raise PickupNotOffered(
                 "that location does not offer pickup",
                 details=[{"field": "fulfillment.location_id", "message": "no pickup location with this id"}],
