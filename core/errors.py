@@ -96,8 +96,8 @@ class UnknownPaymentMethod(InvalidRequest):
 
 
 class PickupNotOffered(InvalidRequest):
-    """The order's pickup location is unknown or takes no pickup orders (a 422 validation_error on
-    `fulfillment.location_id`)."""
+    """The order's pickup location is unknown (a 422 `unknown_location`) or takes no pickup orders
+    (a 422 validation_error), on `fulfillment.location_id`."""
 
 
 class NotFound(DomainError):

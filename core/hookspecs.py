@@ -447,7 +447,8 @@ def oms_return_policy(
     :return: a ReturnPolicyDecision, or None to let another plugin answer.
 
     Stops at first non-None result. `allowed=False` refuses the return with 422 and the
-    decision's `code` and `message`; `needs_approval` makes it `requested` (a person approves or
+    decision's `code` and `message`, its details naming the decision's `field` (the request field
+    judged, "lines" by default); `needs_approval` makes it `requested` (a person approves or
     rejects it) instead of `authorized`; `fee` (in the order's currency, not negative) is kept
     back from the refund; `refund_shipping` adds the order's shipping to it (once every unit the
     return asked for has arrived); `refund_shipping_with_whole_order` adds it only to the refund

@@ -9,6 +9,9 @@ from pydantic import BaseModel, ConfigDict, StringConstraints
 from core.models import VisibleText
 from core.money import Money
 
+# A request field's path as the contract writes it: names and indexes, "lines[0].reason_code".
+FIELD_PATH = r"^[a-z][a-z0-9_]{0,63}(\[[0-9]{1,4}\])?(\.[a-z][a-z0-9_]{0,63}(\[[0-9]{1,4}\])?){0,3}$"
+
 
 class ReturnPolicyDecision(BaseModel):
     """A return policy's answer (oms_return_policy), checked and kept on the Return."""
@@ -19,6 +22,9 @@ class ReturnPolicyDecision(BaseModel):
     # When not allowed: the 422's error code and message.
     code: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")] = "return_not_allowed"
     message: Annotated[str, StringConstraints(max_length=500), VisibleText] = ""
+    # When not allowed: the request field the policy judged, as the 422's details name it (API.md:
+    # "lines[0].quantity"): "lines" when it refuses the return as a whole.
+    field: Annotated[str, StringConstraints(pattern=FIELD_PATH)] = "lines"
     needs_approval: bool = False
     fee: Money | None = None  # a restocking fee kept back from the refund; None: no fee
     refund_shipping: bool = False

@@ -406,7 +406,10 @@ class Returns:
         /orders would give."""
         assert cmd.exchange is not None
         if self._capture is None:
-            raise InvalidRequest("this OMS places no exchanges", code="exchange_not_supported")
+            message = "this OMS places no exchanges"
+            raise InvalidRequest(
+                message, code="exchange_not_supported", details=[{"field": "exchange", "message": message}]
+            )
         lines = cmd.exchange.lines
         products = self._catalog.get_products({line.sku for line in lines})
         unknown = [
@@ -459,9 +462,11 @@ class Returns:
             self._hook.oms_return_policy, accept, order=order, lines=cmd.lines, returned_before=returned_before, now=now
         )
         if decision is None:
-            raise InvalidRequest("no return policy allows this return", code="return_not_allowed")
+            message = "no return policy allows this return"
+            raise InvalidRequest(message, code="return_not_allowed", details=[{"field": "lines", "message": message}])
         if not decision.allowed:
-            raise InvalidRequest(decision.message or "the return policy refuses this return", code=decision.code)
+            message = decision.message or "the return policy refuses this return"
+            raise InvalidRequest(message, code=decision.code, details=[{"field": decision.field, "message": message}])
         return decision
 
     # --- Approve, reject --------------------------------------------------------------------

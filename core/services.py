@@ -513,13 +513,7 @@ class CaptureService:
         if of is not None:  # its own skus too: Pricing asks its rules about the order as it was sold
             skus |= {line.sku for line in of.lines}
         products = self._catalog.get_products(skus)
-        unknown = [
-            {"field": f"lines[{i}].sku", "message": f"no product {line.sku}"}
-            for i, line in enumerate(cmd.lines)
-            if line.sku not in products
-        ]
-        if unknown:
-            raise UnknownSku("unknown sku", details=unknown)
+        _check_skus(cmd, products)
         if of is None:
             self.check_payment_method(cmd)
         sources, tax_address = self._sources(cmd, placed=of is not None)
@@ -595,9 +589,7 @@ class CaptureService:
         if of is not None:  # its own skus too, as for `quote`
             skus |= {line.sku for line in of.lines}
         products = self._catalog.get_products(skus)
-        missing = sorted({line.sku for line in cmd.lines} - set(products))
-        if missing:
-            raise UnknownSku(f"no product {', '.join(missing)}")
+        _check_skus(cmd, products)
         _, tax_address = self._sources(cmd, placed=of is not None)
         if of is None:
             return self._pricing.price(cmd, products, tax_address, unit_prices)
@@ -694,7 +686,15 @@ class CaptureService:
                 details=[{"field": "fulfillment.location_id", "message": "required for pickup"}],
             )
         location = self._catalog.get_location(fulfillment.location_id)
-        if location is None or not (location.pickup or placed):
+        if location is None:
+            # As POST /purchase-orders, PUT /sourcing/rules and a return's receipt name a location
+            # the network does not have.
+            raise PickupNotOffered(
+                f"no location {fulfillment.location_id}",
+                code="unknown_location",
+                details=[{"field": "fulfillment.location_id", "message": "not a location of the network"}],
+            )
+        if not (location.pickup or placed):
             raise PickupNotOffered(
                 "that location does not offer pickup",
                 details=[{"field": "fulfillment.location_id", "message": "no pickup location with this id"}],
@@ -954,6 +954,17 @@ def _credit_rest(credit: Money, grand_total: Money) -> Money | None:
     rest the exchange refunds at once (Returns.exchange); None when the credit does not cover it."""
     rest = credit - grand_total
     return rest if rest.amount > 0 else None
+
+
+def _check_skus(cmd: PlaceOrder, products: Mapping[str, Product]) -> None:
+    """Raise 422 `unknown_sku` naming each line of `cmd` whose sku is not in `products`."""
+    unknown = [
+        {"field": f"lines[{i}].sku", "message": f"no product {line.sku}"}
+        for i, line in enumerate(cmd.lines)
+        if line.sku not in products
+    ]
+    if unknown:
+        raise UnknownSku("unknown sku", details=unknown)
 
 
 def _may_wait(cmd: PlaceOrder, products: dict[str, Product], of: Order | None) -> tuple[str, ...]:

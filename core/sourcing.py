@@ -753,6 +753,7 @@ class Simulator:
         pickup at a location that offers none, or a location named on a shipped order. Planned, the
         one was all unfillable and the other planned as any shipped order."""
         pickups = {loc.location_id for loc in locations if loc.pickup}
+        known = {loc.location_id for loc in locations}
         for index, each in enumerate(request.orders):
             if not isinstance(each, PlaceOrder):
                 continue
@@ -766,6 +767,12 @@ class Simulator:
                 raise InvalidRequest(
                     "a pickup order needs the store's location_id",
                     details=[{"field": field, "message": "required for pickup"}],
+                )
+            if each.fulfillment.type == "pickup" and each.fulfillment.location_id not in known:
+                raise InvalidRequest(
+                    f"no location {each.fulfillment.location_id}",
+                    code="unknown_location",  # as placing the body answers (CaptureService._sources)
+                    details=[{"field": field, "message": "not a location of the network"}],
                 )
             if each.fulfillment.type == "pickup" and each.fulfillment.location_id not in pickups:
                 raise InvalidRequest(

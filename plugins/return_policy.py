@@ -73,7 +73,7 @@ def since(order: Order, line_id: str) -> datetime | None:
 @hookimpl(trylast=True)
 def oms_return_policy(order: Order, lines: list[ReturnLineInput], now: datetime) -> ReturnPolicyDecision:
     allowed_for = window()
-    for line in lines:
+    for index, line in enumerate(lines):
         started = since(order, line.line_id)
         if started is not None and not allowed_for:
             return ReturnPolicyDecision(
@@ -85,6 +85,7 @@ def oms_return_policy(order: Order, lines: list[ReturnLineInput], now: datetime)
             return ReturnPolicyDecision(
                 allowed=False,
                 code="return_window_closed",
+                field=f"lines[{index}].line_id",
                 message=f"line {line.line_id} left more than {allowed_for / timedelta(days=1):g} days ago "
                 f"({started.date().isoformat()}); the return window is closed",
             )

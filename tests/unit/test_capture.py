@@ -110,6 +110,13 @@ def test_an_unknown_sku_names_its_line_and_stores_nothing(world):
     assert orders.orders == {}
 
 
+def test_pricing_an_unknown_sku_names_its_line_as_placing_it_does(world):
+    capture, _, _ = world
+    with pytest.raises(UnknownSku) as raised:
+        capture.price(place_order(lines=[{"sku": "TSHIRT", "quantity": 1}, {"sku": "NOPE", "quantity": 1}]))
+    assert raised.value.details == [{"field": "lines[1].sku", "message": "no product NOPE"}]
+
+
 def test_stock_is_summed_over_shipping_locations_only(world):
     capture, orders, _ = world
     # 3 + 2 ship from warehouses; the store's 50 are not eligible for a shipped order.

@@ -207,6 +207,8 @@ def test_after_the_window_the_built_in_policy_refuses_with_return_window_closed(
         returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
 
     assert refused.value.code == "return_window_closed"
+    # The 422 names the line whose window closed (API.md: details list {field, message}).
+    assert refused.value.details == [{"field": "lines[0].line_id", "message": refused.value.message}]
     assert store.returns == {}
 
 

@@ -513,15 +513,15 @@ def test_a_body_naming_an_unknown_sku_is_refused_as_placing_it_would_be():
 
 
 @pytest.mark.parametrize(
-    ("fulfillment", "message"),
+    ("fulfillment", "code", "message"),
     [
-        ({"type": "pickup", "location_id": "wh-east"}, "no pickup location with this id"),  # ships, no pickup
-        ({"type": "pickup", "location_id": "nowhere"}, "no pickup location with this id"),
-        ({"type": "pickup"}, "required for pickup"),
-        ({"type": "ship", "location_id": "store-sf"}, "only allowed with type pickup"),
+        ({"type": "pickup", "location_id": "wh-east"}, "validation_error", "no pickup location with this id"),
+        ({"type": "pickup", "location_id": "nowhere"}, "unknown_location", "not a location of the network"),
+        ({"type": "pickup"}, "validation_error", "required for pickup"),
+        ({"type": "ship", "location_id": "store-sf"}, "validation_error", "only allowed with type pickup"),
     ],
 )
-def test_a_body_whose_fulfilment_placing_refuses_is_refused(fulfillment, message):
+def test_a_body_whose_fulfilment_placing_refuses_is_refused(fulfillment, code, message):
     """Placed, each is 422; planned, a pickup at a warehouse came back all unfillable and a shipped
     order naming a store was planned as if it named nothing."""
     world, store = a_world([("MUG", "wh-west", 10)])
@@ -535,6 +535,7 @@ def test_a_body_whose_fulfilment_placing_refuses_is_refused(fulfillment, message
             SimulateSourcing.model_validate({"orders": [bodies([("MUG", 1)])[0], {**body, "fulfillment": fulfillment}]})
         )
 
+    assert refused.value.code == simulated.value.code == code
     assert refused.value.details == [{"field": "fulfillment.location_id", "message": message}]
     assert simulated.value.details == [{"field": "orders[1].fulfillment.location_id", "message": message}]
 
