@@ -501,7 +501,7 @@ def _http_response(result: Any, request_id: str) -> Response:
     """The Lambda proxy response as HTTP."""
     if not isinstance(result, dict) or not isinstance(result.get("statusCode"), int):
         raise TypeError("a proxy response is a dict with an integer statusCode")
-    body = result.get("body") or ""
+    body = "" if result.get("body") is None else result["body"]  # an empty {} is no string either
     if not isinstance(body, str):
         raise TypeError("a proxy response body is a string")
     payload = base64.b64decode(body) if result.get("isBase64Encoded") else body.encode("utf-8")

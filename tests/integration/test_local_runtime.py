@@ -261,6 +261,18 @@ def test_parameter_overrides_win_over_defaults():
     assert ApiGateway.from_template(template, functions).authorizers["ApiKeyAuthorizer"].cache_seconds == 0
 
 
+def test_a_stage_throttle_that_sets_one_limit_only_fails_startup_naming_it():
+    # AWS takes either limit alone (the other is the account's); the local throttle is one token
+    # bucket per caller, which needs both: refused at start, not a bucket made up.
+    document = load_template()
+    del document["Resources"]["OmsApi"]["Properties"]["MethodSettings"][0]["ThrottlingBurstLimit"]
+    template = Template(document)
+    functions = {name: LocalFunction(name, ok) for name in template.functions()}
+
+    with pytest.raises(ValueError, match=r"^MethodSettings: only an entry setting both throttling limits"):
+        ApiGateway.from_template(template, functions)
+
+
 @pytest.mark.parametrize(
     ("parameter", "value", "refused"),
     [
@@ -605,7 +617,12 @@ def test_a_function_error_is_answered_from_the_template_s_default_5xx_as_on_aws(
     def explode(event, context):
         raise RuntimeError("boom")
 
-    for api in (explode, Recorder({"statusCode": "200"}), Recorder("not a proxy response")):
+    malformed = [
+        Recorder({"statusCode": "200"}),
+        Recorder("not a proxy response"),
+        Recorder({"statusCode": 200, "body": {}}),  # a body that is not a string: was served as an empty 200
+    ]
+    for api in (explode, *malformed):
         status, body, response = call(gateway(api=api, gateway_responses=responses), "GET", "/health")
         assert (status, body, response.headers["X-Declared"]) == (502, {"error": {"code": "from_default_5xx"}}, "yes")
     status, body, _ = call(gateway(api=explode, gateway_responses={}), "GET", "/health")
