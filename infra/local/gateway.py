@@ -543,8 +543,6 @@ def _loggable_query(query_string: str) -> str:
 
 
 def _raw_path(environ: Mapping[str, Any]) -> str:
-    raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
-    if not raw:
-        return environ.get("PATH_INFO") or "/"
+    raw = environ.get("RAW_URI") or environ["REQUEST_URI"]  # werkzeug's server and test client set both
     path = urlsplit(raw).path if raw.startswith(("http://", "https://")) else raw.split("?", 1)[0]
     return path.encode("latin-1").decode("utf-8", "replace") or "/"  # WSGI carries bytes as latin-1
