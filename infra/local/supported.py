@@ -6,8 +6,10 @@ to a table of its properties, each one EMULATED (the runtime, or moto behind it,
 for these values only), a dict (a nested table, for an object or each object of a list), Each(table)
 (an object of names the template chooses, each value following the table) or ByType (a function's
 Events, each event's Properties following the table of its Type). check() refuses anything else,
-naming the resource and the property: adding a property to template.yaml means adding it here, with
-the code that emulates it (infra/local/template.py reads it) or the reason it does not matter locally.
+naming the resource and the property, and an intrinsic other than EVALUATED's in an emulated
+property (Template.resolve would not evaluate it): adding a property to template.yaml means adding
+it here, with the code that emulates it (infra/local/template.py reads it) or the reason it does
+not matter locally.
 """
 
 from __future__ import annotations
@@ -229,6 +231,7 @@ class UnsupportedTemplate(ValueError):
 
 def unsupported(document: Mapping[str, Any]) -> list[str]:
     """Every use of a section, resource type, property, value or intrinsic the tables do not cover."""
+    # Resources are walked one by one below (an ignored one's properties are not looked into).
     problems = _walk({k: v for k, v in document.items() if k != "Resources"}, SECTIONS, "template")
     for name, declared in (document.get("Parameters") or {}).items():
         if (checked := PARAMETERS.get(declared.get("Type"))) is None:
@@ -293,6 +296,6 @@ def _not_evaluated(value: Any, where: str) -> list[str]:
     if not isinstance(value, Mapping):
         return []
     key = next(iter(value), "")
-    if len(value) == 1 and (key == "Ref" or key.startswith("Fn::")) and key not in EVALUATED:
+    if len(value) == 1 and key.startswith("Fn::") and key not in EVALUATED:
         return [f"{where}: {not_evaluated(key)}"]
     return [problem for name, item in value.items() for problem in _not_evaluated(item, f"{where}.{name}")]
