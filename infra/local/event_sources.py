@@ -406,8 +406,8 @@ class DynamoDBStreamMapping(EventSourceMapping):
             "shardId": self._shard_id,
             "startSequenceNumber": first["SequenceNumber"],
             "endSequenceNumber": last["SequenceNumber"],
-            "approximateArrivalOfFirstRecord": _iso(first.get("ApproximateCreationDateTime")),
-            "approximateArrivalOfLastRecord": _iso(last.get("ApproximateCreationDateTime")),
+            "approximateArrivalOfFirstRecord": _iso(first["ApproximateCreationDateTime"]),
+            "approximateArrivalOfLastRecord": _iso(last["ApproximateCreationDateTime"]),
             "batchSize": len(batch),
             "streamArn": self.source_arn,
         }
@@ -727,7 +727,5 @@ def build_mapping(
     )
 
 
-def _iso(epoch: Any) -> str | None:
-    if not isinstance(epoch, int | float):
-        return None
+def _iso(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"

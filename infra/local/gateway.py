@@ -501,7 +501,7 @@ def _http_response(result: Any, request_id: str) -> Response:
     """The Lambda proxy response as HTTP."""
     if not isinstance(result, dict) or not isinstance(result.get("statusCode"), int):
         raise TypeError("a proxy response is a dict with an integer statusCode")
-    body = result.get("body") or ""
+    body = "" if result.get("body") is None else result["body"]  # an empty {} is no string either
     if not isinstance(body, str):
         raise TypeError("a proxy response body is a string")
     payload = base64.b64decode(body) if result.get("isBase64Encoded") else body.encode("utf-8")
@@ -543,8 +543,6 @@ def _loggable_query(query_string: str) -> str:
 
 
 def _raw_path(environ: Mapping[str, Any]) -> str:
-    raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
-    if not raw:
-        return environ.get("PATH_INFO") or "/"
+    raw = environ.get("RAW_URI") or environ["REQUEST_URI"]  # werkzeug's server and test client set both
     path = urlsplit(raw).path if raw.startswith(("http://", "https://")) else raw.split("?", 1)[0]
     return path.encode("latin-1").decode("utf-8", "replace") or "/"  # WSGI carries bytes as latin-1

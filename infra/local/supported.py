@@ -6,8 +6,10 @@ to a table of its properties, each one EMULATED (the runtime, or moto behind it,
 for these values only), a dict (a nested table, for an object or each object of a list), Each(table)
 (an object of names the template chooses, each value following the table) or ByType (a function's
 Events, each event's Properties following the table of its Type). check() refuses anything else,
-naming the resource and the property: adding a property to template.yaml means adding it here, with
-the code that emulates it (infra/local/template.py reads it) or the reason it does not matter locally.
+naming the resource and the property, and an intrinsic other than EVALUATED's in an emulated
+property (Template.resolve would not evaluate it): adding a property to template.yaml means adding
+it here, with the code that emulates it (infra/local/template.py reads it) or the reason it does
+not matter locally.
 """
 
 from __future__ import annotations
@@ -207,6 +209,15 @@ SECTIONS: dict[str, Any] = {
 }
 
 
+# What Template.resolve evaluates in an emulated property; anything else there (Fn::If, Fn::Join,
+# Fn::Select, ...) is refused. An ignored property or resource may use any.
+EVALUATED = ("Ref", "Fn::GetAtt", "Fn::FindInMap", "Fn::Sub")
+
+
+def not_evaluated(intrinsic: str) -> str:
+    return f"{intrinsic} is not evaluated locally (only {', '.join(EVALUATED[:-1])} and {EVALUATED[-1]})"
+
+
 class UnsupportedTemplate(ValueError):
     """The template uses something the local runtime does not emulate."""
 
@@ -219,8 +230,9 @@ class UnsupportedTemplate(ValueError):
 
 
 def unsupported(document: Mapping[str, Any]) -> list[str]:
-    """Every use of a section, resource type, property or value the tables do not cover."""
-    problems = _walk(document, SECTIONS, "template")
+    """Every use of a section, resource type, property, value or intrinsic the tables do not cover."""
+    # Resources are walked one by one below (an ignored one's properties are not looked into).
+    problems = _walk({k: v for k, v in document.items() if k != "Resources"}, SECTIONS, "template")
     for name, declared in (document.get("Parameters") or {}).items():
         if (checked := PARAMETERS.get(declared.get("Type"))) is None:
             problems.append(f"parameter {name}: type {declared.get('Type')!r} is not emulated")
@@ -244,8 +256,8 @@ def check(document: Mapping[str, Any]) -> None:
 
 
 def _walk(value: Any, rule: Any, where: str) -> list[str]:
-    if isinstance(rule, str):  # emulated, or ignored with a reason
-        return []
+    if isinstance(rule, str):  # emulated (its intrinsics must be ones the runtime evaluates), or ignored
+        return _not_evaluated(value, where) if rule == EMULATED else []
     if isinstance(value, list):
         return [problem for index, item in enumerate(value) for problem in _walk(item, rule, f"{where}[{index}]")]
     if isinstance(rule, frozenset):
@@ -275,3 +287,15 @@ def _walk(value: Any, rule: Any, where: str) -> list[str]:
             _walk(item, rule[key], f"{where}.{key}") if key in rule else [f"{where}: property {key} is not emulated"]
         )
     ]
+
+
+def _not_evaluated(value: Any, where: str) -> list[str]:
+    """Every intrinsic in `value` (an emulated property's) that Template.resolve does not evaluate."""
+    if isinstance(value, list):
+        return [problem for index, item in enumerate(value) for problem in _not_evaluated(item, f"{where}[{index}]")]
+    if not isinstance(value, Mapping):
+        return []
+    key = next(iter(value), "")
+    if len(value) == 1 and key.startswith("Fn::") and key not in EVALUATED:
+        return [f"{where}: {not_evaluated(key)}"]
+    return [problem for name, item in value.items() for problem in _not_evaluated(item, f"{where}.{name}")]

@@ -230,7 +230,7 @@ class Template:
                 return str(self.resolve({"Fn::GetAtt" if "." in match[1] else "Ref": match[1]}, refs, atts))
 
             return re.sub(r"\$\{([^}]+)\}", substitute, text)
-        raise KeyError(f"{key} is not evaluated locally (only Ref, Fn::GetAtt, Fn::FindInMap and Fn::Sub)")
+        raise KeyError(supported.not_evaluated(key))  # supported.check refuses it in an emulated property
 
     # --- The API -----------------------------------------------------------------------------------
     def rest_api_id(self) -> str:

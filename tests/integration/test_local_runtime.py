@@ -261,6 +261,18 @@ def test_parameter_overrides_win_over_defaults():
     assert ApiGateway.from_template(template, functions).authorizers["ApiKeyAuthorizer"].cache_seconds == 0
 
 
+def test_a_stage_throttle_that_sets_one_limit_only_fails_startup_naming_it():
+    # AWS takes either limit alone (the other is the account's); the local throttle is one token
+    # bucket per caller, which needs both: refused at start, not a bucket made up.
+    document = load_template()
+    del document["Resources"]["OmsApi"]["Properties"]["MethodSettings"][0]["ThrottlingBurstLimit"]
+    template = Template(document)
+    functions = {name: LocalFunction(name, ok) for name in template.functions()}
+
+    with pytest.raises(ValueError, match=r"^MethodSettings: only an entry setting both throttling limits"):
+        ApiGateway.from_template(template, functions)
+
+
 @pytest.mark.parametrize(
     ("parameter", "value", "refused"),
     [
@@ -605,7 +617,12 @@ def test_a_function_error_is_answered_from_the_template_s_default_5xx_as_on_aws(
     def explode(event, context):
         raise RuntimeError("boom")
 
-    for api in (explode, Recorder({"statusCode": "200"}), Recorder("not a proxy response")):
+    malformed = [
+        Recorder({"statusCode": "200"}),
+        Recorder("not a proxy response"),
+        Recorder({"statusCode": 200, "body": {}}),  # a body that is not a string: was served as an empty 200
+    ]
+    for api in (explode, *malformed):
         status, body, response = call(gateway(api=api, gateway_responses=responses), "GET", "/health")
         assert (status, body, response.headers["X-Declared"]) == (502, {"error": {"code": "from_default_5xx"}}, "yes")
     status, body, _ = call(gateway(api=explode, gateway_responses={}), "GET", "/health")
@@ -1631,6 +1648,43 @@ def test_a_seed_call_the_api_refuses_is_a_seed_error_naming_the_call_and_the_ans
             running.seed_demo_data()
         assert not running.seeded
     assert str(refused.value) == ('PUT /products/TSHIRT-BLK-M answered 422: {"error": {"code": "validation_error"}}')
+
+
+def test_make_run_warns_of_a_refused_seed_and_an_unwritten_state_file_and_runs_on(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+):
+    # Neither stops the stack (a path coverage of the suite and of make run showed never run): the
+    # API is up without the demo data, and make import then needs its OMS_* variables.
+    import signal
+
+    from infra.local import __main__ as make_run
+    from infra.local.seed import SeedError
+    from infra.local.stack import EmbeddedStack
+
+    def refused(stack: EmbeddedStack) -> bool:
+        raise SeedError('PUT /products/TSHIRT-BLK-M answered 422: {"error": {}}')
+
+    handlers: dict[int, Any] = {}
+
+    def ready(stack: EmbeddedStack, started: float) -> str:
+        handlers[signal.SIGINT](signal.SIGINT, None)  # Ctrl-C once the banner is printed
+        return "ready"
+
+    monkeypatch.setattr("logging.basicConfig", lambda **_: None)  # main's, kept out of the test process
+    monkeypatch.setattr("signal.signal", lambda signum, handler: handlers.setdefault(signum, handler))
+    monkeypatch.setattr(make_run, "banner", ready)
+    monkeypatch.setattr(EmbeddedStack, "seed_demo_data", refused)
+    state = tmp_path / "no such directory" / "state.json"
+    for name, value in (("OMS_PORT", "0"), ("OMS_AWS_PORT", "0"), ("OMS_SEED", "1"), ("OMS_STATE_FILE", str(state))):
+        monkeypatch.setenv(name, value)
+    assert make_run.main() == 0
+    out, err = capsys.readouterr()
+    assert (
+        err.splitlines()[0] == 'warning: demo data not loaded: PUT /products/TSHIRT-BLK-M answered 422: {"error": {}}'
+    )
+    assert err.splitlines()[1].startswith(f"warning: {state} not written (")
+    assert err.splitlines()[1].endswith("): make import needs OMS_* variables") and len(err.splitlines()) == 2
+    assert out == "ready\nstopped.\n"
 
 
 def test_a_table_added_to_the_template_is_created(tmp_path: Path):

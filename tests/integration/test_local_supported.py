@@ -182,6 +182,26 @@ def _add(resource: str, path: str, value: Any) -> Callable[[dict[str, Any]], Non
             _add("OrderWorkflow", "Properties.Definition", {"StartAt": "A", "States": {}}),
             "OrderWorkflow (AWS::Serverless::StateMachine): property Definition is not emulated",
         ),
+        # An intrinsic Template.resolve does not evaluate, in an emulated property: refused here,
+        # not a KeyError once the stack is half built.
+        (
+            _add("ApiFunction", "Properties.Environment.Variables.GREETING", {"Fn::Join": ["", ["a", "b"]]}),
+            "ApiFunction (AWS::Serverless::Function).Environment.Variables.GREETING: Fn::Join is not evaluated "
+            "locally (only Ref, Fn::GetAtt, Fn::FindInMap and Fn::Sub)",
+        ),
+        (
+            _add("ImportQueue", "Properties.VisibilityTimeout", {"Fn::If": ["PointInTimeRecoveryOn", 60, 30]}),
+            "ImportQueue (AWS::SQS::Queue).VisibilityTimeout: Fn::If is not evaluated locally",
+        ),
+        (
+            _add(
+                "ApiFunction",
+                "Properties.Environment.Variables.GREETING",
+                {"Fn::Sub": ["${A}", {"A": {"Fn::Select": [0, ["a"]]}}]},
+            ),
+            "ApiFunction (AWS::Serverless::Function).Environment.Variables.GREETING.Fn::Sub[1].A: Fn::Select is not "
+            "evaluated locally",
+        ),
         (
             _add("Mapping", "", "AWS::Lambda::EventSourceMapping"),
             "Mapping (AWS::Lambda::EventSourceMapping): resource type not emulated",
