@@ -30,7 +30,7 @@ from infra.local.moto_patches import (
     update_expressions,
 )
 from infra.local.stack import EmbeddedStack
-from tests import client_pool
+from tests import client_pool, request_signing
 
 # The cyclic collector's youngest generation collected every 10,000 allocations net, not 700: a moto
 # request allocates thousands of short-lived objects (werkzeug's request, the parsed and serialized
@@ -182,6 +182,12 @@ for _patch in PROCESS_PATCHES:
 # same arguments on the same session, once nothing holds it and nothing touched it
 # (tests/client_pool.py): a client cost 3.5-7 ms of CPU, some 8 % of the integration tests' CPU.
 client_pool.install()
+
+
+# Requests to moto carry SigV4's Authorization header without its HMAC, which moto never checks
+# unless its IAM authentication is on (then, and for presigned URLs, botocore signs as ever): 5.8 % of
+# the CPU of eight moto-heavy test files (tests/request_signing.py).
+request_signing.install()
 
 
 # The `oms` entry points (core/plugin_manager.py reads them at every plugin manager it builds: every
