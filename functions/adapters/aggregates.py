@@ -30,6 +30,9 @@ _PER_TRANSACTION = 99
 REPORT_READERS = 10
 # Markers outlive the stream's 24 h retention, the longest a record can be delivered again.
 MARKER_TTL_SECONDS = 7 * 86400
+# Registry entries (currency, day, channel) a store remembers writing: a few a day per container;
+# past this many (a container alive for years) it forgets them all and writes each once more.
+_REGISTERED_AT_MOST = 4096
 
 
 def marker_key(order_id: str, version: int, part: int) -> dict[str, Any]:
@@ -45,17 +48,28 @@ class DynamoAggregates:
         self._client = client
         self._table = table
         self._now = now
+        # The day registry entries this store wrote: the registry only ever gains channels (an ADD
+        # to a set; nothing removes one), so an entry written once is there for every later change.
+        self._registered: set[tuple[str, str, str]] = set()
 
     def apply(self, change: AggregateChange) -> bool:
         # The day's channel registry first: adding a channel to a set twice changes nothing, and
-        # a reader must never miss a channel whose counters are already in.
-        for pk, sk, channel in change.report_days:
+        # a reader must never miss a channel whose counters are already in. Once per container and
+        # entry: every allocation, cancel and return of the day's orders wrote it again (a write
+        # unit each), to an item that already named the channel.
+        for entry in change.report_days:
+            if entry in self._registered:
+                continue
+            pk, sk, channel = entry
             self._client.update_item(
                 TableName=self._table,
                 Key={"pk": {"S": pk}, "sk": {"S": sk}},
                 UpdateExpression="ADD channels :c",
                 ExpressionAttributeValues={":c": {"SS": [channel]}},
             )
+            if len(self._registered) >= _REGISTERED_AT_MOST:
+                self._registered.clear()
+            self._registered.add(entry)
         applied = False
         updates = change.updates
         parts = [updates[start : start + _PER_TRANSACTION] for start in range(0, len(updates), _PER_TRANSACTION)]

@@ -480,3 +480,49 @@ def test_a_replacements_first_record_replayed_after_its_cancel_leaves_ordered_as
     total = aggregates.customer("cus_1", None).totals[0]
     assert (total.ordered.amount, total.refunded.amount) == (Decimal("0.00"), Decimal("0.00"))
     assert aggregates.report(ReportKind.PRODUCTS, "USD", start=DAY, end=DAY, channel=None, limit=10) == []
+
+
+def _writes(client: Any) -> list[tuple[str, dict[str, Any]]]:
+    """Every DynamoDB write request `client` sends from now on: (operation, parameters)."""
+    sent: list[tuple[str, dict[str, Any]]] = []
+
+    def record(params: dict[str, Any], model: Any, **_: Any) -> None:
+        if model.name in ("PutItem", "UpdateItem", "DeleteItem", "TransactWriteItems"):
+            sent.append((model.name, params))
+
+    client.meta.events.register("provide-client-params.dynamodb", record)
+    return sent
+
+
+def test_a_days_channel_registry_is_written_once_per_container_and_every_report_still_finds_the_channel(aws):
+    # Every allocation, cancel and return wrote the day's registry item again (a write unit each,
+    # a sixteenth of an order's): the item only ever gains channels, so a store that wrote it knows.
+    store = DynamoAggregates(aws.dynamodb, aws.tables["CatalogTable"])
+    sent = _writes(aws.dynamodb)
+    orders = [priced_order(id=f"ord_reg{n}", status=OrderStatus.ALLOCATED).model_dump(mode="json") for n in range(3)]
+    for document in orders:
+        assert store.apply(aggregate_change({**document, "status": "authorized"}, document)) is True
+    cancelled = {**orders[0], "status": "cancelled", "version": orders[0]["version"] + 1}
+    assert store.apply(aggregate_change(orders[0], cancelled, store.filing, store.went_by)) is True
+
+    registry = [
+        params
+        for name, params in sent
+        if name == "UpdateItem" and params["Key"]["pk"]["S"].startswith("report-channels#")
+    ]
+    assert len(registry) == 1
+    aggregates = Aggregates(store, lambda: datetime.combine(DAY, datetime.min.time(), UTC))
+    top = aggregates.report(ReportKind.PRODUCTS, "USD", start=DAY, end=DAY, channel=None, limit=10)
+    assert [(row.sku, row.units) for row in top] == [("TSHIRT", 4), ("MUG", 2)]
+
+    # Another container (a store of its own) knows nothing of it: it writes the registry first.
+    other = DynamoAggregates(aws.dynamodb, aws.tables["CatalogTable"])
+    pos = priced_order(id="ord_reg_pos", status=OrderStatus.ALLOCATED, channel="pos").model_dump(mode="json")
+    assert other.apply(aggregate_change({**pos, "status": "authorized"}, pos)) is True
+    registry = [
+        params
+        for name, params in sent
+        if name == "UpdateItem" and params["Key"]["pk"]["S"].startswith("report-channels#")
+    ]
+    assert len(registry) == 2
+    assert store.report_channels("USD", DAY.isoformat(), DAY.isoformat()) == {DAY.isoformat(): ["pos", "web"]}
