@@ -12,6 +12,7 @@ from botocore.exceptions import ClientError
 from core.aggregates import (
     AggregateChange,
     CounterUpdate,
+    CustomerSeen,
     Filing,
     WentBy,
     customer_key,
@@ -30,6 +31,17 @@ _PER_TRANSACTION = 99
 REPORT_READERS = 10
 # Markers outlive the stream's 24 h retention, the longest a record can be delivered again.
 MARKER_TTL_SECONDS = 7 * 86400
+# Registry entries (currency, day, channel) a store remembers writing: a few a day per container;
+# past this many (a container alive for years) it forgets them all and writes each once more.
+_REGISTERED_AT_MOST = 4096
+
+
+# A new order's times go on its customer row unless a later order of the customer already set them.
+_LATER = "attribute_not_exists(last_order_at) OR last_order_at < :t"
+
+
+class _OlderOrder(Exception):
+    """A new order's counters' transaction refused: a later order already set its customer row's times."""
 
 
 def marker_key(order_id: str, version: int, part: int) -> dict[str, Any]:
@@ -45,33 +57,73 @@ class DynamoAggregates:
         self._client = client
         self._table = table
         self._now = now
+        # The day registry entries this store wrote: the registry only ever gains channels (an ADD
+        # to a set; nothing removes one), so an entry written once is there for every later change.
+        self._registered: set[tuple[str, str, str]] = set()
 
     def apply(self, change: AggregateChange) -> bool:
         # The day's channel registry first: adding a channel to a set twice changes nothing, and
-        # a reader must never miss a channel whose counters are already in.
-        for pk, sk, channel in change.report_days:
+        # a reader must never miss a channel whose counters are already in. Once per container and
+        # entry: every allocation, cancel and return of the day's orders wrote it again (a write
+        # unit each), to an item that already named the channel.
+        for entry in change.report_days:
+            if entry in self._registered:
+                continue
+            pk, sk, channel = entry
             self._client.update_item(
                 TableName=self._table,
                 Key={"pk": {"S": pk}, "sk": {"S": sk}},
                 UpdateExpression="ADD channels :c",
                 ExpressionAttributeValues={":c": {"SS": [channel]}},
             )
+            if len(self._registered) >= _REGISTERED_AT_MOST:
+                self._registered.clear()
+            self._registered.add(entry)
         applied = False
         updates = change.updates
         parts = [updates[start : start + _PER_TRANSACTION] for start in range(0, len(updates), _PER_TRANSACTION)]
         recorded = change.filed_on is not None
         if recorded and (not parts or len(parts[-1]) == _PER_TRANSACTION):
             parts.append([])  # the filing goes with the last part: a full one gets a part of its own
+        timed = False  # the new order's times went with its counters
         for part, chunk in enumerate(parts):
-            applied |= self._transact(change, part, chunk, filing=recorded and part == len(parts) - 1)
+            filing = recorded and part == len(parts) - 1
+            seen = change.seen if part == 0 and self._customer_row(change.seen, chunk) is not None else None
+            try:
+                done = self._transact(change, part, chunk, filing=filing, seen=seen)
+            except _OlderOrder:  # a later order of the customer came first: its times stay
+                done = self._transact(change, part, chunk, filing=filing)
+            else:
+                timed = seen is not None and done
+            applied |= done
         if change.seen is not None:
-            self._record_seen(change)
+            if not timed:  # an older order arriving late, a change with no counters, a redelivery
+                self._record_seen(change.seen)
+            self._index_email(change.seen)
             applied = True
         return applied
 
+    @staticmethod
+    def _customer_row(seen: CustomerSeen | None, updates: list[CounterUpdate]) -> int | None:
+        """The index of the update of `seen`'s customer row among `updates`, if any."""
+        if seen is None:
+            return None
+        key = customer_key(seen.customer_id, seen.channel)
+        return next((i for i, update in enumerate(updates) if (update.pk, update.sk) == key), None)
+
     def _transact(
-        self, change: AggregateChange, part: int, updates: list[CounterUpdate], *, filing: bool = False
+        self,
+        change: AggregateChange,
+        part: int,
+        updates: list[CounterUpdate],
+        *,
+        filing: bool = False,
+        seen: CustomerSeen | None = None,
     ) -> bool:
+        """The part's marker and counters in one transaction; False if its marker was there. With
+        `seen` (a new order: its customer row is among `updates`), the row's update also sets the
+        order's times, email and name, on the condition that no later order of the customer set
+        them (_record_seen's first write, one write unit less per order): raises _OlderOrder when one did."""
         marker = {
             **marker_key(change.order_id, change.version, part),
             "expires_at": {"N": str(int(self._now()) + MARKER_TTL_SECONDS)},
@@ -82,7 +134,10 @@ class DynamoAggregates:
         items: list[dict[str, Any]] = [
             {"Put": {"TableName": self._table, "Item": marker, "ConditionExpression": "attribute_not_exists(pk)"}}
         ]
-        items.extend({"Update": self._counter_update(update)} for update in updates)
+        row = self._customer_row(seen, updates)
+        items.extend(
+            {"Update": self._counter_update(update, seen if i == row else None)} for i, update in enumerate(updates)
+        )
         if filing:
             # Rare (an order allocated on another day than it was placed, an exchange's
             # replacement): one more item in the transaction, so the filing is on record exactly
@@ -99,6 +154,13 @@ class DynamoAggregates:
                 and reasons[0].get("Code") == "ConditionalCheckFailed"
             ):
                 return False  # applied by an earlier delivery of the same record
+            if (
+                row is not None
+                and error.response["Error"]["Code"] == "TransactionCanceledException"
+                and len(reasons) > row + 1
+                and reasons[row + 1].get("Code") == "ConditionalCheckFailed"
+            ):
+                raise _OlderOrder() from error
             raise
         return True
 
@@ -114,7 +176,9 @@ class DynamoAggregates:
             "ExpressionAttributeNames": {"#day": "day"},
         }
 
-    def _counter_update(self, update: CounterUpdate) -> dict[str, Any]:
+    def _counter_update(self, update: CounterUpdate, seen: CustomerSeen | None = None) -> dict[str, Any]:
+        """The update's ADDs and its SETs where the item has none; with `seen`, the new order's
+        times, email and name set as _record_seen's first write sets them, on its condition."""
         names: dict[str, str] = {}
         values: dict[str, Any] = {}
         adds, sets = [], []
@@ -122,10 +186,16 @@ class DynamoAggregates:
             names[f"#a{i}"] = attribute
             values[f":a{i}"] = delta
             adds.append(f"#a{i} :a{i}")
-        for i, (attribute, value) in enumerate(sorted(update.set.items())):
+        latest = {} if seen is None else {"email": seen.email, **({"name": seen.name} if seen.name else {})}
+        for i, (attribute, value) in enumerate(sorted({**update.set, **latest}.items())):
             names[f"#s{i}"] = attribute
             values[f":s{i}"] = value
-            sets.append(f"#s{i} = if_not_exists(#s{i}, :s{i})")
+            sets.append(f"#s{i} = :s{i}" if attribute in latest else f"#s{i} = if_not_exists(#s{i}, :s{i})")
+        condition = {}
+        if seen is not None:
+            values[":t"] = seen.at
+            sets += ["last_order_at = :t", "first_order_at = if_not_exists(first_order_at, :t)"]
+            condition = {"ConditionExpression": _LATER}
         expression = "ADD " + ", ".join(adds) + (" SET " + ", ".join(sets) if sets else "")
         return {
             "TableName": self._table,
@@ -133,17 +203,18 @@ class DynamoAggregates:
             "UpdateExpression": expression,
             "ExpressionAttributeNames": names,
             "ExpressionAttributeValues": to_item(values),
+            **condition,
         }
 
-    def _record_seen(self, change: AggregateChange) -> None:
+    def _record_seen(self, seen: CustomerSeen) -> None:
         """First and last order times are a min and a max (the stream delivers different orders
         in any order), kept by conditional SETs that are no-ops when the stored time already
-        wins: one write when orders arrive in time order (the usual case: the later order moves
-        `last_order_at`, and the customer's email and name with it; `first_order_at` stays), a
-        second only for an older order that arrives late. The email index item gathers the
-        channels the email was used in (a set's ADD). All are idempotent on their own."""
-        seen = change.seen
-        assert seen is not None
+        wins. A new order's counters' transaction makes the first write (_counter_update), so
+        this runs for an older order that arrives late, for a redelivery (an earlier version
+        wrote the times after the transaction, and may have stopped between) and for a change
+        with no customer counters: one write when the order is later than the row's (it moves
+        `last_order_at`, and the customer's email and name with it), a second when it is older.
+        Both are idempotent on their own."""
         pk, sk = customer_key(seen.customer_id, seen.channel)
         key = {"pk": {"S": pk}, "sk": {"S": sk}}
         latest = {"email": seen.email, **({"name": seen.name} if seen.name else {})}
@@ -151,12 +222,15 @@ class DynamoAggregates:
             key,
             "SET last_order_at = :t, first_order_at = if_not_exists(first_order_at, :t), "
             + ", ".join(f"#{attribute} = :{attribute}" for attribute in latest),
-            "attribute_not_exists(last_order_at) OR last_order_at < :t",
+            _LATER,
             seen.at,
             latest,
         )
         if not later:
             self._set_if(key, "SET first_order_at = :t", "first_order_at > :t", seen.at)
+
+    def _index_email(self, seen: CustomerSeen) -> None:
+        """The email index item gathers the channels the email was used in (a set's ADD: idempotent)."""
         pk, sk = email_key(seen.email, seen.customer_id)
         self._client.update_item(
             TableName=self._table,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import random
 import threading
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -480,3 +481,113 @@ def test_a_replacements_first_record_replayed_after_its_cancel_leaves_ordered_as
     total = aggregates.customer("cus_1", None).totals[0]
     assert (total.ordered.amount, total.refunded.amount) == (Decimal("0.00"), Decimal("0.00"))
     assert aggregates.report(ReportKind.PRODUCTS, "USD", start=DAY, end=DAY, channel=None, limit=10) == []
+
+
+def _writes(client: Any) -> list[tuple[str, dict[str, Any]]]:
+    """Every DynamoDB write request `client` sends from now on: (operation, parameters)."""
+    sent: list[tuple[str, dict[str, Any]]] = []
+
+    def record(params: dict[str, Any], model: Any, **_: Any) -> None:
+        if model.name in ("PutItem", "UpdateItem", "DeleteItem", "TransactWriteItems"):
+            sent.append((model.name, params))
+
+    client.meta.events.register("provide-client-params.dynamodb", record)
+    return sent
+
+
+def test_a_days_channel_registry_is_written_once_per_container_and_every_report_still_finds_the_channel(aws):
+    # Every allocation, cancel and return wrote the day's registry item again (a write unit each,
+    # a sixteenth of an order's): the item only ever gains channels, so a store that wrote it knows.
+    store = DynamoAggregates(aws.dynamodb, aws.tables["CatalogTable"])
+    sent = _writes(aws.dynamodb)
+    orders = [priced_order(id=f"ord_reg{n}", status=OrderStatus.ALLOCATED).model_dump(mode="json") for n in range(3)]
+    for document in orders:
+        assert store.apply(aggregate_change({**document, "status": "authorized"}, document)) is True
+    cancelled = {**orders[0], "status": "cancelled", "version": orders[0]["version"] + 1}
+    assert store.apply(aggregate_change(orders[0], cancelled, store.filing, store.went_by)) is True
+
+    registry = [
+        params
+        for name, params in sent
+        if name == "UpdateItem" and params["Key"]["pk"]["S"].startswith("report-channels#")
+    ]
+    assert len(registry) == 1
+    aggregates = Aggregates(store, lambda: datetime.combine(DAY, datetime.min.time(), UTC))
+    top = aggregates.report(ReportKind.PRODUCTS, "USD", start=DAY, end=DAY, channel=None, limit=10)
+    assert [(row.sku, row.units) for row in top] == [("TSHIRT", 4), ("MUG", 2)]
+
+    # Another container (a store of its own) knows nothing of it: it writes the registry first.
+    other = DynamoAggregates(aws.dynamodb, aws.tables["CatalogTable"])
+    pos = priced_order(id="ord_reg_pos", status=OrderStatus.ALLOCATED, channel="pos").model_dump(mode="json")
+    assert other.apply(aggregate_change({**pos, "status": "authorized"}, pos)) is True
+    registry = [
+        params
+        for name, params in sent
+        if name == "UpdateItem" and params["Key"]["pk"]["S"].startswith("report-channels#")
+    ]
+    assert len(registry) == 2
+    assert store.report_channels("USD", DAY.isoformat(), DAY.isoformat()) == {DAY.isoformat(): ["pos", "web"]}
+
+
+def _placed(order_id: str, at: str, email: str = "bo@example.com", name: str = "Bo") -> dict[str, Any]:
+    return {
+        "id": order_id, "version": 1, "status": "pending", "channel": "web", "currency": "USD",
+        "customer": {"id": "cus_9", "email": email, "name": name}, "lines": [],
+        "totals": {"grand_total": {"amount": "10.00", "currency": "USD"}},
+        "payment": {"refunded": {"amount": "0.00", "currency": "USD"}},
+        "shipping_address": {"country": "US"}, "created_at": at,
+    }  # fmt: skip
+
+
+def test_a_new_orders_customer_counters_and_order_times_are_one_write_of_its_row(aws):
+    # The placing's transaction added the customer's counters, then an update of the same row set
+    # its first and last order times: a write unit per order spent on a row the transaction wrote.
+    store = DynamoAggregates(aws.dynamodb, aws.tables["CatalogTable"])
+    sent = _writes(aws.dynamodb)
+
+    assert store.apply(aggregate_change(None, _placed("ord_n1", "2026-12-01T10:00:00Z"))) is True
+
+    assert [name for name, _ in sent] == ["TransactWriteItems", "UpdateItem"]  # counters and times; the email index
+    assert sent[1][1]["Key"]["pk"]["S"] == "customer-email#bo@example.com"
+    item = store.customer_items("cus_9")["web"]
+    assert (item["orders_count"], item["ordered_USD"]) == (1, Decimal("10.00"))
+    assert item["first_order_at"] == item["last_order_at"] == "2026-12-01T10:00:00.000000Z"
+    assert (item["email"], item["name"]) == ("bo@example.com", "Bo")
+
+
+def test_a_customers_orders_arriving_in_any_order_or_twice_count_once_and_keep_the_first_and_the_latest(aws):
+    store = DynamoAggregates(aws.dynamodb, aws.tables["CatalogTable"])
+    arrivals = [
+        ("ord_b", "2026-12-01", "bo@b.example"),
+        ("ord_c", "2026-12-02", "bo@c.example"),
+        ("ord_a", "2026-11-30", "bo@a.example"),  # older than both: its row's times stay but the first
+        ("ord_c", "2026-12-02", "bo@c.example"),  # redelivered
+        ("ord_b", "2026-12-01", "bo@b.example"),  # redelivered, older than the latest
+    ]
+    for order_id, day, email in arrivals:
+        store.apply(aggregate_change(None, _placed(order_id, f"{day}T10:00:00Z", email, email[3])))
+
+    item = store.customer_items("cus_9")["web"]
+    assert (item["orders_count"], item["ordered_USD"]) == (3, Decimal("30.00"))
+    assert (item["first_order_at"], item["last_order_at"]) == (
+        "2026-11-30T10:00:00.000000Z",
+        "2026-12-02T10:00:00.000000Z",
+    )
+    assert (item["email"], item["name"]) == ("bo@c.example", "c")
+    for email in ("bo@a.example", "bo@b.example", "bo@c.example"):
+        assert store.customer_ids(email, "web", 25, None) == (["cus_9"], None)
+
+
+def test_a_placing_whose_counters_an_earlier_version_applied_without_its_times_gets_them_when_redelivered(aws):
+    # An earlier version wrote the times after the counters' transaction: one that stopped between
+    # left the row without them, and the record, delivered again, finds its marker.
+    store = DynamoAggregates(aws.dynamodb, aws.tables["CatalogTable"])
+    change = aggregate_change(None, _placed("ord_half", "2026-12-01T10:00:00Z"))
+    assert store.apply(replace(change, seen=None)) is True
+
+    store.apply(change)
+
+    item = store.customer_items("cus_9")["web"]
+    assert item["orders_count"] == 1
+    assert item["first_order_at"] == item["last_order_at"] == "2026-12-01T10:00:00.000000Z"
+    assert store.customer_ids("bo@example.com", None, 25, None) == (["cus_9"], None)
