@@ -198,8 +198,8 @@ def check_successor(old: Order, new: Order) -> None:
     gone = [shipment_id for shipment_id, status in before.items() if status not in stays]
     if gone:
         raise InvalidTransition(f"shipment {gone[0]} has left and cannot be removed from order {new.id}")
-    _check_parcel_generation(old, new, withdrawn=before)
     _check_capture_requests(old, new)
+    _check_parcel_generation(old, new, withdrawn=before)
 
 
 def _check_parcel_generation(old: Order, new: Order, *, withdrawn: dict[str, ShipmentStatus]) -> None:
