@@ -152,10 +152,9 @@ def test_a_hold_whose_answer_was_never_stored_answers_the_order_under_its_key_no
     assert_error(api.post(f"{path}/hold", json={"reason": "fraud_review"}, headers=key), 409, "idempotency_key_reused")
 
 
-def test_units_of_an_order_held_while_backordered_are_cancelled_and_its_stock_given_back(api: InProcessApi):
-    # Held while backordered, a cancel with `lines` was 409 invalid_transition (README: "A cancel
-    # works on a held order as on any other"): the units are cancelled on hold, what the order no
-    # longer needs goes back on sale at once, and its release sends it to be sourced again.
+def held_backordered(api: InProcessApi) -> tuple[str, dict[str, Any], Any]:
+    """A backorderable book with 2 units at the west warehouse, an order of 5 of it backordered
+    holding those 2, then held for `customer_request`: the book, the order and the hold's answer."""
     from core.errors import Backordered
     from functions.bootstrap import Config, bootstrap
 
@@ -167,8 +166,17 @@ def test_units_of_an_order_held_while_backordered_are_cancelled_and_its_stock_gi
     steps.authorize_payment(order["id"], attempt=0)
     with pytest.raises(Backordered):
         steps.reserve_stock(order["id"])
+    held = api.post(f"/orders/{order['id']}/hold", json={"reason": "customer_request"})
+    assert held.status_code == 200, held.text
+    return book, order, held
+
+
+def test_units_of_an_order_held_while_backordered_are_cancelled_and_its_stock_given_back(api: InProcessApi):
+    # Held while backordered, a cancel with `lines` was 409 invalid_transition (README: "A cancel
+    # works on a held order as on any other"): the units are cancelled on hold, what the order no
+    # longer needs goes back on sale at once, and its release sends it to be sourced again.
+    book, order, _ = held_backordered(api)
     path = f"/orders/{order['id']}"
-    assert api.post(f"{path}/hold", json={"reason": "customer_request"}).status_code == 200
 
     cancelled = api.post(
         f"{path}/cancel", json={"reason": "one is enough", "lines": [{"line_id": "L1", "quantity": 4}]}
@@ -188,20 +196,8 @@ def test_units_of_an_order_held_while_backordered_are_cancelled_and_its_stock_gi
 def test_an_order_held_while_backordered_is_edited_on_hold_and_released_to_be_sourced_again(api: InProcessApi):
     # API.md: PATCH answers 200 "until the first shipment ships"; held while backordered it was 409
     # invalid_transition ("release it to edit it"), though nothing of it had shipped.
-    from core.errors import Backordered
-    from functions.bootstrap import Config, bootstrap
-
-    network = put_network(api)
-    book = Catalog(api).product("12.00", allow_backorder=True)
-    Catalog(api).stock(book, network["west"], 2)
-    order = place(api, book, lines=[{"sku": book, "quantity": 5}])
-    steps = bootstrap(Config.from_env()).workflow
-    steps.authorize_payment(order["id"], attempt=0)
-    with pytest.raises(Backordered):
-        steps.reserve_stock(order["id"])
+    book, order, held = held_backordered(api)
     path = f"/orders/{order['id']}"
-    held = api.post(f"{path}/hold", json={"reason": "customer_request"})
-    assert held.status_code == 200, held.text
 
     edited = api.request("PATCH", path, json={"lines": [{"sku": book, "quantity": 1}]},
                          headers={"If-Match": str(held.json()["version"])})  # fmt: skip

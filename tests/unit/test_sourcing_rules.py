@@ -823,10 +823,10 @@ def test_an_order_backordered_as_the_one_location_it_holds_units_at_stops_shippi
     assert [e.type for e in world.history(order_id)][-2:] == ["backordered", "sourced_again"]
 
 
-def test_a_simulation_counts_what_a_line_an_edit_replaced_holds_as_the_orders_own_as_reservestock_does(monkeypatch):
-    # 2 MUGs, the only ones, edited to a TSHIRT and 2 MUGs on a new line while the inventory refused
-    # the old line's release (Order.replaced_lines): its sourcing gives those 2 back and takes them
-    # for the new line, so the what-if of the order plans them, not a shortage.
+def edited_while_the_inventory_refused_the_release(monkeypatch):
+    """2 MUGs, the only ones, allocated at wh-west, edited to a TSHIRT and 2 MUGs on a new line
+    while the inventory refused the old line's release (Order.replaced_lines): the world, the
+    rules' store and the order as it was allocated."""
     world, store = a_world([("MUG", "wh-west", 2), ("TSHIRT", "wh-west", 3)])
     order = world.allocated(("MUG", 2))
 
@@ -837,6 +837,14 @@ def test_a_simulation_counts_what_a_line_an_edit_replaced_holds_as_the_orders_ow
     edit = OrderEdit(lines=[LineInput(sku="TSHIRT", quantity=1), LineInput(sku="MUG", quantity=2)])
     world.actions.edit(order.id, order.version, edit, "key_web")
     monkeypatch.undo()
+    return world, store, order
+
+
+def test_a_simulation_counts_what_a_line_an_edit_replaced_holds_as_the_orders_own_as_reservestock_does(monkeypatch):
+    # 2 MUGs, the only ones, edited to a TSHIRT and 2 MUGs on a new line while the inventory refused
+    # the old line's release (Order.replaced_lines): its sourcing gives those 2 back and takes them
+    # for the new line, so the what-if of the order plans them, not a shortage.
+    world, store, order = edited_while_the_inventory_refused_the_release(monkeypatch)
     sim, _, _ = simulator(world, store)
 
     [item] = sim.simulate(SimulateSourcing.model_validate({"orders": [order.id]})).items
@@ -855,16 +863,7 @@ def test_an_order_sent_back_holding_the_only_units_is_parked_not_cancelled_when_
     """Its units are the ones it holds (an edit whose release the inventory refused): no setting
     would find them on the shelf, yet they are its own. Parked, it gives them back, as it would at
     any excluded location; the what-if of it says so, not a cancel."""
-    world, store = a_world([("MUG", "wh-west", 2), ("TSHIRT", "wh-west", 3)])
-    order = world.allocated(("MUG", 2))
-
-    def inventory_down(*args: object, **kwargs: object) -> None:
-        raise TimeoutError("the inventory did not answer")
-
-    monkeypatch.setattr(world.inventory, "release", inventory_down)
-    edit = OrderEdit(lines=[LineInput(sku="TSHIRT", quantity=1), LineInput(sku="MUG", quantity=2)])
-    world.actions.edit(order.id, order.version, edit, "key_web")
-    monkeypatch.undo()
+    world, store, order = edited_while_the_inventory_refused_the_release(monkeypatch)
     assert reserved_at(world, order.id) == {"wh-west": 2}
     put(store, excluded_locations=["wh-east", "wh-west"])
     sim, _, _ = simulator(world, store)
