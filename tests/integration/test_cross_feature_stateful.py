@@ -593,14 +593,15 @@ class CrossFeatureMachine(RuleBasedStateMachine):
     @rule()
     def pickups_expire(self) -> None:
         """The reconciler's pickup pass run a week and a day on (OMS_PICKUP_EXPIRY_DAYS is 7): every
-        pickup ready now and not held is past its collect_by, cancelled with its order."""
+        pickup ready now and not held is past its collect_by, cancelled with its order (what the pass
+        writes is dated then: the steps after it are, to the OMS, a week early)."""
         later = datetime.now(UTC) + timedelta(days=8)
-        waiting = {
-            order_id: order
+        waiting = [
+            order_id
             for order_id in self.orders
             if (order := self.order(order_id))["status"] != "on_hold"
             and any(s["status"] == "ready_for_pickup" for s in order["shipments"])
-        }
+        ]
         bootstrap(Config.from_env(), clock=lambda: later).pickup_expiry.run()
         for order_id in waiting:
             expired = self.order(order_id)
