@@ -620,6 +620,9 @@ def test_the_readme_states_the_last_bench_figures():
         return numbers(bench_cell(heading, first, column, nth).partition("target")[2])
 
     handler, floor = figure(cold, "API handler: import", 2), figure(cold, "the floor:", 2)
+    # The handler may run below the floor: the floor's boto3 parses botocore's whole endpoint data,
+    # the handler the build's digest of it. The table says how far, and which side.
+    gap = float(handler) - float(floor)
     expected = [
         (
             [figure(rate, "ratio: orders / the same calls made raw", 2), figure(rate, "`POST /orders` over", 2),
@@ -629,7 +632,7 @@ def test_the_readme_states_the_last_bench_figures():
         ([figure(ours, "**ours**", 1), figure(ours, "inside AWS calls", 1)], []),
         (
             [figure(cold, "ratio |", 2), handler, figure(cold, "boto3: import", 2),
-             figure(cold, "ratio of the floor", 2), f"{float(handler) - float(floor):.3f}"],
+             figure(cold, "ratio of the floor", 2), f"{abs(gap):.3f}"],
             target(cold, "ratio |", 2),
         ),
         ([figure(cold, "ratio |", 2, nth=1)], target(cold, "ratio |", 2, nth=1)),
@@ -641,3 +644,5 @@ def test_the_readme_states_the_last_bench_figures():
     ]  # fmt: skip
     stated = [(numbers(figures), numbers(goal)) for _, goal, figures in table(section("## Benchmarks"), "| measure |")]
     assert stated == expected, "README's Benchmarks table differs from BENCHMARKS.md: copy the last run's figures"
+    cold_path = next(figures for first, _, figures in table(section("## Benchmarks"), "| measure |") if "cold" in first)
+    assert f" s {'below' if gap < 0 else 'above'} it" in cold_path
