@@ -49,7 +49,13 @@ CfnLoader.add_multi_constructor("!", _long_form)
 
 def load_template(path: str | Path | None = None) -> dict[str, Any]:
     """The template as plain dicts, short tags in their long form."""
-    document = yaml.load(Path(path or DEFAULT_TEMPLATE).read_text(encoding="utf-8"), Loader=CfnLoader)
+    source = Path(path or DEFAULT_TEMPLATE)
+    try:
+        document = yaml.load(source.read_text(encoding="utf-8"), Loader=CfnLoader)
+    except yaml.MarkedYAMLError as error:  # an edit that is not YAML: say where, not PyYAML's traceback
+        mark = error.problem_mark
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ValueError(f"{source} is not valid YAML: {error.problem or error.context}{where}") from None
     if not isinstance(document, dict) or "Resources" not in document:
         raise ValueError(f"{path or DEFAULT_TEMPLATE}: not a CloudFormation template")
     return document
@@ -179,9 +185,25 @@ class Template:
             raise KeyError(f"parameter {name} has no Default: pass it in parameter_overrides")
         return declared["Default"]
 
-    def check_parameters(self, variables: Mapping[str, str] | None = None) -> None:
+    def check_parameters(
+        self, variables: Mapping[str, str] | None = None, settable: Mapping[str, str] | None = None
+    ) -> None:
         """Refuses an override a deploy refuses (parameter_refused), naming the parameter and the
-        variable that set it (`variables`: parameter -> name)."""
+        variable that set it (`variables`: parameter -> name), and a parameter with neither a Default
+        nor an override (a deploy asks for its value), naming where the template uses it and the
+        variables that would set it (parameter_variables(), and `settable`: variable -> parameter)."""
+        declared = self.document.get("Parameters") or {}
+        for name in sorted(set(declared) - set(self.parameter_overrides)):
+            if "Default" in (declared[name] or {}):
+                continue
+            uses = _parameter_uses(self.document, name)
+            used = f" (used by {uses[0]}{f' and {len(uses) - 1} more' if len(uses) > 1 else ''})" if uses else ""
+            setters = sorted(
+                {var for var, parameter in self.parameter_variables() if parameter == name}
+                | {var for var, parameter in (settable or {}).items() if parameter == name}
+            )
+            fix = f", or set {' or '.join(setters)}" if setters else ""
+            raise ValueError(f"template parameter {name} has no Default{used}: give it a Default in the template{fix}")
         for name in self.parameter_overrides:
             try:
                 self.parameter(name)
@@ -291,6 +313,34 @@ def _plain_parameter(value: Any) -> str | None:
     text = value.get("Fn::Sub")
     match = re.fullmatch(r"\$\{([^}!.][^}.]*)\}", text) if isinstance(text, str) else None
     return match[1] if match else None
+
+
+def _parameter_uses(document: Mapping[str, Any], name: str) -> list[str]:
+    """Where the template uses parameter `name` (`!Ref name`, `${name}` in a !Sub), each as a path
+    of keys: `Logical.Property...` for a resource's property, `Section...` elsewhere."""
+    sub = re.compile(rf"\$\{{{re.escape(name)}\}}")
+    found: list[str] = []
+
+    def walk(value: Any, path: list[str]) -> None:
+        if isinstance(value, list):
+            for index, item in enumerate(value):
+                walk(item, [*path[:-1], f"{path[-1]}[{index}]"] if path else [f"[{index}]"])
+        elif isinstance(value, dict):
+            text = value.get("Fn::Sub") if len(value) == 1 else None
+            text = text[0] if isinstance(text, list) and text else text
+            if (len(value) == 1 and value.get("Ref") == name) or (isinstance(text, str) and sub.search(text)):
+                found.append(".".join(path))
+                return
+            for key, item in value.items():
+                walk(item, [*path, str(key)])
+
+    for section, content in document.items():
+        if section == "Resources" and isinstance(content, dict):
+            for logical_id, resource in content.items():
+                walk((resource or {}).get("Properties") if isinstance(resource, dict) else None, [logical_id])
+        elif section != "Parameters":
+            walk(content, [section])
+    return found
 
 
 def _variables(function_properties: Mapping[str, Any]) -> dict[str, Any]:

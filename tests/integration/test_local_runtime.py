@@ -1825,6 +1825,46 @@ def test_make_run_on_a_port_in_use_says_so_in_one_line_and_puts_the_process_back
     assert dict(os.environ) == environment  # the stack's variables undone by its stop()
 
 
+_THRESHOLD_DEFAULT = '  ReviewThreshold:\n    Type: String\n    Default: ""\n'
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "named"),
+    [
+        # A parameter without a Default was a KeyError traceback from deep in start() ("pass it in
+        # parameter_overrides", an argument make run's user has no way to pass).
+        (
+            _THRESHOLD_DEFAULT,
+            "  ReviewThreshold:\n    Type: String\n",
+            "template parameter ReviewThreshold has no Default (used by Globals.Function.Environment.Variables"
+            ".OMS_REVIEW_THRESHOLD): give it a Default in the template, or set OMS_REVIEW_THRESHOLD",
+        ),
+        # An edit that is not YAML was a yaml.parser traceback.
+        ("\nResources:\n", "\nResources:\n  : [\n", "template.yaml is not valid YAML: did not find expected key"),
+        ("\nResources:\n", "\nResources:\n\tOops: 1\n", "template.yaml is not valid YAML: found character that cannot"),
+    ],
+    ids=["no Default", "not YAML", "a tab"],
+)
+def test_make_run_refuses_a_template_mistake_in_one_line_naming_it_not_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path, old: str, new: str, named: str
+):
+    from infra.local.__main__ import main
+
+    path = tmp_path / "template.yaml"
+    text = DEFAULT_TEMPLATE.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new, 1))
+    monkeypatch.setattr("infra.local.template.DEFAULT_TEMPLATE", path)  # what make run loads
+    monkeypatch.setattr("logging.basicConfig", lambda **_: None)  # main's, kept out of the test process
+    for name, free in (("OMS_PORT", "0"), ("OMS_AWS_PORT", "0"), ("OMS_SEED", "0")):
+        monkeypatch.setenv(name, free)
+    assert main() == 2
+    err = capsys.readouterr().err
+    where = f"{tmp_path}/" if named.startswith("template.yaml") else ""  # the file's path, to open it
+    assert err.startswith(f"cannot start the local stack: {where}{named}")
+    assert "Traceback" not in err and err.count("\n") == 1
+
+
 @pytest.mark.parametrize("value", ["a/b", "1oms", "-oms", "Oms", "oms_local", "oms.local", "o" * 33])
 def test_a_stack_name_a_deploy_refuses_is_refused_at_start_by_its_variable(monkeypatch: pytest.MonkeyPatch, value: str):
     # CloudFormation takes a letter, then letters, digits and hyphens; the imports bucket the
