@@ -100,6 +100,11 @@ def create_table_request(props: Mapping[str, Any], physical_name: str) -> dict[s
     return request
 
 
+class Unresolved(ValueError):
+    """An intrinsic Template.resolve cannot evaluate here: a name the template does not declare (a
+    typo, `make run` says so in one line), or an intrinsic it does not evaluate."""
+
+
 @dataclass(frozen=True)
 class ApiRoute:
     event_name: str
@@ -162,7 +167,10 @@ class Template:
     def global_environment(self, refs: Mapping[str, str], atts: Mapping[str, str] | None = None) -> dict[str, str]:
         """Globals.Function.Environment.Variables, resolved as resolve() does (a table's Ref is its name)."""
         variables = _variables(self.document.get("Globals", {}).get("Function", {}))
-        return {name: env_string(self.resolve(value, refs, atts)) for name, value in variables.items()}
+        return {
+            name: env_string(self.resolve_at(f"Globals.Function.Environment.Variables.{name}", value, refs, atts))
+            for name, value in variables.items()
+        }
 
     def state_machine_definition(self, props: Mapping[str, Any], substitutions: Mapping[str, Any]) -> dict[str, Any]:
         """A state machine's DefinitionUri (JSON, relative to the template) with `substitutions`
@@ -182,7 +190,7 @@ class Template:
             return value
         declared = self.document["Parameters"][name]
         if "Default" not in declared:
-            raise KeyError(f"parameter {name} has no Default: pass it in parameter_overrides")
+            raise Unresolved(f"parameter {name} has no Default: pass it in parameter_overrides")
         return declared["Default"]
 
     def check_parameters(
@@ -211,10 +219,19 @@ class Template:
                 variable = (variables or {}).get(name)
                 raise ValueError(f"{variable}: {refused}" if variable else str(refused)) from None
 
+    def resolve_at(
+        self, where: str, value: Any, refs: Mapping[str, str] | None = None, atts: Mapping[str, str] | None = None
+    ) -> Any:
+        """resolve(), its refusal naming `where` the value is written (`Resource.Property...`)."""
+        try:
+            return self.resolve(value, refs, atts)
+        except Unresolved as error:
+            raise Unresolved(f"{where}: {error}") from None
+
     def resolve(self, value: Any, refs: Mapping[str, str] | None = None, atts: Mapping[str, str] | None = None) -> Any:
         """Evaluates Ref, Fn::GetAtt, Fn::FindInMap and Fn::Sub, the intrinsics the emulated
         properties use. `refs`: logical id -> what Ref returns (a table's name, a queue's URL);
-        `atts`: "Logical.Attr" -> what GetAtt returns. Anything else raises KeyError."""
+        `atts`: "Logical.Attr" -> what GetAtt returns. Anything else raises Unresolved."""
         refs, atts = refs or {}, atts or {}
         if isinstance(value, list):
             return [self.resolve(item, refs, atts) for item in value]
@@ -231,18 +248,18 @@ class Template:
                 return pseudo[arg]
             if arg in self.document.get("Parameters", {}):
                 return self.parameter(arg)
-            raise KeyError(f"cannot resolve !Ref {arg} locally")
+            raise Unresolved(f"cannot resolve !Ref {arg} locally")
         if key == "Fn::GetAtt":
             name = arg if isinstance(arg, str) else ".".join(arg)  # "Res.Attr" or ["Res", "Attr"]
             if name not in atts:
-                raise KeyError(f"cannot resolve !GetAtt {name} locally")
+                raise Unresolved(f"cannot resolve !GetAtt {name} locally")
             return atts[name]
         if key == "Fn::FindInMap" and isinstance(arg, list) and len(arg) == 3:
             names = [self.resolve(item, refs, atts) for item in arg]
             try:
                 return self.document["Mappings"][names[0]][names[1]][names[2]]
             except (KeyError, TypeError):
-                raise KeyError(f"cannot resolve !FindInMap {names}: not in the template's Mappings") from None
+                raise Unresolved(f"cannot resolve !FindInMap {names}: not in the template's Mappings") from None
         if key == "Fn::Sub" and (isinstance(arg, str) or (isinstance(arg, list) and len(arg) == 2)):
             text, given = (arg, {}) if isinstance(arg, str) else (arg[0], self.resolve(arg[1], refs, atts))
 
@@ -252,7 +269,7 @@ class Template:
                 return str(self.resolve({"Fn::GetAtt" if "." in match[1] else "Ref": match[1]}, refs, atts))
 
             return re.sub(r"\$\{([^}]+)\}", substitute, text)
-        raise KeyError(supported.not_evaluated(key))  # supported.check refuses it in an emulated property
+        raise Unresolved(supported.not_evaluated(key))  # supported.check refuses it in an emulated property
 
     # --- The API -----------------------------------------------------------------------------------
     def rest_api_id(self) -> str:

@@ -1842,8 +1842,19 @@ _THRESHOLD_DEFAULT = '  ReviewThreshold:\n    Type: String\n    Default: ""\n'
         # An edit that is not YAML was a yaml.parser traceback.
         ("\nResources:\n", "\nResources:\n  : [\n", "template.yaml is not valid YAML: did not find expected key"),
         ("\nResources:\n", "\nResources:\n\tOops: 1\n", "template.yaml is not valid YAML: found character that cannot"),
+        # A typo in a !Ref was a KeyError traceback from start() naming neither resource nor property.
+        (
+            "OMS_REVIEW_THRESHOLD: !Ref ReviewThreshold",
+            "OMS_REVIEW_THRESHOLD: !Ref ReviewThreshhold",
+            "Globals.Function.Environment.Variables.OMS_REVIEW_THRESHOLD: cannot resolve !Ref ReviewThreshhold",
+        ),
+        (
+            "WEBHOOK_QUEUE_URL: !Ref WebhookDeliveryQueue  # POST",
+            "WEBHOOK_QUEUE_URL: !Ref WebhookDeliveryQeue  # POST",
+            "ApiFunction.Environment.Variables.WEBHOOK_QUEUE_URL: cannot resolve !Ref WebhookDeliveryQeue",
+        ),
     ],
-    ids=["no Default", "not YAML", "a tab"],
+    ids=["no Default", "not YAML", "a tab", "a Globals !Ref typo", "a function's !Ref typo"],
 )
 def test_make_run_refuses_a_template_mistake_in_one_line_naming_it_not_a_traceback(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path, old: str, new: str, named: str
@@ -1854,8 +1865,12 @@ def test_make_run_refuses_a_template_mistake_in_one_line_naming_it_not_a_traceba
     text = DEFAULT_TEMPLATE.read_text()
     assert old in text
     path.write_text(text.replace(old, new, 1))
+    (tmp_path / "infra").mkdir()  # the state machines' DefinitionUri is relative to the template
+    for definition in DEFAULT_TEMPLATE.parent.glob("infra/*.asl.json"):
+        shutil.copy(definition, tmp_path / "infra")
     monkeypatch.setattr("infra.local.template.DEFAULT_TEMPLATE", path)  # what make run loads
     monkeypatch.setattr("logging.basicConfig", lambda **_: None)  # main's, kept out of the test process
+    monkeypatch.setattr("signal.signal", lambda *_: None)  # Ctrl-C stays the test runner's
     for name, free in (("OMS_PORT", "0"), ("OMS_AWS_PORT", "0"), ("OMS_SEED", "0")):
         monkeypatch.setenv(name, free)
     assert main() == 2
