@@ -1880,6 +1880,47 @@ def test_make_run_refuses_a_template_mistake_in_one_line_naming_it_not_a_traceba
     assert "Traceback" not in err and err.count("\n") == 1
 
 
+@pytest.mark.parametrize("during", ["the template's load", "start"])
+def test_make_run_interrupted_while_starting_stops_without_a_banner_or_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path, during: str
+):
+    # Ctrl-C during start() was taken (the handler only sets an event) and then the banner of a
+    # ready stack printed anyway, its state file written, before it stopped; during the template's
+    # load, before main installed its handlers, it was a KeyboardInterrupt traceback.
+    import signal
+
+    from infra.local import __main__ as make_run
+    from infra.local.stack import EmbeddedStack
+
+    handlers: dict[int, Any] = {}
+    started: list[EmbeddedStack] = []
+    load, start = Template.load.__func__, EmbeddedStack.start
+
+    def interrupted_load(cls: type[Template], *args: Any, **kwargs: Any) -> Template:
+        if during == "the template's load":
+            handlers[signal.SIGINT](signal.SIGINT, None)
+        return load(cls, *args, **kwargs)
+
+    def interrupted_start(stack: EmbeddedStack) -> EmbeddedStack:
+        started.append(stack)
+        if during == "start":
+            handlers[signal.SIGINT](signal.SIGINT, None)
+        return start(stack)
+
+    monkeypatch.setattr("logging.basicConfig", lambda **_: None)  # main's, kept out of the test process
+    monkeypatch.setattr("signal.signal", lambda signum, handler: handlers.setdefault(signum, handler))
+    monkeypatch.setattr(Template, "load", classmethod(interrupted_load))
+    monkeypatch.setattr(EmbeddedStack, "start", interrupted_start)
+    state = tmp_path / "state.json"
+    for name, value in (("OMS_PORT", "0"), ("OMS_AWS_PORT", "0"), ("OMS_SEED", "0"), ("OMS_STATE_FILE", str(state))):
+        monkeypatch.setenv(name, value)
+    environment = dict(os.environ)
+    assert make_run.main() == 0
+    assert capsys.readouterr() == ("stopped.\n", "")
+    assert len(started) == (during == "start") and not state.exists()
+    assert dict(os.environ) == environment  # a stack that started was stopped
+
+
 @pytest.mark.parametrize("value", ["a/b", "1oms", "-oms", "Oms", "oms_local", "oms.local", "o" * 33])
 def test_a_stack_name_a_deploy_refuses_is_refused_at_start_by_its_variable(monkeypatch: pytest.MonkeyPatch, value: str):
     # CloudFormation takes a letter, then letters, digits and hyphens; the imports bucket the
