@@ -336,6 +336,24 @@ def test_an_override_a_deploy_would_refuse_is_refused_by_name(parameter: str, va
         template.check_parameters()
 
 
+def test_a_parameter_without_a_default_is_refused_naming_its_first_use_unless_given():
+    # Its uses by !Sub count as by !Ref; a parameter given (an override, its variable) needs none.
+    document = {
+        "Parameters": {"Bucket": {"Type": "String"}},
+        "Resources": {
+            "Imports": {"Type": "AWS::S3::Bucket", "Properties": {"BucketName": {"Fn::Sub": "${Bucket}-imports"}}},
+            "Exports": {"Type": "AWS::S3::Bucket", "Properties": {"BucketName": {"Ref": "Bucket"}}},
+        },
+    }
+    with pytest.raises(ValueError) as refused:
+        Template(document).check_parameters(settable={"OMS_BUCKET": "Bucket"})
+    assert str(refused.value) == (
+        "template parameter Bucket has no Default (used by Imports.BucketName and 1 more):"
+        " give it a Default in the template, or set OMS_BUCKET"
+    )
+    Template(document, parameter_overrides={"Bucket": "b"}).check_parameters()
+
+
 def test_an_allowed_pattern_s_classes_are_java_s_ascii_ones():
     # CloudFormation matches AllowedPattern with Java's regex, whose `\s` and `\d` are ASCII: a no-break
     # space in AlarmEmail is not whitespace there (a deploy takes it), Arabic-Indic digits are not
