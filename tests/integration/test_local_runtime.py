@@ -1751,6 +1751,20 @@ def test_check_template_accepts_ours_and_rejects_a_bad_event_type(tmp_path: Path
     assert "Apii" in capsys.readouterr().err
 
 
+def test_check_template_names_a_schedule_it_cannot_resolve(tmp_path: Path):
+    # Template.resolve's refusal (Unresolved) is a problem in the list, not a traceback.
+    from infra.check_template import schedule_problems
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        DEFAULT_TEMPLATE.read_text().replace("ReconcilerFunction: { Minutes: 5 }", "Reconciler: { Minutes: 5 }")
+    )
+    assert "Reconciler: { Minutes: 5 }" in bad.read_text()
+    assert schedule_problems(bad) == [
+        "cannot resolve !FindInMap ['ScheduleMinutes', 'ReconcilerFunction', 'Minutes']: not in the template's Mappings"
+    ]
+
+
 @pytest.mark.parametrize("value", ["8_080", "٨٠٨٠", "abc", "70000", "-1", "80.0"])
 @pytest.mark.parametrize("variable", ["OMS_PORT", "OMS_AWS_PORT"])
 def test_a_port_not_written_as_one_is_refused_at_start_by_its_variable(
