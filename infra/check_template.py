@@ -116,7 +116,7 @@ def schedule_problems(template_path: Path) -> list[str]:
     any `cron(...)`: a scheduled function numbers its runs in its rate's period, and a cron's uneven
     gaps would skip turns. `make run` refuses them too (infra/local/event_sources.schedule_period)."""
     from infra.local.event_sources import EventSourceError, schedule_period
-    from infra.local.template import Template
+    from infra.local.template import Template, Unresolved
 
     template = Template.load(template_path)
     problems = []
@@ -127,8 +127,8 @@ def schedule_problems(template_path: Path) -> list[str]:
             where = f"{logical_id}.{name}"
             try:
                 schedule_period(str(template.resolve(event["Properties"]["Schedule"])), where)
-            except (EventSourceError, KeyError) as error:
-                problems.append(str(error).strip("'\""))
+            except (EventSourceError, Unresolved) as error:
+                problems.append(str(error))
     return problems
 
 

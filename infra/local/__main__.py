@@ -106,12 +106,16 @@ def main() -> int:
     logging.getLogger("botocore").setLevel(logging.WARNING)
     started = time.monotonic()
     stopping = threading.Event()
+    # Before anything loads: a Ctrl-C from here on stops what started, never a traceback.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stopping.set())
     try:
         stack = EmbeddedStack(parameter_overrides=local_parameters())
+        if stopping.is_set():  # while the template loaded: nothing to start or stop
+            print("stopped.", flush=True)
+            return 0
         # Seeded after start() so that a refused seed is a warning, not a stack that will not start.
         wants_seed, stack.seed = stack.seed, False
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, lambda *_: stopping.set())
         try:
             stack.start()
         except OSError as error:
@@ -121,16 +125,20 @@ def main() -> int:
         print(f"cannot start the local stack: {error}", file=sys.stderr)
         return 2
     try:
-        if wants_seed:
+        # A Ctrl-C while it started (or seeded) stops it without the banner of a stack going away.
+        if wants_seed and not stopping.is_set():
             try:
                 stack.seed_demo_data()
             except SeedError as error:
                 print(f"warning: demo data not loaded: {error}", file=sys.stderr)
-        try:
-            write_state(stack)
-        except OSError as error:
-            print(f"warning: {state_file()} not written ({error}): make import needs OMS_* variables", file=sys.stderr)
-        print(banner(stack, started), flush=True)
+        if not stopping.is_set():
+            try:
+                write_state(stack)
+            except OSError as error:
+                print(
+                    f"warning: {state_file()} not written ({error}): make import needs OMS_* variables", file=sys.stderr
+                )
+            print(banner(stack, started), flush=True)
         while not stopping.wait(0.5):
             pass
     finally:

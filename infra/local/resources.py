@@ -14,7 +14,7 @@ from typing import Any
 
 from infra.asl import AslError, validate_asl
 from infra.local.lambdas import Handler, LocalFunction
-from infra.local.template import ACCOUNT_ID, REGION, Template, create_table_request, env_string
+from infra.local.template import ACCOUNT_ID, REGION, Template, Unresolved, create_table_request, env_string
 
 logger = logging.getLogger("infra.local.stack")
 
@@ -65,7 +65,12 @@ class Resources:
         a warning (`function_environments` keeps what each function would see on AWS)."""
         environment = self.template.global_environment(self.refs, self.atts)
         for logical_id, props in self.template.functions().items():
-            own = {name: env_string(self.resolve(value)) for name, value in props["Environment"]["Variables"].items()}
+            own = {
+                name: env_string(
+                    self.template.resolve_at(f"{logical_id}.Environment.Variables.{name}", value, self.refs, self.atts)
+                )
+                for name, value in props["Environment"]["Variables"].items()
+            }
             self.function_environments[logical_id] = own
             for name, resolved in own.items():
                 if name in environment and environment[name] != resolved:
@@ -145,8 +150,8 @@ class Resources:
         for logical_id, props in self.template.properties("AWS::Serverless::StateMachine").items():
             try:
                 substitutions = self.resolve(props.get("DefinitionSubstitutions") or {})
-            except KeyError as error:
-                raise ValueError(f"state machine {logical_id}: {error.args[0]}") from None
+            except Unresolved as error:
+                raise ValueError(f"state machine {logical_id}: {error}") from None
             definition = self.template.state_machine_definition(props, substitutions)
             if problems := validate_asl(definition):
                 raise AslError(logical_id, problems)

@@ -219,7 +219,8 @@ class EmbeddedStack:
         # What a deploy refuses is refused here, named by the variable when it set the value.
         set_by = self.template.parameter_overrides
         self.template.check_parameters(
-            {param: var for param, var in set_from.items() if str(set_by.get(param)) == from_shell[param]}
+            {param: var for param, var in set_from.items() if str(set_by.get(param)) == from_shell[param]},
+            settable=PARAMETER_ENV,
         )
         self.host = "127.0.0.1"
         self._api_port_asked = _env("OMS_PORT", 8080, _port) if api_port is None else api_port

@@ -49,7 +49,13 @@ CfnLoader.add_multi_constructor("!", _long_form)
 
 def load_template(path: str | Path | None = None) -> dict[str, Any]:
     """The template as plain dicts, short tags in their long form."""
-    document = yaml.load(Path(path or DEFAULT_TEMPLATE).read_text(encoding="utf-8"), Loader=CfnLoader)
+    source = Path(path or DEFAULT_TEMPLATE)
+    try:
+        document = yaml.load(source.read_text(encoding="utf-8"), Loader=CfnLoader)
+    except yaml.MarkedYAMLError as error:  # an edit that is not YAML: say where, not PyYAML's traceback
+        mark = error.problem_mark
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        raise ValueError(f"{source} is not valid YAML: {error.problem or error.context}{where}") from None
     if not isinstance(document, dict) or "Resources" not in document:
         raise ValueError(f"{path or DEFAULT_TEMPLATE}: not a CloudFormation template")
     return document
@@ -92,6 +98,11 @@ def create_table_request(props: Mapping[str, Any], physical_name: str) -> dict[s
     if view_type := (props.get("StreamSpecification") or {}).get("StreamViewType"):
         request["StreamSpecification"] = {"StreamEnabled": True, "StreamViewType": view_type}
     return request
+
+
+class Unresolved(ValueError):
+    """An intrinsic Template.resolve cannot evaluate here: a name the template does not declare (a
+    typo, `make run` says so in one line), or an intrinsic it does not evaluate."""
 
 
 @dataclass(frozen=True)
@@ -156,7 +167,10 @@ class Template:
     def global_environment(self, refs: Mapping[str, str], atts: Mapping[str, str] | None = None) -> dict[str, str]:
         """Globals.Function.Environment.Variables, resolved as resolve() does (a table's Ref is its name)."""
         variables = _variables(self.document.get("Globals", {}).get("Function", {}))
-        return {name: env_string(self.resolve(value, refs, atts)) for name, value in variables.items()}
+        return {
+            name: env_string(self.resolve_at(f"Globals.Function.Environment.Variables.{name}", value, refs, atts))
+            for name, value in variables.items()
+        }
 
     def state_machine_definition(self, props: Mapping[str, Any], substitutions: Mapping[str, Any]) -> dict[str, Any]:
         """A state machine's DefinitionUri (JSON, relative to the template) with `substitutions`
@@ -176,12 +190,28 @@ class Template:
             return value
         declared = self.document["Parameters"][name]
         if "Default" not in declared:
-            raise KeyError(f"parameter {name} has no Default: pass it in parameter_overrides")
+            raise Unresolved(f"parameter {name} has no Default: pass it in parameter_overrides")
         return declared["Default"]
 
-    def check_parameters(self, variables: Mapping[str, str] | None = None) -> None:
+    def check_parameters(
+        self, variables: Mapping[str, str] | None = None, settable: Mapping[str, str] | None = None
+    ) -> None:
         """Refuses an override a deploy refuses (parameter_refused), naming the parameter and the
-        variable that set it (`variables`: parameter -> name)."""
+        variable that set it (`variables`: parameter -> name), and a parameter with neither a Default
+        nor an override (a deploy asks for its value), naming where the template uses it and the
+        variables that would set it (parameter_variables(), and `settable`: variable -> parameter)."""
+        declared = self.document.get("Parameters") or {}
+        for name in sorted(set(declared) - set(self.parameter_overrides)):
+            if "Default" in (declared[name] or {}):
+                continue
+            uses = _parameter_uses(self.document, name)
+            used = f" (used by {uses[0]}{f' and {len(uses) - 1} more' if len(uses) > 1 else ''})" if uses else ""
+            setters = sorted(
+                {var for var, parameter in self.parameter_variables() if parameter == name}
+                | {var for var, parameter in (settable or {}).items() if parameter == name}
+            )
+            fix = f", or set {' or '.join(setters)}" if setters else ""
+            raise ValueError(f"template parameter {name} has no Default{used}: give it a Default in the template{fix}")
         for name in self.parameter_overrides:
             try:
                 self.parameter(name)
@@ -189,10 +219,19 @@ class Template:
                 variable = (variables or {}).get(name)
                 raise ValueError(f"{variable}: {refused}" if variable else str(refused)) from None
 
+    def resolve_at(
+        self, where: str, value: Any, refs: Mapping[str, str] | None = None, atts: Mapping[str, str] | None = None
+    ) -> Any:
+        """resolve(), its refusal naming `where` the value is written (`Resource.Property...`)."""
+        try:
+            return self.resolve(value, refs, atts)
+        except Unresolved as error:
+            raise Unresolved(f"{where}: {error}") from None
+
     def resolve(self, value: Any, refs: Mapping[str, str] | None = None, atts: Mapping[str, str] | None = None) -> Any:
         """Evaluates Ref, Fn::GetAtt, Fn::FindInMap and Fn::Sub, the intrinsics the emulated
         properties use. `refs`: logical id -> what Ref returns (a table's name, a queue's URL);
-        `atts`: "Logical.Attr" -> what GetAtt returns. Anything else raises KeyError."""
+        `atts`: "Logical.Attr" -> what GetAtt returns. Anything else raises Unresolved."""
         refs, atts = refs or {}, atts or {}
         if isinstance(value, list):
             return [self.resolve(item, refs, atts) for item in value]
@@ -209,18 +248,18 @@ class Template:
                 return pseudo[arg]
             if arg in self.document.get("Parameters", {}):
                 return self.parameter(arg)
-            raise KeyError(f"cannot resolve !Ref {arg} locally")
+            raise Unresolved(f"cannot resolve !Ref {arg} locally")
         if key == "Fn::GetAtt":
             name = arg if isinstance(arg, str) else ".".join(arg)  # "Res.Attr" or ["Res", "Attr"]
             if name not in atts:
-                raise KeyError(f"cannot resolve !GetAtt {name} locally")
+                raise Unresolved(f"cannot resolve !GetAtt {name} locally")
             return atts[name]
         if key == "Fn::FindInMap" and isinstance(arg, list) and len(arg) == 3:
             names = [self.resolve(item, refs, atts) for item in arg]
             try:
                 return self.document["Mappings"][names[0]][names[1]][names[2]]
             except (KeyError, TypeError):
-                raise KeyError(f"cannot resolve !FindInMap {names}: not in the template's Mappings") from None
+                raise Unresolved(f"cannot resolve !FindInMap {names}: not in the template's Mappings") from None
         if key == "Fn::Sub" and (isinstance(arg, str) or (isinstance(arg, list) and len(arg) == 2)):
             text, given = (arg, {}) if isinstance(arg, str) else (arg[0], self.resolve(arg[1], refs, atts))
 
@@ -230,7 +269,7 @@ class Template:
                 return str(self.resolve({"Fn::GetAtt" if "." in match[1] else "Ref": match[1]}, refs, atts))
 
             return re.sub(r"\$\{([^}]+)\}", substitute, text)
-        raise KeyError(supported.not_evaluated(key))  # supported.check refuses it in an emulated property
+        raise Unresolved(supported.not_evaluated(key))  # supported.check refuses it in an emulated property
 
     # --- The API -----------------------------------------------------------------------------------
     def rest_api_id(self) -> str:
@@ -291,6 +330,34 @@ def _plain_parameter(value: Any) -> str | None:
     text = value.get("Fn::Sub")
     match = re.fullmatch(r"\$\{([^}!.][^}.]*)\}", text) if isinstance(text, str) else None
     return match[1] if match else None
+
+
+def _parameter_uses(document: Mapping[str, Any], name: str) -> list[str]:
+    """Where the template uses parameter `name` (`!Ref name`, `${name}` in a !Sub), each as a path
+    of keys: `Logical.Property...` for a resource's property, `Section...` elsewhere."""
+    sub = re.compile(rf"\$\{{{re.escape(name)}\}}")
+    found: list[str] = []
+
+    def walk(value: Any, path: list[str]) -> None:
+        if isinstance(value, list):
+            for index, item in enumerate(value):
+                walk(item, [*path[:-1], f"{path[-1]}[{index}]"] if path else [f"[{index}]"])
+        elif isinstance(value, dict):
+            text = value.get("Fn::Sub") if len(value) == 1 else None
+            text = text[0] if isinstance(text, list) and text else text
+            if (len(value) == 1 and value.get("Ref") == name) or (isinstance(text, str) and sub.search(text)):
+                found.append(".".join(path))
+                return
+            for key, item in value.items():
+                walk(item, [*path, str(key)])
+
+    for section, content in document.items():
+        if section == "Resources" and isinstance(content, dict):
+            for logical_id, resource in content.items():
+                walk((resource or {}).get("Properties") if isinstance(resource, dict) else None, [logical_id])
+        elif section != "Parameters":
+            walk(content, [section])
+    return found
 
 
 def _variables(function_properties: Mapping[str, Any]) -> dict[str, Any]:

@@ -336,6 +336,24 @@ def test_an_override_a_deploy_would_refuse_is_refused_by_name(parameter: str, va
         template.check_parameters()
 
 
+def test_a_parameter_without_a_default_is_refused_naming_its_first_use_unless_given():
+    # Its uses by !Sub count as by !Ref; a parameter given (an override, its variable) needs none.
+    document = {
+        "Parameters": {"Bucket": {"Type": "String"}},
+        "Resources": {
+            "Imports": {"Type": "AWS::S3::Bucket", "Properties": {"BucketName": {"Fn::Sub": "${Bucket}-imports"}}},
+            "Exports": {"Type": "AWS::S3::Bucket", "Properties": {"BucketName": {"Ref": "Bucket"}}},
+        },
+    }
+    with pytest.raises(ValueError) as refused:
+        Template(document).check_parameters(settable={"OMS_BUCKET": "Bucket"})
+    assert str(refused.value) == (
+        "template parameter Bucket has no Default (used by Imports.BucketName and 1 more):"
+        " give it a Default in the template, or set OMS_BUCKET"
+    )
+    Template(document, parameter_overrides={"Bucket": "b"}).check_parameters()
+
+
 def test_an_allowed_pattern_s_classes_are_java_s_ascii_ones():
     # CloudFormation matches AllowedPattern with Java's regex, whose `\s` and `\d` are ASCII: a no-break
     # space in AlarmEmail is not whitespace there (a deploy takes it), Arabic-Indic digits are not
@@ -1733,6 +1751,20 @@ def test_check_template_accepts_ours_and_rejects_a_bad_event_type(tmp_path: Path
     assert "Apii" in capsys.readouterr().err
 
 
+def test_check_template_names_a_schedule_it_cannot_resolve(tmp_path: Path):
+    # Template.resolve's refusal (Unresolved) is a problem in the list, not a traceback.
+    from infra.check_template import schedule_problems
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        DEFAULT_TEMPLATE.read_text().replace("ReconcilerFunction: { Minutes: 5 }", "Reconciler: { Minutes: 5 }")
+    )
+    assert "Reconciler: { Minutes: 5 }" in bad.read_text()
+    assert schedule_problems(bad) == [
+        "cannot resolve !FindInMap ['ScheduleMinutes', 'ReconcilerFunction', 'Minutes']: not in the template's Mappings"
+    ]
+
+
 @pytest.mark.parametrize("value", ["8_080", "٨٠٨٠", "abc", "70000", "-1", "80.0"])
 @pytest.mark.parametrize("variable", ["OMS_PORT", "OMS_AWS_PORT"])
 def test_a_port_not_written_as_one_is_refused_at_start_by_its_variable(
@@ -1823,6 +1855,102 @@ def test_make_run_on_a_port_in_use_says_so_in_one_line_and_puts_the_process_back
     assert f"cannot listen on 127.0.0.1:{port}: " in err  # which of the two ports
     assert err.endswith("(set OMS_PORT / OMS_AWS_PORT to free ports)\n") and err.count("\n") == 1
     assert dict(os.environ) == environment  # the stack's variables undone by its stop()
+
+
+_THRESHOLD_DEFAULT = '  ReviewThreshold:\n    Type: String\n    Default: ""\n'
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "named"),
+    [
+        # A parameter without a Default was a KeyError traceback from deep in start() ("pass it in
+        # parameter_overrides", an argument make run's user has no way to pass).
+        (
+            _THRESHOLD_DEFAULT,
+            "  ReviewThreshold:\n    Type: String\n",
+            "template parameter ReviewThreshold has no Default (used by Globals.Function.Environment.Variables"
+            ".OMS_REVIEW_THRESHOLD): give it a Default in the template, or set OMS_REVIEW_THRESHOLD",
+        ),
+        # An edit that is not YAML was a yaml.parser traceback.
+        ("\nResources:\n", "\nResources:\n  : [\n", "template.yaml is not valid YAML: did not find expected key"),
+        ("\nResources:\n", "\nResources:\n\tOops: 1\n", "template.yaml is not valid YAML: found character that cannot"),
+        # A typo in a !Ref was a KeyError traceback from start() naming neither resource nor property.
+        (
+            "OMS_REVIEW_THRESHOLD: !Ref ReviewThreshold",
+            "OMS_REVIEW_THRESHOLD: !Ref ReviewThreshhold",
+            "Globals.Function.Environment.Variables.OMS_REVIEW_THRESHOLD: cannot resolve !Ref ReviewThreshhold",
+        ),
+        (
+            "WEBHOOK_QUEUE_URL: !Ref WebhookDeliveryQueue  # POST",
+            "WEBHOOK_QUEUE_URL: !Ref WebhookDeliveryQeue  # POST",
+            "ApiFunction.Environment.Variables.WEBHOOK_QUEUE_URL: cannot resolve !Ref WebhookDeliveryQeue",
+        ),
+    ],
+    ids=["no Default", "not YAML", "a tab", "a Globals !Ref typo", "a function's !Ref typo"],
+)
+def test_make_run_refuses_a_template_mistake_in_one_line_naming_it_not_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path, old: str, new: str, named: str
+):
+    from infra.local.__main__ import main
+
+    path = tmp_path / "template.yaml"
+    text = DEFAULT_TEMPLATE.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new, 1))
+    (tmp_path / "infra").mkdir()  # the state machines' DefinitionUri is relative to the template
+    for definition in DEFAULT_TEMPLATE.parent.glob("infra/*.asl.json"):
+        shutil.copy(definition, tmp_path / "infra")
+    monkeypatch.setattr("infra.local.template.DEFAULT_TEMPLATE", path)  # what make run loads
+    monkeypatch.setattr("logging.basicConfig", lambda **_: None)  # main's, kept out of the test process
+    monkeypatch.setattr("signal.signal", lambda *_: None)  # Ctrl-C stays the test runner's
+    for name, free in (("OMS_PORT", "0"), ("OMS_AWS_PORT", "0"), ("OMS_SEED", "0")):
+        monkeypatch.setenv(name, free)
+    assert main() == 2
+    err = capsys.readouterr().err
+    where = f"{tmp_path}/" if named.startswith("template.yaml") else ""  # the file's path, to open it
+    assert err.startswith(f"cannot start the local stack: {where}{named}")
+    assert "Traceback" not in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("during", ["the template's load", "start"])
+def test_make_run_interrupted_while_starting_stops_without_a_banner_or_a_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path, during: str
+):
+    # Ctrl-C during start() was taken (the handler only sets an event) and then the banner of a
+    # ready stack printed anyway, its state file written, before it stopped; during the template's
+    # load, before main installed its handlers, it was a KeyboardInterrupt traceback.
+    import signal
+
+    from infra.local import __main__ as make_run
+    from infra.local.stack import EmbeddedStack
+
+    handlers: dict[int, Any] = {}
+    started: list[EmbeddedStack] = []
+    load, start = Template.load.__func__, EmbeddedStack.start
+
+    def interrupted_load(cls: type[Template], *args: Any, **kwargs: Any) -> Template:
+        if during == "the template's load":
+            handlers[signal.SIGINT](signal.SIGINT, None)
+        return load(cls, *args, **kwargs)
+
+    def interrupted_start(stack: EmbeddedStack) -> EmbeddedStack:
+        started.append(stack)
+        if during == "start":
+            handlers[signal.SIGINT](signal.SIGINT, None)
+        return start(stack)
+
+    monkeypatch.setattr("logging.basicConfig", lambda **_: None)  # main's, kept out of the test process
+    monkeypatch.setattr("signal.signal", lambda signum, handler: handlers.setdefault(signum, handler))
+    monkeypatch.setattr(Template, "load", classmethod(interrupted_load))
+    monkeypatch.setattr(EmbeddedStack, "start", interrupted_start)
+    state = tmp_path / "state.json"
+    for name, value in (("OMS_PORT", "0"), ("OMS_AWS_PORT", "0"), ("OMS_SEED", "0"), ("OMS_STATE_FILE", str(state))):
+        monkeypatch.setenv(name, value)
+    environment = dict(os.environ)
+    assert make_run.main() == 0
+    assert capsys.readouterr() == ("stopped.\n", "")
+    assert len(started) == (during == "start") and not state.exists()
+    assert dict(os.environ) == environment  # a stack that started was stopped
 
 
 @pytest.mark.parametrize("value", ["a/b", "1oms", "-oms", "Oms", "oms_local", "oms.local", "o" * 33])
