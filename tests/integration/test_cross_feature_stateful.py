@@ -13,7 +13,9 @@ by hand, or drafted by the backorderable product's reorder point and submitted; 
 point); the sourcing rules change (excluded locations, safety stock, max_shipments, prefer);
 shipped units come back on a return, for the money or exchanged for other items (a replacement
 order, placed when they arrive and run like any), approved or rejected first when the shop's
-policy asks a person (NeedsApprovalForOther); captured money goes back as an appeasement. The
+policy asks a person (NeedsApprovalForOther); captured money goes back as an appeasement. One
+step (`journey`) takes an order the whole way at once, from placing to a return received (and an
+exchange's replacement run and handed over), so every example reaches a return. The
 Inventory stream's records reach the BackorderFunction's handler as Lambda delivers them (through
 the template's filter), at a step of their own: an arrival fills the orders that wait for it, a
 fall below the point grows a draft.
@@ -450,6 +452,58 @@ class CrossFeatureMachine(RuleBasedStateMachine):
             if replacement is not None:
                 self.orders[replacement] = self.orders[order_id]  # the original's payment method and token
                 self.exchanges[replacement] = (order_id, return_id)
+
+    @rule(
+        lines=st.lists(st.tuples(st.integers(0, 1), st.integers(1, 3)), min_size=1, max_size=2, unique_by=first),
+        token=st.sampled_from(["tok_approve", "tok_approve", "tok_refund_decline"]), pickup=st.booleans(),
+        deliver=st.booleans(), which=picks, share=picks, approval=st.booleans(), approve=st.booleans(),
+        exchange=st.lists(st.tuples(st.integers(0, 1), st.integers(1, 2)), max_size=2, unique_by=first),
+        location_id=st.sampled_from(sorted(LOCATIONS)), resellable=st.booleans(), ship_replacement=st.booleans(),
+        count=times,
+    )  # fmt: skip
+    def journey(
+        self, lines: list[tuple[int, int]], token: str, pickup: bool, deliver: bool, which: int, share: int,
+        approval: bool, approve: bool, exchange: list[tuple[int, int]], location_id: str, resellable: bool,
+        ship_replacement: bool, count: int,
+    ) -> None:  # fmt: skip
+        """An order's whole way in one step, so every example reaches what a return needs (hypothesis
+        turns off a random share of the rules in each example, and a ship then a return on the same
+        order was rare): placed and run, each parcel shipped (`deliver`: and delivered) or readied
+        and collected, part of it sent back for the money or exchanged (`exchange` not empty),
+        approved or rejected first when `approval` asks a person, received at `location_id`
+        (`resellable` or not), and an exchange's replacement run and (`ship_replacement`) its
+        parcels handed over. Each part is the machine's own rule, the invariants checked after."""
+        self.asked_return = True  # the preconditions read what the machine did, whatever the answers
+        placed = len(self.orders)
+        self.place(lines, token, count, pickup=pickup, run=True)
+        if len(self.orders) == placed:
+            return  # refused: not enough stock
+        order = self.order(list(self.orders)[-1])
+        for shipment in order["shipments"]:
+            if shipment["status"] != "pending":
+                continue
+            path = f"/orders/{order['id']}/shipments/{shipment['id']}"
+            handed = self.twice(count, "POST", f"{path}/{'ready' if pickup else 'ship'}", {})
+            if handed.status_code == 200 and (deliver or pickup):
+                self.twice(count, "POST", f"{path}/deliver", {})
+        returns = len(self.returns)
+        self.create_return(len(self.orders) - 1, which, share, count, approval=approval, exchange=exchange)
+        if len(self.returns) == returns:
+            return  # nothing shipped (backordered, or not placed at a location that ships), or refused
+        if approval:
+            self.decide_return(len(self.returns) - 1, approve, count)
+            if not approve:
+                return
+        self.receive_return(len(self.returns) - 1, location_id, resellable, count)
+        replacement = next((r for r, (original, _) in self.exchanges.items() if original == order["id"]), None)
+        if replacement is None:
+            return
+        self._run(replacement)
+        if ship_replacement:
+            for shipment in self.order(replacement)["shipments"]:
+                if shipment["status"] == "pending":
+                    action = "ready" if shipment["location_id"] == "xf-store" else "ship"
+                    self.twice(count, "POST", f"/orders/{replacement}/shipments/{shipment['id']}/{action}", {})
 
     @rule()
     def stream_delivers(self) -> None:
