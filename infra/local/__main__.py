@@ -1,14 +1,23 @@
 """`make run`: the whole stack in one process, no Docker, no AWS account, until Ctrl-C."""
 
+# ruff: noqa: E402 (the imports after the handlers below)
 from __future__ import annotations
+
+import signal
+import threading
+
+# Taken before anything else loads: the stack's modules (moto's among them) take about half a
+# second to import, and a Ctrl-C then was a KeyboardInterrupt traceback. main() reads it first.
+INTERRUPTED = threading.Event()
+if __name__ == "__main__":
+    for _signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(_signum, lambda *_: INTERRUPTED.set())
 
 import json
 import logging
 import os
 import shlex
-import signal
 import sys
-import threading
 import time
 from contextlib import suppress
 from pathlib import Path
@@ -109,6 +118,9 @@ def main() -> int:
     # Before anything loads: a Ctrl-C from here on stops what started, never a traceback.
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stopping.set())
+    if INTERRUPTED.is_set():  # while the modules above loaded: nothing started yet
+        print("stopped.", flush=True)
+        return 0
     try:
         stack = EmbeddedStack(parameter_overrides=local_parameters())
         if stopping.is_set():  # while the template loaded: nothing to start or stop

@@ -2119,3 +2119,28 @@ def test_a_variable_two_functions_resolve_differently_keeps_the_first_with_a_war
 
     assert environment["STAGE"] == "v1"
     assert "B: STAGE='v1-b' differs from 'v1'; keeping the first" in caplog.text
+
+
+def test_make_run_interrupted_while_its_modules_load_stops_without_a_traceback():
+    # A Ctrl-C in make run's first half second, while moto and the stack's modules imported, was
+    # a KeyboardInterrupt traceback: main's handlers were not installed yet. The signal is sent
+    # from inside the import of infra.local.stack, so it lands there whatever the machine's speed.
+    script = """
+import importlib.abc, os, runpy, signal, sys
+
+class Interrupt(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "infra.local.stack":
+            sys.meta_path.remove(self)
+            os.kill(os.getpid(), signal.SIGINT)
+        return None
+
+sys.meta_path.insert(0, Interrupt())
+sys.argv = ["infra.local"]
+runpy.run_module("infra.local", run_name="__main__", alter_sys=True)
+"""
+    environment = {**os.environ, "OMS_PORT": "0", "OMS_AWS_PORT": "0", "OMS_SEED": "0"}
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=environment, check=False
+    )
+    assert (done.returncode, done.stdout, done.stderr) == (0, "stopped.\n", "")
