@@ -116,12 +116,15 @@ def notifications(
             shipment = event.data["shipment"]
             tracking = shipment.get("tracking_number")
             subject = f"Your order {order_id} has shipped"
-            text = f"Part of your order {order_id} has shipped with {shipment['carrier']}."
+            what = (
+                f"Your order {order_id}" if _holds_the_whole_order(shipment, new) else f"Part of your order {order_id}"
+            )
+            text = f"{what} has shipped with {shipment['carrier']}."
             if tracking and shipment["id"] in _shipped_before(old):
                 # Its location learnt the carrier's number after the ship (core.domain_events._renumbered).
                 subject = f"The tracking number of your order {order_id}"
                 carrier = shipment["carrier"]
-                text = f"Part of your order {order_id}, shipped with {carrier}, has the tracking number {tracking}."
+                text = f"{what}, shipped with {carrier}, has the tracking number {tracking}."
             elif tracking:
                 text += f" Tracking number: {tracking}."
             note(
@@ -164,6 +167,13 @@ def notifications(
             collect_by=_rfc3339(collect_by) if collect_by is not None else None,
         )  # fmt: skip
     return found
+
+
+def _holds_the_whole_order(shipment: dict[str, Any], order: dict[str, Any]) -> bool:
+    """Whether `shipment` carries every unit `order` still has (a line's `quantity` drops as its
+    units are cancelled): told as the order itself, not as part of it that leaves more to come."""
+    units = sum(int(line.get("quantity", 0)) for line in order.get("lines") or [])
+    return units > 0 and sum(int(line.get("quantity", 0)) for line in shipment.get("lines") or []) == units
 
 
 def _shipped_before(old: dict[str, Any] | None) -> set[str]:

@@ -120,10 +120,10 @@ class TooManyWebhooks(Conflict):
     code = "too_many_webhooks"
 
     def __init__(self, channel: str | None):
-        held = f"channel {channel}" if channel is not None else "the unbound subscriptions"
+        where = f"on channel {channel}" if channel is not None else "without a channel"
         super().__init__(
-            f"{held} hold {MAX_WEBHOOKS} webhook subscriptions, the most there may be: delete one first "
-            "(one subscription may take several event types, or all of them)"
+            f"{MAX_WEBHOOKS} webhook subscriptions are live {where} already, the most there may be: delete one"
+            " first (one subscription may take several event types, or all of them)"
         )
 
 

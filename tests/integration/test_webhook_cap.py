@@ -45,7 +45,8 @@ def test_a_channel_past_its_cap_is_409_too_many_webhooks_and_a_delete_frees_a_pl
     made = [subscribe(api, key) for _ in range(MAX_WEBHOOKS)]
     assert [answer.status_code for answer in made] == [201] * MAX_WEBHOOKS
 
-    assert_error(subscribe(api, key), 409, "too_many_webhooks")
+    refused = assert_error(subscribe(api, key), 409, "too_many_webhooks")
+    assert refused["message"].startswith(f"{MAX_WEBHOOKS} webhook subscriptions are live on channel capped already")
     # The admin naming the channel counts against the channel's cap too.
     assert_error(subscribe(api, channel="capped"), 409, "too_many_webhooks")
     assert len(listed(api, key)) == MAX_WEBHOOKS
@@ -64,7 +65,8 @@ def test_a_channel_past_its_cap_is_409_too_many_webhooks_and_a_delete_frees_a_pl
 def test_unbound_subscriptions_share_one_cap(api: InProcessApi):
     for _ in range(MAX_WEBHOOKS - len(_unbound(api))):
         assert subscribe(api).status_code == 201
-    assert_error(subscribe(api), 409, "too_many_webhooks")
+    refused = assert_error(subscribe(api), 409, "too_many_webhooks")
+    assert refused["message"].startswith(f"{MAX_WEBHOOKS} webhook subscriptions are live without a channel already")
     assert subscribe(api, channel="unbound-cap-neighbour").status_code == 201
     assert len(_unbound(api)) == MAX_WEBHOOKS
 

@@ -286,3 +286,29 @@ def test_a_tracking_number_learnt_after_the_ship_is_told_as_the_parcels_number_n
     assert note.details == {"shipment_id": "shp_1", "carrier": "flat", "tracking_number": "1ZLATER0001"}
     assert "tracking number" in note.subject.lower() and ORDER in note.subject
     assert "1ZLATER0001" in note.body and "OMS0000000001" not in note.body and "has shipped" not in note.body
+
+
+def test_a_parcel_holding_the_whole_order_is_told_as_the_order_not_as_part_of_it():
+    """Most orders leave in one parcel: its customer is told their order has shipped, not "part of"
+    it, which would have them wait for a rest that never comes."""
+    old = order_doc(status="allocated", shipments=[shipment("pending")])
+    new = next_version(old, status="shipped", shipments=[{**shipment("shipped"), "tracking_number": "1Z999"}])
+
+    (note,) = notifications(old, new)
+
+    assert note.body == f"Hello Ada,\n\nYour order {ORDER} has shipped with flat. Tracking number: 1Z999.\n"
+
+    renumbered = next_version(new, shipments=[{**shipment("shipped"), "tracking_number": "1ZLATER0001"}])
+    (note,) = notifications(new, renumbered)
+    assert note.body == f"Hello Ada,\n\nYour order {ORDER}, shipped with flat, has the tracking number 1ZLATER0001.\n"
+
+
+def test_a_parcel_holding_some_of_the_order_is_told_as_part_of_it():
+    two = [{"line_id": "l1", "quantity": 2}]
+    old = order_doc(status="allocated", shipments=[shipment("pending"), {**shipment("pending", "shp_2"), "lines": two}])
+    old["lines"][0]["quantity"] = 3
+    new = next_version(old, status="partially_shipped", shipments=[shipment("shipped"), old["shipments"][1]])
+
+    (note,) = notifications(old, new)
+
+    assert note.body == f"Hello Ada,\n\nPart of your order {ORDER} has shipped with flat.\n"
