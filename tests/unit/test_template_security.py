@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
 
-from functions.adapters.access_log import DynamoAccessLog, SqsReadRecorder
+from functions.adapters.access_log import ACCESS_LOG_PK, DynamoAccessLog, SqsReadRecorder
 from functions.adapters.aggregates import DynamoAggregates
 from functions.adapters.api_gateway import ApiGatewayAuthorizerCache
 from functions.adapters.dynamodb import (
@@ -476,6 +476,17 @@ def test_the_outbox_sends_only_to_its_own_failure_queue():
     stream = RESOURCES["OutboxFunction"]["Properties"]["Events"]["OrdersStream"]["Properties"]
 
     assert stream["DestinationConfig"]["OnFailure"]["Destination"] == {"Fn::GetAtt": ["OutboxFailureQueue", "Arn"]}
+
+
+def test_the_access_logs_batch_writes_reach_its_own_partitions_only():
+    # BatchWriteItem is a put or a delete to IAM: unconditioned, the function could replace or
+    # delete any item of the Catalog table, an API key's among them.
+    catalog = [s for s in statements("AccessLogFunction") if {"Fn::GetAtt": [CATALOG, "Arn"]} in listed(s["Resource"])]
+    writes = [s for s in catalog if "dynamodb:BatchWriteItem" in listed(s["Action"])]
+    assert writes and all(
+        s.get("Condition") == {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": [f"{ACCESS_LOG_PK}*"]}}
+        for s in writes
+    )
 
 
 @pytest.mark.parametrize("function", sorted(USES))
