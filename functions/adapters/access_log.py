@@ -15,8 +15,13 @@ from core.access_log import AccessLogStore, OrderRead, ReadRecorder
 ACCESS_LOG_RETENTION = timedelta(days=400)
 
 
+# The access log's partitions of the Catalog table, one per order: the access log function may write
+# these and no other (template.yaml, its dynamodb:LeadingKeys condition).
+ACCESS_LOG_PK = "ACCESS#"
+
+
 def _pk(order_id: str) -> str:
-    return f"ACCESS#{order_id}"
+    return ACCESS_LOG_PK + order_id
 
 
 # The API sends a read's message once the read has its answer, inside the read's 10 s. The default

@@ -35,6 +35,7 @@ from functions.adapters.dynamodb import decode_cursor, encode_cursor, from_item,
 
 WEBHOOKS_PK = "WEBHOOKS"
 WEBHOOK_COUNTS_PK = "WEBHOOK_COUNTS"  # sk `channel#<channel>` or `unbound`: `live` subscriptions there
+DELIVERIES_PK = "WEBHOOK#"  # + the webhook's id: its deliveries, sk the delivery's id
 # A delivery's record expires (TTL) this long after its retry window closes (a manual retry closes
 # it anew): a window longer than this (WebhookRetryWindowSeconds) never loses a delivery still pending.
 DELIVERY_RETENTION = timedelta(days=30)
@@ -61,7 +62,7 @@ def entry_size(entry: dict[str, Any], detail_bytes: int | None = None) -> int:
 
 
 def _deliveries_pk(webhook_id: str) -> str:
-    return f"WEBHOOK#{webhook_id}"
+    return DELIVERIES_PK + webhook_id
 
 
 class DynamoWebhooks(WebhookStore):

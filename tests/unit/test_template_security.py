@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
 
-from functions.adapters.access_log import DynamoAccessLog, SqsReadRecorder
+from functions.adapters.access_log import ACCESS_LOG_PK, DynamoAccessLog, SqsReadRecorder
 from functions.adapters.aggregates import DynamoAggregates
 from functions.adapters.api_gateway import ApiGatewayAuthorizerCache
 from functions.adapters.dynamodb import (
@@ -43,9 +43,25 @@ from functions.adapters.imports import DynamoImportLedger, LambdaSplitContinuati
 from functions.adapters.labels import S3Labels
 from functions.adapters.notifications import DynamoNotifications
 from functions.adapters.purchasing import DynamoPurchasing
-from functions.adapters.webhooks import DynamoWebhooks, EventBridgePublisher, SqsDeliveryQueue
+from functions.adapters.webhooks import (
+    DELIVERIES_PK,
+    WEBHOOKS_PK,
+    DynamoWebhooks,
+    EventBridgePublisher,
+    SqsDeliveryQueue,
+)
 from functions.adapters.workflow_starter import StepFunctionsReturnStarter, StepFunctionsStarter
-from tests.template_iam import RESOURCES, TEMPLATE, actions, granted, listed, logical_id, scope, statements
+from tests.template_iam import (
+    RESOURCES,
+    TEMPLATE,
+    actions,
+    granted,
+    key_limits,
+    listed,
+    logical_id,
+    scope,
+    statements,
+)
 
 
 def of_type(kind: str) -> dict[str, Any]:
@@ -476,6 +492,29 @@ def test_the_outbox_sends_only_to_its_own_failure_queue():
     stream = RESOURCES["OutboxFunction"]["Properties"]["Events"]["OrdersStream"]["Properties"]
 
     assert stream["DestinationConfig"]["OnFailure"]["Destination"] == {"Fn::GetAtt": ["OutboxFailureQueue", "Arn"]}
+
+
+def test_the_access_logs_batch_writes_reach_its_own_partitions_only():
+    # BatchWriteItem is a put or a delete to IAM: unconditioned, the function could replace or
+    # delete any item of the Catalog table, an API key's among them.
+    catalog = [s for s in statements("AccessLogFunction") if {"Fn::GetAtt": [CATALOG, "Arn"]} in listed(s["Resource"])]
+    writes = [s for s in catalog if "dynamodb:BatchWriteItem" in listed(s["Action"])]
+    assert writes and all(
+        s.get("Condition") == {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": [f"{ACCESS_LOG_PK}*"]}}
+        for s in writes
+    )
+
+
+def test_webhook_delivery_reaches_only_the_webhooks_partitions_of_the_catalog():
+    # The function that calls third parties' URLs: were its Catalog grants unconditioned, a flaw in
+    # it could read or write any Catalog item, an API key's among them. It reads a subscription and
+    # reads and writes that subscription's deliveries.
+    expected = {
+        (CATALOG, "dynamodb:GetItem"): [WEBHOOKS_PK, f"{DELIVERIES_PK}*"],
+        (CATALOG, "dynamodb:PutItem"): [f"{DELIVERIES_PK}*"],
+    }
+    limits = key_limits("WebhookDeliveryFunction")
+    assert {grant: sorted(limits.get(grant, [])) for grant in expected} == {g: sorted(p) for g, p in expected.items()}
 
 
 @pytest.mark.parametrize("function", sorted(USES))
