@@ -18,12 +18,11 @@ default; to search longer:
 from __future__ import annotations
 
 import itertools
-import os
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
@@ -31,21 +30,14 @@ from core.errors import InsufficientStock
 from core.models import StockLevel
 from functions.adapters.dynamodb import DynamoInventory, from_item
 from infra.local.template import Template, create_table_request
+from tests.stateful import at_length, in_make_test
 
 SKUS = ["TSHIRT", "MUG"]
 LOCATIONS = ["wh-east", "wh-west"]
 KEYS = ["ord_a#L1", "ord_a#L2", "ord_b#L1"]  # order#line, as the workflow names reservations
 
-AT_LENGTH = settings(
-    max_examples=int(os.environ.get("OMS_STATEFUL_EXAMPLES", "300")),
-    stateful_step_count=int(os.environ.get("OMS_STATEFUL_STEPS", "50")),
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
-    report_multiple_bugs=False,  # a failure shrinks one bug, not every distinct one (each takes minutes)
-)
-# What `make test` runs: the same 12 examples of 25 steps every time (derandomize: drawn from a
-# seed hashed from the test, and no example database replayed before them).
-SETTINGS = settings(AT_LENGTH, max_examples=12, stateful_step_count=25, derandomize=True)
+AT_LENGTH = at_length(examples=300, steps=50)
+SETTINGS = in_make_test(examples=12, steps=25)
 
 skus = st.sampled_from(SKUS)
 locations = st.sampled_from(LOCATIONS)
