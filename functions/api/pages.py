@@ -27,7 +27,8 @@ class WrittenPage(str):
 
 
 def written(model: BaseModel) -> str:
-    """`model`'s JSON as powertools writes a route's answer (by alias, compact, ASCII)."""
+    """`model`'s JSON as powertools writes a route's answer (by alias, compact, non-ASCII as
+    escapes), in one pass; only DEL differs, kept as it is where powertools writes it as an escape."""
     return model.model_dump_json(by_alias=True, ensure_ascii=True)
 
 
