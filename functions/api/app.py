@@ -21,19 +21,13 @@ try:
     from typing import Any
 
     from aws_lambda_powertools import Logger, Metrics
-    from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response
-    from aws_lambda_powertools.event_handler.api_gateway import Route
-    from aws_lambda_powertools.event_handler.middlewares.openapi_validation import (
-        OpenAPIRequestValidationMiddleware,
-        OpenAPIResponseValidationMiddleware,
-    )
+    from aws_lambda_powertools.event_handler import APIGatewayRestResolver
     from aws_lambda_powertools.logging import correlation_paths
     from aws_lambda_powertools.metrics import MetricUnit
 
     from core.card_numbers import mask_card_numbers
     from functions.api import access_log, errors, guards
     from functions.api.access import ScopeTable
-    from functions.api.pages import WrittenPage
     from functions.business_metrics import emits_business_metrics
 finally:
     gc.freeze()
@@ -51,28 +45,10 @@ class _Resolver(APIGatewayRestResolver):
         return {name: decoded.get(name, value) for name, value in match.groupdict().items()}
 
 
-class _ResponseValidation(OpenAPIResponseValidationMiddleware):
-    """Powertools' response validation, answering a page a list wrote already (pages.WrittenPage)
-    as it is. It would validate the route's answer against the declared model and dump it, and the
-    resolver would then write that dump as JSON: a page of 100 orders made twice more, for a body
-    written from that very model (one pass) and measured against Lambda's response limit."""
-
-    def _handle_response(self, *, route: Route, response: Response) -> Response:
-        if isinstance(response.body, WrittenPage):
-            return response
-        return super()._handle_response(route=route, response=response)
-
-
 logger = Logger()
 # The template sets the namespace; the default keeps a stray import (a test) from breaking flushes.
 metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "OMS"))
 app = _Resolver(enable_validation=True, json_body_deserializer=guards.parsed_body)
-# Powertools makes its validation middlewares on the first route it calls, unless the app has them
-# (api_gateway.Route._build_middleware_stacks): these are the ones it then puts around each route.
-app._request_validation_middleware = OpenAPIRequestValidationMiddleware()
-app._response_validation_middleware = _ResponseValidation(
-    validation_serializer=app._serializer, has_response_validation_error=app._has_response_validation_error
-)
 errors.register(app)
 
 # The route modules (functions/api/routes/), in the order the resolver joins them. A cold start

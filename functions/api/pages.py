@@ -20,12 +20,6 @@ _MOST_PER_CHARACTER = 6
 Item = TypeVar("Item", bound=BaseModel)
 
 
-class WrittenPage(str):
-    """A page's JSON as the API writes every answer (compact, non-ASCII as escapes), made from the
-    page model the route declares, already valid: the app's response validation answers it as it
-    is (app._ResponseValidation) rather than dumping the page and writing it again."""
-
-
 def written(model: BaseModel) -> str:
     """`model`'s JSON as powertools writes a route's answer (by alias, compact, non-ASCII as
     escapes), in one pass; only DEL differs, kept as it is where powertools writes it as an escape."""
@@ -52,20 +46,22 @@ def page_that_fits(
     read: Callable[[int], tuple[list[Item], str | None]],
     limit: int,
     page: type[BaseModel],
-) -> Response[BaseModel]:
+) -> Response[str]:
     """The 200 answer of `page` (a model of `items` and `next_cursor`) of `read(limit)`'s items (as
     the route shows them) and the cursor of the rest, or, when its items would pass RESPONSE_ROOM,
     of the page read again with a limit of as many as fit: the repository's cursor then starts right
     after the last one shown. Read again until a page fits whole (the list may have changed between
-    reads); every page holds at least one item. The page is written once: its JSON is what is
-    measured and what is answered: counted exactly only when its length at the most each character
-    can take does not fit already. The items take less of the response than the whole page, so a
-    page whose JSON fits needs no other measure; one that does not is measured item by item, as
-    before, which also finds where to cut it."""
+    reads); every page holds at least one item.
+    The page is written once, and that JSON is both what is measured and what is answered: a route
+    returning it declares `Response[str]`, so powertools checks a str and sends it as it is, while
+    the OpenAPI document takes the page model from the route's `responses`. It is measured exactly
+    only when its length at the most a character can take does not fit already; the items take less
+    of the response than the whole page, so a page that fits needs no other measure, and one that
+    does not is measured item by item, which also finds where to cut it."""
     while True:
         items, cursor = read(limit)
         body = written(page(items=items, next_cursor=cursor))
         fits = len(body) * _MOST_PER_CHARACTER <= RESPONSE_ROOM or proxied_bytes(body) <= RESPONSE_ROOM
         if fits or (fit := fitting(items)) == len(items):
-            return Response(200, content_types.APPLICATION_JSON, WrittenPage(body))
+            return Response(200, content_types.APPLICATION_JSON, body)
         limit = fit

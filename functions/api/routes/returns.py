@@ -90,7 +90,7 @@ def list_order_returns(
     order_id: OrderIdPath,
     limit: Limit = 25,
     cursor: Annotated[str | None, Query(max_length=2048)] = None,
-) -> Response[ReturnPage]:
+) -> Response[str]:
     who = caller(router)
 
     def read(size: int) -> tuple[list[Return], str | None]:
@@ -111,7 +111,7 @@ def list_returns(
     status: Annotated[ReturnStatus | None, Query()] = None,
     limit: Limit = 25,
     cursor: Annotated[str | None, Query(max_length=2048)] = None,
-) -> Response[ReturnPage]:
+) -> Response[str]:
     channel = caller(router).channel
 
     def read(size: int) -> tuple[list[Return], str | None]:
