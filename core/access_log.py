@@ -42,7 +42,9 @@ LIST_READS: dict[tuple[str, str], str] = {
 # The API's changes of an order that answer with the order (or its new return or refund, or the
 # return received): the action each is recorded as when it wrote no history entry nor return (a
 # cancel of a cancelled order, an Idempotency-Key replayed, a receipt received again), for it
-# answered with what a read shows all the same: a read of it.
+# answered with what a read shows all the same: a read of it. One that wrote its entry is a read
+# too when its answer handed out label links (a shipment's, a return's): its entry is the change,
+# and says nothing of the links the key was given.
 CHANGES: dict[tuple[str, str], str] = {
     ("POST", "/orders"): "place",  # the order is the answer's, not the path's
     ("PATCH", "/orders/{order_id}"): "edit",
@@ -55,7 +57,11 @@ CHANGES: dict[tuple[str, str], str] = {
     ("POST", "/orders/{order_id}/shipments/{shipment_id}/reject"): "reject",
     ("POST", "/orders/{order_id}/returns"): "return",
     ("POST", "/orders/{order_id}/refunds"): "refund",
-    ("POST", "/returns/{return_id}/receive"): "receive",  # the order is the return's
+    # A return's own: the order is the return's. A return approved or rejected always wrote it (a
+    # repeat is 409): recorded for the label link an approval answers, which a request may too.
+    ("POST", "/returns/{return_id}/approve"): "approve_return",
+    ("POST", "/returns/{return_id}/reject"): "reject_return",
+    ("POST", "/returns/{return_id}/receive"): "receive",
 }
 
 

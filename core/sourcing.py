@@ -210,18 +210,18 @@ def reach_once_put_back(order: Order, locations: list[Location]) -> list[Locatio
 
 def stocked_once_put_back(
     order: Order,
-    locations: list[Location],
+    reach: list[Location],
     levels: dict[str, list[StockLevel]],
     own: dict[tuple[str, str], int],
     skus: set[str],
 ) -> bool:
     """Whether the locations that would supply an `out_of_reach` order once the rules and the
-    network are put back (`reach_once_put_back`) have together every unit its lines of `skus` (those
-    that may not wait backordered) ask: on `levels` as the stock items hold them (no safety stock
-    held back, a setting too) and what the order holds there itself (`own`, by (sku, location_id)).
-    Then only a setting keeps it from its units, and ReserveStock parks it for a person (OutOfReach);
-    otherwise it is out of stock whatever the settings, a business outcome that cancels it."""
-    reach = reach_once_put_back(order, locations)
+    network are put back (`reach`: `reach_once_put_back`'s, which the caller read `levels` at) have
+    together every unit its lines of `skus` (those that may not wait backordered) ask: on `levels`
+    as the stock items hold them (no safety stock held back, a setting too) and what the order
+    holds there itself (`own`, by (sku, location_id)). Then only a setting keeps it from its units,
+    and ReserveStock parks it for a person (OutOfReach); otherwise it is out of stock whatever the
+    settings, a business outcome that cancels it."""
     available = available_of(order, reach, levels)
     where = {loc.location_id for loc in reach}
     for (sku, location_id), units in own.items():
@@ -911,7 +911,7 @@ def _out_of_reach_outcome(
     cannot = cannot_wait({line.sku for line in order.lines})
     if not cannot:
         return "allocation would wait backordered for all of it until the rules or the network give it a location"
-    if stocked_once_put_back(order, locations, levels, own, cannot):
+    if stocked_once_put_back(order, reach_once_put_back(order, locations), levels, own, cannot):
         return (
             "allocation would put this order on hold for a person, its payment kept: the locations the rules and "
             "the network leave out have its units"

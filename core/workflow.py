@@ -719,7 +719,7 @@ class Workflow:
         own: dict[tuple[str, str], int] = defaultdict(int)
         for (sku, location_id, _), quantity in mine.items():
             own[(sku, location_id)] += quantity
-        return stocked_once_put_back(order, locations, levels, own, skus)
+        return stocked_once_put_back(order, reach, levels, own, skus)
 
     def _cannot_wait(self, skus: set[str], order: Order) -> set[str]:
         """The skus of `skus` `order` may not wait backordered for: those whose product does not

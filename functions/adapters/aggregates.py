@@ -88,13 +88,13 @@ class DynamoAggregates:
         timed = False  # the new order's times went with its counters
         for part, chunk in enumerate(parts):
             filing = recorded and part == len(parts) - 1
-            seen = change.seen if part == 0 and self._customer_row(change.seen, chunk) is not None else None
+            row = self._customer_row(change.seen, chunk) if part == 0 else None
             try:
-                done = self._transact(change, part, chunk, filing=filing, seen=seen)
+                done = self._transact(change, part, chunk, filing=filing, row=row)
             except _OlderOrder:  # a later order of the customer came first: its times stay
                 done = self._transact(change, part, chunk, filing=filing)
             else:
-                timed = seen is not None and done
+                timed = row is not None and done
             applied |= done
         if change.seen is not None:
             if not timed:  # an older order arriving late, a change with no counters, a redelivery
@@ -118,12 +118,13 @@ class DynamoAggregates:
         updates: list[CounterUpdate],
         *,
         filing: bool = False,
-        seen: CustomerSeen | None = None,
+        row: int | None = None,
     ) -> bool:
         """The part's marker and counters in one transaction; False if its marker was there. With
-        `seen` (a new order: its customer row is among `updates`), the row's update also sets the
-        order's times, email and name, on the condition that no later order of the customer set
-        them (_record_seen's first write, one write unit less per order): raises _OlderOrder when one did."""
+        `row` (a new order: the index of its customer's row among `updates`, _customer_row), the
+        row's update also sets the order's times, email and name (`change.seen`), on the condition
+        that no later order of the customer set them (_record_seen's first write, one write unit
+        less per order): raises _OlderOrder when one did."""
         marker = {
             **marker_key(change.order_id, change.version, part),
             "expires_at": {"N": str(int(self._now()) + MARKER_TTL_SECONDS)},
@@ -134,9 +135,9 @@ class DynamoAggregates:
         items: list[dict[str, Any]] = [
             {"Put": {"TableName": self._table, "Item": marker, "ConditionExpression": "attribute_not_exists(pk)"}}
         ]
-        row = self._customer_row(seen, updates)
         items.extend(
-            {"Update": self._counter_update(update, seen if i == row else None)} for i, update in enumerate(updates)
+            {"Update": self._counter_update(update, change.seen if i == row else None)}
+            for i, update in enumerate(updates)
         )
         if filing:
             # Rare (an order allocated on another day than it was placed, an exchange's

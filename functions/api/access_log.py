@@ -1,7 +1,7 @@
 """Queues each read of an order for its access log once the read has its answer; a failure to queue never fails it.
 
 A change of an order that wrote nothing on it (no history entry) but answered it is such a read, and
-so is each order (or return) a list answers.
+so is each order (or return) a list answers, and the label links a change answered.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ logger = Logger(child=True)
 def recorded_read(event: dict[str, Any], response: dict[str, Any], metrics: Metrics) -> None:
     """Queue the read `event` made if it read an order (a 2xx of a route in READS, or of one in
     CHANGES that wrote no history entry on the order nor a return of it: its entries, or the return
-    workflow's, are the change's record), or the
+    workflow's, are the change's record; or that wrote one and answered label links, which no entry
+    names), or the
     reads of a list in LIST_READS (one per order or return it answered). Should the
     queue refuse one, the whole record goes to the log at ERROR (`read not queued`, metric
     AccessLogReadsNotQueued, alarm AccessLogReadsNotQueuedAlarm): the read still answers, and
@@ -41,7 +42,9 @@ def recorded_read(event: dict[str, Any], response: dict[str, Any], metrics: Metr
     detail = None
     if route == ("POST", "/orders"):
         if orders_changed():
-            return  # placed: the order's `created` entry names its key (and its answer is not parsed)
+            # Placed: the order's `created` entry names its key, and its answer is not parsed: an
+            # order just placed has no shipment yet, so no label link.
+            return
         # Placed again under its Idempotency-Key, the order placed the first time is the answer.
         order_id = _answer(response).get("id")
     elif order_id is None:
@@ -50,12 +53,12 @@ def recorded_read(event: dict[str, Any], response: dict[str, Any], metrics: Metr
         detail = {"return_id": parameters.get("return_id")}
     if not isinstance(order_id, str):
         return
-    if route in CHANGES and order_id in orders_changed():
-        return  # a change: the history entries it wrote name its key
     answer = _answer(response) if action in ("get", "returns") or route in CHANGES else None
     # An order's answer names the label links it handed out (its shipments'), and so does a return's
     # or a page of them (the returns'); a return read by its id keeps that id.
     labels = _labels_handed_out(answer) if answer is not None else None
+    if route in CHANGES and order_id in orders_changed() and labels is None:
+        return  # a change: the history entries it wrote name its key, and it handed out no label link
     _record(event, [(order_id, action, {**(detail or {}), **(labels or {})} or None)], metrics)
 
 

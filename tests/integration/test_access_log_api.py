@@ -14,7 +14,7 @@ import pytest
 from core.models import HistoryEntry
 from core.status import OrderStatus
 from tests.e2e.client import assert_error, times
-from tests.integration.in_process import InProcessApi, in_process_api
+from tests.integration.in_process import InProcessApi, allocated, in_process_api_with_labels
 from tests.unit.conftest import a_stored_order
 
 
@@ -30,7 +30,7 @@ class Context:
 
 @pytest.fixture(scope="module")
 def api() -> Iterator[InProcessApi]:
-    with in_process_api() as started:
+    with in_process_api_with_labels() as started:
         yield started
 
 
@@ -120,6 +120,59 @@ def test_a_change_that_changes_nothing_answers_the_order_and_is_logged_as_a_read
         (writer_id, "cancelled"),
         *[(writer_id, "cancel")] * 3,
     ]
+    consume_queued_reads()
+
+
+def test_a_change_that_hands_out_label_links_is_logged_as_a_read_of_them_beside_its_entry(api):
+    # A ship writes its history entry and answers the order with a freshly signed link to each
+    # shipment's label (the customer's name and address on it); approving a return answers the
+    # return's label link. The log named the change and not the links the key was handed.
+    from core.return_models import Return, ReturnLine
+    from functions.bootstrap import Config, bootstrap
+    from tests.e2e.client import Catalog
+    from tests.unit.conftest import usd
+
+    [sku] = Catalog(api).stocked("19.99")
+    oid, sid = allocated(api, sku)
+    shipper_id, shipper = key(api, "fulfillment:write", "orders:read")
+    consume_queued_reads()
+
+    shipped = api.post(f"/orders/{oid}/shipments/{sid}/ship", json={}, key=shipper)
+    assert shipped.status_code == 200 and shipped.json()["shipments"][0]["label_url"], shipped.text
+    assert [(q["order_id"], q["actor"], q["action"], q["detail"]) for q in consume_queued_reads()] == [
+        (oid, shipper_id, "ship", {"label_urls": [sid]})
+    ]
+    # A key that may not read orders is answered a receipt: no link handed out, nothing read.
+    courier_id, courier = key(api, "fulfillment:write")
+    delivered = api.post(f"/orders/{oid}/shipments/{sid}/deliver", json={}, key=courier)
+    assert delivered.status_code == 200 and "shipments" not in delivered.json(), delivered.text
+    assert consume_queued_reads() == []
+
+    rid = "rma_" + "h" * 24
+    at = bootstrap(Config.from_env()).order_repository.get(oid).updated_at
+    bootstrap(Config.from_env()).return_repository.add(
+        Return(
+            id=rid, order_id=oid, channel="web", ordinal=1, status="requested",
+            lines=[ReturnLine(line_id="L1", quantity=1, reason="too small")], refund=usd("0.00"), fee=usd("0.00"),
+            return_to=shipped.json()["shipments"][0]["location_id"], created_at=at, updated_at=at, version=1,
+        )
+    )  # fmt: skip
+    clerk_id, clerk = key(api, "returns:write")
+    approved = api.post(f"/returns/{rid}/approve", json={}, key=clerk)
+    assert approved.status_code == 200 and approved.json()["label_url"], approved.text
+    assert [(q["order_id"], q["actor"], q["action"], q["detail"]) for q in consume_queued_reads()] == [
+        (oid, clerk_id, "approve_return", {"return_id": rid, "label_urls": [rid]})
+    ]
+
+    items = api.get(f"/orders/{oid}/access-log", key=key(api, "audit:read")[1]).json()["items"]
+    reads = [(i["actor"], i["action"], i["detail"]) for i in items if not (i["detail"] or {}).get("change")]
+    assert reads[-2:] == [  # after the admin's reads that ran the order to allocated
+        (shipper_id, "ship", {"label_urls": [sid]}),
+        (clerk_id, "approve_return", {"return_id": rid, "label_urls": [rid]}),
+    ]
+    changes = [(i["actor"], i["action"]) for i in items if (i["detail"] or {}).get("change")]
+    assert (shipper_id, "shipment_shipped") in changes and (clerk_id, "return_authorized") in changes
+    assert (courier_id, "shipment_delivered") in changes
     consume_queued_reads()
 
 

@@ -104,6 +104,39 @@ def test_every_read_and_change_route_the_access_log_names_is_a_route_of_the_api(
     assert not set(READS) & set(CHANGES)
 
 
+def test_every_route_whose_answer_can_carry_a_label_link_is_recorded_in_the_access_log():
+    # A label carries the customer's name and address. A route whose 2xx answer holds a model with a
+    # `label_url` (an order's shipments, a return) and is in none of the tables records nothing of
+    # the links it hands out: approving a return answered its label link unrecorded.
+    from functions.api.app import every_route
+
+    document = json.loads(every_route().get_openapi_json_schema())
+    schemas = document["components"]["schemas"]
+
+    def carries_label(node: object, seen: set[str]) -> bool:
+        if isinstance(node, list):
+            return any(carries_label(value, seen) for value in node)
+        if not isinstance(node, dict):
+            return False
+        if "label_url" in (node.get("properties") or {}):
+            return True
+        name = str(node.get("$ref", "")).rpartition("/")[2]
+        if name and name not in seen:
+            seen.add(name)
+            if carries_label(schemas[name], seen):
+                return True
+        return any(carries_label(value, seen) for value in node.values())
+
+    labelled = {
+        (method.upper(), path)
+        for path, operations in document["paths"].items()
+        for method, operation in operations.items()
+        if carries_label([answer for code, answer in operation["responses"].items() if code.startswith("2")], set())
+    }
+    assert ("GET", "/orders/{order_id}") in labelled and ("GET", "/returns/{return_id}") in labelled
+    assert labelled - set(READS) - set(LIST_READS) - set(CHANGES) == set()
+
+
 def test_the_log_is_read_a_page_at_a_time_in_the_order_of_the_whole_log():
     # Changes and reads interleaved, a read at the very time of a change (the change comes first),
     # and two reads of one time (by request id).

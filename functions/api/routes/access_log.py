@@ -40,7 +40,11 @@ class AccessLogPage(Shown):
     "answered the order (a cancel of a cancelled order, a replayed Idempotency-Key) is a read named after it "
     "(`cancel`, `edit`, `hold`, `release`, `ship`, `deliver`, `ready`, `reject`; `return`, `refund` for a replayed "
     "return or refund; `receive` for one of its returns received again with the same receipt, with "
-    "`detail.return_id`; `place` for an order placed again under its Idempotency-Key). "
+    "`detail.return_id`; `place` for an order placed again under its Idempotency-Key). A change that wrote its "
+    "entry and answered label links (an order with a labelled shipment, a return with its label; "
+    "`approve_return` for a return approved) is also a read named after it, "
+    "`detail.label_urls` naming the shipments or returns whose links it handed out (with `detail.return_id` for "
+    "one of its returns changed by the return's id). "
     "Each with `actor` the API key id (or "
     "`workflow` and the other system actors for changes). Reads are queued as they answer and stored within seconds; "
     "they are kept 400 days. Paginated as every list is: a much-read order's log is read a page at a time.",

@@ -90,7 +90,7 @@ def list_order_returns(
     order_id: OrderIdPath,
     limit: Limit = 25,
     cursor: Annotated[str | None, Query(max_length=2048)] = None,
-) -> ReturnPage:
+) -> Response[str]:
     who = caller(router)
 
     def read(size: int) -> tuple[list[Return], str | None]:
@@ -98,8 +98,7 @@ def list_order_returns(
         return [with_return_label_link(item) for item in items], next_cursor
 
     # A return of 100 lines with the longest reasons answers ~280 KB: 21 of them pass Lambda's 6 MB.
-    items, next_cursor = page_that_fits(read, limit)
-    return ReturnPage(items=items, next_cursor=next_cursor)
+    return page_that_fits(read, limit, ReturnPage)
 
 
 @router.get(
@@ -112,15 +111,14 @@ def list_returns(
     status: Annotated[ReturnStatus | None, Query()] = None,
     limit: Limit = 25,
     cursor: Annotated[str | None, Query(max_length=2048)] = None,
-) -> ReturnPage:
+) -> Response[str]:
     channel = caller(router).channel
 
     def read(size: int) -> tuple[list[Return], str | None]:
         items, next_cursor = container().returns.list(status, channel, size, cursor)
         return [with_return_label_link(item) for item in items], next_cursor
 
-    items, next_cursor = page_that_fits(read, limit)
-    return ReturnPage(items=items, next_cursor=next_cursor)
+    return page_that_fits(read, limit, ReturnPage)
 
 
 @router.get(
