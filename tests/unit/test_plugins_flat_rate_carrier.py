@@ -16,13 +16,8 @@ from core.plugin_manager import build_plugin_manager
 from core.status import OrderStatus
 from core.workflow_types import CarrierShipment, RefusedTrackingEvent, TrackingUpdate
 from plugins import flat_rate_carrier
-from plugins.flat_rate_carrier import (
-    gs1_check_digit,
-    is_valid_tracking_number,
-    oms_carrier_create_shipment,
-    pdf_text,
-    tracking_number,
-)
+from core.pdf_pages import gs1_check_digit, pdf_text
+from plugins.flat_rate_carrier import is_valid_tracking_number, oms_carrier_create_shipment, tracking_number
 from tests.unit.conftest import UPDATED_AT, a_stored_order
 
 TRACKING = re.compile(r"^OMS\d{13}$")
