@@ -18,7 +18,8 @@ given pair, so likely somewhere among about a million shipments. Fine for a stan
 whose numbers nobody looks up; a real carrier issues unique ones.
 
 Services by the order's `shipping_method`: standard and ground → "Ground", express → "Express",
-pickup (or a pickup order) → "Store pickup", anything else title-cased ("two_day" → "Two Day").
+anything else title-cased ("two_day" → "Two Day"). A pickup order never reaches it: the OMS makes
+a pickup parcel's pick slip itself (core/pick_slips.py), asking no carrier plugin.
 
 Tracking: the label prints the booking's reference ("ord_…/shp_…", core.ids.shipment_reference).
 Whoever scans the parcel (a courier app, a relay, a person) posts to
@@ -57,14 +58,11 @@ SERVICES = {
     "standard": "Ground",
     "ground": "Ground",
     "express": "Express",
-    "pickup": "Store pickup",
 }
 
 
 def service_for(order: Order) -> str:
     method = (order.shipping_method or "").strip().lower()
-    if order.fulfillment.type == "pickup" and not method:
-        return SERVICES["pickup"]
     if not method:
         return SERVICES["standard"]
     return SERVICES.get(method) or method.replace("_", " ").title()[:60]
