@@ -1,7 +1,7 @@
 """A pickup parcel and the carrier plugins, over the in-process API with a real carrier's plugin
 installed beside the built-ins: a pickup never travels, so no carrier books (or cancels) it; the
 OMS makes its pick slip itself (core/pick_slips.py), whatever carrier plugins the deployment has.
-The workflow's steps run in this process with the same container as the API (run_steps)."""
+The workflow's steps run through their Lambda handlers in this process, their container the API's."""
 
 from __future__ import annotations
 
@@ -62,19 +62,22 @@ def api() -> Iterator[InProcessApi]:
 
 @pytest.fixture
 def deployment(monkeypatch) -> Iterator[Any]:
-    """Installs a carrier plugin (`deployment(carrier, disabled=...)`) in a container the API and
-    the workflow's steps share, the built-ins named in `disabled` turned off as OMS_DISABLED_PLUGINS does."""
+    """Installs a carrier plugin (`deployment(carrier, disabled=...)`) in a container the API function
+    and the workflow's task functions share, the built-ins named in `disabled` turned off as
+    OMS_DISABLED_PLUGINS does."""
     from functions.api.dependencies import container
     from functions.bootstrap import Config, bootstrap
+    from functions.workflow.step import container as step_container
 
     overriding: list[Any] = []
 
     def install(carrier: UpsCarrier, disabled: frozenset[str] = frozenset()) -> Any:
         built = bootstrap(Config.from_env()._replace(disabled_plugins=disabled))
         built.plugins.register(carrier, name="oms-ups")
-        override = container.override(built)
-        override.__enter__()
-        overriding.append(override)
+        for warm in (container, step_container):
+            override = warm.override(built)
+            override.__enter__()
+            overriding.append(override)
         return built
 
     yield install
@@ -82,15 +85,18 @@ def deployment(monkeypatch) -> Iterator[Any]:
         override.__exit__(None, None, None)
 
 
-def placed(api: InProcessApi, built: Any, external_id: str, **overrides: Any) -> dict[str, Any]:
-    """A new order of two MUGs (order_body's, with `overrides`) run to `allocated` by `built`'s steps."""
+def placed(api: InProcessApi, external_id: str, **overrides: Any) -> dict[str, Any]:
+    """A new order of two MUGs (order_body's, with `overrides`) run to `allocated` by the workflow's
+    task functions (AuthorizePayment, ReserveStock, CreateShipments), as the state machine runs them."""
+    from functions.workflow import authorize_payment, create_shipments, reserve_stock
+    from tests.integration.test_handlers import Context
+
     response = api.post("/orders", json=order_body(external_id=external_id, lines=[{"sku": "MUG", "quantity": 2}],
                                                    **overrides))  # fmt: skip
     assert response.status_code == 201, response.text
     order_id = response.json()["id"]
-    built.workflow.authorize_payment(order_id, attempt=0)
-    built.workflow.reserve_stock(order_id)
-    built.workflow.create_shipments(order_id)
+    for task in (authorize_payment, reserve_stock, create_shipments):
+        task.lambda_handler({"order_id": order_id, "attempt": 0}, Context())
     order = api.get(f"/orders/{order_id}").json()
     assert order["status"] == "allocated", order
     return order
@@ -104,7 +110,7 @@ def test_a_real_carrier_books_no_label_for_a_pickup_and_is_not_asked_to_cancel_o
     ups = UpsCarrier()
     built = deployment(ups)
 
-    order = placed(api, built, "web-slip-1", fulfillment=PICKUP)
+    order = placed(api, "web-slip-1", fulfillment=PICKUP)
     (shipment,) = order["shipments"]
 
     assert ups.booked == []  # no UPS label bought (and printed at the store) for a shelf
@@ -120,9 +126,9 @@ def test_a_real_carrier_books_no_label_for_a_pickup_and_is_not_asked_to_cancel_o
 
 def test_a_parcel_that_travels_is_still_booked_with_the_carrier_and_cancelled_with_it(api, deployment):
     ups = UpsCarrier()
-    built = deployment(ups)
+    deployment(ups)
 
-    order = placed(api, built, "web-slip-ship")
+    order = placed(api, "web-slip-ship")
     (shipment,) = order["shipments"]
 
     assert ups.booked == [shipment["id"]] and shipment["carrier"] == "UPS"
@@ -132,9 +138,9 @@ def test_a_parcel_that_travels_is_still_booked_with_the_carrier_and_cancelled_wi
 
 def test_a_pickup_is_readied_and_collected_when_the_only_carrier_answers_none_for_pickups(api, deployment):
     ups = UpsCarrier(pickups=False)
-    built = deployment(ups, disabled=frozenset({"flat_rate_carrier"}))
+    deployment(ups, disabled=frozenset({"flat_rate_carrier"}))
 
-    order = placed(api, built, "web-slip-2", fulfillment=PICKUP)  # no answer used to park it
+    order = placed(api, "web-slip-2", fulfillment=PICKUP)  # no answer used to park it
     (shipment,) = order["shipments"]
     path = f"/orders/{order['id']}/shipments/{shipment['id']}"
 
@@ -151,7 +157,7 @@ def test_a_pickup_is_readied_and_collected_when_the_only_carrier_answers_none_fo
 def test_a_rejected_pickup_gives_up_its_slip_without_asking_a_carrier(api, deployment):
     ups = UpsCarrier(pickups=False)
     built = deployment(ups, disabled=frozenset({"flat_rate_carrier"}))
-    order = placed(api, built, "web-slip-3", fulfillment=PICKUP)
+    order = placed(api, "web-slip-3", fulfillment=PICKUP)
     (slip,) = order["shipments"]
 
     rejected = api.post(f"/orders/{order['id']}/shipments/{slip['id']}/reject", json={"reason": "damaged stock"})
