@@ -24,11 +24,10 @@ import hashlib
 from typing import NamedTuple
 
 from core.ids import shipment_reference
-from core.models import PICK_SLIP_CARRIER, Location, Order, ShipmentLine
+from core.models import Location, Order, ShipmentLine
 from core.pdf_pages import address_lines, content_lines, gs1_check_digit, pdf_document, rendered, weight_text
 
-CARRIER = PICK_SLIP_CARRIER
-SERVICE = "Store pickup"
+PICK_SLIP_SERVICE = "Store pickup"  # its carrier is core.models.PICK_SLIP_CARRIER, "OMS"
 CODE_PREFIX = "PU"
 CODE_DIGITS = 12
 
@@ -51,7 +50,8 @@ def pick_slip(
     order: Order, shipment_id: str, store: Location, lines: list[ShipmentLine], weight_grams: int
 ) -> PickSlip:
     """The slip of the pickup parcel `shipment_id` of `order`, picked at `store`: what the store
-    puts with the units on the shelf and scans when the customer collects them."""
+    puts with the units on the shelf, and finds again by the order the customer names when
+    collecting (its id, which the ready_for_pickup notification gives them, is on the slip)."""
     code = pickup_code(shipment_id)
     customer = order.customer.name or order.shipping_address.name
     rows: list[tuple[str, float, str] | None] = [

@@ -8,11 +8,18 @@ from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 from core.errors import PluginError
 from core.fields import empty_list
 from core.hook_calls import call_hook, plugin_words
-from core.models import Allocation, CleanText, Location, Order, ShipmentLine, TrackingNumber, VisibleText
+from core.models import (
+    PICK_SLIP_CARRIER,
+    Allocation,
+    CleanText,
+    Location,
+    Order,
+    ShipmentLine,
+    TrackingNumber,
+    VisibleText,
+)
 from core.money import Money
-from core.pick_slips import CARRIER as PICK_SLIP_CARRIER
-from core.pick_slips import SERVICE as PICK_SLIP_SERVICE
-from core.pick_slips import pick_slip
+from core.pick_slips import PICK_SLIP_SERVICE, pick_slip
 from core.ports import LabelStore
 
 
