@@ -294,8 +294,13 @@ def oms_carrier_create_shipment(
 ) -> CarrierShipment | None:
     """Book one shipment with a carrier and return its tracking number and label.
 
+    Only parcels that travel are asked: a pickup order's parcel (`fulfillment.type` "pickup") waits
+    at its store and never goes to a carrier, so the OMS makes its pick slip itself (carrier `OMS`,
+    service "Store pickup", a `PU…` pickup code, a 4x6 PDF: core.pick_slips) and no plugin is asked
+    to book it, nor later to cancel it (oms_carrier_cancel_shipment).
+
     :param order: the order (its `shipping_address` is the destination, `shipping_method` the
-        service the customer chose).
+        service the customer chose); never a pickup order.
     :param shipment_id: the OMS's id for this shipment (from the order, the location and the
         generation: core.ids.shipment_id_for): a parcel made after an edit or a location's reject
         has a new one, but a pending parcel booked again after a cancel of some of its units keeps
@@ -341,7 +346,9 @@ def oms_carrier_cancel_shipment(
         when the carrier will not cancel it (scanned already, its void window past), or None when
         `carrier` is not yours.
 
-    Stops at first non-None result. The OMS asks when a booking is given up: the order cancelled,
+    Stops at first non-None result. The OMS asks when a booking is given up (never for a pickup
+    parcel's pick slip, which no carrier booked; a pickup parcel a carrier booked before the OMS made
+    its slips is asked about as any other): the order cancelled,
     a pending parcel gone (all its units cancelled, or the order sent back to be sourced by an edit
     or a reject) or booked again after a cancel of some of its units; and for a return label
     (oms_carrier_return_label's `booking_key`) no return uses (a request made again with other

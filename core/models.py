@@ -1179,6 +1179,16 @@ class ShipmentLine(BaseModel, defer_build=True):
     quantity: int
 
 
+# The carrier of a pickup parcel's pick slip, made by the OMS itself (core.pick_slips): no carrier's
+# booking, so nothing is owed a cancel when the parcel is given up.
+PICK_SLIP_CARRIER = "OMS"
+
+
+def is_pick_slip(carrier: str | None) -> bool:
+    """Whether a shipment (or a booking) of this `carrier` is a pick slip: no carrier's booking."""
+    return carrier == PICK_SLIP_CARRIER
+
+
 class Shipment(BaseModel):
     model_config = ConfigDict(
         revalidate_instances="always", defer_build=True, json_schema_serialization_defaults_required=True
@@ -1566,6 +1576,8 @@ def _bookings_given_up(old: "Order", new: "Order") -> list[GivenUpBooking]:
         withdrawn = shipment.status is ShipmentStatus.READY_FOR_PICKUP and shipment.id not in after
         if (shipment.status is not ShipmentStatus.PENDING and not withdrawn) or not shipment.tracking_number:
             continue
+        if is_pick_slip(shipment.carrier):
+            continue  # the OMS's own slip, no carrier's booking: nothing to cancel
         if shipment.id in written_off:
             continue
         key = old.booking_key_of(shipment.id)
@@ -1591,7 +1603,10 @@ def _labels_given_up(old: "Order", new: "Order") -> list[GivenUpBooking]:
     once, and may never have heard the carrier's answer (lost, or the request killed), so a
     booking may exist under that key that nothing records. Once the parcel no longer waits for it
     (it left or was readied, it went, or a change moved the order's key on) it is owed a cancel,
-    carrier and tracking number unknown. One `new` uses (relabelled under it) is not."""
+    carrier and tracking number unknown. One `new` uses (relabelled under it) is not. A pickup
+    order's parcel is relabelled with a pick slip (core.pick_slips), which books nothing."""
+    if old.fulfillment.type == "pickup":
+        return []
     given_up = []
     for shipment_id in old.labels_due:
         key = booking_key(shipment_id, old.rebookings)
@@ -4072,7 +4087,10 @@ class Order(Shown):
     def _bookings_maybe_made(self) -> list[GivenUpBooking]:
         """The bookings CreateShipments asks the carrier for (one per location of the allocations,
         under the order's current booking key) when it is this order's step to run, save those
-        already kept: the carrier and tracking number of each unknown."""
+        already kept: the carrier and tracking number of each unknown. None for a pickup order: its
+        parcels get pick slips (core.pick_slips), no carrier is asked."""
+        if self.fulfillment.type == "pickup":
+            return []
         if self.status not in (OrderStatus.AUTHORIZED, OrderStatus.BACKORDERED) or self.shipments:
             return []
         if not self.allocations or self.short_of():

@@ -46,6 +46,7 @@ from core.models import (
     PlaceOrder,
     PromotionGrant,
     Totals,
+    is_pick_slip,
 )
 from core.money import AmountTooLarge, Money
 from core.order_changes import ATTEMPTS, Recorder, failure_recorder, modify, refusal_noted_once, visible
@@ -614,6 +615,8 @@ class UnitCancellation:
                 ),
             )  # fmt: skip
         except (InvalidTransition, NotFound, StaleVersion):
+            if is_pick_slip(booked.carrier):
+                return  # the OMS's own slip: no carrier to cancel it with
             # The parcel stays due, or is no longer: this booking is owed a cancel unless a retry
             # will ask for it again.
             made = GivenUpBooking(shipment_id=shipment_id, carrier=booked.carrier,

@@ -54,6 +54,7 @@ from core.models import (
     Shipment,
     ShipmentLine,
     StockLevel,
+    is_pick_slip,
     utc_now,
 )
 from core.money import Money
@@ -1055,6 +1056,7 @@ class Workflow:
         maybe_booked = [
             GivenUpBooking(shipment_id=sid, booking_key=sourced_again_key(sid, order.version))
             for sid in (order.parcel_id(location_id) for location_id in sorted(dropped))
+            if order.fulfillment.type != "pickup"  # its parcels get pick slips: no carrier asked
         ]
         done: list[tuple[str, str, str]] = []
         try:
@@ -1099,7 +1101,8 @@ class Workflow:
         are kept on the order (Order.unrecorded_bookings_given_up) by a failure after one (the
         next parcel's booking raising), as by a lost write, so a park then a cancel gives them up
         too. So is the booking that raised, as maybe made (its answer may be what was lost: a
-        read timeout after the carrier booked)."""
+        read timeout after the carrier booked). A pickup order's parcels get pick slips (book_parcel),
+        no carrier's bookings: none is kept."""
         by_location: dict[str, list[ShipmentLine]] = defaultdict(list)
         for allocation in allocations:
             by_location[allocation.location_id].append(
@@ -1116,10 +1119,11 @@ class Workflow:
                 shipment_id = order.parcel_id(location_id)
                 weight = sum((products[line_sku[x.line_id]].weight_grams or 0) * x.quantity for x in lines)
                 key = key_for(shipment_id)
-                asking = GivenUpBooking(shipment_id=shipment_id, booking_key=key)
+                if order.fulfillment.type != "pickup":
+                    asking = GivenUpBooking(shipment_id=shipment_id, booking_key=key)
                 booked = self._book(order, shipment_id, key, locations[location_id], lines, weight)
                 asking = None
-                if booked.tracking_number:
+                if booked.tracking_number and not is_pick_slip(booked.carrier):
                     made.append(GivenUpBooking(shipment_id=shipment_id, carrier=booked.carrier,
                                                tracking_number=booked.tracking_number, booking_key=key))  # fmt: skip
                 # Stored under the booking's key: a booking made for the order as it was, by a step

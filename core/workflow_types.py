@@ -8,8 +8,18 @@ from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 from core.errors import PluginError
 from core.fields import empty_list
 from core.hook_calls import call_hook, plugin_words
-from core.models import Allocation, CleanText, Location, Order, ShipmentLine, TrackingNumber, VisibleText
+from core.models import (
+    PICK_SLIP_CARRIER,
+    Allocation,
+    CleanText,
+    Location,
+    Order,
+    ShipmentLine,
+    TrackingNumber,
+    VisibleText,
+)
 from core.money import Money
+from core.pick_slips import PICK_SLIP_SERVICE, pick_slip
 from core.ports import LabelStore
 
 
@@ -75,7 +85,13 @@ def book_parcel(
     hook: Any, order: Order, shipment_id: str, key: str, origin: Location, lines: list[ShipmentLine], weight: int
 ) -> CarrierShipment:
     """The carrier plugins' booking of one parcel (oms_carrier_create_shipment), asked under its
-    booking `key` (core.ids.booking_key)."""
+    booking `key` (core.ids.booking_key); for a pickup order, the OMS's own pick slip
+    (core.pick_slips), for which no carrier plugin is asked: the parcel never travels."""
+    if order.fulfillment.type == "pickup":
+        slip = pick_slip(order, shipment_id, origin, lines, weight)
+        return CarrierShipment(
+            carrier=PICK_SLIP_CARRIER, service=PICK_SLIP_SERVICE, tracking_number=slip.code, label=slip.document
+        )
     booked = call_hook(
         hook.oms_carrier_create_shipment,
         order=order, shipment_id=shipment_id, booking_key=key, origin=origin, lines=lines, weight_grams=weight,

@@ -18,7 +18,8 @@ given pair, so likely somewhere among about a million shipments. Fine for a stan
 whose numbers nobody looks up; a real carrier issues unique ones.
 
 Services by the order's `shipping_method`: standard and ground → "Ground", express → "Express",
-pickup (or a pickup order) → "Store pickup", anything else title-cased ("two_day" → "Two Day").
+anything else title-cased ("two_day" → "Two Day"). A pickup order never reaches it: the OMS makes
+a pickup parcel's pick slip itself (core/pick_slips.py), asking no carrier plugin.
 
 Tracking: the label prints the booking's reference ("ord_…/shp_…", core.ids.shipment_reference).
 Whoever scans the parcel (a courier app, a relay, a person) posts to
@@ -44,7 +45,8 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from core import hookimpl
 from core.errors import InvalidRequest, field_path
 from core.ids import parse_shipment_reference, shipment_reference
-from core.models import Address, Location, Order, ShipmentLine
+from core.models import Location, Order, ShipmentLine
+from core.pdf_pages import address_lines, content_lines, gs1_check_digit, pdf_document, rendered, weight_text
 from core.workflow_types import CarrierShipment, RefusedField, RefusedTrackingEvent, TrackingUpdate, UtcTime
 
 CARRIER = "OMS Flat Rate"
@@ -56,31 +58,14 @@ SERVICES = {
     "standard": "Ground",
     "ground": "Ground",
     "express": "Express",
-    "pickup": "Store pickup",
 }
-
-# 4 x 6 inches in PDF points (1/72 inch): the usual thermal shipping label.
-PAGE_WIDTH = 288
-PAGE_HEIGHT = 432
-MARGIN = 18
-MAX_LABEL_LINES = 12  # content lines listed before "... and N more lines"
 
 
 def service_for(order: Order) -> str:
     method = (order.shipping_method or "").strip().lower()
-    if order.fulfillment.type == "pickup" and not method:
-        return SERVICES["pickup"]
     if not method:
         return SERVICES["standard"]
     return SERVICES.get(method) or method.replace("_", " ").title()[:60]
-
-
-def gs1_check_digit(digits: str) -> str:
-    """The GS1 mod-10 check digit of a string of digits (weights 3, 1, ... from the right)."""
-    if not digits.isascii() or not digits.isdigit():
-        raise ValueError("a check digit is computed over digits only")
-    weighted = sum(int(digit) * (3 if index % 2 == 0 else 1) for index, digit in enumerate(reversed(digits)))
-    return str((10 - weighted % 10) % 10)
 
 
 def tracking_number(shipment_id: str) -> str:
@@ -103,59 +88,6 @@ def is_valid_tracking_number(value: str) -> bool:
     )
 
 
-# --- The label --------------------------------------------------------------------------------
-# The PDF is written by hand: a single page with uncompressed text in the standard Helvetica
-# fonts (every PDF reader has them, so nothing is embedded) takes about 40 lines, and no
-# well-kept PDF writer is a dependency of the OMS; adding one (and its native wheels) to every
-# Lambda package for a stand-in carrier's label would not pay for itself.
-
-
-def pdf_text(value: str) -> str:
-    """`value` as the body of a PDF literal string: printable ASCII only, specials escaped."""
-    ascii_only = "".join(char if " " <= char <= "~" else "?" for char in value)
-    return ascii_only.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
-
-
-def _fit(value: str, size: float) -> str:
-    # Helvetica averages about 0.55 em a character: cut what would run off the label.
-    room = int((PAGE_WIDTH - 2 * MARGIN) / (size * 0.55))
-    return value if len(value) <= room else value[: room - 3] + "..."
-
-
-def _address_lines(address: Address) -> list[str]:
-    city_line = " ".join(part for part in (address.city, address.region, address.postal_code) if part)
-    return [address.name, address.line1, *([address.line2] if address.line2 else []), city_line, address.country]
-
-
-def _weight(weight_grams: int) -> str:
-    pounds = weight_grams / 453.59237
-    return f"{weight_grams / 1000:.2f} kg ({pounds:.2f} lb)"
-
-
-def _content_lines(order: Order, lines: list[ShipmentLine]) -> list[str]:
-    sku_of = {line.line_id: line.sku for line in order.lines}
-    listed = [f"{line.line_id}  {sku_of.get(line.line_id, '?')}  x{line.quantity}" for line in lines]
-    if len(listed) > MAX_LABEL_LINES:
-        listed = [*listed[: MAX_LABEL_LINES - 1], f"... and {len(listed) - MAX_LABEL_LINES + 1} more lines"]
-    return listed
-
-
-def _rendered(rows: list[tuple[str, float, str] | None]) -> bytes:
-    """The page's content stream: (font, size, text) rows top-down, None a rule between blocks."""
-    commands: list[str] = []
-    y = PAGE_HEIGHT - MARGIN
-    for row in rows:
-        if row is None:
-            y -= 4
-            commands.append(f"0.8 w {MARGIN} {y} m {PAGE_WIDTH - MARGIN} {y} l S")
-            y -= 4
-            continue
-        font, size, text = row
-        y -= size + 2
-        commands.append(f"BT /{font} {size} Tf {MARGIN} {y} Td ({pdf_text(_fit(text, size))}) Tj ET")
-    return "\n".join(commands).encode("ascii")
-
-
 def _label_content(
     order: Order,
     shipment_id: str,
@@ -169,48 +101,20 @@ def _label_content(
     rows: list[tuple[str, float, str] | None] = [
         ("F2", 14, CARRIER),
         ("F1", 7, "FROM:"),
-        *[("F1", 8, text) for text in [origin.name, *_address_lines(origin.address)[1:]]],
+        *[("F1", 8, text) for text in [origin.name, *address_lines(origin.address)[1:]]],
         None,
         ("F1", 7, "TO:"),
-        *[("F2", 12, text) for text in _address_lines(order.shipping_address)],
+        *[("F2", 12, text) for text in address_lines(order.shipping_address)],
         None,
         ("F2", 12, f"SERVICE: {service.upper()}"),
         ("F2", 12, f"TRACKING #: {tracking}"),
         None,
         ("F1", 7, f"Ref: {shipment_reference(order.id, shipment_id)}"),  # what tracking events echo
-        ("F1", 8, f"Weight: {_weight(weight_grams)}"),
+        ("F1", 8, f"Weight: {weight_text(weight_grams)}"),
         ("F1", 8, f"Contents ({sum(line.quantity for line in lines)} units):"),
-        *[("F1", 8, text) for text in _content_lines(order, lines)],
+        *[("F1", 8, text) for text in content_lines(order, lines)],
     ]
-    return _rendered(rows)
-
-
-def pdf_document(content: bytes, title: str) -> bytes:
-    """A valid single-page PDF 1.4 of PAGE_WIDTH x PAGE_HEIGHT points showing `content`."""
-    fonts = "/Font << /F1 5 0 R /F2 6 0 R >>"
-    objects = [
-        b"<< /Type /Catalog /Pages 2 0 R >>",
-        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-        f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 {PAGE_WIDTH} {PAGE_HEIGHT}] "
-        f"/Resources << {fonts} >> /Contents 4 0 R >>".encode("ascii"),
-        b"<< /Length %d >>\nstream\n" % len(content) + content + b"\nendstream",
-        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica /Encoding /WinAnsiEncoding >>",
-        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica-Bold /Encoding /WinAnsiEncoding >>",
-        f"<< /Title ({pdf_text(title)}) /Producer (OMS flat_rate_carrier) >>".encode("ascii"),
-    ]
-    # The binary comment after the header tells transfer tools the file is not text.
-    document = bytearray(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n")
-    offsets = []
-    for number, body in enumerate(objects, start=1):
-        offsets.append(len(document))
-        document += b"%d 0 obj\n" % number + body + b"\nendobj\n"
-    xref_at = len(document)
-    # Every cross-reference entry is exactly 20 bytes: 10-digit offset, 5-digit generation, type, EOL.
-    document += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
-    document += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
-    document += b"trailer\n<< /Size %d /Root 1 0 R /Info %d 0 R >>\n" % (len(objects) + 1, len(objects))
-    document += b"startxref\n%d\n%%%%EOF\n" % xref_at
-    return bytes(document)
+    return rendered(rows)
 
 
 @hookimpl(trylast=True)
@@ -252,20 +156,20 @@ def _return_label_content(
     rows: list[tuple[str, float, str] | None] = [
         ("F2", 14, f"{CARRIER} RETURN"),
         ("F1", 7, "FROM:"),
-        *[("F1", 8, text) for text in _address_lines(order.shipping_address)],
+        *[("F1", 8, text) for text in address_lines(order.shipping_address)],
         None,
         ("F1", 7, "TO:"),
-        *[("F2", 12, text) for text in [destination.name, *_address_lines(destination.address)[1:]]],
+        *[("F2", 12, text) for text in [destination.name, *address_lines(destination.address)[1:]]],
         None,
         ("F2", 12, f"RMA: {return_id}"),
         ("F2", 12, f"TRACKING #: {tracking}"),
         None,
         ("F1", 7, f"Order: {order.id}"),
-        ("F1", 8, f"Weight: {_weight(weight_grams)}"),
+        ("F1", 8, f"Weight: {weight_text(weight_grams)}"),
         ("F1", 8, f"Contents ({sum(line.quantity for line in lines)} units):"),
-        *[("F1", 8, text) for text in _content_lines(order, lines)],
+        *[("F1", 8, text) for text in content_lines(order, lines)],
     ]
-    return _rendered(rows)
+    return rendered(rows)
 
 
 @hookimpl(trylast=True)

@@ -140,7 +140,8 @@ class PluginHost:
         """Run the workflow's CreateShipments step for `order` (authorized, with `allocations`,
         e.g. from builders.sourced_from): the carrier plugins book one shipment per location, the
         OMS checks each answer and stores the labels (`host.labels.labels` by booking key: the
-        shipment id, for an order never edited nor sourced again).
+        shipment id, for an order never edited nor sourced again). A pickup order's parcel is never
+        sent to a carrier: the OMS makes its pick slip (core.pick_slips) and no plugin is asked.
         Returns the stored order, allocated, with its `shipments`."""
         if order.status is not OrderStatus.AUTHORIZED or not order.allocations:
             raise ValueError("book_shipments() takes an authorized order with allocations (see sourced_from)")

@@ -279,6 +279,25 @@ def test_a_carrier_gets_the_origin_the_order_ships_from():
     assert seen == [("wh-west", 1050)]
 
 
+def test_a_pickup_parcel_is_never_sent_to_a_carrier_the_oms_makes_its_pick_slip():
+    asked = []
+
+    class Carrier:
+        @hookimpl
+        def oms_carrier_create_shipment(self, shipment_id):
+            asked.append(shipment_id)
+            return CarrierShipment(carrier="Acme", service="Next day", tracking_number="ACME1", label=b"%PDF-1.4")
+
+    store = a_location("store-sf", type="store", ships=False, pickup=True)
+    order = sourced_from(an_order(fulfillment={"type": "pickup", "location_id": "store-sf"}), "store-sf")
+    host = plugin_host(Carrier())
+
+    (slip,) = host.book_shipments(order, [store], [a_product()]).shipments
+
+    assert asked == [] and (slip.carrier, slip.service) == ("OMS", "Store pickup")
+    assert shipment_reference(order.id, slip.id).encode() in host.labels.labels[slip.id]
+
+
 # --- Tracking ---------------------------------------------------------------------------------------
 
 

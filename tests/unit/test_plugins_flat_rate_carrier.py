@@ -12,17 +12,12 @@ import pytest
 from core import hookimpl
 from core.errors import InvalidRequest
 from core.models import Address, Fulfillment, Location, Order, ShipmentLine
+from core.pdf_pages import gs1_check_digit, pdf_text
 from core.plugin_manager import build_plugin_manager
 from core.status import OrderStatus
 from core.workflow_types import CarrierShipment, RefusedTrackingEvent, TrackingUpdate
 from plugins import flat_rate_carrier
-from plugins.flat_rate_carrier import (
-    gs1_check_digit,
-    is_valid_tracking_number,
-    oms_carrier_create_shipment,
-    pdf_text,
-    tracking_number,
-)
+from plugins.flat_rate_carrier import is_valid_tracking_number, oms_carrier_create_shipment, tracking_number
 from tests.unit.conftest import UPDATED_AT, a_stored_order
 
 TRACKING = re.compile(r"^OMS\d{13}$")
@@ -158,7 +153,6 @@ def test_runs_last_so_a_real_carrier_plugin_answers_first():
         ("standard", "Ground"),
         ("ground", "Ground"),
         ("express", "Express"),
-        ("pickup", "Store pickup"),
         ("two_day", "Two Day"),
         ("overnight", "Overnight"),
         (None, "Ground"),
@@ -166,12 +160,6 @@ def test_runs_last_so_a_real_carrier_plugin_answers_first():
 )
 def test_service_follows_the_shipping_method(method, service):
     assert ship(an_order(shipping_method=method)).service == service
-
-
-def test_a_pickup_order_without_a_method_is_a_store_pickup():
-    order = an_order(shipping_method=None, fulfillment=Fulfillment(type="pickup", location_id="store-1"))
-
-    assert ship(order).service == "Store pickup"
 
 
 # --- Tracking number --------------------------------------------------------------------------

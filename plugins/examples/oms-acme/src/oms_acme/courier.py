@@ -32,10 +32,10 @@ from core import hookimpl
 from core.errors import InvalidRequest, field_path
 from core.models import Address, Location, Order, ShipmentLine
 from core.money import Money
+from core.pdf_pages import pdf_document, pdf_text
 from core.pricing_types import PricingDraft, ShippingQuote
 from core.tracking import parse_shipment_reference, shipment_reference
 from core.workflow_types import CarrierShipment, TrackingUpdate
-from plugins.flat_rate_carrier import pdf_document, pdf_text
 
 SHIPPING_METHOD = "acme_next_day"
 CARRIER = "Acme Courier"

@@ -1,0 +1,96 @@
+"""Single-page PDFs of 4x6 inches written by hand: the built-in carrier's labels and the OMS's pick slips."""
+
+from core.models import Address, Order, ShipmentLine
+
+# The PDF is written by hand: a single page with uncompressed text in the standard Helvetica
+# fonts (every PDF reader has them, so nothing is embedded) takes about 40 lines, and no
+# well-kept PDF writer is a dependency of the OMS; adding one (and its native wheels) to every
+# Lambda package for a stand-in carrier's label and a store's pick slip would not pay for itself.
+
+# 4 x 6 inches in PDF points (1/72 inch): the usual thermal shipping label.
+PAGE_WIDTH = 288
+PAGE_HEIGHT = 432
+MARGIN = 18
+MAX_LABEL_LINES = 12  # content lines listed before "... and N more lines"
+
+
+def gs1_check_digit(digits: str) -> str:
+    """The GS1 mod-10 check digit of a string of digits (weights 3, 1, ... from the right)."""
+    if not digits.isascii() or not digits.isdigit():
+        raise ValueError("a check digit is computed over digits only")
+    weighted = sum(int(digit) * (3 if index % 2 == 0 else 1) for index, digit in enumerate(reversed(digits)))
+    return str((10 - weighted % 10) % 10)
+
+
+def pdf_text(value: str) -> str:
+    """`value` as the body of a PDF literal string: printable ASCII only, specials escaped."""
+    ascii_only = "".join(char if " " <= char <= "~" else "?" for char in value)
+    return ascii_only.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
+
+
+def fit(value: str, size: float) -> str:
+    # Helvetica averages about 0.55 em a character: cut what would run off the label.
+    room = int((PAGE_WIDTH - 2 * MARGIN) / (size * 0.55))
+    return value if len(value) <= room else value[: room - 3] + "..."
+
+
+def address_lines(address: Address) -> list[str]:
+    city_line = " ".join(part for part in (address.city, address.region, address.postal_code) if part)
+    return [address.name, address.line1, *([address.line2] if address.line2 else []), city_line, address.country]
+
+
+def weight_text(weight_grams: int) -> str:
+    pounds = weight_grams / 453.59237
+    return f"{weight_grams / 1000:.2f} kg ({pounds:.2f} lb)"
+
+
+def content_lines(order: Order, lines: list[ShipmentLine]) -> list[str]:
+    sku_of = {line.line_id: line.sku for line in order.lines}
+    listed = [f"{line.line_id}  {sku_of.get(line.line_id, '?')}  x{line.quantity}" for line in lines]
+    if len(listed) > MAX_LABEL_LINES:
+        listed = [*listed[: MAX_LABEL_LINES - 1], f"... and {len(listed) - MAX_LABEL_LINES + 1} more lines"]
+    return listed
+
+
+def rendered(rows: list[tuple[str, float, str] | None]) -> bytes:
+    """The page's content stream: (font, size, text) rows top-down, None a rule between blocks."""
+    commands: list[str] = []
+    y = PAGE_HEIGHT - MARGIN
+    for row in rows:
+        if row is None:
+            y -= 4
+            commands.append(f"0.8 w {MARGIN} {y} m {PAGE_WIDTH - MARGIN} {y} l S")
+            y -= 4
+            continue
+        font, size, text = row
+        y -= size + 2
+        commands.append(f"BT /{font} {size} Tf {MARGIN} {y} Td ({pdf_text(fit(text, size))}) Tj ET")
+    return "\n".join(commands).encode("ascii")
+
+
+def pdf_document(content: bytes, title: str) -> bytes:
+    """A valid single-page PDF 1.4 of PAGE_WIDTH x PAGE_HEIGHT points showing `content`."""
+    fonts = "/Font << /F1 5 0 R /F2 6 0 R >>"
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 {PAGE_WIDTH} {PAGE_HEIGHT}] "
+        f"/Resources << {fonts} >> /Contents 4 0 R >>".encode("ascii"),
+        b"<< /Length %d >>\nstream\n" % len(content) + content + b"\nendstream",
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica /Encoding /WinAnsiEncoding >>",
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica-Bold /Encoding /WinAnsiEncoding >>",
+        f"<< /Title ({pdf_text(title)}) /Producer (OMS) >>".encode("ascii"),
+    ]
+    # The binary comment after the header tells transfer tools the file is not text.
+    document = bytearray(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n")
+    offsets = []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(len(document))
+        document += b"%d 0 obj\n" % number + body + b"\nendobj\n"
+    xref_at = len(document)
+    # Every cross-reference entry is exactly 20 bytes: 10-digit offset, 5-digit generation, type, EOL.
+    document += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    document += b"".join(b"%010d 00000 n \n" % offset for offset in offsets)
+    document += b"trailer\n<< /Size %d /Root 1 0 R /Info %d 0 R >>\n" % (len(objects) + 1, len(objects))
+    document += b"startxref\n%d\n%%%%EOF\n" % xref_at
+    return bytes(document)

@@ -1,0 +1,127 @@
+"""A pickup parcel's pick slip: the OMS makes it, no carrier plugin books or cancels it (core/pick_slips.py),
+while a pickup parcel a carrier booked before keeps its booking and is cancelled with its carrier."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from core.ids import shipment_reference
+from core.models import PICK_SLIP_CARRIER, Order
+from core.pdf_pages import gs1_check_digit, pdf_text
+from core.pick_slips import pick_slip, pickup_code
+from core.status import OrderStatus
+from tests.unit.test_carrier_bookings import Carrier
+from tests.unit.world import Clock, World, build_world
+
+S = OrderStatus
+PICKUP = {"fulfillment": {"type": "pickup", "location_id": "store-sf"}}
+
+
+@pytest.fixture
+def carrier() -> Carrier:
+    return Carrier()  # answers first, for every parcel it is asked to book
+
+
+@pytest.fixture
+def world(carrier: Carrier, clock: Clock) -> World:
+    return build_world([("MUG", "store-sf", 10), ("MUG", "wh-west", 10)], carrier, clock=clock)
+
+
+def carrier_entries(world: World, order_id: str) -> list[str]:
+    return [entry.type for entry in world.history(order_id) if entry.type.startswith("carrier_booking")]
+
+
+def test_a_pickup_parcel_gets_the_oms_pick_slip_and_no_carrier_is_asked(world, carrier):
+    order = world.allocated(("MUG", 2), **PICKUP)
+
+    (parcel,) = order.shipments
+    assert carrier.booked == {}
+    assert (parcel.carrier, parcel.service, parcel.tracking_number) == ("OMS", "Store pickup", pickup_code(parcel.id))
+    assert world.labels.labels[parcel.id].startswith(b"%PDF-1.4")  # the slip, stored under its booking key
+    assert order.bookings_to_cancel == [] and order.unrecorded_bookings == []
+
+
+def test_a_parcel_that_travels_is_still_booked_with_the_carrier(world, carrier):
+    order = world.allocated(("MUG", 2))
+
+    (parcel,) = order.shipments
+    assert parcel.carrier == Carrier.NAME and carrier.booked == {parcel.id: parcel.tracking_number}
+
+
+def test_cancelling_a_pickup_order_owes_no_carrier_a_cancel(world, carrier):
+    order = world.allocated(("MUG", 2), **PICKUP)
+
+    done = world.actions.cancel(order.id, "changed my mind", actor="key_web")
+
+    assert done.status is S.CANCELLED and done.bookings_to_cancel == [] and not done.owes_carrier_work()
+    assert carrier.cancels_asked == 0 and carrier_entries(world, order.id) == []
+
+
+def test_a_cancel_of_some_units_of_a_pickup_prints_a_new_slip_with_no_carrier(world, carrier):
+    order = world.allocated(("MUG", 3), **PICKUP)
+    (parcel,) = order.shipments
+    first_slip = world.labels.labels[parcel.id]
+
+    done = world.actions.cancel(order.id, "fewer mugs", actor="key_web", lines={"L1": 2})
+
+    (shrunk,) = done.shipments
+    assert [(line.line_id, line.quantity) for line in shrunk.lines] == [("L1", 1)]
+    assert shrunk.carrier == PICK_SLIP_CARRIER and done.labels_due == []
+    assert world.labels.labels[done.booking_key_of(parcel.id)] != first_slip  # the slip shows one unit now
+    assert carrier.booked == {} and carrier.cancels_asked == 0 and not done.owes_carrier_work()
+    assert carrier_entries(world, order.id) == []
+
+
+def test_a_parked_pickup_order_keeps_no_booking_maybe_made_and_its_cancel_asks_no_carrier(world, carrier):
+    order_id = world.place(("MUG", 1), **PICKUP)
+    world.workflow.authorize_payment(order_id, attempt=0)
+    world.workflow.reserve_stock(order_id)
+    # CreateShipments killed mid-step (a time-out), then parked: for a parcel that travels, the
+    # carrier may have booked under its key, and a cancel asks every carrier about it.
+    assert world.workflow.park_after_failure(order_id, "States.Timeout", "CreateShipments timed out")
+
+    done = world.actions.cancel(order_id, "gave up waiting", actor="key_web")
+
+    assert done.status is S.CANCELLED and done.bookings_to_cancel == [] and not done.owes_carrier_work()
+    assert carrier_entries(world, order_id) == []
+
+
+def test_a_pickup_parcel_a_carrier_booked_before_is_still_cancelled_with_it(world, carrier):
+    order = world.allocated(("MUG", 1), **PICKUP)
+    (parcel,) = order.shipments
+    # As stored before the OMS made its slips: booked with the carrier plugin that answered first.
+    booked = parcel.model_copy(update={"carrier": Carrier.NAME, "tracking_number": f"ACME-{parcel.id}"})
+    world.orders.orders[order.id] = order.model_copy(update={"shipments": [booked]})
+
+    done = world.actions.cancel(order.id, "changed my mind", actor="key_web")
+
+    assert done.status is S.CANCELLED
+    assert carrier.cancelled == [(f"ACME-{parcel.id}", parcel.id, order.id)]
+    assert carrier_entries(world, order.id) == ["carrier_booking_cancelled"]
+
+
+def test_the_pickup_code_is_the_parcels_own_with_a_check_digit():
+    code = pickup_code("shp_aaaaaaaaaaaaaaaaaaaaaaaa")
+
+    assert re.fullmatch(r"PU\d{13}", code) and gs1_check_digit(code[2:14]) == code[14]
+    assert pickup_code("shp_aaaaaaaaaaaaaaaaaaaaaaaa") == code != pickup_code("shp_bbbbbbbbbbbbbbbbbbbbbbbb")
+    with pytest.raises(ValueError, match="shipment id"):
+        pickup_code("")
+
+
+def test_the_slip_shows_the_store_the_customer_the_code_the_reference_and_the_contents(world):
+    order: Order = world.allocated(("MUG", 2), **PICKUP)
+    (parcel,) = order.shipments
+    store = world.catalog.get_location("store-sf")
+    assert store is not None
+
+    slip = pick_slip(order, parcel.id, store, parcel.lines, 700)
+
+    text = slip.document.decode("latin-1")
+    assert slip.code == pickup_code(parcel.id) and slip.document.startswith(b"%PDF-1.4")
+    for shown in ("STORE PICKUP", "SF store", f"PICKUP CODE: {slip.code}", shipment_reference(order.id, parcel.id),
+                  "Contents (2 units):", "L1  MUG  x2", "0.70 kg"):  # fmt: skip
+        assert pdf_text(shown) in text, shown  # as the page writes it: parentheses escaped
+    assert text.rstrip().endswith("%%EOF")
