@@ -305,7 +305,8 @@ class Row:
     arrange: Callable[[World], Delivery]
     # Parts a second delivery adds to by design, never takes from: the access log records each
     # request that answers an order, a replay under its Idempotency-Key too (API.md: "a read named
-    # after it"); the reconciler restarts each stalled order once per pass.
+    # after it"); the reconciler restarts each stalled order once per pass; a receipt sent again
+    # resumes its return in a new execution.
     adds: tuple[str, ...] = ()
     # Whether its caller reads the answer: EventBridge drops a scheduled run's (what it did is logged).
     answer_read: bool = True
@@ -554,16 +555,19 @@ def jeopardy(world: World) -> Delivery:
 # test_order_idempotency_api.py covers), the same request sent again under the same key.
 
 
-def keyed(method: str, path: Callable[[World], str], body: Callable[[World], Any]) -> Callable[[World], Delivery]:
+def keyed(
+    method: str, path: Callable[[World], str], body: Callable[[World], Any], *, key: bool = True
+) -> Callable[[World], Delivery]:
     """A request whose path and body are made from the world (after what they need is arranged),
-    sent under one Idempotency-Key each time: its status and body are the answer compared."""
+    sent under one Idempotency-Key each time (none, for an action a repeat of which finds done,
+    without `key`): its status and body are the answer compared."""
 
     def arrange(world: World) -> Delivery:
-        key, url = {"Idempotency-Key": unique("idem")}, path(world)
+        headers, url = ({"Idempotency-Key": unique("idem")} if key else {}), path(world)
         sent = body(world)
 
         def send() -> tuple[int, Any]:
-            answer = world.api.request(method, url, json=sent, headers=key)
+            answer = world.api.request(method, url, json=sent, headers=headers)
             assert answer.status_code < 300, answer.text
             return answer.status_code, answer.json()
 
@@ -572,8 +576,10 @@ def keyed(method: str, path: Callable[[World], str], body: Callable[[World], Any
     return arrange
 
 
-def api_row(route: str, changes: tuple[str, ...], arrange: Callable[[World], Delivery]) -> Row:
-    return Row("ApiFunction", route, changes, arrange, adds=("AccessLogQueue",))
+def api_row(
+    route: str, changes: tuple[str, ...], arrange: Callable[[World], Delivery], adds: tuple[str, ...] = ()
+) -> Row:
+    return Row("ApiFunction", route, changes, arrange, adds=("AccessLogQueue", *adds))
 
 
 def authorized_order(world: World) -> str:
@@ -618,6 +624,26 @@ def allocated_pair(world: World) -> str:
 def shipment_of(world: World) -> dict[str, Any]:
     order = world.allocated()
     return {"items": [{"order_id": order["id"], "shipment_id": order["shipments"][0]["id"], "action": "ship"}]}
+
+
+def shipment_action(action: str, *, shipped: bool = False) -> Callable[[World], str]:
+    """The path of `action` on the one shipment of an allocated order (shipped first, when told)."""
+
+    def path(world: World) -> str:
+        order = shipped_order(world) if shipped else world.allocated()
+        return f"/orders/{order['id']}/shipments/{order['shipments'][0]['id']}/{action}"
+
+    return path
+
+
+def requested_return(world: World) -> str:
+    """A return of one unit of a delivered order, authorized and not received yet."""
+    made = world.api.post(
+        f"/orders/{world.delivered()['id']}/returns",
+        json={"lines": [{"line_id": "L1", "quantity": 1, "reason": "too big"}]},
+    )
+    assert made.status_code == 201, made.text
+    return made.json()["id"]
 
 
 def delivered_order(world: World) -> str:
@@ -696,6 +722,20 @@ ROWS = [
               lambda world: {"lines": [{"line_id": "L1", "quantity": 1, "reason": "too big"}]})),
     api_row("POST /shipments/confirmations", ("OrdersTable", "gateway"),
         keyed("POST", lambda world: "/shipments/confirmations", shipment_of)),
+    # Actions without a key: sent again, each finds itself done and answers the order as it is.
+    api_row("POST /orders/{id}/shipments/{shipment_id}/ship", ("OrdersTable", "InventoryTable", "gateway"),
+        keyed("POST", shipment_action("ship"), lambda world: {}, key=False)),
+    api_row("POST /orders/{id}/shipments/{shipment_id}/deliver", ("OrdersTable",),
+        keyed("POST", shipment_action("deliver", shipped=True), lambda world: {}, key=False)),
+    api_row("POST /orders/{id}/cancel", ("OrdersTable", "InventoryTable", "gateway"),
+        keyed("POST", route("/orders/{}/cancel", lambda world: world.allocated()["id"]),
+              lambda world: {"reason": "changed my mind"}, key=False)),
+    # A receipt sent again resumes its return: another execution of the returns workflow, by design
+    # (core/ports.py ReturnWorkflowStarter), whose steps are the rows above.
+    api_row("POST /returns/{id}/receive", ("ReturnsTable", "executions"),
+        keyed("POST", route("/returns/{}/receive", requested_return),
+              lambda world: {"location_id": world.warehouse, "lines": RECEIPT_LINES}, key=False),
+        adds=("executions",)),
     api_row("POST /webhooks", ("CatalogTable",),
         keyed("POST", lambda world: "/webhooks", lambda world: {"url": world.receiver.url, "events": ["*"]})),
     api_row("POST /purchase-orders", ("CatalogTable",),
