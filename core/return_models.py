@@ -202,6 +202,10 @@ class Return(BaseModel):
     # what went back for them (core.refund_service.show_owed): a step that dies between lets its
     # retry, or the reconciler's returns pass, show it. The system's own: stored, never shown.
     shows_owed: list[str] = Field(default_factory=empty_list, exclude=True)
+    # The workflow execution whose ReturnStuck listed it again last (listed_again): that step run
+    # again after its answer was lost finds it listed and writes nothing, so a pass that set it
+    # aside since is not undone. The system's own: stored, never shown.
+    listed_by: str | None = Field(default=None, exclude=True)
     created_at: datetime
     updated_at: datetime
     version: int
@@ -224,6 +228,8 @@ class Return(BaseModel):
             system["exchange_refused"] = self.exchange_refused
         if self.shows_owed:
             system["shows_owed"] = self.shows_owed
+        if self.listed_by is not None:
+            system["listed_by"] = self.listed_by
         if not system:
             return api_json
         return api_json[:-1] + "," + json.dumps(system, separators=(",", ":"))[1:]
@@ -366,10 +372,15 @@ class Return(BaseModel):
         `still_owed`, whose refunds are still pending (core.refund_service.show_owed)."""
         return self._kept(shows_owed=list(still_owed or []))
 
-    def listed_again(self) -> "Return":
+    def listed_again(self, execution: str = "") -> "Return":
         """A new version changing nothing shown: written, a received return is listed again for the
-        reconciler's returns pass (ReceivedReturns), which may have set it aside."""
-        return self._kept()
+        reconciler's returns pass (ReceivedReturns), which may have set it aside; by `execution`'s
+        ReturnStuck, when one is named (listed_by)."""
+        return self._kept(listed_by=execution or None)
+
+    def listed_by_execution(self, execution: str) -> bool:
+        """Whether the ReturnStuck of workflow execution `execution` listed this return again."""
+        return bool(execution) and self.listed_by == execution
 
     def _kept(self, **fields: Any) -> "Return":
         """A new version changing only what the system keeps for itself: its `updated_at` is still

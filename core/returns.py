@@ -1419,8 +1419,14 @@ class Returns:
             # for a payment plugin), and a return the pass set aside as left to a person is read by
             # it only once written again: a person's receipt of it again writes nothing. Written
             # after the record, so a pass that judged it on the history before cannot set it aside
-            # again (ReceivedReturns.set_aside is conditional on the version). A rare path.
-            self._change(item.id, None, lambda r: r.listed_again() if r.status is R.RECEIVED else r)
+            # again (ReceivedReturns.set_aside is conditional on the version). A rare path. Once per
+            # execution too: a retry finding it listed by this one writes nothing (a pass may have
+            # set it aside since); one whose first run died before this write lists it.
+            self._change(
+                item.id, None,
+                lambda r: r.listed_again(execution) if r.status is R.RECEIVED and not r.listed_by_execution(execution)
+                else r,
+            )  # fmt: skip
 
     def _stuck_recorded(self, item: Return, execution: str) -> bool:
         found = self._orders.history(item.order_id, consistent=True)

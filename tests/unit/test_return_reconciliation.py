@@ -188,6 +188,51 @@ def test_a_return_set_aside_is_listed_again_by_its_next_write(world):
     assert list(index.received_before(clock())) == [item.id]
 
 
+def left_to_a_person(world: World, returns: Returns, clock: Clock, item: Return, execution: str) -> None:
+    """`item` received, its workflow's `execution` recording it stuck, and a pass setting it aside."""
+    returns.receive(item.id, RECEIPT, "key_wh")
+    returns.stuck(item.id, "RefundNotDone", "the gateway refused the refund", "returns-workflow", execution)
+    clock.advance(minutes=16)
+    reconciler(world, clock, InlineReturnWorkflow(returns)).run()
+    assert list(InMemoryReceivedReturns(world.returns).received_before(clock())) == []
+
+
+def test_the_stuck_step_retried_after_it_succeeded_leaves_its_return_as_the_pass_left_it(world):
+    # Step Functions runs ReturnStuck again when its answer is lost. Its first run listed the return
+    # again; a pass has set it aside since. The retry wrote it again (a new version listing it
+    # again), so the next pass judged it once more, and each retry undid the pass.
+    clock = Clock()
+    returns = returns_service(world, clock)
+    item = one_mug_returned(world, returns)
+    left_to_a_person(world, returns, clock, item, execution="ex-1")
+    aside = world.returns.get(item.id)
+
+    returns.stuck(item.id, "RefundNotDone", "the gateway refused the refund", "returns-workflow", "ex-1")
+
+    assert world.returns.get(item.id) == aside
+    assert list(InMemoryReceivedReturns(world.returns).received_before(clock())) == []
+
+
+def test_the_stuck_step_retried_after_dying_before_it_listed_its_return_lists_it(world, monkeypatch):
+    # Another execution stops: its entry written, the function died before the write listing the
+    # return again for the pass. Its retry finds the entry and still lists the return.
+    clock = Clock()
+    returns = returns_service(world, clock)
+    item = one_mug_returned(world, returns)
+    left_to_a_person(world, returns, clock, item, execution="ex-1")
+    with monkeypatch.context() as dying:
+        dying.setattr(world.returns, "update", lambda new, expected: (_ for _ in ()).throw(TransientError("died")))
+        with pytest.raises(TransientError):
+            returns.stuck(item.id, "RefundNotDone", "the refund failed again", "returns-workflow", "ex-2")
+    assert list(InMemoryReceivedReturns(world.returns).received_before(clock())) == []
+
+    returns.stuck(item.id, "RefundNotDone", "the refund failed again", "returns-workflow", "ex-2")
+
+    assert list(InMemoryReceivedReturns(world.returns).received_before(clock())) == [item.id]
+    stuck = [e.detail["execution"] for e in world.history(item.order_id) if e.type.value == "return_stuck"]
+    assert stuck == ["ex-1", "ex-2"]
+
+
 class Uninstalled:
     """Once `gone`, the `test` payment plugin is out of the deployment: it lists no method and
     answers no refund, while the orders paid with it still use it.
