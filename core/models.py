@@ -51,6 +51,7 @@ from core.status import (
     TERMINAL,
     OrderStatus,
     PaymentStatus,
+    RefundStatus,
     ShipmentStatus,
     can_transition,
     check_successor,
@@ -945,7 +946,6 @@ class Totals(BaseModel, defer_build=True):
     grand_total: Money
 
 
-RefundStatus = Literal["pending", "succeeded", "failed"]
 # What a refund gives back for: goodwill (an appeasement), a return, or units cancelled after
 # their share was captured (settling the payment to a lower total).
 RefundKind = Literal["appeasement", "return", "cancellation"]
@@ -970,15 +970,15 @@ class RefundPart(Shown):
 
     authorization: str
     amount: Money
-    status: RefundStatus = "pending"
+    status: RefundStatus = RefundStatus.PENDING
     reference: str | None = None  # the gateway's, once it approved
     message: str | None = None  # why it was not made, once it was refused
 
     def approved(self, reference: str) -> "RefundPart":
-        return _replaced(self, status="succeeded", reference=reference)
+        return _replaced(self, status=RefundStatus.SUCCEEDED, reference=reference)
 
     def refused(self, message: str) -> "RefundPart":
-        return _replaced(self, status="failed", message=message[:500])
+        return _replaced(self, status=RefundStatus.FAILED, message=message[:500])
 
 
 class PaymentRefund(Shown):
@@ -991,7 +991,7 @@ class PaymentRefund(Shown):
     id: str
     amount: Money
     reason: Annotated[str, VisibleText]
-    status: RefundStatus = "succeeded"
+    status: RefundStatus = RefundStatus.SUCCEEDED
     kind: RefundKind = "appeasement"
     return_id: str | None = None
     reference: str | None = None  # the gateway's, once it answered
@@ -1124,7 +1124,7 @@ class Payment(BaseModel):
         """The pending refund `refund_id` succeeded (split, every one of its `parts`, as answered):
         it counts in `refunded` from now on."""
         refund = self._pending(refund_id)
-        return self._refunded_by(refund.amount, everything_captured, refund_id, status="succeeded",
+        return self._refunded_by(refund.amount, everything_captured, refund_id, status=RefundStatus.SUCCEEDED,
                                  reference=reference, **({"parts": parts} if parts else {}))  # fmt: skip
 
     def with_failed_refund(
@@ -1134,7 +1134,7 @@ class Payment(BaseModel):
         `parts` (as answered) that the gateway approved before one was refused count, as the money
         they gave back did go back."""
         self._pending(refund_id)
-        changes: dict[str, Any] = {"status": "failed", "reference": reference, "message": message[:500]}
+        changes: dict[str, Any] = {"status": RefundStatus.FAILED, "reference": reference, "message": message[:500]}
         if not parts:
             return _replaced(self, refunds=[_replaced(r, **changes) if r.id == refund_id else r for r in self.refunds])
         went = sum((p.amount for p in parts if p.status == "succeeded"), Money.zero(self.refunded.currency))
@@ -4839,7 +4839,7 @@ class Order(Shown):
         sources = self.refund_sources(amount, lines)
         authorization = sources[0][0] if len(sources) == 1 and sources[0][0] != self.payment.authorization else None
         parts = [RefundPart(authorization=a, amount=part) for a, part in sources] if len(sources) > 1 else None
-        refund = PaymentRefund(id=refund_id, amount=amount, reason=reason, status="pending", kind=kind,
+        refund = PaymentRefund(id=refund_id, amount=amount, reason=reason, status=RefundStatus.PENDING, kind=kind,
                                return_id=return_id, at=at, lines=lines, shipping=shipping, kept_back=kept_back,
                                authorization=authorization, parts=parts, over_capture=over_capture)  # fmt: skip
         return self._next(

@@ -3,7 +3,7 @@
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from decimal import Decimal
-from typing import Annotated, Literal, NamedTuple
+from typing import Annotated, NamedTuple
 
 from pydantic import Field, StringConstraints
 
@@ -21,7 +21,7 @@ from core.models import (
     VisibleText,
 )
 from core.money import ExactMoney, Money
-from core.status import OrderStatus
+from core.status import OrderStatus, RefundStatus
 
 __all__ = [
     "KEPT_BACK_REFUSALS", "MAX_APPEASEMENT_BYTES", "KeptBackOwed", "Refund", "RefundRequest", "appeased_over_capture",
@@ -587,7 +587,7 @@ class Refund(Shown):
     order_id: str
     amount: Money
     reason: Annotated[str, VisibleText]
-    status: Literal["pending", "succeeded", "failed"]
+    status: RefundStatus
     return_id: str | None = None
     created_at: datetime
 
@@ -619,7 +619,7 @@ class Refund(Shown):
         if went is None:
             return shown
         approved = cls(id=went_back_id(refund.id), order_id=order_id, amount=went, reason=refund.reason,
-                       status="succeeded", return_id=refund.return_id, created_at=refund.at)  # fmt: skip
+                       status=RefundStatus.SUCCEEDED, return_id=refund.return_id, created_at=refund.at)  # fmt: skip
         return [*shown, approved]
 
 
@@ -659,7 +659,7 @@ def with_refunds_shown(order: Order) -> Order:
         approved = [part for part in parts if part.status == "succeeded"]
         rest = [part for part in parts if part.status != "succeeded"]
         reference = ",".join(part.reference or "" for part in approved)
-        succeeded = {"id": went_back_id(refund.id), "amount": went, "status": "succeeded", "message": None}
+        succeeded = {"id": went_back_id(refund.id), "amount": went, "status": RefundStatus.SUCCEEDED, "message": None}
         shown.append(refund.model_copy(update={"amount": refund.amount - went, "parts": rest}))
         shown.append(refund.model_copy(update={**succeeded, "reference": reference, "parts": approved}))
     return order.model_copy(update={"payment": order.payment.model_copy(update={"refunds": shown})})

@@ -45,6 +45,14 @@ class ShipmentStatus(StrEnum):
     CANCELLED = "cancelled"
 
 
+class RefundStatus(StrEnum):
+    """A refund of an order's payment (PaymentRefund, and each of its parts)."""
+
+    PENDING = "pending"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
 class ReturnStatus(StrEnum):
     REQUESTED = "requested"
     AUTHORIZED = "authorized"
@@ -126,6 +134,15 @@ RETURN_TRANSITIONS: dict[ReturnStatus, frozenset[ReturnStatus]] = {
     R.CANCELLED: frozenset(),
 }
 
+# A refund is written pending before the gateway is asked, then recorded as the gateway answered:
+# money that went back is never asked for again, and a refused refund is asked again under a new
+# key (a new refund), never revived.
+REFUND_TRANSITIONS: dict[RefundStatus, frozenset[RefundStatus]] = {
+    RefundStatus.PENDING: frozenset({RefundStatus.SUCCEEDED, RefundStatus.FAILED}),
+    RefundStatus.SUCCEEDED: frozenset(),
+    RefundStatus.FAILED: frozenset(),
+}
+
 # The statuses an order waits in for someone or something, each of which may have a deadline
 # (OMS_SLA: core/jeopardy.py's scan; the Orders table's status index keeps these orders' entries).
 WATCHED: frozenset[OrderStatus] = frozenset(
@@ -140,6 +157,7 @@ _TABLES: dict[type[StrEnum], dict] = {
     PaymentStatus: PAYMENT_TRANSITIONS,
     ShipmentStatus: SHIPMENT_TRANSITIONS,
     ReturnStatus: RETURN_TRANSITIONS,
+    RefundStatus: REFUND_TRANSITIONS,
 }
 
 TERMINAL: frozenset[OrderStatus] = frozenset(s for s, targets in TRANSITIONS.items() if not targets)
@@ -149,11 +167,11 @@ TERMINAL: frozenset[OrderStatus] = frozenset(s for s, targets in TRANSITIONS.ite
 EDITABLE: frozenset[OrderStatus] = frozenset({S.PENDING, S.ON_HOLD, S.AUTHORIZED})
 RESOURCEABLE: frozenset[OrderStatus] = frozenset({S.ALLOCATED, S.BACKORDERED})
 
-E = TypeVar("E", OrderStatus, PaymentStatus, ShipmentStatus, ReturnStatus)
+E = TypeVar("E", OrderStatus, PaymentStatus, ShipmentStatus, ReturnStatus, RefundStatus)
 
 
 def can_transition(current: E, target: E) -> bool:
-    """Whether `current` may move to `target` in its own table (order, payment, shipment or return)."""
+    """Whether `current` may move to `target` in its own table (order, payment, shipment, return or refund)."""
     return type(current) is type(target) and target in _TABLES[type(current)][current]
 
 
@@ -198,8 +216,21 @@ def check_successor(old: Order, new: Order) -> None:
     gone = [shipment_id for shipment_id, status in before.items() if status not in stays]
     if gone:
         raise InvalidTransition(f"shipment {gone[0]} has left and cannot be removed from order {new.id}")
+    _check_refunds(old, new)
     _check_capture_requests(old, new)
     _check_parcel_generation(old, new, withdrawn=before)
+
+
+def _check_refunds(old: Order, new: Order) -> None:
+    """Each refund of `old` stays on `new` and follows its table; a new one starts pending."""
+    before = {refund.id: refund.status for refund in old.payment.refunds}
+    for refund in new.payment.refunds:
+        if refund.id in before:
+            _step(RefundStatus, before.pop(refund.id), refund.status, "refund")
+        elif refund.status != RefundStatus.PENDING:
+            raise InvalidTransition(f"a new refund starts pending, not {refund.status!r}")
+    if before:
+        raise InvalidTransition(f"refund {next(iter(before))} cannot be removed from order {new.id}")
 
 
 def _check_parcel_generation(old: Order, new: Order, *, withdrawn: dict[str, ShipmentStatus]) -> None:

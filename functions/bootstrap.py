@@ -71,6 +71,7 @@ if TYPE_CHECKING:
     from core.reconciliation import Reconciler
     from core.refund_service import KeptBackSweep, PendingRefundSweep, RefundService
     from core.reorder import Replenishment
+    from core.reorder_buying import ReorderBuying
     from core.return_models import Return
     from core.return_reconciliation import ReturnReconciler
     from core.returns import Returns
@@ -851,6 +852,18 @@ class Container:
         from core.reorder import Replenishment
 
         return Replenishment(self.purchasing_repository, self.catalog_repository, self.clock)
+
+    @cached_property
+    def reorder_buying(self) -> ReorderBuying:
+        from core.reorder_buying import ReorderBuying
+
+        # The dispatcher (the bus, the webhook queue) is built for the first event, as before a crossing.
+        return ReorderBuying(
+            self.inventory_repository,
+            self.replenishment,
+            self.backorder_allocator,
+            lambda events: self.event_dispatcher.dispatch(events),
+        )
 
     @cached_property
     def webhook_store(self) -> WebhookStore:

@@ -52,7 +52,7 @@ REORDERED_PREFIX = "REORDERED#"
 REORDER_MARKER_TTL_SECONDS = 7 * 24 * 3600
 # A draft cancelled names itself on the stock item of each of its lines (the same transaction): its
 # units, counted as bought, are not coming, and the stream's record of that change buys them again
-# for the backorders (functions/backorders, `on_order_withdrawn`), as a PO's cancelled incoming does.
+# for the backorders (`ReorderBuying.withdrawn`, core/reorder_buying.py), as a PO's cancelled incoming does.
 WITHDRAWN_DRAFT = "withdrawn_draft"
 
 

@@ -57,6 +57,15 @@ def crossing_of(record: DynamoDBRecord) -> Crossing | None:
     return crossing(change) if change is not None else None
 
 
+def withdrawal_of(record: DynamoDBRecord) -> StockChange | None:
+    """The change `record` is when it withdraws units bought (`StockChange.withdrawn`) and crosses
+    no reorder point (a withdrawal that does is the crossing's: `crossing_of`); None otherwise."""
+    change = stock_change(record)
+    if change is None or not change.withdrawn or crossing(change) is not None:
+        return None
+    return change
+
+
 def point_set(record: DynamoDBRecord) -> tuple[str, str] | None:
     """The sku and location of the stock item `record` gives a reorder point where it had none (set
     for the first time, on an item that may be new with it, or set again after it was cleared); None

@@ -434,21 +434,27 @@ def test_an_appeased_over_capture_is_kept_on_the_refund_and_a_cancel_that_raises
 
     oid = order_id(154)
     order = a_captured_order(oid)
-    failed = [
+    asked = [
         PaymentRefund(id=refund_id_for(oid, f"{oid}:cancellation:{n}"), amount=usd("12.86"), reason="units cancelled",
-                      status="failed", kind="cancellation", at=order.created_at, message="refused")
+                      status="pending", kind="cancellation", at=order.created_at)
         for n in (1, 2, 3)
     ]  # fmt: skip
     total = usd("77.14")
     left = order.model_copy(update={
         "totals": order.totals.model_copy(update={"subtotal": total, "grand_total": total}),
         "payment": order.payment.model_copy(update={
-            "authorized": usd("90.00"), "captured": usd("90.00"), "status": PaymentStatus.CAPTURED, "refunds": failed,
+            "authorized": usd("90.00"), "captured": usd("90.00"), "status": PaymentStatus.CAPTURED, "refunds": asked,
         }),
         "version": order.version + 1,
     })  # fmt: skip
     repository = bootstrap(Config.from_env()).order_repository
     repository.update(left, order, [])
+    # Each written pending, then refused by the gateway (a refund never starts failed: check_successor).
+    for pending in asked:
+        refused = left.payment.with_failed_refund(pending.id, None, "refused")
+        repository.update(refused_left := left.model_copy(update={"payment": refused, "version": left.version + 1}),
+                          left, [])  # fmt: skip
+        left = refused_left
 
     for _ in range(2):  # the appeasement's retry is the same refund
         given = refund(api, oid, "12.86", headers={"Idempotency-Key": "appease-154"})

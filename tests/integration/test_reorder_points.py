@@ -657,6 +657,27 @@ def test_a_point_set_while_orders_wait_buys_what_they_lack(buyer: Buyer, stocked
     assert drafted(buyer) == {"wh-east": 3}
 
 
+def test_what_a_point_set_buys_is_decided_in_the_service_layer_not_the_stream_handler(buyer: Buyer):
+    """The rules of what a reorder record buys (the stock position read with the drafts, what the
+    waiting orders lack, once per change) are the core's `ReorderBuying`, which the Inventory
+    stream's handler only parses records for and reports: called with no stream record, a point
+    set where an order waits for 3 buys the 3 and says so, and the same change again finds them on
+    the draft and buys (and says) nothing."""
+    from core.reorder_buying import BoughtFor
+
+    buyer.container.catalog_repository.put_product(product("MUG", "9.00", allow_backorder=True))
+    backordered(buyer, 3, "first")
+    buyer.point()
+    said: list[Any] = []
+
+    buyer.container.reorder_buying.point_set("MUG", "wh-east", "change-1", said.append)
+    buyer.container.reorder_buying.point_set("MUG", "wh-east", "change-1", said.append)  # the same change
+
+    [draft] = buyer.drafts()
+    assert drafted(buyer) == {"wh-east": 3}
+    assert said == [BoughtFor("wh-east", 3, draft)]
+
+
 @pytest.mark.parametrize("point_first", [False, True], ids=["order then point", "point then order"])
 def test_a_point_set_and_an_order_backordered_in_one_batch_buy_its_lack_once(buyer: Buyer, point_first: bool):
     """The point's record and the order's own both read what the order lacks at wh-east: each

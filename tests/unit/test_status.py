@@ -7,7 +7,7 @@ import pytest
 from pydantic import ValidationError
 
 from core.errors import InvalidTransition
-from core.models import Order, Payment, Shipment
+from core.models import Order, Payment, PaymentRefund, Shipment
 from core.status import (
     EDITABLE,
     PAYMENT_TRANSITIONS,
@@ -202,3 +202,37 @@ def test_a_new_shipment_starts_pending_and_one_that_left_never_disappears():
     left = an_order(order_status="partially_shipped", shipment_status="shipped")
     assert_successor(left, left.model_copy(update={"version": 2, "shipments": []}), False)
     assert_successor(old, old.model_copy(update={"version": 2, "shipments": []}), True)  # a pending one may go
+
+
+def with_refunds(order: Order, *statuses: str, version: int | None = None) -> Order:
+    """`order` (as written by a careless service: nothing validated) whose payment holds refunds
+    `ref_0`, `ref_1`, ... of 1.00 in `statuses`."""
+    refunds = [
+        PaymentRefund(id=f"ref_{n}", amount=usd("1.00"), reason="goodwill", at=order.created_at).model_copy(
+            update={"status": status}
+        )
+        for n, status in enumerate(statuses)
+    ]
+    payment = order.payment.model_copy(update={"refunds": refunds})
+    return order.model_copy(update={"version": order.version if version is None else version, "payment": payment})
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "allowed"),
+    [
+        ((), ("pending",), True),
+        (("pending",), ("succeeded",), True),
+        (("pending",), ("failed",), True),
+        (("pending",), ("pending",), True),
+        (("succeeded",), ("succeeded", "pending"), True),
+        ((), ("succeeded",), False),  # a new refund starts pending: the gateway is asked after it is written
+        (("succeeded",), ("pending",), False),  # money that went back never comes to be asked for again
+        (("succeeded",), ("failed",), False),
+        (("failed",), ("succeeded",), False),  # a refused one is asked again under a new key, not revived
+        (("pending",), ("refunded",), False),  # misspelt
+        (("succeeded",), (), False),  # a refund recorded never disappears
+    ],
+)
+def test_a_refund_status_write_must_be_in_its_table(before, after, allowed):
+    old = with_refunds(an_order(), *before)
+    assert_successor(old, with_refunds(old, *after, version=old.version + 1), allowed)
