@@ -6,14 +6,12 @@ from __future__ import annotations
 import itertools
 import random
 import threading
-from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
 import boto3
-import pytest
 
 from core.aggregates import (
     AggregateChange,
@@ -29,29 +27,16 @@ from core.aggregates import (
 from core.models import HistoryEntry, OrderLine, Totals
 from core.status import OrderStatus
 from functions.adapters.aggregates import REPORT_READERS, DynamoAggregates
-from tests.integration.test_events_and_webhooks import Context, stored_item, stream_event, wired  # noqa: F401
+from tests.integration.test_events_and_webhooks import (  # noqa: F401 (fixtures)
+    Context,
+    events_calls_granted,
+    stored_item,
+    stream_event,
+    wired,
+)
 from tests.unit.conftest import UPDATED_AT, a_stored_order, usd
 
 DAY = UPDATED_AT.date()
-
-
-@pytest.fixture(autouse=True)
-def only_granted_calls(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Every call the events function makes in these tests (the counters, their markers, the
-    registries and the email index; a backorder's filing day, written and read back) is one the
-    template grants it, by table, key and action: moto lets through what AWS refuses."""
-    if "wired" not in request.fixturenames:
-        yield
-        return
-    from tests.template_iam import handlers_checked
-
-    aws, wiring = request.getfixturevalue("aws"), request.getfixturevalue("wired")
-    names = {
-        "event_bus_names": {"EventBus": "test-events"},
-        "queue_urls": {"WebhookDeliveryQueue": wiring["deliveries"]},
-    }
-    with handlers_checked(monkeypatch, {"EventsFunction": "functions.events.app"}, aws.tables, **names):
-        yield
 
 
 def priced_order(**fields: Any):

@@ -557,6 +557,9 @@ _BACKORDERS_WRITE = [
     NETWORK_PK, f"{HISTORY_PAGE_PK}*",
 ]  # fmt: skip
 _PUT_UPDATE = ("dynamodb:PutItem", "dynamodb:UpdateItem")
+_GETS = ("dynamodb:GetItem", "dynamodb:BatchGetItem")
+_CATALOG_ITEMS = [NETWORK_PK, f"{PRODUCT_PK}*"]
+_HISTORY_PAGES = {a: [f"{HISTORY_PAGE_PK}*"] for a in ("dynamodb:PutItem", "dynamodb:Query")}
 CATALOG_KEYS: dict[str, dict[str, list[str]]] = {
     # A key's lookup item, by the secret's hash: nothing else.
     "AuthorizerFunction": {"dynamodb:GetItem": [f"{LOOKUP_PK}*"]},
@@ -564,19 +567,33 @@ CATALOG_KEYS: dict[str, dict[str, list[str]]] = {
     "ImportSplitterFunction": {a: _IMPORTS for a in ("dynamodb:GetItem", *_PUT_UPDATE)},
     "ImportWorkerFunction": {
         # The capture path's catalog (the network, the products); the line's import.
-        **{a: [NETWORK_PK, f"{PRODUCT_PK}*", f"{IMPORT_PK}*"] for a in ("dynamodb:GetItem", "dynamodb:BatchGetItem")},
+        **{a: [*_CATALOG_ITEMS, f"{IMPORT_PK}*"] for a in _GETS},
         # Its counts, its errors, a redriven line's parked listing removed.
         **{a: [f"{IMPORT_PK}*"] for a in (*_PUT_UPDATE, "dynamodb:DeleteItem")},
     },
     "EventsFunction": {
-        # An ended import, an order's filing day, a notification or a delivery already recorded.
-        "dynamodb:GetItem": [f"{IMPORT_PK}*", f"{FILING_PK}*", f"{NOTIFICATIONS_PK}*", f"{DELIVERIES_PK}*"],
+        # An ended import, an order's filing day, a notification or a delivery already recorded, the
+        # network (a ready pickup's store, named to its customer).
+        "dynamodb:GetItem": [f"{IMPORT_PK}*", f"{FILING_PK}*", f"{NOTIFICATIONS_PK}*", f"{DELIVERIES_PK}*", NETWORK_PK],
         **{a: _EVENTS_WRITE for a in _PUT_UPDATE},
     },
     "BackorderFunction": {a: _BACKORDERS_WRITE for a in _PUT_UPDATE},
     # The imports a recount finishes (their counters, their kept errors); the pages of an order's
-    # history a pass's write moves.
-    "ReconcilerFunction": {a: [f"{IMPORT_PK}*", f"{HISTORY_PAGE_PK}*"] for a in _PUT_UPDATE},
+    # history a pass's write moves. It reads the catalog and those imports.
+    "ReconcilerFunction": {
+        **{a: [f"{IMPORT_PK}*", f"{HISTORY_PAGE_PK}*"] for a in _PUT_UPDATE},
+        **{a: [*_CATALOG_ITEMS, f"{IMPORT_PK}*"] for a in _GETS},
+    },
+    # The workflow steps read the catalog only (the network, products) beside their history pages
+    # (two also Query the sourcing rules: their Query is whole).
+    "ReserveStockFunction": {"dynamodb:PutItem": [f"{HISTORY_PAGE_PK}*"], **{a: _CATALOG_ITEMS for a in _GETS}},
+    "CreateShipmentsFunction": {**_HISTORY_PAGES, **{a: _CATALOG_ITEMS for a in _GETS}},
+    "ReturnStepFunction": {"dynamodb:PutItem": [f"{HISTORY_PAGE_PK}*"], **{a: _CATALOG_ITEMS for a in _GETS}},
+    "CancelOrderFunction": {**_HISTORY_PAGES, "dynamodb:GetItem": _CATALOG_ITEMS},
+    "JeopardyScanFunction": {**_HISTORY_PAGES, "dynamodb:GetItem": _CATALOG_ITEMS},
+    "AuthorizePaymentFunction": _HISTORY_PAGES,
+    "FailPaymentFunction": _HISTORY_PAGES,
+    "ParkOrderFunction": _HISTORY_PAGES,
 }
 # The API function writes most of the table's partitions (products, locations, sourcing rules, API
 # keys, webhooks, vendors and POs, imports' reads): its grants stay whole.
