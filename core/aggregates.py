@@ -141,8 +141,17 @@ class Filing:
     credit: bool = False
 
 
+# The counters' partitions of the Catalog table (the events function writes these and no other
+# aggregate's: template.yaml, its dynamodb:LeadingKeys condition).
+CUSTOMER_PK = "customer#"  # + the customer's id: a row per channel
+EMAIL_INDEX_PK = "customer-email#"  # + the address: the customers who ordered under it
+REPORT_PK = "report#"  # + kind#currency#channel#day: a report's rows of a day
+REPORT_CHANNELS_PK = "report-channels#"  # + the currency: the channels with rows, per day
+FILING_PK = "report-filed#"  # + the order's id: the day its revenue is filed under, when not the day placed
+
+
 def customer_key(customer_id: str, channel: str) -> Key:
-    return f"customer#{customer_id}", channel
+    return CUSTOMER_PK + customer_id, channel
 
 
 def email_key(email: str, customer_id: str) -> Key:
@@ -157,23 +166,23 @@ def email_partitions(email: str) -> list[str]:
     with characters that decompose, the one its customers were indexed under before addresses were
     composed (the address lower-cased as the order gave it: decomposed, for those)."""
     searched = email.strip().lower()
-    composed = f"customer-email#{unicodedata.normalize('NFC', searched)}"
-    decomposed = f"customer-email#{unicodedata.normalize('NFD', searched)}"
+    composed = EMAIL_INDEX_PK + unicodedata.normalize("NFC", searched)
+    decomposed = EMAIL_INDEX_PK + unicodedata.normalize("NFD", searched)
     return [composed] if decomposed == composed else [composed, decomposed]
 
 
 def report_pk(kind: ReportKind, currency: str, channel: str, day: str) -> str:
-    return f"report#{kind.value}#{currency}#{channel}#{day}"
+    return f"{REPORT_PK}{kind.value}#{currency}#{channel}#{day}"
 
 
 def filing_key(order_id: str) -> Key:
     """The item naming the day an order's revenue is filed under, when not the day it was placed."""
-    return f"report-filed#{order_id}", "revenue"
+    return FILING_PK + order_id, "revenue"
 
 
 def report_channels_key(currency: str, day: str) -> Key:
     """The registry item of the channels with report rows in `currency` on `day`."""
-    return f"report-channels#{currency}", day
+    return REPORT_CHANNELS_PK + currency, day
 
 
 def credit_in_use(document: Mapping[str, Any]) -> Decimal:
@@ -359,7 +368,7 @@ def aggregate_change(
     filed_on, day = None, _FILED
     if was_counted:
         deltas = _deltas(contribution(old, _FILED, credit), contribution(new, _FILED, credit))
-        if any(key[0].startswith("report#") for key in deltas):
+        if any(key[0].startswith(REPORT_PK) for key in deltas):
             day = read["day"] = recorded().day or placed_day(new)
             deltas = _deltas(contribution(old, day, credit), contribution(new, day, credit))
     else:
@@ -372,11 +381,11 @@ def aggregate_change(
     updates: list[CounterUpdate] = []
     for key, delta in deltas.items():
         sets = {}
-        if key[0].startswith("customer#"):
+        if key[0].startswith(CUSTOMER_PK):
             sets = {"email": customer["email"], **({"name": customer["name"]} if customer.get("name") else {})}
         updates.append(CounterUpdate(key[0], key[1], delta, sets))
     report_days = []
-    if any(update.pk.startswith("report#") for update in updates):
+    if any(update.pk.startswith(REPORT_PK) for update in updates):
         pk, sk = report_channels_key(new["currency"], day)
         report_days.append((pk, sk, str(new["channel"])))
     seen = None

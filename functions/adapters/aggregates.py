@@ -44,8 +44,11 @@ class _OlderOrder(Exception):
     """A new order's counters' transaction refused: a later order already set its customer row's times."""
 
 
+MARKERS_PK = "aggregated#"  # + the order's id: the markers of its changes applied, sk the version and part
+
+
 def marker_key(order_id: str, version: int, part: int) -> dict[str, Any]:
-    return {"pk": {"S": f"aggregated#{order_id}"}, "sk": {"S": f"v{version:012d}#{part}"}}
+    return {"pk": {"S": MARKERS_PK + order_id}, "sk": {"S": f"v{version:012d}#{part}"}}
 
 
 class DynamoAggregates:

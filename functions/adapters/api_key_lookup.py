@@ -8,9 +8,13 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+# The lookup items' partitions of the Catalog table, one per key: all the authorizer may read there
+# (template.yaml, its dynamodb:LeadingKeys condition).
+LOOKUP_PK = "APIKEY#"
+
 
 def lookup_key(secret_hash: str) -> dict[str, Any]:
-    return {"pk": {"S": f"APIKEY#{secret_hash}"}, "sk": {"S": "APIKEY"}}
+    return {"pk": {"S": LOOKUP_PK + secret_hash}, "sk": {"S": "APIKEY"}}
 
 
 class KeyGrant(NamedTuple):

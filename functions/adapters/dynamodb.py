@@ -1825,11 +1825,13 @@ def _upgraded(
 
 # --- Catalog: products, the location network, API keys --------------------------------------
 
-NETWORK_KEY = {"pk": {"S": "NETWORK"}, "sk": {"S": "LOCATIONS"}}
+NETWORK_PK = "NETWORK"  # the location network's one item
+NETWORK_KEY = {"pk": {"S": NETWORK_PK}, "sk": {"S": "LOCATIONS"}}
+PRODUCT_PK = "PRODUCT#"  # + the sku: a product's item
 
 
 def _product_key(sku: str) -> dict[str, Any]:
-    return {"pk": {"S": f"PRODUCT#{sku}"}, "sk": {"S": "PRODUCT"}}
+    return {"pk": {"S": PRODUCT_PK + sku}, "sk": {"S": "PRODUCT"}}
 
 
 class DynamoCatalog(CatalogRepository):

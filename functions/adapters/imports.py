@@ -101,14 +101,19 @@ def _recounted_not_ended(values: dict[str, Any]) -> bool:
     return values.get("status") == ImportStatus.RUNNING.value and "recounted" in values
 
 
+# An import's partitions of the Catalog table: its item (IMPORT#<id>) and its kept errors
+# (IMPORT#<id>#ERRORS); beside them, the listing (LIST_PK).
+IMPORT_PK = "IMPORT#"
+
+
 def _import_key(import_id: str) -> dict[str, Any]:
-    return {"pk": {"S": f"IMPORT#{import_id}"}, "sk": {"S": "IMPORT"}}
+    return {"pk": {"S": IMPORT_PK + import_id}, "sk": {"S": "IMPORT"}}
 
 
 def _error_key(import_id: str, ordinal: int) -> dict[str, Any]:
     # By the failure's ordinal (its value of the `failed` counter), zero-padded: errors are only
     # ever added after the ones a reader has, so a reader can ask for the new ones only.
-    return {"pk": {"S": f"IMPORT#{import_id}#ERRORS"}, "sk": {"S": f"{ordinal:06d}"}}
+    return {"pk": {"S": f"{IMPORT_PK}{import_id}#ERRORS"}, "sk": {"S": f"{ordinal:06d}"}}
 
 
 # The sort key of an error written under its line (_keep_lost_errors): after every ordinal.
@@ -1014,7 +1019,7 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
 def import_summary(item: dict[str, Any] | None) -> dict[str, Any] | None:
     """The import an import's item (DynamoDB JSON, e.g. a stream image) holds, as GET
     /imports/{id} shows it without its errors; None for any other item of the table."""
-    if not item or item.get("sk", {}).get("S") != "IMPORT" or not item.get("pk", {}).get("S", "").startswith("IMPORT#"):
+    if not item or item.get("sk", {}).get("S") != "IMPORT" or not item.get("pk", {}).get("S", "").startswith(IMPORT_PK):
         return None
     return ImportSummary(**_summary_fields(from_item(item))).model_dump(mode="json")
 

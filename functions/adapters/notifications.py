@@ -15,8 +15,11 @@ from functions.adapters.dynamodb import decode_cursor, encode_cursor, query_page
 NOTIFICATION_RETENTION = timedelta(days=400)
 
 
+NOTIFICATIONS_PK = "NOTIFY#"  # + the order's id: what its customer was told
+
+
 def _pk(order_id: str) -> str:
-    return f"NOTIFY#{order_id}"
+    return NOTIFICATIONS_PK + order_id
 
 
 def _sk(notification: Notification) -> str:

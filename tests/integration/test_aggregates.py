@@ -27,7 +27,13 @@ from core.aggregates import (
 from core.models import HistoryEntry, OrderLine, Totals
 from core.status import OrderStatus
 from functions.adapters.aggregates import REPORT_READERS, DynamoAggregates
-from tests.integration.test_events_and_webhooks import Context, stored_item, stream_event, wired  # noqa: F401
+from tests.integration.test_events_and_webhooks import (  # noqa: F401 (fixtures)
+    Context,
+    events_calls_granted,
+    stored_item,
+    stream_event,
+    wired,
+)
 from tests.unit.conftest import UPDATED_AT, a_stored_order, usd
 
 DAY = UPDATED_AT.date()

@@ -63,6 +63,26 @@ def wired(aws, monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[str, Any]]:
     delivery_container.forget()
 
 
+@pytest.fixture(autouse=True)
+def events_calls_granted(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every call the events and webhook delivery functions make in a test that wires them (here,
+    and where a module imports this beside `wired`) is one the template grants them, by table, key
+    and action: moto lets through what AWS refuses."""
+    if "wired" not in request.fixturenames:
+        yield
+        return
+    from tests.template_iam import handlers_checked
+
+    aws, wiring = request.getfixturevalue("aws"), request.getfixturevalue("wired")
+    handlers = {"EventsFunction": "functions.events.app", "WebhookDeliveryFunction": "functions.webhook_delivery.app"}
+    names = {
+        "event_bus_names": {"EventBus": "test-events"},
+        "queue_urls": {"WebhookDeliveryQueue": wiring["deliveries"]},
+    }
+    with handlers_checked(monkeypatch, handlers, aws.tables, **names):
+        yield
+
+
 def drain(sqs: Any, url: str) -> list[dict[str, Any]]:
     messages = []
     while batch := sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", []):

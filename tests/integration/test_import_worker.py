@@ -7,7 +7,7 @@ import functools
 import json
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -36,6 +36,22 @@ def stack(aws: Any, monkeypatch: pytest.MonkeyPatch) -> ImportAws:
     imports = create_import_resources(aws, monkeypatch)
     seed_catalog()
     return imports
+
+
+@pytest.fixture(autouse=True)
+def only_granted_calls(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every call the import worker makes in these tests (a line counted, rejected, parked in the
+    DLQ and unlisted by its redrive, refused writes) is one the template grants it, by table, key
+    and action: moto lets through what AWS refuses."""
+    if "stack" not in request.fixturenames:
+        yield
+        return
+    from tests.template_iam import handlers_checked
+
+    stack = request.getfixturevalue("stack")
+    names = {"queue_urls": {"ImportQueue": stack.queue_url}, "bucket_names": {"ImportsBucket": stack.bucket}}
+    with handlers_checked(monkeypatch, {"ImportWorkerFunction": "functions.import_worker.app"}, stack.tables, **names):
+        yield
 
 
 def metrics_counted(monkeypatch: pytest.MonkeyPatch) -> list[str]:

@@ -17,7 +17,13 @@ from core.notifications import Notification, notifications
 from core.status import OrderStatus, ShipmentStatus
 from tests.e2e.client import assert_error
 from tests.integration.in_process import InProcessApi, in_process_api
-from tests.integration.test_events_and_webhooks import Context, stored_item, stream_event, wired  # noqa: F401
+from tests.integration.test_events_and_webhooks import (  # noqa: F401 (fixtures)
+    Context,
+    events_calls_granted,
+    stored_item,
+    stream_event,
+    wired,
+)
 from tests.unit.conftest import a_stored_order
 
 AT = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)

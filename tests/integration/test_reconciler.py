@@ -192,6 +192,32 @@ def test_an_order_stuck_past_the_park_threshold_though_restarted_is_parked_on_ho
     assert reconcile() == did()
 
 
+def test_a_pass_parking_an_order_whose_history_is_past_the_threshold_moves_it_to_its_pages(stack):
+    # The pass's write of the order moves all but its first entry to a page of the Catalog table
+    # (ORDERHISTORY#<id>): the reconciler's one write there beside the imports' it recounts, and
+    # template.yaml holds its Catalog writes to those partitions (checked on each call here).
+    from functions.adapters.dynamodb import HISTORY_KEPT_BYTES, HISTORY_MOVED
+    from functions.bootstrap import Config, bootstrap
+    from tests.integration.test_dynamodb_history_pages import _history_bytes, _item, _noted, _pages
+
+    aws = stack["aws"]
+    old = order_id("p")
+    long = tuple(_noted(n) for n in range(30))
+    store(aws, old, OrderStatus.AUTHORIZED, minutes_ago=90, later=long, restarted_minutes_ago=70)
+    assert _history_bytes(_item(aws, old)) > HISTORY_KEPT_BYTES
+
+    assert reconcile() == did(parked=[old])
+
+    item = _item(aws, old)
+    assert HISTORY_MOVED in item and _history_bytes(item) <= HISTORY_KEPT_BYTES
+    [page] = _pages(aws, old)
+    assert len(page["entries"]["L"]) == len(long) + 1  # all but the first: the notes, then the hold
+    order, history = bootstrap(Config.from_env()).order_repository.history(old, consistent=True)
+    assert order.status is OrderStatus.ON_HOLD
+    assert [h.actor for h in history if h.actor.startswith("n")] == [f"n{n}" for n in range(30)]
+    assert history[-1].type == "on_hold"
+
+
 def test_an_order_no_pass_restarted_is_restarted_before_it_is_parked_however_long_it_stalled(stack):
     """An outage of Step Functions or Lambda longer than the park threshold (or a backlog the passes
     did not reach): the order stalled 90 minutes ago was never restarted. It was parked at once,

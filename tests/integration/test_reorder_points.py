@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -169,6 +170,26 @@ def buyer(aws, monkeypatch: pytest.MonkeyPatch) -> Iterator[Buyer]:
     # The suite's mock_aws applies the local runtime's `transactions` patch (tests/conftest.py): moto
     # alone deep-copies every table a transaction names, a draft's 100 lines ~0.6 s a buy.
     yield Buyer(container, stream, sqs, tap, deliveries)
+
+
+@pytest.fixture(autouse=True)
+def only_granted_calls(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every call the backorders function makes in these tests (a draft, its records and the
+    crossing's marker; inventory.low on the bus and its webhook deliveries) is one the template
+    grants it, by table, key and action: moto lets through what AWS refuses."""
+    if "buyer" not in request.fixturenames:
+        yield
+        return
+    from tests.template_iam import handlers_checked
+
+    buyer, aws = request.getfixturevalue("buyer"), request.getfixturevalue("aws")
+    names = {
+        "state_machine_arns": {"OrderWorkflow": os.environ["ORDER_WORKFLOW_ARN"]},
+        "event_bus_names": {"EventBus": os.environ["EVENT_BUS_NAME"]},
+        "queue_urls": {"WebhookDeliveryQueue": buyer.deliveries},
+    }
+    with handlers_checked(monkeypatch, {"BackorderFunction": "functions.backorders.app"}, aws.tables, **names):
+        yield
 
 
 def test_a_fall_below_the_point_makes_a_draft_and_inventory_low_once_even_when_redelivered(buyer: Buyer):

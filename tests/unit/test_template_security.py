@@ -13,13 +13,18 @@ from typing import Any
 import pytest
 from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
 
+from core.aggregates import CUSTOMER_PK, EMAIL_INDEX_PK, FILING_PK, REPORT_CHANNELS_PK, REPORT_PK
 from functions.adapters.access_log import ACCESS_LOG_PK, DynamoAccessLog, SqsReadRecorder
-from functions.adapters.aggregates import DynamoAggregates
+from functions.adapters.aggregates import MARKERS_PK, DynamoAggregates
 from functions.adapters.api_gateway import ApiGatewayAuthorizerCache
+from functions.adapters.api_key_lookup import LOOKUP_PK
 from functions.adapters.dynamodb import (
     _INDEXES,
     _RETURN_INDEXES,
     HISTORY_PAGE_PK,
+    NETWORK_PK,
+    PRODUCT_PK,
+    SOURCING_RULES_PK,
     DynamoApiKeys,
     DynamoBackorderedOrders,
     DynamoBackorders,
@@ -39,10 +44,23 @@ from functions.adapters.dynamodb import (
     DynamoUnreceivedReturns,
     DynamoUnsettledAuthorizations,
 )
-from functions.adapters.imports import DynamoImportLedger, LambdaSplitContinuation, S3ImportFiles, SqsOrderQueue
+from functions.adapters.imports import (
+    IMPORT_PK,
+    LIST_PK,
+    DynamoImportLedger,
+    LambdaSplitContinuation,
+    S3ImportFiles,
+    SqsOrderQueue,
+)
 from functions.adapters.labels import S3Labels
-from functions.adapters.notifications import DynamoNotifications
-from functions.adapters.purchasing import DynamoPurchasing
+from functions.adapters.notifications import NOTIFICATIONS_PK, DynamoNotifications
+from functions.adapters.purchasing import (
+    DRAFT_LINES_PK,
+    DRAFTS_PK,
+    PURCHASE_ORDERS_PK,
+    REORDERED_PREFIX,
+    DynamoPurchasing,
+)
 from functions.adapters.webhooks import (
     DELIVERIES_PK,
     WEBHOOKS_PK,
@@ -187,9 +205,11 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
         (CATALOG, "dynamodb:GetItem"): [DynamoCatalog, DynamoPurchasing, DynamoWebhooks],
         (CATALOG, "dynamodb:Query"): [DynamoSourcingRules, DynamoWebhooks],
         # A reorder point crossed: the draft PO, its open-draft record and the crossing's marker in
-        # one transaction; inventory.low onto the bus and into its webhook deliveries.
-        (CATALOG, "dynamodb:PutItem"): [DynamoPurchasing, DynamoWebhooks],
-        (CATALOG, "dynamodb:UpdateItem"): [DynamoPurchasing],
+        # one transaction; inventory.low onto the bus and into its webhook deliveries; a long
+        # history's page, moved by a fill's write of its order.
+        (CATALOG, "dynamodb:PutItem"): [DynamoPurchasing, DynamoWebhooks, DynamoOrders],
+        # ...and the page a wake hands on, on the rules' version or the network's item.
+        (CATALOG, "dynamodb:UpdateItem"): [DynamoPurchasing, DynamoSourcingRules, DynamoCatalog],
         ("EventBus", "events:PutEvents"): [EventBridgePublisher],
         ("WebhookDeliveryQueue", "sqs:SendMessage"): [SqsDeliveryQueue],
         ("OrderWorkflow", "states:StartExecution"): [StepFunctionsStarter],
@@ -250,9 +270,9 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
         (INVENTORY, "dynamodb:Query"): [DynamoInventory],
         (CATALOG, "dynamodb:GetItem"): [DynamoCatalog, DynamoImportLedger],
         # Imports left running short by a line marked and never counted, recounted from its markers.
-        **{
-            (CATALOG, f"dynamodb:{a}"): [DynamoImportLedger] for a in ("BatchGetItem", "Query", "UpdateItem", "PutItem")
-        },
+        **{(CATALOG, f"dynamodb:{a}"): [DynamoImportLedger] for a in ("BatchGetItem", "Query", "UpdateItem")},
+        # ...and a long history's page, moved by a pass's write of its order.
+        (CATALOG, "dynamodb:PutItem"): [DynamoImportLedger, DynamoOrders],
         (IDEMPOTENCY, "dynamodb:BatchGetItem"): [DynamoImportLedger],
         (RETURNS, "dynamodb:GetItem"): [DynamoReturns],
         # A return whose kept-back refund the pass makes shows all that was refunded for it.
@@ -515,6 +535,86 @@ def test_webhook_delivery_reaches_only_the_webhooks_partitions_of_the_catalog():
     }
     limits = key_limits("WebhookDeliveryFunction")
     assert {grant: sorted(limits.get(grant, [])) for grant in expected} == {g: sorted(p) for g, p in expected.items()}
+
+
+# The Catalog table holds API keys beside everything else: a function that is not the API's is held,
+# by dynamodb:LeadingKeys conditions, to the partitions its code writes (and, where the calls name
+# their keys, reads: a Query's key is in its condition expression, which the local check does not
+# read, so Query grants are left whole). An action a transaction makes goes by every item of it on
+# the table (tests/template_iam.py), so a function's writes share one list.
+_IMPORTS = [LIST_PK, f"{IMPORT_PK}*"]
+# The counters with their markers, the days' registries, the email index, the filings; the
+# notifications; the webhook deliveries.
+_EVENTS_WRITE = [
+    f"{MARKERS_PK}*", f"{CUSTOMER_PK}*", f"{EMAIL_INDEX_PK}*", f"{REPORT_PK}*", f"{REPORT_CHANNELS_PK}*",
+    f"{FILING_PK}*", f"{NOTIFICATIONS_PK}*", f"{DELIVERIES_PK}*",
+]  # fmt: skip
+# A reorder point's draft purchase order, its open-draft records and the crossing's marker; an
+# inventory.low delivery; the page a wake hands on (on the rules' version or the network's item);
+# the pages of an order's history a fill moves.
+_BACKORDERS_WRITE = [
+    PURCHASE_ORDERS_PK, DRAFTS_PK, DRAFT_LINES_PK, f"{REORDERED_PREFIX}*", f"{DELIVERIES_PK}*", SOURCING_RULES_PK,
+    NETWORK_PK, f"{HISTORY_PAGE_PK}*",
+]  # fmt: skip
+_PUT_UPDATE = ("dynamodb:PutItem", "dynamodb:UpdateItem")
+_GETS = ("dynamodb:GetItem", "dynamodb:BatchGetItem")
+_CATALOG_ITEMS = [NETWORK_PK, f"{PRODUCT_PK}*"]
+_HISTORY_PAGES = {a: [f"{HISTORY_PAGE_PK}*"] for a in ("dynamodb:PutItem", "dynamodb:Query")}
+CATALOG_KEYS: dict[str, dict[str, list[str]]] = {
+    # A key's lookup item, by the secret's hash: nothing else.
+    "AuthorizerFunction": {"dynamodb:GetItem": [f"{LOOKUP_PK}*"]},
+    # The function that reads uploaded files: the import, its kept errors, the listing.
+    "ImportSplitterFunction": {a: _IMPORTS for a in ("dynamodb:GetItem", *_PUT_UPDATE)},
+    "ImportWorkerFunction": {
+        # The capture path's catalog (the network, the products); the line's import.
+        **{a: [*_CATALOG_ITEMS, f"{IMPORT_PK}*"] for a in _GETS},
+        # Its counts, its errors, a redriven line's parked listing removed.
+        **{a: [f"{IMPORT_PK}*"] for a in (*_PUT_UPDATE, "dynamodb:DeleteItem")},
+    },
+    "EventsFunction": {
+        # An ended import, an order's filing day, a notification or a delivery already recorded, the
+        # network (a ready pickup's store, named to its customer).
+        "dynamodb:GetItem": [f"{IMPORT_PK}*", f"{FILING_PK}*", f"{NOTIFICATIONS_PK}*", f"{DELIVERIES_PK}*", NETWORK_PK],
+        **{a: _EVENTS_WRITE for a in _PUT_UPDATE},
+    },
+    "BackorderFunction": {a: _BACKORDERS_WRITE for a in _PUT_UPDATE},
+    # The imports a recount finishes (their counters, their kept errors); the pages of an order's
+    # history a pass's write moves. It reads the catalog and those imports.
+    "ReconcilerFunction": {
+        **{a: [f"{IMPORT_PK}*", f"{HISTORY_PAGE_PK}*"] for a in _PUT_UPDATE},
+        **{a: [*_CATALOG_ITEMS, f"{IMPORT_PK}*"] for a in _GETS},
+    },
+    # The workflow steps read the catalog only (the network, products) beside their history pages
+    # (two also Query the sourcing rules: their Query is whole).
+    "ReserveStockFunction": {"dynamodb:PutItem": [f"{HISTORY_PAGE_PK}*"], **{a: _CATALOG_ITEMS for a in _GETS}},
+    "CreateShipmentsFunction": {**_HISTORY_PAGES, **{a: _CATALOG_ITEMS for a in _GETS}},
+    "ReturnStepFunction": {"dynamodb:PutItem": [f"{HISTORY_PAGE_PK}*"], **{a: _CATALOG_ITEMS for a in _GETS}},
+    "CancelOrderFunction": {**_HISTORY_PAGES, "dynamodb:GetItem": _CATALOG_ITEMS},
+    "JeopardyScanFunction": {**_HISTORY_PAGES, "dynamodb:GetItem": _CATALOG_ITEMS},
+    "AuthorizePaymentFunction": _HISTORY_PAGES,
+    "FailPaymentFunction": _HISTORY_PAGES,
+    "ParkOrderFunction": _HISTORY_PAGES,
+}
+# The API function writes most of the table's partitions (products, locations, sourcing rules, API
+# keys, webhooks, vendors and POs, imports' reads): its grants stay whole.
+_WRITES = ("dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem", "dynamodb:BatchWriteItem")
+
+
+@pytest.mark.parametrize("function", sorted(CATALOG_KEYS))
+def test_a_functions_catalog_grants_reach_the_partitions_its_code_uses_only(function: str):
+    # Unconditioned, any of these could put or update any Catalog item, an API key's among them
+    # (grant itself, or whoever finds a flaw in it, a key).
+    limits = {action: sorted(p) for (table, action), p in key_limits(function).items() if table == CATALOG}
+
+    assert limits == {action: sorted(p) for action, p in CATALOG_KEYS[function].items()}
+
+
+@pytest.mark.parametrize("function", sorted(set(USES) - {"ApiFunction"}))
+def test_no_function_but_the_api_may_write_the_catalog_unconditioned(function: str):
+    writes = {action for table, action in granted(function) if table == CATALOG and action in _WRITES}
+    limited = {action for table, action in key_limits(function) if table == CATALOG}
+
+    assert writes <= limited, f"{function}: {sorted(writes - limited)} on any Catalog item"
 
 
 @pytest.mark.parametrize("function", sorted(USES))
