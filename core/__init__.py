@@ -1,4 +1,5 @@
-"""The OMS domain: models, statuses, services, ports and plugin hooks. Pure Python, no I/O."""
+"""The OMS domain: models, statuses, services, ports and plugin hooks. Pure Python, no I/O, save
+plugin_settings' read of the environment (the plugin API: a plugin's settings are its variables)."""
 
 import os
 from collections.abc import Mapping
@@ -18,7 +19,10 @@ def plugin_settings(name: str, environ: Mapping[str, str] | None = None) -> dict
     variable (NAME upper-cased), as {key in lower case: value}. Empty values are left out, so a
     template parameter left at "" means "not set".
 
-    plugin_settings("tax_table") reads OMS_PLUGIN_TAX_TABLE_RATES_FILE as {"rates_file": ...}."""
+    plugin_settings("tax_table") reads OMS_PLUGIN_TAX_TABLE_RATES_FILE as {"rates_file": ...}.
+
+    The one read of core's outside its arguments, on purpose: it is the documented plugin API
+    (README "Settings"), which a plugin calls from its hooks; `environ` is for tests."""
     prefix = f"{PLUGIN_SETTINGS_PREFIX}{name.upper()}_"
     source = os.environ if environ is None else environ
     # Keys first, then the values of the few that match: os.environ decodes every value it

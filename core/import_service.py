@@ -38,6 +38,7 @@ from core.imports import (
 )
 from core.models import PlaceOrder, Shown, utc_now
 from core.services import CaptureService, request_hash
+from core.status import ImportStatus
 
 logger = logging.getLogger(__name__)
 
@@ -56,13 +57,6 @@ DUPLICATE_EXTERNAL_ID = "duplicate_external_id"
 MAX_PARKED_LISTED = 100  # a report lists the first of them by line (a broken plugin can park every order)
 # An SQS message holds 256 KiB with its attributes; a body this large is refused on its line.
 MAX_ORDER_BYTES = 250 * 1024
-
-
-class ImportStatus(StrEnum):
-    RUNNING = "running"
-    COMPLETED = "completed"
-    COMPLETED_WITH_ERRORS = "completed_with_errors"
-    FAILED = "failed"
 
 
 def import_has_ended(status: str | None, failure_code: str | None) -> bool:

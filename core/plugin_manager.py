@@ -1,15 +1,17 @@
-"""Builds the pluggy plugin manager: the hookspecs, the `oms` entry points one at a time, copies of
-the arguments for every hook call that other people's code answers."""
+"""Builds the pluggy plugin manager: the hookspecs, the plugins it is handed one at a time, copies
+of the arguments for every hook call that other people's code answers.
+
+Finding the installed plugins (the `oms` entry points, read from the distributions' metadata) is
+the deployment's: functions/plugin_loading.py reads them and hands each over as a PluginSource."""
 
 import copy
 import datetime
 import enum
-import importlib.metadata
 import types
 from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal, Protocol, cast
 
 import pluggy
 from pydantic import BaseModel, Field
@@ -25,6 +27,23 @@ from core.money import Money
 # would ship goods it was never paid for, so it loads only when asked for.
 TEST_PAYMENTS = "test_payments"
 TEST_PAYMENTS_OFF = "the test gateway approves anything: it loads only with OMS_ENABLE_TEST_PAYMENTS=true"
+
+
+class PluginSource(Protocol):
+    """A plugin the deployment found, not loaded yet (functions/plugin_loading.py: an `oms` entry
+    point): the name it registers under, how to load it, and where it comes from."""
+
+    @property
+    def name(self) -> str: ...
+
+    def load(self) -> object:
+        """Import the plugin: whatever the import raises, sys.exit too, is the plugin's failure."""
+        ...
+
+    def origin(self) -> tuple[str | None, str | None]:
+        """The distribution that provides it and its version, (None, None) when unknown: asked only
+        for GET /plugins and a broken plugin's report."""
+        ...
 
 
 class PluginInfo(Shown):
@@ -102,9 +121,9 @@ class OmsPluginManager(pluggy.PluginManager):
         self.broken: list[PluginInfo] = []
         self.disabled: dict[str, str] = {}  # name -> why
         self._load_errors: dict[str, BaseException] = {}  # a broken plugin's name -> what its load raised
-        # name -> its entry point; the distribution and version are read from it only for GET
-        # /plugins: parsing every distribution's metadata costs a cold start ~10 ms a plugin.
-        self._entry_points: dict[str, importlib.metadata.EntryPoint] = {}
+        # name -> where it was loaded from; the distribution and version are asked of it only for
+        # GET /plugins: parsing every distribution's metadata costs a cold start ~10 ms a plugin.
+        self._sources: dict[str, PluginSource] = {}
         self._built_in: set[str] = set()  # the names of the built-in plugins registered
         # While a plugin registers: it, and each attribute's hook options as our check parsed them,
         # which pluggy's own walk over the same attributes is handed rather than parsing them again.
@@ -117,31 +136,31 @@ class OmsPluginManager(pluggy.PluginManager):
         self.set_blocked(name)
         self.disabled[name] = reason
 
-    def load_entry_points(self) -> None:
-        """Import and register every `oms` entry point, one at a time: one that fails to import or
-        to register is recorded in `broken` with the reason, and the others load regardless."""
-        for entry_point in importlib.metadata.entry_points(group=PROJECT):
-            if self.is_blocked(entry_point.name):
-                self._entry_points[entry_point.name] = entry_point
+    def load(self, sources: Iterable[PluginSource]) -> None:
+        """Load and register each of `sources`, one at a time: one that fails to load or to
+        register is recorded in `broken` with the reason, and the others load regardless."""
+        for source in sources:
+            if self.is_blocked(source.name):
+                self._sources[source.name] = source
                 continue
-            if self.has_plugin(entry_point.name):
+            if self.has_plugin(source.name):
                 continue
             try:
-                self.register(entry_point.load(), name=entry_point.name)
+                self.register(source.load(), name=source.name)
             except KeyboardInterrupt:
                 raise
             except BaseException as exc:  # an import can raise anything, sys.exit too; none may stop the others
                 error = plugin_words(type(exc).__name__)
-                distribution, version = _origin(entry_point)
+                distribution, version = source.origin()
                 self.broken.append(
                     PluginInfo(
-                        name=entry_point.name, distribution=distribution, version=version, status="broken",
+                        name=source.name, distribution=distribution, version=version, status="broken",
                         reason=plugin_words(f"{error}: {printed(exc)}"), error=error,
                     )
                 )  # fmt: skip
-                self._load_errors[entry_point.name] = exc
+                self._load_errors[source.name] = exc
                 continue
-            self._entry_points[entry_point.name] = entry_point
+            self._sources[source.name] = source
 
     def load_error(self, name: str) -> BaseException | None:
         """What loading the broken plugin `name` raised, its traceback with it (for the log)."""
@@ -248,11 +267,11 @@ class OmsPluginManager(pluggy.PluginManager):
     def report(self) -> PluginReport:
         loaded, disabled = [], []
         for name, plugin in self.list_name_plugin():
-            entry_point = self._entry_points.get(name)
-            distribution, version = _origin(entry_point) if entry_point is not None else (None, None)
+            source = self._sources.get(name)
+            distribution, version = source.origin() if source is not None else (None, None)
             if plugin is None:
                 reason = self.disabled.get(name, "blocked")
-                if entry_point is None:
+                if source is None:
                     reason += " (no installed plugin has this name)"
                 disabled.append(
                     PluginInfo(name=name, distribution=distribution, version=version, status="disabled", reason=reason)
@@ -335,29 +354,22 @@ def _copied(value: Any, memo: dict[int, Any]) -> Any:
     return copy.deepcopy(value, memo)
 
 
-def _origin(entry_point: importlib.metadata.EntryPoint) -> tuple[str | None, str | None]:
-    dist = entry_point.dist
-    if dist is None:
-        return None, None
-    return dist.metadata["Name"], dist.version
-
-
 def build_plugin_manager(
     *extra_plugins: object,
-    load_entry_points: bool = True,
+    sources: Iterable[PluginSource] = (),
     disabled: Iterable[str] = (),
     enable_test_payments: bool = False,
 ) -> OmsPluginManager:
-    """Built-in plugins are entry points of this distribution, exactly like third-party ones, so a
-    deployment disables any of them by name (`disabled`, from OMS_DISABLED_PLUGINS) and another
-    distribution can replace it. `extra_plugins` are registered last (so they run first)."""
+    """A manager of `sources` (the deployment's plugins: functions/plugin_loading.py hands it the
+    `oms` entry points, the built-ins among them, exactly like third-party ones), so a deployment
+    disables any of them by name (`disabled`, from OMS_DISABLED_PLUGINS) and another distribution
+    can replace it. `extra_plugins` are registered last (so they run first)."""
     manager = OmsPluginManager()
     for name in disabled:
         manager.disable(name, "disabled by OMS_DISABLED_PLUGINS")
     if not enable_test_payments and not manager.is_blocked(TEST_PAYMENTS):
         manager.disable(TEST_PAYMENTS, TEST_PAYMENTS_OFF)
-    if load_entry_points:
-        manager.load_entry_points()
+    manager.load(sources)
     for plugin in extra_plugins:
         manager.register(plugin)
     return manager

@@ -1,4 +1,5 @@
-"""Order, payment, shipment and return statuses, each with the one transition table that relates them."""
+"""Order, payment, shipment, return, refund and import statuses, each with the one transition table
+that relates them."""
 
 from __future__ import annotations
 
@@ -152,12 +153,32 @@ WATCHED: frozenset[OrderStatus] = frozenset(
 # Returns nothing of which has arrived yet: what the return expiry cancels (OMS_RETURN_EXPIRY_DAYS).
 UNRECEIVED_RETURNS: frozenset[ReturnStatus] = frozenset({R.REQUESTED, R.AUTHORIZED})
 
+
+class ImportStatus(StrEnum):
+    RUNNING = "running"
+    COMPLETED = "completed"
+    COMPLETED_WITH_ERRORS = "completed_with_errors"
+    FAILED = "failed"
+
+
+# An import runs until its counts reach its final total (completed, with errors if any line
+# failed) or its file fails it. A failed import runs again only when its split was interrupted
+# (error_code split_interrupted, which the ledger's write adds to its condition): Lambda retries
+# the file's event, or a duplicate delivery read the file whole. A completed import is never reopened.
+IMPORT_TRANSITIONS: dict[ImportStatus, frozenset[ImportStatus]] = {
+    ImportStatus.RUNNING: frozenset({ImportStatus.COMPLETED, ImportStatus.COMPLETED_WITH_ERRORS, ImportStatus.FAILED}),
+    ImportStatus.FAILED: frozenset({ImportStatus.RUNNING}),
+    ImportStatus.COMPLETED: frozenset(),
+    ImportStatus.COMPLETED_WITH_ERRORS: frozenset(),
+}
+
 _TABLES: dict[type[StrEnum], dict] = {
     OrderStatus: TRANSITIONS,
     PaymentStatus: PAYMENT_TRANSITIONS,
     ShipmentStatus: SHIPMENT_TRANSITIONS,
     ReturnStatus: RETURN_TRANSITIONS,
     RefundStatus: REFUND_TRANSITIONS,
+    ImportStatus: IMPORT_TRANSITIONS,
 }
 
 TERMINAL: frozenset[OrderStatus] = frozenset(s for s, targets in TRANSITIONS.items() if not targets)
@@ -167,12 +188,19 @@ TERMINAL: frozenset[OrderStatus] = frozenset(s for s, targets in TRANSITIONS.ite
 EDITABLE: frozenset[OrderStatus] = frozenset({S.PENDING, S.ON_HOLD, S.AUTHORIZED})
 RESOURCEABLE: frozenset[OrderStatus] = frozenset({S.ALLOCATED, S.BACKORDERED})
 
-E = TypeVar("E", OrderStatus, PaymentStatus, ShipmentStatus, ReturnStatus, RefundStatus)
+E = TypeVar("E", OrderStatus, PaymentStatus, ShipmentStatus, ReturnStatus, RefundStatus, ImportStatus)
 
 
 def can_transition(current: E, target: E) -> bool:
-    """Whether `current` may move to `target` in its own table (order, payment, shipment, return or refund)."""
+    """Whether `current` may move to `target` in its own table (order, payment, shipment, return,
+    refund or import)."""
     return type(current) is type(target) and target in _TABLES[type(current)][current]
+
+
+def moving_to(target: E) -> tuple[E, ...]:
+    """The statuses its table lets move to `target`, in the enum's order: what a conditional write
+    of `target` requires the stored status to be."""
+    return tuple(status for status in type(target) if can_transition(status, target))
 
 
 def _step(kind: type[E], before: object, after: object, what: str) -> None:

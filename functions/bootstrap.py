@@ -24,7 +24,7 @@ from core.access_log import AccessLog, AccessLogStore, ReadRecorder
 from core.deadline import LONGEST
 from core.models import utc_now
 from core.payments import Payments
-from core.plugin_manager import OmsPluginManager, build_plugin_manager
+from core.plugin_manager import OmsPluginManager
 from core.ports import OrderRepository, ReturnRepository, ReturnWorkflowStarter, SettlementCaptures
 from core.pricing import Pricing
 from core.services import ApiKeyService, CaptureService, CatalogService, InventoryService, OrderQueries
@@ -48,6 +48,7 @@ from functions.adapters.dynamodb import (
 )
 from functions.adapters.labels import S3Labels
 from functions.adapters.workflow_starter import StepFunctionsReturnStarter, StepFunctionsStarter
+from functions.plugin_loading import load_plugin_manager
 from functions.warm import Warm, forget_warm_containers
 
 # The services one function never uses are imported by the property that builds them: a new API
@@ -279,7 +280,7 @@ class Container:
         """Loaded once per container. A plugin that cannot load is logged here, named by GET
         /health, and stops every route, step and import that calls a hook (plugin_unavailable)."""
         config = self.config
-        plugins = build_plugin_manager(
+        plugins = load_plugin_manager(
             disabled=config.disabled_plugins, enable_test_payments=config.enable_test_payments
         )
         for broken in plugins.broken:

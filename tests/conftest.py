@@ -190,7 +190,7 @@ client_pool.install()
 request_signing.install()
 
 
-# The `oms` entry points (core/plugin_manager.py reads them at every plugin manager it builds: every
+# The `oms` entry points (functions/plugin_loading.py reads them at every plugin manager it loads: every
 # container after each account's reset of the composition root, every in-process API) read once per
 # process while sys.path holds only what it held when this conftest was imported: the venv, the
 # standard library and the project, none of which a test writes a distribution into.

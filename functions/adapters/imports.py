@@ -38,6 +38,7 @@ from core.import_service import (
 )
 from core.imports import ImportFileError, LineError
 from core.log_text import escape_for_log
+from core.status import moving_to
 from functions.adapters.aws_errors import busy
 from functions.adapters.dynamodb import (
     batch_get,
@@ -93,6 +94,15 @@ def _short(values: dict[str, Any]) -> bool:
         and bool(values.get("total_final"))
         and done < int(values.get("total", 0))
     )
+
+
+def _status_write(target: ImportStatus) -> tuple[str, dict[str, dict[str, Any]]]:
+    """The condition a write of `target` over an import's status holds to (#status names the
+    attribute), and its values: the stored status is one the import table (core.status) lets move
+    to `target`, so a finished import is never written back to running or failed."""
+    placeholders = {f":from_{status.value}": status for status in moving_to(target)}
+    condition = f"#status IN ({', '.join(placeholders)})"
+    return condition, {name: {"S": status.value} for name, status in placeholders.items()}
 
 
 def _recounted_not_ended(values: dict[str, Any]) -> bool:
@@ -308,13 +318,14 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
         # Nor once a duplicate delivery failed it: a file error is its end (sent as import.completed
         # by the stream's running -> failed record), and an interruption is retried by its event,
         # which finds a file error again.
+        from_status, from_values = _status_write(ImportStatus.FAILED)
         if self._unless_final(
             import_id,
             "SET #status = :failed, error_code = :code, error_message = :message, updated_at = :now",
             {"#status": "status"},
             {":failed": {"S": ImportStatus.FAILED.value}, ":code": {"S": code}, ":message": {"S": message},
-             ":now": {"S": timestamp(at)}, ":running": {"S": ImportStatus.RUNNING.value}},
-            condition="#status = :running",
+             ":now": {"S": timestamp(at)}, **from_values},
+            condition=from_status,
         ) or code != SPLIT_INTERRUPTED:  # fmt: skip
             return
         # Interrupted after the file was read whole: by a bad row's count DynamoDB refused, its
@@ -436,16 +447,18 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
         self._complete_if_done(import_id, values, at)
 
     def _resume(self, import_id: str, at: datetime) -> dict[str, Any] | None:
+        # Of the failed imports the table lets run again, only one whose split was interrupted.
+        from_status, from_values = _status_write(ImportStatus.RUNNING)
         try:
             response = self._client.update_item(
                 TableName=self._table,
                 Key=_import_key(import_id),
                 UpdateExpression="SET #status = :running, updated_at = :now REMOVE error_code, error_message",
-                ConditionExpression="#status = :failed AND error_code = :interrupted",
+                ConditionExpression=f"{from_status} AND error_code = :interrupted",
                 ExpressionAttributeNames={"#status": "status"},
                 ExpressionAttributeValues={
                     ":running": {"S": ImportStatus.RUNNING.value},
-                    ":failed": {"S": ImportStatus.FAILED.value},
+                    **from_values,
                     ":interrupted": {"S": SPLIT_INTERRUPTED},
                     ":now": {"S": timestamp(at)},
                 },
@@ -741,12 +754,13 @@ class DynamoImportLedger(ImportLedger, ImportCounts):
         if done < int(values.get("total", 0)):
             return
         final = ImportStatus.COMPLETED_WITH_ERRORS if failed else ImportStatus.COMPLETED
+        from_status, from_values = _status_write(final)
         self._update_if(
             import_id,
             "SET #status = :final, updated_at = :now, finished_at = :now",
-            "#status = :running",
+            from_status,
             {"#status": "status"},
-            {":final": {"S": final.value}, ":running": {"S": ImportStatus.RUNNING.value}, ":now": {"S": timestamp(at)}},
+            {":final": {"S": final.value}, ":now": {"S": timestamp(at)}, **from_values},
         )
 
     # --- The recount of imports left short (core/import_recount.py) ----------------------------

@@ -48,7 +48,7 @@ def plugin_host(*plugins: object) -> PluginHost:
 
     Raises pluggy.PluginValidationError when a plugin implements a hook the OMS does not have (a
     misspelt name) or takes a parameter its hook does not offer: the OMS refuses such a plugin."""
-    manager = build_plugin_manager(*plugins, load_entry_points=False)
+    manager = build_plugin_manager(*plugins)
     manager.check_pending()
     return PluginHost(manager)
 

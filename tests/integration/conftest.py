@@ -20,10 +20,10 @@ from moto.core.config import default_user_config
 from moto.dynamodb.models import dynamodb_backends
 from moto.sqs.models import sqs_backends
 
-from core.plugin_manager import build_plugin_manager
 from core.pricing import Pricing
 from core.services import CaptureService
 from functions.adapters.dynamodb import DynamoCatalog, DynamoInventory, DynamoOrders
+from functions.plugin_loading import load_plugin_manager
 from infra.local.stack import forget_warm_containers
 from infra.local.template import Template, create_table_request
 from tests.builders import NOW, location, product
@@ -223,7 +223,7 @@ def capture(aws, orders):
     inventory.set_on_hand("TSHIRT", "wh-east", 1000, "count")
     ticks = iter(range(10_000))
     return CaptureService(
-        orders, catalog, inventory, Pricing(build_plugin_manager()), clock=lambda: NOW + timedelta(seconds=next(ticks))
+        orders, catalog, inventory, Pricing(load_plugin_manager()), clock=lambda: NOW + timedelta(seconds=next(ticks))
     )
 
 

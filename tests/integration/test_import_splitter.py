@@ -897,3 +897,22 @@ def test_a_header_naming_a_column_too_long_to_store_fails_the_import_saying_so(s
     [error] = ended["errors"]
     assert (error["line"], error["code"]) == (None, "invalid_header")
     assert len(error["message"]) <= 500 and error["message"].endswith("…")
+
+
+def test_a_finished_import_is_never_written_back_to_running_or_failed(stack: ImportAws):
+    # Every status write of the ledger is conditional on the statuses core.status's import table
+    # lets reach its target: a completed import is neither failed by a late interruption nor
+    # resumed by a retried event, and its report stays as it ended.
+    from core.import_service import SPLIT_INTERRUPTED
+    from core.models import utc_now
+    from functions.import_splitter.app import container
+
+    import_id = split_file(stack, "incoming/bad.csv", csv_file(csv_row("ext-1", quantity="x")))
+    ended = report(import_id)
+    assert ended["status"] == "completed_with_errors"
+    ledger = container().import_ledger
+
+    ledger.fail(import_id, SPLIT_INTERRUPTED, "interrupted", utc_now())
+    assert not ledger.restart(import_id, utc_now())
+
+    assert report(import_id) == ended

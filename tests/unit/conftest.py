@@ -23,10 +23,10 @@ from core.models import (
     Totals,
 )
 from core.money import Money
-from core.plugin_manager import build_plugin_manager
 from core.pricing import Pricing
 from core.pricing_types import DraftLine, PricingDraft
 from core.status import OrderStatus
+from functions.plugin_loading import load_plugin_manager
 from plugins.data_files import load_data_file
 from plugins.promotions import PROMOTIONS_FILE_ENV
 from plugins.tax_table import TAX_RATES_FILE_ENV
@@ -169,7 +169,7 @@ def packaged_data_files(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 @pytest.fixture
 def plugins() -> pluggy.PluginManager:
     """The built-in plugins, loaded through the `oms` entry points like any installed plugin."""
-    return build_plugin_manager(load_entry_points=True)
+    return load_plugin_manager()
 
 
 @pytest.fixture

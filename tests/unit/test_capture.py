@@ -6,11 +6,11 @@ from core.errors import DuplicateOrder, InsufficientStock, InvalidRequest, Unkno
 from core.ids import order_id_for
 from core.models import Address, Customer, Payment
 from core.money import Money
-from core.plugin_manager import build_plugin_manager
 from core.pricing import Pricing
 from core.services import CaptureService, InventoryService, OrderQueries
 from core.sourcing_rules import SourcingRules
 from core.status import OrderStatus
+from functions.plugin_loading import load_plugin_manager
 from tests.builders import NOW, location, place_order, product
 from tests.fakes import FakeCatalog, FakeInventory, FakeOrders
 
@@ -28,7 +28,7 @@ def world():
     inventory.set_on_hand("TSHIRT", "wh-west", 2, "count")
     inventory.set_on_hand("TSHIRT", "store-sf", 50, "count")
     inventory.set_on_hand("MUG", "store-sf", 4, "count")
-    capture = CaptureService(orders, catalog, inventory, Pricing(build_plugin_manager()), clock=lambda: NOW)
+    capture = CaptureService(orders, catalog, inventory, Pricing(load_plugin_manager()), clock=lambda: NOW)
     return capture, orders, inventory
 
 
@@ -90,7 +90,7 @@ def test_stock_the_sourcing_rules_keep_back_is_not_counted(world):
     # wh-east's 3 are excluded and wh-west keeps 1 of its 2 back: 1 may be taken, as allocation would.
     rules = SourcingRules(version=2, excluded_locations=["wh-east"], safety_stock={"wh-west": 1})
     capture = CaptureService(
-        orders, catalog, inventory, Pricing(build_plugin_manager()), clock=lambda: NOW, sourcing_rules=lambda: rules
+        orders, catalog, inventory, Pricing(load_plugin_manager()), clock=lambda: NOW, sourcing_rules=lambda: rules
     )
     capture.place(place_order(external_id="ok", lines=[{"sku": "TSHIRT", "quantity": 1}]), "k")
     with pytest.raises(InsufficientStock) as raised:

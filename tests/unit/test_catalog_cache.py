@@ -2,9 +2,9 @@
 
 from core import hookimpl
 from core.money import Money
-from core.plugin_manager import build_plugin_manager
 from core.pricing import Pricing
 from functions.adapters.catalog_cache import CachedCatalog
+from functions.plugin_loading import load_plugin_manager
 from tests.builders import location, product
 from tests.fakes import FakeCatalog
 from tests.unit.conftest import an_address, an_order
@@ -92,7 +92,7 @@ class CheapensTheProduct:
 def test_a_plugin_that_changes_a_product_does_not_poison_the_cache():
     cache, inner, _ = make()
     inner.put_product(product("A", "1.00"))
-    pricing = Pricing(build_plugin_manager(CheapensTheProduct()))
+    pricing = Pricing(load_plugin_manager(CheapensTheProduct()))
 
     pricing.price(an_order(("A", 1)), cache.get_products({"A"}), an_address())
 

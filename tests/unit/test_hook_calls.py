@@ -25,6 +25,7 @@ from core.pricing import Pricing
 from core.pricing_types import Discount, ShippingQuote, TaxRate
 from core.sourcing_rules import SourcingRules
 from core.workflow_types import CarrierShipment, PaymentResult, SourcingPlan
+from functions.plugin_loading import load_plugin_manager
 from tests.unit.conftest import a_customer, a_draft, a_product, a_stored_order, an_address, an_order, usd
 
 HOOK_ARGUMENTS = {
@@ -53,7 +54,7 @@ def answering(hook: str, answer: object, **opts: bool) -> object:
 
 
 def call(hook: str, plugin: object, name: str = "sloppy"):
-    plugins = build_plugin_manager(load_entry_points=False)
+    plugins = build_plugin_manager()
     plugins.register(plugin, name=name)
     return call_hook(getattr(plugins.hook, hook), **HOOK_ARGUMENTS[hook])
 
@@ -156,7 +157,7 @@ def test_a_tax_rates_name_is_kept_on_one_line_with_controls_and_bidi_overrides_m
 
 
 def test_a_tax_rates_name_reaches_the_order_line_made_visible():
-    plugins = build_plugin_manager()
+    plugins = load_plugin_manager()
     plugins.register(answering("oms_tax_rate", TaxRate.model_construct(rate=Decimal("0.1"), name="GB\u202e std")))
 
     priced = Pricing(plugins).price(an_order(("MUG-1", 1)), {"MUG-1": a_product()}, an_address())
@@ -176,7 +177,7 @@ def test_a_sourcing_plans_reasons_are_kept_with_controls_and_bidi_overrides_made
 
 
 def test_the_plugin_that_answered_is_named_among_several():
-    plugins = build_plugin_manager(load_entry_points=False)
+    plugins = build_plugin_manager()
     plugins.register(answering("oms_discounts", [Discount(code="GOOD", amount=usd("1.00"))]), name="good")
     plugins.register(answering("oms_discounts", None), name="silent")
     plugins.register(
@@ -195,7 +196,7 @@ def test_an_answer_a_wrapper_replaced_is_blamed_on_the_wrapper():
             yield
             return float_money()
 
-    plugins = build_plugin_manager(load_entry_points=False)
+    plugins = build_plugin_manager()
     plugins.register(answering("oms_unit_price", usd("1.00")), name="honest")
     plugins.register(Replaces(), name="replacer")
 
@@ -222,7 +223,7 @@ class Helper:
 
 @pytest.mark.parametrize(("plugin", "error"), [(Explodes(), "AttributeError"), (Helper(), "LookupError")])
 def test_a_plugin_that_raises_is_named_with_the_error_type(plugin, error):
-    plugins = build_plugin_manager(load_entry_points=False)
+    plugins = build_plugin_manager()
     plugins.register(answering("oms_unit_price", usd("1.00"), trylast=True), name="fallback")
     plugins.register(plugin, name="exploding")
 
@@ -251,7 +252,7 @@ class Exits:
 def test_a_plugin_that_raises_outside_exception_is_a_plugin_error_naming_it(error):
     # Not an Exception, it went past call_hook and every handler's error mapping: the API's Lambda
     # died (API Gateway's bare 502) instead of answering 502 plugin_error naming the plugin.
-    plugins = build_plugin_manager(load_entry_points=False)
+    plugins = build_plugin_manager()
     plugins.register(Exits(error), name="exiting")
 
     with pytest.raises(PluginError, match=f"plugin exiting failed in oms_unit_price: {type(error).__name__}") as failed:
@@ -263,7 +264,7 @@ def test_a_plugin_that_raises_outside_exception_is_a_plugin_error_naming_it(erro
 
 def test_an_interrupt_passes_through_a_hook_call():
     # Ctrl-C at `make run` (or a test run) stops the process, whatever plugin was running.
-    plugins = build_plugin_manager(load_entry_points=False)
+    plugins = build_plugin_manager()
     plugins.register(Exits(KeyboardInterrupt()), name="interrupted")
 
     with pytest.raises(KeyboardInterrupt):
@@ -277,7 +278,7 @@ def test_a_failing_wrapper_is_named():
             yield
             raise ValueError("after the others answered")
 
-    plugins = build_plugin_manager(load_entry_points=False)
+    plugins = build_plugin_manager()
     plugins.register(answering("oms_unit_price", usd("1.00")), name="honest")
     plugins.register(FailsAfter(), name="fails_after")
 
@@ -315,7 +316,7 @@ def test_a_gateways_words_on_a_transient_failure_reach_the_log_escaped_never_the
         def oms_payment_capture(self):
             raise TransientError(SECRET_WORDS + "\n\x1b[2J\u202e" + "x" * 100_000)
 
-    plugins = build_plugin_manager(load_entry_points=False)
+    plugins = build_plugin_manager()
     plugins.register(Garbling(), name="garbling")
     failures = []
     payments = Payments(plugins, sleep=lambda _: None)
@@ -390,7 +391,7 @@ def test_a_plugin_that_raises_plugin_unavailable_itself_is_a_plugin_error_naming
 
 
 def test_pricing_names_the_plugin_whose_money_is_in_another_currency():
-    plugins = build_plugin_manager()
+    plugins = load_plugin_manager()
     plugins.register(answering("oms_unit_price", Money.of("1.00", "EUR")), name="euro_prices")
 
     with pytest.raises(PluginError, match="plugin euro_prices returned EUR, the order is in USD"):
@@ -398,7 +399,7 @@ def test_pricing_names_the_plugin_whose_money_is_in_another_currency():
 
 
 def test_payments_refuse_a_malformed_gateway_answer_naming_the_gateway():
-    plugins = build_plugin_manager(load_entry_points=False)
+    plugins = build_plugin_manager()
     no_reference = PaymentResult.model_construct(outcome="approved", reference=None)
     plugins.register(answering("oms_payment_capture", no_reference), name="gateway")
 
@@ -407,7 +408,7 @@ def test_payments_refuse_a_malformed_gateway_answer_naming_the_gateway():
 
 
 def test_a_gateways_refusal_reaches_the_order_and_the_client_with_controls_and_bidi_overrides_made_visible():
-    plugins = build_plugin_manager(load_entry_points=False)
+    plugins = build_plugin_manager()
     refusal = PaymentResult.model_construct(outcome="declined", reference="r1", message="Do not honor\x1b[2J\u202e\x00")
     plugins.register(answering("oms_payment_capture", refusal), name="gateway")
 
@@ -421,7 +422,7 @@ def test_a_gateways_refusal_reaches_the_order_and_the_client_with_controls_and_b
 def test_a_gateways_words_on_a_refusal_are_cut_to_500_characters_as_on_a_transient_failure(operation):
     # The client's 502 carried all of them: a megabyte of a gateway's words outgrew the 6 MB a
     # Lambda may answer, and the client got API Gateway's bare 502 instead of the refusal.
-    plugins = build_plugin_manager(load_entry_points=False)
+    plugins = build_plugin_manager()
     refusal = PaymentResult(outcome="declined", reference="r1", message="Do not honor " + "x" * 1_000_000)
     plugins.register(answering(f"oms_payment_{operation}", refusal), name="gateway")
     payments = Payments(plugins)
@@ -452,7 +453,7 @@ def test_a_remote_service_that_does_not_answer_is_transient_and_named(error):
         def oms_unit_price(self):
             raise error
 
-    plugins = build_plugin_manager(load_entry_points=False)
+    plugins = build_plugin_manager()
     plugins.register(Remote(), name="remote_prices")
 
     expected = f"plugin remote_prices got no answer in oms_unit_price: {type(error).__name__}"
@@ -483,7 +484,7 @@ def test_a_sourcing_plan_the_core_refuses_names_the_plugin_that_made_it(allocati
     from core.sourcing import ask_plugins
     from tests.unit.test_plugins_nearest_sourcing import a_location
 
-    plugins = build_plugin_manager(load_entry_points=False)
+    plugins = build_plugin_manager()
     plugins.register(answering("oms_source_order", SourcingPlan(allocations=allocations)), name="sloppy")
     eligible = [a_location("wh-east", (40.7, -74.0)), a_location("wh-west", (39.5, -119.8))]
 

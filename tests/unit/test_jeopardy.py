@@ -16,7 +16,6 @@ from core.jeopardy import DEFAULT_SLA, HOLD_EXPIRED, SCAN_ACTOR, JeopardyScan, S
 from core.models import Order, OrderEdit
 from core.notifications import notifications
 from core.payments import Payments
-from core.plugin_manager import build_plugin_manager
 from core.ports import OrderFilter
 from core.refund_service import RefundService
 from core.return_models import ReceiveReturn, RequestReturn, Return, ReturnPolicyDecision
@@ -24,6 +23,7 @@ from core.returns import RETURN_EXPIRED, Returns
 from core.services import OrderQueries
 from core.status import WATCHED, OrderStatus, ReturnStatus
 from core.workflow import CANCEL_RECORDED
+from functions.plugin_loading import load_plugin_manager
 from plugins.testing.memory import InMemoryLateOrders, InMemoryUnreceivedReturns
 from tests.builders import NOW
 from tests.unit.world import Clock, World, build_world
@@ -650,7 +650,7 @@ class NeedsApproval:
 
 
 def returns_service(world: World, clock: Clock, *extra: object) -> Returns:
-    plugins = build_plugin_manager(*extra, enable_test_payments=True)
+    plugins = load_plugin_manager(*extra, enable_test_payments=True)
     refunds = RefundService(world.orders, Payments(plugins, sleep=lambda seconds: None), clock)
     return Returns(
         world.orders, world.returns, world.catalog, world.inventory, world.labels, plugins.hook, refunds,

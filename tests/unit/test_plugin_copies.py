@@ -140,7 +140,7 @@ def test_a_call_only_built_in_plugins_answer_gets_the_arguments_themselves():
     def oms_tax_rate(line, address, draft):
         seen.append((line, address, draft))
 
-    plugins = build_plugin_manager(_built_in_module(oms_tax_rate), load_entry_points=False)
+    plugins = build_plugin_manager(_built_in_module(oms_tax_rate))
     given = _tax_call()
 
     plugins.hook.oms_tax_rate(**given)
@@ -155,7 +155,7 @@ def test_a_plugin_of_anyone_else_beside_a_built_in_makes_the_call_copy_for_both(
     def oms_tax_rate(line, address, draft):
         seen.append(address)
 
-    plugins = build_plugin_manager(_built_in_module(oms_tax_rate), MovesTheAddress(), load_entry_points=False)
+    plugins = build_plugin_manager(_built_in_module(oms_tax_rate), MovesTheAddress())
     given = _tax_call()
 
     plugins.hook.oms_tax_rate(**given)
@@ -169,7 +169,7 @@ def test_the_suite_fails_a_test_whose_built_in_plugin_changes_its_arguments():
     def oms_tax_rate(line, address, draft):
         address.city = "Berlin"
 
-    plugins = build_plugin_manager(_built_in_module(oms_tax_rate), load_entry_points=False)
+    plugins = build_plugin_manager(_built_in_module(oms_tax_rate))
 
     plugins.hook.oms_tax_rate(**_tax_call())
 

@@ -10,8 +10,8 @@ import pytest
 from core import hookspecs
 from core.errors import OutOfStock
 from core.money import Money
-from core.plugin_manager import build_plugin_manager
 from core.pricing import Pricing
+from functions.plugin_loading import load_plugin_manager
 from tests.unit.conftest import a_product, an_address, an_order
 from tests.unit.world import build_world
 
@@ -70,7 +70,7 @@ def example(after: str, name: str) -> types.ModuleType:
 
 
 def test_the_first_example_taxes_norway():
-    plugins = build_plugin_manager(example("## Plugins", "my_oms_plugin"))
+    plugins = load_plugin_manager(example("## Plugins", "my_oms_plugin"))
 
     priced = Pricing(plugins).price(
         an_order(("MUG-1", 1), currency="EUR"), {"MUG-1": a_product(currency="EUR")}, an_address("NO", None)

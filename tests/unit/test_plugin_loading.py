@@ -12,6 +12,7 @@ from core import hookimpl, hookspecs, plugin_settings
 from core.errors import PluginUnavailable
 from core.hook_calls import call_hook
 from core.plugin_manager import build_plugin_manager
+from functions.plugin_loading import load_plugin_manager
 from tests.installed import FAILS_TO_IMPORT, Installer, installing
 from tests.unit.conftest import a_customer, a_product
 
@@ -69,7 +70,7 @@ def statuses(plugins) -> dict[str, tuple[str, str | None]]:
 def test_a_plugin_that_fails_to_import_is_recorded_broken_and_the_others_load(installer):
     installer.install("oms-acme", "2.1.0", {"acme_prices": GOOD, "acme_tax": FAILS_TO_IMPORT})
 
-    plugins = build_plugin_manager()
+    plugins = load_plugin_manager()
 
     (broken,) = plugins.broken
     assert (broken.name, broken.distribution, broken.version, broken.status) == (
@@ -93,7 +94,7 @@ def test_why_a_plugin_failed_to_import_is_kept_visible_and_cut_to_500_characters
     # Shown by GET /plugins (admin) and logged; /health and plugin_unavailable show its type alone.
     installer.install("oms-acme", "2.1.0", {"acme_tax": GARBLED_IMPORT})
 
-    (broken,) = build_plugin_manager().broken
+    (broken,) = load_plugin_manager().broken
 
     assert broken.reason == "RuntimeError: missing key\ufffd[2J\ufffd" + "x" * 469 + "…"
 
@@ -126,7 +127,7 @@ def test_a_plugin_whose_import_raises_outside_exception_is_recorded_broken_and_t
     # /health with it) instead of naming the one plugin that cannot load.
     installer.install("oms-acme", "2.1.0", {"acme_prices": GOOD, "acme_tax": source})
 
-    plugins = build_plugin_manager()
+    plugins = load_plugin_manager()
 
     assert [(p.name, p.status, p.reason) for p in plugins.broken] == [("acme_tax", "broken", reason)]
     assert plugins.has_plugin("acme_prices") and plugins.has_plugin("tax_table")
@@ -145,7 +146,7 @@ def test_a_plugin_whose_import_raises_an_exception_that_cannot_be_printed_is_rec
     # Its __str__ raising inside the loader's own handler ended the cold start (the API down).
     installer.install("oms-acme", "2.1.0", {"acme_prices": GOOD, "acme_tax": UNPRINTABLE_ON_IMPORT})
 
-    plugins = build_plugin_manager()
+    plugins = load_plugin_manager()
 
     assert [(p.name, p.error, p.reason) for p in plugins.broken] == [
         ("acme_tax", "Unprintable", "Unprintable: <unprintable: its __str__ raised ValueError>")
@@ -155,7 +156,7 @@ def test_a_plugin_whose_import_raises_an_exception_that_cannot_be_printed_is_rec
 
 def test_no_hook_runs_while_a_plugin_is_broken_and_the_error_names_it(installer):
     installer.install("oms-acme", "2.1.0", {"acme_tax": FAILS_TO_IMPORT})
-    plugins = build_plugin_manager()
+    plugins = load_plugin_manager()
 
     with pytest.raises(PluginUnavailable, match="acme_tax") as unavailable:
         call_hook(plugins.hook.oms_unit_price, **UNIT_PRICE)
@@ -177,7 +178,7 @@ def test_no_hook_runs_while_a_plugin_is_broken_and_the_error_names_it(installer)
 def test_disabling_a_broken_plugin_brings_the_others_back(installer):
     installer.install("oms-acme", "2.1.0", {"acme_tax": FAILS_TO_IMPORT})
 
-    plugins = build_plugin_manager(disabled=["acme_tax"])
+    plugins = load_plugin_manager(disabled=["acme_tax"])
 
     assert plugins.broken == []
     assert statuses(plugins)["acme_tax"] == ("disabled", "disabled by OMS_DISABLED_PLUGINS")
@@ -187,7 +188,7 @@ def test_disabling_a_broken_plugin_brings_the_others_back(installer):
 def test_a_plugin_implementing_a_hook_that_does_not_exist_is_refused_whole(installer):
     installer.install("oms-typo", "0.1", {"typo": MISSPELT_HOOK})
 
-    plugins = build_plugin_manager()
+    plugins = load_plugin_manager()
 
     assert statuses(plugins)["typo"][0] == "broken"
     assert "unknown hook oms_tax_rates" in statuses(plugins)["typo"][1]
@@ -198,7 +199,7 @@ def test_a_plugin_implementing_a_hook_that_does_not_exist_is_refused_whole(insta
 def test_an_optional_implementation_of_an_unknown_hook_loads_and_is_listed_as_ignored(installer):
     installer.install("oms-future", "3.0", {"future": OPTIONAL_FUTURE_HOOK})
 
-    plugins = build_plugin_manager()
+    plugins = load_plugin_manager()
 
     future = next(p for p in plugins.report().plugins if p.name == "future")
     assert (future.status, future.hooks, future.ignored_hooks) == (
@@ -212,7 +213,7 @@ def test_an_optional_implementation_of_an_unknown_hook_loads_and_is_listed_as_ig
 def test_an_implementation_with_an_argument_the_spec_lacks_is_broken(installer):
     installer.install("oms-wrong", "0.1", {"wrong": WRONG_ARGUMENT})
 
-    plugins = build_plugin_manager()
+    plugins = load_plugin_manager()
 
     assert statuses(plugins)["wrong"][0] == "broken"
     assert "price_list" in statuses(plugins)["wrong"][1]
@@ -224,14 +225,14 @@ def test_a_plugin_registered_in_code_with_an_unknown_hook_is_refused_loudly():
         def oms_unit_prices(self, product):
             return None
 
-    plugins = build_plugin_manager(load_entry_points=False)
+    plugins = build_plugin_manager()
 
     with pytest.raises(pluggy.PluginValidationError, match="unknown hook oms_unit_prices"):
         plugins.register(Misspelt())
 
 
 def test_disabled_built_ins_are_not_loaded_and_say_why():
-    plugins = build_plugin_manager(disabled=["flat_rate_shipping", "no_such_plugin"])
+    plugins = load_plugin_manager(disabled=["flat_rate_shipping", "no_such_plugin"])
 
     assert plugins.get_plugin("flat_rate_shipping") is None
     assert plugins.has_plugin("weight_based_shipping")
@@ -261,7 +262,7 @@ def test_the_reported_call_order_is_the_order_pluggy_calls_them():
         impl.__name__ = "oms_payment_methods"
         return type(name, (), {"oms_payment_methods": hookimpl(**opts)(impl)})()
 
-    plugins = build_plugin_manager(load_entry_points=False)
+    plugins = build_plugin_manager()
     for name, opts in [
         ("last", {"trylast": True}),
         ("first", {"tryfirst": True}),
@@ -312,7 +313,7 @@ def test_registering_a_plugin_parses_each_attribute_once_and_registers_what_plug
             parsed.append(name)
         return parse(self, given, name)
 
-    plugins = build_plugin_manager(load_entry_points=False)
+    plugins = build_plugin_manager()
     monkeypatch.setattr(pluggy.PluginManager, "parse_hookimpl_opts", counted)
     plugins.register(plugin, name="carrier")
     monkeypatch.undo()
@@ -360,7 +361,7 @@ def test_a_plugin_module_attribute_is_parsed_as_pluggy_parses_it():
     held.of_class = classmethod(module.oms_discounts)
     held.bound = Flat().oms_shipping_quotes
     held.model, held.constant, held.module, held.none = module.PercentOff, 3, module, None
-    plugins = build_plugin_manager(load_entry_points=False)
+    plugins = build_plugin_manager()
     alone = pluggy.PluginManager("oms")
     for plugin in (module, held):
         for name in dir(plugin):

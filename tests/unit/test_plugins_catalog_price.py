@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from core import PROJECT, hookimpl
+from core import hookimpl
 from core.plugin_manager import build_plugin_manager
+from functions.plugin_loading import entry_point_sources
 from plugins import catalog_price
 from tests.unit.conftest import a_customer, a_product, usd
 
@@ -40,7 +41,7 @@ def test_answers_last_so_another_pricing_plugin_can_override_the_list_price():
             return usd("9.00") if channel == "web" else None
 
     # Registered before the entry points load, so only trylast puts the catalog price after it.
-    plugins = build_plugin_manager(ChannelPrice(), load_entry_points=False)
-    plugins.load_setuptools_entrypoints(PROJECT)
+    plugins = build_plugin_manager(ChannelPrice())
+    plugins.load(entry_point_sources())
 
     assert unit_price(plugins, a_product(price="10.00")) == usd("9.00")

@@ -109,7 +109,7 @@ def test_is_registered_through_the_oms_entry_point(plugins):
 
 
 def test_books_a_shipment_through_the_plugin_manager():
-    pm = build_plugin_manager(flat_rate_carrier, load_entry_points=False)
+    pm = build_plugin_manager(flat_rate_carrier)
     order = an_order()
 
     shipment = pm.hook.oms_carrier_create_shipment(
@@ -135,7 +135,7 @@ def test_runs_last_so_a_real_carrier_plugin_answers_first():
             return booked
 
     # Registered first: without trylast the built-in, registered later, would be called first.
-    pm = build_plugin_manager(Acme(), flat_rate_carrier, load_entry_points=False)
+    pm = build_plugin_manager(Acme(), flat_rate_carrier)
 
     shipment = pm.hook.oms_carrier_create_shipment(
         order=an_order(), shipment_id="shp_1", booking_key="shp_1", origin=an_origin(), lines=[], weight_grams=0
@@ -333,7 +333,7 @@ def test_the_label_carries_the_reference_a_tracking_event_echoes():
 
 
 def test_a_tracking_webhook_reads_as_updates_of_the_shipments_it_references():
-    pm = build_plugin_manager(flat_rate_carrier, load_entry_points=False)
+    pm = build_plugin_manager(flat_rate_carrier)
     payload = {"events": [flat_rate_event(status="in_transit", description="At the hub"), flat_rate_event()]}
 
     updates = pm.hook.oms_carrier_tracking_update(carrier="oms-flat-rate", payload=payload, headers={}, body="")
@@ -347,7 +347,7 @@ def test_a_tracking_webhook_reads_as_updates_of_the_shipments_it_references():
 
 
 def test_another_carriers_webhook_is_left_to_its_plugin():
-    pm = build_plugin_manager(flat_rate_carrier, load_entry_points=False)
+    pm = build_plugin_manager(flat_rate_carrier)
 
     assert pm.hook.oms_carrier_tracking_update(carrier="ups", payload={}, headers={}, body="") is None
 

@@ -122,7 +122,7 @@ def test_is_registered_through_the_oms_entry_point(plugins):
 
 
 def test_answers_through_the_plugin_manager():
-    pm = build_plugin_manager(nearest_sourcing, load_entry_points=False)
+    pm = build_plugin_manager(nearest_sourcing)
     available = {"wh-east": EVERYTHING}
 
     plan = pm.hook.oms_source_order(
@@ -142,7 +142,7 @@ def test_runs_last_so_a_third_party_sourcing_plugin_answers_first():
         def oms_source_order(self, order):
             return SourcingPlan(allocations=[Allocation(line_id="L1", location_id="wh-east", quantity=1)])
 
-    pm = build_plugin_manager(Custom(), nearest_sourcing, load_entry_points=False)
+    pm = build_plugin_manager(Custom(), nearest_sourcing)
     plan = pm.hook.oms_source_order(
         order=an_order(("MUG", 1)),
         locations=[a_location("wh-west"), a_location("wh-east")],
@@ -878,7 +878,7 @@ def test_a_third_party_sourcing_plugin_receives_the_rules_and_an_older_one_still
                 allocations=[Allocation(line_id="L1", location_id=locations[0].location_id, quantity=1)]
             )
 
-    pm = build_plugin_manager(Reads(), Older(), nearest_sourcing, load_entry_points=False)
+    pm = build_plugin_manager(Reads(), Older(), nearest_sourcing)
     rules = SourcingRules(version=7, max_shipments=2)
     plan = pm.hook.oms_source_order(
         order=an_order(("MUG", 1)), locations=[a_location("wh-east")],

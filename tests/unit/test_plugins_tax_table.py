@@ -7,9 +7,10 @@ from decimal import Decimal
 
 import pytest
 
-from core import PROJECT, hookimpl
+from core import hookimpl
 from core.plugin_manager import build_plugin_manager
 from core.pricing_types import TaxRate
+from functions.plugin_loading import entry_point_sources
 from plugins import tax_table
 from plugins.data_files import DataFileError
 from plugins.tax_table import TAX_RATES_FILE_ENV, load_tax_table
@@ -93,8 +94,8 @@ def test_answers_last_so_a_tax_engine_plugin_can_replace_the_table():
             return TaxRate(rate=Decimal("0.0925"), name="engine")
 
     # Registered before the entry points load, so only trylast puts the table after it.
-    plugins = build_plugin_manager(TaxEngine(), load_entry_points=False)
-    plugins.load_setuptools_entrypoints(PROJECT)
+    plugins = build_plugin_manager(TaxEngine())
+    plugins.load(entry_point_sources())
     draft = a_draft()
 
     rate = plugins.hook.oms_tax_rate(line=draft.lines[0], address=an_address("US", "CA"), draft=draft)

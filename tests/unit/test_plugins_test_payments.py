@@ -10,6 +10,7 @@ from core.errors import TransientError
 from core.money import Money
 from core.plugin_manager import build_plugin_manager
 from core.workflow_types import PaymentResult
+from functions.plugin_loading import load_plugin_manager
 from plugins import test_payments
 from plugins.test_payments import oms_payment_authorize, oms_payment_capture, oms_payment_refund, oms_payment_void
 from tests.unit.conftest import usd
@@ -27,7 +28,7 @@ def an_authorization() -> str:
 
 @pytest.fixture
 def pm():
-    return build_plugin_manager(test_payments, load_entry_points=False)
+    return build_plugin_manager(test_payments)
 
 
 # --- Registration -----------------------------------------------------------------------------
@@ -35,7 +36,7 @@ def pm():
 
 def test_is_registered_through_the_oms_entry_point_when_test_payments_are_enabled():
     assert "test_payments" in entry_points(group="oms").names
-    assert build_plugin_manager(enable_test_payments=True).get_plugin("test_payments") is test_payments
+    assert load_plugin_manager(enable_test_payments=True).get_plugin("test_payments") is test_payments
 
 
 def test_is_off_unless_test_payments_are_enabled(plugins):

@@ -13,11 +13,11 @@ from core.errors import PaymentGatewayUnavailable, RefundExceedsCaptured
 from core.models import EarlierCaptures, Order
 from core.money import Money
 from core.notifications import notifications
-from core.plugin_manager import build_plugin_manager
 from core.refunds import refund_id_for, went_back_id
 from core.return_models import ReceiveReturn, RequestReturn
 from core.returns import Returns
 from core.status import PaymentStatus
+from functions.plugin_loading import load_plugin_manager
 from tests.builders import location
 from tests.unit.test_unit_cancellation import PerUnitShipping
 from tests.unit.world import Clock, Died, World, build_world, dies_before_recording
@@ -41,7 +41,7 @@ def renewed_between_parcels(world: World, clock: Clock) -> tuple[Order, Order]:
 def returns_of(world: World, clock: Clock) -> Returns:
     return Returns(
         world.orders, world.returns, world.catalog, world.inventory, world.labels,
-        build_plugin_manager(enable_test_payments=True).hook, world.refunds, clock=clock, capture=world.capture,
+        load_plugin_manager(enable_test_payments=True).hook, world.refunds, clock=clock, capture=world.capture,
     )  # fmt: skip
 
 

@@ -11,7 +11,6 @@ import pytest
 from core import hookimpl
 from core.errors import PaymentGatewayUnavailable, TransientError
 from core.payments import Payments
-from core.plugin_manager import build_plugin_manager
 from core.reconciliation import MAX_REFUSED_STARTS
 from core.refund_service import RefundService
 from core.return_models import ReceiveReturn, RequestReturn, Return
@@ -19,6 +18,7 @@ from core.return_reconciliation import ReturnReconciler
 from core.returns import RefundNotDone, Returns
 from core.status import ReturnStatus
 from core.workflow_types import PaymentResult
+from functions.plugin_loading import load_plugin_manager
 from plugins.testing.memory import InMemoryReceivedReturns
 from tests.fakes import InlineReturnWorkflow
 from tests.unit.test_jeopardy import STOCK, one_mug_returned, returns_service
@@ -273,7 +273,7 @@ def test_a_return_stuck_for_want_of_its_payment_plugin_is_resumed_once_the_plugi
     # The workflow's Refund step and its retries, then its ReturnStuck state.
     stuck_on(returns, item.id, "refund", RefundNotDone, "the refund is failed; it is tried again", tries=3)
     clock.advance(hours=1)
-    methods = Payments(build_plugin_manager(plugin, enable_test_payments=True)).methods
+    methods = Payments(load_plugin_manager(plugin, enable_test_payments=True)).methods
 
     assert reconciler(world, clock, workflow, payment_methods=methods).run() == []
     plugin.gone = False
@@ -299,7 +299,7 @@ def test_a_return_stuck_on_a_refusal_after_its_plugin_came_back_is_left_to_a_per
     stuck_on(returns, item.id, "refund", RefundNotDone, "the gateway refused the refund")
     clock.advance(hours=1)
 
-    methods = Payments(build_plugin_manager(plugin, enable_test_payments=True)).methods
+    methods = Payments(load_plugin_manager(plugin, enable_test_payments=True)).methods
     assert reconciler(world, clock, workflow, payment_methods=methods).run() == []
 
 
@@ -319,7 +319,7 @@ def test_an_exchange_given_up_for_its_removed_payment_plugin_is_refunded_once_th
     returns.receive(item.id, RECEIPT, "key_wh")
     stuck_on(returns, item.id, "exchange", RefundNotDone, "the refund is failed; it is tried again")
     clock.advance(hours=1)
-    methods = Payments(build_plugin_manager(plugin, enable_test_payments=True)).methods
+    methods = Payments(load_plugin_manager(plugin, enable_test_payments=True)).methods
     assert reconciler(world, clock, workflow, payment_methods=methods).run() == []
 
     plugin.gone = False
@@ -370,7 +370,7 @@ def test_a_return_set_aside_whose_next_workflow_waits_for_its_plugin_is_resumed_
     stuck_on(returns, item.id, "refund", RefundNotDone, "the gateway refused the refund")
     world.gateway.script("refund", "approve")
     clock.advance(hours=1)
-    methods = Payments(build_plugin_manager(plugin, enable_test_payments=True)).methods
+    methods = Payments(load_plugin_manager(plugin, enable_test_payments=True)).methods
     index = InMemoryReceivedReturns(world.returns)
     assert reconciler(world, clock, workflow, payment_methods=methods).run() == []
     assert list(index.received_before(clock())) == []  # set aside: left to a person
@@ -404,7 +404,7 @@ def test_returns_waiting_for_their_plugin_beyond_a_passs_read_budget_keep_no_los
         stuck_on(returns, item.id, "refund", RefundNotDone, "the refund is failed; it is tried again")
     returns.receive(lost.id, RECEIPT, "key_wh")  # ...and the function died before starting the workflow
     clock.advance(hours=1)
-    methods = Payments(build_plugin_manager(plugin, enable_test_payments=True)).methods
+    methods = Payments(load_plugin_manager(plugin, enable_test_payments=True)).methods
     index = InMemoryReceivedReturns(world.returns)
 
     assert reconciler(world, clock, workflow, max_reads=3, payment_methods=methods).run() == []  # three waiting
@@ -439,7 +439,7 @@ def test_a_return_waiting_for_its_plugin_while_a_plugin_failed_to_load_waits_and
     returns.receive(lost.id, RECEIPT, "key_wh")  # ...and the function died before starting the workflow
     plugin.gone = False  # the payment plugin is back, but another plugin failed to load
     clock.advance(hours=1)
-    loaded = Payments(build_plugin_manager(plugin, enable_test_payments=True)).methods
+    loaded = Payments(load_plugin_manager(plugin, enable_test_payments=True)).methods
     broken = {"now": True}
 
     def methods() -> set[str]:
@@ -512,12 +512,12 @@ def test_a_return_stuck_on_a_gateway_outage_is_marked_refunded_once_the_pending_
     world.gateway.script("refund", "transient")
     stuck_on(returns, item.id, "refund", PaymentGatewayUnavailable, "the gateway is down")
     clock.advance(hours=1)
-    methods = Payments(build_plugin_manager(world.gateway, enable_test_payments=True)).methods
+    methods = Payments(load_plugin_manager(world.gateway, enable_test_payments=True)).methods
     assert reconciler(world, clock, workflow, payment_methods=methods).run() == []
     assert world.returns.get(item.id).status is R.RECEIVED
     world.gateway.script("refund", "approve")
     refunds = RefundService(
-        world.orders, Payments(build_plugin_manager(world.gateway, enable_test_payments=True)), clock
+        world.orders, Payments(load_plugin_manager(world.gateway, enable_test_payments=True)), clock
     )
     [made] = refunds.finish_pending(item.order_id, "reconciler", unshown=True)
     asked = len(world.gateway.keys("refund"))

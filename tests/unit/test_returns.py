@@ -28,13 +28,13 @@ from core.exchange_credit import ExchangeCredits
 from core.models import MAX_ON_HAND, LineInput, Order, OrderEdit
 from core.money import Money
 from core.payments import Payments
-from core.plugin_manager import build_plugin_manager
 from core.pricing_types import PricingDraft, ShippingQuote
 from core.refund_service import PendingRefundSweep, RefundService
 from core.return_models import ReceiveReturn, RequestReturn, Return, ReturnLine, ReturnPolicyDecision
 from core.returns import ExchangeIdTaken, RefundNotDone, ReturnNotReceived, Returns, return_booking_key, return_id_for
 from core.services import OrderQueries
 from core.status import RETURN_TRANSITIONS, OrderStatus, ReturnStatus
+from functions.plugin_loading import load_plugin_manager
 from plugins import test_payments
 from tests.builders import NOW, location, product
 from tests.fakes import FakeReturns, PaymentSpy, ScriptedGateway
@@ -57,7 +57,7 @@ class ApprovalPolicy:
 
 
 def returns_for(world: World, clock: Clock, *extra: object) -> tuple[Returns, FakeReturns]:
-    plugins = build_plugin_manager(*extra, enable_test_payments=True)
+    plugins = load_plugin_manager(*extra, enable_test_payments=True)
     refunds = RefundService(world.orders, Payments(plugins, sleep=lambda seconds: None), clock)
     store = world.returns
     service = Returns(
@@ -263,8 +263,8 @@ def test_a_return_window_in_any_spelling_of_a_number_is_taken(monkeypatch, raw: 
 
 LOAD_WITH_WINDOW = """
 import json, sys
-from core.plugin_manager import build_plugin_manager
-manager = build_plugin_manager()
+from functions.plugin_loading import load_plugin_manager
+manager = load_plugin_manager()
 print(json.dumps({info.name: info.reason for info in manager.broken}))
 """
 
@@ -2085,7 +2085,7 @@ def test_an_exchange_retried_under_its_key_after_its_sku_lost_its_price_answers_
 
 
 def test_a_returns_service_without_the_capture_path_refuses_exchanges(world, clock):
-    plugins = build_plugin_manager(enable_test_payments=True)
+    plugins = load_plugin_manager(enable_test_payments=True)
     refunds = RefundService(world.orders, Payments(plugins, sleep=lambda seconds: None), clock)
     returns = Returns(world.orders, FakeReturns(), world.catalog, world.inventory, world.labels, plugins.hook, refunds,
                       clock=clock)  # fmt: skip

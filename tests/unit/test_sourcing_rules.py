@@ -31,6 +31,7 @@ from core.sourcing import MAX_REASON_CHARS, SimulateSourcing, Simulator, Sourcin
 from core.sourcing_rules import Prefer, SourcingRules, SourcingRulesInput
 from core.status import OrderStatus
 from core.workflow_types import SourcingPlan
+from functions.plugin_loading import load_plugin_manager
 from plugins.testing.memory import InMemoryBackorderedOrders, InMemoryCatalog, InMemorySourcingRules
 from tests.builders import NOW, location, order_body, place_order, product
 from tests.fakes import FakeCatalog
@@ -234,7 +235,7 @@ def capture_under(world: World, store: InMemorySourcingRules) -> CaptureService:
     """Capture as the API wires it: the rules in force and the sourcing plugins the workflow asks."""
     plugins = _Relay(world.workflow._hook)
     return CaptureService(
-        world.orders, world.catalog, world.inventory, Pricing(build_plugin_manager()), clock=lambda: NOW,
+        world.orders, world.catalog, world.inventory, Pricing(load_plugin_manager()), clock=lambda: NOW,
         sourcing_rules=store.current, sourcing=plugins,
     )  # fmt: skip
 
@@ -1321,7 +1322,7 @@ def test_the_reason_a_plan_within_max_shipments_adds_is_kept_within_the_bound_of
     # It names the locations kept: four ids of 128 characters passed MAX_REASON_CHARS, into the history.
     ids = [f"{n}" + "w" * 127 for n in range(5)]
     stock = {"MUG": [StockLevel(sku="MUG", location_id=i, on_hand=1, reserved=0, available=1) for i in ids]}
-    plugins = build_plugin_manager(OneUnitEach(), load_entry_points=False)
+    plugins = build_plugin_manager(OneUnitEach())
 
     plan = plan_within(
         plugins.hook, a_stored_order(("MUG", 5)), [location(i) for i in ids], stock, an_address(),

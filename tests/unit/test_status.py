@@ -10,11 +10,13 @@ from core.errors import InvalidTransition
 from core.models import Order, Payment, PaymentRefund, Shipment
 from core.status import (
     EDITABLE,
+    IMPORT_TRANSITIONS,
     PAYMENT_TRANSITIONS,
     RESOURCEABLE,
     SHIPMENT_TRANSITIONS,
     TERMINAL,
     TRANSITIONS,
+    ImportStatus,
     OrderStatus,
     PaymentStatus,
     ShipmentStatus,
@@ -28,6 +30,7 @@ TABLES = [
     pytest.param(OrderStatus, TRANSITIONS, id="order"),
     pytest.param(PaymentStatus, PAYMENT_TRANSITIONS, id="payment"),
     pytest.param(ShipmentStatus, SHIPMENT_TRANSITIONS, id="shipment"),
+    pytest.param(ImportStatus, IMPORT_TRANSITIONS, id="import"),
 ]
 
 
@@ -236,3 +239,21 @@ def with_refunds(order: Order, *statuses: str, version: int | None = None) -> Or
 def test_a_refund_status_write_must_be_in_its_table(before, after, allowed):
     old = with_refunds(an_order(), *before)
     assert_successor(old, with_refunds(old, *after, version=old.version + 1), allowed)
+
+
+# An import runs until its counts reach its final total (completed, with errors if any line
+# failed) or its file fails it; only a split interrupted (failed, split_interrupted) runs again.
+IMPORT_ALLOWED = {
+    (ImportStatus.RUNNING, ImportStatus.COMPLETED),
+    (ImportStatus.RUNNING, ImportStatus.COMPLETED_WITH_ERRORS),
+    (ImportStatus.RUNNING, ImportStatus.FAILED),
+    (ImportStatus.FAILED, ImportStatus.RUNNING),
+}
+
+
+@pytest.mark.parametrize(
+    ("current", "target", "allowed"),
+    [(a, b, (a, b) in IMPORT_ALLOWED) for a, b in itertools.product(ImportStatus, ImportStatus)],
+)
+def test_an_import_status_write_must_be_in_its_table(current, target, allowed):
+    assert can_transition(current, target) is allowed

@@ -21,7 +21,6 @@ from core.exchange_credit import ExchangeCredits
 from core.fulfillment import OrderActions
 from core.models import HistoryEntry, Order
 from core.payments import Payments
-from core.plugin_manager import build_plugin_manager
 from core.ports import SourcingRulesRepository
 from core.pricing import Pricing
 from core.refund_service import RefundService
@@ -29,6 +28,7 @@ from core.services import CaptureService
 from core.status import OrderStatus
 from core.workflow import Workflow
 from functions.adapters.catalog_cache import CachedCatalog
+from functions.plugin_loading import load_plugin_manager
 from tests.builders import NOW, location, place_order, product
 from tests.fakes import (
     FakeBackorders,
@@ -173,7 +173,7 @@ def build_world(
     for sku, location_id, on_hand in stock:
         inventory.set_on_hand(sku, location_id, on_hand, reason="count")
     spy, gateway = PaymentSpy(), ScriptedGateway()
-    plugins = build_plugin_manager(spy, gateway, *extra_plugins, enable_test_payments=True)
+    plugins = load_plugin_manager(spy, gateway, *extra_plugins, enable_test_payments=True)
 
     def fixed():
         return NOW
