@@ -38,6 +38,7 @@ from pydantic import BaseModel
 from core.errors import InvalidRequest, NotFound
 from core.models import Shown, VisibleName
 from core.money import Money, minor_units, round_money
+from core.status import OrderStatus, RefundStatus
 
 
 class ReportKind(StrEnum):
@@ -49,14 +50,23 @@ class ReportKind(StrEnum):
 # An order's revenue counts once it is allocated (API.md: "counted when the order is allocated"),
 # and stays counted while it ships, is delivered and comes back (units refunded on a return are
 # taken out line by line: line_revenue_kept); cancelling takes all of it out.
-_COUNTED = frozenset({"allocated", "partially_shipped", "shipped", "delivered", "partially_returned", "returned"})
+_COUNTED: frozenset[OrderStatus] = frozenset(
+    {
+        OrderStatus.ALLOCATED,
+        OrderStatus.PARTIALLY_SHIPPED,
+        OrderStatus.SHIPPED,
+        OrderStatus.DELIVERED,
+        OrderStatus.PARTIALLY_RETURNED,
+        OrderStatus.RETURNED,
+    }
+)
 # `ordered` sums the orders that were not cancelled or failed.
-_NOT_ORDERED = frozenset({"cancelled", "payment_failed"})
+_NOT_ORDERED: frozenset[OrderStatus] = frozenset({OrderStatus.CANCELLED, OrderStatus.PAYMENT_FAILED})
 
 
 def counts_revenue(document: Mapping[str, Any]) -> bool:
     status = document.get("status")
-    if status == "on_hold":  # held after allocation: still the revenue it was (the hold resumes to it)
+    if status == OrderStatus.ON_HOLD:  # held after allocation: still the revenue it was (the hold resumes to it)
         status = (document.get("hold") or {}).get("resume_to")
     return status in _COUNTED
 
@@ -220,7 +230,7 @@ def contribution(document: Mapping[str, Any] | None, day: str = "", credit: bool
     refunded = (document.get("payment") or {}).get("refunded") or {}
     result.add(key, f"refunded_{currency}", Decimal(refunded.get("amount", "0")))
     result.add(key, "returns_count", len(document.get("received_returns") or []))
-    result.add(key, "payment_failures", 1 if status == "payment_failed" else 0)
+    result.add(key, "payment_failures", 1 if status == OrderStatus.PAYMENT_FAILED else 0)
     if not counts_revenue(document):
         return result
     address = document.get("shipping_address") or {}
@@ -273,7 +283,7 @@ def units_refund_refused(document: Mapping[str, Any]) -> dict[str, int]:
     (PaymentRefund.lines: each attempt is for the return's units). {} for nearly every order,
     read from the document alone."""
     refunds = (document.get("payment") or {}).get("refunds") or []
-    if not any(refund.get("status") == "failed" for refund in refunds):
+    if not any(refund.get("status") == RefundStatus.FAILED for refund in refunds):
         return {}
     settled = {return_id for name in _SETTLED_BESIDES_REFUNDS for return_id in document.get(name) or {}}
     refused: dict[str, list[Mapping[str, Any]]] = {}
@@ -281,8 +291,8 @@ def units_refund_refused(document: Mapping[str, Any]) -> dict[str, int]:
         return_id = refund.get("return_id")
         if not return_id or return_id in settled:
             continue
-        approved = any(part.get("status") == "succeeded" for part in refund.get("parts") or [])
-        if refund.get("status", "succeeded") != "failed" or approved:
+        approved = any(part.get("status") == RefundStatus.SUCCEEDED for part in refund.get("parts") or [])
+        if refund.get("status", RefundStatus.SUCCEEDED) != RefundStatus.FAILED or approved:
             settled.add(return_id)
             refused.pop(return_id, None)
         elif refund.get("lines"):

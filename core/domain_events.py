@@ -14,7 +14,7 @@ from core.models import Hold, Order
 from core.money import Money
 from core.refunds import went_back_id, with_refunds_shown
 from core.shown_references import references_shown_in, with_references_shown
-from core.status import ShipmentStatus
+from core.status import OrderStatus, PaymentStatus, RefundStatus, ReturnStatus, ShipmentStatus
 
 
 class EventType(StrEnum):
@@ -79,26 +79,26 @@ def event_id(order_id: str, version: int, type_: EventType, subject: str = "") -
 
 # A status reached means this event, whatever the status before it (holds are read from `hold`).
 _STATUS_EVENTS: dict[str, EventType] = {
-    "authorized": EventType.ORDER_AUTHORIZED,
-    "payment_failed": EventType.ORDER_PAYMENT_FAILED,
-    "backordered": EventType.ORDER_BACKORDERED,
-    "allocated": EventType.ORDER_ALLOCATED,
-    "cancelled": EventType.ORDER_CANCELLED,
-    "delivered": EventType.ORDER_DELIVERED,
+    OrderStatus.AUTHORIZED: EventType.ORDER_AUTHORIZED,
+    OrderStatus.PAYMENT_FAILED: EventType.ORDER_PAYMENT_FAILED,
+    OrderStatus.BACKORDERED: EventType.ORDER_BACKORDERED,
+    OrderStatus.ALLOCATED: EventType.ORDER_ALLOCATED,
+    OrderStatus.CANCELLED: EventType.ORDER_CANCELLED,
+    OrderStatus.DELIVERED: EventType.ORDER_DELIVERED,
 }
 # A rejected shipment leaves the order instead (_rejected_shipments).
 _SHIPMENT_EVENTS: dict[str, EventType] = {
-    "shipped": EventType.SHIPMENT_SHIPPED,
-    "delivered": EventType.SHIPMENT_DELIVERED,
+    ShipmentStatus.SHIPPED: EventType.SHIPMENT_SHIPPED,
+    ShipmentStatus.DELIVERED: EventType.SHIPMENT_DELIVERED,
 }
 _REFUND_EVENTS: dict[str, EventType] = {
-    "succeeded": EventType.REFUND_SUCCEEDED,
-    "failed": EventType.REFUND_FAILED,
+    RefundStatus.SUCCEEDED: EventType.REFUND_SUCCEEDED,
+    RefundStatus.FAILED: EventType.REFUND_FAILED,
 }
 # The statuses an order's returns keep it in when its last parcel arrives (Order.deliver).
-_RETURNED_ORDER = frozenset({"partially_returned", "returned"})
+_RETURNED_ORDER: frozenset[OrderStatus] = frozenset({OrderStatus.PARTIALLY_RETURNED, OrderStatus.RETURNED})
 # A return that was received (and perhaps refunded in the same change) has been received.
-_RECEIVED_RETURN = frozenset({"received", "refunded"})
+_RECEIVED_RETURN: frozenset[ReturnStatus] = frozenset({ReturnStatus.RECEIVED, ReturnStatus.REFUNDED})
 
 
 # What a stored hold keeps for the system alone (Hold's fields no response shows: the status its
@@ -195,11 +195,16 @@ def _order_level(old: dict[str, Any] | None, new: dict[str, Any]) -> Iterator[Ev
         yield EventType.ORDER_ON_HOLD
     # Leaving a hold resumes the status it was put on from: that is a release, not the status
     # reached again (a held order that is cancelled is a cancellation).
-    if was_held and not held and status != "cancelled":
+    if was_held and not held and status != OrderStatus.CANCELLED:
         yield EventType.ORDER_RELEASED
     elif status != was and status in _STATUS_EVENTS:
         yield _STATUS_EVENTS[status]
-    elif was_held and held and _payment_status(before) == "pending" and _payment_status(new) == "authorized":
+    elif (
+        was_held
+        and held
+        and _payment_status(before) == PaymentStatus.PENDING
+        and _payment_status(new) == PaymentStatus.AUTHORIZED
+    ):
         # A hold placed while the payment was being authorized: the authorization is recorded on
         # the held order (Order.authorize), whose release resumes to `authorized`, never reached anew.
         yield EventType.ORDER_AUTHORIZED
@@ -220,7 +225,7 @@ def _all_arrived(document: dict[str, Any]) -> bool:
 
 
 def _payment_status(document: dict[str, Any]) -> str:
-    return str((document.get("payment") or {}).get("status") or "pending")
+    return str((document.get("payment") or {}).get("status") or PaymentStatus.PENDING)
 
 
 def _hold_reason(document: dict[str, Any]) -> tuple[Any, Any]:
@@ -229,7 +234,7 @@ def _hold_reason(document: dict[str, Any]) -> tuple[Any, Any]:
 
 
 def _held(document: dict[str, Any]) -> bool:
-    return bool(document.get("hold")) or document.get("status") == "on_hold"
+    return bool(document.get("hold")) or document.get("status") == OrderStatus.ON_HOLD
 
 
 def _changed(
@@ -309,7 +314,7 @@ def _refund_changes(before: dict[str, Any], new: dict[str, Any]) -> Iterator[tup
         return [
             shown
             for refund in (payment or {}).get("refunds") or []
-            for shown in _shown_refunds({**refund, "status": refund.get("status", "succeeded")})
+            for shown in _shown_refunds({**refund, "status": refund.get("status", RefundStatus.SUCCEEDED.value)})
         ]
 
     for type_, refund in _changed(answered(before.get("payment")), answered(new.get("payment")), _REFUND_EVENTS):
@@ -331,14 +336,19 @@ def _shown_refunds(refund: dict[str, Any]) -> list[dict[str, Any]]:
     """A stored refund as GET /orders/{id}/refunds shows it (core.refunds.Refund.shown): a split
     one the gateway refused after approving a part of it is what did not go back, `failed` under
     its own id, and what did, `succeeded` under an id derived from its own."""
-    approved = [part["amount"] for part in refund.get("parts") or [] if part.get("status") == "succeeded"]
-    if refund["status"] != "failed" or not approved:
+    approved = [part["amount"] for part in refund.get("parts") or [] if part.get("status") == RefundStatus.SUCCEEDED]
+    if refund["status"] != RefundStatus.FAILED or not approved:
         return [refund]
     amount = Money.model_validate(refund["amount"])
     went = sum((Money.model_validate(part) for part in approved), Money.zero(amount.currency))
     return [
         {**refund, "amount": (amount - went).model_dump(mode="json")},
-        {**refund, "id": went_back_id(refund["id"]), "amount": went.model_dump(mode="json"), "status": "succeeded"},
+        {
+            **refund,
+            "id": went_back_id(refund["id"]),
+            "amount": went.model_dump(mode="json"),
+            "status": RefundStatus.SUCCEEDED.value,
+        },
     ]
 
 

@@ -18,7 +18,7 @@ from core.refunds import (
     refunded_short_of_lines,
     went_back,
 )
-from core.status import NOT_LEFT, OrderStatus
+from core.status import NOT_LEFT, OrderStatus, RefundStatus
 
 # Statuses a replacement ends in without having shipped a unit: its credit paid for nothing.
 _NOT_GONE_AHEAD = frozenset({OrderStatus.CANCELLED, OrderStatus.PAYMENT_FAILED})
@@ -53,7 +53,7 @@ def _paid_itself(replacement: Order) -> Money:
     the settlement refused: appeased_over_capture): counted here, the credit given back makes up
     only the rest."""
     settled = [
-        r.amount if r.status != "failed" else went_back(r) or Money.zero(replacement.currency)
+        r.amount if r.status != RefundStatus.FAILED else went_back(r) or Money.zero(replacement.currency)
         for r in replacement.payment.refunds if r.kind == "cancellation"
     ]  # fmt: skip
     return (
@@ -149,7 +149,11 @@ class CreditChain:
         while earlier is not None and earlier[0].id not in seen:
             order = earlier[0]
             seen.add(order.id)
-            drawn += [r.amount for r in order.payment.refunds if r.status == "succeeded" and r.reason.startswith(mark)]
+            drawn += [
+                r.amount
+                for r in order.payment.refunds
+                if r.status == RefundStatus.SUCCEEDED and r.reason.startswith(mark)
+            ]
             earlier = self._original_of(order)
         return total(drawn, replacement.currency)
 
@@ -217,7 +221,7 @@ class ExchangeCredits(CreditChain):
             replacement, f"exchange {replacement.id} {CREDIT_NOT_USED}", f"{replacement.id}:credit",
             lambda left: left - used, actor, units_back_of=replacement.id,
         )  # fmt: skip
-        if refund is not None and refund.status == "succeeded":
+        if refund is not None and refund.status == RefundStatus.SUCCEEDED:
             self._show_given_back(replacement)
         return refund
 
@@ -289,7 +293,7 @@ class ExchangeCredits(CreditChain):
         went_before: list[Money] = [zero]
 
         def decide(original: Order) -> tuple[str, Money] | None:
-            refused = [r for r in original.payment.refunds if r.status == "failed" and r.reason == reason]
+            refused = [r for r in original.payment.refunds if r.status == RefundStatus.FAILED and r.reason == reason]
             attempt = sum(1 for r in refused if r.return_id == item.id)
             went = total([drawn_on_credit(r) for r in refused if r.return_id == item.id and not draws_on_credit(r)],
                          credit.currency)  # fmt: skip
@@ -304,7 +308,7 @@ class ExchangeCredits(CreditChain):
         refund = self._refunds.issue_decided_refund(
             item.order_id, decide, reason, actor, kind="return", return_id=item.id
         )
-        if refund is not None and refund.status != "succeeded":
+        if refund is not None and refund.status != RefundStatus.SUCCEEDED:
             return refund  # not done: the caller asks again, and the chain after it
         if refund is not None and went_before[0].amount > 0:
             refund = refund.model_copy(update={"amount": refund.amount + went_before[0]})
@@ -315,8 +319,8 @@ class ExchangeCredits(CreditChain):
             if original
             else None
         )
-        if drawn is None or (drawn.amount.amount <= 0 and drawn.status == "succeeded"):
+        if drawn is None or (drawn.amount.amount <= 0 and drawn.status == RefundStatus.SUCCEEDED):
             return refund
-        if drawn.status != "succeeded" or refund is None:
+        if drawn.status != RefundStatus.SUCCEEDED or refund is None:
             return drawn
         return refund.model_copy(update={"amount": got + drawn.amount})

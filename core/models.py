@@ -1048,7 +1048,7 @@ def draws_on_credit(refund: PaymentRefund) -> bool:
     gateway did not refuse, and a refused give-back of what a replacement did not use. That one is
     left to a person, as any refused refund is: nothing asks it again, and the credit's hold no
     longer keeps its amount from the appeasement that gives it back (Order.refundable)."""
-    return refund.status != "failed" or CREDIT_NOT_USED in refund.reason
+    return refund.status != RefundStatus.FAILED or CREDIT_NOT_USED in refund.reason
 
 
 def drawn_on_credit(refund: PaymentRefund) -> Money:
@@ -1057,7 +1057,7 @@ def drawn_on_credit(refund: PaymentRefund) -> Money:
     refused one gave back (Payment.with_failed_refund): that money did go back."""
     if draws_on_credit(refund):
         return refund.amount
-    went = [part.amount for part in refund.parts or [] if part.status == "succeeded"]
+    went = [part.amount for part in refund.parts or [] if part.status == RefundStatus.SUCCEEDED]
     return sum(went, Money.zero(refund.amount.currency))
 
 
@@ -1083,7 +1083,7 @@ class Payment(BaseModel):
         """Captured, less what is refunded or being refunded (a pending refund holds its amount)."""
         left = self.captured - self.refunded
         for refund in self.refunds:
-            if refund.status == "pending":
+            if refund.status == RefundStatus.PENDING:
                 left = left - refund.amount
         return left
 
@@ -1137,7 +1137,7 @@ class Payment(BaseModel):
         changes: dict[str, Any] = {"status": RefundStatus.FAILED, "reference": reference, "message": message[:500]}
         if not parts:
             return _replaced(self, refunds=[_replaced(r, **changes) if r.id == refund_id else r for r in self.refunds])
-        went = sum((p.amount for p in parts if p.status == "succeeded"), Money.zero(self.refunded.currency))
+        went = sum((p.amount for p in parts if p.status == RefundStatus.SUCCEEDED), Money.zero(self.refunded.currency))
         if went.amount == 0:
             changes["parts"] = parts
             return _replaced(self, refunds=[_replaced(r, **changes) if r.id == refund_id else r for r in self.refunds])
@@ -1155,7 +1155,7 @@ class Payment(BaseModel):
 
     def _pending(self, refund_id: str) -> PaymentRefund:
         refund = self.refund_by_id(refund_id)
-        if refund is None or refund.status != "pending":
+        if refund is None or refund.status != RefundStatus.PENDING:
             raise InvalidTransition(f"refund {refund_id} is not pending")
         return refund
 
@@ -3237,8 +3237,10 @@ class Order(Shown):
         held: list[tuple[str, Money]] = []
         for refund in self.payment.refunds:
             if refund.parts:
-                held += [(part.authorization, part.amount) for part in refund.parts if part.status != "failed"]
-            elif refund.status != "failed":
+                held += [
+                    (part.authorization, part.amount) for part in refund.parts if part.status != RefundStatus.FAILED
+                ]
+            elif refund.status != RefundStatus.FAILED:
                 held.append((refund.authorization or current, refund.amount))
         return held
 
@@ -3252,7 +3254,7 @@ class Order(Shown):
         left = sorted((s for s in self.shipments if s.captured is not None),
                       key=lambda s: s.shipped_at or s.delivered_at or self.created_at)  # fmt: skip
         before: dict[str, int] = {}
-        given = [r.lines for r in self.payment.refunds if r.status != "failed" and r.lines and r.return_id]
+        given = [r.lines for r in self.payment.refunds if r.status != RefundStatus.FAILED and r.lines and r.return_id]
         recorded = [*given, *self.exchange_shares.values(), *self.credit_refunded_shares.values()]
         for share in [s for shares in recorded for s in shares]:
             before[share.line_id] = before.get(share.line_id, 0) + share.quantity
@@ -4809,7 +4811,7 @@ class Order(Shown):
         released = _replaced(payment, authorized=payment.captured)
         if (
             settled and payment.status is PaymentStatus.PARTIALLY_REFUNDED and payment.refunded == payment.captured
-            and not self.captures_requested and all(refund.status != "pending" for refund in payment.refunds)
+            and not self.captures_requested and all(refund.status != RefundStatus.PENDING for refund in payment.refunds)
         ):  # fmt: skip
             released = _replaced(released, status=PaymentStatus.REFUNDED)
         return self._next(
@@ -5066,7 +5068,7 @@ class Order(Shown):
         (credit_refunded_shares). None when that is recorded already, or a refund of it on this
         order records them (PaymentRefund.lines)."""
         if return_id in self.credit_refunded_shares or any(
-            r.return_id == return_id and r.status != "failed" and r.lines for r in self.payment.refunds
+            r.return_id == return_id and r.status != RefundStatus.FAILED and r.lines for r in self.payment.refunds
         ):
             return None
         return self._bookkeeping(at=at, credit_refunded_shares={**self.credit_refunded_shares, return_id: shares})

@@ -14,7 +14,7 @@ from core.hook_calls import call_hook
 from core.ids import short_hash
 from core.models import Location, Shown, VisibleText
 from core.services import OrderQueries
-from core.status import OrderStatus
+from core.status import OrderStatus, ShipmentStatus
 
 
 class NotificationKind(StrEnum):
@@ -178,7 +178,7 @@ def _holds_the_whole_order(shipment: dict[str, Any], order: dict[str, Any]) -> b
 
 def _shipped_before(old: dict[str, Any] | None) -> set[str]:
     """The ids of the shipments `old` shows shipped already."""
-    return {s.get("id") for s in (old or {}).get("shipments") or [] if s.get("status") == "shipped"}
+    return {s.get("id") for s in (old or {}).get("shipments") or [] if s.get("status") == ShipmentStatus.SHIPPED}
 
 
 def _held_for_the_customer(order: dict[str, Any]) -> bool:
@@ -223,9 +223,9 @@ def _ready_shipments(old: dict[str, Any] | None, new: dict[str, Any]) -> list[di
     return [
         shipment
         for shipment in new.get("shipments") or []
-        if shipment.get("status") == "ready_for_pickup"
+        if shipment.get("status") == ShipmentStatus.READY_FOR_PICKUP
         and (
-            (was.get(shipment.get("id")) or {}).get("status") != "ready_for_pickup"
+            (was.get(shipment.get("id")) or {}).get("status") != ShipmentStatus.READY_FOR_PICKUP
             or (not held and (was.get(shipment.get("id")) or {}).get("collect_by") != shipment.get("collect_by"))
         )
     ]

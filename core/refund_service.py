@@ -46,7 +46,7 @@ from core.refunds import (
     returns_showing,
 )
 from core.return_models import Return
-from core.status import ReturnStatus, ShipmentStatus
+from core.status import RefundStatus, ReturnStatus, ShipmentStatus
 
 # What a decided refund is (RefundService.issue_decided_refund): its idempotency key and amount,
 # and for a return's refund what it gives back for each line's units, what of it is shipping and
@@ -118,7 +118,7 @@ class RefundService:
                 code="idempotency_key_reused",
                 details=[{"field": "Idempotency-Key", "message": "reuse a key only to retry the same request"}],
             )
-        if refund.status != "pending":
+        if refund.status != RefundStatus.PENDING:
             return Refund.of(order_id, refund)
         return Refund.of(order_id, self._ask_gateway(order, refund, actor, fresh=fresh))
 
@@ -138,7 +138,7 @@ class RefundService:
         if begun is None:
             return None
         order, refund, fresh = begun
-        if refund.status != "pending":
+        if refund.status != RefundStatus.PENDING:
             return Refund.of(order_id, refund)
         return Refund.of(order_id, self._ask_gateway(order, refund, actor, fresh=fresh))
 
@@ -213,7 +213,7 @@ class RefundService:
             return []
         pending = [
             refund for refund in order.payment.refunds
-            if refund.status == "pending" and (besides_return is None or refund.return_id != besides_return)
+            if refund.status == RefundStatus.PENDING and (besides_return is None or refund.return_id != besides_return)
             and (begun_before is None or refund.at < begun_before)
         ]  # fmt: skip
         try:
@@ -312,7 +312,7 @@ class RefundService:
             answered.append(part.approved(result.reference))
         at = self._clock()
         if refusal is not None:
-            went = any(part.status == "succeeded" for part in answered)  # what it gave back all the same
+            went = any(part.status == RefundStatus.SUCCEEDED for part in answered)  # what it gave back all the same
             return self._record_refusal(
                 order.id, refund, actor,
                 lambda current: current.record_failed_refund(
@@ -367,7 +367,7 @@ class RefundService:
         if recorded and CREDIT_NOT_USED in refund.reason:
             (made,) = recorded
             zero = Money.zero(refund.amount.currency)
-            went = sum((part.amount for part in made.parts or [] if part.status == "succeeded"), zero)
+            went = sum((part.amount for part in made.parts or [] if part.status == RefundStatus.SUCCEEDED), zero)
             owed = str((refund.amount - went).amount)
             logger.error(
                 "refund %s refused, %s %s not given back (%s): left to a person",
@@ -430,7 +430,7 @@ class RefundService:
     @staticmethod
     def _still_pending(order: Order, refund_id: str) -> bool:
         found = order.payment.refund_by_id(refund_id)
-        return found is not None and found.status == "pending"
+        return found is not None and found.status == RefundStatus.PENDING
 
     @staticmethod
     def _final(order: Order, refund_id: str) -> PaymentRefund:
@@ -454,7 +454,7 @@ class RefundService:
         order = visible(self._orders.get(order_id), order_id, channel)
         return order_lists.growing_page(
             order.payment.refunds, lambda refund: Refund.shown(order.id, refund),
-            lambda refund: refund.status != "pending", order_id, "refunds", limit, cursor,
+            lambda refund: refund.status != RefundStatus.PENDING, order_id, "refunds", limit, cursor,
         )  # fmt: skip
 
 
@@ -481,7 +481,9 @@ def _refuse_while_settling(order: Order) -> None:
     OverCapturesNotRefundedAlarm, while a later cancel's refund of it waits for the gateway). The
     pending-refund pass, a repeat of the cancel or a ship or delivery answers it; then the
     appeasement is taken as ever. A rare path: the typical order has no cancellation refund."""
-    pending = next((r for r in order.payment.refunds if r.kind == "cancellation" and r.status == "pending"), None)
+    pending = next(
+        (r for r in order.payment.refunds if r.kind == "cancellation" and r.status == RefundStatus.PENDING), None
+    )
     if pending is None:
         return
     amount = f"{pending.amount.amount} {pending.amount.currency}"
@@ -569,7 +571,7 @@ def owed_when_finished(order: Order, besides: str) -> list[str]:
     pending refunds are finished (Returns._finish_pending): those the refunds name, and, for one
     naming no return (what an exchange's credit kept back, or an appeasement), the exchanges'
     returns whose credit kept something back (kept_back_owed). Empty once none is pending."""
-    pending = [r for r in order.payment.refunds if r.status == "pending" and r.return_id != besides]
+    pending = [r for r in order.payment.refunds if r.status == RefundStatus.PENDING and r.return_id != besides]
     shown = [r.return_id for r in pending if r.return_id]
     if any(r.return_id is None for r in pending):
         shown += [owed.return_id for owed in kept_back_owed(order) if owed.names is None and owed.return_id != besides]
@@ -679,7 +681,7 @@ class PendingRefundSweep:
                 asked += 1
             else:
                 asked += bool(done)  # nothing done: its method was down, or nothing of it was due
-                answered = [refund.id for refund in done if refund.status != "pending"]
+                answered = [refund.id for refund in done if refund.status != RefundStatus.PENDING]
                 finished += answered
                 if answered and orders is not None:
                     orders.append(order_id)
@@ -890,14 +892,14 @@ class KeptBackSweep:
             new = [refund for refund in after.payment.refunds if before.get(refund.id) != refund.status]
             owed_back = [refund for refund in new if refund.kind == "cancellation"]
             kept_back = [refund for refund in new if refund.kind != "cancellation"]
-            done.owed_back_refunded += [refund.id for refund in owed_back if refund.status == "succeeded"]
-            done.refunded += [refund.id for refund in kept_back if refund.status == "succeeded"]
-            if any(refund.status == "pending" for refund in new):
+            done.owed_back_refunded += [refund.id for refund in owed_back if refund.status == RefundStatus.SUCCEEDED]
+            done.refunded += [refund.id for refund in kept_back if refund.status == RefundStatus.SUCCEEDED]
+            if any(refund.status == RefundStatus.PENDING for refund in new):
                 down.add(order.payment.method)
                 done.gateway_down[order_id] = _owing(after, order_id in just_finished) or _owing(order, True)
-            if any(refund.status == "failed" for refund in owed_back):
+            if any(refund.status == RefundStatus.FAILED for refund in owed_back):
                 done.owed_back_refused.append(order_id)
-            if any(refund.status == "failed" for refund in kept_back):
+            if any(refund.status == RefundStatus.FAILED for refund in kept_back):
                 done.refused.append(order_id)
                 if owes_kept_back(after, refusals=None) and not owes_kept_back(after):
                     done.given_up.append(order_id)

@@ -160,7 +160,7 @@ def given_back_for_units(order: Order, *, own: bool = False) -> dict[str, list[R
     payment gave back: not the latter, which the credit settles (core.exchange_credit._paid_itself)."""
     given: dict[str, list[RefundedUnits]] = {}
     for refund in order.payment.refunds:
-        if refund.status != "failed" and refund.lines and refund.return_id is not None:
+        if refund.status != RefundStatus.FAILED and refund.lines and refund.return_id is not None:
             given.setdefault(refund.return_id, []).extend(refund.lines)
     for return_id, shares in order.exchange_shares.items():
         given.setdefault(return_id, []).extend(shares)
@@ -179,7 +179,7 @@ def shipping_refunded(order: Order, *, besides_return: str | None = None) -> Mon
     zero = Money.zero(order.currency)
     refunded = sum(
         (_shipping_of(refund, zero) for refund in order.payment.refunds
-         if refund.status != "failed" and refund.return_id != besides_return),
+         if refund.status != RefundStatus.FAILED and refund.return_id != besides_return),
         zero,
     )  # fmt: skip
     claimed = (amount for return_id, amount in order.shipping_claims.items() if return_id != besides_return)
@@ -272,7 +272,7 @@ def payment_holds(order: Order) -> Money:
     zero = Money.zero(order.currency)
     for refund in order.payment.refunds:
         if refund.kind == "cancellation":
-            held = held - (refund.amount if refund.status != "failed" else went_back(refund) or zero)
+            held = held - (refund.amount if refund.status != RefundStatus.FAILED else went_back(refund) or zero)
     return held - appeased_over_capture(order)
 
 
@@ -308,7 +308,7 @@ def left_to_a_person(order: Order) -> Money | None:
         refund = refunds[i]
         if refund.kind != "cancellation":
             continue
-        if refund.status != "failed":
+        if refund.status != RefundStatus.FAILED:
             return None  # given back, or being asked: nothing is left to a person
         if refund.amount == amount:
             run += 1
@@ -330,7 +330,7 @@ def appeased_over_capture(order: Order, refunds: list[PaymentRefund] | None = No
     for refund in order.payment.refunds if refunds is None else refunds:
         if refund.over_capture is None:
             continue
-        if refund.status != "failed":
+        if refund.status != RefundStatus.FAILED:
             counted = counted + refund.over_capture
         else:
             counted = counted + min(refund.over_capture, went_back(refund) or zero, key=_amount)
@@ -341,7 +341,7 @@ def refused_in_a_row(order: Order, amount: Money) -> int:
     """How many of the order's last cancellation refunds the gateway refused, each for `amount`."""
     refused = 0
     for refund in reversed([refund for refund in order.payment.refunds if refund.kind == "cancellation"]):
-        if refund.status != "failed" or refund.amount != amount:
+        if refund.status != RefundStatus.FAILED or refund.amount != amount:
             break
         refused += 1
     return refused
@@ -374,7 +374,7 @@ def kept_back_owed(order: Order) -> list[KeptBackOwed]:
     decided on the order (_kept_back_refund). [] for an order that kept nothing back, read in
     memory only."""
     kept_by_refunds = [
-        r.return_id for r in order.payment.refunds if r.kept_back and r.return_id and r.status == "succeeded"
+        r.return_id for r in order.payment.refunds if r.kept_back and r.return_id and r.status == RefundStatus.SUCCEEDED
     ]
     placed = [return_id for return_id in order.returns_kept_back if return_id in order.exchanges]
     refunded = [return_id for return_id in order.returns_kept_back if return_id not in order.credit_holds]
@@ -414,7 +414,8 @@ def _whole_order_shipping_owed(order: Order) -> list[KeptBackOwed]:
     key = f"{last}:shipping"
     top_ups = _top_up_ids(order, key)
     refunded = any(
-        r.return_id == last and r.status == "succeeded" and r.id not in top_ups for r in order.payment.refunds
+        r.return_id == last and r.status == RefundStatus.SUCCEEDED and r.id not in top_ups
+        for r in order.payment.refunds
     )
     if not (refunded or last in order.exchanges):
         return []
@@ -436,7 +437,7 @@ def _whole_order_shipping_refund(key: str) -> KeptBackDecision:
     def decide(order: Order) -> tuple[str, Money, list[RefundedUnits], Money] | tuple[str, Money] | None:
         zero = Money.zero(order.currency)
         top_ups = _top_up_ids(order, key)
-        answered = sum(1 for r in order.payment.refunds if r.id in top_ups and r.status != "pending")
+        answered = sum(1 for r in order.payment.refunds if r.id in top_ups and r.status != RefundStatus.PENDING)
         attempt = f"{key}#kept_back#{answered}"
         if order.payment.refund_by_id(refund_id_for(order.id, attempt)) is not None:
             return attempt, zero  # carried on with the amount it was written with
@@ -482,7 +483,7 @@ def kept_back_refusals(order: Order, key: str) -> int:
     """How many times the gateway refused the refund of what `key` (a return, or its exchange
     credit: kept_back_owed) kept back."""
     top_ups = _top_up_ids(order, key)
-    return sum(1 for r in order.payment.refunds if r.id in top_ups and r.status == "failed")
+    return sum(1 for r in order.payment.refunds if r.id in top_ups and r.status == RefundStatus.FAILED)
 
 
 def refunded_for_return(order: Order, return_id: str) -> Money:
@@ -504,8 +505,14 @@ def refunded_for_return(order: Order, return_id: str) -> Money:
         ]  # fmt: skip
     else:
         mine = [r for r in order.payment.refunds if r.return_id == return_id]
-    went = [p.amount for r in mine if r.status == "failed" for p in r.parts or [] if p.status == "succeeded"]
-    return sum((r.amount for r in mine if r.status == "succeeded"), sum(went, zero))
+    went = [
+        p.amount
+        for r in mine
+        if r.status == RefundStatus.FAILED
+        for p in r.parts or []
+        if p.status == RefundStatus.SUCCEEDED
+    ]
+    return sum((r.amount for r in mine if r.status == RefundStatus.SUCCEEDED), sum(went, zero))
 
 
 def _credit_key(return_id: str) -> str:
@@ -530,7 +537,7 @@ def _refund_kept_back(return_id: str) -> Callable[[Order], Money]:
     def kept(order: Order) -> Money:
         zero = Money.zero(order.currency)
         top_ups = _top_up_ids(order, return_id)
-        own = [r for r in order.payment.refunds if r.return_id == return_id and r.status == "succeeded"
+        own = [r for r in order.payment.refunds if r.return_id == return_id and r.status == RefundStatus.SUCCEEDED
                and r.id not in top_ups]  # fmt: skip
         if own:
             beside = order.returns_kept_back.get(return_id, zero) if order.exchange_credit is not None else zero
@@ -559,15 +566,15 @@ def _kept_back_refund(key: str, kept: Callable[[Order], Money]) -> KeptBackDecis
         zero = Money.zero(order.currency)
         top_ups = _top_up_ids(order, key)
         given = [r for r in order.payment.refunds if r.id in top_ups]
-        attempt = f"{key}#kept_back#{sum(1 for r in given if r.status != 'pending')}"
+        attempt = f"{key}#kept_back#{sum(1 for r in given if r.status != RefundStatus.PENDING)}"
         if order.payment.refund_by_id(refund_id_for(order.id, attempt)) is not None:
             return attempt, zero  # carried on with the amount it was written with
         owed = kept(order)
         for refund in given:
-            if refund.status != "failed":
+            if refund.status != RefundStatus.FAILED:
                 owed = owed - refund.amount
             else:
-                owed = owed - sum((p.amount for p in refund.parts or [] if p.status == "succeeded"), zero)
+                owed = owed - sum((p.amount for p in refund.parts or [] if p.status == RefundStatus.SUCCEEDED), zero)
         amount = min(owed, order.refundable())
         return (attempt, amount) if amount.amount > 0 else None
 
@@ -626,9 +633,9 @@ class Refund(Shown):
 def went_back(refund: PaymentRefund) -> Money | None:
     """What the parts of a split `refund` the gateway approved before it refused one gave back
     (Payment.with_failed_refund counts it in `refunded`); None for any other refund."""
-    if refund.status != "failed" or not refund.parts:
+    if refund.status != RefundStatus.FAILED or not refund.parts:
         return None
-    approved = [part.amount for part in refund.parts if part.status == "succeeded"]
+    approved = [part.amount for part in refund.parts if part.status == RefundStatus.SUCCEEDED]
     return sum(approved, Money.zero(refund.amount.currency)) if approved else None
 
 
@@ -656,8 +663,8 @@ def with_refunds_shown(order: Order) -> Order:
             shown.append(refund)
             continue
         parts = refund.parts or []
-        approved = [part for part in parts if part.status == "succeeded"]
-        rest = [part for part in parts if part.status != "succeeded"]
+        approved = [part for part in parts if part.status == RefundStatus.SUCCEEDED]
+        rest = [part for part in parts if part.status != RefundStatus.SUCCEEDED]
         reference = ",".join(part.reference or "" for part in approved)
         succeeded = {"id": went_back_id(refund.id), "amount": went, "status": RefundStatus.SUCCEEDED, "message": None}
         shown.append(refund.model_copy(update={"amount": refund.amount - went, "parts": rest}))

@@ -76,7 +76,7 @@ from core.ports import OrderRepository, ReceivedReturns, ReturnRepository, Retur
 from core.reconciliation import MAX_REFUSED_STARTS
 from core.refund_service import show_owed
 from core.return_models import Return
-from core.status import ReturnStatus
+from core.status import RefundStatus, ReturnStatus
 
 # Why a received return's workflow is not started again (ReturnReconciler._stuck).
 LEFT_TO_A_PERSON = "left_to_a_person"  # set aside: only its next write lists it again
@@ -272,8 +272,8 @@ class ReturnReconciler:
             # An exchange's mark asks nothing of the gateway but on an original that is itself a
             # replacement (it draws the rest on the earlier credit): that one's workflow marks it.
             and (item.exchange is None or not (refused or order.exchange_of))
-            and any(refund.status == "succeeded" for refund in mine)
-            and not any(refund.status == "pending" for refund in mine)
+            and any(refund.status == RefundStatus.SUCCEEDED for refund in mine)
+            and not any(refund.status == RefundStatus.PENDING for refund in mine)
         ):
             return REFUNDED_SINCE, order.payment.method
         refunds = {refund.id for refund in mine}
@@ -283,11 +283,11 @@ class ReturnReconciler:
         ]  # fmt: skip
         method = order.payment.method
         if not (failures and (failures[-1].detail or {}).get("kind") == "no_plugin"):
-            if self._mark_refunded is not None and any(r.status == "pending" for r in mine):
+            if self._mark_refunded is not None and any(r.status == RefundStatus.PENDING for r in mine):
                 # Its refund, pending, is the pending-refund pass's to make or see refused: read
                 # again (after the received returns) until then, it is marked or left to a person.
                 return WAITS_FOR_REFUND, method
-            pending = any(refund.status == "pending" for refund in mine)
+            pending = any(refund.status == RefundStatus.PENDING for refund in mine)
             if not (refused or failures or pending) and len(stuck) <= MAX_STUCK_RESTARTS:
                 # Stopped midway (a plain return's restock, count or refund's record, an exchange's
                 # replacement), no refund of it refused, failed or pending: its workflow finishes it.

@@ -91,7 +91,7 @@ from core.return_models import (
     ReturnPolicyDecision,
 )
 from core.services import CaptureService
-from core.status import UNRECEIVED_RETURNS, ReturnStatus, ShipmentStatus
+from core.status import UNRECEIVED_RETURNS, RefundStatus, ReturnStatus, ShipmentStatus
 from core.unit_cancellation import KEY_HONOURED_FOR, held_beyond_total
 from core.workflow_types import stored_label
 
@@ -796,7 +796,7 @@ class Returns:
         if uncovered.amount <= 0:
             return Money.zero(replacement.currency)
         refund = self._credits.draw(replacement, item.id, uncovered, actor)
-        if refund is not None and refund.status != "succeeded":
+        if refund is not None and refund.status != RefundStatus.SUCCEEDED:
             raise RefundNotDone(f"the refund of return {item.id} from its credit is {refund.status}; it is tried again")
         drawn = refund.amount if refund is not None else Money.zero(replacement.currency)
         short = uncovered - drawn
@@ -893,22 +893,29 @@ class Returns:
         kept = [item.id in order.returns_kept_back or any(r.kept_back for r in order.payment.refunds
                                                            if r.return_id == item.id)]  # fmt: skip
         mine = [r for r in order.payment.refunds if r.return_id == item.id]
-        done = next((r for r in mine if r.status == "succeeded"), None)
+        done = next((r for r in mine if r.status == RefundStatus.SUCCEEDED), None)
         steps = {refund_id_for(order.id, f"{item.id}#{attempt}") for attempt in range(len(mine))}
-        if done is None and any(r.status == "pending" and r.id not in steps for r in mine):
+        if done is None and any(r.status == RefundStatus.PENDING and r.id not in steps for r in mine):
             # What a ship refunded of what this return kept back (a run that died before marking it
             # refunded), still pending: finished first, it is the return's refund, or refused frees
             # what it holds; left out, a refund decided beside it would give the units back twice.
             order = self._finish_pending(item, order, actor)
-            done = next((r for r in order.payment.refunds if r.return_id == item.id and r.status == "succeeded"), None)
-        if done is None and any(r.status == "pending" and r.return_id != item.id for r in order.payment.refunds):
+            done = next(
+                (r for r in order.payment.refunds if r.return_id == item.id and r.status == RefundStatus.SUCCEEDED),
+                None,
+            )
+        if done is None and any(
+            r.status == RefundStatus.PENDING and r.return_id != item.id for r in order.payment.refunds
+        ):
             order = self._finish_pending(item, order, actor, besides_return=item.id)
         if done is None:
 
             def decide(current: Order) -> Decision | None:
                 # On the order as the refund is written: a refund of another return that landed
                 # since it was read counts its units (and holds its amount) here.
-                attempt = sum(1 for r in current.payment.refunds if r.return_id == item.id and r.status == "failed")
+                attempt = sum(
+                    1 for r in current.payment.refunds if r.return_id == item.id and r.status == RefundStatus.FAILED
+                )
                 key = f"{item.id}#{attempt}"
                 if current.payment.refund_by_id(refund_id_for(current.id, key)) is not None:
                     return key, Money.zero(current.currency)  # carried on with the amount it was written with
@@ -942,7 +949,7 @@ class Returns:
             refund = self._refunds.issue_decided_refund(
                 item.order_id, decide, reason or f"return {item.id}", actor, kind="return", return_id=item.id
             )
-            if refund is not None and refund.status != "succeeded":
+            if refund is not None and refund.status != RefundStatus.SUCCEEDED:
                 raise RefundNotDone(f"the refund of return {item.id} is {refund.status}; it is tried again")
             if refund is None and beyond is not None and shares is not None:
                 # A replacement's captures gave nothing of it (its credit refunds it whole): what
@@ -1072,7 +1079,7 @@ class Returns:
         at = self._clock()
 
         def keep(current: Order) -> Bookkeeping | None:
-            if any(r.return_id == item.id and r.status != "failed" for r in current.payment.refunds):
+            if any(r.return_id == item.id and r.status != RefundStatus.FAILED for r in current.payment.refunds):
                 return None  # a refund of it is under way or made: what it keeps back is its own
             kept = uncapped(current) - _went_back_before(current, item.id)
             if kept.amount <= 0:
@@ -1162,7 +1169,7 @@ class Returns:
             drawn = self._credits.carry(original, item.id, credit, got, f"return {item.id}", item.id, wanted, actor)
             if drawn is None:
                 return zero
-            if drawn.status != "succeeded":
+            if drawn.status != RefundStatus.SUCCEEDED:
                 raise RefundNotDone(f"the rest of return {item.id}'s credit is {drawn.status}; it is tried again")
             return drawn.amount
 
@@ -1312,7 +1319,7 @@ class Returns:
             return self._mine(placed, item)
         cmd = checked or self._replacement_command(item, original, token)
         assert self._capture is not None  # _replacement_command refused an OMS without it
-        if any(r.status == "pending" and r.return_id != item.id for r in original.payment.refunds):
+        if any(r.status == RefundStatus.PENDING and r.return_id != item.id for r in original.payment.refunds):
             # The credit is capped by what is refundable: a pending refund holds what, refused, it frees.
             original = self._finish_pending(item, original, actor, besides_return=item.id)
         original = self._claim_shipping(item, original)
@@ -1532,7 +1539,7 @@ def _answered_returns(order: Order, finished: list[Refund]) -> list[str]:
     """The returns that show what went back for them once `finished` (refunds a step finished) were
     answered: those they name, and, for one naming no return (what an exchange's credit kept back),
     the exchanges' returns whose credit kept something back (kept_back_owed)."""
-    answered = [r for r in finished if r.status != "pending"]
+    answered = [r for r in finished if r.status != RefundStatus.PENDING]
     shown = [r.return_id for r in answered if r.return_id]
     if any(r.return_id is None for r in answered):
         shown += [owed.return_id for owed in kept_back_owed(order) if owed.names is None]
@@ -1543,9 +1550,12 @@ def _went_back_before(order: Order, return_id: str) -> Money:
     """What refused refunds of return `return_id` gave back all the same: the parts of a split
     refund the gateway approved before it refused one (Payment.with_failed_refund)."""
     parts = [
-        p for r in order.payment.refunds if r.return_id == return_id and r.status == "failed" for p in r.parts or []
+        p
+        for r in order.payment.refunds
+        if r.return_id == return_id and r.status == RefundStatus.FAILED
+        for p in r.parts or []
     ]
-    return sum((p.amount for p in parts if p.status == "succeeded"), Money.zero(order.currency))
+    return sum((p.amount for p in parts if p.status == RefundStatus.SUCCEEDED), Money.zero(order.currency))
 
 
 def _refunded_before(returns: list[Return], besides: str, order: Order) -> tuple[dict[str, int], dict[str, Money]]:
@@ -1561,7 +1571,7 @@ def _refunded_before(returns: list[Return], besides: str, order: Order) -> tuple
     them, but for a volume price lost since the first were refunded: the payment is settled for it
     (core.refunds.refunded_short_of_lines)."""
     recorded = {return_id: shares for return_id, shares in given_back_for_units(order).items() if return_id != besides}
-    refunding = {refund.return_id for refund in order.payment.refunds if refund.status != "failed"}
+    refunding = {refund.return_id for refund in order.payment.refunds if refund.status != RefundStatus.FAILED}
     known = {item.id for item in returns}
     # Each return's units in the order they were asked for: (shares recorded, or units received).
     steps: list[tuple[list[RefundedUnits] | None, dict[str, int]]] = [

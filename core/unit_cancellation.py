@@ -68,7 +68,7 @@ from core.refunds import (
     payment_holds,
 )
 from core.services import CaptureService
-from core.status import NOT_LEFT, OrderStatus, ShipmentStatus
+from core.status import NOT_LEFT, OrderStatus, RefundStatus, ShipmentStatus
 from core.workflow_types import CarrierShipment, book_parcel, stored_label
 
 if TYPE_CHECKING:
@@ -708,7 +708,7 @@ class UnitCancellation:
             return self.refund_kept_back(order, actor, refusals=ASKED_BEFORE_THE_RECONCILER)
         # A failure is in the history; repeating the ship (or a cancel of what is left) tries again.
         with contextlib.suppress(*NOT_MADE):
-            if any(refund.status == "pending" for refund in order.payment.refunds):
+            if any(refund.status == RefundStatus.PENDING for refund in order.payment.refunds):
                 self._refunds.finish_pending(order.id, actor)
                 order = self._current(order.id)
             payment = order.payment

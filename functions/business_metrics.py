@@ -31,6 +31,7 @@ from core.actors import SCAN_ACTOR, WORKFLOW_ACTOR
 from core.errors import ReservationsFull
 from core.events import OrderEvent
 from core.models import CREDIT_NOT_USED, RESERVATIONS_LOST, HistoryEntry, Order
+from core.status import RefundStatus
 
 # Callers cancel with free text; a dimension value per text would be a metric per text. The
 # workflow's reasons and the jeopardy scan's are the system's own few codes (out_of_stock,
@@ -133,7 +134,7 @@ def entry_recorded(order: Order, entry: HistoryEntry) -> None:
             record("RefundValue", float(amount["amount"]), MetricUnit.NoUnit, currency=str(amount.get("currency", "")))
     elif entry.type is OrderEvent.REFUND_FAILED:
         # A split refund refused after a part of it was approved: that part did go back.
-        went = [part["amount"] for part in detail.get("parts") or [] if part.get("status") == "succeeded"]
+        went = [part["amount"] for part in detail.get("parts") or [] if part.get("status") == RefundStatus.SUCCEEDED]
         if went:
             record("Refunds", kind="refund")
             total = sum(Decimal(str(amount["amount"])) for amount in went)

@@ -60,7 +60,7 @@ from core.ports import (
 )
 from core.refunds import owes_kept_back
 from core.sourcing_rules import SourcingRules
-from core.status import WATCHED, OrderStatus, PaymentStatus, ReturnStatus, check_successor
+from core.status import WATCHED, OrderStatus, PaymentStatus, RefundStatus, ReturnStatus, check_successor
 from functions.adapters import order_codec
 from functions.adapters.api_key_lookup import lookup_key
 from functions.adapters.aws_errors import dependency_down
@@ -417,7 +417,7 @@ def index_attributes(order: Order, *, authorizations_set_aside: bool = False) ->
         # A partly shipped order the scan read with no capture request standing: by_status_key's
         # query leaves it out until a ship asks one (no `sla_at`: no by_sla entry, never listed).
         attributes["sla_key"] = {"S": READ_KEY}
-    pending = [refund.at for refund in order.payment.refunds if refund.status == "pending"]
+    pending = [refund.at for refund in order.payment.refunds if refund.status == RefundStatus.PENDING]
     if pending:
         attributes["refund_key"] = {"S": PENDING_REFUND_KEY}
         attributes["refund_since"] = {"S": timestamp(min(pending))}

@@ -10,6 +10,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
+from core.status import DeliveryStatus
 from core.webhooks import DeliveryMessage
 from functions.bootstrap import WarmContainer
 
@@ -30,9 +31,9 @@ def deliver(record: SQSRecord) -> None:
     # A delivery ended by a deleted webhook is no subscriber's loss, nor a manual resend of a
     # delivered one ("resent", "resend_failed": the subscriber had it): neither is counted as
     # failed (what WebhookDeliveriesFailedAlarm watches) or delivered.
-    if outcome == "failed":
+    if outcome == DeliveryStatus.FAILED:
         metrics.add_metric(name="WebhookDeliveriesFailed", unit=MetricUnit.Count, value=1)
-    elif outcome == "delivered":
+    elif outcome == DeliveryStatus.DELIVERED:
         metrics.add_metric(name="WebhookDeliveriesDelivered", unit=MetricUnit.Count, value=1)
     elif outcome == "retrying":
         metrics.add_metric(name="WebhookAttemptsFailed", unit=MetricUnit.Count, value=1)

@@ -32,7 +32,7 @@ from core.models import (
 )
 from core.money import Money
 from core.pricing_types import DraftLine, PricingDraft
-from core.status import OrderStatus
+from core.status import OrderStatus, PaymentStatus
 
 NOW = datetime(2026, 1, 15, 12, 0, tzinfo=UTC)
 ORDER_ID = "ord_testtesttesttesttesttest"
@@ -162,7 +162,12 @@ def an_order(*lines: tuple[str, int], unit_price: str = "10.00", currency: str =
         "shipping_method": "standard",
         "totals": Totals(subtotal=total, discount=zero, shipping=zero, tax=zero, grand_total=total),
         "payment": Payment(
-            method="test", status="authorized", authorized=total, captured=zero, refunded=zero, authorization="auth_1"
+            method="test",
+            status=PaymentStatus.AUTHORIZED,
+            authorized=total,
+            captured=zero,
+            refunded=zero,
+            authorization="auth_1",
         ),
         "created_at": NOW,
         "updated_at": NOW,
