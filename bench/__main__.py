@@ -739,7 +739,10 @@ FEATURE_NAMES = {
     "webhooks": "one webhook subscription to every event: delivery records, SQS, the delivery function",
     "aggregates": "customer and report counters (the events function's DynamoDB writes for them)",
     "notifications": "customer notifications (the built-in notifier's records)",
-    "access log": "the access log: reads, and changes that changed nothing (SQS, the access-log function)",
+    "access log": (
+        "the access log: reads, changes that changed nothing, and the label links a change handed out"
+        " (SQS, the access-log function)"
+    ),
 }
 
 
