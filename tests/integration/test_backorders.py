@@ -167,10 +167,10 @@ def test_a_fill_reserves_and_records_in_one_write_or_not_at_all(shop):
     assert shop.inventory.reservations({("PREORDER", "wh-east"): [key]}) == {("PREORDER", "wh-east", key): 2}
 
 
-def test_a_fill_moves_a_history_past_the_threshold_to_its_pages(shop, aws):
-    # A move that gave way to a racing write leaves the history past the threshold until the order's
-    # next write, which may be its fill: that write moves it as an UpdateItem's does.
-    from functions.adapters.dynamodb import HISTORY_KEPT_BYTES, HISTORY_MOVED, DynamoOrders
+def _backordered_past_the_history_threshold(shop, aws):
+    """A backordered order (one PREORDER unit) whose history was written past the threshold by a
+    repository that keeps no pages, as a move that gave way to a racing write leaves it."""
+    from functions.adapters.dynamodb import HISTORY_KEPT_BYTES, DynamoOrders
     from tests.integration.test_dynamodb_history_pages import _history_bytes, _item, _noted
 
     order_id = shop.backordered(1)
@@ -179,6 +179,16 @@ def test_a_fill_moves_a_history_past_the_threshold_to_its_pages(shop, aws):
     for n in range(30):
         plain.update(order, order, [_noted(n)])
     assert _history_bytes(_item(aws, order_id)) > HISTORY_KEPT_BYTES
+    return order_id, order
+
+
+def test_a_fill_moves_a_history_past_the_threshold_to_its_pages(shop, aws):
+    # A move that gave way to a racing write leaves the history past the threshold until the order's
+    # next write, which may be its fill: that write moves it as an UpdateItem's does.
+    from functions.adapters.dynamodb import HISTORY_KEPT_BYTES, HISTORY_MOVED
+    from tests.integration.test_dynamodb_history_pages import _history_bytes, _item
+
+    order_id, order = _backordered_past_the_history_threshold(shop, aws)
     shop.inventory.set_on_hand("PREORDER", "wh-east", 1, reason="count")
     key = reservation_key(order_id, order.lines[0].line_id)
     new, entry = order.reserve_backordered(
@@ -199,15 +209,10 @@ def test_an_arrival_filling_an_order_whose_history_is_past_the_threshold_moves_i
     # The function's fill writes the order and moves its history to a page of the Catalog table
     # (ORDERHISTORY#<id>): one of the partitions template.yaml holds its Catalog writes to, each
     # call checked against them here.
-    from functions.adapters.dynamodb import HISTORY_KEPT_BYTES, HISTORY_MOVED, DynamoOrders
-    from tests.integration.test_dynamodb_history_pages import _history_bytes, _item, _noted, _pages
+    from functions.adapters.dynamodb import HISTORY_KEPT_BYTES, HISTORY_MOVED
+    from tests.integration.test_dynamodb_history_pages import _history_bytes, _item, _pages
 
-    order_id = shop.backordered(1)
-    order = shop.order(order_id)
-    plain = DynamoOrders(aws.dynamodb, aws.tables["OrdersTable"])  # no pages: it never moves
-    for n in range(30):
-        plain.update(order, order, [_noted(n)])
-    assert _history_bytes(_item(aws, order_id)) > HISTORY_KEPT_BYTES
+    order_id, _ = _backordered_past_the_history_threshold(shop, aws)
     shop.inventory.adjust("PREORDER", "wh-east", 1, reason="receipt")
 
     assert consume(shop, record("wh-east", 0, 1)) == {"batchItemFailures": []}
