@@ -297,7 +297,8 @@ def oms_carrier_create_shipment(
     Only parcels that travel are asked: a pickup order's parcel (`fulfillment.type` "pickup") waits
     at its store and never goes to a carrier, so the OMS makes its pick slip itself (carrier `OMS`,
     service "Store pickup", a `PU…` pickup code, a 4x6 PDF: core.pick_slips) and no plugin is asked
-    to book it, nor later to cancel it (oms_carrier_cancel_shipment).
+    to book it, nor later to cancel it (oms_carrier_cancel_shipment). So `OMS` is no carrier's
+    name: an answer naming it fails the step as any invalid answer does.
 
     :param order: the order (its `shipping_address` is the destination, `shipping_method` the
         service the customer chose); never a pickup order.

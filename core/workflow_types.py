@@ -17,6 +17,7 @@ from core.models import (
     ShipmentLine,
     TrackingNumber,
     VisibleText,
+    is_pick_slip,
 )
 from core.money import Money
 from core.pick_slips import PICK_SLIP_SERVICE, pick_slip
@@ -98,6 +99,12 @@ def book_parcel(
     )  # fmt: skip
     if not isinstance(booked, CarrierShipment):
         raise PluginError(f"oms_carrier_create_shipment returned {type(booked).__name__}, expected CarrierShipment")
+    if is_pick_slip(booked.carrier):
+        # Read as a pick slip, such a booking would never be cancelled when its parcel is given up.
+        raise PluginError(
+            f"oms_carrier_create_shipment answered carrier {booked.carrier!r}, the name of the OMS's own pick slips:"
+            " a carrier plugin names its carrier otherwise"
+        )
     return booked
 
 

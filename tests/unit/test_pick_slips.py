@@ -7,6 +7,7 @@ import re
 
 import pytest
 
+from core.errors import PluginError
 from core.ids import shipment_reference
 from core.models import PICK_SLIP_CARRIER, Order
 from core.pdf_pages import gs1_check_digit, pdf_text
@@ -125,3 +126,19 @@ def test_the_slip_shows_the_store_the_customer_the_code_the_reference_and_the_co
                   "Contents (2 units):", "L1  MUG  x2", "0.70 kg"):  # fmt: skip
         assert pdf_text(shown) in text, shown  # as the page writes it: parentheses escaped
     assert text.rstrip().endswith("%%EOF")
+
+
+class NamedLikeTheSlips(Carrier):
+    NAME = PICK_SLIP_CARRIER
+
+
+def test_a_carrier_plugin_may_not_name_itself_as_the_oms_pick_slips_do(clock):
+    # A booking of carrier "OMS" reads as a pick slip, which no carrier is asked to cancel: a plugin
+    # answering that name would have its bookings kept (and billed) when their parcels are given up.
+    world = build_world([("MUG", "wh-west", 10)], NamedLikeTheSlips(), clock=clock)
+    order_id = world.place(("MUG", 1))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    world.workflow.reserve_stock(order_id)
+
+    with pytest.raises(PluginError, match=r"'OMS'.*pick slips"):
+        world.workflow.create_shipments(order_id)
