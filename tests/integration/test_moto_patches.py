@@ -267,6 +267,21 @@ def test_canary_moto_s_sqs_still_reads_the_clock_per_message_and_every_attribute
     assert "self.get_queue_attributes(" in retention
 
 
+def test_canary_moto_s_sqs_send_still_builds_every_attribute_and_delete_still_scans_the_queue() -> None:
+    """Canary of `sqs`'s pacing (its `changes` say a send and a delete still grow with the queue's
+    depth): once moto's SendMessage reads its queue's attribute without building every attribute
+    (three counts, each a scan of the queue) and its DeleteMessage finds a message without scanning
+    the queue, the pacing may go, and the README's words with it."""
+    import moto.sqs.models as sqs_models
+
+    assert "queue.attributes.get(" in inspect.getsource(sqs_models.SQSBackend.send_message)
+    assert "for message in self._messages" in inspect.getsource(sqs_models.Queue.delete_message)
+    assert "for attribute in self.BASE_ATTRIBUTES" in inspect.getsource(sqs_models.Queue.attributes.fget)
+    assert {"ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"} <= set(
+        sqs_models.Queue.BASE_ATTRIBUTES
+    )
+
+
 def _sqs_backend() -> object:
     from moto.sqs.models import sqs_backends
 
