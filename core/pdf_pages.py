@@ -1,5 +1,7 @@
 """Single-page PDFs of 4x6 inches written by hand: the built-in carrier's labels and the OMS's pick slips."""
 
+import hashlib
+
 from core.models import Address, Order, ShipmentLine
 
 # The PDF is written by hand: a single page with uncompressed text in the standard Helvetica
@@ -20,6 +22,15 @@ def gs1_check_digit(digits: str) -> str:
         raise ValueError("a check digit is computed over digits only")
     weighted = sum(int(digit) * (3 if index % 2 == 0 else 1) for index, digit in enumerate(reversed(digits)))
     return str((10 - weighted % 10) % 10)
+
+
+def derived_code(prefix: str, salt: str, value: str, digits: int) -> str:
+    """`prefix` + `digits` digits derived from `value` (SHA-256 of `salt:value`, so the same value
+    always gets the same code) + their GS1 check digit: a number printed on a label or slip, whose
+    mistyped digit at a counter or a scanner is caught."""
+    digest = hashlib.sha256(f"{salt}:{value}".encode()).digest()
+    body = str(int.from_bytes(digest, "big") % 10**digits).zfill(digits)
+    return f"{prefix}{body}{gs1_check_digit(body)}"
 
 
 def pdf_text(value: str) -> str:

@@ -20,12 +20,11 @@ before, and is still cancelled with its carrier when given up (only a slip, carr
 
 from __future__ import annotations
 
-import hashlib
 from typing import NamedTuple
 
 from core.ids import shipment_reference
 from core.models import Location, Order, ShipmentLine
-from core.pdf_pages import address_lines, content_lines, gs1_check_digit, pdf_document, rendered, weight_text
+from core.pdf_pages import address_lines, content_lines, derived_code, pdf_document, rendered, weight_text
 
 PICK_SLIP_SERVICE = "Store pickup"  # its carrier is core.models.PICK_SLIP_CARRIER, "OMS"
 CODE_PREFIX = "PU"
@@ -41,9 +40,7 @@ def pickup_code(shipment_id: str) -> str:
     """The pickup code of a parcel: "PU" + 12 digits derived from its id + a check digit."""
     if not shipment_id:
         raise ValueError("a shipment id is needed to derive its pickup code")
-    digest = hashlib.sha256(f"oms-pick-slip:{shipment_id}".encode()).digest()
-    body = str(int.from_bytes(digest, "big") % 10**CODE_DIGITS).zfill(CODE_DIGITS)
-    return f"{CODE_PREFIX}{body}{gs1_check_digit(body)}"
+    return derived_code(CODE_PREFIX, "oms-pick-slip", shipment_id, CODE_DIGITS)
 
 
 def pick_slip(

@@ -37,7 +37,6 @@ such webhook at all (not an object, no `events` list, a field besides it, more t
 is refused whole (422).
 """
 
-import hashlib
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
@@ -46,7 +45,15 @@ from core import hookimpl
 from core.errors import InvalidRequest, field_path
 from core.ids import parse_shipment_reference, shipment_reference
 from core.models import Location, Order, ShipmentLine
-from core.pdf_pages import address_lines, content_lines, gs1_check_digit, pdf_document, rendered, weight_text
+from core.pdf_pages import (
+    address_lines,
+    content_lines,
+    derived_code,
+    gs1_check_digit,
+    pdf_document,
+    rendered,
+    weight_text,
+)
 from core.workflow_types import CarrierShipment, RefusedField, RefusedTrackingEvent, TrackingUpdate, UtcTime
 
 CARRIER = "OMS Flat Rate"
@@ -72,9 +79,7 @@ def tracking_number(shipment_id: str) -> str:
     """The tracking number of a shipment: "OMS" + 12 digits derived from its id + a check digit."""
     if not shipment_id:
         raise ValueError("a shipment id is needed to derive its tracking number")
-    digest = hashlib.sha256(f"oms-flat-rate:{shipment_id}".encode()).digest()
-    body = str(int.from_bytes(digest, "big") % 10**TRACKING_BODY_DIGITS).zfill(TRACKING_BODY_DIGITS)
-    return f"{TRACKING_PREFIX}{body}{gs1_check_digit(body)}"
+    return derived_code(TRACKING_PREFIX, "oms-flat-rate", shipment_id, TRACKING_BODY_DIGITS)
 
 
 def is_valid_tracking_number(value: str) -> bool:
