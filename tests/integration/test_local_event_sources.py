@@ -922,6 +922,7 @@ def taken(stack: Any, queue: str) -> list[dict[str, Any]]:
     return messages
 
 
+@pytest.mark.usefixtures("wall_clock_runs")
 def test_a_stream_batch_past_its_timeout_is_retried_bisected_and_given_up_as_an_error(stack, consumers, monkeypatch):
     # It answered: the batch counted as delivered, on AWS it is a function error.
     consumer = consumers["PoisonConsumer"]
@@ -943,6 +944,7 @@ def test_a_stream_batch_past_its_timeout_is_retried_bisected_and_given_up_as_an_
     assert failure["responseContext"]["functionError"] == "Unhandled"
 
 
+@pytest.mark.usefixtures("wall_clock_runs")
 def test_an_sqs_batch_past_its_timeout_is_not_deleted_and_goes_to_the_dlq(stack, consumers, monkeypatch):
     consumer = consumers["InboxConsumer"]
     consumer.reset(slow_on("slow", lambda event: [record["body"] for record in event["Records"]]))
@@ -1052,6 +1054,7 @@ def test_a_visibility_the_function_changes_is_waited_for_as_moto_keeps_it(stack,
     assert taken(stack, "InboxQueue") == [] and taken(stack, "InboxDeadLetters") == []
 
 
+@pytest.mark.usefixtures("wall_clock_runs")
 def test_an_s3_event_past_its_timeout_is_retried_then_sent_on_as_a_timeout(stack, consumers, monkeypatch):
     consumer = consumers["UploadConsumer"]
     consumer.reset(slow_on("incoming/slow.csv", lambda event: [event["Records"][0]["s3"]["object"]["key"]]))
