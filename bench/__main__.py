@@ -608,7 +608,9 @@ def workflow_report() -> str:
     logged = typical["log_bytes_per_order"]
     lines += [
         "Lambda's billed duration is modeled, not timed (a loaded machine's waits would count as run time): "
-        "each invocation's CPU time here, less the CPU inside AWS calls (moto's work; on AWS the service's), plus "
+        "each invocation's CPU time here, less the CPU inside AWS calls (moto's work; on AWS the service's), "
+        "stretched to the function's share of a CPU (Lambda gives one vCPU's worth at 1,769 MB: a 512 MB function "
+        "takes 3.5 times as long as one CPU here), plus "
         "a network wait per AWS call ("
         + ", ".join(f"{service} {seconds * 1000:.0f} ms" for service, seconds in AWS_CALL_SECONDS.items())
         + "; assumptions in `bench/cost.py`). Express executions are billed on the tasks' modeled durations at "

@@ -42,6 +42,18 @@ PRICES = {
 # Functions starts take longer. Assumptions, not measurements: moto answers in-process here.
 AWS_CALL_SECONDS = {"dynamodb": 0.005, "s3": 0.020, "stepfunctions": 0.020, "default": 0.010}
 
+# Lambda gives a function CPU in proportion to its memory: one vCPU's worth at 1,769 MB (Lambda
+# Developer Guide, "Configuring Lambda function memory"), that share of one below it. A handler runs
+# on one thread, so a second of one CPU here takes 1769 / MemorySize seconds on a smaller function,
+# billed at its memory (Graviton's cores are taken to be as fast as this machine's: not measured).
+LAMBDA_ONE_VCPU_MB = 1769
+
+
+def lambda_cpu_seconds(cpu_seconds: float, memory_mb: int) -> float:
+    """What `cpu_seconds` of one CPU here take on a function of `memory_mb`."""
+    return cpu_seconds * max(1.0, LAMBDA_ONE_VCPU_MB / memory_mb)
+
+
 # Lambda writes START, END and REPORT lines for every invocation (plus an XRAY TraceId line when
 # tracing is active): about 400 bytes in the text format, whatever the function logs itself.
 LAMBDA_PLATFORM_LOG_BYTES = 400

@@ -40,6 +40,7 @@ from bench.cost import (
     combined,
     dollars,
     item_bytes,
+    lambda_cpu_seconds,
     optional_dollars,
     rru_for,
     wru_for,
@@ -231,7 +232,8 @@ def orders_indexes() -> list[Index]:
 class DurationModel:
     """What each function's invocations would bill on Lambda: their CPU time here (in the invoking
     thread, less invocations nested inside them) without the CPU spent inside AWS calls (moto's
-    work, which on AWS is the service's), plus a network wait per AWS call (AWS_CALL_SECONDS).
+    work, which on AWS is the service's), stretched to the function's share of a CPU on Lambda
+    (`lambda_cpu_seconds`), plus a network wait per AWS call (AWS_CALL_SECONDS).
     Wall time would count a loaded machine's waits, and the stack's lock, as run time. A worker
     thread's CPU and waits (the reports' partition readers) are not added: they run beside the
     invoking thread, so adding them would bill parallel time as if serial (their requests count)."""
@@ -260,7 +262,7 @@ class DurationModel:
                 if stack:
                     stack[-1][0] += spent
                 with model._lock:
-                    model.seconds[function.name] += spent - excluded + waits
+                    model.seconds[function.name] += lambda_cpu_seconds(spent - excluded, function.memory_mb) + waits
 
         LocalFunction.invoke = invoke  # type: ignore[method-assign]
 

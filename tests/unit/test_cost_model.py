@@ -255,3 +255,25 @@ def test_a_batch_write_is_billed_as_the_puts_it_holds():
 
     assert usage.wru == 1 + 2
     assert recorder.written_keys("dynamodb", "BatchWriteItem", params) == []  # outside a function: not weighed
+
+
+def test_a_function_s_cpu_time_is_stretched_to_its_share_of_a_cpu_on_lambda(monkeypatch):
+    # Lambda gives a function one vCPU's worth at 1,769 MB and that share below it: 10 ms of one CPU
+    # here run 34.6 ms on a 512 MB function, and 10 ms on a 2,048 MB one (a handler uses one thread).
+    from types import SimpleNamespace
+
+    import bench.workflow
+    from bench.cost import lambda_cpu_seconds
+    from infra.local.lambdas import LocalFunction
+
+    assert lambda_cpu_seconds(0.010, 512) == pytest.approx(0.010 * 1769 / 512)
+    assert lambda_cpu_seconds(0.010, 2048) == 0.010
+    clock = iter([1.000, 1.010, 2.000, 2.010])  # each invocation starts, then ends 10 ms of CPU later
+    monkeypatch.setattr(bench.workflow, "time", SimpleNamespace(thread_time=lambda: next(clock)))
+    monkeypatch.setattr(LocalFunction, "invoke", LocalFunction.invoke)  # undone after the test
+    durations = DurationModel()
+    durations.install()
+    LocalFunction("Small", lambda event, context: event, memory_mb=512).invoke({})
+    LocalFunction("Large", lambda event, context: event, memory_mb=2048).invoke({})
+    assert durations.seconds["Small"] == pytest.approx(0.010 * 1769 / 512)
+    assert durations.seconds["Large"] == pytest.approx(0.010)
