@@ -617,7 +617,9 @@ def workflow_report() -> str:
         "64 MB. How the logs and traces are counted: every line the functions write while they run is counted "
         "by its log level (the template's default `LogLevel` INFO), the EMF record each invocation that added metrics "
         "prints as metrics (metrics on, as on Lambda, each function's apart), and "
-        f"{LAMBDA_PLATFORM_LOG_BYTES} bytes per invocation for Lambda's START/END/REPORT lines: "
+        f"{LAMBDA_PLATFORM_LOG_BYTES} bytes per invocation for Lambda's START/END/REPORT lines (the template's "
+        "default `PlatformLogLevel` INFO, priced as optional: at WARN Lambda writes a line only for an invocation "
+        "that fails, none of these): "
         + ", ".join(f"{level} {size:.0f}" for level, size in sorted(logged.items()))
         + f" bytes per order, {sum(logged.values()):.0f} in all, at $0.50 per GB ingested. X-Ray records a "
         f"trace for each API request and each stream-triggered outbox invocation ({typical['traces_per_order']:.2f} "
@@ -666,7 +668,7 @@ def rates_markdown(burst: dict[str, Any], steady: dict[str, Any]) -> list[str]:
         lines.append(f"| {name} invocations | {burst_calls:.3f} | {steady_calls:.3f} |")
     money = {
         "**$ per million orders, without the optional features**": "total_per_million_orders",
-        "+ the logs' INFO lines and X-Ray": "optional_per_million_orders",
+        "+ the logs' INFO lines, Lambda's START/END/REPORT lines and X-Ray": "optional_per_million_orders",
         "+ events, one webhook subscription, aggregates and notifications": "features_per_million_orders",
     }
     lines += [f"| {label} | {whole[key]:.2f} | {at_steady_rate(key):.2f} |" for label, key in money.items()]
@@ -728,7 +730,7 @@ def confirmations_markdown(run: dict[str, Any]) -> list[str]:
         f"| $ per million orders, without the optional features, with a carrier that hosts its labels "
         f"(`label_url`: no S3 PUT) | {one['total_per_million_orders'] - one['dollars_per_million_orders']['S3']:.2f} | "
         f"{batched['total_per_million_orders'] - batched['dollars_per_million_orders']['S3']:.2f} |",
-        f"| $ per million orders, with the logs' INFO lines and X-Ray | "
+        f"| $ per million orders, with the logs' INFO lines, Lambda's START/END/REPORT lines and X-Ray | "
         f"{one['total_with_optional_per_million_orders']:.2f} | "
         f"{batched['total_with_optional_per_million_orders']:.2f} |",
         "",

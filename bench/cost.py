@@ -55,7 +55,10 @@ def lambda_cpu_seconds(cpu_seconds: float, memory_mb: int) -> float:
 
 
 # Lambda writes START, END and REPORT lines for every invocation (plus an XRAY TraceId line when
-# tracing is active): about 400 bytes in the text format, whatever the function logs itself.
+# tracing is active): about 400 bytes in the text format, whatever the function logs itself. That is
+# the template's PlatformLogLevel INFO (the default); at WARN Lambda writes a line only for an
+# invocation that failed, timed out or ran out of memory (platform.runtimeDone, JSON), none of the
+# bench's, so those lines are priced as an optional feature, as the INFO lines are.
 LAMBDA_PLATFORM_LOG_BYTES = 400
 # X-Ray's default sampling rule: the first request each second, then 5 % of the rest. At a steady
 # volume of orders the 5 % dominates; the reservoir adds at most one trace a second (about 2.6
@@ -144,8 +147,8 @@ def dollars(usage: Usage) -> dict[str, float]:
         "S3": usage.calls["s3.PutObject"] * p["s3_put"] + usage.calls["s3.GetObject"] * p["s3_get"],
         "SQS": sum(v for k, v in usage.calls.items() if k.startswith("sqs.")) * p["sqs_request"],
         "EventBridge": usage.events_published * p["eventbridge_event"],
-        "CloudWatch Logs (platform lines, metrics, warnings and errors)": sum(
-            v for level, v in usage.log_bytes.items() if level not in ("INFO", "DEBUG")
+        "CloudWatch Logs (metrics, warnings and errors)": sum(
+            v for level, v in usage.log_bytes.items() if level not in ("INFO", "DEBUG", "platform")
         )
         / 1e9
         * p["logs_ingest_gb"],
@@ -155,7 +158,12 @@ def dollars(usage: Usage) -> dict[str, float]:
 def optional_dollars(usage: Usage) -> dict[str, float]:
     """What the optional features add to the bill of one run: each can be turned off."""
     p = PRICES
+
+    def ingested(level: str) -> float:
+        return usage.log_bytes[level] / 1e9 * p["logs_ingest_gb"]
+
     return {
-        "CloudWatch Logs: INFO lines (LogLevel INFO, the default)": usage.log_bytes["INFO"] / 1e9 * p["logs_ingest_gb"],
+        "CloudWatch Logs: INFO lines (LogLevel INFO, the default)": ingested("INFO"),
+        "CloudWatch Logs: Lambda's START/END/REPORT lines (PlatformLogLevel INFO, the default)": ingested("platform"),
         "X-Ray: traces at 5 % sampling (Tracing: Active)": usage.traces * XRAY_SAMPLED_SHARE * p["xray_trace_recorded"],
     }

@@ -82,9 +82,10 @@ def _order_body() -> dict[str, Any]:
 
 def return_bill(core: Usage, features: Mapping[str, Usage], count: int) -> dict[str, Any]:
     """`count` returns' bill per million returns, as the order's is reported: the core by service
-    (with what AWS adds to what the functions did: as_billed), the logs' INFO lines and X-Ray on top,
-    then each optional feature's (its requests, invocations and log lines, as UsageRecorder
-    attributes them), and the total with all of them; the invocations per return, the features' too."""
+    (with what AWS adds to what the functions did: as_billed), the logs' INFO lines, Lambda's
+    START/END/REPORT lines and X-Ray on top, then each optional feature's (its requests, invocations
+    and log lines, as UsageRecorder attributes them), and the total with all of them; the invocations
+    per return, the features' too."""
     billed = as_billed(core)
     per_million = {service: cost / count * 1_000_000 for service, cost in dollars(billed).items()}
     optional = {feature: cost / count * 1_000_000 for feature, cost in optional_dollars(billed).items()}

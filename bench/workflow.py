@@ -620,7 +620,8 @@ def feature_dollars(usage: Usage, count: int) -> dict[str, float]:
 def per_order_bill(core: Usage, features: Mapping[str, Usage], count: int) -> dict[str, Any]:
     """What the burst and the steady rate are compared by: each function's invocations per order
     (the core's and the per-order features'), and the bill per million orders without the optional
-    features, what the INFO lines and X-Ray add, and what the per-order features add."""
+    features, what the INFO lines, Lambda's START/END/REPORT lines and X-Ray add, and what the per-order
+    features add."""
     per_order = [features[feature] for feature in FEATURES if feature in features]
     invocations = sum((feature.lambda_invocations for feature in per_order), Counter(core.lambda_invocations))
     billed = as_billed(core)

@@ -60,6 +60,10 @@ _FUNCTION_COMMON: dict[str, Any] = {
     "Architectures": _ONE_PROCESS,
     "Layers": ignored("the dependencies layer's packages are installed in the virtualenv"),
     "Tracing": _NO_TRACING,
+    # Lambda's own START/END/REPORT lines and its filter of the functions' lines by level: locally
+    # there are no platform lines, and the functions' level is POWERTOOLS_LOG_LEVEL, the same LogLevel
+    # the template gives Lambda (tests/unit/test_platform_log_level.py).
+    "LoggingConfig": ignored("no Lambda log processing locally: lines go to the console as the functions write them"),
 }
 
 _EVENTS = ByType(
@@ -203,6 +207,9 @@ SECTIONS: dict[str, Any] = {
     "Parameters": EMULATED,  # defaults, overridden by the stack's parameter_overrides; PARAMETERS checked
     "Mappings": EMULATED,  # Fn::FindInMap (infra/local/template.py resolves it)
     "Conditions": ignored("only ignored resources may name one (a Condition on an emulated one fails)"),
+    # The one rule refuses PlatformLogLevel WARN with LogLevel WARNING or ERROR: PlatformLogLevel is
+    # Lambda's alone (LoggingConfig, ignored above), no variable `make run` takes from the shell.
+    "Rules": ignored("its parameter combinations matter only to Lambda's LoggingConfig"),
     "Globals": {"Function": _FUNCTION_COMMON},
     "Resources": EMULATED,  # walked resource by resource
     "Outputs": ignored("the local stack's names and addresses are in .oms-local.json"),

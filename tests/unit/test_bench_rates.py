@@ -64,11 +64,12 @@ def test_an_outbox_invocation_more_per_order_costs_its_request_its_platform_line
         "OutboxFunction": 0.5,
     }
     assert two_windows["lambda_invocations_per_order"]["OutboxFunction"] == 1.5
-    per_invocation = PRICES["lambda_request"] + LAMBDA_PLATFORM_LOG_BYTES / 1e9 * PRICES["logs_ingest_gb"]
     more = two_windows["total_per_million_orders"] - one_window["total_per_million_orders"]
-    assert more == pytest.approx(per_invocation * 1_000_000)  # an invocation more per order, per million orders
+    assert more == pytest.approx(PRICES["lambda_request"] * 1_000_000)  # an invocation more per order, per million
+    # Its START/END/REPORT lines (PlatformLogLevel INFO) and its sampled trace are on top.
+    platform_lines = LAMBDA_PLATFORM_LOG_BYTES / 1e9 * PRICES["logs_ingest_gb"]
     traced = two_windows["optional_per_million_orders"] - one_window["optional_per_million_orders"]
-    assert traced == pytest.approx(XRAY_SAMPLED_SHARE * PRICES["xray_trace_recorded"] * 1_000_000)
+    assert traced == pytest.approx((platform_lines + XRAY_SAMPLED_SHARE * PRICES["xray_trace_recorded"]) * 1_000_000)
     assert one_window["features_per_million_orders"] == two_windows["features_per_million_orders"] > 0
 
 
@@ -189,10 +190,13 @@ def test_the_placing_s_bill_holds_the_scheduled_runs_at_the_template_s_rate_for_
         PRICES["lambda_request"]
         + 2 * 0.5 * PRICES["dynamodb_rru"]
         + 0.01 * PRICES["lambda_gb_second_arm64"]
-        + (100 + LAMBDA_PLATFORM_LOG_BYTES) / 1e9 * PRICES["logs_ingest_gb"]
+        + 100 / 1e9 * PRICES["logs_ingest_gb"]  # its metrics
     )
     more = bill["total_per_million_orders"] - without["total_per_million_orders"]
     assert more == pytest.approx(one_run * (10 / 300) / 100 * 1_000_000)
+    platform_lines = LAMBDA_PLATFORM_LOG_BYTES / 1e9 * PRICES["logs_ingest_gb"]
+    on_top = bill["optional_per_million_orders"] - without["optional_per_million_orders"]
+    assert on_top == pytest.approx(platform_lines * (10 / 300) / 100 * 1_000_000)
 
 
 @pytest.mark.usefixtures("running")

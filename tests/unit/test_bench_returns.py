@@ -36,14 +36,13 @@ def test_each_optional_feature_is_billed_on_top_of_the_core_and_in_the_total_wit
 
     per_return = 1_000_000 / 2
     core_total = (
-        4 * PRICES["apigateway_rest_request"]
-        + 14 * (PRICES["lambda_request"] + PLATFORM_LINE)
-        + 50 * PRICES["dynamodb_wru"]
+        4 * PRICES["apigateway_rest_request"] + 14 * PRICES["lambda_request"] + 50 * PRICES["dynamodb_wru"]
     ) * per_return
     assert bill["total_per_million_returns"] == pytest.approx(core_total)
     assert bill["dollars_per_million_returns"]["EventBridge"] == 0  # the events' are theirs, not the core's
     xray = 4 * XRAY_SAMPLED_SHARE * PRICES["xray_trace_recorded"] * per_return  # a trace per API request
-    assert sum(bill["optional_dollars_per_million_returns"].values()) == pytest.approx(xray)
+    platform_lines = 14 * PLATFORM_LINE * per_return  # START/END/REPORT of each invocation (PlatformLogLevel INFO)
+    assert sum(bill["optional_dollars_per_million_returns"].values()) == pytest.approx(xray + platform_lines)
     by_feature = bill["features_per_million_returns"]
     assert list(by_feature) == list(RETURN_FEATURES)
     assert by_feature["events"]["EventBridge"] == pytest.approx(6 * PRICES["eventbridge_event"] * per_return)
@@ -53,7 +52,9 @@ def test_each_optional_feature_is_billed_on_top_of_the_core_and_in_the_total_wit
     assert by_feature["notifications"] == by_feature["access log"] == {}  # measured nothing: nothing to add
     features_total = sum(sum(feature.values()) for feature in by_feature.values())
     assert features_total > 0
-    assert bill["total_with_all_per_million_returns"] == pytest.approx(core_total + xray + features_total)
+    assert bill["total_with_all_per_million_returns"] == pytest.approx(
+        core_total + xray + platform_lines + features_total
+    )
     assert bill["lambda_invocations_per_return"] == {
         "ApiFunction": 2.0,
         "EventsFunction": 0.5,
@@ -82,7 +83,7 @@ def test_the_return_section_shows_the_core_then_each_feature_then_the_total_with
     labels = [row.split(" | ")[0] for row in rows]
 
     feature_rows = [index for index, label in enumerate(labels) if label.startswith("| + ")]
-    assert len(feature_rows) == 2 + len(RETURN_FEATURES)  # the INFO lines, X-Ray, then each feature
+    assert len(feature_rows) == 3 + len(RETURN_FEATURES)  # the INFO lines, Lambda's, X-Ray, then each feature
     core_row, all_row = (
         labels.index("| **total, without the optional features**"),
         labels.index("| **total, with all of them**"),

@@ -38,15 +38,21 @@ def test_index_writes_follow_the_template():
     assert by_index["by_pending_refund"].writes_on_change("status") == 0
 
 
-def test_log_lines_are_counted_by_level_and_info_is_optional():
+def test_log_lines_are_counted_by_level_and_info_and_lambda_s_own_lines_are_optional():
     assert _level('{"level":"INFO","message":"placed"}\n') == "INFO"
     assert _level('{"_aws":{"Timestamp":1},"Http2xx":[1.0]}\n') == "metrics"
     assert _level("a plain line\n") == "other"
     usage = Usage()
-    usage.log_bytes.update({"INFO": 2_000_000_000, "ERROR": 1_000_000_000})
+    usage.log_bytes.update({"INFO": 2_000_000_000, "ERROR": 1_000_000_000, "platform": 4_000_000_000})
     usage.traces = 1_000_000
-    assert dollars(usage)["CloudWatch Logs (platform lines, metrics, warnings and errors)"] == 0.5
-    assert list(optional_dollars(usage).values()) == [1.0, 5.0 * 0.05]
+    assert dollars(usage)["CloudWatch Logs (metrics, warnings and errors)"] == 0.5
+    # START/END/REPORT are PlatformLogLevel INFO's (the default): at WARN Lambda writes none for an
+    # invocation that succeeds, so they are on top of the bill, as LogLevel INFO's lines are.
+    assert optional_dollars(usage) == {
+        "CloudWatch Logs: INFO lines (LogLevel INFO, the default)": 1.0,
+        "CloudWatch Logs: Lambda's START/END/REPORT lines (PlatformLogLevel INFO, the default)": 2.0,
+        "X-Ray: traces at 5 % sampling (Tracing: Active)": 5.0 * 0.05,
+    }
 
 
 def test_published_events_are_billed_per_entry_and_a_feature_shows_only_what_it_costs():
@@ -62,8 +68,11 @@ def test_published_events_are_billed_per_entry_and_a_feature_shows_only_what_it_
     assert bill["EventBridge"] == pytest.approx(2.00)
     assert bill["SQS"] == pytest.approx(0.40)
     assert bill["Lambda"] == pytest.approx(0.20)
-    # 400 bytes of platform lines per order, at $0.50 per GB.
-    assert bill["CloudWatch Logs (platform lines, metrics, warnings and errors)"] == pytest.approx(0.20)
+    # 400 bytes of Lambda's START/END/REPORT lines per order, at $0.50 per GB; nothing else was logged.
+    assert bill["CloudWatch Logs: Lambda's START/END/REPORT lines (PlatformLogLevel INFO, the default)"] == (
+        pytest.approx(0.20)
+    )
+    assert "CloudWatch Logs (metrics, warnings and errors)" not in bill
     assert "API Gateway" not in bill and "DynamoDB" not in bill  # nothing of theirs was used
 
 
