@@ -598,10 +598,14 @@ def workflow_report() -> str:
     ]
     lines += [f"| {k} | {v:.2f} |" for k, v in typical["dollars_per_million_orders"].items()]
     total = typical["total_per_million_orders"]
-    lines += [f"| **total, without the optional features** | **{total:.2f}** (target ≤ 15) |"]
     optional = typical["optional_dollars_per_million_orders"]
-    lines += [f"| + {feature} | {cost:.2f} |" for feature, cost in optional.items()]
-    lines += [f"| **total, with every optional feature** | **{total + sum(optional.values()):.2f}** |", ""]
+    lines += [f"| {feature} | {cost:.2f} |" for feature, cost in optional.items()]
+    lines += [
+        f"| **total, logs and tracing included (the template's defaults)** | **{total + sum(optional.values()):.2f}** "
+        "(target ≤ 15) |",
+        f"| without the {len(optional)} rows above them (each a setting of the template's) | {total:.2f} |",
+        "",
+    ]
     lines += rates_markdown(typical, steady)
     lines += confirmations_markdown(typical)
     lines += features_markdown(typical, total + sum(optional.values()))
@@ -666,15 +670,17 @@ def rates_markdown(burst: dict[str, Any], steady: dict[str, Any]) -> list[str]:
     for name in sorted({*whole[invocations], *steady_placing[invocations]}):
         burst_calls, steady_calls = whole[invocations].get(name, 0.0), at_steady_rate(invocations, name)
         lines.append(f"| {name} invocations | {burst_calls:.3f} | {steady_calls:.3f} |")
-    money = {
-        "**$ per million orders, without the optional features**": "total_per_million_orders",
-        "+ the logs' INFO lines, Lambda's START/END/REPORT lines and X-Ray": "optional_per_million_orders",
-        "+ events, one webhook subscription, aggregates and notifications": "features_per_million_orders",
-    }
-    lines += [f"| {label} | {whole[key]:.2f} | {at_steady_rate(key):.2f} |" for label, key in money.items()]
+    core = ("total_per_million_orders", "optional_per_million_orders")
+    everything = (*core, "features_per_million_orders")
     lines += [
-        f"| **$ per million orders, with all of them** | **{sum(whole[key] for key in money.values()):.2f}** | "
-        f"**{sum(at_steady_rate(key) for key in money.values()):.2f}** |",
+        f"| **$ per million orders, logs and tracing included** | **{sum(whole[key] for key in core):.2f}** | "
+        f"**{sum(at_steady_rate(key) for key in core):.2f}** |",
+        f"| without the logs' INFO lines, Lambda's START/END/REPORT lines and X-Ray | "
+        f"{whole['total_per_million_orders']:.2f} | {at_steady_rate('total_per_million_orders'):.2f} |",
+        f"| + events, one webhook subscription, aggregates and notifications | "
+        f"{whole['features_per_million_orders']:.2f} | {at_steady_rate('features_per_million_orders'):.2f} |",
+        f"| **$ per million orders, with all of them** | **{sum(whole[key] for key in everything):.2f}** | "
+        f"**{sum(at_steady_rate(key) for key in everything):.2f}** |",
         "",
     ]
     return lines
@@ -724,15 +730,14 @@ def confirmations_markdown(run: dict[str, Any]) -> list[str]:
             f"| $ per million orders: {service} | {one['dollars_per_million_orders'][service]:.2f} | "
             f"{batched['dollars_per_million_orders'][service]:.2f} |"
         )
+    total = "total_with_optional_per_million_orders"
     lines += [
-        f"| **$ per million orders, without the optional features** | **{one['total_per_million_orders']:.2f}** | "
-        f"**{batched['total_per_million_orders']:.2f}** |",
-        f"| $ per million orders, without the optional features, with a carrier that hosts its labels "
-        f"(`label_url`: no S3 PUT) | {one['total_per_million_orders'] - one['dollars_per_million_orders']['S3']:.2f} | "
-        f"{batched['total_per_million_orders'] - batched['dollars_per_million_orders']['S3']:.2f} |",
-        f"| $ per million orders, with the logs' INFO lines, Lambda's START/END/REPORT lines and X-Ray | "
-        f"{one['total_with_optional_per_million_orders']:.2f} | "
-        f"{batched['total_with_optional_per_million_orders']:.2f} |",
+        f"| **$ per million orders, logs and tracing included** | **{one[total]:.2f}** | **{batched[total]:.2f}** |",
+        f"| $ per million orders, logs and tracing included, with a carrier that hosts its labels "
+        f"(`label_url`: no S3 PUT) | {one[total] - one['dollars_per_million_orders']['S3']:.2f} | "
+        f"{batched[total] - batched['dollars_per_million_orders']['S3']:.2f} |",
+        f"| $ per million orders, without the logs' INFO lines, Lambda's START/END/REPORT lines and X-Ray | "
+        f"{one['total_per_million_orders']:.2f} | {batched['total_per_million_orders']:.2f} |",
         "",
     ]
     return lines

@@ -100,7 +100,8 @@ def test_the_steady_column_is_the_burst_run_with_its_placing_swapped_for_the_ste
 
     assert table["OutboxFunction invocations"] == ["0.050", "1.000"]  # the burst's confirmations started none
     assert table["EventsFunction invocations"] == ["0.100", "1.540"]  # 0.04 from the confirmations, kept
-    assert table["**$ per million orders, without the optional features**"] == ["25.00", "26.50"]
+    assert table["**$ per million orders, logs and tracing included**"] == ["**26.00**", "**27.50**"]
+    assert table["without the logs' INFO lines, Lambda's START/END/REPORT lines and X-Ray"] == ["25.00", "26.50"]
     assert table["**$ per million orders, with all of them**"] == ["**36.00**", "**37.50**"]
 
 
