@@ -48,7 +48,7 @@ from bench.cost import (
 from bench.stack import external_id
 from functions.adapters import order_codec
 from infra.local.event_sources import LOCAL_SCHEDULE_PERIODS, SCHEDULE_PERIOD_ENV, schedule_period
-from infra.local.lambdas import RUNNING, LocalFunction, run_workers_as_their_function
+from infra.local.lambdas import RUNNING, WORKER_THREADS, LocalFunction
 from infra.local.moto_patches.lock import MOTO_LOCK
 from infra.local.stack import running_stack
 from infra.local.template import Template
@@ -403,7 +403,7 @@ class UsageRecorder:
         BaseClient._make_api_call = counted  # type: ignore[method-assign]
         # The reports' partition readers (worker threads a function starts) query as that function:
         # their requests were counted as no function's, so not at all.
-        run_workers_as_their_function()
+        WORKER_THREADS.apply()
 
     def feature(self, function: str, operation: str, params: dict[str, Any]) -> str | None:
         """The optional feature a request is made for, None for the core. EventsFunction publishes

@@ -327,7 +327,7 @@ def calls_by_function(stack: Any) -> Iterator[Calls]:
     stack may be entered before it is started."""
     from botocore.client import BaseClient
 
-    from infra.local.lambdas import RUNNING, run_workers_as_their_function
+    from infra.local.lambdas import RUNNING, WORKER_THREADS
 
     def names_of() -> tuple[dict[str, str], dict[str, str]]:
         return {f.name: logical for logical, f in stack.functions.items()}, {
@@ -450,13 +450,13 @@ def calls_by_function(stack: Any) -> Iterator[Calls]:
     BaseClient._make_api_call = recording
     BaseClient._emit_api_params = presigning
     # A worker thread a function starts (the reports' partition readers) runs as that function.
-    as_before = run_workers_as_their_function()
+    WORKER_THREADS.apply()
     try:
         yield seen
     finally:
         BaseClient._make_api_call = original
         BaseClient._emit_api_params = emitted
-        as_before()
+        WORKER_THREADS.undo()
 
 
 @contextmanager

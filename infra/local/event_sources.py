@@ -11,7 +11,6 @@ template may say.
 from __future__ import annotations
 
 import base64
-import heapq
 import json
 import logging
 import os
@@ -159,8 +158,6 @@ class EventSourceMapping:
     def __post_init__(self) -> None:
         self._stopping, self._paused = threading.Event(), threading.Event()
         self._arrived = threading.Event()  # set by wake(): the source may hold a record its last look did not see
-        self._visible_at: list[float] = []  # a heap: when records wake() was told of become readable (epoch s)
-        self._visible_at_lock = threading.Lock()
         self._busy, self._drained = False, False
         # Held while the poller turns a wake into a look (clears _arrived, sets _busy) and while
         # is_idle() reads the three: between the two steps it read a woken mapping as idle.
@@ -192,25 +189,12 @@ class EventSourceMapping:
         self._paused.clear()
         self._arrived.set()
 
-    def wake(self, visible_at: float = 0.0) -> None:
+    def wake(self) -> None:
         """A record may have arrived at the source: the mapping looks now. A paused one is left
         asleep (resume() has it look for what arrived meanwhile): woken by every record of a
-        busy stream, each of its pollers cost a thread switch for nothing. `visible_at`: when the
-        record becomes readable (epoch seconds: an SQS message's DelaySeconds), kept for
-        _next_visible()."""
-        if visible_at > time.time():
-            with self._visible_at_lock:
-                heapq.heappush(self._visible_at, visible_at)
+        busy stream, each of its pollers cost a thread switch for nothing."""
         if not self.paused:
             self._arrived.set()
-
-    def _next_visible(self) -> float | None:
-        """Seconds until the next record wake() was told of becomes readable; None: none is waiting."""
-        now = time.time()
-        with self._visible_at_lock:
-            while self._visible_at and self._visible_at[0] <= now:
-                heapq.heappop(self._visible_at)
-            return self._visible_at[0] - now if self._visible_at else None
 
     @property
     def paused(self) -> bool:
@@ -424,9 +408,10 @@ class SqsMapping(EventSourceMapping):
     queue_url: str
     _delayed: int = field(default=0, init=False, repr=False)
     _only_in_flight: bool = field(default=False, init=False, repr=False)  # the last look's counts
-    # Messages in flight -> when moto makes each visible again (epoch s), as visible_again() was told;
-    # those the mapping deletes leave it, the others once their deadline has passed.
-    _in_flight: dict[str, float] = field(default_factory=dict, init=False, repr=False)
+    # Messages delayed or in flight -> when moto makes each visible (epoch s), as visible_again() was
+    # told; those the mapping deletes leave it, the others once their deadline has passed.
+    _due: dict[str, float] = field(default_factory=dict, init=False, repr=False)
+    _due_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     _received: list[Record] = field(default_factory=list, init=False, repr=False)  # the batch being gathered
 
     def _fetch(self) -> list[Record] | None:
@@ -455,21 +440,14 @@ class SqsMapping(EventSourceMapping):
         return None if in_flight or visible else []  # delayed messages wait like a paused mapping's: drained
 
     def visible_again(self, message_id: str, visible_at: float) -> None:
-        """A message of the queue was received, or its visibility changed: moto makes it visible again
-        at `visible_at` (epoch seconds). The mapping looks now, so that one sleeping (drained, or
-        until a later deadline) waits for it instead; its own receive is not a wake: its thread
-        looks again once the batch is delivered."""
-        with self._visible_at_lock:
-            self._in_flight[message_id] = visible_at
+        """A message of the queue was sent with a delay or received, or its visibility changed: moto
+        makes it visible at `visible_at` (epoch seconds). The mapping looks now, so that one sleeping
+        (drained, or until a later deadline) waits for it instead; its own receive is not a wake: its
+        thread looks again once the batch is delivered."""
+        with self._due_lock:
+            self._due[message_id] = visible_at
         if not self.paused and threading.current_thread() is not self._thread:
             self._arrived.set()
-
-    def _next_in_flight(self) -> float | None:
-        """Seconds until the first message in flight is visible again; None: no deadline is known."""
-        now = time.time()
-        with self._visible_at_lock:
-            self._in_flight = {message: at for message, at in self._in_flight.items() if at > now}
-            return min(self._in_flight.values()) - now if self._in_flight else None
 
     def _look_again_in(self) -> float | None:
         if self._drained and not self._delayed:
@@ -479,11 +457,11 @@ class SqsMapping(EventSourceMapping):
         # No wake comes when a message's delay or visibility timeout ends: the look is made then, as
         # moto said when it added or received the message or changed its visibility (a millisecond
         # on: moto's clock is in ms); a message nobody told the mapping of (received before the
-        # stack registered it), polled. A deadline of a message another consumer deleted costs a look
-        # while others are in flight (drained, none is).
-        in_flight = None if self._drained else self._next_in_flight()
-        dues = [due for due in (self._next_visible(), in_flight) if due is not None]
-        return min(dues) + 0.001 if dues else POLL_INTERVAL
+        # stack registered it), polled. A deadline of a message another consumer deleted costs a look.
+        now = time.time()
+        with self._due_lock:
+            self._due = {message: at for message, at in self._due.items() if at > now}
+            return min(self._due.values()) - now + 0.001 if self._due else POLL_INTERVAL
 
     def _deliver(self, batch: list[Record]) -> None:
         self._received.clear()  # the invocation's now: what it does not delete comes back after the visibility timeout
@@ -496,9 +474,9 @@ class SqsMapping(EventSourceMapping):
         ]
         if done:
             self.client("sqs").delete_message_batch(QueueUrl=self.queue_url, Entries=done)
-            with self._visible_at_lock:  # gone: their deadlines are no reason to look
+            with self._due_lock:  # gone: their deadlines are no reason to look
                 for entry in done:
-                    self._in_flight.pop(entry["Id"], None)
+                    self._due.pop(entry["Id"], None)
 
     def event_record(self, message: Mapping[str, Any]) -> Record:
         attributes = {

@@ -27,7 +27,7 @@ Handler = Callable[[dict[str, Any], Any], Any]
 
 class _Running(threading.local):
     """Which local function this thread is running (None outside one): its AWS calls are that
-    function's (make bench counts them) and its log lines carry its keys (_LOG_KEYS). A class
+    function's (make bench counts them) and its log lines carry its keys (LOG_KEYS). A class
     default, as it is read on every log line: a missing thread-local attribute raises (1.6 µs)."""
 
     function: str | None = None
@@ -64,7 +64,9 @@ def _start_as_the_function(thread: threading.Thread) -> None:
 
 
 # Not moto's, but changed in the same counted way (moto_patches/__init__.py); not in its README list.
-_THREADS = MotoPatch(
+# A thread a running function starts (the webhook sender's DNS lookup) or a task it submits to a pool
+# (functions/adapters/aggregates.py's partition readers) is part of its invocation, as on Lambda.
+WORKER_THREADS = MotoPatch(
     "threads",
     changes="a thread a running function starts, and a task it submits to a pool, runs as that function",
     expects={},
@@ -144,7 +146,7 @@ def _log_keys_replacements() -> dict[tuple[Any, str], Any]:
 
 
 # powertools', changed in the same counted way; checked against aws-lambda-powertools 3.37.0.
-_LOG_KEYS = MotoPatch(
+LOG_KEYS = MotoPatch(
     "log keys",
     changes="powertools' log keys (a formatter's, cold_start) are each function's, as each has its own process on AWS",
     expects={
@@ -158,27 +160,6 @@ _LOG_KEYS = MotoPatch(
     },
     replacements=_log_keys_replacements,
 )
-
-
-def keep_functions_apart() -> Callable[[], None]:
-    """_LOG_KEYS and run_workers_as_their_function(), from the stack's start to its stop; returns
-    what undoes both, once."""
-    undo_workers = run_workers_as_their_function()
-    _LOG_KEYS.apply()
-
-    def undo() -> None:
-        _LOG_KEYS.undo()
-        undo_workers()
-
-    return undo
-
-
-def run_workers_as_their_function() -> Callable[[], None]:
-    """_THREADS applied: a thread a running function starts (the webhook sender's DNS lookup) or a
-    task it submits to a pool (functions/adapters/aggregates.py's partition readers) runs as that
-    function, as on Lambda a thread is part of its invocation. Returns what undoes it, once."""
-    _THREADS.apply()
-    return _THREADS.undo
 
 
 class RuntimeFailure(Exception):

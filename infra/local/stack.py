@@ -23,7 +23,7 @@ from functions.warm import forget_warm_containers  # imports nothing heavy (test
 from infra.local.activity import Activity
 from infra.local.event_sources import ScheduleMapping
 from infra.local.gateway import ApiGateway
-from infra.local.lambdas import Handler, LambdaService, keep_functions_apart
+from infra.local.lambdas import LOG_KEYS, WORKER_THREADS, Handler, LambdaService
 from infra.local.moto_patches import (
     action_names,
     apigateway,
@@ -332,7 +332,8 @@ class EmbeddedStack:
                    update_expressions, action_names)  # fmt: skip
         for patch in (module.PATCH for module in patches):
             self.process.enter(patch.registered())
-        self.process.callback(keep_functions_apart())
+        self.process.enter(WORKER_THREADS.registered())  # each function as its own process would have it
+        self.process.enter(LOG_KEYS.registered())
         # The ASL interpreter runs state machines for real; it costs nothing until one starts.
         mock = mock_aws(config={"stepfunctions": {"execute_state_machine": True}})
         mock.start()

@@ -14,7 +14,7 @@ import pytest
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.logging import formatter, logger
 
-from infra.local.lambdas import _LOG_KEYS, LocalFunction, TimedOut, keep_functions_apart
+from infra.local.lambdas import LOG_KEYS, WORKER_THREADS, LocalFunction, TimedOut
 from infra.local.moto_patches import describe
 
 STREAM = io.StringIO()
@@ -27,9 +27,8 @@ second_logger = Logger(service="oms-local-logs-test")
 @pytest.fixture
 def functions_apart() -> Any:
     """As the local stack runs its functions (EmbeddedStack.start)."""
-    undo = keep_functions_apart()
-    yield
-    undo()
+    with WORKER_THREADS.registered(), LOG_KEYS.registered():
+        yield
 
 
 @pytest.fixture
@@ -171,11 +170,8 @@ def test_the_lines_keep_their_keys_in_powertools_order(lines: Any, clear_state: 
         first_logger.info("one line")
 
     LocalFunction("oms-local-D", handler).invoke({})
-    undo = keep_functions_apart()
-    try:
+    with WORKER_THREADS.registered(), LOG_KEYS.registered():
         LocalFunction("oms-local-D", handler).invoke({})
-    finally:
-        undo()
 
     before, after = (list(line) for line in lines())
     assert after == before
@@ -184,16 +180,17 @@ def test_the_lines_keep_their_keys_in_powertools_order(lines: Any, clear_state: 
 def test_the_patch_is_counted_and_the_last_undo_puts_powertools_back() -> None:
     owner = formatter.LambdaPowertoolsFormatter
     init, is_cold_start = owner.__dict__["__init__"], logger.__dict__["_is_cold_start"]
-    first, second = keep_functions_apart(), keep_functions_apart()
-    first()
+    LOG_KEYS.apply()
+    LOG_KEYS.apply()
+    LOG_KEYS.undo()
     assert "log_format" in owner.__dict__ and logger.__dict__["_is_cold_start"] is not is_cold_start
-    second()
+    LOG_KEYS.undo()
     assert "log_format" not in owner.__dict__ and owner.__dict__["__init__"] is init
     assert logger.__dict__["_is_cold_start"] is is_cold_start
 
 
 def test_canary_what_the_patch_replaces_is_still_what_powertools_has() -> None:
     """If this fails after a powertools upgrade: read its logger.py and formatter.py again (where
-    the keys live, how the cold start is decided), adapt _LOG_KEYS, then update its `expects`."""
-    found = {target: describe(original) for target, original in _LOG_KEYS.targets().items()}
-    assert found == _LOG_KEYS.expects
+    the keys live, how the cold start is decided), adapt LOG_KEYS, then update its `expects`."""
+    found = {target: describe(original) for target, original in LOG_KEYS.targets().items()}
+    assert found == LOG_KEYS.expects

@@ -35,7 +35,7 @@ from infra.local.gateway import (
     proxy_event,
     request_authorizer_event,
 )
-from infra.local.lambdas import _LOG_KEYS, ExitError, LocalFunction, TimedOut, _start_fresh
+from infra.local.lambdas import LOG_KEYS, ExitError, LocalFunction, TimedOut, _start_fresh
 from infra.local.resources import Resources
 from infra.local.template import DEFAULT_TEMPLATE, ApiRoute, Template, create_table_request, load_template
 
@@ -1596,10 +1596,10 @@ def test_stack_stop_restores_the_environment_and_frees_the_ports():
     ) as running:
         ports = (running.api_port, running.aws_port)
         assert os.environ["AWS_ACCOUNT_ID_ENDPOINT_MODE"] == "disabled"
-        assert _LOG_KEYS.is_applied()  # each function logs with its own keys (test_local_function_logs.py)
+        assert LOG_KEYS.is_applied()  # each function logs with its own keys (test_local_function_logs.py)
         inside = warm()
     assert "ORDERS_TABLE" not in os.environ
-    assert not _LOG_KEYS.is_applied()
+    assert not LOG_KEYS.is_applied()
     # A new stack is a new account: no warm container's clients cross into it or out of it.
     assert inside is not before and warm() is not inside
     assert all(_port_is_free(port) for port in ports)

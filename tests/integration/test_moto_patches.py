@@ -523,8 +523,11 @@ def test_a_message_or_stream_record_wakes_only_the_mappings_reading_its_source(a
         def wants(self, record: dict) -> bool:  # a stream record as GetRecords answers it
             return not self.wanted or record["eventName"] == self.wanted
 
-        def wake(self, visible_at: float = 0.0) -> None:
-            self.woken, self.visible_at = self.woken + 1, visible_at
+        def wake(self) -> None:
+            self.woken += 1
+
+        def visible_again(self, message_id: str, visible_at: float) -> None:
+            self.visible_at = visible_at
 
     sqs, dynamodb = boto3.client("sqs", region_name="us-east-1"), boto3.client("dynamodb", region_name="us-east-1")
     dlq = sqs.create_queue(QueueName="dlq")["QueueUrl"]
@@ -559,7 +562,7 @@ def test_a_received_message_tells_the_mappings_reading_its_queue_when_it_is_visi
         def __init__(self, source_arn: str) -> None:
             self.source_arn, self.told = source_arn, []
 
-        def wake(self, visible_at: float = 0.0) -> None:
+        def wake(self) -> None:
             pass
 
         def visible_again(self, message_id: str, visible_at: float) -> None:

@@ -5,6 +5,7 @@ would; the wake only tells a mapping to look, or when to."""
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 from infra.local.moto_patches import MotoPatch, Replacements
@@ -12,17 +13,17 @@ from infra.local.moto_patches import MotoPatch, Replacements
 _receiving = threading.local()  # `queue`: the moto queue whose messages this thread receives or changes now
 
 
-def _wake(source_arn: str, record: Any = None, visible_at: float = 0.0) -> None:
+def _wake(source_arn: str, record: Any = None) -> None:
     """Wakes the mappings reading `source_arn`; given the stream record that arrived (a stream's
     mappings: DynamoDBStreamMapping), only those whose filters let it through (its wants()): another
-    would read it only to leave it out. `visible_at`: when a delayed message becomes visible (epoch seconds)."""
+    would read it only to leave it out."""
     for mapping in PATCH.registrations():
         if mapping.source_arn == source_arn and (record is None or mapping.wants(record)):
-            mapping.wake(visible_at)
+            mapping.wake()
 
 
 def _visible_again(queue_arn: str, message_id: str, visible_at: float) -> None:
-    """Tells the mappings reading the queue when a message in flight becomes visible again."""
+    """Tells the mappings reading the queue when a message delayed or in flight becomes visible."""
     for mapping in PATCH.registrations():
         if mapping.source_arn == queue_arn:
             mapping.visible_again(message_id, visible_at)
@@ -56,7 +57,9 @@ def _replacements() -> Replacements:
 
     def queued(queue: Any, message: Any) -> None:
         add_message(queue, message)
-        _wake(queue.queue_arn, visible_at=message.delayed_until / 1000)  # moto's epoch milliseconds
+        if (visible_at := message.delayed_until / 1000) > time.time():  # moto's epoch milliseconds
+            _visible_again(queue.queue_arn, message.id, visible_at)
+        _wake(queue.queue_arn)
 
     def streamed(shard: Any, old: Any, new: Any) -> None:
         add_record(shard, old, new)
