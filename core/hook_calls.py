@@ -150,8 +150,20 @@ def call_hook(hook: Any, accept: Accept | None = None, /, **kwargs: Any) -> Any:
 
 
 def _failed(plugin: str, hook: str, exc: BaseException) -> PluginError:
+    """What the client, the order's history and a workflow's error are told of `exc`, which a plugin
+    raised: the plugin, the hook and the exception's type. Its words and traceback go to the log
+    line `plugin raised` (ERROR, with `plugin`, `hook`, `error`, `reason` as `unavailable` logs it,
+    and the traceback), in whichever function called the plugin: a workflow step, the notifier or
+    the reconciler has no other line that holds them."""
+    error = type(exc).__name__
+    logger.error(
+        "plugin raised",
+        exc_info=exc,
+        extra={"plugin": plugin, "hook": hook, "error": plugin_words(error), "reason": _logged_words(exc)},
+    )
     return PluginError(
-        f"plugin {plugin} failed in {hook}: {type(exc).__name__}", details=[{"plugin": plugin, "hook": hook}]
+        f"plugin {plugin} failed in {hook}: {error}; its words are in the log line `plugin raised`",
+        details=[{"plugin": plugin, "hook": hook}],
     )
 
 
@@ -162,13 +174,19 @@ def unavailable(plugin: str, hook: str, exc: BaseException, said: str) -> str:
     `plugin`, `hook`, `error` and `reason`: the words escaped, at most MAX_LOGGED_WORDS_CHARS)."""
     error = plugin_words(type(exc).__name__)
     words = exc.message if isinstance(exc, TransientError) else exc
+    logger.warning(
+        "plugin temporarily unavailable",
+        extra={"plugin": plugin, "hook": hook, "error": error, "reason": _logged_words(words)},
+    )
+    return f"plugin {plugin} {said} in {hook}: {error}; its words are in the log line `plugin temporarily unavailable`"
+
+
+def _logged_words(words: object) -> str:
+    """A failure's words as a log line holds them: escaped, at most MAX_LOGGED_WORDS_CHARS."""
     reason = escape_for_log(printed(words))
     if len(reason) > MAX_LOGGED_WORDS_CHARS:
         reason = reason[: MAX_LOGGED_WORDS_CHARS - 1] + "…"
-    logger.warning(
-        "plugin temporarily unavailable", extra={"plugin": plugin, "hook": hook, "error": error, "reason": reason}
-    )
-    return f"plugin {plugin} {said} in {hook}: {error}; its words are in the log line `plugin temporarily unavailable`"
+    return reason
 
 
 def printed(words: object) -> str:

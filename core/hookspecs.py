@@ -98,7 +98,9 @@ def oms_shipping_quotes(draft: PricingDraft, address: Address) -> list[ShippingQ
 # --- Payment --------------------------------------------------------------------------------
 # A payment plugin answers only for its own `method` and returns None for any other. A gateway
 # that is temporarily unavailable raises core.errors.TransientError (the workflow retries);
-# any other exception fails the step.
+# any other exception fails the step. Every answer is a core.workflow_types.PaymentResult with a
+# `reference`, a decline's too (the gateway's id for the refused request), and the gateway's words
+# in `message` (a str: "" when there are none).
 
 
 @hookspec(firstresult=True)
@@ -377,7 +379,8 @@ def oms_carrier_tracking_update(
         caller's API key is not the plugin's business).
     :param body: the raw body exactly as received, to check a signature the carrier computed over it.
     :return: the webhook's updates (possibly empty), each naming its shipment by the order and
-        shipment ids read back from the booking's reference (core.tracking.parse_shipment_reference),
+        shipment ids read back from the booking's reference (core.tracking.parse_shipment_reference,
+        None for a string that is no such reference),
         and in the place of an event you will not read (a field missing, a reference or tracking
         number that is not one of the OMS's labels) a RefusedTrackingEvent saying why; or None when
         `carrier` is not yours (404 when no plugin answers). Answer one item per event, in the

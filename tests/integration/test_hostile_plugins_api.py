@@ -63,7 +63,9 @@ def test_a_plugin_that_raises_anything_at_capture_is_a_plugin_error_naming_it_an
     status, body = placed_with(only(hook, error), "hostile")
 
     assert (status, body["error"]["code"]) == (502, "plugin_error"), body
-    assert body["error"]["message"] == f"plugin hostile failed in {hook}: {type(error).__name__}"
+    assert body["error"]["message"] == (
+        f"plugin hostile failed in {hook}: {type(error).__name__}; its words are in the log line `plugin raised`"
+    )
     assert body["error"]["details"] == [{"plugin": "hostile", "hook": hook}]
     assert orders_stored(aws) == 0
 

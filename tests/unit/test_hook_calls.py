@@ -233,6 +233,29 @@ def test_a_plugin_that_raises_is_named_with_the_error_type(plugin, error):
     assert failed.value.details == [{"plugin": "exploding", "hook": "oms_unit_price"}]
 
 
+def test_a_plugin_that_raises_leaves_its_words_and_traceback_in_the_log_line_plugin_raised(caplog):
+    # Only the API logged them (`plugin failed`): a carrier that raised in the workflow's
+    # CreateShipments step parked its order with "RuntimeError" alone, and no log of any function
+    # held what the carrier's API answered or where the plugin raised it.
+    class Failing:
+        @hookimpl
+        def oms_carrier_create_shipment(self, booking_key):
+            raise RuntimeError(f"carrier API answered 500 for {booking_key}\n\u202e")
+
+    with pytest.raises(PluginError) as failed:
+        call("oms_carrier_create_shipment", Failing(), name="failing")
+
+    assert failed.value.message == (
+        "plugin failing failed in oms_carrier_create_shipment: RuntimeError;"
+        " its words are in the log line `plugin raised`"
+    )
+    (logged,) = [r for r in caplog.records if r.getMessage() == "plugin raised"]
+    assert (logged.name, logged.levelname) == ("core.hook_calls", "ERROR")
+    assert (logged.plugin, logged.hook, logged.error) == ("failing", "oms_carrier_create_shipment", "RuntimeError")
+    assert logged.reason == "carrier API answered 500 for shp_1\\n\\u202e"
+    assert logged.exc_info[1] is failed.value.__cause__
+
+
 class Abandoned(BaseException):
     """What a third party's code may raise outside Exception (a cancellation of its own making)."""
 
@@ -386,7 +409,9 @@ def test_a_plugin_that_raises_plugin_unavailable_itself_is_a_plugin_error_naming
         call("oms_unit_price", Remote(), name="remote")
 
     assert type(raised.value) is PluginError
-    assert raised.value.message == "plugin remote failed in oms_unit_price: PluginUnavailable"
+    assert raised.value.message == (
+        "plugin remote failed in oms_unit_price: PluginUnavailable; its words are in the log line `plugin raised`"
+    )
     assert raised.value.details == [{"plugin": "remote", "hook": "oms_unit_price"}]
 
 

@@ -1,11 +1,14 @@
 """The README's plugin guide documents every hook with its current signature, and its examples work."""
 
+import importlib
 import inspect
 import re
 import types
+import typing
 from pathlib import Path
 
 import pytest
+from pydantic import BaseModel
 
 from core import hookspecs
 from core.errors import OutOfStock
@@ -55,6 +58,38 @@ def test_the_guide_says_stops_at_first_non_none_result_exactly_of_the_firstresul
     for name, fn in _hooks().items():
         firstresult = getattr(fn, "oms_spec", {}).get("firstresult", False)
         assert ("Stops at first non-None result" in described[name]) == firstresult, name
+
+
+def _models_in(annotation: object) -> set[type[BaseModel]]:
+    """The OMS models an annotation names, and those their fields hold, which a plugin builds."""
+    found: set[type[BaseModel]] = set()
+    for arg in typing.get_args(annotation) or (annotation,):
+        if typing.get_args(arg):
+            found |= _models_in(arg)
+        elif isinstance(arg, type) and issubclass(arg, BaseModel) and arg.__module__.startswith("core."):
+            found.add(arg)
+            for field in arg.model_fields.values():
+                found |= _models_in(field.annotation)
+    return found
+
+
+def test_every_type_a_hook_answers_is_in_the_guides_table_with_the_module_it_imports_from():
+    # A third party had to read core/hookspecs.py's imports to learn where CarrierShipment and
+    # PaymentResult come from (the guide named TaxRate's module alone), and core/workflow_types.py
+    # to learn RefusedField's.
+    text = README[README.index("| type | import from | built as |") :].split("\n\n")[0]
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in text.splitlines()[2:]]
+    listed = {}
+    for names, module, _ in rows:
+        for name in re.findall(r"`(\w+)`", names):
+            listed[name] = getattr(importlib.import_module(module.strip("`")), name)
+    answered = set()
+    for fn in _hooks().values():
+        # The answer's annotation alone: a parameter's may name a type imported for type checkers only.
+        returns = types.SimpleNamespace(__annotations__={"return": fn.__annotations__["return"]})
+        answered |= _models_in(typing.get_type_hints(returns, globalns=fn.__globals__)["return"])
+    assert answered <= set(listed.values()), sorted(model.__name__ for model in answered - set(listed.values()))
+    assert all(listed[model.__name__] is model for model in answered)
 
 
 # --- The guide's examples run as written --------------------------------------------------------
