@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from infra.local.stack import EmbeddedStack
-from tests.e2e.client import Api, Catalog, assert_error, order_body, put_network, unique
+from tests.e2e.client import Api, Catalog, assert_error, money, order_body, put_network, unique
 from tests.e2e.conftest import workflow_stack
 
 SETTLE_SECONDS = 30
@@ -132,6 +132,68 @@ def test_a_purchase_order_received_allocates_the_order_waiting_for_it(api: Api):
     assert allocated["awaiting_stock"] is None
     east = {loc["location_id"]: loc for loc in api.get(f"/inventory/{sku}").json()["locations"]}[network["east"]]
     assert (east["on_hand"], east["reserved"], east["incoming"]) == (2, 2, 1)
+
+
+def stock_at(api: Api, sku: str, location_id: str) -> dict[str, Any]:
+    return {loc["location_id"]: loc for loc in api.get(f"/inventory/{sku}").json()["locations"]}[location_id]
+
+
+def every_vendor(api: Api) -> list[dict[str, Any]]:
+    """GET /vendors a page of two at a time, following next_cursor to the end."""
+    items: list[dict[str, Any]] = []
+    params: dict[str, Any] = {"limit": 2}
+    while True:
+        page = api.get("/vendors", params=params)
+        assert page.status_code == 200, page.text
+        items.extend(page.json()["items"])
+        if page.json()["next_cursor"] is None:
+            return items
+        params["cursor"] = page.json()["next_cursor"]
+
+
+def test_a_buyer_lists_reads_and_cancels_a_purchase_order_and_clears_a_reorder_point(api: Api):
+    """The purchasing routes the journeys around it do not call over HTTP: the vendor list, a PO
+    read by id and listed by vendor and status, a cancel that gives up the units not arrived, and
+    a reorder point shown on the stock and then cleared."""
+    network = put_network(api)
+    catalog = Catalog(api)
+    sku = catalog.product("30.00")
+    east = network["east"]
+    catalog.stock(sku, east, 5)
+    vendors = [unique("vendor") for _ in range(3)]  # more than a page of two holds
+    for vendor in vendors:
+        assert api.put(f"/vendors/{vendor}", json={"name": "Acme", "lead_time_days": 5}).status_code == 201
+    replaced = api.put(f"/vendors/{vendor}", json={"name": "Acme Ltd", "email": "po@acme.example", "lead_time_days": 3})
+    assert replaced.status_code == 200, replaced.text
+    listed = {v["vendor_id"]: v for v in every_vendor(api)}
+    assert [listed[v]["name"] for v in vendors] == ["Acme", "Acme", "Acme Ltd"] and listed[vendor] == replaced.json()
+
+    lines = [{"sku": sku, "quantity": 4, "unit_cost": money("12.00")}]
+    created = api.post("/purchase-orders", json={"vendor_id": vendor, "location_id": east, "lines": lines})
+    assert created.status_code == 201, created.text
+    po = created.json()
+    assert api.get(f"/purchase-orders/{po['id']}").json() == po
+    assert api.get("/purchase-orders", params={"vendor_id": vendor}).json()["items"] == [po]
+    assert api.get("/purchase-orders", params={"vendor_id": vendor, "status": "cancelled"}).json()["items"] == []
+    stock = stock_at(api, sku, east)
+    assert (stock["incoming"], stock["next_expected_at"]) == (4, po["expected_at"])
+
+    cancelled = api.post(f"/purchase-orders/{po['id']}/cancel")
+    assert cancelled.status_code == 200, cancelled.text
+    assert cancelled.json()["status"] == "cancelled"
+    assert api.post(f"/purchase-orders/{po['id']}/cancel").json() == cancelled.json()  # sent again: as it is
+    receipt = {"lines": [{"sku": sku, "quantity": 1}]}
+    assert_error(api.post(f"/purchase-orders/{po['id']}/receive", json=receipt), 409, "invalid_transition")
+    stock = stock_at(api, sku, east)
+    assert (stock["on_hand"], stock["incoming"], stock["next_expected_at"]) == (5, 0, None)
+    listed = api.get("/purchase-orders", params={"vendor_id": vendor, "status": "cancelled"}).json()["items"]
+    assert listed == [cancelled.json()]
+
+    point = {"reorder_point": 2, "reorder_quantity": 10, "vendor_id": vendor}
+    assert api.put(f"/inventory/{sku}/{east}/reorder", json=point).status_code == 200
+    assert stock_at(api, sku, east)["reorder"] == {**point, "unit_cost": None}
+    assert api.request("DELETE", f"/inventory/{sku}/{east}/reorder").status_code == 204
+    assert stock_at(api, sku, east)["reorder"] is None
 
 
 def drafts_of(api: Api, vendor: str) -> list[dict[str, Any]]:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from infra.local.stack import EmbeddedStack
-from tests.e2e.client import Api, Catalog, order_body, put_network
+from tests.e2e.client import Api, Catalog, assert_error, order_body, put_network
 from tests.e2e.conftest import workflow_stack
 
 SETTLE_SECONDS = 10
@@ -69,3 +69,28 @@ def test_rules_decide_the_next_allocation_and_a_simulation_compares_two_rule_set
     entries = api.get(f"/orders/{order['id']}/history").json()["items"]
     [reserved] = [e for e in entries if e["type"] == "stock_reserved"]
     assert reserved["detail"]["sourcing_rules_version"] == adopted.json()["version"]
+
+
+def test_the_rules_in_force_and_every_version_before_them_are_read_back(stack: EmbeddedStack, api: Api):
+    """GET /sourcing/rules and its history, a page at a time; an editor's stale If-Match is 409.
+    It leaves `prefer: nearest` in force, as the defaults have it."""
+    current = api.get("/sourcing/rules")
+    assert current.status_code == 200, current.text
+    first = api.put("/sourcing/rules", json={"prefer": "nearest", "max_shipments": 2},
+                    headers={"If-Match": str(current.json()["version"])})  # fmt: skip
+    assert first.status_code == 200, first.text
+    second = api.put("/sourcing/rules", json={"prefer": "nearest"}, headers={"If-Match": str(first.json()["version"])})
+    assert second.status_code == 200, second.text
+    assert second.json()["version"] == first.json()["version"] + 1
+    assert api.get("/sourcing/rules").json() == second.json()
+
+    stale = api.put(
+        "/sourcing/rules", json={"prefer": "fewest_shipments"}, headers={"If-Match": str(first.json()["version"])}
+    )
+    assert_error(stale, 409, "version_conflict", "If-Match")
+    assert api.get("/sourcing/rules").json() == second.json()
+
+    newest = api.get("/sourcing/rules/history", params={"limit": 1}).json()
+    assert newest["items"] == [second.json()] and newest["next_cursor"] is not None
+    before = api.get("/sourcing/rules/history", params={"limit": 1, "cursor": newest["next_cursor"]}).json()
+    assert before["items"] == [first.json()]
