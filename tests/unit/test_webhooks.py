@@ -247,11 +247,10 @@ def test_subscribers_that_hang_cannot_take_the_accounts_lambda_concurrency_from_
     """Each attempt at a subscriber that takes the connection and never answers holds one
     execution for the whole 10 s, and Lambda's SQS poller scales a mapping up to 1,000 executions
     at once: AWS's default quota for the whole account. Uncapped, a subscriber hanging at ~100
-    attempts a second (17 orders a second, six events each) took every execution the API, the
-    outbox and the workflow steps need: they were throttled (and the delivery messages of every
-    subscriber, throttled too, went to the dead-letter queue after 5 receives). The mapping's own
-    cap (not reserved concurrency, whose throttles count as receives) keeps the deliveries to a
-    fifth of that default, whatever the subscribers do."""
+    attempts a second (17 orders a second, six events each) would take every execution the API,
+    the outbox and the workflow steps need, and throttle them. The mapping's own cap (not reserved
+    concurrency, whose throttled messages are received again, towards the dead-letter queue) keeps
+    the deliveries to a fifth of that default, whatever the subscribers do."""
     template = load_template(Path(__file__).resolve().parents[2] / "template.yaml")
     (mapping,) = [
         event["Properties"]
