@@ -243,6 +243,28 @@ def test_every_base_and_longest_wait_a_deploy_takes_back_off_as_the_contract_say
     assert longest["MinValue"] <= longest["Default"] <= longest["MaxValue"]
 
 
+def test_subscribers_that_hang_cannot_take_the_accounts_lambda_concurrency_from_the_orders():
+    """Each attempt at a subscriber that takes the connection and never answers holds one
+    execution for the whole 10 s, and Lambda's SQS poller scales a mapping up to 1,000 executions
+    at once: AWS's default quota for the whole account. Uncapped, a subscriber hanging at ~100
+    attempts a second (17 orders a second, six events each) would take every execution the API,
+    the outbox and the workflow steps need, and throttle them. The mapping's own cap (not reserved
+    concurrency, whose throttled messages are received again, towards the dead-letter queue) keeps
+    the deliveries to a fifth of that default, whatever the subscribers do."""
+    template = load_template(Path(__file__).resolve().parents[2] / "template.yaml")
+    (mapping,) = [
+        event["Properties"]
+        for event in template["Resources"]["WebhookDeliveryFunction"]["Properties"]["Events"].values()
+        if event["Type"] == "SQS"
+    ]
+
+    cap = (mapping.get("ScalingConfig") or {}).get("MaximumConcurrency")
+
+    assert cap is not None, "the delivery mapping scales with the subscribers' hanging attempts, unbounded"
+    assert 2 <= cap <= 1000 // 5  # AWS's least cap; a fifth of the default account quota at most
+    assert mapping["BatchSize"] == 1  # one attempt per execution: a slow one holds up only itself
+
+
 def record(**changes: Any) -> DeliveryRecord:
     values: dict[str, Any] = {
         "id": "dlv_0000000000000aabcdefghabcdefgh",
