@@ -128,7 +128,7 @@ def test_a_parcel_acme_did_not_book_for_the_oms_is_refused(oms_host):
 
 
 def test_with_a_secret_set_only_a_signed_webhook_is_read(oms_host, monkeypatch):
-    monkeypatch.setenv("OMS_PLUGIN_ACME_COURIER_WEBHOOK_SECRET", "s3cret")  # the guide's OMS_PLUGIN_<NAME>_<KEY>
+    monkeypatch.setenv(courier.WEBHOOK_SECRET_ENV, "s3cret")
     body = json.dumps(webhook())
     signature = "sha256=" + hmac.new(b"s3cret", body.encode(), hashlib.sha256).hexdigest()
 

@@ -49,15 +49,14 @@ def test_what_the_account_does_not_cover_is_declined(host, token, amount, why):
 
 
 def test_limits_come_from_the_deployments_setting(host, monkeypatch):
-    # Named as the plugin guide's Settings say: OMS_PLUGIN_<entry-point name>_<KEY>.
-    monkeypatch.setenv("OMS_PLUGIN_ACME_PAY_LIMITS", "GBP:5000.00, USD:20.00")
+    monkeypatch.setenv(pay.LIMITS_ENV, "GBP:5000.00, USD:20.00")
 
     assert host.authorize("acme_pay", ACCOUNT, money("4000.00", "GBP")).outcome == "approved"
     assert host.authorize("acme_pay", ACCOUNT, money("20.00", "USD"), idempotency_key="usd").outcome == "approved"
 
 
 def test_a_malformed_setting_fails_loudly_instead_of_approving(host, monkeypatch):
-    monkeypatch.setenv("OMS_PLUGIN_ACME_PAY_LIMITS", "GBP=5000")
+    monkeypatch.setenv(pay.LIMITS_ENV, "GBP=5000")
 
     with pytest.raises(PluginError):
         host.authorize("acme_pay", ACCOUNT, money("10.00", "GBP"))

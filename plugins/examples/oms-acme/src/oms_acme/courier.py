@@ -15,20 +15,20 @@
 
   DELIVERED delivers the shipment; COLLECTED, IN_DEPOT and OUT_FOR_DELIVERY are in transit; other
   events (e.g. LABEL_CREATED) say nothing about where the parcel is and are skipped. When
-  OMS_PLUGIN_ACME_COURIER_WEBHOOK_SECRET is set (the OMS's OMS_PLUGIN_<entry-point name>_<KEY>),
-  the `Acme-Signature: sha256=<hex>` header must be the HMAC-SHA256 of the raw body with that
-  secret, or the webhook is refused (422).
+  OMS_ACME_WEBHOOK_SECRET is set, the `Acme-Signature: sha256=<hex>` header must be the HMAC-SHA256
+  of the raw body with that secret, or the webhook is refused (422).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 from typing import Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, ValidationError
 
-from core import hookimpl, plugin_settings
+from core import hookimpl
 from core.errors import InvalidRequest, field_path
 from core.models import Address, Location, Order, ShipmentLine
 from core.money import Money
@@ -41,8 +41,7 @@ SHIPPING_METHOD = "acme_next_day"
 CARRIER = "Acme Courier"
 SERVICE = "Next day"
 TRACKING_CARRIER = "acme-courier"  # the {carrier} of POST /carriers/{carrier}/tracking
-PLUGIN = "acme_courier"  # its entry point (pyproject.toml): what names its settings
-WEBHOOK_SECRET_ENV = "OMS_PLUGIN_ACME_COURIER_WEBHOOK_SECRET"  # plugin_settings(PLUGIN)["webhook_secret"]
+WEBHOOK_SECRET_ENV = "OMS_ACME_WEBHOOK_SECRET"
 
 BASE = Money(amount="6.95", currency="GBP")
 PER_EXTRA_KG = Money(amount="1.50", currency="GBP")
@@ -116,7 +115,7 @@ class Webhook(BaseModel):
 
 
 def _check_signature(headers: dict[str, str], body: str) -> None:
-    secret = plugin_settings(PLUGIN).get("webhook_secret", "")
+    secret = os.environ.get(WEBHOOK_SECRET_ENV, "")
     if not secret:
         return
     expected = "sha256=" + hmac.new(secret.encode(), body.encode(), hashlib.sha256).hexdigest()

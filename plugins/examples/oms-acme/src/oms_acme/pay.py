@@ -2,9 +2,8 @@
 
 The payment token is the customer's Acme account id (`acct_` + 4 to 32 lower-case letters or
 digits). An authorization is approved when the order's total is within the limit for its
-currency, set by OMS_PLUGIN_ACME_PAY_LIMITS (e.g. "GBP:2500.00,EUR:3000.00"; default "GBP:1000.00";
-named as the OMS's plugin guide says: OMS_PLUGIN_<entry-point name>_<KEY>); a currency without a
-limit is declined. Acme invoices what is captured, so captures, voids and
+currency, set by OMS_ACME_PAY_LIMITS (e.g. "GBP:2500.00,EUR:3000.00"; default "GBP:1000.00"); a
+currency without a limit is declined. Acme invoices what is captured, so captures, voids and
 refunds only check that they name an Acme authorization.
 
 Every reference is derived from the operation's idempotency key, so a retry gets the reference
@@ -14,16 +13,16 @@ the first call got, as Acme's API (which dedupes on the key) would return.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from decimal import Decimal, InvalidOperation
 
-from core import hookimpl, plugin_settings
+from core import hookimpl
 from core.money import Money
 from core.workflow_types import PaymentResult
 
 METHOD = "acme_pay"
-PLUGIN = "acme_pay"  # its entry point (pyproject.toml): what names its settings
-LIMITS_ENV = "OMS_PLUGIN_ACME_PAY_LIMITS"  # plugin_settings(PLUGIN)["limits"]
+LIMITS_ENV = "OMS_ACME_PAY_LIMITS"
 DEFAULT_LIMITS = "GBP:1000.00"
 
 ACCOUNT = re.compile(r"^acct_[a-z0-9]{4,32}$")
@@ -33,7 +32,7 @@ AUTHORIZATION = re.compile(r"^acme_auth_[0-9a-f]{20}$")
 def limits() -> dict[str, Decimal]:
     """The configured limit per currency. A malformed setting is an operator's error: it fails
     loudly (the order's authorization step fails) rather than approving without a limit."""
-    configured = plugin_settings(PLUGIN).get("limits") or DEFAULT_LIMITS
+    configured = os.environ.get(LIMITS_ENV, "").strip() or DEFAULT_LIMITS
     result: dict[str, Decimal] = {}
     for part in configured.split(","):
         currency, _, amount = part.strip().partition(":")
