@@ -196,6 +196,16 @@ ROUTES_THAT_CALL_PLUGINS = [
     ("POST", "/orders/{order_id}/shipments/{shipment_id}/ship", {}, {"order_id": ORDER, "shipment_id": SHIPMENT}),
     ("POST", "/orders/{order_id}/shipments/{shipment_id}/deliver", None, {"order_id": ORDER, "shipment_id": SHIPMENT}),
     ("POST", "/carriers/{carrier}/tracking", {"events": []}, {"carrier": "oms-flat-rate"}),
+    # A reject cancels the parcel's booking with its carrier's plugin (and settles a capture a ship
+    # asked for, and on a partly shipped order sources and books its units again); a what-if prices
+    # and sources through the plugins.
+    (
+        "POST",
+        "/orders/{order_id}/shipments/{shipment_id}/reject",
+        {"reason": "x"},
+        {"order_id": ORDER, "shipment_id": SHIPMENT},
+    ),
+    ("POST", "/sourcing/simulate", {"orders": [ORDER]}, {}),
 ]
 
 
@@ -211,6 +221,21 @@ def test_routes_that_call_plugins_answer_503_naming_the_broken_plugin(broken, aw
     assert "acme_tax" in answer["error"]["message"]
     assert answer["error"]["details"] == [{"plugin": "acme_tax", "distribution": "oms-acme", "message": BROKEN_SHOWN}]
     assert orders_stored(aws) == 0
+
+
+def test_a_reject_while_a_plugin_is_broken_answers_503_and_leaves_the_order_allocated(broken, aws):
+    # The reject would be written, its units released, and then its carrier's booking left owed and
+    # the order sent to a workflow that cannot source it: refused up front, as a cancel is.
+    from tests.integration.test_handlers import SHIPMENT_ID, an_allocated_order
+
+    order = an_allocated_order(aws)
+    status, answer = api(request("POST", "/orders/{order_id}/shipments/{shipment_id}/reject", {"reason": "no staff"},
+                                 order_id=order.id, shipment_id=SHIPMENT_ID))  # fmt: skip
+
+    assert (status, answer["error"]["code"]) == (503, "plugin_unavailable")
+    status, stored = api(request("GET", "/orders/{order_id}", order_id=order.id))
+    assert (status, stored["status"], stored["version"]) == (200, "allocated", order.version)
+    assert [s["status"] for s in stored["shipments"]] == ["pending"]
 
 
 def test_everything_that_calls_no_plugin_keeps_working(broken):

@@ -15,6 +15,7 @@ from functions.api.access import ANY_KEY, caller, requires
 from functions.api.dependencies import container
 from functions.api.errors import ApiError
 from functions.api.queries import Limit
+from functions.api.routes.plugins import plugins_loaded
 from functions.api.schemas import errors, ok
 from functions.api.versions import if_match_header, version_in
 
@@ -71,7 +72,8 @@ def get_sourcing_rules_history(
     "channel's orders and bodies only. A body POST /orders would refuse for a sku is refused as it is: 422 "
     "`unknown_sku` for a sku the catalog lacks, 422 `no_price` for one no pricing plugin prices in the body's "
     "`currency`, each such line named (`orders[1].lines[0].sku`).",
-    responses={**ok(200, Simulation, "A plan per order, and their summary"), **errors(400, 403, 413, 502)},
+    responses={**ok(200, Simulation, "A plan per order, and their summary"), **errors(400, 403, 413, 502, 503)},
+    middlewares=[plugins_loaded],
 )
 @requires(Scope.ORDERS_READ)
 def simulate_sourcing(request: SimulateSourcing) -> Simulation:

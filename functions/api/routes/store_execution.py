@@ -9,6 +9,7 @@ from core.models import Order, RejectRequest
 from functions.api.access import caller, requires
 from functions.api.dependencies import container
 from functions.api.routes.orders import OrderIdPath, ShipmentIdPath, changed, seen_by
+from functions.api.routes.plugins import plugins_loaded
 from functions.api.schemas import OrderReceipt, errors
 
 router = Router()
@@ -41,6 +42,7 @@ router = Router()
         **changed("The order, authorized again (or its parcel replaced)"),
         **errors(400, 403, 404, 409, 413, 502, 503),
     },
+    middlewares=[plugins_loaded],
 )
 @requires(Scope.FULFILLMENT_WRITE)
 def reject_shipment(order_id: OrderIdPath, shipment_id: ShipmentIdPath, request: RejectRequest) -> Order | OrderReceipt:
