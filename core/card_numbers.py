@@ -10,10 +10,13 @@ from typing import Any
 # "4111-1111-1111-1111". A run is found wherever it sits in text, glued to letters or not
 # ("web-4111111111111111", "card4111111111111111x"); a card is any stretch of whole groups of it
 # but one of several groups inside the carrier's tracking number the run ends in (_carrier_from).
-_SEPARATORS = " .-"
-_RUN = re.compile(r"\d+(?:[ .\-]\d+)*")
-_CANDIDATE = re.compile(r"^\d+(?:[ .\-]\d+)*$")
-_GROUP_SPLIT = re.compile(r"[ .\-]")
+# A space or a dash is any of its forms, as digits are of any script: the no-break space a web page
+# or a PDF pastes (U+00A0), the narrow one French writes numbers with (U+202F) and the other Unicode
+# spaces; the dashes (a word processor's en dash, U+2013) and the minus sign; the full-width forms.
+_SEPARATOR = r"[ .\-\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000\u2010-\u2015\u2212\ufe58\ufe63\uff0d\uff0e]"
+_RUN = re.compile(rf"\d+(?:{_SEPARATOR}\d+)*")
+_CANDIDATE = re.compile(rf"^\d+(?:{_SEPARATOR}\d+)*$")
+_GROUP_SPLIT = re.compile(_SEPARATOR)
 _DIGIT_GROUP = re.compile(r"\d+")
 MIN_DIGITS = 13
 MAX_DIGITS = 19
@@ -186,11 +189,13 @@ def _merged(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
 
 def looks_like_card_number(value: str | int) -> bool:
     """True when `value` is nothing but a card number: 13-19 digits (grouped with single spaces,
-    dots or dashes or not) with a card network's prefix and length that pass the Luhn check."""
+    dots or dashes, in any of their forms, or not) with a card network's prefix and length that
+    pass the Luhn check."""
     text = str(value).strip()
     if not _CANDIDATE.match(text):
         return False
-    return _is_card(_GROUP_SPLIT.sub("", text))
+    # Its digits in ASCII, whatever script they were written in, as _card_spans reads them.
+    return _is_card("".join(str(int(char)) for char in _GROUP_SPLIT.sub("", text)))
 
 
 def contains_card_number(text: str) -> bool:

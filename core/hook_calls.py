@@ -32,6 +32,7 @@ from typing import Annotated, Any, NamedTuple
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from core.card_numbers import mask_card_numbers
 from core.errors import PluginError, PluginUnavailable, TransientError
 from core.log_text import escape_for_log
 from core.models import VisibleText
@@ -182,8 +183,9 @@ def unavailable(plugin: str, hook: str, exc: BaseException, said: str) -> str:
 
 
 def _logged_words(words: object) -> str:
-    """A failure's words as a log line holds them: escaped, at most MAX_LOGGED_WORDS_CHARS."""
-    reason = escape_for_log(printed(words))
+    """A failure's words as a log line holds them: a card number masked, escaped, at most
+    MAX_LOGGED_WORDS_CHARS."""
+    reason = escape_for_log(mask_card_numbers(printed(words)))
     if len(reason) > MAX_LOGGED_WORDS_CHARS:
         reason = reason[: MAX_LOGGED_WORDS_CHARS - 1] + "…"
     return reason
@@ -200,8 +202,8 @@ def printed(words: object) -> str:
 
 # A plugin's words: a gateway's on a refusal (PaymentResult.message) reach the client's 502 and
 # the order's history; a failure's (a TransientError's), the log alone (`unavailable`); why one
-# failed to load, GET /plugins and the log alone. Their controls and bidi overrides made visible,
-# cut as history entries cut such words.
+# failed to load, GET /plugins and the log alone. Their card numbers masked, their controls and
+# bidi overrides made visible, cut as history entries cut such words.
 MAX_PLUGIN_WORDS_CHARS = 500
 # A failure's words in the log line: enough for any client library's message, well within what
 # a CloudWatch log event holds (256 KB).
@@ -210,8 +212,10 @@ _WORDS = TypeAdapter(Annotated[str, VisibleText])
 
 
 def plugin_words(message: str) -> str:
-    """`message` with its controls and bidi overrides replaced by U+FFFD, at most
+    """`message` with its card numbers masked (a gateway's words are text from outside, kept in
+    the history) and its controls and bidi overrides replaced by U+FFFD, at most
     MAX_PLUGIN_WORDS_CHARS characters (a cut one ends with "…")."""
+    message = mask_card_numbers(message)
     if len(message) > MAX_PLUGIN_WORDS_CHARS:
         message = message[: MAX_PLUGIN_WORDS_CHARS - 1] + "…"
     return _WORDS.validate_python(message)

@@ -56,7 +56,7 @@ from core.status import (
     can_transition,
     check_successor,
 )
-from core.us_addresses import code_of_zip, usps_code
+from core.us_addresses import ZIP_TERRITORIES, code_of_zip, usps_code
 
 # ISO 3166-1 alpha-2, officially assigned codes.
 COUNTRIES = frozenset(
@@ -549,13 +549,17 @@ class AddressInput(Address):
     is levied by state, so a US address names its state for sure: its ZIP code must be one in
     use, its region (when sent) the USPS code of the state that ZIP code is in, and a missing
     region is taken from the ZIP code. Region and ZIP code that disagree are refused rather than
-    taxed by either. Stored addresses stay `Address`: reading one never re-judges it."""
+    taxed by either. A territory addressed by US ZIP code under its own country code (PR, GU...)
+    needs a ZIP code in that territory, so a state's address cannot pass for one. Stored addresses
+    stay `Address`: reading one never re-judges it."""
 
     model_config = ConfigDict(
         json_schema_extra={
             "description": "For `country` US: `postal_code` is a ZIP code (12345 or 12345-6789) and `region` the "
             "USPS code of its state or territory (CA, NY, PR, AE...; `ca` and `US-CA` are read as CA); a missing "
-            "`region` is filled in from the ZIP code, a region the ZIP code is not in is 422."
+            "`region` is filled in from the ZIP code, a region the ZIP code is not in is 422. For the territories "
+            "addressed by US ZIP code that are countries of their own (`country` AS, GU, MP, PR, VI, FM, MH, PW), "
+            "`postal_code` is a ZIP code in that territory."
         }
     )
 
@@ -583,6 +587,8 @@ class AddressInput(Address):
 
     @model_validator(mode="after")
     def _us_state_is_certain(self) -> "AddressInput":
+        if self.country in ZIP_TERRITORIES:
+            return self._zip_code_in_its_territory()
         if self.country != "US":
             return self
         zip_state = code_of_zip(self.postal_code)
@@ -603,6 +609,22 @@ class AddressInput(Address):
         if region != zip_state:
             raise _address_error("region", self.region, f"ZIP code {self.postal_code} is in {zip_state}, not {region}")
         self.region = region
+        return self
+
+    def _zip_code_in_its_territory(self) -> "AddressInput":
+        # Puerto Rico, Guam... are addressed by US ZIP code but are countries of their own, which
+        # the tax table does not tax: a California address sent with country PR was an untaxed order.
+        zip_state = code_of_zip(self.postal_code)
+        if zip_state != self.country:
+            where = (
+                f"{self.postal_code} is in {zip_state}" if zip_state else f"{self.postal_code} is no ZIP code in use"
+            )
+            raise _address_error(
+                "postal_code",
+                self.postal_code,
+                f"a {self.country} postal_code must be a ZIP code in {self.country} (US ZIP codes address its mail): "
+                f"{where}",
+            )
         return self
 
 

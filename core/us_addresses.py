@@ -13,6 +13,9 @@ _CODES = (
     "AS GU MP PR VI FM MH PW AA AE AP"
 )
 USPS_CODES = frozenset(_CODES.split())
+# The territories and freely associated states that are ISO 3166-1 countries of their own but whose
+# mail is addressed by US ZIP code: each one's ISO code is its USPS code.
+ZIP_TERRITORIES = frozenset(["AS", "GU", "MP", "PR", "VI", "FM", "MH", "PW"])
 
 ZIP_CODE = re.compile(r"^([0-9]{3})([0-9]{2})(-?[0-9]{4})?$")
 

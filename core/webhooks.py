@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 
+from core.card_numbers import mask_card_numbers
 from core.domain_events import WITH_CHANNEL, DomainEvent, EventType, OutgoingEvent, fitted
 from core.errors import Conflict, InvalidRequest, NotFound, StaleVersion
 from core.ids import new_id, short_hash
@@ -727,7 +728,8 @@ class DeliveryWorker:
             status=outcome,
             attempts=failures,
             last_status_code=result.status_code,
-            last_error=result.error[:_MAX_ERROR_CHARS] if result.error else None,
+            # The subscriber's own text (a status line as sent): a card number in it is never kept.
+            last_error=mask_card_numbers(result.error)[:_MAX_ERROR_CHARS] if result.error else None,
             next_attempt_at=next_at,
             attempted_by=message_id,
         )

@@ -153,6 +153,28 @@ def test_a_server_id_whose_digits_pass_the_luhn_check_is_an_id_not_card_data(api
     assert_error(api.get("/orders/ord_2222222222222224"), 422, "card_data_rejected", "order_id")  # not an id
 
 
+# A space or a dash as typed or pasted into free text: a no-break space (web pages, PDFs), the
+# narrow one French writes numbers with, a thin or an ideographic space, the en dash a word
+# processor makes of a hyphen, a non-breaking hyphen, a minus sign, the full-width forms.
+OTHER_SEPARATORS = ["\u00a0", "\u202f", "\u2009", "\u3000", "\u2013", "\u2011", "\u2212", "\uff0d", "\uff0e"]
+
+
+@pytest.mark.parametrize("separator", OTHER_SEPARATORS, ids=[f"U+{ord(s):04X}" for s in OTHER_SEPARATORS])
+def test_a_card_number_grouped_by_another_space_or_dash_in_a_name_is_refused_and_not_stored(
+    api: InProcessApi, separator: str
+):
+    written = separator.join(["4111", "1111", "1111", "1111"])
+    body = order_body(external_id=f"sep-{ord(separator):x}")
+    body["customer"]["name"] = f"Ada {written}"
+    body["shipping_address"]["line2"] = written
+
+    response = api.post("/orders", json=body)
+
+    error = assert_error(response, 422, "card_data_rejected")
+    assert [d["field"] for d in error["details"]] == ["customer.name", "shipping_address.line2"]
+    assert written not in response.text
+
+
 @pytest.mark.parametrize("written", WRITTEN)
 def test_a_card_number_as_a_query_parameter_name_is_refused_without_echoing_it(api: InProcessApi, written: str):
     response = api.get("/orders", params={written: "x"})

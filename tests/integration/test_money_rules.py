@@ -71,3 +71,38 @@ def test_a_us_region_that_is_garbled_or_not_where_its_zip_code_is_is_422_naming_
 
     assert status == 422, body
     assert [d["field"] for d in body["error"]["details"]] == [field]
+
+
+# The territories whose mail is addressed by US ZIP code, each its own ISO 3166-1 country, which
+# the tax table does not tax: a California address sent as one of them was an untaxed order.
+@pytest.mark.parametrize("country", ["PR", "GU", "VI", "AS", "MP", "FM", "MH", "PW"])
+def test_a_zip_code_of_a_state_under_a_territory_s_country_code_is_422_not_an_untaxed_order(
+    seeded,  # noqa: F811
+    country: str,
+):
+    status, body = place(
+        external_id=f"web-{country.lower()}",
+        shipping_address=address(region="CA", postal_code="94105", country=country),
+    )
+
+    assert status == 422, body
+    assert [d["field"] for d in body["error"]["details"]] == ["shipping_address.postal_code"]
+    assert "94105 is in CA" in body["error"]["details"][0]["message"]
+
+
+@pytest.mark.parametrize(
+    ("country", "postal_code"),
+    [("PR", "00901"), ("GU", "96910"), ("VI", "00802"), ("AS", "96799"), ("MP", "96950"), ("PW", "96939")],
+)
+def test_a_territory_s_own_zip_code_under_its_country_code_is_taken(
+    seeded,  # noqa: F811
+    country: str,
+    postal_code: str,
+):
+    status, body = place(
+        external_id=f"web-own-{country.lower()}",
+        shipping_address=address(region=None, postal_code=postal_code, country=country),
+    )
+
+    assert status == 201, body
+    assert body["shipping_address"]["country"] == country

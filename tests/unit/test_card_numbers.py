@@ -169,8 +169,25 @@ def test_a_luhn_valid_number_outside_every_networks_prefix_or_length_is_not_a_ca
         "\t4111111111111111\n",
         4111111111111111,
         378282246310005,
+        "4111\u00a01111\u00a01111\u00a01111",
+        "4111\u202f1111\u202f1111\u202f1111",
+        "4111\u20131111\u20131111\u20131111",
+        "４１１１－１１１１－１１１１－１１１１",
     ],
-    ids=["spaces", "dashes", "amex-grouping", "mixed-separators", "padded", "tab-newline", "int", "int-amex"],
+    ids=[
+        "spaces",
+        "dashes",
+        "amex-grouping",
+        "mixed-separators",
+        "padded",
+        "tab-newline",
+        "int",
+        "int-amex",
+        "no-break-spaces",
+        "narrow-no-break-spaces",
+        "en-dashes",
+        "full-width",
+    ],
 )
 def test_a_card_number_grouped_with_spaces_or_dashes_or_given_as_an_int_is_recognised(value: str | int):
     assert looks_like_card_number(value)

@@ -365,6 +365,29 @@ def test_a_gateways_words_on_a_transient_failure_reach_the_log_escaped_never_the
     assert len(reason) == MAX_LOGGED_WORDS_CHARS
 
 
+CARD_WORDS = "declined: card 4111 1111 1111 1111 is expired"
+
+
+def test_a_card_number_in_a_gateways_refusal_is_masked_before_the_history_the_events_or_the_502_keep_it():
+    # The gateway's words on a refusal reach the order's history, its events and the client.
+    refused = PaymentResult(outcome="declined", reference="ref_1", message=CARD_WORDS)
+
+    assert refused.message == "declined: card [card number] is expired"
+
+
+def test_a_card_number_in_a_transient_failures_words_is_masked_in_the_log_line(caplog):
+    class Echoing:
+        @hookimpl
+        def oms_payment_capture(self):
+            raise TransientError(CARD_WORDS)
+
+    with pytest.raises(TransientError):
+        call("oms_payment_capture", Echoing(), name="echoing")
+
+    (logged,) = [r for r in caplog.records if r.getMessage() == "plugin temporarily unavailable"]
+    assert logged.reason == "declined: card [card number] is expired"
+
+
 class Unprintable(ConnectionError):
     def __str__(self) -> str:
         raise RuntimeError("a client library's exception that cannot be printed")

@@ -128,3 +128,19 @@ def test_an_edit_is_held_to_the_same_rule_and_a_stored_address_to_none():
     stored = Address.model_validate({**ADDRESS, "region": "OR", "postal_code": "94105"})
     assert stored.region == "OR"
     assert type(Address.model_validate(AddressInput.model_validate({**ADDRESS, "postal_code": "94105"}))) is Address
+
+
+@pytest.mark.parametrize(
+    ("postal_code", "said"), [("94105", "94105 is in CA"), ("PR 123", "PR 123 is no ZIP code in use")]
+)
+def test_a_territory_addressed_by_zip_code_needs_one_of_its_own(postal_code: str, said: str):
+    loc, message = refusal(country="PR", region="San Juan", postal_code=postal_code)
+
+    assert loc == ("postal_code",)
+    assert said in message
+
+
+def test_a_territory_keeps_its_free_text_region_with_its_own_zip_code():
+    address = AddressInput.model_validate({**ADDRESS, "country": "PR", "region": "San Juan", "postal_code": "00901"})
+
+    assert (address.region, address.postal_code) == ("San Juan", "00901")

@@ -548,6 +548,18 @@ def test_a_subscribers_malformed_answer_is_shown_with_controls_and_bidi_override
     assert store.get_delivery("whk_1", delivery.id).last_error == "\ufffd[2J\ufffd31m ok \ufffdgnp.exe\r\n"
 
 
+def test_a_card_number_in_a_subscribers_malformed_answer_is_masked_where_the_error_is_kept():
+    # The subscriber's status line is text from outside like any request's: a card number in it is
+    # kept nowhere and shown by no GET /webhooks/{id}/deliveries.
+    store, clock = FakeStore(), Clock()
+    delivery = stored_delivery(store)
+    worker, _ = worker_for(store, FakeSender(SendResult(None, "HTTP/1.1 4111 1111 1111 1111 refused\r\n")), clock)
+
+    assert worker.handle(DeliveryMessage("whk_1", delivery.id, 0, 0)) == "retrying"
+
+    assert store.get_delivery("whk_1", delivery.id).last_error == "HTTP/1.1 [card number] refused\r\n"
+
+
 def test_a_5xx_or_a_timeout_is_retried_later_with_the_next_message_queued_for_the_next_attempt():
     store, clock = FakeStore(), Clock()
     sender = FakeSender(SendResult(503, "HTTP 503"), SendResult(None, "timed out"), SendResult(200))
