@@ -853,16 +853,18 @@ class Workflow:
         return modify(self._orders, order_id, decide, consistent=True)
 
     def source_again_whole(
-        self, order_id: str, location_id: str, actor: str = WORKFLOW_ACTOR
-    ) -> tuple[Order, dict[tuple[str, str], int]]:
-        """Send a backordered order back to be sourced when units arrived at `location_id`, which
-        `max_shipments` keeps it from adding beside the locations it holds units at, and a plan
-        within the rules now covers every unit it wants (ReserveStock's plan, counting what it holds
-        as its own): a fill adds only beside those locations, so it waited on for them with its
-        whole order on the shelves (no arrival there may be coming). One write, conditional on its
-        status and version, as `source_again`. Returns the order as it is afterwards, and the units
-        its plan takes beyond what it holds, by (sku, location_id): the arrival's walk leaves them
-        to it (nothing when it is not sent back)."""
+        self, order_id: str, location_id: str | None = None, actor: str = WORKFLOW_ACTOR,
+        claimed: Mapping[tuple[str, str], int] | None = None,
+    ) -> tuple[Order, dict[tuple[str, str], int]]:  # fmt: skip
+        """Send a backordered order back to be sourced when `max_shipments` keeps it from adding a
+        location beside those it holds units at (`location_id`, when named: the one units arrived
+        at) and a plan within the rules now covers every unit it wants (ReserveStock's plan,
+        counting what it holds as its own): a fill adds only beside those locations, so it waited
+        on for them with its whole order on other shelves (no arrival there may be coming). One
+        write, conditional on its status and version, as `source_again`. Returns the order as it is
+        afterwards, and the units its plan takes beyond what it holds, by (sku, location_id): the
+        walk that sent it back leaves them to it (nothing when it is not sent back). `claimed`: the
+        units that walk left to older orders already, not this one's to plan on."""
         rules, locations, at = self._rules(), self._catalog.list_locations(), self._clock()
         claims: dict[tuple[str, str], int] = {}
 
@@ -872,11 +874,19 @@ class Workflow:
                 return None
             used = {a.location_id for a in order.allocations}
             allowed = sourceable(order, locations, rules)
-            if rules.admits(location_id, used) or location_id not in {loc.location_id for loc in allowed}:
-                return None  # a fill adds it, or it may not supply the order at all
+            if rules.max_shipments is None or len(used) < rules.max_shipments:
+                return None  # a fill may add a location
+            if location_id is not None and (
+                location_id in used or location_id not in {loc.location_id for loc in allowed}
+            ):
+                return None  # a fill takes units there, or it may not supply the order at all
             eligible = eligible_locations(order.fulfillment.type, order.fulfillment.location_id, locations)
             mine = self._reservations_of(order, list(dict.fromkeys([loc.location_id for loc in eligible] + list(used))))
-            plan = self._plan(order, allowed, locations, rules, mine, consistent=True, cannot_wait=lambda skus: skus)
+            stock = self._inventory.levels(
+                {line.sku for line in order.lines}, [loc.location_id for loc in allowed], consistent=True
+            )
+            stock = held_back(stock, dict(claimed or {}), {})
+            plan = self._plan(order, allowed, locations, rules, mine, stock=stock, cannot_wait=lambda skus: skus)
             if plan is None:
                 return None
             skus = {line.line_id: line.sku for line in order.lines}
@@ -885,7 +895,9 @@ class Workflow:
                 if a.quantity > held:
                     place = (skus[a.line_id], a.location_id)
                     claims[place] = claims.get(place, 0) + a.quantity - held
-            return order.source_again(rules_version=rules.version, at=at, actor=actor, arrived_at=location_id)
+            return order.source_again(
+                rules_version=rules.version, at=at, actor=actor, whole=True, arrived_at=location_id
+            )
 
         return modify(self._orders, order_id, decide, consistent=True), dict(claims)
 
