@@ -121,6 +121,8 @@ class BackorderAllocator:
         locations = None
         rules: SourcingRules | None = None
         reads = pages = 0
+        # Units the orders this walk sent back to be sourced are to take: not the younger orders'.
+        claimed: dict[tuple[str, str], int] = {}
         while True:
             if pages == WALK_PAGES:
                 return self._handed_on(result, after, hand_on)
@@ -160,7 +162,7 @@ class BackorderAllocator:
                 before = order.allocations
                 # Oldest first in this sku's queue: its units are the order's unless an older one left
                 # them; its other skus may be older orders' that their arrivals have not reached.
-                order = self._workflow.fill_backorder(order.id, actor=BACKORDER_ACTOR, queue=sku)
+                order = self._workflow.fill_backorder(order.id, actor=BACKORDER_ACTOR, queue=sku, claimed=claimed)
                 if order.allocations != before:
                     result.filled.append(order.id)
                 if order.status is not S.BACKORDERED:
@@ -181,8 +183,20 @@ class BackorderAllocator:
                         result.sourced_again.append(order.id)
                     continue
                 skus_short = {line.sku for line in order.lines if line.line_id in short}
-                if sku in skus_short and rules.admits(location_id, {a.location_id for a in order.allocations}):
+                if sku not in skus_short:
+                    continue
+                if rules.admits(location_id, {a.location_id for a in order.allocations}):
                     return result
+                # max_shipments keeps it from adding this location beside those it holds units at,
+                # and a fill adds nowhere else: one that a plan within the rules now gives every unit
+                # it wants is sent back to be sourced, its units left to it by the rest of the walk.
+                sent, claims = self._workflow.source_again_whole(
+                    order.id, location_id, actor=BACKORDER_ACTOR, claimed=claimed
+                )
+                if sent.status is not S.BACKORDERED:
+                    result.sourced_again.append(order.id)
+                    for place, units in claims.items():
+                        claimed[place] = claimed.get(place, 0) + units
             if len(page) < PAGE:
                 return result  # the end of the queue
 
@@ -224,6 +238,8 @@ class BackorderAllocator:
             return result
         rules: SourcingRules | None = None
         locations = None
+        # Units the orders this page sent back to be sourced are to take: not the younger orders'.
+        claimed: dict[tuple[str, str], int] = {}
         page = self._backordered.oldest(after, PAGE)
         for entry in page:
             order = self._orders.get(entry.order_id, consistent=True)
@@ -231,7 +247,7 @@ class BackorderAllocator:
                 continue  # moved on since the index was read
             before = order.allocations
             # Oldest first across every sku: no older order is left to serve before this one.
-            order = self._workflow.fill_backorder(order.id, actor=BACKORDER_ACTOR, in_queue_order=True)
+            order = self._workflow.fill_backorder(order.id, actor=BACKORDER_ACTOR, in_queue_order=True, claimed=claimed)
             if order.allocations != before:
                 result.filled.append(order.id)
             if order.status is not S.BACKORDERED:
@@ -245,10 +261,17 @@ class BackorderAllocator:
             # they leave no location at all waits for them to give it one (to_source_again).
             rules = rules or (self._rules.current() if self._rules is not None else SourcingRules())
             locations = locations or self._catalog.list_locations()
-            if to_source_again(order, locations, rules) and (
-                self._workflow.source_again(order.id, actor=BACKORDER_ACTOR).status is not S.BACKORDERED
-            ):
+            if to_source_again(order, locations, rules):
+                if self._workflow.source_again(order.id, actor=BACKORDER_ACTOR).status is not S.BACKORDERED:
+                    result.sourced_again.append(order.id)
+                continue
+            # max_shipments may keep it from adding the location that now has its whole order (units
+            # the rules no longer hold back there): sent back to be sourced, its units left to it.
+            sent, claims = self._workflow.source_again_whole(order.id, actor=BACKORDER_ACTOR, claimed=claimed)
+            if sent.status is not S.BACKORDERED:
                 result.sourced_again.append(order.id)
+                for place, units in claims.items():
+                    claimed[place] = claimed.get(place, 0) + units
         if len(page) == PAGE and hand_on is not None:
             hand_on(page[-1])
         return result

@@ -3608,17 +3608,32 @@ class Order(Shown):
             may_wait=sorted({*self.may_wait, *(line.sku for line in self.lines if line.line_id in short)}),
         )  # fmt: skip
 
-    def source_again(self, *, rules_version: int | None, at: datetime, actor: str) -> Change:
+    def source_again(
+        self, *, rules_version: int | None, at: datetime, actor: str, whole: bool = False,
+        arrived_at: str | None = None,
+    ) -> Change:  # fmt: skip
         """A backordered order the sourcing rules in force leave nowhere to take more units goes back
         to be sourced under them (authorized, nothing allocated): the workflow the change starts
         counts what it holds as its own, releases what the rules no longer let it ship, and
-        allocates it, backorders it again or cancels it out_of_stock."""
+        allocates it, backorders it again or cancels it out_of_stock. `whole`: instead,
+        `max_shipments` keeps it from adding a location beside those it holds units at (one where
+        units `arrived_at`, when named), and sourced again it has every unit it wants
+        (Workflow.source_again_whole)."""
         if self.status is not OrderStatus.BACKORDERED:
             raise InvalidTransition(f"an order that is {self.status} is not waiting for stock")
+        held_at = ", ".join(sorted({a.location_id for a in self.allocations}))
+        if not whole:
+            reason = "the sourcing rules leave no location to fill it"
+        elif arrived_at is None:
+            reason = (f"max_shipments kept it from adding a location beside {held_at}: "
+                      "sourced again, it has every unit it wants")  # fmt: skip
+        else:
+            reason = (f"units arrived at {arrived_at}, which max_shipments kept it from adding beside {held_at}: "
+                      "sourced again, it has every unit it wants")  # fmt: skip
         return self._next(
             at=at, actor=actor, type=OrderEvent.SOURCED_AGAIN,
             detail={"allocations": [a.model_dump() for a in self.allocations], "short": self.short_of(),
-                    "reasons": ["the sourcing rules leave no location to fill it"], **_rules_named(rules_version)},
+                    "reasons": [reason], **_rules_named(rules_version)},
             **self._sourced_again(),
         )  # fmt: skip
 

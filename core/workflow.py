@@ -14,7 +14,7 @@ import functools
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -781,7 +781,7 @@ class Workflow:
 
     def fill_backorder(
         self, order_id: str, actor: str = WORKFLOW_ACTOR, *, in_queue_order: bool = False,
-        queue: str | None = None,
+        queue: str | None = None, claimed: Mapping[tuple[str, str], int] | None = None,
     ) -> Order:  # fmt: skip
         """Reserve what has arrived for a backordered order, line by line, at its eligible
         locations; return the order as it is afterwards (unchanged when it is not backordered or
@@ -794,7 +794,8 @@ class Workflow:
         An arrival walks one sku's `queue` oldest first: only that sku is the order's without a
         look at the older orders; its other skus may have arrived for older orders whose queues
         the stream has not handed them to yet (the skus of one purchase-order receipt come one
-        record after the other)."""
+        record after the other). `claimed`: units, by (sku, location_id), the walk left to older
+        orders it sent back to be sourced (source_again_whole), which their workflows take."""
         assert self._backorders is not None
         # Stock items found with no room for another reservation: the fill takes nothing there,
         # and the order waits on for what arrives elsewhere (or for room: a release there wakes it).
@@ -817,7 +818,7 @@ class Workflow:
             allowed = sourceable(order, locations, rules)
             top_ups = self._top_ups(
                 order, allowed, held, rules, destination_of(order, locations), None if in_queue_order else locations,
-                queue, full,
+                queue, full, claimed or {},
             )  # fmt: skip
             if not top_ups:
                 return order
@@ -851,6 +852,55 @@ class Workflow:
 
         return modify(self._orders, order_id, decide, consistent=True)
 
+    def source_again_whole(
+        self, order_id: str, location_id: str | None = None, actor: str = WORKFLOW_ACTOR,
+        claimed: Mapping[tuple[str, str], int] | None = None,
+    ) -> tuple[Order, dict[tuple[str, str], int]]:  # fmt: skip
+        """Send a backordered order back to be sourced when `max_shipments` keeps it from adding a
+        location beside those it holds units at (`location_id`, when named: the one units arrived
+        at) and a plan within the rules now covers every unit it wants (ReserveStock's plan,
+        counting what it holds as its own): a fill adds only beside those locations, so it waited
+        on for them with its whole order on other shelves (no arrival there may be coming). One
+        write, conditional on its status and version, as `source_again`. Returns the order as it is
+        afterwards, and the units its plan takes beyond what it holds, by (sku, location_id): the
+        walk that sent it back leaves them to it (nothing when it is not sent back). `claimed`: the
+        units that walk left to older orders already, not this one's to plan on."""
+        rules, locations, at = self._rules(), self._catalog.list_locations(), self._clock()
+        claims: dict[tuple[str, str], int] = {}
+
+        def decide(order: Order):
+            claims.clear()
+            if order.status is not S.BACKORDERED or not order.short_of():
+                return None
+            used = {a.location_id for a in order.allocations}
+            allowed = sourceable(order, locations, rules)
+            if rules.max_shipments is None or len(used) < rules.max_shipments:
+                return None  # a fill may add a location
+            if location_id is not None and (
+                location_id in used or location_id not in {loc.location_id for loc in allowed}
+            ):
+                return None  # a fill takes units there, or it may not supply the order at all
+            eligible = eligible_locations(order.fulfillment.type, order.fulfillment.location_id, locations)
+            mine = self._reservations_of(order, list(dict.fromkeys([loc.location_id for loc in eligible] + list(used))))
+            stock = self._inventory.levels(
+                {line.sku for line in order.lines}, [loc.location_id for loc in allowed], consistent=True
+            )
+            stock = held_back(stock, dict(claimed or {}), {})
+            plan = self._plan(order, allowed, locations, rules, mine, stock=stock, cannot_wait=lambda skus: skus)
+            if plan is None:
+                return None
+            skus = {line.line_id: line.sku for line in order.lines}
+            for a in plan.allocations:
+                held = mine.get((skus[a.line_id], a.location_id, reservation_key(order.id, a.line_id)), 0)
+                if a.quantity > held:
+                    place = (skus[a.line_id], a.location_id)
+                    claims[place] = claims.get(place, 0) + a.quantity - held
+            return order.source_again(
+                rules_version=rules.version, at=at, actor=actor, whole=True, arrived_at=location_id
+            )
+
+        return modify(self._orders, order_id, decide, consistent=True), dict(claims)
+
     def _top_ups(
         self,
         order: Order,
@@ -861,6 +911,7 @@ class Workflow:
         network: list[Location] | None,
         queue: str | None = None,
         full: Collection[tuple[str, str]] = (),
+        claimed: Mapping[tuple[str, str], int] | None = None,
     ) -> list[TopUp]:
         """What to reserve from available stock (less the safety stock and, given the `network`,
         what older waiting orders may take, but of the sku whose `queue` the caller walks oldest
@@ -875,8 +926,11 @@ class Workflow:
         stock = rules.for_orders(levels)
         if network is not None:
             stock = self._behind_older(order, stock, network, rules, queue)
-        # Nothing from a stock item with no room for another reservation (`full`).
-        left = {(lvl.sku, lvl.location_id): 0 if (lvl.sku, lvl.location_id) in full else max(lvl.available, 0)
+        # Nothing from a stock item with no room for another reservation (`full`), nor what older
+        # orders sent back to be sourced are to take (`claimed`).
+        claimed = claimed or {}
+        left = {(lvl.sku, lvl.location_id): 0 if (lvl.sku, lvl.location_id) in full
+                else max(lvl.available - claimed.get((lvl.sku, lvl.location_id), 0), 0)
                 for levels in stock.values() for lvl in levels}  # fmt: skip
         used = {location_id for (_, location_id, _), quantity in held.items() if quantity > 0}
         top_ups: list[TopUp] = []

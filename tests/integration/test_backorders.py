@@ -375,7 +375,8 @@ def test_a_new_version_of_the_sourcing_rules_wakes_backordered_orders_a_page_at_
 
 def test_a_new_version_that_leaves_an_order_nowhere_to_fill_sends_it_back_to_be_sourced(shop):
     """max_shipments 1, the order holds a unit at wh-west, then the rules exclude wh-west: no fill
-    may add wh-east nor take more at wh-west. It waited backordered, paid for, beside 50 units."""
+    may add wh-east nor take more at wh-west. It waited backordered, paid for, beside the 2 units
+    at wh-east (not its whole order, which would have sent it to be sourced at their arrival)."""
     from core.sourcing_rules import SourcingRulesInput
     from functions.outbox.app import _sent_back
 
@@ -383,8 +384,8 @@ def test_a_new_version_that_leaves_an_order_nowhere_to_fill_sends_it_back_to_be_
     service.replace(SourcingRulesInput(max_shipments=1), by="key_ops")
     shop.inventory.set_on_hand("PREORDER", "wh-west", 1, reason="count")
     order_id = shop.backordered(3)  # holds the unit at wh-west
-    shop.inventory.adjust("PREORDER", "wh-east", 50, reason="receipt")
-    consume(shop, record("wh-east", 0, 50))
+    shop.inventory.adjust("PREORDER", "wh-east", 2, reason="receipt")
+    consume(shop, record("wh-east", 0, 2))
     assert shop.held(order_id) == 1
     before = shop.order(order_id)
 
@@ -396,11 +397,13 @@ def test_a_new_version_that_leaves_an_order_nowhere_to_fill_sends_it_back_to_be_
     order = shop.order(order_id)
     assert order.status is S.AUTHORIZED and order.version == before.version + 1
     assert _sent_back({"status": before.status.value}, {"status": order.status.value})  # the outbox starts it
-    shop.container.workflow.reserve_stock(order_id)
-    shop.container.workflow.create_shipments(order_id)
+    with pytest.raises(Backordered):  # sourced under the new rules: from wh-east, waiting for one more there
+        shop.container.workflow.reserve_stock(order_id)
     order = shop.order(order_id)
-    assert order.status is S.ALLOCATED and [s.location_id for s in order.shipments] == ["wh-east"]
-    assert (shop.level("wh-west"), shop.level("wh-east")) == ((1, 0, 1), (50, 3, 47))
+    assert order.status is S.BACKORDERED and order.allocations == [
+        Allocation(line_id="L1", location_id="wh-east", quantity=2)
+    ]
+    assert (shop.level("wh-west"), shop.level("wh-east")) == ((1, 0, 1), (2, 2, 0))
 
 
 @pytest.fixture

@@ -742,6 +742,43 @@ def test_units_an_older_order_may_not_take_under_max_shipments_go_to_the_next_in
     assert shipped_from(world.order(younger)) == ["wh-east"]
 
 
+def test_an_order_max_shipments_keeps_off_a_location_that_alone_now_has_its_whole_order_is_sourced_there():
+    # 1 unit held at wh-west, 3 wanted, at most one location: wh-east received 4 and the order
+    # waited on for wh-west, its whole order on wh-east's shelf (no arrival at wh-west was coming;
+    # an edit that changes nothing does not source it again). Sent back to be sourced, it ships
+    # from wh-east alone and gives its unit at wh-west back; the younger order takes only what it
+    # leaves at wh-east.
+    world, allocator = ruled_world([("PREORDER", "wh-west", 1)], max_shipments=1)
+    older = backordered(world, ("PREORDER", 3))  # 1 held at wh-west
+    younger = backordered(world, ("PREORDER", 2))  # nothing held
+
+    arrived = arrive(world, allocator, "PREORDER", "wh-east", 4)
+
+    assert arrived.sourced_again == [older]
+    assert world.order(older).status is S.AUTHORIZED  # its workflow sources it (functions/outbox)
+    assert world.history(older)[-1].detail["reasons"] == [
+        "units arrived at wh-east, which max_shipments kept it from adding beside wh-west: "
+        "sourced again, it has every unit it wants"
+    ]
+    assert world.held_for(younger) == {("PREORDER", "wh-east", reservation_key(younger, "L1")): 1}
+    order = world.run(older)
+    assert order.status is S.ALLOCATED and shipped_from(order) == ["wh-east"]
+    assert world.held_for(older) == {("PREORDER", "wh-east", reservation_key(older, "L1")): 3}
+    assert world.level("PREORDER", "wh-west") == (1, 0, 1) and world.level("PREORDER", "wh-east") == (4, 4, 0)
+
+
+def test_an_order_max_shipments_keeps_off_a_location_that_lacks_some_of_its_skus_waits():
+    # wh-east has every PREORDER the order wants but none of its BOOK: sourced again, it could not
+    # ship from wh-east alone, so it waits where it holds units.
+    world, allocator = ruled_world([("PREORDER", "wh-west", 1), ("BOOK", "wh-west", 1)], max_shipments=1)
+    order_id = backordered(world, ("PREORDER", 3), ("BOOK", 1))  # its BOOK and 1 PREORDER at wh-west
+
+    arrived = arrive(world, allocator, "PREORDER", "wh-east", 5)
+
+    assert arrived.sourced_again == [] and world.order(order_id).status is S.BACKORDERED
+    assert world.level("PREORDER", "wh-east") == (5, 0, 5)
+
+
 def test_a_new_version_of_the_rules_that_frees_units_wakes_the_backordered_orders_oldest_first(monkeypatch):
     """Units at a location the rules excluded: no arrival is coming for them, so the orders waited
     on after the location was allowed again, though the units were there. A new version now wakes
@@ -1290,6 +1327,30 @@ def waking(world: World, store: InMemorySourcingRules) -> BackorderAllocator:
                               InMemoryBackorderedOrders(world.orders))  # fmt: skip
 
 
+def test_an_order_the_new_rules_give_its_whole_order_elsewhere_is_sourced_again_under_them():
+    """max_shipments 1, a unit held at wh-west, 3 wanted; wh-east's 5 were all safety stock. A new
+    version without it frees them, and no arrival will come: the wake's fill may not add wh-east
+    beside wh-west, so the order waited for wh-west, its whole order at wh-east. Sent back to be
+    sourced, it ships from wh-east; the younger order takes only what it leaves there."""
+    world, ruled = ruled_world([("PREORDER", "wh-west", 1), ("PREORDER", "wh-east", 5)],
+                               max_shipments=1, safety_stock={"wh-east": 5})  # fmt: skip
+    store = ruled._rules
+    older = backordered(world, ("PREORDER", 3))  # 1 held at wh-west
+    younger = backordered(world, ("PREORDER", 4))  # nothing held
+    store.add(SourcingRules(version=2, max_shipments=1))
+
+    woken = waking(world, store).rules_changed(2)
+
+    assert woken.sourced_again == [older]
+    assert world.history(older)[-1].detail["reasons"] == [
+        "max_shipments kept it from adding a location beside wh-west: sourced again, it has every unit it wants"
+    ]
+    assert world.held_for(younger) == {("PREORDER", "wh-east", reservation_key(younger, "L1")): 2}
+    order = world.run(older)
+    assert order.status is S.ALLOCATED and shipped_from(order) == ["wh-east"]
+    assert world.level("PREORDER", "wh-west") == (1, 0, 1) and world.level("PREORDER", "wh-east") == (5, 5, 0)
+
+
 def test_an_order_the_new_rules_leave_nowhere_to_fill_is_sourced_again_under_them():
     """max_shipments 1 and the order's one location excluded: no fill may take more where it holds
     units, nor add a location; it waited backordered, paid for, though 50 units lay at wh-east."""
@@ -1317,7 +1378,8 @@ def test_an_order_that_may_still_be_filled_where_it_holds_units_keeps_waiting_af
     world, ruled = ruled_world([("PREORDER", "wh-west", 1)], max_shipments=1)
     store = ruled._rules
     order_id = backordered(world, ("PREORDER", 3))  # 1 held at wh-west, which still supplies it
-    world.inventory.adjust("PREORDER", "wh-east", 50, reason="receipt")
+    # Not its whole order at wh-east (that sends it to be sourced there: the test above).
+    world.inventory.adjust("PREORDER", "wh-east", 3, reason="receipt")
     store.add(SourcingRules(version=2, max_shipments=1, safety_stock={"wh-east": 1}))
 
     assert waking(world, store).rules_changed(2).sourced_again == []
