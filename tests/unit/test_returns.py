@@ -781,6 +781,7 @@ def test_receiving_more_than_a_line_authorized_is_422_and_changes_nothing(world,
         returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable"), ("L1", 1, "damaged")), "key_wh")
 
     assert refused.value.details[0]["field"] == "lines[0].quantity"
+    assert refused.value.message == "line L1 has 1 unit authorized, 2 received"  # was 'only 1 units were authorized'
     assert store.get(item.id) == item
 
 
