@@ -327,7 +327,10 @@ class Return(BaseModel):
         for line in self.lines:
             good, bad = resellable.get(line.line_id, 0), damaged.get(line.line_id, 0)
             if good + bad > line.quantity:
-                raise _invalid_receipt(receipt, line.line_id, f"only {line.quantity} units were authorized")
+                units = "unit" if line.quantity == 1 else "units"
+                raise _invalid_receipt(
+                    receipt, line.line_id, f"has {line.quantity} {units} authorized, {good + bad} received"
+                )
             condition = None
             if good or bad:
                 condition = "mixed" if good and bad else ("resellable" if good else "damaged")

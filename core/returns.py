@@ -445,7 +445,13 @@ class Returns:
                                f"on earlier returns {returned_before.get(line.line_id, 0)})",
                 })  # fmt: skip
         if details:
-            raise InvalidRequest("more units than were shipped and not yet returned", details=details)
+            # The sentence says what is wrong: a line the order lacks is not a count too high.
+            faults = [
+                f"order {order.id} has no such line" if any(d["field"].endswith(".line_id") for d in details) else "",
+                "more units than were shipped and not yet returned"
+                if any(d["field"].endswith(".quantity") for d in details) else "",
+            ]  # fmt: skip
+            raise InvalidRequest(", and ".join(fault for fault in faults if fault), details=details)
 
     def _decide(
         self, order: Order, cmd: RequestReturn, returned_before: dict[str, int], now: datetime

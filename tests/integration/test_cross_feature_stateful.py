@@ -34,7 +34,9 @@ After every step, through the API's reads and the tables:
   receives more than it orders;
 - no line ships more units than it has (quantity is what is left after cancels);
 - captured - refunded never exceeds grand_total, is grand_total less the appeasements once
-  everything left is shipped or delivered (when the gateway approves captures), and nothing net
+  everything left is shipped or delivered (when the gateway approves captures), less the
+  appeasements and the returns' refunds once every unit left has shipped, units back or not (issue
+  12's invariant: only a cancellation's refund of an over-capture stands between them), and nothing net
   for an order cancelled with nothing shipped; a gateway that refuses captures (refunds) leaves
   captured (refunded) at 0; refunded is the sum of the refunds listed succeeded;
 - an exchange's replacement is paid by its card and its credit: once everything left is shipped,
@@ -804,6 +806,13 @@ class CrossFeatureMachine(RuleBasedStateMachine):
                 assert credit_used == 0, (order, given_back)  # a replacement that did not go ahead gives it all back
         if token == "tok_approve" and order["status"] in ("shipped", "delivered"):
             assert captured - refunded + appeased + credit_used == grand_total, (order, credit_used)
+        if token == "tok_approve" and all(line["quantity"] == line["shipped_quantity"] for line in order["lines"]):
+            # Issue 12's invariant once everything left has shipped, returns or not: captured -
+            # refunded is grand_total less what returns and appeasements refunded, so only a
+            # cancellation's refund (of what was captured beyond the new total) may stand between them.
+            to_customer = [r for r in payment["refunds"] if r["status"] == "succeeded" and r["kind"] != "cancellation"]
+            given_back = sum((amount(r["amount"]) for r in to_customer), Decimal(0))
+            assert captured - refunded + given_back + credit_used == grand_total, (order, credit_used)
         if order["status"] == "cancelled" and not any(shipped.values()):
             assert captured - refunded == 0, order
         entries = self.send("GET", f"/orders/{order['id']}/history").json()["items"]

@@ -177,6 +177,23 @@ def test_returning_more_than_shipped_minus_earlier_returns_is_422_naming_the_lin
     assert second.ordinal == 2
 
 
+def test_a_line_the_order_lacks_is_422_saying_so_not_that_too_many_units_were_asked(world, clock):
+    returns, _ = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 2))
+
+    with pytest.raises(InvalidRequest) as refused:
+        returns.request(order.id, ask(("L9", 1, None)), actor="key_cs")
+    assert refused.value.message == f"order {order.id} has no such line"
+    assert refused.value.details == [{"field": "lines[0].line_id", "message": f"order {order.id} has no L9"}]
+
+    with pytest.raises(InvalidRequest) as refused:  # both faults: the sentence names both
+        returns.request(order.id, ask(("L9", 1, None), ("L1", 3, None)), actor="key_cs")
+    assert refused.value.message == (
+        f"order {order.id} has no such line, and more units than were shipped and not yet returned"
+    )
+    assert [d["field"] for d in refused.value.details] == ["lines[0].line_id", "lines[1].quantity"]
+
+
 def test_only_shipped_units_can_be_returned(world, clock):
     returns, _ = returns_for(world, clock)
     order = world.allocated(("MUG", 1), ("CAP", 1))  # two parcels
@@ -764,6 +781,7 @@ def test_receiving_more_than_a_line_authorized_is_422_and_changes_nothing(world,
         returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable"), ("L1", 1, "damaged")), "key_wh")
 
     assert refused.value.details[0]["field"] == "lines[0].quantity"
+    assert refused.value.message == "line L1 has 1 unit authorized, 2 received"  # was 'only 1 units were authorized'
     assert store.get(item.id) == item
 
 
