@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from aws_lambda_powertools import Logger
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from pydantic import TypeAdapter
 
 from core.access_log import OrderRead
 from functions.bootstrap import WarmContainer
+from functions.masked_logs import function_logger
 
-logger = Logger()
+logger = function_logger()
 processor = BatchProcessor(event_type=EventType.SQS)
 container = WarmContainer()
 _READS = TypeAdapter(list[OrderRead])

@@ -11,7 +11,7 @@ import os
 from typing import Any
 from uuid import uuid4
 
-from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools import Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import process_partial_response
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
@@ -33,9 +33,10 @@ from functions.adapters.dynamodb import (
 from functions.backorders.low_stock import backorder_marked, crossing_of, point_set, withdrawal_of
 from functions.bootstrap import WarmContainer
 from functions.business_metrics import emits_business_metrics
+from functions.masked_logs import function_logger
 from functions.stream_batches import InOrderStreamProcessor
 
-logger = Logger()
+logger = function_logger()
 # The template sets the namespace; the default keeps a stray import (a test) from breaking flushes.
 metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "OMS"))
 processor = InOrderStreamProcessor()

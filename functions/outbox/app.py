@@ -9,7 +9,7 @@ import os
 import zlib
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools import Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import process_partial_response
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import (
@@ -20,9 +20,10 @@ from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import 
 from core.status import OrderStatus, can_transition
 from functions.adapters import order_codec
 from functions.bootstrap import WarmContainer
+from functions.masked_logs import function_logger
 from functions.stream_batches import InOrderStreamProcessor
 
-logger = Logger()
+logger = function_logger()
 # The template sets the namespace; the default keeps a stray import (a test) from breaking flushes.
 metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "OMS"))
 processor = InOrderStreamProcessor()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools import Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
@@ -13,8 +13,9 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from core.status import DeliveryStatus
 from core.webhooks import DeliveryMessage
 from functions.bootstrap import WarmContainer
+from functions.masked_logs import function_logger
 
-logger = Logger()
+logger = function_logger()
 # The template sets the namespace; the default keeps a stray import (a test) from breaking flushes.
 metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "OMS"))
 processor = BatchProcessor(event_type=EventType.SQS)
