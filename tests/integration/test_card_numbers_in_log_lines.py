@@ -139,3 +139,13 @@ def test_a_carrier_plugin_raising_with_a_card_number_in_the_shipments_step_logs_
     assert not contains_card_number(json.dumps(record)), record
     said = assert_no_card_in_any_line(logs.written())
     assert any(json.loads(line)["message"] == "plugin raised" for line in said), said
+
+
+def test_a_normal_orders_lines_are_written_with_nothing_masked(api: InProcessApi, logs: Captured):
+    # Ids, request ids, timestamps, amounts, tracking numbers: none is taken for a card number.
+    order = test_cancel_units_api.allocated(api, ("MUG", 1), ("CAP", 1))
+    test_cancel_units_api.ship(api, order, "wh-west")
+
+    lines = [line for line in logs.written().splitlines() if line.strip()]
+    assert any(order["id"] in line for line in lines), "the order's lines must be captured"
+    assert [line for line in lines if MASK in line] == []
