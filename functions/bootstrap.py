@@ -48,6 +48,7 @@ from functions.adapters.dynamodb import (
 )
 from functions.adapters.labels import S3Labels
 from functions.adapters.workflow_starter import StepFunctionsReturnStarter, StepFunctionsStarter
+from functions.masked_logs import function_logger
 from functions.plugin_loading import load_plugin_manager
 from functions.warm import Warm, forget_warm_containers
 
@@ -97,11 +98,12 @@ logger = Logger(child=True)
 # core/ (and an adapter or two) log through the standard library (core imports no powertools):
 # those loggers get the functions' own handler, so that their lines are JSON with the invocation's
 # keys (`order_id`, the request id) like every other line, instead of the Lambda runtime's plain
-# text, which the runbooks' queries (`level`, `message`, `order_id`) do not parse. Each module's
+# text, which the runbooks' queries (`level`, `message`, `order_id`) do not parse, and card numbers
+# masked as in every line the functions write (functions/masked_logs.py). Each module's
 # logger is a child of "core" or "functions", so modules imported later are covered too.
 for _parent in ("core", "functions"):
     logging.getLogger(_parent)  # registered, so that the copy finds it
-copy_config_to_registered_loggers(source_logger=Logger(), include={"core", "functions"})
+copy_config_to_registered_loggers(source_logger=function_logger(), include={"core", "functions"})
 
 
 class Config(NamedTuple):

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from aws_lambda_powertools import Logger
-from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from pydantic import TypeAdapter
 
 from core.access_log import OrderRead
 from functions.bootstrap import WarmContainer
+from functions.masked_logs import function_logger
+from functions.stream_batches import batch_response
 
-logger = Logger()
+logger = function_logger()
 processor = BatchProcessor(event_type=EventType.SQS)
 container = WarmContainer()
 _READS = TypeAdapter(list[OrderRead])
@@ -29,4 +30,4 @@ def store_read(record: SQSRecord) -> None:
 
 @logger.inject_lambda_context(clear_state=True)
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    return process_partial_response(event=event, record_handler=store_read, processor=processor, context=context)
+    return batch_response(event=event, record_handler=store_read, processor=processor, context=context)

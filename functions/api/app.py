@@ -20,7 +20,7 @@ try:
     from re import Match
     from typing import Any
 
-    from aws_lambda_powertools import Logger, Metrics
+    from aws_lambda_powertools import Metrics
     from aws_lambda_powertools.event_handler import APIGatewayRestResolver
     from aws_lambda_powertools.logging import correlation_paths
     from aws_lambda_powertools.metrics import MetricUnit
@@ -29,6 +29,7 @@ try:
     from functions.api import access_log, errors, guards
     from functions.api.access import ScopeTable
     from functions.business_metrics import emits_business_metrics
+    from functions.masked_logs import function_logger
 finally:
     gc.freeze()
     gc.enable()
@@ -45,7 +46,7 @@ class _Resolver(APIGatewayRestResolver):
         return {name: decoded.get(name, value) for name, value in match.groupdict().items()}
 
 
-logger = Logger()
+logger = function_logger()
 # The template sets the namespace; the default keeps a stray import (a test) from breaking flushes.
 metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "OMS"))
 app = _Resolver(enable_validation=True, json_body_deserializer=guards.parsed_body)

@@ -32,9 +32,9 @@ def logger() -> Logger:
     """Built on the first refusal, the only thing this function logs: a caller with a good key
     never pays for powertools' import. Kept for the process's life, never forgotten with the warm
     state: powertools keeps one handler per service, on the stdout it was first created with."""
-    from aws_lambda_powertools import Logger
+    from functions.masked_logs import function_logger
 
-    return Logger(service="oms-authorizer")
+    return function_logger(service="oms-authorizer")
 
 
 # The first invocation of this process is its cold start, as powertools' `cold_start` key means.

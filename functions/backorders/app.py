@@ -11,9 +11,8 @@ import os
 from typing import Any
 from uuid import uuid4
 
-from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools import Metrics
 from aws_lambda_powertools.metrics import MetricUnit
-from aws_lambda_powertools.utilities.batch import process_partial_response
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
 
 from core.backorders import Arrival
@@ -33,9 +32,10 @@ from functions.adapters.dynamodb import (
 from functions.backorders.low_stock import backorder_marked, crossing_of, point_set, withdrawal_of
 from functions.bootstrap import WarmContainer
 from functions.business_metrics import emits_business_metrics
-from functions.stream_batches import InOrderStreamProcessor
+from functions.masked_logs import function_logger
+from functions.stream_batches import InOrderStreamProcessor, batch_response
 
-logger = Logger()
+logger = function_logger()
 # The template sets the namespace; the default keeps a stray import (a test) from breaking flushes.
 metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "OMS"))
 processor = InOrderStreamProcessor()
@@ -238,4 +238,4 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     # after it are failed unprocessed (a sku's changes are taken in order); a batch failed whole is
     # bisected, then its record handed to the on-failure queue. Filling is idempotent, so a
     # retried record reserves nothing twice.
-    return process_partial_response(event=event, record_handler=stock_changed, processor=processor, context=context)
+    return batch_response(event=event, record_handler=stock_changed, processor=processor, context=context)

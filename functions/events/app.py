@@ -9,9 +9,8 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools import Metrics
 from aws_lambda_powertools.metrics import MetricUnit
-from aws_lambda_powertools.utilities.batch import process_partial_response
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
 
 from core.aggregates import aggregate_change
@@ -20,9 +19,10 @@ from core.webhooks import IssuedWebhook
 from functions.adapters import order_codec
 from functions.adapters.imports import import_failure, import_file_error, import_summary
 from functions.bootstrap import WarmContainer
-from functions.stream_batches import InOrderStreamProcessor
+from functions.masked_logs import function_logger
+from functions.stream_batches import InOrderStreamProcessor, batch_response
 
-logger = Logger()
+logger = function_logger()
 # The template sets the namespace; the default keeps a stray import (a test) from breaking flushes.
 metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "OMS"))
 container = WarmContainer()
@@ -147,7 +147,7 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     # after it are failed unprocessed (keeping each order's changes in order); a batch failed
     # whole is bisected, then its record handed to the on-failure queue.
     subscriptions = _Subscriptions()
-    return process_partial_response(
+    return batch_response(
         event=event,
         record_handler=lambda record: publish_changes(record, subscriptions),
         processor=processor,

@@ -6,7 +6,7 @@ import os
 from typing import Any
 from urllib.parse import unquote_plus
 
-from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools import Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.data_classes import S3Event
 from aws_lambda_powertools.utilities.data_classes.s3_event import S3EventRecord
@@ -17,8 +17,9 @@ from core.imports import import_id_for
 from functions.adapters.imports import LambdaSplitContinuation, continued_after
 from functions.bootstrap import WarmContainer
 from functions.import_splitter.readers import read_orders
+from functions.masked_logs import function_logger
 
-logger = Logger()
+logger = function_logger()
 # The template sets the namespace; the default keeps a stray import (a test) from breaking flushes.
 metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "OMS"))
 container = WarmContainer()

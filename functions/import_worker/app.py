@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools import Metrics
 from aws_lambda_powertools.metrics import MetricUnit
-from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType
 from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 
 from core.import_service import OrderOrigin, Outcome
@@ -15,8 +15,10 @@ from core.log_text import escape_for_log
 from functions.adapters.imports import origin_from
 from functions.bootstrap import WarmContainer
 from functions.business_metrics import emits_business_metrics
+from functions.masked_logs import function_logger
+from functions.stream_batches import batch_response
 
-logger = Logger()
+logger = function_logger()
 # The template sets the namespace; the default keeps a stray import (a test) from breaking flushes.
 metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "OMS"))
 processor = BatchProcessor(event_type=EventType.SQS)
@@ -103,4 +105,4 @@ def _park(record: SQSRecord, origin: OrderOrigin | None, error: Exception, recei
 @metrics.log_metrics
 @emits_business_metrics
 def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    return process_partial_response(event=event, record_handler=import_order, processor=processor, context=context)
+    return batch_response(event=event, record_handler=import_order, processor=processor, context=context)

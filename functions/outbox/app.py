@@ -9,9 +9,8 @@ import os
 import zlib
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools import Metrics
 from aws_lambda_powertools.metrics import MetricUnit
-from aws_lambda_powertools.utilities.batch import process_partial_response
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import (
     DynamoDBRecord,
     DynamoDBRecordEventName,
@@ -20,9 +19,10 @@ from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import 
 from core.status import OrderStatus, can_transition
 from functions.adapters import order_codec
 from functions.bootstrap import WarmContainer
-from functions.stream_batches import InOrderStreamProcessor
+from functions.masked_logs import function_logger
+from functions.stream_batches import InOrderStreamProcessor, batch_response
 
-logger = Logger()
+logger = function_logger()
 # The template sets the namespace; the default keeps a stray import (a test) from breaking flushes.
 metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "OMS"))
 processor = InOrderStreamProcessor()
@@ -110,4 +110,4 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     # Partial batch response: the stream retries from the first failed record, and the records
     # after it are failed unprocessed (an order's cancel never starts before its own earlier
     # record); a batch failed whole is bisected, then its record handed to the on-failure queue.
-    return process_partial_response(event=event, record_handler=start_workflow, processor=processor, context=context)
+    return batch_response(event=event, record_handler=start_workflow, processor=processor, context=context)

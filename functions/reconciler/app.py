@@ -26,7 +26,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools import Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
 from core.authorization_sweep import Settled, SettleIncomplete
@@ -53,9 +53,10 @@ from functions.bootstrap import WarmContainer
 from functions.business_metrics import emits_business_metrics
 from functions.business_metrics import flush as print_business_metrics
 from functions.captures_report import report as report_captures
+from functions.masked_logs import function_logger
 from functions.schedule import run_number
 
-logger = Logger()
+logger = function_logger()
 # The template sets the namespace; the default keeps a stray import (a test) from breaking flushes.
 metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "OMS"))
 container = WarmContainer()

@@ -3,15 +3,15 @@ set of grants), told which step by the state machine's Parameters."""
 
 from typing import Annotated, Any, Literal
 
-from aws_lambda_powertools import Logger
 from pydantic import ConfigDict, Field
 
 from core.log_text import escape_for_log
 from functions.bootstrap import WarmContainer
 from functions.business_metrics import emits_business_metrics
+from functions.masked_logs import function_logger
 from functions.workflow.step import ExecutionTrace, RetryBudget, untraced
 
-logger = Logger()
+logger = function_logger()
 container = WarmContainer()
 ACTOR = "returns-workflow"
 

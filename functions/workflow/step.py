@@ -4,7 +4,6 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-from aws_lambda_powertools import Logger
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from core.errors import WorkflowOutOfTime
@@ -12,8 +11,9 @@ from core.log_text import escape_for_log
 from core.workflow import Workflow
 from functions.bootstrap import WarmContainer
 from functions.business_metrics import emits_business_metrics
+from functions.masked_logs import function_logger
 
-logger = Logger()
+logger = function_logger()
 # Shared by the five task modules; each task is its own Lambda function, so its own container.
 container = WarmContainer()
 

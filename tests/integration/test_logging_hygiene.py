@@ -112,6 +112,12 @@ class Captured:
         for logger, level in self._levels:
             logger.setLevel(level)
 
+    def written(self) -> str:
+        """What was written so far (stdout, stderr, every stream handler's stream): the log lines
+        themselves, not the records (whose raw exception and arguments no line shows as they are)."""
+        out, err = self._capsys.readouterr()
+        return "\n".join([out, err, self._streams.getvalue()])
+
     def text(self, ignore: tuple[str, ...] = ()) -> str:
         """Everything captured so far, leaving out the records of the loggers named in `ignore`."""
         out, err = self._capsys.readouterr()

@@ -16,6 +16,7 @@ from core.models import HistoryEntry, Order, Shipment, ShipmentLine
 from core.notifications import Notification, notifications
 from core.status import OrderStatus, ShipmentStatus
 from tests.e2e.client import assert_error
+from tests.integration import test_logging_hygiene
 from tests.integration.in_process import InProcessApi, in_process_api
 from tests.integration.test_events_and_webhooks import (  # noqa: F401 (fixtures)
     Context,
@@ -27,6 +28,7 @@ from tests.integration.test_events_and_webhooks import (  # noqa: F401 (fixtures
 from tests.unit.conftest import a_stored_order
 
 AT = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+logs = test_logging_hygiene.logs  # what every handler wrote
 
 
 def allocated_then_shipped(oid: str, channel: str = "web") -> tuple[Order, Order]:
@@ -82,6 +84,44 @@ def test_a_shipped_order_is_notified_once_through_the_plugins_even_when_the_reco
     assert "FLAT123" in sent.body and "tok_secret_never_told" not in sent.model_dump_json()
     (recorded,), _ = container().notification_store.list(allocated.id, 10, None)
     assert recorded.id == sent.id and recorded.sent_via == ["email"] and recorded.sent_at is not None
+
+
+class SaysTheCard:
+    """A notifier whose mail library's error echoes a card number a customer typed into a note."""
+
+    @hookimpl
+    def oms_notify(self, notification: Notification) -> list[str] | None:
+        raise ValueError("relay said: card 4111 1111 1111 1111 in the body")
+
+
+@pytest.mark.usefixtures("wired")
+def test_a_notifier_raising_with_a_card_number_fails_the_batch_without_it_in_the_error_or_any_log_line(aws, logs):
+    # Its only record failed: the invocation fails, and the Lambda runtime logs the error's message
+    # (powertools writes every record's traceback into it, chained causes and their words included).
+    from aws_lambda_powertools.utilities.batch.exceptions import BatchProcessingError
+
+    from core.card_numbers import contains_card_number
+    from functions.adapters.dynamodb import DynamoOrders
+    from functions.events.app import container, lambda_handler
+
+    allocated, shipped = allocated_then_shipped("ord_" + "c" * 24)
+    orders = DynamoOrders(aws.dynamodb, aws.tables["OrdersTable"])
+    orders.add(allocated, HistoryEntry(at=AT, type="created", to_status=OrderStatus.PENDING, actor="key_1"), "tok")
+    before = stored_item(aws, allocated.id)
+    orders.update(shipped, allocated, [])
+    container().plugins.register(SaysTheCard(), name="card_mailer")
+    try:
+        with pytest.raises(BatchProcessingError) as failed:
+            lambda_handler(stream_event(("MODIFY", before, stored_item(aws, allocated.id))), Context())
+    finally:
+        container().plugins.unregister(name="card_mailer")
+
+    message = str(failed.value)  # the errorMessage of the Lambda error record
+    assert "plugin card_mailer failed in oms_notify" in message
+    assert not contains_card_number(message) and "4111111111111111" not in message, message
+    lines = [line for line in logs.written().splitlines() if line.strip()]
+    assert [line for line in lines if contains_card_number(line) or "4111111111111111" in line] == []
+    assert any("plugin raised" in line and "relay said: card [card number] in the body" in line for line in lines)
 
 
 def test_a_wrong_way_or_time_is_refused_and_the_recorded_notification_stays_readable_and_unsent(aws):
