@@ -170,9 +170,10 @@ class UnitCancellation:
         self, order_id: str, reason: str, actor: str, lines: dict[str, int] | None, channel: str | None,
         request_key: str | None, confirms_parcels: bool, *, overtaken: bool = False,
     ) -> Order:  # fmt: skip
-        """cancel, decided and written by core.order_changes.modify, what it does with the stock,
-        the carrier and the payment after the write. `overtaken`: decided again once a parcel's ship
-        overtook a cancel of everything not shipped (what is not shipped is cancelled then)."""
+        """`cancel`, no earlier request under its key found: decided (the units' new version, the
+        whole order's cancel, or only a repeat's settlement) and written by core.order_changes.modify,
+        then the stock, the carrier and the payment after the write. `overtaken`: decided again once
+        a parcel's ship overtook a cancel of everything not shipped (the rest is cancelled then)."""
         read: Order | None = None  # the version decided on last
         refused: Order | None = None  # the version these units' cancel was refused on, if the last decision was that
         settles_only = whole = False
@@ -217,8 +218,9 @@ class UnitCancellation:
                 new = new.owing_stock()  # with the cancel: should this function die before releasing it
             return new, entry
 
-        # A refusal is decided again on a consistent read (modify), as an eventually consistent one
-        # may predate the order's placing or its allocation. A cancel of the whole order reads
+        # A refusal, or nothing to write here (the whole order's cancel makes its own write), is
+        # decided again on a consistent read (modify), as an eventually consistent one may predate
+        # the order's placing or its allocation. A cancel of the whole order reads
         # consistently from the first: whether it cancels the order or the rest of it turns on a
         # parcel having shipped, which a plain read may not show yet (the whole cancel it chose
         # would be refused, 409, where the rest is to be cancelled).
