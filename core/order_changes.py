@@ -4,6 +4,7 @@ after losing the race", and of recording failed payment attempts that way."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -18,7 +19,21 @@ ATTEMPTS = 5  # re-reads after losing a write race to the workflow or another re
 # A change that records two facts in the one conditional write: the next version and its entries
 # (a refusal and the call to a person it makes due: RefundService._record_refusal).
 Changes = tuple[Order, list[HistoryEntry]]
-Decide = Callable[[Order], Change | Changes | Bookkeeping | None]
+
+
+@dataclass(frozen=True)
+class First:
+    """What `decide` answers when the order owes an effect before anything can be decided on it (a
+    capture a ship asked for, settled before a cancel of units decides which units go: the parcel
+    keeps its lines until then): modify runs `effect` on a consistent read only (a plain one may
+    predate the write that settled it), then reads the order again and decides again, as after a
+    lost race. `effect` must be idempotent (its gateway calls keyed): a later attempt may find more
+    owed, and run it again."""
+
+    effect: Callable[[], object]
+
+
+Decide = Callable[[Order], Change | Changes | Bookkeeping | First | None]
 # failure_recorder's signature: (orders, order_id, actor, clock, *, unless=None, **detail) -> OnFailure.
 Recorder = Callable[..., OnFailure]
 # Whether a failed attempt is a repeat the order's history (its entries) holds already, judged in
@@ -43,8 +58,10 @@ def modify(
     answer: the entry None for the system's bookkeeping, a list for several facts written at once
     (Changes); None when there is nothing to write) and write that, conditional on the version read.
     A lost race reads and decides again, so `decide` must only decide: side effects belong before
-    (what the write records) or after it. Returns the order as stored (as read when `decide` said
-    None). Another channel's order is NotFound; StaleVersion after `attempts` lost races.
+    (what the write records) or after it, or, owed before anything is decided, in a First it
+    answers. Returns the order as stored (as read when `decide` said
+    None). Another channel's order is NotFound; StaleVersion after `attempts` lost races (or
+    effects run first: First).
 
     The first read is eventually consistent (cheap, and nearly always current). One that may
     predate the change making this one possible (a release sent just after its hold, a cancel
@@ -76,6 +93,11 @@ def modify(
         except (NotFound, Conflict, InvalidRequest):
             if consistent:
                 raise
+            consistent = True
+            continue
+        if isinstance(change, First):
+            if consistent:
+                change.effect()
             consistent = True
             continue
         if change is None:

@@ -49,7 +49,15 @@ from core.models import (
     is_pick_slip,
 )
 from core.money import AmountTooLarge, Money
-from core.order_changes import ATTEMPTS, Recorder, failure_recorder, modify, refusal_noted_once, visible
+from core.order_changes import (
+    ATTEMPTS,
+    First,
+    Recorder,
+    failure_recorder,
+    modify,
+    refusal_noted_once,
+    visible,
+)
 from core.payments import Payments
 from core.ports import (
     CatalogRepository,
@@ -156,63 +164,44 @@ class UnitCancellation:
             replayed = self._replayed(order_id, reason, lines, request_key, actor, channel)
             if replayed is not None:
                 return replayed
-        # As core.order_changes.modify reads: a refusal is decided again on a consistent read, as
-        # an eventually consistent one may predate the order's placing or its allocation. A cancel
-        # of the whole order reads consistently from the first: whether it cancels the order or the
-        # rest of it turns on a parcel having shipped, which a plain read may not show yet (the
-        # whole cancel it chose would be refused, 409, where the rest is to be cancelled).
-        consistent = lines is None
-        for _ in range(ATTEMPTS):
-            found = self._orders.get(order_id, consistent=True) if consistent else self._orders.get(order_id)
-            if found is None and not consistent:
-                consistent = True
-                continue
-            order = visible(found, order_id, channel)
-            if lines is None and order.status in _FINISHED and any(line.cancelled_quantity for line in order.lines):
-                return self._settle(order, actor)
-            try:
-                everything = self._takes_everything(order, lines)
-            except (Conflict, InvalidRequest):
-                if consistent:
-                    raise
-                consistent = True
-                continue
-            if (lines is None and order.status is not S.PARTIALLY_SHIPPED) or everything:
-                keyed = {"request_key": request_key} if lines and request_key is not None else None
-                try:
-                    cancelled_whole = self._cancellation.cancel(
-                        order_id, reason, actor, channel=channel, detail=keyed, confirms_parcels=confirms_parcels,
-                        writes_off=confirms_parcels,
-                    )  # fmt: skip
-                except InvalidTransition:
-                    # A parcel's ship overtook the cancel of everything not shipped after its read:
-                    # what is not shipped is cancelled on the order as it is now (the rest), as the
-                    # contract cancels it on a partly shipped order; any other refusal stands.
-                    if lines is not None or not self._shipped_since(order):
-                        raise
-                    continue
-                return self.cancel_given_up(cancelled_whole, actor)
+        return self._cancel(order_id, reason, actor, lines, channel, request_key, confirms_parcels)
+
+    def _cancel(
+        self, order_id: str, reason: str, actor: str, lines: dict[str, int] | None, channel: str | None,
+        request_key: str | None, confirms_parcels: bool, *, overtaken: bool = False,
+    ) -> Order:  # fmt: skip
+        """`cancel`, no earlier request under its key found: decided (the units' new version, the
+        whole order's cancel, or only a repeat's settlement) and written by core.order_changes.modify,
+        then the stock, the carrier and the payment after the write. `overtaken`: decided again once
+        a parcel's ship overtook a cancel of everything not shipped (the rest is cancelled then)."""
+        read: Order | None = None  # the version decided on last
+        refused: Order | None = None  # the version these units' cancel was refused on, if the last decision was that
+        settles_only = whole = False
+
+        def decide(order: Order) -> Change | First | None:
+            nonlocal read, refused, settles_only, whole
+            read, refused = order, None
+            settles_only = (
+                lines is None and order.status in _FINISHED and any(line.cancelled_quantity for line in order.lines)
+            )
+            whole = not settles_only and (
+                (lines is None and order.status is not S.PARTIALLY_SHIPPED) or self._takes_everything(order, lines)
+            )
+            if settles_only or whole:
+                return None
             try:
                 cancelled = order.units_to_cancel(lines)
                 # Refused before anything is asked of the gateway (a ship's capture request settled).
                 order.check_units_spare_parcels(cancelled, writes_off=confirms_parcels)
             except (Conflict, InvalidRequest):
-                if consistent:
-                    self._record_settlement(order, actor)
-                    raise
-                consistent = True
-                continue
+                refused = order
+                raise
             if order.captures_requested:
                 # A shipment being shipped (or whose ship died) keeps its lines: its capture is
                 # refunded first, and the units are cancelled on the order as it is then. Only for a
-                # cancel that is not refused (above), on a consistent read: a refused one leaves that
-                # ship alone, and a plain read may predate the ship that makes this one refused.
-                if not consistent:
-                    consistent = True
-                    continue
-                self._cancellation.settle_capture_requests(order, actor)
-                consistent = True
-                continue
+                # cancel that is not refused (above), on a consistent read (First): a refused one
+                # leaves that ship alone, and a plain read may predate the ship that makes it refused.
+                return First(partial(self._cancellation.settle_capture_requests, order, actor))
             priced, totals, grants = self._priced(order, cancelled)
             if totals.grand_total > order.totals.grand_total:
                 # Priced again, the units left would cost more than the order did (a promo code's
@@ -227,24 +216,51 @@ class UnitCancellation:
                 new = new.owing_settlement()  # with the cancel: should this function die before giving it
             if not order.waits_for_stock() and not order.not_sourced() and not order.reserved_on_hold():
                 new = new.owing_stock()  # with the cancel: should this function die before releasing it
-            try:
-                self._orders.update(new, order, [entry])
-            except StaleVersion:
-                consistent = True
-                continue
-            if order.status is S.BACKORDERED:
-                # Sent back to be sourced: its restarted workflow reconciles the reservations, and
-                # nothing was captured to settle.
-                return new
-            if order.reserved_on_hold():
-                # Sent back to be sourced as an edit sends it: the bookings a CreateShipments that
-                # failed made are given up, and cancelled with their carrier now, as an edit's are.
-                return self._not_sourced_cancelled(self.cancel_given_up(new, actor), actor)
-            if order.not_sourced() or order.waits_for_stock():  # a held one's workflow waits for its release
-                return self._not_sourced_cancelled(new, actor)
-            self.cancel_given_up(self.book_labels_due(new, actor), actor)
+            return new, entry
+
+        # A refusal, or nothing to write here (the whole order's cancel makes its own write), is
+        # decided again on a consistent read (modify), as an eventually consistent one may predate
+        # the order's placing or its allocation. A cancel of the whole order reads
+        # consistently from the first: whether it cancels the order or the rest of it turns on a
+        # parcel having shipped, which a plain read may not show yet (the whole cancel it chose
+        # would be refused, 409, where the rest is to be cancelled).
+        try:
+            new = modify(self._orders, order_id, decide, channel=channel, consistent=lines is None)
+        except (Conflict, InvalidRequest):
+            if refused is not None:
+                self._record_settlement(refused, actor)
+            raise
+        assert read is not None
+        if settles_only:
             return self._settle(new, actor)
-        raise StaleVersion(f"order {order_id} kept changing; retry")
+        if whole:
+            keyed = {"request_key": request_key} if lines and request_key is not None else None
+            try:
+                cancelled_whole = self._cancellation.cancel(
+                    order_id, reason, actor, channel=channel, detail=keyed, confirms_parcels=confirms_parcels,
+                    writes_off=confirms_parcels,
+                )  # fmt: skip
+            except InvalidTransition:
+                # A parcel's ship overtook the cancel of everything not shipped after its read:
+                # what is not shipped is cancelled on the order as it is now (the rest), as the
+                # contract cancels it on a partly shipped order; any other refusal stands.
+                if lines is not None or overtaken or not self._shipped_since(read):
+                    raise
+                return self._cancel(order_id, reason, actor, lines, channel, request_key, confirms_parcels,
+                                    overtaken=True)  # fmt: skip
+            return self.cancel_given_up(cancelled_whole, actor)
+        if read.status is S.BACKORDERED:
+            # Sent back to be sourced: its restarted workflow reconciles the reservations, and
+            # nothing was captured to settle.
+            return new
+        if read.reserved_on_hold():
+            # Sent back to be sourced as an edit sends it: the bookings a CreateShipments that
+            # failed made are given up, and cancelled with their carrier now, as an edit's are.
+            return self._not_sourced_cancelled(self.cancel_given_up(new, actor), actor)
+        if read.not_sourced() or read.waits_for_stock():  # a held one's workflow waits for its release
+            return self._not_sourced_cancelled(new, actor)
+        self.cancel_given_up(self.book_labels_due(new, actor), actor)
+        return self._settle(new, actor)
 
     # --- A rejected parcel of a partly shipped order (OrderActions.reject) -----------------------
     def out_of_stock(self, order: Order, shipment_id: str, short: dict[str, int], *, at: datetime,
