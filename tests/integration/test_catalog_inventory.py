@@ -53,6 +53,26 @@ def test_a_products_attributes_are_stored_and_returned_for_plugins_to_read(api: 
     assert api.get(f"/products/{sku}").json()["attributes"] == attributes
 
 
+def test_an_attribute_value_is_kept_in_nfc_with_its_joiners_and_spaces(api: InProcessApi):
+    # As in names: the zero-width non-joiner and joiner are taken (Persian words, emoji sequences
+    # are spelt with them), a decomposed accent is stored composed. Unlike a name, a value is not
+    # trimmed and may be empty.
+    sku = unique("SKU").upper()
+    sent = {
+        "colour": "Noe\u0308l ",
+        "family": "\U0001f468\u200d\U0001f469\u200d\U0001f467",
+        "fa": "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645",
+        "note": "",
+    }
+
+    created = api.put(f"/products/{sku}", json=product_body(attributes=sent))
+
+    assert created.status_code == 201, created.text
+    kept = sent | {"colour": "No\u00ebl "}
+    assert created.json()["attributes"] == kept
+    assert api.get(f"/products/{sku}").json()["attributes"] == kept
+
+
 def test_a_product_price_without_the_currencys_minor_units_is_422_not_rounded(api: InProcessApi):
     # API.md: `amount` is a decimal string "with exactly the currency's minor units".
     sku = unique("SKU").upper()
@@ -78,8 +98,30 @@ def test_get_an_unknown_product_is_404_not_found(api: InProcessApi):
         ({"colour": "black"}, "colour"),
         ({"name": ""}, "name"),
         ({"attributes": {"pages": 320}}, "attributes.pages"),
+        # An attribute value is free text as a name is (README Security): it reaches plugins, the
+        # API's answers and logs, so a NUL, a bidi override, a C1 control, a line break or an
+        # invisible character in one is refused, not stored.
+        ({"attributes": {"colour": "red\u0000"}}, "attributes.colour"),
+        ({"attributes": {"colour": "red\u202e"}}, "attributes.colour"),
+        ({"attributes": {"colour": "red\u202e\u0000"}}, "attributes.colour"),
+        ({"attributes": {"colour": "red\x85"}}, "attributes.colour"),
+        ({"attributes": {"colour": "red\nblue"}}, "attributes.colour"),
+        ({"attributes": {"colour": "red\u200bblue"}}, "attributes.colour"),
     ],
-    ids=["float-weight", "negative-weight", "string-bool", "unknown-field", "empty-name", "number-attribute"],
+    ids=[
+        "float-weight",
+        "negative-weight",
+        "string-bool",
+        "unknown-field",
+        "empty-name",
+        "number-attribute",
+        "nul-in-attribute",
+        "bidi-override-in-attribute",
+        "bidi-override-and-nul-in-attribute",
+        "c1-control-in-attribute",
+        "line-break-in-attribute",
+        "zero-width-space-in-attribute",
+    ],
 )
 def test_put_product_with_an_invalid_field_is_422_naming_it_and_stores_nothing(
     api: InProcessApi, change: dict, field: str
