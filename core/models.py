@@ -362,7 +362,9 @@ def _refusing(unclean: re.Pattern[str]) -> Callable[[Any, Any], str]:
         if found is not None:
             char = found.group()[0]
             raise ValueError(f"must not contain {_kind(char)} (U+{ord(char):04X})")
-        return unicodedata.normalize("NFC", handler(value))
+        # Normalised before the length is checked: the limit is on what is stored and read back, and
+        # NFC writes a few characters as two (U+1D15E), which a stored name could not be read from.
+        return handler(unicodedata.normalize("NFC", value) if isinstance(value, str) else value)
 
     return clean
 

@@ -399,3 +399,25 @@ def test_get_inventory_of_a_product_without_stock_is_zero_with_no_locations(api:
 
 def test_get_inventory_of_an_unknown_sku_is_404(api: InProcessApi):
     assert_error(api.get(f"/inventory/{unique('NOPE').upper()}"), 404, "not_found")
+
+
+# U+1D15E (a half note) is one of the few characters NFC writes as two (a composition exclusion).
+HALF_NOTE = "\U0001d15e"
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [({"name": HALF_NOTE * 200}, "name"), ({"attributes": {"tune": HALF_NOTE * 500}}, "attributes.tune")],
+    ids=["name", "attribute"],
+)
+def test_text_whose_nfc_is_over_its_limit_is_422_naming_it_and_stores_nothing(api: InProcessApi, change, field):
+    # What is stored is the NFC and the limit is on what is stored: a product whose name or
+    # attribute NFC made longer than the limit would fail every read of it (the catalog's, an order's).
+    sku = unique("SKU").upper()
+
+    assert_error(api.put(f"/products/{sku}", json=product_body(**change)), 422, "validation_error", field)
+    assert_error(api.get(f"/products/{sku}"), 404, "not_found")
+    kept = api.put(f"/products/{sku}", json=product_body(name=HALF_NOTE * 100, attributes={"tune": HALF_NOTE * 250}))
+    assert kept.status_code == 201, kept.text
+    assert kept.json()["name"] == "\U0001d157\U0001d165" * 100
+    assert kept.json()["attributes"]["tune"] == "\U0001d157\U0001d165" * 250
