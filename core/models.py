@@ -362,7 +362,9 @@ def _refusing(unclean: re.Pattern[str]) -> Callable[[Any, Any], str]:
         if found is not None:
             char = found.group()[0]
             raise ValueError(f"must not contain {_kind(char)} (U+{ord(char):04X})")
-        return unicodedata.normalize("NFC", handler(value))
+        # Normalised before the length is checked: the limit is on what is stored and read back, and
+        # NFC writes a few characters as two (U+1D15E), which a stored name could not be read from.
+        return handler(unicodedata.normalize("NFC", value) if isinstance(value, str) else value)
 
     return clean
 
@@ -644,15 +646,35 @@ MAX_ATTRIBUTES = 50
 MAX_ATTRIBUTE_LENGTH = 500
 ATTRIBUTE_KEY_PATTERN = r"^[a-z][a-z0-9_.-]{0,63}$"
 AttributeKey = Annotated[str, StringConstraints(pattern=ATTRIBUTE_KEY_PATTERN)]
-AttributeValue = Annotated[str, StringConstraints(max_length=MAX_ATTRIBUTE_LENGTH), Field(strict=True)]
-ProductAttributes = Annotated[
-    dict[AttributeKey, AttributeValue],
-    Field(
-        max_length=MAX_ATTRIBUTES,
-        # patternProperties alone would let a schema-driven client send any other key.
-        json_schema_extra={"additionalProperties": False, "propertyNames": {"pattern": ATTRIBUTE_KEY_PATTERN}},
-    ),
-]
+# A value is free text as a name is (it reaches plugins, the API's answers and logs): a control, a
+# bidi override or an invisible character is refused and it is kept in NFC; unlike a name it is not
+# trimmed and may be empty.
+_ATTRIBUTE_VALUE = StringConstraints(max_length=MAX_ATTRIBUTE_LENGTH)
+AttributeValue = Annotated[str, _ATTRIBUTE_VALUE, Field(strict=True), CleanText]
+
+
+def _stored_attribute_value(value: Any, handler: Any) -> str:
+    # Values took any string before they were held to that rule: a stored one shows each character
+    # the rule refuses (a control and a bidi override too, unlike a stored name) as U+FFFD, as a
+    # plugin's name is shown (VisibleName), rather than failing the read of its product.
+    return _clean_text(_made_visible_on_one_line(value) if isinstance(value, str) else value, handler)
+
+
+# The same as stored and read back: what AttributeValue takes reads unchanged, and what is read holds
+# none of what it refuses, so the schema's pattern is the same.
+StoredAttributeValue = Annotated[str, _ATTRIBUTE_VALUE, Field(strict=True), _CleanTextRule(_stored_attribute_value)]
+_ATTRIBUTES = Field(
+    max_length=MAX_ATTRIBUTES,
+    # patternProperties alone would let a schema-driven client send any other key.
+    json_schema_extra={"additionalProperties": False, "propertyNames": {"pattern": ATTRIBUTE_KEY_PATTERN}},
+)
+ProductAttributes = Annotated[dict[AttributeKey, AttributeValue], _ATTRIBUTES]
+StoredProductAttributes = Annotated[dict[AttributeKey, StoredAttributeValue], _ATTRIBUTES]
+_ATTRIBUTES_DESCRIPTION = (
+    'Free string attributes that plugins read, e.g. {"acme.tax_class": "books"}: at most 50 lower-case keys '
+    "(letters, digits, _ . -; up to 64 characters), string values up to 500 characters, with no control "
+    "character, bidi override or invisible character (as in names), stored in NFC."
+)
 
 
 class ProductInput(Strict):
@@ -669,11 +691,7 @@ class ProductInput(Strict):
     weight_grams: Annotated[int, Field(ge=0, le=10_000_000, strict=True)] | None = None
     tax_code: Annotated[str, StringConstraints(pattern=r"^[a-z0-9_]{1,32}$")] | None = None
     allow_backorder: Annotated[bool, Field(strict=True)] = False
-    attributes: ProductAttributes = Field(
-        default_factory=dict,
-        description='Free string attributes that plugins read, e.g. {"acme.tax_class": "books"}: at most 50 '
-        "lower-case keys (letters, digits, _ . -; up to 64 characters), string values up to 500 characters.",
-    )
+    attributes: ProductAttributes = Field(default_factory=dict, description=_ATTRIBUTES_DESCRIPTION)
 
 
 class Product(ProductInput):
@@ -681,6 +699,7 @@ class Product(ProductInput):
     model_config = ConfigDict(json_schema_serialization_defaults_required=True)
 
     name: StoredText
+    attributes: StoredProductAttributes = Field(default_factory=dict, description=_ATTRIBUTES_DESCRIPTION)
     sku: Identifier
     updated_at: datetime
 

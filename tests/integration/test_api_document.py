@@ -182,6 +182,11 @@ def test_the_input_rules_the_code_enforces_are_in_the_schema(document: dict[str,
     # What is read back may hold one stored before it was refused: shown, as U+FFFD.
     stored_line1 = schemas["Address"]["properties"]["line1"]
     assert stored_line1["pattern"] == "^[^\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]*$"
+    # A product's attribute values are held to the same rule as sent and as answered: a stored one
+    # is answered with each refused character shown as U+FFFD.
+    for product in ("ProductInput", "Product"):
+        (value,) = schemas[product]["properties"]["attributes"]["patternProperties"].values()
+        assert (value["pattern"], value["maxLength"]) == (line1["pattern"], 500), product
     assert schemas["PlaceOrder"]["properties"]["customer"]["$ref"].endswith("/CustomerInput")
     assert (line1["minLength"], line1["maxLength"]) == (1, 200)
     assert "USPS" in schemas["AddressInput"]["description"]

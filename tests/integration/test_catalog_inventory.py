@@ -53,6 +53,26 @@ def test_a_products_attributes_are_stored_and_returned_for_plugins_to_read(api: 
     assert api.get(f"/products/{sku}").json()["attributes"] == attributes
 
 
+def test_an_attribute_value_is_kept_in_nfc_with_its_joiners_and_spaces(api: InProcessApi):
+    # As in names: the zero-width non-joiner and joiner are taken (Persian words, emoji sequences
+    # are spelt with them), a decomposed accent is stored composed. Unlike a name, a value is not
+    # trimmed and may be empty.
+    sku = unique("SKU").upper()
+    sent = {
+        "colour": "Noe\u0308l ",
+        "family": "\U0001f468\u200d\U0001f469\u200d\U0001f467",
+        "fa": "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645",
+        "note": "",
+    }
+
+    created = api.put(f"/products/{sku}", json=product_body(attributes=sent))
+
+    assert created.status_code == 201, created.text
+    kept = sent | {"colour": "No\u00ebl "}
+    assert created.json()["attributes"] == kept
+    assert api.get(f"/products/{sku}").json()["attributes"] == kept
+
+
 def test_a_product_price_without_the_currencys_minor_units_is_422_not_rounded(api: InProcessApi):
     # API.md: `amount` is a decimal string "with exactly the currency's minor units".
     sku = unique("SKU").upper()
@@ -78,8 +98,30 @@ def test_get_an_unknown_product_is_404_not_found(api: InProcessApi):
         ({"colour": "black"}, "colour"),
         ({"name": ""}, "name"),
         ({"attributes": {"pages": 320}}, "attributes.pages"),
+        # An attribute value is free text as a name is (README Security): it reaches plugins, the
+        # API's answers and logs, so a NUL, a bidi override, a C1 control, a line break or an
+        # invisible character in one is refused, not stored.
+        ({"attributes": {"colour": "red\u0000"}}, "attributes.colour"),
+        ({"attributes": {"colour": "red\u202e"}}, "attributes.colour"),
+        ({"attributes": {"colour": "red\u202e\u0000"}}, "attributes.colour"),
+        ({"attributes": {"colour": "red\x85"}}, "attributes.colour"),
+        ({"attributes": {"colour": "red\nblue"}}, "attributes.colour"),
+        ({"attributes": {"colour": "red\u200bblue"}}, "attributes.colour"),
     ],
-    ids=["float-weight", "negative-weight", "string-bool", "unknown-field", "empty-name", "number-attribute"],
+    ids=[
+        "float-weight",
+        "negative-weight",
+        "string-bool",
+        "unknown-field",
+        "empty-name",
+        "number-attribute",
+        "nul-in-attribute",
+        "bidi-override-in-attribute",
+        "bidi-override-and-nul-in-attribute",
+        "c1-control-in-attribute",
+        "line-break-in-attribute",
+        "zero-width-space-in-attribute",
+    ],
 )
 def test_put_product_with_an_invalid_field_is_422_naming_it_and_stores_nothing(
     api: InProcessApi, change: dict, field: str
@@ -357,3 +399,25 @@ def test_get_inventory_of_a_product_without_stock_is_zero_with_no_locations(api:
 
 def test_get_inventory_of_an_unknown_sku_is_404(api: InProcessApi):
     assert_error(api.get(f"/inventory/{unique('NOPE').upper()}"), 404, "not_found")
+
+
+# U+1D15E (a half note) is one of the few characters NFC writes as two (a composition exclusion).
+HALF_NOTE = "\U0001d15e"
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [({"name": HALF_NOTE * 200}, "name"), ({"attributes": {"tune": HALF_NOTE * 500}}, "attributes.tune")],
+    ids=["name", "attribute"],
+)
+def test_text_whose_nfc_is_over_its_limit_is_422_naming_it_and_stores_nothing(api: InProcessApi, change, field):
+    # What is stored is the NFC and the limit is on what is stored: a product whose name or
+    # attribute NFC made longer than the limit would fail every read of it (the catalog's, an order's).
+    sku = unique("SKU").upper()
+
+    assert_error(api.put(f"/products/{sku}", json=product_body(**change)), 422, "validation_error", field)
+    assert_error(api.get(f"/products/{sku}"), 404, "not_found")
+    kept = api.put(f"/products/{sku}", json=product_body(name=HALF_NOTE * 100, attributes={"tune": HALF_NOTE * 250}))
+    assert kept.status_code == 201, kept.text
+    assert kept.json()["name"] == "\U0001d157\U0001d165" * 100
+    assert kept.json()["attributes"]["tune"] == "\U0001d157\U0001d165" * 250

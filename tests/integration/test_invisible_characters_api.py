@@ -30,6 +30,12 @@ REQUESTS = [
     ("POST", "/orders", order_body(("MUG", 1)), "customer.email"),
     ("POST", "/orders", order_body(("MUG", 1)), "shipping_address.line1"),
     ("PUT", "/products/MUG", {"name": "Mug", "price": {"amount": "1.00", "currency": "USD"}}, "name"),
+    (
+        "PUT",
+        "/products/MUG",
+        {"name": "Mug", "price": {"amount": "1.00", "currency": "USD"}, "attributes": {"colour": "red"}},
+        "attributes.colour",
+    ),
     ("PUT", "/locations/east", LOCATION, "name"),
     ("PUT", "/locations/east", LOCATION, "address.city"),
     ("PUT", "/vendors/acme", {"name": "Acme", "lead_time_days": 3}, "name"),
@@ -101,20 +107,43 @@ def test_an_order_stored_with_invisible_characters_before_they_were_refused_read
 
 
 def test_a_product_stored_with_an_invisible_character_reads_with_it_shown(api: InProcessApi, catalog: Catalog):
+    sku = catalog.product("3.00")
+    _stored_product(sku, name="Mug\u2060Blue")
+
+    read = api.get(f"/products/{sku}")
+
+    assert read.status_code == 200, read.text
+    assert read.json()["name"] == "Mug\ufffdBlue"
+
+
+def _stored_product(sku: str, **fields: Any) -> None:
+    """The catalog's item for `sku` rewritten with `fields`, as a product written before a rule was."""
     from functions.bootstrap import forget_warm_containers
 
-    sku = catalog.product("3.00")
     dynamodb = boto3.client("dynamodb")
     (item,) = [
         item
         for item in dynamodb.scan(TableName="test-CatalogTable")["Items"]
         if "doc" in item and json.loads(item["doc"].get("S", "{}")).get("sku") == sku
     ]
-    document = json.loads(item["doc"]["S"]) | {"name": "Mug\u2060Blue"}
+    document = json.loads(item["doc"]["S"]) | fields
     dynamodb.put_item(TableName="test-CatalogTable", Item={**item, "doc": {"S": json.dumps(document)}})
     forget_warm_containers()  # read as a new container reads it, not from the one that cached it
 
+
+def test_a_product_stored_with_a_control_in_an_attribute_reads_with_it_shown_and_still_sells(
+    api: InProcessApi, catalog: Catalog
+):
+    # Attribute values took any string before they were held to the rule on names: such a product
+    # still reads, and is still ordered, each control, bidi override or invisible character shown
+    # as U+FFFD (as a name's invisible characters are).
+    (sku,) = catalog.stocked("3.00")
+    _stored_product(sku, attributes={"colour": "red\u202e\u0000", "finish": "matt\u200b\u2028", "size": "L"})
+    shown = {"colour": "red\ufffd\ufffd", "finish": "matt\ufffd\ufffd", "size": "L"}
+
     read = api.get(f"/products/{sku}")
+    placed = api.post("/orders", json=order_body((sku, 1)))
 
     assert read.status_code == 200, read.text
-    assert read.json()["name"] == "Mug\ufffdBlue"
+    assert read.json()["attributes"] == shown
+    assert placed.status_code == 201, placed.text

@@ -75,6 +75,20 @@ def test_names_are_stored_in_nfc():
     assert customer.name == "Zoë Müller"
 
 
+def test_the_length_limit_is_on_the_nfc_that_is_stored():
+    # U+1D15E (a half note) is one of the few characters NFC writes as two: 200 of them are 400
+    # once stored, which the stored order's name (at most 200) could never be read back from.
+    half_note = "\U0001d15e"
+    with pytest.raises(ValidationError) as caught:
+        Customer.model_validate({"id": "c1", "email": "a@example.com", "name": half_note * 200})
+    assert field_errors(caught.value).keys() == {"name"}
+    with pytest.raises(ValidationError):
+        HoldRequest.model_validate({"reason": "other", "note": half_note * 500})
+    kept = Customer.model_validate({"id": "c1", "email": "a@example.com", "name": half_note * 100}).name
+    assert kept == "\U0001d157\U0001d165" * 100
+    assert Customer.model_validate({"id": "c1", "email": "a@example.com", "name": kept}).name == kept
+
+
 def test_ordinary_names_in_any_script_are_kept():
     for name in ["Zoë O'Brien-Smith", "東京 太郎", "محمد", "Ørsted & Søn, 3. sal"]:
         assert Address.model_validate({**ADDRESS, "name": name}).name == name
