@@ -28,12 +28,11 @@ def stack() -> Iterator[EmbeddedStack]:
 
 @pytest.fixture(autouse=True)
 def unsubscribed_after(api: Api) -> Iterator[None]:
-    """Every subscription is deleted as each test ends. The module's tests share one stack, whose
-    delivery function runs one attempt at a time (the local stack runs one container a function;
-    on AWS the queue's pollers scale out), and a subscription left to a closed receiver or to
-    127.0.0.1:9 takes every later event, each retried about ten times in its 60 s window: measured,
-    the dead "*" subscription one test left took 22 of the next tests' 103 delivery runs, all in
-    the queue ahead of a later test's retries. Deleted, each ends at its next attempt."""
+    """Every subscription is deleted as each test ends. The module's tests share one stack, and a
+    subscription left to a closed receiver or to 127.0.0.1:9 takes every later event, each retried
+    about ten times in its 60 s window: measured (when the local delivery function ran one attempt
+    at a time), the dead "*" subscription one test left took 22 of the next tests' 103 delivery
+    runs, all in the queue ahead of a later test's retries. Deleted, each ends at its next attempt."""
     yield
     hooks, cursor = [], None
     while True:
