@@ -426,7 +426,7 @@ class SqsMapping(EventSourceMapping):
         self._flying, self._idle_containers = 0, [self.function]  # batches being invoked; containers free
 
     def is_idle(self) -> bool:
-        return not self._flying and super().is_idle()  # counted by the poller while it is busy
+        return not self._flying and super().is_idle()  # a batch is counted before the poller is idle
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stopping.set()
@@ -472,7 +472,7 @@ class SqsMapping(EventSourceMapping):
         """A message of the queue was sent with a delay or received, or its visibility changed: moto
         makes it visible at `visible_at` (epoch seconds). The mapping looks now, so that one sleeping
         (drained, or until a later deadline) waits for it instead; its own receive is not a wake: its
-        thread looks again once the batch is delivered."""
+        thread looks again once it has handed the batch over."""
         with self._due_lock:
             self._due[message_id] = visible_at
         if not self.paused and threading.current_thread() is not self._thread:
@@ -502,8 +502,9 @@ class SqsMapping(EventSourceMapping):
         ).start()
 
     def _invoke(self, container: LocalFunction, batch: list[Record]) -> None:
+        """A batch's thread: its invocation in `container`, then the container is free again."""
         try:
-            self._invoked(container, batch)
+            self._deliver_in(container, batch)
         except Exception:  # DeleteMessageBatch failed: the batch comes back after the visibility timeout
             logger.exception("%s: delivered, not deleted", self.name)
         finally:
@@ -513,7 +514,7 @@ class SqsMapping(EventSourceMapping):
                 self._flight.notify_all()
             self.wake()  # looked at again: what this batch held may have been the queue's last
 
-    def _invoked(self, container: LocalFunction, batch: list[Record]) -> None:
+    def _deliver_in(self, container: LocalFunction, batch: list[Record]) -> None:
         response, error = container.try_invoke(self._event(batch))
         if error is not None:
             return  # nothing deleted: every message comes back after the visibility timeout

@@ -274,7 +274,7 @@ class LocalFunction:
         self.memory_mb = memory_mb
         self.timeout_seconds = timeout_seconds
         self._handler = self._given = handler
-        self._copy, self._replicas = 0, count(1)  # which import of the handler's module (0: the module); replicas'
+        self._copy, self._replicas = 0, count(1)  # n > 0: a replica, its module imported as `<module>#<n>`
         self._lock = threading.RLock()
         self._fresh_next = False  # the last run timed out or exited: Lambda replaced its environment
         self._environment: _Environment | None = None  # until its first run (a cold start)
