@@ -38,9 +38,6 @@ POLL_INTERVAL = 0.1  # seconds between looks at a source not drained whose next 
 RETRY_DELAY = 0.2  # seconds between retries of a failed batch (AWS backs off exponentially)
 STREAM_PAGE = 1000  # records a stream poller's GetRecords asks for (AWS's most)
 ASYNC_RETRIES = 2  # Lambda retries an asynchronous invocation (S3, EventBridge) twice by default
-# Batches an SQS mapping without ScalingConfig.MaximumConcurrency invokes at once: the five pollers
-# Lambda starts one with (it adds more under a backlog, which a local queue's few messages never are).
-SQS_CONCURRENCY = 5
 
 SCHEDULE_PERIOD_ENV = "OMS_LOCAL_SCHEDULE_SECONDS"
 # A schedule's period locally, so a developer sees it work: the function's own variable, then
@@ -405,13 +402,10 @@ class DynamoDBStreamMapping(EventSourceMapping):
 class SqsMapping(EventSourceMapping):
     """A queue: BatchSize, ReportBatchItemFailures (only successful messages are deleted). A failed
     message comes back after the queue's VisibilityTimeout, and moto moves it to the RedrivePolicy's
-    DLQ after maxReceiveCount receives (measured: on ReceiveMessage). Up to `maximum_concurrency`
-    batches are invoked side by side, each in a container of its own (LocalFunction.replica); at
-    that many the poller waits, and what has not been received stays in the queue."""
+    DLQ after maxReceiveCount receives (measured: on ReceiveMessage)."""
 
     kind = "SQS"
     queue_url: str
-    maximum_concurrency: int = SQS_CONCURRENCY
     _delayed: int = field(default=0, init=False, repr=False)
     _only_in_flight: bool = field(default=False, init=False, repr=False)  # the last look's counts
     # Messages delayed or in flight -> when moto makes each visible (epoch s), as visible_again() was
@@ -420,30 +414,7 @@ class SqsMapping(EventSourceMapping):
     _due_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     _received: list[Record] = field(default_factory=list, init=False, repr=False)  # the batch being gathered
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        self._flight = threading.Condition()  # held to change the two below
-        self._flying, self._idle_containers = 0, [self.function]  # batches being invoked; containers free
-
-    def is_idle(self) -> bool:
-        return not self._flying and super().is_idle()  # a batch is counted before the poller is idle
-
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stopping.set()
-        with self._flight:
-            self._flight.notify_all()  # a poller waiting for a container stops waiting
-        super().stop(timeout)
-        with self._flight:  # no handler runs once the stack has stopped
-            if not self._flight.wait_for(lambda: not self._flying, timeout):
-                logger.warning(
-                    "%s: %d batch(es) still running after %.0f s; left behind", self.name, self._flying, timeout
-                )
-
     def _fetch(self) -> list[Record] | None:
-        with self._flight:  # at its concurrency the mapping receives nothing: the rest stays in the queue
-            self._flight.wait_for(lambda: self._flying < self.maximum_concurrency or self._stopping.is_set())
-        if self._stopping.is_set():
-            return None
         sqs, self._only_in_flight = self.client("sqs"), False
         if len(self._received) < self.batch_size:
             messages = sqs.receive_message(
@@ -472,7 +443,7 @@ class SqsMapping(EventSourceMapping):
         """A message of the queue was sent with a delay or received, or its visibility changed: moto
         makes it visible at `visible_at` (epoch seconds). The mapping looks now, so that one sleeping
         (drained, or until a later deadline) waits for it instead; its own receive is not a wake: its
-        thread looks again once it has handed the batch over."""
+        thread looks again once the batch is delivered."""
         with self._due_lock:
             self._due[message_id] = visible_at
         if not self.paused and threading.current_thread() is not self._thread:
@@ -494,28 +465,7 @@ class SqsMapping(EventSourceMapping):
 
     def _deliver(self, batch: list[Record]) -> None:
         self._received.clear()  # the invocation's now: what it does not delete comes back after the visibility timeout
-        with self._flight:  # a free container (_fetch waited for one), else a new one
-            self._flying += 1
-            container = self._idle_containers.pop() if self._idle_containers else self.function.replica()
-        threading.Thread(
-            target=self._invoke, args=(container, batch), name=f"oms-local-{self.name}-run", daemon=True
-        ).start()
-
-    def _invoke(self, container: LocalFunction, batch: list[Record]) -> None:
-        """A batch's thread: its invocation in `container`, then the container is free again."""
-        try:
-            self._deliver_in(container, batch)
-        except Exception:  # DeleteMessageBatch failed: the batch comes back after the visibility timeout
-            logger.exception("%s: delivered, not deleted", self.name)
-        finally:
-            with self._flight:
-                self._flying -= 1
-                self._idle_containers.append(container)
-                self._flight.notify_all()
-            self.wake()  # looked at again: what this batch held may have been the queue's last
-
-    def _deliver_in(self, container: LocalFunction, batch: list[Record]) -> None:
-        response, error = container.try_invoke(self._event(batch))
+        response, error = self.function.try_invoke(self._event(batch))
         if error is not None:
             return  # nothing deleted: every message comes back after the visibility timeout
         keep = failed_identifiers(response, [r["messageId"] for r in batch]) if self.report_batch_item_failures else ()
@@ -738,7 +688,6 @@ def build_mapping(
             source_label=queue_arn.rsplit(":", 1)[-1],
             queue_url=queue_url_for_arn(queue_arn),
             batch_size=batch_size,
-            maximum_concurrency=int((props.get("ScalingConfig") or {}).get("MaximumConcurrency", SQS_CONCURRENCY)),
             **common,
         )
     if kind != "DynamoDB":

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import importlib
-import importlib.util
 import json
 import logging
 import math
@@ -15,8 +14,6 @@ import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from itertools import count
-from types import ModuleType
 from typing import Any
 
 from functions.warm import Warm
@@ -30,12 +27,10 @@ Handler = Callable[[dict[str, Any], Any], Any]
 
 class _Running(threading.local):
     """Which local function this thread is running (None outside one): its AWS calls are that
-    function's (make bench counts them) and its log lines carry its execution environment's keys
-    (LOG_KEYS). Class defaults, as they are read on every log line: a missing thread-local attribute
-    raises (1.6 µs)."""
+    function's (make bench counts them) and its log lines carry its keys (LOG_KEYS). A class
+    default, as it is read on every log line: a missing thread-local attribute raises (1.6 µs)."""
 
     function: str | None = None
-    environment: _Environment | None = None
 
 
 RUNNING = _Running()
@@ -43,21 +38,20 @@ RUNNING = _Running()
 _submit, _start = ThreadPoolExecutor.submit, threading.Thread.start
 
 
-def _as(name: str | None, environment: _Environment | None, fn: Callable[..., Any]) -> Callable[..., Any]:
+def _as(name: str | None, fn: Callable[..., Any]) -> Callable[..., Any]:
     def as_the_function(*args: Any, **kwargs: Any) -> Any:
-        outer = RUNNING.function, RUNNING.environment
-        RUNNING.function, RUNNING.environment = name, environment
+        outer, RUNNING.function = RUNNING.function, name
         try:
             return fn(*args, **kwargs)
         finally:
-            RUNNING.function, RUNNING.environment = outer
+            RUNNING.function = outer
 
     return as_the_function
 
 
 def _submit_as_the_function(executor: ThreadPoolExecutor, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
     name = RUNNING.function
-    return _submit(executor, fn if name is None else _as(name, RUNNING.environment, fn), *args, **kwargs)
+    return _submit(executor, fn if name is None else _as(name, fn), *args, **kwargs)
 
 
 def _start_as_the_function(thread: threading.Thread) -> None:
@@ -65,7 +59,7 @@ def _start_as_the_function(thread: threading.Thread) -> None:
     while name is not None and frame is not None:  # not moto's own (an execution's), started in a call
         name, frame = None if frame.f_globals.get("__name__", "").startswith("moto.") else name, frame.f_back
     if name is not None:
-        thread.run = _as(name, RUNNING.environment, thread.run)  # type: ignore[method-assign]
+        thread.run = _as(name, thread.run)  # type: ignore[method-assign]
     _start(thread)
 
 
@@ -95,6 +89,15 @@ class _Environment:
         self.log_keys: dict[Any, dict[str, Any]] = {}  # formatter -> its log_format here
 
 
+# Each function's environment, by name, set by every run (LocalFunction.invoke); a thread running
+# as the function (RUNNING) logs with its keys.
+_ENVIRONMENTS: dict[str, _Environment] = {}
+
+
+def _running_environment() -> _Environment | None:
+    return _ENVIRONMENTS.get(RUNNING.function)  # type: ignore[arg-type]  # None: no function's
+
+
 class _KeysOfTheRunningFunction:
     """LambdaPowertoolsFormatter.log_format, the keys every line carries (function_name,
     function_request_id, cold_start, correlation_id, what a handler appends), as the running
@@ -106,7 +109,7 @@ class _KeysOfTheRunningFunction:
     def __get__(self, formatter: Any, owner: Any = None) -> Any:
         if formatter is None:
             return self
-        if (environment := RUNNING.environment) is None:
+        if (environment := _running_environment()) is None:
             return formatter.__dict__["log_format"]
         keys = environment.log_keys.get(formatter)
         if keys is None:
@@ -114,7 +117,7 @@ class _KeysOfTheRunningFunction:
         return keys
 
     def __set__(self, formatter: Any, keys: dict[str, Any]) -> None:
-        if (environment := RUNNING.environment) is None:
+        if (environment := _running_environment()) is None:
             formatter.__dict__["log_format"] = keys
         else:  # clear_state(): the running function's keys start again
             environment.log_keys[formatter] = keys
@@ -122,7 +125,7 @@ class _KeysOfTheRunningFunction:
 
 def _cold_start_of_the_running_function(is_cold_start: Callable[[], bool]) -> Callable[[], bool]:
     def _is_cold_start() -> bool:
-        if (environment := RUNNING.environment) is None:
+        if (environment := _running_environment()) is None:
             return is_cold_start()
         cold, environment.cold = environment.cold, False
         return cold
@@ -137,7 +140,7 @@ def _log_keys_replacements() -> dict[tuple[Any, str], Any]:
     return {
         (formatter.LambdaPowertoolsFormatter, "log_format"): _KeysOfTheRunningFunction(),
         # A formatter built in a run (a Logger made lazily) is built with the process's keys.
-        (formatter.LambdaPowertoolsFormatter, "__init__"): functools.wraps(built)(_as(None, None, built)),
+        (formatter.LambdaPowertoolsFormatter, "__init__"): functools.wraps(built)(_as(None, built)),
         (logger, "_is_cold_start"): _cold_start_of_the_running_function(logger.__dict__["_is_cold_start"]),
     }
 
@@ -191,18 +194,6 @@ def _start_fresh(handler: Handler) -> None:
             for value in list(vars(module).values()):
                 if isinstance(value, Warm):
                     value.forget()
-
-
-def _imported(name: str, copy: int) -> ModuleType:
-    """Module `name`, or for copy n > 0 a new import of it as `<name>#<n>`: in sys.modules, in its
-    package for _start_fresh, and replaced by the next stack's replica of that number."""
-    if copy == 0:
-        return importlib.import_module(name)
-    origin = importlib.util.find_spec(name).origin  # type: ignore[union-attr]
-    spec = importlib.util.spec_from_file_location(f"{name}#{copy}", origin)
-    module = sys.modules[spec.name] = importlib.util.module_from_spec(spec)  # type: ignore[union-attr]
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
 
 
 def end_invocation_metrics() -> None:
@@ -265,16 +256,14 @@ class LambdaContext:
 class LocalFunction:
     """One function of the template, run in this process like one warm Lambda container: imported
     on the first event (a cold start), one event at a time (Lambda never gives a container two at
-    once, and powertools' resolver keeps the current event on its module-level `app`). replica()
-    makes another container, for a caller that runs invocations side by side (an SQS mapping)."""
+    once, and powertools' resolver keeps the current event on its module-level `app`)."""
 
     def __init__(self, name: str, handler: str | Handler, *, memory_mb: int = 128, timeout_seconds: float = 3):
         self.name = name
         self.arn = f"arn:aws:lambda:{REGION}:{ACCOUNT_ID}:function:{name}"
         self.memory_mb = memory_mb
         self.timeout_seconds = timeout_seconds
-        self._handler = self._given = handler
-        self._copy, self._replicas = 0, count(1)  # n > 0: a replica, its module imported as `<module>#<n>`
+        self._handler = handler
         self._lock = threading.RLock()
         self._fresh_next = False  # the last run timed out or exited: Lambda replaced its environment
         self._environment: _Environment | None = None  # until its first run (a cold start)
@@ -282,16 +271,6 @@ class LocalFunction:
         self.invocations = 0
         self.in_flight = 0
         self._count_lock = threading.Lock()
-        self._counted = self  # whose counts its runs add to
-
-    def replica(self) -> LocalFunction:
-        """Another container of this function (Lambda starts one per concurrent invocation): a
-        handler named by its module runs from a new import of that module (`<module>#<n>`: its
-        powertools app and batch processor, its WarmContainer are its own), one given as a callable
-        (a test's) is shared. Its runs count as this function's."""
-        twin = LocalFunction(self.name, self._given, memory_mb=self.memory_mb, timeout_seconds=self.timeout_seconds)
-        twin._copy, twin._counted = next(self._replicas), self
-        return twin
 
     @classmethod
     def from_properties(
@@ -310,17 +289,17 @@ class LocalFunction:
         `waits` (API Gateway's 29 s), by its RunClock, is TimedOut, and SystemExit is ExitError, as
         Lambda reports them: a thread cannot be stopped, so the handler runs to its end (its writes
         stand) and its answer is dropped. After either, the next run starts fresh (_start_fresh)."""
-        counted = self._counted
-        with counted._count_lock:
-            counted.invocations += 1
-            counted.in_flight += 1
-        outer, request_id = (RUNNING.function, RUNNING.environment), str(uuid.uuid4())
+        with self._count_lock:
+            self.invocations += 1
+            self.in_flight += 1
+        outer, request_id = RUNNING.function, str(uuid.uuid4())
         try:
             with self._lock:  # held until the run has ended and marked the next one fresh
                 handler = self._loaded()
                 if self._environment is None:
                     self._environment = _Environment()
-                RUNNING.function, RUNNING.environment = self.name, self._environment
+                _ENVIRONMENTS[self.name] = self._environment
+                RUNNING.function = self.name
                 clock = RunClock()  # waiting for the function's lock is not run time
                 try:
                     return handler(event, self.new_context(request_id, clock))
@@ -338,16 +317,16 @@ class LocalFunction:
                     if ran > limit:  # what it raised too
                         raise TimedOut(request_id, f"Task timed out after {limit:.2f} seconds")
         finally:
-            RUNNING.function, RUNNING.environment = outer
-            with counted._count_lock:
-                counted.in_flight -= 1
+            RUNNING.function = outer
+            with self._count_lock:
+                self.in_flight -= 1
 
     def _loaded(self) -> Handler:
         """The handler, imported on the first event (a cold start); its warm state forgotten first
         if the last run timed out or exited."""
         if isinstance(self._handler, str):
             module, _, attribute = self._handler.rpartition(".")
-            self._handler = getattr(_imported(module, self._copy), attribute)
+            self._handler = getattr(importlib.import_module(module), attribute)
         if self._fresh_next:
             self._fresh_next, self._environment = False, None
             _start_fresh(self._handler)

@@ -88,8 +88,7 @@ _EVENTS = ByType(
             **emulated("Queue", "BatchSize"),
             "FunctionResponseTypes": _RESPONSE_TYPES,
             "MaximumBatchingWindowInSeconds": EMULATED,
-            # Batches invoked side by side, each in a container of its own; without it, 5 (SQS_CONCURRENCY).
-            "ScalingConfig": emulated("MaximumConcurrency"),
+            "ScalingConfig": ignored("one poller per queue, below any concurrency cap"),
         },
         "S3": {
             **emulated("Bucket", "Events"),  # Events: matched by moto

@@ -151,19 +151,6 @@ Resources:
             Queue: !GetAtt InboxQueue.Arn
             BatchSize: 5
             FunctionResponseTypes: [ReportBatchItemFailures]
-  ParallelQueue:
-    Type: AWS::SQS::Queue
-  ParallelConsumer:
-    Type: AWS::Serverless::Function
-    Properties:
-      Handler: fake.parallel
-      Events:
-        Queue:
-          Type: SQS
-          Properties:
-            Queue: !GetAtt ParallelQueue.Arn
-            BatchSize: 1
-            ScalingConfig: { MaximumConcurrency: 2 }
   UploadConsumer:
     Type: AWS::Serverless::Function
     Properties:
@@ -210,7 +197,6 @@ CONSUMERS = [
     "PoisonConsumer",
     "WindowConsumer",
     "InboxConsumer",
-    "ParallelConsumer",
     "UploadConsumer",
 ]
 
@@ -366,7 +352,6 @@ def test_mappings_come_from_the_template(stack: Any):
         "WindowConsumer.Stream",
         "WindowConsumer.Queue",
         "InboxConsumer.Inbox",
-        "ParallelConsumer.Queue",
         "UploadConsumer.Csv",
     }
     poison = stack.mappings["PoisonConsumer.Stream"]
@@ -376,8 +361,6 @@ def test_mappings_come_from_the_template(stack: Any):
     assert stack.mappings["InboxConsumer.Inbox"].batch_size == 5
     assert stack.mappings["InboxConsumer.Inbox"].batching_window == 0.0
     assert stack.mappings["WindowConsumer.Queue"].batching_window == 60.0
-    assert stack.mappings["ParallelConsumer.Queue"].maximum_concurrency == 2
-    assert stack.mappings["InboxConsumer.Inbox"].maximum_concurrency == event_sources.SQS_CONCURRENCY == 5
 
 
 def test_stream_mapping_delivers_only_what_the_filter_lets_through(stack, ddb, consumers):
@@ -728,64 +711,6 @@ def test_sqs_mapping_deletes_only_successes_and_the_dlq_gets_the_rest(stack, con
     assert [message["Body"] for message in dead] == ["bad"]
 
 
-def test_an_sqs_mapping_invokes_up_to_its_maximum_concurrency_at_once_and_is_busy_until_the_last_ends(stack, consumers):
-    # One batch at a time, a function that waited on something (a webhook subscriber that hangs:
-    # 10 s an attempt) held up every message behind it; Lambda runs a mapping's batches side by side.
-    consumer, sqs, queue_url = consumers["ParallelConsumer"], stack.client("sqs"), stack.queue_urls["ParallelQueue"]
-    release, running, most = threading.Event(), [0], [0]
-    lock = threading.Lock()
-
-    def held(event: dict[str, Any], number: int) -> None:
-        with lock:
-            running[0] += 1
-            most[0] = max(most[0], running[0])
-        try:
-            release.wait(30)
-        finally:
-            with lock:
-                running[0] -= 1
-
-    assert stack.wait_until_idle(5)
-    consumer.reset(held)
-    try:
-        for body in ("m1", "m2", "m3"):
-            sqs.send_message(QueueUrl=queue_url, MessageBody=body)
-        deadline = time.monotonic() + 10
-        while running[0] < 2:
-            assert time.monotonic() < deadline, f"{running[0]} batch(es) running, not 2"
-            time.sleep(0.01)
-        # At its MaximumConcurrency (2): the third is left in the queue, not received, and the
-        # mapping is busy while the two run.
-        counts = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["All"])["Attributes"]
-        assert (counts["ApproximateNumberOfMessages"], counts["ApproximateNumberOfMessagesNotVisible"]) == ("1", "2")
-        assert not stack.mappings["ParallelConsumer.Queue"].is_idle()
-    finally:
-        release.set()
-    assert stack.wait_until_idle(8)
-    assert sorted(event["Records"][0]["body"] for event in consumer.events) == ["m1", "m2", "m3"]
-    assert most[0] == 2
-    assert taken(stack, "ParallelQueue") == []
-
-
-def test_a_replica_runs_its_handler_from_a_module_of_its_own_and_its_runs_count_as_the_function_s():
-    # Two batches in one module would share its powertools BatchProcessor (each run's records and
-    # failures on one object) and its WarmContainer: a container of its own is an import of its own.
-    from functions.webhook_delivery import app
-
-    function = LocalFunction("oms-local-Delivery", "functions.webhook_delivery.app.lambda_handler")
-    replica = function.replica()
-    record = {"messageId": "m1", "receiptHandle": "r1", "body": "{}", "attributes": {}, "messageAttributes": {}}
-    record |= {"eventSource": "aws:sqs", "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:q"}
-
-    _, error = replica.try_invoke({"Records": [record]})  # not a delivery message: its one record fails
-
-    assert type(error).__name__ == "BatchProcessingError"
-    copy = sys.modules["functions.webhook_delivery.app#1"]
-    assert copy is not app and copy.processor is not app.processor and copy.container is not app.container
-    assert [failed.message_id for failed in copy.processor.fail_messages] == ["m1"]
-    assert (function.invocations, function.in_flight, replica.invocations) == (1, 0, 0)
-
-
 def test_an_idle_mapping_asks_moto_nothing_until_a_record_arrives(stack, ddb, consumers, monkeypatch):
     # Every mapping polled its source ten times a second while the stack sat idle (a sixth of a core
     # for the product's twelve); a write to the table or a send to the queue now wakes the one reading it.
@@ -1088,9 +1013,8 @@ def test_a_mapping_waiting_out_a_failed_message_s_visibility_timeout_looks_again
     assert [[record["body"] for record in event["Records"]] for event in consumer.events] == [["again"], ["again"]]
     assert consumer.times[1] - consumer.times[0] >= 0.9  # back only after the 1 s visibility timeout
     # A look that fails it, one finding it in flight, one when it is visible again, the delete, one
-    # finding the queue drained (14 before: a look each 0.1 s while it was in flight); and one per
-    # batch as its invocation ends (the poller looked for the next one as it handed it over).
-    assert len(looked) <= 7, looked
+    # finding the queue drained (14 before: a look each 0.1 s while it was in flight).
+    assert len(looked) <= 5, looked
     assert taken(stack, "InboxQueue") == [] and taken(stack, "InboxDeadLetters") == []
 
 
@@ -1116,10 +1040,8 @@ def test_a_visibility_the_function_changes_is_waited_for_as_moto_keeps_it(stack,
     assert [[record["body"] for record in event["Records"]] for event in consumer.events] == [["kept"], ["kept"]]
     assert consumer.times[1] - consumer.times[0] >= 1.9  # not when the queue's 1 s timeout ended
     # The failing look, one finding it in flight, one at the function's 2 s (the queue's 1 s it
-    # replaced is forgotten), the delete, one finding the queue drained (24 before); one per batch
-    # as its invocation ends (the poller looked for the next one as it handed it over), and one as
-    # the function changes the visibility (in a thread beside the poller's, which learns the deadline).
-    assert len(looked) <= 8, looked
+    # replaced is forgotten), the delete, one finding the queue drained (24 before).
+    assert len(looked) <= 5, looked
 
     consumer.reset(lambda event, number: keep_and_fail(event, number + 2))  # its first call keeps it 600 s
     kept.clear()
