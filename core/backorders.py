@@ -344,7 +344,8 @@ class BackorderAllocator:
         # Its entries stay until CreateShipments allocates it (Workflow.create_shipments removes
         # them): an execution that fails leaves the order in the queue, so the next arrival of
         # the sku starts it again.
-        self._starter.start(order_id, channel=channel, rerun=f"backorder-v{version}")
+        correlation_id = self._orders.placed_by(order_id)
+        self._starter.start(order_id, channel=channel, correlation_id=correlation_id, rerun=f"backorder-v{version}")
 
     def _leave(self, order: Order | None, entry: WaitingOrder, sku: str) -> None:
         """The entries an order that no longer waits left (the removal after its write was lost):

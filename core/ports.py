@@ -117,6 +117,17 @@ class OrderRepository(ABC):
         order, history = found
         return order, history[max(start, 0) : max(stop, 0)], len(history)
 
+    def placed_by(self, order_id: str) -> str:
+        """What placed the order, for its workflow's log lines (`correlation_id`): the API request
+        id its created entry recorded, else that entry's actor (an import's id and line, or the
+        queue's sender); empty for no such order. The outbox reads the same from the stream's
+        image; a start made elsewhere (a restart, a backorder's fill) reads it here."""
+        found = self.history_range(order_id, 0, 1)
+        if found is None or not found[1]:
+            return ""
+        created = found[1][0]
+        return str((created.detail or {}).get("request_id") or created.actor)
+
     @abstractmethod
     def list(self, where: OrderFilter, limit: int, cursor: str | None) -> tuple[list[Order], str | None]:
         """Orders matching `where`, newest first, and an opaque cursor for the next page.

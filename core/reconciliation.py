@@ -147,7 +147,9 @@ class Reconciler:
                     done.parked.append(order.id)
         elif start:
             try:
-                started = self._starter.start(order.id, channel=order.channel, rerun=rerun)
+                started = self._starter.start(
+                    order.id, channel=order.channel, correlation_id=self._orders.placed_by(order.id), rerun=rerun
+                )
             except TransientError:
                 return True  # the next pass finds it again
             if started:  # False: a pass running alongside started it under this name (and marks it)

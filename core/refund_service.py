@@ -656,14 +656,19 @@ class PendingRefundSweep:
         self._limit = limit
         self._max_reads = max_reads
 
-    def run(self, actor: str, *, orders: list[str] | None = None, time_up: TimeUp = never) -> list[str]:
+    def run(
+        self, actor: str, *, orders: list[str] | None = None, order_of: dict[str, str] | None = None,
+        time_up: TimeUp = never,
+    ) -> list[str]:  # fmt: skip
         """One pass: the ids of the refunds it finished (of at most `limit` orders asked, oldest
         first, among at most `max_reads` read). An order whose gateway is unavailable keeps its
         refund pending for the next pass. One that fails otherwise does not stop the pass, so the
         orders behind it are not kept pending by it every pass: the pass raises SweepIncomplete
         once it is done. `orders`: the ids of the orders a refund of which the gateway answered
-        are added to it (the kept-back pass after it takes them: KeptBackSweep.run). Once `time_up`
-        says so, no other order is asked: their refunds stay pending for the next pass."""
+        are added to it (the kept-back pass after it takes them: KeptBackSweep.run). `order_of`:
+        each refund it finished is added to it with its order's id (so the caller's report of it
+        names the order). Once `time_up` says so, no other order is asked: their refunds stay
+        pending for the next pass."""
         begun_before = self._clock() - self._after
         finished: list[str] = []
         down: set[str] = set()
@@ -685,6 +690,8 @@ class PendingRefundSweep:
                 finished += answered
                 if answered and orders is not None:
                     orders.append(order_id)
+                if order_of is not None:
+                    order_of.update(dict.fromkeys(answered, order_id))
             if asked == self._limit:
                 break
         if failed:
@@ -709,7 +716,8 @@ class KeptBackRefunded:
     failure is reported as what it was. And the orders the pass found their gateway down on (it
     stayed down through a settlement's retries, or left a refund pending), with what each still
     owes (`gateway_down`): one a method and pass, the method's later orders not asked; nothing
-    moved, and the next pass asks again."""
+    moved, and the next pass asks again. The order of each refund in `refunded` and
+    `owed_back_refunded` (`order_of`, by refund id), so a report of it names the order."""
 
     refunded: list[str] = field(default_factory=list)
     refused: list[str] = field(default_factory=list)
@@ -726,6 +734,7 @@ class KeptBackRefunded:
     # those whose capture the gateway refused, left to a person (`reported_given_up`).
     reported_finished: dict[str, list[str]] = field(default_factory=dict)
     reported_given_up: dict[str, list[str]] = field(default_factory=dict)
+    order_of: dict[str, str] = field(default_factory=dict)
 
 
 # What an order the kept-back pass failed on owed (KeptBackRefunded.failed_owing), in the order the
@@ -894,6 +903,7 @@ class KeptBackSweep:
             kept_back = [refund for refund in new if refund.kind != "cancellation"]
             done.owed_back_refunded += [refund.id for refund in owed_back if refund.status == RefundStatus.SUCCEEDED]
             done.refunded += [refund.id for refund in kept_back if refund.status == RefundStatus.SUCCEEDED]
+            done.order_of.update((refund.id, order_id) for refund in new if refund.status == RefundStatus.SUCCEEDED)
             if any(refund.status == RefundStatus.PENDING for refund in new):
                 down.add(order.payment.method)
                 done.gateway_down[order_id] = _owing(after, order_id in just_finished) or _owing(order, True)

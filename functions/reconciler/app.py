@@ -217,8 +217,11 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         # The pending refunds, then what returns kept back: one turn, as the second takes the
         # orders the first just finished a refund of.
         answered: list[str] = []  # the orders it finished a refund of: what their returns kept back is refunded now
+        order_of: dict[str, str] = {}  # the order of each refund it finished, for its line
         try:
-            refunds_finished = container().pending_refund_sweep.run(ACTOR, orders=answered, time_up=time_up)
+            refunds_finished = container().pending_refund_sweep.run(
+                ACTOR, orders=answered, order_of=order_of, time_up=time_up
+            )
         except SweepIncomplete as error:
             refunds_finished, incomplete["pending refunds"] = error.finished, error
             for order_id, failure in error.failed.items():
@@ -227,7 +230,8 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
             refunds_finished = []
             failed_outright("pending refunds", error)
         for refund_id in refunds_finished:
-            logger.warning("refund left pending by its request finished", extra={"refund_id": refund_id})
+            logger.warning("refund left pending by its request finished",
+                           extra={"order_id": order_of[refund_id], "refund_id": refund_id})  # fmt: skip
         if refunds_finished:
             metrics.add_metric(name="PendingRefundsFinished", unit=MetricUnit.Count, value=len(refunds_finished))
         kept_back = isolated(
@@ -236,7 +240,8 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
             KeptBackRefunded(),
         )
         for refund_id in kept_back.refunded:
-            logger.warning("what a return kept back refunded", extra={"refund_id": refund_id})
+            logger.warning("what a return kept back refunded",
+                           extra={"order_id": kept_back.order_of[refund_id], "refund_id": refund_id})  # fmt: skip
         for order_id in kept_back.refused:
             logger.warning("refund of what a return kept back refused", extra={"order_id": order_id})
         for order_id in kept_back.given_up:
@@ -249,7 +254,8 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
             logger.error(NOT_DONE[owed[0]], extra={"order_id": order_id, "owed": owed}, exc_info=failure)
         # What cancels of units owed back (Order.settlement_owed), which the same pass gives: named apart.
         for refund_id in kept_back.owed_back_refunded:
-            logger.warning("what a cancel of units owed back refunded", extra={"refund_id": refund_id})
+            logger.warning("what a cancel of units owed back refunded",
+                           extra={"order_id": kept_back.order_of[refund_id], "refund_id": refund_id})  # fmt: skip
         for order_id in kept_back.owed_back_refused:
             logger.warning("refund of what a cancel of units owed back refused", extra={"order_id": order_id})
         # The parcels carriers reported delivered whose reports' functions died before finishing them.

@@ -918,7 +918,7 @@ def cancelled_while_the_carrier_was_down(services: Any, monkeypatch: pytest.Monk
         return services.actions.cancel(order.id, "changed my mind", actor="key_web")
 
 
-def test_an_appeasement_left_pending_by_a_function_that_died_is_finished_through_its_index(stack, monkeypatch):
+def test_an_appeasement_left_pending_by_a_function_that_died_is_finished_through_its_index(stack, monkeypatch, caplog):
     from core.money import Money
     from core.refund_service import RefundService
     from functions.bootstrap import Config, bootstrap
@@ -947,6 +947,10 @@ def test_an_appeasement_left_pending_by_a_function_that_died_is_finished_through
         answer = reconcile()
 
     assert answer["refunds_finished"] == [pending.id]
+    # Money moved for the order: the line names it, so "Following one order" finds it by order_id.
+    # Before: it named the refund alone.
+    [line] = [r for r in caplog.records if r.getMessage() == "refund left pending by its request finished"]
+    assert (getattr(line, "order_id", None), line.refund_id) == (order.id, pending.id)
     finished = services.order_repository.get(order.id)
     assert [r.status for r in finished.payment.refunds] == ["succeeded"]
     assert finished.payment.refunded == Money.of("5.00", "USD")
@@ -986,7 +990,11 @@ def test_a_sweep_that_could_not_finish_an_order_reports_what_it_did_then_fails(
     # counts them, logs the order at ERROR and fails (the function's errors alarm calls a person).
     from core.refund_service import PendingRefundSweep, SweepIncomplete
 
-    def incomplete(self: PendingRefundSweep, actor: str, *, orders: list[str] | None = None, **_: Any) -> list[str]:
+    def incomplete(
+        self: PendingRefundSweep, actor: str, *, order_of: dict[str, str] | None = None, **_: Any
+    ) -> list[str]:
+        if order_of is not None:
+            order_of["ref_finished"] = order_id("y")
         raise SweepIncomplete(["ref_finished"], {order_id("z"): KeyError("no merchant account")})
 
     monkeypatch.setattr(PendingRefundSweep, "run", incomplete)
@@ -999,6 +1007,8 @@ def test_a_sweep_that_could_not_finish_an_order_reports_what_it_did_then_fails(
     [logged] = [record for record in caplog.records if record.getMessage() == "pending refund not finished"]
     assert (logged.levelname, logged.order_id) == ("ERROR", order_id("z"))
     assert isinstance(logged.exc_info[1], KeyError)
+    [finished] = [r for r in caplog.records if r.getMessage() == "refund left pending by its request finished"]
+    assert (finished.order_id, finished.refund_id) == (order_id("y"), "ref_finished")
 
 
 # --- Authorizations an edit left on an order nobody changes again ----------------------------------
@@ -1381,7 +1391,7 @@ def mugs_back_after_goodwill(services: Any) -> tuple[Order, str, str]:
 
 
 def test_what_a_return_kept_back_is_refunded_by_a_later_pass_when_the_last_delivery_never_refunded_it(
-    stack, metrics_on, capsys, monkeypatch
+    stack, metrics_on, capsys, caplog, monkeypatch
 ):
     # A 1.00 goodwill left the MUGs' return 1.00 short of their worth while the CAPs were still to be
     # captured. The CAPs' ship and delivery died before refunding it: nothing ships after them.
@@ -1420,6 +1430,9 @@ def test_what_a_return_kept_back_is_refunded_by_a_later_pass_when_the_last_deliv
     after = services.order_repository.get(order.id)
     assert answer["kept_back_refunded"] == [after.payment.refunds[-1].id]
     assert emitted(capsys.readouterr().out) == {"KeptBackRefunded": 1}
+    [line] = [r for r in caplog.records if r.getMessage() == "what a return kept back refunded"]
+    # Before: the refund's id alone.
+    assert (getattr(line, "order_id", None), line.refund_id) == (order.id, after.payment.refunds[-1].id)
     paid = after.payment
     assert paid.captured == order.totals.grand_total
     assert paid.captured - paid.refunded == order.totals.grand_total - order.lines[0].total - goodwill

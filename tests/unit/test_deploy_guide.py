@@ -54,13 +54,27 @@ def test_the_bounds_the_deploy_guide_states_are_the_templates():
     assert stated >= 10
 
 
-def test_the_point_in_time_recovery_row_names_every_table_the_parameter_turns_it_on_for():
-    # Before: the row named the Orders, Inventory and Catalog tables; the Returns table has it too.
-    (row,) = [row for row in _rows("| parameter |") if row[0] == "`PointInTimeRecovery`"]
-    named = set(re.findall(r"\b([A-Z][a-z]+)\b(?=,| and| tables)", row[2]))
-    recovered = {
+def _tables_named(text: str) -> set[str]:
+    return set(re.findall(r"\b([A-Z][a-z]+)\b(?=,| and| tables)", text))
+
+
+def _tables_recovered() -> set[str]:
+    """The tables the PointInTimeRecovery parameter turns recovery on for, without `Table`."""
+    return {
         logical_id.removesuffix("Table")
         for logical_id, resource in TEMPLATE["Resources"].items()
         if resource["Type"] == "AWS::DynamoDB::Table" and "PointInTimeRecoverySpecification" in resource["Properties"]
     }
-    assert "Orders" in recovered and named == recovered
+
+
+def test_the_point_in_time_recovery_row_names_every_table_the_parameter_turns_it_on_for():
+    # Before: the row named the Orders, Inventory and Catalog tables; the Returns table has it too.
+    (row,) = [row for row in _rows("| parameter |") if row[0] == "`PointInTimeRecovery`"]
+    assert "Orders" in _tables_recovered() and _tables_named(row[2]) == _tables_recovered()
+
+
+def test_the_point_in_time_recovery_parameter_names_every_table_it_turns_it_on_for():
+    # What `sam deploy --guided` and the console show the operator. Before: it named the Orders,
+    # Inventory and Catalog tables, as the README's row once did; the Returns table has it too.
+    description = TEMPLATE["Parameters"]["PointInTimeRecovery"]["Description"]
+    assert _tables_named(description) == _tables_recovered()

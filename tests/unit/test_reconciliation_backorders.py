@@ -18,7 +18,7 @@ from core.reconciliation import STALLED, Reconciled, Reconciler
 from core.status import OrderStatus
 from core.workflow import Stall
 from functions.adapters.dynamodb import BACKORDER_FILLED_KEY, index_attributes, timestamp
-from tests.builders import NOW, product
+from tests.builders import NOW, place_order, product
 from tests.unit.world import Clock, World, before_the_next_write, build_world
 
 S = OrderStatus
@@ -49,9 +49,11 @@ class DeadStarter(WorkflowStarter):
 
     def __init__(self) -> None:
         self.started: list[tuple[str, str | None]] = []
+        self.correlations: list[str] = []
 
     def start(self, order_id, channel="", correlation_id="", rerun=None):
         self.started.append((order_id, rerun))
+        self.correlations.append(correlation_id)
         return True
 
 
@@ -122,6 +124,24 @@ def test_a_filled_backorder_whose_execution_died_is_restarted_then_allocated_by_
     assert "refund_key" not in index_attributes(order)  # and removed by its allocation
     assert world.level("PREORDER", "wh-west")[:2] == (2, 2)
     assert reconciler(world, minutes_later=25)[0].run() == Reconciled()
+
+
+def test_the_fills_start_and_the_restart_carry_the_request_that_placed_the_order(world, clock):
+    # Their steps log it as correlation_id, as the outbox's start does ("Following one order").
+    # Before: both started the execution with none, so the steps of those executions logged none.
+    body = {"external_id": "web-traced", "lines": [{"sku": "PREORDER", "quantity": 2}]}
+    order_id = world.capture.place(
+        place_order(**body, payment={"method": "test", "token": "tok_approve"}), actor="key_web", request_id="req-1"
+    ).id
+    world.workflow.authorize_payment(order_id, attempt=0)
+    with pytest.raises(Backordered):
+        world.workflow.reserve_stock(order_id)
+    fill = filled_by_an_arrival(world, clock)
+    run, _, restart = reconciler(world, minutes_later=20)
+    run.run()
+
+    assert ([started for started, _ in fill.started], fill.correlations) == ([order_id], ["req-1"])
+    assert ([started for started, _ in restart.started], restart.correlations) == ([order_id], ["req-1"])
 
 
 def test_a_filled_backorder_still_stalled_after_the_park_threshold_is_parked_for_a_person(world, clock):

@@ -55,6 +55,7 @@ def test_a_settlement_the_kept_back_pass_refunds_is_reported_as_owed_back_not_as
     refund = world.order(order.id).payment.refunds[-1]
     assert (refund.kind, refund.status, refund.reason) == ("cancellation", "succeeded", SETTLEMENT_REASON)
     assert (done.owed_back_refunded, done.refunded) == ([refund.id], [])
+    assert done.order_of == {refund.id: order.id}  # the reconciler's line names the order, not the refund alone
     refunded = [e for e in world.history(order.id) if e.type is OrderEvent.PAYMENT_REFUNDED]
     assert [e.detail["refund_id"] for e in refunded] == [refund.id]  # recorded once
     assert pass_later(world, clock) == KeptBackRefunded()  # out of the index: nothing more
