@@ -231,7 +231,7 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
             failed_outright("pending refunds", error)
         for refund_id in refunds_finished:
             logger.warning("refund left pending by its request finished",
-                           extra={"order_id": order_of[refund_id], "refund_id": refund_id})  # fmt: skip
+                           extra={"order_id": order_of.get(refund_id), "refund_id": refund_id})  # fmt: skip
         if refunds_finished:
             metrics.add_metric(name="PendingRefundsFinished", unit=MetricUnit.Count, value=len(refunds_finished))
         kept_back = isolated(
@@ -241,7 +241,7 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         )
         for refund_id in kept_back.refunded:
             logger.warning("what a return kept back refunded",
-                           extra={"order_id": kept_back.order_of[refund_id], "refund_id": refund_id})  # fmt: skip
+                           extra={"order_id": kept_back.order_of.get(refund_id), "refund_id": refund_id})  # fmt: skip
         for order_id in kept_back.refused:
             logger.warning("refund of what a return kept back refused", extra={"order_id": order_id})
         for order_id in kept_back.given_up:
@@ -255,7 +255,7 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         # What cancels of units owed back (Order.settlement_owed), which the same pass gives: named apart.
         for refund_id in kept_back.owed_back_refunded:
             logger.warning("what a cancel of units owed back refunded",
-                           extra={"order_id": kept_back.order_of[refund_id], "refund_id": refund_id})  # fmt: skip
+                           extra={"order_id": kept_back.order_of.get(refund_id), "refund_id": refund_id})  # fmt: skip
         for order_id in kept_back.owed_back_refused:
             logger.warning("refund of what a cancel of units owed back refused", extra={"order_id": order_id})
         # The parcels carriers reported delivered whose reports' functions died before finishing them.
