@@ -25,6 +25,7 @@ from core.errors import (
 )
 from core.models import Allocation, LineInput, OrderEdit, StockLevel
 from core.plugin_manager import build_plugin_manager
+from core.ports import WorkflowStarter
 from core.pricing import Pricing
 from core.services import CaptureService
 from core.sourcing import MAX_REASON_CHARS, SimulateSourcing, Simulator, SourcingRulesService, plan_within
@@ -369,9 +370,12 @@ def test_a_backorder_fill_keeps_the_safety_stock_and_names_the_version():
     assert fill.type == "stock_reserved" and fill.detail["sourcing_rules_version"] == 1
 
 
-class _NoStarter:
-    def start(self, order_id: str, *, channel: str, rerun: str) -> None:
-        pass
+class _NoStarter(WorkflowStarter):
+    def start(
+        self, order_id: str, channel: str = "", correlation_id: str = "", rerun: str | None = None,
+        finish_cancel: bool = False,
+    ) -> bool:  # fmt: skip
+        return True
 
 
 # --- What-if ----------------------------------------------------------------------------------
