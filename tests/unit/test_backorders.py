@@ -13,7 +13,14 @@ from datetime import datetime, timedelta
 import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
 from core.backorders import BackorderAllocator, ExpectedArrivals
 from core.errors import Backordered, OrderHeld, OutOfStock, TransientError
@@ -1481,3 +1488,170 @@ def test_an_order_sourced_again_gives_back_what_it_holds_at_a_location_that_stop
     assert order.status is S.ALLOCATED and shipped_from(order) == ["wh-east"]
     assert world.held_for(order_id) == {("PREORDER", "wh-east", reservation_key(order_id, "L1")): 3}
     assert world.level("PREORDER", "wh-west") == (1, 0, 1) and world.level("PREORDER", "wh-east") == (50, 3, 47)
+
+
+# --- The state machine under changing sourcing rules ---------------------------------------------------
+
+
+class RuledBackorderMachine(BackorderMachine):
+    """BackorderMachine's orders, arrivals, counts and cancels, under sourcing rules that change
+    (max_shipments 1 or 2, safety stock, an excluded warehouse) and with units of an order cancelled:
+    the path that sends a backordered order back to be sourced at a location max_shipments kept it
+    from (Workflow.source_again_whole) is reached. After every step the walks settle (an order sent
+    back is sourced, as its outbox starts its workflow, and every location's units walked again):
+    the books balance, a waiting order leaves no unit it may take idle, none waits beside a location
+    that alone has its whole order, and the re-sourcing ends."""
+
+    SETTLE_ROUNDS = 8  # an order sent back and backordered again this often in one settle: endless
+    reached: dict[str, int] = {}  # what the runs reached, by path (read by the tests below)
+
+    def __init__(self) -> None:
+        RuleBasedStateMachine.__init__(self)
+        self.world, ruled = ruled_world([])
+        self.store = ruled._rules
+        self.allocator = waking(self.world, self.store)
+        self.ids: list[str] = []
+        self.version = 1
+
+    @initialize(max_shipments=st.sampled_from([1, 1, 1, 2, None]))
+    def start_under(self, max_shipments: int | None) -> None:
+        # Mostly at most one location a parcel: the rule that keeps a waiting order from the others.
+        self.version += 1
+        self.store.add(SourcingRules(version=self.version, max_shipments=max_shipments))
+
+    def _count(self, path: str, n: int = 1) -> None:
+        if n:
+            RuledBackorderMachine.reached[path] = RuledBackorderMachine.reached.get(path, 0) + n
+
+    def _arrived(self, location_id: str) -> None:
+        self._note(self.allocator.arrived("PREORDER", location_id))
+
+    def _note(self, arrival) -> None:
+        whole = [
+            oid for oid in arrival.sourced_again
+            if "it has every unit it wants" in " ".join(self.world.history(oid)[-1].detail.get("reasons", []))
+        ]  # fmt: skip
+        self._count("sourced_again_whole", len(whole))
+        self._count("sourced_again_other", len(arrival.sourced_again) - len(whole))
+
+    def _settle(self) -> None:
+        """What the outbox and the Inventory stream do after the step: an order sent back to be
+        sourced (authorized, nothing allocated) runs its workflow; then every location is walked."""
+        for _ in range(self.SETTLE_ROUNDS):
+            sent = [oid for oid in self.ids if self.world.order(oid).status is S.AUTHORIZED]
+            if not sent:
+                return
+            for order_id in sent:
+                try:
+                    self.world.run(order_id)
+                except Backordered:
+                    self._count("sent_back_and_backordered_again")
+            for location in ("wh-east", "wh-west", "store-sf"):
+                self._arrived(location)
+        raise AssertionError(f"still re-sourcing after {self.SETTLE_ROUNDS} rounds: {self.world.held()}")
+
+    @rule(quantity=st.integers(1, 4), pickup=st.booleans())
+    def place(self, quantity: int, pickup: bool) -> None:
+        super().place(quantity, pickup)
+        self._settle()
+
+    @rule(location=st.sampled_from(["wh-east", "wh-west", "store-sf"]), units=st.integers(1, 5))
+    def receive(self, location: str, units: int) -> None:
+        super().receive(location, units)
+        self._settle()
+
+    @rule(location=st.sampled_from(["wh-east", "wh-west", "store-sf"]), extra=st.integers(0, 3))
+    def count(self, location: str, extra: int) -> None:
+        super().count(location, extra)
+        self._settle()
+
+    @precondition(lambda self: self.ids)
+    @rule(index=st.integers(0, 50))
+    def cancel(self, index: int) -> None:
+        super().cancel(index)
+        self._settle()
+
+    @precondition(lambda self: self.ids)
+    @rule(index=st.integers(0, 50), units=st.integers(1, 3))
+    def cancel_units(self, index: int, units: int) -> None:
+        order = self.world.order(self.ids[index % len(self.ids)])
+        (line,) = order.lines
+        if order.status not in (S.BACKORDERED, S.ALLOCATED) or line.quantity <= 1:
+            return
+        units = min(units, line.quantity - 1)
+        self.world.actions.cancel(order.id, "customer_request", actor="ops", lines={line.line_id: units})
+        self._count(f"units_cancelled_{order.status.value}")
+        for location in ("wh-east", "wh-west", "store-sf"):
+            self._arrived(location)
+        self._settle()
+
+    @rule(
+        max_shipments=st.sampled_from([None, 1, 1, 2]),
+        safety=st.dictionaries(st.sampled_from(["wh-east", "wh-west"]), st.integers(1, 3), max_size=1),
+        excluded=st.sampled_from([[], [], ["wh-east"], ["wh-west"]]),
+    )
+    def set_rules(self, max_shipments: int | None, safety: dict[str, int], excluded: list[str]) -> None:
+        self.version += 1
+        self.store.add(SourcingRules(version=self.version, max_shipments=max_shipments, safety_stock=safety,
+                                     excluded_locations=excluded))  # fmt: skip
+        self._count(f"rules_max_shipments_{max_shipments}")
+        self._note(self.allocator.rules_changed(self.version))
+        self._settle()
+
+    def _rules(self) -> SourcingRules:
+        return self.store.current()
+
+    def _may_take(self, order: Order) -> list[str]:
+        """The locations a fill may take units at for `order` under the rules in force."""
+        rules = self._rules()
+        where = ["store-sf"] if order.fulfillment.type == "pickup" else ["wh-east", "wh-west"]
+        used = {a.location_id for a in order.allocations}
+        return [loc for loc in where if loc not in rules.excluded_locations and rules.admits(loc, used)]
+
+    def _spare(self, location: str) -> int:
+        return max(0, self.world.inventory._get("PREORDER", location).available - self._rules().kept_back(location))
+
+    @invariant()
+    def no_unit_idles_while_an_order_that_could_take_it_waits(self) -> None:
+        for order_id in self.ids:
+            order = self.world.order(order_id)
+            if order.status is not S.BACKORDERED:
+                continue
+            assert order.short_of(), "a fully reserved order is allocated at once"
+            assert all(self._spare(loc) == 0 for loc in self._may_take(order)), (order_id, self._rules())
+
+    @invariant()
+    def no_order_waits_beside_a_location_that_alone_has_its_whole_order(self) -> None:
+        rules = self._rules()
+        for order_id in self.ids:
+            order = self.world.order(order_id)
+            if order.status is not S.BACKORDERED or order.fulfillment.type == "pickup":
+                continue
+            wanted = sum(a.quantity for a in order.allocations) + sum(order.short_of().values())
+            used = {a.location_id for a in order.allocations}
+            for loc in ("wh-east", "wh-west"):
+                if loc in used or loc in rules.excluded_locations or rules.admits(loc, used):
+                    continue
+                self._count("blocked_by_max_shipments")
+                assert self._spare(loc) < wanted, (order_id, loc, wanted, rules)
+
+    @invariant()
+    def older_waiting_orders_are_never_passed_over(self) -> None:
+        """As BackorderMachine's, among the orders no rule keeps from a location the others may take
+        from (max_shipments or an exclusion may leave an older one waiting beside younger ones
+        filled where it may not take units)."""
+        if self._rules() == SourcingRules(version=self._rules().version):
+            super().older_waiting_orders_are_never_passed_over()
+
+
+def test_backorder_state_machine_under_changing_rules():
+    RuledBackorderMachine.reached = {}
+    run_state_machine_as_test(RuledBackorderMachine, settings=in_make_test(examples=40, steps=25))
+    assert RuledBackorderMachine.reached.get("sourced_again_whole", 0) > 0, RuledBackorderMachine.reached
+
+
+@pytest.mark.fuzz
+def test_backorder_state_machine_under_changing_rules_at_length():
+    RuledBackorderMachine.reached = {}
+    run_state_machine_as_test(RuledBackorderMachine, settings=at_length(examples=600, steps=40))
+    print("reached:", RuledBackorderMachine.reached)
