@@ -8,6 +8,7 @@ tests/stateful.py)."""
 
 from __future__ import annotations
 
+import contextlib
 from datetime import datetime, timedelta
 
 import pytest
@@ -1655,3 +1656,45 @@ def test_backorder_state_machine_under_changing_rules_at_length():
     RuledBackorderMachine.reached = {}
     run_state_machine_as_test(RuledBackorderMachine, settings=at_length(examples=600, steps=40))
     print("reached:", RuledBackorderMachine.reached)
+
+
+def test_an_arrival_walked_twice_at_once_sends_the_older_order_back_once_and_oversells_nothing(monkeypatch):
+    """The same arrival walked twice at once (the stream's record redelivered while its first walk
+    runs): the second walk sends the older order back, claims its units and fills the younger one
+    between the first walk's read and its write of the older order; the first walk's write loses
+    and finds the order sent back already. Whatever the younger one got meanwhile, every unit is
+    held once, and once the older order's workflow ran and the arrivals settled no order waits
+    beside units it may take or beside a location that alone has its whole order."""
+    world, allocator = ruled_world([("PREORDER", "wh-west", 1)], max_shipments=1)
+    older = backordered(world, ("PREORDER", 3))  # 1 held at wh-west
+    younger = backordered(world, ("PREORDER", 2))  # nothing held
+    world.inventory.adjust("PREORDER", "wh-east", 4, reason="receipt")
+    second: list[object] = []
+    raced = before_the_next_write(world, monkeypatch, lambda: second.append(allocator.arrived("PREORDER", "wh-east")))
+
+    first = allocator.arrived("PREORDER", "wh-east")
+
+    assert raced and second[0].sourced_again == [older]
+    assert older in first.sourced_again  # found sent back by the other walk
+    assert [e.type for e in world.history(older)].count("sourced_again") == 1
+    assert world.order(older).status is S.AUTHORIZED and world.order(older).allocations == []
+    monkeypatch.undo()
+    with contextlib.suppress(Backordered):  # the younger order took units meanwhile: it waits again
+        world.run(older)  # its workflow, as the outbox starts it
+    for location in ("wh-east", "wh-west"):
+        allocator.arrived("PREORDER", location)
+
+    orders = [world.order(older), world.order(younger)]
+    for location in ("wh-east", "wh-west"):
+        level = world.inventory._get("PREORDER", location)
+        booked = sum(a.quantity for o in orders for a in o.allocations if a.location_id == location)
+        assert level.reserved == sum(world.inventory.held.get(("PREORDER", location), {}).values()) == booked
+        assert 0 <= level.reserved <= level.on_hand
+    for order in orders:
+        if order.status is not S.BACKORDERED:
+            continue
+        used = {a.location_id for a in order.allocations}
+        wanted = sum(a.quantity for a in order.allocations) + sum(order.short_of().values())
+        for location in ("wh-east", "wh-west"):
+            available = world.inventory._get("PREORDER", location).available
+            assert available == 0 if location in used or not used else available < wanted, (order.id, location)
