@@ -787,6 +787,25 @@ def test_an_order_max_shipments_keeps_off_a_location_that_lacks_some_of_its_skus
     assert world.level("PREORDER", "wh-east") == (5, 0, 5)
 
 
+def test_an_order_waiting_for_another_sku_is_sourced_again_when_the_arrival_completes_its_order_elsewhere():
+    # Found by RuledBackorderMachine at length. At most one location; the order (1 PREORDER, 1 BOOK)
+    # took its PREORDER at wh-west and waits there for its BOOK. wh-east received a BOOK (not all
+    # the order wants there: sourced again, it could not ship from wh-east alone), then a PREORDER:
+    # wh-east now has its whole order, but the PREORDER walk passed it over as short of BOOK only,
+    # and it waited beside wh-east for a BOOK at wh-west that nothing may bring.
+    world, allocator = ruled_world([], max_shipments=1)
+    order_id = backordered(world, ("PREORDER", 1), ("BOOK", 1))  # nothing held: in both skus' queues
+    arrive(world, allocator, "PREORDER", "wh-west", 1)  # its PREORDER at wh-west; BOOK short
+    assert arrive(world, allocator, "BOOK", "wh-east", 1).sourced_again == []
+
+    arrived = arrive(world, allocator, "PREORDER", "wh-east", 1)
+
+    assert arrived.sourced_again == [order_id]
+    order = world.run(order_id)
+    assert order.status is S.ALLOCATED and shipped_from(order) == ["wh-east"]
+    assert world.level("PREORDER", "wh-west") == (1, 0, 1)
+
+
 def test_a_new_version_of_the_rules_that_frees_units_wakes_the_backordered_orders_oldest_first(monkeypatch):
     """Units at a location the rules excluded: no arrival is coming for them, so the orders waited
     on after the location was allowed again, though the units were there. A new version now wakes
