@@ -1693,12 +1693,22 @@ class RuledBackorderMachine(BackorderMachine):
             for sku in self._by_sku(order, order.short_of()):
                 assert all(self._spare(sku, loc) == 0 for loc in self._may_take(order)), (order_id, sku, self._rules())
 
+    def _queued_for_every_sku(self, order: Order) -> bool:
+        queues = self.world.backorders.entries
+        return all(any(e.order_id == order.id for e in queues.get(line.sku, set())) for line in order.lines)
+
     @invariant()
     def no_order_waits_beside_a_location_that_alone_has_its_whole_order(self) -> None:
+        """Among the orders in the queue of every sku they order: an arrival finds one only in its
+        sku's queue, and one that held a sku from the start never waited for it (README: it waits
+        until units of a sku it lacks arrive there, or the rules change)."""
         rules = self._rules()
         for order_id in self.ids:
             order = self.world.order(order_id)
             if order.status is not S.BACKORDERED or order.fulfillment.type == "pickup":
+                continue
+            if not self._queued_for_every_sku(order):
+                self._count("waiting_outside_a_queue_of_its_skus")
                 continue
             wanted = self._by_sku(order, {line.line_id: line.quantity for line in order.lines if line.quantity})
             used = {a.location_id for a in order.allocations}
