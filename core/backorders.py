@@ -183,13 +183,15 @@ class BackorderAllocator:
                         result.sourced_again.append(order.id)
                     continue
                 skus_short = {line.sku for line in order.lines if line.line_id in short}
-                if sku not in skus_short:
-                    continue
                 if rules.admits(location_id, {a.location_id for a in order.allocations}):
+                    if sku not in skus_short:
+                        continue  # it waits for other skus, which a fill may take here when they come
                     return result
                 # max_shipments keeps it from adding this location beside those it holds units at,
                 # and a fill adds nowhere else: one that a plan within the rules now gives every unit
                 # it wants is sent back to be sourced, its units left to it by the rest of the walk.
+                # So is one waiting for other skus only, which the location had: these units may be
+                # the last it lacked there.
                 sent, claims = self._workflow.source_again_whole(
                     order.id, location_id, actor=BACKORDER_ACTOR, claimed=claimed
                 )

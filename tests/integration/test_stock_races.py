@@ -376,6 +376,80 @@ def test_a_ship_after_a_cancel_of_units_died_before_its_release_takes_only_the_s
     assert not shop.order(order_id).stock_owed
 
 
+def settled(shop: Shop, order_id: str, shipped: int) -> None:
+    """Once everything left has shipped: `shipped` units shipped, every line shipped or cancelled,
+    nothing owed, and the money what the order now costs (captured less refunded), never more
+    refunded than captured nor captured than authorized."""
+    order = shop.order(order_id)
+    assert order.status is S.SHIPPED, order.status
+    assert [line.quantity for line in order.lines] == [line.shipped_quantity for line in order.lines]
+    assert sum(line.shipped_quantity for line in order.lines) == shipped
+    assert not order.stock_owed and not order.captures_requested
+    payment = order.payment
+    assert payment.refunded <= payment.captured <= payment.authorized
+    assert payment.captured - payment.refunded == order.totals.grand_total
+
+
+def test_a_cancel_of_units_and_a_ship_of_their_parcel_on_threads_ship_or_cancel_each_unit_once(shop):
+    # The cancel decides on orders.modify (h556): its units leave the parcel before the ship's
+    # capture, or the ship's capture is asked first and the cancel is refused (or settles it first,
+    # a First effect, and cancels the units on the parcel as it is then): either way each unit is
+    # shipped or released once, and the money is what the units shipped cost.
+    rounds = 3
+    shop.container.inventory.count("LAST", "wh-east", 3 * rounds)
+    actions = shop.container.actions
+    shipped_so_far = 0
+    for _ in range(rounds):
+        order_id = shop.allocated("LAST", 3)
+        order = shop.order(order_id)
+        (shipment,) = order.shipments
+        line_id = order.lines[0].line_id
+
+        cancelled, ship = on_threads(
+            lambda: actions.cancel(order_id, "customer_request", actor="key_web", lines={line_id: 1}),  # noqa: B023
+            lambda: actions.ship(order_id, shipment.id, None, actor="key_wh"),  # noqa: B023
+        )
+
+        assert not isinstance(cancelled, Exception) or isinstance(cancelled, (Conflict, InvalidTransition)), cancelled
+        if shop.order(order_id).status is not S.SHIPPED:
+            assert isinstance(ship, (Conflict, InvalidTransition)), ship  # the parcel changed under it
+            actions.ship(order_id, shipment.id, None, actor="key_wh")  # the warehouse's retry
+        units = 3 if isinstance(cancelled, Exception) else 2
+        settled(shop, order_id, units)
+        assert shop.order(order_id).lines[0].cancelled_quantity == 3 - units
+        shipped_so_far += units
+        assert shop.level("LAST", "wh-east") == (3 * rounds - shipped_so_far, 0, 3 * rounds - shipped_so_far)
+
+
+def test_a_cancel_of_every_unit_left_and_the_last_ship_on_threads_ship_or_cancel_each_unit_once(shop):
+    # Two parcels (one unit each, at two warehouses); the first has shipped. A cancel of the one
+    # unit left (everything not shipped: the rest of the order) races the ship of the last parcel.
+    catalog = shop.container.catalog_repository
+    catalog.put_location(location("wh-west", name="West warehouse", latitude=39.53, longitude=-119.81))
+    actions = shop.container.actions
+    for _ in range(3):
+        shop.container.inventory.count("LAST", "wh-east", 1)
+        shop.container.inventory.count("LAST", "wh-west", 1)
+        order_id = shop.allocated("LAST", 2)
+        order = shop.order(order_id)
+        east, west = ({s.location_id: s.id for s in order.shipments}[loc] for loc in ("wh-east", "wh-west"))
+        actions.ship(order_id, east, None, actor="key_wh")
+        assert shop.order(order_id).status is S.PARTIALLY_SHIPPED
+        line_id = order.lines[0].line_id
+
+        cancelled, ship = on_threads(
+            lambda: actions.cancel(order_id, "customer_request", actor="key_web", lines={line_id: 1}),  # noqa: B023
+            lambda: actions.ship(order_id, west, None, actor="key_wh"),  # noqa: B023
+        )
+
+        assert not isinstance(cancelled, Exception) or isinstance(cancelled, (Conflict, InvalidTransition)), cancelled
+        assert isinstance(cancelled, Exception) != isinstance(ship, Exception), (cancelled, ship)
+        units = 2 if isinstance(cancelled, Exception) else 1
+        settled(shop, order_id, units)
+        assert shop.level("LAST", "wh-east") == (0, 0, 0)
+        assert shop.level("LAST", "wh-west") == ((0, 0, 0) if units == 2 else (1, 0, 1))
+
+
 # --- An adjustment replayed under its Idempotency-Key -------------------------------------------------
 
 
