@@ -847,8 +847,14 @@ def returns_markdown(run: dict[str, Any]) -> str:
         "| --- | --- | --- |",
     ]
     lines += [f"| {k} | {v:.2f} | |" for k, v in run["dollars_per_million_returns"].items()]
-    lines += [f"| **total, without the optional features** | **{run['total_per_million_returns']:.2f}** | |"]
-    lines += [f"| + {k} | {v:.2f} | |" for k, v in run["optional_dollars_per_million_returns"].items()]
+    optional = run["optional_dollars_per_million_returns"]
+    lines += [f"| {k} | {v:.2f} | |" for k, v in optional.items()]
+    total = run["total_per_million_returns"]
+    included = total + sum(optional.values())
+    lines += [
+        f"| **total, logs and tracing included (the template's defaults)** | **{included:.2f}** | |",
+        f"| without the {len(optional)} rows above them (each a setting of the template's) | {total:.2f} | |",
+    ]
     lines += feature_rows(run["features_per_million_returns"])
     lines += [f"| **total, with all of them** | **{run['total_with_all_per_million_returns']:.2f}** | |", ""]
     return "\n".join(lines)

@@ -83,12 +83,18 @@ def test_the_return_section_shows_the_core_then_each_feature_then_the_total_with
     labels = [row.split(" | ")[0] for row in rows]
 
     feature_rows = [index for index, label in enumerate(labels) if label.startswith("| + ")]
-    assert len(feature_rows) == 3 + len(RETURN_FEATURES)  # the INFO lines, Lambda's, X-Ray, then each feature
+    assert len(feature_rows) == len(RETURN_FEATURES)
+    # The INFO lines, Lambda's lines and X-Ray are rows of the total (the template deploys them), as
+    # for an order; the figure without them follows it, then each feature on top.
     core_row, all_row = (
-        labels.index("| **total, without the optional features**"),
+        labels.index("| **total, logs and tracing included (the template's defaults)**"),
         labels.index("| **total, with all of them**"),
     )
-    assert core_row + 1 == feature_rows[0] and feature_rows[-1] + 1 == all_row
+    optional = run["optional_dollars_per_million_returns"]
+    assert [labels[core_row - 3 + i] for i in range(3)] == [f"| {name}" for name in optional]
+    total = run["total_per_million_returns"] + sum(optional.values())
+    assert rows[core_row] == f"| **total, logs and tracing included (the template's defaults)** | **{total:.2f}** | |"
+    assert core_row + 2 == feature_rows[0] and feature_rows[-1] + 1 == all_row
     assert f"| **total, with all of them** | **{run['total_with_all_per_million_returns']:.2f}** | |" in rows
     webhooks = next(row for row in rows if row.startswith("| + one webhook subscription"))
     assert webhooks.split(" | ")[1] == f"{sum(run['features_per_million_returns']['webhooks'].values()):.2f}"
