@@ -374,13 +374,13 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
             logger.error("customer notification abandoned: unsent a day after its first attempt",
                          extra={"order_id": retry.order_id, "notification_id": retry.notification_id,
                                 "attempts": retry.attempts, "error": retry.error})  # fmt: skip
-        for name, count in (
-            ("CustomerNotifications", len(done.sent)),
-            ("NotificationsDeferred", len(done.deferred)),
-            ("NotificationsAbandoned", len(done.abandoned)),
-        ):
-            if count:
-                metrics.add_metric(name=name, unit=MetricUnit.Count, value=count)
+        if done.sent:
+            metrics.add_metric(name="CustomerNotifications", unit=MetricUnit.Count, value=len(done.sent))
+        if done.deferred:
+            metrics.add_metric(name="NotificationsDeferred", unit=MetricUnit.Count, value=len(done.deferred))
+        if done.abandoned:
+            # NotificationsAbandonedAlarm calls a person: the customer was never told.
+            metrics.add_metric(name="NotificationsAbandoned", unit=MetricUnit.Count, value=len(done.abandoned))
         answer.update(
             notifications_sent=[r.notification_id for r in done.sent],
             notifications_abandoned=[r.notification_id for r in done.abandoned],
