@@ -2,7 +2,7 @@
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any
@@ -11,6 +11,7 @@ from pydantic import Field, TypeAdapter
 
 from core.deadline import TimeUp, never
 from core.domain_events import EventType, order_events
+from core.errors import CandidatesReadPast, dependency_down
 from core.fields import empty_list
 from core.hook_calls import call_hook
 from core.ids import short_hash
@@ -314,14 +315,11 @@ class Notifier:
         self._hook = hook
         self._clock = clock
         self._locations = locations
-        # The notifications of the last notify() the plugins failed to send, with what they raised.
-        self.deferred: list[tuple[Notification, str]] = []
 
-    def notify(self, old: dict[str, Any] | None, new: dict[str, Any]) -> list[Notification]:
-        """The notifications sent now (none when the change means none or all went out before);
-        those deferred, in `deferred`."""
-        sent: list[Notification] = []
-        self.deferred = []
+    def notify(self, old: dict[str, Any] | None, new: dict[str, Any]) -> "Notified":
+        """The notifications sent now (none when the change means none or all went out before), and
+        those deferred now."""
+        done = Notified()
         for notification in notifications(old, new, self._locations):
             recorded, deferred = self._store.add(notification)
             if recorded.sent_at is not None or deferred:
@@ -331,21 +329,42 @@ class Notifier:
             except Exception as error:  # any: the provider's outage is the retry pass's, not the stream's
                 now, kind = self._clock(), failure_kind(error)
                 if self._store.defer(recorded, kind, now, now + retry_delay(1)):
-                    self.deferred.append((recorded, kind))
+                    done.deferred.append((recorded, kind))
                 continue
             self._store.mark_sent(recorded, via[:MAX_WAYS], self._clock())
-            sent.append(recorded)
-        return sent
+            done.sent.append(recorded)
+        return done
+
+
+@dataclass
+class Notified:
+    """What one order change's notifications came to: sent, or deferred with the type of what the
+    plugins raised."""
+
+    sent: list[Notification] = field(default_factory=list)
+    deferred: list[tuple[Notification, str]] = field(default_factory=list)
 
 
 @dataclass
 class Retried:
-    """What a retry pass did, by notification id (each Retry's)."""
+    """What a retry pass did: the notifications it sent, those that failed again (listed for a
+    later attempt, `error` the type of what the plugins raised) and those it gave up, each as its
+    listing after the attempt (`attempts` counting it); `lost`: the ones another pass moved first."""
 
     sent: list[Retry] = field(default_factory=list)
-    deferred: list[Retry] = field(default_factory=list)  # failed again: listed for a later attempt
+    deferred: list[Retry] = field(default_factory=list)
     abandoned: list[Retry] = field(default_factory=list)
-    lost: int = 0  # attempts another pass claimed first
+    lost: int = 0
+    # The listings whose own work raised (a notification that no longer reads, an item its table
+    # refuses), by notification id: read past, taken again by a later pass.
+    failed: dict[str, Exception] = field(default_factory=dict)
+
+
+class NotificationsNotRetried(CandidatesReadPast):
+    """A notification retry pass went on past notifications whose own work raised (CandidatesReadPast)."""
+
+    def __init__(self, done: Retried):
+        super().__init__(done, f"{len(done.failed)} customer notification(s) not retried")
 
 
 class NotificationRetries:
@@ -357,20 +376,32 @@ class NotificationRetries:
     called). At least once, as webhooks are: a function that dies after the plugins sent it and
     before it is recorded sent has it sent again by the attempt after (its id is the same)."""
 
-    def __init__(self, store: NotificationStore, hook: Any, clock: Callable[[], datetime]):
+    def __init__(
+        self, store: NotificationStore, hook: Any, clock: Callable[[], datetime],
+        *, outage: Callable[[Exception], bool] = dependency_down,
+    ):  # fmt: skip
         self._store = store
         self._hook = hook
         self._clock = clock
+        self._outage = outage  # whether an error says a dependency is down (not the notification's own)
 
     def run(self, done: Retried | None = None, *, time_up: TimeUp = never) -> Retried:
         """One pass over the due ones, earliest first, until `time_up` says so (the rest are the next
-        pass's). `done` is filled as the pass goes; a store's failure raises (the pass fails outright)."""
+        pass's). `done` is filled as the pass goes. A listing whose own work raises (its
+        notification no longer reads) is read past, in `done.failed`: it is the earliest due, so a
+        pass it stopped would stop there every run; a dependency found down (`outage`) ends the
+        pass there. What the plugins raise is no such failure: it is the attempt's (deferred)."""
         done = done if done is not None else Retried()
         now = self._clock()
         for retry in self._store.due(now):
             if time_up():
                 break
-            self._retry(retry, now, done)
+            try:
+                self._retry(retry, now, done)
+            except Exception as error:  # any: the notification's own, unless it says a dependency is down
+                if self._outage(error):
+                    raise
+                done.failed[retry.notification_id] = error
         return done
 
     def _retry(self, retry: Retry, now: datetime, done: Retried) -> None:
@@ -389,7 +420,7 @@ class NotificationRetries:
         try:
             via = call_hook(self._hook.oms_notify, _way_shown, notification=notification.model_copy(deep=True))
         except Exception as error:  # any: the provider still down
-            failed = Retry(**{**listed.__dict__, "error": failure_kind(error)})
+            failed = replace(listed, error=failure_kind(error))
             self._store.failed(listed, failed.error)
             if listed.due >= give_up_at and self._store.abandon(listed, now):
                 done.abandoned.append(failed)  # no attempt would come before the deadline

@@ -930,8 +930,12 @@ class Container:
     @cached_property
     def notification_retries(self) -> NotificationRetries:
         from core.notifications import NotificationRetries
+        from functions.adapters import aws_errors
 
-        return NotificationRetries(self.notification_store, self.plugins.hook, self.clock)
+        # An AWS service down is no notification's own failure: the pass stops on it.
+        return NotificationRetries(
+            self.notification_store, self.plugins.hook, self.clock, outage=aws_errors.pass_stopper
+        )
 
     @cached_property
     def order_notifications(self) -> OrderNotifications:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -157,7 +158,7 @@ class DynamoNotifications(NotificationStore):
         return (_retry(item) for item in paged_items(self._client, query))
 
     def claim(self, retry: Retry, at: datetime, next_due: datetime) -> tuple[Notification, Retry] | None:
-        listed = Retry(**{**retry.__dict__, "due": next_due, "attempts": retry.attempts + 1})
+        listed = replace(retry, due=next_due, attempts=retry.attempts + 1)
         claimed = self._transact(
             self._listing_removed(retry),
             {"Put": {"TableName": self._table, "Item": _retry_item(listed)}},

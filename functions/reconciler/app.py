@@ -37,7 +37,7 @@ from core.deadline import Deadline, TimeUp
 from core.import_recount import ImportsNotRecounted, Recounted
 from core.log_text import escape_for_log
 from core.models import utc_now
-from core.notifications import Retried
+from core.notifications import NotificationsNotRetried, Retried
 from core.pickups import PickupsExpired, PickupsNotExpired
 from core.reconciliation import OrdersNotReconciled, Reconciled
 from core.refund_service import (
@@ -381,6 +381,12 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         if done.abandoned:
             # NotificationsAbandonedAlarm calls a person: the customer was never told.
             metrics.add_metric(name="NotificationsAbandoned", unit=MetricUnit.Count, value=len(done.abandoned))
+        for notification_id, failure in done.failed.items():
+            logger.error("customer notification not retried: its own work failed, the next pass tries it again",
+                         extra={"notification_id": notification_id}, exc_info=failure)  # fmt: skip
+        if done.failed:
+            metrics.add_metric(name="NotificationsNotRetried", unit=MetricUnit.Count, value=len(done.failed))
+            incomplete["notifications"] = NotificationsNotRetried(done)
         answer.update(
             notifications_sent=[r.notification_id for r in done.sent],
             notifications_abandoned=[r.notification_id for r in done.abandoned],
@@ -429,6 +435,7 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
             "stalled orders",
             "pickup expiry",
             "imports",
+            "notifications",
         )
     ]
     for error in (*raised, *failures):

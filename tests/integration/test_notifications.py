@@ -432,7 +432,7 @@ def notified(oid: str, channel: str = "web") -> None:
     allocated, shipped = allocated_then_shipped(oid, channel)
     store_order(container.order_repository, allocated, shipped)
     old, new = (json.loads(order.model_dump_json()) for order in (allocated, shipped))
-    assert len(container.notifier.notify(old, new)) == 1
+    assert len(container.notifier.notify(old, new).sent) == 1
 
 
 def test_an_orders_notifications_are_listed_to_who_may_read_the_order(api):

@@ -2303,6 +2303,51 @@ def test_the_pass_sends_a_due_notification_and_gives_up_one_unsent_a_day_with_a_
     assert reconcile() == did()  # sent and given up once
 
 
+def test_a_deferred_notification_that_no_longer_reads_keeps_none_behind_it_waiting(stack, metrics_on, capsys, caplog):
+    from core import hookimpl
+    from core.notifications import Notification, NotificationsNotRetried, notifications
+    from functions.adapters.notifications import DynamoNotifications
+    from functions.reconciler.app import container
+
+    aws, sent = stack["aws"], []
+    store = DynamoNotifications(aws.dynamodb, aws.tables["CatalogTable"])
+    deferred = []
+    for letter, failed_ago in (("x", timedelta(minutes=9)), ("y", timedelta(minutes=6))):
+        allocated = a_stored_order(("TSHIRT", 1), id=order_id(letter), status=OrderStatus.ALLOCATED,
+                                   shipments=[_a_shipment(ShipmentStatus.PENDING)])  # fmt: skip
+        shipped = allocated.model_copy(
+            update={"status": OrderStatus.SHIPPED, "shipments": [_a_shipment(ShipmentStatus.SHIPPED)], "version": 2}
+        )
+        (notification,) = notifications(allocated.model_dump(mode="json"), shipped.model_dump(mode="json"))
+        store.add(notification)
+        at = utc_now() - failed_ago
+        assert store.defer(notification, "TransientError", at, at + timedelta(minutes=5))
+        deferred.append(notification)
+    poison, behind = deferred
+    aws.dynamodb.update_item(  # the earliest due one's record made one no version of the code reads
+        TableName=aws.tables["CatalogTable"],
+        Key={"pk": {"S": f"NOTIFY#{poison.order_id}"}, "sk": {"S": f"{poison.created_at.isoformat()}#{poison.id}"}},
+        UpdateExpression="SET doc = :doc",
+        ExpressionAttributeValues={":doc": {"S": '{"id": "not a notification"}'}},
+    )
+
+    class Mailer:
+        @hookimpl
+        def oms_notify(self, notification: Notification) -> list[str]:
+            sent.append(notification.id)
+            return ["email"]
+
+    container().plugins.register(Mailer(), name="test_mailer_poison")
+    capsys.readouterr()
+    with pytest.raises(NotificationsNotRetried) as failed:
+        reconcile()  # the errors alarm calls a person
+
+    assert sent == [behind.id] and list(failed.value.failed) == [poison.id]
+    assert emitted(capsys.readouterr().out) == {"CustomerNotifications": 1, "NotificationsNotRetried": 1}
+    (error,) = [r for r in caplog.records if r.getMessage().startswith("customer notification not retried")]
+    assert error.levelname == "ERROR" and error.notification_id == poison.id
+
+
 def _a_shipment(status: ShipmentStatus) -> Any:
     from core.models import Shipment, ShipmentLine
 

@@ -18,6 +18,7 @@ from core.notifications import (
     NotificationKind,
     NotificationRetries,
     NotificationStore,
+    Notified,
     Notifier,
     Retry,
     notifications,
@@ -169,7 +170,8 @@ class MemoryStore(NotificationStore):
             self.listed[retry.notification_id] = replace(retry, error=error)
 
     def abandon(self, retry: Retry, at: datetime) -> bool:
-        if self.listed.get(retry.notification_id, replace(retry, attempts=-1)).attempts != retry.attempts:
+        listed = self.listed.get(retry.notification_id)
+        if listed is None or listed.attempts != retry.attempts:
             return False
         del self.listed[retry.notification_id]
         return True
@@ -209,8 +211,8 @@ def test_the_notifier_records_sends_through_plugins_and_sends_once_per_event():
     notifier = Notifier(store, hook_with(mailer), lambda: NOW)
     old, new = a_shipped_change()
 
-    assert len(notifier.notify(old, new)) == 1
-    assert notifier.notify(old, new) == []  # the stream redelivers the record
+    assert len(notifier.notify(old, new).sent) == 1
+    assert notifier.notify(old, new) == Notified()  # the stream redelivers the record
 
     (recorded,) = store.items.values()
     assert mailer.sent == [recorded.id]
@@ -268,15 +270,15 @@ def test_a_failing_plugin_leaves_it_recorded_unsent_and_deferred_and_a_redeliver
     notifier = Notifier(store, hook_with(mailer), lambda: NOW)
     old, new = a_shipped_change()
 
-    assert notifier.notify(old, new) == []  # no error: the stream record succeeds
+    notified = notifier.notify(old, new)  # no error: the stream record succeeds
     (recorded,) = store.items.values()
     assert recorded.sent_at is None
-    assert [(n.id, error) for n, error in notifier.deferred] == [(recorded.id, "RuntimeError")]
+    assert notified == Notified(deferred=[(recorded, "RuntimeError")])
     (retry,) = store.listed.values()
     assert (retry.attempts, retry.due, retry.error) == (1, NOW + timedelta(minutes=5), "RuntimeError")
 
     mailer.fail = False
-    assert notifier.notify(old, new) == [] and notifier.deferred == []  # redelivered: the pass's to send
+    assert notifier.notify(old, new) == Notified()  # redelivered: the pass's to send
     assert mailer.sent == [] and store.items[recorded.id].sent_at is None
 
     retries = NotificationRetries(store, hook_with(mailer), lambda: NOW + timedelta(minutes=6))
