@@ -487,7 +487,8 @@ def oms_notify(notification: Notification) -> list[str] | None:
 
     Every plugin is called, from the Orders stream consumer, after the OMS has recorded the
     notification (GET /orders/{id}/notifications shows it with the ways it went out). Delivery is
-    at least once: a plugin that raises has the stream redeliver the change and every plugin is
-    called again with the same `notification.id`, so a plugin dedupes by it (e.g. as the email
-    provider's idempotency key).
+    at least once: a plugin that raises (its provider down) fails no stream record; the
+    notification is retried by the reconciler (5 minutes, 15 minutes, then hourly, given up a day
+    after the first attempt) and every plugin is called again with the same `notification.id`, so
+    a plugin dedupes by it (e.g. as the email provider's idempotency key).
     """

@@ -1,14 +1,17 @@
 """Customer notifications: what an order change tells its customer, recorded once per event and sent by plugins."""
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any
 
 from pydantic import Field, TypeAdapter
 
+from core.deadline import TimeUp, never
 from core.domain_events import EventType, order_events
+from core.errors import CandidatesReadPast, dependency_down
 from core.fields import empty_list
 from core.hook_calls import call_hook
 from core.ids import short_hash
@@ -57,16 +60,80 @@ class Notification(Shown):
 
 class NotificationStore(ABC):
     @abstractmethod
-    def add(self, notification: Notification) -> Notification:
-        """Record it unless a notification with its id is recorded for its order; return the recorded one."""
+    def add(self, notification: Notification) -> tuple[Notification, bool]:
+        """Record it unless a notification with its id is recorded for its order; return the recorded
+        one, and whether a failed attempt of it is recorded (it waits for the retry pass, or was given up)."""
 
     @abstractmethod
     def mark_sent(self, notification: Notification, sent_via: list[str], at: datetime) -> None:
         """Record that the plugins have sent it (through `sent_via`)."""
 
     @abstractmethod
+    def defer(self, notification: Notification, error: str, at: datetime, due: datetime) -> bool:
+        """Record the first failed attempt of a recorded notification (at `at`, `error`: the type of
+        what the plugins raised) and list it for a retry at `due`; False when one is recorded already."""
+
+    @abstractmethod
+    def due(self, before: datetime) -> Iterator["Retry"]:
+        """The notifications listed for a retry due before `before`, the earliest first."""
+
+    @abstractmethod
+    def claim(self, retry: "Retry", at: datetime, next_due: datetime) -> tuple[Notification, "Retry"] | None:
+        """Claim the next attempt of `retry`'s notification: on the condition that it is still listed
+        as `retry` (no other pass claimed it, it was neither sent nor given up), count the attempt and
+        list it again at `next_due` (the retry if this attempt fails or its function dies). The
+        notification and its new listing; None when the claim is lost."""
+
+    @abstractmethod
+    def retried(self, retry: "Retry", notification: Notification, sent_via: list[str], at: datetime) -> None:
+        """Record that the attempt `retry` claimed sent it: as mark_sent does, and its listing removed."""
+
+    @abstractmethod
+    def failed(self, retry: "Retry", error: str) -> None:
+        """Record the type of what the plugins raised on the attempt `retry` claimed."""
+
+    @abstractmethod
+    def abandon(self, retry: "Retry", at: datetime) -> bool:
+        """Record it given up (unsent for good) and remove its listing, on the condition that it is
+        still listed as `retry`; False when another pass moved it meanwhile."""
+
+    @abstractmethod
     def list(self, order_id: str, limit: int, cursor: str | None) -> tuple[list[Notification], str | None]:
         """An order's notifications, oldest first."""
+
+
+@dataclass(frozen=True)
+class Retry:
+    """A notification the plugins failed to send, listed for the retry pass: due at `due`, after
+    `attempts` failed or claimed attempts, the first at `first_at`; `error`: the type of what the
+    plugins last raised (never its words)."""
+
+    order_id: str
+    notification_id: str
+    created_at: datetime
+    due: datetime
+    attempts: int
+    first_at: datetime
+    error: str
+
+
+# How long after a failed attempt the next one is made: the first retries soon (a blip), then
+# less and less often; hourly after these, until GIVE_UP_AFTER.
+RETRY_DELAYS = (timedelta(minutes=5), timedelta(minutes=15), timedelta(hours=1))
+# A notification still unsent this long after its first attempt is given up: news a day old is
+# more confusing than none (the order's page and its webhooks tell it), and a person is called.
+GIVE_UP_AFTER = timedelta(hours=24)
+
+
+def retry_delay(attempts: int) -> timedelta:
+    """How long after its `attempts`-th failed attempt a notification is tried again."""
+    return RETRY_DELAYS[min(attempts, len(RETRY_DELAYS)) - 1]
+
+
+def failure_kind(error: BaseException) -> str:
+    """What is recorded and logged of an error the plugins raised: its type alone (the plugin's own,
+    which call_hook wraps), never its words, which may hold a card number or a host."""
+    return type(error.__cause__ or error).__name__
 
 
 def ready_for_pickup_id(order_id: str, version: int, shipment_id: str) -> str:
@@ -234,8 +301,11 @@ def _ready_shipments(old: dict[str, Any] | None, new: dict[str, Any]) -> list[di
 class Notifier:
     """Records each notification (the built-in notifier: GET /orders/{id}/notifications shows
     what it would send), then hands it to the plugins that send (hook oms_notify). A notification
-    recorded and sent already is skipped; one recorded but not yet sent (the plugins failed, the
-    stream redelivers) is handed to them again, so they dedupe by its id."""
+    recorded and sent already is skipped. One the plugins fail to send (they raise: a provider
+    down) is recorded deferred, unsent, and left to the retry pass (NotificationRetries): the
+    stream record does not fail, so the shard's later records do not wait through its retries. One
+    recorded but neither sent nor deferred (the function died in the plugins, the stream
+    redelivers) is handed to them again, so they dedupe by its id."""
 
     def __init__(
         self, store: NotificationStore, hook: Any, clock: Callable[[], datetime],
@@ -246,17 +316,119 @@ class Notifier:
         self._clock = clock
         self._locations = locations
 
-    def notify(self, old: dict[str, Any] | None, new: dict[str, Any]) -> list[Notification]:
-        """The notifications sent now (none when the change means none or all went out before)."""
-        sent = []
+    def notify(self, old: dict[str, Any] | None, new: dict[str, Any]) -> "Notified":
+        """The notifications sent now (none when the change means none or all went out before), and
+        those deferred now."""
+        done = Notified()
         for notification in notifications(old, new, self._locations):
-            recorded = self._store.add(notification)
-            if recorded.sent_at is not None:
+            recorded, deferred = self._store.add(notification)
+            if recorded.sent_at is not None or deferred:
                 continue
-            via = call_hook(self._hook.oms_notify, _way_shown, notification=recorded.model_copy(deep=True))
+            try:
+                via = call_hook(self._hook.oms_notify, _way_shown, notification=recorded.model_copy(deep=True))
+            except Exception as error:  # any: the provider's outage is the retry pass's, not the stream's
+                now, kind = self._clock(), failure_kind(error)
+                if self._store.defer(recorded, kind, now, now + retry_delay(1)):
+                    done.deferred.append((recorded, kind))
+                continue
             self._store.mark_sent(recorded, via[:MAX_WAYS], self._clock())
-            sent.append(recorded)
-        return sent
+            done.sent.append(recorded)
+        return done
+
+
+@dataclass
+class Notified:
+    """What one order change's notifications came to: sent, or deferred with the type of what the
+    plugins raised."""
+
+    sent: list[Notification] = field(default_factory=list)
+    deferred: list[tuple[Notification, str]] = field(default_factory=list)
+
+
+@dataclass
+class Retried:
+    """What a retry pass did: the notifications it sent, those that failed again (listed for a
+    later attempt, `error` the type of what the plugins raised) and those it gave up, each as its
+    listing after the attempt (`attempts` counting it); `lost`: the ones another pass moved first."""
+
+    sent: list[Retry] = field(default_factory=list)
+    deferred: list[Retry] = field(default_factory=list)
+    abandoned: list[Retry] = field(default_factory=list)
+    lost: int = 0
+    # The listings whose own work raised (a notification that no longer reads, an item its table
+    # refuses), by notification id: read past, taken again by a later pass.
+    failed: dict[str, Exception] = field(default_factory=dict)
+
+
+class NotificationsNotRetried(CandidatesReadPast):
+    """A notification retry pass went on past notifications whose own work raised (CandidatesReadPast)."""
+
+    def __init__(self, done: Retried):
+        super().__init__(done, f"{len(done.failed)} customer notification(s) not retried")
+
+
+class NotificationRetries:
+    """The reconciler's pass over the notifications the plugins failed to send: each due one is
+    handed to them again (hook oms_notify, the same notification and id, so they dedupe), its
+    attempt claimed first by a conditional write (NotificationStore.claim), so two passes at once
+    make each attempt once; failed again, it is tried after RETRY_DELAYS (then hourly); still
+    unsent GIVE_UP_AFTER after its first attempt, it is given up (recorded abandoned: a person is
+    called). At least once, as webhooks are: a function that dies after the plugins sent it and
+    before it is recorded sent has it sent again by the attempt after (its id is the same)."""
+
+    def __init__(
+        self, store: NotificationStore, hook: Any, clock: Callable[[], datetime],
+        *, outage: Callable[[Exception], bool] = dependency_down,
+    ):  # fmt: skip
+        self._store = store
+        self._hook = hook
+        self._clock = clock
+        self._outage = outage  # whether an error says a dependency is down (not the notification's own)
+
+    def run(self, done: Retried | None = None, *, time_up: TimeUp = never) -> Retried:
+        """One pass over the due ones, earliest first, until `time_up` says so (the rest are the next
+        pass's). `done` is filled as the pass goes. A listing whose own work raises (its
+        notification no longer reads) is read past, in `done.failed`: it is the earliest due, so a
+        pass it stopped would stop there every run; a dependency found down (`outage`) ends the
+        pass there. What the plugins raise is no such failure: it is the attempt's (deferred)."""
+        done = done if done is not None else Retried()
+        now = self._clock()
+        for retry in self._store.due(now):
+            if time_up():
+                break
+            try:
+                self._retry(retry, now, done)
+            except Exception as error:  # any: the notification's own, unless it says a dependency is down
+                if self._outage(error):
+                    raise
+                done.failed[retry.notification_id] = error
+        return done
+
+    def _retry(self, retry: Retry, now: datetime, done: Retried) -> None:
+        give_up_at = retry.first_at + GIVE_UP_AFTER
+        if now >= give_up_at:
+            if self._store.abandon(retry, now):
+                done.abandoned.append(retry)
+            else:
+                done.lost += 1
+            return
+        claimed = self._store.claim(retry, now, now + retry_delay(retry.attempts + 1))
+        if claimed is None:
+            done.lost += 1
+            return
+        notification, listed = claimed
+        try:
+            via = call_hook(self._hook.oms_notify, _way_shown, notification=notification.model_copy(deep=True))
+        except Exception as error:  # any: the provider still down
+            failed = replace(listed, error=failure_kind(error))
+            self._store.failed(listed, failed.error)
+            if listed.due >= give_up_at and self._store.abandon(listed, now):
+                done.abandoned.append(failed)  # no attempt would come before the deadline
+            else:
+                done.deferred.append(failed)
+            return
+        self._store.retried(listed, notification, via[:MAX_WAYS], self._clock())
+        done.sent.append(listed)
 
 
 # A way a plugin says it sent a notification ("email"), as GET /orders/{id}/notifications shows it:

@@ -67,7 +67,7 @@ if TYPE_CHECKING:
     from core.import_recount import StuckImportRecount
     from core.import_service import ImportQueries, ImportSplitter, OrderImporter
     from core.jeopardy import JeopardyScan
-    from core.notifications import NotificationStore, Notifier, OrderNotifications
+    from core.notifications import NotificationRetries, NotificationStore, Notifier, OrderNotifications
     from core.pickups import PickupExpiry
     from core.purchasing import Purchasing, PurchasingRepository
     from core.reconciliation import Reconciler
@@ -926,6 +926,16 @@ class Container:
 
         # A pickup readied names its store by name and street (one catalog read, cached a while).
         return Notifier(self.notification_store, self.plugins.hook, self.clock, self.cached_catalog.get_location)
+
+    @cached_property
+    def notification_retries(self) -> NotificationRetries:
+        from core.notifications import NotificationRetries
+        from functions.adapters import aws_errors
+
+        # An AWS service down is no notification's own failure: the pass stops on it.
+        return NotificationRetries(
+            self.notification_store, self.plugins.hook, self.clock, outage=aws_errors.pass_stopper
+        )
 
     @cached_property
     def order_notifications(self) -> OrderNotifications:

@@ -1359,7 +1359,7 @@ class DynamoStalledOrders(StalledOrders):
                 status=OrderStatus(item["status_key"]["S"]),
                 created_at=datetime.strptime(item["created_at"]["S"], TIME_FORMAT).replace(tzinfo=UTC),
             )
-            for item in _paged_items(self._client, query)
+            for item in paged_items(self._client, query)
         )
 
     def filled_backorders(self, changed_before: datetime) -> Iterator[str]:
@@ -1556,10 +1556,10 @@ class DynamoLateOrders(LateOrders):
 def _paged_ids(client: Any, query: dict[str, Any]) -> Iterator[str]:
     """The `id`s a Query finds, a page at a time as the caller takes them: a page is read only
     when the ids before it are taken."""
-    return (item["id"]["S"] for item in _paged_items(client, query))
+    return (item["id"]["S"] for item in paged_items(client, query))
 
 
-def _paged_items(client: Any, query: dict[str, Any]) -> Iterator[dict[str, Any]]:
+def paged_items(client: Any, query: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """The items a Query finds, a page at a time as the caller takes them: a page is read only
     when the items before it are taken."""
     query = dict(query)

@@ -83,8 +83,9 @@ def publish_changes(record: DynamoDBRecord, subscriptions: Callable[[], list[Iss
     events = order_events(old, new)
     with logger.append_context_keys(order_id=new.get("id"), channel=new.get("channel")):
         dispatch(events, subscriptions)
-        # After the events: a notifier plugin that fails has the record redelivered, and the
-        # events it publishes again carry the same ids (subscribers dedupe; no delivery is queued twice).
+        # After the events: a notifier plugin that fails leaves its notification to the
+        # reconciler's retry pass; anything else failing has the record redelivered, and the events
+        # it publishes again carry the same ids (subscribers dedupe; no delivery is queued twice).
         notify(old, new)
 
 
@@ -122,11 +123,19 @@ def dispatch(events: list[DomainEvent], subscriptions: Callable[[], list[IssuedW
 
 
 def notify(old: dict[str, Any] | None, new: dict[str, Any]) -> None:
-    """The customer notifications the change means, recorded and handed to the notifier plugins."""
-    sent = container().notifier.notify(old, new)
-    if sent:
-        logger.info("customer notified", extra={"notifications": [n.kind.value for n in sent]})
-        metrics.add_metric(name="CustomerNotifications", unit=MetricUnit.Count, value=len(sent))
+    """The customer notifications the change means, recorded and handed to the notifier plugins;
+    those they failed to send, deferred to the reconciler's retry pass (the record succeeds)."""
+    notified = container().notifier.notify(old, new)
+    if notified.sent:
+        logger.info("customer notified", extra={"notifications": [n.kind.value for n in notified.sent]})
+        metrics.add_metric(name="CustomerNotifications", unit=MetricUnit.Count, value=len(notified.sent))
+    for notification, error in notified.deferred:
+        # The error's type alone: a plugin's words may hold a card number or a host.
+        logger.warning("customer notification deferred: the notifier failed, the reconciler retries it",
+                       extra={"notification_id": notification.id, "kind": notification.kind.value,
+                              "error": error})  # fmt: skip
+    if notified.deferred:
+        metrics.add_metric(name="NotificationsDeferred", unit=MetricUnit.Count, value=len(notified.deferred))
 
 
 def update_aggregates(old: dict[str, Any] | None, new: dict[str, Any]) -> None:

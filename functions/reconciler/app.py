@@ -14,7 +14,9 @@ recorded, which the jeopardy scan never finds on an order shipped since (core/ca
 run_settlements); recounts from their line markers the imports a worker killed between marking a
 line and counting it left running short (core/import_recount.py); finishes the stock takes recorded
 below the reserved units whose function died before their rejects (core/services.py's
-InventoryService.finish_short_counts). Each run starts with the next
+InventoryService.finish_short_counts); sends again the customer notifications the notifier plugins
+failed to send, and gives up those still unsent a day after (core/notifications.py's
+NotificationRetries). Each run starts with the next
 pass in turn, and starts none without the time to run it, so a backlog in one keeps none of the
 others from running for good; within a pass, no order or return is started without that time either
 (core/deadline.py): a pass with a backlog stops, is reported, and leaves the rest to the next runs."""
@@ -35,6 +37,7 @@ from core.deadline import Deadline, TimeUp
 from core.import_recount import ImportsNotRecounted, Recounted
 from core.log_text import escape_for_log
 from core.models import utc_now
+from core.notifications import NotificationsNotRetried, Retried
 from core.pickups import PickupsExpired, PickupsNotExpired
 from core.reconciliation import OrdersNotReconciled, Reconciled
 from core.refund_service import (
@@ -95,7 +98,7 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         name: [] for name in (
             "restarted", "parked", "expired", "pickups_held", "returns_restarted", "refunds_finished",
             "kept_back_refunded", "authorizations_settled", "captures_settled", "ships_held", "ships_unconfirmed",
-            "stock_takes_finished",
+            "stock_takes_finished", "notifications_sent", "notifications_abandoned",
         )
     }  # fmt: skip
 
@@ -354,6 +357,41 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
             failures.append(next(iter(done.failed.values())))  # the errors alarm calls a person
         answer.update(stock_takes_finished=[f"{s.sku}/{s.location_id}" for s in done.finished])
 
+    def notifications(time_up: Deadline) -> None:
+        # Filled as the pass goes: what it sent and gave up before failing outright is reported too.
+        done = Retried()
+        isolated("notifications", lambda: container().notification_retries.run(done, time_up=time_up), done)
+        for retry in done.sent:
+            logger.info("customer notification sent on a retry",
+                        extra={"order_id": retry.order_id, "notification_id": retry.notification_id,
+                               "attempts": retry.attempts})  # fmt: skip
+        for retry in done.deferred:
+            # The error's type alone: a plugin's words may hold a card number or a host.
+            logger.warning("customer notification deferred again: the notifier failed, a later pass retries it",
+                           extra={"order_id": retry.order_id, "notification_id": retry.notification_id,
+                                  "attempts": retry.attempts, "error": retry.error})  # fmt: skip
+        for retry in done.abandoned:
+            logger.error("customer notification abandoned: unsent a day after its first attempt",
+                         extra={"order_id": retry.order_id, "notification_id": retry.notification_id,
+                                "attempts": retry.attempts, "error": retry.error})  # fmt: skip
+        if done.sent:
+            metrics.add_metric(name="CustomerNotifications", unit=MetricUnit.Count, value=len(done.sent))
+        if done.deferred:
+            metrics.add_metric(name="NotificationsDeferred", unit=MetricUnit.Count, value=len(done.deferred))
+        if done.abandoned:
+            # NotificationsAbandonedAlarm calls a person: the customer was never told.
+            metrics.add_metric(name="NotificationsAbandoned", unit=MetricUnit.Count, value=len(done.abandoned))
+        for notification_id, failure in done.failed.items():
+            logger.error("customer notification not retried: its own work failed, the next pass tries it again",
+                         extra={"notification_id": notification_id}, exc_info=failure)  # fmt: skip
+        if done.failed:
+            metrics.add_metric(name="NotificationsNotRetried", unit=MetricUnit.Count, value=len(done.failed))
+            incomplete["notifications"] = NotificationsNotRetried(done)
+        answer.update(
+            notifications_sent=[r.notification_id for r in done.sent],
+            notifications_abandoned=[r.notification_id for r in done.abandoned],
+        )
+
     def imports(time_up: Deadline) -> None:
         done = recount_imports(container, isolated, time_up)
         if done.failed:
@@ -365,6 +403,7 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         ("settlement captures", settlement_captures),
         ("imports", imports),
         ("stock takes", stock_takes),
+        ("notifications", notifications),
     ]  # fmt: skip
     first = _first_pass(event, len(passes))
     left = []
@@ -396,6 +435,7 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
             "stalled orders",
             "pickup expiry",
             "imports",
+            "notifications",
         )
     ]
     for error in (*raised, *failures):

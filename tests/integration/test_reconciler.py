@@ -119,7 +119,8 @@ def did(**done: list[str]) -> dict[str, list[str]]:
     return {
         "restarted": [], "parked": [], "expired": [], "pickups_held": [], "returns_restarted": [],
         "refunds_finished": [], "kept_back_refunded": [], "authorizations_settled": [], "captures_settled": [],
-        "ships_held": [], "ships_unconfirmed": [], "stock_takes_finished": [], **done,
+        "ships_held": [], "ships_unconfirmed": [], "stock_takes_finished": [], "notifications_sent": [],
+        "notifications_abandoned": [], **done,
     }  # fmt: skip
 
 
@@ -336,11 +337,13 @@ def test_the_reconciler_queries_the_status_index_and_never_scans(stack, monkeypa
     # and `test`); then the orders owing a carrier work, the refunds left pending, what returns
     # kept back, the authorizations edits left and the settlement captures cancels left (the
     # by_pending_refund index's five partitions); then the imports' listing, for imports left short;
-    # then the stock takes recorded short (the Inventory table's short_counts).
-    assert [operation for operation, _ in calls] == ["query"] * 14
-    *calls, (_, imports), (_, short_counts) = calls
+    # then the stock takes recorded short (the Inventory table's short_counts); then the listing of
+    # the customer notifications the plugins failed to send (its own partition, the due ones).
+    assert [operation for operation, _ in calls] == ["query"] * 15
+    *calls, (_, imports), (_, short_counts), (_, retries) = calls
     assert "IndexName" not in imports and imports["ExpressionAttributeValues"][":pk"] == {"S": "IMPORTS"}
     assert short_counts["IndexName"] == "short_counts"
+    assert "IndexName" not in retries and retries["ExpressionAttributeValues"][":pk"] == {"S": "NOTIFY_RETRY"}
     assert [kwargs["IndexName"] for _, kwargs in calls] == [
         "by_status_key", "by_status_key", "by_pending_refund", "by_pickup_deadline", *["by_receipt"] * 3,
         *["by_pending_refund"] * 5,
@@ -1582,7 +1585,7 @@ def test_a_return_shows_what_it_kept_back_though_the_run_that_finished_its_refun
 
 PASSES = [
     "stalled orders", "pickup expiry", "returns", "carrier work", "refunds", "authorizations", "settlement captures",
-    "imports", "stock takes",
+    "imports", "stock takes", "notifications",
 ]  # fmt: skip
 
 
@@ -1593,6 +1596,7 @@ def passes_run(stack, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     from core.capture_sweep import CapturesSettled, UnrecordedCaptureSweep
     from core.carrier_bookings import CarrierWorkSweep
     from core.import_recount import Recounted, StuckImportRecount
+    from core.notifications import NotificationRetries, Retried
     from core.pickups import PickupExpiry, PickupsExpired
     from core.reconciliation import Reconciled, Reconciler
     from core.refund_service import KeptBackRefunded, KeptBackSweep, PendingRefundSweep
@@ -1619,6 +1623,7 @@ def passes_run(stack, monkeypatch: pytest.MonkeyPatch) -> list[str]:
         (UnrecordedCaptureSweep, "run_settlements", "settlement captures", CapturesSettled([], [], [])),
         (StuckImportRecount, "run", "imports", Recounted()),
         (InventoryService, "finish_short_counts", "stock takes", None),
+        (NotificationRetries, "run", "notifications", Retried()),
     ):
         monkeypatch.setattr(owner, method, recorded(name, answer))
     return ran
@@ -1629,7 +1634,7 @@ def scheduled(at: str) -> dict[str, Any]:
 
 
 def test_each_scheduled_run_starts_with_the_next_pass_so_a_backlog_in_one_holds_no_other_back(passes_run):
-    # Every pass comes first once in nine runs: a backlog that fills the minute with the passes
+    # Every pass comes first once in ten runs: a backlog that fills the minute with the passes
     # run first never keeps the refunds, voids and settlements from their turn.
     from functions.reconciler.app import lambda_handler
 
@@ -2250,3 +2255,103 @@ def hats(services: Any) -> tuple[int, int]:
     """HAT at wh-east: (on_hand, reserved)."""
     east = next(loc for loc in services.inventory.summary("HAT").locations if loc.location_id == "wh-east")
     return east.on_hand, east.reserved
+
+
+# --- Customer notifications the notifier plugins failed to send ----------------------------------
+
+
+def test_the_pass_sends_a_due_notification_and_gives_up_one_unsent_a_day_with_a_metric_and_an_error(
+    stack, metrics_on, capsys, caplog
+):
+    # Through the handler, so every call it makes is one the template grants it (only_granted_calls).
+    from core import hookimpl
+    from core.notifications import Notification, notifications
+    from functions.adapters.notifications import DynamoNotifications
+    from functions.reconciler.app import container
+
+    aws, sent = stack["aws"], []
+    store = DynamoNotifications(aws.dynamodb, aws.tables["CatalogTable"])  # the events function's writes
+    deferred = []
+    for letter, failed_ago in (("u", timedelta(minutes=6)), ("v", timedelta(hours=24, minutes=1))):
+        allocated = a_stored_order(("TSHIRT", 1), id=order_id(letter), status=OrderStatus.ALLOCATED,
+                                   shipments=[_a_shipment(ShipmentStatus.PENDING)])  # fmt: skip
+        shipped = allocated.model_copy(
+            update={"status": OrderStatus.SHIPPED, "shipments": [_a_shipment(ShipmentStatus.SHIPPED)], "version": 2}
+        )
+        (notification,) = notifications(allocated.model_dump(mode="json"), shipped.model_dump(mode="json"))
+        store.add(notification)
+        at = utc_now() - failed_ago
+        assert store.defer(notification, "TransientError", at, at + timedelta(minutes=5))
+        deferred.append(notification)
+
+    class Mailer:
+        @hookimpl
+        def oms_notify(self, notification: Notification) -> list[str]:
+            sent.append(notification.id)
+            return ["email"]
+
+    container().plugins.register(Mailer(), name="test_mailer_back")
+    capsys.readouterr()
+    answer = reconcile()
+
+    back, given_up = deferred
+    assert answer == did(notifications_sent=[back.id], notifications_abandoned=[given_up.id])
+    assert sent == [back.id]  # the one past its day is given up unsent: news a day late confuses
+    assert emitted(capsys.readouterr().out) == {"CustomerNotifications": 1, "NotificationsAbandoned": 1}
+    (error,) = [r for r in caplog.records if r.getMessage().startswith("customer notification abandoned")]
+    assert error.levelname == "ERROR" and error.notification_id == given_up.id and error.error == "TransientError"
+    assert reconcile() == did()  # sent and given up once
+
+
+def test_a_deferred_notification_that_no_longer_reads_keeps_none_behind_it_waiting(stack, metrics_on, capsys, caplog):
+    from core import hookimpl
+    from core.notifications import Notification, NotificationsNotRetried, notifications
+    from functions.adapters.notifications import DynamoNotifications
+    from functions.reconciler.app import container
+
+    aws, sent = stack["aws"], []
+    store = DynamoNotifications(aws.dynamodb, aws.tables["CatalogTable"])
+    deferred = []
+    for letter, failed_ago in (("x", timedelta(minutes=9)), ("y", timedelta(minutes=6))):
+        allocated = a_stored_order(("TSHIRT", 1), id=order_id(letter), status=OrderStatus.ALLOCATED,
+                                   shipments=[_a_shipment(ShipmentStatus.PENDING)])  # fmt: skip
+        shipped = allocated.model_copy(
+            update={"status": OrderStatus.SHIPPED, "shipments": [_a_shipment(ShipmentStatus.SHIPPED)], "version": 2}
+        )
+        (notification,) = notifications(allocated.model_dump(mode="json"), shipped.model_dump(mode="json"))
+        store.add(notification)
+        at = utc_now() - failed_ago
+        assert store.defer(notification, "TransientError", at, at + timedelta(minutes=5))
+        deferred.append(notification)
+    poison, behind = deferred
+    aws.dynamodb.update_item(  # the earliest due one's record made one no version of the code reads
+        TableName=aws.tables["CatalogTable"],
+        Key={"pk": {"S": f"NOTIFY#{poison.order_id}"}, "sk": {"S": f"{poison.created_at.isoformat()}#{poison.id}"}},
+        UpdateExpression="SET doc = :doc",
+        ExpressionAttributeValues={":doc": {"S": '{"id": "not a notification"}'}},
+    )
+
+    class Mailer:
+        @hookimpl
+        def oms_notify(self, notification: Notification) -> list[str]:
+            sent.append(notification.id)
+            return ["email"]
+
+    container().plugins.register(Mailer(), name="test_mailer_poison")
+    capsys.readouterr()
+    with pytest.raises(NotificationsNotRetried) as failed:
+        reconcile()  # the errors alarm calls a person
+
+    assert sent == [behind.id] and list(failed.value.failed) == [poison.id]
+    assert emitted(capsys.readouterr().out) == {"CustomerNotifications": 1, "NotificationsNotRetried": 1}
+    (error,) = [r for r in caplog.records if r.getMessage().startswith("customer notification not retried")]
+    assert error.levelname == "ERROR" and error.notification_id == poison.id
+
+
+def _a_shipment(status: ShipmentStatus) -> Any:
+    from core.models import Shipment, ShipmentLine
+
+    return Shipment(
+        id="shp_" + "w" * 24, location_id="wh1", lines=[ShipmentLine(line_id="L1", quantity=1)], status=status,
+        carrier="oms-flat-rate", service="Ground", tracking_number="FLAT777",
+    )  # fmt: skip

@@ -29,6 +29,8 @@ def test_the_state_machine_may_invoke_the_park_order_function_it_names():
         # Units a reorder point needed that no draft may take (functions/backorders/app.py): a
         # WARNING alone told nobody, and every later crossing of the sku is refused alike.
         ("ReordersNotDraftedAlarm", "ReordersNotDrafted"),
+        # A customer notification the reconciler's retry pass gave up (functions/reconciler/app.py).
+        ("NotificationsAbandonedAlarm", "NotificationsAbandoned"),
     ],
 )
 def test_a_count_alarm_watches_its_metric_as_powertools_emits_it(name: str, metric: str):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pluggy
@@ -11,12 +13,14 @@ from pydantic import ValidationError
 
 from core import PROJECT, hookimpl, hookspecs
 from core.domain_events import EventType, event_id
-from core.errors import PluginError
 from core.notifications import (
     Notification,
     NotificationKind,
+    NotificationRetries,
     NotificationStore,
+    Notified,
     Notifier,
+    Retry,
     notifications,
     ready_for_pickup_id,
 )
@@ -130,12 +134,47 @@ def test_no_payment_token_or_secret_reaches_a_notification():
 class MemoryStore(NotificationStore):
     def __init__(self) -> None:
         self.items: dict[str, Notification] = {}
+        self.attempts: dict[str, int] = {}  # by notification id: its failed (or claimed) attempts
+        self.listed: dict[str, Retry] = {}  # by notification id: listed for the retry pass
 
-    def add(self, notification: Notification) -> Notification:
-        return self.items.setdefault(notification.id, notification)
+    def add(self, notification: Notification) -> tuple[Notification, bool]:
+        return self.items.setdefault(notification.id, notification), notification.id in self.attempts
 
     def mark_sent(self, notification: Notification, sent_via: list[str], at: datetime) -> None:
         self.items[notification.id] = notification.as_sent(sent_via, at)
+
+    def defer(self, notification: Notification, error: str, at: datetime, due: datetime) -> bool:
+        if notification.id in self.attempts:
+            return False
+        self.attempts[notification.id] = 1
+        self.listed[notification.id] = Retry(notification.order_id, notification.id, notification.created_at,
+                                             due, 1, at, error)  # fmt: skip
+        return True
+
+    def due(self, before: datetime) -> Iterator[Retry]:
+        return iter(sorted((r for r in self.listed.values() if r.due < before), key=lambda r: r.due))
+
+    def claim(self, retry: Retry, at: datetime, next_due: datetime) -> tuple[Notification, Retry] | None:
+        if self.listed.get(retry.notification_id) != retry:
+            return None
+        listed = replace(retry, due=next_due, attempts=retry.attempts + 1)
+        self.listed[retry.notification_id], self.attempts[retry.notification_id] = listed, listed.attempts
+        return self.items[retry.notification_id], listed
+
+    def retried(self, retry: Retry, notification: Notification, sent_via: list[str], at: datetime) -> None:
+        self.mark_sent(notification, sent_via, at)
+        del self.listed[retry.notification_id]
+
+    def failed(self, retry: Retry, error: str) -> None:
+        if self.listed.get(retry.notification_id) == retry:
+            self.listed[retry.notification_id] = replace(retry, error=error)
+
+    def abandon(self, retry: Retry, at: datetime) -> bool:
+        listed = self.listed.get(retry.notification_id)
+        if listed is None or listed.attempts != retry.attempts:
+            return False
+        del self.listed[retry.notification_id]
+        return True
 
     def list(self, order_id: str, limit: int, cursor: str | None) -> tuple[list[Notification], str | None]:
         return [n for n in self.items.values() if n.order_id == order_id][:limit], None
@@ -172,8 +211,8 @@ def test_the_notifier_records_sends_through_plugins_and_sends_once_per_event():
     notifier = Notifier(store, hook_with(mailer), lambda: NOW)
     old, new = a_shipped_change()
 
-    assert len(notifier.notify(old, new)) == 1
-    assert notifier.notify(old, new) == []  # the stream redelivers the record
+    assert len(notifier.notify(old, new).sent) == 1
+    assert notifier.notify(old, new) == Notified()  # the stream redelivers the record
 
     (recorded,) = store.items.values()
     assert mailer.sent == [recorded.id]
@@ -226,20 +265,26 @@ def test_a_notification_records_at_most_20_ways_however_many_a_plugin_names():
     assert recorded.sent_at == NOW
 
 
-def test_a_failing_plugin_leaves_it_recorded_unsent_and_a_redelivery_sends_it():
+def test_a_failing_plugin_leaves_it_recorded_unsent_and_deferred_and_a_redelivery_leaves_it_to_the_retry_pass():
     store, mailer = MemoryStore(), Mailer(fail=True)
     notifier = Notifier(store, hook_with(mailer), lambda: NOW)
     old, new = a_shipped_change()
 
-    with pytest.raises(PluginError):
-        notifier.notify(old, new)
+    notified = notifier.notify(old, new)  # no error: the stream record succeeds
     (recorded,) = store.items.values()
     assert recorded.sent_at is None
+    assert notified == Notified(deferred=[(recorded, "RuntimeError")])
+    (retry,) = store.listed.values()
+    assert (retry.attempts, retry.due, retry.error) == (1, NOW + timedelta(minutes=5), "RuntimeError")
 
     mailer.fail = False
-    notifier.notify(old, new)
-    assert mailer.sent == [recorded.id]
-    assert store.items[recorded.id].sent_via == ["email"]
+    assert notifier.notify(old, new) == Notified()  # redelivered: the pass's to send
+    assert mailer.sent == [] and store.items[recorded.id].sent_at is None
+
+    retries = NotificationRetries(store, hook_with(mailer), lambda: NOW + timedelta(minutes=6))
+    assert [r.notification_id for r in retries.run().sent] == [recorded.id]
+    assert mailer.sent == [recorded.id] and store.items[recorded.id].sent_via == ["email"]
+    assert retries.run().sent == []
 
 
 @pytest.mark.parametrize(("via", "at"), [(["email", 7], NOW), ([None], NOW), (["email"], "not a time")])

@@ -53,7 +53,7 @@ from functions.adapters.imports import (
     SqsOrderQueue,
 )
 from functions.adapters.labels import S3Labels
-from functions.adapters.notifications import NOTIFICATIONS_PK, DynamoNotifications
+from functions.adapters.notifications import NOTIFICATIONS_PK, RETRIES_PK, DynamoNotifications
 from functions.adapters.purchasing import (
     DRAFT_LINES_PK,
     DRAFTS_PK,
@@ -268,11 +268,14 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
         (INVENTORY, "dynamodb:UpdateItem"): [DynamoInventory, DynamoOrders],
         (INVENTORY, "dynamodb:BatchGetItem"): [DynamoInventory],
         (INVENTORY, "dynamodb:Query"): [DynamoInventory],
-        (CATALOG, "dynamodb:GetItem"): [DynamoCatalog, DynamoImportLedger],
+        (CATALOG, "dynamodb:GetItem"): [DynamoCatalog, DynamoImportLedger, DynamoNotifications],
         # Imports left running short by a line marked and never counted, recounted from its markers.
-        **{(CATALOG, f"dynamodb:{a}"): [DynamoImportLedger] for a in ("BatchGetItem", "Query", "UpdateItem")},
+        (CATALOG, "dynamodb:BatchGetItem"): [DynamoImportLedger],
+        # ...and the customer notifications the plugins failed to send: listed, claimed, sent, given up.
+        **{(CATALOG, f"dynamodb:{a}"): [DynamoImportLedger, DynamoNotifications] for a in ("Query", "UpdateItem")},
+        (CATALOG, "dynamodb:DeleteItem"): [DynamoNotifications],
         # ...and a long history's page, moved by a pass's write of its order.
-        (CATALOG, "dynamodb:PutItem"): [DynamoImportLedger, DynamoOrders],
+        (CATALOG, "dynamodb:PutItem"): [DynamoImportLedger, DynamoOrders, DynamoNotifications],
         (IDEMPOTENCY, "dynamodb:BatchGetItem"): [DynamoImportLedger],
         (RETURNS, "dynamodb:GetItem"): [DynamoReturns],
         # A return whose kept-back refund the pass makes shows all that was refunded for it.
@@ -345,7 +348,8 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
             for a in ("GetItem", "Query")
         },
         (CATALOG, "dynamodb:PutItem"): [DynamoWebhooks, DynamoAggregates, DynamoNotifications],
-        (CATALOG, "dynamodb:UpdateItem"): [DynamoAggregates],
+        # A notification the plugins failed to send: its failed attempt, with its retry listing.
+        (CATALOG, "dynamodb:UpdateItem"): [DynamoAggregates, DynamoNotifications],
         ("WebhookDeliveryQueue", "sqs:SendMessage"): [SqsDeliveryQueue],
         ("EventsFailureQueue", "sqs:SendMessage"): "the stream mappings' on-failure destination",
     },
@@ -360,6 +364,7 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
 _ALSO_CALLED_AS = {
     "batch_get_item": ["batch_get("],  # functions.adapters.dynamodb.batch_get
     "put_item": ['"Put": {'],  # an item put in a transaction (DynamoInventory.restock's ledger item)
+    "delete_item": ['"Delete": {'],  # an item deleted in a transaction (DynamoNotifications' retry listing)
     "condition_check_item": ['"ConditionCheck": {'],  # a transaction's check (DynamoOrders.update_with_stock)
     "query": ['get_paginator("query")', "_query_ids(", "_paged_ids("],  # functions.adapters.dynamodb helpers
     "send_message": [".send_message_batch("],  # authorized as SendMessage
@@ -544,10 +549,10 @@ def test_webhook_delivery_reaches_only_the_webhooks_partitions_of_the_catalog():
 # the table (tests/template_iam.py), so a function's writes share one list.
 _IMPORTS = [LIST_PK, f"{IMPORT_PK}*"]
 # The counters with their markers, the days' registries, the email index, the filings; the
-# notifications; the webhook deliveries.
+# notifications and the listing of those the plugins failed to send; the webhook deliveries.
 _EVENTS_WRITE = [
     f"{MARKERS_PK}*", f"{CUSTOMER_PK}*", f"{EMAIL_INDEX_PK}*", f"{REPORT_PK}*", f"{REPORT_CHANNELS_PK}*",
-    f"{FILING_PK}*", f"{NOTIFICATIONS_PK}*", f"{DELIVERIES_PK}*",
+    f"{FILING_PK}*", f"{NOTIFICATIONS_PK}*", RETRIES_PK, f"{DELIVERIES_PK}*",
 ]  # fmt: skip
 # A reorder point's draft purchase order, its open-draft records and the crossing's marker; an
 # inventory.low delivery; the page a wake hands on (on the rules' version or the network's item);
@@ -579,10 +584,13 @@ CATALOG_KEYS: dict[str, dict[str, list[str]]] = {
     },
     "BackorderFunction": {a: _BACKORDERS_WRITE for a in _PUT_UPDATE},
     # The imports a recount finishes (their counters, their kept errors); the pages of an order's
-    # history a pass's write moves. It reads the catalog and those imports.
+    # history a pass's write moves; the notifications the plugins failed to send, and their listing
+    # (an attempt claimed, sent or given up moves it). It reads the catalog, those imports and those
+    # notifications.
     "ReconcilerFunction": {
-        **{a: [f"{IMPORT_PK}*", f"{HISTORY_PAGE_PK}*"] for a in _PUT_UPDATE},
-        **{a: [*_CATALOG_ITEMS, f"{IMPORT_PK}*"] for a in _GETS},
+        **{a: [f"{IMPORT_PK}*", f"{HISTORY_PAGE_PK}*", f"{NOTIFICATIONS_PK}*", RETRIES_PK] for a in _PUT_UPDATE},
+        "dynamodb:DeleteItem": [f"{NOTIFICATIONS_PK}*", RETRIES_PK],  # a transaction's: every key it writes
+        **{a: [*_CATALOG_ITEMS, f"{IMPORT_PK}*", f"{NOTIFICATIONS_PK}*"] for a in _GETS},
     },
     # The workflow steps read the catalog only (the network, products) beside their history pages
     # (two also Query the sourcing rules: their Query is whole).
