@@ -182,6 +182,20 @@ def merge_header_cases(event: dict[str, Any]) -> None:
             single[kept] = single.pop(name)  # the last value, as the single-value map keeps it
 
 
+def strip_header_whitespace(event: dict[str, Any]) -> None:
+    """Each header value without the spaces and tabs around it (RFC 9110 5.5: they are not part of
+    a field value, and a parser excludes them), in both maps: `If-Match: 3 ` is version 3 and
+    `Idempotency-Key: k ` the key k, where the routes' patterns refused them as malformed (400)."""
+    single: dict[str, Any] = event.get("headers") or {}
+    for name, value in single.items():
+        if isinstance(value, str):
+            single[name] = value.strip(" \t")
+    many: dict[str, Any] = event.get("multiValueHeaders") or {}
+    for name, values in many.items():
+        if isinstance(values, list):
+            many[name] = [value.strip(" \t") if isinstance(value, str) else value for value in values]
+
+
 def refuse_a_second_credential(event: dict[str, Any], scopes: ScopeTable) -> None:
     """Two Authorization headers are 401 on every route that takes a key, as the authorizer answers
     them (RFC 9110 11.6.2: one credential). The gateway asks the authorizer only when its cache has
@@ -202,6 +216,7 @@ def refuse_a_second_credential(event: dict[str, Any], scopes: ScopeTable) -> Non
 
 def check_request(event: dict[str, Any], scopes: ScopeTable) -> None:
     _parsed.set(None)
+    strip_header_whitespace(event)
     merge_header_cases(event)
     refuse_a_second_credential(event, scopes)
     raw = body_bytes(event)

@@ -160,7 +160,8 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     cold_start = next(_invocations) == 0
     # Raising "Unauthorized" is API Gateway's contract for a 401; the header is never logged.
     header = _authorization(event)
-    match = _BEARER.fullmatch(header) if isinstance(header, str) else None
+    # RFC 9110 5.5: the whitespace around a field value is not part of it (a key pasted with a space).
+    match = _BEARER.fullmatch(header.strip(" \t")) if isinstance(header, str) else None
     if match is None:
         _count_refusal(invoked_at)
         raise Exception("Unauthorized")

@@ -467,6 +467,22 @@ def test_the_authorizer_reads_the_bearer_scheme_in_any_case(aws, prefix):
     assert lambda_handler(evt, Context())["principalId"] == "key_admin"
 
 
+@pytest.mark.parametrize(
+    "header",
+    [f"{before}Bearer oms_sample_admin_key_0123456789{after}" for before, after in [("", " "), ("", "\t"), (" ", "")]],
+    ids=["trailing space", "trailing tab", "leading space"],
+)
+def test_the_authorizer_reads_a_key_whatever_whitespace_surrounds_the_header_value(aws, header):
+    # RFC 9110 5.5: a field value has no leading or trailing whitespace; a parser excludes it before
+    # reading the value. A key pasted with a space after it was 401, the same key without it 200.
+    from functions.authorizer.app import lambda_handler
+
+    ensure_admin_key("oms_sample_admin_key_0123456789")
+    evt = with_authorization(event("authorizer_request.json"), header)
+
+    assert lambda_handler(evt, Context())["principalId"] == "key_admin"
+
+
 def test_keys_are_stored_only_as_hashes(aws):
     ensure_admin_key("oms_sample_admin_key_0123456789")
     dump = json.dumps(aws.dynamodb.scan(TableName=aws.tables["CatalogTable"])["Items"])

@@ -385,3 +385,22 @@ def test_a_header_given_twice_under_names_differing_in_case_is_400_saying_so(api
             {"field": header, "message": "given 2 times: send it once"}
         ]
     assert_no_orders(api, body)
+
+
+@pytest.mark.parametrize(("before", "after"), [("", " "), (" ", ""), ("\t", "\t")], ids=["trailing", "leading", "tabs"])
+def test_the_whitespace_around_a_header_value_is_not_part_of_it(api: InProcessApi, sku: str, before: str, after: str):
+    # RFC 9110 5.5: a field value has no leading or trailing whitespace, and a parser excludes it.
+    # `If-Match: 1 ` and `Idempotency-Key: k ` were 400 malformed_header, the same values bare accepted.
+    body = order_body((sku, 1))
+    key = unique("key")
+    placed = sent(api, "POST", "/orders", headers=(("Idempotency-Key", f"{before}{key}{after}"),), body=body)
+    assert placed.status_code == 201, placed.text
+    again = sent(api, "POST", "/orders", headers=(("Idempotency-Key", key),), body=body)
+    assert (again.status_code, again.json()["id"]) == (201, placed.json()["id"])
+
+    order = placed.json()
+    edited = sent(api, "PATCH", f"/orders/{order['id']}", headers=(("If-Match", f"{before}{order['version']}{after}"),),
+                  body={"shipping_method": "express"})  # fmt: skip
+
+    assert edited.status_code == 200, edited.text
+    assert edited.json()["shipping_method"] == "express"
