@@ -76,6 +76,10 @@ def revoke_api_key(key_id: KeyIdPath):
     # refers to the function, so the function may not refer to the API: a template cycle).
     context = router.current_event.request_context
     who = caller(router)
-    container().api_keys.revoke(key_id, by=who.key_id, stage=ApiStage(api_id=context.api_id, name=context.stage))
-    logger.info("api key revoked", extra={"api_key_id": key_id, "key_id": who.key_id})
+    revoked = container().api_keys.revoke(
+        key_id, by=who.key_id, stage=ApiStage(api_id=context.api_id, name=context.stage)
+    )
+    # A DELETE sent again (by another admin, or to flush again) names the key that did revoke it,
+    # as the key records it: the line alone must not make the sender look like the one who cut it off.
+    logger.info("api key revoked", extra={"api_key_id": key_id, "key_id": who.key_id, "revoked_by": revoked.revoked_by})
     return Response(204, content_types.APPLICATION_JSON, "")
