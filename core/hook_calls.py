@@ -155,17 +155,21 @@ def _failed(plugin: str, hook: str, exc: BaseException) -> PluginError:
     raised: the plugin, the hook and the exception's type. Its words and traceback go to the log
     line `plugin raised` (ERROR, with `plugin`, `hook`, `error`, `reason` as `unavailable` logs it,
     and the traceback), in whichever function called the plugin: a workflow step, the notifier or
-    the reconciler has no other line that holds them."""
+    the reconciler has no other line that holds them. It is the failure's one ERROR line: the
+    PluginError is marked `logged`, so a line that reports it (the API's `plugin failed`) does not
+    write the traceback a second time."""
     error = type(exc).__name__
     logger.error(
         "plugin raised",
         exc_info=exc,
         extra={"plugin": plugin, "hook": hook, "error": plugin_words(error), "reason": _logged_words(exc)},
     )
-    return PluginError(
+    failed = PluginError(
         f"plugin {plugin} failed in {hook}: {error}; its words are in the log line `plugin raised`",
         details=[{"plugin": plugin, "hook": hook}],
     )
+    failed.logged = True
+    return failed
 
 
 def unavailable(plugin: str, hook: str, exc: BaseException, said: str) -> str:
