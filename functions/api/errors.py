@@ -29,6 +29,7 @@ from core.errors import (
 )
 from functions.adapters.aws_errors import busy
 from functions.api.paths import UNKNOWN_ID
+from functions.failure_logs import failure_logged
 
 logger = Logger(child=True)
 
@@ -109,19 +110,6 @@ def described(error: DomainError) -> tuple[int, str, str, list[dict[str, Any]]]:
     return status, error.code, error.message, error.details
 
 
-def plugin_failure_logged(message: str, error: PluginError, **extra: Any) -> None:
-    """Log `message` for a request `error` failed, with `extra` and the plugin and hook its details
-    name. One failure is one ERROR line with one traceback: a plugin that raised has its ERROR line
-    already, `plugin raised` (core.hook_calls: its words and traceback, the request's keys), so this
-    one is a WARNING without the traceback, which would chain the plugin's again (`error.logged`);
-    an answer the core refused was logged nowhere, so this one is its ERROR, with the traceback."""
-    named = {key: value for detail in error.details[:1] for key, value in detail.items() if key in ("plugin", "hook")}
-    if error.logged:
-        logger.warning(message, extra={**extra, **named})
-    else:
-        logger.error(message, extra={**extra, **named}, exc_info=error)
-
-
 def register(app: APIGatewayRestResolver) -> None:
     @app.exception_handler(RequestValidationError)
     def _validation(error: RequestValidationError) -> Response:
@@ -162,16 +150,16 @@ def register(app: APIGatewayRestResolver) -> None:
     def _plugin_error(error: PluginError) -> Response:
         # A plugin's bug (it raised, or answered what the OMS cannot take): nothing it answered was
         # kept, so the request repeated once the plugin works finishes it (502, as a payment
-        # plugin's failure is). Logged (plugin_failure_logged), answered without a traceback.
-        plugin_failure_logged("plugin failed", error, error_code=error.code)
+        # plugin's failure is). Logged once (failure_logged), answered without a traceback.
+        failure_logged(logger, "plugin failed", error, error_code=error.code)
         return error_response(*described(error))
 
     @app.exception_handler(PaymentPluginFailed)
     def _payment_plugin_failed(error: PaymentPluginFailed) -> Response:
         # The payment plugin's bug, recorded in the order's history (kind plugin_error) and logged
-        # (plugin_failure_logged); what the request asked of the gateway stands under its key, so
+        # once (failure_logged); what the request asked of the gateway stands under its key, so
         # the request repeated (or the reconciler) finishes it once the plugin works.
-        plugin_failure_logged("payment plugin failed", error, operation=error.operation)
+        failure_logged(logger, "payment plugin failed", error, operation=error.operation)
         return error_response(*described(error))
 
     @app.exception_handler(PluginUnavailable)
