@@ -16,7 +16,7 @@ from tests.integration import test_cancel_units_api, test_logging_hygiene
 from tests.integration.in_process import InProcessApi
 from tests.integration.test_hostile_plugins_api import only
 from tests.integration.test_logging_hygiene import Captured
-from tests.integration.test_payment_plugin_failures_api import failing, registered
+from tests.integration.test_payment_plugin_failures_api import authorize_step, failing, placed, registered
 from tests.integration.test_plugins_in_the_api import answering
 
 api = test_cancel_units_api.api  # its catalog (MUG in the west, CAP in the east), in this module's account
@@ -102,3 +102,21 @@ def test_an_answer_the_core_refuses_is_one_error_line_the_apis_with_its_tracebac
     assert failed["message"] == "plugin failed"
     assert (failed["hook"], failed["error_code"]) == ("oms_tax_rate", "plugin_error")
     assert failed["correlation_id"]
+
+
+def test_a_payment_plugin_raising_in_a_workflow_step_is_one_error_line_naming_it_and_the_order(
+    api: InProcessApi, logs: Captured
+):
+    # The step logs no traceback of its own (`workflow step raised`, WARNING): Lambda's error record
+    # names the plugin and hook, so `plugin raised` is the one line with the plugin's words.
+    order_id = placed(api)
+
+    with failing("authorize"):
+        authorize_step(order_id)
+
+    lines = lines_written(logs)
+    raised = the_one_error(lines)
+    assert raised["message"] == "plugin raised"
+    assert (raised["hook"], raised["order_id"]) == ("oms_payment_authorize", order_id)
+    (step,) = [line for line in lines if line["message"] == "workflow step raised"]
+    assert (step["level"], step["error"], step["order_id"]) == ("WARNING", "PluginError", order_id)
