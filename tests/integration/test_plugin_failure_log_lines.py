@@ -64,6 +64,7 @@ def test_a_plugin_raising_at_post_orders_is_one_error_line_naming_it_with_the_re
     assert failed["level"] == "WARNING"
     assert (failed["plugin"], failed["hook"], failed["error_code"]) == (named["plugin"], "oms_tax_rate", "plugin_error")
     assert "exception" not in failed
+    assert failed["location"].startswith("_plugin_error:")  # the handler that wrote it, as before
     # The request's id, on both: what ties the 502 to the plugin's words.
     assert raised["correlation_id"] and raised["correlation_id"] == failed["correlation_id"]
 
@@ -101,6 +102,7 @@ def test_an_answer_the_core_refuses_is_one_error_line_the_apis_with_its_tracebac
     failed = the_one_error(lines_written(logs))
     assert failed["message"] == "plugin failed"
     assert (failed["hook"], failed["error_code"]) == ("oms_tax_rate", "plugin_error")
+    assert failed["location"].startswith("_plugin_error:")
     assert failed["correlation_id"]
 
 
