@@ -9,6 +9,7 @@ from pydantic import model_validator
 
 from core import hookimpl
 from core.errors import (
+    InvalidRequest,
     PaymentDeclined,
     PaymentGatewayUnavailable,
     PaymentPluginFailed,
@@ -257,6 +258,31 @@ def test_a_plugin_that_raises_leaves_its_words_and_traceback_in_the_log_line_plu
     assert logged.exc_info[1] is failed.value.__cause__
     # Its one ERROR line: a line that reports the PluginError leaves the traceback out.
     assert failed.value.logged
+
+
+def test_a_refusal_a_hooks_spec_documents_passes_through_unlogged_and_is_the_plugins_failure_elsewhere(caplog):
+    # oms_carrier_tracking_update's InvalidRequest is the sender's body refused whole (422): logged
+    # as the plugin's failure, anyone could write ERROR lines by posting bodies.
+    class Refuses:
+        @hookimpl
+        def oms_carrier_tracking_update(self):
+            raise InvalidRequest("not a webhook of ours")
+
+        @hookimpl
+        def oms_unit_price(self):
+            raise InvalidRequest("not a product of ours")
+
+    plugins = build_plugin_manager()
+    plugins.register(Refuses(), name="carrier")
+    refusal = {"carrier": "acme", "payload": {}, "headers": {}, "body": "{}"}
+
+    with pytest.raises(InvalidRequest, match="not a webhook of ours"):
+        call_hook(plugins.hook.oms_carrier_tracking_update, **refusal)
+    assert [r.getMessage() for r in caplog.records] == []
+
+    with pytest.raises(PluginError, match="plugin carrier failed in oms_unit_price: InvalidRequest"):
+        call_hook(plugins.hook.oms_unit_price, **HOOK_ARGUMENTS["oms_unit_price"])
+    assert [r.getMessage() for r in caplog.records] == ["plugin raised"]
 
 
 def test_an_answer_the_core_refuses_is_a_plugin_error_no_line_has_logged():
