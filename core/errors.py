@@ -207,6 +207,12 @@ class PluginError(DomainError):
     repeated once the plugin works finishes it."""
 
     code = "plugin_error"
+    # Whether the plugin raised it and its words and traceback are logged already, in the ERROR
+    # line `plugin raised` (core.hook_calls, in whichever function called the plugin): a line that
+    # reports this error then names it at WARNING without its traceback (which chains the
+    # plugin's), so that one failure is one ERROR line. False for an answer the core refused,
+    # which no line has logged yet.
+    logged = False
 
 
 class PaymentPluginFailed(PluginError):
@@ -220,13 +226,16 @@ class PaymentPluginFailed(PluginError):
 
     code = "payment_plugin_error"
 
-    def __init__(self, operation: str, message: str, *, details: list[dict[str, Any]] | None = None):
+    def __init__(
+        self, operation: str, message: str, *, details: list[dict[str, Any]] | None = None, logged: bool = False
+    ):
         super().__init__(
             f"the payment plugin failed in the {operation}: {message}; nothing was recorded as moved, and the "
             "request stands: repeat it once the plugin works",
             details=[{"operation": operation, **detail} for detail in details or [{}]],
         )
         self.operation = operation
+        self.logged = logged  # as the PluginError it reports was
 
 
 class RefundExceedsCaptured(InvalidRequest):

@@ -92,8 +92,10 @@ def call_hook(hook: Any, accept: Accept | None = None, /, **kwargs: Any) -> Any:
     reported against the plugin that gave the item.
 
     A plugin that raises becomes PluginError naming it, whatever it raises (SystemExit and other
-    BaseExceptions too) but KeyboardInterrupt; the manager's PluginUnavailable (a plugin failed to
-    load) passes through unchanged. A plugin's TransientError (a gateway briefly down) passes on,
+    BaseExceptions too) but KeyboardInterrupt and what the hook's spec lists as its `refusals` (a
+    sender's body refused whole: InvalidRequest, of oms_carrier_tracking_update), which pass
+    through unchanged and unlogged; so does the manager's PluginUnavailable (a plugin failed to
+    load). A plugin's TransientError (a gateway briefly down) passes on,
     of its class, and a TimeoutError or ConnectionError becomes one: either names the plugin, the
     hook and the exception's type alone (`unavailable`), its words going to the log line
     `plugin temporarily unavailable`, never to the client, the order's history or a workflow's
@@ -128,6 +130,8 @@ def call_hook(hook: Any, accept: Accept | None = None, /, **kwargs: Any) -> Any:
     except KeyboardInterrupt:
         raise  # the operator's Ctrl-C, not the plugin's answer
     except BaseException as exc:
+        if isinstance(exc, getattr(hook.spec.function, "refusals", ())):
+            raise  # what its spec documents as a refusal of what the plugin was given: no failure of it
         # SystemExit (a library's sys.exit) or any class of the plugin's own outside Exception too:
         # past here nothing maps it, and the Lambda would die without the contract's error shape.
         raise _failed(_raised_by(hook, exc), name, exc) from exc
@@ -155,17 +159,21 @@ def _failed(plugin: str, hook: str, exc: BaseException) -> PluginError:
     raised: the plugin, the hook and the exception's type. Its words and traceback go to the log
     line `plugin raised` (ERROR, with `plugin`, `hook`, `error`, `reason` as `unavailable` logs it,
     and the traceback), in whichever function called the plugin: a workflow step, the notifier or
-    the reconciler has no other line that holds them."""
+    the reconciler has no other line that holds them. It is the failure's one ERROR line: the
+    PluginError is marked `logged`, so a line that reports it (the API's `plugin failed`) does not
+    write the traceback a second time."""
     error = type(exc).__name__
     logger.error(
         "plugin raised",
         exc_info=exc,
         extra={"plugin": plugin, "hook": hook, "error": plugin_words(error), "reason": _logged_words(exc)},
     )
-    return PluginError(
+    failed = PluginError(
         f"plugin {plugin} failed in {hook}: {error}; its words are in the log line `plugin raised`",
         details=[{"plugin": plugin, "hook": hook}],
     )
+    failed.logged = True
+    return failed
 
 
 def unavailable(plugin: str, hook: str, exc: BaseException, said: str) -> str:

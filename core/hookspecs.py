@@ -6,6 +6,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from core import hookspec
+from core.errors import InvalidRequest
 from core.models import Address, Customer, Location, Order, Product, ReviewRequest, ShipmentLine, StockLevel
 from core.money import Money
 from core.pricing_types import Discount, DraftLine, PricingDraft, ShippingQuote, TaxRate
@@ -393,6 +394,11 @@ def oms_carrier_tracking_update(
     would not send at all (422, nothing applied) and core.errors.TransientError when you cannot
     read it now (503: the carrier sends it again).
     """
+
+
+# The sender's body refused whole: its fault, not the plugin's, so core.hook_calls.call_hook passes
+# it on as raised and logs no plugin failure (`plugin raised`, ERROR) for what anyone may post.
+oms_carrier_tracking_update.refusals = (InvalidRequest,)
 
 
 @hookspec(firstresult=True)

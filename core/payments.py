@@ -97,7 +97,9 @@ class Payments:
                 raise
             except PluginError as failed:
                 on_failure(Failure(operation, attempt + 1, "plugin_error", failed.message))
-                raise PaymentPluginFailed(operation, failed.message, details=failed.details) from failed
+                raise PaymentPluginFailed(
+                    operation, failed.message, details=failed.details, logged=failed.logged
+                ) from failed
         raise AssertionError("unreachable")
 
     @staticmethod

@@ -20,13 +20,11 @@ import pluggy
 from pydantic import AwareDatetime, BaseModel, Field
 
 from core.errors import (
-    InvalidRequest,
     InvalidTransition,
     NoPaymentPlugin,
     NotFound,
     ParcelWithdrawn,
     PaymentRefused,
-    PluginError,
 )
 from core.fields import empty_list
 from core.hook_calls import call_hook
@@ -112,15 +110,11 @@ class CarrierTracking:
         NotFound when no plugin answers for `carrier`; PluginError naming the plugin when it fails
         or answers something else than documented; the plugin's InvalidRequest (the sender's
         malformed body, 422) and TransientError (the carrier briefly down, 503) as it raised them."""
-        try:
-            updates = call_hook(
-                self._hook.oms_carrier_tracking_update, carrier=carrier, payload=payload, headers=headers, body=body
-            )
-        except PluginError as exc:
-            # The hook's documented refusal of a body: the sender's fault, not the plugin's.
-            if isinstance(exc.__cause__, InvalidRequest):
-                raise exc.__cause__ from None
-            raise
+        # The plugin's InvalidRequest, the hook's documented refusal of a body, passes through
+        # call_hook as raised (the spec's `refusals`): the sender's fault, not the plugin's.
+        updates = call_hook(
+            self._hook.oms_carrier_tracking_update, carrier=carrier, payload=payload, headers=headers, body=body
+        )
         if updates is None:
             raise NotFound(f"no carrier plugin reads tracking updates for {carrier!r}")
         return updates

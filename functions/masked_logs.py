@@ -1,10 +1,11 @@
 """The functions' Logger: every line it writes has its card numbers masked, whatever text carries them.
 
 Text from outside reaches log lines by many ways besides the ones that mask it themselves (a plugin's
-words, an import line's error): a plugin's exception and its traceback (chained under the error the
-API logs), a client library's error echoing a value, pydantic's echoing input. Masking the line as
-it is written covers them all, and the core's own loggers too (functions/bootstrap.py gives them this
-handler). Every function builds its Logger here; tests/unit/test_masked_logs.py holds them to it.
+words, an import line's error): a plugin's exception and its traceback (in the line `plugin raised`,
+or chained under the error a function logs), a client library's error echoing a value, pydantic's
+echoing input. Masking the line as it is written covers them all, and the core's own loggers too
+(functions/bootstrap.py gives them this handler). Every function builds its Logger here;
+tests/unit/test_masked_logs.py holds them to it.
 """
 
 from __future__ import annotations

@@ -29,6 +29,7 @@ from core.errors import (
 )
 from functions.adapters.aws_errors import busy
 from functions.api.paths import UNKNOWN_ID
+from functions.failure_logs import failure_logged
 
 logger = Logger(child=True)
 
@@ -149,16 +150,16 @@ def register(app: APIGatewayRestResolver) -> None:
     def _plugin_error(error: PluginError) -> Response:
         # A plugin's bug (it raised, or answered what the OMS cannot take): nothing it answered was
         # kept, so the request repeated once the plugin works finishes it (502, as a payment
-        # plugin's failure is). Logged with its traceback, answered without one.
-        logger.exception("plugin failed", extra={"error_code": error.code})
+        # plugin's failure is). Logged once (failure_logged), answered without a traceback.
+        failure_logged(logger, "plugin failed", error, error_code=error.code)
         return error_response(*described(error))
 
     @app.exception_handler(PaymentPluginFailed)
     def _payment_plugin_failed(error: PaymentPluginFailed) -> Response:
         # The payment plugin's bug, recorded in the order's history (kind plugin_error) and logged
-        # with its traceback here; what the request asked of the gateway stands under its key, so
+        # once (failure_logged); what the request asked of the gateway stands under its key, so
         # the request repeated (or the reconciler) finishes it once the plugin works.
-        logger.exception("payment plugin failed", extra={"operation": error.operation})
+        failure_logged(logger, "payment plugin failed", error, operation=error.operation)
         return error_response(*described(error))
 
     @app.exception_handler(PluginUnavailable)

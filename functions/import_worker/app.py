@@ -15,6 +15,7 @@ from core.log_text import escape_for_log
 from functions.adapters.imports import origin_from
 from functions.bootstrap import WarmContainer
 from functions.business_metrics import emits_business_metrics
+from functions.failure_logs import failure_logged
 from functions.masked_logs import function_logger
 from functions.stream_batches import batch_response
 
@@ -50,16 +51,16 @@ def _import_order(record: SQSRecord, origin: OrderOrigin | None) -> None:
         receives = int(record.attributes.approximate_receive_count or 0)
         last = 0 < container().config.import_queue_max_receives <= receives
         # The body is never logged: it is customer data.
-        logger.exception(
+        failure_logged(
+            logger,
             "import message failed; it goes to the import dead-letter queue"
             if last
             else "import message failed; SQS will deliver it again",
-            extra={
-                "message_id": record.message_id,
-                "receive_count": record.attributes.approximate_receive_count,
-                "import_id": origin.import_id if origin else None,
-                "line": origin.line if origin else None,
-            },
+            error,
+            message_id=record.message_id,
+            receive_count=record.attributes.approximate_receive_count,
+            import_id=origin.import_id if origin else None,
+            line=origin.line if origin else None,
         )
         if last:
             _park(record, origin, error, receives)

@@ -5,6 +5,7 @@ its ship is confirmed, and when the same webhook comes again. The rules are unit
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -242,3 +243,16 @@ def test_a_scan_of_a_parcel_an_edit_withdrew_is_answered_withdrawn_not_unknown(a
     other = issue(api, "fulfillment:write", channel="elsewhere")
     hidden = api.post(PATH, key=other, json=scans)
     assert [u["outcome"] for u in hidden.json()["updates"]] == ["unknown_shipment"] * 2
+
+
+def test_a_body_the_carrier_plugin_refuses_whole_writes_no_error_line(api, caplog):
+    # The plugin's documented refusal (InvalidRequest, 422) is the sender's fault, not the plugin's:
+    # it was logged as the plugin's failure, `plugin raised` at ERROR with a traceback, so anyone who
+    # can reach the route could raise the API's error alarms and its log bill at will.
+    caplog.set_level(logging.DEBUG)
+
+    response = api.post(PATH, json={"parcels": []})
+
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["message"] == "not an OMS Flat Rate tracking webhook"
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info] == []

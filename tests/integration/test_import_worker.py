@@ -297,6 +297,28 @@ def test_a_batch_with_a_poison_message_reports_only_that_one_failed(stack: Impor
     assert imported["errors"] == []  # retried: listed as parked only once its last delivery fails
 
 
+def test_a_message_whose_plugin_raises_is_one_error_line_naming_the_plugin_and_the_line(
+    stack: ImportAws, poison: None, caplog: pytest.LogCaptureFixture
+):
+    # Both were ERROR with the plugin's traceback: `plugin raised`, and this worker's line, whose
+    # PluginError chained it again.
+    import_id = split(stack, "incoming/orders.csv", csv_file(csv_row("ext-poison", "POISON")))
+    caplog.set_level(logging.INFO)
+
+    (record,), failed = stack.deliver_once(worker)
+
+    assert failed == {record["messageId"]}
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert [r.getMessage() for r in errors] == ["plugin raised"]
+    (raised,) = errors
+    assert (raised.plugin, raised.hook, raised.reason) == ("poison_price", "oms_unit_price", "price service bug")
+    assert [r.getMessage() for r in caplog.records if r.exc_info] == ["plugin raised"]
+    (said,) = [r for r in caplog.records if r.getMessage() == "import message failed; SQS will deliver it again"]
+    assert said.levelname == "WARNING"
+    assert (said.plugin, said.hook, said.import_id, said.line) == ("poison_price", "oms_unit_price", import_id, 2)
+    assert said.message_id == record["messageId"]
+
+
 def test_a_poison_message_ends_in_the_dlq_after_5_receives_while_its_batch_is_processed(stack: ImportAws, poison: None):
     rows = [csv_row(f"ext-{i:02d}") for i in range(14)]
     rows.insert(3, csv_row("ext-poison", "POISON"))

@@ -4,6 +4,7 @@ once (a redelivered record sends nothing again) and hands it to the notifier plu
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -118,6 +119,12 @@ def test_a_notifier_raising_with_a_card_number_keeps_it_out_of_every_log_line_an
     lines = [line for line in logs.written().splitlines() if line.strip()]
     assert [line for line in lines if contains_card_number(line) or "4111111111111111" in line] == []
     assert any("plugin raised" in line and "relay said: card [card number] in the body" in line for line in lines)
+    # Each failure's one ERROR line, with its traceback: each notification deferred is a WARNING.
+    written = [json.loads(line) for line in lines if line.startswith("{")]
+    assert {line["message"] for line in written if line["level"] == "ERROR"} == {"plugin raised"}
+    assert len([line for line in written if line["level"] == "ERROR"]) == len(
+        [line for line in written if line["message"].startswith("customer notification deferred")]
+    )
     stored = aws.dynamodb.scan(TableName=aws.tables["CatalogTable"])["Items"]
     assert not [item for item in stored if "4111" in str(item) or "relay said" in str(item)]
     assert [item["last_error"]["S"] for item in stored if "last_error" in item] == ["ValueError", "ValueError"]

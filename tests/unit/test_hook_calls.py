@@ -9,8 +9,10 @@ from pydantic import model_validator
 
 from core import hookimpl
 from core.errors import (
+    InvalidRequest,
     PaymentDeclined,
     PaymentGatewayUnavailable,
+    PaymentPluginFailed,
     PaymentRefused,
     PluginError,
     PluginUnavailable,
@@ -254,6 +256,40 @@ def test_a_plugin_that_raises_leaves_its_words_and_traceback_in_the_log_line_plu
     assert (logged.plugin, logged.hook, logged.error) == ("failing", "oms_carrier_create_shipment", "RuntimeError")
     assert logged.reason == "carrier API answered 500 for shp_1\\n\\u202e"
     assert logged.exc_info[1] is failed.value.__cause__
+    # Its one ERROR line: a line that reports the PluginError leaves the traceback out.
+    assert failed.value.logged
+
+
+def test_a_refusal_a_hooks_spec_documents_passes_through_unlogged_and_is_the_plugins_failure_elsewhere(caplog):
+    # oms_carrier_tracking_update's InvalidRequest is the sender's body refused whole (422): logged
+    # as the plugin's failure, anyone could write ERROR lines by posting bodies.
+    class Refuses:
+        @hookimpl
+        def oms_carrier_tracking_update(self):
+            raise InvalidRequest("not a webhook of ours")
+
+        @hookimpl
+        def oms_unit_price(self):
+            raise InvalidRequest("not a product of ours")
+
+    plugins = build_plugin_manager()
+    plugins.register(Refuses(), name="carrier")
+    refusal = {"carrier": "acme", "payload": {}, "headers": {}, "body": "{}"}
+
+    with pytest.raises(InvalidRequest, match="not a webhook of ours"):
+        call_hook(plugins.hook.oms_carrier_tracking_update, **refusal)
+    assert [r.getMessage() for r in caplog.records] == []
+
+    with pytest.raises(PluginError, match="plugin carrier failed in oms_unit_price: InvalidRequest"):
+        call_hook(plugins.hook.oms_unit_price, **HOOK_ARGUMENTS["oms_unit_price"])
+    assert [r.getMessage() for r in caplog.records] == ["plugin raised"]
+
+
+def test_an_answer_the_core_refuses_is_a_plugin_error_no_line_has_logged():
+    with pytest.raises(PluginError, match="returned str, expected Money") as refused:
+        call("oms_unit_price", answering("oms_unit_price", "1.00"), name="sloppy")
+
+    assert not refused.value.logged
 
 
 class Abandoned(BaseException):
@@ -453,6 +489,32 @@ def test_payments_refuse_a_malformed_gateway_answer_naming_the_gateway():
 
     with pytest.raises(PluginError, match="plugin gateway returned a malformed PaymentResult: reference"):
         Payments(plugins).capture("test", "auth_1", usd("1.00"), "ord_1", "k")
+
+
+@pytest.mark.parametrize(
+    ("answer", "logged"), [(RuntimeError("lost the answer"), True), ("approved", False)], ids=["raised", "refused"]
+)
+def test_a_payment_plugins_failure_is_logged_as_the_plugin_error_it_reports_was(answer, logged):
+    # The API logs a PaymentPluginFailed: at ERROR with its traceback again if it did not know the
+    # plugin's `plugin raised` line holds them.
+    class Gateway:
+        @hookimpl
+        def oms_payment_capture(self):
+            if isinstance(answer, BaseException):
+                raise answer
+            return answer
+
+    plugins = build_plugin_manager()
+    plugins.register(Gateway(), name="gateway")
+    payments = Payments(plugins, sleep=lambda _: None)
+
+    with pytest.raises(PaymentPluginFailed) as failed:
+        payments.retried(
+            "capture", lambda _: payments.capture("test", "a1", usd("1.00"), "ord_1", "k"), lambda failure: None
+        )
+
+    assert failed.value.logged is logged
+    assert failed.value.__cause__.logged is logged
 
 
 def test_a_gateways_refusal_reaches_the_order_and_the_client_with_controls_and_bidi_overrides_made_visible():

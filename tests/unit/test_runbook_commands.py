@@ -180,23 +180,32 @@ def test_every_logical_id_a_runbook_command_names_is_a_resource_of_the_template(
 LEVELS = {"debug": "DEBUG", "info": "INFO", "warning": "WARNING", "error": "ERROR", "exception": "ERROR"}
 
 
+def _written(message: ast.expr) -> list[str]:
+    """The messages `message` (a call's argument) may be: a `%s` stays as written, an f-string's
+    value is a NUL, so no filter matches across it; either branch of a conditional expression."""
+    if isinstance(message, ast.Constant) and isinstance(message.value, str):
+        return [message.value]
+    if isinstance(message, ast.JoinedStr):
+        return ["".join(part.value if isinstance(part, ast.Constant) else "\0" for part in message.values)]
+    if isinstance(message, ast.IfExp):
+        return _written(message.body) + _written(message.orelse)
+    return []
+
+
 def logged_messages() -> list[tuple[str, str]]:
     """(level, message) of each logger call in core/, functions/ and plugins/ whose message is
-    written out: a `%s` stays as written, an f-string's value is a NUL, so no filter matches across it."""
+    written out, and of each failure_logged call (functions/failure_logs.py), which logs at ERROR,
+    or at WARNING for a plugin that raised."""
     found = []
     for folder in ("core", "functions", "plugins"):
         for path in sorted((ROOT / folder).rglob("*.py")):
             for call in ast.walk(ast.parse(path.read_text())):
-                if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute) and call.args):
+                if not isinstance(call, ast.Call):
                     continue
-                level, message = LEVELS.get(call.func.attr), call.args[0]
-                if level is None:
-                    continue
-                if isinstance(message, ast.Constant) and isinstance(message.value, str):
-                    found.append((level, message.value))
-                elif isinstance(message, ast.JoinedStr):
-                    parts = [part.value if isinstance(part, ast.Constant) else "\0" for part in message.values]
-                    found.append((level, "".join(parts)))
+                if isinstance(call.func, ast.Name) and call.func.id == "failure_logged" and len(call.args) > 1:
+                    found.extend((level, text) for text in _written(call.args[1]) for level in ("ERROR", "WARNING"))
+                elif isinstance(call.func, ast.Attribute) and call.args and call.func.attr in LEVELS:
+                    found.extend((LEVELS[call.func.attr], text) for text in _written(call.args[0]))
     return found
 
 
@@ -213,6 +222,9 @@ def test_every_message_a_logs_insights_filter_of_the_readme_looks_for_is_logged_
     through_arguments = {CREDIT_NOT_USED: "not given back (%s): left to a person"}
     logged = logged_messages()
     assert ("ERROR", "unhandled error") in logged and ("WARNING", "AWS busy") in logged
+    # Through failure_logged, and a conditional message's either branch.
+    assert ("WARNING", "plugin failed") in logged
+    assert ("ERROR", "import message failed; it goes to the import dead-letter queue") in logged
     filters = readme_filters()
     assert len(filters) >= 8
     for function, query in filters:
