@@ -3,6 +3,7 @@ default), in LabelsBucket exactly as before; the template both ways and the loca
 
 from __future__ import annotations
 
+import functools
 import os
 import urllib.request
 from typing import Any
@@ -16,11 +17,15 @@ LABEL_WRITERS = ("ApiFunction", "CreateShipmentsFunction", "ReconcilerFunction")
 EXPRESS_ONLY = ("LabelsExpressBucket", "LabelsExpressBucketPolicy", "LabelsExpressAccess")
 
 
+@functools.cache
+def _translated() -> dict[str, Any]:
+    return translate(with_placeholder_uris(load_template()))["Resources"]
+
+
 def stack_resources(zone: str) -> dict[str, Any]:
     """The resources CloudFormation creates (SAM's output, conditions applied) with LabelsZoneId `zone`."""
-    document = load_template()
-    template = Template(document, parameter_overrides={"LabelsZoneId": zone})
-    translated = translate(with_placeholder_uris(document))["Resources"]
+    template = Template(load_template(), parameter_overrides={"LabelsZoneId": zone})
+    translated = _translated()
     return {
         name: resource
         for name, resource in translated.items()
