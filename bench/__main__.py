@@ -736,6 +736,10 @@ def confirmations_markdown(run: dict[str, Any]) -> list[str]:
         f"| $ per million orders, logs and tracing included, with a carrier that hosts its labels "
         f"(`label_url`: no S3 PUT) | {one[total] - one['dollars_per_million_orders']['S3']:.2f} | "
         f"{batched[total] - batched['dollars_per_million_orders']['S3']:.2f} |",
+        f"| $ per million orders, logs and tracing included, with labels in S3 Express One Zone (`LabelsZoneId` "
+        f"set; their 90 days of storage counted, S3 Standard's too) | "
+        f"{one[total] + one['labels_in_s3_express_per_million_orders']:.2f} | "
+        f"{batched[total] + batched['labels_in_s3_express_per_million_orders']:.2f} |",
         f"| $ per million orders, without the logs' INFO lines, Lambda's START/END/REPORT lines and X-Ray | "
         f"{one['total_per_million_orders']:.2f} | {batched['total_per_million_orders']:.2f} |",
         "",

@@ -24,9 +24,18 @@ PRICES = {
     # consistent; an eventually consistent read is half a unit).
     "dynamodb_wru": 0.625 / 1_000_000,
     "dynamodb_rru": 0.125 / 1_000_000,
-    # S3 Standard: PUT/COPY/POST/LIST per request, GET per request.
+    # S3 Standard: PUT/COPY/POST/LIST per request, GET per request; per GB-month stored.
     "s3_put": 0.005 / 1_000,
     "s3_get": 0.0004 / 1_000,
+    "s3_gb_month": 0.023,
+    # S3 Express One Zone (a directory bucket: labels with LabelsZoneId set), the figures of the AWS
+    # S3 FAQ's worked example for us-east-1 (aws.amazon.com/s3/faqs, "S3 Express One Zone"): per
+    # PUT and per GET request, per GB uploaded and per GB retrieved, per GB-month stored.
+    "s3_express_put": 0.00113 / 1_000,
+    "s3_express_get": 0.00003 / 1_000,
+    "s3_express_upload_gb": 0.0032,
+    "s3_express_retrieval_gb": 0.0006,
+    "s3_express_gb_month": 0.11,
     # SQS standard: per request (64 KB chunks).
     "sqs_request": 0.40 / 1_000_000,
     # EventBridge: per custom event published (each 64 KB chunk of an entry is one event).
@@ -67,6 +76,9 @@ XRAY_SAMPLED_SHARE = 0.05
 
 SFN_EXPRESS_BILLED_GB = 64 / 1024  # the smallest memory step Express executions are billed in
 
+# A label is kept 90 days (LabelsBucket's and LabelsExpressBucket's lifecycle), in months of storage.
+LABEL_KEPT_MONTHS = 90 / (365 / 12)
+
 
 @dataclass
 class Usage:
@@ -86,6 +98,7 @@ class Usage:
     log_bytes: Counter[str] = field(default_factory=Counter)  # level ("INFO", "metrics", "platform") -> bytes
     traces: int = 0  # requests that start a trace: API calls and stream-triggered invocations
     events_published: int = 0  # PutEvents entries (64 KB chunks)
+    s3_put_bytes: int = 0  # the bodies of s3.PutObject requests (the functions put labels only)
 
 
 def combined(*parts: tuple[Usage, float]) -> Usage:
@@ -167,3 +180,22 @@ def optional_dollars(usage: Usage) -> dict[str, float]:
         "CloudWatch Logs: Lambda's START/END/REPORT lines (PlatformLogLevel INFO, the default)": ingested("platform"),
         "X-Ray: traces at 5 % sampling (Tracing: Active)": usage.traces * XRAY_SAMPLED_SHARE * p["xray_trace_recorded"],
     }
+
+
+def labels_in_s3_express(usage: Usage) -> float:
+    """What the labels a run put (its s3.PutObject requests) add to dollars() when kept in S3
+    Express One Zone (LabelsZoneId set) instead of S3 Standard: its PUTs, the bytes uploaded and
+    their storage for the 90 days a label is kept, less S3 Standard's PUTs and storage (dollars()
+    leaves storage out; both are counted here, so that the difference is whole). Negative: cheaper.
+    Printing a label (a GET through its link) is left out, as in dollars(): the bench makes none.
+    A print costs $0.40 per million in S3 Standard, $0.03 in S3 Express (with $0.0006 per GB
+    retrieved: about $0.001 per million 1.7 KB labels)."""
+    p = PRICES
+    puts, stored_gb = usage.calls["s3.PutObject"], usage.s3_put_bytes / 1e9
+    express = (
+        puts * p["s3_express_put"]
+        + stored_gb * p["s3_express_upload_gb"]
+        + stored_gb * LABEL_KEPT_MONTHS * p["s3_express_gb_month"]
+    )
+    standard = puts * p["s3_put"] + stored_gb * LABEL_KEPT_MONTHS * p["s3_gb_month"]
+    return express - standard

@@ -40,6 +40,7 @@ from bench.cost import (
     combined,
     dollars,
     item_bytes,
+    labels_in_s3_express,
     lambda_cpu_seconds,
     optional_dollars,
     rru_for,
@@ -474,6 +475,9 @@ class UsageRecorder:
                 usage.sfn_executions += 1
             elif operation == "events.PutEvents":
                 usage.events_published += len(params.get("Entries", []))
+            elif operation == "s3.PutObject":
+                body = params.get("Body") or b""
+                usage.s3_put_bytes += len(body.encode() if isinstance(body, str) else body)
 
     def _bill(self, usage: Usage, units: int, operation: str, table: str | None, part: str = "item") -> None:
         """`units` write units, attributed to the function, the request, the table and the part
@@ -596,6 +600,7 @@ def confirmation_summary(usage: Usage, count: int) -> dict[str, Any]:
         "dollars_per_million_orders": bill,
         "total_per_million_orders": sum(bill.values()),
         "total_with_optional_per_million_orders": sum(bill.values()) + sum(optional.values()),
+        "labels_in_s3_express_per_million_orders": labels_in_s3_express(usage) / count * 1_000_000,
     }
 
 

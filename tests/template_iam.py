@@ -409,6 +409,15 @@ def calls_by_function(stack: Any) -> Iterator[Calls]:
                     for kind, spec in item.items()
                 }
 
+            # Any object call on a directory bucket (S3 Express One Zone, LabelsZoneId) is authorized
+            # as s3express:CreateSession on the bucket: its access boundary is the bucket, not a key.
+            express = {
+                grant
+                for grant in grants
+                if service == "s3" and template.get(grant[0], {}).get("Type") == "AWS::S3Express::DirectoryBucket"
+            }
+            grants = {((g[0], "s3express:CreateSession") if g in express else g): name for g, name in grants.items()}
+
             def leading(grant: Grant, physical: str) -> list[str] | None:
                 if service != "dynamodb" or template.get(grant[0], {}).get("Type") != "AWS::DynamoDB::Table":
                     return None
@@ -420,7 +429,7 @@ def calls_by_function(stack: Any) -> Iterator[Calls]:
             within = ""  # what of the resource the call names: an index, an object
             if service == "dynamodb" and "IndexName" in params:
                 within = f"index/{params['IndexName']}"
-            elif service == "s3":
+            elif service == "s3" and not express:
                 within = params.get("Key", "")
             grants = {
                 shown

@@ -54,13 +54,20 @@ class S3Labels(LabelStore):
         # then fails) and refuses in the newer regions: the label link would not open. An endpoint
         # configured instead of AWS's (AWS_ENDPOINT_URL_S3: the local stack) keeps botocore's own
         # choice, path-style there: a bucket name before its host would not resolve.
+        # A directory bucket (S3 Express One Zone, LabelsZoneId) is signed with this role's own
+        # credentials, not botocore's default S3 Express session's: a link signed with a session's
+        # dies with it, in 5 minutes, and links live LABEL_LINK_SECONDS. S3 authorizes each such
+        # request as s3express:CreateSession on the bucket. No effect on any other bucket.
         if self._client is not None:
             return self._client
-        client = aws_client("s3", config=Config(signature_version="s3v4", s3={"addressing_style": "virtual"}))
+        no_session = {"disable_s3_express_session_auth": True}
+        client = aws_client(
+            "s3", config=Config(signature_version="s3v4", s3={"addressing_style": "virtual", **no_session})
+        )
         host = urlsplit(client.meta.endpoint_url).hostname or ""
         if host.endswith((".amazonaws.com", ".amazonaws.com.cn")):
             return client
-        return aws_client("s3", config=Config(signature_version="s3v4"))
+        return aws_client("s3", config=Config(signature_version="s3v4", s3=no_session))
 
     def _require_bucket(self) -> str:
         if not self._bucket:

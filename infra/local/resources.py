@@ -25,6 +25,23 @@ Client = Callable[[str], Any]  # service name -> a boto3 client of the running m
 LOCAL_ENVIRONMENT = {"WEBHOOK_ALLOW_LOCAL_HTTP": "true"}
 
 
+def directory_bucket_client() -> Any:
+    """An S3 client that reaches a directory bucket in moto, which has none: botocore sends a
+    CreateBucket of such a name to s3express-control.<region>.amazonaws.com, whose host moto reads
+    as the bucket's name; sent to S3's regional endpoint instead, it makes an ordinary bucket of
+    that name, which serves the functions' requests. With no S3 Express session (its requests go
+    to the bucket then): moto has no CreateSession, and functions.adapters.labels asks for none."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "s3",
+        region_name=REGION,
+        endpoint_url=f"https://s3.{REGION}.amazonaws.com",
+        config=Config(s3={"disable_s3_express_session_auth": True}),
+    )
+
+
 class Resources:
     """The template's resources in moto, by logical id. create() fills every map."""
 
@@ -39,6 +56,7 @@ class Resources:
         self.table_names: dict[str, str] = {}
         self.queue_urls: dict[str, str] = {}
         self.bucket_names: dict[str, str] = {}
+        self.directory_buckets: set[str] = set()  # logical ids of bucket_names' S3 Express ones
         self.event_bus_names: dict[str, str] = {}
         self.functions: dict[str, LocalFunction] = {}
         self.function_arns: dict[str, str] = {}
@@ -128,6 +146,14 @@ class Resources:
             client("s3").create_bucket(Bucket=name)
             self.bucket_names[logical_id] = self.refs[logical_id] = name
             self.atts[f"{logical_id}.Arn"] = f"arn:aws:s3:::{name}"
+        for logical_id, props in self.template.properties("AWS::S3Express::DirectoryBucket").items():
+            # Named as CloudFormation names one (`<base>--<zone id>--x-s3`), by which botocore sends
+            # its requests to the zone's endpoint, signed for s3express.
+            name = f"{self.physical_name(logical_id).lower()}--{self.resolve(props['LocationName'])}--x-s3"
+            directory_bucket_client().create_bucket(Bucket=name)
+            self.bucket_names[logical_id] = self.refs[logical_id] = name
+            self.atts[f"{logical_id}.Arn"] = f"arn:aws:s3express:{REGION}:{ACCOUNT_ID}:bucket/{name}"
+            self.directory_buckets.add(logical_id)
 
     def _create_functions(self) -> None:
         """A LocalFunction per function (moto's Lambda Invoke reaches them through LambdaService)."""

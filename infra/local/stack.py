@@ -139,6 +139,7 @@ PARAMETER_ENV = {
     "OMS_RATE_LIMIT": "ApiRateLimit",
     "OMS_BURST_LIMIT": "ApiBurstLimit",
     "OMS_AUTHORIZER_CACHE_SECONDS": "AuthorizerCacheSeconds",
+    "OMS_LABELS_ZONE_ID": "LabelsZoneId",
 }
 
 # The webhook retry schedule under `make run`: the contract's 24 hours compressed to a minute
@@ -302,9 +303,13 @@ class EmbeddedStack:
             self.aws_port = self.servers.start_aws(self._aws_port_asked)
             # AWS_ENDPOINT_URL_S3 (botocore's) makes presigned URLs (shipping labels) point where a
             # client outside the process can GET them; MOTO_S3_CUSTOM_ENDPOINTS has moto serve the
-            # functions' own requests to that name ("localhost") in process.
-            s3_endpoint = f"http://localhost:{self.aws_port}"
-            s3 = {"AWS_ENDPOINT_URL_S3": s3_endpoint, "MOTO_S3_CUSTOM_ENDPOINTS": s3_endpoint}
+            # functions' own requests to that name ("localhost") in process. A directory bucket
+            # (LabelsZoneId) botocore addresses as <bucket>.localhost, a name that need not resolve:
+            # with one, the endpoint is the server's address, which botocore addresses path-style,
+            # and the functions' S3 requests go to it over loopback HTTP.
+            in_process = f"http://localhost:{self.aws_port}"
+            s3_endpoint = self.aws_endpoint if self.resources.directory_buckets else in_process
+            s3 = {"AWS_ENDPOINT_URL_S3": s3_endpoint, "MOTO_S3_CUSTOM_ENDPOINTS": in_process}
             self.process.set_env({"MOTO_PORT": str(self.aws_port), **s3})
             self.environment["AWS_ENDPOINT_URL_S3"] = s3_endpoint
             self.gateway = gateway = ApiGateway.from_template(self.template, self.functions)

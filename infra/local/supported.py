@@ -124,6 +124,13 @@ SUPPORTED: dict[str, Any] = {
         "PublicAccessBlockConfiguration": ignored("nothing is public locally"),
         "LifecycleConfiguration": ignored("expiry after days: the local stack lives for hours"),
     },
+    # LabelsZoneId: a bucket of the directory bucket's name in moto (infra/local/resources.py).
+    "AWS::S3Express::DirectoryBucket": {
+        "DataRedundancy": frozenset({"SingleAvailabilityZone"}),
+        "LocationName": EMULATED,  # the zone in the bucket's name, which botocore reads
+        "BucketEncryption": _AT_REST,
+        "LifecycleConfiguration": ignored("expiry after days: the local stack lives for hours"),
+    },
     "AWS::Events::EventBus": emulated("Name"),
     "AWS::Serverless::Function": {
         **_FUNCTION_COMMON,
@@ -175,7 +182,9 @@ SUPPORTED: dict[str, Any] = {
     },
     "AWS::Serverless::LayerVersion": ignored("the layer's packages are installed in the virtualenv"),
     **dict.fromkeys(("AWS::IAM::Policy", "AWS::IAM::Role"), _NO_IAM),
-    **dict.fromkeys(("AWS::S3::BucketPolicy", "AWS::SQS::QueuePolicy"), _NO_RESOURCE_POLICIES),
+    **dict.fromkeys(
+        ("AWS::S3::BucketPolicy", "AWS::S3Express::BucketPolicy", "AWS::SQS::QueuePolicy"), _NO_RESOURCE_POLICIES
+    ),
     **dict.fromkeys(("AWS::Logs::LogGroup", "AWS::CloudWatch::Alarm", "AWS::CloudWatch::Dashboard"), _NO_CLOUDWATCH),
     **dict.fromkeys(("AWS::SNS::Topic", "AWS::SNS::Subscription"), _NO_ALARMS),
     **dict.fromkeys(("AWS::WAFv2::WebACL", "AWS::WAFv2::WebACLAssociation"), _NO_WAF),
@@ -183,9 +192,9 @@ SUPPORTED: dict[str, Any] = {
     "AWS::CloudFormation::WaitConditionHandle": ignored("does nothing by itself"),
 }
 
-# Attributes of an emulated resource besides Type and Properties. Condition is not one of them:
-# the runtime creates every emulated resource, so a condition on one would be silently ignored.
+# Attributes of an emulated resource besides Type and Properties.
 RESOURCE_ATTRIBUTES: dict[str, Any] = {
+    "Condition": EMULATED,  # created only when it holds (Template.condition)
     "DeletionPolicy": ignored("the local stack is thrown away when it stops"),
     "UpdateReplacePolicy": ignored("the local stack is created anew each start"),
     "Metadata": ignored("sam build's settings"),
@@ -206,7 +215,9 @@ SECTIONS: dict[str, Any] = {
     "Description": ignored("documentation"),
     "Parameters": EMULATED,  # defaults, overridden by the stack's parameter_overrides; PARAMETERS checked
     "Mappings": EMULATED,  # Fn::FindInMap (infra/local/template.py resolves it)
-    "Conditions": ignored("only ignored resources may name one (a Condition on an emulated one fails)"),
+    # Evaluated where an emulated resource or an Fn::If in an emulated property names one
+    # (Template.condition: Fn::Equals, Fn::Not, Fn::And, Fn::Or, Condition); others are not read.
+    "Conditions": ignored("evaluated only where an emulated resource or property names one"),
     # The one rule refuses PlatformLogLevel WARN with LogLevel WARNING or ERROR: PlatformLogLevel is
     # Lambda's alone (LoggingConfig, ignored above), no variable `make run` takes from the shell.
     "Rules": ignored("its parameter combinations matter only to Lambda's LoggingConfig"),
@@ -216,9 +227,9 @@ SECTIONS: dict[str, Any] = {
 }
 
 
-# What Template.resolve evaluates in an emulated property; anything else there (Fn::If, Fn::Join,
+# What Template.resolve evaluates in an emulated property; anything else there (Fn::Join,
 # Fn::Select, ...) is refused. An ignored property or resource may use any.
-EVALUATED = ("Ref", "Fn::GetAtt", "Fn::FindInMap", "Fn::Sub")
+EVALUATED = ("Ref", "Fn::GetAtt", "Fn::FindInMap", "Fn::Sub", "Fn::If")
 
 
 def not_evaluated(intrinsic: str) -> str:

@@ -133,11 +133,13 @@ class Template:
         return cls(document, source=source, **kwargs)
 
     def properties(self, resource_type: str) -> dict[str, dict[str, Any]]:
-        """Logical id -> Properties of every resource of this type."""
+        """Logical id -> Properties of every resource of this type that the stack has: one whose
+        Condition is false is not created, as on AWS."""
         return {
             name: resource.get("Properties") or {}
             for name, resource in self.document["Resources"].items()
             if resource["Type"] == resource_type
+            and ("Condition" not in resource or self.condition(resource["Condition"]))
         }
 
     def functions(self) -> dict[str, dict[str, Any]]:
@@ -219,6 +221,29 @@ class Template:
                 variable = (variables or {}).get(name)
                 raise ValueError(f"{variable}: {refused}" if variable else str(refused)) from None
 
+    def condition(self, name: str) -> bool:
+        """The template's condition `name` with this stack's parameters: Fn::Equals of two values
+        resolve() evaluates, Fn::Not, Fn::And, Fn::Or and another condition by name. Anything else
+        raises Unresolved (a condition only ignored resources name is never evaluated)."""
+        conditions = self.document.get("Conditions") or {}
+        if name not in conditions:
+            raise Unresolved(f"condition {name} is not in the template's Conditions")
+        return self._condition_value(conditions[name], name)
+
+    def _condition_value(self, value: Any, name: str) -> bool:
+        key, arg = next(iter(value.items())) if isinstance(value, dict) and len(value) == 1 else ("", None)
+        if key == "Condition" and isinstance(arg, str):
+            return self.condition(arg)
+        if key == "Fn::Equals" and isinstance(arg, list) and len(arg) == 2:
+            first, second = (env_string(self.resolve(item)) for item in arg)
+            return first == second
+        if key == "Fn::Not" and isinstance(arg, list) and len(arg) == 1:
+            return not self._condition_value(arg[0], name)
+        if key in ("Fn::And", "Fn::Or") and isinstance(arg, list):
+            values = [self._condition_value(item, name) for item in arg]
+            return all(values) if key == "Fn::And" else any(values)
+        raise Unresolved(f"condition {name}: {value!r} is not evaluated locally")
+
     def resolve_at(
         self, where: str, value: Any, refs: Mapping[str, str] | None = None, atts: Mapping[str, str] | None = None
     ) -> Any:
@@ -229,9 +254,10 @@ class Template:
             raise Unresolved(f"{where}: {error}") from None
 
     def resolve(self, value: Any, refs: Mapping[str, str] | None = None, atts: Mapping[str, str] | None = None) -> Any:
-        """Evaluates Ref, Fn::GetAtt, Fn::FindInMap and Fn::Sub, the intrinsics the emulated
-        properties use. `refs`: logical id -> what Ref returns (a table's name, a queue's URL);
-        `atts`: "Logical.Attr" -> what GetAtt returns. Anything else raises Unresolved."""
+        """Evaluates Ref, Fn::GetAtt, Fn::FindInMap, Fn::Sub and Fn::If (only the branch its
+        condition picks), the intrinsics the emulated properties use. `refs`: logical id -> what
+        Ref returns (a table's name, a queue's URL); `atts`: "Logical.Attr" -> what GetAtt
+        returns. Anything else raises Unresolved."""
         refs, atts = refs or {}, atts or {}
         if isinstance(value, list):
             return [self.resolve(item, refs, atts) for item in value]
@@ -260,6 +286,8 @@ class Template:
                 return self.document["Mappings"][names[0]][names[1]][names[2]]
             except (KeyError, TypeError):
                 raise Unresolved(f"cannot resolve !FindInMap {names}: not in the template's Mappings") from None
+        if key == "Fn::If" and isinstance(arg, list) and len(arg) == 3 and isinstance(arg[0], str):
+            return self.resolve(arg[1] if self.condition(arg[0]) else arg[2], refs, atts)
         if key == "Fn::Sub" and (isinstance(arg, str) or (isinstance(arg, list) and len(arg) == 2)):
             text, given = (arg, {}) if isinstance(arg, str) else (arg[0], self.resolve(arg[1], refs, atts))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -104,3 +105,59 @@ def test_a_link_stays_on_a_configured_endpoint_such_as_the_local_stack_s(s3: Any
     link = urlsplit(S3Labels("labels").link(f"labels/{ORDER}/{SHIPMENT}.pdf"))
 
     assert (link.hostname, link.port, link.path) == ("localhost", 4566, f"/labels/labels/{ORDER}/{SHIPMENT}.pdf")
+
+
+def test_a_standard_bucket_s_link_is_what_it_was_before_directory_buckets_were_signed_without_sessions(
+    s3: Any, monkeypatch: pytest.MonkeyPatch
+):
+    # LabelsZoneId empty (the default): the setting that signs a directory bucket's links with the
+    # role's credentials changes nothing of a general purpose bucket's, byte for byte.
+    from botocore.config import Config
+
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "role-session-token")
+    signed_at = datetime(2026, 12, 6, 8, 30, tzinfo=UTC)
+    monkeypatch.setattr("botocore.auth.get_current_datetime", lambda: signed_at.replace(tzinfo=None))
+    key = f"labels/{ORDER}/{SHIPMENT}.pdf"
+    before = boto3.client("s3", config=Config(signature_version="s3v4", s3={"addressing_style": "virtual"}))
+
+    link = S3Labels("labels").link(key)
+
+    expected = before.generate_presigned_url("get_object", Params={"Bucket": "labels", "Key": key}, ExpiresIn=900)
+    assert link == expected
+
+
+ZONE = "use1-az4"
+DIRECTORY_BUCKET = f"labels--{ZONE}--x-s3"
+
+
+@pytest.fixture
+def directory_bucket(s3: Any) -> str:
+    from infra.local.resources import directory_bucket_client
+
+    directory_bucket_client().create_bucket(Bucket=DIRECTORY_BUCKET)
+    return DIRECTORY_BUCKET
+
+
+def test_a_label_is_stored_in_a_directory_bucket_with_the_role_s_own_credentials(directory_bucket: str):
+    # botocore's default for a directory bucket asks CreateSession for a 5-minute session first;
+    # the store signs with the role's credentials instead (moto has no CreateSession either).
+    key = S3Labels(directory_bucket).put_label(ORDER, SHIPMENT, b"%PDF-1.4", "application/pdf")
+
+    from infra.local.resources import directory_bucket_client
+
+    assert directory_bucket_client().get_object(Bucket=directory_bucket, Key=key)["Body"].read() == b"%PDF-1.4"
+
+
+def test_a_directory_bucket_s_link_is_signed_for_s3express_with_the_role_s_credentials_for_fifteen_minutes(
+    directory_bucket: str,
+):
+    # A link signed with an S3 Express session's credentials dies with the session, in 5 minutes,
+    # whatever X-Amz-Expires says; one signed for the `s3` service is refused by the zonal endpoint.
+    link = urlsplit(S3Labels(directory_bucket).link(f"labels/{ORDER}/{SHIPMENT}.pdf"))
+
+    query = parse_qs(link.query)
+    assert link.scheme == "https" and link.hostname == f"{directory_bucket}.s3express-{ZONE}.us-east-1.amazonaws.com"
+    assert link.path == f"/labels/{ORDER}/{SHIPMENT}.pdf"
+    assert query["X-Amz-Credential"][0].endswith("/us-east-1/s3express/aws4_request")
+    assert "X-Amz-S3session-Token" not in query  # what a session's signature carries
+    assert query["X-Amz-Expires"] == [str(LABEL_LINK_SECONDS)]

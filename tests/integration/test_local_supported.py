@@ -145,10 +145,6 @@ def _add(resource: str, path: str, value: Any) -> Callable[[dict[str, Any]], Non
             "OrdersTable (AWS::DynamoDB::Table).BillingMode: 'PROVISIONED' is not emulated (only PAY_PER_REQUEST)",
         ),
         (
-            _add("OrdersTable", "Condition", "PointInTimeRecoveryOn"),
-            "OrdersTable (AWS::DynamoDB::Table): property Condition is not emulated",
-        ),
-        (
             _add("ImportQueue", "Properties.FifoQueue", True),
             "ImportQueue (AWS::SQS::Queue): property FifoQueue is not emulated",
         ),
@@ -187,11 +183,11 @@ def _add(resource: str, path: str, value: Any) -> Callable[[dict[str, Any]], Non
         (
             _add("ApiFunction", "Properties.Environment.Variables.GREETING", {"Fn::Join": ["", ["a", "b"]]}),
             "ApiFunction (AWS::Serverless::Function).Environment.Variables.GREETING: Fn::Join is not evaluated "
-            "locally (only Ref, Fn::GetAtt, Fn::FindInMap and Fn::Sub)",
+            "locally (only Ref, Fn::GetAtt, Fn::FindInMap, Fn::Sub and Fn::If)",
         ),
         (
-            _add("ImportQueue", "Properties.VisibilityTimeout", {"Fn::If": ["PointInTimeRecoveryOn", 60, 30]}),
-            "ImportQueue (AWS::SQS::Queue).VisibilityTimeout: Fn::If is not evaluated locally",
+            _add("OrdersTable", "DependsOn", "ImportQueue"),
+            "OrdersTable (AWS::DynamoDB::Table): property DependsOn is not emulated",
         ),
         (
             _add(
@@ -264,3 +260,43 @@ def test_the_template_check_reports_it_too(tmp_path: Path, capsys: pytest.Captur
     path.write_text(text)
     assert main([str(path)]) == 1
     assert "'PROVISIONED' is not emulated (only PAY_PER_REQUEST)" in capsys.readouterr().err
+
+
+# --- Conditions: an emulated resource created only when its condition holds, Fn::If's branch ----------
+def _conditional(zone: str) -> Template:
+    document = {
+        "Parameters": {"Zone": {"Type": "String", "Default": ""}, "Other": {"Type": "String", "Default": "x"}},
+        "Conditions": {
+            "HasZone": {"Fn::Not": [{"Fn::Equals": [{"Ref": "Zone"}, ""]}]},
+            "ZoneAndOther": {"Fn::And": [{"Condition": "HasZone"}, {"Fn::Equals": ["x", {"Ref": "Other"}]}]},
+            "Joined": {"Fn::Equals": [{"Fn::Join": ["", ["a"]]}, "a"]},
+        },
+        "Resources": {
+            "Plain": {"Type": "AWS::S3::Bucket", "Properties": {}},
+            "Zonal": {"Type": "AWS::S3Express::DirectoryBucket", "Condition": "ZoneAndOther", "Properties": {}},
+        },
+    }
+    return Template(document, parameter_overrides={"Zone": zone} if zone else {})
+
+
+def test_a_resource_whose_condition_is_false_is_not_created_and_one_whose_condition_holds_is():
+    assert list(_conditional("").properties("AWS::S3Express::DirectoryBucket")) == []
+    assert list(_conditional("use1-az4").properties("AWS::S3Express::DirectoryBucket")) == ["Zonal"]
+    assert list(_conditional("").properties("AWS::S3::Bucket")) == ["Plain"]
+
+
+def test_fn_if_resolves_only_the_branch_its_condition_picks():
+    value = {"Fn::If": ["HasZone", {"Ref": "Zonal"}, {"Ref": "Plain"}]}
+
+    # The branch not taken names a resource that does not exist: never resolved.
+    assert _conditional("").resolve(value, refs={"Plain": "plain-bucket"}) == "plain-bucket"
+    assert _conditional("use1-az4").resolve(value, refs={"Zonal": "zonal--use1-az4--x-s3"}) == "zonal--use1-az4--x-s3"
+
+
+def test_a_condition_the_runtime_cannot_evaluate_fails_naming_it():
+    from infra.local.template import Unresolved
+
+    with pytest.raises(Unresolved, match="Fn::Join is not evaluated locally"):
+        _conditional("").condition("Joined")
+    with pytest.raises(Unresolved, match="condition Missing is not in the template's Conditions"):
+        _conditional("").condition("Missing")

@@ -286,3 +286,63 @@ def test_a_function_s_cpu_time_is_stretched_to_its_share_of_a_cpu_on_lambda(monk
     LocalFunction("Large", lambda event, context: event, memory_mb=2048).invoke({})
     assert durations.seconds["Small"] == pytest.approx(0.010 * 1769 / 512)
     assert durations.seconds["Large"] == pytest.approx(0.010)
+
+
+def test_s3_express_is_priced_at_the_aws_faq_s_worked_example():
+    from bench.cost import PRICES
+
+    assert PRICES["s3_express_put"] * 1_000 == pytest.approx(0.00113)
+    assert PRICES["s3_express_get"] * 1_000 == pytest.approx(0.00003)
+    assert (PRICES["s3_express_upload_gb"], PRICES["s3_express_retrieval_gb"]) == (0.0032, 0.0006)
+    assert (PRICES["s3_express_gb_month"], PRICES["s3_gb_month"]) == (0.11, 0.023)
+
+
+def test_a_million_labels_in_s3_express_cost_about_a_third_of_s3_standard_s():
+    from bench.cost import LABEL_KEPT_MONTHS, labels_in_s3_express
+
+    # A million built-in carrier labels of 1,732 bytes, kept 90 days (2.96 months).
+    usage = Usage(s3_put_bytes=1_000_000 * 1_732)
+    usage.calls["s3.PutObject"] = 1_000_000
+    assert 2.958 < LABEL_KEPT_MONTHS < 2.960
+    # S3 Standard: $5.00 of PUTs and 1.732 GB x 2.96 months x $0.023 = $0.118 of storage.
+    standard = 5.00 + 1.732 * LABEL_KEPT_MONTHS * 0.023
+    # S3 Express: $1.13 of PUTs, 1.732 GB x $0.0032 uploaded, 1.732 GB x 2.96 months x $0.11 stored.
+    express = 1.13 + 1.732 * 0.0032 + 1.732 * LABEL_KEPT_MONTHS * 0.11
+    assert express == pytest.approx(1.70, abs=0.01) and standard == pytest.approx(5.12, abs=0.01)
+    assert labels_in_s3_express(usage) == pytest.approx(express - standard)
+    assert dollars(usage)["S3"] == pytest.approx(5.00)  # the headline's S3: PUTs, no storage
+
+
+def test_the_recorder_weighs_the_label_bodies_a_function_puts():
+    from bench.workflow import UsageRecorder
+    from infra.local.lambdas import RUNNING
+
+    recorder = UsageRecorder()
+    RUNNING.function = "oms-local-CreateShipmentsFunction"
+    try:
+        recorder.record("s3", "PutObject", {"Bucket": "labels", "Key": "labels/o/s.pdf", "Body": b"%PDF" * 433})
+    finally:
+        RUNNING.function = None
+    recorder.record("s3", "PutObject", {"Bucket": "labels", "Key": "x", "Body": b"not a function's"})
+
+    assert recorder.usage.calls["s3.PutObject"] == 1 and recorder.usage.s3_put_bytes == 1_732
+
+
+def test_the_confirmations_table_shows_the_total_with_labels_in_s3_express_beside_carrier_hosted_labels():
+    from bench.__main__ import confirmations_markdown
+
+    def summary(total: float) -> dict[str, object]:
+        return {
+            "api_requests_per_order": 1.0, "api_invocations_per_order": 1.0, "authorizer_invocations_per_order": 0.03,
+            "lambda_gb_seconds_per_order": 0.1, "total_per_million_orders": total - 2.0,
+            "dollars_per_million_orders": {"API Gateway": 3.5, "Lambda": 2.0, "S3": 5.0},
+            "total_with_optional_per_million_orders": total, "labels_in_s3_express_per_million_orders": -3.42,
+        }  # fmt: skip
+
+    lines = confirmations_markdown({"confirmations": {"per shipment": summary(37.14), "batched": summary(27.57)},
+                                    "confirmation_batch": 50})  # fmt: skip
+
+    hosted = next(i for i, line in enumerate(lines) if "a carrier that hosts its labels" in line)
+    assert lines[hosted].endswith("| 32.14 | 22.57 |")
+    assert "labels in S3 Express One Zone (`LabelsZoneId` set" in lines[hosted + 1]
+    assert lines[hosted + 1].endswith("| 33.72 | 24.15 |")

@@ -173,6 +173,7 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
         },
         ("LabelsBucket", "s3:GetObject"): [S3Labels],  # the presigned link is a GetObject as this role
         ("LabelsBucket", "s3:PutObject"): [S3Labels],  # a return label
+        ("LabelsExpressBucket", "s3express:CreateSession"): [S3Labels],  # both, with LabelsZoneId set
         ("ReturnWorkflow", "states:StartExecution"): [StepFunctionsReturnStarter],
         ("OmsApi", "apigateway:DELETE"): [ApiGatewayAuthorizerCache],  # revoking a key flushes its stage's cache
         ("WebhookDeliveryQueue", "sqs:SendMessage"): [SqsDeliveryQueue],  # a manual webhook retry
@@ -221,6 +222,7 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
         (CATALOG, "dynamodb:GetItem"): [DynamoCatalog],
         (CATALOG, "dynamodb:BatchGetItem"): [DynamoCatalog],
         ("LabelsBucket", "s3:PutObject"): [S3Labels],
+        ("LabelsExpressBucket", "s3express:CreateSession"): [S3Labels],
     },
     "ReturnStepFunction": {
         **_WORKFLOW_ORDERS,
@@ -258,6 +260,7 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
         ("OrderWorkflow", "states:StartExecution"): [StepFunctionsStarter],
         # A parcel due a new label, booked again by the pass (core/carrier_bookings.py).
         ("LabelsBucket", "s3:PutObject"): [S3Labels],
+        ("LabelsExpressBucket", "s3express:CreateSession"): [S3Labels],
         # An expired pickup's units are released as a cancel releases them; those a cancel of
         # units died before releasing, in one transaction with the order's write or check.
         (ORDERS, "dynamodb:ConditionCheckItem"): [DynamoOrders],
@@ -372,6 +375,9 @@ _ALSO_CALLED_AS = {
     "get_object_version": ['request["VersionId"]'],  # GetObject with a VersionId
     "delete": [".flush_stage_authorizers_cache("],  # API Gateway's IAM actions are its REST verbs
     "invoke_function": [".invoke("],  # Lambda's Invoke is authorized as InvokeFunction
+    # A directory bucket's requests signed with the role's credentials (no session) are authorized
+    # as s3express:CreateSession on the bucket.
+    "create_session": ['"disable_s3_express_session_auth"'],
 }
 # What no function here calls: a grant of any of these is a mistake.
 NEVER = {
@@ -670,8 +676,10 @@ def test_the_splitter_may_list_the_imports_bucket_so_that_a_file_gone_is_not_fou
 
 
 def test_the_api_signs_label_links_for_the_bucket_it_may_read():
+    # LabelsExpressBucket exists, and ApiFunction may create sessions on it, when LabelsZoneId is set
+    # (tests/integration/test_labels_s3_express.py).
     assert RESOURCES["ApiFunction"]["Properties"]["Environment"]["Variables"]["LABELS_BUCKET"] == {
-        "Ref": "LabelsBucket"
+        "Fn::If": ["LabelsInS3Express", {"Ref": "LabelsExpressBucket"}, {"Ref": "LabelsBucket"}]
     }
 
 
