@@ -1,23 +1,32 @@
-"""Returns a policy sends for approval, in-process on moto: `requested`, then POST /returns/{id}/approve
-or /reject `{note?}` (API.md "Returns, refunds and exchanges"): what each answers, what a rejected return
-leaves returnable, and the transitions each refuses."""
+"""Returns decided by a shop's own return policy plugin, in-process on moto (API.md "Returns, refunds
+and exchanges"): one sent for approval is `requested`, then POST /returns/{id}/approve or /reject
+`{note?}` (what each answers, what a rejected return leaves returnable, the transitions each refuses);
+one with a restocking fee and shipping refunded is refunded each unit's share plus the shipping minus
+the fee, never more than captured minus already refunded."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from decimal import ROUND_HALF_EVEN, Decimal
 from typing import Any
 
 import pytest
 
 from core import hookimpl
+from core.money import Money
 from core.return_models import ReturnPolicyDecision
-from tests.e2e.client import assert_error
-from tests.integration import test_cancel_units_api
-from tests.integration.in_process import InProcessApi
-from tests.integration.test_cancel_units_api import allocated, ship
+from tests.e2e.client import assert_error, money
+from tests.integration.in_process import InProcessApi, in_process_api_with_labels, returns_run_inline
+from tests.integration.test_cancel_units_api import allocated, ship, stock_two_parcels
 from tests.integration.test_payment_plugin_failures_api import registered
 
-api = test_cancel_units_api.api  # its catalog (MUG in the west, CAP in the east), in this module's account
+
+@pytest.fixture(scope="module")
+def api() -> Iterator[InProcessApi]:
+    """MUG in the west, CAP in the east (stock_two_parcels); a receipt runs the returns workflow's steps inline."""
+    with in_process_api_with_labels() as started, returns_run_inline():
+        stock_two_parcels(started)
+        yield started
 
 
 class NeedsApproval:
@@ -109,3 +118,43 @@ def test_approve_and_reject_take_an_optional_note_and_nothing_else(api: InProces
 
     assert answer.status_code == 200, answer.text
     assert answer.json()["status"] == ("authorized" if action == "approve" else "rejected")
+
+
+class FeeAndShipping:
+    """A return policy that keeps a 1.50 restocking fee and gives the shipping back with every return."""
+
+    @hookimpl(tryfirst=True)
+    def oms_return_policy(self, order):
+        return ReturnPolicyDecision(fee=Money(amount="1.50", currency=order.currency), refund_shipping=True)
+
+
+def test_a_policys_fee_is_kept_back_and_its_shipping_given_back_never_past_what_is_left_captured(api: InProcessApi):
+    order = ship(api, allocated(api, ("MUG", 2)), "wh-west")
+    line_total = Decimal(order["lines"][0]["total"]["amount"])
+    shipping = Decimal(order["totals"]["shipping"]["amount"])
+    receipt = {"location_id": "wh-west", "lines": [{"line_id": "L1", "quantity": 1, "condition": "resellable"}]}
+    with registered(FeeAndShipping()):
+        first = requested(api, order)
+        second = requested(api, order)
+    assert first["fee"] == money("1.50") and first["status"] == "authorized"
+
+    received = api.post(f"/returns/{first['id']}/receive", json=receipt)
+
+    assert received.status_code == 200, received.text
+    # Each unit's share of its line total, the first rounded half-even, the last what is left.
+    share = (line_total / 2).quantize(Decimal("0.01"), rounding=ROUND_HALF_EVEN)
+    assert received.json()["refund"] == money(str(share + shipping - Decimal("1.50")))
+    # The second return's due is its share, the shipping (given back once) already gone: leave less captured.
+    captured_left = Decimal(api.get(f"/orders/{order['id']}").json()["payment"]["captured"]["amount"]) - (
+        share + shipping - Decimal("1.50")
+    )
+    appeasement = captured_left - Decimal("5.00")
+    appeased = api.post(f"/orders/{order['id']}/refunds", json={"amount": money(str(appeasement)), "reason": "late"})
+    assert appeased.status_code == 201, appeased.text
+
+    last = api.post(f"/returns/{second['id']}/receive", json=receipt)
+
+    assert last.status_code == 200, last.text
+    assert last.json()["refund"] == money("5.00")
+    payment = api.get(f"/orders/{order['id']}").json()["payment"]
+    assert payment["refunded"] == payment["captured"]
