@@ -1230,8 +1230,7 @@ class Returns:
                 f"the replacement of return {item.id} was refused after it was decided on; its units "
                 "are refunded once no run can still place it"
             )
-        external_id = _replacement_external_id(item, original)
-        placed = self._orders.get(order_id_for(original.channel, external_id), consistent=True)
+        placed = self._placed_replacement(item, original, consistent=True)
         if placed is not None and placed.exchange_of == item.id:
             return item
         at = self._clock()
@@ -1273,7 +1272,7 @@ class Returns:
         replacement can never be placed."""
         if item.exchange_placing or item.exchange_order_id:
             return item, None
-        placed = self._orders.get(order_id_for(original.channel, _replacement_external_id(item, original)))
+        placed = self._placed_replacement(item, original)
         if placed is not None:
             self._mine(placed, item)
             return item, None
@@ -1320,7 +1319,7 @@ class Returns:
         """The replacement of an exchange decided to be placed (_decided): the one a run placed, or
         a new one (_replacement_command, or `checked`: the command this run decided on) with the
         returned units' refund as its credit."""
-        placed = self._orders.get(order_id_for(original.channel, _replacement_external_id(item, original)))
+        placed = self._placed_replacement(item, original)
         if placed is not None:
             return self._mine(placed, item)
         cmd = checked or self._replacement_command(item, original, token)
@@ -1382,6 +1381,20 @@ class Returns:
             return current.hold_credit(item.id, credit, at=at, kept_back=kept)
 
         return modify(self._orders, original.id, hold)
+
+    def _placed_replacement(self, item: Return, original: Order, consistent: bool = False) -> Order | None:
+        """The order under the external_id of `item`'s replacement, if any; for an original whose
+        external_id was too long to carry the suffix whole, also the one an earlier version placed
+        for this return under its cut form (_cut_replacement_external_id), so a run across the
+        deploy does not place a second replacement."""
+        external_id = _replacement_external_id(item, original)
+        placed = self._orders.get(order_id_for(original.channel, external_id), consistent=consistent)
+        cut = _cut_replacement_external_id(item, original)
+        if placed is None and cut != external_id:
+            earlier = self._orders.get(order_id_for(original.channel, cut), consistent=consistent)
+            if earlier is not None and earlier.exchange_of == item.id:
+                return earlier
+        return placed
 
     @staticmethod
     def _mine(placed: Order, item: Return) -> Order:
@@ -1653,11 +1666,28 @@ def _of_exchange(refused: DomainError) -> list[dict[str, Any]]:
     ]
 
 
+MAX_EXTERNAL_ID = 128  # the longest an external_id may be (core.models.IDENTIFIER_PATTERN)
+
+
 def _replacement_external_id(item: Return, original: Order) -> str:
     """The external_id of a return's replacement: the original's (or its id) plus `-x` and the
-    return's ordinal, so a retried step finds the order it placed."""
+    return's ordinal, so a retried step finds the order it placed. An external_id is at most 128
+    characters: one too long to carry the suffix whole keeps its first characters and a hash of all
+    of it, so two originals of a channel that share those first characters never name one
+    replacement (one's exchange would be given up, `exchange_external_id_taken`)."""
+    own = original.external_id or original.id
     suffix = f"-x{item.ordinal}"
-    return (original.external_id or original.id)[: 128 - len(suffix)] + suffix
+    if len(own) + len(suffix) <= MAX_EXTERNAL_ID:
+        return own + suffix
+    tag = "-" + short_hash(own)[:12]
+    return own[: MAX_EXTERNAL_ID - len(tag) - len(suffix)] + tag + suffix
+
+
+def _cut_replacement_external_id(item: Return, original: Order) -> str:
+    """The external_id an earlier version gave the replacement of an original whose own was too
+    long: its first characters alone (_placed_replacement still finds what such a version placed)."""
+    suffix = f"-x{item.ordinal}"
+    return (original.external_id or original.id)[: MAX_EXTERNAL_ID - len(suffix)] + suffix
 
 
 def _replacement_command(original: Order, exchange: ExchangeInput, token: str, external_id: str | None) -> PlaceOrder:

@@ -557,6 +557,19 @@ def test_reports_read_the_asked_days_and_channel_and_keep_the_top_n():
     assert report_pk(ReportKind.PRODUCTS, "USD", "web", "2026-11-30") in {pk for pk, _ in store.items}
 
 
+def test_a_report_without_from_covers_the_30_days_to_its_to_and_without_to_ends_today():
+    # The service's today is 2026-12-01: its 30 days start on 2026-11-02.
+    store = MemoryStore()
+    for n, day in enumerate(["2026-11-01", "2026-11-02"]):
+        placed = order(id=f"ord_{n}", created_at=f"{day}T12:00:00Z", lines=[line("L1", f"SKU-{day}", 1, "3.00")])
+        replay(store, placed, then(placed, status="allocated"))
+
+    assert [r["sku"] for r in products(store)] == ["SKU-2026-11-02"]
+    assert [r["sku"] for r in products(store, end=date(2026, 11, 30))] == ["SKU-2026-11-01", "SKU-2026-11-02"]
+    assert products(store, end=date(2026, 12, 31)) == []  # the 30 days to a `to` a month away
+    assert [r["sku"] for r in products(store, start=date(2025, 12, 1))] == ["SKU-2026-11-01", "SKU-2026-11-02"]
+
+
 def test_a_year_long_report_of_one_channel_reads_only_the_days_that_channel_has_rows_on():
     store = MemoryStore()
     sold = [("2026-01-05", "web"), ("2026-06-30", "web"), ("2026-06-30", "pos"), ("2026-09-01", "pos")]

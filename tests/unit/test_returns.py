@@ -25,6 +25,7 @@ from core.errors import (
 )
 from core.events import OrderEvent
 from core.exchange_credit import ExchangeCredits
+from core.ids import order_id_for
 from core.models import MAX_ON_HAND, LineInput, Order, OrderEdit
 from core.money import Money
 from core.payments import Payments
@@ -1632,6 +1633,63 @@ def test_an_order_that_is_no_replacement_is_cancelled_without_a_refund(world):
     order = world.allocated(("TSHIRT", 1))
 
     assert world.actions.cancel(order.id, "no", actor="key_cs").payment.refunds == []
+
+
+def test_originals_whose_long_external_ids_share_their_first_characters_each_get_their_replacement(world, clock):
+    # external_id is at most 128 characters: one too long to carry "-x1" whole was cut to its first
+    # 125, so two originals of a channel sharing them named one replacement and the second
+    # customer's exchange was given up (exchange_external_id_taken), refunded instead.
+    returns, _ = returns_for(world, clock)
+    settled = []
+    for last in "AB":
+        order = world.order(world.allocated(("MUG", 1), external_id="E" * 127 + last).id)
+        for shipment in order.shipments:
+            world.actions.ship(order.id, shipment.id, None, actor="key_wh")
+        item = returns.request(order.id, exchange_of("L1", 1, ("CAP", 1)), actor="key_cs")
+        returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+        settled.append((order, returns.settle(item.id, actor="key_wh")))
+
+    assert [item.exchange_not_placed for _, item in settled] == [None, None]
+    replacements = [world.order(item.exchange_order_id or "") for _, item in settled]
+    assert [r.exchange_of for r in replacements] == [item.id for _, item in settled]
+    ids = [r.external_id or "" for r in replacements]
+    assert len(set(ids)) == 2 and all(len(i) <= 128 and i.endswith("-x1") for i in ids)
+    assert all(i.startswith("E" * 100) for i in ids)
+
+
+def test_a_replacement_an_earlier_version_placed_under_a_long_external_ids_cut_form_is_found_not_placed_again(
+    world, clock, monkeypatch
+):
+    # A run of the version that cut a long external_id placed the replacement, then died before the
+    # return recorded it: the run after the deploy, naming it otherwise, finds that one.
+    import core.returns
+
+    returns, _ = returns_for(world, clock)
+    order = world.order(world.allocated(("MUG", 1), external_id="E" * 128).id)
+    for shipment in order.shipments:
+        world.actions.ship(order.id, shipment.id, None, actor="key_wh")
+    item = returns.request(order.id, exchange_of("L1", 1, ("CAP", 1)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    real_place = world.capture.place_exchange
+    placed: list[Order] = []
+
+    def place_then_die(*args, **kwargs) -> Order:
+        placed.append(real_place(*args, **kwargs))
+        raise TimeoutError("the function was killed after the put")
+
+    with monkeypatch.context() as earlier_version:
+        earlier_version.setattr(core.returns, "_replacement_external_id", core.returns._cut_replacement_external_id)
+        earlier_version.setattr(world.capture, "place_exchange", place_then_die)
+        with pytest.raises(TimeoutError):
+            returns.settle(item.id, actor="key_wh")
+    assert placed and placed[0].external_id == "E" * 125 + "-x1"
+
+    settled = returns.settle(item.id, actor="key_wh")
+
+    assert (settled.exchange_order_id, settled.exchange_not_placed) == (placed[0].id, None)
+    renamed = core.returns._replacement_external_id(settled, order)
+    assert renamed != placed[0].external_id
+    assert world.orders.get(order_id_for(order.channel, renamed)) is None
 
 
 def test_an_order_the_channel_placed_under_the_replacements_external_id_is_not_taken_for_it(world, clock):

@@ -122,6 +122,20 @@ def test_a_path_an_http_request_line_cannot_carry_is_refused_naming_the_url(path
     assert encoded.path == "/caf%C3%A9?a=b%20c"
 
 
+@pytest.mark.parametrize("url", [" https://hooks.example.com/x", "   http://127.0.0.1:9000/h"])
+def test_a_subscription_whose_url_starts_with_a_space_is_refused_not_stored_as_sent(url: str):
+    from pydantic import ValidationError
+
+    # urlsplit drops what precedes the scheme (as browsers do), so the URL check passed and the
+    # subscription kept and showed " https://...": not the https:// URL API.md asks for. Refused
+    # when subscribing; a subscription stored so before still delivers (check_url is unchanged).
+    with pytest.raises(ValidationError) as refused:
+        NewWebhook(url=url, events=["*"])
+
+    assert [error["loc"] for error in refused.value.errors()] == [("url",)]
+    assert check_url(url, resolver("93.184.216.34"), allow_local_http=True).path in ("/x", "/h")
+
+
 def test_a_host_that_does_not_resolve_is_refused():
     def fails(host: str, port: int) -> list[str]:
         raise OSError("no such host")
