@@ -144,9 +144,11 @@ class Config(NamedTuple):
     pickup_expiry_days: float = 7.0  # OMS_PICKUP_EXPIRY_DAYS: 0 never cancels an uncollected pickup
     authorization_valid_days: float = 7.0  # OMS_AUTHORIZATION_VALID_DAYS: older is authorized again at capture
     access_log_queue_url: str = ""  # the API queues each read of an order there (issue 14)
-    # How long an authorizer run can last (its Timeout): a revocation flushes the gateway's cache of
-    # its answers again after it, for a run that read the key before it (0: no second flush).
-    authorizer_settle_seconds: float = 0.0
+    # How long the gateway caches the authorizer's answers (AuthorizerCacheSeconds), and how long an
+    # authorizer run can last (its Timeout): where answers are cached, a revocation flushes that
+    # cache again after such a run, for one that read the key before it (0: no second flush).
+    authorizer_cache_seconds: float = 5.0
+    authorizer_timeout_seconds: float = 0.0
 
     @classmethod
     def from_env(cls) -> Config:
@@ -183,10 +185,8 @@ class Config(NamedTuple):
             pickup_expiry_days=_number("OMS_PICKUP_EXPIRY_DAYS", 7),
             authorization_valid_days=_number("OMS_AUTHORIZATION_VALID_DAYS", 7),
             access_log_queue_url=os.environ.get("ACCESS_LOG_QUEUE_URL", ""),
-            # With no cache (AuthorizerCacheSeconds 0) no answer outlives its run: nothing to wait for.
-            authorizer_settle_seconds=_number("AUTHORIZER_TIMEOUT_SECONDS", 0)
-            if _number("AUTHORIZER_CACHE_SECONDS", 5) > 0
-            else 0.0,
+            authorizer_cache_seconds=_number("AUTHORIZER_CACHE_SECONDS", 5),
+            authorizer_timeout_seconds=_number("AUTHORIZER_TIMEOUT_SECONDS", 0),
         )
 
 
@@ -445,8 +445,19 @@ class Container:
         return OrderQueries(self.order_repository, owed_entries=lambda order: self.returns.owed_entries(order))
 
     @cached_property
+    def authorizer_settle_seconds(self) -> float:
+        """How long a revocation waits before it flushes the gateway's cache a second time: the
+        authorizer's timeout, where the gateway caches its answers; with no cache
+        (AuthorizerCacheSeconds 0) no answer outlives its run, nothing to wait for. Each setting
+        negative or over 100 years is a ValueError naming it, as every duration is (_within)."""
+        config = self.config
+        cache = _within(config.authorizer_cache_seconds, "AUTHORIZER_CACHE_SECONDS", "seconds", zero="0 or ")
+        timeout = _within(config.authorizer_timeout_seconds, "AUTHORIZER_TIMEOUT_SECONDS", "seconds", zero="0 or ")
+        return timeout if cache > 0 else 0.0
+
+    @cached_property
     def api_keys(self) -> ApiKeyService:
-        seconds = self.config.authorizer_settle_seconds
+        seconds = self.authorizer_settle_seconds
         settle = (lambda: time.sleep(seconds)) if seconds > 0 else None
         return ApiKeyService(
             self.api_key_repository, clock=self.clock, authorizer_cache=self.authorizer_cache, settle=settle

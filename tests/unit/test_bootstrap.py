@@ -137,6 +137,32 @@ def test_a_duration_setting_that_would_fail_every_request_or_pass_is_refused_by_
         getattr(container, part)
 
 
+@pytest.mark.parametrize(
+    ("name", "raw"),
+    [
+        ("AUTHORIZER_TIMEOUT_SECONDS", "-5"),
+        ("AUTHORIZER_TIMEOUT_SECONDS", "1e10"),
+        ("AUTHORIZER_CACHE_SECONDS", "-1"),
+        ("AUTHORIZER_CACHE_SECONDS", "1e10"),
+    ],
+)
+def test_the_authorizer_settings_a_revocation_waits_on_are_refused_by_name_as_every_duration_is(
+    monkeypatch: pytest.MonkeyPatch, name: str, raw: str
+):
+    # README, Configuration: a *_SECONDS setting that is negative or over 100 years is refused
+    # where a function reads it. These two were taken as they came: a negative cache or timeout
+    # meant "no second flush" in silence, so a revocation raced by an authorizer run would stand
+    # in the gateway's cache for as long as the stage really caches, and nothing said why.
+    for table, value in {"ORDERS_TABLE": "o", "INVENTORY_TABLE": "i", "CATALOG_TABLE": "c", "IDEMPOTENCY_TABLE": "d",
+                         "AUTHORIZER_TIMEOUT_SECONDS": "5", "AUTHORIZER_CACHE_SECONDS": "5"}.items():  # fmt: skip
+        monkeypatch.setenv(table, value)
+    monkeypatch.setenv(name, raw)
+    container = bootstrap(Config.from_env(), dynamodb=object(), apigateway=object())
+
+    with pytest.raises(ValueError, match=f"^{name} must be 0 or a positive number of seconds, at most"):
+        _ = container.api_keys
+
+
 def test_a_numeric_setting_that_is_not_a_number_is_refused_by_name(monkeypatch: pytest.MonkeyPatch):
     # float() alone said "could not convert string to float: '15m'", naming no setting.
     for name in ("ORDERS_TABLE", "INVENTORY_TABLE", "CATALOG_TABLE", "IDEMPOTENCY_TABLE"):
@@ -319,9 +345,9 @@ def test_a_revocation_waits_the_authorizers_timeout_only_where_its_answers_are_c
     else:
         monkeypatch.setenv("AUTHORIZER_CACHE_SECONDS", cache)
 
-    assert Config.from_env().authorizer_settle_seconds == expected
+    assert bootstrap(Config.from_env()).authorizer_settle_seconds == expected
     monkeypatch.delenv("AUTHORIZER_TIMEOUT_SECONDS")
-    assert Config.from_env().authorizer_settle_seconds == 0  # not told how long a run lasts: one flush
+    assert bootstrap(Config.from_env()).authorizer_settle_seconds == 0  # not told how long a run lasts: one flush
 
 
 def test_the_api_function_is_told_the_authorizers_timeout_and_the_stages_cache():

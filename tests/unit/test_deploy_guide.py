@@ -78,3 +78,24 @@ def test_the_point_in_time_recovery_parameter_names_every_table_it_turns_it_on_f
     # Inventory and Catalog tables, as the README's row once did; the Returns table has it too.
     description = TEMPLATE["Parameters"]["PointInTimeRecovery"]["Description"]
     assert _tables_named(description) == _tables_recovered()
+
+
+def test_the_deploy_guide_gives_each_parameters_allowed_values():
+    # A first deploy's operator types these into `sam deploy --guided`: a value the template does
+    # not allow fails the deploy. A row lists each allowed value, or names the parameter whose
+    # values it shares ("one of `LogRetentionDays`' periods").
+    rows = {row[0].strip("`"): " | ".join(row[1:]) for row in _rows("| parameter |")}
+    checked = 0
+    for name, parameter in TEMPLATE["Parameters"].items():
+        allowed = [str(value) for value in parameter.get("AllowedValues", [])]
+        if not allowed:
+            continue
+        row = rows[name]
+        shared = [other for other in re.findall(r"one of `(\w+)`' ", row) if other in TEMPLATE["Parameters"]]
+        if shared:
+            assert [str(value) for value in TEMPLATE["Parameters"][shared[0]]["AllowedValues"]] == allowed, name
+        else:
+            missing = [value for value in allowed if not re.search(rf"(?<![\w.]){re.escape(value)}(?![\w.])", row)]
+            assert missing == [], name
+        checked += 1
+    assert checked >= 8
