@@ -26,7 +26,7 @@ from core.money import Money
 # The built-in gateway that approves any `tok_approve`: a deployment that loaded it by accident
 # would ship goods it was never paid for, so it loads only when asked for.
 TEST_PAYMENTS = "test_payments"
-TEST_PAYMENTS_OFF = "the test gateway approves anything: it loads only with OMS_ENABLE_TEST_PAYMENTS=true"
+TEST_PAYMENTS_OFF = "the test gateway pays on test tokens: it loads only with OMS_ENABLE_TEST_PAYMENTS=true"
 
 
 class PluginSource(Protocol):

@@ -110,7 +110,7 @@ class Config(NamedTuple):
     """What a function is told by its environment (template.yaml sets it on AWS).
 
     A NamedTuple, immutable as a frozen dataclass is: Python compiles each method a dataclass
-    generates, which for these 28 fields was 12.7 M instructions of every new container's import
+    generates, which for the 28 fields it had then was 12.7 M instructions of every new container's import
     (2.0 M as a NamedTuple)."""
 
     orders_table: str = ""
@@ -128,7 +128,7 @@ class Config(NamedTuple):
     # The import queue's maxReceiveCount: an import line's last delivery failing parks it (0: never).
     import_queue_max_receives: int = 0
     disabled_plugins: frozenset[str] = frozenset()  # entry-point names never loaded
-    enable_test_payments: bool = False  # the `test` gateway approves anything
+    enable_test_payments: bool = False  # the `test` gateway: pays on test tokens (tok_approve)
     reconcile_after_minutes: float = 15.0  # the reconciler's thresholds (template parameters)
     reconcile_park_after_minutes: float = 60.0
     sla: str = ""  # OMS_SLA: per-status deadlines over the defaults (core/jeopardy.py)

@@ -81,6 +81,15 @@ def banner(stack: EmbeddedStack, started: float) -> str:
     )
     for mapping in stack.mappings.values():
         workflows += f"\n  {mapping.kind:<8} {mapping.source_label} -> {mapping.function_logical_id}"
+    # Without the demo catalog (OMS_SEED=0, or its load refused) the first order's sku is unknown: 422.
+    skus = ", ".join(line["sku"] for line in FIRST_ORDER["lines"])
+    catalog = (
+        ""
+        if stack.seeded
+        else f" (no demo catalog, OMS_SEED=0: put the product {skus}, a location and its stock first,"
+        " as README's Quick start does)"
+    )
+    imported = "" if stack.seeded else "; its skus must be in the catalog"
     return f"""\
 OMS local stack ready in {time.monotonic() - started:.1f} s ({len(stack.table_names)} tables, {routes} routes\
 {", demo data loaded" if stack.seeded else ""})
@@ -90,7 +99,7 @@ OMS local stack ready in {time.monotonic() - started:.1f} s ({len(stack.table_na
   AWS        {stack.aws_endpoint}  (region us-east-1, any credentials)
   Admin key  {stack.admin_key}
 
-Place a first order{pay}:
+Place a first order{catalog}{pay}:
   curl -sS -X POST {stack.api_url}/orders {auth} -H "Content-Type: application/json" \
 -H "Idempotency-Key: first-order" -d {body}
 Read it back:
@@ -98,7 +107,7 @@ Read it back:
 Look inside DynamoDB:
   {aws} dynamodb scan --table-name {stack.table_names["OrdersTable"]}{workflows}
 
-Import a file of orders (CSV or JSON Lines) and follow it:
+Import a file of orders (CSV or JSON Lines{imported}) and follow it:
   make import FILE=events/orders-sample.csv
 
 Ctrl-C stops it (everything is in memory)."""

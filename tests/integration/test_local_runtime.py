@@ -1490,16 +1490,21 @@ def test_werkzeug_s_request_line_is_formatted_only_when_its_logger_is_at_info(
     assert '"GET /health HTTP/1.1" 200 -' in line
 
 
-def test_the_make_run_banner_says_where_everything_is_and_how_to_place_a_first_order(stack):
+def test_the_make_run_banner_says_where_everything_is_and_how_to_place_a_first_order(stack, monkeypatch):
     import shlex
     import time
 
     from core.ids import order_id_for
     from infra.local.__main__ import FIRST_ORDER, banner
 
+    monkeypatch.setattr(stack, "seeded", True)  # as `make run` is, with its demo catalog
+
     text = banner(stack, time.monotonic())
 
-    assert f"{len(stack.table_names)} tables, {len(stack.gateway.router.routes)} routes)" in text.splitlines()[0]
+    assert (
+        f"{len(stack.table_names)} tables, {len(stack.gateway.router.routes)} routes, demo data loaded)"
+        in text.splitlines()[0]
+    )
     for shown in (f"API        {stack.api_url}", f"AWS        {stack.aws_endpoint}", f"Admin key  {stack.admin_key}"):
         assert shown in text
     [place] = [line for line in text.splitlines() if line.startswith("  curl -sS -X POST")]
@@ -1520,10 +1525,26 @@ def test_the_make_run_banner_says_its_first_order_needs_another_method_when_test
     from infra.local.__main__ import banner
 
     monkeypatch.setitem(stack.template.parameter_overrides, "EnableTestPayments", "false")
+    monkeypatch.setattr(stack, "seeded", True)
 
     text = banner(stack, time.monotonic())
 
     assert "Place a first order (test payments are off, OMS_ENABLE_TEST_PAYMENTS=false:" in text
+
+
+def test_the_make_run_banner_says_its_first_order_needs_a_catalog_when_the_demo_data_is_not_loaded(stack, monkeypatch):
+    # OMS_SEED=0: no demo product, location or stock, so the banner's first order would answer 422
+    # unknown_sku; it says what to put first instead of offering a call that fails.
+    import time
+
+    from infra.local.__main__ import banner
+
+    monkeypatch.setattr(stack, "seeded", False)
+
+    text = banner(stack, time.monotonic())
+
+    assert "Place a first order (no demo catalog, OMS_SEED=0: put the product TSHIRT-BLK-M, a location" in text
+    assert "Import a file of orders (CSV or JSON Lines; its skus must be in the catalog) and follow it:" in text
 
 
 def test_the_functions_retry_webhooks_on_the_local_stacks_minute_while_the_template_keeps_a_day(stack):

@@ -40,7 +40,7 @@ def test_is_registered_through_the_oms_entry_point_when_test_payments_are_enable
 
 
 def test_is_off_unless_test_payments_are_enabled(plugins):
-    # It approves anything: a deployment that loaded it by accident would ship unpaid goods.
+    # It approves tok_approve without a card: a deployment that loaded it by accident would ship unpaid goods.
     assert plugins.get_plugin("test_payments") is None
     assert "OMS_ENABLE_TEST_PAYMENTS" in {p.name: p.reason for p in plugins.report().plugins}["test_payments"]
 
