@@ -129,10 +129,17 @@ class InProcessResources:
     def __init__(self, template: Template, functions: dict[str, LocalFunction], gateway: ApiGateway):
         self.template, self.functions, self.gateway = template, functions, gateway
         types = {name: resource["Type"] for name, resource in template.document["Resources"].items()}
+
+        def chosen(value: Any) -> Any:  # an Fn::If's branch, as the stack's parameters choose it
+            while isinstance(value, dict) and list(value) == ["Fn::If"]:
+                condition, when_true, when_false = value["Fn::If"]
+                value = when_true if template.condition(condition) else when_false
+            return value
+
         self._variables = {
             variable: value["Ref"]
             for props in template.functions().values()
-            for variable, value in props["Environment"]["Variables"].items()
+            for variable, value in ((name, chosen(v)) for name, v in props["Environment"]["Variables"].items())
             if isinstance(value, dict) and list(value) == ["Ref"] and types.get(value["Ref"]) in _NAMES
         }
         self._kinds = {logical: _NAMES[types[logical]] for logical in self._variables.values()}
