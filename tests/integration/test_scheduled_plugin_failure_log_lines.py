@@ -4,7 +4,8 @@ of the candidate the pass was working on (core.hook_calls.calls_about), since no
 reconciler's or the jeopardy scan's invocation names it; the pass's own line about that order
 names the plugin and hook at WARNING without the traceback again (functions/failure_logs.py).
 Through the real handlers, in-process on moto, each pass kind with a plugin that raises on two of
-its candidates: the second's line names the second order, not the first."""
+its candidates (one for the carrier work, which asks a carrier that failed no more that pass): the
+second's line names the second order, not the first's again."""
 
 from __future__ import annotations
 
@@ -99,7 +100,7 @@ def reconciler_later(plugin: object) -> Callable[[], Any]:
 
 
 class Raises:
-    """A plugin that raises in every hook it implements (as a bug, not a refusal)."""
+    """A plugin that raises in `hook` (a bug of its own, not a refusal nor an outage), first of all."""
 
     def __init__(self, hook: str):
         def raising(**_: Any) -> Any:
