@@ -60,10 +60,11 @@ _about: ContextVar[Mapping[str, str]] = ContextVar("oms_plugin_calls_about", def
 def calls_about(**keys: str) -> Iterator[None]:
     """Within it, the lines a plugin's failure writes here (`plugin raised`, `plugin temporarily
     unavailable`) carry `keys` (`order_id=...`): a scheduled pass sets them around each candidate's
-    work, as no key of its invocation names the order (the API's and a workflow step's do), so the
-    failure's one ERROR line names the order the pass's own line about it names at WARNING. Nested,
-    the inner keys join the outer ones. They are gone once the work ends, raised or not: no later
-    candidate, nor a warm invocation after, has its line name this one."""
+    work (a stock take around each order it rejects), as no key of its invocation names the order
+    (the API's and a workflow step's do), so the failure's one ERROR line names the order the
+    pass's own line about it names at WARNING. Nested, the inner keys join the outer ones. They are
+    gone once the work ends, raised or not: no later candidate, nor a warm invocation after, has
+    its line name this one."""
     token = _about.set(MappingProxyType({**_about.get(), **keys}))
     try:
         yield
@@ -179,9 +180,8 @@ def _failed(plugin: str, hook: str, exc: BaseException) -> PluginError:
     line `plugin raised` (ERROR, with `plugin`, `hook`, `error`, `reason` as `unavailable` logs it,
     and the traceback), in whichever function called the plugin: a workflow step, the notifier or
     the reconciler has no other line that holds them (with the keys of the order a pass works on:
-    `calls_about`). It is the failure's one ERROR line: the
-    PluginError is marked `logged`, so a line that reports it (the API's `plugin failed`) does not
-    write the traceback a second time."""
+    `calls_about`). It is the failure's one ERROR line: the PluginError is marked `logged`, so a
+    line that reports it (the API's `plugin failed`) does not write the traceback a second time."""
     error = type(exc).__name__
     logger.error(
         "plugin raised",

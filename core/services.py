@@ -244,7 +244,7 @@ class InventoryService:
     def _rejected(self, location_id: str, shipments: list[tuple[str, str, bool]], actor: str) -> None:
         assert self._reject is not None
         for order_id, shipment_id, backordered in shipments:
-            # moved on (cancelled, shipped): planned again after
+            # Conflict, NotFound: moved on (cancelled, shipped), planned again after.
             with contextlib.suppress(Conflict, NotFound), calls_about(order_id=order_id):
                 if backordered:
                     assert self._send_back is not None
