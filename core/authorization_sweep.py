@@ -12,6 +12,7 @@ from core.cancellation import Cancellation
 from core.deadline import TimeUp, never
 from core.errors import PaymentGatewayUnavailable
 from core.events import OrderEvent
+from core.hook_calls import calls_about
 from core.models import HistoryEntry
 from core.ports import OrderRepository, UnsettledAuthorizations
 
@@ -103,7 +104,8 @@ class UnsettledAuthorizationSweep:
             if time_up():
                 break
             try:
-                done = self._settle(order_id, actor, left_before, down)
+                with calls_about(order_id=order_id):
+                    done = self._settle(order_id, actor, left_before, down)
             except PaymentGatewayUnavailable:
                 asked += 1  # its gateway is down: it, and its method's orders, wait for the next pass
             except Exception as error:  # reported once the pass is done (SettleIncomplete)

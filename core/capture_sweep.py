@@ -13,6 +13,7 @@ from core.cancellation import Cancellation
 from core.deadline import TimeUp, never
 from core.errors import PaymentGatewayUnavailable
 from core.events import OrderEvent
+from core.hook_calls import calls_about
 from core.models import HistoryEntry, Order
 from core.order_changes import modify
 from core.ports import OrderRepository, SettlementCaptures
@@ -115,7 +116,8 @@ class UnrecordedCaptureSweep:
             if (limit is not None and asked >= limit) or time_up():
                 break
             try:
-                settled = self._settle(order_id, actor, requested_before, down, done)
+                with calls_about(order_id=order_id):
+                    settled = self._settle(order_id, actor, requested_before, down, done)
             except PaymentGatewayUnavailable:
                 asked += 1  # its gateway is down: it waits, held, for the scan to hand it on again
             except Exception as error:  # reported once the pass is done (CapturesNotSettled)

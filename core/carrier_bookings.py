@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from core.deadline import TimeUp, never
 from core.errors import InvalidTransition, NotFound, StaleVersion, dependency_down
-from core.hook_calls import call_hook
+from core.hook_calls import call_hook, calls_about
 from core.models import GivenUpBooking, Order
 from core.order_changes import modify
 from core.ports import OrderRepository, OrdersOwingCarrier
@@ -153,7 +153,8 @@ class CarrierWorkSweep:
             if not order.labels_due and all(booking.carrier in down for booking in order.bookings_to_cancel):
                 continue  # its carriers failed in this pass already
             try:
-                done[order_id] = self._actions.finish_carrier_work(order, actor, down)
+                with calls_about(order_id=order_id):
+                    done[order_id] = self._actions.finish_carrier_work(order, actor, down)
             except Exception as failure:  # one order's error does not stop the pass
                 done[order_id] = CarrierWork(failed=[f"{type(failure).__name__}: {failure}"])
             if len(done) == self._limit:

@@ -25,9 +25,11 @@ import inspect
 import logging
 import types
 import typing
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from contextvars import ContextVar
 from decimal import Decimal
+from types import MappingProxyType
 from typing import Annotated, Any, NamedTuple
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -50,6 +52,24 @@ class _Answer(NamedTuple):
 
 # The non-None answers given while call_hook listens (None: nobody listens, nothing is kept).
 _answers: ContextVar[list[_Answer] | None] = ContextVar("oms_plugin_answers", default=None)
+# The keys of what the plugins called now work for (`calls_about`): none outside a candidate's work.
+_about: ContextVar[Mapping[str, str]] = ContextVar("oms_plugin_calls_about", default=MappingProxyType({}))
+
+
+@contextmanager
+def calls_about(**keys: str) -> Iterator[None]:
+    """Within it, the lines a plugin's failure writes here (`plugin raised`, `plugin temporarily
+    unavailable`) carry `keys` (`order_id=...`): a scheduled pass sets them around each candidate's
+    work (a stock take around each order it rejects), as no key of its invocation names the order
+    (the API's and a workflow step's do), so the failure's one ERROR line names the order the
+    pass's own line about it names at WARNING. Nested, the inner keys join the outer ones. They are
+    gone once the work ends, raised or not: no later candidate, nor a warm invocation after, has
+    its line name this one."""
+    token = _about.set(MappingProxyType({**_about.get(), **keys}))
+    try:
+        yield
+    finally:
+        _about.reset(token)
 
 
 def recording(function: Callable[..., Any], hook: str, plugin: str) -> Callable[..., Any]:
@@ -159,14 +179,20 @@ def _failed(plugin: str, hook: str, exc: BaseException) -> PluginError:
     raised: the plugin, the hook and the exception's type. Its words and traceback go to the log
     line `plugin raised` (ERROR, with `plugin`, `hook`, `error`, `reason` as `unavailable` logs it,
     and the traceback), in whichever function called the plugin: a workflow step, the notifier or
-    the reconciler has no other line that holds them. It is the failure's one ERROR line: the
-    PluginError is marked `logged`, so a line that reports it (the API's `plugin failed`) does not
-    write the traceback a second time."""
+    the reconciler has no other line that holds them (with the keys of the order a pass works on:
+    `calls_about`). It is the failure's one ERROR line: the PluginError is marked `logged`, so a
+    line that reports it (the API's `plugin failed`) does not write the traceback a second time."""
     error = type(exc).__name__
     logger.error(
         "plugin raised",
         exc_info=exc,
-        extra={"plugin": plugin, "hook": hook, "error": plugin_words(error), "reason": _logged_words(exc)},
+        extra={
+            **_about.get(),
+            "plugin": plugin,
+            "hook": hook,
+            "error": plugin_words(error),
+            "reason": _logged_words(exc),
+        },
     )
     failed = PluginError(
         f"plugin {plugin} failed in {hook}: {error}; its words are in the log line `plugin raised`",
@@ -180,12 +206,13 @@ def unavailable(plugin: str, hook: str, exc: BaseException, said: str) -> str:
     """What the client, the order's history and a workflow's error are told of `exc`, a plugin's
     failure worth retrying: the plugin, the hook and the exception's type. Its words, which may
     hold a password or a host, go to the log line `plugin temporarily unavailable` (WARNING, with
-    `plugin`, `hook`, `error` and `reason`: the words escaped, at most MAX_LOGGED_WORDS_CHARS)."""
+    `plugin`, `hook`, `error` and `reason`: the words escaped, at most MAX_LOGGED_WORDS_CHARS; and
+    the keys of the order a pass works on: `calls_about`)."""
     error = plugin_words(type(exc).__name__)
     words = exc.message if isinstance(exc, TransientError) else exc
     logger.warning(
         "plugin temporarily unavailable",
-        extra={"plugin": plugin, "hook": hook, "error": error, "reason": _logged_words(words)},
+        extra={**_about.get(), "plugin": plugin, "hook": hook, "error": error, "reason": _logged_words(words)},
     )
     return f"plugin {plugin} {said} in {hook}: {error}; its words are in the log line `plugin temporarily unavailable`"
 

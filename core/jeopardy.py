@@ -61,6 +61,7 @@ from core.actors import SCAN_ACTOR
 from core.capture_sweep import refund_refused_since
 from core.deadline import LONGEST, TimeUp, never
 from core.errors import StaleVersion, dependency_down
+from core.hook_calls import calls_about
 from core.models import REFUND_REFUSED_REASON, Order, utc_text
 from core.order_changes import modify
 from core.ports import LateOrders, OrderRepository, UnreceivedReturns
@@ -240,12 +241,14 @@ class JeopardyScan:
             raise ScanIncomplete(done, failed)
         return done
 
-    def _judged(self, failures: dict[str, Exception], key: str, judge: Callable[[], T]) -> T | None:
-        """What `judge` answers of the candidate `key`; None when its own work raised, the error
+    def _judged(self, failures: dict[str, Exception], kind: str, key: str, judge: Callable[[], T]) -> T | None:
+        """What `judge` answers of the candidate `key` (its `kind` of id: `order_id`, `return_id`,
+        which a plugin's failure in it names: calls_about); None when its own work raised, the error
         then in `failures` (the part reads past it). An error saying a dependency is down ends the
         part: each candidate after it would fail alike."""
         try:
-            return judge()
+            with calls_about(**{kind: key}):
+                return judge()
         except Exception as error:  # any: the candidate's own, unless it says a dependency is down
             if self._outage(error):
                 raise
@@ -269,7 +272,7 @@ class JeopardyScan:
 
             def holds() -> None:
                 for order_id in _while(self._late.held_since_before(held_before, self._limit), time_up):
-                    self._judged(done.failed, order_id, partial(self._expire, order_id, held_before, done))
+                    self._judged(done.failed, "order_id", order_id, partial(self._expire, order_id, held_before, done))
 
             parts.append(("holds", holds))
         if self._return_expiry is not None and self._unreceived is not None and self._expire_return is not None:
@@ -283,7 +286,10 @@ class JeopardyScan:
                     expire = self._expire_return
                     for return_id in _while(candidates, time_up):
                         if self._judged(
-                            done.returns_failed, return_id, partial(expire, return_id, started_before, SCAN_ACTOR)
+                            done.returns_failed,
+                            "return_id",
+                            return_id,
+                            partial(expire, return_id, started_before, SCAN_ACTOR),
                         ):
                             done.returns_expired.append(return_id)
                             expired += 1
@@ -296,7 +302,9 @@ class JeopardyScan:
             def marks(status: OrderStatus = status) -> None:
                 deadline = self._sla[status]
                 for order_id in _while(self._late.unmarked_since_before(status, now - deadline, self._limit), time_up):
-                    marked = self._judged(done.failed, order_id, partial(self._mark, order_id, status, deadline))
+                    marked = self._judged(
+                        done.failed, "order_id", order_id, partial(self._mark, order_id, status, deadline)
+                    )
                     if marked is None:
                         continue
                     if marked.listed_late:

@@ -13,7 +13,7 @@ from core.deadline import TimeUp, never
 from core.domain_events import EventType, order_events
 from core.errors import CandidatesReadPast, dependency_down
 from core.fields import empty_list
-from core.hook_calls import call_hook
+from core.hook_calls import call_hook, calls_about
 from core.ids import short_hash
 from core.models import Location, Shown, VisibleText
 from core.services import OrderQueries
@@ -397,7 +397,8 @@ class NotificationRetries:
             if time_up():
                 break
             try:
-                self._retry(retry, now, done)
+                with calls_about(order_id=retry.order_id, notification_id=retry.notification_id):
+                    self._retry(retry, now, done)
             except Exception as error:  # any: the notification's own, unless it says a dependency is down
                 if self._outage(error):
                     raise

@@ -26,6 +26,7 @@ from itertools import islice
 from core.deadline import TimeUp, never
 from core.errors import CandidatesReadPast, InvalidTransition, StaleVersion, dependency_down
 from core.fulfillment import OrderActions
+from core.hook_calls import calls_about
 from core.models import Order
 from core.order_changes import modify
 from core.ports import DuePickups, OrderRepository
@@ -91,7 +92,8 @@ class PickupExpiry:
             if time_up():
                 break
             try:
-                tried += self._expire_due(order_id, now, done)
+                with calls_about(order_id=order_id):
+                    tried += self._expire_due(order_id, now, done)
             except Exception as error:  # any: the order's own, unless it says a dependency is down
                 if self._outage(error):
                     raise  # each order after it would fail alike: the pass stops here

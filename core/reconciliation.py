@@ -40,6 +40,7 @@ from datetime import datetime, timedelta
 
 from core.deadline import TimeUp, never
 from core.errors import CandidatesReadPast, StaleVersion, TransientError, dependency_down
+from core.hook_calls import calls_about
 from core.models import Order
 from core.order_changes import modify
 from core.ports import OrderRepository, StalledOrders, WorkflowStarter
@@ -121,7 +122,8 @@ class Reconciler:
         refused = 0
         for status, order_id in self._candidates(now - self._restart_after, time_up):
             try:
-                refused += self._reconcile(order_id, status, now, rerun, done, start=refused < MAX_REFUSED_STARTS)
+                with calls_about(order_id=order_id):
+                    refused += self._reconcile(order_id, status, now, rerun, done, start=refused < MAX_REFUSED_STARTS)
             except Exception as error:  # any: the order's own, unless it says a dependency is down
                 if self._outage(error):
                     raise  # each order after it would fail alike: the pass stops here

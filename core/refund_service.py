@@ -19,6 +19,7 @@ from core.errors import (
     dependency_down,
 )
 from core.events import OrderEvent
+from core.hook_calls import calls_about
 from core.models import (
     CREDIT_NOT_USED,
     Change,
@@ -678,7 +679,10 @@ class PendingRefundSweep:
             if time_up():
                 break
             try:
-                done = self._refunds.finish_pending(order_id, actor, begun_before=begun_before, down=down, unshown=True)
+                with calls_about(order_id=order_id):
+                    done = self._refunds.finish_pending(
+                        order_id, actor, begun_before=begun_before, down=down, unshown=True
+                    )
             except PaymentGatewayUnavailable:
                 asked += 1  # its gateway is down: its refunds, and its method's, wait for the next pass
             except Exception as error:  # reported once the pass is done (SweepIncomplete)
@@ -845,74 +849,77 @@ class KeptBackSweep:
             if order_id not in just_finished and time_up():
                 break
             seen.add(order_id)
-            try:
-                order = self._orders.get(order_id, consistent=True)
-            except Exception as error:  # any: the order's own (a record that no longer reads), unless
-                if self._outage(error):  # it says a dependency is down: each read after it would fail alike
-                    raise
-                # Read past, reported once the pass is done: it stays the oldest owing, so a pass it
-                # stopped would stop there every run.
-                done.failed[order_id] = error
-                continue
-            if order is None:
-                continue
-            if order.payment.method in down:
-                # Its gateway is asked no more this pass; what needs none is still done: the units
-                # a cancel of units freed are not left reserved for no one until it is back, nor a
-                # return showing less than went back for it (with a payment plugin out of the
-                # deployment, for as long as it is out). What it owes the gateway waits.
-                if order.stock_owed and not time_up():
-                    order = self._release(order, done)
-                if order.stock_owed or order.settlement_owed or owes_kept_back(order) or order.reported_to_finish():
+            with calls_about(order_id=order_id):  # a plugin's failure on it names it (`plugin raised`)
+                try:
+                    order = self._orders.get(order_id, consistent=True)
+                except Exception as error:  # any: the order's own (a record that no longer reads), unless
+                    if self._outage(error):  # it says a dependency is down: each read after it would fail alike
+                        raise
+                    # Read past, reported once the pass is done: it stays the oldest owing, so a pass it
+                    # stopped would stop there every run.
+                    done.failed[order_id] = error
                     continue
-            reported = order.reported_to_finish()
-            if not owes_kept_back(order) and not order.settlement_owed and not order.stock_owed and not reported:
-                if (order_id in finished and kept_back_owed(order)) or order.returns_to_show:
-                    try:
-                        self._top_up(order, actor)
-                    except Exception as error:  # reported once the pass is done
-                        self._failed(order, error, order_id in just_finished, done)
-                continue
-            if time_up():
-                continue  # one of `finished`: it owes, so it is in the index, for the next pass to ask
-            asked += 1
-            try:
-                after = self._top_up(order, actor)
-            except PaymentGatewayUnavailable:
-                # Down for a settlement's refund, capture or void (its retries made): nothing moved,
-                # the order stays in the index, and its method's gateway is asked no more this pass.
-                down.add(order.payment.method)
-                after = self._orders.get(order_id, consistent=True) or order
-                done.gateway_down[order_id] = _owing(after, order_id in just_finished) or [OWED_SETTLEMENT]
-            except NoPaymentPlugin as error:
-                # No plugin takes its method (nobody asked the gateway): reported, and none of the
-                # method's other orders asked this pass, each only to be answered so, in the place
-                # of another method's order.
-                down.add(order.payment.method)
-                after = self._failed(order, error, order_id in just_finished, done)
-            except Exception as error:  # reported once the pass is done
-                after = self._failed(order, error, order_id in just_finished, done)
-            _reported(order_id, reported, after, done)
-            if order.stock_owed and not after.stock_owed:
-                done.stock_released.append(order_id)
-            if order.settlement_owed and not after.settlement_owed:
-                done.owed_back_settled.append(order_id)
-            before = {refund.id: refund.status for refund in order.payment.refunds}
-            new = [refund for refund in after.payment.refunds if before.get(refund.id) != refund.status]
-            owed_back = [refund for refund in new if refund.kind == "cancellation"]
-            kept_back = [refund for refund in new if refund.kind != "cancellation"]
-            done.owed_back_refunded += [refund.id for refund in owed_back if refund.status == RefundStatus.SUCCEEDED]
-            done.refunded += [refund.id for refund in kept_back if refund.status == RefundStatus.SUCCEEDED]
-            done.order_of.update((refund.id, order_id) for refund in new if refund.status == RefundStatus.SUCCEEDED)
-            if any(refund.status == RefundStatus.PENDING for refund in new):
-                down.add(order.payment.method)
-                done.gateway_down[order_id] = _owing(after, order_id in just_finished) or _owing(order, True)
-            if any(refund.status == RefundStatus.FAILED for refund in owed_back):
-                done.owed_back_refused.append(order_id)
-            if any(refund.status == RefundStatus.FAILED for refund in kept_back):
-                done.refused.append(order_id)
-                if owes_kept_back(after, refusals=None) and not owes_kept_back(after):
-                    done.given_up.append(order_id)
+                if order is None:
+                    continue
+                if order.payment.method in down:
+                    # Its gateway is asked no more this pass; what needs none is still done: the units
+                    # a cancel of units freed are not left reserved for no one until it is back, nor a
+                    # return showing less than went back for it (with a payment plugin out of the
+                    # deployment, for as long as it is out). What it owes the gateway waits.
+                    if order.stock_owed and not time_up():
+                        order = self._release(order, done)
+                    if order.stock_owed or order.settlement_owed or owes_kept_back(order) or order.reported_to_finish():
+                        continue
+                reported = order.reported_to_finish()
+                if not owes_kept_back(order) and not order.settlement_owed and not order.stock_owed and not reported:
+                    if (order_id in finished and kept_back_owed(order)) or order.returns_to_show:
+                        try:
+                            self._top_up(order, actor)
+                        except Exception as error:  # reported once the pass is done
+                            self._failed(order, error, order_id in just_finished, done)
+                    continue
+                if time_up():
+                    continue  # one of `finished`: it owes, so it is in the index, for the next pass to ask
+                asked += 1
+                try:
+                    after = self._top_up(order, actor)
+                except PaymentGatewayUnavailable:
+                    # Down for a settlement's refund, capture or void (its retries made): nothing moved,
+                    # the order stays in the index, and its method's gateway is asked no more this pass.
+                    down.add(order.payment.method)
+                    after = self._orders.get(order_id, consistent=True) or order
+                    done.gateway_down[order_id] = _owing(after, order_id in just_finished) or [OWED_SETTLEMENT]
+                except NoPaymentPlugin as error:
+                    # No plugin takes its method (nobody asked the gateway): reported, and none of the
+                    # method's other orders asked this pass, each only to be answered so, in the place
+                    # of another method's order.
+                    down.add(order.payment.method)
+                    after = self._failed(order, error, order_id in just_finished, done)
+                except Exception as error:  # reported once the pass is done
+                    after = self._failed(order, error, order_id in just_finished, done)
+                _reported(order_id, reported, after, done)
+                if order.stock_owed and not after.stock_owed:
+                    done.stock_released.append(order_id)
+                if order.settlement_owed and not after.settlement_owed:
+                    done.owed_back_settled.append(order_id)
+                before = {refund.id: refund.status for refund in order.payment.refunds}
+                new = [refund for refund in after.payment.refunds if before.get(refund.id) != refund.status]
+                owed_back = [refund for refund in new if refund.kind == "cancellation"]
+                kept_back = [refund for refund in new if refund.kind != "cancellation"]
+                done.owed_back_refunded += [
+                    refund.id for refund in owed_back if refund.status == RefundStatus.SUCCEEDED
+                ]
+                done.refunded += [refund.id for refund in kept_back if refund.status == RefundStatus.SUCCEEDED]
+                done.order_of.update((refund.id, order_id) for refund in new if refund.status == RefundStatus.SUCCEEDED)
+                if any(refund.status == RefundStatus.PENDING for refund in new):
+                    down.add(order.payment.method)
+                    done.gateway_down[order_id] = _owing(after, order_id in just_finished) or _owing(order, True)
+                if any(refund.status == RefundStatus.FAILED for refund in owed_back):
+                    done.owed_back_refused.append(order_id)
+                if any(refund.status == RefundStatus.FAILED for refund in kept_back):
+                    done.refused.append(order_id)
+                    if owes_kept_back(after, refusals=None) and not owes_kept_back(after):
+                        done.given_up.append(order_id)
             if asked == self._limit:
                 break
         return done

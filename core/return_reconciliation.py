@@ -72,6 +72,7 @@ from itertools import chain, islice
 from core.deadline import TimeUp, never
 from core.errors import PluginUnavailable, TransientError, dependency_down
 from core.events import OrderEvent
+from core.hook_calls import calls_about
 from core.ports import OrderRepository, ReceivedReturns, ReturnRepository, ReturnWorkflowStarter
 from core.reconciliation import MAX_REFUSED_STARTS
 from core.refund_service import show_owed
@@ -163,7 +164,8 @@ class ReturnReconciler:
             if time_up():
                 break
             try:
-                started = self._reconcile(return_id, received_before)
+                with calls_about(return_id=return_id):
+                    started = self._reconcile(return_id, received_before)
             except _Refused:
                 refused += 1
                 if refused == MAX_REFUSED_STARTS:

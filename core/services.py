@@ -29,7 +29,7 @@ from core.errors import (
     UnknownSku,
 )
 from core.events import OrderEvent
-from core.hook_calls import call_hook
+from core.hook_calls import call_hook, calls_about
 from core.ids import new_id, order_id_for, short_hash
 from core.models import (
     Address,
@@ -244,7 +244,8 @@ class InventoryService:
     def _rejected(self, location_id: str, shipments: list[tuple[str, str, bool]], actor: str) -> None:
         assert self._reject is not None
         for order_id, shipment_id, backordered in shipments:
-            with contextlib.suppress(Conflict, NotFound):  # moved on (cancelled, shipped): planned again after
+            # Conflict, NotFound: moved on (cancelled, shipped), planned again after.
+            with contextlib.suppress(Conflict, NotFound), calls_about(order_id=order_id):
                 if backordered:
                     assert self._send_back is not None
                     self._send_back(order_id, location_id, STOCK_COUNT_REASON, actor)
@@ -271,7 +272,8 @@ class InventoryService:
                 done.left = len(marked) - n
                 return  # the rest to the next pass
             try:
-                finished = self._finish(short)
+                with calls_about(sku=short.sku, location_id=short.location_id):
+                    finished = self._finish(short)
             except Exception as error:  # any: the other marks are still finished
                 done.failed[short] = error
                 continue

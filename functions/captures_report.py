@@ -9,6 +9,7 @@ from typing import Any
 from aws_lambda_powertools.metrics import MetricUnit
 
 from core.capture_sweep import CapturesNotSettled, CapturesSettled
+from functions.failure_logs import failure_logged
 
 
 def report(
@@ -47,5 +48,5 @@ def report(
         metrics.add_metric(name="ShipsWaitingToConfirm", unit=MetricUnit.Count, value=found)
     if failed is not None:
         for order_id, failure in failed.failed.items():
-            logger.error("capture left by a ship or a settlement not settled", extra={"order_id": order_id},
-                         exc_info=failure)  # fmt: skip
+            failure_logged(logger, "capture left by a ship or a settlement not settled", failure,
+                           order_id=order_id)  # fmt: skip

@@ -20,6 +20,7 @@ from core.jeopardy import SCAN_ACTOR, ScanIncomplete
 from functions.bootstrap import WarmContainer
 from functions.business_metrics import emits_business_metrics
 from functions.captures_report import report as report_captures
+from functions.failure_logs import failure_logged
 from functions.masked_logs import function_logger
 from functions.schedule import run_number
 
@@ -67,14 +68,14 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     # Read past, each: its own work raised (a record that no longer reads, an item its table refuses).
     for order_id, failure in done.failed.items():
         if order_id in done.expired:  # cancelled: no scan reads it again
-            logger.error("hold expired, its clean-up failed: the cancel's own execution finishes it",
-                         extra={"order_id": order_id}, exc_info=failure)  # fmt: skip
+            failure_logged(logger, "hold expired, its clean-up failed: the cancel's own execution finishes it",
+                           failure, order_id=order_id)  # fmt: skip
         else:
-            logger.error("order not scanned: its own work failed, the next scan tries it again",
-                         extra={"order_id": order_id}, exc_info=failure)  # fmt: skip
+            failure_logged(logger, "order not scanned: its own work failed, the next scan tries it again",
+                           failure, order_id=order_id)  # fmt: skip
     for return_id, failure in done.returns_failed.items():
-        logger.error("return not scanned: its own work failed, the next scan tries it again",
-                     extra={"return_id": return_id}, exc_info=failure)  # fmt: skip
+        failure_logged(logger, "return not scanned: its own work failed, the next scan tries it again",
+                       failure, return_id=return_id)  # fmt: skip
     # Every pass, zero included: OrdersInJeopardyAlarm fires while any late order is open (none
     # when the count failed: a zero would clear it).
     if done.in_jeopardy is not None:

@@ -56,6 +56,7 @@ from functions.bootstrap import WarmContainer
 from functions.business_metrics import emits_business_metrics
 from functions.business_metrics import flush as print_business_metrics
 from functions.captures_report import report as report_captures
+from functions.failure_logs import failure_logged
 from functions.masked_logs import function_logger
 from functions.schedule import run_number
 
@@ -129,8 +130,8 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
             # The same metric the ParkOrder task emits: OrdersParkedAlarm covers both.
             metrics.add_metric(name="OrdersParked", unit=MetricUnit.Count, value=len(done.parked))
         for order_id, failure in done.failed.items():
-            logger.error("stalled order not reconciled: its own work failed, the next pass tries it again",
-                         extra={"order_id": order_id}, exc_info=failure)  # fmt: skip
+            failure_logged(logger, "stalled order not reconciled: its own work failed, the next pass tries it again",
+                           failure, order_id=order_id)  # fmt: skip
         if done.failed:
             metrics.add_metric(name="OrdersNotReconciled", unit=MetricUnit.Count, value=len(done.failed))
             incomplete["stalled orders"] = OrdersNotReconciled(done)
@@ -155,11 +156,11 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
             metrics.add_metric(name="PickupsExpired", unit=MetricUnit.Count, value=len(expired))
         for order_id, failure in pickups.failed.items():
             if order_id in expired:  # cancelled: no pass reads it again
-                logger.error("pickup expired, its clean-up failed: the cancel's own execution finishes it",
-                             extra={"order_id": order_id}, exc_info=failure)  # fmt: skip
+                failure_logged(logger, "pickup expired, its clean-up failed: the cancel's own execution finishes it",
+                               failure, order_id=order_id)  # fmt: skip
             else:
-                logger.error("pickup not expired: its own work failed, the next pass tries it again",
-                             extra={"order_id": order_id}, exc_info=failure)  # fmt: skip
+                failure_logged(logger, "pickup not expired: its own work failed, the next pass tries it again",
+                               failure, order_id=order_id)  # fmt: skip
         if pickups.failed:
             metrics.add_metric(name="PickupsNotExpired", unit=MetricUnit.Count, value=len(pickups.failed))
             incomplete["pickup expiry"] = PickupsNotExpired(pickups)
@@ -173,8 +174,8 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         except ReturnsNotReconciled as error:
             returns_restarted = error.restarted
             for return_id, failure in error.failed.items():
-                logger.error("return not reconciled: its own work failed, the next pass tries it again",
-                             extra={"return_id": return_id}, exc_info=failure)  # fmt: skip
+                failure_logged(logger, "return not reconciled: its own work failed, the next pass tries it again",
+                               failure, return_id=return_id)  # fmt: skip
             if error.failed:
                 metrics.add_metric(name="ReturnsNotReconciled", unit=MetricUnit.Count, value=len(error.failed))
             if error.outage is not None:
@@ -228,7 +229,7 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         except SweepIncomplete as error:
             refunds_finished, incomplete["pending refunds"] = error.finished, error
             for order_id, failure in error.failed.items():
-                logger.error("pending refund not finished", extra={"order_id": order_id}, exc_info=failure)
+                failure_logged(logger, "pending refund not finished", failure, order_id=order_id)
         except Exception as error:  # any: the other passes must still run
             refunds_finished = []
             failed_outright("pending refunds", error)
@@ -254,7 +255,7 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         for order_id, failure in kept_back.failed.items():
             # Named for what the order owed: first what the pass failed on (a plugin raising, not refusing).
             owed = kept_back.failed_owing.get(order_id) or [OWED_KEPT_BACK]
-            logger.error(NOT_DONE[owed[0]], extra={"order_id": order_id, "owed": owed}, exc_info=failure)
+            failure_logged(logger, NOT_DONE[owed[0]], failure, order_id=order_id, owed=owed)
         # What cancels of units owed back (Order.settlement_owed), which the same pass gives: named apart.
         for refund_id in kept_back.owed_back_refunded:
             logger.warning("what a cancel of units owed back refunded",
@@ -314,9 +315,7 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         if unsettled is not None:
             incomplete["authorizations"] = unsettled
             for order_id, failure in unsettled.failed.items():
-                logger.error(
-                    "authorization left by an edit not settled", extra={"order_id": order_id}, exc_info=failure
-                )
+                failure_logged(logger, "authorization left by an edit not settled", failure, order_id=order_id)
         answer.update(authorizations_settled=settled.orders)
 
     def settlement_captures(time_up: Deadline) -> None:
@@ -345,8 +344,8 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
                 extra={"sku": short.sku, "location_id": short.location_id, "counted_at": short.counted_at.isoformat()},
             )
         for short, error in done.failed.items():
-            logger.error("stock take recorded short not finished: the next pass tries it again",
-                         extra={"sku": short.sku, "location_id": short.location_id}, exc_info=error)  # fmt: skip
+            failure_logged(logger, "stock take recorded short not finished: the next pass tries it again",
+                           error, sku=short.sku, location_id=short.location_id)  # fmt: skip
         if done.finished:
             metrics.add_metric(name="StockTakesFinished", unit=MetricUnit.Count, value=len(done.finished))
         if done.left:
@@ -382,8 +381,9 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
             # NotificationsAbandonedAlarm calls a person: the customer was never told.
             metrics.add_metric(name="NotificationsAbandoned", unit=MetricUnit.Count, value=len(done.abandoned))
         for notification_id, failure in done.failed.items():
-            logger.error("customer notification not retried: its own work failed, the next pass tries it again",
-                         extra={"notification_id": notification_id}, exc_info=failure)  # fmt: skip
+            failure_logged(logger,
+                           "customer notification not retried: its own work failed, the next pass tries it again",
+                           failure, notification_id=notification_id)  # fmt: skip
         if done.failed:
             metrics.add_metric(name="NotificationsNotRetried", unit=MetricUnit.Count, value=len(done.failed))
             incomplete["notifications"] = NotificationsNotRetried(done)
@@ -457,8 +457,8 @@ def recount_imports(container: WarmContainer, isolated: Callable[..., Any], time
     if done.completed:
         metrics.add_metric(name="ImportsRecounted", unit=MetricUnit.Count, value=len(done.completed))
     for import_id, failure in done.failed.items():
-        logger.error("import not recounted: its own recount failed, the next pass tries it again",
-                     extra={"import_id": import_id}, exc_info=failure)  # fmt: skip
+        failure_logged(logger, "import not recounted: its own recount failed, the next pass tries it again",
+                       failure, import_id=import_id)  # fmt: skip
     if done.failed:
         metrics.add_metric(name="ImportsNotRecounted", unit=MetricUnit.Count, value=len(done.failed))
     return done

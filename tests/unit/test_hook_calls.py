@@ -18,7 +18,7 @@ from core.errors import (
     PluginUnavailable,
     TransientError,
 )
-from core.hook_calls import MAX_LOGGED_WORDS_CHARS, call_hook
+from core.hook_calls import MAX_LOGGED_WORDS_CHARS, call_hook, calls_about
 from core.models import Allocation
 from core.money import Money
 from core.payments import Payments
@@ -258,6 +258,44 @@ def test_a_plugin_that_raises_leaves_its_words_and_traceback_in_the_log_line_plu
     assert logged.exc_info[1] is failed.value.__cause__
     # Its one ERROR line: a line that reports the PluginError leaves the traceback out.
     assert failed.value.logged
+
+
+def test_a_plugins_failure_names_what_the_pass_works_on_then_and_nothing_once_that_work_ended(caplog):
+    # A scheduled pass's candidate: no key of its invocation names the order, so `plugin raised`
+    # carried none, and the pass's own line about the order was a second ERROR with the traceback.
+    class Failing:
+        @hookimpl
+        def oms_carrier_create_shipment(self):
+            raise RuntimeError("carrier API answered 500")
+
+        @hookimpl
+        def oms_unit_price(self):
+            raise TimeoutError("pricing service did not answer")
+
+    plugins = build_plugin_manager()
+    plugins.register(Failing(), name="failing")
+    booking = HOOK_ARGUMENTS["oms_carrier_create_shipment"]
+
+    for order_id in ("ord_1", "ord_2"):
+        with pytest.raises(PluginError), calls_about(order_id=order_id):
+            call_hook(plugins.hook.oms_carrier_create_shipment, **booking)  # raises out of its block
+    with calls_about(sku="MUG", location_id="wh-1"), calls_about(order_id="ord_3"):
+        with pytest.raises(TransientError):
+            call_hook(plugins.hook.oms_unit_price, **HOOK_ARGUMENTS["oms_unit_price"])
+        with pytest.raises(PluginError):
+            call_hook(plugins.hook.oms_carrier_create_shipment, **booking)
+    with pytest.raises(PluginError):
+        call_hook(plugins.hook.oms_carrier_create_shipment, **booking)  # after the pass: no candidate's
+
+    keys = ("order_id", "sku", "location_id")
+    logged = [(r.getMessage(), {key: r.__dict__[key] for key in keys if key in r.__dict__}) for r in caplog.records]
+    assert logged == [
+        ("plugin raised", {"order_id": "ord_1"}),
+        ("plugin raised", {"order_id": "ord_2"}),
+        ("plugin temporarily unavailable", {"order_id": "ord_3", "sku": "MUG", "location_id": "wh-1"}),
+        ("plugin raised", {"order_id": "ord_3", "sku": "MUG", "location_id": "wh-1"}),
+        ("plugin raised", {}),
+    ]
 
 
 def test_a_refusal_a_hooks_spec_documents_passes_through_unlogged_and_is_the_plugins_failure_elsewhere(caplog):
