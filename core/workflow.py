@@ -743,11 +743,17 @@ class Workflow:
         points buy what it lacks; then one look at stock that arrived between sourcing and the
         queue entry. Raises Backordered unless that completed it. A write lost (to a hold, say)
         undoes this run's reservations but what the order held before it (`held_before`), as
-        ReserveStock's own lost write does."""
+        ReserveStock's own lost write does. The skus it holds every unit of get an entry too
+        (`holds`, never marked): under `max_shipments` units of one arriving where its missing
+        skus already are may give one location its whole order, and only its entry lets that
+        arrival find it."""
         assert self._backorders is not None
         entry = WaitingOrder.for_order(order)
         for sku in sorted(short):
             self._backorders.add(sku, entry)
+        holding = WaitingOrder.for_order(order, holds=True)
+        for sku in sorted({line.sku for line in order.lines} - short):
+            self._backorders.add(sku, holding)
         new, history = order.backorder(
             plan.allocations, plan.reasons, at=self._clock(), actor=WORKFLOW_ACTOR, rules_version=rules.version
         )
@@ -1010,6 +1016,8 @@ class Workflow:
                     if entry >= behind or not free:
                         free = {}
                         break
+                    if entry.holds:
+                        continue  # its order holds every unit of the sku it wants: not read
                     if not any(entry.may_take_at(by_id.get(location_id)) for location_id in free):
                         continue  # it may take none of these units (its entry says so): not read
                     older = self._orders.get(entry.order_id, consistent=True)

@@ -2714,6 +2714,8 @@ BACKORDER_PREFIX = "#backorder#"
 BACKORDER_RECORDED = "reorder_watch"
 # On a queue entry: its order's version when it wrote the entry (DynamoBackorders.leave).
 ENTRY_VERSION = "order_version"
+# On a queue entry: its order held every unit of the sku when it went backordered (WaitingOrder.holds).
+ENTRY_HOLDS = "holds"
 # On a stock item: the queue entry after which an arrival's walk there goes on, and the stream record
 # that handed it on (DynamoBackorders.walk_from; read back with `wake_after`).
 WALK_AFTER, WALK_BY = "walk_after", "walk_by"
@@ -2754,10 +2756,17 @@ class DynamoBackorders(Backorders):
             # this one leaves it (`leave`).
             sets += f", {ENTRY_VERSION} = :version"
             values[":version"] = {"N": str(entry.version)}
+        removes = [BACKORDER_RECORDED]
+        if entry.holds:
+            # Its order holds every unit of the sku: the readers of what orders lack pass it over.
+            sets += f", {ENTRY_HOLDS} = :holds"
+            values[":holds"] = {"BOOL": True}
+        else:
+            removes.append(ENTRY_HOLDS)
         self._client.update_item(
             TableName=self._table,
             Key=self._key(sku, entry),
-            UpdateExpression=f"{sets} REMOVE {BACKORDER_RECORDED}",
+            UpdateExpression=f"{sets} REMOVE {', '.join(removes)}",
             ExpressionAttributeValues=values,
         )
 
@@ -2806,7 +2815,7 @@ class DynamoBackorders(Backorders):
             "TableName": self._table,
             "KeyConditionExpression": "sku = :sku AND begins_with(location_id, :prefix)",
             "ExpressionAttributeValues": {":sku": {"S": sku}, ":prefix": {"S": BACKORDER_PREFIX}},
-            "ProjectionExpression": "order_id, created_at, bought_at, supplied_by",
+            "ProjectionExpression": f"order_id, created_at, bought_at, supplied_by, {ENTRY_HOLDS}",
             "Limit": limit,
         }
         if after is not None:
@@ -2818,6 +2827,7 @@ class DynamoBackorders(Backorders):
                 order_id=item["order_id"]["S"],
                 bought_at=item["bought_at"]["S"] if "bought_at" in item else None,
                 supplied_by=item["supplied_by"]["S"] if "supplied_by" in item else None,
+                holds=item.get(ENTRY_HOLDS, {}).get("BOOL", False),
             )
             for item in items
         ]

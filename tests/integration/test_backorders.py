@@ -93,6 +93,21 @@ class Shop:
         finally:
             events.unregister("provide-client-params.dynamodb.GetItem", order_read)
 
+    @contextmanager
+    def requests(self) -> Iterator[list[tuple[str, dict[str, Any]]]]:
+        """Each DynamoDB request the container sends meanwhile: (operation, parameters)."""
+        made: list[tuple[str, dict[str, Any]]] = []
+
+        def sent(params: dict[str, Any], model: Any, **_: Any) -> None:
+            made.append((model.name, params))
+
+        events = self.container.dynamodb.meta.events
+        events.register("provide-client-params.dynamodb.*", sent)
+        try:
+            yield made
+        finally:
+            events.unregister("provide-client-params.dynamodb.*", sent)
+
     def order(self, order_id: str):
         return self.container.order_repository.get(order_id)
 
@@ -987,7 +1002,7 @@ def test_a_backorder_cut_to_what_it_holds_and_allocated_from_authorized_leaves_t
     assert _queued(shop) == []
 
 
-def test_a_line_cut_to_what_it_holds_leaves_that_skus_queue_while_the_order_waits_for_another(shop):
+def test_a_line_cut_to_what_it_holds_stays_in_that_skus_queue_as_held_while_the_order_waits_for_another(shop):
     shop.container.catalog_repository.put_product(product("LATER", "10.00", allow_backorder=True))
     shop.inventory.set_on_hand("PREORDER", "wh-east", 1, reason="count")
     lines = [{"sku": "PREORDER", "quantity": 3}, {"sku": "LATER", "quantity": 1}]
@@ -1004,7 +1019,15 @@ def test_a_line_cut_to_what_it_holds_leaves_that_skus_queue_while_the_order_wait
         shop.container.workflow.reserve_stock(order_id)  # sourced again: it waits for LATER alone
 
     assert shop.order(order_id).status is S.BACKORDERED
-    assert (_queued(shop), _queued(shop, "LATER")) == ([], [order_id])
+    assert (_queued(shop), _queued(shop, "LATER")) == ([order_id], [order_id])
+    # Its PREORDER entry now says it holds them (no reader of what orders lack reads it), unmarked:
+    # the reorder points buy no PREORDER for it.
+    [preorder_entry], [later_entry] = (shop.backorders.waiting(sku, None, 10) for sku in ("PREORDER", "LATER"))
+    assert (preorder_entry.holds, later_entry.holds) == (True, False)
+    stored = shop.container.dynamodb.get_item(
+        TableName=shop.container.config.inventory_table, Key=DynamoBackorders._key("PREORDER", preorder_entry)
+    )["Item"]
+    assert "reorder_watch" not in stored
 
 
 def test_an_entry_written_again_since_the_write_that_ended_its_wait_stays(shop):
@@ -1112,3 +1135,161 @@ def test_a_line_an_edit_of_a_held_backorder_drops_leaves_its_skus_queue_when_the
     with pytest.raises(Backordered):
         shop.container.workflow.reserve_stock(order_id)  # the execution the release starts
     assert (_queued(shop), _queued(shop, "LATER")) == ([], [order_id])
+
+
+# --- An order max_shipments keeps waiting for a sku it lacks, found by an arrival of one it holds ----------
+
+
+def _waiting_for_preorder_holding_a_book(shop: Shop) -> str:
+    """max_shipments 1; an order of a PREORDER and a BOOK: its BOOK reserved at wh-west, the PREORDER
+    short everywhere, so it waits backordered (for the PREORDER; it holds its BOOK)."""
+    from core.sourcing_rules import SourcingRulesInput
+
+    shop.container.catalog_repository.put_product(product("BOOK", "12.00", allow_backorder=True))
+    shop.container.sourcing_rules_service.replace(SourcingRulesInput(max_shipments=1), by="key_ops")
+    shop.inventory.set_on_hand("BOOK", "wh-west", 1, reason="count")
+    lines = [{"sku": "PREORDER", "quantity": 1}, {"sku": "BOOK", "quantity": 1}]
+    body = place_order(external_id="book-and-preorder", lines=lines)
+    order_id = shop.container.capture.place(body, actor="key_web").id
+    shop.container.workflow.authorize_payment(order_id, attempt=0)
+    with pytest.raises(Backordered):
+        shop.container.workflow.reserve_stock(order_id)
+    order = shop.order(order_id)
+    assert [(a.location_id, a.quantity) for a in order.allocations] == [("wh-west", 1)]
+    assert order.short_of() == {next(line.line_id for line in order.lines if line.sku == "PREORDER"): 1}
+    return order_id
+
+
+def _shipped_whole_from_wh_east(shop: Shop, order_id: str) -> None:
+    """The workflow the outbox starts for an order sent back: it allocates the whole order at wh-east
+    and gives the BOOK it held at wh-west back."""
+    shop.container.workflow.reserve_stock(order_id)
+    shop.container.workflow.create_shipments(order_id)
+    order = shop.order(order_id)
+    assert order.status is S.ALLOCATED and [s.location_id for s in order.shipments] == ["wh-east"]
+    [book_west] = shop.inventory.levels({"BOOK"}, ["wh-west"])["BOOK"]
+    assert (book_west.on_hand, book_west.reserved, book_west.available) == (1, 0, 1)
+    assert shop.level("wh-east") == (1, 1, 0)
+
+
+def test_units_of_a_sku_an_order_holds_arriving_where_its_missing_sku_came_before_send_it_back_whole(shop):
+    """The PREORDER comes to wh-east first: its walk finds the order, but wh-east has no BOOK, so no
+    plan within max_shipments gives it every unit. Then a BOOK comes to wh-east: one location can now
+    ship the whole order, but the order was in the PREORDER's queue only, and the BOOK's arrival never
+    found it: it waited for a PREORDER at wh-west that nothing may bring."""
+    order_id = _waiting_for_preorder_holding_a_book(shop)
+    shop.inventory.adjust("PREORDER", "wh-east", 1, reason="receipt")
+    assert consume(shop, record("wh-east", 0, 1)) == {"batchItemFailures": []}
+    assert shop.order(order_id).status is S.BACKORDERED  # no BOOK at wh-east yet
+
+    shop.inventory.adjust("BOOK", "wh-east", 1, reason="receipt")
+    assert consume(shop, record("wh-east", 0, 1, sku="BOOK")) == {"batchItemFailures": []}
+
+    assert shop.order(order_id).status is S.AUTHORIZED
+    [*_, sent] = shop.container.order_repository.history(order_id)[1]
+    assert sent.type == "sourced_again"
+    _shipped_whole_from_wh_east(shop, order_id)
+
+
+def test_a_released_reservation_of_a_sku_an_order_holds_sends_it_back_whole_where_its_missing_sku_is(shop):
+    """The same arrival as a release: another order's cancel gives a BOOK back at wh-east, where a
+    PREORDER waits on the shelf (it came before the BOOK, and its walk found no whole plan)."""
+    order_id = _waiting_for_preorder_holding_a_book(shop)
+    shop.inventory.adjust("PREORDER", "wh-east", 1, reason="receipt")
+    consume(shop, record("wh-east", 0, 1))
+    shop.inventory.adjust("BOOK", "wh-east", 1, reason="receipt")
+    shop.inventory.reserve("BOOK", "wh-east", "ord_other#L1", 1)  # another order's, before this arrival
+    shop.inventory.release("BOOK", "wh-east", "ord_other#L1")
+
+    assert consume(shop, record("wh-east", 0, 1, sku="BOOK")) == {"batchItemFailures": []}
+
+    assert shop.order(order_id).status is S.AUTHORIZED
+    _shipped_whole_from_wh_east(shop, order_id)
+
+
+def test_units_of_a_missing_sku_arriving_where_the_sku_an_order_holds_is_on_hand_send_it_back_whole(shop):
+    """The other order of arrivals: a BOOK is on wh-east's shelf already, then the PREORDER comes
+    there. Its own queue finds the order (this always worked)."""
+    order_id = _waiting_for_preorder_holding_a_book(shop)
+    shop.inventory.adjust("BOOK", "wh-east", 1, reason="receipt")
+    consume(shop, record("wh-east", 0, 1, sku="BOOK"))
+    assert shop.order(order_id).status is S.BACKORDERED  # no PREORDER at wh-east yet
+
+    shop.inventory.adjust("PREORDER", "wh-east", 1, reason="receipt")
+    assert consume(shop, record("wh-east", 0, 1)) == {"batchItemFailures": []}
+
+    assert shop.order(order_id).status is S.AUTHORIZED
+    _shipped_whole_from_wh_east(shop, order_id)
+
+
+def _entry_writes(shop: Shop, made: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, str, str]]:
+    """The writes of queue entries among `made`: (operation, sku, what it sets or removes)."""
+    return [
+        (operation, params["Key"]["sku"]["S"], params.get("UpdateExpression", ""))
+        for operation, params in made
+        if params.get("TableName") == shop.container.config.inventory_table
+        and operation in ("PutItem", "UpdateItem", "DeleteItem")
+        and params["Key"]["location_id"]["S"].startswith("#backorder#")
+    ]
+
+
+def test_an_order_backordered_writes_one_entry_more_per_sku_it_holds_and_none_is_marked(shop):
+    """The cost of queuing a waiting order for every sku it orders: one UpdateItem of an entry per
+    sku it holds every unit of (`holds`), beside the entry and its mark for each sku it lacks. The
+    entries it holds are never marked: the reorder points buy only what it lacks."""
+    shop.container.catalog_repository.put_product(product("BOOK", "12.00", allow_backorder=True))
+    shop.inventory.set_on_hand("BOOK", "wh-west", 1, reason="count")
+    lines = [{"sku": "PREORDER", "quantity": 1}, {"sku": "BOOK", "quantity": 1}]
+    order_id = shop.container.capture.place(place_order(external_id="costed", lines=lines), actor="key_web").id
+    shop.container.workflow.authorize_payment(order_id, attempt=0)
+
+    with shop.requests() as made, pytest.raises(Backordered):
+        shop.container.workflow.reserve_stock(order_id)
+
+    writes = _entry_writes(shop, made)
+    assert [(operation, sku) for operation, sku, _ in writes] == [
+        ("UpdateItem", "PREORDER"),  # its entry, before the order's write
+        ("UpdateItem", "BOOK"),  # the one more: it holds its BOOK
+        ("UpdateItem", "PREORDER"),  # the mark: the reorder points buy its PREORDER
+    ]
+    assert "holds = :holds" in writes[1][2] and "holds" not in writes[0][2].split("REMOVE")[0]
+    assert [e.holds for e in shop.backorders.waiting("BOOK", None, 10)] == [True]
+
+    # Allocated, it leaves both queues: one conditional DeleteItem per sku of its lines, as before.
+    shop.inventory.adjust("PREORDER", "wh-west", 1, reason="receipt")
+    consume(shop, record("wh-west", 0, 1))
+    with shop.requests() as made:
+        shop.container.workflow.create_shipments(order_id)
+    assert sorted((operation, sku) for operation, sku, _ in _entry_writes(shop, made)) == [
+        ("DeleteItem", "BOOK"), ("DeleteItem", "PREORDER"),
+    ]  # fmt: skip
+    assert _queued(shop) == _queued(shop, "BOOK") == []
+
+
+def test_the_orders_that_hold_a_sku_are_read_by_no_arrival_demand_or_sourcing_of_it_without_max_shipments(shop):
+    """Its BOOK held, an order waits for a PREORDER: an arrival of BOOKs (no max_shipments keeps it
+    from any location), the demand behind a BOOK reorder point and a new order of BOOKs sourced
+    before the stream hands the arrival out read none of it (it lacks no BOOK), as before it had
+    a BOOK entry."""
+    shop.container.catalog_repository.put_product(product("BOOK", "12.00", allow_backorder=True))
+    shop.inventory.set_on_hand("BOOK", "wh-west", 1, reason="count")
+    lines = [{"sku": "PREORDER", "quantity": 1}, {"sku": "BOOK", "quantity": 1}]
+    waiting = shop.container.capture.place(place_order(external_id="holds-a-book", lines=lines), actor="key_web").id
+    shop.container.workflow.authorize_payment(waiting, attempt=0)
+    with pytest.raises(Backordered):
+        shop.container.workflow.reserve_stock(waiting)
+    shop.inventory.adjust("BOOK", "wh-east", 3, reason="receipt")
+
+    book = [{"sku": "BOOK", "quantity": 1}]
+    newer = shop.container.capture.place(place_order(external_id="a-book", lines=book), actor="key_web").id
+    shop.container.workflow.authorize_payment(newer, attempt=0)
+    with shop.requests() as made, shop.orders_read() as read:
+        shop.container.workflow.reserve_stock(newer)
+        assert consume(shop, record("wh-east", 0, 3, sku="BOOK")) == {"batchItemFailures": []}
+        demand = shop.container.backorder_allocator.demand("BOOK", {"wh-east", "wh-west"}, lambda _: 0)
+
+    assert waiting not in read
+    assert not [p for operation, p in made if operation == "BatchGetItem" and shop.container.config.orders_table
+                in p["RequestItems"]]  # fmt: skip
+    assert demand.waiting == {} and demand.moves == []
+    assert shop.order(waiting).status is S.BACKORDERED and shop.order(newer).allocations
