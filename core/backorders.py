@@ -202,9 +202,9 @@ class BackorderAllocator:
                 # it wants is sent back to be sourced, its units left to it by the rest of the walk.
                 # So is one waiting for other skus only, which the location had, or holding every
                 # unit of this one elsewhere (its entry `holds`): these units may be the last it
-                # lacked there.
+                # lacked there. The walk's rules and network decide, as they decided to come here.
                 sent, claims = self._workflow.source_again_whole(
-                    order.id, location_id, actor=BACKORDER_ACTOR, claimed=claimed
+                    order.id, location_id, actor=BACKORDER_ACTOR, claimed=claimed, rules=rules, locations=locations
                 )
                 if sent.status is not S.BACKORDERED:
                     result.sourced_again.append(order.id)
@@ -283,7 +283,9 @@ class BackorderAllocator:
                 continue
             # max_shipments may keep it from adding the location that now has its whole order (units
             # the rules no longer hold back there): sent back to be sourced, its units left to it.
-            sent, claims = self._workflow.source_again_whole(order.id, actor=BACKORDER_ACTOR, claimed=claimed)
+            sent, claims = self._workflow.source_again_whole(
+                order.id, actor=BACKORDER_ACTOR, claimed=claimed, rules=rules, locations=locations
+            )
             if sent.status is not S.BACKORDERED:
                 result.sourced_again.append(order.id)
                 for place, units in claims.items():

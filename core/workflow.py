@@ -860,7 +860,8 @@ class Workflow:
 
     def source_again_whole(
         self, order_id: str, location_id: str | None = None, actor: str = WORKFLOW_ACTOR,
-        claimed: Mapping[tuple[str, str], int] | None = None,
+        claimed: Mapping[tuple[str, str], int] | None = None, *, rules: SourcingRules | None = None,
+        locations: list[Location] | None = None,
     ) -> tuple[Order, dict[tuple[str, str], int]]:  # fmt: skip
         """Send a backordered order back to be sourced when `max_shipments` keeps it from adding a
         location beside those it holds units at (`location_id`, when named: the one units arrived
@@ -870,8 +871,12 @@ class Workflow:
         write, conditional on its status and version, as `source_again`. Returns the order as it is
         afterwards, and the units its plan takes beyond what it holds, by (sku, location_id): the
         walk that sent it back leaves them to it (nothing when it is not sent back). `claimed`: the
-        units that walk left to older orders already, not this one's to plan on."""
-        rules, locations, at = self._rules(), self._catalog.list_locations(), self._clock()
+        units that walk left to older orders already, not this one's to plan on. `rules` and
+        `locations`: those the caller's walk read and decided on (read here when not given), so a
+        walk that meets many orders reads them once, not once per order."""
+        rules = rules if rules is not None else self._rules()
+        locations = locations if locations is not None else self._catalog.list_locations()
+        at = self._clock()
         claims: dict[tuple[str, str], int] = {}
 
         def decide(order: Order):

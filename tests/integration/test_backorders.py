@@ -1293,3 +1293,30 @@ def test_the_orders_that_hold_a_sku_are_read_by_no_arrival_demand_or_sourcing_of
                 in p["RequestItems"]]  # fmt: skip
     assert demand.waiting == {} and demand.moves == []
     assert shop.order(waiting).status is S.BACKORDERED and shop.order(newer).allocations
+
+
+def test_a_walk_reads_the_rules_and_the_network_once_for_the_orders_max_shipments_keeps_off(shop):
+    """A walk that meets many orders max_shipments keeps from the location looks, for each, for a
+    plan that gives it its whole order there (Workflow.source_again_whole): that look read the rules
+    (a Query) and the network (a GetItem) again per order, where the walk held both. Now it decides
+    on the walk's; each order's fill still reads its own (it retries on fresh reads)."""
+    from core.sourcing_rules import SourcingRulesInput
+
+    shop.container.sourcing_rules_service.replace(SourcingRulesInput(max_shipments=1), by="key_ops")
+    waiting = []
+    for n in range(3):
+        shop.container.catalog_repository.put_location(location(f"wh-{n}", name=f"Warehouse {n}"))
+        shop.inventory.set_on_hand("PREORDER", f"wh-{n}", 1, reason="count")
+        waiting.append(shop.backordered(3))  # holds the 1 at wh-<n>, lacks 2
+    shop.inventory.adjust("PREORDER", "wh-east", 1, reason="receipt")  # no whole order for any of them
+
+    with shop.requests() as made:
+        assert consume(shop, record("wh-east", 0, 1)) == {"batchItemFailures": []}
+
+    catalog = shop.container.config.catalog_table
+    rules_read = [p for op, p in made if op == "Query" and p.get("TableName") == catalog
+                  and p["ExpressionAttributeValues"].get(":pk", {}).get("S") == "SOURCING_RULES"]  # fmt: skip
+    network_read = [p for op, p in made if op == "GetItem" and p.get("TableName") == catalog
+                    and p["Key"]["pk"]["S"] == "NETWORK"]  # fmt: skip
+    assert [shop.order(order_id).status for order_id in waiting] == [S.BACKORDERED] * 3
+    assert (len(rules_read), len(network_read)) == (1 + 3, 1 + 3)  # the walk's, and each fill's
