@@ -778,10 +778,17 @@ class Workflow:
             # nor reorder point would fill it. Sent back as the wake sends such an order; the
             # workflow that change starts sources it under them. Under what it was planned on, an
             # order backordered always has somewhere to take more.
-            if to_source_again(filled, self._catalog.list_locations(), self._rules()):
+            locations, rules_now = self._catalog.list_locations(), self._rules()
+            used = {a.location_id for a in filled.allocations}
+            if to_source_again(filled, locations, rules_now):
                 filled = self.source_again(order.id)
+            elif rules_now.max_shipments is not None and len(used) >= rules_now.max_shipments:
+                # Units that came since the plan read the stock (their walks found the order not yet
+                # backordered, and left it to this look) may give a location it may not add its
+                # whole order: sent back to be sourced there, as such an arrival's walk sends it.
+                filled, _ = self.source_again_whole(order.id, rules=rules_now, locations=locations)
             if filled.status is S.AUTHORIZED:
-                raise Backordered(f"order {order.id} was sent back to be sourced under the sourcing rules changed")
+                raise Backordered(f"order {order.id} was sent back to be sourced (its history entry says why)")
         if filled.short_of():
             raise Backordered(f"order {order.id} waits for stock")
 

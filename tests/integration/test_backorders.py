@@ -1320,3 +1320,41 @@ def test_a_walk_reads_the_rules_and_the_network_once_for_the_orders_max_shipment
                     and p["Key"]["pk"]["S"] == "NETWORK"]  # fmt: skip
     assert [shop.order(order_id).status for order_id in waiting] == [S.BACKORDERED] * 3
     assert (len(rules_read), len(network_read)) == (1 + 3, 1 + 3)  # the walk's, and each fill's
+
+
+def test_units_arriving_while_the_order_goes_backordered_that_give_one_location_its_whole_order_send_it_back(
+    shop, monkeypatch
+):
+    """The order's ReserveStock planned (its BOOK at wh-west, no PREORDER anywhere), then a PREORDER
+    and a BOOK came to wh-east before it was written backordered: their walks read it `authorized`
+    and left it to the step's own look at stock, which only filled (max_shipments kept wh-east
+    from it), so it waited beside wh-east's whole order with no arrival to come."""
+    from core.sourcing_rules import SourcingRulesInput
+
+    shop.container.catalog_repository.put_product(product("BOOK", "12.00", allow_backorder=True))
+    shop.container.sourcing_rules_service.replace(SourcingRulesInput(max_shipments=1), by="key_ops")
+    shop.inventory.set_on_hand("BOOK", "wh-west", 1, reason="count")
+    lines = [{"sku": "PREORDER", "quantity": 1}, {"sku": "BOOK", "quantity": 1}]
+    order_id = shop.container.capture.place(place_order(external_id="in-between", lines=lines), actor="key_web").id
+    shop.container.workflow.authorize_payment(order_id, attempt=0)
+    real_add, arrived = DynamoBackorders.add, []
+
+    def arriving_before_the_entry(backorders: DynamoBackorders, sku: str, entry: WaitingOrder) -> None:
+        if not arrived:
+            arrived.append(sku)
+            with another_functions_calls():
+                for each in ("PREORDER", "BOOK"):
+                    shop.inventory.adjust(each, "wh-east", 1, reason="receipt")
+                    assert consume(shop, record("wh-east", 0, 1, sku=each)) == {"batchItemFailures": []}
+            assert shop.order(order_id).status is S.AUTHORIZED  # the walks left it to the step
+        real_add(backorders, sku, entry)
+
+    monkeypatch.setattr(DynamoBackorders, "add", arriving_before_the_entry)
+    with pytest.raises(Backordered):
+        shop.container.workflow.reserve_stock(order_id)
+    monkeypatch.undo()
+
+    assert arrived and shop.order(order_id).status is S.AUTHORIZED  # sent back: the outbox starts its workflow
+    [*_, sent] = shop.container.order_repository.history(order_id)[1]
+    assert sent.type == "sourced_again"
+    _shipped_whole_from_wh_east(shop, order_id)
