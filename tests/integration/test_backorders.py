@@ -1358,3 +1358,62 @@ def test_units_arriving_while_the_order_goes_backordered_that_give_one_location_
     [*_, sent] = shop.container.order_repository.history(order_id)[1]
     assert sent.type == "sourced_again"
     _shipped_whole_from_wh_east(shop, order_id)
+
+
+def test_the_upgrade_queues_orders_backordered_before_for_the_skus_they_hold(shop, capsys, monkeypatch):
+    """An order backordered by the version before has no entry for the BOOK it holds, so no BOOK
+    arriving where its PREORDER is would find it: `infra.backfill_orders --inventory-table` writes
+    it (and nothing for an order that waits for every sku it orders, nor a second time)."""
+    from infra import backfill_orders
+
+    order_id = _waiting_for_preorder_holding_a_book(shop)
+    shop.container.catalog_repository.put_product(product("LATER", "10.00", allow_backorder=True))
+    body = place_order(external_id="later", lines=[{"sku": "LATER", "quantity": 1}])
+    other = shop.container.capture.place(body, actor="key_web").id  # waits for its only sku: nothing to add
+    shop.container.workflow.authorize_payment(other, attempt=0)
+    with pytest.raises(Backordered):
+        shop.container.workflow.reserve_stock(other)
+    [entry] = shop.backorders.waiting("BOOK", None, 10)
+    shop.backorders.remove("BOOK", entry)  # as the version before left it
+    shop.inventory.adjust("PREORDER", "wh-east", 1, reason="receipt")
+    consume(shop, record("wh-east", 0, 1))  # no BOOK at wh-east yet: it waits
+    config = shop.container.config
+    argv = ["backfill_orders", "--table", config.orders_table, "--inventory-table", config.inventory_table]
+    monkeypatch.setattr("sys.argv", argv)
+
+    backfill_orders.main()
+    backfill_orders.main()  # a second run writes nothing
+
+    assert [(e.order_id, e.holds) for e in shop.backorders.waiting("BOOK", None, 10)] == [(order_id, True)]
+    assert (_queued(shop), _queued(shop, "LATER")) == ([order_id], [other])
+    printed = [line for line in capsys.readouterr().out.splitlines() if "queue entries" in line]
+    assert [line.split(" queue entries")[0] for line in printed] == ["1", "0"]
+    shop.inventory.adjust("BOOK", "wh-east", 1, reason="receipt")
+    consume(shop, record("wh-east", 0, 1, sku="BOOK"))
+    assert shop.order(order_id).status is S.AUTHORIZED
+    _shipped_whole_from_wh_east(shop, order_id)
+
+
+def test_the_upgrade_leaves_no_entry_for_an_order_that_stopped_waiting_as_it_wrote_it(shop, monkeypatch):
+    """Allocated between the upgrade's read and its entry (its clean-up ran before the entry was
+    there): the entry is removed again, as that clean-up would have."""
+    from functions.adapters.dynamodb import backfill_holding_entries
+
+    order_id = _waiting_for_preorder_holding_a_book(shop)
+    [entry] = shop.backorders.waiting("BOOK", None, 10)
+    shop.backorders.remove("BOOK", entry)
+    real = DynamoBackorders.add_if_absent
+
+    def allocated_first(queue: DynamoBackorders, sku: str, written: WaitingOrder) -> bool:
+        with another_functions_calls():
+            shop.inventory.adjust("PREORDER", "wh-west", 1, reason="receipt")
+            consume(shop, record("wh-west", 0, 1))
+            shop.container.workflow.create_shipments(order_id)
+        return real(queue, sku, written)
+
+    monkeypatch.setattr(DynamoBackorders, "add_if_absent", allocated_first)
+    config = shop.container.config
+    backfill_holding_entries(shop.container.dynamodb, config.orders_table, config.inventory_table)
+
+    assert shop.order(order_id).status is S.ALLOCATED
+    assert _queued(shop, "BOOK") == _queued(shop) == []
