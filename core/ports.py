@@ -554,17 +554,17 @@ class Backorders(ABC):
     def left(self, before: Order, after: Order) -> None:
         """After the order's write of `after` over `before`: its entries leave the queues of the
         skus it no longer waits for nor holds while it waits (cancelled, allocated, or waiting again
-        without a line of them: an edit dropped it), each removal conditional (`leave`), so one that
-        runs late never removes what a later wait wrote. An order that waits keeps an entry in the
-        queue of every sku of its lines: those it holds, `holds` (Workflow._wait_for_stock). The
-        order's write decided: should a removal be lost, an arrival's
-        walk that meets the entry removes it (core.backorders). Nothing for an order that never
+        without a line of them: an edit dropped it, a cancel took all its units), each removal
+        conditional (`leave`), so one that runs late never removes what a later wait wrote. An
+        order that waits keeps an entry in the queue of every sku of its lines: those it holds,
+        `holds` (Workflow._wait_for_stock). The order's write decided: should a removal be lost, an
+        arrival's walk that meets the entry removes it (core.backorders). Nothing for an order that never
         waited: `before` had waited (`may_wait`) or waits now. The skus it may have entries for:
         those it waited for and those of its lines, before and after (an edit forgets the skus it
         asks more of from `may_wait`)."""
         if not (before.may_wait or before.waits_for_stock()):
             return
-        still = {line.sku for line in after.lines} if after.waits_for_stock() else set()
+        still = {line.sku for line in after.lines if line.quantity} if after.waits_for_stock() else set()
         had = {*before.may_wait, *after.may_wait, *(line.sku for line in [*before.lines, *after.lines])}
         entry = WaitingOrder(created_at=after.created_at, order_id=after.id)
         for sku in sorted(had - still):

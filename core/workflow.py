@@ -752,7 +752,7 @@ class Workflow:
         for sku in sorted(short):
             self._backorders.add(sku, entry)
         holding = WaitingOrder.for_order(order, holds=True)
-        for sku in sorted({line.sku for line in order.lines} - short):
+        for sku in sorted({line.sku for line in order.lines if line.quantity} - short):
             self._backorders.add(sku, holding)
         new, history = order.backorder(
             plan.allocations, plan.reasons, at=self._clock(), actor=WORKFLOW_ACTOR, rules_version=rules.version

@@ -1844,7 +1844,7 @@ def backfill_holding_entries(
             order = _order(item)
             short = order.short_of() if order.waits_for_stock() else {}
             lacking = {line.sku for line in order.lines if line.line_id in short}
-            held = sorted({line.sku for line in order.lines} - lacking)
+            held = sorted({line.sku for line in order.lines if line.quantity} - lacking)
             if not short or not held:
                 already += 1
                 continue
