@@ -132,6 +132,14 @@ class BackorderAllocator:
             locations = locations or self._catalog.list_locations()  # read only when someone waits
             here = next((loc for loc in locations if loc.location_id == location_id), None)
             for entry in page:
+                if entry.holds:
+                    # Its order held every unit of the sku it wants: a fill gives it none of these.
+                    # Only `max_shipments` may have kept it from the location whose arrival now
+                    # gives that location its whole order (sent back below); without it, unread.
+                    rules = rules or self._current_rules()
+                    if rules.max_shipments is None:
+                        after = entry
+                        continue
                 if not entry.may_take_at(here):
                     # Its entry says where it may take units (a ship order, at a location that
                     # ships; a pickup, at its store): passed over unread, as the order would be
@@ -159,20 +167,22 @@ class BackorderAllocator:
                 # cannot take these units must not stop the younger ones that can.
                 if location_id not in {loc.location_id for loc in eligible} or location_id in order.excluded_locations:
                     continue
-                before = order.allocations
-                # Oldest first in this sku's queue: its units are the order's unless an older one left
-                # them; its other skus may be older orders' that their arrivals have not reached.
-                order = self._workflow.fill_backorder(order.id, actor=BACKORDER_ACTOR, queue=sku, claimed=claimed)
-                if order.allocations != before:
-                    result.filled.append(order.id)
-                if order.status is not S.BACKORDERED:
-                    continue
                 short = order.short_of()
+                if not entry.holds or sku in {line.sku for line in order.lines if line.line_id in short}:
+                    before = order.allocations
+                    # Oldest first in this sku's queue: its units are the order's unless an older one
+                    # left them; its other skus may be older orders' that their arrivals have not reached.
+                    order = self._workflow.fill_backorder(order.id, actor=BACKORDER_ACTOR, queue=sku, claimed=claimed)
+                    if order.allocations != before:
+                        result.filled.append(order.id)
+                    if order.status is not S.BACKORDERED:
+                        continue
+                    short = order.short_of()
                 if not short:
                     self._complete(order.id, order.channel, order.version)
                     result.completed.append(order.id)
                     continue
-                rules = rules or (self._rules.current() if self._rules is not None else SourcingRules())
+                rules = rules or self._current_rules()
                 if stranded(order, locations, rules):
                     # Left nowhere to take more units by a change of the rules whose wake missed it
                     # (sourced under the old ones, it was not backordered yet when the wake read them):
@@ -190,10 +200,11 @@ class BackorderAllocator:
                 # max_shipments keeps it from adding this location beside those it holds units at,
                 # and a fill adds nowhere else: one that a plan within the rules now gives every unit
                 # it wants is sent back to be sourced, its units left to it by the rest of the walk.
-                # So is one waiting for other skus only, which the location had: these units may be
-                # the last it lacked there.
+                # So is one waiting for other skus only, which the location had, or holding every
+                # unit of this one elsewhere (its entry `holds`): these units may be the last it
+                # lacked there. The walk's rules and network decide, as they decided to come here.
                 sent, claims = self._workflow.source_again_whole(
-                    order.id, location_id, actor=BACKORDER_ACTOR, claimed=claimed
+                    order.id, location_id, actor=BACKORDER_ACTOR, claimed=claimed, rules=rules, locations=locations
                 )
                 if sent.status is not S.BACKORDERED:
                     result.sourced_again.append(order.id)
@@ -201,6 +212,9 @@ class BackorderAllocator:
                         claimed[place] = claimed.get(place, 0) + units
             if len(page) < PAGE:
                 return result  # the end of the queue
+
+    def _current_rules(self) -> SourcingRules:
+        return self._rules.current() if self._rules is not None else SourcingRules()
 
     @staticmethod
     def _handed_on(
@@ -261,7 +275,7 @@ class BackorderAllocator:
             # The rules may leave it nowhere to take more units (the one location it holds units at
             # excluded, or no longer shipping, under max_shipments): no arrival would fill it. One
             # they leave no location at all waits for them to give it one (to_source_again).
-            rules = rules or (self._rules.current() if self._rules is not None else SourcingRules())
+            rules = rules or self._current_rules()
             locations = locations or self._catalog.list_locations()
             if to_source_again(order, locations, rules):
                 if self._workflow.source_again(order.id, actor=BACKORDER_ACTOR).status is not S.BACKORDERED:
@@ -269,7 +283,9 @@ class BackorderAllocator:
                 continue
             # max_shipments may keep it from adding the location that now has its whole order (units
             # the rules no longer hold back there): sent back to be sourced, its units left to it.
-            sent, claims = self._workflow.source_again_whole(order.id, actor=BACKORDER_ACTOR, claimed=claimed)
+            sent, claims = self._workflow.source_again_whole(
+                order.id, actor=BACKORDER_ACTOR, claimed=claimed, rules=rules, locations=locations
+            )
             if sent.status is not S.BACKORDERED:
                 result.sourced_again.append(order.id)
                 for place, units in claims.items():
@@ -295,7 +311,7 @@ class BackorderAllocator:
         record buys it (functions/backorders). The oldest
         DEMAND_PAGES pages of DEMAND_PAGE entries of the queue at most, each page's orders read at
         once (`get_many`): this runs for every backordered order, inside one stream batch's time limit."""
-        rules = self._rules.current() if self._rules is not None else SourcingRules()
+        rules = self._current_rules()
         demand = Demand(kept=Counter(rules.safety_stock))
         locations = None
         after: WaitingOrder | None = None
@@ -307,8 +323,12 @@ class BackorderAllocator:
             locations = locations or self._catalog.list_locations()
             # A page at once (one BatchGetItem): every backordered order's record reads the queue,
             # so a burst of N backorders of one sku reads N x N orders.
-            orders = self._orders.get_many([entry.order_id for entry in page])
-            for entry in page:
+            # Orders holding every unit of the sku they want (`holds`) lack none of it: not read,
+            # so a queue entry never counts as demand twice (an order's wait is bought for in the
+            # queues of the skus it lacks).
+            wanting = [entry for entry in page if not entry.holds]
+            orders = self._orders.get_many([entry.order_id for entry in wanting]) if wanting else {}
+            for entry in wanting:
                 order = orders.get(entry.order_id)
                 if order is None or not bought_for(order):
                     continue  # allocated or cancelled since (its entry goes at the next arrival), or not yet waiting

@@ -478,21 +478,30 @@ class WaitingOrder:
     `version`, written with the entry (`for_order`) and no part of what names it: the order's
     version when it was written, so that a removal after a later write of the order leaves an
     entry its order wrote again since (`Backorders.leave`); None on an entry written before entries
-    said so, and on the entries `waiting` reads back (no reader needs it)."""
+    said so, and on the entries `waiting` reads back (no reader needs it).
+    `holds`, written with the entry and no part of what names it: its order held every unit of the
+    sku it wants when it went backordered (it waits for its other skus). It lacks none of the sku,
+    so the readers that look for what orders lack (the reorder points, ReserveStock's look behind
+    older orders) pass it over unread; an arrival of the sku reads it only where `max_shipments` may
+    keep its order from the location that now has its whole order (core.backorders)."""
 
     created_at: datetime
     order_id: str
     bought_at: str | None = field(default=None, compare=False)
     supplied_by: str | None = field(default=None, compare=False)
     version: int | None = field(default=None, compare=False)
+    holds: bool = field(default=False, compare=False)
 
     @classmethod
-    def for_order(cls, order: Order) -> WaitingOrder:
-        """The entry of `order` in the queue of each sku it waits for. A fulfilment never changes
-        (an edit names no fulfilment), so what the entry says of it stays true."""
+    def for_order(cls, order: Order, *, holds: bool = False) -> WaitingOrder:
+        """The entry of `order` in the queue of each sku it waits for (and, `holds`, of each it holds
+        every unit of meanwhile). A fulfilment never changes (an edit names no fulfilment), so what
+        the entry says of it stays true."""
         pickup = order.fulfillment.type == "pickup"
         supplied_by = order.fulfillment.location_id if pickup else SHIPPING
-        return cls(created_at=order.created_at, order_id=order.id, supplied_by=supplied_by, version=order.version)
+        return cls(
+            created_at=order.created_at, order_id=order.id, supplied_by=supplied_by, version=order.version, holds=holds
+        )
 
     def may_take_at(self, location: Location | None) -> bool:
         """Whether the entry's order may take units at `location` (None: not in the network, where
@@ -529,8 +538,8 @@ class Backorders(ABC):
 
     @abstractmethod
     def add(self, sku: str, entry: WaitingOrder) -> None:
-        """Add `entry`; one there already (its order backordered again) keeps its `bought_at` and
-        loses its mark (`recorded` marks it anew)."""
+        """Add `entry`; one there already (its order backordered again) keeps its `bought_at`, loses
+        its mark (`recorded` marks it anew) and says `holds` as `entry` does."""
 
     @abstractmethod
     def remove(self, sku: str, entry: WaitingOrder) -> None: ...
@@ -544,17 +553,18 @@ class Backorders(ABC):
 
     def left(self, before: Order, after: Order) -> None:
         """After the order's write of `after` over `before`: its entries leave the queues of the
-        skus it no longer waits for (cancelled, allocated, or waiting again without them: a line cut
-        to what it holds), each removal conditional (`leave`), so one that runs late never removes
-        what a later wait wrote. The order's write decided: should a removal be lost, an arrival's
-        walk that meets the entry removes it (core.backorders). Nothing for an order that never
+        skus it no longer waits for nor holds while it waits (cancelled, allocated, or waiting again
+        without a line of them: an edit dropped it, a cancel took all its units), each removal
+        conditional (`leave`), so one that runs late never removes what a later wait wrote. An
+        order that waits keeps an entry in the queue of every sku of its lines: those it holds,
+        `holds` (Workflow._wait_for_stock). The order's write decided: should a removal be lost, an
+        arrival's walk that meets the entry removes it (core.backorders). Nothing for an order that never
         waited: `before` had waited (`may_wait`) or waits now. The skus it may have entries for:
         those it waited for and those of its lines, before and after (an edit forgets the skus it
         asks more of from `may_wait`)."""
         if not (before.may_wait or before.waits_for_stock()):
             return
-        short = after.short_of() if after.waits_for_stock() else {}
-        still = {line.sku for line in after.lines if line.line_id in short}
+        still = {line.sku for line in after.lines if line.quantity} if after.waits_for_stock() else set()
         had = {*before.may_wait, *after.may_wait, *(line.sku for line in [*before.lines, *after.lines])}
         entry = WaitingOrder(created_at=after.created_at, order_id=after.id)
         for sku in sorted(had - still):

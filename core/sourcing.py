@@ -716,7 +716,10 @@ class Simulator:
                     break
                 # A store's pickup order where only warehouses hold units, or a ship order where
                 # only stores that ship nothing do: it may take none of them, and is not read.
-                takers = [entry for entry in page if any(entry.may_take_at(by_id.get(at)) for at in free)]
+                # An order holding every unit of the sku it wants (`holds`) lacks none: not read.
+                takers = [
+                    entry for entry in page if not entry.holds and any(entry.may_take_at(by_id.get(at)) for at in free)
+                ]
                 waiting = self._orders.get_many([entry.order_id for entry in takers]) if takers else {}
                 for entry in takers:
                     older = waiting.get(entry.order_id)

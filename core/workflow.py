@@ -743,11 +743,17 @@ class Workflow:
         points buy what it lacks; then one look at stock that arrived between sourcing and the
         queue entry. Raises Backordered unless that completed it. A write lost (to a hold, say)
         undoes this run's reservations but what the order held before it (`held_before`), as
-        ReserveStock's own lost write does."""
+        ReserveStock's own lost write does. The skus it holds every unit of get an entry too
+        (`holds`, never marked): under `max_shipments` units of one arriving where its missing
+        skus already are may give one location its whole order, and only its entry lets that
+        arrival find it."""
         assert self._backorders is not None
         entry = WaitingOrder.for_order(order)
         for sku in sorted(short):
             self._backorders.add(sku, entry)
+        holding = WaitingOrder.for_order(order, holds=True)
+        for sku in sorted({line.sku for line in order.lines if line.quantity} - short):
+            self._backorders.add(sku, holding)
         new, history = order.backorder(
             plan.allocations, plan.reasons, at=self._clock(), actor=WORKFLOW_ACTOR, rules_version=rules.version
         )
@@ -772,10 +778,17 @@ class Workflow:
             # nor reorder point would fill it. Sent back as the wake sends such an order; the
             # workflow that change starts sources it under them. Under what it was planned on, an
             # order backordered always has somewhere to take more.
-            if to_source_again(filled, self._catalog.list_locations(), self._rules()):
+            locations, rules_now = self._catalog.list_locations(), self._rules()
+            used = {a.location_id for a in filled.allocations}
+            if to_source_again(filled, locations, rules_now):
                 filled = self.source_again(order.id)
+            elif rules_now.max_shipments is not None and len(used) >= rules_now.max_shipments:
+                # Units that came since the plan read the stock (their walks found the order not yet
+                # backordered, and left it to this look) may give a location it may not add its
+                # whole order: sent back to be sourced there, as such an arrival's walk sends it.
+                filled, _ = self.source_again_whole(order.id, rules=rules_now, locations=locations)
             if filled.status is S.AUTHORIZED:
-                raise Backordered(f"order {order.id} was sent back to be sourced under the sourcing rules changed")
+                raise Backordered(f"order {order.id} was sent back to be sourced (its history entry says why)")
         if filled.short_of():
             raise Backordered(f"order {order.id} waits for stock")
 
@@ -854,7 +867,8 @@ class Workflow:
 
     def source_again_whole(
         self, order_id: str, location_id: str | None = None, actor: str = WORKFLOW_ACTOR,
-        claimed: Mapping[tuple[str, str], int] | None = None,
+        claimed: Mapping[tuple[str, str], int] | None = None, *, rules: SourcingRules | None = None,
+        locations: list[Location] | None = None,
     ) -> tuple[Order, dict[tuple[str, str], int]]:  # fmt: skip
         """Send a backordered order back to be sourced when `max_shipments` keeps it from adding a
         location beside those it holds units at (`location_id`, when named: the one units arrived
@@ -864,8 +878,12 @@ class Workflow:
         write, conditional on its status and version, as `source_again`. Returns the order as it is
         afterwards, and the units its plan takes beyond what it holds, by (sku, location_id): the
         walk that sent it back leaves them to it (nothing when it is not sent back). `claimed`: the
-        units that walk left to older orders already, not this one's to plan on."""
-        rules, locations, at = self._rules(), self._catalog.list_locations(), self._clock()
+        units that walk left to older orders already, not this one's to plan on. `rules` and
+        `locations`: those the caller's walk read and decided on (read here when not given), so a
+        walk that meets many orders reads them once, not once per order."""
+        rules = rules if rules is not None else self._rules()
+        locations = locations if locations is not None else self._catalog.list_locations()
+        at = self._clock()
         claims: dict[tuple[str, str], int] = {}
 
         def decide(order: Order):
@@ -1010,6 +1028,8 @@ class Workflow:
                     if entry >= behind or not free:
                         free = {}
                         break
+                    if entry.holds:
+                        continue  # its order holds every unit of the sku it wants: not read
                     if not any(entry.may_take_at(by_id.get(location_id)) for location_id in free):
                         continue  # it may take none of these units (its entry says so): not read
                     older = self._orders.get(entry.order_id, consistent=True)

@@ -13,7 +13,9 @@ back before the reconciler refunded it": the index attributes' step gives those 
 and once after deploying a version whose hold expiry reads holds by when they began and never
 expires a park (README, "Holds by when they began, and parks"), and once after deploying a version
 that marks a parcel whose report's capture the gateway refused (README, "Parcels whose delivery was
-not recorded before it marked them"); a second run writes nothing. With
+not recorded before it marked them"); a second run writes nothing. With `--inventory-table <the
+Inventory table's name>`, also once after deploying a version that queues a backordered order for
+every sku it orders (README, "Backordered orders queued for the skus they hold"). With
 `--returns-table <the ReturnsTable's name>`, also once after deploying a version whose reconciler
 finds received returns through the sparse by_receipt index (README, "Returns received before the
 by_receipt index"), and once after deploying a version whose gateway answers record the returns
@@ -35,10 +37,15 @@ def main() -> None:
     parser.add_argument(
         "--returns-table", help="the stack's ReturnsTable (its physical name): received returns' receipt keys"
     )
+    parser.add_argument(
+        "--inventory-table",
+        help="the stack's Inventory table (its physical name): queue entries for the skus backorders hold",
+    )
     args = parser.parse_args()
     from functions.adapters.aws_clients import aws_client
     from functions.adapters.dynamodb import (
         backfill_credit_holds,
+        backfill_holding_entries,
         backfill_index_attributes,
         backfill_own_voids_owed,
         backfill_parks,
@@ -61,6 +68,11 @@ def main() -> None:
     print(f"{written} orders given their exchanges' credit holds, {already} already right")
     written, already = backfill_own_voids_owed(client, args.table, history_table=args.catalog_table)
     print(f"{written} cancelled orders marked as owing their own void, {already} already right")
+    if args.inventory_table:
+        written, already = backfill_holding_entries(
+            client, args.table, args.inventory_table, history_table=args.catalog_table
+        )
+        print(f"{written} queue entries written for the skus backordered orders hold, {already} orders already right")
     if args.returns_table:
         written, already = backfill_receipt_keys(client, args.returns_table)
         print(f"{written} received returns given their receipt key, {already} already right")

@@ -1823,6 +1823,51 @@ def _upgraded(
         scan["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
 
+def backfill_holding_entries(
+    client: Any, table: str, inventory_table: str, page_size: int = 500, history_table: str | None = None
+) -> tuple[int, int]:
+    """The one-off upgrade of orders backordered before a waiting order had a queue entry for each
+    sku it holds every unit of (WaitingOrder.holds: Workflow._wait_for_stock writes them now): each
+    order waiting for stock (backordered, or held while backordered) gets the entries it lacks, at
+    the version read, each written only where none is (one there, its own or a waiting one, says
+    what it waits for already). The order is read again after: when it has stopped waiting
+    meanwhile, the clean-up of that write may have run before these entries were written, so they
+    are removed as it would have (Backorders.leave). An operator's command over the whole table, so
+    a Scan; returns (entries written, orders already right)."""
+    orders = DynamoOrders(client, table, history_table=history_table)
+    queue = DynamoBackorders(client, inventory_table, table, history_table)
+    written = already = 0
+    scan: dict[str, Any] = {"TableName": table, "ProjectionExpression": "id, doc", "Limit": page_size}
+    while True:
+        page = client.scan(**scan)
+        for item in page.get("Items", []):
+            order = _order(item)
+            short = order.short_of() if order.waits_for_stock() else {}
+            lacking = {line.sku for line in order.lines if line.line_id in short}
+            held = sorted({line.sku for line in order.lines if line.quantity} - lacking)
+            if not short or not held:
+                already += 1
+                continue
+            entry = WaitingOrder.for_order(order, holds=True)
+            added = [sku for sku in held if queue.add_if_absent(sku, entry)]
+            if not added:
+                already += 1
+                continue
+            now = orders.get(order.id, consistent=True)
+            if now is None or not now.waits_for_stock():
+                for sku in added:
+                    if now is None:
+                        queue.remove(sku, entry)
+                    else:
+                        queue.leave(sku, entry, now.version)
+                already += 1
+                continue
+            written += len(added)
+        if "LastEvaluatedKey" not in page:
+            return written, already
+        scan["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
 # --- Catalog: products, the location network, API keys --------------------------------------
 
 NETWORK_PK = "NETWORK"  # the location network's one item
@@ -2714,6 +2759,8 @@ BACKORDER_PREFIX = "#backorder#"
 BACKORDER_RECORDED = "reorder_watch"
 # On a queue entry: its order's version when it wrote the entry (DynamoBackorders.leave).
 ENTRY_VERSION = "order_version"
+# On a queue entry: its order held every unit of the sku when it went backordered (WaitingOrder.holds).
+ENTRY_HOLDS = "holds"
 # On a stock item: the queue entry after which an arrival's walk there goes on, and the stream record
 # that handed it on (DynamoBackorders.walk_from; read back with `wake_after`).
 WALK_AFTER, WALK_BY = "walk_after", "walk_by"
@@ -2754,12 +2801,39 @@ class DynamoBackorders(Backorders):
             # this one leaves it (`leave`).
             sets += f", {ENTRY_VERSION} = :version"
             values[":version"] = {"N": str(entry.version)}
+        removes = [BACKORDER_RECORDED]
+        if entry.holds:
+            # Its order holds every unit of the sku: the readers of what orders lack pass it over.
+            sets += f", {ENTRY_HOLDS} = :holds"
+            values[":holds"] = {"BOOL": True}
+        else:
+            removes.append(ENTRY_HOLDS)
         self._client.update_item(
             TableName=self._table,
             Key=self._key(sku, entry),
-            UpdateExpression=f"{sets} REMOVE {BACKORDER_RECORDED}",
+            UpdateExpression=f"{sets} REMOVE {', '.join(removes)}",
             ExpressionAttributeValues=values,
         )
+
+    def add_if_absent(self, sku: str, entry: WaitingOrder) -> bool:
+        """Write `entry` as `add` does, unless one of its order is there already (a one-off upgrade:
+        backfill_holding_entries); whether it was written."""
+        item = {
+            "sku": {"S": sku},
+            "location_id": self._key(sku, entry)["location_id"],
+            "order_id": {"S": entry.order_id},
+            "created_at": {"S": timestamp(entry.created_at)},
+            **({"supplied_by": {"S": entry.supplied_by}} if entry.supplied_by is not None else {}),
+            **({ENTRY_VERSION: {"N": str(entry.version)}} if entry.version is not None else {}),
+            **({ENTRY_HOLDS: {"BOOL": True}} if entry.holds else {}),
+        }
+        try:
+            self._client.put_item(TableName=self._table, Item=item, ConditionExpression="attribute_not_exists(sku)")
+        except ClientError as error:
+            if not _is_conditional_failure(error):
+                raise
+            return False
+        return True
 
     def remove(self, sku: str, entry: WaitingOrder) -> None:
         self._client.delete_item(TableName=self._table, Key=self._key(sku, entry))
@@ -2806,7 +2880,7 @@ class DynamoBackorders(Backorders):
             "TableName": self._table,
             "KeyConditionExpression": "sku = :sku AND begins_with(location_id, :prefix)",
             "ExpressionAttributeValues": {":sku": {"S": sku}, ":prefix": {"S": BACKORDER_PREFIX}},
-            "ProjectionExpression": "order_id, created_at, bought_at, supplied_by",
+            "ProjectionExpression": f"order_id, created_at, bought_at, supplied_by, {ENTRY_HOLDS}",
             "Limit": limit,
         }
         if after is not None:
@@ -2818,6 +2892,7 @@ class DynamoBackorders(Backorders):
                 order_id=item["order_id"]["S"],
                 bought_at=item["bought_at"]["S"] if "bought_at" in item else None,
                 supplied_by=item["supplied_by"]["S"] if "supplied_by" in item else None,
+                holds=item.get(ENTRY_HOLDS, {}).get("BOOL", False),
             )
             for item in items
         ]

@@ -93,6 +93,21 @@ class Shop:
         finally:
             events.unregister("provide-client-params.dynamodb.GetItem", order_read)
 
+    @contextmanager
+    def requests(self) -> Iterator[list[tuple[str, dict[str, Any]]]]:
+        """Each DynamoDB request the container sends meanwhile: (operation, parameters)."""
+        made: list[tuple[str, dict[str, Any]]] = []
+
+        def sent(params: dict[str, Any], model: Any, **_: Any) -> None:
+            made.append((model.name, params))
+
+        events = self.container.dynamodb.meta.events
+        events.register("provide-client-params.dynamodb.*", sent)
+        try:
+            yield made
+        finally:
+            events.unregister("provide-client-params.dynamodb.*", sent)
+
     def order(self, order_id: str):
         return self.container.order_repository.get(order_id)
 
@@ -987,7 +1002,7 @@ def test_a_backorder_cut_to_what_it_holds_and_allocated_from_authorized_leaves_t
     assert _queued(shop) == []
 
 
-def test_a_line_cut_to_what_it_holds_leaves_that_skus_queue_while_the_order_waits_for_another(shop):
+def test_a_line_cut_to_what_it_holds_stays_in_that_skus_queue_as_held_while_the_order_waits_for_another(shop):
     shop.container.catalog_repository.put_product(product("LATER", "10.00", allow_backorder=True))
     shop.inventory.set_on_hand("PREORDER", "wh-east", 1, reason="count")
     lines = [{"sku": "PREORDER", "quantity": 3}, {"sku": "LATER", "quantity": 1}]
@@ -1004,7 +1019,15 @@ def test_a_line_cut_to_what_it_holds_leaves_that_skus_queue_while_the_order_wait
         shop.container.workflow.reserve_stock(order_id)  # sourced again: it waits for LATER alone
 
     assert shop.order(order_id).status is S.BACKORDERED
-    assert (_queued(shop), _queued(shop, "LATER")) == ([], [order_id])
+    assert (_queued(shop), _queued(shop, "LATER")) == ([order_id], [order_id])
+    # Its PREORDER entry now says it holds them (no reader of what orders lack reads it), unmarked:
+    # the reorder points buy no PREORDER for it.
+    [preorder_entry], [later_entry] = (shop.backorders.waiting(sku, None, 10) for sku in ("PREORDER", "LATER"))
+    assert (preorder_entry.holds, later_entry.holds) == (True, False)
+    stored = shop.container.dynamodb.get_item(
+        TableName=shop.container.config.inventory_table, Key=DynamoBackorders._key("PREORDER", preorder_entry)
+    )["Item"]
+    assert "reorder_watch" not in stored
 
 
 def test_an_entry_written_again_since_the_write_that_ended_its_wait_stays(shop):
@@ -1112,3 +1135,285 @@ def test_a_line_an_edit_of_a_held_backorder_drops_leaves_its_skus_queue_when_the
     with pytest.raises(Backordered):
         shop.container.workflow.reserve_stock(order_id)  # the execution the release starts
     assert (_queued(shop), _queued(shop, "LATER")) == ([], [order_id])
+
+
+# --- An order max_shipments keeps waiting for a sku it lacks, found by an arrival of one it holds ----------
+
+
+def _waiting_for_preorder_holding_a_book(shop: Shop) -> str:
+    """max_shipments 1; an order of a PREORDER and a BOOK: its BOOK reserved at wh-west, the PREORDER
+    short everywhere, so it waits backordered (for the PREORDER; it holds its BOOK)."""
+    from core.sourcing_rules import SourcingRulesInput
+
+    shop.container.catalog_repository.put_product(product("BOOK", "12.00", allow_backorder=True))
+    shop.container.sourcing_rules_service.replace(SourcingRulesInput(max_shipments=1), by="key_ops")
+    shop.inventory.set_on_hand("BOOK", "wh-west", 1, reason="count")
+    lines = [{"sku": "PREORDER", "quantity": 1}, {"sku": "BOOK", "quantity": 1}]
+    body = place_order(external_id="book-and-preorder", lines=lines)
+    order_id = shop.container.capture.place(body, actor="key_web").id
+    shop.container.workflow.authorize_payment(order_id, attempt=0)
+    with pytest.raises(Backordered):
+        shop.container.workflow.reserve_stock(order_id)
+    order = shop.order(order_id)
+    assert [(a.location_id, a.quantity) for a in order.allocations] == [("wh-west", 1)]
+    assert order.short_of() == {next(line.line_id for line in order.lines if line.sku == "PREORDER"): 1}
+    return order_id
+
+
+def _shipped_whole_from_wh_east(shop: Shop, order_id: str) -> None:
+    """The workflow the outbox starts for an order sent back: it allocates the whole order at wh-east
+    and gives the BOOK it held at wh-west back."""
+    shop.container.workflow.reserve_stock(order_id)
+    shop.container.workflow.create_shipments(order_id)
+    order = shop.order(order_id)
+    assert order.status is S.ALLOCATED and [s.location_id for s in order.shipments] == ["wh-east"]
+    [book_west] = shop.inventory.levels({"BOOK"}, ["wh-west"])["BOOK"]
+    assert (book_west.on_hand, book_west.reserved, book_west.available) == (1, 0, 1)
+    assert shop.level("wh-east") == (1, 1, 0)
+
+
+def test_units_of_a_sku_an_order_holds_arriving_where_its_missing_sku_came_before_send_it_back_whole(shop):
+    """The PREORDER comes to wh-east first: its walk finds the order, but wh-east has no BOOK, so no
+    plan within max_shipments gives it every unit. Then a BOOK comes to wh-east: one location can now
+    ship the whole order, but the order was in the PREORDER's queue only, and the BOOK's arrival never
+    found it: it waited for a PREORDER at wh-west that nothing may bring."""
+    order_id = _waiting_for_preorder_holding_a_book(shop)
+    shop.inventory.adjust("PREORDER", "wh-east", 1, reason="receipt")
+    assert consume(shop, record("wh-east", 0, 1)) == {"batchItemFailures": []}
+    assert shop.order(order_id).status is S.BACKORDERED  # no BOOK at wh-east yet
+
+    shop.inventory.adjust("BOOK", "wh-east", 1, reason="receipt")
+    assert consume(shop, record("wh-east", 0, 1, sku="BOOK")) == {"batchItemFailures": []}
+
+    assert shop.order(order_id).status is S.AUTHORIZED
+    [*_, sent] = shop.container.order_repository.history(order_id)[1]
+    assert sent.type == "sourced_again"
+    _shipped_whole_from_wh_east(shop, order_id)
+
+
+def test_a_released_reservation_of_a_sku_an_order_holds_sends_it_back_whole_where_its_missing_sku_is(shop):
+    """The same arrival as a release: another order's cancel gives a BOOK back at wh-east, where a
+    PREORDER waits on the shelf (it came before the BOOK, and its walk found no whole plan)."""
+    order_id = _waiting_for_preorder_holding_a_book(shop)
+    shop.inventory.adjust("PREORDER", "wh-east", 1, reason="receipt")
+    consume(shop, record("wh-east", 0, 1))
+    shop.inventory.adjust("BOOK", "wh-east", 1, reason="receipt")
+    shop.inventory.reserve("BOOK", "wh-east", "ord_other#L1", 1)  # another order's, before this arrival
+    shop.inventory.release("BOOK", "wh-east", "ord_other#L1")
+
+    assert consume(shop, record("wh-east", 0, 1, sku="BOOK")) == {"batchItemFailures": []}
+
+    assert shop.order(order_id).status is S.AUTHORIZED
+    _shipped_whole_from_wh_east(shop, order_id)
+
+
+def test_units_of_a_missing_sku_arriving_where_the_sku_an_order_holds_is_on_hand_send_it_back_whole(shop):
+    """The other order of arrivals: a BOOK is on wh-east's shelf already, then the PREORDER comes
+    there. Its own queue finds the order (this always worked)."""
+    order_id = _waiting_for_preorder_holding_a_book(shop)
+    shop.inventory.adjust("BOOK", "wh-east", 1, reason="receipt")
+    consume(shop, record("wh-east", 0, 1, sku="BOOK"))
+    assert shop.order(order_id).status is S.BACKORDERED  # no PREORDER at wh-east yet
+
+    shop.inventory.adjust("PREORDER", "wh-east", 1, reason="receipt")
+    assert consume(shop, record("wh-east", 0, 1)) == {"batchItemFailures": []}
+
+    assert shop.order(order_id).status is S.AUTHORIZED
+    _shipped_whole_from_wh_east(shop, order_id)
+
+
+def _entry_writes(shop: Shop, made: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, str, str]]:
+    """The writes of queue entries among `made`: (operation, sku, what it sets or removes)."""
+    return [
+        (operation, params["Key"]["sku"]["S"], params.get("UpdateExpression", ""))
+        for operation, params in made
+        if params.get("TableName") == shop.container.config.inventory_table
+        and operation in ("PutItem", "UpdateItem", "DeleteItem")
+        and params["Key"]["location_id"]["S"].startswith("#backorder#")
+    ]
+
+
+def test_an_order_backordered_writes_one_entry_more_per_sku_it_holds_and_none_is_marked(shop):
+    """The cost of queuing a waiting order for every sku it orders: one UpdateItem of an entry per
+    sku it holds every unit of (`holds`), beside the entry and its mark for each sku it lacks. The
+    entries it holds are never marked: the reorder points buy only what it lacks."""
+    shop.container.catalog_repository.put_product(product("BOOK", "12.00", allow_backorder=True))
+    shop.inventory.set_on_hand("BOOK", "wh-west", 1, reason="count")
+    lines = [{"sku": "PREORDER", "quantity": 1}, {"sku": "BOOK", "quantity": 1}]
+    order_id = shop.container.capture.place(place_order(external_id="costed", lines=lines), actor="key_web").id
+    shop.container.workflow.authorize_payment(order_id, attempt=0)
+
+    with shop.requests() as made, pytest.raises(Backordered):
+        shop.container.workflow.reserve_stock(order_id)
+
+    writes = _entry_writes(shop, made)
+    assert [(operation, sku) for operation, sku, _ in writes] == [
+        ("UpdateItem", "PREORDER"),  # its entry, before the order's write
+        ("UpdateItem", "BOOK"),  # the one more: it holds its BOOK
+        ("UpdateItem", "PREORDER"),  # the mark: the reorder points buy its PREORDER
+    ]
+    assert "holds = :holds" in writes[1][2] and "holds" not in writes[0][2].split("REMOVE")[0]
+    assert [e.holds for e in shop.backorders.waiting("BOOK", None, 10)] == [True]
+
+    # Allocated, it leaves both queues: one conditional DeleteItem per sku of its lines, as before.
+    shop.inventory.adjust("PREORDER", "wh-west", 1, reason="receipt")
+    consume(shop, record("wh-west", 0, 1))
+    with shop.requests() as made:
+        shop.container.workflow.create_shipments(order_id)
+    assert sorted((operation, sku) for operation, sku, _ in _entry_writes(shop, made)) == [
+        ("DeleteItem", "BOOK"), ("DeleteItem", "PREORDER"),
+    ]  # fmt: skip
+    assert _queued(shop) == _queued(shop, "BOOK") == []
+
+
+def test_the_orders_that_hold_a_sku_are_read_by_no_arrival_demand_or_sourcing_of_it_without_max_shipments(shop):
+    """Its BOOK held, an order waits for a PREORDER: an arrival of BOOKs (no max_shipments keeps it
+    from any location), the demand behind a BOOK reorder point and a new order of BOOKs sourced
+    before the stream hands the arrival out read none of it (it lacks no BOOK), as before it had
+    a BOOK entry."""
+    shop.container.catalog_repository.put_product(product("BOOK", "12.00", allow_backorder=True))
+    shop.inventory.set_on_hand("BOOK", "wh-west", 1, reason="count")
+    lines = [{"sku": "PREORDER", "quantity": 1}, {"sku": "BOOK", "quantity": 1}]
+    waiting = shop.container.capture.place(place_order(external_id="holds-a-book", lines=lines), actor="key_web").id
+    shop.container.workflow.authorize_payment(waiting, attempt=0)
+    with pytest.raises(Backordered):
+        shop.container.workflow.reserve_stock(waiting)
+    shop.inventory.adjust("BOOK", "wh-east", 3, reason="receipt")
+
+    book = [{"sku": "BOOK", "quantity": 1}]
+    newer = shop.container.capture.place(place_order(external_id="a-book", lines=book), actor="key_web").id
+    shop.container.workflow.authorize_payment(newer, attempt=0)
+    with shop.requests() as made, shop.orders_read() as read:
+        shop.container.workflow.reserve_stock(newer)
+        assert consume(shop, record("wh-east", 0, 3, sku="BOOK")) == {"batchItemFailures": []}
+        demand = shop.container.backorder_allocator.demand("BOOK", {"wh-east", "wh-west"}, lambda _: 0)
+
+    assert waiting not in read
+    assert not [p for operation, p in made if operation == "BatchGetItem" and shop.container.config.orders_table
+                in p["RequestItems"]]  # fmt: skip
+    assert demand.waiting == {} and demand.moves == []
+    assert shop.order(waiting).status is S.BACKORDERED and shop.order(newer).allocations
+
+
+def test_a_walk_reads_the_rules_and_the_network_once_for_the_orders_max_shipments_keeps_off(shop):
+    """A walk that meets many orders max_shipments keeps from the location looks, for each, for a
+    plan that gives it its whole order there (Workflow.source_again_whole): that look read the rules
+    (a Query) and the network (a GetItem) again per order, where the walk held both. Now it decides
+    on the walk's; each order's fill still reads its own (it retries on fresh reads)."""
+    from core.sourcing_rules import SourcingRulesInput
+
+    shop.container.sourcing_rules_service.replace(SourcingRulesInput(max_shipments=1), by="key_ops")
+    waiting = []
+    for n in range(3):
+        shop.container.catalog_repository.put_location(location(f"wh-{n}", name=f"Warehouse {n}"))
+        shop.inventory.set_on_hand("PREORDER", f"wh-{n}", 1, reason="count")
+        waiting.append(shop.backordered(3))  # holds the 1 at wh-<n>, lacks 2
+    shop.inventory.adjust("PREORDER", "wh-east", 1, reason="receipt")  # no whole order for any of them
+
+    with shop.requests() as made:
+        assert consume(shop, record("wh-east", 0, 1)) == {"batchItemFailures": []}
+
+    catalog = shop.container.config.catalog_table
+    rules_read = [p for op, p in made if op == "Query" and p.get("TableName") == catalog
+                  and p["ExpressionAttributeValues"].get(":pk", {}).get("S") == "SOURCING_RULES"]  # fmt: skip
+    network_read = [p for op, p in made if op == "GetItem" and p.get("TableName") == catalog
+                    and p["Key"]["pk"]["S"] == "NETWORK"]  # fmt: skip
+    assert [shop.order(order_id).status for order_id in waiting] == [S.BACKORDERED] * 3
+    assert (len(rules_read), len(network_read)) == (1 + 3, 1 + 3)  # the walk's, and each fill's
+
+
+def test_units_arriving_while_the_order_goes_backordered_that_give_one_location_its_whole_order_send_it_back(
+    shop, monkeypatch
+):
+    """The order's ReserveStock planned (its BOOK at wh-west, no PREORDER anywhere), then a PREORDER
+    and a BOOK came to wh-east before it was written backordered: their walks read it `authorized`
+    and left it to the step's own look at stock, which only filled (max_shipments kept wh-east
+    from it), so it waited beside wh-east's whole order with no arrival to come."""
+    from core.sourcing_rules import SourcingRulesInput
+
+    shop.container.catalog_repository.put_product(product("BOOK", "12.00", allow_backorder=True))
+    shop.container.sourcing_rules_service.replace(SourcingRulesInput(max_shipments=1), by="key_ops")
+    shop.inventory.set_on_hand("BOOK", "wh-west", 1, reason="count")
+    lines = [{"sku": "PREORDER", "quantity": 1}, {"sku": "BOOK", "quantity": 1}]
+    order_id = shop.container.capture.place(place_order(external_id="in-between", lines=lines), actor="key_web").id
+    shop.container.workflow.authorize_payment(order_id, attempt=0)
+    real_add, arrived = DynamoBackorders.add, []
+
+    def arriving_before_the_entry(backorders: DynamoBackorders, sku: str, entry: WaitingOrder) -> None:
+        if not arrived:
+            arrived.append(sku)
+            with another_functions_calls():
+                for each in ("PREORDER", "BOOK"):
+                    shop.inventory.adjust(each, "wh-east", 1, reason="receipt")
+                    assert consume(shop, record("wh-east", 0, 1, sku=each)) == {"batchItemFailures": []}
+            assert shop.order(order_id).status is S.AUTHORIZED  # the walks left it to the step
+        real_add(backorders, sku, entry)
+
+    monkeypatch.setattr(DynamoBackorders, "add", arriving_before_the_entry)
+    with pytest.raises(Backordered):
+        shop.container.workflow.reserve_stock(order_id)
+    monkeypatch.undo()
+
+    assert arrived and shop.order(order_id).status is S.AUTHORIZED  # sent back: the outbox starts its workflow
+    [*_, sent] = shop.container.order_repository.history(order_id)[1]
+    assert sent.type == "sourced_again"
+    _shipped_whole_from_wh_east(shop, order_id)
+
+
+def test_the_upgrade_queues_orders_backordered_before_for_the_skus_they_hold(shop, capsys, monkeypatch):
+    """An order backordered by the version before has no entry for the BOOK it holds, so no BOOK
+    arriving where its PREORDER is would find it: `infra.backfill_orders --inventory-table` writes
+    it (and nothing for an order that waits for every sku it orders, nor a second time)."""
+    from infra import backfill_orders
+
+    order_id = _waiting_for_preorder_holding_a_book(shop)
+    shop.container.catalog_repository.put_product(product("LATER", "10.00", allow_backorder=True))
+    body = place_order(external_id="later", lines=[{"sku": "LATER", "quantity": 1}])
+    other = shop.container.capture.place(body, actor="key_web").id  # waits for its only sku: nothing to add
+    shop.container.workflow.authorize_payment(other, attempt=0)
+    with pytest.raises(Backordered):
+        shop.container.workflow.reserve_stock(other)
+    [entry] = shop.backorders.waiting("BOOK", None, 10)
+    shop.backorders.remove("BOOK", entry)  # as the version before left it
+    shop.inventory.adjust("PREORDER", "wh-east", 1, reason="receipt")
+    consume(shop, record("wh-east", 0, 1))  # no BOOK at wh-east yet: it waits
+    config = shop.container.config
+    argv = ["backfill_orders", "--table", config.orders_table, "--inventory-table", config.inventory_table]
+    monkeypatch.setattr("sys.argv", argv)
+
+    backfill_orders.main()
+    backfill_orders.main()  # a second run writes nothing
+
+    assert [(e.order_id, e.holds) for e in shop.backorders.waiting("BOOK", None, 10)] == [(order_id, True)]
+    assert (_queued(shop), _queued(shop, "LATER")) == ([order_id], [other])
+    printed = [line for line in capsys.readouterr().out.splitlines() if "queue entries" in line]
+    assert [line.split(" queue entries")[0] for line in printed] == ["1", "0"]
+    shop.inventory.adjust("BOOK", "wh-east", 1, reason="receipt")
+    consume(shop, record("wh-east", 0, 1, sku="BOOK"))
+    assert shop.order(order_id).status is S.AUTHORIZED
+    _shipped_whole_from_wh_east(shop, order_id)
+
+
+def test_the_upgrade_leaves_no_entry_for_an_order_that_stopped_waiting_as_it_wrote_it(shop, monkeypatch):
+    """Allocated between the upgrade's read and its entry (its clean-up ran before the entry was
+    there): the entry is removed again, as that clean-up would have."""
+    from functions.adapters.dynamodb import backfill_holding_entries
+
+    order_id = _waiting_for_preorder_holding_a_book(shop)
+    [entry] = shop.backorders.waiting("BOOK", None, 10)
+    shop.backorders.remove("BOOK", entry)
+    real = DynamoBackorders.add_if_absent
+
+    def allocated_first(queue: DynamoBackorders, sku: str, written: WaitingOrder) -> bool:
+        with another_functions_calls():
+            shop.inventory.adjust("PREORDER", "wh-west", 1, reason="receipt")
+            consume(shop, record("wh-west", 0, 1))
+            shop.container.workflow.create_shipments(order_id)
+        return real(queue, sku, written)
+
+    monkeypatch.setattr(DynamoBackorders, "add_if_absent", allocated_first)
+    config = shop.container.config
+    backfill_holding_entries(shop.container.dynamodb, config.orders_table, config.inventory_table)
+
+    assert shop.order(order_id).status is S.ALLOCATED
+    assert _queued(shop, "BOOK") == _queued(shop) == []
