@@ -192,7 +192,11 @@ class Pricing:
                 subtotal = unit.times(quantity)
             except AmountTooLarge as error:
                 # The sku's units alone reach it (API.md: a 422's details name the field): its lines.
+                # Of several lines, the sum of theirs does (each may hold a unit): said so.
                 said = f"{quantity} × {unit.amount} {currency} reaches 10^15 {currency}"
+                if len(indexes) > 1:
+                    named = [f"lines[{i}]" for i in indexes]
+                    said = f"the {quantity} units of {sku} on {', '.join(named[:-1])} and {named[-1]}: {said}"
                 details = [{"field": f"lines[{i}].quantity", "message": said} for i in indexes]
                 raise AmountTooLarge(error.message, details=details) from None
             draft_lines.append(
