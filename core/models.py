@@ -963,6 +963,9 @@ class PromotionGrant(BaseModel, defer_build=True):
 
 # An order line's id: `L` and its number (core.pricing numbers them, Order.next_line_number).
 _LINE_NUMBER = re.compile(r"L([0-9]+)")
+# A line id as a request names it. Edits number lines after every id the order has had, up to 100
+# lines an edit: nine digits would take ten million edits to pass (three, as returns took, ten).
+LineId = Annotated[str, StringConstraints(pattern=r"^L[1-9][0-9]{0,8}$")]
 
 
 class OrderLine(Shown):
@@ -5235,7 +5238,7 @@ class OrderEdit(Strict):
 
 
 class CancelLine(Strict):
-    line_id: Annotated[str, StringConstraints(pattern=r"^L[1-9][0-9]{0,3}$")]
+    line_id: LineId
     quantity: Annotated[int, Field(ge=1, le=10_000, strict=True)]
 
 
