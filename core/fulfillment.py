@@ -948,9 +948,13 @@ class OrderActions:
         # sent back to be sourced (an earlier edit, a reject) holds its units until its workflow
         # runs again, which a hold puts off.
         held = self._held_by(order)
+        # New lines replace the order's whole, under ids after every one it has had: a client that
+        # read the order before the edit and names one of its lines (a cancel, a return) is refused
+        # rather than served with other goods. Lines named as they are keep theirs (no change).
         priced = self._capture.quote(
-            cmd, held=held, excluded=order.excluded_locations, placed_with=order.placed_promotions(), of=order
-        )
+            cmd, held=held, excluded=order.excluded_locations, placed_with=order.placed_promotions(), of=order,
+            first_line=order.next_line_number() if edit.lines else 1,
+        )  # fmt: skip
         total = order.payable(priced.totals)
         # Whatever the order's status (authorized, allocated, backordered, or held from one of them),
         # an authorization that no longer covers the total (or that a renewal standing will cover

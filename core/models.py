@@ -961,6 +961,13 @@ class PromotionGrant(BaseModel, defer_build=True):
     free_shipping: bool = False
 
 
+# An order line's id: `L` and its number (core.pricing numbers them, Order.next_line_number).
+_LINE_NUMBER = re.compile(r"L([0-9]+)")
+# A line id as a request names it. Edits number lines after every id the order has had, up to 100
+# lines an edit: nine digits would take ten million edits to pass (three, as returns took, ten).
+LineId = Annotated[str, StringConstraints(pattern=r"^L[1-9][0-9]{0,8}$")]
+
+
 class OrderLine(Shown):
     line_id: str
     sku: str
@@ -3182,6 +3189,16 @@ class Order(Shown):
             and (self.hold.resume_to is OrderStatus.ALLOCATED or bool(self.allocations))
         )
 
+    def next_line_number(self) -> int:
+        """The number an edit's first line takes (`L<n>`): after the highest line id the order has,
+        the lines edits replaced and still owe a release included. An edit numbers every line it
+        sends after them, so ids only grow and the highest the order has is the highest it ever had
+        (no counter stored): an id names one line for the order's whole life, and a cancel, a pick
+        slip or an event keyed by an id from before an edit never names other goods."""
+        numbers = [int(found.group(1)) for line in (*self.lines, *self.replaced_lines)
+                   if (found := _LINE_NUMBER.fullmatch(line.line_id))]  # fmt: skip
+        return max(numbers, default=0) + 1
+
     def reservation_lines(self) -> list[tuple[str, str]]:
         """The (line id, sku) of each line the order's reservations are keyed by: its lines, then
         those edits replaced whose release is still owed (`replaced_lines`)."""
@@ -5221,7 +5238,7 @@ class OrderEdit(Strict):
 
 
 class CancelLine(Strict):
-    line_id: Annotated[str, StringConstraints(pattern=r"^L[1-9][0-9]{0,3}$")]
+    line_id: LineId
     quantity: Annotated[int, Field(ge=1, le=10_000, strict=True)]
 
 

@@ -148,6 +148,7 @@ class Pricing:
         unit_prices: Mapping[str, Money] | None = None, placed_with: Sequence[PromotionGrant] = (),
         shipped_for: Money | None = None, sold_at: Mapping[str, Money] | None = None,
         taxed_at: Mapping[str, LineTaxRate | None] | None = None, sold_units: Mapping[str, int] | None = None,
+        first_line: int = 1,
     ) -> PricedOrder:  # fmt: skip
         """`cmd` priced through the plugins; a sku in `unit_prices` keeps that unit price (units an
         order sold already: what the plugins would ask today does not change what they cost).
@@ -162,7 +163,9 @@ class Pricing:
         currency). `taxed_at`: the tax rate each sku of an order priced again was sold at (None:
         untaxed), kept instead of asking the plugins. `sold_units`: the units of each sku an order
         priced again has (before this change): of a code that granted a sku nothing of its own (a
-        fixed amount off the order), only units beyond those get today's terms (_todays_terms)."""
+        fixed amount off the order), only units beyond those get today's terms (_todays_terms).
+        `first_line`: the number of the first line's id (`L<n>`, the next ones counting up from it):
+        an edit's lines take ids after those its order has had (Order.next_line_number)."""
         currency = cmd.currency
         kept = unit_prices or {}
         promo_codes = list(dict.fromkeys(cmd.promo_codes))
@@ -189,12 +192,16 @@ class Pricing:
                 subtotal = unit.times(quantity)
             except AmountTooLarge as error:
                 # The sku's units alone reach it (API.md: a 422's details name the field): its lines.
+                # Of several lines, the sum of theirs does (each may hold a unit): said so.
                 said = f"{quantity} × {unit.amount} {currency} reaches 10^15 {currency}"
+                if len(indexes) > 1:
+                    named = [f"lines[{i}]" for i in indexes]
+                    said = f"the {quantity} units of {sku} on {', '.join(named[:-1])} and {named[-1]}: {said}"
                 details = [{"field": f"lines[{i}].quantity", "message": said} for i in indexes]
                 raise AmountTooLarge(error.message, details=details) from None
             draft_lines.append(
                 DraftLine(
-                    line_id=f"L{indexes[0] + 1}",
+                    line_id=f"L{indexes[0] + first_line}",
                     product=product,
                     quantity=quantity,
                     unit_price=unit,
@@ -232,7 +239,7 @@ class Pricing:
                 indexes, subtotals, discounts, spread(tax, subtotals), strict=True
             ):
                 lines[i] = OrderLine(
-                    line_id=f"L{i + 1}",
+                    line_id=f"L{i + first_line}",
                     sku=d.product.sku,
                     quantity=cmd.lines[i].quantity,
                     unit_price=d.unit_price,

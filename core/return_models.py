@@ -4,12 +4,12 @@ import json
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from core.errors import InvalidRequest, InvalidTransition
 from core.events import OrderEvent
 from core.fields import empty_list
-from core.models import Identifier, LineInput, Note, Strict, Text, VisibleText
+from core.models import Identifier, LineId, LineInput, Note, Strict, Text, VisibleText
 from core.money import Money
 from core.return_decisions import ReturnPolicyDecision as ReturnPolicyDecision  # plugins import it from here too
 from core.status import UNRECEIVED_RETURNS, ReturnStatus, can_transition
@@ -18,7 +18,6 @@ ReasonCode = Literal[
     "damaged", "defective", "wrong_item", "not_as_described", "size_or_fit", "no_longer_needed", "other"
 ]  # fmt: skip
 Condition = Literal["resellable", "damaged"]
-LineId = Annotated[str, StringConstraints(pattern=r"^L[0-9]{1,3}$")]
 Quantity = Annotated[int, Field(ge=1, le=10_000, strict=True)]
 
 

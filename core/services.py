@@ -490,7 +490,7 @@ class CaptureService:
     def quote(
         self, cmd: PlaceOrder, *, held: dict[tuple[str, str], int] | None = None, excluded: Iterable[str] = (),
         placed_with: Sequence[PromotionGrant] = (), check_stock: bool = True, of: Order | None = None,
-        consistent_stock: bool = False,
+        consistent_stock: bool = False, first_line: int = 1,
     ) -> PricedOrder:  # fmt: skip
         """Everything capture checks before storing: skus, payment method, fulfilment, prices
         through the plugins, stock (unless not `check_stock`). Editing an order (`of`) runs the same
@@ -510,7 +510,8 @@ class CaptureService:
         today's quote (a method no plugin quotes any more, a rate changed since: its parcels go as
         they were booked); its pickup store need not take new pickup orders any more. `consistent_stock`:
         the stock is read strongly consistently (for a decision nothing retries: a plain read may not
-        show a restock acknowledged a moment ago)."""
+        show a restock acknowledged a moment ago). `first_line`: the number the lines' ids start at
+        (Pricing.price)."""
         skus = {line.sku for line in cmd.lines}
         if of is not None:  # its own skus too: Pricing asks its rules about the order as it was sold
             skus |= {line.sku for line in of.lines}
@@ -533,7 +534,7 @@ class CaptureService:
         try:
             priced = self._pricing.price(
                 cmd, products, tax_address, unit_prices, placed_with, shipped_for=shipped_for, sold_at=sold_at,
-                taxed_at=taxed_at, sold_units=sold_units,
+                taxed_at=taxed_at, sold_units=sold_units, first_line=first_line,
             )  # fmt: skip
         except AmountTooLarge as error:
             if error.details:

@@ -213,3 +213,20 @@ def test_an_edit_whose_lines_reach_10_to_the_15_is_422_naming_the_line_and_chang
     error = assert_error(refused, 422, "amount_too_large", "lines[1].quantity")
     assert [detail["field"] for detail in error["details"]] == ["lines[1].quantity"]
     assert api.get(f"/orders/{order['id']}").json()["version"] == order["version"]
+
+
+def test_lines_of_one_sku_reaching_10_to_the_15_together_are_422_saying_so_not_that_each_line_does(
+    api: InProcessApi, catalog: Catalog
+):
+    # Two 1-unit lines of one sku are priced as one (its units summed): together they reach 10^15.
+    # Each line was told "2 × 500000000000000.00 USD reaches 10^15 USD" though it holds one unit.
+    (sku,) = catalog.stocked("500000000000000.00")
+    body = order_body((sku, 1), (sku, 1))
+
+    error = assert_error(api.post("/orders", json=body), 422, "amount_too_large")
+
+    said = f"the 2 units of {sku} on lines[0] and lines[1]: 2 × 500000000000000.00 USD reaches 10^15 USD"
+    assert error["details"] == [
+        {"field": "lines[0].quantity", "message": said},
+        {"field": "lines[1].quantity", "message": said},
+    ]

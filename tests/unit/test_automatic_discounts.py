@@ -128,7 +128,7 @@ def test_units_an_edit_added_under_a_rule_keep_it_after_the_rule_ended(world, ru
     world.run(order.id)  # sourced again
     rule.active = False
 
-    done = world.actions.cancel(order.id, "one less", actor="key_web", lines={"L1": 1})
+    done = world.actions.cancel(order.id, "one less", actor="key_web", lines={grown.lines[0].line_id: 1})
 
     assert done.lines[0].discount == usd("6.25")  # the five mugs left, each sold at 10% off
 

@@ -520,8 +520,9 @@ def test_an_edited_order_going_backordered_as_a_hold_lands_keeps_the_units_it_he
         world.workflow.reserve_stock(order.id)
 
     assert world.order(order.id).status is S.ON_HOLD
-    # This run's own PREORDER is undone; the TSHIRTs the order held before it are still its own.
-    assert world.held_for(order.id) == {("TSHIRT", "wh-east", reservation_key(order.id, "L1")): 2}
+    # This run's own PREORDER is undone; the TSHIRTs the order held before it are still its own
+    # (moved from its old line's key to its new line's, L2, in one write).
+    assert world.held_for(order.id) == {("TSHIRT", "wh-east", reservation_key(order.id, "L2")): 2}
     assert world.level("TSHIRT", "wh-east") == (2, 2, 0)
 
 
@@ -656,7 +657,7 @@ def test_an_edited_backordered_order_is_sourced_again_though_reserve_stock_reads
     world.workflow.create_shipments(order_id)
 
     assert world.order(order_id).status is S.ALLOCATED
-    assert world.held_for(order_id) == {("TSHIRT", "wh-east", reservation_key(order_id, "L1")): 2}
+    assert world.held_for(order_id) == {("TSHIRT", "wh-east", reservation_key(order_id, "L2")): 2}
 
 
 def test_a_filled_order_whose_new_execution_never_allocated_it_is_started_again_by_the_next_arrival():

@@ -505,13 +505,16 @@ def test_editing_the_lines_of_a_pending_order_prices_it_exactly_as_capture_would
 
     edited = world.actions.edit(order_id, placed.version, OrderEdit(lines=lines), actor="key_web")
 
-    quote = world.capture.quote(place_order(lines=[line.model_dump() for line in lines]))
+    # Under ids after the order's own (L1 was its TSHIRT): an id names one line for good.
+    quote = world.capture.quote(place_order(lines=[line.model_dump() for line in lines]), first_line=2)
     assert edited == world.order(order_id)
+    assert [line.line_id for line in edited.lines] == ["L2", "L3"]
     assert edited.lines == quote.lines
     assert edited.totals == quote.totals
     assert edited.shipping_method == quote.shipping_method
     fresh = world.order(world.place(("PEN", 7), ("MUG", 1)))
-    assert (edited.lines, edited.totals) == (fresh.lines, fresh.totals)
+    but_ids = [line.model_dump(exclude={"line_id"}) for line in edited.lines]
+    assert (but_ids, edited.totals) == ([line.model_dump(exclude={"line_id"}) for line in fresh.lines], fresh.totals)
     assert edited.totals.grand_total.amount == sum(line.total.amount for line in edited.lines) + Decimal("5.00")
     assert edited.status is S.PENDING
     assert edited.version == placed.version + 1
@@ -763,7 +766,7 @@ def test_an_edit_that_lowers_a_line_keeps_the_units_it_still_needs_while_others_
 
     assert again.status is S.ALLOCATED
     assert [(a.location_id, a.quantity) for a in again.allocations] == [("wh-west", 2)]
-    assert world.held_for(order.id) == {("TSHIRT", "wh-west", f"{order.id}#L1"): 2}
+    assert world.held_for(order.id) == {("TSHIRT", "wh-west", f"{order.id}#L2"): 2}
     assert world.level("TSHIRT", "wh-west") == (3, 2, 1)  # the unit it gave up is free for others
 
 
@@ -787,7 +790,7 @@ def test_a_reservation_that_loses_its_race_keeps_the_units_the_order_held_before
         world.workflow.reserve_stock(order.id)
 
     held = world.held_for(order.id)
-    assert held[("TSHIRT", "wh-west", f"{order.id}#L1")] == 2  # kept for the retry, not given away
+    assert held[("TSHIRT", "wh-west", f"{order.id}#L3")] == 2  # kept for the retry, not given away
     assert held[("MUG", "wh-west", f"{order.id}#L2")] == 1  # the MUG it held too: it grows in one write or not at all
 
 
@@ -812,7 +815,7 @@ def test_the_units_of_a_line_an_edit_replaced_are_given_back_when_releasing_them
     monkeypatch.undo()
     again = world.run(order.id)  # the execution the outbox starts for the order sent back
     assert again.status is S.ALLOCATED
-    assert world.held_for(order.id) == {("TSHIRT", "wh-west", f"{order.id}#L1"): 1}
+    assert world.held_for(order.id) == {("TSHIRT", "wh-west", f"{order.id}#L2"): 1}
     assert world.level("MUG", "wh-west") == (3, 0, 3)
 
 
@@ -850,7 +853,7 @@ def test_a_line_an_edit_puts_back_keeps_the_units_an_earlier_edit_could_not_rele
     again = world.run(order.id)
 
     assert again.status is S.ALLOCATED  # the 2 MUGs it held all along, none of which was left free
-    assert world.held_for(order.id) == {("MUG", "wh-west", f"{order.id}#L1"): 2}
+    assert world.held_for(order.id) == {("MUG", "wh-west", f"{order.id}#L3"): 2}
     assert world.level("TSHIRT", "wh-west") == (3, 0, 3)
 
 

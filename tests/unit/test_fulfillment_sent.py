@@ -82,7 +82,7 @@ def test_an_edit_and_a_cancel_of_units_send_the_stored_fulfillment_again(seeing)
     edit = OrderEdit.model_validate({"lines": [{"sku": "TSHIRT", "quantity": 2}, {"sku": "MUG", "quantity": 2}]})
 
     edited = world.actions.edit(order.id, order.version, edit, actor="key_web")
-    cut = world.actions.cancel(edited.id, "customer_request", "key_web", lines={"L2": 1})
+    cut = world.actions.cancel(edited.id, "customer_request", "key_web", lines={edited.lines[1].line_id: 1})
 
     assert [line.quantity for line in cut.lines] == [2, 1]
     assert (type(cut.fulfillment), cut.fulfillment) == (Fulfillment, Fulfillment(**PICKUP))

@@ -326,7 +326,7 @@ def test_an_allocated_order_edited_past_the_review_threshold_is_held_in_the_same
     assert release(world, order.id).status is S.AUTHORIZED
     run_from(world, order.id)
     assert world.order(order.id).status is S.ALLOCATED
-    assert world.held_for(order.id) == {("TSHIRT", "wh-west", f"{order.id}#L1"): 6}
+    assert world.held_for(order.id) == {("TSHIRT", "wh-west", f"{order.id}#L2"): 6}
 
 
 class BrokenReview:
@@ -857,7 +857,7 @@ def test_an_order_held_while_backordered_is_edited_on_hold_and_the_release_sourc
     run_from(world, order_id, 1)
     allocated = world.order(order_id)
     assert allocated.status is S.ALLOCATED and sum(a.quantity for a in allocated.allocations) == 3
-    assert world.held_for(order_id) == {("BOOK", "wh-west", f"{order_id}#L1"): 3}
+    assert world.held_for(order_id) == {("BOOK", "wh-west", f"{order_id}#L2"): 3}  # the edited line's id
 
 
 def test_an_order_held_while_backordered_edited_to_more_than_there_is_waits_backordered_once_released():
@@ -874,7 +874,7 @@ def test_an_order_held_while_backordered_edited_to_more_than_there_is_waits_back
         world.workflow.reserve_stock(order_id)
     waiting = world.order(order_id)
     assert waiting.status is S.BACKORDERED
-    assert world.held_for(order_id) == {("BOOK", "wh-west", f"{order_id}#L1"): 6}
+    assert world.held_for(order_id) == {("BOOK", "wh-west", f"{order_id}#L2"): 6}
 
 
 def test_a_hold_that_lands_while_an_edited_order_is_sourced_again_leaves_it_holding_no_more_than_it_needs(
@@ -1030,4 +1030,4 @@ def test_a_hold_gives_back_the_units_of_a_line_an_edit_replaced_and_could_not_re
     release(world, order_id)
     run_from(world, order_id, 1)
     assert world.order(order_id).status is S.ALLOCATED
-    assert world.held_for(order_id) == {("TSHIRT", "wh-west", f"{order_id}#L1"): 1}
+    assert world.held_for(order_id) == {("TSHIRT", "wh-west", f"{order_id}#L2"): 1}

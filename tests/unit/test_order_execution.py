@@ -76,14 +76,16 @@ def test_an_allocated_order_edited_goes_back_to_authorized_and_the_workflow_sour
     entry = next(e for e in world.history(order.id) if e.type == "edited")
     assert (entry.from_status, entry.to_status, entry.actor) == (S.ALLOCATED, S.AUTHORIZED, "key_web")
     assert entry.detail["released"] == [a.model_dump() for a in order.allocations]
-    # The line kept its sku: its reservation waits for the workflow, which counts it as its own.
+    # The new line (L2: an edit's lines take new ids) has the old one's sku: its reservation waits
+    # under the old id for the workflow, which counts it as its own and moves it under the new one.
+    assert [line.line_id for line in edited.lines] == ["L2"]
     assert world.held_for(order.id) == {("TSHIRT", "wh-west", f"{order.id}#L1"): 2}
 
     again = resume(world, order.id)
 
     assert again.status is S.ALLOCATED
-    assert [(a.line_id, a.location_id, a.quantity) for a in again.allocations] == [("L1", "wh-west", 4)]
-    assert world.held_for(order.id) == {("TSHIRT", "wh-west", f"{order.id}#L1"): 4}
+    assert [(a.line_id, a.location_id, a.quantity) for a in again.allocations] == [("L2", "wh-west", 4)]
+    assert world.held_for(order.id) == {("TSHIRT", "wh-west", f"{order.id}#L2"): 4}
     assert world.level("TSHIRT", "wh-west") == (10, 4, 6)
     # A new parcel at the same warehouse, under an id of its own: a late confirmation of the one
     # the edit withdrew is refused as withdrawn, never applied to it (Order.parcel_id).
@@ -100,15 +102,15 @@ def test_an_edit_that_replaces_a_lines_sku_releases_the_old_units_at_once(world)
     assert world.level("MUG", "wh-west") == (3, 0, 3)
     again = resume(world, order.id)
     assert [(line.sku, line.quantity) for line in again.lines] == [("PEN", 1)]
-    assert world.held_for(order.id) == {("PEN", "wh-east", f"{order.id}#L1"): 1}
+    assert world.held_for(order.id) == {("PEN", "wh-east", f"{order.id}#L2"): 1}
     assert world.level("MUG", "wh-west") == (3, 0, 3)
 
 
 @pytest.mark.parametrize("held", [False, True], ids=["sourcing", "on_hold"])
 def test_an_edit_that_drops_a_line_before_another_keeps_the_units_the_line_left_holds(world, held):
-    # The three MUGs in stock are this order's, under its second line. Dropping the PEN makes the
-    # MUGs line L1: the units held under L2 are still the order's own, counted as such by the
-    # edit's stock check. Released at once, another order took them and the edited order, sourced
+    # The three MUGs in stock are this order's, under its second line. The edit dropping the PEN
+    # gives the MUGs line a new id (L3): the units held under L2 are still the order's own, counted
+    # as such by the edit's stock check. Released at once, another order took them and the edited order, sourced
     # again, ended cancelled out_of_stock.
     order = world.allocated(("PEN", 1), ("MUG", 3))
     if held:
@@ -118,7 +120,7 @@ def test_an_edit_that_drops_a_line_before_another_keeps_the_units_the_line_left_
     edited = world.actions.edit(order.id, order.version, OrderEdit(lines=[LineInput(sku="MUG", quantity=3)]),
                                 actor="key_web")  # fmt: skip
 
-    assert [(line.line_id, line.sku) for line in edited.lines] == [("L1", "MUG")]
+    assert [(line.line_id, line.sku) for line in edited.lines] == [("L3", "MUG")]
     assert world.level("MUG", "wh-west") == (3, 3, 0)
     assert world.level("PEN", "wh-east") == (20, 0, 20)
     with pytest.raises(InsufficientStock):
@@ -127,15 +129,15 @@ def test_an_edit_that_drops_a_line_before_another_keeps_the_units_the_line_left_
         Holds(world.orders, clock=lambda: NOW).release(order.id, ReleaseRequest(), actor="key_ops")
     again = resume(world, order.id)
     assert again.status is S.ALLOCATED
-    assert world.held_for(order.id) == {("MUG", "wh-west", f"{order.id}#L1"): 3}
+    assert world.held_for(order.id) == {("MUG", "wh-west", f"{order.id}#L3"): 3}
 
 
 @pytest.mark.parametrize(
     ("before", "after", "held"),
     [
-        ([("PEN", 1), ("MUG", 3)], [("MUG", 3)], {"L1": 3}),  # the MUG line's id changed: L2 -> L1
-        ([("MUG", 2)], [("MUG", 3)], {"L1": 3}),  # grown under its own key
-        ([("MUG", 3)], [("MUG", 2), ("MUG", 1)], {"L1": 2, "L2": 1}),  # split over two lines
+        ([("PEN", 1), ("MUG", 3)], [("MUG", 3)], {"L3": 3}),  # the MUG line's id changed: L2 -> L3
+        ([("MUG", 2)], [("MUG", 3)], {"L2": 3}),  # grown, under its new id: L1 -> L2
+        ([("MUG", 3)], [("MUG", 2), ("MUG", 1)], {"L2": 2, "L3": 1}),  # split over two lines
     ],
     ids=["line_id_changed", "grown", "split"],
 )
@@ -174,10 +176,10 @@ def test_no_other_order_takes_the_units_an_edited_order_holds_while_it_is_source
 
 
 def test_an_edit_landing_while_the_order_is_sourced_again_leaves_it_the_units_its_lines_held(world, monkeypatch):
-    # Edited to add a PEN before its MUGs, the order is sourced again: its 3 MUGs move from L1 to
-    # L2. A second edit (the PEN dropped again) lands before that step's write: the MUGs' line is
-    # L1 again, their units under L2 still the order's (an edit keeps a sku's units under the old
-    # key for the sourcing). The step that lost its write released them as its own reservation,
+    # Edited to add a PEN before its MUGs (L2 and L3 now), the order is sourced again: its 3 MUGs
+    # move from L1 to L3. A second edit (the PEN dropped again) lands before that step's write: the
+    # MUGs' line is L4, their units under L3 still the order's (an edit keeps a sku's units under
+    # the old key for the sourcing). The step that lost its write released them as its own reservation,
     # and the order, sourced again, had to win the last MUGs back from other orders.
     order = world.allocated(("MUG", 3))
     first = world.actions.edit(
@@ -192,14 +194,14 @@ def test_an_edit_landing_while_the_order_is_sourced_again_leaves_it_the_units_it
     with pytest.raises(TransientError):
         world.workflow.reserve_stock(order.id)
 
-    assert world.held_for(order.id) == {("MUG", "wh-west", f"{order.id}#L2"): 3}
+    assert world.held_for(order.id) == {("MUG", "wh-west", f"{order.id}#L3"): 3}
     assert world.level("PEN", "wh-east") == (20, 0, 20)
     monkeypatch.undo()
     with pytest.raises(InsufficientStock):
         world.place(("MUG", 1), external_id="web-other")
     again = resume(world, order.id)
     assert again.status is S.ALLOCATED
-    assert world.held_for(order.id) == {("MUG", "wh-west", f"{order.id}#L1"): 3}
+    assert world.held_for(order.id) == {("MUG", "wh-west", f"{order.id}#L4"): 3}
 
 
 def test_an_edit_whose_view_of_the_network_predates_a_new_location_releases_the_old_units_there(world):
@@ -229,12 +231,14 @@ def test_a_backordered_order_edited_is_sourced_again_and_what_its_replaced_lines
     edited = world.actions.edit(order_id, backordered.version, OrderEdit(lines=lines), actor="key_web")
 
     assert (edited.status, edited.allocations) == (S.AUTHORIZED, [])
-    # L2 is a MUG now: the PEN it held is still the order's, for its sourcing to keep.
+    # The lines are L3 (PEN) and L4 (MUG) now: the PEN L2 held is still the order's, for its
+    # sourcing to keep (under L3).
+    assert [(line.line_id, line.sku) for line in edited.lines] == [("L3", "PEN"), ("L4", "MUG")]
     assert world.held_for(order_id) == {("PEN", "wh-east", f"{order_id}#L2"): 1}
     again = resume(world, order_id)
     assert again.status is S.ALLOCATED
     assert world.held_for(order_id) == {
-        ("PEN", "wh-east", f"{order_id}#L1"): 1, ("MUG", "wh-west", f"{order_id}#L2"): 1,
+        ("PEN", "wh-east", f"{order_id}#L3"): 1, ("MUG", "wh-west", f"{order_id}#L4"): 1,
     }  # fmt: skip
 
 
@@ -359,13 +363,13 @@ def test_a_second_edit_before_the_order_is_sourced_again_releases_a_removed_line
         order.id, first.version, OrderEdit(lines=[LineInput(sku="MUG", quantity=3)]), actor="key_web"
     )
 
-    assert [(line.sku, line.quantity) for line in second.lines] == [("MUG", 3)]
+    assert [(line.line_id, line.sku, line.quantity) for line in second.lines] == [("L3", "MUG", 3)]
     assert world.level("PEN", "wh-east") == (20, 0, 20)
     if held:
         Holds(world.orders, clock=lambda: NOW).release(order.id, ReleaseRequest(), actor="key_ops")
     again = resume(world, order.id)
     assert again.status is S.ALLOCATED
-    assert world.held_for(order.id) == {("MUG", "wh-west", f"{order.id}#L1"): 3}
+    assert world.held_for(order.id) == {("MUG", "wh-west", f"{order.id}#L3"): 3}
 
 
 def test_an_edit_asking_for_more_than_the_stock_and_its_own_reservation_is_still_refused(world):
@@ -965,7 +969,7 @@ def test_the_execution_an_edit_starts_sources_the_order_while_plain_reads_still_
     monkeypatch.undo()
     again = world.order(order.id)
     assert again.status is S.ALLOCATED and [(s.lines[0].quantity) for s in again.shipments] == [4]
-    assert world.held_for(order.id) == {("TSHIRT", "wh-west", f"{order.id}#L1"): 4}
+    assert world.held_for(order.id) == {("TSHIRT", "wh-west", f"{order.id}#L2"): 4}
 
 
 @pytest.mark.parametrize(

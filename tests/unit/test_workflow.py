@@ -1344,7 +1344,7 @@ def test_an_edited_order_booked_again_from_the_same_location_is_booked_under_a_n
     booked, rebooked, retried = carrier.asked
     assert booked == (before.id, before.id, [("L1", 2)], 400)  # a first booking's key is its shipment id
     assert rebooked[0] == shipment.id and rebooked[1] not in (before.id, shipment.id)
-    assert rebooked[2:] == ([("L1", 3)], 600)  # the parcel as it is now
+    assert rebooked[2:] == ([("L2", 3)], 600)  # the parcel as it is now (the edited line's new id)
     assert retried == rebooked  # a retried step asks under the same key
     # The new booking's label is the one the order keeps; the first one is not served.
     assert shipment.label_url == f"labels/{order_id}/{rebooked[1]}" != before.label_url

@@ -239,9 +239,11 @@ IfMatch = Annotated[str, if_match_header("The order's `version` you read.")]
     "died after its capture) is 409 `parcel_not_confirmed`, `details` naming the shipment, until its hold is "
     "released. So is an order one of whose pending parcels its carrier scanned delivered before its location confirmed "
     "the ship (`delivery_scan_kept`): the location's ship records it delivered. Totals are priced exactly as "
-    "capture prices the edited order (a promo code's minimum no longer reached drops its discount). An edit whose "
+    "capture prices the edited order (a promo code's minimum no longer reached drops its discount). `lines` replace "
+    "the order's lines whole, each under a new `line_id` after every one the order has had: an id never names "
+    "other goods, so a cancel naming one from before the edit is 422 (`no line L1`). An edit whose "
     "lines, address and method are those the order has is 200 with the order as it is, nothing written (a stale "
-    "`If-Match` is still 409).",
+    "`If-Match` is still 409); one that sends no lines keeps their ids.",
     responses={**changed("The order, priced again"), **errors(400, 403, 404, 409, 413, 428, 502, 503)},
     middlewares=[plugins_loaded],
 )
