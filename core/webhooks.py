@@ -396,7 +396,9 @@ class WebhookStore(ABC):
         never both take it."""
 
     @abstractmethod
-    def get(self, webhook_id: str) -> IssuedWebhook | None: ...
+    def get(self, webhook_id: str, consistent: bool = True) -> IssuedWebhook | None:
+        """The subscription, None when there is none. `consistent` False: a read that may miss a
+        change of the last second or so (a subscription just made or deleted), at half the cost."""
 
     @abstractmethod
     def list(self, channel: str | None, limit: int, cursor: str | None) -> tuple[list[Webhook], str | None]:
@@ -715,8 +717,11 @@ class DeliveryWorker:
                 return "waiting"
             return "stale"
         # Read at every hop, a wait's too (one read, no write): a deleted webhook's delivery ends at
-        # its next message, not up to an hour later when its attempt came due.
-        webhook = self._store.get(record.webhook_id)
+        # its next message, not up to an hour later when its attempt came due. Eventually consistent
+        # (half a read unit): a subscription's URL and secret never change, and a delete a read may
+        # not show yet gives one more attempt, as a message handled while it lands does. One it does
+        # not show, perhaps made a moment ago, is read again consistently before the delivery ends.
+        webhook = self._store.get(record.webhook_id, consistent=False) or self._store.get(record.webhook_id)
         if webhook is None:
             return self._unsubscribed(record, message_id)
         if record.next_attempt_at is not None and record.next_attempt_at > now:

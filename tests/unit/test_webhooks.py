@@ -346,7 +346,7 @@ class FakeStore(WebhookStore):
             raise TooManyWebhooks(webhook.channel)
         self.webhooks[webhook.id] = webhook
 
-    def get(self, webhook_id: str) -> IssuedWebhook | None:
+    def get(self, webhook_id: str, consistent: bool = True) -> IssuedWebhook | None:
         return self.webhooks.get(webhook_id)
 
     def list(self, channel, limit, cursor):
