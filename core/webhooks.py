@@ -609,12 +609,17 @@ class EventDispatcher:
         self._schedule = schedule
 
     def dispatch(
-        self, events: list[DomainEvent], subscriptions: Callable[[], list[IssuedWebhook]] | None = None
+        self,
+        events: list[DomainEvent],
+        subscriptions: Callable[[], list[IssuedWebhook]] | None = None,
+        queued: list[DeliveryMessage] | None = None,
     ) -> "Dispatched":
         """Publish `events` and queue their deliveries. Running it again for the same events queues
         nothing new, except a delivery never tried (its first message may be what failed).
         `subscriptions` gives the subscriptions to match (a stream batch reads them once for all
-        its records); by default they are read here."""
+        its records); by default they are read here. `queued`: a list the messages are added to,
+        for the caller to queue (a stream batch queues all its records' together) instead of here;
+        until it does, they are deliveries never tried, which a run again queues."""
         if not events:
             return Dispatched(0, [])
         # The same body to the bus and to subscribers, serialized once: one that fits both
@@ -631,7 +636,10 @@ class EventDispatcher:
             for webhook in subscribed
             if webhook.wants(ready.event) and (message := self._delivery(webhook, ready.event, ready.body)) is not None
         ]
-        self._queue.send_now(messages)
+        if queued is None:
+            self._queue.send_now(messages)
+        else:
+            queued.extend(messages)
         return Dispatched(len(messages), [ready.event for ready in leaving if "omitted" in ready.event.data])
 
     def _delivery(self, webhook: Webhook, event: DomainEvent, body: str) -> DeliveryMessage | None:

@@ -142,11 +142,13 @@ def test_a_delivery_stored_with_its_body_as_text_before_is_read_and_sent_as_it_w
     assert store.deliveries(webhook_id, 10, None)[0] == [failed_once]
 
 
-def test_an_events_deliveries_to_its_subscriptions_are_queued_in_one_request(aws, wired):  # noqa: F811
+def test_a_stream_batchs_deliveries_to_its_subscriptions_are_queued_in_one_request(aws, wired):  # noqa: F811
     """One SendMessage per delivery: a shop with three subscribers paid three SQS requests per
-    event. The messages of one change's deliveries go in SendMessageBatch requests of up to ten
-    (SQS bills a batch of small messages as one request), still one message per delivery, so no
-    subscriber's attempt waits for another's."""
+    event. Then one SendMessageBatch per change: an order's five changes with events were five
+    requests ($2.00 per million orders for one subscriber) though a stream batch holds many
+    changes. The messages of every change of a stream batch go together, in SendMessageBatch
+    requests of up to ten (SQS bills a batch of small messages as one request), still one message
+    per delivery, so no subscriber's attempt waits for another's."""
     from functions.events.app import container, lambda_handler
 
     created, authorized, _ = an_order_allocated(aws)
@@ -157,7 +159,7 @@ def test_an_events_deliveries_to_its_subscriptions_are_queued_in_one_request(aws
     stream = stream_event(("INSERT", None, created), ("MODIFY", created, authorized))
     assert lambda_handler(stream, Context()) == {"batchItemFailures": []}
 
-    assert requests == ["SendMessageBatch", "SendMessageBatch"]  # one per change (its event)
+    assert requests == ["SendMessageBatch"]  # the batch's two changes, six messages
     queued = [json.loads(m["Body"]) for m in drain(wired["sqs"], wired["deliveries"])]
     assert sorted(q["webhook_id"] for q in queued) == sorted([s.id for s in subscribers] * 2)
     assert len({(q["webhook_id"], q["delivery_id"]) for q in queued}) == 6
@@ -257,3 +259,30 @@ def test_a_subscription_an_eventually_consistent_read_does_not_show_yet_is_read_
     assert len(receiver.received) == 1
     record = container().webhook_store.get_delivery(webhook.id, message.delivery_id)
     assert (record.status, record.last_error) == (DeliveryStatus.DELIVERED, None)
+
+
+def test_a_stream_batch_whose_messages_the_queue_refuses_fails_and_its_retry_queues_them(aws, wired, monkeypatch):  # noqa: F811
+    """The messages go after every record of the batch is handled: refused then, the batch fails
+    whole (Lambda retries it, bisecting), and the retry queues each delivery stored and never
+    tried, none twice."""
+    from functions.adapters.webhooks import SqsDeliveryQueue
+    from functions.events.app import lambda_handler
+
+    created, authorized, _ = an_order_allocated(aws)
+    subscriber = subscribe("http://127.0.0.1:9/all", ["*"])
+    stream = stream_event(("INSERT", None, created), ("MODIFY", created, authorized))
+    send_now = SqsDeliveryQueue.send_now
+
+    def refused(self: SqsDeliveryQueue, messages: list[Any]) -> None:
+        raise RuntimeError(f"the delivery queue refused {len(messages)} message(s)")
+
+    monkeypatch.setattr(SqsDeliveryQueue, "send_now", refused)
+    with pytest.raises(RuntimeError, match="refused 2 message"):
+        lambda_handler(stream, Context())
+    assert drain(wired["sqs"], wired["deliveries"]) == []
+
+    monkeypatch.setattr(SqsDeliveryQueue, "send_now", send_now)
+    assert lambda_handler(stream, Context()) == {"batchItemFailures": []}
+    queued = [json.loads(m["Body"]) for m in drain(wired["sqs"], wired["deliveries"])]
+    assert [q["webhook_id"] for q in queued] == [subscriber.id] * 2
+    assert len({q["delivery_id"] for q in queued}) == 2
