@@ -64,19 +64,17 @@ class _Deliveries:
 
     def queue(self) -> None:
         """Queue them; raises when any was not queued, failing the batch whole: Lambda retries it
-        and the retry queues each delivery never tried (EventDispatcher.dispatch), none twice."""
+        and the retry queues each delivery never tried (EventDispatcher.dispatch)."""
         if self.messages:
             container().webhook_queue.send_now(self.messages)
 
 
 def publish_changes(
-    record: DynamoDBRecord,
-    subscriptions: Callable[[], list[IssuedWebhook]] | None = None,
-    deliveries: _Deliveries | None = None,
+    record: DynamoDBRecord, subscriptions: Callable[[], list[IssuedWebhook]], deliveries: _Deliveries
 ) -> None:
     """Both images are read from the record itself, so a redelivered record gives the same events
     with the same ids; a failure fails this record only and the stream retries it. `deliveries`
-    collects the messages of its webhook deliveries (queued here without it)."""
+    collects the messages of its webhook deliveries, for the batch to queue."""
     images = record.raw_event.get("dynamodb") or {}
     imported = import_summary(images.get("NewImage"))
     if imported is not None:  # the Catalog stream's mapping passes only an import's end or interruption
@@ -126,16 +124,13 @@ def order_of(order_id: str) -> dict[str, Any] | None:
 
 
 def dispatch(
-    events: list[DomainEvent],
-    subscriptions: Callable[[], list[IssuedWebhook]] | None,
-    deliveries: _Deliveries | None = None,
+    events: list[DomainEvent], subscriptions: Callable[[], list[IssuedWebhook]], deliveries: _Deliveries
 ) -> None:
-    """Publish `events` to the bus and store their webhook deliveries, whose messages go to
-    `deliveries` (queued now without it)."""
+    """Publish `events` to the bus and store their webhook deliveries, their messages added to
+    `deliveries` for the batch to queue."""
     if not events:
         return
-    queued = deliveries.messages if deliveries is not None else None
-    dispatched = container().event_dispatcher.dispatch(events, subscriptions, queued)
+    dispatched = container().event_dispatcher.dispatch(events, subscriptions, deliveries.messages)
     published: dict[str, Any] = {"events": [e.type.value for e in events], "deliveries": dispatched.queued}
     if dispatched.cut_down:
         # Subscribers and the bus got these without the lists named: which, and why, for operators.
