@@ -396,7 +396,9 @@ class WebhookStore(ABC):
         never both take it."""
 
     @abstractmethod
-    def get(self, webhook_id: str) -> IssuedWebhook | None: ...
+    def get(self, webhook_id: str, consistent: bool = True) -> IssuedWebhook | None:
+        """The subscription, None when there is none. `consistent` False: a read that may miss a
+        change of the last second or so (a subscription just made or deleted), at half the cost."""
 
     @abstractmethod
     def list(self, channel: str | None, limit: int, cursor: str | None) -> tuple[list[Webhook], str | None]:
@@ -607,12 +609,17 @@ class EventDispatcher:
         self._schedule = schedule
 
     def dispatch(
-        self, events: list[DomainEvent], subscriptions: Callable[[], list[IssuedWebhook]] | None = None
+        self,
+        events: list[DomainEvent],
+        subscriptions: Callable[[], list[IssuedWebhook]] | None = None,
+        queued: list[DeliveryMessage] | None = None,
     ) -> "Dispatched":
         """Publish `events` and queue their deliveries. Running it again for the same events queues
         nothing new, except a delivery never tried (its first message may be what failed).
         `subscriptions` gives the subscriptions to match (a stream batch reads them once for all
-        its records); by default they are read here."""
+        its records); by default they are read here. `queued`: a list the messages are added to,
+        for the caller to queue (a stream batch queues all its records' together) instead of here;
+        until it does, they are deliveries never tried, which a run again queues."""
         if not events:
             return Dispatched(0, [])
         # The same body to the bus and to subscribers, serialized once: one that fits both
@@ -629,7 +636,10 @@ class EventDispatcher:
             for webhook in subscribed
             if webhook.wants(ready.event) and (message := self._delivery(webhook, ready.event, ready.body)) is not None
         ]
-        self._queue.send_now(messages)
+        if queued is None:
+            self._queue.send_now(messages)
+        else:
+            queued.extend(messages)
         return Dispatched(len(messages), [ready.event for ready in leaving if "omitted" in ready.event.data])
 
     def _delivery(self, webhook: Webhook, event: DomainEvent, body: str) -> DeliveryMessage | None:
@@ -715,8 +725,11 @@ class DeliveryWorker:
                 return "waiting"
             return "stale"
         # Read at every hop, a wait's too (one read, no write): a deleted webhook's delivery ends at
-        # its next message, not up to an hour later when its attempt came due.
-        webhook = self._store.get(record.webhook_id)
+        # its next message, not up to an hour later when its attempt came due. Eventually consistent
+        # (half a read unit): a subscription's URL and secret never change, and a delete a read may
+        # not show yet gives one more attempt, as a message handled while it lands does. One it does
+        # not show, perhaps made a moment ago, is read again consistently before the delivery ends.
+        webhook = self._store.get(record.webhook_id, consistent=False) or self._store.get(record.webhook_id)
         if webhook is None:
             return self._unsubscribed(record, message_id)
         if record.next_attempt_at is not None and record.next_attempt_at > now:

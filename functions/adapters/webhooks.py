@@ -98,9 +98,9 @@ class DynamoWebhooks(WebhookStore):
                 raise TooManyWebhooks(webhook.channel) from None
             raise
 
-    def get(self, webhook_id: str) -> IssuedWebhook | None:
+    def get(self, webhook_id: str, consistent: bool = True) -> IssuedWebhook | None:
         item = self._client.get_item(
-            TableName=self._table, Key={"pk": {"S": WEBHOOKS_PK}, "sk": {"S": webhook_id}}, ConsistentRead=True
+            TableName=self._table, Key={"pk": {"S": WEBHOOKS_PK}, "sk": {"S": webhook_id}}, ConsistentRead=consistent
         ).get("Item")
         return _webhook(item) if item else None
 

@@ -15,7 +15,7 @@ from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import 
 
 from core.aggregates import aggregate_change
 from core.domain_events import DomainEvent, import_events, order_events, return_events
-from core.webhooks import IssuedWebhook
+from core.webhooks import DeliveryMessage, IssuedWebhook
 from functions.adapters import order_codec
 from functions.adapters.imports import import_failure, import_file_error, import_summary
 from functions.bootstrap import WarmContainer
@@ -54,9 +54,27 @@ class _Subscriptions:
         return self._found
 
 
-def publish_changes(record: DynamoDBRecord, subscriptions: Callable[[], list[IssuedWebhook]] | None = None) -> None:
+class _Deliveries:
+    """The webhook delivery messages of a stream batch's records, queued together once every record
+    is handled: SendMessageBatch takes ten, and one per change made an order's five changes five
+    requests where a batch of 25 changes needs about three."""
+
+    def __init__(self) -> None:
+        self.messages: list[DeliveryMessage] = []
+
+    def queue(self) -> None:
+        """Queue them; raises when any was not queued, failing the batch whole: Lambda retries it
+        and the retry queues each delivery never tried (EventDispatcher.dispatch)."""
+        if self.messages:
+            container().webhook_queue.send_now(self.messages)
+
+
+def publish_changes(
+    record: DynamoDBRecord, subscriptions: Callable[[], list[IssuedWebhook]], deliveries: _Deliveries
+) -> None:
     """Both images are read from the record itself, so a redelivered record gives the same events
-    with the same ids; a failure fails this record only and the stream retries it."""
+    with the same ids; a failure fails this record only and the stream retries it. `deliveries`
+    collects the messages of its webhook deliveries, for the batch to queue."""
     images = record.raw_event.get("dynamodb") or {}
     imported = import_summary(images.get("NewImage"))
     if imported is not None:  # the Catalog stream's mapping passes only an import's end or interruption
@@ -69,7 +87,7 @@ def publish_changes(record: DynamoDBRecord, subscriptions: Callable[[], list[Iss
                 old_failure=import_failure(images.get("OldImage")),
                 new_failure=import_failure(images.get("NewImage")),
             )
-            dispatch(events, subscriptions)
+            dispatch(events, subscriptions, deliveries)
         return
     new = order_document(images.get("NewImage"))
     if new is None:  # a removed item, or not an order
@@ -77,12 +95,12 @@ def publish_changes(record: DynamoDBRecord, subscriptions: Callable[[], list[Iss
     old = order_document(images.get("OldImage"))
     if str(new.get("id", "")).startswith("rma_"):  # the Returns stream's mapping: a return's item
         with logger.append_context_keys(return_id=new["id"], order_id=new.get("order_id")):
-            dispatch(return_events(old, new, order_of(str(new.get("order_id", "")))), subscriptions)
+            dispatch(return_events(old, new, order_of(str(new.get("order_id", "")))), subscriptions, deliveries)
         return
     update_aggregates(old, new)
     events = order_events(old, new)
     with logger.append_context_keys(order_id=new.get("id"), channel=new.get("channel")):
-        dispatch(events, subscriptions)
+        dispatch(events, subscriptions, deliveries)
         # After the events: a notifier plugin that fails leaves its notification to the
         # reconciler's retry pass; anything else failing has the record redelivered, and the events
         # it publishes again carry the same ids (subscribers dedupe; no delivery is queued twice).
@@ -105,11 +123,14 @@ def order_of(order_id: str) -> dict[str, Any] | None:
     return order.model_dump(mode="json") if order is not None else None
 
 
-def dispatch(events: list[DomainEvent], subscriptions: Callable[[], list[IssuedWebhook]] | None) -> None:
-    """Publish `events` to the bus and queue their webhook deliveries."""
+def dispatch(
+    events: list[DomainEvent], subscriptions: Callable[[], list[IssuedWebhook]], deliveries: _Deliveries
+) -> None:
+    """Publish `events` to the bus and store their webhook deliveries, their messages added to
+    `deliveries` for the batch to queue."""
     if not events:
         return
-    dispatched = container().event_dispatcher.dispatch(events, subscriptions)
+    dispatched = container().event_dispatcher.dispatch(events, subscriptions, deliveries.messages)
     published: dict[str, Any] = {"events": [e.type.value for e in events], "deliveries": dispatched.queued}
     if dispatched.cut_down:
         # Subscribers and the bus got these without the lists named: which, and why, for operators.
@@ -155,10 +176,15 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     # Partial batch response: the stream retries from the first failed record, and the records
     # after it are failed unprocessed (keeping each order's changes in order); a batch failed
     # whole is bisected, then its record handed to the on-failure queue.
-    subscriptions = _Subscriptions()
-    return batch_response(
+    # The deliveries' messages are queued after the batch's last record, those of a record that
+    # failed after storing its deliveries too (a copy its retry queues again is dropped by the
+    # worker once the first is tried); a batch failed whole queues none, and its retry queues them.
+    subscriptions, deliveries = _Subscriptions(), _Deliveries()
+    answer = batch_response(
         event=event,
-        record_handler=lambda record: publish_changes(record, subscriptions),
+        record_handler=lambda record: publish_changes(record, subscriptions, deliveries),
         processor=processor,
         context=context,
     )
+    deliveries.queue()
+    return answer

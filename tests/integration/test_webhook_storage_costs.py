@@ -1,6 +1,7 @@
 """What a webhook delivery costs (issue 10), on the real adapters and moto: a delivery's record,
 written at the fan-out and again after every attempt, is one write unit, its body compressed; an
-event's messages to its subscriptions are queued in one request."""
+event's messages to its subscriptions are queued in one request; an attempt reads its
+subscription at half a read unit."""
 
 from __future__ import annotations
 
@@ -11,13 +12,16 @@ from typing import Any
 
 import pytest
 
-from bench.cost import item_bytes, wru_for
+from bench.cost import item_bytes, rru_for, wru_for
 from core.domain_events import fitted, order_events
 from core.webhooks import DeliveryRecord, DeliveryStatus, delivery_id
 from tests.integration.test_events_and_webhooks import (  # noqa: F401
     Context,
+    Receiver,
     an_order_allocated,
     drain,
+    one_delivery_queued,
+    sqs_event,
     stream_event,
     subscribe,
     wired,
@@ -138,11 +142,13 @@ def test_a_delivery_stored_with_its_body_as_text_before_is_read_and_sent_as_it_w
     assert store.deliveries(webhook_id, 10, None)[0] == [failed_once]
 
 
-def test_an_events_deliveries_to_its_subscriptions_are_queued_in_one_request(aws, wired):  # noqa: F811
+def test_a_stream_batchs_deliveries_to_its_subscriptions_are_queued_in_one_request(aws, wired):  # noqa: F811
     """One SendMessage per delivery: a shop with three subscribers paid three SQS requests per
-    event. The messages of one change's deliveries go in SendMessageBatch requests of up to ten
-    (SQS bills a batch of small messages as one request), still one message per delivery, so no
-    subscriber's attempt waits for another's."""
+    event. Then one SendMessageBatch per change: an order's five changes with events were five
+    requests ($2.00 per million orders for one subscriber) though a stream batch holds many
+    changes. The messages of every change of a stream batch go together, in SendMessageBatch
+    requests of up to ten (SQS bills a batch of small messages as one request), still one message
+    per delivery, so no subscriber's attempt waits for another's."""
     from functions.events.app import container, lambda_handler
 
     created, authorized, _ = an_order_allocated(aws)
@@ -153,7 +159,7 @@ def test_an_events_deliveries_to_its_subscriptions_are_queued_in_one_request(aws
     stream = stream_event(("INSERT", None, created), ("MODIFY", created, authorized))
     assert lambda_handler(stream, Context()) == {"batchItemFailures": []}
 
-    assert requests == ["SendMessageBatch", "SendMessageBatch"]  # one per change (its event)
+    assert requests == ["SendMessageBatch"]  # the batch's two changes, six messages
     queued = [json.loads(m["Body"]) for m in drain(wired["sqs"], wired["deliveries"])]
     assert sorted(q["webhook_id"] for q in queued) == sorted([s.id for s in subscribers] * 2)
     assert len({(q["webhook_id"], q["delivery_id"]) for q in queued}) == 6
@@ -185,3 +191,98 @@ def test_more_than_ten_messages_go_in_several_batches_and_a_refused_one_fails_th
 
     with pytest.raises(RuntimeError, match="refused 1 message"):
         SqsDeliveryQueue(RefusingTheSecond(), wired["deliveries"]).send_now(messages[:3])
+
+
+def read_units_of(client: Any, monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, float]]:
+    """The GetItems `client` makes from now, each as (partition key kind, read units), read units
+    by DynamoDB's rule: 4 KB a unit, an eventually consistent read half of one."""
+    reads: list[tuple[str, float]] = []
+    real = client.get_item
+
+    def counted(**request: Any) -> Any:
+        answer = real(**request)
+        size = item_bytes(answer["Item"]) if "Item" in answer else 0
+        reads.append((request["Key"]["pk"]["S"].split("#", 1)[0], rru_for(size, request.get("ConsistentRead", False))))
+        return answer
+
+    monkeypatch.setattr(client, "get_item", counted)
+    return reads
+
+
+def test_a_delivery_reads_its_subscription_at_half_a_read_unit(aws, wired, monkeypatch):  # noqa: F811
+    """Each attempt read its delivery and its subscription with strongly consistent reads, a read
+    unit each ($0.25 per million deliveries). The subscription (its URL and secret, which never
+    change; only a delete ends it) is read eventually consistent, half a unit: what a read a
+    second stale can show is a subscription deleted within that second, given one more attempt as
+    a message already being handled would be. The delivery's own read stays strongly consistent:
+    a read missing the fan-out's write would drop the message, the delivery never tried."""
+    from functions.webhook_delivery.app import container, lambda_handler
+
+    receiver = Receiver(204)
+    try:
+        webhook, message = one_delivery_queued(aws, wired, receiver.url)
+        reads = read_units_of(container().dynamodb, monkeypatch)
+        assert lambda_handler(sqs_event(message), Context()) == {"batchItemFailures": []}
+    finally:
+        receiver.close()
+    assert len(receiver.received) == 1
+    assert sorted(reads) == [("WEBHOOK", 1.0), ("WEBHOOKS", 0.5)]
+    record = container().webhook_store.get_delivery(webhook.id, message.delivery_id)
+    assert (record.status, record.attempts, record.last_status_code) == (DeliveryStatus.DELIVERED, 1, 204)
+
+
+def test_a_subscription_an_eventually_consistent_read_does_not_show_yet_is_read_again_consistently(
+    aws,
+    wired,  # noqa: F811
+    monkeypatch,
+):
+    """A subscription made a moment before its first event may be missing from an eventually
+    consistent read: taken as deleted, its delivery would end `failed` without an attempt. A
+    subscription not found is read again strongly consistent before its delivery is ended."""
+    from functions.webhook_delivery.app import container, lambda_handler
+
+    receiver = Receiver(204)
+    try:
+        webhook, message = one_delivery_queued(aws, wired, receiver.url)
+        client = container().dynamodb
+        real = client.get_item
+
+        def not_yet_replicated(**request: Any) -> Any:
+            if request["Key"]["pk"]["S"] == "WEBHOOKS" and not request.get("ConsistentRead"):
+                return {}
+            return real(**request)
+
+        monkeypatch.setattr(client, "get_item", not_yet_replicated)
+        assert lambda_handler(sqs_event(message), Context()) == {"batchItemFailures": []}
+    finally:
+        receiver.close()
+    assert len(receiver.received) == 1
+    record = container().webhook_store.get_delivery(webhook.id, message.delivery_id)
+    assert (record.status, record.last_error) == (DeliveryStatus.DELIVERED, None)
+
+
+def test_a_stream_batch_whose_messages_the_queue_refuses_fails_and_its_retry_queues_them(aws, wired, monkeypatch):  # noqa: F811
+    """The messages go after every record of the batch is handled: refused then, the batch fails
+    whole (Lambda retries it, bisecting), and the retry queues each delivery stored and never
+    tried, none twice."""
+    from functions.adapters.webhooks import SqsDeliveryQueue
+    from functions.events.app import lambda_handler
+
+    created, authorized, _ = an_order_allocated(aws)
+    subscriber = subscribe("http://127.0.0.1:9/all", ["*"])
+    stream = stream_event(("INSERT", None, created), ("MODIFY", created, authorized))
+    send_now = SqsDeliveryQueue.send_now
+
+    def refused(self: SqsDeliveryQueue, messages: list[Any]) -> None:
+        raise RuntimeError(f"the delivery queue refused {len(messages)} message(s)")
+
+    monkeypatch.setattr(SqsDeliveryQueue, "send_now", refused)
+    with pytest.raises(RuntimeError, match="refused 2 message"):
+        lambda_handler(stream, Context())
+    assert drain(wired["sqs"], wired["deliveries"]) == []
+
+    monkeypatch.setattr(SqsDeliveryQueue, "send_now", send_now)
+    assert lambda_handler(stream, Context()) == {"batchItemFailures": []}
+    queued = [json.loads(m["Body"]) for m in drain(wired["sqs"], wired["deliveries"])]
+    assert [q["webhook_id"] for q in queued] == [subscriber.id] * 2
+    assert len({q["delivery_id"] for q in queued}) == 2

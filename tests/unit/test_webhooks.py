@@ -346,7 +346,7 @@ class FakeStore(WebhookStore):
             raise TooManyWebhooks(webhook.channel)
         self.webhooks[webhook.id] = webhook
 
-    def get(self, webhook_id: str) -> IssuedWebhook | None:
+    def get(self, webhook_id: str, consistent: bool = True) -> IssuedWebhook | None:
         return self.webhooks.get(webhook_id)
 
     def list(self, channel, limit, cursor):
@@ -520,6 +520,21 @@ def test_a_delivery_whose_first_message_was_lost_is_queued_again_on_redelivery()
     dispatcher.dispatch([event()])
     assert dispatcher.dispatch([event()]).queued == 1
     assert queue.sent[0][0] == queue.sent[1][0]
+
+
+def test_dispatch_handing_its_messages_to_the_caller_queues_none_and_a_run_again_hands_them_over_again():
+    """A stream batch queues its records' messages together: dispatch adds them to the caller's
+    list. Until the caller queues them they are deliveries never tried, so a run again (the batch
+    retried after the queue refused them) hands the same messages over again."""
+    store, queue, bus = FakeStore(), FakeQueue(), FakeBus()
+    store.add(hook("whk_all", ["*"]))
+    dispatcher = EventDispatcher(store, queue, bus, Clock(), RetrySchedule())
+    first: list[DeliveryMessage] = []
+    assert dispatcher.dispatch([event()], queued=first).queued == 1
+    assert queue.sent == []
+    again: list[DeliveryMessage] = []
+    dispatcher.dispatch([event()], queued=again)
+    assert again == first and len(first) == 1
 
 
 # --- The worker -----------------------------------------------------------------------------------
