@@ -104,6 +104,7 @@ SUPPORTED: dict[str, Any] = {
         "GlobalSecondaryIndexes": emulated("IndexName", "KeySchema", "Projection"),
         "BillingMode": frozenset({"PAY_PER_REQUEST"}),
         "StreamSpecification": emulated("StreamViewType"),
+        # Set on the table; moto deletes no expired item (README "What the local runtime emulates").
         "TimeToLiveSpecification": emulated("AttributeName", "Enabled"),
         "DeletionProtectionEnabled": ignored("the local stack is thrown away when it stops"),
         "PointInTimeRecoverySpecification": ignored("backups: nothing the product reads"),

@@ -79,11 +79,11 @@ PATCH = MotoPatch(
     "arrivals",
     changes="a message added to an SQS queue (sent, or moved to its DLQ) or a record added to a DynamoDB "
     "stream also wakes the local mappings that read it, so an idle mapping sleeps instead of polling moto "
-    "(each of them ten times a second, so an idle stack used a sixth of a core); a stream record wakes only "
-    "the mappings whose FilterCriteria let it through (the others read it with their next batch and leave "
-    "it out, as before); a delayed message tells them when its delay ends, and a received message (or one "
+    "(each of them ten times a second: a sixth of a core for an idle stack); a stream record wakes only "
+    "the mappings whose FilterCriteria let it through (the others read it with their next batch, which "
+    "leaves it out); a delayed message tells them when its delay ends, and a received message (or one "
     "whose visibility ChangeMessageVisibility changes) when its visibility timeout ends, so they look then "
-    "instead of ten times a second meanwhile (a failed message waited out its queue's 61 to 180 s so).",
+    "instead of ten times a second meanwhile (a failed message waits out its queue's 61 to 180 s).",
     expects={
         "moto.sqs.models.Queue.add_message": "(self, message)",
         "moto.dynamodb.models.table.StreamShard.add": "(self, old, new)",

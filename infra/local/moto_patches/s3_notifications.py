@@ -48,7 +48,8 @@ def _replacements() -> Replacements:
 PATCH = MotoPatch(
     "s3_notifications",
     changes="S3's Lambda notifications reach the template's function in process (queued, invoked "
-    "asynchronously as S3 does), and CompleteMultipartUpload no longer also notifies ObjectCreated:Put.",
+    "asynchronously as S3 does), and CompleteMultipartUpload notifies "
+    "ObjectCreated:CompleteMultipartUpload alone (moto also notifies ObjectCreated:Put).",
     expects={
         "moto.s3.notifications._invoke_awslambda": "(account_id, event_body, fn_arn, region_name)",
         "moto.s3.models.S3Backend.complete_multipart_upload": "(self, bucket_name, multipart_id, body)",

@@ -117,10 +117,10 @@ def _replacements() -> Replacements:
 
 PATCH = MotoPatch(
     "sqs",
-    changes="SQS message counts read the clock once per GetQueueAttributes (read per count, a "
-    "message whose delay ended between two counts was in neither) and the retention check reads one "
-    "attribute (moto rebuilt every attribute and read the clock per message, so each send and receive "
-    f"grew with the queue's depth), and SendMessageBatch waits while more than {HIGH_WATER:,} messages are "
+    changes="SQS message counts read the clock once per GetQueueAttributes (moto reads it per count, "
+    "so a message whose delay ends between two counts is in neither) and the retention check reads one "
+    "attribute (moto rebuilds every attribute and reads the clock per message, so each send and receive "
+    f"grows with the queue's depth), and SendMessageBatch waits while more than {HIGH_WATER:,} messages are "
     "visible (moto's DeleteMessage, and its SendMessage, which still builds every attribute of the queue "
     "per message, grow with the depth; on AWS nothing waits).",
     expects={

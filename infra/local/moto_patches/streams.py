@@ -35,7 +35,7 @@ def _replacements() -> Replacements:
 PATCH = MotoPatch(
     "streams",
     changes="a DynamoDB Streams shard iterator is forgotten once the NextShardIterator its read "
-    "handed out is read (moto kept every one it handed out, and a stream poller takes one per read; "
+    "handed out is read (moto keeps every one it hands out, and a stream poller takes one per read; "
     "on AWS one expires after 15 minutes); the last one read may be read again, as on AWS, and the next "
     "its earlier read handed out is then forgotten.",
     expects={"moto.dynamodbstreams.models.DynamoDBStreamsBackend.get_records": "(self, iterator_arn, limit)"},
