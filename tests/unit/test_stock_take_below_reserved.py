@@ -230,7 +230,7 @@ def test_a_count_below_what_a_held_orders_parcel_holds_rejects_it_and_the_releas
 
 def test_a_count_below_what_an_order_not_allocated_yet_holds_is_refused_naming_what_holds_them(world):
     # Held between ReserveStock and CreateShipments: its units are in no parcel a reject may send
-    # elsewhere. The refusal says so; it named "orders held", though a held order's parcel is rejected.
+    # elsewhere. The refusal names what holds them, not "orders held": a held order's parcel is rejected.
     order_id = world.place(("CAP", 3))
     world.workflow.authorize_payment(order_id, attempt=0)
     world.workflow.reserve_stock(order_id)
