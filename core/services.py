@@ -200,7 +200,9 @@ class InventoryService:
         or the reconciler's pass over the marks (finish_short_counts) after the function died
         between the count and the rejects, finds the same count short and rejects what is left.
         InsufficientStock, recording nothing, when rejecting every such shipment would not make it
-        fit (units held by ready pickups, or by orders on hold or not yet allocated). Units a
+        fit (units held by ready pickups, by orders not yet allocated, or by one a person is to confirm
+        a parcel of). A held order's pending shipment is rejected as any other (OrderActions.reject:
+        it stays on hold, sourced again once released). Units a
         backordered order holds there go first (send_back: it is sourced again without that
         location, reason `stock_count`), newest order first: they are in no parcel yet."""
         self._require(sku, location_id)
@@ -330,7 +332,7 @@ class InventoryService:
                     else:
                         order.rejectable(shipment_id)
                 except (Conflict, NotFound):
-                    continue  # not a pending shipment there (a ready pickup, not yet allocated, held, ...)
+                    continue  # no pending shipment there a reject may take (a ready pickup, not yet allocated, ...)
             candidates.append((order, shipment_id, False))
         # A backordered order's units first (they are in no parcel yet: it waits for stock anyway),
         # then pending shipments; newest order first within each.
@@ -347,7 +349,7 @@ class InventoryService:
             raise InsufficientStock(
                 f"{kept} units reserved at {location_id} are held by orders its count cannot send elsewhere",
                 details=[{"field": "on_hand", "message": f"must be at least the {kept} units held by ready pickups "
-                          "and orders held or not pending there"}],
+                          "and by orders no reject may send elsewhere yet (not allocated, or a parcel to confirm)"}],
             )  # fmt: skip
         if len(shipments) > MAX_COUNT_REJECTS or len(releasing) > MAX_COUNT_RELEASES:
             raise InsufficientStock(

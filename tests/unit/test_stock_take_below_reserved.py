@@ -14,6 +14,7 @@ import pytest
 
 from core.errors import Backordered, InsufficientStock, InvalidTransition, OutOfStock
 from core.events import OrderEvent
+from core.holds import HoldRequest, Holds, ReleaseRequest
 from core.ports import ShortCount
 from core.services import InventoryService, ShortCountsFinished
 from core.status import OrderStatus
@@ -204,6 +205,46 @@ def test_a_count_below_what_ready_pickups_hold_is_refused_and_records_nothing(wo
 
     assert world.level("MUG", "store-sf") == (2, 2, 0)
     assert world.order(pickup.id) == before
+
+
+def test_a_count_below_what_a_held_orders_parcel_holds_rejects_it_and_the_release_sources_it_again(world):
+    # A location may reject a held order's pending parcel (the order stays on hold, sourced again
+    # once released), so a count that finds its units gone does the same rather than being refused.
+    order = allocated_later(world, ("TSHIRT", 4))
+    holds = Holds(world.orders, clock=CLOCKS[id(world)])
+    holds.hold(order.id, HoldRequest(reason="address_review"), actor="key_ops")
+
+    level = service(world).count("TSHIRT", "wh-west", 2, actor=KEY)
+
+    assert (level.on_hand, level.reserved, level.available) == (2, 0, 2)
+    held = world.order(order.id)
+    assert (held.status, held.allocations, held.shipments) == (S.ON_HOLD, [], [])
+    assert held.excluded_locations == ["wh-west"]
+    ((actor, _, detail),) = rejected_by_count(world, order.id)
+    assert (actor, detail["location_id"]) == (KEY, "wh-west")
+    assert holds.release(order.id, ReleaseRequest(), actor="key_ops").status is S.AUTHORIZED
+    again = sourced_again(world, order.id)
+    assert again.status is S.ALLOCATED
+    assert {s.location_id for s in again.shipments} == {"wh-east"}
+
+
+def test_a_count_below_what_an_order_not_allocated_yet_holds_is_refused_naming_what_holds_them(world):
+    # Held between ReserveStock and CreateShipments: its units are in no parcel a reject may send
+    # elsewhere. The refusal names what holds them, not "orders held": a held order's parcel is rejected.
+    order_id = world.place(("CAP", 3))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    world.workflow.reserve_stock(order_id)
+    Holds(world.orders, clock=CLOCKS[id(world)]).hold(order_id, HoldRequest(reason="address_review"), actor="key_ops")
+
+    with pytest.raises(InsufficientStock) as refused:
+        service(world).count("CAP", "wh-west", 1, actor=KEY)
+
+    (detail,) = refused.value.details
+    assert detail["message"] == (
+        "must be at least the 3 units held by ready pickups and by orders no reject may send elsewhere yet "
+        "(not allocated, or a parcel to confirm)"
+    )
+    assert world.level("CAP", "wh-west") == (4, 3, 1)
 
 
 def test_a_count_that_would_send_more_orders_elsewhere_than_one_count_may_is_refused_and_records_nothing(
