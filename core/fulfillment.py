@@ -993,8 +993,14 @@ class OrderActions:
         # stored. A held order is asked too, as it will be released (Order.as_released): a person's
         # hold for something else (an address) would otherwise let its release send the grown
         # order on unreviewed.
+        # An edit that lowers the total is judged at the total the order had: a rule whose request
+        # names the amount it judged (the built-in threshold's note) would otherwise ask again for
+        # less money than the order as it was (a reviewer released it, or nobody had to), and hold it.
         preview, _ = edited(order.model_copy(update={"authorization_requested": None}), None)
-        asked = self._capture.reviews(preview.as_released())
+        judged = preview.as_released()
+        if judged.totals.grand_total.amount < order.totals.grand_total.amount:
+            judged = judged.model_copy(update={"totals": order.totals})
+        asked = self._capture.reviews(judged)
         if asked:
             before = self._capture.reviews(order.as_released())
             asked = [request for request in asked if request not in before]

@@ -376,6 +376,32 @@ def test_an_edit_asks_again_only_for_a_review_the_order_did_not_need_as_it_was(w
     assert (more.status, more.hold.reason) == (S.ON_HOLD, "fraud_review")
 
 
+def test_an_edit_that_lowers_a_reviewed_total_still_past_the_threshold_asks_no_review_again(world, monkeypatch):
+    # A reviewer released the order at seven T-shirts; the customer drops one. The rule's note names
+    # the total it judged, so the smaller total read as a review not asked before: the order went
+    # back on hold for a person to approve less money than they had approved already.
+    monkeypatch.setenv("OMS_REVIEW_THRESHOLD", "USD:100.00")
+    order = world.order(world.place(("TSHIRT", 7)))
+    assert order.status is S.ON_HOLD
+    released = release(world, order.id)
+    run_from(world, order.id)
+    allocated = world.order(order.id)
+    assert allocated.status is S.ALLOCATED
+
+    six = world.actions.edit(order.id, allocated.version, OrderEdit(lines=[{"sku": "TSHIRT", "quantity": 6}]), "k")
+
+    assert six.totals.grand_total.amount >= Decimal("100.00")
+    assert six.totals.grand_total.amount < released.totals.grand_total.amount
+    assert (six.status, six.hold) == (S.AUTHORIZED, None)
+    assert [entry.type for entry in world.history(order.id)[-2:]] != ["edited", "on_hold"]
+    # A person's hold on it meanwhile (the address) gains no fraud review from a smaller edit either.
+    run_from(world, order.id)
+    held = hold(world, order.id, reason="address_review")
+    five = world.actions.edit(order.id, held.version, OrderEdit(lines=[{"sku": "TSHIRT", "quantity": 5}]), "k")
+    assert five.totals.grand_total.amount >= Decimal("100.00")
+    assert (five.status, five.hold.reason) == (S.ON_HOLD, "address_review")
+
+
 def test_a_rule_that_asks_nothing_leaves_the_order_pending():
     world = build_world(STOCK, AddressReview())
     order = world.order(world.place(("TSHIRT", 1), shipping_address=address_body(city="Oakland")))
