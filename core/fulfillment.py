@@ -993,17 +993,17 @@ class OrderActions:
         # stored. A held order is asked too, as it will be released (Order.as_released): a person's
         # hold for something else (an address) would otherwise let its release send the grown
         # order on unreviewed.
-        # An edit that lowers the total is judged at the total the order had: a rule whose request
-        # names the amount it judged (the built-in threshold's note) would otherwise ask again for
-        # less money than the order as it was (a reviewer released it, or nobody had to), and hold it.
+        # An edit that lowers the total asks nothing for a reason the order as it was was asked for
+        # already: a rule whose note names the amount it judged (the built-in threshold's) would
+        # otherwise ask again, for less money than a reviewer released (or nobody had to), and hold it.
         preview, _ = edited(order.model_copy(update={"authorization_requested": None}), None)
         judged = preview.as_released()
-        if judged.totals.grand_total.amount < order.totals.grand_total.amount:
-            judged = judged.model_copy(update={"totals": order.totals})
         asked = self._capture.reviews(judged)
         if asked:
             before = self._capture.reviews(order.as_released())
-            asked = [request for request in asked if request not in before]
+            lowered = judged.totals.grand_total.amount < order.totals.grand_total.amount
+            reasons = {request.reason for request in before} if lowered else set()
+            asked = [request for request in asked if request not in before and request.reason not in reasons]
         reauthorized = None
         if grows:
             order, reauthorized = self._reauthorize(order, token, total, actor)

@@ -283,8 +283,8 @@ def oms_review_order(order: Order) -> list[ReviewRequest] | None:
     `reason` and `note` (the first 10 requests are in the history entry,
     core.models.review_detail) and waits for `POST /orders/{id}/release`; on an edit, only what
     the rules did not ask for the order as it was holds it (an order on hold already takes the
-    request's reason and note), and an edit that lowers the total is judged at the total the order
-    had (a request naming the amount it judged asks nothing new for less money). The built-in rule `review_threshold`
+    request's reason and note), and an edit that lowers the total asks nothing for a reason the
+    order as it was was asked for already (its note may name another amount). The built-in rule `review_threshold`
     holds orders whose grand total reaches `OMS_REVIEW_THRESHOLD` (reason `fraud_review`).
     """
 
