@@ -453,7 +453,8 @@ class SqsMapping(EventSourceMapping):
         if self.concurrency > 1:  # every container busy: nothing received, the rest stays in the queue
             with self._containers:
                 self._containers.wait_for(lambda: self._free or self._stopping.is_set())
-            if self._stopping.is_set():
+            # Paused while it waited: nothing new is received (a batch being gathered goes on).
+            if self._stopping.is_set() or (self.paused and not self._received):
                 return None
         sqs, self._only_in_flight = self.client("sqs"), False
         if len(self._received) < self.batch_size:

@@ -777,6 +777,40 @@ def test_an_sqs_mapping_with_a_maximum_concurrency_runs_batches_side_by_side_up_
     assert taken(stack, "SideBySideQueue") == []
 
 
+def test_a_mapping_paused_at_its_local_cap_receives_nothing_when_its_batches_end(stack, consumers):
+    # Its poller waits for a free container before it receives; paused meanwhile, it must not take
+    # the next message once one is free (pause(): no new batches until resume()).
+    consumer, sqs, queue_url = consumers["SideBySideConsumer"], stack.client("sqs"), stack.queue_urls["SideBySideQueue"]
+    mapping, release, held = stack.mappings["SideBySideConsumer.Queue"], threading.Event(), threading.Semaphore(0)
+
+    def held_until_released(event: dict[str, Any], number: int) -> None:
+        if event["Records"][0]["body"].startswith("held"):
+            held.release()
+            release.wait(30)
+
+    assert stack.wait_until_idle(5)
+    consumer.reset(held_until_released)
+    try:
+        for number in range(1, 5):
+            sqs.send_message(QueueUrl=queue_url, MessageBody=f"held-{number}")
+        for _ in range(4):
+            assert held.acquire(timeout=10), "fewer than 4 batches side by side"
+        sqs.send_message(QueueUrl=queue_url, MessageBody="after the pause")
+        mapping.pause()
+    finally:
+        release.set()
+    try:
+        assert stack.wait_until_idle(8)
+        assert sorted(event["Records"][0]["body"] for event in consumer.events) == [f"held-{n}" for n in range(1, 5)]
+        counts = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["All"])["Attributes"]
+        assert (counts["ApproximateNumberOfMessages"], counts["ApproximateNumberOfMessagesNotVisible"]) == ("1", "0")
+    finally:
+        mapping.resume()
+    assert stack.wait_until_idle(8)
+    assert consumer.events[-1]["Records"][0]["body"] == "after the pause"
+    assert taken(stack, "SideBySideQueue") == []
+
+
 def test_an_idle_mapping_asks_moto_nothing_until_a_record_arrives(stack, ddb, consumers, monkeypatch):
     # Every mapping polled its source ten times a second while the stack sat idle (a sixth of a core
     # for the product's twelve); a write to the table or a send to the queue now wakes the one reading it.
