@@ -82,8 +82,8 @@ WORKER_THREADS = MotoPatch(
 
 class _Environment:
     """What powertools keeps per process, kept for one execution environment of a function: on AWS
-    each is its own process; here every function's share this one, and so one formatter per
-    service name (each module's Logger() finds the first's handler), one cold-start flag."""
+    each is its own process; here they all share this one, and so one formatter per service name
+    (each module's Logger() finds the first's handler), one cold-start flag."""
 
     __slots__ = ("cold", "log_keys")
 
