@@ -64,14 +64,17 @@ class CachedCatalog(CatalogRepository):
 
     # The network is read whole, so it is cached whole.
     def list_locations(self) -> list[Location]:
-        if self._network is None or not self._fresh(self._network[0]):
-            self._network = (self._clock(), self._inner.list_locations())
-        return list(self._network[1])
+        # Read once: another run in this container (a queue's batches side by side) may drop it meanwhile.
+        network = self._network
+        if network is None or not self._fresh(network[0]):
+            network = self._network = (self._clock(), self._inner.list_locations())
+        return list(network[1])
 
     def get_location(self, location_id: str) -> Location | None:
         # Absence is not cached either: a location opened through another container a moment ago
         # (PUT /locations, then stock put there) is read again, never "no location" for seconds.
-        read_now = self._network is None or not self._fresh(self._network[0])
+        network = self._network  # read once, as list_locations() does
+        read_now = network is None or not self._fresh(network[0])
         found = _named(self.list_locations(), location_id)
         if found is None and not read_now:
             self._network = None

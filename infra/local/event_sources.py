@@ -38,6 +38,12 @@ POLL_INTERVAL = 0.1  # seconds between looks at a source not drained whose next 
 RETRY_DELAY = 0.2  # seconds between retries of a failed batch (AWS backs off exponentially)
 STREAM_PAGE = 1000  # records a stream poller's GetRecords asks for (AWS's most)
 ASYNC_RETRIES = 2  # Lambda retries an asynchronous invocation (S3, EventBridge) twice by default
+# Batches an SQS mapping whose template entry sets ScalingConfig.MaximumConcurrency runs side by side
+# locally (at most that many): enough that a few webhook subscribers hanging 10 s an attempt leave a
+# thread to the others' deliveries and retries (API.md: 3 attempts in the first 60 s), few enough
+# that a backlog does not put dozens of threads on this process's one GIL and one MOTO_LOCK, where
+# more batches at once only queue (a developer's stack, not a load test).
+SQS_LOCAL_CONCURRENCY = 4
 
 SCHEDULE_PERIOD_ENV = "OMS_LOCAL_SCHEDULE_SECONDS"
 # A schedule's period locally, so a developer sees it work: the function's own variable, then
@@ -402,10 +408,18 @@ class DynamoDBStreamMapping(EventSourceMapping):
 class SqsMapping(EventSourceMapping):
     """A queue: BatchSize, ReportBatchItemFailures (only successful messages are deleted). A failed
     message comes back after the queue's VisibilityTimeout, and moto moves it to the RedrivePolicy's
-    DLQ after maxReceiveCount receives (measured: on ReceiveMessage)."""
+    DLQ after maxReceiveCount receives (measured: on ReceiveMessage).
+
+    With `concurrency` above 1 (a ScalingConfig.MaximumConcurrency), up to that many batches run
+    side by side, each in a thread of its own and in a container of the function of its own
+    (LocalFunction.invoke's `container`), as Lambda's pollers invoke a queue's batches at once: a
+    batch whose function waits (a webhook subscriber that hangs) holds up only its own messages.
+    The poller receives only while a container is free: what it cannot run yet stays in the queue,
+    not in flight. Otherwise, one batch at a time in the poller's thread."""
 
     kind = "SQS"
     queue_url: str
+    concurrency: int = 1
     _delayed: int = field(default=0, init=False, repr=False)
     _only_in_flight: bool = field(default=False, init=False, repr=False)  # the last look's counts
     # Messages delayed or in flight -> when moto makes each visible (epoch s), as visible_again() was
@@ -414,7 +428,34 @@ class SqsMapping(EventSourceMapping):
     _due_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     _received: list[Record] = field(default_factory=list, init=False, repr=False)  # the batch being gathered
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._containers = threading.Condition()  # held to change the two below
+        self._free = list(reversed(range(self.concurrency)))  # containers with no batch; 0 taken first
+        self._running = 0  # batches handed to a thread of their own and not ended
+
+    def is_idle(self) -> bool:
+        with self._containers:
+            running = self._running
+        return not running and super().is_idle()  # a batch's thread is counted before the poller is idle
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stopping.set()
+        with self._containers:
+            self._containers.notify_all()  # a poller waiting for a free container stops waiting
+        super().stop(timeout)
+        with self._containers:  # no handler runs once the stack has stopped
+            if not self._containers.wait_for(lambda: not self._running, timeout):
+                running, name = self._running, self.name
+                logger.warning("%s: %d batch(es) still running after %.0f s; left behind", name, running, timeout)
+
     def _fetch(self) -> list[Record] | None:
+        if self.concurrency > 1:  # every container busy: nothing received, the rest stays in the queue
+            with self._containers:
+                self._containers.wait_for(lambda: self._free or self._stopping.is_set())
+            # Paused while it waited: nothing new is received (a batch being gathered goes on).
+            if self._stopping.is_set() or (self.paused and not self._received):
+                return None
         sqs, self._only_in_flight = self.client("sqs"), False
         if len(self._received) < self.batch_size:
             messages = sqs.receive_message(
@@ -465,7 +506,31 @@ class SqsMapping(EventSourceMapping):
 
     def _deliver(self, batch: list[Record]) -> None:
         self._received.clear()  # the invocation's now: what it does not delete comes back after the visibility timeout
-        response, error = self.function.try_invoke(self._event(batch))
+        if self.concurrency == 1:
+            self._invoke(batch, 0)
+            return
+        with self._containers:  # _fetch() waited for a free one
+            container = self._free.pop()
+            self._running += 1
+        threading.Thread(
+            target=self._run_batch, args=(batch, container), name=f"oms-local-{self.name}-{container}", daemon=True
+        ).start()
+
+    def _run_batch(self, batch: list[Record], container: int) -> None:
+        """A batch's own thread: its invocation in `container`, which is free again after it."""
+        try:
+            self._invoke(batch, container)
+        except Exception:  # DeleteMessageBatch failed: the batch comes back after the visibility timeout
+            logger.exception("%s: delivered, not deleted", self.name)
+        finally:
+            with self._containers:
+                self._free.append(container)
+                self._running -= 1
+                self._containers.notify_all()
+            self.wake()  # looked at again: what this batch held may have been the queue's last
+
+    def _invoke(self, batch: list[Record], container: int) -> None:
+        response, error = self.function.try_invoke(self._event(batch), container=container)
         if error is not None:
             return  # nothing deleted: every message comes back after the visibility timeout
         keep = failed_identifiers(response, [r["messageId"] for r in batch]) if self.report_batch_item_failures else ()
@@ -681,6 +746,8 @@ def build_mapping(
         )
     if kind == "SQS":
         queue_arn, batch_size = str(props["Queue"]), int(props.get("BatchSize", 10))
+        # Side by side only where the template caps it: elsewhere one batch at a time, as before.
+        maximum = (props.get("ScalingConfig") or {}).get("MaximumConcurrency")
         if not 1 <= batch_size <= 10:  # AWS takes more with a window; one receive is 10
             raise EventSourceError(f"{where}: BatchSize {batch_size} is not emulated (1 to 10)")
         return SqsMapping(
@@ -688,6 +755,7 @@ def build_mapping(
             source_label=queue_arn.rsplit(":", 1)[-1],
             queue_url=queue_url_for_arn(queue_arn),
             batch_size=batch_size,
+            concurrency=min(int(maximum), SQS_LOCAL_CONCURRENCY) if maximum else 1,
             **common,
         )
     if kind != "DynamoDB":

@@ -27,10 +27,12 @@ Handler = Callable[[dict[str, Any], Any], Any]
 
 class _Running(threading.local):
     """Which local function this thread is running (None outside one): its AWS calls are that
-    function's (make bench counts them) and its log lines carry its keys (LOG_KEYS). A class
-    default, as it is read on every log line: a missing thread-local attribute raises (1.6 µs)."""
+    function's (make bench counts them), and in which of its execution environments: its log lines
+    carry that one's keys (LOG_KEYS). Class defaults, as they are read on every log line: a missing
+    thread-local attribute raises (1.6 µs)."""
 
     function: str | None = None
+    environment: _Environment | None = None
 
 
 RUNNING = _Running()
@@ -38,20 +40,21 @@ RUNNING = _Running()
 _submit, _start = ThreadPoolExecutor.submit, threading.Thread.start
 
 
-def _as(name: str | None, fn: Callable[..., Any]) -> Callable[..., Any]:
+def _as(name: str | None, environment: _Environment | None, fn: Callable[..., Any]) -> Callable[..., Any]:
     def as_the_function(*args: Any, **kwargs: Any) -> Any:
-        outer, RUNNING.function = RUNNING.function, name
+        outer = RUNNING.function, RUNNING.environment
+        RUNNING.function, RUNNING.environment = name, environment
         try:
             return fn(*args, **kwargs)
         finally:
-            RUNNING.function = outer
+            RUNNING.function, RUNNING.environment = outer
 
     return as_the_function
 
 
 def _submit_as_the_function(executor: ThreadPoolExecutor, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
     name = RUNNING.function
-    return _submit(executor, fn if name is None else _as(name, fn), *args, **kwargs)
+    return _submit(executor, fn if name is None else _as(name, RUNNING.environment, fn), *args, **kwargs)
 
 
 def _start_as_the_function(thread: threading.Thread) -> None:
@@ -59,7 +62,7 @@ def _start_as_the_function(thread: threading.Thread) -> None:
     while name is not None and frame is not None:  # not moto's own (an execution's), started in a call
         name, frame = None if frame.f_globals.get("__name__", "").startswith("moto.") else name, frame.f_back
     if name is not None:
-        thread.run = _as(name, thread.run)  # type: ignore[method-assign]
+        thread.run = _as(name, RUNNING.environment, thread.run)  # type: ignore[method-assign]
     _start(thread)
 
 
@@ -79,8 +82,8 @@ WORKER_THREADS = MotoPatch(
 
 class _Environment:
     """What powertools keeps per process, kept for one execution environment of a function: on AWS
-    each function is its own process; here every function shares this one, and so one formatter per
-    service name (each module's Logger() finds the first's handler), one cold-start flag."""
+    each is its own process; here they all share this one, and so one formatter per service name
+    (each module's Logger() finds the first's handler), one cold-start flag."""
 
     __slots__ = ("cold", "log_keys")
 
@@ -89,13 +92,17 @@ class _Environment:
         self.log_keys: dict[Any, dict[str, Any]] = {}  # formatter -> its log_format here
 
 
-# Each function's environment, by name, set by every run (LocalFunction.invoke); a thread running
-# as the function (RUNNING) logs with its keys.
-_ENVIRONMENTS: dict[str, _Environment] = {}
+class _Container:
+    """One execution environment of a function, as Lambda gives it one event at a time: its runs
+    hold its lock, and its powertools state (_Environment) is its own from its first run (a cold
+    start) until a run past its Timeout or an exit has the next one start fresh."""
 
+    __slots__ = ("environment", "fresh_next", "lock")
 
-def _running_environment() -> _Environment | None:
-    return _ENVIRONMENTS.get(RUNNING.function)  # type: ignore[arg-type]  # None: no function's
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.environment: _Environment | None = None  # until its first run
+        self.fresh_next = False  # the last run timed out or exited: Lambda replaced the environment
 
 
 class _KeysOfTheRunningFunction:
@@ -109,7 +116,7 @@ class _KeysOfTheRunningFunction:
     def __get__(self, formatter: Any, owner: Any = None) -> Any:
         if formatter is None:
             return self
-        if (environment := _running_environment()) is None:
+        if (environment := RUNNING.environment) is None:
             return formatter.__dict__["log_format"]
         keys = environment.log_keys.get(formatter)
         if keys is None:
@@ -117,7 +124,7 @@ class _KeysOfTheRunningFunction:
         return keys
 
     def __set__(self, formatter: Any, keys: dict[str, Any]) -> None:
-        if (environment := _running_environment()) is None:
+        if (environment := RUNNING.environment) is None:
             formatter.__dict__["log_format"] = keys
         else:  # clear_state(): the running function's keys start again
             environment.log_keys[formatter] = keys
@@ -125,7 +132,7 @@ class _KeysOfTheRunningFunction:
 
 def _cold_start_of_the_running_function(is_cold_start: Callable[[], bool]) -> Callable[[], bool]:
     def _is_cold_start() -> bool:
-        if (environment := _running_environment()) is None:
+        if (environment := RUNNING.environment) is None:
             return is_cold_start()
         cold, environment.cold = environment.cold, False
         return cold
@@ -140,7 +147,7 @@ def _log_keys_replacements() -> dict[tuple[Any, str], Any]:
     return {
         (formatter.LambdaPowertoolsFormatter, "log_format"): _KeysOfTheRunningFunction(),
         # A formatter built in a run (a Logger made lazily) is built with the process's keys.
-        (formatter.LambdaPowertoolsFormatter, "__init__"): functools.wraps(built)(_as(None, built)),
+        (formatter.LambdaPowertoolsFormatter, "__init__"): functools.wraps(built)(_as(None, None, built)),
         (logger, "_is_cold_start"): _cold_start_of_the_running_function(logger.__dict__["_is_cold_start"]),
     }
 
@@ -186,7 +193,7 @@ def _start_fresh(handler: Handler) -> None:
     """A new execution environment for `handler`: every Warm its package's modules hold
     (functions/warm.py) is built again by its next use; other packages keep theirs (the order
     workflow's steps share one package, so one container, here). Called as the next run starts,
-    under the function's lock: what a thread the failed run left behind rebuilt is dropped too."""
+    under the container's lock: what a thread the failed run left behind rebuilt is dropped too."""
     module_name = getattr(handler, "__module__", None) or ""
     package = module_name.rpartition(".")[0] or module_name
     for name, module in list(sys.modules.items()):
@@ -254,9 +261,14 @@ class LambdaContext:
 
 
 class LocalFunction:
-    """One function of the template, run in this process like one warm Lambda container: imported
-    on the first event (a cold start), one event at a time (Lambda never gives a container two at
-    once, and powertools' resolver keeps the current event on its module-level `app`)."""
+    """One function of the template, run in this process like warm Lambda containers: imported on
+    the first event (a cold start), one event at a time in each container (Lambda never gives a
+    container two at once, and powertools' resolver keeps the current event on its module-level
+    `app`). Every caller runs it in container 0, but an SQS mapping the template lets run batches
+    side by side (ScalingConfig.MaximumConcurrency), which gives each batch a container of its own:
+    its lock and powertools state (log keys, cold start). The containers share the one imported
+    module, its Warm state too (functions/warm.py): a handler so run keeps what is each run's in
+    the run (the webhook delivery's and import worker's BatchProcessor)."""
 
     def __init__(self, name: str, handler: str | Handler, *, memory_mb: int = 128, timeout_seconds: float = 3):
         self.name = name
@@ -264,9 +276,7 @@ class LocalFunction:
         self.memory_mb = memory_mb
         self.timeout_seconds = timeout_seconds
         self._handler = handler
-        self._lock = threading.RLock()
-        self._fresh_next = False  # the last run timed out or exited: Lambda replaced its environment
-        self._environment: _Environment | None = None  # until its first run (a cold start)
+        self._containers: dict[int, _Container] = {}  # by number, made as a run first asks for one
         # Read by Activity.wait_until_idle() and make bench: started invocations, and unfinished ones.
         self.invocations = 0
         self.in_flight = 0
@@ -284,27 +294,28 @@ class LocalFunction:
         request_id = request_id or str(uuid.uuid4())
         return LambdaContext(self.name, self.memory_mb, self.arn, request_id, self.timeout_seconds, clock or RunClock())
 
-    def invoke(self, event: Any, waits: float = math.inf) -> Any:
-        """Runs the handler; its exceptions propagate. A run past the Timeout, or past what the caller
-        `waits` (API Gateway's 29 s), by its RunClock, is TimedOut, and SystemExit is ExitError, as
-        Lambda reports them: a thread cannot be stopped, so the handler runs to its end (its writes
-        stand) and its answer is dropped. After either, the next run starts fresh (_start_fresh)."""
+    def invoke(self, event: Any, waits: float = math.inf, *, container: int = 0) -> Any:
+        """Runs the handler in `container` (one of its execution environments); its exceptions
+        propagate. A run past the Timeout, or past what the caller `waits` (API Gateway's 29 s), by
+        its RunClock, is TimedOut, and SystemExit is ExitError, as Lambda reports them: a thread
+        cannot be stopped, so the handler runs to its end (its writes stand) and its answer is
+        dropped. After either, the container's next run starts fresh (_start_fresh)."""
         with self._count_lock:
             self.invocations += 1
             self.in_flight += 1
-        outer, request_id = RUNNING.function, str(uuid.uuid4())
+            running_in = self._containers.get(container) or self._containers.setdefault(container, _Container())
+        outer, request_id = (RUNNING.function, RUNNING.environment), str(uuid.uuid4())
         try:
-            with self._lock:  # held until the run has ended and marked the next one fresh
-                handler = self._loaded()
-                if self._environment is None:
-                    self._environment = _Environment()
-                _ENVIRONMENTS[self.name] = self._environment
-                RUNNING.function = self.name
-                clock = RunClock()  # waiting for the function's lock is not run time
+            with running_in.lock:  # held until the run has ended and marked the next one fresh
+                handler = self._loaded(running_in)
+                if running_in.environment is None:
+                    running_in.environment = _Environment()
+                RUNNING.function, RUNNING.environment = self.name, running_in.environment
+                clock = RunClock()  # waiting for the container's lock is not run time
                 try:
                     return handler(event, self.new_context(request_id, clock))
                 except SystemExit as exit:
-                    self._fresh_next = True
+                    running_in.fresh_next = True
                     raise ExitError(request_id, _exit_reason(exit.code)) from None
                 finally:
                     end_invocation_metrics()
@@ -313,30 +324,31 @@ class LocalFunction:
                     ran = clock.elapsed() if ran > limit else ran
                     # Past its own Timeout Lambda stopped the run and replaces its environment; past
                     # only what its caller waits (API Gateway's 29 s) the run ended on its own, warm.
-                    self._fresh_next = self._fresh_next or ran > self.timeout_seconds
+                    running_in.fresh_next = running_in.fresh_next or ran > self.timeout_seconds
                     if ran > limit:  # what it raised too
                         raise TimedOut(request_id, f"Task timed out after {limit:.2f} seconds")
         finally:
-            RUNNING.function = outer
+            RUNNING.function, RUNNING.environment = outer
             with self._count_lock:
                 self.in_flight -= 1
 
-    def _loaded(self) -> Handler:
-        """The handler, imported on the first event (a cold start); its warm state forgotten first
-        if the last run timed out or exited."""
+    def _loaded(self, container: _Container) -> Handler:
+        """The handler, imported on the first event (a cold start); the module's warm state
+        forgotten first if the container's last run timed out or exited (the containers share it:
+        the others' next use builds it again too)."""
         if isinstance(self._handler, str):
             module, _, attribute = self._handler.rpartition(".")
             self._handler = getattr(importlib.import_module(module), attribute)
-        if self._fresh_next:
-            self._fresh_next, self._environment = False, None
+        if container.fresh_next:
+            container.fresh_next, container.environment = False, None
             _start_fresh(self._handler)
         return self._handler
 
-    def try_invoke(self, event: Any) -> tuple[Any, Exception | None]:
+    def try_invoke(self, event: Any, *, container: int = 0) -> tuple[Any, Exception | None]:
         """invoke(), a failure returned and logged in one line (a Step Functions Catch may expect it),
         its traceback on DEBUG."""
         try:
-            return self.invoke(event), None
+            return self.invoke(event, container=container), None
         except Exception as error:
             logger.warning("%s raised %s: %s", self.name, type(error).__name__, error)
             logger.debug("%s traceback", self.name, exc_info=error)

@@ -88,7 +88,8 @@ _EVENTS = ByType(
             **emulated("Queue", "BatchSize"),
             "FunctionResponseTypes": _RESPONSE_TYPES,
             "MaximumBatchingWindowInSeconds": EMULATED,
-            "ScalingConfig": ignored("one poller per queue, below any concurrency cap"),
+            # Batches side by side in threads, up to SQS_LOCAL_CONCURRENCY; without it, one at a time.
+            "ScalingConfig": emulated("MaximumConcurrency"),
         },
         "S3": {
             **emulated("Bucket", "Events"),  # Events: matched by moto

@@ -187,8 +187,10 @@ def test_an_import_message_parked_in_the_dead_letter_queue_is_replayed_into_the_
     channel = unique("mkt")
     sqs = stack.client("sqs")
     import_queue = stack.queue_urls["ImportQueue"]
-    # The template's 180 s visibility timeout would make five receives take 15 minutes here.
-    sqs.set_queue_attributes(QueueUrl=import_queue, Attributes={"VisibilityTimeout": "0"})
+    # The template's 180 s visibility timeout would make five receives take 15 minutes here; 2 s
+    # still covers a run. Not 0: the import worker's mapping runs batches side by side (its
+    # MaximumConcurrency), and a message visible again at once was in several of them together.
+    sqs.set_queue_attributes(QueueUrl=import_queue, Attributes={"VisibilityTimeout": "2"})
     monkeypatch.setattr(OrderImporter, "import_order", broken_for_line_2)
     try:
         rows = [csv_row(channel, "D-1", sku), csv_row(channel, "D-2", sku)]

@@ -29,11 +29,12 @@ def stack() -> Iterator[EmbeddedStack]:
 @pytest.fixture(autouse=True)
 def unsubscribed_after(api: Api) -> Iterator[None]:
     """Every subscription is deleted as each test ends. The module's tests share one stack, whose
-    delivery function runs one attempt at a time (the local stack runs one container a function;
-    on AWS the queue's pollers scale out), and a subscription left to a closed receiver or to
-    127.0.0.1:9 takes every later event, each retried about ten times in its 60 s window: measured,
-    the dead "*" subscription one test left took 22 of the next tests' 103 delivery runs, all in
-    the queue ahead of a later test's retries. Deleted, each ends at its next attempt."""
+    delivery function runs at most 4 attempts at once (the local cap on its mapping's
+    MaximumConcurrency), and a subscription left to a closed receiver or to 127.0.0.1:9 takes
+    every later event, each retried about ten times in its 60 s window: measured (when the local
+    delivery function ran one attempt at a time), the dead "*" subscription one test left took 22
+    of the next tests' 103 delivery runs, all in the queue ahead of a later test's retries.
+    Deleted, each ends at its next attempt."""
     yield
     hooks, cursor = [], None
     while True:
@@ -352,3 +353,65 @@ def test_a_return_and_its_refund_reach_a_subscriber_as_the_contracts_events(stac
         assert calls["EventsFunction"] <= granted("EventsFunction"), calls["EventsFunction"] - granted("EventsFunction")
     finally:
         receiver.close()
+
+
+class HangingReceiver:
+    """An HTTP server on 127.0.0.1 that takes each POST and never answers: it holds the connection
+    until the sender gives up and closes it (a delivery attempt's 10 s). `held` counts the POSTs."""
+
+    def __init__(self) -> None:
+        self.held = 0
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.held += 1  # one server thread a connection; read by the test only
+                try:
+                    while self.connection.recv(1024):  # b"": the sender closed the connection
+                        pass
+                except OSError:
+                    pass
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.block_on_close = False  # a hold the sender has not ended yet is not waited for
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/hooks"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_subscribers_that_hang_hold_up_neither_another_s_retries_nor_a_healthy_one(stack: EmbeddedStack, api: Api):
+    """API.md: locally a failing delivery gets at least 3 attempts within the first 60 s. An attempt
+    at a subscriber that takes the connection and never answers holds its run 10 s; one run at a
+    time, two such subscribers left the failing one 1 or 2 attempts in its first 60 s and the
+    healthy one waiting behind them. The delivery mapping runs side by side (its
+    MaximumConcurrency, at most 4 locally)."""
+    network = put_network(api)
+    catalog = Catalog(api)
+    sku = catalog.product("8.00")
+    catalog.stock(sku, network["west"], 5)
+    hanging, failing, healthy = [HangingReceiver(), HangingReceiver()], Receiver(failures=1_000), Receiver()
+    try:
+        for receiver in (*hanging, failing, healthy):
+            subscribed = api.post("/webhooks", json={"url": receiver.url, "events": ["order.created"]})
+            assert subscribed.status_code == 201, subscribed.text
+        placed = api.post("/orders", json=order_body((sku, 1)))
+        assert placed.status_code == 201, placed.text
+
+        delivered = healthy.wait_for(lambda got: len(got) >= 1)
+        attempts = failing.wait_for(lambda got: len(got) >= 3)  # within WAIT_SECONDS: the contract's 60 s
+        assert {json.loads(a["body"])["data"]["order"]["id"] for a in (*delivered, *attempts)} == {placed.json()["id"]}
+        assert all(receiver.held for receiver in hanging), "a hanging subscriber was never tried"
+    finally:
+        for receiver in (*hanging, failing, healthy):
+            receiver.close()

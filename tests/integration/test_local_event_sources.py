@@ -151,6 +151,19 @@ Resources:
             Queue: !GetAtt InboxQueue.Arn
             BatchSize: 5
             FunctionResponseTypes: [ReportBatchItemFailures]
+  SideBySideQueue:
+    Type: AWS::SQS::Queue
+  SideBySideConsumer:
+    Type: AWS::Serverless::Function
+    Properties:
+      Handler: fake.side_by_side
+      Events:
+        Queue:
+          Type: SQS
+          Properties:
+            Queue: !GetAtt SideBySideQueue.Arn
+            BatchSize: 1
+            ScalingConfig: { MaximumConcurrency: 200 }
   UploadConsumer:
     Type: AWS::Serverless::Function
     Properties:
@@ -197,6 +210,7 @@ CONSUMERS = [
     "PoisonConsumer",
     "WindowConsumer",
     "InboxConsumer",
+    "SideBySideConsumer",
     "UploadConsumer",
 ]
 
@@ -352,6 +366,7 @@ def test_mappings_come_from_the_template(stack: Any):
         "WindowConsumer.Stream",
         "WindowConsumer.Queue",
         "InboxConsumer.Inbox",
+        "SideBySideConsumer.Queue",
         "UploadConsumer.Csv",
     }
     poison = stack.mappings["PoisonConsumer.Stream"]
@@ -361,6 +376,9 @@ def test_mappings_come_from_the_template(stack: Any):
     assert stack.mappings["InboxConsumer.Inbox"].batch_size == 5
     assert stack.mappings["InboxConsumer.Inbox"].batching_window == 0.0
     assert stack.mappings["WindowConsumer.Queue"].batching_window == 60.0
+    # Side by side only where the template sets ScalingConfig.MaximumConcurrency, up to the local cap.
+    assert stack.mappings["SideBySideConsumer.Queue"].concurrency == event_sources.SQS_LOCAL_CONCURRENCY == 4
+    assert stack.mappings["InboxConsumer.Inbox"].concurrency == stack.mappings["WindowConsumer.Queue"].concurrency == 1
 
 
 def test_stream_mapping_delivers_only_what_the_filter_lets_through(stack, ddb, consumers):
@@ -709,6 +727,88 @@ def test_sqs_mapping_deletes_only_successes_and_the_dlq_gets_the_rest(stack, con
     assert attributes["ApproximateNumberOfMessagesNotVisible"] == "0"
     dead = sqs.receive_message(QueueUrl=stack.queue_urls["InboxDeadLetters"], MaxNumberOfMessages=10)["Messages"]
     assert [message["Body"] for message in dead] == ["bad"]
+
+
+def test_an_sqs_mapping_with_a_maximum_concurrency_runs_batches_side_by_side_up_to_the_local_cap(stack, consumers):
+    # One batch at a time, a webhook subscriber that hangs (10 s an attempt) held every other
+    # subscriber's delivery behind it on `make run`; the template caps the delivery mapping at 200
+    # at once (ScalingConfig.MaximumConcurrency), and Lambda runs that many batches side by side.
+    consumer, sqs, queue_url = consumers["SideBySideConsumer"], stack.client("sqs"), stack.queue_urls["SideBySideQueue"]
+    release, healthy, lock = threading.Event(), threading.Event(), threading.Lock()
+    running, most = [0], [0]
+
+    def hangs_or_answers(event: dict[str, Any], number: int) -> None:
+        if event["Records"][0]["body"] == "healthy":
+            healthy.set()
+            return
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        try:
+            release.wait(30)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    assert stack.wait_until_idle(5)
+    consumer.reset(hangs_or_answers)
+    try:
+        sqs.send_message(QueueUrl=queue_url, MessageBody="hangs-1")
+        sqs.send_message(QueueUrl=queue_url, MessageBody="healthy")
+        # Delivered while the first is held, not after it.
+        assert healthy.wait(10), f"the healthy message waited behind the hanging one ({running[0]} held)"
+        for body in ("hangs-2", "hangs-3", "hangs-4", "hangs-5"):
+            sqs.send_message(QueueUrl=queue_url, MessageBody=body)
+        deadline = time.monotonic() + 10
+        while running[0] < 4:
+            assert time.monotonic() < deadline, f"{running[0]} batch(es) held, not 4"
+            time.sleep(0.01)
+        # At the local cap (4): the fifth is left in the queue, not received into a wait, and the
+        # mapping is busy while its batches run.
+        counts = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["All"])["Attributes"]
+        assert (counts["ApproximateNumberOfMessages"], counts["ApproximateNumberOfMessagesNotVisible"]) == ("1", "4")
+        assert not stack.mappings["SideBySideConsumer.Queue"].is_idle()
+    finally:
+        release.set()
+    assert stack.wait_until_idle(8)
+    bodies = sorted(event["Records"][0]["body"] for event in consumer.events)
+    assert bodies == ["hangs-1", "hangs-2", "hangs-3", "hangs-4", "hangs-5", "healthy"]
+    assert most[0] == 4
+    assert taken(stack, "SideBySideQueue") == []
+
+
+def test_a_mapping_paused_at_its_local_cap_receives_nothing_when_its_batches_end(stack, consumers):
+    # Its poller waits for a free container before it receives; paused meanwhile, it must not take
+    # the next message once one is free (pause(): no new batches until resume()).
+    consumer, sqs, queue_url = consumers["SideBySideConsumer"], stack.client("sqs"), stack.queue_urls["SideBySideQueue"]
+    mapping, release, held = stack.mappings["SideBySideConsumer.Queue"], threading.Event(), threading.Semaphore(0)
+
+    def held_until_released(event: dict[str, Any], number: int) -> None:
+        if event["Records"][0]["body"].startswith("held"):
+            held.release()
+            release.wait(30)
+
+    assert stack.wait_until_idle(5)
+    consumer.reset(held_until_released)
+    try:
+        for number in range(1, 5):
+            sqs.send_message(QueueUrl=queue_url, MessageBody=f"held-{number}")
+        for _ in range(4):
+            assert held.acquire(timeout=10), "fewer than 4 batches side by side"
+        sqs.send_message(QueueUrl=queue_url, MessageBody="after the pause")
+        mapping.pause()
+    finally:
+        release.set()
+    try:
+        assert stack.wait_until_idle(8)
+        assert sorted(event["Records"][0]["body"] for event in consumer.events) == [f"held-{n}" for n in range(1, 5)]
+        counts = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["All"])["Attributes"]
+        assert (counts["ApproximateNumberOfMessages"], counts["ApproximateNumberOfMessagesNotVisible"]) == ("1", "0")
+    finally:
+        mapping.resume()
+    assert stack.wait_until_idle(8)
+    assert consumer.events[-1]["Records"][0]["body"] == "after the pause"
+    assert taken(stack, "SideBySideQueue") == []
 
 
 def test_an_idle_mapping_asks_moto_nothing_until_a_record_arrives(stack, ddb, consumers, monkeypatch):

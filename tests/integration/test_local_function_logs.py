@@ -112,6 +112,29 @@ def test_each_line_names_the_function_and_run_that_wrote_it_while_another_ran_be
 
 
 @pytest.mark.usefixtures("functions_apart")
+def test_two_containers_of_one_function_running_at_once_log_each_its_own_run_and_start_cold(lines: Any) -> None:
+    # An SQS mapping with a MaximumConcurrency runs a function's batches side by side, each in a
+    # container of its own: the second's run set its keys while the first was paused in its own.
+    apart = Interleaved()
+    ran: dict[str, str] = {}
+    paused = threading.Thread(target=lambda: ran.update(a=apart.a.invoke({"order_id": "ord_1", "pause": True})))
+    paused.start()
+    assert apart.paused.wait(10)
+    ran["b"] = apart.a.invoke({"order_id": "ord_2"}, container=1)
+    apart.resume.set()
+    paused.join(10)
+
+    found = [(line["message"], line["function_request_id"], line["order_id"], line["cold_start"]) for line in lines()]
+    after = ["a after", "a's thread", "a's pool task"]
+    assert found == [
+        ("a before", ran["a"], "ord_1", True),
+        *[(message, ran["b"], "ord_2", True) for message in ["a before", *after]],
+        *[(message, ran["a"], "ord_1", True) for message in after],
+    ]
+    assert {line["function_name"] for line in lines()} == {"oms-local-A"}
+
+
+@pytest.mark.usefixtures("functions_apart")
 def test_each_function_s_first_run_is_its_cold_start(lines: Any) -> None:
     ran = Interleaved().run()
 

@@ -169,3 +169,24 @@ def test_products_put_through_a_container_are_let_go_once_stale_too():
         now[0] += 1.0
 
     assert len(cache._products) < 2_000
+
+
+def test_the_network_read_by_one_run_while_another_drops_it_is_still_answered():
+    # The import worker's and webhook delivery's mappings run batches side by side over one warm
+    # container (locally, threads over one module): another run's get_location of a location the
+    # cached network lacks drops it (`_network = None`) between this read's look and its answer.
+    inner = CountingCatalog()
+    inner.put_location(location("L1"))
+    calls = [0]
+    cache: CachedCatalog
+
+    def clock() -> float:
+        calls[0] += 1
+        if calls[0] == 2:  # this read's freshness look at the cached network: the other run drops it here
+            cache._network = None
+        return 0.0
+
+    cache = CachedCatalog(inner, 10.0, clock=clock)
+    assert [loc.location_id for loc in cache.list_locations()] == ["L1"]  # read and cached (clock call 1)
+    assert [loc.location_id for loc in cache.list_locations()] == ["L1"]  # cached; dropped as it is looked at
+    assert inner.reads == 1
