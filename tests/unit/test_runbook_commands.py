@@ -151,15 +151,22 @@ def test_the_split_failure_replay_invokes_the_splitter_with_the_original_event(t
     assert argument(delete, "--receipt-handle") == "handle-3"
 
 
-def test_the_fields_a_runbook_says_a_log_line_names_are_those_the_logs_helper_shows():
+def test_the_fields_a_runbook_says_a_log_line_names_are_logged_and_shown_by_the_logs_helper():
     # Before: OverCapturesNotRefundedAlarm's runbook said its line names `order_id` and `amount`,
     # but the `logs` helper's query showed no `amount`: the amount to give back was not in its answer.
-    (fields,) = re.findall(r'--query-string "fields ([^\n|]*)', RUNBOOKS)
-    shown = {field.strip() for field in fields.split(",")}
+    shown, logged = helper_fields(), logged_fields()
     named = re.findall(r"the line names ((?:`\w+`(?:, | and )?)+)", RUNBOOKS)
     assert named
     for names in named:
-        assert set(re.findall(r"`(\w+)`", names)) <= shown, names
+        fields = set(re.findall(r"`(\w+)`", names))
+        assert fields <= logged, names
+        assert "@message" in shown or fields <= shown, names
+
+
+def helper_fields() -> set[str]:
+    """The fields the `logs` helper's Logs Insights query shows (`@message`: the whole line)."""
+    (fields,) = re.findall(r'--query-string "fields ([^\n|]*)', RUNBOOKS)
+    return {field.strip() for field in fields.split(",")}
 
 
 def test_every_logical_id_a_runbook_command_names_is_a_resource_of_the_template():
@@ -319,3 +326,38 @@ def test_the_lost_failure_record_runbook_checks_each_functions_own_failure_queue
     assert argument(simulate, "--action-names") == "sqs:SendMessage"
     mappings = [call for call in calls if call[:2] == ["lambda", "list-event-source-mappings"]]
     assert mappings and argument(mappings[0], "--function-name") == "id-OutboxFunction"
+
+
+def logged_fields() -> set[str]:
+    """The fields the code puts on its log lines: each `extra=` dict's keys of a logger call, each
+    keyword of a failure_logged call and of `append_context_keys`, and powertools' `exception`
+    (the traceback of a line logged with `exc_info`)."""
+    found = {"exception"}
+    for folder in ("core", "functions", "plugins"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            for call in ast.walk(ast.parse(path.read_text())):
+                if not isinstance(call, ast.Call):
+                    continue
+                name = call.func.id if isinstance(call.func, ast.Name) else getattr(call.func, "attr", "")
+                if name in ("failure_logged", "append_context_keys"):
+                    found.update(keyword.arg for keyword in call.keywords if keyword.arg)
+                elif name in LEVELS:
+                    for keyword in call.keywords:
+                        if keyword.arg == "extra" and isinstance(keyword.value, ast.Dict):
+                            found.update(
+                                key.value
+                                for key in keyword.value.keys
+                                if isinstance(key, ast.Constant) and isinstance(key.value, str)
+                            )
+    return found
+
+
+def test_the_logs_helper_shows_every_field_the_code_logs():
+    # Logs Insights answers only the fields a query's `fields` names. The helper named 15, so the
+    # runbooks' lines came back without what they are read for: `access` (the read to queue again,
+    # AccessLogReadsNotQueuedAlarm), `import_id` and `line` (ImportDeadLetterAlarm),
+    # `notification_id`, `pass`, `part`, `return_id`, and every traceback (`exception`).
+    shown = helper_fields()
+    logged = logged_fields()
+    assert {"access", "import_id", "notification_id", "order_id", "webhook_id"} <= logged
+    assert "@message" in shown or sorted(logged - shown) == []
