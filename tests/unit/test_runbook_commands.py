@@ -361,3 +361,32 @@ def test_the_logs_helper_shows_every_field_the_code_logs():
     logged = logged_fields()
     assert {"access", "import_id", "notification_id", "order_id", "webhook_id"} <= logged
     assert "@message" in shown or sorted(logged - shown) == []
+
+
+def test_the_logs_helper_answers_once_its_query_has_finished(tmp_path: Path):
+    # A Logs Insights query over an hour of a busy function runs for more than a few seconds: the
+    # helper slept 5 s and printed whatever get-query-results said then, "Running" and part of the
+    # lines (or none), with nothing to tell the operator to ask again.
+    (helpers,) = [block for block in re.findall(r"```sh\n(.*?)```", RUNBOOKS, flags=re.DOTALL) if "logs() {" in block]
+    # get-query-results answers Running twice, then Complete with the lines.
+    statuses = """
+sleep() { :; }
+aws() {
+  printf '%q ' "$@" >> calls.log; echo >> calls.log
+  case "$1 $2" in
+    "logs start-query") echo query-1 ;;
+    "logs get-query-results")
+      n=$(grep -c get-query-results calls.log)
+      if [ "$n" -le 2 ]; then status=Running; else status=Complete; fi
+      if [[ " $* " == *" --query status "* ]]; then echo "$status"
+      else printf '{"status": "%s", "results": [[{"field": "@message", "value": "line-%s"}]]}' "$status" "$n"; fi ;;
+  esac
+}
+"""
+    script = helpers + statuses + "logs ApiFunction > answer.json\n"
+    result = subprocess.run(
+        ["bash", "-c", STUBS + script], cwd=tmp_path, capture_output=True, text=True, timeout=30, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    answer = json.loads((tmp_path / "answer.json").read_text())
+    assert answer["status"] == "Complete" and answer["results"]
