@@ -10,6 +10,7 @@ import re
 import shlex
 import shutil
 import subprocess
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -390,3 +391,40 @@ aws() {
     assert result.returncode == 0, result.stderr
     answer = json.loads((tmp_path / "answer.json").read_text())
     assert answer["status"] == "Complete" and answer["results"]
+
+
+def test_the_abandoned_notifications_item_lookup_finds_the_item_from_what_the_api_shows(tmp_path: Path):
+    # The runbook built the item's key from the notification's `created_at` as
+    # GET /orders/{id}/notifications shows it ("...Z"), but the item's sort key holds
+    # datetime.isoformat() ("...+00:00"): the get-item found nothing.
+    import jmespath
+
+    from core.notifications import Notification, NotificationKind
+    from functions.adapters.notifications import DynamoNotifications
+
+    notification = Notification(
+        id="evt_1",
+        kind=NotificationKind.SHIPPED,
+        order_id="ord_1",
+        channel="web",
+        to={"email": "a@example.com"},
+        subject="Shipped",
+        body="Your order shipped.",
+        created_at=datetime(2026, 12, 6, 9, 30, 15, 123456, tzinfo=UTC),
+    )
+    item = DynamoNotifications(client=None, table="catalog")._item(notification)
+    shown = json.loads(notification.model_dump_json())  # as the API answers it
+    (entry,) = [e for e in RUNBOOKS.split("\n### ")[1:] if "`NotificationsAbandonedAlarm`" in e.splitlines()[0]]
+    (command,) = re.findall(r"`(aws dynamodb [^`]*)`", " ".join(entry.split()))
+    for name in ("order_id", "notification_id", "created_at"):
+        command = command.replace(f"<{name}>", shown["id"] if name == "notification_id" else shown[name])
+    (call,) = run(command, tmp_path, {})
+
+    assert argument(call, "--table-name") == "id-CatalogTable"
+    if call[1] == "get-item":
+        found = [item] if json.loads(argument(call, "--key")) == {"pk": item["pk"], "sk": item["sk"]} else []
+    else:
+        assert call[1] == "query" and argument(call, "--key-condition-expression") == "pk = :pk"
+        assert json.loads(argument(call, "--expression-attribute-values")) == {":pk": item["pk"]}
+        found = jmespath.search(argument(call, "--query"), {"Items": [item]})
+    assert found == [item]
