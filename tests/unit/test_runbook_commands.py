@@ -64,39 +64,47 @@ def test_every_runbook_code_block_is_valid_bash():
 
 
 @needs_jq
-def test_the_outbox_failure_recovery_starts_the_workflow_of_each_insert_in_the_batch(tmp_path: Path):
+def test_the_outbox_failure_recovery_hands_the_batchs_records_to_the_outbox_again(tmp_path: Path):
+    # Before: the recovery's jq started a workflow for each INSERT and finished each cancel, and
+    # left out the other records the outbox starts a workflow for: an order released from a hold
+    # (its workflow resumes it) and one an edit or a reject sent back to `authorized` (sourced
+    # again). Handed to the outbox, each record starts what it started, under the same name.
     look, recover = runbook_blocks("OutboxFailuresAlarm")
     batch = {
         "shardId": "shardId-1",
         "startSequenceNumber": "900",
         "endSequenceNumber": "1000",
-        "batchSize": 2,
+        "batchSize": 3,
         "streamArn": "arn:aws:dynamodb:us-east-1:123456789012:table/orders/stream/2026",
     }
     failed = {"Messages": [{"Body": json.dumps({"DDBStreamBatchInfo": batch}), "ReceiptHandle": "handle-1"}]}
 
-    def insert(sequence: str, order_id: str, event: str = "INSERT") -> dict:
-        return {"eventName": event, "dynamodb": {"SequenceNumber": sequence, "Keys": {"id": {"S": order_id}}}}
+    def record(sequence: str, order_id: str, event: str = "INSERT", old: str = "", new: str = "") -> dict:
+        data = {"SequenceNumber": sequence, "Keys": {"id": {"S": order_id}}}
+        if event == "MODIFY":
+            data |= {"OldImage": {"status": {"S": old}}, "NewImage": {"status": {"S": new}}}
+        return {"eventName": event, "dynamodb": data}
 
-    records = {
-        "Records": [
-            insert("900", "ord_a"),
-            insert("950", "ord_a", "MODIFY"),  # filtered out of the batch: not an order to start
-            insert("1000", "ord_b"),
-            insert("1001", "ord_c"),  # after the batch: the stream delivered it
-        ]
-    }
+    in_batch = [
+        record("900", "ord_a"),
+        record("950", "ord_b", "MODIFY", "on_hold", "authorized"),  # a release
+        record("999", "ord_c", "MODIFY", "allocated", "authorized"),  # sent back ("999" > "1000" as text)
+        record("1000", "ord_d", "MODIFY", "allocated", "cancelled"),
+    ]
+    after = [record("1001", "ord_e"), record("10000", "ord_f")]  # after the batch: the stream delivered them
     calls = run(
         look + recover,
         tmp_path,
         {
             "answer-sqs-receive-message": json.dumps(failed),
             "answer-dynamodbstreams-get-shard-iterator": "iterator-1\n",
-            "answer-dynamodbstreams-get-records": json.dumps(records),
+            "answer-dynamodbstreams-get-records": json.dumps({"Records": in_batch + after}),
+            "answer-lambda-invoke": json.dumps({"StatusCode": 200}),
+            "out.json": json.dumps({"batchItemFailures": []}),  # what the invoke writes on AWS
         },
     )
 
-    by_operation = {}
+    by_operation: dict[str, list[list[str]]] = {}
     for call in calls:
         by_operation.setdefault(f"{call[0]} {call[1]}", []).append(call)
     (shard,) = by_operation["dynamodbstreams get-shard-iterator"]
@@ -105,10 +113,12 @@ def test_the_outbox_failure_recovery_starts_the_workflow_of_each_insert_in_the_b
     assert argument(shard, "--shard-iterator-type") == "AT_SEQUENCE_NUMBER"
     assert argument(shard, "--sequence-number") == "900"
     assert argument(by_operation["dynamodbstreams get-records"][0], "--shard-iterator") == "iterator-1"
-    starts = by_operation["stepfunctions start-execution"]
-    assert [argument(call, "--name") for call in starts] == ["ord_a", "ord_b"]
-    assert [json.loads(argument(call, "--input")) for call in starts] == [{"order_id": "ord_a"}, {"order_id": "ord_b"}]
-    assert {argument(call, "--state-machine-arn") for call in starts} == {"id-OrderWorkflow"}
+    assert "stepfunctions start-execution" not in by_operation
+    (invoke,) = by_operation["lambda invoke"]
+    assert argument(invoke, "--function-name") == "id-OutboxFunction"
+    payload = argument(invoke, "--payload")
+    assert payload.startswith("file://")
+    assert json.loads((tmp_path / payload.removeprefix("file://")).read_text()) == {"Records": in_batch}
     (delete,) = by_operation["sqs delete-message"]
     assert (argument(delete, "--queue-url"), argument(delete, "--receipt-handle")) == (
         "id-OutboxFailureQueue",
