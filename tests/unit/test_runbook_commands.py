@@ -438,3 +438,37 @@ def test_the_abandoned_notifications_item_lookup_finds_the_item_from_what_the_ap
         assert json.loads(argument(call, "--expression-attribute-values")) == {":pk": item["pk"]}
         found = jmespath.search(argument(call, "--query"), {"Items": [item]})
     assert found == [item]
+
+
+@needs_jq
+def test_the_reads_not_queued_are_queued_again_from_their_log_lines(tmp_path: Path):
+    # The runbook said to send each logged `access` object to the queue, but gave no command, and
+    # the logs helper's answer held no `access` field to send.
+    (helpers,) = [block for block in re.findall(r"```sh\n(.*?)```", RUNBOOKS, flags=re.DOTALL) if "logs() {" in block]
+    (requeue,) = runbook_blocks("AccessLogReadsNotQueuedAlarm")
+    reads = [
+        {"request_id": "r1", "order_id": "ord_1", "at": "2026-12-06T09:00:00Z", "actor": "key_1", "action": "get"},
+        {"request_id": "r2", "order_id": "ord_2", "at": "2026-12-06T09:00:01Z", "actor": "key_1", "action": "list"},
+    ]
+    lines = [
+        json.dumps({"level": "ERROR", "message": "read not queued", "access": read, "exception": "Traceback ..."})
+        for read in reads
+    ]
+    results = {
+        "status": "Complete",
+        "results": [
+            [{"field": "@timestamp", "value": "2026-12-06 09:00:02"}, {"field": "@message", "value": line}]
+            for line in lines
+        ],
+    }
+    calls = run(
+        helpers + 'id() { echo "id-$1"; }\n' + requeue,  # the stub again, over the helper's own
+        tmp_path,
+        {"answer-logs-start-query": "query-1\n", "answer-logs-get-query-results": json.dumps(results)},
+    )
+
+    (query,) = [call for call in calls if call[:2] == ["logs", "start-query"]]
+    assert 'message = "read not queued"' in argument(query, "--query-string")
+    sends = [call for call in calls if call[:2] == ["sqs", "send-message"]]
+    assert {argument(call, "--queue-url") for call in sends} == {"id-AccessLogQueue"}
+    assert [json.loads(argument(call, "--message-body")) for call in sends] == reads
