@@ -616,7 +616,7 @@ def test_the_shard_iterator_last_read_reads_the_same_records_again(streams_reach
     from moto.dynamodbstreams.models import dynamodbstreams_backends
 
     # The runbook's recovery (README, OutboxFailuresAlarm) reads `get-records --shard-iterator "$IT"`
-    # once; an operator who runs that line again (its jq or a start-execution failed), or an SDK
+    # once; an operator who runs that line again (its jq or the outbox's invoke failed), or an SDK
     # retrying a read whose answer was lost, read an iterator the patch had already forgotten: a
     # KeyError, a 500 from `make run`, where AWS reads it again until it expires (15 minutes).
     with mock_aws():

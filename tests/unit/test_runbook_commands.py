@@ -10,6 +10,7 @@ import re
 import shlex
 import shutil
 import subprocess
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -63,39 +64,47 @@ def test_every_runbook_code_block_is_valid_bash():
 
 
 @needs_jq
-def test_the_outbox_failure_recovery_starts_the_workflow_of_each_insert_in_the_batch(tmp_path: Path):
+def test_the_outbox_failure_recovery_hands_the_batchs_records_to_the_outbox_again(tmp_path: Path):
+    # Before: the recovery's jq started a workflow for each INSERT and finished each cancel, and
+    # left out the other records the outbox starts a workflow for: an order released from a hold
+    # (its workflow resumes it) and one an edit or a reject sent back to `authorized` (sourced
+    # again). Handed to the outbox, each record starts what it started, under the same name.
     look, recover = runbook_blocks("OutboxFailuresAlarm")
     batch = {
         "shardId": "shardId-1",
         "startSequenceNumber": "900",
         "endSequenceNumber": "1000",
-        "batchSize": 2,
+        "batchSize": 3,
         "streamArn": "arn:aws:dynamodb:us-east-1:123456789012:table/orders/stream/2026",
     }
     failed = {"Messages": [{"Body": json.dumps({"DDBStreamBatchInfo": batch}), "ReceiptHandle": "handle-1"}]}
 
-    def insert(sequence: str, order_id: str, event: str = "INSERT") -> dict:
-        return {"eventName": event, "dynamodb": {"SequenceNumber": sequence, "Keys": {"id": {"S": order_id}}}}
+    def record(sequence: str, order_id: str, event: str = "INSERT", old: str = "", new: str = "") -> dict:
+        data = {"SequenceNumber": sequence, "Keys": {"id": {"S": order_id}}}
+        if event == "MODIFY":
+            data |= {"OldImage": {"status": {"S": old}}, "NewImage": {"status": {"S": new}}}
+        return {"eventName": event, "dynamodb": data}
 
-    records = {
-        "Records": [
-            insert("900", "ord_a"),
-            insert("950", "ord_a", "MODIFY"),  # filtered out of the batch: not an order to start
-            insert("1000", "ord_b"),
-            insert("1001", "ord_c"),  # after the batch: the stream delivered it
-        ]
-    }
+    in_batch = [
+        record("900", "ord_a"),
+        record("950", "ord_b", "MODIFY", "on_hold", "authorized"),  # a release
+        record("999", "ord_c", "MODIFY", "allocated", "authorized"),  # sent back ("999" > "1000" as text)
+        record("1000", "ord_d", "MODIFY", "allocated", "cancelled"),
+    ]
+    after = [record("1001", "ord_e"), record("10000", "ord_f")]  # after the batch: the stream delivered them
     calls = run(
         look + recover,
         tmp_path,
         {
             "answer-sqs-receive-message": json.dumps(failed),
             "answer-dynamodbstreams-get-shard-iterator": "iterator-1\n",
-            "answer-dynamodbstreams-get-records": json.dumps(records),
+            "answer-dynamodbstreams-get-records": json.dumps({"Records": in_batch + after}),
+            "answer-lambda-invoke": json.dumps({"StatusCode": 200}),
+            "out.json": json.dumps({"batchItemFailures": []}),  # what the invoke writes on AWS
         },
     )
 
-    by_operation = {}
+    by_operation: dict[str, list[list[str]]] = {}
     for call in calls:
         by_operation.setdefault(f"{call[0]} {call[1]}", []).append(call)
     (shard,) = by_operation["dynamodbstreams get-shard-iterator"]
@@ -104,10 +113,12 @@ def test_the_outbox_failure_recovery_starts_the_workflow_of_each_insert_in_the_b
     assert argument(shard, "--shard-iterator-type") == "AT_SEQUENCE_NUMBER"
     assert argument(shard, "--sequence-number") == "900"
     assert argument(by_operation["dynamodbstreams get-records"][0], "--shard-iterator") == "iterator-1"
-    starts = by_operation["stepfunctions start-execution"]
-    assert [argument(call, "--name") for call in starts] == ["ord_a", "ord_b"]
-    assert [json.loads(argument(call, "--input")) for call in starts] == [{"order_id": "ord_a"}, {"order_id": "ord_b"}]
-    assert {argument(call, "--state-machine-arn") for call in starts} == {"id-OrderWorkflow"}
+    assert "stepfunctions start-execution" not in by_operation
+    (invoke,) = by_operation["lambda invoke"]
+    assert argument(invoke, "--function-name") == "id-OutboxFunction"
+    payload = argument(invoke, "--payload")
+    assert payload.startswith("file://")
+    assert json.loads((tmp_path / payload.removeprefix("file://")).read_text()) == {"Records": in_batch}
     (delete,) = by_operation["sqs delete-message"]
     assert (argument(delete, "--queue-url"), argument(delete, "--receipt-handle")) == (
         "id-OutboxFailureQueue",
@@ -151,15 +162,22 @@ def test_the_split_failure_replay_invokes_the_splitter_with_the_original_event(t
     assert argument(delete, "--receipt-handle") == "handle-3"
 
 
-def test_the_fields_a_runbook_says_a_log_line_names_are_those_the_logs_helper_shows():
+def test_the_fields_a_runbook_says_a_log_line_names_are_logged_and_shown_by_the_logs_helper():
     # Before: OverCapturesNotRefundedAlarm's runbook said its line names `order_id` and `amount`,
     # but the `logs` helper's query showed no `amount`: the amount to give back was not in its answer.
-    (fields,) = re.findall(r'--query-string "fields ([^\n|]*)', RUNBOOKS)
-    shown = {field.strip() for field in fields.split(",")}
+    shown, logged = helper_fields(), logged_fields()
     named = re.findall(r"the line names ((?:`\w+`(?:, | and )?)+)", RUNBOOKS)
     assert named
     for names in named:
-        assert set(re.findall(r"`(\w+)`", names)) <= shown, names
+        fields = set(re.findall(r"`(\w+)`", names))
+        assert fields <= logged, names
+        assert "@message" in shown or fields <= shown, names
+
+
+def helper_fields() -> set[str]:
+    """The fields the `logs` helper's Logs Insights query shows (`@message`: the whole line)."""
+    (fields,) = re.findall(r'--query-string "fields ([^\n|]*)', RUNBOOKS)
+    return {field.strip() for field in fields.split(",")}
 
 
 def test_every_logical_id_a_runbook_command_names_is_a_resource_of_the_template():
@@ -319,3 +337,138 @@ def test_the_lost_failure_record_runbook_checks_each_functions_own_failure_queue
     assert argument(simulate, "--action-names") == "sqs:SendMessage"
     mappings = [call for call in calls if call[:2] == ["lambda", "list-event-source-mappings"]]
     assert mappings and argument(mappings[0], "--function-name") == "id-OutboxFunction"
+
+
+def logged_fields() -> set[str]:
+    """The fields the code puts on its log lines: each `extra=` dict's keys of a logger call, each
+    keyword of a failure_logged call and of `append_context_keys`, and powertools' `exception`
+    (the traceback of a line logged with `exc_info`)."""
+    found = {"exception"}
+    for folder in ("core", "functions", "plugins"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            for call in ast.walk(ast.parse(path.read_text())):
+                if not isinstance(call, ast.Call):
+                    continue
+                name = call.func.id if isinstance(call.func, ast.Name) else getattr(call.func, "attr", "")
+                if name in ("failure_logged", "append_context_keys"):
+                    found.update(keyword.arg for keyword in call.keywords if keyword.arg)
+                elif name in LEVELS:
+                    for keyword in call.keywords:
+                        if keyword.arg == "extra" and isinstance(keyword.value, ast.Dict):
+                            found.update(
+                                key.value
+                                for key in keyword.value.keys
+                                if isinstance(key, ast.Constant) and isinstance(key.value, str)
+                            )
+    return found
+
+
+def test_the_logs_helper_shows_every_field_the_code_logs():
+    # Logs Insights answers only the fields a query's `fields` names. The helper named 15, so the
+    # runbooks' lines came back without what they are read for: `access` (the read to queue again,
+    # AccessLogReadsNotQueuedAlarm), `import_id` and `line` (ImportDeadLetterAlarm),
+    # `notification_id`, `pass`, `part`, `return_id`, and every traceback (`exception`).
+    shown = helper_fields()
+    logged = logged_fields()
+    assert {"access", "import_id", "notification_id", "order_id", "webhook_id"} <= logged
+    assert "@message" in shown or sorted(logged - shown) == []
+
+
+def test_the_logs_helper_answers_once_its_query_has_finished(tmp_path: Path):
+    # A Logs Insights query over an hour of a busy function runs for more than a few seconds: the
+    # helper slept 5 s and printed whatever get-query-results said then, "Running" and part of the
+    # lines (or none), with nothing to tell the operator to ask again.
+    (helpers,) = [block for block in re.findall(r"```sh\n(.*?)```", RUNBOOKS, flags=re.DOTALL) if "logs() {" in block]
+    # get-query-results answers Running twice, then Complete with the lines.
+    statuses = """
+sleep() { :; }
+aws() {
+  printf '%q ' "$@" >> calls.log; echo >> calls.log
+  case "$1 $2" in
+    "logs start-query") echo query-1 ;;
+    "logs get-query-results")
+      n=$(grep -c get-query-results calls.log)
+      if [ "$n" -le 2 ]; then status=Running; else status=Complete; fi
+      if [[ " $* " == *" --query status "* ]]; then echo "$status"
+      else printf '{"status": "%s", "results": [[{"field": "@message", "value": "line-%s"}]]}' "$status" "$n"; fi ;;
+  esac
+}
+"""
+    script = helpers + statuses + "logs ApiFunction > answer.json\n"
+    result = subprocess.run(
+        ["bash", "-c", STUBS + script], cwd=tmp_path, capture_output=True, text=True, timeout=30, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    answer = json.loads((tmp_path / "answer.json").read_text())
+    assert answer["status"] == "Complete" and answer["results"]
+
+
+def test_the_abandoned_notifications_item_lookup_finds_the_item_from_what_the_api_shows(tmp_path: Path):
+    # The runbook built the item's key from the notification's `created_at` as
+    # GET /orders/{id}/notifications shows it ("...Z"), but the item's sort key holds
+    # datetime.isoformat() ("...+00:00"): the get-item found nothing.
+    import jmespath
+
+    from core.notifications import Notification, NotificationKind
+    from functions.adapters.notifications import DynamoNotifications
+
+    notification = Notification(
+        id="evt_1",
+        kind=NotificationKind.SHIPPED,
+        order_id="ord_1",
+        channel="web",
+        to={"email": "a@example.com"},
+        subject="Shipped",
+        body="Your order shipped.",
+        created_at=datetime(2026, 12, 6, 9, 30, 15, 123456, tzinfo=UTC),
+    )
+    item = DynamoNotifications(client=None, table="catalog")._item(notification)
+    shown = json.loads(notification.model_dump_json())  # as the API answers it
+    (entry,) = [e for e in RUNBOOKS.split("\n### ")[1:] if "`NotificationsAbandonedAlarm`" in e.splitlines()[0]]
+    (command,) = re.findall(r"`(aws dynamodb [^`]*)`", " ".join(entry.split()))
+    for name in ("order_id", "notification_id", "created_at"):
+        command = command.replace(f"<{name}>", shown["id"] if name == "notification_id" else shown[name])
+    (call,) = run(command, tmp_path, {})
+
+    assert argument(call, "--table-name") == "id-CatalogTable"
+    if call[1] == "get-item":
+        found = [item] if json.loads(argument(call, "--key")) == {"pk": item["pk"], "sk": item["sk"]} else []
+    else:
+        assert call[1] == "query" and argument(call, "--key-condition-expression") == "pk = :pk"
+        assert json.loads(argument(call, "--expression-attribute-values")) == {":pk": item["pk"]}
+        found = jmespath.search(argument(call, "--query"), {"Items": [item]})
+    assert found == [item]
+
+
+@needs_jq
+def test_the_reads_not_queued_are_queued_again_from_their_log_lines(tmp_path: Path):
+    # The runbook said to send each logged `access` object to the queue, but gave no command, and
+    # the logs helper's answer held no `access` field to send.
+    (helpers,) = [block for block in re.findall(r"```sh\n(.*?)```", RUNBOOKS, flags=re.DOTALL) if "logs() {" in block]
+    (requeue,) = runbook_blocks("AccessLogReadsNotQueuedAlarm")
+    reads = [
+        {"request_id": "r1", "order_id": "ord_1", "at": "2026-12-06T09:00:00Z", "actor": "key_1", "action": "get"},
+        {"request_id": "r2", "order_id": "ord_2", "at": "2026-12-06T09:00:01Z", "actor": "key_1", "action": "list"},
+    ]
+    lines = [
+        json.dumps({"level": "ERROR", "message": "read not queued", "access": read, "exception": "Traceback ..."})
+        for read in reads
+    ]
+    results = {
+        "status": "Complete",
+        "results": [
+            [{"field": "@timestamp", "value": "2026-12-06 09:00:02"}, {"field": "@message", "value": line}]
+            for line in lines
+        ],
+    }
+    calls = run(
+        helpers + 'id() { echo "id-$1"; }\n' + requeue,  # the stub again, over the helper's own
+        tmp_path,
+        {"answer-logs-start-query": "query-1\n", "answer-logs-get-query-results": json.dumps(results)},
+    )
+
+    (query,) = [call for call in calls if call[:2] == ["logs", "start-query"]]
+    assert 'message = "read not queued"' in argument(query, "--query-string")
+    sends = [call for call in calls if call[:2] == ["sqs", "send-message"]]
+    assert {argument(call, "--queue-url") for call in sends} == {"id-AccessLogQueue"}
+    assert [json.loads(argument(call, "--message-body")) for call in sends] == reads
