@@ -204,9 +204,9 @@ import aws_lambda_powertools.event_handler.openapi.params
 
 def examples_not_deployed() -> str:
     """The `oms` entry points of the repository's example plugin distributions (plugins/examples/),
-    which `make .venv` installs for the tests, as OMS_DISABLED_PLUGINS names them: a deployment's
-    layer holds only the OMS's dependencies and what plugins.txt names, so a cold start measured
-    on the artifact loads none of them (unless plugins.txt names one)."""
+    which the install (`.venv/.installed`) puts in .venv for the tests, as OMS_DISABLED_PLUGINS
+    names them: a deployment's layer holds only the OMS's dependencies and what plugins.txt names,
+    so a cold start measured on the artifact loads none of them (unless plugins.txt names one)."""
     import importlib.metadata
 
     deployed = (ROOT / "plugins.txt").read_text()

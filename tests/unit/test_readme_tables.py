@@ -475,10 +475,12 @@ def test_every_make_target_the_readme_runs_is_one_of_the_makefiles():
     named = {
         target
         for command in commands
-        for target in re.findall(r"(?:^|&& )(?:[A-Z_]+=\S* )*make ([a-z][\w-]*)(?=\s|$)", command.strip())
+        for target in re.findall(r"(?:^|&& )(?:[A-Z_]+=\S* )*make ([.a-z][\w./-]*)(?=\s|$)", command.strip())
     }
     targets = set(re.findall(r"^([a-z][\w-]*):", (ROOT / "Makefile").read_text(), flags=re.MULTILINE))
     assert {"run", "test", "build", "import", "fuzz", "bench"} <= named
+    # Before: the Benchmarks section said the example plugins are what `make .venv` installs; the
+    # Makefile has no such rule (the install is `.venv/.installed`, which run, test and bench need).
     assert sorted(named - targets) == []
 
 
