@@ -33,7 +33,7 @@ from tests.e2e.client import ADMIN, Catalog, assert_error, put_network, unique
 from tests.fakes import FakeLabels
 from tests.integration.conftest import PASS_MACHINE, run_threads
 from tests.integration.in_process import InProcessApi, in_process_api
-from tests.integration.test_backorders import Context, Ticking, metrics_on  # noqa: F401 (a fixture)
+from tests.integration.test_backorders import Context, Ticking, another_functions_calls, metrics_on  # noqa: F401 (a fixture)
 from tests.integration.test_events_and_webhooks import drain, subscription_reads
 
 PO = PurchaseOrderStatus
@@ -1093,8 +1093,9 @@ def test_a_draft_submitted_while_a_backorder_is_bought_for_is_counted_once(buyer
     read_draft, read_stock, drafts_read = replenishment.drafted, inventory.levels, []
 
     def submit_once() -> None:
-        if buyer.drafts():
-            buyer.container.purchasing.submit(draft.id)
+        with another_functions_calls():  # a person's, through the API, while the function runs
+            if buyer.drafts():
+                buyer.container.purchasing.submit(draft.id)
 
     def reading_draft(*args: Any) -> int:
         drafts_read.append(args)
