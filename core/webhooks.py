@@ -97,6 +97,24 @@ def _entry_error(events: list[str], index: int, message: str) -> ValidationError
     )
 
 
+class Subscription(BaseModel):
+    """What the fan-out matches an event against and queues a delivery for: a subscription without
+    its URL or signing secret, which the functions that match never read (WebhookStore.all)."""
+
+    model_config = ConfigDict(frozen=True, defer_build=True)
+
+    id: str
+    events: list[str]
+    channel: str | None = None
+
+    def wants(self, event: DomainEvent) -> bool:
+        """Whether this subscription receives `event`: its type, and its order's channel when the
+        subscription is bound to one (an event without a channel goes to unbound ones only)."""
+        if self.channel is not None and event.channel != self.channel:
+            return False
+        return ALL_EVENTS in self.events or event.type.value in self.events
+
+
 class Webhook(Shown):
     id: str
     url: str
@@ -109,13 +127,6 @@ class Webhook(Shown):
         default=None,
         description="The id of the API key that made the subscription (null for one made before it was recorded).",
     )
-
-    def wants(self, event: DomainEvent) -> bool:
-        """Whether this subscription receives `event`: its type, and its order's channel when the
-        subscription is bound to one (an event without a channel goes to unbound ones only)."""
-        if self.channel is not None and event.channel != self.channel:
-            return False
-        return ALL_EVENTS in self.events or event.type.value in self.events
 
 
 class IssuedWebhook(Webhook):
@@ -406,8 +417,9 @@ class WebhookStore(ABC):
         a channel only those bound to it. The cursor names only a subscription the page showed."""
 
     @abstractmethod
-    def all(self) -> "list[IssuedWebhook]":
-        """Every subscription: what the fan-out matches events against."""
+    def all(self) -> "list[Subscription]":
+        """Every subscription, as the fan-out matches events against it: never its secret (nor its
+        URL), which the functions that only match and queue do not read."""
 
     @abstractmethod
     def delete(self, webhook_id: str) -> bool:
@@ -611,7 +623,7 @@ class EventDispatcher:
     def dispatch(
         self,
         events: list[DomainEvent],
-        subscriptions: Callable[[], list[IssuedWebhook]] | None = None,
+        subscriptions: Callable[[], list[Subscription]] | None = None,
         queued: list[DeliveryMessage] | None = None,
     ) -> "Dispatched":
         """Publish `events` and queue their deliveries. Running it again for the same events queues
@@ -642,7 +654,7 @@ class EventDispatcher:
             queued.extend(messages)
         return Dispatched(len(messages), [ready.event for ready in leaving if "omitted" in ready.event.data])
 
-    def _delivery(self, webhook: Webhook, event: DomainEvent, body: str) -> DeliveryMessage | None:
+    def _delivery(self, webhook: Subscription, event: DomainEvent, body: str) -> DeliveryMessage | None:
         """The message of `webhook`'s delivery of `event`, stored now; None when it was stored and
         tried before (or moved on)."""
         now = self._clock()

@@ -59,9 +59,11 @@ def statements(function: str, resources: dict[str, Any] | None = None) -> Iterat
 
 def allowed_statements(function: str, resources: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
     """statements(function), each checked to be one this tool reads whole: an Allow, with no
-    Condition or a `ForAllValues:StringLike` on `dynamodb:LeadingKeys` alone, of plain patterns.
-    Anything else fails here, loudly: a grant read without its condition (or a Deny read as a
-    grant) would pass a call AWS refuses."""
+    Condition or one of a `ForAllValues:StringLike` on `dynamodb:LeadingKeys` (plain patterns)
+    and, on a Query grant, a `ForAllValues:StringEquals` on `dynamodb:Attributes` with the
+    `StringEquals` `dynamodb:Select` SPECIFIC_ATTRIBUTES it needs (attribute_limit). Anything else
+    fails here, loudly: a grant read without its condition (or a Deny read as a grant) would pass
+    a call AWS refuses."""
     for statement in statements(function, resources):
         cannot = f"{function}: a statement this tool cannot read: {statement}"
         assert statement["Effect"] == "Allow", cannot
@@ -69,6 +71,7 @@ def allowed_statements(function: str, resources: dict[str, Any] | None = None) -
         assert "Action" in statement and "Resource" in statement, cannot
         assert not {"NotAction", "NotResource", "Principal", "NotPrincipal"} & set(statement), cannot
         key_patterns(function, statement)
+        attribute_limit(function, statement)
         for action in listed(statement["Action"]):
             actions(action, cannot)
         for resource in listed(statement["Resource"]):
@@ -76,21 +79,64 @@ def allowed_statements(function: str, resources: dict[str, Any] | None = None) -
         yield statement
 
 
-def key_patterns(function: str, statement: dict[str, Any]) -> list[str] | None:
-    """The patterns a statement's `ForAllValues:StringLike` condition on `dynamodb:LeadingKeys`
-    limits it to (every key a request touches must match one); None without a Condition. Any other
-    condition (another operator, another key, an intrinsic or a policy variable in a pattern) is
-    an AssertionError: this tool cannot tell what it allows."""
+# The condition operators and keys this tool reads, each operator with its one key.
+_CONDITIONS = {
+    "ForAllValues:StringLike": "dynamodb:LeadingKeys",
+    "ForAllValues:StringEquals": "dynamodb:Attributes",
+    "StringEquals": "dynamodb:Select",
+}
+SPECIFIC_ATTRIBUTES = "SPECIFIC_ATTRIBUTES"
+
+
+def _condition(function: str, statement: dict[str, Any]) -> dict[str, list[Any]]:
+    """A statement's condition as {key: its values}, checked to be one this tool reads (see
+    allowed_statements); {} without a Condition."""
     condition = statement.get("Condition")
     if condition is None:
-        return None
+        return {}
     cannot = f"{function}: a condition this tool cannot read: {condition}"
-    assert isinstance(condition, dict) and list(condition) == ["ForAllValues:StringLike"], cannot
-    operator = condition["ForAllValues:StringLike"]
-    assert isinstance(operator, dict) and list(operator) == ["dynamodb:LeadingKeys"], cannot
-    patterns = listed(operator["dynamodb:LeadingKeys"])
-    assert patterns and all(isinstance(p, str) and "${" not in p for p in patterns), cannot
-    return patterns
+    assert isinstance(condition, dict) and condition and set(condition) <= set(_CONDITIONS), cannot
+    read: dict[str, list[Any]] = {}
+    for operator, values in condition.items():
+        assert isinstance(values, dict) and list(values) == [_CONDITIONS[operator]], cannot
+        read[_CONDITIONS[operator]] = listed(values[_CONDITIONS[operator]])
+    for values in read.values():
+        assert values and all(isinstance(v, str) and "${" not in v for v in values), cannot
+    # The attributes' condition, read only as AWS enforces it for reads: ForAllValues holds for a
+    # request naming no attribute (one reading whole items), so it is whole only with Select
+    # required to be SPECIFIC_ATTRIBUTES (StringEquals: a request sending no Select is refused),
+    # and on Query alone (what a write's or a GetItem's attributes are, this tool does not read).
+    if "dynamodb:Attributes" in read or "dynamodb:Select" in read:
+        assert read.get("dynamodb:Select") == [SPECIFIC_ATTRIBUTES] and "dynamodb:Attributes" in read, cannot
+        assert all(actions(a) == {"dynamodb:Query"} for a in listed(statement["Action"])), cannot
+    return read
+
+
+def key_patterns(function: str, statement: dict[str, Any]) -> list[str] | None:
+    """The patterns a statement's `ForAllValues:StringLike` condition on `dynamodb:LeadingKeys`
+    limits it to (every key a request touches must match one); None without one. Any condition
+    _condition does not read (another operator, another key, an intrinsic or a policy variable in
+    a pattern) is an AssertionError: this tool cannot tell what it allows."""
+    return _condition(function, statement).get("dynamodb:LeadingKeys")
+
+
+def attribute_limit(function: str, statement: dict[str, Any]) -> list[str] | None:
+    """The attributes a Query statement's `dynamodb:Attributes` condition limits it to (the call
+    must send Select SPECIFIC_ATTRIBUTES and name only these: read_attributes); None without one."""
+    return _condition(function, statement).get("dynamodb:Attributes")
+
+
+def read_attributes(params: dict[str, Any]) -> tuple[str | None, frozenset[str]]:
+    """A Query's Select and the attributes it names (its ProjectionExpression's, and its key
+    condition's), aliases resolved: what `dynamodb:Select` and `dynamodb:Attributes` hold."""
+    names = params.get("ExpressionAttributeNames", {})
+    named = set()
+    for path in filter(None, (p.strip() for p in params.get("ProjectionExpression", "").split(","))):
+        top = re.split(r"[.\[]", path, maxsplit=1)[0]  # a map's or a list's element: its attribute
+        named.add(names.get(top, top))
+    words = re.findall(r"(?<![:\w#])#?[A-Za-z_]\w*", params.get("KeyConditionExpression", ""))
+    named |= {names.get(w, w) for w in words if w.upper() not in ("AND", "BETWEEN") and w != "begins_with"}
+    return params.get("Select"), frozenset(named)
 
 
 # --- Actions and resources as IAM reads them --------------------------------------------------------
@@ -244,6 +290,8 @@ def _leading_keys(
 
     if "Key" in params or "Item" in params:
         return [_key_value(params.get("Key") or params["Item"], table)]
+    if "KeyConditionExpression" in params and "IndexName" not in params:  # a Query of the table
+        return [_queried_partition(params, hash_key)]
     if "TransactItems" in params:
         specs = [spec for item in params["TransactItems"] for spec in item.values() if spec["TableName"] == physical]
         return [_key_value(spec.get("Key") or spec["Item"], table) for spec in specs]
@@ -256,14 +304,31 @@ def _leading_keys(
     return None
 
 
+def _queried_partition(params: dict[str, Any], hash_key: str) -> str:
+    """The partition a Query's key condition names (`<key> = :value`, the key perhaps an alias)."""
+    names = params.get("ExpressionAttributeNames", {})
+    for name, value in re.findall(r"(#?\w+)\s*=\s*(:\w+)", params["KeyConditionExpression"]):
+        if names.get(name, name) == hash_key:
+            (key,) = params["ExpressionAttributeValues"][value].values()
+            return str(key)
+    raise AssertionError(f"a Query whose partition this tool cannot read: {params['KeyConditionExpression']}")
+
+
 def not_granted_as(
-    policy: list[dict[str, Any]], function: str, grant: Grant, within: str, keys: list[str] | None
+    policy: list[dict[str, Any]],
+    function: str,
+    grant: Grant,
+    within: str,
+    keys: list[str] | None,
+    read: tuple[str | None, frozenset[str]] | None = None,
 ) -> set[Grant]:
     """How a call that needs `grant` (one the template gives `function`, whose statements are
-    `policy`, perhaps on some part of the resource only, or for some keys) is recorded: as itself
-    when a statement allows it on the part it names (`within`, in scope()'s form) for the keys it
-    touches; otherwise as what no statement grants (`<action> on <part>`, `<action> of key <key>`),
-    which AWS refuses and moto lets through."""
+    `policy`, perhaps on some part of the resource only, for some keys, or for some attributes) is
+    recorded: as itself when a statement allows it on the part it names (`within`, in scope()'s
+    form) for the keys it touches and the attributes it reads (`read`: read_attributes' answer);
+    otherwise as what no statement grants (`<action> on <part>`, `<action> of key <key>`,
+    `<action> of attribute <name>`, `<action> without Select SPECIFIC_ATTRIBUTES`), which AWS
+    refuses and moto lets through."""
     covering = [
         statement
         for statement in policy
@@ -271,14 +336,26 @@ def not_granted_as(
     ]
     if not covering:
         return {(grant[0], f"{grant[1]} on {within or 'itself'}")}
-    limits = [key_patterns(function, statement) for statement in covering]
-    if any(patterns is None for patterns in limits):
+    select, named = read if read is not None else (None, frozenset())
+
+    def holds_keys(patterns: list[str] | None) -> bool:
+        return patterns is None or (keys is not None and all(any(like(key, p) for p in patterns) for key in keys))
+
+    def holds_attributes(allowed: list[str] | None) -> bool:
+        return allowed is None or (select == SPECIFIC_ATTRIBUTES and named <= set(allowed))
+
+    limits = [(key_patterns(function, s), attribute_limit(function, s)) for s in covering]
+    if any(holds_keys(patterns) and holds_attributes(allowed) for patterns, allowed in limits):
         return {grant}
+    in_keys = [allowed for patterns, allowed in limits if holds_keys(patterns)]
+    if in_keys:  # refused for what it reads, by every statement that holds its keys
+        if select != SPECIFIC_ATTRIBUTES:
+            return {(grant[0], f"{grant[1]} without Select {SPECIFIC_ATTRIBUTES}")}
+        outside = named - {name for allowed in in_keys for name in allowed or ()}
+        return {(grant[0], f"{grant[1]} of attribute {name}") for name in sorted(outside)}
     if keys is None:
         return {(grant[0], f"{grant[1]} of key (keys not read)")}
-    if any(all(any(like(key, p) for p in patterns) for key in keys) for patterns in limits):
-        return {grant}
-    every = [p for patterns in limits for p in patterns]
+    every = [p for patterns, _ in limits for p in patterns or ()]
     outside = [key for key in keys if not any(like(key, p) for p in every)] or keys
     return {(grant[0], f"{grant[1]} of key {key}") for key in outside}
 
@@ -426,6 +503,8 @@ def calls_by_function(stack: Any) -> Iterator[Calls]:
             # A grant on part of a resource (an index, a prefix of objects) or for some keys only:
             # a call outside it is AccessDenied on AWS (moto does not check), so it is recorded as
             # a grant the template does not give.
+            # What a Query reads (its Select and attributes), for a grant limited to some attributes.
+            read = read_attributes(params) if (service, operation) == ("dynamodb", "Query") else None
             within = ""  # what of the resource the call names: an index, an object
             if service == "dynamodb" and "IndexName" in params:
                 within = f"index/{params['IndexName']}"
@@ -435,7 +514,7 @@ def calls_by_function(stack: Any) -> Iterator[Calls]:
                 shown
                 for grant, physical in grants.items()
                 for shown in (
-                    not_granted_as(policy, function, grant, within, leading(grant, physical))
+                    not_granted_as(policy, function, grant, within, leading(grant, physical), read)
                     if grant in given.get(function, set())
                     else {grant}
                 )

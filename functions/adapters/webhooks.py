@@ -24,6 +24,7 @@ from core.webhooks import (
     EventPublisher,
     IssuedWebhook,
     SendResult,
+    Subscription,
     Target,
     TooManyWebhooks,
     Webhook,
@@ -36,6 +37,8 @@ from functions.adapters.dynamodb import decode_cursor, encode_cursor, from_item,
 WEBHOOKS_PK = "WEBHOOKS"
 WEBHOOK_COUNTS_PK = "WEBHOOK_COUNTS"  # sk `channel#<channel>` or `unbound`: `live` subscriptions there
 DELIVERIES_PK = "WEBHOOK#"  # + the webhook's id: its deliveries, sk the delivery's id
+# What DynamoWebhooks.all reads of each subscription (a Subscription): never `secret` or `url`.
+SUBSCRIPTION_ATTRIBUTES = ("id", "events", "channel")
 # A delivery's record expires (TTL) this long after its retry window closes (a manual retry closes
 # it anew): a window longer than this (WebhookRetryWindowSeconds) never loses a delivery still pending.
 DELIVERY_RETENTION = timedelta(days=30)
@@ -69,11 +72,12 @@ class DynamoWebhooks(WebhookStore):
     """A subscription is one item (pk WEBHOOKS, sk its id) holding its secret: the secret must be
     readable to sign, so it is protected like the API key records beside it (the table is encrypted
     at rest, only the API and the delivery function may read it, no response shows it after the
-    create). A delivery is one item under its subscription (pk WEBHOOK#<id>, sk its id, which sorts
-    by time), expiring DELIVERY_RETENTION after its retry window closes; it holds the body every
-    attempt sends (and signs), compressed. The cap is a counter per channel (and one for the
-    unbound subscriptions) that the subscription's put and delete move in one transaction with it;
-    a subscription it counted carries `counted`, so deleting one made before the cap frees nothing."""
+    create); the functions that fan events out read subscriptions without it (all). A delivery is
+    one item under its subscription (pk WEBHOOK#<id>, sk its id, which sorts by time), expiring
+    DELIVERY_RETENTION after its retry window closes; it holds the body every attempt sends (and
+    signs), compressed. The cap is a counter per channel (and one for the unbound subscriptions)
+    that the subscription's put and delete move in one transaction with it; a subscription it
+    counted carries `counted`, so deleting one made before the cap frees nothing."""
 
     def __init__(self, client: Any, table: str):
         self._client = client
@@ -135,15 +139,20 @@ class DynamoWebhooks(WebhookStore):
                 return shown, None
             query["ExclusiveStartKey"] = response["LastEvaluatedKey"]
 
-    def all(self) -> list[IssuedWebhook]:
-        found: list[IssuedWebhook] = []
+    def all(self) -> list[Subscription]:
+        # Only what matching and queuing need leaves the table: the functions that fan events out
+        # (EventsFunction, BackorderFunction) never hold a subscriber's secret, and their grant of
+        # this read is conditioned on these attributes (template.yaml's dynamodb:Attributes).
+        found: list[Subscription] = []
         pages = self._client.get_paginator("query").paginate(
             TableName=self._table,
             KeyConditionExpression="pk = :pk",
             ExpressionAttributeValues={":pk": {"S": WEBHOOKS_PK}},
+            Select="SPECIFIC_ATTRIBUTES",
+            ProjectionExpression=", ".join(SUBSCRIPTION_ATTRIBUTES),
         )
         for page in pages:
-            found.extend(_webhook(item) for item in page["Items"])
+            found.extend(Subscription.model_validate(from_item(item)) for item in page["Items"])
         return found
 
     def delete(self, webhook_id: str) -> bool:

@@ -15,7 +15,7 @@ from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import 
 
 from core.aggregates import aggregate_change
 from core.domain_events import DomainEvent, import_events, order_events, return_events
-from core.webhooks import DeliveryMessage, IssuedWebhook
+from core.webhooks import DeliveryMessage, Subscription
 from functions.adapters import order_codec
 from functions.adapters.imports import import_failure, import_file_error, import_summary
 from functions.bootstrap import WarmContainer
@@ -46,9 +46,9 @@ class _Subscriptions:
     a record of the batch has events."""
 
     def __init__(self) -> None:
-        self._found: list[IssuedWebhook] | None = None
+        self._found: list[Subscription] | None = None
 
-    def __call__(self) -> list[IssuedWebhook]:
+    def __call__(self) -> list[Subscription]:
         if self._found is None:
             self._found = container().webhook_store.all()
         return self._found
@@ -70,7 +70,7 @@ class _Deliveries:
 
 
 def publish_changes(
-    record: DynamoDBRecord, subscriptions: Callable[[], list[IssuedWebhook]], deliveries: _Deliveries
+    record: DynamoDBRecord, subscriptions: Callable[[], list[Subscription]], deliveries: _Deliveries
 ) -> None:
     """Both images are read from the record itself, so a redelivered record gives the same events
     with the same ids; a failure fails this record only and the stream retries it. `deliveries`
@@ -124,7 +124,7 @@ def order_of(order_id: str) -> dict[str, Any] | None:
 
 
 def dispatch(
-    events: list[DomainEvent], subscriptions: Callable[[], list[IssuedWebhook]], deliveries: _Deliveries
+    events: list[DomainEvent], subscriptions: Callable[[], list[Subscription]], deliveries: _Deliveries
 ) -> None:
     """Publish `events` to the bus and store their webhook deliveries, their messages added to
     `deliveries` for the batch to queue."""

@@ -151,6 +151,27 @@ def subscribe(url: str, events: list[str], channel: str | None = None) -> Issued
     return webhook
 
 
+@contextlib.contextmanager
+def subscription_reads(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[dict[str, Any]]]:
+    """The items of every read of the webhook subscriptions' partition made meanwhile, as
+    DynamoDB answered them (before any adapter drops an attribute)."""
+    from botocore.client import BaseClient
+
+    from functions.adapters.webhooks import WEBHOOKS_PK
+
+    answered: list[dict[str, Any]] = []
+    calling = BaseClient._make_api_call
+
+    def reading(client: Any, operation: str, params: dict[str, Any]) -> Any:
+        answer = calling(client, operation, params)
+        if operation == "Query" and params.get("ExpressionAttributeValues", {}).get(":pk") == {"S": WEBHOOKS_PK}:
+            answered.extend(answer["Items"])
+        return answer
+
+    monkeypatch.setattr(BaseClient, "_make_api_call", reading)
+    yield answered
+
+
 def one_delivery_queued(aws, wired, url: str) -> tuple[IssuedWebhook, DeliveryMessage]:
     """A subscription at `url` to order.created, an order allocated, and its INSERT read by the events
     function: the subscription and the one delivery message it queued (drained off the queue)."""
@@ -191,6 +212,21 @@ def test_order_changes_go_to_the_bus_and_to_matching_subscriptions_once_even_whe
     assert [e["detail"]["id"] for e in again] == [e["detail"]["id"] for e in on_bus]
     assert drain(wired["sqs"], wired["deliveries"]) == []
     assert set(records_before) == {r.id for r in container().webhook_store.deliveries(everything.id, 10, None)[0]}
+
+
+def test_the_events_function_reads_the_subscriptions_it_matches_without_their_signing_secrets(aws, wired, monkeypatch):
+    # The function that turns every change into events needs a subscription's types, channel and
+    # id, never what signs its deliveries: only the API and the delivery function read secrets.
+    from functions.events.app import lambda_handler
+
+    subscribe("http://127.0.0.1:9/created", ["order.created"])
+    created, _, _ = an_order_allocated(aws)
+
+    with subscription_reads(monkeypatch) as read:
+        assert lambda_handler(stream_event(("INSERT", None, created)), Context()) == {"batchItemFailures": []}
+
+    assert len(drain(wired["sqs"], wired["deliveries"])) == 1  # matched and queued all the same
+    assert read and all("secret" not in item for item in read), read
 
 
 def test_a_failed_record_holds_back_the_later_records_of_its_batch_so_events_keep_their_order(aws, wired, monkeypatch):

@@ -33,8 +33,8 @@ from tests.e2e.client import ADMIN, Catalog, assert_error, put_network, unique
 from tests.fakes import FakeLabels
 from tests.integration.conftest import PASS_MACHINE, run_threads
 from tests.integration.in_process import InProcessApi, in_process_api
-from tests.integration.test_backorders import Context, Ticking, metrics_on  # noqa: F401 (a fixture)
-from tests.integration.test_events_and_webhooks import drain
+from tests.integration.test_backorders import Context, Ticking, another_functions_calls, metrics_on  # noqa: F401 (a fixture)
+from tests.integration.test_events_and_webhooks import drain, subscription_reads
 
 PO = PurchaseOrderStatus
 COST = Money.of("4.00", "USD")
@@ -213,6 +213,20 @@ def test_a_fall_below_the_point_makes_a_draft_and_inventory_low_once_even_when_r
     assert published[0]["data"] == {"inventory": {"sku": "MUG", "location_id": "wh-east", "available": 4,
                                                   "reorder_point": 5}}  # fmt: skip
     assert len(buyer.deliveries_queued()) == 1  # one webhook delivery for the event (its message sent again)
+
+
+def test_inventory_low_is_matched_to_subscriptions_read_without_their_signing_secrets(buyer: Buyer, monkeypatch):
+    # The stock stream's function queues inventory.low's deliveries: it needs a subscription's
+    # types, channel and id, never what signs them (only the API and the delivery function do).
+    buyer.stock()
+    buyer.point()
+    buyer.reserve(3, each=2)  # 10 -> 4: below the point
+
+    with subscription_reads(monkeypatch) as read:
+        assert buyer.consume(buyer.stream.records()) == {"batchItemFailures": []}
+
+    assert len(buyer.deliveries_queued()) == 1  # matched and queued all the same
+    assert read and all("secret" not in item for item in read), read
 
 
 def test_the_filters_pass_a_fall_to_nothing_below_a_point_and_no_fall_without_one(buyer: Buyer):
@@ -1079,8 +1093,9 @@ def test_a_draft_submitted_while_a_backorder_is_bought_for_is_counted_once(buyer
     read_draft, read_stock, drafts_read = replenishment.drafted, inventory.levels, []
 
     def submit_once() -> None:
-        if buyer.drafts():
-            buyer.container.purchasing.submit(draft.id)
+        with another_functions_calls():  # a person's, through the API, while the function runs
+            if buyer.drafts():
+                buyer.container.purchasing.submit(draft.id)
 
     def reading_draft(*args: Any) -> int:
         drafts_read.append(args)

@@ -235,6 +235,8 @@ def fake_function(monkeypatch: pytest.MonkeyPatch, **statement: Any) -> None:
 
 
 LIKE = "ForAllValues:StringLike"
+EQUALS = "ForAllValues:StringEquals"
+SPECIFIC = {"dynamodb:Select": "SPECIFIC_ATTRIBUTES"}
 
 
 @pytest.mark.parametrize(
@@ -248,6 +250,13 @@ LIKE = "ForAllValues:StringLike"
         {"Condition": {LIKE: {"dynamodb:LeadingKeys": [{"Fn::Sub": "${AWS::StackName}#*"}]}}},
         {"Condition": {LIKE: {"dynamodb:LeadingKeys": ["${aws:userid}#*"]}}},  # a policy variable
         {"Condition": {LIKE: {"dynamodb:LeadingKeys": []}}},
+        # An attributes grant read whole only with Select required: ForAllValues passes a request
+        # naming no attribute (the whole item), and IfExists one sending no Select.
+        {"Condition": {EQUALS: {"dynamodb:Attributes": ["id"]}}},
+        {"Condition": {EQUALS: {"dynamodb:Attributes": ["id"]}, "StringEqualsIfExists": SPECIFIC}},
+        {"Condition": {EQUALS: {"dynamodb:Attributes": ["id"]}, "StringEquals": {"dynamodb:Select": "ALL_ATTRIBUTES"}}},
+        # ...and on Query alone: what a write's or a GetItem's attributes are, this tool does not read.
+        {"Condition": {EQUALS: {"dynamodb:Attributes": ["id"]}, "StringEquals": SPECIFIC}},
         {"Effect": "Deny"},
     ],
 )
@@ -282,6 +291,46 @@ def test_leading_keys_are_matched_as_iam_does_and_read_in_a_transaction(
         ("IdempotencyTable", "dynamodb:GetItem"),
         ("IdempotencyTable", "dynamodb:GetItem of key import#1x"),
         ("IdempotencyTable", "dynamodb:PutItem"),
+    }
+
+
+def test_a_query_s_partition_is_read_from_its_key_condition_and_its_attributes_from_its_projection(
+    aws: Any, monkeypatch: pytest.MonkeyPatch, running_as: Any
+):
+    # A Query names its partition in its key condition: the tool read no key of it, so a Query grant
+    # limited to some partitions recorded every call "(keys not read)", and such grants were left
+    # whole (EventsFunction's and BackorderFunction's could read any Catalog item, an API key's).
+    # A grant limited to some attributes (a subscription's, never its secret) holds a Query that
+    # asks for those by name, with Select SPECIFIC_ATTRIBUTES: without Select the condition's key
+    # is absent and StringEquals refuses it.
+    only_named = {
+        LIKE: {"dynamodb:LeadingKeys": ["WEBHOOKS"]},
+        EQUALS: {"dynamodb:Attributes": ["pk", "sk", "id", "events"]},
+        "StringEquals": SPECIFIC,
+    }
+    fake_function(monkeypatch, Action="dynamodb:Query", Resource={"Fn::GetAtt": ["CatalogTable", "Arn"]},
+                  Condition=only_named)  # fmt: skip
+    table = aws.tables["CatalogTable"]
+
+    def query(pk: str, names: dict[str, str] | None = None, **read: Any) -> None:
+        aws.dynamodb.query(
+            TableName=table, KeyConditionExpression="#p = :pk", ExpressionAttributeValues={":pk": {"S": pk}},
+            ExpressionAttributeNames={"#p": "pk", **(names or {})}, **read,
+        )  # fmt: skip
+
+    running_as(FAKE)
+    with calls_by_function(stack_as(aws, FAKE)) as calls:
+        query("WEBHOOKS", {"#e": "events"}, Select="SPECIFIC_ATTRIBUTES", ProjectionExpression="id, #e")
+        query("APIKEY#1", Select="SPECIFIC_ATTRIBUTES", ProjectionExpression="id")
+        query("WEBHOOKS")
+        query("WEBHOOKS", ProjectionExpression="id")
+        query("WEBHOOKS", Select="SPECIFIC_ATTRIBUTES", ProjectionExpression="id, secret")
+
+    assert calls[FAKE] == {
+        ("CatalogTable", "dynamodb:Query"),
+        ("CatalogTable", "dynamodb:Query of key APIKEY#1"),
+        ("CatalogTable", "dynamodb:Query without Select SPECIFIC_ATTRIBUTES"),
+        ("CatalogTable", "dynamodb:Query of attribute secret"),
     }
 
 

@@ -59,10 +59,12 @@ from functions.adapters.purchasing import (
     DRAFTS_PK,
     PURCHASE_ORDERS_PK,
     REORDERED_PREFIX,
+    VENDORS_PK,
     DynamoPurchasing,
 )
 from functions.adapters.webhooks import (
     DELIVERIES_PK,
+    SUBSCRIPTION_ATTRIBUTES,
     WEBHOOKS_PK,
     DynamoWebhooks,
     EventBridgePublisher,
@@ -75,6 +77,8 @@ from tests.template_iam import (
     actions,
     granted,
     key_limits,
+    key_patterns,
+    like,
     listed,
     logical_id,
     scope,
@@ -548,10 +552,34 @@ def test_webhook_delivery_reaches_only_the_webhooks_partitions_of_the_catalog():
     assert {grant: sorted(limits.get(grant, [])) for grant in expected} == {g: sorted(p) for g, p in expected.items()}
 
 
+@pytest.mark.parametrize("function", ["EventsFunction", "BackorderFunction"])
+def test_the_fan_out_may_read_the_subscriptions_but_never_their_signing_secrets(function: str):
+    # The functions that match events to subscriptions and queue deliveries read every subscription
+    # each batch: granted its whole item, a flaw in them (or a dependency) could read every
+    # subscriber's secret. Their read of that partition is held to what matching needs, by name,
+    # with Select SPECIFIC_ATTRIBUTES required (a Query naming no attribute reads whole items, and
+    # ForAllValues alone would let it through); tests/template_iam.py checks each call against it.
+    catalog = [s for s in statements(function) if {"Fn::GetAtt": [CATALOG, "Arn"]} in listed(s["Resource"])]
+    reaching = [s for s in catalog if any(like(WEBHOOKS_PK, p) for p in key_patterns(function, s) or ["*"])]
+    allowed = ["pk", "sk", *SUBSCRIPTION_ATTRIBUTES]  # the table's keys, and what all() projects
+
+    assert [(s["Action"], s.get("Condition")) for s in reaching] == [
+        (
+            "dynamodb:Query",
+            {
+                "ForAllValues:StringLike": {"dynamodb:LeadingKeys": [WEBHOOKS_PK]},
+                "ForAllValues:StringEquals": {"dynamodb:Attributes": allowed},
+                "StringEquals": {"dynamodb:Select": "SPECIFIC_ATTRIBUTES"},
+            },
+        )
+    ]
+    assert {"secret", "url"}.isdisjoint(allowed)
+
+
 # The Catalog table holds API keys beside everything else: a function that is not the API's is held,
-# by dynamodb:LeadingKeys conditions, to the partitions its code writes (and, where the calls name
-# their keys, reads: a Query's key is in its condition expression, which the local check does not
-# read, so Query grants are left whole). An action a transaction makes goes by every item of it on
+# by dynamodb:LeadingKeys conditions, to the partitions its code writes and reads (a Query's by the
+# partition its key condition names, which tests/template_iam.py reads; the workflow steps' Query of
+# the sourcing rules is still left whole). An action a transaction makes goes by every item of it on
 # the table (tests/template_iam.py), so a function's writes share one list.
 _IMPORTS = [LIST_PK, f"{IMPORT_PK}*"]
 # The counters with their markers, the days' registries, the email index, the filings; the
@@ -586,9 +614,27 @@ CATALOG_KEYS: dict[str, dict[str, list[str]]] = {
         # An ended import, an order's filing day, a notification or a delivery already recorded, the
         # network (a ready pickup's store, named to its customer).
         "dynamodb:GetItem": [f"{IMPORT_PK}*", f"{FILING_PK}*", f"{NOTIFICATIONS_PK}*", f"{DELIVERIES_PK}*", NETWORK_PK],
+        # An ended import's errors, an order's later counter markers; the subscriptions (only what
+        # matching needs of them: test_the_fan_out_may_read_the_subscriptions_but_never_their_signing_secrets).
+        "dynamodb:Query": [f"{IMPORT_PK}*", f"{MARKERS_PK}*", WEBHOOKS_PK],
         **{a: _EVENTS_WRITE for a in _PUT_UPDATE},
     },
-    "BackorderFunction": {a: _BACKORDERS_WRITE for a in _PUT_UPDATE},
+    "BackorderFunction": {
+        **{a: _BACKORDERS_WRITE for a in _PUT_UPDATE},
+        # The network, a vendor, a purchase order, the open draft and its lines, a crossing's marker,
+        # an inventory.low delivery already recorded.
+        "dynamodb:GetItem": [
+            NETWORK_PK,
+            VENDORS_PK,
+            PURCHASE_ORDERS_PK,
+            DRAFTS_PK,
+            DRAFT_LINES_PK,
+            f"{REORDERED_PREFIX}*",
+            f"{DELIVERIES_PK}*",
+        ],
+        # The sourcing rules in force; the subscriptions inventory.low is matched to (as EventsFunction's).
+        "dynamodb:Query": [SOURCING_RULES_PK, WEBHOOKS_PK],
+    },
     # The imports a recount finishes (their counters, their kept errors); the pages of an order's
     # history a pass's write moves; the notifications the plugins failed to send, and their listing
     # (an attempt claimed, sent or given up moves it). It reads the catalog, those imports and those

@@ -30,6 +30,7 @@ from core.webhooks import (
     NewWebhook,
     RetrySchedule,
     SendResult,
+    Subscription,
     Target,
     TooManyWebhooks,
     Webhook,
@@ -353,8 +354,11 @@ class FakeStore(WebhookStore):
         shown = [Webhook.model_validate(w.model_dump(exclude={"secret"})) for w in self.webhooks.values()]
         return [w for w in shown if channel is None or w.channel == channel], None
 
-    def all(self) -> list[IssuedWebhook]:
-        return list(self.webhooks.values())
+    def all(self) -> list[Subscription]:
+        return [
+            Subscription.model_validate(w.model_dump(include={"id", "events", "channel"}))
+            for w in self.webhooks.values()
+        ]
 
     def delete(self, webhook_id: str) -> bool:
         return self.webhooks.pop(webhook_id, None) is not None
@@ -436,11 +440,14 @@ def public(url: str) -> Target:
 
 # --- Subscriptions and fan-out -------------------------------------------------------------------
 def test_a_subscription_gets_its_types_and_a_channel_bound_one_only_its_channels_events():
-    assert hook("whk_a", ["*"]).wants(event(channel="shop"))
-    assert hook("whk_a", ["order.created"]).wants(event())
-    assert not hook("whk_a", ["order.allocated"]).wants(event())
-    assert hook("whk_a", ["*"], channel="web").wants(event(channel="web"))
-    assert not hook("whk_a", ["*"], channel="web").wants(event(channel="shop"))
+    def subscription(events: list[str], channel: str | None = None) -> Subscription:
+        return Subscription(id="whk_a", events=events, channel=channel)
+
+    assert subscription(["*"]).wants(event(channel="shop"))
+    assert subscription(["order.created"]).wants(event())
+    assert not subscription(["order.allocated"]).wants(event())
+    assert subscription(["*"], channel="web").wants(event(channel="web"))
+    assert not subscription(["*"], channel="web").wants(event(channel="shop"))
 
 
 def test_new_webhook_events_are_contract_types_or_star():
@@ -862,12 +869,12 @@ def test_dispatch_matches_the_subscriptions_it_is_given_without_reading_them_aga
     class CountingStore(FakeStore):
         reads = 0
 
-        def all(self) -> list[IssuedWebhook]:
+        def all(self) -> list[Subscription]:
             self.reads += 1
             return super().all()
 
     store, queue = CountingStore(), FakeQueue()
-    given = [hook("whk_given", ["*"])]
+    given = [Subscription(id="whk_given", events=["*"])]
     dispatcher = EventDispatcher(store, queue, FakeBus(), Clock(), RetrySchedule())
     assert dispatcher.dispatch([event()], lambda: given).queued == 1
     assert store.reads == 0 and queue.sent[0][0].webhook_id == "whk_given"
