@@ -94,7 +94,8 @@ def place_order(order: PlaceOrder, idempotency_key: IdempotencyKey = None) -> Re
     # by which such a retry tells its own order from another request's (409 duplicate_order). Only
     # then: the order item is written ~7 times an order and billed per started KB, and an id from the
     # request says it already. An entry written before kept a hash of the key and body ("api:" and 24
-    # characters, `earlier_key`): a retry of such a request is still recognised.
+    # characters, `earlier_key`): a retry of such a request is still recognised (needed for 24 h after
+    # the deploy that shortened it: the key is honoured no longer).
     order_id = request_key = earlier_key = None
     if idempotency_key is not None:
         request = json.dumps(payload, sort_keys=True)
