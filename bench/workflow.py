@@ -19,6 +19,7 @@ import statistics
 import sys
 import threading
 import time
+import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from contextlib import contextmanager
@@ -574,6 +575,13 @@ def _batch_writes(params: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
+def _storefront_headers(headers: dict[str, str]) -> dict[str, str]:
+    """`headers` with a fresh Idempotency-Key: an order is placed as a storefront that retries safely
+    places it (the quick start's), which adds the idempotency record's writes and the created entry's
+    request_key to what it costs."""
+    return {**headers, "Idempotency-Key": str(uuid.uuid4())}
+
+
 def _order_body() -> dict[str, Any]:
     return {
         "channel": "bench",
@@ -715,7 +723,9 @@ def main(argv: list[str]) -> None:
         # Stock for every order of the run, so none is cancelled out_of_stock.
         requests.put(f"{stack.api_url}/inventory/TSHIRT-BLK-M/wh-west", json={"on_hand": 100_000},
                      headers=headers, timeout=10).raise_for_status()  # fmt: skip
-        warm = requests.post(f"{stack.api_url}/orders", json=_order_body(), headers=headers, timeout=10)
+        warm = requests.post(
+            f"{stack.api_url}/orders", json=_order_body(), headers=_storefront_headers(headers), timeout=10
+        )
         warm.raise_for_status()
         schedules = ScheduledRuns(stack, recorder, cpu)
         stack.wait_until_idle(30)
@@ -733,7 +743,9 @@ def main(argv: list[str]) -> None:
         placed: list[str] = []
 
         def place(session: requests.Session) -> None:
-            response = session.post(f"{stack.api_url}/orders", json=_order_body(), headers=headers, timeout=30)
+            response = session.post(
+                f"{stack.api_url}/orders", json=_order_body(), headers=_storefront_headers(headers), timeout=30
+            )
             response.raise_for_status()
             with lock:
                 placed.append(response.json()["id"])

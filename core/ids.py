@@ -34,6 +34,25 @@ def order_id_for_request(caller_key_id: str, idempotency_key: str, request: str)
     return "ord_" + short_hash(f"order\x1f{caller_key_id}\x1f{idempotency_key}\x1f{request}")
 
 
+# What an order's created entry keeps of a hash (order_request_key, services.request_hash): 8 of
+# short_hash's 24 characters, 40 bits. Each tells one request, or one content, from the few others
+# sent for the same channel and external id: two alike by chance is about one in 10^12 for each
+# such request, and a retry is recognised only when both its key's and its body's match (finding
+# both by trial would take some 2^39 requests within the key's 24 hours, each knowing the order's
+# body). The 16 characters more each were ~30 bytes of an item billed per started KB at each of its
+# ~7 writes. Entries written before kept all 24: they are compared on what they kept (services.asked_alike).
+KEPT_HASH_CHARS = 8
+
+
+def order_request_key(caller_key_id: str, idempotency_key: str) -> str:
+    """What the created entry of an order with an external id keeps of the API request that placed
+    it under an Idempotency-Key (`request_key`, never shown), by which a retry of that request tells
+    its own order from another request's: KEPT_HASH_CHARS of a hash of the caller's key id and the
+    key. What the request asked is the entry's `request_hash` beside it, so the two name the request
+    as its key and body do. No colon, so it never reads as a direct message's ("sqs:…")."""
+    return short_hash(f"order-request\x1f{caller_key_id}\x1f{idempotency_key}")[:KEPT_HASH_CHARS]
+
+
 def new_id(prefix: str) -> str:
     return f"{prefix}_{_b32(secrets.token_bytes(15))}"
 

@@ -37,7 +37,7 @@ from core.imports import (
     line_of_field,
 )
 from core.models import PlaceOrder, Shown, utc_now
-from core.services import CaptureService, request_hash
+from core.services import CaptureService, asked_alike
 from core.status import ImportStatus
 
 logger = logging.getLogger(__name__)
@@ -699,7 +699,7 @@ class OrderImporter:
         ):
             return ImportResult(Outcome.IMPORTED, order_id=order_id)
         asked = detail.get("request_hash")
-        if isinstance(asked, str) and asked != request_hash(command):
+        if isinstance(asked, str) and not asked_alike(asked, command):
             message = (
                 f"an order with this channel and external_id already exists with other content: {order_id}; "
                 "nothing of this one was taken (send it under a new external_id, or change that order)"

@@ -30,7 +30,7 @@ from core.errors import (
 )
 from core.events import OrderEvent
 from core.hook_calls import call_hook, calls_about
-from core.ids import new_id, order_id_for, short_hash
+from core.ids import KEPT_HASH_CHARS, new_id, order_id_for, short_hash
 from core.models import (
     Address,
     HistoryEntry,
@@ -392,8 +392,19 @@ def request_hash(cmd: PlaceOrder) -> str:
     defaults, hashed (ids.short_hash). Two bodies that ask the same order (keys in another order, a
     default sent or left out, a CSV row or a JSON line) hash alike; and a field added to the body
     later with a default changes no order's stored hash, so a file imported again after it is still
-    the same content. Kept on the order's created entry (`request_hash`, never shown)."""
+    the same content. Kept on the order's created entry (`request_hash`, never shown): its first
+    KEPT_HASH_CHARS characters."""
+    return _content_hash(cmd)[:KEPT_HASH_CHARS]
+
+
+def _content_hash(cmd: PlaceOrder) -> str:
     return short_hash(json.dumps(cmd.model_dump(mode="json", exclude_defaults=True), sort_keys=True))
+
+
+def asked_alike(kept: object, cmd: PlaceOrder) -> bool:
+    """Whether a created entry's `request_hash` (`kept`: KEPT_HASH_CHARS characters, or the whole
+    hash in an entry written before) is that of `cmd` (request_hash)."""
+    return isinstance(kept, str) and len(kept) >= KEPT_HASH_CHARS and _content_hash(cmd).startswith(kept)
 
 
 class CaptureService:
@@ -455,14 +466,23 @@ class CaptureService:
             content=request_hash(cmd),
         )  # fmt: skip
 
-    def placed_under(self, order_id: str, request_key: str) -> Order | None:
-        """The order `order_id` if the request `request_key` names placed it (its created entry
-        keeps that key), read consistently: its write may be a moment old. None otherwise."""
+    def placed_under(
+        self, order_id: str, request_key: str, cmd: PlaceOrder, earlier_key: str | None = None
+    ) -> Order | None:
+        """The order `order_id` if the request that asked `cmd` under `request_key`
+        (ids.order_request_key) placed it: its created entry keeps that key and the hash of what
+        it asked (request_hash), or `earlier_key`, what an entry written before kept of the same
+        request (a hash of its key and body). Read consistently: its write may be a moment old.
+        None otherwise."""
         found = self._created(order_id)
         if found is None:
             return None
         order, created = found
-        return order if (created.detail or {}).get("request_key") == request_key else None
+        detail = created.detail or {}
+        kept = detail.get("request_key")
+        if kept == request_key and asked_alike(detail.get("request_hash"), cmd):
+            return order
+        return order if earlier_key is not None and kept == earlier_key else None
 
     def created_entry(self, order_id: str) -> HistoryEntry | None:
         """The entry that created order `order_id` (who placed it, and the `request_key` and

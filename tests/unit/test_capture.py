@@ -1,5 +1,7 @@
 """Capture service: validation, pricing through plugins, the stock check, one put."""
 
+import json
+
 import pytest
 
 from core.errors import DuplicateOrder, InsufficientStock, InvalidRequest, UnknownSku
@@ -204,3 +206,17 @@ def test_another_channels_order_reads_as_missing(world):
         queries.get(order.id, channel="marketplace")
     with pytest.raises(NotFound):
         queries.history(order.id, channel="marketplace")
+
+
+def test_what_a_request_asked_is_told_by_the_hash_its_created_entry_keeps_whatever_its_length():
+    from core.ids import KEPT_HASH_CHARS, short_hash
+    from core.services import asked_alike, request_hash
+
+    command, other = place_order(), place_order(lines=[{"sku": "TSHIRT", "quantity": 3}])
+    whole = short_hash(json.dumps(command.model_dump(mode="json", exclude_defaults=True), sort_keys=True))
+
+    # What entries keep now, and the whole hash entries written before kept (an order in flight).
+    assert request_hash(command) == whole[:KEPT_HASH_CHARS]
+    assert asked_alike(request_hash(command), command) and asked_alike(whole, command)
+    assert not asked_alike(request_hash(other), command) and not asked_alike(whole, other)
+    assert not asked_alike(whole[:4], command) and not asked_alike(None, command)  # too little to tell

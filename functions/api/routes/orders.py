@@ -12,7 +12,7 @@ from aws_lambda_powertools.event_handler.openapi.params import Body, Header, Que
 
 from core.access import Caller, Scope, allows
 from core.errors import DuplicateOrder
-from core.ids import order_id_for_request, short_hash
+from core.ids import order_id_for_request, order_request_key, short_hash
 from core.models import IDENTIFIER_PATTERN, CancelRequest, HistoryPage, Order, OrderEdit, PlaceOrder, ShipRequest
 from core.ports import OrderFilter
 from core.shown_references import history_shown
@@ -90,16 +90,20 @@ def place_order(order: PlaceOrder, idempotency_key: IdempotencyKey = None) -> Re
     # whose first attempt was written but whose answer (and idempotency record) was lost finds that
     # order, as the same key and body find the first answer, instead of placing a second one.
     # With one, the order's id comes from its channel and external id, taken by whatever placed it
-    # first: its created entry keeps this request (`request_key`, never shown), by which such a retry
-    # tells its own order from another request's (409 duplicate_order). Only then: the order item is
-    # written ~7 times an order and billed per started KB, and an id from the request says it already.
-    order_id = request_key = None
+    # first: its created entry keeps this request (`request_key` beside `request_hash`, never shown),
+    # by which such a retry tells its own order from another request's (409 duplicate_order). Only
+    # then: the order item is written ~7 times an order and billed per started KB, and an id from the
+    # request says it already. An entry written before kept a hash of the key and body ("api:" and 24
+    # characters, `earlier_key`): a retry of such a request is still recognised (needed for 24 h after
+    # the deploy that shortened it: the key is honoured no longer).
+    order_id = request_key = earlier_key = None
     if idempotency_key is not None:
         request = json.dumps(payload, sort_keys=True)
         if order.external_id is None:
             order_id = order_id_for_request(who.key_id, idempotency_key, request)
-        else:  # 24 characters whatever the Idempotency-Key's length (up to 255): the item is billed per KB
-            request_key = "api:" + short_hash(f"{who.key_id}:{idempotency_key}#{request}")
+        else:
+            request_key = order_request_key(who.key_id, idempotency_key)
+            earlier_key = "api:" + short_hash(f"{who.key_id}:{idempotency_key}#{request}")
 
     def place(order_id: str | None = order_id) -> Order:
         placed = container().capture.place(
@@ -128,7 +132,7 @@ def place_order(order: PlaceOrder, idempotency_key: IdempotencyKey = None) -> Re
                 # if this request placed it: another's (or this key's with another body) stays 409.
                 if order_id is None:
                     assert request_key is not None
-                    first = container().capture.placed_under(duplicate.order_id, request_key)
+                    first = container().capture.placed_under(duplicate.order_id, request_key, order, earlier_key)
                 else:
                     first = container().order_repository.get(order_id, consistent=True)
                 if first is None:

@@ -1,0 +1,109 @@
+"""What DynamoDB bills an order's writes, through the in-process API and the workflow's steps on
+moto: a one-line order placed as a storefront that retries safely places it (an external_id, an
+Idempotency-Key: make run's first order) stays under 1 KB, one write unit a write, from capture to
+delivery; and the key adds only a few bytes to any order's item."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from urllib.parse import quote
+
+import boto3
+import pytest
+
+from bench.cost import item_bytes
+from infra.local.seed import DEMO_SEED
+from tests.integration.in_process import InProcessApi, in_process_api_with_labels
+
+# The quick start's order (README), as a storefront that retries safely sends it.
+QUICK_START_ORDER = {
+    "channel": "web",
+    "external_id": "web-1001",
+    "currency": "USD",
+    "customer": {"id": "cus_1", "email": "ada@example.com", "name": "Ada Lovelace"},
+    "lines": [{"sku": "TSHIRT-BLK-M", "quantity": 2}],
+    "shipping_address": {"name": "Ada Lovelace", "line1": "1 Market St", "city": "San Francisco",
+                         "region": "CA", "postal_code": "94105", "country": "US"},
+    "promo_codes": ["WELCOME10"],
+    "payment": {"method": "test", "token": "tok_approve"},
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def api() -> Iterator[InProcessApi]:
+    with in_process_api_with_labels() as started:
+        seed = json.loads(DEMO_SEED.read_text(encoding="utf-8"))  # what `make run` seeds
+        for product in seed["products"]:
+            body = {k: v for k, v in product.items() if k != "sku"}
+            assert started.put(f"/products/{quote(product['sku'], safe='')}", json=body).status_code in (200, 201)
+        for location in seed["locations"]:
+            body = {k: v for k, v in location.items() if k != "id"}
+            assert started.put(f"/locations/{location['id']}", json=body).status_code in (200, 201)
+        for stock in seed["stock"]:
+            path = f"/inventory/{stock['sku']}/{stock['location_id']}"
+            assert started.put(path, json={"on_hand": stock["on_hand"]}).status_code in (200, 201)
+        yield started
+
+
+def billed_bytes(order_id: str) -> int:
+    item = boto3.client("dynamodb", region_name="us-east-1").get_item(
+        TableName="test-OrdersTable", Key={"id": {"S": order_id}}
+    )["Item"]
+    return item_bytes(item)
+
+
+def delivered(api: InProcessApi, body: dict[str, object], headers: dict[str, str]) -> list[int]:
+    """The billed size of the order's item after each of its writes: placed with `body`, authorized,
+    reserved, booked (the workflow's steps, as the state machine runs them), shipped, delivered."""
+    from functions.bootstrap import Config, bootstrap
+
+    placed = api.post("/orders", json=body, headers=headers)
+    assert placed.status_code == 201, placed.text
+    order_id = placed.json()["id"]
+    sizes = [billed_bytes(order_id)]
+    steps = bootstrap(Config.from_env()).workflow
+    for step in (lambda: steps.authorize_payment(order_id, attempt=0), lambda: steps.reserve_stock(order_id),
+                 lambda: steps.create_shipments(order_id)):  # fmt: skip
+        step()
+        sizes.append(billed_bytes(order_id))
+    (shipment,) = api.get(f"/orders/{order_id}").json()["shipments"]
+    for action in ("ship", "deliver"):
+        answer = api.post(f"/orders/{order_id}/shipments/{shipment['id']}/{action}")
+        assert answer.status_code == 200, answer.text
+        sizes.append(billed_bytes(order_id))
+    assert api.get(f"/orders/{order_id}").json()["status"] == "delivered"
+    return sizes
+
+
+def test_the_first_order_make_run_suggests_placed_with_its_idempotency_key_is_under_one_kb_through_delivery(
+    api: InProcessApi,
+):
+    # DynamoDB bills a write one unit per started KB of the larger of the item before and after
+    # it. The created entry kept 24 characters of a hash of the request ("api:" before them) and 24
+    # of what it asked: this order, as a storefront that retries safely places it, was 1,036 bytes
+    # once delivered, and its delivery billed two units.
+    from infra.local.__main__ import FIRST_ORDER
+
+    sizes = delivered(api, FIRST_ORDER, {"Idempotency-Key": "first-order"})
+
+    assert len(sizes) == 6 and sizes == sorted(sizes), sizes  # every write of it, each adding bytes
+    assert sizes[-1] < 1024, sizes  # one write unit each, the delivery's included
+
+
+def test_an_idempotency_key_adds_a_few_bytes_to_an_orders_item(api: InProcessApi):
+    # What the created entry keeps of the request (request_key): 8 characters where it was 28 (and 8
+    # of its body's hash where it was 24, keyed or not), in every write of an order a storefront
+    # places with a key: ~28 bytes more than the same order placed without one, now ~14. Ids and
+    # times differ from order to order (a pair's difference ran from 9 to 20 bytes): five pairs.
+    keyed, unkeyed = [], []
+    for n in range(5):
+        body = {**QUICK_START_ORDER, "external_id": f"web-2{n:03d}"}
+        answer = api.post("/orders", json=body, headers={"Idempotency-Key": f"pair-{n}"})
+        assert answer.status_code == 201, answer.text
+        keyed.append(billed_bytes(answer.json()["id"]))
+        answer = api.post("/orders", json={**body, "external_id": f"web-3{n:03d}"})
+        assert answer.status_code == 201, answer.text
+        unkeyed.append(billed_bytes(answer.json()["id"]))
+
+    assert sum(keyed) - sum(unkeyed) <= 5 * 22, (keyed, unkeyed)
