@@ -50,7 +50,7 @@ logger = function_logger()
 # The template sets the namespace; the default keeps a stray import (a test) from breaking flushes.
 metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "OMS"))
 app = _Resolver(enable_validation=True, json_body_deserializer=guards.parsed_body)
-errors.register(app)
+errors.register(app, metrics)
 
 # The route modules (functions/api/routes/), in the order the resolver joins them. A cold start
 # imports only those its first request needs: importing and building all of them would cost

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from aws_lambda_powertools import Logger
+from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, content_types
 from aws_lambda_powertools.event_handler.exceptions import ServiceError
 from aws_lambda_powertools.event_handler.openapi.exceptions import (
     RequestUnsupportedContentType,
     RequestValidationError,
 )
+from aws_lambda_powertools.metrics import MetricUnit
 from botocore.exceptions import ClientError
 
 from core.errors import (
@@ -32,6 +33,10 @@ from functions.api.paths import UNKNOWN_ID
 from functions.failure_logs import failure_logged
 
 logger = Logger(child=True)
+
+# One point per 500 internal_error the API answers itself: a bug it caught, so the invocation
+# succeeds and Lambda's Errors never count it. ApiInternalErrorsAlarm (template.yaml) reads it.
+INTERNAL_ERRORS_METRIC = "ApiInternalErrors"
 
 
 class ApiError(Exception):
@@ -110,7 +115,14 @@ def described(error: DomainError) -> tuple[int, str, str, list[dict[str, Any]]]:
     return status, error.code, error.message, error.details
 
 
-def register(app: APIGatewayRestResolver) -> None:
+def register(app: APIGatewayRestResolver, metrics: Metrics) -> None:
+    """Map every failure `app` meets to its answer; `metrics`: the handler's, which prints once per invocation."""
+
+    def internal_error() -> Response:
+        logger.exception("unhandled error")
+        metrics.add_metric(name=INTERNAL_ERRORS_METRIC, unit=MetricUnit.Count, value=1)
+        return error_response(500, "internal_error", "internal error")
+
     @app.exception_handler(RequestValidationError)
     def _validation(error: RequestValidationError) -> Response:
         errors = error.errors()
@@ -192,8 +204,7 @@ def register(app: APIGatewayRestResolver) -> None:
     @app.exception_handler(ClientError)
     def _aws_error(error: ClientError) -> Response:
         if not busy(error):
-            logger.exception("unhandled error")
-            return error_response(500, "internal_error", "internal error")
+            return internal_error()
         logger.warning(
             "AWS busy",
             extra={"operation": error.operation_name, "error_code": error.response.get("Error", {}).get("Code")},
@@ -216,5 +227,4 @@ def register(app: APIGatewayRestResolver) -> None:
 
     @app.exception_handler(Exception)
     def _unexpected(error: Exception) -> Response:
-        logger.exception("unhandled error")
-        return error_response(500, "internal_error", "internal error")
+        return internal_error()

@@ -17,6 +17,7 @@ from typing import Any
 
 import boto3
 import pytest
+from botocore.exceptions import ClientError
 
 from tests.builders import csv_file, csv_row
 from tests.integration.import_support import context, create_import_resources, seed_catalog, split
@@ -65,15 +66,25 @@ class Observed:
 
     def metrics(self) -> Metrics:
         """Our business metrics only: {(name, ((dimension, value), ...)): values}. Then forgotten."""
+        # Not the functions' technical metrics (Http2xx, OrderWorkflowsStarted, ...): technical() reads those.
+        return self._points(BUSINESS)
+
+    def technical(self, *names: str) -> Metrics:
+        """The named technical metrics, as metrics() gives the business ones. Then forgotten."""
+        return self._points(set(names))
+
+    def _points(self, names: set[str]) -> Metrics:
         found: Metrics = {}
         for record in self._lines():
             for directive in record.get("_aws", {}).get("CloudWatchMetrics", []):
-                (names,) = directive["Dimensions"]
-                dimensions = tuple((name, record[name]) for name in names)
+                (dimension_names,) = directive["Dimensions"]
+                dimensions = tuple((name, record[name]) for name in dimension_names)
                 for metric in directive["Metrics"]:
-                    if metric["Name"] not in BUSINESS:
-                        continue  # the functions' technical metrics (Http2xx, OrderWorkflowsStarted, ...)
-                    found.setdefault((metric["Name"], dimensions), []).extend(record[metric["Name"]])
+                    if metric["Name"] in names:
+                        values = record[metric["Name"]]
+                        found.setdefault((metric["Name"], dimensions), []).extend(
+                            values if isinstance(values, list) else [values]
+                        )
         self._out.clear()
         return found
 
@@ -236,6 +247,76 @@ def test_a_caller_cancel_through_the_api_is_counted_as_requested(aws, stack, obs
 
     assert lambda_handler(evt, context("ApiFunction"))["statusCode"] == 200
     assert observed.metrics() == {("OrdersCancelled", (("reason", "requested"),)): [1.0]}
+
+
+def dynamodb_failing_with(error: Exception) -> Any:
+    """Make every DynamoDB call of the API's container raise `error`; the undo."""
+    from functions.api.dependencies import container
+
+    events = container().dynamodb.meta.events
+
+    def fail(**_: Any) -> None:
+        raise error
+
+    events.register("before-call.dynamodb", fail)
+    return lambda: events.unregister("before-call.dynamodb", fail)
+
+
+INTERNAL_ERROR = {"error": {"code": "internal_error", "message": "internal error", "details": []}}
+
+
+def list_orders() -> dict[str, Any]:
+    """GET /orders: a read, which no idempotency record wraps (an error reaches the handler as raised)."""
+    evt = event("api_get_order.json")
+    evt.update(resource="/orders", path="/orders", pathParameters=None)
+    evt["requestContext"].update(resourcePath="/orders", path="/v1/orders")
+    return evt
+
+
+@pytest.mark.parametrize(
+    "error",
+    [RuntimeError("a bug"), ClientError({"Error": {"Code": "ValidationException", "Message": "a bug"}}, "Query")],
+    ids=["an exception", "an AWS error that is not busy"],
+)
+def test_a_500_the_api_answers_itself_is_counted_for_the_alarm_that_calls_a_person(aws, stack, observed, error):
+    # Before: the handler logged `unhandled error` and answered 500, counting only Http5xx (with
+    # every 502 and 503): the invocation succeeded, so Lambda's Errors (ApiErrorsAlarm, and the
+    # canary's ApiLiveErrorsAlarm) never saw the bug, and Api5xxAlarm waits for 1 % of a minute.
+    from functions.api.app import lambda_handler
+    from functions.api.errors import INTERNAL_ERRORS_METRIC
+
+    restore = dynamodb_failing_with(error)
+    try:
+        response = lambda_handler(list_orders(), context("ApiFunction"))
+    finally:
+        restore()
+
+    assert (response["statusCode"], json.loads(response["body"])) == (500, INTERNAL_ERROR)
+    service = (("service", os.environ["POWERTOOLS_SERVICE_NAME"]),)
+    assert observed.technical(INTERNAL_ERRORS_METRIC, "Http5xx") == {
+        (INTERNAL_ERRORS_METRIC, service): [1.0],
+        ("Http5xx", service): [1.0],
+    }
+    assert observed.log("unhandled error")["level"] == "ERROR"
+
+
+def test_an_order_placed_and_a_busy_503_are_no_internal_errors(aws, stack, observed):
+    from functions.api.app import lambda_handler
+    from functions.api.errors import INTERNAL_ERRORS_METRIC
+
+    place()
+    restore = dynamodb_failing_with(ClientError({"Error": {"Code": "ThrottlingException", "Message": "slow"}}, "Query"))
+    try:
+        busy = lambda_handler(list_orders(), context("ApiFunction"))
+    finally:
+        restore()
+
+    assert busy["statusCode"] == 503
+    service = (("service", os.environ["POWERTOOLS_SERVICE_NAME"]),)
+    assert observed.technical(INTERNAL_ERRORS_METRIC, "Http2xx", "Http5xx") == {
+        ("Http2xx", service): [1.0],
+        ("Http5xx", service): [1.0],
+    }
 
 
 def test_imported_orders_are_counted_by_channel_and_their_workflow_names_the_import_line(
