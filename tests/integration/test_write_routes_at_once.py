@@ -239,3 +239,94 @@ def test_a_stock_take_and_an_order_at_once_never_reserve_more_than_on_hand(api: 
     else:  # the reservation came first: units an order not yet allocated holds are not counted away
         assert_error(counted, 409, "insufficient_stock", "on_hand")
         assert outcome == [None] and (level["on_hand"], level["reserved"]) == (2, 2), (outcome, level)
+
+
+def test_two_collects_of_a_ready_pickup_at_once_capture_its_share_and_take_its_unit_once(api: InProcessApi):
+    catalog = Catalog(api)
+    store = catalog.location(name="Store", type="store", ships=False, pickup=True)
+    sku = catalog.product("10.00", weight_grams=300)
+    catalog.stock(sku, store, 5)
+    body = order_body(
+        (sku, 1), channel=f"web-{uuid.uuid4().hex[:8]}", fulfillment={"type": "pickup", "location_id": store}
+    )
+    placed = api.post("/orders", json=body)
+    assert placed.status_code == 201, placed.text
+    order = run_to_allocated(api, placed.json()["id"])
+    parcel = f"/orders/{order['id']}/shipments/{order['shipments'][0]['id']}"
+
+    readied = at_once(*[lambda: api.post(f"{parcel}/ready", json={})] * 2)
+    collected = at_once(*[lambda: api.post(f"{parcel}/deliver", json={})] * 2)
+
+    assert statuses(readied) == statuses(collected) == [200, 200], [a.text for a in readied + collected]
+    after = api.get(f"/orders/{order['id']}").json()
+    assert (after["status"], after["payment"]["captured"]) == ("delivered", after["totals"]["grand_total"])
+    assert_payment_holds(after)
+    assert (stock(api, sku, store)["on_hand"], stock(api, sku, store)["reserved"]) == (4, 0)
+    added = history_types(api, order["id"])
+    assert (added["shipment_ready_for_pickup"], added["shipment_delivered"]) == (1, 1)
+
+
+def test_two_rejects_of_an_allocated_orders_parcel_at_once_release_its_units_once(api: InProcessApi):
+    order, sku, warehouse = an_allocated_order(api)
+    parcel = f"/orders/{order['id']}/shipments/{order['shipments'][0]['id']}"
+
+    answers = at_once(*[lambda: api.post(f"{parcel}/reject", json={"reason": "damaged stock"})] * 2)
+
+    assert statuses(answers) == [200, 200], [a.text for a in answers]
+    assert (stock(api, sku, warehouse)["on_hand"], stock(api, sku, warehouse)["reserved"]) == (5, 0)
+    assert history_types(api, order["id"])["shipment_rejected"] == 1
+
+
+def test_two_releases_at_once_without_a_key_release_the_order_once(api: InProcessApi):
+    order = an_allocated_order(api)[0]
+    held = api.post(f"/orders/{order['id']}/hold", json={"reason": "other"})
+    assert held.status_code == 200, held.text
+
+    answers = at_once(*[lambda: api.post(f"/orders/{order['id']}/release", json={})] * 2)
+
+    assert statuses(answers) == [200, 409], [a.text for a in answers]
+    assert_error(next(a for a in answers if a.status_code == 409), 409, "invalid_transition")
+    assert api.get(f"/orders/{order['id']}").json()["status"] == "allocated"
+    assert history_types(api, order["id"])["released"] == 1
+
+
+def test_two_approvals_of_a_requested_return_at_once_authorize_it_once(api: InProcessApi):
+    from tests.integration.test_payment_plugin_failures_api import registered
+    from tests.integration.test_return_approvals_api import NeedsApproval
+
+    order = shipped(api, an_allocated_order(api)[0])
+    body = {"lines": [{"line_id": "L1", "quantity": 1, "reason": "too big", "reason_code": "size_or_fit"}]}
+    with registered(NeedsApproval()):
+        made = api.post(f"/orders/{order['id']}/returns", json=body)
+        assert made.status_code == 201 and made.json()["status"] == "requested", made.text
+
+        answers = at_once(*[lambda: api.post(f"/returns/{made.json()['id']}/approve", json={})] * 2)
+
+    assert statuses(answers) == [200, 409], [a.text for a in answers]
+    assert_error(next(a for a in answers if a.status_code == 409), 409, "invalid_transition")
+    assert api.get(f"/returns/{made.json()['id']}").json()["status"] == "authorized"
+    assert history_types(api, order["id"])["return_authorized"] == 1
+
+
+def test_one_order_sent_twice_at_once_under_its_external_id_is_placed_once(api: InProcessApi):
+    catalog = Catalog(api)
+    sku = catalog.product("10.00", weight_grams=300)
+    catalog.stock(sku, catalog.location(), 5)
+    body = order_body((sku, 1), channel=f"web-{uuid.uuid4().hex[:8]}")
+
+    answers = at_once(*[lambda: api.post("/orders", json=body)] * 2)
+
+    assert statuses(answers) == [201, 409], [a.text for a in answers]
+    placed = next(a for a in answers if a.status_code == 201).json()
+    assert_error(next(a for a in answers if a.status_code == 409), 409, "duplicate_order")
+    assert [o["id"] for o in api.orders_of(body["customer"]["id"])] == [placed["id"]]
+
+
+def test_one_product_put_twice_at_once_is_created_once_and_replaced_once(api: InProcessApi):
+    sku = f"SKU-{uuid.uuid4().hex[:8].upper()}"
+    body = {"name": "Mug", "price": {"amount": "4.00", "currency": "USD"}}
+
+    answers = at_once(*[lambda: api.put(f"/products/{sku}", json=body)] * 2)
+
+    assert statuses(answers) == [200, 201], [a.text for a in answers]
+    assert api.get(f"/products/{sku}").json()["price"] == body["price"]
