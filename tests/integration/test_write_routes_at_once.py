@@ -330,3 +330,47 @@ def test_one_product_put_twice_at_once_is_created_once_and_replaced_once(api: In
 
     assert statuses(answers) == [200, 201], [a.text for a in answers]
     assert api.get(f"/products/{sku}").json()["price"] == body["price"]
+
+
+def test_one_order_sent_twice_at_once_under_its_idempotency_key_is_placed_once(api: InProcessApi):
+    catalog = Catalog(api)
+    sku = catalog.product("10.00", weight_grams=300)
+    catalog.stock(sku, catalog.location(), 5)
+    body = order_body((sku, 1), channel=f"web-{uuid.uuid4().hex[:8]}")
+    del body["external_id"]  # the key alone makes the retry the same request
+    headers = {"Idempotency-Key": f"checkout-{uuid.uuid4().hex}"}
+
+    answers = at_once(*[lambda: api.post("/orders", json=body, headers=headers)] * 2)
+
+    # The twin either waited for the first answer or was told the first is still running (409).
+    assert statuses(answers) in ([201, 201], [201, 409]), [a.text for a in answers]
+    placed = [a.json()["id"] for a in answers if a.status_code == 201]
+    assert len(set(placed)) == 1
+    if 409 in statuses(answers):
+        assert_error(next(a for a in answers if a.status_code == 409), 409, "request_in_progress")
+    assert [o["id"] for o in api.orders_of(body["customer"]["id"])] == placed[:1]
+
+
+def test_two_edits_at_once_under_one_version_apply_one_and_refuse_the_other_as_stale(api: InProcessApi):
+    order, sku, warehouse = an_allocated_order(api)
+    version = str(order["version"])
+
+    answers = at_once(
+        *[
+            lambda quantity=quantity: api.request(
+                "PATCH", f"/orders/{order['id']}", json={"lines": [{"sku": sku, "quantity": quantity}]},
+                headers={"If-Match": version},
+            )
+            for quantity in (2, 3)
+        ]
+    )  # fmt: skip
+
+    assert statuses(answers) == [200, 409], [a.text for a in answers]
+    assert_error(next(a for a in answers if a.status_code == 409), 409, "version_conflict", "If-Match")
+    won = next(a for a in answers if a.status_code == 200).json()
+    after = api.get(f"/orders/{order['id']}").json()
+    assert after["lines"][0]["quantity"] == won["lines"][0]["quantity"]
+    assert after["payment"]["authorized"] == after["totals"]["grand_total"]
+    assert history_types(api, order["id"])["edited"] == 1
+    level = stock(api, sku, warehouse)
+    assert 0 <= level["reserved"] <= level["on_hand"], level
