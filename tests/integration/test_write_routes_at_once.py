@@ -374,3 +374,64 @@ def test_two_edits_at_once_under_one_version_apply_one_and_refuse_the_other_as_s
     assert history_types(api, order["id"])["edited"] == 1
     level = stock(api, sku, warehouse)
     assert 0 <= level["reserved"] <= level["on_hand"], level
+
+
+def test_a_reject_and_a_ship_of_one_parcel_at_once_either_ship_it_or_give_its_units_back(api: InProcessApi):
+    order, sku, warehouse = an_allocated_order(api)
+    parcel = f"/orders/{order['id']}/shipments/{order['shipments'][0]['id']}"
+
+    rejected, ship = at_once(
+        lambda: api.post(f"{parcel}/reject", json={"reason": "damaged stock"}),
+        lambda: api.post(f"{parcel}/ship", json={}),
+    )
+
+    assert statuses([rejected, ship]) == [200, 409], (rejected.text, ship.text)
+    assert_error(next(a for a in (rejected, ship) if a.status_code == 409), 409, "invalid_transition")
+    after = api.get(f"/orders/{order['id']}").json()
+    assert_payment_holds(after)
+    level = stock(api, sku, warehouse)
+    if ship.status_code == 200:
+        assert after["status"] == "shipped" and after["payment"]["captured"] == after["totals"]["grand_total"]
+        assert (level["on_hand"], level["reserved"]) == (4, 0)
+    else:  # sent back to be sourced: nothing captured, nothing left stock
+        assert (after["status"], after["shipments"]) == ("authorized", [])
+        assert amount(after["payment"]["captured"]) == 0
+        assert (level["on_hand"], level["reserved"]) == (5, 0)
+
+
+def test_a_short_stock_take_and_a_ship_of_the_parcel_it_counts_at_once_never_take_stock_below_zero(api: InProcessApi):
+    order, sku, warehouse = an_allocated_order(api, quantity=2, on_hand=2)
+    parcel = f"/orders/{order['id']}/shipments/{order['shipments'][0]['id']}"
+
+    counted, ship = at_once(
+        lambda: api.put(f"/inventory/{sku}/{warehouse}", json={"on_hand": 1}),
+        lambda: api.post(f"{parcel}/ship", json={}),
+    )
+
+    assert counted.status_code == 200, counted.text
+    after = api.get(f"/orders/{order['id']}").json()
+    assert_payment_holds(after)
+    level = stock(api, sku, warehouse)
+    # The count is what is on the shelf when it lands: 1, whichever came first.
+    assert (level["on_hand"], level["reserved"]) == (1, 0), level
+    if ship.status_code == 200:  # shipped first; the count came after the two units left
+        assert after["status"] == "shipped" and after["payment"]["captured"] == after["totals"]["grand_total"]
+    else:  # counted first: the parcel it cannot fill is withdrawn and the order sent back to be sourced
+        assert_error(ship, 409, "invalid_transition")
+        assert (after["status"], after["shipments"], amount(after["payment"]["captured"])) == ("authorized", [], 0)
+
+
+def test_a_hold_and_a_cancel_at_once_leave_the_order_cancelled_with_nothing_held(api: InProcessApi):
+    order, sku, warehouse = an_allocated_order(api)
+
+    held, cancelled = at_once(
+        lambda: api.post(f"/orders/{order['id']}/hold", json={"reason": "customer_request"}),
+        lambda: api.post(f"/orders/{order['id']}/cancel", json={"reason": "customer_request"}),
+    )
+
+    # A held order may still be cancelled; a cancelled one is not held (409).
+    assert cancelled.status_code == 200, cancelled.text
+    assert held.status_code in (200, 409), held.text
+    after = api.get(f"/orders/{order['id']}").json()
+    assert (after["status"], after["payment"]["status"], after["hold"]) == ("cancelled", "voided", None)
+    assert (stock(api, sku, warehouse)["on_hand"], stock(api, sku, warehouse)["reserved"]) == (5, 0)
