@@ -435,3 +435,35 @@ def test_a_hold_and_a_cancel_at_once_leave_the_order_cancelled_with_nothing_held
     after = api.get(f"/orders/{order['id']}").json()
     assert (after["status"], after["payment"]["status"], after["hold"]) == ("cancelled", "voided", None)
     assert (stock(api, sku, warehouse)["on_hand"], stock(api, sku, warehouse)["reserved"]) == (5, 0)
+
+
+def test_two_cancels_of_every_unit_at_once_cancel_them_once_and_the_other_is_409(api: InProcessApi):
+    order, sku, warehouse = an_allocated_order(api, quantity=2)
+    body = {"reason": "changed my mind", "lines": [{"line_id": "L1", "quantity": 2}]}
+
+    answers = at_once(*[lambda: api.post(f"/orders/{order['id']}/cancel", json=body)] * 2)
+
+    assert statuses(answers) == [200, 409], [a.text for a in answers]
+    assert_error(next(a for a in answers if a.status_code == 409), 409, "invalid_transition")
+    after = api.get(f"/orders/{order['id']}").json()
+    assert (after["status"], after["payment"]["status"]) == ("cancelled", "voided")
+    assert (after["lines"][0]["quantity"], after["lines"][0]["cancelled_quantity"]) == (0, 2)
+    assert (stock(api, sku, warehouse)["on_hand"], stock(api, sku, warehouse)["reserved"]) == (5, 0)
+
+
+def test_a_release_and_a_cancel_of_a_held_order_at_once_leave_it_cancelled_and_unheld(api: InProcessApi):
+    order, sku, warehouse = an_allocated_order(api)
+    held = api.post(f"/orders/{order['id']}/hold", json={"reason": "other"})
+    assert held.status_code == 200, held.text
+
+    released, cancelled = at_once(
+        lambda: api.post(f"/orders/{order['id']}/release", json={}),
+        lambda: api.post(f"/orders/{order['id']}/cancel", json={"reason": "customer_request"}),
+    )
+
+    assert cancelled.status_code == 200, cancelled.text
+    if released.status_code != 200:  # the cancel came first: a cancelled order is not on hold
+        assert_error(released, 409, "invalid_transition")
+    after = api.get(f"/orders/{order['id']}").json()
+    assert (after["status"], after["hold"], after["payment"]["status"]) == ("cancelled", None, "voided")
+    assert (stock(api, sku, warehouse)["on_hand"], stock(api, sku, warehouse)["reserved"]) == (5, 0)
