@@ -31,6 +31,7 @@ from infra.local.event_sources import compile_filters, matches_filters
 from infra.local.gateway import ApiGateway
 from infra.local.lambdas import LocalFunction
 from infra.local.template import Template
+from plugins.flat_rate_carrier import tracking_number
 from tests.builders import csv_file, csv_row, location_body, template_schedule
 from tests.e2e.client import Catalog, order_body, unique
 from tests.integration.conftest import PASS_MACHINE, pass_through_workflow
@@ -636,6 +637,15 @@ def shipment_action(action: str, *, shipped: bool = False) -> Callable[[World], 
     return path
 
 
+def delivered_scan(world: World) -> dict[str, Any]:
+    """The flat-rate carrier's report that the one parcel of a shipped order was delivered."""
+    order = shipped_order(world)
+    shipment = order["shipments"][0]["id"]
+    event = {"reference": f"{order['id']}/{shipment}", "tracking_number": tracking_number(shipment),
+             "status": "delivered", "at": datetime.now(UTC).isoformat().replace("+00:00", "Z")}  # fmt: skip
+    return {"events": [event]}
+
+
 def requested_return(world: World) -> str:
     """A return of one unit of a delivered order, authorized and not received yet."""
     made = world.api.post(
@@ -730,6 +740,13 @@ ROWS = [
     api_row("POST /orders/{id}/cancel", ("OrdersTable", "InventoryTable", "gateway"),
         keyed("POST", route("/orders/{}/cancel", lambda world: world.allocated()["id"]),
               lambda world: {"reason": "changed my mind"}, key=False)),
+    api_row("POST /orders/{id}/shipments/{shipment_id}/reject", ("OrdersTable", "InventoryTable"),
+        keyed("POST", shipment_action("reject"), lambda world: {"reason": "damaged stock"}, key=False)),
+    # A scan sent again by the carrier finds its parcel delivered.
+    api_row("POST /carriers/{carrier}/tracking", ("OrdersTable",),
+        keyed("POST", lambda world: "/carriers/oms-flat-rate/tracking", delivered_scan, key=False)),
+    api_row("POST /purchase-orders/{id}/cancel", ("CatalogTable",),
+        keyed("POST", route("/purchase-orders/{}/cancel", open_purchase_order), lambda world: {}, key=False)),
     # A receipt sent again resumes its return: another execution of the returns workflow, by design
     # (core/ports.py ReturnWorkflowStarter), whose steps are the rows above.
     api_row("POST /returns/{id}/receive", ("ReturnsTable", "executions"),
