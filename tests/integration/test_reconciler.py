@@ -2251,6 +2251,58 @@ def test_a_partly_shipped_orders_reject_that_died_after_its_write_is_finished_by
     assert done.payment.captured - done.payment.refunded == done.totals.grand_total
 
 
+def test_a_stock_take_left_short_by_a_function_that_died_sources_a_partly_shipped_orders_parcel_again(
+    stack, monkeypatch
+):
+    # The reconciler's stock-take pass rejects the pending parcel of a partly shipped order, which
+    # sources its units again elsewhere: it reads the sourcing rules in force (its Query of the
+    # Catalog table reaches SOURCING_RULES), through the handler, so every call it makes is one
+    # the template grants it.
+    from core.services import InventoryService
+    from functions.bootstrap import Config, bootstrap
+    from functions.reconciler import app
+
+    class Died(Exception):
+        """The stock take's function dying after its count's write, before its rejects."""
+
+    services = bootstrap(Config.from_env(), label_store=FakeLabels())
+    services.catalog.put_product("MUG", ProductInput.model_validate(product_body("12.50")))
+    services.catalog.put_product("HAT", ProductInput.model_validate(product_body("5.00")))
+    west = location_body(name="West warehouse", latitude=39.53, longitude=-119.81)
+    services.catalog.put_location("wh-west", LocationInput.model_validate(west))
+    services.catalog.put_location("wh-east", LocationInput.model_validate(location_body()))
+    services.inventory.count("MUG", "wh-west", 5)
+    services.inventory.count("HAT", "wh-east", 5)
+    order = allocated(services, place_order(external_id="web-recounted", lines=[
+        {"sku": "MUG", "quantity": 1}, {"sku": "HAT", "quantity": 2}]))  # fmt: skip
+    by_location = {s.location_id: s.id for s in order.shipments}
+    services.actions.ship(order.id, by_location["wh-west"], None, actor="key_wh")
+    north = location_body(name="North warehouse", latitude=42.36, longitude=-71.06)
+    services.catalog.put_location("wh-north", LocationInput.model_validate(north))
+    services.inventory.count("HAT", "wh-north", 5)
+
+    def died(*args: Any, **kwargs: Any) -> None:
+        raise Died
+
+    with monkeypatch.context() as dying:
+        dying.setattr(InventoryService, "_rejected", died)
+        with pytest.raises(Died):
+            services.inventory.count("HAT", "wh-east", 0, actor="key_counter")
+    assert hats(services) == (0, 2)  # counted, its parcel's units still held there
+
+    monkeypatch.setattr(app, "SHORT_COUNT_GRACE", timedelta(0))  # the mark is the pass's at once
+    with app.container.override(bootstrap(Config.from_env(), label_store=FakeLabels())):
+        assert reconcile()["stock_takes_finished"] == ["HAT/wh-east"]
+
+    done = services.order_repository.get(order.id)
+    assert done.status is OrderStatus.PARTIALLY_SHIPPED
+    assert [(s.location_id, s.status) for s in done.shipments] == [
+        ("wh-west", ShipmentStatus.SHIPPED),
+        ("wh-north", ShipmentStatus.PENDING),  # sourced again: the east parcel rejected
+    ]
+    assert hats(services) == (0, 0)
+
+
 def hats(services: Any) -> tuple[int, int]:
     """HAT at wh-east: (on_hand, reserved)."""
     east = next(loc for loc in services.inventory.summary("HAT").locations if loc.location_id == "wh-east")
