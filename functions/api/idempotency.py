@@ -35,12 +35,12 @@ TTL_SECONDS = 24 * 60 * 60
 
 
 class DeflatedAnswers(BaseIdempotencySerializer):
-    """An answer as a key's record keeps it: its JSON deflated with the dictionary an order's item
-    is (functions/adapters/order_codec.py), in base64 under one field, as powertools stores the
-    record's `data` as a string. Written when the request completes, the record is billed per
-    started KB: an order's answer as plain JSON (~1.7 KB) made it two write units, deflated one
-    (README, "Idempotency-Key"). An answer that deflating would not make shorter (a webhook's id)
-    is kept as it is."""
+    """An answer as a key's record keeps it: its JSON deflated with the preset dictionary of an
+    order's item (functions/adapters/order_codec.py), in base64 under one field, as powertools
+    stores the record's `data` as a string. Written when the request completes, the record is
+    billed per started KB: an order's answer as plain JSON (~1.7 KB) made it two write units,
+    deflated one (README, Decisions: "An Idempotency-Key's record keeps its answer deflated"). An
+    answer that deflating would not make shorter (a webhook's id) is kept as it is."""
 
     FIELD = "deflated"
 
