@@ -4,8 +4,8 @@ front of the real authorizer and API handler: a page's `limit` and `cursor`, a b
 one JSON object of known fields of the right types, Money in other minor units, a malformed
 Idempotency-Key or If-Match, and a key reused with another body. Each refusal is its status in
 the contract's error shape, naming what is wrong; none is a 5xx. A key sent again with its body
-replays the first answer, from its record as stored now and as stored before. Ids in paths are walked by
-test_api_paths, channel isolation by test_channel_isolation_matrix."""
+replays the first answer, from its record as stored now and as stored before. Ids in paths are
+walked by test_api_paths, channel isolation by test_channel_isolation_matrix."""
 
 from __future__ import annotations
 

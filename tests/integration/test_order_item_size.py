@@ -118,9 +118,9 @@ def test_the_idempotency_record_of_an_order_of_up_to_three_lines_is_under_one_kb
     api: InProcessApi, monkeypatch: pytest.MonkeyPatch, skus: tuple[str, ...]
 ):
     # powertools writes the key's record twice, in progress and then completed with the answer to
-    # replay, the order placed: as its plain JSON, the quick start's order's record was 1,908 bytes,
-    # its completion billed two write units (a three-line order's 2,681 bytes, three units).
-    # The record's id starts with the function's name: the longest Lambda allows (64 characters).
+    # replay, the order placed. The record's id starts with the function's name: the longest Lambda
+    # allows (64 characters). With the answer as its plain JSON, the record here was 1,969 bytes, its
+    # completion billed two write units (two lines: 2,351 bytes; three lines: 2,742, three units).
     monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "oms-production-ApiFunction-".ljust(64, "x"))
     body = {**QUICK_START_ORDER, "external_id": f"web-4{len(skus):03d}",
             "lines": [{"sku": sku, "quantity": 2} for sku in skus]}  # fmt: skip
