@@ -7,6 +7,7 @@ contract's assertions (assert_error, Catalog) work on it unchanged."""
 from __future__ import annotations
 
 import json as jsonlib
+import os
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -276,6 +277,13 @@ def run_to_allocated(api: InProcessApi, order_id: str) -> dict[str, Any]:
     order = api.get(f"/orders/{order_id}").json()
     assert order["status"] == "allocated", order
     return order
+
+
+def idempotency_records() -> dict[str, dict[str, Any]]:
+    """The Idempotency table's items (DynamoDB JSON) by their id: an Idempotency-Key's record is
+    the one a request adds."""
+    client = boto3.client("dynamodb", region_name="us-east-1")
+    return {item["id"]["S"]: item for item in client.scan(TableName=os.environ["IDEMPOTENCY_TABLE"])["Items"]}
 
 
 class TableStream:

@@ -3,19 +3,22 @@
 front of the real authorizer and API handler: a page's `limit` and `cursor`, a body that is not
 one JSON object of known fields of the right types, Money in other minor units, a malformed
 Idempotency-Key or If-Match, and a key reused with another body. Each refusal is its status in
-the contract's error shape, naming what is wrong; none is a 5xx. Ids in paths are walked by
-test_api_paths, channel isolation by test_channel_isolation_matrix."""
+the contract's error shape, naming what is wrong; none is a 5xx. A key sent again with its body
+replays the first answer, from its record as stored now and as stored before. Ids in paths are
+walked by test_api_paths, channel isolation by test_channel_isolation_matrix."""
 
 from __future__ import annotations
 
 import base64
 import copy
 import json
+import os
 import re
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import boto3
 import pytest
 
 from functions.api.access import PUBLIC, ScopeTable
@@ -23,6 +26,7 @@ from functions.api.app import every_route
 from tests.e2e.client import Catalog, assert_error, order_body
 from tests.integration.in_process import (
     InProcessApi,
+    idempotency_records,
     in_process_api_with_labels,
     issue,
     returns_run_inline,
@@ -562,6 +566,33 @@ REUSES: dict[tuple[str, str], Reuse] = {
 
 def test_every_route_that_honours_an_idempotency_key_is_in_the_reuse_matrix():
     assert set(REUSES) == set(KEYED_BY_CLIENT)
+
+
+@pytest.mark.parametrize("route", sorted(REUSES), ids=_id)
+def test_an_idempotency_key_sent_again_with_its_body_replays_the_first_answer_from_either_kind_of_record(
+    api: InProcessApi, world: World, route: tuple[str, str]
+):
+    # The record keeps the answer deflated (functions/api/idempotency.py); one stored in the 24 h
+    # before that, the answer as powertools' own JSON (its keys sorted), replays all the same.
+    from functions.api.idempotency import ANSWERS
+
+    method, _ = route
+    path, first, _other = REUSES[route](world)
+    key = {"Idempotency-Key": uuid.uuid4().hex}
+    before = idempotency_records()
+    done = api.request(method, path, json=first, headers=key)
+    assert done.status_code in (200, 201), done.text
+    (record,) = (item for record_id, item in idempotency_records().items() if record_id not in before)
+
+    again = api.request(method, path, json=copy.deepcopy(first), headers=key)
+    answer = ANSWERS.from_dict(json.loads(record["data"]["S"]))
+    stored_before = {**record, "data": {"S": json.dumps(answer, sort_keys=True)}}
+    boto3.client("dynamodb", region_name="us-east-1").put_item(TableName=os.environ["IDEMPOTENCY_TABLE"],
+                                                               Item=stored_before)  # fmt: skip
+    from_plain = api.request(method, path, json=copy.deepcopy(first), headers=key)
+
+    assert (again.status_code, again.json()) == (done.status_code, done.json())
+    assert (from_plain.status_code, from_plain.json()) == (done.status_code, done.json())
 
 
 @pytest.mark.parametrize("route", sorted(REUSES), ids=_id)

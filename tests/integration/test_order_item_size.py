@@ -1,7 +1,8 @@
 """What DynamoDB bills an order's writes, through the in-process API and the workflow's steps on
 moto: a one-line order placed as a storefront that retries safely places it (an external_id, an
 Idempotency-Key: make run's first order) stays under 1 KB, one write unit a write, from capture to
-delivery; and the key adds only a few bytes to any order's item."""
+delivery; the key adds only a few bytes to any order's item; and the key's own record, which keeps
+the answer to replay, is one write unit for an order of up to three lines."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 
 from bench.cost import item_bytes
 from infra.local.seed import DEMO_SEED
-from tests.integration.in_process import InProcessApi, in_process_api_with_labels
+from tests.integration.in_process import InProcessApi, idempotency_records, in_process_api_with_labels
 
 # The quick start's order (README), as a storefront that retries safely sends it.
 QUICK_START_ORDER = {
@@ -107,3 +108,27 @@ def test_an_idempotency_key_adds_a_few_bytes_to_an_orders_item(api: InProcessApi
         unkeyed.append(billed_bytes(answer.json()["id"]))
 
     assert sum(keyed) - sum(unkeyed) <= 5 * 22, (keyed, unkeyed)
+
+
+SEEDED_SKUS = ("TSHIRT-BLK-M", "MUG-001", "HOODIE-GRY-L")
+
+
+@pytest.mark.parametrize("skus", [SEEDED_SKUS[:1], SEEDED_SKUS[:2], SEEDED_SKUS], ids=["1 line", "2 lines", "3 lines"])
+def test_the_idempotency_record_of_an_order_of_up_to_three_lines_is_under_one_kb(
+    api: InProcessApi, monkeypatch: pytest.MonkeyPatch, skus: tuple[str, ...]
+):
+    # powertools writes the key's record twice, in progress and then completed with the answer to
+    # replay, the order placed. The record's id starts with the function's name: the longest Lambda
+    # allows (64 characters). With the answer as its plain JSON, the record here was 1,969 bytes, its
+    # completion billed two write units (two lines: 2,351 bytes; three lines: 2,742, three units).
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "oms-production-ApiFunction-".ljust(64, "x"))
+    body = {**QUICK_START_ORDER, "external_id": f"web-4{len(skus):03d}",
+            "lines": [{"sku": sku, "quantity": 2} for sku in skus]}  # fmt: skip
+    before = idempotency_records()
+
+    placed = api.post("/orders", json=body, headers={"Idempotency-Key": f"record-{len(skus)}"})
+
+    assert placed.status_code == 201, placed.text
+    (record,) = (item for key, item in idempotency_records().items() if key not in before)
+    assert record["status"] == {"S": "COMPLETED"}
+    assert item_bytes(record) < 1024, item_bytes(record)
