@@ -149,6 +149,9 @@ class Config(NamedTuple):
     # cache again after such a run, for one that read the key before it (0: no second flush).
     authorizer_cache_seconds: float = 5.0
     authorizer_timeout_seconds: float = 0.0
+    # OMS_PLAIN_IDEMPOTENCY_RECORDS (PlainIdempotencyRecords): an Idempotency-Key's record keeps its
+    # answer as plain JSON, which releases before deflated records read (functions/api/idempotency.py).
+    plain_idempotency_records: bool = False
 
     @classmethod
     def from_env(cls) -> Config:
@@ -187,6 +190,7 @@ class Config(NamedTuple):
             access_log_queue_url=os.environ.get("ACCESS_LOG_QUEUE_URL", ""),
             authorizer_cache_seconds=_number("AUTHORIZER_CACHE_SECONDS", 5),
             authorizer_timeout_seconds=_number("AUTHORIZER_TIMEOUT_SECONDS", 0),
+            plain_idempotency_records=_switch("OMS_PLAIN_IDEMPOTENCY_RECORDS"),
         )
 
 

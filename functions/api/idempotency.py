@@ -57,13 +57,25 @@ class DeflatedAnswers(BaseIdempotencySerializer):
         return data
 
 
+class PlainAnswers(DeflatedAnswers):
+    """An answer kept as it is, read either way (PlainIdempotencyRecords true): the first deploy of
+    an upgrade from a release that reads plain answers only, whose canary's old version (or a
+    rollback to it) would answer a retry under a deflated record's key 500."""
+
+    def to_dict(self, data: dict[str, Any]) -> dict[str, Any]:
+        return data
+
+
 ANSWERS = DeflatedAnswers()
+PLAIN_ANSWERS = PlainAnswers()
 
 
 # One runner per persistence layer (powertools: an instance keeps the first config it sees), i.e.
 # per container; a few are kept so that a test's container and a stack's can alternate.
 @functools.lru_cache(maxsize=4)
-def _runner(persistence: DynamoDBPersistenceLayer) -> tuple[Callable[..., dict[str, Any]], IdempotencyConfig]:
+def _runner(
+    persistence: DynamoDBPersistenceLayer, plain: bool = False
+) -> tuple[Callable[..., dict[str, Any]], IdempotencyConfig]:
     config = IdempotencyConfig(
         event_key_jmespath="key",
         payload_validation_jmespath="payload",
@@ -72,7 +84,10 @@ def _runner(persistence: DynamoDBPersistenceLayer) -> tuple[Callable[..., dict[s
     )
 
     @idempotent_function(
-        data_keyword_argument="request", config=config, persistence_store=persistence, output_serializer=ANSWERS
+        data_keyword_argument="request",
+        config=config,
+        persistence_store=persistence,
+        output_serializer=PLAIN_ANSWERS if plain else ANSWERS,
     )
     def run(request: dict[str, Any], compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         return compute()
@@ -91,7 +106,8 @@ def once(
     """Run `compute` once per (route, caller, key) for 24 h and replay its result after that.
     A failure stores nothing, so a corrected retry with the same key runs again."""
     request = {"key": f"{route}#{caller_key_id}#{key}", "payload": payload}
-    runner, config = _runner(container().idempotency_store)
+    built = container()
+    runner, config = _runner(built.idempotency_store, built.config.plain_idempotency_records)
     # Lets powertools expire an in-progress record when this invocation times out.
     config.register_lambda_context(lambda_context)
     outcome: dict[str, Any] = {}

@@ -132,3 +132,33 @@ def test_the_idempotency_record_of_an_order_of_up_to_three_lines_is_under_one_kb
     (record,) = (item for key, item in idempotency_records().items() if key not in before)
     assert record["status"] == {"S": "COMPLETED"}
     assert item_bytes(record) < 1024, item_bytes(record)
+
+
+def test_with_plain_idempotency_records_the_answer_is_kept_as_a_release_before_deflated_ones_reads_it(
+    api: InProcessApi, monkeypatch: pytest.MonkeyPatch
+):
+    # PlainIdempotencyRecords true, the first deploy of an upgrade: a release that reads plain
+    # answers only (the canary's old version, a rollback) must be able to replay what this one
+    # records, and this one still replays a record another container kept deflated.
+    from functions.bootstrap import forget_warm_containers
+
+    body = {**QUICK_START_ORDER, "external_id": "web-4901"}
+    monkeypatch.setenv("OMS_PLAIN_IDEMPOTENCY_RECORDS", "true")
+    forget_warm_containers()
+    before = idempotency_records()
+
+    placed = api.post("/orders", json=body, headers={"Idempotency-Key": "plain-record"})
+
+    assert placed.status_code == 201, placed.text
+    (record,) = (item for key, item in idempotency_records().items() if key not in before)
+    assert json.loads(record["data"]["S"]) == json.loads(json.dumps(placed.json(), sort_keys=True))
+    monkeypatch.setenv("OMS_PLAIN_IDEMPOTENCY_RECORDS", "false")
+    forget_warm_containers()
+    deflated_body = {**QUICK_START_ORDER, "external_id": "web-4902"}
+    first = api.post("/orders", json=deflated_body, headers={"Idempotency-Key": "deflated-record"})
+    monkeypatch.setenv("OMS_PLAIN_IDEMPOTENCY_RECORDS", "true")
+    forget_warm_containers()
+    again = api.post("/orders", json=deflated_body, headers={"Idempotency-Key": "deflated-record"})
+    assert (again.status_code, again.json()) == (first.status_code, first.json())
+    monkeypatch.delenv("OMS_PLAIN_IDEMPOTENCY_RECORDS")
+    forget_warm_containers()
