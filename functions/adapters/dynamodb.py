@@ -1796,30 +1796,36 @@ def _upgraded(
     orders already right)."""
     orders = DynamoOrders(client, table, history_table=history_table)  # the Catalog table: history pages
     written = already = 0
+    for order in _scanned_orders(client, table, page_size):
+        if not needs(order):
+            already += 1
+            continue
+        for _ in range(attempts):
+            found = decided(orders, order.id)
+            changed = found[1] if found is not None else None
+            if found is None or changed is None:
+                already += 1
+                break
+            try:
+                orders.update(changed[0], found[0], [])
+            except StaleVersion:
+                continue
+            written += 1
+            break
+        else:
+            raise StaleVersion(f"order {order.id} kept changing; run the backfill again")
+    return written, already
+
+
+def _scanned_orders(client: Any, table: str, page_size: int) -> Iterator[Order]:
+    """Every order of the table, as a Scan of `page_size` items a page reads it (an operator's
+    one-off upgrade: the only readers of the whole table)."""
     scan: dict[str, Any] = {"TableName": table, "ProjectionExpression": "id, doc", "Limit": page_size}
     while True:
         page = client.scan(**scan)
-        for item in page.get("Items", []):
-            order = _order(item)
-            if not needs(order):
-                already += 1
-                continue
-            for _ in range(attempts):
-                found = decided(orders, order.id)
-                changed = found[1] if found is not None else None
-                if found is None or changed is None:
-                    already += 1
-                    break
-                try:
-                    orders.update(changed[0], found[0], [])
-                except StaleVersion:
-                    continue
-                written += 1
-                break
-            else:
-                raise StaleVersion(f"order {order.id} kept changing; run the backfill again")
+        yield from (_order(item) for item in page.get("Items", []))
         if "LastEvaluatedKey" not in page:
-            return written, already
+            return
         scan["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
 
@@ -1837,35 +1843,29 @@ def backfill_holding_entries(
     orders = DynamoOrders(client, table, history_table=history_table)
     queue = DynamoBackorders(client, inventory_table, table, history_table)
     written = already = 0
-    scan: dict[str, Any] = {"TableName": table, "ProjectionExpression": "id, doc", "Limit": page_size}
-    while True:
-        page = client.scan(**scan)
-        for item in page.get("Items", []):
-            order = _order(item)
-            short = order.short_of() if order.waits_for_stock() else {}
-            lacking = {line.sku for line in order.lines if line.line_id in short}
-            held = sorted({line.sku for line in order.lines if line.quantity} - lacking)
-            if not short or not held:
-                already += 1
-                continue
-            entry = WaitingOrder.for_order(order, holds=True)
-            added = [sku for sku in held if queue.add_if_absent(sku, entry)]
-            if not added:
-                already += 1
-                continue
-            now = orders.get(order.id, consistent=True)
-            if now is None or not now.waits_for_stock():
-                for sku in added:
-                    if now is None:
-                        queue.remove(sku, entry)
-                    else:
-                        queue.leave(sku, entry, now.version)
-                already += 1
-                continue
-            written += len(added)
-        if "LastEvaluatedKey" not in page:
-            return written, already
-        scan["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+    for order in _scanned_orders(client, table, page_size):
+        short = order.short_of() if order.waits_for_stock() else {}
+        lacking = {line.sku for line in order.lines if line.line_id in short}
+        held = sorted({line.sku for line in order.lines if line.quantity} - lacking)
+        if not short or not held:
+            already += 1
+            continue
+        entry = WaitingOrder.for_order(order, holds=True)
+        added = [sku for sku in held if queue.add_if_absent(sku, entry)]
+        if not added:
+            already += 1
+            continue
+        now = orders.get(order.id, consistent=True)
+        if now is None or not now.waits_for_stock():
+            for sku in added:
+                if now is None:
+                    queue.remove(sku, entry)
+                else:
+                    queue.leave(sku, entry, now.version)
+            already += 1
+            continue
+        written += len(added)
+    return written, already
 
 
 # --- Catalog: products, the location network, API keys --------------------------------------
