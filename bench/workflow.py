@@ -252,12 +252,12 @@ class DurationModel:
         original = LocalFunction.invoke
         model = self
 
-        def invoke(function: LocalFunction, event: Any, *waits: float) -> Any:
+        def invoke(function: LocalFunction, event: Any, *waits: float, **how: Any) -> Any:  # how: container=
             stack = model._stack()
             stack.append([0.0, 0.0])
             started = time.thread_time()
             try:
-                return original(function, event, *waits)
+                return original(function, event, *waits, **how)
             finally:
                 spent = time.thread_time() - started
                 excluded, waits = stack.pop()

@@ -194,6 +194,9 @@ def test_the_duration_model_wraps_every_way_the_runtime_invokes_a_function(monke
     function = LocalFunction("Echo", lambda event, context: event, timeout_seconds=3)
     assert function.invoke({"a": 1}) == {"a": 1}
     assert function.invoke({"a": 2}, 29.0) == {"a": 2}
+    # An SQS mapping running batches side by side names the container each runs in.
+    assert function.invoke({"a": 3}, container=1) == {"a": 3}
+    assert function.try_invoke({"a": 4}, container=2) == ({"a": 4}, None)
     assert durations.seconds["Echo"] >= 0 and "Echo" in durations.seconds
 
 
