@@ -126,17 +126,24 @@ def attribute_limit(function: str, statement: dict[str, Any]) -> list[str] | Non
     return _condition(function, statement).get("dynamodb:Attributes")
 
 
+# The words of a Query's expressions that name no attribute: a condition's operators.
+_OPERATORS = frozenset({"AND", "OR", "NOT", "BETWEEN", "IN"})
+
+
 def read_attributes(params: dict[str, Any]) -> tuple[str | None, frozenset[str]]:
-    """A Query's Select and the attributes it names (its ProjectionExpression's, and its key
-    condition's), aliases resolved: what `dynamodb:Select` and `dynamodb:Attributes` hold."""
+    """A Query's Select and the top-level attributes it names, aliases resolved: what
+    `dynamodb:Select` and `dynamodb:Attributes` hold. AWS counts every top-level attribute a request
+    names, one only a filter evaluates too (the developer guide's fine-grained access control page,
+    example 3): its projection's, its key condition's, its filter's, and its ExclusiveStartKey's
+    (the table's keys, which such a grant must list anyway)."""
     names = params.get("ExpressionAttributeNames", {})
-    named = set()
-    for path in filter(None, (p.strip() for p in params.get("ProjectionExpression", "").split(","))):
-        top = re.split(r"[.\[]", path, maxsplit=1)[0]  # a map's or a list's element: its attribute
-        named.add(names.get(top, top))
-    words = re.findall(r"(?<![:\w#])#?[A-Za-z_]\w*", params.get("KeyConditionExpression", ""))
-    named |= {names.get(w, w) for w in words if w.upper() not in ("AND", "BETWEEN") and w != "begins_with"}
-    return params.get("Select"), frozenset(named)
+    expressions = ", ".join(
+        params.get(name, "") for name in ("ProjectionExpression", "KeyConditionExpression", "FilterExpression")
+    )
+    # A name or an alias; never a nested attribute's (after "."), a value (:v) or a function (before "(").
+    words = re.findall(r"(?<![:\w#.])#?[A-Za-z_]\w*(?!\w|\s*\()", expressions)
+    named = {names.get(w, w) for w in words if w.upper() not in _OPERATORS}
+    return params.get("Select"), frozenset(named | set(params.get("ExclusiveStartKey", {})))
 
 
 # --- Actions and resources as IAM reads them --------------------------------------------------------

@@ -334,6 +334,43 @@ def test_a_query_s_partition_is_read_from_its_key_condition_and_its_attributes_f
     }
 
 
+def test_a_query_s_attributes_are_every_one_it_names_its_filter_s_too(
+    aws: Any, monkeypatch: pytest.MonkeyPatch, running_as: Any
+):
+    # AWS holds dynamodb:Attributes to every top-level attribute a request names, one only a filter
+    # evaluates too (DynamoDB developer guide, fine-grained access control, example 3): the tool
+    # read a Query's projection and key condition only, so a filter on an attribute the grant
+    # leaves out (a subscription's secret) passed here and is AccessDenied on AWS. A nested
+    # attribute's path names its top-level one; a function's name and a value name none; a next
+    # page's ExclusiveStartKey names the table's keys, which the grant lists.
+    fake_function(monkeypatch, Action="dynamodb:Query", Resource={"Fn::GetAtt": ["CatalogTable", "Arn"]},
+                  Condition={
+                      LIKE: {"dynamodb:LeadingKeys": ["WEBHOOKS"]},
+                      EQUALS: {"dynamodb:Attributes": ["pk", "sk", "id", "events"]},
+                      "StringEquals": SPECIFIC,
+                  })  # fmt: skip
+    table = aws.tables["CatalogTable"]
+
+    def query(values: dict[str, Any] | None = None, **read: Any) -> None:
+        aws.dynamodb.query(
+            TableName=table, KeyConditionExpression="pk = :pk",
+            ExpressionAttributeValues={":pk": {"S": "WEBHOOKS"}, **(values or {})},
+            Select="SPECIFIC_ATTRIBUTES", ProjectionExpression="id", **read,
+        )  # fmt: skip
+
+    running_as(FAKE)
+    with calls_by_function(stack_as(aws, FAKE)) as calls:
+        query(FilterExpression="size(events) > :n AND NOT contains(events[0], :n) OR events.x IN (:n)",
+              values={":n": {"N": "1"}})  # fmt: skip
+        query(FilterExpression="attribute_exists(#s)", ExpressionAttributeNames={"#s": "secret"})
+        query(ExclusiveStartKey={"pk": {"S": "WEBHOOKS"}, "sk": {"S": "wh_1"}})
+
+    assert calls[FAKE] == {
+        ("CatalogTable", "dynamodb:Query"),
+        ("CatalogTable", "dynamodb:Query of attribute secret"),
+    }
+
+
 # --- Wildcards and "*", read as IAM reads them ------------------------------------------------------
 
 
