@@ -897,6 +897,19 @@ def allocated(services: Any, placing: PlaceOrder) -> Order:
     return services.order_repository.get(order.id)
 
 
+def two_parcels(services: Any, external_id: str) -> Order:
+    """A MUG from wh-west and 2 HATs from wh-east placed and allocated: two parcels."""
+    services.catalog.put_product("MUG", ProductInput.model_validate(product_body("12.50")))
+    services.catalog.put_product("HAT", ProductInput.model_validate(product_body("5.00")))
+    west = location_body(name="West warehouse", latitude=39.53, longitude=-119.81)
+    services.catalog.put_location("wh-west", LocationInput.model_validate(west))
+    services.catalog.put_location("wh-east", LocationInput.model_validate(location_body()))
+    services.inventory.count("MUG", "wh-west", 5)
+    services.inventory.count("HAT", "wh-east", 5)
+    lines = [{"sku": "MUG", "quantity": 1}, {"sku": "HAT", "quantity": 2}]
+    return allocated(services, place_order(external_id=external_id, lines=lines))
+
+
 def allocated_tshirt(services: Any, external_id: str) -> Order:
     """A TSHIRT (5 on hand at wh-east) placed and allocated with these services, its one shipment
     pending: the order as stored."""
@@ -2222,15 +2235,7 @@ def test_a_partly_shipped_orders_reject_that_died_after_its_write_is_finished_by
     from functions.reconciler import app
 
     services = bootstrap(Config.from_env(), label_store=FakeLabels())
-    services.catalog.put_product("MUG", ProductInput.model_validate(product_body("12.50")))
-    services.catalog.put_product("HAT", ProductInput.model_validate(product_body("5.00")))
-    west = location_body(name="West warehouse", latitude=39.53, longitude=-119.81)
-    services.catalog.put_location("wh-west", LocationInput.model_validate(west))
-    services.catalog.put_location("wh-east", LocationInput.model_validate(location_body()))
-    services.inventory.count("MUG", "wh-west", 5)
-    services.inventory.count("HAT", "wh-east", 5)
-    order = allocated(services, place_order(external_id="web-rejected", lines=[
-        {"sku": "MUG", "quantity": 1}, {"sku": "HAT", "quantity": 2}]))  # fmt: skip
+    order = two_parcels(services, "web-rejected")
     by_location = {s.location_id: s.id for s in order.shipments}
     services.actions.ship(order.id, by_location["wh-west"], None, actor="key_wh")
     with monkeypatch.context() as patched:
@@ -2266,15 +2271,7 @@ def test_a_stock_take_left_short_by_a_function_that_died_sources_a_partly_shippe
         """The stock take's function dying after its count's write, before its rejects."""
 
     services = bootstrap(Config.from_env(), label_store=FakeLabels())
-    services.catalog.put_product("MUG", ProductInput.model_validate(product_body("12.50")))
-    services.catalog.put_product("HAT", ProductInput.model_validate(product_body("5.00")))
-    west = location_body(name="West warehouse", latitude=39.53, longitude=-119.81)
-    services.catalog.put_location("wh-west", LocationInput.model_validate(west))
-    services.catalog.put_location("wh-east", LocationInput.model_validate(location_body()))
-    services.inventory.count("MUG", "wh-west", 5)
-    services.inventory.count("HAT", "wh-east", 5)
-    order = allocated(services, place_order(external_id="web-recounted", lines=[
-        {"sku": "MUG", "quantity": 1}, {"sku": "HAT", "quantity": 2}]))  # fmt: skip
+    order = two_parcels(services, "web-recounted")
     by_location = {s.location_id: s.id for s in order.shipments}
     services.actions.ship(order.id, by_location["wh-west"], None, actor="key_wh")
     north = location_body(name="North warehouse", latitude=42.36, longitude=-71.06)

@@ -33,6 +33,7 @@ from tests.integration.test_reconciler import (  # noqa: F401 (fixtures)
     ready_pickup,
     reconcile,
     stack,
+    two_parcels,
 )
 
 logs = test_logging_hygiene.logs  # what every handler wrote
@@ -204,23 +205,6 @@ def notifications(made: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Pass
         orders, reconciler_later(Raises("oms_notify")), None,
         "customer notification deferred again: the notifier failed, a later pass retries it",
     )  # fmt: skip
-
-
-def two_parcels(services: Any, external_id: str) -> Any:
-    """A MUG from wh-west and 2 HATs from wh-east placed and allocated: two parcels."""
-    from core.models import LocationInput, ProductInput
-    from tests.builders import location_body, place_order, product_body
-    from tests.integration.test_reconciler import allocated
-
-    services.catalog.put_product("MUG", ProductInput.model_validate(product_body("12.50")))
-    services.catalog.put_product("HAT", ProductInput.model_validate(product_body("5.00")))
-    west = location_body(name="West warehouse", latitude=39.53, longitude=-119.81)
-    services.catalog.put_location("wh-west", LocationInput.model_validate(west))
-    services.catalog.put_location("wh-east", LocationInput.model_validate(location_body()))
-    services.inventory.count("MUG", "wh-west", 5)
-    services.inventory.count("HAT", "wh-east", 5)
-    lines = [{"sku": "MUG", "quantity": 1}, {"sku": "HAT", "quantity": 2}]
-    return allocated(services, place_order(external_id=external_id, lines=lines))
 
 
 def kept_back(made: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Pass:
