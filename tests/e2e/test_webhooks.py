@@ -47,7 +47,25 @@ def unsubscribed_after(api: Api) -> Iterator[None]:
         assert api.request("DELETE", f"/webhooks/{hook}").status_code in (204, 404)
 
 
-class Receiver:
+class _Server:
+    """An HTTP server on 127.0.0.1 in a thread of its own, serving `handler` at /hooks."""
+
+    def _serve(self, handler: type[BaseHTTPRequestHandler], *, block_on_close: bool = True) -> None:
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.server.block_on_close = block_on_close
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/hooks"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class Receiver(_Server):
     """An HTTP server on 127.0.0.1 that records each POST; `failures` first answers are 503."""
 
     def __init__(self, failures: int = 0):
@@ -69,17 +87,7 @@ class Receiver:
                 pass
 
         lock = threading.Lock()
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/hooks"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self._serve(Handler)
 
     def wait_for(self, predicate: Any) -> list[dict[str, Any]]:
         deadline = time.monotonic() + WAIT_SECONDS
@@ -355,7 +363,7 @@ def test_a_return_and_its_refund_reach_a_subscriber_as_the_contracts_events(stac
         receiver.close()
 
 
-class HangingReceiver:
+class HangingReceiver(_Server):
     """An HTTP server on 127.0.0.1 that takes each POST and never answers: it holds the connection
     until the sender gives up and closes it (a delivery attempt's 10 s). `held` counts the POSTs."""
 
@@ -376,18 +384,7 @@ class HangingReceiver:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.block_on_close = False  # a hold the sender has not ended yet is not waited for
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/hooks"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self._serve(Handler, block_on_close=False)  # a hold the sender has not ended yet is not waited for
 
 
 def test_subscribers_that_hang_hold_up_neither_another_s_retries_nor_a_healthy_one(stack: EmbeddedStack, api: Api):
