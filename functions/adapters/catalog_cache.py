@@ -9,6 +9,7 @@ product or location they have not got is read again every time it is asked for.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 
@@ -26,6 +27,10 @@ class CachedCatalog(CatalogRepository):
         self._clock = clock
         self._products: dict[str, tuple[float, Product]] = {}
         self._purge_at = _FIRST_PURGE
+        # The local runtime runs batches of one function side by side over one warm container:
+        # a run caching products while another goes through them to let stale ones go would break
+        # that pass ("dictionary changed size during iteration"). Reads look up without it.
+        self._products_lock = threading.Lock()
         self._network: tuple[float, list[Location]] | None = None
 
     def _fresh(self, stored_at: float) -> bool:
@@ -38,15 +43,17 @@ class CachedCatalog(CatalogRepository):
         if missing:
             fetched = self._inner.get_products(missing)
             now = self._clock()
-            self._products.update({sku: (now, product) for sku, product in fetched.items()})
-            self._let_go_of_stale(now)
+            with self._products_lock:
+                self._products.update({sku: (now, product) for sku, product in fetched.items()})
+                self._let_go_of_stale(now)
             found.update(fetched)
         return found
 
     def _let_go_of_stale(self, now: float) -> None:
-        # A warm container lives for hours and reads a few skus an order: kept for good, a large
-        # catalog's products would fill its memory. Stale ones are dropped whenever the cache has
-        # doubled since the last pass, so each read pays a constant share of the passes.
+        # Called holding _products_lock. A warm container lives for hours and reads a few skus an
+        # order: kept for good, a large catalog's products would fill its memory. Stale ones are
+        # dropped whenever the cache has doubled since the last pass, so each read pays a constant
+        # share of the passes.
         if len(self._products) < self._purge_at:
             return
         self._products = {sku: hit for sku, hit in self._products.items() if now - hit[0] < self._ttl}
@@ -58,8 +65,9 @@ class CachedCatalog(CatalogRepository):
     def put_product(self, product: Product) -> bool:
         created = self._inner.put_product(product)
         now = self._clock()
-        self._products[product.sku] = (now, product)
-        self._let_go_of_stale(now)  # a catalog sync puts every product through one container
+        with self._products_lock:
+            self._products[product.sku] = (now, product)
+            self._let_go_of_stale(now)  # a catalog sync puts every product through one container
         return created
 
     # The network is read whole, so it is cached whole.

@@ -1,5 +1,7 @@
 """The per-container catalog cache: fresh for ttl seconds, write-through, never caches absence."""
 
+import threading
+
 from core import hookimpl
 from core.money import Money
 from core.pricing import Pricing
@@ -190,3 +192,67 @@ def test_the_network_read_by_one_run_while_another_drops_it_is_still_answered():
     assert [loc.location_id for loc in cache.list_locations()] == ["L1"]  # read and cached (clock call 1)
     assert [loc.location_id for loc in cache.list_locations()] == ["L1"]  # cached; dropped as it is looked at
     assert inner.reads == 1
+
+
+def test_a_run_caching_a_product_while_another_lets_stale_ones_go_breaks_neither():
+    # The local runtime runs up to four batches of one function side by side over one warm
+    # container's cache (threads over one module). Past the first purge's 1,024 products, one run
+    # cached a product while another was going through the products to drop stale ones: the
+    # purge raised "dictionary changed size during iteration", failing that run's order.
+    cache, inner, now = make()
+    for n in range(1_023):
+        cache.put_product(product(f"SKU-{n}"))
+    inner.put_product(product("PURGING"))
+    inner.put_product(product("OTHER"))
+    now[0] = 100.0  # every product cached so far is stale
+    paused, resume, tried = threading.Event(), threading.Event(), threading.Event()
+    purging = threading.current_thread()  # replaced below, before the purge starts
+
+    class PausingProducts(dict):
+        # The purge stops after its first product, as the interpreter may switch threads there.
+        def items(self):
+            for n, item in enumerate(super().items()):
+                if n == 1 and threading.current_thread() is purging:
+                    paused.set()
+                    resume.wait(10)
+                yield item
+
+    class NotingLock:
+        # The other run's wait for the cache is noted, so the purge resumes only once that run
+        # has either cached its product or is waiting to.
+        def __init__(self):
+            self._lock = threading.Lock()
+
+        def __enter__(self):
+            if threading.current_thread() is other:
+                tried.set()
+            self._lock.acquire()
+
+        def __exit__(self, *exc_info):
+            self._lock.release()
+
+    cache._products = PausingProducts(cache._products)
+    cache._products_lock = NotingLock()
+    raised: list[BaseException] = []
+
+    def run(skus):
+        try:
+            cache.get_products(skus)
+        except BaseException as error:
+            raised.append(error)
+        finally:
+            tried.set()
+
+    purging = threading.Thread(target=run, args=({"PURGING"},))  # its product makes 1,024: the purge
+    other = threading.Thread(target=run, args=({"OTHER"},))
+    purging.start()
+    assert paused.wait(10)
+    other.start()
+    tried.wait(10)
+    resume.set()
+    purging.join(10)
+    other.join(10)
+
+    assert raised == []
+    assert set(cache.get_products({"PURGING", "OTHER"})) == {"PURGING", "OTHER"}
+    assert inner.reads == 2  # both runs' products stay cached: neither is read again
