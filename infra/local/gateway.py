@@ -72,23 +72,15 @@ class Router:
         for route in self.routes:
             if "+}" in route.path:
                 raise ValueError(f"route {route.event_name}: greedy path {route.path} is not emulated")
-        # Each resource once, its routes by method (a method's first route wins). A literal path is
-        # looked up whole (the most specific match); else the resources with parameters of its
-        # length are tried most specific first (literal segments before `{param}`s, position by
-        # position): the first that matches is API Gateway's pick.
-        methods: dict[str, dict[str, ApiRoute]] = {}
+        methods: dict[str, dict[str, ApiRoute]] = {}  # each resource once (a method's first route wins)
         for route in self.routes:
             methods.setdefault(route.path, {}).setdefault(route.method, route)
-        self._literal: dict[tuple[str, ...], dict[str, ApiRoute]] = {}
-        self._templated: dict[int, list[tuple[tuple[tuple[int, str], ...], dict[int, str], dict[str, ApiRoute]]]] = {}
-        for path in sorted(methods, key=lambda path: ([s.startswith("{") for s in _segments(path)], path)):
-            segments = _segments(path)
-            parameters = {i: s[1:-1] for i, s in enumerate(segments) if s.startswith("{")}
-            if not parameters:
-                self._literal.setdefault(tuple(segments), methods[path])
-                continue
-            literals = tuple((i, s) for i, s in enumerate(segments) if i not in parameters)
-            self._templated.setdefault(len(segments), []).append((literals, parameters, methods[path]))
+        # Most specific first (literal segments before `{param}`s, position by position, then the
+        # path): the first that matches is API Gateway's pick.
+        self._resources = [
+            (_segments(path), methods[path])
+            for path in sorted(methods, key=lambda path: ([s.startswith("{") for s in _segments(path)], path))
+        ]
 
     def match(self, raw_path: str, method: str) -> RouteMatch | None:
         segments = raw_path.split("/")[1:]
@@ -97,14 +89,13 @@ class Router:
         if "" in segments:  # an empty segment (`//`) names no resource
             return None
         values = [unquote(segment) for segment in segments]
-        by_method = self._literal.get(tuple(values))
-        if by_method is not None:
-            route = by_method.get(method.upper())
-            return None if route is None else RouteMatch(route, {})
-        for literals, parameters, by_method in self._templated.get(len(values), ()):
-            if all(values[i] == literal for i, literal in literals):
+        for resource, by_method in self._resources:
+            if len(resource) == len(values) and all(
+                s[0] == "{" or s == v for s, v in zip(resource, values, strict=True)
+            ):
                 route = by_method.get(method.upper())
-                return None if route is None else RouteMatch(route, {name: values[i] for i, name in parameters.items()})
+                parameters = {s[1:-1]: v for s, v in zip(resource, values, strict=True) if s[0] == "{"}
+                return None if route is None else RouteMatch(route, parameters)
         return None
 
 
