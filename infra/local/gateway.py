@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import functools
 import json
 import logging
 import os
@@ -161,11 +160,11 @@ def proxy_event(request: HttpRequest, match: RouteMatch, *, stage: str = "v1") -
         "pathParameters": match.path_parameters or None,
         "stageVariables": None,
         "requestContext": {
-            "resourceId": _resource_id(match.route.path),
+            "resourceId": uuid.uuid5(uuid.NAMESPACE_URL, match.route.path).hex[:6],  # stable per resource
             "resourcePath": match.route.path,
             "httpMethod": method,
             "extendedRequestId": request.request_id[:16],
-            "requestTime": _request_time(int(request.received_at)),
+            "requestTime": datetime.fromtimestamp(int(request.received_at), UTC).strftime("%d/%b/%Y:%H:%M:%S +0000"),
             # Served at the root, as behind a custom domain's base path mapping, so the path the
             # client used carries no stage (Swagger UI and links then point back here).
             "path": request.path,
@@ -182,17 +181,6 @@ def proxy_event(request: HttpRequest, match: RouteMatch, *, stage: str = "v1") -
         "body": body,
         "isBase64Encoded": is_base64,
     }
-
-
-@functools.cache
-def _resource_id(path: str) -> str:
-    """A resource's id, as API Gateway gives each resource one: stable per path."""
-    return uuid.uuid5(uuid.NAMESPACE_URL, path).hex[:6]
-
-
-@functools.lru_cache(maxsize=4)  # the seconds requests arrive in: the last few
-def _request_time(second: int) -> str:
-    return datetime.fromtimestamp(second, UTC).strftime("%d/%b/%Y:%H:%M:%S +0000")
 
 
 def method_arn(event: Mapping[str, Any]) -> str:
