@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import functools
 import json
 import logging
 import os
@@ -72,23 +71,15 @@ class Router:
         for route in self.routes:
             if "+}" in route.path:
                 raise ValueError(f"route {route.event_name}: greedy path {route.path} is not emulated")
-        # Each resource once, its routes by method (a method's first route wins). A literal path is
-        # looked up whole (the most specific match); else the resources with parameters of its
-        # length are tried most specific first (literal segments before `{param}`s, position by
-        # position): the first that matches is API Gateway's pick.
-        methods: dict[str, dict[str, ApiRoute]] = {}
+        methods: dict[str, dict[str, ApiRoute]] = {}  # each resource once (a method's first route wins)
         for route in self.routes:
             methods.setdefault(route.path, {}).setdefault(route.method, route)
-        self._literal: dict[tuple[str, ...], dict[str, ApiRoute]] = {}
-        self._templated: dict[int, list[tuple[tuple[tuple[int, str], ...], dict[int, str], dict[str, ApiRoute]]]] = {}
-        for path in sorted(methods, key=lambda path: ([s.startswith("{") for s in _segments(path)], path)):
-            segments = _segments(path)
-            parameters = {i: s[1:-1] for i, s in enumerate(segments) if s.startswith("{")}
-            if not parameters:
-                self._literal.setdefault(tuple(segments), methods[path])
-                continue
-            literals = tuple((i, s) for i, s in enumerate(segments) if i not in parameters)
-            self._templated.setdefault(len(segments), []).append((literals, parameters, methods[path]))
+        # Most specific first (literal segments before `{param}`s, position by position, then the
+        # path): the first that matches is API Gateway's pick.
+        self._resources = [
+            (_segments(path), methods[path])
+            for path in sorted(methods, key=lambda path: ([s.startswith("{") for s in _segments(path)], path))
+        ]
 
     def match(self, raw_path: str, method: str) -> RouteMatch | None:
         segments = raw_path.split("/")[1:]
@@ -97,14 +88,13 @@ class Router:
         if "" in segments:  # an empty segment (`//`) names no resource
             return None
         values = [unquote(segment) for segment in segments]
-        by_method = self._literal.get(tuple(values))
-        if by_method is not None:
-            route = by_method.get(method.upper())
-            return None if route is None else RouteMatch(route, {})
-        for literals, parameters, by_method in self._templated.get(len(values), ()):
-            if all(values[i] == literal for i, literal in literals):
+        for resource, by_method in self._resources:
+            if len(resource) == len(values) and all(
+                s[0] == "{" or s == v for s, v in zip(resource, values, strict=True)
+            ):
                 route = by_method.get(method.upper())
-                return None if route is None else RouteMatch(route, {name: values[i] for i, name in parameters.items()})
+                parameters = {s[1:-1]: v for s, v in zip(resource, values, strict=True) if s[0] == "{"}
+                return None if route is None else RouteMatch(route, parameters)
         return None
 
 
@@ -170,11 +160,11 @@ def proxy_event(request: HttpRequest, match: RouteMatch, *, stage: str = "v1") -
         "pathParameters": match.path_parameters or None,
         "stageVariables": None,
         "requestContext": {
-            "resourceId": _resource_id(match.route.path),
+            "resourceId": uuid.uuid5(uuid.NAMESPACE_URL, match.route.path).hex[:6],  # stable per resource
             "resourcePath": match.route.path,
             "httpMethod": method,
             "extendedRequestId": request.request_id[:16],
-            "requestTime": _request_time(int(request.received_at)),
+            "requestTime": datetime.fromtimestamp(int(request.received_at), UTC).strftime("%d/%b/%Y:%H:%M:%S +0000"),
             # Served at the root, as behind a custom domain's base path mapping, so the path the
             # client used carries no stage (Swagger UI and links then point back here).
             "path": request.path,
@@ -191,17 +181,6 @@ def proxy_event(request: HttpRequest, match: RouteMatch, *, stage: str = "v1") -
         "body": body,
         "isBase64Encoded": is_base64,
     }
-
-
-@functools.cache
-def _resource_id(path: str) -> str:
-    """A resource's id, as API Gateway gives each resource one: stable per path."""
-    return uuid.uuid5(uuid.NAMESPACE_URL, path).hex[:6]
-
-
-@functools.lru_cache(maxsize=4)  # the seconds requests arrive in: the last few
-def _request_time(second: int) -> str:
-    return datetime.fromtimestamp(second, UTC).strftime("%d/%b/%Y:%H:%M:%S +0000")
 
 
 def method_arn(event: Mapping[str, Any]) -> str:

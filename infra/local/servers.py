@@ -2,19 +2,13 @@
 
 from __future__ import annotations
 
-import email.utils
-import functools
-import logging
 import socket
 import threading
-import time
 from typing import Any
 
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 from infra.local.gateway import RAW_HEADERS_KEY, ApiGateway
-
-_WERKZEUG_LOG = logging.getLogger("werkzeug")  # werkzeug.serving's request lines
 
 
 class GatewayRequestHandler(WSGIRequestHandler):
@@ -57,24 +51,6 @@ class GatewayRequestHandler(WSGIRequestHandler):
         if self.command != "HEAD":
             self._headers_buffer.append(body)
         self.flush_headers()
-
-    def log_request(self, code: int | str = "-", size: int | str = "-") -> None:
-        """Werkzeug's request line, formatted only when its logger would print it (the stack keeps
-        it below WARNING: the gateway logs each request itself). A logger at NOTSET is one werkzeug
-        sets to INFO on its first line, so that is formatted and logged as before."""
-        if _WERKZEUG_LOG.level == logging.NOTSET or _WERKZEUG_LOG.isEnabledFor(logging.INFO):
-            super().log_request(code, size)
-
-    def date_time_string(self, timestamp: float | None = None) -> str:
-        """The Date header's value, formatted once a second rather than per response."""
-        if timestamp is not None:
-            return super().date_time_string(timestamp)
-        return _http_date(int(time.time()))
-
-
-@functools.lru_cache(maxsize=2)
-def _http_date(second: int) -> str:
-    return email.utils.formatdate(second, usegmt=True)
 
 
 class Servers:

@@ -218,7 +218,7 @@ SECTIONS: dict[str, Any] = {
     "Parameters": EMULATED,  # defaults, overridden by the stack's parameter_overrides; PARAMETERS checked
     "Mappings": EMULATED,  # Fn::FindInMap (infra/local/template.py resolves it)
     # Evaluated where an emulated resource or an Fn::If in an emulated property names one
-    # (Template.condition: Fn::Equals, Fn::Not, Fn::And, Fn::Or, Condition); others are not read.
+    # (Template.condition: Fn::Equals, Fn::Not); others are not read.
     "Conditions": ignored("evaluated only where an emulated resource or property names one"),
     # The one rule refuses PlatformLogLevel WARN with LogLevel WARNING or ERROR: PlatformLogLevel is
     # Lambda's alone (LoggingConfig, ignored above), no variable `make run` takes from the shell.

@@ -223,7 +223,7 @@ class Template:
 
     def condition(self, name: str) -> bool:
         """The template's condition `name` with this stack's parameters: Fn::Equals of two values
-        resolve() evaluates, Fn::Not, Fn::And, Fn::Or and another condition by name. Anything else
+        resolve() evaluates, or Fn::Not of one, what template.yaml's conditions use. Anything else
         raises Unresolved (a condition only ignored resources name is never evaluated)."""
         conditions = self.document.get("Conditions") or {}
         if name not in conditions:
@@ -232,16 +232,11 @@ class Template:
 
     def _condition_value(self, value: Any, name: str) -> bool:
         key, arg = next(iter(value.items())) if isinstance(value, dict) and len(value) == 1 else ("", None)
-        if key == "Condition" and isinstance(arg, str):
-            return self.condition(arg)
         if key == "Fn::Equals" and isinstance(arg, list) and len(arg) == 2:
             first, second = (env_string(self.resolve(item)) for item in arg)
             return first == second
         if key == "Fn::Not" and isinstance(arg, list) and len(arg) == 1:
             return not self._condition_value(arg[0], name)
-        if key in ("Fn::And", "Fn::Or") and isinstance(arg, list):
-            values = [self._condition_value(item, name) for item in arg]
-            return all(values) if key == "Fn::And" else any(values)
         raise Unresolved(f"condition {name}: {value!r} is not evaluated locally")
 
     def resolve_at(

@@ -273,7 +273,7 @@ def _conditional(zone: str) -> Template:
         },
         "Resources": {
             "Plain": {"Type": "AWS::S3::Bucket", "Properties": {}},
-            "Zonal": {"Type": "AWS::S3Express::DirectoryBucket", "Condition": "ZoneAndOther", "Properties": {}},
+            "Zonal": {"Type": "AWS::S3Express::DirectoryBucket", "Condition": "HasZone", "Properties": {}},
         },
     }
     return Template(document, parameter_overrides={"Zone": zone} if zone else {})
@@ -298,5 +298,9 @@ def test_a_condition_the_runtime_cannot_evaluate_fails_naming_it():
 
     with pytest.raises(Unresolved, match="Fn::Join is not evaluated locally"):
         _conditional("").condition("Joined")
+    # Only what template.yaml's conditions use is evaluated (Fn::Equals, Fn::Not): not Fn::And,
+    # Fn::Or or a condition by name.
+    with pytest.raises(Unresolved, match=r"condition ZoneAndOther: .*Fn::And.* is not evaluated locally"):
+        _conditional("use1-az4").condition("ZoneAndOther")
     with pytest.raises(Unresolved, match="condition Missing is not in the template's Conditions"):
         _conditional("").condition("Missing")
