@@ -810,6 +810,92 @@ def test_an_order_waiting_for_another_sku_is_sourced_again_when_the_arrival_comp
     assert world.level("PREORDER", "wh-west") == (1, 0, 1)
 
 
+# --- The units of an order sent back to be sourced whole are its own until its workflow runs ---------
+# The walk that sends it back reserves its plan's units under its own keys in the same write: no walk
+# handed on, walk of another sku of the same receipt or younger order's ReserveStock may take them.
+
+
+def sent_back_whole(world: World, allocator: BackorderAllocator, handed: list[WaitingOrder] | None = None):
+    """max_shipments 1: the older order holds 1 PREORDER at wh-west and wants 3; the younger wants 2,
+    holding none. 3 arrive at wh-east: the older order's whole order, which the walk sends it back for."""
+    older = backordered(world, ("PREORDER", 3))  # 1 held at wh-west
+    younger = backordered(world, ("PREORDER", 2))  # nothing held
+    world.inventory.adjust("PREORDER", "wh-east", 3, reason="receipt")
+    hand_on = handed.append if handed is not None else None
+    arrival = allocator.arrived("PREORDER", "wh-east", hand_on=hand_on)
+    assert arrival.sourced_again == [older] and world.order(older).status is S.AUTHORIZED
+    return older, younger
+
+
+def test_the_walk_reserves_the_units_of_an_order_it_sends_back_whole_in_the_same_write():
+    world, allocator = ruled_world([("PREORDER", "wh-west", 1)], max_shipments=1)
+    older, _ = sent_back_whole(world, allocator)
+
+    order = world.order(older)
+    assert order.allocations == [] and order.held_before == ["wh-east", "wh-west"]
+    assert world.held_for(older) == {
+        ("PREORDER", "wh-west", reservation_key(older, "L1")): 1,
+        ("PREORDER", "wh-east", reservation_key(older, "L1")): 3,
+    }
+    assert world.level("PREORDER", "wh-east") == (3, 3, 0)
+
+
+def test_a_walk_handed_on_after_an_order_it_sent_back_whole_leaves_its_units_to_it(monkeypatch):
+    """The walk's budget ran out right after it sent the older order back: its next invocation went
+    on from there and gave the younger order the units the older one's plan took, and the older
+    one, sourced, waited backordered again."""
+    world, allocator = ruled_world([("PREORDER", "wh-west", 1)], max_shipments=1)
+    monkeypatch.setattr("core.backorders.WALK_READS", 1)
+    handed: list[WaitingOrder] = []
+    older, younger = sent_back_whole(world, allocator, handed)
+    assert [entry.order_id for entry in handed] == [older]
+
+    allocator.arrived("PREORDER", "wh-east", handed[0])  # the walk handed on
+    order = world.run(older)  # its workflow, as the outbox starts it
+
+    assert order.status is S.ALLOCATED and shipped_from(order) == ["wh-east"]
+    assert world.order(younger).status is S.BACKORDERED and world.held_for(younger) == {}
+    assert world.level("PREORDER", "wh-west") == (1, 0, 1) and world.level("PREORDER", "wh-east") == (3, 3, 0)
+
+
+def test_a_younger_order_sourced_before_the_sent_back_one_takes_none_of_its_units():
+    """ReserveStock's look behind older orders reads backordered ones only: a younger order placed
+    between the walk and the older order's workflow took the units its plan claimed."""
+    world, allocator = ruled_world([("PREORDER", "wh-west", 1)], max_shipments=1)
+    older, younger = sent_back_whole(world, allocator)
+
+    newest = world.place(("PREORDER", 2))
+    world.workflow.authorize_payment(newest, attempt=0)
+    with pytest.raises(Backordered):
+        world.workflow.reserve_stock(newest)
+    order = world.run(older)
+
+    assert order.status is S.ALLOCATED and shipped_from(order) == ["wh-east"]
+    assert world.held_for(newest) == {} and world.level("PREORDER", "wh-east") == (3, 3, 0)
+    allocator.arrived("PREORDER", "wh-west")  # the unit the older order gave back there: oldest first
+    assert world.held_for(younger) == {("PREORDER", "wh-west", reservation_key(younger, "L1")): 1}
+    assert world.held_for(newest) == {}
+
+
+def test_the_walk_of_another_sku_of_the_same_receipt_leaves_the_sent_back_order_its_units():
+    """One receipt at wh-east of a PREORDER and a BOOK, walked one sku after the other. The older order
+    holds its PREORDER at wh-west and waits for a BOOK under max_shipments 1: the PREORDER walk sends
+    it back for its whole order at wh-east; the BOOK walk found it authorized, passed it over and
+    gave the BOOK to the younger order, and the older one waited backordered again."""
+    world, allocator = ruled_world([("PREORDER", "wh-west", 1)], max_shipments=1)
+    older = backordered(world, ("PREORDER", 1), ("BOOK", 1))  # its PREORDER at wh-west; BOOK short
+    younger = backordered(world, ("BOOK", 1))
+    world.inventory.adjust("PREORDER", "wh-east", 1, reason="receipt")
+    world.inventory.adjust("BOOK", "wh-east", 1, reason="receipt")
+
+    assert allocator.arrived("PREORDER", "wh-east").sourced_again == [older]
+    allocator.arrived("BOOK", "wh-east")
+    order = world.run(older)
+
+    assert order.status is S.ALLOCATED and shipped_from(order) == ["wh-east"]
+    assert world.order(younger).status is S.BACKORDERED and world.held_for(younger) == {}
+
+
 def test_a_new_version_of_the_rules_that_frees_units_wakes_the_backordered_orders_oldest_first(monkeypatch):
     """Units at a location the rules excluded: no arrival is coming for them, so the orders waited
     on after the location was allowed again, though the units were there. A new version now wakes
