@@ -8,7 +8,6 @@ tests/stateful.py)."""
 
 from __future__ import annotations
 
-import contextlib
 from datetime import datetime, timedelta
 
 import pytest
@@ -1665,8 +1664,8 @@ class RuledBackorderMachine(BackorderMachine):
     be sourced at a location max_shipments kept it from (Workflow.source_again_whole) is reached.
     After every step the walks settle (an order sent back is sourced, as its outbox starts its
     workflow, and every location's units walked again): the books balance, a waiting order leaves no
-    unit it may take idle, none waits beside a location that alone has its whole order, and the
-    re-sourcing ends."""
+    unit it may take idle, none waits beside a location that alone has its whole order, one sent
+    back for it is never passed over for its units, and the re-sourcing ends."""
 
     SKUS = ("PREORDER", "BOOK")
     LOCATIONS = ("wh-east", "wh-west", "store-sf")
@@ -1965,11 +1964,12 @@ def test_the_ruled_machine_sends_an_order_back_whole_when_units_of_a_sku_it_hold
 
 def test_an_arrival_walked_twice_at_once_sends_the_older_order_back_once_and_oversells_nothing(monkeypatch):
     """The same arrival walked twice at once (the stream's record redelivered while its first walk
-    runs): the second walk sends the older order back, claims its units and fills the younger one
-    between the first walk's read and its write of the older order; the first walk's write loses
-    and finds the order sent back already. Whatever the younger one got meanwhile, every unit is
-    held once, and once the older order's workflow ran and the arrivals settled no order waits
-    beside units it may take or beside a location that alone has its whole order."""
+    runs): the second walk sends the older order back, reserving its plan's units in that write,
+    and fills the younger one between the first walk's read and its write of the older order; the
+    first walk's write (its reservations with it) loses and finds the order sent back already.
+    Every unit is held once, the older order's workflow allocates it with the units reserved for
+    it, and once the arrivals settled no order waits beside units it may take or beside a location
+    that alone has its whole order."""
     world, allocator = ruled_world([("PREORDER", "wh-west", 1)], max_shipments=1)
     older = backordered(world, ("PREORDER", 3))  # 1 held at wh-west
     younger = backordered(world, ("PREORDER", 2))  # nothing held
@@ -1984,8 +1984,9 @@ def test_an_arrival_walked_twice_at_once_sends_the_older_order_back_once_and_ove
     assert [e.type for e in world.history(older)].count("sourced_again") == 1
     assert world.order(older).status is S.AUTHORIZED and world.order(older).allocations == []
     monkeypatch.undo()
-    with contextlib.suppress(Backordered):  # the younger order took units meanwhile: it waits again
-        world.run(older)  # its workflow, as the outbox starts it
+    assert world.held_for(older)[("PREORDER", "wh-east", reservation_key(older, "L1"))] == 3
+    assert world.held_for(younger) == {("PREORDER", "wh-east", reservation_key(younger, "L1")): 1}
+    assert world.run(older).status is S.ALLOCATED  # its workflow, as the outbox starts it
     for location in ("wh-east", "wh-west"):
         allocator.arrived("PREORDER", location)
 
