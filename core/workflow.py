@@ -48,6 +48,7 @@ from core.ids import booking_key, reservation_key, sourced_again_key
 from core.models import (
     Address,
     Allocation,
+    Change,
     GivenUpBooking,
     Location,
     Order,
@@ -808,17 +809,10 @@ class Workflow:
         look at the older orders; its other skus may have arrived for older orders whose queues
         the stream has not handed them to yet (the skus of one purchase-order receipt come one
         record after the other)."""
-        assert self._backorders is not None
-        # Stock items found with no room for another reservation: the fill takes nothing there,
-        # and the order waits on for what arrives elsewhere (or for room: a release there wakes it).
-        full: set[tuple[str, str]] = set()
-        for _ in range(FILL_ATTEMPTS):
-            # Read consistently: "not backordered, nothing to fill" is decided by no conditional
-            # write, and the step that has just written the order backordered looks here for the
-            # units that came before its queue entry (no arrival would give them to it).
-            order = self._load(order_id, consistent=True)
+
+        def decide(order: Order, full: Collection[tuple[str, str]]) -> tuple[Change, list[TopUp]] | None:
             if order.status is not S.BACKORDERED:
-                return order
+                return None
             rules = self._rules()
             locations = self._catalog.list_locations()
             # What it holds is read at every location it may hold stock at (the rules may have
@@ -833,12 +827,40 @@ class Workflow:
                 queue, full,
             )  # fmt: skip
             if not top_ups:
-                return order
+                return None
             for t in top_ups:
                 held[(t.sku, t.location_id, t.key)] = t.quantity
-            new, entry = order.reserve_backordered(
+            change = order.reserve_backordered(
                 _allocations(order, held), at=self._clock(), actor=actor, rules_version=rules.version
             )
+            return change, top_ups
+
+        # Read consistently: "not backordered, nothing to fill" is decided by no conditional write,
+        # and the step that has just written the order backordered looks here for the units that
+        # came before its queue entry (no arrival would give them to it).
+        return self._write_reserving(order_id, decide, "its backorder was filled")
+
+    def _write_reserving(
+        self, order_id: str, decide: Callable[[Order, Collection[tuple[str, str]]], tuple[Change, list[TopUp]] | None],
+        doing: str,
+    ) -> Order:  # fmt: skip
+        """Write the change `decide` makes of the order, read consistently, and the top-ups of its
+        reservations it plans, in one transaction (Backorders.fill); returns the order as written,
+        or as read when `decide` says None (nothing to write). A lost race (the order, a reservation
+        or the stock moved since the read) reads and decides again; a stock item found with no room
+        for another reservation is named to `decide` among those it must leave out (`full`), so this
+        ends. TransientError after FILL_ATTEMPTS (its caller is retried: the stream, a Retry)."""
+        assert self._backorders is not None
+        # Stock items found with no room for another reservation: planned without (a fill takes
+        # nothing there, and the order waits on for what arrives elsewhere, or for room: a release
+        # there wakes it).
+        full: set[tuple[str, str]] = set()
+        for _ in range(FILL_ATTEMPTS):
+            order = self._load(order_id, consistent=True)
+            decided = decide(order, full)
+            if decided is None:
+                return order
+            (new, entry), top_ups = decided
             try:
                 self._backorders.fill(new, order, [entry], top_ups)
                 return new
@@ -846,7 +868,7 @@ class Workflow:
                 full.add((refused.sku, refused.location_id))
             except StaleVersion:
                 continue  # the order, a reservation or the stock moved since the read
-        raise TransientError(f"order {order_id} or its stock kept changing while its backorder was filled")
+        raise TransientError(f"order {order_id} or its stock kept changing while {doing}")
 
     def source_again(self, order_id: str, actor: str = WORKFLOW_ACTOR) -> Order:
         """Send a backordered order the sourcing rules in force leave nowhere to take more units
@@ -882,29 +904,21 @@ class Workflow:
         the order as it is afterwards (unchanged when it is not sent back). `rules` and `locations`:
         those the caller's walk read and decided on (read here when not given), so a walk that
         meets many orders reads them once, not once per order."""
-        assert self._backorders is not None
         rules = rules if rules is not None else self._rules()
         locations = locations if locations is not None else self._catalog.list_locations()
-        # Stock items found with no room for another reservation: planned without, as a fill does.
-        full: set[tuple[str, str]] = set()
-        for _ in range(FILL_ATTEMPTS):
-            # Read consistently: "not to be sent back" is decided by no conditional write.
-            order = self._load(order_id, consistent=True)
+
+        def decide(order: Order, full: Collection[tuple[str, str]]) -> tuple[Change, list[TopUp]] | None:
             top_ups = self._whole_top_ups(order, location_id, rules, locations, full)
             if top_ups is None:
-                return order
-            new, entry = order.source_again(
+                return None
+            change = order.source_again(
                 rules_version=rules.version, at=self._clock(), actor=actor, whole=True, arrived_at=location_id,
                 reserving_at={t.location_id for t in top_ups},
             )  # fmt: skip
-            try:
-                self._backorders.fill(new, order, [entry], top_ups)
-                return new
-            except ReservationsFull as refused:
-                full.add((refused.sku, refused.location_id))
-            except StaleVersion:
-                continue  # the order, a reservation or the stock moved since the read
-        raise TransientError(f"order {order_id} or its stock kept changing while it was sent back to be sourced")
+            return change, top_ups
+
+        # Read consistently: "not to be sent back" is decided by no conditional write.
+        return self._write_reserving(order_id, decide, "it was sent back to be sourced")
 
     def _whole_top_ups(
         self, order: Order, location_id: str | None, rules: SourcingRules, locations: list[Location],
