@@ -950,6 +950,26 @@ def test_the_units_reserved_for_an_order_sent_back_whole_go_back_when_that_locat
     assert world.level("PREORDER", "wh-east") == (3, 0, 3)
 
 
+def test_an_order_of_two_lines_of_one_sku_sent_back_whole_has_its_units_shared_out_by_its_reserve_stock():
+    """The send-back reserves what the plan takes at a stock item beyond what all the order's keys hold
+    there, under one line's key: its ReserveStock, counting them all as its own, gives each line its
+    own (one rearranging write), never needing units that are not there."""
+    world, allocator = ruled_world([("PREORDER", "wh-west", 1)], max_shipments=1)
+    order_id = backordered(world, ("PREORDER", 2), ("PREORDER", 1))  # 1 held at wh-west
+    world.inventory.adjust("PREORDER", "wh-east", 3, reason="receipt")
+
+    assert allocator.arrived("PREORDER", "wh-east").sourced_again == [order_id]
+    assert sum(units for (_, at, _), units in world.held_for(order_id).items() if at == "wh-east") == 3
+
+    order = world.run(order_id)
+    assert order.status is S.ALLOCATED and shipped_from(order) == ["wh-east"]
+    assert world.held_for(order_id) == {
+        ("PREORDER", "wh-east", reservation_key(order_id, "L1")): 2,
+        ("PREORDER", "wh-east", reservation_key(order_id, "L2")): 1,
+    }
+    assert world.level("PREORDER", "wh-west") == (1, 0, 1) and world.level("PREORDER", "wh-east") == (3, 3, 0)
+
+
 def test_a_new_version_of_the_rules_that_frees_units_wakes_the_backordered_orders_oldest_first(monkeypatch):
     """Units at a location the rules excluded: no arrival is coming for them, so the orders waited
     on after the location was allowed again, though the units were there. A new version now wakes
