@@ -121,8 +121,6 @@ class BackorderAllocator:
         locations = None
         rules: SourcingRules | None = None
         reads = pages = 0
-        # Units the orders this walk sent back to be sourced are to take: not the younger orders'.
-        claimed: dict[tuple[str, str], int] = {}
         while True:
             if pages == WALK_PAGES:
                 return self._handed_on(result, after, hand_on)
@@ -172,7 +170,7 @@ class BackorderAllocator:
                     before = order.allocations
                     # Oldest first in this sku's queue: its units are the order's unless an older one
                     # left them; its other skus may be older orders' that their arrivals have not reached.
-                    order = self._workflow.fill_backorder(order.id, actor=BACKORDER_ACTOR, queue=sku, claimed=claimed)
+                    order = self._workflow.fill_backorder(order.id, actor=BACKORDER_ACTOR, queue=sku)
                     if order.allocations != before:
                         result.filled.append(order.id)
                     if order.status is not S.BACKORDERED:
@@ -199,17 +197,15 @@ class BackorderAllocator:
                     return result
                 # max_shipments keeps it from adding this location beside those it holds units at,
                 # and a fill adds nowhere else: one that a plan within the rules now gives every unit
-                # it wants is sent back to be sourced, its units left to it by the rest of the walk.
+                # it wants is sent back to be sourced, its plan's units reserved for it in that write.
                 # So is one waiting for other skus only, which the location had, or holding every
                 # unit of this one elsewhere (its entry `holds`): these units may be the last it
                 # lacked there. The walk's rules and network decide, as they decided to come here.
-                sent, claims = self._workflow.source_again_whole(
-                    order.id, location_id, actor=BACKORDER_ACTOR, claimed=claimed, rules=rules, locations=locations
+                sent = self._workflow.source_again_whole(
+                    order.id, location_id, actor=BACKORDER_ACTOR, rules=rules, locations=locations
                 )
                 if sent.status is not S.BACKORDERED:
                     result.sourced_again.append(order.id)
-                    for place, units in claims.items():
-                        claimed[place] = claimed.get(place, 0) + units
             if len(page) < PAGE:
                 return result  # the end of the queue
 
@@ -254,8 +250,6 @@ class BackorderAllocator:
             return result
         rules: SourcingRules | None = None
         locations = None
-        # Units the orders this page sent back to be sourced are to take: not the younger orders'.
-        claimed: dict[tuple[str, str], int] = {}
         page = self._backordered.oldest(after, PAGE)
         for entry in page:
             order = self._orders.get(entry.order_id, consistent=True)
@@ -263,7 +257,7 @@ class BackorderAllocator:
                 continue  # moved on since the index was read
             before = order.allocations
             # Oldest first across every sku: no older order is left to serve before this one.
-            order = self._workflow.fill_backorder(order.id, actor=BACKORDER_ACTOR, in_queue_order=True, claimed=claimed)
+            order = self._workflow.fill_backorder(order.id, actor=BACKORDER_ACTOR, in_queue_order=True)
             if order.allocations != before:
                 result.filled.append(order.id)
             if order.status is not S.BACKORDERED:
@@ -282,14 +276,10 @@ class BackorderAllocator:
                     result.sourced_again.append(order.id)
                 continue
             # max_shipments may keep it from adding the location that now has its whole order (units
-            # the rules no longer hold back there): sent back to be sourced, its units left to it.
-            sent, claims = self._workflow.source_again_whole(
-                order.id, actor=BACKORDER_ACTOR, claimed=claimed, rules=rules, locations=locations
-            )
+            # the rules no longer hold back there): sent back to be sourced, its units reserved for it.
+            sent = self._workflow.source_again_whole(order.id, actor=BACKORDER_ACTOR, rules=rules, locations=locations)
             if sent.status is not S.BACKORDERED:
                 result.sourced_again.append(order.id)
-                for place, units in claims.items():
-                    claimed[place] = claimed.get(place, 0) + units
         if len(page) == PAGE and hand_on is not None:
             hand_on(page[-1])
         return result

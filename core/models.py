@@ -3646,7 +3646,7 @@ class Order(Shown):
 
     def source_again(
         self, *, rules_version: int | None, at: datetime, actor: str, whole: bool = False,
-        arrived_at: str | None = None,
+        arrived_at: str | None = None, reserving_at: Collection[str] = (),
     ) -> Change:  # fmt: skip
         """A backordered order the sourcing rules in force leave nowhere to take more units goes back
         to be sourced under them (authorized, nothing allocated): the workflow the change starts
@@ -3654,7 +3654,9 @@ class Order(Shown):
         allocates it, backorders it again or cancels it out_of_stock. `whole`: instead,
         `max_shipments` keeps it from adding a location beside those it holds units at (one where
         units `arrived_at`, when named), and sourced again it has every unit it wants
-        (Workflow.source_again_whole)."""
+        (Workflow.source_again_whole). `reserving_at`: the locations the same write reserves its
+        plan's units at (kept in `held_before` with those it held units at, so that its sourcing
+        finds them there though a location stopped shipping meanwhile)."""
         if self.status is not OrderStatus.BACKORDERED:
             raise InvalidTransition(f"an order that is {self.status} is not waiting for stock")
         held_at = ", ".join(sorted({a.location_id for a in self.allocations}))
@@ -3666,11 +3668,12 @@ class Order(Shown):
         else:
             reason = (f"units arrived at {arrived_at}, which max_shipments kept it from adding beside {held_at}: "
                       "sourced again, it has every unit it wants")  # fmt: skip
+        fields = self._sourced_again()  # backordered: never held, so always `held_before`
         return self._next(
             at=at, actor=actor, type=OrderEvent.SOURCED_AGAIN,
             detail={"allocations": [a.model_dump() for a in self.allocations], "short": self.short_of(),
                     "reasons": [reason], **_rules_named(rules_version)},
-            **self._sourced_again(),
+            **{**fields, "held_before": sorted({*fields["held_before"], *reserving_at})},
         )  # fmt: skip
 
     def source_again_without(self, location_id: str, reason: str, *, at: datetime, actor: str) -> Change:

@@ -533,7 +533,8 @@ class TopUp(NamedTuple):
 
 class Backorders(ABC):
     """Per sku, the backordered orders waiting for its units, oldest first (what an arrival of
-    units reads instead of the Orders table), and the one write that fills a backordered order.
+    units reads instead of the Orders table), and the one write that fills a backordered order (or
+    sends it back to be sourced whole with its plan's units reserved: Workflow.source_again_whole).
     Queue entries are idempotent to add and to remove."""
 
     @abstractmethod

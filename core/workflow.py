@@ -14,7 +14,7 @@ import functools
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -48,6 +48,7 @@ from core.ids import booking_key, reservation_key, sourced_again_key
 from core.models import (
     Address,
     Allocation,
+    Change,
     GivenUpBooking,
     Location,
     Order,
@@ -786,7 +787,7 @@ class Workflow:
                 # Units that came since the plan read the stock (their walks found the order not yet
                 # backordered, and left it to this look) may give a location it may not add its
                 # whole order: sent back to be sourced there, as such an arrival's walk sends it.
-                filled, _ = self.source_again_whole(order.id, rules=rules_now, locations=locations)
+                filled = self.source_again_whole(order.id, rules=rules_now, locations=locations)
             if filled.status is S.AUTHORIZED:
                 raise Backordered(f"order {order.id} was sent back to be sourced (its history entry says why)")
         if filled.short_of():
@@ -794,7 +795,7 @@ class Workflow:
 
     def fill_backorder(
         self, order_id: str, actor: str = WORKFLOW_ACTOR, *, in_queue_order: bool = False,
-        queue: str | None = None, claimed: Mapping[tuple[str, str], int] | None = None,
+        queue: str | None = None,
     ) -> Order:  # fmt: skip
         """Reserve what has arrived for a backordered order, line by line, at its eligible
         locations; return the order as it is afterwards (unchanged when it is not backordered or
@@ -807,19 +808,11 @@ class Workflow:
         An arrival walks one sku's `queue` oldest first: only that sku is the order's without a
         look at the older orders; its other skus may have arrived for older orders whose queues
         the stream has not handed them to yet (the skus of one purchase-order receipt come one
-        record after the other). `claimed`: units, by (sku, location_id), the walk left to older
-        orders it sent back to be sourced (source_again_whole), which their workflows take."""
-        assert self._backorders is not None
-        # Stock items found with no room for another reservation: the fill takes nothing there,
-        # and the order waits on for what arrives elsewhere (or for room: a release there wakes it).
-        full: set[tuple[str, str]] = set()
-        for _ in range(FILL_ATTEMPTS):
-            # Read consistently: "not backordered, nothing to fill" is decided by no conditional
-            # write, and the step that has just written the order backordered looks here for the
-            # units that came before its queue entry (no arrival would give them to it).
-            order = self._load(order_id, consistent=True)
+        record after the other)."""
+
+        def decide(order: Order, full: Collection[tuple[str, str]]) -> tuple[Change, list[TopUp]] | None:
             if order.status is not S.BACKORDERED:
-                return order
+                return None
             rules = self._rules()
             locations = self._catalog.list_locations()
             # What it holds is read at every location it may hold stock at (the rules may have
@@ -831,15 +824,43 @@ class Workflow:
             allowed = sourceable(order, locations, rules)
             top_ups = self._top_ups(
                 order, allowed, held, rules, destination_of(order, locations), None if in_queue_order else locations,
-                queue, full, claimed or {},
+                queue, full,
             )  # fmt: skip
             if not top_ups:
-                return order
+                return None
             for t in top_ups:
                 held[(t.sku, t.location_id, t.key)] = t.quantity
-            new, entry = order.reserve_backordered(
+            change = order.reserve_backordered(
                 _allocations(order, held), at=self._clock(), actor=actor, rules_version=rules.version
             )
+            return change, top_ups
+
+        # Read consistently: "not backordered, nothing to fill" is decided by no conditional write,
+        # and the step that has just written the order backordered looks here for the units that
+        # came before its queue entry (no arrival would give them to it).
+        return self._write_reserving(order_id, decide, "its backorder was filled")
+
+    def _write_reserving(
+        self, order_id: str, decide: Callable[[Order, Collection[tuple[str, str]]], tuple[Change, list[TopUp]] | None],
+        doing: str,
+    ) -> Order:  # fmt: skip
+        """Write the change `decide` makes of the order, read consistently, and the top-ups of its
+        reservations it plans, in one transaction (Backorders.fill); returns the order as written,
+        or as read when `decide` says None (nothing to write). A lost race (the order, a reservation
+        or the stock moved since the read) reads and decides again; a stock item found with no room
+        for another reservation is named to `decide` among those it must leave out (`full`), so this
+        ends. TransientError after FILL_ATTEMPTS (its caller is retried: the stream, a Retry)."""
+        assert self._backorders is not None
+        # Stock items found with no room for another reservation: planned without (a fill takes
+        # nothing there, and the order waits on for what arrives elsewhere, or for room: a release
+        # there wakes it).
+        full: set[tuple[str, str]] = set()
+        for _ in range(FILL_ATTEMPTS):
+            order = self._load(order_id, consistent=True)
+            decided = decide(order, full)
+            if decided is None:
+                return order
+            (new, entry), top_ups = decided
             try:
                 self._backorders.fill(new, order, [entry], top_ups)
                 return new
@@ -847,7 +868,7 @@ class Workflow:
                 full.add((refused.sku, refused.location_id))
             except StaleVersion:
                 continue  # the order, a reservation or the stock moved since the read
-        raise TransientError(f"order {order_id} or its stock kept changing while its backorder was filled")
+        raise TransientError(f"order {order_id} or its stock kept changing while {doing}")
 
     def source_again(self, order_id: str, actor: str = WORKFLOW_ACTOR) -> Order:
         """Send a backordered order the sourcing rules in force leave nowhere to take more units
@@ -866,58 +887,80 @@ class Workflow:
         return modify(self._orders, order_id, decide, consistent=True)
 
     def source_again_whole(
-        self, order_id: str, location_id: str | None = None, actor: str = WORKFLOW_ACTOR,
-        claimed: Mapping[tuple[str, str], int] | None = None, *, rules: SourcingRules | None = None,
-        locations: list[Location] | None = None,
-    ) -> tuple[Order, dict[tuple[str, str], int]]:  # fmt: skip
+        self, order_id: str, location_id: str | None = None, actor: str = WORKFLOW_ACTOR, *,
+        rules: SourcingRules | None = None, locations: list[Location] | None = None,
+    ) -> Order:  # fmt: skip
         """Send a backordered order back to be sourced when `max_shipments` keeps it from adding a
         location beside those it holds units at (`location_id`, when named: the one units arrived
         at) and a plan within the rules now covers every unit it wants (ReserveStock's plan,
         counting what it holds as its own): a fill adds only beside those locations, so it waited
-        on for them with its whole order on other shelves (no arrival there may be coming). One
-        write, conditional on its status and version, as `source_again`. Returns the order as it is
-        afterwards, and the units its plan takes beyond what it holds, by (sku, location_id): the
-        walk that sent it back leaves them to it (nothing when it is not sent back). `claimed`: the
-        units that walk left to older orders already, not this one's to plan on. `rules` and
-        `locations`: those the caller's walk read and decided on (read here when not given), so a
-        walk that meets many orders reads them once, not once per order."""
+        on for them with its whole order on other shelves (no arrival there may be coming). The
+        units the plan takes beyond what the order holds are reserved under its own keys in the same
+        write (Backorders.fill: one transaction, conditional on the order's status and version and
+        on each stock item's reservation and units), so no walk, handed on or of another sku, and
+        no younger order's ReserveStock takes them before its own ReserveStock, which counts them
+        as its own, as it counts what it held: what its plan then does not keep it releases, and a
+        cancel, a hold or an edit meanwhile treats them as any of the order's reservations. Returns
+        the order as it is afterwards (unchanged when it is not sent back). `rules` and `locations`:
+        those the caller's walk read and decided on (read here when not given), so a walk that
+        meets many orders reads them once, not once per order."""
         rules = rules if rules is not None else self._rules()
         locations = locations if locations is not None else self._catalog.list_locations()
-        at = self._clock()
-        claims: dict[tuple[str, str], int] = {}
 
-        def decide(order: Order):
-            claims.clear()
-            if order.status is not S.BACKORDERED or not order.short_of():
+        def decide(order: Order, full: Collection[tuple[str, str]]) -> tuple[Change, list[TopUp]] | None:
+            top_ups = self._whole_top_ups(order, location_id, rules, locations, full)
+            if top_ups is None:
                 return None
-            used = {a.location_id for a in order.allocations}
-            allowed = sourceable(order, locations, rules)
-            if rules.max_shipments is None or len(used) < rules.max_shipments:
-                return None  # a fill may add a location
-            if location_id is not None and (
-                location_id in used or location_id not in {loc.location_id for loc in allowed}
-            ):
-                return None  # a fill takes units there, or it may not supply the order at all
-            eligible = eligible_locations(order.fulfillment.type, order.fulfillment.location_id, locations)
-            mine = self._reservations_of(order, list(dict.fromkeys([loc.location_id for loc in eligible] + list(used))))
-            stock = self._inventory.levels(
-                {line.sku for line in order.lines}, [loc.location_id for loc in allowed], consistent=True
-            )
-            stock = held_back(stock, dict(claimed or {}), {})
-            plan = self._plan(order, allowed, locations, rules, mine, stock=stock, cannot_wait=lambda skus: skus)
-            if plan is None:
-                return None
-            skus = {line.line_id: line.sku for line in order.lines}
-            for a in plan.allocations:
-                held = mine.get((skus[a.line_id], a.location_id, reservation_key(order.id, a.line_id)), 0)
-                if a.quantity > held:
-                    place = (skus[a.line_id], a.location_id)
-                    claims[place] = claims.get(place, 0) + a.quantity - held
-            return order.source_again(
-                rules_version=rules.version, at=at, actor=actor, whole=True, arrived_at=location_id
-            )
+            change = order.source_again(
+                rules_version=rules.version, at=self._clock(), actor=actor, whole=True, arrived_at=location_id,
+                reserving_at={t.location_id for t in top_ups},
+            )  # fmt: skip
+            return change, top_ups
 
-        return modify(self._orders, order_id, decide, consistent=True), dict(claims)
+        # Read consistently: "not to be sent back" is decided by no conditional write.
+        return self._write_reserving(order_id, decide, "it was sent back to be sourced")
+
+    def _whole_top_ups(
+        self, order: Order, location_id: str | None, rules: SourcingRules, locations: list[Location],
+        full: Collection[tuple[str, str]],
+    ) -> list[TopUp] | None:  # fmt: skip
+        """What to reserve for `order` to be sent back to be sourced whole (source_again_whole): the
+        units a plan within `rules` that covers every unit it wants takes beyond what it holds, by
+        stock item (MAX_TOP_UPS of them at most, as a fill: one transaction); None when it is not to
+        be sent back."""
+        if order.status is not S.BACKORDERED or not order.short_of():
+            return None
+        used = {a.location_id for a in order.allocations}
+        allowed = sourceable(order, locations, rules)
+        if rules.max_shipments is None or len(used) < rules.max_shipments:
+            return None  # a fill may add a location
+        if location_id is not None and (location_id in used or location_id not in {loc.location_id for loc in allowed}):
+            return None  # a fill takes units there, or it may not supply the order at all
+        eligible = eligible_locations(order.fulfillment.type, order.fulfillment.location_id, locations)
+        mine = self._reservations_of(order, list(dict.fromkeys([loc.location_id for loc in eligible] + list(used))))
+        plan = self._plan(order, allowed, locations, rules, mine, full, consistent=True, cannot_wait=lambda skus: skus)
+        if plan is None:
+            return None
+        # By stock item, what the plan takes beyond what the order's keys hold there in all, put on
+        # the key of the plan's first line there: the plan counted all of them as the order's own
+        # (two lines of a sku), and its ReserveStock shares them out among the keys (rearrange).
+        skus = {line.line_id: line.sku for line in order.lines}
+        wanted: dict[tuple[str, str], int] = defaultdict(int)
+        first: dict[tuple[str, str], str] = {}
+        for a in plan.allocations:
+            place = (skus[a.line_id], a.location_id)
+            wanted[place] += a.quantity
+            first.setdefault(place, reservation_key(order.id, a.line_id))
+        top_ups = []
+        for (sku, location_id), quantity in wanted.items():
+            more = quantity - sum(q for (s, loc, _), q in mine.items() if (s, loc) == (sku, location_id))
+            if more > 0:
+                key = first[(sku, location_id)]
+                held = mine.get((sku, location_id, key), 0)
+                top_ups.append(TopUp(sku, location_id, key, held, held + more, rules.kept_back(location_id)))
+        # An order of more stock items than a transaction holds has the rest sourced by its
+        # ReserveStock from what is left then (as a fill leaves what does not fit to the next arrival).
+        return top_ups[:MAX_TOP_UPS]
 
     def _top_ups(
         self,
@@ -929,7 +972,6 @@ class Workflow:
         network: list[Location] | None,
         queue: str | None = None,
         full: Collection[tuple[str, str]] = (),
-        claimed: Mapping[tuple[str, str], int] | None = None,
     ) -> list[TopUp]:
         """What to reserve from available stock (less the safety stock and, given the `network`,
         what older waiting orders may take, but of the sku whose `queue` the caller walks oldest
@@ -944,11 +986,8 @@ class Workflow:
         stock = rules.for_orders(levels)
         if network is not None:
             stock = self._behind_older(order, stock, network, rules, queue)
-        # Nothing from a stock item with no room for another reservation (`full`), nor what older
-        # orders sent back to be sourced are to take (`claimed`).
-        claimed = claimed or {}
-        left = {(lvl.sku, lvl.location_id): 0 if (lvl.sku, lvl.location_id) in full
-                else max(lvl.available - claimed.get((lvl.sku, lvl.location_id), 0), 0)
+        # Nothing from a stock item with no room for another reservation (`full`).
+        left = {(lvl.sku, lvl.location_id): 0 if (lvl.sku, lvl.location_id) in full else max(lvl.available, 0)
                 for levels in stock.values() for lvl in levels}  # fmt: skip
         used = {location_id for (_, location_id, _), quantity in held.items() if quantity > 0}
         top_ups: list[TopUp] = []

@@ -258,8 +258,9 @@ class MeteredInventory:
 
 
 class MeteredBackorders:
-    """The backorder queues, counting each backorder fill refused because a stock item it reserves
-    at is full (`StockItemsFull`). Delegates the rest."""
+    """The backorder queues, counting each backorder fill (or send-back to be sourced whole, which
+    reserves in the same write) refused because a stock item it reserves at is full
+    (`StockItemsFull`). Delegates the rest."""
 
     def __init__(self, backorders: Any):
         self._backorders = backorders

@@ -678,8 +678,9 @@ def bound_history(client: Any, table: str, history_table: str | None, order_id: 
 def bound_history_written(client: Any, table: str, history_table: str | None, order_id: str) -> None:
     """bound_history after a transaction wrote the order (TransactWriteItems answers no item, as
     UpdateItem's ALL_NEW does): its history read back first, consistently, so a move is decided on
-    what the write left. A transaction is the order's write in a backorder's fill and a cancel of
-    units' stock step; without this, the next write to move its history could be a long way off."""
+    what the write left. A transaction is the order's write in a backorder's fill (and a send-back
+    to be sourced whole) and a cancel of units' stock step; without this, the next write to move its
+    history could be a long way off."""
     if history_table is None:
         return
     try:

@@ -1222,6 +1222,29 @@ def test_units_of_a_missing_sku_arriving_where_the_sku_an_order_holds_is_on_hand
     _shipped_whole_from_wh_east(shop, order_id)
 
 
+def test_one_receipt_of_both_skus_leaves_the_order_it_sends_back_whole_its_units_in_the_other_skus_walk(shop):
+    """One receipt at wh-east of a PREORDER and a BOOK, its records walked one after the other. The
+    BOOK's walk sends the older order back for its whole order there; the PREORDER's found it
+    authorized, passed it over and gave the PREORDER to a younger order, and the older one, sourced,
+    waited backordered again. The send-back reserves its plan's units in the same transaction."""
+    order_id = _waiting_for_preorder_holding_a_book(shop)
+    younger = shop.backordered(1)
+    shop.inventory.adjust("PREORDER", "wh-east", 1, reason="receipt")
+    shop.inventory.adjust("BOOK", "wh-east", 1, reason="receipt")
+
+    assert consume(shop, record("wh-east", 0, 1, sku="BOOK"), record("wh-east", 0, 1)) == {"batchItemFailures": []}
+
+    order = shop.order(order_id)
+    assert order.status is S.AUTHORIZED and order.held_before == ["wh-east", "wh-west"]
+    keys = {line.sku: reservation_key(order_id, line.line_id) for line in order.lines}
+    held = shop.inventory.reservations(
+        {("PREORDER", "wh-east"): [keys["PREORDER"]], ("BOOK", "wh-east"): [keys["BOOK"]]}
+    )
+    assert held == {("PREORDER", "wh-east", keys["PREORDER"]): 1, ("BOOK", "wh-east", keys["BOOK"]): 1}
+    assert shop.order(younger).status is S.BACKORDERED and shop.held(younger) == 0
+    _shipped_whole_from_wh_east(shop, order_id)
+
+
 def _entry_writes(shop: Shop, made: list[tuple[str, dict[str, Any]]]) -> list[tuple[str, str, str]]:
     """The writes of queue entries among `made`: (operation, sku, what it sets or removes)."""
     return [

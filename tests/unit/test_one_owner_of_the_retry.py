@@ -24,9 +24,9 @@ ALLOWED: dict[tuple[str, str], str] = {
         "the order's write and its stock moves in one transaction (OrderRepository.update_with_stock), "
         "lost to a reservation's change too (ReservationsChanged): modify writes the order alone"
     ),
-    ("core/workflow.py", "Workflow.fill_backorder"): (
-        "the order's write and its reservations' top-ups in one transaction (Backorders.fill): modify "
-        "writes the order alone"
+    ("core/workflow.py", "Workflow._write_reserving"): (
+        "the order's write and its reservations' top-ups in one transaction (Backorders.fill: a "
+        "backorder's fill, an order sent back to be sourced whole): modify writes the order alone"
     ),
     ("core/purchasing.py", "Purchasing._change"): "a purchase order, not an order: its own repository",
     ("core/purchasing.py", "Purchasing.receive"): "a purchase order and its receipt's record, not an order",
