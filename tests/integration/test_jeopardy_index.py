@@ -111,6 +111,26 @@ def test_an_order_stored_authorized_by_the_release_before_is_still_found_until_i
     assert [o.id for o in orders.list(OrderFilter(status=S.AUTHORIZED), 10, None)[0]] == [stored.id]
 
 
+def test_the_backfill_moves_orders_stored_authorized_or_pending_by_the_release_before_at_once(aws, capture, orders):
+    table = aws.tables["OrdersTable"]
+    pending = capture.place(place_order(external_id="p"), actor="k")
+    authorized = capture.place(place_order(external_id="a"), actor="k")
+    authorize(orders, authorized.id, NOW + timedelta(minutes=1))
+    for order_id, status in ((pending.id, "pending"), (authorized.id, "authorized")):  # as that release wrote them
+        aws.dynamodb.update_item(
+            TableName=table, Key={"id": {"S": order_id}}, UpdateExpression="SET status_key = :s, status_since = :t",
+            ExpressionAttributeValues={":s": {"S": status}, ":t": {"S": "2026-11-22T12:01:00.000000Z"}},
+        )  # fmt: skip
+
+    assert dynamodb.backfill_index_attributes(aws.dynamodb, table) == (2, 0)
+
+    for order_id in (pending.id, authorized.id):
+        item = aws.dynamodb.get_item(TableName=table, Key={"id": {"S": order_id}})["Item"]
+        assert item["status_key"] == {"S": "pending"} and "status_since" not in item
+    assert [o.id for o in orders.list(OrderFilter(status=S.AUTHORIZED), 10, None)[0]] == [authorized.id]
+    assert dynamodb.backfill_index_attributes(aws.dynamodb, table) == (0, 2)
+
+
 def test_a_page_full_of_marked_or_not_yet_due_orders_never_starves_the_scan(aws, capture, orders):
     placed = [capture.place(place_order(external_id=f"o{i}"), actor="k") for i in range(6)]
     for order in placed[:3]:
