@@ -1551,6 +1551,8 @@ class DynamoLateOrders(LateOrders):
         # its status after it was placed, so those placed before the moment are the candidates.
         since = "" if status in IN_WORKFLOW else "status_since < :before AND "
         found: list[str] = []
+        # Authorized orders a release before stored apart are read after the workflow partition, on
+        # a budget of their own: a partition each such order leaves at its next write.
         for partition in status_partitions(status):
             query: dict[str, Any] = {
                 "TableName": self._table,
