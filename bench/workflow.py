@@ -526,7 +526,8 @@ class UsageRecorder:
         self._order_bytes[order_id] = (size, attribute_bytes(values[":doc"]))
         self._bill(usage, factor * wru_for(size), operation, table)
         # Each index entry the change adds, moves, rewrites or removes (the sparse status index
-        # moves with the status until it is shipped; the late index changes only with a mark).
+        # moves with the status until it is shipped, but not at the authorization: pending and
+        # authorized share a partition; the late index changes only with a mark).
         for index in self.indexes:
             self._bill(usage, factor * index.writes_on_update(old, new), operation, table, f"index {index.name}")
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, NamedTuple
@@ -419,7 +419,6 @@ class LabelStore(ABC):
 
 class StalledOrder(NamedTuple):
     order_id: str
-    status: OrderStatus
     created_at: datetime
 
 
@@ -427,10 +426,12 @@ class StalledOrders(ABC):
     """Orders still in a status their workflow should have moved them out of, oldest first."""
 
     @abstractmethod
-    def stalled(self, status: OrderStatus, created_before: datetime) -> Iterator[StalledOrder]:
-        """The orders in `status` placed before `created_before`, oldest first, read through an
-        index a page at a time as the caller takes them (a page is read only once the orders before
-        it are taken: a pass out of time reads no further)."""
+    def stalled(self, statuses: Collection[OrderStatus], created_before: datetime) -> Iterator[StalledOrder]:
+        """The orders in any of `statuses` placed before `created_before`, each once, oldest first
+        (of each index partition read), read through an index a page at a time as the caller takes
+        them (a page is read only once the orders before it are taken: a pass out of time reads no
+        further). An index may also answer orders in another status (one that left since, or a
+        status sharing a partition with one asked): the caller judges each order it reads."""
 
     @abstractmethod
     def filled_backorders(self, changed_before: datetime) -> Iterator[str]:
@@ -446,7 +447,8 @@ class LateOrders(ABC):
     @abstractmethod
     def unmarked_since_before(self, status: OrderStatus, before: datetime, limit: int) -> list[str]:
         """Ids of up to `limit` orders in `status`, not marked late, that entered it before
-        `before`, oldest placed first."""
+        `before`, oldest placed first. Candidates: an index may also answer orders that left
+        `status`, or are in one sharing its partition; the scan judges each order it reads."""
 
     @abstractmethod
     def held_since_before(self, before: datetime, limit: int) -> list[str]:

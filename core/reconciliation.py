@@ -2,7 +2,7 @@
 
 The outbox starts each order's workflow from the Orders stream, which keeps records for 24 hours;
 a start that failed every retry waits in the outbox failure queue for an operator. Neither must be
-the only way back: every few minutes the reconciler looks (through the by_status index, never a
+the only way back: every few minutes the reconciler looks (through the status index, never a
 scan) for orders still `pending` or `authorized` well after their workflow should have moved them
 on (an Express execution ends within five minutes), and starts their workflow again. That is safe
 however often it happens: Express does not refuse a second execution for the same order, but
@@ -16,8 +16,10 @@ pass restarted (an outage of Step Functions or Lambda outlasting the threshold, 
 had not reached yet) is restarted first, and gets the span of restarts any other stall gets.
 
 After such an outage thousands of orders may be stalled at once: a pass reads its indexes page
-after page while its run has time (`time_up`), taking the statuses in turn (one pending order, one
-authorized, one backordered, and again) so no status waits behind another's backlog.
+after page while its run has time (`time_up`), taking them in turn (one order pending or
+authorized, one backordered, and again) so neither waits behind the other's backlog. The pending
+and the authorized orders are one query (the status index keeps them in one partition), each
+judged on the status it is read in.
 
 So is a backordered order whose every unit is reserved (Order.backorder_filled): the fill that
 completed it started its workflow, whose CreateShipments allocates it, and should that execution
@@ -105,8 +107,8 @@ class Reconciler:
         restarted: Order.restarted_since_change).
         A start the service refused as a duplicate of its name (a pass running alongside, in the
         same second) is that pass's restart, not counted here. Every stalled order, oldest first,
-        the statuses in turn (pending, authorized, backordered with every unit reserved, and
-        again), read page after page while there is time; an order whose start Step Functions
+        in turn (pending or authorized, backordered with every unit reserved, and again), read
+        page after page while there is time; an order whose start Step Functions
         refused or whose park kept losing races (TransientError) is the next pass's:
         one such order does not stop the pass, nor the reconciler's other work; after
         MAX_REFUSED_STARTS refused starts the pass restarts no more (it still parks). `done` is
@@ -120,10 +122,11 @@ class Reconciler:
         rerun = "restart-" + now.strftime("%Y%m%dT%H%M%S")  # one name per pass, well within 80 characters
         done = done if done is not None else Reconciled()
         refused = 0
-        for status, order_id in self._candidates(now - self._restart_after, time_up):
+        for statuses, order_id in self._candidates(now - self._restart_after, time_up):
             try:
                 with calls_about(order_id=order_id):
-                    refused += self._reconcile(order_id, status, now, rerun, done, start=refused < MAX_REFUSED_STARTS)
+                    start = refused < MAX_REFUSED_STARTS
+                    refused += self._reconcile(order_id, statuses, now, rerun, done, start=start)
             except Exception as error:  # any: the order's own, unless it says a dependency is down
                 if self._outage(error):
                     raise  # each order after it would fail alike: the pass stops here
@@ -131,12 +134,16 @@ class Reconciler:
         return done
 
     def _reconcile(
-        self, order_id: str, status: OrderStatus, now: datetime, rerun: str, done: Reconciled, *, start: bool
-    ) -> bool:
-        """Judge one candidate: park it, restart it (when `start`), or leave it (moved on, or
-        changed recently). True when Step Functions refused its start."""
+        self, order_id: str, statuses: tuple[OrderStatus, ...], now: datetime, rerun: str, done: Reconciled,
+        *, start: bool,
+    ) -> bool:  # fmt: skip
+        """Judge one candidate, found among the orders in `statuses`: park it, restart it (when
+        `start`), or leave it (moved on, or changed recently). True when Step Functions refused its start."""
         order = self._orders.get(order_id)
-        if order is None or not stalled_in(order, status) or order.last_changed > now - self._restart_after:
+        if order is None or order.status not in statuses:
+            return False  # moved on since the index was read
+        status = order.status
+        if not stalled_in(order, status) or order.last_changed > now - self._restart_after:
             return False  # moved on since the index was read, or recently enough to be running
         restarted = order.restarted_since_change
         if restarted is not None and restarted <= now - self._restart_span and not self._changed_since_park(order, now):
@@ -185,28 +192,28 @@ class Reconciler:
         with contextlib.suppress(StaleVersion):  # kept changing: the next pass restarts it again, then marks it
             modify(self._orders, order.id, decide, read=order)
 
-    def _candidates(self, changed_before: datetime, time_up: TimeUp) -> Iterator[tuple[OrderStatus, str]]:
-        """Each status's candidates, oldest first, one of each status in turn until every status's
-        run out, or until `time_up` says so: nothing is read after that (an index page is read only
-        once the candidates before it are judged)."""
-        queues: list[tuple[OrderStatus, Iterator[str]]] = [
-            *((status, self._ids(status, changed_before)) for status in WORKFLOW_STATUSES),
-            (OrderStatus.BACKORDERED, self._filled_backorders(changed_before)),
+    def _candidates(self, changed_before: datetime, time_up: TimeUp) -> Iterator[tuple[tuple[OrderStatus, ...], str]]:
+        """The candidates of the workflow's statuses and the filled backorders, oldest first, one of
+        each in turn until both run out, or until `time_up` says so: nothing is read after that (an
+        index page is read only once the candidates before it are judged)."""
+        queues: list[tuple[tuple[OrderStatus, ...], Iterator[str]]] = [
+            (WORKFLOW_STATUSES, self._ids(WORKFLOW_STATUSES, changed_before)),
+            ((OrderStatus.BACKORDERED,), self._filled_backorders(changed_before)),
         ]
         while queues:
             for queue in list(queues):
                 if time_up():
                     return
-                status, ids = queue
+                statuses, ids = queue
                 order_id = next(ids, None)
                 if order_id is None:
                     queues.remove(queue)
                 else:
-                    yield status, order_id
+                    yield statuses, order_id
 
     # Generators: each index is asked only once the first of its candidates is wanted.
-    def _ids(self, status: OrderStatus, changed_before: datetime) -> Iterator[str]:
-        for each in self._stalled.stalled(status, changed_before):
+    def _ids(self, statuses: tuple[OrderStatus, ...], changed_before: datetime) -> Iterator[str]:
+        for each in self._stalled.stalled(statuses, changed_before):
             yield each.order_id
 
     def _filled_backorders(self, changed_before: datetime) -> Iterator[str]:

@@ -13,9 +13,12 @@ back before the reconciler refunded it": the index attributes' step gives those 
 and once after deploying a version whose hold expiry reads holds by when they began and never
 expires a park (README, "Holds by when they began, and parks"), and once after deploying a version
 that marks a parcel whose report's capture the gateway refused (README, "Parcels whose delivery was
-not recorded before it marked them"); a second run writes nothing. With `--inventory-table <the
-Inventory table's name>`, also once after deploying a version that queues a backordered order for
-every sku it orders (README, "Backordered orders queued for the skus they hold"). With
+not recorded before it marked them"), and, if you like, once after deploying a version whose
+pending and authorized orders share the status index's partition (README, "Authorized orders
+stored in a partition of their own": their next write moves them anyway); a second run writes
+nothing. With `--inventory-table <the Inventory table's name>`, also once after deploying a
+version that queues a backordered order for every sku it orders (README, "Backordered orders
+queued for the skus they hold"). With
 `--returns-table <the ReturnsTable's name>`, also once after deploying a version whose reconciler
 finds received returns through the sparse by_receipt index (README, "Returns received before the
 by_receipt index"), and once after deploying a version whose gateway answers record the returns

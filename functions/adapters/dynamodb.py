@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import logging
 import random
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from enum import Enum
@@ -299,6 +300,28 @@ UNINDEXED_STATUSES = frozenset(
     {OrderStatus.SHIPPED, OrderStatus.DELIVERED, OrderStatus.PARTIALLY_RETURNED, OrderStatus.RETURNED}
 )
 INDEXED_STATUSES = frozenset(OrderStatus) - UNINDEXED_STATUSES
+# The pending and the authorized orders share one partition, `pending`: both are the workflow's for
+# the seconds of one execution, and everything that asks for either (the reconciler, the jeopardy
+# scan, `GET /orders?status=`) judges each order it reads back. An order authorized keeps the entry
+# it was placed with, key and projection unchanged (neither carries `status_since`): no index write,
+# where its key moving to `authorized` cost two (a delete and a put). Orders a release before this
+# one stored authorized keep `authorized` until their next write (which moves them here, as does
+# `python -m infra.backfill_orders`): the reconciler and the jeopardy scan read that partition too.
+IN_WORKFLOW = frozenset({OrderStatus.PENDING, OrderStatus.AUTHORIZED})
+WORKFLOW_PARTITION = OrderStatus.PENDING.value
+STORED_AUTHORIZED = OrderStatus.AUTHORIZED.value
+
+
+def status_key(status: OrderStatus) -> str:
+    """The by_status_key partition an order in `status` (one of INDEXED_STATUSES) is kept in."""
+    return WORKFLOW_PARTITION if status in IN_WORKFLOW else status.value
+
+
+def status_partitions(status: OrderStatus) -> tuple[str, ...]:
+    """The by_status_key partitions that may hold orders in `status`: its own, and for an authorized
+    order also the one a release before this one kept it in (STORED_AUTHORIZED)."""
+    return (status_key(status), STORED_AUTHORIZED) if status is OrderStatus.AUTHORIZED else (status_key(status),)
+
 
 # The sparse `by_sla` index keeps an entry only for an order marked late, under JEOPARDY_KEY by
 # when it was placed (GET /orders?jeopardy=true, newest first; the count of orders in jeopardy):
@@ -402,9 +425,12 @@ def index_attributes(order: Order, *, authorizations_set_aside: bool = False) ->
     `authorizations_set_aside`: as if it held no authorization left (UnsettledAuthorizations.set_aside)."""
     attributes: dict[str, dict[str, str]] = {}
     if order.status in INDEXED_STATUSES:
-        attributes["status_key"] = {"S": order.status.value}
+        attributes["status_key"] = {"S": status_key(order.status)}
     since = order.deadline_counts_from
-    if (order.status in WATCHED or order.jeopardy is not None) and since is not None:
+    # Not on an unmarked pending or authorized order: the workflow partition's entry would be
+    # rewritten at the authorization, and the scan reads those orders by when they were placed.
+    watched = order.status in WATCHED and order.status not in IN_WORKFLOW
+    if (watched or order.jeopardy is not None) and since is not None:
         attributes["status_since"] = {"S": timestamp(since)}
     if order.listed_late:
         # Marked, but unmarked here while a ship (or collect) asks its capture: the scan reads it
@@ -1075,7 +1101,11 @@ class DynamoOrders(OrderRepository):
             # would cost two more index writes on every status change.
             return "by_channel", where.channel, {"status": status} if status else {}
         if status and OrderStatus(status) in INDEXED_STATUSES:
-            return "by_status_key", status, {}
+            # The orders read back are filtered by status (list), so an authorized order's list
+            # reads the workflow partition and shows only those; its cursor is bound to the status.
+            # (One the release before stored in STORED_AUTHORIZED shows once its next write moves it.)
+            partition = status_key(OrderStatus(status))
+            return "by_status_key", partition, {} if partition == status else {"status": status}
         # Shipped, delivered and returned orders are not in the sparse status index: all orders,
         # newest first, filtered after the read (pages may come back shorter than `limit`).
         return "by_created", LIST_PK, {"status": status} if status else {}
@@ -1343,21 +1373,25 @@ class DynamoStalledOrders(StalledOrders):
         self._table = table
         self._page_size = page_size
 
-    def stalled(self, status: OrderStatus, created_before: datetime) -> Iterator[StalledOrder]:
-        if status not in INDEXED_STATUSES:
-            raise ValueError(f"{status} orders are not in the by_status_key index")
+    def stalled(self, statuses: Collection[OrderStatus], created_before: datetime) -> Iterator[StalledOrder]:
+        if not set(statuses) <= INDEXED_STATUSES:
+            raise ValueError(f"{sorted(set(statuses) - INDEXED_STATUSES)} orders are not in the by_status_key index")
+        # Each partition once: the pending and the authorized orders share one (IN_WORKFLOW).
+        partitions = dict.fromkeys(partition for status in statuses for partition in status_partitions(status))
+        return itertools.chain.from_iterable(self._partition(partition, created_before) for partition in partitions)
+
+    def _partition(self, partition: str, created_before: datetime) -> Iterator[StalledOrder]:
         query = {
             "TableName": self._table,
             "IndexName": "by_status_key",
             "KeyConditionExpression": "status_key = :status AND created_at < :before",
-            "ExpressionAttributeValues": {":status": {"S": status.value}, ":before": {"S": timestamp(created_before)}},
+            "ExpressionAttributeValues": {":status": {"S": partition}, ":before": {"S": timestamp(created_before)}},
             "ScanIndexForward": True,
             "Limit": self._page_size,
         }
         return (
             StalledOrder(
                 order_id=item["id"]["S"],
-                status=OrderStatus(item["status_key"]["S"]),
                 created_at=datetime.strptime(item["created_at"]["S"], TIME_FORMAT).replace(tzinfo=UTC),
             )
             for item in paged_items(self._client, query)
@@ -1512,17 +1546,29 @@ class DynamoLateOrders(LateOrders):
         self._max_reads = max_reads
 
     def unmarked_since_before(self, status: OrderStatus, before: datetime, limit: int) -> list[str]:
-        values = {":status": {"S": status.value}, ":before": {"S": timestamp(before)}, ":late": {"S": JEOPARDY_KEY}}
-        query: dict[str, Any] = {
-            "TableName": self._table,
-            "IndexName": "by_status_key",
-            "KeyConditionExpression": "status_key = :status AND created_at < :before",
-            # An order written before by_sla became sparse may still hold its status as sla_key.
-            "FilterExpression": "status_since < :before AND (attribute_not_exists(sla_key) OR sla_key <> :late)",
-            "ExpressionAttributeValues": values,
-            "ScanIndexForward": True,
-        }  # fmt: skip
-        return _query_ids(self._client, query, limit, self._page_size, max_reads=self._max_reads)
+        # An order written before by_sla became sparse may still hold its status as sla_key.
+        unmarked = "(attribute_not_exists(sla_key) OR sla_key <> :late)"
+        # The workflow partition's entries carry no status_since (IN_WORKFLOW): an order entered
+        # its status after it was placed, so those placed before the moment are the candidates.
+        since = "" if status in IN_WORKFLOW else "status_since < :before AND "
+        found: list[str] = []
+        # Authorized orders a release before stored apart are read after the workflow partition, on
+        # a budget of their own: a partition each such order leaves at its next write.
+        for partition in status_partitions(status):
+            query: dict[str, Any] = {
+                "TableName": self._table,
+                "IndexName": "by_status_key",
+                "KeyConditionExpression": "status_key = :status AND created_at < :before",
+                "FilterExpression": since + unmarked,
+                "ExpressionAttributeValues": {
+                    ":status": {"S": partition}, ":before": {"S": timestamp(before)}, ":late": {"S": JEOPARDY_KEY}
+                },
+                "ScanIndexForward": True,
+            }  # fmt: skip
+            found += _query_ids(self._client, query, limit - len(found), self._page_size, max_reads=self._max_reads)
+            if len(found) >= limit:
+                break
+        return found
 
     def held_since_before(self, before: datetime, limit: int) -> list[str]:
         query: dict[str, Any] = {

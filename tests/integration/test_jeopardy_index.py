@@ -45,13 +45,90 @@ def test_candidates_come_from_the_status_index_and_only_marked_orders_enter_the_
     assert late_index_entries(aws) == {}  # placing an order writes no late-index entry
     assert late.unmarked_since_before(S.PENDING, NOW + timedelta(days=1), 10) == [first.id, second.id]
     assert late.unmarked_since_before(S.PENDING, first.created_at, 10) == []  # before either entered
-    assert late.unmarked_since_before(S.AUTHORIZED, NOW + timedelta(days=1), 10) == []
+    # The pending and the authorized orders are one partition: candidates, each judged on its order.
+    assert late.unmarked_since_before(S.AUTHORIZED, NOW + timedelta(days=1), 10) == [first.id, second.id]
 
     cancelled, entry = orders.get(first.id).cancel("test", at=NOW + timedelta(minutes=1), actor="k")
     orders.update(cancelled, orders.get(first.id), [entry])
 
     assert late.unmarked_since_before(S.PENDING, NOW + timedelta(days=1), 10) == [second.id]
     assert late_index_entries(aws) == {}
+
+
+def authorize(orders, order_id: str, at) -> None:
+    current = orders.get(order_id)
+    authorized, entry = current.authorize(current.totals.grand_total, "auth_1", at=at, actor="workflow")
+    orders.update(authorized, current, [entry])
+
+
+def test_pending_and_authorized_orders_share_a_partition_and_each_is_marked_on_its_own_deadline(aws, capture, orders):
+    # Placed at NOW; one authorized 10 minutes later. An hour on, both are candidates of both passes
+    # (the partition says neither status nor when it began): pending's 5 minutes mark the pending
+    # one, authorized's 15 minutes from its authorization the other, each once.
+    pending = capture.place(place_order(external_id="p"), actor="k")
+    authorized = capture.place(place_order(external_id="a"), actor="k")
+    authorize(orders, authorized.id, NOW + timedelta(minutes=10))
+    item = aws.dynamodb.get_item(TableName=aws.tables["OrdersTable"], Key={"id": {"S": authorized.id}})["Item"]
+    assert item["status_key"] == {"S": "pending"} and "status_since" not in item
+    sla = parse_sla("pending=5m,authorized=15m")
+    late = DynamoLateOrders(aws.dynamodb, aws.tables["OrdersTable"])
+
+    early = JeopardyScan(late, orders, lambda *a: None, lambda: NOW + timedelta(minutes=20), sla=sla, limit=10)
+    assert early.run().marked == [pending.id]  # authorized 10 minutes ago: not late yet
+    scan = JeopardyScan(late, orders, lambda *a: None, lambda: NOW + timedelta(minutes=26), sla=sla, limit=10)
+    assert scan.run().marked == [authorized.id]
+    assert orders.get(authorized.id).jeopardy.reason == "authorized for longer than 15m"
+    assert scan.run().marked == []
+
+
+def test_an_order_stored_authorized_by_the_release_before_is_still_found_until_its_next_write_moves_it(
+    aws, capture, orders, late
+):
+    from functions.adapters.dynamodb import DynamoStalledOrders
+
+    table = aws.tables["OrdersTable"]
+    stored = capture.place(place_order(external_id="s"), actor="k")
+    authorize(orders, stored.id, NOW + timedelta(minutes=1))
+    # As that release wrote it: its own partition, with when it entered the status.
+    aws.dynamodb.update_item(
+        TableName=table, Key={"id": {"S": stored.id}}, UpdateExpression="SET status_key = :s, status_since = :t",
+        ExpressionAttributeValues={":s": {"S": "authorized"}, ":t": {"S": "2026-11-22T12:01:00.000000Z"}},
+    )  # fmt: skip
+    fresh = capture.place(place_order(external_id="f"), actor="k")
+    stalled = DynamoStalledOrders(aws.dynamodb, table)
+    later = NOW + timedelta(days=1)
+
+    assert late.unmarked_since_before(S.AUTHORIZED, later, 10) == [fresh.id, stored.id]
+    assert late.unmarked_since_before(S.PENDING, later, 10) == [fresh.id]
+    assert [s.order_id for s in stalled.stalled((S.PENDING, S.AUTHORIZED), later)] == [fresh.id, stored.id]
+    assert [o.id for o in orders.list(OrderFilter(status=S.AUTHORIZED), 10, None)[0]] == []  # until it moves
+
+    marked, entry = orders.get(stored.id).mark_jeopardy("authorized for longer than 15m", later, at=later, actor="x")
+    orders.update(marked, orders.get(stored.id), [entry])  # its next write, whatever it is
+
+    item = aws.dynamodb.get_item(TableName=table, Key={"id": {"S": stored.id}})["Item"]
+    assert item["status_key"] == {"S": "pending"}
+    assert [o.id for o in orders.list(OrderFilter(status=S.AUTHORIZED), 10, None)[0]] == [stored.id]
+
+
+def test_the_backfill_moves_orders_stored_authorized_or_pending_by_the_release_before_at_once(aws, capture, orders):
+    table = aws.tables["OrdersTable"]
+    pending = capture.place(place_order(external_id="p"), actor="k")
+    authorized = capture.place(place_order(external_id="a"), actor="k")
+    authorize(orders, authorized.id, NOW + timedelta(minutes=1))
+    for order_id, status in ((pending.id, "pending"), (authorized.id, "authorized")):  # as that release wrote them
+        aws.dynamodb.update_item(
+            TableName=table, Key={"id": {"S": order_id}}, UpdateExpression="SET status_key = :s, status_since = :t",
+            ExpressionAttributeValues={":s": {"S": status}, ":t": {"S": "2026-11-22T12:01:00.000000Z"}},
+        )  # fmt: skip
+
+    assert dynamodb.backfill_index_attributes(aws.dynamodb, table) == (2, 0)
+
+    for order_id in (pending.id, authorized.id):
+        item = aws.dynamodb.get_item(TableName=table, Key={"id": {"S": order_id}})["Item"]
+        assert item["status_key"] == {"S": "pending"} and "status_since" not in item
+    assert [o.id for o in orders.list(OrderFilter(status=S.AUTHORIZED), 10, None)[0]] == [authorized.id]
+    assert dynamodb.backfill_index_attributes(aws.dynamodb, table) == (0, 2)
 
 
 def test_a_page_full_of_marked_or_not_yet_due_orders_never_starves_the_scan(aws, capture, orders):

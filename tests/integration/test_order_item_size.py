@@ -1,8 +1,9 @@
 """What DynamoDB bills an order's writes, through the in-process API and the workflow's steps on
 moto: a one-line order placed as a storefront that retries safely places it (an external_id, an
 Idempotency-Key: make run's first order) stays under 1 KB, one write unit a write, from capture to
-delivery; the key adds only a few bytes to any order's item; and the key's own record, which keeps
-the answer to replay, is one write unit for an order of up to three lines."""
+delivery; its writes change seven index entries, four of the status index's; the key adds only a
+few bytes to any order's item; and the key's own record, which keeps the answer to replay, is one
+write unit for an order of up to three lines."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ from urllib.parse import quote
 
 import boto3
 import pytest
+from botocore.client import BaseClient
 
 from bench.cost import item_bytes
+from bench.workflow import orders_indexes, updated_attributes
 from infra.local.seed import DEMO_SEED
 from tests.integration.in_process import InProcessApi, idempotency_records, in_process_api_with_labels
 
@@ -90,6 +93,52 @@ def test_the_first_order_make_run_suggests_placed_with_its_idempotency_key_is_un
 
     assert len(sizes) == 6 and sizes == sorted(sizes), sizes  # every write of it, each adding bytes
     assert sizes[-1] < 1024, sizes  # one write unit each, the delivery's included
+
+
+def index_entries_written(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, int]]:
+    """For each write of the Orders table from now on, the index entries it adds, moves, rewrites or
+    removes, per index: DynamoDB's rules (bench.workflow.Index, the bench's own model) applied to
+    the template's indexes and to the attributes each request leaves on the item."""
+    writes: list[dict[str, int]] = []
+    attributes: dict[str, dict] = {}
+    indexes = orders_indexes()
+    real = BaseClient._make_api_call
+
+    def counted(client: BaseClient, operation: str, params: dict) -> object:
+        answer = real(client, operation, params)
+        if params.get("TableName") != "test-OrdersTable" or operation not in ("PutItem", "UpdateItem"):
+            return answer
+        if operation == "PutItem":
+            new = {k: v for k, v in params["Item"].items() if k != "history"}
+            writes.append({index.name: index.writes_on_put(new) for index in indexes})
+        else:
+            old = attributes[params["Key"]["id"]["S"]]
+            new = updated_attributes(old, params)
+            writes.append({index.name: index.writes_on_update(old, new) for index in indexes})
+        attributes[new["id"]["S"]] = new
+        return answer
+
+    monkeypatch.setattr(BaseClient, "_make_api_call", counted)
+    return writes
+
+
+def test_an_order_s_writes_from_capture_to_delivery_change_seven_index_entries(
+    api: InProcessApi, monkeypatch: pytest.MonkeyPatch
+):
+    # An authorized order keeps the status index entry it was placed with (the pending and the
+    # authorized orders are one partition, both the workflow's for seconds and both watched by the
+    # reconciler and the jeopardy scan, which read each order they find): its key moved at the
+    # authorization, two entry writes, six of the status index's an order where now four.
+    writes = index_entries_written(monkeypatch)
+
+    delivered(api, {**QUICK_START_ORDER, "external_id": "web-5001"}, {"Idempotency-Key": "index-entries"})
+
+    # Placed, authorized, reserved, booked, the ship's capture request, shipped, delivered.
+    assert [write["by_status_key"] for write in writes] == [1, 0, 0, 2, 0, 1, 0], writes
+    assert {name: sum(write[name] for write in writes) for name in writes[0]} == {
+        "by_customer": 1, "by_channel": 1, "by_status_key": 4, "by_created": 1,
+        "by_sla": 0, "by_pickup_deadline": 0, "by_pending_refund": 0,
+    }  # fmt: skip
 
 
 def test_an_idempotency_key_adds_a_few_bytes_to_an_orders_item(api: InProcessApi):

@@ -9,6 +9,7 @@ from datetime import timedelta
 
 import pytest
 
+from core.errors import InvalidCursor
 from core.models import Order
 from core.ports import OrderFilter
 from core.status import OrderStatus
@@ -37,7 +38,12 @@ def move(aws, order: Order, status: OrderStatus) -> Order:
 def test_an_order_is_in_the_status_index_only_while_its_status_is_worked_through(aws, capture, orders):
     placed = capture.place(place_order(external_id="a"), actor="k")
     item = stored(aws, placed.id)
-    assert item["status_key"] == {"S": "pending"} and "status_since" in item and "sla_key" not in item
+    # The workflow's partition: pending and authorized alike, no status_since (the scan reads them by
+    # when they were placed), so the authorization rewrites no entry.
+    assert item["status_key"] == {"S": "pending"} and not {"status_since", "sla_key"} & set(item)
+    authorized = move(aws, capture.place(place_order(external_id="z"), actor="k"), S.AUTHORIZED)
+    item = stored(aws, authorized.id)
+    assert item["status_key"] == {"S": "pending"} and "status_since" not in item
 
     shipped = move(aws, placed, S.SHIPPED)
     item = stored(aws, placed.id)
@@ -63,6 +69,25 @@ def test_a_status_in_the_index_is_listed_newest_first_across_pages(capture, orde
         if cursor is None:
             break
     assert seen == [o.id for o in reversed(placed)] and pages == 3
+
+
+def test_pending_and_authorized_orders_share_a_partition_and_each_status_lists_only_its_own(aws, capture, orders):
+    placed = [capture.place(place_order(external_id=f"o{i}"), actor="k") for i in range(4)]
+    authorized = [move(aws, placed[i], S.AUTHORIZED).id for i in (0, 2)]
+
+    def listed(status: OrderStatus) -> list[str]:
+        seen, cursor = [], None
+        while True:
+            page, cursor = orders.list(OrderFilter(status=status), 1, cursor)
+            seen += [o.id for o in page]
+            if cursor is None:
+                return seen
+
+    assert listed(S.AUTHORIZED) == authorized[::-1]  # newest first
+    assert listed(S.PENDING) == [placed[3].id, placed[1].id]
+    _, cursor = orders.list(OrderFilter(status=S.PENDING), 1, None)
+    with pytest.raises(InvalidCursor):  # a cursor is bound to its status, though both read one partition
+        orders.list(OrderFilter(status=S.AUTHORIZED), 1, cursor)
 
 
 def test_shipped_orders_are_listed_from_all_orders_filtered_across_pages(aws, capture, orders):
@@ -95,14 +120,15 @@ def test_the_reconciler_finds_stalled_orders_through_the_status_index(aws, captu
     # A page of one: the reconciler reads on, page after page (an outage stalls thousands at once).
     stalled = DynamoStalledOrders(aws.dynamodb, aws.tables["OrdersTable"], page_size=1)
 
-    found = list(stalled.stalled(S.PENDING, NOW + timedelta(hours=1)))
-    assert [(s.order_id, s.status, s.created_at) for s in found] == [
-        (first.id, S.PENDING, first.created_at), (third.id, S.PENDING, third.created_at),
+    # The pending and the authorized orders are one partition, read once (the reconciler judges each).
+    found = list(stalled.stalled((S.PENDING, S.AUTHORIZED), NOW + timedelta(hours=1)))
+    assert [(s.order_id, s.created_at) for s in found] == [
+        (first.id, first.created_at), (second.id, second.created_at), (third.id, third.created_at),
     ]  # fmt: skip
-    assert [s.order_id for s in stalled.stalled(S.AUTHORIZED, NOW + timedelta(hours=1))] == [second.id]
-    assert list(stalled.stalled(S.PENDING, first.created_at)) == []  # placed before the moment only
+    assert [s.order_id for s in stalled.stalled((S.ON_HOLD,), NOW + timedelta(hours=1))] == []
+    assert list(stalled.stalled((S.PENDING,), first.created_at)) == []  # placed before the moment only
     with pytest.raises(ValueError):
-        stalled.stalled(S.SHIPPED, NOW)  # not in the index: the question has no answer there
+        stalled.stalled((S.SHIPPED,), NOW)  # not in the index: the question has no answer there
 
 
 def test_the_backfill_gives_orders_stored_before_the_index_their_attributes(aws, capture, orders):
@@ -127,8 +153,8 @@ def test_the_backfill_gives_orders_stored_before_the_index_their_attributes(aws,
     assert backfill_index_attributes(aws.dynamodb, table, page_size=2) == (2, 1)  # the shipped one was right
 
     item = stored(aws, pending.id)
-    assert item["status_key"] == {"S": "pending"} and "status_since" in item
-    assert not {"sla_key", "sla_at"} & set(item)
+    assert item["status_key"] == {"S": "pending"}
+    assert not {"sla_key", "sla_at", "status_since"} & set(item)
     assert stored(aws, marked.id)["sla_key"] == {"S": "jeopardy"}
     assert {o.id for o in orders.list(OrderFilter(status=S.PENDING), 10, None)[0]} == {pending.id, marked.id}
     assert backfill_index_attributes(aws.dynamodb, table) == (0, 3)  # a second run writes nothing

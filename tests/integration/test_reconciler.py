@@ -331,24 +331,28 @@ def test_the_reconciler_queries_the_status_index_and_never_scans(stack, monkeypa
 
     reconcile()
 
-    # Pending, then authorized, then the backordered orders with every unit reserved (by_pending_refund's
-    # partition of theirs); then the pickups past their deadline; then the received returns,
-    # and those set aside waiting for a plugin of each method one takes (the test stack's `acme_pay`
-    # and `test`); then the orders owing a carrier work, the refunds left pending, what returns
-    # kept back, the authorizations edits left and the settlement captures cancels left (the
-    # by_pending_refund index's five partitions); then the imports' listing, for imports left short;
-    # then the stock takes recorded short (the Inventory table's short_counts); then the listing of
-    # the customer notifications the plugins failed to send (its own partition, the due ones).
+    # The pending and authorized orders (one partition), the backordered orders with every unit
+    # reserved (by_pending_refund's partition of theirs), taken in turn, then the authorized orders a
+    # release before stored in a partition of their own; then the pickups past their deadline; then
+    # the received returns, and those set aside waiting for a plugin of each method one takes (the
+    # test stack's `acme_pay` and `test`); then the orders owing a carrier work, the refunds left
+    # pending, what returns kept back, the authorizations edits left and the settlement captures
+    # cancels left (the by_pending_refund index's five partitions); then the imports' listing, for
+    # imports left short; then the stock takes recorded short (the Inventory table's short_counts);
+    # then the listing of the customer notifications the plugins failed to send (its own partition,
+    # the due ones).
     assert [operation for operation, _ in calls] == ["query"] * 15
     *calls, (_, imports), (_, short_counts), (_, retries) = calls
     assert "IndexName" not in imports and imports["ExpressionAttributeValues"][":pk"] == {"S": "IMPORTS"}
     assert short_counts["IndexName"] == "short_counts"
     assert "IndexName" not in retries and retries["ExpressionAttributeValues"][":pk"] == {"S": "NOTIFY_RETRY"}
     assert [kwargs["IndexName"] for _, kwargs in calls] == [
-        "by_status_key", "by_status_key", "by_pending_refund", "by_pickup_deadline", *["by_receipt"] * 3,
+        "by_status_key", "by_pending_refund", "by_status_key", "by_pickup_deadline", *["by_receipt"] * 3,
         *["by_pending_refund"] * 5,
     ]  # fmt: skip
-    keys = [kwargs["ExpressionAttributeValues"][":key"]["S"] for _, kwargs in calls[2:3] + calls[4:]]
+    partitions = [kwargs["ExpressionAttributeValues"][":status"]["S"] for _, kwargs in (calls[0], calls[2])]
+    assert partitions == ["pending", "authorized"]
+    keys = [kwargs["ExpressionAttributeValues"][":key"]["S"] for _, kwargs in calls[1:2] + calls[4:]]
     assert keys == [
         "backorder_filled", "received", "waits_for_plugin#acme_pay", "waits_for_plugin#test",
         "carrier", "pending", "kept_back", "void", "settlement",
@@ -427,14 +431,12 @@ def test_orders_a_pass_parked_before_it_failed_outright_are_still_reported(stack
     store(stack["aws"], parked, OrderStatus.PENDING, minutes_ago=120, restarted_minutes_ago=100)
     busy = ClientError({"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "slow"}}, "Query")
     stalled = container().reconciler._stalled
-    real = stalled.stalled
 
-    def throttled_for_authorized(status: OrderStatus, *args: Any) -> Any:
-        if status is OrderStatus.AUTHORIZED:
-            raise busy
-        return real(status, *args)
+    def throttled(*args: Any) -> Any:
+        raise busy
 
-    monkeypatch.setattr(stalled, "stalled", throttled_for_authorized)
+    # The read after the park: the filled backorders' turn comes once the stalled order's is done.
+    monkeypatch.setattr(stalled, "filled_backorders", throttled)
     capsys.readouterr()
 
     with pytest.raises(ClientError):

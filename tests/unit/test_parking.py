@@ -258,12 +258,13 @@ def test_the_response_shows_the_contract_hold_and_the_store_keeps_the_status_to_
 class Stalled(StalledOrders):
     def __init__(self, world: World):
         self.world = world
-        self.asked: list[tuple[OrderStatus, object]] = []
+        self.asked: list[tuple[tuple[OrderStatus, ...], object]] = []
 
-    def stalled(self, status, created_before):
-        self.asked.append((status, created_before))
-        found = [o for o in self.world.orders.orders.values() if o.status is status and o.created_at < created_before]
-        return iter([StalledOrder(o.id, o.status, o.created_at) for o in found])
+    def stalled(self, statuses, created_before):
+        self.asked.append((tuple(statuses), created_before))
+        orders = self.world.orders.orders.values()
+        found = [o for o in orders if o.status in statuses and o.created_at < created_before]
+        return iter([StalledOrder(o.id, o.created_at) for o in sorted(found, key=lambda o: o.created_at)])
 
     def filled_backorders(self, changed_before):
         return iter([])  # no order here is backordered (tests/unit/test_reconciliation_backorders.py)
@@ -297,7 +298,7 @@ def test_the_reconciler_restarts_pending_and_authorized_orders_past_the_threshol
     done = run.run()
     assert (done.restarted, done.parked) == ([pending, authorized], [])
     assert starter.started == [(pending, "restart-20261122T122000"), (authorized, "restart-20261122T122000")]
-    assert [status for status, _ in stalled.asked] == [S.PENDING, S.AUTHORIZED]
+    assert [statuses for statuses, _ in stalled.asked] == [(S.PENDING, S.AUTHORIZED)]  # one query for both
     assert world.order(allocated).status is S.ALLOCATED
     assert world.order(pending).restarted_at == NOW + timedelta(minutes=20)  # the first restart of its stall
 

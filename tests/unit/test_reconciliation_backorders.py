@@ -31,10 +31,11 @@ class Stalled(StalledOrders):
         self.world = world
         self.asked: list[str] = []
 
-    def stalled(self, status, created_before):
-        self.asked.append(status.value)
-        found = [o for o in self.world.orders.orders.values() if o.status is status and o.created_at < created_before]
-        return iter([StalledOrder(o.id, o.status, o.created_at) for o in found])
+    def stalled(self, statuses, created_before):
+        self.asked.append(" or ".join(status.value for status in statuses))
+        orders = self.world.orders.orders.values()
+        found = [o for o in orders if o.status in statuses and o.created_at < created_before]
+        return iter([StalledOrder(o.id, o.created_at) for o in sorted(found, key=lambda o: o.created_at)])
 
     def filled_backorders(self, changed_before):
         self.asked.append("filled backorders")
@@ -115,7 +116,7 @@ def test_a_filled_backorder_whose_execution_died_is_restarted_then_allocated_by_
     run, stalled, starter = reconciler(world, minutes_later=20)
     assert run.run() == Reconciled(restarted=[order_id])
     assert starter.started == [(order_id, "restart-20261122T122000")]
-    assert stalled.asked == ["pending", "authorized", "filled backorders"]
+    assert stalled.asked == ["pending or authorized", "filled backorders"]
 
     # The restarted execution's steps: nothing reserved again, CreateShipments allocates it.
     held = world.held_for(order_id)
