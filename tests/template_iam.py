@@ -16,6 +16,9 @@ from infra.local.template import load_template
 TEMPLATE = load_template()
 RESOURCES: dict[str, Any] = TEMPLATE["Resources"]
 Grant = tuple[str, str]  # (resource logical id, IAM action)
+# What grants on API Gateway's API keys and usage plans name, which are made outside the template
+# (per-key usage plans: functions.adapters.api_gateway.ApiGatewayKeys), in place of a logical id.
+API_KEYS, USAGE_PLANS = "API Gateway API keys", "API Gateway usage plans"
 
 
 def listed(value: Any) -> list[Any]:
@@ -39,6 +42,10 @@ def logical_id(resource: Any) -> str:
         return "ImportsBucket"
     if api := re.search(r"::/restapis/\$\{(\w+)\}/", text):  # an API Gateway resource path
         return api.group(1)
+    if plan := re.search(r"::/usageplans/\$\{(\w+)\}/", text):  # a usage plan's path (its keys)
+        return plan.group(1)
+    if collection := re.search(r"::(/apikeys|/usageplans)(/\*)?$", text):  # resources made outside the template
+        return {"/apikeys": API_KEYS, "/usageplans": USAGE_PLANS}[collection.group(1)]
     named = re.match(r"\$\{(\w+)\.Arn\}", text)  # the resource's ARN, then perhaps a path in it
     assert named, cannot
     return named.group(1)
@@ -246,8 +253,8 @@ def scope(resource: Any) -> str:
 def _path(resource: Any) -> str:
     """What follows its resource's ARN in a statement's Resource, as written: "", `/index/by_sla`,
     `/*` (the parts only), `*` (the resource and its parts)."""
-    if not isinstance(resource, dict) or "Fn::Sub" not in resource or "::/restapis/" in resource["Fn::Sub"]:
-        return ""  # an API Gateway resource is the API's path: the tool names it by its API
+    if not isinstance(resource, dict) or "Fn::Sub" not in resource or ":apigateway:" in resource["Fn::Sub"]:
+        return ""  # an API Gateway resource is the API's (or a plan's) path: the tool names it by its API
     text = resource["Fn::Sub"]
     if "-imports-${AWS::AccountId}" in text:
         path = text.split("-${AWS::Region}", 1)[1]

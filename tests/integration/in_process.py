@@ -21,6 +21,7 @@ from moto import mock_aws
 from infra.local.gateway import ApiGateway, HttpRequest
 from infra.local.lambdas import LocalFunction
 from infra.local.moto_patches import apigateway
+from infra.local.resources import Resources
 from infra.local.template import Template, create_table_request, env_string
 from tests.e2e.client import ADMIN, order_body, unique
 from tests.fakes import InlineReturnWorkflow
@@ -161,6 +162,17 @@ class InProcessResources:
     state_machine_arns = property(lambda self: self._named("state_machine_arns"))
 
 
+def usage_plan_variables(template: Template) -> dict[str, str]:
+    """The functions' variables that name the usage plans' keys (the shared key's value, the
+    per-key plan's name), as `template`'s parameters resolve them."""
+    variables = {}
+    for props in template.functions().values():
+        for name, value in props["Environment"]["Variables"].items():
+            if name in ("GATEWAY_SHARED_KEY", "GATEWAY_KEY_PLAN"):
+                variables[name] = env_string(template.resolve(value))
+    return variables
+
+
 @contextmanager
 def in_process_api(**parameter_overrides: Any) -> Iterator[InProcessApi]:
     """A fresh moto account with the template's tables, the environment the functions read, and
@@ -194,7 +206,13 @@ def in_process_api(**parameter_overrides: Any) -> Iterator[InProcessApi]:
             for logical_id, props in template.functions().items()
             if logical_id in needed
         }
-        gateway = ApiGateway.from_template(template, functions)
+        # The stage's usage plans and their keys, and what the functions are told of them: every
+        # method the authorizer guards requires the key it answers to be one of them.
+        apigateway_client = boto3.client("apigateway", region_name="us-east-1")
+        Resources(template).create_usage_plans(lambda service: apigateway_client)
+        for name, value in usage_plan_variables(template).items():
+            env.setenv(name, value)
+        gateway = ApiGateway.from_template(template, functions, apigateway=apigateway_client)
         # Every call the functions make is read against their grants, as on every local stack
         # (tests/conftest.py).
         resources = InProcessResources(template, functions, gateway)
