@@ -380,9 +380,16 @@ _AUTHORIZED_AS = {
     ("sqs", "SendMessageBatch"): "SendMessage",
     ("sqs", "DeleteMessageBatch"): "DeleteMessage",
     ("apigateway", "FlushStageAuthorizersCache"): "DELETE",  # API Gateway's actions are its REST verbs
+    ("apigateway", "GetUsagePlans"): "GET",
+    ("apigateway", "CreateApiKey"): "POST",
+    ("apigateway", "CreateUsagePlanKey"): "POST",
+    ("apigateway", "DeleteApiKey"): "DELETE",
     ("lambda", "Invoke"): "InvokeFunction",
 }
 _PREFIX = {"stepfunctions": "states"}
+# The API Gateway calls that name a collection made outside the template (a key's id is no template
+# resource's): what their grants name in place of a logical id.
+_OUTSIDE = {"CreateApiKey": API_KEYS, "DeleteApiKey": API_KEYS, "GetUsagePlans": USAGE_PLANS}
 _READS = re.compile("Get|List|Describe|Query|Scan|BatchGet|Receive|Head")  # what sets no function going
 
 
@@ -428,6 +435,7 @@ def calls_by_function(stack: Any) -> Iterator[Calls]:
             **{url: logical for logical, url in stack.queue_urls.items()},
             **{arn: logical for logical, arn in stack.state_machine_arns.items()},
             **({stack.gateway.api_id: "OmsApi"} if stack.gateway is not None else {}),
+            **{plan_id: logical for logical, plan_id in getattr(stack, "usage_plan_ids", {}).items()},
             # A function invoked, by its name or ARN (a stand-in stack's functions may have no ARN).
             **{getattr(f, "arn", f.name): logical for logical, f in stack.functions.items()},
             **{f.name: logical for logical, f in stack.functions.items()},
@@ -467,7 +475,7 @@ def calls_by_function(stack: Any) -> Iterator[Calls]:
     def named(params: dict[str, Any]) -> list[str]:
         if "RequestItems" in params:
             return list(params["RequestItems"])
-        for key in ("TableName", "Bucket", "QueueUrl", "stateMachineArn", "restApiId", "FunctionName"):
+        for key in ("TableName", "Bucket", "QueueUrl", "stateMachineArn", "restApiId", "FunctionName", "usagePlanId"):
             if key in params:
                 return [params[key]]
         if "Entries" in params:  # EventBridge PutEvents names its bus in each entry
@@ -480,7 +488,8 @@ def calls_by_function(stack: Any) -> Iterator[Calls]:
             seen.writes += not _READS.match(operation)
             return
         functions, resources = names()
-        if running not in functions or not {*named(params)} <= {*resources, "*", "default"}:
+        called = [_OUTSIDE[operation]] if operation in _OUTSIDE else named(params)
+        if running not in functions or not {*called} <= {*resources, "*", "default", *_OUTSIDE.values()}:
             functions, resources = names(again=True)  # a name the stack gave since (as it names them now)
         function = functions.get(running)
         if function is not None:
@@ -489,9 +498,7 @@ def calls_by_function(stack: Any) -> Iterator[Calls]:
             action = _AUTHORIZED_AS.get((service, operation), operation)
             if (service, operation) == ("s3", "GetObject") and "VersionId" in params:
                 action = "GetObjectVersion"
-            grants = {
-                (resources.get(name, name), f"{_PREFIX.get(service, service)}:{action}"): name for name in named(params)
-            }
+            grants = {(resources.get(name, name), f"{_PREFIX.get(service, service)}:{action}"): name for name in called}
             if (service, operation) == ("dynamodb", "TransactWriteItems"):
                 # IAM authorizes each item of a transaction as its own action on its table.
                 grants = {

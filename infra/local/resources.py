@@ -62,6 +62,7 @@ class Resources:
         self.function_arns: dict[str, str] = {}
         self.state_machine_arns: dict[str, str] = {}
         self.function_environments: dict[str, dict[str, str]] = {}  # each function's own view (as on AWS)
+        self.usage_plan_ids: dict[str, str] = {}  # logical id -> the usage plan's id in moto
 
     def physical_name(self, logical_id: str) -> str:
         return f"{self.template.stack_name}-{logical_id}"
@@ -189,16 +190,16 @@ class Resources:
             self.refs[logical_id] = made["id"]
         for logical_id, props in self.template.properties("AWS::ApiGateway::UsagePlan").items():
             resolved = self.resolve(props)
-            asked: dict[str, Any] = {"name": resolved.get("UsagePlanName") or self.physical_name(logical_id)}
-            asked["apiStages"] = [{"apiId": s["ApiId"], "stage": s["Stage"]} for s in resolved.get("ApiStages") or []]
+            plan: dict[str, Any] = {"name": resolved.get("UsagePlanName") or self.physical_name(logical_id)}
+            plan["apiStages"] = [{"apiId": s["ApiId"], "stage": s["Stage"]} for s in resolved.get("ApiStages") or []]
             if throttle := resolved.get("Throttle"):
-                asked["throttle"] = {
+                plan["throttle"] = {
                     "rateLimit": float(throttle["RateLimit"]),
                     "burstLimit": int(throttle["BurstLimit"]),
                 }
             if quota := resolved.get("Quota"):
-                asked["quota"] = {"limit": int(quota["Limit"]), "period": quota["Period"]}
-            self.refs[logical_id] = apigateway.create_usage_plan(**asked)["id"]
+                plan["quota"] = {"limit": int(quota["Limit"]), "period": quota["Period"]}
+            self.refs[logical_id] = self.usage_plan_ids[logical_id] = apigateway.create_usage_plan(**plan)["id"]
         for props in self.template.properties("AWS::ApiGateway::UsagePlanKey").values():
             resolved = self.resolve(props)
             apigateway.create_usage_plan_key(

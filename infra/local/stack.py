@@ -253,6 +253,7 @@ class EmbeddedStack:
         self.bucket_names, self.event_bus_names = self.resources.bucket_names, self.resources.event_bus_names
         self.functions, self.function_arns = self.resources.functions, self.resources.function_arns
         self.state_machine_arns = self.resources.state_machine_arns
+        self.usage_plan_ids = self.resources.usage_plan_ids
         self.function_environments = self.resources.function_environments
         self.mappings = self.activity.mappings  # "Function.EventName" -> its poller
         self.environment: dict[str, str] = {}  # what the functions see, as exported

@@ -130,6 +130,7 @@ class InProcessResources:
 
     def __init__(self, template: Template, functions: dict[str, LocalFunction], gateway: ApiGateway):
         self.template, self.functions, self.gateway = template, functions, gateway
+        self.usage_plan_ids: dict[str, str] = {}  # logical id -> the usage plan's id in moto
         types = {name: resource["Type"] for name, resource in template.document["Resources"].items()}
 
         def chosen(value: Any) -> Any:  # an Fn::If's branch, as the stack's parameters choose it
@@ -209,13 +210,15 @@ def in_process_api(**parameter_overrides: Any) -> Iterator[InProcessApi]:
         # The stage's usage plans and their keys, and what the functions are told of them: every
         # method the authorizer guards requires the key it answers to be one of them.
         apigateway_client = boto3.client("apigateway", region_name="us-east-1")
-        Resources(template).create_usage_plans(lambda service: apigateway_client)
+        plans = Resources(template)
+        plans.create_usage_plans(lambda service: apigateway_client)
         for name, value in usage_plan_variables(template).items():
             env.setenv(name, value)
         gateway = ApiGateway.from_template(template, functions, apigateway=apigateway_client)
         # Every call the functions make is read against their grants, as on every local stack
         # (tests/conftest.py).
         resources = InProcessResources(template, functions, gateway)
+        resources.usage_plan_ids = plans.usage_plan_ids  # a plan the API function adds keys to, by id
         watch(resources)
         try:
             with apigateway.PATCH.registered((gateway.api_id, gateway.stage, gateway.flush_authorizer_caches)):
