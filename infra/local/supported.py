@@ -232,9 +232,11 @@ SECTIONS: dict[str, Any] = {
     # Evaluated where an emulated resource or an Fn::If in an emulated property names one
     # (Template.condition: Fn::Equals, Fn::Not, Fn::And, Fn::Or, Condition); others are not read.
     "Conditions": ignored("evaluated only where an emulated resource or property names one"),
-    # The one rule refuses PlatformLogLevel WARN with LogLevel WARNING or ERROR: PlatformLogLevel is
+    # One rule refuses PlatformLogLevel WARN with LogLevel WARNING or ERROR: PlatformLogLevel is
     # Lambda's alone (LoggingConfig, ignored above), no variable `make run` takes from the shell.
-    "Rules": ignored("its parameter combinations matter only to Lambda's LoggingConfig"),
+    # The other refuses KeyQuotaPerDay without KeyRateLimit, which locally leaves the quota out
+    # with the per-key plan, as the template's conditions do.
+    "Rules": ignored("a deploy's refusals of parameter combinations that change nothing locally"),
     "Globals": {"Function": _FUNCTION_COMMON},
     "Resources": EMULATED,  # walked resource by resource
     "Outputs": ignored("the local stack's names and addresses are in .oms-local.json"),
