@@ -922,9 +922,9 @@ class ApiKeyService:
         try:
             self._keys.add(key, hash_secret(secret), gateway_key)
         except BaseException:
-            if gateway_key is not None:
-                with contextlib.suppress(TransientError):
-                    self._gateway_keys.delete(gateway_key.id)  # type: ignore[union-attr]
+            if self._gateway_keys is not None and gateway_key is not None:
+                with contextlib.suppress(TransientError):  # one left over meters nothing
+                    self._gateway_keys.delete(gateway_key.id)
             raise
         return IssuedApiKey(**key.model_dump(), key=secret)
 

@@ -27,6 +27,9 @@ class ApiGatewayAuthorizerCache(AuthorizerCache):
             ) from error
 
 
+_NOT_MADE = "API Gateway did not make the key's usage plan key, so no key was issued: repeat the request"
+
+
 class ApiGatewayKeys(GatewayKeys):
     """Each OMS key's own API Gateway key, in the stage's per-key usage plan (template.yaml's
     KeyUsagePlan), found by its name: the plan's id cannot be in the function's environment (the
@@ -44,6 +47,7 @@ class ApiGatewayKeys(GatewayKeys):
                     stages = {(s.get("apiId"), s.get("stage")) for s in plan.get("apiStages", [])}
                     if plan.get("name") == self._plan_name and (stage.api_id, stage.name) in stages:
                         self._plan_ids[stage] = plan["id"]
+                        break
             if stage not in self._plan_ids:
                 # The deploy's mistake, not the caller's: GATEWAY_KEY_PLAN names a plan the stage lacks.
                 raise RuntimeError(f"no usage plan {self._plan_name!r} on stage {stage.name} of API {stage.api_id}")
@@ -55,13 +59,13 @@ class ApiGatewayKeys(GatewayKeys):
             # API Gateway makes the value (random, 40 characters) when none is given.
             made = self._client.create_api_key(name=name, enabled=True)
         except (ClientError, BotoCoreError) as error:
-            raise TransientError("API Gateway could not make the key's usage plan key: repeat the request") from error
+            raise TransientError(_NOT_MADE) from error
         try:
             self._client.create_usage_plan_key(usagePlanId=plan_id, keyId=made["id"], keyType="API_KEY")
         except (ClientError, BotoCoreError) as error:
             with contextlib.suppress(ClientError, BotoCoreError):
                 self._client.delete_api_key(apiKey=made["id"])
-            raise TransientError("API Gateway could not make the key's usage plan key: repeat the request") from error
+            raise TransientError(_NOT_MADE) from error
         return GatewayKey(made["id"], made["value"])
 
     def add_to_plan(self, key_id: str, stage: ApiStage) -> None:
