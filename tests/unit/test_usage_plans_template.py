@@ -120,3 +120,21 @@ def test_a_quota_used_up_is_a_429_in_the_contracts_shape_without_retry_after():
     assert response["StatusCode"] == "429"
     assert json.loads(response["ResponseTemplates"]["application/json"])["error"]["code"] == "quota_exceeded"
     assert "ResponseParameters" not in response
+
+
+def test_the_local_runtime_refuses_an_intrinsic_in_api_key_required():
+    # SAM reads an !If there as true on every method; `make run` refuses it rather than guess.
+    document = load_template()
+    events = document["Resources"]["ApiFunction"]["Properties"]["Events"]
+    events["Health"]["Properties"]["Auth"]["ApiKeyRequired"] = {"Fn::If": ["PerKeyUsagePlansOn", True, False]}
+
+    with pytest.raises(ValueError, match=r"Health: Auth\.ApiKeyRequired must be true or false"):
+        Template(document).api_routes()
+
+
+def test_the_local_gateway_requires_a_key_where_sam_does():
+    routes = {(route.path, route.method): route.api_key_required for route in Template.load().api_routes()}
+
+    assert {where for where, required in routes.items() if not required} == {
+        (path, method.upper()) for path, method in PUBLIC
+    }
