@@ -369,12 +369,34 @@ class InventoryRepository(ABC):
         }
 
 
+class GatewayKey(NamedTuple):
+    """An OMS key's own API Gateway API key (per-key usage plans): API Gateway's id for it, and the
+    value the authorizer answers as usageIdentifierKey. Never shown to anyone."""
+
+    id: str
+    value: str
+
+
 class ApiKeyRepository(ABC):
     """API keys, found by the hash of their secret (the authorizer) or by id (administration)."""
 
     @abstractmethod
-    def add(self, key: ApiKey, secret_hash: str) -> None:
-        """Store a key; replaces a key with the same id, whose old secret stops working."""
+    def add(self, key: ApiKey, secret_hash: str, gateway_key: GatewayKey | None = None) -> None:
+        """Store a key; replaces a key with the same id, whose old secret stops working. With
+        `gateway_key`, the key's requests are metered by it; without, a replaced key keeps its own."""
+
+    @abstractmethod
+    def gateway_key(self, key_id: str) -> GatewayKey | None:
+        """The key's own gateway key; None when it has none (or there is no such key)."""
+
+    @abstractmethod
+    def attach_gateway_key(self, key_id: str, gateway_key: GatewayKey) -> bool:
+        """Give a key that has none its own gateway key (the backfill); False when it is revoked or
+        does not exist, and when it has one already, which its lookup is then made to carry."""
+
+    @abstractmethod
+    def active_gateway_keys(self) -> list[tuple[str, GatewayKey | None]]:
+        """Each key not revoked, by id, with its own gateway key or None (the backfill's)."""
 
     @abstractmethod
     def by_hash(self, secret_hash: str) -> ApiKey | None: ...
@@ -402,6 +424,25 @@ class AuthorizerCache(ABC):
     @abstractmethod
     def flush(self, stage: ApiStage) -> None:
         """Forget every cached answer of `stage`; raises TransientError when that failed."""
+
+
+class GatewayKeys(ABC):
+    """API Gateway API keys in the per-key usage plan of a stage: each OMS key's own, by which API
+    Gateway applies the plan's limits to that key apart (KeyRateLimit, KeyBurstLimit, KeyQuotaPerDay)."""
+
+    @abstractmethod
+    def create(self, name: str, stage: ApiStage) -> GatewayKey:
+        """A new enabled key named `name` (the OMS key's id), its value random, added to `stage`'s
+        per-key usage plan. Raises TransientError when that failed, having deleted what it made."""
+
+    @abstractmethod
+    def add_to_plan(self, key_id: str, stage: ApiStage) -> None:
+        """Put an existing key in `stage`'s per-key usage plan (one there already is no error)."""
+
+    @abstractmethod
+    def delete(self, key_id: str) -> None:
+        """Delete the key (API Gateway takes it out of its plan); one gone already is no error.
+        Raises TransientError when that failed."""
 
 
 class LabelStore(ABC):

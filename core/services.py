@@ -25,6 +25,7 @@ from core.errors import (
     InvalidRequest,
     NotFound,
     PickupNotOffered,
+    TransientError,
     UnknownPaymentMethod,
     UnknownSku,
 )
@@ -56,6 +57,7 @@ from core.ports import (
     ApiStage,
     AuthorizerCache,
     CatalogRepository,
+    GatewayKeys,
     InventoryRepository,
     OrderFilter,
     OrderRepository,
@@ -889,16 +891,22 @@ class ApiKeyService:
         clock: Clock = utc_now,
         authorizer_cache: AuthorizerCache | None = None,
         settle: Callable[[], None] | None = None,
+        gateway_keys: GatewayKeys | None = None,
     ):
         """`settle` returns once every authorizer run that began before it was called has ended
-        (on AWS: waits the authorizer's Timeout); None when no answer is cached for long."""
+        (on AWS: waits the authorizer's Timeout); None when no answer is cached for long.
+        `gateway_keys`: per-key usage plans (None when they are off: every key is metered by the
+        stage's shared gateway key)."""
         self._keys = keys
         self._clock = clock
         self._authorizer_cache = authorizer_cache
         self._settle = settle
+        self._gateway_keys = gateway_keys
 
-    def issue(self, request: NewApiKey, created_by: str | None = None) -> IssuedApiKey:
-        """A new key, issued by the key `created_by`."""
+    def issue(self, request: NewApiKey, created_by: str | None = None, stage: ApiStage | None = None) -> IssuedApiKey:
+        """A new key, issued by the key `created_by`. With per-key usage plans, it gets its own
+        gateway key in `stage`'s per-key plan first: when API Gateway cannot make it, no key is
+        stored (TransientError), and one made for a key that could not be stored is deleted again."""
         secret = new_secret()
         key = ApiKey(
             id=new_id("key"),
@@ -908,8 +916,38 @@ class ApiKeyService:
             created_at=self._clock(),
             created_by=created_by,
         )
-        self._keys.add(key, hash_secret(secret))
+        gateway_key = None
+        if self._gateway_keys is not None and stage is not None:
+            gateway_key = self._gateway_keys.create(key.id, stage)
+        try:
+            self._keys.add(key, hash_secret(secret), gateway_key)
+        except BaseException:
+            if self._gateway_keys is not None and gateway_key is not None:
+                with contextlib.suppress(TransientError):  # one left over meters nothing
+                    self._gateway_keys.delete(gateway_key.id)
+            raise
         return IssuedApiKey(**key.model_dump(), key=secret)
+
+    def give_gateway_keys(self, stage: ApiStage) -> tuple[int, int]:
+        """The backfill of per-key usage plans: each key not revoked that has no gateway key of its
+        own gets one in `stage`'s per-key plan, and each that has one is put in that plan (one made
+        before the plan was deleted and made again, with the option off and on again). Returns
+        (keys given one, keys that had one). Run again after a failure, it gives none twice."""
+        if self._gateway_keys is None:
+            raise ValueError("per-key usage plans are off: there is no plan to give keys in")
+        given = kept = 0
+        for key_id, own in self._keys.active_gateway_keys():
+            if own is not None:
+                self._gateway_keys.add_to_plan(own.id, stage)
+                self._keys.attach_gateway_key(key_id, own)  # its lookup too, had a run died before it
+                kept += 1
+                continue
+            made = self._gateway_keys.create(key_id, stage)
+            if self._keys.attach_gateway_key(key_id, made):
+                given += 1
+            else:  # revoked meanwhile, or given one by another run
+                self._gateway_keys.delete(made.id)
+        return given, kept
 
     def ensure_admin(self, secret: str) -> ApiKey:
         """The bootstrap admin key (every scope) under `secret`; a previous admin secret stops working.
@@ -946,6 +984,9 @@ class ApiKeyService:
             if self._settle is not None:
                 self._settle()
                 self._authorizer_cache.flush(stage)
+        # Last: the key is refused by then. A repeated revoke deletes it again (gone is no error).
+        if self._gateway_keys is not None and (own := self._keys.gateway_key(key_id)) is not None:
+            self._gateway_keys.delete(own.id)
         return revoked
 
 

@@ -91,7 +91,7 @@ if TYPE_CHECKING:
         WebhookStore,
     )
     from core.workflow import Workflow
-    from functions.adapters.api_gateway import ApiGatewayAuthorizerCache
+    from functions.adapters.api_gateway import ApiGatewayAuthorizerCache, ApiGatewayKeys
     from functions.adapters.imports import DynamoImportLedger, S3ImportFiles, SqsOrderQueue
 
 logger = Logger(child=True)
@@ -152,6 +152,9 @@ class Config(NamedTuple):
     # OMS_PLAIN_IDEMPOTENCY_RECORDS (PlainIdempotencyRecords): an Idempotency-Key's record keeps its
     # answer as plain JSON, which releases before deflated records read (functions/api/idempotency.py).
     plain_idempotency_records: bool = False
+    # GATEWAY_KEY_PLAN (KeyRateLimit set): the per-key usage plan's name, where POST /api-keys gives
+    # each new key its own API Gateway key; empty when per-key usage plans are off.
+    gateway_key_plan: str = ""
 
     @classmethod
     def from_env(cls) -> Config:
@@ -191,6 +194,7 @@ class Config(NamedTuple):
             authorizer_cache_seconds=_number("AUTHORIZER_CACHE_SECONDS", 5),
             authorizer_timeout_seconds=_number("AUTHORIZER_TIMEOUT_SECONDS", 0),
             plain_idempotency_records=_switch("OMS_PLAIN_IDEMPOTENCY_RECORDS"),
+            gateway_key_plan=os.environ.get("GATEWAY_KEY_PLAN", ""),
         )
 
 
@@ -372,6 +376,13 @@ class Container:
         return ApiGatewayAuthorizerCache(self.apigateway)
 
     @cached_property
+    def gateway_keys(self) -> ApiGatewayKeys | None:
+        """Per-key usage plans' API Gateway keys; None when they are off (GATEWAY_KEY_PLAN empty)."""
+        from functions.adapters.api_gateway import ApiGatewayKeys
+
+        return ApiGatewayKeys(self.apigateway, self.config.gateway_key_plan) if self.config.gateway_key_plan else None
+
+    @cached_property
     def label_store(self) -> S3Labels:
         return S3Labels(self.config.labels_bucket)
 
@@ -464,7 +475,11 @@ class Container:
         seconds = self.authorizer_settle_seconds
         settle = (lambda: time.sleep(seconds)) if seconds > 0 else None
         return ApiKeyService(
-            self.api_key_repository, clock=self.clock, authorizer_cache=self.authorizer_cache, settle=settle
+            self.api_key_repository,
+            clock=self.clock,
+            authorizer_cache=self.authorizer_cache,
+            settle=settle,
+            gateway_keys=self.gateway_keys,
         )
 
     @cached_property

@@ -16,6 +16,9 @@ from infra.local.template import load_template
 TEMPLATE = load_template()
 RESOURCES: dict[str, Any] = TEMPLATE["Resources"]
 Grant = tuple[str, str]  # (resource logical id, IAM action)
+# What grants on API Gateway's API keys and usage plans name, which are made outside the template
+# (per-key usage plans: functions.adapters.api_gateway.ApiGatewayKeys), in place of a logical id.
+API_KEYS, USAGE_PLANS = "API Gateway API keys", "API Gateway usage plans"
 
 
 def listed(value: Any) -> list[Any]:
@@ -39,6 +42,10 @@ def logical_id(resource: Any) -> str:
         return "ImportsBucket"
     if api := re.search(r"::/restapis/\$\{(\w+)\}/", text):  # an API Gateway resource path
         return api.group(1)
+    if plan := re.search(r"::/usageplans/\$\{(\w+)\}/", text):  # a usage plan's path (its keys)
+        return plan.group(1)
+    if collection := re.search(r"::(/apikeys|/usageplans)(/\*)?$", text):  # resources made outside the template
+        return {"/apikeys": API_KEYS, "/usageplans": USAGE_PLANS}[collection.group(1)]
     named = re.match(r"\$\{(\w+)\.Arn\}", text)  # the resource's ARN, then perhaps a path in it
     assert named, cannot
     return named.group(1)
@@ -246,8 +253,8 @@ def scope(resource: Any) -> str:
 def _path(resource: Any) -> str:
     """What follows its resource's ARN in a statement's Resource, as written: "", `/index/by_sla`,
     `/*` (the parts only), `*` (the resource and its parts)."""
-    if not isinstance(resource, dict) or "Fn::Sub" not in resource or "::/restapis/" in resource["Fn::Sub"]:
-        return ""  # an API Gateway resource is the API's path: the tool names it by its API
+    if not isinstance(resource, dict) or "Fn::Sub" not in resource or ":apigateway:" in resource["Fn::Sub"]:
+        return ""  # an API Gateway resource is the API's (or a plan's) path: the tool names it by its API
     text = resource["Fn::Sub"]
     if "-imports-${AWS::AccountId}" in text:
         path = text.split("-${AWS::Region}", 1)[1]
@@ -373,9 +380,16 @@ _AUTHORIZED_AS = {
     ("sqs", "SendMessageBatch"): "SendMessage",
     ("sqs", "DeleteMessageBatch"): "DeleteMessage",
     ("apigateway", "FlushStageAuthorizersCache"): "DELETE",  # API Gateway's actions are its REST verbs
+    ("apigateway", "GetUsagePlans"): "GET",
+    ("apigateway", "CreateApiKey"): "POST",
+    ("apigateway", "CreateUsagePlanKey"): "POST",
+    ("apigateway", "DeleteApiKey"): "DELETE",
     ("lambda", "Invoke"): "InvokeFunction",
 }
 _PREFIX = {"stepfunctions": "states"}
+# The API Gateway calls that name a collection made outside the template (a key's id is no template
+# resource's): what their grants name in place of a logical id.
+_OUTSIDE = {"CreateApiKey": API_KEYS, "DeleteApiKey": API_KEYS, "GetUsagePlans": USAGE_PLANS}
 _READS = re.compile("Get|List|Describe|Query|Scan|BatchGet|Receive|Head")  # what sets no function going
 
 
@@ -421,6 +435,7 @@ def calls_by_function(stack: Any) -> Iterator[Calls]:
             **{url: logical for logical, url in stack.queue_urls.items()},
             **{arn: logical for logical, arn in stack.state_machine_arns.items()},
             **({stack.gateway.api_id: "OmsApi"} if stack.gateway is not None else {}),
+            **{plan_id: logical for logical, plan_id in getattr(stack, "usage_plan_ids", {}).items()},
             # A function invoked, by its name or ARN (a stand-in stack's functions may have no ARN).
             **{getattr(f, "arn", f.name): logical for logical, f in stack.functions.items()},
             **{f.name: logical for logical, f in stack.functions.items()},
@@ -460,7 +475,7 @@ def calls_by_function(stack: Any) -> Iterator[Calls]:
     def named(params: dict[str, Any]) -> list[str]:
         if "RequestItems" in params:
             return list(params["RequestItems"])
-        for key in ("TableName", "Bucket", "QueueUrl", "stateMachineArn", "restApiId", "FunctionName"):
+        for key in ("TableName", "Bucket", "QueueUrl", "stateMachineArn", "restApiId", "FunctionName", "usagePlanId"):
             if key in params:
                 return [params[key]]
         if "Entries" in params:  # EventBridge PutEvents names its bus in each entry
@@ -473,7 +488,8 @@ def calls_by_function(stack: Any) -> Iterator[Calls]:
             seen.writes += not _READS.match(operation)
             return
         functions, resources = names()
-        if running not in functions or not {*named(params)} <= {*resources, "*", "default"}:
+        called = [_OUTSIDE[operation]] if operation in _OUTSIDE else named(params)
+        if running not in functions or not {*called} <= {*resources, "*", "default", *_OUTSIDE.values()}:
             functions, resources = names(again=True)  # a name the stack gave since (as it names them now)
         function = functions.get(running)
         if function is not None:
@@ -482,9 +498,7 @@ def calls_by_function(stack: Any) -> Iterator[Calls]:
             action = _AUTHORIZED_AS.get((service, operation), operation)
             if (service, operation) == ("s3", "GetObject") and "VersionId" in params:
                 action = "GetObjectVersion"
-            grants = {
-                (resources.get(name, name), f"{_PREFIX.get(service, service)}:{action}"): name for name in named(params)
-            }
+            grants = {(resources.get(name, name), f"{_PREFIX.get(service, service)}:{action}"): name for name in called}
             if (service, operation) == ("dynamodb", "TransactWriteItems"):
                 # IAM authorizes each item of a transaction as its own action on its table.
                 grants = {

@@ -24,6 +24,7 @@ class KeyGrant(NamedTuple):
     scopes: tuple[str, ...]
     channel: str | None
     revoked: bool
+    gateway_key: str | None = None  # its own API Gateway key's value (per-key usage plans)
 
 
 class ApiKeyLookup:
@@ -44,4 +45,5 @@ class ApiKeyLookup:
             scopes=tuple(sorted(scope["S"] for scope in item["scopes"]["L"])),
             channel=item["channel"]["S"] if "channel" in item else None,
             revoked="revoked_at" in item,
+            gateway_key=item["gateway_key"]["S"] if "gateway_key" in item else None,
         )

@@ -38,6 +38,7 @@ from core.ports import (
     Backorders,
     CatalogRepository,
     DuePickups,
+    GatewayKey,
     InventoryRepository,
     KeptBackRefunds,
     LateOrders,
@@ -2105,6 +2106,16 @@ def _record_key(key_id: str) -> dict[str, Any]:
     return {"pk": {"S": "APIKEYS"}, "sk": {"S": key_id}}
 
 
+# A key's own API Gateway key (per-key usage plans): its id on the record (DELETE /api-keys deletes
+# it), its value on both items (the lookup's is the authorizer's usageIdentifierKey). Never shown.
+GATEWAY_KEY_ID, GATEWAY_KEY = "gateway_key_id", "gateway_key"
+_NOT_SHOWN = ("pk", "sk", "secret_hash", GATEWAY_KEY_ID, GATEWAY_KEY)
+
+
+def _gateway_key(values: dict[str, Any]) -> GatewayKey | None:
+    return GatewayKey(values[GATEWAY_KEY_ID], values[GATEWAY_KEY]) if GATEWAY_KEY_ID in values else None
+
+
 class DynamoApiKeys(ApiKeyRepository):
     """Two items per key in the Catalog table: a lookup item keyed by the secret's hash (the
     authorizer's one GetItem) and a record keyed by id (listing and revocation). The secret itself
@@ -2119,7 +2130,7 @@ class DynamoApiKeys(ApiKeyRepository):
     @staticmethod
     def _key(item: dict[str, Any]) -> ApiKey:
         values = from_item(item)
-        return ApiKey.model_validate({k: v for k, v in values.items() if k not in ("pk", "sk", "secret_hash")})
+        return ApiKey.model_validate({k: v for k, v in values.items() if k not in _NOT_SHOWN})
 
     def _record(self, key_id: str) -> dict[str, Any] | None:
         # Consistent: a stale record would name a secret replaced a moment ago, so a rotation would
@@ -2127,19 +2138,88 @@ class DynamoApiKeys(ApiKeyRepository):
         # issued a moment ago.
         return self._client.get_item(TableName=self._table, Key=_record_key(key_id), ConsistentRead=True).get("Item")
 
-    def add(self, key: ApiKey, secret_hash: str) -> None:
-        previous = self._record(key.id)
-        old_hash = from_item(previous).get("secret_hash") if previous else None
+    def add(self, key: ApiKey, secret_hash: str, gateway_key: GatewayKey | None = None) -> None:
+        previous = from_item(self._record(key.id) or {})
+        old_hash = previous.get("secret_hash")
         # The replaced secret's lookup goes first: the record names only the newest secret, so a
         # rotation that stopped after writing it and was run again would leave that lookup (the
         # secret being retired, perhaps leaked) working for good.
         if old_hash and old_hash != secret_hash:
             self._client.delete_item(TableName=self._table, Key=lookup_key(old_hash))
         values = to_item(key.model_dump(mode="python"))
+        # A rotated key (the admin key's) keeps the gateway key it had: its usage stays its own.
+        own = gateway_key or _gateway_key(previous)
+        metered = {GATEWAY_KEY: {"S": own.value}} if own else {}
         self._client.put_item(
-            TableName=self._table, Item={**_record_key(key.id), **values, "secret_hash": {"S": secret_hash}}
+            TableName=self._table,
+            Item={
+                **_record_key(key.id),
+                **values,
+                "secret_hash": {"S": secret_hash},
+                **metered,
+                **({GATEWAY_KEY_ID: {"S": own.id}} if own else {}),
+            },
         )
-        self._client.put_item(TableName=self._table, Item={**lookup_key(secret_hash), **values})
+        self._client.put_item(TableName=self._table, Item={**lookup_key(secret_hash), **values, **metered})
+
+    def gateway_key(self, key_id: str) -> GatewayKey | None:
+        record = self._record(key_id)
+        return _gateway_key(from_item(record)) if record else None
+
+    def attach_gateway_key(self, key_id: str, gateway_key: GatewayKey) -> bool:
+        # The record first, on a condition no concurrent run or revocation can pass twice: it says
+        # which gateway key is the key's. The lookup then carries the record's, whichever run made it.
+        try:
+            self._client.update_item(
+                TableName=self._table,
+                Key=_record_key(key_id),
+                UpdateExpression="SET #id = :id, #value = :value",
+                ConditionExpression=(
+                    "attribute_exists(pk) AND attribute_not_exists(revoked_at) AND attribute_not_exists(#id)"
+                ),
+                ExpressionAttributeNames={"#id": GATEWAY_KEY_ID, "#value": GATEWAY_KEY},
+                ExpressionAttributeValues={":id": {"S": gateway_key.id}, ":value": {"S": gateway_key.value}},
+            )
+            attached = True
+        except ClientError as error:
+            if not _is_conditional_failure(error):
+                raise
+            attached = False
+        record = from_item(self._record(key_id) or {})
+        own = _gateway_key(record)
+        if own is None or "revoked_at" in record:
+            return False
+        try:
+            self._client.update_item(
+                TableName=self._table,
+                Key=lookup_key(record["secret_hash"]),
+                UpdateExpression="SET #value = :value",
+                ConditionExpression="attribute_exists(pk) AND attribute_not_exists(revoked_at)",
+                ExpressionAttributeNames={"#value": GATEWAY_KEY},
+                ExpressionAttributeValues={":value": {"S": own.value}},
+            )
+        except ClientError as error:
+            if not _is_conditional_failure(error):  # revoked since, or its secret replaced: nothing to meter
+                raise
+        return attached
+
+    def active_gateway_keys(self) -> list[tuple[str, GatewayKey | None]]:
+        query: dict[str, Any] = {
+            "TableName": self._table,
+            "KeyConditionExpression": "pk = :pk",
+            "ExpressionAttributeValues": {":pk": {"S": "APIKEYS"}},
+            "ConsistentRead": True,
+        }
+        found = []
+        while True:
+            response = self._client.query(**query)
+            for item in response.get("Items", []):
+                values = from_item(item)
+                if "revoked_at" not in values:
+                    found.append((values["id"], _gateway_key(values)))
+            if "LastEvaluatedKey" not in response:
+                return found
+            query["ExclusiveStartKey"] = response["LastEvaluatedKey"]
 
     def by_hash(self, secret_hash: str) -> ApiKey | None:
         item = self._client.get_item(TableName=self._table, Key=lookup_key(secret_hash)).get("Item")

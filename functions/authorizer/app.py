@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from botocore.config import Config
 
 from core.secret_hashes import SECRET_PATTERN, hash_secret
-from functions.adapters.api_key_lookup import ApiKeyLookup
+from functions.adapters.api_key_lookup import ApiKeyLookup, KeyGrant
 from functions.adapters.aws_clients import aws_client
 from functions.warm import Warm
 
@@ -177,4 +177,17 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         _count_refusal(invoked_at)
         raise Exception("Unauthorized")
     context = {"key_id": key.key_id, "scopes": " ".join(key.scopes), "channel": key.channel or ""}
-    return _policy(key.key_id, "Allow", event["methodArn"], context)
+    answer = _policy(key.key_id, "Allow", event["methodArn"], context)
+    if usage_key := _usage_key(key):
+        answer["usageIdentifierKey"] = usage_key
+    return answer
+
+
+def _usage_key(key: KeyGrant) -> str | None:
+    """The API Gateway key whose usage plan meters the caller (the API's ApiKeySourceType is
+    AUTHORIZER): the key's own while per-key usage plans are on (GATEWAY_KEY_PLAN), else the
+    stage's shared one, every key's before per-key plans and while they are off (a key's own is
+    in no plan then)."""
+    if key.gateway_key and os.environ.get("GATEWAY_KEY_PLAN"):
+        return key.gateway_key
+    return os.environ.get("GATEWAY_SHARED_KEY") or None

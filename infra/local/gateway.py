@@ -43,6 +43,10 @@ _ANSWERS = {
     "REQUEST_TOO_LARGE": (413, "RequestTooLargeException", "Request Too Long"),
     "MISSING_AUTHENTICATION_TOKEN": (403, "MissingAuthenticationTokenException", "Missing Authentication Token"),
     "THROTTLED": (429, "TooManyRequestsException", "Too Many Requests"),
+    # A method requiring an API key: the authorizer named none of a usage plan on the stage, or a
+    # key past its plan's quota.
+    "INVALID_API_KEY": (403, "ForbiddenException", "Forbidden"),
+    "QUOTA_EXCEEDED": (429, "LimitExceededException", "Limit Exceeded"),
     "AUTHORIZER_CONFIGURATION_ERROR": (500, "AuthorizerConfigurationException", None),
     # Lambda refused to invoke the API function (an event over its 6 MB): 500, Lambda's documentation
     # of API Gateway's errors. A declared INTEGRATION_FAILURE (or its StatusCode) would be taken first.
@@ -237,6 +241,8 @@ class Authorizer:
         except Exception:
             logger.exception("authorizer %s raised", self.name)
             return "AUTHORIZER_CONFIGURATION_ERROR"
+        if "usageIdentifierKey" in output:  # the API key a method requiring one is metered by
+            event["requestContext"].setdefault("identity", {})["apiKey"] = str(output["usageIdentifierKey"])
         context = output.get("context") or {}
         event["requestContext"]["authorizer"] = {
             **{key: json.dumps(value) if isinstance(value, bool) else str(value) for key, value in context.items()},
@@ -309,14 +315,86 @@ class TokenBuckets:
     _buckets: dict[str, tuple[float, float]] = field(default_factory=dict)  # caller -> (tokens, last refill)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def take(self, caller: str) -> bool:
-        """Whether the request may go ahead (API Gateway's THROTTLED says when to retry: the template's)."""
+    def take(self, caller: str, limits: tuple[float, int] | None = None) -> bool:
+        """Whether the request may go ahead (API Gateway's THROTTLED says when to retry: the template's).
+        `limits`: (rate, burst) of the caller's usage plan, in place of the stage's."""
+        rate, burst = limits or (self.rate, self.burst)
         with self._lock:
             now = self.clock()
-            tokens, last = self._buckets.get(caller, (float(self.burst), now))
-            tokens = min(float(self.burst), tokens + (now - last) * self.rate)
+            tokens, last = self._buckets.get(caller, (float(burst), now))
+            tokens = min(float(burst), tokens + (now - last) * rate)
             self._buckets[caller] = (tokens - 1, now) if tokens >= 1 else (tokens, now)
             return tokens >= 1
+
+
+@dataclass(frozen=True)
+class UsagePlan:
+    """A usage plan on the stage, as the gateway applies it to each key in it: its throttle's
+    (rate, burst) (a bucket per caller, as the stage's) and its requests per day (None: no quota)."""
+
+    plan_id: str
+    limits: tuple[float, int] | None  # None: the plan has no throttle, the stage's applies
+    quota_per_day: int | None
+
+
+@dataclass
+class UsagePlans:
+    """The usage plans of this stage, read from moto (where the template's are made, and the API
+    function adds per-key plans' keys): which plan the API key an authorizer answered is in, and
+    each key's requests counted per UTC day against its plan's quota. A key found is remembered: a
+    key's plan never changes, and a deleted key's OMS key is revoked (the authorizer refuses it)."""
+
+    client: Any  # apigateway
+    api_id: str
+    stage: str
+    clock: Callable[[], float] = field(default=time.time, repr=False)
+    _plans: dict[str, UsagePlan] = field(default_factory=dict, repr=False)  # by key value
+    _by_id: dict[str, UsagePlan] = field(default_factory=dict, repr=False)
+    _used: dict[tuple[str, int], int] = field(default_factory=dict, repr=False)  # (key, day) -> requests
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def plan_of(self, value: str) -> UsagePlan | None:
+        with self._lock:
+            if value in self._plans:
+                return self._plans[value]
+        key_id = next(
+            (
+                key["id"]
+                for page in self.client.get_paginator("get_api_keys").paginate(includeValues=True)
+                for key in page.get("items", [])
+                if key.get("value") == value and key.get("enabled")
+            ),
+            None,
+        )
+        if key_id is None:
+            return None
+        for declared in self.client.get_usage_plans(keyId=key_id).get("items", []):
+            if {"apiId": self.api_id, "stage": self.stage} in declared.get("apiStages", []):
+                with self._lock:
+                    plan = self._by_id.get(declared["id"])
+                    if plan is None:
+                        throttle = declared.get("throttle")
+                        plan = self._by_id[declared["id"]] = UsagePlan(
+                            declared["id"],
+                            (float(throttle["rateLimit"]), int(throttle["burstLimit"])) if throttle else None,
+                            (declared.get("quota") or {}).get("limit"),
+                        )
+                    self._plans[value] = plan
+                    return plan
+        return None
+
+    def within_quota(self, plan: UsagePlan, value: str) -> bool:
+        """Counts the request against the key's quota for today (UTC); False once it is used up."""
+        if plan.quota_per_day is None:
+            return True
+        day = int(self.clock() // 86400)
+        with self._lock:
+            used = self._used.get((value, day), 0)
+            if used >= plan.quota_per_day:
+                return False
+            self._used = {k: v for k, v in self._used.items() if k[1] == day}  # yesterday's counts go
+            self._used[(value, day)] = used + 1
+            return True
 
 
 def _whole(template: Template, declared: Any, prop: str) -> int:
@@ -361,6 +439,7 @@ class ApiGateway:
     max_body_bytes: int = API_GATEWAY_MAX_BODY
     throttle: TokenBuckets | None = None
     integration_timeout: float = 29.0  # seconds: API Gateway's limit on a Lambda integration
+    usage_plans: UsagePlans | None = None  # ApiKeySourceType AUTHORIZER: the stage's usage plans
 
     def __post_init__(self) -> None:
         self.router = Router(self.routes)
@@ -370,9 +449,13 @@ class ApiGateway:
         self._answers = {kind: _declared_answer(kind, self.gateway_responses) for kind in _ANSWERS}
 
     @classmethod
-    def from_template(cls, template: Template, functions: Mapping[str, LocalFunction]) -> ApiGateway:
-        """The template's REST API: routes, authorizers, GatewayResponses, stage, and the throttle of
-        its stage's catch-all MethodSettings (`/*` and `*`: supported.py). `functions`: by logical id."""
+    def from_template(
+        cls, template: Template, functions: Mapping[str, LocalFunction], apigateway: Any = None
+    ) -> ApiGateway:
+        """The template's REST API: routes, authorizers, GatewayResponses, stage, the throttle of
+        its stage's catch-all MethodSettings (`/*` and `*`: supported.py), and with ApiKeySourceType
+        AUTHORIZER its usage plans, read through `apigateway` (a client of the stack's moto).
+        `functions`: by logical id."""
         authorizers = {}
         for name, config in (template.api("Auth", {}).get("Authorizers") or {}).items():
             identity = config.get("Identity") or {}
@@ -385,13 +468,19 @@ class ApiGateway:
                 raise ValueError("MethodSettings: only an entry setting both throttling limits is emulated")
             rate = float(template.resolve(declared["ThrottlingRateLimit"]))
             throttle = TokenBuckets(rate, _whole(template, declared["ThrottlingBurstLimit"], "ThrottlingBurstLimit"))
+        stage = str(template.resolve(template.api("StageName", "Prod")))
+        # Without a client (a test's gateway in front of stand-in functions), keys are not checked.
+        usage_plans = None
+        if template.api("ApiKeySourceType") == "AUTHORIZER" and apigateway is not None:
+            usage_plans = UsagePlans(apigateway, API_ID, stage)
         return cls(
             template.api_routes(),
             functions[template.api_function()],
             authorizers,
-            stage=str(template.resolve(template.api("StageName", "Prod"))),
+            stage=stage,
             gateway_responses=template.api("GatewayResponses", {}),
             throttle=throttle,
+            usage_plans=usage_plans,
         )
 
     def flush_authorizer_caches(self) -> None:  # FlushStageAuthorizersCache for this stage
@@ -419,10 +508,20 @@ class ApiGateway:
         # route, a missing, unknown or revoked key) is known only by its address: its request counts
         # against that address's bucket, so a new bad key per request cannot buy a fresh bucket.
         caller = event["requestContext"].get("authorizer", {}).get("principalId") or request.source_ip
-        if self.throttle is not None and not self.throttle.take(caller):
+        plan, usage_key = None, None
+        if refusal is None and match.route.api_key_required and self.usage_plans is not None:
+            # Metered by the usage plan of the key the authorizer answered, which must be one of a
+            # plan on this stage (API Gateway's InvalidKeyParameter otherwise).
+            usage_key = (event["requestContext"].get("identity") or {}).get("apiKey")
+            plan = self.usage_plans.plan_of(usage_key) if usage_key else None
+            if plan is None:
+                return self.gateway_response("INVALID_API_KEY", request.request_id)
+        if self.throttle is not None and not self.throttle.take(caller, plan.limits if plan else None):
             return self.gateway_response("THROTTLED", request.request_id)
         if refusal is not None:
             return self.gateway_response(refusal, request.request_id)
+        if plan is not None and usage_key and self.usage_plans and not self.usage_plans.within_quota(plan, usage_key):
+            return self.gateway_response("QUOTA_EXCEEDED", request.request_id)
         if _json_size(event) > LAMBDA_MAX_PAYLOAD:
             logger.error("%s: the event is over Lambda's 6 MB: the invoke is refused", _loggable_request(request))
             return self.gateway_response("INTEGRATION_FAILURE", request.request_id)

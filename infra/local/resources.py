@@ -62,6 +62,7 @@ class Resources:
         self.function_arns: dict[str, str] = {}
         self.state_machine_arns: dict[str, str] = {}
         self.function_environments: dict[str, dict[str, str]] = {}  # each function's own view (as on AWS)
+        self.usage_plan_ids: dict[str, str] = {}  # logical id -> the usage plan's id in moto
 
     def physical_name(self, logical_id: str) -> str:
         return f"{self.template.stack_name}-{logical_id}"
@@ -76,6 +77,7 @@ class Resources:
         self._create_functions()
         self._create_buckets(client)
         self._create_state_machines(client)
+        self.create_usage_plans(client)
 
     def environment(self) -> dict[str, str]:
         """The union of Globals and every function's resolved Environment.Variables: one process
@@ -169,6 +171,40 @@ class Resources:
             # moto's SQS records one SenderId for every sender: that is each role's unique id here.
             self.atts[f"{logical_id}Role.RoleId"] = SQS_SENDER_ID
             self.atts[f"{logical_id}Role.Arn"] = f"arn:aws:iam::{ACCOUNT_ID}:role/{name}-role"
+
+    def create_usage_plans(self, client: Client) -> None:
+        """API keys, usage plans on the local API's stage, and the keys in them: the local gateway
+        reads from moto which plan the key an authorizer names is in (infra/local/gateway.py). Public:
+        the in-process API of the tests makes them too (tests/integration/in_process.py)."""
+        from infra.local.gateway import API_ID
+
+        api = self.template.rest_api_id()
+        self.refs[api] = API_ID
+        self.refs[f"{api}.Stage"] = str(self.template.resolve(self.template.api("StageName", "Prod")))
+        apigateway = client("apigateway")
+        for logical_id, props in self.template.properties("AWS::ApiGateway::ApiKey").items():
+            resolved = self.resolve(props)
+            key = {"name": resolved.get("Name") or self.physical_name(logical_id)}
+            key |= {"value": resolved["Value"]} if resolved.get("Value") else {}
+            made = apigateway.create_api_key(**key, enabled=bool(resolved.get("Enabled", False)))
+            self.refs[logical_id] = made["id"]
+        for logical_id, props in self.template.properties("AWS::ApiGateway::UsagePlan").items():
+            resolved = self.resolve(props)
+            plan: dict[str, Any] = {"name": resolved.get("UsagePlanName") or self.physical_name(logical_id)}
+            plan["apiStages"] = [{"apiId": s["ApiId"], "stage": s["Stage"]} for s in resolved.get("ApiStages") or []]
+            if throttle := resolved.get("Throttle"):
+                plan["throttle"] = {
+                    "rateLimit": float(throttle["RateLimit"]),
+                    "burstLimit": int(throttle["BurstLimit"]),
+                }
+            if quota := resolved.get("Quota"):
+                plan["quota"] = {"limit": int(quota["Limit"]), "period": quota["Period"]}
+            self.refs[logical_id] = self.usage_plan_ids[logical_id] = apigateway.create_usage_plan(**plan)["id"]
+        for props in self.template.properties("AWS::ApiGateway::UsagePlanKey").values():
+            resolved = self.resolve(props)
+            apigateway.create_usage_plan_key(
+                usagePlanId=resolved["UsagePlanId"], keyId=resolved["KeyId"], keyType=resolved["KeyType"]
+            )
 
     def _create_state_machines(self, client: Client) -> None:
         """Every state machine, its DefinitionSubstitutions resolved and its ASL validated first

@@ -140,6 +140,10 @@ PARAMETER_ENV = {
     "OMS_BURST_LIMIT": "ApiBurstLimit",
     "OMS_AUTHORIZER_CACHE_SECONDS": "AuthorizerCacheSeconds",
     "OMS_LABELS_ZONE_ID": "LabelsZoneId",
+    # Per-key usage plans: each key made from then on throttled (and held to a daily quota) apart.
+    "OMS_KEY_RATE_LIMIT": "KeyRateLimit",
+    "OMS_KEY_BURST_LIMIT": "KeyBurstLimit",
+    "OMS_KEY_QUOTA_PER_DAY": "KeyQuotaPerDay",
 }
 
 # The webhook retry schedule under `make run`: the contract's 24 hours compressed to a minute
@@ -249,6 +253,7 @@ class EmbeddedStack:
         self.bucket_names, self.event_bus_names = self.resources.bucket_names, self.resources.event_bus_names
         self.functions, self.function_arns = self.resources.functions, self.resources.function_arns
         self.state_machine_arns = self.resources.state_machine_arns
+        self.usage_plan_ids = self.resources.usage_plan_ids
         self.function_environments = self.resources.function_environments
         self.mappings = self.activity.mappings  # "Function.EventName" -> its poller
         self.environment: dict[str, str] = {}  # what the functions see, as exported
@@ -312,7 +317,9 @@ class EmbeddedStack:
             s3 = {"AWS_ENDPOINT_URL_S3": s3_endpoint, "MOTO_S3_CUSTOM_ENDPOINTS": in_process}
             self.process.set_env({"MOTO_PORT": str(self.aws_port), **s3})
             self.environment["AWS_ENDPOINT_URL_S3"] = s3_endpoint
-            self.gateway = gateway = ApiGateway.from_template(self.template, self.functions)
+            self.gateway = gateway = ApiGateway.from_template(
+                self.template, self.functions, apigateway=self.client("apigateway")
+            )
             self.process.enter(
                 apigateway.PATCH.registered((gateway.api_id, gateway.stage, gateway.flush_authorizer_caches))
             )

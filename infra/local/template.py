@@ -111,6 +111,7 @@ class ApiRoute:
     path: str  # the resource template, e.g. /orders/{order_id}
     method: str  # upper case
     authorizer: str | None  # None when Auth.Authorizer is NONE (or the API has no default)
+    api_key_required: bool = False  # Auth.ApiKeyRequired, the event's or else the API's
 
 
 @dataclass(eq=False)  # one template, compared and hashed by identity as before
@@ -265,6 +266,8 @@ class Template:
         if key == "Ref":
             if arg in refs:
                 return refs[arg]
+            if arg == "AWS::NoValue":  # a property left out (an Fn::If's branch): None
+                return None
             if arg in (pseudo := {**_PSEUDO_PARAMETERS, "AWS::StackName": self.stack_name}):
                 return pseudo[arg]
             if arg in self.document.get("Parameters", {}):
@@ -322,13 +325,25 @@ class Template:
     def api_routes(self) -> list[ApiRoute]:
         """The API function's Api events (api_function() refused one naming another API)."""
         default = self.api("Auth", {}).get("DefaultAuthorizer")
+        keys_required = self.api("Auth", {}).get("ApiKeyRequired", False)
         routes = []
         for name, event in self.functions()[self.api_function()]["Events"].items():
             if event["Type"] == "Api":
                 props = event["Properties"]
-                authorizer = (props.get("Auth") or {}).get("Authorizer", default)
+                auth = props.get("Auth") or {}
+                authorizer = auth.get("Authorizer", default)
+                # As SAM reads it: a literal (it evaluates no intrinsic there, an !If reads as true).
+                required = auth.get("ApiKeyRequired", keys_required)
+                if not isinstance(required, bool):
+                    raise ValueError(f"{name}: Auth.ApiKeyRequired must be true or false, not {required!r}")
                 routes.append(
-                    ApiRoute(name, props["Path"], props["Method"].upper(), None if authorizer == "NONE" else authorizer)
+                    ApiRoute(
+                        name,
+                        props["Path"],
+                        props["Method"].upper(),
+                        None if authorizer == "NONE" else authorizer,
+                        required,
+                    )
                 )
         return routes
 

@@ -21,6 +21,7 @@ from moto import mock_aws
 from infra.local.gateway import ApiGateway, HttpRequest
 from infra.local.lambdas import LocalFunction
 from infra.local.moto_patches import apigateway
+from infra.local.resources import Resources
 from infra.local.template import Template, create_table_request, env_string
 from tests.e2e.client import ADMIN, order_body, unique
 from tests.fakes import InlineReturnWorkflow
@@ -129,6 +130,7 @@ class InProcessResources:
 
     def __init__(self, template: Template, functions: dict[str, LocalFunction], gateway: ApiGateway):
         self.template, self.functions, self.gateway = template, functions, gateway
+        self.usage_plan_ids: dict[str, str] = {}  # logical id -> the usage plan's id in moto
         types = {name: resource["Type"] for name, resource in template.document["Resources"].items()}
 
         def chosen(value: Any) -> Any:  # an Fn::If's branch, as the stack's parameters choose it
@@ -159,6 +161,17 @@ class InProcessResources:
     bucket_names = property(lambda self: self._named("bucket_names"))
     event_bus_names = property(lambda self: self._named("event_bus_names"))
     state_machine_arns = property(lambda self: self._named("state_machine_arns"))
+
+
+def usage_plan_variables(template: Template) -> dict[str, str]:
+    """The functions' variables that name the usage plans' keys (the shared key's value, the
+    per-key plan's name), as `template`'s parameters resolve them."""
+    variables = {}
+    for props in template.functions().values():
+        for name, value in props["Environment"]["Variables"].items():
+            if name in ("GATEWAY_SHARED_KEY", "GATEWAY_KEY_PLAN"):
+                variables[name] = env_string(template.resolve(value))
+    return variables
 
 
 @contextmanager
@@ -194,10 +207,18 @@ def in_process_api(**parameter_overrides: Any) -> Iterator[InProcessApi]:
             for logical_id, props in template.functions().items()
             if logical_id in needed
         }
-        gateway = ApiGateway.from_template(template, functions)
+        # The stage's usage plans and their keys, and what the functions are told of them: every
+        # method the authorizer guards requires the key it answers to be one of them.
+        apigateway_client = boto3.client("apigateway", region_name="us-east-1")
+        plans = Resources(template)
+        plans.create_usage_plans(lambda service: apigateway_client)
+        for name, value in usage_plan_variables(template).items():
+            env.setenv(name, value)
+        gateway = ApiGateway.from_template(template, functions, apigateway=apigateway_client)
         # Every call the functions make is read against their grants, as on every local stack
         # (tests/conftest.py).
         resources = InProcessResources(template, functions, gateway)
+        resources.usage_plan_ids = plans.usage_plan_ids  # a plan the API function adds keys to, by id
         watch(resources)
         try:
             with apigateway.PATCH.registered((gateway.api_id, gateway.stage, gateway.flush_authorizer_caches)):

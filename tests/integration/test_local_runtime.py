@@ -81,7 +81,13 @@ def fake_authorizer_handler(event: dict[str, Any], context: Any) -> dict[str, An
         policy["policyDocument"]["Statement"][0]["Effect"] = "Deny"
         return policy
     if token.startswith("Bearer good"):
-        return allow_all(scopes="admin", channel="", count=3, admin=True)
+        # A stack's shared gateway key, as the real authorizer answers it (ApiKeySourceType AUTHORIZER);
+        # a gateway made here without a stack checks no key.
+        shared = os.environ.get("GATEWAY_SHARED_KEY")
+        return {
+            **allow_all(scopes="admin", channel="", count=3, admin=True),
+            **({"usageIdentifierKey": shared} if shared else {}),
+        }
     raise Exception("Unauthorized")
 
 

@@ -77,7 +77,7 @@ def test_warn_is_refused_with_a_log_level_at_which_lambda_would_drop_the_metrics
     # Lambda counts a JSON line without `level` (powertools' EMF records) as INFO and drops it below
     # ApplicationLogLevel; it may count powertools' WARNING as INFO too (its word is WARN). So WARN
     # is allowed with exactly the LogLevels whose Lambda level keeps INFO lines.
-    (rule,) = TEMPLATE["Rules"].values()
+    rule = TEMPLATE["Rules"]["PlatformLinesAtWarnKeepTheMetrics"]
     assert rule["RuleCondition"] == AT_WARN
     ((allowed, log_level),) = [assertion["Assert"]["Fn::Contains"] for assertion in rule["Assertions"]]
     assert log_level == {"Ref": "LogLevel"}

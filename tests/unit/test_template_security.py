@@ -16,7 +16,7 @@ from aws_lambda_powertools.utilities.idempotency import DynamoDBPersistenceLayer
 from core.aggregates import CUSTOMER_PK, EMAIL_INDEX_PK, FILING_PK, REPORT_CHANNELS_PK, REPORT_PK
 from functions.adapters.access_log import ACCESS_LOG_PK, DynamoAccessLog, SqsReadRecorder
 from functions.adapters.aggregates import MARKERS_PK, DynamoAggregates
-from functions.adapters.api_gateway import ApiGatewayAuthorizerCache
+from functions.adapters.api_gateway import ApiGatewayAuthorizerCache, ApiGatewayKeys
 from functions.adapters.api_key_lookup import LOOKUP_PK
 from functions.adapters.dynamodb import (
     _INDEXES,
@@ -72,8 +72,10 @@ from functions.adapters.webhooks import (
 )
 from functions.adapters.workflow_starter import StepFunctionsReturnStarter, StepFunctionsStarter
 from tests.template_iam import (
+    API_KEYS,
     RESOURCES,
     TEMPLATE,
+    USAGE_PLANS,
     actions,
     granted,
     key_limits,
@@ -180,6 +182,11 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
         ("LabelsExpressBucket", "s3express:CreateSession"): [S3Labels],  # both, with LabelsZoneId set
         ("ReturnWorkflow", "states:StartExecution"): [StepFunctionsReturnStarter],
         ("OmsApi", "apigateway:DELETE"): [ApiGatewayAuthorizerCache],  # revoking a key flushes its stage's cache
+        # Per-key usage plans (KeyRateLimit): a new key's own gateway key in the plan, deleted on revocation.
+        (USAGE_PLANS, "apigateway:GET"): [ApiGatewayKeys],  # the plan found by its name and stage
+        (API_KEYS, "apigateway:POST"): [ApiGatewayKeys],
+        ("KeyUsagePlan", "apigateway:POST"): [ApiGatewayKeys],
+        (API_KEYS, "apigateway:DELETE"): [ApiGatewayKeys],
         ("WebhookDeliveryQueue", "sqs:SendMessage"): [SqsDeliveryQueue],  # a manual webhook retry
         ("AccessLogQueue", "sqs:SendMessage"): [SqsReadRecorder],  # each read of an order
     },
@@ -377,7 +384,10 @@ _ALSO_CALLED_AS = {
     "send_message": [".send_message_batch("],  # authorized as SendMessage
     "get_object": ['"get_object"'],  # a presigned GetObject
     "get_object_version": ['request["VersionId"]'],  # GetObject with a VersionId
-    "delete": [".flush_stage_authorizers_cache("],  # API Gateway's IAM actions are its REST verbs
+    # API Gateway's IAM actions are its REST verbs.
+    "delete": [".flush_stage_authorizers_cache(", ".delete_api_key("],
+    "get": ['get_paginator("get_usage_plans")'],
+    "post": [".create_api_key(", ".create_usage_plan_key("],
     "invoke_function": [".invoke("],  # Lambda's Invoke is authorized as InvokeFunction
     # A directory bucket's requests signed with the role's credentials (no session) are authorized
     # as s3express:CreateSession on the bucket.

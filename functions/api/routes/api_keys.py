@@ -34,7 +34,10 @@ class ApiKeyPage(Shown):
 @requires(Scope.ADMIN)
 def issue_api_key(request: NewApiKey) -> Response[IssuedApiKey]:
     who = caller(router)
-    issued = container().api_keys.issue(request, created_by=who.key_id)
+    # With per-key usage plans, the key's own API Gateway key goes in this stage's plan.
+    context = router.current_event.request_context
+    stage = ApiStage(api_id=context.api_id, name=context.stage)
+    issued = container().api_keys.issue(request, created_by=who.key_id, stage=stage)
     # Who minted which credential, with what reach (never its secret): API Gateway's access log
     # names the route only.
     logger.info(
