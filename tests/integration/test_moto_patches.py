@@ -680,8 +680,6 @@ def _moto_s_own_update_expressions() -> Iterator[None]:
     walk = "moto.dynamodb.parsing.ast_nodes.DepthFirstTraverser."
     with (
         mock.patch.object(UpdateExpressionParser, "make", parser),
-        mock.patch.object(DepthFirstTraverser, "nodes_to_be_processed", originals[f"{walk}nodes_to_be_processed"]),
-        mock.patch.object(DepthFirstTraverser, "process", originals[f"{walk}process"]),
         mock.patch.object(
             ActionCountValidator,
             "verify_action_counts",
