@@ -680,8 +680,6 @@ def _moto_s_own_update_expressions() -> Iterator[None]:
     walk = "moto.dynamodb.parsing.ast_nodes.DepthFirstTraverser."
     with (
         mock.patch.object(UpdateExpressionParser, "make", parser),
-        mock.patch.object(DepthFirstTraverser, "nodes_to_be_processed", originals[f"{walk}nodes_to_be_processed"]),
-        mock.patch.object(DepthFirstTraverser, "process", originals[f"{walk}process"]),
         mock.patch.object(
             ActionCountValidator,
             "verify_action_counts",
@@ -858,6 +856,27 @@ def test_a_validation_pass_asks_each_node_type_once_whether_it_processes_it(monk
         moto_update_expressions.PATCH.undo()
     assert seen == [":one", ":two", ":three"]
     assert max(checks.values()) <= 4, checks  # a node type's answers, once: Node, the map, the pass's types
+
+
+def test_canary_moto_s_passes_process_nodes_only_as_depth_first_traverser_does() -> None:
+    """The patched walk calls a pass's processor from its map, as DepthFirstTraverser.process and
+    nodes_to_be_processed pick it, without calling either: a moto pass with its own would be bypassed."""
+    from moto.dynamodb.parsing import validators
+    from moto.dynamodb.parsing.ast_nodes import DepthFirstTraverser
+
+    passes, found = [DepthFirstTraverser], []
+    while passes:
+        found.append(kind := passes.pop())
+        passes += kind.__subclasses__()
+    own = [
+        f"{kind.__qualname__}.{name}"
+        for kind in found
+        if kind.__module__.startswith("moto.") and kind is not DepthFirstTraverser
+        for name in ("process", "nodes_to_be_processed")
+        if name in vars(kind)
+    ]
+    assert validators.ActionCountValidator in found  # moto's passes are among those looked at
+    assert own == []
 
 
 # --- action_names ---------------------------------------------------------------------------------

@@ -108,17 +108,6 @@ class _CountingRLock:
     def __exit__(self, *exc: object) -> None:
         self._lock.release()
 
-    # What threading.Condition uses; released() below lets go of every level and takes them back.
-    def _is_owned(self) -> bool:
-        return self._lock._is_owned()  # type: ignore[attr-defined,no-any-return]
-
-    def _release_save(self) -> Any:
-        return self._lock._release_save()  # type: ignore[attr-defined]
-
-    def _acquire_restore(self, state: Any) -> None:
-        with waited().counting():
-            self._lock._acquire_restore(state)  # type: ignore[attr-defined]
-
 
 MOTO_LOCK = _CountingRLock()  # re-entrant: a moto action may dispatch another (Step Functions)
 
@@ -162,11 +151,13 @@ def released() -> Iterator[None]:
     Invoke) must not hold it, or every other thread's moto call waits for the whole handler, and a
     handler waiting on a thread that needs moto deadlocks. A no-op when this thread does not hold it.
     """
-    if not MOTO_LOCK._is_owned():
+    held = MOTO_LOCK._lock  # what threading.Condition does with an RLock: every level at once
+    if not held._is_owned():  # type: ignore[attr-defined]
         yield
         return
-    state = MOTO_LOCK._release_save()
+    state = held._release_save()  # type: ignore[attr-defined]
     try:
         yield
     finally:
-        MOTO_LOCK._acquire_restore(state)
+        with waited().counting():
+            held._acquire_restore(state)  # type: ignore[attr-defined]

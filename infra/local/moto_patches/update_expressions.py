@@ -87,46 +87,27 @@ def _replacements() -> Replacements:
                 _trees.popitem(last=False)
         return tree
 
-    def processing_map(self: Any) -> dict[type, Any]:
-        kept = self.__dict__.get("_oms_processing_map")
-        if kept is None:
-            kept = self.__dict__["_oms_processing_map"] = self._processing_map()
-        return kept
-
-    def nodes_to_be_processed(self: Any) -> tuple[type, ...]:
-        kept = self.__dict__.get("_oms_node_types")
-        if kept is None:
-            kept = self.__dict__["_oms_node_types"] = tuple(processing_map(self).keys())
-        return kept
-
-    def process(self: Any, node: Any) -> Any:
-        found = _kinds(self).get(type(node))
-        if found is None:
-            found = _kind(self, node)
-        key = found[2]
-        return None if key is None else processing_map(self)[key](node)
-
-    def _kinds(self: Any) -> dict[type, tuple[bool, bool, Any]]:
+    def kind(self: Any, node: Any) -> tuple[bool, Any]:
+        """For `node`'s type, this pass's answers as moto's walk asks them, kept per type: is it a
+        Node, and the processor of the first key of the pass's map (built once) it is an instance of
+        (None: the pass does not process it)."""
         kinds = self.__dict__.get("_oms_kinds")
         if kinds is None:
             kinds = self.__dict__["_oms_kinds"] = {}
-        return kinds
-
-    def _kind(self: Any, node: Any) -> tuple[bool, bool, Any]:
-        """For `node`'s type, this pass's answers as moto's walk asks them: is it a Node, is it one
-        of the pass's types, and which key of its map processes it (the first it is an instance of)."""
-        key = next((class_key for class_key in processing_map(self) if isinstance(node, class_key)), None)
-        found = (isinstance(node, Node), isinstance(node, nodes_to_be_processed(self)), key)
-        _kinds(self)[type(node)] = found
+        found = kinds.get(type(node))
+        if found is None:
+            processing = self.__dict__.get("_oms_processing_map")
+            if processing is None:
+                processing = self.__dict__["_oms_processing_map"] = self._processing_map()
+            key = next((class_key for class_key in processing if isinstance(node, class_key)), None)
+            found = kinds[type(node)] = (isinstance(node, Node), None if key is None else processing[key])
         return found
 
     no_pre_processing = DepthFirstTraverser.__dict__["pre_processing_of_child"]
 
     def traverse_node_recursively(self: Any, node: Any, child_id: int = -1) -> Any:
-        found = _kinds(self).get(type(node))
-        if found is None:
-            found = _kind(self, node)
-        if found[0]:
+        is_node, processor = kind(self, node)
+        if is_node:
             parent_node = node.parent
             children = node.children
             if children is not None:
@@ -137,8 +118,8 @@ def _replacements() -> Replacements:
                     for i, child_node in enumerate(children):
                         self.pre_processing_of_child(node, i)
                         self.traverse_node_recursively(child_node, i)
-            if found[1]:
-                node = self.process(node)
+            if processor is not None:
+                node = processor(node)
                 node.parent = parent_node
                 if parent_node:
                     parent_node.children[child_id] = node
@@ -201,8 +182,6 @@ def _replacements() -> Replacements:
 
     return {
         (UpdateExpressionParser, "make"): classmethod(kept_make),
-        (DepthFirstTraverser, "nodes_to_be_processed"): nodes_to_be_processed,
-        (DepthFirstTraverser, "process"): process,
         (DepthFirstTraverser, "traverse_node_recursively"): traverse_node_recursively,
         (Node, "__deepcopy__"): node_copy,
         (ActionCountValidator, "verify_action_counts"): verify_action_counts,
@@ -220,8 +199,6 @@ PATCH = MotoPatch(
     "asks whether a node is one it processes once per node type, not through ABCMeta at every node.",
     expects={
         "moto.dynamodb.parsing.expressions.UpdateExpressionParser.make": "(cls, expression_str)",
-        "moto.dynamodb.parsing.ast_nodes.DepthFirstTraverser.nodes_to_be_processed": "(self)",
-        "moto.dynamodb.parsing.ast_nodes.DepthFirstTraverser.process": "(self, node)",
         "moto.dynamodb.parsing.ast_nodes.DepthFirstTraverser.traverse_node_recursively": "(self, node, child_id=-1)",
         "moto.dynamodb.parsing.ast_nodes.Node.__deepcopy__": "missing",
         "moto.dynamodb.parsing.validators.ActionCountValidator.verify_action_counts": "(self, node)",
