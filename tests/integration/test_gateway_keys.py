@@ -251,3 +251,32 @@ def test_the_backfill_passes_a_key_whose_issue_stored_its_record_only(gateway, a
     assert service().give_gateway_keys(STAGE) == (1, 0, 1)
     assert service().give_gateway_keys(STAGE) == (0, 1, 1)  # and again: nothing twice, no failure
     assert authorize(before.key)["usageIdentifierKey"] in plan_keys(gateway).values()
+
+
+def test_two_backfills_side_by_side_leave_each_key_one_gateway_key(gateway, aws, monkeypatch):
+    # A second run starts and ends while the first is making a key's gateway key: the first's is
+    # refused by the record, which names the second's, and deleted.
+    from functions.bootstrap import forget_warm_containers
+
+    monkeypatch.setenv("GATEWAY_KEY_PLAN", "")
+    forget_warm_containers()
+    before = service().issue(NewApiKey(name="old", scopes=[Scope.ORDERS_READ]), stage=STAGE)
+    monkeypatch.setenv("GATEWAY_KEY_PLAN", PLAN)
+    forget_warm_containers()
+    first = service()
+    forget_warm_containers()
+    second = service()  # another process's: its own clients and plan lookup
+    create = first._gateway_keys.create
+    results = []
+
+    def create_meanwhile_another_run(name: str, stage: ApiStage) -> Any:
+        made = create(name, stage)
+        results.append(second.give_gateway_keys(stage))
+        return made
+
+    monkeypatch.setattr(first._gateway_keys, "create", create_meanwhile_another_run)
+
+    assert first.give_gateway_keys(STAGE) == (0, 0, 0)
+    assert results == [(1, 0, 0)]
+    (own_id,) = gateway_key_ids(gateway)
+    assert authorize(before.key)["usageIdentifierKey"] == plan_keys(gateway)[own_id]
