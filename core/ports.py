@@ -436,8 +436,9 @@ class GatewayKeys(ABC):
         per-key usage plan. Raises TransientError when that failed, having deleted what it made."""
 
     @abstractmethod
-    def add_to_plan(self, key_id: str, stage: ApiStage) -> None:
-        """Put an existing key in `stage`'s per-key usage plan (one there already is no error)."""
+    def add_to_plan(self, key_id: str, stage: ApiStage) -> bool:
+        """Put an existing key in `stage`'s per-key usage plan (one there already is no error);
+        False when there is no such key (deleted: its OMS key revoked, or never stored whole)."""
 
     @abstractmethod
     def delete(self, key_id: str) -> None:

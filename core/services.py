@@ -928,17 +928,21 @@ class ApiKeyService:
             raise
         return IssuedApiKey(**key.model_dump(), key=secret)
 
-    def give_gateway_keys(self, stage: ApiStage) -> tuple[int, int]:
+    def give_gateway_keys(self, stage: ApiStage) -> tuple[int, int, int]:
         """The backfill of per-key usage plans: each key not revoked that has no gateway key of its
         own gets one in `stage`'s per-key plan, and each that has one is put in that plan (one made
         before the plan was deleted and made again, with the option off and on again). Returns
-        (keys given one, keys that had one). Run again after a failure, it gives none twice."""
+        (keys given one, keys that had one, keys whose own is gone: revoked since they were listed,
+        or stored by an issue that failed before their secret's lookup, which deleted it). Run again
+        after a failure, it gives none twice."""
         if self._gateway_keys is None:
             raise ValueError("per-key usage plans are off: there is no plan to give keys in")
-        given = kept = 0
+        given = kept = gone = 0
         for key_id, own in self._keys.active_gateway_keys():
             if own is not None:
-                self._gateway_keys.add_to_plan(own.id, stage)
+                if not self._gateway_keys.add_to_plan(own.id, stage):
+                    gone += 1
+                    continue
                 self._keys.attach_gateway_key(key_id, own)  # its lookup too, had a run died before it
                 kept += 1
                 continue
@@ -947,7 +951,7 @@ class ApiKeyService:
                 given += 1
             else:  # revoked meanwhile, or given one by another run
                 self._gateway_keys.delete(made.id)
-        return given, kept
+        return given, kept, gone
 
     def ensure_admin(self, secret: str) -> ApiKey:
         """The bootstrap admin key (every scope) under `secret`; a previous admin secret stops working.

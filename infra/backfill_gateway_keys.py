@@ -32,8 +32,11 @@ def main(argv: list[str] | None = None) -> None:
         DynamoApiKeys(aws_client("dynamodb"), args.catalog_table),
         gateway_keys=ApiGatewayKeys(aws_client("apigateway"), args.usage_plan),
     )
-    given, kept = keys.give_gateway_keys(ApiStage(api_id=args.api_id, name=args.stage))
-    print(f"{given} keys given a gateway key of their own, {kept} already had one (put in the plan)")
+    given, kept, gone = keys.give_gateway_keys(ApiStage(api_id=args.api_id, name=args.stage))
+    print(
+        f"{given} keys given a gateway key of their own, {kept} already had one (put in the plan), "
+        f"{gone} had one deleted (revoked meanwhile, or never stored whole: no secret reaches them)"
+    )
 
 
 if __name__ == "__main__":

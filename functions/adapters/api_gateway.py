@@ -68,12 +68,16 @@ class ApiGatewayKeys(GatewayKeys):
             raise TransientError(_NOT_MADE) from error
         return GatewayKey(made["id"], made["value"])
 
-    def add_to_plan(self, key_id: str, stage: ApiStage) -> None:
+    def add_to_plan(self, key_id: str, stage: ApiStage) -> bool:
         try:
             self._client.create_usage_plan_key(usagePlanId=self._plan_id(stage), keyId=key_id, keyType="API_KEY")
         except ClientError as error:
-            if error.response.get("Error", {}).get("Code") != "ConflictException":  # in the plan already
+            code = error.response.get("Error", {}).get("Code")
+            if code == "NotFoundException":  # the key is gone (the plan is found above)
+                return False
+            if code != "ConflictException":  # in the plan already
                 raise
+        return True
 
     def delete(self, key_id: str) -> None:
         try:

@@ -171,10 +171,10 @@ def test_the_backfill_gives_each_key_issued_before_its_own_once(gateway, aws, mo
     forget_warm_containers()
     assert authorize(before.key)["usageIdentifierKey"] == SHARED
 
-    assert service().give_gateway_keys(STAGE) == (1, 0)
+    assert service().give_gateway_keys(STAGE) == (1, 0, 0)
     (own_value,) = plan_keys(gateway).values()
     assert authorize(before.key)["usageIdentifierKey"] == own_value
-    assert service().give_gateway_keys(STAGE) == (0, 1)  # a second run gives none
+    assert service().give_gateway_keys(STAGE) == (0, 1, 0)  # a second run gives none
     assert len(plan_keys(gateway)) == 1
 
 
@@ -192,3 +192,91 @@ def test_the_backfill_command_gives_the_keys_theirs_and_says_how_many(gateway, a
 
     monkeypatch.setenv("GATEWAY_KEY_PLAN", PLAN)
     assert authorize(before.key)["usageIdentifierKey"] in plan_keys(gateway).values()
+
+
+def test_the_backfill_passes_a_key_revoked_while_it_runs(gateway, aws, monkeypatch):
+    # The backfill lists the keys, then a revocation deletes one's gateway key before the backfill
+    # puts it in the plan: that key is passed (API Gateway answers NotFound), the rest are served.
+    from functions.bootstrap import forget_warm_containers
+
+    revoking = service().issue(NewApiKey(name="revoking", scopes=[Scope.ORDERS_READ]), stage=STAGE)
+    monkeypatch.setenv("GATEWAY_KEY_PLAN", "")
+    forget_warm_containers()
+    before = service().issue(NewApiKey(name="old", scopes=[Scope.ORDERS_READ]), stage=STAGE)
+    monkeypatch.setenv("GATEWAY_KEY_PLAN", PLAN)
+    forget_warm_containers()
+    keys_service = service()
+    repository = keys_service._keys
+    listed = repository.active_gateway_keys
+
+    def listed_then_revoked() -> list[Any]:
+        found = listed()
+        keys_service.revoke(revoking.id)
+        return found
+
+    monkeypatch.setattr(repository, "active_gateway_keys", listed_then_revoked)
+
+    assert keys_service.give_gateway_keys(STAGE) == (1, 0, 1)
+    (own_id,) = gateway_key_ids(gateway)  # the revoked key's is not made again
+    assert gateway.get_api_key(apiKey=own_id)["name"] == before.id
+    assert authorize(before.key)["usageIdentifierKey"] == plan_keys(gateway)[own_id]
+
+
+def test_the_backfill_passes_a_key_whose_issue_stored_its_record_only(gateway, aws, monkeypatch):
+    # POST /api-keys stored the key's record (naming its gateway key), then failed on its lookup:
+    # the issue deleted the gateway key, and the record, which no secret reaches, names one gone.
+    # Every backfill run after it must still serve the other keys.
+    from functions.bootstrap import forget_warm_containers
+
+    repository = service()._keys
+    put_item = repository._client.put_item
+    down = ClientError({"Error": {"Code": "InternalServerError", "Message": "down"}}, "PutItem")
+
+    def lookup_refused(**kwargs: Any) -> Any:
+        if kwargs["Item"]["pk"]["S"].startswith("APIKEY#"):
+            raise down
+        return put_item(**kwargs)
+
+    monkeypatch.setattr(repository._client, "put_item", lookup_refused)
+    with pytest.raises(ClientError):
+        service().issue(NewApiKey(name="half", scopes=[Scope.ORDERS_READ]), stage=STAGE)
+    monkeypatch.setattr(repository._client, "put_item", put_item)
+    assert gateway_key_ids(gateway) == set()
+    monkeypatch.setenv("GATEWAY_KEY_PLAN", "")
+    forget_warm_containers()
+    before = service().issue(NewApiKey(name="old", scopes=[Scope.ORDERS_READ]), stage=STAGE)
+    monkeypatch.setenv("GATEWAY_KEY_PLAN", PLAN)
+    forget_warm_containers()
+
+    assert service().give_gateway_keys(STAGE) == (1, 0, 1)
+    assert service().give_gateway_keys(STAGE) == (0, 1, 1)  # and again: nothing twice, no failure
+    assert authorize(before.key)["usageIdentifierKey"] in plan_keys(gateway).values()
+
+
+def test_two_backfills_side_by_side_leave_each_key_one_gateway_key(gateway, aws, monkeypatch):
+    # A second run starts and ends while the first is making a key's gateway key: the first's is
+    # refused by the record, which names the second's, and deleted.
+    from functions.bootstrap import forget_warm_containers
+
+    monkeypatch.setenv("GATEWAY_KEY_PLAN", "")
+    forget_warm_containers()
+    before = service().issue(NewApiKey(name="old", scopes=[Scope.ORDERS_READ]), stage=STAGE)
+    monkeypatch.setenv("GATEWAY_KEY_PLAN", PLAN)
+    forget_warm_containers()
+    first = service()
+    forget_warm_containers()
+    second = service()  # another process's: its own clients and plan lookup
+    create = first._gateway_keys.create
+    results = []
+
+    def create_meanwhile_another_run(name: str, stage: ApiStage) -> Any:
+        made = create(name, stage)
+        results.append(second.give_gateway_keys(stage))
+        return made
+
+    monkeypatch.setattr(first._gateway_keys, "create", create_meanwhile_another_run)
+
+    assert first.give_gateway_keys(STAGE) == (0, 0, 0)
+    assert results == [(1, 0, 0)]
+    (own_id,) = gateway_key_ids(gateway)
+    assert authorize(before.key)["usageIdentifierKey"] == plan_keys(gateway)[own_id]

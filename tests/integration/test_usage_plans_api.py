@@ -79,3 +79,41 @@ def test_keys_without_their_own_are_metered_by_the_shared_plan_at_the_stages_num
         assert shared.limits == (100_000.0, 100_000)  # in_process_api's FAST ApiRateLimit, ApiBurstLimit
         assert shared.quota_per_day is None
         assert api.get("/orders", params={"limit": 1}).status_code == 200  # the admin key, issued before
+
+
+def test_a_key_revoked_after_use_is_refused_at_once_though_its_answers_were_cached():
+    # Its allow (with its gateway key) sits in the authorizer cache, and its plan in the gateway's:
+    # the revocation's flush, then the authorizer, refuse it 401, never a stale 200 or a 403.
+    with in_process_api(**PER_KEY) as api:
+        issued = api.post("/api-keys", json={"name": "used", "scopes": ["orders:read"]}).json()
+        assert api.get("/orders", key=issued["key"], params={"limit": 1}).status_code == 200
+
+        assert api.request("DELETE", f"/api-keys/{issued['id']}").status_code == 204
+
+        assert_error(api.get("/orders", key=issued["key"], params={"limit": 1}), 401, "unauthorized")
+        assert api.get("/orders", params={"limit": 1}).status_code == 200  # the admin's, on the shared plan
+
+
+@pytest.mark.parametrize("refused", ["create_api_key", "create_usage_plan_key"])
+def test_post_api_keys_while_api_gateway_refuses_leaves_no_key_anywhere(monkeypatch, refused):
+    from botocore.exceptions import ClientError
+
+    from functions.api.dependencies import container
+
+    with in_process_api(**PER_KEY) as api:
+        client = boto3.client("apigateway", region_name="us-east-1")
+        gateway_keys = {k["id"] for k in client.get_api_keys()["items"]}
+        listed = api.get("/api-keys").json()["items"]
+        busy = ClientError({"Error": {"Code": "TooManyRequestsException", "Message": "slow down"}}, refused)
+        monkeypatch.setattr(container().apigateway, refused, lambda **kwargs: (_ for _ in ()).throw(busy))
+
+        answer = api.post("/api-keys", json={"name": "half", "scopes": ["orders:read"]})
+
+        assert_error(answer, 503, "temporarily_unavailable")
+        assert answer.headers["Retry-After"] == "1"
+        assert api.get("/api-keys").json()["items"] == listed
+        assert {k["id"] for k in client.get_api_keys()["items"]} == gateway_keys
+        monkeypatch.undo()
+        again = api.post("/api-keys", json={"name": "half", "scopes": ["orders:read"]})
+        assert again.status_code == 201, again.text
+        assert api.get("/orders", key=again.json()["key"], params={"limit": 1}).status_code == 200
