@@ -198,14 +198,15 @@ class JeopardyScan:
         # How long an unrecorded capture request stands before its request is surely over.
         self._captures_after = captures_after
         self._limit = limit
-        self._max_reads = max_reads  # returns judged per status and pass, each one read
+        self._max_reads = max_reads  # orders and returns judged per status and pass, each one read
         self._outage = outage  # whether an error says a dependency is down (not the candidate's own)
 
     def run(self, *, expire_holds: bool = True, time_up: TimeUp = never, turn: int = 0) -> Scanned:
-        """One pass: at most `limit` orders marked per status, `limit` holds expired (held longest
-        first) and `limit` returns expired per status (of at most `max_reads` judged), oldest
-        first; the rest are the next pass's. Without `expire_holds` (a plugin failed to load: an
-        expiry's cancel could not void the authorization) the holds wait for a later pass.
+        """One pass: at most `limit` orders marked (or handed on, or failed on) per status and
+        `limit` returns expired per status (of at most `max_reads` judged each), and `limit` holds
+        expired (held longest first), oldest first; the rest are the next pass's. Without
+        `expire_holds` (a plugin failed to load: an expiry's cancel could not void the
+        authorization) the holds wait for a later pass.
 
         Once `time_up` says so, the pass reads no other page of candidates and starts no other
         order or return (what it started it finishes); it still counts the late orders. What it
@@ -301,16 +302,22 @@ class JeopardyScan:
 
             def marks(status: OrderStatus = status) -> None:
                 deadline = self._sla[status]
-                for order_id in _while(self._late.unmarked_since_before(status, now - deadline, self._limit), time_up):
-                    marked = self._judged(
-                        done.failed, "order_id", order_id, partial(self._mark, order_id, status, deadline)
-                    )
-                    if marked is None:
-                        continue
-                    if marked.listed_late:
-                        done.marked.append(order_id)
-                    else:
-                        done.captures_left.append(order_id)
+                # Up to `max_reads` candidates for `limit` late ones (or failed): the index may answer
+                # orders not late yet (authorized lately: the pending and authorized orders share a
+                # partition that says neither status nor when it began), which took the pass's places.
+                taken = 0
+                candidates = self._late.unmarked_since_before(status, now - deadline, self._max_reads)
+                for order_id in _while(candidates, time_up):
+                    raised: dict[str, Exception] = {}
+                    marked = self._judged(raised, "order_id", order_id, partial(self._mark, order_id, status, deadline))
+                    done.failed.update(raised)
+                    if marked is not None:
+                        (done.marked if marked.listed_late else done.captures_left).append(order_id)
+                    elif not raised:
+                        continue  # not late (yet), or moved on since the index was read: read past it
+                    taken += 1
+                    if taken == self._limit:
+                        break
 
             parts.append((f"late {status.value}", marks))
         return parts

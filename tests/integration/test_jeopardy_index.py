@@ -81,6 +81,42 @@ def test_pending_and_authorized_orders_share_a_partition_and_each_is_marked_on_i
     assert scan.run().marked == []
 
 
+def test_a_late_pending_order_is_marked_behind_more_authorized_orders_not_yet_due_than_a_pass_marks(
+    aws, capture, orders
+):
+    # Placed first and authorized only lately (stalled there): the shared partition cannot tell
+    # them from late pending orders, so each pass reads them, and they stay unmarked 15 minutes.
+    waiting = [capture.place(place_order(external_id=f"a{i}"), actor="k") for i in range(3)]
+    for order in waiting:
+        authorize(orders, order.id, NOW + timedelta(minutes=15))
+    pending = capture.place(place_order(external_id="p"), actor="k")
+    late = DynamoLateOrders(aws.dynamodb, aws.tables["OrdersTable"])
+    sla = parse_sla("pending=5m,authorized=15m")
+    scan = JeopardyScan(late, orders, lambda *a: None, lambda: NOW + timedelta(minutes=20), sla=sla, limit=2)
+
+    assert scan.run().marked == [pending.id]  # read past the authorized ones, within the read budget
+    assert [orders.get(o.id).jeopardy for o in waiting] == [None] * 3
+
+
+def test_an_order_marked_late_while_pending_is_late_for_authorized_only_on_its_authorizations_deadline(
+    aws, capture, orders
+):
+    placed = capture.place(place_order(external_id="p"), actor="k")
+    late = DynamoLateOrders(aws.dynamodb, aws.tables["OrdersTable"])
+    sla = parse_sla("pending=5m,authorized=15m")
+
+    def scan(minutes: int) -> list[str]:
+        at = NOW + timedelta(minutes=minutes)
+        return JeopardyScan(late, orders, lambda *a: None, lambda: at, sla=sla, limit=10).run().marked
+
+    assert scan(30) == [placed.id]
+    authorize(orders, placed.id, NOW + timedelta(hours=1))  # the mark goes with the status
+    assert orders.get(placed.id).jeopardy is None
+    assert scan(74) == []  # placed long ago: authorized 14 minutes
+    assert scan(75) == [placed.id]
+    assert orders.get(placed.id).jeopardy.reason == "authorized for longer than 15m"
+
+
 def test_an_order_stored_authorized_by_the_release_before_is_still_found_until_its_next_write_moves_it(
     aws, capture, orders, late
 ):

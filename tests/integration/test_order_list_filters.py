@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.builders import location_body, order_body, product_body
-from tests.e2e.client import assert_error
+from tests.e2e.client import assert_error, unique
 from tests.integration.in_process import InProcessApi, in_process_api
 from tests.integration.test_refunds_api import issue_key
 
@@ -96,3 +96,41 @@ def test_a_customer_id_no_order_can_have_is_422_not_an_empty_page(api: InProcess
 
     assert_error(answer, 422, "validation_error", "customer_id")
     assert customers(api, api.admin_key, customer_id="cus_ada") == ["cus_ada"]
+
+
+def test_a_channel_keys_authorized_orders_come_from_its_channel_and_a_pending_cursor_is_not_theirs(api: InProcessApi):
+    # Pending and authorized orders share the status index's partition; a channel's list of either
+    # reads the channel index, and each status's cursor is its own.
+    from functions.bootstrap import Config, bootstrap
+
+    shop, other = unique("shop"), unique("other")
+    placed = {}
+    for n, channel in enumerate((shop, other, shop, shop, other)):
+        answer = api.post("/orders", json=order_body(channel=channel, external_id=f"authorized-{n}-{channel}"))
+        assert answer.status_code == 201, answer.text
+        placed[answer.json()["id"]] = channel
+    ids = list(placed)
+    steps = bootstrap(Config.from_env()).workflow
+    for order_id in ids[:3]:
+        steps.authorize_payment(order_id, attempt=0)
+    key = issue_key(api, "orders:read", channel=shop)
+
+    def listed(status: str) -> list[str]:
+        seen, cursor = [], None
+        for _ in range(10):
+            params = {"status": status, "limit": 1, **({"cursor": cursor} if cursor else {})}
+            answer = api.get("/orders", params=params, key=key)
+            assert answer.status_code == 200, answer.text
+            seen += [order["id"] for order in answer.json()["items"]]
+            cursor = answer.json()["next_cursor"]
+            if cursor is None:
+                return seen
+        raise AssertionError("next_cursor never became null")
+
+    assert listed("authorized") == [ids[2], ids[0]]
+    assert listed("pending") == [ids[3]]
+    first = api.get("/orders", params={"status": "authorized", "limit": 1}).json()
+    assert first["next_cursor"]
+    for status in ("pending", "on_hold"):
+        answer = api.get("/orders", params={"status": status, "cursor": first["next_cursor"]})
+        assert_error(answer, 422, "invalid_cursor", "cursor")

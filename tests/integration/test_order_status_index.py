@@ -90,6 +90,65 @@ def test_pending_and_authorized_orders_share_a_partition_and_each_status_lists_o
         orders.list(OrderFilter(status=S.AUTHORIZED), 1, cursor)
 
 
+def every_page(orders, where: OrderFilter, limit: int) -> list[list[str]]:
+    """Each page's ids, following the cursor until it is null (at most 20 pages: never a loop)."""
+    pages, cursor = [], None
+    for _ in range(20):
+        page, cursor = orders.list(where, limit, cursor)
+        pages.append([o.id for o in page])
+        if cursor is None:
+            return pages
+    raise AssertionError("next_cursor never became null")
+
+
+def test_pages_of_either_workflow_status_skip_none_and_go_on_past_pages_of_the_other(aws, capture, orders):
+    # The four oldest authorized, the five newest pending: newest first, a page of two of the
+    # authorized list reads pending orders only at first, and a page of the pending list at the end.
+    placed = [capture.place(place_order(external_id=f"o{i}"), actor="k") for i in range(9)]
+    authorized = [move(aws, order, S.AUTHORIZED).id for order in placed[:4]]
+    pending = [order.id for order in placed[4:]]
+
+    pages = every_page(orders, OrderFilter(status=S.AUTHORIZED), 2)
+    assert [i for page in pages for i in page] == authorized[::-1]
+    assert pages[0] == [] and all(len(page) <= 2 for page in pages)  # empty, with a cursor on
+    pages = every_page(orders, OrderFilter(status=S.PENDING), 2)
+    assert [i for page in pages for i in page] == pending[::-1]
+    assert [] in pages
+
+    # Each status's cursor is its own, though both read one partition; another status's is refused.
+    _, authorized_cursor = orders.list(OrderFilter(status=S.AUTHORIZED), 2, None)
+    _, pending_cursor = orders.list(OrderFilter(status=S.PENDING), 2, None)
+    for where, cursor in (
+        (OrderFilter(status=S.PENDING), authorized_cursor),
+        (OrderFilter(status=S.ON_HOLD), pending_cursor),
+        (OrderFilter(status=S.ON_HOLD), authorized_cursor),
+        (OrderFilter(), authorized_cursor),
+    ):
+        with pytest.raises(InvalidCursor):
+            orders.list(where, 2, cursor)
+
+
+def test_a_channels_or_customers_workflow_status_filters_its_own_index(aws, capture, orders):
+    placed = [
+        capture.place(place_order(external_id=f"o{i}", channel=channel), actor="k")
+        for i, channel in enumerate(("web", "market", "web", "web", "market"))
+    ]
+    for order in placed[:3]:
+        move(aws, order, S.AUTHORIZED)
+    web = OrderFilter(status=S.AUTHORIZED, channel="web")
+    customer = placed[0].customer.id
+
+    assert every_page(orders, web, 1) == [[], [placed[2].id], [placed[0].id]]  # the newest web order is pending
+    assert [i for page in every_page(orders, OrderFilter(status=S.PENDING, channel="web"), 1) for i in page] == [
+        placed[3].id
+    ]
+    by_customer = every_page(orders, OrderFilter(status=S.AUTHORIZED, customer_id=customer, channel="market"), 1)
+    assert [i for page in by_customer for i in page] == [placed[1].id]
+    _, cursor = orders.list(web, 1, None)
+    with pytest.raises(InvalidCursor):  # bound to the channel's index and status, not the status index
+        orders.list(OrderFilter(status=S.AUTHORIZED), 1, cursor)
+
+
 def test_shipped_orders_are_listed_from_all_orders_filtered_across_pages(aws, capture, orders):
     placed = [capture.place(place_order(external_id=f"o{i}"), actor="k") for i in range(5)]
     shipped = {move(aws, placed[i], S.SHIPPED).id for i in (0, 3)}

@@ -244,6 +244,41 @@ def test_an_order_no_pass_restarted_is_restarted_before_it_is_parked_however_lon
     assert started(stack) == {old: 2}
 
 
+def test_authorized_orders_stored_apart_by_the_release_before_are_restarted_and_parked_as_the_others(stack):
+    """The release before kept an authorized order under its own status key, with status_since: the
+    pass reads that partition after the pending one, so each stalled order, of either form, is
+    restarted once a pass and parked on the span of restarts every stalled order gets."""
+    from functions.adapters.dynamodb import timestamp
+    from functions.bootstrap import Config, bootstrap
+    from functions.reconciler import app
+
+    aws = stack["aws"]
+    table = aws.tables["OrdersTable"]
+    stored_apart = [order_id("w"), order_id("x")]
+    shared = [order_id("y"), order_id("z")]
+    for each in stored_apart:
+        order = store(aws, each, OrderStatus.AUTHORIZED, minutes_ago=30)
+        aws.dynamodb.update_item(
+            TableName=table, Key={"id": {"S": each}}, UpdateExpression="SET status_key = :s, status_since = :t",
+            ExpressionAttributeValues={":s": {"S": "authorized"}, ":t": {"S": timestamp(order.updated_at)}},
+        )  # fmt: skip
+    store(aws, shared[0], OrderStatus.AUTHORIZED, minutes_ago=35)
+    store(aws, shared[1], OrderStatus.PENDING, minutes_ago=25)
+
+    assert sorted(reconcile()["restarted"]) == sorted(stored_apart + shared)
+    assert started(stack) == dict.fromkeys(stored_apart + shared, 1)
+    for each in stored_apart:  # the restart's write moved it
+        item = aws.dynamodb.get_item(TableName=table, Key={"id": {"S": each}})["Item"]
+        assert item["status_key"] == {"S": "pending"} and "status_since" not in item
+    for minutes, done in ((44, "restarted"), (46, "parked")):
+        later = utc_now() + timedelta(minutes=minutes)
+        with app.container.override(bootstrap(Config.from_env(), clock=lambda at=later: at)):
+            assert sorted(reconcile()[done]) == sorted(stored_apart + shared)
+    assert started(stack) == dict.fromkeys(stored_apart + shared, 2)
+    for each in stored_apart + shared:
+        assert app.container().order_repository.get(each).status is OrderStatus.ON_HOLD
+
+
 def test_a_backlog_of_stalled_orders_over_an_index_page_is_restarted_in_one_pass_oldest_first(stack):
     """Thousands of orders stall at once in an outage. A pass read one index page (100) per status:
     at 12 runs an hour, more than 1,200 an hour were never restarted before the park threshold.

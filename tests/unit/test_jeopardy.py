@@ -288,6 +288,24 @@ def test_an_order_marked_for_its_status_already_cannot_be_marked_again(world):
         marked.mark_jeopardy("late", NOW, at=NOW, actor="x")
 
 
+def test_a_pass_reads_past_no_more_than_limit_late_orders_whose_own_work_raises(world, monkeypatch):
+    # Read past, each is still one of the pass's `limit`: a pass reports (and retries) no more of
+    # them than it would mark.
+    clock = Clock()
+    placed = [world.place(("MUG", 1)) for _ in range(3)]
+    clock.advance(minutes=6)
+
+    def fails(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a record that no longer reads")
+
+    monkeypatch.setattr(world.orders, "update", fails)
+    late = InMemoryLateOrders(world.orders)
+    with pytest.raises(ScanIncomplete) as raised:
+        JeopardyScan(late, world.orders, world.actions.cancel, clock, sla=parse_sla(""), limit=2).run()
+
+    assert list(raised.value.done.failed) == placed[:2]
+
+
 def test_an_order_that_moved_on_after_the_index_was_read_is_left_alone(world):
     clock = Clock()
     order_id = world.place(("MUG", 1))
