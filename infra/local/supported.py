@@ -243,9 +243,9 @@ SECTIONS: dict[str, Any] = {
 }
 
 
-# What Template.resolve evaluates in an emulated property; anything else there (Fn::Join,
-# Fn::Select, ...) is refused. An ignored property or resource may use any.
-EVALUATED = ("Ref", "Fn::GetAtt", "Fn::FindInMap", "Fn::Sub", "Fn::If")
+# What Template.resolve evaluates in an emulated property; anything else there (Fn::Base64,
+# Fn::Cidr, ...) is refused. An ignored property or resource may use any.
+EVALUATED = ("Ref", "Fn::GetAtt", "Fn::FindInMap", "Fn::Sub", "Fn::Join", "Fn::Split", "Fn::Select", "Fn::If")
 
 
 def not_evaluated(intrinsic: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from collections.abc import Mapping
 from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
@@ -250,10 +251,10 @@ class Template:
             raise Unresolved(f"{where}: {error}") from None
 
     def resolve(self, value: Any, refs: Mapping[str, str] | None = None, atts: Mapping[str, str] | None = None) -> Any:
-        """Evaluates Ref, Fn::GetAtt, Fn::FindInMap, Fn::Sub and Fn::If (only the branch its
-        condition picks), the intrinsics the emulated properties use. `refs`: logical id -> what
-        Ref returns (a table's name, a queue's URL); `atts`: "Logical.Attr" -> what GetAtt
-        returns. Anything else raises Unresolved."""
+        """Evaluates Ref, Fn::GetAtt, Fn::FindInMap, Fn::Sub, Fn::Join, Fn::Split, Fn::Select and
+        Fn::If (only the branch its condition picks), the intrinsics the emulated properties use.
+        `refs`: logical id -> what Ref returns (a table's name, a queue's URL); `atts`:
+        "Logical.Attr" -> what GetAtt returns. Anything else raises Unresolved."""
         refs, atts = refs or {}, atts or {}
         if isinstance(value, list):
             return [self.resolve(item, refs, atts) for item in value]
@@ -268,7 +269,9 @@ class Template:
                 return refs[arg]
             if arg == "AWS::NoValue":  # a property left out (an Fn::If's branch): None
                 return None
-            if arg in (pseudo := {**_PSEUDO_PARAMETERS, "AWS::StackName": self.stack_name}):
+            stack_uuid = uuid.uuid5(uuid.NAMESPACE_URL, self.stack_name)  # one per stack name, as each run's
+            stack_id = f"arn:aws:cloudformation:{REGION}:{ACCOUNT_ID}:stack/{self.stack_name}/{stack_uuid}"
+            if arg in (pseudo := {**_PSEUDO_PARAMETERS, "AWS::StackName": self.stack_name, "AWS::StackId": stack_id}):
                 return pseudo[arg]
             if arg in self.document.get("Parameters", {}):
                 return self.parameter(arg)
@@ -286,6 +289,12 @@ class Template:
                 raise Unresolved(f"cannot resolve !FindInMap {names}: not in the template's Mappings") from None
         if key == "Fn::If" and isinstance(arg, list) and len(arg) == 3 and isinstance(arg[0], str):
             return self.resolve(arg[1] if self.condition(arg[0]) else arg[2], refs, atts)
+        if key == "Fn::Join" and isinstance(arg, list) and len(arg) == 2 and isinstance(arg[0], str):
+            return arg[0].join(str(item) for item in self.resolve(arg[1], refs, atts))
+        if key == "Fn::Split" and isinstance(arg, list) and len(arg) == 2 and isinstance(arg[0], str):
+            return str(self.resolve(arg[1], refs, atts)).split(arg[0])
+        if key == "Fn::Select" and isinstance(arg, list) and len(arg) == 2:
+            return self.resolve(arg[1], refs, atts)[int(self.resolve(arg[0], refs, atts))]
         if key == "Fn::Sub" and (isinstance(arg, str) or (isinstance(arg, list) and len(arg) == 2)):
             text, given = (arg, {}) if isinstance(arg, str) else (arg[0], self.resolve(arg[1], refs, atts))
 

@@ -181,9 +181,9 @@ def _add(resource: str, path: str, value: Any) -> Callable[[dict[str, Any]], Non
         # An intrinsic Template.resolve does not evaluate, in an emulated property: refused here,
         # not a KeyError once the stack is half built.
         (
-            _add("ApiFunction", "Properties.Environment.Variables.GREETING", {"Fn::Join": ["", ["a", "b"]]}),
-            "ApiFunction (AWS::Serverless::Function).Environment.Variables.GREETING: Fn::Join is not evaluated "
-            "locally (only Ref, Fn::GetAtt, Fn::FindInMap, Fn::Sub and Fn::If)",
+            _add("ApiFunction", "Properties.Environment.Variables.GREETING", {"Fn::Base64": "ab"}),
+            "ApiFunction (AWS::Serverless::Function).Environment.Variables.GREETING: Fn::Base64 is not evaluated "
+            "locally (only Ref, Fn::GetAtt, Fn::FindInMap, Fn::Sub, Fn::Join, Fn::Split, Fn::Select and Fn::If)",
         ),
         (
             _add("OrdersTable", "DependsOn", "ImportQueue"),
@@ -193,9 +193,9 @@ def _add(resource: str, path: str, value: Any) -> Callable[[dict[str, Any]], Non
             _add(
                 "ApiFunction",
                 "Properties.Environment.Variables.GREETING",
-                {"Fn::Sub": ["${A}", {"A": {"Fn::Select": [0, ["a"]]}}]},
+                {"Fn::Sub": ["${A}", {"A": {"Fn::GetAZs": ""}}]},
             ),
-            "ApiFunction (AWS::Serverless::Function).Environment.Variables.GREETING.Fn::Sub[1].A: Fn::Select is not "
+            "ApiFunction (AWS::Serverless::Function).Environment.Variables.GREETING.Fn::Sub[1].A: Fn::GetAZs is not "
             "evaluated locally",
         ),
         (
@@ -269,7 +269,7 @@ def _conditional(zone: str) -> Template:
         "Conditions": {
             "HasZone": {"Fn::Not": [{"Fn::Equals": [{"Ref": "Zone"}, ""]}]},
             "ZoneAndOther": {"Fn::And": [{"Condition": "HasZone"}, {"Fn::Equals": ["x", {"Ref": "Other"}]}]},
-            "Joined": {"Fn::Equals": [{"Fn::Join": ["", ["a"]]}, "a"]},
+            "Joined": {"Fn::Equals": [{"Fn::Base64": "a"}, "YQ=="]},
         },
         "Resources": {
             "Plain": {"Type": "AWS::S3::Bucket", "Properties": {}},
@@ -296,7 +296,7 @@ def test_fn_if_resolves_only_the_branch_its_condition_picks():
 def test_a_condition_the_runtime_cannot_evaluate_fails_naming_it():
     from infra.local.template import Unresolved
 
-    with pytest.raises(Unresolved, match="Fn::Join is not evaluated locally"):
+    with pytest.raises(Unresolved, match="Fn::Base64 is not evaluated locally"):
         _conditional("").condition("Joined")
     # Only what template.yaml's conditions use is evaluated (Fn::Equals, Fn::Not): not Fn::And,
     # Fn::Or or a condition by name.

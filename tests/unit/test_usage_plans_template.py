@@ -138,3 +138,15 @@ def test_the_local_gateway_requires_a_key_where_sam_does():
     assert {where for where, required in routes.items() if not required} == {
         (path, method.upper()) for path, method in PUBLIC
     }
+
+
+@pytest.mark.parametrize("stack_name", ["oms", "oms-prod-eu", "a-b-c-d-e-f-g-h-i-j-k-l-m-n-o"])
+def test_the_shared_keys_value_is_letters_and_digits_unique_to_the_stack_whatever_its_name(stack_name):
+    # API Gateway takes a key value of 20 to 128 characters, which its guides call alphanumeric; a
+    # stack name may hold "-", so the value is the stack id's UUID without its hyphens.
+    value = RESOURCES["SharedApiKey"]["Properties"]["Value"]
+    resolved = Template(TEMPLATE, stack_name=stack_name).resolve(value)
+    other = Template(TEMPLATE, stack_name=stack_name + "x").resolve(value)
+
+    assert resolved.isalnum() and resolved.isascii() and 20 <= len(resolved) <= 128
+    assert resolved != other
