@@ -920,6 +920,50 @@ def test_an_order_sent_back_whole_and_held_keeps_only_what_its_lines_want_and_is
     assert world.level("PREORDER", "wh-west") == (1, 0, 1)
 
 
+def sent_back_whole_to_wh_west(world: World, allocator: BackorderAllocator) -> tuple[str, str]:
+    """sent_back_whole the other way round: the older order holds 1 PREORDER at wh-east, and its
+    whole order arrives at wh-west, a location whose id sorts after the one it held units at."""
+    older = backordered(world, ("PREORDER", 3))  # 1 held at wh-east
+    younger = backordered(world, ("PREORDER", 2))  # nothing held
+    world.inventory.adjust("PREORDER", "wh-west", 3, reason="receipt")
+    assert allocator.arrived("PREORDER", "wh-west").sourced_again == [older]
+    return older, younger
+
+
+def test_a_hold_on_an_order_sent_back_whole_keeps_the_units_its_plan_took_not_the_ones_it_held_before():
+    """The hold gave back what the order held beyond its lines at the location whose id sorts last:
+    1 of the 3 reserved for it at wh-west, keeping the unit at wh-east its plan gives up. The walk
+    of that release gave it to the younger order, and the older one, released, waited backordered
+    again beside 2 units at wh-west."""
+    world, allocator = ruled_world([("PREORDER", "wh-east", 1)], max_shipments=1)
+    older, younger = sent_back_whole_to_wh_west(world, allocator)
+    holds = Holds(world.orders, clock=lambda: NOW, inventory=world.inventory, catalog=world.catalog)
+
+    holds.hold(older, HoldRequest(reason="fraud_review"), actor="key_ops")
+
+    assert world.held_for(older) == {("PREORDER", "wh-west", reservation_key(older, "L1")): 3}
+    for location in ("wh-east", "wh-west"):
+        allocator.arrived("PREORDER", location)  # a release is an arrival there
+    holds.release(older, ReleaseRequest(), actor="key_ops")
+    order = world.run(older)
+    assert order.status is S.ALLOCATED and shipped_from(order) == ["wh-west"]
+    assert world.held_for(older) == {("PREORDER", "wh-west", reservation_key(older, "L1")): 3}
+    # The unit it gave up at wh-east is the younger order's, the oldest left waiting.
+    assert world.held_for(younger) == {("PREORDER", "wh-east", reservation_key(younger, "L1")): 1}
+
+
+def test_a_cancel_of_units_of_an_order_sent_back_whole_and_held_keeps_the_units_its_plan_took():
+    world, allocator = ruled_world([("PREORDER", "wh-east", 1)], max_shipments=1)
+    older, _ = sent_back_whole_to_wh_west(world, allocator)
+    holds = Holds(world.orders, clock=lambda: NOW, inventory=world.inventory, catalog=world.catalog)
+    holds.hold(older, HoldRequest(reason="fraud_review"), actor="key_ops")
+
+    world.actions.cancel(older, "only two", actor="key_web", lines={"L1": 1})
+
+    assert world.held_for(older) == {("PREORDER", "wh-west", reservation_key(older, "L1")): 2}
+    assert world.level("PREORDER", "wh-east") == (1, 0, 1) and world.level("PREORDER", "wh-west") == (3, 2, 1)
+
+
 def test_the_units_reserved_for_an_order_sent_back_whole_go_back_when_its_reserve_stock_plans_otherwise():
     """The rules exclude wh-east before its workflow runs: its ReserveStock keeps the unit at wh-west,
     waits backordered again, and gives wh-east's 3 back (an arrival there, once the rules allow it)."""
