@@ -837,6 +837,12 @@ def test_the_walk_reserves_the_units_of_an_order_it_sends_back_whole_in_the_same
         ("PREORDER", "wh-east", reservation_key(older, "L1")): 3,
     }
     assert world.level("PREORDER", "wh-east") == (3, 3, 0)
+    # Its history says so: the units that write reserved for it, beside what it held.
+    entry = world.history(older)[-1]
+    assert entry.type == "sourced_again" and entry.detail["allocations"] == [
+        {"line_id": "L1", "location_id": "wh-west", "quantity": 1}
+    ]
+    assert entry.detail["reserved"] == [{"sku": "PREORDER", "location_id": "wh-east", "quantity": 3}]
 
 
 def test_a_walk_handed_on_after_an_order_it_sent_back_whole_leaves_its_units_to_it(monkeypatch):
@@ -1580,6 +1586,7 @@ def test_an_order_the_new_rules_give_its_whole_order_elsewhere_is_sourced_again_
     assert world.history(older)[-1].detail["reasons"] == [
         "max_shipments kept it from adding a location beside wh-west: sourced again, it has every unit it wants"
     ]
+    assert world.history(older)[-1].detail["reserved"] == [{"sku": "PREORDER", "location_id": "wh-east", "quantity": 3}]
     assert world.held_for(younger) == {("PREORDER", "wh-east", reservation_key(younger, "L1")): 2}
     order = world.run(older)
     assert order.status is S.ALLOCATED and shipped_from(order) == ["wh-east"]
