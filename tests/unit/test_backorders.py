@@ -23,17 +23,18 @@ from hypothesis.stateful import (
 )
 
 from core.backorders import BackorderAllocator, ExpectedArrivals
-from core.errors import Backordered, OrderHeld, OutOfStock, TransientError
+from core.errors import Backordered, InsufficientStock, OrderHeld, OutOfReach, OutOfStock, TransientError
 from core.holds import HoldRequest, Holds, ReleaseRequest
 from core.ids import reservation_key, shipment_id_for
 from core.models import Allocation, LineInput, Order, OrderEdit, StockLevel
 from core.ports import WaitingOrder, WorkflowStarter
+from core.services import InventoryService
 from core.sourcing_rules import SourcingRules
 from core.status import OrderStatus
 from plugins.testing.memory import InMemoryBackorderedOrders, InMemorySourcingRules
 from tests.builders import NOW, address_body, place_order, product
 from tests.stateful import at_length, in_make_test, steps_drawn
-from tests.unit.world import RecordsBookings, World, before_the_next_write, build_world
+from tests.unit.world import Died, RecordsBookings, World, before_the_next_write, build_world, dies_before_recording
 
 S = OrderStatus
 
@@ -1018,6 +1019,112 @@ def test_an_order_of_two_lines_of_one_sku_sent_back_whole_has_its_units_shared_o
         ("PREORDER", "wh-east", reservation_key(order_id, "L2")): 1,
     }
     assert world.level("PREORDER", "wh-west") == (1, 0, 1) and world.level("PREORDER", "wh-east") == (3, 3, 0)
+
+
+def test_an_order_sent_back_whole_whose_units_are_cut_before_its_workflow_gives_back_what_its_lines_no_longer_want():
+    world, allocator = ruled_world([("PREORDER", "wh-west", 1)], max_shipments=1)
+    older, _ = sent_back_whole(world, allocator)
+
+    world.actions.cancel(older, "only two", actor="key_web", lines={"L1": 1})
+    order = world.run(older)
+
+    assert order.status is S.ALLOCATED and shipped_from(order) == ["wh-east"]
+    assert world.held_for(older) == {("PREORDER", "wh-east", reservation_key(older, "L1")): 2}
+    assert world.level("PREORDER", "wh-west") == (1, 0, 1) and world.level("PREORDER", "wh-east") == (3, 2, 1)
+
+
+def test_an_order_sent_back_whole_edited_to_another_sku_before_its_workflow_holds_none_of_the_first():
+    world, allocator = ruled_world([("PREORDER", "wh-west", 1), ("TSHIRT", "wh-east", 5)], max_shipments=1)
+    older, _ = sent_back_whole(world, allocator)
+
+    edit = OrderEdit(lines=[LineInput(sku="TSHIRT", quantity=1)])
+    world.actions.edit(older, world.order(older).version, edit, actor="key_web")
+
+    assert world.held_for(older) == {}  # the edit released the sku it no longer has, wherever it was
+    order = world.run(older)
+    assert order.status is S.ALLOCATED
+    assert world.held_for(older) == {("TSHIRT", "wh-east", reservation_key(older, "L2")): 1}
+    assert world.level("PREORDER", "wh-west") == (1, 0, 1) and world.level("PREORDER", "wh-east") == (3, 0, 3)
+
+
+def test_an_order_sent_back_whole_whose_workflow_died_before_its_write_is_allocated_once_restarted(monkeypatch):
+    """Its ReserveStock gave back the unit at wh-west and died before recording the plan; the
+    reconciler's restart counts the units at wh-east as its own again, and reserves nothing twice."""
+    world, allocator = ruled_world([("PREORDER", "wh-west", 1)], max_shipments=1)
+    older, younger = sent_back_whole(world, allocator)
+    dies_before_recording(world, monkeypatch, "stock_reserved")
+    world.workflow.authorize_payment(older, attempt=0)
+    with pytest.raises(Died):
+        world.workflow.reserve_stock(older)
+    monkeypatch.undo()
+    for location in ("wh-west", "wh-east"):
+        allocator.arrived("PREORDER", location)  # the release at wh-west is an arrival there
+
+    order = world.run(older)  # restarted
+
+    assert order.status is S.ALLOCATED and shipped_from(order) == ["wh-east"]
+    assert world.held_for(older) == {("PREORDER", "wh-east", reservation_key(older, "L1")): 3}
+    # The unit it gave back at wh-west went to the younger order, the next in line there.
+    assert world.held_for(younger) == {("PREORDER", "wh-west", reservation_key(younger, "L1")): 1}
+    assert world.level("PREORDER", "wh-west") == (1, 1, 0) and world.level("PREORDER", "wh-east") == (3, 3, 0)
+
+
+def test_the_walks_of_two_skus_at_once_send_an_order_back_whole_once(monkeypatch):
+    """The BOOK walk sends the older order back between the PREORDER walk's read and its write: the
+    PREORDER walk's transaction (its reservations with it) loses, and it finds the order sent back."""
+    world, allocator = ruled_world([("PREORDER", "wh-west", 1)], max_shipments=1)
+    older = backordered(world, ("PREORDER", 1), ("BOOK", 1))  # its PREORDER at wh-west; BOOK short
+    younger = backordered(world, ("BOOK", 1))
+    world.inventory.adjust("PREORDER", "wh-east", 1, reason="receipt")
+    world.inventory.adjust("BOOK", "wh-east", 1, reason="receipt")
+    other: list[object] = []
+    raced = before_the_next_write(world, monkeypatch, lambda: other.append(allocator.arrived("BOOK", "wh-east")))
+
+    first = allocator.arrived("PREORDER", "wh-east")
+
+    monkeypatch.undo()
+    assert raced and other[0].sourced_again == [older] and older in first.sourced_again
+    assert [e.type for e in world.history(older)].count("sourced_again") == 1
+    assert world.level("PREORDER", "wh-east") == (1, 1, 0) and world.level("BOOK", "wh-east") == (1, 1, 0)
+    order = world.run(older)
+    assert order.status is S.ALLOCATED and shipped_from(order) == ["wh-east"]
+    assert world.order(younger).status is S.BACKORDERED and world.held_for(younger) == {}
+
+
+def test_a_stock_take_below_the_units_reserved_for_an_order_sent_back_whole_waits_for_its_workflow():
+    """Not yet allocated, the order has no parcel a count may reject: the count is refused (409,
+    nothing recorded), as for any order not yet sourced, and the units stay its own."""
+    world, allocator = ruled_world([("PREORDER", "wh-west", 1)], max_shipments=1)
+    older, _ = sent_back_whole(world, allocator)
+    service = InventoryService(
+        world.inventory, world.catalog, orders=lambda: world.orders, reject=world.actions.reject,
+        send_back=world.actions.source_backorder_again,
+    )  # fmt: skip
+
+    with pytest.raises(InsufficientStock):
+        service.count("PREORDER", "wh-east", 1)
+
+    assert world.level("PREORDER", "wh-east") == (3, 3, 0)
+    assert world.run(older).status is S.ALLOCATED
+
+
+def test_an_order_sent_back_whole_then_left_no_location_gives_back_every_unit_reserved_for_it():
+    """Its TSHIRT, which may not wait, held at wh-west, the rest of its order reserved at wh-east; then
+    the rules exclude wh-east and wh-west stops shipping: parked (OutOfReach), holding nothing."""
+    world, allocator = ruled_world([("TSHIRT", "wh-west", 1), ("TSHIRT", "wh-east", 1)], max_shipments=1)
+    older = backordered(world, ("TSHIRT", 1), ("PREORDER", 1))  # TSHIRT at wh-west; PREORDER short
+    world.inventory.adjust("PREORDER", "wh-east", 1, reason="receipt")
+    assert allocator.arrived("PREORDER", "wh-east").sourced_again == [older]
+    assert world.order(older).held_before == ["wh-east", "wh-west"]
+    allocator._rules.add(SourcingRules(version=2, max_shipments=1, excluded_locations=["wh-east"]))
+    stops_shipping(world, "wh-west")
+
+    with pytest.raises(OutOfReach):
+        world.workflow.reserve_stock(older)
+
+    assert world.held_for(older) == {}
+    assert world.level("TSHIRT", "wh-west") == (1, 0, 1) and world.level("TSHIRT", "wh-east") == (1, 0, 1)
+    assert world.level("PREORDER", "wh-east") == (1, 0, 1)
 
 
 def test_a_new_version_of_the_rules_that_frees_units_wakes_the_backordered_orders_oldest_first(monkeypatch):
