@@ -1839,7 +1839,8 @@ class RuledBackorderMachine(BackorderMachine):
     """BackorderMachine's orders (some with a second backorderable sku), arrivals, counts and
     cancels, under sourcing rules that change (max_shipments 1 or 2, safety stock, an excluded
     warehouse) and with units of an order cancelled: the path that sends a backordered order back to
-    be sourced at a location max_shipments kept it from (Workflow.source_again_whole) is reached.
+    be sourced at a location max_shipments kept it from (Workflow.source_again_whole) is reached, and
+    an order it sends back is put on hold before its workflow runs.
     After every step the walks settle (an order sent back is sourced, as its outbox starts its
     workflow, and every location's units walked again): the books balance, a waiting order leaves no
     unit it may take idle, none waits beside a location that alone has its whole order, one sent
@@ -1944,6 +1945,29 @@ class RuledBackorderMachine(BackorderMachine):
             self.world.inventory.adjust(sku, location, n, reason="receipt")
         for sku in skus:
             self._walked(sku, location)
+        self._settle()
+
+    @rule(sku=st.sampled_from(SKUS), location=st.sampled_from(LOCATIONS), units=st.integers(1, 5))
+    def receive_and_hold_those_sent_back(self, sku: str, location: str, units: int) -> None:
+        """A receipt whose walk sends orders back whole, each put on hold (a person's review) before
+        its workflow runs and released once every location was walked: the hold gives back what its
+        lines do not want, which those walks hand on, never the units its plan took."""
+        self.world.inventory.adjust(sku, location, units, reason="receipt")
+        arrival = self.allocator.arrived(sku, location)
+        self._note(arrival)
+        held = [order_id for order_id in arrival.sourced_again if self._sent_back_whole(order_id)]
+        holds = Holds(self.world.orders, clock=lambda: NOW, inventory=self.world.inventory, catalog=self.world.catalog)
+        for order_id in held:
+            holds.hold(order_id, HoldRequest(reason="fraud_review"), actor="ops")
+        self._count("sent_back_whole_and_held", len(held))
+        for other in self.LOCATIONS:
+            self._arrived(other)
+        for order_id in held:
+            holds.release(order_id, ReleaseRequest(), actor="ops")
+            try:
+                self.world.run(order_id)  # the execution its release starts
+            except Backordered:
+                self.passed_over.append(order_id)
         self._settle()
 
     @rule(sku=st.sampled_from(SKUS), location=st.sampled_from(LOCATIONS), extra=st.integers(0, 3))
@@ -2138,6 +2162,26 @@ def test_the_ruled_machine_sends_an_order_back_whole_when_units_of_a_sku_it_hold
     assert RuledBackorderMachine.reached.get("sourced_again_whole_two_skus") == 1
     order = machine.world.order(machine.ids[0])
     assert order.status is S.ALLOCATED and shipped_from(order) == ["wh-east"]
+
+
+def test_the_ruled_machine_holds_an_order_sent_back_whole_and_it_keeps_the_units_its_plan_took():
+    # Its own rules, in turn: the order holds 1 PREORDER at wh-east and its whole order comes to
+    # wh-west, whose id sorts after; a hold then kept the unit at wh-east and gave one at wh-west to
+    # the younger order, and the older one, released, waited backordered again (passed over).
+    RuledBackorderMachine.reached = {}
+    machine = RuledBackorderMachine()
+    machine.start_under(max_shipments=1, west=0)
+    machine.receive(sku="PREORDER", location="wh-east", units=1)
+    machine.place(quantity=3, pickup=False, books=0)
+    machine.place(quantity=2, pickup=False, books=0)
+
+    machine.receive_and_hold_those_sent_back(sku="PREORDER", location="wh-west", units=3)
+
+    machine.an_order_sent_back_whole_is_never_passed_over_for_the_units_its_plan_claimed()
+    machine.the_books_balance()
+    assert RuledBackorderMachine.reached.get("sent_back_whole_and_held") == 1
+    order = machine.world.order(machine.ids[0])
+    assert order.status is S.ALLOCATED and shipped_from(order) == ["wh-west"]
 
 
 def test_an_arrival_walked_twice_at_once_sends_the_older_order_back_once_and_oversells_nothing(monkeypatch):
