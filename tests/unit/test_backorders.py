@@ -1108,6 +1108,31 @@ def test_a_stock_take_below_the_units_reserved_for_an_order_sent_back_whole_wait
     assert world.run(older).status is S.ALLOCATED
 
 
+def test_an_order_sent_back_whole_needing_more_stock_items_than_a_transaction_holds_reserves_what_fits(monkeypatch):
+    """One stock item a transaction here: its PREORDER at wh-east is reserved in the send-back, its BOOK
+    left to its ReserveStock, which finds it taken by the BOOK's walk meanwhile and waits again,
+    holding what it has: nothing oversold, nothing held twice."""
+    monkeypatch.setattr("core.workflow.MAX_TOP_UPS", 1)
+    world, allocator = ruled_world([("PREORDER", "wh-west", 1)], max_shipments=1)
+    older = backordered(world, ("PREORDER", 1), ("BOOK", 1))  # its PREORDER at wh-west; BOOK short
+    younger = backordered(world, ("BOOK", 1))
+    world.inventory.adjust("PREORDER", "wh-east", 1, reason="receipt")
+    world.inventory.adjust("BOOK", "wh-east", 1, reason="receipt")
+
+    assert allocator.arrived("PREORDER", "wh-east").sourced_again == [older]
+    assert world.history(older)[-1].detail["reserved"] == [{"sku": "PREORDER", "location_id": "wh-east", "quantity": 1}]
+    allocator.arrived("BOOK", "wh-east")
+    with pytest.raises(Backordered):
+        world.run(older)
+
+    assert world.order(younger).status is S.ALLOCATED
+    order = world.order(older)
+    assert order.status is S.BACKORDERED and order.short_of() == {"L2": 1}
+    assert sum(world.held_for(older).values()) == 1 == sum(a.quantity for a in order.allocations)
+    assert world.level("BOOK", "wh-east") == (1, 1, 0)
+    assert world.level("PREORDER", "wh-east")[1] + world.level("PREORDER", "wh-west")[1] == 1
+
+
 def test_an_order_sent_back_whole_then_left_no_location_gives_back_every_unit_reserved_for_it():
     """Its TSHIRT, which may not wait, held at wh-west, the rest of its order reserved at wh-east; then
     the rules exclude wh-east and wh-west stops shipping: parked (OutOfReach), holding nothing."""
