@@ -149,8 +149,9 @@ def give_back_surplus(inventory: InventoryRepository, order: Order, location_ids
     """Bring what `order` holds of each sku down to what its lines want of it, and release what
     the lines edits replaced hold beyond that (Order.replaced_lines: the workflow the hold puts
     off would have; a line that only changed its id, a line before it dropped, keeps its units
-    under its old key, which the workflow counts as the order's own): its units at the locations
-    first in `location_ids` are kept, under its lines' own keys before the replaced ones; the
+    under its old key, which the workflow counts as the order's own): its units are kept first at
+    the locations that hold the most of them (the fewest parcels), then those first in
+    `location_ids`, under its lines' own keys before the replaced ones; the
     order, released, is sourced again around them. Each change is conditional: a shrink on the
     units read (a reservation changed meanwhile is left as it is), a release on the key being
     held, so stock never goes below zero."""
@@ -165,7 +166,14 @@ def give_back_surplus(inventory: InventoryRepository, order: Order, location_ids
         own.add((line.sku, reservation_key(order.id, line.line_id)))
     rank = {location_id: i for i, location_id in enumerate(location_ids)}
     found = inventory.reservations(dict(keys)) if keys else {}
-    first = sorted(found.items(), key=lambda item: (rank[item[0][1]], (item[0][0], item[0][2]) not in own))
+    # An order sent back to be sourced whole holds every unit it wants where its plan takes them
+    # (Workflow.source_again_whole, under max_shipments: 1), fewer where it held units before: kept
+    # by location id instead, the units its plan took could go to a younger order before its release.
+    units_at: dict[str, int] = defaultdict(int)
+    for (_, location_id, _), units in found.items():
+        units_at[location_id] += units
+    first = sorted(found.items(), key=lambda item: (
+        -units_at[item[0][1]], rank[item[0][1]], (item[0][0], item[0][2]) not in own))  # fmt: skip
     for (sku, location_id, key), units in first:
         keep = min(units, wanted[sku])
         wanted[sku] -= keep

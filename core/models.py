@@ -9,7 +9,7 @@ import json
 import re
 import unicodedata
 from collections import defaultdict
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any, Literal, TypeVar
@@ -3646,7 +3646,7 @@ class Order(Shown):
 
     def source_again(
         self, *, rules_version: int | None, at: datetime, actor: str, whole: bool = False,
-        arrived_at: str | None = None, reserving_at: Collection[str] = (),
+        arrived_at: str | None = None, reserving: Mapping[tuple[str, str], int] | None = None,
     ) -> Change:  # fmt: skip
         """A backordered order the sourcing rules in force leave nowhere to take more units goes back
         to be sourced under them (authorized, nothing allocated): the workflow the change starts
@@ -3654,9 +3654,10 @@ class Order(Shown):
         allocates it, backorders it again or cancels it out_of_stock. `whole`: instead,
         `max_shipments` keeps it from adding a location beside those it holds units at (one where
         units `arrived_at`, when named), and sourced again it has every unit it wants
-        (Workflow.source_again_whole). `reserving_at`: the locations the same write reserves its
-        plan's units at (kept in `held_before` with those it held units at, so that its sourcing
-        finds them there though a location stopped shipping meanwhile)."""
+        (Workflow.source_again_whole). `reserving`: the units the same write reserves for its plan,
+        by (sku, location_id): named in the entry (`reserved`), beside what it held (`allocations`),
+        and their locations kept in `held_before` with those it held units at, so that its sourcing
+        finds them there though a location stopped shipping meanwhile."""
         if self.status is not OrderStatus.BACKORDERED:
             raise InvalidTransition(f"an order that is {self.status} is not waiting for stock")
         held_at = ", ".join(sorted({a.location_id for a in self.allocations}))
@@ -3669,11 +3670,16 @@ class Order(Shown):
             reason = (f"units arrived at {arrived_at}, which max_shipments kept it from adding beside {held_at}: "
                       "sourced again, it has every unit it wants")  # fmt: skip
         fields = self._sourced_again()  # backordered: never held, so always `held_before`
+        reserving = reserving or {}
+        reserved = [
+            {"sku": sku, "location_id": location_id, "quantity": units}
+            for (sku, location_id), units in sorted(reserving.items())
+        ]
         return self._next(
             at=at, actor=actor, type=OrderEvent.SOURCED_AGAIN,
             detail={"allocations": [a.model_dump() for a in self.allocations], "short": self.short_of(),
-                    "reasons": [reason], **_rules_named(rules_version)},
-            **{**fields, "held_before": sorted({*fields["held_before"], *reserving_at})},
+                    "reasons": [reason], **({"reserved": reserved} if reserved else {}), **_rules_named(rules_version)},
+            **{**fields, "held_before": sorted({*fields["held_before"], *(location for _, location in reserving)})},
         )  # fmt: skip
 
     def source_again_without(self, location_id: str, reason: str, *, at: datetime, actor: str) -> Change:

@@ -913,7 +913,7 @@ class Workflow:
                 return None
             change = order.source_again(
                 rules_version=rules.version, at=self._clock(), actor=actor, whole=True, arrived_at=location_id,
-                reserving_at={t.location_id for t in top_ups},
+                reserving={(t.sku, t.location_id): t.quantity - t.held for t in top_ups},
             )  # fmt: skip
             return change, top_ups
 

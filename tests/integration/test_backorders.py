@@ -1188,6 +1188,11 @@ def test_units_of_a_sku_an_order_holds_arriving_where_its_missing_sku_came_befor
     assert shop.order(order_id).status is S.AUTHORIZED
     [*_, sent] = shop.container.order_repository.history(order_id)[1]
     assert sent.type == "sourced_again"
+    # Stored with the entry: the units its send-back reserved for it, by stock item.
+    assert sent.detail["reserved"] == [
+        {"sku": "BOOK", "location_id": "wh-east", "quantity": 1},
+        {"sku": "PREORDER", "location_id": "wh-east", "quantity": 1},
+    ]
     _shipped_whole_from_wh_east(shop, order_id)
 
 

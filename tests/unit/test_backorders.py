@@ -23,17 +23,18 @@ from hypothesis.stateful import (
 )
 
 from core.backorders import BackorderAllocator, ExpectedArrivals
-from core.errors import Backordered, OrderHeld, OutOfStock, TransientError
+from core.errors import Backordered, InsufficientStock, OrderHeld, OutOfReach, OutOfStock, TransientError
 from core.holds import HoldRequest, Holds, ReleaseRequest
 from core.ids import reservation_key, shipment_id_for
 from core.models import Allocation, LineInput, Order, OrderEdit, StockLevel
 from core.ports import WaitingOrder, WorkflowStarter
+from core.services import InventoryService
 from core.sourcing_rules import SourcingRules
 from core.status import OrderStatus
 from plugins.testing.memory import InMemoryBackorderedOrders, InMemorySourcingRules
 from tests.builders import NOW, address_body, place_order, product
 from tests.stateful import at_length, in_make_test, steps_drawn
-from tests.unit.world import RecordsBookings, World, before_the_next_write, build_world
+from tests.unit.world import Died, RecordsBookings, World, before_the_next_write, build_world, dies_before_recording
 
 S = OrderStatus
 
@@ -837,6 +838,12 @@ def test_the_walk_reserves_the_units_of_an_order_it_sends_back_whole_in_the_same
         ("PREORDER", "wh-east", reservation_key(older, "L1")): 3,
     }
     assert world.level("PREORDER", "wh-east") == (3, 3, 0)
+    # Its history says so: the units that write reserved for it, beside what it held.
+    entry = world.history(older)[-1]
+    assert entry.type == "sourced_again" and entry.detail["allocations"] == [
+        {"line_id": "L1", "location_id": "wh-west", "quantity": 1}
+    ]
+    assert entry.detail["reserved"] == [{"sku": "PREORDER", "location_id": "wh-east", "quantity": 3}]
 
 
 def test_a_walk_handed_on_after_an_order_it_sent_back_whole_leaves_its_units_to_it(monkeypatch):
@@ -920,6 +927,50 @@ def test_an_order_sent_back_whole_and_held_keeps_only_what_its_lines_want_and_is
     assert world.level("PREORDER", "wh-west") == (1, 0, 1)
 
 
+def sent_back_whole_to_wh_west(world: World, allocator: BackorderAllocator) -> tuple[str, str]:
+    """sent_back_whole the other way round: the older order holds 1 PREORDER at wh-east, and its
+    whole order arrives at wh-west, a location whose id sorts after the one it held units at."""
+    older = backordered(world, ("PREORDER", 3))  # 1 held at wh-east
+    younger = backordered(world, ("PREORDER", 2))  # nothing held
+    world.inventory.adjust("PREORDER", "wh-west", 3, reason="receipt")
+    assert allocator.arrived("PREORDER", "wh-west").sourced_again == [older]
+    return older, younger
+
+
+def test_a_hold_on_an_order_sent_back_whole_keeps_the_units_its_plan_took_not_the_ones_it_held_before():
+    """The hold gave back what the order held beyond its lines at the location whose id sorts last:
+    1 of the 3 reserved for it at wh-west, keeping the unit at wh-east its plan gives up. The walk
+    of that release gave it to the younger order, and the older one, released, waited backordered
+    again beside 2 units at wh-west."""
+    world, allocator = ruled_world([("PREORDER", "wh-east", 1)], max_shipments=1)
+    older, younger = sent_back_whole_to_wh_west(world, allocator)
+    holds = Holds(world.orders, clock=lambda: NOW, inventory=world.inventory, catalog=world.catalog)
+
+    holds.hold(older, HoldRequest(reason="fraud_review"), actor="key_ops")
+
+    assert world.held_for(older) == {("PREORDER", "wh-west", reservation_key(older, "L1")): 3}
+    for location in ("wh-east", "wh-west"):
+        allocator.arrived("PREORDER", location)  # a release is an arrival there
+    holds.release(older, ReleaseRequest(), actor="key_ops")
+    order = world.run(older)
+    assert order.status is S.ALLOCATED and shipped_from(order) == ["wh-west"]
+    assert world.held_for(older) == {("PREORDER", "wh-west", reservation_key(older, "L1")): 3}
+    # The unit it gave up at wh-east is the younger order's, the oldest left waiting.
+    assert world.held_for(younger) == {("PREORDER", "wh-east", reservation_key(younger, "L1")): 1}
+
+
+def test_a_cancel_of_units_of_an_order_sent_back_whole_and_held_keeps_the_units_its_plan_took():
+    world, allocator = ruled_world([("PREORDER", "wh-east", 1)], max_shipments=1)
+    older, _ = sent_back_whole_to_wh_west(world, allocator)
+    holds = Holds(world.orders, clock=lambda: NOW, inventory=world.inventory, catalog=world.catalog)
+    holds.hold(older, HoldRequest(reason="fraud_review"), actor="key_ops")
+
+    world.actions.cancel(older, "only two", actor="key_web", lines={"L1": 1})
+
+    assert world.held_for(older) == {("PREORDER", "wh-west", reservation_key(older, "L1")): 2}
+    assert world.level("PREORDER", "wh-east") == (1, 0, 1) and world.level("PREORDER", "wh-west") == (3, 2, 1)
+
+
 def test_the_units_reserved_for_an_order_sent_back_whole_go_back_when_its_reserve_stock_plans_otherwise():
     """The rules exclude wh-east before its workflow runs: its ReserveStock keeps the unit at wh-west,
     waits backordered again, and gives wh-east's 3 back (an arrival there, once the rules allow it)."""
@@ -968,6 +1019,137 @@ def test_an_order_of_two_lines_of_one_sku_sent_back_whole_has_its_units_shared_o
         ("PREORDER", "wh-east", reservation_key(order_id, "L2")): 1,
     }
     assert world.level("PREORDER", "wh-west") == (1, 0, 1) and world.level("PREORDER", "wh-east") == (3, 3, 0)
+
+
+def test_an_order_sent_back_whole_whose_units_are_cut_before_its_workflow_gives_back_what_its_lines_no_longer_want():
+    world, allocator = ruled_world([("PREORDER", "wh-west", 1)], max_shipments=1)
+    older, _ = sent_back_whole(world, allocator)
+
+    world.actions.cancel(older, "only two", actor="key_web", lines={"L1": 1})
+    order = world.run(older)
+
+    assert order.status is S.ALLOCATED and shipped_from(order) == ["wh-east"]
+    assert world.held_for(older) == {("PREORDER", "wh-east", reservation_key(older, "L1")): 2}
+    assert world.level("PREORDER", "wh-west") == (1, 0, 1) and world.level("PREORDER", "wh-east") == (3, 2, 1)
+
+
+def test_an_order_sent_back_whole_edited_to_another_sku_before_its_workflow_holds_none_of_the_first():
+    world, allocator = ruled_world([("PREORDER", "wh-west", 1), ("TSHIRT", "wh-east", 5)], max_shipments=1)
+    older, _ = sent_back_whole(world, allocator)
+
+    edit = OrderEdit(lines=[LineInput(sku="TSHIRT", quantity=1)])
+    world.actions.edit(older, world.order(older).version, edit, actor="key_web")
+
+    assert world.held_for(older) == {}  # the edit released the sku it no longer has, wherever it was
+    order = world.run(older)
+    assert order.status is S.ALLOCATED
+    assert world.held_for(older) == {("TSHIRT", "wh-east", reservation_key(older, "L2")): 1}
+    assert world.level("PREORDER", "wh-west") == (1, 0, 1) and world.level("PREORDER", "wh-east") == (3, 0, 3)
+
+
+def test_an_order_sent_back_whole_whose_workflow_died_before_its_write_is_allocated_once_restarted(monkeypatch):
+    """Its ReserveStock gave back the unit at wh-west and died before recording the plan; the
+    reconciler's restart counts the units at wh-east as its own again, and reserves nothing twice."""
+    world, allocator = ruled_world([("PREORDER", "wh-west", 1)], max_shipments=1)
+    older, younger = sent_back_whole(world, allocator)
+    dies_before_recording(world, monkeypatch, "stock_reserved")
+    world.workflow.authorize_payment(older, attempt=0)
+    with pytest.raises(Died):
+        world.workflow.reserve_stock(older)
+    monkeypatch.undo()
+    for location in ("wh-west", "wh-east"):
+        allocator.arrived("PREORDER", location)  # the release at wh-west is an arrival there
+
+    order = world.run(older)  # restarted
+
+    assert order.status is S.ALLOCATED and shipped_from(order) == ["wh-east"]
+    assert world.held_for(older) == {("PREORDER", "wh-east", reservation_key(older, "L1")): 3}
+    # The unit it gave back at wh-west went to the younger order, the next in line there.
+    assert world.held_for(younger) == {("PREORDER", "wh-west", reservation_key(younger, "L1")): 1}
+    assert world.level("PREORDER", "wh-west") == (1, 1, 0) and world.level("PREORDER", "wh-east") == (3, 3, 0)
+
+
+def test_the_walks_of_two_skus_at_once_send_an_order_back_whole_once(monkeypatch):
+    """The BOOK walk sends the older order back between the PREORDER walk's read and its write: the
+    PREORDER walk's transaction (its reservations with it) loses, and it finds the order sent back."""
+    world, allocator = ruled_world([("PREORDER", "wh-west", 1)], max_shipments=1)
+    older = backordered(world, ("PREORDER", 1), ("BOOK", 1))  # its PREORDER at wh-west; BOOK short
+    younger = backordered(world, ("BOOK", 1))
+    world.inventory.adjust("PREORDER", "wh-east", 1, reason="receipt")
+    world.inventory.adjust("BOOK", "wh-east", 1, reason="receipt")
+    other: list[object] = []
+    raced = before_the_next_write(world, monkeypatch, lambda: other.append(allocator.arrived("BOOK", "wh-east")))
+
+    first = allocator.arrived("PREORDER", "wh-east")
+
+    monkeypatch.undo()
+    assert raced and other[0].sourced_again == [older] and older in first.sourced_again
+    assert [e.type for e in world.history(older)].count("sourced_again") == 1
+    assert world.level("PREORDER", "wh-east") == (1, 1, 0) and world.level("BOOK", "wh-east") == (1, 1, 0)
+    order = world.run(older)
+    assert order.status is S.ALLOCATED and shipped_from(order) == ["wh-east"]
+    assert world.order(younger).status is S.BACKORDERED and world.held_for(younger) == {}
+
+
+def test_a_stock_take_below_the_units_reserved_for_an_order_sent_back_whole_waits_for_its_workflow():
+    """Not yet allocated, the order has no parcel a count may reject: the count is refused (409,
+    nothing recorded), as for any order not yet sourced, and the units stay its own."""
+    world, allocator = ruled_world([("PREORDER", "wh-west", 1)], max_shipments=1)
+    older, _ = sent_back_whole(world, allocator)
+    service = InventoryService(
+        world.inventory, world.catalog, orders=lambda: world.orders, reject=world.actions.reject,
+        send_back=world.actions.source_backorder_again,
+    )  # fmt: skip
+
+    with pytest.raises(InsufficientStock):
+        service.count("PREORDER", "wh-east", 1)
+
+    assert world.level("PREORDER", "wh-east") == (3, 3, 0)
+    assert world.run(older).status is S.ALLOCATED
+
+
+def test_an_order_sent_back_whole_needing_more_stock_items_than_a_transaction_holds_reserves_what_fits(monkeypatch):
+    """One stock item a transaction here: its PREORDER at wh-east is reserved in the send-back, its BOOK
+    left to its ReserveStock, which finds it taken by the BOOK's walk meanwhile and waits again,
+    holding what it has: nothing oversold, nothing held twice."""
+    monkeypatch.setattr("core.workflow.MAX_TOP_UPS", 1)
+    world, allocator = ruled_world([("PREORDER", "wh-west", 1)], max_shipments=1)
+    older = backordered(world, ("PREORDER", 1), ("BOOK", 1))  # its PREORDER at wh-west; BOOK short
+    younger = backordered(world, ("BOOK", 1))
+    world.inventory.adjust("PREORDER", "wh-east", 1, reason="receipt")
+    world.inventory.adjust("BOOK", "wh-east", 1, reason="receipt")
+
+    assert allocator.arrived("PREORDER", "wh-east").sourced_again == [older]
+    assert world.history(older)[-1].detail["reserved"] == [{"sku": "PREORDER", "location_id": "wh-east", "quantity": 1}]
+    allocator.arrived("BOOK", "wh-east")
+    with pytest.raises(Backordered):
+        world.run(older)
+
+    assert world.order(younger).status is S.ALLOCATED
+    order = world.order(older)
+    assert order.status is S.BACKORDERED and order.short_of() == {"L2": 1}
+    assert sum(world.held_for(older).values()) == 1 == sum(a.quantity for a in order.allocations)
+    assert world.level("BOOK", "wh-east") == (1, 1, 0)
+    assert world.level("PREORDER", "wh-east")[1] + world.level("PREORDER", "wh-west")[1] == 1
+
+
+def test_an_order_sent_back_whole_then_left_no_location_gives_back_every_unit_reserved_for_it():
+    """Its TSHIRT, which may not wait, held at wh-west, the rest of its order reserved at wh-east; then
+    the rules exclude wh-east and wh-west stops shipping: parked (OutOfReach), holding nothing."""
+    world, allocator = ruled_world([("TSHIRT", "wh-west", 1), ("TSHIRT", "wh-east", 1)], max_shipments=1)
+    older = backordered(world, ("TSHIRT", 1), ("PREORDER", 1))  # TSHIRT at wh-west; PREORDER short
+    world.inventory.adjust("PREORDER", "wh-east", 1, reason="receipt")
+    assert allocator.arrived("PREORDER", "wh-east").sourced_again == [older]
+    assert world.order(older).held_before == ["wh-east", "wh-west"]
+    allocator._rules.add(SourcingRules(version=2, max_shipments=1, excluded_locations=["wh-east"]))
+    stops_shipping(world, "wh-west")
+
+    with pytest.raises(OutOfReach):
+        world.workflow.reserve_stock(older)
+
+    assert world.held_for(older) == {}
+    assert world.level("TSHIRT", "wh-west") == (1, 0, 1) and world.level("TSHIRT", "wh-east") == (1, 0, 1)
+    assert world.level("PREORDER", "wh-east") == (1, 0, 1)
 
 
 def test_a_new_version_of_the_rules_that_frees_units_wakes_the_backordered_orders_oldest_first(monkeypatch):
@@ -1536,6 +1718,7 @@ def test_an_order_the_new_rules_give_its_whole_order_elsewhere_is_sourced_again_
     assert world.history(older)[-1].detail["reasons"] == [
         "max_shipments kept it from adding a location beside wh-west: sourced again, it has every unit it wants"
     ]
+    assert world.history(older)[-1].detail["reserved"] == [{"sku": "PREORDER", "location_id": "wh-east", "quantity": 3}]
     assert world.held_for(younger) == {("PREORDER", "wh-east", reservation_key(younger, "L1")): 2}
     order = world.run(older)
     assert order.status is S.ALLOCATED and shipped_from(order) == ["wh-east"]
@@ -1681,7 +1864,8 @@ class RuledBackorderMachine(BackorderMachine):
     """BackorderMachine's orders (some with a second backorderable sku), arrivals, counts and
     cancels, under sourcing rules that change (max_shipments 1 or 2, safety stock, an excluded
     warehouse) and with units of an order cancelled: the path that sends a backordered order back to
-    be sourced at a location max_shipments kept it from (Workflow.source_again_whole) is reached.
+    be sourced at a location max_shipments kept it from (Workflow.source_again_whole) is reached, and
+    an order it sends back is put on hold before its workflow runs.
     After every step the walks settle (an order sent back is sourced, as its outbox starts its
     workflow, and every location's units walked again): the books balance, a waiting order leaves no
     unit it may take idle, none waits beside a location that alone has its whole order, one sent
@@ -1786,6 +1970,29 @@ class RuledBackorderMachine(BackorderMachine):
             self.world.inventory.adjust(sku, location, n, reason="receipt")
         for sku in skus:
             self._walked(sku, location)
+        self._settle()
+
+    @rule(sku=st.sampled_from(SKUS), location=st.sampled_from(LOCATIONS), units=st.integers(1, 5))
+    def receive_and_hold_those_sent_back(self, sku: str, location: str, units: int) -> None:
+        """A receipt whose walk sends orders back whole, each put on hold (a person's review) before
+        its workflow runs and released once every location was walked: the hold gives back what its
+        lines do not want, which those walks hand on, never the units its plan took."""
+        self.world.inventory.adjust(sku, location, units, reason="receipt")
+        arrival = self.allocator.arrived(sku, location)
+        self._note(arrival)
+        held = [order_id for order_id in arrival.sourced_again if self._sent_back_whole(order_id)]
+        holds = Holds(self.world.orders, clock=lambda: NOW, inventory=self.world.inventory, catalog=self.world.catalog)
+        for order_id in held:
+            holds.hold(order_id, HoldRequest(reason="fraud_review"), actor="ops")
+        self._count("sent_back_whole_and_held", len(held))
+        for other in self.LOCATIONS:
+            self._arrived(other)
+        for order_id in held:
+            holds.release(order_id, ReleaseRequest(), actor="ops")
+            try:
+                self.world.run(order_id)  # the execution its release starts
+            except Backordered:
+                self.passed_over.append(order_id)
         self._settle()
 
     @rule(sku=st.sampled_from(SKUS), location=st.sampled_from(LOCATIONS), extra=st.integers(0, 3))
@@ -1980,6 +2187,26 @@ def test_the_ruled_machine_sends_an_order_back_whole_when_units_of_a_sku_it_hold
     assert RuledBackorderMachine.reached.get("sourced_again_whole_two_skus") == 1
     order = machine.world.order(machine.ids[0])
     assert order.status is S.ALLOCATED and shipped_from(order) == ["wh-east"]
+
+
+def test_the_ruled_machine_holds_an_order_sent_back_whole_and_it_keeps_the_units_its_plan_took():
+    # Its own rules, in turn: the order holds 1 PREORDER at wh-east and its whole order comes to
+    # wh-west, whose id sorts after; a hold then kept the unit at wh-east and gave one at wh-west to
+    # the younger order, and the older one, released, waited backordered again (passed over).
+    RuledBackorderMachine.reached = {}
+    machine = RuledBackorderMachine()
+    machine.start_under(max_shipments=1, west=0)
+    machine.receive(sku="PREORDER", location="wh-east", units=1)
+    machine.place(quantity=3, pickup=False, books=0)
+    machine.place(quantity=2, pickup=False, books=0)
+
+    machine.receive_and_hold_those_sent_back(sku="PREORDER", location="wh-west", units=3)
+
+    machine.an_order_sent_back_whole_is_never_passed_over_for_the_units_its_plan_claimed()
+    machine.the_books_balance()
+    assert RuledBackorderMachine.reached.get("sent_back_whole_and_held") == 1
+    order = machine.world.order(machine.ids[0])
+    assert order.status is S.ALLOCATED and shipped_from(order) == ["wh-west"]
 
 
 def test_an_arrival_walked_twice_at_once_sends_the_older_order_back_once_and_oversells_nothing(monkeypatch):
