@@ -21,14 +21,7 @@ from moto.core.models import MockAWS
 import infra.check_template as check_template_module
 import infra.local.template as template_module
 from core import plugin_manager
-from infra.local.moto_patches import (
-    action_names,
-    batch_package,
-    callback_responses,
-    response_keys,
-    transactions,
-    update_expressions,
-)
+from infra.local.moto_patches import AppliedBy, patches_applied_by
 from infra.local.stack import EmbeddedStack
 from tests import client_pool, request_signing
 
@@ -126,7 +119,8 @@ check_template_module.translate = _translate_once
 
 # moto's own answers, more cheaply, wherever the suite runs moto: the local stacks apply the patches
 # that change no answer themselves (infra/local/stack.py); the in-process tests' plain mock_aws()
-# gets these too, from its outermost start to its stop (counted, so a stack inside shares them):
+# gets those that say `AppliedBy.MOCK_AWS` too, from its outermost start to its stop (counted, so a
+# stack inside shares them):
 # `response_keys` (moto's serializer) and `transactions` (moto deep-copies every table a
 # TransactWriteItems names, every item and stream record, before it starts: with the patch, the
 # purchasing, hot SKU and two DynamoDB busy/history files took 7 % less CPU, the four files
@@ -137,14 +131,13 @@ check_template_module.translate = _translate_once
 # registers the ~1,300 response objects the first one made instead of making them again: 200 empty
 # mock_aws() starts and stops in a process with this conftest took 1.5 ms of CPU each instead of
 # 4.8; the suite's alone: a stack start takes 450-650 ms, and `make run` starts moto once).
-SUITE_PATCHES = (response_keys.PATCH, transactions.PATCH, update_expressions.PATCH, action_names.PATCH,
-                 callback_responses.PATCH)  # fmt: skip
+MOCK_AWS_PATCHES = patches_applied_by(AppliedBy.MOCK_AWS)
 
 
-def _enable_patching_with_suite_patches(self: MockAWS, *args: Any, **kwargs: Any) -> None:
+def _enable_patching_with_mock_aws_patches(self: MockAWS, *args: Any, **kwargs: Any) -> None:
     applied = []
     try:
-        for patch in SUITE_PATCHES:
+        for patch in MOCK_AWS_PATCHES:
             patch.apply()
             applied.append(patch)
         _enable_patching(self, *args, **kwargs)
@@ -154,25 +147,26 @@ def _enable_patching_with_suite_patches(self: MockAWS, *args: Any, **kwargs: Any
         raise
 
 
-def _disable_patching_with_suite_patches(self: MockAWS, *args: Any, **kwargs: Any) -> None:
+def _disable_patching_with_mock_aws_patches(self: MockAWS, *args: Any, **kwargs: Any) -> None:
     try:
         _disable_patching(self, *args, **kwargs)
     finally:
-        for patch in reversed(SUITE_PATCHES):
+        for patch in reversed(MOCK_AWS_PATCHES):
             patch.undo()
 
 
 _enable_patching, _disable_patching = MockAWS._enable_patching, MockAWS._disable_patching
-MockAWS._enable_patching = _enable_patching_with_suite_patches  # type: ignore[method-assign]
-MockAWS._disable_patching = _disable_patching_with_suite_patches  # type: ignore[method-assign]
+MockAWS._enable_patching = _enable_patching_with_mock_aws_patches  # type: ignore[method-assign]
+MockAWS._disable_patching = _disable_patching_with_mock_aws_patches  # type: ignore[method-assign]
 
 
 # moto's Step Functions interpreter imports moto.batch.utils, and moto.batch's own body imports all
 # of moto.ec2 (~1 s of CPU): the `batch_package` patch defers that body to its first use. Applied
-# for the whole test process, from before any test module is imported: the interpreter is imported
-# outside any mock too (infra/asl.py's checks, the tests of moto's interpreter), and the first
-# import decides for the process. PROCESS_PATCHES stay applied after every stack's stop.
-PROCESS_PATCHES = (batch_package.PATCH,)
+# (as every patch that says `AppliedBy.TEST_PROCESS`) for the whole test process, from before any
+# test module is imported: the interpreter is imported outside any mock too (infra/asl.py's checks,
+# the tests of moto's interpreter), and the first import decides for the process. PROCESS_PATCHES
+# stay applied after every stack's stop.
+PROCESS_PATCHES = patches_applied_by(AppliedBy.TEST_PROCESS)
 for _patch in PROCESS_PATCHES:
     _patch.apply()
 

@@ -25,21 +25,13 @@ from infra.local.event_sources import ScheduleMapping
 from infra.local.gateway import ApiGateway
 from infra.local.lambdas import LOG_KEYS, WORKER_THREADS, Handler, LambdaService
 from infra.local.moto_patches import (
-    action_names,
+    AppliedBy,
     apigateway,
     arrivals,
-    asl_parse,
-    batch_package,
     lambda_invoke,
-    lock,
-    memory,
-    response_keys,
+    patches_applied_by,
     retry_delay,
     s3_notifications,
-    sqs,
-    streams,
-    transactions,
-    update_expressions,
 )
 from infra.local.process import (
     AWS_ENVIRONMENT,
@@ -340,9 +332,7 @@ class EmbeddedStack:
         for name in ("POWERTOOLS_TRACE_DISABLED", "POWERTOOLS_METRICS_DISABLED"):
             if name not in os.environ:
                 self.process.set_env({name: "true"})
-        patches = (batch_package, lock, sqs, memory, transactions, streams, asl_parse, response_keys,
-                   update_expressions, action_names)  # fmt: skip
-        for patch in (module.PATCH for module in patches):
+        for patch in patches_applied_by(AppliedBy.STACK):
             self.process.enter(patch.registered())
         self.process.enter(WORKER_THREADS.registered())  # each function as its own process would have it
         self.process.enter(LOG_KEYS.registered())

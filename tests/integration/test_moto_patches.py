@@ -11,6 +11,7 @@ import gc
 import importlib
 import inspect
 import json
+import pkgutil
 import re
 import subprocess
 import sys
@@ -26,12 +27,13 @@ import boto3
 import pytest
 from moto import mock_aws
 
+import infra.local.moto_patches as moto_patches
 import infra.local.moto_patches.memory as moto_memory
 import infra.local.moto_patches.sqs as moto_sqs
 import infra.local.moto_patches.streams as moto_streams
 import infra.local.moto_patches.transactions as moto_transactions
 import infra.local.moto_patches.update_expressions as moto_update_expressions
-from infra.local.moto_patches import MOTO_VERSION, MotoPatch, all_patches, describe, readme_list
+from infra.local.moto_patches import MOTO_VERSION, AppliedBy, MotoPatch, all_patches, describe, readme_list
 from tests.conftest import PROCESS_PATCHES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -379,6 +381,51 @@ def test_canary_moto_s_retries_still_sleep_through_their_module_s_time() -> None
 def test_the_readme_lists_every_patch() -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
     assert readme_list() in readme, "README's list of moto patches is stale; paste readme_list():\n" + readme_list()
+
+
+def _applied(patches: list[MotoPatch]) -> set[str]:
+    return {patch.name for patch in patches if patch.is_applied()}
+
+
+def _saying(*who: AppliedBy) -> set[str]:
+    return {patch.name for patch in all_patches() if any(one in patch.applied_by for one in who)}
+
+
+def test_every_module_of_the_package_is_a_patch_of_all_patches_that_someone_applies() -> None:
+    modules = [module.name for module in pkgutil.iter_modules(moto_patches.__path__)]
+    patches = all_patches()
+    assert sorted(patch.name for patch in patches) == sorted(modules)
+    assert [importlib.import_module(f"infra.local.moto_patches.{patch.name}").PATCH for patch in patches] == patches
+    assert [patch.name for patch in patches if not patch.applied_by] == []
+
+
+def test_the_suite_applies_each_patch_where_it_says_and_nowhere_else() -> None:
+    assert _applied(all_patches()) == _saying(AppliedBy.TEST_PROCESS)
+    with mock_aws():
+        assert _applied(all_patches()) == _saying(AppliedBy.TEST_PROCESS, AppliedBy.MOCK_AWS)
+        with mock_aws():  # only the outermost start applies them; the inner stop leaves them
+            pass
+        assert _applied(all_patches()) == _saying(AppliedBy.TEST_PROCESS, AppliedBy.MOCK_AWS)
+    assert _applied(all_patches()) == _saying(AppliedBy.TEST_PROCESS)
+
+
+def test_a_stack_applies_each_patch_where_it_says_and_nowhere_else() -> None:
+    # A fresh interpreter, as `make run`'s: this one's conftest applies the suite's patches too. The
+    # stack has every registered patch's objects: state machines (and a retry delay scale other than
+    # 1.0), an S3 notification, mappings and the API.
+    code = """
+import json
+from infra.local.moto_patches import all_patches
+from infra.local.stack import running_stack
+def applied():
+    return sorted(patch.name for patch in all_patches() if patch.is_applied())
+with running_stack(admin_key_bootstrap=lambda secret: None, event_sources=False, retry_delay_scale=0.5) as stack:
+    inside = applied()
+print(json.dumps({"inside": inside, "after": applied()}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    found = json.loads(out.stdout)
+    assert found == {"inside": sorted(_saying(AppliedBy.STACK, AppliedBy.STACK_REGISTRY)), "after": []}
 
 
 @contextmanager

@@ -15,10 +15,16 @@ interpreter imports moto.batch.utils, and moto.batch's body imports all of moto.
 Patches that route moto to the stack's own objects (Lambda Invoke, S3's Lambda notifications, the
 mappings a new record wakes, the API Gateway cache flush, Step Functions' retry sleeps) read them
 from the patch's registry: `registered(*items)` adds them and applies the patch for a block.
+
+`all_patches()` is the one list of the package's patches, and each says who applies it
+(`applied_by`): the stack (infra/local/stack.py) and the test suite (tests/conftest.py) apply what
+`patches_applied_by(...)` answers them, and tests/integration/test_moto_patches.py checks that every
+module here is in the list and that each patch is applied where it says, and nowhere else.
 """
 
 from __future__ import annotations
 
+import enum
 import importlib
 import importlib.util
 import inspect
@@ -38,6 +44,24 @@ Replacements = dict[tuple[Any, str], Any]  # (class or module, attribute name) -
 MOTO_VERSION = "5.2.6"
 
 
+class AppliedBy(enum.Flag):
+    """Who applies a patch, each for as long as it runs (a patch may have several)."""
+
+    NOBODY = 0  # only the code that names it (infra/local/lambdas.py's, not this package's)
+    STACK = enum.auto()  # every local stack, as it starts moto, in all_patches()' order
+    STACK_REGISTRY = enum.auto()  # every local stack that has the objects, registered where it makes them
+    MOCK_AWS = enum.auto()  # the test suite, from every outermost start of mock_aws() to its stop
+    TEST_PROCESS = enum.auto()  # the test suite, for its whole process, before any test module is imported
+
+
+_WHO = {
+    AppliedBy.STACK: "the stack",
+    AppliedBy.STACK_REGISTRY: "the stack, with its objects",
+    AppliedBy.MOCK_AWS: "every mock_aws() of the suite",
+    AppliedBy.TEST_PROCESS: "the whole test process",
+}
+
+
 @dataclass(eq=False)
 class MotoPatch:
     """`replacements()` is called by the first apply(): {(owner, attribute name): new value}; it may
@@ -47,12 +71,14 @@ class MotoPatch:
     documentation for the behaviour, where there is one. `deferred` names packages whose body the
     first apply() defers to their first use (module docstring); the last undo() takes out a stand-in
     whose body never ran (the next import runs moto's own), and leaves one that ran: it is moto's
-    package from then on, whose names moto's other modules hold."""
+    package from then on, whose names moto's other modules hold. `applied_by` says who applies it
+    (module docstring)."""
 
     name: str
     changes: str
     expects: dict[str, str]
     replacements: Callable[[], Replacements]
+    applied_by: AppliedBy = AppliedBy.NOBODY
     upstream: str = ""
     deferred: tuple[str, ...] = ()
     _originals: Replacements = field(default_factory=dict, init=False, repr=False)
@@ -198,20 +224,30 @@ def describe(value: Any) -> str:
     return type(value).__name__
 
 
+# The package's patches, in the order the stack applies them: `batch_package` before anything imports
+# the Step Functions interpreter (`asl_parse`'s replacements do).
 _MODULES = ("batch_package", "lock", "sqs", "memory", "transactions", "streams", "asl_parse", "response_keys",
             "update_expressions", "action_names", "lambda_invoke", "s3_notifications", "arrivals", "apigateway",
             "retry_delay", "callback_responses")  # fmt: skip
 
 
 def all_patches() -> list[MotoPatch]:
-    """Every patch: the stack's, in the order it applies them, then those only the suite applies."""
+    """Every patch of the package, in the order the stack applies them."""
     return [importlib.import_module(f"{__name__}.{module}").PATCH for module in _MODULES]
+
+
+def patches_applied_by(who: AppliedBy) -> list[MotoPatch]:
+    """The patches `who` applies, in all_patches()' order."""
+    return [patch for patch in all_patches() if who in patch.applied_by]
 
 
 def readme_list() -> str:
     """The README's list of patches (tests/integration/test_moto_patches.py checks it is there)."""
     lines = [f"The local runtime changes moto {len(all_patches())} ways (checked against moto {MOTO_VERSION}):"]
     for patch in all_patches():
+        who = "; ".join(text for member, text in _WHO.items() if member in patch.applied_by)
         upstream = f" (upstream: {patch.upstream})" if patch.upstream else ""
-        lines.append(textwrap.fill(f"- `{patch.name}`: {patch.changes}{upstream}", width=100, subsequent_indent="  "))
+        lines.append(
+            textwrap.fill(f"- `{patch.name}` ({who}): {patch.changes}{upstream}", width=100, subsequent_indent="  ")
+        )
     return "\n".join(lines) + "\n"

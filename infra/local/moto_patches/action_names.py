@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import inspect
 
-from infra.local.moto_patches import MotoPatch, Replacements
+from infra.local.moto_patches import AppliedBy, MotoPatch, Replacements
 
 
 class FunctionNames:
@@ -47,6 +47,7 @@ def _replacements() -> Replacements:
 
 PATCH = MotoPatch(
     "action_names",
+    applied_by=AppliedBy.STACK | AppliedBy.MOCK_AWS,
     changes="moto's responses check that a request's action is a method of the response class by looking "
     "the name up, instead of listing every function of the class (inspect.getmembers over a few hundred "
     "attributes) for every request it serves.",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from infra.local.moto_patches import MotoPatch, Replacements
+from infra.local.moto_patches import AppliedBy, MotoPatch, Replacements
 
 # DELETE /restapis/{restapi_id}/stages/{stage_name}/cache/authorizers (202, no body on AWS).
 _FLUSH = re.compile(
@@ -36,6 +36,7 @@ def _replacements() -> Replacements:
 
 PATCH = MotoPatch(
     "apigateway",
+    applied_by=AppliedBy.STACK_REGISTRY,
     changes="API Gateway's FlushStageAuthorizersCache, which moto does not implement, answered 202 in "
     "process, and the local gateway serving that stage forgets its cached authorizer answers.",
     expects={"moto.core.botocore_stubber.BotocoreStubber.process_request": "(self, request)"},

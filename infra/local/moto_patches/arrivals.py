@@ -8,7 +8,7 @@ import threading
 import time
 from typing import Any
 
-from infra.local.moto_patches import MotoPatch, Replacements
+from infra.local.moto_patches import AppliedBy, MotoPatch, Replacements
 
 _receiving = threading.local()  # `queue`: the moto queue whose messages this thread receives or changes now
 
@@ -77,6 +77,7 @@ def _replacements() -> Replacements:
 
 PATCH = MotoPatch(
     "arrivals",
+    applied_by=AppliedBy.STACK_REGISTRY,
     changes="a message added to an SQS queue (sent, or moved to its DLQ) or a record added to a DynamoDB "
     "stream also wakes the local mappings that read it, so an idle mapping sleeps instead of polling moto "
     "(each of them ten times a second: a sixth of a core for an idle stack); a stream record wakes only "

@@ -15,7 +15,7 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
-from infra.local.moto_patches import MotoPatch, Replacements
+from infra.local.moto_patches import AppliedBy, MotoPatch, Replacements
 
 # The template has two state machines; a test process creates a few more of its own.
 KEPT_TREES = 8
@@ -49,6 +49,7 @@ def _replacements() -> Replacements:
 
 PATCH = MotoPatch(
     "asl_parse",
+    applied_by=AppliedBy.STACK,
     changes="Step Functions executions of a definition already parsed visit its kept ANTLR parse tree into "
     "a new program instead of lexing and parsing the definition again (~28 ms of CPU per order workflow "
     "execution).",

@@ -11,10 +11,11 @@ While applied, moto.batch's own body runs at the first read of one of its names 
 
 from __future__ import annotations
 
-from infra.local.moto_patches import MotoPatch
+from infra.local.moto_patches import AppliedBy, MotoPatch
 
 PATCH = MotoPatch(
     "batch_package",
+    applied_by=AppliedBy.STACK | AppliedBy.TEST_PROCESS,
     changes="moto.batch's own body (moto's Batch models, which import all of moto.ec2 and moto.ecs) runs "
     "at the first read of one of its names, not when the Step Functions interpreter imports "
     "moto.batch.utils (~0.6 s of CPU per process that runs a state machine).",

@@ -27,8 +27,8 @@ start). The objects kept outlive `undo()`, which puts moto's class back: they ar
 saving, and `undo()` runs at every stop. Only `_enable_patching` calls the name (the canary
 checks), under moto's `MockAWS._mock_init_lock`.
 
-The suite applies it to every plain `mock_aws()` (tests/conftest.py, SUITE_PATCHES); the local
-stack does not: `make run` starts moto once per process, so there is nothing to reuse.
+The suite applies it to every plain `mock_aws()` (tests/conftest.py, `AppliedBy.MOCK_AWS`); the
+local stack does not: `make run` starts moto once per process, so there is nothing to reuse.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from infra.local.moto_patches import MotoPatch, Replacements
+from infra.local.moto_patches import AppliedBy, MotoPatch, Replacements
 
 # moto makes ~1,300 (methods x URL patterns); the bound only keeps a caller with a new callback at
 # each start from growing the dict without end.
@@ -66,10 +66,10 @@ def _replacements() -> Replacements:
 
 PATCH = MotoPatch(
     "callback_responses",
-    changes="each start of moto (every mock_aws() of the suite) registers again the response objects "
-    "the first start made for its URL patterns and HTTP methods, their record of calls emptied, instead "
-    "of making ~1,300 new ones (~2.5 ms of CPU a start, four fifths of an empty one); the suite's, not the "
-    "stack's.",
+    applied_by=AppliedBy.MOCK_AWS,
+    changes="each start of moto registers again the response objects the first start made for its URL "
+    "patterns and HTTP methods, their record of calls emptied, instead of making ~1,300 new ones (~2.5 ms "
+    "of CPU a start, four fifths of an empty one).",
     expects={"moto.core.models.CallbackResponse": "type"},
     replacements=_replacements,
 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from infra.local.moto_patches import MotoPatch, Replacements
+from infra.local.moto_patches import AppliedBy, MotoPatch, Replacements
 
 
 def _replacements() -> Replacements:
@@ -26,6 +26,7 @@ def _replacements() -> Replacements:
 
 PATCH = MotoPatch(
     "lambda_invoke",
+    applied_by=AppliedBy.STACK_REGISTRY,
     changes="Lambda Invoke (from Step Functions' Lambda tasks and any boto3 client) runs the template's "
     "function in process; moto would need a zip and Docker.",
     expects={

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from infra.local.moto_patches import MotoPatch, Replacements
+from infra.local.moto_patches import AppliedBy, MotoPatch, Replacements
 
 
 def queued_seconds(native_id: int | None = None) -> float:
@@ -132,6 +132,7 @@ def _replacements() -> Replacements:
 
 PATCH = MotoPatch(
     "lock",
+    applied_by=AppliedBy.STACK,
     changes="one lock around every request moto serves (moto is not thread-safe; DynamoDB is atomic "
     "per request), released while an in-process handler runs inside a moto action.",
     expects={

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from infra.local.moto_patches import MotoPatch, Replacements
+from infra.local.moto_patches import AppliedBy, MotoPatch, Replacements
 
 
 def _replacements() -> Replacements:
@@ -30,6 +30,7 @@ def _replacements() -> Replacements:
 
 PATCH = MotoPatch(
     "memory",
+    applied_by=AppliedBy.STACK,
     changes="moto's BaseModel stops listing every instance it ever made (for its dashboard; nothing "
     "removed them: a 100,000-line import grew the process to 2.8 GiB), except S3's keys and uploads, "
     "which moto's reset closes through that list.",

@@ -25,7 +25,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from infra.local.moto_patches import MotoPatch, Replacements
+from infra.local.moto_patches import AppliedBy, MotoPatch, Replacements
 
 # (shape, member name) -> (the shape's parent when computed, its keys, or None for "moto's own
 # path"). The shapes are those of moto's cached service models, so the same ones come back; the
@@ -103,6 +103,7 @@ def _replacements() -> Replacements:
 
 PATCH = MotoPatch(
     "response_keys",
+    applied_by=AppliedBy.STACK | AppliedBy.MOCK_AWS,
     changes="moto's response serializer keeps, per output shape member, the keys its attribute picker "
     "reads a dict result's member from (computed once by moto's own picker), instead of building six "
     "alias providers for every member of every answer (up to 44 % of moto's time in a test file).",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 import types
 
-from infra.local.moto_patches import MotoPatch, Replacements
+from infra.local.moto_patches import AppliedBy, MotoPatch, Replacements
 
 
 def _sleep(seconds: float) -> None:
@@ -22,6 +22,7 @@ def _replacements() -> Replacements:
 
 PATCH = MotoPatch(
     "retry_delay",
+    applied_by=AppliedBy.STACK_REGISTRY,
     changes="Step Functions Retry sleeps multiplied by the stack's `retry_delay_scale` "
     "(OMS_RETRY_DELAY_SCALE); only when it is not 1.0, for tests.",
     expects={"moto.stepfunctions.parser.asl.component.common.retry.retrier_decl.time": "module time"},

@@ -8,7 +8,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from infra.local.moto_patches import MotoPatch, Replacements
+from infra.local.moto_patches import AppliedBy, MotoPatch, Replacements
 
 _completing = threading.local()  # inside moto's CompleteMultipartUpload
 
@@ -47,6 +47,7 @@ def _replacements() -> Replacements:
 
 PATCH = MotoPatch(
     "s3_notifications",
+    applied_by=AppliedBy.STACK_REGISTRY,
     changes="S3's Lambda notifications reach the template's function in process (queued, invoked "
     "asynchronously as S3 does), and CompleteMultipartUpload notifies "
     "ObjectCreated:CompleteMultipartUpload alone (moto also notifies ObjectCreated:Put).",

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from infra.local.moto_patches import MotoPatch, Replacements, lock
+from infra.local.moto_patches import AppliedBy, MotoPatch, Replacements, lock
 
 logger = logging.getLogger("infra.local.moto_patches.sqs")
 
@@ -117,6 +117,7 @@ def _replacements() -> Replacements:
 
 PATCH = MotoPatch(
     "sqs",
+    applied_by=AppliedBy.STACK,
     changes="SQS message counts read the clock once per GetQueueAttributes (moto reads it per count, "
     "so a message whose delay ends between two counts is in neither) and the retention check reads one "
     "attribute (moto rebuilds every attribute and reads the clock per message, so each send and receive "

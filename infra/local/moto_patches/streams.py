@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from infra.local.moto_patches import MotoPatch, Replacements
+from infra.local.moto_patches import AppliedBy, MotoPatch, Replacements
 
 # On the backend: each iterator read -> the NextShardIterator its last read handed out.
 _HANDED_OUT = "_oms_handed_out"
@@ -34,6 +34,7 @@ def _replacements() -> Replacements:
 
 PATCH = MotoPatch(
     "streams",
+    applied_by=AppliedBy.STACK,
     changes="a DynamoDB Streams shard iterator is forgotten once the NextShardIterator its read "
     "handed out is read (moto keeps every one it hands out, and a stream poller takes one per read; "
     "on AWS one expires after 15 minutes); the last one read may be read again, as on AWS, and the next "

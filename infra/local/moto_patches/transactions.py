@@ -11,7 +11,7 @@ import copy
 from types import SimpleNamespace
 from typing import Any
 
-from infra.local.moto_patches import MotoPatch, Replacements
+from infra.local.moto_patches import AppliedBy, MotoPatch, Replacements
 
 
 def _replacements() -> Replacements:
@@ -65,6 +65,7 @@ def _replacements() -> Replacements:
 
 PATCH = MotoPatch(
     "transactions",
+    applied_by=AppliedBy.STACK | AppliedBy.MOCK_AWS,
     changes="a cancelled TransactWriteItems puts back the items it named and drops the stream records it "
     "added, instead of moto deep-copying every table it names (every item and stream record, under "
     "the lock) before it starts.",

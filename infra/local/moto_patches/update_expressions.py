@@ -42,7 +42,7 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
-from infra.local.moto_patches import MotoPatch, Replacements
+from infra.local.moto_patches import AppliedBy, MotoPatch, Replacements
 
 # The OMS writes a few dozen distinct expressions; a test process writes a few hundred more.
 KEPT_EXPRESSIONS = 4_096
@@ -190,6 +190,7 @@ def _replacements() -> Replacements:
 
 PATCH = MotoPatch(
     "update_expressions",
+    applied_by=AppliedBy.STACK | AppliedBy.MOCK_AWS,
     changes="DynamoDB UpdateExpressions already parsed are read from their kept tree instead of being "
     "tokenized and parsed again (moto parses each one twice per UpdateItem; its validator works on a copy "
     "of the tree), each validation pass builds its map of node types once instead of at every node it "
