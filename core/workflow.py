@@ -952,12 +952,12 @@ class Workflow:
             wanted[place] += a.quantity
             first.setdefault(place, reservation_key(order.id, a.line_id))
         top_ups = []
-        for (sku, location_id), quantity in wanted.items():
-            more = quantity - sum(q for (s, loc, _), q in mine.items() if (s, loc) == (sku, location_id))
+        for (sku, at), quantity in wanted.items():
+            more = quantity - sum(q for (s, loc, _), q in mine.items() if (s, loc) == (sku, at))
             if more > 0:
-                key = first[(sku, location_id)]
-                held = mine.get((sku, location_id, key), 0)
-                top_ups.append(TopUp(sku, location_id, key, held, held + more, rules.kept_back(location_id)))
+                key = first[(sku, at)]
+                held = mine.get((sku, at, key), 0)
+                top_ups.append(TopUp(sku, at, key, held, held + more, rules.kept_back(at)))
         # An order of more stock items than a transaction holds has the rest sourced by its
         # ReserveStock from what is left then (as a fill leaves what does not fit to the next arrival).
         return top_ups[:MAX_TOP_UPS]
