@@ -3689,10 +3689,19 @@ class Order(Shown):
         workflow the change starts counts what it holds elsewhere as its own, and reserves the rest
         elsewhere or waits for stock again. Its units there are released after this write. One
         held while backordered (waits_for_stock) stays on hold, to be released to `authorized`
-        (_sourced_again): a count counts what is there, whatever holds the order."""
-        if not self.waits_for_stock():
+        (_sourced_again): a count counts what is there, whatever holds the order.
+        One sent back to be sourced since the count read it backordered (an edit, a cancel of
+        units, the arrival walk's send-back whole: not_sourced, still holding its units, the
+        location among `held_before`) gets the location excluded all the same, staying as it is
+        (authorized, or on hold to be released to it): the workflow that change started plans
+        without it (its ReserveStock's write, conditional on the version, loses to this one and
+        plans again), or it would count the units the count took as its own."""
+        if self.not_sourced():
+            if location_id not in self.held_before:
+                raise InvalidTransition(f"order {self.id} held no units at {location_id}")
+        elif not self.waits_for_stock():
             raise InvalidTransition(f"an order that is {self.status} is not waiting for stock")
-        if not any(a.location_id == location_id for a in self.allocations):
+        elif not any(a.location_id == location_id for a in self.allocations):
             raise InvalidTransition(f"order {self.id} holds no units at {location_id}")
         return self._next(
             at=at, actor=actor, type=OrderEvent.SOURCED_AGAIN,
