@@ -474,3 +474,31 @@ def test_the_reserve_stock_of_an_order_sent_back_meanwhile_loses_its_write_to_th
     again = sourced_again(world, waiting)  # Step Functions runs the step again
     assert (again.status, again.shipments, again.excluded_locations) == (S.BACKORDERED, [], ["wh-west"])
     assert world.level("BOOK", "wh-west") == (0, 0, 0) and world.held_for(waiting) == {}
+
+
+def test_an_order_sent_back_after_a_count_died_before_its_send_back_is_sent_elsewhere_by_the_reconcilers_pass(world):
+    """The count's function died between its write and its send-back; the order, edited meanwhile,
+    was sourced (ReserveStock counting the units it held there as its own: the count's mark still
+    stands, its rejects owed) and allocated at wh-west. The reconciler's pass rejects that parcel."""
+    waiting = backordered_later(world, ("BOOK", 5))
+
+    def died(*args: object) -> None:
+        raise RuntimeError("the Lambda timed out after the count")
+
+    dying = InventoryService(
+        world.inventory, world.catalog, orders=lambda: world.orders, reject=world.actions.reject, send_back=died,
+        clock=lambda: NOW,
+    )  # fmt: skip
+    with pytest.raises(RuntimeError):
+        dying.count("BOOK", "wh-west", 0, actor=KEY)
+    edited(world)(waiting)
+    assert sourced_again(world, waiting).status is S.ALLOCATED
+    done = ShortCountsFinished()
+
+    service(world).finish_short_counts(done, before=NOW + timedelta(minutes=5))
+
+    assert (done.finished, done.failed) == ([ShortCount("BOOK", "wh-west", KEY, NOW)], {})
+    assert len(rejected_by_count(world, waiting)) == 1
+    again = sourced_again(world, waiting)
+    assert (again.status, again.shipments) == (S.BACKORDERED, [])
+    assert world.level("BOOK", "wh-west") == (0, 0, 0)
