@@ -206,7 +206,8 @@ class InventoryService:
         a parcel of). A held order's pending shipment is rejected as any other (OrderActions.reject:
         it stays on hold, sourced again once released). Units a
         backordered order holds there go first (send_back: it is sourced again without that
-        location, reason `stock_count`), newest order first: they are in no parcel yet."""
+        location, reason `stock_count`, also when sent back to be sourced since this read it:
+        Order.source_again_without), newest order first: they are in no parcel yet."""
         self._require(sku, location_id)
         short = ShortCount(sku, location_id, actor, self._clock())
         written = False
