@@ -4562,14 +4562,18 @@ class Order(Shown):
             self.status is OrderStatus.ON_HOLD and held_allocated
         )
 
+    def not_allocated_yet(self) -> bool:
+        """Pending or authorized (or held from either), reserved or not: its workflow has yet to
+        book its parcels and allocate it."""
+        held_from = self.hold.resume_to if self.status is OrderStatus.ON_HOLD and self.hold is not None else None
+        return self.status in (OrderStatus.PENDING, OrderStatus.AUTHORIZED) or held_from in (
+            OrderStatus.PENDING, OrderStatus.AUTHORIZED,
+        )  # fmt: skip
+
     def not_sourced(self) -> bool:
         """Pending or authorized (or held from either) with nothing allocated: every unit waits to
         be sourced, in no shipment yet."""
-        held_from = self.hold.resume_to if self.status is OrderStatus.ON_HOLD and self.hold is not None else None
-        waits = self.status in (OrderStatus.PENDING, OrderStatus.AUTHORIZED) or held_from in (
-            OrderStatus.PENDING, OrderStatus.AUTHORIZED,
-        )  # fmt: skip
-        return waits and not self.allocations
+        return self.not_allocated_yet() and not self.allocations
 
     def waits_for_stock(self) -> bool:
         """Backordered, or held while backordered (its release waits for stock again): what it

@@ -373,7 +373,8 @@ def sending_back_after(world: World, between) -> InventoryService:
         return real(order_id, location_id, reason, actor)
 
     return InventoryService(
-        world.inventory, world.catalog, orders=lambda: world.orders, reject=world.actions.reject, send_back=send_back
+        world.inventory, world.catalog, orders=lambda: world.orders, reject=world.actions.reject, send_back=send_back,
+        clock=lambda: NOW,
     )  # fmt: skip
 
 
@@ -498,6 +499,39 @@ def test_an_order_sent_back_after_a_count_died_before_its_send_back_is_sent_else
     service(world).finish_short_counts(done, before=NOW + timedelta(minutes=5))
 
     assert (done.finished, done.failed) == ([ShortCount("BOOK", "wh-west", KEY, NOW)], {})
+    assert len(rejected_by_count(world, waiting)) == 1
+    again = sourced_again(world, waiting)
+    assert (again.status, again.shipments) == (S.BACKORDERED, [])
+    assert world.level("BOOK", "wh-west") == (0, 0, 0)
+
+
+def test_an_order_reserved_between_the_count_and_its_send_back_keeps_the_counts_mark_until_its_parcel_goes(world):
+    """Edited, then its ReserveStock ran (the units it held at wh-west counted as its own) before the
+    count's send-back landed: reserved and not allocated yet, it has no parcel a count may reject,
+    and its workflow goes on to book one. The count keeps its mark: the reconciler's pass leaves it
+    while the order is not allocated, then rejects the parcel its CreateShipments made there."""
+    waiting = backordered_later(world, ("BOOK", 5))
+
+    def edited_then_reserved(order_id: str):
+        edited(world)(order_id)
+        world.workflow.reserve_stock(order_id)
+
+    level = sending_back_after(world, edited_then_reserved).count("BOOK", "wh-west", 0, actor=KEY)
+
+    assert (level.on_hand, level.reserved) == (0, 4)
+    marked = [ShortCount("BOOK", "wh-west", KEY, NOW)]
+    # Before: the mark was removed here, and the order shipped from wh-west with nothing to reject it.
+    assert world.inventory.short_counts(NOW + timedelta(minutes=5), 10) == marked
+    early = ShortCountsFinished()
+    service(world).finish_short_counts(early, before=NOW + timedelta(minutes=5))
+    assert (early.finished, early.failed) == ([], {})
+    assert world.inventory.short_counts(NOW + timedelta(minutes=5), 10) == marked
+    world.workflow.create_shipments(waiting)  # allocated at wh-west: the window the pass closes
+    done = ShortCountsFinished()
+
+    service(world).finish_short_counts(done, before=NOW + timedelta(minutes=5))
+
+    assert (done.finished, done.failed) == (marked, {})
     assert len(rejected_by_count(world, waiting)) == 1
     again = sourced_again(world, waiting)
     assert (again.status, again.shipments) == (S.BACKORDERED, [])
