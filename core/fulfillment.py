@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +50,7 @@ from core.models import (
     OrderLine,
     PaymentInput,
     PlaceOrder,
+    ReplacedLine,
     Shipment,
     reported_delivered_note,
     same_tracking_number,
@@ -720,8 +721,10 @@ class OrderActions:
 
     def source_backorder_again(self, order_id: str, location_id: str, reason: str, actor: str) -> Order:
         """A stock take at `location_id` no longer covers what the backordered order holds there:
-        recorded first (Order.source_again_without: authorized, that location excluded), then its
-        units there are released, as a reject releases them. A repeat finishes the release."""
+        recorded first (Order.source_again_without: authorized, that location excluded; an order
+        sent back to be sourced since the count read it too), then its units there are released,
+        as a reject releases them, under every key it holds units by (those of lines an edit
+        replaced too: its ReserveStock has not moved them yet). A repeat finishes the release."""
         at = self._clock()
 
         def decide(order: Order):
@@ -730,7 +733,7 @@ class OrderActions:
             return order.source_again_without(location_id, reason, at=at, actor=actor)
 
         order = modify(self._orders, order_id, decide)
-        self._release_lines(order, order.lines, [location_id])
+        self._release_lines(order, [*order.lines, *order.replaced_lines], [location_id])
         return order
 
     def _withdrawn_from(self, order_id: str, shipment_id: str) -> str | None:
@@ -1081,7 +1084,7 @@ class OrderActions:
         if new.status is S.ON_HOLD:
             give_back_surplus(self._inventory, new, locations)
 
-    def _release_lines(self, order: Order, lines: list[OrderLine], location_ids: list[str]) -> None:
+    def _release_lines(self, order: Order, lines: Sequence[OrderLine | ReplacedLine], location_ids: list[str]) -> None:
         keys: dict[tuple[str, str], list[str]] = defaultdict(list)
         for line in lines:
             for location_id in location_ids:

@@ -3689,10 +3689,19 @@ class Order(Shown):
         workflow the change starts counts what it holds elsewhere as its own, and reserves the rest
         elsewhere or waits for stock again. Its units there are released after this write. One
         held while backordered (waits_for_stock) stays on hold, to be released to `authorized`
-        (_sourced_again): a count counts what is there, whatever holds the order."""
-        if not self.waits_for_stock():
+        (_sourced_again): a count counts what is there, whatever holds the order.
+        One sent back to be sourced since the count read it backordered (an edit, a cancel of
+        units, the arrival walk's send-back whole: not_sourced, still holding its units, the
+        location among `held_before`) gets the location excluded all the same, staying as it is
+        (authorized, or on hold to be released to it): the workflow that change started plans
+        without it (its ReserveStock's write, conditional on the version, loses to this one and
+        plans again), or it would count the units the count took as its own."""
+        if self.not_sourced():
+            if location_id not in self.held_before:
+                raise InvalidTransition(f"order {self.id} held no units at {location_id}")
+        elif not self.waits_for_stock():
             raise InvalidTransition(f"an order that is {self.status} is not waiting for stock")
-        if not any(a.location_id == location_id for a in self.allocations):
+        elif not any(a.location_id == location_id for a in self.allocations):
             raise InvalidTransition(f"order {self.id} holds no units at {location_id}")
         return self._next(
             at=at, actor=actor, type=OrderEvent.SOURCED_AGAIN,
@@ -4553,14 +4562,18 @@ class Order(Shown):
             self.status is OrderStatus.ON_HOLD and held_allocated
         )
 
+    def not_allocated_yet(self) -> bool:
+        """Pending or authorized (or held from either), reserved or not: its workflow has yet to
+        book its parcels and allocate it."""
+        held_from = self.hold.resume_to if self.status is OrderStatus.ON_HOLD and self.hold is not None else None
+        return self.status in (OrderStatus.PENDING, OrderStatus.AUTHORIZED) or held_from in (
+            OrderStatus.PENDING, OrderStatus.AUTHORIZED,
+        )  # fmt: skip
+
     def not_sourced(self) -> bool:
         """Pending or authorized (or held from either) with nothing allocated: every unit waits to
         be sourced, in no shipment yet."""
-        held_from = self.hold.resume_to if self.status is OrderStatus.ON_HOLD and self.hold is not None else None
-        waits = self.status in (OrderStatus.PENDING, OrderStatus.AUTHORIZED) or held_from in (
-            OrderStatus.PENDING, OrderStatus.AUTHORIZED,
-        )  # fmt: skip
-        return waits and not self.allocations
+        return self.not_allocated_yet() and not self.allocations
 
     def waits_for_stock(self) -> bool:
         """Backordered, or held while backordered (its release waits for stock again): what it

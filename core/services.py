@@ -149,6 +149,13 @@ MAX_COUNT_RELEASES = 100
 SHORT_COUNTS_READ = 500
 
 
+class NotAllocatedYet(InsufficientStock):
+    """What a stock take may not send elsewhere includes units of orders their workflow has not
+    allocated yet (InventoryService._to_reject): refused as any such count before it is recorded,
+    but a count recorded already keeps its mark, so the reconciler's pass rejects the parcels their
+    workflow books there rather than leave them units the shelf lacks."""
+
+
 @dataclass
 class ShortCountsFinished:
     """What InventoryService.finish_short_counts did, filled as it goes."""
@@ -200,13 +207,16 @@ class InventoryService:
         stock item short (ShortCount) until what stays reserved fits: `available` is negative until
         those releases land, so no order reserves the released units before. A count sent again,
         or the reconciler's pass over the marks (finish_short_counts) after the function died
-        between the count and the rejects, finds the same count short and rejects what is left.
+        between the count and the rejects, finds the same count short and rejects what is left
+        (recorded, it keeps its mark while orders not allocated yet hold what does not fit: an
+        order sent back to be sourced since it was read, reserved before the send-back landed).
         InsufficientStock, recording nothing, when rejecting every such shipment would not make it
         fit (units held by ready pickups, by orders not yet allocated, or by one a person is to confirm
         a parcel of). A held order's pending shipment is rejected as any other (OrderActions.reject:
         it stays on hold, sourced again once released). Units a
         backordered order holds there go first (send_back: it is sourced again without that
-        location, reason `stock_count`), newest order first: they are in no parcel yet."""
+        location, reason `stock_count`, also when sent back to be sourced since this read it:
+        Order.source_again_without), newest order first: they are in no parcel yet."""
         self._require(sku, location_id)
         short = ShortCount(sku, location_id, actor, self._clock())
         written = False
@@ -221,9 +231,10 @@ class InventoryService:
                     continue  # reserved meanwhile: planned again on the record as it is now
             try:
                 shipments, releasing = self._to_reject(location_id, held, level.reserved - on_hand)
-            except InsufficientStock:
+            except InsufficientStock as kept:
                 if written:  # recorded by this call; a shipment was readied for pickup since
-                    self._inventory.short_count_finished(short)
+                    if not isinstance(kept, NotAllocatedYet):  # else the mark stays for their parcels
+                        self._inventory.short_count_finished(short)
                     return level.as_shown()
                 raise
             try:
@@ -264,7 +275,8 @@ class InventoryService:
         pending shipments there are rejected (by the count's actor, reason `stock_count`) until what
         stays reserved fits what is on hand, as the count sent again would, without writing the
         count again (an adjustment since stands). A mark is removed once it fits, or once nothing
-        left there may be sent elsewhere (ready pickups: their collection or expiry ends it). The
+        left there may be sent elsewhere (ready pickups: their collection or expiry ends it); it
+        stays while orders not allocated yet hold what does not fit (NotAllocatedYet). The
         marks finished go in `done.finished`; one whose work raised (a reject's plugin, a table down)
         in `done.failed`, its mark left for the next pass, and the pass goes on to the next: at most
         `limit` are read (paged), so those that keep failing never keep the later ones waiting. None
@@ -287,13 +299,16 @@ class InventoryService:
 
     def _finish(self, short: ShortCount) -> bool:
         """Whether `short` is finished (its mark removed): what stays reserved fits, or nothing left
-        there may be sent elsewhere. Orders that kept moving on meanwhile leave it for the next pass."""
+        there may be sent elsewhere. Orders that kept moving on meanwhile, or not allocated yet,
+        leave it for the next pass."""
         for _ in range(COUNT_ATTEMPTS):
             level, held = self._inventory.held_at(short.sku, short.location_id)
             if level.reserved <= level.on_hand:
                 break
             try:
                 shipments, _ = self._to_reject(short.location_id, held, level.reserved - level.on_hand)
+            except NotAllocatedYet:
+                return False  # a later pass rejects the parcels their workflow books there
             except InsufficientStock:
                 break  # held by orders no count sends elsewhere
             self._rejected(short.location_id, shipments, short.actor)
@@ -309,12 +324,14 @@ class InventoryService:
     ) -> tuple[list[tuple[str, str, bool]], dict[str, int]]:
         """The shipments at `location_id` to reject, newest order first, so that `excess` reserved
         units go, and the reservations ({order#line: units}) their rejects release.
-        InsufficientStock when rejecting every one the location may still reject falls short."""
+        InsufficientStock when rejecting every one the location may still reject falls short;
+        NotAllocatedYet when orders not allocated yet hold some of what is kept."""
         assert self._orders is not None
         by_order: dict[str, dict[str, int]] = defaultdict(dict)
         for key, units in held.items():
             by_order[key.rpartition("#")[0]][key] = units
         candidates: list[tuple[Order, str, bool]] = []
+        unallocated = False  # units held by orders whose parcels are still to be booked
         for order in self._orders().get_many(sorted(by_order)).values():
             # Its parcel there, whichever generation (Order.parcel_id); else the id one made now would have.
             here = (s.id for s in order.shipments if s.location_id == location_id)
@@ -334,7 +351,9 @@ class InventoryService:
                     else:
                         order.rejectable(shipment_id)
                 except (Conflict, NotFound):
-                    continue  # no pending shipment there a reject may take (a ready pickup, not yet allocated, ...)
+                    # No pending shipment there a reject may take (a ready pickup, not yet allocated, ...).
+                    unallocated = unallocated or order.not_allocated_yet()
+                    continue
             candidates.append((order, shipment_id, False))
         # A backordered order's units first (they are in no parcel yet: it waits for stock anyway),
         # then pending shipments; newest order first within each.
@@ -348,7 +367,7 @@ class InventoryService:
             releasing.update(by_order[order.id])
         if sum(releasing.values()) < excess:
             kept = sum(held.values()) - sum(releasing.values())
-            raise InsufficientStock(
+            raise (NotAllocatedYet if unallocated else InsufficientStock)(
                 f"{kept} units reserved at {location_id} are held by orders its count cannot send elsewhere",
                 details=[{"field": "on_hand", "message": f"must be at least the {kept} units held by ready pickups "
                           "and by orders no reject may send elsewhere yet (not allocated, or a parcel to confirm)"}],

@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from core.errors import Backordered
 from core.fulfillment import OrderActions
 from tests.e2e.client import Catalog, order_body, put_network, unique
 from tests.integration.in_process import InProcessApi, in_process_api_with_labels, run_to_allocated
@@ -119,7 +120,6 @@ def backordered(api: InProcessApi, **units: int) -> tuple[dict[str, str], str, s
     """An order of 5 units of a backorderable product stocked with `units` ({"west": 3, ...}) at
     the network's locations, authorized and reserving what there is by the workflow's own steps,
     waiting backordered for the rest: (the network, the sku, the order's id, the workflow)."""
-    from core.errors import Backordered
     from functions.bootstrap import Config, bootstrap
 
     network = put_network(api)
@@ -159,8 +159,6 @@ def test_a_count_below_what_a_held_backordered_order_holds_sends_it_back_to_be_s
     # A count counts what is there: the units a backordered order on hold holds are no more there
     # than a backordered one's. It was 409 (held, the order was no candidate). Its hold stays; the
     # release sources it again without that location.
-    from core.errors import Backordered
-
     network, sku, order_id, steps = backordered(api, west=3, east=1)  # 4 reserved, 1 short: it waits for stock
     held = api.post(f"/orders/{order_id}/hold", json={"reason": "fraud_review", "note": "check"})
     assert held.status_code == 200, held.text
@@ -184,6 +182,39 @@ def test_a_count_below_what_a_held_backordered_order_holds_sends_it_back_to_be_s
         steps.reserve_stock(order_id)
     assert stock_at(api, sku, network["west"]) == {"on_hand": 1, "reserved": 0, "available": 1}
     assert stock_at(api, sku, network["east"]) == {"on_hand": 1, "reserved": 1, "available": 0}
+
+
+def test_an_order_edited_before_the_counts_send_back_lands_keeps_none_of_the_units_the_count_took(
+    api: InProcessApi, monkeypatch: pytest.MonkeyPatch
+):
+    # Backordered when the count read it; a PATCH sends it back to be sourced (authorized, its units
+    # still held) before the count's send-back lands. It was refused then (the order no longer
+    # backordered), the count finished with 3 reserved over on_hand 0, and the order's ReserveStock
+    # counted those 3 as its own: allocated from west, where the count found none.
+    network, sku, order_id, steps = backordered(api, west=3)
+    real = OrderActions.source_backorder_again
+
+    def edited_first(actions: OrderActions, *args: str):
+        order = api.get(f"/orders/{order_id}").json()
+        edited = api.request("PATCH", f"/orders/{order_id}", json={"lines": [{"sku": sku, "quantity": 3}]},
+                             headers={"If-Match": str(order["version"])})  # fmt: skip
+        assert edited.status_code == 200 and edited.json()["status"] == "authorized", edited.text
+        return real(actions, *args)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(OrderActions, "source_backorder_again", edited_first)
+        counted = api.put(f"/inventory/{sku}/{network['west']}", json={"on_hand": 0})
+
+    assert counted.status_code == 200, counted.text
+    assert stock_at(api, sku, network["west"]) == {"on_hand": 0, "reserved": 0, "available": 0}
+    entries = api.get(f"/orders/{order_id}/history").json()["items"]
+    assert [(e["detail"]["reason"], e["detail"]["location_id"]) for e in entries if e["type"] == "sourced_again"] == [
+        ("stock_count", network["west"])
+    ]
+    with pytest.raises(Backordered):
+        steps.reserve_stock(order_id)  # the execution the edit started: west excluded, it waits for stock
+    assert api.get(f"/orders/{order_id}").json()["shipments"] == []
+    assert stock_at(api, sku, network["west"]) == {"on_hand": 0, "reserved": 0, "available": 0}
 
 
 def test_an_adjustment_while_a_short_counts_rejects_are_owed_answers_available_never_negative(

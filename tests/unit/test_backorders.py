@@ -8,6 +8,7 @@ tests/stateful.py)."""
 
 from __future__ import annotations
 
+import contextlib
 from datetime import datetime, timedelta
 
 import pytest
@@ -33,6 +34,7 @@ from core.sourcing_rules import SourcingRules
 from core.status import OrderStatus
 from plugins.testing.memory import InMemoryBackorderedOrders, InMemorySourcingRules
 from tests.builders import NOW, address_body, place_order, product
+from tests.builders import location as a_location
 from tests.stateful import at_length, in_make_test, steps_drawn
 from tests.unit.world import Died, RecordsBookings, World, before_the_next_write, build_world, dies_before_recording
 
@@ -1106,6 +1108,45 @@ def test_a_stock_take_below_the_units_reserved_for_an_order_sent_back_whole_wait
 
     assert world.level("PREORDER", "wh-east") == (3, 3, 0)
     assert world.run(older).status is S.ALLOCATED
+
+
+def test_a_stock_take_whose_send_back_meets_an_order_the_walk_sent_back_whole_meanwhile_still_takes_its_units():
+    """max_shipments 2: the order holds its PREORDER at wh-west and its CAP at wh-east, and waits for
+    its BOOK. A count of PREORDER at wh-west plans to send it back (backordered when read); before
+    its send-back lands, BOOK arrives at wh-north, where CAP is too, and the walk sends the order
+    back whole (its plan: wh-west and wh-north). The send-back still takes the unit at wh-west:
+    sourced again, the order waits for PREORDER rather than shipping one the shelf lacks."""
+    world, allocator = ruled_world([("PREORDER", "wh-west", 1), ("CAP", "wh-east", 1)], max_shipments=2)
+    world.catalog.put_location(a_location("wh-north", name="North warehouse", latitude=44.98, longitude=-93.27))
+    order_id = backordered(world, ("PREORDER", 1), ("CAP", 1), ("BOOK", 1))
+    assert sorted((a.location_id, a.quantity) for a in world.order(order_id).allocations) == [
+        ("wh-east", 1), ("wh-west", 1)
+    ]  # fmt: skip
+    world.inventory.set_on_hand("CAP", "wh-north", 1, reason="count")
+    send_back = world.actions.source_backorder_again
+    walked: list[object] = []
+
+    def sent_back_whole_first(order_id: str, location_id: str, reason: str, actor: str):
+        if not walked:
+            world.inventory.adjust("BOOK", "wh-north", 1, reason="receipt")
+            walked.append(allocator.arrived("BOOK", "wh-north"))
+        return send_back(order_id, location_id, reason, actor)
+
+    service = InventoryService(
+        world.inventory, world.catalog, orders=lambda: world.orders, reject=world.actions.reject,
+        send_back=sent_back_whole_first,
+    )  # fmt: skip
+
+    level = service.count("PREORDER", "wh-west", 0)
+
+    assert walked[0].sourced_again == [order_id]
+    with contextlib.suppress(Backordered):  # it waits for stock: the end of that run
+        world.run(order_id)  # the execution the outbox starts for the order sent back
+    order = world.order(order_id)
+    # Before: allocated, its PREORDER parcel at wh-west, where the count found none (reserved 1).
+    assert (order.status, shipped_from(order), order.excluded_locations) == (S.BACKORDERED, [], ["wh-west"])
+    assert order.short_of() == {"L1": 1}
+    assert world.level("PREORDER", "wh-west") == (0, 0, 0) and (level.on_hand, level.reserved) == (0, 0)
 
 
 def test_an_order_sent_back_whole_needing_more_stock_items_than_a_transaction_holds_reserves_what_fits(monkeypatch):

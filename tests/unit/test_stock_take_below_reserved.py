@@ -12,14 +12,15 @@ from datetime import timedelta
 
 import pytest
 
-from core.errors import Backordered, InsufficientStock, InvalidTransition, OutOfStock
+from core.errors import Backordered, InsufficientStock, InvalidTransition, OutOfStock, TransientError
 from core.events import OrderEvent
 from core.holds import HoldRequest, Holds, ReleaseRequest
+from core.models import LineInput, OrderEdit
 from core.ports import ShortCount
 from core.services import InventoryService, ShortCountsFinished
 from core.status import OrderStatus
 from tests.builders import NOW, product
-from tests.unit.world import Clock, World, build_world
+from tests.unit.world import Clock, World, before_the_next_write, build_world
 
 S = OrderStatus
 KEY = "key_stock_take"
@@ -355,3 +356,183 @@ def test_a_count_whose_rejects_keep_losing_keeps_its_mark_for_the_reconcilers_pa
     ((actor, _, _),) = rejected_by_count(world, newer.id)
     assert actor == KEY
     assert world.inventory.short_counts(NOW + timedelta(minutes=5), 10) == []
+
+
+# --- An order sent back to be sourced between a count's plan and its send-back ----------------------
+
+
+def sending_back_after(world: World, between) -> InventoryService:
+    """The count's service, whose first send-back runs `between` (a request on another function)
+    before it lands: the order the count planned to send back, backordered when read, has moved on."""
+    real = world.actions.source_backorder_again
+    ran: list[object] = []
+
+    def send_back(order_id: str, location_id: str, reason: str, actor: str):
+        if not ran:
+            ran.append(between(order_id))
+        return real(order_id, location_id, reason, actor)
+
+    return InventoryService(
+        world.inventory, world.catalog, orders=lambda: world.orders, reject=world.actions.reject, send_back=send_back,
+        clock=lambda: NOW,
+    )  # fmt: skip
+
+
+def edited(world: World):
+    def edit(order_id: str):
+        change = OrderEdit(lines=[LineInput(sku="BOOK", quantity=4)])
+        return world.actions.edit(order_id, world.order(order_id).version, change, actor="key_web")
+
+    return edit
+
+
+def units_cancelled(world: World):
+    return lambda order_id: world.actions.cancel(order_id, "only four", actor="key_web", lines={"L1": 1})
+
+
+@pytest.mark.parametrize("between", [edited, units_cancelled], ids=["edit", "cancel_of_units"])
+def test_an_order_sent_back_between_the_count_and_its_send_back_keeps_no_unit_the_count_took(world, between):
+    """Backordered when the count read it (4 BOOK held at wh-west, 1 short), it is sent back to be
+    sourced (authorized, its units still held) before the count's send-back lands: the send-back
+    still takes its units at wh-west, so its ReserveStock never plans on units the shelf lacks."""
+    waiting = backordered_later(world, ("BOOK", 5))
+    assert world.level("BOOK", "wh-west") == (4, 4, 0)
+
+    level = sending_back_after(world, between(world)).count("BOOK", "wh-west", 0, actor=KEY)
+    again = sourced_again(world, waiting)
+
+    # Before: the send-back met an authorized order and was dropped, the count's mark removed, and
+    # the ReserveStock counted the 4 units it held as its own: allocated from a shelf holding none.
+    assert (again.status, [s.location_id for s in again.shipments]) == (S.BACKORDERED, [])
+    assert world.level("BOOK", "wh-west") == (0, 0, 0) and world.held_for(waiting) == {}
+    assert (level.on_hand, level.reserved, level.available) == (0, 0, 0)
+    ((actor, status, detail),) = sent_back_by_count(world, waiting)
+    assert (actor, status, detail["location_id"]) == (KEY, None, "wh-west")  # authorized already
+    assert again.excluded_locations == ["wh-west"]
+    assert world.inventory.short_counts(NOW + timedelta(days=1), 10) == []
+
+
+def test_an_order_sent_back_and_held_between_the_count_and_its_send_back_is_released_without_the_units(world):
+    waiting = backordered_later(world, ("BOOK", 5))
+    holds = Holds(world.orders, clock=CLOCKS[id(world)], inventory=world.inventory, catalog=world.catalog)
+
+    def edited_then_held(order_id: str):
+        edited(world)(order_id)
+        return holds.hold(order_id, HoldRequest(reason="address_review"), actor="key_ops")
+
+    level = sending_back_after(world, edited_then_held).count("BOOK", "wh-west", 0, actor=KEY)
+
+    assert (level.on_hand, level.reserved) == (0, 0)
+    held = world.order(waiting)
+    assert (held.status, held.excluded_locations) == (S.ON_HOLD, ["wh-west"])
+    assert len(sent_back_by_count(world, waiting)) == 1
+    assert holds.release(waiting, ReleaseRequest(), actor="key_ops").status is S.AUTHORIZED
+    again = sourced_again(world, waiting)
+    assert (again.status, again.shipments) == (S.BACKORDERED, [])
+    assert world.level("BOOK", "wh-west") == (0, 0, 0) and world.held_for(waiting) == {}
+
+
+def test_an_order_held_and_released_between_the_count_and_its_send_back_waits_again_without_the_units(world):
+    """Released to wait for stock again (backordered), it is sent back as any backordered order."""
+    waiting = backordered_later(world, ("BOOK", 5))
+    holds = Holds(world.orders, clock=CLOCKS[id(world)], inventory=world.inventory, catalog=world.catalog)
+
+    def held_and_released(order_id: str):
+        holds.hold(order_id, HoldRequest(reason="address_review"), actor="key_ops")
+        return holds.release(order_id, ReleaseRequest(), actor="key_ops")
+
+    level = sending_back_after(world, held_and_released).count("BOOK", "wh-west", 0, actor=KEY)
+
+    assert (level.on_hand, level.reserved) == (0, 0)
+    assert len(sent_back_by_count(world, waiting)) == 1
+    again = sourced_again(world, waiting)
+    assert (again.status, again.shipments) == (S.BACKORDERED, [])
+    assert world.level("BOOK", "wh-west") == (0, 0, 0)
+
+
+def test_the_reserve_stock_of_an_order_sent_back_meanwhile_loses_its_write_to_the_send_back_and_plans_again(
+    world, monkeypatch
+):
+    """Edited after the count's write, its ReserveStock planned on the 4 units it held at wh-west
+    (available -4 there) and the count's send-back landed before its write: that write loses (the
+    version moved on), and run again the step plans without wh-west."""
+    waiting = backordered_later(world, ("BOOK", 5))
+    send_back = world.actions.source_backorder_again
+    raced: list[bool] = []
+
+    def edited_then_sourcing(order_id: str):
+        edited(world)(order_id)
+        landed = before_the_next_write(world, monkeypatch, lambda: send_back(order_id, "wh-west", "stock_count", KEY))
+        with pytest.raises(TransientError):
+            world.workflow.reserve_stock(order_id)
+        monkeypatch.undo()
+        raced.extend(landed)
+
+    level = sending_back_after(world, edited_then_sourcing).count("BOOK", "wh-west", 0, actor=KEY)
+
+    assert raced == [True] and (level.on_hand, level.reserved) == (0, 0)
+    assert len(sent_back_by_count(world, waiting)) == 1
+    again = sourced_again(world, waiting)  # Step Functions runs the step again
+    assert (again.status, again.shipments, again.excluded_locations) == (S.BACKORDERED, [], ["wh-west"])
+    assert world.level("BOOK", "wh-west") == (0, 0, 0) and world.held_for(waiting) == {}
+
+
+def test_an_order_sent_back_after_a_count_died_before_its_send_back_is_sent_elsewhere_by_the_reconcilers_pass(world):
+    """The count's function died between its write and its send-back; the order, edited meanwhile,
+    was sourced (ReserveStock counting the units it held there as its own: the count's mark still
+    stands, its rejects owed) and allocated at wh-west. The reconciler's pass rejects that parcel."""
+    waiting = backordered_later(world, ("BOOK", 5))
+
+    def died(*args: object) -> None:
+        raise RuntimeError("the Lambda timed out after the count")
+
+    dying = InventoryService(
+        world.inventory, world.catalog, orders=lambda: world.orders, reject=world.actions.reject, send_back=died,
+        clock=lambda: NOW,
+    )  # fmt: skip
+    with pytest.raises(RuntimeError):
+        dying.count("BOOK", "wh-west", 0, actor=KEY)
+    edited(world)(waiting)
+    assert sourced_again(world, waiting).status is S.ALLOCATED
+    done = ShortCountsFinished()
+
+    service(world).finish_short_counts(done, before=NOW + timedelta(minutes=5))
+
+    assert (done.finished, done.failed) == ([ShortCount("BOOK", "wh-west", KEY, NOW)], {})
+    assert len(rejected_by_count(world, waiting)) == 1
+    again = sourced_again(world, waiting)
+    assert (again.status, again.shipments) == (S.BACKORDERED, [])
+    assert world.level("BOOK", "wh-west") == (0, 0, 0)
+
+
+def test_an_order_reserved_between_the_count_and_its_send_back_keeps_the_counts_mark_until_its_parcel_goes(world):
+    """Edited, then its ReserveStock ran (the units it held at wh-west counted as its own) before the
+    count's send-back landed: reserved and not allocated yet, it has no parcel a count may reject,
+    and its workflow goes on to book one. The count keeps its mark: the reconciler's pass leaves it
+    while the order is not allocated, then rejects the parcel its CreateShipments made there."""
+    waiting = backordered_later(world, ("BOOK", 5))
+
+    def edited_then_reserved(order_id: str):
+        edited(world)(order_id)
+        world.workflow.reserve_stock(order_id)
+
+    level = sending_back_after(world, edited_then_reserved).count("BOOK", "wh-west", 0, actor=KEY)
+
+    assert (level.on_hand, level.reserved) == (0, 4)
+    marked = [ShortCount("BOOK", "wh-west", KEY, NOW)]
+    # Before: the mark was removed here, and the order shipped from wh-west with nothing to reject it.
+    assert world.inventory.short_counts(NOW + timedelta(minutes=5), 10) == marked
+    early = ShortCountsFinished()
+    service(world).finish_short_counts(early, before=NOW + timedelta(minutes=5))
+    assert (early.finished, early.failed) == ([], {})
+    assert world.inventory.short_counts(NOW + timedelta(minutes=5), 10) == marked
+    world.workflow.create_shipments(waiting)  # allocated at wh-west: the window the pass closes
+    done = ShortCountsFinished()
+
+    service(world).finish_short_counts(done, before=NOW + timedelta(minutes=5))
+
+    assert (done.finished, done.failed) == (marked, {})
+    assert len(rejected_by_count(world, waiting)) == 1
+    again = sourced_again(world, waiting)
+    assert (again.status, again.shipments) == (S.BACKORDERED, [])
+    assert world.level("BOOK", "wh-west") == (0, 0, 0)
