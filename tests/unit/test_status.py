@@ -7,7 +7,7 @@ import pytest
 from pydantic import ValidationError
 
 from core.errors import InvalidTransition
-from core.models import Allocation, Order, Payment, PaymentRefund, Shipment
+from core.models import Allocation, CaptureRequest, Order, Payment, PaymentRefund, Shipment, ShipmentLine
 from core.status import (
     EDITABLE,
     IMPORT_TRANSITIONS,
@@ -291,6 +291,42 @@ def test_a_cancelled_shipment_may_go_and_a_pickup_at_its_store_only_with_every_p
     other = ready.shipments[0].model_copy(update={"id": "shp_" + "b" * 24, "status": ShipmentStatus.PENDING})
     both = ready.model_copy(update={"shipments": [*ready.shipments, other]})
     assert_successor(both, both.model_copy(update={"version": 2, "shipments": [other]}), False)
+
+
+@pytest.mark.parametrize("requested", [False, True])
+def test_a_capture_asked_and_not_recorded_pins_its_shipments_lines_and_the_authorization(requested):
+    # The gateway may have captured it already: the ship repeated records it, as it was asked.
+    capture = CaptureRequest(shipment_id=SHIPMENT_ID, amount=usd("1.00"), authorization="auth_1")
+    old = an_order().model_copy(update={"captures_requested": [capture] if requested else []})
+    voided = written_by_a_buggy_service(old, payment=PaymentStatus.VOIDED)
+    other_lines = old.shipments[0].model_copy(update={"lines": [ShipmentLine(line_id="L1", quantity=1)]})
+    relined = old.model_copy(update={"version": old.version + 1, "shipments": [other_lines]})
+
+    assert_successor(old, voided, allowed=not requested)
+    assert_successor(old, relined, allowed=not requested)
+    # Anything else may change under it: another parcel's lines, the payment's other captures.
+    extra = old.shipments[0].model_copy(update={"id": "shp_" + "b" * 24})
+    two = old.model_copy(update={"shipments": [*old.shipments, extra]})
+    extra_relined = extra.model_copy(update={"lines": [ShipmentLine(line_id="L1", quantity=1)]})
+    assert_successor(two, two.model_copy(update={"version": 2, "shipments": [old.shipments[0], extra_relined]}), True)
+    partly = written_by_a_buggy_service(old, payment=PaymentStatus.PARTIALLY_CAPTURED)
+    assert_successor(
+        old, partly.model_copy(update={"payment": partly.payment.model_copy(update={"captured": usd("1.00")})}), True
+    )
+
+
+@pytest.mark.parametrize("requested", [False, True])
+def test_a_settlement_capture_asked_and_not_recorded_pins_what_was_captured_before_it(requested):
+    # Its gateway key derives from what was captured before it (core/payment_keys.py).
+    settlement = CaptureRequest(amount=usd("1.00"), authorization="auth_1")
+    old = an_order(payment_status="partially_captured")
+    old = old.model_copy(update={"captures_requested": [settlement] if requested else []})
+    captured_more = old.model_copy(
+        update={"version": 2, "payment": old.payment.model_copy(update={"captured": usd("2.00")})}
+    )
+
+    assert_successor(old, captured_more, allowed=not requested)
+    assert_successor(old, old.model_copy(update={"version": 2}), allowed=True)
 
 
 def with_refunds(order: Order, *statuses: str, version: int | None = None) -> Order:
