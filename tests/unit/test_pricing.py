@@ -10,7 +10,7 @@ import pytest
 
 from core import hookimpl
 from core.errors import InvalidRequest, PluginError
-from core.models import Fulfillment, LineTaxRate, Product
+from core.models import Fulfillment, LineTaxRate, Product, PromotionGrant
 from core.money import AmountTooLarge, Money
 from core.pricing import PricedOrder, Pricing
 from core.pricing_types import Discount, ShippingQuote, TaxRate
@@ -392,6 +392,25 @@ def test_an_order_priced_again_keeps_the_unit_prices_its_units_were_sold_at(pric
 
     assert [line.unit_price for line in priced.lines] == [usd("8.00"), usd("4.99")]  # TEE-1 at today's price
     assert priced.totals.subtotal == usd("20.99")
+
+
+def test_an_order_priced_again_keeps_per_unit_what_an_ended_code_granted_the_units_left(pricing):
+    # Sold with 4 MUG-1, a TEE-1 and a CAP-1 under GONE, whose promotion has ended since; an edit
+    # leaves 2 MUG-1. TEE-1 is still in the catalog but its price is gone, CAP-1 has left the catalog.
+    grants = [
+        PromotionGrant(code="GONE", sku="MUG-1", quantity=4, amount=usd("4.00")),
+        PromotionGrant(code="GONE", sku="TEE-1", quantity=1, amount=usd("1.00")),
+    ]
+    order = an_order(("MUG-1", 2), promo_codes=["GONE"])
+
+    priced = pricing.price(
+        order, {"MUG-1": MUG, "TEE-1": TEE}, order.shipping_address, placed_with=grants,
+        sold_units={"MUG-1": 4, "TEE-1": 1, "CAP-1": 1}, sold_at={"CAP-1": usd("3.00")},
+    )  # fmt: skip
+
+    assert amounts(priced, "discount") == ["2.00"]  # 4.00 for 4 units: 2.00 for the 2 left
+    assert priced.totals.discount == usd("2.00")
+    assert_follows_the_contract(priced)
 
 
 def test_an_order_priced_again_keeps_its_charge_for_a_method_no_plugin_quotes_any_more(pricing):
