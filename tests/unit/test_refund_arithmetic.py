@@ -122,6 +122,31 @@ def test_refund_due_refuses_an_unknown_line_and_a_fee_in_another_currency():
         refund_due(order, {"L1": 1}, money("0.00"), money(1, "JPY"))
 
 
+def test_refund_due_refuses_a_negative_fee_and_a_negative_quantity():
+    order = an_order([a_line(money("30.00"), 3)], money("5.00"), money("35.00"))
+    with pytest.raises(InvalidRequest, match="non-negative"):
+        refund_due(order, {"L1": 1}, money("0.00"), money("-1.00"))
+    with pytest.raises(InvalidRequest, match="negative quantity"):
+        refund_due(order, {"L1": -1}, money("0.00"), money("0.00"))
+
+
+@pytest.mark.parametrize(("given", "due"), [("12.00", "18.00"), ("10.00", "20.00"), ("8.00", "20.00")])
+def test_a_later_return_brings_the_line_up_to_its_total_from_what_earlier_ones_gave_back(given, due):
+    # A unit returned first was refunded `given`; the line is now worth 30.00 for 3 units (10.00
+    # each). Given more than its share (a discount spread over fewer units since), the last two
+    # bring the line to its total; given less (a volume price lost), they are worth their share.
+    order = an_order([a_line(money("30.00"), 3)], money("5.00"), money("35.00"))
+
+    assert refund_due(
+        order, {"L1": 2}, money("0.00"), money("0.00"), returned_before={"L1": 1}, refunded_before={"L1": money(given)}
+    ) == money(due)
+
+
+def test_a_refund_needs_an_idempotency_key():
+    with pytest.raises(ValueError, match="idempotency key"):
+        refund_id_for("ord_1", "")
+
+
 def test_a_refund_id_is_derived_from_its_order_and_key():
     assert refund_id_for("ord_1", "k") == refund_id_for("ord_1", "k")
     assert len({refund_id_for("ord_1", "k"), refund_id_for("ord_1", "k2"), refund_id_for("ord_2", "k")}) == 3
