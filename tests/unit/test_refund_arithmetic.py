@@ -9,9 +9,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from core.errors import InvalidRequest
-from core.models import OrderLine, Payment, Totals
+from core.models import OrderLine, Payment, PaymentRefund, RefundPart, Totals
 from core.money import Money, quantum
-from core.refunds import cumulative_share, refund_due, refund_id_for, units_share
+from core.refunds import cumulative_share, refund_due, refund_id_for, units_share, went_back_id, with_refunds_shown
+from core.status import RefundStatus
 from tests.unit.conftest import a_stored_order
 
 CURRENCIES = ["USD", "JPY", "KWD"]
@@ -151,3 +152,36 @@ def test_a_refund_id_is_derived_from_its_order_and_key():
     assert refund_id_for("ord_1", "k") == refund_id_for("ord_1", "k")
     assert len({refund_id_for("ord_1", "k"), refund_id_for("ord_1", "k2"), refund_id_for("ord_2", "k")}) == 3
     assert refund_id_for("ord_1", "k").startswith("ref_")
+
+
+def test_a_split_refund_the_gateway_refused_in_part_is_shown_as_two_beside_any_other_refund():
+    # Of 5.00 asked over two authorizations, 3.00 went back before the second part was refused:
+    # shown as 2.00 failed and 3.00 succeeded, whatever refunds the order has beside it.
+    order = an_order([a_line(money("30.00"), 3)], money("5.00"), money("35.00"), refunded=money("5.00"))
+    plain = PaymentRefund(id="ref_a", amount=money("2.00"), reason="late", at=order.created_at)
+    parts = [
+        RefundPart(authorization="auth_1", amount=money("3.00"), status=RefundStatus.SUCCEEDED, reference="r1"),
+        RefundPart(authorization="auth_2", amount=money("2.00"), status=RefundStatus.FAILED),
+    ]
+    split = PaymentRefund(
+        id="ref_b", amount=money("5.00"), reason="late", at=order.created_at, status=RefundStatus.FAILED, parts=parts
+    )
+    alone = order.model_copy(update={"payment": order.payment.model_copy(update={"refunds": [plain]})})
+    order = order.model_copy(update={"payment": order.payment.model_copy(update={"refunds": [plain, split]})})
+
+    shown = with_refunds_shown(order).payment.refunds
+
+    assert [(refund.id, refund.amount, refund.status) for refund in shown] == [
+        ("ref_a", money("2.00"), RefundStatus.SUCCEEDED),
+        ("ref_b", money("2.00"), RefundStatus.FAILED),
+        (went_back_id("ref_b"), money("3.00"), RefundStatus.SUCCEEDED),
+    ]
+    assert with_refunds_shown(alone) is alone  # nothing to split: the order as stored
+    # A split refund every part of which went back, or none of which did, is shown as it is.
+    approved = [part.model_copy(update={"status": RefundStatus.SUCCEEDED}) for part in parts]
+    refused = [part.model_copy(update={"status": RefundStatus.FAILED}) for part in parts]
+    whole = split.model_copy(update={"status": RefundStatus.SUCCEEDED, "parts": approved})
+    none_back = split.model_copy(update={"parts": refused})
+    for kept in (whole, none_back):
+        as_stored = order.model_copy(update={"payment": order.payment.model_copy(update={"refunds": [plain, kept]})})
+        assert with_refunds_shown(as_stored) is as_stored
