@@ -9,9 +9,17 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from core.errors import InvalidRequest
-from core.models import OrderLine, Payment, PaymentRefund, RefundPart, Totals
+from core.models import OrderLine, Payment, PaymentRefund, RefundedUnits, RefundPart, Totals
 from core.money import Money, quantum
-from core.refunds import cumulative_share, refund_due, refund_id_for, units_share, went_back_id, with_refunds_shown
+from core.refunds import (
+    cumulative_share,
+    refund_due,
+    refund_id_for,
+    shipping_refunded,
+    units_share,
+    went_back_id,
+    with_refunds_shown,
+)
 from core.status import RefundStatus
 from tests.unit.conftest import a_stored_order
 
@@ -185,3 +193,29 @@ def test_a_split_refund_the_gateway_refused_in_part_is_shown_as_two_beside_any_o
     for kept in (whole, none_back):
         as_stored = order.model_copy(update={"payment": order.payment.model_copy(update={"refunds": [plain, kept]})})
         assert with_refunds_shown(as_stored) is as_stored
+
+
+def test_what_of_the_orders_shipping_its_refunds_and_exchange_credits_gave_back():
+    order = an_order([a_line(money("30.00"), 3)], money("9.00"), money("39.00"))
+    ten = [RefundedUnits(line_id="L1", quantity=1, amount=money("10.00"))]
+
+    def refund(n: int, amount: str, return_id: str | None, **fields) -> PaymentRefund:
+        return PaymentRefund(id=f"ref_{n}", amount=money(amount), reason="r", at=order.created_at, kind="return",
+                             return_id=return_id, **fields)  # fmt: skip
+
+    refunds = [
+        refund(1, "13.00", "rma_1", lines=ten, shipping=money("5.00")),  # 5.00 back, a 2.00 fee taken off the whole
+        refund(2, "14.00", "rma_2", lines=ten),  # stored before `shipping`: 4.00 beyond its units' shares
+        refund(3, "9.00", "rma_3", lines=ten),  # less than its units' shares: no shipping
+        refund(4, "3.00", "rma_4", shipping=money("3.00"), status=RefundStatus.FAILED),  # refused: nothing went back
+        refund(5, "1.00", None),  # an appeasement
+        refund(6, "2.00", "rma_1"),  # what rma_1 kept back, refunded since: no units, no shipping
+    ]
+    order = order.model_copy(update={
+        "payment": order.payment.model_copy(update={"refunds": refunds}),
+        "shipping_claims": {"rma_5": money("0.50")},  # an exchange's credit claimed it
+    })  # fmt: skip
+
+    assert shipping_refunded(order) == money("9.50")
+    assert shipping_refunded(order, besides_return="rma_1") == money("4.50")
+    assert shipping_refunded(order, besides_return="rma_5") == money("9.00")
