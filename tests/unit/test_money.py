@@ -130,6 +130,20 @@ def test_money_is_immutable():
 # --- Minor units and rounding ---------------------------------------------------------------
 
 
+def test_each_currencys_minor_units_are_its_iso_4217_exponent():
+    # Three for the dinars and the Omani rial; none for the Chilean peso, the Icelandic krona, the
+    # yen, the won and the dong; two for every other currency the OMS accepts.
+    three = {"BHD", "JOD", "KWD", "OMR", "TND"}
+    none = {"CLP", "ISK", "JPY", "KRW", "VND"}
+
+    assert {code: 3 if code in three else 0 if code in none else 2 for code in MINOR_UNITS} == MINOR_UNITS
+    assert {code: str(Money.of(1, code).amount) for code in ("USD", "BHD", "CLP")} == {
+        "USD": "1.00",
+        "BHD": "1.000",
+        "CLP": "1",
+    }
+
+
 def test_jpy_has_no_decimals():
     assert str(Money(amount="700", currency="JPY").amount) == "700"
     assert str(Money.of("2.5", "JPY").amount) == "2"
