@@ -8,9 +8,9 @@ from decimal import Decimal
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
-from core.money import MINOR_UNITS, Money, round_money, total
+from core.money import MINOR_UNITS, Currency, ExactMoney, Money, round_money, total
 from core.pricing import spread
 
 # --- Parsing --------------------------------------------------------------------------------
@@ -77,6 +77,44 @@ def test_an_unsupported_currency_is_echoed_no_longer_than_an_amount_is():
     assert error["msg"] == f"Value error, unsupported currency {'U' * 40!r}: use an ISO 4217 code such as USD"
 
 
+def test_a_currency_field_refuses_a_code_it_has_no_minor_units_for():
+    # PlaceOrder.currency is one: an order in XXX is refused before anything is priced in it.
+    with pytest.raises(ValidationError, match="unsupported currency"):
+        TypeAdapter(Currency).validate_python("XXX")
+    assert TypeAdapter(Currency).validate_python("JPY") == "JPY"
+
+
+@pytest.mark.parametrize(
+    ("amount", "currency"), [("1", "USD"), ("1.5", "USD"), ("12.345", "USD"), ("7.50", "BHD"), ("7.0", "JPY")]
+)
+def test_a_request_amount_has_exactly_its_currencys_places(amount, currency):
+    # API.md: a client writes "1.50", never "1.5" (which Money itself would round to it).
+    with pytest.raises(ValidationError, match="decimal places"):
+        TypeAdapter(ExactMoney).validate_python({"amount": amount, "currency": currency})
+
+
+@pytest.mark.parametrize(
+    ("written", "match"),
+    [
+        ({"amount": "1.2.3", "currency": "USD"}, "decimal string"),
+        ({"amount": "1.5", "currency": "XXX"}, "unsupported currency"),
+        ({"amount": 1.5, "currency": "USD"}, "decimal string"),
+    ],
+)
+def test_a_request_amount_that_is_no_amount_is_refused_for_what_it_is(written, match):
+    with pytest.raises(ValidationError, match=match):
+        TypeAdapter(ExactMoney).validate_python(written)
+
+
+def test_exact_money_takes_what_code_and_storage_pass_as_money_does():
+    exact = TypeAdapter(ExactMoney)
+
+    assert exact.validate_python({"amount": "1.50", "currency": "USD"}) == Money.of("1.5", "USD")
+    assert str(exact.validate_python({"amount": "700", "currency": "JPY"}).amount) == "700"
+    assert exact.validate_python({"amount": Decimal("1.5"), "currency": "USD"}) == Money.of("1.50", "USD")
+    assert exact.validate_python(Money.of("2.5", "USD")) == Money.of("2.50", "USD")
+
+
 def test_unknown_fields_are_rejected():
     with pytest.raises(ValidationError):
         Money.model_validate({"amount": "1.00", "currency": "USD", "cents": 100})
@@ -90,6 +128,20 @@ def test_money_is_immutable():
 
 
 # --- Minor units and rounding ---------------------------------------------------------------
+
+
+def test_each_currencys_minor_units_are_its_iso_4217_exponent():
+    # Three for the dinars and the Omani rial; none for the Chilean peso, the Icelandic krona, the
+    # yen, the won and the dong; two for every other currency the OMS accepts.
+    three = {"BHD", "JOD", "KWD", "OMR", "TND"}
+    none = {"CLP", "ISK", "JPY", "KRW", "VND"}
+
+    assert {code: 3 if code in three else 0 if code in none else 2 for code in MINOR_UNITS} == MINOR_UNITS
+    assert {code: str(Money.of(1, code).amount) for code in ("USD", "BHD", "CLP")} == {
+        "USD": "1.00",
+        "BHD": "1.000",
+        "CLP": "1",
+    }
 
 
 def test_jpy_has_no_decimals():
@@ -148,6 +200,29 @@ def test_combining_currencies_raises():
         _ = usd - eur
     with pytest.raises(ValueError, match="cannot combine"):
         _ = usd < eur
+
+
+def test_equal_amounts_are_not_less_than_each_other():
+    one, also_one, less = Money.of("1.00", "USD"), Money.of("1", "USD"), Money.of("0.99", "USD")
+
+    assert not one < also_one and one <= also_one
+    assert less < one and less <= one
+    assert not one < less and not one <= less
+
+
+def test_a_sum_over_many_orders_is_rounded_however_large():
+    # One order stays below 10^15 (AmountTooLarge); what a customer's orders add up to may not.
+    summed = Money.summed(Decimal("1000000000000000000000000000.125"), "USD")
+
+    assert str(summed.amount) == "1000000000000000000000000000.12"
+    assert str(Money.summed(Decimal("5"), "JPY").amount) == "5"
+    assert summed.model_fields_set == Money.of(1, "USD").model_fields_set
+
+
+@pytest.mark.parametrize("amount", [Decimal("NaN"), Decimal("Infinity")])
+def test_a_sum_that_is_not_a_finite_number_is_refused(amount):
+    with pytest.raises(ValueError, match="not a finite number"):
+        Money.summed(amount, "USD")
 
 
 def test_total_of_nothing_is_zero_in_the_currency():

@@ -43,6 +43,12 @@ def test_an_unknown_currency_is_still_refused(currency):
         Money.of("1.00", currency)
 
 
+@pytest.mark.parametrize("amount", [True, False])
+def test_money_of_refuses_a_bool_as_validation_does(amount):
+    with pytest.raises(ValueError, match="decimal string"):
+        Money.of(amount, "USD")
+
+
 def test_money_of_stays_frozen():
     with pytest.raises(ValidationError):
         Money.of("1.00", "USD").amount = Decimal(2)  # type: ignore[misc]

@@ -10,7 +10,7 @@ import pytest
 
 from core import hookimpl
 from core.errors import InvalidRequest, PluginError
-from core.models import Fulfillment, LineTaxRate, Product
+from core.models import Fulfillment, LineTaxRate, Product, PromotionGrant
 from core.money import AmountTooLarge, Money
 from core.pricing import PricedOrder, Pricing
 from core.pricing_types import Discount, ShippingQuote, TaxRate
@@ -187,6 +187,12 @@ def test_promos_combine(pricing):
     assert priced.totals.discount == usd("15.00")
     assert priced.totals.shipping == usd("0.00")
     assert_follows_the_contract(priced)
+
+
+def test_free_shipping_holds_whatever_discount_is_granted_after_it(pricing):
+    priced = price(pricing, an_order(("MUG-1", 1), promo_codes=["FREESHIP", "SAVE5"]))
+
+    assert (priced.totals.shipping, priced.totals.discount) == (usd("0.00"), usd("5.00"))
 
 
 def test_two_percent_off_codes_do_not_stack(pricing):
@@ -377,6 +383,52 @@ def test_unknown_shipping_method_is_rejected_listing_the_offered_ones(pricing):
     assert "express, ground, standard" in detail["message"]
 
 
+def test_an_order_priced_again_keeps_the_unit_prices_its_units_were_sold_at(pricing):
+    order = an_order(("MUG-1", 2), ("TEE-1", 1))
+
+    priced = pricing.price(
+        order, {"MUG-1": MUG, "TEE-1": TEE}, order.shipping_address, unit_prices={"MUG-1": usd("8.00")}
+    )
+
+    assert [line.unit_price for line in priced.lines] == [usd("8.00"), usd("4.99")]  # TEE-1 at today's price
+    assert priced.totals.subtotal == usd("20.99")
+
+
+def test_an_order_priced_again_keeps_per_unit_what_an_ended_code_granted_the_units_left(pricing):
+    # Sold with 4 MUG-1, a TEE-1 and a CAP-1 under GONE, whose promotion has ended since; an edit
+    # leaves 2 MUG-1. TEE-1 is still in the catalog but its price is gone, CAP-1 has left the catalog.
+    grants = [
+        PromotionGrant(code="GONE", sku="MUG-1", quantity=4, amount=usd("4.00")),
+        PromotionGrant(code="GONE", sku="TEE-1", quantity=1, amount=usd("1.00")),
+    ]
+    order = an_order(("MUG-1", 2), promo_codes=["GONE"])
+
+    priced = pricing.price(
+        order, {"MUG-1": MUG, "TEE-1": TEE}, order.shipping_address, placed_with=grants,
+        sold_units={"MUG-1": 4, "TEE-1": 1, "CAP-1": 1}, sold_at={"CAP-1": usd("3.00")},
+    )  # fmt: skip
+
+    assert amounts(priced, "discount") == ["2.00"]  # 4.00 for 4 units: 2.00 for the 2 left
+    assert priced.totals.discount == usd("2.00")
+    assert_follows_the_contract(priced)
+
+
+def test_an_order_priced_again_keeps_its_charge_for_a_method_no_plugin_quotes_any_more(pricing):
+    # Its parcels are booked with that method already: charged what it was (nothing with free shipping).
+    def priced_again(order):
+        return pricing.price(order, {"MUG-1": MUG}, order.shipping_address, shipped_for=usd("7.50"))
+
+    gone = priced_again(an_order(("MUG-1", 1), shipping_method="teleport"))
+    assert (gone.shipping_method, gone.totals.shipping) == ("teleport", usd("7.50"))
+    free = priced_again(an_order(("MUG-1", 1), shipping_method="teleport", promo_codes=["FREESHIP"]))
+    assert (free.shipping_method, free.totals.shipping) == ("teleport", usd("0.00"))
+    # A method still quoted, or none named (the default), is charged today's quote.
+    default = priced_again(an_order(("MUG-1", 1)))
+    assert (default.shipping_method, default.totals.shipping) == ("standard", usd("5.00"))
+    express = an_order(("MUG-1", 1), shipping_method="express")
+    assert priced_again(express).totals.shipping == price(pricing, express).totals.shipping != usd("7.50")
+
+
 def test_currency_no_shipping_plugin_serves_is_rejected(pricing):
     vase = a_product("VASE-1", "40.00", "CHF")
 
@@ -392,6 +444,17 @@ def test_pickup_order_is_not_charged_shipping(pricing):
     priced = price(pricing, order)
 
     assert (priced.shipping_method, priced.totals.shipping) == ("pickup", usd("0.00"))
+
+
+def test_a_pickup_order_naming_a_shipping_method_is_refused(pricing):
+    order = an_order(
+        ("MUG-1", 1), shipping_method="express", fulfillment=Fulfillment(type="pickup", location_id="store-1")
+    )
+
+    with pytest.raises(InvalidRequest, match="pickup orders are not shipped") as error:
+        price(pricing, order)
+
+    assert [detail["field"] for detail in error.value.details] == ["shipping_method"]
 
 
 def test_without_the_flat_rate_plugin_the_cheapest_quote_is_the_default(plugins):
@@ -411,6 +474,17 @@ def test_the_cheaper_of_two_quotes_for_one_method_wins(plugins):
     plugins.register(Cheaper())
 
     assert price(Pricing(plugins), an_order(("MUG-1", 1))).totals.shipping == usd("1.00")
+
+
+def test_a_dearer_quote_for_one_method_loses_whichever_plugin_answers_first(plugins):
+    class Dearer:
+        @hookimpl
+        def oms_shipping_quotes(self, draft):
+            return [ShippingQuote(method="standard", amount=Money(amount="99.00", currency=draft.currency))]
+
+    plugins.register(Dearer())  # registered last, so pluggy asks it before the flat rate (5.00)
+
+    assert price(Pricing(plugins), an_order(("MUG-1", 1))).totals.shipping == usd("5.00")
 
 
 # --- Plugins that fail or answer nonsense ---------------------------------------------------
@@ -489,6 +563,45 @@ def test_nonsense_discounts_are_a_plugin_error(plugins, answer, problem):
 
     with pytest.raises(PluginError, match=problem):
         price(Pricing(plugins), an_order(("MUG-1", 1)))
+
+
+# The README's plugin guide: a `code` of 1 to 100 characters, at most 1000 discounts an order.
+@pytest.mark.parametrize("code", ["R", "R" * 100])
+def test_a_plugins_discount_code_of_1_to_100_characters_is_kept_with_its_grant(plugins, code):
+    plugins.register(answering("oms_discounts", [Discount(code=code, amount=usd("1.00"))]))
+
+    priced = price(Pricing(plugins), an_order(("MUG-1", 1)))
+
+    assert [(grant.code, grant.amount) for grant in priced.grants] == [(code, usd("1.00"))]
+
+
+@pytest.mark.parametrize("code", ["", "R" * 101])
+def test_a_plugins_discount_code_outside_1_to_100_characters_is_a_plugin_error(plugins, code):
+    plugins.register(answering("oms_discounts", [Discount(code=code, amount=usd("1.00"))]))
+
+    with pytest.raises(PluginError, match=f"code of {len(code)} characters"):
+        price(Pricing(plugins), an_order(("MUG-1", 1)))
+
+
+def test_plugins_grant_an_order_at_most_1000_discounts(plugins):
+    # Order.promotion_grants keeps one grant per discount: the limit keeps its item below 400 KB.
+    granting = [Discount(code=f"RULE{n}", amount=usd("0.00")) for n in range(1000)]
+    plugins.register(answering("oms_discounts", granting))
+
+    assert len(price(Pricing(plugins), an_order(("MUG-1", 1))).grants) == 1000
+
+    plugins.register(answering("oms_discounts", [Discount(code="ONE-MORE", amount=usd("0.00"))]))
+    with pytest.raises(PluginError, match="discount number 1001"):
+        price(Pricing(plugins), an_order(("MUG-1", 1)))
+
+
+@pytest.mark.parametrize("name", ["T", "T" * 100])
+def test_a_tax_rate_named_in_1_to_100_characters_is_kept_on_the_line(plugins, name):
+    plugins.register(answering("oms_tax_rate", TaxRate(rate=Decimal("0.1"), name=name), tryfirst=True))
+
+    (line,) = price(Pricing(plugins), an_order(("MUG-1", 1))).lines
+
+    assert line.tax_rate == LineTaxRate(rate=Decimal("0.1"), name=name)
 
 
 @pytest.mark.parametrize(

@@ -9,9 +9,18 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from core.errors import InvalidRequest
-from core.models import OrderLine, Payment, Totals
+from core.models import OrderLine, Payment, PaymentRefund, RefundedUnits, RefundPart, Totals
 from core.money import Money, quantum
-from core.refunds import cumulative_share, refund_due, refund_id_for, units_share
+from core.refunds import (
+    cumulative_share,
+    refund_due,
+    refund_id_for,
+    shipping_refunded,
+    units_share,
+    went_back_id,
+    with_refunds_shown,
+)
+from core.status import RefundStatus
 from tests.unit.conftest import a_stored_order
 
 CURRENCIES = ["USD", "JPY", "KWD"]
@@ -122,7 +131,91 @@ def test_refund_due_refuses_an_unknown_line_and_a_fee_in_another_currency():
         refund_due(order, {"L1": 1}, money("0.00"), money(1, "JPY"))
 
 
+def test_refund_due_refuses_a_negative_fee_and_a_negative_quantity():
+    order = an_order([a_line(money("30.00"), 3)], money("5.00"), money("35.00"))
+    with pytest.raises(InvalidRequest, match="non-negative"):
+        refund_due(order, {"L1": 1}, money("0.00"), money("-1.00"))
+    with pytest.raises(InvalidRequest, match="negative quantity"):
+        refund_due(order, {"L1": -1}, money("0.00"), money("0.00"))
+
+
+@pytest.mark.parametrize(("given", "due"), [("12.00", "18.00"), ("10.00", "20.00"), ("8.00", "20.00")])
+def test_a_later_return_brings_the_line_up_to_its_total_from_what_earlier_ones_gave_back(given, due):
+    # A unit returned first was refunded `given`; the line is now worth 30.00 for 3 units (10.00
+    # each). Given more than its share (a discount spread over fewer units since), the last two
+    # bring the line to its total; given less (a volume price lost), they are worth their share.
+    order = an_order([a_line(money("30.00"), 3)], money("5.00"), money("35.00"))
+
+    assert refund_due(
+        order, {"L1": 2}, money("0.00"), money("0.00"), returned_before={"L1": 1}, refunded_before={"L1": money(given)}
+    ) == money(due)
+
+
+def test_a_refund_needs_an_idempotency_key():
+    with pytest.raises(ValueError, match="idempotency key"):
+        refund_id_for("ord_1", "")
+
+
 def test_a_refund_id_is_derived_from_its_order_and_key():
     assert refund_id_for("ord_1", "k") == refund_id_for("ord_1", "k")
     assert len({refund_id_for("ord_1", "k"), refund_id_for("ord_1", "k2"), refund_id_for("ord_2", "k")}) == 3
     assert refund_id_for("ord_1", "k").startswith("ref_")
+
+
+def test_a_split_refund_the_gateway_refused_in_part_is_shown_as_two_beside_any_other_refund():
+    # Of 5.00 asked over two authorizations, 3.00 went back before the second part was refused:
+    # shown as 2.00 failed and 3.00 succeeded, whatever refunds the order has beside it.
+    order = an_order([a_line(money("30.00"), 3)], money("5.00"), money("35.00"), refunded=money("5.00"))
+    plain = PaymentRefund(id="ref_a", amount=money("2.00"), reason="late", at=order.created_at)
+    parts = [
+        RefundPart(authorization="auth_1", amount=money("3.00"), status=RefundStatus.SUCCEEDED, reference="r1"),
+        RefundPart(authorization="auth_2", amount=money("2.00"), status=RefundStatus.FAILED),
+    ]
+    split = PaymentRefund(
+        id="ref_b", amount=money("5.00"), reason="late", at=order.created_at, status=RefundStatus.FAILED, parts=parts
+    )
+    alone = order.model_copy(update={"payment": order.payment.model_copy(update={"refunds": [plain]})})
+    order = order.model_copy(update={"payment": order.payment.model_copy(update={"refunds": [plain, split]})})
+
+    shown = with_refunds_shown(order).payment.refunds
+
+    assert [(refund.id, refund.amount, refund.status) for refund in shown] == [
+        ("ref_a", money("2.00"), RefundStatus.SUCCEEDED),
+        ("ref_b", money("2.00"), RefundStatus.FAILED),
+        (went_back_id("ref_b"), money("3.00"), RefundStatus.SUCCEEDED),
+    ]
+    assert with_refunds_shown(alone) is alone  # nothing to split: the order as stored
+    # A split refund every part of which went back, or none of which did, is shown as it is.
+    approved = [part.model_copy(update={"status": RefundStatus.SUCCEEDED}) for part in parts]
+    refused = [part.model_copy(update={"status": RefundStatus.FAILED}) for part in parts]
+    whole = split.model_copy(update={"status": RefundStatus.SUCCEEDED, "parts": approved})
+    none_back = split.model_copy(update={"parts": refused})
+    for kept in (whole, none_back):
+        as_stored = order.model_copy(update={"payment": order.payment.model_copy(update={"refunds": [plain, kept]})})
+        assert with_refunds_shown(as_stored) is as_stored
+
+
+def test_what_of_the_orders_shipping_its_refunds_and_exchange_credits_gave_back():
+    order = an_order([a_line(money("30.00"), 3)], money("9.00"), money("39.00"))
+    ten = [RefundedUnits(line_id="L1", quantity=1, amount=money("10.00"))]
+
+    def refund(n: int, amount: str, return_id: str | None, **fields) -> PaymentRefund:
+        return PaymentRefund(id=f"ref_{n}", amount=money(amount), reason="r", at=order.created_at, kind="return",
+                             return_id=return_id, **fields)  # fmt: skip
+
+    refunds = [
+        refund(1, "13.00", "rma_1", lines=ten, shipping=money("5.00")),  # 5.00 back, a 2.00 fee taken off the whole
+        refund(2, "14.00", "rma_2", lines=ten),  # stored before `shipping`: 4.00 beyond its units' shares
+        refund(3, "9.00", "rma_3", lines=ten),  # less than its units' shares: no shipping
+        refund(4, "3.00", "rma_4", shipping=money("3.00"), status=RefundStatus.FAILED),  # refused: nothing went back
+        refund(5, "1.00", None),  # an appeasement
+        refund(6, "2.00", "rma_1"),  # what rma_1 kept back, refunded since: no units, no shipping
+    ]
+    order = order.model_copy(update={
+        "payment": order.payment.model_copy(update={"refunds": refunds}),
+        "shipping_claims": {"rma_5": money("0.50")},  # an exchange's credit claimed it
+    })  # fmt: skip
+
+    assert shipping_refunded(order) == money("9.50")
+    assert shipping_refunded(order, besides_return="rma_1") == money("4.50")
+    assert shipping_refunded(order, besides_return="rma_5") == money("9.00")

@@ -13,10 +13,10 @@ from core.errors import PaymentGatewayUnavailable, RefundExceedsCaptured
 from core.models import EarlierCaptures, Order
 from core.money import Money
 from core.notifications import notifications
-from core.refunds import refund_id_for, went_back_id
+from core.refunds import owes_kept_back, refund_id_for, went_back_id
 from core.return_models import ReceiveReturn, RequestReturn
 from core.returns import Returns
-from core.status import PaymentStatus
+from core.status import OrderStatus, PaymentStatus
 from functions.plugin_loading import load_plugin_manager
 from tests.builders import location
 from tests.unit.test_unit_cancellation import PerUnitShipping
@@ -487,3 +487,32 @@ def test_a_replacement_whose_settlement_refund_went_back_in_part_before_a_refusa
     assert world.order(order.id).payment.refunds == []  # the caps and the mug use all the credit
     appeased = first.payment.captured - one
     assert done.payment.captured - done.payment.refunded == done.totals.grand_total - done.exchange_credit - appeased
+
+
+@pytest.mark.parametrize(("reason_code", "shipping_back"), [("damaged", True), ("size_or_fit", False)])
+def test_a_return_of_all_that_shipped_then_a_cancel_of_the_rest_gives_the_shipping_back_when_the_policy_does(
+    world, clock, reason_code, shipping_back
+):
+    # The mug's parcel comes back (the built-in policy gives the shipping back with a whole order
+    # returned damaged), then the caps, which never shipped, are cancelled: no receipt brought the
+    # order's last unit back, so the cancel refunds the shipping for that return, once.
+    order = world.allocated(("MUG", 1), ("CAP", 3))
+    world.actions.ship(order.id, world.shipment_at(order, "wh-west"), tracking_number=None, actor="key_wh_west")
+    returns = returns_of(world, clock)
+    line = {"line_id": "L1", "quantity": 1, "reason": "arrived like this", "reason_code": reason_code}
+    item = returns.request(order.id, RequestReturn.model_validate({"lines": [line]}), actor="key_cs")
+    receipt = {"location_id": "wh-west", "lines": [{"line_id": "L1", "quantity": 1, "condition": "damaged"}]}
+    returns.receive(item.id, ReceiveReturn.model_validate(receipt), "key_wh")
+    returns.settle(item.id, actor="key_wh")
+
+    world.actions.cancel(order.id, "the rest is not needed", actor="key_web")
+
+    after = world.order(order.id)
+    shipping = after.totals.shipping
+    assert after.status is OrderStatus.RETURNED
+    assert [(r.amount, r.status, r.return_id) for r in after.payment.refunds] == [
+        (after.lines[0].total, "succeeded", item.id),
+        *([(shipping, "succeeded", item.id)] if shipping_back else []),
+    ]
+    assert after.payment.refunded == (after.payment.captured if shipping_back else after.payment.captured - shipping)
+    assert not owes_kept_back(after)  # nothing more is owed: a sweep asks nothing again

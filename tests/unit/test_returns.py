@@ -115,6 +115,24 @@ def test_every_return_status_has_a_row_and_the_contract_values():
     ]  # fmt: skip
 
 
+@pytest.mark.parametrize("status", list(ReturnStatus))
+def test_only_a_received_return_is_recorded_refunded(status):
+    # Return.refunded checks nothing itself: the transition table is all that stops a refund being
+    # recorded on a return that is cancelled, rejected or not received yet.
+    requested = Return(
+        id="rma_aaaaaaaaaaaaaaaaaaaaaaaa", order_id="ord_aaaaaaaaaaaaaaaaaaaaaaaa", channel="web", ordinal=1,
+        status=R.REQUESTED, lines=[ReturnLine(line_id="L1", quantity=2, reason="too small")],
+        refund=Money.of("0.00", "USD"), fee=Money.of("0.00", "USD"), created_at=NOW, updated_at=NOW, version=1,
+    )  # fmt: skip
+    current = requested.model_copy(update={"status": status})
+
+    if status in (R.RECEIVED, R.REFUNDED):  # refunded again: a repeat records what it recorded
+        assert current.refunded(Money.of("5.00", "USD"), at=NOW).status is R.REFUNDED
+    else:
+        with pytest.raises(InvalidTransition, match=f"cannot go from {status} to refunded"):
+            current.refunded(Money.of("5.00", "USD"), at=NOW)
+
+
 def test_each_new_version_of_a_return_is_validated_its_lines_and_label_too():
     """model_copy does not validate: a label and the lines a receipt counts go through methods that
     validate the return as a new one, so a count or a label a change got wrong is refused, not stored."""
