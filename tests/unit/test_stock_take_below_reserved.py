@@ -654,3 +654,35 @@ def test_a_pickup_order_sent_back_whose_only_store_the_count_excludes_ends_cance
     assert again.excluded_locations == ["store-sf"] and again.shipments == []
     assert (again.status, again.payment.status) == (S.CANCELLED, "voided")
     assert world.level("MUG", "store-sf") == (0, 0, 0) and world.held_for(waiting) == {}
+
+
+def test_a_count_mark_kept_for_an_order_parked_after_its_reserve_goes_once_released_and_its_parcel_rejected(world):
+    """Reserved at wh-west before the count's send-back landed, then parked (its CreateShipments
+    failed after retries: no hold expiry ends a park, a person does): the mark stays through the
+    passes while parked, and once released and its parcel booked there, the pass rejects it."""
+    waiting = backordered_later(world, ("BOOK", 5))
+    holds = Holds(world.orders, clock=CLOCKS[id(world)], inventory=world.inventory, catalog=world.catalog)
+
+    def edited_reserved_then_parked(order_id: str):
+        edited(world)(order_id)
+        world.workflow.reserve_stock(order_id)
+        assert world.workflow.park_after_failure(order_id, "States.Timeout", "")
+
+    sending_back_after(world, edited_reserved_then_parked).count("BOOK", "wh-west", 0, actor=KEY)
+    marked = [ShortCount("BOOK", "wh-west", KEY, NOW)]
+    for days in (1, 5):
+        kept = ShortCountsFinished()
+        service(world).finish_short_counts(kept, before=NOW + timedelta(days=days))
+        assert (kept.finished, kept.failed) == ([], {})
+    assert world.level("BOOK", "wh-west")[:2] == (0, 4)  # the parked order's units, shown available 0
+
+    assert holds.release(waiting, ReleaseRequest(), actor="key_ops").status is S.AUTHORIZED
+    world.workflow.create_shipments(waiting)
+    done = ShortCountsFinished()
+    service(world).finish_short_counts(done, before=NOW + timedelta(days=6))
+
+    assert (done.finished, done.failed) == (marked, {})
+    assert len(rejected_by_count(world, waiting)) == 1
+    again = sourced_again(world, waiting)
+    assert (again.status, again.shipments) == (S.BACKORDERED, [])
+    assert world.level("BOOK", "wh-west") == (0, 0, 0) and world.held_for(waiting) == {}
