@@ -686,3 +686,24 @@ def test_a_count_mark_kept_for_an_order_parked_after_its_reserve_goes_once_relea
     again = sourced_again(world, waiting)
     assert (again.status, again.shipments) == (S.BACKORDERED, [])
     assert world.level("BOOK", "wh-west") == (0, 0, 0) and world.held_for(waiting) == {}
+
+
+def test_a_count_recorded_whose_mark_is_kept_for_an_order_not_allocated_yet_sent_again_answers_as_it_did(world):
+    """The PUT retried (its answer lost) while the count's mark is kept for an order reserved before
+    the send-back landed: the count stands already, and the retry answers the level as the first
+    did, changing nothing, rather than refuse (409) what it recorded."""
+    waiting = backordered_later(world, ("BOOK", 5))
+
+    def edited_then_reserved(order_id: str):
+        edited(world)(order_id)
+        world.workflow.reserve_stock(order_id)
+
+    first = sending_back_after(world, edited_then_reserved).count("BOOK", "wh-west", 0, actor=KEY)
+    before = (world.orders.orders.copy(), {k: list(v) for k, v in world.orders.histories.items()}, world.held())
+
+    again = service(world).count("BOOK", "wh-west", 0, actor=KEY)
+
+    assert again == first and (again.on_hand, again.reserved) == (0, 4)
+    assert (world.orders.orders, world.orders.histories, world.held()) == before
+    assert world.inventory.short_counts(NOW + timedelta(days=1), 10) == [ShortCount("BOOK", "wh-west", KEY, NOW)]
+    assert world.order(waiting).status is S.AUTHORIZED
