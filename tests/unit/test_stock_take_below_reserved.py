@@ -707,3 +707,22 @@ def test_a_count_recorded_whose_mark_is_kept_for_an_order_not_allocated_yet_sent
     assert (world.orders.orders, world.orders.histories, world.held()) == before
     assert world.inventory.short_counts(NOW + timedelta(days=1), 10) == [ShortCount("BOOK", "wh-west", KEY, NOW)]
     assert world.order(waiting).status is S.AUTHORIZED
+
+
+def test_a_receipt_while_a_counts_mark_is_kept_for_an_order_not_allocated_yet_is_counted_and_sells_nothing(world):
+    """Units received at wh-west while the count's mark stands for an order reserved there before
+    the send-back landed: the receipt lands (as the DynamoDB adapter's adjust lets any positive
+    delta), `available` still shown 0 as the units go to what the shelf owes; no order oversold."""
+    backordered_later(world, ("BOOK", 5))
+
+    def edited_then_reserved(order_id: str):
+        edited(world)(order_id)
+        world.workflow.reserve_stock(order_id)
+
+    sending_back_after(world, edited_then_reserved).count("BOOK", "wh-west", 0, actor=KEY)
+
+    received = service(world).adjust("BOOK", "wh-west", 2, "receipt")
+
+    assert (received.on_hand, received.reserved, received.available) == (2, 4, 0)
+    assert world.level("BOOK", "wh-west")[:2] == (2, 4)
+    assert world.inventory.short_counts(NOW + timedelta(days=1), 10) == [ShortCount("BOOK", "wh-west", KEY, NOW)]
