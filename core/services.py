@@ -212,7 +212,8 @@ class InventoryService:
         order sent back to be sourced since it was read, reserved before the send-back landed).
         InsufficientStock, recording nothing, when rejecting every such shipment would not make it
         fit (units held by ready pickups, by orders not yet allocated, or by one a person is to confirm
-        a parcel of). A held order's pending shipment is rejected as any other (OrderActions.reject:
+        a parcel of), unless on_hand is that count already (recorded: sent again, it answers the level).
+        A held order's pending shipment is rejected as any other (OrderActions.reject:
         it stays on hold, sourced again once released). Units a
         backordered order holds there go first (send_back: it is sourced again without that
         location, reason `stock_count`, also when sent back to be sourced since this read it:
@@ -235,6 +236,8 @@ class InventoryService:
                 if written:  # recorded by this call; a shipment was readied for pickup since
                     if not isinstance(kept, NotAllocatedYet):  # else the mark stays for their parcels
                         self._inventory.short_count_finished(short)
+                    return level.as_shown()
+                if level.on_hand == on_hand:  # recorded already (a retry whose answer was lost): it stands
                     return level.as_shown()
                 raise
             try:

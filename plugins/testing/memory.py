@@ -331,7 +331,7 @@ class InMemoryInventory(InventoryRepository):
                     "this Idempotency-Key was used with a different request body", code="idempotency_key_reused"
                 )
             return level
-        if level.on_hand + delta < level.reserved:
+        if delta < 0 and level.on_hand + delta < level.reserved:  # a receipt lands under a short count's mark too
             raise InsufficientStock("below reserved")
         if level.on_hand + delta > MAX_ON_HAND:
             raise StockLimitReached(f"past {MAX_ON_HAND} on hand", details=[{"field": "delta", "message": "too many"}])

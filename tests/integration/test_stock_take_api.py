@@ -232,3 +232,58 @@ def test_an_adjustment_while_a_short_counts_rejects_are_owed_answers_available_n
     shown = [{name: answer.json()[name] for name in ("on_hand", "reserved", "available")} for answer in (plain, keyed)]
     assert shown == [{"on_hand": 2, "reserved": 4, "available": 0}, {"on_hand": 3, "reserved": 4, "available": 0}]
     assert stock_at(api, sku, network["west"]) == shown[-1]
+
+
+def test_a_count_below_what_an_order_sent_back_and_not_yet_sourced_holds_is_409_recording_nothing(api: InProcessApi):
+    # Backordered with 3 units at west, a PATCH sends it back to be sourced (authorized, its units
+    # still held, its ReserveStock not run yet): no reject or send-back may take them, so a count of
+    # 0 is refused before it is recorded (NotAllocatedYet is an InsufficientStock) in the contract's
+    # error shape, and leaves no mark and nothing changed.
+    network, sku, order_id, _ = backordered(api, west=3)
+    order = api.get(f"/orders/{order_id}").json()
+    edited = api.request("PATCH", f"/orders/{order_id}", json={"lines": [{"sku": sku, "quantity": 3}]},
+                         headers={"If-Match": str(order["version"])})  # fmt: skip
+    assert edited.status_code == 200 and edited.json()["status"] == "authorized", edited.text
+    version = edited.json()["version"]
+
+    counted = api.put(f"/inventory/{sku}/{network['west']}", json={"on_hand": 0})
+
+    assert counted.status_code == 409, counted.text
+    body = counted.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message", "details"}
+    assert body["error"]["code"] == "insufficient_stock"
+    assert [d["field"] for d in body["error"]["details"]] == ["on_hand"]
+    assert stock_at(api, sku, network["west"]) == {"on_hand": 3, "reserved": 3, "available": 0}
+    assert api.get(f"/orders/{order_id}").json()["version"] == version
+
+
+def test_a_count_retried_while_its_mark_is_kept_for_an_order_reserved_meanwhile_answers_200_as_before(
+    api: InProcessApi, monkeypatch: pytest.MonkeyPatch
+):
+    # Backordered when the count read it; edited and reserved again (its ReserveStock counting the
+    # 3 units it held at west as its own) before the count's send-back landed: the count is recorded,
+    # its mark kept for the parcel that order's workflow books there. The PUT retried (its answer
+    # lost) answered 409 insufficient_stock for the count it had recorded.
+    network, sku, order_id, steps = backordered(api, west=3)
+    real = OrderActions.source_backorder_again
+
+    def edited_and_reserved_first(actions: OrderActions, *args: str):
+        order = api.get(f"/orders/{order_id}").json()
+        edited = api.request("PATCH", f"/orders/{order_id}", json={"lines": [{"sku": sku, "quantity": 3}]},
+                             headers={"If-Match": str(order["version"])})  # fmt: skip
+        assert edited.status_code == 200, edited.text
+        steps.reserve_stock(order_id)
+        return real(actions, *args)
+
+    with monkeypatch.context() as patched:
+        patched.setattr(OrderActions, "source_backorder_again", edited_and_reserved_first)
+        counted = api.put(f"/inventory/{sku}/{network['west']}", json={"on_hand": 0})
+    assert counted.status_code == 200, counted.text
+    version = api.get(f"/orders/{order_id}").json()["version"]
+
+    retried = api.put(f"/inventory/{sku}/{network['west']}", json={"on_hand": 0})
+
+    assert retried.status_code == 200, retried.text
+    assert {**retried.json(), "updated_at": None} == {**counted.json(), "updated_at": None}
+    assert stock_at(api, sku, network["west"]) == {"on_hand": 0, "reserved": 3, "available": 0}
+    assert api.get(f"/orders/{order_id}").json()["version"] == version

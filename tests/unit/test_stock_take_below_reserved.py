@@ -536,3 +536,193 @@ def test_an_order_reserved_between_the_count_and_its_send_back_keeps_the_counts_
     again = sourced_again(world, waiting)
     assert (again.status, again.shipments) == (S.BACKORDERED, [])
     assert world.level("BOOK", "wh-west") == (0, 0, 0)
+
+
+# --- Adversarial: marks that might stay, races of two counts, a pickup's only store ----------------
+
+
+def test_a_count_mark_kept_for_an_order_reserved_and_then_held_goes_once_the_order_is_cancelled(world):
+    """Reserved at wh-west before the count's send-back landed, then held for days before its
+    parcels were booked: each pass keeps the mark (nothing there a count may send elsewhere yet),
+    and the order's cancel, releasing its units, lets the next pass finish it."""
+    waiting = backordered_later(world, ("BOOK", 5))
+    holds = Holds(world.orders, clock=CLOCKS[id(world)], inventory=world.inventory, catalog=world.catalog)
+
+    def edited_reserved_then_held(order_id: str):
+        edited(world)(order_id)
+        world.workflow.reserve_stock(order_id)
+        return holds.hold(order_id, HoldRequest(reason="address_review"), actor="key_ops")
+
+    sending_back_after(world, edited_reserved_then_held).count("BOOK", "wh-west", 0, actor=KEY)
+    marked = [ShortCount("BOOK", "wh-west", KEY, NOW)]
+    for days in (1, 2, 3):
+        kept = ShortCountsFinished()
+        service(world).finish_short_counts(kept, before=NOW + timedelta(days=days))
+        assert (kept.finished, kept.failed, kept.left) == ([], {}, 0)
+    assert world.inventory.short_counts(NOW + timedelta(days=3), 10) == marked
+
+    world.actions.cancel(waiting, "no longer wanted", actor="key_web")
+    done = ShortCountsFinished()
+    service(world).finish_short_counts(done, before=NOW + timedelta(days=4))
+
+    assert (done.finished, done.failed) == (marked, {})
+    assert world.level("BOOK", "wh-west") == (0, 0, 0) and world.held_for(waiting) == {}
+    assert world.inventory.short_counts(NOW + timedelta(days=4), 10) == []
+
+
+def test_two_counts_at_two_locations_racing_on_one_sent_back_order_exclude_both_and_release_both(world):
+    """Backordered holding BOOK at wh-west and wh-east; both counts read it backordered, an edit
+    sends it back to be sourced before either send-back lands: each excludes its own location and
+    releases the units there, and the order's ReserveStock plans on neither."""
+    world.inventory.set_on_hand("BOOK", "wh-east", 4, reason="count")
+    waiting = backordered_later(world, ("BOOK", 10))
+    assert world.level("BOOK", "wh-west") == world.level("BOOK", "wh-east") == (4, 4, 0)
+
+    def east_counted(order_id: str):
+        return sending_back_after(world, edited(world)).count("BOOK", "wh-east", 0, actor=KEY)
+
+    west = sending_back_after(world, east_counted).count("BOOK", "wh-west", 0, actor=KEY)
+
+    assert (west.on_hand, west.reserved) == (0, 0)
+    assert world.level("BOOK", "wh-west") == world.level("BOOK", "wh-east") == (0, 0, 0)
+    assert sorted(d["location_id"] for _, _, d in sent_back_by_count(world, waiting)) == ["wh-east", "wh-west"]
+    again = sourced_again(world, waiting)
+    assert (again.status, again.shipments) == (S.BACKORDERED, [])
+    assert sorted(again.excluded_locations) == ["wh-east", "wh-west"]
+    assert world.held_for(waiting) == {}
+    assert world.inventory.short_counts(NOW + timedelta(days=1), 10) == []
+
+
+def test_a_sent_back_order_whose_release_died_and_then_held_has_its_units_released_by_the_reconcilers_pass(
+    world, monkeypatch
+):
+    """The count's send-back recorded (wh-west excluded) and died before its release; the order,
+    held since, runs no ReserveStock that would release them. The reconciler's pass finishes the
+    release, as the count sent again would, rather than keep the units and the mark while it is held."""
+    waiting = backordered_later(world, ("BOOK", 5))
+    holds = Holds(world.orders, clock=CLOCKS[id(world)], inventory=world.inventory, catalog=world.catalog)
+    release = world.actions._release_lines
+
+    def died(*args: object) -> None:
+        raise RuntimeError("the Lambda timed out before the release")
+
+    monkeypatch.setattr(world.actions, "_release_lines", died)
+    counting = InventoryService(
+        world.inventory, world.catalog, orders=lambda: world.orders, reject=world.actions.reject,
+        send_back=world.actions.source_backorder_again, clock=lambda: NOW,
+    )  # fmt: skip
+    with pytest.raises(RuntimeError):
+        counting.count("BOOK", "wh-west", 0, actor=KEY)
+    monkeypatch.setattr(world.actions, "_release_lines", release)
+    holds.hold(waiting, HoldRequest(reason="address_review"), actor="key_ops")
+    assert world.level("BOOK", "wh-west")[:2] == (0, 4)
+    done = ShortCountsFinished()
+
+    service(world).finish_short_counts(done, before=NOW + timedelta(days=1))
+
+    assert (done.finished, done.failed) == ([ShortCount("BOOK", "wh-west", KEY, NOW)], {})
+    assert world.level("BOOK", "wh-west") == (0, 0, 0) and world.held_for(waiting) == {}
+    assert world.inventory.short_counts(NOW + timedelta(days=1), 10) == []
+    assert len(sent_back_by_count(world, waiting)) == 1 and rejected_by_count(world, waiting) == []
+
+
+@pytest.mark.parametrize("backorder", [True, False], ids=["backorderable", "not_backorderable"])
+def test_a_pickup_order_sent_back_whose_only_store_the_count_excludes_ends_cancelled_its_authorization_voided(
+    world, backorder
+):
+    """A pickup at store-sf, backordered there (its only eligible location), is edited (sent back
+    to be sourced) before the count's send-back lands: store-sf excluded, it may be sourced nowhere,
+    so it ends cancelled with its authorization voided even when its product may wait backordered
+    (README: a pickup's reject ends it so; no arrival could fill it), and no unit held at store-sf."""
+    world.catalog.put_product(product("MUG", "8.00", allow_backorder=True))
+    CLOCKS[id(world)].advance(minutes=1)
+    waiting = world.place(("MUG", 3), **PICKUP)
+    world.workflow.authorize_payment(waiting, attempt=0)
+    with pytest.raises(Backordered):
+        world.workflow.reserve_stock(waiting)
+    assert world.level("MUG", "store-sf") == (2, 2, 0)
+    world.catalog.put_product(product("MUG", "8.00", allow_backorder=backorder))
+
+    def edit(order_id: str):
+        change = OrderEdit(lines=[LineInput(sku="MUG", quantity=2)])
+        return world.actions.edit(order_id, world.order(order_id).version, change, actor="key_web")
+
+    level = sending_back_after(world, edit).count("MUG", "store-sf", 0, actor=KEY)
+    again = sourced_again(world, waiting)
+
+    assert (level.on_hand, level.reserved) == (0, 0)
+    assert again.excluded_locations == ["store-sf"] and again.shipments == []
+    assert (again.status, again.payment.status) == (S.CANCELLED, "voided")
+    assert world.level("MUG", "store-sf") == (0, 0, 0) and world.held_for(waiting) == {}
+
+
+def test_a_count_mark_kept_for_an_order_parked_after_its_reserve_goes_once_released_and_its_parcel_rejected(world):
+    """Reserved at wh-west before the count's send-back landed, then parked (its CreateShipments
+    failed after retries: no hold expiry ends a park, a person does): the mark stays through the
+    passes while parked, and once released and its parcel booked there, the pass rejects it."""
+    waiting = backordered_later(world, ("BOOK", 5))
+    holds = Holds(world.orders, clock=CLOCKS[id(world)], inventory=world.inventory, catalog=world.catalog)
+
+    def edited_reserved_then_parked(order_id: str):
+        edited(world)(order_id)
+        world.workflow.reserve_stock(order_id)
+        assert world.workflow.park_after_failure(order_id, "States.Timeout", "")
+
+    sending_back_after(world, edited_reserved_then_parked).count("BOOK", "wh-west", 0, actor=KEY)
+    marked = [ShortCount("BOOK", "wh-west", KEY, NOW)]
+    for days in (1, 5):
+        kept = ShortCountsFinished()
+        service(world).finish_short_counts(kept, before=NOW + timedelta(days=days))
+        assert (kept.finished, kept.failed) == ([], {})
+    assert world.level("BOOK", "wh-west")[:2] == (0, 4)  # the parked order's units, shown available 0
+
+    assert holds.release(waiting, ReleaseRequest(), actor="key_ops").status is S.AUTHORIZED
+    world.workflow.create_shipments(waiting)
+    done = ShortCountsFinished()
+    service(world).finish_short_counts(done, before=NOW + timedelta(days=6))
+
+    assert (done.finished, done.failed) == (marked, {})
+    assert len(rejected_by_count(world, waiting)) == 1
+    again = sourced_again(world, waiting)
+    assert (again.status, again.shipments) == (S.BACKORDERED, [])
+    assert world.level("BOOK", "wh-west") == (0, 0, 0) and world.held_for(waiting) == {}
+
+
+def test_a_count_recorded_whose_mark_is_kept_for_an_order_not_allocated_yet_sent_again_answers_as_it_did(world):
+    """The PUT retried (its answer lost) while the count's mark is kept for an order reserved before
+    the send-back landed: the count stands already, and the retry answers the level as the first
+    did, changing nothing, rather than refuse (409) what it recorded."""
+    waiting = backordered_later(world, ("BOOK", 5))
+
+    def edited_then_reserved(order_id: str):
+        edited(world)(order_id)
+        world.workflow.reserve_stock(order_id)
+
+    first = sending_back_after(world, edited_then_reserved).count("BOOK", "wh-west", 0, actor=KEY)
+    before = (world.orders.orders.copy(), {k: list(v) for k, v in world.orders.histories.items()}, world.held())
+
+    again = service(world).count("BOOK", "wh-west", 0, actor=KEY)
+
+    assert again == first and (again.on_hand, again.reserved) == (0, 4)
+    assert (world.orders.orders, world.orders.histories, world.held()) == before
+    assert world.inventory.short_counts(NOW + timedelta(days=1), 10) == [ShortCount("BOOK", "wh-west", KEY, NOW)]
+    assert world.order(waiting).status is S.AUTHORIZED
+
+
+def test_a_receipt_while_a_counts_mark_is_kept_for_an_order_not_allocated_yet_is_counted_and_sells_nothing(world):
+    """Units received at wh-west while the count's mark stands for an order reserved there before
+    the send-back landed: the receipt lands (as the DynamoDB adapter's adjust lets any positive
+    delta), `available` still shown 0 as the units go to what the shelf owes; no order oversold."""
+    backordered_later(world, ("BOOK", 5))
+
+    def edited_then_reserved(order_id: str):
+        edited(world)(order_id)
+        world.workflow.reserve_stock(order_id)
+
+    sending_back_after(world, edited_then_reserved).count("BOOK", "wh-west", 0, actor=KEY)
+
+    received = service(world).adjust("BOOK", "wh-west", 2, "receipt")
+
+    assert (received.on_hand, received.reserved, received.available) == (2, 4, 0)
+    assert world.level("BOOK", "wh-west")[:2] == (2, 4)
+    assert world.inventory.short_counts(NOW + timedelta(days=1), 10) == [ShortCount("BOOK", "wh-west", KEY, NOW)]
