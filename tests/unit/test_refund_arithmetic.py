@@ -12,9 +12,11 @@ from core.errors import InvalidRequest
 from core.models import OrderLine, Payment, PaymentRefund, RefundedUnits, RefundPart, Totals
 from core.money import Money, quantum
 from core.refunds import (
+    _kept_back_refund,
     cumulative_share,
     refund_due,
     refund_id_for,
+    refunded_for_return,
     shipping_refunded,
     units_share,
     went_back_id,
@@ -219,3 +221,71 @@ def test_what_of_the_orders_shipping_its_refunds_and_exchange_credits_gave_back(
     assert shipping_refunded(order) == money("9.50")
     assert shipping_refunded(order, besides_return="rma_1") == money("4.50")
     assert shipping_refunded(order, besides_return="rma_5") == money("9.00")
+
+
+def a_split(refund_id: str, status: RefundStatus, approved: str, refused: str, **fields) -> PaymentRefund:
+    """A refund over two authorizations, of which the gateway approved `approved` and refused `refused`."""
+    parts = [
+        RefundPart(authorization="auth_1", amount=money(approved), status=RefundStatus.SUCCEEDED, reference="r1"),
+        RefundPart(authorization="auth_2", amount=money(refused), status=RefundStatus.FAILED),
+    ]
+    amount = money(approved) + money(refused)
+    return PaymentRefund(id=refund_id, amount=amount, reason="r", at=a_stored_order().created_at, status=status,
+                         parts=parts, **fields)  # fmt: skip
+
+
+def with_refunds(order, refunds: list[PaymentRefund]):
+    return order.model_copy(update={"payment": order.payment.model_copy(update={"refunds": refunds})})
+
+
+def test_a_return_shows_refunded_only_what_the_gateway_approved_of_its_refunds():
+    # Return ret_1's refunds: 10.00 approved; 4.00 refused whole; 6.00 still pending; 5.00 split
+    # over two authorizations, 3.00 approved before 2.00 was refused. Only 13.00 went back. A split
+    # refund that succeeded counts once, by its amount, not again by its parts; ret_2's is not ret_1's.
+    order = an_order([a_line(money("90.00"), 9)], money("0.00"), money("90.00"), refunded=money("23.00"))
+    at = order.created_at
+    refunds = [
+        PaymentRefund(id="ref_a", amount=money("10.00"), reason="r", at=at, return_id="ret_1"),
+        PaymentRefund(id="ref_b", amount=money("4.00"), reason="r", at=at, return_id="ret_1",
+                      status=RefundStatus.FAILED),
+        PaymentRefund(id="ref_c", amount=money("6.00"), reason="r", at=at, return_id="ret_1",
+                      status=RefundStatus.PENDING),
+        a_split("ref_d", RefundStatus.FAILED, "3.00", "2.00", return_id="ret_1"),
+        PaymentRefund(id="ref_e", amount=money("7.00"), reason="r", at=at, return_id="ret_2"),
+    ]  # fmt: skip
+
+    assert refunded_for_return(with_refunds(order, refunds), "ret_1") == money("13.00")
+    assert refunded_for_return(with_refunds(order, refunds), "ret_2") == money("7.00")
+    whole = a_split("ref_f", RefundStatus.SUCCEEDED, "1.00", "1.00", return_id="ret_2")
+    whole = whole.model_copy(update={"parts": [p.model_copy(update={"status": RefundStatus.SUCCEEDED})
+                                               for p in whole.parts]})  # fmt: skip
+    assert refunded_for_return(with_refunds(order, [*refunds, whole]), "ret_2") == money("9.00")
+
+
+def test_a_kept_back_top_up_owes_what_was_kept_back_less_what_earlier_top_ups_gave_back():
+    # Return ret_1 kept back 10.00. Its first top-up (5.00, split) was refused after 3.00 of it went
+    # back: the next, the second of its key, owes 7.00, not the 2.00 refused nor 10.00 again.
+    order = an_order([a_line(money("90.00"), 9)], money("0.00"), money("90.00"), refunded=money("0.00"))
+    decide = _kept_back_refund("ret_1", lambda _: money("10.00"))
+    first = a_split(refund_id_for(order.id, "ret_1#kept_back#0"), RefundStatus.FAILED, "3.00", "2.00")
+    order = with_refunds(order, [first])
+
+    assert decide(order) == ("ret_1#kept_back#1", money("7.00"))
+    # Refused whole, the second gave nothing back: the third owes the same 7.00.
+    refused = PaymentRefund(id=refund_id_for(order.id, "ret_1#kept_back#1"), amount=money("7.00"), reason="r",
+                            at=order.created_at, status=RefundStatus.FAILED)  # fmt: skip
+    assert decide(with_refunds(order, [first, refused])) == ("ret_1#kept_back#2", money("7.00"))
+    # However little is owed, it is owed: 0.50 kept back is asked for.
+    assert _kept_back_refund("ret_2", lambda _: money("0.50"))(order) == ("ret_2#kept_back#0", money("0.50"))
+
+    # Once the second is written (pending, for 4.00: what the capture made refundable), deciding
+    # again carries it on with the amount it was written with, not a third for the rest.
+    second = PaymentRefund(id=refund_id_for(order.id, "ret_1#kept_back#1"), amount=money("4.00"), reason="r",
+                           at=order.created_at, status=RefundStatus.PENDING)  # fmt: skip
+    assert decide(with_refunds(order, [first, second])) == ("ret_1#kept_back#1", money("0.00"))
+
+    # Approved, it leaves 3.00 for a third; all of it approved, nothing is owed.
+    approved = second.model_copy(update={"status": RefundStatus.SUCCEEDED})
+    assert decide(with_refunds(order, [first, approved])) == ("ret_1#kept_back#2", money("3.00"))
+    rest = approved.model_copy(update={"id": refund_id_for(order.id, "ret_1#kept_back#2"), "amount": money("3.00")})
+    assert decide(with_refunds(order, [first, approved, rest])) is None
