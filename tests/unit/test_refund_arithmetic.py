@@ -9,14 +9,19 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from core.errors import InvalidRequest
+from core.ids import short_hash
 from core.models import OrderLine, Payment, PaymentRefund, RefundedUnits, RefundPart, Totals
 from core.money import Money, quantum
 from core.refunds import (
     _kept_back_refund,
+    appeased_over_capture,
     cumulative_share,
+    left_to_a_person,
+    over_capture_owed,
     refund_due,
     refund_id_for,
     refunded_for_return,
+    refused_in_a_row,
     shipping_refunded,
     units_share,
     went_back_id,
@@ -289,3 +294,75 @@ def test_a_kept_back_top_up_owes_what_was_kept_back_less_what_earlier_top_ups_ga
     assert decide(with_refunds(order, [first, approved])) == ("ret_1#kept_back#2", money("3.00"))
     rest = approved.model_copy(update={"id": refund_id_for(order.id, "ret_1#kept_back#2"), "amount": money("3.00")})
     assert decide(with_refunds(order, [first, approved, rest])) is None
+
+
+def a_refund(amount: str, status: RefundStatus = RefundStatus.FAILED, kind: str = "cancellation", **fields):
+    return PaymentRefund(id=f"ref_{short_hash(repr((amount, status, kind, fields)))}", amount=money(amount),
+                         reason="r", at=a_stored_order().created_at, status=status, kind=kind, **fields)  # fmt: skip
+
+
+def test_what_is_left_to_a_person_is_the_amount_refused_three_times_in_a_row_less_what_appeasements_since_gave():
+    # 35.00 captured for an order that now costs 30.00: the settlement's refund of 5.00 was refused.
+    order = an_order([a_line(money("30.00"), 3)], money("0.00"), money("35.00"))
+    refused = [a_refund("5.00"), a_refund("5.00"), a_refund("5.00")]
+
+    assert left_to_a_person(with_refunds(order, refused[:2])) is None  # still asked again
+    assert left_to_a_person(with_refunds(order, refused)) == money("5.00")
+    # Refused for another amount before, or an appeasement with no over-capture in between, counts nothing.
+    other = [a_refund("4.00"), *refused[:2], a_refund("3.00", RefundStatus.SUCCEEDED, "appeasement"), refused[2]]
+    assert left_to_a_person(with_refunds(order, other)) == money("5.00")
+    # A settlement refund since that went through, or is on its way, leaves nothing to a person.
+    for status in (RefundStatus.SUCCEEDED, RefundStatus.PENDING):
+        assert left_to_a_person(with_refunds(order, [*refused, a_refund("5.00", status)])) is None
+        assert left_to_a_person(with_refunds(order, [*refused[:2], a_refund("5.00", status), refused[2]])) is None
+    # What the appeasements since gave back of it is no longer left; all of it given, nothing is.
+    for gave, left in (("2.00", "3.00"), ("4.50", "0.50"), ("5.00", None)):
+        appeasement = a_refund(gave, RefundStatus.SUCCEEDED, "appeasement", over_capture=money(gave))
+        expected = None if left is None else money(left)
+        assert left_to_a_person(with_refunds(order, [*refused, appeasement])) == expected
+        # Refused after it for more (a later cancel), the ask was refused fewer times: what is left is
+        # still the amount refused three times, less what the appeasement gave.
+        later = [*refused, appeasement, a_refund("9.00"), a_refund("9.00")]
+        assert left_to_a_person(with_refunds(order, later)) == expected
+
+
+def test_an_appeasement_counts_what_it_gave_back_of_the_over_capture_only_as_the_gateway_approved_it():
+    order = an_order([a_line(money("30.00"), 3)], money("0.00"), money("35.00"))
+    given = a_refund("2.00", RefundStatus.SUCCEEDED, "appeasement", over_capture=money("2.00"))
+    pending = a_refund("1.00", RefundStatus.PENDING, "appeasement", over_capture=money("1.00"))
+    refused = a_refund("4.00", kind="appeasement", over_capture=money("4.00"))
+    split = a_split("ref_split", RefundStatus.FAILED, "1.50", "2.50", kind="appeasement", over_capture=money("3.00"))
+    plain = a_refund("6.00", RefundStatus.SUCCEEDED, "appeasement")
+    order = with_refunds(order, [given, pending, refused, split, plain])
+
+    # 2.00 given, 1.00 on its way, nothing of the refused one, 1.50 of the split one's 3.00.
+    assert appeased_over_capture(order) == money("4.50")
+    assert appeased_over_capture(order, [split]) == money("1.50")
+    assert appeased_over_capture(order, []) == money("0.00")
+
+
+def test_refusals_in_a_row_are_the_last_cancellation_refunds_refused_each_for_the_amount():
+    order = an_order([a_line(money("30.00"), 3)], money("0.00"), money("35.00"))
+    five, four = a_refund("5.00"), a_refund("4.00")
+    appeasement = a_refund("5.00", kind="appeasement")
+
+    assert refused_in_a_row(with_refunds(order, [five, appeasement, five]), money("5.00")) == 2
+    assert refused_in_a_row(with_refunds(order, [four, five]), money("5.00")) == 1
+    assert refused_in_a_row(with_refunds(order, [five, four]), money("5.00")) == 0
+    for status in (RefundStatus.SUCCEEDED, RefundStatus.PENDING):
+        assert refused_in_a_row(with_refunds(order, [five, a_refund("5.00", status), five]), money("5.00")) == 1
+
+
+@pytest.mark.parametrize(
+    ("total", "owed"),
+    [("30.00", "5.00"), ("32.00", "3.00"), ("34.50", "0.50"), ("35.00", "0.00"), ("36.00", "0.00")],
+)
+def test_over_capture_owed_is_what_the_payment_holds_beyond_the_total_as_far_as_left_to_a_person(total, owed):
+    # 35.00 captured; the refund of 5.00 beyond the total then was refused three times. The order
+    # now costs `total` (an edit may have raised it): what is owed is what is held beyond it, never
+    # more than what was left to a person, never below zero.
+    order = an_order([a_line(money(total), 3)], money("0.00"), money("35.00"))
+    order = with_refunds(order, [a_refund("5.00"), a_refund("5.00"), a_refund("5.00")])
+
+    assert over_capture_owed(order) == money(owed)
+    assert over_capture_owed(with_refunds(order, order.payment.refunds[:2])) == money("0.00")
