@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from core.errors import InvalidRequest
 from core.ids import short_hash
-from core.models import OrderLine, Payment, PaymentRefund, RefundedUnits, RefundPart, Totals
+from core.models import CREDIT_NOT_USED, OrderLine, Payment, PaymentRefund, RefundedUnits, RefundPart, Totals
 from core.money import Money, quantum
 from core.refunds import (
     _kept_back_refund,
@@ -366,3 +366,32 @@ def test_over_capture_owed_is_what_the_payment_holds_beyond_the_total_as_far_as_
 
     assert over_capture_owed(order) == money(owed)
     assert over_capture_owed(with_refunds(order, order.payment.refunds[:2])) == money("0.00")
+
+
+def test_an_exchanges_return_shows_refunded_what_its_credit_gave_back_but_not_what_it_carried_for_another():
+    # ret_1 was exchanged. Refunded for it: its step (refused once, then 4.00), what its credit kept
+    # back (1.00, naming no return), the whole order's shipping (2.00) and the credit its replacement
+    # did not use (3.00). Not: what the credit drew for another return (5.00, carried for ret_1's
+    # replacement's return), nor ret_2's unused credit.
+    order = an_order([a_line(money("90.00"), 9)], money("0.00"), money("90.00"), refunded=money("20.00"))
+    order = order.model_copy(update={"exchanges": ["ret_1", "ret_2"]})
+    at = order.created_at
+
+    def refund(key: str | None, amount: str, status=RefundStatus.SUCCEEDED, reason="r", return_id="ret_1"):
+        refund_id = refund_id_for(order.id, key) if key else f"ref_{short_hash(amount)}"
+        return PaymentRefund(id=refund_id, amount=money(amount), reason=reason, at=at, status=status,
+                             kind="return", return_id=return_id)  # fmt: skip
+
+    refunds = [
+        refund("ret_1#0", "4.00", RefundStatus.FAILED),
+        refund("ret_1#1", "4.00"),
+        refund("ret_1:credit#kept_back#0", "1.00", return_id=None),
+        refund("ret_1:shipping#kept_back#0", "2.00", return_id=None),
+        refund(None, "3.00", reason=f"exchange ret_1 {CREDIT_NOT_USED}"),
+        refund(None, "5.00", reason="exchange ret_9's replacement's units came back"),
+        refund(None, "6.00", reason=f"exchange ret_2 {CREDIT_NOT_USED}", return_id="ret_2"),
+    ]
+    assert refunded_for_return(with_refunds(order, refunds), "ret_1") == money("10.00")
+    # Its step the only refund, approved at the first ask, it is all that was refunded.
+    assert refunded_for_return(with_refunds(order, [refunds[1].model_copy(update={"id": refunds[0].id})]),
+                               "ret_1") == money("4.00")  # fmt: skip
