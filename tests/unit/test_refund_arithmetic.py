@@ -14,6 +14,7 @@ from core.models import CREDIT_NOT_USED, OrderLine, Payment, PaymentRefund, Refu
 from core.money import Money, quantum
 from core.refunds import (
     _kept_back_refund,
+    _refund_kept_back,
     appeased_over_capture,
     cumulative_share,
     left_to_a_person,
@@ -395,3 +396,29 @@ def test_an_exchanges_return_shows_refunded_what_its_credit_gave_back_but_not_wh
     # Its step the only refund, approved at the first ask, it is all that was refunded.
     assert refunded_for_return(with_refunds(order, [refunds[1].model_copy(update={"id": refunds[0].id})]),
                                "ret_1") == money("4.00")  # fmt: skip
+
+
+def test_what_a_returns_refund_kept_back_is_its_succeeded_refunds_or_else_what_the_order_kept_back_for_it():
+    order = an_order([a_line(money("90.00"), 9)], money("0.00"), money("90.00"))
+    kept = _refund_kept_back("ret_1")
+
+    def own(amount: str, kept_back: str, status=RefundStatus.SUCCEEDED, key: str = "ret_1#0"):
+        return PaymentRefund(id=refund_id_for(order.id, key), amount=money(amount), reason="r", at=order.created_at,
+                             status=status, kind="return", return_id="ret_1", kept_back=money(kept_back))  # fmt: skip
+
+    # Its refund gave nothing (refused, so what it would have kept back was never kept): what the
+    # order kept back for it. The top-up of that, approved, names the return but is not its refund.
+    gave_nothing = order.model_copy(update={"returns_kept_back": {"ret_1": money("4.00")}})
+    refused = own("3.00", "2.00", RefundStatus.FAILED)
+    top_up = PaymentRefund(id=refund_id_for(order.id, "ret_1#kept_back#0"), amount=money("4.00"), reason="r",
+                           at=order.created_at, kind="return", return_id="ret_1")  # fmt: skip
+    assert kept(with_refunds(gave_nothing, [refused])) == money("4.00")
+    assert kept(with_refunds(gave_nothing, [refused, top_up])) == money("4.00")
+    # Another return's refund, and what it kept back, are not this one's.
+    other = own("6.00", "0.75").model_copy(update={"id": refund_id_for(order.id, "ret_2#0"), "return_id": "ret_2"})
+    assert kept(with_refunds(gave_nothing, [other, refused])) == money("4.00")
+    # Its refund succeeded: what that kept back.
+    assert kept(with_refunds(order, [refused, own("5.00", "1.50", key="ret_1#1")])) == money("1.50")
+    # An exchange's replacement keeps back besides what neither its refund nor its credit could refund.
+    replacement = gave_nothing.model_copy(update={"exchange_credit": money("10.00")})
+    assert kept(with_refunds(replacement, [own("5.00", "1.50")])) == money("5.50")
