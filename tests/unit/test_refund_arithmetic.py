@@ -9,8 +9,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from core.errors import InvalidRequest
+from core.exchange_credit import beyond_credit, owes_credit_back
 from core.ids import short_hash
-from core.models import CREDIT_NOT_USED, OrderLine, Payment, PaymentRefund, RefundedUnits, RefundPart, Totals
+from core.models import CREDIT_NOT_USED, OrderLine, Payment, PaymentRefund, RefundedUnits, RefundPart, Shipment, Totals
 from core.money import Money, quantum
 from core.refunds import (
     _kept_back_refund,
@@ -28,7 +29,7 @@ from core.refunds import (
     went_back_id,
     with_refunds_shown,
 )
-from core.status import RefundStatus
+from core.status import RefundStatus, ShipmentStatus
 from tests.unit.conftest import a_stored_order
 
 CURRENCIES = ["USD", "JPY", "KWD"]
@@ -422,3 +423,49 @@ def test_what_a_returns_refund_kept_back_is_its_succeeded_refunds_or_else_what_t
     # An exchange's replacement keeps back besides what neither its refund nor its credit could refund.
     replacement = gave_nothing.model_copy(update={"exchange_credit": money("10.00")})
     assert kept(with_refunds(replacement, [own("5.00", "1.50")])) == money("5.50")
+
+
+def a_replacement(total: str, captured: str, credit: str | None, refunds: list[PaymentRefund] = (), statuses=()):
+    """An exchange's replacement costing `total`, its own payment having captured `captured`, with
+    `credit` (None: an order that is no replacement) and shipments in `statuses`."""
+    order = an_order([a_line(money(total), 1)], money("0.00"), money(captured))
+    shipments = [Shipment(id=f"shp_{i}", location_id="wh_1", lines=[], carrier="c", service="s", status=status)
+                 for i, status in enumerate(statuses)]  # fmt: skip
+    return with_refunds(order, list(refunds)).model_copy(
+        update={"exchange_credit": None if credit is None else money(credit), "shipments": shipments}
+    )
+
+
+@pytest.mark.parametrize(
+    ("total", "captured", "credit", "beyond"),
+    [
+        ("50.00", "25.00", "20.00", "5.00"),
+        ("50.00", "29.50", "20.00", "0.50"),
+        ("50.00", "40.00", "20.00", "0.00"),  # paid more than the credit leaves: nothing, not less
+        ("50.00", "45.00", None, "5.00"),  # no credit: the total less what its payment took
+    ],
+)
+def test_what_a_replacement_owes_beyond_its_credit_is_its_total_less_its_payment_and_credit(
+    total, captured, credit, beyond
+):
+    assert beyond_credit(a_replacement(total, captured, credit)) == money(beyond)
+
+
+def test_what_a_replacement_paid_itself_counts_of_a_refused_cancellation_refund_only_what_went_back():
+    # 30.00 captured; a cancel's refund of 5.00, split, was refused after 3.00 of it went back, and
+    # a plain one of 4.00 was refused whole: the payment paid 27.00 of the 50.00, the credit 20.00.
+    split = a_split("ref_split", RefundStatus.FAILED, "3.00", "2.00", kind="cancellation")
+    replacement = a_replacement("50.00", "30.00", "20.00", [split, a_refund("4.00")])
+
+    assert beyond_credit(replacement) == money("3.00")
+
+
+def test_a_replacement_owes_its_credit_back_only_once_nothing_is_left_to_ship_and_its_payment_leaves_credit_unused():
+    done = (ShipmentStatus.SHIPPED, ShipmentStatus.DELIVERED)
+    # 50.00, of which its payment paid 25.00: 25.00 of its 30.00 credit pays the rest, 5.00 is unused.
+    assert owes_credit_back(a_replacement("50.00", "25.00", "30.00", statuses=done))
+    assert not owes_credit_back(a_replacement("50.00", "25.00", "25.00", statuses=done))  # all of it used
+    assert not owes_credit_back(a_replacement("50.00", "25.00", None, statuses=done))  # no replacement
+    assert not owes_credit_back(a_replacement("50.00", "25.00", "30.00"))  # nothing shipped yet
+    for waiting in (ShipmentStatus.PENDING, ShipmentStatus.READY_FOR_PICKUP):
+        assert not owes_credit_back(a_replacement("50.00", "25.00", "30.00", statuses=(*done, waiting)))
