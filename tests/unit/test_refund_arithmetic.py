@@ -18,6 +18,7 @@ from core.refunds import (
     _refund_kept_back,
     appeased_over_capture,
     cumulative_share,
+    kept_back_owed,
     left_to_a_person,
     over_capture_owed,
     refund_due,
@@ -469,3 +470,23 @@ def test_a_replacement_owes_its_credit_back_only_once_nothing_is_left_to_ship_an
     assert not owes_credit_back(a_replacement("50.00", "25.00", "30.00"))  # nothing shipped yet
     for waiting in (ShipmentStatus.PENDING, ShipmentStatus.READY_FOR_PICKUP):
         assert not owes_credit_back(a_replacement("50.00", "25.00", "30.00", statuses=(*done, waiting)))
+
+
+def test_what_is_kept_back_and_owed_is_named_by_the_returns_succeeded_refunds_that_kept_some_back():
+    order = an_order([a_line(money("90.00"), 9)], money("0.00"), money("90.00"))
+
+    def refund(return_id: str, status: RefundStatus, kept_back: str | None) -> PaymentRefund:
+        return PaymentRefund(id=refund_id_for(order.id, f"{return_id}#0"), amount=money("5.00"), reason="r",
+                             at=order.created_at, status=status, kind="return", return_id=return_id,
+                             kept_back=None if kept_back is None else money(kept_back))  # fmt: skip
+
+    # ret_1's refund kept 2.00 back; ret_2's, refused, kept nothing back; ret_3's kept nothing back.
+    refunds = [
+        refund("ret_1", RefundStatus.SUCCEEDED, "2.00"),
+        refund("ret_2", RefundStatus.FAILED, "2.00"),
+        refund("ret_3", RefundStatus.SUCCEEDED, None),
+    ]
+    owed = kept_back_owed(with_refunds(order, refunds))
+
+    assert [(kept.names, kept.return_id, kept.key) for kept in owed] == [("ret_1", "ret_1", "ret_1")]
+    assert owed[0].decide(with_refunds(order, refunds)) == ("ret_1#kept_back#0", money("2.00"))
