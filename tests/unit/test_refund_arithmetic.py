@@ -16,6 +16,7 @@ from core.money import Money, quantum
 from core.refunds import (
     _kept_back_refund,
     _refund_kept_back,
+    _whole_order_shipping_refund,
     appeased_over_capture,
     cumulative_share,
     kept_back_owed,
@@ -220,15 +221,17 @@ def test_what_of_the_orders_shipping_its_refunds_and_exchange_credits_gave_back(
         refund(4, "3.00", "rma_4", shipping=money("3.00"), status=RefundStatus.FAILED),  # refused: nothing went back
         refund(5, "1.00", None),  # an appeasement
         refund(6, "2.00", "rma_1"),  # what rma_1 kept back, refunded since: no units, no shipping
+        # The whole order's shipping, refunded for an exchange's return: it names no return.
+        refund(7, "0.25", None, lines=[], shipping=money("0.25")),
     ]
     order = order.model_copy(update={
         "payment": order.payment.model_copy(update={"refunds": refunds}),
         "shipping_claims": {"rma_5": money("0.50")},  # an exchange's credit claimed it
     })  # fmt: skip
 
-    assert shipping_refunded(order) == money("9.50")
-    assert shipping_refunded(order, besides_return="rma_1") == money("4.50")
-    assert shipping_refunded(order, besides_return="rma_5") == money("9.00")
+    assert shipping_refunded(order) == money("9.75")
+    assert shipping_refunded(order, besides_return="rma_1") == money("4.75")
+    assert shipping_refunded(order, besides_return="rma_5") == money("9.25")
 
 
 def a_split(refund_id: str, status: RefundStatus, approved: str, refused: str, **fields) -> PaymentRefund:
@@ -490,3 +493,32 @@ def test_what_is_kept_back_and_owed_is_named_by_the_returns_succeeded_refunds_th
 
     assert [(kept.names, kept.return_id, kept.key) for kept in owed] == [("ret_1", "ret_1", "ret_1")]
     assert owed[0].decide(with_refunds(order, refunds)) == ("ret_1#kept_back#0", money("2.00"))
+
+
+def test_the_whole_orders_shipping_top_up_owes_the_shipping_less_what_refunds_gave_of_it_as_far_as_refundable():
+    # 9.00 of shipping; ret_1's refund gave 4.00 of it back with its units.
+    order = an_order([a_line(money("30.00"), 3)], money("9.00"), money("39.00"), refunded=money("14.00"))
+    decide = _whole_order_shipping_refund("ret_1:shipping")
+    ret_1 = PaymentRefund(id=refund_id_for(order.id, "ret_1#0"), amount=money("14.00"), reason="r",
+                          at=order.created_at, kind="return", return_id="ret_1", shipping=money("4.00"),
+                          lines=[RefundedUnits(line_id="L1", quantity=1, amount=money("10.00"))])  # fmt: skip
+
+    def top_up(n: int, amount: str, status: RefundStatus) -> PaymentRefund:
+        return PaymentRefund(id=refund_id_for(order.id, f"ret_1:shipping#kept_back#{n}"), amount=money(amount),
+                             reason="r", at=order.created_at, status=status, shipping=money(amount))  # fmt: skip
+
+    assert decide(with_refunds(order, [ret_1])) == ("ret_1:shipping#kept_back#0", money("5.00"), [], money("5.00"))
+    # Refused, the first gave nothing: the second owes the same; written (pending), it is carried on.
+    refused = top_up(0, "5.00", RefundStatus.FAILED)
+    assert decide(with_refunds(order, [ret_1, refused])) == (
+        "ret_1:shipping#kept_back#1",
+        money("5.00"),
+        [],
+        money("5.00"),
+    )
+    pending = top_up(1, "5.00", RefundStatus.PENDING)
+    assert decide(with_refunds(order, [ret_1, refused, pending])) == ("ret_1:shipping#kept_back#1", money("0.00"))
+    # Approved, nothing is owed; only as much as is refundable is asked, however little.
+    assert decide(with_refunds(order, [ret_1, refused, top_up(1, "5.00", RefundStatus.SUCCEEDED)])) is None
+    short = order.model_copy(update={"payment": order.payment.model_copy(update={"refunded": money("38.50")})})
+    assert decide(with_refunds(short, [ret_1])) == ("ret_1:shipping#kept_back#0", money("0.50"), [], money("0.50"))
