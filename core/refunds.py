@@ -172,14 +172,16 @@ def given_back_for_units(order: Order, *, own: bool = False) -> dict[str, list[R
 def shipping_refunded(order: Order, *, besides_return: str | None = None) -> Money:
     """What of the order's shipping its refunds gave back or are giving back (PaymentRefund.shipping;
     one the gateway refused counts nothing, a pending one counts) and its exchanges' credits claimed
-    (Order.shipping_claims), but those of return `besides_return`. A return's refund stored before
-    `shipping` was recorded gave back, beyond its units' shares (`lines`), the shipping its policy
-    granted (the fee, if any, taken off it): that excess counts (one stored since gives none
-    beyond its lines without recording it)."""
+    (Order.shipping_claims), but those of return `besides_return` (None: none is left out, so one
+    that names no return counts: the whole order's shipping refunded for an exchange's return,
+    _whole_order_shipping_owed, which left out would be refunded again at the next ask). A return's
+    refund stored before `shipping` was recorded gave back, beyond its units' shares (`lines`), the
+    shipping its policy granted (the fee, if any, taken off it): that excess counts (one stored
+    since gives none beyond its lines without recording it)."""
     zero = Money.zero(order.currency)
     refunded = sum(
         (_shipping_of(refund, zero) for refund in order.payment.refunds
-         if refund.status != RefundStatus.FAILED and refund.return_id != besides_return),
+         if refund.status != RefundStatus.FAILED and (besides_return is None or refund.return_id != besides_return)),
         zero,
     )  # fmt: skip
     claimed = (amount for return_id, amount in order.shipping_claims.items() if return_id != besides_return)

@@ -9,18 +9,29 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from core.errors import InvalidRequest
-from core.models import OrderLine, Payment, PaymentRefund, RefundedUnits, RefundPart, Totals
+from core.exchange_credit import beyond_credit, owes_credit_back
+from core.ids import short_hash
+from core.models import CREDIT_NOT_USED, OrderLine, Payment, PaymentRefund, RefundedUnits, RefundPart, Shipment, Totals
 from core.money import Money, quantum
 from core.refunds import (
+    _kept_back_refund,
+    _refund_kept_back,
+    _whole_order_shipping_refund,
+    appeased_over_capture,
     cumulative_share,
+    kept_back_owed,
+    left_to_a_person,
+    over_capture_owed,
     refund_due,
     refund_id_for,
+    refunded_for_return,
+    refused_in_a_row,
     shipping_refunded,
     units_share,
     went_back_id,
     with_refunds_shown,
 )
-from core.status import RefundStatus
+from core.status import RefundStatus, ShipmentStatus
 from tests.unit.conftest import a_stored_order
 
 CURRENCIES = ["USD", "JPY", "KWD"]
@@ -210,12 +221,304 @@ def test_what_of_the_orders_shipping_its_refunds_and_exchange_credits_gave_back(
         refund(4, "3.00", "rma_4", shipping=money("3.00"), status=RefundStatus.FAILED),  # refused: nothing went back
         refund(5, "1.00", None),  # an appeasement
         refund(6, "2.00", "rma_1"),  # what rma_1 kept back, refunded since: no units, no shipping
+        # The whole order's shipping, refunded for an exchange's return: it names no return.
+        refund(7, "0.25", None, lines=[], shipping=money("0.25")),
     ]
     order = order.model_copy(update={
         "payment": order.payment.model_copy(update={"refunds": refunds}),
         "shipping_claims": {"rma_5": money("0.50")},  # an exchange's credit claimed it
     })  # fmt: skip
 
-    assert shipping_refunded(order) == money("9.50")
-    assert shipping_refunded(order, besides_return="rma_1") == money("4.50")
-    assert shipping_refunded(order, besides_return="rma_5") == money("9.00")
+    assert shipping_refunded(order) == money("9.75")
+    assert shipping_refunded(order, besides_return="rma_1") == money("4.75")
+    assert shipping_refunded(order, besides_return="rma_5") == money("9.25")
+
+
+def a_split(refund_id: str, status: RefundStatus, approved: str, refused: str, **fields) -> PaymentRefund:
+    """A refund over two authorizations, of which the gateway approved `approved` and refused `refused`."""
+    parts = [
+        RefundPart(authorization="auth_1", amount=money(approved), status=RefundStatus.SUCCEEDED, reference="r1"),
+        RefundPart(authorization="auth_2", amount=money(refused), status=RefundStatus.FAILED),
+    ]
+    amount = money(approved) + money(refused)
+    return PaymentRefund(id=refund_id, amount=amount, reason="r", at=a_stored_order().created_at, status=status,
+                         parts=parts, **fields)  # fmt: skip
+
+
+def with_refunds(order, refunds: list[PaymentRefund]):
+    return order.model_copy(update={"payment": order.payment.model_copy(update={"refunds": refunds})})
+
+
+def test_a_return_shows_refunded_only_what_the_gateway_approved_of_its_refunds():
+    # Return ret_1's refunds: 10.00 approved; 4.00 refused whole; 6.00 still pending; 5.00 split
+    # over two authorizations, 3.00 approved before 2.00 was refused. Only 13.00 went back. A split
+    # refund that succeeded counts once, by its amount, not again by its parts; ret_2's is not ret_1's.
+    order = an_order([a_line(money("90.00"), 9)], money("0.00"), money("90.00"), refunded=money("23.00"))
+    at = order.created_at
+    refunds = [
+        PaymentRefund(id="ref_a", amount=money("10.00"), reason="r", at=at, return_id="ret_1"),
+        PaymentRefund(id="ref_b", amount=money("4.00"), reason="r", at=at, return_id="ret_1",
+                      status=RefundStatus.FAILED),
+        PaymentRefund(id="ref_c", amount=money("6.00"), reason="r", at=at, return_id="ret_1",
+                      status=RefundStatus.PENDING),
+        a_split("ref_d", RefundStatus.FAILED, "3.00", "2.00", return_id="ret_1"),
+        PaymentRefund(id="ref_e", amount=money("7.00"), reason="r", at=at, return_id="ret_2"),
+    ]  # fmt: skip
+
+    assert refunded_for_return(with_refunds(order, refunds), "ret_1") == money("13.00")
+    assert refunded_for_return(with_refunds(order, refunds), "ret_2") == money("7.00")
+    whole = a_split("ref_f", RefundStatus.SUCCEEDED, "1.00", "1.00", return_id="ret_2")
+    whole = whole.model_copy(update={"parts": [p.model_copy(update={"status": RefundStatus.SUCCEEDED})
+                                               for p in whole.parts]})  # fmt: skip
+    assert refunded_for_return(with_refunds(order, [*refunds, whole]), "ret_2") == money("9.00")
+
+
+def test_a_kept_back_top_up_owes_what_was_kept_back_less_what_earlier_top_ups_gave_back():
+    # Return ret_1 kept back 10.00. Its first top-up (5.00, split) was refused after 3.00 of it went
+    # back: the next, the second of its key, owes 7.00, not the 2.00 refused nor 10.00 again.
+    order = an_order([a_line(money("90.00"), 9)], money("0.00"), money("90.00"), refunded=money("0.00"))
+    decide = _kept_back_refund("ret_1", lambda _: money("10.00"))
+    first = a_split(refund_id_for(order.id, "ret_1#kept_back#0"), RefundStatus.FAILED, "3.00", "2.00")
+    order = with_refunds(order, [first])
+
+    assert decide(order) == ("ret_1#kept_back#1", money("7.00"))
+    # Refused whole, the second gave nothing back: the third owes the same 7.00.
+    refused = PaymentRefund(id=refund_id_for(order.id, "ret_1#kept_back#1"), amount=money("7.00"), reason="r",
+                            at=order.created_at, status=RefundStatus.FAILED)  # fmt: skip
+    assert decide(with_refunds(order, [first, refused])) == ("ret_1#kept_back#2", money("7.00"))
+    # However little is owed, it is owed: 0.50 kept back is asked for.
+    assert _kept_back_refund("ret_2", lambda _: money("0.50"))(order) == ("ret_2#kept_back#0", money("0.50"))
+
+    # Once the second is written (pending, for 4.00: what the capture made refundable), deciding
+    # again carries it on with the amount it was written with, not a third for the rest.
+    second = PaymentRefund(id=refund_id_for(order.id, "ret_1#kept_back#1"), amount=money("4.00"), reason="r",
+                           at=order.created_at, status=RefundStatus.PENDING)  # fmt: skip
+    assert decide(with_refunds(order, [first, second])) == ("ret_1#kept_back#1", money("0.00"))
+
+    # Approved, it leaves 3.00 for a third; all of it approved, nothing is owed.
+    approved = second.model_copy(update={"status": RefundStatus.SUCCEEDED})
+    assert decide(with_refunds(order, [first, approved])) == ("ret_1#kept_back#2", money("3.00"))
+    rest = approved.model_copy(update={"id": refund_id_for(order.id, "ret_1#kept_back#2"), "amount": money("3.00")})
+    assert decide(with_refunds(order, [first, approved, rest])) is None
+
+
+def a_refund(amount: str, status: RefundStatus = RefundStatus.FAILED, kind: str = "cancellation", **fields):
+    return PaymentRefund(id=f"ref_{short_hash(repr((amount, status, kind, fields)))}", amount=money(amount),
+                         reason="r", at=a_stored_order().created_at, status=status, kind=kind, **fields)  # fmt: skip
+
+
+def test_what_is_left_to_a_person_is_the_amount_refused_three_times_in_a_row_less_what_appeasements_since_gave():
+    # 35.00 captured for an order that now costs 30.00: the settlement's refund of 5.00 was refused.
+    order = an_order([a_line(money("30.00"), 3)], money("0.00"), money("35.00"))
+    refused = [a_refund("5.00"), a_refund("5.00"), a_refund("5.00")]
+
+    assert left_to_a_person(with_refunds(order, refused[:2])) is None  # still asked again
+    assert left_to_a_person(with_refunds(order, refused)) == money("5.00")
+    # Refused for another amount before, or an appeasement with no over-capture in between, counts nothing.
+    other = [a_refund("4.00"), *refused[:2], a_refund("3.00", RefundStatus.SUCCEEDED, "appeasement"), refused[2]]
+    assert left_to_a_person(with_refunds(order, other)) == money("5.00")
+    # A settlement refund since that went through, or is on its way, leaves nothing to a person.
+    for status in (RefundStatus.SUCCEEDED, RefundStatus.PENDING):
+        assert left_to_a_person(with_refunds(order, [*refused, a_refund("5.00", status)])) is None
+        assert left_to_a_person(with_refunds(order, [*refused[:2], a_refund("5.00", status), refused[2]])) is None
+    # What the appeasements since gave back of it is no longer left; all of it given, nothing is.
+    for gave, left in (("2.00", "3.00"), ("4.50", "0.50"), ("5.00", None)):
+        appeasement = a_refund(gave, RefundStatus.SUCCEEDED, "appeasement", over_capture=money(gave))
+        expected = None if left is None else money(left)
+        assert left_to_a_person(with_refunds(order, [*refused, appeasement])) == expected
+        # Refused after it for more (a later cancel), the ask was refused fewer times: what is left is
+        # still the amount refused three times, less what the appeasement gave.
+        later = [*refused, appeasement, a_refund("9.00"), a_refund("9.00")]
+        assert left_to_a_person(with_refunds(order, later)) == expected
+
+
+def test_an_appeasement_counts_what_it_gave_back_of_the_over_capture_only_as_the_gateway_approved_it():
+    order = an_order([a_line(money("30.00"), 3)], money("0.00"), money("35.00"))
+    given = a_refund("2.00", RefundStatus.SUCCEEDED, "appeasement", over_capture=money("2.00"))
+    pending = a_refund("1.00", RefundStatus.PENDING, "appeasement", over_capture=money("1.00"))
+    refused = a_refund("4.00", kind="appeasement", over_capture=money("4.00"))
+    split = a_split("ref_split", RefundStatus.FAILED, "1.50", "2.50", kind="appeasement", over_capture=money("3.00"))
+    plain = a_refund("6.00", RefundStatus.SUCCEEDED, "appeasement")
+    order = with_refunds(order, [given, pending, refused, split, plain])
+
+    # 2.00 given, 1.00 on its way, nothing of the refused one, 1.50 of the split one's 3.00.
+    assert appeased_over_capture(order) == money("4.50")
+    assert appeased_over_capture(order, [split]) == money("1.50")
+    assert appeased_over_capture(order, []) == money("0.00")
+
+
+def test_refusals_in_a_row_are_the_last_cancellation_refunds_refused_each_for_the_amount():
+    order = an_order([a_line(money("30.00"), 3)], money("0.00"), money("35.00"))
+    five, four = a_refund("5.00"), a_refund("4.00")
+    appeasement = a_refund("5.00", kind="appeasement")
+
+    assert refused_in_a_row(with_refunds(order, [five, appeasement, five]), money("5.00")) == 2
+    assert refused_in_a_row(with_refunds(order, [four, five]), money("5.00")) == 1
+    assert refused_in_a_row(with_refunds(order, [five, four]), money("5.00")) == 0
+    for status in (RefundStatus.SUCCEEDED, RefundStatus.PENDING):
+        assert refused_in_a_row(with_refunds(order, [five, a_refund("5.00", status), five]), money("5.00")) == 1
+
+
+@pytest.mark.parametrize(
+    ("total", "owed"),
+    [("30.00", "5.00"), ("32.00", "3.00"), ("34.50", "0.50"), ("35.00", "0.00"), ("36.00", "0.00")],
+)
+def test_over_capture_owed_is_what_the_payment_holds_beyond_the_total_as_far_as_left_to_a_person(total, owed):
+    # 35.00 captured; the refund of 5.00 beyond the total then was refused three times. The order
+    # now costs `total` (an edit may have raised it): what is owed is what is held beyond it, never
+    # more than what was left to a person, never below zero.
+    order = an_order([a_line(money(total), 3)], money("0.00"), money("35.00"))
+    order = with_refunds(order, [a_refund("5.00"), a_refund("5.00"), a_refund("5.00")])
+
+    assert over_capture_owed(order) == money(owed)
+    assert over_capture_owed(with_refunds(order, order.payment.refunds[:2])) == money("0.00")
+
+
+def test_an_exchanges_return_shows_refunded_what_its_credit_gave_back_but_not_what_it_carried_for_another():
+    # ret_1 was exchanged. Refunded for it: its step (refused once, then 4.00), what its credit kept
+    # back (1.00, naming no return), the whole order's shipping (2.00) and the credit its replacement
+    # did not use (3.00). Not: what the credit drew for another return (5.00, carried for ret_1's
+    # replacement's return), nor ret_2's unused credit.
+    order = an_order([a_line(money("90.00"), 9)], money("0.00"), money("90.00"), refunded=money("20.00"))
+    order = order.model_copy(update={"exchanges": ["ret_1", "ret_2"]})
+    at = order.created_at
+
+    def refund(key: str | None, amount: str, status=RefundStatus.SUCCEEDED, reason="r", return_id="ret_1"):
+        refund_id = refund_id_for(order.id, key) if key else f"ref_{short_hash(amount)}"
+        return PaymentRefund(id=refund_id, amount=money(amount), reason=reason, at=at, status=status,
+                             kind="return", return_id=return_id)  # fmt: skip
+
+    refunds = [
+        refund("ret_1#0", "4.00", RefundStatus.FAILED),
+        refund("ret_1#1", "4.00"),
+        refund("ret_1:credit#kept_back#0", "1.00", return_id=None),
+        refund("ret_1:shipping#kept_back#0", "2.00", return_id=None),
+        refund(None, "3.00", reason=f"exchange ret_1 {CREDIT_NOT_USED}"),
+        refund(None, "5.00", reason="exchange ret_9's replacement's units came back"),
+        refund(None, "6.00", reason=f"exchange ret_2 {CREDIT_NOT_USED}", return_id="ret_2"),
+    ]
+    assert refunded_for_return(with_refunds(order, refunds), "ret_1") == money("10.00")
+    # Its step the only refund, approved at the first ask, it is all that was refunded.
+    assert refunded_for_return(with_refunds(order, [refunds[1].model_copy(update={"id": refunds[0].id})]),
+                               "ret_1") == money("4.00")  # fmt: skip
+
+
+def test_what_a_returns_refund_kept_back_is_its_succeeded_refunds_or_else_what_the_order_kept_back_for_it():
+    order = an_order([a_line(money("90.00"), 9)], money("0.00"), money("90.00"))
+    kept = _refund_kept_back("ret_1")
+
+    def own(amount: str, kept_back: str, status=RefundStatus.SUCCEEDED, key: str = "ret_1#0"):
+        return PaymentRefund(id=refund_id_for(order.id, key), amount=money(amount), reason="r", at=order.created_at,
+                             status=status, kind="return", return_id="ret_1", kept_back=money(kept_back))  # fmt: skip
+
+    # Its refund gave nothing (refused, so what it would have kept back was never kept): what the
+    # order kept back for it. The top-up of that, approved, names the return but is not its refund.
+    gave_nothing = order.model_copy(update={"returns_kept_back": {"ret_1": money("4.00")}})
+    refused = own("3.00", "2.00", RefundStatus.FAILED)
+    top_up = PaymentRefund(id=refund_id_for(order.id, "ret_1#kept_back#0"), amount=money("4.00"), reason="r",
+                           at=order.created_at, kind="return", return_id="ret_1")  # fmt: skip
+    assert kept(with_refunds(gave_nothing, [refused])) == money("4.00")
+    assert kept(with_refunds(gave_nothing, [refused, top_up])) == money("4.00")
+    # Another return's refund, and what it kept back, are not this one's.
+    other = own("6.00", "0.75").model_copy(update={"id": refund_id_for(order.id, "ret_2#0"), "return_id": "ret_2"})
+    assert kept(with_refunds(gave_nothing, [other, refused])) == money("4.00")
+    # Its refund succeeded: what that kept back.
+    assert kept(with_refunds(order, [refused, own("5.00", "1.50", key="ret_1#1")])) == money("1.50")
+    # An exchange's replacement keeps back besides what neither its refund nor its credit could refund.
+    replacement = gave_nothing.model_copy(update={"exchange_credit": money("10.00")})
+    assert kept(with_refunds(replacement, [own("5.00", "1.50")])) == money("5.50")
+
+
+def a_replacement(total: str, captured: str, credit: str | None, refunds: list[PaymentRefund] = (), statuses=()):
+    """An exchange's replacement costing `total`, its own payment having captured `captured`, with
+    `credit` (None: an order that is no replacement) and shipments in `statuses`."""
+    order = an_order([a_line(money(total), 1)], money("0.00"), money(captured))
+    shipments = [Shipment(id=f"shp_{i}", location_id="wh_1", lines=[], carrier="c", service="s", status=status)
+                 for i, status in enumerate(statuses)]  # fmt: skip
+    return with_refunds(order, list(refunds)).model_copy(
+        update={"exchange_credit": None if credit is None else money(credit), "shipments": shipments}
+    )
+
+
+@pytest.mark.parametrize(
+    ("total", "captured", "credit", "beyond"),
+    [
+        ("50.00", "25.00", "20.00", "5.00"),
+        ("50.00", "29.50", "20.00", "0.50"),
+        ("50.00", "40.00", "20.00", "0.00"),  # paid more than the credit leaves: nothing, not less
+        ("50.00", "45.00", None, "5.00"),  # no credit: the total less what its payment took
+    ],
+)
+def test_what_a_replacement_owes_beyond_its_credit_is_its_total_less_its_payment_and_credit(
+    total, captured, credit, beyond
+):
+    assert beyond_credit(a_replacement(total, captured, credit)) == money(beyond)
+
+
+def test_what_a_replacement_paid_itself_counts_of_a_refused_cancellation_refund_only_what_went_back():
+    # 30.00 captured; a cancel's refund of 5.00, split, was refused after 3.00 of it went back, and
+    # a plain one of 4.00 was refused whole: the payment paid 27.00 of the 50.00, the credit 20.00.
+    split = a_split("ref_split", RefundStatus.FAILED, "3.00", "2.00", kind="cancellation")
+    replacement = a_replacement("50.00", "30.00", "20.00", [split, a_refund("4.00")])
+
+    assert beyond_credit(replacement) == money("3.00")
+
+
+def test_a_replacement_owes_its_credit_back_only_once_nothing_is_left_to_ship_and_its_payment_leaves_credit_unused():
+    done = (ShipmentStatus.SHIPPED, ShipmentStatus.DELIVERED)
+    # 50.00, of which its payment paid 25.00: 25.00 of its 30.00 credit pays the rest, 5.00 is unused.
+    assert owes_credit_back(a_replacement("50.00", "25.00", "30.00", statuses=done))
+    assert not owes_credit_back(a_replacement("50.00", "25.00", "25.00", statuses=done))  # all of it used
+    assert not owes_credit_back(a_replacement("50.00", "25.00", None, statuses=done))  # no replacement
+    assert not owes_credit_back(a_replacement("50.00", "25.00", "30.00"))  # nothing shipped yet
+    for waiting in (ShipmentStatus.PENDING, ShipmentStatus.READY_FOR_PICKUP):
+        assert not owes_credit_back(a_replacement("50.00", "25.00", "30.00", statuses=(*done, waiting)))
+
+
+def test_what_is_kept_back_and_owed_is_named_by_the_returns_succeeded_refunds_that_kept_some_back():
+    order = an_order([a_line(money("90.00"), 9)], money("0.00"), money("90.00"))
+
+    def refund(return_id: str, status: RefundStatus, kept_back: str | None) -> PaymentRefund:
+        return PaymentRefund(id=refund_id_for(order.id, f"{return_id}#0"), amount=money("5.00"), reason="r",
+                             at=order.created_at, status=status, kind="return", return_id=return_id,
+                             kept_back=None if kept_back is None else money(kept_back))  # fmt: skip
+
+    # ret_1's refund kept 2.00 back; ret_2's, refused, kept nothing back; ret_3's kept nothing back.
+    refunds = [
+        refund("ret_1", RefundStatus.SUCCEEDED, "2.00"),
+        refund("ret_2", RefundStatus.FAILED, "2.00"),
+        refund("ret_3", RefundStatus.SUCCEEDED, None),
+    ]
+    owed = kept_back_owed(with_refunds(order, refunds))
+
+    assert [(kept.names, kept.return_id, kept.key) for kept in owed] == [("ret_1", "ret_1", "ret_1")]
+    assert owed[0].decide(with_refunds(order, refunds)) == ("ret_1#kept_back#0", money("2.00"))
+
+
+def test_the_whole_orders_shipping_top_up_owes_the_shipping_less_what_refunds_gave_of_it_as_far_as_refundable():
+    # 9.00 of shipping; ret_1's refund gave 4.00 of it back with its units.
+    order = an_order([a_line(money("30.00"), 3)], money("9.00"), money("39.00"), refunded=money("14.00"))
+    decide = _whole_order_shipping_refund("ret_1:shipping")
+    ret_1 = PaymentRefund(id=refund_id_for(order.id, "ret_1#0"), amount=money("14.00"), reason="r",
+                          at=order.created_at, kind="return", return_id="ret_1", shipping=money("4.00"),
+                          lines=[RefundedUnits(line_id="L1", quantity=1, amount=money("10.00"))])  # fmt: skip
+
+    def top_up(n: int, amount: str, status: RefundStatus) -> PaymentRefund:
+        return PaymentRefund(id=refund_id_for(order.id, f"ret_1:shipping#kept_back#{n}"), amount=money(amount),
+                             reason="r", at=order.created_at, status=status, shipping=money(amount))  # fmt: skip
+
+    assert decide(with_refunds(order, [ret_1])) == ("ret_1:shipping#kept_back#0", money("5.00"), [], money("5.00"))
+    # Refused, the first gave nothing: the second owes the same; written (pending), it is carried on.
+    refused = top_up(0, "5.00", RefundStatus.FAILED)
+    assert decide(with_refunds(order, [ret_1, refused])) == (
+        "ret_1:shipping#kept_back#1",
+        money("5.00"),
+        [],
+        money("5.00"),
+    )
+    pending = top_up(1, "5.00", RefundStatus.PENDING)
+    assert decide(with_refunds(order, [ret_1, refused, pending])) == ("ret_1:shipping#kept_back#1", money("0.00"))
+    # Approved, nothing is owed; only as much as is refundable is asked, however little.
+    assert decide(with_refunds(order, [ret_1, refused, top_up(1, "5.00", RefundStatus.SUCCEEDED)])) is None
+    short = order.model_copy(update={"payment": order.payment.model_copy(update={"refunded": money("38.50")})})
+    assert decide(with_refunds(short, [ret_1])) == ("ret_1:shipping#kept_back#0", money("0.50"), [], money("0.50"))
