@@ -167,12 +167,9 @@ class BackorderAllocator:
                     continue
                 short = order.short_of()
                 if not entry.holds or sku in {line.sku for line in order.lines if line.line_id in short}:
-                    before = order.allocations
                     # Oldest first in this sku's queue: its units are the order's unless an older one
                     # left them; its other skus may be older orders' that their arrivals have not reached.
-                    order = self._workflow.fill_backorder(order.id, actor=BACKORDER_ACTOR, queue=sku)
-                    if order.allocations != before:
-                        result.filled.append(order.id)
+                    order = self._fill(order, result, queue=sku)
                     if order.status is not S.BACKORDERED:
                         continue
                     short = order.short_of()
@@ -255,11 +252,8 @@ class BackorderAllocator:
             order = self._orders.get(entry.order_id, consistent=True)
             if order is None or order.status is not S.BACKORDERED:
                 continue  # moved on since the index was read
-            before = order.allocations
             # Oldest first across every sku: no older order is left to serve before this one.
-            order = self._workflow.fill_backorder(order.id, actor=BACKORDER_ACTOR, in_queue_order=True)
-            if order.allocations != before:
-                result.filled.append(order.id)
+            order = self._fill(order, result, in_queue_order=True)
             if order.status is not S.BACKORDERED:
                 continue
             if not order.short_of():
@@ -351,6 +345,16 @@ class BackorderAllocator:
         buys nothing twice: its buys are keyed by the record)."""
         for entry, at in demand.moves:
             self._queue.record_bought_at(sku, entry, at)
+
+    def _fill(self, order: Order, result: Arrival, *, queue: str | None = None, in_queue_order: bool = False) -> Order:
+        """Workflow.fill_backorder for `order` (read backordered), noted in `result.filled` when it
+        reserved anything; the order as it is afterwards."""
+        filled = self._workflow.fill_backorder(
+            order.id, actor=BACKORDER_ACTOR, queue=queue, in_queue_order=in_queue_order
+        )
+        if filled.allocations != order.allocations:
+            result.filled.append(order.id)
+        return filled
 
     def _complete(self, order_id: str, channel: str, version: int) -> None:
         # Its entries stay until CreateShipments allocates it (Workflow.create_shipments removes
