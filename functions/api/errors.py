@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics
@@ -12,7 +13,7 @@ from aws_lambda_powertools.event_handler.openapi.exceptions import (
     RequestUnsupportedContentType,
     RequestValidationError,
 )
-from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.metrics import MetricUnit, single_metric
 from botocore.exceptions import ClientError
 
 from core.errors import (
@@ -35,7 +36,9 @@ from functions.failure_logs import failure_logged
 logger = Logger(child=True)
 
 # One point per 500 internal_error the API answers itself: a bug it caught, so the invocation
-# succeeds and Lambda's Errors never count it. ApiInternalErrorsAlarm (template.yaml) reads it.
+# succeeds and Lambda's Errors never count it. ApiInternalErrorsAlarm (template.yaml) reads it,
+# and ApiNewVersionInternalErrorsAlarm the same point with the function's version: during a canary
+# deployment the first counts both versions' 500s, the second rolls the new one back on its own.
 INTERNAL_ERRORS_METRIC = "ApiInternalErrors"
 
 
@@ -121,6 +124,14 @@ def register(app: APIGatewayRestResolver, metrics: Metrics) -> None:
     def internal_error() -> Response:
         logger.exception("unhandled error")
         metrics.add_metric(name=INTERNAL_ERRORS_METRIC, unit=MetricUnit.Count, value=1)
+        # Lambda names the version it runs (a number behind the `live` alias; `$LATEST` when
+        # invoked unqualified, as the local runtime does).
+        version = os.environ.get("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+        with single_metric(
+            name=INTERNAL_ERRORS_METRIC, unit=MetricUnit.Count, value=1, namespace=metrics.namespace
+        ) as point:
+            point.add_dimension(name="service", value=str(metrics.service))
+            point.add_dimension(name="version", value=version)
         return error_response(500, "internal_error", "internal error")
 
     @app.exception_handler(RequestValidationError)

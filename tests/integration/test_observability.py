@@ -278,13 +278,19 @@ def list_orders() -> dict[str, Any]:
     [RuntimeError("a bug"), ClientError({"Error": {"Code": "ValidationException", "Message": "a bug"}}, "Query")],
     ids=["an exception", "an AWS error that is not busy"],
 )
-def test_a_500_the_api_answers_itself_is_counted_for_the_alarm_that_calls_a_person(aws, stack, observed, error):
+def test_a_500_the_api_answers_itself_is_counted_for_the_alarm_that_calls_a_person(
+    aws, stack, observed, monkeypatch, error
+):
     # Before: the handler logged `unhandled error` and answered 500, counting only Http5xx (with
     # every 502 and 503): the invocation succeeded, so Lambda's Errors (ApiErrorsAlarm, and the
     # canary's ApiLiveErrorsAlarm) never saw the bug, and Api5xxAlarm waits for 1 % of a minute.
+    # The point is counted twice: once for the person (ApiInternalErrorsAlarm), once with the
+    # version Lambda runs, which a canary's ApiNewVersionInternalErrorsAlarm names (before, the
+    # canary rolled back on the old version's 500s too).
     from functions.api.app import lambda_handler
     from functions.api.errors import INTERNAL_ERRORS_METRIC
 
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_VERSION", "7")
     restore = dynamodb_failing_with(error)
     try:
         response = lambda_handler(list_orders(), context("ApiFunction"))
@@ -295,6 +301,7 @@ def test_a_500_the_api_answers_itself_is_counted_for_the_alarm_that_calls_a_pers
     service = (("service", os.environ["POWERTOOLS_SERVICE_NAME"]),)
     assert observed.technical(INTERNAL_ERRORS_METRIC, "Http5xx") == {
         (INTERNAL_ERRORS_METRIC, service): [1.0],
+        (INTERNAL_ERRORS_METRIC, (*service, ("version", "7"))): [1.0],
         ("Http5xx", service): [1.0],
     }
     assert observed.log("unhandled error")["level"] == "ERROR"

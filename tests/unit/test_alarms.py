@@ -28,6 +28,14 @@ _CONSTANTS = dict(re.findall(r'^([A-Z][A-Z0-9_]*) = "([A-Z]\w+)"$', CODE, flags=
 ADDED_METRICS = set(re.findall(r'add_metric\(\s*name="(\w+)"', CODE)) | {
     _CONSTANTS[constant] for constant in re.findall(r"add_metric\(\s*name=([A-Z][A-Z0-9_]*)\b", CODE)
 }
+# The names single_metric also prints with the `version` dimension: `single_metric(name=X, ...)`
+# followed by `add_dimension(name="version", ...)`.
+VERSIONED_METRICS = {
+    _CONSTANTS.get(constant, constant.strip('"'))
+    for constant in re.findall(
+        r'single_metric\(\s*name=("?\w+"?)[^\n]*\n(?:[^\n]*\n){0,2}?[^\n]*add_dimension\(name="version"', CODE
+    )
+}
 NAMESPACE = TEMPLATE["Globals"]["Function"]["Environment"]["Variables"]["POWERTOOLS_METRICS_NAMESPACE"]
 FUNCTION_TYPES = ("AWS::Serverless::Function", "AWS::Lambda::Function")
 
@@ -39,6 +47,8 @@ def of_type(*types: str) -> dict[str, dict[str, Any]]:
 
 
 ALARMS = of_type("AWS::CloudWatch::Alarm")
+# The version of the API function a deployment publishes (AutoPublishAlias), as SAM resolves it.
+NEW_VERSION = {"Fn::GetAtt": ["ApiFunction", "Version.Version"]}
 
 
 def _dimensions(dimensions: list[dict[str, Any]]) -> dict[str, Any]:
@@ -197,27 +207,53 @@ def test_the_api_5xx_alarm_is_a_rate_of_5xx_over_requests_and_latency_is_alarmed
     assert [ALARMS[name]["Properties"]["ExtendedStatistic"] for name in latency] == ["p99"]
 
 
-def test_a_500_the_api_answers_itself_calls_a_person_and_rolls_a_canary_back():
+def test_a_500_the_api_answers_itself_calls_a_person_and_the_new_versions_roll_a_canary_back():
     # Such a 500 is a response, not a failed invocation: no Lambda Errors alarm sees it, and
     # Api5xxAlarm waits for 1 % of a minute's requests. Its own metric (functions/api/errors.py),
-    # with the API's `service` dimension: one in a minute is a page, and rolls a canary back.
+    # with the API's `service` dimension: one in a minute is a page. The same point with the
+    # version Lambda runs: one from the version a deployment published rolls its canary back
+    # (before, the one alarm did both, and rolled back on the old version's 500s too).
     from functions.api.errors import INTERNAL_ERRORS_METRIC
 
     service = TEMPLATE["Globals"]["Function"]["Environment"]["Variables"]["POWERTOOLS_SERVICE_NAME"]
     api = RESOURCES["ApiFunction"]["Properties"]
     assert "POWERTOOLS_SERVICE_NAME" not in api["Environment"]["Variables"]
-    (name,) = alarmed(NAMESPACE, INTERNAL_ERRORS_METRIC, {"service": service})
-    props = ALARMS[name]["Properties"]
-    assert {key: props.get(key) for key in ("Statistic", "Period", "EvaluationPeriods", "DatapointsToAlarm")} == {
-        "Statistic": "Sum",
-        "Period": 60,
-        "EvaluationPeriods": 1,
-        "DatapointsToAlarm": None,
-    }
-    assert (props["Threshold"], props["ComparisonOperator"]) == (1, "GreaterThanOrEqualToThreshold")
-    assert props["TreatMissingData"] == "notBreaching"
-    assert props["AlarmActions"] == props["OKActions"] == [{"Ref": "AlarmTopic"}]
-    assert {"Ref": name} in api["DeploymentPreference"]["Alarms"]
+    (person,) = alarmed(NAMESPACE, INTERNAL_ERRORS_METRIC, {"service": service})
+    (canary,) = alarmed(NAMESPACE, INTERNAL_ERRORS_METRIC, {"service": service, "version": NEW_VERSION})
+    for name in (person, canary):
+        props = ALARMS[name]["Properties"]
+        assert {key: props.get(key) for key in ("Statistic", "Period", "EvaluationPeriods", "DatapointsToAlarm")} == {
+            "Statistic": "Sum",
+            "Period": 60,
+            "EvaluationPeriods": 1,
+            "DatapointsToAlarm": None,
+        }
+        assert (props["Threshold"], props["ComparisonOperator"]) == (1, "GreaterThanOrEqualToThreshold")
+        assert props["TreatMissingData"] == "notBreaching"
+        assert props["AlarmActions"] == props["OKActions"] == [{"Ref": "AlarmTopic"}]
+    assert {"Ref": canary} in api["DeploymentPreference"]["Alarms"]
+    assert {"Ref": person} not in api["DeploymentPreference"]["Alarms"]
+
+
+def test_a_canary_rolls_back_on_the_new_versions_errors_where_a_metric_names_a_version():
+    # Lambda names the version an alias's invocation ran (ExecutedVersion), and the handler names
+    # its own 500s' version: a canary alarm on either reads the version the deployment published,
+    # so the old version's errors during the shift roll nothing back. API Gateway's metrics name
+    # no version (Api5xxAlarm: both versions', at 1 % of a minute's requests).
+    canary = [ref["Ref"] for ref in RESOURCES["ApiFunction"]["Properties"]["DeploymentPreference"]["Alarms"]]
+    assert canary
+    for name in canary:
+        for namespace, _metric, dimensions in metrics_of(ALARMS[name]):
+            if namespace == "AWS/Lambda":
+                assert dimensions == {
+                    "FunctionName": {"Ref": "ApiFunction"},
+                    "Resource": {"Fn::Sub": "${ApiFunction}:live"},
+                    "ExecutedVersion": NEW_VERSION,
+                }, name
+            elif namespace == NAMESPACE:
+                assert dimensions.get("version") == NEW_VERSION, name
+            else:
+                assert namespace == "AWS/ApiGateway", name
 
 
 # --- Runbooks -------------------------------------------------------------------------------------
@@ -353,7 +389,9 @@ def test_an_alarm_on_the_oms_own_metric_names_it_with_the_dimensions_it_is_emitt
     else:
         assert name in ADDED_METRICS, (alarm, name)
         service = TEMPLATE["Globals"]["Function"]["Environment"]["Variables"]["POWERTOOLS_SERVICE_NAME"]
-        assert dimensions == {"service": service}, (alarm, name)
+        # A point single_metric prints with the version Lambda runs (functions/api/errors.py).
+        versioned = name in VERSIONED_METRICS and dimensions == {"service": service, "version": NEW_VERSION}
+        assert dimensions == {"service": service} or versioned, (alarm, name)
 
 
 def test_the_authorizer_errors_alarm_leaves_out_the_keys_it_refuses():
