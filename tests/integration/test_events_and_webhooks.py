@@ -1119,3 +1119,41 @@ def test_a_2xx_after_interim_1xx_answers_is_delivered(aws, wired, interim: bytes
     record = c.webhook_store.get_delivery(webhook.id, message.delivery_id)
     assert (record.status, record.attempts, record.last_status_code, record.last_error) == ("delivered", 1, 204, None)
     assert drain(wired["sqs"], wired["deliveries"]) == []
+
+
+def test_customer_text_in_any_script_reaches_the_subscriber_as_given_under_a_signature_the_readmes_verify_accepts(
+    aws, wired
+):
+    """Checked and right, kept so: an order whose customer writes in other scripts, with an emoji,
+    a joiner (as emoji sequences use) and JSON's own quote and backslash, goes through the events and
+    delivery handlers over HTTP; the README's `verify`, copied as a receiver copies it, accepts
+    the raw body, which parses to the text as given, and refuses it with one character changed."""
+    from functions.adapters.dynamodb import DynamoOrders
+    from functions.webhook_delivery.app import container, lambda_handler
+    from tests.readme_code import readme_verify
+
+    name = 'Zoë 李小龍 👩\u200d💻 Ελληνικά "quoted" back\\slash </script>'
+    receiver = Receiver(204)
+    try:
+        webhook = subscribe(receiver.url, ["order.created"])
+        orders = DynamoOrders(aws.dynamodb, aws.tables["OrdersTable"])
+        placed = a_stored_order(("TSHIRT", 1), id="ord_events1", status=OrderStatus.PENDING)
+        placed = placed.model_copy(update={"customer": placed.customer.model_copy(update={"name": name})})
+        at = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+        orders.add(placed, HistoryEntry(at=at, type="created", to_status=OrderStatus.PENDING, actor="key_1"), "tok")
+        from functions.events.app import lambda_handler as events_handler
+
+        events_handler(stream_event(("INSERT", None, stored_item(aws, placed.id))), Context())
+        (queued,) = drain(wired["sqs"], wired["deliveries"])
+        assert lambda_handler(sqs_event(DeliveryMessage.from_json(queued["Body"])), Context()) == {
+            "batchItemFailures": []
+        }
+    finally:
+        receiver.close()
+    ((headers, body),) = receiver.received
+    verify = readme_verify()
+    assert verify(webhook.secret, headers, body)
+    assert json.loads(body)["data"]["order"]["customer"]["name"] == name
+    assert not verify(webhook.secret, headers, body.replace("李".encode(), "季".encode()))
+    record = container().webhook_store.get_delivery(webhook.id, DeliveryMessage.from_json(queued["Body"]).delivery_id)
+    assert (record.status, record.last_status_code) == ("delivered", 204)
