@@ -410,8 +410,25 @@ def _connect(addresses: tuple[str, ...], port: int, deadline: float) -> socket.s
     raise refused
 
 
+class _FinalResponse(http.client.HTTPResponse):
+    """The receiver's final answer, past any interim (1xx) ones, which a client must parse and
+    skip (RFC 9110 15.2): http.client skips only a `100 Continue`, and took a `102 Processing` or
+    a `103 Early Hints` for the answer, so a receiver that then answered 2xx was sent the event
+    again for a day. A `101 Switching Protocols` is an answer (no POST of ours asks for one), a
+    failed one; endless interim answers end at the attempt's deadline like any slow answer."""
+
+    def _read_status(self) -> tuple[str, int, str]:
+        while True:
+            version, status, reason = super()._read_status()
+            if not 100 <= status < 200 or status == 101:
+                return version, status, reason
+            http.client.parse_headers(self.fp)  # the interim answer's headers: nothing to keep
+
+
 class _PinnedHttps(http.client.HTTPSConnection):
     """HTTPS to a checked address, with the URL's host for SNI and certificate checks."""
+
+    response_class = _FinalResponse
 
     def __init__(self, addresses: tuple[str, ...], host: str, port: int, timeout: float, deadline: float):
         super().__init__(host, port, timeout=timeout, context=ssl.create_default_context())
@@ -426,6 +443,8 @@ class _PinnedHttps(http.client.HTTPSConnection):
 
 
 class _PinnedHttp(http.client.HTTPConnection):
+    response_class = _FinalResponse
+
     def __init__(self, addresses: tuple[str, ...], host: str, port: int, timeout: float, deadline: float):
         super().__init__(host, port, timeout=timeout)
         self._addresses = addresses

@@ -833,6 +833,8 @@ def answering(raw: bytes) -> tuple[socket.socket, list[bytes]]:
     ("raw", "answered"),
     [
         (b"HTTP/1.1 410 Gone\r\nContent-Length: 0\r\n\r\n", (410, "HTTP 410")),
+        # Interim answers are skipped to the final one, but a protocol switch is no answer to a POST.
+        (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n", (101, "HTTP 101")),
         (b"HTTP/1.1 200 OK\r\n\r\n" + b"x" * 4_000_000, (200, None)),
         (b"HTTP/1.1 200 OK\r\n" + b"X-A: b\r\n" * 200 + b"\r\n", (None, "got more than 100 headers")),
     ],
@@ -1087,3 +1089,71 @@ def test_a_2xx_answered_in_time_is_delivered_whatever_its_body_does_after(aws, w
     record = c.webhook_store.get_delivery(webhook.id, message.delivery_id)
     assert (record.status, record.attempts, record.last_status_code, record.last_error) == ("delivered", 1, 200, None)
     assert drain(wired["sqs"], wired["deliveries"]) == []
+
+
+@pytest.mark.parametrize(
+    "interim",
+    [
+        b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n",
+        b"HTTP/1.1 102 Processing\r\n\r\n",
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 102 Processing\r\n\r\nHTTP/1.1 103 Early Hints\r\n\r\n",
+    ],
+)
+def test_a_2xx_after_interim_1xx_answers_is_delivered(aws, wired, interim: bytes):
+    """A receiver may send interim answers before its final one (RFC 9110 15.2: a client must parse
+    any number of them): a server that says `102 Processing` while it stores the event, or a front
+    that sends `103 Early Hints`. http.client skips only a `100 Continue`, so the attempt took the
+    103 for the answer: recorded `HTTP 103`, sent again for 24 hours though the receiver took
+    the event each time with a 204, then `failed` and alarmed on."""
+    from functions.webhook_delivery.app import container, lambda_handler
+
+    listener, requests = answering(interim + b"HTTP/1.1 204 No Content\r\n\r\n")
+    try:
+        webhook, message = one_delivery_queued(aws, wired, f"http://127.0.0.1:{listener.getsockname()[1]}/hook")
+        c = container()
+        with delivery_worker_installed(c, c.webhook_queue, lambda: datetime.now(UTC), timeout=2.0):
+            assert lambda_handler(sqs_event(message), Context()) == {"batchItemFailures": []}
+    finally:
+        listener.close()
+    assert len(requests) == 1
+    record = c.webhook_store.get_delivery(webhook.id, message.delivery_id)
+    assert (record.status, record.attempts, record.last_status_code, record.last_error) == ("delivered", 1, 204, None)
+    assert drain(wired["sqs"], wired["deliveries"]) == []
+
+
+def test_customer_text_in_any_script_reaches_the_subscriber_as_given_under_a_signature_the_readmes_verify_accepts(
+    aws, wired
+):
+    """Checked and right, kept so: an order whose customer writes in other scripts, with an emoji,
+    a joiner (as emoji sequences use) and JSON's own quote and backslash, goes through the events and
+    delivery handlers over HTTP; the README's `verify`, copied as a receiver copies it, accepts
+    the raw body, which parses to the text as given, and refuses it with one character changed."""
+    from functions.adapters.dynamodb import DynamoOrders
+    from functions.webhook_delivery.app import container, lambda_handler
+    from tests.readme_code import readme_verify
+
+    name = 'Zoë 李小龍 👩\u200d💻 Ελληνικά "quoted" back\\slash </script>'
+    receiver = Receiver(204)
+    try:
+        webhook = subscribe(receiver.url, ["order.created"])
+        orders = DynamoOrders(aws.dynamodb, aws.tables["OrdersTable"])
+        placed = a_stored_order(("TSHIRT", 1), id="ord_events1", status=OrderStatus.PENDING)
+        placed = placed.model_copy(update={"customer": placed.customer.model_copy(update={"name": name})})
+        at = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+        orders.add(placed, HistoryEntry(at=at, type="created", to_status=OrderStatus.PENDING, actor="key_1"), "tok")
+        from functions.events.app import lambda_handler as events_handler
+
+        events_handler(stream_event(("INSERT", None, stored_item(aws, placed.id))), Context())
+        (queued,) = drain(wired["sqs"], wired["deliveries"])
+        assert lambda_handler(sqs_event(DeliveryMessage.from_json(queued["Body"])), Context()) == {
+            "batchItemFailures": []
+        }
+    finally:
+        receiver.close()
+    ((headers, body),) = receiver.received
+    verify = readme_verify()
+    assert verify(webhook.secret, headers, body)
+    assert json.loads(body)["data"]["order"]["customer"]["name"] == name
+    assert not verify(webhook.secret, headers, body.replace("李".encode(), "季".encode()))
+    record = container().webhook_store.get_delivery(webhook.id, DeliveryMessage.from_json(queued["Body"]).delivery_id)
+    assert (record.status, record.last_status_code) == ("delivered", 204)

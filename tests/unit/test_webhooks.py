@@ -855,6 +855,35 @@ def test_a_manual_retrys_message_whose_write_never_lands_is_stale_once_it_cannot
     assert store.get_delivery("whk_1", delivery.id) == delivery
 
 
+def test_two_manual_retries_of_a_failed_delivery_at_once_send_it_and_leave_no_message_behind():
+    """Checked and right, kept so: two operators retry the same failed delivery at once, the second
+    read and written between the first's read and its write. The first writes again over the
+    second's generation; every message but the last generation's is stale, and the delivery is
+    sent once and ends delivered, with nothing left queued or waiting."""
+    store, clock = FakeStore(), Clock()
+    delivery = stored_delivery(store, status=DeliveryStatus.FAILED, attempts=30, retry_until=NOW, next_attempt_at=None)
+    clock.now = NOW + timedelta(days=2)
+    queue = FakeQueue()
+
+    class RacedStore(FakeStore):
+        def update_delivery(self, record: DeliveryRecord, expected: DeliveryRecord) -> bool:
+            if len(queue.sent) == 1:  # the first retry's message is queued: the second retry runs whole
+                Webhooks(store, queue, public, clock).retry("whk_1", delivery.id, None)
+            return store.update_delivery(record, expected)
+
+    raced = RacedStore()
+    raced.webhooks, raced.records = store.webhooks, store.records
+    Webhooks(raced, queue, public, clock).retry("whk_1", delivery.id, None)
+
+    assert [message.generation for message, _ in queue.sent] == [1, 1, 2]
+    sender = FakeSender(SendResult(204))
+    worker, worker_queue = worker_for(store, sender, clock)
+    assert [worker.handle(message) for message, _ in queue.sent] == ["stale", "stale", "delivered"]
+    assert len(sender.calls) == 1 and worker_queue.sent == []
+    shown = store.get_delivery("whk_1", delivery.id)
+    assert (shown.status, shown.attempts, shown.generation) == ("delivered", 31, 2)
+
+
 def test_delivery_statuses_follow_their_table():
     from core.status import check_delivery_step
 
