@@ -1233,6 +1233,23 @@ def test_a_utf16_file_fails_as_a_whole_naming_its_encoding(name: str, encoding: 
     assert "UTF-16" in failure.value.message
 
 
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be"])
+@pytest.mark.parametrize("name", ["incoming/orders.jsonl", "incoming/orders.csv", "incoming/orders.txt"])
+def test_a_utf16_file_without_a_byte_order_mark_fails_as_a_whole_naming_its_encoding(name: str, encoding: str):
+    # As `iconv -t UTF-16LE` or .NET's Encoding.Unicode write it: no byte order mark, a NUL byte
+    # beside each ASCII one, which UTF-8 reads as text. A CSV failed invalid_header, listing columns
+    # spelt with NULs; JSON Lines made one malformed_json error a line; a .txt, unknown_format.
+    content = jsonl({"channel": "web", "external_id": "ext-1"}).decode() if name.endswith(".jsonl") else None
+    text = content or "\n" + HEADER + "\n" + row("ext-1") + "\n"
+    data = text.encode(encoding)
+
+    with pytest.raises(ImportFileError) as failure:
+        OrderFile(chunks(data, 1), name)
+
+    assert failure.value.code == "invalid_encoding"
+    assert "UTF-16" in failure.value.message and "\x00" not in failure.value.message
+
+
 # --- Ids and error locations ------------------------------------------------------------------------
 
 
