@@ -1026,8 +1026,9 @@ def test_each_json_line_is_an_order_on_its_physical_line():
         '{"notes": ' + "[" * 100_000 + "]" * 100_000 + "}",
         '{"quantity": ' + "9" * 5_000 + "}",
         '{"external_id": "ext-2", "external_id": "ext-3"}',
+        '{"external_id": "ext-2", "lines": [{"sku": "A", "quantity": 1e309}]}',
     ],
-    ids=["deeply nested", "huge integer", "duplicate keys"],
+    ids=["deeply nested", "huge integer", "duplicate keys", "number past a float"],
 )
 def test_a_hostile_json_line_is_an_error_on_its_line_and_the_others_are_read(hostile: str):
     orders = read(jsonl({"external_id": "ext-1"}, hostile, {"external_id": "ext-4"}), "o.jsonl")
