@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from itertools import accumulate
 from typing import Any
@@ -49,15 +50,24 @@ def _integer(digits: str) -> int:
     return int(digits)
 
 
+def _float(text: str) -> float:
+    number = float(text)
+    if math.isinf(number):
+        # Past what a float holds (about 1.8e308), Python reads the number as Infinity. Never
+        # echoed: its digits may be a card number's.
+        raise StrictJsonError("has a number too large to read (beyond 1.8e308 either way)")
+    return number
+
+
 def _constant(name: str) -> Any:
     raise StrictJsonError(f"has {name}, which is not JSON")
 
 
 def loads(text: str | bytes, *, top_level_object: bool = True) -> Any:
     """Parse `text`, refusing duplicate keys, nesting deeper than MAX_DEPTH, integers longer than
-    MAX_INTEGER_DIGITS, NaN and Infinity (Python reads them; JSON has none) and, unless told
-    otherwise, a top level that is not an object. Raises StrictJsonError, whose message is safe to
-    show the sender."""
+    MAX_INTEGER_DIGITS, NaN and Infinity (Python reads them, and reads a number past what a float
+    holds as Infinity; JSON has none) and, unless told otherwise, a top level that is not an
+    object. Raises StrictJsonError, whose message is safe to show the sender."""
     if isinstance(text, bytes):
         try:
             text = text.decode("utf-8")
@@ -66,7 +76,9 @@ def loads(text: str | bytes, *, top_level_object: bool = True) -> Any:
     if _too_deep(text):
         raise StrictJsonError(f"nests objects and arrays deeper than {MAX_DEPTH} levels")
     try:
-        document = json.loads(text, object_pairs_hook=_object, parse_int=_integer, parse_constant=_constant)
+        document = json.loads(
+            text, object_pairs_hook=_object, parse_float=_float, parse_int=_integer, parse_constant=_constant
+        )
     except StrictJsonError:
         raise
     except (ValueError, RecursionError):

@@ -263,7 +263,10 @@ def _plain_text(chunks: Iterable[bytes]) -> Iterator[bytes]:
             break
     if head.startswith(GZIP_MAGIC):
         raise ImportFileError("unknown_format", "a gzip file cannot be imported: send it uncompressed (.csv or .jsonl)")
-    if head.startswith(UTF16_BOMS):
+    # Without its byte order mark (as `iconv -t UTF-16LE` writes it), UTF-16 shows a NUL byte
+    # beside the ASCII one that starts any header or JSON line; UTF-8 reads NULs as text, so the
+    # header's names, or every JSON line, were junk. No UTF-8 import file starts with a NUL.
+    if head.startswith(UTF16_BOMS) or (len(head) >= 2 and (head[0] == 0) != (head[1] == 0)):
         # Read as UTF-8, every line of it is unreadable: the file is refused once, saying why.
         raise ImportFileError("invalid_encoding", "the file is UTF-16 text: save it as UTF-8 and send it again")
     return itertools.chain([head], iterator)

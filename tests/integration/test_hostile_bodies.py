@@ -102,6 +102,15 @@ def test_an_integer_of_thousands_of_digits_is_400(api: InProcessApi, digits: int
     assert_error(post_raw(api, "/orders", body), 400, "malformed_json")
 
 
+@pytest.mark.parametrize("number", ["1e309", "-1e400"])
+def test_a_number_past_what_a_float_holds_is_400_as_a_huge_integer_is(api: InProcessApi, number: str):
+    body = json.dumps(order()).replace('"quantity": 1', '"quantity": ' + number)
+
+    error = assert_error(post_raw(api, "/orders", body), 400, "malformed_json")
+
+    assert "too large" in error["message"]
+
+
 def test_a_top_level_array_is_400_not_its_first_element(api: InProcessApi):
     body = json.dumps([order(), order(external_id="hostile-2")])
 

@@ -1228,6 +1228,23 @@ def test_a_hostile_message_is_rejected_never_retried(stack: ImportAws, body: str
     assert stack.messages_waiting(stack.dlq_url) == 0
 
 
+def test_a_json_line_with_a_number_past_what_a_float_holds_is_an_error_on_its_line_saying_so(stack: ImportAws):
+    # Read as Infinity, the line was queued with `Infinity` in its body (no JSON has it), and the
+    # worker reported "the message has Infinity, which is not JSON": a word the file never had.
+    huge = json.dumps(order_body(channel="market", external_id="big-1")).replace('"quantity": 2', '"quantity": 1e309')
+    good = json.dumps(order_body(channel="market", external_id="big-2", lines=[{"sku": "TSHIRT", "quantity": 1}]))
+    import_id = split(stack, "incoming/big.jsonl", (huge + "\n" + good + "\n").encode())
+
+    assert all("Infinity" not in message["Body"] for message in stack.peek())
+    stack.drain(worker)
+
+    imported = report(import_id)
+    assert (imported["status"], imported["imported"], imported["failed"]) == ("completed_with_errors", 1, 1)
+    ((line, code, message),) = [(e["line"], e["code"], e["message"]) for e in imported["errors"]]
+    assert (line, code) == (1, "malformed_json")
+    assert message.startswith("the line has a number") and "too large" in message
+
+
 def test_a_us_region_that_is_garbled_or_not_where_its_zip_code_is_is_an_error_on_its_line(stack: ImportAws):
     data = csv_file(
         csv_row("ext-1", ship_region=""),

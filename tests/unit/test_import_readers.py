@@ -1026,8 +1026,9 @@ def test_each_json_line_is_an_order_on_its_physical_line():
         '{"notes": ' + "[" * 100_000 + "]" * 100_000 + "}",
         '{"quantity": ' + "9" * 5_000 + "}",
         '{"external_id": "ext-2", "external_id": "ext-3"}',
+        '{"external_id": "ext-2", "lines": [{"sku": "A", "quantity": 1e309}]}',
     ],
-    ids=["deeply nested", "huge integer", "duplicate keys"],
+    ids=["deeply nested", "huge integer", "duplicate keys", "number past a float"],
 )
 def test_a_hostile_json_line_is_an_error_on_its_line_and_the_others_are_read(hostile: str):
     orders = read(jsonl({"external_id": "ext-1"}, hostile, {"external_id": "ext-4"}), "o.jsonl")
@@ -1231,6 +1232,23 @@ def test_a_utf16_file_fails_as_a_whole_naming_its_encoding(name: str, encoding: 
 
     assert failure.value.code == "invalid_encoding"
     assert "UTF-16" in failure.value.message
+
+
+@pytest.mark.parametrize("encoding", ["utf-16-le", "utf-16-be"])
+@pytest.mark.parametrize("name", ["incoming/orders.jsonl", "incoming/orders.csv", "incoming/orders.txt"])
+def test_a_utf16_file_without_a_byte_order_mark_fails_as_a_whole_naming_its_encoding(name: str, encoding: str):
+    # As `iconv -t UTF-16LE` or .NET's Encoding.Unicode write it: no byte order mark, a NUL byte
+    # beside each ASCII one, which UTF-8 reads as text. A CSV failed invalid_header, listing columns
+    # spelt with NULs; JSON Lines made one malformed_json error a line; a .txt, unknown_format.
+    content = jsonl({"channel": "web", "external_id": "ext-1"}).decode() if name.endswith(".jsonl") else None
+    text = content or "\n" + HEADER + "\n" + row("ext-1") + "\n"
+    data = text.encode(encoding)
+
+    with pytest.raises(ImportFileError) as failure:
+        OrderFile(chunks(data, 1), name)
+
+    assert failure.value.code == "invalid_encoding"
+    assert "UTF-16" in failure.value.message and "\x00" not in failure.value.message
 
 
 # --- Ids and error locations ------------------------------------------------------------------------

@@ -85,6 +85,18 @@ def test_integers_at_the_bound_are_read():
     assert strict_json.loads('{"n": -' + "9" * MAX_INTEGER_DIGITS + "}") == {"n": -int("9" * MAX_INTEGER_DIGITS)}
 
 
+@pytest.mark.parametrize("number", ["1e309", "-1e309", "1.8e308", "123456789e301", "1" + "0" * 400 + ".5"])
+def test_a_number_past_what_a_float_holds_is_refused_not_read_as_infinity(number: str):
+    # Python reads it as Infinity, which JSON has none of: the splitter queued the body it read
+    # with `Infinity` in it, and the worker reported "the message has Infinity" on the line.
+    with pytest.raises(StrictJsonError, match="too large"):
+        strict_json.loads('{"n": ' + number + "}")
+
+
+def test_numbers_up_to_what_a_float_holds_are_read():
+    assert strict_json.loads('{"n": 1.7976931348623157e308, "m": -1e-400}') == {"n": 1.7976931348623157e308, "m": -0.0}
+
+
 @pytest.mark.parametrize("text", ['{"a": 1, "a": 1}', '{"x": [{"b": 1, "c": 2, "b": 3}]}'])
 def test_duplicate_keys_are_refused_at_any_depth(text: str):
     with pytest.raises(StrictJsonError, match="twice in one object"):
