@@ -9,7 +9,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import pluggy
 
@@ -149,6 +149,22 @@ MAX_COUNT_RELEASES = 100
 SHORT_COUNTS_READ = 500
 
 
+class CountsReject(Protocol):
+    """OrderActions.reject as a stock take calls it: the sku it counted short names the exclusion."""
+
+    def __call__(
+        self, order_id: str, shipment_id: str, reason: str, actor: str, *, counted_sku: str | None = None
+    ) -> Order: ...
+
+
+class CountsSendBack(Protocol):
+    """OrderActions.source_backorder_again as a stock take calls it."""
+
+    def __call__(
+        self, order_id: str, location_id: str, reason: str, actor: str, *, counted_sku: str | None = None
+    ) -> Order: ...
+
+
 class NotAllocatedYet(InsufficientStock):
     """What a stock take may not send elsewhere includes units of orders their workflow has not
     allocated yet (InventoryService._to_reject): refused as any such count before it is recorded,
@@ -173,16 +189,17 @@ class InventoryService:
         inventory: InventoryRepository,
         catalog: CatalogRepository,
         orders: Callable[[], OrderRepository] | None = None,
-        reject: Callable[[str, str, str, str], Order] | None = None,
+        reject: CountsReject | None = None,
         clock: Clock = utc_now,
-        send_back: Callable[[str, str, str, str], Order] | None = None,
+        send_back: CountsSendBack | None = None,
     ):
         """`orders` (the repository, built when first needed: a stock read never reads an order)
-        and `reject` (OrderActions.reject: order id, shipment id, reason, actor) let a stock take
-        below the reserved units send the shipments it no longer covers to be sourced again;
-        without them such a count is refused (InsufficientStock). `send_back`
-        (OrderActions.source_backorder_again: order id, location id, reason, actor) sends a
-        backordered order's units there back to be sourced; without it they are kept."""
+        and `reject` (OrderActions.reject: order id, shipment id, reason, actor, and the sku counted
+        short) let a stock take below the reserved units send the shipments it no longer covers to
+        be sourced again; without them such a count is refused (InsufficientStock). `send_back`
+        (OrderActions.source_backorder_again: order id, location id, reason, actor, the sku) sends a
+        backordered order's units there back to be sourced; without it they are kept. The sku
+        named lets the exclusion each makes lapse once it is restocked there."""
         self._send_back = send_back
         self._inventory = inventory
         self._catalog = catalog
@@ -247,7 +264,7 @@ class InventoryService:
             except InsufficientStock:
                 continue  # the reservations changed meanwhile
             written = True
-            self._rejected(location_id, shipments, actor)
+            self._rejected(sku, location_id, shipments, actor)
             level, _ = self._inventory.held_at(sku, location_id)
             if level.reserved <= level.on_hand:
                 self._inventory.short_count_finished(short)
@@ -259,16 +276,16 @@ class InventoryService:
             details=[{"field": "on_hand", "message": f"{level.reserved} units are reserved"}],
         )
 
-    def _rejected(self, location_id: str, shipments: list[tuple[str, str, bool]], actor: str) -> None:
+    def _rejected(self, sku: str, location_id: str, shipments: list[tuple[str, str, bool]], actor: str) -> None:
         assert self._reject is not None
         for order_id, shipment_id, backordered in shipments:
             # Conflict, NotFound: moved on (cancelled, shipped), planned again after.
             with contextlib.suppress(Conflict, NotFound), calls_about(order_id=order_id):
                 if backordered:
                     assert self._send_back is not None
-                    self._send_back(order_id, location_id, STOCK_COUNT_REASON, actor)
+                    self._send_back(order_id, location_id, STOCK_COUNT_REASON, actor, counted_sku=sku)
                 else:
-                    self._reject(order_id, shipment_id, STOCK_COUNT_REASON, actor)
+                    self._reject(order_id, shipment_id, STOCK_COUNT_REASON, actor, counted_sku=sku)
 
     def finish_short_counts(
         self, done: ShortCountsFinished, before: datetime, limit: int = SHORT_COUNTS_READ, time_up: TimeUp = never
@@ -314,7 +331,7 @@ class InventoryService:
                 return False  # a later pass rejects the parcels their workflow books there
             except InsufficientStock:
                 break  # held by orders no count sends elsewhere
-            self._rejected(short.location_id, shipments, short.actor)
+            self._rejected(short.sku, short.location_id, shipments, short.actor)
         else:
             level, _ = self._inventory.held_at(short.sku, short.location_id)
             if level.reserved > level.on_hand:

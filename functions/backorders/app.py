@@ -23,6 +23,7 @@ from core.sourcing_rules import SourcingRules
 from functions.adapters.dynamodb import (
     BACKORDER_PREFIX,
     NETWORK_KEY,
+    SHORT_COUNT,
     SOURCING_RULES_PK,
     WAKE_AFTER,
     WALK_AFTER,
@@ -45,6 +46,14 @@ container = WarmContainer()
 def _available(image: dict[str, Any] | None) -> int:
     value = (image or {}).get("available")
     return int(value) if value is not None else 0
+
+
+def _restocked(new: dict[str, Any], old: dict[str, Any]) -> bool:
+    """Whether the change added units to on_hand (a receipt, a count above the last, a return
+    restocked), which lifts a stock take's exclusion of the location for the orders it sent
+    elsewhere. Not while a count's mark stands there: its rejects' releases may not have landed,
+    and an order filled there before they do would have its new units released by them."""
+    return int(new.get("on_hand") or 0) > int(old.get("on_hand") or 0) and SHORT_COUNT not in new
 
 
 def _report(result: Arrival) -> None:
@@ -86,7 +95,9 @@ def arrival(record: DynamoDBRecord) -> None:
         logger.info("backorder walk handed on", extra={"after": last.order_id})
 
     with logger.append_context_keys(sku=sku, location_id=location_id):
-        _report(container().backorder_allocator.arrived(sku, location_id, after, hand_on))
+        # A walk handed on is no restock: only the first stretch of the walk lifts counts' exclusions.
+        restocked = after is None and _restocked(new, old)
+        _report(container().backorder_allocator.arrived(sku, location_id, after, hand_on, restocked=restocked))
 
 
 def _say(said: Said) -> None:

@@ -2111,7 +2111,7 @@ def test_a_short_count_whose_function_died_before_its_rejects_is_finished_throug
     older = allocated(services, place_order(external_id="web-older", lines=[{"sku": "MUG", "quantity": 2}]))
     newer = allocated(services, place_order(external_id="web-newer", lines=[{"sku": "MUG", "quantity": 2}]))
 
-    def died(*args: object) -> None:
+    def died(*args: object, **kwargs: object) -> None:
         raise RuntimeError("the API function timed out after the count")
 
     counted_at = utc_now() - timedelta(minutes=5)  # its request is long over

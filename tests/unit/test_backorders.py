@@ -1126,11 +1126,11 @@ def test_a_stock_take_whose_send_back_meets_an_order_the_walk_sent_back_whole_me
     send_back = world.actions.source_backorder_again
     walked: list[object] = []
 
-    def sent_back_whole_first(order_id: str, location_id: str, reason: str, actor: str):
+    def sent_back_whole_first(order_id: str, location_id: str, reason: str, actor: str, counted_sku: str | None = None):
         if not walked:
             world.inventory.adjust("BOOK", "wh-north", 1, reason="receipt")
             walked.append(allocator.arrived("BOOK", "wh-north"))
-        return send_back(order_id, location_id, reason, actor)
+        return send_back(order_id, location_id, reason, actor, counted_sku=counted_sku)
 
     service = InventoryService(
         world.inventory, world.catalog, orders=lambda: world.orders, reject=world.actions.reject,
