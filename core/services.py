@@ -144,8 +144,9 @@ COUNT_ATTEMPTS = 3  # plans of a stock take below what is reserved, each on the 
 # condition (DynamoDB's expressions are at most 4 KB).
 MAX_COUNT_REJECTS = 25
 MAX_COUNT_RELEASES = 100
-# The most stock takes recorded short one reconciler pass reads (oldest first, paged), each finished
-# unless its time is up: those that keep failing are passed over, never in the way of the later ones.
+# The most stock takes recorded short one reconciler pass works (oldest first, paged), each finished
+# unless its time is up; the next pass goes on after the last one it dealt with, round the listing,
+# so those that keep failing or an order keeps are passed over, never in the way of the later ones.
 SHORT_COUNTS_READ = 500
 
 
@@ -179,7 +180,7 @@ class ShortCountsFinished:
     finished: list[ShortCount] = field(default_factory=list)
     failed: dict[ShortCount, Exception] = field(default_factory=dict)
     # Marks not started: the pass's time was up, or more were marked than one pass reads (counted
-    # as one then: the rest are not read). They wait for the next pass.
+    # as one then: the rest are not read). The next pass starts with them.
     left: int = 0
 
 
@@ -301,12 +302,25 @@ class InventoryService:
         in `done.failed`, its mark left for the next pass, and the pass goes on to the next: at most
         `limit` are read (paged), so those that keep failing never keep the later ones waiting. None
         is started once `time_up`: the rest wait for the next pass (`done.left`, with one more
-        when more than `limit` are marked)."""
-        marked = self._inventory.short_counts(before, limit + 1)
+        when more than `limit` are marked). A pass that stops so records after which mark the next
+        starts (InventoryRepository.record_short_counts_resume), and the next takes the listing
+        round from there (the later marks, then the oldest up to it): marks that stay (an order
+        not allocated yet keeps them, held or parked, or their work keeps failing) are dealt with
+        once a round however many they are, and never keep a later one waiting for good. Reads:
+        where to start (one Query), the marks (one Query a page, two when it goes round), and per
+        mark worked its stock item (a Query) and the orders holding units there (a BatchGetItem);
+        a write where to start when that changes."""
+        resume = self._inventory.short_counts_resume()
+        marked = self._inventory.short_counts(before, limit + 1, after=resume)
+        if resume is not None and len(marked) <= limit:  # round the listing: the oldest, up to where it began
+            wrapped = self._inventory.short_counts(before, limit + 1 - len(marked))
+            marked += [short for short in wrapped if short.counted_at <= resume]
+        stopped: ShortCount | None = None  # the last mark dealt with, when the pass stops before the end
         for n, short in enumerate(marked[:limit]):
             if time_up():
                 done.left = len(marked) - n
-                return  # the rest to the next pass
+                stopped = marked[n - 1] if n else None
+                break  # the rest to the next pass
             try:
                 with calls_about(sku=short.sku, location_id=short.location_id):
                     finished = self._finish(short)
@@ -315,7 +329,12 @@ class InventoryService:
                 continue
             if finished:
                 done.finished.append(short)
-        done.left = len(marked) - limit if len(marked) > limit else 0
+        else:
+            done.left = len(marked) - limit if len(marked) > limit else 0
+            stopped = marked[limit - 1] if done.left else None
+        after = stopped.counted_at if stopped is not None else (resume if done.left else None)
+        if after != resume:
+            self._inventory.record_short_counts_resume(after)
 
     def _finish(self, short: ShortCount) -> bool:
         """Whether `short` is finished (its mark removed): what stays reserved fits, or nothing left

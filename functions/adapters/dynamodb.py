@@ -2297,6 +2297,11 @@ WITHDRAWN = "withdrawn"
 # function died between the count and its rejects.
 SHORT_COUNT, SHORT_COUNTED_AT, SHORT_COUNT_ACTOR = "short_count", "short_counted_at", "short_count_actor"
 SHORT_COUNTS_INDEX = "short_counts"
+# Where the reconciler's next pass over the marks starts (InventoryService.finish_short_counts): an
+# item of its own in the Inventory table, keyed apart from every stock item ('#' is no sku's) and
+# seen by no stream consumer (it is never `arrived` nor `reorder_watch`).
+SHORT_COUNTS_RESUME_KEY = {"sku": {"S": "#short_counts"}, "location_id": {"S": "#resume"}}
+SHORT_COUNTS_RESUME_AFTER = "resume_after"
 # How many times a ship's stock write is decided again when on_hand moves between its two writes.
 SHIP_ATTEMPTS = 5
 
@@ -2382,14 +2387,19 @@ class DynamoInventory(InventoryRepository):
             ) from None
         return _level(from_item(response["Attributes"]))
 
-    def short_counts(self, before: datetime, limit: int) -> list[ShortCount]:
+    def short_counts(self, before: datetime, limit: int, after: datetime | None = None) -> list[ShortCount]:
         # Paged on until `limit` marks are read: a query's page stops at 1 MB, and those past it
         # must not wait behind older marks that keep failing.
+        values = {":short": {"S": SHORT_COUNT}, ":before": {"S": timestamp(before)}}
+        within = f"{SHORT_COUNTED_AT} < :before"
+        if after is not None:
+            within = f"{SHORT_COUNTED_AT} BETWEEN :after AND :before"
+            values[":after"] = {"S": timestamp(after)}
         query: dict[str, Any] = {
             "TableName": self._table,
             "IndexName": SHORT_COUNTS_INDEX,
-            "KeyConditionExpression": f"{SHORT_COUNT} = :short AND {SHORT_COUNTED_AT} < :before",
-            "ExpressionAttributeValues": {":short": {"S": SHORT_COUNT}, ":before": {"S": timestamp(before)}},
+            "KeyConditionExpression": f"{SHORT_COUNT} = :short AND {within}",
+            "ExpressionAttributeValues": values,
         }
         found: list[dict[str, Any]] = []
         while len(found) < limit:
@@ -2398,11 +2408,35 @@ class DynamoInventory(InventoryRepository):
             if "LastEvaluatedKey" not in response:
                 break
             query["ExclusiveStartKey"] = response["LastEvaluatedKey"]
-        return [
+        marks = [
             ShortCount(item["sku"], item["location_id"], item.get(SHORT_COUNT_ACTOR, "stock_take"),
                        datetime.fromisoformat(item[SHORT_COUNTED_AT]))
             for item in found
         ]  # fmt: skip
+        # BETWEEN holds both ends: strictly after `after`, strictly before `before`.
+        return [m for m in marks if (after is None or m.counted_at > after) and m.counted_at < before]
+
+    def short_counts_resume(self) -> datetime | None:
+        # A Query (the reconciler's grant on the table), read consistently: the pass before wrote it.
+        items = self._client.query(
+            TableName=self._table,
+            KeyConditionExpression="sku = :sku AND location_id = :resume",
+            ExpressionAttributeValues={":sku": SHORT_COUNTS_RESUME_KEY["sku"],
+                                       ":resume": SHORT_COUNTS_RESUME_KEY["location_id"]},
+            ConsistentRead=True,
+        ).get("Items", [])  # fmt: skip
+        after = items[0].get(SHORT_COUNTS_RESUME_AFTER) if items else None
+        return datetime.fromisoformat(after["S"]) if after else None
+
+    def record_short_counts_resume(self, after: datetime | None) -> None:
+        # UpdateItem either way (the reconciler's grant: no PutItem or DeleteItem on the table).
+        request: dict[str, Any] = {"TableName": self._table, "Key": SHORT_COUNTS_RESUME_KEY}
+        if after is None:
+            request["UpdateExpression"] = f"REMOVE {SHORT_COUNTS_RESUME_AFTER}"
+        else:
+            request["UpdateExpression"] = f"SET {SHORT_COUNTS_RESUME_AFTER} = :after"
+            request["ExpressionAttributeValues"] = {":after": {"S": timestamp(after)}}
+        self._client.update_item(**request)
 
     def short_count_finished(self, count: ShortCount) -> None:
         try:

@@ -761,3 +761,48 @@ def test_a_stock_takes_reject_of_a_parcel_names_its_sku_and_a_persons_reject_aft
     assert refused._excluding("wh-east", "TSHIRT")["counted_short"] == {"wh-west": ["TSHIRT"]}
     assert again._excluding("wh-west")["counted_short"] == {}
     assert again._excluding("wh-west", "CAP")["counted_short"] == {"wh-west": ["CAP", "TSHIRT"]}
+
+
+# --- The reconciler's pass over the marks goes on where the one before stopped ------------------------
+
+
+def test_each_pass_over_the_marks_goes_on_after_the_last_one_the_pass_before_dealt_with(world, monkeypatch):
+    # Three marks an order keeps (not allocated yet) and a later one: two a pass, the later one is
+    # reached by the second pass, and the third takes the listing round to the oldest again.
+    marks = {sku: ShortCount(sku, "wh-west", KEY, NOW + timedelta(seconds=n))
+             for n, sku in enumerate(["KEPT1", "KEPT2", "KEPT3", "LATER"])}  # fmt: skip
+    world.inventory.short.update({(m.sku, m.location_id): m for m in marks.values()})
+    worked: list[str] = []
+
+    def finish(self: InventoryService, short: ShortCount) -> bool:
+        worked.append(short.sku)
+        if short.sku.startswith("KEPT"):
+            return False
+        self._inventory.short_count_finished(short)
+        return True
+
+    monkeypatch.setattr(InventoryService, "_finish", finish)
+    passes = []
+    for _ in range(3):
+        done = ShortCountsFinished()
+        service(world).finish_short_counts(done, before=NOW + timedelta(minutes=5), limit=2)
+        passes.append((list(worked), [s.sku for s in done.finished], done.left))
+        worked.clear()
+
+    assert passes == [
+        (["KEPT1", "KEPT2"], [], 1),  # one more than a pass works is read: more are left
+        (["KEPT3", "LATER"], ["LATER"], 1),  # and KEPT1, round the listing, left to the next
+        (["KEPT1", "KEPT2"], [], 1),
+    ]
+    assert sorted(sku for sku, _ in world.inventory.short) == ["KEPT1", "KEPT2", "KEPT3"]
+
+
+def test_a_pass_that_deals_with_every_mark_starts_the_next_from_the_oldest(world, monkeypatch):
+    world.inventory.short[("KEPT", "wh-west")] = ShortCount("KEPT", "wh-west", KEY, NOW)
+    world.inventory.short_resume = NOW + timedelta(seconds=30)  # a pass stopped after a mark finished since
+    monkeypatch.setattr(InventoryService, "_finish", lambda self, short: False)
+
+    done = ShortCountsFinished()
+    service(world).finish_short_counts(done, before=NOW + timedelta(minutes=5), limit=2)
+
+    assert done.left == 0 and world.inventory.short_resume is None
