@@ -2925,6 +2925,8 @@ ENTRY_HOLDS = "holds"
 # On a stock item: the queue entry after which an arrival's walk there goes on, and the stream record
 # that handed it on (DynamoBackorders.walk_from; read back with `wake_after`).
 WALK_AFTER, WALK_BY = "walk_after", "walk_by"
+# Whether the walk handed on is a restock's (BackorderAllocator.arrived's `restocked`).
+WALK_RESTOCKED = "walk_restocked"
 
 
 class DynamoBackorders(Backorders):
@@ -3058,23 +3060,27 @@ class DynamoBackorders(Backorders):
             for item in items
         ]
 
-    def walk_from(self, sku: str, location_id: str, after: WaitingOrder, by: str) -> None:
+    def walk_from(self, sku: str, location_id: str, after: WaitingOrder, by: str, restocked: bool = False) -> None:
         """Hand an arrival's walk of `sku`'s queue on from after `after` (BackorderAllocator.arrived):
         `walk_after` names the entry and `walk_by` the stream record handing it on (`by`, its
         sequence number) on the stock item the units arrived at, with ARRIVED, so that the change
         is a record the stream's filter passes and the function goes on from there
         (functions/backorders). Nothing when that record handed it on already (redelivered: the
-        walk it started goes on once), nor when the stock item is gone (no units to give)."""
+        walk it started goes on once), nor when the stock item is gone (no units to give).
+        `walk_restocked`: whether the walk is a restock's, which the walk handed on stays."""
         try:
             self._client.update_item(
                 TableName=self._table,
                 Key={"sku": {"S": sku}, "location_id": {"S": location_id}},
-                UpdateExpression=f"SET {WALK_AFTER} = :after, {WALK_BY} = :by, {ARRIVED} = :arrived",
+                UpdateExpression=(
+                    f"SET {WALK_AFTER} = :after, {WALK_BY} = :by, {ARRIVED} = :arrived, {WALK_RESTOCKED} = :restocked"
+                ),
                 ConditionExpression=f"attribute_exists(sku) AND (attribute_not_exists({WALK_BY}) OR {WALK_BY} <> :by)",
                 ExpressionAttributeValues={
                     ":after": {"S": f"{timestamp(after.created_at)}#{after.order_id}"},
                     ":by": {"S": by},
                     ":arrived": {"BOOL": True},
+                    ":restocked": {"BOOL": restocked},
                 },
             )
         except ClientError as error:

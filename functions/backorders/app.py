@@ -28,6 +28,7 @@ from functions.adapters.dynamodb import (
     WAKE_AFTER,
     WALK_AFTER,
     WALK_BY,
+    WALK_RESTOCKED,
     wake_after,
 )
 from functions.backorders.low_stock import backorder_marked, crossing_of, point_set, withdrawal_of
@@ -77,10 +78,12 @@ def arrival(record: DynamoDBRecord) -> None:
         return  # a backorder queue entry, not stock
     new, old = record.dynamodb.new_image or {}, record.dynamodb.old_image or {}
     after = None  # units arrived: the walk starts from the oldest
+    restocked = _restocked(new, old)
     if _available(new) <= _available(old):
         if not new.get(WALK_AFTER) or new.get(WALK_BY) == old.get(WALK_BY):
             return  # reserved or shipped: nothing arrived
         after = wake_after(str(new[WALK_AFTER]))  # a walk handed on: it goes on from there
+        restocked = bool(new.get(WALK_RESTOCKED))  # as the walk that handed it on was
     if not container().backorders.waiting(sku, after, 1):
         return  # nobody waits for this sku (after there): one Query, and no plugin is loaded for it
     # Its place in the stream, the same for a redelivery (which hands on nothing again); a record
@@ -91,12 +94,10 @@ def arrival(record: DynamoDBRecord) -> None:
         # On the stock item, as a change the stream's filter passes: the rest of the walk is a
         # record of its own, in order with the sku's other changes there, and a failure before
         # it is written fails this record, whose retry walks again (its fills reserve nothing twice).
-        container().backorders.walk_from(sku, location_id, last, by)
+        container().backorders.walk_from(sku, location_id, last, by, restocked)
         logger.info("backorder walk handed on", extra={"after": last.order_id})
 
     with logger.append_context_keys(sku=sku, location_id=location_id):
-        # A walk handed on is no restock: only the first stretch of the walk lifts counts' exclusions.
-        restocked = after is None and _restocked(new, old)
         _report(container().backorder_allocator.arrived(sku, location_id, after, hand_on, restocked=restocked))
 
 

@@ -1525,3 +1525,22 @@ def test_a_location_whose_store_rejected_the_order_stays_excluded_once_restocked
 
     assert (shop.order(order_id).status, shop.held(order_id)) == (S.BACKORDERED, 0)
     assert shop.level() == (8, 0, 8)
+
+
+def test_a_restocks_walk_handed_on_lifts_a_counts_exclusion_for_the_orders_past_its_first_stretch(shop, monkeypatch):
+    """The walk that reaches the order counted out of the location is the one the restock's record
+    handed on (its first stretch read an older order on hold): a restock all the same."""
+    from core.holds import HoldRequest
+
+    monkeypatch.setattr("core.backorders.WALK_READS", 1)
+    held = shop.backordered(1)
+    shop.container.holds.hold(held, HoldRequest(reason="fraud_review"), actor="key_ops")
+    order_id = counted_out_of(shop, "wh-east")
+    deliver = stream_delivery(shop)
+
+    shop.inventory.adjust("PREORDER", "wh-east", 5, reason="receipt")
+    while deliver():
+        pass
+
+    assert [(a.location_id, a.quantity) for a in shop.order(order_id).allocations] == [("wh-east", 3)]
+    assert shop.level() == (5, 3, 2)
