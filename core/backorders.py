@@ -322,7 +322,7 @@ class BackorderAllocator:
                 order = orders.get(entry.order_id)
                 if order is None or not bought_for(order):
                     continue  # allocated or cancelled since (its entry goes at the next arrival), or not yet waiting
-                lacks, where = lacks_at(order, sku, locations, rules)
+                lacks, where = lacks_at(order, sku, locations, rules, restocked=True)
                 if not lacks:
                     continue
                 # Kept where it was bought while the order may take units there and a point buys

@@ -1522,6 +1522,43 @@ def test_an_order_counted_where_a_cleared_point_bought_nothing_still_coming_is_p
     assert demand(allocator, BOTH) == {"wh-east": 2, "wh-west": 0}
 
 
+def test_an_order_a_stock_take_counted_out_of_the_only_point_is_bought_for_there():
+    """Its units at wh-west went with a count of 0 there: the count excludes wh-west until PREORDER
+    is restocked there, which the point's receipt is. The point did not count the order (wh-west
+    excluded), and nothing bought the 3 it waits for."""
+    world, allocator, _ = make_world([("PREORDER", "wh-west", 2)])
+    order_id = backordered(world, ("PREORDER", 3))
+    service = InventoryService(
+        world.inventory, world.catalog, orders=lambda: world.orders, reject=world.actions.reject,
+        send_back=world.actions.source_backorder_again,
+    )  # fmt: skip
+    service.count("PREORDER", "wh-west", 0)
+    with pytest.raises(Backordered):
+        world.workflow.reserve_stock(order_id)
+
+    assert demand(allocator, {"wh-west"}) == {"wh-west": 3}
+
+
+def test_units_a_count_left_where_it_excluded_an_older_order_go_to_a_younger_one():
+    """The older order takes units there again only once PREORDER is restocked there: what the count
+    left available is not held back for it from a younger order, which would leave it to no one."""
+    world, _, _ = make_world([("PREORDER", "wh-west", 6)])
+    world.allocated(("PREORDER", 4))
+    older = backordered(world, ("PREORDER", 4))  # holds the other 2
+    service = InventoryService(
+        world.inventory, world.catalog, orders=lambda: world.orders, reject=world.actions.reject,
+        send_back=world.actions.source_backorder_again,
+    )  # fmt: skip
+    service.count("PREORDER", "wh-west", 5)  # its 2 go: 1 is left available
+    with pytest.raises(Backordered):
+        world.workflow.reserve_stock(older)
+    assert world.level("PREORDER", "wh-west") == (5, 4, 1)
+
+    younger = world.run(world.place(("PREORDER", 1)))
+
+    assert younger.status is S.ALLOCATED and [s.location_id for s in younger.shipments] == ["wh-west"]
+
+
 def test_orders_kept_where_a_cleared_point_bought_are_those_the_units_still_coming_cover():
     """Two orders counted at wh-west lack 2 each; its point cleared, 3 units still come there (a
     draft of the 4 was cancelled, another of 3 submitted). Anything coming kept both there: the
