@@ -27,7 +27,7 @@ from core.ports import (
     WaitingOrder,
     WorkflowStarter,
 )
-from core.sourcing import bought_at, lacks_at, sourceable, stranded, to_source_again
+from core.sourcing import bought_at, lacks_at, stranded, to_source_again
 from core.sourcing_rules import SourcingRules
 from core.status import OrderStatus
 from core.workflow import Workflow, eligible_locations
@@ -388,7 +388,8 @@ class ExpectedArrivals:
     short of units, the earliest expected date of an open purchase order for its sku at the
     locations that may supply the order now (its fulfilment's, less those the sourcing rules or a
     rejected shipment exclude, and those `max_shipments` keeps it from: where a fill takes units
-    from). Computed at each read, never stored."""
+    from), and where only a stock take's count of that sku excluded it (the receipt lifts it:
+    lacks_at's `restocked`). Computed at each read, never stored."""
 
     def __init__(self, inventory: InventoryRepository, catalog: CatalogRepository, rules: SourcingRulesRepository):
         self._inventory = inventory
@@ -403,18 +404,15 @@ class ExpectedArrivals:
         if not short:
             return orders
         rules, locations = self._rules.current(), self._catalog.list_locations()
-        sources: dict[str, list[str]] = {}
+        where: dict[tuple[str, str], set[str]] = {}  # by order and sku
         items: set[tuple[str, str]] = set()
         for order in orders:
             if order.id not in short:
                 continue
             # Under max_shipments an order that ships from as many locations already is filled from those only.
-            used = {allocation.location_id for allocation in order.allocations}
-            sources[order.id] = [
-                loc.location_id for loc in sourceable(order, locations, rules) if rules.admits(loc.location_id, used)
-            ]
-            skus = {line.sku for line in order.lines if line.line_id in short[order.id]}
-            items |= {(sku, location_id) for sku in skus for location_id in sources[order.id]}
+            for sku in {line.sku for line in order.lines if line.line_id in short[order.id]}:
+                _, where[order.id, sku] = lacks_at(order, sku, locations, rules, restocked=True)
+                items |= {(sku, location_id) for location_id in where[order.id, sku]}
         expected = self._inventory.expected(items) if items else {}
         shown = []
         for order in orders:
@@ -427,7 +425,7 @@ class ExpectedArrivals:
                     sku=line.sku,
                     waiting_quantity=short[order.id][line.line_id],
                     expected_at=min(
-                        (at for loc in sources[order.id] if (at := expected.get((line.sku, loc))) is not None),
+                        (at for loc in where[order.id, line.sku] if (at := expected.get((line.sku, loc))) is not None),
                         default=None,
                     ),
                 )

@@ -1396,6 +1396,27 @@ def arrivals(world: World, rules: SourcingRules | None = None) -> tuple[Expected
     return ExpectedArrivals(counting, world.catalog, store), counting  # type: ignore[arg-type]
 
 
+def test_a_line_counted_out_of_a_location_shows_the_date_units_are_expected_there(setup):
+    """A stock take there counted its units short: the purchase order's receipt there lifts that
+    exclusion, so its date is when the order may take units there again."""
+    world, _, _ = setup
+    world.inventory.set_on_hand("PREORDER", "wh-west", 2, reason="count")
+    order_id = backordered(world, ("PREORDER", 3))
+    service = InventoryService(
+        world.inventory, world.catalog, orders=lambda: world.orders, reject=world.actions.reject,
+        send_back=world.actions.source_backorder_again,
+    )  # fmt: skip
+    service.count("PREORDER", "wh-west", 0)
+    with pytest.raises(Backordered):
+        world.workflow.reserve_stock(order_id)
+    expected = incoming(world, "PREORDER", "wh-west", days=4)
+
+    [shown] = arrivals(world)[0].shown([world.order(order_id)])
+
+    assert shown.awaiting_stock is not None
+    assert [(line.waiting_quantity, line.expected_at) for line in shown.awaiting_stock.lines] == [(3, expected)]
+
+
 def test_each_waiting_line_shows_the_earliest_date_at_the_locations_that_may_supply_it(setup):
     world, _, _ = setup
     order_id = backordered(world, ("PREORDER", 3), ("TSHIRT", 1), ("BOOK", 2))
