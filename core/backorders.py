@@ -27,7 +27,7 @@ from core.ports import (
     WaitingOrder,
     WorkflowStarter,
 )
-from core.sourcing import bought_at, lacks_at, sourceable, stranded, to_source_again
+from core.sourcing import bought_at, lacks_at, stranded, to_source_again
 from core.sourcing_rules import SourcingRules
 from core.status import OrderStatus
 from core.workflow import Workflow, eligible_locations
@@ -105,7 +105,7 @@ class BackorderAllocator:
 
     def arrived(
         self, sku: str, location_id: str, after: WaitingOrder | None = None,
-        hand_on: Callable[[WaitingOrder], None] | None = None,
+        hand_on: Callable[[WaitingOrder], None] | None = None, *, restocked: bool = False,
     ) -> Arrival:  # fmt: skip
         """Fill the orders waiting for `sku` that may take it from `location_id`, oldest first,
         after `after` (from the oldest when None: a walk handed on goes on where it stopped).
@@ -116,7 +116,10 @@ class BackorderAllocator:
         Reads at most WALK_READS orders and WALK_PAGES pages of the queue: with entries left, it
         stops after the last one it dealt with and hands the walk on from there (`hand_on`, None:
         not), whose every entry before is dealt with (filled, or left as it must wait), so nothing
-        is skipped for good and a fill, conditional as ever, reserves nothing twice."""
+        is skipped for good and a fill, conditional as ever, reserves nothing twice.
+        `restocked`: units of `sku` were added to on_hand there (a receipt, a count raising it, a
+        return restocked), not only freed: an order a stock take's count of `sku` there excluded
+        it for is filled there again, the exclusion lifted in its fill's write (Workflow.fill_backorder)."""
         result = Arrival()
         locations = None
         rules: SourcingRules | None = None
@@ -161,15 +164,18 @@ class BackorderAllocator:
                 if order.status is not S.BACKORDERED:
                     continue  # held, or about to be backordered (that step looks at stock itself)
                 eligible = eligible_locations(order.fulfillment.type, order.fulfillment.location_id, locations)
-                # A location that rejected a shipment of this order never supplies it: an order that
-                # cannot take these units must not stop the younger ones that can.
-                if location_id not in {loc.location_id for loc in eligible} or location_id in order.excluded_locations:
+                # A location that rejected a shipment of this order never supplies it, nor one a stock
+                # take counted short until restocked: an order that cannot take these units must not
+                # stop the younger ones that can.
+                if location_id not in {loc.location_id for loc in eligible} or order.excludes(
+                    location_id, sku if restocked else None
+                ):
                     continue
                 short = order.short_of()
                 if not entry.holds or sku in {line.sku for line in order.lines if line.line_id in short}:
                     # Oldest first in this sku's queue: its units are the order's unless an older one
                     # left them; its other skus may be older orders' that their arrivals have not reached.
-                    order = self._fill(order, result, queue=sku)
+                    order = self._fill(order, result, queue=sku, restocked=(sku, location_id) if restocked else None)
                     if order.status is not S.BACKORDERED:
                         continue
                     short = order.short_of()
@@ -316,7 +322,7 @@ class BackorderAllocator:
                 order = orders.get(entry.order_id)
                 if order is None or not bought_for(order):
                     continue  # allocated or cancelled since (its entry goes at the next arrival), or not yet waiting
-                lacks, where = lacks_at(order, sku, locations, rules)
+                lacks, where = lacks_at(order, sku, locations, rules, restocked=True)
                 if not lacks:
                     continue
                 # Kept where it was bought while the order may take units there and a point buys
@@ -346,11 +352,14 @@ class BackorderAllocator:
         for entry, at in demand.moves:
             self._queue.record_bought_at(sku, entry, at)
 
-    def _fill(self, order: Order, result: Arrival, *, queue: str | None = None, in_queue_order: bool = False) -> Order:
+    def _fill(
+        self, order: Order, result: Arrival, *, queue: str | None = None, in_queue_order: bool = False,
+        restocked: tuple[str, str] | None = None,
+    ) -> Order:  # fmt: skip
         """Workflow.fill_backorder for `order` (read backordered), noted in `result.filled` when it
         reserved anything; the order as it is afterwards."""
         filled = self._workflow.fill_backorder(
-            order.id, actor=BACKORDER_ACTOR, queue=queue, in_queue_order=in_queue_order
+            order.id, actor=BACKORDER_ACTOR, queue=queue, in_queue_order=in_queue_order, restocked=restocked
         )
         if filled.allocations != order.allocations:
             result.filled.append(order.id)
@@ -379,7 +388,8 @@ class ExpectedArrivals:
     short of units, the earliest expected date of an open purchase order for its sku at the
     locations that may supply the order now (its fulfilment's, less those the sourcing rules or a
     rejected shipment exclude, and those `max_shipments` keeps it from: where a fill takes units
-    from). Computed at each read, never stored."""
+    from), and where only a stock take's count of that sku excluded it (the receipt lifts it:
+    lacks_at's `restocked`). Computed at each read, never stored."""
 
     def __init__(self, inventory: InventoryRepository, catalog: CatalogRepository, rules: SourcingRulesRepository):
         self._inventory = inventory
@@ -394,18 +404,15 @@ class ExpectedArrivals:
         if not short:
             return orders
         rules, locations = self._rules.current(), self._catalog.list_locations()
-        sources: dict[str, list[str]] = {}
+        where: dict[tuple[str, str], set[str]] = {}  # by order and sku
         items: set[tuple[str, str]] = set()
         for order in orders:
             if order.id not in short:
                 continue
             # Under max_shipments an order that ships from as many locations already is filled from those only.
-            used = {allocation.location_id for allocation in order.allocations}
-            sources[order.id] = [
-                loc.location_id for loc in sourceable(order, locations, rules) if rules.admits(loc.location_id, used)
-            ]
-            skus = {line.sku for line in order.lines if line.line_id in short[order.id]}
-            items |= {(sku, location_id) for sku in skus for location_id in sources[order.id]}
+            for sku in {line.sku for line in order.lines if line.line_id in short[order.id]}:
+                _, where[order.id, sku] = lacks_at(order, sku, locations, rules, restocked=True)
+                items |= {(sku, location_id) for location_id in where[order.id, sku]}
         expected = self._inventory.expected(items) if items else {}
         shown = []
         for order in orders:
@@ -418,7 +425,7 @@ class ExpectedArrivals:
                     sku=line.sku,
                     waiting_quantity=short[order.id][line.line_id],
                     expected_at=min(
-                        (at for loc in sources[order.id] if (at := expected.get((line.sku, loc))) is not None),
+                        (at for loc in where[order.id, line.sku] if (at := expected.get((line.sku, loc))) is not None),
                         default=None,
                     ),
                 )

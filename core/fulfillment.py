@@ -599,7 +599,10 @@ class OrderActions:
         )
 
     # --- Store and warehouse execution ------------------------------------------------------------
-    def reject(self, order_id: str, shipment_id: str, reason: str, actor: str, channel: str | None = None) -> Order:
+    def reject(
+        self, order_id: str, shipment_id: str, reason: str, actor: str, channel: str | None = None, *,
+        counted_sku: str | None = None,
+    ) -> Order:  # fmt: skip
         """The location cannot fulfil a pending shipment. Recorded first (the order goes back to
         `authorized` to be sourced again, a held one when it is released, that location excluded
         for it), then the units reserved there are released: the workflow, started again by the
@@ -609,7 +612,9 @@ class OrderActions:
         recorded already only finishes the release. A shipment an earlier change withdrew (two
         locations of a split order rejecting at once: the first sent the order back to be sourced)
         is rejected all the same: its location is excluded (Order.reject_withdrawn). A reject refused
-        (404, 409), or of a parcel no longer on the order, leaves another parcel's ship in flight alone."""
+        (404, 409), or of a parcel no longer on the order, leaves another parcel's ship in flight alone.
+        `counted_sku`: a stock take's reject, which counted that sku short there: the location is
+        excluded only until that sku is restocked there (Order.count_exclusion_lapsed)."""
 
         def rejectable(order: Order) -> None:
             if self._rejected_at(order, shipment_id) is not None:
@@ -634,7 +639,7 @@ class OrderActions:
         checked = self._checked(order_id, channel, rejectable)
         if checked.status is S.PARTIALLY_SHIPPED and any(s.id == shipment_id for s in checked.shipments):
             # Only that parcel changes: another's ship in flight is left alone (_reject_in_part).
-            return self._reject_in_part(order_id, shipment_id, reason, actor, channel)
+            return self._reject_in_part(order_id, shipment_id, reason, actor, channel, counted_sku)
         if checked.captures_requested:
             checked = visible(self._orders.get(order_id, consistent=True), order_id, channel)
             rejectable(checked)
@@ -650,7 +655,7 @@ class OrderActions:
                 if withdrawn_from is not None:
                     self._check_withdrawn_rejectable(order, shipment_id, withdrawn_from)
                     return order.reject_withdrawn(shipment_id, withdrawn_from, reason, at=at, actor=actor)
-            return order.reject_shipment(shipment_id, reason, at=at, actor=actor)
+            return order.reject_shipment(shipment_id, reason, at=at, actor=actor, counted_sku=counted_sku)
 
         order = modify(self._orders, order_id, decide, channel=channel)
         location_id = self._rejected_at(order, shipment_id)
@@ -661,7 +666,9 @@ class OrderActions:
             return self._units.settle_after_reject(order, actor)
         return self._units.cancel_given_up(order, actor)  # the bookings of the parcels it withdrew
 
-    def _reject_in_part(self, order_id: str, shipment_id: str, reason: str, actor: str, channel: str | None) -> Order:
+    def _reject_in_part(
+        self, order_id: str, shipment_id: str, reason: str, actor: str, channel: str | None, counted_sku: str | None
+    ) -> Order:  # fmt: skip
         """The reject of a pending parcel of a partly shipped order. Its units are sourced again
         first, at locations that have no parcel of the order, reserved and booked
         (Workflow.source_parcel_again), and what none has is priced out as a cancel of units
@@ -701,6 +708,7 @@ class OrderActions:
                     new, entries = order.reject_in_part(
                         shipment_id, reason, shipments=sourced.shipments, allocations=sourced.allocations,
                         cancelled=cancelled, at=at, actor=actor, maybe_booked=sourced.maybe_booked,
+                        counted_sku=counted_sku,
                     )  # fmt: skip
                     self._orders.update(self._units.owing_after_reject(new), order, entries)
                 except StaleVersion:
@@ -719,18 +727,21 @@ class OrderActions:
         return self._units.settle_after_reject(visible(self._orders.get(order_id, consistent=True), order_id, channel),
                                                actor)  # fmt: skip
 
-    def source_backorder_again(self, order_id: str, location_id: str, reason: str, actor: str) -> Order:
+    def source_backorder_again(
+        self, order_id: str, location_id: str, reason: str, actor: str, *, counted_sku: str | None = None
+    ) -> Order:  # fmt: skip
         """A stock take at `location_id` no longer covers what the backordered order holds there:
         recorded first (Order.source_again_without: authorized, that location excluded; an order
         sent back to be sourced since the count read it too), then its units there are released,
         as a reject releases them, under every key it holds units by (those of lines an edit
-        replaced too: its ReserveStock has not moved them yet). A repeat finishes the release."""
+        replaced too: its ReserveStock has not moved them yet). A repeat finishes the release.
+        `counted_sku`: the sku the count counted short, whose restocking there lifts the exclusion."""
         at = self._clock()
 
         def decide(order: Order):
             if location_id in order.excluded_locations and all(a.location_id != location_id for a in order.allocations):
                 return None  # sent back already: only the release is finished
-            return order.source_again_without(location_id, reason, at=at, actor=actor)
+            return order.source_again_without(location_id, reason, at=at, actor=actor, counted_sku=counted_sku)
 
         order = modify(self._orders, order_id, decide)
         self._release_lines(order, [*order.lines, *order.replaced_lines], [location_id])

@@ -1804,9 +1804,16 @@ class Order(Shown):
     # has ("<return id>:<entry type>", Order.return_noted), so writing one again changes nothing.
     # The system's own: stored, never shown.
     return_entries: list[str] = Field(default_factory=empty_list, exclude=True)
-    # Locations that rejected a shipment of this order: sourcing never uses them for it again.
-    # The system's own, like Hold.resume_to: stored (stored_json), never in a response.
+    # Locations that rejected a shipment of this order, or that a stock take counted short of what
+    # it held there: sourcing does not use them for it. The system's own, like Hold.resume_to:
+    # stored (stored_json), never in a response.
     excluded_locations: list[str] = Field(default_factory=empty_list, exclude=True)
+    # Of those, the ones only stock takes excluded, with the skus they counted short there: such an
+    # exclusion lapses once that sku is restocked there (a receipt, a count raising on_hand:
+    # Order.count_exclusion_lapsed), while a location a person's reject excluded stays excluded
+    # (its reject takes it out of here). Stored before this was kept: empty, every exclusion stays.
+    # The system's own: stored (stored_json), never shown.
+    counted_short: dict[str, list[str]] = Field(default_factory=dict, exclude=True)
     # The skus it has waited backordered for (Order.backorder): a product that stops allowing
     # backorder stops new orders, not the ones waiting, which may still wait for those units when
     # sourced again (an edit that asks for no more of them, a reject, a change of the network).
@@ -2081,6 +2088,8 @@ class Order(Shown):
             system["restarted_at"] = _TIMES.dump_python(self.restarted_at, mode="json")
         if self.excluded_locations:
             system["excluded_locations"] = list(self.excluded_locations)
+        if self.counted_short:
+            system["counted_short"] = {location_id: list(skus) for location_id, skus in self.counted_short.items()}
         if self.may_wait:
             system["may_wait"] = list(self.may_wait)
         if self.reversed_captures:
@@ -3682,7 +3691,9 @@ class Order(Shown):
             **{**fields, "held_before": sorted({*fields["held_before"], *(location for _, location in reserving)})},
         )  # fmt: skip
 
-    def source_again_without(self, location_id: str, reason: str, *, at: datetime, actor: str) -> Change:
+    def source_again_without(
+        self, location_id: str, reason: str, *, at: datetime, actor: str, counted_sku: str | None = None
+    ) -> Change:
         """A backordered order whose units reserved at `location_id` a stock take there no longer
         covers (`reason`: stock_count) goes back to be sourced without that location, as a reject
         sends an allocated order (authorized, nothing allocated, the location excluded): the
@@ -3695,7 +3706,8 @@ class Order(Shown):
         location among `held_before`) gets the location excluded all the same, staying as it is
         (authorized, or on hold to be released to it): the workflow that change started plans
         without it (its ReserveStock's write, conditional on the version, loses to this one and
-        plans again), or it would count the units the count took as its own."""
+        plans again), or it would count the units the count took as its own. `counted_sku`: the sku
+        the count counted short, whose restocking there lifts the exclusion (_excluding)."""
         if self.not_sourced():
             if location_id not in self.held_before:
                 raise InvalidTransition(f"order {self.id} held no units at {location_id}")
@@ -3708,7 +3720,7 @@ class Order(Shown):
             detail={"allocations": [a.model_dump() for a in self.allocations], "short": self.short_of(),
                     "location_id": location_id, "reason": reason,
                     "reasons": [f"a stock take at {location_id} counted fewer units than it held there"]},
-            excluded_locations=list(dict.fromkeys([*self.excluded_locations, location_id])), **self._sourced_again(),
+            **self._excluding(location_id, counted_sku), **self._sourced_again(),
         )  # fmt: skip
 
     def lost_reservations_resourceable(self) -> bool:
@@ -3744,17 +3756,22 @@ class Order(Shown):
         )  # fmt: skip
 
     def reserve_backordered(
-        self, allocations: list[Allocation], *, at: datetime, actor: str, rules_version: int | None = None
-    ) -> Change:
+        self, allocations: list[Allocation], *, at: datetime, actor: str, rules_version: int | None = None,
+        restocked: tuple[str, str] | None = None,
+    ) -> Change:  # fmt: skip
         """More units of a backordered order reserved as stock arrived: `allocations` is all it
-        now holds; it stays backordered until CreateShipments allocates it."""
+        now holds; it stays backordered until CreateShipments allocates it. `restocked` (sku,
+        location_id): that sku was restocked there, which lifts the exclusion a stock take's count
+        of it made (count_exclusion_lapsed) in the same write, named in the entry."""
         if self.status is not OrderStatus.BACKORDERED:
             raise InvalidTransition(f"an order that is {self.status} is not waiting for stock")
+        lapsed = self.count_exclusion_lapsed(restocked[1], restocked[0]) if restocked is not None else {}
+        named = {"exclusion_lapsed": {"location_id": restocked[1], "sku": restocked[0]}} if restocked and lapsed else {}
         return self._next(
             at=at, actor=actor, type=OrderEvent.STOCK_RESERVED,
             detail={"allocations": [a.model_dump() for a in allocations], "short": self.short_of(allocations),
-                    "reasons": ["backordered units arrived"], **_rules_named(rules_version)},
-            allocations=allocations,
+                    "reasons": ["backordered units arrived"], **named, **_rules_named(rules_version)},
+            allocations=allocations, **lapsed,
         )  # fmt: skip
 
     def allocate(self, shipments: list[Shipment], *, at: datetime, actor: str) -> Change:
@@ -3868,18 +3885,54 @@ class Order(Shown):
         )  # fmt: skip
 
     # --- Store and warehouse execution ---------------------------------------------------------
-    def reject_shipment(self, shipment_id: str, reason: str, *, at: datetime, actor: str) -> Change:
+    def reject_shipment(
+        self, shipment_id: str, reason: str, *, at: datetime, actor: str, counted_sku: str | None = None
+    ) -> Change:
         """The location cannot fulfil this pending shipment: the order goes back to be sourced
-        again (authorized, nothing allocated, no pending shipment) and never from that location. A
+        again (authorized, nothing allocated, no pending shipment) and never from that location
+        (`counted_sku`, a stock take's reject: until that sku is restocked there, _excluding). A
         held one (held allocated) stays on hold, and is sourced again when it is released."""
         shipment = self.rejectable(shipment_id)
-        excluded = [*self.excluded_locations, shipment.location_id]
         return self._next(
             at=at, actor=actor, type=OrderEvent.SHIPMENT_REJECTED,
             detail={"shipment_id": shipment_id, "location_id": shipment.location_id, "reason": reason,
                     "released": [a.model_dump() for a in self.allocations]},
-            excluded_locations=list(dict.fromkeys(excluded)), **self._sourced_again(),
+            **self._excluding(shipment.location_id, counted_sku), **self._sourced_again(),
         )  # fmt: skip
+
+    def _excluding(self, location_id: str, counted_sku: str | None = None) -> dict[str, Any]:
+        """The fields that exclude `location_id` for this order. A stock take's (`counted_sku`, the
+        sku it counted short there) is kept in `counted_short`, to lapse once that sku is restocked
+        there, unless a person's reject excluded the location already (that stays); a person's
+        reject (None) makes the exclusion its own, whatever counts made it before."""
+        excluded = list(dict.fromkeys([*self.excluded_locations, location_id]))
+        counted = {loc: list(skus) for loc, skus in self.counted_short.items() if loc != location_id}
+        persons = location_id in self.excluded_locations and location_id not in self.counted_short
+        if counted_sku is not None and not persons:
+            counted[location_id] = sorted({*self.counted_short.get(location_id, []), counted_sku})
+        return {"excluded_locations": excluded, "counted_short": counted}
+
+    def excludes(self, location_id: str, restocked: str | None = None) -> bool:
+        """Whether `location_id` may not supply this order (a reject, a stock take there);
+        `restocked`: a sku whose units were just added there, which lifts a count's exclusion of the
+        location when it was that sku's alone (count_exclusion_lapsed)."""
+        if location_id not in self.excluded_locations:
+            return False
+        return restocked is None or self.counted_short.get(location_id) != [restocked]
+
+    def count_exclusion_lapsed(self, location_id: str, sku: str) -> dict[str, Any]:
+        """The fields of this order once `sku` is restocked at `location_id`: that sku's count no
+        longer excludes the location, which may supply the order again unless a count of another
+        sku there excludes it still. Nothing (an empty dict) when no count of `sku` excludes it
+        (never excluded, a person's reject excluded it, or lapsed already)."""
+        skus = self.counted_short.get(location_id)
+        if skus is None or sku not in skus:
+            return {}
+        counted = {loc: list(each) for loc, each in self.counted_short.items() if loc != location_id}
+        if skus != [sku]:
+            return {"counted_short": {**counted, location_id: [each for each in skus if each != sku]}}
+        excluded = [loc for loc in self.excluded_locations if loc != location_id]
+        return {"excluded_locations": excluded, "counted_short": counted}
 
     def rejectable(self, shipment_id: str) -> Shipment:
         """The pending shipment, if its location may reject it now (checked before a capture asked
@@ -3914,6 +3967,7 @@ class Order(Shown):
     def reject_in_part(
         self, shipment_id: str, reason: str, *, shipments: list[Shipment], allocations: list[Allocation],
         cancelled: Change | None, at: datetime, actor: str, maybe_booked: list[GivenUpBooking] | None = None,
+        counted_sku: str | None = None,
     ) -> "tuple[Order, list[HistoryEntry]]":  # fmt: skip
         """The location cannot fulfil this pending parcel of a partly shipped order: the parcel
         leaves the order, replaced by `shipments` (its units sourced again at other locations and
@@ -3927,7 +3981,8 @@ class Order(Shown):
         its location is owed from it (owing_stock: UnitCancellation.settle_after_reject).
         `maybe_booked`: bookings an earlier attempt killed before its write may have made at
         locations this one does not use, judged as unrecorded bookings are (_next): owed a cancel
-        from this write, but one a parcel of the order uses, or owed already."""
+        from this write, but one a parcel of the order uses, or owed already. `counted_sku`: as for
+        reject_shipment."""
         parcel = self.rejectable_in_part(shipment_id)
         base = self
         entries: list[HistoryEntry] = []
@@ -3951,8 +4006,7 @@ class Order(Shown):
             detail={"shipment_id": shipment_id, "location_id": parcel.location_id, "reason": reason,
                     "released": [a.model_dump() for a in self.allocations if a.location_id == parcel.location_id],
                     "sourced": [a.model_dump() for a in allocations], "shipments": [s.id for s in shipments]},
-            excluded_locations=list(dict.fromkeys([*self.excluded_locations, parcel.location_id])),
-            shipments=[*kept, *shipments], booking_keys=keys,
+            **self._excluding(parcel.location_id, counted_sku), shipments=[*kept, *shipments], booking_keys=keys,
             allocations=[*(a for a in base.allocations if a.location_id != parcel.location_id), *allocations],
             **({"unrecorded_bookings": [*base.unrecorded_bookings, *maybe]} if maybe else {}),
         )  # fmt: skip
@@ -3983,7 +4037,7 @@ class Order(Shown):
         return self._next(
             at=at, actor=actor, type=OrderEvent.SHIPMENT_REJECTED,
             detail={"shipment_id": shipment_id, "location_id": location_id, "reason": reason, "withdrawn": True},
-            excluded_locations=list(dict.fromkeys([*self.excluded_locations, location_id])),
+            **self._excluding(location_id),
         )  # fmt: skip
 
     def ready_for_pickup(self, shipment_id: str, *, collect_by: datetime | None, at: datetime, actor: str) -> Change:

@@ -261,9 +261,19 @@ class InventoryRepository(ABC):
         short_count_finished); a count that fits (no `releasing`) removes any mark."""
 
     @abstractmethod
-    def short_counts(self, before: datetime, limit: int) -> list[ShortCount]:
-        """Stock items marked by a short stock take (set_on_hand's `short`) counted before `before`,
-        oldest first, at most `limit`."""
+    def short_counts(self, before: datetime, limit: int, after: datetime | None = None) -> list[ShortCount]:
+        """Stock items marked by a short stock take (set_on_hand's `short`) counted before `before`
+        (and after `after`, when given), oldest first, at most `limit`."""
+
+    @abstractmethod
+    def short_counts_resume(self) -> datetime | None:
+        """When the last mark the reconciler's pass over them dealt with was counted, when that pass
+        stopped before the end of the listing (record_short_counts_resume); None otherwise."""
+
+    @abstractmethod
+    def record_short_counts_resume(self, after: datetime | None) -> None:
+        """Record where the next pass over the marks starts (after the mark counted at `after`;
+        None: from the oldest)."""
 
     @abstractmethod
     def short_count_finished(self, count: ShortCount) -> None:

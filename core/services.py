@@ -9,7 +9,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import pluggy
 
@@ -144,9 +144,26 @@ COUNT_ATTEMPTS = 3  # plans of a stock take below what is reserved, each on the 
 # condition (DynamoDB's expressions are at most 4 KB).
 MAX_COUNT_REJECTS = 25
 MAX_COUNT_RELEASES = 100
-# The most stock takes recorded short one reconciler pass reads (oldest first, paged), each finished
-# unless its time is up: those that keep failing are passed over, never in the way of the later ones.
+# The most stock takes recorded short one reconciler pass works (oldest first, paged), each finished
+# unless its time is up; the next pass goes on after the last one it dealt with, round the listing,
+# so those that keep failing or an order keeps are passed over, never in the way of the later ones.
 SHORT_COUNTS_READ = 500
+
+
+class CountsReject(Protocol):
+    """OrderActions.reject as a stock take calls it: the sku it counted short names the exclusion."""
+
+    def __call__(
+        self, order_id: str, shipment_id: str, reason: str, actor: str, *, counted_sku: str | None = None
+    ) -> Order: ...
+
+
+class CountsSendBack(Protocol):
+    """OrderActions.source_backorder_again as a stock take calls it."""
+
+    def __call__(
+        self, order_id: str, location_id: str, reason: str, actor: str, *, counted_sku: str | None = None
+    ) -> Order: ...
 
 
 class NotAllocatedYet(InsufficientStock):
@@ -163,7 +180,7 @@ class ShortCountsFinished:
     finished: list[ShortCount] = field(default_factory=list)
     failed: dict[ShortCount, Exception] = field(default_factory=dict)
     # Marks not started: the pass's time was up, or more were marked than one pass reads (counted
-    # as one then: the rest are not read). They wait for the next pass.
+    # as one then: the rest are not read). The next pass starts with them.
     left: int = 0
 
 
@@ -173,16 +190,17 @@ class InventoryService:
         inventory: InventoryRepository,
         catalog: CatalogRepository,
         orders: Callable[[], OrderRepository] | None = None,
-        reject: Callable[[str, str, str, str], Order] | None = None,
+        reject: CountsReject | None = None,
         clock: Clock = utc_now,
-        send_back: Callable[[str, str, str, str], Order] | None = None,
+        send_back: CountsSendBack | None = None,
     ):
         """`orders` (the repository, built when first needed: a stock read never reads an order)
-        and `reject` (OrderActions.reject: order id, shipment id, reason, actor) let a stock take
-        below the reserved units send the shipments it no longer covers to be sourced again;
-        without them such a count is refused (InsufficientStock). `send_back`
-        (OrderActions.source_backorder_again: order id, location id, reason, actor) sends a
-        backordered order's units there back to be sourced; without it they are kept."""
+        and `reject` (OrderActions.reject: order id, shipment id, reason, actor, and the sku counted
+        short) let a stock take below the reserved units send the shipments it no longer covers to
+        be sourced again; without them such a count is refused (InsufficientStock). `send_back`
+        (OrderActions.source_backorder_again: order id, location id, reason, actor, the sku) sends a
+        backordered order's units there back to be sourced; without it they are kept. The sku
+        named lets the exclusion each makes lapse once it is restocked there."""
         self._send_back = send_back
         self._inventory = inventory
         self._catalog = catalog
@@ -247,7 +265,7 @@ class InventoryService:
             except InsufficientStock:
                 continue  # the reservations changed meanwhile
             written = True
-            self._rejected(location_id, shipments, actor)
+            self._rejected(sku, location_id, shipments, actor)
             level, _ = self._inventory.held_at(sku, location_id)
             if level.reserved <= level.on_hand:
                 self._inventory.short_count_finished(short)
@@ -259,16 +277,16 @@ class InventoryService:
             details=[{"field": "on_hand", "message": f"{level.reserved} units are reserved"}],
         )
 
-    def _rejected(self, location_id: str, shipments: list[tuple[str, str, bool]], actor: str) -> None:
+    def _rejected(self, sku: str, location_id: str, shipments: list[tuple[str, str, bool]], actor: str) -> None:
         assert self._reject is not None
         for order_id, shipment_id, backordered in shipments:
             # Conflict, NotFound: moved on (cancelled, shipped), planned again after.
             with contextlib.suppress(Conflict, NotFound), calls_about(order_id=order_id):
                 if backordered:
                     assert self._send_back is not None
-                    self._send_back(order_id, location_id, STOCK_COUNT_REASON, actor)
+                    self._send_back(order_id, location_id, STOCK_COUNT_REASON, actor, counted_sku=sku)
                 else:
-                    self._reject(order_id, shipment_id, STOCK_COUNT_REASON, actor)
+                    self._reject(order_id, shipment_id, STOCK_COUNT_REASON, actor, counted_sku=sku)
 
     def finish_short_counts(
         self, done: ShortCountsFinished, before: datetime, limit: int = SHORT_COUNTS_READ, time_up: TimeUp = never
@@ -284,12 +302,25 @@ class InventoryService:
         in `done.failed`, its mark left for the next pass, and the pass goes on to the next: at most
         `limit` are read (paged), so those that keep failing never keep the later ones waiting. None
         is started once `time_up`: the rest wait for the next pass (`done.left`, with one more
-        when more than `limit` are marked)."""
-        marked = self._inventory.short_counts(before, limit + 1)
+        when more than `limit` are marked). A pass that stops so records after which mark the next
+        starts (InventoryRepository.record_short_counts_resume), and the next takes the listing
+        round from there (the later marks, then the oldest up to it): marks that stay (an order
+        not allocated yet keeps them, held or parked, or their work keeps failing) are dealt with
+        once a round however many they are, and never keep a later one waiting for good. Reads:
+        where to start (one Query), the marks (one Query a page, two when it goes round), and per
+        mark worked its stock item (a Query) and the orders holding units there (a BatchGetItem);
+        a write where to start when that changes."""
+        resume = self._inventory.short_counts_resume()
+        marked = self._inventory.short_counts(before, limit + 1, after=resume)
+        if resume is not None and len(marked) <= limit:  # round the listing: the oldest, up to where it began
+            wrapped = self._inventory.short_counts(before, limit + 1 - len(marked))
+            marked += [short for short in wrapped if short.counted_at <= resume]
+        stopped: ShortCount | None = None  # the last mark dealt with, when the pass stops before the end
         for n, short in enumerate(marked[:limit]):
             if time_up():
                 done.left = len(marked) - n
-                return  # the rest to the next pass
+                stopped = marked[n - 1] if n else None
+                break  # the rest to the next pass
             try:
                 with calls_about(sku=short.sku, location_id=short.location_id):
                     finished = self._finish(short)
@@ -298,7 +329,12 @@ class InventoryService:
                 continue
             if finished:
                 done.finished.append(short)
-        done.left = len(marked) - limit if len(marked) > limit else 0
+        else:
+            done.left = len(marked) - limit if len(marked) > limit else 0
+            stopped = marked[limit - 1] if done.left else None
+        after = stopped.counted_at if stopped is not None else (resume if done.left else None)
+        if after != resume:
+            self._inventory.record_short_counts_resume(after)
 
     def _finish(self, short: ShortCount) -> bool:
         """Whether `short` is finished (its mark removed): what stays reserved fits, or nothing left
@@ -314,7 +350,7 @@ class InventoryService:
                 return False  # a later pass rejects the parcels their workflow books there
             except InsufficientStock:
                 break  # held by orders no count sends elsewhere
-            self._rejected(short.location_id, shipments, short.actor)
+            self._rejected(short.sku, short.location_id, shipments, short.actor)
         else:
             level, _ = self._inventory.held_at(short.sku, short.location_id)
             if level.reserved > level.on_hand:

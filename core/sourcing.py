@@ -152,16 +152,25 @@ def sourceable(order: Order, locations: list[Location], rules: SourcingRules) ->
     return [loc for loc in rules.eligible(eligible) if loc.location_id not in order.excluded_locations]
 
 
-def lacks_at(order: Order, sku: str, locations: list[Location], rules: SourcingRules) -> tuple[int, set[str]]:
+def lacks_at(
+    order: Order, sku: str, locations: list[Location], rules: SourcingRules, *, restocked: bool = False
+) -> tuple[int, set[str]]:
     """Units of `sku` a backordered `order` still lacks, and the locations it may take them at as a
-    fill takes them: eligible for it, not excluded, within `max_shipments`."""
+    fill takes them: eligible for it, not excluded, within `max_shipments`. `restocked`: where it
+    may take units of `sku` once they are restocked there, which a location only a stock take's
+    count of `sku` excluded is (Order.count_exclusion_lapsed): what a reorder point buys for. Not
+    what it may take now: units there that are not new (released) are another order's to take."""
     short = order.short_of()
     lacks = sum(short.get(line.line_id, 0) for line in order.lines if line.sku == sku)
     if not lacks:
         return 0, set()
     used = {allocation.location_id for allocation in order.allocations}
+    lifted = [loc for loc in order.counted_short if restocked and not order.excludes(loc, restocked=sku)]
+    once_restocked = order.model_copy(
+        update={"excluded_locations": [loc for loc in order.excluded_locations if loc not in lifted]}
+    )  # only read here, never stored
     return lacks, {
-        loc.location_id for loc in sourceable(order, locations, rules) if rules.admits(loc.location_id, used)
+        loc.location_id for loc in sourceable(once_restocked, locations, rules) if rules.admits(loc.location_id, used)
     }
 
 

@@ -795,7 +795,7 @@ class Workflow:
 
     def fill_backorder(
         self, order_id: str, actor: str = WORKFLOW_ACTOR, *, in_queue_order: bool = False,
-        queue: str | None = None,
+        queue: str | None = None, restocked: tuple[str, str] | None = None,
     ) -> Order:  # fmt: skip
         """Reserve what has arrived for a backordered order, line by line, at its eligible
         locations; return the order as it is afterwards (unchanged when it is not backordered or
@@ -808,11 +808,16 @@ class Workflow:
         An arrival walks one sku's `queue` oldest first: only that sku is the order's without a
         look at the older orders; its other skus may have arrived for older orders whose queues
         the stream has not handed them to yet (the skus of one purchase-order receipt come one
-        record after the other)."""
+        record after the other). `restocked` (sku, location_id): units of that sku were added to
+        on_hand there, which lifts the exclusion of the location a stock take's count of the sku
+        made for the order (Order.count_exclusion_lapsed): planned with it, and lifted in the fill's
+        write (none, nothing lifted: the next restock there lifts it)."""
 
         def decide(order: Order, full: Collection[tuple[str, str]]) -> tuple[Change, list[TopUp]] | None:
             if order.status is not S.BACKORDERED:
                 return None
+            lapsed = order.count_exclusion_lapsed(restocked[1], restocked[0]) if restocked is not None else {}
+            planned = order.model_copy(update=lapsed) if lapsed else order  # only planned with, never stored
             rules = self._rules()
             locations = self._catalog.list_locations()
             # What it holds is read at every location it may hold stock at (the rules may have
@@ -821,17 +826,18 @@ class Workflow:
             eligible = eligible_locations(order.fulfillment.type, order.fulfillment.location_id, locations)
             recorded = [a.location_id for a in order.allocations]
             held = self._reservations_of(order, list(dict.fromkeys([loc.location_id for loc in eligible] + recorded)))
-            allowed = sourceable(order, locations, rules)
+            allowed = sourceable(planned, locations, rules)
             top_ups = self._top_ups(
-                order, allowed, held, rules, destination_of(order, locations), None if in_queue_order else locations,
+                planned, allowed, held, rules, destination_of(order, locations), None if in_queue_order else locations,
                 queue, full,
             )  # fmt: skip
             if not top_ups:
                 return None
             for t in top_ups:
                 held[(t.sku, t.location_id, t.key)] = t.quantity
+            held_now, at = _allocations(order, held), self._clock()
             change = order.reserve_backordered(
-                _allocations(order, held), at=self._clock(), actor=actor, rules_version=rules.version
+                held_now, at=at, actor=actor, rules_version=rules.version, restocked=restocked
             )
             return change, top_ups
 

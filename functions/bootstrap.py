@@ -446,11 +446,11 @@ class Container:
             self.inventory_repository,
             self.cached_catalog,
             orders=lambda: self.order_repository,
-            reject=lambda order_id, shipment_id, reason, actor: self.actions.reject(
-                order_id, shipment_id, reason, actor
+            reject=lambda order_id, shipment_id, reason, actor, counted_sku=None: self.actions.reject(
+                order_id, shipment_id, reason, actor, counted_sku=counted_sku
             ),
-            send_back=lambda order_id, location_id, reason, actor: self.actions.source_backorder_again(
-                order_id, location_id, reason, actor
+            send_back=lambda order_id, location_id, reason, actor, counted_sku=None: (
+                self.actions.source_backorder_again(order_id, location_id, reason, actor, counted_sku=counted_sku)
             ),
         )
 

@@ -2297,6 +2297,11 @@ WITHDRAWN = "withdrawn"
 # function died between the count and its rejects.
 SHORT_COUNT, SHORT_COUNTED_AT, SHORT_COUNT_ACTOR = "short_count", "short_counted_at", "short_count_actor"
 SHORT_COUNTS_INDEX = "short_counts"
+# Where the reconciler's next pass over the marks starts (InventoryService.finish_short_counts): an
+# item of its own in the Inventory table, keyed apart from every stock item ('#' is no sku's) and
+# seen by no stream consumer (it is never `arrived` nor `reorder_watch`).
+SHORT_COUNTS_RESUME_KEY = {"sku": {"S": "#short_counts"}, "location_id": {"S": "#resume"}}
+SHORT_COUNTS_RESUME_AFTER = "resume_after"
 # How many times a ship's stock write is decided again when on_hand moves between its two writes.
 SHIP_ATTEMPTS = 5
 
@@ -2382,14 +2387,19 @@ class DynamoInventory(InventoryRepository):
             ) from None
         return _level(from_item(response["Attributes"]))
 
-    def short_counts(self, before: datetime, limit: int) -> list[ShortCount]:
+    def short_counts(self, before: datetime, limit: int, after: datetime | None = None) -> list[ShortCount]:
         # Paged on until `limit` marks are read: a query's page stops at 1 MB, and those past it
         # must not wait behind older marks that keep failing.
+        values = {":short": {"S": SHORT_COUNT}, ":before": {"S": timestamp(before)}}
+        within = f"{SHORT_COUNTED_AT} < :before"
+        if after is not None:
+            within = f"{SHORT_COUNTED_AT} BETWEEN :after AND :before"
+            values[":after"] = {"S": timestamp(after)}
         query: dict[str, Any] = {
             "TableName": self._table,
             "IndexName": SHORT_COUNTS_INDEX,
-            "KeyConditionExpression": f"{SHORT_COUNT} = :short AND {SHORT_COUNTED_AT} < :before",
-            "ExpressionAttributeValues": {":short": {"S": SHORT_COUNT}, ":before": {"S": timestamp(before)}},
+            "KeyConditionExpression": f"{SHORT_COUNT} = :short AND {within}",
+            "ExpressionAttributeValues": values,
         }
         found: list[dict[str, Any]] = []
         while len(found) < limit:
@@ -2398,11 +2408,35 @@ class DynamoInventory(InventoryRepository):
             if "LastEvaluatedKey" not in response:
                 break
             query["ExclusiveStartKey"] = response["LastEvaluatedKey"]
-        return [
+        marks = [
             ShortCount(item["sku"], item["location_id"], item.get(SHORT_COUNT_ACTOR, "stock_take"),
                        datetime.fromisoformat(item[SHORT_COUNTED_AT]))
             for item in found
         ]  # fmt: skip
+        # BETWEEN holds both ends: strictly after `after`, strictly before `before`.
+        return [m for m in marks if (after is None or m.counted_at > after) and m.counted_at < before]
+
+    def short_counts_resume(self) -> datetime | None:
+        # A Query (the reconciler's grant on the table), read consistently: the pass before wrote it.
+        items = self._client.query(
+            TableName=self._table,
+            KeyConditionExpression="sku = :sku AND location_id = :resume",
+            ExpressionAttributeValues={":sku": SHORT_COUNTS_RESUME_KEY["sku"],
+                                       ":resume": SHORT_COUNTS_RESUME_KEY["location_id"]},
+            ConsistentRead=True,
+        ).get("Items", [])  # fmt: skip
+        after = items[0].get(SHORT_COUNTS_RESUME_AFTER) if items else None
+        return datetime.fromisoformat(after["S"]) if after else None
+
+    def record_short_counts_resume(self, after: datetime | None) -> None:
+        # UpdateItem either way (the reconciler's grant: no PutItem or DeleteItem on the table).
+        request: dict[str, Any] = {"TableName": self._table, "Key": SHORT_COUNTS_RESUME_KEY}
+        if after is None:
+            request["UpdateExpression"] = f"REMOVE {SHORT_COUNTS_RESUME_AFTER}"
+        else:
+            request["UpdateExpression"] = f"SET {SHORT_COUNTS_RESUME_AFTER} = :after"
+            request["ExpressionAttributeValues"] = {":after": {"S": timestamp(after)}}
+        self._client.update_item(**request)
 
     def short_count_finished(self, count: ShortCount) -> None:
         try:
@@ -2891,6 +2925,8 @@ ENTRY_HOLDS = "holds"
 # On a stock item: the queue entry after which an arrival's walk there goes on, and the stream record
 # that handed it on (DynamoBackorders.walk_from; read back with `wake_after`).
 WALK_AFTER, WALK_BY = "walk_after", "walk_by"
+# Whether the walk handed on is a restock's (BackorderAllocator.arrived's `restocked`).
+WALK_RESTOCKED = "walk_restocked"
 
 
 class DynamoBackorders(Backorders):
@@ -3024,23 +3060,27 @@ class DynamoBackorders(Backorders):
             for item in items
         ]
 
-    def walk_from(self, sku: str, location_id: str, after: WaitingOrder, by: str) -> None:
+    def walk_from(self, sku: str, location_id: str, after: WaitingOrder, by: str, restocked: bool = False) -> None:
         """Hand an arrival's walk of `sku`'s queue on from after `after` (BackorderAllocator.arrived):
         `walk_after` names the entry and `walk_by` the stream record handing it on (`by`, its
         sequence number) on the stock item the units arrived at, with ARRIVED, so that the change
         is a record the stream's filter passes and the function goes on from there
         (functions/backorders). Nothing when that record handed it on already (redelivered: the
-        walk it started goes on once), nor when the stock item is gone (no units to give)."""
+        walk it started goes on once), nor when the stock item is gone (no units to give).
+        `walk_restocked`: whether the walk is a restock's, which the walk handed on stays."""
         try:
             self._client.update_item(
                 TableName=self._table,
                 Key={"sku": {"S": sku}, "location_id": {"S": location_id}},
-                UpdateExpression=f"SET {WALK_AFTER} = :after, {WALK_BY} = :by, {ARRIVED} = :arrived",
+                UpdateExpression=(
+                    f"SET {WALK_AFTER} = :after, {WALK_BY} = :by, {ARRIVED} = :arrived, {WALK_RESTOCKED} = :restocked"
+                ),
                 ConditionExpression=f"attribute_exists(sku) AND (attribute_not_exists({WALK_BY}) OR {WALK_BY} <> :by)",
                 ExpressionAttributeValues={
                     ":after": {"S": f"{timestamp(after.created_at)}#{after.order_id}"},
                     ":by": {"S": by},
                     ":arrived": {"BOOL": True},
+                    ":restocked": {"BOOL": restocked},
                 },
             )
         except ClientError as error:

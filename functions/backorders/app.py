@@ -23,10 +23,12 @@ from core.sourcing_rules import SourcingRules
 from functions.adapters.dynamodb import (
     BACKORDER_PREFIX,
     NETWORK_KEY,
+    SHORT_COUNT,
     SOURCING_RULES_PK,
     WAKE_AFTER,
     WALK_AFTER,
     WALK_BY,
+    WALK_RESTOCKED,
     wake_after,
 )
 from functions.backorders.low_stock import backorder_marked, crossing_of, point_set, withdrawal_of
@@ -45,6 +47,14 @@ container = WarmContainer()
 def _available(image: dict[str, Any] | None) -> int:
     value = (image or {}).get("available")
     return int(value) if value is not None else 0
+
+
+def _restocked(new: dict[str, Any], old: dict[str, Any]) -> bool:
+    """Whether the change added units to on_hand (a receipt, a count above the last, a return
+    restocked), which lifts a stock take's exclusion of the location for the orders it sent
+    elsewhere. Not while a count's mark stands there: its rejects' releases may not have landed,
+    and an order filled there before they do would have its new units released by them."""
+    return int(new.get("on_hand") or 0) > int(old.get("on_hand") or 0) and SHORT_COUNT not in new
 
 
 def _report(result: Arrival) -> None:
@@ -68,10 +78,12 @@ def arrival(record: DynamoDBRecord) -> None:
         return  # a backorder queue entry, not stock
     new, old = record.dynamodb.new_image or {}, record.dynamodb.old_image or {}
     after = None  # units arrived: the walk starts from the oldest
+    restocked = _restocked(new, old)
     if _available(new) <= _available(old):
         if not new.get(WALK_AFTER) or new.get(WALK_BY) == old.get(WALK_BY):
             return  # reserved or shipped: nothing arrived
         after = wake_after(str(new[WALK_AFTER]))  # a walk handed on: it goes on from there
+        restocked = bool(new.get(WALK_RESTOCKED))  # as the walk that handed it on was
     if not container().backorders.waiting(sku, after, 1):
         return  # nobody waits for this sku (after there): one Query, and no plugin is loaded for it
     # Its place in the stream, the same for a redelivery (which hands on nothing again); a record
@@ -82,11 +94,11 @@ def arrival(record: DynamoDBRecord) -> None:
         # On the stock item, as a change the stream's filter passes: the rest of the walk is a
         # record of its own, in order with the sku's other changes there, and a failure before
         # it is written fails this record, whose retry walks again (its fills reserve nothing twice).
-        container().backorders.walk_from(sku, location_id, last, by)
+        container().backorders.walk_from(sku, location_id, last, by, restocked)
         logger.info("backorder walk handed on", extra={"after": last.order_id})
 
     with logger.append_context_keys(sku=sku, location_id=location_id):
-        _report(container().backorder_allocator.arrived(sku, location_id, after, hand_on))
+        _report(container().backorder_allocator.arrived(sku, location_id, after, hand_on, restocked=restocked))
 
 
 def _say(said: Said) -> None:

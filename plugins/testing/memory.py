@@ -278,6 +278,7 @@ class InMemoryInventory(InventoryRepository):
         self.refused_restocks: dict[tuple[str, str], int] = {}  # (location, key): units past MAX_ON_HAND
         self.adjusted: dict[tuple[str, str, str], tuple[int, str]] = {}  # what each key counted
         self.short: dict[tuple[str, str], ShortCount] = {}  # stock takes recorded short, by stock item
+        self.short_resume: datetime | None = None  # where the reconciler's next pass over them starts
 
     def _get(self, sku: str, location_id: str) -> StockLevel:
         return self.stock.get(
@@ -311,9 +312,18 @@ class InMemoryInventory(InventoryRepository):
             self.short.pop((sku, location_id), None)
         return self._put(level.model_copy(update={"on_hand": on_hand, "available": on_hand - level.reserved}))
 
-    def short_counts(self, before: datetime, limit: int) -> list[ShortCount]:
-        marked = sorted((c for c in self.short.values() if c.counted_at < before), key=lambda c: c.counted_at)
+    def short_counts(self, before: datetime, limit: int, after: datetime | None = None) -> list[ShortCount]:
+        marked = sorted(
+            (c for c in self.short.values() if c.counted_at < before and (after is None or c.counted_at > after)),
+            key=lambda c: c.counted_at,
+        )
         return marked[:limit]
+
+    def short_counts_resume(self) -> datetime | None:
+        return self.short_resume
+
+    def record_short_counts_resume(self, after: datetime | None) -> None:
+        self.short_resume = after
 
     def short_count_finished(self, count: ShortCount) -> None:
         if self.short.get((count.sku, count.location_id)) == count:

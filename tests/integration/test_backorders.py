@@ -1445,3 +1445,102 @@ def test_the_upgrade_leaves_no_entry_for_an_order_that_stopped_waiting_as_it_wro
 
     assert shop.order(order_id).status is S.ALLOCATED
     assert _queued(shop, "BOOK") == _queued(shop) == []
+
+
+# --- A stock take's exclusion lapses once the location is restocked ------------------------------
+
+
+def stock_record(location_id: str, old_on_hand: int, new_on_hand: int, reserved: int = 0) -> dict[str, Any]:
+    """A stock item's change as the Inventory stream carries it: on_hand with available."""
+    images = {
+        name: {"on_hand": {"N": str(on_hand)}, "reserved": {"N": str(reserved)},
+               "available": {"N": str(on_hand - reserved)}}
+        for name, on_hand in (("OldImage", old_on_hand), ("NewImage", new_on_hand))
+    }  # fmt: skip
+    return {**record(location_id, old_on_hand - reserved, new_on_hand - reserved), "dynamodb": {
+        "Keys": {"sku": {"S": "PREORDER"}, "location_id": {"S": location_id}}, "SequenceNumber": "2", **images,
+    }}  # fmt: skip
+
+
+def counted_out_of(shop: Shop, location_id: str) -> str:
+    """An order of 3 that held the 2 units at `location_id` and waited for one more, sent back to
+    be sourced by a stock take there of 0 and backordered again holding nothing: `location_id`
+    is excluded for it by the count, and no other location has any."""
+    shop.inventory.adjust("PREORDER", location_id, 2, reason="receipt")
+    order_id = shop.backordered(3)
+    assert shop.held(order_id) == 2
+    shop.container.inventory.count("PREORDER", location_id, 0, actor="key_stock_take")
+    assert shop.order(order_id).status is S.AUTHORIZED  # its workflow sources it again, without there
+    with pytest.raises(Backordered):
+        shop.container.workflow.reserve_stock(order_id)
+    assert (shop.order(order_id).status, shop.held(order_id)) == (S.BACKORDERED, 0)
+    return order_id
+
+
+@pytest.mark.parametrize("restock", ["receipt", "count"])
+def test_a_location_a_stock_take_counted_short_supplies_the_order_again_once_restocked(shop, restock):
+    order_id = counted_out_of(shop, "wh-east")
+
+    if restock == "receipt":
+        shop.inventory.adjust("PREORDER", "wh-east", 5, reason="receipt")
+    else:
+        shop.container.inventory.count("PREORDER", "wh-east", 5, actor="key_stock_take")
+    assert consume(shop, stock_record("wh-east", 0, 5)) == {"batchItemFailures": []}
+
+    # It waited for stock elsewhere while the restocked location had units.
+    assert [(a.location_id, a.quantity) for a in shop.order(order_id).allocations] == [("wh-east", 3)]
+    assert shop.level() == (5, 3, 2)
+    assert shop.executions() == [order_id]
+    (entry,) = [e for e in shop.container.order_repository.history(order_id)[1] if e.type == "stock_reserved"][-1:]
+    assert entry.detail["exclusion_lapsed"] == {"location_id": "wh-east", "sku": "PREORDER"}
+
+
+def test_a_restock_redelivered_lifts_the_exclusion_and_reserves_once(shop):
+    order_id = counted_out_of(shop, "wh-east")
+    shop.inventory.adjust("PREORDER", "wh-east", 5, reason="receipt")
+    batch = [stock_record("wh-east", 0, 5)]
+
+    consume(shop, *batch)
+    consume(shop, *batch)
+
+    assert shop.held(order_id) == 3 and shop.level() == (5, 3, 2)
+    assert [e.type for e in shop.container.order_repository.history(order_id)[1]].count("stock_reserved") == 1
+
+
+def test_a_location_whose_store_rejected_the_order_stays_excluded_once_restocked(shop):
+    # A person refused the order there: a restock does not change that, as a count's shortfall it does.
+    shop.inventory.adjust("PREORDER", "wh-east", 2, reason="receipt")
+    order_id = shop.backordered(3)  # holds 2 at wh-east; the third unit comes, and it is allocated there
+    shop.inventory.adjust("PREORDER", "wh-east", 1, reason="receipt")
+    consume(shop, stock_record("wh-east", 2, 3, reserved=2))
+    shop.container.workflow.create_shipments(order_id)
+    (parcel,) = shop.order(order_id).shipments
+    shop.container.actions.reject(order_id, parcel.id, "damaged", "key_store")
+    with pytest.raises(Backordered):
+        shop.container.workflow.reserve_stock(order_id)
+    assert (shop.order(order_id).status, shop.held(order_id)) == (S.BACKORDERED, 0)
+
+    shop.inventory.adjust("PREORDER", "wh-east", 5, reason="receipt")
+    consume(shop, stock_record("wh-east", 3, 8))
+
+    assert (shop.order(order_id).status, shop.held(order_id)) == (S.BACKORDERED, 0)
+    assert shop.level() == (8, 0, 8)
+
+
+def test_a_restocks_walk_handed_on_lifts_a_counts_exclusion_for_the_orders_past_its_first_stretch(shop, monkeypatch):
+    """The walk that reaches the order counted out of the location is the one the restock's record
+    handed on (its first stretch read an older order on hold): a restock all the same."""
+    from core.holds import HoldRequest
+
+    monkeypatch.setattr("core.backorders.WALK_READS", 1)
+    held = shop.backordered(1)
+    shop.container.holds.hold(held, HoldRequest(reason="fraud_review"), actor="key_ops")
+    order_id = counted_out_of(shop, "wh-east")
+    deliver = stream_delivery(shop)
+
+    shop.inventory.adjust("PREORDER", "wh-east", 5, reason="receipt")
+    while deliver():
+        pass
+
+    assert [(a.location_id, a.quantity) for a in shop.order(order_id).allocations] == [("wh-east", 3)]
+    assert shop.level() == (5, 3, 2)

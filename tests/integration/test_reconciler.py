@@ -373,12 +373,13 @@ def test_the_reconciler_queries_the_status_index_and_never_scans(stack, monkeypa
     # test stack's `acme_pay` and `test`); then the orders owing a carrier work, the refunds left
     # pending, what returns kept back, the authorizations edits left and the settlement captures
     # cancels left (the by_pending_refund index's five partitions); then the imports' listing, for
-    # imports left short; then the stock takes recorded short (the Inventory table's short_counts);
-    # then the listing of the customer notifications the plugins failed to send (its own partition,
-    # the due ones).
-    assert [operation for operation, _ in calls] == ["query"] * 15
-    *calls, (_, imports), (_, short_counts), (_, retries) = calls
+    # imports left short; then where the pass over the stock takes recorded short starts (its own
+    # item in the Inventory table) and those marks (the Inventory table's short_counts); then the
+    # listing of the customer notifications the plugins failed to send (its own partition, the due ones).
+    assert [operation for operation, _ in calls] == ["query"] * 16
+    *calls, (_, imports), (_, resume), (_, short_counts), (_, retries) = calls
     assert "IndexName" not in imports and imports["ExpressionAttributeValues"][":pk"] == {"S": "IMPORTS"}
+    assert "IndexName" not in resume and resume["ExpressionAttributeValues"][":sku"] == {"S": "#short_counts"}
     assert short_counts["IndexName"] == "short_counts"
     assert "IndexName" not in retries and retries["ExpressionAttributeValues"][":pk"] == {"S": "NOTIFY_RETRY"}
     assert [kwargs["IndexName"] for _, kwargs in calls] == [
@@ -2111,7 +2112,7 @@ def test_a_short_count_whose_function_died_before_its_rejects_is_finished_throug
     older = allocated(services, place_order(external_id="web-older", lines=[{"sku": "MUG", "quantity": 2}]))
     newer = allocated(services, place_order(external_id="web-newer", lines=[{"sku": "MUG", "quantity": 2}]))
 
-    def died(*args: object) -> None:
+    def died(*args: object, **kwargs: object) -> None:
         raise RuntimeError("the API function timed out after the count")
 
     counted_at = utc_now() - timedelta(minutes=5)  # its request is long over
@@ -2262,6 +2263,43 @@ def test_short_counts_a_pass_does_not_start_are_counted_as_left(stack):
     service.finish_short_counts(out_of_time, utc_now(), time_up=lambda: next(starts))
     assert ([s.sku for s in out_of_time.finished], out_of_time.left) == (skus[2:3], 1)
     assert [s.sku for s in inventory.short_counts(utc_now(), 10)] == skus[3:]
+
+
+def test_a_mark_behind_more_kept_marks_than_a_pass_works_is_finished_by_a_later_run(stack, monkeypatch):
+    # Marks an order keeps (held, or parked, not allocated yet: NotAllocatedYet) stay, oldest first in
+    # the index: each run read the 500 oldest and worked those only, so with 500 kept the 501st
+    # waited for good. Each run now works the next 500 in turn, the listing taken round from where
+    # the run before stopped.
+    from core.services import SHORT_COUNTS_READ, InventoryService
+    from functions.adapters import dynamodb as adapter
+    from functions.reconciler.app import lambda_handler
+
+    client, table = stack["aws"].dynamodb, stack["aws"].tables["InventoryTable"]
+    kept = [f"KEPT{n:03}" for n in range(SHORT_COUNTS_READ)]
+    counted = utc_now() - timedelta(hours=1)
+    items = [
+        adapter.to_item({
+            "sku": sku, "location_id": "wh-west", "on_hand": 1, "reserved": 4, "available": -3,
+            "reservations": {f"{order_id('x')}#L1": 4}, adapter.SHORT_COUNT: adapter.SHORT_COUNT,
+            adapter.SHORT_COUNTED_AT: adapter.timestamp(counted + timedelta(seconds=n)),
+            adapter.SHORT_COUNT_ACTOR: "key_counter",
+        })
+        for n, sku in enumerate(kept)
+    ]  # fmt: skip
+    for start in range(0, len(items), 25):
+        client.batch_write_item(RequestItems={table: [{"PutRequest": {"Item": i}} for i in items[start : start + 25]]})
+    inventory = adapter.DynamoInventory(client, table)
+    counted_short(inventory, ["LATER"])  # half an hour ago: after every kept one
+    real_finish = InventoryService._finish
+
+    def finish(self: InventoryService, short: Any) -> bool:
+        return False if short.sku.startswith("KEPT") else real_finish(self, short)
+
+    monkeypatch.setattr(InventoryService, "_finish", finish)
+    for n in range(3):
+        lambda_handler(scheduled(f"2026-12-03T12:{5 * n:02d}:00Z"), Context())
+
+    assert [s.sku for s in inventory.short_counts(utc_now(), 1_000)] == kept  # LATER's finished
 
 
 def test_a_partly_shipped_orders_reject_that_died_after_its_write_is_finished_by_the_kept_back_pass(stack, monkeypatch):

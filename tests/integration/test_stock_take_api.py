@@ -194,12 +194,12 @@ def test_an_order_edited_before_the_counts_send_back_lands_keeps_none_of_the_uni
     network, sku, order_id, steps = backordered(api, west=3)
     real = OrderActions.source_backorder_again
 
-    def edited_first(actions: OrderActions, *args: str):
+    def edited_first(actions: OrderActions, *args: str, **kwargs: str | None):
         order = api.get(f"/orders/{order_id}").json()
         edited = api.request("PATCH", f"/orders/{order_id}", json={"lines": [{"sku": sku, "quantity": 3}]},
                              headers={"If-Match": str(order["version"])})  # fmt: skip
         assert edited.status_code == 200 and edited.json()["status"] == "authorized", edited.text
-        return real(actions, *args)
+        return real(actions, *args, **kwargs)
 
     with monkeypatch.context() as patched:
         patched.setattr(OrderActions, "source_backorder_again", edited_first)
@@ -267,13 +267,13 @@ def test_a_count_retried_while_its_mark_is_kept_for_an_order_reserved_meanwhile_
     network, sku, order_id, steps = backordered(api, west=3)
     real = OrderActions.source_backorder_again
 
-    def edited_and_reserved_first(actions: OrderActions, *args: str):
+    def edited_and_reserved_first(actions: OrderActions, *args: str, **kwargs: str | None):
         order = api.get(f"/orders/{order_id}").json()
         edited = api.request("PATCH", f"/orders/{order_id}", json={"lines": [{"sku": sku, "quantity": 3}]},
                              headers={"If-Match": str(order["version"])})  # fmt: skip
         assert edited.status_code == 200, edited.text
         steps.reserve_stock(order_id)
-        return real(actions, *args)
+        return real(actions, *args, **kwargs)
 
     with monkeypatch.context() as patched:
         patched.setattr(OrderActions, "source_backorder_again", edited_and_reserved_first)

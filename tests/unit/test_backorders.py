@@ -1126,11 +1126,11 @@ def test_a_stock_take_whose_send_back_meets_an_order_the_walk_sent_back_whole_me
     send_back = world.actions.source_backorder_again
     walked: list[object] = []
 
-    def sent_back_whole_first(order_id: str, location_id: str, reason: str, actor: str):
+    def sent_back_whole_first(order_id: str, location_id: str, reason: str, actor: str, counted_sku: str | None = None):
         if not walked:
             world.inventory.adjust("BOOK", "wh-north", 1, reason="receipt")
             walked.append(allocator.arrived("BOOK", "wh-north"))
-        return send_back(order_id, location_id, reason, actor)
+        return send_back(order_id, location_id, reason, actor, counted_sku=counted_sku)
 
     service = InventoryService(
         world.inventory, world.catalog, orders=lambda: world.orders, reject=world.actions.reject,
@@ -1396,6 +1396,27 @@ def arrivals(world: World, rules: SourcingRules | None = None) -> tuple[Expected
     return ExpectedArrivals(counting, world.catalog, store), counting  # type: ignore[arg-type]
 
 
+def test_a_line_counted_out_of_a_location_shows_the_date_units_are_expected_there(setup):
+    """A stock take there counted its units short: the purchase order's receipt there lifts that
+    exclusion, so its date is when the order may take units there again."""
+    world, _, _ = setup
+    world.inventory.set_on_hand("PREORDER", "wh-west", 2, reason="count")
+    order_id = backordered(world, ("PREORDER", 3))
+    service = InventoryService(
+        world.inventory, world.catalog, orders=lambda: world.orders, reject=world.actions.reject,
+        send_back=world.actions.source_backorder_again,
+    )  # fmt: skip
+    service.count("PREORDER", "wh-west", 0)
+    with pytest.raises(Backordered):
+        world.workflow.reserve_stock(order_id)
+    expected = incoming(world, "PREORDER", "wh-west", days=4)
+
+    [shown] = arrivals(world)[0].shown([world.order(order_id)])
+
+    assert shown.awaiting_stock is not None
+    assert [(line.waiting_quantity, line.expected_at) for line in shown.awaiting_stock.lines] == [(3, expected)]
+
+
 def test_each_waiting_line_shows_the_earliest_date_at_the_locations_that_may_supply_it(setup):
     world, _, _ = setup
     order_id = backordered(world, ("PREORDER", 3), ("TSHIRT", 1), ("BOOK", 2))
@@ -1520,6 +1541,43 @@ def test_an_order_counted_where_a_cleared_point_bought_nothing_still_coming_is_p
 
     assert found.waiting == {"wh-east": 2} and asked == ["wh-west"]
     assert demand(allocator, BOTH) == {"wh-east": 2, "wh-west": 0}
+
+
+def test_an_order_a_stock_take_counted_out_of_the_only_point_is_bought_for_there():
+    """Its units at wh-west went with a count of 0 there: the count excludes wh-west until PREORDER
+    is restocked there, which the point's receipt is. The point did not count the order (wh-west
+    excluded), and nothing bought the 3 it waits for."""
+    world, allocator, _ = make_world([("PREORDER", "wh-west", 2)])
+    order_id = backordered(world, ("PREORDER", 3))
+    service = InventoryService(
+        world.inventory, world.catalog, orders=lambda: world.orders, reject=world.actions.reject,
+        send_back=world.actions.source_backorder_again,
+    )  # fmt: skip
+    service.count("PREORDER", "wh-west", 0)
+    with pytest.raises(Backordered):
+        world.workflow.reserve_stock(order_id)
+
+    assert demand(allocator, {"wh-west"}) == {"wh-west": 3}
+
+
+def test_units_a_count_left_where_it_excluded_an_older_order_go_to_a_younger_one():
+    """The older order takes units there again only once PREORDER is restocked there: what the count
+    left available is not held back for it from a younger order, which would leave it to no one."""
+    world, _, _ = make_world([("PREORDER", "wh-west", 6)])
+    world.allocated(("PREORDER", 4))
+    older = backordered(world, ("PREORDER", 4))  # holds the other 2
+    service = InventoryService(
+        world.inventory, world.catalog, orders=lambda: world.orders, reject=world.actions.reject,
+        send_back=world.actions.source_backorder_again,
+    )  # fmt: skip
+    service.count("PREORDER", "wh-west", 5)  # its 2 go: 1 is left available
+    with pytest.raises(Backordered):
+        world.workflow.reserve_stock(older)
+    assert world.level("PREORDER", "wh-west") == (5, 4, 1)
+
+    younger = world.run(world.place(("PREORDER", 1)))
+
+    assert younger.status is S.ALLOCATED and [s.location_id for s in younger.shipments] == ["wh-west"]
 
 
 def test_orders_kept_where_a_cleared_point_bought_are_those_the_units_still_coming_cover():

@@ -135,7 +135,7 @@ def test_a_count_whose_function_died_before_its_rejects_is_finished_by_the_count
     older = allocated_later(world, ("TSHIRT", 4))
     newer = allocated_later(world, ("TSHIRT", 4))
 
-    def died(*args: object) -> None:
+    def died(*args: object, **kwargs: object) -> None:
         raise RuntimeError("the Lambda timed out after the count")
 
     dying = InventoryService(world.inventory, world.catalog, orders=lambda: world.orders, reject=died)
@@ -161,8 +161,8 @@ def test_the_released_units_are_not_reserved_by_an_order_placed_between_the_reje
     placed: list[str] = []
     real = world.actions.reject
 
-    def reject_then_place(order_id: str, shipment_id: str, reason: str, actor: str):
-        done = real(order_id, shipment_id, reason, actor)
+    def reject_then_place(order_id: str, shipment_id: str, reason: str, actor: str, counted_sku: str | None = None):
+        done = real(order_id, shipment_id, reason, actor, counted_sku=counted_sku)
         if not placed:
             placed.append(allocated_later(world, ("TSHIRT", 2)).id)
         return done
@@ -337,7 +337,7 @@ def test_a_count_whose_rejects_keep_losing_keeps_its_mark_for_the_reconcilers_pa
     older = allocated_later(world, ("TSHIRT", 4))
     newer = allocated_later(world, ("TSHIRT", 4))
 
-    def lost(*args: object) -> None:
+    def lost(*args: object, **kwargs: object) -> None:
         raise InvalidTransition("the order moved on meanwhile")
 
     losing = InventoryService(
@@ -367,10 +367,10 @@ def sending_back_after(world: World, between) -> InventoryService:
     real = world.actions.source_backorder_again
     ran: list[object] = []
 
-    def send_back(order_id: str, location_id: str, reason: str, actor: str):
+    def send_back(order_id: str, location_id: str, reason: str, actor: str, counted_sku: str | None = None):
         if not ran:
             ran.append(between(order_id))
-        return real(order_id, location_id, reason, actor)
+        return real(order_id, location_id, reason, actor, counted_sku=counted_sku)
 
     return InventoryService(
         world.inventory, world.catalog, orders=lambda: world.orders, reject=world.actions.reject, send_back=send_back,
@@ -483,7 +483,7 @@ def test_an_order_sent_back_after_a_count_died_before_its_send_back_is_sent_else
     stands, its rejects owed) and allocated at wh-west. The reconciler's pass rejects that parcel."""
     waiting = backordered_later(world, ("BOOK", 5))
 
-    def died(*args: object) -> None:
+    def died(*args: object, **kwargs: object) -> None:
         raise RuntimeError("the Lambda timed out after the count")
 
     dying = InventoryService(
@@ -603,7 +603,7 @@ def test_a_sent_back_order_whose_release_died_and_then_held_has_its_units_releas
     holds = Holds(world.orders, clock=CLOCKS[id(world)], inventory=world.inventory, catalog=world.catalog)
     release = world.actions._release_lines
 
-    def died(*args: object) -> None:
+    def died(*args: object, **kwargs: object) -> None:
         raise RuntimeError("the Lambda timed out before the release")
 
     monkeypatch.setattr(world.actions, "_release_lines", died)
@@ -726,3 +726,83 @@ def test_a_receipt_while_a_counts_mark_is_kept_for_an_order_not_allocated_yet_is
     assert (received.on_hand, received.reserved, received.available) == (2, 4, 0)
     assert world.level("BOOK", "wh-west")[:2] == (2, 4)
     assert world.inventory.short_counts(NOW + timedelta(days=1), 10) == [ShortCount("BOOK", "wh-west", KEY, NOW)]
+
+
+# --- A stock take's exclusion lapses once its sku is restocked there; a person's reject stays ----------
+
+
+def test_a_counts_exclusion_names_its_sku_and_lapses_only_for_that_sku_restocked_there(world):
+    older = allocated_later(world, ("BOOK", 2))
+    waiting = backordered_later(world, ("BOOK", 5))  # 2 reserved at wh-west, 3 short
+    service(world).count("BOOK", "wh-west", 2, actor=KEY)
+
+    sent = world.order(waiting)
+    assert (sent.excluded_locations, sent.counted_short) == (["wh-west"], {"wh-west": ["BOOK"]})
+    assert sent.excludes("wh-west") and sent.excludes("wh-west", restocked="CAP")
+    assert not sent.excludes("wh-west", restocked="BOOK")
+    assert sent.count_exclusion_lapsed("wh-west", "BOOK") == {"excluded_locations": [], "counted_short": {}}
+    assert sent.count_exclusion_lapsed("wh-west", "CAP") == {}
+    assert world.order(older.id).counted_short == {}  # its parcel was kept
+
+
+def test_a_stock_takes_reject_of_a_parcel_names_its_sku_and_a_persons_reject_after_makes_it_stay(world):
+    older = allocated_later(world, ("TSHIRT", 4))
+    newer = allocated_later(world, ("TSHIRT", 4))
+    service(world).count("TSHIRT", "wh-west", 5, actor=KEY)
+    assert world.order(newer.id).counted_short == {"wh-west": ["TSHIRT"]}
+    assert world.order(older.id).counted_short == {}
+
+    again = sourced_again(world, newer.id)  # allocated at wh-east
+    # Another count there makes no difference to a location a person refused the order at, and a
+    # person's reject makes the exclusion of a location a count excluded their own.
+    persons = again._excluding("wh-east")
+    assert persons == {"excluded_locations": ["wh-west", "wh-east"], "counted_short": {"wh-west": ["TSHIRT"]}}
+    refused = again.model_copy(update=persons)
+    assert refused._excluding("wh-east", "TSHIRT")["counted_short"] == {"wh-west": ["TSHIRT"]}
+    assert again._excluding("wh-west")["counted_short"] == {}
+    assert again._excluding("wh-west", "CAP")["counted_short"] == {"wh-west": ["CAP", "TSHIRT"]}
+
+
+# --- The reconciler's pass over the marks goes on where the one before stopped ------------------------
+
+
+def test_each_pass_over_the_marks_goes_on_after_the_last_one_the_pass_before_dealt_with(world, monkeypatch):
+    # Three marks an order keeps (not allocated yet) and a later one: two a pass, the later one is
+    # reached by the second pass, and the third takes the listing round to the oldest again.
+    marks = {sku: ShortCount(sku, "wh-west", KEY, NOW + timedelta(seconds=n))
+             for n, sku in enumerate(["KEPT1", "KEPT2", "KEPT3", "LATER"])}  # fmt: skip
+    world.inventory.short.update({(m.sku, m.location_id): m for m in marks.values()})
+    worked: list[str] = []
+
+    def finish(self: InventoryService, short: ShortCount) -> bool:
+        worked.append(short.sku)
+        if short.sku.startswith("KEPT"):
+            return False
+        self._inventory.short_count_finished(short)
+        return True
+
+    monkeypatch.setattr(InventoryService, "_finish", finish)
+    passes = []
+    for _ in range(3):
+        done = ShortCountsFinished()
+        service(world).finish_short_counts(done, before=NOW + timedelta(minutes=5), limit=2)
+        passes.append((list(worked), [s.sku for s in done.finished], done.left))
+        worked.clear()
+
+    assert passes == [
+        (["KEPT1", "KEPT2"], [], 1),  # one more than a pass works is read: more are left
+        (["KEPT3", "LATER"], ["LATER"], 1),  # and KEPT1, round the listing, left to the next
+        (["KEPT1", "KEPT2"], [], 1),
+    ]
+    assert sorted(sku for sku, _ in world.inventory.short) == ["KEPT1", "KEPT2", "KEPT3"]
+
+
+def test_a_pass_that_deals_with_every_mark_starts_the_next_from_the_oldest(world, monkeypatch):
+    world.inventory.short[("KEPT", "wh-west")] = ShortCount("KEPT", "wh-west", KEY, NOW)
+    world.inventory.short_resume = NOW + timedelta(seconds=30)  # a pass stopped after a mark finished since
+    monkeypatch.setattr(InventoryService, "_finish", lambda self, short: False)
+
+    done = ShortCountsFinished()
+    service(world).finish_short_counts(done, before=NOW + timedelta(minutes=5), limit=2)
+
+    assert done.left == 0 and world.inventory.short_resume is None
