@@ -1,0 +1,293 @@
+"""Store execution tried adversarially over the in-process API: a pickup's ready, collect and
+reject, and a store's stock take, raced by a hold, a release, a cancel (whole or units), an edit
+and the pickup expiry, each step landing at the moment it hurts most (injected between the
+capture and its record, or between a hold and its release). After each: nothing handed over while
+held, the money captured only for what was handed over and never left short or over the total,
+no unit reserved for nobody, none released twice, stock never below zero."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from tests.e2e.client import Catalog, assert_error, order_body
+from tests.integration.in_process import InProcessApi, in_process_api_with_labels
+
+
+@pytest.fixture(scope="module")
+def api() -> Iterator[InProcessApi]:
+    with in_process_api_with_labels() as started:
+        yield started
+
+
+def container():
+    from functions.bootstrap import Config, bootstrap
+
+    return bootstrap(Config.from_env())
+
+
+def run_workflow(api: InProcessApi, order_id: str) -> dict[str, Any]:
+    """The order workflow's steps for `order_id` in this process, as the state machine runs them
+    after a placement or a release; the order as the API then shows it, whatever it became."""
+    from core.errors import OrderClosed, OutOfStock
+
+    steps = container().workflow
+    try:
+        steps.authorize_payment(order_id, attempt=0)
+        steps.reserve_stock(order_id)
+        steps.create_shipments(order_id)
+    except OrderClosed:
+        pass  # held, or past these steps: the execution ends
+    except OutOfStock as error:  # the state machine's CancelOrder
+        steps.cancel_after_failure(order_id, "OutOfStock", str(error))
+    return api.get(f"/orders/{order_id}").json()
+
+
+class Store:
+    def __init__(self, api: InProcessApi, on_hand: int = 5, price: str = "10.00"):
+        catalog = Catalog(api)
+        self.api = api
+        self.location = catalog.location(name="Store", type="store", ships=False, pickup=True)
+        self.sku = catalog.product(price, weight_grams=300)
+        self.on_hand = on_hand
+        catalog.stock(self.sku, self.location, on_hand)
+
+    def order(self, quantity: int = 1, token: str = "tok_approve") -> dict[str, Any]:
+        body = order_body(
+            (self.sku, quantity), channel=f"web-{uuid.uuid4().hex[:8]}",
+            fulfillment={"type": "pickup", "location_id": self.location},
+            payment={"method": "test", "token": token},
+        )  # fmt: skip
+        placed = self.api.post("/orders", json=body)
+        assert placed.status_code == 201, placed.text
+        order = run_workflow(self.api, placed.json()["id"])
+        assert order["status"] == "allocated", order
+        return order
+
+    def ready(self, quantity: int = 1, token: str = "tok_approve") -> tuple[dict[str, Any], str]:
+        order = self.order(quantity, token)
+        (parcel,) = order["shipments"]
+        readied = self.api.post(f"/orders/{order['id']}/shipments/{parcel['id']}/ready")
+        assert readied.status_code == 200, readied.text
+        return readied.json(), parcel["id"]
+
+    def stock(self) -> tuple[int, int]:
+        level = next(
+            loc for loc in self.api.get(f"/inventory/{self.sku}").json()["locations"]
+            if loc["location_id"] == self.location
+        )  # fmt: skip
+        return level["on_hand"], level["reserved"]
+
+
+def amount(money: dict[str, str]) -> Decimal:
+    return Decimal(money["amount"])
+
+
+def paid(order: dict[str, Any]) -> Decimal:
+    return amount(order["payment"]["captured"]) - amount(order["payment"]["refunded"])
+
+
+def datetime_of(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def test_a_hold_landing_between_a_collects_capture_and_its_record_gives_the_capture_back(
+    api: InProcessApi, monkeypatch: pytest.MonkeyPatch
+):
+    from core.cancellation import Cancellation
+    from core.holds import HoldRequest
+
+    store = Store(api)
+    order, parcel = store.ready()
+    captured = Cancellation.capture_share
+
+    def capture_then_held(self, *args: Any, **kwargs: Any):
+        made = captured(self, *args, **kwargs)
+        container().holds.hold(order["id"], HoldRequest(reason="fraud_review"), actor="key_reviewer")
+        return made
+
+    monkeypatch.setattr(Cancellation, "capture_share", capture_then_held)
+    collected = api.post(f"/orders/{order['id']}/shipments/{parcel}/deliver")
+    monkeypatch.undo()
+
+    assert_error(collected, 409, "invalid_transition")
+    held = api.get(f"/orders/{order['id']}").json()
+    assert held["status"] == "on_hold" and held["shipments"][0]["status"] == "ready_for_pickup"
+    assert paid(held) == 0
+    assert store.stock() == (store.on_hand, 1)  # handed nothing over, its unit still kept for it
+
+    released = api.post(f"/orders/{order['id']}/release", json={})
+    assert released.status_code == 200, released.text
+    done = api.post(f"/orders/{order['id']}/shipments/{parcel}/deliver")
+    assert done.status_code == 200, done.text
+    after = done.json()
+    assert after["status"] == "delivered" and paid(after) == amount(after["totals"]["grand_total"])
+    assert store.stock() == (store.on_hand - 1, 0)
+
+
+def test_units_cancelled_between_a_collects_capture_and_its_record_leave_the_collect_paying_for_the_rest(
+    api: InProcessApi, monkeypatch: pytest.MonkeyPatch
+):
+    from core.cancellation import Cancellation
+
+    store = Store(api)
+    order, parcel = store.ready(quantity=3)
+    captured = Cancellation.capture_share
+
+    def capture_then_cancelled(self, *args: Any, **kwargs: Any):
+        made = captured(self, *args, **kwargs)
+        monkeypatch.setattr(Cancellation, "capture_share", captured)
+        container().actions.cancel(order["id"], "customer_request", "key_support", lines={"L1": 1})
+        return made
+
+    monkeypatch.setattr(Cancellation, "capture_share", capture_then_cancelled)
+    collected = api.post(f"/orders/{order['id']}/shipments/{parcel}/deliver")
+    monkeypatch.undo()
+
+    assert_error(collected, 409, "invalid_transition")
+    shrunk = api.get(f"/orders/{order['id']}").json()
+    assert shrunk["shipments"][0]["lines"] == [{"line_id": "L1", "quantity": 2}]
+    assert paid(shrunk) == 0, shrunk["payment"]
+    assert store.stock() == (store.on_hand, 2)
+
+    done = api.post(f"/orders/{order['id']}/shipments/{parcel}/deliver")
+    assert done.status_code == 200, done.text
+    after = api.get(f"/orders/{order['id']}").json()
+    assert after["status"] == "delivered", after
+    assert after["lines"][0]["quantity"] == 2 and paid(after) == amount(after["totals"]["grand_total"])
+    assert store.stock() == (store.on_hand - 2, 0)
+
+
+def test_a_ready_pickup_held_shrunk_and_released_is_collected_for_what_is_left(api: InProcessApi):
+    store = Store(api)
+    order, parcel = store.ready(quantity=3)
+    path = f"/orders/{order['id']}"
+    assert api.post(f"{path}/hold", json={"reason": "customer_request"}).status_code == 200
+
+    cancelled = api.post(
+        f"{path}/cancel", json={"reason": "customer_request", "lines": [{"line_id": "L1", "quantity": 2}]}
+    )
+    assert cancelled.status_code == 200, cancelled.text
+    assert cancelled.json()["status"] == "on_hold", cancelled.json()
+    assert_error(api.post(f"{path}/shipments/{parcel}/deliver"), 409, "invalid_transition")
+    assert store.stock() == (store.on_hand, 1)
+
+    released = api.post(f"{path}/release", json={})
+    assert released.status_code == 200, released.text
+    (waiting,) = released.json()["shipments"]  # the parcel on the shelf, one unit in it now
+    assert (waiting["id"], waiting["status"], waiting["lines"]) == (
+        parcel, "ready_for_pickup", [{"line_id": "L1", "quantity": 1}],
+    )  # fmt: skip
+    collected = api.post(f"{path}/shipments/{waiting['id']}/deliver")
+    assert collected.status_code == 200, collected.text
+    final = collected.json()
+    assert final["status"] == "delivered", final
+    assert paid(final) == amount(final["totals"]["grand_total"])
+    assert store.stock() == (store.on_hand - 1, 0)
+
+
+def test_a_ready_pickup_edited_while_held_is_picked_again_and_collected_once(api: InProcessApi):
+    store = Store(api)
+    order, parcel = store.ready(quantity=1)
+    path = f"/orders/{order['id']}"
+    held = api.post(f"{path}/hold", json={"reason": "address_review"})
+    assert held.status_code == 200, held.text
+
+    edited = api.request(
+        "PATCH", path, headers={"If-Match": str(held.json()["version"])},
+        json={"lines": [{"sku": store.sku, "quantity": 2}]},
+    )  # fmt: skip
+    assert edited.status_code == 200, edited.text
+    assert edited.json()["status"] == "on_hold"
+    assert_error(api.post(f"{path}/shipments/{parcel}/deliver"), 409, "invalid_transition")
+    assert_error(api.post(f"{path}/shipments/{parcel}/ready"), 409, "invalid_transition")
+
+    assert api.post(f"{path}/release", json={}).status_code == 200
+    after = run_workflow(api, order["id"])
+    assert after["status"] == "allocated", after
+    (fresh,) = [s for s in after["shipments"] if s["status"] == "pending"]
+    assert fresh["id"] != parcel
+    assert api.post(f"{path}/shipments/{fresh['id']}/ready").status_code == 200
+    collected = api.post(f"{path}/shipments/{fresh['id']}/deliver")
+    assert collected.status_code == 200, collected.text
+    final = collected.json()
+    assert paid(final) == amount(final["totals"]["grand_total"])
+    assert store.stock() == (store.on_hand - 2, 0)
+
+
+def test_a_held_pickups_parcel_rejected_by_its_store_ends_cancelled_on_release_with_nothing_kept(api: InProcessApi):
+    store = Store(api)
+    order = store.order(quantity=2)
+    path = f"/orders/{order['id']}"
+    parcel = order["shipments"][0]["id"]
+    assert api.post(f"{path}/hold", json={"reason": "other"}).status_code == 200
+
+    rejected = api.post(f"{path}/shipments/{parcel}/reject", json={"reason": "no staff"})
+    assert rejected.status_code == 200, rejected.text
+    assert rejected.json()["status"] == "on_hold"
+    assert store.stock() == (store.on_hand, 0)
+    again = api.post(f"{path}/shipments/{parcel}/reject", json={"reason": "no staff"})
+    assert again.status_code == 200, again.text
+    assert store.stock() == (store.on_hand, 0)
+
+    assert api.post(f"{path}/release", json={}).status_code == 200
+    after = run_workflow(api, order["id"])
+    assert after["status"] == "cancelled", after
+    assert after["payment"]["status"] == "voided" and paid(after) == 0
+    assert store.stock() == (store.on_hand, 0)
+
+
+def test_a_collect_the_gateway_refuses_captures_nothing_and_the_pickup_still_expires(api: InProcessApi):
+    store = Store(api)
+    order, parcel = store.ready(quantity=1, token="tok_capture_decline")
+    path = f"/orders/{order['id']}"
+
+    refused = api.post(f"{path}/shipments/{parcel}/deliver")
+    assert refused.status_code == 502, refused.text
+    after = api.get(path).json()
+    assert after["shipments"][0]["status"] == "ready_for_pickup" and paid(after) == 0
+    assert store.stock() == (store.on_hand, 1)
+
+    from functions.bootstrap import Config, bootstrap
+
+    later = datetime_of(after["shipments"][0]["collect_by"]) + timedelta(seconds=1)
+    done = bootstrap(Config.from_env(), clock=lambda: later).pickup_expiry.run()
+    assert order["id"] in done.expired, done
+    expired = api.get(path).json()
+    assert expired["status"] == "cancelled" and paid(expired) == 0
+    assert store.stock() == (store.on_hand, 0)
+
+
+def test_a_short_count_at_a_store_rejects_a_held_pickups_parcel_and_its_release_cancels_it(api: InProcessApi):
+    store = Store(api, on_hand=3)
+    order = store.order(quantity=2)
+    path = f"/orders/{order['id']}"
+    assert api.post(f"{path}/hold", json={"reason": "other"}).status_code == 200
+
+    counted = api.put(f"/inventory/{store.sku}/{store.location}", json={"on_hand": 1})
+    assert counted.status_code == 200, counted.text
+    assert store.stock() == (1, 0)
+    held = api.get(path).json()
+    assert held["status"] == "on_hold" and held["allocations"] == []
+
+    assert api.post(f"{path}/release", json={}).status_code == 200
+    after = run_workflow(api, order["id"])
+    assert after["status"] == "cancelled", after
+    assert store.stock() == (1, 0)
+
+
+def test_a_short_count_below_a_ready_pickup_is_refused_and_changes_nothing(api: InProcessApi):
+    store = Store(api, on_hand=3)
+    order, parcel = store.ready(quantity=2)
+
+    assert_error(api.put(f"/inventory/{store.sku}/{store.location}", json={"on_hand": 1}), 409, "insufficient_stock")
+
+    assert store.stock() == (3, 2)
+    collected = api.post(f"/orders/{order['id']}/shipments/{parcel}/deliver")
+    assert collected.status_code == 200, collected.text
+    assert store.stock() == (1, 0)
