@@ -291,3 +291,70 @@ def test_a_short_count_below_a_ready_pickup_is_refused_and_changes_nothing(api: 
     collected = api.post(f"/orders/{order['id']}/shipments/{parcel}/deliver")
     assert collected.status_code == 200, collected.text
     assert store.stock() == (1, 0)
+
+
+def scan_at(now) -> dict[str, Any]:
+    """The scheduled jeopardy handler (its scan, then the capture sweep) run at `now`."""
+    from functions.bootstrap import Config, bootstrap
+    from functions.jeopardy import app
+    from tests.integration.import_support import context
+
+    app.container.forget()
+    try:
+        with app.container.override(bootstrap(Config.from_env(), clock=lambda: now)):
+            return app.lambda_handler({"detail-type": "Scheduled Event"}, context("JeopardyScanFunction", 60))
+    finally:
+        app.container.forget()
+
+
+def at(now):
+    from functions.bootstrap import Config, bootstrap
+
+    return bootstrap(Config.from_env(), clock=lambda: now)
+
+
+def test_a_pickup_a_person_confirms_collected_after_its_collect_died_is_not_expired_before_it_is_recorded(
+    api: InProcessApi, monkeypatch: pytest.MonkeyPatch
+):
+    # The customer was at the counter: the store's collect got the capture and died before its
+    # write. Nobody collected again, so once late the jeopardy scan gave the capture back and held
+    # the order for a person to confirm whether the customer took the parcel. The runbook
+    # (ShipsToConfirmAlarm): if it left, release the order and hand it over again (a held order
+    # hands nothing over, so the release comes first). The pickup's collect_by passed long before
+    # that hold began: released, it moved nothing, and the pickup expiry's next pass (every five
+    # minutes) cancelled the order under the person's hands: the units the customer took were put
+    # back on sale, the authorization voided, and the collect that follows was 409.
+    from core.holds import ReleaseRequest
+    from core.models import HistoryEntry, Order
+    from functions.adapters.dynamodb import DynamoOrders
+
+    store = Store(api)
+    order, parcel = store.ready(quantity=2)
+    real = DynamoOrders.update
+
+    def dies(self: DynamoOrders, new: Order, expected: Order, entries: list[HistoryEntry], **kw: object) -> None:
+        if entries and entries[0].type == "shipment_delivered":
+            raise TimeoutError("the API function timed out before recording the collect")
+        real(self, new, expected, entries, **kw)
+
+    monkeypatch.setattr(DynamoOrders, "update", dies)
+    with pytest.raises(TimeoutError):
+        container().actions.collect(order["id"], parcel, actor="key_store")
+    monkeypatch.undo()
+    late = datetime_of(order["shipments"][0]["collect_by"]) + timedelta(hours=48, minutes=5)
+    swept = scan_at(late)
+    assert swept["ships_held"] == [order["id"]], swept
+    held = api.get(f"/orders/{order['id']}").json()
+    assert held["status"] == "on_hold" and paid(held) == 0
+
+    released_at = late + timedelta(hours=2)  # the store confirmed the customer took it
+    released = at(released_at).holds.release(order["id"], ReleaseRequest(note="collected"), actor="key_ops")
+    assert released.status.value == "allocated"
+    expired = at(released_at + timedelta(minutes=5)).pickup_expiry.run()  # the reconciler's next pass
+
+    assert expired.expired == [], expired
+    collected = at(released_at + timedelta(minutes=6)).actions.collect(order["id"], parcel, actor="key_store")
+    assert collected.status.value == "delivered"
+    after = api.get(f"/orders/{order['id']}").json()
+    assert paid(after) == amount(after["totals"]["grand_total"]) > 0
+    assert store.stock() == (store.on_hand - 2, 0)
