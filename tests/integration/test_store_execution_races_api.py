@@ -358,3 +358,43 @@ def test_a_pickup_a_person_confirms_collected_after_its_collect_died_is_not_expi
     after = api.get(f"/orders/{order['id']}").json()
     assert paid(after) == amount(after["totals"]["grand_total"]) > 0
     assert store.stock() == (store.on_hand - 2, 0)
+
+
+def test_a_late_reject_of_a_parcel_an_edit_withdrew_releases_what_the_order_holds_there_at_once(api: InProcessApi):
+    # An allocated order held for review is edited (an address fixed, a quantity grown): its parcel
+    # is withdrawn and what its old line reserved stays reserved under that line's key for the
+    # workflow to move on the release. The warehouse, which had picked the old parcel, then rejects
+    # it (damaged stock): its location is excluded for the order, and README (Reject) says its
+    # units there are released. Only the new lines' keys were: the old line's units stayed
+    # reserved at a location the order can never take them from, out of every other order's reach
+    # for as long as the review lasted.
+    catalog = Catalog(api)
+    warehouse = catalog.location()
+    sku = catalog.product("10.00", weight_grams=300)
+    catalog.stock(sku, warehouse, 5)
+    placed = api.post("/orders", json=order_body((sku, 2), channel=f"web-{uuid.uuid4().hex[:8]}"))
+    assert placed.status_code == 201, placed.text
+    order = run_workflow(api, placed.json()["id"])
+    (parcel,) = order["shipments"]
+    path = f"/orders/{order['id']}"
+    held = api.post(f"{path}/hold", json={"reason": "address_review"})
+    assert held.status_code == 200, held.text
+    edited = api.request(
+        "PATCH", path, headers={"If-Match": str(held.json()["version"])}, json={"lines": [{"sku": sku, "quantity": 3}]}
+    )
+    assert edited.status_code == 200, edited.text
+
+    def level() -> tuple[int, int]:
+        found = api.get(f"/inventory/{sku}").json()["locations"]
+        return next((loc["on_hand"], loc["reserved"]) for loc in found if loc["location_id"] == warehouse)
+
+    assert level() == (5, 2)  # kept for the workflow, which the hold puts off
+
+    rejected = api.post(f"{path}/shipments/{parcel['id']}/reject", json={"reason": "damaged stock"})
+
+    assert rejected.status_code == 200, rejected.text
+    assert rejected.json()["status"] == "on_hold"
+    assert level() == (5, 0)
+    assert api.post(f"{path}/release", json={}).status_code == 200
+    after = run_workflow(api, order["id"])  # nowhere else to source it from
+    assert after["status"] == "cancelled" and level() == (5, 0)
