@@ -398,3 +398,65 @@ def test_a_late_reject_of_a_parcel_an_edit_withdrew_releases_what_the_order_hold
     assert api.post(f"{path}/release", json={}).status_code == 200
     after = run_workflow(api, order["id"])  # nowhere else to source it from
     assert after["status"] == "cancelled" and level() == (5, 0)
+
+
+def test_a_pickup_readied_while_a_short_count_plans_its_reject_never_takes_stock_below_zero(
+    api: InProcessApi, monkeypatch: pytest.MonkeyPatch
+):
+    from core.services import InventoryService
+
+    store = Store(api, on_hand=3)
+    order = store.order(quantity=2)
+    parcel = order["shipments"][0]["id"]
+    planned = InventoryService._to_reject
+
+    def plan_then_readied(self, *args: Any, **kwargs: Any):
+        plan = planned(self, *args, **kwargs)
+        monkeypatch.setattr(InventoryService, "_to_reject", planned)
+        container().actions.ready(order["id"], parcel, actor="key_store")
+        return plan
+
+    monkeypatch.setattr(InventoryService, "_to_reject", plan_then_readied)
+    counted = api.put(f"/inventory/{store.sku}/{store.location}", json={"on_hand": 1})
+    monkeypatch.undo()
+
+    # Recorded (the plan was made while the parcel could still be rejected), its reject then
+    # refused: the ready pickup keeps its units, above what was counted.
+    assert counted.status_code == 200, counted.text
+    assert store.stock() == (1, 2)
+    assert api.get(f"/orders/{order['id']}").json()["shipments"][0]["status"] == "ready_for_pickup"
+
+    collected = api.post(f"/orders/{order['id']}/shipments/{parcel}/deliver")
+
+    assert collected.status_code == 200, collected.text
+    after = collected.json()
+    assert after["status"] == "delivered" and paid(after) == amount(after["totals"]["grand_total"])
+    assert store.stock() == (1, 0)  # the count stands, never below zero (DynamoInventory.ship)
+
+
+def test_a_cancel_landing_between_a_collects_capture_and_its_record_gives_the_capture_back_once(
+    api: InProcessApi, monkeypatch: pytest.MonkeyPatch
+):
+    from core.cancellation import Cancellation
+
+    store = Store(api)
+    order, parcel = store.ready(quantity=2)
+    captured = Cancellation.capture_share
+
+    def capture_then_cancelled(self, *args: Any, **kwargs: Any):
+        made = captured(self, *args, **kwargs)
+        monkeypatch.setattr(Cancellation, "capture_share", captured)
+        container().actions.cancel(order["id"], "customer_request", "key_support")
+        return made
+
+    monkeypatch.setattr(Cancellation, "capture_share", capture_then_cancelled)
+    collected = api.post(f"/orders/{order['id']}/shipments/{parcel}/deliver")
+    monkeypatch.undo()
+
+    assert_error(collected, 409, "invalid_transition")
+    after = api.get(f"/orders/{order['id']}").json()
+    assert after["status"] == "cancelled" and after["shipments"][0]["status"] == "cancelled"
+    assert (paid(after), after["payment"]["status"]) == (0, "voided")
+    entries = [e["type"] for e in api.get(f"/orders/{order['id']}/history").json()["items"]]
+    assert entries.count("payment_capture_reversed") == 1 and "shipment_delivered" not in entries
+    assert store.stock() == (store.on_hand, 0)
