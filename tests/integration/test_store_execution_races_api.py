@@ -460,3 +460,57 @@ def test_a_cancel_landing_between_a_collects_capture_and_its_record_gives_the_ca
     entries = [e["type"] for e in api.get(f"/orders/{order['id']}/history").json()["items"]]
     assert entries.count("payment_capture_reversed") == 1 and "shipment_delivered" not in entries
     assert store.stock() == (store.on_hand, 0)
+
+
+@pytest.mark.parametrize("attempt", range(3))
+def test_a_ready_and_a_reject_of_one_pickup_at_once_leave_one_of_them(api: InProcessApi, attempt: int):
+    from tests.integration.test_write_routes_at_once import at_once
+
+    store = Store(api)
+    order = store.order(quantity=2)
+    parcel = f"/orders/{order['id']}/shipments/{order['shipments'][0]['id']}"
+
+    readied, rejected = at_once(
+        lambda: api.post(f"{parcel}/ready"), lambda: api.post(f"{parcel}/reject", json={"reason": "no staff"})
+    )
+
+    assert sorted([readied.status_code, rejected.status_code]) == [200, 409], (readied.text, rejected.text)
+    after = run_workflow(api, order["id"])
+    if readied.status_code == 200:
+        assert_error(rejected, 409, "invalid_transition")
+        assert after["shipments"][0]["status"] == "ready_for_pickup" and store.stock() == (store.on_hand, 2)
+    else:
+        assert_error(readied, 409, "invalid_transition")
+        assert after["status"] == "cancelled" and store.stock() == (store.on_hand, 0)
+
+
+@pytest.mark.parametrize("attempt", range(3))
+def test_a_collect_and_a_cancel_of_units_of_one_pickup_at_once_pay_for_what_was_handed_over(
+    api: InProcessApi, attempt: int
+):
+    from tests.integration.test_write_routes_at_once import at_once
+
+    store = Store(api)
+    order, parcel = store.ready(quantity=3)
+    path = f"/orders/{order['id']}"
+    one_unit = {"reason": "changed mind", "lines": [{"line_id": "L1", "quantity": 1}]}
+
+    collected, cancelled = at_once(
+        lambda: api.post(f"{path}/shipments/{parcel}/deliver"), lambda: api.post(f"{path}/cancel", json=one_unit)
+    )
+
+    after = api.get(path).json()
+    left = after["shipments"][0]["lines"][0]["quantity"]
+    if collected.status_code != 200:  # the cancel won: collected again, for what is left
+        assert_error(collected, 409, "invalid_transition")
+        again = api.post(f"{path}/shipments/{parcel}/deliver")
+        assert again.status_code == 200, again.text
+        after = again.json()
+    assert after["status"] == "delivered", (collected.text, cancelled.text)
+    assert paid(after) == amount(after["totals"]["grand_total"])
+    assert store.stock() == (store.on_hand - left, 0)
+    if cancelled.status_code == 200:
+        assert left == 2
+    else:
+        assert_error(cancelled, 409)
+        assert left == 3
