@@ -240,6 +240,14 @@ def test_a_held_pickups_parcel_rejected_by_its_store_ends_cancelled_on_release_w
     assert after["status"] == "cancelled", after
     assert after["payment"]["status"] == "voided" and paid(after) == 0
     assert store.stock() == (store.on_hand, 0)
+    # The store's tool sends it all again, keyed and not: nothing changes, nothing is released twice.
+    for headers in ({}, {"Idempotency-Key": "reject-again"}, {"Idempotency-Key": "reject-again"}):
+        late = api.post(f"{path}/shipments/{parcel}/reject", headers=headers, json={"reason": "no staff"})
+        assert late.status_code == 200 and late.json()["status"] == "cancelled", late.text
+    assert_error(api.post(f"{path}/shipments/{parcel}/ready"), 409, "invalid_transition")
+    assert_error(api.post(f"{path}/shipments/{parcel}/deliver"), 409, "invalid_transition")
+    assert store.stock() == (store.on_hand, 0)
+    assert api.get(path).json()["version"] == after["version"]
 
 
 def test_a_collect_the_gateway_refuses_captures_nothing_and_the_pickup_still_expires(api: InProcessApi):
