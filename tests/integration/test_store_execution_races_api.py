@@ -255,19 +255,27 @@ def test_a_collect_the_gateway_refuses_captures_nothing_and_the_pickup_still_exp
     order, parcel = store.ready(quantity=1, token="tok_capture_decline")
     path = f"/orders/{order['id']}"
 
-    refused = api.post(f"{path}/shipments/{parcel}/deliver")
+    refused = api.post(f"{path}/shipments/{parcel}/deliver", headers={"Idempotency-Key": "collect-1"})
     assert refused.status_code == 502, refused.text
+    # The store tries again under the same key (a refusal stores no answer) and without one.
+    for headers in ({"Idempotency-Key": "collect-1"}, {}):
+        again = api.post(f"{path}/shipments/{parcel}/deliver", headers=headers)
+        assert again.status_code == 502, again.text
     after = api.get(path).json()
     assert after["shipments"][0]["status"] == "ready_for_pickup" and paid(after) == 0
+    assert after["payment"]["status"] == "authorized"
     assert store.stock() == (store.on_hand, 1)
 
-    from functions.bootstrap import Config, bootstrap
-
     later = datetime_of(after["shipments"][0]["collect_by"]) + timedelta(seconds=1)
-    done = bootstrap(Config.from_env(), clock=lambda: later).pickup_expiry.run()
+    done = at(later).pickup_expiry.run()
     assert order["id"] in done.expired, done
     expired = api.get(path).json()
     assert expired["status"] == "cancelled" and paid(expired) == 0
+    # The refused capture renewed the authorization once (the one it replaced voided then), and the
+    # expiry voided the renewal: nothing left holding the customer's card.
+    kinds = [entry["type"] for entry in api.get(f"{path}/history").json()["items"]]
+    assert (kinds.count("payment_authorized"), kinds.count("payment_voided")) == (2, 2)
+    assert kinds.count("capture_not_made") == 2 and expired["payment"]["status"] == "voided"
     assert store.stock() == (store.on_hand, 0)
 
 
