@@ -530,3 +530,34 @@ def test_a_collect_and_a_cancel_of_units_of_one_pickup_at_once_pay_for_what_was_
     else:
         assert_error(cancelled, 409)
         assert left == 3
+
+
+def test_a_collect_that_died_after_its_record_is_finished_by_the_collect_sent_again(
+    api: InProcessApi, monkeypatch: pytest.MonkeyPatch
+):
+    # The store's tool met a 504 (the function timed out after the order recorded the collect,
+    # before the units left on_hand) and sends the collect again, as README says it may: the units
+    # leave then, once, and the payment is not asked again.
+    from core.fulfillment import OrderActions
+
+    store = Store(api)
+    order, parcel = store.ready(quantity=2)
+
+    def dies(self: OrderActions, *args: Any, **kwargs: Any) -> None:
+        raise TimeoutError("the API function timed out after recording the collect")
+
+    monkeypatch.setattr(OrderActions, "_units_leave", dies)
+    with pytest.raises(TimeoutError):
+        container().actions.deliver_or_collect(order["id"], parcel, actor="key_store")
+    monkeypatch.undo()
+    recorded = api.get(f"/orders/{order['id']}").json()
+    assert recorded["status"] == "delivered" and store.stock() == (store.on_hand, 2)  # left, not yet counted out
+
+    again = api.post(f"/orders/{order['id']}/shipments/{parcel}/deliver")
+
+    assert again.status_code == 200, again.text
+    after = again.json()
+    assert (after["version"], paid(after)) == (recorded["version"], amount(after["totals"]["grand_total"]))
+    assert store.stock() == (store.on_hand - 2, 0)
+    assert api.post(f"/orders/{order['id']}/shipments/{parcel}/deliver").status_code == 200
+    assert store.stock() == (store.on_hand - 2, 0)
