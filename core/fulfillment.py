@@ -660,7 +660,10 @@ class OrderActions:
         order = modify(self._orders, order_id, decide, channel=channel)
         location_id = self._rejected_at(order, shipment_id)
         if location_id is not None:
-            self._release_lines(order, order.lines, [location_id])
+            # Under the keys of the lines edits replaced too: an edit keeps what they hold for the
+            # workflow to move (a held order's until its release), which it never moves to an
+            # excluded location; nothing of this order is reserved under them again.
+            self._release_lines(order, [*order.lines, *order.replaced_lines], [location_id])
         if any(s.status in (ShipmentStatus.SHIPPED, ShipmentStatus.DELIVERED) for s in order.shipments):
             # A reject of a partly shipped order's parcel sent again: it finishes what it left.
             return self._units.settle_after_reject(order, actor)

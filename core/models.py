@@ -4410,12 +4410,21 @@ class Order(Shown):
         later by the time held (the customer has, from the release, what they had left when it
         began), and to no sooner than PICKUP_AFTER_RELEASE after the release (at most the wait they
         were given), so a customer told of it then can still come. A hold that began past the
-        deadline took nothing from them: that pickup expires on the next pass."""
+        deadline took nothing from them: that pickup expires on the next pass. But for a pickup the
+        hold asks a person to confirm (Hold.confirms_ships: its collect died after the capture, the
+        customer at the counter), whose hold the capture sweep puts on only once it is late: the
+        person who finds the customer took it releases, then hands it over again (a held order
+        hands nothing over), and a pass between the two would cancel an order its customer has,
+        putting the units they took back on sale. It gets PICKUP_AFTER_RELEASE from the release too."""
         assert self.hold is not None
         since, shipments, moved = self.hold.since, [], {}
+        confirming = set(self.hold.confirms_ships)
         for shipment in self.shipments:
             deadline = shipment.collect_by
-            if shipment.status is ShipmentStatus.READY_FOR_PICKUP and deadline is not None and since < deadline:
+            if (
+                shipment.status is ShipmentStatus.READY_FOR_PICKUP and deadline is not None
+                and (since < deadline or shipment.id in confirming)
+            ):  # fmt: skip
                 wait = deadline - shipment.ready_at if shipment.ready_at is not None else PICKUP_AFTER_RELEASE
                 later = max(deadline + (at - since), at + min(PICKUP_AFTER_RELEASE, wait))
                 if later > deadline:

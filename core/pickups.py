@@ -9,8 +9,9 @@ released, the order is back in the index with each deadline moved later by the t
 only once overdue expires on the next pass (the person who releases it may still hand it over
 first). Nor one a collect asked a capture for and never recorded (the customer was at the
 counter): the collect repeated records it, or the jeopardy scan holds the order for a person
-(core/capture_sweep.py); until then a pass reads past it, as past a held one, to the pickups
-behind it. Storing the deadline on the shipment
+(core/capture_sweep.py), whose release gives the pickup a day however overdue (the collect they
+record after it must not meet an expired order); until then a pass reads past it, as past a held
+one, to the pickups behind it. Storing the deadline on the shipment
 when it is readied (rather than computing ready_at + days at expiry) fixes the customer's
 promise at that moment: changing OMS_PICKUP_EXPIRY_DAYS later moves no deadline already given.
 """

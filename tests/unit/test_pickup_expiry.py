@@ -227,6 +227,65 @@ def test_a_pickup_whose_collect_died_is_held_for_a_person_by_the_jeopardy_scan_o
     assert (held.status, held.captures_requested, held.shipments[0].status) == (S.ON_HOLD, [], H.READY_FOR_PICKUP)
 
 
+def held_to_confirm_a_collect(world: World, clock) -> tuple[str, str]:
+    """A pickup readied at NOW whose collect died after its capture on its last day, held by the
+    jeopardy scan's sweep for a person to confirm whether the customer took it, 48 h later."""
+    from tests.unit.test_capture_sweep import a_pass
+    from tests.unit.world import Died, dies_before_recording
+
+    order = world.allocated(("TSHIRT", 2), **PICKUP)
+    (shipment,) = order.shipments
+    world.actions.ready(order.id, shipment.id, actor="key_store")
+    clock.advance(days=7)
+    with pytest.MonkeyPatch.context() as patched:
+        dies_before_recording(world, patched, "shipment_delivered")
+        with pytest.raises(Died):
+            world.actions.collect(order.id, shipment.id, actor="key_store")
+    clock.advance(hours=48, minutes=1)
+    assert a_pass(world, clock).held == [order.id]
+    return order.id, shipment.id
+
+
+def test_a_pickup_released_once_a_person_confirms_its_collect_is_not_expired_before_it_is_collected(world, clock):
+    # Its hold began two days past the collect_by, so a release moved nothing (a hold placed past
+    # the deadline took nothing from the customer), and the pass between the person's release and
+    # their collect (a held order hands nothing over: the release comes first) cancelled an order
+    # the customer had taken, its units back on sale. The release gives it a day, as any release does.
+    order_id, shipment_id = held_to_confirm_a_collect(world, clock)
+    clock.advance(hours=1)
+    released_at = clock()
+
+    Holds(world.orders, clock=clock).release(order_id, ReleaseRequest(note="the customer took it"), actor="key_ops")
+
+    released = world.order(order_id)
+    assert (released.status, released.shipments[0].collect_by) == (S.ALLOCATED, released_at + DAY)
+    entry = world.history(order_id)[-1]
+    assert entry.type == "released" and entry.detail["collect_by"] == {shipment_id: utc_text(released_at + DAY)}
+    clock.advance(minutes=5)
+    assert PickupExpiry(ListedDue(order_id), world.orders, world.actions, clock).run().expired == []
+    world.actions.collect(order_id, shipment_id, actor="key_store")
+    collected = world.order(order_id)
+    assert (collected.status, collected.payment.status) == (S.DELIVERED, "captured")
+    assert world.level("TSHIRT", "store-sf") == (3, 0, 3)
+
+
+def test_a_pickup_released_once_a_person_finds_its_collect_never_happened_expires_a_day_later(world, clock):
+    order_id, _ = held_to_confirm_a_collect(world, clock)
+    released = Holds(world.orders, clock=clock).release(order_id, ReleaseRequest(note="not taken"), actor="key_ops")
+    assert released.shipments[0].collect_by == clock() + DAY
+
+    clock.advance(days=1)
+    assert PickupExpiry(ListedDue(order_id), world.orders, world.actions, clock).run().expired == []
+    clock.advance(seconds=1)
+    assert PickupExpiry(ListedDue(order_id), world.orders, world.actions, clock).run().expired == [order_id]
+    expired = world.order(order_id)
+    assert (expired.status, expired.payment.status, world.level("TSHIRT", "store-sf")) == (
+        S.CANCELLED,
+        "voided",
+        (5, 0, 5),
+    )
+
+
 def past_their_deadline(world: World, monkeypatch: pytest.MonkeyPatch, count: int) -> list[str]:
     """`count` pickups readied at NOW, and the clock moved past their deadline."""
     world.inventory.set_on_hand("TSHIRT", "store-sf", count, reason="count")
