@@ -40,8 +40,10 @@ _REGISTERED_AT_MOST = 4096
 _LATER = "attribute_not_exists(last_order_at) OR last_order_at < :t"
 
 
-# An older order's name replaces the one shown only if that one came from an order before it.
-_NAMED_LATER = "attribute_not_exists(name_at) OR name_at < :t"
+# An older order's name replaces the one shown only if that one came from an order before it. A row
+# without `name_at` was named before names were timed, by an order of unknown time: it takes the
+# name only if it has none, or has this one (set where missing by this order's counters just now).
+_NAMED_LATER = "name_at < :t OR (attribute_not_exists(name_at) AND (attribute_not_exists(#name) OR #name = :name))"
 
 
 def _latest(seen: CustomerSeen) -> dict[str, str]:
@@ -246,8 +248,6 @@ class DynamoAggregates:
         if not later:
             self._set_if(key, "SET first_order_at = :t", "first_order_at > :t", seen.at)
             if seen.name:
-                # A row without `name_at` was named before names were timed (or by a change of an
-                # order whose placing was older than the row's last order): this one's is as good.
                 named = {"name": seen.name, "name_at": seen.at}
                 self._set_if(key, "SET #name = :name, #name_at = :name_at", _NAMED_LATER, seen.at, named)
 

@@ -647,3 +647,41 @@ def test_a_customer_of_two_channels_shows_the_name_of_their_latest_named_order_i
     )
     assert aggregates.customer("cus_9", "web").name == "Bo Byron"  # the web's orders alone
     assert aggregates.customer("cus_9", "pos").name == "Bo Lovelace"
+
+
+def test_a_row_named_before_names_were_timed_keeps_its_name_unless_a_later_order_names_the_customer(aws):
+    # A row written before `name_at` holds a name from an order of unknown time: a late older
+    # order's name does not replace it (it may be older still); the next latest named order does.
+    from core.models import utc_now
+
+    store = DynamoAggregates(aws.dynamodb, aws.tables["CatalogTable"])
+    store.apply(aggregate_change(None, _named("ord_2nd", "2026-12-02T10:00:00Z", "Bo Lovelace")))
+    store.apply(aggregate_change(None, _named("ord_3rd", "2026-12-03T10:00:00Z", None)))
+    aws.dynamodb.update_item(
+        TableName=aws.tables["CatalogTable"], Key={"pk": {"S": "customer#cus_9"}, "sk": {"S": "web"}},
+        UpdateExpression="REMOVE name_at",
+    )  # fmt: skip
+
+    store.apply(aggregate_change(None, _named("ord_1st", "2026-12-01T10:00:00Z", "Bo Byron")))
+    assert Aggregates(store, utc_now).customer("cus_9", None).name == "Bo Lovelace"
+
+    store.apply(aggregate_change(None, _named("ord_4th", "2026-12-04T10:00:00Z", "Bo King")))
+    store.apply(aggregate_change(None, _named("ord_0th", "2026-11-30T10:00:00Z", "Bo Zero")))
+    assert Aggregates(store, utc_now).customer("cus_9", None).name == "Bo King"
+
+
+def test_a_nameless_customer_named_by_a_late_older_order_is_renamed_by_a_later_one_arriving_after_it(aws):
+    # The late order's counters set its name where the row had none (with no time): its own times'
+    # write then times it, so a named order between it and the latest still names the customer.
+    from core.models import utc_now
+
+    store = DynamoAggregates(aws.dynamodb, aws.tables["CatalogTable"])
+    for order in (
+        _named("ord_3rd", "2026-12-03T10:00:00Z", None),
+        _named("ord_1st", "2026-12-01T10:00:00Z", "Bo Byron"),
+        _named("ord_2nd", "2026-12-02T10:00:00Z", "Bo Lovelace"),
+    ):
+        store.apply(aggregate_change(None, order))
+
+    assert Aggregates(store, utc_now).customer("cus_9", None).name == "Bo Lovelace"
+    assert store.customer_items("cus_9")["web"]["name_at"] == "2026-12-02T10:00:00.000000Z"

@@ -100,8 +100,10 @@ class MemoryStore:
             named = {"name": change.seen.name, "name_at": change.seen.at} if change.seen.name else {}
             if "last_order_at" not in item or item["last_order_at"] < change.seen.at:
                 item.update({"email": change.seen.email, **named})
-            elif named and ("name_at" not in item or item["name_at"] < change.seen.at):
-                item.update(named)  # an older order's name, later than the one shown
+            elif named and (
+                item["name_at"] < change.seen.at if "name_at" in item else item.get("name") in (None, named["name"])
+            ):
+                item.update(named)  # an older order's name, later than the one shown (or the first timed)
             item["first_order_at"] = min(item.get("first_order_at", change.seen.at), change.seen.at)
             item["last_order_at"] = max(item.get("last_order_at", change.seen.at), change.seen.at)
             email = self.items[email_key(change.seen.email, change.seen.customer_id)]
