@@ -580,3 +580,39 @@ def test_an_appeasement_counts_in_refunded_and_leaves_revenue_as_it_was(api, str
 
     assert shopper.report("products") == [("CAP", 2, "15.54"), ("MUG", 1, "12.50")]
     assert shopper.customer_totals() == (order["totals"]["grand_total"]["amount"], "3.00")
+
+
+def test_a_batch_failed_part_way_and_retried_from_its_failed_record_counts_every_change_once(api, stream, monkeypatch):
+    # Lambda's partial batch response: a record that fails after its counters were applied (and its
+    # events published) is retried with every record after it, which were held back unprocessed.
+    from functions.events import app
+
+    shopper = Shopper(api)
+    first = shopper.place(("MUG", 2))
+    second = shopper.place(("CAP", 1))
+    shopper.cancel(first["id"])
+    records = stream.new_records()
+    failing = next(
+        n for n, r in enumerate(records)
+        if r["dynamodb"]["Keys"]["id"]["S"] == second["id"] and r["dynamodb"]["NewImage"]["status"]["S"] == "allocated"
+    )  # fmt: skip
+    assert any(r["dynamodb"]["Keys"]["id"]["S"] == first["id"] for r in records[failing + 1 :])  # the cancel, after
+    notify, failed = app.notify, []
+
+    def fails_once(old, new):
+        if not failed and new["id"] == second["id"] and new["status"] == "allocated":
+            failed.append(True)
+            raise ConnectionError("the notifier's store did not answer")
+        return notify(old, new)
+
+    monkeypatch.setattr(app, "notify", fails_once)
+    answer = app.lambda_handler({"Records": records}, context("EventsFunction"))
+    held_back = [{"itemIdentifier": r["dynamodb"]["SequenceNumber"]} for r in records[failing:]]
+    assert answer == {"batchItemFailures": held_back}  # the failed record first, then those after it
+    consume(records[failing:])  # Lambda retries from the failed record (twice here: a redelivery too)
+
+    assert shopper.report("products") == [("CAP", 1, "7.77")]
+    assert shopper.report("customers") == [(shopper.customer, 1, "7.77")]
+    assert shopper.customer_totals() == (second["totals"]["grand_total"]["amount"], "0.00")
+    customer = api.get(f"/customers/{shopper.customer}").json()
+    assert (customer["orders_count"], customer["payment_failures"]) == (2, 0)
