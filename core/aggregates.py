@@ -433,18 +433,24 @@ class CustomerView(Shown):
 
 def merged(rows: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """A customer's rows of several channels as one: counters summed, the earliest first order
-    and the latest last order, the email and name of the row with the latest order."""
+    and the latest last order, the email of the row with the latest order, and the name of the
+    row whose name came from the latest order that gave one (`name_at`; a row named before names
+    were timed, by its last order's time, as before)."""
+    rows = sorted(rows, key=lambda row: str(row.get("last_order_at") or ""))
     result: dict[str, Any] = {}
-    for row in sorted(rows, key=lambda row: str(row.get("last_order_at") or "")):
+    for row in rows:
         for name, value in row.items():
-            if name in ("pk", "sk"):
+            if name in ("pk", "sk", "name", "name_at"):
                 continue
             if name == "first_order_at":
                 result[name] = min(result.get(name, value), value)
             elif isinstance(value, Decimal | int) and not isinstance(value, bool):
                 result[name] = result.get(name, Decimal(0)) + value
             else:
-                result[name] = value  # the latest row's email, name and last_order_at win
+                result[name] = value  # the latest row's email and last_order_at win
+    named = [row for row in rows if row.get("name")]
+    if named:
+        result["name"] = max(named, key=lambda row: str(row.get("name_at") or row.get("last_order_at") or ""))["name"]
     return result
 
 

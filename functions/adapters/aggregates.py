@@ -40,6 +40,19 @@ _REGISTERED_AT_MOST = 4096
 _LATER = "attribute_not_exists(last_order_at) OR last_order_at < :t"
 
 
+# An older order's name replaces the one shown only if that one came from an order before it. A row
+# without `name_at` was named before names were timed, by an order of unknown time: it takes the
+# name only if it has none, or has this one (set where missing by this order's counters just now).
+_NAMED_LATER = "name_at < :t OR (attribute_not_exists(name_at) AND (attribute_not_exists(#name) OR #name = :name))"
+
+
+def _latest(seen: CustomerSeen) -> dict[str, str]:
+    """What the customer's row takes of its latest order: its email, and its name (with the order's
+    time, `name_at`: a name-less later order leaves the name, and an older order arriving late
+    replaces it only if it is later than the order the name came from) when it gave one."""
+    return {"email": seen.email, **({"name": seen.name, "name_at": seen.at} if seen.name else {})}
+
+
 class _OlderOrder(Exception):
     """A new order's counters' transaction refused: a later order already set its customer row's times."""
 
@@ -190,7 +203,7 @@ class DynamoAggregates:
             names[f"#a{i}"] = attribute
             values[f":a{i}"] = delta
             adds.append(f"#a{i} :a{i}")
-        latest = {} if seen is None else {"email": seen.email, **({"name": seen.name} if seen.name else {})}
+        latest = {} if seen is None else _latest(seen)
         for i, (attribute, value) in enumerate(sorted({**update.set, **latest}.items())):
             names[f"#s{i}"] = attribute
             values[f":s{i}"] = value
@@ -218,10 +231,12 @@ class DynamoAggregates:
         wrote the times after the transaction, and may have stopped between) and for a change
         with no customer counters: one write when the order is later than the row's (it moves
         `last_order_at`, and the customer's email and name with it), a second when it is older.
-        Both are idempotent on their own."""
+        Both are idempotent on their own. An older order that gave a name, arriving after a later
+        one that gave none, names the customer if its name is later than the one shown (a third
+        write, for such an order only: README "name the latest order's that gave one")."""
         pk, sk = customer_key(seen.customer_id, seen.channel)
         key = {"pk": {"S": pk}, "sk": {"S": sk}}
-        latest = {"email": seen.email, **({"name": seen.name} if seen.name else {})}
+        latest = _latest(seen)
         later = self._set_if(
             key,
             "SET last_order_at = :t, first_order_at = if_not_exists(first_order_at, :t), "
@@ -232,6 +247,9 @@ class DynamoAggregates:
         )
         if not later:
             self._set_if(key, "SET first_order_at = :t", "first_order_at > :t", seen.at)
+            if seen.name:
+                named = {"name": seen.name, "name_at": seen.at}
+                self._set_if(key, "SET #name = :name, #name_at = :name_at", _NAMED_LATER, seen.at, named)
 
     def _index_email(self, seen: CustomerSeen) -> None:
         """The email index item gathers the channels the email was used in (a set's ADD: idempotent)."""

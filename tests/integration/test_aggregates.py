@@ -597,3 +597,91 @@ def test_a_placing_whose_counters_an_earlier_version_applied_without_its_times_g
     assert item["orders_count"] == 1
     assert item["first_order_at"] == item["last_order_at"] == "2026-12-01T10:00:00.000000Z"
     assert store.customer_ids("bo@example.com", None, 25, None) == (["cus_9"], None)
+
+
+def _named(order_id: str, at: str, name: str | None, channel: str = "web") -> dict[str, Any]:
+    """A placed order of cus_9's in `channel`, with `name` given or (None) not."""
+    placed = _placed(order_id, at, f"bo+{order_id}@example.com")
+    customer = {"id": "cus_9", "email": placed["customer"]["email"], **({"name": name} if name else {})}
+    return {**placed, "channel": channel, "customer": customer}
+
+
+def test_the_name_shown_is_the_latest_named_orders_when_an_older_named_order_arrives_after_a_later_nameless_one(aws):
+    # README: `name` is the latest order's that gave one. Bo ordered as "Bo Byron" (1st), as "Bo
+    # Lovelace" (2nd) and then without a name (3rd); the stream orders each order's changes, not
+    # orders among them, and the 2nd came last: its name was set only where the row had none, so
+    # the customer went on showing "Bo Byron", a name two orders old.
+    from core.models import utc_now
+
+    store = DynamoAggregates(aws.dynamodb, aws.tables["CatalogTable"])
+    for order in (
+        _named("ord_1st", "2026-12-01T10:00:00Z", "Bo Byron"),
+        _named("ord_3rd", "2026-12-03T10:00:00Z", None),
+        _named("ord_2nd", "2026-12-02T10:00:00Z", "Bo Lovelace"),
+        _named("ord_1st", "2026-12-01T10:00:00Z", "Bo Byron"),  # redelivered, older than both
+    ):
+        store.apply(aggregate_change(None, order))
+
+    customer = Aggregates(store, utc_now).customer("cus_9", None)
+    assert (customer.name, customer.email, customer.orders_count) == ("Bo Lovelace", "bo+ord_3rd@example.com", 3)
+
+
+def test_a_customer_of_two_channels_shows_the_name_of_their_latest_named_order_in_either(aws):
+    # Bo gave a name on the web (1st) and at the till (2nd), then ordered on the web without one
+    # (3rd): the web row, whose last order is the latest, kept the 1st order's name, and the view
+    # over both channels showed it though the till's order named Bo later.
+    from core.models import utc_now
+
+    store = DynamoAggregates(aws.dynamodb, aws.tables["CatalogTable"])
+    for order in (
+        _named("ord_1st", "2026-12-01T10:00:00Z", "Bo Byron", channel="web"),
+        _named("ord_2nd", "2026-12-02T10:00:00Z", "Bo Lovelace", channel="pos"),
+        _named("ord_3rd", "2026-12-03T10:00:00Z", None, channel="web"),
+    ):
+        store.apply(aggregate_change(None, order))
+
+    aggregates = Aggregates(store, utc_now)
+    assert (aggregates.customer("cus_9", None).name, aggregates.customer("cus_9", None).email) == (
+        "Bo Lovelace",
+        "bo+ord_3rd@example.com",
+    )
+    assert aggregates.customer("cus_9", "web").name == "Bo Byron"  # the web's orders alone
+    assert aggregates.customer("cus_9", "pos").name == "Bo Lovelace"
+
+
+def test_a_row_named_before_names_were_timed_keeps_its_name_unless_a_later_order_names_the_customer(aws):
+    # A row written before `name_at` holds a name from an order of unknown time: a late older
+    # order's name does not replace it (it may be older still); the next latest named order does.
+    from core.models import utc_now
+
+    store = DynamoAggregates(aws.dynamodb, aws.tables["CatalogTable"])
+    store.apply(aggregate_change(None, _named("ord_2nd", "2026-12-02T10:00:00Z", "Bo Lovelace")))
+    store.apply(aggregate_change(None, _named("ord_3rd", "2026-12-03T10:00:00Z", None)))
+    aws.dynamodb.update_item(
+        TableName=aws.tables["CatalogTable"], Key={"pk": {"S": "customer#cus_9"}, "sk": {"S": "web"}},
+        UpdateExpression="REMOVE name_at",
+    )  # fmt: skip
+
+    store.apply(aggregate_change(None, _named("ord_1st", "2026-12-01T10:00:00Z", "Bo Byron")))
+    assert Aggregates(store, utc_now).customer("cus_9", None).name == "Bo Lovelace"
+
+    store.apply(aggregate_change(None, _named("ord_4th", "2026-12-04T10:00:00Z", "Bo King")))
+    store.apply(aggregate_change(None, _named("ord_0th", "2026-11-30T10:00:00Z", "Bo Zero")))
+    assert Aggregates(store, utc_now).customer("cus_9", None).name == "Bo King"
+
+
+def test_a_nameless_customer_named_by_a_late_older_order_is_renamed_by_a_later_one_arriving_after_it(aws):
+    # The late order's counters set its name where the row had none (with no time): its own times'
+    # write then times it, so a named order between it and the latest still names the customer.
+    from core.models import utc_now
+
+    store = DynamoAggregates(aws.dynamodb, aws.tables["CatalogTable"])
+    for order in (
+        _named("ord_3rd", "2026-12-03T10:00:00Z", None),
+        _named("ord_1st", "2026-12-01T10:00:00Z", "Bo Byron"),
+        _named("ord_2nd", "2026-12-02T10:00:00Z", "Bo Lovelace"),
+    ):
+        store.apply(aggregate_change(None, order))
+
+    assert Aggregates(store, utc_now).customer("cus_9", None).name == "Bo Lovelace"
+    assert store.customer_items("cus_9")["web"]["name_at"] == "2026-12-02T10:00:00.000000Z"

@@ -502,3 +502,117 @@ def test_units_back_whose_refund_the_gateway_refused_stay_in_revenue(api, stream
     assert shopper.report("products") == [("MUG", 2, net), ("CAP", 1, "7.77")]  # ... and still sold
     assert shopper.report("customers") == [(shopper.customer, 1, str(Decimal(net) + Decimal("7.77")))]
     assert shopper.customer_totals() == (after["totals"]["grand_total"]["amount"], "0.00")
+
+
+def test_a_hold_keeps_an_allocated_orders_revenue_once_and_a_cancel_while_held_takes_it_out(api, stream):
+    # counts_revenue reads a held order by the status its hold resumes to: held and released, the
+    # order counts once (not out and back in); cancelled while held, it leaves every figure.
+    shopper = Shopper(api)
+    order = shopper.place(("MUG", 2))
+    consume(stream.new_records())
+
+    held = shopper.post(f"/orders/{order['id']}/hold", {"reason": "customer_request"})
+    consume(stream.new_records())
+    assert held["status"] == "on_hold"
+    assert shopper.report("products") == [("MUG", 2, "25.00")]
+    released = shopper.post(f"/orders/{order['id']}/release", {})
+    consume(stream.new_records())
+    assert released["status"] == "allocated"
+    assert shopper.report("products") == [("MUG", 2, "25.00")]
+    assert shopper.report("customers") == [(shopper.customer, 1, "25.00")]
+
+    shopper.post(f"/orders/{order['id']}/hold", {"reason": "fraud_review"})
+    done = shopper.cancel(order["id"])
+    consume(stream.new_records())
+
+    assert done["status"] == "cancelled"
+    assert (shopper.report("products"), shopper.report("customers"), shopper.report("regions")) == ([], [], [])
+    assert shopper.customer_totals() == ("0.00", "0.00")
+
+
+def test_a_parcel_rejected_or_an_address_edited_counts_the_order_once_and_in_its_new_region(api, stream):
+    # A location that cannot fulfil sends the order back to be sourced (authorized: its revenue
+    # out), and the next allocation counts it again, once; an address edit does the same, and the
+    # regions report follows the order to its new state.
+    from tests.builders import address_body
+
+    shopper = Shopper(api)
+    assert api.put("/products/INK", json=product_body("3.33")).status_code in (200, 201)
+    for location_id in ("wh-west", "wh-east"):
+        assert api.put(f"/inventory/INK/{location_id}", json={"on_hand": 100}).status_code == 200
+    order = shopper.place(("INK", 2))
+    consume(stream.new_records())
+    (parcel,) = order["shipments"]
+    assert parcel["location_id"] == "wh-west"  # the nearest to San Francisco
+
+    sent_back = shopper.post(f"/orders/{order['id']}/shipments/{parcel['id']}/reject", {"reason": "damaged stock"})
+    consume(stream.new_records())
+    assert sent_back["status"] == "authorized"
+    assert shopper.report("products") == []
+    again = shopper.allocate(order["id"])
+    consume(stream.new_records())
+    assert [s["location_id"] for s in again["shipments"] if s["status"] == "pending"] == ["wh-east"]
+    assert shopper.report("products") == [("INK", 2, "6.66")]
+
+    new_york = address_body(city="New York", region="NY", postal_code="10001")
+    edited = api.request("PATCH", f"/orders/{order['id']}", json={"shipping_address": new_york},
+                         headers={"If-Match": str(again["version"])})  # fmt: skip
+    assert edited.status_code == 200, edited.text
+    shopper.ship_and_deliver(shopper.allocate(order["id"]))
+    consume(stream.new_records())
+
+    regions = api.get("/reports/top-regions", params={"currency": "USD", "channel": shopper.channel}).json()["items"]
+    assert [(r["region"], r["orders"], r["revenue"]["amount"]) for r in regions] == [("NY", 1, "6.66")]
+    assert shopper.report("customers") == [(shopper.customer, 1, "6.66")]
+    final = shopper.order(order["id"])
+    assert shopper.customer_totals() == (final["totals"]["grand_total"]["amount"], "0.00")
+
+
+def test_an_appeasement_counts_in_refunded_and_leaves_revenue_as_it_was(api, stream):
+    # API.md: revenue comes out when an order is cancelled or units are refunded on return; an
+    # appeasement refunds no unit.
+    shopper = Shopper(api)
+    order = shopper.ship_and_deliver(shopper.place(("MUG", 1), ("CAP", 2)))
+    sorry = {"amount": {"amount": "3.00", "currency": "USD"}, "reason": "late"}
+    assert api.post(f"/orders/{order['id']}/refunds", json=sorry).json()["status"] == "succeeded"
+
+    consume(stream.new_records())
+
+    assert shopper.report("products") == [("CAP", 2, "15.54"), ("MUG", 1, "12.50")]
+    assert shopper.customer_totals() == (order["totals"]["grand_total"]["amount"], "3.00")
+
+
+def test_a_batch_failed_part_way_and_retried_from_its_failed_record_counts_every_change_once(api, stream, monkeypatch):
+    # Lambda's partial batch response: a record that fails after its counters were applied (and its
+    # events published) is retried with every record after it, which were held back unprocessed.
+    from functions.events import app
+
+    shopper = Shopper(api)
+    first = shopper.place(("MUG", 2))
+    second = shopper.place(("CAP", 1))
+    shopper.cancel(first["id"])
+    records = stream.new_records()
+    failing = next(
+        n for n, r in enumerate(records)
+        if r["dynamodb"]["Keys"]["id"]["S"] == second["id"] and r["dynamodb"]["NewImage"]["status"]["S"] == "allocated"
+    )  # fmt: skip
+    assert any(r["dynamodb"]["Keys"]["id"]["S"] == first["id"] for r in records[failing + 1 :])  # the cancel, after
+    notify, failed = app.notify, []
+
+    def fails_once(old, new):
+        if not failed and new["id"] == second["id"] and new["status"] == "allocated":
+            failed.append(True)
+            raise ConnectionError("the notifier's store did not answer")
+        return notify(old, new)
+
+    monkeypatch.setattr(app, "notify", fails_once)
+    answer = app.lambda_handler({"Records": records}, context("EventsFunction"))
+    held_back = [{"itemIdentifier": r["dynamodb"]["SequenceNumber"]} for r in records[failing:]]
+    assert answer == {"batchItemFailures": held_back}  # the failed record first, then those after it
+    consume(records[failing:])  # Lambda retries from the failed record (twice here: a redelivery too)
+
+    assert shopper.report("products") == [("CAP", 1, "7.77")]
+    assert shopper.report("customers") == [(shopper.customer, 1, "7.77")]
+    assert shopper.customer_totals() == (second["totals"]["grand_total"]["amount"], "0.00")
+    customer = api.get(f"/customers/{shopper.customer}").json()
+    assert (customer["orders_count"], customer["payment_failures"]) == (2, 0)

@@ -22,6 +22,7 @@ from core.aggregates import (
     aggregate_change,
     email_key,
     line_revenue_kept,
+    merged,
     report_pk,
     units_refund_refused,
 )
@@ -96,8 +97,13 @@ class MemoryStore:
             self.items[(pk, sk)].setdefault("channels", set()).add(channel)
         if change.seen is not None:
             item = self.items[(f"customer#{change.seen.customer_id}", change.seen.channel)]
+            named = {"name": change.seen.name, "name_at": change.seen.at} if change.seen.name else {}
             if "last_order_at" not in item or item["last_order_at"] < change.seen.at:
-                item.update({"email": change.seen.email, **({"name": change.seen.name} if change.seen.name else {})})
+                item.update({"email": change.seen.email, **named})
+            elif named and (
+                item["name_at"] < change.seen.at if "name_at" in item else item.get("name") in (None, named["name"])
+            ):
+                item.update(named)  # an older order's name, later than the one shown (or the first timed)
             item["first_order_at"] = min(item.get("first_order_at", change.seen.at), change.seen.at)
             item["last_order_at"] = max(item.get("last_order_at", change.seen.at), change.seen.at)
             email = self.items[email_key(change.seen.email, change.seen.customer_id)]
@@ -497,6 +503,21 @@ def test_a_customer_sums_orders_per_channel_and_overall_and_counts_payment_failu
         service(store).customer("cus_1", "b2b")
     assert [c.id for c in service(store).customers_by_email("ada@example.COM", "pos")[0]] == ["cus_1"]
     assert service(store).customers_by_email("ada@example.com", "b2b")[0] == []
+
+
+def test_a_customer_of_several_channels_is_named_by_the_latest_order_that_gave_a_name():
+    # The web row's last order gave no name: its name is the 1st order's, older than the till's.
+    web = {"email": "bo@web.example", "name": "Bo Byron", "name_at": "2026-12-01T10:00:00.000000Z",
+           "last_order_at": "2026-12-03T10:00:00.000000Z", "orders_count": Decimal(2)}  # fmt: skip
+    pos = {"email": "bo@pos.example", "name": "Bo Lovelace", "name_at": "2026-12-02T10:00:00.000000Z",
+           "last_order_at": "2026-12-02T10:00:00.000000Z", "orders_count": Decimal(1)}  # fmt: skip
+    assert [merged(rows)["name"] for rows in ([web, pos], [pos, web])] == ["Bo Lovelace"] * 2
+    assert (merged([web, pos])["email"], merged([web, pos])["orders_count"]) == ("bo@web.example", 3)
+    # Rows named before names were timed: by their last order, as then.
+    legacy = [{k: v for k, v in row.items() if k != "name_at"} for row in (web, pos)]
+    assert merged(legacy)["name"] == "Bo Byron"
+    nameless = {k: v for k, v in pos.items() if k not in ("name", "name_at")}
+    assert merged([legacy[0], {**nameless, "last_order_at": "2026-12-09T10:00:00.000000Z"}])["name"] == "Bo Byron"
 
 
 def test_a_channel_key_finds_no_customer_by_an_email_used_only_in_another_channel():
