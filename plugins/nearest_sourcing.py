@@ -16,8 +16,8 @@ locations than `max_shipments`, or with `prefer: fewest_shipments`, the order is
    (repeatedly the location that can supply the most of what is left), which almost always finds
    the fewest but not always: for A x4 + B x4 with G = {A 3, B 3}, P = {A 4}, Q = {B 4} greedy
    takes G, P and Q, where P and Q do. When the greedy split needs more than `max_shipments`
-   locations, the groups of at most `max_shipments` are searched exactly instead (when there are
-   no more than the 4,096 the exact search looks at).
+   locations, the groups of at most `max_shipments` are searched exactly instead, smallest first,
+   as far as the 4,096 groups the exact search looks at go.
 3. When the eligible stock cannot cover the order, no plan (None): the order ends out_of_stock,
    unless another sourcing plugin answers first (this one is `trylast`).
 
@@ -339,14 +339,19 @@ def _fewest_covering_within(
     candidates: list[Candidate], available: dict[tuple[str, str], int], wanted: Counter[str], most: int
 ) -> list[Candidate] | None:
     """The smallest set of at most `most` candidates whose stock covers `wanted`, the nearest in
-    total distance (then by ids) among sets of that size; None when there is none, or when there
-    are more such sets to look at than the exact search's 2^EXACT_SEARCH_LIMIT."""
-    if sum(math.comb(len(candidates), size) for size in range(2, most + 1)) > 1 << EXACT_SEARCH_LIMIT:
-        return None
+    total distance (then by ids) among sets of that size; None when there is none among the sets
+    looked at: those of two locations, then three, and so on, while all looked at are no more than
+    the exact search's 2^EXACT_SEARCH_LIMIT. Sizes are given up one at a time, never all at once: a
+    higher `most` looks at every set a lower one looks at (giving up whenever the sets up to `most`
+    were too many, max_shipments 4 left unsourced an order 3 sourced)."""
     skus = [sku for sku, q in wanted.items() if any(available.get((c.location_id, sku), 0) < q for c in candidates)]
     needed = [wanted[sku] for sku in skus]
     stock_of = {c.location_id: [available.get((c.location_id, sku), 0) for sku in skus] for c in candidates}
+    looked_at = 0
     for size in range(2, most + 1):
+        looked_at += math.comb(len(candidates), size)
+        if looked_at > 1 << EXACT_SEARCH_LIMIT:
+            return None
         covering = [
             group
             for group in itertools.combinations(candidates, size)

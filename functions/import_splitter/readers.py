@@ -25,7 +25,7 @@ from typing import Any
 from core import strict_json
 from core.imports import FileOrder, FileOrders, ImportFileError, LineError
 
-MAX_LINE_BYTES = 1024 * 1024  # one physical line; a longer one is reported and skipped
+MAX_LINE_BYTES = 1024 * 1024  # one physical line, its ending not counted; a longer one is reported and skipped
 LINE_START_BYTES = 4096  # what is kept of a line too long: enough to say whose row it is
 # One CSV cell (a quoted cell may span lines): the csv module's own limit, 128 KiB unless a
 # process changed it. Read, never set: the limit is global to the process.
@@ -128,34 +128,37 @@ def physical_lines(chunks: Iterable[bytes], max_bytes: int = MAX_LINE_BYTES) -> 
     def too_long(start: bytes) -> PhysicalLine:
         return PhysicalLine(number, None, "line_too_long", lossy=start.decode("utf-8", errors="replace"))
 
-    def line_end(start: int, last_chunk: bool) -> int:
-        """The index just past the next line ending at or after `start`, or -1 for none yet."""
+    def line_end(start: int, last_chunk: bool) -> re.Match[bytes] | None:
+        """The next line ending at or after `start`, or None for none yet."""
         match = _LINE_END.search(pending, start)
         if match is None:
-            return -1
+            return None
         if match.group() == b"\r" and match.end() == len(pending) and not last_chunk:
-            return -1  # the "\n" of a "\r\n" may start the next chunk
-        return match.end()
+            return None  # the "\n" of a "\r\n" may start the next chunk
+        return match
 
     def lines(last_chunk: bool) -> Iterator[PhysicalLine]:
         nonlocal number, skipping
         start = 0
         while True:
-            end = line_end(start, last_chunk)
-            if end < 0:
+            ending = line_end(start, last_chunk)
+            if ending is None:
                 break
             if skipping:
                 skipping = False
             else:
                 number += 1
+                # The limit is on the line's content: its ending, one byte or two, is not counted,
+                # so a file reads the same saved with LF or with CRLF.
                 yield (
-                    decoded(bytes(pending[start:end]))
-                    if end - start <= max_bytes
+                    decoded(bytes(pending[start : ending.end()]))
+                    if ending.start() - start <= max_bytes
                     else too_long(bytes(pending[start : start + LINE_START_BYTES]))
                 )
-            start = end
+            start = ending.end()
         del pending[:start]
-        if len(pending) > max_bytes:
+        # No ending in what is left but a "\r" last, which may be half of a "\r\n": not counted either.
+        if len(pending) - int(pending.endswith(b"\r")) > max_bytes:
             if not skipping:
                 number += 1
                 yield too_long(bytes(pending[:LINE_START_BYTES]))
@@ -250,25 +253,41 @@ def _unknown_format(name: str, extension: str, first_line: str | None) -> Import
 
 GZIP_MAGIC = b"\x1f\x8b"
 UTF16_BOMS = (b"\xff\xfe", b"\xfe\xff")  # little and big endian byte order marks
+# Little and big endian: UTF-32LE's starts with UTF-16LE's, so it is looked for first.
+UTF32_BOMS = (b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff")
+HEAD_BYTES = 4  # what tells gzip, UTF-32 and UTF-16 from UTF-8
+
+
+def _wide_encoding(head: bytes) -> str | None:
+    """Which of UTF-32 and UTF-16 the file is in, when its first bytes (`head`) show one: its
+    byte order mark, or without one (as `iconv -t UTF-16LE` writes it) the NUL bytes beside the
+    ASCII character that starts any header or JSON line (three in UTF-32, one in UTF-16). No UTF-8
+    import file starts with a NUL, or has one second. None for any other file."""
+    if head.startswith(UTF32_BOMS) or (
+        len(head) >= HEAD_BYTES and (head[0] == 0) != (head[3] == 0) and head[1:3] == b"\x00\x00"
+    ):
+        return "UTF-32"
+    if head.startswith(UTF16_BOMS) or (len(head) >= 2 and (head[0] == 0) != (head[1] == 0)):
+        return "UTF-16"
+    return None
 
 
 def _plain_text(chunks: Iterable[bytes]) -> Iterator[bytes]:
-    """The chunks as they are, once the first bytes show they are neither gzip nor UTF-16: read as
-    UTF-8 text, either would be lines of junk, each reported as an order."""
+    """The chunks as they are, once the first bytes show they are neither gzip nor UTF-32 nor
+    UTF-16: read as UTF-8 text, any of them would be lines of junk, each reported as an order."""
     iterator = iter(chunks)
     head = b""
     for chunk in iterator:
         head += chunk
-        if len(head) >= len(GZIP_MAGIC):
+        if len(head) >= HEAD_BYTES:
             break
     if head.startswith(GZIP_MAGIC):
         raise ImportFileError("unknown_format", "a gzip file cannot be imported: send it uncompressed (.csv or .jsonl)")
-    # Without its byte order mark (as `iconv -t UTF-16LE` writes it), UTF-16 shows a NUL byte
-    # beside the ASCII one that starts any header or JSON line; UTF-8 reads NULs as text, so the
-    # header's names, or every JSON line, were junk. No UTF-8 import file starts with a NUL.
-    if head.startswith(UTF16_BOMS) or (len(head) >= 2 and (head[0] == 0) != (head[1] == 0)):
-        # Read as UTF-8, every line of it is unreadable: the file is refused once, saying why.
-        raise ImportFileError("invalid_encoding", "the file is UTF-16 text: save it as UTF-8 and send it again")
+    # Read as UTF-8, every line of it is unreadable (or its header's names and every JSON line are
+    # spelt with NULs): the file is refused once, saying why.
+    encoding = _wide_encoding(head)
+    if encoding is not None:
+        raise ImportFileError("invalid_encoding", f"the file is {encoding} text: save it as UTF-8 and send it again")
     return itertools.chain([head], iterator)
 
 

@@ -986,6 +986,36 @@ def test_a_line_over_the_limit_ended_by_a_crlf_split_across_chunks_is_one_line()
     ]
 
 
+@pytest.mark.parametrize("ending", [b"\n", b"\r\n", b"\r"])
+@pytest.mark.parametrize("size", [1, 2, 7, 4096])
+def test_the_line_limit_counts_a_lines_content_whatever_ends_it(ending: bytes, size: int):
+    # The limit counted the line's ending, one byte for LF and two for CRLF: a line a byte under it
+    # was read saved with LF and too long saved with CRLF (as Excel and Windows tools save), and one
+    # of exactly the limit was too long either way. Any ending, split across chunks or not, counts
+    # the same: nothing.
+    data = b"x" * 8 + ending + b"y" * 9 + ending + b"z" * 8
+    lines = list(physical_lines(chunks(data, size), max_bytes=8))
+
+    assert [(line.number, line.text, line.problem) for line in lines] == [
+        (1, "x" * 8 + ending.decode(), None),
+        (2, None, "line_too_long"),
+        (3, "z" * 8, None),
+    ]
+
+
+@pytest.mark.parametrize("ending", ["\n", "\r\n"])
+def test_a_json_line_of_exactly_the_limit_is_read_with_either_ending(ending: str):
+    start = '{"channel": "web", "external_id": "ext-1"'
+    line = start + " " * (MAX_LINE_BYTES - len(start) - 1) + "}"
+    assert len(line.encode()) == MAX_LINE_BYTES
+    data = (line + ending + json.dumps({"channel": "web", "external_id": "ext-2"}) + ending).encode()
+
+    orders = read(data, name="orders.jsonl", chunk=64 * 1024)
+
+    assert errors_of(orders) == []
+    assert [o.external_id for o in orders] == ["ext-1", "ext-2"]
+
+
 # --- JSON Lines ----------------------------------------------------------------------------------
 
 
@@ -1249,6 +1279,24 @@ def test_a_utf16_file_without_a_byte_order_mark_fails_as_a_whole_naming_its_enco
 
     assert failure.value.code == "invalid_encoding"
     assert "UTF-16" in failure.value.message and "\x00" not in failure.value.message
+
+
+@pytest.mark.parametrize(
+    ("encoding", "mark"), [("utf-32-le", "\ufeff"), ("utf-32-be", "\ufeff"), ("utf-32-le", ""), ("utf-32-be", "")]
+)
+@pytest.mark.parametrize("name", ["incoming/orders.jsonl", "incoming/orders.csv"])
+def test_a_utf32_file_fails_as_a_whole_naming_its_encoding(name: str, encoding: str, mark: str):
+    # Its little-endian byte order mark (FF FE 00 00) starts with UTF-16's (FF FE), and without a
+    # mark its first byte is beside a NUL as UTF-16's is: the file was refused as "UTF-16 text", and
+    # saved as UTF-16 it would fail the same way. Big-endian, with its mark (00 00 FE FF) or
+    # without, it was read as UTF-8: every line an error, none saying why.
+    data = (mark + HEADER + "\n" + row("ext-1") + "\n").encode(encoding)
+
+    with pytest.raises(ImportFileError) as failure:
+        OrderFile(chunks(data, 1), name)
+
+    assert failure.value.code == "invalid_encoding"
+    assert "UTF-32" in failure.value.message and "UTF-16" not in failure.value.message
 
 
 # --- Ids and error locations ------------------------------------------------------------------------

@@ -863,6 +863,45 @@ def test_beyond_the_exact_search_limit_an_order_two_locations_can_ship_is_source
     assert "split greedily it would ship from 3 locations, more than max_shipments (2)" in plan.reasons[0]
 
 
+# Six warehouses, nearest first, that have the order together: greedy takes five of them, while
+# wh-0, wh-3 and wh-4 have it all; and thirteen far ones with a unit each, which take the order
+# beyond the exact search into the greedy split (and never supply it).
+WIDE_NETWORK = {
+    "wh-0": {"A": 5, "B": 2, "C": 6, "D": 4},
+    "wh-1": {"A": 5, "B": 1, "D": 1},
+    "wh-2": {"A": 5, "B": 2, "C": 1, "D": 2},
+    "wh-3": {"A": 4, "B": 5, "C": 4},
+    "wh-4": {"A": 4, "C": 4, "D": 6},
+    "wh-5": {"A": 5, "C": 5, "D": 5},
+} | {f"far-{i:02d}": {"A": 1} for i in range(13)}
+WIDE_LOCATIONS = [
+    a_location(location_id, (SAN_FRANCISCO[0], SAN_FRANCISCO[1] + 0.5 * (i + 1)))
+    for i, location_id in enumerate(f"wh-{i}" for i in range(6))
+] + [a_location(f"far-{i:02d}", (45.0, -100.0 + i)) for i in range(13)]
+
+
+@pytest.mark.parametrize("prefer", list(Prefer))
+def test_a_higher_max_shipments_sources_every_order_a_lower_one_sources(prefer: Prefer):
+    # Greedy needs five locations. Under max_shipments 3 the groups of two and three (1,140) were
+    # searched and three found; under 4, all groups of two to four (5,016) were more than the exact
+    # search's 4,096, so none was searched, not even those 3 had found: no plan. Raising the limit
+    # from 3 to 4 made capture refuse the order 409 (and ReserveStock cancel one placed before).
+    order = an_order(("A", 7), ("B", 6), ("C", 2), ("D", 8))
+    wide = FEWEST.model_copy(update={"prefer": prefer})
+
+    plans = {
+        most: source(order, WIDE_NETWORK, WIDE_LOCATIONS, rules=wide.model_copy(update={"max_shipments": most}))
+        for most in (3, 4, 5)
+    }
+
+    used = {most: sorted({location for _, location, _ in allocated(plan)}) for most, plan in plans.items() if plan}
+    assert used == {
+        3: ["wh-0", "wh-3", "wh-4"],
+        4: ["wh-0", "wh-3", "wh-4"],
+        5: ["wh-0", "wh-1", "wh-2", "wh-3", "wh-4"],
+    }
+
+
 def test_a_third_party_sourcing_plugin_receives_the_rules_and_an_older_one_still_works():
     seen = []
 
