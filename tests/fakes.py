@@ -128,6 +128,42 @@ class ScriptedGateway:
         return self._play("refund", idempotency_key)
 
 
+class AnswersLost:
+    """A payment plugin that wraps every call to the gateway and, for the next `times` calls of an
+    operation, lets the gateway do it (the `test` gateway authorizes, captures, voids or refunds,
+    and PaymentSpy records it) and then raises TimeoutError, as a plugin whose HTTP call timed out
+    reading the answer after the gateway had acted would. Registered after PaymentSpy, so it wraps
+    the spy: the spy sees what the gateway did, the OMS sees only the timeout."""
+
+    def __init__(self) -> None:
+        self.left: dict[str, int] = {}
+
+    def lose(self, operation: str, times: int = 1) -> None:
+        self.left[operation] = times
+
+    def _answer(self, operation: str, result: PaymentResult | None) -> PaymentResult | None:
+        if self.left.get(operation, 0) > 0:
+            self.left[operation] -= 1
+            raise TimeoutError(f"lost: the gateway's answer to the {operation} never arrived")
+        return result
+
+    @hookimpl(wrapper=True)
+    def oms_payment_authorize(self):
+        return self._answer("authorize", (yield))
+
+    @hookimpl(wrapper=True)
+    def oms_payment_capture(self):
+        return self._answer("capture", (yield))
+
+    @hookimpl(wrapper=True)
+    def oms_payment_void(self):
+        return self._answer("void", (yield))
+
+    @hookimpl(wrapper=True)
+    def oms_payment_refund(self):
+        return self._answer("refund", (yield))
+
+
 class InlineReturnWorkflow(ReturnWorkflowStarter):
     """The returns workflow's steps run at once, in the caller (core.returns.Returns.settle): for
     the in-process API, which has no state machine. `returns` is the service to run them on (given
