@@ -1,9 +1,9 @@
 """The payment's invariant under any sequence of partial shipments, cancels, returns and appeasements
 (issue 12, item 8), in USD, JPY and KWD: refunded <= captured <= authorized at every step, stock
 never negative, and once everything left has shipped, captured - refunded = grand_total minus what
-returns and appeasements refunded. A ship's capture answers may be lost (the gateway captured, the
-plugin timed out): what the `test` gateway holds, captured less refunded, is what the order records
-whenever no answer is awaited. Runs the real services on the unit world's fakes: the same steps
+returns and appeasements refunded. A ship's capture answers, or an appeasement's, may be lost (the
+gateway acted, the plugin timed out): what the `test` gateway holds, captured less refunded, is what
+the order records whenever no answer is awaited. Runs the real services on the unit world's fakes: the same steps
 on every run of `make test`, random ones at length in `make fuzz` (tests/stateful.py)."""
 
 from __future__ import annotations
@@ -211,6 +211,27 @@ class OrderMoney(RuleBasedStateMachine):
         self.world.gateway.script("refund", "refuse" if refused else "approve")
         refund = self.world.refunds.issue_refund(self.order_id, amount, "goodwill", self._key(), actor="key_cs")
         assert refund.status == ("failed" if refused else "succeeded")
+
+    @precondition(lambda self: self._done_shipping() and self.order.payment.refundable().amount > 0)
+    @rule(data=st.data(), lost=st.sampled_from([1, 3]))
+    def appease_with_answers_lost(self, data: st.DataObject, lost: int) -> None:
+        """The gateway refunds, and its answers to the first `lost` asks are lost: all three lost,
+        the refund stays pending (503) and the client's retry under its key finishes it, once."""
+        order = self.order
+        unit = quantum(order.currency)
+        steps = int(order.payment.refundable().amount / unit)
+        amount = Money.of(data.draw(st.integers(min_value=1, max_value=steps)) * unit, order.currency)
+        key = self._key()
+        self.world.gateway.script("refund", "approve")
+        self.lost.lose("refund", lost)
+        try:
+            refund = self.world.refunds.issue_refund(self.order_id, amount, "goodwill", key, actor="key_cs")
+        except PaymentGatewayUnavailable:
+            assert lost == 3, "unavailable with an answer heard"
+            refund = self.world.refunds.issue_refund(self.order_id, amount, "goodwill", key, actor="key_cs")
+        finally:
+            self.lost.left.clear()
+        assert (refund.status, refund.amount) == ("succeeded", amount)
 
     @precondition(lambda self: self._done_shipping())
     @rule(data=st.data())
