@@ -169,3 +169,33 @@ def test_an_authorization_whose_answer_was_lost_is_the_one_the_workflows_retry_r
     # Both attempts approved the one authorization the gateway holds under the key: the order records it.
     assert world.spy.authorized == [authorized.payment.authorization] * 2
     assert authorized.payment.authorized == authorized.totals.grand_total
+
+
+@pytest.mark.parametrize("then", ["ship", "cancel"])
+def test_a_renewal_whose_answers_were_all_lost_is_the_one_the_next_ship_or_cancel_records(world, lost, clock, then):
+    order = world.allocated(("TSHIRT", 1), ("CAP", 1))
+    west, east = world.shipment_at(order, "wh-west"), world.shipment_at(order, "wh-east")
+    world.actions.ship(order.id, west, None, actor="key_wh")
+    clock.advance(days=8)  # the authorization grown old: the next capture renews it first
+    lost.lose("authorize", times=3)
+
+    with pytest.raises(PaymentGatewayUnavailable):
+        world.actions.ship(order.id, east, None, actor="key_wh")
+
+    # The gateway authorized the renewal; the order, told nothing, still holds the first one.
+    renewal = payment_keys.renewal(order.id, order.payment.authorization)
+    first, renewed = world.spy.authorized[0], world.spy.authorized[-1]
+    assert world.order(order.id).payment.authorization == first != renewed
+    assert world.spy.captured[-1][0] == first  # only the west parcel's capture so far
+
+    if then == "ship":
+        done = world.actions.ship(order.id, east, None, actor="key_wh")
+    else:
+        done = world.actions.cancel(order.id, "the rest", actor="key_web")
+
+    assert world.gateway.keys("authorize")[1:] == [renewal] * 4  # three lost, then answered: the same renewal
+    assert done.payment.authorization == renewed
+    assert done.status is S.SHIPPED and done.payment.captured == done.totals.grand_total
+    assert world.spy.voided[0] == first  # what the first held is released once replaced
+    if then == "cancel":
+        assert world.spy.voided == [first, renewed]  # nothing left to ship: the renewal's rest released
