@@ -13,6 +13,7 @@ from core.ports import ReturnWorkflowStarter
 from core.returns import Returns
 from core.webhooks import DeliveryMessage, DeliveryQueue
 from core.workflow_types import PaymentResult
+from plugins import test_payments
 from plugins.testing.memory import (
     InMemoryBackorders,
     InMemoryCatalog,
@@ -85,11 +86,15 @@ class ScriptedGateway:
     each call takes the next outcome, the last one repeating. `approve` hands the call on to the
     `test` gateway (so references stay real), `refuse` answers declined, `transient` raises
     TransientError and `timeout` raises TimeoutError, as a plugin whose HTTP call timed out would.
-    `calls` keeps (operation, idempotency_key) of every call, to check retries reuse the key."""
+    `calls` keeps (operation, idempotency_key) of every call, to check retries reuse the key.
+    With `keeps_answers`, a `refuse` of a key the `test` gateway approved an authorization, a
+    capture or a refund under hands the call on instead: a gateway answers a key it acted under
+    with what it did (the plugin contract), which a test whose answers are lost relies on."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, keeps_answers: bool = False) -> None:
         self.scripts: dict[str, list[str]] = {}
         self.calls: list[tuple[str, str]] = []
+        self.keeps_answers = keeps_answers
 
     def script(self, operation: str, *outcomes: str) -> None:
         self.scripts[operation] = list(outcomes)
@@ -102,6 +107,10 @@ class ScriptedGateway:
             raise TransientError(f"scripted: the gateway is briefly unavailable for {operation}")
         if outcome == "timeout":
             raise TimeoutError(f"scripted: the gateway did not answer the {operation} in time")
+        acted = {"authorize": test_payments._authorized, "capture": test_payments._captured,
+                 "refund": test_payments._refunded}.get(operation, {})  # fmt: skip
+        if outcome == "refuse" and self.keeps_answers and idempotency_key in acted:
+            return None
         if outcome == "refuse":
             message = f"scripted: {operation} refused"
             return PaymentResult(outcome="declined", reference=f"refused_{operation}", message=message)
@@ -126,6 +135,42 @@ class ScriptedGateway:
     @hookimpl(tryfirst=True)
     def oms_payment_refund(self, idempotency_key: str) -> PaymentResult | None:
         return self._play("refund", idempotency_key)
+
+
+class AnswersLost:
+    """A payment plugin that wraps every call to the gateway and, for the next `times` calls of an
+    operation, lets the gateway do it (the `test` gateway authorizes, captures, voids or refunds,
+    and PaymentSpy records it) and then raises TimeoutError, as a plugin whose HTTP call timed out
+    reading the answer after the gateway had acted would. Registered after PaymentSpy, so it wraps
+    the spy: the spy sees what the gateway did, the OMS sees only the timeout."""
+
+    def __init__(self) -> None:
+        self.left: dict[str, int] = {}
+
+    def lose(self, operation: str, times: int = 1) -> None:
+        self.left[operation] = times
+
+    def _answer(self, operation: str, result: PaymentResult | None) -> PaymentResult | None:
+        if self.left.get(operation, 0) > 0:
+            self.left[operation] -= 1
+            raise TimeoutError(f"lost: the gateway's answer to the {operation} never arrived")
+        return result
+
+    @hookimpl(wrapper=True)
+    def oms_payment_authorize(self):
+        return self._answer("authorize", (yield))
+
+    @hookimpl(wrapper=True)
+    def oms_payment_capture(self):
+        return self._answer("capture", (yield))
+
+    @hookimpl(wrapper=True)
+    def oms_payment_void(self):
+        return self._answer("void", (yield))
+
+    @hookimpl(wrapper=True)
+    def oms_payment_refund(self):
+        return self._answer("refund", (yield))
 
 
 class InlineReturnWorkflow(ReturnWorkflowStarter):

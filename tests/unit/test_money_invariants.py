@@ -1,7 +1,9 @@
 """The payment's invariant under any sequence of partial shipments, cancels, returns and appeasements
 (issue 12, item 8), in USD, JPY and KWD: refunded <= captured <= authorized at every step, stock
 never negative, and once everything left has shipped, captured - refunded = grand_total minus what
-returns and appeasements refunded. Runs the real services on the unit world's fakes: the same steps
+returns and appeasements refunded. A ship's capture answers, or an appeasement's, may be lost (the
+gateway acted, the plugin timed out): what the `test` gateway holds, captured less refunded, is what
+the order records whenever no answer is awaited. Runs the real services on the unit world's fakes: the same steps
 on every run of `make test`, random ones at length in `make fuzz` (tests/stateful.py)."""
 
 from __future__ import annotations
@@ -24,14 +26,15 @@ from hypothesis.stateful import (
 )
 
 from core import hookimpl
-from core.errors import PaymentRefused
+from core.errors import PaymentGatewayUnavailable, PaymentRefused
 from core.models import Order
 from core.money import Money, quantum
 from core.pricing_types import PricingDraft, ShippingQuote
 from core.refunds import refund_due
-from core.status import OrderStatus, ShipmentStatus
+from core.status import OrderStatus, RefundStatus, ShipmentStatus
 from plugins import test_payments
 from tests.builders import product
+from tests.fakes import AnswersLost
 from tests.stateful import at_length, in_make_test, steps_drawn
 from tests.unit.test_jeopardy import Clock
 from tests.unit.world import World, build_world
@@ -86,12 +89,15 @@ class OrderMoney(RuleBasedStateMachine):
         # Every example places the same order ids: the `test` gateway starts clean, as each test does.
         test_payments.forget()
         self.clock = Clock()
+        self.lost = AnswersLost()
         # MUG only in the west, CAP only in the east, PEN in both: orders split into parcels.
         self.world = build_world(
             [("MUG", "wh-west", 50), ("CAP", "wh-east", 50), ("PEN", "wh-east", 50), ("PEN", "wh-west", 2)],
             PerUnitShipping(),
+            self.lost,
             clock=self.clock,
         )
+        self.world.gateway.keeps_answers = True  # a capture whose answers were lost is answered again
         for sku, price in zip(SKUS, PRICES[currency], strict=True):
             self.world.catalog.put_product(product(sku, price, currency=currency))
         lines = list(zip(skus, quantities, strict=False))
@@ -124,6 +130,26 @@ class OrderMoney(RuleBasedStateMachine):
                 self.declined.add(warehouse)
             else:
                 self.declined.discard(warehouse)
+
+    @precondition(lambda self: _pending(self.order))
+    @rule(data=st.data(), lost=st.sampled_from([1, 3]))
+    def ship_with_answers_lost(self, data: st.DataObject, lost: int) -> None:
+        """The gateway captures, and its answers to the first `lost` asks are lost (the plugin's call
+        timed out after it acted): every ask is under the same key. All three lost, the ship answers
+        503 and its capture request stands, for the next ship (or a cancel) to settle."""
+        shipment_id = data.draw(st.sampled_from(_pending(self.order)))
+        warehouse = f"key_{self.order.shipment(shipment_id).location_id}"
+        self.lost.lose("capture", lost)
+        try:
+            self.world.actions.ship(self.order_id, shipment_id, None, actor=warehouse)
+        except PaymentGatewayUnavailable:
+            assert lost == 3, "unavailable with an answer heard"
+        except PaymentRefused:
+            assert warehouse in self.declined, "refused with nothing refused"
+        else:
+            self.declined.discard(warehouse)
+        finally:
+            self.lost.left.clear()
 
     @rule()
     def a_week_passes(self) -> None:
@@ -186,6 +212,27 @@ class OrderMoney(RuleBasedStateMachine):
         refund = self.world.refunds.issue_refund(self.order_id, amount, "goodwill", self._key(), actor="key_cs")
         assert refund.status == ("failed" if refused else "succeeded")
 
+    @precondition(lambda self: self._done_shipping() and self.order.payment.refundable().amount > 0)
+    @rule(data=st.data(), lost=st.sampled_from([1, 3]))
+    def appease_with_answers_lost(self, data: st.DataObject, lost: int) -> None:
+        """The gateway refunds, and its answers to the first `lost` asks are lost: all three lost,
+        the refund stays pending (503) and the client's retry under its key finishes it, once."""
+        order = self.order
+        unit = quantum(order.currency)
+        steps = int(order.payment.refundable().amount / unit)
+        amount = Money.of(data.draw(st.integers(min_value=1, max_value=steps)) * unit, order.currency)
+        key = self._key()
+        self.world.gateway.script("refund", "approve")
+        self.lost.lose("refund", lost)
+        try:
+            refund = self.world.refunds.issue_refund(self.order_id, amount, "goodwill", key, actor="key_cs")
+        except PaymentGatewayUnavailable:
+            assert lost == 3, "unavailable with an answer heard"
+            refund = self.world.refunds.issue_refund(self.order_id, amount, "goodwill", key, actor="key_cs")
+        finally:
+            self.lost.left.clear()
+        assert (refund.status, refund.amount) == ("succeeded", amount)
+
     @precondition(lambda self: self._done_shipping())
     @rule(data=st.data())
     def return_units(self, data: st.DataObject) -> None:
@@ -239,6 +286,18 @@ class OrderMoney(RuleBasedStateMachine):
         asked = Counter(key for key in self.world.gateway.keys("authorize") if ":authorize:renew:" in key)
         for key, calls in asked.items():
             assert calls <= declined[key] + (test_payments.reference(test_payments.AUTHORIZATION, key) in made), key
+
+    @invariant()
+    def the_gateway_holds_what_the_order_records(self) -> None:
+        """What the `test` gateway captured less what it refunded (a capture the order gave back
+        unrecorded counts in both) is what the order records, once no capture or refund it asked
+        for waits for its answer (a request left by answers lost: the gateway may hold it)."""
+        order = self.order
+        if order.captures_requested or any(r.status == RefundStatus.PENDING for r in order.payment.refunds):
+            return
+        held = test_payments._held.values()  # every authorization is this order's: forgotten at `place`
+        net = sum((h.captured.amount - h.refunded.amount for h in held), Decimal(0))
+        assert net == (order.payment.captured - order.payment.refunded).amount
 
     @invariant()
     def stock_never_negative(self) -> None:
