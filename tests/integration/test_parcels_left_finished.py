@@ -139,27 +139,62 @@ def test_a_collect_that_died_after_its_record_has_its_units_leave_by_the_stream_
     assert stock.level() == (stock.on_hand - 3, 0)
 
 
-def test_the_stream_finds_nothing_to_finish_after_a_ship_that_did_not_die(
-    api: InProcessApi, monkeypatch: pytest.MonkeyPatch
+def test_a_confirmations_batch_that_died_at_its_last_ships_stock_step_has_its_units_leave_by_the_stream(
+    api: InProcessApi,
 ):
-    from functions.adapters.dynamodb import DynamoInventory
+    from core.fulfillment import OrderActions
+
+    stock = Stock(api)
+    (first, first_parcel), (last, last_parcel) = stock.allocated(1), stock.allocated(2)
+    stream = TableStream(os.environ["ORDERS_TABLE"], from_now=True)
+    leaving = OrderActions._units_leave
+    left: list[str] = []
+
+    def dies_at_the_last(self: OrderActions, order: Any, shipment_id: str) -> None:
+        if shipment_id == last_parcel:
+            raise TimeoutError("the API function timed out after recording the batch's last ship")
+        left.append(shipment_id)
+        leaving(self, order, shipment_id)
+
+    items = [
+        {"order_id": first, "shipment_id": first_parcel, "action": "ship"},
+        {"order_id": last, "shipment_id": last_parcel, "action": "ship"},
+    ]
+    with pytest.MonkeyPatch.context() as patches:
+        patches.setattr(OrderActions, "_units_leave", dies_at_the_last)
+        died = api.post("/shipments/confirmations", json={"items": items})
+    assert died.status_code == 500 and left == [first_parcel]
+    assert [api.get(f"/orders/{o}").json()["status"] for o in (first, last)] == ["shipped", "shipped"]
+    assert stock.level() == (stock.on_hand - 1, 2)
+
+    stream_read(stream)
+
+    assert stock.level() == (stock.on_hand - 3, 0)
+
+
+def test_the_stream_finds_nothing_to_finish_after_a_ship_that_did_not_die_in_one_read(api: InProcessApi):
+    from botocore.client import BaseClient
 
     stock = Stock(api)
     order_id, parcel = stock.allocated(1)
     stream = TableStream(os.environ["ORDERS_TABLE"], from_now=True)
     assert api.post(f"/orders/{order_id}/shipments/{parcel}/ship", json={}).status_code == 200
     assert stock.level() == (stock.on_hand - 1, 0)
-    shipped: list[tuple[str, str, str]] = []
-    shipping = DynamoInventory.ship
+    inventory = os.environ["INVENTORY_TABLE"]
+    calls: list[str] = []
+    calling = BaseClient._make_api_call
 
-    def counted(self: DynamoInventory, sku: str, location_id: str, key: str) -> None:
-        shipped.append((sku, location_id, key))
-        shipping(self, sku, location_id, key)
+    def counted(client: BaseClient, operation: str, params: dict[str, Any]) -> Any:
+        if params.get("TableName") == inventory or inventory in params.get("RequestItems", {}):
+            calls.append(operation)
+        return calling(client, operation, params)
 
-    monkeypatch.setattr(DynamoInventory, "ship", counted)
-    stream_read(stream)
+    with pytest.MonkeyPatch.context() as patches:  # undone before the fixtures' own patches of it
+        patches.setattr(BaseClient, "_make_api_call", counted)
+        records = stream_read(stream)
 
-    assert shipped == []  # one read of the reservation, no write
+    assert len(records) > 1  # the capture's request, the ship (and what follows it): one hands a parcel over
+    assert calls == ["BatchGetItem", "BatchGetItem"]  # one read of its reservation per delivery, no write
     assert stock.level() == (stock.on_hand - 1, 0)
 
 
