@@ -113,9 +113,10 @@ def publish_changes(
 def finish_parcels_left(old: dict[str, Any] | None, new: dict[str, Any]) -> None:
     """The units of the parcels this change handed over (a ship, a collect, a carrier's report of a
     pending parcel) leave on_hand if the request that recorded it died before making them leave
-    (units_left_behind): nothing but this record would, when no client sends it again. First, so a
-    failure has the record redelivered before its events are published; a redelivered record, or
-    the request sent again at the same time, moves them once (conditional writes on the reservation)."""
+    (units_left_behind): nothing but this record would, when no client sends it again. One still on
+    its way, a redelivered record, or the request sent again at the same time: the units move once
+    (conditional writes on the reservation), whichever comes first. First in the record's handling,
+    so a failure has the record redelivered before its events are published."""
     left = parcels_left(old, new)
     if not left:
         return
@@ -125,7 +126,8 @@ def finish_parcels_left(old: dict[str, Any] | None, new: dict[str, Any]) -> None
     )
     if moved:
         logger.warning(
-            "units of parcels handed over left on_hand only now: the request that recorded them died first",
+            "units of parcels handed over left on_hand from the stream: the request that recorded them had not"
+            " made them leave (it died, or was still on its way)",
             extra={"shipment_ids": sorted(left), "units": [[*item, units] for item, units in sorted(moved.items())]},
         )
         metrics.add_metric(name="HandOversFinished", unit=MetricUnit.Count, value=len(moved))
