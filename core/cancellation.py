@@ -1172,10 +1172,11 @@ def units_leave(inventory: InventoryRepository, units: Mapping[StockItem, int]) 
 def units_left_behind(inventory: InventoryRepository, units: Mapping[StockItem, int]) -> dict[StockItem, int]:
     """Finish what the request that recorded parcels as left (ship, collect, a carrier's delivery
     report of a pending parcel) may have died before doing: the `units` their reservations still
-    hold leave on_hand as that request's own units_leave would have made them leave; the units so
-    moved, by reservation (none when it did not die: one read). Only the reservations still held
-    are written, each write conditional on the reservation (a shrink on what it held, a ship on its
-    key): the request sent again, or this run again, at the same time moves them once."""
+    hold leave on_hand as that request's own units_leave would have made them leave. Answers the
+    units found still held, which leave now, by reservation (none once that request made them
+    leave: one read, no write). Only those reservations are written, each write conditional on the
+    reservation (a shrink on what it held, a ship on its key): that request, sent again or still on
+    its way, or this run again, at the same time moves them once, whichever writes first."""
     if not units:
         return {}
     held = inventory.reservations(_keys_by_item(units))
