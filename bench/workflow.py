@@ -98,6 +98,7 @@ FEATURE_FUNCTIONS = {
 }
 FEATURES = ("events", "webhooks", "aggregates", "notifications")  # per order; the access log is per read
 _FEATURE = threading.local()  # the feature EventsFunction is working for, while it does
+CORE = ""  # what EventsFunction works for while it finishes a hand-over's stock step: no feature's
 
 
 @contextmanager
@@ -111,11 +112,13 @@ def working_for(feature: str) -> Iterator[None]:
 
 
 def tag_events_function() -> None:
-    """EventsFunction's counters and notifications are the aggregates' and notifications' cost:
-    its handler calls these two module functions, wrapped here (the stack runs in this process)."""
+    """EventsFunction's counters and notifications are the aggregates' and notifications' cost, and
+    its reads of a handed-over parcel's reservations (and the stock step it finishes) the core's:
+    its handler calls these module functions, wrapped here (the stack runs in this process)."""
     import functions.events.app as events_app
 
-    for name, feature in (("update_aggregates", "aggregates"), ("notify", "notifications")):
+    tags = (("update_aggregates", "aggregates"), ("notify", "notifications"), ("finish_parcels_left", CORE))
+    for name, feature in tags:
         original = getattr(events_app, name)
 
         def tagged(*args: Any, _original: Callable[..., Any] = original, _feature: str = feature) -> Any:
@@ -411,8 +414,8 @@ class UsageRecorder:
         """The optional feature a request is made for, None for the core. EventsFunction publishes
         (PutEvents: events) and queues webhook deliveries (the subscriptions read, the delivery
         records, the messages: webhooks) unless it is keeping counters or notifying."""
-        if tagged := getattr(_FEATURE, "name", None):
-            return tagged
+        if (tagged := getattr(_FEATURE, "name", None)) is not None:
+            return tagged or None  # CORE: None
         if function == "EventsFunction":
             return "events" if operation == "events.PutEvents" else "webhooks"
         if function == "ApiFunction" and operation == "sqs.SendMessage":

@@ -37,7 +37,7 @@ from core.order_changes import (
 )
 from core.payments import Failure, Payments
 from core.ports import Backorders, CatalogRepository, InventoryRepository, OrderRepository, StockMove
-from core.status import TERMINAL, OrderStatus, PaymentStatus
+from core.status import TERMINAL, OrderStatus, PaymentStatus, ShipmentStatus
 from core.workflow_types import PaymentResult
 
 if TYPE_CHECKING:
@@ -53,6 +53,8 @@ NOT_MADE = (PaymentRefused, PaymentGatewayUnavailable, PaymentPluginFailed)
 # `transient`), or the payment plugin failed around its call (`plugin_error`). Their key is released.
 LOST_ANSWERS = ("transient", "plugin_error")
 StockItem = tuple[str, str, str]  # a reservation: (sku, location_id, key)
+# A parcel in these has left its location: its units are no longer on hand there.
+HANDED_OVER = frozenset({ShipmentStatus.SHIPPED.value, ShipmentStatus.DELIVERED.value})
 # OMS_AUTHORIZATION_VALID_DAYS: how long a gateway keeps an authorization (Stripe 7 days, card
 # schemes 5 to 30); one at least this old is authorized again before a capture (renewed_if_lapsed).
 AUTHORIZATION_VALID_FOR = timedelta(days=7)
@@ -1163,16 +1165,60 @@ def units_leave(inventory: InventoryRepository, units: Mapping[StockItem, int]) 
     """The `units` of parcels that left leave on_hand, and no more (leaving_moves), one write at a
     time: each reservation holding more first shrinks to its parcel's units
     (InventoryRepository.shrink, conditional on what it held), then each ships (idempotent by key)."""
+    if units:
+        _leave(inventory, units, inventory.reservations(_keys_by_item(units)), sorted(units))
+
+
+def units_left_behind(inventory: InventoryRepository, units: Mapping[StockItem, int]) -> dict[StockItem, int]:
+    """Finish what the request that recorded parcels as left (ship, collect, a carrier's delivery
+    report of a pending parcel) may have died before doing: the `units` their reservations still
+    hold leave on_hand as that request's own units_leave would have made them leave. Answers the
+    units found still held, which leave now, by reservation (none once that request made them
+    leave: one read, no write). Only those reservations are written, each write conditional on the
+    reservation (a shrink on what it held, a ship on its key): that request, sent again or still on
+    its way, or this run again, at the same time moves them once, whichever writes first."""
     if not units:
-        return
+        return {}
+    held = inventory.reservations(_keys_by_item(units))
+    moves = _leave(inventory, units, held, [item for item in sorted(units) if item in held])
+    return {(move.sku, move.location_id, move.key): move.keep for move in moves}
+
+
+def _keys_by_item(units: Mapping[StockItem, int]) -> dict[tuple[str, str], list[str]]:
     keys: dict[tuple[str, str], list[str]] = defaultdict(list)
     for sku, location_id, key in units:
         keys[(sku, location_id)].append(key)
-    for move in leaving_moves(units, inventory.reservations(dict(keys))):
+    return dict(keys)
+
+
+def _leave(
+    inventory: InventoryRepository, units: Mapping[StockItem, int], held: Mapping[StockItem, int],
+    shipping: Iterable[StockItem],
+) -> list[StockMove]:  # fmt: skip
+    """The leaving_moves of `units` given what their reservations hold (`held`): the shrinks, then
+    a ship of each of `shipping`."""
+    moves = leaving_moves(units, held)
+    for move in moves:
         if move.keep < move.held:
             inventory.shrink(move.sku, move.location_id, move.key, held=move.held, keep=move.keep)
-    for item in sorted(units):
+    for item in shipping:
         inventory.ship(*item)
+    return moves
+
+
+def parcels_left(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> set[str]:
+    """The ids of the parcels a change of an order recorded as handed over (shipped, or delivered
+    without a ship before it: a pickup collected, a pending parcel a carrier reported delivered),
+    given the order documents before (`old`, None for a new order) and after it (`new`), as the
+    Orders stream carries them: read on the documents, so a change that hands nothing over costs
+    no model built."""
+    if old is None:
+        return set()  # a new order has handed nothing over: a parcel leaves by a change of a stored one
+    before = {s.get("id"): s.get("status") for s in old.get("shipments") or ()}
+    return {
+        s["id"] for s in new.get("shipments") or ()
+        if s.get("status") in HANDED_OVER and before.get(s["id"]) not in HANDED_OVER
+    }  # fmt: skip
 
 
 def _declined_count(refused: set[str], order_id: str, lapsed: str) -> int:

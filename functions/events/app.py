@@ -14,7 +14,9 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
 
 from core.aggregates import aggregate_change
+from core.cancellation import parcel_units, parcels_left, units_left_behind
 from core.domain_events import DomainEvent, import_events, order_events, return_events
+from core.models import Order
 from core.webhooks import DeliveryMessage, Subscription
 from functions.adapters import order_codec
 from functions.adapters.imports import import_failure, import_file_error, import_summary
@@ -97,6 +99,7 @@ def publish_changes(
         with logger.append_context_keys(return_id=new["id"], order_id=new.get("order_id")):
             dispatch(return_events(old, new, order_of(str(new.get("order_id", "")))), subscriptions, deliveries)
         return
+    finish_parcels_left(old, new)
     update_aggregates(old, new)
     events = order_events(old, new)
     with logger.append_context_keys(order_id=new.get("id"), channel=new.get("channel")):
@@ -105,6 +108,29 @@ def publish_changes(
         # reconciler's retry pass; anything else failing has the record redelivered, and the events
         # it publishes again carry the same ids (subscribers dedupe; no delivery is queued twice).
         notify(old, new)
+
+
+def finish_parcels_left(old: dict[str, Any] | None, new: dict[str, Any]) -> None:
+    """The units of the parcels this change handed over (a ship, a collect, a carrier's report of a
+    pending parcel) leave on_hand if the request that recorded it died before making them leave
+    (units_left_behind): nothing but this record would, when no client sends it again. One still on
+    its way, a redelivered record, or the request sent again at the same time: the units move once
+    (conditional writes on the reservation), whichever comes first. First in the record's handling,
+    so a failure has the record redelivered before its events are published."""
+    left = parcels_left(old, new)
+    if not left:
+        return
+    order = Order.model_validate(new)
+    moved = units_left_behind(
+        container().inventory_repository, parcel_units(order, [s for s in order.shipments if s.id in left])
+    )
+    if moved:
+        logger.warning(
+            "units of parcels handed over left on_hand from the stream: the request that recorded them had not"
+            " made them leave (it died, or was still on its way)",
+            extra={"shipment_ids": sorted(left), "units": [[*item, units] for item, units in sorted(moved.items())]},
+        )
+        metrics.add_metric(name="HandOversFinished", unit=MetricUnit.Count, value=len(moved))
 
 
 def import_errors(import_id: str, image: dict[str, Any]) -> list[dict[str, Any]]:

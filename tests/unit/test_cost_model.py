@@ -77,7 +77,7 @@ def test_published_events_are_billed_per_entry_and_a_feature_shows_only_what_it_
 
 
 def test_requests_are_attributed_to_the_optional_feature_they_are_made_for():
-    from bench.workflow import UsageRecorder, working_for
+    from bench.workflow import CORE, UsageRecorder, working_for
 
     recorder = UsageRecorder()
     recorder.access_log_queue = "http://sqs/access-log"
@@ -86,6 +86,8 @@ def test_requests_are_attributed_to_the_optional_feature_they_are_made_for():
     assert recorder.feature("EventsFunction", "dynamodb.Query", {}) == "webhooks"  # the subscriptions
     with working_for("aggregates"):
         assert recorder.feature("EventsFunction", "dynamodb.TransactWriteItems", {}) == "aggregates"
+    with working_for(CORE):  # a handed-over parcel's reservations read, its stock step finished
+        assert recorder.feature("EventsFunction", "dynamodb.BatchGetItem", {}) is None
     assert recorder.feature("WebhookDeliveryFunction", "dynamodb.PutItem", {}) == "webhooks"
     assert recorder.feature("AccessLogFunction", "dynamodb.PutItem", {}) == "access log"
     assert recorder.feature("ApiFunction", "sqs.SendMessage", {"QueueUrl": "http://sqs/access-log"}) == "access log"

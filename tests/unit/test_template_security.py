@@ -366,6 +366,9 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
         (CATALOG, "dynamodb:UpdateItem"): [DynamoAggregates, DynamoNotifications],
         ("WebhookDeliveryQueue", "sqs:SendMessage"): [SqsDeliveryQueue],
         ("EventsFailureQueue", "sqs:SendMessage"): "the stream mappings' on-failure destination",
+        # A parcel handed over whose request died before its units left: its reservations read,
+        # those still held shrunk and shipped (core.cancellation.units_left_behind).
+        **{(INVENTORY, f"dynamodb:{a}"): [DynamoInventory] for a in ("BatchGetItem", "Query", "UpdateItem")},
     },
     "WebhookDeliveryFunction": {
         **{(CATALOG, f"dynamodb:{a}"): [DynamoWebhooks] for a in ("GetItem", "PutItem")},

@@ -1,0 +1,250 @@
+"""A ship or a collect that died after its order record, before its units left on_hand, with no
+client sending it again (it reads the order, sees it shipped): the Orders stream's record of the
+hand-over, handed to the events function as its mapping hands it (each batch twice: a redelivery),
+makes the units leave by the system alone, once; the client's repeat landing inside the events
+function's stock step, or the events function's inside the repeat's, moves them once too.
+In-process on moto, the workflow's steps run here."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import boto3
+import pytest
+
+from tests.e2e.client import Catalog, order_body
+from tests.integration.import_support import context
+from tests.integration.in_process import InProcessApi, TableStream, in_process_api_with_labels, run_to_allocated
+
+
+@pytest.fixture(scope="module")
+def api() -> Iterator[InProcessApi]:
+    with in_process_api_with_labels() as started, pytest.MonkeyPatch.context() as env:
+        from functions.bootstrap import forget_warm_containers
+
+        sqs = boto3.client("sqs", region_name="us-east-1")
+        boto3.client("events", region_name="us-east-1").create_event_bus(Name="test-events")
+        env.setenv("EVENT_BUS_NAME", "test-events")
+        env.setenv("WEBHOOK_QUEUE_URL", sqs.create_queue(QueueName="webhook-deliveries")["QueueUrl"])
+        forget_warm_containers()
+        yield started
+
+
+@pytest.fixture(autouse=True)
+def events_calls_granted(api: InProcessApi, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The events function's calls here are read against what the template grants it (the
+    Inventory table's reservations and their writes among them); a call inside it is its own, not
+    the API request's it ran within."""
+    from tests.integration.conftest import ENV_BY_TABLE
+    from tests.template_iam import handlers_checked
+
+    tables = {logical: os.environ[variable] for logical, variable in ENV_BY_TABLE.items()}
+    names = {
+        "event_bus_names": {"EventBus": "test-events"},
+        "queue_urls": {"WebhookDeliveryQueue": os.environ["WEBHOOK_QUEUE_URL"]},
+    }
+    with handlers_checked(monkeypatch, {"EventsFunction": "functions.events.app"}, tables, **names):
+        yield
+
+
+def actions():
+    from functions.bootstrap import Config, bootstrap
+
+    return bootstrap(Config.from_env()).actions
+
+
+def stream_read(stream: TableStream) -> list[dict[str, Any]]:
+    """The events function handed the Orders records written since the last read, twice (the stream
+    delivering the batch again)."""
+    from functions.events.app import lambda_handler
+
+    records = stream.new_records()
+    for _ in range(2):
+        assert lambda_handler({"Records": records}, context("EventsFunction")) == {"batchItemFailures": []}
+    return records
+
+
+class Stock:
+    """`on_hand` units of a new product at a new location (a warehouse, or a pickup store)."""
+
+    def __init__(self, api: InProcessApi, on_hand: int = 5, **location: Any) -> None:
+        catalog = Catalog(api)
+        self.api = api
+        self.location = catalog.location(**location)
+        self.sku = catalog.product("10.00", weight_grams=300)
+        self.on_hand = on_hand
+        catalog.stock(self.sku, self.location, on_hand)
+
+    def level(self) -> tuple[int, int]:
+        """(on_hand, reserved) at the location."""
+        found = self.api.get(f"/inventory/{self.sku}").json()["locations"]
+        level = next(loc for loc in found if loc["location_id"] == self.location)
+        return level["on_hand"], level["reserved"]
+
+    def allocated(self, quantity: int, **fields: Any) -> tuple[str, str]:
+        body = order_body((self.sku, quantity), channel=f"web-{uuid.uuid4().hex[:8]}", **fields)
+        placed = self.api.post("/orders", json=body)
+        assert placed.status_code == 201, placed.text
+        order = run_to_allocated(self.api, placed.json()["id"])
+        (parcel,) = order["shipments"]
+        assert parcel["location_id"] == self.location
+        return order["id"], parcel["id"]
+
+
+def dying_after_the_record(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The API function timing out after the order recorded the hand-over, before its units left."""
+    from core.fulfillment import OrderActions
+
+    def dies(self: OrderActions, *args: Any, **kwargs: Any) -> None:
+        raise TimeoutError("the API function timed out after recording the hand-over")
+
+    monkeypatch.setattr(OrderActions, "_units_leave", dies)
+
+
+def test_a_ship_that_died_after_its_record_has_its_units_leave_by_the_stream_alone(api: InProcessApi):
+    stock = Stock(api)
+    order_id, parcel = stock.allocated(2)
+    stream = TableStream(os.environ["ORDERS_TABLE"], from_now=True)
+    with pytest.MonkeyPatch.context() as patches, pytest.raises(TimeoutError):
+        dying_after_the_record(patches)
+        actions().ship(order_id, parcel, None, actor="key_warehouse")
+    shipped = api.get(f"/orders/{order_id}").json()
+    assert shipped["shipments"][0]["status"] == "shipped"
+    assert stock.level() == (stock.on_hand, 2)  # left, not counted out: nobody sends the ship again
+
+    stream_read(stream)
+
+    assert stock.level() == (stock.on_hand - 2, 0)
+    assert api.get(f"/orders/{order_id}").json()["version"] == shipped["version"]  # the order is not written
+    assert api.post(f"/orders/{order_id}/shipments/{parcel}/ship", json={}).status_code == 200  # sent again late
+    assert stock.level() == (stock.on_hand - 2, 0)
+
+
+def test_a_collect_that_died_after_its_record_has_its_units_leave_by_the_stream_alone(api: InProcessApi):
+    stock = Stock(api, name="Store", type="store", ships=False, pickup=True)
+    order_id, parcel = stock.allocated(3, fulfillment={"type": "pickup", "location_id": stock.location})
+    assert api.post(f"/orders/{order_id}/shipments/{parcel}/ready").status_code == 200
+    stream = TableStream(os.environ["ORDERS_TABLE"], from_now=True)
+    with pytest.MonkeyPatch.context() as patches, pytest.raises(TimeoutError):
+        dying_after_the_record(patches)
+        actions().deliver_or_collect(order_id, parcel, actor="key_store")
+    assert api.get(f"/orders/{order_id}").json()["status"] == "delivered"
+    assert stock.level() == (stock.on_hand, 3)
+
+    stream_read(stream)
+
+    assert stock.level() == (stock.on_hand - 3, 0)
+
+
+def test_a_confirmations_batch_that_died_at_its_last_ships_stock_step_has_its_units_leave_by_the_stream(
+    api: InProcessApi,
+):
+    from core.fulfillment import OrderActions
+
+    stock = Stock(api)
+    (first, first_parcel), (last, last_parcel) = stock.allocated(1), stock.allocated(2)
+    stream = TableStream(os.environ["ORDERS_TABLE"], from_now=True)
+    leaving = OrderActions._units_leave
+    left: list[str] = []
+
+    def dies_at_the_last(self: OrderActions, order: Any, shipment_id: str) -> None:
+        if shipment_id == last_parcel:
+            raise TimeoutError("the API function timed out after recording the batch's last ship")
+        left.append(shipment_id)
+        leaving(self, order, shipment_id)
+
+    items = [
+        {"order_id": first, "shipment_id": first_parcel, "action": "ship"},
+        {"order_id": last, "shipment_id": last_parcel, "action": "ship"},
+    ]
+    with pytest.MonkeyPatch.context() as patches:
+        patches.setattr(OrderActions, "_units_leave", dies_at_the_last)
+        died = api.post("/shipments/confirmations", json={"items": items})
+    assert died.status_code == 500 and left == [first_parcel]
+    assert [api.get(f"/orders/{o}").json()["status"] for o in (first, last)] == ["shipped", "shipped"]
+    assert stock.level() == (stock.on_hand - 1, 2)
+
+    stream_read(stream)
+
+    assert stock.level() == (stock.on_hand - 3, 0)
+
+
+def test_the_stream_finds_nothing_to_finish_after_a_ship_that_did_not_die_in_one_read(api: InProcessApi):
+    from botocore.client import BaseClient
+
+    stock = Stock(api)
+    order_id, parcel = stock.allocated(1)
+    stream = TableStream(os.environ["ORDERS_TABLE"], from_now=True)
+    assert api.post(f"/orders/{order_id}/shipments/{parcel}/ship", json={}).status_code == 200
+    assert stock.level() == (stock.on_hand - 1, 0)
+    inventory = os.environ["INVENTORY_TABLE"]
+    calls: list[str] = []
+    calling = BaseClient._make_api_call
+
+    def counted(client: BaseClient, operation: str, params: dict[str, Any]) -> Any:
+        if params.get("TableName") == inventory or inventory in params.get("RequestItems", {}):
+            calls.append(operation)
+        return calling(client, operation, params)
+
+    with pytest.MonkeyPatch.context() as patches:  # undone before the fixtures' own patches of it
+        patches.setattr(BaseClient, "_make_api_call", counted)
+        records = stream_read(stream)
+
+    assert len(records) > 1  # the capture's request, the ship (and what follows it): one hands a parcel over
+    assert calls == ["BatchGetItem", "BatchGetItem"]  # one read of its reservation per delivery, no write
+    assert stock.level() == (stock.on_hand - 1, 0)
+
+
+def interleaved(monkeypatch: pytest.MonkeyPatch, first_call: Callable[[], Any]) -> list[int]:
+    """DynamoInventory.ship running `first_call` (the other party, whole) before the first ship it
+    makes: the other party lands between this one's read of the reservation and its write."""
+    from functions.adapters.dynamodb import DynamoInventory
+
+    shipping = DynamoInventory.ship
+    ran: list[int] = []
+
+    def other_party_first(self: DynamoInventory, sku: str, location_id: str, key: str) -> None:
+        if not ran:
+            ran.append(1)
+            monkeypatch.setattr(DynamoInventory, "ship", shipping)
+            first_call()
+        shipping(self, sku, location_id, key)
+
+    monkeypatch.setattr(DynamoInventory, "ship", other_party_first)
+    return ran
+
+
+@pytest.mark.parametrize("inside", ["the stream inside the repeat", "the repeat inside the stream"])
+def test_the_ship_sent_again_and_the_streams_finish_at_once_move_the_units_once(api: InProcessApi, inside: str):
+    stock = Stock(api)
+    order_id, parcel = stock.allocated(2)
+    stream = TableStream(os.environ["ORDERS_TABLE"], from_now=True)
+    with pytest.MonkeyPatch.context() as patches, pytest.raises(TimeoutError):
+        dying_after_the_record(patches)
+        actions().ship(order_id, parcel, None, actor="key_warehouse")
+    records = stream.new_records()
+    answers: list[int] = []
+
+    def repeat() -> None:
+        answers.append(api.post(f"/orders/{order_id}/shipments/{parcel}/ship", json={}).status_code)
+
+    def finish() -> None:
+        from functions.events.app import lambda_handler
+
+        assert lambda_handler({"Records": records}, context("EventsFunction")) == {"batchItemFailures": []}
+
+    with pytest.MonkeyPatch.context() as patches:
+        if inside == "the stream inside the repeat":
+            ran = interleaved(patches, finish)
+            repeat()
+        else:
+            ran = interleaved(patches, repeat)
+            finish()
+
+    assert ran == [1] and answers == [200]
+    assert stock.level() == (stock.on_hand - 2, 0)
+    finish()  # the record delivered again
+    assert stock.level() == (stock.on_hand - 2, 0)
