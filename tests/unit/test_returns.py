@@ -1596,6 +1596,31 @@ def test_a_cheaper_second_replacement_cancelled_gives_back_only_what_the_rest_le
     assert world.order(b.id).payment.refunded == b.payment.captured
 
 
+def test_a_cheaper_second_replacement_cancelled_after_its_rest_was_refused_once_up_the_chain_gives_back_the_rest(
+    world, clock
+):  # fmt: skip
+    # The rest's draw on A's credit was refused, then made under the next key: only the one made
+    # took from the credit, so the pen's give-back is the credit less the rest, not less it twice.
+    gateway = ScriptedGateway()
+    returns, _ = returns_for(world, clock, gateway)
+    world.inventory.set_on_hand("PEN", "wh-west", 5, reason="count")
+    a = shipped(world, ("TSHIRT", 1))
+    first = returns.request(a.id, exchange_of("L1", 1, ("TSHIRT", 1)), actor="key_cs")
+    returns.receive(first.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    b = delivered(world, world.run(returns.settle(first.id, actor="key_wh").exchange_order_id or ""))
+    second = returns.request(b.id, exchange_of("L1", 1, ("PEN", 1)), actor="key_cs")
+    returns.receive(second.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    gateway.script("refund", "approve", "refuse", "approve")  # B's own captures, then A's credit twice
+    assert returns.settle(second.id, actor="key_wh").status is R.RECEIVED  # the step fails, and is retried
+    c = world.run(returns.settle(second.id, actor="key_wh").exchange_order_id or "")
+    assert [r.status for r in world.order(a.id).payment.refunds] == ["failed", "succeeded"]
+
+    world.actions.cancel(c.id, "not wanted", actor="key_cs")
+
+    assert refunded_across(world, a, b) == b.lines[0].total == c.exchange_credit
+    assert world.order(b.id).payment.refunded == b.payment.captured
+
+
 def test_a_replacement_exchanged_again_holds_only_its_own_captures_and_the_earlier_order_the_rest(world, clock):
     # B's T-shirt was paid by A's credit, its cap and shipping by its own captures. Exchanged again,
     # B's credit holds what B captured (its own money, taken first) and the rest is carried from
@@ -1626,6 +1651,27 @@ def test_a_third_replacement_cancelled_gives_back_its_credit_from_every_earlier_
     world.actions.cancel(d.id, "changed my mind", actor="key_cs")
 
     assert refunded_across(world, a, b, c) == b.lines[0].total
+
+
+def test_a_cheaper_third_replacement_cancelled_gives_back_only_what_the_rest_left_of_its_credit(world, clock):
+    # The rest beyond the pen was refunded on C, then carried to B's credit and on to A's: the
+    # give-back counts what every earlier order gave of it, however far up the chain.
+    world.inventory.set_on_hand("PEN", "wh-west", 5, reason="count")
+    returns, a, b, second = exchanged_again(world, clock, ("TSHIRT", 1))
+    c = delivered(world, world.run(second.exchange_order_id or ""))
+    item = returns.request(c.id, exchange_of("L1", 1, ("PEN", 1)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    third = returns.settle(item.id, actor="key_wh")
+    d = world.run(third.exchange_order_id or "")
+    assert third.refund == d.exchange_credit - d.totals.grand_total
+    assert [r.status for r in world.order(a.id).payment.refunds] == ["succeeded"]  # carried two orders up
+
+    world.actions.cancel(d.id, "not wanted", actor="key_cs")
+    world.actions.cancel(d.id, "not wanted", actor="key_cs")
+
+    assert refunded_across(world, a, b, c) == b.lines[0].total == d.exchange_credit
+    assert world.order(c.id).payment.refunded == c.payment.captured  # C's own captures first
+    assert world.order(b.id).payment.refunded == b.payment.captured  # then B's
 
 
 def test_a_second_replacement_sent_back_refunds_its_value_from_the_earlier_orders(world, clock):
