@@ -1621,6 +1621,34 @@ def test_a_cheaper_second_replacement_cancelled_after_its_rest_was_refused_once_
     assert world.order(b.id).payment.refunded == b.payment.captured
 
 
+def test_a_replacement_whose_shipped_units_were_exchanged_again_gives_back_the_credit_of_its_cancelled_rest(
+    world, clock
+):  # fmt: skip
+    # Two T-shirts for a T-shirt and a cap (B, paid by the credit alone). B's T-shirt left first and
+    # was swapped for a pen: the rest beyond the pen came from B's credit, on A. Then B's cap was
+    # cancelled: the credit that was to pay for it goes back too, the T-shirt's draw not counted
+    # as used twice. The customer pays the three orders' shipping and the pen.
+    world.inventory.set_on_hand("PEN", "wh-west", 5, reason="count")
+    returns, a, first = exchanged(world, clock, ("TSHIRT", 2), ("TSHIRT", 1), ("CAP", 1))
+    b = world.run(first.exchange_order_id or "")
+    world.actions.ship(b.id, world.shipment_at(b, "wh-west"), None, actor="key_wh")
+    world.actions.deliver(b.id, world.shipment_at(b, "wh-west"), actor="key_wh")
+    item = returns.request(b.id, exchange_of("L1", 1, ("PEN", 1)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    c = world.run(returns.settle(item.id, actor="key_wh").exchange_order_id or "")
+    assert world.order(b.id).payment.captured == Money.zero("USD")
+
+    world.actions.cancel(b.id, "no cap after all", actor="key_cs")
+    c = delivered(world, c)
+
+    b = world.order(b.id)
+    paid = [world.order(o.id).payment.captured - world.order(o.id).payment.refunded for o in (a, b, c)]
+    assert sum(paid, Money.zero("USD")) == a.totals.shipping + b.totals.shipping + c.totals.grand_total
+    # A's credit less what B kept of it, and B's T-shirt less the pen it paid for.
+    unused = a.lines[0].total - b.totals.grand_total + b.lines[0].total - c.totals.grand_total
+    assert refunded_across(world, a, b) == unused
+
+
 def test_a_replacement_exchanged_again_holds_only_its_own_captures_and_the_earlier_order_the_rest(world, clock):
     # B's T-shirt was paid by A's credit, its cap and shipping by its own captures. Exchanged again,
     # B's credit holds what B captured (its own money, taken first) and the rest is carried from
