@@ -1649,6 +1649,28 @@ def test_a_replacement_whose_shipped_units_were_exchanged_again_gives_back_the_c
     assert refunded_across(world, a, b) == unused
 
 
+def test_a_second_replacements_rest_cancelled_after_its_first_parcel_came_back_gives_back_the_credit_up_the_chain(
+    world, clock
+):  # fmt: skip
+    # C (a T-shirt and a cap for B's T-shirt) sent its T-shirt back while the cap waited: its refund
+    # took C's captures, then B's, then drew on A's credit. The cap was then cancelled: the credit
+    # its T-shirt's draws took, on B and on A, is not counted as used by the cap too. The customer
+    # kept nothing and pays the three orders' shipping.
+    returns, a, b, second = exchanged_again(world, clock, ("TSHIRT", 1), ("CAP", 1))
+    c = world.run(second.exchange_order_id or "")
+    world.actions.ship(c.id, world.shipment_at(c, "wh-west"), None, actor="key_wh")
+    world.actions.deliver(c.id, world.shipment_at(c, "wh-west"), actor="key_wh")
+    back = returns.request(c.id, ask(("L1", 1, None)), actor="key_cs")
+    returns.receive(back.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    assert returns.settle(back.id, actor="key_wh").refund == c.lines[0].total
+
+    world.actions.cancel(c.id, "no cap after all", actor="key_cs")
+    world.actions.cancel(c.id, "no cap after all", actor="key_cs")  # a repeat gives nothing more
+
+    paid = [world.order(o.id).payment.captured - world.order(o.id).payment.refunded for o in (a, b, c)]
+    assert sum(paid, Money.zero("USD")) == a.totals.shipping + b.totals.shipping + c.totals.shipping
+
+
 def test_a_replacement_exchanged_again_holds_only_its_own_captures_and_the_earlier_order_the_rest(world, clock):
     # B's T-shirt was paid by A's credit, its cap and shipping by its own captures. Exchanged again,
     # B's credit holds what B captured (its own money, taken first) and the rest is carried from
