@@ -75,3 +75,28 @@ def test_an_exchange_received_again_and_asked_for_again_gives_its_credit_once(ap
     # The card paid for the MUG kept, less the appeasement: the other MUG's worth went back whole.
     assert paid(after) == amount(after["totals"]["grand_total"]) - credit - Decimal("5.00")
     assert paid(api.get(f"/orders/{replacement_id}").json()) == 0
+
+
+def test_a_give_back_the_gateway_refuses_is_recorded_failed_and_nothing_shows_it_as_given(api, services):
+    # The card refuses every refund. A MUG swapped for a MUG costs the credit and the shipping again,
+    # so nothing comes back at once; the replacement is then cancelled and its credit's give-back refused.
+    refusing = {"method": "test", "token": "tok_refund_decline"}
+    original, return_id = received(
+        api, exchange=[{"sku": "MUG", "quantity": 1}], steps=AFTER_RECEIPT, payment=refusing
+    )  # fmt: skip
+    [replacement_id] = replacements_of(api, original)
+    assert refunds(api, original["id"]) == []
+    answer = cancel(api, replacement_id)
+    assert answer.status_code == 200, answer.text
+    assert cancel(api, replacement_id).status_code == 200  # a repeat asks nothing again
+
+    credit = money(api.get(f"/orders/{replacement_id}").json()["exchange_credit"])
+    assert refunds(api, original["id"]) == [("failed", credit)]
+    after = api.get(f"/orders/{original['id']}").json()
+    assert amount(after["payment"]["refunded"]) == 0
+    assert api.get(f"/returns/{return_id}").json()["refund"]["amount"] == "0.00"
+    # Left to a person: the credit no longer holds the money, so an appeasement may give it back.
+    asked = {"amount": {"amount": credit, "currency": "USD"}, "reason": "the exchange's credit"}
+    made = api.post(f"/orders/{original['id']}/refunds", json=asked)
+    assert (made.status_code, made.json()["status"]) == (201, "failed"), made.text
+    assert amount(api.get(f"/orders/{original['id']}").json()["payment"]["refunded"]) == 0
