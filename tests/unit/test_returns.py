@@ -1137,6 +1137,7 @@ def test_a_cancelled_replacement_gives_its_credit_back_on_the_original_once(worl
     ]
     assert original.payment.refunded == credit
     assert world.spy.refunded[-1][1] == credit
+    assert original.returns_to_show == []  # shown, so the reconciler's kept-back pass has nothing to do
 
 
 def test_a_refused_give_back_of_a_cancelled_replacements_credit_is_left_to_a_person_who_can_refund_it(world, clock):
@@ -1304,6 +1305,27 @@ def test_a_return_of_the_replacement_refunds_what_it_paid_and_the_credit_that_pa
     assert world.order(replacement.id).payment.refunded == paid
     original = world.order(order.id)
     assert [(r.return_id, r.amount, r.status) for r in original.payment.refunds] == [(settled.id, credit, "succeeded")]
+
+
+def test_a_return_of_a_replacement_whose_payment_an_appeasement_gave_back_draws_no_more_than_the_credit(world, clock):
+    # The customer paid the difference on the replacement and a person gave it back as goodwill;
+    # then every unit came back. Its captures have nothing left to refund, and the credit refunds
+    # what it paid for, no more: the rest of the original's money (its other T-shirt) stays.
+    returns, _ = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 2))
+    item = returns.request(order.id, exchange_of("L1", 1, ("TSHIRT", 1), ("CAP", 1)), actor="key_cs")
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    replacement = delivered(world, world.run(returns.settle(item.id, actor="key_wh").exchange_order_id or ""))
+    credit, paid = replacement.exchange_credit, replacement.payment.captured
+    world.refunds.issue_refund(replacement.id, paid, "goodwill", "appease-1", actor="key_cs")
+    back = returns.request(replacement.id, ask(("L1", 1, "wrong_item"), ("L2", 1, "wrong_item")), actor="key_cs")
+    returns.receive(back.id, receipt("wh-west", ("L1", 1, "resellable"), ("L2", 1, "resellable")), "key_wh")
+
+    done = returns.settle(back.id, actor="key_wh")
+
+    assert credit is not None and done.refund == credit
+    assert world.order(order.id).payment.refunded == credit
+    assert world.order(replacement.id).payment.refunded == paid  # the appeasement alone
 
 
 def test_a_replacements_units_exchanged_for_what_is_sold_out_are_refunded_as_a_return_of_them(world, clock):
