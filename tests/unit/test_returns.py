@@ -2676,6 +2676,22 @@ def test_an_exchange_whose_replacement_is_cancelled_shows_all_its_credit_given_b
     assert returns.get(item.id).refund == order.lines[0].total
 
 
+def test_an_exchange_whose_replacement_is_cancelled_shows_its_credit_given_back_while_plain_reads_lag(
+    world, clock, monkeypatch
+):  # fmt: skip
+    # The cancel gives the credit back, then reads the original to show the return all refunded
+    # for it: a plain read just after the give-back's write may not have it yet.
+    from tests.unit.test_confirmations import lagging_reads
+
+    _, order, settled = exchanged(world, clock, ("MUG", 2), ("CAP", 1))
+    replacement = world.run(settled.exchange_order_id or "")
+    lagging_reads(world, monkeypatch)
+
+    world.actions.cancel(replacement.id, "changed my mind", actor="key_cs")
+
+    assert world.returns.get(settled.id).refund == order.lines[0].total
+
+
 def test_an_exchange_whose_replacement_is_cancelled_before_the_return_is_marked_shows_its_credit_given_back(
     world, clock, monkeypatch
 ):  # fmt: skip
