@@ -1618,20 +1618,27 @@ def test_a_cheaper_second_replacement_cancelled_gives_back_only_what_the_rest_le
     assert world.order(b.id).payment.refunded == b.payment.captured
 
 
-def test_a_cheaper_second_replacement_cancelled_after_its_rest_was_refused_once_up_the_chain_gives_back_the_rest(
-    world, clock
-):  # fmt: skip
-    # The rest's draw on A's credit was refused, then made under the next key: only the one made
-    # took from the credit, so the pen's give-back is the credit less the rest, not less it twice.
-    gateway = ScriptedGateway()
+def b_received_for_exchange(world: World, clock: Clock, gateway: ScriptedGateway, *wanted: tuple[str, int]):
+    """As exchanged_again, the refunds of the returns through `gateway`, but B's T-shirt only
+    received for `wanted`, not settled: (returns, A, B, the second return)."""
     returns, _ = returns_for(world, clock, gateway)
     world.inventory.set_on_hand("PEN", "wh-west", 5, reason="count")
     a = shipped(world, ("TSHIRT", 1))
     first = returns.request(a.id, exchange_of("L1", 1, ("TSHIRT", 1)), actor="key_cs")
     returns.receive(first.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
     b = delivered(world, world.run(returns.settle(first.id, actor="key_wh").exchange_order_id or ""))
-    second = returns.request(b.id, exchange_of("L1", 1, ("PEN", 1)), actor="key_cs")
+    second = returns.request(b.id, exchange_of("L1", 1, *wanted), actor="key_cs")
     returns.receive(second.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    return returns, a, b, second
+
+
+def test_a_cheaper_second_replacement_cancelled_after_its_rest_was_refused_once_up_the_chain_gives_back_the_rest(
+    world, clock
+):  # fmt: skip
+    # The rest's draw on A's credit was refused, then made under the next key: only the one made
+    # took from the credit, so the pen's give-back is the credit less the rest, not less it twice.
+    gateway = ScriptedGateway()
+    returns, a, b, second = b_received_for_exchange(world, clock, gateway, ("PEN", 1))
     gateway.script("refund", "approve", "refuse", "approve")  # B's own captures, then A's credit twice
     assert returns.settle(second.id, actor="key_wh").status is R.RECEIVED  # the step fails, and is retried
     c = world.run(returns.settle(second.id, actor="key_wh").exchange_order_id or "")
@@ -1641,6 +1648,43 @@ def test_a_cheaper_second_replacement_cancelled_after_its_rest_was_refused_once_
 
     assert refunded_across(world, a, b) == b.lines[0].total == c.exchange_credit
     assert world.order(b.id).payment.refunded == b.payment.captured
+
+
+def test_a_cheaper_second_replacements_rest_is_drawn_up_the_chain_only_once_its_own_part_is_made(world, clock):
+    # B's refund of the rest is still pending at the gateway: A's credit is not drawn on beside it
+    # (were B's refused, the draw would have been decided on money that never went back).
+    gateway = ScriptedGateway()
+    returns, a, b, second = b_received_for_exchange(world, clock, gateway, ("PEN", 1))
+    gateway.script("refund", "transient")
+
+    assert returns.settle(second.id, actor="key_wh").status is R.RECEIVED
+
+    assert [r.status for r in world.order(b.id).payment.refunds] == ["pending"]
+    assert world.order(a.id).payment.refunds == []
+    gateway.script("refund", "approve")
+    world.refunds.finish_pending(b.id, "key_cs")
+    settled = returns.settle(second.id, actor="key_wh")
+    c = world.order(settled.exchange_order_id or "")
+    assert settled.refund == refunded_across(world, a, b) == c.exchange_credit - c.totals.grand_total
+
+
+def test_a_second_replacements_return_whose_draw_up_the_chain_is_refused_is_not_marked_refunded(world, clock):
+    # C's T-shirt came back: C's captures, then B's credit (B's captures), then A's credit refund
+    # it. The gateway refused A's part: the return stays received for the retry, showing nothing
+    # the gateway did not give.
+    gateway = ScriptedGateway()
+    returns, a, _, second = b_received_for_exchange(world, clock, gateway, ("TSHIRT", 1))
+    c = delivered(world, world.run(returns.settle(second.id, actor="key_wh").exchange_order_id or ""))
+    back = returns.request(c.id, ask(("L1", 1, "size_or_fit")), actor="key_cs")
+    returns.receive(back.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+    gateway.script("refund", "approve", "approve", "refuse", "approve")  # C's, B's, then A's twice
+
+    refused = returns.settle(back.id, actor="key_wh")
+
+    assert (refused.status, refused.refund) == (R.RECEIVED, Money.zero("USD"))
+    assert [r.status for r in world.order(a.id).payment.refunds] == ["failed"]
+    done = returns.settle(back.id, actor="key_wh")
+    assert (done.status, done.refund) == (R.REFUNDED, c.lines[0].total)
 
 
 def test_a_replacement_whose_shipped_units_were_exchanged_again_gives_back_the_credit_of_its_cancelled_rest(
