@@ -2077,6 +2077,21 @@ def test_an_exchange_whose_product_lost_its_price_in_the_orders_currency_is_refu
     assert entry.detail["details"] == [{"field": "exchange.lines[0].sku", "message": "no price in USD"}]
 
 
+def test_an_exchange_whose_product_was_repriced_past_what_an_order_records_is_refunded_instead(world, clock):
+    # The hoodie was 29.00 when the return was accepted; by the time the T-shirt came back the
+    # shop had priced it (a slip of the keyboard) so that the replacement's total reaches 10^15:
+    # no replacement can be placed, whatever is retried, so the T-shirt is refunded. It was
+    # retried until a person looked.
+    world.catalog.put_product(product("HOODIE", "29.00", allow_backorder=True))
+    returns, _ = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 1))
+    item = returns.request(order.id, exchange_of("L1", 1, ("HOODIE", 10)), actor="key_cs")
+    world.catalog.put_product(product("HOODIE", "99999999999999.00", allow_backorder=True))
+    returns.receive(item.id, receipt("wh-west", ("L1", 1, "resellable")), "key_wh")
+
+    given_up_and_refunded(world, returns, item.id, order, "amount_too_large")
+
+
 class RetiredWallet:
     """The `wallet` payment method (the test gateway behind it), which the shop stops offering for
     new orders (`offered`): the orders paid with it are still captured and refunded."""
