@@ -170,7 +170,8 @@ class Return(BaseModel):
         default=None,
         description="Why the exchange's replacement could not be placed when the return was received "
         "(`insufficient_stock`: not enough of a product that may not wait for stock; `no_price`: a product no longer "
-        "priced in the order's currency; `no_shipping_method`: no shipping service quotes it any more; "
+        "priced in the order's currency; `amount_too_large`: a product priced so high since that the replacement's "
+        "total reaches 10^15, the most an order records; `no_shipping_method`: no shipping service quotes it any more; "
         "`unknown_payment_method`: no payment plugin takes the original's method any "
         "more; `pickup_not_offered`: the original's pickup store no longer takes pickup orders; "
         "`exchange_external_id_taken`: an order the channel placed itself has the replacement's external_id; "

@@ -59,7 +59,7 @@ from core.models import (
     ShipmentLine,
     utc_now,
 )
-from core.money import Money
+from core.money import AmountTooLarge, Money
 from core.order_changes import ATTEMPTS, modify, visible
 from core.ports import (
     CatalogRepository,
@@ -123,12 +123,13 @@ class ExchangeIdTaken(Conflict):
     code = "exchange_external_id_taken"
 
 
-# Why a replacement can never be placed, whatever is retried: the shop's stock, prices, shipping,
-# payment methods or stores changed since the return was accepted, or the channel took its
-# external_id. A business outcome, not an outage: the exchange is given up and its units refunded
-# instead.
+# Why a replacement can never be placed, whatever is retried: the shop's stock, prices (gone, or
+# raised so far that its total reaches what an order records), shipping, payment methods or stores
+# changed since the return was accepted, or the channel took its external_id. A business outcome,
+# not an outage: the exchange is given up and its units refunded instead.
 NOT_PLACEABLE = (
-    InsufficientStock, ExchangeIdTaken, NoPrice, NoShippingMethod, UnknownPaymentMethod, PickupNotOffered, KeptRefused
+    InsufficientStock, ExchangeIdTaken, NoPrice, AmountTooLarge, NoShippingMethod, UnknownPaymentMethod,
+    PickupNotOffered, KeptRefused,
 )  # fmt: skip
 KEPT_REFUSED = (
     "the replacement keeps the original's address and customer, which no longer pass today's rules "
