@@ -2160,7 +2160,29 @@ class DynamoApiKeys(ApiKeyRepository):
                 **({GATEWAY_KEY_ID: {"S": own.id}} if own else {}),
             },
         )
-        self._client.put_item(TableName=self._table, Item={**lookup_key(secret_hash), **values, **metered})
+        # The lookup only while the record still names this secret, unrevoked: a revoke that read the
+        # record before this (GET /api-keys lists it once written) found no lookup to revoke, and a
+        # rotation run meanwhile retired the lookup the record named then, not this one. Written
+        # anyway, either would let this secret in for good.
+        try:
+            self._client.transact_write_items(
+                TransactItems=[
+                    {"ConditionCheck": {
+                        "TableName": self._table, "Key": _record_key(key.id),
+                        "ConditionExpression": "secret_hash = :hash AND attribute_not_exists(revoked_at)",
+                        "ExpressionAttributeValues": {":hash": {"S": secret_hash}},
+                    }},
+                    {"Put": {"TableName": self._table, "Item": {**lookup_key(secret_hash), **values, **metered}}},
+                ]
+            )  # fmt: skip
+        except ClientError as error:
+            if "ConditionalCheckFailed" not in (cancellation_reasons(error) or []):
+                raise
+            raise Conflict(
+                f"API key {key.id} was revoked or given another secret while this one was stored: "
+                "this secret does not work",
+                code="api_key_replaced",
+            ) from None
 
     def gateway_key(self, key_id: str) -> GatewayKey | None:
         record = self._record(key_id)

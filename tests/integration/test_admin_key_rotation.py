@@ -81,10 +81,13 @@ class _LookupWriteFails:
     def __init__(self, client):
         self._client = client
 
-    def put_item(self, **request):
-        if request["Item"]["pk"]["S"].startswith("APIKEY#"):
+    def transact_write_items(self, **request):
+        if any(
+            item.get("Put", {}).get("Item", {}).get("pk", {}).get("S", "").startswith("APIKEY#")
+            for item in request["TransactItems"]
+        ):
             raise ConnectionError("the rotation stopped here")
-        return self._client.put_item(**request)
+        return self._client.transact_write_items(**request)
 
     def __getattr__(self, name):
         return getattr(self._client, name)
