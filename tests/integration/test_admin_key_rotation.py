@@ -109,3 +109,22 @@ def test_a_rotation_that_stopped_half_way_and_is_run_again_retires_the_previous_
     for retired in ("leaked_admin_secret_0123", "stopped_admin_secret_0123"):
         with pytest.raises(Exception, match=r"^Unauthorized$"):
             _authorize(retired)
+
+
+def test_a_chosen_admin_secret_that_is_another_keys_is_refused_and_both_keys_kept(aws, monkeypatch, capsys):
+    # The storefront's secret at hand as `--key`: stored, it made the storefront's key the admin's.
+    from core.access import NewApiKey, Scope
+    from core.services import ApiKeyService
+    from functions.adapters.dynamodb import DynamoApiKeys
+
+    table = aws.tables["CatalogTable"]
+    previous = _rotate(monkeypatch, capsys, "--table", table)
+    shop = ApiKeyService(DynamoApiKeys(aws.dynamodb, table)).issue(NewApiKey(name="shop", scopes=[Scope.ORDERS_READ]))
+
+    with pytest.raises(SystemExit) as refused:
+        _rotate(monkeypatch, capsys, "--table", table, "--key", shop.key)
+
+    assert refused.value.code != 0
+    assert shop.key not in capsys.readouterr().out
+    assert _authorize(previous)["principalId"] == "key_admin"
+    assert _authorize(shop.key)["context"] == {"key_id": shop.id, "scopes": "orders:read", "channel": ""}

@@ -915,6 +915,25 @@ def test_two_rotations_of_the_admin_key_at_once_leave_only_the_secret_its_record
     assert working == [named["Item"]["secret_hash"]["S"]]
 
 
+def test_a_secret_that_is_another_keys_is_refused_before_anything_changes(aws):
+    # `python -m infra.admin_key --key` with a storefront key's secret at hand: the lookup, keyed by
+    # the secret's hash, would become the admin's, the storefront's key an admin key (and revoking it
+    # would revoke the admin's lookup), while the admin's previous secret was retired.
+    table = aws.tables["CatalogTable"]
+    keys, lookup = DynamoApiKeys(aws.dynamodb, table), ApiKeyLookup(aws.dynamodb, table)
+    admin = ApiKey(id="key_admin", name="admin", scopes=[Scope.ADMIN], created_at=NOW)
+    keys.add(ApiKey(id="key_shop", name="shop", scopes=[Scope.ORDERS_READ], created_at=NOW), "hash_shop")
+    keys.add(admin, "hash_admin")
+
+    with pytest.raises(Conflict):
+        keys.add(admin, "hash_shop")
+
+    assert lookup.by_hash("hash_shop") == KeyGrant("key_shop", ("orders:read",), None, False)
+    assert lookup.by_hash("hash_admin") == KeyGrant("key_admin", ("admin",), None, False)
+    keys.revoke("key_shop", NOW)
+    assert not lookup.by_hash("hash_admin").revoked
+
+
 def requested_returns(count: int) -> list[Return]:
     return [
         Return(
