@@ -949,6 +949,32 @@ def test_a_secret_with_letters_outside_ascii_is_refused_without_a_lookup(api: In
     assert reads == []
 
 
+@pytest.mark.parametrize(
+    "header",
+    [
+        pytest.param(lambda key: f"Bearer Bearer {key}", id="scheme twice"),
+        pytest.param(lambda key: f"Bearer\t{key}", id="tab after the scheme"),
+        pytest.param(lambda key: f"Bearer {key}\n", id="trailing newline"),
+        pytest.param(lambda key: f"Bearer {key}\x00", id="trailing NUL"),
+        pytest.param(lambda key: f"Bearer {key}x", id="one character more"),
+        pytest.param(lambda key: f"Bearer {key[:-1]}", id="one character less"),
+        pytest.param(lambda key: f"Bearer {key}, Bearer {key}", id="a list of two"),
+        pytest.param(lambda key: f"Basic {key}", id="another scheme"),
+        pytest.param(lambda key: key, id="no scheme"),
+        pytest.param(lambda key: f"Bearer {key}{'a' * 10_240}", id="10 KB more"),
+        pytest.param(lambda key: f"Bearer {key}\u00e9", id="non-ASCII"),
+        pytest.param(lambda key: "Bearer ", id="scheme alone"),
+    ],
+)
+def test_a_malformed_authorization_header_around_a_valid_key_is_the_contracts_401(api: InProcessApi, header: Any):
+    # Each form carries a working key (its plain form is let in first, and its answer cached): none
+    # is read as that key, and each refusal is the contract's error shape.
+    key = issue(api, "orders:read")["key"]
+    assert _raw(api, [("Authorization", f"Bearer {key}")]).status_code == 200
+
+    assert_error(_raw(api, [("Authorization", header(key))]), 401, "unauthorized")
+
+
 @pytest.mark.parametrize("api", [LONG_CACHE], indirect=True, ids=["authorizer-cache-300s"])
 def test_a_key_revoked_while_the_authorizer_is_reading_it_is_refused_after_the_204(
     api: InProcessApi, monkeypatch: pytest.MonkeyPatch
