@@ -164,6 +164,34 @@ def test_a_revoked_key_is_401_on_the_very_next_request(api: InProcessApi):
     assert listed["revoked_at"] is not None
 
 
+def test_a_key_revoked_while_its_issue_is_being_stored_is_409_and_never_works(
+    api: InProcessApi, monkeypatch: pytest.MonkeyPatch
+):
+    # GET /api-keys lists a key once its record is stored, a moment before its secret's lookup is:
+    # another admin revoking it in that moment left the lookup written after it unrevoked, for good.
+    from functions.api.dependencies import container
+
+    keys = container().api_keys._keys
+    put_item, revoked = keys._client.put_item, {}
+
+    def then_revoked(**request: Any) -> Any:
+        answer = put_item(**request)
+        if request["Item"]["pk"]["S"] == "APIKEYS" and not revoked:
+            key_id = request["Item"]["sk"]["S"]
+            revoked[key_id] = api.request("DELETE", f"/api-keys/{key_id}")
+        return answer
+
+    monkeypatch.setattr(keys._client, "put_item", then_revoked)
+    refused = api.post("/api-keys", json={"name": unique("key"), "scopes": ["orders:read"]})
+    monkeypatch.undo()
+
+    ((key_id, deleted),) = revoked.items()
+    assert deleted.status_code == 204, deleted.text
+    assert_error(refused, 409, "api_key_replaced")  # no secret: it would never have worked
+    listed = next(item for item in all_keys(api)[0] if item["id"] == key_id)
+    assert listed["revoked_at"] is not None
+
+
 def test_a_key_says_which_key_issued_it_and_which_revoked_it(api: InProcessApi, caplog: pytest.LogCaptureFixture):
     """An admin key can mint more admin keys and revoke any other: who did it is on the key (as a
     webhook's `created_by` is), and logged, since API Gateway's access log names the route, not the key."""
