@@ -393,7 +393,10 @@ class ApiKeyRepository(ABC):
     @abstractmethod
     def add(self, key: ApiKey, secret_hash: str, gateway_key: GatewayKey | None = None) -> None:
         """Store a key; replaces a key with the same id, whose old secret stops working. With
-        `gateway_key`, the key's requests are metered by it; without, a replaced key keeps its own."""
+        `gateway_key`, the key's requests are metered by it; without, a replaced key keeps its own.
+        Conflict (`api_key_replaced`) when the key was revoked, or given another secret, while this
+        one was stored: this secret then never works; Conflict (`api_key_secret_taken`), before
+        anything changes, when the secret is another key's."""
 
     @abstractmethod
     def gateway_key(self, key_id: str) -> GatewayKey | None:

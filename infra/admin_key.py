@@ -24,9 +24,13 @@ def main() -> None:
     if not is_usable_secret(secret):
         # The authorizer would refuse it, with the previous admin secret already retired.
         parser.error("--key must be 16 to 200 characters of A-Z, a-z, 0-9, '_' and '-'")
+    from core.errors import Conflict
     from functions.bootstrap import Config, bootstrap
 
-    bootstrap(Config(catalog_table=args.table)).api_keys.ensure_admin(secret)
+    try:
+        bootstrap(Config(catalog_table=args.table)).api_keys.ensure_admin(secret)
+    except Conflict as refused:  # another key's secret, or another rotation's record won: this one never works
+        parser.exit(1, f"{parser.prog}: error: {refused.message}\n")
     print(secret)
 
 

@@ -2116,6 +2116,10 @@ def _gateway_key(values: dict[str, Any]) -> GatewayKey | None:
     return GatewayKey(values[GATEWAY_KEY_ID], values[GATEWAY_KEY]) if GATEWAY_KEY_ID in values else None
 
 
+def _secret_taken(key_id: str) -> Conflict:
+    return Conflict(f"this secret is another API key's: choose another for {key_id}", code="api_key_secret_taken")
+
+
 class DynamoApiKeys(ApiKeyRepository):
     """Two items per key in the Catalog table: a lookup item keyed by the secret's hash (the
     authorizer's one GetItem) and a record keyed by id (listing and revocation). The secret itself
@@ -2139,6 +2143,11 @@ class DynamoApiKeys(ApiKeyRepository):
         return self._client.get_item(TableName=self._table, Key=_record_key(key_id), ConsistentRead=True).get("Item")
 
     def add(self, key: ApiKey, secret_hash: str, gateway_key: GatewayKey | None = None) -> None:
+        # A lookup is keyed by its secret's hash: another key's would become this key's, before the
+        # previous secret of this one is retired. Only a chosen secret (the admin's) can be another's.
+        holder = self._client.get_item(TableName=self._table, Key=lookup_key(secret_hash), ConsistentRead=True)
+        if holder.get("Item", {}).get("id", {}).get("S", key.id) != key.id:
+            raise _secret_taken(key.id)
         previous = from_item(self._record(key.id) or {})
         old_hash = previous.get("secret_hash")
         # The replaced secret's lookup goes first: the record names only the newest secret, so a
@@ -2160,7 +2169,36 @@ class DynamoApiKeys(ApiKeyRepository):
                 **({GATEWAY_KEY_ID: {"S": own.id}} if own else {}),
             },
         )
-        self._client.put_item(TableName=self._table, Item={**lookup_key(secret_hash), **values, **metered})
+        # The lookup only while the record still names this secret, unrevoked: a revoke that read the
+        # record before this (GET /api-keys lists it once written) found no lookup to revoke, and a
+        # rotation run meanwhile retired the lookup the record named then, not this one. Written
+        # anyway, either would let this secret in for good.
+        try:
+            self._client.transact_write_items(
+                TransactItems=[
+                    {"ConditionCheck": {
+                        "TableName": self._table, "Key": _record_key(key.id),
+                        "ConditionExpression": "secret_hash = :hash AND attribute_not_exists(revoked_at)",
+                        "ExpressionAttributeValues": {":hash": {"S": secret_hash}},
+                    }},
+                    {"Put": {
+                        "TableName": self._table, "Item": {**lookup_key(secret_hash), **values, **metered},
+                        "ConditionExpression": "attribute_not_exists(pk) OR id = :id",
+                        "ExpressionAttributeValues": {":id": {"S": key.id}},
+                    }},
+                ]
+            )  # fmt: skip
+        except ClientError as error:
+            reasons = cancellation_reasons(error) or []
+            if "ConditionalCheckFailed" not in reasons:
+                raise
+            if reasons[1:] == ["ConditionalCheckFailed"]:
+                raise _secret_taken(key.id) from None
+            raise Conflict(
+                f"API key {key.id} was revoked or given another secret while this one was stored: "
+                "this secret does not work",
+                code="api_key_replaced",
+            ) from None
 
     def gateway_key(self, key_id: str) -> GatewayKey | None:
         record = self._record(key_id)

@@ -164,6 +164,34 @@ def test_a_revoked_key_is_401_on_the_very_next_request(api: InProcessApi):
     assert listed["revoked_at"] is not None
 
 
+def test_a_key_revoked_while_its_issue_is_being_stored_is_409_and_never_works(
+    api: InProcessApi, monkeypatch: pytest.MonkeyPatch
+):
+    # GET /api-keys lists a key once its record is stored, a moment before its secret's lookup is:
+    # another admin revoking it in that moment left the lookup written after it unrevoked, for good.
+    from functions.api.dependencies import container
+
+    keys = container().api_keys._keys
+    put_item, revoked = keys._client.put_item, {}
+
+    def then_revoked(**request: Any) -> Any:
+        answer = put_item(**request)
+        if request["Item"]["pk"]["S"] == "APIKEYS" and not revoked:
+            key_id = request["Item"]["sk"]["S"]
+            revoked[key_id] = api.request("DELETE", f"/api-keys/{key_id}")
+        return answer
+
+    monkeypatch.setattr(keys._client, "put_item", then_revoked)
+    refused = api.post("/api-keys", json={"name": unique("key"), "scopes": ["orders:read"]})
+    monkeypatch.undo()
+
+    ((key_id, deleted),) = revoked.items()
+    assert deleted.status_code == 204, deleted.text
+    assert_error(refused, 409, "api_key_replaced")  # no secret: it would never have worked
+    listed = next(item for item in all_keys(api)[0] if item["id"] == key_id)
+    assert listed["revoked_at"] is not None
+
+
 def test_a_key_says_which_key_issued_it_and_which_revoked_it(api: InProcessApi, caplog: pytest.LogCaptureFixture):
     """An admin key can mint more admin keys and revoke any other: who did it is on the key (as a
     webhook's `created_by` is), and logged, since API Gateway's access log names the route, not the key."""
@@ -947,6 +975,32 @@ def test_a_secret_with_letters_outside_ascii_is_refused_without_a_lookup(api: In
 
     assert_error(answer, 401, "unauthorized")
     assert reads == []
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        pytest.param(lambda key: f"Bearer Bearer {key}", id="scheme twice"),
+        pytest.param(lambda key: f"Bearer\t{key}", id="tab after the scheme"),
+        pytest.param(lambda key: f"Bearer {key}\n", id="trailing newline"),
+        pytest.param(lambda key: f"Bearer {key}\x00", id="trailing NUL"),
+        pytest.param(lambda key: f"Bearer {key}x", id="one character more"),
+        pytest.param(lambda key: f"Bearer {key[:-1]}", id="one character less"),
+        pytest.param(lambda key: f"Bearer {key}, Bearer {key}", id="a list of two"),
+        pytest.param(lambda key: f"Basic {key}", id="another scheme"),
+        pytest.param(lambda key: key, id="no scheme"),
+        pytest.param(lambda key: f"Bearer {key}{'a' * 10_240}", id="10 KB more"),
+        pytest.param(lambda key: f"Bearer {key}\u00e9", id="non-ASCII"),
+        pytest.param(lambda key: "Bearer ", id="scheme alone"),
+    ],
+)
+def test_a_malformed_authorization_header_around_a_valid_key_is_the_contracts_401(api: InProcessApi, header: Any):
+    # Each form carries a working key (its plain form is let in first, and its answer cached): none
+    # is read as that key, and each refusal is the contract's error shape.
+    key = issue(api, "orders:read")["key"]
+    assert _raw(api, [("Authorization", f"Bearer {key}")]).status_code == 200
+
+    assert_error(_raw(api, [("Authorization", header(key))]), 401, "unauthorized")
 
 
 @pytest.mark.parametrize("api", [LONG_CACHE], indirect=True, ids=["authorizer-cache-300s"])

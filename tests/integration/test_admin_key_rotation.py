@@ -81,10 +81,13 @@ class _LookupWriteFails:
     def __init__(self, client):
         self._client = client
 
-    def put_item(self, **request):
-        if request["Item"]["pk"]["S"].startswith("APIKEY#"):
+    def transact_write_items(self, **request):
+        if any(
+            item.get("Put", {}).get("Item", {}).get("pk", {}).get("S", "").startswith("APIKEY#")
+            for item in request["TransactItems"]
+        ):
             raise ConnectionError("the rotation stopped here")
-        return self._client.put_item(**request)
+        return self._client.transact_write_items(**request)
 
     def __getattr__(self, name):
         return getattr(self._client, name)
@@ -106,3 +109,22 @@ def test_a_rotation_that_stopped_half_way_and_is_run_again_retires_the_previous_
     for retired in ("leaked_admin_secret_0123", "stopped_admin_secret_0123"):
         with pytest.raises(Exception, match=r"^Unauthorized$"):
             _authorize(retired)
+
+
+def test_a_chosen_admin_secret_that_is_another_keys_is_refused_and_both_keys_kept(aws, monkeypatch, capsys):
+    # The storefront's secret at hand as `--key`: stored, it made the storefront's key the admin's.
+    from core.access import NewApiKey, Scope
+    from core.services import ApiKeyService
+    from functions.adapters.dynamodb import DynamoApiKeys
+
+    table = aws.tables["CatalogTable"]
+    previous = _rotate(monkeypatch, capsys, "--table", table)
+    shop = ApiKeyService(DynamoApiKeys(aws.dynamodb, table)).issue(NewApiKey(name="shop", scopes=[Scope.ORDERS_READ]))
+
+    with pytest.raises(SystemExit) as refused:
+        _rotate(monkeypatch, capsys, "--table", table, "--key", shop.key)
+
+    assert refused.value.code != 0
+    assert shop.key not in capsys.readouterr().out
+    assert _authorize(previous)["principalId"] == "key_admin"
+    assert _authorize(shop.key)["context"] == {"key_id": shop.id, "scopes": "orders:read", "channel": ""}

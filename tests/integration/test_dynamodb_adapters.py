@@ -860,6 +860,80 @@ def test_rotating_the_admin_key_twice_in_a_row_retires_both_earlier_secrets(aws)
     assert lookup.by_hash("hash_third") is not None
 
 
+class InterleavingClient:
+    """A DynamoDB client that runs `between` once, right after the first put of an item whose
+    partition key is `pk` (another request's writes landing between two of this one's)."""
+
+    def __init__(self, client: Any, pk: str, between: Any):
+        self._client, self._pk, self._between = client, pk, between
+
+    def put_item(self, **request: Any) -> dict[str, Any]:
+        answer = self._client.put_item(**request)
+        if self._between is not None and request["Item"]["pk"]["S"] == self._pk:
+            between, self._between = self._between, None
+            between()
+        return answer
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+
+def test_a_key_revoked_while_it_is_being_issued_never_authenticates(aws):
+    # GET /api-keys lists a key as soon as its record is written, before its secret's lookup is: an
+    # admin revoking it then must not see the lookup written afterwards, unrevoked, let it in for good.
+    table = aws.tables["CatalogTable"]
+    revoking = DynamoApiKeys(aws.dynamodb, table)
+    issuing = DynamoApiKeys(
+        InterleavingClient(aws.dynamodb, "APIKEYS", lambda: revoking.revoke("key_shop", NOW)), table
+    )
+
+    with pytest.raises(Conflict):
+        issuing.add(ApiKey(id="key_shop", name="shop", scopes=[Scope.ORDERS_READ], created_at=NOW), "hash_shop")
+
+    grant = ApiKeyLookup(aws.dynamodb, table).by_hash("hash_shop")
+    assert grant is None or grant.revoked
+    assert revoking.list(10, None)[0][0].revoked_at == NOW
+
+
+def test_two_rotations_of_the_admin_key_at_once_leave_only_the_secret_its_record_names_working(aws):
+    # Each rotation retires the secret the record names when it reads it: one that stored its record
+    # first and its lookup last would leave its secret working, named by no record, past every rotation.
+    table = aws.tables["CatalogTable"]
+    admin = ApiKey(id="key_admin", name="admin", scopes=[Scope.ADMIN], created_at=NOW)
+    DynamoApiKeys(aws.dynamodb, table).add(admin, "hash_first")
+    other = DynamoApiKeys(aws.dynamodb, table)
+    rotating = DynamoApiKeys(InterleavingClient(aws.dynamodb, "APIKEYS", lambda: other.add(admin, "hash_third")), table)
+
+    with pytest.raises(Conflict):
+        rotating.add(admin, "hash_second")
+
+    lookup = ApiKeyLookup(aws.dynamodb, table)
+    named = aws.dynamodb.get_item(
+        TableName=table, Key={"pk": {"S": "APIKEYS"}, "sk": {"S": "key_admin"}}, ConsistentRead=True
+    )
+    working = [h for h in ("hash_first", "hash_second", "hash_third") if lookup.by_hash(h) is not None]
+    assert working == [named["Item"]["secret_hash"]["S"]]
+
+
+def test_a_secret_that_is_another_keys_is_refused_before_anything_changes(aws):
+    # `python -m infra.admin_key --key` with a storefront key's secret at hand: the lookup, keyed by
+    # the secret's hash, would become the admin's, the storefront's key an admin key (and revoking it
+    # would revoke the admin's lookup), while the admin's previous secret was retired.
+    table = aws.tables["CatalogTable"]
+    keys, lookup = DynamoApiKeys(aws.dynamodb, table), ApiKeyLookup(aws.dynamodb, table)
+    admin = ApiKey(id="key_admin", name="admin", scopes=[Scope.ADMIN], created_at=NOW)
+    keys.add(ApiKey(id="key_shop", name="shop", scopes=[Scope.ORDERS_READ], created_at=NOW), "hash_shop")
+    keys.add(admin, "hash_admin")
+
+    with pytest.raises(Conflict):
+        keys.add(admin, "hash_shop")
+
+    assert lookup.by_hash("hash_shop") == KeyGrant("key_shop", ("orders:read",), None, False)
+    assert lookup.by_hash("hash_admin") == KeyGrant("key_admin", ("admin",), None, False)
+    keys.revoke("key_shop", NOW)
+    assert not lookup.by_hash("hash_admin").revoked
+
+
 def requested_returns(count: int) -> list[Return]:
     return [
         Return(

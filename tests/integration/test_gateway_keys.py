@@ -229,18 +229,21 @@ def test_the_backfill_passes_a_key_whose_issue_stored_its_record_only(gateway, a
     from functions.bootstrap import forget_warm_containers
 
     repository = service()._keys
-    put_item = repository._client.put_item
-    down = ClientError({"Error": {"Code": "InternalServerError", "Message": "down"}}, "PutItem")
+    transact = repository._client.transact_write_items
+    down = ClientError({"Error": {"Code": "InternalServerError", "Message": "down"}}, "TransactWriteItems")
 
     def lookup_refused(**kwargs: Any) -> Any:
-        if kwargs["Item"]["pk"]["S"].startswith("APIKEY#"):
+        if any(
+            item.get("Put", {}).get("Item", {}).get("pk", {}).get("S", "").startswith("APIKEY#")
+            for item in kwargs["TransactItems"]
+        ):
             raise down
-        return put_item(**kwargs)
+        return transact(**kwargs)
 
-    monkeypatch.setattr(repository._client, "put_item", lookup_refused)
+    monkeypatch.setattr(repository._client, "transact_write_items", lookup_refused)
     with pytest.raises(ClientError):
         service().issue(NewApiKey(name="half", scopes=[Scope.ORDERS_READ]), stage=STAGE)
-    monkeypatch.setattr(repository._client, "put_item", put_item)
+    monkeypatch.setattr(repository._client, "transact_write_items", transact)
     assert gateway_key_ids(gateway) == set()
     monkeypatch.setenv("GATEWAY_KEY_PLAN", "")
     forget_warm_containers()

@@ -173,6 +173,8 @@ USES: dict[str, dict[tuple[str, str], list[Any] | str]] = {
             ]
             for a in ("GetItem", "PutItem", "UpdateItem", "DeleteItem", "Query", "BatchGetItem")
         },
+        # An issued key's lookup is put in a transaction that checks its record.
+        (CATALOG, "dynamodb:ConditionCheckItem"): [DynamoApiKeys],
         **{
             (IDEMPOTENCY, f"dynamodb:{a}"): [DynamoDBPersistenceLayer]
             for a in ("GetItem", "PutItem", "UpdateItem", "DeleteItem")

@@ -29,7 +29,7 @@ class ApiKeyPage(Shown):
 @router.post(
     "/api-keys",
     summary="Issue an API key (its secret is shown only in this response)",
-    responses={**ok(201, IssuedApiKey, "The key, with its secret"), **errors(400, 403, 413)},
+    responses={**ok(201, IssuedApiKey, "The key, with its secret"), **errors(400, 403, 409, 413)},
 )
 @requires(Scope.ADMIN)
 def issue_api_key(request: NewApiKey) -> Response[IssuedApiKey]:
