@@ -4040,6 +4040,23 @@ class Order(Shown):
             **self._excluding(location_id),
         )  # fmt: skip
 
+    def reject_counted_out(
+        self, shipment_id: str, location_id: str, reason: str, *, at: datetime, actor: str
+    ) -> Change | None:
+        """A person at `location_id` rejects the shipment `shipment_id` a stock take's count there
+        rejected first (its exclusion lapses once the sku is restocked there, `counted_short`): the
+        exclusion becomes the person's and stays, as it does when the person rejects first
+        (_excluding). The order and its parcels are as they are; no location is newly excluded, so
+        no shipment.rejected is published again. None when nothing changes: a count does not
+        exclude the location (a person's reject did, or its exclusion lapsed), or the order ended."""
+        if location_id not in self.counted_short or self.status in TERMINAL:
+            return None
+        return self._next(
+            at=at, actor=actor, type=OrderEvent.SHIPMENT_REJECTED,
+            detail={"shipment_id": shipment_id, "location_id": location_id, "reason": reason, "counted_out": True},
+            **self._excluding(location_id),
+        )  # fmt: skip
+
     def ready_for_pickup(self, shipment_id: str, *, collect_by: datetime | None, at: datetime, actor: str) -> Change:
         """The store has picked a pickup order's shipment; it waits for the customer until `collect_by`
         (None: until collected, nothing expires it)."""

@@ -2370,3 +2370,32 @@ def test_the_ruled_machine_finds_no_order_sent_back_whole_passed_over_in_the_oth
     assert RuledBackorderMachine.reached.get("sourced_again_whole") == 1
     assert older.status is S.ALLOCATED and shipped_from(older) == ["wh-east"]
     assert younger.status is S.ALLOCATED and shipped_from(younger) == ["wh-west"]  # the unit the older gave back
+
+
+def test_a_persons_reject_of_a_parcel_a_stock_take_rejected_first_keeps_the_location_excluded_after_a_restock():
+    """A stock take at wh-west counted the newer order's parcel out (its exclusion lapses once
+    PREORDER is restocked there); the store, not knowing, then rejects the same parcel (damaged
+    stock): its reject answers 200 and must make the exclusion the person's, as it is when the
+    person rejects first. Before, it was taken for a repeat and changed nothing: the receipt filled
+    the order at the location the person refused it at."""
+    world, allocator, _ = make_world([("PREORDER", "wh-west", 4)])
+    world.allocated(("PREORDER", 2))
+    newer = world.allocated(("PREORDER", 2))
+    (parcel,) = newer.shipments
+    service = InventoryService(
+        world.inventory, world.catalog, orders=lambda: world.orders, reject=world.actions.reject,
+        send_back=world.actions.source_backorder_again,
+    )  # fmt: skip
+    service.count("PREORDER", "wh-west", 2)
+    with pytest.raises(Backordered):
+        world.workflow.reserve_stock(newer.id)
+    assert world.order(newer.id).counted_short == {"wh-west": ["PREORDER"]}
+
+    refused = world.actions.reject(newer.id, parcel.id, "damaged", actor="key_warehouse")
+
+    assert (refused.excluded_locations, refused.counted_short) == (["wh-west"], {})
+    arrive(world, allocator, "PREORDER", "wh-west", 5)
+    allocator.arrived("PREORDER", "wh-west", restocked=True)
+    waiting = world.order(newer.id)
+    assert waiting.status is S.BACKORDERED and waiting.allocations == []
+    assert world.level("PREORDER", "wh-west") == (7, 2, 5)
