@@ -25,6 +25,7 @@ from hypothesis.stateful import (
 
 from core.backorders import BackorderAllocator, ExpectedArrivals
 from core.errors import Backordered, InsufficientStock, OrderHeld, OutOfReach, OutOfStock, TransientError
+from core.events import OrderEvent
 from core.holds import HoldRequest, Holds, ReleaseRequest
 from core.ids import reservation_key, shipment_id_for
 from core.models import Allocation, LineInput, Order, OrderEdit, StockLevel
@@ -2394,6 +2395,11 @@ def test_a_persons_reject_of_a_parcel_a_stock_take_rejected_first_keeps_the_loca
     refused = world.actions.reject(newer.id, parcel.id, "damaged", actor="key_warehouse")
 
     assert (refused.excluded_locations, refused.counted_short) == (["wh-west"], {})
+    (entry,) = [e for e in world.history(newer.id) if e.actor == "key_warehouse"]
+    assert entry.type is OrderEvent.SHIPMENT_REJECTED
+    assert (entry.detail["reason"], entry.detail["counted_out"]) == ("damaged", True)
+    again = world.actions.reject(newer.id, parcel.id, "damaged", actor="key_warehouse")  # sent again
+    assert again.version == refused.version
     arrive(world, allocator, "PREORDER", "wh-west", 5)
     allocator.arrived("PREORDER", "wh-west", restocked=True)
     waiting = world.order(newer.id)
