@@ -9,6 +9,7 @@ tests/stateful.py)."""
 from __future__ import annotations
 
 import contextlib
+import json
 from datetime import datetime, timedelta
 
 import pytest
@@ -24,6 +25,7 @@ from hypothesis.stateful import (
 )
 
 from core.backorders import BackorderAllocator, ExpectedArrivals
+from core.domain_events import order_events
 from core.errors import Backordered, InsufficientStock, OrderHeld, OutOfReach, OutOfStock, TransientError
 from core.events import OrderEvent
 from core.holds import HoldRequest, Holds, ReleaseRequest
@@ -2392,12 +2394,14 @@ def test_a_persons_reject_of_a_parcel_a_stock_take_rejected_first_keeps_the_loca
         world.workflow.reserve_stock(newer.id)
     assert world.order(newer.id).counted_short == {"wh-west": ["PREORDER"]}
 
+    counted = world.order(newer.id)
     refused = world.actions.reject(newer.id, parcel.id, "damaged", actor="key_warehouse")
 
     assert (refused.excluded_locations, refused.counted_short) == (["wh-west"], {})
     (entry,) = [e for e in world.history(newer.id) if e.actor == "key_warehouse"]
     assert entry.type is OrderEvent.SHIPMENT_REJECTED
     assert (entry.detail["reason"], entry.detail["counted_out"]) == ("damaged", True)
+    assert order_events(json.loads(counted.stored_json()), json.loads(refused.stored_json())) == []  # told once
     again = world.actions.reject(newer.id, parcel.id, "damaged", actor="key_warehouse")  # sent again
     assert again.version == refused.version
     arrive(world, allocator, "PREORDER", "wh-west", 5)
