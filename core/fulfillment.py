@@ -659,7 +659,9 @@ class OrderActions:
                 withdrawn_from = self._withdrawn_from(order_id, shipment_id)
                 if withdrawn_from is not None:
                     self._check_withdrawn_rejectable(order, shipment_id, withdrawn_from)
-                    return order.reject_withdrawn(shipment_id, withdrawn_from, reason, at=at, actor=actor)
+                    return order.reject_withdrawn(
+                        shipment_id, withdrawn_from, reason, at=at, actor=actor, counted_sku=counted_sku
+                    )
             return order.reject_shipment(shipment_id, reason, at=at, actor=actor, counted_sku=counted_sku)
 
         order = modify(self._orders, order_id, decide, channel=channel)

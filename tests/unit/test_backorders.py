@@ -2409,3 +2409,39 @@ def test_a_persons_reject_of_a_parcel_a_stock_take_rejected_first_keeps_the_loca
     waiting = world.order(newer.id)
     assert waiting.status is S.BACKORDERED and waiting.allocations == []
     assert world.level("PREORDER", "wh-west") == (7, 2, 5)
+
+
+def test_a_stock_takes_reject_of_a_parcel_another_reject_withdrew_meanwhile_lapses_once_restocked():
+    """A split order: the count at wh-east reads its parcel there pending, then the store at
+    wh-west rejects its own parcel, which withdraws every pending parcel; the count's reject of the
+    withdrawn wh-east parcel is recorded all the same (Order.reject_withdrawn). Its exclusion is a
+    count's, which lapses once PREORDER is restocked there; before, it was recorded as a person's,
+    and the receipt at wh-east left the order waiting though wh-east had the units."""
+    world, allocator, _ = make_world([("PREORDER", "wh-west", 2), ("PREORDER", "wh-east", 2)])
+    order = world.allocated(("PREORDER", 4))
+    parcels = {s.location_id: s.id for s in order.shipments}
+    assert sorted(parcels) == ["wh-east", "wh-west"]
+    reject = world.actions.reject
+
+    def the_store_first(order_id: str, shipment_id: str, reason: str, actor: str, **counted: object):
+        if shipment_id == parcels["wh-east"]:
+            reject(order_id, parcels["wh-west"], "damaged", actor="key_store")
+        return reject(order_id, shipment_id, reason, actor, **counted)
+
+    service = InventoryService(
+        world.inventory, world.catalog, orders=lambda: world.orders, reject=the_store_first,
+        send_back=world.actions.source_backorder_again,
+    )  # fmt: skip
+    service.count("PREORDER", "wh-east", 0)
+    withdrawn = world.order(order.id)
+    assert sorted(withdrawn.excluded_locations) == ["wh-east", "wh-west"]
+    assert withdrawn.counted_short == {"wh-east": ["PREORDER"]}
+    with pytest.raises(Backordered):
+        world.workflow.reserve_stock(order.id)
+
+    arrive(world, allocator, "PREORDER", "wh-east", 4)
+    allocator.arrived("PREORDER", "wh-east", restocked=True)
+
+    filled = world.order(order.id)
+    assert [(a.location_id, a.quantity) for a in filled.allocations] == [("wh-east", 4)]
+    assert filled.excluded_locations == ["wh-west"]
