@@ -614,7 +614,8 @@ class OrderActions:
         is rejected all the same: its location is excluded (Order.reject_withdrawn). A reject refused
         (404, 409), or of a parcel no longer on the order, leaves another parcel's ship in flight alone.
         `counted_sku`: a stock take's reject, which counted that sku short there: the location is
-        excluded only until that sku is restocked there (Order.count_exclusion_lapsed)."""
+        excluded only until that sku is restocked there (Order.count_exclusion_lapsed); a person's
+        reject of a shipment such a reject took first makes that exclusion stay (Order.reject_counted_out)."""
 
         def rejectable(order: Order) -> None:
             if self._rejected_at(order, shipment_id) is not None:
@@ -648,13 +649,19 @@ class OrderActions:
         at = self._clock()
 
         def decide(order: Order):
-            if self._rejected_at(order, shipment_id) is not None:
+            rejected_at = self._rejected_at(order, shipment_id)
+            if rejected_at is not None:
+                # A stock take's reject of it came first: a person's makes the exclusion stay.
+                if counted_sku is None:
+                    return order.reject_counted_out(shipment_id, rejected_at, reason, at=at, actor=actor)
                 return None
             if not any(s.id == shipment_id for s in order.shipments):
                 withdrawn_from = self._withdrawn_from(order_id, shipment_id)
                 if withdrawn_from is not None:
                     self._check_withdrawn_rejectable(order, shipment_id, withdrawn_from)
-                    return order.reject_withdrawn(shipment_id, withdrawn_from, reason, at=at, actor=actor)
+                    return order.reject_withdrawn(
+                        shipment_id, withdrawn_from, reason, at=at, actor=actor, counted_sku=counted_sku
+                    )
             return order.reject_shipment(shipment_id, reason, at=at, actor=actor, counted_sku=counted_sku)
 
         order = modify(self._orders, order_id, decide, channel=channel)

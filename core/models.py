@@ -4021,14 +4021,17 @@ class Order(Shown):
         last = self.shipment(shipment_id)
         return _replaced(self, shipments=[*(s for s in self.shipments if s.id != shipment_id), last])
 
-    def reject_withdrawn(self, shipment_id: str, location_id: str, reason: str, *, at: datetime, actor: str) -> Change:
+    def reject_withdrawn(
+        self, shipment_id: str, location_id: str, reason: str, *, at: datetime, actor: str,
+        counted_sku: str | None = None,
+    ) -> Change:  # fmt: skip
         """A location rejects a shipment of this order that an earlier change withdrew before the
         location heard of it (another location's reject, an edit: the order went back to be
         sourced): the location is excluded for this order all the same, so sourcing never sends
         the shipment back to it. Only while the order may still be sourced, and only while the
         location holds no parcel of the order (parcel_held_at): one sourced there again since is
         the parcel it has to act on (reject that one if it cannot supply it), never excluded from
-        under it."""
+        under it. `counted_sku`: a stock take's reject, as for reject_shipment (_excluding)."""
         if any(s.id == shipment_id for s in self.shipments):
             raise InvalidTransition(f"shipment {shipment_id} is on order {self.id}: it is rejected as it is")
         self.check_nothing_held_at(location_id, shipment_id)
@@ -4037,6 +4040,23 @@ class Order(Shown):
         return self._next(
             at=at, actor=actor, type=OrderEvent.SHIPMENT_REJECTED,
             detail={"shipment_id": shipment_id, "location_id": location_id, "reason": reason, "withdrawn": True},
+            **self._excluding(location_id, counted_sku),
+        )  # fmt: skip
+
+    def reject_counted_out(
+        self, shipment_id: str, location_id: str, reason: str, *, at: datetime, actor: str
+    ) -> Change | None:
+        """A person at `location_id` rejects the shipment `shipment_id` a stock take's count there
+        rejected first (its exclusion lapses once the sku is restocked there, `counted_short`): the
+        exclusion becomes the person's and stays, as it does when the person rejects first
+        (_excluding). The order and its parcels are as they are; no location is newly excluded, so
+        no shipment.rejected is published again. None when nothing changes: a count does not
+        exclude the location (a person's reject did, or its exclusion lapsed), or the order ended."""
+        if location_id not in self.counted_short or self.status in TERMINAL:
+            return None
+        return self._next(
+            at=at, actor=actor, type=OrderEvent.SHIPMENT_REJECTED,
+            detail={"shipment_id": shipment_id, "location_id": location_id, "reason": reason, "counted_out": True},
             **self._excluding(location_id),
         )  # fmt: skip
 

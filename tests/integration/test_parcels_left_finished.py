@@ -248,3 +248,96 @@ def test_the_ship_sent_again_and_the_streams_finish_at_once_move_the_units_once(
     assert stock.level() == (stock.on_hand - 2, 0)
     finish()  # the record delivered again
     assert stock.level() == (stock.on_hand - 2, 0)
+
+
+def test_a_batch_whose_finish_fails_is_retried_from_that_record_publishing_its_events_once(api: InProcessApi):
+    """The finish of the hand-over's record fails (the Inventory table throttled): that record and
+    those after it are failed unprocessed, with none of its events published, and the retry from it
+    moves the units once and publishes each event once; the records before it are not handed again."""
+    from botocore.exceptions import ClientError
+
+    from core.cancellation import parcels_left
+    from core.webhooks import EventDispatcher
+    from functions.adapters.dynamodb import DynamoInventory
+    from functions.events.app import lambda_handler, order_document
+
+    stock = Stock(api)
+    order_id, parcel = stock.allocated(2)
+    stream = TableStream(os.environ["ORDERS_TABLE"], from_now=True)
+    with pytest.MonkeyPatch.context() as patches, pytest.raises(TimeoutError):
+        dying_after_the_record(patches)
+        actions().ship(order_id, parcel, None, actor="key_warehouse")
+    records = stream.new_records()
+    images = [r["dynamodb"] for r in records]
+    (handed,) = [n for n, i in enumerate(images)
+                 if parcels_left(order_document(i.get("OldImage")), order_document(i["NewImage"]))]  # fmt: skip
+    published: list[str] = []
+    dispatching = EventDispatcher.dispatch
+    reading = DynamoInventory.reservations
+    throttled: list[int] = []
+
+    def recorded(self: EventDispatcher, events: list[Any], *args: Any, **kwargs: Any) -> Any:
+        published.extend(event.id for event in events)
+        return dispatching(self, events, *args, **kwargs)
+
+    def throttled_once(self: DynamoInventory, *args: Any, **kwargs: Any) -> Any:
+        if not throttled:
+            throttled.append(1)
+            error = {"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "throttled"}}
+            raise ClientError(error, "BatchGetItem")
+        return reading(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patches:
+        patches.setattr(EventDispatcher, "dispatch", recorded)
+        patches.setattr(DynamoInventory, "reservations", throttled_once)
+        failed = lambda_handler({"Records": records}, context("EventsFunction"))["batchItemFailures"]
+        assert throttled == [1] and failed
+        first = next(n for n, r in enumerate(records) if r["dynamodb"]["SequenceNumber"] == failed[0]["itemIdentifier"])
+        assert first == handed and len(failed) == len(records) - first  # those after it unprocessed
+        assert stock.level() == (stock.on_hand, 2)  # nothing moved
+        before = list(published)
+        answer = lambda_handler({"Records": records[first:]}, context("EventsFunction"))
+        assert answer == {"batchItemFailures": []}
+
+    assert stock.level() == (stock.on_hand - 2, 0)
+    assert len(published) == len(set(published))  # no event published twice
+    assert set(before) <= set(published) and len(published) > len(before)
+
+
+def test_a_parcel_rejected_between_a_ship_that_died_and_its_record_takes_nothing_of_another_parcel(api: InProcessApi):
+    """A split order: its parcel at the first warehouse shipped and its stock step died; the second
+    warehouse then rejects its own parcel, sourced again in the reject elsewhere than the first
+    (which has a parcel of the order: its units there are reserved under the same line keys) though
+    the first now has the sku too. The stream's record of the ship then takes the shipped parcel's
+    units there, and nothing the replacement parcel holds."""
+    catalog = Catalog(api)
+    first, second, third = (catalog.location() for _ in range(3))
+    shipped_sku, rejected_sku = catalog.product("10.00", weight_grams=300), catalog.product("12.00", weight_grams=300)
+    catalog.stock(shipped_sku, first, 5)
+    catalog.stock(rejected_sku, second, 5)
+    body = order_body((shipped_sku, 2), (rejected_sku, 1), channel=f"web-{uuid.uuid4().hex[:8]}")
+    placed = api.post("/orders", json=body)
+    assert placed.status_code == 201, placed.text
+    order = run_to_allocated(api, placed.json()["id"])
+    parcels = {s["location_id"]: s["id"] for s in order["shipments"]}
+    assert sorted(parcels) == sorted([first, second])
+    stream = TableStream(os.environ["ORDERS_TABLE"], from_now=True)
+    with pytest.MonkeyPatch.context() as patches, pytest.raises(TimeoutError):
+        dying_after_the_record(patches)
+        actions().ship(order["id"], parcels[first], None, actor="key_warehouse")
+    catalog.stock(rejected_sku, first, 5)
+    catalog.stock(rejected_sku, third, 5)
+
+    rejected = api.post(f"/orders/{order['id']}/shipments/{parcels[second]}/reject", json={"reason": "damaged"})
+    assert rejected.status_code == 200, rejected.text
+    assert {s["location_id"] for s in rejected.json()["shipments"] if s["status"] == "pending"} == {third}
+    stream_read(stream)
+
+    def level(sku: str, location_id: str) -> tuple[int, int]:
+        found = api.get(f"/inventory/{sku}").json()["locations"]
+        return next((loc["on_hand"], loc["reserved"]) for loc in found if loc["location_id"] == location_id)
+
+    assert level(shipped_sku, first) == (3, 0)
+    assert level(rejected_sku, first) == (5, 0)
+    assert level(rejected_sku, second) == (5, 0)
+    assert level(rejected_sku, third) == (5, 1)

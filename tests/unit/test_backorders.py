@@ -9,6 +9,7 @@ tests/stateful.py)."""
 from __future__ import annotations
 
 import contextlib
+import json
 from datetime import datetime, timedelta
 
 import pytest
@@ -24,7 +25,9 @@ from hypothesis.stateful import (
 )
 
 from core.backorders import BackorderAllocator, ExpectedArrivals
+from core.domain_events import order_events
 from core.errors import Backordered, InsufficientStock, OrderHeld, OutOfReach, OutOfStock, TransientError
+from core.events import OrderEvent
 from core.holds import HoldRequest, Holds, ReleaseRequest
 from core.ids import reservation_key, shipment_id_for
 from core.models import Allocation, LineInput, Order, OrderEdit, StockLevel
@@ -2370,3 +2373,75 @@ def test_the_ruled_machine_finds_no_order_sent_back_whole_passed_over_in_the_oth
     assert RuledBackorderMachine.reached.get("sourced_again_whole") == 1
     assert older.status is S.ALLOCATED and shipped_from(older) == ["wh-east"]
     assert younger.status is S.ALLOCATED and shipped_from(younger) == ["wh-west"]  # the unit the older gave back
+
+
+def test_a_persons_reject_of_a_parcel_a_stock_take_rejected_first_keeps_the_location_excluded_after_a_restock():
+    """A stock take at wh-west counted the newer order's parcel out (its exclusion lapses once
+    PREORDER is restocked there); the store, not knowing, then rejects the same parcel (damaged
+    stock): its reject answers 200 and must make the exclusion the person's, as it is when the
+    person rejects first. Before, it was taken for a repeat and changed nothing: the receipt filled
+    the order at the location the person refused it at."""
+    world, allocator, _ = make_world([("PREORDER", "wh-west", 4)])
+    world.allocated(("PREORDER", 2))
+    newer = world.allocated(("PREORDER", 2))
+    (parcel,) = newer.shipments
+    service = InventoryService(
+        world.inventory, world.catalog, orders=lambda: world.orders, reject=world.actions.reject,
+        send_back=world.actions.source_backorder_again,
+    )  # fmt: skip
+    service.count("PREORDER", "wh-west", 2)
+    with pytest.raises(Backordered):
+        world.workflow.reserve_stock(newer.id)
+    assert world.order(newer.id).counted_short == {"wh-west": ["PREORDER"]}
+
+    counted = world.order(newer.id)
+    refused = world.actions.reject(newer.id, parcel.id, "damaged", actor="key_warehouse")
+
+    assert (refused.excluded_locations, refused.counted_short) == (["wh-west"], {})
+    (entry,) = [e for e in world.history(newer.id) if e.actor == "key_warehouse"]
+    assert entry.type is OrderEvent.SHIPMENT_REJECTED
+    assert (entry.detail["reason"], entry.detail["counted_out"]) == ("damaged", True)
+    assert order_events(json.loads(counted.stored_json()), json.loads(refused.stored_json())) == []  # told once
+    again = world.actions.reject(newer.id, parcel.id, "damaged", actor="key_warehouse")  # sent again
+    assert again.version == refused.version
+    arrive(world, allocator, "PREORDER", "wh-west", 5)
+    allocator.arrived("PREORDER", "wh-west", restocked=True)
+    waiting = world.order(newer.id)
+    assert waiting.status is S.BACKORDERED and waiting.allocations == []
+    assert world.level("PREORDER", "wh-west") == (7, 2, 5)
+
+
+def test_a_stock_takes_reject_of_a_parcel_another_reject_withdrew_meanwhile_lapses_once_restocked():
+    """A split order: the count at wh-east reads its parcel there pending, then the store at
+    wh-west rejects its own parcel, which withdraws every pending parcel; the count's reject of the
+    withdrawn wh-east parcel is recorded all the same (Order.reject_withdrawn). Its exclusion is a
+    count's, which lapses once PREORDER is restocked there; before, it was recorded as a person's,
+    and the receipt at wh-east left the order waiting though wh-east had the units."""
+    world, allocator, _ = make_world([("PREORDER", "wh-west", 2), ("PREORDER", "wh-east", 2)])
+    order = world.allocated(("PREORDER", 4))
+    parcels = {s.location_id: s.id for s in order.shipments}
+    assert sorted(parcels) == ["wh-east", "wh-west"]
+    reject = world.actions.reject
+
+    def the_store_first(order_id: str, shipment_id: str, reason: str, actor: str, **counted: object):
+        if shipment_id == parcels["wh-east"]:
+            reject(order_id, parcels["wh-west"], "damaged", actor="key_store")
+        return reject(order_id, shipment_id, reason, actor, **counted)
+
+    service = InventoryService(
+        world.inventory, world.catalog, orders=lambda: world.orders, reject=the_store_first,
+        send_back=world.actions.source_backorder_again,
+    )  # fmt: skip
+    service.count("PREORDER", "wh-east", 0)
+    withdrawn = world.order(order.id)
+    assert sorted(withdrawn.excluded_locations) == ["wh-east", "wh-west"]
+    assert withdrawn.counted_short == {"wh-east": ["PREORDER"]}
+    with pytest.raises(Backordered):
+        world.workflow.reserve_stock(order.id)
+
+    arrive(world, allocator, "PREORDER", "wh-east", 4)
+    allocator.arrived("PREORDER", "wh-east", restocked=True)
+
+    filled = world.order(order.id)
+    assert [(a.location_id, a.quantity) for a in filled.allocations] == [("wh-east", 4)]
+    assert filled.excluded_locations == ["wh-west"]
