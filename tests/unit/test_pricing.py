@@ -413,6 +413,38 @@ def test_an_order_priced_again_keeps_per_unit_what_an_ended_code_granted_the_uni
     assert_follows_the_contract(priced)
 
 
+def test_an_order_priced_again_keeps_free_shipping_a_rule_granted_on_a_line(pricing):
+    # A plugin's rule named the MUG-1 line with free shipping and no amount (Discount allows it): the
+    # grant kept has a sku and no amount, and pricing the order again keeps the free shipping.
+    grants = [PromotionGrant(code="MUGSHIPSFREE", sku="MUG-1", quantity=2, free_shipping=True)]
+    order = an_order(("MUG-1", 2))
+
+    priced = pricing.price(
+        order, {"MUG-1": MUG}, order.shipping_address, placed_with=grants, sold_units={"MUG-1": 2}
+    )  # fmt: skip
+
+    assert priced.totals.shipping == usd("0.00")
+    assert priced.totals.discount == usd("0.00")
+    assert priced.totals.grand_total == usd("20.00") + priced.totals.tax
+    assert_follows_the_contract(priced)
+
+
+def test_a_kept_grant_naming_a_sku_but_no_units_gives_that_sku_nothing(pricing):
+    # A grant stored without the units it was for (quantity None, or 0) says nothing per unit: the
+    # sku's line keeps no discount from it rather than the order failing to be priced again.
+    order = an_order(("MUG-1", 2))
+    for units in (None, 0):
+        grants = [PromotionGrant(code="GONE", sku="MUG-1", quantity=units, amount=usd("3.00"))]
+
+        priced = pricing.price(
+            order, {"MUG-1": MUG}, order.shipping_address, placed_with=grants, sold_units={"MUG-1": 2}
+        )  # fmt: skip
+
+        assert priced.totals.discount == usd("0.00")
+        assert priced.totals.subtotal == usd("20.00")
+        assert_follows_the_contract(priced)
+
+
 def test_an_order_priced_again_keeps_its_charge_for_a_method_no_plugin_quotes_any_more(pricing):
     # Its parcels are booked with that method already: charged what it was (nothing with free shipping).
     def priced_again(order):
