@@ -1,0 +1,101 @@
+"""PATCH /orders/{id} bodies an edit refuses, in-process on moto: no lines, a line of no units, a sku
+the catalog does not have or does not price in the order's currency, more units than there are.
+Each answers the contract's error naming the field, and leaves the order, its history and the
+stock it holds as they were, whatever the order's status (allocated, held, backordered)."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from core.errors import Backordered
+from functions.bootstrap import Config, bootstrap
+from tests.builders import location_body, order_body, product_body
+from tests.e2e.client import assert_error, unsigned
+from tests.integration.in_process import InProcessApi, in_process_api_with_labels, run_to_allocated
+
+_orders = itertools.count(1)
+
+
+@pytest.fixture(scope="module")
+def api() -> Iterator[InProcessApi]:
+    with in_process_api_with_labels() as started:
+        assert started.put("/products/MUG", json=product_body("12.50")).status_code == 201
+        assert started.put("/products/EURMUG", json=product_body("11.00", currency="EUR")).status_code == 201
+        later = product_body("30.00", allow_backorder=True)
+        assert started.put("/products/LATER", json=later).status_code == 201
+        assert started.put("/locations/wh-east", json=location_body()).status_code == 201
+        assert started.put("/inventory/MUG/wh-east", json={"on_hand": 100}).status_code == 200
+        yield started
+
+
+def placed(api: InProcessApi, sku: str) -> dict[str, Any]:
+    body = order_body(external_id=f"web-r{next(_orders)}", lines=[{"sku": sku, "quantity": 2}])
+    answer = api.post("/orders", json=body)
+    assert answer.status_code == 201, answer.text
+    return answer.json()
+
+
+def allocated(api: InProcessApi) -> dict[str, Any]:
+    return run_to_allocated(api, placed(api, "MUG")["id"])
+
+
+def held(api: InProcessApi) -> dict[str, Any]:
+    order = allocated(api)
+    answer = api.post(f"/orders/{order['id']}/hold", json={"reason": "customer_request"})
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def backordered(api: InProcessApi) -> dict[str, Any]:
+    order_id = placed(api, "LATER")["id"]
+    steps = bootstrap(Config.from_env()).workflow
+    steps.authorize_payment(order_id, attempt=0)
+    with pytest.raises(Backordered):  # the state machine's signal to wait for stock
+        steps.reserve_stock(order_id)
+    order = api.get(f"/orders/{order_id}").json()
+    assert order["status"] == "backordered", order
+    return order
+
+
+def reserved(api: InProcessApi) -> dict[str, int]:
+    return {
+        sku: sum(level["reserved"] for level in api.get(f"/inventory/{sku}").json()["locations"])
+        for sku in ("MUG", "LATER")
+    }
+
+
+MUG1 = {"sku": "MUG", "quantity": 1}
+REFUSED = [
+    pytest.param({"lines": []}, 422, "validation_error", "lines", id="no-lines"),
+    pytest.param({"lines": None}, 422, "validation_error", None, id="lines-null-alone"),
+    pytest.param({"lines": [{**MUG1, "quantity": 0}]}, 422, "validation_error", "lines[0].quantity", id="quantity-0"),
+    pytest.param({"lines": [{**MUG1, "quantity": -1}]}, 422, "validation_error", "lines[0].quantity", id="negative"),
+    pytest.param({"lines": [MUG1, {"sku": "NOPE", "quantity": 1}]}, 422, "unknown_sku", "lines[1].sku", id="unknown"),
+    pytest.param({"lines": [MUG1, {**MUG1, "sku": "EURMUG"}]}, 422, "no_price", "lines[1].sku", id="eur-priced-sku"),
+    pytest.param(  # 120 units of 100, asked over two lines
+        {"lines": [{**MUG1, "quantity": 60}] * 2}, 409, "insufficient_stock", None, id="beyond-the-stock"
+    ),
+]
+
+
+@pytest.mark.parametrize("make", [allocated, held, backordered], ids=["allocated", "held", "backordered"])
+@pytest.mark.parametrize(("edit_body", "status", "code", "field"), REFUSED)
+def test_a_refused_edit_answers_the_contracts_error_and_changes_neither_the_order_nor_its_stock(
+    api: InProcessApi, make: Callable[[InProcessApi], dict[str, Any]], edit_body: dict[str, Any], status: int,
+    code: str, field: str | None,
+):  # fmt: skip
+    order = make(api)
+    history = api.get(f"/orders/{order['id']}/history").json()["items"]
+    stock = reserved(api)
+
+    answer = api.request("PATCH", f"/orders/{order['id']}", json=edit_body,
+                         headers={"If-Match": str(order["version"])})  # fmt: skip
+
+    assert_error(answer, status, code, *([field] if field else []))
+    assert unsigned(api.get(f"/orders/{order['id']}").json()) == unsigned(order)
+    assert api.get(f"/orders/{order['id']}/history").json()["items"] == history
+    assert reserved(api) == stock
