@@ -199,6 +199,19 @@ def test_an_edit_down_that_loses_a_volume_price_prices_the_units_left_as_a_cance
     assert done.totals == left.totals
 
 
+def test_an_edit_down_to_units_no_plugin_prices_any_more_keeps_the_price_they_were_sold_at():
+    # Sold 5 MUG at the volume price; the catalog has priced MUG only in EUR since, so nothing prices
+    # 2 of them in USD today: the 2 left cost what they were sold at, as a sku nobody prices does.
+    world = build_world([("MUG", "wh-west", 10), ("CAP", "wh-east", 5)], VolumePrice())
+    order = world.allocated(("MUG", 5), ("CAP", 1))
+    world.catalog.put_product(product("MUG", "11.00", currency="EUR", weight_grams=350))
+
+    fewer = OrderEdit.model_validate({"lines": [{"sku": "MUG", "quantity": 2}, {"sku": "CAP", "quantity": 1}]})
+    done = world.actions.edit(order.id, order.version, fewer, actor="key_web")
+
+    assert (done.lines[0].quantity, done.lines[0].unit_price) == (2, Money.of("10.00", "USD"))
+
+
 def test_an_edit_of_the_lines_after_the_shop_raised_its_shipping_rate_keeps_the_shipping_charged():
     courier = CourierShipping()
     world = build_world(STOCK, courier)

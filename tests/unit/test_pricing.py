@@ -429,6 +429,33 @@ def test_an_order_priced_again_keeps_free_shipping_a_rule_granted_on_a_line(pric
     assert_follows_the_contract(priced)
 
 
+def test_an_order_priced_again_keeps_what_an_ended_code_granted_a_single_unit(pricing):
+    grants = [PromotionGrant(code="GONE", sku="MUG-1", quantity=1, amount=usd("1.50"))]
+    order = an_order(("MUG-1", 1), promo_codes=["GONE"])
+
+    priced = pricing.price(
+        order, {"MUG-1": MUG}, order.shipping_address, placed_with=grants, sold_units={"MUG-1": 1}
+    )  # fmt: skip
+
+    assert amounts(priced, "discount") == ["1.50"]
+    assert_follows_the_contract(priced)
+
+
+def test_units_a_kept_grant_still_covers_get_no_second_discount_when_an_edit_adds_them_back(pricing):
+    # WELCOME10 granted 4 MUG-1 4.00; a cancel of 2 units whose repricing would have cost more (a
+    # volume price lost) kept the order as sold, and the grant for 4 with it (grants None). An edit
+    # back to 4 units: the grant covers all 4, so today's 10% is not added for 2 of them on top.
+    grants = [PromotionGrant(code="WELCOME10", sku="MUG-1", quantity=4, amount=usd("4.00"))]
+    order = an_order(("MUG-1", 4), promo_codes=["WELCOME10"])
+
+    priced = pricing.price(
+        order, {"MUG-1": MUG}, order.shipping_address, placed_with=grants, sold_units={"MUG-1": 2}
+    )  # fmt: skip
+
+    assert amounts(priced, "discount") == ["4.00"]
+    assert_follows_the_contract(priced)
+
+
 def test_a_kept_grant_naming_a_sku_but_no_units_gives_that_sku_nothing(pricing):
     # A grant stored without the units it was for (quantity None, or 0) says nothing per unit: the
     # sku's line keeps no discount from it rather than the order failing to be priced again.
