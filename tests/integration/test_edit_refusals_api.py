@@ -1,7 +1,7 @@
-"""PATCH /orders/{id} bodies an edit refuses, in-process on moto: no lines, a line of no units, a sku
-the catalog does not have or does not price in the order's currency, more units than there are.
-Each answers the contract's error naming the field, and leaves the order, its history and the
-stock it holds as they were, whatever the order's status (allocated, held, backordered)."""
+"""PATCH /orders/{id} edits refused, in-process on moto: bodies (no lines, a line of no units, a sku
+the catalog does not have or does not price in the order's currency, more units than there are),
+and edits made on a version the workflow or a person moved on meanwhile. Each answers the
+contract's error, and leaves the order, its history and the stock it holds as they were."""
 
 from __future__ import annotations
 
@@ -29,11 +29,14 @@ def api() -> Iterator[InProcessApi]:
         assert started.put("/products/LATER", json=later).status_code == 201
         assert started.put("/locations/wh-east", json=location_body()).status_code == 201
         assert started.put("/inventory/MUG/wh-east", json={"on_hand": 100}).status_code == 200
+        assert started.put("/products/TEE", json=product_body("9.00")).status_code == 201
+        assert started.put("/locations/wh-south", json=location_body(name="South warehouse")).status_code == 201
+        assert started.put("/inventory/TEE/wh-south", json={"on_hand": 100}).status_code == 200
         yield started
 
 
-def placed(api: InProcessApi, sku: str) -> dict[str, Any]:
-    body = order_body(external_id=f"web-r{next(_orders)}", lines=[{"sku": sku, "quantity": 2}])
+def placed(api: InProcessApi, *skus: str) -> dict[str, Any]:
+    body = order_body(external_id=f"web-r{next(_orders)}", lines=[{"sku": sku, "quantity": 2} for sku in skus])
     answer = api.post("/orders", json=body)
     assert answer.status_code == 201, answer.text
     return answer.json()
@@ -64,7 +67,7 @@ def backordered(api: InProcessApi) -> dict[str, Any]:
 def reserved(api: InProcessApi) -> dict[str, int]:
     return {
         sku: sum(level["reserved"] for level in api.get(f"/inventory/{sku}").json()["locations"])
-        for sku in ("MUG", "LATER")
+        for sku in ("MUG", "LATER", "TEE")
     }
 
 
@@ -98,4 +101,77 @@ def test_a_refused_edit_answers_the_contracts_error_and_changes_neither_the_orde
     assert_error(answer, status, code, *([field] if field else []))
     assert unsigned(api.get(f"/orders/{order['id']}").json()) == unsigned(order)
     assert api.get(f"/orders/{order['id']}/history").json()["items"] == history
+    assert reserved(api) == stock
+
+
+# --- An edit racing the workflow: made on the version read before it moved the order -------------
+
+
+def steps():
+    return bootstrap(Config.from_env()).workflow
+
+
+def authorizes(api: InProcessApi) -> tuple[dict[str, Any], Callable[[str], object]]:
+    return placed(api, "MUG"), lambda order_id: steps().authorize_payment(order_id, attempt=0)
+
+
+def allocates(api: InProcessApi) -> tuple[dict[str, Any], Callable[[str], object]]:
+    order_id = placed(api, "MUG")["id"]
+    steps().authorize_payment(order_id, attempt=0)
+
+    def allocate(order_id: str) -> None:
+        steps().reserve_stock(order_id)
+        steps().create_shipments(order_id)
+
+    return api.get(f"/orders/{order_id}").json(), allocate
+
+
+def backorders(api: InProcessApi) -> tuple[dict[str, Any], Callable[[str], object]]:
+    order_id = placed(api, "LATER")["id"]
+    steps().authorize_payment(order_id, attempt=0)
+
+    def wait(order_id: str) -> None:
+        with pytest.raises(Backordered):
+            steps().reserve_stock(order_id)
+
+    return api.get(f"/orders/{order_id}").json(), wait
+
+
+def holds(api: InProcessApi) -> tuple[dict[str, Any], Callable[[str], object]]:
+    return allocated(api), lambda order_id: api.post(f"/orders/{order_id}/hold", json={"reason": "other"})
+
+
+def ships_a_parcel(api: InProcessApi) -> tuple[dict[str, Any], Callable[[str], object]]:
+    order = run_to_allocated(api, placed(api, "MUG", "TEE")["id"])
+    east = next(s for s in order["shipments"] if s["location_id"] == "wh-east")
+    return order, lambda order_id: api.post(f"/orders/{order_id}/shipments/{east['id']}/ship", json={})
+
+
+@pytest.mark.parametrize(
+    ("start", "moved_to"),
+    [
+        (authorizes, "authorized"),
+        (allocates, "allocated"),
+        (backorders, "backordered"),
+        (holds, "on_hold"),
+        (ships_a_parcel, "partially_shipped"),
+    ],
+)
+def test_an_edit_on_the_version_read_before_the_workflow_moved_the_order_is_409_and_changes_nothing(
+    api: InProcessApi, start: Callable[[InProcessApi], tuple[dict[str, Any], Callable[[str], object]]], moved_to: str
+):
+    read, move = start(api)
+    move(read["id"])
+    moved = api.get(f"/orders/{read['id']}").json()
+    assert moved["status"] == moved_to
+    history = api.get(f"/orders/{read['id']}/history").json()["items"]
+    stock = reserved(api)
+
+    grow = {"lines": [{"sku": line["sku"], "quantity": line["quantity"] + 1} for line in read["lines"]]}
+    answer = api.request("PATCH", f"/orders/{read['id']}", json=grow, headers={"If-Match": str(read["version"])})
+
+    error = assert_error(answer, 409, "version_conflict", "If-Match")
+    assert str(moved["version"]) in error["details"][0]["message"]
+    assert unsigned(api.get(f"/orders/{read['id']}").json()) == unsigned(moved)
+    assert api.get(f"/orders/{read['id']}/history").json()["items"] == history
     assert reserved(api) == stock
