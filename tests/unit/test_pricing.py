@@ -456,6 +456,24 @@ def test_units_a_kept_grant_still_covers_get_no_second_discount_when_an_edit_add
     assert_follows_the_contract(priced)
 
 
+def test_units_added_up_to_a_codes_minimum_are_priced_as_a_new_order_of_them(pricing):
+    # Sold 6 MUG-1 (60.00) under SAVE5 (5.00 off, kept) and BIGBASKET20, whose 100.00 minimum they did
+    # not reach: it granted nothing. Priced again with 12 (120.00) BIGBASKET20 applies to the whole
+    # order, as at capture, not only to the 6 units added.
+    codes = ["SAVE5", "BIGBASKET20"]
+    sold = pricing.price(an_order(("MUG-1", 6), promo_codes=codes), {"MUG-1": MUG}, an_address())
+    assert sold.totals.discount == usd("5.00")
+    edited = an_order(("MUG-1", 12), promo_codes=codes)
+
+    priced = pricing.price(
+        edited, {"MUG-1": MUG}, edited.shipping_address, placed_with=sold.grants, sold_units={"MUG-1": 6}
+    )  # fmt: skip
+
+    as_new = price(pricing, edited, MUG)
+    assert amounts(priced, "discount") == amounts(as_new, "discount") == ["29.00"]  # 24.00 + 5.00
+    assert priced.totals == as_new.totals
+
+
 def test_a_kept_grant_naming_a_sku_but_no_units_gives_that_sku_nothing(pricing):
     # A grant stored without the units it was for (quantity None, or 0) says nothing per unit: the
     # sku's line keeps no discount from it rather than the order failing to be priced again.
