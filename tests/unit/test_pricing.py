@@ -474,6 +474,24 @@ def test_units_added_up_to_a_codes_minimum_are_priced_as_a_new_order_of_them(pri
     assert priced.totals == as_new.totals
 
 
+def test_units_added_to_a_line_a_rule_ships_free_keep_free_shipping_and_no_amount(plugins):
+    # The rule still answers as it did (free shipping named on the MUG-1 line, no amount): the units
+    # an edit adds share no amount of it, and the order still ships free.
+    def mug_ships_free(draft):
+        return [Discount(code="MUGSHIPSFREE", line_id=draft.lines[0].line_id, free_shipping=True)]
+
+    plugins.register(answering("oms_discounts", mug_ships_free))
+    grants = [PromotionGrant(code="MUGSHIPSFREE", sku="MUG-1", quantity=2, free_shipping=True)]
+    order = an_order(("MUG-1", 3))
+
+    priced = Pricing(plugins).price(
+        order, {"MUG-1": MUG}, order.shipping_address, placed_with=grants, sold_units={"MUG-1": 2}
+    )  # fmt: skip
+
+    assert (priced.totals.shipping, priced.totals.discount) == (usd("0.00"), usd("0.00"))
+    assert_follows_the_contract(priced)
+
+
 def test_a_kept_grant_naming_a_sku_but_no_units_gives_that_sku_nothing(pricing):
     # A grant stored without the units it was for (quantity None, or 0) says nothing per unit: the
     # sku's line keeps no discount from it rather than the order failing to be priced again.
