@@ -7,15 +7,20 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterator
+from decimal import Decimal
 from typing import Any
 
 import pytest
 
+from core import hookimpl
 from core.errors import Backordered
+from core.workflow_types import PaymentResult
 from functions.bootstrap import Config, bootstrap
+from plugins import test_payments
 from tests.builders import location_body, order_body, product_body
 from tests.e2e.client import assert_error, unsigned
 from tests.integration.in_process import InProcessApi, in_process_api_with_labels, run_to_allocated
+from tests.integration.test_payment_plugin_failures_api import registered
 
 _orders = itertools.count(1)
 
@@ -175,3 +180,41 @@ def test_an_edit_on_the_version_read_before_the_workflow_moved_the_order_is_409_
     assert unsigned(api.get(f"/orders/{read['id']}").json()) == unsigned(moved)
     assert api.get(f"/orders/{read['id']}/history").json()["items"] == history
     assert reserved(api) == stock
+
+
+# --- An edit past what the card allows ------------------------------------------------------------
+
+
+class CardLimit:
+    """A card that authorizes up to `limit` and declines more (the test gateway answers the rest)."""
+
+    def __init__(self, limit: str):
+        self.limit = Decimal(limit)
+
+    @hookimpl(tryfirst=True)
+    def oms_payment_authorize(self, method, token, amount, idempotency_key, attempt):
+        if amount.amount <= self.limit:
+            return None
+        return PaymentResult(outcome="declined", reference=f"dec_{idempotency_key}"[:200], message="over the limit")
+
+
+def test_an_edit_past_what_the_card_allows_is_409_and_leaves_the_order_its_stock_and_payment_as_they_were(api):
+    order = allocated(api)  # 2 MUG: 25.00 + shipping, within the limit
+    stock = reserved(api)
+    held_before = dict(test_payments._held)
+    grown = {"lines": [{"sku": "MUG", "quantity": 6}]}
+
+    with registered(CardLimit("60.00")):
+        answer = api.request("PATCH", f"/orders/{order['id']}", json=grown, headers={"If-Match": str(order["version"])})
+
+    assert_error(answer, 409, "payment_declined")
+    shown = api.get(f"/orders/{order['id']}").json()
+    kept = ("status", "lines", "totals", "payment", "allocations")
+    assert {k: shown[k] for k in kept} == {k: order[k] for k in kept}
+    assert reserved(api) == stock
+    assert test_payments._held == held_before  # nothing new held on the card, nothing captured
+    # A smaller edit on the same If-Match goes ahead: no authorization is asked, the one there stays.
+    fewer = api.request("PATCH", f"/orders/{order['id']}", json={"lines": [{"sku": "MUG", "quantity": 1}]},
+                        headers={"If-Match": str(order["version"])})  # fmt: skip
+    assert fewer.status_code == 200, fewer.text
+    assert fewer.json()["payment"] == order["payment"]
