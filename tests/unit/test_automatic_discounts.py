@@ -200,3 +200,17 @@ def test_an_edit_whose_order_as_sold_adds_up_to_10_to_the_15_is_no_plugins_failu
 
     assert [line.quantity for line in done.lines] == [3]
     assert done.totals.subtotal == usd("900000000000000.00")
+
+
+def test_an_edit_that_brings_a_line_up_to_the_rules_minimum_gets_the_rule_on_all_its_units(world):
+    # Sold 2 MUG under SAVE5 (kept): the rule's 3-unit minimum not reached, it granted nothing. Edited
+    # to 4 the rule applies to the order as it now is (lapsed: it answers otherwise than for the order
+    # as sold), so all 4 units get its 10%, as a new order of them would, not only the 2 added.
+    order = world.allocated(("MUG", 2), promo_codes=["SAVE5"])
+    assert order.totals.discount == usd("5.00")
+
+    edit = OrderEdit.model_validate({"lines": [{"sku": "MUG", "quantity": 4}]})
+    done = world.actions.edit(order.id, order.version, edit, actor="key_web")
+
+    as_new = world.allocated(("MUG", 4), promo_codes=["SAVE5"])
+    assert done.totals == as_new.totals and done.totals.discount == usd("10.00")  # 5.00 of the rule + SAVE5
