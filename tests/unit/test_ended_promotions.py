@@ -266,6 +266,26 @@ def test_an_order_kept_a_rules_grant_under_a_code_of_over_100_characters_is_stil
     assert rule.code in {grant.code for grant in edited.promotion_grants}
 
 
+SHIPFREE_FROM_100 = {"code": "SHIPFREE50", "kind": "free_shipping", "min_subtotal": {"USD": "100.00"}}
+
+
+def test_an_edit_below_a_free_shipping_minimum_raised_since_pays_the_shipping_as_capture_would(
+    world, change_promotions
+):
+    """Sold at 62.50 shipped free (minimum 50.00); the minimum is now 100.00. Edited down to 50.00
+    the order is charged shipping as a new order would be: the code ships neither the order as sold
+    nor as it is now for free, and the units left do not keep the free shipping it gave them."""
+    order = world.allocated(("MUG", 5), promo_codes=["SHIPFREE50"])
+    assert order.totals.shipping == Money.zero("USD")
+    change_promotions(SHIPFREE_FROM_100)
+
+    done = world.actions.edit(order.id, order.version, OrderEdit(lines=[LineInput(sku="MUG", quantity=4)]), "key_web")
+
+    as_new = world.allocated(("MUG", 4), promo_codes=["SHIPFREE50"])
+    assert done.totals.shipping == as_new.totals.shipping != Money.zero("USD")
+    assert done.totals == as_new.totals
+
+
 BIGBASKET20_FROM_200 = {"code": "BIGBASKET20", "kind": "percent", "percent": "20", "min_subtotal": {"USD": "200.00"}}
 
 
