@@ -492,6 +492,37 @@ def test_units_added_to_a_line_a_rule_ships_free_keep_free_shipping_and_no_amoun
     assert_follows_the_contract(priced)
 
 
+def test_a_single_unit_an_edit_adds_under_a_kept_code_gets_todays_terms(pricing):
+    # WELCOME10 granted the 2 MUG-1 sold 2.00; the third unit gets today's 10% of it (1.00) beside it.
+    grants = [PromotionGrant(code="WELCOME10", sku="MUG-1", quantity=2, amount=usd("2.00"))]
+    order = an_order(("MUG-1", 3), promo_codes=["WELCOME10"])
+
+    priced = pricing.price(
+        order, {"MUG-1": MUG}, order.shipping_address, placed_with=grants, sold_units={"MUG-1": 2}
+    )  # fmt: skip
+
+    assert amounts(priced, "discount") == ["3.00"]
+    assert_follows_the_contract(priced)
+
+
+def test_a_code_a_plugin_now_answers_with_no_amount_gives_the_edited_order_nothing(plugins):
+    # A plugin may accept a code it grants nothing today as a Discount without amount or free
+    # shipping. The order as sold got 3.00 of it; its units changed, it gets nothing, as at capture.
+    def accepts_quietly(draft):
+        return [Discount(code="QUIET")] if "QUIET" in draft.promo_codes else []
+
+    plugins.register(answering("oms_discounts", accepts_quietly))
+    grants = [PromotionGrant(code="QUIET", sku="MUG-1", quantity=2, amount=usd("3.00"))]
+    order = an_order(("MUG-1", 1), promo_codes=["QUIET"])
+
+    priced = Pricing(plugins).price(
+        order, {"MUG-1": MUG}, order.shipping_address, placed_with=grants, sold_units={"MUG-1": 2}
+    )  # fmt: skip
+
+    assert priced.totals.discount == usd("0.00")
+    assert_follows_the_contract(priced)
+
+
 def test_a_kept_grant_naming_a_sku_but_no_units_gives_that_sku_nothing(pricing):
     # A grant stored without the units it was for (quantity None, or 0) says nothing per unit: the
     # sku's line keeps no discount from it rather than the order failing to be priced again.
