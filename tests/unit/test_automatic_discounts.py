@@ -214,3 +214,26 @@ def test_an_edit_that_brings_a_line_up_to_the_rules_minimum_gets_the_rule_on_all
 
     as_new = world.allocated(("MUG", 4), promo_codes=["SAVE5"])
     assert done.totals == as_new.totals and done.totals.discount == usd("10.00")  # 5.00 of the rule + SAVE5
+
+
+class LoyaltyRule:
+    """No code needed: free shipping for orders whose subtotal is at least 50.00, and 1.00 off every order."""
+
+    @hookimpl
+    def oms_discounts(self, draft: PricingDraft) -> list[Discount]:
+        subtotal = sum((line.subtotal.amount for line in draft.lines), Decimal(0))
+        ships_free = [Discount(code="loyalty", free_shipping=True)] if subtotal >= 50 else []
+        return [*ships_free, Discount(code="loyalty", amount=Money.of("1.00", draft.currency))]
+
+
+def test_an_edit_below_a_free_shipping_rules_minimum_pays_the_shipping_as_a_new_order_would():
+    world = build_world(STOCK, LoyaltyRule())
+    order = world.allocated(("MUG", 4))  # 50.00: shipped free
+    assert order.totals.shipping == usd("0.00")
+
+    edit = OrderEdit.model_validate({"lines": [{"sku": "MUG", "quantity": 3}]})
+    done = world.actions.edit(order.id, order.version, edit, actor="key_web")
+
+    as_new = world.allocated(("MUG", 3))
+    assert done.totals == as_new.totals and done.totals.shipping != usd("0.00")
+    assert done.totals.discount == usd("1.00")

@@ -505,14 +505,16 @@ def test_a_single_unit_an_edit_adds_under_a_kept_code_gets_todays_terms(pricing)
     assert_follows_the_contract(priced)
 
 
-def test_a_code_a_plugin_now_answers_with_no_amount_gives_the_edited_order_nothing(plugins):
+@pytest.mark.parametrize("gave", ["3.00", "0.50"])
+def test_a_code_a_plugin_now_answers_with_no_amount_gives_the_edited_order_nothing(plugins, gave):
     # A plugin may accept a code it grants nothing today as a Discount without amount or free
-    # shipping. The order as sold got 3.00 of it; its units changed, it gets nothing, as at capture.
+    # shipping. The order as sold got something of it (however little); its units changed, it gets
+    # nothing, as at capture.
     def accepts_quietly(draft):
         return [Discount(code="QUIET")] if "QUIET" in draft.promo_codes else []
 
     plugins.register(answering("oms_discounts", accepts_quietly))
-    grants = [PromotionGrant(code="QUIET", sku="MUG-1", quantity=2, amount=usd("3.00"))]
+    grants = [PromotionGrant(code="QUIET", sku="MUG-1", quantity=2, amount=usd(gave))]
     order = an_order(("MUG-1", 1), promo_codes=["QUIET"])
 
     priced = Pricing(plugins).price(
@@ -520,6 +522,19 @@ def test_a_code_a_plugin_now_answers_with_no_amount_gives_the_edited_order_nothi
     )  # fmt: skip
 
     assert priced.totals.discount == usd("0.00")
+    assert_follows_the_contract(priced)
+
+
+def test_a_sku_an_edit_adds_under_a_kept_code_gets_todays_terms_on_all_its_units(pricing):
+    # WELCOME10 granted the 2 MUG-1 sold 2.00; TEE-1, new to the order, gets today's 10% on both its units.
+    grants = [PromotionGrant(code="WELCOME10", sku="MUG-1", quantity=2, amount=usd("2.00"))]
+    order = an_order(("MUG-1", 2), ("TEE-1", 2), promo_codes=["WELCOME10"])
+
+    priced = pricing.price(
+        order, {"MUG-1": MUG, "TEE-1": TEE}, order.shipping_address, placed_with=grants, sold_units={"MUG-1": 2}
+    )  # fmt: skip
+
+    assert amounts(priced, "discount") == ["2.00", "1.00"]  # 10% of 9.98, rounded
     assert_follows_the_contract(priced)
 
 
