@@ -538,6 +538,25 @@ def test_a_sku_an_edit_adds_under_a_kept_code_gets_todays_terms_on_all_its_units
     assert_follows_the_contract(priced)
 
 
+def test_a_rule_whose_per_unit_terms_change_by_a_cent_with_the_units_gives_the_edited_order_todays(plugins):
+    # 0.10 off a MUG-1 unit, 0.11 from 4 units: sold 2 (0.20), edited to 4 the rule answers 0.11 a
+    # unit. That cent is more than rounding explains, so all 4 units get 0.11, as a new order would.
+    def tiered(draft):
+        line = draft.lines[0]
+        per_unit = "0.11" if line.quantity >= 4 else "0.10"
+        return [Discount(code="tiered", amount=usd(per_unit).times(line.quantity), line_id=line.line_id)]
+
+    plugins.register(answering("oms_discounts", tiered))
+    grants = [PromotionGrant(code="TIERED", sku="MUG-1", quantity=2, amount=usd("0.20"))]
+    order = an_order(("MUG-1", 4))
+
+    priced = Pricing(plugins).price(
+        order, {"MUG-1": MUG}, order.shipping_address, placed_with=grants, sold_units={"MUG-1": 2}
+    )  # fmt: skip
+
+    assert amounts(priced, "discount") == ["0.44"]
+
+
 def test_a_kept_grant_naming_a_sku_but_no_units_gives_that_sku_nothing(pricing):
     # A grant stored without the units it was for (quantity None, or 0) says nothing per unit: the
     # sku's line keeps no discount from it rather than the order failing to be priced again.
