@@ -557,6 +557,23 @@ def test_a_rule_whose_per_unit_terms_change_by_a_cent_with_the_units_gives_the_e
     assert amounts(priced, "discount") == ["0.44"]
 
 
+def test_units_added_up_to_a_codes_minimum_are_refused_its_stacking_as_a_new_order_is(pricing):
+    # Sold 6 MUG-1 (60.00) with WELCOME10 (10% off) and BIGBASKET20, which granted nothing below its
+    # 100.00 minimum. At 12 (120.00) both percent-off codes would apply, which capture refuses.
+    codes = ["WELCOME10", "BIGBASKET20"]
+    sold = pricing.price(an_order(("MUG-1", 6), promo_codes=codes), {"MUG-1": MUG}, an_address())
+    edited = an_order(("MUG-1", 12), promo_codes=codes)
+
+    with pytest.raises(InvalidRequest) as refused:
+        pricing.price(
+            edited, {"MUG-1": MUG}, edited.shipping_address, placed_with=sold.grants, sold_units={"MUG-1": 6}
+        )  # fmt: skip
+
+    assert refused.value.code == "promo_codes_do_not_stack"
+    with pytest.raises(InvalidRequest, match="cannot be combined"):
+        price(pricing, edited, MUG)
+
+
 def test_a_kept_grant_naming_a_sku_but_no_units_gives_that_sku_nothing(pricing):
     # A grant stored without the units it was for (quantity None, or 0) says nothing per unit: the
     # sku's line keeps no discount from it rather than the order failing to be priced again.
