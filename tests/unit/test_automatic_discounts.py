@@ -279,3 +279,16 @@ def test_an_edit_keeps_free_shipping_a_rule_granted_twice_without_an_amount():
 
     assert done.totals.shipping == usd("0.00")
     assert done.promotion_grants == [PromotionGrant(code="MEMBERS", free_shipping=True)]
+
+
+def test_an_edit_gets_what_an_order_level_rule_gives_the_order_as_it_now_is():
+    # 5% off the subtotal: sold at 2 MUG and 2 CAP, edited to 4 MUG, the amount off the order follows
+    # the new subtotal, as for a new order of 4 MUG, rather than staying what the order as sold got.
+    world = build_world(STOCK, SubtotalRule())
+    order = world.allocated(("MUG", 2), ("CAP", 2))
+
+    edit = OrderEdit.model_validate({"lines": [{"sku": "MUG", "quantity": 4}]})
+    done = world.actions.edit(order.id, order.version, edit, actor="key_web")
+
+    as_new = world.allocated(("MUG", 4))
+    assert done.totals == as_new.totals and done.totals.discount == usd("2.50")  # 5% of 50.00
