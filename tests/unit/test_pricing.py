@@ -577,6 +577,26 @@ def test_units_added_up_to_a_codes_minimum_are_refused_its_stacking_as_a_new_ord
         price(pricing, edited, MUG)
 
 
+def test_a_rule_whose_answers_differ_only_by_rounding_keeps_the_terms_the_units_were_sold_with(plugins):
+    # A rule rounding each line's share: 0.10 for 1 MUG-1, 0.32 for 3 (10.5% either way, rounded).
+    # 0.32 against 3 x 0.10 is within half a cent a unit: the rule applies alike, the unit sold keeps
+    # its 0.10 and the 2 added get their share of today's 0.32 (0.21).
+    def rounding(draft):
+        line = draft.lines[0]
+        amount = usd("0.32") if line.quantity == 3 else usd("0.10").times(line.quantity)
+        return [Discount(code="rounding", amount=amount, line_id=line.line_id)]
+
+    plugins.register(answering("oms_discounts", rounding))
+    grants = [PromotionGrant(code="ROUNDING", sku="MUG-1", quantity=1, amount=usd("0.10"))]
+    order = an_order(("MUG-1", 3))
+
+    priced = Pricing(plugins).price(
+        order, {"MUG-1": MUG}, order.shipping_address, placed_with=grants, sold_units={"MUG-1": 1}
+    )  # fmt: skip
+
+    assert amounts(priced, "discount") == ["0.31"]
+
+
 def test_a_kept_grant_naming_a_sku_but_no_units_gives_that_sku_nothing(pricing):
     # A grant stored without the units it was for (quantity None, or 0) says nothing per unit: the
     # sku's line keeps no discount from it rather than the order failing to be priced again.
