@@ -258,6 +258,22 @@ def test_an_edit_of_other_lines_keeps_the_tax_rate_a_sku_left_as_it_is_was_sold_
     assert [line.tax for line in method.lines] == [line.tax for line in done.lines]
 
 
+def test_an_address_edit_of_a_pickup_order_keeps_the_tax_rate_it_was_sold_at(world, monkeypatch, tmp_path):
+    """A pickup order is taxed where its store is, which an edit of its address does not move: the
+    rate changed since does not tax its units again."""
+    world.inventory.set_on_hand("MUG", "store-sf", 5, reason="count")
+    order = world.allocated(("MUG", 3), fulfillment={"type": "pickup", "location_id": "store-sf"})
+    rates = tmp_path / "tax_rates.json"
+    rates.write_text(json.dumps({"US": {"regions": {"CA": {"standard": "0.25"}}}}))
+    monkeypatch.setenv(TAX_RATES_FILE_ENV, str(rates))
+
+    done = world.actions.edit(order.id, order.version, new_address(order), actor="key_web")
+
+    assert done.shipping_address.line2 == "Apt 4"
+    assert (done.lines[0].tax_rate, done.totals) == (order.lines[0].tax_rate, order.totals)
+    assert order.lines[0].tax.amount > 0
+
+
 def test_an_edit_of_the_address_taxes_the_order_at_the_rate_of_its_new_address(world, monkeypatch, tmp_path):
     """The address decides the tax jurisdiction: an edited address is taxed as a new order to it."""
     order = world.allocated(("MUG", 3))
