@@ -185,7 +185,7 @@ def test_an_edit_that_asks_for_fewer_units_keeps_the_price_they_were_sold_at_as_
     assert (done.totals, [line.total for line in done.lines]) == (left.totals, [line.total for line in left.lines])
 
 
-@pytest.mark.parametrize(("mugs", "price"), [(2, "12.50"), (4, "10.00")])
+@pytest.mark.parametrize(("mugs", "price"), [(1, "12.50"), (2, "12.50"), (4, "10.00")])
 def test_an_edit_down_that_loses_a_volume_price_prices_the_units_left_as_a_cancel_of_units_does(mugs, price):
     world = build_world([("MUG", "wh-west", 10), ("CAP", "wh-east", 5)], VolumePrice())
     edited, cancelled = world.allocated(("MUG", 5), ("CAP", 1)), world.allocated(("MUG", 5), ("CAP", 1))
