@@ -266,6 +266,29 @@ def test_an_order_kept_a_rules_grant_under_a_code_of_over_100_characters_is_stil
     assert rule.code in {grant.code for grant in edited.promotion_grants}
 
 
+BIGBASKET20_FROM_50 = {"code": "BIGBASKET20", "kind": "percent", "percent": "20", "min_subtotal": {"USD": "50.00"}}
+
+
+def test_an_address_edit_after_a_codes_minimum_was_lowered_keeps_the_codes_terms_and_is_not_refused(
+    world, change_promotions
+):
+    """Sold at 62.50 with WELCOME10's 10% and BIGBASKET20, below its 100.00 minimum: nothing. Its
+    minimum is now 50.00, so today both percent-off codes would apply, which a new order is refused
+    for. An edit of the address changes no units: the codes keep what they granted, and the edit
+    is not refused for a stacking the order was never given."""
+    order = world.allocated(("MUG", 5), promo_codes=["WELCOME10", "BIGBASKET20"])
+    change_promotions({"code": "WELCOME10", "kind": "percent", "percent": "10"}, BIGBASKET20_FROM_50)
+    moved = {**order.shipping_address.model_dump(), "line2": "Apt 4"}
+
+    done = world.actions.edit(order.id, order.version, OrderEdit.model_validate({"shipping_address": moved}),
+                              actor="key_web")  # fmt: skip
+
+    assert done.totals.discount == order.totals.discount == Money.of("6.25", "USD")
+    with pytest.raises(InvalidRequest) as refused:
+        world.place(("MUG", 5), promo_codes=["WELCOME10", "BIGBASKET20"])
+    assert refused.value.code == "promo_codes_do_not_stack"
+
+
 SHIPFREE_FROM_100 = {"code": "SHIPFREE50", "kind": "free_shipping", "min_subtotal": {"USD": "100.00"}}
 
 
