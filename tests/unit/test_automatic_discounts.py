@@ -292,3 +292,16 @@ def test_an_edit_gets_what_an_order_level_rule_gives_the_order_as_it_now_is():
 
     as_new = world.allocated(("MUG", 4))
     assert done.totals == as_new.totals and done.totals.discount == usd("2.50")  # 5% of 50.00
+
+
+def test_an_edit_that_drops_a_line_gets_what_an_order_level_rule_gives_the_lines_left():
+    # 5% off the subtotal: sold at 2 MUG and 2 CAP, edited down to the 2 MUG, the amount off the order
+    # is 5% of what is left, as for a new order of them, not what the bigger basket got.
+    world = build_world(STOCK, SubtotalRule())
+    order = world.allocated(("MUG", 2), ("CAP", 2))
+
+    edit = OrderEdit.model_validate({"lines": [{"sku": "MUG", "quantity": 2}]})
+    done = world.actions.edit(order.id, order.version, edit, actor="key_web")
+
+    as_new = world.allocated(("MUG", 2))
+    assert done.totals == as_new.totals and done.totals.discount == usd("1.25")  # 5% of 25.00
