@@ -225,6 +225,25 @@ def test_an_edit_of_the_lines_after_the_shop_raised_its_shipping_rate_keeps_the_
     assert done.totals.grand_total == sum((line.total for line in done.lines), done.totals.shipping)
 
 
+@pytest.mark.parametrize("change", ["address", "method"])
+def test_an_edit_of_the_address_or_the_method_after_the_shop_raised_its_shipping_rate_is_charged_todays(change):
+    """The parcels go somewhere else, or another way: what the order was charged for its shipping is
+    no longer what it costs, and the edited order pays today's quote, as a new order would."""
+    courier = CourierShipping()
+    world = build_world(STOCK, courier)
+    order = world.allocated(("MUG", 3), shipping_method="courier")
+    courier.rate = "9.00"
+
+    if change == "address":
+        edit, method = new_address(order), "courier"
+    else:
+        edit, method = OrderEdit(shipping_method="express"), "express"
+    done = world.actions.edit(order.id, order.version, edit, actor="key_web")
+
+    as_new = world.allocated(("MUG", 3), shipping_method=method)
+    assert done.totals.shipping == as_new.totals.shipping != order.totals.shipping
+
+
 def test_an_edit_whose_units_change_the_shipping_quote_is_charged_todays_quote():
     shipping = RetiringShipping()  # 2.00 a unit
     world = build_world(STOCK, shipping)
