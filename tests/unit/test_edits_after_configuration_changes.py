@@ -277,6 +277,39 @@ def test_an_edit_of_other_lines_keeps_the_tax_rate_a_sku_left_as_it_is_was_sold_
     assert [line.tax for line in method.lines] == [line.tax for line in done.lines]
 
 
+def test_an_edit_of_other_lines_keeps_a_sku_sold_untaxed_untaxed(world, monkeypatch, tmp_path):
+    """California had no rate in the shop's table when the order was placed, and has one now: the
+    mugs the edit leaves as they are were sold untaxed and stay so; the cap it adds is taxed."""
+    rates = tmp_path / "tax_rates.json"
+    rates.write_text(json.dumps({"GB": {"standard": "0.20"}}))
+    monkeypatch.setenv(TAX_RATES_FILE_ENV, str(rates))
+    order = world.allocated(("MUG", 3))
+    assert (order.lines[0].tax_rate, order.lines[0].tax) == (None, Money.zero("USD"))
+    now = tmp_path / "tax_rates_now.json"
+    now.write_text(json.dumps({"US": {"regions": {"CA": {"standard": "0.25"}}}}))
+    monkeypatch.setenv(TAX_RATES_FILE_ENV, str(now))
+
+    edit = OrderEdit.model_validate({"lines": [{"sku": "MUG", "quantity": 3}, {"sku": "CAP", "quantity": 1}]})
+    mug, cap = world.actions.edit(order.id, order.version, edit, actor="key_web").lines
+
+    assert (mug.tax_rate, mug.tax) == (None, Money.zero("USD"))
+    assert cap.tax_rate.rate == Decimal("0.25")
+
+
+def test_an_edit_of_other_lines_taxes_a_line_stored_before_lines_kept_their_rate(world):
+    """A taxed line stored without its rate (as before lines kept it) is taxed again through the
+    plugins, not left untaxed for want of a rate to keep."""
+    order = world.allocated(("MUG", 3), ("CAP", 2))
+    assert order.lines[0].tax.amount > 0
+    stored = order.model_copy(update={"lines": [line.model_copy(update={"tax_rate": None}) for line in order.lines]})
+    world.orders.put(stored, payment_token="tok_approve")
+
+    edit = OrderEdit.model_validate({"lines": [{"sku": "MUG", "quantity": 3}, {"sku": "CAP", "quantity": 1}]})
+    done = world.actions.edit(order.id, order.version, edit, actor="key_web")
+
+    assert (done.lines[0].tax, done.lines[0].tax_rate) == (order.lines[0].tax, order.lines[0].tax_rate)
+
+
 def test_an_address_edit_of_a_pickup_order_keeps_the_tax_rate_it_was_sold_at(world, monkeypatch, tmp_path):
     """A pickup order is taxed where its store is, which an edit of its address does not move: the
     rate changed since does not tax its units again."""
