@@ -100,6 +100,22 @@ def test_an_order_keeps_what_its_codes_granted_it_where_it_is_stored(world):
     assert "promotion_grants" not in order.model_dump_json()  # never shown
 
 
+def test_an_order_stored_before_grants_were_kept_that_paid_shipping_is_not_given_free_shipping_by_an_edit(world):
+    """Its lines show WELCOME10's discounts and its totals the shipping it paid: nothing says the
+    code shipped it free, so an edit of its address charges the shipping a new order there pays."""
+    placed = world.allocated(("MUG", 4), promo_codes=["WELCOME10"])
+    assert placed.totals.shipping.amount > 0
+    old = placed.model_copy(update={"promotion_grants": []})  # as stored before grants were kept
+    world.orders.put(old, payment_token="tok_approve")
+    moved = {**placed.shipping_address.model_dump(), "line2": "Apt 4"}
+
+    done = world.actions.edit(old.id, old.version, OrderEdit.model_validate({"shipping_address": moved}),
+                              actor="key_web")  # fmt: skip
+
+    assert done.totals.shipping == placed.totals.shipping
+    assert done.totals.discount == placed.totals.discount
+
+
 def test_an_order_stored_before_grants_were_kept_keeps_what_its_one_codes_lines_show(world, end_promotions):
     placed = world.allocated(("MUG", 4), ("CAP", 2), promo_codes=["WELCOME10"])
     old = placed.model_copy(update={"promotion_grants": []})  # as stored before grants were kept
