@@ -200,3 +200,108 @@ def test_an_edit_whose_order_as_sold_adds_up_to_10_to_the_15_is_no_plugins_failu
 
     assert [line.quantity for line in done.lines] == [3]
     assert done.totals.subtotal == usd("900000000000000.00")
+
+
+def test_an_edit_that_brings_a_line_up_to_the_rules_minimum_gets_the_rule_on_all_its_units(world):
+    # Sold 2 MUG under SAVE5 (kept): the rule's 3-unit minimum not reached, it granted nothing. Edited
+    # to 4 the rule applies to the order as it now is (lapsed: it answers otherwise than for the order
+    # as sold), so all 4 units get its 10%, as a new order of them would, not only the 2 added.
+    order = world.allocated(("MUG", 2), promo_codes=["SAVE5"])
+    assert order.totals.discount == usd("5.00")
+
+    edit = OrderEdit.model_validate({"lines": [{"sku": "MUG", "quantity": 4}]})
+    done = world.actions.edit(order.id, order.version, edit, actor="key_web")
+
+    as_new = world.allocated(("MUG", 4), promo_codes=["SAVE5"])
+    assert done.totals == as_new.totals and done.totals.discount == usd("10.00")  # 5.00 of the rule + SAVE5
+
+
+class LoyaltyRule:
+    """No code needed: free shipping for orders whose subtotal is at least 50.00, and 1.00 off every
+    order; answered in that order, or the other way round (`free_first` False)."""
+
+    def __init__(self, free_first: bool = True):
+        self.free_first = free_first
+
+    @hookimpl
+    def oms_discounts(self, draft: PricingDraft) -> list[Discount]:
+        subtotal = sum((line.subtotal.amount for line in draft.lines), Decimal(0))
+        ships_free = [Discount(code="loyalty", free_shipping=True)] if subtotal >= 50 else []
+        off = [Discount(code="loyalty", amount=Money.of("1.00", draft.currency))]
+        return ships_free + off if self.free_first else off + ships_free
+
+
+def test_an_edit_below_a_free_shipping_rules_minimum_pays_the_shipping_as_a_new_order_would():
+    world = build_world(STOCK, LoyaltyRule())
+    order = world.allocated(("MUG", 4))  # 50.00: shipped free
+    assert order.totals.shipping == usd("0.00")
+
+    edit = OrderEdit.model_validate({"lines": [{"sku": "MUG", "quantity": 3}]})
+    done = world.actions.edit(order.id, order.version, edit, actor="key_web")
+
+    as_new = world.allocated(("MUG", 3))
+    assert done.totals == as_new.totals and done.totals.shipping != usd("0.00")
+    assert done.totals.discount == usd("1.00")
+
+
+@pytest.mark.parametrize("free_first", [True, False])
+def test_a_rule_granting_free_shipping_and_an_amount_keeps_both_over_edits_that_keep_its_terms(free_first):
+    # Each edit keeps what the rule granted (its terms unchanged), merged into one grant: the free
+    # shipping survives the merge whichever of the rule's discounts came first, so a second edit
+    # still ships free.
+    world = build_world(STOCK, LoyaltyRule(free_first))
+    order = world.allocated(("MUG", 4))
+    assert (order.totals.shipping, order.totals.discount) == (usd("0.00"), usd("1.00"))
+
+    for line2 in ("Apt 4", "Apt 5"):
+        moved = {**order.shipping_address.model_dump(), "line2": line2}
+        order = world.actions.edit(order.id, order.version, OrderEdit.model_validate({"shipping_address": moved}),
+                                   actor="key_web")  # fmt: skip
+
+    assert (order.totals.shipping, order.totals.discount) == (usd("0.00"), usd("1.00"))
+
+
+class TwiceFreeShipping:
+    """No code needed: free shipping, answered twice under one name (two reasons for it)."""
+
+    @hookimpl
+    def oms_discounts(self, draft: PricingDraft) -> list[Discount]:
+        return [Discount(code="members", free_shipping=True), Discount(code="members", free_shipping=True)]
+
+
+def test_an_edit_keeps_free_shipping_a_rule_granted_twice_without_an_amount():
+    world = build_world(STOCK, TwiceFreeShipping())
+    order = world.allocated(("MUG", 2))
+    moved = {**order.shipping_address.model_dump(), "line2": "Apt 4"}
+
+    done = world.actions.edit(order.id, order.version, OrderEdit.model_validate({"shipping_address": moved}),
+                              actor="key_web")  # fmt: skip
+
+    assert done.totals.shipping == usd("0.00")
+    assert done.promotion_grants == [PromotionGrant(code="MEMBERS", free_shipping=True)]
+
+
+def test_an_edit_gets_what_an_order_level_rule_gives_the_order_as_it_now_is():
+    # 5% off the subtotal: sold at 2 MUG and 2 CAP, edited to 4 MUG, the amount off the order follows
+    # the new subtotal, as for a new order of 4 MUG, rather than staying what the order as sold got.
+    world = build_world(STOCK, SubtotalRule())
+    order = world.allocated(("MUG", 2), ("CAP", 2))
+
+    edit = OrderEdit.model_validate({"lines": [{"sku": "MUG", "quantity": 4}]})
+    done = world.actions.edit(order.id, order.version, edit, actor="key_web")
+
+    as_new = world.allocated(("MUG", 4))
+    assert done.totals == as_new.totals and done.totals.discount == usd("2.50")  # 5% of 50.00
+
+
+def test_an_edit_that_drops_a_line_gets_what_an_order_level_rule_gives_the_lines_left():
+    # 5% off the subtotal: sold at 2 MUG and 2 CAP, edited down to the 2 MUG, the amount off the order
+    # is 5% of what is left, as for a new order of them, not what the bigger basket got.
+    world = build_world(STOCK, SubtotalRule())
+    order = world.allocated(("MUG", 2), ("CAP", 2))
+
+    edit = OrderEdit.model_validate({"lines": [{"sku": "MUG", "quantity": 2}]})
+    done = world.actions.edit(order.id, order.version, edit, actor="key_web")
+
+    as_new = world.allocated(("MUG", 2))
+    assert done.totals == as_new.totals and done.totals.discount == usd("1.25")  # 5% of 25.00

@@ -185,7 +185,7 @@ def test_an_edit_that_asks_for_fewer_units_keeps_the_price_they_were_sold_at_as_
     assert (done.totals, [line.total for line in done.lines]) == (left.totals, [line.total for line in left.lines])
 
 
-@pytest.mark.parametrize(("mugs", "price"), [(2, "12.50"), (4, "10.00")])
+@pytest.mark.parametrize(("mugs", "price"), [(1, "12.50"), (2, "12.50"), (4, "10.00")])
 def test_an_edit_down_that_loses_a_volume_price_prices_the_units_left_as_a_cancel_of_units_does(mugs, price):
     world = build_world([("MUG", "wh-west", 10), ("CAP", "wh-east", 5)], VolumePrice())
     edited, cancelled = world.allocated(("MUG", 5), ("CAP", 1)), world.allocated(("MUG", 5), ("CAP", 1))
@@ -199,6 +199,19 @@ def test_an_edit_down_that_loses_a_volume_price_prices_the_units_left_as_a_cance
     assert done.totals == left.totals
 
 
+def test_an_edit_down_to_units_no_plugin_prices_any_more_keeps_the_price_they_were_sold_at():
+    # Sold 5 MUG at the volume price; the catalog has priced MUG only in EUR since, so nothing prices
+    # 2 of them in USD today: the 2 left cost what they were sold at, as a sku nobody prices does.
+    world = build_world([("MUG", "wh-west", 10), ("CAP", "wh-east", 5)], VolumePrice())
+    order = world.allocated(("MUG", 5), ("CAP", 1))
+    world.catalog.put_product(product("MUG", "11.00", currency="EUR", weight_grams=350))
+
+    fewer = OrderEdit.model_validate({"lines": [{"sku": "MUG", "quantity": 2}, {"sku": "CAP", "quantity": 1}]})
+    done = world.actions.edit(order.id, order.version, fewer, actor="key_web")
+
+    assert (done.lines[0].quantity, done.lines[0].unit_price) == (2, Money.of("10.00", "USD"))
+
+
 def test_an_edit_of_the_lines_after_the_shop_raised_its_shipping_rate_keeps_the_shipping_charged():
     courier = CourierShipping()
     world = build_world(STOCK, courier)
@@ -210,6 +223,25 @@ def test_an_edit_of_the_lines_after_the_shop_raised_its_shipping_rate_keeps_the_
 
     assert done.totals.shipping == Money.of("6.00", "USD")  # the flat rate does not change with units
     assert done.totals.grand_total == sum((line.total for line in done.lines), done.totals.shipping)
+
+
+@pytest.mark.parametrize("change", ["address", "method"])
+def test_an_edit_of_the_address_or_the_method_after_the_shop_raised_its_shipping_rate_is_charged_todays(change):
+    """The parcels go somewhere else, or another way: what the order was charged for its shipping is
+    no longer what it costs, and the edited order pays today's quote, as a new order would."""
+    courier = CourierShipping()
+    world = build_world(STOCK, courier)
+    order = world.allocated(("MUG", 3), shipping_method="courier")
+    courier.rate = "9.00"
+
+    if change == "address":
+        edit, method = new_address(order), "courier"
+    else:
+        edit, method = OrderEdit(shipping_method="express"), "express"
+    done = world.actions.edit(order.id, order.version, edit, actor="key_web")
+
+    as_new = world.allocated(("MUG", 3), shipping_method=method)
+    assert done.totals.shipping == as_new.totals.shipping != order.totals.shipping
 
 
 def test_an_edit_whose_units_change_the_shipping_quote_is_charged_todays_quote():
@@ -243,6 +275,55 @@ def test_an_edit_of_other_lines_keeps_the_tax_rate_a_sku_left_as_it_is_was_sold_
     assert cap.tax_rate.rate == Decimal("0.25")
     method = world.actions.edit(order.id, done.version, OrderEdit(shipping_method="standard"), actor="key_web")
     assert [line.tax for line in method.lines] == [line.tax for line in done.lines]
+
+
+def test_an_edit_of_other_lines_keeps_a_sku_sold_untaxed_untaxed(world, monkeypatch, tmp_path):
+    """California had no rate in the shop's table when the order was placed, and has one now: the
+    mugs the edit leaves as they are were sold untaxed and stay so; the cap it adds is taxed."""
+    rates = tmp_path / "tax_rates.json"
+    rates.write_text(json.dumps({"GB": {"standard": "0.20"}}))
+    monkeypatch.setenv(TAX_RATES_FILE_ENV, str(rates))
+    order = world.allocated(("MUG", 3))
+    assert (order.lines[0].tax_rate, order.lines[0].tax) == (None, Money.zero("USD"))
+    now = tmp_path / "tax_rates_now.json"
+    now.write_text(json.dumps({"US": {"regions": {"CA": {"standard": "0.25"}}}}))
+    monkeypatch.setenv(TAX_RATES_FILE_ENV, str(now))
+
+    edit = OrderEdit.model_validate({"lines": [{"sku": "MUG", "quantity": 3}, {"sku": "CAP", "quantity": 1}]})
+    mug, cap = world.actions.edit(order.id, order.version, edit, actor="key_web").lines
+
+    assert (mug.tax_rate, mug.tax) == (None, Money.zero("USD"))
+    assert cap.tax_rate.rate == Decimal("0.25")
+
+
+def test_an_edit_of_other_lines_taxes_a_line_stored_before_lines_kept_their_rate(world):
+    """A taxed line stored without its rate (as before lines kept it) is taxed again through the
+    plugins, not left untaxed for want of a rate to keep."""
+    order = world.allocated(("MUG", 3), ("CAP", 2))
+    assert order.lines[0].tax.amount > 0
+    stored = order.model_copy(update={"lines": [line.model_copy(update={"tax_rate": None}) for line in order.lines]})
+    world.orders.put(stored, payment_token="tok_approve")
+
+    edit = OrderEdit.model_validate({"lines": [{"sku": "MUG", "quantity": 3}, {"sku": "CAP", "quantity": 1}]})
+    done = world.actions.edit(order.id, order.version, edit, actor="key_web")
+
+    assert (done.lines[0].tax, done.lines[0].tax_rate) == (order.lines[0].tax, order.lines[0].tax_rate)
+
+
+def test_an_address_edit_of_a_pickup_order_keeps_the_tax_rate_it_was_sold_at(world, monkeypatch, tmp_path):
+    """A pickup order is taxed where its store is, which an edit of its address does not move: the
+    rate changed since does not tax its units again."""
+    world.inventory.set_on_hand("MUG", "store-sf", 5, reason="count")
+    order = world.allocated(("MUG", 3), fulfillment={"type": "pickup", "location_id": "store-sf"})
+    rates = tmp_path / "tax_rates.json"
+    rates.write_text(json.dumps({"US": {"regions": {"CA": {"standard": "0.25"}}}}))
+    monkeypatch.setenv(TAX_RATES_FILE_ENV, str(rates))
+
+    done = world.actions.edit(order.id, order.version, new_address(order), actor="key_web")
+
+    assert done.shipping_address.line2 == "Apt 4"
+    assert (done.lines[0].tax_rate, done.totals) == (order.lines[0].tax_rate, order.totals)
+    assert order.lines[0].tax.amount > 0
 
 
 def test_an_edit_of_the_address_taxes_the_order_at_the_rate_of_its_new_address(world, monkeypatch, tmp_path):

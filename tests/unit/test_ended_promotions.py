@@ -100,6 +100,22 @@ def test_an_order_keeps_what_its_codes_granted_it_where_it_is_stored(world):
     assert "promotion_grants" not in order.model_dump_json()  # never shown
 
 
+def test_an_order_stored_before_grants_were_kept_that_paid_shipping_is_not_given_free_shipping_by_an_edit(world):
+    """Its lines show WELCOME10's discounts and its totals the shipping it paid: nothing says the
+    code shipped it free, so an edit of its address charges the shipping a new order there pays."""
+    placed = world.allocated(("MUG", 4), promo_codes=["WELCOME10"])
+    assert placed.totals.shipping.amount > 0
+    old = placed.model_copy(update={"promotion_grants": []})  # as stored before grants were kept
+    world.orders.put(old, payment_token="tok_approve")
+    moved = {**placed.shipping_address.model_dump(), "line2": "Apt 4"}
+
+    done = world.actions.edit(old.id, old.version, OrderEdit.model_validate({"shipping_address": moved}),
+                              actor="key_web")  # fmt: skip
+
+    assert done.totals.shipping == placed.totals.shipping
+    assert done.totals.discount == placed.totals.discount
+
+
 def test_an_order_stored_before_grants_were_kept_keeps_what_its_one_codes_lines_show(world, end_promotions):
     placed = world.allocated(("MUG", 4), ("CAP", 2), promo_codes=["WELCOME10"])
     old = placed.model_copy(update={"promotion_grants": []})  # as stored before grants were kept
@@ -264,6 +280,49 @@ def test_an_order_kept_a_rules_grant_under_a_code_of_over_100_characters_is_stil
     assert [line.quantity for line in cancelled.lines] == [2, 2]
     assert edited.totals == cancelled.totals
     assert rule.code in {grant.code for grant in edited.promotion_grants}
+
+
+BIGBASKET20_FROM_50 = {"code": "BIGBASKET20", "kind": "percent", "percent": "20", "min_subtotal": {"USD": "50.00"}}
+
+
+def test_an_address_edit_after_a_codes_minimum_was_lowered_keeps_the_codes_terms_and_is_not_refused(
+    world, change_promotions
+):
+    """Sold at 62.50 with WELCOME10's 10% and BIGBASKET20, below its 100.00 minimum: nothing. Its
+    minimum is now 50.00, so today both percent-off codes would apply, which a new order is refused
+    for. An edit of the address changes no units: the codes keep what they granted, and the edit
+    is not refused for a stacking the order was never given."""
+    order = world.allocated(("MUG", 5), promo_codes=["WELCOME10", "BIGBASKET20"])
+    change_promotions({"code": "WELCOME10", "kind": "percent", "percent": "10"}, BIGBASKET20_FROM_50)
+    moved = {**order.shipping_address.model_dump(), "line2": "Apt 4"}
+
+    done = world.actions.edit(order.id, order.version, OrderEdit.model_validate({"shipping_address": moved}),
+                              actor="key_web")  # fmt: skip
+
+    assert done.totals.discount == order.totals.discount == Money.of("6.25", "USD")
+    with pytest.raises(InvalidRequest) as refused:
+        world.place(("MUG", 5), promo_codes=["WELCOME10", "BIGBASKET20"])
+    assert refused.value.code == "promo_codes_do_not_stack"
+
+
+SHIPFREE_FROM_100 = {"code": "SHIPFREE50", "kind": "free_shipping", "min_subtotal": {"USD": "100.00"}}
+
+
+def test_an_edit_below_a_free_shipping_minimum_raised_since_pays_the_shipping_as_capture_would(
+    world, change_promotions
+):
+    """Sold at 62.50 shipped free (minimum 50.00); the minimum is now 100.00. Edited down to 50.00
+    the order is charged shipping as a new order would be: the code ships neither the order as sold
+    nor as it is now for free, and the units left do not keep the free shipping it gave them."""
+    order = world.allocated(("MUG", 5), promo_codes=["SHIPFREE50"])
+    assert order.totals.shipping == Money.zero("USD")
+    change_promotions(SHIPFREE_FROM_100)
+
+    done = world.actions.edit(order.id, order.version, OrderEdit(lines=[LineInput(sku="MUG", quantity=4)]), "key_web")
+
+    as_new = world.allocated(("MUG", 4), promo_codes=["SHIPFREE50"])
+    assert done.totals.shipping == as_new.totals.shipping != Money.zero("USD")
+    assert done.totals == as_new.totals
 
 
 BIGBASKET20_FROM_200 = {"code": "BIGBASKET20", "kind": "percent", "percent": "20", "min_subtotal": {"USD": "200.00"}}

@@ -599,6 +599,21 @@ def test_an_authorized_order_whose_total_grows_is_authorized_again_and_the_old_a
     assert [auth for auth, _, _ in world.spy.captured] == [edited.payment.authorization]
 
 
+def test_an_edit_without_lines_keeps_a_line_whose_every_unit_was_cancelled_as_it_is(world):
+    # The cap was cancelled whole: an address edit prices the lines with units again and leaves the
+    # cap's line, with nothing to price, as it is (its id, its cancelled units, its zero total).
+    order = world.allocated(("TSHIRT", 2), ("CAP", 1))
+    cancelled = world.actions.cancel(order.id, "no cap", actor="key_web", lines={"L2": 1})
+    moved = Address.model_validate(address_body(line2="Apt 4"))
+
+    edited = world.actions.edit(order.id, cancelled.version, OrderEdit(shipping_address=moved), actor="key_web")
+
+    assert edited.shipping_address == moved
+    assert edited.lines[1] == cancelled.lines[1]
+    assert [(line.line_id, line.quantity, line.cancelled_quantity) for line in edited.lines] == [
+        ("L1", 2, 0), ("L2", 0, 1)]  # fmt: skip
+
+
 def test_an_edit_that_does_not_raise_the_total_keeps_the_authorization(world):
     order_id = world.place(("TSHIRT", 2))
     world.workflow.authorize_payment(order_id, attempt=0)

@@ -413,6 +413,206 @@ def test_an_order_priced_again_keeps_per_unit_what_an_ended_code_granted_the_uni
     assert_follows_the_contract(priced)
 
 
+def test_an_order_priced_again_keeps_free_shipping_a_rule_granted_on_a_line(pricing):
+    # A plugin's rule named the MUG-1 line with free shipping and no amount (Discount allows it): the
+    # grant kept has a sku and no amount, and pricing the order again keeps the free shipping.
+    grants = [PromotionGrant(code="MUGSHIPSFREE", sku="MUG-1", quantity=2, free_shipping=True)]
+    order = an_order(("MUG-1", 2))
+
+    priced = pricing.price(
+        order, {"MUG-1": MUG}, order.shipping_address, placed_with=grants, sold_units={"MUG-1": 2}
+    )  # fmt: skip
+
+    assert priced.totals.shipping == usd("0.00")
+    assert priced.totals.discount == usd("0.00")
+    assert priced.totals.grand_total == usd("20.00") + priced.totals.tax
+    assert_follows_the_contract(priced)
+
+
+def test_an_order_priced_again_keeps_what_an_ended_code_granted_a_single_unit(pricing):
+    grants = [PromotionGrant(code="GONE", sku="MUG-1", quantity=1, amount=usd("1.50"))]
+    order = an_order(("MUG-1", 1), promo_codes=["GONE"])
+
+    priced = pricing.price(
+        order, {"MUG-1": MUG}, order.shipping_address, placed_with=grants, sold_units={"MUG-1": 1}
+    )  # fmt: skip
+
+    assert amounts(priced, "discount") == ["1.50"]
+    assert_follows_the_contract(priced)
+
+
+def test_units_a_kept_grant_still_covers_get_no_second_discount_when_an_edit_adds_them_back(pricing):
+    # WELCOME10 granted 4 MUG-1 4.00; a cancel of 2 units whose repricing would have cost more (a
+    # volume price lost) kept the order as sold, and the grant for 4 with it (grants None). An edit
+    # back to 4 units: the grant covers all 4, so today's 10% is not added for 2 of them on top.
+    grants = [PromotionGrant(code="WELCOME10", sku="MUG-1", quantity=4, amount=usd("4.00"))]
+    order = an_order(("MUG-1", 4), promo_codes=["WELCOME10"])
+
+    priced = pricing.price(
+        order, {"MUG-1": MUG}, order.shipping_address, placed_with=grants, sold_units={"MUG-1": 2}
+    )  # fmt: skip
+
+    assert amounts(priced, "discount") == ["4.00"]
+    assert_follows_the_contract(priced)
+
+
+def test_units_added_up_to_a_codes_minimum_are_priced_as_a_new_order_of_them(pricing):
+    # Sold 6 MUG-1 (60.00) under SAVE5 (5.00 off, kept) and BIGBASKET20, whose 100.00 minimum they did
+    # not reach: it granted nothing. Priced again with 12 (120.00) BIGBASKET20 applies to the whole
+    # order, as at capture, not only to the 6 units added.
+    codes = ["SAVE5", "BIGBASKET20"]
+    sold = pricing.price(an_order(("MUG-1", 6), promo_codes=codes), {"MUG-1": MUG}, an_address())
+    assert sold.totals.discount == usd("5.00")
+    edited = an_order(("MUG-1", 12), promo_codes=codes)
+
+    priced = pricing.price(
+        edited, {"MUG-1": MUG}, edited.shipping_address, placed_with=sold.grants, sold_units={"MUG-1": 6}
+    )  # fmt: skip
+
+    as_new = price(pricing, edited, MUG)
+    assert amounts(priced, "discount") == amounts(as_new, "discount") == ["29.00"]  # 24.00 + 5.00
+    assert priced.totals == as_new.totals
+
+
+def test_units_added_to_a_line_a_rule_ships_free_keep_free_shipping_and_no_amount(plugins):
+    # The rule still answers as it did (free shipping named on the MUG-1 line, no amount): the units
+    # an edit adds share no amount of it, and the order still ships free.
+    def mug_ships_free(draft):
+        return [Discount(code="MUGSHIPSFREE", line_id=draft.lines[0].line_id, free_shipping=True)]
+
+    plugins.register(answering("oms_discounts", mug_ships_free))
+    grants = [PromotionGrant(code="MUGSHIPSFREE", sku="MUG-1", quantity=2, free_shipping=True)]
+    order = an_order(("MUG-1", 3))
+
+    priced = Pricing(plugins).price(
+        order, {"MUG-1": MUG}, order.shipping_address, placed_with=grants, sold_units={"MUG-1": 2}
+    )  # fmt: skip
+
+    assert (priced.totals.shipping, priced.totals.discount) == (usd("0.00"), usd("0.00"))
+    assert_follows_the_contract(priced)
+
+
+def test_a_single_unit_an_edit_adds_under_a_kept_code_gets_todays_terms(pricing):
+    # WELCOME10 granted the 2 MUG-1 sold 2.00; the third unit gets today's 10% of it (1.00) beside it.
+    grants = [PromotionGrant(code="WELCOME10", sku="MUG-1", quantity=2, amount=usd("2.00"))]
+    order = an_order(("MUG-1", 3), promo_codes=["WELCOME10"])
+
+    priced = pricing.price(
+        order, {"MUG-1": MUG}, order.shipping_address, placed_with=grants, sold_units={"MUG-1": 2}
+    )  # fmt: skip
+
+    assert amounts(priced, "discount") == ["3.00"]
+    assert_follows_the_contract(priced)
+
+
+@pytest.mark.parametrize("gave", ["3.00", "0.50"])
+def test_a_code_a_plugin_now_answers_with_no_amount_gives_the_edited_order_nothing(plugins, gave):
+    # A plugin may accept a code it grants nothing today as a Discount without amount or free
+    # shipping. The order as sold got something of it (however little); its units changed, it gets
+    # nothing, as at capture.
+    def accepts_quietly(draft):
+        return [Discount(code="QUIET")] if "QUIET" in draft.promo_codes else []
+
+    plugins.register(answering("oms_discounts", accepts_quietly))
+    grants = [PromotionGrant(code="QUIET", sku="MUG-1", quantity=2, amount=usd(gave))]
+    order = an_order(("MUG-1", 1), promo_codes=["QUIET"])
+
+    priced = Pricing(plugins).price(
+        order, {"MUG-1": MUG}, order.shipping_address, placed_with=grants, sold_units={"MUG-1": 2}
+    )  # fmt: skip
+
+    assert priced.totals.discount == usd("0.00")
+    assert_follows_the_contract(priced)
+
+
+def test_a_sku_an_edit_adds_under_a_kept_code_gets_todays_terms_on_all_its_units(pricing):
+    # WELCOME10 granted the 2 MUG-1 sold 2.00; TEE-1, new to the order, gets today's 10% on both its units.
+    grants = [PromotionGrant(code="WELCOME10", sku="MUG-1", quantity=2, amount=usd("2.00"))]
+    order = an_order(("MUG-1", 2), ("TEE-1", 2), promo_codes=["WELCOME10"])
+
+    priced = pricing.price(
+        order, {"MUG-1": MUG, "TEE-1": TEE}, order.shipping_address, placed_with=grants, sold_units={"MUG-1": 2}
+    )  # fmt: skip
+
+    assert amounts(priced, "discount") == ["2.00", "1.00"]  # 10% of 9.98, rounded
+    assert_follows_the_contract(priced)
+
+
+@pytest.mark.parametrize("four_units_get", ["0.44", "0.42"])
+def test_a_rule_whose_per_unit_terms_change_by_a_cent_with_the_units_gives_the_edited_order_todays(
+    plugins, four_units_get
+):
+    # 0.10 off a MUG-1 unit, more for 4 units: sold 2 (0.20), edited to 4 the rule answers 0.44 (or
+    # 0.42). More than rounding explains (half a cent a unit), so the 4 units get what a new order would.
+    def tiered(draft):
+        line = draft.lines[0]
+        amount = usd(four_units_get) if line.quantity >= 4 else usd("0.10").times(line.quantity)
+        return [Discount(code="tiered", amount=amount, line_id=line.line_id)]
+
+    plugins.register(answering("oms_discounts", tiered))
+    grants = [PromotionGrant(code="TIERED", sku="MUG-1", quantity=2, amount=usd("0.20"))]
+    order = an_order(("MUG-1", 4))
+
+    priced = Pricing(plugins).price(
+        order, {"MUG-1": MUG}, order.shipping_address, placed_with=grants, sold_units={"MUG-1": 2}
+    )  # fmt: skip
+
+    assert amounts(priced, "discount") == [four_units_get]
+
+
+def test_units_added_up_to_a_codes_minimum_are_refused_its_stacking_as_a_new_order_is(pricing):
+    # Sold 6 MUG-1 (60.00) with WELCOME10 (10% off) and BIGBASKET20, which granted nothing below its
+    # 100.00 minimum. At 12 (120.00) both percent-off codes would apply, which capture refuses.
+    codes = ["WELCOME10", "BIGBASKET20"]
+    sold = pricing.price(an_order(("MUG-1", 6), promo_codes=codes), {"MUG-1": MUG}, an_address())
+    edited = an_order(("MUG-1", 12), promo_codes=codes)
+
+    with pytest.raises(InvalidRequest) as refused:
+        pricing.price(
+            edited, {"MUG-1": MUG}, edited.shipping_address, placed_with=sold.grants, sold_units={"MUG-1": 6}
+        )  # fmt: skip
+
+    assert refused.value.code == "promo_codes_do_not_stack"
+    with pytest.raises(InvalidRequest, match="cannot be combined"):
+        price(pricing, edited, MUG)
+
+
+def test_a_rule_whose_answers_differ_only_by_rounding_keeps_the_terms_the_units_were_sold_with(plugins):
+    # A rule rounding each line's share: 0.10 for 1 MUG-1, 0.32 for 3 (10.5% either way, rounded).
+    # 0.32 against 3 x 0.10 is within half a cent a unit: the rule applies alike, the unit sold keeps
+    # its 0.10 and the 2 added get their share of today's 0.32 (0.21).
+    def rounding(draft):
+        line = draft.lines[0]
+        amount = usd("0.32") if line.quantity == 3 else usd("0.10").times(line.quantity)
+        return [Discount(code="rounding", amount=amount, line_id=line.line_id)]
+
+    plugins.register(answering("oms_discounts", rounding))
+    grants = [PromotionGrant(code="ROUNDING", sku="MUG-1", quantity=1, amount=usd("0.10"))]
+    order = an_order(("MUG-1", 3))
+
+    priced = Pricing(plugins).price(
+        order, {"MUG-1": MUG}, order.shipping_address, placed_with=grants, sold_units={"MUG-1": 1}
+    )  # fmt: skip
+
+    assert amounts(priced, "discount") == ["0.31"]
+
+
+def test_a_kept_grant_naming_a_sku_but_no_units_gives_that_sku_nothing(pricing):
+    # A grant stored without the units it was for (quantity None, or 0) says nothing per unit: the
+    # sku's line keeps no discount from it rather than the order failing to be priced again.
+    order = an_order(("MUG-1", 2))
+    for units in (None, 0):
+        grants = [PromotionGrant(code="GONE", sku="MUG-1", quantity=units, amount=usd("3.00"))]
+
+        priced = pricing.price(
+            order, {"MUG-1": MUG}, order.shipping_address, placed_with=grants, sold_units={"MUG-1": 2}
+        )  # fmt: skip
+
+        assert priced.totals.discount == usd("0.00")
+        assert priced.totals.subtotal == usd("20.00")
+        assert_follows_the_contract(priced)
+
+
 def test_an_order_priced_again_keeps_its_charge_for_a_method_no_plugin_quotes_any_more(pricing):
     # Its parcels are booked with that method already: charged what it was (nothing with free shipping).
     def priced_again(order):
