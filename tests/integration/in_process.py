@@ -255,6 +255,21 @@ def in_process_api_with_labels(webhooks: bool = False, **parameter_overrides: An
 
 
 @contextmanager
+def in_process_api_with_events(**parameter_overrides: Any) -> Iterator[InProcessApi]:
+    """in_process_api_with_labels with what the events function writes to: an event bus and a
+    webhook delivery queue, for tests that hand it the Orders stream themselves."""
+    from functions.bootstrap import forget_warm_containers
+
+    with in_process_api_with_labels(**parameter_overrides) as started, pytest.MonkeyPatch.context() as env:
+        sqs = boto3.client("sqs", region_name="us-east-1")
+        boto3.client("events", region_name="us-east-1").create_event_bus(Name="test-events")
+        env.setenv("EVENT_BUS_NAME", "test-events")
+        env.setenv("WEBHOOK_QUEUE_URL", sqs.create_queue(QueueName="webhook-deliveries")["QueueUrl"])
+        forget_warm_containers()
+        yield started
+
+
+@contextmanager
 def returns_run_inline() -> Iterator[None]:
     """The API function's container built from the environment with the returns workflow's steps
     run inline in the request (tests.fakes.InlineReturnWorkflow), not started on Step Functions."""

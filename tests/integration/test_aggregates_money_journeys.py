@@ -11,12 +11,11 @@ from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
-import boto3
 import pytest
 
 from tests.builders import location_body, order_body, product_body
 from tests.integration.import_support import context
-from tests.integration.in_process import InProcessApi, TableStream, in_process_api_with_labels
+from tests.integration.in_process import InProcessApi, TableStream, in_process_api_with_events
 from tests.integration.return_steps import services  # noqa: F401
 from tests.integration.test_cancel_units_api import cheap_from_three  # noqa: F401 (a fixture: 3 MUGs or more at 2.00)
 
@@ -39,14 +38,7 @@ def consume(records: list[dict[str, Any]]) -> None:
 
 @pytest.fixture(scope="module")
 def api() -> Iterator[InProcessApi]:
-    with in_process_api_with_labels() as started, pytest.MonkeyPatch.context() as env:
-        from functions.bootstrap import forget_warm_containers
-
-        sqs = boto3.client("sqs", region_name="us-east-1")
-        boto3.client("events", region_name="us-east-1").create_event_bus(Name="test-events")
-        env.setenv("EVENT_BUS_NAME", "test-events")
-        env.setenv("WEBHOOK_QUEUE_URL", sqs.create_queue(QueueName="webhook-deliveries")["QueueUrl"])
-        forget_warm_containers()
+    with in_process_api_with_events() as started:
         for sku, price in (("MUG", "12.50"), ("CAP", "7.77")):
             assert started.put(f"/products/{sku}", json=product_body(price)).status_code == 201
         west = location_body(name="West warehouse", latitude=39.53, longitude=-119.81)

@@ -12,24 +12,16 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import boto3
 import pytest
 
 from tests.e2e.client import Catalog, order_body
 from tests.integration.import_support import context
-from tests.integration.in_process import InProcessApi, TableStream, in_process_api_with_labels, run_to_allocated
+from tests.integration.in_process import InProcessApi, TableStream, in_process_api_with_events, run_to_allocated
 
 
 @pytest.fixture(scope="module")
 def api() -> Iterator[InProcessApi]:
-    with in_process_api_with_labels() as started, pytest.MonkeyPatch.context() as env:
-        from functions.bootstrap import forget_warm_containers
-
-        sqs = boto3.client("sqs", region_name="us-east-1")
-        boto3.client("events", region_name="us-east-1").create_event_bus(Name="test-events")
-        env.setenv("EVENT_BUS_NAME", "test-events")
-        env.setenv("WEBHOOK_QUEUE_URL", sqs.create_queue(QueueName="webhook-deliveries")["QueueUrl"])
-        forget_warm_containers()
+    with in_process_api_with_events() as started:
         yield started
 
 
