@@ -29,6 +29,8 @@ class ApiKeyPage(Shown):
 @router.post(
     "/api-keys",
     summary="Issue an API key (its secret is shown only in this response)",
+    description="409 `api_key_replaced` when another admin revoked the key (or another issue replaced its secret) "
+    "while it was being stored: its secret never works, and nothing else changed.",
     responses={**ok(201, IssuedApiKey, "The key, with its secret"), **errors(400, 403, 409, 413)},
 )
 @requires(Scope.ADMIN)
