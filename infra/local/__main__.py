@@ -43,8 +43,11 @@ def write_state(stack: EmbeddedStack) -> Path:
     state = {"api_url": stack.api_url, "aws_endpoint": stack.aws_endpoint, "region": "us-east-1",
              "admin_key": stack.admin_key, "stack_name": stack.stack_name, "buckets": stack.bucket_names,
              "queues": stack.queue_urls, "tables": stack.table_names, "pid": os.getpid()}  # fmt: skip
-    path.write_text(json.dumps(state, indent=2) + "\n")
-    path.chmod(0o600)  # it holds the admin key
+    # It holds the admin key: created readable by its owner alone (never for a moment by others,
+    # as a write then a chmod left it), and a file left by an earlier run is made so too.
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as file:
+        file.write(json.dumps(state, indent=2) + "\n")
+    path.chmod(0o600)
     return path
 
 
