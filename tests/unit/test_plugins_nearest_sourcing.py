@@ -728,6 +728,19 @@ test_leaving_out_the_outheld_candidates_keeps_the_group_the_search_within_max_sh
 )
 
 
+def test_a_location_its_own_group_outholds_still_completes_that_group():
+    # Three units wanted, one at each of three warehouses: wh-2 is outheld by wh-0 and wh-1, but
+    # both are in the only group of three that has the order, so wh-2 is kept for groups of three.
+    Candidate = nearest_sourcing.Candidate
+    candidates = [Candidate(f"wh-{i}", 100.0 * (i + 1)) for i in range(3)]
+    available = {(c.location_id, "A"): 1 for c in candidates}
+
+    for most in (3, 4):
+        within = nearest_sourcing._fewest_covering_within(candidates, available, Counter({"A": 3}), most)
+
+        assert within == candidates
+
+
 def test_a_location_nearer_by_less_than_the_sums_rounding_does_not_outhold_one_first_by_id():
     # wh-a is 1e-13 km farther than wh-y and wh-z, which hold as much: with the far wh-x, whose B
     # each group needs, the three pairs sum to the same float, so the ids pick {wh-a, wh-x}. Left
