@@ -353,8 +353,8 @@ def _fewest_covering_within(
     skus = [sku for sku, q in wanted.items() if any(available.get((c.location_id, sku), 0) < q for c in candidates)]
     needed = [wanted[sku] for sku in skus]
     stock_of = {c.location_id: [available.get((c.location_id, sku), 0) for sku in skus] for c in candidates}
-    outheld_by, most = _outheld_by(candidates, stock_of, needed, most)
-    for size in range(2, most + 1):
+    outheld_by, reach = _outheld_by(candidates, stock_of, needed, most)
+    for size in range(2, reach + 1):
         covering = [
             group
             for group in itertools.combinations([c for c in candidates if outheld_by[c.location_id] < size], size)
