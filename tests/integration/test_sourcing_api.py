@@ -199,6 +199,45 @@ def test_raising_max_shipments_never_refuses_an_order_a_lower_limit_ships(api: I
     assert placed.status_code == 201, placed.text
 
 
+def test_an_order_three_near_warehouses_ship_is_placed_under_max_shipments_3_beside_many_far_stores(
+    api: InProcessApi, network
+):
+    # Six warehouses near San Francisco, three of which have the order together (greedy takes
+    # five), and 34 far stores with a unit of A each. The groups of two and three of the 40
+    # locations were too many for the search within max_shipments 3, so none was searched: the
+    # order was 409 insufficient_stock, though every far store is outheld by nearer warehouses.
+    catalog = Catalog(api)
+    skus = {name: catalog.product("3.00") for name in "ABCD"}
+    stocked = {
+        0: {"A": 5, "B": 2, "C": 6, "D": 4},
+        1: {"A": 5, "B": 1, "D": 1},
+        2: {"A": 5, "B": 2, "C": 1, "D": 2},
+        3: {"A": 4, "B": 5, "C": 4},
+        4: {"A": 4, "C": 4, "D": 6},
+        5: {"A": 5, "C": 5, "D": 5},
+    } | {6 + i: {"A": 1} for i in range(34)}
+    ids = {}
+    for n, units in stocked.items():
+        place = (37.79, -122.40 + 0.5 * (n + 1)) if n < 6 else (45.0, -110.0 + n)
+        ids[n] = catalog.location(latitude=place[0], longitude=place[1])
+        for name, quantity in units.items():
+            catalog.stock(skus[name], ids[n], quantity)
+    body = order_body((skus["A"], 7), (skus["B"], 6), (skus["C"], 2), (skus["D"], 8))
+    body["shipping_address"].update(latitude=37.79, longitude=-122.40)
+    put_rules(api, prefer="fewest_shipments", max_shipments=3)
+    try:
+        simulated = api.post("/sourcing/simulate", json={"orders": [body]})
+        placed = api.post("/orders", json=body)
+    finally:
+        put_rules(api)  # back to the defaults for the other tests
+
+    assert simulated.status_code == 200, simulated.text
+    [plan] = simulated.json()["items"]
+    assert plan["unfillable"] == []
+    assert sorted(shipment["location_id"] for shipment in plan["shipments"]) == sorted([ids[0], ids[3], ids[4]])
+    assert placed.status_code == 201, placed.text
+
+
 def test_a_what_if_for_an_unknown_order_id_names_it_in_the_details(api: InProcessApi, network):
     # The 422 had no details at all, where API.md's error shape names the offending field: a
     # client simulating many orders had to read the message to find which id was wrong.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import random
 from collections import Counter, defaultdict
 from importlib.metadata import entry_points
@@ -679,6 +680,88 @@ test_the_search_within_max_shipments_picks_the_group_the_exact_search_picks_when
 )
 
 
+# The search within max_shipments as it was before it left out the candidates others outhold:
+# every group of every size up to `most`, counted over every candidate.
+def _reference_fewest_covering_within(candidates, available, wanted, most):
+    looked_at = 0
+    for size in range(2, most + 1):
+        looked_at += math.comb(len(candidates), size)
+        if looked_at > 1 << nearest_sourcing.EXACT_SEARCH_LIMIT:
+            return None
+        covering = [
+            group
+            for group in itertools.combinations(candidates, size)
+            if all(sum(available.get((c.location_id, sku), 0) for c in group) >= q for sku, q in wanted.items())
+        ]
+        if covering:
+            best = min(covering, key=lambda group: (sum(c.rank[0] for c in group), [c.location_id for c in group]))
+            return sorted(best, key=lambda c: c.rank)
+    return None
+
+
+@settings(max_examples=100, derandomize=True, deadline=None)
+@NETWORKS_AT_MOST
+def test_leaving_out_the_outheld_candidates_keeps_the_group_the_search_within_max_shipments_picks(scenario, most):
+    # Up to 14 locations and groups of up to five: 3,458 groups at most, all of which the search
+    # looked at before; with few places (distances tie) and little stock (locations outhold others).
+    ids = NETWORK[: scenario["size"]]
+    locations = [a_location(location_id, place) for location_id, place in zip(ids, scenario["places"], strict=False)]
+    place = nearest_sourcing.locate(a_destination(scenario["destination"], country="ZW", region=None))
+    candidates = nearest_sourcing._candidates(locations, place)
+    stock = a_stock_table(dict(zip(ids, scenario["available"], strict=False)))
+    wanted = Counter()
+    for sku, quantity in scenario["lines"]:
+        wanted[sku] += quantity
+    available = nearest_sourcing._available(stock, set(ids), set(wanted))
+
+    within = nearest_sourcing._fewest_covering_within(candidates, available, wanted, most)
+
+    assert within == _reference_fewest_covering_within(candidates, available, wanted, most)
+
+
+# At length (1000 random examples): `make fuzz`.
+test_leaving_out_the_outheld_candidates_keeps_the_group_the_search_within_max_shipments_picks_at_length = at_length(
+    test_leaving_out_the_outheld_candidates_keeps_the_group_the_search_within_max_shipments_picks,
+    NETWORKS_AT_MOST,
+    1000,
+    deadline=None,
+)
+
+
+def test_a_location_its_own_group_outholds_still_completes_that_group():
+    # Three units wanted, one at each of three warehouses: wh-2 is outheld by wh-0 and wh-1, but
+    # both are in the only group of three that has the order, so wh-2 is kept for groups of three.
+    Candidate = nearest_sourcing.Candidate
+    candidates = [Candidate(f"wh-{i}", 100.0 * (i + 1)) for i in range(3)]
+    available = {(c.location_id, "A"): 1 for c in candidates}
+
+    for most in (3, 4):
+        within = nearest_sourcing._fewest_covering_within(candidates, available, Counter({"A": 3}), most)
+
+        assert within == candidates
+
+
+def test_a_location_nearer_by_less_than_the_sums_rounding_does_not_outhold_one_first_by_id():
+    # wh-a is 1e-13 km farther than wh-y and wh-z, which hold as much: with the far wh-x, whose B
+    # each group needs, the three pairs sum to the same float, so the ids pick {wh-a, wh-x}. Left
+    # out as outheld by the two nearer, wh-a would give way to wh-y: another plan for one order.
+    Candidate = nearest_sourcing.Candidate
+    candidates = [
+        Candidate("wh-y", 100.0),
+        Candidate("wh-z", 100.0),
+        Candidate("wh-a", 100.0 + 1e-13),
+        Candidate("wh-x", 10000.0),
+    ]
+    available = {("wh-y", "A"): 1, ("wh-z", "A"): 1, ("wh-a", "A"): 1, ("wh-x", "B"): 1}
+    wanted = Counter({"A": 1, "B": 1})
+    assert sum(c.rank[0] for c in candidates[1::2]) == sum(c.rank[0] for c in candidates[2:])  # the sums tie
+
+    within = nearest_sourcing._fewest_covering_within(candidates, available, wanted, 2)
+
+    assert [c.location_id for c in within] == ["wh-a", "wh-x"]
+    assert within == _reference_fewest_covering_within(candidates, available, wanted, 2)
+
+
 def test_among_equally_near_smallest_groups_the_first_by_ids_supplies_the_order():
     # Distances unknown, so every group of two is as near as any other: {wh-00, wh-03} and
     # {wh-01, wh-02} both cover the order, and the ids decide (wh-00 first), not the order in
@@ -819,7 +902,8 @@ def test_no_plan_when_no_split_fits_within_max_shipments():
 
 
 def test_the_search_within_max_shipments_looks_at_no_more_groups_than_the_exact_search(monkeypatch):
-    # One unit at each of 91 and of 92 warehouses, three ordered, max_shipments 2: greedy needs
+    # 91 and 92 warehouses, the i-th holding i units of A and count - 1 - i of B, so that none
+    # outholds another; count units of each ordered, max_shipments 2: greedy needs
     # three, no pair has them. The 4,095 pairs of 91 are each looked at once; the 4,186 of 92 are
     # more than the exact search's 4,096 groups, so none is: no plan either way.
     looked_at = []
@@ -836,8 +920,9 @@ def test_the_search_within_max_shipments_looks_at_no_more_groups_than_the_exact_
         looked_at.clear()
         ids = [f"wh-{i:03d}" for i in range(count)]
         locations = [a_location(location_id, (45.0, -170.0 + i)) for i, location_id in enumerate(ids)]
+        available = {location_id: {"A": i, "B": count - 1 - i} for i, location_id in enumerate(ids)}
 
-        plan = source(an_order(("A", 3)), {location_id: {"A": 1} for location_id in ids}, locations, rules=rules)
+        plan = source(an_order(("A", count), ("B", count)), available, locations, rules=rules)
 
         assert plan is None
         assert len(looked_at) == groups <= 1 << nearest_sourcing.EXACT_SEARCH_LIMIT
@@ -900,6 +985,23 @@ def test_a_higher_max_shipments_sources_every_order_a_lower_one_sources(prefer: 
         4: ["wh-0", "wh-3", "wh-4"],
         5: ["wh-0", "wh-1", "wh-2", "wh-3", "wh-4"],
     }
+
+
+def test_far_locations_a_nearer_one_outholds_do_not_push_the_search_within_max_shipments_past_its_bound():
+    # WIDE_NETWORK's six warehouses, and 34 far ones with a unit each: the groups of two and three
+    # of 40 locations (10,660) were more than the exact search's 4,096, so none was searched and an
+    # order wh-0, wh-3 and wh-4 ship had no plan under max_shipments 3 (a retailer shipping from
+    # many stores saw it refused 409). A far location three nearer ones outhold is in no group the
+    # search would choose, so the groups are counted over the six warehouses.
+    available = {location_id: units for location_id, units in WIDE_NETWORK.items() if location_id.startswith("wh-")}
+    available |= {f"far-{i:02d}": {"A": 1} for i in range(34)}
+    locations = WIDE_LOCATIONS[:6] + [a_location(f"far-{i:02d}", (45.0, -100.0 + i)) for i in range(34)]
+    order = an_order(("A", 7), ("B", 6), ("C", 2), ("D", 8))
+
+    plan = source(order, available, locations, rules=FEWEST.model_copy(update={"max_shipments": 3}))
+
+    assert plan is not None
+    assert sorted({location for _, location, _ in allocated(plan)}) == ["wh-0", "wh-3", "wh-4"]
 
 
 def test_a_third_party_sourcing_plugin_receives_the_rules_and_an_older_one_still_works():
