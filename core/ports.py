@@ -335,7 +335,7 @@ class InventoryRepository(ABC):
         since, its rejects not landed) was counted after the parcel left, so the count stands and
         only the reservation goes. So too, whatever it counted, with a stock take recorded after
         `handed_at` (when the parcel left, if known): it counted the shelf without the parcel's
-        units, which left on_hand with it; the write conditional on that count being the last."""
+        units, which left on_hand with it (each write conditional on the count's time it finds)."""
 
     @abstractmethod
     def restock(self, sku: str, location_id: str, key: str, quantity: int) -> None:

@@ -360,6 +360,23 @@ def test_a_stock_take_between_a_ship_that_died_and_its_finish_is_not_taken_from_
     assert next(loc["available"] for loc in found if loc["location_id"] == stock.location) == stock.on_hand - 2
 
 
+def test_a_stock_take_between_a_collect_that_died_and_its_finish_is_not_taken_from_twice(api: InProcessApi):
+    """A pickup's hand-over time is its collect's (delivered_at: it never ships)."""
+    stock = Stock(api, name="Store", type="store", ships=False, pickup=True)
+    order_id, parcel = stock.allocated(2, fulfillment={"type": "pickup", "location_id": stock.location})
+    assert api.post(f"/orders/{order_id}/shipments/{parcel}/ready").status_code == 200
+    stream = TableStream(os.environ["ORDERS_TABLE"], from_now=True)
+    with pytest.MonkeyPatch.context() as patches, pytest.raises(TimeoutError):
+        dying_after_the_record(patches)
+        actions().deliver_or_collect(order_id, parcel, actor="key_store")
+    counted = api.put(f"/inventory/{stock.sku}/{stock.location}", json={"on_hand": stock.on_hand - 2})
+    assert counted.status_code == 200, counted.text
+
+    stream_read(stream)
+
+    assert stock.level() == (stock.on_hand - 2, 0)
+
+
 def test_a_stock_take_before_the_hand_over_still_has_the_parcels_units_leave(api: InProcessApi):
     """A count taken while the parcel was still on the shelf (before its ship) counted its units:
     the stream's finish of the ship that died takes them out, as with no count at all."""
