@@ -2392,10 +2392,12 @@ class DynamoInventory(InventoryRepository):
             "reservations = if_not_exists(reservations, :none)"
         )
         values: dict[str, Any] = {":n": on_hand, ":zero": 0, ":now": utc_now(), ":reason": reason, ":none": {}}
-        removed = [] if counted_at is not None else [COUNTED_AT]
+        removed: list[str] = []
         if counted_at is not None:
             expression += f", {COUNTED_AT} = :counted"
             values[":counted"] = timestamp(counted_at)
+        else:  # a count with no time: no parcel is set against the one before
+            removed.append(COUNTED_AT)
         names: dict[str, str] = {}
         conditions = ["(attribute_not_exists(reserved) OR reserved <= :most)"]
         values[":most"] = on_hand + sum(releasing.values())
