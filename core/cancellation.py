@@ -1161,26 +1161,34 @@ def leaving_moves(units: Mapping[StockItem, int], held: Mapping[StockItem, int])
     ]
 
 
-def units_leave(inventory: InventoryRepository, units: Mapping[StockItem, int]) -> None:
+def units_leave(
+    inventory: InventoryRepository, units: Mapping[StockItem, int], handed_at: datetime | None = None
+) -> None:
     """The `units` of parcels that left leave on_hand, and no more (leaving_moves), one write at a
     time: each reservation holding more first shrinks to its parcel's units
-    (InventoryRepository.shrink, conditional on what it held), then each ships (idempotent by key)."""
+    (InventoryRepository.shrink, conditional on what it held), then each ships (idempotent by key;
+    with `handed_at`, when they left, a stock take recorded since counted them out already:
+    InventoryRepository.ship)."""
     if units:
-        _leave(inventory, units, inventory.reservations(_keys_by_item(units)), sorted(units))
+        _leave(inventory, units, inventory.reservations(_keys_by_item(units)), sorted(units), handed_at)
 
 
-def units_left_behind(inventory: InventoryRepository, units: Mapping[StockItem, int]) -> dict[StockItem, int]:
+def units_left_behind(
+    inventory: InventoryRepository, units: Mapping[StockItem, int], handed_at: datetime | None = None
+) -> dict[StockItem, int]:
     """Finish what the request that recorded parcels as left (ship, collect, a carrier's delivery
     report of a pending parcel) may have died before doing: the `units` their reservations still
     hold leave on_hand as that request's own units_leave would have made them leave. Answers the
     units found still held, which leave now, by reservation (none once that request made them
     leave: one read, no write). Only those reservations are written, each write conditional on the
     reservation (a shrink on what it held, a ship on its key): that request, sent again or still on
-    its way, or this run again, at the same time moves them once, whichever writes first."""
+    its way, or this run again, at the same time moves them once, whichever writes first. A stock
+    take recorded after `handed_at` (when they left) counted them out of on_hand already: their
+    reservations are given up, on_hand left as counted (InventoryRepository.ship)."""
     if not units:
         return {}
     held = inventory.reservations(_keys_by_item(units))
-    moves = _leave(inventory, units, held, [item for item in sorted(units) if item in held])
+    moves = _leave(inventory, units, held, [item for item in sorted(units) if item in held], handed_at)
     return {(move.sku, move.location_id, move.key): move.keep for move in moves}
 
 
@@ -1193,16 +1201,16 @@ def _keys_by_item(units: Mapping[StockItem, int]) -> dict[tuple[str, str], list[
 
 def _leave(
     inventory: InventoryRepository, units: Mapping[StockItem, int], held: Mapping[StockItem, int],
-    shipping: Iterable[StockItem],
+    shipping: Iterable[StockItem], handed_at: datetime | None,
 ) -> list[StockMove]:  # fmt: skip
     """The leaving_moves of `units` given what their reservations hold (`held`): the shrinks, then
-    a ship of each of `shipping`."""
+    a ship of each of `shipping` (handed over at `handed_at`)."""
     moves = leaving_moves(units, held)
     for move in moves:
         if move.keep < move.held:
             inventory.shrink(move.sku, move.location_id, move.key, held=move.held, keep=move.keep)
     for item in shipping:
-        inventory.ship(*item)
+        inventory.ship(*item, handed_at=handed_at)
     return moves
 
 

@@ -385,8 +385,10 @@ class OrderActions:
     def _units_leave(self, order: Order, shipment_id: str) -> None:
         """The shipment's units leave on_hand, and no more (units_leave: a reservation holding more
         than the parcel carries, left so by a cancel of units whose stock step had not run or never
-        ran, gives the rest back first)."""
-        units_leave(self._inventory, parcel_units(order, [order.shipment(shipment_id)]))
+        ran, gives the rest back first). A stock take recorded since it was handed over counted them
+        out already: only its reservations go (InventoryRepository.ship)."""
+        shipment = order.shipment(shipment_id)
+        units_leave(self._inventory, parcel_units(order, [shipment]), shipment.handed_over_at)
 
     # --- Deliver ------------------------------------------------------------------------------
     def deliver_or_collect(self, order_id: str, shipment_id: str, actor: str, channel: str | None = None) -> Order:

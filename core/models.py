@@ -1260,6 +1260,11 @@ class Shipment(BaseModel):
     # The share of the payment captured when this shipment shipped (a pickup: when collected).
     captured: Money | None = None
 
+    @property
+    def handed_over_at(self) -> datetime | None:
+        """When the parcel left its location: shipped, or collected (a pickup is never shipped)."""
+        return self.shipped_at or self.delivered_at
+
 
 class CaptureRequest(BaseModel, defer_build=True):
     """A capture asked of the gateway and not recorded yet: a shipment's share

@@ -250,9 +250,12 @@ class InventoryRepository(ABC):
     @abstractmethod
     def set_on_hand(
         self, sku: str, location_id: str, on_hand: int, reason: str, releasing: dict[str, int] | None = None,
-        short: ShortCount | None = None,
+        short: ShortCount | None = None, counted_at: datetime | None = None,
     ) -> StockLevel:  # fmt: skip
-        """Set the counted units. Raises InsufficientStock when `on_hand` is below what is reserved
+        """Set the counted units, recording when they were counted (`counted_at`; a count without
+        it records no time, the one before forgotten): a parcel handed over before then was counted
+        without its units (ship's `handed_at`).
+        Raises InsufficientStock when `on_hand` is below what is reserved
         but `releasing` ({order#line: units}, reservations the caller is about to release): the
         write is conditional on each of those keys holding its units still and on the other
         reserved units fitting `on_hand`. Below what is reserved, `available` is negative until
@@ -326,11 +329,13 @@ class InventoryRepository(ABC):
         keys it adds."""
 
     @abstractmethod
-    def ship(self, sku: str, location_id: str, key: str) -> None:
+    def ship(self, sku: str, location_id: str, key: str, handed_at: datetime | None = None) -> None:
         """The units reserved under `key` leave: on_hand and reserved both drop. Idempotent. Never
         refused, and never below zero: on_hand below the reservation (a stock take recorded short
         since, its rejects not landed) was counted after the parcel left, so the count stands and
-        only the reservation goes."""
+        only the reservation goes. So too, whatever it counted, with a stock take recorded after
+        `handed_at` (when the parcel left, if known): it counted the shelf without the parcel's
+        units, which left on_hand with it (each write conditional on the count's time it finds)."""
 
     @abstractmethod
     def restock(self, sku: str, location_id: str, key: str, quantity: int) -> None:

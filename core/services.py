@@ -243,7 +243,9 @@ class InventoryService:
             level, held = self._inventory.held_at(sku, location_id)
             if level.reserved <= on_hand or self._reject is None:
                 try:
-                    return self._inventory.set_on_hand(sku, location_id, on_hand, reason="stock_take").as_shown()
+                    return self._inventory.set_on_hand(
+                        sku, location_id, on_hand, reason="stock_take", counted_at=short.counted_at
+                    ).as_shown()
                 except InsufficientStock:
                     if self._reject is None:
                         raise
@@ -260,7 +262,7 @@ class InventoryService:
                 raise
             try:
                 level = self._inventory.set_on_hand(
-                    sku, location_id, on_hand, reason="stock_take", releasing=releasing, short=short
+                    sku, location_id, on_hand, "stock_take", releasing, short, counted_at=short.counted_at
                 )
             except InsufficientStock:
                 continue  # the reservations changed meanwhile

@@ -446,6 +446,8 @@ class Container:
             self.inventory_repository,
             self.cached_catalog,
             orders=lambda: self.order_repository,
+            # The container's clock, as the orders': a count's time is set against a hand-over's.
+            clock=self.clock,
             reject=lambda order_id, shipment_id, reason, actor, counted_sku=None: self.actions.reject(
                 order_id, shipment_id, reason, actor, counted_sku=counted_sku
             ),

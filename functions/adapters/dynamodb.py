@@ -2340,6 +2340,9 @@ SHORT_COUNTS_INDEX = "short_counts"
 # seen by no stream consumer (it is never `arrived` nor `reorder_watch`).
 SHORT_COUNTS_RESUME_KEY = {"sku": {"S": "#short_counts"}, "location_id": {"S": "#resume"}}
 SHORT_COUNTS_RESUME_AFTER = "resume_after"
+# When the last stock take of a stock item was counted (set_on_hand; timestamp's format, which sorts
+# in time order): a parcel handed over before it left on_hand in that count (DynamoInventory.ship).
+COUNTED_AT = "counted_at"
 # How many times a ship's stock write is decided again when on_hand moves between its two writes.
 SHIP_ATTEMPTS = 5
 
@@ -2377,7 +2380,7 @@ class DynamoInventory(InventoryRepository):
 
     def set_on_hand(
         self, sku: str, location_id: str, on_hand: int, reason: str, releasing: dict[str, int] | None = None,
-        short: ShortCount | None = None,
+        short: ShortCount | None = None, counted_at: datetime | None = None,
     ) -> StockLevel:  # fmt: skip
         releasing = releasing or {}
         # A count may be higher than the last one: it is an arrival as far as the filter knows. One
@@ -2389,6 +2392,12 @@ class DynamoInventory(InventoryRepository):
             "reservations = if_not_exists(reservations, :none)"
         )
         values: dict[str, Any] = {":n": on_hand, ":zero": 0, ":now": utc_now(), ":reason": reason, ":none": {}}
+        removed: list[str] = []
+        if counted_at is not None:
+            expression += f", {COUNTED_AT} = :counted"
+            values[":counted"] = timestamp(counted_at)
+        else:  # a count with no time: no parcel is set against the one before
+            removed.append(COUNTED_AT)
         names: dict[str, str] = {}
         conditions = ["(attribute_not_exists(reserved) OR reserved <= :most)"]
         values[":most"] = on_hand + sum(releasing.values())
@@ -2397,11 +2406,14 @@ class DynamoInventory(InventoryRepository):
             values[f":h{i}"] = units
             conditions.append(f"reservations.#k{i} = :h{i}")
         if not releasing:
-            expression += f", {ARRIVED} = :arrived REMOVE {SHORT_COUNT}, {SHORT_COUNTED_AT}, {SHORT_COUNT_ACTOR}"
+            expression += f", {ARRIVED} = :arrived"
             values[":arrived"] = True
+            removed += [SHORT_COUNT, SHORT_COUNTED_AT, SHORT_COUNT_ACTOR]
         elif short is not None:  # the mark the reconciler finds it by (short_counts), should its rejects not all land
             expression += f", {SHORT_COUNT} = :short, {SHORT_COUNTED_AT} = :counted_at, {SHORT_COUNT_ACTOR} = :actor"
             values.update({":short": SHORT_COUNT, ":counted_at": timestamp(short.counted_at), ":actor": short.actor})
+        if removed:
+            expression += f" REMOVE {', '.join(removed)}"
         request: dict[str, Any] = {
             "TableName": self._table,
             "Key": {"sku": {"S": sku}, "location_id": {"S": location_id}},
@@ -2740,20 +2752,31 @@ class DynamoInventory(InventoryRepository):
                 f"{old.get('available', 0)} of {sku} available at {location_id}, or its reservations changed"
             ) from None
 
-    def ship(self, sku: str, location_id: str, key: str) -> None:
+    def ship(self, sku: str, location_id: str, key: str, handed_at: datetime | None = None) -> None:
         """The parcel left (a fact, never refused here): its reservation goes, and its units leave
         on_hand when on_hand holds them. Only a stock take recorded below the reserved units, its
         rejects not landed yet, leaves on_hand below a reservation; a count counts every unit there,
         so one below this parcel's units was taken after it left: the count stands (on_hand as
-        counted, the reservation's units back to available) and on_hand never goes below zero.
-        Each write conditional on what it read; on_hand changed between them, it is decided again."""
+        counted, the reservation's units back to available) and on_hand never goes below zero. So
+        does a count recorded after `handed_at` (COUNTED_AT), whatever it counted: the shelf was
+        counted without the parcel, its units out of on_hand already (a ship whose stock step died,
+        finished by the Orders stream's record or sent again after the count). Each write
+        conditional on what it read, the count's time among it; changed between them, it is
+        decided again."""
+        leaves = "attribute_exists(reservations.#key) AND on_hand >= reservations.#key"
+        counted_out = "on_hand < :held"
+        values: dict[str, Any] = {}
+        if handed_at is not None:
+            leaves += f" AND (attribute_not_exists({COUNTED_AT}) OR {COUNTED_AT} <= :handed)"
+            counted_out = f"({counted_out} OR {COUNTED_AT} > :handed)"
+            values[":handed"] = timestamp(handed_at)
         for _ in range(SHIP_ATTEMPTS):
             old = self._reservation_update(
                 sku, location_id, key,
                 "SET reserved = reserved - reservations.#key, on_hand = on_hand - reservations.#key "
                 f"REMOVE reservations.#key, {ARRIVED}, {WITHDRAWN}",
-                "attribute_exists(reservations.#key) AND on_hand >= reservations.#key",
-                {},
+                leaves,
+                values,
             )  # fmt: skip
             held = (old or {}).get("reservations", {}).get(key)
             if old is None or held is None:
@@ -2762,14 +2785,17 @@ class DynamoInventory(InventoryRepository):
                 sku, location_id, key,
                 f"SET reserved = reserved - :held, available = available + :held, {ARRIVED} = :arrived "
                 "REMOVE reservations.#key",
-                "reservations.#key = :held AND on_hand < :held",
-                {":held": held, ":arrived": True},
+                f"reservations.#key = :held AND {counted_out}",
+                {**values, ":held": held, ":arrived": True},
             )  # fmt: skip
             if counted is None:
+                after = handed_at is not None and old.get(COUNTED_AT, "") > values[":handed"]
                 logger.warning(
+                    "parcel shipped after a stock take counted it gone: the count stands" if after else
                     "parcel shipped after a stock take counted fewer units than it carries: the count stands",
                     extra={"sku": sku, "location_id": location_id, "key": key, "units": int(held),
-                           "on_hand": int(old.get("on_hand", 0))},
+                           "on_hand": int(old.get("on_hand", 0)), "counted_at": old.get(COUNTED_AT),
+                           "handed_at": values.get(":handed")},
                 )  # fmt: skip
                 return
         raise ReservationsChanged(f"on_hand of {sku} at {location_id} kept changing as a parcel left; ship it again")

@@ -116,14 +116,17 @@ def finish_parcels_left(old: dict[str, Any] | None, new: dict[str, Any]) -> None
     (units_left_behind): nothing but this record would, when no client sends it again. One still on
     its way, a redelivered record, or the request sent again at the same time: the units move once
     (conditional writes on the reservation), whichever comes first. First in the record's handling,
-    so a failure has the record redelivered before its events are published."""
+    so a failure has the record redelivered before its events are published. A stock take recorded
+    after the hand-over (after the latest, if the change handed over more than one parcel) counted
+    the units out already: only their reservations go, on_hand left as counted."""
     left = parcels_left(old, new)
     if not left:
         return
     order = Order.model_validate(new)
-    moved = units_left_behind(
-        container().inventory_repository, parcel_units(order, [s for s in order.shipments if s.id in left])
-    )
+    parcels = [s for s in order.shipments if s.id in left]
+    times = [s.handed_over_at for s in parcels]
+    handed_at = max(t for t in times if t is not None) if None not in times else None
+    moved = units_left_behind(container().inventory_repository, parcel_units(order, parcels), handed_at)
     if moved:
         logger.warning(
             "units of parcels handed over left on_hand from the stream: the request that recorded them had not"

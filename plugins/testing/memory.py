@@ -279,6 +279,7 @@ class InMemoryInventory(InventoryRepository):
         self.adjusted: dict[tuple[str, str, str], tuple[int, str]] = {}  # what each key counted
         self.short: dict[tuple[str, str], ShortCount] = {}  # stock takes recorded short, by stock item
         self.short_resume: datetime | None = None  # where the reconciler's next pass over them starts
+        self.counted: dict[tuple[str, str], datetime] = {}  # when each stock item's last stock take was counted
 
     def _get(self, sku: str, location_id: str) -> StockLevel:
         return self.stock.get(
@@ -297,7 +298,7 @@ class InMemoryInventory(InventoryRepository):
 
     def set_on_hand(
         self, sku: str, location_id: str, on_hand: int, reason: str, releasing: dict[str, int] | None = None,
-        short: ShortCount | None = None,
+        short: ShortCount | None = None, counted_at: datetime | None = None,
     ) -> StockLevel:  # fmt: skip
         level = self._get(sku, location_id)
         releasing = releasing or {}
@@ -310,6 +311,10 @@ class InMemoryInventory(InventoryRepository):
             self.short[(sku, location_id)] = short
         else:
             self.short.pop((sku, location_id), None)
+        if counted_at is not None:
+            self.counted[(sku, location_id)] = counted_at
+        else:
+            self.counted.pop((sku, location_id), None)
         return self._put(level.model_copy(update={"on_hand": on_hand, "available": on_hand - level.reserved}))
 
     def short_counts(self, before: datetime, limit: int, after: datetime | None = None) -> list[ShortCount]:
@@ -404,12 +409,15 @@ class InMemoryInventory(InventoryRepository):
                 reservations.pop(key, None)
         self._put(level.model_copy(update={"reserved": level.reserved + more, "available": level.available - more}))
 
-    def ship(self, sku: str, location_id: str, key: str) -> None:
+    def ship(self, sku: str, location_id: str, key: str, handed_at: datetime | None = None) -> None:
         quantity = self._held(sku, location_id).pop(key, None)
         if quantity is not None:
             level = self._get(sku, location_id)
-            # Fewer on hand than it carries (a stock take recorded short since): the count stands.
-            gone = quantity if level.on_hand >= quantity else 0
+            counted = self.counted.get((sku, location_id))
+            # Fewer on hand than it carries (a stock take recorded short since), or a stock take
+            # recorded after the parcel left (it counted the shelf without it): the count stands.
+            counted_out = handed_at is not None and counted is not None and counted > handed_at
+            gone = quantity if level.on_hand >= quantity and not counted_out else 0
             self._put(level.model_copy(update={"reserved": level.reserved - quantity, "on_hand": level.on_hand - gone,
                                                "available": level.available + quantity - gone}))  # fmt: skip
 

@@ -142,6 +142,31 @@ def test_a_count_below_reserved_lands_only_with_the_reservations_it_releases_sti
     assert (level.on_hand, level.reserved, level.available, held) == (5, 4, 1, {"ord_a#L1": 4})
 
 
+@pytest.mark.parametrize("adapter", ["dynamodb", "memory"])
+@pytest.mark.parametrize(
+    ("counted", "on_hand_after"),
+    [("after the hand-over", 3), ("at the hand-over", 1), ("before the hand-over", 1), ("with no time", 1)],
+)
+def test_a_ship_finished_after_a_stock_take_counted_since_its_hand_over_leaves_on_hand_as_counted(
+    aws, inventory, adapter, counted, on_hand_after
+):
+    """5 on hand, 2 of them a parcel handed over at NOW whose stock step had not run, then a count
+    of 3: recorded after the hand-over it counted the parcel gone (only the reservation goes),
+    at or before it (or with no time) it counted the parcel's units, which leave now."""
+    stock = inventory if adapter == "dynamodb" else InMemoryInventory()
+    stock.set_on_hand("TSHIRT", "wh-east", 5, "count")
+    stock.reserve("TSHIRT", "wh-east", "ord_a#L1", 2)
+    at = {"after the hand-over": NOW + timedelta(microseconds=1), "at the hand-over": NOW,
+          "before the hand-over": NOW - timedelta(seconds=1), "with no time": None}[counted]  # fmt: skip
+    stock.set_on_hand("TSHIRT", "wh-east", 3, "stock_take", counted_at=at)
+
+    stock.ship("TSHIRT", "wh-east", "ord_a#L1", handed_at=NOW)
+    stock.ship("TSHIRT", "wh-east", "ord_a#L1", handed_at=NOW)  # finished again: nothing more moves
+
+    level, held = stock.held_at("TSHIRT", "wh-east")
+    assert (level.on_hand, level.reserved, level.available, held) == (on_hand_after, 0, on_hand_after, {})
+
+
 def test_an_adjustment_with_a_key_counts_once_a_day_and_a_refused_one_records_nothing(aws, inventory, monkeypatch):
     from functions.adapters import dynamodb
 

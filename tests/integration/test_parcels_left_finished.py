@@ -198,12 +198,12 @@ def interleaved(monkeypatch: pytest.MonkeyPatch, first_call: Callable[[], Any]) 
     shipping = DynamoInventory.ship
     ran: list[int] = []
 
-    def other_party_first(self: DynamoInventory, sku: str, location_id: str, key: str) -> None:
+    def other_party_first(self: DynamoInventory, sku: str, location_id: str, key: str, **handed: Any) -> None:
         if not ran:
             ran.append(1)
             monkeypatch.setattr(DynamoInventory, "ship", shipping)
             first_call()
-        shipping(self, sku, location_id, key)
+        shipping(self, sku, location_id, key, **handed)
 
     monkeypatch.setattr(DynamoInventory, "ship", other_party_first)
     return ran
@@ -333,3 +333,62 @@ def test_a_parcel_rejected_between_a_ship_that_died_and_its_record_takes_nothing
     assert level(rejected_sku, first) == (5, 0)
     assert level(rejected_sku, second) == (5, 0)
     assert level(rejected_sku, third) == (5, 1)
+
+
+@pytest.mark.parametrize("late", ["the stream's record", "the client's ship sent again"])
+def test_a_stock_take_between_a_ship_that_died_and_its_finish_is_not_taken_from_twice(api: InProcessApi, late: str):
+    """The shelf counted after the parcel left (3 of 5, the 2 shipped gone) while its reservation
+    still held them: the count already took the parcel's units out, so the finish (the stream's, or
+    the client's ship sent again) only gives the reservation up, on_hand left as counted."""
+    stock = Stock(api)
+    order_id, parcel = stock.allocated(2)
+    stream = TableStream(os.environ["ORDERS_TABLE"], from_now=True)
+    with pytest.MonkeyPatch.context() as patches, pytest.raises(TimeoutError):
+        dying_after_the_record(patches)
+        actions().ship(order_id, parcel, None, actor="key_warehouse")
+    counted = api.put(f"/inventory/{stock.sku}/{stock.location}", json={"on_hand": stock.on_hand - 2})
+    assert counted.status_code == 200, counted.text
+    assert stock.level() == (stock.on_hand - 2, 2)
+
+    if late == "the client's ship sent again":
+        assert api.post(f"/orders/{order_id}/shipments/{parcel}/ship", json={}).status_code == 200
+        assert stock.level() == (stock.on_hand - 2, 0)
+    stream_read(stream)
+
+    assert stock.level() == (stock.on_hand - 2, 0)
+    found = api.get(f"/inventory/{stock.sku}").json()["locations"]
+    assert next(loc["available"] for loc in found if loc["location_id"] == stock.location) == stock.on_hand - 2
+
+
+def test_a_stock_take_between_a_collect_that_died_and_its_finish_is_not_taken_from_twice(api: InProcessApi):
+    """A pickup's hand-over time is its collect's (delivered_at: it never ships)."""
+    stock = Stock(api, name="Store", type="store", ships=False, pickup=True)
+    order_id, parcel = stock.allocated(2, fulfillment={"type": "pickup", "location_id": stock.location})
+    assert api.post(f"/orders/{order_id}/shipments/{parcel}/ready").status_code == 200
+    stream = TableStream(os.environ["ORDERS_TABLE"], from_now=True)
+    with pytest.MonkeyPatch.context() as patches, pytest.raises(TimeoutError):
+        dying_after_the_record(patches)
+        actions().deliver_or_collect(order_id, parcel, actor="key_store")
+    counted = api.put(f"/inventory/{stock.sku}/{stock.location}", json={"on_hand": stock.on_hand - 2})
+    assert counted.status_code == 200, counted.text
+
+    stream_read(stream)
+
+    assert stock.level() == (stock.on_hand - 2, 0)
+
+
+def test_a_stock_take_before_the_hand_over_still_has_the_parcels_units_leave(api: InProcessApi):
+    """A count taken while the parcel was still on the shelf (before its ship) counted its units:
+    the stream's finish of the ship that died takes them out, as with no count at all."""
+    stock = Stock(api)
+    order_id, parcel = stock.allocated(2)
+    counted = api.put(f"/inventory/{stock.sku}/{stock.location}", json={"on_hand": stock.on_hand + 1})
+    assert counted.status_code == 200, counted.text
+    stream = TableStream(os.environ["ORDERS_TABLE"], from_now=True)
+    with pytest.MonkeyPatch.context() as patches, pytest.raises(TimeoutError):
+        dying_after_the_record(patches)
+        actions().ship(order_id, parcel, None, actor="key_warehouse")
+
+    stream_read(stream)
+
+    assert stock.level() == (stock.on_hand + 1 - 2, 0)

@@ -920,7 +920,7 @@ def test_a_collect_interrupted_before_its_units_left_is_finished_by_collecting_a
     world.actions.ready(order.id, shipment.id, actor="key_store")
     real_ship = world.inventory.ship
 
-    def dies(*args):
+    def dies(*args, **kwargs):
         raise RuntimeError("the function timed out")
 
     monkeypatch.setattr(world.inventory, "ship", dies)

@@ -182,10 +182,10 @@ def test_an_order_reserved_between_the_read_and_the_count_is_planned_for(world, 
     real = world.inventory.set_on_hand
     racing: list[str] = []
 
-    def set_on_hand(sku, location_id, on_hand, reason, releasing=None, short=None):
+    def set_on_hand(sku, location_id, on_hand, reason, releasing=None, short=None, **counted_at):
         if releasing and not racing:
             racing.append(allocated_later(world, ("TSHIRT", 2)).id)  # reserved at wh-west: 10 now
-        return real(sku, location_id, on_hand, reason, releasing, short)
+        return real(sku, location_id, on_hand, reason, releasing, short, **counted_at)
 
     monkeypatch.setattr(world.inventory, "set_on_hand", set_on_hand)
     level = service(world).count("TSHIRT", "wh-west", 5, actor=KEY)
@@ -270,8 +270,8 @@ def test_an_order_cancelled_between_the_count_and_its_reject_is_left_cancelled(w
     newer = allocated_later(world, ("TSHIRT", 4))
     real = world.inventory.set_on_hand
 
-    def set_on_hand(sku, location_id, on_hand, reason, releasing=None, short=None):
-        level = real(sku, location_id, on_hand, reason, releasing, short)
+    def set_on_hand(sku, location_id, on_hand, reason, releasing=None, short=None, **counted_at):
+        level = real(sku, location_id, on_hand, reason, releasing, short, **counted_at)
         if releasing:
             world.actions.cancel(newer.id, "customer_request", actor="key_web")
         return level
