@@ -161,81 +161,57 @@ def test_a_what_if_for_a_body_in_a_currency_a_product_has_no_price_in_is_422_as_
     assert plan.status_code == 200, plan.text
 
 
+def _sourced_beside_far_stores(api: InProcessApi, far_stores: int, far_from: float, max_shipments: int) -> None:
+    """Six warehouses near San Francisco, nearest first, three of which (0, 3 and 4) have the order
+    together where greedy takes five, and `far_stores` far off with a unit of A each: under
+    `fewest_shipments` and `max_shipments`, the what-if plans those three and POST places it."""
+    catalog = Catalog(api)
+    skus = {name: catalog.product("3.00") for name in "ABCD"}
+    stocked = {
+        0: {"A": 5, "B": 2, "C": 6, "D": 4},
+        1: {"A": 5, "B": 1, "D": 1},
+        2: {"A": 5, "B": 2, "C": 1, "D": 2},
+        3: {"A": 4, "B": 5, "C": 4},
+        4: {"A": 4, "C": 4, "D": 6},
+        5: {"A": 5, "C": 5, "D": 5},
+    } | {6 + i: {"A": 1} for i in range(far_stores)}
+    ids = {}
+    for n, units in stocked.items():
+        place = (37.79, -122.40 + 0.5 * (n + 1)) if n < 6 else (45.0, far_from + n)
+        ids[n] = catalog.location(latitude=place[0], longitude=place[1])
+        for name, quantity in units.items():
+            catalog.stock(skus[name], ids[n], quantity)
+    body = order_body((skus["A"], 7), (skus["B"], 6), (skus["C"], 2), (skus["D"], 8))
+    body["shipping_address"].update(latitude=37.79, longitude=-122.40)
+    put_rules(api, prefer="fewest_shipments", max_shipments=max_shipments)
+    try:
+        simulated = api.post("/sourcing/simulate", json={"orders": [body]})
+        placed = api.post("/orders", json=body)
+    finally:
+        put_rules(api)  # back to the defaults for the other tests
+
+    assert simulated.status_code == 200, simulated.text
+    [plan] = simulated.json()["items"]
+    assert plan["unfillable"] == []
+    assert sorted(shipment["location_id"] for shipment in plan["shipments"]) == sorted([ids[0], ids[3], ids[4]])
+    assert placed.status_code == 201, placed.text
+
+
 def test_raising_max_shipments_never_refuses_an_order_a_lower_limit_ships(api: InProcessApi, network):
     # Nineteen warehouses hold some of the order (beyond the exact search: the built-in plugin splits
     # it greedily, over five of them) and three have it all. Under max_shipments 3 it was placed and
     # planned from those three; raised to 4, it was 409 insufficient_stock and the what-if said
     # ReserveStock would cancel it: the groups of up to four were too many to search, so none was.
-    catalog = Catalog(api)
-    skus = {name: catalog.product("3.00") for name in "ABCD"}
-    stocked = {
-        0: {"A": 5, "B": 2, "C": 6, "D": 4},
-        1: {"A": 5, "B": 1, "D": 1},
-        2: {"A": 5, "B": 2, "C": 1, "D": 2},
-        3: {"A": 4, "B": 5, "C": 4},
-        4: {"A": 4, "C": 4, "D": 6},
-        5: {"A": 5, "C": 5, "D": 5},
-    } | {6 + i: {"A": 1} for i in range(13)}
-    ids = {}
-    for n, units in stocked.items():
-        # The six nearest San Francisco first, nearest first; the thirteen with a unit each far off.
-        place = (37.79, -122.40 + 0.5 * (n + 1)) if n < 6 else (45.0, -100.0 + n)
-        ids[n] = catalog.location(latitude=place[0], longitude=place[1])
-        for name, quantity in units.items():
-            catalog.stock(skus[name], ids[n], quantity)
-    body = order_body((skus["A"], 7), (skus["B"], 6), (skus["C"], 2), (skus["D"], 8))
-    body["shipping_address"].update(latitude=37.79, longitude=-122.40)
-    put_rules(api, prefer="fewest_shipments", max_shipments=4)
-    try:
-        simulated = api.post("/sourcing/simulate", json={"orders": [body]})
-        placed = api.post("/orders", json=body)
-    finally:
-        put_rules(api)  # back to the defaults for the other tests
-
-    assert simulated.status_code == 200, simulated.text
-    [plan] = simulated.json()["items"]
-    assert plan["unfillable"] == []
-    assert sorted(shipment["location_id"] for shipment in plan["shipments"]) == sorted([ids[0], ids[3], ids[4]])
-    assert placed.status_code == 201, placed.text
+    _sourced_beside_far_stores(api, far_stores=13, far_from=-100.0, max_shipments=4)
 
 
 def test_an_order_three_near_warehouses_ship_is_placed_under_max_shipments_3_beside_many_far_stores(
     api: InProcessApi, network
 ):
-    # Six warehouses near San Francisco, three of which have the order together (greedy takes
-    # five), and 34 far stores with a unit of A each. The groups of two and three of the 40
-    # locations were too many for the search within max_shipments 3, so none was searched: the
-    # order was 409 insufficient_stock, though every far store is outheld by nearer warehouses.
-    catalog = Catalog(api)
-    skus = {name: catalog.product("3.00") for name in "ABCD"}
-    stocked = {
-        0: {"A": 5, "B": 2, "C": 6, "D": 4},
-        1: {"A": 5, "B": 1, "D": 1},
-        2: {"A": 5, "B": 2, "C": 1, "D": 2},
-        3: {"A": 4, "B": 5, "C": 4},
-        4: {"A": 4, "C": 4, "D": 6},
-        5: {"A": 5, "C": 5, "D": 5},
-    } | {6 + i: {"A": 1} for i in range(34)}
-    ids = {}
-    for n, units in stocked.items():
-        place = (37.79, -122.40 + 0.5 * (n + 1)) if n < 6 else (45.0, -110.0 + n)
-        ids[n] = catalog.location(latitude=place[0], longitude=place[1])
-        for name, quantity in units.items():
-            catalog.stock(skus[name], ids[n], quantity)
-    body = order_body((skus["A"], 7), (skus["B"], 6), (skus["C"], 2), (skus["D"], 8))
-    body["shipping_address"].update(latitude=37.79, longitude=-122.40)
-    put_rules(api, prefer="fewest_shipments", max_shipments=3)
-    try:
-        simulated = api.post("/sourcing/simulate", json={"orders": [body]})
-        placed = api.post("/orders", json=body)
-    finally:
-        put_rules(api)  # back to the defaults for the other tests
-
-    assert simulated.status_code == 200, simulated.text
-    [plan] = simulated.json()["items"]
-    assert plan["unfillable"] == []
-    assert sorted(shipment["location_id"] for shipment in plan["shipments"]) == sorted([ids[0], ids[3], ids[4]])
-    assert placed.status_code == 201, placed.text
+    # 34 far stores with a unit of A each beside the six warehouses: the groups of two and three of
+    # the 40 locations were too many for the search within max_shipments 3, so none was searched:
+    # the order was 409 insufficient_stock, though every far store is outheld by nearer warehouses.
+    _sourced_beside_far_stores(api, far_stores=34, far_from=-110.0, max_shipments=3)
 
 
 def test_a_what_if_for_an_unknown_order_id_names_it_in_the_details(api: InProcessApi, network):
