@@ -96,13 +96,28 @@ def dying_after_the_record(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(OrderActions, "_units_leave", dies)
 
 
-def test_a_ship_that_died_after_its_record_has_its_units_leave_by_the_stream_alone(api: InProcessApi):
-    stock = Stock(api)
-    order_id, parcel = stock.allocated(2)
+def ship_that_dies(order_id: str, parcel: str) -> TableStream:
+    """The Orders stream from now, then a ship of `parcel` that dies after recording it."""
     stream = TableStream(os.environ["ORDERS_TABLE"], from_now=True)
     with pytest.MonkeyPatch.context() as patches, pytest.raises(TimeoutError):
         dying_after_the_record(patches)
         actions().ship(order_id, parcel, None, actor="key_warehouse")
+    return stream
+
+
+def collect_that_dies(order_id: str, parcel: str) -> TableStream:
+    """The Orders stream from now, then a collect of `parcel` that dies after recording it."""
+    stream = TableStream(os.environ["ORDERS_TABLE"], from_now=True)
+    with pytest.MonkeyPatch.context() as patches, pytest.raises(TimeoutError):
+        dying_after_the_record(patches)
+        actions().deliver_or_collect(order_id, parcel, actor="key_store")
+    return stream
+
+
+def test_a_ship_that_died_after_its_record_has_its_units_leave_by_the_stream_alone(api: InProcessApi):
+    stock = Stock(api)
+    order_id, parcel = stock.allocated(2)
+    stream = ship_that_dies(order_id, parcel)
     shipped = api.get(f"/orders/{order_id}").json()
     assert shipped["shipments"][0]["status"] == "shipped"
     assert stock.level() == (stock.on_hand, 2)  # left, not counted out: nobody sends the ship again
@@ -119,10 +134,7 @@ def test_a_collect_that_died_after_its_record_has_its_units_leave_by_the_stream_
     stock = Stock(api, name="Store", type="store", ships=False, pickup=True)
     order_id, parcel = stock.allocated(3, fulfillment={"type": "pickup", "location_id": stock.location})
     assert api.post(f"/orders/{order_id}/shipments/{parcel}/ready").status_code == 200
-    stream = TableStream(os.environ["ORDERS_TABLE"], from_now=True)
-    with pytest.MonkeyPatch.context() as patches, pytest.raises(TimeoutError):
-        dying_after_the_record(patches)
-        actions().deliver_or_collect(order_id, parcel, actor="key_store")
+    stream = collect_that_dies(order_id, parcel)
     assert api.get(f"/orders/{order_id}").json()["status"] == "delivered"
     assert stock.level() == (stock.on_hand, 3)
 
@@ -213,10 +225,7 @@ def interleaved(monkeypatch: pytest.MonkeyPatch, first_call: Callable[[], Any]) 
 def test_the_ship_sent_again_and_the_streams_finish_at_once_move_the_units_once(api: InProcessApi, inside: str):
     stock = Stock(api)
     order_id, parcel = stock.allocated(2)
-    stream = TableStream(os.environ["ORDERS_TABLE"], from_now=True)
-    with pytest.MonkeyPatch.context() as patches, pytest.raises(TimeoutError):
-        dying_after_the_record(patches)
-        actions().ship(order_id, parcel, None, actor="key_warehouse")
+    stream = ship_that_dies(order_id, parcel)
     records = stream.new_records()
     answers: list[int] = []
 
@@ -255,10 +264,7 @@ def test_a_batch_whose_finish_fails_is_retried_from_that_record_publishing_its_e
 
     stock = Stock(api)
     order_id, parcel = stock.allocated(2)
-    stream = TableStream(os.environ["ORDERS_TABLE"], from_now=True)
-    with pytest.MonkeyPatch.context() as patches, pytest.raises(TimeoutError):
-        dying_after_the_record(patches)
-        actions().ship(order_id, parcel, None, actor="key_warehouse")
+    stream = ship_that_dies(order_id, parcel)
     records = stream.new_records()
     images = [r["dynamodb"] for r in records]
     (handed,) = [n for n, i in enumerate(images)
@@ -342,10 +348,7 @@ def test_a_stock_take_between_a_ship_that_died_and_its_finish_is_not_taken_from_
     the client's ship sent again) only gives the reservation up, on_hand left as counted."""
     stock = Stock(api)
     order_id, parcel = stock.allocated(2)
-    stream = TableStream(os.environ["ORDERS_TABLE"], from_now=True)
-    with pytest.MonkeyPatch.context() as patches, pytest.raises(TimeoutError):
-        dying_after_the_record(patches)
-        actions().ship(order_id, parcel, None, actor="key_warehouse")
+    stream = ship_that_dies(order_id, parcel)
     counted = api.put(f"/inventory/{stock.sku}/{stock.location}", json={"on_hand": stock.on_hand - 2})
     assert counted.status_code == 200, counted.text
     assert stock.level() == (stock.on_hand - 2, 2)
@@ -365,10 +368,7 @@ def test_a_stock_take_between_a_collect_that_died_and_its_finish_is_not_taken_fr
     stock = Stock(api, name="Store", type="store", ships=False, pickup=True)
     order_id, parcel = stock.allocated(2, fulfillment={"type": "pickup", "location_id": stock.location})
     assert api.post(f"/orders/{order_id}/shipments/{parcel}/ready").status_code == 200
-    stream = TableStream(os.environ["ORDERS_TABLE"], from_now=True)
-    with pytest.MonkeyPatch.context() as patches, pytest.raises(TimeoutError):
-        dying_after_the_record(patches)
-        actions().deliver_or_collect(order_id, parcel, actor="key_store")
+    stream = collect_that_dies(order_id, parcel)
     counted = api.put(f"/inventory/{stock.sku}/{stock.location}", json={"on_hand": stock.on_hand - 2})
     assert counted.status_code == 200, counted.text
 
@@ -384,10 +384,7 @@ def test_a_stock_take_before_the_hand_over_still_has_the_parcels_units_leave(api
     order_id, parcel = stock.allocated(2)
     counted = api.put(f"/inventory/{stock.sku}/{stock.location}", json={"on_hand": stock.on_hand + 1})
     assert counted.status_code == 200, counted.text
-    stream = TableStream(os.environ["ORDERS_TABLE"], from_now=True)
-    with pytest.MonkeyPatch.context() as patches, pytest.raises(TimeoutError):
-        dying_after_the_record(patches)
-        actions().ship(order_id, parcel, None, actor="key_warehouse")
+    stream = ship_that_dies(order_id, parcel)
 
     stream_read(stream)
 
