@@ -184,6 +184,16 @@ def test_a_count_below_what_a_held_backordered_order_holds_sends_it_back_to_be_s
     assert stock_at(api, sku, network["east"]) == {"on_hand": 1, "reserved": 1, "available": 0}
 
 
+def edited_to_3(api: InProcessApi, order_id: str, sku: str) -> Any:
+    """The answer to a PATCH of the order's lines to 3 of `sku`, on its current version (an edit
+    sends a backordered order back to be sourced)."""
+    order = api.get(f"/orders/{order_id}").json()
+    return api.request(
+        "PATCH", f"/orders/{order_id}", json={"lines": [{"sku": sku, "quantity": 3}]},
+        headers={"If-Match": str(order["version"])},
+    )  # fmt: skip
+
+
 def test_an_order_edited_before_the_counts_send_back_lands_keeps_none_of_the_units_the_count_took(
     api: InProcessApi, monkeypatch: pytest.MonkeyPatch
 ):
@@ -195,9 +205,7 @@ def test_an_order_edited_before_the_counts_send_back_lands_keeps_none_of_the_uni
     real = OrderActions.source_backorder_again
 
     def edited_first(actions: OrderActions, *args: str, **kwargs: str | None):
-        order = api.get(f"/orders/{order_id}").json()
-        edited = api.request("PATCH", f"/orders/{order_id}", json={"lines": [{"sku": sku, "quantity": 3}]},
-                             headers={"If-Match": str(order["version"])})  # fmt: skip
+        edited = edited_to_3(api, order_id, sku)
         assert edited.status_code == 200 and edited.json()["status"] == "authorized", edited.text
         return real(actions, *args, **kwargs)
 
@@ -240,9 +248,7 @@ def test_a_count_below_what_an_order_sent_back_and_not_yet_sourced_holds_is_409_
     # 0 is refused before it is recorded (NotAllocatedYet is an InsufficientStock) in the contract's
     # error shape, and leaves no mark and nothing changed.
     network, sku, order_id, _ = backordered(api, west=3)
-    order = api.get(f"/orders/{order_id}").json()
-    edited = api.request("PATCH", f"/orders/{order_id}", json={"lines": [{"sku": sku, "quantity": 3}]},
-                         headers={"If-Match": str(order["version"])})  # fmt: skip
+    edited = edited_to_3(api, order_id, sku)
     assert edited.status_code == 200 and edited.json()["status"] == "authorized", edited.text
     version = edited.json()["version"]
 
@@ -268,9 +274,7 @@ def test_a_count_retried_while_its_mark_is_kept_for_an_order_reserved_meanwhile_
     real = OrderActions.source_backorder_again
 
     def edited_and_reserved_first(actions: OrderActions, *args: str, **kwargs: str | None):
-        order = api.get(f"/orders/{order_id}").json()
-        edited = api.request("PATCH", f"/orders/{order_id}", json={"lines": [{"sku": sku, "quantity": 3}]},
-                             headers={"If-Match": str(order["version"])})  # fmt: skip
+        edited = edited_to_3(api, order_id, sku)
         assert edited.status_code == 200, edited.text
         steps.reserve_stock(order_id)
         return real(actions, *args, **kwargs)

@@ -52,14 +52,19 @@ def test_a_capture_whose_answer_was_lost_is_asked_again_under_its_key_and_captur
     assert [h.detail["kind"] for h in world.history(order.id) if h.type == "payment_capture_failed"] == ["transient"]
 
 
-def test_a_ship_whose_capture_answers_were_all_lost_records_nothing_and_its_repeat_records_that_capture(world, lost):
+def ship_with_every_capture_answer_lost(world, lost):
+    """An allocated order of 2 TSHIRT whose ship the gateway captured, every answer of it lost
+    (503 to the ship): the order, its shipment and the total the gateway took."""
     order = world.allocated(("TSHIRT", 2))
     (shipment,) = order.shipments
-    total = order.totals.grand_total
     lost.lose("capture", times=3)
-
     with pytest.raises(PaymentGatewayUnavailable):
         world.actions.ship(order.id, shipment.id, None, actor="key_wh")
+    return order, shipment, order.totals.grand_total
+
+
+def test_a_ship_whose_capture_answers_were_all_lost_records_nothing_and_its_repeat_records_that_capture(world, lost):
+    order, shipment, total = ship_with_every_capture_answer_lost(world, lost)
 
     # The gateway took the money; the order says nothing moved and keeps the request that may have.
     assert [amount for _, amount, _ in world.spy.captured] == [total]
@@ -80,12 +85,7 @@ def test_a_ship_whose_capture_answers_were_all_lost_records_nothing_and_its_repe
 
 
 def test_a_cancel_after_every_capture_answer_was_lost_gives_that_capture_back_once_then_voids(world, lost):
-    order = world.allocated(("TSHIRT", 2))
-    (shipment,) = order.shipments
-    total = order.totals.grand_total
-    lost.lose("capture", times=3)
-    with pytest.raises(PaymentGatewayUnavailable):
-        world.actions.ship(order.id, shipment.id, None, actor="key_wh")
+    order, shipment, total = ship_with_every_capture_answer_lost(world, lost)
 
     cancelled = world.actions.cancel(order.id, "changed my mind", actor="key_web")
 
