@@ -147,8 +147,10 @@ class AccessLog:
         store): the cursor names how many changes the pages before showed and the last read they
         showed, and the next page goes on from both. A change written after a page was read is on
         the next page wherever its time puts it, never skipped for a time before the cursor's."""
-        # The history also answers NotFound for an order the caller may not see.
-        history = self._orders.history(order_id, channel)
+        # The history also answers NotFound for an order the caller may not see. Read consistently,
+        # as a page of the history is: a read a moment behind holds fewer changes than the cursor
+        # of the page before may count (422 for a good cursor).
+        history = self._orders.history(order_id, channel, consistent=True)
         shown, read_after = _decode_cursor(cursor, order_id, history) if cursor is not None else (0, None)
         changes = history[shown : shown + limit + 1]
         at, request_id = read_after or (None, None)

@@ -310,3 +310,28 @@ def test_a_cursor_issued_before_changes_were_known_by_their_place_goes_on_where_
     # Minutes 0c 1r 3c 3c 3r 5r 7c 7r: the second change of minute 3 (place 2), then the read of minute 3.
     assert log.page(ORDER.id, None, 100, old(3, 0, "000002"))[0] == whole[4:]
     assert log.page(ORDER.id, None, 100, old(3, 1, "r1"))[0] == whole[5:]
+
+
+def test_a_page_after_a_cursor_is_read_on_the_history_as_it_is_never_a_moment_behind_it():
+    # A plain read of the order may be a moment behind: one without the change the page before
+    # showed held fewer changes than the cursor counts, and a good cursor was refused (422).
+    created = HistoryEntry(at=T0, type="created", to_status=OrderStatus.PENDING, actor="key_shop")
+    held = HistoryEntry(at=T0 + timedelta(minutes=10), type="on_hold", actor="key_ops")
+
+    class Behind(Orders):
+        """A plain read after the first is served a moment behind: without the last change."""
+
+        plain_reads = 0
+
+        def history(self, order_id: str, *, consistent: bool = False):
+            order, history = super().history(order_id)
+            self.plain_reads += not consistent
+            return order, history if consistent or self.plain_reads == 1 else history[:-1]
+
+    log = AccessLog(OrderQueries(Behind(created, held)), Reads(read("r1", 12)))
+
+    first, cursor = log.page(ORDER.id, None, 2, None)
+    rest, end = log.page(ORDER.id, None, 2, cursor)
+
+    assert cursor is not None and end is None
+    assert [e.actor for e in first + rest] == ["key_shop", "key_ops", "key_reader"]
