@@ -1153,19 +1153,22 @@ def test_pretty_printed_json_objects_fail_as_a_whole_not_as_an_error_a_line(name
     assert "over several lines each (line 2 opens one" in failure.value.message
 
 
+@pytest.mark.parametrize(("before", "line"), [(b"", 1), (b"\xef\xbb\xbf\n", 2)], ids=["header first", "bom, blank"])
 @pytest.mark.parametrize("separator", [",", ";"])
 @pytest.mark.parametrize("name", ["orders.jsonl", "orders.ndjson"])
-def test_a_csv_file_named_as_json_lines_fails_as_a_whole_saying_it_is_csv(name: str, separator: str):
+def test_a_csv_file_named_as_json_lines_fails_as_a_whole_saying_it_is_csv(
+    name: str, separator: str, before: bytes, line: int
+):
     # Read as JSON Lines, its header and every row were each a malformed_json line: a file of 2
     # orders reported 3 failed "orders" and named no cause.
-    data = csv_file(row("ext-1"), row("ext-2")).replace(b",", separator.encode())
+    data = before + csv_file(row("ext-1"), row("ext-2")).replace(b",", separator.encode())
 
     with pytest.raises(ImportFileError) as failure:
         OrderFile(chunks(data, 5), name)
 
     assert failure.value.code == "unknown_format"
     assert failure.value.message == (
-        f"{name} is CSV, not JSON Lines: its line 1 is a CSV header naming channel and external_id "
+        f"{name} is CSV, not JSON Lines: its line {line} is a CSV header naming channel and external_id "
         "(name the file .csv, or send each order as a JSON object on a line of its own)"
     )
 
