@@ -142,7 +142,7 @@ class AccessLog:
         400 days, so a much-read order's log is read a page at a time: one bounded query of its
         reads, merged with its changes (ties: the change first, then reads by request id).
 
-        A change is known by its place in the order's history, which only grows (Orders.history:
+        A change is known by its place in the order's history, which only grows (OrderQueries.history:
         its entries where they are stored), a read by its time and request id (its key in the
         store): the cursor names how many changes the pages before showed and the last read they
         showed, and the next page goes on from both. A change written after a page was read is on
@@ -222,9 +222,8 @@ def _read_position(at: Any, key: Any) -> ReadPosition:
     """The read position a cursor names, or ValueError: a time with its zone, as UTC, and a request
     id DynamoDB can compare (or none)."""
     when = datetime.fromisoformat(at)
-    if when.tzinfo is None or not (key is None or (isinstance(key, str) and 0 < len(key) <= _MAX_KEY)):
-        raise ValueError("not a read's position")
-    if key is not None and not _has_utf8_form(key):
+    usable_key = key is None or (isinstance(key, str) and 0 < len(key) <= _MAX_KEY and _has_utf8_form(key))
+    if when.tzinfo is None or not usable_key:
         raise ValueError("not a read's position")
     # A forged time at the calendar's edge (year 1 at +14:00) has no UTC equivalent: OverflowError.
     return when.astimezone(UTC), key
