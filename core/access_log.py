@@ -140,71 +140,93 @@ class AccessLog:
         """Up to `limit` entries, oldest first, after `cursor` (the one a previous page returned),
         and the cursor of the next page (None: none). Every read of an order stays in its log for
         400 days, so a much-read order's log is read a page at a time: one bounded query of its
-        reads, merged with its changes (ties: the change first, then reads by request id)."""
-        # The history also answers NotFound for an order the caller may not see.
-        history = self._orders.history(order_id, channel)
-        after = _decode_cursor(cursor, order_id) if cursor is not None else None
-        changes = [
-            ((entry.at, 0, f"{index:06d}"), _change_entry(entry))
-            for index, entry in enumerate(history)
-            if after is None or (entry.at, 0, f"{index:06d}") > after
-        ]
-        if after is None:
-            reads = self._store.reads_after(order_id, None, None, limit + 1)
-        else:
-            at, kind, key = after
-            reads = self._store.reads_after(order_id, at, key if kind == 1 else None, limit + 1)
-        merged = sorted(
-            changes
-            + [
-                ((r.at, 1, r.request_id), AccessEntry(at=r.at, actor=r.actor, action=r.action, detail=r.detail))
-                for r in reads
-            ],
-            key=lambda positioned: positioned[0],
-        )
-        page = merged[:limit]
-        more = len(merged) > limit
-        return [entry for _, entry in page], _encode_cursor(order_id, page[-1][0]) if more else None
+        reads, merged with its changes (ties: the change first, then reads by request id).
+
+        A change is known by its place in the order's history, which only grows (OrderQueries.history:
+        its entries where they are stored), a read by its time and request id (its key in the
+        store): the cursor names how many changes the pages before showed and the last read they
+        showed, and the next page goes on from both. A change written after a page was read is on
+        the next page wherever its time puts it, never skipped for a time before the cursor's."""
+        # The history also answers NotFound for an order the caller may not see. Read consistently,
+        # as a page of the history is: a read a moment behind holds fewer changes than the cursor
+        # of the page before may count (422 for a good cursor).
+        history = self._orders.history(order_id, channel, consistent=True)
+        shown, read_after = _decode_cursor(cursor, order_id, history) if cursor is not None else (0, None)
+        changes = history[shown : shown + limit + 1]
+        at, request_id = read_after or (None, None)
+        reads = self._store.reads_after(order_id, at, request_id, limit + 1)
+        page: list[AccessEntry] = []
+        taken = read = 0
+        while len(page) < limit and (taken < len(changes) or read < len(reads)):
+            if read == len(reads) or (taken < len(changes) and changes[taken].at <= reads[read].at):
+                page.append(_change_entry(changes[taken]))
+                taken += 1
+            else:
+                page.append(_read_entry(reads[read]))
+                read += 1
+        if taken == len(changes) and read == len(reads):
+            return page, None
+        last_read = (reads[read - 1].at, reads[read - 1].request_id) if read else read_after
+        return page, _encode_cursor(order_id, shown + taken, last_read)
 
 
 def _change_entry(entry: Any) -> AccessEntry:
     return AccessEntry(at=entry.at, actor=entry.actor, action=str(entry.type.value), detail=_change_detail(entry))
 
 
-# An entry's place in the log: its time, a change (0) before a read (1) of the same time, then the
-# change's index in the history or the read's request id.
-Position = tuple[datetime, int, str]
+def _read_entry(read: OrderRead) -> AccessEntry:
+    return AccessEntry(at=read.at, actor=read.actor, action=read.action, detail=read.detail)
+
+
+# Where the next page's reads start: after the read of this time and request id, or with no request
+# id, at this time (a cursor issued before changes were known by their place: _decode_cursor).
+ReadPosition = tuple[datetime, str | None]
 _MAX_KEY = 200
 
 
-def _encode_cursor(order_id: str, position: Position) -> str:
-    at, kind, key = position
-    raw = json.dumps({"o": order_id, "at": at.isoformat(), "k": kind, "key": key}, separators=(",", ":"))
+def _encode_cursor(order_id: str, shown: int, read_after: ReadPosition | None) -> str:
+    document: dict[str, Any] = {"o": order_id, "c": shown}
+    if read_after is not None:
+        document |= {"at": read_after[0].isoformat(), "key": read_after[1]}
+    raw = json.dumps(document, separators=(",", ":"))
     return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
 
 
-def _decode_cursor(cursor: str, order_id: str) -> Position:
-    """The position `cursor` names, or InvalidCursor unless this order's log issued it."""
+def _decode_cursor(cursor: str, order_id: str, history: list[Any]) -> tuple[int, ReadPosition | None]:
+    """How many of the history's changes the pages before showed and where their reads go on, as
+    `cursor` names them; InvalidCursor unless this order's log issued it. A cursor issued before
+    changes were known by their place (`k` and `key`: the last entry shown, a change by its place
+    in `history`, or a read) names the same two: the changes up to that entry, and the reads after it."""
     try:
         decoded = cursor_document(cursor)
-        at = datetime.fromisoformat(decoded["at"])
-        kind, key = decoded["k"], decoded["key"]
-        valid = (
-            decoded["o"] == order_id
-            and at.tzinfo is not None
-            and type(kind) is int
-            and kind in (0, 1)
-            and isinstance(key, str)
-            and 0 < len(key) <= _MAX_KEY
-            and _has_utf8_form(key)
-        )
-        # A forged time at the calendar's edge (year 1 at +14:00) has no UTC equivalent.
-        at = at.astimezone(UTC) if valid else at
+        valid = decoded["o"] == order_id
+        if "c" in decoded:
+            shown = decoded["c"]
+            valid = valid and type(shown) is int and 0 <= shown <= len(history)
+            read_after = _read_position(decoded["at"], decoded["key"]) if "at" in decoded else None
+        else:  # the last entry shown: a change by its place (`k` 0), or a read (1)
+            kind, key = decoded["k"], decoded["key"]
+            if type(kind) is not int or kind not in (0, 1) or not isinstance(key, str):
+                raise ValueError("not an entry's position")
+            at, _ = _read_position(decoded["at"], key)
+            read_after = (at, key if kind == 1 else None)
+            shown = sum(1 for place, entry in enumerate(history) if (entry.at, 0, f"{place:06d}") <= (at, kind, key))
     except (ValueError, KeyError, TypeError, OverflowError):
         valid = False
     if not valid:
         raise InvalidCursor()
-    return at, kind, key
+    return shown, read_after
+
+
+def _read_position(at: Any, key: Any) -> ReadPosition:
+    """The read position a cursor names, or ValueError: a time with its zone, as UTC, and a request
+    id DynamoDB can compare (or none)."""
+    when = datetime.fromisoformat(at)
+    usable_key = key is None or (isinstance(key, str) and 0 < len(key) <= _MAX_KEY and _has_utf8_form(key))
+    if when.tzinfo is None or not usable_key:
+        raise ValueError("not a read's position")
+    # A forged time at the calendar's edge (year 1 at +14:00) has no UTC equivalent: OverflowError.
+    return when.astimezone(UTC), key
 
 
 def _has_utf8_form(text: str) -> bool:

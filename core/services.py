@@ -906,14 +906,17 @@ class OrderQueries:
         return visible(self._orders.get(order_id, consistent=True), order_id, channel)
 
     def history(self, order_id: str, channel: str | None = None, *, consistent: bool = False) -> list[HistoryEntry]:
-        """The order's history, oldest first, with the entries its returns owed it written first."""
+        """The order's history, oldest first, with the entries its returns owed it written first:
+        each entry at its place as stored, which never changes (the access log knows a change by it)."""
         found = self._orders.history(order_id, consistent=consistent)
         order = visible(found[0] if found else None, order_id, channel)
         assert found is not None
-        entries = list(found[1])
-        if self._owed_entries is not None:
-            entries += self._owed_entries(order)
-        return entries
+        if self._owed_entries is not None and self._owed_entries(order):
+            # Written after the history was read: after any change that landed in between, so read
+            # again (only then: a writer died) rather than put after the history as read.
+            found = self._orders.history(order_id, consistent=True)
+            assert found is not None
+        return list(found[1])
 
     def history_page(
         self, order_id: str, channel: str | None, limit: int, cursor: str | None
@@ -928,13 +931,15 @@ class OrderQueries:
             # Read consistently, as `get`: a page read straight after a change shows it, and the place
             # a cursor names is never past the end of a history read a moment behind (422 for a good
             # cursor). Only the entries shown are read (a long history's oldest are in pages of their
-            # own), then those the returns owed it, as `history` puts them: after the rest.
+            # own), then those the returns owed it written, and the range read again if there were
+            # any, as `history` does: at their places as stored.
             found = self._orders.history_range(order_id, start, stop, consistent=True)
             order = visible(found[0] if found else None, order_id, channel)
+            if self._owed_entries is not None and self._owed_entries(order):
+                found = self._orders.history_range(order_id, start, stop, consistent=True)
             assert found is not None
             _, entries, length = found
-            owed = self._owed_entries(order) if self._owed_entries is not None else []
-            return entries + owed[max(start - length, 0) : max(stop - length, 0)], length + len(owed)
+            return entries, length
 
         return order_lists.ranged_page(read, order_id, "history", limit, cursor)
 

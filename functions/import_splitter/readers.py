@@ -326,6 +326,16 @@ class OrderFile(FileOrders):
         if fmt == JSONL and first is not None and _opens_array(first):
             # A JSON document named .jsonl: line by line, its orders would be imported one in many.
             raise _json_array()
+        if fmt == JSONL and first is not None and separator_of(first) is not None:
+            # A CSV file: read as JSON Lines, its header and every row would each fail as a line of
+            # bad JSON. No JSON line, and no order object cut short (it opens with "{"), has cells
+            # named channel and external_id: a bad JSON line stays its line's error.
+            raise ImportFileError(
+                "unknown_format",
+                f"{name.rsplit('/', 1)[-1] or name} is CSV, not JSON Lines: its line {self._peeked[-1].number} is a "
+                "CSV header naming channel and external_id (name the file .csv, or send each order as a JSON "
+                "object on a line of its own)",
+            )
         if fmt == JSONL and first is not None and first.strip() == "{":
             # Pretty-printed: every line of every order would be an error of its own.
             raise ImportFileError(

@@ -8,11 +8,13 @@ import base64
 import contextlib
 import json
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -1119,6 +1121,85 @@ def test_a_2xx_after_interim_1xx_answers_is_delivered(aws, wired, interim: bytes
     record = c.webhook_store.get_delivery(webhook.id, message.delivery_id)
     assert (record.status, record.attempts, record.last_status_code, record.last_error) == ("delivered", 1, 204, None)
     assert drain(wired["sqs"], wired["deliveries"]) == []
+
+
+def self_signed_localhost(directory: Path) -> tuple[Path, Path]:
+    """A throwaway certificate for `localhost` (and its key), signed by itself: what a receiver's TLS
+    server shows, and what a client trusts once it is among its CAs."""
+    pytest.importorskip("cryptography", reason="the cryptography package (moto's dependency) makes the certificate")
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.now(UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = directory / "receiver.pem", directory / "receiver.key"
+    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_file, key_file
+
+
+def answering_over_tls(raw: bytes, cert_file: Path, key_file: Path) -> tuple[socket.socket, list[bytes]]:
+    """As `answering`, over TLS with the certificate given."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert_file, key_file)
+    listener = socket.create_server(("127.0.0.1", 0))
+    requests: list[bytes] = []
+
+    def answer() -> None:
+        with contextlib.suppress(OSError):  # closed by the test, or a handshake the client refused
+            connection, _ = listener.accept()
+            with context.wrap_socket(connection, server_side=True) as tls:
+                requests.append(read_request(tls))
+                tls.sendall(raw)
+
+    threading.Thread(target=answer, daemon=True).start()
+    return listener, requests
+
+
+@pytest.mark.parametrize(
+    "interim",
+    [
+        b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n",
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 102 Processing\r\n\r\nHTTP/1.1 103 Early Hints\r\n\r\n",
+    ],
+)
+def test_a_2xx_after_interim_1xx_answers_over_https_is_the_answer(tmp_path, monkeypatch, interim: bytes):
+    """As over HTTP (above), over TLS, the way every subscriber on AWS is reached: the sender's
+    HTTPS connection reads the final answer past the interim ones. The receiver's certificate is
+    trusted as a CA's is, from the default context's CA file (SSL_CERT_FILE, read by OpenSSL)."""
+    from core.webhooks import Target
+    from functions.adapters.webhooks import HttpWebhookSender
+
+    cert_file, key_file = self_signed_localhost(tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert_file))
+    listener, requests = answering_over_tls(
+        interim + b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", cert_file, key_file
+    )
+    target = Target("https", "localhost", listener.getsockname()[1], "/hook", ("127.0.0.1",))
+    try:
+        result = HttpWebhookSender().post(target, b"{}", {"Content-Type": "application/json"}, timeout=5)
+    finally:
+        listener.close()
+
+    assert (result.status_code, result.error) == (200, None)
+    assert len(requests) == 1 and requests[0].startswith(b"POST /hook ")
 
 
 def test_customer_text_in_any_script_reaches_the_subscriber_as_given_under_a_signature_the_readmes_verify_accepts(

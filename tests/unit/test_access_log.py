@@ -275,3 +275,63 @@ def test_a_queue_that_never_answers_leaves_the_read_time_to_answer_and_to_log_wh
     # and a second to log what was read: within the function's timeout.
     read_itself = CONNECT_TIMEOUT + READ_TIMEOUT
     assert read_itself + _longest_call(config) + 1 < _function_timeouts()["ApiFunction"]
+
+
+def test_a_change_written_after_a_page_with_a_time_before_the_pages_last_entry_is_on_the_next_page():
+    # A change's time is taken before its write, which a racing writer can beat: it lands after the
+    # page that showed what came later. Paged by time, the next page began after the last entry
+    # shown and never showed it; known by its place in the history, it comes next.
+    created = HistoryEntry(at=T0, type="created", to_status=OrderStatus.PENDING, actor="key_shop")
+    held = HistoryEntry(at=T0 + timedelta(minutes=10), type="on_hold", actor="key_ops")
+    orders = Orders(created, held)
+    log = AccessLog(OrderQueries(orders), Reads(read("r1", 12), read("r2", 13)))
+
+    first, cursor = log.page(ORDER.id, None, 3, None)
+    orders._history.append(HistoryEntry(at=T0 + timedelta(minutes=11), type="released", actor="key_late"))
+    rest, end = log.page(ORDER.id, None, 3, cursor)
+
+    assert [e.actor for e in first] == ["key_shop", "key_ops", "key_reader"]
+    assert end is None and [(e.actor, e.action) for e in rest] == [("key_late", "released"), ("key_reader", "get")]
+
+
+def test_a_cursor_issued_before_changes_were_known_by_their_place_goes_on_where_it_stopped():
+    # A client paging through a deploy: its cursor names the last entry shown, a change by its place
+    # in the history (k 0) or a read (k 1); the next page is what it was.
+    history = [HistoryEntry(at=T0 + timedelta(minutes=m), type="created" if m == 0 else "edited", actor="key_shop",
+                            to_status=OrderStatus.PENDING) for m in (0, 3, 3, 7)]  # fmt: skip
+    log = AccessLog(OrderQueries(Orders(*history)), Reads(*(read(f"r{n}", m) for n, m in enumerate((1, 3, 5, 7)))))
+    whole, _ = log.page(ORDER.id, None, 100, None)
+
+    def old(at_minutes: int, kind: int, key: str) -> str:
+        at = (T0 + timedelta(minutes=at_minutes)).isoformat()
+        raw = json.dumps({"o": ORDER.id, "at": at, "k": kind, "key": key}).encode()
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    # Minutes 0c 1r 3c 3c 3r 5r 7c 7r: the second change of minute 3 (place 2), then the read of minute 3.
+    assert log.page(ORDER.id, None, 100, old(3, 0, "000002"))[0] == whole[4:]
+    assert log.page(ORDER.id, None, 100, old(3, 1, "r1"))[0] == whole[5:]
+
+
+def test_a_page_after_a_cursor_is_read_on_the_history_as_it_is_never_a_moment_behind_it():
+    # A plain read of the order may be a moment behind: one without the change the page before
+    # showed held fewer changes than the cursor counts, and a good cursor was refused (422).
+    created = HistoryEntry(at=T0, type="created", to_status=OrderStatus.PENDING, actor="key_shop")
+    held = HistoryEntry(at=T0 + timedelta(minutes=10), type="on_hold", actor="key_ops")
+
+    class Behind(Orders):
+        """A plain read after the first is served a moment behind: without the last change."""
+
+        plain_reads = 0
+
+        def history(self, order_id: str, *, consistent: bool = False):
+            order, history = super().history(order_id)
+            self.plain_reads += not consistent
+            return order, history if consistent or self.plain_reads == 1 else history[:-1]
+
+    log = AccessLog(OrderQueries(Behind(created, held)), Reads(read("r1", 12)))
+
+    first, cursor = log.page(ORDER.id, None, 2, None)
+    rest, end = log.page(ORDER.id, None, 2, cursor)
+
+    assert cursor is not None and end is None
+    assert [e.actor for e in first + rest] == ["key_shop", "key_ops", "key_reader"]

@@ -1153,6 +1153,43 @@ def test_pretty_printed_json_objects_fail_as_a_whole_not_as_an_error_a_line(name
     assert "over several lines each (line 2 opens one" in failure.value.message
 
 
+@pytest.mark.parametrize(("before", "line"), [(b"", 1), (b"\xef\xbb\xbf\n", 2)], ids=["header first", "bom, blank"])
+@pytest.mark.parametrize("separator", [",", ";"])
+@pytest.mark.parametrize("name", ["orders.jsonl", "orders.ndjson"])
+def test_a_csv_file_named_as_json_lines_fails_as_a_whole_saying_it_is_csv(
+    name: str, separator: str, before: bytes, line: int
+):
+    # Read as JSON Lines, its header and every row were each a malformed_json line: a file of 2
+    # orders reported 3 failed "orders" and named no cause.
+    data = before + csv_file(row("ext-1"), row("ext-2")).replace(b",", separator.encode())
+
+    with pytest.raises(ImportFileError) as failure:
+        OrderFile(chunks(data, 5), name)
+
+    assert failure.value.code == "unknown_format"
+    assert failure.value.message == (
+        f"{name} is CSV, not JSON Lines: its line {line} is a CSV header naming channel and external_id "
+        "(name the file .csv, or send each order as a JSON object on a line of its own)"
+    )
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        '{"channel": "web", "external_id": "ext-1", "currency": "USD"',  # cut short
+        "{channel: web, external_id: ext-1}",  # keys unquoted
+        'channel: "web", external_id: "ext-1"',  # no braces
+        '"channel,external_id"',  # JSON (a string): not an object, not a header
+    ],
+)
+def test_a_json_lines_file_whose_first_line_is_bad_json_reports_that_line_and_reads_the_rest(first: str):
+    # Only a header of the import's columns makes a .jsonl file CSV: a bad first order is its line's error.
+    orders = read(jsonl(first, {"channel": "web", "external_id": "ext-2"}), "orders.jsonl")
+
+    assert errors_of(orders) == [(1, None, "malformed_json")]
+    assert [(o.line, o.external_id) for o in orders if o.error is None] == [(2, "ext-2")]
+
+
 def test_jsonl_with_bare_cr_line_endings_reads_every_line():
     data = jsonl({"external_id": "ext-1"}, {"external_id": "ext-2"}).replace(b"\n", b"\r")
     data += b'{"external_id": "ext-3"}\r{"external_id": "ext-4"}\n'

@@ -3,6 +3,7 @@ the return policy, approval, the return label, receiving, restocking and the ord
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import timedelta
 from decimal import Decimal
 
@@ -10,6 +11,7 @@ import pytest
 from pydantic import ValidationError
 
 from core import hookimpl
+from core.access_log import AccessLog, OrderRead
 from core.errors import (
     Backordered,
     Conflict,
@@ -39,6 +41,7 @@ from functions.plugin_loading import load_plugin_manager
 from plugins import test_payments
 from tests.builders import NOW, location, product
 from tests.fakes import FakeReturns, PaymentSpy, ScriptedGateway
+from tests.unit.test_access_log import Reads
 from tests.unit.test_payment_truth import Removed
 from tests.unit.world import Clock, Died, World, before_the_next_write, build_world, dies_before_recording
 
@@ -3798,3 +3801,65 @@ def test_a_cancelled_replacements_give_back_whose_plugin_crashes_is_cancelled_an
     )
     [refund] = world.order(order.id).payment.refunds
     assert (refund.amount, refund.status) == (order.lines[0].total, "succeeded")
+
+
+def a_change_lands_before_the_owed_write(returns: Returns, landed: list[Return]) -> Callable[[Order], list]:
+    """Returns.owed_entries as the history's reader calls it, a second return of the order (another
+    unit of L1, by another key) written once between that reader's read of the history and its
+    write of what a dead writer owed: a change landing between the two."""
+
+    def owed_entries(order: Order) -> list:
+        if not landed:
+            landed.append(returns.request(order.id, ask(("L1", 1, None)), actor="key_other"))
+        return returns.owed_entries(order)
+
+    return owed_entries
+
+
+def test_an_access_log_page_that_writes_a_dead_writers_entry_as_a_change_lands_neither_repeats_nor_skips_one(
+    world, clock, monkeypatch
+):
+    # The page's read of the history wrote the entry the dead writer owed (after the change landed,
+    # so one place further on than the page numbered it): the next page, after it by that number,
+    # showed it again and never the change that landed.
+    returns, _ = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 2))
+    the_next_order_write_dies(world, monkeypatch)
+    with pytest.raises(LambdaDied):
+        returns.request(order.id, ask(("L1", 1, None)), actor="key_cs")
+    later = [OrderRead(request_id=f"r{n}", order_id=order.id, at=clock.now + timedelta(minutes=n), actor="key_audit",
+                       action="get") for n in (1, 2)]  # fmt: skip
+    log = AccessLog(OrderQueries(world.orders, owed_entries=a_change_lands_before_the_owed_write(returns, [])),
+                    Reads(*later))  # fmt: skip
+    stored = len(world.history(order.id))
+
+    first, cursor = log.page(order.id, None, stored + 1, None)  # up to the owed entry, the reads after it
+    rest, end = log.page(order.id, None, 100, cursor)
+
+    assert end is None
+    # Every change once, where the history stores it (the change that landed, then the entry owed), then the reads.
+    stored_then = [(e.actor, e.type.value) for e in world.history(order.id)]
+    assert stored_then[-2:] == [("key_other", "return_requested"), ("key_cs", "return_requested")]
+    assert [(e.actor, e.action) for e in first + rest] == stored_then + [("key_audit", "get")] * 2
+
+
+def test_a_history_page_that_writes_dead_writers_entries_as_a_change_lands_neither_repeats_nor_skips_one(
+    world, clock, monkeypatch
+):
+    # As the access log's page above, by place: the page numbered the first entry owed as if nothing
+    # had landed before it, and the next page, from the place after it, showed it again.
+    returns, _ = returns_for(world, clock)
+    order = shipped(world, ("TSHIRT", 3))
+    for actor in ("key_cs", "key_cs2"):
+        the_next_order_write_dies(world, monkeypatch)
+        with pytest.raises(LambdaDied):
+            returns.request(order.id, ask(("L1", 1, None)), actor=actor)
+        monkeypatch.undo()
+    queries = OrderQueries(world.orders, owed_entries=a_change_lands_before_the_owed_write(returns, []))
+    stored = len(world.history(order.id))
+
+    first, cursor = queries.history_page(order.id, None, stored + 1, None)  # up to the first entry owed
+    rest, end = queries.history_page(order.id, None, 100, cursor)
+
+    assert end is None and first + rest == world.history(order.id)
+    assert [e.actor for e in world.history(order.id)[-3:]] == ["key_other", "key_cs", "key_cs2"]
