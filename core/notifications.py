@@ -147,7 +147,7 @@ def notifications(
 ) -> list[Notification]:
     """The notifications one order change means (`old`, `new`: the order documents before and
     after it), from the same events webhooks get: shipment.shipped, order.jeopardy (save one for a
-    hold the customer asked for) and refund.succeeded, plus a pickup shipment that became
+    hold the customer asked for or a pickup waiting for them) and refund.succeeded, plus a pickup shipment that became
     ready_for_pickup. `locations` (the catalog's get_location) names a pickup's store to its
     customer by its name and street, asked only for a pickup readied; without it, or for a store
     the catalog no longer has, it is named by its id."""
@@ -201,6 +201,8 @@ def notifications(
         elif event.type is EventType.ORDER_JEOPARDY:
             if _held_for_the_customer(new):
                 continue  # late on a hold the customer asked for: nothing is delayed for them
+            if _waits_for_the_customer(new):
+                continue  # late past its pickup's collect_by: the parcel waits at the store for them
             if _told_before(new):
                 continue  # the lateness a hold and release resumed: its customer was told of it
             # The jeopardy's reason is the OMS's own wording about its deadlines, not for a customer.
@@ -252,6 +254,18 @@ def _held_for_the_customer(order: dict[str, Any]) -> bool:
     """Whether the order is late for a hold its customer asked for (on_hold, `customer_request`)."""
     late, hold = order.get("jeopardy") or {}, order.get("hold") or {}
     return late.get("status") == OrderStatus.ON_HOLD and hold.get("reason") == "customer_request"
+
+
+def _waits_for_the_customer(order: dict[str, Any]) -> bool:
+    """Whether the order is an allocated pickup whose every parcel the store has picked and one waits
+    for its customer (Order.deadline_counts_from): late only past its collect_by, when the pickup
+    expiry did not cancel it, and its customer was told it is ready and until when."""
+    shipments = order.get("shipments") or []
+    return (
+        order.get("status") == OrderStatus.ALLOCATED
+        and not any(s.get("status") == ShipmentStatus.PENDING for s in shipments)
+        and any(s.get("status") == ShipmentStatus.READY_FOR_PICKUP for s in shipments)
+    )
 
 
 def _told_before(order: dict[str, Any]) -> bool:

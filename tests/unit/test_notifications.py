@@ -72,6 +72,26 @@ def test_an_order_held_at_the_customers_request_is_never_told_it_is_delayed_for_
     assert kinds(reviewed, next_version(reviewed, jeopardy=late)) == ["delayed"]
 
 
+def test_a_pickup_its_customer_did_not_collect_is_never_told_it_is_delayed():
+    # Late past collect_by (the pickup expiry did not cancel it): the parcel has waited at the store
+    # since the customer was told it is ready. "Taking longer than we planned" is false, and tells
+    # them not to come for it.
+    pickup = {"type": "pickup", "location_id": "store-sf"}
+    ready = {**shipment("ready_for_pickup"), "location_id": "store-sf", "collect_by": "2026-12-08T10:00:00Z"}
+    waiting = order_doc(status="allocated", fulfillment=pickup, shipments=[ready])
+    late = {
+        "reason": "allocated for longer than 2d past its pickup's collect_by",
+        "status": "allocated",
+        "since": "2026-12-10T10:00:00Z",
+    }
+    assert kinds(waiting, next_version(waiting, jeopardy=late)) == []
+
+    # Late before the store picked it (its parcel pending): the wait is the merchant's.
+    unpicked = order_doc(status="allocated", fulfillment=pickup, shipments=[shipment("pending")])
+    late_to_pick = {**late, "reason": "allocated for longer than 2d"}
+    assert kinds(unpicked, next_version(unpicked, jeopardy=late_to_pick)) == ["delayed"]
+
+
 def test_a_refund_tells_its_amount():
     old = order_doc(status="shipped")
     payment = {**old["payment"], "refunded": money("4.00")}
