@@ -15,7 +15,7 @@ from core.errors import CandidatesReadPast, dependency_down
 from core.fields import empty_list
 from core.hook_calls import call_hook, calls_about
 from core.ids import short_hash
-from core.models import Location, Shown, VisibleText
+from core.models import Location, Order, Shown, VisibleText
 from core.services import OrderQueries
 from core.status import OrderStatus, ShipmentStatus
 
@@ -98,6 +98,12 @@ class NotificationStore(ABC):
         still listed as `retry`; False when another pass moved it meanwhile."""
 
     @abstractmethod
+    def withdraw(self, retry: "Retry", at: datetime) -> bool:
+        """Record it withdrawn (unsent for good: its order has changed since, so what it tells no longer
+        holds) and remove its listing, on the condition that it is still listed as `retry`; False when
+        another pass moved it meanwhile."""
+
+    @abstractmethod
     def list(self, order_id: str, limit: int, cursor: str | None) -> tuple[list[Notification], str | None]:
         """An order's notifications, oldest first."""
 
@@ -134,6 +140,30 @@ def failure_kind(error: BaseException) -> str:
     """What is recorded and logged of an error the plugins raised: its type alone (the plugin's own,
     which call_hook wraps), never its words, which may hold a card number or a host."""
     return type(error.__cause__ or error).__name__
+
+
+def outdated(notification: Notification, order: Order | None) -> bool:
+    """Whether `order` as it is now (None: not found) no longer bears out what `notification` tells,
+    which a retry would send late, after what came since: a pickup ready no longer when its parcel
+    was collected, cancelled or withdrawn, or until another deadline when a release moved its
+    collect_by (the customer was told the new one); a delay none when the order left the status it
+    was late in (it shipped: "your order is delayed" came after "your order has shipped"), save for
+    a hold, which leaves it too: the order is no less late for its customer, who is not told again
+    of that lateness after the release (_told_before), unless they asked for the hold. A parcel
+    shipped and a refund stay true."""
+    if order is None:
+        return False
+    if notification.kind is NotificationKind.DELAYED:
+        if order.status is OrderStatus.ON_HOLD:
+            return order.hold is not None and order.hold.reason == "customer_request"
+        return order.jeopardy is None
+    if notification.kind is NotificationKind.READY_FOR_PICKUP:
+        parcel = next((s for s in order.shipments if s.id == notification.details.get("shipment_id")), None)
+        if parcel is None or parcel.status is not ShipmentStatus.READY_FOR_PICKUP:
+            return True
+        collect_by = _rfc3339(parcel.collect_by.astimezone(UTC)) if parcel.collect_by is not None else None
+        return collect_by != notification.details.get("collect_by")
+    return False
 
 
 def ready_for_pickup_id(order_id: str, version: int, shipment_id: str) -> str:
@@ -362,16 +392,23 @@ class Notified:
 @dataclass
 class Retried:
     """What a retry pass did: the notifications it sent, those that failed again (listed for a
-    later attempt, `error` the type of what the plugins raised) and those it gave up, each as its
-    listing after the attempt (`attempts` counting it); `lost`: the ones another pass moved first."""
+    later attempt, `error` the type of what the plugins raised), those it gave up and those it
+    withdrew, each as its listing after the attempt (`attempts` counting it); `lost`: the ones
+    another pass moved first."""
 
     sent: list[Retry] = field(default_factory=list)
     deferred: list[Retry] = field(default_factory=list)
     abandoned: list[Retry] = field(default_factory=list)
+    # Left unsent for good, its order having changed since (`outdated`): nobody is called for them.
+    withdrawn: list[Retry] = field(default_factory=list)
     lost: int = 0
     # The listings whose own work raised (a notification that no longer reads, an item its table
     # refuses), by notification id: read past, taken again by a later pass.
     failed: dict[str, Exception] = field(default_factory=dict)
+
+
+# The kinds a later change of the order can make untrue (`outdated`): only their retries read it.
+_OUTDATED_BY_CHANGES = frozenset({NotificationKind.READY_FOR_PICKUP, NotificationKind.DELAYED})
 
 
 class NotificationsNotRetried(CandidatesReadPast):
@@ -387,16 +424,20 @@ class NotificationRetries:
     attempt claimed first by a conditional write (NotificationStore.claim), so two passes at once
     make each attempt once; failed again, it is tried after RETRY_DELAYS (then hourly); still
     unsent GIVE_UP_AFTER after its first attempt, it is given up (recorded abandoned: a person is
-    called). At least once, as webhooks are: a function that dies after the plugins sent it and
-    before it is recorded sent has it sent again by the attempt after (its id is the same)."""
+    called). One its order, read again (`orders`, the order repository's get), has outdated since
+    (a pickup collected, a late order shipped: `outdated`) is withdrawn instead of sent after what
+    the customer was told since. At least once, as webhooks are: a function that dies after the
+    plugins sent it and before it is recorded sent has it sent again by the attempt after (its id
+    is the same)."""
 
     def __init__(
         self, store: NotificationStore, hook: Any, clock: Callable[[], datetime],
-        *, outage: Callable[[Exception], bool] = dependency_down,
+        orders: Callable[[str], Order | None], *, outage: Callable[[Exception], bool] = dependency_down,
     ):  # fmt: skip
         self._store = store
         self._hook = hook
         self._clock = clock
+        self._orders = orders
         self._outage = outage  # whether an error says a dependency is down (not the notification's own)
 
     def run(self, done: Retried | None = None, *, time_up: TimeUp = never) -> Retried:
@@ -432,6 +473,12 @@ class NotificationRetries:
             done.lost += 1
             return
         notification, listed = claimed
+        if notification.kind in _OUTDATED_BY_CHANGES and outdated(notification, self._orders(notification.order_id)):
+            if self._store.withdraw(listed, now):
+                done.withdrawn.append(listed)
+            else:
+                done.lost += 1
+            return
         try:
             via = call_hook(self._hook.oms_notify, _way_shown, notification=notification.model_copy(deep=True))
         except Exception as error:  # any: the provider still down

@@ -120,7 +120,7 @@ def did(**done: list[str]) -> dict[str, list[str]]:
         "restarted": [], "parked": [], "expired": [], "pickups_held": [], "returns_restarted": [],
         "refunds_finished": [], "kept_back_refunded": [], "authorizations_settled": [], "captures_settled": [],
         "ships_held": [], "ships_unconfirmed": [], "stock_takes_finished": [], "notifications_sent": [],
-        "notifications_abandoned": [], **done,
+        "notifications_abandoned": [], "notifications_withdrawn": [], **done,
     }  # fmt: skip
 
 

@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from core import PROJECT, hookimpl, hookspecs
 from core.domain_events import EventType, event_id
+from core.models import Jeopardy
 from core.notifications import (
     Notification,
     NotificationKind,
@@ -22,8 +23,11 @@ from core.notifications import (
     Notifier,
     Retry,
     notifications,
+    outdated,
     ready_for_pickup_id,
 )
+from core.status import OrderStatus
+from tests.fakes import FakeOrders
 from tests.unit.test_domain_events import _refund_steps, money, next_version, order_doc, shipment
 
 ORDER = "ord_aaaaaaaaaaaaaaaaaaaaaaaa"
@@ -196,6 +200,9 @@ class MemoryStore(NotificationStore):
         del self.listed[retry.notification_id]
         return True
 
+    def withdraw(self, retry: Retry, at: datetime) -> bool:
+        return self.abandon(retry, at)
+
     def list(self, order_id: str, limit: int, cursor: str | None) -> tuple[list[Notification], str | None]:
         return [n for n in self.items.values() if n.order_id == order_id][:limit], None
 
@@ -301,7 +308,8 @@ def test_a_failing_plugin_leaves_it_recorded_unsent_and_deferred_and_a_redeliver
     assert notifier.notify(old, new) == Notified()  # redelivered: the pass's to send
     assert mailer.sent == [] and store.items[recorded.id].sent_at is None
 
-    retries = NotificationRetries(store, hook_with(mailer), lambda: NOW + timedelta(minutes=6))
+    # A parcel shipped stays true: its retry reads no order (the store holds none).
+    retries = NotificationRetries(store, hook_with(mailer), lambda: NOW + timedelta(minutes=6), FakeOrders().get)
     assert [r.notification_id for r in retries.run().sent] == [recorded.id]
     assert mailer.sent == [recorded.id] and store.items[recorded.id].sent_via == ["email"]
     assert retries.run().sent == []
@@ -377,3 +385,23 @@ def test_a_parcel_holding_some_of_the_order_is_told_as_part_of_it():
     (note,) = notifications(old, new)
 
     assert note.body == f"Hello Ada,\n\nPart of your order {ORDER} has shipped with flat.\n"
+
+
+def test_a_delay_retried_is_withdrawn_once_its_order_is_no_longer_late_but_not_while_it_is_held():
+    # Shipped, cancelled or picked since, the order is no longer late: "delayed" would come after
+    # the news that it is not. Held meanwhile (a hold leaves the late status, so the mark goes), it
+    # is no less late for its customer, who is not told again of that lateness after the release
+    # (the mark it resumes is the one told of): withdrawn only when they asked for the hold.
+    from tests.unit.conftest import a_stored_order
+
+    late = Jeopardy(reason="allocated for longer than 2d", status=OrderStatus.ALLOCATED, since=NOW)
+    order = a_stored_order(("TSHIRT", 1), id=ORDER, status=OrderStatus.ALLOCATED, jeopardy=late)
+    old = order_doc(status="allocated")
+    (delay,) = notifications(old, next_version(old, jeopardy=late.model_dump(mode="json")))
+
+    assert not outdated(delay, order)
+    shipped = order.model_copy(update={"status": OrderStatus.SHIPPED, "jeopardy": None})
+    assert outdated(delay, shipped)
+    for reason, withdrawn in (("fraud_review", False), ("customer_request", True)):
+        held, _ = order.hold_for(reason, None, at=NOW + timedelta(minutes=2), actor="key_ops")
+        assert held.jeopardy is None and outdated(delay, held) is withdrawn
