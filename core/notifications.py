@@ -13,7 +13,7 @@ from core.deadline import TimeUp, never
 from core.domain_events import EventType, order_events
 from core.errors import CandidatesReadPast, dependency_down
 from core.fields import empty_list
-from core.hook_calls import call_hook, calls_about
+from core.hook_calls import answer_refused, call_hook, calls_about
 from core.ids import short_hash
 from core.models import Location, Order, Shown, VisibleText
 from core.services import OrderQueries
@@ -345,7 +345,10 @@ def _ready_shipments(old: dict[str, Any] | None, new: dict[str, Any]) -> list[di
 class Notifier:
     """Records each notification (the built-in notifier: GET /orders/{id}/notifications shows
     what it would send), then hands it to the plugins that send (hook oms_notify). A notification
-    recorded and sent already is skipped. One the plugins fail to send (they raise: a provider
+    recorded and sent already is skipped. One a plugin answered what the hook's spec refuses for
+    (`"email"` where it asks for a list) went out all the same (every plugin ran to its end): it is
+    recorded sent, by ways unknown, never handed over again (the retry pass would have it sent, and
+    answered the same, every hour for a day). One the plugins fail to send (they raise: a provider
     down) is recorded deferred, unsent, and left to the retry pass (NotificationRetries): the
     stream record does not fail, so the shard's later records do not wait through its retries. One
     recorded but neither sent nor deferred (the function died in the plugins, the stream
@@ -371,6 +374,10 @@ class Notifier:
             try:
                 via = call_hook(self._hook.oms_notify, _way_shown, notification=recorded.model_copy(deep=True))
             except Exception as error:  # any: the provider's outage is the retry pass's, not the stream's
+                if answer_refused(error):
+                    self._store.mark_sent(recorded, [], self._clock())
+                    done.refused.append((recorded, str(error)))
+                    continue
                 now, kind = self._clock(), failure_kind(error)
                 if self._store.defer(recorded, kind, now, now + retry_delay(1)):
                     done.deferred.append((recorded, kind))
@@ -382,11 +389,12 @@ class Notifier:
 
 @dataclass
 class Notified:
-    """What one order change's notifications came to: sent, or deferred with the type of what the
-    plugins raised."""
+    """What one order change's notifications came to: sent, deferred with the type of what the
+    plugins raised, or sent with an answer refused (why: the plugin and what it returned)."""
 
     sent: list[Notification] = field(default_factory=list)
     deferred: list[tuple[Notification, str]] = field(default_factory=list)
+    refused: list[tuple[Notification, str]] = field(default_factory=list)
 
 
 @dataclass
@@ -401,6 +409,8 @@ class Retried:
     abandoned: list[Retry] = field(default_factory=list)
     # Left unsent for good, its order having changed since (`outdated`): nobody is called for them.
     withdrawn: list[Retry] = field(default_factory=list)
+    # Sent, a plugin's answer refused (Notifier.notify): recorded sent; why, as Notified.refused.
+    refused: list[tuple[Retry, str]] = field(default_factory=list)
     lost: int = 0
     # The listings whose own work raised (a notification that no longer reads, an item its table
     # refuses), by notification id: read past, taken again by a later pass.
@@ -482,6 +492,10 @@ class NotificationRetries:
         try:
             via = call_hook(self._hook.oms_notify, _way_shown, notification=notification.model_copy(deep=True))
         except Exception as error:  # any: the provider still down
+            if answer_refused(error):  # it went out: as Notifier.notify records it
+                self._store.retried(listed, notification, [], self._clock())
+                done.refused.append((listed, str(error)))
+                return
             failed = replace(listed, error=failure_kind(error))
             self._store.failed(listed, failed.error)
             if listed.due >= give_up_at and self._store.abandon(listed, now):

@@ -373,6 +373,11 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
             logger.error("customer notification abandoned: unsent a day after its first attempt",
                          extra={"order_id": retry.order_id, "notification_id": retry.notification_id,
                                 "attempts": retry.attempts, "error": retry.error})  # fmt: skip
+        for retry, why in done.refused:
+            logger.error("customer notification sent, but a notifier plugin's answer is refused: recorded sent,"
+                         " by ways unknown",
+                         extra={"order_id": retry.order_id, "notification_id": retry.notification_id,
+                                "attempts": retry.attempts, "error": why})  # fmt: skip
         for retry in done.withdrawn:
             # No person to call: sent now, it would tell the customer what their order no longer is.
             logger.info("customer notification withdrawn: its order has changed since, what it tells no longer holds",

@@ -273,7 +273,7 @@ class Outage:
         return ["email"]
 
 
-def _shipped_through_the_stream(aws: Any, oid: str, notifier: Outage) -> tuple[dict[str, Any], Order]:
+def _shipped_through_the_stream(aws: Any, oid: str, notifier: object) -> tuple[dict[str, Any], Order]:
     """The stream event of `oid`'s ship, and the shipped order, with `notifier` registered."""
     from functions.adapters.dynamodb import DynamoOrders
     from functions.events.app import container
@@ -387,6 +387,45 @@ def test_a_notifier_still_down_is_retried_after_5_15_and_60_minutes_then_hourly_
     (recorded,), _ = store.list(shipped.id, 10, None)  # shown as it is: unsent
     assert recorded.sent_via == [] and recorded.sent_at is None
     assert retries.run().abandoned == []  # given up once
+
+
+class SaysItSentAsText:
+    """A notifier that sends, then answers "email" where the hook's spec asks for a list of ways."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    @hookimpl
+    def oms_notify(self, notification: Notification) -> list[str] | None:
+        self.sent.append(notification.id)
+        return "email"  # type: ignore[return-value]
+
+
+@pytest.mark.usefixtures("wired")
+def test_a_notifier_that_sent_but_answered_what_the_spec_refuses_is_not_made_to_send_it_again(aws, logs):
+    # Its answer is refused after it ran (the customer has the email). Deferred, the retry pass
+    # handed it over again 5, 20 and 80 minutes later and hourly after (the same answer each time):
+    # the customer got it 13 times in the day, then a person was called to find it "abandoned".
+    from functions.adapters.notifications import DynamoNotifications
+    from functions.events.app import lambda_handler
+
+    sloppy = SaysItSentAsText()
+    stream, shipped = _shipped_through_the_stream(aws, "ord_" + "t" * 24, sloppy)
+    assert lambda_handler(stream, Context()) == {"batchItemFailures": []}
+    store = DynamoNotifications(aws.dynamodb, aws.tables["CatalogTable"])
+    retries, now = _retries(aws, store, sloppy)
+    for hours in range(1, 26):
+        now.append(now[0] + timedelta(hours=hours))
+        assert retries.run().sent == []
+
+    (recorded,), _ = store.list(shipped.id, 10, None)
+    assert sloppy.sent == [recorded.id]
+    assert recorded.sent_at is not None and recorded.sent_via == []  # sent, by ways its answer does not say
+    assert list(store.due(now[-1] + timedelta(days=2))) == []
+    written = [json.loads(line) for line in logs.written().splitlines() if line.startswith("{")]
+    (error,) = [line for line in written if line["level"] == "ERROR"]
+    assert error["message"].startswith("customer notification sent, but a notifier plugin's answer is refused")
+    assert "returned str, expected a list" in error["error"] and error["notification_id"] == recorded.id
 
 
 @pytest.mark.usefixtures("wired")

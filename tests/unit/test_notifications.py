@@ -21,6 +21,7 @@ from core.notifications import (
     NotificationStore,
     Notified,
     Notifier,
+    Retried,
     Retry,
     notifications,
     outdated,
@@ -405,3 +406,36 @@ def test_a_delay_retried_is_withdrawn_once_its_order_is_no_longer_late_but_not_w
     for reason, withdrawn in (("fraud_review", False), ("customer_request", True)):
         held, _ = order.hold_for(reason, None, at=NOW + timedelta(minutes=2), actor="key_ops")
         assert held.jeopardy is None and outdated(delay, held) is withdrawn
+
+
+def test_a_retry_a_plugin_answers_what_the_spec_refuses_for_is_recorded_sent_and_not_retried_again():
+    # Its provider back, the plugin sends and answers "email" (not a list): the retry pass handed it
+    # over again every hour for a day, the customer getting it each time.
+    class SendsThenSaysText:
+        def __init__(self) -> None:
+            self.sent: list[str] = []
+            self.down = True
+
+        @hookimpl
+        def oms_notify(self, notification: Notification) -> list[str] | None:
+            if self.down:
+                raise RuntimeError("smtp down")
+            self.sent.append(notification.id)
+            return "email"  # type: ignore[return-value]
+
+    store, plugin = MemoryStore(), SendsThenSaysText()
+    Notifier(store, hook_with(plugin), lambda: NOW).notify(*a_shipped_change())
+    plugin.down = False
+    now = [NOW + timedelta(minutes=6)]
+    retries = NotificationRetries(store, hook_with(plugin), lambda: now[-1], FakeOrders().get)
+
+    done = retries.run()
+    for hours in range(1, 25):
+        now.append(NOW + timedelta(hours=hours))
+        assert retries.run() == Retried()
+
+    (recorded,) = store.items.values()
+    assert plugin.sent == [recorded.id] and store.listed == {}
+    assert recorded.sent_at == NOW + timedelta(minutes=6) and recorded.sent_via == []
+    ((retry, why),) = done.refused
+    assert retry.notification_id == recorded.id and "returned str, expected a list (oms_notify)" in why
