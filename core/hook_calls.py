@@ -296,6 +296,13 @@ def _refused(plugin: str, hook: str, problem: str) -> PluginError:
     return PluginError(f"plugin {plugin} {problem} ({hook})", details=[{"plugin": plugin, "hook": hook}])
 
 
+def answer_refused(error: BaseException) -> bool:
+    """Whether `error` is call_hook's refusal of what the plugins answered: each of them ran to its
+    end (one that acts, a notifier that sends, acted) and one returned what the hook's spec refuses.
+    Not a plugin's raise (PluginError.logged), nor the manager's PluginUnavailable (none ran)."""
+    return isinstance(error, PluginError) and not isinstance(error, PluginUnavailable) and not error.logged
+
+
 def _validation_problem(error: Any) -> str:
     """One validation error as a refusal names it: its field and pydantic's words, or, for what a
     validator of the plugin's own code raised (a subclass of the OMS's model), the exception's type

@@ -490,7 +490,9 @@ def oms_notify(notification: Notification) -> list[str] | None:
         currency, location_id, location_name, collect_by). It never holds a payment token or any
         secret. A `ready_for_pickup` comes again, under a new id, when the release of a hold moved
         its `collect_by` (the time held does not count against the customer).
-    :return: the ways it was sent (e.g. ["email"]), or None when this plugin did not send it.
+    :return: the ways it was sent (e.g. ["email"]), or None when this plugin did not send it. An
+        answer of another shape is refused, but the notification is recorded sent (every plugin ran
+        to its end), never handed over again.
 
     Every plugin is called, from the Orders stream consumer, after the OMS has recorded the
     notification (GET /orders/{id}/notifications shows it with the ways it went out). Delivery is

@@ -13,9 +13,9 @@ from core.deadline import TimeUp, never
 from core.domain_events import EventType, order_events
 from core.errors import CandidatesReadPast, dependency_down
 from core.fields import empty_list
-from core.hook_calls import call_hook, calls_about
+from core.hook_calls import answer_refused, call_hook, calls_about
 from core.ids import short_hash
-from core.models import Location, Shown, VisibleText
+from core.models import Location, Order, Shown, VisibleText
 from core.services import OrderQueries
 from core.status import OrderStatus, ShipmentStatus
 
@@ -98,6 +98,12 @@ class NotificationStore(ABC):
         still listed as `retry`; False when another pass moved it meanwhile."""
 
     @abstractmethod
+    def withdraw(self, retry: "Retry", at: datetime) -> bool:
+        """Record it withdrawn (unsent for good: its order has changed since, so what it tells no longer
+        holds) and remove its listing, on the condition that it is still listed as `retry`; False when
+        another pass moved it meanwhile."""
+
+    @abstractmethod
     def list(self, order_id: str, limit: int, cursor: str | None) -> tuple[list[Notification], str | None]:
         """An order's notifications, oldest first."""
 
@@ -136,6 +142,30 @@ def failure_kind(error: BaseException) -> str:
     return type(error.__cause__ or error).__name__
 
 
+def outdated(notification: Notification, order: Order | None) -> bool:
+    """Whether `order` as it is now (None: not found) no longer bears out what `notification` tells,
+    which a retry would send late, after what came since: a pickup ready no longer when its parcel
+    was collected, cancelled or withdrawn, or until another deadline when a release moved its
+    collect_by (the customer was told the new one); a delay none when the order left the status it
+    was late in (it shipped: "your order is delayed" came after "your order has shipped"), save for
+    a hold, which leaves it too: the order is no less late for its customer, who is not told again
+    of that lateness after the release (_told_before), unless they asked for the hold. A parcel
+    shipped and a refund stay true."""
+    if order is None:
+        return False
+    if notification.kind is NotificationKind.DELAYED:
+        if order.status is OrderStatus.ON_HOLD:
+            return order.hold is not None and order.hold.reason == "customer_request"
+        return order.jeopardy is None
+    if notification.kind is NotificationKind.READY_FOR_PICKUP:
+        parcel = next((s for s in order.shipments if s.id == notification.details.get("shipment_id")), None)
+        if parcel is None or parcel.status is not ShipmentStatus.READY_FOR_PICKUP:
+            return True
+        collect_by = _rfc3339(parcel.collect_by.astimezone(UTC)) if parcel.collect_by is not None else None
+        return collect_by != notification.details.get("collect_by")
+    return False
+
+
 def ready_for_pickup_id(order_id: str, version: int, shipment_id: str) -> str:
     """No domain event tells of a pickup being ready, so its notification's id is made the way
     event ids are: stable for the same change."""
@@ -147,7 +177,7 @@ def notifications(
 ) -> list[Notification]:
     """The notifications one order change means (`old`, `new`: the order documents before and
     after it), from the same events webhooks get: shipment.shipped, order.jeopardy (save one for a
-    hold the customer asked for) and refund.succeeded, plus a pickup shipment that became
+    hold the customer asked for or a pickup waiting for them) and refund.succeeded, plus a pickup shipment that became
     ready_for_pickup. `locations` (the catalog's get_location) names a pickup's store to its
     customer by its name and street, asked only for a pickup readied; without it, or for a store
     the catalog no longer has, it is named by its id."""
@@ -201,6 +231,8 @@ def notifications(
         elif event.type is EventType.ORDER_JEOPARDY:
             if _held_for_the_customer(new):
                 continue  # late on a hold the customer asked for: nothing is delayed for them
+            if _waits_for_the_customer(new):
+                continue  # late past its pickup's collect_by: the parcel waits at the store for them
             if _told_before(new):
                 continue  # the lateness a hold and release resumed: its customer was told of it
             # The jeopardy's reason is the OMS's own wording about its deadlines, not for a customer.
@@ -254,6 +286,18 @@ def _held_for_the_customer(order: dict[str, Any]) -> bool:
     return late.get("status") == OrderStatus.ON_HOLD and hold.get("reason") == "customer_request"
 
 
+def _waits_for_the_customer(order: dict[str, Any]) -> bool:
+    """Whether the order is an allocated pickup whose every parcel the store has picked and one waits
+    for its customer (Order.deadline_counts_from): late only past its collect_by, when the pickup
+    expiry did not cancel it, and its customer was told it is ready and until when."""
+    shipments = order.get("shipments") or []
+    return (
+        order.get("status") == OrderStatus.ALLOCATED
+        and not any(s.get("status") == ShipmentStatus.PENDING for s in shipments)
+        and any(s.get("status") == ShipmentStatus.READY_FOR_PICKUP for s in shipments)
+    )
+
+
 def _told_before(order: dict[str, Any]) -> bool:
     """Whether the order's late mark is of the lateness its customer was told of before a hold and
     release (Order.late_resumed: the release resumed the clock of the status it was marked late
@@ -301,7 +345,10 @@ def _ready_shipments(old: dict[str, Any] | None, new: dict[str, Any]) -> list[di
 class Notifier:
     """Records each notification (the built-in notifier: GET /orders/{id}/notifications shows
     what it would send), then hands it to the plugins that send (hook oms_notify). A notification
-    recorded and sent already is skipped. One the plugins fail to send (they raise: a provider
+    recorded and sent already is skipped. One a plugin answered what the hook's spec refuses for
+    (`"email"` where it asks for a list) went out all the same (every plugin ran to its end): it is
+    recorded sent, by ways unknown, never handed over again (the retry pass would have it sent, and
+    answered the same, every hour for a day). One the plugins fail to send (they raise: a provider
     down) is recorded deferred, unsent, and left to the retry pass (NotificationRetries): the
     stream record does not fail, so the shard's later records do not wait through its retries. One
     recorded but neither sent nor deferred (the function died in the plugins, the stream
@@ -327,6 +374,10 @@ class Notifier:
             try:
                 via = call_hook(self._hook.oms_notify, _way_shown, notification=recorded.model_copy(deep=True))
             except Exception as error:  # any: the provider's outage is the retry pass's, not the stream's
+                if answer_refused(error):
+                    self._store.mark_sent(recorded, [], self._clock())
+                    done.refused.append((recorded, str(error)))
+                    continue
                 now, kind = self._clock(), failure_kind(error)
                 if self._store.defer(recorded, kind, now, now + retry_delay(1)):
                     done.deferred.append((recorded, kind))
@@ -338,26 +389,36 @@ class Notifier:
 
 @dataclass
 class Notified:
-    """What one order change's notifications came to: sent, or deferred with the type of what the
-    plugins raised."""
+    """What one order change's notifications came to: sent, deferred with the type of what the
+    plugins raised, or sent with an answer refused (why: the plugin and what it returned)."""
 
     sent: list[Notification] = field(default_factory=list)
     deferred: list[tuple[Notification, str]] = field(default_factory=list)
+    refused: list[tuple[Notification, str]] = field(default_factory=list)
 
 
 @dataclass
 class Retried:
     """What a retry pass did: the notifications it sent, those that failed again (listed for a
-    later attempt, `error` the type of what the plugins raised) and those it gave up, each as its
-    listing after the attempt (`attempts` counting it); `lost`: the ones another pass moved first."""
+    later attempt, `error` the type of what the plugins raised), those it gave up and those it
+    withdrew, each as its listing after the attempt (`attempts` counting it); `lost`: the ones
+    another pass moved first."""
 
     sent: list[Retry] = field(default_factory=list)
     deferred: list[Retry] = field(default_factory=list)
     abandoned: list[Retry] = field(default_factory=list)
+    # Left unsent for good, its order having changed since (`outdated`): nobody is called for them.
+    withdrawn: list[Retry] = field(default_factory=list)
+    # Sent, a plugin's answer refused (Notifier.notify): recorded sent; why, as Notified.refused.
+    refused: list[tuple[Retry, str]] = field(default_factory=list)
     lost: int = 0
     # The listings whose own work raised (a notification that no longer reads, an item its table
     # refuses), by notification id: read past, taken again by a later pass.
     failed: dict[str, Exception] = field(default_factory=dict)
+
+
+# The kinds a later change of the order can make untrue (`outdated`): only their retries read it.
+_OUTDATED_BY_CHANGES = frozenset({NotificationKind.READY_FOR_PICKUP, NotificationKind.DELAYED})
 
 
 class NotificationsNotRetried(CandidatesReadPast):
@@ -373,16 +434,20 @@ class NotificationRetries:
     attempt claimed first by a conditional write (NotificationStore.claim), so two passes at once
     make each attempt once; failed again, it is tried after RETRY_DELAYS (then hourly); still
     unsent GIVE_UP_AFTER after its first attempt, it is given up (recorded abandoned: a person is
-    called). At least once, as webhooks are: a function that dies after the plugins sent it and
-    before it is recorded sent has it sent again by the attempt after (its id is the same)."""
+    called). One its order, read again (`orders`, the order repository's get), has outdated since
+    (a pickup collected, a late order shipped: `outdated`) is withdrawn instead of sent after what
+    the customer was told since. At least once, as webhooks are: a function that dies after the
+    plugins sent it and before it is recorded sent has it sent again by the attempt after (its id
+    is the same)."""
 
     def __init__(
         self, store: NotificationStore, hook: Any, clock: Callable[[], datetime],
-        *, outage: Callable[[Exception], bool] = dependency_down,
+        orders: Callable[[str], Order | None], *, outage: Callable[[Exception], bool] = dependency_down,
     ):  # fmt: skip
         self._store = store
         self._hook = hook
         self._clock = clock
+        self._orders = orders
         self._outage = outage  # whether an error says a dependency is down (not the notification's own)
 
     def run(self, done: Retried | None = None, *, time_up: TimeUp = never) -> Retried:
@@ -418,9 +483,19 @@ class NotificationRetries:
             done.lost += 1
             return
         notification, listed = claimed
+        if notification.kind in _OUTDATED_BY_CHANGES and outdated(notification, self._orders(notification.order_id)):
+            if self._store.withdraw(listed, now):
+                done.withdrawn.append(listed)
+            else:
+                done.lost += 1
+            return
         try:
             via = call_hook(self._hook.oms_notify, _way_shown, notification=notification.model_copy(deep=True))
         except Exception as error:  # any: the provider still down
+            if answer_refused(error):  # it went out: as Notifier.notify records it
+                self._store.retried(listed, notification, [], self._clock())
+                done.refused.append((listed, str(error)))
+                return
             failed = replace(listed, error=failure_kind(error))
             self._store.failed(listed, failed.error)
             if listed.due >= give_up_at and self._store.abandon(listed, now):

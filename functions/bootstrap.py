@@ -966,8 +966,9 @@ class Container:
 
         # An AWS service down is no notification's own failure: the pass stops on it.
         return NotificationRetries(
-            self.notification_store, self.plugins.hook, self.clock, outage=aws_errors.pass_stopper
-        )
+            self.notification_store, self.plugins.hook, self.clock, self.order_repository.get,
+            outage=aws_errors.pass_stopper,
+        )  # fmt: skip
 
     @cached_property
     def order_notifications(self) -> OrderNotifications:

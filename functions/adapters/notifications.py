@@ -86,10 +86,11 @@ def _retry(item: dict[str, Any]) -> Retry:
 class DynamoNotifications(NotificationStore):
     """pk NOTIFY#<order id>, sk <created_at>#<event id>, the notification as JSON in `doc`; once the
     plugins failed to send it, its attempts beside it (`attempts`, `first_failed_at`,
-    `last_attempt_at`, `last_error`: the error's type; `abandoned_at` once given up), never in the
-    `doc` GET /orders/{id}/notifications shows. Listed for a retry under RETRIES_PK until sent or
-    given up: each move of a listing is one transaction with its notification's write, on the
-    condition that the listing is there, so of two passes one claims an attempt."""
+    `last_attempt_at`, `last_error`: the error's type; `abandoned_at` once given up, `withdrawn_at`
+    once its order outdated it), never in the `doc` GET /orders/{id}/notifications shows. Listed for
+    a retry under RETRIES_PK until sent, given up or withdrawn: each move of a listing is one
+    transaction with its notification's write, on the condition that the listing is there, so of
+    two passes one claims an attempt."""
 
     def __init__(self, client: Any, table: str, *, page_size: int = 100):
         self._client = client
@@ -217,13 +218,20 @@ class DynamoNotifications(NotificationStore):
         )
 
     def abandon(self, retry: Retry, at: datetime) -> bool:
+        return self._left_unsent(retry, "abandoned_at", at)
+
+    def withdraw(self, retry: Retry, at: datetime) -> bool:
+        return self._left_unsent(retry, "withdrawn_at", at)
+
+    def _left_unsent(self, retry: Retry, when: str, at: datetime) -> bool:
+        """Its listing removed, as it is still there, and `when` (why it is left unsent) set to `at`."""
         return self._transact(
             self._listing_removed(retry),
             {
                 "Update": {
                     "TableName": self._table,
                     "Key": _key(retry.order_id, retry.created_at, retry.notification_id),
-                    "UpdateExpression": "SET abandoned_at = :at",
+                    "UpdateExpression": f"SET {when} = :at",
                     "ExpressionAttributeValues": {":at": {"S": timestamp(at)}},
                 }
             },

@@ -186,6 +186,11 @@ def notify(old: dict[str, Any] | None, new: dict[str, Any]) -> None:
                               "error": error})  # fmt: skip
     if notified.deferred:
         metrics.add_metric(name="NotificationsDeferred", unit=MetricUnit.Count, value=len(notified.deferred))
+    for notification, why in notified.refused:
+        # Its plugin needs mending: sent, it would be sent again at every retry, answered the same.
+        logger.error("customer notification sent, but a notifier plugin's answer is refused: recorded sent,"
+                     " by ways unknown", extra={"notification_id": notification.id,
+                                                "kind": notification.kind.value, "error": why})  # fmt: skip
 
 
 def update_aggregates(old: dict[str, Any] | None, new: dict[str, Any]) -> None:

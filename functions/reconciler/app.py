@@ -99,7 +99,7 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         name: [] for name in (
             "restarted", "parked", "expired", "pickups_held", "returns_restarted", "refunds_finished",
             "kept_back_refunded", "authorizations_settled", "captures_settled", "ships_held", "ships_unconfirmed",
-            "stock_takes_finished", "notifications_sent", "notifications_abandoned",
+            "stock_takes_finished", "notifications_sent", "notifications_abandoned", "notifications_withdrawn",
         )
     }  # fmt: skip
 
@@ -373,6 +373,16 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
             logger.error("customer notification abandoned: unsent a day after its first attempt",
                          extra={"order_id": retry.order_id, "notification_id": retry.notification_id,
                                 "attempts": retry.attempts, "error": retry.error})  # fmt: skip
+        for retry, why in done.refused:
+            logger.error("customer notification sent, but a notifier plugin's answer is refused: recorded sent,"
+                         " by ways unknown",
+                         extra={"order_id": retry.order_id, "notification_id": retry.notification_id,
+                                "attempts": retry.attempts, "error": why})  # fmt: skip
+        for retry in done.withdrawn:
+            # No person to call: sent now, it would tell the customer what their order no longer is.
+            logger.info("customer notification withdrawn: its order has changed since, what it tells no longer holds",
+                        extra={"order_id": retry.order_id, "notification_id": retry.notification_id,
+                               "attempts": retry.attempts})  # fmt: skip
         if done.sent:
             metrics.add_metric(name="CustomerNotifications", unit=MetricUnit.Count, value=len(done.sent))
         if done.deferred:
@@ -390,6 +400,7 @@ def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         answer.update(
             notifications_sent=[r.notification_id for r in done.sent],
             notifications_abandoned=[r.notification_id for r in done.abandoned],
+            notifications_withdrawn=[r.notification_id for r in done.withdrawn],
         )
 
     def imports(time_up: Deadline) -> None:

@@ -273,7 +273,7 @@ class Outage:
         return ["email"]
 
 
-def _shipped_through_the_stream(aws: Any, oid: str, notifier: Outage) -> tuple[dict[str, Any], Order]:
+def _shipped_through_the_stream(aws: Any, oid: str, notifier: object) -> tuple[dict[str, Any], Order]:
     """The stream event of `oid`'s ship, and the shipped order, with `notifier` registered."""
     from functions.adapters.dynamodb import DynamoOrders
     from functions.events.app import container
@@ -312,19 +312,21 @@ def test_a_notifier_down_fails_no_stream_record_and_the_notification_waits_unsen
     assert "4111111111111111" not in logs.written()
 
 
-def _retries(store: Any, *plugins: object) -> tuple[Any, list[datetime]]:
+def _retries(aws: Any, store: Any, *plugins: object) -> tuple[Any, list[datetime]]:
     """The reconciler's retry pass over `store` with `plugins`, and the list whose last time is its clock."""
     import pluggy
 
     from core import PROJECT, hookspecs
     from core.notifications import NotificationRetries
+    from functions.adapters.dynamodb import DynamoOrders
 
     manager = pluggy.PluginManager(PROJECT)
     manager.add_hookspecs(hookspecs)
     for plugin in plugins:
         manager.register(plugin)
     now = [datetime.now(UTC)]
-    return NotificationRetries(store, manager.hook, lambda: now[-1]), now
+    orders = DynamoOrders(aws.dynamodb, aws.tables["OrdersTable"])
+    return NotificationRetries(store, manager.hook, lambda: now[-1], orders.get), now
 
 
 @pytest.mark.usefixtures("wired")
@@ -336,7 +338,7 @@ def test_the_retry_pass_sends_a_deferred_notification_once_its_notifier_is_back_
     stream, shipped = _shipped_through_the_stream(aws, "ord_" + "p" * 24, outage)
     assert lambda_handler(stream, Context()) == {"batchItemFailures": []}
     store = DynamoNotifications(aws.dynamodb, aws.tables["CatalogTable"])  # test_reconciler checks its grants
-    retries, now = _retries(store, outage)
+    retries, now = _retries(aws, store, outage)
 
     assert retries.run().sent == []  # not due yet: five minutes after the failed attempt
     outage.up = True
@@ -361,7 +363,7 @@ def test_a_notifier_still_down_is_retried_after_5_15_and_60_minutes_then_hourly_
     stream, shipped = _shipped_through_the_stream(aws, "ord_" + "q" * 24, outage)
     assert lambda_handler(stream, Context()) == {"batchItemFailures": []}
     store = DynamoNotifications(aws.dynamodb, aws.tables["CatalogTable"])  # test_reconciler checks its grants
-    retries, now = _retries(store, outage)
+    retries, now = _retries(aws, store, outage)
     (waiting,) = store.due(now[-1] + timedelta(days=2))
     first = waiting.first_at
     assert waiting.due - first == timedelta(minutes=5)
@@ -387,6 +389,45 @@ def test_a_notifier_still_down_is_retried_after_5_15_and_60_minutes_then_hourly_
     assert retries.run().abandoned == []  # given up once
 
 
+class SaysItSentAsText:
+    """A notifier that sends, then answers "email" where the hook's spec asks for a list of ways."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+
+    @hookimpl
+    def oms_notify(self, notification: Notification) -> list[str] | None:
+        self.sent.append(notification.id)
+        return "email"  # type: ignore[return-value]
+
+
+@pytest.mark.usefixtures("wired")
+def test_a_notifier_that_sent_but_answered_what_the_spec_refuses_is_not_made_to_send_it_again(aws, logs):
+    # Its answer is refused after it ran (the customer has the email). Deferred, the retry pass
+    # handed it over again 5, 20 and 80 minutes later and hourly after (the same answer each time):
+    # the customer got it 13 times in the day, then a person was called to find it "abandoned".
+    from functions.adapters.notifications import DynamoNotifications
+    from functions.events.app import lambda_handler
+
+    sloppy = SaysItSentAsText()
+    stream, shipped = _shipped_through_the_stream(aws, "ord_" + "t" * 24, sloppy)
+    assert lambda_handler(stream, Context()) == {"batchItemFailures": []}
+    store = DynamoNotifications(aws.dynamodb, aws.tables["CatalogTable"])
+    retries, now = _retries(aws, store, sloppy)
+    for hours in range(1, 26):
+        now.append(now[0] + timedelta(hours=hours))
+        assert retries.run().sent == []
+
+    (recorded,), _ = store.list(shipped.id, 10, None)
+    assert sloppy.sent == [recorded.id]
+    assert recorded.sent_at is not None and recorded.sent_via == []  # sent, by ways its answer does not say
+    assert list(store.due(now[-1] + timedelta(days=2))) == []
+    written = [json.loads(line) for line in logs.written().splitlines() if line.startswith("{")]
+    (error,) = [line for line in written if line["level"] == "ERROR"]
+    assert error["message"].startswith("customer notification sent, but a notifier plugin's answer is refused")
+    assert "returned str, expected a list" in error["error"] and error["notification_id"] == recorded.id
+
+
 @pytest.mark.usefixtures("wired")
 def test_two_passes_at_once_make_each_attempt_once(aws):
     from functions.adapters.notifications import DynamoNotifications
@@ -396,7 +437,7 @@ def test_two_passes_at_once_make_each_attempt_once(aws):
     stream, _ = _shipped_through_the_stream(aws, "ord_" + "s" * 24, outage)
     assert lambda_handler(stream, Context()) == {"batchItemFailures": []}
     store = DynamoNotifications(aws.dynamodb, aws.tables["CatalogTable"])  # test_reconciler checks its grants
-    retries, now = _retries(store, outage)
+    retries, now = _retries(aws, store, outage)
     now.append(now[-1] + timedelta(minutes=6))
     outage.up = True
     (read_by_both,) = store.due(now[-1])
@@ -411,7 +452,7 @@ def test_two_passes_at_once_make_each_attempt_once(aws):
             return iter([read_by_both])
 
     assert len(retries.run().sent) == 1
-    late, _ = _retries(Alongside(), outage)
+    late, _ = _retries(aws, Alongside(), outage)
     assert late.run().lost == 1  # its claim of the same attempt fails: the plugins are not called
     assert len(outage.sent) == 1
 

@@ -120,7 +120,7 @@ def did(**done: list[str]) -> dict[str, list[str]]:
         "restarted": [], "parked": [], "expired": [], "pickups_held": [], "returns_restarted": [],
         "refunds_finished": [], "kept_back_refunded": [], "authorizations_settled": [], "captures_settled": [],
         "ships_held": [], "ships_unconfirmed": [], "stock_takes_finished": [], "notifications_sent": [],
-        "notifications_abandoned": [], **done,
+        "notifications_abandoned": [], "notifications_withdrawn": [], **done,
     }  # fmt: skip
 
 
@@ -2470,6 +2470,48 @@ def test_a_deferred_notification_that_no_longer_reads_keeps_none_behind_it_waiti
     assert emitted(capsys.readouterr().out) == {"CustomerNotifications": 1, "NotificationsNotRetried": 1}
     (error,) = [r for r in caplog.records if r.getMessage().startswith("customer notification not retried")]
     assert error.levelname == "ERROR" and error.notification_id == poison.id
+
+
+def test_a_deferred_delay_of_an_order_shipped_since_is_withdrawn_unsent_with_nobody_called(stack, caplog):
+    # Through the handler: it reads the order (a grant of its own) before it hands the delay over.
+    from core import hookimpl
+    from core.models import Jeopardy
+    from core.notifications import Notification, notifications
+    from functions.adapters.dynamodb import DynamoOrders
+    from functions.adapters.notifications import DynamoNotifications
+    from functions.reconciler.app import container
+
+    aws, sent = stack["aws"], []
+    store = DynamoNotifications(aws.dynamodb, aws.tables["CatalogTable"])
+    allocated = a_stored_order(("TSHIRT", 1), id=order_id("z"), status=OrderStatus.ALLOCATED,
+                               shipments=[_a_shipment(ShipmentStatus.PENDING)])  # fmt: skip
+    late = Jeopardy(reason="allocated for longer than 2d", status=OrderStatus.ALLOCATED, since=utc_now())
+    marked = allocated.model_copy(update={"jeopardy": late, "version": 2})
+    (delay,) = notifications(allocated.model_dump(mode="json"), marked.model_dump(mode="json"))
+    store.add(delay)
+    at = utc_now() - timedelta(minutes=6)
+    assert store.defer(delay, "TransientError", at, at + timedelta(minutes=5))
+    shipped = marked.model_copy(update={
+        "status": OrderStatus.SHIPPED, "shipments": [_a_shipment(ShipmentStatus.SHIPPED)], "jeopardy": None,
+        "version": 3,
+    })  # fmt: skip
+    created = HistoryEntry(at=at, type="created", to_status=OrderStatus.PENDING, actor="key_1")
+    DynamoOrders(aws.dynamodb, aws.tables["OrdersTable"]).add(shipped, created, "tok")
+
+    class Mailer:
+        @hookimpl
+        def oms_notify(self, notification: Notification) -> list[str]:
+            sent.append(notification.id)
+            return ["email"]
+
+    container().plugins.register(Mailer(), name="test_mailer_withdrawn")
+    assert reconcile() == did(notifications_withdrawn=[delay.id])
+
+    assert sent == []  # "your order is delayed" after "your order has shipped": never
+    (line,) = [r for r in caplog.records if r.getMessage().startswith("customer notification withdrawn")]
+    assert line.levelname == "INFO" and line.notification_id == delay.id
+    assert list(store.due(utc_now() + timedelta(days=2))) == []
+    assert reconcile() == did()  # withdrawn once
 
 
 def _a_shipment(status: ShipmentStatus) -> Any:

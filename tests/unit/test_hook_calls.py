@@ -18,7 +18,7 @@ from core.errors import (
     PluginUnavailable,
     TransientError,
 )
-from core.hook_calls import MAX_LOGGED_WORDS_CHARS, call_hook, calls_about
+from core.hook_calls import MAX_LOGGED_WORDS_CHARS, answer_refused, call_hook, calls_about
 from core.models import Allocation
 from core.money import Money
 from core.payments import Payments
@@ -682,3 +682,20 @@ def test_an_answer_of_a_plugins_own_subclass_with_a_field_of_its_own_comes_back_
     answer = call("oms_unit_price", answering("oms_unit_price", NotedPrice(amount=Decimal("9.99"), currency="USD")))
 
     assert (type(answer), answer) == (Money, usd("9.99"))
+
+
+def test_an_answer_refused_is_told_from_a_plugin_that_raised_and_from_the_managers_unavailable():
+    # A refusal comes once every plugin ran to its end (a notifier sent: core.notifications records
+    # it sent); a raise, or the manager's PluginUnavailable (a plugin failed to load), comes before.
+    class Raises:
+        @hookimpl
+        def oms_unit_price(self):
+            raise RuntimeError("gateway down")
+
+    failures = []
+    for plugin in (answering("oms_unit_price", float_money()), Raises()):
+        with pytest.raises(PluginError) as raised:
+            call("oms_unit_price", plugin)
+        failures.append(answer_refused(raised.value))
+    unavailable = PluginUnavailable("plugin db failed to load", details=[{"plugin": "db"}])
+    assert [*failures, answer_refused(unavailable), answer_refused(RuntimeError("x"))] == [True, False, False, False]

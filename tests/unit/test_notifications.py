@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from core import PROJECT, hookimpl, hookspecs
 from core.domain_events import EventType, event_id
+from core.models import Jeopardy
 from core.notifications import (
     Notification,
     NotificationKind,
@@ -20,10 +21,14 @@ from core.notifications import (
     NotificationStore,
     Notified,
     Notifier,
+    Retried,
     Retry,
     notifications,
+    outdated,
     ready_for_pickup_id,
 )
+from core.status import OrderStatus
+from tests.fakes import FakeOrders
 from tests.unit.test_domain_events import _refund_steps, money, next_version, order_doc, shipment
 
 ORDER = "ord_aaaaaaaaaaaaaaaaaaaaaaaa"
@@ -70,6 +75,26 @@ def test_an_order_held_at_the_customers_request_is_never_told_it_is_delayed_for_
     # Held for the OMS's own reasons, the order is late for the customer too.
     reviewed = order_doc(status="on_hold", hold={"reason": "fraud_review", "since": "2026-12-01T10:00:00Z"})
     assert kinds(reviewed, next_version(reviewed, jeopardy=late)) == ["delayed"]
+
+
+def test_a_pickup_its_customer_did_not_collect_is_never_told_it_is_delayed():
+    # Late past collect_by (the pickup expiry did not cancel it): the parcel has waited at the store
+    # since the customer was told it is ready. "Taking longer than we planned" is false, and tells
+    # them not to come for it.
+    pickup = {"type": "pickup", "location_id": "store-sf"}
+    ready = {**shipment("ready_for_pickup"), "location_id": "store-sf", "collect_by": "2026-12-08T10:00:00Z"}
+    waiting = order_doc(status="allocated", fulfillment=pickup, shipments=[ready])
+    late = {
+        "reason": "allocated for longer than 2d past its pickup's collect_by",
+        "status": "allocated",
+        "since": "2026-12-10T10:00:00Z",
+    }
+    assert kinds(waiting, next_version(waiting, jeopardy=late)) == []
+
+    # Late before the store picked it (its parcel pending): the wait is the merchant's.
+    unpicked = order_doc(status="allocated", fulfillment=pickup, shipments=[shipment("pending")])
+    late_to_pick = {**late, "reason": "allocated for longer than 2d"}
+    assert kinds(unpicked, next_version(unpicked, jeopardy=late_to_pick)) == ["delayed"]
 
 
 def test_a_refund_tells_its_amount():
@@ -176,6 +201,9 @@ class MemoryStore(NotificationStore):
         del self.listed[retry.notification_id]
         return True
 
+    def withdraw(self, retry: Retry, at: datetime) -> bool:
+        return self.abandon(retry, at)
+
     def list(self, order_id: str, limit: int, cursor: str | None) -> tuple[list[Notification], str | None]:
         return [n for n in self.items.values() if n.order_id == order_id][:limit], None
 
@@ -281,7 +309,8 @@ def test_a_failing_plugin_leaves_it_recorded_unsent_and_deferred_and_a_redeliver
     assert notifier.notify(old, new) == Notified()  # redelivered: the pass's to send
     assert mailer.sent == [] and store.items[recorded.id].sent_at is None
 
-    retries = NotificationRetries(store, hook_with(mailer), lambda: NOW + timedelta(minutes=6))
+    # A parcel shipped stays true: its retry reads no order (the store holds none).
+    retries = NotificationRetries(store, hook_with(mailer), lambda: NOW + timedelta(minutes=6), FakeOrders().get)
     assert [r.notification_id for r in retries.run().sent] == [recorded.id]
     assert mailer.sent == [recorded.id] and store.items[recorded.id].sent_via == ["email"]
     assert retries.run().sent == []
@@ -357,3 +386,56 @@ def test_a_parcel_holding_some_of_the_order_is_told_as_part_of_it():
     (note,) = notifications(old, new)
 
     assert note.body == f"Hello Ada,\n\nPart of your order {ORDER} has shipped with flat.\n"
+
+
+def test_a_delay_retried_is_withdrawn_once_its_order_is_no_longer_late_but_not_while_it_is_held():
+    # Shipped, cancelled or picked since, the order is no longer late: "delayed" would come after
+    # the news that it is not. Held meanwhile (a hold leaves the late status, so the mark goes), it
+    # is no less late for its customer, who is not told again of that lateness after the release
+    # (the mark it resumes is the one told of): withdrawn only when they asked for the hold.
+    from tests.unit.conftest import a_stored_order
+
+    late = Jeopardy(reason="allocated for longer than 2d", status=OrderStatus.ALLOCATED, since=NOW)
+    order = a_stored_order(("TSHIRT", 1), id=ORDER, status=OrderStatus.ALLOCATED, jeopardy=late)
+    old = order_doc(status="allocated")
+    (delay,) = notifications(old, next_version(old, jeopardy=late.model_dump(mode="json")))
+
+    assert not outdated(delay, order)
+    shipped = order.model_copy(update={"status": OrderStatus.SHIPPED, "jeopardy": None})
+    assert outdated(delay, shipped)
+    for reason, withdrawn in (("fraud_review", False), ("customer_request", True)):
+        held, _ = order.hold_for(reason, None, at=NOW + timedelta(minutes=2), actor="key_ops")
+        assert held.jeopardy is None and outdated(delay, held) is withdrawn
+
+
+def test_a_retry_a_plugin_answers_what_the_spec_refuses_for_is_recorded_sent_and_not_retried_again():
+    # Its provider back, the plugin sends and answers "email" (not a list): the retry pass handed it
+    # over again every hour for a day, the customer getting it each time.
+    class SendsThenSaysText:
+        def __init__(self) -> None:
+            self.sent: list[str] = []
+            self.down = True
+
+        @hookimpl
+        def oms_notify(self, notification: Notification) -> list[str] | None:
+            if self.down:
+                raise RuntimeError("smtp down")
+            self.sent.append(notification.id)
+            return "email"  # type: ignore[return-value]
+
+    store, plugin = MemoryStore(), SendsThenSaysText()
+    Notifier(store, hook_with(plugin), lambda: NOW).notify(*a_shipped_change())
+    plugin.down = False
+    now = [NOW + timedelta(minutes=6)]
+    retries = NotificationRetries(store, hook_with(plugin), lambda: now[-1], FakeOrders().get)
+
+    done = retries.run()
+    for hours in range(1, 25):
+        now.append(NOW + timedelta(hours=hours))
+        assert retries.run() == Retried()
+
+    (recorded,) = store.items.values()
+    assert plugin.sent == [recorded.id] and store.listed == {}
+    assert recorded.sent_at == NOW + timedelta(minutes=6) and recorded.sent_via == []
+    ((retry, why),) = done.refused
+    assert retry.notification_id == recorded.id and "returned str, expected a list (oms_notify)" in why

@@ -1,0 +1,211 @@
+"""What a customer is told stays true of their order, in-process on moto: orders placed and changed
+over HTTP (the workflow's steps, the jeopardy scan and the reconciler invoked here, each at a clock
+the test moves), the Orders table's stream records as moto recorded them handed to the events
+function, and the notifier plugins' messages read back."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from core import hookimpl
+from core.errors import TransientError
+from core.notifications import Notification
+from functions.api.dependencies import container as api_container
+from functions.bootstrap import Config, Container, bootstrap
+from tests.builders import location_body, order_body, product_body
+from tests.integration.import_support import context
+from tests.integration.in_process import InProcessApi, TableStream, in_process_api_with_events, run_to_allocated
+from tests.integration.test_jeopardy_hold_clock import scan_at
+from tests.unit.world import Clock
+
+_orders = itertools.count(1)
+
+
+@pytest.fixture(scope="module")
+def api() -> Iterator[InProcessApi]:
+    with in_process_api_with_events() as started:
+        assert started.put("/products/MUG", json=product_body("12.50")).status_code == 201
+        store = location_body(name="SF store", type="store", ships=False, pickup=True)
+        assert started.put("/locations/store-sf", json=store).status_code == 201
+        assert started.put("/inventory/MUG/store-sf", json={"on_hand": 100}).status_code == 200
+        assert started.put("/locations/wh-east", json=location_body()).status_code == 201
+        assert started.put("/products/CAP", json=product_body("7.77")).status_code == 201
+        assert started.put("/inventory/CAP/wh-east", json={"on_hand": 100}).status_code == 200
+        yield started
+
+
+class Mailer:
+    """A notifier plugin: what it sent, in order; while `down` (its provider down), it raises. A retry
+    pass may hand it another test's notification (this module's tests share their tables): read
+    `sent_for` an order."""
+
+    def __init__(self) -> None:
+        self.sent: list[Notification] = []
+        self.down = False
+
+    @hookimpl
+    def oms_notify(self, notification: Notification) -> list[str] | None:
+        if self.down:
+            raise TransientError("smtp relay down")
+        self.sent.append(notification)
+        return ["email"]
+
+    def sent_for(self, order_id: str) -> list[Notification]:
+        return [note for note in self.sent if note.order_id == order_id]
+
+
+@contextmanager
+def functions_at(clock: Clock, mailer: Mailer) -> Iterator[Container]:
+    """The API's and the events function's containers, one built at `clock` with `mailer` plugged in."""
+    from functions.events.app import container as events_container
+
+    built = bootstrap(Config.from_env(), clock=clock)
+    built.plugins.register(mailer)
+    with api_container.override(built), events_container.override(built):
+        yield built
+
+
+def consume(stream: TableStream) -> None:
+    """The events function handed the Orders stream's records written since it last read them."""
+    from functions.events.app import lambda_handler
+
+    records = stream.new_records()
+    assert lambda_handler({"Records": records}, context("EventsFunction")) == {"batchItemFailures": []}
+
+
+def pickup_ready(api: InProcessApi) -> tuple[str, dict[str, Any]]:
+    """A pickup order of one MUG at store-sf, allocated and its parcel readied: (order id, its parcel)."""
+    body = order_body(
+        external_id=f"told-true-{next(_orders)}", lines=[{"sku": "MUG", "quantity": 1}],
+        fulfillment={"type": "pickup", "location_id": "store-sf"},
+    )  # fmt: skip
+    placed = api.post("/orders", json=body)
+    assert placed.status_code == 201, placed.text
+    order = run_to_allocated(api, placed.json()["id"])
+    (parcel,) = order["shipments"]
+    ready = api.post(f"/orders/{order['id']}/shipments/{parcel['id']}/ready")
+    assert ready.status_code == 200, ready.text
+    return order["id"], ready.json()["shipments"][0]
+
+
+def test_a_pickup_its_customer_did_not_collect_is_not_told_it_is_delayed(api):
+    """Ready at the store, never collected, and its expiry did not cancel it (the reconciler's pickup
+    expiry waits while the payment plugin is down): 48 hours past collect_by the scan marks it late
+    (the alarm is for the merchant). Its customer was told it is ready and until when; telling them
+    now that it "is taking longer than we planned" is false, and says not to come for it."""
+    stream = TableStream(os.environ["ORDERS_TABLE"], from_now=True)
+    clock, mailer = Clock(datetime.now(UTC)), Mailer()
+    with functions_at(clock, mailer):
+        order_id, parcel = pickup_ready(api)
+        clock.now = datetime.fromisoformat(parcel["collect_by"]) + timedelta(hours=48, minutes=1)
+        assert scan_at(clock)["marked"] == [order_id]
+        consume(stream)
+
+    assert [note.kind.value for note in mailer.sent_for(order_id)] == ["ready_for_pickup"]
+    told = api.get(f"/orders/{order_id}/notifications").json()["items"]
+    assert [note["kind"] for note in told] == ["ready_for_pickup"]
+
+
+def told(api: InProcessApi, order_id: str) -> list[tuple[str, bool]]:
+    """GET /orders/{id}/notifications: each notification's kind, and whether it was sent."""
+    items = api.get(f"/orders/{order_id}/notifications").json()["items"]
+    return [(note["kind"], note["sent_at"] is not None) for note in items]
+
+
+def listed(built: Container, clock: Clock) -> set[str]:
+    """The orders whose notifications wait listed for a retry pass, however late it runs."""
+    return {retry.order_id for retry in built.notification_store.due(clock.now + timedelta(days=2))}
+
+
+def test_a_delay_the_notifier_could_not_send_is_not_sent_after_the_order_shipped(api):
+    """Late, its customer's "delayed" deferred (the email provider down); the warehouse ships it
+    minutes later and the provider is back: the customer is told it shipped. The retry pass, five
+    minutes after the failed attempt, sent "your order is delayed" after "your order has shipped":
+    the order is no longer late, so the customer is no longer told it is."""
+    stream = TableStream(os.environ["ORDERS_TABLE"], from_now=True)
+    clock, mailer = Clock(datetime.now(UTC)), Mailer()
+    with functions_at(clock, mailer) as built:
+        placed = api.post("/orders", json=order_body(external_id=f"told-true-{next(_orders)}",
+                                                     lines=[{"sku": "CAP", "quantity": 1}]))  # fmt: skip
+        assert placed.status_code == 201, placed.text
+        order = run_to_allocated(api, placed.json()["id"])
+        clock.now = datetime.fromisoformat(order["updated_at"]) + timedelta(hours=49)
+        assert scan_at(clock)["marked"] == [order["id"]]
+        mailer.down = True
+        consume(stream)
+        assert told(api, order["id"]) == [("delayed", False)]
+
+        mailer.down = False
+        clock.advance(minutes=2)
+        (parcel,) = order["shipments"]
+        shipped = api.post(f"/orders/{order['id']}/shipments/{parcel['id']}/ship", json={})
+        assert shipped.status_code == 200, shipped.text
+        consume(stream)
+        clock.advance(minutes=4)
+        done = built.notification_retries.run()  # the reconciler's notifications pass
+        left = listed(built, clock)
+
+    assert [note.kind.value for note in mailer.sent_for(order["id"])] == ["shipped"]
+    assert told(api, order["id"]) == [("delayed", False), ("shipped", True)]
+    assert order["id"] in [retry.order_id for retry in done.withdrawn] and order["id"] not in left
+
+
+def test_a_ready_pickup_the_notifier_could_not_send_is_not_sent_once_its_customer_collected_it(api):
+    """Readied while the provider was down: the customer came anyway (the store called them) and
+    collected it. The retry pass sent "your order is ready for pickup, collect it by ..." after
+    they had it in hand."""
+    stream = TableStream(os.environ["ORDERS_TABLE"], from_now=True)
+    clock, mailer = Clock(datetime.now(UTC)), Mailer()
+    with functions_at(clock, mailer) as built:
+        mailer.down = True
+        order_id, parcel = pickup_ready(api)
+        consume(stream)
+        mailer.down = False
+        clock.advance(minutes=2)
+        collected = api.post(f"/orders/{order_id}/shipments/{parcel['id']}/deliver")
+        assert (collected.status_code, collected.json()["status"]) == (200, "delivered"), collected.text
+        consume(stream)
+        clock.advance(minutes=4)
+        done = built.notification_retries.run()  # the reconciler's notifications pass
+        left = listed(built, clock)
+
+    assert mailer.sent_for(order_id) == []
+    assert told(api, order_id) == [("ready_for_pickup", False)]
+    assert order_id in [retry.order_id for retry in done.withdrawn] and order_id not in left
+
+
+def test_a_ready_pickups_deadline_the_notifier_could_not_send_is_not_sent_after_the_one_a_release_moved(
+    api,
+):
+    """Readied while the provider was down (collect_by D), held and released (collect_by moved by
+    the time held: the customer is told the new deadline). The retry pass then sent the first
+    message, with D: the customer's last word was the wrong deadline."""
+    stream = TableStream(os.environ["ORDERS_TABLE"], from_now=True)
+    clock, mailer = Clock(datetime.now(UTC)), Mailer()
+    with functions_at(clock, mailer) as built:
+        mailer.down = True
+        order_id, parcel = pickup_ready(api)
+        consume(stream)
+        mailer.down = False
+        clock.advance(minutes=1)
+        assert api.post(f"/orders/{order_id}/hold", json={"reason": "fraud_review"}).status_code == 200
+        clock.advance(minutes=2)
+        released = api.post(f"/orders/{order_id}/release", json={})
+        assert released.status_code == 200, released.text
+        consume(stream)
+        clock.advance(minutes=3)
+        done = built.notification_retries.run()  # the reconciler's notifications pass
+        left = listed(built, clock)
+
+    (sent,) = mailer.sent_for(order_id)
+    moved = released.json()["shipments"][0]["collect_by"]
+    assert moved != parcel["collect_by"] and sent.details["collect_by"] == moved
+    assert told(api, order_id) == [("ready_for_pickup", False), ("ready_for_pickup", True)]
+    assert order_id in [retry.order_id for retry in done.withdrawn] and order_id not in left
