@@ -670,6 +670,45 @@ def test_a_park_order_that_died_after_parking_is_run_again_and_still_counts_the_
     assert entries[-1]["detail"]["execution"] == result["described"]["name"]
 
 
+def test_a_park_order_task_run_twice_at_once_parks_and_counts_the_order_once(
+    stack: EmbeddedStack, api: Api, faults: Faults, stocked, monkeypatch: pytest.MonkeyPatch
+):
+    """Express runs at least once: the same ParkOrder task of one execution may run twice, side by
+    side. The run that parks counts the park; its twin, which reads the order before that write and
+    loses its own to it, finds the order parked by its execution. That is no earlier attempt that
+    died before counting (a Retry, `$$.State.RetryCount` above 0), and counting it again told
+    OrdersParked of two parks of one order."""
+    from functions.adapters.dynamodb import DynamoOrders
+    from functions.workflow import park_order
+
+    counted: list[str] = []
+    monkeypatch.setattr(park_order.metrics, "add_metric", lambda name, **_: counted.append(name))
+    order_id = place(api, order_body((stocked["skus"][0], 1)))
+    faults.inject("CreateShipments", order_id, crash)
+    real_update = DynamoOrders.update
+
+    def twin_parks_first(event: dict[str, Any], context: Any, real: Handler) -> Any:
+        def update(self: Any, new: Any, old: Any, entries: Any, **conditions: Any) -> Any:
+            monkeypatch.setattr(DynamoOrders, "update", real_update)
+            real(event, context)  # the twin, which read the order too, writes its park first
+            return real_update(self, new, old, entries, **conditions)
+
+        monkeypatch.setattr(DynamoOrders, "update", update)
+        try:
+            return real(event, context)
+        finally:
+            monkeypatch.setattr(DynamoOrders, "update", real_update)
+
+    faults.inject("ParkOrder", order_id, twin_parks_first)
+
+    result = run(stack, order_id)
+
+    assert result["states"][-2:] == ["ParkOrder", "OrderParked"]
+    assert_parked(api, order_id, "RuntimeError")
+    assert [e["type"] for e in history(api, order_id)].count("on_hold") == 1
+    assert counted == ["OrdersParked"]
+
+
 def test_a_fail_payment_that_keeps_failing_ends_the_execution_failed(
     stack: EmbeddedStack, api: Api, faults: Faults, stocked
 ):
