@@ -1362,6 +1362,7 @@ class Workflow:
         *,
         stalled: Stall | None = None,
         execution: str = "",
+        retried: bool = False,
     ) -> bool:
         """Put the order the workflow could not finish on hold for a person. Reservations and the
         authorization stay: nothing was captured, and a release carries on where it stopped with
@@ -1375,8 +1376,10 @@ class Workflow:
         judged stalled (the execution a pass restarted wrote) is left to what moves it, and one no
         pass restarted is never parked as though one had. `execution` (the ParkOrder task's: its
         workflow execution's name) is named in the park's entry, and a park that execution made
-        already is this call's too (True): its task is run again when it died after the write,
-        before its caller counted it (OrdersParked)."""
+        already is this call's too (True) when the call is `retried` (the task's Retry,
+        `$$.State.RetryCount` above 0): its attempt before died after the write, before its caller
+        counted it (OrdersParked). A first attempt that finds it is the task run twice at once
+        (Express runs at least once), whose twin counts it."""
         at = self._clock()
         parked = False
         tried: list[Order] = []  # the version this call wrote
@@ -1411,7 +1414,9 @@ class Workflow:
             stored = modify(self._orders, order_id, decide)
         except StaleVersion:
             raise TransientError(f"order {order_id} kept changing while it was being put on hold") from None
-        return parked or bool(execution and stored.status is S.ON_HOLD and self._parked_by(order_id, execution))
+        return parked or bool(
+            execution and retried and stored.status is S.ON_HOLD and self._parked_by(order_id, execution)
+        )
 
     def _parked_by(self, order_id: str, execution: str) -> bool:
         """Whether the order's hold is the park workflow execution `execution` made (the last

@@ -16,6 +16,7 @@ from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import 
     DynamoDBRecordEventName,
 )
 
+from core.log_text import escape_for_log
 from core.status import OrderStatus, can_transition
 from functions.adapters import order_codec
 from functions.bootstrap import WarmContainer
@@ -69,9 +70,21 @@ def start_workflow(record: DynamoDBRecord) -> None:
         return
     channel, correlation_id = _trace(new_image, record.raw_event.get("dynamodb", {}).get("NewImage") or {})
     with logger.append_context_keys(order_id=order_id, channel=channel or None, correlation_id=correlation_id or None):
-        started = container().workflow_starter.start(
-            order_id, channel=channel, correlation_id=correlation_id, rerun=rerun, finish_cancel=finish_cancel
-        )
+        try:
+            started = container().workflow_starter.start(
+                order_id, channel=channel, correlation_id=correlation_id, rerun=rerun, finish_cancel=finish_cancel
+            )
+        except Exception as error:
+            # The failure queue's record names the batch's shard and sequence numbers, not the order,
+            # and the stream keeps them 24 hours: this line names the order and the start it was for
+            # (a cancel's clean-up leaves its stock and authorization held until one runs), which
+            # the OutboxFailuresAlarm runbook starts by hand past those hours.
+            logger.warning(
+                "order workflow not started: the stream retries it",
+                extra={"rerun": rerun, "finish_cancel": finish_cancel, "error": type(error).__name__,
+                       "reason": escape_for_log(str(error)[:500])},
+            )  # fmt: skip
+            raise
         logger.info("order workflow", extra={"started": started, "rerun": rerun})
     if started:
         metrics.add_metric(name="OrderWorkflowsStarted", unit=MetricUnit.Count, value=1)

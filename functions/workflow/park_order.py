@@ -15,7 +15,9 @@ metrics = Metrics(namespace=os.environ.get("POWERTOOLS_METRICS_NAMESPACE", "OMS"
 
 
 def park(workflow: Workflow, step: StepInput) -> None:
-    if workflow.park_after_failure(step.order_id, step.error, step.cause, execution=step.execution):
+    if workflow.park_after_failure(
+        step.order_id, step.error, step.cause, execution=step.execution, retried=step.attempt > 0
+    ):
         # The alarm OrdersParkedAlarm watches this: a parked order waits for a person.
         metrics.add_metric(name="OrdersParked", unit=MetricUnit.Count, value=1)
         logger.warning("order parked on hold after a workflow failure", extra={"error": step.error})

@@ -670,6 +670,80 @@ def test_a_park_order_that_died_after_parking_is_run_again_and_still_counts_the_
     assert entries[-1]["detail"]["execution"] == result["described"]["name"]
 
 
+def twin_writes_first(monkeypatch: pytest.MonkeyPatch) -> Fault:
+    """The task run twice at once (Express runs at least once): the run asked first reads the order
+    and does its work, and its twin, run whole just before the first's order write, writes first."""
+    from functions.adapters.dynamodb import DynamoOrders
+
+    real_update = DynamoOrders.update
+
+    def fault(event: dict[str, Any], context: Any, real: Handler) -> Any:
+        def update(self: Any, new: Any, old: Any, entries: Any, **conditions: Any) -> Any:
+            monkeypatch.setattr(DynamoOrders, "update", real_update)
+            real(event, context)  # the twin
+            return real_update(self, new, old, entries, **conditions)
+
+        monkeypatch.setattr(DynamoOrders, "update", update)
+        try:
+            return real(event, context)
+        finally:
+            monkeypatch.setattr(DynamoOrders, "update", real_update)
+
+    return fault
+
+
+@pytest.mark.parametrize("step", ["AuthorizePayment", "ReserveStock", "CreateShipments"])
+def test_a_step_run_twice_at_once_leaves_the_order_as_one_run_does(
+    stack: EmbeddedStack, api: Api, faults: Faults, stocked, step: str, monkeypatch: pytest.MonkeyPatch
+):
+    """The run that loses its write to its twin's undoes only what is its own: the authorization, the
+    reservations and the bookings the twin recorded (the same keys) stay."""
+    from functions.bootstrap import Config, bootstrap
+
+    skus = stocked["skus"]
+    order_id = place(api, order_body((skus[0], 2), (skus[1], 1)))
+    faults.inject(step, order_id, twin_writes_first(monkeypatch))
+
+    assert run(stack, order_id)["states"][-1] == "OrderAllocated"
+
+    order = get_order(api, order_id)
+    assert order["status"] == "allocated" and order["payment"]["status"] == "authorized"
+    assert [e["type"] for e in history(api, order_id)] == [
+        "created",
+        "payment_authorized",
+        "stock_reserved",
+        "allocated",
+    ]
+    assert len(order["shipments"]) == 1
+    reserved = {item: level[1] - stocked["start"][item][1] for item, level in inventory(api, *skus).items()}
+    assert sorted(reserved.values()) == [1, 2]
+    stored = bootstrap(Config.from_env()).order_repository.get(order_id)
+    assert (stored.bookings_to_cancel, stored.unrecorded_bookings) == ([], [])
+
+
+def test_a_park_order_task_run_twice_at_once_parks_and_counts_the_order_once(
+    stack: EmbeddedStack, api: Api, faults: Faults, stocked, monkeypatch: pytest.MonkeyPatch
+):
+    """The run that parks counts the park; its twin, which read the order before that write and
+    lost its own to it, finds the order parked by its execution. That is no earlier attempt that
+    died before counting (a Retry, `$$.State.RetryCount` above 0), and counting it again told
+    OrdersParked of two parks of one order."""
+    from functions.workflow import park_order
+
+    counted: list[str] = []
+    monkeypatch.setattr(park_order.metrics, "add_metric", lambda name, **_: counted.append(name))
+    order_id = place(api, order_body((stocked["skus"][0], 1)))
+    faults.inject("CreateShipments", order_id, crash)
+    faults.inject("ParkOrder", order_id, twin_writes_first(monkeypatch))
+
+    result = run(stack, order_id)
+
+    assert result["states"][-2:] == ["ParkOrder", "OrderParked"]
+    assert_parked(api, order_id, "RuntimeError")
+    assert [e["type"] for e in history(api, order_id)].count("on_hold") == 1
+    assert counted == ["OrdersParked"]
+
+
 def test_a_fail_payment_that_keeps_failing_ends_the_execution_failed(
     stack: EmbeddedStack, api: Api, faults: Faults, stocked
 ):

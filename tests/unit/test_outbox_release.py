@@ -3,6 +3,9 @@ the template's stream filter and the handler agree on which records those are.""
 
 from __future__ import annotations
 
+import io
+import json
+import logging
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -11,9 +14,11 @@ import pytest
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
 
 import functions.outbox.app as outbox
+from core.errors import TransientError
 from core.status import OrderStatus, can_transition
 from infra.local.event_sources import compile_filters, matches_filters
 from infra.local.template import load_template
+from tests.integration.import_support import context
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -113,3 +118,38 @@ def test_the_filter_lets_through_a_cancel_from_every_status_that_can_be_cancelle
     assert {
         old for old in (s.value for s in OrderStatus) if matches_filters(FILTERS, record("MODIFY", old, "cancelled"))
     } == cancellable
+
+
+class RefusingStarter(Starter):
+    """Step Functions refuses every start of a cancel's clean-up (throttled, say)."""
+
+    def start(self, order_id: str, *args: Any, finish_cancel: bool = False, **kwargs: Any) -> bool:
+        if finish_cancel:
+            raise TransientError("the order workflow could not be started: ThrottlingException")
+        return super().start(order_id, *args, finish_cancel=finish_cancel, **kwargs)
+
+
+def test_a_record_whose_start_fails_is_logged_with_the_order_and_what_it_was_to_start(
+    monkeypatch: pytest.MonkeyPatch,
+):
+    """A failed record's stream batch reaches the failure queue as shard and sequence numbers, which
+    name no order, and the stream keeps its records for 24 hours. No line named the order, nor that
+    its start was a cancel's clean-up (its stock and authorization still held), so past those hours
+    nothing could find it: the runbook's `GET /orders?status=pending` finds only new orders."""
+    refusing = RefusingStarter()
+    monkeypatch.setattr(outbox, "container", lambda: SimpleNamespace(workflow_starter=refusing))
+    written = io.StringIO()  # powertools' handler keeps the stdout it was created with
+    for handler in logging.getLogger(outbox.logger.name).handlers:
+        monkeypatch.setattr(handler, "stream", written)
+    placed, cancelled = record("INSERT", None, "pending", version=1), record("MODIFY", "allocated", "cancelled", 6)
+    placed["dynamodb"]["SequenceNumber"], cancelled["dynamodb"]["SequenceNumber"] = "100", "101"
+
+    answer = outbox.lambda_handler({"Records": [placed, cancelled]}, context("OutboxFunction"))
+
+    assert answer == {"batchItemFailures": [{"itemIdentifier": "101"}]}
+    assert refusing.started == [(ORDER_ID, None)]
+    lines = [json.loads(line) for line in written.getvalue().splitlines()]
+    (failed,) = [line for line in lines if line["message"] == "order workflow not started: the stream retries it"]
+    assert failed["level"] == "WARNING"
+    assert (failed["order_id"], failed["rerun"], failed["finish_cancel"]) == (ORDER_ID, "cancel-v6", True)
+    assert failed["error"] == "TransientError" and "ThrottlingException" in failed["reason"]

@@ -69,7 +69,7 @@ def test_the_outbox_failure_recovery_hands_the_batchs_records_to_the_outbox_agai
     # left out the other records the outbox starts a workflow for: an order released from a hold
     # (its workflow resumes it) and one an edit or a reject sent back to `authorized` (sourced
     # again). Handed to the outbox, each record starts what it started, under the same name.
-    look, recover = runbook_blocks("OutboxFailuresAlarm")
+    look, recover, _ = runbook_blocks("OutboxFailuresAlarm")
     batch = {
         "shardId": "shardId-1",
         "startSequenceNumber": "900",
@@ -124,6 +124,46 @@ def test_the_outbox_failure_recovery_hands_the_batchs_records_to_the_outbox_agai
         "id-OutboxFailureQueue",
         "handle-1",
     )
+
+
+@needs_jq
+def test_past_the_streams_hours_the_orders_whose_start_failed_are_started_again_from_the_outbox_lines(
+    tmp_path: Path,
+):
+    # The failure record names no order, and the stream's records are gone after 24 hours: a cancel
+    # whose clean-up never started kept its stock and authorization, and nothing found it. The
+    # outbox's line for each record whose start failed (functions/outbox/app.py) names the order
+    # and whether it was a cancel's clean-up; each is started again once, from the failure's time on.
+    look, _, past = runbook_blocks("OutboxFailuresAlarm")
+    batch = {"approximateArrivalOfFirstRecord": "2026-12-01T10:00:00.000Z", "streamArn": "arn:stream"}
+    failed = {"Messages": [{"Body": json.dumps({"DDBStreamBatchInfo": batch}), "ReceiptHandle": "handle-1"}]}
+    message = "order workflow not started: the stream retries it"
+
+    def line(order_id: str, rerun: str | None, finish_cancel: bool) -> str:
+        return json.dumps({"level": "WARNING", "message": message, "order_id": order_id, "rerun": rerun,
+                           "finish_cancel": finish_cancel, "error": "TransientError"})  # fmt: skip
+
+    logged = [line("ord_a", None, False), line("ord_b", "cancel-v6", True), line("ord_a", None, False)]  # retried
+    calls = run(
+        look + past,
+        tmp_path,
+        {
+            "answer-sqs-receive-message": json.dumps(failed),
+            "answer-logs-filter-log-events": json.dumps(logged),
+        },
+    )
+
+    (read,) = [call for call in calls if call[:2] == ["logs", "filter-log-events"]]
+    assert argument(read, "--log-group-name") == "/aws/lambda/id-OutboxFunction"
+    assert argument(read, "--start-time") == str(int(datetime(2026, 12, 1, 10, tzinfo=UTC).timestamp()) * 1000)
+    assert argument(read, "--filter-pattern") == f'{{ $.message = "{message}" }}'
+    starts = [call for call in calls if call[:2] == ["stepfunctions", "start-execution"]]
+    assert {argument(call, "--state-machine-arn") for call in starts} == {"id-OrderWorkflow"}
+    inputs = [json.loads(argument(call, "--input")) for call in starts]
+    assert sorted(inputs, key=lambda started: started["order_id"]) == [
+        {"order_id": "ord_a"},
+        {"order_id": "ord_b", "finish_cancel": True},
+    ]
 
 
 @needs_jq
