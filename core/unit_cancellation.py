@@ -18,6 +18,7 @@ from core.cancellation import (
     holding_locations,
     leaving_moves,
     voids_refused,
+    written_off_at,
     written_off_stock,
 )
 from core.carrier_bookings import CarrierBookings, CarrierWork, give_up_unrecorded
@@ -513,7 +514,9 @@ class UnitCancellation:
         step owed (stock_owed: written with the write-off, cleared only with the step), the units
         of the parcels a cancel wrote off (Order.written_off) shipped: they left with their carrier,
         so they leave on_hand, as a ship's do, never back on sale, and no more than they carry (a
-        reservation holding more gives the rest back in the same move: leaving_moves). Those reservations are never
+        reservation holding more gives the rest back in the same move: leaving_moves; none from
+        on_hand when a stock take recorded since their carrier's report counted them gone:
+        written_off_at). Those reservations are never
         released, owed or not, and not shipped once the step is done: the order may then be edited
         and sourced again at the parcel's location, under the same key (order and line), and a
         later step would take the new reservation's units. An order back before its shipments
@@ -534,7 +537,7 @@ class UnitCancellation:
                 for location_id in locations:
                     keys[(line.sku, location_id)].append(reservation_key(order.id, line.line_id))
         held = sorted(self._inventory.reservations(dict(keys)).items())
-        moves = leaving_moves(ships, dict(held))
+        moves = leaving_moves(ships, dict(held), written_off_at(order))
         if before:
             return moves
         sku_of = {line.line_id: line.sku for line in order.lines}
