@@ -377,7 +377,10 @@ class UnitCancellation:
         units_to_cancel refuses them (InvalidRequest, 422), never taken for every unit."""
         if lines is None or order.status is S.PARTIALLY_SHIPPED:
             return False
-        if not (order.ships_units_left() or order.waits_for_stock() or order.not_sourced() or order.reserved_on_hold()):
+        if not (
+            order.ships_units_left() or order.waits_for_stock() or order.not_sourced() or order.reserved_on_hold()
+            or order.reserved_unbooked()
+        ):  # fmt: skip
             return False
         cancelled = order.units_to_cancel(lines)
         return all(cancelled.get(line.line_id, 0) == line.quantity for line in order.lines)
@@ -521,10 +524,13 @@ class UnitCancellation:
         and sourced again at the parcel's location, under the same key (order and line), and a
         later step would take the new reservation's units. An order back before its shipments
         (pending, authorized or backordered, held or not: sent back to be sourced since the
-        cancel) has only those units shipped; the rest is its workflow's, which counts them as its own."""
+        cancel) has only those units shipped; the rest is its workflow's, which counts them as its own.
+        But one whose parcels its workflow is booking (Order.reserved_unbooked: that step reserves
+        nothing more) needs what its allocations hold, the rest brought down to that."""
         written_off = written_off_stock(order)
         ships = written_off if order.stock_owed else {}
-        before = _before_its_shipments(order)
+        booking = order.reserved_unbooked()
+        before = _before_its_shipments(order) and not booking
         if before and not ships:
             return []
         keys: dict[tuple[str, str], list[str]] = defaultdict(list)
@@ -543,6 +549,9 @@ class UnitCancellation:
         sku_of = {line.line_id: line.sku for line in order.lines}
         needed: dict[tuple[str, str, str], int] = defaultdict(int)
         left: set[tuple[str, str, str]] = set()
+        for allocation in order.allocations if booking else ():
+            item = (sku_of[allocation.line_id], allocation.location_id, reservation_key(order.id, allocation.line_id))
+            needed[item] += allocation.quantity
         for shipment in order.shipments:
             for line in shipment.lines:
                 item = (sku_of[line.line_id], shipment.location_id, reservation_key(order.id, line.line_id))
