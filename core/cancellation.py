@@ -70,6 +70,15 @@ DECLINED_RENEWAL_STANDS_FOR = timedelta(days=1)
 ASKED_AGAIN = "asked_again_after"
 
 
+# What a cancel records after its void (UnitCancellation.cancel_given_up, once Cancellation.cancel
+# returns): the bookings of its parcels cancelled with the carrier, or not.
+AFTER_THE_VOID = frozenset({OrderEvent.CARRIER_BOOKING_CANCELLED, OrderEvent.CARRIER_BOOKING_NOT_CANCELLED})
+
+
+def _after_the_void(entry: HistoryEntry) -> bool:
+    return entry.type in AFTER_THE_VOID
+
+
 def holding_locations(order: Order, network: list[Location]) -> list[str]:
     """Where `order` may hold stock: every location of `network`, and wherever the order records
     units. The network an API container reads is cached for seconds (CachedCatalog) while the
@@ -220,14 +229,16 @@ class Cancellation:
         (or an attempt no payment plugin took) by `actor` that the history's run of such answers
         holds already (refusal_noted_once): a cancel a client repeats asks again under the same key,
         which the gateway answers with the same refusal, and each repeat would count the one hold
-        again for VoidsNotMadeAlarm and grow the order's item."""
+        again for VoidsNotMadeAlarm and grow the order's item. The run steps over what a cancel
+        records after its void (AFTER_THE_VOID: its parcels' bookings cancelled with the carrier),
+        which would otherwise end it and have the first repeat record the refusal again."""
         return self._payments.retried(
             "void",
             lambda attempt: self._payments.void(
                 order.payment.method, authorization, order.id, payment_keys.void(authorization)
             ),
             refusal_noted_once(self._orders, order.id, actor, self._clock, recorder=self._void_failures,
-                               authorization=authorization, **detail),
+                               followed_by=_after_the_void, authorization=authorization, **detail),
         )  # fmt: skip
 
     def void(self, order: Order, actor: str) -> Order:
