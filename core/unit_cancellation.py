@@ -684,7 +684,7 @@ class UnitCancellation:
                 order = self._orders.get(order.id, consistent=True) or order
         due = _due(order)
         # A pickup waiting at its store is still to be collected, and paid for then.
-        nothing_to_ship = not any(shipment.status in NOT_LEFT for shipment in order.shipments)
+        nothing_to_ship = not _left_to_ship(order)
         if due.is_negative():
             self._refunds.issue_decided_refund(order.id, _over_capture, SETTLEMENT_REASON, actor, kind="cancellation")
         elif due.amount > 0 and nothing_to_ship:
@@ -732,7 +732,7 @@ class UnitCancellation:
         call the person VoidsNotMadeAlarm called already; a void it was down for is asked again).
         Returns the order as it then is."""
         order = self.cancel_given_up(self.book_labels_due(order, actor), actor)
-        if any(shipment.status in NOT_LEFT for shipment in order.shipments):
+        if _left_to_ship(order):
             return self.refund_kept_back(order, actor, refusals=ASKED_BEFORE_THE_RECONCILER)
         # A failure is in the history; repeating the ship (or a cancel of what is left) tries again.
         with contextlib.suppress(*NOT_MADE):
@@ -959,9 +959,16 @@ def owes_settlement_after_last_parcel(order: Order) -> bool:
     released (an order that lost units, or an edit left authorized for more), a replacement's
     unused credit given back (_owes_back). Read in memory; False for the typical order, which
     captured its total and was authorized for no more, and for any order with a parcel still to go."""
-    if any(shipment.status in NOT_LEFT for shipment in order.shipments):
+    if _left_to_ship(order):
         return False
     return _owes_back(order)
+
+
+def _left_to_ship(order: Order) -> bool:
+    """Whether a parcel of the order is still to go: one that has not left (pending, or a pickup
+    waiting at its store), or, none made yet, those its workflow is booking for the stock it
+    reserved (Order.reserved_unbooked), which capture their shares when they ship."""
+    return order.reserved_unbooked() or any(shipment.status in NOT_LEFT for shipment in order.shipments)
 
 
 def _unsettled_with_nothing_to_ship(order: Order) -> bool:
@@ -970,7 +977,7 @@ def _unsettled_with_nothing_to_ship(order: Order) -> bool:
     captures (what it releases). Nothing ships or, for a parcel that left already, may be reported
     delivered to do either, should that function die."""
     payment = order.payment
-    if not payment.authorization or any(shipment.status in NOT_LEFT for shipment in order.shipments):
+    if not payment.authorization or _left_to_ship(order):
         return False
     return _due(order).amount > 0 or payment.captured < payment.authorized
 

@@ -31,6 +31,9 @@ def test_units_cancelled_after_the_stock_was_reserved_leave_it_and_the_parcels_a
     assert order["allocations"] == [{"line_id": "L1", "location_id": "wh-west", "quantity": 1}]
     assert stock(api, "MUG", "wh-west") == (mug[0], mug[1] - 2, mug[2] + 2)
     assert stock(api, "CAP", "wh-east") == (cap[0], cap[1] - 2, cap[2] + 2)
+    # Nothing is captured before a parcel ships, nor is the authorization released: it covers the
+    # new total, which the parcel captures when it ships.
+    assert (order["payment"]["status"], order["payment"]["captured"]["amount"]) == ("authorized", "0.00")
     workflow.create_shipments(order_id)
     allocated = api.get(f"/orders/{order_id}").json()
     assert allocated["status"] == "allocated"
@@ -38,6 +41,9 @@ def test_units_cancelled_after_the_stock_was_reserved_leave_it_and_the_parcels_a
         ("wh-west", [{"line_id": "L1", "quantity": 1}])
     ]
     assert stock(api, "MUG", "wh-west") == (mug[0], mug[1] - 2, mug[2] + 2)
+    shipped = api.post(f"/orders/{order_id}/shipments/{allocated['shipments'][0]['id']}/ship", json={}).json()
+    assert (shipped["status"], shipped["payment"]["status"]) == ("shipped", "captured")
+    assert shipped["payment"]["captured"] == order["totals"]["grand_total"]
 
 
 def test_a_cancel_of_units_landing_while_the_parcels_are_booked_has_only_the_rest_booked(api, monkeypatch):  # noqa: F811
