@@ -70,6 +70,15 @@ DECLINED_RENEWAL_STANDS_FOR = timedelta(days=1)
 ASKED_AGAIN = "asked_again_after"
 
 
+# What a cancel records after its void (UnitCancellation.cancel_given_up, once Cancellation.cancel
+# returns): the bookings of its parcels cancelled with the carrier, or not.
+AFTER_THE_VOID = frozenset({OrderEvent.CARRIER_BOOKING_CANCELLED, OrderEvent.CARRIER_BOOKING_NOT_CANCELLED})
+
+
+def _after_the_void(entry: HistoryEntry) -> bool:
+    return entry.type in AFTER_THE_VOID
+
+
 def holding_locations(order: Order, network: list[Location]) -> list[str]:
     """Where `order` may hold stock: every location of `network`, and wherever the order records
     units. The network an API container reads is cached for seconds (CachedCatalog) while the
@@ -161,7 +170,7 @@ class Cancellation:
         order = modify(self._orders, order_id, decide, channel=channel)
         if order.status is not OrderStatus.CANCELLED:
             return order
-        self._release(read[-1] if read else order, written_off=written_off_stock(order))
+        self._release(read[-1] if read else order, written_off_stock(order), written_off_at(order))
         if self._backorders is not None:
             self._backorders.left(read[-1] if read else order, order)
         try:
@@ -196,15 +205,16 @@ class Cancellation:
         (idempotent): a workflow step that read the order before the cancel, reserved after the
         cancel's release had run and died before its write could fail (and undo it) left units
         held that nothing else gives back."""
-        self._release(order, written_off=written_off_stock(order))
+        self._release(order, written_off_stock(order), written_off_at(order))
 
-    def _release(self, order: Order, written_off: Mapping[StockItem, int]) -> None:
+    def _release(self, order: Order, written_off: Mapping[StockItem, int], handed_at: datetime | None) -> None:
         # Release by what the inventory holds for this order, not only what the order recorded: a
         # step that crashed between reserving and recording leaves nothing behind either, nor does
         # an edit that could not release the lines it replaced. A parcel the cancel wrote off left
-        # with its carrier: its units leave on_hand as a ship's do (units_leave: only the parcel's,
-        # what a cancel of units left reserved beyond it given back), never released.
-        units_leave(self._inventory, written_off)
+        # with its carrier (by `handed_at`): its units leave on_hand as a ship's do (units_leave:
+        # only the parcel's, what a cancel of units left reserved beyond it given back; none when
+        # a stock take since counted them gone), never released.
+        units_leave(self._inventory, written_off, handed_at)
         locations = holding_locations(order, self._catalog.list_locations())
         keys: dict[tuple[str, str], list[str]] = defaultdict(list)
         for line_id, sku in order.reservation_lines():
@@ -219,14 +229,16 @@ class Cancellation:
         (or an attempt no payment plugin took) by `actor` that the history's run of such answers
         holds already (refusal_noted_once): a cancel a client repeats asks again under the same key,
         which the gateway answers with the same refusal, and each repeat would count the one hold
-        again for VoidsNotMadeAlarm and grow the order's item."""
+        again for VoidsNotMadeAlarm and grow the order's item. The run steps over what a cancel
+        records after its void (AFTER_THE_VOID: its parcels' bookings cancelled with the carrier),
+        which would otherwise end it and have the first repeat record the refusal again."""
         return self._payments.retried(
             "void",
             lambda attempt: self._payments.void(
                 order.payment.method, authorization, order.id, payment_keys.void(authorization)
             ),
             refusal_noted_once(self._orders, order.id, actor, self._clock, recorder=self._void_failures,
-                               authorization=authorization, **detail),
+                               followed_by=_after_the_void, authorization=authorization, **detail),
         )  # fmt: skip
 
     def void(self, order: Order, actor: str) -> Order:
@@ -1137,6 +1149,15 @@ def written_off_stock(order: Order) -> dict[StockItem, int]:
     return parcel_units(order, order.written_off())
 
 
+def written_off_at(order: Order) -> datetime | None:
+    """When the parcels a cancel of `order` wrote off (Order.written_off) had left their location
+    by: their carrier's report of their delivery (ReportedDelivery.at, the time a ship of such a
+    parcel records as its shipped_at: Order.ship), the latest of them. A stock take recorded after
+    it counted the shelf without their units (units_leave's `handed_at`)."""
+    times = [mark.at for shipment in order.written_off() if (mark := order.reported(shipment.id)) is not None]
+    return max(times) if times else None
+
+
 def parcel_units(order: Order, parcels: Iterable[Shipment]) -> dict[StockItem, int]:
     """The units `parcels` of `order` carry, by reservation ((sku, location_id, key))."""
     sku_of = {line.line_id: line.sku for line in order.lines}
@@ -1147,15 +1168,24 @@ def parcel_units(order: Order, parcels: Iterable[Shipment]) -> dict[StockItem, i
     return dict(units)
 
 
-def leaving_moves(units: Mapping[StockItem, int], held: Mapping[StockItem, int]) -> list[StockMove]:
-    """How the `units` of parcels that left (shipped, collected or written off), by reservation,
-    leave on_hand, and no more, given what their reservations hold (`held`; one holding nothing has
-    no move): a reservation holding more than its parcel carries (a cancel of units wrote the
-    smaller parcel, and its stock step had not run or never ran: Order.stock_owed) is brought down
-    to the parcel's units first, the rest back to available, then those leave; each move conditional
-    on what its reservation held (a release that won meanwhile leaves it as is)."""
+def leaving_moves(
+    units: Mapping[StockItem, int], held: Mapping[StockItem, int], handed_at: datetime | None = None
+) -> list[StockMove]:
+    """How the `units` of parcels that left (shipped, collected or written off) by `handed_at` (when
+    known), by reservation, leave on_hand, and no more, given what their reservations hold (`held`;
+    one holding nothing has no move): a reservation holding more than its parcel carries (a cancel of
+    units wrote the smaller parcel, and its stock step had not run or never ran: Order.stock_owed) is
+    brought down to the parcel's units first, the rest back to available, then those leave (none from
+    on_hand when a stock take recorded after `handed_at` counted them gone: StockMove); each move
+    conditional on what its reservation held (a release that won meanwhile leaves it as is)."""
     return [
-        StockMove(*item, held=quantity, keep=units[item] if 0 < units[item] < quantity else quantity, ships=True)
+        StockMove(
+            *item,
+            held=quantity,
+            keep=units[item] if 0 < units[item] < quantity else quantity,
+            ships=True,
+            handed_at=handed_at,
+        )
         for item, quantity in sorted(held.items())
         if item in units
     ]
@@ -1205,7 +1235,7 @@ def _leave(
 ) -> list[StockMove]:  # fmt: skip
     """The leaving_moves of `units` given what their reservations hold (`held`): the shrinks, then
     a ship of each of `shipping` (handed over at `handed_at`)."""
-    moves = leaving_moves(units, held)
+    moves = leaving_moves(units, held, handed_at)
     for move in moves:
         if move.keep < move.held:
             inventory.shrink(move.sku, move.location_id, move.key, held=move.held, keep=move.keep)

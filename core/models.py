@@ -1688,6 +1688,20 @@ def _shipped_counted(lines: list[OrderLine], shipments: list[Shipment]) -> list[
     ]  # fmt: skip
 
 
+def _allocations_less(allocations: list[Allocation], cancelled: dict[str, int]) -> list[Allocation]:
+    """`allocations` without the `cancelled` units ({line_id: units}), each line's taken from its
+    last allocations first; an allocation left with none goes."""
+    taking = dict(cancelled)
+    kept: list[Allocation] = []
+    for allocation in reversed(allocations):
+        take = min(taking.get(allocation.line_id, 0), allocation.quantity)
+        if take:
+            taking[allocation.line_id] -= take
+        if allocation.quantity - take:
+            kept.append(_replaced(allocation, quantity=allocation.quantity - take) if take else allocation)
+    return kept[::-1]
+
+
 def _left_to_ship_nothing(to: OrderStatus, lines: list[OrderLine], shipments: list[Shipment]) -> OrderStatus:
     """`to` (shipped or delivered) for an order with nothing left to ship, unless units of it came
     back already, on returns received while the rest had not shipped: then `partially_returned`,
@@ -4681,6 +4695,13 @@ class Order(Shown):
             and not self.shipments
         )
 
+    def reserved_unbooked(self) -> bool:
+        """Authorized with its stock reserved (allocations) and no parcel yet: between its workflow's
+        ReserveStock and CreateShipments, which is booking the parcels of those allocations (or
+        retrying the carrier). A cancel of its units takes them from its allocations (cancel_units);
+        that CreateShipments loses its write and, retried, books what is left."""
+        return self.status is OrderStatus.AUTHORIZED and bool(self.allocations) and not self.shipments
+
     def backorder_filled(self) -> bool:
         """Backordered with every unit reserved: it waits for no stock, only for the execution its
         last fill started to create its shipments (CreateShipments allocates it). Should that
@@ -4693,8 +4714,11 @@ class Order(Shown):
         or not: waits_for_stock) or not yet sourced (not_sourced) order cancels units
         (InvalidTransition otherwise); a line the order lacks, or more units than a line has, is
         InvalidRequest; units that have shipped are InvalidTransition (409: they are returned instead).
-        Held with stock reserved and no shipment yet (reserved_on_hold) counts as not yet sourced."""
-        waiting = (self.waits_for_stock() or self.not_sourced() or self.reserved_on_hold()) and lines is not None
+        Held with stock reserved and no shipment yet (reserved_on_hold) counts as not yet sourced, and
+        so does one not held whose parcels are being booked (reserved_unbooked)."""
+        waiting = (
+            self.waits_for_stock() or self.not_sourced() or self.reserved_on_hold() or self.reserved_unbooked()
+        ) and lines is not None
         if not (self.ships_units_left() or waiting):
             raise InvalidTransition(f"units of an order that is {self.status} cannot be cancelled")
         # A backordered or not yet sourced order has no shipment yet: every unit of it is unshipped.
@@ -4819,6 +4843,20 @@ class Order(Shown):
                                         "to": totals.grand_total.model_dump(mode="json")},
                         "released": [a.model_dump() for a in self.allocations], **keyed},
                 lines=lines, totals=totals, promotion_grants=kept_grants, **again,
+            )  # fmt: skip
+        if self.reserved_unbooked():
+            # Its workflow's CreateShipments is booking the parcels of its allocations: they lose the
+            # units (the last ones first), so that step's write, over the version it read, is refused
+            # and its retry books what is left, in a new parcel generation (the bookings it made are
+            # given up, never taken for the new parcels'). What the units held is released after this
+            # write (UnitCancellation's stock step: stock_owed), as for an allocated order.
+            return self._next(
+                at=at, actor=actor, type=OrderEvent.UNITS_CANCELLED,
+                detail={"reason": reason, "lines": cancelled,
+                        "grand_total": {"from": self.totals.grand_total.model_dump(mode="json"),
+                                        "to": totals.grand_total.model_dump(mode="json")}, **keyed},
+                lines=lines, totals=totals, promotion_grants=kept_grants, rebookings=self.rebookings + 1,
+                allocations=_allocations_less(self.allocations, cancelled),
             )  # fmt: skip
         # Never from a parcel waiting for a person to confirm whether it left: it may be in the
         # carrier's van, and its units must not go back on sale.

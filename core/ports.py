@@ -33,7 +33,8 @@ class StockMove(NamedTuple):
     """Bring the reservation under `key` (order#line) at (sku, location_id) from `held` units down to
     `keep` (0: released), the rest back to available; with `ships`, then take the `keep` units out
     of on_hand as a ship does, the reservation gone (a written-off parcel's, which left with its
-    carrier: cancellation.leaving_moves)."""
+    carrier: cancellation.leaving_moves), handed over at `handed_at` when known: a stock take
+    recorded after that counted them out of on_hand already (InventoryRepository.ship)."""
 
     sku: str
     location_id: str
@@ -41,6 +42,7 @@ class StockMove(NamedTuple):
     held: int
     keep: int = 0
     ships: bool = False
+    handed_at: datetime | None = None
 
 
 class OrderRepository(ABC):

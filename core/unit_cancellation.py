@@ -18,6 +18,7 @@ from core.cancellation import (
     holding_locations,
     leaving_moves,
     voids_refused,
+    written_off_at,
     written_off_stock,
 )
 from core.carrier_bookings import CarrierBookings, CarrierWork, give_up_unrecorded
@@ -376,7 +377,10 @@ class UnitCancellation:
         units_to_cancel refuses them (InvalidRequest, 422), never taken for every unit."""
         if lines is None or order.status is S.PARTIALLY_SHIPPED:
             return False
-        if not (order.ships_units_left() or order.waits_for_stock() or order.not_sourced() or order.reserved_on_hold()):
+        if not (
+            order.ships_units_left() or order.waits_for_stock() or order.not_sourced() or order.reserved_on_hold()
+            or order.reserved_unbooked()
+        ):  # fmt: skip
             return False
         cancelled = order.units_to_cancel(lines)
         return all(cancelled.get(line.line_id, 0) == line.quantity for line in order.lines)
@@ -513,15 +517,20 @@ class UnitCancellation:
         step owed (stock_owed: written with the write-off, cleared only with the step), the units
         of the parcels a cancel wrote off (Order.written_off) shipped: they left with their carrier,
         so they leave on_hand, as a ship's do, never back on sale, and no more than they carry (a
-        reservation holding more gives the rest back in the same move: leaving_moves). Those reservations are never
+        reservation holding more gives the rest back in the same move: leaving_moves; none from
+        on_hand when a stock take recorded since their carrier's report counted them gone:
+        written_off_at). Those reservations are never
         released, owed or not, and not shipped once the step is done: the order may then be edited
         and sourced again at the parcel's location, under the same key (order and line), and a
         later step would take the new reservation's units. An order back before its shipments
         (pending, authorized or backordered, held or not: sent back to be sourced since the
-        cancel) has only those units shipped; the rest is its workflow's, which counts them as its own."""
+        cancel) has only those units shipped; the rest is its workflow's, which counts them as its own.
+        But one whose parcels its workflow is booking (Order.reserved_unbooked: that step reserves
+        nothing more) needs what its allocations hold, the rest brought down to that."""
         written_off = written_off_stock(order)
         ships = written_off if order.stock_owed else {}
-        before = _before_its_shipments(order)
+        booking = order.reserved_unbooked()
+        before = _before_its_shipments(order) and not booking
         if before and not ships:
             return []
         keys: dict[tuple[str, str], list[str]] = defaultdict(list)
@@ -534,12 +543,15 @@ class UnitCancellation:
                 for location_id in locations:
                     keys[(line.sku, location_id)].append(reservation_key(order.id, line.line_id))
         held = sorted(self._inventory.reservations(dict(keys)).items())
-        moves = leaving_moves(ships, dict(held))
+        moves = leaving_moves(ships, dict(held), written_off_at(order))
         if before:
             return moves
         sku_of = {line.line_id: line.sku for line in order.lines}
         needed: dict[tuple[str, str, str], int] = defaultdict(int)
         left: set[tuple[str, str, str]] = set()
+        for allocation in order.allocations if booking else ():
+            item = (sku_of[allocation.line_id], allocation.location_id, reservation_key(order.id, allocation.line_id))
+            needed[item] += allocation.quantity
         for shipment in order.shipments:
             for line in shipment.lines:
                 item = (sku_of[line.line_id], shipment.location_id, reservation_key(order.id, line.line_id))
@@ -672,7 +684,7 @@ class UnitCancellation:
                 order = self._orders.get(order.id, consistent=True) or order
         due = _due(order)
         # A pickup waiting at its store is still to be collected, and paid for then.
-        nothing_to_ship = not any(shipment.status in NOT_LEFT for shipment in order.shipments)
+        nothing_to_ship = not _left_to_ship(order)
         if due.is_negative():
             self._refunds.issue_decided_refund(order.id, _over_capture, SETTLEMENT_REASON, actor, kind="cancellation")
         elif due.amount > 0 and nothing_to_ship:
@@ -720,7 +732,7 @@ class UnitCancellation:
         call the person VoidsNotMadeAlarm called already; a void it was down for is asked again).
         Returns the order as it then is."""
         order = self.cancel_given_up(self.book_labels_due(order, actor), actor)
-        if any(shipment.status in NOT_LEFT for shipment in order.shipments):
+        if _left_to_ship(order):
             return self.refund_kept_back(order, actor, refusals=ASKED_BEFORE_THE_RECONCILER)
         # A failure is in the history; repeating the ship (or a cancel of what is left) tries again.
         with contextlib.suppress(*NOT_MADE):
@@ -947,9 +959,16 @@ def owes_settlement_after_last_parcel(order: Order) -> bool:
     released (an order that lost units, or an edit left authorized for more), a replacement's
     unused credit given back (_owes_back). Read in memory; False for the typical order, which
     captured its total and was authorized for no more, and for any order with a parcel still to go."""
-    if any(shipment.status in NOT_LEFT for shipment in order.shipments):
+    if _left_to_ship(order):
         return False
     return _owes_back(order)
+
+
+def _left_to_ship(order: Order) -> bool:
+    """Whether a parcel of the order is still to go: one that has not left (pending, or a pickup
+    waiting at its store), or, none made yet, those its workflow is booking for the stock it
+    reserved (Order.reserved_unbooked), which capture their shares when they ship."""
+    return order.reserved_unbooked() or any(shipment.status in NOT_LEFT for shipment in order.shipments)
 
 
 def _unsettled_with_nothing_to_ship(order: Order) -> bool:
@@ -958,7 +977,7 @@ def _unsettled_with_nothing_to_ship(order: Order) -> bool:
     captures (what it releases). Nothing ships or, for a parcel that left already, may be reported
     delivered to do either, should that function die."""
     payment = order.payment
-    if not payment.authorization or any(shipment.status in NOT_LEFT for shipment in order.shipments):
+    if not payment.authorization or _left_to_ship(order):
         return False
     return _due(order).amount > 0 or payment.captured < payment.authorized
 

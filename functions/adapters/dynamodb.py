@@ -582,15 +582,18 @@ def order_update(
 
 
 def _stock_moved(
-    table: str, sku: str, location_id: str, moves: list[StockMove], on_hand: int | None = None
+    table: str, sku: str, location_id: str, moves: list[StockMove], shelf: tuple[int, str | None] | None = None
 ) -> dict[str, Any]:
     """One Update of a stock item for all its moves (a transaction may name an item once), each
     conditional on its reservation holding exactly its `held` units: released or shrunk units go
     back to available (the filler's `arrived` marker set, as DynamoInventory.release sets it),
     shipped ones leave on_hand (the markers removed, as DynamoInventory.ship does, unless units
-    were freed with them), as DynamoInventory.ship decides, on `on_hand` as read (needed when
-    units ship): when it holds fewer than leave (a stock take recorded short since), the count
-    stands and they go back to available instead; conditional on on_hand still deciding it so."""
+    were freed with them), as DynamoInventory.ship decides, on the `shelf` as read (on_hand and
+    when it was last counted, COUNTED_AT: needed when units ship): when on_hand holds fewer than
+    leave (a stock take recorded short since), or a stock take was recorded after the parcels were
+    handed over (their moves' `handed_at`, the latest, when every one is known: it counted the
+    shelf without them), the count stands and they go back to available instead; conditional on
+    on_hand and that count still deciding it so."""
     freed = sum(m.held - m.keep for m in moves)
     shipped = sum(m.keep for m in moves if m.ships)
     names: dict[str, str] = {}
@@ -598,12 +601,20 @@ def _stock_moved(
     sets = ["reserved = reserved - :gone", "available = available + :freed", "on_hand = on_hand - :shipped"]
     removes, conditions = [], []
     if shipped:
-        if on_hand is None:
+        if shelf is None:
             raise ValueError("units that ship need the stock item's on_hand as read")
-        if on_hand >= shipped:
-            conditions.append("on_hand >= :shipped")
+        on_hand, counted_at = shelf
+        times = [m.handed_at for m in moves if m.ships]
+        handed = timestamp(max(t for t in times if t is not None)) if None not in times else None
+        leaves, counted_out = "on_hand >= :shipped", "on_hand < :shipped"
+        if handed is not None:
+            values[":handed"] = handed
+            leaves += f" AND (attribute_not_exists({COUNTED_AT}) OR {COUNTED_AT} <= :handed)"
+            counted_out = f"({counted_out} OR {COUNTED_AT} > :handed)"
+        if on_hand >= shipped and (handed is None or counted_at is None or counted_at <= handed):
+            conditions.append(leaves)
         else:  # counted after the parcels left: the count stands
-            conditions.append("on_hand < :shipped")
+            conditions.append(counted_out)
             sets[1:] = ["available = available + :gone"]
             del values[":freed"]
             freed += shipped  # back to available: an arrival as far as the filter knows
@@ -882,8 +893,8 @@ class DynamoOrders(OrderRepository):
         inventory = self._inventory_table
         if inventory is None:
             raise ValueError("stock moves need the Inventory table: DynamoOrders(client, table, inventory_table)")
-        on_hand = self._on_hand(inventory, [item for item, group in by_item.items() if any(m.ships for m in group)])
-        stock = [_stock_moved(inventory, *item, group, on_hand.get(item)) for item, group in sorted(by_item.items())]
+        shelves = self._shelves(inventory, [item for item, group in by_item.items() if any(m.ships for m in group)])
+        stock = [_stock_moved(inventory, *item, group, shelves.get(item)) for item, group in sorted(by_item.items())]
         room = TRANSACTION_ITEMS - 1
         for start in range(0, len(stock), room):
             last = start + room >= len(stock)
@@ -896,13 +907,17 @@ class DynamoOrders(OrderRepository):
         if order is not None:
             self._bound_history_written(order.id)
 
-    def _on_hand(self, table: str, items: list[tuple[str, str]]) -> dict[tuple[str, str], int]:
-        """on_hand of the stock items `items` (sku, location_id), read consistently: where units
-        ship (written-off parcels' only: rare), _stock_moved decides on it."""
+    def _shelves(self, table: str, items: list[tuple[str, str]]) -> dict[tuple[str, str], tuple[int, str | None]]:
+        """on_hand of the stock items `items` (sku, location_id) and when each was last counted
+        (COUNTED_AT, None if never), read consistently: where units ship (written-off parcels'
+        only: rare), _stock_moved decides on them."""
         keys = [{"sku": {"S": sku}, "location_id": {"S": location_id}} for sku, location_id in sorted(items)]
-        found = batch_get(self._client, table, keys, "sku, location_id, on_hand", consistent=True) if keys else []
+        read = f"sku, location_id, on_hand, {COUNTED_AT}"
+        found = batch_get(self._client, table, keys, read, consistent=True) if keys else []
         values = [from_item(item) for item in found]
-        return {(item["sku"], item["location_id"]): int(item.get("on_hand", 0)) for item in values}
+        return {
+            (item["sku"], item["location_id"]): (int(item.get("on_hand", 0)), item.get(COUNTED_AT)) for item in values
+        }
 
     @staticmethod
     def _order_check(table: str, expected: Order) -> dict[str, Any]:

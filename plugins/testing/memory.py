@@ -432,7 +432,7 @@ class InMemoryInventory(InventoryRepository):
         if move.ships and move.keep:
             if move.keep < move.held:
                 self.shrink(move.sku, move.location_id, move.key, held=move.held, keep=move.keep)
-            self.ship(move.sku, move.location_id, move.key)
+            self.ship(move.sku, move.location_id, move.key, handed_at=move.handed_at)
         elif move.keep:
             self.shrink(move.sku, move.location_id, move.key, held=move.held, keep=move.keep)
         else:

@@ -1445,6 +1445,61 @@ def test_a_written_off_parcels_units_never_take_on_hand_below_a_short_count(orde
     assert orders.get(owing.id, consistent=True) == released
 
 
+@pytest.mark.parametrize(
+    ("counted", "on_hand_after"),
+    [("after the hand-over", 3), ("at the hand-over", 1), ("before the hand-over", 1), ("with no time", 1)],
+)
+def test_a_written_off_parcels_units_leave_on_hand_as_a_stock_take_since_its_hand_over_counted(
+    order_and_stock, counted, on_hand_after
+):
+    """5 on hand, 2 of them a written-off parcel's that its carrier reported delivered at NOW, then a
+    count of 3: recorded after that it counted the parcel gone (only the reservation goes), at or
+    before it (or with no time) it counted the parcel's units, which leave now (as a ship's do)."""
+    orders, inventory, owing = order_and_stock
+    key = f"{owing.id}#L1"
+    _reserved(inventory, key, ("MUG", "wh-west", 2))
+    at = {"after the hand-over": NOW + timedelta(microseconds=1), "at the hand-over": NOW,
+          "before the hand-over": NOW - timedelta(seconds=1), "with no time": None}[counted]  # fmt: skip
+    inventory.set_on_hand("MUG", "wh-west", 3, "stock_take", counted_at=at)
+    released, _ = owing.stock_released(at=NOW)
+
+    orders.update_with_stock(released, owing, [], [StockMove("MUG", "wh-west", key, held=2, keep=2, ships=True,
+                                                             handed_at=NOW)])  # fmt: skip
+
+    assert _level(inventory, "MUG", "wh-west") == (on_hand_after, 0, on_hand_after)
+    assert orders.get(owing.id, consistent=True) == released
+
+
+def test_a_stock_take_after_the_hand_over_recorded_since_the_read_cancels_the_whole_write(aws, capture, monkeypatch):
+    """The write is conditional on the count it decided on: one recorded between the read and the
+    write (after the parcel left) fails it, told apart (ReservationsChanged: decided again)."""
+    inventory = DynamoInventory(aws.dynamodb, aws.tables["InventoryTable"])
+    orders = DynamoOrders(aws.dynamodb, aws.tables["OrdersTable"], aws.tables["InventoryTable"])
+    placed = capture.place(place_order(), actor="a")
+    owing = placed.model_copy(update={"version": placed.version + 1}).owing_stock()
+    orders.update(owing, placed, [])
+    key = f"{owing.id}#L1"
+    _reserved(inventory, key, ("MUG", "wh-west", 2))
+    reading = DynamoOrders._shelves
+
+    def counted_after_the_read(self: DynamoOrders, *args: Any) -> Any:
+        shelves = reading(self, *args)
+        inventory.set_on_hand("MUG", "wh-west", 3, "stock_take", counted_at=NOW + timedelta(seconds=1))
+        return shelves
+
+    monkeypatch.setattr(DynamoOrders, "_shelves", counted_after_the_read)
+    released, _ = owing.stock_released(at=NOW)
+    move = StockMove("MUG", "wh-west", key, held=2, keep=2, ships=True, handed_at=NOW)
+
+    with pytest.raises(ReservationsChanged):
+        orders.update_with_stock(released, owing, [], [move])
+
+    assert _level(inventory, "MUG", "wh-west") == (3, 2, 1)
+    monkeypatch.setattr(DynamoOrders, "_shelves", reading)
+    orders.update_with_stock(released, owing, [], [move])  # decided again, on the count
+    assert _level(inventory, "MUG", "wh-west") == (3, 0, 3)
+
+
 def test_an_order_that_moved_on_cancels_the_whole_write(order_and_stock):
     orders, inventory, owing = order_and_stock
     key = f"{owing.id}#L1"

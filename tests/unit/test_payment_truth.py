@@ -224,6 +224,21 @@ def test_a_void_declined_by_the_test_gateway_leaves_the_payment_authorized(world
     assert failures(world, order.id) == [("payment_void_failed", "void", "refused", 1)]
 
 
+def test_a_refused_void_a_client_asks_again_by_cancelling_again_is_recorded_once(world):
+    # The first cancel's own clean-up after its void (its parcel's booking cancelled with the
+    # carrier) ended the history: the repeat's refusal, the same answer, was recorded again, counting
+    # the one hold twice for VoidsNotMadeAlarm.
+    order = world.allocated(("TSHIRT", 2), token="tok_void_decline")
+    world.actions.cancel(order.id, "changed my mind", actor="key_web")
+    assert [h.type for h in world.history(order.id)][-2:] == ["payment_void_failed", "carrier_booking_cancelled"]
+
+    for _ in range(2):
+        again = world.actions.cancel(order.id, "changed my mind", actor="key_web")
+
+    assert (again.status, again.payment.status) == (S.CANCELLED, P.AUTHORIZED)
+    assert failures(world, order.id) == [("payment_void_failed", "void", "refused", 1)]
+
+
 def test_the_workflow_compensation_asks_to_be_retried_while_the_void_cannot_be_done(world):
     order_id = world.place(("TSHIRT", 2))
     world.workflow.authorize_payment(order_id, attempt=0)

@@ -327,6 +327,31 @@ def test_units_cancelled_while_authorized_are_neither_reserved_nor_captured(worl
     assert shipped.payment.captured == done.totals.grand_total < allocated.payment.authorized
 
 
+def test_units_cancelled_between_reserving_and_booking_leave_the_reservations_and_are_never_shipped(world):
+    # Authorized with its stock reserved, its parcels not booked yet: it was 409.
+    order_id = world.place(("MUG", 2), ("CAP", 3))
+    world.workflow.authorize_payment(order_id, attempt=0)
+    world.workflow.reserve_stock(order_id)
+
+    done = world.actions.cancel(order_id, "two caps", actor="key_web", lines={"L2": 2})
+
+    assert (done.status, [line.quantity for line in done.lines]) == (S.AUTHORIZED, [2, 1])
+    assert (done.payment.status, done.payment.captured.amount, done.stock_owed) == (P.AUTHORIZED, 0, False)
+    assert world.held_for(order_id) == {
+        ("MUG", "wh-west", f"{order_id}#L1"): 2,
+        ("CAP", "wh-east", f"{order_id}#L2"): 1,
+    }
+    world.workflow.create_shipments(order_id)
+    allocated = world.order(order_id)
+    assert sorted((s.location_id, [i.quantity for i in s.lines]) for s in allocated.shipments) == [
+        ("wh-east", [1]), ("wh-west", [2])
+    ]  # fmt: skip
+    for shipment in allocated.shipments:
+        world.actions.ship(order_id, shipment.id, None, actor="key_wh")
+    shipped = world.order(order_id)
+    assert shipped.status is S.SHIPPED and shipped.payment.captured == done.totals.grand_total
+
+
 def test_a_cancel_landing_while_the_order_is_being_authorized_has_the_new_total_authorized(world, monkeypatch):
     order_id = world.place(("MUG", 2))
     cancelled: list[Order] = []
