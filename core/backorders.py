@@ -118,8 +118,9 @@ class BackorderAllocator:
         not), whose every entry before is dealt with (filled, or left as it must wait), so nothing
         is skipped for good and a fill, conditional as ever, reserves nothing twice.
         `restocked`: units of `sku` were added to on_hand there (a receipt, a count raising it, a
-        return restocked), not only freed: an order a stock take's count of `sku` there excluded
-        it for is filled there again, the exclusion lifted in its fill's write (Workflow.fill_backorder)."""
+        return restocked) since its last stock take, not only freed: an order a stock take's count
+        of `sku` there excluded it for is filled there again, the exclusion lifted in its fill's
+        write (Workflow.fill_backorder)."""
         result = Arrival()
         locations = None
         rules: SourcingRules | None = None

@@ -1544,3 +1544,109 @@ def test_a_restocks_walk_handed_on_lifts_a_counts_exclusion_for_the_orders_past_
 
     assert [(a.location_id, a.quantity) for a in shop.order(order_id).allocations] == [("wh-east", 3)]
     assert shop.level() == (5, 3, 2)
+
+
+def _delivered(shop: Shop, change: Callable[[], object]) -> None:
+    """`change` made, and every Inventory stream record of it the BackorderFunction's filter passes
+    delivered to its handler."""
+    deliver = stream_delivery(shop)
+    change()
+    while deliver():
+        pass
+
+
+def _lapsed_in_reserve(shop: Shop, order_id: str, detail: str) -> object:
+    [entry] = [e for e in shop.container.order_repository.history(order_id)[1] if e.type == "stock_reserved"][-1:]
+    return entry.detail.get(detail)
+
+
+def test_a_restock_landing_while_a_counted_out_order_awaits_its_reserve_stock_lifts_the_exclusion_there(shop):
+    """The count sends the order back to be sourced: until its ReserveStock runs (seconds) it is
+    authorized, and the restock's walk passes it over. Its ReserveStock finds the stock item
+    restocked since that count and takes the units there, the exclusion lifted in its own write,
+    rather than waiting backordered beside them for the next restock there."""
+    shop.inventory.adjust("PREORDER", "wh-east", 2, reason="receipt")
+    order_id = shop.backordered(3)
+    shop.container.inventory.count("PREORDER", "wh-east", 0, actor="key_stock_take")
+    assert shop.order(order_id).status is S.AUTHORIZED
+
+    _delivered(shop, lambda: shop.inventory.adjust("PREORDER", "wh-east", 5, reason="receipt"))
+    assert shop.held(order_id) == 0 and shop.level() == (5, 0, 5)  # passed over: not backordered
+    shop.container.workflow.reserve_stock(order_id)
+
+    order = shop.order(order_id)
+    assert [(a.location_id, a.quantity) for a in order.allocations] == [("wh-east", 3)]
+    assert shop.level() == (5, 3, 2)
+    assert order.excluded_locations == [] and order.counted_short == {}
+    assert _lapsed_in_reserve(shop, order_id, "exclusions_lapsed") == [{"location_id": "wh-east", "sku": "PREORDER"}]
+
+
+def test_a_restock_landing_while_a_counted_out_backorder_is_held_is_taken_once_it_is_released(shop):
+    from core.holds import HoldRequest, ReleaseRequest
+
+    order_id = counted_out_of(shop, "wh-east")
+    shop.container.holds.hold(order_id, HoldRequest(reason="fraud_review"), actor="key_ops")
+    _delivered(shop, lambda: shop.inventory.adjust("PREORDER", "wh-east", 5, reason="receipt"))
+    assert shop.held(order_id) == 0 and shop.level() == (5, 0, 5)  # a held order is passed over
+
+    assert shop.container.holds.release(order_id, ReleaseRequest(), actor="key_ops").status is S.BACKORDERED
+    shop.container.workflow.reserve_stock(order_id)  # the execution the release starts
+
+    assert [(a.location_id, a.quantity) for a in shop.order(order_id).allocations] == [("wh-east", 3)]
+    assert shop.level() == (5, 3, 2)
+    assert _lapsed_in_reserve(shop, order_id, "exclusion_lapsed") == {"location_id": "wh-east", "sku": "PREORDER"}
+
+
+def test_a_restock_landing_while_a_held_backorder_a_count_sent_back_is_held_is_taken_once_it_is_released(shop):
+    from core.holds import HoldRequest, ReleaseRequest
+
+    shop.inventory.adjust("PREORDER", "wh-east", 2, reason="receipt")
+    order_id = shop.backordered(3)
+    shop.container.holds.hold(order_id, HoldRequest(reason="fraud_review"), actor="key_ops")
+    shop.container.inventory.count("PREORDER", "wh-east", 0, actor="key_stock_take")
+    assert (shop.order(order_id).status, shop.order(order_id).hold.resume_to) == (S.ON_HOLD, S.AUTHORIZED)
+    _delivered(shop, lambda: shop.inventory.adjust("PREORDER", "wh-east", 5, reason="receipt"))
+
+    assert shop.container.holds.release(order_id, ReleaseRequest(), actor="key_ops").status is S.AUTHORIZED
+    shop.container.workflow.reserve_stock(order_id)  # the execution the release starts
+
+    assert [(a.location_id, a.quantity) for a in shop.order(order_id).allocations] == [("wh-east", 3)]
+    assert shop.level() == (5, 3, 2)
+
+
+@pytest.mark.parametrize("since", ["nothing", "a count of what is there", "a count below it"])
+def test_units_a_count_left_where_it_counted_short_stay_out_of_reach_of_the_order_it_excluded(shop, since):
+    """Only units added since the stock take lift its exclusion: the receipt before it, or a later
+    count that adds none, leaves the order waiting elsewhere and the units to the orders that may
+    take them there."""
+    shop.inventory.adjust("PREORDER", "wh-east", 2, reason="receipt")
+    order_id = shop.backordered(3)
+    shop.container.inventory.count("PREORDER", "wh-east", 1, actor="key_stock_take")  # one of its 2 is gone
+    if since != "nothing":
+        shop.inventory.adjust("PREORDER", "wh-east", 1, reason="receipt")
+        shop.container.inventory.count("PREORDER", "wh-east", 2 if since == "a count of what is there" else 1)
+
+    with pytest.raises(Backordered):
+        shop.container.workflow.reserve_stock(order_id)
+
+    assert (shop.held(order_id), shop.order(order_id).excluded_locations) == (0, ["wh-east"])
+
+
+def test_units_freed_where_a_count_excluded_an_order_go_to_it_once_that_location_was_restocked_since(shop):
+    """The restock's walk stops at an older order still short (it took every unit) before it reaches
+    the order a count excluded there. Units freed there later (that older order cancelled) are units
+    of a location restocked since the count all the same: the order takes them, its exclusion lifted,
+    rather than wait beside them for the next restock there."""
+    from core.holds import HoldRequest, ReleaseRequest
+
+    older = shop.backordered(4)
+    shop.container.holds.hold(older, HoldRequest(reason="fraud_review"), actor="key_ops")  # so the next takes wh-east's
+    order_id = counted_out_of(shop, "wh-east")
+    assert shop.container.holds.release(older, ReleaseRequest(), actor="key_ops").status is S.BACKORDERED
+    _delivered(shop, lambda: shop.inventory.adjust("PREORDER", "wh-east", 3, reason="receipt"))
+    assert (shop.held(older), shop.held(order_id)) == (3, 0)  # the walk stopped at the older one, still short
+
+    _delivered(shop, lambda: _cancel_recorded(shop, older))
+
+    assert [(a.location_id, a.quantity) for a in shop.order(order_id).allocations] == [("wh-east", 3)]
+    assert shop.level() == (3, 3, 0)
