@@ -1650,3 +1650,47 @@ def test_units_freed_where_a_count_excluded_an_order_go_to_it_once_that_location
 
     assert [(a.location_id, a.quantity) for a in shop.order(order_id).allocations] == [("wh-east", 3)]
     assert shop.level() == (3, 3, 0)
+
+
+@pytest.mark.parametrize(
+    "change, restocked",
+    [
+        ("nothing", False),
+        ("a receipt", True),
+        ("a return restocked", True),
+        ("a count above", True),
+        ("a count of what is there", False),
+        ("a count below", False),
+        ("a receipt, then a count of what is there", False),
+        ("a receipt, then a removal", True),
+        ("a receipt under a short count's mark", False),
+    ],
+)
+def test_a_stock_item_says_whether_units_were_added_since_its_last_count(shop, change, restocked):
+    inventory = shop.inventory
+    inventory.adjust("PREORDER", "wh-east", 2, reason="receipt")
+    shop.container.inventory.count("PREORDER", "wh-east", 2)  # the count everything below is since
+    if change.startswith("a receipt"):
+        inventory.adjust("PREORDER", "wh-east", 1, reason="receipt")
+    if change == "a return restocked":
+        inventory.restock("PREORDER", "wh-east", "rma_" + "a" * 24 + "#L1", 1)
+    elif change in {"a count above", "a count of what is there", "a count below"}:
+        on_hand = {"a count above": 3, "a count of what is there": 2, "a count below": 1}[change]
+        shop.container.inventory.count("PREORDER", "wh-east", on_hand)
+    elif change == "a receipt, then a count of what is there":
+        shop.container.inventory.count("PREORDER", "wh-east", 3)
+    elif change == "a receipt, then a removal":
+        inventory.adjust("PREORDER", "wh-east", -1, reason="damaged")
+    elif change == "a receipt under a short count's mark":
+        from core.ports import ShortCount
+
+        inventory.reserve("PREORDER", "wh-east", "ord_" + "b" * 24 + "#L1", 3)
+        inventory.set_on_hand(
+            "PREORDER", "wh-east", 1, "stock_take", {"ord_" + "b" * 24 + "#L1": 3},
+            ShortCount("PREORDER", "wh-east", "key_stock_take", NOW), counted_at=NOW,
+        )  # fmt: skip
+        inventory.adjust("PREORDER", "wh-east", 1, reason="receipt")
+
+    assert inventory.restocked_since_count({("PREORDER", "wh-east"), ("PREORDER", "wh-west")}) == (
+        {("PREORDER", "wh-east")} if restocked else set()
+    )
