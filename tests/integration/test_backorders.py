@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -533,6 +534,68 @@ def test_k_units_arriving_on_threads_fill_exactly_min_k_demand_oldest_first(shop
             ("PREORDER", loc, key): q for (loc, key), q in keys.items()
         }
     assert set(shop.executions()) == {order_id for order_id, h in zip(ids, held, strict=True) if h == each}
+
+
+@pytest.mark.parametrize("cancel_at", [0, 6])
+def test_arrivals_racing_new_orders_and_a_cancel_of_a_waiting_one_reserve_each_unit_once(shop, cancel_at):
+    """Units arriving one by one at two locations on threads, beside three new orders' ReserveStock
+    and the cancel of a waiting order (its release an arrival of its own): no stock item goes below
+    zero or holds a reservation no order records, no order holds more than it asked, a cancelled one
+    holds nothing, and no unit is left available while an order that may take it waits short."""
+    waiting = [shop.backordered(2) for _ in range(4)]
+    fresh = []
+    for n in range(3):
+        body = place_order(external_id=f"fresh-{n}", lines=[{"sku": "PREORDER", "quantity": 2}])
+        fresh.append(shop.container.capture.place(body, actor="key_web").id)
+        shop.container.workflow.authorize_payment(fresh[-1], attempt=0)
+    allocator = shop.container.backorder_allocator
+    errors: list[BaseException] = []
+
+    def retried(step: Callable[[], object]) -> None:
+        try:
+            while True:  # the stream retries a record, Step Functions a task, that kept losing races
+                try:
+                    step()
+                    return
+                except Backordered:
+                    return
+                except TransientError:
+                    continue
+        except BaseException as error:
+            errors.append(error)
+
+    def arrive(location_id: str) -> None:
+        shop.inventory.adjust("PREORDER", location_id, 1, reason="receipt")
+        allocator.arrived("PREORDER", location_id)
+
+    def cancel() -> None:
+        _cancel_recorded(shop, waiting[1])
+        for location_id in ("wh-east", "wh-west"):  # its releases' records
+            allocator.arrived("PREORDER", location_id)
+
+    threads = [threading.Thread(target=retried, args=(lambda n=n: arrive(("wh-east", "wh-west")[n % 2]),))
+               for n in range(7)]  # fmt: skip
+    threads += [threading.Thread(target=retried, args=(lambda o=o: shop.container.workflow.reserve_stock(o),))
+                for o in fresh]  # fmt: skip
+    threads.insert(cancel_at, threading.Thread(target=retried, args=(cancel,)))
+    run_threads(threads)
+
+    assert errors == []
+    recorded: Counter[str] = Counter()
+    for order_id in waiting + fresh:
+        order = shop.order(order_id)
+        keys = {reservation_key(order_id, line.line_id) for line in order.lines}
+        held = shop.inventory.reservations({("PREORDER", loc): sorted(keys) for loc in ("wh-east", "wh-west")})
+        allocations = {("PREORDER", a.location_id, reservation_key(order_id, a.line_id)): a.quantity
+                       for a in order.allocations}  # fmt: skip
+        assert held == ({} if order.status is S.CANCELLED else allocations), order_id
+        assert sum(held.values()) <= 2
+        recorded.update({location_id: q for (_, location_id, _), q in held.items()})
+    levels = {loc: shop.level(loc) for loc in ("wh-east", "wh-west")}
+    assert sum(on_hand for on_hand, _, _ in levels.values()) == 7
+    assert all(available >= 0 and reserved == recorded[loc] for loc, (_, reserved, available) in levels.items())
+    if any((order := shop.order(o)).status is S.BACKORDERED and order.short_of() for o in waiting + fresh):
+        assert sum(available for _, _, available in levels.values()) == 0
 
 
 def test_an_order_sent_back_gives_back_what_it_holds_where_shipping_stopped(shop):
