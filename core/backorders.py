@@ -358,11 +358,12 @@ class BackorderAllocator:
         restocked: tuple[str, str] | None = None,
     ) -> Order:  # fmt: skip
         """Workflow.fill_backorder for `order` (read backordered), noted in `result.filled` when it
-        reserved anything; the order as it is afterwards."""
+        reserved anything; the order as it is afterwards. A fill keeps the order backordered: one
+        that is not (an edit or a cancel landed first, emptying its allocations) was not filled."""
         filled = self._workflow.fill_backorder(
             order.id, actor=BACKORDER_ACTOR, queue=queue, in_queue_order=in_queue_order, restocked=restocked
         )
-        if filled.allocations != order.allocations:
+        if filled.status is S.BACKORDERED and filled.allocations != order.allocations:
             result.filled.append(order.id)
         return filled
 

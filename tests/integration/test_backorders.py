@@ -1510,6 +1510,35 @@ def test_the_upgrade_leaves_no_entry_for_an_order_that_stopped_waiting_as_it_wro
     assert _queued(shop, "BOOK") == _queued(shop) == []
 
 
+def test_an_edit_landing_between_a_fills_read_and_its_write_is_sourced_once_and_no_fill_is_reported(shop, monkeypatch):
+    """The customer edits the waiting order while an arrival's walk plans its fill: the fill's
+    transaction loses (the order's version moved), reserves nothing, and the order, sent back to be
+    sourced, is sourced by its workflow alone. The walk reported it filled (BackordersFilled, the
+    `backorders filled` line): the edit had emptied its allocations, which it took for a fill."""
+    from core.models import LineInput, OrderEdit
+
+    shop.inventory.adjust("PREORDER", "wh-west", 1, reason="receipt")
+    order_id = shop.backordered(3)  # holds the unit at wh-west
+    shop.inventory.adjust("PREORDER", "wh-east", 2, reason="receipt")
+    real = DynamoBackorders.fill
+
+    def edited_first(queue: DynamoBackorders, *args: Any, **kwargs: Any) -> None:
+        monkeypatch.setattr(DynamoBackorders, "fill", real)
+        with another_functions_calls():
+            edit = OrderEdit(lines=[LineInput(sku="PREORDER", quantity=2)])
+            shop.container.actions.edit(order_id, shop.order(order_id).version, edit, "key_cs")
+        real(queue, *args, **kwargs)
+
+    monkeypatch.setattr(DynamoBackorders, "fill", edited_first)
+    arrival = shop.container.backorder_allocator.arrived("PREORDER", "wh-east")
+
+    assert (arrival.filled, shop.order(order_id).status) == ([], S.AUTHORIZED)
+    assert (shop.level("wh-west"), shop.level("wh-east")) == ((1, 1, 0), (2, 0, 2))  # kept for its ReserveStock
+    shop.container.workflow.reserve_stock(order_id)
+    assert [(a.location_id, a.quantity) for a in shop.order(order_id).allocations] == [("wh-east", 2)]
+    assert (shop.level("wh-west"), shop.level("wh-east")) == ((1, 0, 1), (2, 2, 0))
+
+
 # --- A stock take's exclusion lapses once the location is restocked ------------------------------
 
 
