@@ -883,6 +883,34 @@ def test_an_arrival_behind_a_long_run_of_held_orders_reads_a_few_and_hands_its_w
     assert shop.level() == (1, 1, 0)
 
 
+def test_a_walk_that_dies_halfway_is_walked_again_whole_and_fills_and_starts_each_order_once(shop, monkeypatch):
+    """The walk filled the first two orders and died starting the second one's workflow (Step
+    Functions throttled): the stream gives the record again, whose walk starts the second, fills the
+    third, and reserves nothing twice."""
+    from core.backorders import BackorderAllocator
+    from functions.stream_batches import BatchFailed
+
+    ids = [shop.backordered(1) for _ in range(3)]
+    shop.inventory.adjust("PREORDER", "wh-east", 3, reason="receipt")
+    real = BackorderAllocator._complete
+
+    def throttled_once(allocator: BackorderAllocator, order_id: str, channel: str, version: int) -> None:
+        if order_id == ids[1]:
+            monkeypatch.setattr(BackorderAllocator, "_complete", real)
+            raise TransientError("the state machine throttled the start")
+        real(allocator, order_id, channel, version)
+
+    monkeypatch.setattr(BackorderAllocator, "_complete", throttled_once)
+    with pytest.raises(BatchFailed):
+        consume(shop, record("wh-east", 0, 3))
+    assert [shop.held(order_id) for order_id in ids] == [1, 1, 0] and shop.executions() == [ids[0]]
+
+    assert consume(shop, record("wh-east", 0, 3)) == {"batchItemFailures": []}
+
+    assert [shop.held(order_id) for order_id in ids] == [1, 1, 1] and shop.level() == (3, 3, 0)
+    assert shop.executions() == sorted(ids)
+
+
 def test_a_redelivered_arrival_hands_its_walk_on_once(shop, monkeypatch):
     """Its hand-on names the record (`walk_by`): a redelivery writes no second one, so the walk it
     started goes on once, not twice over the rest of the queue."""
